@@ -1,0 +1,178 @@
+/**
+ * opencode-oauth-pool: pool several Anthropic accounts behind one OpenCode provider.
+ * Every rejection is an `Error` with a stable `code` (see README "Error codes").
+ */
+
+export type AccountStatus = "active" | "idle" | "rate-limited" | "auth-error" | "disabled";
+
+/** One account as stored in the pool file (unknown fields are kept verbatim). */
+export interface Account {
+  email: string;
+  type?: "oauth" | "api";
+  refresh?: string;
+  access?: string;
+  key?: string;
+  /** Access-token expiry, epoch milliseconds. */
+  expires?: number;
+  /** ISO-8601. */
+  added?: string;
+  /** ISO-8601. */
+  lastUsed?: string;
+  status: AccountStatus;
+  /** Epoch milliseconds, or null when not cooling. */
+  rateLimitUntil: number | null;
+  priority?: number;
+  enabled?: boolean;
+  [extra: string]: unknown;
+}
+
+export interface Pool {
+  version?: number;
+  anthropic: Account[];
+  [extra: string]: unknown;
+}
+
+/** Errors carry one of these codes. */
+export type ErrorCode =
+  | "POOL_CORRUPT"
+  | "POOL_INSECURE"
+  | "POOL_INVALID"
+  | "POOL_IO"
+  | "POOL_BUSY"
+  | "POOL_NO_ACCOUNT"
+  | "ACCOUNT_NOT_FOUND"
+  | "OAUTH_STATE_MISMATCH"
+  | "OAUTH_BAD_INPUT"
+  | "OAUTH_INVALID_GRANT"
+  | "OAUTH_HTTP"
+  | "NETWORK"
+  | "INSECURE_ENDPOINT"
+  | "ABORT_ERR"
+  | "INVALID_ARGUMENT"
+  | "NATIVE_MISSING";
+
+export interface PoolError extends Error {
+  code: ErrorCode;
+  /** HTTP status, for OAUTH_HTTP. */
+  status?: number;
+}
+
+export function loadPool(path?: string): Promise<Pool>;
+export function savePool(pool: Pool, path?: string): Promise<void>;
+
+export interface AuthorizeResult {
+  url: string;
+  verifier: string;
+  state: string;
+}
+export function authorize(options?: { mode?: "max" | "console" }): Promise<AuthorizeResult>;
+
+export interface TokenSet {
+  access: string;
+  refresh: string;
+  /** Epoch milliseconds. */
+  expires: number;
+}
+export function exchange(
+  input: string,
+  pkce: { verifier: string; state: string },
+): Promise<TokenSet & { email: string }>;
+export function refresh(refreshToken: string): Promise<TokenSet>;
+
+/** An account as shown to people: no secrets. */
+export interface AccountSummary {
+  email: string;
+  type: "oauth" | "api";
+  /** Effective status now: a passed cooldown reads as "idle". */
+  status: AccountStatus | "invalid";
+  rateLimitUntil: number | null;
+  priority: number;
+  enabled: boolean;
+  added: string | null;
+  lastUsed: string | null;
+  /** Access-token expiry (OAuth), epoch ms. */
+  expires: number | null;
+  /** Last problem seen with this account, for people (never a token). */
+  lastError: string | null;
+  /** Passive quota from response headers, when seen. Utilization is a fraction (1 = 100 %). */
+  quota: {
+    fiveHour?: { utilization: number | null; resetsAt: number | null };
+    sevenDay?: { utilization: number | null; resetsAt: number | null };
+    updatedAt?: number;
+  } | null;
+}
+
+export interface PoolStatus {
+  path: string;
+  accounts: AccountSummary[];
+  counts: Record<AccountStatus | "invalid" | "total" | "usable", number>;
+  /** Epoch ms when the soonest cooling account becomes usable, or null. */
+  soonestReset: number | null;
+  /** The last failover this machine recorded, or null. */
+  lastFailover: { at: number; from: string; to: string | null; reason: string } | null;
+  /** Entries of the file that could not be read (kept verbatim). */
+  invalid: { index: number; reason: string }[];
+}
+
+export function listAccounts(path?: string): Promise<AccountSummary[]>;
+export function poolStatus(path?: string): Promise<PoolStatus>;
+/** Exchanges a pasted code and adds (or updates, same email) the account. Tokens stay in Rust. */
+export function addAccount(
+  input: string,
+  pkce: { verifier: string; state: string },
+  path?: string,
+): Promise<{ email: string; added: boolean }>;
+/** Adds a Console API key as a `type: "api"` member. */
+export function addApiKey(
+  key: string,
+  options?: { email?: string; path?: string },
+): Promise<{ email: string; added: boolean }>;
+/** Removes the account(s) with this email; resolves how many were removed. */
+export function removeAccount(email: string, path?: string): Promise<number>;
+export function setEnabled(email: string, enabled: boolean, path?: string): Promise<void>;
+export function setPriority(email: string, priority: number, path?: string): Promise<void>;
+/** Clears every cooldown (and rate-limited status); resolves how many accounts changed. */
+export function resetCooldowns(path?: string): Promise<number>;
+/** Copies an existing Claude Code login (`~/.claude/.credentials.json`) into the pool. */
+export function importClaudeCode(options?: {
+  credentialsPath?: string;
+  email?: string;
+  path?: string;
+}): Promise<{ email: string; added: boolean }>;
+
+export interface PoolEvent {
+  kind: "failover" | "rate-limited" | "auth-error" | "refreshed" | "all-cooling" | "third-party-refused";
+  /** The account the event is about. */
+  email?: string;
+  /** The account the request moved to, for failover. */
+  to?: string;
+  /** Epoch ms, for rate-limited / all-cooling. */
+  until?: number;
+  message: string;
+}
+
+export interface PoolFetchOptions {
+  path?: string;
+  provider?: "anthropic";
+  /** Called (synchronously, errors ignored) for failovers and account state changes. */
+  onEvent?: (event: PoolEvent) => void;
+}
+
+export type PoolFetch = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
+export function createPoolFetch(options?: PoolFetchOptions): PoolFetch;
+
+// OpenCode plugin building blocks
+export interface ModelDefinition {
+  id?: string;
+  name: string;
+  [k: string]: unknown;
+}
+export const ANTHROPIC_MODELS: Record<string, ModelDefinition>;
+export function OAuthPoolPlugin(input: any, options?: any): Promise<{
+  auth: any;
+  tool: { "model-accounts-pool": any };
+  config: (config: any) => Promise<void>;
+}>;
+export function poolAuthHook(input: any, options?: any): any;
+export function createPoolTool(input: any, options?: any): any;
+export function poolConfigHook(config: any): Promise<void>;

@@ -1,0 +1,46 @@
+// Native errors cross the boundary as "[CODE] message" (async napi functions cannot carry a
+// custom status). Turn them back into errors with `code` (and `status` for OAUTH_HTTP).
+
+const PREFIX = /^\[([A-Z_]+)(?: (\d{3}))?\] /;
+
+export function toPoolError(err) {
+  if (!(err instanceof Error) || typeof err.message !== "string") return err;
+  const match = PREFIX.exec(err.message);
+  if (!match) return err;
+  const [, code, status] = match;
+  const message = err.message.slice(match[0].length);
+  let out;
+  if (code === "ABORT_ERR") {
+    out = new DOMException("The operation was aborted.", "AbortError");
+  } else if (code === "NETWORK") {
+    // What WHATWG fetch rejects with on network failure.
+    out = new TypeError(`fetch failed: ${message}`);
+  } else {
+    out = new Error(message);
+  }
+  try {
+    Object.defineProperty(out, "code", { value: code, enumerable: true, configurable: true, writable: true });
+  } catch {}
+  if (status) out.status = Number(status);
+  return out;
+}
+
+/**
+ * Awaits a native call. Some napi-rs async paths resolve with the Error object instead of
+ * rejecting: treat a resolved "[CODE] ..." Error exactly like a rejection.
+ */
+export async function settle(promise) {
+  let value;
+  try {
+    value = await promise;
+  } catch (err) {
+    throw toPoolError(err);
+  }
+  if (value instanceof Error && PREFIX.test(value.message)) throw toPoolError(value);
+  return value;
+}
+
+/** Wraps an async native function so its rejections carry `code`. */
+export function wrap(fn) {
+  return (...args) => settle((async () => fn(...args))());
+}

@@ -1,0 +1,140 @@
+// The WHATWG face of the rotating fetch. Rust does the work (choosing the account, tokens,
+// failover, the HTTP itself); this file turns fetch()'s arguments into a plain request, and
+// the native answer into a real Response whose body is pulled from Rust chunk by chunk.
+import { native } from "./native.mjs";
+import { settle, toPoolError } from "./errors.mjs";
+
+const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
+
+function abortError(signal) {
+  const reason = signal?.reason;
+  if (reason !== undefined) return reason;
+  return new DOMException("The operation was aborted.", "AbortError");
+}
+
+async function requestParts(input, init) {
+  const isRequest = typeof Request !== "undefined" && input instanceof Request;
+  const url = isRequest ? input.url : input instanceof URL ? input.href : String(input);
+  const method = (init.method ?? (isRequest ? input.method : "GET")).toUpperCase();
+  const headers = new Headers(isRequest ? input.headers : undefined);
+  if (init.headers !== undefined) {
+    for (const [k, v] of new Headers(init.headers)) headers.set(k, v);
+  }
+  let source = init.body !== undefined ? init.body : isRequest ? input.body : null;
+  let body;
+  if (source !== null && source !== undefined && method !== "GET" && method !== "HEAD") {
+    if (typeof source === "string") {
+      body = Buffer.from(source);
+      if (!headers.has("content-type")) headers.set("content-type", "text/plain;charset=UTF-8");
+    } else if (source instanceof Uint8Array) {
+      body = Buffer.from(source.buffer, source.byteOffset, source.byteLength);
+    } else if (source instanceof ArrayBuffer) {
+      body = Buffer.from(source);
+    } else {
+      // Blob, FormData, URLSearchParams, ReadableStream, other views: let the runtime
+      // serialize it the way fetch would. The bytes are kept so a 429 can be retried on the
+      // next account with the identical body.
+      const wrapped = new Response(source);
+      const type = wrapped.headers.get("content-type");
+      if (type && !headers.has("content-type")) headers.set("content-type", type);
+      body = Buffer.from(await wrapped.arrayBuffer());
+    }
+  }
+  const signal = init.signal ?? (isRequest ? input.signal : undefined);
+  return { url, method, headers: [...headers], body, signal };
+}
+
+function bodyStream(res, signal, done) {
+  let finished = false;
+  const finish = () => {
+    if (!finished) {
+      finished = true;
+      done();
+    }
+  };
+  return new ReadableStream(
+    {
+      async pull(controller) {
+        try {
+          const chunk = await settle(res.next());
+          if (chunk === null || chunk === undefined) {
+            finish();
+            controller.close();
+          } else {
+            controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+          }
+        } catch (err) {
+          finish();
+          const mapped = toPoolError(err);
+          controller.error(mapped?.code === "ABORT_ERR" ? abortError(signal) : mapped);
+        }
+      },
+      async cancel() {
+        finish();
+        await res.cancel();
+      },
+    },
+    // Pull only when the reader asks: backpressure from the reader reaches the socket.
+    { highWaterMark: 0 },
+  );
+}
+
+/**
+ * A fetch that serves each request from the pool's accounts, with failover.
+ * @param {{ path?: string, provider?: "anthropic", onEvent?: (e: object) => void }} [options]
+ */
+export function createPoolFetch(options = {}) {
+  const { path, provider = "anthropic", onEvent } = options ?? {};
+  if (provider !== "anthropic") {
+    const err = new Error(`unknown provider ${JSON.stringify(provider)}: only "anthropic" is pooled`);
+    err.code = "INVALID_ARGUMENT";
+    throw err;
+  }
+  return async function poolFetch(input, init = {}) {
+    const parts = await requestParts(input, init ?? {});
+    const { signal } = parts;
+    if (signal?.aborted) throw abortError(signal);
+    const controller = new native.FetchController();
+    const onAbort = () => controller.abort();
+    signal?.addEventListener?.("abort", onAbort, { once: true });
+    const detach = () => signal?.removeEventListener?.("abort", onAbort);
+    let res;
+    try {
+      res = await settle(controller.send({
+        url: parts.url,
+        method: parts.method,
+        headers: parts.headers,
+        body: parts.body,
+        path: path ?? undefined,
+      }));
+    } catch (err) {
+      detach();
+      const mapped = toPoolError(err);
+      throw mapped?.code === "ABORT_ERR" ? abortError(signal) : mapped;
+    }
+    if (typeof onEvent === "function") {
+      for (const event of JSON.parse(res.events || "[]")) {
+        try {
+          onEvent(event);
+        } catch {}
+      }
+    }
+    const status = res.status;
+    const nullBody = NULL_BODY_STATUS.has(status) || parts.method === "HEAD";
+    let body = null;
+    if (nullBody) {
+      detach();
+      await res.cancel();
+    } else {
+      body = bodyStream(res, signal, detach);
+    }
+    const response = new Response(body, {
+      status: status < 200 ? 200 : status,
+      statusText: res.statusText,
+      headers: res.headers,
+    });
+    Object.defineProperty(response, "url", { value: parts.url, configurable: true });
+    Object.defineProperty(response, "poolAccount", { value: res.account ?? null, configurable: true });
+    return response;
+  };
+}

@@ -1,0 +1,40 @@
+// Loads the native addon for this platform: a local build first (`npm run build` puts
+// oauth-pool.<triple>.node next to package.json), then the prebuilt optional package
+// opencode-oauth-pool-<triple>. Works under Node and Bun (both implement createRequire).
+import { createRequire } from "node:module";
+import { existsSync } from "node:fs";
+import { platformTriple } from "./platform.mjs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const require = createRequire(import.meta.url);
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+
+function load() {
+  const triple = platformTriple();
+  const local = join(root, `oauth-pool.${triple}.node`);
+  const packageName = `opencode-oauth-pool-${triple}`;
+  const failures = [];
+  if (existsSync(local)) {
+    try {
+      return require(local);
+    } catch (err) {
+      failures.push(`${local}: ${err.message}`);
+    }
+  }
+  try {
+    return require(packageName);
+  } catch (err) {
+    failures.push(`${packageName}: ${err.message}`);
+  }
+  const error = new Error(
+    `opencode-oauth-pool: no native binary for ${triple}. Install the optional package ` +
+      `"${packageName}" (npm install ${packageName}), or build from source with ` +
+      `"npm run build" (needs Rust). Tried: ${failures.join("; ")}`,
+  );
+  error.code = "NATIVE_MISSING";
+  throw error;
+}
+
+export const native = load();
+export { platformTriple };

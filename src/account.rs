@@ -1,0 +1,548 @@
+//! The pool file's data model: `{ "version"?: 1, "anthropic": Account[], ...anything else }`.
+//! Unknown fields at every level are kept verbatim, and an account entry that does not parse is
+//! kept as it was (and reported) rather than dropped: nothing the user wrote is ever lost.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+
+pub const POOL_VERSION: u64 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Idle,
+    RateLimited,
+    AuthError,
+    Disabled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Idle => "idle",
+            Status::RateLimited => "rate-limited",
+            Status::AuthError => "auth-error",
+            Status::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "active" => Status::Active,
+            "idle" => Status::Idle,
+            "rate-limited" => Status::RateLimited,
+            "auth-error" => Status::AuthError,
+            "disabled" => Status::Disabled,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Account {
+    pub email: String,
+    /// `"oauth"` (the default when absent) or `"api"` (a Console API key in `key`).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Secret>,
+    /// Access-token expiry, epoch milliseconds.
+    #[serde(default, deserialize_with = "epoch_ms")]
+    pub expires: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<String>,
+    #[serde(default = "idle_status")]
+    pub status: String,
+    /// Epoch milliseconds; always written, `null` when not cooling.
+    #[serde(default, deserialize_with = "epoch_ms")]
+    pub rate_limit_until: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn idle_status() -> String {
+    Status::Idle.as_str().to_string()
+}
+
+/// Accepts integers and floats (JavaScript writes `Date.now() + x * 1000`), and reads values
+/// below 1e12 as seconds: a shell helper once wrote seconds, and "expired in 1970" would make
+/// every such account look dead.
+fn epoch_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v = Option::<Value>::deserialize(d)?;
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let f = n
+                .as_f64()
+                .ok_or_else(|| serde::de::Error::custom("not a number"))?;
+            if !f.is_finite() || f < 0.0 {
+                return Err(serde::de::Error::custom("epoch out of range"));
+            }
+            let ms = if f < 1e12 { f * 1000.0 } else { f };
+            if ms > 1e15 {
+                return Err(serde::de::Error::custom("epoch out of range"));
+            }
+            Ok(Some(ms as i64))
+        }
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected epoch milliseconds, found {}",
+            kind_of(&other)
+        ))),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl Account {
+    pub fn new_oauth(email: &str, access: Secret, refresh: Secret, expires: i64, now: i64) -> Self {
+        Account {
+            email: email.to_string(),
+            kind: None,
+            refresh: Some(refresh),
+            access: Some(access),
+            key: None,
+            expires: Some(expires),
+            added: Some(iso_time(now)),
+            last_used: None,
+            status: idle_status(),
+            rate_limit_until: None,
+            priority: None,
+            enabled: None,
+            extra: Map::new(),
+        }
+    }
+
+    pub fn new_api_key(email: &str, key: Secret, now: i64) -> Self {
+        Account {
+            email: email.to_string(),
+            kind: Some("api".into()),
+            refresh: None,
+            access: None,
+            key: Some(key),
+            expires: None,
+            added: Some(iso_time(now)),
+            last_used: None,
+            status: idle_status(),
+            rate_limit_until: None,
+            priority: None,
+            enabled: None,
+            extra: Map::new(),
+        }
+    }
+
+    pub fn is_api_key(&self) -> bool {
+        self.kind.as_deref() == Some("api")
+    }
+
+    pub fn status_enum(&self) -> Option<Status> {
+        Status::parse(&self.status)
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled != Some(false) && self.status_enum() != Some(Status::Disabled)
+    }
+
+    pub fn has_credential(&self) -> bool {
+        if self.is_api_key() {
+            self.key.as_ref().is_some_and(|k| !k.is_empty())
+        } else {
+            self.access.as_ref().is_some_and(|a| !a.is_empty())
+                || self.refresh.as_ref().is_some_and(|r| !r.is_empty())
+        }
+    }
+
+    /// The status a person should see at `now`: a cooldown that has passed reads as idle, so a
+    /// stale `rate-limited` never sticks past its time.
+    pub fn effective_status(&self, now: i64) -> Status {
+        if !self.is_enabled() {
+            return Status::Disabled;
+        }
+        match self.status_enum() {
+            Some(Status::AuthError) => Status::AuthError,
+            _ if self.cooling_at(now) => Status::RateLimited,
+            Some(Status::Active) => Status::Active,
+            _ => Status::Idle,
+        }
+    }
+
+    pub fn cooling_at(&self, now: i64) -> bool {
+        self.rate_limit_until.is_some_and(|t| t > now)
+    }
+
+    /// Whether a request may be sent with this account at `now`.
+    pub fn usable_at(&self, now: i64) -> bool {
+        self.is_enabled()
+            && self.status_enum() != Some(Status::AuthError)
+            && !self.cooling_at(now)
+            && self.has_credential()
+    }
+
+    pub fn priority(&self) -> i64 {
+        self.priority.unwrap_or(0)
+    }
+
+    /// `lastUsed` as epoch milliseconds (0 when never used or unreadable).
+    pub fn last_used_ms(&self) -> i64 {
+        self.last_used
+            .as_deref()
+            .and_then(parse_iso_ms)
+            .unwrap_or(0)
+    }
+}
+
+/// One element of the `anthropic` array: an account, or an entry we could not read, kept as is.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Valid(Box<Account>),
+    Invalid { raw: Value, reason: String },
+}
+
+impl Serialize for Entry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Entry::Valid(a) => a.serialize(s),
+            Entry::Invalid { raw, .. } => raw.serialize(s),
+        }
+    }
+}
+
+impl Entry {
+    fn from_value(raw: Value) -> Entry {
+        let problem = match &raw {
+            Value::Object(map) => match map.get("email") {
+                Some(Value::String(e)) if !e.trim().is_empty() => None,
+                Some(_) => Some("email is not a non-empty string".to_string()),
+                None => Some("no email".to_string()),
+            },
+            other => Some(format!("entry is {}, not an object", kind_of(other))),
+        };
+        if let Some(reason) = problem {
+            return Entry::Invalid { raw, reason };
+        }
+        match serde_json::from_value::<Account>(raw.clone()) {
+            Ok(a) => Entry::Valid(Box::new(a)),
+            Err(e) => Entry::Invalid {
+                raw,
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Pool {
+    pub version: Option<Value>,
+    pub anthropic: Vec<Entry>,
+    pub extra: Map<String, Value>,
+}
+
+impl Pool {
+    /// Parses the file's JSON. The top level must be an object whose `anthropic`, when present,
+    /// is an array; anything else is a corrupt file. Bad entries inside the array are kept.
+    pub fn from_value(value: Value) -> Result<Pool, String> {
+        let Value::Object(mut map) = value else {
+            return Err(format!(
+                "the top level is {}, not an object",
+                kind_of(&value)
+            ));
+        };
+        let anthropic = match map.shift_remove("anthropic") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items.into_iter().map(Entry::from_value).collect(),
+            Some(other) => {
+                return Err(format!(
+                    "\"anthropic\" is {}, not an array",
+                    kind_of(&other)
+                ))
+            }
+        };
+        let version = map.shift_remove("version");
+        Ok(Pool {
+            version,
+            anthropic,
+            extra: map,
+        })
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Pool, String> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        Pool::from_value(value)
+    }
+
+    pub fn to_value(&self) -> Value {
+        let mut map = Map::new();
+        map.insert(
+            "version".into(),
+            self.version.clone().unwrap_or(Value::from(POOL_VERSION)),
+        );
+        let entries = self
+            .anthropic
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+            .collect();
+        map.insert("anthropic".into(), Value::Array(entries));
+        for (k, v) in &self.extra {
+            map.insert(k.clone(), v.clone());
+        }
+        Value::Object(map)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(&self.to_value()).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// Strict validation for pools handed to us by a caller (`savePool`): unlike a file on disk,
+    /// a bad entry here is the caller's bug and is refused rather than kept.
+    pub fn from_caller(value: Value) -> Result<Pool> {
+        let pool = Pool::from_value(value).map_err(Error::PoolInvalid)?;
+        for (i, e) in pool.anthropic.iter().enumerate() {
+            if let Entry::Invalid { reason, .. } = e {
+                return Err(Error::PoolInvalid(format!("anthropic[{i}]: {reason}")));
+            }
+        }
+        Ok(pool)
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.anthropic.iter().filter_map(|e| match e {
+            Entry::Valid(a) => Some(a.as_ref()),
+            Entry::Invalid { .. } => None,
+        })
+    }
+
+    pub fn accounts_mut(&mut self) -> impl Iterator<Item = &mut Account> {
+        self.anthropic.iter_mut().filter_map(|e| match e {
+            Entry::Valid(a) => Some(a.as_mut()),
+            Entry::Invalid { .. } => None,
+        })
+    }
+
+    pub fn invalid_entries(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.anthropic
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e {
+                Entry::Invalid { reason, .. } => Some((i, reason.as_str())),
+                Entry::Valid(_) => None,
+            })
+    }
+
+    pub fn find(&self, email: &str) -> Option<&Account> {
+        let key = normalize_email(email);
+        self.accounts().find(|a| normalize_email(&a.email) == key)
+    }
+
+    pub fn find_mut(&mut self, email: &str) -> Option<&mut Account> {
+        let key = normalize_email(email);
+        self.accounts_mut()
+            .find(|a| normalize_email(&a.email) == key)
+    }
+
+    /// Adds an account, or, when one with the same email exists, replaces its credentials and
+    /// clears its error state while keeping everything else the user set (priority, extras).
+    /// Returns true when a new account was added.
+    pub fn upsert(&mut self, incoming: Account) -> bool {
+        if let Some(existing) = self.find_mut(&incoming.email) {
+            existing.kind = incoming.kind;
+            existing.refresh = incoming.refresh;
+            existing.access = incoming.access;
+            existing.key = incoming.key;
+            existing.expires = incoming.expires;
+            existing.rate_limit_until = None;
+            if matches!(
+                existing.status_enum(),
+                Some(Status::AuthError) | Some(Status::RateLimited) | None
+            ) {
+                existing.status = Status::Idle.as_str().into();
+            }
+            false
+        } else {
+            self.anthropic.push(Entry::Valid(Box::new(incoming)));
+            true
+        }
+    }
+
+    /// Removes every entry with this email (duplicates included). Returns how many went.
+    pub fn remove(&mut self, email: &str) -> usize {
+        let key = normalize_email(email);
+        let before = self.anthropic.len();
+        self.anthropic.retain(|e| match e {
+            Entry::Valid(a) => normalize_email(&a.email) != key,
+            Entry::Invalid { .. } => true,
+        });
+        before - self.anthropic.len()
+    }
+}
+
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+pub fn iso_time(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+pub fn parse_iso_ms(s: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339_weak(s.trim()).ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn legacy() -> Value {
+        json!({
+            "anthropic": [{
+                "email": "a@example.com", "refresh": "r0", "access": "a0",
+                "expires": 1711234567000u64, "added": "2026-03-19T10:00:00.000Z",
+                "lastUsed": "2026-03-19T11:00:00.000Z", "status": "active", "rateLimitUntil": null,
+                "cooldownUntil": 5, "accountId": "x"
+            }],
+            "openai": [{"email": "o@example.com", "whatever": [1, 2]}],
+            "_pending_anthropic": {"k": "v"}
+        })
+    }
+
+    #[test]
+    fn legacy_file_round_trips_with_unknown_fields() {
+        let pool = Pool::from_value(legacy()).unwrap();
+        let a = pool.find("A@Example.com").unwrap();
+        assert_eq!(a.expires, Some(1711234567000));
+        assert_eq!(a.extra.get("accountId"), Some(&json!("x")));
+        let out = pool.to_value();
+        assert_eq!(out["openai"], legacy()["openai"]);
+        assert_eq!(out["_pending_anthropic"], json!({"k": "v"}));
+        assert_eq!(out["anthropic"][0]["cooldownUntil"], json!(5));
+        assert_eq!(out["anthropic"][0]["refresh"], json!("r0"));
+        assert_eq!(out["anthropic"][0]["rateLimitUntil"], Value::Null);
+        assert_eq!(out["version"], json!(1));
+        let again = Pool::from_value(out.clone()).unwrap().to_value();
+        assert_eq!(again, out);
+    }
+
+    #[test]
+    fn seconds_are_read_as_seconds() {
+        let pool =
+            Pool::from_value(json!({"anthropic": [{"email": "a@x", "expires": 1711234567}]}))
+                .unwrap();
+        assert_eq!(pool.find("a@x").unwrap().expires, Some(1711234567000));
+    }
+
+    #[test]
+    fn bad_entries_are_kept_and_reported() {
+        let v = json!({"anthropic": [
+            {"email": "ok@x", "access": "a"},
+            {"email": 5},
+            {"email": "bad@x", "expires": "soon"},
+            7
+        ]});
+        let pool = Pool::from_value(v.clone()).unwrap();
+        assert_eq!(pool.accounts().count(), 1);
+        assert_eq!(pool.invalid_entries().count(), 3);
+        let out = pool.to_value();
+        assert_eq!(out["anthropic"][1], v["anthropic"][1]);
+        assert_eq!(out["anthropic"][2], v["anthropic"][2]);
+        assert_eq!(out["anthropic"][3], json!(7));
+        assert!(Pool::from_caller(v).is_err());
+    }
+
+    #[test]
+    fn wrong_shapes_are_refused() {
+        assert!(Pool::from_value(json!([])).is_err());
+        assert!(Pool::from_value(json!(3)).is_err());
+        assert!(Pool::from_value(json!({"anthropic": {}})).is_err());
+        assert!(Pool::parse(b"").is_err());
+        assert!(Pool::parse(b"\xEF\xBB\xBF{}").is_err());
+        assert!(Pool::parse(b"{\"anthropic\": [").is_err());
+        assert!(Pool::from_value(json!({})).unwrap().anthropic.is_empty());
+    }
+
+    #[test]
+    fn upsert_updates_same_email_and_keeps_settings() {
+        let mut pool = Pool::default();
+        let now = 1_800_000_000_000;
+        assert!(pool.upsert(Account::new_oauth(
+            "a@x",
+            "a1".into(),
+            "r1".into(),
+            now,
+            now
+        )));
+        pool.find_mut("a@x").unwrap().priority = Some(5);
+        pool.find_mut("a@x").unwrap().status = "auth-error".into();
+        assert!(!pool.upsert(Account::new_oauth(
+            " A@X ",
+            "a2".into(),
+            "r2".into(),
+            now,
+            now
+        )));
+        assert_eq!(pool.accounts().count(), 1);
+        let a = pool.find("a@x").unwrap();
+        assert_eq!(a.access.as_ref().unwrap().expose(), "a2");
+        assert_eq!(a.priority, Some(5));
+        assert_eq!(a.status, "idle");
+        assert!(pool.upsert(Account::new_api_key("k@x", "sk".into(), now)));
+        assert_eq!(pool.remove("A@x"), 1);
+        assert_eq!(pool.accounts().count(), 1);
+    }
+
+    #[test]
+    fn effective_status_clears_past_cooldowns() {
+        let now = 1_800_000_000_000;
+        let mut a = Account::new_oauth("a@x", "a".into(), "r".into(), now, now);
+        a.status = "rate-limited".into();
+        a.rate_limit_until = Some(now - 1);
+        assert_eq!(a.effective_status(now), Status::Idle);
+        assert!(a.usable_at(now));
+        a.rate_limit_until = Some(now + 1000);
+        assert_eq!(a.effective_status(now), Status::RateLimited);
+        assert!(!a.usable_at(now));
+        a.enabled = Some(false);
+        assert_eq!(a.effective_status(now), Status::Disabled);
+    }
+
+    #[test]
+    fn iso_round_trip() {
+        let ms = 1_711_234_567_123;
+        assert_eq!(iso_time(ms), "2024-03-23T22:56:07.123Z");
+        assert_eq!(parse_iso_ms(&iso_time(ms)), Some(ms));
+    }
+}

@@ -1,0 +1,141 @@
+//! Configuration read from the environment at call time (never cached), and the endpoint rule:
+//! https only, except plain http to a loopback host (how tests point the pool at local mocks).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use url::Url;
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
+pub const DEFAULT_API_URL: &str = "https://api.anthropic.com";
+
+/// `OAUTH_POOL_PATH`, else `~/.aidevops/oauth-pool.json`.
+pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
+    if let Some(p) = explicit.filter(|p| !p.is_empty()) {
+        return Ok(expand_home(p));
+    }
+    if let Ok(p) = std::env::var("OAUTH_POOL_PATH") {
+        if !p.is_empty() {
+            return Ok(expand_home(&p));
+        }
+    }
+    let home = home_dir().ok_or_else(|| {
+        Error::InvalidArgument("cannot find the home directory; set OAUTH_POOL_PATH".into())
+    })?;
+    Ok(home.join(".aidevops").join("oauth-pool.json"))
+}
+
+pub fn home_dir() -> Option<PathBuf> {
+    let var = if cfg!(windows) { "USERPROFILE" } else { "HOME" };
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn expand_home(p: &str) -> PathBuf {
+    if let Some(rest) = p.strip_prefix("~/") {
+        if let Some(home) = home_dir() {
+            return home.join(rest);
+        }
+    }
+    let path = PathBuf::from(p);
+    if path.is_relative() {
+        // A relative pool path would follow the process's working directory, which differs
+        // between OpenCode, its workers and the CLI: anchor it once, here.
+        if let Ok(cwd) = std::env::current_dir() {
+            return cwd.join(path);
+        }
+    }
+    path
+}
+
+pub fn token_url() -> Result<Url> {
+    endpoint("OAUTH_POOL_TOKEN_URL", DEFAULT_TOKEN_URL)
+}
+
+/// The API origin (no trailing slash, no `/v1`).
+pub fn api_url() -> Result<Url> {
+    endpoint("OAUTH_POOL_API_URL", DEFAULT_API_URL)
+}
+
+fn endpoint(var: &str, default: &str) -> Result<Url> {
+    let raw = std::env::var(var)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_string());
+    parse_endpoint(raw.trim())
+}
+
+pub fn parse_endpoint(raw: &str) -> Result<Url> {
+    let url = Url::parse(raw).map_err(|e| Error::InsecureEndpoint {
+        url: raw.to_string(),
+        reason: format!("not a URL ({e})"),
+    })?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(Error::InsecureEndpoint {
+            url: raw.to_string(),
+            reason: "plain http is allowed only to a loopback host".into(),
+        }),
+        other => Err(Error::InsecureEndpoint {
+            url: raw.to_string(),
+            reason: format!("scheme {other} is not https"),
+        }),
+    }
+}
+
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// Whether `target` is on the configured API origin: only such requests get a credential.
+pub fn same_origin(target: &Url, api: &Url) -> bool {
+    target.scheme() == api.scheme()
+        && target.host_str().map(str::to_ascii_lowercase)
+            == api.host_str().map(str::to_ascii_lowercase)
+        && target.port_or_known_default() == api.port_or_known_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_and_loopback_http_only() {
+        assert!(parse_endpoint("https://api.anthropic.com").is_ok());
+        assert!(parse_endpoint("http://127.0.0.1:9/x").is_ok());
+        assert!(parse_endpoint("http://127.8.0.1:9/x").is_ok());
+        assert!(parse_endpoint("http://localhost:9/x").is_ok());
+        assert!(parse_endpoint("http://[::1]:9/x").is_ok());
+        let err = parse_endpoint("http://evil.example/x").unwrap_err();
+        assert_eq!(err.code(), "INSECURE_ENDPOINT");
+        assert!(parse_endpoint("http://localhost.evil.example/").is_err());
+        assert!(parse_endpoint("ftp://127.0.0.1/").is_err());
+        assert!(parse_endpoint("not a url").is_err());
+    }
+
+    #[test]
+    fn origin_comparison() {
+        let api = Url::parse("https://api.anthropic.com").unwrap();
+        assert!(same_origin(
+            &Url::parse("https://API.anthropic.com:443/v1/messages").unwrap(),
+            &api
+        ));
+        assert!(!same_origin(
+            &Url::parse("https://api.anthropic.com.evil/v1").unwrap(),
+            &api
+        ));
+        assert!(!same_origin(
+            &Url::parse("http://api.anthropic.com/v1").unwrap(),
+            &api
+        ));
+    }
+}

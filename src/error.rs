@@ -1,0 +1,110 @@
+//! The one error type of the crate. Every variant maps to a stable `err.code` string from the
+//! public contract; messages never carry a secret (tokens, codes, verifiers).
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("pool file {path} is not valid: {reason}. It was left untouched; {hint}")]
+    PoolCorrupt {
+        path: PathBuf,
+        reason: String,
+        hint: String,
+    },
+    #[error("pool file {path} refused: {reason}")]
+    PoolInsecure { path: PathBuf, reason: String },
+    #[error("pool is not valid: {0}")]
+    PoolInvalid(String),
+    #[error("pool file {path}: {action} failed: {source}")]
+    PoolIo {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pool file {path} is locked by another process for more than {seconds} s")]
+    PoolBusy { path: PathBuf, seconds: u64 },
+    #[error("no account with email {0} in the pool")]
+    AccountNotFound(String),
+    #[error("{0}")]
+    NoUsableAccount(String),
+    #[error("{0}")]
+    OAuthStateMismatch(String),
+    #[error("the pasted input holds no authorization code: {0}")]
+    OAuthBadInput(String),
+    #[error("refresh token rejected by the token endpoint ({0}); the account needs a new login")]
+    OAuthInvalidGrant(String),
+    #[error("token endpoint answered HTTP {status}: {detail}")]
+    OAuthHttp {
+        status: u16,
+        detail: String,
+        /// Seconds the endpoint asked us to wait (429 `retry-after`), when given.
+        retry_after: Option<u64>,
+    },
+    #[error("network error talking to {what}: {detail}")]
+    Network { what: &'static str, detail: String },
+    #[error("endpoint {url} refused: {reason}")]
+    InsecureEndpoint { url: String, reason: String },
+    #[error("request aborted")]
+    Aborted,
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// The stable `err.code` string JavaScript callers switch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::PoolCorrupt { .. } => "POOL_CORRUPT",
+            Error::PoolInsecure { .. } => "POOL_INSECURE",
+            Error::PoolInvalid(_) => "POOL_INVALID",
+            Error::PoolIo { .. } => "POOL_IO",
+            Error::PoolBusy { .. } => "POOL_BUSY",
+            Error::AccountNotFound(_) => "ACCOUNT_NOT_FOUND",
+            Error::NoUsableAccount(_) => "POOL_NO_ACCOUNT",
+            Error::OAuthStateMismatch(_) => "OAUTH_STATE_MISMATCH",
+            Error::OAuthBadInput(_) => "OAUTH_BAD_INPUT",
+            Error::OAuthInvalidGrant(_) => "OAUTH_INVALID_GRANT",
+            Error::OAuthHttp { .. } => "OAUTH_HTTP",
+            Error::Network { .. } => "NETWORK",
+            Error::InsecureEndpoint { .. } => "INSECURE_ENDPOINT",
+            Error::Aborted => "ABORT_ERR",
+            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+        }
+    }
+
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
+        Error::PoolIo {
+            path: path.into(),
+            action,
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_the_contract_strings() {
+        assert_eq!(
+            Error::OAuthStateMismatch(String::new()).code(),
+            "OAUTH_STATE_MISMATCH"
+        );
+        assert_eq!(Error::PoolInvalid("x".into()).code(), "POOL_INVALID");
+        let e = Error::OAuthHttp {
+            status: 503,
+            detail: "server_error".into(),
+            retry_after: None,
+        };
+        assert_eq!(e.code(), "OAUTH_HTTP");
+        assert!(e.to_string().contains("503"));
+    }
+}

@@ -1,0 +1,444 @@
+//! The napi edge: converts arguments and errors, and nothing else. The core modules below know
+//! nothing of napi and are tested with `cargo test`.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod account;
+pub mod config;
+pub mod error;
+pub mod fetch;
+pub mod http;
+pub mod logging;
+pub mod manage;
+pub mod oauth;
+pub mod ratelimit;
+pub mod runtime;
+pub mod secret;
+pub mod select;
+pub mod store;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use napi::bindgen_prelude::Buffer;
+use napi_derive::napi;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::account::{now_ms, Pool};
+use crate::error::Error;
+use crate::runtime::{blocking, PoolRuntime};
+use crate::secret::Secret;
+use crate::store::Store;
+
+/// Errors cross as `[CODE] message` (async napi functions cannot carry a custom status);
+/// index.mjs turns the prefix back into `err.code`.
+fn js_error(e: Error) -> napi::Error {
+    let prefix = match &e {
+        Error::OAuthHttp { status, .. } => format!("[{} {status}]", e.code()),
+        _ => format!("[{}]", e.code()),
+    };
+    napi::Error::from_reason(format!("{prefix} {e}"))
+}
+
+type JsResult<T> = napi::Result<T>;
+
+fn store_for(path: Option<String>) -> Result<Store, Error> {
+    logging::init();
+    Ok(Store::new(config::pool_path(path.as_deref())?))
+}
+
+#[napi]
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}
+
+#[napi(js_name = "loadPool")]
+pub async fn load_pool(path: Option<String>) -> JsResult<Value> {
+    let store = store_for(path).map_err(js_error)?;
+    let pool = blocking(move || store.load()).await.map_err(js_error)?;
+    Ok(pool.to_value())
+}
+
+#[napi(js_name = "savePool")]
+pub async fn save_pool(pool: Value, path: Option<String>) -> JsResult<()> {
+    let store = store_for(path).map_err(js_error)?;
+    let pool = Pool::from_caller(pool).map_err(js_error)?;
+    blocking(move || store.save(&pool)).await.map_err(js_error)
+}
+
+#[napi(object)]
+pub struct AuthorizeOptions {
+    pub mode: Option<String>,
+}
+
+#[napi(object)]
+pub struct AuthorizeResult {
+    pub url: String,
+    pub verifier: String,
+    pub state: String,
+}
+
+#[napi]
+pub fn authorize(options: Option<AuthorizeOptions>) -> JsResult<AuthorizeResult> {
+    logging::init();
+    let mode =
+        oauth::Mode::parse(options.as_ref().and_then(|o| o.mode.as_deref())).map_err(js_error)?;
+    let a = oauth::authorize(mode).map_err(js_error)?;
+    Ok(AuthorizeResult {
+        url: a.url.clone(),
+        verifier: a.verifier.expose().to_string(),
+        state: a.state.expose().to_string(),
+    })
+}
+
+#[napi(object)]
+pub struct Pkce {
+    pub verifier: String,
+    pub state: String,
+}
+
+#[napi]
+pub async fn exchange(input: String, pkce: Pkce) -> JsResult<Value> {
+    logging::init();
+    let t = oauth::exchange(&input, &pkce.verifier, &pkce.state)
+        .await
+        .map_err(js_error)?;
+    Ok(json!({
+        "email": t.email,
+        "access": t.access.expose(),
+        "refresh": t.refresh.expose(),
+        "expires": t.expires,
+    }))
+}
+
+#[napi]
+pub async fn refresh(refresh_token: String) -> JsResult<Value> {
+    logging::init();
+    let t = oauth::refresh(&Secret::new(refresh_token))
+        .await
+        .map_err(js_error)?;
+    Ok(json!({
+        "access": t.access.expose(),
+        "refresh": t.refresh.expose(),
+        "expires": t.expires,
+    }))
+}
+
+// ---- account management ---------------------------------------------------------------------
+
+#[napi(js_name = "listAccounts")]
+pub async fn list_accounts(path: Option<String>) -> JsResult<Value> {
+    let store = store_for(path).map_err(js_error)?;
+    let pool = blocking(move || store.load()).await.map_err(js_error)?;
+    Ok(Value::Array(manage::list(&pool, now_ms())))
+}
+
+#[napi(js_name = "poolStatus")]
+pub async fn pool_status(path: Option<String>) -> JsResult<Value> {
+    let store = store_for(path).map_err(js_error)?;
+    let s = store.clone();
+    let pool = blocking(move || s.load()).await.map_err(js_error)?;
+    Ok(manage::status(&pool, store.path(), now_ms()))
+}
+
+#[napi(js_name = "addAccount")]
+pub async fn add_account(input: String, pkce: Pkce, path: Option<String>) -> JsResult<Value> {
+    let store = store_for(path).map_err(js_error)?;
+    let tokens = oauth::exchange(&input, &pkce.verifier, &pkce.state)
+        .await
+        .map_err(js_error)?;
+    let (email, added) = blocking(move || manage::add_oauth(&store, &tokens))
+        .await
+        .map_err(js_error)?;
+    Ok(json!({ "email": email, "added": added }))
+}
+
+#[napi(object)]
+pub struct ApiKeyOptions {
+    pub email: Option<String>,
+    pub path: Option<String>,
+}
+
+#[napi(js_name = "addApiKey")]
+pub async fn add_api_key(key: String, options: Option<ApiKeyOptions>) -> JsResult<Value> {
+    let (email, path) = options.map(|o| (o.email, o.path)).unwrap_or((None, None));
+    let store = store_for(path).map_err(js_error)?;
+    let key = Secret::new(key);
+    let (email, added) =
+        blocking(move || manage::add_api_key(&store, key.expose(), email.as_deref()))
+            .await
+            .map_err(js_error)?;
+    Ok(json!({ "email": email, "added": added }))
+}
+
+#[napi(js_name = "removeAccount")]
+pub async fn remove_account(email: String, path: Option<String>) -> JsResult<u32> {
+    let store = store_for(path).map_err(js_error)?;
+    let n = blocking(move || manage::remove(&store, &email))
+        .await
+        .map_err(js_error)?;
+    Ok(n as u32)
+}
+
+#[napi(js_name = "setEnabled")]
+pub async fn set_enabled(email: String, enabled: bool, path: Option<String>) -> JsResult<()> {
+    let store = store_for(path).map_err(js_error)?;
+    let rt = PoolRuntime::for_path(store.path());
+    blocking(move || manage::set_enabled(&store, &email, enabled))
+        .await
+        .map_err(js_error)?;
+    rt.reset_memory();
+    Ok(())
+}
+
+#[napi(js_name = "setPriority")]
+pub async fn set_priority(email: String, priority: i64, path: Option<String>) -> JsResult<()> {
+    let store = store_for(path).map_err(js_error)?;
+    blocking(move || manage::set_priority(&store, &email, priority))
+        .await
+        .map_err(js_error)
+}
+
+#[napi(js_name = "resetCooldowns")]
+pub async fn reset_cooldowns(path: Option<String>) -> JsResult<u32> {
+    let store = store_for(path).map_err(js_error)?;
+    let rt = PoolRuntime::for_path(store.path());
+    let n = blocking(move || manage::reset_cooldowns(&store))
+        .await
+        .map_err(js_error)?;
+    rt.reset_memory();
+    Ok(n as u32)
+}
+
+#[napi(object)]
+pub struct ImportOptions {
+    pub credentials_path: Option<String>,
+    pub email: Option<String>,
+    pub path: Option<String>,
+}
+
+#[napi(js_name = "importClaudeCode")]
+pub async fn import_claude_code(options: Option<ImportOptions>) -> JsResult<Value> {
+    let (creds, email, path) = options
+        .map(|o| (o.credentials_path, o.email, o.path))
+        .unwrap_or((None, None, None));
+    let store = store_for(path).map_err(js_error)?;
+    let creds = match creds {
+        Some(c) => std::path::PathBuf::from(c),
+        None => config::home_dir()
+            .ok_or_else(|| js_error(Error::InvalidArgument("no home directory".into())))?
+            .join(".claude")
+            .join(".credentials.json"),
+    };
+    let s = store.clone();
+    let mut tokens = blocking(move || manage::import_claude_code(&s, &creds, email.as_deref()))
+        .await
+        .map_err(js_error)?;
+    if tokens.email.is_none() {
+        tokens.email = oauth::profile_email(&tokens.access).await.ok().flatten();
+    }
+    let (email, added) = blocking(move || manage::add_oauth(&store, &tokens))
+        .await
+        .map_err(js_error)?;
+    Ok(json!({ "email": email, "added": added }))
+}
+
+/// Writes this process's pending bookkeeping (last use, quota) now instead of within a second.
+#[napi(js_name = "flushPool")]
+pub async fn flush_pool(path: Option<String>) -> JsResult<()> {
+    let store = store_for(path).map_err(js_error)?;
+    PoolRuntime::for_path(store.path()).flush().await;
+    Ok(())
+}
+
+// ---- the rotating fetch -----------------------------------------------------------------------
+
+#[napi(object)]
+pub struct FetchRequest {
+    pub url: String,
+    pub method: String,
+    /// `[name, value]` pairs.
+    pub headers: Vec<Vec<String>>,
+    pub body: Option<Buffer>,
+    pub path: Option<String>,
+}
+
+/// One request in flight: `send()` it, `abort()` it from an AbortSignal at any time.
+#[napi]
+pub struct FetchController {
+    cancel: CancellationToken,
+}
+
+impl Default for FetchController {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[napi]
+impl FetchController {
+    #[napi(constructor)]
+    pub fn new() -> Self {
+        FetchController {
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    #[napi]
+    pub fn abort(&self) {
+        self.cancel.cancel();
+    }
+
+    #[napi]
+    pub async fn send(&self, request: FetchRequest) -> JsResult<NativeResponse> {
+        let store = store_for(request.path.clone()).map_err(js_error)?;
+        let rt = PoolRuntime::for_path(store.path());
+        let headers = request
+            .headers
+            .into_iter()
+            .filter_map(|mut pair| {
+                if pair.len() == 2 {
+                    let v = pair.pop()?;
+                    let k = pair.pop()?;
+                    Some((k, v))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let req = fetch::OutgoingRequest {
+            url: request.url,
+            method: request.method,
+            headers,
+            body: request.body.map(|b| Bytes::copy_from_slice(&b)),
+        };
+        let answer = fetch::pool_fetch(&rt, req, &self.cancel)
+            .await
+            .map_err(js_error)?;
+        let events = serde_json::to_string(&answer.events).unwrap_or_else(|_| "[]".into());
+        let body = match answer.body {
+            fetch::Body::Stream(r) => BodyState::Stream(r),
+            fetch::Body::Full(b) if b.is_empty() => BodyState::Done,
+            fetch::Body::Full(b) => BodyState::Full(b),
+        };
+        Ok(NativeResponse {
+            status: answer.status as u32,
+            status_text: answer.status_text,
+            headers: answer
+                .headers
+                .into_iter()
+                .map(|(k, v)| vec![k, v])
+                .collect(),
+            account: answer.account,
+            events,
+            body: Arc::new(tokio::sync::Mutex::new(body)),
+            cancel: self.cancel.clone(),
+        })
+    }
+}
+
+enum BodyState {
+    Stream(reqwest::Response),
+    Full(Bytes),
+    Done,
+}
+
+/// Most bytes handed to JavaScript per `next()`: chunks that are already here are batched
+/// (fewer crossings for bulk bodies), but `next()` never waits to fill a batch (SSE latency).
+const MAX_BATCH: usize = 512 * 1024;
+
+#[napi]
+pub struct NativeResponse {
+    status: u32,
+    status_text: String,
+    headers: Vec<Vec<String>>,
+    account: Option<String>,
+    events: String,
+    body: Arc<tokio::sync::Mutex<BodyState>>,
+    cancel: CancellationToken,
+}
+
+#[napi]
+impl NativeResponse {
+    #[napi(getter)]
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    #[napi(getter, js_name = "statusText")]
+    pub fn status_text(&self) -> String {
+        self.status_text.clone()
+    }
+
+    #[napi(getter)]
+    pub fn headers(&self) -> Vec<Vec<String>> {
+        self.headers.clone()
+    }
+
+    #[napi(getter)]
+    pub fn account(&self) -> Option<String> {
+        self.account.clone()
+    }
+
+    #[napi(getter)]
+    pub fn events(&self) -> String {
+        self.events.clone()
+    }
+
+    /// The next bytes of the body, or null at its end. Rejects with ABORT_ERR once aborted.
+    #[napi]
+    pub async fn next(&self) -> JsResult<Option<Buffer>> {
+        let mut state = self.body.lock().await;
+        let cancel = self.cancel.clone();
+        let taken = std::mem::replace(&mut *state, BodyState::Done);
+        match taken {
+            BodyState::Done => Ok(None),
+            BodyState::Full(b) => Ok(Some(b.to_vec().into())),
+            BodyState::Stream(mut response) => {
+                let first = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Err(js_error(Error::Aborted)),
+                    c = response.chunk() => c,
+                };
+                let first = match first {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return Ok(None),
+                    Err(e) => {
+                        return Err(js_error(Error::Network {
+                            what: "the API (mid-stream)",
+                            detail: http::describe(&e),
+                        }))
+                    }
+                };
+                let mut out: Vec<u8> = first.to_vec();
+                let mut ended = false;
+                while out.len() < MAX_BATCH {
+                    match response.chunk().now_or_never() {
+                        Some(Ok(Some(more))) => out.extend_from_slice(&more),
+                        Some(Ok(None)) => {
+                            ended = true;
+                            break;
+                        }
+                        // An error right after data: deliver the data; the next call reports it.
+                        Some(Err(_)) | None => break,
+                    }
+                }
+                if !ended {
+                    *state = BodyState::Stream(response);
+                }
+                Ok(Some(out.into()))
+            }
+        }
+    }
+
+    /// Stops reading: the upstream connection is closed, not returned to the pool.
+    #[napi]
+    pub async fn cancel(&self) -> JsResult<()> {
+        self.cancel.cancel();
+        let mut state = self.body.lock().await;
+        *state = BodyState::Done;
+        Ok(())
+    }
+}

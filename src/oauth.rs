@@ -1,0 +1,540 @@
+//! OAuth for Claude accounts: PKCE authorize URL, code exchange, refresh, and the account's
+//! email. Secrets are `Secret`s; error text carries the endpoint's `error` and
+//! `error_description` only, never a token, code or verifier.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use url::Url;
+
+use crate::account::now_ms;
+use crate::config;
+use crate::error::{Error, Result};
+use crate::http;
+use crate::secret::Secret;
+
+pub const CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
+pub const REDIRECT_URI: &str = "https://platform.claude.com/oauth/code/callback";
+pub const SCOPES: &str = "org:create_api_key user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload";
+pub const AUTHORIZE_URL_MAX: &str = "https://claude.ai/oauth/authorize";
+pub const AUTHORIZE_URL_CONSOLE: &str = "https://platform.claude.com/oauth/authorize";
+pub const OAUTH_BETA: &str = "oauth-2025-04-20";
+/// Token responses are small; anything bigger is not a token response.
+const MAX_TOKEN_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Max,
+    Console,
+}
+
+impl Mode {
+    pub fn parse(s: Option<&str>) -> Result<Mode> {
+        match s.map(str::trim) {
+            None | Some("") | Some("max") => Ok(Mode::Max),
+            Some("console") => Ok(Mode::Console),
+            Some(other) => Err(Error::InvalidArgument(format!(
+                "unknown login mode {other:?}: use \"max\" or \"console\""
+            ))),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Authorization {
+    pub url: String,
+    pub verifier: Secret,
+    pub state: Secret,
+}
+
+/// 32 bytes from the OS CSPRNG as base64url: 43 characters of the RFC 7636 unreserved set.
+fn random_token() -> Result<Secret> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::InvalidArgument(format!("no OS randomness: {e}")))?;
+    Ok(Secret::new(URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+pub fn challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+pub fn authorize(mode: Mode) -> Result<Authorization> {
+    let verifier = random_token()?;
+    let state = random_token()?;
+    let base = match mode {
+        Mode::Max => AUTHORIZE_URL_MAX,
+        Mode::Console => AUTHORIZE_URL_CONSOLE,
+    };
+    let mut url = Url::parse(base).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    url.query_pairs_mut()
+        .append_pair("code", "true")
+        .append_pair("client_id", CLIENT_ID)
+        .append_pair("response_type", "code")
+        .append_pair("redirect_uri", REDIRECT_URI)
+        .append_pair("scope", SCOPES)
+        .append_pair("code_challenge", &challenge(verifier.expose()))
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("state", state.expose());
+    Ok(Authorization {
+        url: url.into(),
+        verifier,
+        state,
+    })
+}
+
+/// What the user pasted: `code#state`, the full callback URL, or a query string.
+#[derive(Debug)]
+pub struct Pasted {
+    pub code: Secret,
+    pub state: Option<Secret>,
+}
+
+pub fn parse_pasted(input: &str) -> Result<Pasted> {
+    let input = input.trim().trim_matches(|c| c == '"' || c == '\'');
+    if input.is_empty() {
+        return Err(Error::OAuthBadInput("nothing was pasted".into()));
+    }
+    let from_query = |query: &str| {
+        let mut code = None;
+        let mut state = None;
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "code" => code = Some(Secret::new(v.into_owned())),
+                "state" => state = Some(Secret::new(v.into_owned())),
+                _ => {}
+            }
+        }
+        (code, state)
+    };
+    let (code, state) = if input.starts_with("http://") || input.starts_with("https://") {
+        let url = Url::parse(input)
+            .map_err(|_| Error::OAuthBadInput("the pasted URL does not parse".into()))?;
+        let (code, mut state) = from_query(url.query().unwrap_or(""));
+        // Some pages put the state after a '#' in the code itself or in the fragment.
+        if state.is_none() {
+            if let Some(f) = url.fragment() {
+                state = Some(Secret::new(f.to_string()));
+            }
+        }
+        (code, state)
+    } else if input.contains("code=") || (input.contains('=') && !input.contains('#')) {
+        from_query(input.trim_start_matches('?'))
+    } else if let Some((code, state)) = input.split_once('#') {
+        (
+            Some(Secret::new(code.trim())),
+            Some(Secret::new(state.trim())),
+        )
+    } else {
+        (Some(Secret::new(input)), None)
+    };
+    let mut code = code.ok_or_else(|| {
+        Error::OAuthBadInput("no `code` found: paste the code shown after logging in".into())
+    })?;
+    let mut state = state;
+    // `code=abc#state` inside a query or URL: the browser page shows code and state joined.
+    if state.is_none() {
+        if let Some((c, s)) = code.expose().split_once('#') {
+            let (c, s) = (Secret::new(c), Secret::new(s));
+            code = c;
+            state = Some(s);
+        }
+    }
+    if code.is_empty() || code.expose().chars().any(char::is_whitespace) {
+        return Err(Error::OAuthBadInput(
+            "the authorization code is empty or malformed".into(),
+        ));
+    }
+    Ok(Pasted {
+        code,
+        state: state.filter(|s| !s.is_empty()),
+    })
+}
+
+pub fn check_state(pasted: &Pasted, expected: &str) -> Result<()> {
+    let Some(got) = &pasted.state else {
+        return Err(Error::OAuthStateMismatch(
+            "the pasted code has no state part (the text after '#'): paste the whole code".into(),
+        ));
+    };
+    let equal: bool = got.expose().as_bytes().ct_eq(expected.as_bytes()).into();
+    if !equal {
+        return Err(Error::OAuthStateMismatch(
+            "the pasted code belongs to a different login attempt (state mismatch): start the login again".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub access: Secret,
+    pub refresh: Secret,
+    /// Epoch milliseconds.
+    pub expires: i64,
+    pub email: Option<String>,
+}
+
+/// Exchanges a pasted code. The state is checked before any request is made.
+pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens> {
+    let pasted = parse_pasted(input)?;
+    check_state(&pasted, state)?;
+    let body = json!({
+        "grant_type": "authorization_code",
+        "code": pasted.code.expose(),
+        "state": state,
+        "client_id": CLIENT_ID,
+        "redirect_uri": REDIRECT_URI,
+        "code_verifier": verifier,
+    });
+    let value = token_call(body, Grant::Code).await?;
+    let mut tokens = parse_token_response(&value, None)?;
+    if tokens.email.is_none() {
+        tokens.email = profile_email(&tokens.access).await.ok().flatten();
+    }
+    Ok(tokens)
+}
+
+/// Presents `refresh` once. A response without a new refresh token keeps the old one.
+pub async fn refresh(refresh: &Secret) -> Result<Tokens> {
+    let body = json!({
+        "grant_type": "refresh_token",
+        "refresh_token": refresh.expose(),
+        "client_id": CLIENT_ID,
+    });
+    let value = token_call(body, Grant::Refresh).await?;
+    parse_token_response(&value, Some(refresh))
+}
+
+#[derive(Clone, Copy)]
+enum Grant {
+    Code,
+    Refresh,
+}
+
+async fn token_call(body: Value, grant: Grant) -> Result<Value> {
+    let url = config::token_url()?;
+    let client = http::token_client()?;
+    let response = client
+        .post(url)
+        .timeout(http::token_call_timeout())
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| Error::Network {
+            what: "the token endpoint",
+            detail: http::describe(&e),
+        })?;
+    drop(body);
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::ratelimit::parse_retry_after(v, std::time::SystemTime::now()))
+        .map(|d: Duration| d.as_secs().max(1));
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bytes = read_bounded(response).await?;
+    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+
+    if (200..300).contains(&status) {
+        return parsed
+            .filter(Value::is_object)
+            .ok_or_else(|| Error::OAuthHttp {
+                status,
+                detail: not_json(&content_type),
+                retry_after: None,
+            });
+    }
+    let (code, description) = parsed.as_ref().map(error_fields).unwrap_or((None, None));
+    let summary = match (&code, &description) {
+        (Some(c), Some(d)) => format!("{c}: {d}"),
+        (Some(c), None) => c.clone(),
+        (None, Some(d)) => d.clone(),
+        (None, None) if parsed.is_none() => not_json(&content_type),
+        (None, None) => "no error detail".into(),
+    };
+    let dead_token = match code.as_deref() {
+        Some("invalid_grant") | Some("invalid_refresh_token") | Some("refresh_token_reused") => {
+            true
+        }
+        Some("not_found_error") => matches!(grant, Grant::Refresh),
+        _ => false,
+    };
+    if dead_token && matches!(status, 400 | 401 | 404) {
+        return Err(Error::OAuthInvalidGrant(summary));
+    }
+    Err(Error::OAuthHttp {
+        status,
+        detail: summary,
+        retry_after,
+    })
+}
+
+fn not_json(content_type: &str) -> String {
+    let ct = if content_type.is_empty() {
+        "no content type".to_string()
+    } else {
+        content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    format!("the answer was not JSON ({ct}); the endpoint may be down or blocked")
+}
+
+/// Only `error` / `error_description` (or Anthropic's `error.type` / `error.message`) are kept
+/// from an error body, cut short: bodies can echo what was sent.
+fn error_fields(v: &Value) -> (Option<String>, Option<String>) {
+    let short = |s: &str| s.chars().take(200).collect::<String>();
+    match v.get("error") {
+        Some(Value::String(code)) => (
+            Some(short(code)),
+            v.get("error_description")
+                .and_then(Value::as_str)
+                .map(short),
+        ),
+        Some(Value::Object(inner)) => (
+            inner.get("type").and_then(Value::as_str).map(short),
+            inner.get("message").and_then(Value::as_str).map(short),
+        ),
+        _ => (None, None),
+    }
+}
+
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if out.len() + chunk.len() > MAX_TOKEN_BODY {
+                    return Err(Error::OAuthHttp {
+                        status: response.status().as_u16(),
+                        detail: "the answer is too large to be a token response".into(),
+                        retry_after: None,
+                    });
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(out),
+            Err(e) => {
+                return Err(Error::Network {
+                    what: "the token endpoint",
+                    detail: http::describe(&e),
+                })
+            }
+        }
+    }
+}
+
+fn parse_token_response(v: &Value, previous_refresh: Option<&Secret>) -> Result<Tokens> {
+    let bad = |what: &str| Error::OAuthHttp {
+        status: 200,
+        detail: format!("token response {what}"),
+        retry_after: None,
+    };
+    let access = v
+        .get("access_token")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| bad("has no access_token"))?;
+    let refresh = match v.get("refresh_token").and_then(Value::as_str) {
+        Some(r) if !r.is_empty() => Secret::new(r),
+        _ => previous_refresh
+            .cloned()
+            .ok_or_else(|| bad("has no refresh_token"))?,
+    };
+    let expires_in = v
+        .get("expires_in")
+        .and_then(Value::as_f64)
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .ok_or_else(|| bad("has no valid expires_in"))?;
+    let email = v
+        .get("account")
+        .and_then(|a| a.get("email_address").or_else(|| a.get("email")))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .filter(|s| !s.is_empty());
+    Ok(Tokens {
+        access: Secret::new(access),
+        refresh,
+        expires: now_ms() + (expires_in * 1000.0) as i64,
+        email,
+    })
+}
+
+/// `GET {api}/api/oauth/profile`: the account's email when the token response lacks it.
+pub async fn profile_email(access: &Secret) -> Result<Option<String>> {
+    let mut url = config::api_url()?;
+    url.set_path("/api/oauth/profile");
+    let response = http::api_client()?
+        .get(url)
+        .timeout(http::token_call_timeout())
+        .bearer_auth(access.expose())
+        .header("anthropic-beta", OAUTH_BETA)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| Error::Network {
+            what: "the profile endpoint",
+            detail: http::describe(&e),
+        })?;
+    let status = response.status().as_u16();
+    let bytes = read_bounded(response).await?;
+    if !(200..300).contains(&status) {
+        return Err(Error::OAuthHttp {
+            status,
+            detail: "profile request refused".into(),
+            retry_after: None,
+        });
+    }
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let email = v
+        .get("account")
+        .and_then(|a| a.get("email").or_else(|| a.get("email_address")))
+        .or_else(|| v.get("email"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(email)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7636_appendix_b_vector() {
+        assert_eq!(
+            challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    #[test]
+    fn verifier_and_state_are_random_and_well_formed() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let a = authorize(Mode::Max).unwrap();
+            let v = a.verifier.expose().to_string();
+            assert_eq!(v.len(), 43);
+            assert!(v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+            assert_ne!(a.verifier.expose(), a.state.expose());
+            assert!(seen.insert(v));
+            assert!(seen.insert(a.state.expose().to_string()));
+        }
+    }
+
+    #[test]
+    fn authorize_url_has_the_parameters_and_never_the_verifier() {
+        let a = authorize(Mode::Max).unwrap();
+        let url = Url::parse(&a.url).unwrap();
+        assert_eq!(url.host_str(), Some("claude.ai"));
+        let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+        assert_eq!(q["client_id"], CLIENT_ID);
+        assert_eq!(q["response_type"], "code");
+        assert_eq!(q["code"], "true");
+        assert_eq!(q["redirect_uri"], REDIRECT_URI);
+        assert_eq!(q["scope"], SCOPES);
+        assert_eq!(q["code_challenge_method"], "S256");
+        assert_eq!(q["code_challenge"], challenge(a.verifier.expose()));
+        assert_eq!(q["state"], a.state.expose());
+        assert!(!a.url.contains(a.verifier.expose()));
+        let c = authorize(Mode::Console).unwrap();
+        assert_eq!(
+            Url::parse(&c.url).unwrap().host_str(),
+            Some("platform.claude.com")
+        );
+        assert!(Mode::parse(Some("bogus")).is_err());
+    }
+
+    #[test]
+    fn pasted_forms() {
+        let p = parse_pasted("  abc#st  ").unwrap();
+        assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
+        let p = parse_pasted("https://platform.claude.com/oauth/code/callback?code=abc&state=st")
+            .unwrap();
+        assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
+        let p = parse_pasted("?code=a%2Bc&state=st").unwrap();
+        assert_eq!(p.code.expose(), "a+c");
+        let p = parse_pasted("code=abc#st").unwrap();
+        assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
+        assert!(parse_pasted("abc").unwrap().state.is_none());
+        assert_eq!(parse_pasted("").unwrap_err().code(), "OAUTH_BAD_INPUT");
+        assert_eq!(
+            parse_pasted("state=x").unwrap_err().code(),
+            "OAUTH_BAD_INPUT"
+        );
+        assert_eq!(
+            parse_pasted("https://x/cb?state=x").unwrap_err().code(),
+            "OAUTH_BAD_INPUT"
+        );
+        assert_eq!(parse_pasted("a b#c").unwrap_err().code(), "OAUTH_BAD_INPUT");
+    }
+
+    #[test]
+    fn state_checks() {
+        let ok = parse_pasted("abc#st").unwrap();
+        assert!(check_state(&ok, "st").is_ok());
+        assert_eq!(
+            check_state(&ok, "other").unwrap_err().code(),
+            "OAUTH_STATE_MISMATCH"
+        );
+        let missing = parse_pasted("abc").unwrap();
+        assert_eq!(
+            check_state(&missing, "st").unwrap_err().code(),
+            "OAUTH_STATE_MISMATCH"
+        );
+    }
+
+    #[test]
+    fn token_response_shapes() {
+        let old = Secret::new("r0");
+        let t = parse_token_response(
+            &json!({"access_token": "a1", "expires_in": 3600}),
+            Some(&old),
+        )
+        .unwrap();
+        assert_eq!(t.refresh.expose(), "r0");
+        assert!(t.expires > now_ms() + 3_500_000);
+        assert!(parse_token_response(&json!({"access_token": "a1"}), Some(&old)).is_err());
+        assert!(
+            parse_token_response(&json!({"access_token": "a1", "expires_in": -1}), Some(&old))
+                .is_err()
+        );
+        assert!(parse_token_response(&json!({"expires_in": 5}), Some(&old)).is_err());
+        assert!(
+            parse_token_response(&json!({"access_token": "a", "expires_in": 5}), None).is_err()
+        );
+        let t = parse_token_response(
+            &json!({"access_token": "a", "refresh_token": "r", "expires_in": 5,
+                    "account": {"email_address": "me@x"}}),
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.email.as_deref(), Some("me@x"));
+    }
+
+    #[test]
+    fn error_bodies_are_reduced_to_their_codes() {
+        let v = json!({"error": "invalid_grant", "error_description": "Refresh token not found or invalid",
+                       "echo": "sk-ant-ort01-SENTINEL"});
+        let (c, d) = error_fields(&v);
+        assert_eq!(c.as_deref(), Some("invalid_grant"));
+        assert!(!d.unwrap().contains("SENTINEL"));
+    }
+}

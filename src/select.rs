@@ -1,0 +1,159 @@
+//! Which account serves the next request.
+//!
+//! Order: the session's own account (OpenCode's `x-session-affinity` / `X-Session-Id`; a subagent
+//! with `x-parent-session-id` inherits its parent's), else the account this process is already
+//! using (sticky: prompt caches are per account, and hopping between accounts looks like abuse),
+//! else the highest `priority`, then the least recently used. Past a soft quota threshold the
+//! sticky account yields to the usable account whose 5-hour window resets soonest.
+
+use std::collections::HashSet;
+
+use crate::account::Account;
+
+/// What the policy knows about one account at the time of choosing.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub email: String,
+    pub usable: bool,
+    pub priority: i64,
+    pub last_used: i64,
+    /// 5-hour utilization (a fraction) and reset (epoch ms), from passive header tracking.
+    pub five_hour: Option<(f64, Option<i64>)>,
+}
+
+impl Candidate {
+    pub fn from_account(a: &Account, usable: bool, five_hour: Option<(f64, Option<i64>)>) -> Self {
+        Candidate {
+            email: a.email.clone(),
+            usable,
+            priority: a.priority(),
+            last_used: a.last_used_ms(),
+            five_hour,
+        }
+    }
+
+    fn over(&self, threshold: f64) -> bool {
+        self.five_hour.is_some_and(|(u, _)| u >= threshold)
+    }
+}
+
+pub struct Preference<'a> {
+    /// The account pinned to this request's session (or its parent), if any.
+    pub session: Option<&'a str>,
+    /// The account this process served its last request with.
+    pub sticky: Option<&'a str>,
+    /// 5-hour utilization past which a sticky choice yields (default 0.9).
+    pub soft_threshold: f64,
+}
+
+fn same(a: &str, b: &str) -> bool {
+    a.trim().eq_ignore_ascii_case(b.trim())
+}
+
+pub fn choose<'c>(
+    candidates: &'c [Candidate],
+    tried: &HashSet<String>,
+    pref: &Preference<'_>,
+) -> Option<&'c Candidate> {
+    let open: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.usable && !tried.contains(&c.email.to_lowercase()))
+        .collect();
+    if open.is_empty() {
+        return None;
+    }
+    let below = |c: &&Candidate| !c.over(pref.soft_threshold);
+    for wanted in [pref.session, pref.sticky].into_iter().flatten() {
+        if let Some(c) = open.iter().find(|c| same(&c.email, wanted)) {
+            // Stay put unless this account is past the soft threshold and another is not.
+            if below(c) || !open.iter().any(below) {
+                return Some(c);
+            }
+        }
+    }
+    if open.iter().any(below) {
+        return open.into_iter().filter(below).min_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.last_used.cmp(&b.last_used))
+        });
+    }
+    // Every account is nearly drained: use first the one whose window resets soonest, so the
+    // quota that would expire unused is the quota that gets spent.
+    let reset = |c: &Candidate| c.five_hour.and_then(|(_, r)| r).unwrap_or(i64::MAX);
+    open.into_iter().min_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(reset(a).cmp(&reset(b)))
+            .then(a.last_used.cmp(&b.last_used))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(email: &str, priority: i64, last_used: i64) -> Candidate {
+        Candidate {
+            email: email.into(),
+            usable: true,
+            priority,
+            last_used,
+            five_hour: None,
+        }
+    }
+
+    fn pref<'a>(session: Option<&'a str>, sticky: Option<&'a str>) -> Preference<'a> {
+        Preference {
+            session,
+            sticky,
+            soft_threshold: 0.9,
+        }
+    }
+
+    #[test]
+    fn sticky_then_priority_then_lru() {
+        let cs = vec![c("a@x", 0, 10), c("b@x", 0, 5), c("c@x", 1, 50)];
+        let none = HashSet::new();
+        assert_eq!(choose(&cs, &none, &pref(None, None)).unwrap().email, "c@x");
+        assert_eq!(
+            choose(&cs, &none, &pref(None, Some("A@X"))).unwrap().email,
+            "a@x"
+        );
+        assert_eq!(
+            choose(&cs, &none, &pref(Some("b@x"), Some("a@x")))
+                .unwrap()
+                .email,
+            "b@x"
+        );
+        let tried: HashSet<String> = ["c@x".to_string()].into();
+        assert_eq!(choose(&cs, &tried, &pref(None, None)).unwrap().email, "b@x");
+    }
+
+    #[test]
+    fn unusable_and_tried_are_skipped() {
+        let mut cs = vec![c("a@x", 0, 0), c("b@x", 0, 0)];
+        cs[0].usable = false;
+        let tried: HashSet<String> = ["b@x".to_string()].into();
+        assert!(choose(&cs, &tried, &pref(Some("a@x"), None)).is_none());
+    }
+
+    #[test]
+    fn soft_threshold_moves_off_a_nearly_drained_account() {
+        let mut cs = vec![c("a@x", 0, 0), c("b@x", 0, 0), c("d@x", 0, 0)];
+        cs[0].five_hour = Some((0.95, Some(1000)));
+        cs[2].five_hour = Some((0.95, Some(10)));
+        let none = HashSet::new();
+        assert_eq!(
+            choose(&cs, &none, &pref(None, Some("a@x"))).unwrap().email,
+            "b@x"
+        );
+        cs[1].five_hour = Some((0.99, Some(500)));
+        // Everyone is past it: stay sticky; without a sticky account, drain the soonest reset.
+        assert_eq!(
+            choose(&cs, &none, &pref(None, Some("a@x"))).unwrap().email,
+            "a@x"
+        );
+        assert_eq!(choose(&cs, &none, &pref(None, None)).unwrap().email, "d@x");
+    }
+}

@@ -1,0 +1,596 @@
+//! The pool file on disk: private, atomic, serialized across processes, never lost.
+//!
+//! - Reads take no lock: every write is a rename of a complete file, so a reader always sees one
+//!   whole generation.
+//! - Writes happen under an exclusive kernel lock on a separate `<pool>.lock` file that is never
+//!   renamed or deleted (locking the data file itself would lock an inode that the next rename
+//!   orphans). The kernel drops the lock when its holder dies, so there are no stale locks.
+//! - A write is: temp file created 0600 in the same directory (`O_EXCL`, random name), write,
+//!   fsync, keep the previous generation as `<pool>.bak`, rename over the pool, fsync the dir.
+//! - A file that does not parse is refused with `POOL_CORRUPT` and never written over.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::account::Pool;
+use crate::error::{Error, Result};
+
+/// The largest pool file we read: a thousand accounts take well under 2 MB.
+const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
+/// How long a writer waits for the lock. Holders keep it for a read-modify-write only (the
+/// token HTTP call is under a per-account lock), so this is generous.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+}
+
+/// What identifies one generation of the file cheaply, to skip re-parsing an unchanged file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    ino: u64,
+}
+
+impl Store {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Store { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        sibling(&self.path, ".lock")
+    }
+
+    pub fn backup_path(&self) -> PathBuf {
+        sibling(&self.path, ".bak")
+    }
+
+    /// Reads the pool without locking. A missing file is an empty pool.
+    pub fn load(&self) -> Result<Pool> {
+        Ok(self.read()?.map(|(p, _)| p).unwrap_or_default())
+    }
+
+    /// Reads the pool and the stamp of the generation read (None when the file is missing).
+    pub fn load_stamped(&self) -> Result<(Pool, Option<FileStamp>)> {
+        Ok(match self.read()? {
+            Some((p, s)) => (p, Some(s)),
+            None => (Pool::default(), None),
+        })
+    }
+
+    /// The stamp of the file as it is now, or None if it does not exist.
+    pub fn stamp(&self) -> Option<FileStamp> {
+        fs::symlink_metadata(&self.path).ok().map(|m| stamp_of(&m))
+    }
+
+    /// Replaces the whole pool (the `savePool` semantics), under the lock.
+    pub fn save(&self, pool: &Pool) -> Result<()> {
+        let _lock = FileLock::acquire(&self.lock_path(), LOCK_TIMEOUT)?;
+        // Refuse to replace a file we would refuse to read: a symlink or a foreign file is
+        // someone else's, and a corrupt one is evidence the user must look at.
+        let previous_ok = self.read()?.is_some();
+        self.write_locked(pool, previous_ok)
+    }
+
+    /// Locks, re-reads the file, applies `change`, and writes the result if it differs from
+    /// what was read. Every mutation of the pool goes through here, so no update is lost.
+    pub fn update<T>(&self, change: impl FnOnce(&mut Pool) -> Result<T>) -> Result<T> {
+        let _lock = FileLock::acquire(&self.lock_path(), LOCK_TIMEOUT)?;
+        let current = self.read()?;
+        let existed = current.is_some();
+        let mut pool = current.map(|(p, _)| p).unwrap_or_default();
+        let before = pool.to_bytes();
+        let out = change(&mut pool)?;
+        if pool.to_bytes() != before {
+            self.write_locked(&pool, existed)?;
+        }
+        Ok(out)
+    }
+
+    fn read(&self) -> Result<Option<(Pool, FileStamp)>> {
+        let path = &self.path;
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path, "stat", e)),
+        };
+        check_secure(path, &meta)?;
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(self.corrupt(format!("it is {} bytes, far beyond any pool", meta.len())));
+        }
+        let mut file = open_nofollow(path).map_err(|e| Error::io(path, "open", e))?;
+        let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(meta.len() as usize));
+        Read::by_ref(&mut file)
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, "read", e))?;
+        let pool = Pool::parse(&bytes).map_err(|reason| self.corrupt(reason))?;
+        tighten_mode(path, &file, &meta);
+        Ok(Some((pool, stamp_of(&meta))))
+    }
+
+    fn corrupt(&self, reason: String) -> Error {
+        let bak = self.backup_path();
+        let bak_ok = fs::read(&bak).ok().is_some_and(|b| Pool::parse(&b).is_ok());
+        let hint = if bak_ok {
+            format!(
+                "the last good copy is {}: inspect both, then restore it with `cp {} {}`",
+                bak.display(),
+                bak.display(),
+                self.path.display()
+            )
+        } else {
+            "fix it by hand or move it aside (no good .bak copy exists); the pool is not used until then"
+                .to_string()
+        };
+        Error::PoolCorrupt {
+            path: self.path.clone(),
+            reason,
+            hint,
+        }
+    }
+
+    /// Writes `pool` atomically. The caller holds the lock.
+    fn write_locked(&self, pool: &Pool, keep_backup: bool) -> Result<()> {
+        let path = &self.path;
+        let dir = parent_dir(path);
+        create_private_dir(&dir)?;
+        remove_orphaned_temps(path);
+
+        let bytes = zeroize::Zeroizing::new(pool.to_bytes());
+        let mut tmp = temp_in(&dir, path)?;
+        tmp.write_all(&bytes)
+            .map_err(|e| Error::io(tmp.path(), "write", e))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io(tmp.path(), "fsync", e))?;
+
+        if keep_backup {
+            // The generation being replaced becomes the .bak; a failure here costs the backup,
+            // never the write.
+            if let Err(e) = self.backup_current(&dir) {
+                tracing::warn!(path = %path.display(), error = %e, "could not keep a .bak copy");
+            }
+        }
+        persist(tmp, path)?;
+        sync_dir(&dir);
+        Ok(())
+    }
+
+    fn backup_current(&self, dir: &Path) -> std::io::Result<()> {
+        let bak = self.backup_path();
+        let staging = sibling(&self.path, &format!(".bak-{}.tmp", random_suffix()));
+        let staging = dir.join(staging.file_name().unwrap_or_default());
+        if fs::hard_link(&self.path, &staging).is_err() {
+            // Filesystems without hard links: copy into a private temp instead.
+            let mut tmp = temp_in(dir, &self.path).map_err(std::io::Error::other)?;
+            tmp.write_all(&fs::read(&self.path)?)?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(&bak).map_err(|e| e.error)?;
+            return Ok(());
+        }
+        fs::rename(&staging, &bak)
+    }
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn temp_prefix(path: &Path) -> String {
+    format!(
+        ".{}.",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    )
+}
+
+fn temp_in(dir: &Path, path: &Path) -> Result<tempfile::NamedTempFile> {
+    // tempfile creates with O_EXCL and mode 0600 from the start: no window with wider bits.
+    let prefix = temp_prefix(path);
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(fs::Permissions::from_mode(0o600));
+    }
+    builder
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, "create temp file", e))
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 6];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Temp files of ours left by a writer that died mid-write. We hold the lock, and writers only
+/// create temps under it, so every such file is an orphan. They hold tokens: remove them.
+fn remove_orphaned_temps(path: &Path) {
+    let dir = parent_dir(path);
+    let prefix = temp_prefix(path);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(&prefix) && name.ends_with(".tmp")) {
+            continue;
+        }
+        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+        if is_file {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(windows)]
+fn persist(mut tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    // Windows refuses to replace a file another process holds open without FILE_SHARE_DELETE
+    // (editors, scanners): retry briefly before failing, and never lose the temp's content.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match tmp.persist(path) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                tmp = e.file;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(Error::io(path, "replace", e.error)),
+        }
+    }
+}
+
+#[cfg(not(windows))]
+fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    tmp.persist(path)
+        .map(|_| ())
+        .map_err(|e| Error::io(path, "rename", e.error))
+}
+
+fn sync_dir(dir: &Path) {
+    // The rename is durable only once the directory entry is; Windows has no directory fsync.
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .map_err(|e| Error::io(dir, "create directory", e))
+}
+
+fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW);
+    }
+    opts.open(path)
+}
+
+fn check_secure(path: &Path, meta: &fs::Metadata) -> Result<()> {
+    if meta.file_type().is_symlink() {
+        return Err(Error::PoolInsecure {
+            path: path.to_path_buf(),
+            reason: "it is a symbolic link; point OAUTH_POOL_PATH at the real file instead".into(),
+        });
+    }
+    if !meta.is_file() {
+        return Err(Error::PoolInsecure {
+            path: path.to_path_buf(),
+            reason: "it is not a regular file".into(),
+        });
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return Err(Error::PoolInsecure {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "it is owned by uid {}, not by this user (uid {me})",
+                    meta.uid()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn tighten_mode(path: &Path, file: &File, meta: &fs::Metadata) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "pool file was readable by others; tightened to 0600");
+            let _ = file.set_permissions(fs::Permissions::from_mode(0o600));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, file, meta);
+}
+
+fn stamp_of(meta: &fs::Metadata) -> FileStamp {
+    FileStamp {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        #[cfg(unix)]
+        ino: {
+            use std::os::unix::fs::MetadataExt;
+            meta.ino()
+        },
+    }
+}
+
+/// An exclusive advisory lock on a dedicated file, released on drop or when the process dies.
+/// Blocking: call it from a blocking thread, never from the JS thread or a tokio worker.
+#[derive(Debug)]
+pub struct FileLock {
+    file: File,
+}
+
+impl FileLock {
+    pub fn acquire(path: &Path, timeout: Duration) -> Result<FileLock> {
+        create_private_dir(&parent_dir(path))?;
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        }
+        let file = opts.open(path).map_err(|e| match e.raw_os_error() {
+            #[cfg(unix)]
+            Some(libc::ELOOP) => Error::PoolInsecure {
+                path: path.to_path_buf(),
+                reason: "the lock file is a symbolic link".into(),
+            },
+            _ => Error::io(path, "open lock file", e),
+        })?;
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(FileLock { file }),
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io(path, "lock", e)),
+            }
+            if start.elapsed() >= timeout {
+                return Err(Error::PoolBusy {
+                    path: path.to_path_buf(),
+                    seconds: timeout.as_secs(),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::Account;
+    use serde_json::json;
+
+    fn tmp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("sub").join("oauth-pool.json"));
+        (dir, store)
+    }
+
+    #[cfg(unix)]
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn missing_file_is_empty_pool() {
+        let (_d, store) = tmp_store();
+        assert_eq!(store.load().unwrap().anthropic.len(), 0);
+    }
+
+    #[test]
+    fn update_round_trip_with_private_modes_and_backup() {
+        let (_d, store) = tmp_store();
+        store
+            .update(|p| {
+                p.upsert(Account::new_oauth("a@x", "a".into(), "r".into(), 1, 1));
+                Ok(())
+            })
+            .unwrap();
+        store
+            .update(|p| {
+                p.upsert(Account::new_api_key("b@x", "k".into(), 1));
+                Ok(())
+            })
+            .unwrap();
+        let pool = store.load().unwrap();
+        assert_eq!(pool.accounts().count(), 2);
+        let bak = Pool::parse(&fs::read(store.backup_path()).unwrap()).unwrap();
+        assert_eq!(bak.accounts().count(), 1);
+        #[cfg(unix)]
+        {
+            assert_eq!(mode(store.path()), 0o600);
+            assert_eq!(mode(&store.backup_path()), 0o600);
+            assert_eq!(mode(&store.lock_path()), 0o600);
+            assert_eq!(mode(store.path().parent().unwrap()), 0o700);
+        }
+        let leftovers: Vec<_> = fs::read_dir(store.path().parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn unchanged_update_writes_nothing() {
+        let (_d, store) = tmp_store();
+        fs::create_dir_all(store.path().parent().unwrap()).unwrap();
+        let original = b"{\"anthropic\":[],\"x\":1}";
+        fs::write(store.path(), original).unwrap();
+        store.update(|_| Ok(())).unwrap();
+        assert_eq!(fs::read(store.path()).unwrap(), original);
+    }
+
+    #[test]
+    fn corrupt_files_are_refused_and_untouched() {
+        let (_d, store) = tmp_store();
+        fs::create_dir_all(store.path().parent().unwrap()).unwrap();
+        let cases: Vec<Vec<u8>> = vec![
+            b"{\"anthropic\": [".to_vec(),
+            Vec::new(),
+            vec![0u8; 64],
+            b"\xEF\xBB\xBF{\"anthropic\": []}".to_vec(),
+            b"[]".to_vec(),
+            b"42".to_vec(),
+            b"{\"anthropic\": 5}".to_vec(),
+        ];
+        for case in cases {
+            fs::write(store.path(), &case).unwrap();
+            let err = store.load().unwrap_err();
+            assert_eq!(err.code(), "POOL_CORRUPT", "{case:?}");
+            let err = store
+                .update(|p| {
+                    p.upsert(Account::new_api_key("b@x", "k".into(), 1));
+                    Ok(())
+                })
+                .unwrap_err();
+            assert_eq!(err.code(), "POOL_CORRUPT");
+            assert!(store.save(&Pool::default()).is_err());
+            assert_eq!(fs::read(store.path()).unwrap(), case);
+        }
+    }
+
+    #[test]
+    fn corrupt_error_points_at_the_backup() {
+        let (_d, store) = tmp_store();
+        store
+            .update(|p| {
+                p.upsert(Account::new_api_key("b@x", "k".into(), 1));
+                Ok(())
+            })
+            .unwrap();
+        store
+            .update(|p| {
+                p.upsert(Account::new_api_key("c@x", "k".into(), 1));
+                Ok(())
+            })
+            .unwrap();
+        fs::write(store.path(), b"{").unwrap();
+        let msg = store.load().unwrap_err().to_string();
+        assert!(msg.contains(".bak"), "{msg}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlink_is_refused_and_wide_modes_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let (d, store) = tmp_store();
+        fs::create_dir_all(store.path().parent().unwrap()).unwrap();
+        let real = d.path().join("real.json");
+        fs::write(&real, b"{\"anthropic\": []}").unwrap();
+        std::os::unix::fs::symlink(&real, store.path()).unwrap();
+        assert_eq!(store.load().unwrap_err().code(), "POOL_INSECURE");
+        assert_eq!(
+            store.save(&Pool::default()).unwrap_err().code(),
+            "POOL_INSECURE"
+        );
+        fs::remove_file(store.path()).unwrap();
+        fs::write(store.path(), b"{\"anthropic\": []}").unwrap();
+        fs::set_permissions(store.path(), fs::Permissions::from_mode(0o644)).unwrap();
+        store.load().unwrap();
+        assert_eq!(mode(store.path()), 0o600);
+    }
+
+    #[test]
+    fn orphaned_temps_are_cleaned_and_foreign_files_kept() {
+        let (_d, store) = tmp_store();
+        let dir = store.path().parent().unwrap().to_path_buf();
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(".oauth-pool.json.abc123.tmp"), b"tokens").unwrap();
+        fs::write(dir.join("other.tmp"), b"keep").unwrap();
+        store
+            .save(&Pool::from_value(json!({"anthropic": []})).unwrap())
+            .unwrap();
+        assert!(!dir.join(".oauth-pool.json.abc123.tmp").exists());
+        assert!(dir.join("other.tmp").exists());
+    }
+
+    #[test]
+    fn lock_excludes_threads_in_one_process() {
+        let (_d, store) = tmp_store();
+        let store = std::sync::Arc::new(store);
+        store.save(&Pool::default()).unwrap();
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        store
+                            .update(|p| {
+                                let n = p.extra.get("n").and_then(|v| v.as_i64()).unwrap_or(0);
+                                p.extra.insert("n".into(), json!(n + 1));
+                                p.extra.insert(format!("t{t}"), json!(i));
+                                Ok(())
+                            })
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(store.load().unwrap().extra["n"], json!(100));
+    }
+}
