@@ -1,7 +1,7 @@
 // The WHATWG face of the rotating fetch. Rust does the work (choosing the account, tokens,
 // failover, the HTTP itself); this file turns fetch()'s arguments into a plain request, and
 // the native answer into a real Response whose body is pulled from Rust chunk by chunk.
-import { native } from "./native.mjs";
+import { native, syncEnv } from "./native.mjs";
 import { settle, toPoolError } from "./errors.mjs";
 
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
@@ -44,6 +44,13 @@ async function requestParts(input, init) {
   return { url, method, headers: [...headers], body, signal };
 }
 
+// Node keeps the native (external) buffer alive through a view of it. Bun does not: a view of
+// `chunk.buffer` can outlive the native memory (seen as scrambled bytes), so Bun gets a copy.
+const toChunk =
+  typeof globalThis.Bun !== "undefined"
+    ? (chunk) => Uint8Array.prototype.slice.call(chunk)
+    : (chunk) => new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+
 function bodyStream(res, signal, done) {
   let finished = false;
   const finish = () => {
@@ -61,7 +68,7 @@ function bodyStream(res, signal, done) {
             finish();
             controller.close();
           } else {
-            controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+            controller.enqueue(toChunk(chunk));
           }
         } catch (err) {
           finish();
@@ -94,6 +101,7 @@ export function createPoolFetch(options = {}) {
     const parts = await requestParts(input, init ?? {});
     const { signal } = parts;
     if (signal?.aborted) throw abortError(signal);
+    syncEnv();
     const controller = new native.FetchController();
     const onAbort = () => controller.abort();
     signal?.addEventListener?.("abort", onAbort, { once: true });

@@ -36,5 +36,35 @@ function load() {
   throw error;
 }
 
-export const native = load();
+const binding = load();
+
+// Bun does not pass process.env changes down to the C environment the addon reads, so every
+// call first hands over the variables this runtime sees (only when they changed).
+const ENV_KEYS = ["HOME", "USERPROFILE"];
+let lastEnv = null;
+export function syncEnv() {
+  const vars = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if ((k.startsWith("OAUTH_POOL_") || ENV_KEYS.includes(k)) && typeof v === "string") vars[k] = v;
+  }
+  const key = JSON.stringify(vars);
+  if (key !== lastEnv) {
+    binding.syncEnv(vars);
+    lastEnv = key;
+  }
+}
+
+export const native = new Proxy(binding, {
+  get(target, prop) {
+    const value = target[prop];
+    if (typeof value !== "function" || prop === "syncEnv") return value;
+    if (prop === "FetchController" || prop === "NativeResponse") {
+      return value;
+    }
+    return (...args) => {
+      syncEnv();
+      return value.apply(target, args);
+    };
+  },
+});
 export { platformTriple };

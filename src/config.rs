@@ -1,8 +1,10 @@
 //! Configuration read from the environment at call time (never cached), and the endpoint rule:
 //! https only, except plain http to a loopback host (how tests point the pool at local mocks).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::RwLock;
 
 use url::Url;
 
@@ -11,12 +13,33 @@ use crate::error::{Error, Result};
 pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
 pub const DEFAULT_API_URL: &str = "https://api.anthropic.com";
 
+/// The JavaScript side's view of the environment, when it has given one. Bun does not pass
+/// `process.env` changes down to the C environment, so index.mjs hands over the variables it
+/// sees before each call; when set, this snapshot is authoritative.
+static JS_ENV: RwLock<Option<HashMap<String, String>>> = RwLock::new(None);
+
+pub fn set_js_env(vars: HashMap<String, String>) {
+    if let Ok(mut guard) = JS_ENV.write() {
+        *guard = Some(vars);
+    }
+}
+
+/// An environment variable as the caller's runtime sees it now.
+pub fn env(name: &str) -> Option<String> {
+    if let Ok(guard) = JS_ENV.read() {
+        if let Some(vars) = guard.as_ref() {
+            return vars.get(name).cloned();
+        }
+    }
+    std::env::var(name).ok()
+}
+
 /// `OAUTH_POOL_PATH`, else `~/.aidevops/oauth-pool.json`.
 pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
     if let Some(p) = explicit.filter(|p| !p.is_empty()) {
         return Ok(expand_home(p));
     }
-    if let Ok(p) = std::env::var("OAUTH_POOL_PATH") {
+    if let Some(p) = env("OAUTH_POOL_PATH") {
         if !p.is_empty() {
             return Ok(expand_home(&p));
         }
@@ -29,9 +52,7 @@ pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
 
 pub fn home_dir() -> Option<PathBuf> {
     let var = if cfg!(windows) { "USERPROFILE" } else { "HOME" };
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    env(var).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 fn expand_home(p: &str) -> PathBuf {
@@ -61,8 +82,7 @@ pub fn api_url() -> Result<Url> {
 }
 
 fn endpoint(var: &str, default: &str) -> Result<Url> {
-    let raw = std::env::var(var)
-        .ok()
+    let raw = env(var)
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| default.to_string());
     parse_endpoint(raw.trim())

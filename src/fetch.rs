@@ -309,8 +309,7 @@ fn auth_event(email: &str, why: &str) -> Event {
 
 /// `OAUTH_POOL_SOFT_THRESHOLD` (a fraction of the 5-hour window), default 0.9.
 fn soft_threshold() -> f64 {
-    std::env::var("OAUTH_POOL_SOFT_THRESHOLD")
-        .ok()
+    crate::config::env("OAUTH_POOL_SOFT_THRESHOLD")
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v > 0.0)
         .unwrap_or(0.9)

@@ -56,8 +56,7 @@ pub fn token_client() -> Result<reqwest::Client> {
 
 /// Whole-call timeout for token and profile calls: `OAUTH_POOL_TIMEOUT_MS`, default 30 s.
 pub fn token_call_timeout() -> Duration {
-    std::env::var("OAUTH_POOL_TIMEOUT_MS")
-        .ok()
+    crate::config::env("OAUTH_POOL_TIMEOUT_MS")
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis)

@@ -49,6 +49,12 @@ fn store_for(path: Option<String>) -> Result<Store, Error> {
     Ok(Store::new(config::pool_path(path.as_deref())?))
 }
 
+/// Hands over the JavaScript runtime's view of the OAUTH_POOL_* (and HOME) variables.
+#[napi(js_name = "syncEnv")]
+pub fn sync_env(vars: std::collections::HashMap<String, String>) {
+    config::set_js_env(vars);
+}
+
 #[napi]
 pub fn version() -> String {
     env!("CARGO_PKG_VERSION").to_string()

@@ -254,9 +254,12 @@ export async function startMockAnthropic({
       timers.add(t);
     });
 
-  function park(res) {
-    parked.add(res);
-    res.on("close", () => parked.delete(res));
+  // A hung exchange is ended by close() through its socket: under Bun, destroying only the
+  // response object would still send a default 200.
+  function park(req, res) {
+    const entry = { req, res };
+    parked.add(entry);
+    res.on("close", () => parked.delete(entry));
   }
 
   // --- token families ------------------------------------------------------------------------
@@ -416,7 +419,7 @@ export async function startMockAnthropic({
     const mode = takeTokenMode(grant);
     if (mode?.delayMs) await sleep(mode.delayMs);
     if (closed || res.destroyed) return;
-    if (mode?.hang) return park(res);
+    if (mode?.hang) return park(req, res);
     if (mode?.reset) return dropConnection(req, res); // before rotating: nothing changed server-side
     if (mode && (mode.status || mode.html) && !mode.commitThenDrop) {
       record.status = mode.status ?? 200;
@@ -572,6 +575,9 @@ export async function startMockAnthropic({
       if (sent + buf.length >= resetAt) {
         const head = buf.subarray(0, resetAt - sent);
         if (head.length) await writeFlushed(res, head);
+        // Let the bytes reach the client before the drop: some clients (Bun's fetch) discard
+        // data that arrives in the same read as the connection error.
+        await sleep(20);
         return dropConnection(req, res);
       }
       if (!(await write(res, buf))) return;
@@ -579,7 +585,10 @@ export async function startMockAnthropic({
       // Yield between writes so each event leaves in its own write, like a real stream.
       if (i < bufs.length - 1) await (delayMs ? sleep(delayMs) : new Promise((r) => setImmediate(r)));
     }
-    if (resetAfterBytes !== undefined && resetAfterBytes !== null) return dropConnection(req, res);
+    if (resetAfterBytes !== undefined && resetAfterBytes !== null) {
+      await sleep(20);
+      return dropConnection(req, res);
+    }
     res.end();
   }
 
@@ -588,7 +597,7 @@ export async function startMockAnthropic({
     if (step.headersDelayMs) await sleep(step.headersDelayMs);
     if (closed || res.destroyed) return 0;
     if (step.hang) {
-      park(res);
+      park(req, res);
       return 0;
     }
     const status = step.status ?? 200;
@@ -948,7 +957,7 @@ export async function startMockAnthropic({
       if (closed) return;
       closed = true;
       for (const t of timers) clearTimeout(t);
-      for (const r of parked) r.destroy();
+      for (const { req, res } of parked) dropConnection(req, res);
       for (const s of sockets) s.destroy();
       server.closeAllConnections?.();
       await new Promise((resolve) => server.close(() => resolve()));

@@ -1,0 +1,386 @@
+// The rotating fetch through the real addon, against the loopback mock (issue 4 scenarios).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { createPoolFetch, loadPool, savePool } from "../index.mjs";
+import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
+import { startEnv, seedPool, account, readPool, mode, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+
+let mock;
+before(async () => {
+  mock = await startEnv();
+});
+after(async () => {
+  await mock?.close();
+});
+
+const post = (poolFetch, extra = {}, init = {}) =>
+  poolFetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(extra), ...init });
+
+const deltaText = (sse) =>
+  parseSSE(sse)
+    .filter((e) => e.event === "content_block_delta")
+    .map((e) => e.data.delta.text)
+    .join("");
+
+const workerPath = fileURLToPath(new URL("./helpers/pool-worker.mjs", import.meta.url));
+function runWorker(path, count, startAt) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [workerPath, path, mock.url, String(count), String(startAt ?? "")], {
+      env: process.env,
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.on("error", reject);
+    child.on("close", (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`worker exit ${code}`))));
+  });
+}
+
+test("streams a Messages answer with the pool's bearer and the oauth beta merged", async () => {
+  const path = await seedPool(mock, ["s1@x.test"]);
+  const poolFetch = createPoolFetch({ path });
+  mock.clearRequests();
+  const res = await post(poolFetch, { stream: true }, {
+    headers: { ...jsonHeaders, "anthropic-beta": "interleaved-thinking-2025-05-14", "x-session-affinity": "ses_1" },
+  });
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type"), /text\/event-stream/);
+  assert.ok(res.body instanceof ReadableStream);
+  const events = parseSSE(await res.text());
+  assert.ok(events.some((e) => e.event === "message_stop"));
+  const seen = mock.requests.at(-1);
+  assert.equal(seen.auth, "bearer");
+  assert.equal(seen.email, "s1@x.test");
+  assert.equal(seen.headers["x-api-key"], undefined);
+  assert.equal(seen.headers["x-session-affinity"], undefined);
+  assert.deepEqual(seen.headers["anthropic-beta"].split(","), ["oauth-2025-04-20", "interleaved-thinking-2025-05-14"]);
+  assert.match(seen.headers["user-agent"], /^opencode-oauth-pool\//);
+  assert.equal(res.poolAccount, "s1@x.test");
+});
+
+test("a 429 moves the same request to the next account and the cooldown lands in the file", async () => {
+  const path = await seedPool(mock, ["r1@x.test", "r2@x.test"]);
+  const reset = Math.floor(Date.now() / 1000) + 7999;
+  mock.script("r1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 30, fiveHourReset: reset }) }]);
+  const events = [];
+  const poolFetch = createPoolFetch({ path, onEvent: (e) => events.push(e) });
+  mock.clearRequests();
+  const res = await post(poolFetch, { stream: true });
+  assert.equal(res.status, 200);
+  assert.equal(deltaText(await res.text()), "Hello from r2@x.test");
+  const sent = mock.requests.filter((r) => r.path.startsWith("/v1/messages"));
+  assert.deepEqual(sent.map((r) => r.email), ["r1@x.test", "r2@x.test"]);
+  assert.equal(sent[0].body, sent[1].body, "the retried body is identical");
+  const a = account(path, "r1@x.test");
+  assert.equal(a.status, "rate-limited");
+  assert.ok(Math.abs(a.rateLimitUntil - reset * 1000) < 2000, `until ${a.rateLimitUntil} vs ${reset * 1000}`);
+  assert.equal(a.refresh, mock.tokens("r1@x.test").refresh, "tokens kept");
+  assert.ok(events.some((e) => e.kind === "failover" && e.email === "r1@x.test" && e.to === "r2@x.test"));
+  assert.equal(mode(path), 0o600);
+  // The next request goes straight to r2 (r1 is cooling, and r2 is now the sticky account).
+  mock.clearRequests();
+  await (await post(poolFetch)).text();
+  assert.deepEqual(mock.requests.map((r) => r.email), ["r2@x.test"]);
+});
+
+test("a cooldown written by one process is honoured by another", async () => {
+  const path = await seedPool(mock, ["c1@x.test", "c2@x.test"]);
+  await savePool(
+    {
+      anthropic: readPool(path).anthropic.map((a) =>
+        a.email === "c1@x.test" ? { ...a, priority: 5 } : a,
+      ),
+    },
+    path,
+  );
+  mock.script("c1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600, fiveHourReset: Math.floor(Date.now() / 1000) + 600 }) }]);
+  const first = await runWorker(path, 1);
+  assert.equal(first[0].account, "c2@x.test");
+  mock.clearRequests();
+  const second = await runWorker(path, 2);
+  assert.deepEqual(second.map((r) => r.account), ["c2@x.test", "c2@x.test"]);
+  assert.ok(mock.requests.every((r) => r.email === "c2@x.test"), "the other process never tried c1");
+});
+
+test("every account cooling: one synthetic 429 with the real wait, nothing sent upstream", async () => {
+  const path = await seedPool(mock, ["k1@x.test", "k2@x.test"]);
+  const soon = Math.floor(Date.now() / 1000) + 120;
+  mock.script("k1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 300, fiveHourReset: soon + 180 }) }]);
+  mock.script("k2@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 120, fiveHourReset: soon }) }]);
+  const poolFetch = createPoolFetch({ path });
+  mock.clearRequests();
+  const res = await post(poolFetch);
+  assert.equal(res.status, 429);
+  const wait = Number(res.headers.get("retry-after"));
+  assert.ok(wait >= 115 && wait <= 121, `retry-after ${wait}`);
+  const err = await res.json();
+  assert.equal(err.error.type, "rate_limit_error");
+  assert.match(err.error.message, /k2@x\.test/);
+  assert.equal(mock.requests.length, 2, "each account tried once");
+  mock.clearRequests();
+  const again = await post(poolFetch);
+  assert.equal(again.status, 429);
+  assert.equal(mock.requests.length, 0, "no request while everything cools");
+  assert.equal(mock.stats().unauthenticated, 0);
+});
+
+test("a bare 429 is a short burst cooldown, not a long bench", async () => {
+  const path = await seedPool(mock, ["b1@x.test", "b2@x.test"]);
+  mock.script("b1@x.test", [{ status: 429, headers: { "retry-after": "2" } }]);
+  const poolFetch = createPoolFetch({ path });
+  const res = await post(poolFetch);
+  assert.equal(res.poolAccount, "b2@x.test");
+  await res.text();
+  const until = account(path, "b1@x.test").rateLimitUntil;
+  assert.ok(until - Date.now() <= 2500, `cooling ${until - Date.now()} ms`);
+});
+
+test("401 after another client rotated the token: the newer token in the file is adopted, no refresh", async () => {
+  const path = await seedPool(mock, ["a1@x.test"]);
+  const poolFetch = createPoolFetch({ path });
+  await (await post(poolFetch)).text();
+  const fresh = mock.rotate("a1@x.test"); // the old access token is now dead
+  const pool = readPool(path);
+  pool.anthropic[0] = { ...pool.anthropic[0], access: fresh.access, refresh: fresh.refresh, expires: fresh.expires };
+  await savePool(pool, path);
+  const before = mock.stats().refreshCalls;
+  const res = await post(poolFetch);
+  assert.equal(res.status, 200);
+  await res.text();
+  assert.equal(mock.stats().refreshCalls, before);
+});
+
+test("401 with an unchanged file: refresh once, retry once on the same account", async () => {
+  const path = await seedPool(mock, ["u1@x.test", "u2@x.test"]);
+  const poolFetch = createPoolFetch({ path });
+  const first = await post(poolFetch);
+  const served = first.poolAccount;
+  await first.text();
+  mock.revoke(served); // access token revoked early, refresh token still good
+  const before = mock.stats().refreshCalls;
+  mock.clearRequests();
+  const res = await post(poolFetch);
+  assert.equal(res.status, 200);
+  assert.equal(res.poolAccount, served);
+  await res.text();
+  assert.equal(mock.stats().refreshCalls, before + 1);
+  assert.equal(mock.requests.length, 2, "the 401, then one retry");
+  assert.equal(mock.requests[1].email, served);
+  assert.equal(account(path, served).access, mock.tokens(served).access, "new token saved");
+});
+
+test("a dead refresh token marks the account auth-error (tokens kept) and rotates", async () => {
+  const path = await seedPool(mock, ["d1@x.test", "d2@x.test"], { expired: ["d1@x.test"] });
+  const pool = readPool(path);
+  pool.anthropic[0].priority = 9;
+  await savePool(pool, path);
+  mock.revoke("d1@x.test", { family: true });
+  const before = readPool(path).anthropic[0];
+  const events = [];
+  const poolFetch = createPoolFetch({ path, onEvent: (e) => events.push(e) });
+  const res = await post(poolFetch);
+  assert.equal(res.poolAccount, "d2@x.test");
+  await res.text();
+  const after = account(path, "d1@x.test");
+  assert.equal(after.status, "auth-error");
+  assert.equal(after.refresh, before.refresh, "tokens are never deleted");
+  assert.equal(after.access, before.access);
+  assert.ok(events.some((e) => e.kind === "auth-error" && e.email === "d1@x.test"));
+  assert.equal(mock.stats().perFamily["d1@x.test"].refreshCalls, 1, "presented once, never looped");
+});
+
+test("10 concurrent requests on an expired token: exactly one refresh", async () => {
+  const path = await seedPool(mock, ["e1@x.test"], { expired: ["e1@x.test"] });
+  mock.setTokenMode({ delayMs: 150, grant: "refresh_token" });
+  const poolFetch = createPoolFetch({ path });
+  const responses = await Promise.all(Array.from({ length: 10 }, () => post(poolFetch)));
+  for (const r of responses) {
+    assert.equal(r.status, 200);
+    await r.text();
+  }
+  const fam = mock.stats().perFamily["e1@x.test"];
+  assert.equal(fam.refreshCalls, 1);
+  assert.equal(fam.reuse, 0);
+  assert.equal(account(path, "e1@x.test").refresh, mock.tokens("e1@x.test").refresh);
+});
+
+test("4 processes x 3 requests on an expired token: one refresh, no reuse", async () => {
+  const path = await seedPool(mock, ["p1@x.test"], { expired: ["p1@x.test"] });
+  mock.setTokenMode({ delayMs: 200, grant: "refresh_token" });
+  const startAt = Date.now() + 700;
+  const results = await Promise.all([0, 1, 2, 3].map(() => runWorker(path, 3, startAt)));
+  const flat = results.flat();
+  assert.equal(flat.length, 12);
+  assert.ok(flat.every((r) => r.status === 200), JSON.stringify(flat));
+  const fam = mock.stats().perFamily["p1@x.test"];
+  assert.equal(fam.refreshCalls, 1);
+  assert.equal(fam.reuse, 0);
+  assert.equal(fam.revoked, false);
+  assert.equal(mode(path), 0o600);
+});
+
+test("529 and 500 pass through and bench nobody", async () => {
+  const path = await seedPool(mock, ["o1@x.test", "o2@x.test"]);
+  const poolFetch = createPoolFetch({ path });
+  const first = await post(poolFetch);
+  const served = first.poolAccount;
+  await first.text();
+  for (const status of [529, 500, 403, 400]) {
+    mock.script(served, [{ status }]);
+    mock.clearRequests();
+    const res = await post(poolFetch);
+    assert.equal(res.status, status);
+    assert.equal(mock.requests.length, 1, `${status} not retried`);
+    const err = await res.json();
+    assert.equal(err.type, "error");
+  }
+  const a = account(path, served);
+  assert.equal(a.rateLimitUntil, null);
+  assert.notEqual(a.status, "auth-error");
+});
+
+test("a third-party refusal (400) is passed through, reported, and not retried elsewhere", async () => {
+  const path = await seedPool(mock, ["t1@x.test", "t2@x.test"]);
+  const events = [];
+  const poolFetch = createPoolFetch({ path, onEvent: (e) => events.push(e) });
+  mock.scriptAll([
+    { status: 400, body: { type: "error", error: { type: "invalid_request_error", message: "Third-party apps now draw from your extra usage, not your plan limits." } } },
+  ]);
+  mock.clearRequests();
+  const res = await post(poolFetch);
+  assert.equal(res.status, 400);
+  assert.match((await res.json()).error.message, /Third-party/);
+  assert.equal(mock.requests.length, 1);
+  assert.ok(events.some((e) => e.kind === "third-party-refused"));
+});
+
+test("abort before sending and in the middle of a stream", async () => {
+  const path = await seedPool(mock, ["ab@x.test"]);
+  const poolFetch = createPoolFetch({ path });
+  const early = new AbortController();
+  early.abort();
+  await assert.rejects(post(poolFetch, {}, { signal: early.signal }), (e) => e.name === "AbortError");
+
+  mock.script("ab@x.test", [{ hang: true }]);
+  const waiting = new AbortController();
+  const pending = post(poolFetch, {}, { signal: waiting.signal });
+  setTimeout(() => waiting.abort(), 100);
+  await assert.rejects(pending, (e) => e.name === "AbortError");
+
+  mock.script("ab@x.test", [{ sse: true, text: "x".repeat(400), chunkSize: 8, delayMs: 20 }]);
+  const mid = new AbortController();
+  const res = await post(poolFetch, { stream: true }, { signal: mid.signal });
+  const reader = res.body.getReader();
+  const firstChunk = await reader.read();
+  assert.equal(firstChunk.done, false);
+  mid.abort();
+  await assert.rejects(
+    (async () => {
+      for (;;) {
+        const { done } = await reader.read();
+        if (done) throw new Error("stream ended normally after abort");
+      }
+    })(),
+    (e) => e.name === "AbortError",
+  );
+});
+
+test("tiny chunks pass through byte-exact, and errors inside a 200 stream pass unchanged", async () => {
+  const path = await seedPool(mock, ["ch@x.test"]);
+  const poolFetch = createPoolFetch({ path });
+  const text = "héllo wörld ✓ ".repeat(20);
+  mock.script("ch@x.test", [{ sse: true, text, chunkSize: 1 }, { sse: true, text, chunkSize: 4096 }]);
+  const small = await (await post(poolFetch, { stream: true })).text();
+  const big = await (await post(poolFetch, { stream: true })).text();
+  const strip = (s) => s.replace(/"id":"[^"]*"/g, "").replace(/msg_[A-Za-z0-9_-]+/g, "");
+  assert.equal(strip(small), strip(big));
+  const joined = parseSSE(small)
+    .filter((e) => e.event === "content_block_delta")
+    .map((e) => e.data.delta.text)
+    .join("");
+  assert.equal(joined, text);
+  mock.script("ch@x.test", [{ sse: true, errorAfterDeltas: 2 }]);
+  mock.clearRequests();
+  const res = await post(poolFetch, { stream: true });
+  assert.equal(res.status, 200);
+  const events = parseSSE(await res.text());
+  assert.equal(events.at(-1).event, "error");
+  assert.equal(mock.requests.length, 1, "never replayed");
+});
+
+test("a connection reset mid-stream errors the stream and is never replayed", async () => {
+  const path = await seedPool(mock, ["rs@x.test", "rs2@x.test"]);
+  const poolFetch = createPoolFetch({ path });
+  const warm = await post(poolFetch);
+  const served = warm.poolAccount;
+  await warm.text();
+  mock.script(served, [{ sse: true, resetAfterBytes: 300 }]);
+  mock.clearRequests();
+  const res = await post(poolFetch, { stream: true });
+  await assert.rejects(res.text());
+  assert.equal(mock.requests.length, 1);
+  assert.equal(account(path, served).rateLimitUntil, null);
+});
+
+test("request bodies given as a ReadableStream, a Request object and a URL", async () => {
+  const path = await seedPool(mock, ["rb@x.test"]);
+  const poolFetch = createPoolFetch({ path });
+  const payload = body({ metadata: { user_id: "stream-body" } });
+  const stream = new ReadableStream({
+    start(c) {
+      const bytes = new TextEncoder().encode(payload);
+      c.enqueue(bytes.slice(0, 10));
+      c.enqueue(bytes.slice(10));
+      c.close();
+    },
+  });
+  mock.clearRequests();
+  const res = await poolFetch(new URL(messagesUrl(mock)), { method: "POST", headers: jsonHeaders, body: stream, duplex: "half" });
+  assert.equal(res.status, 200);
+  await res.text();
+  assert.equal(mock.requests.at(-1).body, payload);
+  const req = new Request(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: payload });
+  const res2 = await poolFetch(req);
+  assert.equal(res2.status, 200);
+  assert.equal((await res2.json()).type, "message");
+});
+
+test("requests to other hosts never carry a pool credential", async () => {
+  const path = await seedPool(mock, ["oh@x.test"]);
+  const poolFetch = createPoolFetch({ path });
+  const other = mock.url.replace("127.0.0.1", "localhost");
+  mock.clearRequests();
+  const res = await poolFetch(`${other}/v1/messages`, { method: "POST", headers: jsonHeaders, body: body() });
+  assert.equal(res.status, 401);
+  await res.text();
+  assert.equal(mock.requests.at(-1).auth, null);
+});
+
+test("an empty pool and a pool of dead accounts give a clear typed error", async () => {
+  const path = await seedPool(mock, []);
+  const poolFetch = createPoolFetch({ path });
+  await assert.rejects(post(poolFetch), (e) => e.code === "POOL_NO_ACCOUNT" && /no accounts/.test(e.message));
+  const pool = await loadPool(path);
+  pool.anthropic.push({ email: "dead@x.test", refresh: "r", access: "a", expires: 1, status: "auth-error", rateLimitUntil: null });
+  await savePool(pool, path);
+  await assert.rejects(post(poolFetch), (e) => e.code === "POOL_NO_ACCOUNT" && /dead@x\.test \(auth-error\)/.test(e.message));
+});
+
+test("the Vercel AI SDK streams through the pool fetch", async () => {
+  const { streamText } = await import("ai");
+  const { createAnthropic } = await import("@ai-sdk/anthropic");
+  const path = await seedPool(mock, ["ai1@x.test", "ai2@x.test"]);
+  const poolFetch = createPoolFetch({ path });
+  const first = await post(poolFetch);
+  const served = first.poolAccount;
+  await first.text();
+  mock.script(served, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 60, fiveHourReset: Math.floor(Date.now() / 1000) + 600 }) }]);
+  const anthropic = createAnthropic({ baseURL: `${mock.url}/v1`, apiKey: "", fetch: poolFetch });
+  const result = streamText({ model: anthropic("claude-sonnet-4-5"), prompt: "hi", maxRetries: 0 });
+  let text = "";
+  for await (const part of result.textStream) text += part;
+  const other = served === "ai1@x.test" ? "ai2@x.test" : "ai1@x.test";
+  assert.equal(text, `Hello from ${other}`);
+});

@@ -1,0 +1,59 @@
+// Shared set-up for tests that run the real addon against the loopback mock: a temp HOME and
+// pool file per test, endpoints pointed at the mock, and helpers to seed accounts.
+import { mkdtempSync, readFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startMockAnthropic } from "./mock-anthropic.mjs";
+import { savePool } from "../../index.mjs";
+
+export async function startEnv(options) {
+  const mock = await startMockAnthropic(options);
+  process.env.OAUTH_POOL_TOKEN_URL = mock.tokenUrl;
+  process.env.OAUTH_POOL_API_URL = mock.url;
+  return mock;
+}
+
+export function tempPoolPath() {
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-"));
+  return join(dir, "pool", "oauth-pool.json");
+}
+
+/** Registers accounts at the mock and writes them to a fresh pool file. */
+export async function seedPool(mock, emails, { expired = [], path = tempPoolPath() } = {}) {
+  const anthropic = emails.map((email) => {
+    const t = mock.addAccount(email);
+    return {
+      email,
+      refresh: t.refresh,
+      access: t.access,
+      expires: expired.includes(email) ? Date.now() - 1000 : t.expires,
+      added: new Date().toISOString(),
+      lastUsed: null,
+      status: "idle",
+      rateLimitUntil: null,
+    };
+  });
+  await savePool({ version: 1, anthropic }, path);
+  return path;
+}
+
+export function readPool(path) {
+  return JSON.parse(readFileSync(path, "utf8"));
+}
+
+export function account(path, email) {
+  return readPool(path).anthropic.find((a) => a.email === email);
+}
+
+export function mode(path) {
+  return statSync(path).mode & 0o777;
+}
+
+export function messagesUrl(mock) {
+  return `${mock.url}/v1/messages`;
+}
+
+export const body = (extra = {}) =>
+  JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 64, messages: [{ role: "user", content: "hi" }], ...extra });
+
+export const jsonHeaders = { "content-type": "application/json", "anthropic-version": "2023-06-01", "x-api-key": "" };
