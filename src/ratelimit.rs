@@ -192,15 +192,18 @@ pub fn cooldown_for_429(limits: &Limits, now_ms: i64) -> Cooldown {
             .collect();
     }
     let overall_hard = limits.status.as_deref().is_some_and(is_hard);
-    let mut resets: Vec<(i64, String)> = rejected
-        .iter()
-        .filter_map(|w| w.reset.map(|r| (r, w.claim.clone())))
-        .collect();
+    // The overall reset first: on a tie the named window (e.g. `5h`) wins, which says more.
+    let mut resets: Vec<(i64, String)> = Vec::new();
     if overall_hard {
         if let Some(r) = limits.reset {
             resets.push((r, "unified".to_string()));
         }
     }
+    resets.extend(
+        rejected
+            .iter()
+            .filter_map(|w| w.reset.map(|r| (r, w.claim.clone()))),
+    );
     let latest = resets
         .into_iter()
         .filter(|(r, _)| *r > now_ms)

@@ -168,8 +168,13 @@ impl Store {
 
     fn backup_current(&self, dir: &Path) -> std::io::Result<()> {
         let bak = self.backup_path();
-        let staging = sibling(&self.path, &format!(".bak-{}.tmp", random_suffix()));
-        let staging = dir.join(staging.file_name().unwrap_or_default());
+        // Named like our temps, so a writer killed between link and rename leaves nothing that
+        // the next writer does not clean up.
+        let staging = dir.join(format!(
+            "{}bak-{}.tmp",
+            temp_prefix(&self.path),
+            random_suffix()
+        ));
         if fs::hard_link(&self.path, &staging).is_err() {
             // Filesystems without hard links: copy into a private temp instead.
             let mut tmp = temp_in(dir, &self.path).map_err(std::io::Error::other)?;

@@ -1,0 +1,525 @@
+// The OpenCode plugin, driven through its hooks the way OpenCode calls them, against the loopback
+// mock of Anthropic. Runs under `node --test` and `bun test`.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startMockAnthropic, rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
+
+// Everything the plugin reads from the environment points into a temp dir or at the mock.
+const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-plugin-"));
+process.env.HOME = join(tmp, "home");
+process.env.XDG_CACHE_HOME = join(tmp, "cache");
+process.env.OAUTH_POOL_PATH = join(tmp, "default-pool.json");
+delete process.env.OPENCODE_MODELS_PATH;
+mkdirSync(process.env.HOME, { recursive: true });
+
+const lib = await import("../index.mjs");
+const pluginModule = await import("../plugin.mjs");
+const { OAuthPoolPlugin, poolAuthHook, createPoolTool, poolConfigHook, ANTHROPIC_MODELS } = lib;
+const { createNotifier } = await import("../lib/plugin/shared.mjs");
+
+const TOOL = "model-accounts-pool";
+let mock;
+let seq = 0;
+const freshPath = () => join(tmp, `pool-${++seq}.json`);
+
+before(async () => {
+  mock = await startMockAnthropic();
+  process.env.OAUTH_POOL_TOKEN_URL = mock.tokenUrl;
+  process.env.OAUTH_POOL_API_URL = mock.url;
+});
+
+after(async () => {
+  await mock?.close();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+/** A stand-in for OpenCode's client that records toasts and log lines. */
+function fakeClient() {
+  const toasts = [];
+  const logs = [];
+  return {
+    toasts,
+    logs,
+    client: {
+      tui: { showToast: async ({ body }) => (toasts.push(body), { data: true }) },
+      app: { log: async ({ body }) => (logs.push(body), { data: true }) },
+    },
+  };
+}
+
+async function plugin(path, client = fakeClient().client) {
+  return OAuthPoolPlugin({ client, directory: tmp, worktree: tmp }, { path });
+}
+
+/** Runs the Claude Pro/Max login as OpenCode does: authorize, the user signs in, paste. */
+async function login(hooks, email) {
+  const method = hooks.auth.methods[0];
+  assert.equal(method.type, "oauth");
+  const started = await method.authorize();
+  assert.equal(started.method, "code");
+  const paste = mock.approve(started.url, email);
+  return started.callback(paste);
+}
+
+const messagesRequest = (body = {}) => ({
+  method: "POST",
+  headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
+  body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 64, messages: [{ role: "user", content: "hi" }], ...body }),
+});
+
+const bearerOf = (record) => /^bearer\s+(.+)$/i.exec(record.headers.authorization ?? "")?.[1];
+
+// ------------------------------------------------------------------------------------------------
+// Module shape
+
+test("plugin.mjs exports only the plugin, as { id, server }", () => {
+  assert.deepEqual(Object.keys(pluginModule), ["default"]);
+  assert.equal(pluginModule.default.id, "oauth-pool");
+  assert.equal(pluginModule.default.server, OAuthPoolPlugin);
+});
+
+test("index.mjs exports the plugin building blocks", () => {
+  for (const fn of [OAuthPoolPlugin, poolAuthHook, createPoolTool, poolConfigHook]) assert.equal(typeof fn, "function");
+  assert.equal(typeof ANTHROPIC_MODELS, "object");
+});
+
+test("OAuthPoolPlugin resolves auth, the tool and config", async () => {
+  const hooks = await plugin(freshPath());
+  assert.deepEqual(Object.keys(hooks).sort(), ["auth", "config", "tool"]);
+  assert.equal(hooks.auth.provider, "anthropic-pool");
+  assert.deepEqual(Object.keys(hooks.tool), [TOOL]);
+  assert.equal(typeof hooks.auth.loader, "function");
+  const [max, key] = hooks.auth.methods;
+  assert.deepEqual([max.type, max.label], ["oauth", "Claude Pro/Max (add account to pool)"]);
+  assert.equal(key.label, "Console API key (add to pool)");
+  assert.equal(typeof hooks.config, "function");
+});
+
+// ------------------------------------------------------------------------------------------------
+// Login
+
+test("two logins add two accounts; the same email again updates it; auth.json gets a placeholder", async () => {
+  const path = freshPath();
+  const hooks = await plugin(path);
+  const first = await hooks.auth.methods[0].authorize();
+  assert.match(first.url, /^https:\/\/claude\.ai\/oauth\/authorize\?/);
+  assert.ok(first.instructions.length > 0);
+
+  const results = [await first.callback(mock.approve(first.url, "one@example.com"))];
+  results.push(await login(hooks, "two@example.com"));
+  let accounts = await lib.listAccounts(path);
+  assert.deepEqual(accounts.map((a) => a.email).sort(), ["one@example.com", "two@example.com"]);
+
+  const before = JSON.parse(readFileSync(path, "utf8")).anthropic.find((a) => a.email === "one@example.com");
+  results.push(await login(hooks, "one@example.com"));
+  accounts = await lib.listAccounts(path);
+  assert.equal(accounts.length, 2, "same email again must not duplicate");
+  const afterLogin = JSON.parse(readFileSync(path, "utf8")).anthropic.find((a) => a.email === "one@example.com");
+  assert.notEqual(afterLogin.access, before.access, "the second login refreshed the tokens");
+  assert.equal(afterLogin.access, mock.tokens("one@example.com").access);
+
+  for (const r of results) {
+    assert.equal(r.type, "success");
+    assert.equal(typeof r.refresh, "string");
+    assert.equal(typeof r.access, "string");
+    assert.ok(r.expires > Date.now() + 50 * 365 * 86400_000, "placeholder never expires");
+    const text = JSON.stringify(r);
+    assert.doesNotMatch(text, /sk-ant-/, "no real token goes to auth.json");
+    for (const email of ["one@example.com", "two@example.com"]) {
+      const t = mock.tokens(email);
+      assert.ok(!text.includes(t.access) && !text.includes(t.refresh));
+    }
+  }
+});
+
+test("a bad code resolves { type: 'failed' } and logs why without a secret", async () => {
+  const { client, logs } = fakeClient();
+  const path = freshPath();
+  const hooks = await plugin(path, client);
+  const started = await hooks.auth.methods[0].authorize();
+  mock.approve(started.url, "bad@example.com");
+  const result = await started.callback("not-the-code#" + new URL(started.url).searchParams.get("state"));
+  assert.deepEqual(result, { type: "failed" });
+  assert.deepEqual(await lib.listAccounts(path), []);
+  await new Promise((r) => setTimeout(r, 10));
+  const line = logs.find((l) => l.level === "error");
+  assert.ok(line, "the failure is logged");
+  assert.match(line.message, /OAUTH_/);
+  assert.doesNotMatch(line.message, /sk-ant-|not-the-code/);
+});
+
+test("the API-key method adds a type api member", async () => {
+  const path = freshPath();
+  const hooks = await plugin(path);
+  const method = hooks.auth.methods[1];
+  assert.equal(method.type, "oauth");
+  assert.equal(method.prompts[0].key, "key");
+  assert.equal(method.prompts[0].validate("has space in it"), "Paste the whole key (no spaces)");
+  assert.equal(method.prompts[0].validate("sk-ant-api03-abcdef"), undefined);
+
+  mock.addApiKey("sk-ant-api03-plugin-test-key", "console@example.com");
+  const started = await method.authorize({ key: " sk-ant-api03-plugin-test-key ", label: "console@example.com" });
+  assert.equal(started.method, "auto");
+  const result = await started.callback();
+  assert.equal(result.type, "success");
+  assert.doesNotMatch(JSON.stringify(result), /sk-ant-/);
+  const accounts = await lib.listAccounts(path);
+  assert.deepEqual(accounts.map((a) => [a.email, a.type]), [["console@example.com", "api"]]);
+
+  // Served with the key through the loader's fetch.
+  const { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });
+  const res = await fetch(`${mock.url}/v1/messages`, messagesRequest());
+  assert.equal(res.status, 200);
+  assert.match(await res.text(), /Hello from console@example\.com/);
+  const seen = mock.requests.at(-1);
+  assert.equal(seen.auth, "api-key");
+  assert.equal(seen.email, "console@example.com");
+
+  const bad = await (await method.authorize({ key: "short", label: "" })).callback();
+  assert.deepEqual(bad, { type: "failed" });
+});
+
+// ------------------------------------------------------------------------------------------------
+// Loader and failover
+
+test("the loader zeroes costs and returns { apiKey: '', fetch } serving with the pool's bearer", async () => {
+  const path = freshPath();
+  const hooks = await plugin(path);
+  await login(hooks, "loader@example.com");
+  const provider = {
+    models: {
+      "claude-sonnet-4-5": { cost: { input: 3, output: 15, cache: { read: 0.3, write: 3.75 } } },
+      "claude-haiku-4-5": { cost: { input: 1, output: 5, cache: { read: 0.1, write: 1.25 } } },
+    },
+  };
+  let gotAuth = false;
+  const out = await hooks.auth.loader(async () => ((gotAuth = true), { type: "oauth", refresh: "pool", access: "pool", expires: 0 }), provider);
+  assert.equal(out.apiKey, "");
+  assert.equal(typeof out.fetch, "function");
+  assert.equal(gotAuth, false, "the loader does not need OpenCode's auth entry");
+  for (const m of Object.values(provider.models)) assert.deepEqual(m.cost, { input: 0, output: 0, cache: { read: 0, write: 0 } });
+
+  const res = await out.fetch(`${mock.url}/v1/messages`, messagesRequest({ stream: true }));
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type"), /text\/event-stream/);
+  assert.match(await res.text(), /Hello from/);
+  const seen = mock.requests.at(-1);
+  assert.equal(seen.email, "loader@example.com");
+  assert.equal(bearerOf(seen), mock.tokens("loader@example.com").access);
+  assert.equal(seen.headers["x-api-key"], undefined);
+});
+
+test("a 429 on the first account fails over to the second and the user is told once", async () => {
+  const path = freshPath();
+  const { client, toasts, logs } = fakeClient();
+  const hooks = await plugin(path, client);
+  await login(hooks, "first@example.com");
+  await login(hooks, "second@example.com");
+  await lib.setPriority("first@example.com", 10, path);
+  mock.script("first@example.com", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 120 }) }]);
+
+  const { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });
+  const res = await fetch(`${mock.url}/v1/messages`, messagesRequest());
+  assert.equal(res.status, 200);
+  assert.match(await res.text(), /Hello from second@example\.com/);
+  const recent = mock.requests.slice(-2);
+  assert.deepEqual(recent.map((r) => [r.email, r.status]), [["first@example.com", 429], ["second@example.com", 200]]);
+  assert.equal(bearerOf(recent[1]), mock.tokens("second@example.com").access);
+
+  // A second request stays on the second account: no new failover, no new toast.
+  const again = await fetch(`${mock.url}/v1/messages`, messagesRequest());
+  assert.match(await again.text(), /Hello from second@example\.com/);
+
+  await new Promise((r) => setTimeout(r, 10));
+  assert.equal(toasts.length, 1, JSON.stringify(toasts));
+  assert.equal(toasts[0].variant, "warning");
+  assert.match(toasts[0].message, /first@example\.com/);
+  assert.match(toasts[0].message, /second@example\.com/);
+  assert.doesNotMatch(JSON.stringify([toasts, logs]), /sk-ant-/);
+  assert.ok(logs.some((l) => l.level === "warn" && /second@example\.com/.test(l.message)));
+
+  // The tool sees the cooldown and the failover.
+  const tool = hooks.tool[TOOL];
+  const list = await tool.execute({ action: "list" }, {});
+  assert.match(list, /first@example\.com \[Claude login\] rate-limited, (\d+m|<1m|1h.*) left \(until [^)]+\)/);
+  assert.match(list, /second@example\.com \[Claude login\] active/);
+  assert.match(list, /priority 10/);
+  assert.match(list, /last used just now/);
+  assert.match(list, /5h 10% \(resets [^)]+\), 7d 20%/);
+  const status = await tool.execute({ action: "status" }, {});
+  assert.match(status, /2 total, 1 usable/);
+  assert.match(status, /Soonest reset: in \S+.*first@example\.com/);
+  assert.match(status, /Last failover: .*first@example\.com -> second@example\.com: \S+/);
+  assert.match(status, /second@example\.com: active; 5h 10%/);
+  assert.match(await tool.execute({ action: "reset-cooldowns" }, {}), /Cleared the cooldown of 1 account\./);
+  assert.match(await tool.execute({ action: "reset-cooldowns" }, {}), /No account was cooling down/);
+  assert.doesNotMatch(await tool.execute({ action: "list" }, {}), /rate-limited/);
+});
+
+test("failover notices are debounced per account pair for 30 s", () => {
+  let now = 1_000_000;
+  const { client, toasts, logs } = fakeClient();
+  const notify = createNotifier(client, { now: () => now });
+  const ev = (email, to) => ({ kind: "failover", email, to, message: `${email} rate limited; moved to ${to}` });
+  notify(ev("a@x", "b@x"));
+  notify(ev("a@x", "b@x"));
+  now += 29_000;
+  notify(ev("a@x", "b@x"));
+  notify(ev("b@x", "a@x"));
+  now += 2_000;
+  notify(ev("a@x", "b@x"));
+  notify({ kind: "refreshed", email: "a@x", message: "a@x: access token refreshed" });
+  assert.deepEqual(toasts.map((t) => t.message), ["a@x rate limited; moved to b@x", "b@x rate limited; moved to a@x", "a@x rate limited; moved to b@x"]);
+  assert.equal(logs.filter((l) => l.level === "warn").length, 3);
+  assert.ok(logs.some((l) => l.level === "debug" && /refreshed/.test(l.message)));
+  // A client without tui or app, or one that throws, is fine.
+  createNotifier(undefined)(ev("a@x", "b@x"));
+  createNotifier({ tui: { showToast: () => { throw new Error("boom"); } }, app: { log: () => Promise.reject(new Error("x")) } })(ev("a@x", "b@x"));
+});
+
+// ------------------------------------------------------------------------------------------------
+// The tool
+
+test("the tool is made with tool(): zod args, description, execute", async () => {
+  const tool = (await plugin(freshPath())).tool[TOOL];
+  assert.match(tool.description, /Anthropic account pool/);
+  assert.equal(typeof tool.execute, "function");
+  assert.equal(tool.args.action.safeParse("list").success, true);
+  assert.equal(tool.args.action.safeParse("explode").success, false);
+  assert.equal(tool.args.email.safeParse(undefined).success, true);
+  assert.equal(tool.args.priority.safeParse(3).success, true);
+});
+
+test("tool actions: list, remove, enable, disable, priority and their help texts", async () => {
+  const path = freshPath();
+  const hooks = await plugin(path);
+  const run = (args) => hooks.tool[TOOL].execute(args, {});
+
+  assert.match(await run({ action: "list" }), /no accounts yet.*opencode auth login/);
+  await login(hooks, "alice@example.com");
+  await login(hooks, "bob@example.com");
+
+  let list = await run({ action: "list" });
+  assert.match(list, /^Anthropic pool: 2 accounts, 2 usable now\./);
+  assert.match(list, /1\. alice@example\.com \[Claude login\] idle · priority 0 · never used/);
+  assert.match(list, /2\. bob@example\.com/);
+
+  assert.match(await run({ action: "disable", email: "bob@example.com" }), /Disabled bob@example\.com/);
+  assert.match(await run({ action: "list" }), /bob@example\.com \[Claude login\] disabled/);
+  assert.match(await run({ action: "status" }), /2 total, 1 usable \(1 idle, 1 disabled\)/);
+  assert.match(await run({ action: "enable", email: "BOB@example.com" }), /Enabled BOB@example\.com/);
+  assert.doesNotMatch(await run({ action: "list" }), /disabled/);
+
+  assert.match(await run({ action: "priority", email: "bob@example.com", priority: 7 }), /Priority of bob@example\.com is now 7/);
+  assert.match(await run({ action: "list" }), /bob@example\.com .*priority 7/);
+  assert.match(await run({ action: "priority", email: "bob@example.com" }), /needs `priority`: a whole number/);
+  assert.match(await run({ action: "priority" }), /needs `email`.*alice@example\.com, bob@example\.com/);
+
+  // Unknown emails and actions, missing arguments.
+  const unknown = await run({ action: "remove", email: "carol@example.com" });
+  assert.match(unknown, /No account "carol@example\.com" in the Anthropic pool\. Accounts in the pool: alice@example\.com, bob@example\.com\./);
+  assert.match(await run({ action: "disable", email: "nobody@example.com" }), /No account "nobody@example\.com".*alice@example\.com/);
+  assert.match(await run({ action: "remove" }), /The remove action needs `email`.*alice@example\.com, bob@example\.com/);
+  const help = await run({ action: "frobnicate" });
+  assert.match(help, /Unknown action "frobnicate"/);
+  for (const a of ["list", "status", "remove", "enable", "disable", "priority", "reset-cooldowns"]) assert.match(help, new RegExp(`- ${a}\\b`));
+
+  assert.match(await run({ action: "remove", email: "alice@example.com" }), /Removed alice@example\.com from the Anthropic pool\. Accounts in the pool: bob@example\.com\./);
+  assert.deepEqual((await lib.listAccounts(path)).map((a) => a.email), ["bob@example.com"]);
+});
+
+test("tool: auth-error says what to do; invalid entries and a corrupt file are explained", async () => {
+  const path = freshPath();
+  const hooks = await plugin(path);
+  const run = (args) => hooks.tool[TOOL].execute(args, {});
+  await login(hooks, "dead@example.com");
+  mock.revoke("dead@example.com", { family: true });
+  // The access token is refused and the refresh token is dead: the account needs a new login.
+  const { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });
+  await fetch(`${mock.url}/v1/messages`, messagesRequest()).then((r) => r.text(), () => {});
+  assert.match(await run({ action: "list" }), /dead@example\.com \[Claude login\] auth-error: needs a new login: run `opencode auth login` -> Anthropic Pool/);
+
+  const file = JSON.parse(readFileSync(path, "utf8"));
+  file.anthropic.push({ note: "no email here" });
+  writeFileSync(path, JSON.stringify(file));
+  assert.match(await run({ action: "status" }), /Invalid entries \(kept in the file as they are\): #1: /);
+
+  writeFileSync(path, "{ this is not json");
+  const corrupt = await run({ action: "list" });
+  assert.match(corrupt, /\(POOL_CORRUPT\)/);
+  assert.equal(readFileSync(path, "utf8"), "{ this is not json", "the file is left alone");
+  assert.match(await run({ action: "remove" }), /^The remove action needs `email`: the account to remove\.$/);
+});
+
+// ------------------------------------------------------------------------------------------------
+// Config
+
+const cacheFile = () => join(process.env.XDG_CACHE_HOME, "opencode", "models.json");
+
+function plantCache(models, file = cacheFile()) {
+  mkdirSync(join(file, ".."), { recursive: true });
+  writeFileSync(file, JSON.stringify({ openai: { models: { "gpt-x": { name: "GPT X" } } }, anthropic: { id: "anthropic", models } }));
+}
+
+const CACHED = {
+  "claude-test-9": {
+    id: "claude-test-9",
+    name: "Claude Test 9",
+    description: "a model only the planted cache knows",
+    family: "claude-test",
+    attachment: true,
+    reasoning: true,
+    tool_call: true,
+    temperature: true,
+    release_date: "2027-01-01",
+    modalities: { input: ["text", "image"], output: ["text"] },
+    limit: { context: 400000, output: 32000 },
+    cost: { input: 7, output: 35, cache_read: 0.7, cache_write: 8 },
+    experimental: { modes: { fast: { cost: { input: 1 } } } },
+  },
+  "claude-sonnet-4-5": {
+    id: "claude-sonnet-4-5",
+    name: "Claude Sonnet 4.5 (cached)",
+    limit: { context: 200000, output: 64000 },
+    cost: { input: 3, output: 15 },
+  },
+};
+
+test("config mirrors the anthropic models of OpenCode's models.dev cache, costs zeroed", async () => {
+  plantCache(CACHED);
+  try {
+    const config = { provider: { openai: { options: { apiKey: "keep-me" } } } };
+    await (await plugin(freshPath())).config(config);
+    const p = config.provider["anthropic-pool"];
+    assert.equal(p.npm, "@ai-sdk/anthropic");
+    assert.equal(p.name, "Anthropic Pool");
+    assert.equal(p.options.baseURL, `${mock.url}/v1`);
+    assert.equal(p.options.apiKey, "");
+    assert.equal(typeof p.options.fetch, "function");
+    assert.deepEqual(Object.keys(p.models).sort(), ["claude-sonnet-4-5", "claude-test-9"]);
+    const m = p.models["claude-test-9"];
+    assert.equal(m.name, "Claude Test 9");
+    assert.deepEqual(m.limit, { context: 400000, output: 32000 });
+    assert.deepEqual(m.cost, { input: 0, output: 0, cache_read: 0, cache_write: 0 });
+    assert.equal(m.description, undefined, "only fields OpenCode reads from a config model are copied");
+    assert.equal(m.experimental, undefined);
+    assert.deepEqual(config.provider.openai, { options: { apiKey: "keep-me" } }, "other providers untouched");
+    assert.equal(typeof config.command[TOOL].template, "string");
+  } finally {
+    rmSync(cacheFile(), { force: true });
+  }
+});
+
+test("config honours OPENCODE_MODELS_PATH and keeps catalog prices for a pool of API keys only", async () => {
+  const file = join(tmp, "elsewhere", "models.json");
+  plantCache(CACHED, file);
+  process.env.OPENCODE_MODELS_PATH = file;
+  try {
+    const path = freshPath();
+    mock.addApiKey("sk-ant-api03-priced-key", "priced@example.com");
+    await lib.addApiKey("sk-ant-api03-priced-key", { email: "priced@example.com", path });
+    const config = {};
+    await (await plugin(path)).config(config);
+    const models = config.provider["anthropic-pool"].models;
+    assert.deepEqual(Object.keys(models).sort(), ["claude-sonnet-4-5", "claude-test-9"]);
+    assert.deepEqual(models["claude-test-9"].cost, { input: 7, output: 35, cache_read: 0.7, cache_write: 8 });
+  } finally {
+    delete process.env.OPENCODE_MODELS_PATH;
+  }
+});
+
+test("config falls back to ANTHROPIC_MODELS when the cache is missing or corrupt", async () => {
+  for (const setup of [() => rmSync(cacheFile(), { force: true }), () => (mkdirSync(join(cacheFile(), ".."), { recursive: true }), writeFileSync(cacheFile(), "{oops"))]) {
+    setup();
+    const config = {};
+    await poolConfigHook(config);
+    const models = config.provider["anthropic-pool"].models;
+    assert.deepEqual(Object.keys(models).sort(), Object.keys(ANTHROPIC_MODELS).sort());
+    models["claude-sonnet-4-5"].name = "mutated";
+    assert.notEqual(ANTHROPIC_MODELS["claude-sonnet-4-5"].name, "mutated", "the built-in table is copied");
+  }
+  rmSync(cacheFile(), { force: true });
+});
+
+test("ANTHROPIC_MODELS: current Claude models with limits, capabilities and zero cost", () => {
+  for (const id of ["claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-6", "claude-sonnet-4-6"]) {
+    assert.ok(ANTHROPIC_MODELS[id], id);
+  }
+  for (const [id, m] of Object.entries(ANTHROPIC_MODELS)) {
+    assert.equal(m.id, id);
+    assert.match(m.name, /^Claude /);
+    assert.ok(m.limit.context >= 200000 && m.limit.output >= 32000, id);
+    assert.equal(m.tool_call, true);
+    assert.equal(m.attachment, true);
+    assert.equal(typeof m.reasoning, "boolean");
+    assert.deepEqual(m.modalities.output, ["text"]);
+    assert.deepEqual(m.cost, { input: 0, output: 0, cache_read: 0, cache_write: 0 });
+  }
+});
+
+test("config keeps what the user set in provider['anthropic-pool']", async () => {
+  plantCache(CACHED);
+  try {
+    const config = {
+      provider: {
+        "anthropic-pool": {
+          name: "My Pool",
+          options: { baseURL: "https://proxy.example/v1", timeout: 5000 },
+          models: {
+            "my-custom": { name: "Custom", limit: { context: 1000, output: 100 } },
+            "claude-sonnet-4-5": { options: { thinking: { type: "enabled" } }, limit: { output: 8000 } },
+          },
+          whitelist: ["claude-sonnet-4-5", "my-custom"],
+        },
+      },
+    };
+    await poolConfigHook(config, { path: freshPath() });
+    const p = config.provider["anthropic-pool"];
+    assert.equal(p.name, "My Pool");
+    assert.equal(p.npm, "@ai-sdk/anthropic");
+    assert.equal(p.options.baseURL, "https://proxy.example/v1");
+    assert.equal(p.options.timeout, 5000);
+    assert.equal(typeof p.options.fetch, "function");
+    assert.deepEqual(p.whitelist, ["claude-sonnet-4-5", "my-custom"]);
+    assert.deepEqual(p.models["my-custom"], { name: "Custom", limit: { context: 1000, output: 100 } });
+    const sonnet = p.models["claude-sonnet-4-5"];
+    assert.equal(sonnet.name, "Claude Sonnet 4.5 (cached)");
+    assert.deepEqual(sonnet.limit, { context: 200000, output: 8000 });
+    assert.deepEqual(sonnet.options, { thinking: { type: "enabled" } });
+    assert.ok(p.models["claude-test-9"]);
+
+    const userCommand = { command: { [TOOL]: { template: "mine" } } };
+    await poolConfigHook(userCommand);
+    assert.deepEqual(userCommand.command[TOOL], { template: "mine" });
+  } finally {
+    rmSync(cacheFile(), { force: true });
+  }
+});
+
+test("config never calls the OpenCode client, and its fetch works with no auth.json entry", async () => {
+  const calls = [];
+  const trap = new Proxy({}, { get: (_, k) => (calls.push(String(k)), trap), apply: () => calls.push("call") });
+  const path = freshPath();
+  const hooks = await OAuthPoolPlugin({ client: new Proxy(() => {}, { get: (_, k) => (calls.push(String(k)), trap) }) }, { path });
+  const config = {};
+  await hooks.config(config);
+  assert.deepEqual(calls, []);
+
+  // Accounts added with the library (no `opencode auth login`): the config's fetch serves them.
+  const started = await lib.authorize();
+  await lib.addAccount(mock.approve(started.url, "cli@example.com"), started, path);
+  const res = await config.provider["anthropic-pool"].options.fetch(`${mock.url}/v1/messages`, messagesRequest());
+  assert.match(await res.text(), /Hello from cli@example\.com/);
+  assert.equal(bearerOf(mock.requests.at(-1)), mock.tokens("cli@example.com").access);
+});
+
+test("without a path option the pool is OAUTH_POOL_PATH", async () => {
+  rmSync(process.env.OAUTH_POOL_PATH, { force: true });
+  const hooks = await OAuthPoolPlugin({ client: fakeClient().client });
+  await login(hooks, "default@example.com");
+  assert.deepEqual((await lib.listAccounts(process.env.OAUTH_POOL_PATH)).map((a) => a.email), ["default@example.com"]);
+  assert.match(await hooks.tool[TOOL].execute({ action: "list" }, {}), /default@example\.com/);
+});

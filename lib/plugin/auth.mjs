@@ -1,0 +1,119 @@
+// The `auth` hook of the `anthropic-pool` provider. Logging in adds an account to the pool (the
+// tokens stay in the native side and the pool file); OpenCode's own auth.json only gets a
+// placeholder, so that its loader runs. The loader hands OpenCode the rotating fetch.
+import { PROVIDER_ID, pool, poolPath, poolFetchFor, log } from "./shared.mjs";
+
+/** What OpenCode stores in auth.json for this provider: no secret, never expires. */
+const PLACEHOLDER = Object.freeze({
+  type: "success",
+  refresh: "pool",
+  access: "pool",
+  expires: Date.UTC(9999, 11, 31),
+});
+
+function failed(client, what, err) {
+  const code = err?.code ? `${err.code}: ` : "";
+  log(client, "error", `${what} failed: ${code}${err?.message ?? err}`);
+  return { type: "failed" };
+}
+
+/** Zeroes every number under each model's `cost` (subscription requests are not billed per token). */
+export function zeroModelCosts(models) {
+  const zero = (cost) => {
+    for (const [k, v] of Object.entries(cost)) {
+      if (typeof v === "number") cost[k] = 0;
+      else if (v && typeof v === "object") zero(v);
+    }
+  };
+  for (const m of Object.values(models ?? {})) if (m?.cost && typeof m.cost === "object") zero(m.cost);
+}
+
+/** True when the pool holds accounts and every one is a Console API key (billed per token). */
+export async function apiKeysOnly(path) {
+  try {
+    const accounts = await pool.listAccounts(path);
+    return accounts.length > 0 && accounts.every((a) => a.type === "api");
+  } catch {
+    return false;
+  }
+}
+
+export function poolAuthHook(input, options) {
+  const client = input?.client;
+  const path = poolPath(options);
+  let fetch;
+
+  return {
+    provider: PROVIDER_ID,
+
+    async loader(_getAuth, provider) {
+      // Tokens are never read here: the fetch reads the pool for every request.
+      if (!(await apiKeysOnly(path))) zeroModelCosts(provider?.models);
+      fetch ??= poolFetchFor(input, options);
+      return { apiKey: "", fetch };
+    },
+
+    methods: [
+      {
+        type: "oauth",
+        label: "Claude Pro/Max (add account to pool)",
+        async authorize() {
+          const { url, verifier, state } = await pool.authorize({ mode: "max" });
+          return {
+            url,
+            instructions:
+              "Sign in with the Claude account to add, then paste the code shown (code#state). " +
+              "Each login adds one account to the pool; the same email again refreshes it.",
+            method: "code",
+            async callback(code) {
+              try {
+                const { email, added } = await pool.addAccount(code, { verifier, state }, path);
+                log(client, "info", `${added ? "added" : "updated"} ${email} in the Anthropic pool`);
+                return { ...PLACEHOLDER };
+              } catch (err) {
+                return failed(client, "Adding the account", err);
+              }
+            },
+          };
+        },
+      },
+      {
+        // An "api" method cannot run code in OpenCode 1.18 (the key goes straight to auth.json),
+        // so the key is asked for by a prompt of an oauth-type method that finishes at once.
+        type: "oauth",
+        label: "Console API key (add to pool)",
+        prompts: [
+          {
+            type: "text",
+            key: "key",
+            message: "Paste a Console API key (sk-ant-api03-...)",
+            validate: (value) => (/^\s*\S{8,}\s*$/.test(value ?? "") ? undefined : "Paste the whole key (no spaces)"),
+          },
+          {
+            type: "text",
+            key: "label",
+            message: "A name for this key in the pool (email or label, optional)",
+          },
+        ],
+        async authorize(inputs = {}) {
+          const key = String(inputs.key ?? "").trim();
+          const label = String(inputs.label ?? "").trim();
+          return {
+            url: "",
+            instructions: "Adding the key to the Anthropic pool...",
+            method: "auto",
+            async callback() {
+              try {
+                const { email, added } = await pool.addApiKey(key, { email: label || undefined, path });
+                log(client, "info", `${added ? "added" : "updated"} API key ${email} in the Anthropic pool`);
+                return { ...PLACEHOLDER };
+              } catch (err) {
+                return failed(client, "Adding the API key", err);
+              }
+            },
+          };
+        },
+      },
+    ],
+  };
+}

@@ -1,0 +1,96 @@
+// The `config` hook: declares the `anthropic-pool` provider with every Anthropic model OpenCode
+// knows, unless the user already said otherwise in opencode.json (their values win). Runs before
+// OpenCode reads providers; it must not call the OpenCode client (provider state waits on plugin
+// init, so that would deadlock).
+import { readFile } from "node:fs/promises";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { ANTHROPIC_MODELS } from "./models.mjs";
+import { PROVIDER_ID, TOOL_NAME, poolPath, poolFetchFor } from "./shared.mjs";
+import { apiKeysOnly, zeroModelCosts } from "./auth.mjs";
+
+// The fields OpenCode reads from a model declared in config; the rest of a catalog entry
+// (descriptions, pricing modes, ...) is not part of the config schema.
+const MODEL_FIELDS = [
+  "id", "name", "family", "release_date", "attachment", "reasoning", "temperature", "tool_call",
+  "interleaved", "modalities", "limit", "cost", "status", "options", "headers", "variants", "provider",
+];
+
+/** Where OpenCode keeps its models.dev catalog cache. */
+export function modelsCachePath(env = process.env) {
+  if (env.OPENCODE_MODELS_PATH) return env.OPENCODE_MODELS_PATH;
+  const cache = env.XDG_CACHE_HOME || join(homedir(), ".cache");
+  return join(cache, "opencode", "models.json");
+}
+
+/** The `anthropic` models of OpenCode's catalog cache, or null when it is missing or unusable. */
+export async function cachedAnthropicModels(file = modelsCachePath()) {
+  try {
+    const models = JSON.parse(await readFile(file, "utf8"))?.anthropic?.models;
+    if (!models || typeof models !== "object" || Array.isArray(models)) return null;
+    const out = {};
+    for (const [id, def] of Object.entries(models)) {
+      if (!def || typeof def !== "object") continue;
+      const copy = {};
+      for (const k of MODEL_FIELDS) if (def[k] !== undefined) copy[k] = structuredClone(def[k]);
+      if (!copy.name) copy.name = id;
+      out[id] = copy;
+    }
+    return Object.keys(out).length ? out : null;
+  } catch {
+    return null;
+  }
+}
+
+function isPlainObject(v) {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+/** `base` overlaid with `over`: objects merge key by key, anything else from `over` wins. */
+export function mergeUserWins(base, over) {
+  if (!isPlainObject(base) || !isPlainObject(over)) return over === undefined ? base : over;
+  const out = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = k in base ? mergeUserWins(base[k], v) : v;
+  return out;
+}
+
+export function apiBaseURL(env = process.env) {
+  const origin = (env.OAUTH_POOL_API_URL || "https://api.anthropic.com").replace(/\/+$/, "");
+  return `${origin}/v1`;
+}
+
+/**
+ * Adds `provider["anthropic-pool"]` to OpenCode's config. `options` (optional): `{ path }` of the
+ * pool file and the `fetch` to use (the plugin passes the one its auth loader uses).
+ */
+export async function poolConfigHook(config, options = {}) {
+  if (!config || typeof config !== "object") return;
+  const models = (await cachedAnthropicModels()) ?? structuredClone(ANTHROPIC_MODELS);
+  // A pool of Console API keys only is billed per token: keep the catalog's prices then.
+  if (!(await apiKeysOnly(poolPath(options)))) zeroModelCosts(models);
+
+  const ours = {
+    npm: "@ai-sdk/anthropic",
+    name: "Anthropic Pool",
+    options: {
+      baseURL: apiBaseURL(),
+      // Placeholder: the pool's fetch sets each request's credentials. With `fetch` here the
+      // provider works even when auth.json has no entry for it (accounts added with the CLI).
+      apiKey: "",
+      fetch: poolFetchFor(undefined, options),
+    },
+    models,
+  };
+  config.provider = isPlainObject(config.provider) ? config.provider : {};
+  config.provider[PROVIDER_ID] = mergeUserWins(ours, config.provider[PROVIDER_ID] ?? {});
+
+  // `/model-accounts-pool [action] [email] [n]` in the TUI runs the tool.
+  config.command = isPlainObject(config.command) ? config.command : {};
+  config.command[TOOL_NAME] ??= {
+    description: "Anthropic pool: list accounts, status, remove/enable/disable, priority, reset cooldowns",
+    template:
+      `Call the ${TOOL_NAME} tool once. Arguments from the user: "$ARGUMENTS" ` +
+      "(first word: action, default list; then the account email; then a priority number if the action is priority). " +
+      "Then reply with the tool's output exactly as it is, nothing else.",
+  };
+}

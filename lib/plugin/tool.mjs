@@ -1,0 +1,150 @@
+// The `model-accounts-pool` tool: manage the pool from inside OpenCode. Returns text for a person.
+import { tool } from "@opencode-ai/plugin";
+import { LOGIN_HINT, pool, poolPath } from "./shared.mjs";
+import { accountLine, ago, clock, duration, quotaText, statusText } from "./format.mjs";
+
+export const ACTIONS = ["list", "status", "remove", "enable", "disable", "priority", "reset-cooldowns"];
+
+const USAGE = [
+  "list: every account with its status, priority, last use and quota",
+  "status: counts, soonest reset, last failover, quota per account",
+  "remove <email>: take an account out of the pool",
+  "enable <email> / disable <email>: keep an account but stop or resume using it",
+  "priority <email> <n>: higher is tried first (default 0)",
+  "reset-cooldowns: forget every rate-limit cooldown now",
+];
+
+const EMPTY = `The Anthropic pool has no accounts yet. Add one: ${LOGIN_HINT} -> "Claude Pro/Max (add account to pool)" (or "Console API key (add to pool)").`;
+
+function known(accounts) {
+  if (!accounts) return "";
+  return accounts.length ? `Accounts in the pool: ${accounts.map((a) => a.email).join(", ")}.` : EMPTY;
+}
+
+/** The accounts for a hint, or null when the pool cannot be read (the caller's error says why). */
+async function accountsOrNull(path) {
+  try {
+    return await pool.listAccounts(path);
+  } catch {
+    return null;
+  }
+}
+
+async function list(path, now) {
+  const accounts = await pool.listAccounts(path);
+  if (!accounts.length) return EMPTY;
+  const usable = accounts.filter((a) => a.status === "active" || a.status === "idle").length;
+  return [
+    `Anthropic pool: ${accounts.length} account${accounts.length === 1 ? "" : "s"}, ${usable} usable now.`,
+    ...accounts.map((a, i) => accountLine(a, i, now)),
+  ].join("\n");
+}
+
+async function status(path, now) {
+  const s = await pool.poolStatus(path);
+  const c = s.counts ?? {};
+  const lines = [`Anthropic pool (${s.path})`];
+  if (!c.total && !s.invalid?.length) return `${lines[0]}\n${EMPTY}`;
+  const by = ["active", "idle", "rate-limited", "auth-error", "disabled"]
+    .filter((k) => c[k])
+    .map((k) => `${c[k]} ${k}`)
+    .join(", ");
+  lines.push(`Accounts: ${c.total ?? 0} total, ${c.usable ?? 0} usable${by ? ` (${by})` : ""}.`);
+  if (s.soonestReset) {
+    const who = s.accounts.filter((a) => a.rateLimitUntil === s.soonestReset).map((a) => a.email);
+    lines.push(
+      `Soonest reset: in ${duration(s.soonestReset - now)} (${clock(s.soonestReset, now)})${who.length ? `, ${who.join(", ")}` : ""}.`,
+    );
+  } else {
+    lines.push("Soonest reset: no account is cooling down.");
+  }
+  const f = s.lastFailover;
+  lines.push(
+    f
+      ? `Last failover: ${ago(f.at, now)} (${clock(f.at, now)}), ${f.from} -> ${f.to ?? "no other account"}: ${f.reason}.`
+      : "Last failover: none recorded.",
+  );
+  if (s.accounts.length) {
+    lines.push("Per account:");
+    for (const a of s.accounts) {
+      lines.push(`  ${a.email}: ${statusText(a, now)}; ${quotaText(a.quota, now) ?? "no quota seen yet"}`);
+    }
+  }
+  if (s.invalid?.length) {
+    lines.push(`Invalid entries (kept in the file as they are): ${s.invalid.map((e) => `#${e.index}: ${e.reason}`).join("; ")}.`);
+  }
+  return lines.join("\n");
+}
+
+async function needEmail(action, path, extra = "") {
+  return `The ${action} action needs \`email\`: the account to ${action}${extra}. ${known(await accountsOrNull(path))}`.trim();
+}
+
+async function run(args, path) {
+  const action = String(args?.action ?? "list").trim().toLowerCase();
+  const email = typeof args?.email === "string" ? args.email.trim() : "";
+  const now = Date.now();
+  switch (action) {
+    case "list":
+      await pool.flushPool(path);
+      return list(path, now);
+    case "status":
+      await pool.flushPool(path);
+      return status(path, now);
+    case "remove": {
+      if (!email) return needEmail("remove", path);
+      const n = await pool.removeAccount(email, path);
+      return `Removed ${email} from the Anthropic pool${n > 1 ? ` (${n} entries)` : ""}. ${known(await accountsOrNull(path))}`;
+    }
+    case "enable":
+    case "disable": {
+      if (!email) return needEmail(action, path);
+      await pool.setEnabled(email, action === "enable", path);
+      return action === "enable"
+        ? `Enabled ${email}: the pool uses it again.`
+        : `Disabled ${email}: the pool will not use it until you enable it (its login is kept).`;
+    }
+    case "priority": {
+      if (!email) return needEmail("priority", path, " and `priority`, a whole number (higher is tried first)");
+      const n = Number(args?.priority);
+      if (args?.priority === undefined || args?.priority === null || !Number.isInteger(n)) {
+        return `The priority action needs \`priority\`: a whole number, higher is tried first (default 0). Example: priority ${email} 10.`;
+      }
+      await pool.setPriority(email, n, path);
+      return `Priority of ${email} is now ${n} (higher is tried first).`;
+    }
+    case "reset-cooldowns": {
+      const n = await pool.resetCooldowns(path);
+      return n ? `Cleared the cooldown of ${n} account${n === 1 ? "" : "s"}.` : "No account was cooling down.";
+    }
+    default:
+      return `Unknown action "${args?.action}". Actions:\n${USAGE.map((u) => `- ${u}`).join("\n")}`;
+  }
+}
+
+export function createPoolTool(input, options) {
+  const path = poolPath(options);
+  const z = tool.schema;
+  return tool({
+    description:
+      "Manage the Anthropic account pool behind the anthropic-pool provider. Actions: " +
+      USAGE.join("; ") +
+      ". Show the result to the user as it is.",
+    args: {
+      action: z.enum(ACTIONS).describe("What to do"),
+      email: z.string().optional().describe("The account's email (remove, enable, disable, priority)"),
+      priority: z.number().int().optional().describe("The new priority for action priority; higher is tried first"),
+    },
+    async execute(args) {
+      try {
+        return await run(args, path);
+      } catch (err) {
+        if (err?.code === "ACCOUNT_NOT_FOUND") {
+          return `No account "${args?.email ?? ""}" in the Anthropic pool. ${known(await accountsOrNull(path))}`;
+        }
+        return `The Anthropic pool could not do that${err?.code ? ` (${err.code})` : ""}: ${err?.message ?? err}`;
+      }
+    },
+  });
+}
+

@@ -1,0 +1,162 @@
+//! The pool store across real processes: this test binary runs itself again as workers
+//! (`POOL_WORKER=...`), so every writer is a separate process with its own file descriptors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oauth_pool::account::Pool;
+use oauth_pool::store::Store;
+use serde_json::json;
+
+fn counter(pool: &Pool) -> i64 {
+    pool.extra.get("n").and_then(|v| v.as_i64()).unwrap_or(0)
+}
+
+/// Worker entry: does `POOL_ITERATIONS` locked increments (or loops forever when 0).
+#[test]
+fn worker_entry() {
+    let Ok(path) = std::env::var("POOL_WORKER") else {
+        return;
+    };
+    let store = Store::new(PathBuf::from(path));
+    let iterations: u64 = std::env::var("POOL_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut i = 0;
+    while iterations == 0 || i < iterations {
+        store
+            .update(|p| {
+                let n = counter(p);
+                p.extra.insert("n".into(), json!(n + 1));
+                // Some bulk, so a torn write would be visible.
+                p.extra
+                    .insert("pad".into(), json!("x".repeat(4096 + (n as usize % 97))));
+                Ok(())
+            })
+            .unwrap();
+        i += 1;
+    }
+}
+
+fn spawn_worker(path: &Path, iterations: u64) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "worker_entry", "--nocapture", "--test-threads=1"])
+        .env("POOL_WORKER", path)
+        .env("POOL_ITERATIONS", iterations.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn eight_processes_fifty_increments_no_lost_update_and_always_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oauth-pool.json");
+    let store = Store::new(&path);
+    store.save(&Pool::default()).unwrap();
+    let mut workers: Vec<Child> = (0..8).map(|_| spawn_worker(&path, 50)).collect();
+    // A reader polls without the lock the whole time: every snapshot must parse.
+    let mut reads = 0;
+    let mut last = 0;
+    while workers.iter_mut().any(|w| w.try_wait().unwrap().is_none()) {
+        let pool = store.load().expect("a reader saw a torn or corrupt file");
+        let n = counter(&pool);
+        assert!(n >= last, "counter went backwards: {n} < {last}");
+        last = n;
+        #[cfg(unix)]
+        assert_eq!(mode(&path), 0o600);
+        reads += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for mut w in workers {
+        assert!(w.wait().unwrap().success());
+    }
+    assert_eq!(counter(&store.load().unwrap()), 400, "no lost update");
+    assert!(reads > 0);
+}
+
+#[cfg(unix)]
+#[test]
+fn sigkill_of_a_writer_never_tears_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oauth-pool.json");
+    let store = Store::new(&path);
+    store.save(&Pool::default()).unwrap();
+    let mut last = 0;
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let rounds = std::env::var("POOL_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    for _ in 0..rounds {
+        let mut child = spawn_worker(&path, 0);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_micros(2_000 + seed % 20_000));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let pool = store.load().expect("torn file after SIGKILL");
+        let n = counter(&pool);
+        assert!(n >= last, "a committed generation was lost: {n} < {last}");
+        last = n;
+        assert_eq!(mode(&path), 0o600);
+    }
+    // The next writer cleans the temp files the killed ones left behind.
+    store
+        .update(|p| {
+            p.extra.insert("done".into(), json!(true));
+            Ok(())
+        })
+        .unwrap();
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "orphaned temps: {leftovers:?}");
+    assert!(last > 0, "the writers made progress");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_killed_lock_holder_frees_the_lock_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oauth-pool.json");
+    let store = Store::new(&path);
+    store.save(&Pool::default()).unwrap();
+    // flock(1) holds the same lock file as a separate process, then gets SIGKILLed. (`-o`:
+    // its child does not inherit the lock, so killing flock is killing the holder.)
+    let lock = store.lock_path();
+    let mut holder = Command::new("flock")
+        .arg("-o")
+        .arg(&lock)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let start = Instant::now();
+    store
+        .update(|p| {
+            p.extra.insert("after".into(), json!(1));
+            Ok(())
+        })
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "waited {:?}",
+        start.elapsed()
+    );
+}
