@@ -205,7 +205,7 @@ test("the loader zeroes costs and returns { apiKey: '', fetch } serving with the
   const res = await out.fetch(`${mock.url}/v1/messages`, messagesRequest({ stream: true }));
   assert.equal(res.status, 200);
   assert.match(res.headers.get("content-type"), /text\/event-stream/);
-  assert.match(await res.text(), /Hello from/);
+  assert.match(await res.text(), /"text_delta","text":" loader@example\.com"/);
   const seen = mock.requests.at(-1);
   assert.equal(seen.email, "loader@example.com");
   assert.equal(bearerOf(seen), mock.tokens("loader@example.com").access);

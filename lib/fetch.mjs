@@ -44,12 +44,8 @@ async function requestParts(input, init) {
   return { url, method, headers: [...headers], body, signal };
 }
 
-// Node keeps the native (external) buffer alive through a view of it. Bun does not: a view of
-// `chunk.buffer` can outlive the native memory (seen as scrambled bytes), so Bun gets a copy.
-const toChunk =
-  typeof globalThis.Bun !== "undefined"
-    ? (chunk) => Uint8Array.prototype.slice.call(chunk)
-    : (chunk) => new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+// Chunks arrive as JavaScript-owned Buffers; hand the stream a plain view of each.
+const toChunk = (chunk) => new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
 
 function bodyStream(res, signal, done) {
   let finished = false;
@@ -134,7 +130,13 @@ export function createPoolFetch(options = {}) {
       detach();
       await res.cancel();
     } else {
-      body = bodyStream(res, signal, detach);
+      const whole = res.takeBody();
+      if (whole) {
+        detach();
+        body = toChunk(whole);
+      } else {
+        body = bodyStream(res, signal, detach);
+      }
     }
     const response = new Response(body, {
       status: status < 200 ? 200 : status,

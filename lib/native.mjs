@@ -40,18 +40,29 @@ const binding = load();
 
 // Bun does not pass process.env changes down to the C environment the addon reads, so every
 // call first hands over the variables this runtime sees (only when they changed).
-const ENV_KEYS = ["HOME", "USERPROFILE"];
+// Looking up a few names is much cheaper than enumerating process.env on every request.
+const ENV_KEYS = [
+  "OAUTH_POOL_PATH",
+  "OAUTH_POOL_TOKEN_URL",
+  "OAUTH_POOL_API_URL",
+  "OAUTH_POOL_LOG",
+  "OAUTH_POOL_TIMEOUT_MS",
+  "OAUTH_POOL_SOFT_THRESHOLD",
+  "HOME",
+  "USERPROFILE",
+];
 let lastEnv = null;
 export function syncEnv() {
+  let key = "";
+  for (const k of ENV_KEYS) key += `${process.env[k] ?? "\u0000"}\u0001`;
+  if (key === lastEnv) return;
   const vars = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if ((k.startsWith("OAUTH_POOL_") || ENV_KEYS.includes(k)) && typeof v === "string") vars[k] = v;
+  for (const k of ENV_KEYS) {
+    const v = process.env[k];
+    if (typeof v === "string") vars[k] = v;
   }
-  const key = JSON.stringify(vars);
-  if (key !== lastEnv) {
-    binding.syncEnv(vars);
-    lastEnv = key;
-  }
+  binding.syncEnv(vars);
+  lastEnv = key;
 }
 
 export const native = new Proxy(binding, {

@@ -20,7 +20,6 @@ pub mod store;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use napi::bindgen_prelude::Buffer;
 use napi_derive::napi;
 use serde_json::{json, Value};
@@ -31,6 +30,48 @@ use crate::error::Error;
 use crate::runtime::{blocking, PoolRuntime};
 use crate::secret::Secret;
 use crate::store::Store;
+
+/// Bytes handed to JavaScript as a Buffer that JavaScript owns (`napi_create_buffer_copy`).
+/// An external buffer over Rust memory is invisible to the garbage collector's accounting (so
+/// streaming grows RSS), and under Bun a view of it can outlive the memory.
+pub struct JsBytes(Vec<u8>);
+
+impl napi::bindgen_prelude::TypeName for JsBytes {
+    fn type_name() -> &'static str {
+        "Buffer"
+    }
+
+    fn value_type() -> napi::ValueType {
+        napi::ValueType::Object
+    }
+}
+
+impl napi::bindgen_prelude::ToNapiValue for JsBytes {
+    unsafe fn to_napi_value(
+        env: napi::sys::napi_env,
+        val: Self,
+    ) -> napi::Result<napi::sys::napi_value> {
+        let mut data = std::ptr::null_mut();
+        let mut result = std::ptr::null_mut();
+        // SAFETY: `env` is the live environment napi-rs hands us; the source slice is valid for
+        // `len` bytes for the duration of the call, which copies it.
+        let status = unsafe {
+            napi::sys::napi_create_buffer_copy(
+                env,
+                val.0.len(),
+                val.0.as_ptr().cast(),
+                &mut data,
+                &mut result,
+            )
+        };
+        if status != napi::sys::Status::napi_ok {
+            return Err(napi::Error::from_reason(format!(
+                "could not create a Buffer (napi status {status})"
+            )));
+        }
+        Ok(result)
+    }
+}
 
 /// Errors cross as `[CODE] message` (async napi functions cannot carry a custom status);
 /// index.mjs turns the prefix back into `err.code`.
@@ -325,7 +366,15 @@ impl FetchController {
             .map_err(js_error)?;
         let events = serde_json::to_string(&answer.events).unwrap_or_else(|_| "[]".into());
         let body = match answer.body {
-            fetch::Body::Stream(r) => BodyState::Stream(r),
+            fetch::Body::Stream(r) if r.content_length().is_some_and(|n| n <= SMALL_BODY) => {
+                let bytes = tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => return Err(js_error(Error::Aborted)),
+                    b = r.bytes() => b.map_err(|e| js_error(Error::Network { what: "the API", detail: http::describe(&e) }))?,
+                };
+                BodyState::Full(bytes)
+            }
+            fetch::Body::Stream(r) => BodyState::Stream(read_ahead(r, self.cancel.clone())),
             fetch::Body::Full(b) if b.is_empty() => BodyState::Done,
             fetch::Body::Full(b) => BodyState::Full(b),
         };
@@ -346,14 +395,51 @@ impl FetchController {
 }
 
 enum BodyState {
-    Stream(reqwest::Response),
+    /// Chunks read ahead by a background task, bounded so a slow reader slows the socket.
+    Stream(tokio::sync::mpsc::Receiver<Result<Bytes, String>>),
     Full(Bytes),
+    /// The stream broke after the bytes already delivered; the next read reports it.
+    Failed(String),
     Done,
 }
 
 /// Most bytes handed to JavaScript per `next()`: chunks that are already here are batched
 /// (fewer crossings for bulk bodies), but `next()` never waits to fill a batch (SSE latency).
-const MAX_BATCH: usize = 512 * 1024;
+const MAX_BATCH: usize = 1024 * 1024;
+/// Chunks read ahead of the JavaScript reader (hyper chunks are at most tens of KB).
+const READ_AHEAD_CHUNKS: usize = 32;
+/// Bodies of a known size up to this are read whole before the answer crosses to JavaScript:
+/// one crossing instead of two for the common small JSON answer.
+const SMALL_BODY: u64 = 64 * 1024;
+
+/// Reads the upstream body on the runtime while JavaScript consumes earlier chunks. Ends (and
+/// drops the connection) on abort, on error, or when the receiver is dropped (cancel).
+fn read_ahead(
+    mut response: reqwest::Response,
+    cancel: CancellationToken,
+) -> tokio::sync::mpsc::Receiver<Result<Bytes, String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = tx.closed() => return,
+                c = response.chunk() => c,
+            };
+            let item = match next {
+                Ok(Some(c)) => Ok(c),
+                Ok(None) => return,
+                Err(e) => Err(http::describe(&e)),
+            };
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
 
 #[napi]
 pub struct NativeResponse {
@@ -395,48 +481,78 @@ impl NativeResponse {
 
     /// The next bytes of the body, or null at its end. Rejects with ABORT_ERR once aborted.
     #[napi]
-    pub async fn next(&self) -> JsResult<Option<Buffer>> {
+    pub async fn next(&self) -> JsResult<Option<JsBytes>> {
         let mut state = self.body.lock().await;
         let cancel = self.cancel.clone();
-        let taken = std::mem::replace(&mut *state, BodyState::Done);
-        match taken {
+        match &mut *state {
             BodyState::Done => Ok(None),
-            BodyState::Full(b) => Ok(Some(b.to_vec().into())),
-            BodyState::Stream(mut response) => {
+            BodyState::Failed(detail) => {
+                let detail = std::mem::take(detail);
+                *state = BodyState::Done;
+                Err(js_error(Error::Network {
+                    what: "the API (mid-stream)",
+                    detail,
+                }))
+            }
+            BodyState::Full(b) => {
+                let out = b.to_vec();
+                *state = BodyState::Done;
+                Ok(Some(JsBytes(out)))
+            }
+            BodyState::Stream(rx) => {
                 let first = tokio::select! {
                     biased;
-                    _ = cancel.cancelled() => return Err(js_error(Error::Aborted)),
-                    c = response.chunk() => c,
+                    _ = cancel.cancelled() => {
+                        *state = BodyState::Done;
+                        return Err(js_error(Error::Aborted));
+                    }
+                    c = rx.recv() => c,
                 };
                 let first = match first {
-                    Ok(Some(c)) => c,
-                    Ok(None) => return Ok(None),
-                    Err(e) => {
+                    Some(Ok(c)) => c,
+                    None => {
+                        *state = BodyState::Done;
+                        if cancel.is_cancelled() {
+                            return Err(js_error(Error::Aborted));
+                        }
+                        return Ok(None);
+                    }
+                    Some(Err(detail)) => {
+                        *state = BodyState::Done;
                         return Err(js_error(Error::Network {
                             what: "the API (mid-stream)",
-                            detail: http::describe(&e),
-                        }))
+                            detail,
+                        }));
                     }
                 };
-                let mut out: Vec<u8> = first.to_vec();
-                let mut ended = false;
+                let mut out: Vec<u8> = Vec::with_capacity(first.len());
+                out.extend_from_slice(&first);
                 while out.len() < MAX_BATCH {
-                    match response.chunk().now_or_never() {
-                        Some(Ok(Some(more))) => out.extend_from_slice(&more),
-                        Some(Ok(None)) => {
-                            ended = true;
+                    match rx.try_recv() {
+                        Ok(Ok(more)) => out.extend_from_slice(&more),
+                        // An error right after data: deliver the data; the next call reports it.
+                        Ok(Err(detail)) => {
+                            *state = BodyState::Failed(detail);
                             break;
                         }
-                        // An error right after data: deliver the data; the next call reports it.
-                        Some(Err(_)) | None => break,
+                        Err(_) => break,
                     }
                 }
-                if !ended {
-                    *state = BodyState::Stream(response);
-                }
-                Ok(Some(out.into()))
+                Ok(Some(JsBytes(out)))
             }
         }
+    }
+
+    /// The whole body when it is already here (small answers of known size), else null.
+    #[napi(js_name = "takeBody")]
+    pub fn take_body(&self) -> Option<JsBytes> {
+        let mut state = self.body.try_lock().ok()?;
+        if let BodyState::Full(b) = &*state {
+            let out = JsBytes(b.to_vec());
+            *state = BodyState::Done;
+            return Some(out);
+        }
+        None
     }
 
     /// Stops reading: the upstream connection is closed, not returned to the pool.

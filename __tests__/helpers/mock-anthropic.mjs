@@ -691,6 +691,10 @@ export async function startMockAnthropic({
 
   /** Everything on the API origin except the token endpoint, bench and control routes. */
   async function handleApi(req, res, url) {
+    // Sub-millisecond wall-clock marks, comparable across processes (the failover benchmark
+    // measures from a 429 leaving here to the retried request arriving).
+    const hr = () => performance.timeOrigin + performance.now();
+    const arrivedHr = hr();
     const { text, tooLarge } = await readBody(req, API_BODY_LIMIT);
     const auth = resolveAuth(req.headers);
     const record = {
@@ -702,7 +706,12 @@ export async function startMockAnthropic({
       email: auth.error ? null : auth.email,
       auth: auth.both ? null : auth.kind,
       status: null,
+      arrivedHr,
+      finishedHr: null,
     };
+    res.on("finish", () => {
+      record.finishedHr = hr();
+    });
     requests.push(record);
     if (tooLarge) return sendJson(res, (record.status = 413), apiErrorBody(413));
     const route = `${req.method} ${url.pathname}`;

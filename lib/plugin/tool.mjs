@@ -9,7 +9,8 @@ const USAGE = [
   "list: every account with its status, priority, last use and quota",
   "status: counts, soonest reset, last failover, quota per account",
   "remove <email>: take an account out of the pool",
-  "enable <email> / disable <email>: keep an account but stop or resume using it",
+  "enable <email>: use a disabled account again",
+  "disable <email>: stop using an account but keep its login",
   "priority <email> <n>: higher is tried first (default 0)",
   "reset-cooldowns: forget every rate-limit cooldown now",
 ];

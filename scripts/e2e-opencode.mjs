@@ -1,0 +1,402 @@
+#!/usr/bin/env node
+// End to end with the real OpenCode binary (pinned), offline, against the loopback mock of
+// Anthropic: logins through `opencode serve`'s OAuth routes add two accounts to the pool,
+// `opencode run` streams the mock's answer with the pool's bearer tokens, a 429 on one account
+// fails over to the other, a scripted call of the `model-accounts-pool` tool is executed by
+// OpenCode and its result goes back to the model, the models are mirrored under
+// `anthropic-pool`, and the provider works with no auth.json entry at all.
+//
+//   node scripts/e2e-opencode.mjs
+//
+// The binary is installed once into node_modules/.cache/opencode-e2e (npm, ~2 s). When it cannot
+// be installed the script prints why and exits 0 with SKIP; any failed check exits 1.
+// How OpenCode is kept offline: /work/shared/reference/opencode.md ("Keeping it offline").
+import { spawn, spawnSync } from "node:child_process";
+import { createServer } from "node:net";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { rateLimitHeaders } from "../__tests__/helpers/mock-anthropic.mjs";
+
+const OPENCODE_VERSION = "1.18.33";
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
+const CACHE = join(ROOT, "node_modules", ".cache", "opencode-e2e");
+const RUN_TIMEOUT_MS = 60_000;
+const started = Date.now();
+const keep = process.argv.includes("--keep");
+
+const results = [];
+function check(name, ok, detail = "") {
+  results.push({ name, ok: Boolean(ok) });
+  console.log(`${ok ? "ok  " : "FAIL"} ${name}${!ok && detail ? `\n     ${String(detail).split("\n").join("\n     ")}` : ""}`);
+  return Boolean(ok);
+}
+
+function skip(reason) {
+  console.log(`SKIP e2e-opencode: ${reason}`);
+  console.log("e2e: 0 passed, 0 failed (skipped)");
+  process.exit(0);
+}
+
+// ---- the binary -------------------------------------------------------------------------------
+function platformPackage() {
+  const os = { linux: "linux", darwin: "darwin", win32: "windows" }[process.platform];
+  const arch = { x64: "x64", arm64: "arm64" }[process.arch];
+  return os && arch ? `opencode-${os}-${arch}` : null;
+}
+
+function ensureOpencode() {
+  const pkg = platformPackage();
+  if (!pkg) skip(`no prebuilt OpenCode for ${process.platform}-${process.arch}`);
+  const bin = join(CACHE, "node_modules", pkg, "bin", process.platform === "win32" ? "opencode.exe" : "opencode");
+  const version = () => spawnSync(bin, ["--version"], { encoding: "utf8", timeout: 30_000 }).stdout?.trim();
+  if (existsSync(bin) && version() === OPENCODE_VERSION) return bin;
+  mkdirSync(CACHE, { recursive: true });
+  console.log(`installing ${pkg}@${OPENCODE_VERSION} into ${CACHE} ...`);
+  const npm = process.platform === "win32" ? "npm.cmd" : "npm";
+  const r = spawnSync(npm, ["install", "--prefix", CACHE, `${pkg}@${OPENCODE_VERSION}`, "--no-save", "--no-audit", "--no-fund"], {
+    encoding: "utf8",
+    timeout: 180_000,
+  });
+  if (r.status !== 0 || !existsSync(bin)) {
+    skip(`could not install ${pkg}@${OPENCODE_VERSION} from the npm registry: ${(r.stderr || r.error?.message || "").trim().split("\n").slice(-3).join(" | ")}`);
+  }
+  const v = version();
+  if (v !== OPENCODE_VERSION) skip(`installed OpenCode reports version ${JSON.stringify(v)}, expected ${OPENCODE_VERSION}`);
+  return bin;
+}
+
+// ---- processes ----------------------------------------------------------------------------------
+const children = new Set();
+
+function cleanup() {
+  for (const child of children) {
+    try {
+      child.kill("SIGKILL");
+    } catch {}
+  }
+}
+process.on("exit", cleanup);
+for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => process.exit(130));
+
+/** Runs a command to completion (killed after `timeoutMs`), collecting its output. */
+function run(cmd, args, { env, cwd, timeoutMs = RUN_TIMEOUT_MS }) {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env, cwd, stdio: ["ignore", "pipe", "pipe"] });
+    children.add(child);
+    let stdout = "";
+    let stderr = "";
+    let timedOut = false;
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => (stderr += d));
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill("SIGKILL");
+    }, timeoutMs);
+    const t0 = Date.now();
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      children.delete(child);
+      resolve({ code, signal, stdout, stderr, timedOut, ms: Date.now() - t0 });
+    });
+    child.on("error", (err) => {
+      clearTimeout(timer);
+      children.delete(child);
+      resolve({ code: -1, stdout, stderr: `${stderr}${err.message}`, timedOut, ms: Date.now() - t0 });
+    });
+  });
+}
+
+/** Starts a long-running process and resolves once a line of its stdout matches `ready`. */
+function startDaemon(cmd, args, { env, cwd, ready, timeoutMs = 30_000 }) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env, cwd, stdio: ["pipe", "pipe", "pipe"] });
+    children.add(child);
+    let out = "";
+    let err = "";
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`${cmd} did not become ready in ${timeoutMs} ms\n${out}\n${err.slice(-2000)}`));
+    }, timeoutMs);
+    child.stderr.on("data", (d) => (err += d));
+    child.stdout.on("data", (d) => {
+      out += d;
+      const m = ready.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ child, match: m, output: () => out, errors: () => err });
+      }
+    });
+    child.on("exit", (code) => {
+      children.delete(child);
+      clearTimeout(timer);
+      reject(new Error(`${cmd} exited (${code}) before it was ready\n${out}\n${err.slice(-2000)}`));
+    });
+  });
+}
+
+async function stop(child) {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once("exit", r));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
+  await exited;
+  clearTimeout(timer);
+  children.delete(child);
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function http(method, url, body) {
+  const res = await fetch(url, {
+    method,
+    headers: body === undefined ? {} : { "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(30_000),
+  });
+  const text = await res.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {}
+  return { status: res.status, json, text };
+}
+
+// ---- the scenario -----------------------------------------------------------------------------
+const bin = ensureOpencode();
+const dir = mkdtempSync(join(tmpdir(), "oauth-pool-e2e-"));
+const poolFile = join(dir, "pool.json");
+const project = join(dir, "project");
+const xdg = Object.fromEntries(["data", "config", "cache", "state"].map((k) => [k, join(dir, "xdg", k)]));
+for (const d of [project, join(dir, "home"), ...Object.values(xdg)]) mkdirSync(d, { recursive: true });
+
+// OpenCode resolves a path plugin through the package.json next to it: `exports["./server"]`,
+// else `main`. This checkout must route OpenCode to plugin.mjs (index.mjs exports more than the
+// plugin, and OpenCode calls every export as a plugin).
+const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8"));
+const serverEntry = typeof pkg.exports?.["./server"] === "string" ? pkg.exports["./server"] : pkg.exports?.["./server"]?.default ?? pkg.exports?.["./server"]?.import;
+const routed = check(
+  'package.json sends OpenCode to plugin.mjs (exports["./server"])',
+  serverEntry === "./plugin.mjs",
+  `exports["./server"] is ${JSON.stringify(serverEntry)}; OpenCode 1.18 would load "main" (${pkg.main}) and fail with "Plugin export is not a function"`,
+);
+let pluginSpec = pathToFileURL(join(ROOT, "plugin.mjs")).href;
+if (!routed) {
+  // Keep testing the plugin itself: a shim in a directory with no package.json loads as is.
+  const shim = join(dir, "shim", "oauth-pool-plugin.mjs");
+  mkdirSync(dirname(shim), { recursive: true });
+  writeFileSync(shim, `export { default } from ${JSON.stringify(pluginSpec)};\n`);
+  pluginSpec = pathToFileURL(shim).href;
+  console.log(`     (continuing through a shim: ${pluginSpec})`);
+}
+
+const MODEL = "claude-sonnet-4-5";
+writeFileSync(
+  join(project, "opencode.json"),
+  JSON.stringify(
+    {
+      $schema: "https://opencode.ai/config.json",
+      plugin: [[pluginSpec, { path: poolFile }]],
+      model: `anthropic-pool/${MODEL}`,
+      autoupdate: false,
+      share: "disabled",
+    },
+    null,
+    2,
+  ),
+);
+
+const mockProc = await startDaemon(process.execPath, [join(ROOT, "__tests__", "helpers", "mock-anthropic.mjs")], {
+  env: { PATH: process.env.PATH },
+  cwd: ROOT,
+  ready: /^(\{.*\})\s*$/m,
+});
+const mockInfo = JSON.parse(mockProc.match[1]);
+const MOCK = mockInfo.url;
+const control = (path, body) => http(body === undefined ? "GET" : "POST", `${MOCK}/__mock/${path}`, body);
+
+const env = {
+  PATH: process.env.PATH,
+  LANG: "C.UTF-8",
+  TERM: "dumb",
+  PWD: project,
+  HOME: join(dir, "home"),
+  XDG_DATA_HOME: xdg.data,
+  XDG_CONFIG_HOME: xdg.config,
+  XDG_CACHE_HOME: xdg.cache,
+  XDG_STATE_HOME: xdg.state,
+  OPENCODE_DISABLE_MODELS_FETCH: "1",
+  OPENCODE_DISABLE_AUTOUPDATE: "1",
+  OPENCODE_DISABLE_LSP_DOWNLOAD: "1",
+  OPENCODE_DISABLE_SHARE: "1",
+  OPENCODE_DISABLE_CLAUDE_CODE: "1",
+  OPENCODE_DISABLE_EXTERNAL_SKILLS: "1",
+  OPENCODE_MODELS_URL: MOCK,
+  // OpenCode installs @opencode-ai/plugin into its config dir at start: fail that at once.
+  npm_config_registry: "http://127.0.0.1:9/",
+  npm_config_fetch_retries: "0",
+  OAUTH_POOL_TOKEN_URL: mockInfo.tokenUrl,
+  OAUTH_POOL_API_URL: MOCK,
+  OAUTH_POOL_PATH: poolFile,
+};
+
+const readPool = () => (existsSync(poolFile) ? JSON.parse(readFileSync(poolFile, "utf8")) : { anthropic: [] });
+const authFile = join(xdg.data, "opencode", "auth.json");
+const masked = (token) => `Bearer …${String(token).slice(-6)}`;
+let mark = 0;
+/** Mock requests since the last call (the mock masks secrets to their last 6 characters). */
+async function newRequests() {
+  const all = (await control("requests")).json ?? [];
+  const fresh = all.slice(mark);
+  mark = all.length;
+  return fresh.filter((r) => r.path.startsWith("/v1/messages"));
+}
+
+let runs = 0;
+async function opencodeRun(prompt, extraEnv = {}) {
+  const r = await run(bin, ["run", "--print-logs", "--model", `anthropic-pool/${MODEL}`, prompt], {
+    env: { ...env, ...extraEnv },
+    cwd: project,
+  });
+  // Kept with --keep, for reading what OpenCode did.
+  mkdirSync(join(dir, "logs"), { recursive: true });
+  writeFileSync(join(dir, "logs", `run-${++runs}.out`), r.stdout);
+  writeFileSync(join(dir, "logs", `run-${runs}.err`), r.stderr);
+  return r;
+}
+
+const pluginLoadError = (stderr) => /failed to load plugin[^\n]*/.exec(stderr)?.[0];
+
+try {
+  // 1. Two logins through `opencode serve`'s OAuth routes.
+  const port = await freePort();
+  const serve = await startDaemon(bin, ["serve", "--port", String(port), "--hostname", "127.0.0.1", "--print-logs"], {
+    env,
+    cwd: project,
+    ready: /listening on (http:\/\/\S+)/,
+    timeoutMs: 60_000,
+  });
+  const SERVER = serve.match[1].replace(/\/$/, "");
+  const emails = ["alice@example.com", "bob@example.com"];
+  const loginResults = [];
+  for (const email of emails) {
+    const auth = await http("POST", `${SERVER}/provider/anthropic-pool/oauth/authorize`, { method: 0 });
+    if (!auth.json?.url) {
+      loginResults.push(`authorize answered ${auth.status}: ${auth.text.slice(0, 300)}`);
+      continue;
+    }
+    const approved = await control("approve", { url: auth.json.url, email });
+    const cb = await http("POST", `${SERVER}/provider/anthropic-pool/oauth/callback`, { method: 0, code: approved.json?.paste });
+    loginResults.push(cb.status === 200 && cb.json === true ? "ok" : `callback answered ${cb.status}: ${cb.text.slice(0, 300)}`);
+  }
+  const disposed = await http("POST", `${SERVER}/instance/dispose`);
+  await stop(serve.child);
+  check("opencode serve: two OAuth logins succeed", loginResults.every((r) => r === "ok"), `${loginResults.join("; ")}\n${pluginLoadError(serve.errors()) ?? ""}`);
+  check("POST /instance/dispose", disposed.status === 200, disposed.text);
+  const accounts = readPool().anthropic.map((a) => a.email);
+  check("the pool holds both accounts", JSON.stringify(accounts) === JSON.stringify(emails), JSON.stringify(accounts));
+  const authJson = existsSync(authFile) ? readFileSync(authFile, "utf8") : "";
+  const entry = authJson ? JSON.parse(authJson)["anthropic-pool"] : undefined;
+  check(
+    "auth.json holds a placeholder for anthropic-pool, no token",
+    entry?.type === "oauth" && !/sk-ant-/.test(authJson) && !readPool().anthropic.some((a) => authJson.includes(a.access) || authJson.includes(a.refresh)),
+    authJson,
+  );
+  await newRequests();
+
+  // 2. A plain prompt streams the mock's answer, with the pool's bearer tokens.
+  const r1 = await opencodeRun("say hi");
+  const req1 = await newRequests();
+  const pool1 = readPool().anthropic;
+  check(`opencode run streams the mock's answer (${r1.ms} ms)`, r1.code === 0 && /Hello from \S+@example\.com/.test(r1.stdout), `exit ${r1.code}${r1.timedOut ? " (timed out)" : ""}\nstdout: ${r1.stdout.slice(-500)}\n${pluginLoadError(r1.stderr) ?? r1.stderr.slice(-1500)}`);
+  check(
+    "the mock saw the pool's bearer token on every request",
+    req1.length > 0 && req1.every((r) => r.email && pool1.some((a) => a.email === r.email && r.headers.authorization === masked(a.access)) && r.status === 200),
+    JSON.stringify(req1.map((r) => [r.email, r.status, r.headers.authorization])),
+  );
+
+  // 3. A 429 on the preferred account: the run still succeeds, on the other account.
+  const { setPriority } = await import(pathToFileURL(join(ROOT, "index.mjs")).href);
+  await setPriority("alice@example.com", 10, poolFile);
+  await control("script", { email: "alice@example.com", responses: [{ status: 429, headers: rateLimitHeaders({ retryAfter: 3600 }) }] });
+  const r2 = await opencodeRun("say hi again");
+  const req2 = await newRequests();
+  check(`a 429 on alice fails over to bob (${r2.ms} ms)`, r2.code === 0 && /Hello from bob@example\.com/.test(r2.stdout), `exit ${r2.code}\nstdout: ${r2.stdout.slice(-500)}\n${r2.stderr.slice(-1500)}`);
+  check(
+    "the mock answered alice 429, then served bob",
+    req2.some((r) => r.email === "alice@example.com" && r.status === 429) && req2.some((r) => r.email === "bob@example.com" && r.status === 200),
+    JSON.stringify(req2.map((r) => [r.email, r.status])),
+  );
+  check("the failover was logged through the plugin client, naming both accounts", /service=oauth-pool[^\n]*alice@example\.com[^\n]*bob@example\.com/.test(r2.stderr) || /alice@example\.com[^\n]*bob@example\.com[^\n]*service=oauth-pool/.test(r2.stderr), r2.stderr.split("\n").filter((l) => /oauth-pool/.test(l)).join("\n") || "(no oauth-pool log line)");
+  const cooled = readPool().anthropic.find((a) => a.email === "alice@example.com");
+  check("alice is rate-limited in the pool file", cooled?.status === "rate-limited" && cooled.rateLimitUntil > Date.now(), JSON.stringify({ status: cooled?.status, until: cooled?.rateLimitUntil }));
+
+  // 4. The model calls the model-accounts-pool tool; OpenCode runs it and sends the result back.
+  // Two scripted tool calls: the session-title request may take the first one.
+  const toolUse = { toolUse: { name: "model-accounts-pool", input: { action: "list" } } };
+  await control("script", { responses: [toolUse, toolUse] });
+  const r3 = await opencodeRun("show me the pool accounts");
+  const req3 = await newRequests();
+  const toolResults = [];
+  for (const r of req3) {
+    let body;
+    try {
+      body = JSON.parse(r.body);
+    } catch {
+      continue;
+    }
+    for (const m of body.messages ?? []) {
+      for (const part of Array.isArray(m.content) ? m.content : []) {
+        if (part.type === "tool_result") toolResults.push(typeof part.content === "string" ? part.content : JSON.stringify(part.content));
+      }
+    }
+  }
+  check(`the model-accounts-pool tool ran inside OpenCode (${r3.ms} ms)`, r3.code === 0 && toolResults.length > 0, `exit ${r3.code}; ${req3.length} requests; stdout: ${r3.stdout.slice(-800)}\n${r3.stderr.slice(-1500)}`);
+  check(
+    "its tool_result lists both accounts, alice rate-limited with time left",
+    toolResults.some((t) => /alice@example\.com[^\\]*rate-limited, [^\\]*left \(until/.test(t) && /bob@example\.com/.test(t)),
+    toolResults.join("\n---\n").slice(0, 1500),
+  );
+
+  // 5. Every Anthropic model is offered under anthropic-pool.
+  const models = await run(bin, ["models", "anthropic-pool"], { env, cwd: project });
+  const listed = models.stdout.split("\n").filter((l) => l.startsWith("anthropic-pool/"));
+  check(
+    `opencode models anthropic-pool lists the mirrored models (${listed.length})`,
+    ["claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5"].every((m) => listed.includes(`anthropic-pool/${m}`)),
+    models.stdout.slice(0, 800) + models.stderr.slice(-800),
+  );
+
+  // 6. No auth.json entry at all (accounts added with the CLI or the library): still works.
+  rmSync(authFile, { force: true });
+  const r4 = await opencodeRun("hello without auth.json");
+  const req4 = await newRequests();
+  const pool4 = readPool().anthropic;
+  check(
+    `with no auth.json the pool still serves (${r4.ms} ms)`,
+    r4.code === 0 && /Hello from bob@example\.com/.test(r4.stdout) && req4.length > 0 && req4.every((r) => pool4.some((a) => r.headers.authorization === masked(a.access))),
+    `exit ${r4.code}\nstdout: ${r4.stdout.slice(-500)}\n${r4.stderr.slice(-1500)}`,
+  );
+} catch (err) {
+  check("scenario ran to the end", false, err?.stack ?? err);
+} finally {
+  await stop(mockProc.child);
+  cleanup();
+  if (keep) console.log(`kept ${dir}`);
+  else rmSync(dir, { recursive: true, force: true });
+}
+
+const passed = results.filter((r) => r.ok).length;
+const failed = results.length - passed;
+console.log(`e2e: ${passed} passed, ${failed} failed (${((Date.now() - started) / 1000).toFixed(1)} s, OpenCode ${OPENCODE_VERSION})`);
+process.exit(failed ? 1 : 0);
