@@ -175,4 +175,4 @@ export function OAuthPoolPlugin(input: any, options?: any): Promise<{
 }>;
 export function poolAuthHook(input: any, options?: any): any;
 export function createPoolTool(input: any, options?: any): any;
-export function poolConfigHook(config: any): Promise<void>;
+export function poolConfigHook(config: any, options?: { path?: string; fetch?: PoolFetch }): Promise<void>;

@@ -2,12 +2,15 @@
 // mock of Anthropic. Runs under `node --test` and `bun test`.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startMockAnthropic, rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 
 // Everything the plugin reads from the environment points into a temp dir or at the mock.
+// (Restored afterwards: `bun test` runs every test file in one process.)
+const ENV_KEYS = ["HOME", "XDG_CACHE_HOME", "OAUTH_POOL_PATH", "OPENCODE_MODELS_PATH", "OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL"];
+const savedEnv = Object.fromEntries(ENV_KEYS.map((k) => [k, process.env[k]]));
 const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-plugin-"));
 process.env.HOME = join(tmp, "home");
 process.env.XDG_CACHE_HOME = join(tmp, "cache");
@@ -34,6 +37,10 @@ before(async () => {
 after(async () => {
   await mock?.close();
   rmSync(tmp, { recursive: true, force: true });
+  for (const [k, v] of Object.entries(savedEnv)) {
+    if (v === undefined) delete process.env[k];
+    else process.env[k] = v;
+  }
 });
 
 /** A stand-in for OpenCode's client that records toasts and log lines. */
@@ -112,6 +119,7 @@ test("two logins add two accounts; the same email again updates it; auth.json ge
   results.push(await login(hooks, "two@example.com"));
   let accounts = await lib.listAccounts(path);
   assert.deepEqual(accounts.map((a) => a.email).sort(), ["one@example.com", "two@example.com"]);
+  if (process.platform !== "win32") assert.equal(statSync(path).mode & 0o777, 0o600, "the pool file is 0600");
 
   const before = JSON.parse(readFileSync(path, "utf8")).anthropic.find((a) => a.email === "one@example.com");
   results.push(await login(hooks, "one@example.com"));

@@ -123,6 +123,10 @@ export function createPoolFetch(options = {}) {
         } catch {}
       }
     }
+    if (res.failure) {
+      detach();
+      throw toPoolError(new Error(res.failure));
+    }
     const status = res.status;
     const nullBody = NULL_BODY_STATUS.has(status) || parts.method === "HEAD";
     let body = null;

@@ -60,7 +60,13 @@ function ensureOpencode() {
     timeout: 180_000,
   });
   if (r.status !== 0 || !existsSync(bin)) {
-    skip(`could not install ${pkg}@${OPENCODE_VERSION} from the npm registry: ${(r.stderr || r.error?.message || "").trim().split("\n").slice(-3).join(" | ")}`);
+    const why = (r.stderr || r.error?.message || "")
+      .split("\n")
+      .map((l) => l.replace(/^npm error\s*/, "").trim())
+      .filter((l) => l && !/complete log|proxy|npm help/i.test(l))
+      .slice(0, 2)
+      .join(" | ");
+    skip(`could not install ${pkg}@${OPENCODE_VERSION} from the npm registry: ${why || `npm exit ${r.status}`}`);
   }
   const v = version();
   if (v !== OPENCODE_VERSION) skip(`installed OpenCode reports version ${JSON.stringify(v)}, expected ${OPENCODE_VERSION}`);
@@ -337,7 +343,12 @@ try {
     req2.some((r) => r.email === "alice@example.com" && r.status === 429) && req2.some((r) => r.email === "bob@example.com" && r.status === 200),
     JSON.stringify(req2.map((r) => [r.email, r.status])),
   );
-  check("the failover was logged through the plugin client, naming both accounts", /service=oauth-pool[^\n]*alice@example\.com[^\n]*bob@example\.com/.test(r2.stderr) || /alice@example\.com[^\n]*bob@example\.com[^\n]*service=oauth-pool/.test(r2.stderr), r2.stderr.split("\n").filter((l) => /oauth-pool/.test(l)).join("\n") || "(no oauth-pool log line)");
+  // The plugin's client.app.log line, as `--print-logs` shows it: level=WARN message="..." kind=failover
+  check(
+    "the failover was logged through the plugin client, naming both accounts",
+    /level=WARN [^\n]*message="[^"\n]*alice@example\.com[^"\n]*bob@example\.com[^"\n]*" kind=failover/.test(r2.stderr),
+    r2.stderr.split("\n").filter((l) => /failover|moved to/.test(l)).join("\n") || "(no failover log line)",
+  );
   const cooled = readPool().anthropic.find((a) => a.email === "alice@example.com");
   check("alice is rate-limited in the pool file", cooled?.status === "rate-limited" && cooled.rateLimitUntil > Date.now(), JSON.stringify({ status: cooled?.status, until: cooled?.rateLimitUntil }));
 

@@ -94,10 +94,23 @@ const DROPPED_FROM_ANSWER: &[&str] = &[
     "keep-alive",
 ];
 
+/// Serves one request. The events (failovers, cooldowns, auth errors) come back even when the
+/// request fails, so a person can be told why.
 pub async fn pool_fetch(
     rt: &Arc<PoolRuntime>,
     req: OutgoingRequest,
     cancel: &CancellationToken,
+) -> (Result<Answer>, Vec<Event>) {
+    let mut events = Vec::new();
+    let result = serve(rt, req, cancel, &mut events).await;
+    (result, events)
+}
+
+async fn serve(
+    rt: &Arc<PoolRuntime>,
+    req: OutgoingRequest,
+    cancel: &CancellationToken,
+    events: &mut Vec<Event>,
 ) -> Result<Answer> {
     let url = Url::parse(&req.url).map_err(|_| {
         Error::InvalidArgument(format!("not an absolute URL: {}", redact_query(&req.url)))
@@ -122,7 +135,6 @@ pub async fn pool_fetch(
         return Ok(answer(response, None, Vec::new()));
     }
 
-    let mut events = Vec::new();
     let mut tried: HashSet<String> = HashSet::new();
     let mut retried_401: HashSet<String> = HashSet::new();
     let mut retry_same: Option<String> = None;
@@ -282,13 +294,13 @@ pub async fn pool_fetch(
                     headers: resp_headers,
                     body: Body::Full(body),
                     account: Some(email),
-                    events,
+                    events: std::mem::take(events),
                 });
             }
             _ => {
                 rt.served(&email, session.as_deref(), Some(&limits));
                 finish(pending_writes).await;
-                return Ok(answer(response, Some(email), events));
+                return Ok(answer(response, Some(email), std::mem::take(events)));
             }
         }
     }
@@ -323,7 +335,7 @@ async fn finish(writes: Vec<tokio::task::JoinHandle<()>>) {
 
 /// No account can take the request. If some are only cooling, answer one 429 whose
 /// `retry-after` is the real wait; otherwise say plainly why nothing is usable.
-async fn exhausted(rt: &Arc<PoolRuntime>, mut events: Vec<Event>) -> Result<Answer> {
+async fn exhausted(rt: &Arc<PoolRuntime>, events: &mut Vec<Event>) -> Result<Answer> {
     let pool = rt.snapshot().await?;
     let now = now_ms();
     let soonest = pool
@@ -357,7 +369,7 @@ async fn exhausted(rt: &Arc<PoolRuntime>, mut events: Vec<Event>) -> Result<Answ
             ],
             body: Body::Full(Bytes::from(body.to_string())),
             account: None,
-            events,
+            events: std::mem::take(events),
         });
     }
     let total = pool.accounts().count();
@@ -457,10 +469,17 @@ async fn send(
     if let Some(b) = body {
         builder = builder.body(b);
     }
+    let timeout = http::response_timeout();
     tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(Error::Aborted),
-        r = builder.send() => r.map_err(|e| Error::Network { what: "the API", detail: http::describe(&e) }),
+        r = tokio::time::timeout(timeout, builder.send()) => match r {
+            Ok(r) => r.map_err(|e| Error::Network { what: "the API", detail: http::describe(&e) }),
+            Err(_) => Err(Error::Network {
+                what: "the API",
+                detail: format!("no response headers within {} ms", timeout.as_millis()),
+            }),
+        },
     }
 }
 

@@ -88,3 +88,14 @@ pub fn describe(err: &reqwest::Error) -> String {
         format!("{kind} ({detail})")
     }
 }
+
+/// How long to wait for response headers, and then for each next body chunk:
+/// `OAUTH_POOL_RESPONSE_TIMEOUT_MS`, default 300 s (undici's headers and body timeouts). Streams
+/// send pings far more often; a silent upstream is a dead one.
+pub fn response_timeout() -> Duration {
+    crate::config::env("OAUTH_POOL_RESPONSE_TIMEOUT_MS")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(300))
+}

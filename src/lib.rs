@@ -361,9 +361,25 @@ impl FetchController {
             headers,
             body: request.body.map(|b| Bytes::copy_from_slice(&b)),
         };
-        let answer = fetch::pool_fetch(&rt, req, &self.cancel)
-            .await
-            .map_err(js_error)?;
+        let (result, events) = fetch::pool_fetch(&rt, req, &self.cancel).await;
+        let answer = match result {
+            Ok(a) => a,
+            // Events that explain a failure (an account just went to auth-error, say) travel
+            // with it: JavaScript reports them, then rejects with the error.
+            Err(e) if !events.is_empty() => {
+                return Ok(NativeResponse {
+                    status: 0,
+                    status_text: String::new(),
+                    headers: Vec::new(),
+                    account: None,
+                    events: serde_json::to_string(&events).unwrap_or_else(|_| "[]".into()),
+                    failure: Some(js_error(e).reason),
+                    body: Arc::new(tokio::sync::Mutex::new(BodyState::Done)),
+                    cancel: self.cancel.clone(),
+                });
+            }
+            Err(e) => return Err(js_error(e)),
+        };
         let events = serde_json::to_string(&answer.events).unwrap_or_else(|_| "[]".into());
         let body = match answer.body {
             fetch::Body::Stream(r) if r.content_length().is_some_and(|n| n <= SMALL_BODY) => {
@@ -388,6 +404,7 @@ impl FetchController {
                 .collect(),
             account: answer.account,
             events,
+            failure: None,
             body: Arc::new(tokio::sync::Mutex::new(body)),
             cancel: self.cancel.clone(),
         })
@@ -419,18 +436,20 @@ fn read_ahead(
     cancel: CancellationToken,
 ) -> tokio::sync::mpsc::Receiver<Result<Bytes, String>> {
     let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
+    let idle = http::response_timeout();
     tokio::spawn(async move {
         loop {
             let next = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
                 _ = tx.closed() => return,
-                c = response.chunk() => c,
+                c = tokio::time::timeout(idle, response.chunk()) => c,
             };
             let item = match next {
-                Ok(Some(c)) => Ok(c),
-                Ok(None) => return,
-                Err(e) => Err(http::describe(&e)),
+                Ok(Ok(Some(c))) => Ok(c),
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => Err(http::describe(&e)),
+                Err(_) => Err(format!("no data for {} ms", idle.as_millis())),
             };
             let failed = item.is_err();
             if tx.send(item).await.is_err() || failed {
@@ -448,6 +467,7 @@ pub struct NativeResponse {
     headers: Vec<Vec<String>>,
     account: Option<String>,
     events: String,
+    failure: Option<String>,
     body: Arc<tokio::sync::Mutex<BodyState>>,
     cancel: CancellationToken,
 }
@@ -477,6 +497,12 @@ impl NativeResponse {
     #[napi(getter)]
     pub fn events(&self) -> String {
         self.events.clone()
+    }
+
+    /// Set (as "[CODE] message") when the request failed after producing events.
+    #[napi(getter)]
+    pub fn failure(&self) -> Option<String> {
+        self.failure.clone()
     }
 
     /// The next bytes of the body, or null at its end. Rejects with ABORT_ERR once aborted.

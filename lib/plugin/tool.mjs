@@ -103,7 +103,7 @@ async function run(args, path) {
       await pool.setEnabled(email, action === "enable", path);
       return action === "enable"
         ? `Enabled ${email}: the pool uses it again.`
-        : `Disabled ${email}: the pool will not use it until you enable it (its login is kept).`;
+        : `Disabled ${email}: the pool will not use it until you enable it (its login or key is kept).`;
     }
     case "priority": {
       if (!email) return needEmail("priority", path, " and `priority`, a whole number (higher is tried first)");

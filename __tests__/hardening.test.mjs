@@ -1,0 +1,172 @@
+// Faults, bad input and passive quota tracking (issue 6), through the real addon.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync, statSync, writeFileSync } from "node:fs";
+import { createPoolFetch, loadPool, savePool, poolStatus, flushPool } from "../index.mjs";
+import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
+import { startEnv, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath } from "./helpers/pool-env.mjs";
+
+let mock;
+before(async () => {
+  mock = await startEnv();
+});
+after(async () => {
+  delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
+  await mock?.close();
+});
+
+const post = (f, init = {}) => f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(), ...init });
+const setPriority = async (path, email, priority) => {
+  const pool = readPool(path);
+  pool.anthropic.find((a) => a.email === email).priority = priority;
+  await savePool(pool, path);
+};
+
+test("token rotated then the answer lost: one more try with the same token, then auth-error, never a loop", async () => {
+  const path = await seedPool(mock, ["lost1@x.test", "lost2@x.test"], { expired: ["lost1@x.test"] });
+  await setPriority(path, "lost1@x.test", 5);
+  mock.setTokenMode({ commitThenDrop: true, grant: "refresh_token" });
+  const res = await post(createPoolFetch({ path }));
+  assert.equal(res.status, 200);
+  assert.equal(res.poolAccount, "lost2@x.test");
+  await res.text();
+  assert.equal(mock.stats().perFamily["lost1@x.test"].refreshCalls, 2);
+  const a = account(path, "lost1@x.test");
+  assert.equal(a.status, "auth-error");
+  assert.ok(a.refresh && a.access, "tokens kept");
+});
+
+test("a token-endpoint 429 sets a shared backoff: no process hammers it", async () => {
+  const path = await seedPool(mock, ["tb1@x.test", "tb2@x.test"], { expired: ["tb1@x.test"] });
+  await setPriority(path, "tb1@x.test", 5);
+  mock.setTokenMode({ status: 429, retryAfter: 120, grant: "refresh_token" });
+  const f = createPoolFetch({ path });
+  const res = await post(f);
+  assert.equal(res.poolAccount, "tb2@x.test");
+  await res.text();
+  const a = account(path, "tb1@x.test");
+  assert.ok(a.refreshBackoffUntil > Date.now() + 100_000, "backoff stored in the file");
+  assert.notEqual(a.status, "auth-error");
+  const calls = mock.stats().refreshCalls;
+  const second = await createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  await second.text();
+  assert.equal(mock.stats().refreshCalls, calls, "no second call during the backoff");
+});
+
+test("a 429 storm on every account: one attempt per account, then one synthetic 429", async () => {
+  const emails = ["st1@x.test", "st2@x.test", "st3@x.test"];
+  const path = await seedPool(mock, emails);
+  for (const e of emails) mock.script(e, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 60, fiveHourReset: Math.floor(Date.now() / 1000) + 60 }) }]);
+  mock.clearRequests();
+  const res = await post(createPoolFetch({ path }));
+  assert.equal(res.status, 429);
+  assert.equal(mock.requests.length, 3);
+  assert.ok(Number(res.headers.get("retry-after")) <= 61);
+});
+
+test("a 401 storm: bounded attempts, every account auth-error, tokens kept, a clear error", async () => {
+  const emails = ["ua1@x.test", "ua2@x.test"];
+  const path = await seedPool(mock, emails);
+  for (const e of emails) mock.script(e, [{ status: 401 }, { status: 401 }]);
+  mock.clearRequests();
+  await assert.rejects(post(createPoolFetch({ path })), (e) => e.code === "POOL_NO_ACCOUNT");
+  assert.equal(mock.requests.filter((r) => r.path.startsWith("/v1/messages")).length, 4, "401, refresh, one retry, per account");
+  for (const e of emails) {
+    const a = account(path, e);
+    assert.equal(a.status, "auth-error");
+    assert.ok(a.refresh);
+  }
+});
+
+test("headers that never come: a timeout error, and nobody benched", async () => {
+  const path = await seedPool(mock, ["hang@x.test"]);
+  process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = "300";
+  try {
+    mock.script("hang@x.test", [{ hang: true }]);
+    const started = Date.now();
+    await assert.rejects(post(createPoolFetch({ path })), (e) => e instanceof TypeError && e.code === "NETWORK" && /no response headers/.test(e.message));
+    assert.ok(Date.now() - started < 2000);
+  } finally {
+    delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
+  }
+  assert.equal(account(path, "hang@x.test").rateLimitUntil, null);
+});
+
+test("malformed rate-limit headers give sane cooldowns", async () => {
+  const cases = [
+    [{ "retry-after": "garbage" }, 1_000, 6_000],
+    [{ "retry-after": "-5" }, 1_000, 6_000],
+    [{ "retry-after": "99999999999" }, 1_000, 6_000],
+    [{ "retry-after": "1", "anthropic-ratelimit-unified-5h-status": "rejected", "anthropic-ratelimit-unified-5h-reset": new Date(Date.now() + 3_600_000).toISOString() }, 3_500_000, 3_700_000],
+    [{ "anthropic-ratelimit-unified-7d-status": "rejected", "anthropic-ratelimit-unified-7d-reset": String(Math.floor(Date.now() / 1000) + 400 * 86400) }, 7 * 86400_000, 8 * 86400_000 + 5000],
+    [{ "anthropic-ratelimit-unified-5h-status": "rejected", "anthropic-ratelimit-unified-5h-reset": "-1" }, 1_000, 6_000],
+  ];
+  for (const [headers, min, max] of cases) {
+    const path = await seedPool(mock, ["mh1@x.test", "mh2@x.test"]);
+    await setPriority(path, "mh1@x.test", 5);
+    mock.script("mh1@x.test", [{ status: 429, headers }]);
+    const res = await post(createPoolFetch({ path }));
+    assert.equal(res.poolAccount, "mh2@x.test");
+    await res.text();
+    const wait = account(path, "mh1@x.test").rateLimitUntil - Date.now();
+    assert.ok(wait >= min - 2000 && wait <= max, `${JSON.stringify(headers)}: ${wait} ms`);
+  }
+});
+
+test("passive quota: utilization from every answer is kept, and a nearly drained sticky account yields", async () => {
+  const path = await seedPool(mock, ["q1@x.test", "q2@x.test"]);
+  await setPriority(path, "q1@x.test", 5);
+  const reset = Math.floor(Date.now() / 1000) + 1800;
+  mock.setUtilization("q1@x.test", { fiveHour: 0.95, fiveHourReset: reset, sevenDay: 0.5 });
+  mock.setUtilization("q2@x.test", { fiveHour: 0.2 });
+  const f = createPoolFetch({ path });
+  const first = await post(f);
+  assert.equal(first.poolAccount, "q1@x.test");
+  await first.text();
+  const second = await post(f);
+  assert.equal(second.poolAccount, "q2@x.test", "past 90 % of its 5h window, q1 yields");
+  await second.text();
+  await flushPool(path);
+  const q = account(path, "q1@x.test").quota;
+  assert.equal(q.fiveHour.utilization, 0.95);
+  assert.equal(q.fiveHour.resetsAt, reset * 1000);
+  assert.equal(q.sevenDay.utilization, 0.5);
+  const status = await poolStatus(path);
+  assert.equal(status.accounts.find((a) => a.email === "q1@x.test").quota.fiveHour.utilization, 0.95);
+});
+
+test("two plugin instances in one process share one refresh", async () => {
+  const path = await seedPool(mock, ["two@x.test"], { expired: ["two@x.test"] });
+  mock.setTokenMode({ delayMs: 150, grant: "refresh_token" });
+  const [f1, f2] = [createPoolFetch({ path }), createPoolFetch({ path })];
+  const all = await Promise.all([post(f1), post(f2), post(f1), post(f2)]);
+  for (const r of all) {
+    assert.equal(r.status, 200);
+    await r.text();
+  }
+  assert.equal(mock.stats().perFamily["two@x.test"].refreshCalls, 1);
+});
+
+test("1,000 accounts, duplicates, unknown statuses and wrong types: load what is sound, report the rest, write nothing", async () => {
+  const path = tempPoolPath();
+  const anthropic = Array.from({ length: 1000 }, (_, i) => ({
+    email: `bulk${i}@x.test`, refresh: `r${i}`, access: `a${i}`, expires: Date.now() + 3_600_000,
+    status: i % 7 === 0 ? "mystery" : "idle", rateLimitUntil: null,
+  }));
+  anthropic.push({ email: "bulk1@x.test", refresh: "dup", access: "dup", status: "idle", rateLimitUntil: null });
+  anthropic.push({ email: 42 }, { email: "badtype@x.test", expires: "tomorrow" }, "not an object");
+  await savePool({ anthropic: anthropic.slice(0, 1001) }, path);
+  const raw = JSON.parse(readFileSync(path, "utf8"));
+  raw.anthropic.push(...anthropic.slice(1001));
+  writeFileSync(path, JSON.stringify(raw));
+  const before = readFileSync(path);
+  const mtime = statSync(path).mtimeMs;
+  const pool = await loadPool(path);
+  assert.equal(pool.anthropic.length, 1004, "every entry kept, readable or not");
+  const status = await poolStatus(path);
+  assert.equal(status.counts.total, 1001);
+  assert.equal(status.invalid.length, 3);
+  assert.ok(status.invalid.every((x) => typeof x.reason === "string" && x.reason.length > 0));
+  assert.deepEqual(readFileSync(path), before);
+  assert.equal(statSync(path).mtimeMs, mtime);
+});

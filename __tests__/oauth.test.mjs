@@ -1,0 +1,134 @@
+// OAuth through the real addon against the strict mock token endpoint (issue 3).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { authorize, exchange, refresh, addAccount, addApiKey, loadPool, importClaudeCode, listAccounts } from "../index.mjs";
+import { callbackUrlFromPaste } from "./helpers/mock-anthropic.mjs";
+import { startEnv, tempPoolPath, mode } from "./helpers/pool-env.mjs";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+let mock;
+before(async () => {
+  mock = await startEnv();
+});
+after(async () => {
+  delete process.env.OAUTH_POOL_TIMEOUT_MS;
+  await mock?.close();
+});
+
+test("authorize: PKCE S256 with a separate random state", async () => {
+  const a = await authorize();
+  const url = new URL(a.url);
+  assert.equal(url.origin + url.pathname, "https://claude.ai/oauth/authorize");
+  assert.equal(url.searchParams.get("code_challenge_method"), "S256");
+  assert.equal(url.searchParams.get("state"), a.state);
+  assert.notEqual(a.state, a.verifier);
+  assert.match(a.verifier, /^[A-Za-z0-9_-]{43,128}$/);
+  assert.ok(!a.url.includes(a.verifier));
+  const c = await authorize({ mode: "console" });
+  assert.equal(new URL(c.url).host, "platform.claude.com");
+  await assert.rejects(authorize({ mode: "nope" }), (e) => e.code === "INVALID_ARGUMENT");
+});
+
+test("exchange accepts code#state, the callback URL and a query string", async () => {
+  for (const [i, form] of ["hash", "url", "query"].entries()) {
+    const a = await authorize();
+    const paste = mock.approve(a.url, `form${i}@x.test`);
+    const input =
+      form === "hash" ? paste : form === "url" ? callbackUrlFromPaste(paste) : new URL(callbackUrlFromPaste(paste)).search;
+    const t = await exchange(input, { verifier: a.verifier, state: a.state });
+    assert.equal(t.email, `form${i}@x.test`);
+    assert.equal(t.access, mock.tokens(`form${i}@x.test`).access);
+    assert.ok(t.expires > Date.now() + 3600_000);
+  }
+});
+
+test("the email comes from the profile when the token response has none", async () => {
+  const a = await authorize();
+  const paste = mock.approve(a.url, "profile@x.test", { includeEmail: false });
+  const t = await exchange(paste, { verifier: a.verifier, state: a.state });
+  assert.equal(t.email, "profile@x.test");
+  assert.ok(mock.stats().profileCalls >= 1);
+});
+
+test("state mismatch fails before any request; a wrong verifier is invalid_grant", async () => {
+  const a = await authorize();
+  const paste = mock.approve(a.url, "st@x.test");
+  const calls = mock.stats().tokenCalls;
+  await assert.rejects(exchange(paste.replace(/#.*/, "#other"), a), (e) => e.code === "OAUTH_STATE_MISMATCH");
+  await assert.rejects(exchange(paste.replace(/#.*/, ""), a), (e) => e.code === "OAUTH_STATE_MISMATCH");
+  await assert.rejects(exchange("", a), (e) => e.code === "OAUTH_BAD_INPUT");
+  assert.equal(mock.stats().tokenCalls, calls, "no network call");
+  await assert.rejects(exchange(paste, { verifier: "x".repeat(43), state: a.state }), (e) => e.code === "OAUTH_INVALID_GRANT");
+});
+
+test("refresh rotates; presenting the spent token again is invalid_grant and revokes the family", async () => {
+  const t0 = mock.addAccount("rot@x.test");
+  const t1 = await refresh(t0.refresh);
+  assert.notEqual(t1.refresh, t0.refresh);
+  assert.equal(t1.access, mock.tokens("rot@x.test").access);
+  await assert.rejects(refresh(t0.refresh), (e) => e.code === "OAUTH_INVALID_GRANT" && /not found or invalid/.test(e.message));
+  assert.equal(mock.stats().perFamily["rot@x.test"].revoked, true);
+});
+
+test("token endpoint faults are typed, clear, and never leak the body", async () => {
+  const t = mock.addAccount("fault@x.test");
+  mock.setTokenMode({ status: 429, retryAfter: 30 });
+  await assert.rejects(refresh(t.refresh), (e) => e.code === "OAUTH_HTTP" && e.status === 429);
+  mock.setTokenMode({ status: 500 });
+  await assert.rejects(refresh(t.refresh), (e) => e.code === "OAUTH_HTTP" && e.status === 500);
+  mock.setTokenMode({ html: true });
+  await assert.rejects(refresh(t.refresh), (e) => e.code === "OAUTH_HTTP" && /not JSON \(text\/html\)/.test(e.message));
+  mock.setTokenMode({ reset: true });
+  await assert.rejects(refresh(t.refresh), (e) => e.code === "NETWORK");
+  // None of the failures above spent the token: it still works.
+  const ok = await refresh(t.refresh);
+  assert.ok(ok.access);
+  // A slow endpoint hits the timeout (an ambiguous outcome: the server may still rotate).
+  process.env.OAUTH_POOL_TIMEOUT_MS = "300";
+  mock.setTokenMode({ delayMs: 2000 });
+  const started = Date.now();
+  await assert.rejects(refresh(ok.refresh), (e) => e.code === "NETWORK" && /timed out/.test(e.message));
+  assert.ok(Date.now() - started < 1500);
+  delete process.env.OAUTH_POOL_TIMEOUT_MS;
+});
+
+test("plain http to a non-loopback token endpoint is refused", async () => {
+  const saved = process.env.OAUTH_POOL_TOKEN_URL;
+  process.env.OAUTH_POOL_TOKEN_URL = "http://example.com/v1/oauth/token";
+  try {
+    await assert.rejects(refresh("whatever"), (e) => e.code === "INSECURE_ENDPOINT");
+  } finally {
+    process.env.OAUTH_POOL_TOKEN_URL = saved;
+  }
+});
+
+test("addAccount adds, a second login adds a second account, the same email updates", async () => {
+  const path = tempPoolPath();
+  for (const email of ["one@x.test", "two@x.test", "one@x.test"]) {
+    const a = await authorize();
+    const r = await addAccount(mock.approve(a.url, email), a, path);
+    assert.equal(r.email, email);
+  }
+  const pool = await loadPool(path);
+  assert.deepEqual(pool.anthropic.map((x) => x.email), ["one@x.test", "two@x.test"]);
+  assert.equal(pool.anthropic[0].access, mock.tokens("one@x.test").access);
+  assert.equal(mode(path), 0o600);
+  const key = await addApiKey("sk-ant-api03-test-key-123", { email: "team@x.test", path });
+  assert.deepEqual(key, { email: "team@x.test", added: true });
+  const listed = await listAccounts(path);
+  assert.equal(listed.find((a) => a.email === "team@x.test").type, "api");
+  assert.ok(!JSON.stringify(listed).includes("sk-ant-"), "no secret in the listing");
+});
+
+test("an existing Claude Code login can be imported", async () => {
+  const t = mock.addAccount("cc@x.test");
+  const dir = mkdtempSync(join(tmpdir(), "claude-"));
+  const creds = join(dir, ".credentials.json");
+  writeFileSync(creds, JSON.stringify({ claudeAiOauth: { accessToken: t.access, refreshToken: t.refresh, expiresAt: t.expires, scopes: [] } }));
+  const path = tempPoolPath();
+  const r = await importClaudeCode({ credentialsPath: creds, path });
+  assert.deepEqual(r, { email: "cc@x.test", added: true });
+  assert.equal((await loadPool(path)).anthropic[0].refresh, t.refresh);
+});
