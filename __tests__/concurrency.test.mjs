@@ -1,0 +1,78 @@
+// Many real processes on one just-expired account, and a process killed while it holds the
+// refresh lock (issue 6). OAUTH_POOL_SOAK_PROCS / OAUTH_POOL_SOAK_REQUESTS scale it up.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { startEnv, seedPool, account, mode } from "./helpers/pool-env.mjs";
+
+const PROCS = Number(process.env.OAUTH_POOL_SOAK_PROCS ?? 20);
+const REQUESTS = Number(process.env.OAUTH_POOL_SOAK_REQUESTS ?? 50);
+
+let mock;
+before(async () => {
+  mock = await startEnv();
+});
+after(async () => {
+  await mock?.close();
+});
+
+const here = (p) => fileURLToPath(new URL(p, import.meta.url));
+
+function run(script, args, { stdin = "ignore" } = {}) {
+  const child = spawn(process.execPath, [here(script), ...args], { env: process.env, stdio: [stdin, "pipe", "inherit"] });
+  let out = "";
+  child.stdout.on("data", (d) => (out += d));
+  const done = new Promise((resolve, reject) => {
+    child.on("error", reject);
+    child.on("close", (code, signal) => resolve({ code, signal, out }));
+  });
+  return { child, done };
+}
+
+test(`${PROCS} processes x ${REQUESTS} requests on a just-expired account: one refresh, no reuse, all served`, { timeout: 600_000 }, async () => {
+  const path = await seedPool(mock, ["hot@x.test"], { expired: ["hot@x.test"] });
+  mock.setTokenMode({ delayMs: 100, grant: "refresh_token" });
+  const checker = run("./helpers/pool-checker.mjs", [path], { stdin: "pipe" });
+  const startAt = String(Date.now() + 1500);
+  const workers = Array.from({ length: PROCS }, () => run("./helpers/pool-worker.mjs", [path, mock.url, String(REQUESTS), startAt]));
+  const results = await Promise.all(workers.map((w) => w.done));
+  checker.child.stdin.end();
+  const check = JSON.parse((await checker.done).out);
+  const served = results.flatMap((r) => {
+    assert.equal(r.code, 0);
+    return JSON.parse(r.out);
+  });
+  assert.equal(served.length, PROCS * REQUESTS);
+  const failures = served.filter((r) => r.status !== 200);
+  assert.equal(failures.length, 0, JSON.stringify(failures.slice(0, 3)));
+  const fam = mock.stats().perFamily["hot@x.test"];
+  assert.equal(fam.refreshCalls, 1, "exactly one refresh for this generation");
+  assert.equal(fam.reuse, 0);
+  assert.equal(fam.revoked, false);
+  assert.equal(account(path, "hot@x.test").refresh, mock.tokens("hot@x.test").refresh);
+  assert.ok(check.reads > 50, `checker read ${check.reads} times`);
+  assert.equal(check.parseErrors, 0);
+  assert.equal(check.badMode, 0);
+  assert.equal(mode(path), 0o600);
+});
+
+test("a process killed while it holds the refresh lock does not block the next one", async () => {
+  const path = await seedPool(mock, ["killed@x.test"], { expired: ["killed@x.test"] });
+  mock.setTokenMode({ hang: true, grant: "refresh_token" });
+  const victim = run("./helpers/pool-worker.mjs", [path, mock.url, "1"]);
+  // Wait until its refresh call is in flight (it holds the lock from re-read to write).
+  for (let i = 0; i < 200 && mock.stats().refreshCalls === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(mock.stats().refreshCalls >= 1, "the victim is refreshing");
+  victim.child.kill("SIGKILL");
+  await victim.done;
+  mock.setTokenMode(null);
+  const started = Date.now();
+  const next = run("./helpers/pool-worker.mjs", [path, mock.url, "1"]);
+  const r = await next.done;
+  const elapsed = Date.now() - started;
+  assert.equal(r.code, 0);
+  assert.equal(JSON.parse(r.out)[0].status, 200);
+  assert.ok(elapsed < 3000, `the next process took ${elapsed} ms`);
+  assert.equal(mock.stats().perFamily["killed@x.test"].reuse, 0);
+});
