@@ -539,6 +539,44 @@ mod tests {
         assert_eq!(a.effective_status(now), Status::Disabled);
     }
 
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-zA-Z_]{1,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = Pool::parse(&bytes);
+        }
+
+        #[test]
+        fn every_parsed_pool_round_trips(extra in arb_json(), entry in arb_json(), email in "[a-z]{1,6}@x") {
+            let mut top = serde_json::Map::new();
+            top.insert("other".into(), extra.clone());
+            let mut acct = match entry.clone() { Value::Object(m) => m, _ => serde_json::Map::new() };
+            acct.insert("email".into(), Value::from(email));
+            top.insert("anthropic".into(), Value::Array(vec![Value::Object(acct), entry]));
+            let pool = Pool::from_value(Value::Object(top)).unwrap();
+            let once = pool.to_value();
+            let twice = Pool::from_value(once.clone()).unwrap().to_value();
+            proptest::prop_assert_eq!(&once, &twice);
+            proptest::prop_assert_eq!(&once["other"], &extra);
+        }
+    }
+
     #[test]
     fn iso_round_trip() {
         let ms = 1_711_234_567_123;

@@ -529,6 +529,26 @@ mod tests {
         assert_eq!(t.email.as_deref(), Some("me@x"));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn pasted_input_never_panics(s in ".{0,200}") {
+            if let Ok(p) = parse_pasted(&s) {
+                proptest::prop_assert!(!p.code.is_empty());
+                let _ = check_state(&p, "state");
+            }
+        }
+
+        #[test]
+        fn token_responses_never_panic(access in proptest::option::of(".{0,8}"), expires in proptest::option::of(proptest::prelude::any::<f64>())) {
+            let mut v = serde_json::Map::new();
+            if let Some(a) = access { v.insert("access_token".into(), json!(a)); }
+            if let Some(e) = expires { v.insert("expires_in".into(), json!(e)); }
+            if let Ok(t) = parse_token_response(&Value::Object(v), Some(&Secret::new("r"))) {
+                proptest::prop_assert!(t.expires > 0);
+            }
+        }
+    }
+
     #[test]
     fn error_bodies_are_reduced_to_their_codes() {
         let v = json!({"error": "invalid_grant", "error_description": "Refresh token not found or invalid",
