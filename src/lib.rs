@@ -390,6 +390,9 @@ impl FetchController {
                 };
                 BodyState::Full(bytes)
             }
+            // Event streams are read on demand, one hop from the socket to JavaScript (latency);
+            // bulk bodies are read ahead while JavaScript consumes (throughput).
+            fetch::Body::Stream(r) if is_event_stream(&r) => BodyState::Direct(Box::new(r)),
             fetch::Body::Stream(r) => BodyState::Stream(read_ahead(r, self.cancel.clone())),
             fetch::Body::Full(b) if b.is_empty() => BodyState::Done,
             fetch::Body::Full(b) => BodyState::Full(b),
@@ -411,7 +414,20 @@ impl FetchController {
     }
 }
 
+fn is_event_stream(r: &reqwest::Response) -> bool {
+    r.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
 enum BodyState {
+    /// Read when JavaScript asks (server-sent events).
+    Direct(Box<reqwest::Response>),
     /// Chunks read ahead by a background task, bounded so a slow reader slows the socket.
     Stream(tokio::sync::mpsc::Receiver<Result<Bytes, String>>),
     Full(Bytes),
@@ -523,6 +539,55 @@ impl NativeResponse {
             BodyState::Full(b) => {
                 let out = b.to_vec();
                 *state = BodyState::Done;
+                Ok(Some(JsBytes(out)))
+            }
+            BodyState::Direct(response) => {
+                let idle = http::response_timeout();
+                let next = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => {
+                        *state = BodyState::Done;
+                        return Err(js_error(Error::Aborted));
+                    }
+                    c = tokio::time::timeout(idle, response.chunk()) => c,
+                };
+                let first = match next {
+                    Ok(Ok(Some(c))) => c,
+                    Ok(Ok(None)) => {
+                        *state = BodyState::Done;
+                        return Ok(None);
+                    }
+                    Ok(Err(e)) => {
+                        *state = BodyState::Done;
+                        return Err(js_error(Error::Network {
+                            what: "the API (mid-stream)",
+                            detail: http::describe(&e),
+                        }));
+                    }
+                    Err(_) => {
+                        *state = BodyState::Done;
+                        return Err(js_error(Error::Network {
+                            what: "the API (mid-stream)",
+                            detail: format!("no data for {} ms", idle.as_millis()),
+                        }));
+                    }
+                };
+                let mut out: Vec<u8> = first.to_vec();
+                // Whatever else already arrived goes in the same crossing; never wait for more.
+                while out.len() < MAX_BATCH {
+                    match futures_util::FutureExt::now_or_never(response.chunk()) {
+                        Some(Ok(Some(more))) => out.extend_from_slice(&more),
+                        Some(Ok(None)) => {
+                            *state = BodyState::Done;
+                            break;
+                        }
+                        Some(Err(e)) => {
+                            *state = BodyState::Failed(http::describe(&e));
+                            break;
+                        }
+                        None => break,
+                    }
+                }
                 Ok(Some(JsBytes(out)))
             }
             BodyState::Stream(rx) => {
