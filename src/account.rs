@@ -118,14 +118,14 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 impl Account {
-    pub fn new_oauth(email: &str, access: Secret, refresh: Secret, expires: i64, now: i64) -> Self {
+    fn blank(email: &str, now: i64) -> Self {
         Account {
             email: email.to_string(),
             kind: None,
-            refresh: Some(refresh),
-            access: Some(access),
+            refresh: None,
+            access: None,
             key: None,
-            expires: Some(expires),
+            expires: None,
             added: Some(iso_time(now)),
             last_used: None,
             status: idle_status(),
@@ -136,21 +136,20 @@ impl Account {
         }
     }
 
+    pub fn new_oauth(email: &str, access: Secret, refresh: Secret, expires: i64, now: i64) -> Self {
+        Account {
+            refresh: Some(refresh),
+            access: Some(access),
+            expires: Some(expires),
+            ..Account::blank(email, now)
+        }
+    }
+
     pub fn new_api_key(email: &str, key: Secret, now: i64) -> Self {
         Account {
-            email: email.to_string(),
             kind: Some("api".into()),
-            refresh: None,
-            access: None,
             key: Some(key),
-            expires: None,
-            added: Some(iso_time(now)),
-            last_used: None,
-            status: idle_status(),
-            rate_limit_until: None,
-            priority: None,
-            enabled: None,
-            extra: Map::new(),
+            ..Account::blank(email, now)
         }
     }
 

@@ -17,22 +17,26 @@ fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+fn build(
+    configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+) -> Result<reqwest::Client> {
+    install_crypto();
+    let builder = reqwest::Client::builder().user_agent(USER_AGENT).no_proxy();
+    configure(builder).build().map_err(|e| Error::Network {
+        what: "HTTP client setup",
+        detail: e.to_string(),
+    })
+}
+
 pub fn api_client() -> Result<reqwest::Client> {
     if let Some(c) = API.get() {
         return Ok(c.clone());
     }
-    install_crypto();
-    let client = reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .connect_timeout(Duration::from_secs(30))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .no_proxy()
-        .build()
-        .map_err(|e| Error::Network {
-            what: "HTTP client setup",
-            detail: e.to_string(),
-        })?;
+    let client = build(|b| {
+        b.connect_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+    })?;
     Ok(API.get_or_init(|| client).clone())
 }
 
@@ -40,17 +44,10 @@ pub fn token_client() -> Result<reqwest::Client> {
     if let Some(c) = TOKEN.get() {
         return Ok(c.clone());
     }
-    install_crypto();
-    let client = reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(10))
-        .no_proxy()
-        .build()
-        .map_err(|e| Error::Network {
-            what: "HTTP client setup",
-            detail: e.to_string(),
-        })?;
+    let client = build(|b| {
+        b.redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+    })?;
     Ok(TOKEN.get_or_init(|| client).clone())
 }
 
