@@ -183,7 +183,11 @@ impl Store {
             tmp.persist(&bak).map_err(|e| e.error)?;
             return Ok(());
         }
-        fs::rename(&staging, &bak)
+        let renamed = fs::rename(&staging, &bak);
+        // rename(2) does nothing when both names already link the same inode (a writer died
+        // right after making the .bak): the staging name must not linger.
+        let _ = fs::remove_file(&staging);
+        renamed
     }
 }
 
