@@ -24,7 +24,14 @@ export const addAccount = wrap((input, pkce, path) => native.addAccount(String(i
 export const addApiKey = wrap((key, options) => native.addApiKey(String(key ?? ""), options ?? undefined));
 export const removeAccount = wrap((email, path) => native.removeAccount(String(email ?? ""), path ?? undefined));
 export const setEnabled = wrap((email, enabled, path) => native.setEnabled(String(email ?? ""), Boolean(enabled), path ?? undefined));
-export const setPriority = wrap((email, priority, path) => native.setPriority(String(email ?? ""), Number(priority), path ?? undefined));
+export const setPriority = wrap((email, priority, path) => {
+  if (!Number.isSafeInteger(Number(priority))) {
+    const err = new Error(`priority must be a whole number, got ${JSON.stringify(priority)}`);
+    err.code = "INVALID_ARGUMENT";
+    throw err;
+  }
+  return native.setPriority(String(email ?? ""), Number(priority), path ?? undefined);
+});
 export const resetCooldowns = wrap((path) => native.resetCooldowns(path ?? undefined));
 export const importClaudeCode = wrap((options) => native.importClaudeCode(options ?? undefined));
 export const flushPool = wrap((path) => native.flushPool(path ?? undefined));

@@ -44,6 +44,7 @@ step("clippy", "cargo", ["clippy", "--all-targets", "--", "-D", "warnings"]);
 step("cargo test", "cargo", ["test"]);
 step("node tests", process.execPath, ["--test", "--test-concurrency=1", "__tests__/"]);
 step("bun tests", join(root, "node_modules", ".bin", "bun"), ["test", "--timeout", "120000", "__tests__/"]);
+step("workflow lint", process.execPath, ["scripts/lint-workflow.mjs"]);
 if (!quick) {
   step("pack test", process.execPath, ["scripts/pack-test.mjs"]);
   step("opencode e2e", process.execPath, ["scripts/e2e-opencode.mjs"]);

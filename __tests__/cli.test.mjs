@@ -1,0 +1,519 @@
+// The `oauth-pool` CLI (bin/oauth-pool.mjs), run as a real child process against a temporary pool
+// and HOME (never the real ~/.aidevops), and for `add` against the loopback mock of Anthropic.
+// Runs under `node --test` and `bun test` (then the CLI itself runs under Bun).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
+import { savePool } from "../index.mjs";
+
+const CLI = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "oauth-pool.mjs");
+const PKG = JSON.parse(readFileSync(join(dirname(CLI), "..", "package.json"), "utf8"));
+const posix = process.platform !== "win32";
+const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-cli-"));
+const home = join(tmp, "home");
+mkdirSync(home, { recursive: true });
+
+let mock;
+before(async () => {
+  mock = await startMockAnthropic();
+});
+after(async () => {
+  await mock?.close();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+let seq = 0;
+/** A fresh pool path in its own (not yet existing) directory. */
+const freshPath = () => join(tmp, `case-${++seq}`, "oauth-pool.json");
+
+function childEnv(path, extra = {}) {
+  const env = { ...process.env, HOME: home, USERPROFILE: home, OAUTH_POOL_PATH: path, ...extra };
+  for (const k of ["OAUTH_POOL_LOG", "OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL"]) if (!(k in extra)) delete env[k];
+  return env;
+}
+
+/**
+ * Runs the CLI. `input` is written to its stdin (then closed); `onStdout(text, child)` sees the
+ * stdout so far, for the interactive `add`.
+ */
+function cli(args, { path, input, env = {}, onStdout } = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: childEnv(path, env), stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+    child.stdout.setEncoding("utf8");
+    child.stderr.setEncoding("utf8");
+    child.stdout.on("data", (d) => {
+      stdout += d;
+      onStdout?.(stdout, child);
+    });
+    child.stderr.on("data", (d) => (stderr += d));
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? signal, stdout, stderr });
+    });
+    if (input !== undefined) child.stdin.end(input);
+    else if (!onStdout) child.stdin.end();
+  });
+}
+
+/** stdout of a --json run, parsed (one document per line). */
+const jsonLines = (r) =>
+  r.stdout
+    .split("\n")
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l));
+const json = (r) => {
+  const docs = jsonLines(r);
+  assert.equal(docs.length, 1, `one JSON document expected, got: ${r.stdout}`);
+  return docs[0];
+};
+const readPool = (path) => JSON.parse(readFileSync(path, "utf8"));
+const API_KEY = "sk-ant-api03-cliTEST0123456789abcdefghijklmnopqrstuvwxyzABCDEF";
+
+/** A pool with OAuth accounts registered at the mock (their tokens are real for it). */
+async function seed(path, entries) {
+  const anthropic = entries.map((e) => {
+    const t = mock.addAccount(e.email);
+    return {
+      email: e.email,
+      refresh: t.refresh,
+      access: t.access,
+      expires: t.expires,
+      added: new Date().toISOString(),
+      lastUsed: null,
+      status: "idle",
+      rateLimitUntil: null,
+      ...e,
+    };
+  });
+  await savePool({ version: 1, anthropic }, path);
+  return anthropic;
+}
+
+/** No output of the CLI may carry a credential. */
+function assertNoSecret(r, secrets) {
+  for (const s of secrets.filter(Boolean)) {
+    assert.ok(!r.stdout.includes(s) && !r.stderr.includes(s), "a secret reached the output");
+  }
+}
+
+test("--version and --help answer without a pool, in text and JSON", async () => {
+  const path = freshPath();
+  const v = await cli(["--version"], { path });
+  assert.equal(v.code, 0, v.stderr);
+  assert.ok(v.stdout.includes(PKG.version));
+  const vj = json(await cli(["--version", "--json"], { path }));
+  assert.equal(vj.version, PKG.version);
+  assert.equal(typeof vj.native, "string");
+  const h = await cli(["--help"], { path });
+  assert.equal(h.code, 0);
+  for (const cmd of ["list", "add", "add-key", "remove", "enable", "disable", "priority", "status", "reset-cooldowns", "import-claude-code", "doctor"]) {
+    assert.ok(h.stdout.includes(cmd), `help mentions ${cmd}`);
+  }
+  assert.equal((await cli(["help"], { path })).code, 0);
+  assert.ok(!existsSync(path), "nothing was written");
+});
+
+test("usage errors exit 2, in text and JSON", async () => {
+  const path = freshPath();
+  for (const args of [[], ["frobnicate"], ["list", "--nope"], ["list", "--mode", "max"], ["remove"], ["priority", "a@x.test"], ["list", "--path"]]) {
+    const r = await cli(args, { path });
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+  }
+  const r = await cli(["frobnicate", "--json"], { path });
+  assert.equal(r.code, 2);
+  assert.equal(json(r).error.code, "USAGE");
+  const p = await cli(["priority", "a@x.test", "1.5"], { path });
+  assert.equal(p.code, 2);
+  assert.match(p.stderr, /integer/);
+  const mode = await cli(["add", "--mode", "team"], { path });
+  assert.equal(mode.code, 2);
+  assert.ok(!existsSync(path));
+});
+
+test("list on a missing pool: empty, exit 0, nothing created", async () => {
+  const path = freshPath();
+  const r = await cli(["list"], { path });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /no accounts/);
+  const j = json(await cli(["list", "--json"], { path }));
+  assert.deepEqual(j, { path, accounts: [] });
+  assert.ok(!existsSync(path));
+  assert.ok(!existsSync(dirname(path)));
+});
+
+test("--path wins over OAUTH_POOL_PATH", async () => {
+  const envPath = freshPath();
+  const flagPath = freshPath();
+  const r = await cli(["add-key", "--email", "flag@x.test", "--path", flagPath], { path: envPath, input: `${API_KEY}\n` });
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(existsSync(flagPath));
+  assert.ok(!existsSync(envPath));
+  assert.equal(json(await cli(["list", "--json", `--path=${flagPath}`], { path: envPath })).accounts[0].email, "flag@x.test");
+});
+
+test("add-key reads the key from stdin, stores it 0600, never prints it; an argument is refused", async () => {
+  const path = freshPath();
+  const r = await cli(["add-key", "--email", "team@x.test"], { path, input: `${API_KEY}\n` });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /added team@x\.test/);
+  assertNoSecret(r, [API_KEY]);
+  const stored = readPool(path).anthropic;
+  assert.equal(stored.length, 1);
+  assert.equal(stored[0].type, "api");
+  assert.equal(stored[0].key, API_KEY);
+  if (posix) {
+    assert.equal(statSync(path).mode & 0o777, 0o600);
+    assert.equal(statSync(dirname(path)).mode & 0o777, 0o700);
+  }
+
+  // Same email again: updated, and --json gives { email, added }.
+  const again = await cli(["add-key", "--email", "team@x.test", "--json"], { path, input: `${API_KEY}\r\n` });
+  assert.equal(again.code, 0, again.stdout);
+  assert.deepEqual(json(again), { email: "team@x.test", added: false });
+
+  // Without --email the library names it.
+  const anon = json(await cli(["add-key", "--json"], { path, input: `${API_KEY.replace("cliTEST", "cliANON")}` }));
+  assert.equal(anon.added, true);
+  assert.match(anon.email, /^api-key-/);
+
+  const before = readFileSync(path);
+  const arg = await cli(["add-key", API_KEY], { path });
+  assert.equal(arg.code, 2);
+  assert.match(arg.stderr, /stdin/);
+  const empty = await cli(["add-key"], { path, input: "" });
+  assert.equal(empty.code, 2);
+  const bad = await cli(["add-key", "--json"], { path, input: "short\n" });
+  assert.equal(bad.code, 1);
+  assert.equal(json(bad).error.code, "INVALID_ARGUMENT");
+  assert.deepEqual(readFileSync(path), before, "refused adds leave the file as it was");
+
+  const list = await cli(["list"], { path });
+  assert.equal(list.code, 0);
+  assert.match(list.stdout, /team@x\.test\s+api\s+idle/);
+  assertNoSecret(list, [API_KEY]);
+});
+
+test("enable, disable, priority and remove change the file; unknown emails are ACCOUNT_NOT_FOUND", async () => {
+  const path = freshPath();
+  const seeded = await seed(path, [{ email: "a@x.test" }, { email: "b@x.test" }]);
+  const secrets = seeded.flatMap((a) => [a.access, a.refresh]);
+  const acct = (email) => readPool(path).anthropic.find((a) => a.email === email);
+
+  let r = await cli(["disable", "a@x.test"], { path });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(acct("a@x.test").status, "disabled");
+  assert.equal(acct("a@x.test").enabled, false);
+  const listed = json(await cli(["list", "--json"], { path })).accounts.find((a) => a.email === "a@x.test");
+  assert.equal(listed.status, "disabled");
+  assert.equal(listed.enabled, false);
+
+  r = await cli(["enable", "a@x.test", "--json"], { path });
+  assert.deepEqual(json(r), { email: "a@x.test", enabled: true });
+  assert.notEqual(acct("a@x.test").status, "disabled");
+
+  r = await cli(["priority", "b@x.test", "7"], { path });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(acct("b@x.test").priority, 7);
+  r = await cli(["priority", "b@x.test", "-3", "--json"], { path });
+  assert.deepEqual(json(r), { email: "b@x.test", priority: -3 });
+  assert.equal(acct("b@x.test").priority, -3);
+
+  for (const args of [["disable", "nobody@x.test"], ["enable", "nobody@x.test"], ["priority", "nobody@x.test", "1"], ["remove", "nobody@x.test"]]) {
+    const miss = await cli(args, { path });
+    assert.equal(miss.code, 1, args.join(" "));
+    assert.match(miss.stderr, /^error \[ACCOUNT_NOT_FOUND\]: /);
+    const missJson = await cli([...args, "--json"], { path });
+    assert.equal(missJson.code, 1);
+    const err = json(missJson).error;
+    assert.equal(err.code, "ACCOUNT_NOT_FOUND");
+    assert.equal(typeof err.message, "string");
+  }
+
+  r = await cli(["remove", "a@x.test", "--json"], { path });
+  assert.equal(r.code, 0, r.stdout);
+  assert.deepEqual(json(r), { email: "a@x.test", removed: 1 });
+  assert.deepEqual(readPool(path).anthropic.map((a) => a.email), ["b@x.test"]);
+  assertNoSecret(r, secrets);
+});
+
+test("status shows cooldowns with time left and 5h/7d quota; reset-cooldowns clears them", async () => {
+  const path = freshPath();
+  const now = Date.now();
+  const seeded = await seed(path, [
+    { email: "cool@x.test", status: "rate-limited", rateLimitUntil: now + 42 * 60_000, quota: { fiveHour: { utilization: 1.01, resetsAt: now + 42 * 60_000 }, sevenDay: { utilization: 0.35, resetsAt: now + 3 * 86_400_000 }, updatedAt: now } },
+    { email: "ok@x.test", quota: { fiveHour: { utilization: 0.42, resetsAt: now + 3_600_000 }, updatedAt: now } },
+  ]);
+
+  const r = await cli(["status"], { path });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /cool@x\.test/);
+  assert.match(r.stdout, /rate-limited, 4[12]m \d+s left/);
+  assert.match(r.stdout, /5h 101%/);
+  assert.match(r.stdout, /7d 35%/);
+  assert.match(r.stdout, /5h 42%/);
+  assert.match(r.stdout, /1 usable/);
+  assertNoSecret(r, seeded.flatMap((a) => [a.access, a.refresh]));
+
+  const j = json(await cli(["status", "--json"], { path }));
+  assert.equal(j.path, path);
+  assert.equal(j.counts.total, 2);
+  assert.equal(j.counts["rate-limited"], 1);
+  assert.equal(j.counts.usable, 1);
+  assert.equal(j.soonestReset, now + 42 * 60_000);
+  const cool = j.accounts.find((a) => a.email === "cool@x.test");
+  assert.equal(cool.status, "rate-limited");
+  assert.equal(cool.quota.sevenDay.utilization, 0.35);
+  assert.ok(!JSON.stringify(j).includes(seeded[0].refresh));
+
+  const reset = await cli(["reset-cooldowns", "--json"], { path });
+  assert.equal(reset.code, 0);
+  assert.deepEqual(json(reset), { reset: 1 });
+  const after = readPool(path).anthropic.find((a) => a.email === "cool@x.test");
+  assert.equal(after.rateLimitUntil, null);
+  assert.equal(after.status, "idle");
+  const again = await cli(["reset-cooldowns"], { path });
+  assert.equal(again.code, 0);
+  assert.match(again.stdout, /no account was cooling/);
+});
+
+test("a corrupt pool: every command exits 1 with POOL_CORRUPT and the file stays byte-identical", async () => {
+  const path = freshPath();
+  await seed(path, [{ email: "c@x.test" }]);
+  await seed(path, [{ email: "c@x.test" }]); // a second write leaves a good .bak
+  const corrupt = Buffer.from('{"anthropic": [ {"email": "c@x.test", "refresh": "sk-ant-ort01-half');
+  writeFileSync(path, corrupt, { mode: 0o600 });
+
+  for (const args of [["list"], ["status"], ["remove", "c@x.test"], ["disable", "c@x.test"], ["priority", "c@x.test", "2"], ["reset-cooldowns"]]) {
+    const r = await cli(args, { path });
+    assert.equal(r.code, 1, `${args.join(" ")}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, /^error \[POOL_CORRUPT\]: /, args.join(" "));
+    assert.ok(!r.stderr.includes("sk-ant-ort01-half"), "no content of the file in the message");
+  }
+  const addKey = await cli(["add-key", "--email", "k@x.test"], { path, input: `${API_KEY}\n` });
+  assert.equal(addKey.code, 1);
+  assert.match(addKey.stderr, /POOL_CORRUPT/);
+  const j = await cli(["list", "--json"], { path });
+  assert.equal(j.code, 1);
+  const err = json(j).error;
+  assert.equal(err.code, "POOL_CORRUPT");
+  assert.match(err.message, /\.bak/);
+  assert.deepEqual(readFileSync(path), corrupt, "the corrupt file is byte-for-byte untouched");
+
+  const doc = await cli(["doctor", "--json"], { path });
+  assert.equal(doc.code, 3, doc.stdout);
+  const report = json(doc);
+  assert.equal(report.ok, false);
+  const parse = report.checks.find((c) => c.name === "parse");
+  assert.equal(parse.level, "problem");
+  assert.equal(parse.code, "POOL_CORRUPT");
+  const backup = report.checks.find((c) => c.name === "backup");
+  assert.equal(backup.level, "ok");
+  assert.match(backup.message, /cp /, "doctor says how to restore the .bak");
+  assert.deepEqual(readFileSync(path), corrupt, "doctor did not touch it either");
+});
+
+test("doctor on a healthy pool: exit 0, every check ok, JSON shape", async () => {
+  const path = freshPath();
+  await seed(path, [{ email: "d@x.test" }]);
+  await seed(path, [{ email: "d@x.test" }]);
+  const r = await cli(["doctor"], { path });
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /doctor: 0 problem\(s\)/);
+  const j = json(await cli(["doctor", "--json"], { path }));
+  assert.equal(j.ok, true);
+  assert.equal(j.path, path);
+  assert.ok(Array.isArray(j.checks) && j.checks.length > 5);
+  for (const c of j.checks) {
+    assert.equal(typeof c.name, "string");
+    assert.ok(["ok", "warn", "problem"].includes(c.level), c.level);
+    assert.equal(typeof c.message, "string");
+  }
+  const names = new Set(j.checks.map((c) => c.name));
+  for (const n of ["path", "parse", "lock", "backup", "endpoint"]) assert.ok(names.has(n), `check ${n}`);
+  assert.equal(j.checks.find((c) => c.name === "lock").level, "ok");
+  assert.match(j.checks.find((c) => c.name === "lock").message, /can be taken/);
+
+  // A missing pool is not a problem either, and doctor creates nothing.
+  const nonePath = freshPath();
+  const none = await cli(["doctor", "--json"], { path: nonePath });
+  assert.equal(none.code, 0, none.stdout);
+  assert.ok(!existsSync(dirname(nonePath)));
+});
+
+test("doctor reports a pool file other users can read", { skip: !posix && "POSIX modes" }, async () => {
+  const path = freshPath();
+  await seed(path, [{ email: "wide@x.test" }]);
+  chmodSync(path, 0o644);
+  const r = await cli(["doctor"], { path });
+  assert.equal(r.code, 3, r.stdout);
+  assert.match(r.stdout, /FAIL\s+file mode\s+.*0644/);
+  const wideDir = freshPath();
+  await seed(wideDir, [{ email: "wide@x.test" }]);
+  chmodSync(dirname(wideDir), 0o755);
+  const j = await cli(["doctor", "--json"], { path: wideDir });
+  assert.equal(j.code, 3);
+  const dir = json(j).checks.find((c) => c.name === "directory");
+  assert.equal(dir.level, "problem");
+  assert.match(dir.message, /0755/);
+});
+
+test("doctor: leftover temp files warn; a plain-http endpoint off loopback is a problem", async () => {
+  const path = freshPath();
+  await seed(path, [{ email: "t@x.test" }]);
+  writeFileSync(join(dirname(path), ".oauth-pool.json.k3Xy9a.tmp"), "{}", { mode: 0o600 });
+  let j = json(await cli(["doctor", "--json"], { path }));
+  const temps = j.checks.find((c) => c.name === "temp files");
+  assert.equal(temps.level, "warn");
+  assert.deepEqual(temps.files, [".oauth-pool.json.k3Xy9a.tmp"]);
+  assert.equal(j.ok, true, "a warning is not a failure");
+
+  const loop = await cli(["doctor", "--json"], { path, env: { OAUTH_POOL_API_URL: "http://127.0.0.1:9", OAUTH_POOL_TOKEN_URL: "https://example.test/token" } });
+  assert.equal(loop.code, 0, loop.stdout);
+  const insecure = await cli(["doctor", "--json"], { path, env: { OAUTH_POOL_API_URL: "http://api.example.test" } });
+  assert.equal(insecure.code, 3);
+  j = json(insecure);
+  const bad = j.checks.filter((c) => c.name === "endpoint" && c.level === "problem");
+  assert.equal(bad.length, 1);
+  assert.match(bad[0].message, /OAUTH_POOL_API_URL.*INSECURE_ENDPOINT/);
+  const scheme = await cli(["doctor"], { path, env: { OAUTH_POOL_TOKEN_URL: "ftp://127.0.0.1/x" } });
+  assert.equal(scheme.code, 3);
+});
+
+/** Runs `oauth-pool add`, approves the URL it prints at the mock as `email`, pastes the code. */
+function addThroughMock(path, email, { args = [], tamper = (p) => p } = {}) {
+  let approved = null;
+  return cli(["add", ...args], {
+    path,
+    env: { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url },
+    onStdout(stdout, child) {
+      if (approved !== null) return;
+      const line = stdout.split("\n").find((l) => l.includes("oauth/authorize"));
+      if (!line || !stdout.includes("\n")) return;
+      const url = line.startsWith("{") ? JSON.parse(line).url : line.trim();
+      approved = tamper(mock.approve(url, email));
+      child.stdin.end(`${approved}\n`);
+    },
+  }).then((r) => ({ ...r, paste: approved }));
+}
+
+test("add: prints the authorize URL, reads the pasted code, adds the account (loopback mock)", async () => {
+  const path = freshPath();
+  const r = await addThroughMock(path, "alice@x.test");
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  const urlLine = r.stdout.split("\n")[0];
+  const url = new URL(urlLine);
+  assert.equal(url.searchParams.get("code_challenge_method"), "S256");
+  assert.ok(url.searchParams.get("state"));
+  assert.match(r.stdout, /added alice@x\.test/);
+  const stored = readPool(path).anthropic;
+  assert.equal(stored.length, 1);
+  const t = mock.tokens("alice@x.test");
+  assert.equal(stored[0].email, "alice@x.test");
+  assert.equal(stored[0].access, t.access);
+  assert.equal(stored[0].refresh, t.refresh);
+  assertNoSecret(r, [t.access, t.refresh, r.paste.split("#")[0]]);
+
+  // --json: two lines, the URL then the result; the same email again updates it.
+  const j = await addThroughMock(path, "alice@x.test", { args: ["--json"] });
+  assert.equal(j.code, 0, j.stdout + j.stderr);
+  const [first, second] = jsonLines(j);
+  assert.match(first.url, /^https:\/\/.*oauth\/authorize\?/);
+  assert.deepEqual(second, { email: "alice@x.test", added: false });
+  assert.equal(j.stderr, "", "nothing but JSON in --json mode");
+  assert.equal(readPool(path).anthropic.length, 1);
+  assert.equal(readPool(path).anthropic[0].refresh, mock.tokens("alice@x.test").refresh);
+
+  const console = await addThroughMock(path, "bob@x.test", { args: ["--mode", "console"] });
+  assert.equal(console.code, 0, console.stderr);
+  assert.deepEqual(readPool(path).anthropic.map((a) => a.email).sort(), ["alice@x.test", "bob@x.test"]);
+});
+
+test("add: a code with another login's state is OAUTH_STATE_MISMATCH, exit 1, nothing written", async () => {
+  const path = freshPath();
+  const exchanges = mock.stats().exchangeCalls;
+  const r = await addThroughMock(path, "mallory@x.test", { args: ["--json"], tamper: (p) => `${p.split("#")[0]}#someone-elses-state` });
+  assert.equal(r.code, 1, r.stdout);
+  assert.equal(jsonLines(r).at(-1).error.code, "OAUTH_STATE_MISMATCH");
+  assert.equal(mock.stats().exchangeCalls, exchanges, "no request made");
+  assert.ok(!existsSync(path));
+  const empty = await cli(["add"], { path, input: "\n", env: { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url } });
+  assert.equal(empty.code, 1);
+  assert.match(empty.stderr, /error \[OAUTH_BAD_INPUT\]/);
+});
+
+test("import-claude-code copies a Claude Code login into the pool without printing it", async () => {
+  const path = freshPath();
+  const t = mock.addAccount("cc@x.test");
+  const creds = join(tmp, "credentials.json");
+  writeFileSync(creds, JSON.stringify({ claudeAiOauth: { accessToken: t.access, refreshToken: t.refresh, expiresAt: t.expires, scopes: ["user:inference"] } }), { mode: 0o600 });
+  const r = await cli(["import-claude-code", "--credentials", creds, "--email", "cc@x.test", "--json"], { path, env: { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url } });
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  assert.deepEqual(json(r), { email: "cc@x.test", added: true });
+  const a = readPool(path).anthropic[0];
+  assert.equal(a.refresh, t.refresh);
+  assertNoSecret(r, [t.access, t.refresh]);
+
+  const missing = await cli(["import-claude-code", "--credentials", join(tmp, "nope.json"), "--email", "x@x.test"], { path });
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /^error \[[A-Z_]+\]: /);
+
+  // Default location: $HOME/.claude/.credentials.json of the (temporary) HOME.
+  const t2 = mock.addAccount("cc2@x.test");
+  mkdirSync(join(home, ".claude"), { recursive: true });
+  writeFileSync(join(home, ".claude", ".credentials.json"), JSON.stringify({ claudeAiOauth: { accessToken: t2.access, refreshToken: t2.refresh, expiresAt: t2.expires } }), { mode: 0o600 });
+  const d = await cli(["import-claude-code", "--email", "cc2@x.test"], { path });
+  assert.equal(d.code, 0, d.stderr);
+  assert.match(d.stdout, /imported cc2@x\.test/);
+  assert.equal(readPool(path).anthropic.length, 2);
+});
+
+test("doctor refuses a symlinked pool file like the library does", { skip: !posix && "POSIX symlinks" }, async () => {
+  const real = freshPath();
+  await seed(real, [{ email: "s@x.test" }]);
+  const link = join(dirname(real), "link.json");
+  symlinkSync(real, link);
+  const r = await cli(["doctor", "--json"], { path: link });
+  assert.equal(r.code, 3, r.stdout);
+  const file = json(r).checks.find((c) => c.name === "file");
+  assert.equal(file.level, "problem");
+  assert.match(file.message, /symbolic link/);
+  const list = await cli(["list", "--json"], { path: link });
+  assert.equal(list.code, 1);
+  assert.equal(json(list).error.code, "POOL_INSECURE");
+});
+
+// The lock is held by `flock(1)` (util-linux) for longer than doctor's probe waits.
+const flock = process.platform === "linux" && spawnSync("flock", ["--version"]).status === 0;
+test("doctor reports a write lock held too long, and who holds it", { skip: !flock && "needs flock(1) on Linux" }, async () => {
+  const path = freshPath();
+  await seed(path, [{ email: "l@x.test" }]);
+  // `-o`: the lock stays with flock itself, so closing cat's stdin ends both and frees it.
+  const holder = spawn("flock", ["-o", `${path}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
+  const holderGone = new Promise((r) => holder.on("exit", r));
+  try {
+    // Wait until the kernel lists the lock.
+    for (let i = 0; i < 100 && !readFileSync("/proc/locks", "utf8").includes(`${holder.pid} `); i++) await new Promise((r) => setTimeout(r, 20));
+    const started = Date.now();
+    const r = await cli(["doctor", "--json"], { path });
+    assert.equal(r.code, 3, r.stdout);
+    assert.ok(Date.now() - started < 15_000, "doctor does not wait for the 60 s POOL_BUSY");
+    const lock = json(r).checks.find((c) => c.name === "lock");
+    assert.equal(lock.level, "problem");
+    assert.match(lock.message, /held by another process/);
+    assert.ok(lock.holders.some((h) => h.pid === holder.pid && /flock/.test(h.command)), "names the holding process");
+  } finally {
+    holder.stdin.end();
+    await holderGone;
+  }
+  const free = await cli(["doctor", "--json"], { path });
+  assert.equal(free.code, 0, free.stdout);
+});
