@@ -384,3 +384,22 @@ test("the Vercel AI SDK streams through the pool fetch", async () => {
   const other = served === "ai1@x.test" ? "ai2@x.test" : "ai1@x.test";
   assert.equal(text, `Hello from ${other}`);
 });
+
+test("session affinity: sessions keep their account, subagents inherit their parent's", async () => {
+  const path = await seedPool(mock, ["sa1@x.test", "sa2@x.test"]);
+  const poolFetch = createPoolFetch({ path });
+  const ask = async (headers) => {
+    const res = await post(poolFetch, {}, { headers: { ...jsonHeaders, ...headers } });
+    await res.text();
+    return res.poolAccount;
+  };
+  const first = await ask({ "x-session-affinity": "ses_one" });
+  const other = first === "sa1@x.test" ? "sa2@x.test" : "sa1@x.test";
+  mock.script(first, [{ status: 429, headers: { "retry-after": "1" } }]);
+  assert.equal(await ask({ "x-session-affinity": "ses_two" }), other, "a burst 429 moves the new session");
+  await new Promise((r) => setTimeout(r, 1100));
+  assert.equal(await ask({ "x-session-affinity": "ses_one" }), first, "ses_one goes back to its own account");
+  assert.equal(await ask({ "X-Session-Id": "ses_sub2", "x-parent-session-id": "ses_two" }), other);
+  assert.equal(await ask({ "X-Session-Id": "ses_sub1", "x-parent-session-id": "ses_one" }), first);
+  assert.ok(mock.requests.every((r) => r.headers["x-session-affinity"] === undefined && r.headers["x-parent-session-id"] === undefined));
+});
