@@ -403,3 +403,24 @@ test("session affinity: sessions keep their account, subagents inherit their par
   assert.equal(await ask({ "X-Session-Id": "ses_sub1", "x-parent-session-id": "ses_one" }), first);
   assert.ok(mock.requests.every((r) => r.headers["x-session-affinity"] === undefined && r.headers["x-parent-session-id"] === undefined));
 });
+
+test("content encoding stays truthful: a gzip answer arrives decoded, without content-encoding", async () => {
+  const { createServer } = await import("node:http");
+  const { gzipSync } = await import("node:zlib");
+  const plain = JSON.stringify({ ok: true, text: "é".repeat(1000) });
+  const server = createServer((req, res) => {
+    const gz = gzipSync(plain);
+    res.writeHead(200, { "content-type": "application/json", "content-encoding": "gzip", "content-length": gz.length, "x-saw-accept-encoding": req.headers["accept-encoding"] ?? "" });
+    res.end(gz);
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  try {
+    const path = await seedPool(mock, []);
+    const res = await createPoolFetch({ path })(`http://127.0.0.1:${server.address().port}/x`, { headers: { "accept-encoding": "br" } });
+    assert.equal(res.headers.get("content-encoding"), null);
+    assert.match(res.headers.get("x-saw-accept-encoding"), /gzip/);
+    assert.equal(await res.text(), plain);
+  } finally {
+    server.close();
+  }
+});
