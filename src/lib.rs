@@ -438,9 +438,9 @@ enum BodyState {
 
 /// Most bytes handed to JavaScript per `next()`: chunks that are already here are batched
 /// (fewer crossings for bulk bodies), but `next()` never waits to fill a batch (SSE latency).
-const MAX_BATCH: usize = 1024 * 1024;
+const MAX_BATCH: usize = 256 * 1024;
 /// Chunks read ahead of the JavaScript reader (hyper chunks are at most tens of KB).
-const READ_AHEAD_CHUNKS: usize = 32;
+const READ_AHEAD_CHUNKS: usize = 8;
 /// Bodies of a known size up to this are read whole before the answer crosses to JavaScript:
 /// one crossing instead of two for the common small JSON answer.
 const SMALL_BODY: u64 = 64 * 1024;
