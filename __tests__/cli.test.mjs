@@ -76,7 +76,7 @@ const json = (r) => {
   return docs[0];
 };
 const readPool = (path) => JSON.parse(readFileSync(path, "utf8"));
-const API_KEY = "sk-ant-api03-cliTEST0123456789abcdefghijklmnopqrstuvwxyzABCDEF";
+const API_KEY = "fake-console-key-cliTEST-for-tests-only";
 
 /** A pool with OAuth accounts registered at the mock (their tokens are real for it). */
 async function seed(path, entries) {
@@ -289,14 +289,14 @@ test("a corrupt pool: every command exits 1 with POOL_CORRUPT and the file stays
   const path = freshPath();
   await seed(path, [{ email: "c@x.test" }]);
   await seed(path, [{ email: "c@x.test" }]); // a second write leaves a good .bak
-  const corrupt = Buffer.from('{"anthropic": [ {"email": "c@x.test", "refresh": "sk-ant-ort01-half');
+  const corrupt = Buffer.from('{"anthropic": [ {"email": "c@x.test", "refresh": "fake-refresh-half');
   writeFileSync(path, corrupt, { mode: 0o600 });
 
   for (const args of [["list"], ["status"], ["remove", "c@x.test"], ["disable", "c@x.test"], ["priority", "c@x.test", "2"], ["reset-cooldowns"]]) {
     const r = await cli(args, { path });
     assert.equal(r.code, 1, `${args.join(" ")}: ${r.stdout}${r.stderr}`);
     assert.match(r.stderr, /^error \[POOL_CORRUPT\]: /, args.join(" "));
-    assert.ok(!r.stderr.includes("sk-ant-ort01-half"), "no content of the file in the message");
+    assert.ok(!r.stderr.includes("fake-refresh-half"), "no content of the file in the message");
   }
   const addKey = await cli(["add-key", "--email", "k@x.test"], { path, input: `${API_KEY}\n` });
   assert.equal(addKey.code, 1);

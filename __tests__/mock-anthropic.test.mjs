@@ -153,7 +153,7 @@ describe("mock-anthropic", () => {
     assert.equal(s.perFamily["reuse@example.com"].revoked, true);
     assert.equal((await refresh(mock, r1.json.refresh_token)).status, 400, "current refresh token dies too");
     assert.equal((await message(mock, bearer(r1.json.access_token))).status, 401, "current access token dies too");
-    assert.equal((await refresh(mock, "sk-ant-ort01-unknown")).status, 400, "unknown token");
+    assert.equal((await refresh(mock, "fake-refresh-unknown")).status, 400, "unknown token");
   });
 
   test("reuse grace window returns the current tokens instead of revoking", async () => {
@@ -406,8 +406,8 @@ describe("mock-anthropic", () => {
     });
 
     test("api-key auth", async () => {
-      mock.addApiKey("sk-ant-api03-test-key", "console@example.com");
-      const r = await message(mock, { "x-api-key": "sk-ant-api03-test-key" }, {}, "/v1/messages");
+      mock.addApiKey("fake-console-key-test-key", "console@example.com");
+      const r = await message(mock, { "x-api-key": "fake-console-key-test-key" }, {}, "/v1/messages");
       assert.equal(r.status, 200);
       assert.equal((await r.json()).content[0].text, "Hello from console@example.com");
       const rec = mock.requests.at(-1);
@@ -417,7 +417,7 @@ describe("mock-anthropic", () => {
       assert.equal(rec.method, "POST");
       assert.equal(rec.headers["anthropic-version"], "2023-06-01");
       assert.equal(JSON.parse(rec.body).max_tokens, 64);
-      assert.equal((await message(mock, { "x-api-key": "sk-ant-api03-wrong" })).status, 401);
+      assert.equal((await message(mock, { "x-api-key": "fake-console-key-wrong" })).status, 401);
     });
 
     test("no auth, both credentials, bad bearer, missing oauth beta -> 401", async () => {
@@ -429,10 +429,10 @@ describe("mock-anthropic", () => {
       assert.equal(mock.requests.at(-1).auth, null);
       assert.equal(mock.requests.at(-1).email, null);
       assert.equal(mock.stats().unauthenticated, before + 1);
-      mock.addApiKey("sk-ant-api03-both", "auth@example.com");
-      assert.equal((await message(mock, { ...bearer(t.access), "x-api-key": "sk-ant-api03-both" })).status, 401);
+      mock.addApiKey("fake-console-key-both", "auth@example.com");
+      assert.equal((await message(mock, { ...bearer(t.access), "x-api-key": "fake-console-key-both" })).status, 401);
       assert.equal(mock.requests.at(-1).auth, null);
-      assert.equal((await message(mock, bearer("sk-ant-oat01-nope"))).status, 401);
+      assert.equal((await message(mock, bearer("fake-access-nope"))).status, 401);
       assert.equal((await message(mock, { authorization: `Bearer ${t.access}` })).status, 401, "oauth beta required");
       assert.equal((await message(mock, { authorization: `Bearer ${t.access}`, "anthropic-beta": "foo-1, oauth-2025-04-20" })).status, 200);
       mock.revoke("auth@example.com");
@@ -556,11 +556,11 @@ describe("standalone process mode", () => {
       await control(url, "token-mode", { clear: true });
       assert.equal((await refresh(mock, tokens.refresh)).status, 200);
 
-      await control(url, "api-key", { key: "sk-ant-api03-standalone", email: "k@example.com" });
-      assert.equal((await message(mock, { "x-api-key": "sk-ant-api03-standalone" })).status, 200);
+      await control(url, "api-key", { key: "fake-console-key-standalone", email: "k@example.com" });
+      assert.equal((await message(mock, { "x-api-key": "fake-console-key-standalone" })).status, 200);
 
       await control(url, "utilization", { email: "k@example.com", fiveHour: 0.5 });
-      const u = await message(mock, { "x-api-key": "sk-ant-api03-standalone" });
+      const u = await message(mock, { "x-api-key": "fake-console-key-standalone" });
       assert.equal(u.headers.get("anthropic-ratelimit-unified-5h-utilization"), "0.5");
       await u.text();
 

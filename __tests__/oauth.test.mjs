@@ -115,11 +115,12 @@ test("addAccount adds, a second login adds a second account, the same email upda
   assert.deepEqual(pool.anthropic.map((x) => x.email), ["one@x.test", "two@x.test"]);
   assert.equal(pool.anthropic[0].access, mock.tokens("one@x.test").access);
   assert.equal(mode(path), 0o600);
-  const key = await addApiKey("sk-ant-api03-test-key-123", { email: "team@x.test", path });
+  const key = await addApiKey("fake-console-key-test-123", { email: "team@x.test", path });
   assert.deepEqual(key, { email: "team@x.test", added: true });
   const listed = await listAccounts(path);
   assert.equal(listed.find((a) => a.email === "team@x.test").type, "api");
-  assert.ok(!JSON.stringify(listed).includes("sk-ant-"), "no secret in the listing");
+  const shown = JSON.stringify(listed);
+  assert.ok(!shown.includes("sk-ant-") && !shown.includes("fake-console-key-test-123"), "no secret in the listing");
 });
 
 test("an existing Claude Code login can be imported", async () => {

@@ -166,14 +166,14 @@ test("the API-key method adds a type api member", async () => {
   assert.equal(method.type, "oauth");
   assert.equal(method.prompts[0].key, "key");
   assert.equal(method.prompts[0].validate("has space in it"), "Paste the whole key (no spaces)");
-  assert.equal(method.prompts[0].validate("sk-ant-api03-abcdef"), undefined);
+  assert.equal(method.prompts[0].validate("fake-console-key-abcdef"), undefined);
 
-  mock.addApiKey("sk-ant-api03-plugin-test-key", "console@example.com");
-  const started = await method.authorize({ key: " sk-ant-api03-plugin-test-key ", label: "console@example.com" });
+  mock.addApiKey("fake-console-key-plugin-test", "console@example.com");
+  const started = await method.authorize({ key: " fake-console-key-plugin-test ", label: "console@example.com" });
   assert.equal(started.method, "auto");
   const result = await started.callback();
   assert.equal(result.type, "success");
-  assert.doesNotMatch(JSON.stringify(result), /sk-ant-/);
+  assert.doesNotMatch(JSON.stringify(result), /sk-ant-|fake-console-key/);
   const accounts = await lib.listAccounts(path);
   assert.deepEqual(accounts.map((a) => [a.email, a.type]), [["console@example.com", "api"]]);
 
@@ -427,8 +427,8 @@ test("config honours OPENCODE_MODELS_PATH and keeps catalog prices for a pool of
   process.env.OPENCODE_MODELS_PATH = file;
   try {
     const path = freshPath();
-    mock.addApiKey("sk-ant-api03-priced-key", "priced@example.com");
-    await lib.addApiKey("sk-ant-api03-priced-key", { email: "priced@example.com", path });
+    mock.addApiKey("fake-console-key-priced", "priced@example.com");
+    await lib.addApiKey("fake-console-key-priced", { email: "priced@example.com", path });
     const config = {};
     await (await plugin(path)).config(config);
     const models = config.provider["anthropic-pool"].models;

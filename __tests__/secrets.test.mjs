@@ -60,7 +60,7 @@ test("error messages carry no code, verifier or token", async () => {
   const mismatch = await exchange(`${sentinelCode}#nope`, { verifier: a.verifier, state: a.state }).catch((e) => e);
   assert.equal(mismatch.code, "OAUTH_STATE_MISMATCH");
   assert.ok(!mismatch.message.includes(sentinelCode) && !mismatch.message.includes(a.state));
-  const dead = await refresh("sk-ant-ort01-SENTINEL-refresh").catch((e) => e);
+  const dead = await refresh("fake-refresh-token-SENTINEL").catch((e) => e);
   assert.equal(dead.code, "OAUTH_INVALID_GRANT");
   assert.ok(!dead.message.includes("SENTINEL"));
 });

@@ -179,7 +179,7 @@ async fn serve(
             tracing::info!(from = %from, to = %email, reason = %reason, "failover");
         }
 
-        let credential = match rt.credential(&email).await {
+        let credential = match rt.credential(&pool, &email).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(account = %email, error = %e, "no usable credential");

@@ -28,27 +28,35 @@ fn build(
     })
 }
 
-pub fn api_client() -> Result<reqwest::Client> {
-    if let Some(c) = API.get() {
+/// The client in `cell`, built on first use.
+fn shared(
+    cell: &'static OnceLock<reqwest::Client>,
+    make: impl FnOnce() -> Result<reqwest::Client>,
+) -> Result<reqwest::Client> {
+    if let Some(c) = cell.get() {
         return Ok(c.clone());
     }
-    let client = build(|b| {
-        b.connect_timeout(Duration::from_secs(30))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-    })?;
-    Ok(API.get_or_init(|| client).clone())
+    let client = make()?;
+    Ok(cell.get_or_init(|| client).clone())
+}
+
+pub fn api_client() -> Result<reqwest::Client> {
+    shared(&API, || {
+        build(|b| {
+            b.connect_timeout(Duration::from_secs(30))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .tcp_nodelay(true)
+        })
+    })
 }
 
 pub fn token_client() -> Result<reqwest::Client> {
-    if let Some(c) = TOKEN.get() {
-        return Ok(c.clone());
-    }
-    let client = build(|b| {
-        b.redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-    })?;
-    Ok(TOKEN.get_or_init(|| client).clone())
+    shared(&TOKEN, || {
+        build(|b| {
+            b.redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(10))
+        })
+    })
 }
 
 /// Whole-call timeout for token and profile calls: `OAUTH_POOL_TIMEOUT_MS`, default 30 s.

@@ -4,6 +4,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod account;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod fetch;
@@ -26,6 +27,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::account::{now_ms, Pool};
+use crate::body::ResponseBody;
 use crate::error::Error;
 use crate::runtime::{blocking, PoolRuntime};
 use crate::secret::Secret;
@@ -279,8 +281,7 @@ pub async fn import_claude_code(options: Option<ImportOptions>) -> JsResult<Valu
             .join(".claude")
             .join(".credentials.json"),
     };
-    let s = store.clone();
-    let mut tokens = blocking(move || manage::import_claude_code(&s, &creds, email.as_deref()))
+    let mut tokens = blocking(move || manage::import_claude_code(&creds, email.as_deref()))
         .await
         .map_err(js_error)?;
     if tokens.email.is_none() {
@@ -374,29 +375,16 @@ impl FetchController {
                     account: None,
                     events: serde_json::to_string(&events).unwrap_or_else(|_| "[]".into()),
                     failure: Some(js_error(e).reason),
-                    body: Arc::new(tokio::sync::Mutex::new(BodyState::Done)),
+                    body: Arc::new(tokio::sync::Mutex::new(ResponseBody::Done)),
                     cancel: self.cancel.clone(),
                 });
             }
             Err(e) => return Err(js_error(e)),
         };
         let events = serde_json::to_string(&answer.events).unwrap_or_else(|_| "[]".into());
-        let body = match answer.body {
-            fetch::Body::Stream(r) if r.content_length().is_some_and(|n| n <= SMALL_BODY) => {
-                let bytes = tokio::select! {
-                    biased;
-                    _ = self.cancel.cancelled() => return Err(js_error(Error::Aborted)),
-                    b = r.bytes() => b.map_err(|e| js_error(Error::Network { what: "the API", detail: http::describe(&e) }))?,
-                };
-                BodyState::Full(bytes)
-            }
-            // Event streams are read on demand, one hop from the socket to JavaScript (latency);
-            // bulk bodies are read ahead while JavaScript consumes (throughput).
-            fetch::Body::Stream(r) if is_event_stream(&r) => BodyState::Direct(Box::new(r)),
-            fetch::Body::Stream(r) => BodyState::Stream(read_ahead(r, self.cancel.clone())),
-            fetch::Body::Full(b) if b.is_empty() => BodyState::Done,
-            fetch::Body::Full(b) => BodyState::Full(b),
-        };
+        let body = ResponseBody::new(answer.body, &self.cancel)
+            .await
+            .map_err(js_error)?;
         Ok(NativeResponse {
             status: answer.status as u32,
             status_text: answer.status_text,
@@ -414,68 +402,6 @@ impl FetchController {
     }
 }
 
-fn is_event_stream(r: &reqwest::Response) -> bool {
-    r.headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        })
-}
-
-enum BodyState {
-    /// Read when JavaScript asks (server-sent events).
-    Direct(Box<reqwest::Response>),
-    /// Chunks read ahead by a background task, bounded so a slow reader slows the socket.
-    Stream(tokio::sync::mpsc::Receiver<Result<Bytes, String>>),
-    Full(Bytes),
-    /// The stream broke after the bytes already delivered; the next read reports it.
-    Failed(String),
-    Done,
-}
-
-/// Most bytes handed to JavaScript per `next()`: chunks that are already here are batched
-/// (fewer crossings for bulk bodies), but `next()` never waits to fill a batch (SSE latency).
-const MAX_BATCH: usize = 256 * 1024;
-/// Chunks read ahead of the JavaScript reader (hyper chunks are at most tens of KB).
-const READ_AHEAD_CHUNKS: usize = 8;
-/// Bodies of a known size up to this are read whole before the answer crosses to JavaScript:
-/// one crossing instead of two for the common small JSON answer.
-const SMALL_BODY: u64 = 64 * 1024;
-
-/// Reads the upstream body on the runtime while JavaScript consumes earlier chunks. Ends (and
-/// drops the connection) on abort, on error, or when the receiver is dropped (cancel).
-fn read_ahead(
-    mut response: reqwest::Response,
-    cancel: CancellationToken,
-) -> tokio::sync::mpsc::Receiver<Result<Bytes, String>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
-    let idle = http::response_timeout();
-    tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return,
-                _ = tx.closed() => return,
-                c = tokio::time::timeout(idle, response.chunk()) => c,
-            };
-            let item = match next {
-                Ok(Ok(Some(c))) => Ok(c),
-                Ok(Ok(None)) => return,
-                Ok(Err(e)) => Err(http::describe(&e)),
-                Err(_) => Err(format!("no data for {} ms", idle.as_millis())),
-            };
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 #[napi]
 pub struct NativeResponse {
     status: u32,
@@ -484,7 +410,7 @@ pub struct NativeResponse {
     account: Option<String>,
     events: String,
     failure: Option<String>,
-    body: Arc<tokio::sync::Mutex<BodyState>>,
+    body: Arc<tokio::sync::Mutex<ResponseBody>>,
     cancel: CancellationToken,
 }
 
@@ -524,126 +450,16 @@ impl NativeResponse {
     /// The next bytes of the body, or null at its end. Rejects with ABORT_ERR once aborted.
     #[napi]
     pub async fn next(&self) -> JsResult<Option<JsBytes>> {
-        let mut state = self.body.lock().await;
-        let cancel = self.cancel.clone();
-        match &mut *state {
-            BodyState::Done => Ok(None),
-            BodyState::Failed(detail) => {
-                let detail = std::mem::take(detail);
-                *state = BodyState::Done;
-                Err(js_error(Error::Network {
-                    what: "the API (mid-stream)",
-                    detail,
-                }))
-            }
-            BodyState::Full(b) => {
-                let out = b.to_vec();
-                *state = BodyState::Done;
-                Ok(Some(JsBytes(out)))
-            }
-            BodyState::Direct(response) => {
-                let idle = http::response_timeout();
-                let next = tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => {
-                        *state = BodyState::Done;
-                        return Err(js_error(Error::Aborted));
-                    }
-                    c = tokio::time::timeout(idle, response.chunk()) => c,
-                };
-                let first = match next {
-                    Ok(Ok(Some(c))) => c,
-                    Ok(Ok(None)) => {
-                        *state = BodyState::Done;
-                        return Ok(None);
-                    }
-                    Ok(Err(e)) => {
-                        *state = BodyState::Done;
-                        return Err(js_error(Error::Network {
-                            what: "the API (mid-stream)",
-                            detail: http::describe(&e),
-                        }));
-                    }
-                    Err(_) => {
-                        *state = BodyState::Done;
-                        return Err(js_error(Error::Network {
-                            what: "the API (mid-stream)",
-                            detail: format!("no data for {} ms", idle.as_millis()),
-                        }));
-                    }
-                };
-                let mut out: Vec<u8> = first.to_vec();
-                // Whatever else already arrived goes in the same crossing; never wait for more.
-                while out.len() < MAX_BATCH {
-                    match futures_util::FutureExt::now_or_never(response.chunk()) {
-                        Some(Ok(Some(more))) => out.extend_from_slice(&more),
-                        Some(Ok(None)) => {
-                            *state = BodyState::Done;
-                            break;
-                        }
-                        Some(Err(e)) => {
-                            *state = BodyState::Failed(http::describe(&e));
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                Ok(Some(JsBytes(out)))
-            }
-            BodyState::Stream(rx) => {
-                let first = tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => {
-                        *state = BodyState::Done;
-                        return Err(js_error(Error::Aborted));
-                    }
-                    c = rx.recv() => c,
-                };
-                let first = match first {
-                    Some(Ok(c)) => c,
-                    None => {
-                        *state = BodyState::Done;
-                        if cancel.is_cancelled() {
-                            return Err(js_error(Error::Aborted));
-                        }
-                        return Ok(None);
-                    }
-                    Some(Err(detail)) => {
-                        *state = BodyState::Done;
-                        return Err(js_error(Error::Network {
-                            what: "the API (mid-stream)",
-                            detail,
-                        }));
-                    }
-                };
-                let mut out: Vec<u8> = Vec::with_capacity(first.len());
-                out.extend_from_slice(&first);
-                while out.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(Ok(more)) => out.extend_from_slice(&more),
-                        // An error right after data: deliver the data; the next call reports it.
-                        Ok(Err(detail)) => {
-                            *state = BodyState::Failed(detail);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                Ok(Some(JsBytes(out)))
-            }
-        }
+        let mut body = self.body.lock().await;
+        let batch = body.next_batch(&self.cancel).await.map_err(js_error)?;
+        Ok(batch.map(JsBytes))
     }
 
     /// The whole body when it is already here (small answers of known size), else null.
     #[napi(js_name = "takeBody")]
     pub fn take_body(&self) -> Option<JsBytes> {
-        let mut state = self.body.try_lock().ok()?;
-        if let BodyState::Full(b) = &*state {
-            let out = JsBytes(b.to_vec());
-            *state = BodyState::Done;
-            return Some(out);
-        }
-        None
+        let mut body = self.body.try_lock().ok()?;
+        body.take_full().map(|b| JsBytes(b.to_vec()))
     }
 
     /// Stops reading: the upstream connection is closed, not returned to the pool.
@@ -651,7 +467,7 @@ impl NativeResponse {
     pub async fn cancel(&self) -> JsResult<()> {
         self.cancel.cancel();
         let mut state = self.body.lock().await;
-        *state = BodyState::Done;
+        *state = ResponseBody::Done;
         Ok(())
     }
 }

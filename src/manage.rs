@@ -33,47 +33,32 @@ pub fn list(pool: &Pool, now: i64) -> Vec<Value> {
 }
 
 pub fn status(pool: &Pool, path: &Path, now: i64) -> Value {
-    let mut counts = serde_json::Map::new();
-    for k in [
-        "active",
-        "idle",
-        "rate-limited",
-        "auth-error",
-        "disabled",
-        "invalid",
-        "total",
-        "usable",
-    ] {
-        counts.insert(k.into(), json!(0));
-    }
-    let mut bump = |k: &str| {
-        if let Some(Value::Number(n)) = counts.get(k) {
-            let v = n.as_i64().unwrap_or(0) + 1;
-            counts.insert(k.into(), json!(v));
-        }
+    let count = |status: Status| {
+        pool.accounts()
+            .filter(|a| a.effective_status(now) == status)
+            .count()
     };
-    let mut soonest: Option<i64> = None;
-    for a in pool.accounts() {
-        bump(a.effective_status(now).as_str());
-        bump("total");
-        if a.usable_at(now) {
-            bump("usable");
-        }
-        if let Some(t) = a.rate_limit_until.filter(|t| *t > now) {
-            soonest = Some(soonest.map_or(t, |s| s.min(t)));
-        }
-    }
     let invalid: Vec<Value> = pool
         .invalid_entries()
         .map(|(i, r)| json!({"index": i, "reason": r}))
         .collect();
-    for _ in &invalid {
-        bump("invalid");
-    }
+    let soonest = pool
+        .accounts()
+        .filter_map(|a| a.rate_limit_until.filter(|t| *t > now))
+        .min();
     json!({
         "path": path.display().to_string(),
         "accounts": list(pool, now),
-        "counts": counts,
+        "counts": {
+            "active": count(Status::Active),
+            "idle": count(Status::Idle),
+            "rate-limited": count(Status::RateLimited),
+            "auth-error": count(Status::AuthError),
+            "disabled": count(Status::Disabled),
+            "invalid": invalid.len(),
+            "total": pool.accounts().count(),
+            "usable": pool.accounts().filter(|a| a.usable_at(now)).count(),
+        },
         "soonestReset": soonest,
         "lastFailover": pool.extra.get("lastFailover").cloned(),
         "invalid": invalid,
@@ -173,11 +158,7 @@ pub fn reset_cooldowns(store: &Store) -> Result<usize> {
 
 /// Reads Claude Code's `~/.claude/.credentials.json` (`claudeAiOauth`) into the pool. The
 /// caller supplies the email when the file has none (it usually has none).
-pub fn import_claude_code(
-    store: &Store,
-    credentials: &Path,
-    email: Option<&str>,
-) -> Result<Tokens> {
+pub fn import_claude_code(credentials: &Path, email: Option<&str>) -> Result<Tokens> {
     let bytes = std::fs::read(credentials)
         .map_err(|e| Error::io(credentials, "read Claude Code credentials", e))?;
     let bytes = zeroize::Zeroizing::new(bytes);
@@ -202,7 +183,6 @@ pub fn import_claude_code(
     let email = email
         .map(normalize_email)
         .or_else(|| s("email").map(str::to_string));
-    let _ = store;
     Ok(Tokens {
         access: Secret::new(access),
         refresh: Secret::new(refresh),
@@ -227,7 +207,7 @@ mod tests {
         };
         assert_eq!(add_oauth(&store, &t).unwrap(), ("a@x".into(), true));
         assert_eq!(add_oauth(&store, &t).unwrap(), ("a@x".into(), false));
-        let (email, added) = add_api_key(&store, "sk-ant-api03-xyz", None).unwrap();
+        let (email, added) = add_api_key(&store, "fake-console-key-xyz", None).unwrap();
         assert!(added && email.starts_with("api-key-"));
         assert!(add_api_key(&store, "short", None).is_err());
         set_priority(&store, "a@x", 3).unwrap();
@@ -237,7 +217,7 @@ mod tests {
         assert_eq!(s["counts"]["disabled"], json!(1));
         assert_eq!(s["counts"]["total"], json!(2));
         let text = s.to_string();
-        assert!(!text.contains("sk-ant-api03-xyz") && !text.contains("\"r\""));
+        assert!(!text.contains("fake-console-key-xyz") && !text.contains("\"r\""));
         set_enabled(&store, "a@x", true).unwrap();
         store
             .update(|p| {
@@ -265,11 +245,10 @@ mod tests {
             r#"{"claudeAiOauth":{"accessToken":"at","refreshToken":"rt","expiresAt":1800000000000,"scopes":[]}}"#,
         )
         .unwrap();
-        let store = Store::new(dir.path().join("p.json"));
-        let t = import_claude_code(&store, &creds, Some("Me@X")).unwrap();
+        let t = import_claude_code(&creds, Some("Me@X")).unwrap();
         assert_eq!(t.email.as_deref(), Some("me@x"));
         assert_eq!(t.expires, 1_800_000_000_000);
         std::fs::write(&creds, "{}").unwrap();
-        assert!(import_claude_code(&store, &creds, None).is_err());
+        assert!(import_claude_code(&creds, None).is_err());
     }
 }

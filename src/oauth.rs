@@ -552,7 +552,7 @@ mod tests {
     #[test]
     fn error_bodies_are_reduced_to_their_codes() {
         let v = json!({"error": "invalid_grant", "error_description": "Refresh token not found or invalid",
-                       "echo": "sk-ant-ort01-SENTINEL"});
+                       "echo": "fake-token-SENTINEL"});
         let (c, d) = error_fields(&v);
         assert_eq!(c.as_deref(), Some("invalid_grant"));
         assert!(!d.unwrap().contains("SENTINEL"));

@@ -181,10 +181,9 @@ impl PoolRuntime {
 
     // ---- credentials ----------------------------------------------------------------------
 
-    /// A credential for `email` that is fresh enough to send. Refreshes (once, machine-wide)
-    /// when the access token is within the margin of its expiry.
-    pub async fn credential(&self, email: &str) -> Result<Credential> {
-        let pool = self.snapshot().await?;
+    /// A credential for `email` from `pool` (the caller's snapshot), fresh enough to send.
+    /// Refreshes (once, machine-wide) when the access token is within the margin of its expiry.
+    pub async fn credential(&self, pool: &Pool, email: &str) -> Result<Credential> {
         let account = pool
             .find(email)
             .ok_or_else(|| Error::AccountNotFound(email.to_string()))?;

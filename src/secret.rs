@@ -72,7 +72,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_value() {
-        let s = Secret::new("sk-ant-ort01-SENTINEL-abc");
+        let s = Secret::new("fake-token-SENTINEL-abc");
         let shown = format!("{s:?} {:?}", Some(&s));
         assert!(!shown.contains("SENTINEL"), "{shown}");
         assert!(shown.contains("REDACTED"));
