@@ -11,6 +11,8 @@
 import { lstatSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { dirname, basename, join, resolve } from "node:path";
 import { isIPv4 } from "node:net";
+// Durations, "ago" and quota windows read the same here as in the OpenCode tool.
+import { ago, duration, quotaText } from "../lib/plugin/format.mjs";
 
 const PKG = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
 const DEFAULT_TOKEN_URL = "https://platform.claude.com/v1/oauth/token";
@@ -138,37 +140,12 @@ function makeOutput(json) {
   };
 }
 
-function fmtDuration(ms) {
-  const s = Math.max(0, Math.round(ms / 1000));
-  const d = Math.floor(s / 86400);
-  const h = Math.floor((s % 86400) / 3600);
-  const m = Math.floor((s % 3600) / 60);
-  if (d) return `${d}d ${h}h`;
-  if (h) return `${h}h ${m}m`;
-  if (m) return `${m}m ${s % 60}s`;
-  return `${s}s`;
-}
-
-function fmtAgo(iso, now) {
-  if (!iso) return "never";
-  const t = Date.parse(iso);
-  if (Number.isNaN(t)) return String(iso);
-  return now - t < 1000 ? "just now" : `${fmtDuration(now - t)} ago`;
-}
-
 function fmtStatus(a, now) {
   if (a.status === "rate-limited" && a.rateLimitUntil) {
-    return `rate-limited, ${fmtDuration(a.rateLimitUntil - now)} left`;
+    return `rate-limited, ${duration(a.rateLimitUntil - now)} left`;
   }
   if (!a.enabled && a.status !== "disabled") return `${a.status} (disabled)`;
   return a.status;
-}
-
-function fmtWindow(label, w, now) {
-  if (!w) return null;
-  const pct = typeof w.utilization === "number" ? `${Math.round(w.utilization * 100)}%` : "?";
-  const reset = typeof w.resetsAt === "number" ? ` (resets in ${fmtDuration(w.resetsAt - now)})` : "";
-  return `${label} ${pct}${reset}`;
 }
 
 function table(rows) {
@@ -179,7 +156,7 @@ function table(rows) {
 function listText(path, accounts, now) {
   if (accounts.length === 0) return `no accounts in ${path} (add one with: oauth-pool add)`;
   const rows = [["EMAIL", "TYPE", "STATUS", "PRIORITY", "LAST USED"]];
-  for (const a of accounts) rows.push([a.email, a.type, fmtStatus(a, now), a.priority, fmtAgo(a.lastUsed, now)]);
+  for (const a of accounts) rows.push([a.email, a.type, fmtStatus(a, now), a.priority, ago(a.lastUsed, now)]);
   return table(rows);
 }
 
@@ -191,21 +168,21 @@ function statusText(st, now) {
     let state = fmtStatus(a, now);
     if (a.status === "rate-limited" && a.rateLimitUntil) state += ` (until ${new Date(a.rateLimitUntil).toISOString()})`;
     lines.push(`    status   ${state}`);
-    const windows = [fmtWindow("5h", a.quota?.fiveHour, now), fmtWindow("7d", a.quota?.sevenDay, now)].filter(Boolean);
-    if (windows.length) {
-      const seen = typeof a.quota.updatedAt === "number" ? `, seen ${fmtDuration(now - a.quota.updatedAt)} ago` : "";
-      lines.push(`    quota    ${windows.join(", ")}${seen}`);
+    const windows = quotaText(a.quota, now);
+    if (windows) {
+      const seen = typeof a.quota.updatedAt === "number" ? `, seen ${ago(a.quota.updatedAt, now)}` : "";
+      lines.push(`    quota    ${windows}${seen}`);
     }
     if (a.type === "oauth" && typeof a.expires === "number") {
-      lines.push(`    token    ${a.expires > now ? `valid for ${fmtDuration(a.expires - now)}` : "expired (refreshed on next use)"}`);
+      lines.push(`    token    ${a.expires > now ? `valid for ${duration(a.expires - now)}` : "expired (refreshed on next use)"}`);
     }
-    lines.push(`    used     ${fmtAgo(a.lastUsed, now)}`);
+    lines.push(`    used     ${ago(a.lastUsed, now)}`);
     if (a.lastError) lines.push(`    problem  ${a.lastError}`);
   }
-  if (st.soonestReset) lines.push(`soonest reset: in ${fmtDuration(st.soonestReset - now)}`);
+  if (st.soonestReset) lines.push(`soonest reset: in ${duration(st.soonestReset - now)}`);
   if (st.lastFailover) {
     const f = st.lastFailover;
-    lines.push(`last failover: ${fmtAgo(new Date(f.at).toISOString(), now)}, ${f.from} -> ${f.to ?? "(none)"}: ${f.reason}`);
+    lines.push(`last failover: ${ago(f.at, now)}, ${f.from} -> ${f.to ?? "(none)"}: ${f.reason}`);
   }
   for (const inv of st.invalid ?? []) lines.push(`unreadable entry anthropic[${inv.index}]: ${inv.reason} (kept as it is)`);
   return lines.join("\n");
@@ -435,7 +412,7 @@ async function doctor(lib, explicitPath) {
       }
       for (const inv of st.invalid) add("account", "warn", `anthropic[${inv.index}] cannot be read (${inv.reason}); it is kept as it is`);
       if (st.counts.total > 0 && st.counts.usable === 0) {
-        add("accounts", "warn", `no account is usable right now${st.soonestReset ? ` (the soonest is back in ${fmtDuration(st.soonestReset - Date.now())})` : ""}`);
+        add("accounts", "warn", `no account is usable right now${st.soonestReset ? ` (the soonest is back in ${duration(st.soonestReset - Date.now())})` : ""}`);
       }
     } catch (e) {
       add("accounts", "problem", e.message, { code: e.code });

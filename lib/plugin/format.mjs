@@ -1,5 +1,7 @@
-// Text for people: durations, clock times, one line per account.
-import { LOGIN_HINT } from "./shared.mjs";
+// Text for people: durations, clock times, one line per account. Pure (no native code), so the
+// CLI uses it too.
+
+export const LOGIN_HINT = "run `opencode auth login` -> Anthropic Pool";
 
 const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];

@@ -6,10 +6,11 @@ import { join } from "node:path";
 import { native } from "../native.mjs";
 import { wrap } from "../errors.mjs";
 import { createPoolFetch } from "../fetch.mjs";
+import { LOGIN_HINT } from "./format.mjs";
 
 export const PROVIDER_ID = "anthropic-pool";
 export const TOOL_NAME = "model-accounts-pool";
-export const LOGIN_HINT = "run `opencode auth login` -> Anthropic Pool";
+export { LOGIN_HINT };
 
 export const pool = {
   authorize: wrap(async (options) => native.authorize(options ?? undefined)),
