@@ -61,11 +61,16 @@ pub fn token_client() -> Result<reqwest::Client> {
 
 /// Whole-call timeout for token and profile calls: `OAUTH_POOL_TIMEOUT_MS`, default 30 s.
 pub fn token_call_timeout() -> Duration {
-    crate::config::env("OAUTH_POOL_TIMEOUT_MS")
+    env_millis("OAUTH_POOL_TIMEOUT_MS", Duration::from_secs(30))
+}
+
+/// A positive whole number of milliseconds from `var`, else `default`.
+fn env_millis(var: &str, default: Duration) -> Duration {
+    crate::config::env(var)
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis)
-        .unwrap_or(Duration::from_secs(30))
+        .unwrap_or(default)
 }
 
 /// A network failure, described without the URL's query (which could hold a code).
@@ -98,9 +103,5 @@ pub fn describe(err: &reqwest::Error) -> String {
 /// `OAUTH_POOL_RESPONSE_TIMEOUT_MS`, default 300 s (undici's headers and body timeouts). Streams
 /// send pings far more often; a silent upstream is a dead one.
 pub fn response_timeout() -> Duration {
-    crate::config::env("OAUTH_POOL_RESPONSE_TIMEOUT_MS")
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis)
-        .unwrap_or(Duration::from_secs(300))
+    env_millis("OAUTH_POOL_RESPONSE_TIMEOUT_MS", Duration::from_secs(300))
 }
