@@ -4,12 +4,15 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { chmodSync, closeSync, cpSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { savePool } from "../index.mjs";
+import { printable } from "../lib/cli/output.mjs";
+import { parseCommandLine } from "../lib/cli/args.mjs";
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "oauth-pool.mjs");
 const PKG = JSON.parse(readFileSync(join(dirname(CLI), "..", "package.json"), "utf8"));
@@ -31,19 +34,23 @@ let seq = 0;
 /** A fresh pool path in its own (not yet existing) directory. */
 const freshPath = () => join(tmp, `case-${++seq}`, "oauth-pool.json");
 
+// Settings of this machine that would change what the CLI reports (proxies show in doctor).
+const SCRUBBED = ["OAUTH_POOL_LOG", "OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"];
+
 function childEnv(path, extra = {}) {
   const env = { ...process.env, HOME: home, USERPROFILE: home, OAUTH_POOL_PATH: path, ...extra };
-  for (const k of ["OAUTH_POOL_LOG", "OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL"]) if (!(k in extra)) delete env[k];
+  for (const k of SCRUBBED) if (!(k in extra)) delete env[k];
   return env;
 }
 
 /**
  * Runs the CLI. `input` is written to its stdin (then closed); `onStdout(text, child)` sees the
- * stdout so far, for the interactive `add`.
+ * stdout so far, for the interactive `add`; `stdin` replaces the pipe (a file descriptor).
+ * `command` runs something else with the same environment and capture.
  */
-function cli(args, { path, input, env = {}, onStdout } = {}) {
+function cli(args, { path, input, env = {}, onStdout, stdin = "pipe", command = [process.execPath, CLI] } = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: childEnv(path, env), stdio: ["pipe", "pipe", "pipe"] });
+    const child = spawn(command[0], [...command.slice(1), ...args], { env: childEnv(path, env), stdio: [stdin, "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
@@ -60,7 +67,7 @@ function cli(args, { path, input, env = {}, onStdout } = {}) {
       resolve({ code: code ?? signal, stdout, stderr });
     });
     if (input !== undefined) child.stdin.end(input);
-    else if (!onStdout) child.stdin.end();
+    else if (!onStdout && child.stdin) child.stdin.end();
   });
 }
 
@@ -455,22 +462,23 @@ test("import-claude-code copies a Claude Code login into the pool without printi
   const t = mock.addAccount("cc@x.test");
   const creds = join(tmp, "credentials.json");
   writeFileSync(creds, JSON.stringify({ claudeAiOauth: { accessToken: t.access, refreshToken: t.refresh, expiresAt: t.expires, scopes: ["user:inference"] } }), { mode: 0o600 });
-  const r = await cli(["import-claude-code", "--credentials", creds, "--email", "cc@x.test", "--json"], { path, env: { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url } });
+  const r = await cli(["import-claude-code", "--credentials", creds, "--email", "cc@x.test", "--yes", "--json"], { path, env: { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url } });
   assert.equal(r.code, 0, r.stdout + r.stderr);
   assert.deepEqual(json(r), { email: "cc@x.test", added: true });
   const a = readPool(path).anthropic[0];
   assert.equal(a.refresh, t.refresh);
   assertNoSecret(r, [t.access, t.refresh]);
 
-  const missing = await cli(["import-claude-code", "--credentials", join(tmp, "nope.json"), "--email", "x@x.test"], { path });
+  const missing = await cli(["import-claude-code", "--credentials", join(tmp, "nope.json"), "--email", "x@x.test", "--yes"], { path });
   assert.equal(missing.code, 1);
-  assert.match(missing.stderr, /^error \[[A-Z_]+\]: /);
+  // The shared-login warning comes first, then the library's refusal.
+  assert.match(missing.stderr, /^error \[[A-Z_]+\]: /m);
 
   // Default location: $HOME/.claude/.credentials.json of the (temporary) HOME.
   const t2 = mock.addAccount("cc2@x.test");
   mkdirSync(join(home, ".claude"), { recursive: true });
   writeFileSync(join(home, ".claude", ".credentials.json"), JSON.stringify({ claudeAiOauth: { accessToken: t2.access, refreshToken: t2.refresh, expiresAt: t2.expires } }), { mode: 0o600 });
-  const d = await cli(["import-claude-code", "--email", "cc2@x.test"], { path });
+  const d = await cli(["import-claude-code", "--email", "cc2@x.test", "--yes"], { path });
   assert.equal(d.code, 0, d.stderr);
   assert.match(d.stdout, /imported cc2@x\.test/);
   assert.equal(readPool(path).anthropic.length, 2);
@@ -516,4 +524,342 @@ test("doctor reports a write lock held too long, and who holds it", { skip: !flo
   }
   const free = await cli(["doctor", "--json"], { path });
   assert.equal(free.code, 0, free.stdout);
+});
+
+/** A pool file written as given (unreadable entries included), private like the library's. */
+function writeRawPool(path, anthropic) {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  writeFileSync(path, JSON.stringify({ version: 1, anthropic }), { mode: 0o600 });
+}
+
+/** Any character that can move the cursor, rewrite the screen or reorder a line (\n aside). */
+const RAW_UNSAFE = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+
+test("printable() turns control, C1, bidi and separator characters into visible escapes", () => {
+  assert.equal(printable("a\x1b[2Jb"), "a\\x1b[2Jb");
+  assert.equal(printable("x\ny\r\tz\x00"), "x\\ny\\r\\tz\\x00");
+  assert.equal(printable("\u202eevil"), "\\u202eevil");
+  assert.equal(printable("\x7f\x9b\u202a\u2066\u2069\u2028\u2029\u200f"), "\\x7f\\x9b\\u202a\\u2066\\u2069\\u2028\\u2029\\u200f");
+  assert.equal(printable("ok@x.test ü 日本 C:\\pool"), "ok@x.test ü 日本 C:\\pool", "ordinary text is left alone");
+  assert.equal(printable(printable("\x1b\n")), "\\x1b\\n", "escaping twice changes nothing");
+  assert.equal(printable(null), "");
+  assert.equal(printable(7), "7");
+});
+
+test("text output escapes emails and server text from the pool; JSON keeps them exact", async () => {
+  const path = freshPath();
+  const evil = "evil\x1b[2J\nFAKE  api  idle  0  never\u202e@x.test";
+  const lastError = "server said \x1b]0;pwned\x07 \u2066x\u2028y";
+  await savePool({ version: 1, anthropic: [{ email: evil, type: "api", key: API_KEY, status: "auth-error", lastError }] }, path);
+
+  const list = await cli(["list"], { path });
+  assert.equal(list.code, 0, list.stderr);
+  assert.doesNotMatch(list.stdout, RAW_UNSAFE);
+  assert.equal(list.stdout.trimEnd().split("\n").length, 2, "a newline in an email cannot add a table row");
+  assert.ok(list.stdout.includes("evil\\x1b[2J\\nFAKE  api  idle  0  never\\u202e@x.test"), list.stdout);
+
+  for (const args of [["status"], ["doctor"]]) {
+    const r = await cli(args, { path });
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.doesNotMatch(r.stdout + r.stderr, RAW_UNSAFE, args[0]);
+    assert.ok(r.stdout.includes("\\x1b[2J\\n"), args[0]);
+    assert.ok(r.stdout.includes("\\x1b]0;pwned\\x07 \\u2066x\\u2028y"), `${args[0]} shows lastError escaped`);
+  }
+
+  const disabled = await cli(["disable", evil], { path });
+  assert.equal(disabled.code, 0, disabled.stderr);
+  assert.doesNotMatch(disabled.stdout, RAW_UNSAFE);
+  const missing = await cli(["enable", "nobody\x1b[31m@x.test"], { path });
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /^error \[ACCOUNT_NOT_FOUND\]: .*nobody\\x1b\[31m@x\.test/);
+
+  const j = json(await cli(["status", "--json"], { path }));
+  assert.equal(j.accounts[0].email, evil, "JSON carries the exact email");
+  assert.equal(j.accounts[0].lastError, lastError);
+});
+
+test("unreadable entries: list and status show them, remove by email or '#<index>' deletes them", async () => {
+  const path = freshPath();
+  writeRawPool(path, [{ email: "good@x.test", type: "api", key: API_KEY }, { email: "half@x.test", refresh: 5 }, 42]);
+
+  const list = await cli(["list"], { path });
+  assert.equal(list.code, 0, list.stderr);
+  assert.match(list.stdout, /half@x\.test\s+\?\s+unreadable/);
+  assert.match(list.stdout, /#2\s+\?\s+unreadable/);
+  assert.match(list.stdout, /2 entries of the file cannot be read and are kept as they are/);
+  assert.match(list.stdout, /oauth-pool remove '#1'/);
+  const lj = json(await cli(["list", "--json"], { path }));
+  assert.deepEqual(
+    lj.accounts.map((a) => [a.email, a.status, a.index ?? null]),
+    [["good@x.test", "idle", null], ["half@x.test", "invalid", 1], ["#2", "invalid", 2]],
+  );
+  assert.match(lj.accounts[1].lastError, /unreadable/);
+
+  const status = await cli(["status"], { path });
+  assert.equal(status.code, 0, status.stderr);
+  assert.match(status.stdout, /1 account\(s\), 1 usable now, 2 unreadable entries/);
+  assert.match(status.stdout, /half@x\.test \(unreadable entry #1\)\n\s+status\s+unreadable, kept as it is/);
+  assert.match(status.stdout, /#2 \(unreadable entry #2\)/);
+
+  const doc = json(await cli(["doctor", "--json"], { path }));
+  assert.equal(doc.ok, true, "an unreadable entry is a warning, not a failure");
+  assert.deepEqual(doc.checks.filter((c) => c.name === "account" && c.level === "warn").map((c) => c.index), [1, 2]);
+
+  const byIndex = await cli(["remove", "#2", "--json"], { path });
+  assert.equal(byIndex.code, 0, byIndex.stdout);
+  assert.deepEqual(json(byIndex), { email: "#2", removed: 1 });
+  const byEmail = await cli(["remove", "half@x.test"], { path });
+  assert.equal(byEmail.code, 0, byEmail.stderr);
+  assert.match(byEmail.stdout, /removed half@x\.test/);
+  assert.deepEqual(readPool(path).anthropic.map((a) => a.email), ["good@x.test"]);
+  assert.doesNotMatch((await cli(["list"], { path })).stdout, /unreadable/);
+});
+
+test("status and doctor report emails that differ only in case", async () => {
+  const path = freshPath();
+  writeRawPool(path, [
+    { email: "Case@x.test", type: "api", key: API_KEY },
+    { email: "case@x.test", type: "api", key: API_KEY.replace("cliTEST", "cliCASE") },
+  ]);
+  const status = await cli(["status"], { path });
+  assert.equal(status.code, 0, status.stderr);
+  assert.match(status.stdout, /warning: Case@x\.test, case@x\.test differ only in case/);
+  assert.deepEqual(json(await cli(["status", "--json"], { path })).caseClashes, [["Case@x.test", "case@x.test"]]);
+  const doc = await cli(["doctor", "--json"], { path });
+  assert.equal(doc.code, 0, doc.stdout);
+  const clash = json(doc).checks.find((c) => c.name === "case clash");
+  assert.equal(clash.level, "warn");
+  assert.deepEqual(clash.emails, ["Case@x.test", "case@x.test"]);
+  // A loose spelling is ambiguous: the library refuses to guess.
+  const ambiguous = await cli(["disable", "CASE@x.test"], { path });
+  assert.equal(ambiguous.code, 1);
+  assert.match(ambiguous.stderr, /INVALID_ARGUMENT.*differ only in case/);
+});
+
+// The store names an account's refresh lock `<pool>.<first 6 bytes of sha256(lower-cased email)
+// in hex>.refresh.lock` (src/store/file.rs); flock(1) holds it like a refreshing process would.
+test("a held refresh lock shows in status and as info in doctor", { skip: !flock && "needs flock(1) on Linux" }, async () => {
+  const path = freshPath();
+  await seed(path, [{ email: "Busy@x.test" }, { email: "free@x.test" }]);
+  const tag = createHash("sha256").update("busy@x.test").digest("hex").slice(0, 12);
+  const holder = spawn("flock", ["-o", `${path}.${tag}.refresh.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
+  const holderGone = new Promise((r) => holder.on("exit", r));
+  try {
+    for (let i = 0; i < 100 && !readFileSync("/proc/locks", "utf8").includes(`${holder.pid} `); i++) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(json(await cli(["status", "--json"], { path })).refreshLocked, ["Busy@x.test"]);
+    const status = await cli(["status"], { path });
+    assert.match(status.stdout, /refresh under way \(its lock is held\): Busy@x\.test\n?$/);
+    const doc = await cli(["doctor", "--json"], { path });
+    assert.equal(doc.code, 0, doc.stdout);
+    const info = json(doc).checks.filter((c) => c.name === "refresh lock");
+    assert.deepEqual(info.map((c) => [c.level, c.email]), [["info", "Busy@x.test"]]);
+    assert.match((await cli(["doctor"], { path })).stdout, /^info  refresh lock\s+Busy@x\.test/m);
+  } finally {
+    holder.stdin.end();
+    await holderGone;
+  }
+  const after = await cli(["status"], { path });
+  assert.deepEqual(json(await cli(["status", "--json"], { path })).refreshLocked, []);
+  assert.doesNotMatch(after.stdout, /refresh under way/);
+});
+
+/** A Claude Code credentials file for a fresh account at the mock. */
+function claudeCodeLogin(email) {
+  const t = mock.addAccount(email);
+  const file = join(tmp, `${email}.credentials.json`);
+  writeFileSync(file, JSON.stringify({ claudeAiOauth: { accessToken: t.access, refreshToken: t.refresh, expiresAt: t.expires } }), { mode: 0o600 });
+  return { file, tokens: t };
+}
+
+test("import-claude-code warns that the login stays shared, and needs --yes without a terminal", async () => {
+  const path = freshPath();
+  const { file, tokens } = claudeCodeLogin("share@x.test");
+  const env = { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url };
+  const args = ["import-claude-code", "--credentials", file, "--email", "share@x.test"];
+
+  // stdin is a pipe: no one to ask, so "y" on it is not a yes.
+  const piped = await cli(args, { path, env, input: "y\n" });
+  assert.equal(piped.code, 2, piped.stderr);
+  assert.match(piped.stderr, /^error \[USAGE\]: .*--yes/);
+  assert.match(piped.stderr, /logs the other out/);
+  const pj = await cli([...args, "--json"], { path, env });
+  assert.equal(pj.code, 2);
+  assert.equal(json(pj).error.code, "USAGE");
+  assert.match(json(pj).error.message, /--json needs --yes/);
+  assert.equal(pj.stderr, "");
+  assert.ok(!existsSync(path), "nothing imported");
+
+  const yes = await cli([...args, "--yes"], { path, env });
+  assert.equal(yes.code, 0, yes.stderr);
+  assert.match(yes.stderr, /^warning: .*shared with Claude Code.*logs the other out/);
+  assert.match(yes.stdout, /imported share@x\.test from Claude Code/);
+  assert.equal(readPool(path).anthropic[0].refresh, tokens.refresh);
+  const yj = await cli([...args, "--yes", "--json"], { path, env });
+  assert.deepEqual(json(yj), { email: "share@x.test", added: false });
+  assert.equal(yj.stderr, "", "nothing but JSON in --json mode");
+  assertNoSecret(yes, [tokens.access, tokens.refresh]);
+});
+
+// script(1) gives the CLI a terminal for stdin, the way a person runs it.
+const script = process.platform === "linux" && spawnSync("script", ["--version"]).status === 0;
+test("import-claude-code on a terminal asks y/N first", { skip: !script && "needs script(1) on Linux" }, async () => {
+  const path = freshPath();
+  const { file } = claudeCodeLogin("tty@x.test");
+  const env = { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url };
+  const quote = (w) => `'${w.replace(/'/g, `'\\''`)}'`;
+  const line = [process.execPath, CLI, "import-claude-code", "--credentials", file, "--email", "tty@x.test"].map(quote).join(" ");
+  const onTerminal = (answer) => cli(["-qec", line, "/dev/null"], { path, env, input: answer, command: ["script"] });
+
+  const no = await onTerminal("n\n");
+  assert.equal(no.code, 1, no.stdout);
+  assert.match(no.stdout, /logs the other out/);
+  assert.match(no.stdout, /Import anyway\? \[y\/N\]/);
+  assert.match(no.stdout, /error \[CANCELLED\]: nothing was imported/);
+  assert.ok(!existsSync(path));
+
+  const yes = await onTerminal("y\n");
+  assert.equal(yes.code, 0, yes.stdout);
+  assert.match(yes.stdout, /imported tty@x\.test from Claude Code/);
+  assert.deepEqual(readPool(path).anthropic.map((a) => a.email), ["tty@x.test"]);
+});
+
+test("add and add-key read one bounded line: endless input and a closed stdin are clear errors", async () => {
+  const path = freshPath();
+  const env = { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url };
+  if (posix) {
+    const zero = openSync("/dev/zero", "r");
+    try {
+      const r = await cli(["add-key", "--email", "z@x.test"], { path, stdin: zero });
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, /^error \[USAGE\]: stdin held more than 64 KB without a line break/);
+    } finally {
+      closeSync(zero);
+    }
+  }
+  const long = await cli(["add-key", "--json"], { path, input: "k".repeat(200_000) });
+  assert.equal(long.code, 2);
+  assert.match(json(long).error.message, /64 KB/);
+  const longCode = await cli(["add"], { path, env, input: `${"c".repeat(70_000)}\n` });
+  assert.equal(longCode.code, 2);
+  assert.match(longCode.stderr, /64 KB/);
+
+  const closedKey = await cli(["add-key"], { path, input: "" });
+  assert.equal(closedKey.code, 2);
+  assert.match(closedKey.stderr, /stdin closed with nothing on it/);
+  const emptyKey = await cli(["add-key"], { path, input: "\n" });
+  assert.equal(emptyKey.code, 2);
+  assert.match(emptyKey.stderr, /empty line/);
+  const closedCode = await cli(["add"], { path, env, input: "" });
+  assert.equal(closedCode.code, 2);
+  assert.match(closedCode.stderr, /stdin closed before a line came/);
+  assert.ok(!existsSync(path), "nothing written");
+});
+
+test("doctor takes the pool's files and the endpoint rule from the library, and names each endpoint's proxy", async () => {
+  const path = freshPath();
+  await seed(path, [{ email: "p@x.test" }]);
+  const plain = json(await cli(["doctor", "--json"], { path }));
+  assert.equal(plain.files.lock, `${path}.lock`);
+  assert.equal(plain.files.backup, `${path}.bak`);
+  assert.match(plain.checks.find((c) => c.name === "path").message, /from OAUTH_POOL_PATH/);
+  const direct = plain.checks.filter((c) => c.name === "endpoint");
+  assert.equal(direct.length, 2);
+  for (const c of direct) {
+    assert.equal(c.proxy, null);
+    assert.match(c.message, /direct \(no proxy\)/);
+  }
+
+  const flagged = json(await cli(["doctor", "--json", "--path", path], { path: freshPath() }));
+  assert.match(flagged.checks.find((c) => c.name === "path").message, /from --path/);
+
+  const env = { HTTPS_PROXY: "http://user:hunter2@127.0.0.1:3128", NO_PROXY: "" };
+  const proxied = await cli(["doctor", "--json"], { path, env });
+  assert.equal(proxied.code, 0, proxied.stdout);
+  const viaProxy = json(proxied).checks.filter((c) => c.name === "endpoint");
+  assert.deepEqual(viaProxy.map((c) => c.variable), ["OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL"]);
+  for (const c of viaProxy) {
+    assert.match(c.proxy, /^http:\/\/user:\*\*\*@127\.0\.0\.1:3128/);
+    assert.match(c.message, /via proxy http:\/\/user:\*\*\*@127\.0\.0\.1:3128/);
+  }
+  const text = await cli(["doctor"], { path, env });
+  assert.match(text.stdout, /ok\s+endpoint\s+OAUTH_POOL_API_URL unset: https:\/\/api\.anthropic\.com\/?, via proxy/);
+  assertNoSecret(proxied, ["hunter2"]);
+  assertNoSecret(text, ["hunter2"]);
+});
+
+test("--help and --version work without the native binary; commands report NATIVE_MISSING", async () => {
+  // A copy of the package's JavaScript with no .node next to it (and no optional package to find).
+  const root = join(tmp, "no-native");
+  const pkgRoot = join(dirname(CLI), "..");
+  for (const part of ["bin", "lib", "package.json"]) cpSync(join(pkgRoot, part), join(root, part), { recursive: true });
+  const bare = [process.execPath, join(root, "bin", "oauth-pool.mjs")];
+  const path = freshPath();
+
+  const help = await cli(["--help"], { path, command: bare });
+  assert.equal(help.code, 0, help.stderr);
+  assert.match(help.stdout, /import-claude-code/);
+  const version = await cli(["--version"], { path, command: bare });
+  assert.equal(version.code, 0);
+  assert.match(version.stdout, /native addon missing/);
+  assert.equal(json(await cli(["--version", "--json"], { path, command: bare })).native, null);
+
+  const list = await cli(["list"], { path, command: bare });
+  assert.equal(list.code, 1);
+  assert.match(list.stderr, /^error \[NATIVE_MISSING\]: /);
+  assert.equal(json(await cli(["list", "--json"], { path, command: bare })).error.code, "NATIVE_MISSING");
+  const doc = await cli(["doctor", "--json"], { path, command: bare });
+  assert.equal(doc.code, 3);
+  const native = json(doc).checks.find((c) => c.name === "native");
+  assert.equal(native.level, "problem");
+  assert.equal(native.code, "NATIVE_MISSING");
+  assert.ok(!existsSync(path));
+});
+
+test("options go anywhere, negative numbers stay values, and usage errors name the option", async () => {
+  const path = freshPath();
+  await seed(path, [{ email: "n@x.test" }]);
+  let r = await cli(["--json", "priority", "n@x.test", "-12"], { path });
+  assert.deepEqual(json(r), { email: "n@x.test", priority: -12 });
+  r = await cli(["priority", "--path", path, "n@x.test", "-1"], { path: freshPath() });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(readPool(path).anthropic[0].priority, -1);
+  const cases = [
+    [["list", "--mode", "max"], /list does not take --mode/],
+    [["list", "--nope"], /list does not take --nope/],
+    [["frobnicate", "--nope"], /unknown option --nope/],
+    [["list", "--path"], /--path needs a value/],
+    [["list", "--path="], /--path needs a value/],
+    [["list", "--json=yes"], /--json takes no value/],
+    [["list", "-x"], /list does not take -x/],
+    [["add-key", "sk-ant-oops"], /the key is read from stdin/],
+    [["priority", "n@x.test", "-1.5"], /priority must be an integer, not -1\.5/],
+  ];
+  for (const [args, message] of cases) {
+    const u = await cli(args, { path });
+    assert.equal(u.code, 2, args.join(" "));
+    assert.match(u.stderr, message, args.join(" "));
+  }
+});
+
+test("parseCommandLine: per-command options, two-word commands, negative numbers (no child process)", () => {
+  const registry = {
+    priority: {},
+    "store init": {},
+    "store copy": { from: { type: "string" }, to: { type: "string" } },
+    serve: { port: { type: "string" }, "show-key": { type: "boolean" } },
+  };
+  const parse = (...argv) => parseCommandLine(argv, (name) => registry[name]);
+  assert.deepEqual(parse("priority", "a@x", "-1", "--json"), { command: "priority", positionals: ["a@x", "-1"], options: { json: true } });
+  assert.deepEqual(parse("--path", "/p", "store", "copy", "--from", "file", "--to=keychain"), {
+    command: "store copy",
+    positionals: [],
+    options: { path: "/p", from: "file", to: "keychain" },
+  });
+  assert.deepEqual(parse("store", "init").command, "store init");
+  assert.throws(() => parse("store", "init", "--from", "x"), /store init does not take --from/);
+  assert.deepEqual(parse("serve", "--port", "0", "--show-key").options, { port: "0", "show-key": true });
+  assert.throws(() => parse("serve", "--show-key=1"), /--show-key takes no value/);
+  assert.throws(() => parse("serve", "--port"), /--port needs a value/);
+  assert.throws(() => parse("serve", "--port", "--show-key"), /--port needs a value \(write --port=<value>/);
+  assert.deepEqual(parse("-V"), { command: undefined, positionals: [], options: { version: true } });
 });

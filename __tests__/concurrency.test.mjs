@@ -4,7 +4,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { startEnv, seedPool, account, mode } from "./helpers/pool-env.mjs";
+import { startEnv, seedPool, account, mode, runWorkersTogether } from "./helpers/pool-env.mjs";
 
 const PROCS = Number(process.env.OAUTH_POOL_SOAK_PROCS ?? 20);
 const REQUESTS = Number(process.env.OAUTH_POOL_SOAK_REQUESTS ?? 50);
@@ -34,9 +34,7 @@ test(`${PROCS} processes x ${REQUESTS} requests on a just-expired account: one r
   const path = await seedPool(mock, ["hot@x.test"], { expired: ["hot@x.test"] });
   mock.setTokenMode({ delayMs: 100, grant: "refresh_token" });
   const checker = run("./helpers/pool-checker.mjs", [path], { stdin: "pipe" });
-  const startAt = String(Date.now() + 1500);
-  const workers = Array.from({ length: PROCS }, () => run("./helpers/pool-worker.mjs", [path, mock.url, String(REQUESTS), startAt]));
-  const results = await Promise.all(workers.map((w) => w.done));
+  const results = await runWorkersTogether(here("./helpers/pool-worker.mjs"), PROCS, [path, mock.url, String(REQUESTS)]);
   checker.child.stdin.end();
   const check = JSON.parse((await checker.done).out);
   const served = results.flatMap((r) => {
@@ -60,10 +58,11 @@ test(`${PROCS} processes x ${REQUESTS} requests on a just-expired account: one r
 test("a process killed while it holds the refresh lock does not block the next one", async () => {
   const path = await seedPool(mock, ["killed@x.test"], { expired: ["killed@x.test"] });
   mock.setTokenMode({ hang: true, grant: "refresh_token" });
+  // The victim's refresh call arriving at the token endpoint is the signal that it holds the
+  // lock (it takes it before the re-read and keeps it until the write).
+  const refreshing = mock.waitFor("token", (r) => r.grant === "refresh_token");
   const victim = run("./helpers/pool-worker.mjs", [path, mock.url, "1"]);
-  // Wait until its refresh call is in flight (it holds the lock from re-read to write).
-  for (let i = 0; i < 200 && mock.stats().refreshCalls === 0; i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(mock.stats().refreshCalls >= 1, "the victim is refreshing");
+  await refreshing;
   victim.child.kill("SIGKILL");
   await victim.done;
   mock.setTokenMode(null);

@@ -3,9 +3,9 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { createPoolFetch, loadPool, savePool } from "../index.mjs";
+import { createPoolFetch, loadPool, savePool, flushPool, resetCooldowns } from "../index.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
-import { startEnv, seedPool, account, readPool, mode, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+import { startEnv, seedPool, account, readPool, mode, messagesUrl, body, jsonHeaders, runWorkersTogether } from "./helpers/pool-env.mjs";
 
 let mock;
 before(async () => {
@@ -25,9 +25,9 @@ const deltaText = (sse) =>
     .join("");
 
 const workerPath = fileURLToPath(new URL("./helpers/pool-worker.mjs", import.meta.url));
-function runWorker(path, count, startAt) {
+function runWorker(path, count) {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [workerPath, path, mock.url, String(count), String(startAt ?? "")], {
+    const child = spawn(process.execPath, [workerPath, path, mock.url, String(count)], {
       env: process.env,
       stdio: ["ignore", "pipe", "inherit"],
     });
@@ -73,6 +73,7 @@ test("a 429 moves the same request to the next account and the cooldown lands in
   const sent = mock.requests.filter((r) => r.path.startsWith("/v1/messages"));
   assert.deepEqual(sent.map((r) => r.email), ["r1@x.test", "r2@x.test"]);
   assert.equal(sent[0].body, sent[1].body, "the retried body is identical");
+  await flushPool(path);
   const a = account(path, "r1@x.test");
   assert.equal(a.status, "rate-limited");
   assert.ok(Math.abs(a.rateLimitUntil - reset * 1000) < 2000, `until ${a.rateLimitUntil} vs ${reset * 1000}`);
@@ -133,6 +134,7 @@ test("a bare 429 is a short burst cooldown, not a long bench", async () => {
   const res = await post(poolFetch);
   assert.equal(res.poolAccount, "b2@x.test");
   await res.text();
+  await flushPool(path);
   const until = account(path, "b1@x.test").rateLimitUntil;
   assert.ok(until - Date.now() <= 2500, `cooling ${until - Date.now()} ms`);
 });
@@ -141,15 +143,29 @@ test("401 after another client rotated the token: the newer token in the file is
   const path = await seedPool(mock, ["a1@x.test"]);
   const poolFetch = createPoolFetch({ path });
   await (await post(poolFetch)).text();
+  // The request leaves with the old token; while it is upstream, another client rotates the
+  // family and writes the new tokens into the file; then the old token is answered with a 401.
+  let release;
+  mock.script("a1@x.test", [{ status: 401, until: new Promise((r) => (release = r)) }]);
+  const arrived = mock.waitFor("api", (r) => r.email === "a1@x.test");
+  const oldAccess = readPool(path).anthropic[0].access;
+  const pending = post(poolFetch);
+  await arrived;
   const fresh = mock.rotate("a1@x.test"); // the old access token is now dead
   const pool = readPool(path);
   pool.anthropic[0] = { ...pool.anthropic[0], access: fresh.access, refresh: fresh.refresh, expires: fresh.expires };
   await savePool(pool, path);
   const before = mock.stats().refreshCalls;
-  const res = await post(poolFetch);
+  mock.clearRequests();
+  release();
+  const res = await pending;
   assert.equal(res.status, 200);
   await res.text();
-  assert.equal(mock.stats().refreshCalls, before);
+  assert.equal(mock.stats().refreshCalls, before, "adopted, not refreshed");
+  const sent = mock.requests.filter((r) => r.path.startsWith("/v1/messages"));
+  assert.equal(sent.length, 1, "the retry after the 401");
+  assert.equal(sent[0].headers.authorization, `Bearer ${fresh.access}`, "the adopted token was sent");
+  assert.notEqual(fresh.access, oldAccess);
 });
 
 test("401 with an unchanged file: refresh once, retry once on the same account", async () => {
@@ -168,6 +184,7 @@ test("401 with an unchanged file: refresh once, retry once on the same account",
   assert.equal(mock.stats().refreshCalls, before + 1);
   assert.equal(mock.requests.length, 2, "the 401, then one retry");
   assert.equal(mock.requests[1].email, served);
+  await flushPool(path);
   assert.equal(account(path, served).access, mock.tokens(served).access, "new token saved");
 });
 
@@ -183,6 +200,7 @@ test("a dead refresh token marks the account auth-error (tokens kept) and rotate
   const res = await post(poolFetch);
   assert.equal(res.poolAccount, "d2@x.test");
   await res.text();
+  await flushPool(path);
   const after = account(path, "d1@x.test");
   assert.equal(after.status, "auth-error");
   assert.equal(after.refresh, before.refresh, "tokens are never deleted");
@@ -203,15 +221,18 @@ test("10 concurrent requests on an expired token: exactly one refresh", async ()
   const fam = mock.stats().perFamily["e1@x.test"];
   assert.equal(fam.refreshCalls, 1);
   assert.equal(fam.reuse, 0);
+  await flushPool(path);
   assert.equal(account(path, "e1@x.test").refresh, mock.tokens("e1@x.test").refresh);
 });
 
 test("4 processes x 3 requests on an expired token: one refresh, no reuse", async () => {
   const path = await seedPool(mock, ["p1@x.test"], { expired: ["p1@x.test"] });
   mock.setTokenMode({ delayMs: 200, grant: "refresh_token" });
-  const startAt = Date.now() + 700;
-  const results = await Promise.all([0, 1, 2, 3].map(() => runWorker(path, 3, startAt)));
-  const flat = results.flat();
+  const results = await runWorkersTogether(workerPath, 4, [path, mock.url, "3"]);
+  const flat = results.flatMap((r) => {
+    assert.equal(r.code, 0);
+    return JSON.parse(r.out);
+  });
   assert.equal(flat.length, 12);
   assert.ok(flat.every((r) => r.status === 200), JSON.stringify(flat));
   const fam = mock.stats().perFamily["p1@x.test"];
@@ -236,6 +257,7 @@ test("529 and 500 pass through and bench nobody", async () => {
     const err = await res.json();
     assert.equal(err.type, "error");
   }
+  await flushPool(path);
   const a = account(path, served);
   assert.equal(a.rateLimitUntil, null);
   assert.notEqual(a.status, "auth-error");
@@ -265,8 +287,10 @@ test("abort before sending and in the middle of a stream", async () => {
 
   mock.script("ab@x.test", [{ hang: true }]);
   const waiting = new AbortController();
+  const arrived = mock.waitFor("api", (r) => r.email === "ab@x.test");
   const pending = post(poolFetch, {}, { signal: waiting.signal });
-  setTimeout(() => waiting.abort(), 100);
+  await arrived; // the request is upstream, waiting for headers that never come
+  waiting.abort();
   await assert.rejects(pending, (e) => e.name === "AbortError");
 
   mock.script("ab@x.test", [{ sse: true, text: "x".repeat(400), chunkSize: 8, delayMs: 20 }]);
@@ -321,6 +345,7 @@ test("a connection reset mid-stream errors the stream and is never replayed", as
   const res = await post(poolFetch, { stream: true });
   await assert.rejects(res.text());
   assert.equal(mock.requests.length, 1);
+  await flushPool(path);
   assert.equal(account(path, served).rateLimitUntil, null);
 });
 
@@ -397,7 +422,7 @@ test("session affinity: sessions keep their account, subagents inherit their par
   const other = first === "sa1@x.test" ? "sa2@x.test" : "sa1@x.test";
   mock.script(first, [{ status: 429, headers: { "retry-after": "1" } }]);
   assert.equal(await ask({ "x-session-affinity": "ses_two" }), other, "a burst 429 moves the new session");
-  await new Promise((r) => setTimeout(r, 1100));
+  await resetCooldowns(path); // the burst is over
   assert.equal(await ask({ "x-session-affinity": "ses_one" }), first, "ses_one goes back to its own account");
   assert.equal(await ask({ "X-Session-Id": "ses_sub2", "x-parent-session-id": "ses_two" }), other);
   assert.equal(await ask({ "X-Session-Id": "ses_sub1", "x-parent-session-id": "ses_one" }), first);

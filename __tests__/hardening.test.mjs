@@ -31,6 +31,7 @@ test("token rotated then the answer lost: one more try with the same token, then
   assert.equal(res.poolAccount, "lost2@x.test");
   await res.text();
   assert.equal(mock.stats().perFamily["lost1@x.test"].refreshCalls, 2);
+  await flushPool(path);
   const a = account(path, "lost1@x.test");
   assert.equal(a.status, "auth-error");
   assert.ok(a.refresh && a.access, "tokens kept");
@@ -44,6 +45,7 @@ test("a token-endpoint 429 sets a shared backoff: no process hammers it", async 
   const res = await post(f);
   assert.equal(res.poolAccount, "tb2@x.test");
   await res.text();
+  await flushPool(path);
   const a = account(path, "tb1@x.test");
   assert.ok(a.refreshBackoffUntil > Date.now() + 100_000, "backoff stored in the file");
   assert.notEqual(a.status, "auth-error");
@@ -72,6 +74,7 @@ test("a 401 storm: bounded attempts, every account auth-error, tokens kept, a cl
   await assert.rejects(post(createPoolFetch({ path })), (e) => e.code === "POOL_NO_ACCOUNT");
   assert.equal(mock.requests.filter((r) => r.path.startsWith("/v1/messages")).length, 4, "401, refresh, one retry, per account");
   for (const e of emails) {
+    await flushPool(path);
     const a = account(path, e);
     assert.equal(a.status, "auth-error");
     assert.ok(a.refresh);
@@ -89,6 +92,7 @@ test("headers that never come: a timeout error, and nobody benched", async () =>
   } finally {
     delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
   }
+  await flushPool(path);
   assert.equal(account(path, "hang@x.test").rateLimitUntil, null);
 });
 
@@ -108,6 +112,7 @@ test("malformed rate-limit headers give sane cooldowns", async () => {
     const res = await post(createPoolFetch({ path }));
     assert.equal(res.poolAccount, "mh2@x.test");
     await res.text();
+    await flushPool(path);
     const wait = account(path, "mh1@x.test").rateLimitUntil - Date.now();
     assert.ok(wait >= min - 2000 && wait <= max, `${JSON.stringify(headers)}: ${wait} ms`);
   }

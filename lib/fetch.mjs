@@ -3,6 +3,7 @@
 // the native answer into a real Response whose body is pulled from Rust chunk by chunk.
 import { native, syncEnv } from "./native.mjs";
 import { settle, toPoolError } from "./errors.mjs";
+import { invalidArgument } from "./api.mjs";
 
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
 
@@ -13,12 +14,24 @@ function abortError(signal) {
 }
 
 async function requestParts(input, init) {
+  if (typeof init !== "object" || Array.isArray(init)) throw invalidArgument(`fetch options must be an object, got ${typeof init}`);
   const isRequest = typeof Request !== "undefined" && input instanceof Request;
-  const url = isRequest ? input.url : input instanceof URL ? input.href : String(input);
+  if (!isRequest && typeof input !== "string" && !(input instanceof URL)) {
+    throw invalidArgument(`fetch takes a URL string, a URL or a Request, got ${input === null ? "null" : typeof input}`);
+  }
+  const url = isRequest ? input.url : input instanceof URL ? input.href : input;
+  if (init.method !== undefined && typeof init.method !== "string") {
+    throw invalidArgument(`method must be a string such as "POST", got ${typeof init.method}`);
+  }
   const method = (init.method ?? (isRequest ? input.method : "GET")).toUpperCase();
-  const headers = new Headers(isRequest ? input.headers : undefined);
-  if (init.headers !== undefined) {
-    for (const [k, v] of new Headers(init.headers)) headers.set(k, v);
+  let headers;
+  try {
+    headers = new Headers(isRequest ? input.headers : undefined);
+    if (init.headers !== undefined) {
+      for (const [k, v] of new Headers(init.headers)) headers.set(k, v);
+    }
+  } catch (err) {
+    throw invalidArgument(`headers are not valid: ${err?.message ?? err}`);
   }
   let source = init.body !== undefined ? init.body : isRequest ? input.body : null;
   let body;
@@ -82,12 +95,33 @@ function bodyStream(res, signal, done) {
   );
 }
 
+// Cooldowns and last-use bookkeeping are written in the background, never on an answer's path.
+// A short-lived process (a script, the CLI) would exit before they land: write them first.
+const usedPaths = new Set();
+let exitHookInstalled = false;
+function flushBeforeExit(path) {
+  usedPaths.add(path ?? "");
+  if (exitHookInstalled || typeof process?.once !== "function") return;
+  exitHookInstalled = true;
+  process.once("beforeExit", () => {
+    const pending = [...usedPaths].map((p) => settle(Promise.resolve().then(() => native.flushPool(p || undefined))).catch(() => {}));
+    // Bounded: a pool file locked by a stuck process must not keep this one alive.
+    const timer = setTimeout(() => {}, 5000);
+    Promise.race([Promise.all(pending), new Promise((r) => setTimeout(r, 5000).unref?.())]).finally(() => clearTimeout(timer));
+  });
+}
+
 /**
  * A fetch that serves each request from the pool's accounts, with failover.
  * @param {{ path?: string, provider?: "anthropic", onEvent?: (e: object) => void }} [options]
  */
 export function createPoolFetch(options = {}) {
+  if (options !== undefined && options !== null && (typeof options !== "object" || Array.isArray(options))) {
+    throw invalidArgument("createPoolFetch takes an options object { path?, onEvent? }");
+  }
   const { path, provider = "anthropic", onEvent } = options ?? {};
+  if (path !== undefined && path !== null && typeof path !== "string") throw invalidArgument("path must be a string");
+  if (onEvent !== undefined && onEvent !== null && typeof onEvent !== "function") throw invalidArgument("onEvent must be a function");
   if (provider !== "anthropic") {
     const err = new Error(`unknown provider ${JSON.stringify(provider)}: only "anthropic" is pooled`);
     err.code = "INVALID_ARGUMENT";
@@ -98,6 +132,7 @@ export function createPoolFetch(options = {}) {
     const { signal } = parts;
     if (signal?.aborted) throw abortError(signal);
     syncEnv();
+    flushBeforeExit(path);
     const controller = new native.FetchController();
     const onAbort = () => controller.abort();
     signal?.addEventListener?.("abort", onAbort, { once: true });

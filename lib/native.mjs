@@ -1,6 +1,8 @@
-// Loads the native addon for this platform: a local build first (`npm run build` puts
-// oauth-pool.<triple>.node next to package.json), then the prebuilt optional package
-// opencode-oauth-pool-<triple>. Works under Node and Bun (both implement createRequire).
+// Loads the native addon for this platform on first use: a local build first (`npm run build`
+// puts oauth-pool.<triple>.node next to package.json), then the prebuilt optional package
+// opencode-oauth-pool-<triple>. Importing never throws: a host plugin that composes our parts
+// keeps its other hooks when no binary fits, and the first call that needs native code rejects
+// with NATIVE_MISSING naming the package to install. Works under Node and Bun.
 import { createRequire } from "node:module";
 import { existsSync } from "node:fs";
 import { platformTriple } from "./platform.mjs";
@@ -36,7 +38,20 @@ function load() {
   throw error;
 }
 
-const binding = load();
+let binding = null;
+let failure = null;
+/** The addon, loaded on first call; throws NATIVE_MISSING (every time) when none fits. */
+export function nativeBinding() {
+  if (binding) return binding;
+  if (failure) throw failure;
+  try {
+    binding = load();
+  } catch (err) {
+    failure = err;
+    throw err;
+  }
+  return binding;
+}
 
 // Bun does not pass process.env changes down to the C environment the addon reads, so every
 // call first hands over the variables this runtime sees (only when they changed).
@@ -49,6 +64,20 @@ const ENV_KEYS = [
   "OAUTH_POOL_TIMEOUT_MS",
   "OAUTH_POOL_RESPONSE_TIMEOUT_MS",
   "OAUTH_POOL_SOFT_THRESHOLD",
+  "OAUTH_POOL_HOLD_MAX_MS",
+  "OAUTH_POOL_STORE",
+  "OAUTH_POOL_STORE_KEY",
+  "OAUTH_POOL_GATEWAY_KEY",
+  "HTTPS_PROXY",
+  "https_proxy",
+  "HTTP_PROXY",
+  "http_proxy",
+  "ALL_PROXY",
+  "all_proxy",
+  "NO_PROXY",
+  "no_proxy",
+  "NODE_EXTRA_CA_CERTS",
+  "SSL_CERT_FILE",
   "HOME",
   "USERPROFILE",
 ];
@@ -62,21 +91,24 @@ export function syncEnv() {
     const v = process.env[k];
     if (typeof v === "string") vars[k] = v;
   }
-  binding.syncEnv(vars);
+  nativeBinding().syncEnv(vars);
   lastEnv = key;
 }
 
-export const native = new Proxy(binding, {
-  get(target, prop) {
-    const value = target[prop];
-    if (typeof value !== "function" || prop === "syncEnv") return value;
-    if (prop === "FetchController" || prop === "NativeResponse") {
-      return value;
-    }
-    return (...args) => {
-      syncEnv();
-      return value.apply(target, args);
-    };
+/** The addon's exports; functions hand over the environment first. Loads on first access. */
+export const native = new Proxy(
+  {},
+  {
+    get(_, prop) {
+      const target = nativeBinding();
+      const value = target[prop];
+      if (typeof value !== "function" || prop === "syncEnv") return value;
+      if (prop === "FetchController" || prop === "NativeResponse" || prop === "NativeExchange") return value;
+      return (...args) => {
+        syncEnv();
+        return value.apply(target, args);
+      };
+    },
   },
-});
+);
 export { platformTriple };

@@ -320,11 +320,22 @@ try {
   );
   await newRequests();
 
-  // 2. A plain prompt streams the mock's answer, with the pool's bearer tokens.
-  const r1 = await opencodeRun("say hi");
+  // 2. A plain prompt streams the mock's answer, with the pool's bearer tokens. With logs on, the
+  // run also shows that 1.18's embedded V2 core called setup() and that it stood aside.
+  const r1 = await opencodeRun("say hi", { OAUTH_POOL_LOG: "oauth_pool=debug" });
   const req1 = await newRequests();
   const pool1 = readPool().anthropic;
   check(`opencode run streams the mock's answer (${r1.ms} ms)`, r1.code === 0 && /Hello from \S+@example\.com/.test(r1.stdout), `exit ${r1.code}${r1.timedOut ? " (timed out)" : ""}\nstdout: ${r1.stdout.slice(-500)}\n${pluginLoadError(r1.stderr) ?? r1.stderr.slice(-1500)}`);
+  check(
+    "setup() ran on the 1.18 registration-only context and stood aside (server() serves)",
+    /\[oauth-pool\] setup: registration-only context \(OpenCode 1\.18\)/.test(r1.stderr),
+    r1.stderr.split("\n").filter((l) => /oauth-pool|setup/.test(l)).slice(0, 10).join("\n") || "(no setup line in the logs)",
+  );
+  check(
+    "debug logs of the run carry no token",
+    !pool1.some((a) => [a.access, a.refresh].some((t) => t && r1.stderr.includes(t))),
+    "a token appeared in OpenCode's stderr",
+  );
   check(
     "the mock saw the pool's bearer token on every request",
     req1.length > 0 && req1.every((r) => r.email && pool1.some((a) => a.email === r.email && r.headers.authorization === masked(a.access)) && r.status === 200),

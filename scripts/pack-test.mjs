@@ -147,7 +147,11 @@ try {
   check("the native addon loads (" + lib.platformTriple() + ")", lib.nativeVersion() === ${JSON.stringify(PKG.version)}, lib.nativeVersion());
   const plugin = pluginModule.default;
   check("plugin module exports only the plugin", Object.keys(pluginModule).join() === "default", Object.keys(pluginModule).join());
-  check("plugin default export is { id: 'oauth-pool', server: fn }", plugin && plugin.id === "oauth-pool" && typeof plugin.server === "function" && Object.keys(plugin).sort().join() === "id,server", JSON.stringify(Object.keys(plugin ?? {})));
+  check(
+    "plugin default export is { id: 'oauth-pool', server: fn, setup: fn } (OpenCode 1.18 and 2)",
+    plugin && plugin.id === "oauth-pool" && typeof plugin.server === "function" && typeof plugin.setup === "function" && Object.keys(plugin).sort().join() === "id,server,setup",
+    JSON.stringify(Object.keys(plugin ?? {})),
+  );
 
   const mock = await startMockAnthropic();
   try {

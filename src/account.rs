@@ -205,6 +205,21 @@ impl Account {
     }
 
     /// `lastUsed` as epoch milliseconds (0 when never used or unreadable).
+    /// A short tag of the credential in use (refresh token, else access token; the key for API
+    /// members): an auth-error belongs to the credential that failed, and a new login, with new
+    /// tokens, clears it.
+    pub fn credential_tag(&self) -> Option<String> {
+        let secret = if self.is_api_key() {
+            self.key.as_ref()
+        } else {
+            self.refresh
+                .as_ref()
+                .filter(|r| !r.is_empty())
+                .or(self.access.as_ref())
+        };
+        secret.filter(|s| !s.is_empty()).map(Secret::fingerprint)
+    }
+
     pub fn last_used_ms(&self) -> i64 {
         self.last_used
             .as_deref()
@@ -230,6 +245,14 @@ impl Serialize for Entry {
 }
 
 impl Entry {
+    /// The entry's email, also for an unreadable entry that has one.
+    pub fn email(&self) -> Option<&str> {
+        match self {
+            Entry::Valid(a) => Some(&a.email),
+            Entry::Invalid { raw, .. } => raw.get("email").and_then(Value::as_str),
+        }
+    }
+
     fn from_value(raw: Value) -> Entry {
         let problem = match &raw {
             Value::Object(map) => match map.get("email") {
@@ -319,6 +342,21 @@ impl Pool {
     /// Strict validation for pools handed to us by a caller (`savePool`): unlike a file on disk,
     /// a bad entry here is the caller's bug and is refused rather than kept.
     pub fn from_caller(value: Value) -> Result<Pool> {
+        // `savePool({})` would otherwise replace every account with none.
+        match value.get("anthropic") {
+            Some(Value::Array(_)) => {}
+            Some(other) => {
+                return Err(Error::PoolInvalid(format!(
+                    "\"anthropic\" is {}, not an array of accounts",
+                    kind_of(other)
+                )))
+            }
+            None => {
+                return Err(Error::PoolInvalid(
+                    "a pool needs an \"anthropic\" array (use [] for no accounts)".into(),
+                ))
+            }
+        }
         let pool = Pool::from_value(value).map_err(Error::PoolInvalid)?;
         for (i, e) in pool.anthropic.iter().enumerate() {
             if let Entry::Invalid { reason, .. } = e {
@@ -352,15 +390,112 @@ impl Pool {
             })
     }
 
+    /// The account with exactly this email, else the only one whose email differs from it just
+    /// in case or surrounding spaces. Two entries that differ only in case are two accounts
+    /// (the JavaScript predecessor could write both): exact match wins, never a guess.
     pub fn find(&self, email: &str) -> Option<&Account> {
-        let key = normalize_email(email);
-        self.accounts().find(|a| normalize_email(&a.email) == key)
+        let i = self.position(email)?;
+        match &self.anthropic[i] {
+            Entry::Valid(a) => Some(a.as_ref()),
+            Entry::Invalid { .. } => None,
+        }
     }
 
     pub fn find_mut(&mut self, email: &str) -> Option<&mut Account> {
+        let i = self.position(email)?;
+        match &mut self.anthropic[i] {
+            Entry::Valid(a) => Some(a.as_mut()),
+            Entry::Invalid { .. } => None,
+        }
+    }
+
+    fn position(&self, email: &str) -> Option<usize> {
+        let valid = |e: &Entry| matches!(e, Entry::Valid(_));
+        if let Some(i) = self
+            .anthropic
+            .iter()
+            .position(|e| valid(e) && e.email() == Some(email))
+        {
+            return Some(i);
+        }
         let key = normalize_email(email);
-        self.accounts_mut()
-            .find(|a| normalize_email(&a.email) == key)
+        let mut loose =
+            self.anthropic.iter().enumerate().filter(|(_, e)| {
+                valid(e) && e.email().map(normalize_email).as_deref() == Some(&key)
+            });
+        match (loose.next(), loose.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The entries a person means by `target` (for remove, enable, priority): every entry with
+    /// exactly that email (readable or not), else the one entry equal up to case, else `#N`,
+    /// the N-th entry (how unreadable entries without an email are named).
+    pub fn resolve(&self, target: &str) -> Result<Vec<usize>> {
+        let target = target.trim();
+        if let Some(n) = target
+            .strip_prefix('#')
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            return if n < self.anthropic.len() {
+                Ok(vec![n])
+            } else {
+                Err(Error::AccountNotFound(target.to_string()))
+            };
+        }
+        let exact: Vec<usize> = self
+            .anthropic
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.email().map(str::trim) == Some(target))
+            .map(|(i, _)| i)
+            .collect();
+        if !exact.is_empty() {
+            return Ok(exact);
+        }
+        let key = normalize_email(target);
+        let loose: Vec<usize> = self
+            .anthropic
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.email().map(normalize_email).as_deref() == Some(&key))
+            .map(|(i, _)| i)
+            .collect();
+        match loose.len() {
+            0 => Err(Error::AccountNotFound(target.to_string())),
+            1 => Ok(loose),
+            _ => Err(Error::InvalidArgument(format!(
+                "{target:?} matches {} accounts that differ only in case ({}): give the exact email",
+                loose.len(),
+                loose
+                    .iter()
+                    .filter_map(|i| self.anthropic[*i].email())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Groups of account emails that differ only in case: reported by `status` and `doctor`.
+    pub fn case_clashes(&self) -> Vec<Vec<String>> {
+        let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+        for email in self.anthropic.iter().filter_map(Entry::email) {
+            let key = normalize_email(email);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, members)) => {
+                    if !members.iter().any(|m| m == email) {
+                        members.push(email.to_string())
+                    }
+                }
+                None => groups.push((key, vec![email.to_string()])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(_, m)| m)
+            .filter(|m| m.len() > 1)
+            .collect()
     }
 
     /// Adds an account, or, when one with the same email exists, replaces its credentials and
@@ -387,15 +522,14 @@ impl Pool {
         }
     }
 
-    /// Removes every entry with this email (duplicates included). Returns how many went.
-    pub fn remove(&mut self, email: &str) -> usize {
-        let key = normalize_email(email);
-        let before = self.anthropic.len();
-        self.anthropic.retain(|e| match e {
-            Entry::Valid(a) => normalize_email(&a.email) != key,
-            Entry::Invalid { .. } => true,
-        });
-        before - self.anthropic.len()
+    /// Removes the entries `target` names (see `resolve`). Returns how many went.
+    pub fn remove(&mut self, target: &str) -> Result<usize> {
+        let mut doomed = self.resolve(target)?;
+        doomed.sort_unstable();
+        for i in doomed.iter().rev() {
+            self.anthropic.remove(*i);
+        }
+        Ok(doomed.len())
     }
 }
 
@@ -480,6 +614,14 @@ mod tests {
         assert_eq!(out["anthropic"][2], v["anthropic"][2]);
         assert_eq!(out["anthropic"][3], json!(7));
         assert!(Pool::from_caller(v).is_err());
+        for bad in [
+            json!({}),
+            json!({"anthropic": null}),
+            json!({"x": 1}),
+            json!({"anthropic": {}}),
+        ] {
+            assert_eq!(Pool::from_caller(bad).unwrap_err().code(), "POOL_INVALID");
+        }
     }
 
     #[test]
@@ -519,8 +661,54 @@ mod tests {
         assert_eq!(a.priority, Some(5));
         assert_eq!(a.status, "idle");
         assert!(pool.upsert(Account::new_api_key("k@x", "sk".into(), now)));
-        assert_eq!(pool.remove("A@x"), 1);
+        assert_eq!(pool.remove("A@x").unwrap(), 1);
         assert_eq!(pool.accounts().count(), 1);
+    }
+
+    #[test]
+    fn emails_differing_in_case_are_two_accounts() {
+        let now = 1_800_000_000_000;
+        let mut pool = Pool::from_value(json!({"anthropic": [
+            {"email": "Ann@x", "access": "a1"},
+            {"email": "ann@x", "access": "a2"},
+            {"email": "bad@x", "expires": "soon"},
+            7
+        ]}))
+        .unwrap();
+        assert_eq!(
+            pool.find("ann@x")
+                .unwrap()
+                .access
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "a2"
+        );
+        assert_eq!(
+            pool.find("Ann@x")
+                .unwrap()
+                .access
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "a1"
+        );
+        assert!(pool.find("ANN@X").is_none(), "ambiguous: no guess");
+        assert_eq!(
+            pool.case_clashes(),
+            vec![vec!["Ann@x".to_string(), "ann@x".to_string()]]
+        );
+        assert_eq!(
+            pool.resolve("ANN@x").unwrap_err().code(),
+            "INVALID_ARGUMENT"
+        );
+        assert_eq!(pool.remove("ann@x").unwrap(), 1);
+        assert_eq!(pool.find("ANN@X").unwrap().email, "Ann@x");
+        // Unreadable entries are reachable by email, or by #index when they have none.
+        assert_eq!(pool.remove("bad@x").unwrap(), 1);
+        assert_eq!(pool.remove("#1").unwrap(), 1);
+        assert_eq!(pool.anthropic.len(), 1);
+        assert!(!pool.upsert(Account::new_api_key("ann@x", "k".into(), now)));
     }
 
     #[test]

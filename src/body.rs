@@ -24,6 +24,8 @@ pub enum ResponseBody {
     OnDemand(Box<reqwest::Response>),
     ReadAhead(mpsc::Receiver<Result<Bytes, String>>),
     Full(Bytes),
+    /// Bytes read already (the start of a 400), then the rest of the body.
+    Prefixed(Bytes, Box<ResponseBody>),
     /// The stream broke after the bytes already delivered; the next read reports it.
     Failed(String),
     Done,
@@ -60,6 +62,9 @@ impl ResponseBody {
             }
             fetch::Body::Stream(r) if is_event_stream(&r) => ResponseBody::OnDemand(Box::new(r)),
             fetch::Body::Stream(r) => ResponseBody::ReadAhead(read_ahead(r, cancel.clone())),
+            fetch::Body::Peeked(start, r) => {
+                ResponseBody::Prefixed(start, Box::new(ResponseBody::OnDemand(Box::new(r))))
+            }
             fetch::Body::Full(b) if b.is_empty() => ResponseBody::Done,
             fetch::Body::Full(b) => ResponseBody::Full(b),
         })
@@ -80,6 +85,13 @@ impl ResponseBody {
     pub async fn next_batch(&mut self, cancel: &CancellationToken) -> Result<Option<Vec<u8>>> {
         if let Some(full) = self.take_full() {
             return Ok(Some(full.to_vec()));
+        }
+        if let ResponseBody::Prefixed(..) = self {
+            if let ResponseBody::Prefixed(start, rest) = std::mem::replace(self, ResponseBody::Done)
+            {
+                *self = *rest;
+                return Ok(Some(start.to_vec()));
+            }
         }
         let first = tokio::select! {
             biased;
@@ -129,7 +141,7 @@ impl ResponseBody {
                 None => Ok(None),
             },
             ResponseBody::Failed(detail) => Err(mid_stream(std::mem::take(detail))),
-            ResponseBody::Full(_) | ResponseBody::Done => Ok(None),
+            ResponseBody::Full(_) | ResponseBody::Prefixed(..) | ResponseBody::Done => Ok(None),
         }
     }
 

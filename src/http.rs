@@ -1,16 +1,25 @@
 //! The process's HTTP clients, built once: one for the Messages API (connection pooling, HTTP/2
-//! where offered) and one for the token endpoint (no redirects: a 307 must never carry a
-//! refresh token to another place).
+//! where offered) and one for the token endpoint. Neither follows redirects: a 3xx is an answer,
+//! handed to the caller as it is, so no credential (bearer, `x-api-key`, refresh token) is ever
+//! sent anywhere but the configured origin. Both honour `HTTPS_PROXY` / `HTTP_PROXY` /
+//! `NO_PROXY` like curl and Bun (loopback is never proxied) and take extra trusted roots from
+//! `NODE_EXTRA_CA_CERTS` and `SSL_CERT_FILE`.
 
+use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use url::Url;
+
+use crate::config;
 use crate::error::{Error, Result};
 
 pub const USER_AGENT: &str = concat!("opencode-oauth-pool/", env!("CARGO_PKG_VERSION"));
 
 static API: OnceLock<reqwest::Client> = OnceLock::new();
 static TOKEN: OnceLock<reqwest::Client> = OnceLock::new();
+/// CA bundles are at most a few hundred KB; a cap keeps a hostile path from filling memory.
+const MAX_CA_FILE: u64 = 16 * 1024 * 1024;
 
 fn install_crypto() {
     // Another library in the process may have installed a provider already; either is fine.
@@ -21,7 +30,11 @@ fn build(
     configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
 ) -> Result<reqwest::Client> {
     install_crypto();
-    let builder = reqwest::Client::builder().user_agent(USER_AGENT).no_proxy();
+    let builder = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .redirect(reqwest::redirect::Policy::none())
+        .proxy(reqwest::Proxy::custom(|url| proxy_for(url, &config::env)))
+        .tls_certs_merge(extra_roots());
     configure(builder).build().map_err(|e| Error::Network {
         what: "HTTP client setup",
         detail: e.to_string(),
@@ -52,11 +65,147 @@ pub fn api_client() -> Result<reqwest::Client> {
 
 pub fn token_client() -> Result<reqwest::Client> {
     shared(&TOKEN, || {
-        build(|b| {
-            b.redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(Duration::from_secs(10))
-        })
+        build(|b| b.connect_timeout(Duration::from_secs(10)))
     })
+}
+
+/// Certificates from `NODE_EXTRA_CA_CERTS` and `SSL_CERT_FILE` (PEM), read when the first
+/// client is built. A file that cannot be used is reported and skipped, as Node does.
+fn extra_roots() -> Vec<reqwest::Certificate> {
+    let mut roots = Vec::new();
+    for var in ["NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE"] {
+        let Some(path) = config::env(var).filter(|p| !p.trim().is_empty()) else {
+            continue;
+        };
+        let path = std::path::PathBuf::from(path.trim());
+        match crate::fsread::read_regular(&path, MAX_CA_FILE, true) {
+            Ok(pem) => match reqwest::Certificate::from_pem_bundle(&pem) {
+                Ok(certs) => roots.extend(certs),
+                Err(e) => {
+                    tracing::warn!(var, path = %path.display(), error = %e, "ignoring extra CA certificates")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(var, path = %path.display(), error = %e, "ignoring extra CA certificates")
+            }
+        }
+    }
+    roots
+}
+
+/// The proxy for a request to `url`, from the caller's environment, read per request:
+/// `https_proxy`/`HTTPS_PROXY` for https, `http_proxy`/`HTTP_PROXY` for http, then
+/// `all_proxy`/`ALL_PROXY`; none for loopback or a `NO_PROXY` match.
+pub fn proxy_for(url: &Url, env: &dyn Fn(&str) -> Option<String>) -> Option<Url> {
+    let host = url.host_str()?;
+    if config::is_loopback(url) {
+        return None;
+    }
+    let pick = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| env(n).filter(|v| !v.trim().is_empty()))
+    };
+    let no_proxy = pick(&["no_proxy", "NO_PROXY"]).unwrap_or_default();
+    if bypasses(&no_proxy, host, url.port_or_known_default()) {
+        return None;
+    }
+    let raw = match url.scheme() {
+        "https" => pick(&["https_proxy", "HTTPS_PROXY"]),
+        "http" => pick(&["http_proxy", "HTTP_PROXY"]),
+        _ => None,
+    }
+    .or_else(|| pick(&["all_proxy", "ALL_PROXY"]))?;
+    let raw = raw.trim();
+    let with_scheme = if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("http://{raw}")
+    };
+    match Url::parse(&with_scheme) {
+        Ok(u) => Some(u),
+        Err(_) => {
+            tracing::warn!("ignoring a proxy setting that is not a URL");
+            None
+        }
+    }
+}
+
+/// curl's `NO_PROXY` rules: `*` matches everything; otherwise a comma- or space-separated list
+/// of host names (a name matches itself and its subdomains; a leading dot is ignored), IP
+/// addresses or CIDR ranges, each optionally with `:port`.
+pub fn bypasses(no_proxy: &str, host: &str, port: Option<u16>) -> bool {
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let host_ip: Option<IpAddr> = host.parse().ok();
+    no_proxy
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .any(|entry| {
+            if entry == "*" {
+                return true;
+            }
+            let (name, want_port) = split_port(entry);
+            if let Some(p) = want_port {
+                if Some(p) != port {
+                    return false;
+                }
+            }
+            let name = name.trim_start_matches("*.").trim_start_matches('.');
+            let name = name.to_ascii_lowercase();
+            if let Some((net, bits)) = name.split_once('/') {
+                return match (host_ip, net.parse::<IpAddr>(), bits.parse::<u8>()) {
+                    (Some(ip), Ok(net), Ok(bits)) => in_cidr(ip, net, bits),
+                    _ => false,
+                };
+            }
+            if let (Some(ip), Ok(want)) = (host_ip, name.parse::<IpAddr>()) {
+                return ip == want;
+            }
+            host == name || host.ends_with(&format!(".{name}"))
+        })
+}
+
+fn split_port(entry: &str) -> (&str, Option<u16>) {
+    // `[::1]:8080`, `host:443`; a bare IPv6 address has several colons and no port.
+    if let Some(rest) = entry.strip_prefix('[') {
+        if let Some((addr, tail)) = rest.split_once(']') {
+            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+            return (addr, port);
+        }
+    }
+    match entry.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => match port.parse() {
+            Ok(p) => (name, Some(p)),
+            Err(_) => (entry, None),
+        },
+        _ => (entry, None),
+    }
+}
+
+fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) if bits <= 32 => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) if bits <= 128 => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
 }
 
 /// Whole-call timeout for token and profile calls: `OAUTH_POOL_TIMEOUT_MS`, default 30 s.
@@ -65,8 +214,8 @@ pub fn token_call_timeout() -> Duration {
 }
 
 /// A positive whole number of milliseconds from `var`, else `default`.
-fn env_millis(var: &str, default: Duration) -> Duration {
-    crate::config::env(var)
+pub fn env_millis(var: &str, default: Duration) -> Duration {
+    config::env(var)
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis)
@@ -104,4 +253,70 @@ pub fn describe(err: &reqwest::Error) -> String {
 /// send pings far more often; a silent upstream is a dead one.
 pub fn response_timeout() -> Duration {
     env_millis("OAUTH_POOL_RESPONSE_TIMEOUT_MS", Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn proxies_follow_curl_rules() {
+        let api = Url::parse("https://api.anthropic.com/v1/messages").unwrap();
+        let env = env_of(&[("HTTPS_PROXY", "proxy.corp:3128")]);
+        assert_eq!(
+            proxy_for(&api, &env).unwrap().as_str(),
+            "http://proxy.corp:3128/"
+        );
+        let env = env_of(&[
+            ("https_proxy", "http://lower:1"),
+            ("HTTPS_PROXY", "http://upper:2"),
+        ]);
+        assert_eq!(proxy_for(&api, &env).unwrap().port(), Some(1));
+        let env = env_of(&[("HTTP_PROXY", "http://p:1")]);
+        assert!(
+            proxy_for(&api, &env).is_none(),
+            "http proxy is not for https"
+        );
+        let env = env_of(&[("ALL_PROXY", "http://p:1")]);
+        assert!(proxy_for(&api, &env).is_some());
+        let local = Url::parse("http://127.0.0.1:9/v1").unwrap();
+        let env = env_of(&[("HTTP_PROXY", "http://p:1"), ("ALL_PROXY", "http://p:1")]);
+        assert!(
+            proxy_for(&local, &env).is_none(),
+            "loopback is never proxied"
+        );
+        for np in [
+            "anthropic.com",
+            ".anthropic.com",
+            "*",
+            "x, api.anthropic.com",
+            "anthropic.com:443",
+        ] {
+            let env = env_of(&[("HTTPS_PROXY", "http://p:1"), ("NO_PROXY", np)]);
+            assert!(proxy_for(&api, &env).is_none(), "{np}");
+        }
+        for np in ["thropic.com", "anthropic.com:8443", "other"] {
+            let env = env_of(&[("HTTPS_PROXY", "http://p:1"), ("no_proxy", np)]);
+            assert!(proxy_for(&api, &env).is_some(), "{np}");
+        }
+    }
+
+    #[test]
+    fn no_proxy_addresses_and_ranges() {
+        assert!(bypasses("10.0.0.0/8", "10.1.2.3", None));
+        assert!(!bypasses("10.0.0.0/8", "11.1.2.3", None));
+        assert!(bypasses("192.168.1.7", "192.168.1.7", Some(443)));
+        assert!(bypasses("[::1]:443", "[::1]", Some(443)));
+        assert!(bypasses("fd00::/8", "fd12::1", None));
+        assert!(!bypasses("", "a.b", None));
+    }
 }

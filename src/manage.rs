@@ -6,11 +6,15 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::account::{normalize_email, now_ms, Account, Pool, Status};
+use crate::account::{now_ms, Account, Entry, Pool, Status};
 use crate::error::{Error, Result};
+use crate::fsread::{self, ReadError};
 use crate::oauth::Tokens;
 use crate::secret::Secret;
 use crate::store::Store;
+
+/// Claude Code's credentials file is a few hundred bytes.
+const MAX_CREDENTIALS_FILE: u64 = 1024 * 1024;
 
 pub fn summary(a: &Account, now: i64) -> Value {
     json!({
@@ -28,11 +32,41 @@ pub fn summary(a: &Account, now: i64) -> Value {
     })
 }
 
-pub fn list(pool: &Pool, now: i64) -> Vec<Value> {
-    pool.accounts().map(|a| summary(a, now)).collect()
+/// An entry of the file that could not be read, as people see it: kept, listed, removable.
+fn unreadable(index: usize, entry: &Entry, reason: &str) -> Value {
+    let name = entry
+        .email()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("#{index}"));
+    json!({
+        "email": name,
+        "type": "unknown",
+        "status": "invalid",
+        "index": index,
+        "rateLimitUntil": null,
+        "priority": 0,
+        "enabled": false,
+        "added": null,
+        "lastUsed": null,
+        "expires": null,
+        "lastError": format!("unreadable entry (kept as it is): {reason}"),
+        "quota": null,
+    })
 }
 
-pub fn status(pool: &Pool, path: &Path, now: i64) -> Value {
+/// Every entry in file order: accounts, and the unreadable entries marked `invalid`.
+pub fn list(pool: &Pool, now: i64) -> Vec<Value> {
+    pool.anthropic
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match e {
+            Entry::Valid(a) => summary(a, now),
+            Entry::Invalid { reason, .. } => unreadable(i, e, reason),
+        })
+        .collect()
+}
+
+pub fn status(pool: &Pool, location: &str, now: i64) -> Value {
     let count = |status: Status| {
         pool.accounts()
             .filter(|a| a.effective_status(now) == status)
@@ -40,14 +74,14 @@ pub fn status(pool: &Pool, path: &Path, now: i64) -> Value {
     };
     let invalid: Vec<Value> = pool
         .invalid_entries()
-        .map(|(i, r)| json!({"index": i, "reason": r}))
+        .map(|(i, r)| json!({"index": i, "email": pool.anthropic[i].email(), "reason": r}))
         .collect();
     let soonest = pool
         .accounts()
         .filter_map(|a| a.rate_limit_until.filter(|t| *t > now))
         .min();
     json!({
-        "path": path.display().to_string(),
+        "path": location,
         "accounts": list(pool, now),
         "counts": {
             "active": count(Status::Active),
@@ -62,126 +96,145 @@ pub fn status(pool: &Pool, path: &Path, now: i64) -> Value {
         "soonestReset": soonest,
         "lastFailover": pool.extra.get("lastFailover").cloned(),
         "invalid": invalid,
+        "caseClashes": pool.case_clashes(),
     })
 }
 
 /// Adds an OAuth account from a completed login; the same email again updates its tokens.
-pub fn add_oauth(store: &Store, tokens: &Tokens) -> Result<(String, bool)> {
+pub async fn add_oauth(store: &Store, tokens: &Tokens) -> Result<(String, bool)> {
     let email = tokens
         .email
         .clone()
         .filter(|e| !e.trim().is_empty())
         .unwrap_or_else(|| format!("unknown-{}@anthropic-pool", tokens.refresh.fingerprint()));
-    let now = now_ms();
     let account = Account::new_oauth(
         &email,
         tokens.access.clone(),
         tokens.refresh.clone(),
         tokens.expires,
-        now,
+        now_ms(),
     );
-    let added = store.update(|pool| Ok(pool.upsert(account)))?;
+    let added = store.update(move |pool| Ok(pool.upsert(account))).await?;
     Ok((email, added))
 }
 
-pub fn add_api_key(store: &Store, key: &str, email: Option<&str>) -> Result<(String, bool)> {
-    let key = key.trim();
-    if key.len() < 8 || key.chars().any(char::is_whitespace) {
+pub async fn add_api_key(
+    store: &Store,
+    key: &Secret,
+    email: Option<&str>,
+) -> Result<(String, bool)> {
+    let trimmed = key.expose().trim();
+    if trimmed.len() < 8 || trimmed.chars().any(char::is_whitespace) {
         return Err(Error::InvalidArgument(
             "that does not look like an API key (expected something like sk-ant-api03-...)".into(),
         ));
     }
-    let secret = Secret::new(key);
+    let secret = Secret::new(trimmed);
     let email = email
         .map(str::trim)
         .filter(|e| !e.is_empty())
         .map(str::to_string)
         .unwrap_or_else(|| format!("api-key-{}", secret.fingerprint()));
     let account = Account::new_api_key(&email, secret, now_ms());
-    let added = store.update(|pool| Ok(pool.upsert(account)))?;
+    let added = store.update(move |pool| Ok(pool.upsert(account))).await?;
     Ok((email, added))
 }
 
-pub fn remove(store: &Store, email: &str) -> Result<usize> {
-    store.update(|pool| match pool.remove(email) {
-        0 => Err(Error::AccountNotFound(email.to_string())),
-        n => Ok(n),
-    })
+/// Removes what `target` names: an email (exact match first; a case-only clash is refused as
+/// ambiguous), also of an unreadable entry, or `#N` for the N-th entry.
+pub async fn remove(store: &Store, target: &str) -> Result<usize> {
+    let target = target.to_string();
+    store.update(move |pool| pool.remove(&target)).await
 }
 
-pub fn set_enabled(store: &Store, email: &str, enabled: bool) -> Result<()> {
-    store.update(|pool| {
-        let a = pool
-            .find_mut(email)
-            .ok_or_else(|| Error::AccountNotFound(email.to_string()))?;
-        if enabled {
-            a.enabled = None;
-            if a.status_enum() == Some(Status::Disabled) {
-                a.status = Status::Idle.as_str().into();
+/// The readable accounts `target` names, for changes that need one.
+fn each_account(pool: &mut Pool, target: &str, mut change: impl FnMut(&mut Account)) -> Result<()> {
+    let indexes = pool.resolve(target)?;
+    for i in indexes {
+        match &mut pool.anthropic[i] {
+            Entry::Valid(a) => change(a),
+            Entry::Invalid { reason, .. } => {
+                return Err(Error::InvalidArgument(format!(
+                    "the entry {target} is unreadable ({reason}): fix it in the file or remove it"
+                )))
             }
-        } else {
-            a.enabled = Some(false);
-            a.status = Status::Disabled.as_str().into();
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
-pub fn set_priority(store: &Store, email: &str, priority: i64) -> Result<()> {
-    store.update(|pool| {
-        let a = pool
-            .find_mut(email)
-            .ok_or_else(|| Error::AccountNotFound(email.to_string()))?;
-        a.priority = Some(priority);
-        Ok(())
-    })
-}
-
-pub fn reset_cooldowns(store: &Store) -> Result<usize> {
-    store.update(|pool| {
-        let mut changed = 0;
-        for a in pool.accounts_mut() {
-            let cooling =
-                a.rate_limit_until.is_some() || a.status_enum() == Some(Status::RateLimited);
-            if cooling {
-                a.rate_limit_until = None;
-                if a.status_enum() == Some(Status::RateLimited) {
-                    a.status = Status::Idle.as_str().into();
+pub async fn set_enabled(store: &Store, target: &str, enabled: bool) -> Result<()> {
+    let target = target.to_string();
+    store
+        .update(move |pool| {
+            each_account(pool, &target, |a| {
+                if enabled {
+                    a.enabled = None;
+                    if a.status_enum() == Some(Status::Disabled) {
+                        a.status = Status::Idle.as_str().into();
+                    }
+                } else {
+                    a.enabled = Some(false);
+                    a.status = Status::Disabled.as_str().into();
                 }
-                changed += 1;
-            }
-            a.extra.remove("refreshBackoffUntil");
-        }
-        Ok(changed)
-    })
+            })
+        })
+        .await
 }
 
-/// Reads Claude Code's `~/.claude/.credentials.json` (`claudeAiOauth`) into the pool. The
-/// caller supplies the email when the file has none (it usually has none).
+pub async fn set_priority(store: &Store, target: &str, priority: i64) -> Result<()> {
+    let target = target.to_string();
+    store
+        .update(move |pool| each_account(pool, &target, |a| a.priority = Some(priority)))
+        .await
+}
+
+pub async fn reset_cooldowns(store: &Store) -> Result<usize> {
+    store
+        .update(|pool| {
+            let mut changed = 0;
+            for a in pool.accounts_mut() {
+                let cooling =
+                    a.rate_limit_until.is_some() || a.status_enum() == Some(Status::RateLimited);
+                if cooling {
+                    a.rate_limit_until = None;
+                    if a.status_enum() == Some(Status::RateLimited) {
+                        a.status = Status::Idle.as_str().into();
+                    }
+                    changed += 1;
+                }
+                a.extra.remove("refreshBackoffUntil");
+            }
+            Ok(changed)
+        })
+        .await
+}
+
+/// Reads Claude Code's `~/.claude/.credentials.json` (`claudeAiOauth`). The caller supplies the
+/// email when the file has none (it usually has none). The file is read like any path a person
+/// or a script hands us: a regular file, at most 1 MB, never a blocking open.
 pub fn import_claude_code(credentials: &Path, email: Option<&str>) -> Result<Tokens> {
-    let bytes = std::fs::read(credentials)
-        .map_err(|e| Error::io(credentials, "read Claude Code credentials", e))?;
-    let bytes = zeroize::Zeroizing::new(bytes);
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::InvalidArgument(format!("{} is not JSON: {e}", credentials.display()))
-    })?;
+    let shown = credentials.display();
+    let bytes =
+        fsread::read_regular(credentials, MAX_CREDENTIALS_FILE, true).map_err(|e| match e {
+            ReadError::Io(io) => Error::io(credentials, "read Claude Code credentials", io),
+            other => {
+                Error::InvalidArgument(format!("Claude Code credentials {shown} refused: {other}"))
+            }
+        })?;
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::InvalidArgument(format!("{shown} is not JSON: {e}")))?;
     let o = v.get("claudeAiOauth").unwrap_or(&v);
     let s = |k: &str| o.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
     let access = s("accessToken").ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "{} holds no claudeAiOauth.accessToken",
-            credentials.display()
-        ))
+        Error::InvalidArgument(format!("{shown} holds no claudeAiOauth.accessToken"))
     })?;
     let refresh = s("refreshToken").ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "{} holds no claudeAiOauth.refreshToken",
-            credentials.display()
-        ))
+        Error::InvalidArgument(format!("{shown} holds no claudeAiOauth.refreshToken"))
     })?;
     let expires = o.get("expiresAt").and_then(Value::as_i64).unwrap_or(0);
     let email = email
-        .map(normalize_email)
+        .map(crate::account::normalize_email)
         .or_else(|| s("email").map(str::to_string));
     Ok(Tokens {
         access: Secret::new(access),
@@ -195,30 +248,33 @@ pub fn import_claude_code(credentials: &Path, email: Option<&str>) -> Result<Tok
 mod tests {
     use super::*;
 
-    #[test]
-    fn management_round_trip() {
+    #[tokio::test]
+    async fn management_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path().join("p.json"));
+        let store = Store::file(dir.path().join("p.json"));
         let t = Tokens {
             access: "a".into(),
             refresh: "r".into(),
             expires: now_ms() + 3_600_000,
             email: Some("a@x".into()),
         };
-        assert_eq!(add_oauth(&store, &t).unwrap(), ("a@x".into(), true));
-        assert_eq!(add_oauth(&store, &t).unwrap(), ("a@x".into(), false));
-        let (email, added) = add_api_key(&store, "fake-console-key-xyz", None).unwrap();
+        assert_eq!(add_oauth(&store, &t).await.unwrap(), ("a@x".into(), true));
+        assert_eq!(add_oauth(&store, &t).await.unwrap(), ("a@x".into(), false));
+        let key = Secret::new("fake-console-key-xyz");
+        let (email, added) = add_api_key(&store, &key, None).await.unwrap();
         assert!(added && email.starts_with("api-key-"));
-        assert!(add_api_key(&store, "short", None).is_err());
-        set_priority(&store, "a@x", 3).unwrap();
-        set_enabled(&store, "a@x", false).unwrap();
-        let pool = store.load().unwrap();
-        let s = status(&pool, store.path(), now_ms());
+        assert!(add_api_key(&store, &Secret::new("short"), None)
+            .await
+            .is_err());
+        set_priority(&store, "a@x", 3).await.unwrap();
+        set_enabled(&store, "a@x", false).await.unwrap();
+        let pool = store.load().await.unwrap();
+        let s = status(&pool, &store.describe(), now_ms());
         assert_eq!(s["counts"]["disabled"], json!(1));
         assert_eq!(s["counts"]["total"], json!(2));
         let text = s.to_string();
         assert!(!text.contains("fake-console-key-xyz") && !text.contains("\"r\""));
-        set_enabled(&store, "a@x", true).unwrap();
+        set_enabled(&store, "a@x", true).await.unwrap();
         store
             .update(|p| {
                 let a = p.find_mut("a@x").unwrap();
@@ -226,14 +282,18 @@ mod tests {
                 a.rate_limit_until = Some(now_ms() + 60_000);
                 Ok(())
             })
+            .await
             .unwrap();
-        assert_eq!(reset_cooldowns(&store).unwrap(), 1);
-        assert_eq!(store.load().unwrap().find("a@x").unwrap().status, "idle");
+        assert_eq!(reset_cooldowns(&store).await.unwrap(), 1);
         assert_eq!(
-            remove(&store, "nobody@x").unwrap_err().code(),
+            store.load().await.unwrap().find("a@x").unwrap().status,
+            "idle"
+        );
+        assert_eq!(
+            remove(&store, "nobody@x").await.unwrap_err().code(),
             "ACCOUNT_NOT_FOUND"
         );
-        assert_eq!(remove(&store, "A@x").unwrap(), 1);
+        assert_eq!(remove(&store, "A@x").await.unwrap(), 1);
     }
 
     #[test]
@@ -250,5 +310,12 @@ mod tests {
         assert_eq!(t.expires, 1_800_000_000_000);
         std::fs::write(&creds, "{}").unwrap();
         assert!(import_claude_code(&creds, None).is_err());
+        #[cfg(unix)]
+        {
+            let started = std::time::Instant::now();
+            let err = import_claude_code(Path::new("/dev/zero"), None).unwrap_err();
+            assert_eq!(err.code(), "INVALID_ARGUMENT");
+            assert!(started.elapsed().as_secs() < 2);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! OAuth for Claude accounts: PKCE authorize URL, code exchange, refresh, and the account's
 //! email. Secrets are `Secret`s; error text carries the endpoint's `error` and
-//! `error_description` only, never a token, code or verifier.
+//! `error_description` only, scrubbed of every secret the call presented (servers echo what
+//! they were sent), never a token, code or verifier.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use crate::account::now_ms;
 use crate::config;
 use crate::error::{Error, Result};
 use crate::http;
-use crate::secret::Secret;
+use crate::secret::{scrub, Secret};
 
 pub const CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 pub const REDIRECT_URI: &str = "https://platform.claude.com/oauth/code/callback";
@@ -191,7 +192,8 @@ pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens
         "redirect_uri": REDIRECT_URI,
         "code_verifier": verifier,
     });
-    let value = token_call(body, Grant::Code).await?;
+    let (verifier, state) = (Secret::new(verifier), Secret::new(state));
+    let value = token_call(body, Grant::Code, &[&pasted.code, &verifier, &state]).await?;
     let mut tokens = parse_token_response(&value, None)?;
     if tokens.email.is_none() {
         tokens.email = profile_email(&tokens.access).await.ok().flatten();
@@ -206,8 +208,21 @@ pub async fn refresh(refresh: &Secret) -> Result<Tokens> {
         "refresh_token": refresh.expose(),
         "client_id": CLIENT_ID,
     });
-    let value = token_call(body, Grant::Refresh).await?;
+    let value = token_call(body, Grant::Refresh, &[refresh]).await?;
     parse_token_response(&value, Some(refresh))
+}
+
+/// `refresh`, and once more with the same token when the first answer was lost to the network
+/// (the request may not have arrived, or the server rotated the token and the answer never came
+/// back: a second try settles it, success or invalid_grant). Never a loop.
+pub async fn refresh_once_more_if_lost(token: &Secret) -> Result<Tokens> {
+    match refresh(token).await {
+        Err(Error::Network { .. }) => {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            refresh(token).await
+        }
+        other => other,
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -216,7 +231,7 @@ enum Grant {
     Refresh,
 }
 
-async fn token_call(body: Value, grant: Grant) -> Result<Value> {
+async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<Value> {
     let url = config::token_url()?;
     let client = http::token_client()?;
     let response = client
@@ -237,7 +252,7 @@ async fn token_call(body: Value, grant: Grant) -> Result<Value> {
         .headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| crate::ratelimit::parse_retry_after(v, std::time::SystemTime::now()))
+        .and_then(|v| crate::engine::limits::parse_retry_after(v, std::time::SystemTime::now()))
         .map(|d: Duration| d.as_secs().max(1));
     let content_type = response
         .headers()
@@ -253,7 +268,7 @@ async fn token_call(body: Value, grant: Grant) -> Result<Value> {
             .filter(Value::is_object)
             .ok_or_else(|| Error::OAuthHttp {
                 status,
-                detail: not_json(&content_type),
+                detail: scrub(&not_json(&content_type), presented),
                 retry_after: None,
             });
     }
@@ -265,6 +280,7 @@ async fn token_call(body: Value, grant: Grant) -> Result<Value> {
         (None, None) if parsed.is_none() => not_json(&content_type),
         (None, None) => "no error detail".into(),
     };
+    let summary = scrub(&summary, presented);
     let dead_token = match code.as_deref() {
         Some("invalid_grant") | Some("invalid_refresh_token") | Some("refresh_token_reused") => {
             true
@@ -291,7 +307,9 @@ fn not_json(content_type: &str) -> String {
             .next()
             .unwrap_or("")
             .trim()
-            .to_string()
+            .chars()
+            .take(80)
+            .collect()
     };
     format!("the answer was not JSON ({ct}); the endpoint may be down or blocked")
 }
@@ -547,6 +565,17 @@ mod tests {
                 proptest::prop_assert!(t.expires > 0);
             }
         }
+    }
+
+    #[test]
+    fn echoed_secrets_never_reach_an_error() {
+        let token = Secret::new("fake-token-SENTINEL-abcdefghijklmnop");
+        let v = json!({"error": "invalid_request",
+                       "error_description": format!("malformed refresh_token '{}'", token.expose())});
+        let (c, d) = error_fields(&v);
+        let summary = scrub(&format!("{}: {}", c.unwrap(), d.unwrap()), &[&token]);
+        assert!(!summary.contains("SENTINEL"), "{summary}");
+        assert!(summary.starts_with("invalid_request: malformed refresh_token"));
     }
 
     #[test]

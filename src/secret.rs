@@ -66,9 +66,91 @@ impl From<&str> for Secret {
     }
 }
 
+const REDACTED: &str = "[redacted]";
+/// A run this long shared with a presented secret is that secret (or a piece of it) echoed back.
+const ECHO_MIN: usize = 12;
+
+fn token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '+' | '/' | '=')
+}
+
+/// Text that came from a server (an error description, a content type), cleaned before it is
+/// stored, logged or returned: every secret presented in the call that produced it, any piece of
+/// one at least 12 characters long, and anything shaped like an Anthropic token (`sk-ant-...`)
+/// becomes `[redacted]`. Servers echo what they were sent ("malformed refresh_token '...'").
+pub fn scrub(text: &str, presented: &[&Secret]) -> String {
+    let secrets: Vec<&str> = presented
+        .iter()
+        .map(|s| s.expose())
+        .filter(|s| s.len() >= 6)
+        .collect();
+    let mut out = text.to_string();
+    for s in &secrets {
+        if out.contains(s) {
+            out = out.replace(s, REDACTED);
+        }
+    }
+    let mut result = String::with_capacity(out.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, result: &mut String| {
+        if !run.is_empty() {
+            if looks_secret(run, &secrets) {
+                result.push_str(REDACTED);
+            } else {
+                result.push_str(run);
+            }
+            run.clear();
+        }
+    };
+    for c in out.chars() {
+        if token_char(c) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut result);
+            result.push(c);
+        }
+    }
+    flush(&mut run, &mut result);
+    result
+}
+
+/// `scrub` with no presented secrets: the backstop for text about to leave the process.
+pub fn scrub_tokens(text: &str) -> String {
+    scrub(text, &[])
+}
+
+fn looks_secret(run: &str, secrets: &[&str]) -> bool {
+    if run.contains("sk-ant-") && run.len() > "sk-ant-".len() + 4 {
+        return true;
+    }
+    if run.len() < ECHO_MIN || !run.is_ascii() {
+        return false;
+    }
+    secrets
+        .iter()
+        .any(|s| (0..=run.len() - ECHO_MIN).any(|i| s.contains(&run[i..i + ECHO_MIN])))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrub_removes_presented_secrets_pieces_and_token_shapes() {
+        let token = Secret::new("fake-refresh-SENTINEL-0123456789abcdef");
+        let echoed = format!("malformed refresh_token '{}'", token.expose());
+        let clean = scrub(&echoed, &[&token]);
+        assert!(!clean.contains("SENTINEL"), "{clean}");
+        assert!(clean.starts_with("malformed refresh_token '"), "{clean}");
+        let piece = "refresh token fake-refresh-SENTINEL-012 was truncated";
+        assert!(!scrub(piece, &[&token]).contains("SENTINEL"));
+        let foreign = "bad token sk-ant-ort01-abcdefghijklmnop, retry";
+        assert_eq!(scrub_tokens(foreign), "bad token [redacted], retry");
+        let harmless = "invalid_grant: Refresh token not found or invalid";
+        assert_eq!(scrub(harmless, &[&token]), harmless);
+        // Short secrets are not hunted inside ordinary words.
+        assert_eq!(scrub("a rare error", &[&Secret::new("r")]), "a rare error");
+    }
 
     #[test]
     fn debug_never_shows_the_value() {

@@ -6,11 +6,26 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use oauth_pool::account::Pool;
-use oauth_pool::store::Store;
+use oauth_pool::store::{FileLock, FileStore as Store};
 use serde_json::json;
 
 fn counter(pool: &Pool) -> i64 {
     pool.extra.get("n").and_then(|v| v.as_i64()).unwrap_or(0)
+}
+
+/// Holder entry: takes the store's write lock, says so on stdout, and keeps it until killed.
+#[test]
+fn lock_holder_entry() {
+    let Ok(path) = std::env::var("POOL_HOLD_LOCK") else {
+        return;
+    };
+    let _held = FileLock::acquire(Path::new(&path), Duration::from_secs(5)).unwrap();
+    println!("held");
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
 }
 
 /// Worker entry: does `POOL_ITERATIONS` locked increments (or loops forever when 0).
@@ -135,16 +150,33 @@ fn a_killed_lock_holder_frees_the_lock_at_once() {
     let path = dir.path().join("oauth-pool.json");
     let store = Store::new(&path);
     store.save(&Pool::default()).unwrap();
-    // flock(1) holds the same lock file as a separate process, then gets SIGKILLed. (`-o`:
-    // its child does not inherit the lock, so killing flock is killing the holder.)
+    // A child of ours takes the lock and tells us when it holds it: no sleep guesses how long
+    // that takes, and no flock(1), which macOS lacks.
     let lock = store.lock_path();
-    let mut holder = Command::new("flock")
-        .arg("-o")
-        .arg(&lock)
-        .args(["sleep", "30"])
+    let mut holder = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "lock_holder_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("POOL_HOLD_LOCK", &lock)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        use std::io::BufRead;
+        assert!(out.read_line(&mut line).unwrap() > 0, "holder ended early");
+        if line.trim_end().ends_with("held") {
+            break;
+        }
+    }
+    let busy = FileLock::acquire(&lock, Duration::from_millis(50)).unwrap_err();
+    assert_eq!(busy.code(), "POOL_BUSY", "the lock is really held");
     holder.kill().unwrap();
     holder.wait().unwrap();
     let start = Instant::now();

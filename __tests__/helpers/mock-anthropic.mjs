@@ -241,6 +241,7 @@ export async function startMockAnthropic({
     bench: { small: 0, bytes: 0, sse: 0 },
   };
   const sockets = new Set();
+  const waiters = []; // { kind, predicate, resolve } for waitFor()
   const parked = new Set(); // responses held open by `hang` until close()
   const timers = new Set();
   let closed = false;
@@ -403,6 +404,7 @@ export async function startMockAnthropic({
     const grant = body?.grant_type ?? null;
     const record = { at: Date.now(), grant, headers: { ...req.headers }, body: body ?? text, status: null, reject: null };
     tokenRequests.push(record);
+    arrived("token", record);
 
     // Count the call against the family of the presented refresh token, whatever happens next.
     let fam = null;
@@ -592,8 +594,21 @@ export async function startMockAnthropic({
     res.end();
   }
 
+  /** Resolves the waiters whose kind and predicate match a request that just arrived. */
+  function arrived(kind, record) {
+    for (let i = waiters.length - 1; i >= 0; i--) {
+      const w = waiters[i];
+      if (w.kind === kind && w.predicate(record)) {
+        waiters.splice(i, 1);
+        w.resolve(record);
+      }
+    }
+  }
+
   /** Answers a /v1/messages request that passed auth, following `step` (a script entry or {}). */
   async function respondMessage(req, res, step, ctx) {
+    // `until`: a promise the test resolves when it is ready for the answer (in-process only).
+    if (step.until) await step.until;
     if (step.headersDelayMs) await sleep(step.headersDelayMs);
     if (closed || res.destroyed) return 0;
     if (step.hang) {
@@ -713,6 +728,7 @@ export async function startMockAnthropic({
       record.finishedHr = hr();
     });
     requests.push(record);
+    arrived("api", record);
     if (tooLarge) return sendJson(res, (record.status = 413), apiErrorBody(413));
     const route = `${req.method} ${url.pathname}`;
     if (route === "POST /v1/messages") return handleMessages(req, res, record, auth, text);
@@ -941,6 +957,14 @@ export async function startMockAnthropic({
       if (!fam) throw new Error(`no account ${email}`);
       if (family) fam.revoked = true;
       else fam.accessRevoked = true;
+    },
+
+    /**
+     * Resolves with the record of the next request of `kind` ("api" or "token") that matches
+     * `predicate`: a signal that a client's request has arrived, instead of a sleep.
+     */
+    waitFor(kind, predicate = () => true) {
+      return new Promise((resolve) => waiters.push({ kind, predicate, resolve }));
     },
 
     clearRequests() {

@@ -57,3 +57,32 @@ export const body = (extra = {}) =>
   JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 64, messages: [{ role: "user", content: "hi" }], ...extra });
 
 export const jsonHeaders = { "content-type": "application/json", "anthropic-version": "2023-06-01", "x-api-key": "" };
+
+/**
+ * Starts `count` pool-worker processes that wait at a barrier, releases them together once all
+ * are loaded, and resolves with each one's results.
+ */
+export async function runWorkersTogether(script, count, args, { env = process.env } = {}) {
+  const { spawn } = await import("node:child_process");
+  const workers = Array.from({ length: count }, () => {
+    const child = spawn(process.execPath, [script, ...args, "barrier"], { env, stdio: ["pipe", "pipe", "inherit"] });
+    let out = "";
+    let onReady;
+    const ready = new Promise((r) => (onReady = r));
+    child.stdout.on("data", (d) => {
+      out += d;
+      if (out.includes("ready\n")) onReady();
+    });
+    const done = new Promise((resolve, reject) => {
+      child.on("error", reject);
+      child.on("close", (code, signal) => {
+        onReady(); // a worker that died before the barrier must not hold the others
+        resolve({ code, signal, out: out.includes("ready\n") ? out.slice(out.indexOf("ready\n") + 6) : out });
+      });
+    });
+    return { child, ready, done };
+  });
+  await Promise.all(workers.map((w) => w.ready));
+  for (const w of workers) w.child.stdin.end("go\n");
+  return Promise.all(workers.map((w) => w.done));
+}

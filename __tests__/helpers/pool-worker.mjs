@@ -1,12 +1,21 @@
 // A separate process using the real addon: sends N requests through the pool fetch and prints
 // one JSON line with what it saw. Used by the multi-process tests.
-//   node pool-worker.mjs <poolPath> <apiUrl> <count> [startAtEpochMs]
+//   node pool-worker.mjs <poolPath> <apiUrl> <count> [barrier]
+// With `barrier`, it prints "ready" once loaded and waits for a line on stdin before sending,
+// so a test starts every worker at the same moment (a real signal, not a clock guess).
 import { createPoolFetch } from "../../index.mjs";
 
-const [path, apiUrl, countArg, startAt] = process.argv.slice(2);
+const [path, apiUrl, countArg, barrier] = process.argv.slice(2);
 const count = Number(countArg ?? 1);
-if (startAt) await new Promise((r) => setTimeout(r, Math.max(0, Number(startAt) - Date.now())));
 const poolFetch = createPoolFetch({ path });
+if (barrier === "barrier") {
+  process.stdout.write("ready\n");
+  await new Promise((resolve) => {
+    process.stdin.once("data", resolve);
+    process.stdin.once("end", resolve);
+  });
+  process.stdin.pause();
+}
 const results = [];
 for (let i = 0; i < count; i++) {
   try {

@@ -2,7 +2,8 @@
 // knows, unless the user already said otherwise in opencode.json (their values win). Runs before
 // OpenCode reads providers; it must not call the OpenCode client (provider state waits on plugin
 // init, so that would deadlock).
-import { readFile } from "node:fs/promises";
+import { open } from "node:fs/promises";
+import { constants } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { ANTHROPIC_MODELS } from "./models.mjs";
@@ -23,10 +24,32 @@ export function modelsCachePath(env = process.env) {
   return join(cache, "opencode", "models.json");
 }
 
+// OpenCode's whole catalog is a few MB; a path that is a FIFO or a device must not hang or fill
+// memory (the path comes from the environment).
+const MAX_CATALOG_BYTES = 64 * 1024 * 1024;
+
+/** A regular file's text, at most `cap` bytes, opened without blocking; null otherwise. */
+export async function readRegularFile(file, cap) {
+  let handle;
+  try {
+    handle = await open(file, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
+    const st = await handle.stat();
+    if (!st.isFile() || st.size > cap) return null;
+    const buf = await handle.readFile();
+    return buf.length > cap ? null : buf.toString("utf8");
+  } catch {
+    return null;
+  } finally {
+    await handle?.close().catch(() => {});
+  }
+}
+
 /** The `anthropic` models of OpenCode's catalog cache, or null when it is missing or unusable. */
 export async function cachedAnthropicModels(file = modelsCachePath()) {
   try {
-    const models = JSON.parse(await readFile(file, "utf8"))?.anthropic?.models;
+    const text = await readRegularFile(file, MAX_CATALOG_BYTES);
+    if (text === null) return null;
+    const models = JSON.parse(text)?.anthropic?.models;
     if (!models || typeof models !== "object" || Array.isArray(models)) return null;
     const out = {};
     for (const [id, def] of Object.entries(models)) {

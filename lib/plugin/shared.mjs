@@ -1,10 +1,8 @@
-// What the plugin's parts share: the provider id, the pool path option, the native calls they
-// use (wrapped here rather than imported from index.mjs, which re-exports this plugin), and the
-// failover notices.
+// What the plugin's parts share: the provider id, the pool path option, the library calls they
+// use, and the failover notices.
 import { homedir } from "node:os";
 import { join } from "node:path";
-import { native } from "../native.mjs";
-import { wrap } from "../errors.mjs";
+import * as api from "../api.mjs";
 import { createPoolFetch } from "../fetch.mjs";
 import { LOGIN_HINT } from "./format.mjs";
 
@@ -12,18 +10,8 @@ export const PROVIDER_ID = "anthropic-pool";
 export const TOOL_NAME = "model-accounts-pool";
 export { LOGIN_HINT };
 
-export const pool = {
-  authorize: wrap(async (options) => native.authorize(options ?? undefined)),
-  addAccount: wrap((input, pkce, path) => native.addAccount(String(input ?? ""), pkce ?? {}, path ?? undefined)),
-  addApiKey: wrap((key, options) => native.addApiKey(String(key ?? ""), options ?? undefined)),
-  listAccounts: wrap((path) => native.listAccounts(path ?? undefined)),
-  poolStatus: wrap((path) => native.poolStatus(path ?? undefined)),
-  removeAccount: wrap((email, path) => native.removeAccount(String(email ?? ""), path ?? undefined)),
-  setEnabled: wrap((email, enabled, path) => native.setEnabled(String(email ?? ""), Boolean(enabled), path ?? undefined)),
-  setPriority: wrap((email, priority, path) => native.setPriority(String(email ?? ""), Number(priority), path ?? undefined)),
-  resetCooldowns: wrap((path) => native.resetCooldowns(path ?? undefined)),
-  flushPool: wrap((path) => native.flushPool(path ?? undefined)),
-};
+/** The library's validated calls (lib/api.mjs), under the name the parts use. */
+export const pool = api;
 
 /** The pool file from the plugin options (`[spec, { path }]` in opencode.json), else the default. */
 export function poolPath(options) {

@@ -123,28 +123,47 @@ async function run(args, path) {
   }
 }
 
+/** Runs one pool action and returns text for a person; failures become text too, never throws. */
+export async function poolActionText(args, path) {
+  try {
+    return await run(args, path);
+  } catch (err) {
+    if (err?.code === "ACCOUNT_NOT_FOUND") {
+      return `No account "${args?.email ?? ""}" in the Anthropic pool. ${known(await accountsOrNull(path))}`;
+    }
+    return `The Anthropic pool could not do that${err?.code ? ` (${err.code})` : ""}: ${err?.message ?? err}`;
+  }
+}
+
+export const TOOL_DESCRIPTION =
+  "Manage the Anthropic account pool behind the anthropic-pool provider. Actions: " +
+  USAGE.join("; ") +
+  ". Show the result to the user as it is.";
+
+/** The tool's input as plain JSON Schema (OpenCode 2 takes JSON Schema, not zod instances). */
+export const TOOL_INPUT_SCHEMA = Object.freeze({
+  type: "object",
+  properties: {
+    action: { type: "string", enum: ACTIONS, description: "What to do" },
+    email: { type: "string", description: "The account's email (remove, enable, disable, priority)" },
+    priority: { type: "integer", description: "The new priority for action priority; higher is tried first" },
+  },
+  required: ["action"],
+  additionalProperties: false,
+});
+
 export function createPoolTool(input, options) {
   const path = poolPath(options);
   const z = tool.schema;
   return tool({
-    description:
-      "Manage the Anthropic account pool behind the anthropic-pool provider. Actions: " +
-      USAGE.join("; ") +
-      ". Show the result to the user as it is.",
+    description: TOOL_DESCRIPTION,
     args: {
       action: z.enum(ACTIONS).describe("What to do"),
       email: z.string().optional().describe("The account's email (remove, enable, disable, priority)"),
       priority: z.number().int().optional().describe("The new priority for action priority; higher is tried first"),
     },
     async execute(args) {
-      try {
-        return await run(args, path);
-      } catch (err) {
-        if (err?.code === "ACCOUNT_NOT_FOUND") {
-          return `No account "${args?.email ?? ""}" in the Anthropic pool. ${known(await accountsOrNull(path))}`;
-        }
-        return `The Anthropic pool could not do that${err?.code ? ` (${err.code})` : ""}: ${err?.message ?? err}`;
-      }
+      return poolActionText(args, path);
     },
   });
 }

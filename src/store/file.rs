@@ -10,12 +10,13 @@
 //! - A file that does not parse is refused with `POOL_CORRUPT` and never written over.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::account::Pool;
 use crate::error::{Error, Result};
+use crate::fsread::{self, ReadError};
 
 /// The largest pool file we read: a thousand accounts take well under 2 MB.
 const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
@@ -24,7 +25,7 @@ const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
 const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct FileStore {
     path: PathBuf,
 }
 
@@ -37,9 +38,9 @@ pub struct FileStamp {
     ino: u64,
 }
 
-impl Store {
+impl FileStore {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Store { path: path.into() }
+        FileStore { path: path.into() }
     }
 
     pub fn path(&self) -> &Path {
@@ -52,6 +53,37 @@ impl Store {
 
     pub fn backup_path(&self) -> PathBuf {
         sibling(&self.path, ".bak")
+    }
+
+    /// The per-account lock held from re-read to durable write while a refresh token is spent.
+    /// Named by a hash of the lower-cased email, so two spellings of one address share it.
+    pub fn refresh_lock_path(&self, email: &str) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(crate::account::normalize_email(email).as_bytes());
+        let tag: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        sibling(&self.path, &format!(".{tag}.refresh.lock"))
+    }
+
+    /// Names of the temp files our writers create next to the pool (`<prefix>*<suffix>`).
+    pub fn temp_pattern(&self) -> (String, &'static str) {
+        (temp_prefix(&self.path), ".tmp")
+    }
+
+    /// Whether some process holds this account's refresh lock right now (a non-blocking probe;
+    /// a missing lock file means nobody does).
+    pub fn refresh_lock_held(&self, email: &str) -> bool {
+        let path = self.refresh_lock_path(email);
+        let Ok(file) = fsread::open_regular(&path, false) else {
+            return false;
+        };
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                false
+            }
+            Err(fs::TryLockError::WouldBlock) => true,
+            Err(fs::TryLockError::Error(_)) => false,
+        }
     }
 
     /// Reads the pool without locking. A missing file is an empty pool.
@@ -98,29 +130,55 @@ impl Store {
 
     fn read(&self) -> Result<Option<(Pool, FileStamp)>> {
         let path = &self.path;
-        let meta = match fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(path, "stat", e)),
+        let insecure = |reason: String| Error::PoolInsecure {
+            path: path.to_path_buf(),
+            reason,
         };
-        check_secure(path, &meta)?;
+        let file = match fsread::open_regular(path, false) {
+            Ok(f) => f,
+            Err(ReadError::NotFound) => return Ok(None),
+            Err(ReadError::Symlink) => {
+                return Err(insecure(
+                    "it is a symbolic link; point OAUTH_POOL_PATH at the real file instead".into(),
+                ))
+            }
+            Err(ReadError::NotRegular(kind)) => {
+                return Err(insecure(format!("it is {kind}, not a regular file")))
+            }
+            Err(ReadError::TooLarge(n)) => {
+                return Err(self.corrupt(format!("it is larger than {n} bytes")))
+            }
+            Err(ReadError::Io(e)) => return Err(Error::io(path, "open", e)),
+        };
+        let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
+        check_owner(path, &meta)?;
         if meta.len() > MAX_FILE_BYTES {
             return Err(self.corrupt(format!("it is {} bytes, far beyond any pool", meta.len())));
         }
-        let mut file = open_nofollow(path).map_err(|e| Error::io(path, "open", e))?;
-        let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(meta.len() as usize));
-        Read::by_ref(&mut file)
-            .take(MAX_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(path, "read", e))?;
-        let pool = Pool::parse(&bytes).map_err(|reason| self.corrupt(reason))?;
         tighten_mode(path, &file, &meta);
+        let bytes = match fsread::read_capped(file, MAX_FILE_BYTES) {
+            Ok(b) => b,
+            Err(ReadError::TooLarge(n)) => {
+                return Err(self.corrupt(format!("it grew beyond {n} bytes while being read")))
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    path,
+                    "read",
+                    std::io::Error::other(e.to_string()),
+                ))
+            }
+        };
+        let pool = Pool::parse(&bytes).map_err(|reason| self.corrupt(reason))?;
         Ok(Some((pool, stamp_of(&meta))))
     }
 
     fn corrupt(&self, reason: String) -> Error {
         let bak = self.backup_path();
-        let bak_ok = fs::read(&bak).ok().is_some_and(|b| Pool::parse(&b).is_ok());
+        // The .bak is read like any file we did not just write: regular, bounded, never blocking.
+        let bak_ok = fsread::read_regular(&bak, MAX_FILE_BYTES, false)
+            .ok()
+            .is_some_and(|b| Pool::parse(&b).is_ok());
         let hint = if bak_ok {
             format!(
                 "the last good copy is {}: inspect both, then restore it with `cp {} {}`",
@@ -303,30 +361,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(dir, "create directory", e))
 }
 
-fn open_nofollow(path: &Path) -> std::io::Result<File> {
-    let mut opts = OpenOptions::new();
-    opts.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NOFOLLOW);
-    }
-    opts.open(path)
-}
-
-fn check_secure(path: &Path, meta: &fs::Metadata) -> Result<()> {
-    if meta.file_type().is_symlink() {
-        return Err(Error::PoolInsecure {
-            path: path.to_path_buf(),
-            reason: "it is a symbolic link; point OAUTH_POOL_PATH at the real file instead".into(),
-        });
-    }
-    if !meta.is_file() {
-        return Err(Error::PoolInsecure {
-            path: path.to_path_buf(),
-            reason: "it is not a regular file".into(),
-        });
-    }
+fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
@@ -342,6 +377,8 @@ fn check_secure(path: &Path, meta: &fs::Metadata) -> Result<()> {
             });
         }
     }
+    #[cfg(not(unix))]
+    let _ = (path, meta);
     Ok(())
 }
 
@@ -386,7 +423,8 @@ impl FileLock {
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+            opts.mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY);
         }
         let file = opts.open(path).map_err(|e| match e.raw_os_error() {
             #[cfg(unix)]
@@ -396,6 +434,15 @@ impl FileLock {
             },
             _ => Error::io(path, "open lock file", e),
         })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(path, "stat lock file", e))?;
+        if !meta.is_file() {
+            return Err(Error::PoolInsecure {
+                path: path.to_path_buf(),
+                reason: "the lock file is not a regular file".into(),
+            });
+        }
         let start = Instant::now();
         let mut pause = Duration::from_micros(200);
         loop {
@@ -428,9 +475,9 @@ mod tests {
     use crate::account::Account;
     use serde_json::json;
 
-    fn tmp_store() -> (tempfile::TempDir, Store) {
+    fn tmp_store() -> (tempfile::TempDir, FileStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path().join("sub").join("oauth-pool.json"));
+        let store = FileStore::new(dir.path().join("sub").join("oauth-pool.json"));
         (dir, store)
     }
 

@@ -1,8 +1,11 @@
-//! How an upstream answer is read: the 429 cooldown policy and the passive quota headers.
+//! What an upstream answer says about limits: `retry-after`, the `anthropic-ratelimit-unified-*`
+//! windows, and how long a 429 rests the account.
 //!
 //! A 429 either means a subscription window is exhausted (the unified headers say which one was
-//! rejected: cool until it resets, however long that is) or a short burst throttle (no window
-//! rejected: cool briefly, never bench for hours). `retry-after` is honoured in both cases.
+//! rejected: cool until it resets, however long that is) or a throttle with no window rejected
+//! (cool for what `retry-after` says, briefly when it says nothing). The server's word is kept
+//! as it is, however long: peers clamped a 7,999 s wait to minutes and then hammered the
+//! account. Only the 8-day sanity cap applies (no window is longer than a week).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,8 +16,6 @@ const UNIFIED_PREFIX: &str = "anthropic-ratelimit-unified-";
 const MAX_COOLDOWN_MS: i64 = 8 * 24 * 3600 * 1000;
 /// Cooldown for a bare 429 that gave no `retry-after`.
 const BURST_DEFAULT_MS: i64 = 5_000;
-/// A bare 429 (no window rejected) never benches an account longer than this.
-const BURST_MAX_MS: i64 = 5 * 60 * 1000;
 const HARD_STATUSES: &[&str] = &[
     "rejected",
     "rate_limited",
@@ -174,7 +175,7 @@ impl Cooldown {
     pub fn describe(&self) -> String {
         match &self.kind {
             CooldownKind::Window(claim) => format!("{claim} window exhausted"),
-            CooldownKind::Burst => "rate limited (short throttle)".to_string(),
+            CooldownKind::Burst => "rate limited (no window exhausted)".to_string(),
         }
     }
 }
@@ -218,21 +219,11 @@ pub fn cooldown_for_429(limits: &Limits, now_ms: i64) -> Cooldown {
     let wait = limits
         .retry_after_ms
         .unwrap_or(BURST_DEFAULT_MS)
-        .clamp(1_000, BURST_MAX_MS);
+        .clamp(1_000, MAX_COOLDOWN_MS);
     Cooldown {
         until: now_ms + wait,
         kind: CooldownKind::Burst,
     }
-}
-
-/// A 400 that means "Anthropic does not allow this subscription to be used by third-party
-/// apps": shown as such, never retried on another account.
-pub fn is_third_party_refusal(status: u16, body: &[u8]) -> bool {
-    if status != 400 {
-        return false;
-    }
-    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
-    text.contains("third-party") || text.contains("third party") || text.contains("extra usage")
 }
 
 #[cfg(test)]
@@ -344,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn bare_429_is_a_short_burst() {
+    fn bare_429_rests_as_long_as_the_server_says() {
         let c = cooldown_for_429(
             &Limits::from_headers(&headers(&[("retry-after", "2")]), now()),
             NOW,
@@ -356,7 +347,18 @@ mod tests {
             &Limits::from_headers(&headers(&[("retry-after", "7999")]), now()),
             NOW,
         );
-        assert_eq!(c.until, NOW + BURST_MAX_MS);
+        assert_eq!(c.until, NOW + 7_999_000, "never clamped to minutes");
+        let three_hours = httpdate::fmt_http_date(now() + Duration::from_secs(3 * 3600));
+        let c = cooldown_for_429(
+            &Limits::from_headers(&headers(&[("retry-after", &three_hours)]), now()),
+            NOW,
+        );
+        assert_eq!(c.until, NOW + 3 * 3600 * 1000);
+        let c = cooldown_for_429(
+            &Limits::from_headers(&headers(&[("retry-after", "1000000")]), now()),
+            NOW,
+        );
+        assert_eq!(c.until, NOW + MAX_COOLDOWN_MS, "the 8-day sanity cap");
     }
 
     #[test]
@@ -395,14 +397,6 @@ mod tests {
         assert_eq!(l.window("5h").unwrap().utilization, Some(0.93));
         assert_eq!(l.window("7d").unwrap().utilization, None);
         assert_eq!(cooldown_for_429(&l, NOW).kind, CooldownKind::Burst);
-    }
-
-    #[test]
-    fn third_party_refusal_is_recognised() {
-        let body = br#"{"type":"error","error":{"type":"invalid_request_error","message":"Third-party apps now draw from your extra usage, not your plan limits."}}"#;
-        assert!(is_third_party_refusal(400, body));
-        assert!(!is_third_party_refusal(400, b"prompt is too long"));
-        assert!(!is_third_party_refusal(429, body));
     }
 
     proptest! {

@@ -1,0 +1,171 @@
+// The plugin on an OpenCode 2 host (issue 11), through a harness that loads and drives it the way
+// 2.x does (helpers/opencode2-host.mjs, built from anomalyco/opencode's source), against the
+// loopback mock of Anthropic. Runs under Node and Bun.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import * as pluginModule from "../plugin.mjs";
+import { listAccounts, flushPool } from "../index.mjs";
+import { native } from "../lib/native.mjs";
+import { settle } from "../lib/errors.mjs";
+import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
+import { startEnv, tempPoolPath, readPool } from "./helpers/pool-env.mjs";
+import { createHost, loadPlugin, g1Context, registrationsOf, ModelRequestError } from "./helpers/opencode2-host.mjs";
+
+let mock;
+before(async () => {
+  mock = await startEnv();
+});
+after(async () => {
+  await mock?.close();
+});
+
+const body = { messages: [{ role: "user", content: "hi" }] };
+const textOf = (sse) =>
+  parseSSE(sse)
+    .filter((e) => e.event === "content_block_delta")
+    .map((e) => e.data.delta.text)
+    .join("");
+
+/** A 2.x host with our plugin set up; `sleeps` collects the host's retry waits. */
+async function started(options = {}) {
+  const path = options.path ?? tempPoolPath();
+  const sleeps = [];
+  const host = createHost({ sleep: async (ms) => void sleeps.push(ms), random: () => 0.5 });
+  const loaded = loadPlugin(pluginModule, { options: { path, ...options } });
+  const handle = await host.start(loaded);
+  return { host, handle, path, sleeps };
+}
+
+/** The Claude Pro/Max login as 2.x runs it: /connect/oauth, the person signs in, /complete. */
+async function login(host, email) {
+  const attempt = await host.oauthConnect({ integrationID: "anthropic-pool", methodID: "claude-max" });
+  assert.equal(attempt.mode, "code");
+  const paste = mock.approve(attempt.url, email);
+  return host.oauthComplete({ integrationID: "anthropic-pool", attemptID: attempt.attemptID, code: paste });
+}
+
+test("the default export decodes as 2.x does, and setup stands aside on a 1.18 (registration-only) context", async () => {
+  const loaded = loadPlugin(pluginModule);
+  assert.equal(loaded.id, "oauth-pool");
+  assert.equal(loaded.kind, "setup");
+  assert.deepEqual(Object.keys(pluginModule), ["default"], "no named exports (1.18 would call them)");
+  const ctx = g1Context({ path: tempPoolPath() });
+  assert.equal(await loaded.plugin.setup(ctx), undefined);
+  assert.deepEqual(registrationsOf(ctx), [], "nothing registered, no fetch, no timer");
+});
+
+test("logins add accounts to the pool file; the host keeps no token of ours", async () => {
+  const { host, path, handle } = await started();
+  await login(host, "v2a@x.test");
+  await login(host, "v2b@x.test");
+  const key = "fake-console-key-v2-0123456789";
+  mock.addApiKey(key, "v2key@x.test");
+  const keyed = await host.login("anthropic-pool", "console-api-key", { answer: { key, label: "v2key@x.test" } });
+  assert.equal(keyed.credential.value.access, "pool");
+  assert.deepEqual((await listAccounts(path)).map((a) => [a.email, a.type]), [["v2a@x.test", "oauth"], ["v2b@x.test", "oauth"], ["v2key@x.test", "api"]]);
+  const stored = JSON.stringify(host.credentials("anthropic-pool"));
+  for (const a of readPool(path).anthropic) for (const secret of [a.access, a.refresh, a.key].filter(Boolean)) assert.ok(!stored.includes(secret), "a token reached the host's store");
+  assert.deepEqual(host.credentials("anthropic-pool").map((c) => c.label), ["v2a@x.test", "v2b@x.test", "v2key@x.test"]);
+  await handle.unload();
+});
+
+test("the provider mirrors the host's Anthropic models on the native route, free of cost, before any host login", async () => {
+  const { host, handle } = await started();
+  const provider = host.providers().find((p) => p.id === "anthropic-pool");
+  assert.ok(provider, "listed without a host connection (accounts may come from the CLI)");
+  assert.equal(provider.package, "@opencode/ai/providers/anthropic");
+  assert.equal(provider.integrationID, "anthropic-pool");
+  assert.equal(provider.settings.baseURL, `${mock.url}/v1`);
+  const models = host.models("anthropic-pool");
+  assert.deepEqual(models.map((m) => m.id).sort(), [...host.provider("anthropic").models.keys()].sort());
+  assert.ok(models.every((m) => m.cost.every((c) => c.input === 0 && c.output === 0)));
+  await handle.unload();
+});
+
+test("a 429 on the first account is answered by the second, inside one host request; a 401 is refreshed once", async () => {
+  const { host, handle, path, sleeps } = await started();
+  await login(host, "f1@x.test");
+  await login(host, "f2@x.test");
+  mock.clearRequests();
+  const first = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+  const served = textOf(await first.text()).replace("Hello from ", "");
+  const other = served === "f1@x.test" ? "f2@x.test" : "f1@x.test";
+  mock.script(served, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+  mock.clearRequests();
+  const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+  assert.equal(res.status, 200);
+  assert.equal(textOf(await res.text()), `Hello from ${other}`);
+  const sent = mock.requests.filter((r) => r.path.startsWith("/v1/messages"));
+  assert.deepEqual(sent.map((r) => [r.email, r.status]), [[served, 429], [other, 200]]);
+  assert.equal(sent[1].headers.authorization, `Bearer ${mock.tokens(other).access}`);
+  assert.match(sent[1].headers["anthropic-beta"], /oauth-2025-04-20/);
+  assert.equal(sent[1].headers["x-api-key"], undefined);
+  assert.deepEqual(sleeps, [], "the host never retried: the pool answered");
+  await flushPool(path);
+  assert.equal(readPool(path).anthropic.find((a) => a.email === served).status, "rate-limited");
+
+  mock.revoke(other); // revoked early: the refresh token still works
+  const before = mock.stats().refreshCalls;
+  mock.clearRequests();
+  const again = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+  assert.equal(again.status, 200);
+  assert.equal(textOf(await again.text()), `Hello from ${other}`);
+  assert.equal(mock.stats().refreshCalls, before + 1);
+  assert.deepEqual(mock.requests.filter((r) => r.path.startsWith("/v1/messages")).map((r) => r.status), [401, 200]);
+  await handle.unload();
+});
+
+test("every account cooling: one pool 429 with retry-after, nothing upstream, and the host waits exactly that long", async () => {
+  const { host, handle, sleeps } = await started();
+  await login(host, "c1@x.test");
+  await login(host, "c2@x.test");
+  const soon = Math.floor(Date.now() / 1000) + 120;
+  mock.script("c1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 120, fiveHourReset: soon }) }]);
+  mock.script("c2@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 120, fiveHourReset: soon }) }]);
+  mock.clearRequests();
+  // The host retries after the pool's retry-after; the harness's sleep returns at once, and by
+  // then nothing has reset, so each retry gets the pool's 429 again until the host gives up.
+  const failure = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).then(
+    () => null,
+    (e) => e,
+  );
+  assert.ok(failure instanceof ModelRequestError, String(failure));
+  assert.equal(failure.error.status, 429);
+  assert.match(failure.error.message, /every account is rate-limited/);
+  assert.equal(mock.requests.filter((r) => r.path.startsWith("/v1/messages")).length, 2, "each account tried once, then nothing upstream");
+  assert.equal(mock.stats().unauthenticated, 0);
+  assert.ok(sleeps.length > 0);
+  for (const ms of sleeps) assert.ok(ms > 110_000 && ms <= 121_000, `the host waited ${ms} ms, not the pool's retry-after`);
+
+  // Past the host's 15-minute cap there is no point waiting inside a session: the error is final.
+  const later = await started({ path: undefined });
+  await login(later.host, "c3@x.test");
+  mock.script("c3@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 7999, fiveHourReset: Math.floor(Date.now() / 1000) + 7999 }) }]);
+  const final = await later.host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).then(
+    () => null,
+    (e) => e,
+  );
+  assert.equal(final?.error?.status, 429);
+  assert.deepEqual(later.sleeps, []);
+  await later.handle.unload();
+  await handle.unload();
+});
+
+test("the model-accounts-pool tool (JSON Schema input) and command run the pool's actions", async () => {
+  const { host, handle } = await started({ toolName: "pool-accounts" });
+  await login(host, "t1@x.test");
+  const tool = host.tools().find((t) => t.name === "pool-accounts");
+  assert.ok(tool, JSON.stringify(host.log.filter((e) => e.type === "tool.rejected")));
+  assert.equal(tool.input.type, "object");
+  const listed = await host.runTool("pool-accounts", { action: "list" });
+  assert.match(listed.content[0].text, /t1@x\.test/);
+  await host.runCommand("pool-accounts", { text: "status" });
+  const shown = host.log.find((e) => e.type === "session.synthetic");
+  assert.match(shown.input.text, /Anthropic pool/);
+  await handle.unload();
+});
+
+test("a request aimed anywhere but the pool's API origin gets no pool credential", async () => {
+  const ex = new native.NativeExchange({ url: "https://evil.example/v1/messages", headers: [["content-type", "application/json"]] });
+  await assert.rejects(settle(ex.next()), (e) => e.code === "INSECURE_ENDPOINT");
+});

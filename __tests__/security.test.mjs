@@ -1,0 +1,373 @@
+// The pool attacked, and used carelessly (issue 10): each test names the hole it closes.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { createServer } from "node:http";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as lib from "../index.mjs";
+import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
+import { startEnv, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath } from "./helpers/pool-env.mjs";
+
+const { createPoolFetch, flushPool, poolStatus, savePool, loadPool } = lib;
+const INDEX = fileURLToPath(new URL("../index.mjs", import.meta.url));
+const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
+
+let mock;
+before(async () => {
+  mock = await startEnv();
+});
+after(async () => {
+  await mock?.close();
+});
+
+const post = (f, extra = {}, init = {}) => f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(extra), ...init });
+
+async function seedKey(email, key) {
+  mock.addApiKey(key, email);
+  const path = tempPoolPath();
+  await savePool({ anthropic: [{ email, type: "api", key, status: "idle", rateLimitUntil: null }] }, path);
+  return path;
+}
+
+function cli(args, env = {}) {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", env: { ...process.env, ...env }, timeout: 30_000 });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+// ---- 1. secrets never follow a redirect ------------------------------------------------------
+
+test("1: an API key never follows a redirect to another origin; the 3xx reaches the caller as it is", async () => {
+  const seen = [];
+  const elsewhere = createServer((req, res) => {
+    seen.push({ url: req.url, key: req.headers["x-api-key"], auth: req.headers.authorization });
+    res.end("stolen");
+  });
+  await new Promise((r) => elsewhere.listen(0, "127.0.0.1", r));
+  try {
+    const key = "fake-console-key-redirect-0123456789";
+    const path = await seedKey("key@x.test", key);
+    const f = createPoolFetch({ path });
+    for (const status of [301, 302, 303, 307, 308]) {
+      const location = `http://127.0.0.1:${elsewhere.address().port}/v1/messages?from=${status}`;
+      mock.script("key@x.test", [{ status, headers: { location }, body: "" }]);
+      const res = await post(f);
+      assert.equal(res.status, status);
+      assert.equal(res.headers.get("location"), location);
+      await res.text();
+    }
+    assert.deepEqual(seen, [], "nothing reached the other origin");
+  } finally {
+    elsewhere.close();
+  }
+});
+
+// ---- 2. secrets echoed by a server ----------------------------------------------------------
+
+test("2: a token endpoint that echoes the refresh token: scrubbed from errors, events, lastError, status and the CLI", async () => {
+  const path = await seedPool(mock, ["echo@x.test"], { expired: ["echo@x.test"] });
+  const token = readPool(path).anthropic[0].refresh;
+  const piece = token.slice(8, 30);
+  mock.setTokenMode({ status: 400, body: { error: "invalid_request", error_description: `malformed refresh_token '${token}' (${piece})` }, grant: "refresh_token", times: 10 });
+  const events = [];
+  const f = createPoolFetch({ path, onEvent: (e) => events.push(e) });
+  const thrown = await post(f).then(
+    () => null,
+    (e) => e,
+  );
+  assert.equal(thrown?.code, "POOL_NO_ACCOUNT");
+  const direct = await lib.refresh(token).then(
+    () => null,
+    (e) => e,
+  );
+  assert.equal(direct?.code, "OAUTH_HTTP");
+  assert.match(direct.message, /malformed refresh_token '\[redacted\]'/);
+  await flushPool(path);
+  const status = await poolStatus(path);
+  const out = cli(["status", "--path", path]).out + cli(["status", "--json", "--path", path]).out;
+  const everything = JSON.stringify([thrown.message, direct.message, events, readFileSync(path, "utf8").replace(token, "TOKEN-IN-ITS-PLACE"), status]) + out;
+  assert.ok(events.some((e) => /malformed refresh_token/.test(e.message)), JSON.stringify(events));
+  assert.match(account(path, "echo@x.test").lastError, /malformed refresh_token '\[redacted\]'/);
+  assert.doesNotMatch(everything, new RegExp(token.replace(/[-]/g, "\\-")));
+  assert.ok(!everything.includes(piece), "no piece of it either");
+  mock.setTokenMode(null);
+});
+
+// ---- 3. files that hang or fill memory -------------------------------------------------------
+
+test("3: credentials, pool and .bak paths that are FIFOs or devices answer at once with a code", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-fifo-"));
+  const fifo = join(dir, "creds.fifo");
+  assert.equal(spawnSync("mkfifo", [fifo]).status, 0);
+  const path = join(dir, "pool.json");
+  for (const credentialsPath of ["/dev/zero", fifo, dir]) {
+    const started = Date.now();
+    await assert.rejects(lib.importClaudeCode({ credentialsPath, path }), (e) => e.code === "INVALID_ARGUMENT" && /not a regular file/.test(e.message));
+    assert.ok(Date.now() - started < 2000, `${credentialsPath} took ${Date.now() - started} ms`);
+  }
+  const r = cli(["import-claude-code", "--yes", "--credentials", "/dev/zero", "--path", path]);
+  assert.equal(r.code, 1);
+  assert.match(r.err, /INVALID_ARGUMENT/);
+  // The pool file itself, and the .bak read for the POOL_CORRUPT hint.
+  const poolFifo = join(dir, "fifo-pool.json");
+  spawnSync("mkfifo", [poolFifo]);
+  await assert.rejects(loadPool(poolFifo), (e) => e.code === "POOL_INSECURE");
+  writeFileSync(path, "{ broken");
+  spawnSync("mkfifo", [`${path}.bak`]);
+  const started = Date.now();
+  await assert.rejects(loadPool(path), (e) => e.code === "POOL_CORRUPT" && /no good \.bak/.test(e.message));
+  assert.ok(Date.now() - started < 2000);
+});
+
+// ---- 4. a 400 read bounded, abortable, with a timeout -----------------------------------------
+
+test("4: a 400 is read bounded: a stalled body times out, an abort rejects at once, a big one passes whole", async () => {
+  const path = await seedPool(mock, ["b400@x.test"]);
+  const f = createPoolFetch({ path });
+  process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = "300";
+  try {
+    mock.script("b400@x.test", [{ status: 400, body: "x".repeat(4000), chunkSize: 100, delayMs: 60_000 }]);
+    const started = Date.now();
+    await assert.rejects(post(f), (e) => e.code === "NETWORK" && /no data/.test(e.message));
+    assert.ok(Date.now() - started < 2500, `${Date.now() - started} ms`);
+  } finally {
+    delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
+  }
+  mock.script("b400@x.test", [{ status: 400, body: "y".repeat(4000), chunkSize: 100, delayMs: 60_000 }]);
+  const ac = new AbortController();
+  const arrived = mock.waitFor("api", (r) => r.email === "b400@x.test");
+  const pending = post(f, {}, { signal: ac.signal });
+  await arrived;
+  const started = Date.now();
+  ac.abort();
+  await assert.rejects(pending, (e) => e.name === "AbortError");
+  assert.ok(Date.now() - started < 1000);
+  const big = JSON.stringify({ type: "error", error: { type: "invalid_request_error", message: "z".repeat(2 * 1024 * 1024) } });
+  mock.script("b400@x.test", [{ status: 400, body: big }]);
+  const res = await post(f);
+  assert.equal(res.status, 400);
+  assert.equal(await res.text(), big, "byte-exact past the bounded peek");
+});
+
+// ---- 5. abort while a refresh runs ------------------------------------------------------------
+
+test("5: an abort during a token refresh rejects at once; the refresh finishes for the next request", async () => {
+  const path = await seedPool(mock, ["slow@x.test"], { expired: ["slow@x.test"] });
+  mock.setTokenMode({ delayMs: 1500, grant: "refresh_token" });
+  const f = createPoolFetch({ path });
+  const ac = new AbortController();
+  const refreshing = mock.waitFor("token", (r) => r.grant === "refresh_token");
+  const pending = post(f, {}, { signal: ac.signal });
+  await refreshing;
+  const started = Date.now();
+  ac.abort();
+  await assert.rejects(pending, (e) => e.name === "AbortError");
+  assert.ok(Date.now() - started < 500, `rejected after ${Date.now() - started} ms`);
+  const res = await post(f);
+  assert.equal(res.status, 200);
+  await res.text();
+  assert.equal(mock.stats().perFamily["slow@x.test"].refreshCalls, 1, "the aborted refresh was not repeated");
+  assert.equal(account(path, "slow@x.test").refresh, mock.tokens("slow@x.test").refresh, "its tokens were saved");
+});
+
+// ---- 6. no request waits for the pool file's write lock ---------------------------------------
+
+function holdLock(lockPath) {
+  const code = "import fcntl,sys,time\nf=open(sys.argv[1],'a')\nfcntl.flock(f,fcntl.LOCK_EX)\nprint('held',flush=True)\ntime.sleep(600)\n";
+  const child = spawn("python3", ["-c", code, lockPath], { stdio: ["ignore", "pipe", "inherit"] });
+  const held = new Promise((resolve, reject) => {
+    child.stdout.on("data", (d) => String(d).includes("held") && resolve());
+    child.on("error", reject);
+    child.on("close", () => reject(new Error("lock holder ended")));
+  });
+  return { child, held };
+}
+
+test("6: a failover and the all-cooling answer never wait for another process's write lock", async () => {
+  const path = await seedPool(mock, ["w1@x.test", "w2@x.test"]);
+  await lib.setPriority("w1@x.test", 5, path);
+  const holder = holdLock(`${path}.lock`);
+  await holder.held;
+  try {
+    mock.script("w1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+    mock.script("w2@x.test", [{}, { status: 429, headers: rateLimitHeaders({ retryAfter: 300 }) }]);
+    const f = createPoolFetch({ path });
+    let started = Date.now();
+    const res = await post(f);
+    assert.equal(res.poolAccount, "w2@x.test");
+    await res.text();
+    assert.ok(Date.now() - started < 1500, `failover took ${Date.now() - started} ms`);
+    started = Date.now();
+    const cooling = await post(f);
+    assert.equal(cooling.status, 429);
+    assert.equal(cooling.headers.get("x-oauth-pool"), "all-accounts-cooling");
+    assert.ok(Date.now() - started < 1500, `all-cooling took ${Date.now() - started} ms`);
+  } finally {
+    holder.child.kill("SIGKILL");
+  }
+  await flushPool(path);
+  assert.equal(account(path, "w1@x.test").status, "rate-limited", "the cooldown landed once the lock was free");
+});
+
+// ---- 7. a new login revives an auth-error account in a running process ------------------------
+
+test("7: logging in again (from another process) revives an auth-error account without a restart", async () => {
+  const path = await seedPool(mock, ["re@x.test"], { expired: ["re@x.test"] });
+  mock.revoke("re@x.test", { family: true });
+  const f = createPoolFetch({ path });
+  await assert.rejects(post(f), (e) => e.code === "POOL_NO_ACCOUNT");
+  await assert.rejects(post(f), (e) => e.code === "POOL_NO_ACCOUNT", "still refused in this process");
+  const { url, verifier, state } = await lib.authorize();
+  const paste = mock.approve(url, "re@x.test");
+  // Another process (async: the mock answers from this one) exchanges the code and writes.
+  const child = spawn(
+    process.execPath,
+    ["--input-type=module", "-e", `const { addAccount } = await import(${JSON.stringify(INDEX)}); await addAccount(process.argv[1], JSON.parse(process.argv[2]), process.argv[3]);`, paste, JSON.stringify({ verifier, state }), path],
+    { env: process.env, stdio: ["ignore", "inherit", "inherit"] },
+  );
+  assert.equal(await new Promise((r) => child.on("close", r)), 0);
+  const res = await post(f);
+  assert.equal(res.status, 200);
+  assert.equal(res.poolAccount, "re@x.test");
+  await res.text();
+});
+
+// ---- 8. a long retry-after is honoured --------------------------------------------------------
+
+test("8: retry-after 7999 (or a date three hours ahead) is honoured, not clamped to minutes", async () => {
+  const inThreeHours = new Date(Date.now() + 3 * 3600_000).toUTCString();
+  for (const [retryAfter, expected] of [["7999", 7999], [inThreeHours, 3 * 3600]]) {
+    const path = await seedPool(mock, [`ra${expected}@x.test`]);
+    mock.script(`ra${expected}@x.test`, [{ status: 429, headers: { "retry-after": retryAfter } }]);
+    const f = createPoolFetch({ path });
+    const res = await post(f);
+    assert.equal(res.status, 429);
+    const wait = Number(res.headers.get("retry-after"));
+    assert.ok(Math.abs(wait - expected) <= 3, `retry-after ${wait}, expected ${expected}`);
+    await flushPool(path);
+    const left = (account(path, `ra${expected}@x.test`).rateLimitUntil - Date.now()) / 1000;
+    assert.ok(Math.abs(left - expected) <= 3, `cooling ${left} s`);
+  }
+});
+
+// ---- 9. new tokens that cannot be saved -------------------------------------------------------
+
+test("9: refreshed tokens that cannot be written keep the refresh lock, are reported, and are saved by a later write", async () => {
+  const path = await seedPool(mock, ["us@x.test"], { expired: ["us@x.test"] });
+  const good = readFileSync(path);
+  mock.setTokenMode({ delayMs: 300, grant: "refresh_token" });
+  const events = [];
+  const f = createPoolFetch({ path, onEvent: (e) => events.push(e) });
+  const refreshing = mock.waitFor("token", (r) => r.grant === "refresh_token");
+  const pending = post(f);
+  await refreshing;
+  writeFileSync(path, "{ broken by a hand edit"); // while the token call is out
+  const res = await pending;
+  assert.equal(res.status, 200, "served with the new tokens from memory");
+  await res.text();
+  assert.ok(events.some((e) => e.kind === "tokens-unsaved" && e.email === "us@x.test"), JSON.stringify(events));
+  // The person fixes the file (here: back to what it was, with the spent refresh token).
+  writeFileSync(path, good);
+  const mine = await poolStatus(path);
+  assert.deepEqual(mine.unsavedTokens.map((u) => u.email), ["us@x.test"]);
+  const other = JSON.parse(cli(["status", "--json", "--path", path]).out);
+  assert.deepEqual(other.refreshLocked, ["us@x.test"], "other processes see the refresh lock held");
+  const again = await post(f);
+  assert.equal(again.status, 200);
+  await again.text();
+  await flushPool(path);
+  assert.equal(account(path, "us@x.test").refresh, mock.tokens("us@x.test").refresh, "saved by the next write");
+  assert.deepEqual((await poolStatus(path)).unsavedTokens, []);
+  assert.deepEqual(JSON.parse(cli(["status", "--json", "--path", path]).out).refreshLocked, [], "and the lock released");
+  assert.equal(mock.stats().perFamily["us@x.test"].reuse, 0);
+  assert.equal(mock.stats().perFamily["us@x.test"].refreshCalls, 1);
+});
+
+// ---- 10. savePool never wipes the pool --------------------------------------------------------
+
+test("10: savePool of something without an anthropic array is POOL_INVALID and writes nothing", async () => {
+  const path = await seedPool(mock, ["keep@x.test"]);
+  const before = readFileSync(path);
+  for (const bad of [{}, new Date(), { anthropic: undefined }, { anthropic: null }, { anthropic: {} }, [], 5, "x", null]) {
+    await assert.rejects(savePool(bad, path), (e) => e.code === "POOL_INVALID", String(bad));
+  }
+  assert.deepEqual(readFileSync(path), before);
+});
+
+// ---- 11. every export validates its arguments -------------------------------------------------
+
+test("11: wrong argument types reject with INVALID_ARGUMENT and a sentence", async () => {
+  const path = tempPoolPath();
+  const calls = [
+    () => lib.loadPool(0),
+    () => lib.exchange("a#b"),
+    () => lib.exchange(5, { verifier: "v", state: "s" }),
+    () => lib.authorize({ mode: 5 }),
+    () => lib.authorize({ mode: "bogus" }),
+    () => lib.setPriority("a@x", Symbol("p")),
+    () => lib.setPriority("a@x", 1.5),
+    () => lib.setEnabled("a@x", "yes"),
+    () => lib.removeAccount(5),
+    () => lib.addApiKey(5),
+    () => lib.importClaudeCode("path"),
+    () => lib.savePool({ anthropic: [{ email: "a@x", expires: Number.NaN }] }, path),
+    () => lib.savePool({ anthropic: [{ email: "a@x", expires: Number.POSITIVE_INFINITY }] }, path),
+    () => lib.savePool({ anthropic: [], x: () => 1 }, path),
+    () => lib.refresh(undefined),
+    () => createPoolFetch({ path })(messagesUrl(mock), { method: 5 }),
+    () => createPoolFetch({ path })(5),
+  ];
+  for (const [i, call] of calls.entries()) {
+    await assert.rejects(
+      (async () => call())(),
+      (e) => e.code === "INVALID_ARGUMENT" && e.message.length > 10 && !/StringExpected|InvalidArg/.test(e.message),
+      `call ${i}`,
+    );
+  }
+  assert.throws(() => createPoolFetch(5), (e) => e.code === "INVALID_ARGUMENT");
+});
+
+// ---- 13. emails that differ only in case ------------------------------------------------------
+
+test("13: accounts whose emails differ only in case are two accounts: served, changed and removed exactly", async () => {
+  const path = tempPoolPath();
+  const a = mock.addAccount("Case@x.test");
+  const b = mock.addAccount("case@x.test");
+  const entry = (email, t) => ({ email, access: t.access, refresh: t.refresh, expires: t.expires, status: "idle", rateLimitUntil: null });
+  await savePool({ anthropic: [entry("Case@x.test", a), entry("case@x.test", b)] }, path);
+  const f = createPoolFetch({ path });
+  mock.script("Case@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 60 }) }]);
+  mock.script("case@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 60 }) }]);
+  await lib.setPriority("Case@x.test", 5, path);
+  const res = await post(f);
+  assert.equal(res.status, 429, "both were tried");
+  assert.equal(mock.requests.filter((r) => r.email && /^case@x\.test$/i.test(r.email)).length >= 2, true);
+  await lib.resetCooldowns(path);
+  const served = await post(f);
+  assert.equal(served.poolAccount, "Case@x.test");
+  await served.text();
+  await lib.setEnabled("Case@x.test", false, path);
+  assert.equal(readPool(path).anthropic.find((x) => x.email === "case@x.test").enabled, undefined, "only the exact one");
+  const status = await poolStatus(path);
+  assert.deepEqual(status.caseClashes, [["Case@x.test", "case@x.test"]]);
+  await assert.rejects(lib.removeAccount("CASE@X.TEST", path), (e) => e.code === "INVALID_ARGUMENT" && /differ only in case/.test(e.message));
+  assert.equal(await lib.removeAccount("case@x.test", path), 1);
+  assert.deepEqual(readPool(path).anthropic.map((x) => x.email), ["Case@x.test"]);
+});
+
+// ---- 14. unreadable entries are listed and removable -----------------------------------------
+
+test("14: unreadable entries are listed (marked invalid) and can be removed by email or #index", async () => {
+  const path = await seedPool(mock, ["fine@x.test"]);
+  const raw = readPool(path);
+  raw.anthropic.push({ email: "broken@x.test", expires: "tomorrow" }, 42);
+  writeFileSync(path, JSON.stringify(raw));
+  const list = await lib.listAccounts(path);
+  assert.deepEqual(list.map((a) => [a.email, a.status]), [["fine@x.test", "idle"], ["broken@x.test", "invalid"], ["#2", "invalid"]]);
+  assert.match(list[1].lastError, /unreadable/);
+  assert.equal(await lib.removeAccount("broken@x.test", path), 1);
+  assert.equal(await lib.removeAccount("#1", path), 1);
+  assert.deepEqual(readPool(path).anthropic.map((a) => a.email), ["fine@x.test"]);
+});

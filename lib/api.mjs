@@ -1,0 +1,171 @@
+// The library's functions: each validates its arguments (a wrong type rejects with
+// INVALID_ARGUMENT and a sentence, never napi's `StringExpected`), then calls Rust, and every
+// rejection carries `err.code`. One set of wrappers, used by index.mjs, the plugin and the CLI.
+import { native } from "./native.mjs";
+import { toPoolError, wrap } from "./errors.mjs";
+
+/** A synchronous native call: napi-rs can return the Error instead of throwing it. */
+function sync(value) {
+  if (value instanceof Error) throw toPoolError(value);
+  return value;
+}
+
+export function invalidArgument(message) {
+  const err = new Error(message);
+  err.code = "INVALID_ARGUMENT";
+  return err;
+}
+
+function shown(value) {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  if (value instanceof Date) return "a Date";
+  if (typeof value === "string") return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}...` : value);
+  if (typeof value === "number" || typeof value === "boolean" || typeof value === "bigint") return String(value);
+  return `a ${typeof value}`;
+}
+
+const isPlainObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v) && Object.getPrototypeOf(v) === Object.prototype;
+
+/** An optional string argument (undefined/null mean "not given"). */
+export function optionalString(name, value) {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== "string") throw invalidArgument(`${name} must be a string, got ${shown(value)}`);
+  return value;
+}
+
+export function requiredString(name, value) {
+  if (typeof value !== "string") throw invalidArgument(`${name} must be a string, got ${shown(value)}`);
+  return value;
+}
+
+function optionalObject(name, value) {
+  if (value === undefined || value === null) return {};
+  if (typeof value !== "object" || Array.isArray(value)) throw invalidArgument(`${name} must be an object, got ${shown(value)}`);
+  return value;
+}
+
+function pathArg(path) {
+  return optionalString("path", path);
+}
+
+/**
+ * A pool handed to savePool must be plain JSON: NaN, Infinity, functions, symbols, BigInts and
+ * cycles cannot be stored and are refused rather than silently turned into null.
+ */
+function checkJson(value, where, seen = new Set()) {
+  switch (typeof value) {
+    case "string":
+    case "boolean":
+      return;
+    case "number":
+      if (!Number.isFinite(value)) throw invalidArgument(`${where} is ${value}: a pool holds finite numbers only`);
+      return;
+    case "object":
+      if (value === null) return;
+      if (seen.has(value)) throw invalidArgument(`${where} refers back to itself: a pool must be plain JSON`);
+      seen.add(value);
+      if (Array.isArray(value)) value.forEach((v, i) => checkJson(v, `${where}[${i}]`, seen));
+      else if (isPlainObject(value)) for (const [k, v] of Object.entries(value)) checkJson(v, `${where}.${k}`, seen);
+      else throw invalidArgument(`${where} is ${shown(value)}: a pool must be plain JSON`);
+      seen.delete(value);
+      return;
+    case "undefined":
+      return;
+    default:
+      throw invalidArgument(`${where} is ${shown(value)}: a pool must be plain JSON`);
+  }
+}
+
+function poolInvalid(message) {
+  const err = new Error(message);
+  err.code = "POOL_INVALID";
+  return err;
+}
+
+export const loadPool = wrap((path) => native.loadPool(pathArg(path)));
+
+export const savePool = wrap((pool, path) => {
+  const where = pathArg(path);
+  if (!isPlainObject(pool) || !Array.isArray(pool.anthropic)) {
+    throw poolInvalid(
+      `a pool is an object with an "anthropic" array of accounts (use [] for none), got ${isPlainObject(pool) ? "an object without it" : shown(pool)}; nothing was written`,
+    );
+  }
+  checkJson(pool, "pool");
+  return native.savePool(pool, where);
+});
+
+export const authorize = wrap(async (options) => {
+  const { mode } = optionalObject("options", options);
+  if (mode !== undefined && mode !== null && mode !== "max" && mode !== "console") {
+    throw invalidArgument(`mode must be "max" or "console", got ${shown(mode)}`);
+  }
+  return native.authorize(mode ? { mode } : undefined);
+});
+
+function pkceArg(pkce) {
+  if (!pkce || typeof pkce !== "object" || typeof pkce.verifier !== "string" || typeof pkce.state !== "string") {
+    throw invalidArgument("the second argument must be { verifier, state } from authorize()");
+  }
+  return { verifier: pkce.verifier, state: pkce.state };
+}
+
+export const exchange = wrap((input, pkce) => native.exchange(requiredString("the pasted code", input), pkceArg(pkce)));
+
+export const refresh = wrap((refreshToken) => native.refresh(requiredString("the refresh token", refreshToken)));
+
+export const listAccounts = wrap((path) => native.listAccounts(pathArg(path)));
+
+export const poolStatus = wrap((path) => native.poolStatus(pathArg(path)));
+
+export const addAccount = wrap((input, pkce, path) =>
+  native.addAccount(requiredString("the pasted code", input), pkceArg(pkce), pathArg(path)),
+);
+
+export const addApiKey = wrap((key, options) => {
+  const o = optionalObject("options", options);
+  return native.addApiKey(requiredString("the API key", key), {
+    email: optionalString("options.email", o.email),
+    path: optionalString("options.path", o.path),
+  });
+});
+
+export const removeAccount = wrap((email, path) => native.removeAccount(requiredString("email", email), pathArg(path)));
+
+export const setEnabled = wrap((email, enabled, path) => {
+  if (typeof enabled !== "boolean") throw invalidArgument(`enabled must be true or false, got ${shown(enabled)}`);
+  return native.setEnabled(requiredString("email", email), enabled, pathArg(path));
+});
+
+export const setPriority = wrap((email, priority, path) => {
+  if (typeof priority !== "number" || !Number.isSafeInteger(priority)) {
+    throw invalidArgument(`priority must be a whole number, got ${shown(priority)}`);
+  }
+  return native.setPriority(requiredString("email", email), priority, pathArg(path));
+});
+
+export const resetCooldowns = wrap((path) => native.resetCooldowns(pathArg(path)));
+
+export const importClaudeCode = wrap((options) => {
+  const o = optionalObject("options", options);
+  return native.importClaudeCode({
+    credentialsPath: optionalString("options.credentialsPath", o.credentialsPath),
+    email: optionalString("options.email", o.email),
+    path: optionalString("options.path", o.path),
+  });
+});
+
+export const flushPool = wrap((path) => native.flushPool(pathArg(path)));
+
+export const nativeVersion = () => native.version();
+
+/** The store's files (pool, lock, .bak, temp names, refresh locks) as Rust names them. */
+export function poolFiles(path) {
+  return sync(native.poolFiles(pathArg(path)));
+}
+
+/** Each endpoint with whether the pool accepts it and the proxy a request would use. */
+export function checkEndpoints() {
+  return sync(native.checkEndpoints());
+}

@@ -1,0 +1,214 @@
+// The account commands: look at the pool, add and remove logins and keys, steer the rotation.
+// Every change goes through the library (the same locked, atomic store as the plugin).
+//
+// A command is { name, args?, argsHint?, options?, summary, run(ctx) }: `args` is the
+// positionals' synopsis ("<email> <n>"; it also fixes how many are accepted), `options` are
+// parseArgs specs plus `placeholder`/`help` for the usage text, and `run` gets
+// { lib, args, options, path, out } and returns an exit code (or nothing for 0).
+import { resolve } from "node:path";
+// Durations, "ago" and quota windows read the same here as in the OpenCode tool.
+import { ago, duration, quotaText } from "../plugin/format.mjs";
+import { UsageError, cliError } from "./errors.mjs";
+import { table, text } from "./output.mjs";
+import { confirm, readLine } from "./stdin.mjs";
+
+// ---- how accounts read --------------------------------------------------------------------------
+
+const isUnreadable = (a) => a.status === "invalid";
+const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+
+function stateText(a, now) {
+  if (isUnreadable(a)) return "unreadable";
+  if (a.status === "rate-limited" && a.rateLimitUntil) return `rate-limited, ${duration(a.rateLimitUntil - now)} left`;
+  if (!a.enabled && a.status !== "disabled") return `${a.status} (disabled)`;
+  return a.status;
+}
+
+/** How to remove an unreadable entry: by its index, which names exactly that entry. */
+const removeHint = (a) => text`oauth-pool remove '#${a.index}'`;
+
+/** An unreadable entry's name plus its index, once when the name is the index itself. */
+const entryLabel = (a) => (a.email === `#${a.index}` ? text`#${a.index}` : text`#${a.index} ${a.email}`);
+
+function unreadableNotes(accounts) {
+  const bad = accounts.filter(isUnreadable);
+  if (bad.length === 0) return [];
+  const [kept, fix] = bad.length === 1 ? ["is kept as it is", "fix it in the file, or remove it"] : ["are kept as they are", "fix them in the file, or remove one"];
+  return [
+    "",
+    `${plural(bad.length, "entry", "entries")} of the file cannot be read and ${kept}; ${fix} with: ${removeHint(bad[0])}`,
+    ...bad.map((a) => text`  ${entryLabel(a)}: ${a.lastError ?? "unreadable"}`),
+  ];
+}
+
+export function listText(path, accounts, now) {
+  if (accounts.length === 0) return text`no accounts in ${path} (add one with: oauth-pool add)`;
+  const rows = [["EMAIL", "TYPE", "STATUS", "PRIORITY", "LAST USED"]];
+  for (const a of accounts) {
+    rows.push(isUnreadable(a) ? [a.email, "?", "unreadable", "-", "-"] : [a.email, a.type, stateText(a, now), a.priority, ago(a.lastUsed, now)]);
+  }
+  return [table(rows), ...unreadableNotes(accounts)].join("\n");
+}
+
+function accountLines(a, now) {
+  if (isUnreadable(a)) {
+    return [
+      text`  ${a.email} (unreadable entry #${a.index})`,
+      `    status   unreadable, kept as it is (remove it with: ${removeHint(a)})`,
+      text`    problem  ${a.lastError ?? "unreadable"}`,
+    ];
+  }
+  const lines = [text`  ${a.email} (${a.type}${a.priority ? `, priority ${a.priority}` : ""})`];
+  let state = stateText(a, now);
+  if (a.status === "rate-limited" && a.rateLimitUntil) state += ` (until ${new Date(a.rateLimitUntil).toISOString()})`;
+  lines.push(text`    status   ${state}`);
+  const windows = quotaText(a.quota, now);
+  if (windows) {
+    const seen = typeof a.quota.updatedAt === "number" ? `, seen ${ago(a.quota.updatedAt, now)}` : "";
+    lines.push(`    quota    ${windows}${seen}`);
+  }
+  if (a.type === "oauth" && typeof a.expires === "number") {
+    lines.push(`    token    ${a.expires > now ? `valid for ${duration(a.expires - now)}` : "expired (refreshed on next use)"}`);
+  }
+  lines.push(`    used     ${ago(a.lastUsed, now)}`);
+  if (a.lastError) lines.push(text`    problem  ${a.lastError}`);
+  return lines;
+}
+
+/** What the pool as a whole says beyond its accounts; each part only when there is something. */
+function poolLines(st, now) {
+  const lines = [];
+  if (st.soonestReset) lines.push(`soonest reset: in ${duration(st.soonestReset - now)}`);
+  if (st.lastFailover) {
+    const f = st.lastFailover;
+    lines.push(text`last failover: ${ago(f.at, now)}, ${f.from} -> ${f.to ?? "(none)"}: ${f.reason}`);
+  }
+  for (const group of st.caseClashes ?? []) {
+    lines.push(text`warning: ${group.join(", ")} differ only in case: commands that name one need its exact spelling`);
+  }
+  for (const u of st.unsavedTokens ?? []) {
+    lines.push(text`unsaved tokens: ${u.email} got new tokens ${ago(u.since, now)} that could not be written (${u.error}); every write of this process retries`);
+  }
+  if (st.refreshLocked?.length) lines.push(text`refresh under way (its lock is held): ${st.refreshLocked.join(", ")}`);
+  return lines;
+}
+
+export function statusText(st, now) {
+  const c = st.counts;
+  const bad = c.invalid ? `, ${plural(c.invalid, "unreadable entry", "unreadable entries")}` : "";
+  const lines = [text`pool ${st.path}: ${c.total} account(s), ${c.usable} usable now${bad}`];
+  for (const a of st.accounts) lines.push(...accountLines(a, now));
+  lines.push(...poolLines(st, now));
+  return lines.join("\n");
+}
+
+// ---- commands -----------------------------------------------------------------------------------
+
+async function list({ lib, path, out }) {
+  // poolStatus: the same summaries as listAccounts, plus the path the library resolved.
+  const { path: shown, accounts } = await lib.poolStatus(path);
+  out.result({ path: shown, accounts }, listText(shown, accounts, Date.now()));
+}
+
+async function status({ lib, path, out }) {
+  const st = await lib.poolStatus(path);
+  out.result(st, statusText(st, Date.now()));
+}
+
+async function add({ lib, options, path, out }) {
+  const mode = options.mode ?? "max";
+  if (mode !== "max" && mode !== "console") throw new UsageError(text`--mode must be max or console, not ${mode}`);
+  const pkce = await lib.authorize({ mode });
+  // The URL goes to stdout alone on its line (so a script can pick it up); the guidance to stderr.
+  out.note(`Open this URL in a browser, log in${mode === "console" ? " to the Anthropic Console" : " with the Claude account to add"}, and paste the code it shows:`);
+  out.result({ url: pkce.url }, pkce.url);
+  const line = await readLine({ prompt: "code: " });
+  if (line === null) throw new UsageError("add reads the pasted code from stdin, and stdin closed before a line came");
+  const r = await lib.addAccount(line.trim(), { verifier: pkce.verifier, state: pkce.state }, path);
+  out.result(r, text`${r.added ? "added" : "updated"} ${r.email}`);
+}
+
+async function addKey({ lib, options, path, out }) {
+  if (process.stdin.isTTY) out.note("Paste the Console API key (input hidden), then Enter.");
+  const line = await readLine({ prompt: "API key: ", hidden: true });
+  const key = line?.trim();
+  if (!key) throw new UsageError(`add-key reads the API key from stdin, and stdin ${line === null ? "closed with nothing on it" : "held an empty line"}`);
+  const r = await lib.addApiKey(key, { email: options.email, path });
+  out.result(r, text`${r.added ? "added" : "updated"} ${r.email} (API key)`);
+}
+
+async function remove({ lib, args: [target], path, out }) {
+  const removed = await lib.removeAccount(target, path);
+  out.result({ email: target, removed }, text`removed ${target}${removed > 1 ? ` (${removed} entries)` : ""}`);
+}
+
+function setEnabled(enabled) {
+  return async ({ lib, args: [email], path, out }) => {
+    await lib.setEnabled(email, enabled, path);
+    out.result({ email, enabled }, text`${enabled ? "enabled" : "disabled"} ${email}`);
+  };
+}
+
+async function priority({ lib, args: [email, n], path, out }) {
+  if (!/^-?\d+$/.test(n) || !Number.isSafeInteger(Number(n))) throw new UsageError(text`priority must be an integer, not ${n}`);
+  const value = Number(n);
+  await lib.setPriority(email, value, path);
+  out.result({ email, priority: value }, text`priority of ${email} is now ${value}`);
+}
+
+async function resetCooldowns({ lib, path, out }) {
+  const reset = await lib.resetCooldowns(path);
+  out.result({ reset }, reset ? `cleared the cooldown of ${reset} account(s)` : "no account was cooling");
+}
+
+const SHARED_LOGIN =
+  "an imported login is shared with Claude Code: both then hold one rotating refresh token, and the first refresh by either one logs the other out (Claude Code asks you to log in again, or the pool marks the account auth-error). For a login of the pool's own, use: oauth-pool add";
+
+/** Imports only after an explicit yes: --yes, or "y" typed on a terminal. */
+async function confirmShared(options, out) {
+  if (!options.yes) {
+    if (out.json) throw new UsageError(`import-claude-code --json needs --yes: ${SHARED_LOGIN}`);
+    if (!process.stdin.isTTY) throw new UsageError(`import-claude-code needs --yes when stdin is not a terminal to ask on: ${SHARED_LOGIN}`);
+  }
+  out.note(`warning: ${SHARED_LOGIN}`);
+  if (!options.yes && !(await confirm("Import anyway?"))) throw cliError("CANCELLED", "nothing was imported");
+}
+
+async function importClaudeCode({ lib, options, path, out }) {
+  await confirmShared(options, out);
+  const credentialsPath = options.credentials ? resolve(options.credentials) : undefined;
+  const r = await lib.importClaudeCode({ email: options.email, credentialsPath, path });
+  out.result(r, text`${r.added ? "imported" : "updated"} ${r.email} from Claude Code`);
+}
+
+const EMAIL = { type: "string", placeholder: "<e>" };
+
+export const commands = [
+  { name: "list", summary: "every account: status, cooldown, priority, last use", run: list },
+  { name: "status", summary: "per-account state, cooldowns with time left, 5h/7d quota", run: status },
+  {
+    name: "add",
+    options: { mode: { type: "string", placeholder: "max|console" } },
+    summary: "print the login URL, then read the pasted code from stdin",
+    run: add,
+  },
+  {
+    name: "add-key",
+    options: { email: EMAIL },
+    argsHint: " (the key is read from stdin: an argument would show in ps and shell history)",
+    summary: "read a Console API key from stdin (never from the command line)",
+    run: addKey,
+  },
+  { name: "remove", args: "<email>", summary: "remove an account, or an unreadable entry by email or '#<index>'", run: remove },
+  { name: "enable", args: "<email>", summary: "use an account again", run: setEnabled(true) },
+  { name: "disable", args: "<email>", summary: "keep an account but never use it", run: setEnabled(false) },
+  { name: "priority", args: "<email> <n>", summary: "higher is preferred (integer, may be negative)", run: priority },
+  { name: "reset-cooldowns", summary: "forget every recorded cooldown", run: resetCooldowns },
+  {
+    name: "import-claude-code",
+    options: { email: EMAIL, credentials: { type: "string", placeholder: "<file>" }, yes: { type: "boolean" } },
+    summary:
+      "copy a Claude Code login (~/.claude/.credentials.json), which then stays\nshared with Claude Code: asks first, --yes skips the question",
+    run: importClaudeCode,
+  },
+];

@@ -1,0 +1,96 @@
+// The command line: global options anywhere, the command's own options after the command, and
+// usage errors (exit 2) in our words. node:util's parseArgs (strict) decides what is valid; when
+// it refuses, a lenient second pass over the same words finds which one to name.
+import { parseArgs } from "node:util";
+import { UsageError } from "./errors.mjs";
+
+/** Options every command takes. `placeholder` and `help` are for the usage text only. */
+export const GLOBAL_OPTIONS = {
+  json: { type: "boolean", help: "machine output: one JSON document per line on stdout" },
+  path: { type: "string", placeholder: "<file>", help: "the pool file (else $OAUTH_POOL_PATH, else ~/.aidevops/oauth-pool.json)" },
+  help: { type: "boolean", short: "h", help: "this text" },
+  version: { type: "boolean", short: "V", help: "the version" },
+};
+
+// parseArgs reads `-1` as the short option "1". A NUL cannot occur in an argv string, so it
+// marks a negative number as a plain word for the parser and comes off afterwards
+// (`priority a@x -1`, `--email -1` both keep their -1).
+const NEGATIVE = /^-\d+(?:\.\d+)?$/;
+const MARK = "\u0000";
+const protect = (arg) => (NEGATIVE.test(arg) ? MARK + arg : arg);
+const unprotect = (value) => (typeof value === "string" && value.startsWith(MARK) ? value.slice(1) : value);
+
+/** Our option specs as parseArgs wants them (it has no use for the help fields). */
+function parserConfig(options) {
+  const config = {};
+  for (const [name, o] of Object.entries(options)) config[name] = o.short ? { type: o.type, short: o.short } : { type: o.type };
+  return config;
+}
+
+const lenient = (args, options) =>
+  parseArgs({ args, options: parserConfig(options), strict: false, allowPositionals: true, tokens: true }).tokens;
+
+/**
+ * The command: the first word that is neither an option nor a global option's value, or the
+ * first two when they name a command together ("store init").
+ */
+function findCommand(args, commandOptions) {
+  const [first, second] = lenient(args, GLOBAL_OPTIONS)
+    .filter((t) => t.kind === "positional")
+    .map((t) => unprotect(t.value));
+  const pair = `${first} ${second}`;
+  return second !== undefined && commandOptions(pair) !== undefined ? pair : first;
+}
+
+/** Why strict parsing refused, in the words the CLI has always used. */
+function explain(args, options, command, known, err) {
+  for (const t of lenient(args, options)) {
+    if (t.kind !== "option") continue;
+    const o = options[t.name];
+    if (!o) return known ? `${command} does not take ${t.rawName}` : `unknown option ${t.rawName}`;
+    if (o.type === "string" && t.value === undefined) return `${t.rawName} needs a value`;
+    if (o.type === "string" && !t.inlineValue && t.value.startsWith("-")) {
+      return `${t.rawName} needs a value (write ${t.rawName}=<value> for one that starts with -)`;
+    }
+    if (o.type === "boolean" && t.inlineValue) return `${t.rawName} takes no value`;
+  }
+  return String(err.message).split("\n")[0];
+}
+
+/**
+ * Splits argv into { command, positionals, options }. `commandOptions(name)` gives the options
+ * of a known command (undefined for an unknown one, which then takes only the global options).
+ */
+export function parseCommandLine(argv, commandOptions) {
+  const args = argv.map(protect);
+  const command = findCommand(args, commandOptions);
+  const own = command === undefined ? undefined : commandOptions(command);
+  const options = { ...GLOBAL_OPTIONS, ...own };
+  let parsed;
+  try {
+    parsed = parseArgs({ args, options: parserConfig(options), strict: true, allowPositionals: true });
+  } catch (err) {
+    if (!String(err?.code).startsWith("ERR_PARSE_ARGS")) throw err;
+    throw new UsageError(explain(args, options, command, own !== undefined, err));
+  }
+  const values = {};
+  for (const [name, value] of Object.entries(parsed.values)) {
+    if (value === "") throw new UsageError(`--${name} needs a value`);
+    values[name] = unprotect(value);
+  }
+  const words = command === undefined ? 0 : command.split(" ").length;
+  return { command, positionals: parsed.positionals.slice(words).map(unprotect), options: values };
+}
+
+/** [min, max] positionals from a synopsis like "<email> <n>", "[name]" or "<file>...". */
+export function arity(synopsis = "") {
+  const words = synopsis.split(/\s+/).filter(Boolean);
+  const min = words.filter((w) => w.startsWith("<")).length;
+  return [min, words.some((w) => w.endsWith("...")) ? Infinity : words.length];
+}
+
+export function checkArity(spec, positionals) {
+  const [min, max] = arity(spec.args);
+  if (positionals.length >= min && positionals.length <= max) return;
+  throw new UsageError(`usage: oauth-pool ${spec.name}${spec.args ? ` ${spec.args}` : ""}${spec.argsHint ?? ""}`);
+}

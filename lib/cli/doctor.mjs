@@ -1,0 +1,286 @@
+// `oauth-pool doctor`: what could stop the pool from working or expose its tokens. Where the
+// files are, what they are called and which endpoints pass the pool's rule are asked of the
+// library (poolFiles, checkEndpoints), never re-derived here: a doctor that guesses can
+// disagree with the code it diagnoses. What is left here is looking at those files.
+//
+// Each check is { name, level: ok|info|warn|problem, message, ...details }; any problem makes
+// the exit code 3. Messages keep emails and reasons as they are (JSON escapes them); the text
+// report escapes each message whole, which is safe because a message is one line of ours.
+import { lstatSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { basename } from "node:path";
+import { duration } from "../plugin/format.mjs";
+import { EXIT } from "./errors.mjs";
+import { printable } from "./output.mjs";
+
+// How long doctor waits for the pool's write lock before calling it stuck. Writers hold it for
+// a read-modify-write of a small file (milliseconds), never across a network call.
+const LOCK_PROBE_MS = 3000;
+// An address that cannot be in a pool (.invalid is reserved, RFC 2606): removing it takes the
+// write lock, finds nothing and writes nothing.
+const LOCK_PROBE_EMAIL = "doctor-lock-probe@oauth-pool.invalid";
+const SOURCES = { argument: "--path", OAUTH_POOL_PATH: "OAUTH_POOL_PATH", default: "the default" };
+
+const posix = process.platform !== "win32";
+const myUid = typeof process.getuid === "function" ? process.getuid() : null;
+const octal = (st) => `0${(st.mode & 0o777).toString(8).padStart(3, "0")}`;
+const othersCanAccess = (st) => posix && (st.mode & 0o077) !== 0;
+const notMine = (st) => posix && myUid !== null && st.uid !== myUid;
+
+function lstatOrNull(p) {
+  try {
+    return lstatSync(p);
+  } catch (e) {
+    if (e.code === "ENOENT" || e.code === "ENOTDIR") return null;
+    throw e;
+  }
+}
+
+function report() {
+  const checks = [];
+  return {
+    checks,
+    add: (name, level, message, extra) => checks.push({ name, level, message, ...extra }),
+    failed: (name) => checks.some((c) => c.name === name && c.level === "problem"),
+  };
+}
+
+/** Linux only: who holds a kernel lock on `file` (from /proc/locks); null when unknown. */
+function lockHolders(file) {
+  if (process.platform !== "linux") return null;
+  let st;
+  let locks;
+  try {
+    st = statSync(file);
+    locks = readFileSync("/proc/locks", "utf8");
+  } catch {
+    return null;
+  }
+  const holders = [];
+  for (const line of locks.split("\n")) {
+    // "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234567 0 EOF"
+    const m = /^\d+:\s+(?:->\s+)?(\S+)\s+\S+\s+(\S+)\s+(-?\d+)\s+[0-9a-f]+:[0-9a-f]+:(\d+)\s/.exec(line);
+    if (!m || Number(m[4]) !== st.ino) continue;
+    const pid = Number(m[3]);
+    let command = "";
+    try {
+      command = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter(Boolean).slice(0, 3).join(" ");
+    } catch {}
+    holders.push({ pid, kind: m[1], access: m[2], command: command || null });
+  }
+  return holders;
+}
+
+function withTimeout(promise, ms) {
+  let timer;
+  const timeout = new Promise((resolve) => {
+    timer = setTimeout(() => resolve({ timedOut: true }), ms);
+  });
+  return Promise.race([promise.then((value) => ({ value }), (error) => ({ error })), timeout]).finally(() => clearTimeout(timer));
+}
+
+// ---- the checks, in the order they print --------------------------------------------------------
+
+function checkNative(lib, r) {
+  try {
+    r.add("native", "ok", `native addon ${lib.nativeVersion()} for ${lib.platformTriple()}`);
+    return true;
+  } catch (e) {
+    r.add("native", "problem", `native addon: ${e.message}`, { code: e.code });
+    return false;
+  }
+}
+
+function checkDirectory(files, r) {
+  const dir = files.directory;
+  const st = lstatOrNull(dir);
+  if (!st) return r.add("directory", "ok", `${dir} does not exist yet (created 0700 by the first write)`);
+  if (st.isSymbolicLink()) {
+    const target = statSync(dir, { throwIfNoEntry: false });
+    return target?.isDirectory()
+      ? r.add("directory", "warn", `${dir} is a symbolic link to a directory: check that it is yours and private`)
+      : r.add("directory", "problem", `${dir} is a symbolic link to nothing usable`);
+  }
+  if (!st.isDirectory()) return r.add("directory", "problem", `${dir} is not a directory`);
+  if (othersCanAccess(st)) r.add("directory", "problem", `${dir} is ${octal(st)}: others can list it (fix: chmod 700 ${dir})`);
+  else r.add("directory", "ok", `${dir}${posix ? ` is ${octal(st)}` : " exists"}`);
+  if (notMine(st)) r.add("directory owner", "problem", `${dir} belongs to uid ${st.uid}, not to you (uid ${myUid})`);
+}
+
+/** Inspected before the library reads the file, because reading tightens a wide mode. */
+function checkFile(files, r) {
+  const { path } = files;
+  const name = basename(path);
+  const st = lstatOrNull(path);
+  if (!st) return r.add("file", "ok", `${name} does not exist yet (an empty pool; created 0600 by the first add)`);
+  if (st.isSymbolicLink()) return r.add("file", "problem", `${path} is a symbolic link: the library refuses it (POOL_INSECURE); point OAUTH_POOL_PATH at the real file`);
+  if (!st.isFile()) return r.add("file", "problem", `${path} is not a regular file (POOL_INSECURE)`);
+  if (notMine(st)) return r.add("file", "problem", `${path} belongs to uid ${st.uid}, not to you (uid ${myUid}): the library refuses it (POOL_INSECURE)`);
+  if (othersCanAccess(st)) {
+    r.add("file mode", "problem", `${path} was ${octal(st)}: other users could read the tokens in it (the library tightens it to 0600 on its next read or write; revoke the logins if others had access)`);
+  } else r.add("file mode", "ok", posix ? `${name} is ${octal(st)}` : `${name}: permissions are ACLs on Windows (not checked)`);
+  return "usable";
+}
+
+async function checkParse(lib, path, files, r) {
+  try {
+    const pool = await lib.loadPool(path);
+    const n = pool.anthropic?.length ?? 0;
+    r.add("parse", "ok", `${basename(files.path)} parses: ${n} entr${n === 1 ? "y" : "ies"}`);
+    return true;
+  } catch (e) {
+    r.add("parse", "problem", e.message, { code: e.code });
+    return false;
+  }
+}
+
+/** Accounts worth a look: not failures of the file, so warnings and notes only. */
+async function checkAccounts(lib, path, r) {
+  let st;
+  try {
+    st = await lib.poolStatus(path);
+  } catch (e) {
+    return r.add("accounts", "problem", e.message, { code: e.code });
+  }
+  for (const a of st.accounts) {
+    if (a.status === "auth-error") r.add("account", "warn", `${a.email} needs a new login (auth-error${a.lastError ? `: ${a.lastError}` : ""}): oauth-pool add`);
+    if (a.status === "invalid") {
+      r.add("account", "warn", `entry #${a.index} (${a.email}): ${a.lastError}; remove it with: oauth-pool remove '#${a.index}'`, { index: a.index });
+    }
+  }
+  for (const group of st.caseClashes ?? []) {
+    r.add("case clash", "warn", `${group.join(", ")} differ only in case: commands that name one need its exact spelling; remove the one you do not use`, { emails: group });
+  }
+  for (const email of st.refreshLocked ?? []) {
+    r.add("refresh lock", "info", `${email}: a process holds its refresh lock (a token refresh is under way)`, { email });
+  }
+  for (const u of st.unsavedTokens ?? []) {
+    r.add("unsaved tokens", "warn", `${u.email}: new tokens could not be written (${u.error})`, { email: u.email });
+  }
+  if (st.counts.total > 0 && st.counts.usable === 0) {
+    const back = st.soonestReset ? ` (the soonest is back in ${duration(st.soonestReset - Date.now())})` : "";
+    r.add("accounts", "warn", `no account is usable right now${back}`);
+  }
+}
+
+/** The write lock: never renamed or deleted, created 0600 by the first write. */
+async function checkLock(lib, path, files, probe, r) {
+  const lockPath = files.lock;
+  const name = basename(lockPath);
+  const st = lstatOrNull(lockPath);
+  if (!st) return r.add("lock", "ok", `${name} does not exist yet (created by the first write)`);
+  if (st.isSymbolicLink()) return r.add("lock", "problem", `${lockPath} is a symbolic link: writes are refused (POOL_INSECURE); remove it`);
+  if (!st.isFile()) return r.add("lock", "problem", `${lockPath} is not a regular file: writes fail; remove it`);
+  if (othersCanAccess(st)) r.add("lock mode", "warn", `${lockPath} is ${octal(st)} (expected 0600; it holds no secret)`);
+  if (notMine(st)) r.add("lock owner", "problem", `${lockPath} belongs to uid ${st.uid}, not to you`);
+  const holders = lockHolders(lockPath);
+  const pids = holders?.length ? holders.map((h) => h.pid).join(", ") : "";
+  if (!probe) return r.add("lock", "ok", `${name} present${pids ? `, held by pid ${pids}` : ""} (not probed: the pool file is not readable)`);
+  // The library itself is asked: a no-op removal takes the write lock, finds nothing, writes
+  // nothing. (flushPool would not do: a fresh process has nothing to flush.)
+  const res = await withTimeout(lib.removeAccount(LOCK_PROBE_EMAIL, path), LOCK_PROBE_MS);
+  if (res.timedOut) {
+    const who = holders?.length ? `; held by ${holders.map((h) => `pid ${h.pid}${h.command ? ` (${h.command})` : ""}`).join(", ")}` : "";
+    return r.add("lock", "problem", `${name} has been held by another process for more than ${LOCK_PROBE_MS / 1000} s${who}: writes wait (POOL_BUSY after 60 s)`, { holders });
+  }
+  if (res.error && res.error.code !== "ACCOUNT_NOT_FOUND") return r.add("lock", "problem", `cannot take ${name}: ${res.error.message}`, { code: res.error.code });
+  r.add("lock", "ok", `${name} can be taken${pids ? ` (briefly held by pid ${pids})` : ""}`);
+}
+
+/** The previous generation, kept by every write from the second on. */
+async function checkBackup(lib, files, r) {
+  const bakPath = files.backup;
+  const name = basename(bakPath);
+  const st = lstatOrNull(bakPath);
+  if (!st) return r.add("backup", "ok", `no ${name} yet (kept from the second write on)`);
+  if (!st.isFile()) return r.add("backup", "warn", `${bakPath} is not a regular file`);
+  if (othersCanAccess(st)) r.add("backup mode", "problem", `${bakPath} is ${octal(st)}: other users could read the tokens in it (fix: chmod 600 ${bakPath})`);
+  try {
+    const bak = await lib.loadPool(bakPath);
+    const restore = r.failed("parse") ? ` (restore it with: cp ${bakPath} ${files.path})` : "";
+    r.add("backup", "ok", `${name} parses: ${bak.anthropic?.length ?? 0} entries${restore}`);
+  } catch (e) {
+    r.add("backup", "warn", `${name} does not parse: ${e.message}`, { code: e.code });
+  }
+}
+
+/** Temp files a writer that died mid-write left behind: they hold tokens. */
+function checkTemps(files, r) {
+  let strays;
+  try {
+    strays = readdirSync(files.directory).filter((f) => f.startsWith(files.tempPrefix) && f.endsWith(files.tempSuffix));
+  } catch {
+    return; // no directory yet: nothing was ever written
+  }
+  if (strays.length === 0) return r.add("temp files", "ok", "no leftover temp files");
+  r.add("temp files", "warn", `${strays.length} temp file(s) left by an interrupted write (${strays.join(", ")}); they may hold tokens and the next write removes them`, { files: strays });
+}
+
+function checkEndpointsAndProxies(lib, r) {
+  let rows;
+  try {
+    rows = lib.checkEndpoints();
+  } catch (e) {
+    return r.add("endpoint", "problem", `cannot check the endpoints: ${e.message}`, { code: e.code });
+  }
+  for (const e of rows) {
+    const details = { variable: e.variable, value: e.value ?? null, effective: e.effective ?? null, proxy: e.proxy ?? null, loopback: e.loopback ?? null };
+    const shown = e.value == null ? `${e.variable} unset: ${e.effective}` : `${e.variable}=${e.value}`;
+    if (!e.ok) {
+      r.add("endpoint", "problem", `${e.variable}: ${e.message}; requests fail with ${e.code}`, { ...details, code: e.code });
+      continue;
+    }
+    const route = e.proxy ? `via proxy ${e.proxy}` : "direct (no proxy)";
+    if (e.loopback && e.effective.startsWith("http:")) r.add("endpoint", "warn", `${shown}: plain http to a loopback host (a test setup, not Anthropic), ${route}`, details);
+    else r.add("endpoint", "ok", `${shown}, ${route}`, details);
+  }
+}
+
+// ---- the command --------------------------------------------------------------------------------
+
+export async function diagnose(lib, path) {
+  const r = report();
+  if (!checkNative(lib, r)) return { path: null, checks: r.checks };
+  let files;
+  try {
+    files = lib.poolFiles(path);
+  } catch (e) {
+    r.add("path", "problem", `no place for the pool: ${e.message}`, { code: e.code });
+    return { path: null, checks: r.checks };
+  }
+  r.add("path", "ok", `pool file ${files.path} (from ${SOURCES[files.source] ?? files.source})`);
+  if (files.kind === "file") {
+    checkDirectory(files, r);
+    const usable = checkFile(files, r) === "usable";
+    const exists = lstatOrNull(files.path) !== null;
+    const parses = exists && (await checkParse(lib, path, files, r));
+    if (parses) await checkAccounts(lib, path, r);
+    await checkLock(lib, path, files, usable && parses, r);
+    await checkBackup(lib, files, r);
+    checkTemps(files, r);
+  } else {
+    r.add("store", "ok", `the pool is kept in a ${files.kind} store: the file checks do not apply`);
+    await checkAccounts(lib, path, r);
+  }
+  checkEndpointsAndProxies(lib, r);
+  return { path: files.path, files, checks: r.checks };
+}
+
+const MARK = { ok: "ok  ", info: "info", warn: "warn", problem: "FAIL" };
+
+export function doctorText({ checks }) {
+  const count = (level) => checks.filter((c) => c.level === level).length;
+  const lines = checks.map((c) => `${MARK[c.level]}  ${c.name.padEnd(15)} ${printable(c.message)}`);
+  lines.push(`doctor: ${count("problem")} problem(s), ${count("warn")} warning(s)`);
+  return lines.join("\n");
+}
+
+async function doctor({ lib, path, out }) {
+  const result = await diagnose(lib, path);
+  const ok = !result.checks.some((c) => c.level === "problem");
+  out.result({ ok, ...result }, doctorText(result));
+  return ok ? EXIT.OK : EXIT.PROBLEMS;
+}
+
+export const commands = [
+  { name: "doctor", summary: "check permissions, lock, backups, temp files, accounts, endpoints, proxies", run: doctor },
+];

@@ -1,0 +1,91 @@
+// One line from stdin: a pipe, a file, or a terminal with the echo on or off. Bounded, because
+// `oauth-pool add-key < /dev/zero` must end with an error, not grow until memory runs out; a
+// pasted code or an API key is a few hundred bytes.
+import { UsageError } from "./errors.mjs";
+
+export const MAX_LINE_BYTES = 64 * 1024;
+
+const tooLong = () =>
+  new UsageError(`stdin held more than ${MAX_LINE_BYTES / 1024} KB without a line break: expected one short line (a pasted code or key)`);
+
+/**
+ * Resolves with the first line (without its \n or \r\n), or with null when stdin closed before
+ * any byte came. Rejects with a UsageError past MAX_LINE_BYTES.
+ */
+export async function readLine({ prompt, hidden = false, stdin = process.stdin, stderr = process.stderr } = {}) {
+  if (stdin.isTTY) {
+    if (prompt) stderr.write(prompt);
+    if (hidden && typeof stdin.setRawMode === "function") return readHidden(stdin, stderr);
+  }
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    let seen = false;
+    const finish = (settle) => {
+      stdin.off("data", onData);
+      stdin.off("end", onEnd);
+      stdin.off("error", onError);
+      stdin.pause();
+      settle();
+    };
+    const line = (buf) => buf.toString("utf8").replace(/\r$/, "");
+    const onData = (chunk) => {
+      seen = true;
+      const buf = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
+      const nl = buf.indexOf(0x0a);
+      if (nl >= 0 && size + nl <= MAX_LINE_BYTES) return finish(() => resolve(line(Buffer.concat([...chunks, buf.subarray(0, nl)]))));
+      size += buf.length;
+      // Checked before keeping the chunk: what was read so far is at most the limit plus one chunk.
+      if (size > MAX_LINE_BYTES) return finish(() => reject(tooLong()));
+      chunks.push(buf);
+    };
+    const onEnd = () => finish(() => resolve(seen ? line(Buffer.concat(chunks)) : null));
+    const onError = (e) => finish(() => reject(e));
+    stdin.on("data", onData);
+    stdin.on("end", onEnd);
+    stdin.on("error", onError);
+    stdin.resume();
+  });
+}
+
+/** A terminal with the echo off: the API key never shows on screen. */
+function readHidden(stdin, stderr) {
+  return new Promise((resolve, reject) => {
+    let buf = "";
+    stdin.setRawMode(true);
+    stdin.setEncoding("utf8");
+    const stop = () => {
+      stdin.setRawMode(false);
+      stdin.off("data", onData);
+      stdin.pause();
+      stderr.write("\n");
+    };
+    const onData = (chunk) => {
+      for (const ch of chunk) {
+        if (ch === "\r" || ch === "\n" || ch === "\u0004") {
+          stop();
+          // Ctrl-D on an empty line is a closed stdin, as with a pipe.
+          return resolve(ch === "\u0004" && buf === "" ? null : buf);
+        }
+        if (ch === "\u0003") {
+          stop();
+          process.exit(130);
+        }
+        if (ch === "\u007f" || ch === "\b") buf = buf.slice(0, -1);
+        else buf += ch;
+        if (Buffer.byteLength(buf) > MAX_LINE_BYTES) {
+          stop();
+          return reject(tooLong());
+        }
+      }
+    };
+    stdin.on("data", onData);
+    stdin.resume();
+  });
+}
+
+/** Asks a yes/no question on the terminal; only "y" or "yes" is a yes. */
+export async function confirm(question, io) {
+  const answer = await readLine({ prompt: `${question} [y/N] `, ...io });
+  return /^\s*y(es)?\s*$/i.test(answer ?? "");
+}

@@ -1,0 +1,137 @@
+// OpenCode 2: what the host lists. The `anthropic-pool` integration (its login methods add
+// accounts to OUR pool file, the single source of truth shared with 1.18 hosts, the CLI and the
+// library; the host stores only a placeholder), and the `anthropic-pool` provider on the host's
+// native Anthropic route with every Anthropic model the host knows.
+// Shapes: anomalyco/opencode packages/plugin/src/promise/integration.ts, provider.ts,
+// packages/schema/src/provider.ts, model.ts, form.ts (see __tests__/helpers/opencode2-host.mjs).
+import * as api from "../api.mjs";
+import { ANTHROPIC_MODELS } from "../plugin/models.mjs";
+import { apiBaseURL } from "../plugin/config.mjs";
+
+export const INTEGRATION_ID = "anthropic-pool";
+export const NATIVE_ANTHROPIC = "@opencode/ai/providers/anthropic";
+export const OAUTH_METHOD = "claude-max";
+export const KEY_METHOD = "console-api-key";
+
+// What the host stores for a login: no secret, never refreshed (the pool refreshes its own).
+const FAR_FUTURE = Date.UTC(9999, 11, 31);
+const placeholder = (methodID, email) => ({
+  type: "oauth",
+  methodID,
+  access: "pool",
+  refresh: "pool",
+  expires: FAR_FUTURE,
+  // Spread into provider settings by the host: one harmless key, no setting names.
+  metadata: { email },
+});
+
+/** The integration: Claude Pro/Max code paste, and a Console API key asked for by a form. */
+export function integrationTransform({ path, log }) {
+  return (editor) => {
+    editor.update(INTEGRATION_ID, (i) => {
+      i.name = "Anthropic Pool";
+    });
+    editor.method.update({
+      integrationID: INTEGRATION_ID,
+      method: { id: OAUTH_METHOD, type: "oauth", label: "Claude Pro/Max (add account to pool)" },
+      authorize: async () => {
+        const { url, verifier, state } = await api.authorize({ mode: "max" });
+        return {
+          mode: "code",
+          url,
+          instructions:
+            "Sign in with the Claude account to add, then paste the code shown (code#state). " +
+            "Each login adds one account to the pool; the same email again refreshes it.",
+          callback: async (code) => {
+            const { email, added } = await api.addAccount(code, { verifier, state }, path);
+            log("info", `${added ? "added" : "updated"} ${email} in the Anthropic pool`);
+            return placeholder(OAUTH_METHOD, email);
+          },
+        };
+      },
+      label: (credential) => credential?.metadata?.email,
+    });
+    // A host `key` method never runs plugin code (the host would keep the key itself), so the
+    // key is asked for by a form on an OAuth-type method that finishes at once.
+    editor.method.update({
+      integrationID: INTEGRATION_ID,
+      method: {
+        id: KEY_METHOD,
+        type: "oauth",
+        label: "Console API key (add to pool)",
+        form: [
+          { key: "key", type: "string", title: "Console API key (sk-ant-api03-...)", required: true, minLength: 8 },
+          { key: "label", type: "string", title: "A name for this key in the pool (email or label, optional)" },
+        ],
+      },
+      authorize: async (answer = {}) => {
+        const key = String(answer.key ?? "").trim();
+        const label = String(answer.label ?? "").trim();
+        const added = api.addApiKey(key, { email: label || undefined, path }).then(({ email, added: isNew }) => {
+          log("info", `${isNew ? "added" : "updated"} API key ${email} in the Anthropic pool`);
+          return placeholder(KEY_METHOD, email);
+        });
+        added.catch(() => {});
+        return { mode: "auto", url: "", instructions: "Adding the key to the Anthropic pool...", callback: added };
+      },
+      label: (credential) => credential?.metadata?.email,
+    });
+  };
+}
+
+/** OpenCode 2's Model.Info for one of our built-in models (when the host has no `anthropic`). */
+function modelInfo(id, m, providerID) {
+  return {
+    id,
+    modelID: id,
+    providerID,
+    name: m.name,
+    family: m.family,
+    capabilities: { tools: m.tool_call !== false, input: [...(m.modalities?.input ?? ["text"])], output: [...(m.modalities?.output ?? ["text"])] },
+    variants: [],
+    time: { released: Date.parse(m.release_date ?? "") || 0 },
+    cost: [],
+    status: "active",
+    enabled: true,
+    limit: { context: m.limit?.context ?? 200_000, output: m.limit?.output ?? 32_000 },
+  };
+}
+
+function zeroCosts(model) {
+  if (!Array.isArray(model.cost)) return;
+  model.cost = model.cost.map((c) => JSON.parse(JSON.stringify(c), (_, v) => (typeof v === "number" ? 0 : v)));
+}
+
+/**
+ * The provider: linked to the integration, on the native Anthropic route (the host sends; our
+ * http hooks set each request's account), with the host's Anthropic models mirrored. Settings
+ * the user gave `anthropic-pool` in the host's config win.
+ */
+export function providerTransform({ providerID, apiKeysOnly }) {
+  return (editor) => {
+    const existing = editor.get(providerID);
+    const anthropic = editor.get("anthropic");
+    const models = new Map();
+    const source = anthropic?.models?.size ? [...anthropic.models.values()] : Object.entries(ANTHROPIC_MODELS).map(([id, m]) => modelInfo(id, m, providerID));
+    for (const m of source) {
+      const copy = structuredClone(m);
+      copy.providerID = providerID;
+      delete copy.package; // the provider's package (native Anthropic) applies
+      if (!apiKeysOnly) zeroCosts(copy); // subscription use is not billed per token
+      models.set(copy.id, copy);
+    }
+    for (const m of existing?.models?.values() ?? []) models.set(m.id, structuredClone(m));
+    const ours = {
+      id: providerID,
+      name: "Anthropic Pool",
+      // Listed even before any host login: accounts added with the CLI or on 1.18 count too.
+      activation: "enabled",
+      integrationID: INTEGRATION_ID,
+      package: NATIVE_ANTHROPIC,
+      settings: { baseURL: apiBaseURL() },
+    };
+    const info = existing?.provider ? { ...ours, ...structuredClone(existing.provider), id: providerID, integrationID: INTEGRATION_ID } : ours;
+    if (!info.package) info.package = NATIVE_ANTHROPIC;
+    editor.add({ info, models: [...models.values()] });
+  };
+}

@@ -1,0 +1,150 @@
+// OpenCode 2 sends `anthropic-pool` requests itself (the native Anthropic route); these session
+// hooks make each one go through the pool. The engine (Rust, the same one behind the library's
+// fetch) decides; this file only moves the request and the answer:
+//   http.request:  the engine picks the account and gives the headers to send (its credential).
+//   http.response: the engine judges the answer; a 429 cools the account and the same request is
+//                  sent again on the next account (the runtime's fetch), a 401 is refreshed or
+//                  adopted and retried once; when every account cools, the answer is the pool's
+//                  own 429 with the real `retry-after`.
+//   retry:         the host's backoff must not stack on the pool's: a pool 429 is retried after
+//                  exactly its `retry-after` (or not at all past the host's 15-minute cap).
+// Wiring read in anomalyco/opencode packages/core/src/session/model-request.ts (http middleware)
+// and session/runner/retry.ts. A hook that throws is a defect in 2.x (no retry, no message), so
+// every hook here catches everything and leaves the host's request or answer as it was.
+import { native, syncEnv } from "../native.mjs";
+import { settle } from "../errors.mjs";
+
+const PEEK_LIMIT = 256 * 1024;
+/** The host caps one retry delay at 15 minutes (retry.ts); past that, say so instead of waiting. */
+const HOST_RETRY_CAP_MS = 15 * 60_000;
+
+/** The first `limit` bytes of a body (from a clone: the answer itself stays unread). */
+async function peek(response, limit) {
+  const reader = response.clone().body?.getReader();
+  if (!reader) return undefined;
+  const parts = [];
+  let size = 0;
+  try {
+    while (size < limit) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parts.push(value);
+      size += value.byteLength;
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+  return Buffer.concat(parts).subarray(0, limit);
+}
+
+function poolAnswer(step) {
+  return new Response(step.body, { status: step.status, statusText: step.statusText, headers: step.headers });
+}
+
+/** `request` again, with the headers the engine gave for this attempt. */
+function withHeaders(request, headers) {
+  return new Request(request, { headers });
+}
+
+/**
+ * Registers the three hooks, scoped to `providerID`. `notify(events)` hears failovers and
+ * accounts needing attention; `log(level, message)` writes one line.
+ */
+export async function registerRequestHooks(ctx, { providerID, path, notify, log, fetch = globalThis.fetch }) {
+  const inFlight = new WeakMap(); // the Request the host sends -> its exchange
+  const poolAnswers = new Map(); // sessionID -> { retryAfterMs, at } of the pool's last own 429
+
+  const drain = (ex) => {
+    try {
+      const events = JSON.parse(ex.takeEvents() || "[]");
+      if (events.length) notify(events);
+    } catch {}
+  };
+
+  await ctx.session.hook(
+    "http.request",
+    async (event, extra) => {
+      try {
+        syncEnv();
+        const request = event.request;
+        const ex = new native.NativeExchange({ path, url: request.url, headers: [...request.headers] });
+        extra?.signal?.addEventListener?.("abort", () => ex.abort(), { once: true });
+        const step = await settle(ex.next());
+        drain(ex);
+        if (step.kind === "answer") {
+          // Every account cools: nothing may go upstream. The request is pointed at a data: URL
+          // (answered locally by the runtime's fetch) and the pool's 429 replaces its answer.
+          const local = new Request("data:application/json,%7B%7D", { method: request.method, headers: { "content-type": "application/json" }, body: request.method === "GET" ? undefined : "{}" });
+          inFlight.set(local, { ex, answer: step });
+          event.request = local;
+          return;
+        }
+        const sent = withHeaders(request, step.headers);
+        inFlight.set(sent, { ex, original: request, account: step.account });
+        event.request = sent;
+      } catch (err) {
+        log("error", `could not place the request on a pool account: ${err?.code ?? ""} ${err?.message ?? err}`.trim());
+      }
+    },
+    { providerID },
+  );
+
+  await ctx.session.hook(
+    "http.response",
+    async (event, extra) => {
+      const state = inFlight.get(event.request);
+      if (!state) return;
+      inFlight.delete(event.request);
+      const { ex } = state;
+      try {
+        if (state.answer) {
+          await event.response.body?.cancel().catch(() => {});
+          event.response = poolAnswer(state.answer);
+          remember(event.sessionID, state.answer);
+          return;
+        }
+        let response = event.response;
+        for (;;) {
+          const body = native.NativeExchange.needsBody(response.status) ? await peek(response, PEEK_LIMIT) : undefined;
+          const verdict = await settle(ex.judge(response.status, [...response.headers], body));
+          if (verdict === "deliver") break;
+          await response.body?.cancel().catch(() => {});
+          const step = await settle(ex.next());
+          if (step.kind === "answer") {
+            response = poolAnswer(step);
+            remember(event.sessionID, step);
+            break;
+          }
+          response = await fetch(withHeaders(event.request.clone(), step.headers), { signal: extra?.signal });
+        }
+        event.response = response;
+      } catch (err) {
+        log("error", `the pool could not finish this request: ${err?.code ?? ""} ${err?.message ?? err}`.trim());
+      } finally {
+        drain(ex);
+      }
+    },
+    { providerID },
+  );
+
+  function remember(sessionID, answer) {
+    const seconds = Number(new Headers(answer.headers).get("retry-after"));
+    if (Number.isFinite(seconds)) poolAnswers.set(sessionID, { retryAfterMs: seconds * 1000, at: Date.now() });
+  }
+
+  await ctx.session.hook(
+    "retry",
+    async (event) => {
+      try {
+        const own = poolAnswers.get(event.sessionID);
+        if (!own || event.error?.status !== 429) return;
+        poolAnswers.delete(event.sessionID);
+        const wait = Math.max(0, own.retryAfterMs - (Date.now() - own.at));
+        event.decision = wait > HOST_RETRY_CAP_MS ? { retry: false } : { retry: true, delay: wait };
+      } catch (err) {
+        log("error", `retry decision failed: ${err?.message ?? err}`);
+      }
+    },
+    { providerID },
+  );
+}

@@ -1,0 +1,90 @@
+//! What `oauth-pool doctor` asks Rust instead of guessing in JavaScript: where the store's files
+//! are, whether the endpoints pass the pool's rule, and which proxy a request would use.
+
+use napi_derive::napi;
+use serde_json::{json, Value};
+
+use super::{js_error, store_for, JsResult};
+use crate::store::Store;
+use crate::{config, http};
+
+/// The pool's files as the store names them: the pool, its write lock, the previous
+/// generation, the temp files writers create, and the per-account refresh locks.
+#[napi(js_name = "poolFiles")]
+pub fn pool_files(path: Option<String>) -> JsResult<Value> {
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    Ok(match &store {
+        Store::File(f) => {
+            let (temp_prefix, temp_suffix) = f.temp_pattern();
+            let directory = f
+                .path()
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| ".".into());
+            json!({
+                "kind": "file",
+                "path": f.path().display().to_string(),
+                "directory": directory,
+                "lock": f.lock_path().display().to_string(),
+                "backup": f.backup_path().display().to_string(),
+                "tempPrefix": temp_prefix,
+                "tempSuffix": temp_suffix,
+                "refreshLockSuffix": ".refresh.lock",
+                "source": source(path.as_deref()),
+            })
+        }
+    })
+}
+
+fn source(explicit: Option<&str>) -> &'static str {
+    if explicit.is_some_and(|p| !p.is_empty()) {
+        "argument"
+    } else if config::env("OAUTH_POOL_PATH").is_some_and(|p| !p.is_empty()) {
+        "OAUTH_POOL_PATH"
+    } else {
+        "default"
+    }
+}
+
+/// Each endpoint the pool talks to, and whether the pool's rule (https, or http to loopback)
+/// accepts it, with the proxy a request to it would go through (password hidden).
+#[napi(js_name = "checkEndpoints")]
+pub fn check_endpoints() -> Value {
+    let rows: Vec<Value> = [
+        ("OAUTH_POOL_TOKEN_URL", config::DEFAULT_TOKEN_URL),
+        ("OAUTH_POOL_API_URL", config::DEFAULT_API_URL),
+    ]
+    .into_iter()
+    .map(|(var, default)| {
+        let set = config::env(var).filter(|v| !v.trim().is_empty());
+        let raw = set.clone().unwrap_or_else(|| default.to_string());
+        match config::parse_endpoint(raw.trim()) {
+            Ok(url) => {
+                let proxy = http::proxy_for(&url, &config::env).map(|mut p| {
+                    if p.password().is_some() {
+                        let _ = p.set_password(Some("***"));
+                    }
+                    p.to_string()
+                });
+                json!({
+                    "variable": var,
+                    "value": set,
+                    "effective": url.as_str(),
+                    "ok": true,
+                    "loopback": config::is_loopback(&url),
+                    "proxy": proxy,
+                })
+            }
+            Err(e) => json!({
+                "variable": var,
+                "value": set,
+                "effective": null,
+                "ok": false,
+                "code": e.code(),
+                "message": e.to_string(),
+            }),
+        }
+    })
+    .collect();
+    Value::Array(rows)
+}

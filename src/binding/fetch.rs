@@ -1,0 +1,170 @@
+//! The rotating fetch from JavaScript: one `FetchController` per request (abortable at any
+//! time), answered by a `NativeResponse` whose body JavaScript pulls batch by batch.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use napi::bindgen_prelude::Buffer;
+use napi_derive::napi;
+use tokio_util::sync::CancellationToken;
+
+use super::{header_pairs, js_error, store_for, JsBytes, JsResult};
+use crate::body::ResponseBody;
+use crate::engine::Engine;
+use crate::fetch;
+
+#[napi(object)]
+pub struct FetchRequest {
+    pub url: String,
+    pub method: String,
+    /// `[name, value]` pairs.
+    pub headers: Vec<Vec<String>>,
+    pub body: Option<Buffer>,
+    pub path: Option<String>,
+}
+
+/// One request in flight: `send()` it, `abort()` it from an AbortSignal at any time.
+#[napi]
+pub struct FetchController {
+    cancel: CancellationToken,
+}
+
+impl Default for FetchController {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[napi]
+impl FetchController {
+    #[napi(constructor)]
+    pub fn new() -> Self {
+        FetchController {
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    #[napi]
+    pub fn abort(&self) {
+        self.cancel.cancel();
+    }
+
+    #[napi]
+    pub async fn send(&self, request: FetchRequest) -> JsResult<NativeResponse> {
+        let store = store_for(request.path.as_deref()).map_err(js_error)?;
+        let engine = Engine::for_store(store);
+        let req = fetch::OutgoingRequest {
+            url: request.url,
+            method: request.method,
+            headers: header_pairs(request.headers),
+            body: request.body.map(|b| Bytes::copy_from_slice(&b)),
+        };
+        let (result, events) = fetch::pool_fetch(&engine, req, &self.cancel).await;
+        let answer = match result {
+            Ok(a) => a,
+            // Events that explain a failure (an account just went to auth-error, say) travel
+            // with it: JavaScript reports them, then rejects with the error.
+            Err(e) if !events.is_empty() => {
+                return Ok(NativeResponse {
+                    status: 0,
+                    status_text: String::new(),
+                    headers: Vec::new(),
+                    account: None,
+                    events: serde_json::to_string(&events).unwrap_or_else(|_| "[]".into()),
+                    failure: Some(js_error(e).reason),
+                    body: Arc::new(tokio::sync::Mutex::new(ResponseBody::Done)),
+                    cancel: self.cancel.clone(),
+                });
+            }
+            Err(e) => return Err(js_error(e)),
+        };
+        let events = serde_json::to_string(&answer.events).unwrap_or_else(|_| "[]".into());
+        let body = ResponseBody::new(answer.body, &self.cancel)
+            .await
+            .map_err(js_error)?;
+        Ok(NativeResponse {
+            status: answer.status as u32,
+            status_text: answer.status_text,
+            headers: answer
+                .headers
+                .into_iter()
+                .map(|(k, v)| vec![k, v])
+                .collect(),
+            account: answer.account,
+            events,
+            failure: None,
+            body: Arc::new(tokio::sync::Mutex::new(body)),
+            cancel: self.cancel.clone(),
+        })
+    }
+}
+
+#[napi]
+pub struct NativeResponse {
+    status: u32,
+    status_text: String,
+    headers: Vec<Vec<String>>,
+    account: Option<String>,
+    events: String,
+    failure: Option<String>,
+    body: Arc<tokio::sync::Mutex<ResponseBody>>,
+    cancel: CancellationToken,
+}
+
+#[napi]
+impl NativeResponse {
+    #[napi(getter)]
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    #[napi(getter, js_name = "statusText")]
+    pub fn status_text(&self) -> String {
+        self.status_text.clone()
+    }
+
+    #[napi(getter)]
+    pub fn headers(&self) -> Vec<Vec<String>> {
+        self.headers.clone()
+    }
+
+    #[napi(getter)]
+    pub fn account(&self) -> Option<String> {
+        self.account.clone()
+    }
+
+    #[napi(getter)]
+    pub fn events(&self) -> String {
+        self.events.clone()
+    }
+
+    /// Set (as "[CODE] message") when the request failed after producing events.
+    #[napi(getter)]
+    pub fn failure(&self) -> Option<String> {
+        self.failure.clone()
+    }
+
+    /// The next bytes of the body, or null at its end. Rejects with ABORT_ERR once aborted.
+    #[napi]
+    pub async fn next(&self) -> JsResult<Option<JsBytes>> {
+        let mut body = self.body.lock().await;
+        let batch = body.next_batch(&self.cancel).await.map_err(js_error)?;
+        Ok(batch.map(JsBytes))
+    }
+
+    /// The whole body when it is already here (small answers of known size), else null.
+    #[napi(js_name = "takeBody")]
+    pub fn take_body(&self) -> Option<JsBytes> {
+        let mut body = self.body.try_lock().ok()?;
+        body.take_full().map(|b| JsBytes(b.to_vec()))
+    }
+
+    /// Stops reading: the upstream connection is closed, not returned to the pool.
+    #[napi]
+    pub async fn cancel(&self) -> JsResult<()> {
+        self.cancel.cancel();
+        let mut state = self.body.lock().await;
+        *state = ResponseBody::Done;
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! OAuth from JavaScript: authorize, exchange, refresh, and adding accounts from a login.
+
+use napi_derive::napi;
+use serde_json::{json, Value};
+
+use super::{js_error, store_for, JsResult};
+use crate::error::Error;
+use crate::secret::Secret;
+use crate::{config, logging, manage, oauth};
+
+#[napi(object)]
+pub struct AuthorizeOptions {
+    pub mode: Option<String>,
+}
+
+#[napi(object)]
+pub struct AuthorizeResult {
+    pub url: String,
+    pub verifier: String,
+    pub state: String,
+}
+
+#[napi]
+pub fn authorize(options: Option<AuthorizeOptions>) -> JsResult<AuthorizeResult> {
+    logging::init();
+    let mode =
+        oauth::Mode::parse(options.as_ref().and_then(|o| o.mode.as_deref())).map_err(js_error)?;
+    let a = oauth::authorize(mode).map_err(js_error)?;
+    Ok(AuthorizeResult {
+        url: a.url.clone(),
+        verifier: a.verifier.expose().to_string(),
+        state: a.state.expose().to_string(),
+    })
+}
+
+#[napi(object)]
+pub struct Pkce {
+    pub verifier: String,
+    pub state: String,
+}
+
+#[napi]
+pub async fn exchange(input: String, pkce: Pkce) -> JsResult<Value> {
+    logging::init();
+    let t = oauth::exchange(&input, &pkce.verifier, &pkce.state)
+        .await
+        .map_err(js_error)?;
+    Ok(json!({
+        "email": t.email,
+        "access": t.access.expose(),
+        "refresh": t.refresh.expose(),
+        "expires": t.expires,
+    }))
+}
+
+#[napi]
+pub async fn refresh(refresh_token: String) -> JsResult<Value> {
+    logging::init();
+    let t = oauth::refresh(&Secret::new(refresh_token))
+        .await
+        .map_err(js_error)?;
+    Ok(json!({
+        "access": t.access.expose(),
+        "refresh": t.refresh.expose(),
+        "expires": t.expires,
+    }))
+}
+
+#[napi(js_name = "addAccount")]
+pub async fn add_account(input: String, pkce: Pkce, path: Option<String>) -> JsResult<Value> {
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    let tokens = oauth::exchange(&input, &pkce.verifier, &pkce.state)
+        .await
+        .map_err(js_error)?;
+    let (email, added) = manage::add_oauth(&store, &tokens).await.map_err(js_error)?;
+    Ok(json!({ "email": email, "added": added }))
+}
+
+#[napi(object)]
+pub struct ApiKeyOptions {
+    pub email: Option<String>,
+    pub path: Option<String>,
+}
+
+#[napi(js_name = "addApiKey")]
+pub async fn add_api_key(key: String, options: Option<ApiKeyOptions>) -> JsResult<Value> {
+    let (email, path) = options.map(|o| (o.email, o.path)).unwrap_or((None, None));
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    let key = Secret::new(key);
+    let (email, added) = manage::add_api_key(&store, &key, email.as_deref())
+        .await
+        .map_err(js_error)?;
+    Ok(json!({ "email": email, "added": added }))
+}
+
+#[napi(object)]
+pub struct ImportOptions {
+    pub credentials_path: Option<String>,
+    pub email: Option<String>,
+    pub path: Option<String>,
+}
+
+#[napi(js_name = "importClaudeCode")]
+pub async fn import_claude_code(options: Option<ImportOptions>) -> JsResult<Value> {
+    let (creds, email, path) = options
+        .map(|o| (o.credentials_path, o.email, o.path))
+        .unwrap_or((None, None, None));
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    let creds = match creds {
+        Some(c) => std::path::PathBuf::from(c),
+        None => config::home_dir()
+            .ok_or_else(|| js_error(Error::InvalidArgument("no home directory".into())))?
+            .join(".claude")
+            .join(".credentials.json"),
+    };
+    let mut tokens =
+        crate::store::blocking(move || manage::import_claude_code(&creds, email.as_deref()))
+            .await
+            .map_err(js_error)?;
+    if tokens.email.is_none() {
+        tokens.email = oauth::profile_email(&tokens.access).await.ok().flatten();
+    }
+    let (email, added) = manage::add_oauth(&store, &tokens).await.map_err(js_error)?;
+    Ok(json!({ "email": email, "added": added }))
+}

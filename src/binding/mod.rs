@@ -1,0 +1,99 @@
+//! The napi edge: converts arguments and errors, and nothing else.
+
+pub mod doctor;
+pub mod exchange;
+pub mod fetch;
+pub mod login;
+pub mod pool;
+
+use napi_derive::napi;
+
+use crate::error::Error;
+use crate::store::Store;
+use crate::{config, logging};
+
+/// Bytes handed to JavaScript as a Buffer that JavaScript owns (`napi_create_buffer_copy`).
+/// An external buffer over Rust memory is invisible to the garbage collector's accounting (so
+/// streaming grows RSS), and under Bun a view of it can outlive the memory.
+pub struct JsBytes(pub Vec<u8>);
+
+impl napi::bindgen_prelude::TypeName for JsBytes {
+    fn type_name() -> &'static str {
+        "Buffer"
+    }
+
+    fn value_type() -> napi::ValueType {
+        napi::ValueType::Object
+    }
+}
+
+impl napi::bindgen_prelude::ToNapiValue for JsBytes {
+    unsafe fn to_napi_value(
+        env: napi::sys::napi_env,
+        val: Self,
+    ) -> napi::Result<napi::sys::napi_value> {
+        let mut data = std::ptr::null_mut();
+        let mut result = std::ptr::null_mut();
+        // SAFETY: `env` is the live environment napi-rs hands us; the source slice is valid for
+        // `len` bytes for the duration of the call, which copies it.
+        let status = unsafe {
+            napi::sys::napi_create_buffer_copy(
+                env,
+                val.0.len(),
+                val.0.as_ptr().cast(),
+                &mut data,
+                &mut result,
+            )
+        };
+        if status != napi::sys::Status::napi_ok {
+            return Err(napi::Error::from_reason(format!(
+                "could not create a Buffer (napi status {status})"
+            )));
+        }
+        Ok(result)
+    }
+}
+
+/// Errors cross as `[CODE] message` (async napi functions cannot carry a custom status);
+/// lib/errors.mjs turns the prefix back into `err.code`.
+pub fn js_error(e: Error) -> napi::Error {
+    let prefix = match &e {
+        Error::OAuthHttp { status, .. } => format!("[{} {status}]", e.code()),
+        _ => format!("[{}]", e.code()),
+    };
+    napi::Error::from_reason(format!("{prefix} {e}"))
+}
+
+pub type JsResult<T> = napi::Result<T>;
+
+pub fn store_for(path: Option<&str>) -> Result<Store, Error> {
+    logging::init();
+    Store::from_config(path)
+}
+
+/// `[name, value]` pairs from JavaScript; anything else is dropped.
+pub fn header_pairs(pairs: Vec<Vec<String>>) -> Vec<(String, String)> {
+    pairs
+        .into_iter()
+        .filter_map(|mut pair| {
+            if pair.len() == 2 {
+                let v = pair.pop()?;
+                let k = pair.pop()?;
+                Some((k, v))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Hands over the JavaScript runtime's view of the variables the pool reads.
+#[napi(js_name = "syncEnv")]
+pub fn sync_env(vars: std::collections::HashMap<String, String>) {
+    config::set_js_env(vars);
+}
+
+#[napi]
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}

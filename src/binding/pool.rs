@@ -1,0 +1,87 @@
+//! The pool from JavaScript: load, save, account changes, status.
+
+use napi_derive::napi;
+use serde_json::Value;
+
+use super::{js_error, store_for, JsResult};
+use crate::account::{now_ms, Pool};
+use crate::engine::Engine;
+use crate::manage;
+
+#[napi(js_name = "loadPool")]
+pub async fn load_pool(path: Option<String>) -> JsResult<Value> {
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    let pool = store.load().await.map_err(js_error)?;
+    Ok(pool.to_value())
+}
+
+#[napi(js_name = "savePool")]
+pub async fn save_pool(pool: Value, path: Option<String>) -> JsResult<()> {
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    let pool = Pool::from_caller(pool).map_err(js_error)?;
+    store.save(pool).await.map_err(js_error)?;
+    Engine::for_store(store).reset_memory();
+    Ok(())
+}
+
+#[napi(js_name = "listAccounts")]
+pub async fn list_accounts(path: Option<String>) -> JsResult<Value> {
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    let pool = store.load().await.map_err(js_error)?;
+    Ok(Value::Array(manage::list(&pool, now_ms())))
+}
+
+#[napi(js_name = "poolStatus")]
+pub async fn pool_status(path: Option<String>) -> JsResult<Value> {
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    let pool = store.load().await.map_err(js_error)?;
+    let mut status = manage::status(&pool, &store.describe(), now_ms());
+    let runtime = Engine::for_store(store).runtime_status(&pool).await;
+    if let (Value::Object(s), Value::Object(r)) = (&mut status, runtime) {
+        s.extend(r);
+    }
+    Ok(status)
+}
+
+#[napi(js_name = "removeAccount")]
+pub async fn remove_account(email: String, path: Option<String>) -> JsResult<u32> {
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    let n = manage::remove(&store, &email).await.map_err(js_error)?;
+    Engine::for_store(store).reset_memory();
+    Ok(n as u32)
+}
+
+#[napi(js_name = "setEnabled")]
+pub async fn set_enabled(email: String, enabled: bool, path: Option<String>) -> JsResult<()> {
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    manage::set_enabled(&store, &email, enabled)
+        .await
+        .map_err(js_error)?;
+    Engine::for_store(store).reset_memory();
+    Ok(())
+}
+
+#[napi(js_name = "setPriority")]
+pub async fn set_priority(email: String, priority: i64, path: Option<String>) -> JsResult<()> {
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    manage::set_priority(&store, &email, priority)
+        .await
+        .map_err(js_error)
+}
+
+#[napi(js_name = "resetCooldowns")]
+pub async fn reset_cooldowns(path: Option<String>) -> JsResult<u32> {
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    let n = manage::reset_cooldowns(&store).await.map_err(js_error)?;
+    Engine::for_store(store).reset_memory();
+    Ok(n as u32)
+}
+
+/// Writes this process's pending bookkeeping (cooldowns, last use, quota) now, and returns once
+/// every earlier write has finished.
+#[napi(js_name = "flushPool")]
+pub async fn flush_pool(path: Option<String>) -> JsResult<()> {
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    Engine::for_store(store).flush().await;
+    Ok(())
+}

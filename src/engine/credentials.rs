@@ -1,0 +1,410 @@
+//! The credential protocol: a refresh token is presented at most once, machine-wide (one
+//! exception: a single retry with the same token when the first answer was lost).
+//!
+//! In this process, refreshes of one account are single-flight (a tokio mutex per account).
+//! Across processes, the store's per-account refresh lock is held from the re-read through the
+//! token call to the durable write; whoever gets it second re-reads and adopts the fresher token
+//! instead. New tokens that cannot be written (disk full, read-only directory, a file broken by a
+//! hand edit) keep the lock: other processes wait rather than spend the old refresh token, and
+//! every later write of this process tries to save them again.
+//!
+//! A refresh runs as its own task: a caller that aborts returns at once, and the refresh
+//! finishes in the background for the next request (dropping it mid-call could lose tokens the
+//! server already rotated).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::events::Event;
+use super::overlay::lock;
+use super::verdict::CredentialKind;
+use super::Engine;
+use crate::account::{iso_time, now_ms, Account, Pool, Status};
+use crate::error::{Error, Result};
+use crate::oauth;
+use crate::secret::Secret;
+use crate::store::RefreshLock;
+
+/// Refresh this long before expiry so requests in flight never carry a dying token.
+pub const REFRESH_MARGIN_MS: i64 = 5 * 60 * 1000;
+/// After a token-endpoint failure without `retry-after`, wait this long before trying again.
+const TOKEN_BACKOFF_DEFAULT_MS: i64 = 30_000;
+/// How often unsaved tokens are tried again when nothing else writes.
+const UNSAVED_RETRY: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub enum Credential {
+    Bearer(Secret),
+    ApiKey(Secret),
+}
+
+impl Credential {
+    pub fn kind(&self) -> CredentialKind {
+        match self {
+            Credential::Bearer(_) => CredentialKind::OAuth,
+            Credential::ApiKey(_) => CredentialKind::ApiKey,
+        }
+    }
+
+    pub fn secret(&self) -> &Secret {
+        match self {
+            Credential::Bearer(s) | Credential::ApiKey(s) => s,
+        }
+    }
+}
+
+/// Tokens a refresh obtained but could not write yet, with the refresh lock still held.
+struct Unsaved {
+    access: Secret,
+    refresh: Secret,
+    expires: i64,
+    /// The refresh token that was spent to get these: the stored one, until the write lands.
+    presented: Secret,
+    error: String,
+    since: i64,
+    _lock: RefreshLock,
+}
+
+/// What a write must carry for one account's unsaved tokens.
+#[derive(Clone)]
+pub struct UnsavedTokens {
+    pub email: String,
+    access: Secret,
+    refresh: Secret,
+    expires: i64,
+    presented: Secret,
+}
+
+#[derive(Default)]
+pub struct Credentials {
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    unsaved: Mutex<HashMap<String, Unsaved>>,
+}
+
+impl Credentials {
+    fn flight(&self, email: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.flights)
+            .entry(email.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone()
+    }
+
+    fn unsaved_access(&self, email: &str, rejected: Option<&Secret>) -> Option<Secret> {
+        let unsaved = lock(&self.unsaved);
+        let u = unsaved.get(email)?;
+        (u.expires - REFRESH_MARGIN_MS > now_ms() && rejected != Some(&u.access))
+            .then(|| u.access.clone())
+    }
+
+    pub fn has_unsaved(&self) -> bool {
+        !lock(&self.unsaved).is_empty()
+    }
+
+    pub fn unsaved_tokens(&self) -> Vec<UnsavedTokens> {
+        lock(&self.unsaved)
+            .iter()
+            .map(|(email, u)| UnsavedTokens {
+                email: email.clone(),
+                access: u.access.clone(),
+                refresh: u.refresh.clone(),
+                expires: u.expires,
+                presented: u.presented.clone(),
+            })
+            .collect()
+    }
+
+    /// The tokens of these accounts are durable now: release their refresh locks.
+    pub fn saved(&self, emails: &[String]) {
+        let mut unsaved = lock(&self.unsaved);
+        for e in emails {
+            if unsaved.remove(e).is_some() {
+                tracing::info!(account = %e, "saved the tokens that could not be written before");
+            }
+        }
+    }
+
+    /// For status: which accounts hold unsaved tokens, since when, and why.
+    pub fn unsaved_report(&self) -> Vec<(String, i64, String)> {
+        lock(&self.unsaved)
+            .iter()
+            .map(|(e, u)| (e.clone(), u.since, u.error.clone()))
+            .collect()
+    }
+}
+
+/// Writes unsaved tokens into `pool` where they still belong (the account still holds the
+/// refresh token that was spent, or already ours). Returns the emails written.
+pub fn apply_unsaved(pool: &mut Pool, tokens: &[UnsavedTokens]) -> Vec<String> {
+    let mut written = Vec::new();
+    for t in tokens {
+        match pool.find_mut(&t.email) {
+            Some(a)
+                if a.refresh.as_ref() == Some(&t.presented)
+                    || a.refresh.as_ref() == Some(&t.refresh) =>
+            {
+                set_tokens(a, &t.access, &t.refresh, t.expires);
+                written.push(t.email.clone());
+            }
+            // Removed, or logged in again meanwhile: those tokens are not wanted any more.
+            _ => written.push(t.email.clone()),
+        }
+    }
+    written
+}
+
+fn set_tokens(a: &mut Account, access: &Secret, refresh: &Secret, expires: i64) {
+    a.access = Some(access.clone());
+    a.refresh = Some(refresh.clone());
+    a.expires = Some(expires);
+    a.extra.remove("refreshBackoffUntil");
+    if a.status_enum() == Some(Status::AuthError) {
+        a.status = Status::Idle.as_str().into();
+        a.extra.remove("authErrorToken");
+    }
+}
+
+/// The access token if it is present and not within the refresh margin of its expiry. An
+/// unknown expiry is trusted: a 401 will tell.
+pub fn fresh_access(a: &Account, now: i64) -> Option<Secret> {
+    let access = a.access.clone().filter(|s| !s.is_empty())?;
+    match a.expires {
+        Some(exp) if exp - REFRESH_MARGIN_MS <= now => None,
+        _ => Some(access),
+    }
+}
+
+impl Engine {
+    /// A credential for `email` (from the caller's snapshot), fresh enough to send. Refreshes
+    /// when the access token is within the margin of its expiry.
+    pub async fn credential(
+        self: &Arc<Self>,
+        pool: &Pool,
+        email: &str,
+        cancel: &CancellationToken,
+        events: &mut Vec<Event>,
+    ) -> Result<Credential> {
+        let account = pool
+            .find(email)
+            .ok_or_else(|| Error::AccountNotFound(email.to_string()))?;
+        if account.is_api_key() {
+            return account
+                .key
+                .clone()
+                .filter(|k| !k.is_empty())
+                .map(Credential::ApiKey)
+                .ok_or_else(|| Error::NoUsableAccount(format!("{email} has no API key")));
+        }
+        if let Some(access) = self.credentials.unsaved_access(email, None) {
+            return Ok(Credential::Bearer(access));
+        }
+        if let Some(access) = fresh_access(account, now_ms()) {
+            return Ok(Credential::Bearer(access));
+        }
+        self.refresh(email, None, cancel, events)
+            .await
+            .map(Credential::Bearer)
+    }
+
+    /// After a 401: adopt a token another process wrote, or refresh even though the clock says
+    /// the token is valid (servers revoke early). `rejected` is the token that got the 401.
+    pub async fn after_unauthorized(
+        self: &Arc<Self>,
+        email: &str,
+        rejected: &Secret,
+        cancel: &CancellationToken,
+        events: &mut Vec<Event>,
+    ) -> Result<Secret> {
+        self.refresh(email, Some(rejected.clone()), cancel, events)
+            .await
+    }
+
+    /// Runs the protocol in its own task; returns early (Aborted) when the caller aborts.
+    pub async fn refresh(
+        self: &Arc<Self>,
+        email: &str,
+        rejected: Option<Secret>,
+        cancel: &CancellationToken,
+        events: &mut Vec<Event>,
+    ) -> Result<Secret> {
+        let me = self.clone();
+        let who = email.to_string();
+        let task = tokio::spawn(async move {
+            let mut events = Vec::new();
+            let result = me
+                .refresh_protocol(&who, rejected.as_ref(), &mut events)
+                .await;
+            (result, events)
+        });
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(Error::Aborted),
+            done = task => match done {
+                Ok((result, mut evs)) => {
+                    events.append(&mut evs);
+                    result
+                }
+                Err(e) => Err(Error::InvalidArgument(format!("refresh task failed: {e}"))),
+            },
+        }
+    }
+
+    async fn refresh_protocol(
+        self: &Arc<Self>,
+        email: &str,
+        rejected: Option<&Secret>,
+        events: &mut Vec<Event>,
+    ) -> Result<Secret> {
+        let flight = self.credentials.flight(email);
+        let _in_process = flight.lock().await;
+        let usable_now = |a: &Account| -> Option<Secret> {
+            let access = fresh_access(a, now_ms())?;
+            (rejected != Some(&access)).then_some(access)
+        };
+
+        // Whoever held the flight before us may have refreshed already.
+        if let Some(access) = self.credentials.unsaved_access(email, rejected) {
+            return Ok(access);
+        }
+        let pool = self.snapshot().await?;
+        let account = pool
+            .find(email)
+            .ok_or_else(|| Error::AccountNotFound(email.to_string()))?;
+        if let Some(access) = usable_now(account) {
+            return Ok(access);
+        }
+
+        // Across processes: hold the account's refresh lock from re-read to durable write.
+        let refresh_lock = self.store.refresh_lock(email).await?;
+        let pool = self.store.load().await?;
+        let account = pool
+            .find(email)
+            .ok_or_else(|| Error::AccountNotFound(email.to_string()))?
+            .clone();
+        if let Some(access) = usable_now(&account) {
+            tracing::debug!(account = %email, "adopted a token another process refreshed");
+            self.invalidate();
+            return Ok(access);
+        }
+        let presented = account
+            .refresh
+            .clone()
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| Error::OAuthInvalidGrant("the account has no refresh token".into()))?;
+        let backoff = account
+            .extra
+            .get("refreshBackoffUntil")
+            .and_then(serde_json::Value::as_i64)
+            .filter(|t| *t > now_ms());
+        if let Some(until) = backoff {
+            let err = Error::OAuthHttp {
+                status: 429,
+                detail: format!(
+                    "the token endpoint asked us to wait until {}",
+                    iso_time(until)
+                ),
+                retry_after: Some(((until - now_ms()) / 1000).max(1) as u64),
+            };
+            return serve_old_or(&account, rejected, err);
+        }
+
+        tracing::debug!(account = %email, token = %presented.fingerprint(), "refreshing access token");
+        match oauth::refresh_once_more_if_lost(&presented).await {
+            Ok(tokens) => {
+                let (access, refresh, expires) = (
+                    tokens.access.clone(),
+                    tokens.refresh.clone(),
+                    tokens.expires,
+                );
+                let who = email.to_string();
+                let (a2, r2) = (access.clone(), refresh.clone());
+                let write = self
+                    .write(move |pool| {
+                        // An account removed meanwhile stays removed.
+                        if let Some(a) = pool.find_mut(&who) {
+                            set_tokens(a, &a2, &r2, expires);
+                        }
+                        Ok(())
+                    })
+                    .await;
+                self.overlay.clear_refused(email);
+                if let Err(e) = write {
+                    let why = e.to_string();
+                    tracing::warn!(account = %email, error = %why, "refreshed, but could not save the new tokens; keeping them (and the refresh lock) until they can be written");
+                    events.push(Event::new(
+                        "tokens-unsaved",
+                        Some(email),
+                        format!(
+                            "{email}: new tokens could not be saved ({why}); they are kept in memory and other processes wait for them. Fix the pool file or free disk space; the save is retried"
+                        ),
+                    ));
+                    lock(&self.credentials.unsaved).insert(
+                        email.to_string(),
+                        Unsaved {
+                            access: access.clone(),
+                            refresh,
+                            expires,
+                            presented,
+                            error: why,
+                            since: now_ms(),
+                            _lock: refresh_lock,
+                        },
+                    );
+                    self.retry_later(UNSAVED_RETRY);
+                }
+                Ok(access)
+            }
+            Err(Error::OAuthInvalidGrant(reason)) => {
+                // Someone outside our lock may have rotated it: adopt a newer token if the store
+                // has one, otherwise the account needs a new login. Tokens are never deleted.
+                let reread = self.store.load().await?;
+                let newer = reread
+                    .find(email)
+                    .filter(|a| a.refresh.as_ref() != Some(&presented));
+                if let Some(access) = newer.and_then(|a| fresh_access(a, now_ms())) {
+                    self.invalidate();
+                    return Ok(access);
+                }
+                let why = format!("refresh token rejected ({reason}): log in again");
+                self.refuse(email, account.credential_tag(), &why);
+                events.push(Event::new(
+                    "auth-error",
+                    Some(email),
+                    format!("{email} needs a new login: {why}"),
+                ));
+                Err(Error::OAuthInvalidGrant(reason))
+            }
+            Err(e) => {
+                let wait_ms = match &e {
+                    Error::OAuthHttp {
+                        retry_after: Some(s),
+                        ..
+                    } => (*s as i64).saturating_mul(1000),
+                    _ => TOKEN_BACKOFF_DEFAULT_MS,
+                };
+                let until = now_ms().saturating_add(wait_ms);
+                let who = email.to_string();
+                self.note(true, move |p| p.refresh_backoff(&who, until));
+                serve_old_or(&account, rejected, e)
+            }
+        }
+    }
+
+    /// The credential in use for `email` is refused: this process stops using it at once, and
+    /// the store learns it in the background (tied to that credential, so a new login clears it).
+    pub(crate) fn refuse(self: &Arc<Self>, email: &str, tag: Option<String>, why: &str) {
+        self.overlay.refuse(email, tag.clone());
+        let (who, why) = (email.to_string(), why.to_string());
+        self.note(true, move |p| p.refused(&who, tag, &why));
+    }
+}
+
+/// After a transient refresh failure, an access token that has not expired still works.
+fn serve_old_or(account: &Account, rejected: Option<&Secret>, err: Error) -> Result<Secret> {
+    match (&account.access, account.expires) {
+        (Some(a), Some(exp)) if exp > now_ms() + 10_000 && rejected != Some(a) => Ok(a.clone()),
+        _ => Err(err),
+    }
+}

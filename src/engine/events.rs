@@ -1,0 +1,39 @@
+//! What a person is told about a request: failovers, cooldowns, accounts needing attention. They
+//! travel with the answer (or the failure) to `onEvent`, the plugin's toasts and the logs.
+
+use crate::secret::scrub_tokens;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
+    pub message: String,
+}
+
+impl Event {
+    /// Every message passes the token scrubber: parts of it (error details) came from servers.
+    pub fn new(kind: &'static str, email: Option<&str>, message: impl AsRef<str>) -> Event {
+        Event {
+            kind,
+            email: email.map(str::to_string),
+            to: None,
+            until: None,
+            message: scrub_tokens(message.as_ref()),
+        }
+    }
+
+    pub fn to(mut self, to: &str) -> Event {
+        self.to = Some(to.to_string());
+        self
+    }
+
+    pub fn until(mut self, until: i64) -> Event {
+        self.until = Some(until);
+        self
+    }
+}

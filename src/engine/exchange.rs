@@ -1,0 +1,571 @@
+//! One request through the pool, attempt by attempt. A driver asks `next()` for the account and
+//! the headers to send, sends, and asks `judge()` what the answer means: deliver it, or try
+//! again (`next()` then says on which account, or answers for the pool when none can serve).
+//!
+//! - Each account is tried at most once per request (plus one retry after a refresh), so the
+//!   attempts never exceed the accounts plus one.
+//! - Nothing is replayed once an answer is delivered: the body belongs to the caller from then on.
+//! - When no account can serve and some only cool down, the answer is the pool's own 429 whose
+//!   `retry-after` is the real wait; never an unauthenticated request.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio_util::sync::CancellationToken;
+
+use super::credentials::Credential;
+use super::events::Event;
+use super::limits::Limits;
+use super::select::{self, Candidate, Preference};
+use super::verdict::{self, Decision};
+use super::Engine;
+use crate::account::{iso_time, now_ms, Pool};
+use crate::error::{Error, Result};
+use crate::oauth::OAUTH_BETA;
+
+/// What the engine reads from a request to place it.
+#[derive(Debug, Default, Clone)]
+pub struct RequestMeta {
+    /// OpenCode's `x-session-affinity` / `X-Session-Id`.
+    pub session: Option<String>,
+    /// `x-parent-session-id`: a subagent inherits its parent's account.
+    pub parent: Option<String>,
+}
+
+/// Request headers never forwarded upstream: credentials (the pool sets its own), hop-by-hop
+/// and length headers (the client sets them), encoding (the client negotiates and decodes), and
+/// OpenCode's session headers (the pool's to read, nobody else's business).
+pub const DROPPED: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "host",
+    "connection",
+    "keep-alive",
+    "content-length",
+    "transfer-encoding",
+    "accept-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-connection",
+    "x-session-affinity",
+    "x-session-id",
+    "x-parent-session-id",
+];
+
+impl RequestMeta {
+    pub fn from_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Self {
+        let find = |name: &str| {
+            headers
+                .clone()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        RequestMeta {
+            session: find("x-session-affinity").or_else(|| find("x-session-id")),
+            parent: find("x-parent-session-id"),
+        }
+    }
+}
+
+/// The caller's headers as they may go upstream.
+pub fn forwardable<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        let lower = k.to_ascii_lowercase();
+        if DROPPED.contains(&lower.as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(lower.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// An answer's headers as a map, for `judge` (every header kept).
+pub fn forwardable_answer<'a>(headers: impl Iterator<Item = &'a (String, String)>) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+pub enum Step {
+    /// Send the request with these headers (the caller's, plus the account's credential).
+    Send(Attempt),
+    /// Answer for the pool: every usable account is cooling down.
+    Answer(Synthetic),
+}
+
+pub struct Attempt {
+    pub email: String,
+    pub headers: HeaderMap,
+}
+
+pub struct Synthetic {
+    pub status: u16,
+    pub status_text: &'static str,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Hand this answer to the caller.
+    Deliver,
+    /// Drop this answer; `next()` again.
+    Retry,
+}
+
+pub struct Exchange {
+    engine: Arc<Engine>,
+    meta: RequestMeta,
+    tried: HashSet<String>,
+    refreshed: HashSet<String>,
+    retry_same: Option<String>,
+    moved_from: Option<(String, String)>,
+    current: Option<(String, Credential)>,
+    events: Vec<Event>,
+}
+
+impl Exchange {
+    pub fn new(engine: Arc<Engine>, meta: RequestMeta) -> Exchange {
+        Exchange {
+            engine,
+            meta,
+            tried: HashSet::new(),
+            refreshed: HashSet::new(),
+            retry_same: None,
+            moved_from: None,
+            current: None,
+            events: Vec::new(),
+        }
+    }
+
+    /// Events so far (failovers, cooldowns, refusals); they belong to the caller.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The account that served the delivered answer.
+    pub fn account(&self) -> Option<&str> {
+        self.current.as_ref().map(|(e, _)| e.as_str())
+    }
+
+    /// The next attempt: an account with a fresh credential on top of `base` (the caller's
+    /// forwardable headers), or the pool's own answer. Fails with `POOL_NO_ACCOUNT` when no
+    /// account can serve at all, `ABORT_ERR` at once when `cancel` fires.
+    pub async fn next(&mut self, base: &HeaderMap, cancel: &CancellationToken) -> Result<Step> {
+        self.current = None;
+        loop {
+            if cancel.is_cancelled() {
+                return Err(Error::Aborted);
+            }
+            let pool = self.engine.snapshot().await?;
+            let email = match self.retry_same.take() {
+                Some(e) => e,
+                None => match self.choose(&pool) {
+                    Some(e) => e,
+                    None => return self.exhausted(&pool),
+                },
+            };
+            if let Some((from, reason)) = self.moved_from.take() {
+                self.events.push(
+                    Event::new(
+                        "failover",
+                        Some(&from),
+                        format!("{from} {reason}; this request moved to {email}"),
+                    )
+                    .to(&email),
+                );
+                let (f, t, r) = (from.clone(), email.clone(), reason.clone());
+                self.engine
+                    .note(false, move |p| p.failover(&f, Some(&t), &r, now_ms()));
+                tracing::info!(from = %from, to = %email, reason = %reason, "failover");
+            }
+            match self
+                .engine
+                .credential(&pool, &email, cancel, &mut self.events)
+                .await
+            {
+                Ok(credential) => {
+                    let headers = with_credential(base, &credential)?;
+                    self.current = Some((email.clone(), credential));
+                    return Ok(Step::Send(Attempt { email, headers }));
+                }
+                Err(Error::Aborted) => return Err(Error::Aborted),
+                Err(e) => {
+                    tracing::warn!(account = %email, error = %e, "no usable credential");
+                    if e.code() != "OAUTH_INVALID_GRANT" {
+                        // An invalid grant was reported by the credential protocol already.
+                        self.events.push(Event::new(
+                            "unavailable",
+                            Some(&email),
+                            format!("{email}: {e}"),
+                        ));
+                    }
+                    let (who, why) = (email.clone(), e.to_string());
+                    self.engine.note(false, move |p| p.error(&who, &why));
+                    self.tried.insert(email.clone());
+                    self.moved_from = Some((email, "could not get a token".into()));
+                }
+            }
+        }
+    }
+
+    fn choose(&self, pool: &Pool) -> Option<String> {
+        let now = now_ms();
+        let candidates: Vec<Candidate> = pool
+            .accounts()
+            .map(|a| {
+                let quota = self.engine.overlay.quota(&a.email);
+                let five = five_hour(quota.as_ref().or_else(|| a.extra.get("quota")));
+                Candidate::from_account(a, self.engine.usable(a, now), five)
+            })
+            .collect();
+        let pinned = self
+            .engine
+            .overlay
+            .pinned(self.meta.session.as_deref(), self.meta.parent.as_deref());
+        let sticky = self.engine.overlay.sticky();
+        let pref = Preference {
+            session: pinned.as_deref(),
+            sticky: sticky.as_deref(),
+            soft_threshold: soft_threshold(),
+        };
+        select::choose(&candidates, &self.tried, &pref).map(|c| c.email.clone())
+    }
+
+    /// What the answer to the last attempt means. `body` is the bounded start of the body when
+    /// `verdict::needs_body(status)`; `cancel` aborts a refresh this may start.
+    pub async fn judge(
+        &mut self,
+        status: u16,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+        cancel: &CancellationToken,
+    ) -> Result<Verdict> {
+        let Some((email, credential)) = self.current.clone() else {
+            return Ok(Verdict::Deliver);
+        };
+        let now = now_ms();
+        let limits = Limits::from_headers(headers, SystemTime::now());
+        let decision = verdict::decide(
+            status,
+            &limits,
+            body,
+            credential.kind(),
+            self.refreshed.contains(&email),
+            now,
+        );
+        match decision {
+            Decision::Deliver => {
+                self.served(&email, &limits, now);
+                Ok(Verdict::Deliver)
+            }
+            Decision::DeliverThirdPartyRefusal => {
+                tracing::warn!(account = %email, "third-party use refused by Anthropic");
+                self.events.push(Event::new(
+                    "third-party-refused",
+                    Some(&email),
+                    format!("{email}: Anthropic refused this subscription for third-party apps (the 400 says usage is billed as extra usage); not retried on other accounts"),
+                ));
+                let who = email.clone();
+                self.engine.note(false, move |p| {
+                    p.error(&who, "third-party use refused by Anthropic (400)")
+                });
+                self.served(&email, &limits, now);
+                Ok(Verdict::Deliver)
+            }
+            Decision::CoolAndMove(cooldown) => {
+                let why = cooldown.describe();
+                tracing::info!(account = %email, until = %iso_time(cooldown.until), why = %why, "rate limited");
+                self.events.push(
+                    Event::new(
+                        "rate-limited",
+                        Some(&email),
+                        format!("{email}: {why} until {}", iso_time(cooldown.until)),
+                    )
+                    .until(cooldown.until),
+                );
+                if self.engine.overlay.cool(&email, cooldown.until) {
+                    let (who, until, w) = (email.clone(), cooldown.until, why.clone());
+                    self.engine.note(true, move |p| p.cooldown(&who, until, &w));
+                }
+                self.move_on(email, why);
+                Ok(Verdict::Retry)
+            }
+            Decision::RefreshAndRetry => {
+                self.refreshed.insert(email.clone());
+                let rejected = credential.secret().clone();
+                match self
+                    .engine
+                    .after_unauthorized(&email, &rejected, cancel, &mut self.events)
+                    .await
+                {
+                    Ok(_) => self.retry_same = Some(email),
+                    Err(Error::Aborted) => return Err(Error::Aborted),
+                    Err(e) => {
+                        tracing::warn!(account = %email, error = %e, "401 and no new token");
+                        if e.code() != "OAUTH_INVALID_GRANT" {
+                            self.refuse(&email, &format!("401 from the API and no new token: {e}"))
+                                .await;
+                        }
+                        self.move_on(email, "was refused (401)".into());
+                    }
+                }
+                Ok(Verdict::Retry)
+            }
+            Decision::RefusedAndMove => {
+                let why = match credential {
+                    Credential::ApiKey(_) => "the API refused the key (401): replace it",
+                    Credential::Bearer(_) => "the API refused the token twice (401): log in again",
+                };
+                self.refuse(&email, why).await;
+                self.move_on(email, "was refused (401)".into());
+                Ok(Verdict::Retry)
+            }
+        }
+    }
+
+    fn move_on(&mut self, email: String, reason: String) {
+        self.tried.insert(email.clone());
+        self.moved_from = Some((email, reason));
+        self.current = None;
+    }
+
+    async fn refuse(&mut self, email: &str, why: &str) {
+        let tag = match self.engine.snapshot().await {
+            Ok(pool) => pool.find(email).and_then(|a| a.credential_tag()),
+            Err(_) => None,
+        };
+        self.engine.refuse(email, tag, why);
+        self.events.push(Event::new(
+            "auth-error",
+            Some(email),
+            format!("{email} needs a new login: {why}"),
+        ));
+    }
+
+    fn served(&mut self, email: &str, limits: &Limits, now: i64) {
+        self.engine
+            .overlay
+            .served(email, self.meta.session.as_deref(), now);
+        let quota = quota_json(limits, now);
+        if let Some(q) = &quota {
+            self.engine.overlay.note_quota(email, q.clone());
+        }
+        let who = email.to_string();
+        self.engine.note(false, move |p| p.served(&who, now, quota));
+    }
+
+    /// No account can take the request. If some are only cooling, the pool answers one 429 whose
+    /// `retry-after` is the real wait; otherwise say plainly why nothing is usable.
+    fn exhausted(&mut self, pool: &Pool) -> Result<Step> {
+        let now = now_ms();
+        let soonest = pool
+            .accounts()
+            .filter_map(|a| {
+                self.engine
+                    .cooling_until(a, now)
+                    .map(|t| (t, a.email.clone()))
+            })
+            .min_by_key(|(t, _)| *t);
+        if let Some((until, email)) = soonest {
+            let secs = ((until - now) as f64 / 1000.0).ceil().max(1.0) as i64;
+            let message = format!(
+                "anthropic-pool: every account is rate-limited; the first one ({email}) is usable again in {secs} s (at {})",
+                iso_time(until)
+            );
+            self.events
+                .push(Event::new("all-cooling", Some(&email), &message).until(until));
+            let body = serde_json::json!({
+                "type": "error",
+                "error": { "type": "rate_limit_error", "message": message }
+            });
+            return Ok(Step::Answer(Synthetic {
+                status: 429,
+                status_text: "Too Many Requests",
+                headers: vec![
+                    ("content-type".into(), "application/json".into()),
+                    ("retry-after".into(), secs.to_string()),
+                    ("x-oauth-pool".into(), "all-accounts-cooling".into()),
+                ],
+                body: Bytes::from(body.to_string()),
+            }));
+        }
+        let total = pool.accounts().count();
+        let why = if total == 0 {
+            format!(
+                "anthropic-pool has no accounts in {}: add one with `opencode auth login` (Anthropic Pool) or `oauth-pool add`",
+                self.engine.store().describe()
+            )
+        } else {
+            let states: Vec<String> = pool
+                .accounts()
+                .map(|a| {
+                    let s = if self.engine.usable(a, now) {
+                        "refused this request".to_string()
+                    } else if self.engine.overlay.is_refused(a) {
+                        "auth-error".to_string()
+                    } else {
+                        a.effective_status(now).as_str().to_string()
+                    };
+                    format!("{} ({s})", a.email)
+                })
+                .collect();
+            format!(
+                "anthropic-pool has no usable account: {}. Accounts in auth-error need a new login; disabled ones can be enabled with the model-accounts-pool tool",
+                states.join(", ")
+            )
+        };
+        Err(Error::NoUsableAccount(why))
+    }
+}
+
+/// `OAUTH_POOL_SOFT_THRESHOLD` (a fraction of the 5-hour window), default 0.9.
+fn soft_threshold() -> f64 {
+    crate::config::env("OAUTH_POOL_SOFT_THRESHOLD")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .unwrap_or(0.9)
+}
+
+fn five_hour(quota: Option<&serde_json::Value>) -> Option<(f64, Option<i64>)> {
+    let w = quota?.get("fiveHour")?;
+    let u = w.get("utilization")?.as_f64()?;
+    Some((u, w.get("resetsAt").and_then(serde_json::Value::as_i64)))
+}
+
+fn quota_json(limits: &Limits, now: i64) -> Option<serde_json::Value> {
+    use serde_json::json;
+    if !limits.has_quota_info() {
+        return None;
+    }
+    let window = |claim: &str| {
+        limits.window(claim).map(
+            |w| json!({ "utilization": w.utilization, "resetsAt": w.reset, "status": w.status }),
+        )
+    };
+    let mut q = serde_json::Map::new();
+    if let Some(w) = window("5h") {
+        q.insert("fiveHour".into(), w);
+    }
+    if let Some(w) = window("7d") {
+        q.insert("sevenDay".into(), w);
+    }
+    if let Some(s) = &limits.status {
+        q.insert("status".into(), json!(s));
+    }
+    q.insert("updatedAt".into(), json!(now));
+    Some(serde_json::Value::Object(q))
+}
+
+/// The account's credential on a copy of the caller's headers. OAuth: bearer (marked
+/// sensitive), and `oauth-2025-04-20` merged into the caller's betas. API key: `x-api-key`.
+pub fn with_credential(base: &HeaderMap, credential: &Credential) -> Result<HeaderMap> {
+    let mut headers = base.clone();
+    let bad =
+        |_| Error::InvalidArgument("the stored credential is not a valid header value".into());
+    match credential {
+        Credential::Bearer(token) => {
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(bad)?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            let mut betas: Vec<String> = headers
+                .get_all("anthropic-beta")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if !betas.iter().any(|b| b == OAUTH_BETA) {
+                betas.insert(0, OAUTH_BETA.to_string());
+            }
+            betas.dedup();
+            headers.remove("anthropic-beta");
+            let merged = HeaderValue::from_str(&betas.join(","))
+                .map_err(|_| Error::InvalidArgument("bad anthropic-beta header".into()))?;
+            headers.insert("anthropic-beta", merged);
+        }
+        Credential::ApiKey(key) => {
+            let mut value = HeaderValue::from_str(key.expose()).map_err(bad)?;
+            value.set_sensitive(true);
+            headers.insert("x-api-key", value);
+        }
+    }
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    /// The credential a request carried, for tests that check what was sent.
+    fn bearer_of(headers: &HeaderMap) -> Option<Secret> {
+        headers
+            .get(reqwest::header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")
+            .map(Secret::new)
+    }
+
+    fn pairs(v: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        v.to_vec()
+    }
+
+    #[test]
+    fn credentials_replace_the_callers_and_betas_merge() {
+        let caller = pairs(&[
+            ("X-Api-Key", ""),
+            ("Authorization", "Bearer caller"),
+            (
+                "anthropic-beta",
+                "interleaved-thinking-2025-05-14, fine-grained-tool-streaming-2025-05-14",
+            ),
+            ("x-session-affinity", "ses_1"),
+            ("content-type", "application/json"),
+        ]);
+        let meta = RequestMeta::from_headers(caller.iter().copied());
+        assert_eq!(meta.session.as_deref(), Some("ses_1"));
+        let base = forwardable(caller.iter().copied());
+        assert!(base.get("x-session-affinity").is_none());
+        let h = with_credential(&base, &Credential::Bearer(Secret::new("tok"))).unwrap();
+        assert_eq!(bearer_of(&h).unwrap().expose(), "tok");
+        assert!(h.get("authorization").unwrap().is_sensitive());
+        assert!(h.get("x-api-key").is_none());
+        assert_eq!(
+            h.get("anthropic-beta").unwrap().to_str().unwrap(),
+            "oauth-2025-04-20,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14"
+        );
+        assert!(!format!("{h:?}").contains("tok"));
+        let h = with_credential(&base, &Credential::ApiKey(Secret::new("sk-key"))).unwrap();
+        assert!(h.get("authorization").is_none());
+        assert_eq!(h.get("x-api-key").unwrap().to_str().unwrap(), "sk-key");
+        assert!(!h
+            .get("anthropic-beta")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains(OAUTH_BETA));
+    }
+}

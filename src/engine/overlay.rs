@@ -1,0 +1,150 @@
+//! What this process knows before the pool file does: cooldowns it decided, credentials it saw
+//! refused, which account each OpenCode session uses, and the account it served last (sticky).
+//! Applied on top of every snapshot, so a decision takes effect at once, whatever the file's
+//! write lock is doing.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::account::Account;
+
+/// Session pins are forgotten after this long without a request.
+const SESSION_TTL: Duration = Duration::from_secs(6 * 3600);
+const MAX_SESSIONS: usize = 10_000;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these maps leaves plain data behind; keep going with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Default)]
+pub struct Overlay {
+    /// email -> cooling until (epoch ms).
+    cooling: Mutex<HashMap<String, i64>>,
+    /// email -> tag of the credential that was refused. A new login brings a new credential,
+    /// whose tag differs: the mark then no longer applies, in this process or any other.
+    refused: Mutex<HashMap<String, Option<String>>>,
+    sticky: Mutex<Option<String>>,
+    sessions: Mutex<HashMap<String, (String, Instant)>>,
+    /// email -> the quota windows the last answer reported (the store has them a second later).
+    quota: Mutex<HashMap<String, serde_json::Value>>,
+}
+
+impl Overlay {
+    /// Records a cooldown; false when one at least as long was already known.
+    pub fn cool(&self, email: &str, until: i64) -> bool {
+        let mut cooling = lock(&self.cooling);
+        if cooling.get(email).is_some_and(|t| *t >= until) {
+            return false;
+        }
+        cooling.insert(email.to_string(), until);
+        true
+    }
+
+    pub fn cooling_until(&self, email: &str, now: i64) -> Option<i64> {
+        lock(&self.cooling).get(email).copied().filter(|t| *t > now)
+    }
+
+    pub fn refuse(&self, email: &str, tag: Option<String>) {
+        lock(&self.refused).insert(email.to_string(), tag);
+    }
+
+    /// Whether `a`'s current credential is the one this process saw refused.
+    pub fn is_refused(&self, a: &Account) -> bool {
+        let mut refused = lock(&self.refused);
+        match refused.get(&a.email) {
+            Some(tag) if *tag == a.credential_tag() => true,
+            Some(_) => {
+                refused.remove(&a.email);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub fn clear_refused(&self, email: &str) {
+        lock(&self.refused).remove(email);
+    }
+
+    pub fn sticky(&self) -> Option<String> {
+        lock(&self.sticky).clone()
+    }
+
+    pub fn pinned(&self, session: Option<&str>, parent: Option<&str>) -> Option<String> {
+        let sessions = lock(&self.sessions);
+        let live = |id: &str| {
+            sessions
+                .get(id)
+                .filter(|(_, at)| at.elapsed() < SESSION_TTL)
+                .map(|(e, _)| e.clone())
+        };
+        session.and_then(live).or_else(|| parent.and_then(live))
+    }
+
+    pub fn note_quota(&self, email: &str, quota: serde_json::Value) {
+        lock(&self.quota).insert(email.to_string(), quota);
+    }
+
+    /// The latest quota this process saw for `email`, if any.
+    pub fn quota(&self, email: &str) -> Option<serde_json::Value> {
+        lock(&self.quota).get(email).cloned()
+    }
+
+    /// The account that served a request becomes sticky (and the session's), and cooldowns
+    /// that have passed are forgotten.
+    pub fn served(&self, email: &str, session: Option<&str>, now: i64) {
+        *lock(&self.sticky) = Some(email.to_string());
+        if let Some(s) = session {
+            let mut sessions = lock(&self.sessions);
+            if sessions.len() > MAX_SESSIONS {
+                sessions.retain(|_, (_, at)| at.elapsed() < SESSION_TTL);
+            }
+            sessions.insert(s.to_string(), (email.to_string(), Instant::now()));
+        }
+        lock(&self.cooling).retain(|_, t| *t > now);
+    }
+
+    /// `reset-cooldowns` and re-enabling: forget what this process decided.
+    pub fn clear(&self) {
+        lock(&self.cooling).clear();
+        lock(&self.refused).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_belongs_to_the_refused_credential() {
+        let o = Overlay::default();
+        let mut a = Account::new_oauth("a@x", "a1".into(), "r1".into(), 0, 0);
+        o.refuse("a@x", a.credential_tag());
+        assert!(o.is_refused(&a));
+        // A new login (new refresh token) clears it.
+        a.refresh = Some("r2".into());
+        assert!(!o.is_refused(&a));
+        a.refresh = Some("r1".into());
+        assert!(!o.is_refused(&a), "the mark is gone, not hidden");
+    }
+
+    #[test]
+    fn cooldowns_only_move_forward_and_expire() {
+        let o = Overlay::default();
+        assert!(o.cool("a@x", 100));
+        assert!(!o.cool("a@x", 50));
+        assert!(o.cool("a@x", 150));
+        assert_eq!(o.cooling_until("a@x", 120), Some(150));
+        assert_eq!(o.cooling_until("a@x", 150), None);
+        o.served("b@x", Some("ses"), 200);
+        assert_eq!(
+            o.cooling_until("a@x", 0),
+            None,
+            "passed cooldowns are dropped"
+        );
+        assert_eq!(o.pinned(Some("ses"), None).as_deref(), Some("b@x"));
+        assert_eq!(o.pinned(Some("other"), Some("ses")).as_deref(), Some("b@x"));
+        assert_eq!(o.sticky().as_deref(), Some("b@x"));
+    }
+}

@@ -1,0 +1,122 @@
+//! What an answer means for the account that got it: the policy table, in one place.
+//!
+//! | answer | decision |
+//! | --- | --- |
+//! | 429 | cool the account (see `limits::cooldown_for_429`), move the request to the next account |
+//! | 401, OAuth, first time for this account | adopt a newer token or refresh, retry on the same account |
+//! | 401 again, or 401 for an API key | the credential is refused: mark it (tied to that credential), move on |
+//! | 400 saying third-party apps draw from extra usage | deliver it, report it, do not rotate (every subscription would say the same) |
+//! | anything else (2xx, 3xx, other 4xx, 529, 5xx) | deliver it as it is; nobody is benched |
+
+use super::limits::{cooldown_for_429, Cooldown, Limits};
+
+/// How the request was authenticated, which decides what a 401 means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// A subscription login: an access token that a refresh can replace.
+    OAuth,
+    /// A Console API key: nothing to refresh.
+    ApiKey,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Deliver,
+    /// Deliver, and tell the person their subscription is refused for third-party use.
+    DeliverThirdPartyRefusal,
+    /// Rest the account and move the same request to the next one.
+    CoolAndMove(Cooldown),
+    /// Adopt or refresh the token, then retry on the same account (once).
+    RefreshAndRetry,
+    /// The credential is refused: mark the account and move on.
+    RefusedAndMove,
+}
+
+/// Only a 400 needs its body read to be understood; it is read bounded (`PEEK_LIMIT`).
+pub fn needs_body(status: u16) -> bool {
+    status == 400
+}
+
+/// How much of a 400 is read to tell a third-party refusal from a bad request.
+pub const PEEK_LIMIT: usize = 256 * 1024;
+
+pub fn decide(
+    status: u16,
+    limits: &Limits,
+    body: Option<&[u8]>,
+    kind: CredentialKind,
+    refreshed_already: bool,
+    now_ms: i64,
+) -> Decision {
+    match status {
+        429 => Decision::CoolAndMove(cooldown_for_429(limits, now_ms)),
+        401 if kind == CredentialKind::OAuth && !refreshed_already => Decision::RefreshAndRetry,
+        401 => Decision::RefusedAndMove,
+        400 if body.is_some_and(is_third_party_refusal) => Decision::DeliverThirdPartyRefusal,
+        _ => Decision::Deliver,
+    }
+}
+
+/// A 400 that means "Anthropic does not allow this subscription to be used by third-party
+/// apps": shown as such, never retried on another account.
+pub fn is_third_party_refusal(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    text.contains("third-party") || text.contains("third party") || text.contains("extra usage")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::limits::CooldownKind;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn the_policy_table() {
+        let none = Limits::default();
+        let d = |status, body: Option<&[u8]>, kind, again| {
+            decide(status, &none, body, kind, again, NOW)
+        };
+        assert!(matches!(
+            d(429, None, CredentialKind::OAuth, false),
+            Decision::CoolAndMove(Cooldown {
+                kind: CooldownKind::Burst,
+                ..
+            })
+        ));
+        assert_eq!(
+            d(401, None, CredentialKind::OAuth, false),
+            Decision::RefreshAndRetry
+        );
+        assert_eq!(
+            d(401, None, CredentialKind::OAuth, true),
+            Decision::RefusedAndMove
+        );
+        assert_eq!(
+            d(401, None, CredentialKind::ApiKey, false),
+            Decision::RefusedAndMove
+        );
+        let refusal: &[u8] = br#"{"type":"error","error":{"type":"invalid_request_error","message":"Third-party apps now draw from your extra usage, not your plan limits."}}"#;
+        assert_eq!(
+            d(400, Some(refusal), CredentialKind::OAuth, false),
+            Decision::DeliverThirdPartyRefusal
+        );
+        assert_eq!(
+            d(
+                400,
+                Some(b"prompt is too long"),
+                CredentialKind::OAuth,
+                false
+            ),
+            Decision::Deliver
+        );
+        for status in [200, 201, 301, 307, 403, 404, 413, 500, 502, 529] {
+            assert_eq!(
+                d(status, None, CredentialKind::OAuth, false),
+                Decision::Deliver,
+                "{status}"
+            );
+        }
+        assert!(needs_body(400) && !needs_body(429) && !needs_body(200));
+    }
+}

@@ -1,0 +1,153 @@
+//! Where the pool lives. The engine sees one interface, `Store`, whatever the backend: the pool
+//! file on this machine (`file`), or a database shared by a fleet. Every method is async and
+//! never blocks a tokio worker (file I/O runs on the blocking pool).
+//!
+//! The protocol every backend keeps: reads see one whole generation; `update` is a locked
+//! read-modify-write that never loses another writer's change; `refresh_lock` serializes the
+//! spending of one account's refresh token from the re-read to the durable write, across every
+//! process that shares the store.
+
+pub mod file;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use file::{FileLock, FileStamp, FileStore};
+
+use crate::account::Pool;
+use crate::error::{Error, Result};
+
+/// How long a process waits for another to finish refreshing the same account.
+pub const REFRESH_LOCK_TIMEOUT: Duration = Duration::from_secs(75);
+
+#[derive(Debug, Clone)]
+pub enum Store {
+    File(FileStore),
+}
+
+/// A cheap identity of one generation of the stored pool, to skip re-reading it unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    File(FileStamp),
+}
+
+/// Held while one account's refresh token is being spent; dropping it lets the next process in.
+#[derive(Debug)]
+pub enum RefreshLock {
+    File(FileLock),
+}
+
+/// Runs blocking file work on tokio's blocking pool, never on a worker or the JS thread.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("background task failed: {e}")))?
+}
+
+impl Store {
+    /// The store named by `explicit` (a path), else by the environment.
+    pub fn from_config(explicit: Option<&str>) -> Result<Store> {
+        Ok(Store::File(FileStore::new(crate::config::pool_path(
+            explicit,
+        )?)))
+    }
+
+    pub fn file(path: impl Into<PathBuf>) -> Store {
+        Store::File(FileStore::new(path))
+    }
+
+    /// What a person reads to know which pool this is (a path; never a password).
+    pub fn describe(&self) -> String {
+        match self {
+            Store::File(f) => f.path().display().to_string(),
+        }
+    }
+
+    /// The key under which one process keeps one engine per store.
+    pub fn key(&self) -> String {
+        match self {
+            Store::File(f) => format!("file:{}", f.path().display()),
+        }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Store::File(f) => Some(f.path()),
+        }
+    }
+
+    /// The stamp of the stored generation now, when it can be had without reading it.
+    pub fn stamp(&self) -> Option<Stamp> {
+        match self {
+            Store::File(f) => f.stamp().map(Stamp::File),
+        }
+    }
+
+    pub async fn load(&self) -> Result<Pool> {
+        match self {
+            Store::File(f) => {
+                let f = f.clone();
+                blocking(move || f.load()).await
+            }
+        }
+    }
+
+    pub async fn load_stamped(&self) -> Result<(Pool, Option<Stamp>)> {
+        match self {
+            Store::File(f) => {
+                let f = f.clone();
+                let (pool, stamp) = blocking(move || f.load_stamped()).await?;
+                Ok((pool, stamp.map(Stamp::File)))
+            }
+        }
+    }
+
+    /// Locked read-modify-write; `change` sees the pool as stored now.
+    pub async fn update<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        match self {
+            Store::File(f) => {
+                let f = f.clone();
+                blocking(move || f.update(change)).await
+            }
+        }
+    }
+
+    /// Replaces the whole pool (`savePool`).
+    pub async fn save(&self, pool: Pool) -> Result<()> {
+        match self {
+            Store::File(f) => {
+                let f = f.clone();
+                blocking(move || f.save(&pool)).await
+            }
+        }
+    }
+
+    pub async fn refresh_lock(&self, email: &str) -> Result<RefreshLock> {
+        match self {
+            Store::File(f) => {
+                let path = f.refresh_lock_path(email);
+                let lock = blocking(move || FileLock::acquire(&path, REFRESH_LOCK_TIMEOUT)).await?;
+                Ok(RefreshLock::File(lock))
+            }
+        }
+    }
+
+    /// Whether another process is spending this account's refresh token right now (or holds
+    /// new tokens it could not save yet).
+    pub async fn refresh_lock_held(&self, email: &str) -> bool {
+        match self {
+            Store::File(f) => {
+                let f = f.clone();
+                let email = email.to_string();
+                blocking(move || Ok(f.refresh_lock_held(&email)))
+                    .await
+                    .unwrap_or(false)
+            }
+        }
+    }
+}
