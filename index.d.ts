@@ -49,7 +49,8 @@ export type ErrorCode =
   | "INSECURE_ENDPOINT"
   | "ABORT_ERR"
   | "INVALID_ARGUMENT"
-  | "NATIVE_MISSING";
+  | "NATIVE_MISSING"
+  | "STORE_UNAVAILABLE";
 
 export interface PoolError extends Error {
   code: ErrorCode;
@@ -79,10 +80,13 @@ export function exchange(
 ): Promise<TokenSet & { email: string }>;
 export function refresh(refreshToken: string): Promise<TokenSet>;
 
-/** An account as shown to people: no secrets. */
+/** An account as shown to people: no secrets. Unreadable entries have status "invalid". */
 export interface AccountSummary {
+  /** For an unreadable entry without an email: `#<index>` (what `removeAccount` takes). */
   email: string;
-  type: "oauth" | "api";
+  type: "oauth" | "api" | "unknown";
+  /** The entry's position in the file, for unreadable entries. */
+  index?: number;
   /** Effective status now: a passed cooldown reads as "idle". */
   status: AccountStatus | "invalid";
   rateLimitUntil: number | null;
@@ -110,8 +114,14 @@ export interface PoolStatus {
   soonestReset: number | null;
   /** The last failover this machine recorded, or null. */
   lastFailover: { at: number; from: string; to: string | null; reason: string } | null;
-  /** Entries of the file that could not be read (kept verbatim). */
-  invalid: { index: number; reason: string }[];
+  /** Entries of the file that could not be read (kept verbatim; also listed in `accounts`). */
+  invalid: { index: number; email: string | null; reason: string }[];
+  /** Groups of account emails that differ only in case (commands need the exact spelling). */
+  caseClashes: string[][];
+  /** New tokens this process got but could not write yet (it keeps their refresh lock). */
+  unsavedTokens: { email: string; since: number; error: string }[];
+  /** Accounts whose refresh lock some process holds right now. */
+  refreshLocked: string[];
 }
 
 export function listAccounts(path?: string): Promise<AccountSummary[]>;
@@ -133,6 +143,20 @@ export function setEnabled(email: string, enabled: boolean, path?: string): Prom
 export function setPriority(email: string, priority: number, path?: string): Promise<void>;
 /** Clears every cooldown (and rate-limited status); resolves how many accounts changed. */
 export function resetCooldowns(path?: string): Promise<number>;
+/**
+ * Refreshes one account now under the pool's lock protocol. `adopted`: another process refreshed
+ * meanwhile and its token was taken instead of spending the refresh token again.
+ */
+export function refreshAccount(
+  email: string,
+  path?: string,
+): Promise<{ email: string; outcome: "refreshed" | "adopted" | "kept"; expires: number | null }>;
+/** Writes this process's pending bookkeeping (cooldowns, last use, quota) now. */
+export function flushPool(path?: string): Promise<void>;
+/** The version of the native addon. */
+export function nativeVersion(): string;
+/** The napi-rs platform triple of this process, e.g. "linux-x64-gnu". */
+export function platformTriple(): string;
 /** Copies an existing Claude Code login (`~/.claude/.credentials.json`) into the pool. */
 export function importClaudeCode(options?: {
   credentialsPath?: string;
@@ -141,7 +165,14 @@ export function importClaudeCode(options?: {
 }): Promise<{ email: string; added: boolean }>;
 
 export interface PoolEvent {
-  kind: "failover" | "rate-limited" | "auth-error" | "refreshed" | "all-cooling" | "third-party-refused";
+  kind:
+    | "failover"
+    | "rate-limited"
+    | "auth-error"
+    | "unavailable"
+    | "all-cooling"
+    | "third-party-refused"
+    | "tokens-unsaved";
   /** The account the event is about. */
   email?: string;
   /** The account the request moved to, for failover. */
@@ -161,18 +192,45 @@ export interface PoolFetchOptions {
 export type PoolFetch = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
 export function createPoolFetch(options?: PoolFetchOptions): PoolFetch;
 
-// OpenCode plugin building blocks
+// OpenCode plugin building blocks (types from @opencode-ai/plugin, an optional peer: hosts have it)
+import type { AuthHook, Config, Hooks, PluginInput, ToolDefinition } from "@opencode-ai/plugin";
+
 export interface ModelDefinition {
   id?: string;
   name: string;
   [k: string]: unknown;
 }
-export const ANTHROPIC_MODELS: Record<string, ModelDefinition>;
-export function OAuthPoolPlugin(input: any, options?: any): Promise<{
-  auth: any;
-  tool: { "model-accounts-pool": any };
-  config: (config: any) => Promise<void>;
-}>;
-export function poolAuthHook(input: any, options?: any): any;
-export function createPoolTool(input: any, options?: any): any;
-export function poolConfigHook(config: any, options?: { path?: string; fetch?: PoolFetch }): Promise<void>;
+export const ANTHROPIC_MODELS: Readonly<Record<string, ModelDefinition>>;
+
+/** Options of the plugin and of each part (`[spec, options]` in opencode.json on 1.18, `{ package, options }` on 2.x). */
+export interface PoolPluginOptions {
+  /** The pool file (default: $OAUTH_POOL_PATH, else ~/.aidevops/oauth-pool.json). */
+  path?: string;
+  /** The management tool's name, and its command's (default `model-accounts-pool`). */
+  toolName?: string;
+  /**
+   * `anthropic-pool` (default) adds that provider; `anthropic` serves OpenCode's own Anthropic
+   * provider through the pool instead.
+   */
+  provider?: string;
+  /** A pool fetch to use instead of the one the host's parts share. */
+  fetch?: PoolFetch;
+}
+
+export interface PoolPluginHooks {
+  auth: AuthHook;
+  tool: Record<string, ToolDefinition>;
+  config: (config: Config) => Promise<void>;
+}
+
+/** The whole plugin for OpenCode 1.18: `{ auth, tool: { [toolName]: tool }, config }`. */
+export function OAuthPoolPlugin(input: PluginInput, options?: PoolPluginOptions): Promise<PoolPluginHooks & Partial<Hooks>>;
+/** The `auth` hook: logins add accounts; the loader hands OpenCode the host's pool fetch. */
+export function poolAuthHook(input: PluginInput, options?: PoolPluginOptions): AuthHook;
+/** The management tool (zod args, as OpenCode 1.18 takes them). */
+export function createPoolTool(input: PluginInput, options?: PoolPluginOptions): ToolDefinition;
+/**
+ * Declares the provider (or serves `anthropic`) in OpenCode's config. Pass the host's `input` so
+ * the provider shares the host's fetch and notices with the auth loader; alone, it makes its own.
+ */
+export function poolConfigHook(config: Config, options?: PoolPluginOptions & { input?: PluginInput }): Promise<void>;

@@ -20,6 +20,7 @@ export {
   resetCooldowns,
   importClaudeCode,
   flushPool,
+  refreshAccount,
   nativeVersion,
 } from "./lib/api.mjs";
 export {

@@ -158,6 +158,12 @@ export const importClaudeCode = wrap((options) => {
 
 export const flushPool = wrap((path) => native.flushPool(pathArg(path)));
 
+/**
+ * Refreshes one account now under the pool's lock protocol: `{ email, outcome, expires }`,
+ * outcome "refreshed", or "adopted" when another process refreshed meanwhile.
+ */
+export const refreshAccount = wrap((email, path) => native.refreshAccount(requiredString("email", email), pathArg(path)));
+
 export const nativeVersion = () => native.version();
 
 /** The store's files (pool, lock, .bak, temp names, refresh locks) as Rust names them. */

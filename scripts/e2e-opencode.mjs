@@ -409,6 +409,47 @@ try {
     r4.code === 0 && /Hello from bob@example\.com/.test(r4.stdout) && req4.length > 0 && req4.every((r) => pool4.some((a) => r.headers.authorization === masked(a.access))),
     `exit ${r4.code}\nstdout: ${r4.stdout.slice(-500)}\n${r4.stderr.slice(-1500)}`,
   );
+
+  // 7. Composed by an aidevops-shaped host plugin (its own tools and config hook, which also
+  // writes a stand-in `anthropic-pool` entry after ours): models declared, failover works and
+  // its notice reaches OpenCode through the shared fetch.
+  const composed = join(dir, "aidevops");
+  mkdirSync(composed, { recursive: true });
+  const hostModule = join(dir, "aidevops-plugin.mjs");
+  writeFileSync(
+    hostModule,
+    [
+      `import { makeAidevopsHost } from ${JSON.stringify(pathToFileURL(join(ROOT, "__tests__", "helpers", "aidevops-host.mjs")).href)};`,
+      `import { poolAuthHook, createPoolTool, poolConfigHook } from ${JSON.stringify(pathToFileURL(join(ROOT, "index.mjs")).href)};`,
+      `const server = makeAidevopsHost({ pool: { poolAuthHook, createPoolTool, poolConfigHook }, order: "ours-first", options: { path: ${JSON.stringify(poolFile)} } });`,
+      `export default { id: "aidevops-shaped", server };`,
+      "",
+    ].join("\n"),
+  );
+  writeFileSync(join(composed, "opencode.json"), JSON.stringify({ $schema: "https://opencode.ai/config.json", plugin: [pathToFileURL(hostModule).href], model: `anthropic-pool/${MODEL}`, autoupdate: false, share: "disabled" }, null, 2));
+  const composedEnv = { ...env, PWD: composed };
+  const listedComposed = await run(bin, ["models", "anthropic-pool"], { env: composedEnv, cwd: composed });
+  const composedModels = listedComposed.stdout.split("\n").filter((l) => l.startsWith("anthropic-pool/"));
+  check(
+    `aidevops-shaped host: our models are declared, not its stand-in (${composedModels.length})`,
+    composedModels.includes(`anthropic-pool/${MODEL}`) && !composedModels.some((m) => m.includes("pool-account-management")),
+    listedComposed.stdout.slice(0, 800) + listedComposed.stderr.slice(-800),
+  );
+  const { resetCooldowns } = await import(pathToFileURL(join(ROOT, "index.mjs")).href);
+  await resetCooldowns(poolFile);
+  await control("script", { email: "alice@example.com", responses: [{ status: 429, headers: rateLimitHeaders({ retryAfter: 3600 }) }] });
+  const r5 = await run(bin, ["run", "--print-logs", "--model", `anthropic-pool/${MODEL}`, "hello from the composed plugin"], { env: composedEnv, cwd: composed });
+  const req5 = await newRequests();
+  check(
+    `aidevops-shaped host: a 429 on alice fails over to bob (${r5.ms} ms)`,
+    r5.code === 0 && /Hello from bob@example\.com/.test(r5.stdout) && req5.some((r) => r.email === "alice@example.com" && r.status === 429),
+    `exit ${r5.code}\nstdout: ${r5.stdout.slice(-500)}\n${r5.stderr.slice(-1500)}`,
+  );
+  check(
+    "aidevops-shaped host: the failover notice reached OpenCode through the host's client",
+    /level=WARN [^\n]*message="[^"\n]*alice@example\.com[^"\n]*bob@example\.com[^"\n]*" kind=failover/.test(r5.stderr),
+    r5.stderr.split("\n").filter((l) => /failover|moved to/.test(l)).join("\n") || "(no failover log line)",
+  );
 } catch (err) {
   check("scenario ran to the end", false, err?.stack ?? err);
 } finally {

@@ -106,6 +106,13 @@ fn epoch_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     }
 }
 
+/// An epoch from the file: milliseconds, or seconds when below 1e12 (see `epoch_ms`).
+fn epoch_ms_of(v: &Value) -> Option<i64> {
+    let f = v.as_f64().filter(|f| f.is_finite() && *f >= 0.0)?;
+    let ms = if f < 1e12 { f * 1000.0 } else { f };
+    (ms <= 1e15).then_some(ms as i64)
+}
+
 fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -188,14 +195,61 @@ impl Account {
         }
     }
 
+    /// When this account's cooldown ends: the later of our `rateLimitUntil` and `cooldownUntil`,
+    /// which the aidevops plugin and its shell helper write (epoch ms; 0 or null: none).
+    pub fn cooldown_until(&self) -> Option<i64> {
+        let theirs = self
+            .extra
+            .get("cooldownUntil")
+            .and_then(epoch_ms_of)
+            .filter(|t| *t > 0);
+        self.rate_limit_until.max(theirs)
+    }
+
     pub fn cooling_at(&self, now: i64) -> bool {
-        self.rate_limit_until.is_some_and(|t| t > now)
+        self.cooldown_until().is_some_and(|t| t > now)
+    }
+
+    /// Cools the account until at least `until` (cooldowns only move forward). A file that
+    /// carries aidevops's `cooldownUntil` gets it too, so its tools see our cooldowns.
+    pub fn cool_until(&mut self, until: i64) {
+        let merged = self.rate_limit_until.map_or(until, |t| t.max(until));
+        self.rate_limit_until = Some(merged);
+        if self.extra.contains_key("cooldownUntil") {
+            let theirs = self.cooldown_until().unwrap_or(merged).max(merged);
+            self.extra
+                .insert("cooldownUntil".into(), Value::from(theirs));
+        }
+    }
+
+    /// Ends every cooldown (`reset-cooldowns`, or one that has passed).
+    pub fn clear_cooldown(&mut self) {
+        self.rate_limit_until = None;
+        if self.extra.contains_key("cooldownUntil") {
+            self.extra.insert("cooldownUntil".into(), Value::Null);
+        }
+    }
+
+    /// An `auth-error` this pool set: the refused credential's tag is recorded in
+    /// `authErrorToken` and is still the account's credential. Only a new login clears it.
+    pub fn auth_error_is_ours(&self) -> bool {
+        self.status_enum() == Some(Status::AuthError)
+            && self.extra.get("authErrorToken").and_then(Value::as_str)
+                == self.credential_tag().as_deref()
+            && self.extra.contains_key("authErrorToken")
+    }
+
+    /// An `auth-error` someone else set (aidevops's helper marks one on a transient refresh
+    /// failure, with a backoff in `cooldownUntil`): once that cooldown has passed, the account
+    /// is tried again, and its refresh token is presented once to find out.
+    pub fn auth_error_unverified(&self) -> bool {
+        self.status_enum() == Some(Status::AuthError) && !self.auth_error_is_ours()
     }
 
     /// Whether a request may be sent with this account at `now`.
     pub fn usable_at(&self, now: i64) -> bool {
         self.is_enabled()
-            && self.status_enum() != Some(Status::AuthError)
+            && !self.auth_error_is_ours()
             && !self.cooling_at(now)
             && self.has_credential()
     }
@@ -317,10 +371,16 @@ impl Pool {
 
     pub fn to_value(&self) -> Value {
         let mut map = Map::new();
-        map.insert(
-            "version".into(),
-            self.version.clone().unwrap_or(Value::from(POOL_VERSION)),
-        );
+        // `version: 1` says nothing (it is the only version) and aidevops's shell helper wipes a
+        // pool whose top level has a key that is not an array (`version`, ours) or `_`-prefixed:
+        // only another version is written back.
+        if let Some(v) = self
+            .version
+            .as_ref()
+            .filter(|v| v.as_u64() != Some(POOL_VERSION))
+        {
+            map.insert("version".into(), v.clone());
+        }
         let entries = self
             .anthropic
             .iter()
@@ -508,7 +568,8 @@ impl Pool {
             existing.access = incoming.access;
             existing.key = incoming.key;
             existing.expires = incoming.expires;
-            existing.rate_limit_until = None;
+            existing.clear_cooldown();
+            existing.extra.remove("authErrorToken");
             if matches!(
                 existing.status_enum(),
                 Some(Status::AuthError) | Some(Status::RateLimited) | None
@@ -585,7 +646,7 @@ mod tests {
         assert_eq!(out["anthropic"][0]["cooldownUntil"], json!(5));
         assert_eq!(out["anthropic"][0]["refresh"], json!("r0"));
         assert_eq!(out["anthropic"][0]["rateLimitUntil"], Value::Null);
-        assert_eq!(out["version"], json!(1));
+        assert!(out.get("version").is_none(), "version 1 is not written");
         let again = Pool::from_value(out.clone()).unwrap().to_value();
         assert_eq!(again, out);
     }
@@ -724,6 +785,45 @@ mod tests {
         assert!(!a.usable_at(now));
         a.enabled = Some(false);
         assert_eq!(a.effective_status(now), Status::Disabled);
+    }
+
+    #[test]
+    fn aidevops_cooldowns_and_foreign_auth_errors() {
+        let now = 1_800_000_000_000i64;
+        let mut a = Account::new_oauth("a@x", "a".into(), "r".into(), now + 10_000_000, now);
+        a.extra.insert("cooldownUntil".into(), json!(now + 60_000));
+        assert!(a.cooling_at(now), "their cooldownUntil counts");
+        a.rate_limit_until = Some(now + 120_000);
+        assert_eq!(
+            a.cooldown_until(),
+            Some(now + 120_000),
+            "the later of the two wins"
+        );
+        a.cool_until(now + 300_000);
+        assert_eq!(
+            a.extra["cooldownUntil"],
+            json!(now + 300_000),
+            "mirrored for their tools"
+        );
+        a.clear_cooldown();
+        assert!(!a.cooling_at(now));
+        assert_eq!(a.extra["cooldownUntil"], Value::Null);
+        for zero in [json!(0), json!(null)] {
+            a.extra.insert("cooldownUntil".into(), zero);
+            assert_eq!(a.cooldown_until(), None);
+        }
+        // An auth-error someone else set: usable once its backoff is over, to be verified.
+        a.status = "auth-error".into();
+        assert!(a.auth_error_unverified() && a.usable_at(now));
+        a.extra.insert("cooldownUntil".into(), json!(now + 60_000));
+        assert!(!a.usable_at(now), "not before its backoff ends");
+        a.extra.insert("cooldownUntil".into(), json!(null));
+        // Ours: tied to the refused credential; a new login (new refresh token) lifts it.
+        a.extra
+            .insert("authErrorToken".into(), json!(a.credential_tag()));
+        assert!(a.auth_error_is_ours() && !a.usable_at(now));
+        a.refresh = Some("r2".into());
+        assert!(!a.auth_error_is_ours() && a.usable_at(now));
     }
 
     fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {

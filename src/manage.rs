@@ -21,7 +21,7 @@ pub fn summary(a: &Account, now: i64) -> Value {
         "email": a.email,
         "type": if a.is_api_key() { "api" } else { "oauth" },
         "status": a.effective_status(now).as_str(),
-        "rateLimitUntil": a.rate_limit_until.filter(|t| *t > now),
+        "rateLimitUntil": a.cooldown_until().filter(|t| *t > now),
         "priority": a.priority(),
         "enabled": a.is_enabled(),
         "added": a.added,
@@ -78,7 +78,7 @@ pub fn status(pool: &Pool, location: &str, now: i64) -> Value {
         .collect();
     let soonest = pool
         .accounts()
-        .filter_map(|a| a.rate_limit_until.filter(|t| *t > now))
+        .filter_map(|a| a.cooldown_until().filter(|t| *t > now))
         .min();
     json!({
         "path": location,
@@ -94,10 +94,23 @@ pub fn status(pool: &Pool, location: &str, now: i64) -> Value {
             "usable": pool.accounts().filter(|a| a.usable_at(now)).count(),
         },
         "soonestReset": soonest,
-        "lastFailover": pool.extra.get("lastFailover").cloned(),
+        "lastFailover": last_failover(pool),
         "invalid": invalid,
         "caseClashes": pool.case_clashes(),
     })
+}
+
+/// Where the pool keeps what it records about itself (not about an account): under an
+/// `_`-prefixed key, which other tools sharing the file (aidevops) skip.
+pub const META_KEY: &str = "_oauthPool";
+
+/// The last failover this machine recorded (older files kept it at the top level).
+pub fn last_failover(pool: &Pool) -> Option<Value> {
+    pool.extra
+        .get(META_KEY)
+        .and_then(|m| m.get("lastFailover"))
+        .or_else(|| pool.extra.get("lastFailover"))
+        .cloned()
 }
 
 /// Adds an OAuth account from a completed login; the same email again updates its tokens.
@@ -195,9 +208,9 @@ pub async fn reset_cooldowns(store: &Store) -> Result<usize> {
             let mut changed = 0;
             for a in pool.accounts_mut() {
                 let cooling =
-                    a.rate_limit_until.is_some() || a.status_enum() == Some(Status::RateLimited);
+                    a.cooldown_until().is_some() || a.status_enum() == Some(Status::RateLimited);
                 if cooling {
-                    a.rate_limit_until = None;
+                    a.clear_cooldown();
                     if a.status_enum() == Some(Status::RateLimited) {
                         a.status = Status::Idle.as_str().into();
                     }

@@ -295,7 +295,8 @@ export function makeAidevopsHost({
     const client = input?.client;
     // tools.mjs fills `tools["model-accounts-pool"]` from poolToolFactory, the slot our tool takes.
     // If aidevops also keeps its own tool, both use that key, and the later spread wins.
-    const ours = { [POOL_TOOL]: pool.createPoolTool(input, options) };
+    const toolName = options.toolName ?? POOL_TOOL;
+    const ours = { [toolName]: pool.createPoolTool(input, options) };
     const own = keepOwnPoolTool ? { [POOL_TOOL]: aidevopsOwnPoolTool() } : {};
     const tools = order === "ours-first"
       ? { ...aidevopsBaseTools(), ...ours, ...own }
@@ -316,8 +317,8 @@ export function makeAidevopsHost({
           } catch {}
         }
         const steps = order === "ours-first"
-          ? [["ours", () => pool.poolConfigHook(config, options)], ["aidevops", () => aidevopsConfigHook(config)]]
-          : [["aidevops", () => aidevopsConfigHook(config)], ["ours", () => pool.poolConfigHook(config, options)]];
+          ? [["ours", () => pool.poolConfigHook(config, { input, ...options })], ["aidevops", () => aidevopsConfigHook(config)]]
+          : [["aidevops", () => aidevopsConfigHook(config)], ["ours", () => pool.poolConfigHook(config, { input, ...options })]];
         for (const [who, run] of steps) {
           await run();
           trace.push(["config", who]);

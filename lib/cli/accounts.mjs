@@ -156,6 +156,17 @@ async function priority({ lib, args: [email, n], path, out }) {
   out.result({ email, priority: value }, text`priority of ${email} is now ${value}`);
 }
 
+async function refresh({ lib, args: [email], path, out }) {
+  const r = await lib.refreshAccount(email, path);
+  const how = {
+    refreshed: "refreshed",
+    adopted: "adopted the token another process had just refreshed",
+    kept: "kept its current token",
+  }[r.outcome] ?? r.outcome;
+  const until = typeof r.expires === "number" ? `; the access token is good for ${duration(r.expires - Date.now())}` : "";
+  out.result({ email: r.email, outcome: r.outcome, expires: r.expires ?? null }, text`${r.email}: ${how}${until}`);
+}
+
 async function resetCooldowns({ lib, path, out }) {
   const reset = await lib.resetCooldowns(path);
   out.result({ reset }, reset ? `cleared the cooldown of ${reset} account(s)` : "no account was cooling");
@@ -204,6 +215,12 @@ export const commands = [
   { name: "disable", args: "<email>", summary: "keep an account but never use it", run: setEnabled(false) },
   { name: "priority", args: "<email> <n>", summary: "higher is preferred (integer, may be negative)", run: priority },
   { name: "reset-cooldowns", summary: "forget every recorded cooldown", run: resetCooldowns },
+  {
+    name: "refresh",
+    args: "<email>",
+    summary: "refresh one account's token now, under the pool's lock (for shell helpers:\nadopts the token when another process just refreshed it)",
+    run: refresh,
+  },
   {
     name: "import-claude-code",
     options: { email: EMAIL, credentials: { type: "string", placeholder: "<file>" }, yes: { type: "boolean" } },

@@ -2,14 +2,12 @@
 // imports this lazily after telling a 2.x context from 1.18's registration-only one). Each part
 // checks for the host feature it needs and is skipped with one log line when the host lacks it:
 // the V2 API moved during 2.0.x, and a missing feature must never take the host down.
-import { poolPath, LOGIN_HINT } from "../plugin/shared.mjs";
+import { pluginOptions, LOGIN_HINT } from "../plugin/shared.mjs";
 import { poolActionText, TOOL_DESCRIPTION, TOOL_INPUT_SCHEMA } from "../plugin/tool.mjs";
 import { apiKeysOnly } from "../plugin/auth.mjs";
 import { INTEGRATION_ID, integrationTransform, providerTransform } from "./catalog.mjs";
 import { registerRequestHooks } from "./requests.mjs";
 
-const DEFAULT_TOOL = "model-accounts-pool";
-const DEFAULT_PROVIDER = "anthropic-pool";
 const NOTICE_DEBOUNCE_MS = 30_000;
 
 function makeLog() {
@@ -51,11 +49,15 @@ function makeNotifier(ctx, log) {
 }
 
 export async function setupV2(ctx) {
-  const options = ctx?.options && typeof ctx.options === "object" ? ctx.options : {};
-  const path = poolPath(options);
-  const toolName = typeof options.toolName === "string" && options.toolName.trim() ? options.toolName.trim() : DEFAULT_TOOL;
-  const providerID = typeof options.provider === "string" && options.provider.trim() ? options.provider.trim() : DEFAULT_PROVIDER;
   const log = makeLog();
+  let opts;
+  try {
+    opts = pluginOptions(ctx?.options);
+  } catch (err) {
+    log("error", `${err.message}; the pool is not set up`);
+    return undefined;
+  }
+  const { path, toolName, provider: providerID } = opts;
   const skipped = (what) => log("warn", `this OpenCode has no ${what}; that part of the pool is skipped`);
   const cleanups = [];
   const keep = (registration) => {
@@ -65,7 +67,9 @@ export async function setupV2(ctx) {
   if (typeof ctx.integration?.transform === "function") keep(await ctx.integration.transform(integrationTransform({ path, log })));
   else skipped("integration.transform (logins)");
 
-  if (typeof ctx.provider?.transform === "function") {
+  // With `provider: "anthropic"` the host's own Anthropic provider is served as it is.
+  if (providerID === "anthropic") log("info", "serving OpenCode's own anthropic provider through the pool");
+  else if (typeof ctx.provider?.transform === "function") {
     const keysOnly = await apiKeysOnly(path);
     keep(await ctx.provider.transform(providerTransform({ providerID, apiKeysOnly: keysOnly })));
   } else skipped("provider.transform (the anthropic-pool provider)");

@@ -1,7 +1,7 @@
 // The `auth` hook of the `anthropic-pool` provider. Logging in adds an account to the pool (the
 // tokens stay in the native side and the pool file); OpenCode's own auth.json only gets a
 // placeholder, so that its loader runs. The loader hands OpenCode the rotating fetch.
-import { PROVIDER_ID, pool, poolPath, poolFetchFor, log } from "./shared.mjs";
+import { pool, pluginOptions, poolFetchFor, log } from "./shared.mjs";
 
 /** What OpenCode stores in auth.json for this provider: no secret, never expires. */
 const PLACEHOLDER = Object.freeze({
@@ -40,11 +40,12 @@ export async function apiKeysOnly(path) {
 
 export function poolAuthHook(input, options) {
   const client = input?.client;
-  const path = poolPath(options);
+  const { path, provider: providerID } = pluginOptions(options);
   let fetch;
 
   return {
-    provider: PROVIDER_ID,
+    // `anthropic-pool` by default; `anthropic` serves OpenCode's own provider through the pool.
+    provider: providerID,
 
     async loader(_getAuth, provider) {
       // Tokens are never read here: the fetch reads the pool for every request.

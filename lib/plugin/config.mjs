@@ -7,7 +7,7 @@ import { constants } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { ANTHROPIC_MODELS } from "./models.mjs";
-import { PROVIDER_ID, TOOL_NAME, poolPath, poolFetchFor } from "./shared.mjs";
+import { pluginOptions, poolFetchFor } from "./shared.mjs";
 import { apiKeysOnly, zeroModelCosts } from "./auth.mjs";
 
 // The fields OpenCode reads from a model declared in config; the rest of a catalog entry
@@ -82,38 +82,91 @@ export function apiBaseURL(env = process.env) {
   return `${origin}/v1`;
 }
 
+/** A model OpenCode can send to Anthropic: its id (or the key it is declared under) is a Claude one. */
+const isClaudeModel = (key, model) => /^claude-/.test(String(model?.id ?? key));
+
 /**
- * Adds `provider["anthropic-pool"]` to OpenCode's config. `options` (optional): `{ path }` of the
- * pool file and the `fetch` to use (the plugin passes the one its auth loader uses).
+ * A provider entry another plugin wrote as a stand-in for `anthropic-pool` (aidevops writes one
+ * with a single "pool-account-management" model): it has models and none can reach Anthropic.
+ * Not a person's settings, so it does not stop us from declaring the real models.
+ */
+export function isPlaceholderEntry(entry) {
+  const models = isPlainObject(entry?.models) ? Object.entries(entry.models) : [];
+  return models.length > 0 && !models.some(([k, m]) => isClaudeModel(k, m));
+}
+
+/** `entry` without what a stand-in wrote (its name, package, API and placeholder models). */
+function withoutPlaceholder(entry) {
+  if (!isPlaceholderEntry(entry)) return entry;
+  const { name, npm, api, models, ...rest } = entry;
+  return rest;
+}
+
+/**
+ * Our provider entry. Its `models` survive a stand-in written over them later by another
+ * plugin's config hook (aidevops assigns name, npm, api and models wholesale when they differ
+ * from its placeholder): a model list with no Claude model is not taken.
+ */
+function guardModels(entry) {
+  let models = entry.models;
+  Object.defineProperty(entry, "models", {
+    enumerable: true,
+    configurable: true,
+    get: () => models,
+    set: (next) => {
+      if (isPlaceholderEntry({ models: next })) return;
+      models = next;
+    },
+  });
+  return entry;
+}
+
+/**
+ * Declares the pool's provider in OpenCode's config: `provider["anthropic-pool"]` with every
+ * Anthropic model OpenCode knows, or, with the option `provider: "anthropic"`, OpenCode's own
+ * `anthropic` provider served by the pool's fetch. The user's opencode.json settings win.
+ * `options`: the plugin options, plus `input` (the host's plugin input) so that this part
+ * shares the host's fetch and notices with the auth loader.
  */
 export async function poolConfigHook(config, options = {}) {
   if (!config || typeof config !== "object") return;
-  const models = (await cachedAnthropicModels()) ?? structuredClone(ANTHROPIC_MODELS);
-  // A pool of Console API keys only is billed per token: keep the catalog's prices then.
-  if (!(await apiKeysOnly(poolPath(options)))) zeroModelCosts(models);
-
-  const ours = {
-    npm: "@ai-sdk/anthropic",
-    name: "Anthropic Pool",
-    options: {
-      baseURL: apiBaseURL(),
-      // Placeholder: the pool's fetch sets each request's credentials. With `fetch` here the
-      // provider works even when auth.json has no entry for it (accounts added with the CLI).
-      apiKey: "",
-      fetch: poolFetchFor(undefined, options),
-    },
-    models,
-  };
+  const opts = pluginOptions(options);
+  const fetch = poolFetchFor(options?.input, options);
   config.provider = isPlainObject(config.provider) ? config.provider : {};
-  config.provider[PROVIDER_ID] = mergeUserWins(ours, config.provider[PROVIDER_ID] ?? {});
+  if (opts.provider === PROVIDER_ANTHROPIC) {
+    // OpenCode's catalog already declares the models; the pool only brings its fetch (used
+    // even without an auth.json entry) and a placeholder key.
+    const user = config.provider.anthropic ?? {};
+    config.provider.anthropic = mergeUserWins({ options: { apiKey: "", fetch } }, user);
+  } else {
+    const models = (await cachedAnthropicModels()) ?? structuredClone(ANTHROPIC_MODELS);
+    // A pool of Console API keys only is billed per token: keep the catalog's prices then.
+    if (!(await apiKeysOnly(opts.path))) zeroModelCosts(models);
+    const ours = {
+      npm: "@ai-sdk/anthropic",
+      name: "Anthropic Pool",
+      options: {
+        baseURL: apiBaseURL(),
+        // Placeholder: the pool's fetch sets each request's credentials. With `fetch` here the
+        // provider works even when auth.json has no entry for it (accounts added with the CLI).
+        apiKey: "",
+        fetch,
+      },
+      models,
+    };
+    const existing = withoutPlaceholder(config.provider[opts.provider] ?? {});
+    config.provider[opts.provider] = guardModels(mergeUserWins(ours, existing));
+  }
 
-  // `/model-accounts-pool [action] [email] [n]` in the TUI runs the tool.
+  // `/<toolName> [action] [email] [n]` in the TUI runs the tool.
   config.command = isPlainObject(config.command) ? config.command : {};
-  config.command[TOOL_NAME] ??= {
+  config.command[opts.toolName] ??= {
     description: "Anthropic pool: list accounts, status, remove/enable/disable, priority, reset cooldowns",
     template:
-      `Call the ${TOOL_NAME} tool once. Arguments from the user: "$ARGUMENTS" ` +
+      `Call the ${opts.toolName} tool once. Arguments from the user: "$ARGUMENTS" ` +
       "(first word: action, default list; then the account email; then a priority number if the action is priority). " +
       "Then reply with the tool's output exactly as it is, nothing else.",
   };
 }
+
+const PROVIDER_ANTHROPIC = "anthropic";

@@ -10,6 +10,32 @@ export const PROVIDER_ID = "anthropic-pool";
 export const TOOL_NAME = "model-accounts-pool";
 export { LOGIN_HINT };
 
+/**
+ * The plugin options every part takes (`OAuthPoolPlugin(input, options)` and the parts):
+ * `path` (the pool file), `toolName` (the management tool and its command), `provider`
+ * (`anthropic-pool`, or `anthropic` to serve OpenCode's own provider), `fetch` (a pool fetch
+ * to use instead of the host's shared one). Wrong types are refused at once (INVALID_ARGUMENT).
+ */
+export function pluginOptions(options) {
+  const o = options && typeof options === "object" ? options : {};
+  const name = (key, fallback, pattern) => {
+    const v = o[key];
+    if (v === undefined || v === null || v === "") return fallback;
+    if (typeof v !== "string" || !pattern.test(v.trim())) {
+      throw api.invalidArgument(`plugin option ${key} must be a name of letters, digits, - and _, got ${JSON.stringify(v)}`);
+    }
+    return v.trim();
+  };
+  if (o.path !== undefined && o.path !== null && typeof o.path !== "string") throw api.invalidArgument("plugin option path must be a string");
+  if (o.fetch !== undefined && o.fetch !== null && typeof o.fetch !== "function") throw api.invalidArgument("plugin option fetch must be a function");
+  return {
+    path: poolPath(o),
+    toolName: name("toolName", TOOL_NAME, /^[A-Za-z0-9_-]{1,64}$/),
+    provider: name("provider", PROVIDER_ID, /^[A-Za-z0-9_.-]{1,64}$/),
+    fetch: typeof o.fetch === "function" ? o.fetch : undefined,
+  };
+}
+
 /** The library's validated calls (lib/api.mjs), under the name the parts use. */
 export const pool = api;
 
@@ -70,8 +96,20 @@ export function createNotifier(client, { debounceMs = 30_000, now = Date.now } =
   };
 }
 
-/** One rotating fetch per plugin instance, shared by the auth loader and the config hook. */
+// Parts built for the same plugin `input` (one host) share one fetch and one notifier, however
+// the host composes them: the loader's fetch is the config-declared provider's fetch, and
+// failover notices reach that host's client once, not once per part.
+const hosts = new WeakMap();
+
+/** The rotating fetch of this host (per pool file and provider). */
 export function poolFetchFor(input, options) {
-  if (typeof options?.fetch === "function") return options.fetch;
-  return createPoolFetch({ path: poolPath(options), onEvent: createNotifier(input?.client) });
+  const o = pluginOptions(options);
+  if (o.fetch) return o.fetch;
+  const make = () => createPoolFetch({ path: o.path, onEvent: createNotifier(input?.client) });
+  if (!input || typeof input !== "object") return make();
+  let shared = hosts.get(input);
+  if (!shared) hosts.set(input, (shared = new Map()));
+  const key = `${o.path ?? ""}\u0000${o.provider}`;
+  if (!shared.has(key)) shared.set(key, make());
+  return shared.get(key);
 }

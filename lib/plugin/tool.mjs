@@ -1,6 +1,9 @@
 // The `model-accounts-pool` tool: manage the pool from inside OpenCode. Returns text for a person.
-import { tool } from "@opencode-ai/plugin";
-import { LOGIN_HINT, pool, poolPath } from "./shared.mjs";
+// OpenCode 1.18 takes a tool as a plain definition whose args are zod 4 schemas (what
+// `tool()` of @opencode-ai/plugin returns). zod alone is enough; the SDK package, with effect and
+// the TUI peers, is not needed at run time.
+import { z } from "zod";
+import { LOGIN_HINT, pool, pluginOptions } from "./shared.mjs";
 import { accountLine, ago, clock, duration, quotaText, statusText } from "./format.mjs";
 
 export const ACTIONS = ["list", "status", "remove", "enable", "disable", "priority", "reset-cooldowns"];
@@ -153,9 +156,8 @@ export const TOOL_INPUT_SCHEMA = Object.freeze({
 });
 
 export function createPoolTool(input, options) {
-  const path = poolPath(options);
-  const z = tool.schema;
-  return tool({
+  const { path } = pluginOptions(options);
+  return {
     description: TOOL_DESCRIPTION,
     args: {
       action: z.enum(ACTIONS).describe("What to do"),
@@ -165,6 +167,6 @@ export function createPoolTool(input, options) {
     async execute(args) {
       return poolActionText(args, path);
     },
-  });
+  };
 }
 

@@ -85,3 +85,19 @@ pub async fn flush_pool(path: Option<String>) -> JsResult<()> {
     Engine::for_store(store).flush().await;
     Ok(())
 }
+
+/// `oauth-pool refresh <email>`: refreshes one account under the pool's lock protocol.
+#[napi(js_name = "refreshAccount")]
+pub async fn refresh_account(email: String, path: Option<String>) -> JsResult<Value> {
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    let report = Engine::for_store(store)
+        .refresh_now(&email)
+        .await
+        .map_err(js_error)?;
+    Ok(serde_json::json!({
+        "email": report.email,
+        "outcome": report.outcome,
+        "expires": report.expires,
+        "events": report.events,
+    }))
+}

@@ -199,15 +199,14 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
         // A cooldown that has passed is cleared in the file too.
         if a.status_enum() == Some(Status::RateLimited) && !a.cooling_at(now) {
             a.status = Status::Idle.as_str().into();
-            a.rate_limit_until = None;
         }
         if a.rate_limit_until.is_some() && !a.cooling_at(now) {
-            a.rate_limit_until = None;
+            a.clear_cooldown();
         }
         if let Some((until, why)) = batch.cooldowns.get(&email) {
             // Cooldowns only move forward; only reset-cooldowns shortens one.
             if *until > now {
-                a.rate_limit_until = Some(a.rate_limit_until.map_or(*until, |t| t.max(*until)));
+                a.cool_until(*until);
                 if a.status_enum() != Some(Status::AuthError) && a.is_enabled() {
                     a.status = Status::RateLimited.as_str().into();
                 }
@@ -250,7 +249,17 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
         }
     }
     if let Some(f) = &batch.last_failover {
-        pool.extra.insert("lastFailover".into(), f.clone());
+        pool.extra.remove("lastFailover");
+        let meta = pool
+            .extra
+            .entry(crate::manage::META_KEY)
+            .or_insert_with(|| json!({}));
+        if !meta.is_object() {
+            *meta = json!({});
+        }
+        if let Some(m) = meta.as_object_mut() {
+            m.insert("lastFailover".into(), f.clone());
+        }
     }
 }
 

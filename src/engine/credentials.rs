@@ -82,6 +82,18 @@ pub struct UnsavedTokens {
 pub struct Credentials {
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     unsaved: Mutex<HashMap<String, Unsaved>>,
+    /// The access token this process's last refresh obtained (to tell a refresh from an adoption).
+    last_issued: Mutex<Option<Secret>>,
+}
+
+/// What `refresh_now` did: `refreshed` (this process spent the token), `adopted` (another
+/// process had refreshed meanwhile), or `kept` (the token endpoint refused for now and the
+/// current access token is still good).
+pub struct RefreshReport {
+    pub email: String,
+    pub expires: Option<i64>,
+    pub outcome: &'static str,
+    pub events: Vec<Event>,
 }
 
 impl Credentials {
@@ -200,12 +212,61 @@ impl Engine {
         if let Some(access) = self.credentials.unsaved_access(email, None) {
             return Ok(Credential::Bearer(access));
         }
+        // An auth-error someone else set is verified by presenting the refresh token once:
+        // a new token revives the account, invalid_grant makes the mark ours (final).
+        if account.auth_error_unverified() {
+            return self
+                .refresh(email, account.access.clone(), cancel, events)
+                .await
+                .map(Credential::Bearer);
+        }
         if let Some(access) = fresh_access(account, now_ms()) {
             return Ok(Credential::Bearer(access));
         }
         self.refresh(email, None, cancel, events)
             .await
             .map(Credential::Bearer)
+    }
+
+    /// `oauth-pool refresh <email>`: spends the refresh token now, under the same protocol, unless
+    /// another process refreshed meanwhile (then its token is adopted). For shell helpers that
+    /// used to refresh on their own, outside the pool's lock.
+    pub async fn refresh_now(self: &Arc<Self>, email: &str) -> Result<RefreshReport> {
+        let pool = self.store.load().await?;
+        let account = pool
+            .find(email)
+            .ok_or_else(|| Error::AccountNotFound(email.to_string()))?;
+        if account.is_api_key() {
+            return Err(Error::InvalidArgument(format!(
+                "{email} is a Console API key: there is nothing to refresh"
+            )));
+        }
+        let email = account.email.clone();
+        let before = account.refresh.clone();
+        let mut events = Vec::new();
+        let never = CancellationToken::new();
+        let access = self
+            .refresh(&email, account.access.clone(), &never, &mut events)
+            .await?;
+        let after = self.store.load().await?;
+        let now = after.find(&email);
+        let spent = now.and_then(|a| a.refresh.clone()) != before;
+        Ok(RefreshReport {
+            email,
+            expires: now.and_then(|a| a.expires),
+            outcome: if !spent {
+                "kept"
+            } else if self.refreshed_by_us(&access) {
+                "refreshed"
+            } else {
+                "adopted"
+            },
+            events,
+        })
+    }
+
+    fn refreshed_by_us(&self, access: &Secret) -> bool {
+        lock(&self.credentials.last_issued).as_ref() == Some(access)
     }
 
     /// After a 401: adopt a token another process wrote, or refresh even though the clock says
@@ -318,6 +379,7 @@ impl Engine {
                     tokens.refresh.clone(),
                     tokens.expires,
                 );
+                *lock(&self.credentials.last_issued) = Some(access.clone());
                 let who = email.to_string();
                 let (a2, r2) = (access.clone(), refresh.clone());
                 let write = self

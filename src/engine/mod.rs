@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{json, Value};
 
-use crate::account::{now_ms, Account, Pool, Status};
+use crate::account::{now_ms, Account, Pool};
 use crate::error::Result;
 use crate::store::{Stamp, Store};
 
@@ -126,14 +126,14 @@ impl Engine {
     /// When this account is usable again, if all it does is cool down.
     pub fn cooling_until(&self, a: &Account, now: i64) -> Option<i64> {
         if !a.is_enabled()
-            || a.status_enum() == Some(Status::AuthError)
+            || a.auth_error_is_ours()
             || !a.has_credential()
             || self.overlay.is_refused(a)
         {
             return None;
         }
         let until = a
-            .rate_limit_until
+            .cooldown_until()
             .max(self.overlay.cooling_until(&a.email, now))?;
         (until > now).then_some(until)
     }

@@ -1,0 +1,216 @@
+// A drop-in for opencode-aidevops (issue 16): an aidevops-shaped host plugin (helpers/aidevops-host.mjs,
+// mirroring marcusquinn/aidevops HEAD) composes our parts in both orders; a pool file in aidevops
+// HEAD's shape is served; importing without a binary never throws; `oauth-pool refresh` from
+// several processes spends the refresh token once.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync, rmSync, symlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as lib from "../index.mjs";
+import { makeAidevopsHost } from "./helpers/aidevops-host.mjs";
+import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
+import { startEnv, seedPool, tempPoolPath, readPool, account, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const CLI = join(ROOT, "bin", "oauth-pool.mjs");
+const parts = { poolAuthHook: lib.poolAuthHook, createPoolTool: lib.createPoolTool, poolConfigHook: lib.poolConfigHook };
+
+let mock;
+before(async () => {
+  mock = await startEnv();
+});
+after(async () => {
+  await mock?.close();
+});
+
+function fakeClient() {
+  const toasts = [];
+  const logs = [];
+  return { toasts, logs, client: { tui: { showToast: async ({ body: b }) => toasts.push(b) }, app: { log: async ({ body: b }) => logs.push(b) }, auth: { set: async () => ({}) } } };
+}
+
+for (const order of ["ours-first", "ours-last"]) {
+  test(`composed ${order}: our models are declared, one fetch serves loader and config, notices reach the host, the tool is renamed`, async () => {
+    const path = await seedPool(mock, ["ad1@x.test", "ad2@x.test"]);
+    await lib.setPriority("ad1@x.test", 5, path);
+    const { client, toasts } = fakeClient();
+    const input = { client, directory: ROOT, worktree: ROOT };
+    const host = makeAidevopsHost({ pool: parts, order, options: { path, toolName: "pool-accounts" } });
+    const hooks = await host(input);
+    const config = {};
+    await hooks.config(config);
+    const provider = config.provider["anthropic-pool"];
+    const models = Object.keys(provider.models);
+    assert.ok(models.includes("claude-sonnet-4-5"), `our models are there (${models.join(", ")})`);
+    assert.ok(!models.includes("pool-account-management"), "the stand-in model is not");
+    assert.equal(provider.name, order === "ours-last" ? "Anthropic Pool" : provider.name);
+    assert.equal(Object.keys(config.provider.anthropic.models).length, 6, "aidevops's own providers are untouched");
+    assert.ok(hooks.tool["pool-accounts"], "the tool under its new name");
+    assert.match(config.command["pool-accounts"].template, /Call the pool-accounts tool once/);
+    const loaded = await hooks.auth.loader(async () => ({ type: "oauth" }), { models: {} });
+    assert.equal(loaded.fetch, provider.options.fetch, "one fetch for the loader and the config-declared provider");
+    mock.script("ad1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 60 }) }]);
+    const res = await provider.options.fetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+    assert.equal(res.poolAccount, "ad2@x.test");
+    await res.text();
+    assert.equal(toasts.length, 1, "the failover reached the host's client");
+    assert.match(toasts[0].message, /ad1@x\.test.*ad2@x\.test/);
+  });
+}
+
+test("poolConfigHook alone still declares the provider with a working fetch", async () => {
+  const path = await seedPool(mock, ["alone@x.test"]);
+  const config = {};
+  await lib.poolConfigHook(config, { path });
+  const res = await config.provider["anthropic-pool"].options.fetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  assert.equal(res.poolAccount, "alone@x.test");
+  await res.text();
+});
+
+test('provider "anthropic": the pool serves OpenCode\'s own provider through the auth loader and the config', async () => {
+  const path = await seedPool(mock, ["own@x.test"]);
+  const { client } = fakeClient();
+  const input = { client };
+  const hooks = await lib.OAuthPoolPlugin(input, { path, provider: "anthropic" });
+  assert.equal(hooks.auth.provider, "anthropic");
+  const config = { provider: { anthropic: { options: { timeout: 5 } } } };
+  await hooks.config(config);
+  assert.equal(config.provider["anthropic-pool"], undefined, "no second provider");
+  assert.equal(config.provider.anthropic.options.timeout, 5, "the user's settings stay");
+  assert.equal(typeof config.provider.anthropic.options.fetch, "function");
+  const loaded = await hooks.auth.loader(async () => ({}), { models: {} });
+  assert.equal(loaded.fetch, config.provider.anthropic.options.fetch);
+  await assert.rejects(lib.OAuthPoolPlugin(input, { toolName: "has spaces" }), (e) => e.code === "INVALID_ARGUMENT");
+});
+
+/** The fixture from aidevops HEAD with live tokens of the mock in place of its fakes. */
+function aidevopsPool(mutate) {
+  const raw = JSON.parse(readFileSync(new URL("./fixtures/aidevops-pool.json", import.meta.url), "utf8"));
+  const now = Date.now();
+  for (const a of raw.anthropic) {
+    a.email = a.email.replace("@example.com", "@aidevops.test");
+    const t = mock.addAccount(a.email);
+    Object.assign(a, { access: t.access, refresh: t.refresh, expires: t.expires });
+  }
+  const by = (e) => raw.anthropic.find((a) => a.email === `${e}@aidevops.test`);
+  by("alice").priority = 1; // no preference: the test steers with cooldowns
+  by("bob").cooldownUntil = now + 3_600_000; // theirs: rate-limited for an hour
+  by("carol").cooldownUntil = now - 60_000; // a passed backoff after their refresh failure
+  by("dave").cooldownUntil = now - 60_000;
+  mutate?.(by, raw);
+  const path = tempPoolPath();
+  return { path, raw, by };
+}
+
+test("a pool file in aidevops HEAD's shape: cooldownUntil is honoured, a foreign auth-error is verified once, nothing of theirs is lost", async () => {
+  const { path, raw, by } = aidevopsPool();
+  await lib.savePool(raw, path);
+  const f = lib.createPoolFetch({ path });
+  // Every account but carol cools (alice through a 429 now, bob through their cooldownUntil).
+  mock.script("alice@aidevops.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+  mock.script("dave@aidevops.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+  const before = mock.stats().perFamily["carol@aidevops.test"].refreshCalls;
+  mock.clearRequests();
+  const res = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  assert.equal(res.status, 200);
+  assert.equal(res.poolAccount, "carol@aidevops.test", "their auth-error, past its backoff, is tried");
+  await res.text();
+  assert.ok(!mock.requests.some((r) => r.email === "bob@aidevops.test"), "bob cools through cooldownUntil");
+  assert.equal(mock.stats().perFamily["carol@aidevops.test"].refreshCalls, before + 1, "verified with one refresh");
+  await lib.flushPool(path);
+  const after = readPool(path);
+  const carol = after.anthropic.find((a) => a.email === "carol@aidevops.test");
+  assert.equal(carol.status === "active" || carol.status === "idle", true, carol.status);
+  assert.equal(carol.authRefreshFailures, 3, "their counters are kept verbatim");
+  const alice = after.anthropic.find((a) => a.email === "alice@aidevops.test");
+  assert.ok(alice.cooldownUntil > Date.now(), "our cooldown mirrored into their field");
+  assert.equal(alice.cooldownUntil, alice.rateLimitUntil);
+  assert.deepEqual(after.openai, raw.openai);
+  assert.deepEqual(after._pending_anthropic, raw._pending_anthropic);
+  assert.equal(after.version, undefined, "no top-level key their helper would choke on");
+  assert.equal(after.lastFailover, undefined);
+  assert.ok(after._oauthPool.lastFailover, "our own record sits under an _-prefixed key");
+  assert.ok(Object.entries(after).every(([k, v]) => k.startsWith("_") || Array.isArray(v)), Object.keys(after).join());
+  void by;
+});
+
+test("a foreign auth-error whose refresh token is dead becomes final (ours), tokens kept", async () => {
+  const { path, raw } = aidevopsPool();
+  raw.anthropic = raw.anthropic.filter((a) => a.email === "carol@aidevops.test");
+  await lib.savePool(raw, path);
+  mock.revoke("carol@aidevops.test", { family: true });
+  const f = lib.createPoolFetch({ path });
+  await assert.rejects(f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() }), (e) => e.code === "POOL_NO_ACCOUNT");
+  await lib.flushPool(path);
+  const carol = account(path, "carol@aidevops.test");
+  assert.equal(carol.status, "auth-error");
+  assert.ok(carol.authErrorToken, "marked as ours: a new login is needed");
+  assert.equal(carol.refresh, raw.anthropic[0].refresh, "tokens are never deleted");
+  const calls = mock.stats().perFamily["carol@aidevops.test"].refreshCalls;
+  await assert.rejects(f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() }), (e) => e.code === "POOL_NO_ACCOUNT");
+  assert.equal(mock.stats().perFamily["carol@aidevops.test"].refreshCalls, calls, "never presented again");
+});
+
+test("importing the package with no native binary never throws; the first call says what to install", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-nobinary-"));
+  try {
+    for (const p of ["index.mjs", "plugin.mjs", "package.json", "lib"]) cpSync(join(ROOT, p), join(dir, p), { recursive: true });
+    // The dependencies, but no binary: no local build next to this copy, no platform package.
+    symlinkSync(join(ROOT, "node_modules"), join(dir, "node_modules"));
+    const script = `
+      const lib = await import("./index.mjs");
+      const plugin = (await import("./plugin.mjs")).default;
+      const hooks = await plugin.server({ client: {} }, { path: "${join(dir, "pool.json")}" });
+      const config = {};
+      await hooks.config(config);
+      const out = { hooks: Object.keys(hooks).sort(), provider: !!config.provider["anthropic-pool"] };
+      try { await lib.loadPool("${join(dir, "pool.json")}"); } catch (e) { out.code = e.code; out.message = e.message; }
+      console.log(JSON.stringify(out));`;
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], { cwd: dir, stdio: ["ignore", "pipe", "inherit"] });
+    let stdout = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    assert.equal(await new Promise((r) => child.on("close", r)), 0);
+    const out = JSON.parse(stdout.trim().split("\n").at(-1));
+    assert.deepEqual(out.hooks, ["auth", "config", "tool"]);
+    assert.equal(out.provider, true, "the other hooks keep working");
+    assert.equal(out.code, "NATIVE_MISSING");
+    assert.match(out.message, /opencode-oauth-pool-linux-/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("oauth-pool refresh from 5 processes at once: one refresh, the others adopt, no reuse", async () => {
+  const path = await seedPool(mock, ["shell@x.test"]);
+  // The first refresh is held long enough for every process to have read the token before it lands.
+  mock.setTokenMode({ delayMs: 1500, grant: "refresh_token" });
+  const before = mock.stats().perFamily["shell@x.test"].refreshCalls;
+  const runs = Array.from({ length: 5 }, () => {
+    const child = spawn(process.execPath, [CLI, "refresh", "shell@x.test", "--json", "--path", path], { env: process.env, stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    return new Promise((resolve) => child.on("close", (code) => resolve({ code, out })));
+  });
+  const results = await Promise.all(runs);
+  mock.setTokenMode(null);
+  for (const r of results) assert.equal(r.code, 0, `${r.out}`);
+  const outcomes = results.map((r) => JSON.parse(r.out).outcome).sort();
+  const fam = mock.stats().perFamily["shell@x.test"];
+  assert.deepEqual(outcomes, ["adopted", "adopted", "adopted", "adopted", "refreshed"]);
+  assert.equal(fam.refreshCalls - before, 1);
+  assert.equal(fam.reuse, 0);
+  assert.equal(fam.revoked, false);
+  assert.equal(account(path, "shell@x.test").refresh, mock.tokens("shell@x.test").refresh);
+});
+
+test("the package's own files never leave aidevops's pool file without its sections", async () => {
+  const { path, raw } = aidevopsPool();
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, JSON.stringify(raw));
+  await lib.setPriority("alice@aidevops.test", 3, path);
+  const after = readPool(path);
+  assert.deepEqual(Object.keys(after).sort(), Object.keys(raw).sort());
+});
