@@ -18,6 +18,7 @@ export {
   setEnabled,
   setPriority,
   resetCooldowns,
+  setReserve,
   importClaudeCode,
   flushPool,
   refreshAccount,

@@ -264,9 +264,9 @@ test("status shows cooldowns with time left and 5h/7d quota; reset-cooldowns cle
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /cool@x\.test/);
   assert.match(r.stdout, /rate-limited, 4[12]m left/);
-  assert.match(r.stdout, /5h 101%/);
-  assert.match(r.stdout, /7d 35%/);
-  assert.match(r.stdout, /5h 42%/);
+  assert.match(r.stdout, /5h \[##########\] 101% resets/);
+  assert.match(r.stdout, /7d \[####------\] 35% resets/);
+  assert.match(r.stdout, /5h \[####------\] 42% resets/);
   assert.match(r.stdout, /1 usable/);
   assertNoSecret(r, seeded.flatMap((a) => [a.access, a.refresh]));
 

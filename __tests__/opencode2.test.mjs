@@ -115,6 +115,19 @@ test("a 429 on the first account is answered by the second, inside one host requ
   await handle.unload();
 });
 
+test("usage of answers the host reads through the hooks is counted per account and model", async () => {
+  const { host, handle, path } = await started();
+  await login(host, "usage2@x.test");
+  mock.script("usage2@x.test", [{ sse: true, usage: { input_tokens: 21, output_tokens: 8, cache_read_input_tokens: 3, cache_creation_input_tokens: 2 } }]);
+  const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+  assert.equal(textOf(await res.text()), "Hello from usage2@x.test", "the tap changes no byte");
+  await flushPool(path);
+  const { poolStatus } = await import("../index.mjs");
+  const usage = (await poolStatus(path)).accounts[0].usage.today.byModel["claude-sonnet-4-5"];
+  assert.deepEqual(usage, { requests: 1, input: 21, output: 8, cacheRead: 3, cacheWrite: 2 });
+  await handle.unload();
+});
+
 test("every account cooling: one pool 429 with retry-after, nothing upstream, and the host waits exactly that long", async () => {
   const { host, handle, sleeps } = await started();
   await login(host, "c1@x.test");
@@ -135,7 +148,8 @@ test("every account cooling: one pool 429 with retry-after, nothing upstream, an
   assert.equal(mock.requests.filter((r) => r.path.startsWith("/v1/messages")).length, 2, "each account tried once, then nothing upstream");
   assert.equal(mock.stats().unauthenticated, 0);
   assert.ok(sleeps.length > 0);
-  for (const ms of sleeps) assert.ok(ms > 110_000 && ms <= 121_000, `the host waited ${ms} ms, not the pool's retry-after`);
+  // The pool's retry-after: the soonest reset plus this process's share of the reopening spread.
+  for (const ms of sleeps) assert.ok(ms > 110_000 && ms <= 131_000, `the host waited ${ms} ms, not the pool's retry-after`);
 
   // Past the host's 15-minute cap there is no point waiting inside a session: the error is final.
   const later = await started({ path: undefined });

@@ -256,12 +256,12 @@ test("a 429 on the first account fails over to the second and the user is told o
   assert.match(list, /second@example\.com \[Claude login\] active/);
   assert.match(list, /priority 10/);
   assert.match(list, /last used just now/);
-  assert.match(list, /5h 10% \(resets [^)]+\), 7d 20%/);
+  assert.match(list, /7d \[##--------\] 20% resets [^,]+, 5h \[#---------\] 10% resets/);
   const status = await tool.execute({ action: "status" }, {});
   assert.match(status, /2 total, 1 usable/);
   assert.match(status, /Soonest reset: in \S+.*first@example\.com/);
   assert.match(status, /Last failover: .*first@example\.com -> second@example\.com: \S+/);
-  assert.match(status, /second@example\.com: active; 5h 10%/);
+  assert.match(status, /second@example\.com: active\n {4}windows: 7d \[##--------\] 20% resets [^;]+; 5h \[#---------\] 10%/);
   assert.match(await tool.execute({ action: "reset-cooldowns" }, {}), /Cleared the cooldown of 1 account\./);
   assert.match(await tool.execute({ action: "reset-cooldowns" }, {}), /No account was cooling down/);
   assert.doesNotMatch(await tool.execute({ action: "list" }, {}), /rate-limited/);

@@ -245,7 +245,8 @@ test("8: retry-after 7999 (or a date three hours ahead) is honoured, not clamped
     const res = await post(f);
     assert.equal(res.status, 429);
     const wait = Number(res.headers.get("retry-after"));
-    assert.ok(Math.abs(wait - expected) <= 3, `retry-after ${wait}, expected ${expected}`);
+    // The server's wait, plus this process's share of the reopening spread (at most 10 s).
+    assert.ok(wait >= expected - 3 && wait <= expected + 11, `retry-after ${wait}, expected ${expected}`);
     await flushPool(path);
     const left = (account(path, `ra${expected}@x.test`).rateLimitUntil - Date.now()) / 1000;
     assert.ok(Math.abs(left - expected) <= 3, `cooling ${left} s`);

@@ -147,6 +147,14 @@ export const setPriority = wrap((email, priority, path) => {
 
 export const resetCooldowns = wrap((path) => native.resetCooldowns(pathArg(path)));
 
+/** Keeps `fraction` (0 to 1) of every window for the account's owner; 0 clears the reserve. */
+export const setReserve = wrap((email, fraction, path) => {
+  if (typeof fraction !== "number" || !Number.isFinite(fraction) || fraction < 0 || fraction > 1) {
+    throw invalidArgument(`a reserve is a fraction from 0 to 1 (0.2 keeps 20 % of every window), got ${shown(fraction)}`);
+  }
+  return native.setReserve(requiredString("email", email), fraction, pathArg(path));
+});
+
 export const importClaudeCode = wrap((options) => {
   const o = optionalObject("options", options);
   return native.importClaudeCode({

@@ -106,6 +106,22 @@ fn epoch_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     }
 }
 
+/// JavaScript numbers arrive as floats: whole ones (epochs, counts, priorities) are written
+/// back as integers, as JavaScript's own JSON.stringify would write them.
+fn integral(v: Value) -> Value {
+    match v {
+        Value::Number(n) if n.is_f64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.007e15 => Value::from(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(integral).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, integral(v))).collect())
+        }
+        other => other,
+    }
+}
+
 /// An epoch from the file: milliseconds, or seconds when below 1e12 (see `epoch_ms`).
 fn epoch_ms_of(v: &Value) -> Option<i64> {
     let f = v.as_f64().filter(|f| f.is_finite() && *f >= 0.0)?;
@@ -227,6 +243,82 @@ impl Account {
         self.rate_limit_until = None;
         if self.extra.contains_key("cooldownUntil") {
             self.extra.insert("cooldownUntil".into(), Value::Null);
+        }
+    }
+
+    /// The rate-limit windows last seen for this account (`limits.windows` keyed by name; files
+    /// written before windows were generic keep `quota.fiveHour` / `quota.sevenDay`).
+    pub fn windows(&self) -> Vec<crate::engine::limits::Window> {
+        use crate::engine::limits::Window;
+        if let Some(map) = self
+            .extra
+            .get("limits")
+            .and_then(|l| l.get("windows"))
+            .and_then(Value::as_object)
+        {
+            return map
+                .iter()
+                .filter_map(|(name, w)| {
+                    let mut w: Window = serde_json::from_value(w.clone()).ok()?;
+                    w.name = name.clone();
+                    Some(w)
+                })
+                .collect();
+        }
+        let Some(q) = self.extra.get("quota") else {
+            return Vec::new();
+        };
+        [("5h", "fiveHour"), ("7d", "sevenDay")]
+            .iter()
+            .filter_map(|(name, key)| {
+                let w = q.get(*key)?;
+                Some(Window {
+                    name: (*name).to_string(),
+                    status: w.get("status").and_then(Value::as_str).map(str::to_string),
+                    reset: w.get("resetsAt").and_then(epoch_ms_of),
+                    utilization: w.get("utilization").and_then(Value::as_f64),
+                    surpassed_threshold: None,
+                })
+            })
+            .collect()
+    }
+
+    /// The share of every window kept for the account's owner (`reserve`, 0 to 1): the pool
+    /// stops using the account once a window's utilization reaches `1 - reserve`.
+    pub fn reserve(&self) -> Option<f64> {
+        self.extra
+            .get("reserve")
+            .and_then(Value::as_f64)
+            .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1.0)
+    }
+
+    /// When this account is usable again for models of `family` (`modelCooldowns`: a quota of
+    /// one model family that left the others usable).
+    pub fn model_cooldown_until(&self, family: &str) -> Option<i64> {
+        self.extra
+            .get("modelCooldowns")
+            .and_then(|m| m.get(family))
+            .and_then(epoch_ms_of)
+            .filter(|t| *t > 0)
+    }
+
+    /// Rests `family` on this account until at least `until`; passed ones are dropped.
+    pub fn cool_model_until(&mut self, family: &str, until: i64, now: i64) {
+        let entry = self
+            .extra
+            .entry("modelCooldowns")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        if let Some(m) = entry.as_object_mut() {
+            // Passed ones go, after the reopening spread (`OAUTH_POOL_JITTER_MS`, at most 60 s).
+            m.retain(|_, v| epoch_ms_of(v).is_some_and(|t| t + 60_000 > now));
+            let merged = m
+                .get(family)
+                .and_then(epoch_ms_of)
+                .map_or(until, |t| t.max(until));
+            m.insert(family.to_string(), Value::from(merged));
         }
     }
 
@@ -417,7 +509,7 @@ impl Pool {
                 ))
             }
         }
-        let pool = Pool::from_value(value).map_err(Error::PoolInvalid)?;
+        let pool = Pool::from_value(integral(value)).map_err(Error::PoolInvalid)?;
         for (i, e) in pool.anthropic.iter().enumerate() {
             if let Entry::Invalid { reason, .. } = e {
                 return Err(Error::PoolInvalid(format!("anthropic[{i}]: {reason}")));
@@ -569,6 +661,7 @@ impl Pool {
             existing.key = incoming.key;
             existing.expires = incoming.expires;
             existing.clear_cooldown();
+            existing.extra.remove("modelCooldowns");
             existing.extra.remove("authErrorToken");
             if matches!(
                 existing.status_enum(),

@@ -7,9 +7,83 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::usage::UsageTap;
+use crate::engine::UsageSink;
 use crate::error::{Error, Result};
 use crate::fetch;
 use crate::http;
+
+/// An answer's body on its way to JavaScript, with the usage tap watching the bytes go by.
+/// The tap reports when the body ends, or when it is dropped (an aborted or abandoned stream
+/// counts what it reported until then).
+pub struct AnswerBody {
+    state: ResponseBody,
+    tap: Option<(UsageTap, UsageSink)>,
+}
+
+impl AnswerBody {
+    pub async fn new(
+        body: fetch::Body,
+        event_stream: bool,
+        sink: Option<UsageSink>,
+        cancel: &CancellationToken,
+    ) -> Result<AnswerBody> {
+        let tap = sink
+            .filter(|_| crate::engine::usage::enabled())
+            .map(|s| (UsageTap::new(event_stream), s));
+        Ok(AnswerBody {
+            state: ResponseBody::new(body, cancel).await?,
+            tap,
+        })
+    }
+
+    pub fn done() -> AnswerBody {
+        AnswerBody {
+            state: ResponseBody::Done,
+            tap: None,
+        }
+    }
+
+    fn watch(&mut self, bytes: &[u8]) {
+        if let Some((tap, _)) = &mut self.tap {
+            tap.observe(bytes);
+        }
+    }
+
+    fn report(&mut self) {
+        if let Some((mut tap, sink)) = self.tap.take() {
+            sink.record(tap.finish());
+        }
+    }
+
+    pub fn take_full(&mut self) -> Option<Bytes> {
+        let full = self.state.take_full()?;
+        self.watch(&full);
+        self.report();
+        Some(full)
+    }
+
+    pub async fn next_batch(&mut self, cancel: &CancellationToken) -> Result<Option<Vec<u8>>> {
+        let batch = self.state.next_batch(cancel).await;
+        match &batch {
+            Ok(Some(bytes)) => self.watch(bytes),
+            _ => self.report(),
+        }
+        batch
+    }
+
+    /// Stops reading (the caller cancelled): what was seen counts.
+    pub fn close(&mut self) {
+        self.state = ResponseBody::Done;
+        self.report();
+    }
+}
+
+impl Drop for AnswerBody {
+    fn drop(&mut self) {
+        self.report();
+    }
+}
 
 /// Most bytes handed over per batch. Chunks already here are batched (fewer crossings), but a
 /// batch never waits to be filled (SSE latency). Bigger batches were ~10 % faster on bulk
@@ -31,7 +105,7 @@ pub enum ResponseBody {
     Done,
 }
 
-fn is_event_stream(r: &reqwest::Response) -> bool {
+pub fn is_event_stream(r: &reqwest::Response) -> bool {
     r.headers()
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::config;
-use crate::engine::{exchange, verdict, Engine, Event, RequestMeta, Step, Verdict};
+use crate::engine::usage::top_level_string;
+use crate::engine::{exchange, verdict, Engine, Event, RequestMeta, Step, UsageSink, Verdict};
 use crate::error::{Error, Result};
 use crate::http;
 
@@ -37,6 +38,10 @@ pub struct Answer {
     /// The account that served it (None for pass-through requests and the pool's own answers).
     pub account: Option<String>,
     pub events: Vec<Event>,
+    /// Where its usage is counted (answers of a pool account).
+    pub usage: Option<UsageSink>,
+    /// Whether the body is an event stream (read on demand, tapped event by event).
+    pub event_stream: bool,
 }
 
 /// Response headers that described the wire, not the body we hand over (decoded, re-framed).
@@ -84,7 +89,11 @@ pub async fn pool_fetch(
         return (result, Vec::new());
     }
 
-    let mut ex = engine.exchange(RequestMeta::from_headers(pairs()));
+    let model = req
+        .body
+        .as_deref()
+        .and_then(|b| top_level_string(b, "model", b.len()));
+    let mut ex = engine.exchange(RequestMeta::from_headers(pairs()).with_model(model));
     let result = serve(&mut ex, method, url, &base, req.body, cancel).await;
     let events = ex.take_events();
     match result {
@@ -115,6 +124,8 @@ async fn serve(
                     body: Body::Full(s.body),
                     account: None,
                     events: Vec::new(),
+                    usage: None,
+                    event_stream: false,
                 })
             }
         };
@@ -137,7 +148,12 @@ async fn serve(
             Verdict::Retry => continue,
             Verdict::Deliver => {
                 let account = Some(attempt.email);
-                return Ok(match peek {
+                // Only answers that carry usage are counted (2xx: a message, streamed or not).
+                let usage = (200..300)
+                    .contains(&status)
+                    .then(|| ex.usage_sink())
+                    .flatten();
+                let mut a = match peek {
                     None => answer(response, account, Vec::new()),
                     Some((start, whole)) => {
                         let (status_text, headers) = head_of(&response);
@@ -152,9 +168,13 @@ async fn serve(
                             },
                             account,
                             events: Vec::new(),
+                            usage: None,
+                            event_stream: false,
                         }
                     }
-                });
+                };
+                a.usage = usage;
+                return Ok(a);
             }
         }
     }
@@ -247,9 +267,11 @@ fn answer(response: reqwest::Response, account: Option<String>, events: Vec<Even
         status: response.status().as_u16(),
         status_text,
         headers,
+        event_stream: crate::body::is_event_stream(&response),
         body: Body::Stream(response),
         account,
         events,
+        usage: None,
     }
 }
 

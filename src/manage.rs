@@ -17,18 +17,114 @@ use crate::store::Store;
 const MAX_CREDENTIALS_FILE: u64 = 1024 * 1024;
 
 pub fn summary(a: &Account, now: i64) -> Value {
+    let windows = a.windows();
+    let model_cooldowns: serde_json::Map<String, Value> = a
+        .extra
+        .get("modelCooldowns")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(f, _)| {
+                    a.model_cooldown_until(f)
+                        .filter(|t| *t > now)
+                        .map(|t| (f.clone(), json!(t)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     json!({
         "email": a.email,
         "type": if a.is_api_key() { "api" } else { "oauth" },
         "status": a.effective_status(now).as_str(),
         "rateLimitUntil": a.cooldown_until().filter(|t| *t > now),
+        "modelCooldowns": model_cooldowns,
         "priority": a.priority(),
+        "reserve": a.reserve(),
         "enabled": a.is_enabled(),
         "added": a.added,
         "lastUsed": a.last_used,
         "expires": a.expires,
         "lastError": a.extra.get("lastError").and_then(Value::as_str),
-        "quota": a.extra.get("quota").cloned(),
+        "windows": windows.iter().map(|w| window_view(w, now)).collect::<Vec<_>>(),
+        "quota": legacy_quota(&windows, a),
+        "usage": usage_view(a, now),
+    })
+}
+
+/// A window as people read it: a window whose reset has passed has started over (0 %).
+fn window_view(w: &crate::engine::limits::Window, now: i64) -> Value {
+    let over = w.reset.is_some_and(|r| r <= now);
+    json!({
+        "name": w.name,
+        "scope": w.scope(),
+        "utilization": if over { Some(0.0) } else { w.utilization },
+        "resetsAt": if over { None } else { w.reset },
+        "status": if over { None } else { w.status.clone() },
+    })
+}
+
+/// The 5h / 7d summary older readers know (`quota.fiveHour` / `quota.sevenDay`).
+fn legacy_quota(windows: &[crate::engine::limits::Window], a: &Account) -> Value {
+    let pick = |name: &str| {
+        windows.iter().find(|w| w.name == name).map(
+            |w| json!({ "utilization": w.utilization, "resetsAt": w.reset, "status": w.status }),
+        )
+    };
+    let (five, seven) = (pick("5h"), pick("7d"));
+    if five.is_none() && seven.is_none() {
+        return Value::Null;
+    }
+    let updated = a
+        .extra
+        .get("limits")
+        .and_then(|l| l.get("updatedAt"))
+        .or_else(|| a.extra.get("quota").and_then(|q| q.get("updatedAt")))
+        .cloned();
+    json!({ "fiveHour": five, "sevenDay": seven, "updatedAt": updated })
+}
+
+/// Requests and tokens per model: today, the current 5-hour window, and the last 30 days.
+fn usage_view(a: &Account, now: i64) -> Value {
+    use crate::engine::usage::Counts;
+    let Some(u) = a.extra.get("usage") else {
+        return Value::Null;
+    };
+    let sum = |buckets: Vec<&Value>| {
+        let mut total = Counts::default();
+        let mut by_model: std::collections::BTreeMap<String, Counts> = Default::default();
+        for b in buckets {
+            for (model, c) in b.as_object().into_iter().flatten() {
+                let c: Counts = serde_json::from_value(c.clone()).unwrap_or_default();
+                total.add(&c);
+                by_model.entry(model.clone()).or_default().add(&c);
+            }
+        }
+        json!({ "total": total, "byModel": by_model })
+    };
+    let today = crate::account::iso_time(now)
+        .chars()
+        .take(10)
+        .collect::<String>();
+    let days: Vec<&Value> = u
+        .get("days")
+        .and_then(Value::as_object)
+        .map(|d| d.values().collect())
+        .unwrap_or_default();
+    let windows = u.get("windows").and_then(Value::as_object);
+    let current = windows.and_then(|w| {
+        w.iter()
+            .filter_map(|(k, v)| k.parse::<i64>().ok().map(|t| (t, v)))
+            .filter(|(t, _)| *t > now)
+            .min_by_key(|(t, _)| *t)
+    });
+    json!({
+        "today": sum(u.get("days").and_then(|d| d.get(&today)).into_iter().collect()),
+        "window": current.map(|(reset, v)| {
+            let mut s = sum(vec![v]);
+            s["resetsAt"] = json!(reset);
+            s
+        }),
+        "last30Days": sum(days),
     })
 }
 
@@ -202,15 +298,38 @@ pub async fn set_priority(store: &Store, target: &str, priority: i64) -> Result<
         .await
 }
 
+/// Keeps `fraction` of every window for the account's owner (0 clears it).
+pub async fn set_reserve(store: &Store, target: &str, fraction: f64) -> Result<()> {
+    if !fraction.is_finite() || !(0.0..=1.0).contains(&fraction) {
+        return Err(Error::InvalidArgument(format!(
+            "a reserve is a fraction from 0 to 1 (0.2 keeps 20 % of every window), got {fraction}"
+        )));
+    }
+    let target = target.to_string();
+    store
+        .update(move |pool| {
+            each_account(pool, &target, |a| {
+                if fraction == 0.0 {
+                    a.extra.remove("reserve");
+                } else {
+                    a.extra.insert("reserve".into(), json!(fraction));
+                }
+            })
+        })
+        .await
+}
+
 pub async fn reset_cooldowns(store: &Store) -> Result<usize> {
     store
         .update(|pool| {
             let mut changed = 0;
             for a in pool.accounts_mut() {
-                let cooling =
-                    a.cooldown_until().is_some() || a.status_enum() == Some(Status::RateLimited);
+                let cooling = a.cooldown_until().is_some()
+                    || a.status_enum() == Some(Status::RateLimited)
+                    || a.extra.contains_key("modelCooldowns");
                 if cooling {
                     a.clear_cooldown();
+                    a.extra.remove("modelCooldowns");
                     if a.status_enum() == Some(Status::RateLimited) {
                         a.status = Status::Idle.as_str().into();
                     }

@@ -81,6 +81,23 @@ export function rateLimitHeaders({
   const p = "anthropic-ratelimit-unified";
   const h = {};
   if (retryAfter !== undefined && retryAfter !== null) h["retry-after"] = String(retryAfter);
+  // Any other name is a model-scoped window (e.g. "7d_sonnet"): it is exhausted, 5h and 7d are not.
+  const scoped = !["5h", "7d", "both"].includes(rejected) ? rejected : null;
+  if (scoped) {
+    h[`${p}-status`] = status;
+    h[`${p}-reset`] = String(sevenDayReset);
+    h[`${p}-${scoped}-status`] = status;
+    h[`${p}-${scoped}-reset`] = String(sevenDayReset);
+    h[`${p}-${scoped}-utilization`] = "1.0";
+    h[`${p}-5h-status`] = "allowed";
+    h[`${p}-5h-reset`] = String(fiveHourReset);
+    h[`${p}-5h-utilization`] = "0.42";
+    h[`${p}-7d-status`] = "allowed";
+    h[`${p}-7d-reset`] = String(sevenDayReset);
+    h[`${p}-7d-utilization`] = "0.35";
+    h[`${p}-representative-claim`] = "seven_day_scoped";
+    return h;
+  }
   h[`${p}-5h-status`] = hit5h ? status : "allowed";
   h[`${p}-5h-reset`] = String(fiveHourReset);
   h[`${p}-5h-utilization`] = hit5h ? "1.01" : "0.42";
@@ -474,7 +491,7 @@ export async function startMockAnthropic({
     const p = "anthropic-ratelimit-unified";
     const fiveReset = u.fiveHourReset ?? nowSec() + 3600;
     const status = u.status ?? "allowed";
-    return {
+    const h = {
       [`${p}-status`]: status,
       [`${p}-reset`]: String(fiveReset),
       [`${p}-5h-status`]: status,
@@ -485,6 +502,13 @@ export async function startMockAnthropic({
       [`${p}-7d-reset`]: String(u.sevenDayReset ?? nowSec() + 86400),
       [`${p}-representative-claim`]: "five_hour",
     };
+    // Model-scoped windows (`scoped: { "7d_sonnet": 0.95 }`), sent with every answer.
+    for (const [name, value] of Object.entries(u.scoped ?? {})) {
+      h[`${p}-${name}-status`] = value >= 1 ? "rejected" : "allowed";
+      h[`${p}-${name}-utilization`] = String(value);
+      h[`${p}-${name}-reset`] = String(u.scopedReset ?? nowSec() + 3 * 86400);
+    }
+    return h;
   }
 
   // --- API origin: message bodies --------------------------------------------------------------
@@ -498,12 +522,20 @@ export async function startMockAnthropic({
       blocks.push({ type: "tool_use", id, name, input });
     }
     const outputChars = blocks.reduce((n, b) => n + (b.text?.length ?? JSON.stringify(b.input ?? {}).length), 0);
+    // `step.usage` sets the counts (cache reads and writes included) for usage-tracking tests.
+    const usage = {
+      input_tokens: ctx.inputTokens,
+      output_tokens: Math.max(1, Math.ceil(outputChars / 4)),
+      cache_creation_input_tokens: 0,
+      cache_read_input_tokens: 0,
+      ...step.usage,
+    };
     return {
       id: `msg_mock_${rand(12)}`,
       model: ctx.model,
       blocks,
       stopReason: step.toolUse ? "tool_use" : "end_turn",
-      usage: { input_tokens: ctx.inputTokens, output_tokens: Math.max(1, Math.ceil(outputChars / 4)) },
+      usage,
     };
   }
 
@@ -516,7 +548,7 @@ export async function startMockAnthropic({
       content: msg.blocks,
       stop_reason: msg.stopReason,
       stop_sequence: null,
-      usage: { ...msg.usage, cache_creation_input_tokens: 0, cache_read_input_tokens: 0 },
+      usage: { ...msg.usage },
     };
   }
 
@@ -936,9 +968,9 @@ export async function startMockAnthropic({
     },
 
     /** Passive quota headers on 200s for this account: fractions and epoch-second resets. */
-    setUtilization(email, { fiveHour, sevenDay, fiveHourReset, sevenDayReset, status } = {}) {
+    setUtilization(email, { fiveHour, sevenDay, fiveHourReset, sevenDayReset, status, scoped, scopedReset } = {}) {
       const prev = utilization.get(email) ?? {};
-      const next = { fiveHour, sevenDay, fiveHourReset, sevenDayReset, status };
+      const next = { fiveHour, sevenDay, fiveHourReset, sevenDayReset, status, scoped, scopedReset };
       for (const k of Object.keys(next)) if (next[k] === undefined) delete next[k];
       utilization.set(email, { ...prev, ...next });
     },

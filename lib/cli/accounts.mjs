@@ -7,7 +7,8 @@
 // { lib, args, options, path, out } and returns an exit code (or nothing for 0).
 import { resolve } from "node:path";
 // Durations, "ago" and quota windows read the same here as in the OpenCode tool.
-import { ago, duration, quotaText } from "../plugin/format.mjs";
+import { ago, clock, duration, quotaText, usageLine, windowLine } from "../plugin/format.mjs";
+import { modelPrices } from "../plugin/prices.mjs";
 import { UsageError, cliError } from "./errors.mjs";
 import { table, text } from "./output.mjs";
 import { confirm, readLine } from "./stdin.mjs";
@@ -50,7 +51,7 @@ export function listText(path, accounts, now) {
   return [table(rows), ...unreadableNotes(accounts)].join("\n");
 }
 
-function accountLines(a, now) {
+function accountLines(a, now, prices) {
   if (isUnreadable(a)) {
     return [
       text`  ${a.email} (unreadable entry #${a.index})`,
@@ -62,11 +63,20 @@ function accountLines(a, now) {
   let state = stateText(a, now);
   if (a.status === "rate-limited" && a.rateLimitUntil) state += ` (until ${new Date(a.rateLimitUntil).toISOString()})`;
   lines.push(text`    status   ${state}`);
-  const windows = quotaText(a.quota, now);
-  if (windows) {
-    const seen = typeof a.quota.updatedAt === "number" ? `, seen ${ago(a.quota.updatedAt, now)}` : "";
-    lines.push(`    quota    ${windows}${seen}`);
+  if (a.windows?.length) {
+    const seen = typeof a.quota?.updatedAt === "number" ? ` (seen ${ago(a.quota.updatedAt, now)})` : "";
+    const sorted = [...a.windows].sort((x, y) => (y.utilization ?? 0) - (x.utilization ?? 0));
+    sorted.forEach((w, i) => lines.push(text`    ${i === 0 ? "windows " : "        "} ${windowLine(w, now)}${i === 0 ? seen : ""}`));
+  } else {
+    const windows = quotaText(a.quota, now);
+    if (windows) lines.push(`    quota    ${windows}`);
   }
+  if (a.reserve) lines.push(`    reserve  ${Math.round(a.reserve * 100)}% of every window kept for its owner`);
+  for (const [family, until] of Object.entries(a.modelCooldowns ?? {})) {
+    lines.push(text`    cooling  ${family} models until ${clock(until, now)} (${duration(until - now)} left); other models serve`);
+  }
+  const usage = [usageLine("today", a.usage?.today, prices), usageLine("5h window", a.usage?.window, prices), usageLine("30 days", a.usage?.last30Days, prices)].filter(Boolean);
+  for (const [i, u] of usage.entries()) lines.push(`    ${i === 0 ? "usage   " : "        "} ${u}`);
   if (a.type === "oauth" && typeof a.expires === "number") {
     lines.push(`    token    ${a.expires > now ? `valid for ${duration(a.expires - now)}` : "expired (refreshed on next use)"}`);
   }
@@ -93,11 +103,11 @@ function poolLines(st, now) {
   return lines;
 }
 
-export function statusText(st, now) {
+export function statusText(st, now, prices) {
   const c = st.counts;
   const bad = c.invalid ? `, ${plural(c.invalid, "unreadable entry", "unreadable entries")}` : "";
   const lines = [text`pool ${st.path}: ${c.total} account(s), ${c.usable} usable now${bad}`];
-  for (const a of st.accounts) lines.push(...accountLines(a, now));
+  for (const a of st.accounts) lines.push(...accountLines(a, now, prices));
   lines.push(...poolLines(st, now));
   return lines.join("\n");
 }
@@ -112,7 +122,7 @@ async function list({ lib, path, out }) {
 
 async function status({ lib, path, out }) {
   const st = await lib.poolStatus(path);
-  out.result(st, statusText(st, Date.now()));
+  out.result(st, statusText(st, Date.now(), await modelPrices()));
 }
 
 async function add({ lib, options, path, out }) {
@@ -167,6 +177,18 @@ async function refresh({ lib, args: [email], path, out }) {
   out.result({ email: r.email, outcome: r.outcome, expires: r.expires ?? null }, text`${r.email}: ${how}${until}`);
 }
 
+async function reserve({ lib, args: [email, fraction], path, out }) {
+  const value = Number(fraction);
+  if (!/^(0|1|0?\.\d+|1\.0*)$/.test(fraction) || !(value >= 0 && value <= 1)) {
+    throw new UsageError(text`reserve takes a fraction from 0 to 1 (0.2 keeps 20 % of every window), not ${fraction}`);
+  }
+  await lib.setReserve(email, value, path);
+  out.result(
+    { email, reserve: value },
+    value ? text`${email}: the pool stops using it once any window reaches ${Math.round((1 - value) * 100)} %` : text`${email}: no reserve`,
+  );
+}
+
 async function resetCooldowns({ lib, path, out }) {
   const reset = await lib.resetCooldowns(path);
   out.result({ reset }, reset ? `cleared the cooldown of ${reset} account(s)` : "no account was cooling");
@@ -215,6 +237,12 @@ export const commands = [
   { name: "disable", args: "<email>", summary: "keep an account but never use it", run: setEnabled(false) },
   { name: "priority", args: "<email> <n>", summary: "higher is preferred (integer, may be negative)", run: priority },
   { name: "reset-cooldowns", summary: "forget every recorded cooldown", run: resetCooldowns },
+  {
+    name: "reserve",
+    args: "<email> <fraction>",
+    summary: "keep that share of every window for the account's owner (0.2 = 20 %; 0 clears it)",
+    run: reserve,
+  },
   {
     name: "refresh",
     args: "<email>",

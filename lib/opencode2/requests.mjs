@@ -37,6 +37,31 @@ async function peek(response, limit) {
   return Buffer.concat(parts).subarray(0, limit);
 }
 
+/**
+ * The delivered answer, its body passed through unchanged while the engine's usage tap looks at
+ * each chunk (tokens per account and model).
+ */
+function tapUsage(response, ex) {
+  if (!response.body) {
+    ex.finishUsage();
+    return response;
+  }
+  const body = response.body.pipeThrough(
+    new TransformStream({
+      transform(chunk, controller) {
+        try {
+          ex.observe(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+        } catch {}
+        controller.enqueue(chunk);
+      },
+      flush() {
+        ex.finishUsage();
+      },
+    }),
+  );
+  return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+}
+
 function poolAnswer(step) {
   return new Response(step.body, { status: step.status, statusText: step.statusText, headers: step.headers });
 }
@@ -67,7 +92,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       try {
         syncEnv();
         const request = event.request;
-        const ex = new native.NativeExchange({ path, url: request.url, headers: [...request.headers] });
+        const ex = new native.NativeExchange({ path, url: request.url, headers: [...request.headers], model: event.model?.id });
         extra?.signal?.addEventListener?.("abort", () => ex.abort(), { once: true });
         const step = await settle(ex.next());
         drain(ex);
@@ -117,7 +142,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
           }
           response = await fetch(withHeaders(event.request.clone(), step.headers), { signal: extra?.signal });
         }
-        event.response = response;
+        event.response = tapUsage(response, ex);
       } catch (err) {
         log("error", `the pool could not finish this request: ${err?.code ?? ""} ${err?.message ?? err}`.trim());
       } finally {

@@ -66,14 +66,73 @@ export function quotaText(quota, now = Date.now()) {
   return parts.length ? parts.join(", ") : null;
 }
 
+const BAR = 10;
+/** "[######----]": a window's use at a glance (over 100 % stays full). */
+export function bar(fraction) {
+  const filled = Math.max(0, Math.min(BAR, Math.round((fraction ?? 0) * BAR)));
+  return `[${"#".repeat(filled)}${"-".repeat(BAR - filled)}]`;
+}
+
+/** One window: "7d_sonnet [#########-] 93% resets Tue 1 Dec 12:00". */
+export function windowLine(w, now = Date.now()) {
+  const pct = w.utilization == null ? "?" : `${Math.round(w.utilization * 100)}%`;
+  const reset = w.resetsAt ? ` resets ${clock(w.resetsAt, now)}` : "";
+  return `${w.name} ${bar(w.utilization)} ${pct}${reset}`;
+}
+
+/** Every window seen for an account, fullest first; null when none was seen yet. */
+export function windowsText(windows, now = Date.now(), separator = " · ") {
+  if (!Array.isArray(windows) || !windows.length) return null;
+  const sorted = [...windows].sort((a, b) => (b.utilization ?? 0) - (a.utilization ?? 0));
+  return sorted.map((w) => windowLine(w, now)).join(separator);
+}
+
+const compact = (n) => (n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : n >= 1e4 ? `${Math.round(n / 1e3)}k` : String(n));
+
+/** "12 requests, 1.2M in, 40k out, 3.1M cache read, 200k cache write". */
+export function countsText(c) {
+  if (!c) return "nothing";
+  const parts = [`${c.requests ?? 0} request${c.requests === 1 ? "" : "s"}`, `${compact(c.input ?? 0)} in`, `${compact(c.output ?? 0)} out`];
+  if (c.cacheRead) parts.push(`${compact(c.cacheRead)} cache read`);
+  if (c.cacheWrite) parts.push(`${compact(c.cacheWrite)} cache write`);
+  return parts.join(", ");
+}
+
+/**
+ * What these tokens would have cost at API prices, from per-model prices in USD per million
+ * tokens (`{ input, output, cache_read, cache_write }`, as OpenCode's models cache has them);
+ * null when no model of the usage has a price.
+ */
+export function costOf(byModel, prices) {
+  if (!byModel || !prices) return null;
+  let total = 0;
+  let priced = false;
+  for (const [model, c] of Object.entries(byModel)) {
+    const p = prices[model] ?? prices[model.replace(/-\d{8}$/, "")];
+    if (!p) continue;
+    priced = true;
+    total += ((c.input ?? 0) * (p.input ?? 0) + (c.output ?? 0) * (p.output ?? 0) + (c.cacheRead ?? 0) * (p.cache_read ?? 0) + (c.cacheWrite ?? 0) * (p.cache_write ?? 0)) / 1e6;
+  }
+  return priced ? total : null;
+}
+
+/** "today: 12 requests, ... (≈ $1.23 at API prices)". */
+export function usageLine(label, summary, prices) {
+  if (!summary?.total?.requests) return null;
+  const cost = costOf(summary.byModel, prices);
+  return `${label}: ${countsText(summary.total)}${cost == null ? "" : ` (≈ $${cost.toFixed(2)} at API prices)`}`;
+}
+
 export function accountLine(a, i, now = Date.now()) {
   const parts = [
     `${i + 1}. ${a.email} [${a.type === "api" ? "API key" : "Claude login"}] ${statusText(a, now)}`,
     `priority ${a.priority ?? 0}`,
     a.lastUsed ? `last used ${ago(a.lastUsed, now)}` : "never used",
   ];
-  const quota = quotaText(a.quota, now);
-  if (quota) parts.push(quota);
+  const windows = windowsText(a.windows, now, ", ") ?? quotaText(a.quota, now);
+  if (windows) parts.push(windows);
+  if (a.reserve) parts.push(`reserve ${Math.round(a.reserve * 100)}%`);
+  for (const [family, until] of Object.entries(a.modelCooldowns ?? {})) parts.push(`${family} models cooling until ${clock(until, now)}`);
   if (a.lastError && a.status !== "idle" && a.status !== "active") parts.push(`last problem: ${a.lastError}`);
   return parts.join(" · ");
 }

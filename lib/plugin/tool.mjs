@@ -4,7 +4,8 @@
 // the TUI peers, is not needed at run time.
 import { z } from "zod";
 import { LOGIN_HINT, pool, pluginOptions } from "./shared.mjs";
-import { accountLine, ago, clock, duration, quotaText, statusText } from "./format.mjs";
+import { accountLine, ago, clock, duration, quotaText, statusText, usageLine, windowsText } from "./format.mjs";
+import { modelPrices } from "./prices.mjs";
 
 export const ACTIONS = ["list", "status", "remove", "enable", "disable", "priority", "reset-cooldowns"];
 
@@ -69,9 +70,14 @@ async function status(path, now) {
       : "Last failover: none recorded.",
   );
   if (s.accounts.length) {
+    const prices = await modelPrices();
     lines.push("Per account:");
     for (const a of s.accounts) {
-      lines.push(`  ${a.email}: ${statusText(a, now)}; ${quotaText(a.quota, now) ?? "no quota seen yet"}`);
+      lines.push(`  ${a.email}: ${statusText(a, now)}`);
+      lines.push(`    windows: ${windowsText(a.windows, now, "; ") ?? quotaText(a.quota, now) ?? "none seen yet"}`);
+      if (a.reserve) lines.push(`    reserve: ${Math.round(a.reserve * 100)}% of every window kept for its owner`);
+      for (const [family, until] of Object.entries(a.modelCooldowns ?? {})) lines.push(`    ${family} models cooling until ${clock(until, now)}; other models serve`);
+      for (const u of [usageLine("today", a.usage?.today, prices), usageLine("this 5h window", a.usage?.window, prices)].filter(Boolean)) lines.push(`    ${u}`);
     }
   }
   if (s.invalid?.length) {

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{header_pairs, js_error, store_for, JsResult};
 use crate::config;
-use crate::engine::{exchange, Engine, Exchange, RequestMeta, Step, Verdict};
+use crate::engine::usage::{self, UsageTap};
+use crate::engine::{exchange, Engine, Exchange, RequestMeta, Step, UsageSink, Verdict};
 use crate::error::Error;
 
 #[napi(object)]
@@ -23,6 +24,8 @@ pub struct ExchangeOptions {
     pub url: Option<String>,
     /// The request's headers as the caller set them, `[name, value]` pairs.
     pub headers: Vec<Vec<String>>,
+    /// The model asked for (scoped windows, model cooldowns, usage).
+    pub model: Option<String>,
 }
 
 #[napi]
@@ -31,6 +34,8 @@ pub struct NativeExchange {
     inner: std::result::Result<Arc<tokio::sync::Mutex<Exchange>>, String>,
     base: HeaderMap,
     cancel: CancellationToken,
+    /// The delivered answer's usage tap, fed by `observe` as the host's body passes.
+    usage: std::sync::Mutex<Option<(UsageTap, UsageSink)>>,
 }
 
 /// A credential goes only to the configured API origin, whatever the host was told to call.
@@ -63,13 +68,19 @@ fn pairs_of(headers: &HeaderMap) -> Vec<Vec<String>> {
         .collect()
 }
 
+impl Drop for NativeExchange {
+    fn drop(&mut self) {
+        self.finish_usage();
+    }
+}
+
 #[napi]
 impl NativeExchange {
     #[napi(constructor)]
     pub fn new(options: ExchangeOptions) -> Self {
         let headers = header_pairs(options.headers);
         let pairs = || headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let meta = RequestMeta::from_headers(pairs());
+        let meta = RequestMeta::from_headers(pairs()).with_model(options.model);
         let base = exchange::forwardable(pairs());
         let inner = check_origin(options.url.as_deref())
             .and_then(|()| store_for(options.path.as_deref()))
@@ -83,6 +94,7 @@ impl NativeExchange {
             inner,
             base,
             cancel: CancellationToken::new(),
+            usage: std::sync::Mutex::new(None),
         }
     }
 
@@ -129,11 +141,43 @@ impl NativeExchange {
             .judge(status, &map, body.as_deref(), &self.cancel)
             .await
             .map_err(js_error)?;
+        if verdict == Verdict::Deliver && (200..300).contains(&status) && usage::enabled() {
+            let event_stream = map
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("text/event-stream")
+                });
+            if let (Some(sink), Ok(mut slot)) = (ex.usage_sink(), self.usage.lock()) {
+                *slot = Some((UsageTap::new(event_stream), sink));
+            }
+        }
         Ok(match verdict {
             Verdict::Deliver => "deliver",
             Verdict::Retry => "retry",
         }
         .to_string())
+    }
+
+    /// Shows the tap a chunk of the delivered body as it passes to the host (nothing is kept).
+    #[napi]
+    pub fn observe(&self, chunk: Buffer) {
+        if let Ok(mut slot) = self.usage.lock() {
+            if let Some((tap, _)) = slot.as_mut() {
+                tap.observe(&chunk);
+            }
+        }
+    }
+
+    /// The delivered body ended (or was abandoned): its usage is counted.
+    #[napi(js_name = "finishUsage")]
+    pub fn finish_usage(&self) {
+        let taken = self.usage.lock().ok().and_then(|mut s| s.take());
+        if let Some((mut tap, sink)) = taken {
+            sink.record(tap.finish());
+        }
     }
 
     /// Whether `judge` wants the start of the body for this status.

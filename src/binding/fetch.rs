@@ -9,7 +9,7 @@ use napi_derive::napi;
 use tokio_util::sync::CancellationToken;
 
 use super::{header_pairs, js_error, store_for, JsBytes, JsResult};
-use crate::body::ResponseBody;
+use crate::body::AnswerBody;
 use crate::engine::Engine;
 use crate::fetch;
 
@@ -72,14 +72,14 @@ impl FetchController {
                     account: None,
                     events: serde_json::to_string(&events).unwrap_or_else(|_| "[]".into()),
                     failure: Some(js_error(e).reason),
-                    body: Arc::new(tokio::sync::Mutex::new(ResponseBody::Done)),
+                    body: Arc::new(tokio::sync::Mutex::new(AnswerBody::done())),
                     cancel: self.cancel.clone(),
                 });
             }
             Err(e) => return Err(js_error(e)),
         };
         let events = serde_json::to_string(&answer.events).unwrap_or_else(|_| "[]".into());
-        let body = ResponseBody::new(answer.body, &self.cancel)
+        let body = AnswerBody::new(answer.body, answer.event_stream, answer.usage, &self.cancel)
             .await
             .map_err(js_error)?;
         Ok(NativeResponse {
@@ -107,7 +107,7 @@ pub struct NativeResponse {
     account: Option<String>,
     events: String,
     failure: Option<String>,
-    body: Arc<tokio::sync::Mutex<ResponseBody>>,
+    body: Arc<tokio::sync::Mutex<AnswerBody>>,
     cancel: CancellationToken,
 }
 
@@ -163,8 +163,7 @@ impl NativeResponse {
     #[napi]
     pub async fn cancel(&self) -> JsResult<()> {
         self.cancel.cancel();
-        let mut state = self.body.lock().await;
-        *state = ResponseBody::Done;
+        self.body.lock().await.close();
         Ok(())
     }
 }

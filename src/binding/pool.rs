@@ -69,6 +69,16 @@ pub async fn set_priority(email: String, priority: i64, path: Option<String>) ->
         .map_err(js_error)
 }
 
+#[napi(js_name = "setReserve")]
+pub async fn set_reserve(email: String, fraction: f64, path: Option<String>) -> JsResult<()> {
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    manage::set_reserve(&store, &email, fraction)
+        .await
+        .map_err(js_error)?;
+    Engine::for_store(store).reset_memory();
+    Ok(())
+}
+
 #[napi(js_name = "resetCooldowns")]
 pub async fn reset_cooldowns(path: Option<String>) -> JsResult<u32> {
     let store = store_for(path.as_deref()).map_err(js_error)?;

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::limits::Limits;
 use super::overlay::lock;
+use super::usage::Counts;
 use super::Engine;
 use crate::account::{iso_time, now_ms, Pool, Status};
 use crate::secret::scrub_tokens;
@@ -19,15 +21,24 @@ const FLUSH_DELAY: Duration = Duration::from_millis(1000);
 const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// Usage is kept this long (days and 5-hour windows).
+const USAGE_DAYS: i64 = 30;
+const DAY_MS: i64 = 86_400_000;
+const FIVE_HOURS_MS: i64 = 5 * 3_600_000;
+
+/// (email, model, day "YYYY-MM-DD", 5-hour window reset) -> counts.
+type UsageKey = (String, String, String, i64);
+
 #[derive(Default, Clone)]
 pub struct Pending {
     last_used: HashMap<String, i64>,
     active: Option<String>,
-    quota: HashMap<String, Value>,
+    limits: HashMap<String, (Limits, i64)>,
     last_error: HashMap<String, String>,
     last_failover: Option<Value>,
-    /// email -> (until, why)
-    cooldowns: HashMap<String, (i64, String)>,
+    /// (email, model family or None for the whole account) -> (until, why)
+    cooldowns: HashMap<(String, Option<String>), (i64, String)>,
+    usage: HashMap<UsageKey, Counts>,
     /// email -> (tag of the refused credential, why)
     refused: HashMap<String, (Option<String>, String)>,
     refresh_backoff: HashMap<String, i64>,
@@ -37,7 +48,8 @@ impl Pending {
     fn is_empty(&self) -> bool {
         self.last_used.is_empty()
             && self.active.is_none()
-            && self.quota.is_empty()
+            && self.limits.is_empty()
+            && self.usage.is_empty()
             && self.last_error.is_empty()
             && self.last_failover.is_none()
             && self.cooldowns.is_empty()
@@ -53,8 +65,11 @@ impl Pending {
         if self.active.is_none() {
             self.active = old.active;
         }
-        for (k, v) in old.quota {
-            self.quota.entry(k).or_insert(v);
+        for (k, v) in old.limits {
+            self.limits.entry(k).or_insert(v);
+        }
+        for (k, v) in old.usage {
+            self.usage.entry(k).or_default().add(&v);
         }
         for (k, v) in old.last_error {
             self.last_error.entry(k).or_insert(v);
@@ -93,12 +108,42 @@ impl Bookkeeping {
 }
 
 impl Pending {
-    pub fn served(&mut self, email: &str, now: i64, quota: Option<Value>) {
+    pub fn served(&mut self, email: &str, now: i64, limits: Option<Limits>) {
         self.last_used.insert(email.to_string(), now);
         self.active = Some(email.to_string());
-        if let Some(q) = quota {
-            self.quota.insert(email.to_string(), q);
+        if let Some(l) = limits {
+            self.seen(email, now, l);
         }
+    }
+
+    /// The windows an answer reported (a served one, or a 429).
+    pub fn seen(&mut self, email: &str, now: i64, limits: Limits) {
+        match self.limits.get_mut(email) {
+            Some((known, at)) => {
+                merge_limits(known, &limits);
+                *at = now;
+            }
+            None => {
+                self.limits.insert(email.to_string(), (limits, now));
+            }
+        }
+    }
+
+    pub fn usage(
+        &mut self,
+        email: &str,
+        model: &str,
+        window: Option<i64>,
+        now: i64,
+        counts: Counts,
+    ) {
+        // The 5-hour window the answer fell in: its reset as the last answer said, else a fixed
+        // 5-hour bucket.
+        let window = window
+            .filter(|r| *r > now && *r - now <= FIVE_HOURS_MS)
+            .unwrap_or((now / FIVE_HOURS_MS + 1) * FIVE_HOURS_MS);
+        let key = (email.to_string(), model.to_string(), day_of(now), window);
+        self.usage.entry(key).or_default().add(&counts);
     }
 
     pub fn error(&mut self, email: &str, message: &str) {
@@ -110,10 +155,10 @@ impl Pending {
         self.last_failover = Some(json!({ "at": now, "from": from, "to": to, "reason": reason }));
     }
 
-    pub fn cooldown(&mut self, email: &str, until: i64, why: &str) {
+    pub fn cooldown(&mut self, email: &str, scope: Option<&str>, until: i64, why: &str) {
         let e = self
             .cooldowns
-            .entry(email.to_string())
+            .entry((email.to_string(), scope.map(str::to_string)))
             .or_insert((until, why.to_string()));
         if until >= e.0 {
             *e = (until, why.to_string());
@@ -137,10 +182,10 @@ impl Engine {
         self.book.record(change);
         if urgent {
             let me = self.clone();
-            tokio::spawn(async move { me.flush().await });
+            self.spawn(async move { me.flush().await });
         } else if !self.book.scheduled.swap(true, Ordering::AcqRel) {
             let me = self.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 tokio::time::sleep(FLUSH_DELAY).await;
                 me.flush().await;
             });
@@ -186,9 +231,119 @@ impl Engine {
             return;
         }
         let me = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             tokio::time::sleep(delay).await;
             me.flush().await;
+        });
+    }
+}
+
+fn day_of(ms: i64) -> String {
+    crate::account::iso_time(ms).chars().take(10).collect()
+}
+
+/// A later answer's windows replace those of the same name; the others stay.
+fn merge_limits(known: &mut Limits, fresh: &Limits) {
+    for w in &fresh.windows {
+        match known.windows.iter_mut().find(|k| k.name == w.name) {
+            Some(k) => *k = w.clone(),
+            None => known.windows.push(w.clone()),
+        }
+    }
+    if fresh.status.is_some() {
+        known.status = fresh.status.clone();
+        known.reset = fresh.reset;
+    }
+    if fresh.representative_claim.is_some() {
+        known.representative_claim = fresh.representative_claim.clone();
+    }
+    if fresh.overage != Default::default() {
+        known.overage = fresh.overage.clone();
+    }
+}
+
+/// The account's `limits`: `{ updatedAt, status?, representativeClaim?, overage?, windows: {
+/// <name>: { status?, reset?, utilization?, surpassedThreshold?, updatedAt } } }`. Windows of
+/// other names, seen earlier, are kept.
+fn store_limits(a: &mut crate::account::Account, limits: &Limits, at: i64) {
+    let entry = a.extra.entry("limits").or_insert_with(|| json!({}));
+    if !entry.is_object() {
+        *entry = json!({});
+    }
+    let Some(obj) = entry.as_object_mut() else {
+        return;
+    };
+    obj.insert("updatedAt".into(), json!(at));
+    if let Some(s) = &limits.status {
+        obj.insert("status".into(), json!(s));
+    }
+    if let Some(c) = &limits.representative_claim {
+        obj.insert("representativeClaim".into(), json!(c));
+    }
+    if limits.overage != Default::default() {
+        obj.insert("overage".into(), json!(limits.overage));
+    }
+    let windows = obj.entry("windows").or_insert_with(|| json!({}));
+    if !windows.is_object() {
+        *windows = json!({});
+    }
+    if let Some(map) = windows.as_object_mut() {
+        for w in &limits.windows {
+            let mut v = json!(w);
+            if let Some(o) = v.as_object_mut() {
+                o.remove("name");
+                o.insert("updatedAt".into(), json!(at));
+            }
+            map.insert(w.name.clone(), v);
+        }
+    }
+}
+
+/// Adds this batch's counts to the account's `usage`: `{ days: { "YYYY-MM-DD": { <model>:
+/// Counts } }, windows: { "<reset ms>": { <model>: Counts } } }`, the last 30 days kept.
+fn add_usage(a: &mut crate::account::Account, batch: &HashMap<UsageKey, Counts>, now: i64) {
+    let mine: Vec<(&UsageKey, &Counts)> =
+        batch.iter().filter(|((e, ..), _)| *e == a.email).collect();
+    if mine.is_empty() {
+        return;
+    }
+    let usage = a.extra.entry("usage").or_insert_with(|| json!({}));
+    if !usage.is_object() {
+        *usage = json!({});
+    }
+    let Some(u) = usage.as_object_mut() else {
+        return;
+    };
+    let mut add = |section: &str, bucket: String, model: &str, c: &Counts| {
+        let s = u.entry(section).or_insert_with(|| json!({}));
+        if !s.is_object() {
+            *s = json!({});
+        }
+        let Some(s) = s.as_object_mut() else { return };
+        let b = s.entry(bucket).or_insert_with(|| json!({}));
+        if !b.is_object() {
+            *b = json!({});
+        }
+        let Some(b) = b.as_object_mut() else { return };
+        let mut total: Counts = b
+            .get(model)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        total.add(c);
+        b.insert(model.to_string(), json!(total));
+    };
+    for ((_, model, day, window), c) in mine {
+        add("days", day.clone(), model, c);
+        add("windows", window.to_string(), model, c);
+    }
+    let oldest_day = day_of(now - USAGE_DAYS * DAY_MS);
+    if let Some(days) = u.get_mut("days").and_then(Value::as_object_mut) {
+        days.retain(|d, _| d.as_str() >= oldest_day.as_str());
+    }
+    if let Some(windows) = u.get_mut("windows").and_then(Value::as_object_mut) {
+        windows.retain(|w, _| {
+            w.parse::<i64>()
+                .is_ok_and(|t| t > now - USAGE_DAYS * DAY_MS)
         });
     }
 }
@@ -196,22 +351,31 @@ impl Engine {
 fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
     for a in pool.accounts_mut() {
         let email = a.email.clone();
-        // A cooldown that has passed is cleared in the file too.
-        if a.status_enum() == Some(Status::RateLimited) && !a.cooling_at(now) {
+        // A cooldown that has passed is cleared in the file too, once every process's reopening
+        // (spread over the jitter, keyed by that cooldown) is behind it.
+        let settled = now - super::jitter_max();
+        if a.status_enum() == Some(Status::RateLimited) && !a.cooling_at(settled) {
             a.status = Status::Idle.as_str().into();
         }
-        if a.rate_limit_until.is_some() && !a.cooling_at(now) {
+        if a.rate_limit_until.is_some() && !a.cooling_at(settled) {
             a.clear_cooldown();
         }
-        if let Some((until, why)) = batch.cooldowns.get(&email) {
+        for ((who, scope), (until, why)) in &batch.cooldowns {
             // Cooldowns only move forward; only reset-cooldowns shortens one.
-            if *until > now {
-                a.cool_until(*until);
-                if a.status_enum() != Some(Status::AuthError) && a.is_enabled() {
-                    a.status = Status::RateLimited.as_str().into();
-                }
-                a.extra.insert("lastError".into(), json!(why));
+            if who != &email || *until <= now {
+                continue;
             }
+            match scope {
+                None => {
+                    a.cool_until(*until);
+                    if a.status_enum() != Some(Status::AuthError) && a.is_enabled() {
+                        a.status = Status::RateLimited.as_str().into();
+                    }
+                }
+                // A model's quota: the account stays usable for the other models.
+                Some(family) => a.cool_model_until(family, *until, now),
+            }
+            a.extra.insert("lastError".into(), json!(why));
         }
         if let Some((tag, why)) = batch.refused.get(&email) {
             // Only the credential that was refused: a new login since then stays usable.
@@ -241,9 +405,10 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
                 a.status = Status::Idle.as_str().into();
             }
         }
-        if let Some(q) = batch.quota.get(&email) {
-            a.extra.insert("quota".into(), q.clone());
+        if let Some((limits, at)) = batch.limits.get(&email) {
+            store_limits(a, limits, *at);
         }
+        add_usage(a, &batch.usage, now);
         if let Some(e) = batch.last_error.get(&email) {
             a.extra.insert("lastError".into(), json!(e));
         }
@@ -288,7 +453,7 @@ mod tests {
         let mut pool = pool_of(now);
         pool.find_mut("a@x").unwrap().status = "active".into();
         pool.find_mut("b@x").unwrap().status = "rate-limited".into();
-        pool.find_mut("b@x").unwrap().rate_limit_until = Some(now - 5);
+        pool.find_mut("b@x").unwrap().rate_limit_until = Some(now - 100_000);
         let mut batch = Pending::default();
         batch.served("b@x", now, None);
         apply(&mut pool, &batch, now);
@@ -317,20 +482,74 @@ mod tests {
     }
 
     #[test]
+    fn scoped_cooldowns_windows_and_usage_land_in_the_account() {
+        let now = now_ms();
+        let mut pool = pool_of(now);
+        let mut batch = Pending::default();
+        batch.cooldown(
+            "a@x",
+            Some("sonnet"),
+            now + 60_000,
+            "7d_sonnet window exhausted",
+        );
+        let mut limits = Limits::default();
+        limits.windows.push(crate::engine::limits::Window {
+            name: "7d_sonnet".into(),
+            utilization: Some(0.97),
+            reset: Some(now + 60_000),
+            ..Default::default()
+        });
+        batch.served("a@x", now, Some(limits));
+        let c = Counts {
+            requests: 1,
+            input: 10,
+            output: 5,
+            cache_read: 2,
+            cache_write: 1,
+        };
+        batch.usage("a@x", "claude-sonnet-4-5", Some(now + 3_600_000), now, c);
+        batch.usage("a@x", "claude-sonnet-4-5", Some(now + 3_600_000), now, c);
+        apply(&mut pool, &batch, now);
+        let a = pool.find("a@x").unwrap();
+        assert!(
+            a.usable_at(now),
+            "a model's quota leaves the account usable"
+        );
+        assert_eq!(a.model_cooldown_until("sonnet"), Some(now + 60_000));
+        assert_eq!(a.windows()[0].utilization, Some(0.97));
+        let day = day_of(now);
+        let u = &a.extra["usage"]["days"][&day]["claude-sonnet-4-5"];
+        assert_eq!(
+            (
+                u["requests"].as_u64(),
+                u["input"].as_u64(),
+                u["cacheWrite"].as_u64()
+            ),
+            (Some(2), Some(20), Some(2))
+        );
+        // Applying again adds (each process adds its own counts under the lock).
+        apply(&mut pool, &batch, now);
+        assert_eq!(
+            pool.find("a@x").unwrap().extra["usage"]["days"][&day]["claude-sonnet-4-5"]["output"],
+            json!(20)
+        );
+    }
+
+    #[test]
     fn cooldowns_only_move_forward_and_failed_batches_merge_back() {
         let now = now_ms();
         let mut pool = pool_of(now);
         pool.find_mut("a@x").unwrap().rate_limit_until = Some(now + 50_000);
         let mut batch = Pending::default();
-        batch.cooldown("a@x", now + 10_000, "short");
+        batch.cooldown("a@x", None, now + 10_000, "short");
         apply(&mut pool, &batch, now);
         assert_eq!(
             pool.find("a@x").unwrap().rate_limit_until,
             Some(now + 50_000)
         );
         let mut newer = Pending::default();
-        newer.cooldown("a@x", now + 90_000, "newer");
+        newer.cooldown("a@x", None, now + 90_000, "newer");
         newer.merge_older(batch);
-        assert_eq!(newer.cooldowns["a@x"].0, now + 90_000);
+        assert_eq!(newer.cooldowns[&("a@x".to_string(), None)].0, now + 90_000);
     }
 }

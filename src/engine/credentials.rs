@@ -357,7 +357,8 @@ impl Engine {
         let backoff = account
             .extra
             .get("refreshBackoffUntil")
-            .and_then(serde_json::Value::as_i64)
+            .and_then(serde_json::Value::as_f64)
+            .map(|t| t as i64)
             .filter(|t| *t > now_ms());
         if let Some(until) = backoff {
             let err = Error::OAuthHttp {

@@ -33,6 +33,8 @@ pub struct RequestMeta {
     pub session: Option<String>,
     /// `x-parent-session-id`: a subagent inherits its parent's account.
     pub parent: Option<String>,
+    /// The request body's `model`: scoped windows, model cooldowns and usage are per model.
+    pub model: Option<String>,
 }
 
 /// Request headers never forwarded upstream: credentials (the pool sets its own), hop-by-hop
@@ -69,7 +71,13 @@ impl RequestMeta {
         RequestMeta {
             session: find("x-session-affinity").or_else(|| find("x-session-id")),
             parent: find("x-parent-session-id"),
+            model: None,
         }
+    }
+
+    pub fn with_model(mut self, model: Option<String>) -> Self {
+        self.model = model.filter(|m| !m.trim().is_empty());
+        self
     }
 }
 
@@ -135,6 +143,9 @@ pub enum Verdict {
 pub struct Exchange {
     engine: Arc<Engine>,
     meta: RequestMeta,
+    family: Option<String>,
+    /// How long this request may still wait for a cooling account (`OAUTH_POOL_HOLD_MAX_MS`).
+    hold_left: std::time::Duration,
     tried: HashSet<String>,
     refreshed: HashSet<String>,
     retry_same: Option<String>,
@@ -145,9 +156,12 @@ pub struct Exchange {
 
 impl Exchange {
     pub fn new(engine: Arc<Engine>, meta: RequestMeta) -> Exchange {
+        let family = meta.model.as_deref().and_then(super::limits::model_family);
         Exchange {
             engine,
             meta,
+            family,
+            hold_left: crate::http::env_millis("OAUTH_POOL_HOLD_MAX_MS", std::time::Duration::ZERO),
             tried: HashSet::new(),
             refreshed: HashSet::new(),
             retry_same: None,
@@ -167,6 +181,16 @@ impl Exchange {
         self.current.as_ref().map(|(e, _)| e.as_str())
     }
 
+    /// Where the delivered answer's usage is to be counted (its account and model).
+    pub fn usage_sink(&self) -> Option<super::UsageSink> {
+        let (email, _) = self.current.as_ref()?;
+        Some(super::UsageSink {
+            engine: self.engine.clone(),
+            email: email.clone(),
+            model: self.meta.model.clone().unwrap_or_else(|| "unknown".into()),
+        })
+    }
+
     /// The next attempt: an account with a fresh credential on top of `base` (the caller's
     /// forwardable headers), or the pool's own answer. Fails with `POOL_NO_ACCOUNT` when no
     /// account can serve at all, `ABORT_ERR` at once when `cancel` fires.
@@ -181,7 +205,13 @@ impl Exchange {
                 Some(e) => e,
                 None => match self.choose(&pool) {
                     Some(e) => e,
-                    None => return self.exhausted(&pool),
+                    None => match self.exhausted(&pool)? {
+                        Exhausted::Wait(until) => {
+                            self.hold(until, cancel).await?;
+                            continue;
+                        }
+                        Exhausted::Answer(step) => return Ok(step),
+                    },
                 },
             };
             if let Some((from, reason)) = self.moved_from.take() {
@@ -228,14 +258,40 @@ impl Exchange {
         }
     }
 
+    /// Holding (opt-in): waits for the soonest account instead of answering the pool's 429;
+    /// nothing goes upstream meanwhile, and an abort ends the wait at once.
+    async fn hold(&mut self, until: i64, cancel: &CancellationToken) -> Result<()> {
+        let wait = std::time::Duration::from_millis((until - now_ms()).max(0) as u64 + 5);
+        self.hold_left = self.hold_left.saturating_sub(wait);
+        tracing::debug!(
+            wait_ms = wait.as_millis() as u64,
+            "holding the request for a cooling account"
+        );
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(Error::Aborted),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        // The accounts that refused before the wait may serve now; the hold budget bounds this.
+        self.tried.clear();
+        Ok(())
+    }
+
     fn choose(&self, pool: &Pool) -> Option<String> {
         let now = now_ms();
+        let family = self.family.as_deref();
         let candidates: Vec<Candidate> = pool
             .accounts()
             .map(|a| {
-                let quota = self.engine.overlay.quota(&a.email);
-                let five = five_hour(quota.as_ref().or_else(|| a.extra.get("quota")));
-                Candidate::from_account(a, self.engine.usable(a, now), five)
+                let windows = self
+                    .engine
+                    .windows(a)
+                    .into_iter()
+                    .filter(|w| w.applies_to(family) && w.reset.is_none_or(|t| t > now))
+                    .filter_map(|w| w.utilization.map(|u| (u, w.reset)))
+                    .collect();
+                let usable = self.engine.blocked(a, family, now) == super::Blocked::No;
+                Candidate::from_account(a, usable, windows)
             })
             .collect();
         let pinned = self
@@ -272,6 +328,7 @@ impl Exchange {
             credential.kind(),
             self.refreshed.contains(&email),
             now,
+            self.family.as_deref(),
         );
         match decision {
             Decision::Deliver => {
@@ -303,9 +360,20 @@ impl Exchange {
                     )
                     .until(cooldown.until),
                 );
-                if self.engine.overlay.cool(&email, cooldown.until) {
+                if !limits.windows.is_empty() {
+                    self.engine.overlay.note_windows(&email, &limits.windows);
+                    let (who, seen) = (email.clone(), limits.clone());
+                    self.engine.note(false, move |p| p.seen(&who, now, seen));
+                }
+                let scope = cooldown.scope.clone();
+                if self
+                    .engine
+                    .overlay
+                    .cool(&email, scope.as_deref(), cooldown.until)
+                {
                     let (who, until, w) = (email.clone(), cooldown.until, why.clone());
-                    self.engine.note(true, move |p| p.cooldown(&who, until, &w));
+                    self.engine
+                        .note(true, move |p| p.cooldown(&who, scope.as_deref(), until, &w));
                 }
                 self.move_on(email, why);
                 Ok(Verdict::Retry)
@@ -366,39 +434,56 @@ impl Exchange {
         self.engine
             .overlay
             .served(email, self.meta.session.as_deref(), now);
-        let quota = quota_json(limits, now);
-        if let Some(q) = &quota {
-            self.engine.overlay.note_quota(email, q.clone());
+        if !limits.windows.is_empty() {
+            self.engine.overlay.note_windows(email, &limits.windows);
         }
+        let seen = limits.has_quota_info().then(|| limits.clone());
         let who = email.to_string();
-        self.engine.note(false, move |p| p.served(&who, now, quota));
+        self.engine.note(false, move |p| p.served(&who, now, seen));
     }
 
-    /// No account can take the request. If some are only cooling, the pool answers one 429 whose
-    /// `retry-after` is the real wait; otherwise say plainly why nothing is usable.
-    fn exhausted(&mut self, pool: &Pool) -> Result<Step> {
+    /// No account can take the request. If some are only cooling (or past their reserve line),
+    /// the pool answers one 429 whose `retry-after` is the real wait, or, when holding is on and
+    /// the wait fits, waits; otherwise it says plainly why nothing is usable.
+    fn exhausted(&mut self, pool: &Pool) -> Result<Exhausted> {
         let now = now_ms();
+        let family = self.family.as_deref();
         let soonest = pool
             .accounts()
-            .filter_map(|a| {
-                self.engine
-                    .cooling_until(a, now)
-                    .map(|t| (t, a.email.clone()))
+            .filter_map(|a| match self.engine.blocked(a, family, now) {
+                super::Blocked::Until(t) => Some((t, a.email.clone())),
+                _ => None,
             })
             .min_by_key(|(t, _)| *t);
         if let Some((until, email)) = soonest {
+            let wait = std::time::Duration::from_millis((until - now).max(0) as u64);
+            if !self.hold_left.is_zero() && wait <= self.hold_left {
+                return Ok(Exhausted::Wait(until));
+            }
             let secs = ((until - now) as f64 / 1000.0).ceil().max(1.0) as i64;
+            // Say "for sonnet models" only when other models would still be served.
+            let scoped = family.is_some()
+                && pool
+                    .accounts()
+                    .any(|a| self.engine.blocked(a, None, now) == super::Blocked::No);
+            let models = family
+                .filter(|_| scoped)
+                .map(|f| format!(" for {f} models"))
+                .unwrap_or_default();
             let message = format!(
-                "anthropic-pool: every account is rate-limited; the first one ({email}) is usable again in {secs} s (at {})",
+                "anthropic-pool: every account is rate-limited{models}; the first one ({email}) is usable again in {secs} s (at {})",
                 iso_time(until)
             );
-            self.events
-                .push(Event::new("all-cooling", Some(&email), &message).until(until));
+            if self.engine.overlay.first_all_cooling(&email, until) {
+                tracing::info!(first = %email, until = %iso_time(until), "every account is cooling");
+                self.events
+                    .push(Event::new("all-cooling", Some(&email), &message).until(until));
+            }
             let body = serde_json::json!({
                 "type": "error",
                 "error": { "type": "rate_limit_error", "message": message }
             });
-            return Ok(Step::Answer(Synthetic {
+            return Ok(Exhausted::Answer(Step::Answer(Synthetic {
                 status: 429,
                 status_text: "Too Many Requests",
                 headers: vec![
@@ -407,7 +492,7 @@ impl Exchange {
                     ("x-oauth-pool".into(), "all-accounts-cooling".into()),
                 ],
                 body: Bytes::from(body.to_string()),
-            }));
+            })));
         }
         let total = pool.accounts().count();
         let why = if total == 0 {
@@ -419,7 +504,7 @@ impl Exchange {
             let states: Vec<String> = pool
                 .accounts()
                 .map(|a| {
-                    let s = if self.engine.usable(a, now) {
+                    let s = if self.engine.blocked(a, family, now) == super::Blocked::No {
                         "refused this request".to_string()
                     } else if self.engine.overlay.is_refused(a) {
                         "auth-error".to_string()
@@ -438,42 +523,17 @@ impl Exchange {
     }
 }
 
+enum Exhausted {
+    Wait(i64),
+    Answer(Step),
+}
+
 /// `OAUTH_POOL_SOFT_THRESHOLD` (a fraction of the 5-hour window), default 0.9.
 fn soft_threshold() -> f64 {
     crate::config::env("OAUTH_POOL_SOFT_THRESHOLD")
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v > 0.0)
         .unwrap_or(0.9)
-}
-
-fn five_hour(quota: Option<&serde_json::Value>) -> Option<(f64, Option<i64>)> {
-    let w = quota?.get("fiveHour")?;
-    let u = w.get("utilization")?.as_f64()?;
-    Some((u, w.get("resetsAt").and_then(serde_json::Value::as_i64)))
-}
-
-fn quota_json(limits: &Limits, now: i64) -> Option<serde_json::Value> {
-    use serde_json::json;
-    if !limits.has_quota_info() {
-        return None;
-    }
-    let window = |claim: &str| {
-        limits.window(claim).map(
-            |w| json!({ "utilization": w.utilization, "resetsAt": w.reset, "status": w.status }),
-        )
-    };
-    let mut q = serde_json::Map::new();
-    if let Some(w) = window("5h") {
-        q.insert("fiveHour".into(), w);
-    }
-    if let Some(w) = window("7d") {
-        q.insert("sevenDay".into(), w);
-    }
-    if let Some(s) = &limits.status {
-        q.insert("status".into(), json!(s));
-    }
-    q.insert("updatedAt".into(), json!(now));
-    Some(serde_json::Value::Object(q))
 }
 
 /// The account's credential on a copy of the caller's headers. OAuth: bearer (marked

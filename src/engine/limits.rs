@@ -65,23 +65,92 @@ pub fn parse_reset(value: &str) -> Option<i64> {
         .and_then(|d| i64::try_from(d.as_millis()).ok())
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Window {
-    /// `5h`, `7d`, `7d_opus`, ... as named in the header.
-    pub claim: String,
+    /// `5h`, `7d`, `7d_sonnet`, ... exactly as named in the header: a new name works as it is.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Epoch ms.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_ms"
+    )]
     pub reset: Option<i64>,
+    /// A fraction: 1.0 is the whole window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub utilization: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surpassed_threshold: Option<f64>,
 }
 
 impl Window {
     fn rejected(&self) -> bool {
         self.status.as_deref().is_some_and(is_hard)
     }
+
+    /// The model family a window is limited to: `7d_sonnet` -> `sonnet`; `5h`, `7d` -> None.
+    pub fn scope(&self) -> Option<&str> {
+        self.name
+            .split_once('_')
+            .map(|(_, s)| s)
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Whether this window limits a request for `family` (account-wide windows limit all).
+    pub fn applies_to(&self, family: Option<&str>) -> bool {
+        match self.scope() {
+            None => true,
+            Some(s) => family.is_some_and(|f| f.eq_ignore_ascii_case(s)),
+        }
+    }
+}
+
+/// An epoch as stored: an integer, or a float some writer produced.
+fn lenient_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v = <Option<serde_json::Value> as serde::Deserialize>::deserialize(d)?;
+    Ok(v.and_then(|v| v.as_f64())
+        .filter(|f| f.is_finite() && *f >= 0.0)
+        .map(|f| f as i64))
 }
 
 fn is_hard(status: &str) -> bool {
     HARD_STATUSES.contains(&status.trim().to_ascii_lowercase().as_str())
+}
+
+/// The family of a model id, which scoped windows and cooldowns are keyed by:
+/// `claude-sonnet-4-5` -> `sonnet`, `claude-3-5-haiku-latest` -> `haiku`.
+pub fn model_family(model: &str) -> Option<String> {
+    model
+        .trim()
+        .to_ascii_lowercase()
+        .split(['-', '_', '.', ' ', '/'])
+        .filter(|p| !p.is_empty() && *p != "claude" && *p != "anthropic")
+        .find(|p| p.chars().all(|c| c.is_ascii_alphabetic()) && p.len() > 2 && *p != "latest")
+        .map(str::to_string)
+}
+
+/// The extra-usage state an answer reported (`-overage-*`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Overage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_use: Option<bool>,
+}
+
+impl Overage {
+    fn is_empty(&self) -> bool {
+        self == &Overage::default()
+    }
 }
 
 /// Everything rate-limit related an answer said, parsed defensively.
@@ -90,7 +159,29 @@ pub struct Limits {
     pub retry_after_ms: Option<i64>,
     pub status: Option<String>,
     pub reset: Option<i64>,
+    pub representative_claim: Option<String>,
+    pub overage: Overage,
     pub windows: Vec<Window>,
+}
+
+const WINDOW_FIELDS: &[&str] = &["surpassed-threshold", "utilization", "status", "reset"];
+
+fn fraction(value: &str) -> Option<f64> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|u| u.is_finite() && *u >= 0.0)
+}
+
+/// A header value as text we keep: short, printable.
+fn short(value: &str) -> String {
+    value
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect()
 }
 
 impl Limits {
@@ -110,25 +201,32 @@ impl Limits {
             };
             let Ok(value) = value.to_str() else { continue };
             match rest {
-                "status" => limits.status = Some(value.trim().to_string()),
+                "status" => limits.status = Some(short(value)),
                 "reset" => limits.reset = parse_reset(value),
+                "representative-claim" => limits.representative_claim = Some(short(value)),
+                "fallback-percentage" | "fallback" => {}
+                "overage-status" => limits.overage.status = Some(short(value)),
+                "overage-reset" => limits.overage.reset = parse_reset(value),
+                "overage-disabled-reason" => limits.overage.disabled_reason = Some(short(value)),
+                "overage-in-use" => {
+                    limits.overage.in_use = Some(value.trim().eq_ignore_ascii_case("true"))
+                }
+                _ if rest.starts_with("overage-") => {}
                 _ => {
-                    let (claim, field) = match rest.rsplit_once('-') {
-                        Some(pair) => pair,
-                        None => continue,
+                    let Some((window, field)) = WINDOW_FIELDS.iter().find_map(|f| {
+                        rest.strip_suffix(f)
+                            .and_then(|w| w.strip_suffix('-'))
+                            .filter(|w| !w.is_empty() && w.len() <= 40)
+                            .map(|w| (w, *f))
+                    }) else {
+                        continue;
                     };
-                    let w = limits.window_mut(claim);
+                    let w = limits.window_mut(window);
                     match field {
-                        "status" => w.status = Some(value.trim().to_string()),
+                        "status" => w.status = Some(short(value)),
                         "reset" => w.reset = parse_reset(value),
-                        "utilization" => {
-                            w.utilization = value
-                                .trim()
-                                .parse::<f64>()
-                                .ok()
-                                .filter(|u| u.is_finite() && *u >= 0.0)
-                        }
-                        _ => {}
+                        "utilization" => w.utilization = fraction(value),
+                        _ => w.surpassed_threshold = fraction(value),
                     }
                 }
             }
@@ -136,32 +234,32 @@ impl Limits {
         limits
     }
 
-    fn window_mut(&mut self, claim: &str) -> &mut Window {
-        if let Some(i) = self.windows.iter().position(|w| w.claim == claim) {
+    fn window_mut(&mut self, name: &str) -> &mut Window {
+        if let Some(i) = self.windows.iter().position(|w| w.name == name) {
             return &mut self.windows[i];
         }
         self.windows.push(Window {
-            claim: claim.to_string(),
+            name: name.to_string(),
             ..Window::default()
         });
         let last = self.windows.len() - 1;
         &mut self.windows[last]
     }
 
-    pub fn window(&self, claim: &str) -> Option<&Window> {
-        self.windows.iter().find(|w| w.claim == claim)
+    pub fn window(&self, name: &str) -> Option<&Window> {
+        self.windows.iter().find(|w| w.name == name)
     }
 
     pub fn has_quota_info(&self) -> bool {
-        self.status.is_some() || !self.windows.is_empty()
+        self.status.is_some() || !self.windows.is_empty() || !self.overage.is_empty()
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CooldownKind {
-    /// A subscription window was rejected (named by its claim, e.g. `5h`).
+    /// A subscription window was rejected (named as in the header, e.g. `5h`, `7d_sonnet`).
     Window(String),
-    /// A short throttle with no exhausted window.
+    /// A throttle with no exhausted window.
     Burst,
 }
 
@@ -169,19 +267,34 @@ pub enum CooldownKind {
 pub struct Cooldown {
     pub until: i64,
     pub kind: CooldownKind,
+    /// The model family this cooldown is limited to; None rests the whole account.
+    pub scope: Option<String>,
 }
 
 impl Cooldown {
     pub fn describe(&self) -> String {
-        match &self.kind {
+        let what = match &self.kind {
             CooldownKind::Window(claim) => format!("{claim} window exhausted"),
             CooldownKind::Burst => "rate limited (no window exhausted)".to_string(),
+        };
+        match &self.scope {
+            Some(family) => format!("{what} for {family} models"),
+            None => what,
         }
     }
 }
 
-/// The 429 policy: how long this account rests.
-pub fn cooldown_for_429(limits: &Limits, now_ms: i64) -> Cooldown {
+/// The 429 policy: how long the account rests, and for which models.
+///
+/// - A rejected account-wide window (`5h`, `7d`, or any unscoped one) rests the whole account
+///   until the latest such reset.
+/// - Rejected windows that are all model-scoped (`7d_sonnet`), or a unified status `rejected`
+///   while neither `5h` nor `7d` is, rest only the request's model family on this account:
+///   a quota for one model never benches the others.
+/// - Otherwise it is a throttle: `retry-after`, or 5 s.
+///
+/// `retry-after` is honoured in every case; nothing is longer than 8 days.
+pub fn cooldown_for_429(limits: &Limits, now_ms: i64, family: Option<&str>) -> Cooldown {
     let retry_at = limits.retry_after_ms.map(|d| now_ms.saturating_add(d));
     let mut rejected: Vec<&Window> = limits.windows.iter().filter(|w| w.rejected()).collect();
     // Some exhausted-window answers carry no per-window status, only utilization past 100 %.
@@ -192,29 +305,58 @@ pub fn cooldown_for_429(limits: &Limits, now_ms: i64) -> Cooldown {
             .filter(|w| w.utilization.is_some_and(|u| u >= 1.0))
             .collect();
     }
-    let overall_hard = limits.status.as_deref().is_some_and(is_hard);
-    // The overall reset first: on a tie the named window (e.g. `5h`) wins, which says more.
-    let mut resets: Vec<(i64, String)> = Vec::new();
-    if overall_hard {
-        if let Some(r) = limits.reset {
-            resets.push((r, "unified".to_string()));
-        }
-    }
-    resets.extend(
-        rejected
+    let cap = |until: i64| until.min(now_ms + MAX_COOLDOWN_MS);
+    let latest = |windows: &[&Window]| {
+        windows
             .iter()
-            .filter_map(|w| w.reset.map(|r| (r, w.claim.clone()))),
-    );
-    let latest = resets
-        .into_iter()
-        .filter(|(r, _)| *r > now_ms)
-        .max_by_key(|(r, _)| *r);
-    if let Some((reset, claim)) = latest {
+            .filter_map(|w| w.reset.filter(|r| *r > now_ms).map(|r| (r, w.name.clone())))
+            .max_by_key(|(r, _)| *r)
+    };
+    let overall_hard = limits.status.as_deref().is_some_and(is_hard);
+    let account_wide: Vec<&Window> = rejected
+        .iter()
+        .copied()
+        .filter(|w| w.scope().is_none())
+        .collect();
+    if !account_wide.is_empty() || (overall_hard && rejected.is_empty() && family.is_none()) {
+        // The overall reset first: on a tie the named window (e.g. `5h`) wins, which says more.
+        let mut candidates: Vec<(i64, String)> = Vec::new();
+        if overall_hard {
+            if let Some(r) = limits.reset.filter(|r| *r > now_ms) {
+                candidates.push((r, "unified".to_string()));
+            }
+        }
+        candidates.extend(latest(&account_wide));
+        if let Some((reset, claim)) = candidates.into_iter().max_by_key(|(r, _)| *r) {
+            return Cooldown {
+                until: cap(retry_at.map_or(reset, |r| r.max(reset))),
+                kind: CooldownKind::Window(claim),
+                scope: None,
+            };
+        }
+    } else if !rejected.is_empty() || overall_hard {
+        // Only model-scoped windows (or the unified status alone) are exhausted.
+        let scoped_family = rejected
+            .iter()
+            .find_map(|w| w.scope())
+            .map(str::to_string)
+            .or_else(|| family.map(str::to_string));
+        let (reset, claim) = latest(&rejected)
+            .or_else(|| {
+                limits
+                    .reset
+                    .filter(|r| *r > now_ms)
+                    .map(|r| (r, "unified".to_string()))
+            })
+            .unwrap_or((now_ms, "unified".to_string()));
         let until = retry_at.map_or(reset, |r| r.max(reset));
-        return Cooldown {
-            until: until.min(now_ms + MAX_COOLDOWN_MS),
-            kind: CooldownKind::Window(claim),
-        };
+        if until > now_ms {
+            return Cooldown {
+                until: cap(until),
+                kind: CooldownKind::Window(claim),
+                scope: scoped_family,
+            };
+        }
     }
     let wait = limits
         .retry_after_ms
@@ -223,6 +365,7 @@ pub fn cooldown_for_429(limits: &Limits, now_ms: i64) -> Cooldown {
     Cooldown {
         until: now_ms + wait,
         kind: CooldownKind::Burst,
+        scope: None,
     }
 }
 
@@ -304,9 +447,10 @@ mod tests {
             ]),
             now(),
         );
-        let c = cooldown_for_429(&l, NOW);
+        let c = cooldown_for_429(&l, NOW, None);
         assert_eq!(c.until, NOW + 7_999_000);
         assert_eq!(c.kind, CooldownKind::Window("5h".into()));
+        assert_eq!(c.scope, None);
     }
 
     #[test]
@@ -322,7 +466,7 @@ mod tests {
             ]),
             now(),
         );
-        assert_eq!(cooldown_for_429(&l, NOW).until, NOW + 90_000_000);
+        assert_eq!(cooldown_for_429(&l, NOW, None).until, NOW + 90_000_000);
         let l = Limits::from_headers(
             &headers(&[
                 ("retry-after", "500"),
@@ -331,7 +475,7 @@ mod tests {
             ]),
             now(),
         );
-        assert_eq!(cooldown_for_429(&l, NOW).until, NOW + 500_000);
+        assert_eq!(cooldown_for_429(&l, NOW, None).until, NOW + 500_000);
     }
 
     #[test]
@@ -339,24 +483,28 @@ mod tests {
         let c = cooldown_for_429(
             &Limits::from_headers(&headers(&[("retry-after", "2")]), now()),
             NOW,
+            None,
         );
         assert_eq!((c.until, c.kind), (NOW + 2_000, CooldownKind::Burst));
-        let c = cooldown_for_429(&Limits::default(), NOW);
+        let c = cooldown_for_429(&Limits::default(), NOW, None);
         assert_eq!(c.until, NOW + BURST_DEFAULT_MS);
         let c = cooldown_for_429(
             &Limits::from_headers(&headers(&[("retry-after", "7999")]), now()),
             NOW,
+            None,
         );
         assert_eq!(c.until, NOW + 7_999_000, "never clamped to minutes");
         let three_hours = httpdate::fmt_http_date(now() + Duration::from_secs(3 * 3600));
         let c = cooldown_for_429(
             &Limits::from_headers(&headers(&[("retry-after", &three_hours)]), now()),
             NOW,
+            None,
         );
         assert_eq!(c.until, NOW + 3 * 3600 * 1000);
         let c = cooldown_for_429(
             &Limits::from_headers(&headers(&[("retry-after", "1000000")]), now()),
             NOW,
+            None,
         );
         assert_eq!(c.until, NOW + MAX_COOLDOWN_MS, "the 8-day sanity cap");
     }
@@ -371,7 +519,7 @@ mod tests {
             ]),
             now(),
         );
-        assert_eq!(cooldown_for_429(&l, NOW).until, NOW + MAX_COOLDOWN_MS);
+        assert_eq!(cooldown_for_429(&l, NOW, None).until, NOW + MAX_COOLDOWN_MS);
         let past = (NOW / 1000 - 100).to_string();
         let l = Limits::from_headers(
             &headers(&[
@@ -380,7 +528,7 @@ mod tests {
             ]),
             now(),
         );
-        assert_eq!(cooldown_for_429(&l, NOW).kind, CooldownKind::Burst);
+        assert_eq!(cooldown_for_429(&l, NOW, None).kind, CooldownKind::Burst);
     }
 
     #[test]
@@ -396,7 +544,100 @@ mod tests {
         );
         assert_eq!(l.window("5h").unwrap().utilization, Some(0.93));
         assert_eq!(l.window("7d").unwrap().utilization, None);
-        assert_eq!(cooldown_for_429(&l, NOW).kind, CooldownKind::Burst);
+        assert_eq!(cooldown_for_429(&l, NOW, None).kind, CooldownKind::Burst);
+    }
+
+    #[test]
+    fn windows_are_read_by_any_name() {
+        let l = Limits::from_headers(
+            &headers(&[
+                ("anthropic-ratelimit-unified-7d_sonnet-utilization", "0.97"),
+                ("anthropic-ratelimit-unified-7d_sonnet-reset", "1800003600"),
+                (
+                    "anthropic-ratelimit-unified-7d_sonnet-surpassed-threshold",
+                    "0.9",
+                ),
+                (
+                    "anthropic-ratelimit-unified-12h_fable-status",
+                    "allowed_warning",
+                ),
+                (
+                    "anthropic-ratelimit-unified-representative-claim",
+                    "seven_day",
+                ),
+                ("anthropic-ratelimit-unified-overage-status", "rejected"),
+                (
+                    "anthropic-ratelimit-unified-overage-disabled-reason",
+                    "out_of_credits",
+                ),
+                ("anthropic-ratelimit-unified-fallback-percentage", "0.5"),
+            ]),
+            now(),
+        );
+        let scoped = l.window("7d_sonnet").unwrap();
+        assert_eq!(scoped.utilization, Some(0.97));
+        assert_eq!(scoped.surpassed_threshold, Some(0.9));
+        assert_eq!(scoped.scope(), Some("sonnet"));
+        assert!(scoped.applies_to(Some("sonnet")) && !scoped.applies_to(Some("opus")));
+        assert_eq!(l.window("12h_fable").unwrap().scope(), Some("fable"));
+        assert_eq!(l.windows.len(), 2, "overage and claims are not windows");
+        assert_eq!(l.overage.disabled_reason.as_deref(), Some("out_of_credits"));
+        assert_eq!(l.representative_claim.as_deref(), Some("seven_day"));
+        assert_eq!(model_family("claude-sonnet-4-5").as_deref(), Some("sonnet"));
+        assert_eq!(
+            model_family("claude-3-5-haiku-latest").as_deref(),
+            Some("haiku")
+        );
+        assert_eq!(
+            model_family("claude-opus-4-1-20250805").as_deref(),
+            Some("opus")
+        );
+        assert_eq!(model_family("42"), None);
+    }
+
+    #[test]
+    fn a_quota_for_one_model_never_benches_the_account() {
+        let reset = (NOW / 1000 + 86_400).to_string();
+        let l = Limits::from_headers(
+            &headers(&[
+                ("anthropic-ratelimit-unified-status", "rejected"),
+                ("anthropic-ratelimit-unified-7d_sonnet-status", "rejected"),
+                ("anthropic-ratelimit-unified-7d_sonnet-reset", &reset),
+                ("anthropic-ratelimit-unified-5h-status", "allowed"),
+                ("anthropic-ratelimit-unified-7d-status", "allowed"),
+            ]),
+            now(),
+        );
+        let c = cooldown_for_429(&l, NOW, Some("sonnet"));
+        assert_eq!(c.scope.as_deref(), Some("sonnet"));
+        assert_eq!(c.until, NOW + 86_400_000);
+        // Unified status rejected while 5h and 7d are fine, no scoped window named: the
+        // request's family rests.
+        let l = Limits::from_headers(
+            &headers(&[
+                ("anthropic-ratelimit-unified-status", "rejected"),
+                ("anthropic-ratelimit-unified-reset", &reset),
+                ("anthropic-ratelimit-unified-5h-status", "allowed"),
+                ("anthropic-ratelimit-unified-7d-status", "allowed"),
+            ]),
+            now(),
+        );
+        let c = cooldown_for_429(&l, NOW, Some("opus"));
+        assert_eq!(
+            (c.scope.as_deref(), c.until),
+            (Some("opus"), NOW + 86_400_000)
+        );
+        // An account-wide window beats a scoped one.
+        let l = Limits::from_headers(
+            &headers(&[
+                ("anthropic-ratelimit-unified-7d_sonnet-status", "rejected"),
+                ("anthropic-ratelimit-unified-7d_sonnet-reset", &reset),
+                ("anthropic-ratelimit-unified-5h-status", "rejected"),
+                ("anthropic-ratelimit-unified-5h-reset", &reset),
+            ]),
+            now(),
+        );
+        assert_eq!(cooldown_for_429(&l, NOW, Some("sonnet")).scope, None);
     }
 
     proptest! {
@@ -415,12 +656,12 @@ mod tests {
         ) {
             let mut l = Limits { retry_after_ms: retry, ..Limits::default() };
             l.windows.push(Window {
-                claim: "5h".into(),
+                name: "5h".into(),
                 status: Some(if hard { "rejected".into() } else { "allowed".into() }),
                 reset: reset.map(|r| NOW + r),
-                utilization: None,
+                ..Window::default()
             });
-            let c = cooldown_for_429(&l, NOW);
+            let c = cooldown_for_429(&l, NOW, None);
             prop_assert!(c.until > NOW);
             prop_assert!(c.until <= NOW + MAX_COOLDOWN_MS);
         }

@@ -19,12 +19,14 @@ pub mod exchange;
 pub mod limits;
 pub mod overlay;
 pub mod select;
+pub mod usage;
 pub mod verdict;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use crate::account::{now_ms, Account, Pool};
 use crate::error::Result;
@@ -33,6 +35,7 @@ use crate::store::{Stamp, Store};
 pub use credentials::Credential;
 pub use events::Event;
 pub use exchange::{Attempt, Exchange, RequestMeta, Step, Synthetic, Verdict};
+use limits::Window;
 use overlay::{lock, Overlay};
 
 pub struct Engine {
@@ -41,6 +44,56 @@ pub struct Engine {
     overlay: Overlay,
     credentials: credentials::Credentials,
     book: bookkeeping::Bookkeeping,
+    /// The runtime background writes go to, also when asked from a thread outside it (a body
+    /// dropped on the JavaScript thread records its usage).
+    runtime: Option<tokio::runtime::Handle>,
+    /// This process's seed for spreading reopenings (`jitter`).
+    seed: [u8; 16],
+}
+
+/// Where one answer's usage is counted: its account and model, in this engine.
+pub struct UsageSink {
+    pub engine: Arc<Engine>,
+    pub email: String,
+    pub model: String,
+}
+
+impl UsageSink {
+    /// Records what a tap read (nothing when the answer reported nothing).
+    pub fn record(&self, counts: Option<usage::Counts>) {
+        let Some(counts) = counts else { return };
+        let window = self
+            .engine
+            .overlay
+            .windows(&self.email)
+            .and_then(|ws| ws.into_iter().find(|w| w.name == "5h"))
+            .and_then(|w| w.reset);
+        let (who, model) = (self.email.clone(), self.model.clone());
+        self.engine.note(false, move |p| {
+            p.usage(&who, &model, window, now_ms(), counts)
+        });
+    }
+}
+
+/// Why an account cannot serve a request right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// It can.
+    No,
+    /// Only until then: a cooldown (with this process's jitter), or its reserve line until the
+    /// window resets.
+    Until(i64),
+    /// Not by waiting: disabled, refused, or without a credential.
+    Out,
+}
+
+/// Reopenings are spread over this much (ms): `OAUTH_POOL_JITTER_MS`, default 10 s, 0 for none.
+pub fn jitter_max() -> i64 {
+    crate::config::env("OAUTH_POOL_JITTER_MS")
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|ms| *ms >= 0)
+        .unwrap_or(10_000)
+        .min(60_000)
 }
 
 fn registry() -> &'static Mutex<HashMap<String, Arc<Engine>>> {
@@ -55,12 +108,16 @@ impl Engine {
         let mut reg = lock(registry());
         reg.entry(store.key())
             .or_insert_with(|| {
+                let mut seed = [0u8; 16];
+                let _ = getrandom::fill(&mut seed);
                 Arc::new(Engine {
                     store,
                     cache: Mutex::new(None),
                     overlay: Overlay::default(),
                     credentials: Default::default(),
                     book: Default::default(),
+                    runtime: tokio::runtime::Handle::try_current().ok(),
+                    seed,
                 })
             })
             .clone()
@@ -115,27 +172,77 @@ impl Engine {
         Ok(t)
     }
 
-    /// Whether `a` may serve a request now, with what this process knows that the store may not
-    /// show yet.
-    pub fn usable(&self, a: &Account, now: i64) -> bool {
-        a.usable_at(now)
-            && self.overlay.cooling_until(&a.email, now).is_none()
-            && !self.overlay.is_refused(a)
+    /// Runs `task` on the engine's runtime (the current one when there is one).
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        match tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.clone())
+        {
+            Some(h) => {
+                h.spawn(task);
+            }
+            None => {
+                tracing::warn!("no runtime to write bookkeeping on; it waits for the next write")
+            }
+        }
     }
 
-    /// When this account is usable again, if all it does is cool down.
-    pub fn cooling_until(&self, a: &Account, now: i64) -> Option<i64> {
+    /// How much later than `until` this process reopens `email`: 0 to `OAUTH_POOL_JITTER_MS`,
+    /// fixed per process, account and cooldown, so that twenty processes waiting on one reset
+    /// do not all send in the same millisecond.
+    pub fn jitter(&self, email: &str, until: i64) -> i64 {
+        let max = jitter_max();
+        if max <= 0 {
+            return 0;
+        }
+        let digest = Sha256::new()
+            .chain_update(self.seed)
+            .chain_update(email.as_bytes())
+            .chain_update(until.to_le_bytes())
+            .finalize();
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&digest[..8]);
+        (u64::from_le_bytes(n) % max as u64) as i64
+    }
+
+    /// The windows to judge `a` by: what this process saw last, else what the store holds.
+    pub fn windows(&self, a: &Account) -> Vec<Window> {
+        self.overlay
+            .windows(&a.email)
+            .unwrap_or_else(|| a.windows())
+    }
+
+    /// Whether `a` can serve a request for models of `family` at `now`, and if not, until when.
+    pub fn blocked(&self, a: &Account, family: Option<&str>, now: i64) -> Blocked {
         if !a.is_enabled()
             || a.auth_error_is_ours()
             || !a.has_credential()
             || self.overlay.is_refused(a)
         {
-            return None;
+            return Blocked::Out;
         }
-        let until = a
+        let cooldown = a
             .cooldown_until()
-            .max(self.overlay.cooling_until(&a.email, now))?;
-        (until > now).then_some(until)
+            .max(family.and_then(|f| a.model_cooldown_until(f)))
+            .max(self.overlay.cooling_until(&a.email, family, now))
+            .map(|t| t + self.jitter(&a.email, t));
+        let reserved = a.reserve().and_then(|r| {
+            self.windows(a)
+                .iter()
+                .filter(|w| w.applies_to(family) && w.reset.is_some_and(|t| t > now))
+                .filter(|w| w.utilization.is_some_and(|u| u >= 1.0 - r))
+                .filter_map(|w| w.reset)
+                .max()
+        });
+        match cooldown.max(reserved) {
+            Some(t) if t > now => Blocked::Until(t),
+            _ => Blocked::No,
+        }
+    }
+
+    /// Whether `a` may serve a request now (any model), with what this process knows.
+    pub fn usable(&self, a: &Account, now: i64) -> bool {
+        self.blocked(a, None, now) == Blocked::No
     }
 
     /// `reset-cooldowns`, enable: forget what this process decided on its own.

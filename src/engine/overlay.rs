@@ -18,32 +18,76 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+use super::limits::Window;
+
+/// Which requests a cooldown holds back: the whole account, or one model family on it.
+type Scope = Option<String>;
+
 #[derive(Default)]
 pub struct Overlay {
-    /// email -> cooling until (epoch ms).
-    cooling: Mutex<HashMap<String, i64>>,
+    /// (email, scope) -> cooling until (epoch ms).
+    cooling: Mutex<HashMap<(String, Scope), i64>>,
     /// email -> tag of the credential that was refused. A new login brings a new credential,
     /// whose tag differs: the mark then no longer applies, in this process or any other.
     refused: Mutex<HashMap<String, Option<String>>>,
     sticky: Mutex<Option<String>>,
     sessions: Mutex<HashMap<String, (String, Instant)>>,
-    /// email -> the quota windows the last answer reported (the store has them a second later).
-    quota: Mutex<HashMap<String, serde_json::Value>>,
+    /// email -> the windows answers reported (the store has them a second later).
+    windows: Mutex<HashMap<String, Vec<Window>>>,
+    /// The last "every account cools" reported: (soonest account, until). One report per change.
+    all_cooling: Mutex<Option<(String, i64)>>,
 }
 
 impl Overlay {
-    /// Records a cooldown; false when one at least as long was already known.
-    pub fn cool(&self, email: &str, until: i64) -> bool {
+    /// Records a cooldown (of `scope`, a model family, or the whole account); false when one at
+    /// least as long was already known.
+    pub fn cool(&self, email: &str, scope: Option<&str>, until: i64) -> bool {
         let mut cooling = lock(&self.cooling);
-        if cooling.get(email).is_some_and(|t| *t >= until) {
+        let key = (email.to_string(), scope.map(str::to_string));
+        if cooling.get(&key).is_some_and(|t| *t >= until) {
             return false;
         }
-        cooling.insert(email.to_string(), until);
+        cooling.insert(key, until);
         true
     }
 
-    pub fn cooling_until(&self, email: &str, now: i64) -> Option<i64> {
-        lock(&self.cooling).get(email).copied().filter(|t| *t > now)
+    /// The later of the account-wide cooldown and the one of `family`, if still running.
+    pub fn cooling_until(&self, email: &str, family: Option<&str>, now: i64) -> Option<i64> {
+        let cooling = lock(&self.cooling);
+        let get = |scope: Option<&str>| {
+            cooling
+                .get(&(email.to_string(), scope.map(str::to_string)))
+                .copied()
+        };
+        get(None)
+            .max(family.and_then(|f| get(Some(f))))
+            .filter(|t| *t > now)
+    }
+
+    /// Merges the windows an answer reported with those seen before (an answer may carry only
+    /// some: a model's scoped window comes with that model's requests).
+    pub fn note_windows(&self, email: &str, fresh: &[Window]) {
+        let mut all = lock(&self.windows);
+        let known = all.entry(email.to_string()).or_default();
+        for w in fresh {
+            match known.iter_mut().find(|k| k.name == w.name) {
+                Some(k) => *k = w.clone(),
+                None => known.push(w.clone()),
+            }
+        }
+    }
+
+    pub fn windows(&self, email: &str) -> Option<Vec<Window>> {
+        lock(&self.windows).get(email).cloned()
+    }
+
+    /// Whether "every account cools, the first is back at `until`" is news (one report, not one
+    /// per request: a peer wrote a 489 MB log cycling limited accounts).
+    pub fn first_all_cooling(&self, email: &str, until: i64) -> bool {
+        let mut last = lock(&self.all_cooling);
+        let news = last.as_ref() != Some(&(email.to_string(), until));
+        *last = Some((email.to_string(), until));
+        news
     }
 
     pub fn refuse(&self, email: &str, tag: Option<String>) {
@@ -82,15 +126,6 @@ impl Overlay {
         session.and_then(live).or_else(|| parent.and_then(live))
     }
 
-    pub fn note_quota(&self, email: &str, quota: serde_json::Value) {
-        lock(&self.quota).insert(email.to_string(), quota);
-    }
-
-    /// The latest quota this process saw for `email`, if any.
-    pub fn quota(&self, email: &str) -> Option<serde_json::Value> {
-        lock(&self.quota).get(email).cloned()
-    }
-
     /// The account that served a request becomes sticky (and the session's), and cooldowns
     /// that have passed are forgotten.
     pub fn served(&self, email: &str, session: Option<&str>, now: i64) {
@@ -103,6 +138,7 @@ impl Overlay {
             sessions.insert(s.to_string(), (email.to_string(), Instant::now()));
         }
         lock(&self.cooling).retain(|_, t| *t > now);
+        *lock(&self.all_cooling) = None;
     }
 
     /// `reset-cooldowns` and re-enabling: forget what this process decided.
@@ -132,14 +168,21 @@ mod tests {
     #[test]
     fn cooldowns_only_move_forward_and_expire() {
         let o = Overlay::default();
-        assert!(o.cool("a@x", 100));
-        assert!(!o.cool("a@x", 50));
-        assert!(o.cool("a@x", 150));
-        assert_eq!(o.cooling_until("a@x", 120), Some(150));
-        assert_eq!(o.cooling_until("a@x", 150), None);
-        o.served("b@x", Some("ses"), 200);
+        assert!(o.cool("a@x", None, 100));
+        assert!(!o.cool("a@x", None, 50));
+        assert!(o.cool("a@x", None, 150));
+        assert_eq!(o.cooling_until("a@x", None, 120), Some(150));
+        assert_eq!(o.cooling_until("a@x", None, 150), None);
+        assert!(o.cool("a@x", Some("sonnet"), 300));
+        assert_eq!(o.cooling_until("a@x", Some("sonnet"), 200), Some(300));
         assert_eq!(
-            o.cooling_until("a@x", 0),
+            o.cooling_until("a@x", Some("opus"), 200),
+            None,
+            "other models serve"
+        );
+        o.served("b@x", Some("ses"), 400);
+        assert_eq!(
+            o.cooling_until("a@x", Some("sonnet"), 0),
             None,
             "passed cooldowns are dropped"
         );

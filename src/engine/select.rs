@@ -3,8 +3,9 @@
 //! Order: the session's own account (OpenCode's `x-session-affinity` / `X-Session-Id`; a subagent
 //! with `x-parent-session-id` inherits its parent's), else the account this process is already
 //! using (sticky: prompt caches are per account, and hopping between accounts looks like abuse),
-//! else the highest `priority`, then the least recently used. Past a soft quota threshold the
-//! sticky account yields to the usable account whose 5-hour window resets soonest.
+//! else the highest `priority`, then the least recently used. Past a soft quota threshold in any
+//! window that limits the request (5h, 7d, the model's scoped window) the sticky account yields;
+//! when every account is past it, the one whose binding window resets soonest drains first.
 
 use std::collections::HashSet;
 
@@ -17,23 +18,32 @@ pub struct Candidate {
     pub usable: bool,
     pub priority: i64,
     pub last_used: i64,
-    /// 5-hour utilization (a fraction) and reset (epoch ms), from passive header tracking.
-    pub five_hour: Option<(f64, Option<i64>)>,
+    /// Utilization (a fraction) and reset (epoch ms) of each window that limits this request
+    /// and has not reset yet, from passive header tracking.
+    pub windows: Vec<(f64, Option<i64>)>,
 }
 
 impl Candidate {
-    pub fn from_account(a: &Account, usable: bool, five_hour: Option<(f64, Option<i64>)>) -> Self {
+    pub fn from_account(a: &Account, usable: bool, windows: Vec<(f64, Option<i64>)>) -> Self {
         Candidate {
             email: a.email.clone(),
             usable,
             priority: a.priority(),
             last_used: a.last_used_ms(),
-            five_hour,
+            windows,
         }
     }
 
     fn over(&self, threshold: f64) -> bool {
-        self.five_hour.is_some_and(|(u, _)| u >= threshold)
+        self.windows.iter().any(|(u, _)| *u >= threshold)
+    }
+
+    /// The reset of the window that binds: the fullest one.
+    fn binding_reset(&self) -> Option<i64> {
+        self.windows
+            .iter()
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .and_then(|(_, r)| *r)
     }
 }
 
@@ -42,12 +52,12 @@ pub struct Preference<'a> {
     pub session: Option<&'a str>,
     /// The account this process served its last request with.
     pub sticky: Option<&'a str>,
-    /// 5-hour utilization past which a sticky choice yields (default 0.9).
+    /// Utilization past which a sticky choice yields (default 0.9).
     pub soft_threshold: f64,
 }
 
 fn same(a: &str, b: &str) -> bool {
-    a.trim().eq_ignore_ascii_case(b.trim())
+    a == b
 }
 
 pub fn choose<'c>(
@@ -57,7 +67,7 @@ pub fn choose<'c>(
 ) -> Option<&'c Candidate> {
     let open: Vec<&Candidate> = candidates
         .iter()
-        .filter(|c| c.usable && !tried.contains(&c.email.to_lowercase()))
+        .filter(|c| c.usable && !tried.contains(&c.email))
         .collect();
     if open.is_empty() {
         return None;
@@ -80,7 +90,7 @@ pub fn choose<'c>(
     }
     // Every account is nearly drained: use first the one whose window resets soonest, so the
     // quota that would expire unused is the quota that gets spent.
-    let reset = |c: &Candidate| c.five_hour.and_then(|(_, r)| r).unwrap_or(i64::MAX);
+    let reset = |c: &Candidate| c.binding_reset().unwrap_or(i64::MAX);
     open.into_iter().min_by(|a, b| {
         b.priority
             .cmp(&a.priority)
@@ -99,7 +109,7 @@ mod tests {
             usable: true,
             priority,
             last_used,
-            five_hour: None,
+            windows: Vec::new(),
         }
     }
 
@@ -117,7 +127,7 @@ mod tests {
         let none = HashSet::new();
         assert_eq!(choose(&cs, &none, &pref(None, None)).unwrap().email, "c@x");
         assert_eq!(
-            choose(&cs, &none, &pref(None, Some("A@X"))).unwrap().email,
+            choose(&cs, &none, &pref(None, Some("a@x"))).unwrap().email,
             "a@x"
         );
         assert_eq!(
@@ -141,14 +151,14 @@ mod tests {
     #[test]
     fn soft_threshold_moves_off_a_nearly_drained_account() {
         let mut cs = vec![c("a@x", 0, 0), c("b@x", 0, 0), c("d@x", 0, 0)];
-        cs[0].five_hour = Some((0.95, Some(1000)));
-        cs[2].five_hour = Some((0.95, Some(10)));
+        cs[0].windows = vec![(0.95, Some(1000))];
+        cs[2].windows = vec![(0.2, Some(5)), (0.95, Some(10))];
         let none = HashSet::new();
         assert_eq!(
             choose(&cs, &none, &pref(None, Some("a@x"))).unwrap().email,
             "b@x"
         );
-        cs[1].five_hour = Some((0.99, Some(500)));
+        cs[1].windows = vec![(0.99, Some(500))];
         // Everyone is past it: stay sticky; without a sticky account, drain the soonest reset.
         assert_eq!(
             choose(&cs, &none, &pref(None, Some("a@x"))).unwrap().email,

@@ -47,9 +47,10 @@ pub fn decide(
     kind: CredentialKind,
     refreshed_already: bool,
     now_ms: i64,
+    family: Option<&str>,
 ) -> Decision {
     match status {
-        429 => Decision::CoolAndMove(cooldown_for_429(limits, now_ms)),
+        429 => Decision::CoolAndMove(cooldown_for_429(limits, now_ms, family)),
         401 if kind == CredentialKind::OAuth && !refreshed_already => Decision::RefreshAndRetry,
         401 => Decision::RefusedAndMove,
         400 if body.is_some_and(is_third_party_refusal) => Decision::DeliverThirdPartyRefusal,
@@ -75,7 +76,7 @@ mod tests {
     fn the_policy_table() {
         let none = Limits::default();
         let d = |status, body: Option<&[u8]>, kind, again| {
-            decide(status, &none, body, kind, again, NOW)
+            decide(status, &none, body, kind, again, NOW, None)
         };
         assert!(matches!(
             d(429, None, CredentialKind::OAuth, false),

@@ -1,0 +1,254 @@
+// Smarter limits (issue 12): windows read by any name, model-scoped cooldowns, every window's
+// threshold, reserves, spread reopenings, holding, no storms, and usage per account.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import * as lib from "../index.mjs";
+import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
+import { startEnv, seedPool, account, readPool, messagesUrl, jsonHeaders } from "./helpers/pool-env.mjs";
+
+const { createPoolFetch, flushPool, poolStatus } = lib;
+const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
+const POLLER = fileURLToPath(new URL("./helpers/pool-poller.mjs", import.meta.url));
+
+let mock;
+before(async () => {
+  mock = await startEnv();
+});
+after(async () => {
+  await mock?.close();
+});
+
+const ask = (f, model, extra = {}, init = {}) =>
+  f(messagesUrl(mock), {
+    method: "POST",
+    headers: jsonHeaders,
+    body: JSON.stringify({ model, max_tokens: 64, messages: [{ role: "user", content: "hi" }], ...extra }),
+    ...init,
+  });
+
+function withEnv(vars, fn) {
+  const old = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, vars);
+  return Promise.resolve(fn()).finally(() => {
+    for (const [k, v] of Object.entries(old)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  });
+}
+
+test("a 429 of a model's scoped window cools only that model on that account; others keep it serving", async () => {
+  const path = await seedPool(mock, ["scope@x.test"]);
+  mock.script("scope@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 3600, rejected: "7d_sonnet" }) }]);
+  const f = createPoolFetch({ path });
+  const sonnet = await ask(f, "claude-sonnet-4-5");
+  assert.equal(sonnet.status, 429, "no other account: the pool's own 429, for sonnet");
+  assert.match((await sonnet.json()).error.message, /for sonnet models/);
+  const opus = await ask(f, "claude-opus-4-1");
+  assert.equal(opus.status, 200, "opus still runs on the same account");
+  assert.equal(opus.poolAccount, "scope@x.test");
+  await opus.text();
+  await flushPool(path);
+  const a = account(path, "scope@x.test");
+  assert.ok(a.modelCooldowns.sonnet > Date.now() + 3_500_000, JSON.stringify(a.modelCooldowns));
+  assert.notEqual(a.status, "rate-limited", "the account is not benched");
+  assert.equal(a.rateLimitUntil, null);
+  // Another process honours it: sonnet is answered by the pool, nothing goes upstream.
+  mock.clearRequests();
+  const other = await runPoller(path, "claude-sonnet-4-5", { once: true });
+  assert.equal(other.status, 429);
+  assert.equal(mock.requests.length, 0);
+  const status = await poolStatus(path);
+  const s = status.accounts[0];
+  assert.ok(s.modelCooldowns.sonnet > Date.now());
+  assert.ok(s.windows.some((w) => w.name === "7d_sonnet" && w.utilization === 1), JSON.stringify(s.windows));
+});
+
+test("every window counts for the soft threshold: a 7d past it moves a sticky session", async () => {
+  const path = await seedPool(mock, ["seven1@x.test", "seven2@x.test"]);
+  await lib.setPriority("seven1@x.test", 5, path);
+  const f = createPoolFetch({ path });
+  const session = { ...jsonHeaders, "x-session-affinity": "ses_7d" };
+  const first = await ask(f, "claude-sonnet-4-5", {}, { headers: session });
+  assert.equal(first.poolAccount, "seven1@x.test");
+  await first.text();
+  mock.setUtilization("seven1@x.test", { fiveHour: 0.1, sevenDay: 0.95 });
+  await (await ask(f, "claude-sonnet-4-5", {}, { headers: session })).text(); // learns the 7d
+  const moved = await ask(f, "claude-sonnet-4-5", {}, { headers: session });
+  assert.equal(moved.poolAccount, "seven2@x.test", "past 90 % of its 7d window, the session moves");
+  await moved.text();
+});
+
+test("a model's scoped window counts only for that model's requests", async () => {
+  const path = await seedPool(mock, ["sw1@x.test", "sw2@x.test"]);
+  await lib.setPriority("sw1@x.test", 5, path);
+  mock.setUtilization("sw1@x.test", { scoped: { "7d_opus": 0.97 } });
+  const f = createPoolFetch({ path });
+  const pinned = { ...jsonHeaders, "x-session-affinity": "ses_scoped" };
+  const first = await ask(f, "claude-sonnet-4-5", {}, { headers: pinned });
+  assert.equal(first.poolAccount, "sw1@x.test");
+  await first.text();
+  const sonnet = await ask(f, "claude-sonnet-4-5", {}, { headers: pinned });
+  assert.equal(sonnet.poolAccount, "sw1@x.test", "the opus window does not limit sonnet");
+  await sonnet.text();
+  const opus = await ask(f, "claude-opus-4-1", {}, { headers: pinned });
+  assert.equal(opus.poolAccount, "sw2@x.test", "past 90 % of its opus window, sw1 yields for opus");
+  await opus.text();
+});
+
+test("a reserve stops use at its line (set with the CLI); reserved accounts count as cooling", async () => {
+  const path = await seedPool(mock, ["res1@x.test", "res2@x.test"]);
+  await lib.setPriority("res1@x.test", 5, path);
+  const set = await runCli(["reserve", "res1@x.test", "0.2", "--path", path]);
+  assert.equal(set.code, 0, set.err);
+  assert.equal(account(path, "res1@x.test").reserve, 0.2);
+  const reset = Math.floor(Date.now() / 1000) + 1800;
+  mock.setUtilization("res1@x.test", { fiveHour: 0.85, fiveHourReset: reset });
+  const f = createPoolFetch({ path });
+  const first = await ask(f, "claude-sonnet-4-5");
+  assert.equal(first.poolAccount, "res1@x.test", "not known to be past the line yet");
+  await first.text();
+  const second = await ask(f, "claude-sonnet-4-5");
+  assert.equal(second.poolAccount, "res2@x.test", "85 % is past the 80 % line");
+  await second.text();
+  mock.script("res2@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 7200 }) }]);
+  const all = await ask(f, "claude-sonnet-4-5");
+  assert.equal(all.status, 429);
+  const wait = Number(all.headers.get("retry-after"));
+  assert.ok(wait >= 1790 && wait <= 1800 + 11, `the reserved account is back when its window resets (${wait} s)`);
+  const cli = await runCli(["status", "--path", path]);
+  assert.match(cli.out, /reserve\s+20% of every window kept for its owner/);
+  assert.match(cli.out, /5h \[#########-\] 85%/);
+  assert.equal((await runCli(["reserve", "res1@x.test", "1.5", "--path", path])).code, 2);
+});
+
+test("20 processes waiting on one cooldown reopen spread over the jitter, none before it ends", async () => {
+  const path = await seedPool(mock, ["herd@x.test"]);
+  const until = Date.now() + 2000;
+  const pool = readPool(path);
+  pool.anthropic[0].rateLimitUntil = until;
+  pool.anthropic[0].status = "rate-limited";
+  await lib.savePool(pool, path);
+  mock.clearRequests();
+  const results = await Promise.all(Array.from({ length: 20 }, () => runPoller(path, "claude-sonnet-4-5", { jitterMs: 3000, deadlineMs: 12_000 })));
+  const firsts = results.map((r) => {
+    assert.equal(r.status, 200, JSON.stringify(r));
+    return r.firstOkAt;
+  });
+  const arrivals = mock.requests.filter((r) => r.email === "herd@x.test").map((r) => r.at);
+  assert.ok(arrivals.every((t) => t >= until), "nothing was sent before the cooldown ended");
+  const spread = Math.max(...firsts) - Math.min(...firsts);
+  assert.ok(spread >= 1000, `reopenings spread over ${spread} ms, not all at once`);
+  assert.ok(Math.max(...firsts) <= until + 3000 + 1500, "within the jitter (plus polling)");
+});
+
+test("holding (opt-in) waits for the soonest account instead of answering 429; an abort ends the hold at once", async () => {
+  const path = await seedPool(mock, ["hold@x.test"]);
+  await withEnv({ OAUTH_POOL_HOLD_MAX_MS: "5000", OAUTH_POOL_JITTER_MS: "0" }, async () => {
+    mock.script("hold@x.test", [{ status: 429, headers: { "retry-after": "1" } }]);
+    const f = createPoolFetch({ path });
+    mock.clearRequests();
+    const started = Date.now();
+    const res = await ask(f, "claude-sonnet-4-5");
+    assert.equal(res.status, 200, "served after the hold");
+    await res.text();
+    assert.ok(Date.now() - started >= 900, `held ${Date.now() - started} ms`);
+    assert.deepEqual(mock.requests.map((r) => r.status), [429, 200], "nothing upstream while holding");
+    mock.script("hold@x.test", [{ status: 429, headers: { "retry-after": "3" } }]);
+    await (await ask(f, "claude-sonnet-4-5")).text().catch(() => {});
+    const ac = new AbortController();
+    const pending = ask(f, "claude-sonnet-4-5", {}, { signal: ac.signal });
+    await new Promise((r) => setImmediate(r));
+    const t0 = Date.now();
+    ac.abort();
+    await assert.rejects(pending, (e) => e.name === "AbortError");
+    assert.ok(Date.now() - t0 < 500);
+  });
+  await lib.resetCooldowns(path);
+});
+
+test("no storms: while everything is limited, one all-cooling event per cooldown, not one per request", async () => {
+  const path = await seedPool(mock, ["storm1@x.test", "storm2@x.test"]);
+  mock.script("storm1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+  mock.script("storm2@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+  const events = [];
+  const f = createPoolFetch({ path, onEvent: (e) => events.push(e) });
+  for (let i = 0; i < 30; i++) {
+    const res = await ask(f, "claude-sonnet-4-5");
+    assert.equal(res.status, 429);
+    await res.text();
+  }
+  assert.equal(events.filter((e) => e.kind === "all-cooling").length, 1, JSON.stringify(events.map((e) => e.kind)));
+  assert.equal(events.filter((e) => e.kind === "rate-limited").length, 2, "one per account per cooldown");
+});
+
+test("usage per account and model matches what the answers reported: JSON, streams, failovers, aborted streams", async () => {
+  const path = await seedPool(mock, ["use1@x.test", "use2@x.test"]);
+  await lib.setPriority("use1@x.test", 5, path);
+  const f = createPoolFetch({ path });
+  const model = "claude-sonnet-4-5";
+  const U = (input, output, read, write) => ({ input_tokens: input, output_tokens: output, cache_read_input_tokens: read, cache_creation_input_tokens: write });
+  mock.script("use1@x.test", [{ usage: U(11, 7, 5, 3) }, { sse: true, usage: U(20, 9, 4, 2) }, { status: 429, headers: rateLimitHeaders({ retryAfter: 1 }) }]);
+  mock.script("use2@x.test", [{ sse: true, usage: U(30, 12, 0, 6) }, { sse: true, text: "y".repeat(2000), chunkSize: 64, delayMs: 30, usage: U(40, 99, 8, 0) }]);
+  await (await ask(f, model)).text(); // JSON on use1
+  await (await ask(f, model, { stream: true })).text(); // stream on use1
+  const failover = await ask(f, model, { stream: true }); // 429 on use1, served by use2
+  assert.equal(failover.poolAccount, "use2@x.test");
+  await failover.text();
+  const ac = new AbortController();
+  const cut = await ask(f, model, { stream: true }, { signal: ac.signal }); // aborted after message_start
+  const reader = cut.body.getReader();
+  let seen = "";
+  while (!seen.includes("content_block_delta")) seen += new TextDecoder().decode((await reader.read()).value);
+  ac.abort();
+  await reader.cancel().catch(() => {});
+  await flushPool(path);
+  const byEmail = Object.fromEntries((await poolStatus(path)).accounts.map((a) => [a.email, a.usage?.today?.byModel?.[model]]));
+  assert.deepEqual(byEmail["use1@x.test"], { requests: 2, input: 31, output: 16, cacheRead: 9, cacheWrite: 5 });
+  const started = parseSSE(seen).find((e) => e.event === "message_start").data.message.usage;
+  assert.deepEqual(byEmail["use2@x.test"], {
+    requests: 2,
+    input: 30 + started.input_tokens,
+    output: 12 + started.output_tokens,
+    cacheRead: 0 + started.cache_read_input_tokens,
+    cacheWrite: 6 + started.cache_creation_input_tokens,
+  });
+  const st = await poolStatus(path);
+  assert.equal(st.accounts.find((a) => a.email === "use1@x.test").usage.window.total.requests, 2, "counted in the current 5h window too");
+  const cli = await runCli(["status", "--path", path]);
+  assert.match(cli.out, /usage\s+today: 2 requests, 31 in, 16 out, 9 cache read, 5 cache write/);
+});
+
+// ---- helpers --------------------------------------------------------------------------------
+
+function runCli(args) {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: process.env, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stderr.on("data", (d) => (err += d));
+    child.on("close", (code) => resolve({ code, out, err }));
+  });
+}
+
+/** A separate process polling the pool for `model` until it gets a 200 (or `once`). */
+function runPoller(path, model, { once = false, jitterMs, deadlineMs = 10_000 } = {}) {
+  const env = { ...process.env, OAUTH_POOL_PATH: path };
+  if (jitterMs !== undefined) env.OAUTH_POOL_JITTER_MS = String(jitterMs);
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [POLLER, mock.url, model, once ? "once" : "poll", String(deadlineMs)], { env, stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.on("error", reject);
+    child.on("close", () => {
+      try {
+        resolve(JSON.parse(out.trim().split("\n").at(-1)));
+      } catch {
+        reject(new Error(`poller printed ${out}`));
+      }
+    });
+  });
+}
