@@ -22,6 +22,7 @@ export {
   importClaudeCode,
   flushPool,
   refreshAccount,
+  serve,
   nativeVersion,
 } from "./lib/api.mjs";
 export {

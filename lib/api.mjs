@@ -2,7 +2,7 @@
 // INVALID_ARGUMENT and a sentence, never napi's `StringExpected`), then calls Rust, and every
 // rejection carries `err.code`. One set of wrappers, used by index.mjs, the plugin and the CLI.
 import { native } from "./native.mjs";
-import { toPoolError, wrap } from "./errors.mjs";
+import { settle, toPoolError, wrap } from "./errors.mjs";
 
 /** A synchronous native call: napi-rs can return the Error instead of throwing it. */
 function sync(value) {
@@ -182,4 +182,49 @@ export function poolFiles(path) {
 /** Each endpoint with whether the pool accepts it and the proxy a request would use. */
 export function checkEndpoints() {
   return sync(native.checkEndpoints());
+}
+
+/**
+ * Starts the pool gateway (an Anthropic-compatible endpoint on this machine). Resolves
+ * `{ url, close(drainMs?), unref() }`; it keeps the process alive until closed (or unref'd).
+ */
+export const serve = wrap(async (options) => {
+  const o = optionalObject("options", options);
+  const port = o.port ?? 8787;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw invalidArgument(`port must be a whole number from 0 to 65535, got ${shown(port)}`);
+  for (const k of ["headerTimeoutMs", "bodyTimeoutMs", "maxConnections"]) {
+    if (o[k] !== undefined && (!Number.isInteger(o[k]) || o[k] <= 0)) throw invalidArgument(`${k} must be a positive whole number, got ${shown(o[k])}`);
+  }
+  if (o.allowRemote !== undefined && typeof o.allowRemote !== "boolean") throw invalidArgument("allowRemote must be true or false");
+  const gateway = await settle(
+    native.serve({
+      host: optionalString("options.host", o.host),
+      port,
+      path: optionalString("options.path", o.path),
+      allowRemote: o.allowRemote,
+      tlsCert: optionalString("options.tlsCert", o.tlsCert),
+      tlsKey: optionalString("options.tlsKey", o.tlsKey),
+      headerTimeoutMs: o.headerTimeoutMs,
+      bodyTimeoutMs: o.bodyTimeoutMs,
+      maxConnections: o.maxConnections,
+    }),
+  );
+  // The server runs on the native runtime, which does not keep a JavaScript process alive.
+  const alive = setInterval(() => {}, 2 ** 31 - 1);
+  return {
+    url: gateway.url,
+    async close(drainMs) {
+      clearInterval(alive);
+      await settle(gateway.close(drainMs));
+    },
+    unref() {
+      alive.unref?.();
+      return this;
+    },
+  };
+});
+
+/** The key clients of the gateway present (from OAUTH_POOL_GATEWAY_KEY, else generated once). */
+export function gatewayKey(path) {
+  return sync(native.gatewayKey(pathArg(path)));
 }

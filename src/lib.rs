@@ -18,6 +18,7 @@ pub mod engine;
 pub mod error;
 pub mod fetch;
 pub mod fsread;
+pub mod gateway;
 pub mod http;
 pub mod logging;
 pub mod manage;

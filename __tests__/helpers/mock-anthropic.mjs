@@ -759,6 +759,13 @@ export async function startMockAnthropic({
     res.on("finish", () => {
       record.finishedHr = hr();
     });
+    // A client (or a gateway in front of us) that goes away before the answer ended.
+    res.on("close", () => {
+      if (!res.writableFinished) {
+        record.closedEarly = true;
+        arrived("closed", record);
+      }
+    });
     requests.push(record);
     arrived("api", record);
     if (tooLarge) return sendJson(res, (record.status = 413), apiErrorBody(413));

@@ -5,8 +5,9 @@
 import { GLOBAL_OPTIONS } from "./args.mjs";
 import * as accounts from "./accounts.mjs";
 import * as doctor from "./doctor.mjs";
+import * as serve from "./serve.mjs";
 
-const FAMILIES = [accounts, doctor];
+const FAMILIES = [accounts, doctor, serve];
 
 export const COMMANDS = new Map(FAMILIES.flatMap((family) => family.commands).map((c) => [c.name, c]));
 

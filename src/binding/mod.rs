@@ -3,6 +3,7 @@
 pub mod doctor;
 pub mod exchange;
 pub mod fetch;
+pub mod gateway;
 pub mod login;
 pub mod pool;
 

@@ -84,6 +84,8 @@ pub struct Credentials {
     unsaved: Mutex<HashMap<String, Unsaved>>,
     /// The access token this process's last refresh obtained (to tell a refresh from an adoption).
     last_issued: Mutex<Option<Secret>>,
+    /// Refreshes this process made (the gateway's metrics).
+    refreshes: std::sync::atomic::AtomicU64,
 }
 
 /// What `refresh_now` did: `refreshed` (this process spent the token), `adopted` (another
@@ -265,6 +267,13 @@ impl Engine {
         })
     }
 
+    /// How many access tokens this process has refreshed.
+    pub fn refreshes(&self) -> u64 {
+        self.credentials
+            .refreshes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn refreshed_by_us(&self, access: &Secret) -> bool {
         lock(&self.credentials.last_issued).as_ref() == Some(access)
     }
@@ -381,6 +390,9 @@ impl Engine {
                     tokens.expires,
                 );
                 *lock(&self.credentials.last_issued) = Some(access.clone());
+                self.credentials
+                    .refreshes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let who = email.to_string();
                 let (a2, r2) = (access.clone(), refresh.clone());
                 let write = self

@@ -1,0 +1,288 @@
+// The pool gateway (issue 13): real clients (the Anthropic TypeScript SDK, the AI SDK, curl)
+// against `serve()` over the loopback mock; hostile clients; SIGTERM with streams in flight.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { connect } from "node:net";
+import { request as httpsRequest } from "node:https";
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import Anthropic from "@anthropic-ai/sdk";
+import { createAnthropic } from "@ai-sdk/anthropic";
+import { generateText, streamText } from "ai";
+import * as lib from "../index.mjs";
+import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
+import { startEnv, seedPool, tempPoolPath } from "./helpers/pool-env.mjs";
+
+const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
+const KEY = "test-gateway-key-0123456789abcdef";
+
+let mock;
+before(async () => {
+  mock = await startEnv();
+  process.env.OAUTH_POOL_GATEWAY_KEY = KEY;
+});
+after(async () => {
+  delete process.env.OAUTH_POOL_GATEWAY_KEY;
+  await mock?.close();
+});
+
+const deltas = (sse) =>
+  parseSSE(sse)
+    .filter((e) => e.event === "content_block_delta")
+    .map((e) => e.data.delta.text)
+    .join("");
+const messages = (url, init = {}) =>
+  fetch(`${url}/v1/messages`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "anthropic-version": "2023-06-01", "x-api-key": KEY, ...init.headers },
+    body: init.body ?? JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 32, stream: init.stream ?? false, messages: [{ role: "user", content: "hi" }] }),
+    signal: init.signal,
+  });
+
+async function gateway(emails, options = {}) {
+  const path = await seedPool(mock, emails);
+  const gw = await lib.serve({ port: 0, path, ...options });
+  return { gw, path };
+}
+
+test("the Anthropic SDK and the AI SDK talk to the pool through the gateway, across a 429 failover; the client's key never goes upstream", async () => {
+  const { gw, path } = await gateway(["sdk1@x.test", "sdk2@x.test"]);
+  try {
+    await lib.setPriority("sdk1@x.test", 5, path);
+    mock.script("sdk1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+    const client = new Anthropic({ apiKey: KEY, baseURL: gw.url, maxRetries: 0 });
+    mock.clearRequests();
+    const msg = await client.messages.create({ model: "claude-sonnet-4-5", max_tokens: 32, messages: [{ role: "user", content: "hi" }] });
+    assert.equal(msg.content[0].text, "Hello from sdk2@x.test");
+    assert.deepEqual(mock.requests.map((r) => [r.email, r.status]), [["sdk1@x.test", 429], ["sdk2@x.test", 200]]);
+    for (const r of mock.requests) {
+      assert.notEqual(r.headers["x-api-key"], KEY, "the gateway key stays with the gateway");
+      assert.match(r.headers.authorization, /^Bearer sk-ant-oat01-mock-/);
+      assert.match(r.headers["user-agent"], /Anthropic\/JS/, "the client's own identity passes, no other");
+    }
+    const stream = client.messages.stream({ model: "claude-sonnet-4-5", max_tokens: 32, messages: [{ role: "user", content: "hi" }] });
+    let text = "";
+    stream.on("text", (t) => (text += t));
+    await stream.finalMessage();
+    assert.equal(text, "Hello from sdk2@x.test");
+
+    const anthropic = createAnthropic({ baseURL: `${gw.url}/v1`, apiKey: KEY });
+    const gen = await generateText({ model: anthropic("claude-sonnet-4-5"), prompt: "hi" });
+    assert.equal(gen.text, "Hello from sdk2@x.test");
+    const streamed = streamText({ model: anthropic("claude-sonnet-4-5"), prompt: "hi" });
+    let parts = "";
+    for await (const t of streamed.textStream) parts += t;
+    assert.equal(parts, "Hello from sdk2@x.test");
+
+    const curl = await new Promise((resolve) => {
+      const child = spawn("curl", ["-sS", "-N", "-H", `x-api-key: ${KEY}`, "-H", "content-type: application/json", "-d", JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, stream: true, messages: [{ role: "user", content: "hi" }] }), `${gw.url}/v1/messages`]);
+      let out = "";
+      child.stdout.on("data", (d) => (out += d));
+      child.on("close", (code) => resolve({ code, out }));
+    });
+    assert.equal(curl.code, 0);
+    assert.equal(deltas(curl.out), "Hello from sdk2@x.test");
+  } finally {
+    await gw.close(1000);
+  }
+});
+
+test("no key or a wrong key: 401 in Anthropic's shape and nothing upstream; /healthz needs none, /metrics does", async () => {
+  const { gw } = await gateway(["auth@x.test"]);
+  try {
+    mock.clearRequests();
+    for (const headers of [{ "x-api-key": "" }, { "x-api-key": "wrong" }, { "x-api-key": KEY.slice(0, -1) }, { authorization: "Bearer nope" }]) {
+      const res = await fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: "{}" });
+      assert.equal(res.status, 401);
+      assert.equal((await res.json()).error.type, "authentication_error");
+    }
+    const bearer = await messages(gw.url, { headers: { "x-api-key": "", authorization: `Bearer ${KEY}` } });
+    assert.equal(bearer.status, 200, "Authorization: Bearer works too");
+    await bearer.text();
+    assert.equal(mock.requests.length, 1, "only the authorized request went upstream");
+    const health = await fetch(`${gw.url}/healthz`);
+    assert.deepEqual(await health.json(), { ok: true, accounts: 1, usable: 1 });
+    assert.equal((await fetch(`${gw.url}/metrics`)).status, 401);
+    const metrics = await (await fetch(`${gw.url}/metrics`, { headers: { "x-api-key": KEY } })).text();
+    assert.match(metrics, /oauth_pool_requests_total\{status="401"\} 5/, "four wrong keys and the unkeyed /metrics");
+    assert.match(metrics, /oauth_pool_window_utilization\{account="auth@x.test",window="5h"\} 0\.1/);
+    assert.match(metrics, /oauth_pool_upstream_first_byte_seconds_count 1/);
+  } finally {
+    await gw.close(1000);
+  }
+});
+
+test("200 concurrent streams all complete byte-exact", async () => {
+  const { gw } = await gateway(["c1@x.test", "c2@x.test"]);
+  try {
+    const texts = Array.from({ length: 200 }, (_, i) => `stream-${i}-${"abcdefghij".repeat(20 + (i % 7))}`);
+    // One scripted answer per request, in the order they arrive: match by content, not order.
+    mock.scriptAll(texts.map((text) => ({ sse: true, text, deltaSize: 37 })));
+    const results = await Promise.all(texts.map(async () => deltas(await (await messages(gw.url, { stream: true })).text())));
+    assert.deepEqual([...results].sort(), [...texts].sort());
+  } finally {
+    await gw.close(1000);
+  }
+});
+
+test("a client that goes away mid-stream frees the upstream connection at once", async () => {
+  const { gw } = await gateway(["gone@x.test"]);
+  try {
+    mock.script("gone@x.test", [{ sse: true, text: "z".repeat(4000), deltaSize: 10, delayMs: 30 }]);
+    const closed = mock.waitFor("closed", (r) => r.email === "gone@x.test");
+    const ac = new AbortController();
+    const res = await messages(gw.url, { stream: true, signal: ac.signal });
+    const reader = res.body.getReader();
+    await reader.read();
+    const t0 = Date.now();
+    ac.abort();
+    await closed;
+    assert.ok(Date.now() - t0 < 2000, `upstream closed after ${Date.now() - t0} ms`);
+  } finally {
+    await gw.close(1000);
+  }
+});
+
+/** A raw TCP client: what it sends, and everything the server answers until it closes. */
+function raw(url, chunks, { waitMs = 2000 } = {}) {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve) => {
+    const socket = connect(Number(port), hostname);
+    let data = "";
+    const started = Date.now();
+    socket.on("data", (d) => (data += d));
+    socket.on("connect", () => {
+      for (const c of chunks) socket.write(c);
+    });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve({ data, closed: false, ms: Date.now() - started });
+    }, waitMs);
+    socket.on("close", () => {
+      clearTimeout(timer);
+      resolve({ data, closed: true, ms: Date.now() - started });
+    });
+    socket.on("error", () => {});
+  });
+}
+
+test("hostile clients: oversized bodies, slow headers, huge headers, garbage, too many connections", async () => {
+  const { gw } = await gateway(["hostile@x.test"], { headerTimeoutMs: 300, maxConnections: 4 });
+  try {
+    mock.clearRequests();
+    const big = await fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { "x-api-key": KEY, "content-type": "application/json" }, body: "x".repeat(33 * 1024 * 1024) });
+    assert.equal(big.status, 413);
+    assert.equal((await big.json()).error.type, "request_too_large");
+    const chunked = await fetch(`${gw.url}/v1/messages`, {
+      method: "POST",
+      headers: { "x-api-key": KEY },
+      body: new ReadableStream({
+        start(c) {
+          for (let i = 0; i < 34; i++) c.enqueue(new Uint8Array(1024 * 1024));
+          c.close();
+        },
+      }),
+      duplex: "half",
+    }).catch((e) => e);
+    assert.ok(chunked instanceof Error || chunked.status === 413, "a chunked body over the limit is refused too");
+    assert.equal(mock.requests.length, 0, "nothing oversized went upstream");
+
+    const slow = await raw(gw.url, ["POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: "], { waitMs: 3000 });
+    assert.ok(slow.closed && slow.ms < 2000, `a client that never finishes its headers is cut (${slow.ms} ms)`);
+    for (const kb of [100, 1024]) {
+      const huge = await raw(gw.url, [`GET /healthz HTTP/1.1\r\nHost: x\r\nx-big: ${"a".repeat(kb * 1024)}\r\n\r\n`]);
+      assert.ok(huge.closed, `${kb} KB of headers: the connection is closed`);
+      assert.match(huge.data, /^HTTP\/1\.1 431/, `${kb} KB of headers: 431`);
+    }
+    const garbage = await raw(gw.url, ["\x00\x01\x02 not http at all\r\n\r\n"]);
+    assert.ok(garbage.closed);
+    assert.match(garbage.data, /^HTTP\/1\.1 400/);
+
+    // Four slots: four idle connections take them, the fifth is turned away with a 503.
+    const idle = Array.from({ length: 4 }, () => connect(Number(new URL(gw.url).port), "127.0.0.1"));
+    await Promise.all(idle.map((s) => new Promise((r) => s.on("connect", r))));
+    const fifth = await raw(gw.url, [`GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n`]);
+    assert.match(fifth.data, /^HTTP\/1\.1 503/);
+    for (const s of idle) s.destroy();
+    await new Promise((r) => setTimeout(r, 100)); // the slots free as the server sees the closes
+
+    const still = await messages(gw.url);
+    assert.equal(still.status, 200, "the gateway is still serving");
+    await still.text();
+  } finally {
+    await gw.close(1000);
+  }
+});
+
+test("loopback only by default: another address needs --allow-remote and TLS; with TLS it serves https", async () => {
+  const path = tempPoolPath();
+  await assert.rejects(lib.serve({ host: "0.0.0.0", port: 0, path }), (e) => e.code === "INVALID_ARGUMENT" && /allow-remote/.test(e.message));
+  await assert.rejects(lib.serve({ host: "0.0.0.0", port: 0, path, allowRemote: true }), (e) => e.code === "INVALID_ARGUMENT" && /tls-cert/.test(e.message));
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-gw-tls-"));
+  const r = spawnSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], { cwd: dir });
+  assert.equal(r.status, 0, String(r.stderr));
+  const seeded = await seedPool(mock, ["tls@x.test"]);
+  const gw = await lib.serve({ host: "127.0.0.1", port: 0, path: seeded, allowRemote: true, tlsCert: join(dir, "cert.pem"), tlsKey: join(dir, "key.pem") });
+  try {
+    assert.match(gw.url, /^https:/);
+    const body = await new Promise((resolve, reject) => {
+      const req = httpsRequest(`${gw.url}/healthz`, { ca: readFileSync(join(dir, "cert.pem")) }, (res) => {
+        let data = "";
+        res.on("data", (d) => (data += d));
+        res.on("end", () => resolve(data));
+      });
+      req.on("error", reject);
+      req.end();
+    });
+    assert.equal(JSON.parse(body).ok, true);
+  } finally {
+    await gw.close(1000);
+  }
+});
+
+test("the generated key: made once, 0600, beside the pool file; --show-key prints it", async () => {
+  const path = await seedPool(mock, ["keyfile@x.test"]);
+  const env = { ...process.env };
+  delete env.OAUTH_POOL_GATEWAY_KEY;
+  const show = spawnSync(process.execPath, [CLI, "serve", "--show-key", "--path", path], { env, encoding: "utf8" });
+  assert.equal(show.status, 0, show.stderr);
+  const key = show.stdout.trim();
+  assert.match(key, /^oauth-pool-gw-[A-Za-z0-9_-]{40,}$/);
+  assert.equal(statSync(`${path}.gateway-key`).mode & 0o777, 0o600);
+  assert.equal(spawnSync(process.execPath, [CLI, "serve", "--show-key", "--path", path], { env, encoding: "utf8" }).stdout.trim(), key, "the same key next time");
+  writeFileSync(`${path}.gateway-key`, "short");
+  const refused = spawnSync(process.execPath, [CLI, "serve", "--show-key", "--path", path], { env, encoding: "utf8" });
+  assert.equal(refused.status, 1);
+  assert.match(refused.stderr, /too short/);
+});
+
+test("SIGTERM with a stream in flight: the stream finishes, new connections are refused, exit 0", async () => {
+  const path = await seedPool(mock, ["term@x.test"]);
+  mock.script("term@x.test", [{ sse: true, text: "t".repeat(600), deltaSize: 30, delayMs: 60 }]);
+  const child = spawn(process.execPath, [CLI, "serve", "--port", "0", "--path", path, "--drain-ms", "10000"], { env: process.env, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  const url = await new Promise((resolve, reject) => {
+    child.stdout.on("data", (d) => {
+      out += d;
+      const m = /listening on (\S+)/.exec(out);
+      if (m) resolve(m[1]);
+    });
+    child.on("close", (code) => reject(new Error(`serve exited ${code}: ${out}`)));
+  });
+  const exited = new Promise((resolve) => child.on("close", (code, signal) => resolve({ code, signal })));
+  const res = await messages(url, { stream: true });
+  const reader = res.body.getReader();
+  let text = new TextDecoder().decode((await reader.read()).value);
+  child.kill("SIGTERM");
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    text += new TextDecoder().decode(value);
+  }
+  assert.equal(deltas(text), "t".repeat(600), "the stream in flight finished whole");
+  assert.deepEqual(await exited, { code: 0, signal: null });
+  await assert.rejects(fetch(`${url}/healthz`), "no longer listening");
+});

@@ -1,0 +1,99 @@
+//! The gateway from JavaScript: `serve()` starts it and resolves a handle (`url`, `close()`).
+
+use std::time::Duration;
+
+use napi_derive::napi;
+
+use super::{js_error, store_for, JsResult};
+use crate::error::Error;
+use crate::gateway::{self, Gateway, GatewayOptions};
+
+#[napi(object)]
+pub struct ServeOptions {
+    pub host: Option<String>,
+    pub port: Option<u32>,
+    pub path: Option<String>,
+    pub allow_remote: Option<bool>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub header_timeout_ms: Option<u32>,
+    pub body_timeout_ms: Option<u32>,
+    pub max_connections: Option<u32>,
+}
+
+#[napi]
+pub struct NativeGateway {
+    inner: std::sync::Arc<Gateway>,
+}
+
+#[napi]
+impl NativeGateway {
+    #[napi(getter)]
+    pub fn url(&self) -> String {
+        self.inner.url()
+    }
+
+    /// Stops accepting; streams in flight get `drainMs` (default 10 s) to finish.
+    #[napi]
+    pub async fn close(&self, drain_ms: Option<u32>) -> JsResult<()> {
+        let drain = Duration::from_millis(u64::from(drain_ms.unwrap_or(10_000)));
+        self.inner.close(drain).await;
+        Ok(())
+    }
+}
+
+#[napi]
+pub async fn serve(options: Option<ServeOptions>) -> JsResult<NativeGateway> {
+    let o = options.unwrap_or(ServeOptions {
+        host: None,
+        port: None,
+        path: None,
+        allow_remote: None,
+        tls_cert: None,
+        tls_key: None,
+        header_timeout_ms: None,
+        body_timeout_ms: None,
+        max_connections: None,
+    });
+    let store = store_for(o.path.as_deref()).map_err(js_error)?;
+    let key = gateway::gateway_key(&store).map_err(js_error)?;
+    let port = u16::try_from(o.port.unwrap_or(8787))
+        .map_err(|_| js_error(Error::InvalidArgument("port must be 0 to 65535".into())))?;
+    let tls = match (o.tls_cert, o.tls_key) {
+        (Some(c), Some(k)) => Some((c.into(), k.into())),
+        (None, None) => None,
+        _ => {
+            return Err(js_error(Error::InvalidArgument(
+                "TLS needs both --tls-cert and --tls-key".into(),
+            )))
+        }
+    };
+    let opts = GatewayOptions {
+        host: o.host.unwrap_or_else(|| "127.0.0.1".into()),
+        port,
+        allow_remote: o.allow_remote.unwrap_or(false),
+        tls,
+        store,
+        key,
+        header_timeout: Duration::from_millis(
+            u64::from(o.header_timeout_ms.unwrap_or(10_000)).max(100),
+        ),
+        body_timeout: Duration::from_millis(
+            u64::from(o.body_timeout_ms.unwrap_or(60_000)).max(100),
+        ),
+        max_connections: o.max_connections.unwrap_or(512).max(1) as usize,
+    };
+    let gw = gateway::start(opts).await.map_err(js_error)?;
+    Ok(NativeGateway {
+        inner: std::sync::Arc::new(gw),
+    })
+}
+
+/// The gateway key clients must present (generated on first use), for `serve --show-key`.
+#[napi(js_name = "gatewayKey")]
+pub fn gateway_key(path: Option<String>) -> JsResult<String> {
+    let store = store_for(path.as_deref()).map_err(js_error)?;
+    gateway::gateway_key(&store)
+        .map(|k| k.expose().to_string())
+        .map_err(js_error)
+}
