@@ -50,7 +50,8 @@ export type ErrorCode =
   | "ABORT_ERR"
   | "INVALID_ARGUMENT"
   | "NATIVE_MISSING"
-  | "STORE_UNAVAILABLE";
+  | "STORE_UNAVAILABLE"
+  | "STORE_KEY";
 
 export interface PoolError extends Error {
   code: ErrorCode;
@@ -98,12 +99,46 @@ export interface AccountSummary {
   expires: number | null;
   /** Last problem seen with this account, for people (never a token). */
   lastError: string | null;
+  /** Share of every window kept for the account's owner (0 to 1; 0: none). */
+  reserve?: number;
+  /** Cooldowns that apply to one model family only (e.g. `opus`), epoch ms, when still running. */
+  modelCooldowns?: Record<string, number>;
+  /** Every subscription window the API reported (`5h`, `7d`, `7d_opus`, ...); a passed one reads 0. */
+  windows?: UsageWindow[];
+  /** Requests and tokens this pool counted, per model. */
+  usage?: {
+    today: UsageCounts;
+    window: (UsageCounts & { resetsAt: number }) | null;
+    last30Days: UsageCounts;
+  } | null;
   /** Passive quota from response headers, when seen. Utilization is a fraction (1 = 100 %). */
   quota: {
     fiveHour?: { utilization: number | null; resetsAt: number | null };
     sevenDay?: { utilization: number | null; resetsAt: number | null };
     updatedAt?: number;
   } | null;
+}
+
+export interface UsageWindow {
+  name: string;
+  /** The model family the window is for (`opus`, `sonnet`), or null for every model. */
+  scope: string | null;
+  utilization: number | null;
+  resetsAt: number | null;
+  status: string | null;
+}
+
+export interface Counts {
+  requests: number;
+  input: number;
+  output: number;
+  cacheRead: number;
+  cacheWrite: number;
+}
+
+export interface UsageCounts {
+  total: Counts;
+  byModel: Record<string, Counts>;
 }
 
 export interface PoolStatus {
@@ -151,6 +186,8 @@ export function refreshAccount(
   email: string,
   path?: string,
 ): Promise<{ email: string; outcome: "refreshed" | "adopted" | "kept"; expires: number | null }>;
+/** Keeps that share (0 to 1) of every window for the account's owner; 0 clears it. */
+export function setReserve(email: string, fraction: number, path?: string): Promise<void>;
 /** Writes this process's pending bookkeeping (cooldowns, last use, quota) now. */
 export function flushPool(path?: string): Promise<void>;
 /** The version of the native addon. */
@@ -163,6 +200,39 @@ export function importClaudeCode(options?: {
   email?: string;
   path?: string;
 }): Promise<{ email: string; added: boolean }>;
+
+export interface ServeOptions {
+  /** Default 127.0.0.1; another address needs `allowRemote` and TLS. */
+  host?: string;
+  /** Default 8787; 0 picks a free port. */
+  port?: number;
+  path?: string;
+  allowRemote?: boolean;
+  tlsCert?: string;
+  tlsKey?: string;
+  headerTimeoutMs?: number;
+  bodyTimeoutMs?: number;
+  maxConnections?: number;
+}
+export interface Gateway {
+  url: string;
+  /** Stops accepting, lets streams in flight finish (at most `drainMs`, default 10 s), then stops. */
+  close(drainMs?: number): Promise<void>;
+  /** Lets the process exit while the gateway runs. */
+  unref(): Gateway;
+}
+/** Starts the pool gateway, an Anthropic-compatible endpoint any client can point at. */
+export function serve(options?: ServeOptions): Promise<Gateway>;
+/** The key clients of the gateway present (OAUTH_POOL_GATEWAY_KEY, else a generated 0600 file). */
+export function gatewayKey(path?: string): string;
+
+/**
+ * Creates or migrates the fleet store's schema (a postgres:// URL, else OAUTH_POOL_STORE) and
+ * ties it to the store key; without a key, a 0600 key file is created and named in `keyCreated`.
+ */
+export function storeInit(location?: string): Promise<{ location: string; schema: number; keySource: string; keyCreated: string | null }>;
+/** Copies a whole pool between a file and a postgres:// store, in either direction, every field kept. */
+export function copyStore(from: string, to: string): Promise<{ from: string; to: string; entries: number }>;
 
 export interface PoolEvent {
   kind:

@@ -23,6 +23,9 @@ export {
   flushPool,
   refreshAccount,
   serve,
+  gatewayKey,
+  storeInit,
+  copyStore,
   nativeVersion,
 } from "./lib/api.mjs";
 export {

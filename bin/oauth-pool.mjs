@@ -31,7 +31,7 @@ async function version(out) {
 /** Runs a known command: usage errors exit 2, the library's errors exit 1 with their code. */
 async function runCommand(spec, positionals, options, out) {
   try {
-    checkArity(spec, positionals);
+    checkArity(spec, positionals, options);
     const lib = await loadLibrary();
     return (await spec.run({ lib, args: positionals, options, path: options.path, out })) ?? EXIT.OK;
   } catch (e) {

@@ -228,3 +228,16 @@ export const serve = wrap(async (options) => {
 export function gatewayKey(path) {
   return sync(native.gatewayKey(pathArg(path)));
 }
+
+/**
+ * Creates or migrates the fleet store's schema (`location`: a postgres:// URL, else
+ * OAUTH_POOL_STORE) and records the store key's check value. Without OAUTH_POOL_STORE_KEY or a
+ * key file, it creates the key file (0600) and names it: `{ location, schema, keySource, keyCreated }`.
+ */
+export const storeInit = wrap((location) => native.storeInit(optionalString("location", location)));
+
+/** Copies a whole pool between stores (a file path or a postgres:// URL, either way): `{ from, to, entries }`. */
+export const copyStore = wrap((from, to) => native.copyStore(requiredString("from", from), requiredString("to", to)));
+
+/** For doctor: whether the store is reachable, its schema current and the key right. */
+export const storeCheck = wrap((path) => native.storeCheck(pathArg(path)));

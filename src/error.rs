@@ -49,6 +49,10 @@ pub enum Error {
     Aborted,
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("the pool's store cannot be reached ({0}); requests go on with the tokens in memory, and writes are retried")]
+    StoreUnavailable(String),
+    #[error("{0}")]
+    StoreKey(String),
 }
 
 impl Error {
@@ -70,6 +74,8 @@ impl Error {
             Error::InsecureEndpoint { .. } => "INSECURE_ENDPOINT",
             Error::Aborted => "ABORT_ERR",
             Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
+            Error::StoreKey(_) => "STORE_KEY",
         }
     }
 

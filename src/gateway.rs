@@ -92,11 +92,11 @@ pub fn gateway_key(store: &Store) -> Result<Secret> {
 }
 
 fn key_path(store: &Store) -> Result<PathBuf> {
-    let pool = store.path().map(Path::to_path_buf).ok_or_else(|| {
-        Error::InvalidArgument(
-            "set OAUTH_POOL_GATEWAY_KEY: this store has no file beside which to keep one".into(),
-        )
-    })?;
+    // The fleet store has no file: the key goes where this host's pool file would be.
+    let pool = match store.path() {
+        Some(p) => p.to_path_buf(),
+        None => config::pool_path(None)?,
+    };
     let mut name = pool.file_name().unwrap_or_default().to_os_string();
     name.push(".gateway-key");
     Ok(pool.with_file_name(name))
@@ -229,6 +229,7 @@ pub struct Gateway {
     shutdown: CancellationToken,
     drained: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     drain: Arc<std::sync::Mutex<Duration>>,
+    engine: Arc<Engine>,
 }
 
 fn is_loopback_host(host: &str) -> bool {
@@ -313,6 +314,7 @@ pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
     });
     let shutdown = CancellationToken::new();
     let drain = Arc::new(std::sync::Mutex::new(Duration::from_secs(10)));
+    let engine = state.engine.clone();
     let task = tokio::spawn(accept_loop(
         listener,
         acceptor,
@@ -328,6 +330,7 @@ pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
         shutdown,
         drained: tokio::sync::Mutex::new(Some(task)),
         drain,
+        engine,
     })
 }
 
@@ -349,6 +352,9 @@ impl Gateway {
         if let Some(task) = self.drained.lock().await.take() {
             let _ = task.await;
         }
+        // What the last requests recorded (last use, quota, usage) reaches the store before the
+        // process that asked for the close exits.
+        self.engine.flush().await;
     }
 }
 

@@ -72,6 +72,15 @@ pub fn token_client() -> Result<reqwest::Client> {
 /// Certificates from `NODE_EXTRA_CA_CERTS` and `SSL_CERT_FILE` (PEM), read when the first
 /// client is built. A file that cannot be used is reported and skipped, as Node does.
 fn extra_roots() -> Vec<reqwest::Certificate> {
+    extra_root_ders()
+        .iter()
+        .filter_map(|der| reqwest::Certificate::from_der(der).ok())
+        .collect()
+}
+
+/// The extra trusted roots as DER (also for the fleet store's TLS).
+pub fn extra_root_ders() -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
     let mut roots = Vec::new();
     for var in ["NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE"] {
         let Some(path) = config::env(var).filter(|p| !p.trim().is_empty()) else {
@@ -79,12 +88,15 @@ fn extra_roots() -> Vec<reqwest::Certificate> {
         };
         let path = std::path::PathBuf::from(path.trim());
         match crate::fsread::read_regular(&path, MAX_CA_FILE, true) {
-            Ok(pem) => match reqwest::Certificate::from_pem_bundle(&pem) {
-                Ok(certs) => roots.extend(certs),
-                Err(e) => {
-                    tracing::warn!(var, path = %path.display(), error = %e, "ignoring extra CA certificates")
+            Ok(pem) => {
+                let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+                    .filter_map(std::result::Result::ok)
+                    .collect();
+                if certs.is_empty() {
+                    tracing::warn!(var, path = %path.display(), "ignoring extra CA certificates: no PEM certificate in it");
                 }
-            },
+                roots.extend(certs);
+            }
             Err(e) => {
                 tracing::warn!(var, path = %path.display(), error = %e, "ignoring extra CA certificates")
             }

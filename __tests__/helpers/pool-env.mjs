@@ -60,12 +60,13 @@ export const jsonHeaders = { "content-type": "application/json", "anthropic-vers
 
 /**
  * Starts `count` pool-worker processes that wait at a barrier, releases them together once all
- * are loaded, and resolves with each one's results.
+ * are loaded, and resolves with each one's results. `envFor(i)` gives worker i its own
+ * environment (a fleet test runs "hosts" with different homes against one store).
  */
-export async function runWorkersTogether(script, count, args, { env = process.env } = {}) {
+export async function runWorkersTogether(script, count, args, { env = process.env, envFor = () => env } = {}) {
   const { spawn } = await import("node:child_process");
-  const workers = Array.from({ length: count }, () => {
-    const child = spawn(process.execPath, [script, ...args, "barrier"], { env, stdio: ["pipe", "pipe", "inherit"] });
+  const workers = Array.from({ length: count }, (_, i) => {
+    const child = spawn(process.execPath, [script, ...args, "barrier"], { env: envFor(i), stdio: ["pipe", "pipe", "inherit"] });
     let out = "";
     let onReady;
     const ready = new Promise((r) => (onReady = r));

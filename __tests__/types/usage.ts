@@ -12,9 +12,14 @@ import {
   poolAuthHook,
   poolConfigHook,
   poolStatus,
+  copyStore,
+  gatewayKey,
   refreshAccount,
   savePool,
+  serve,
   setPriority,
+  setReserve,
+  storeInit,
   type PoolError,
   type PoolEvent,
   type PoolStatus,
@@ -40,6 +45,16 @@ async function library(): Promise<void> {
   const fetch = createPoolFetch({ onEvent: (e) => events.push(e) });
   const res = await fetch("https://api.anthropic.com/v1/messages", { method: "POST", body: "{}" });
   void (res.status + 1);
+  await setReserve("a@example.com", 0.2);
+  accounts[0]?.windows?.filter((w) => w.scope === "opus").map((w) => w.utilization ?? 0);
+  accounts[0]?.usage?.today.byModel["claude-opus-4-1"]?.cacheRead.toFixed();
+  const gateway = await serve({ port: 0 });
+  await fetch(`${gateway.url}/v1/messages`, { headers: { "x-api-key": gatewayKey() } });
+  await gateway.unref().close(1000);
+  const init = await storeInit("postgres://db.example/pool");
+  init.keyCreated?.length;
+  const copied = await copyStore("/tmp/pool.json", init.location);
+  void (copied.entries + 1);
   try {
     await loadPool();
   } catch (e) {

@@ -7,7 +7,11 @@ import { UsageError } from "./errors.mjs";
 /** Options every command takes. `placeholder` and `help` are for the usage text only. */
 export const GLOBAL_OPTIONS = {
   json: { type: "boolean", help: "machine output: one JSON document per line on stdout" },
-  path: { type: "string", placeholder: "<file>", help: "the pool file (else $OAUTH_POOL_PATH, else ~/.aidevops/oauth-pool.json)" },
+  path: {
+    type: "string",
+    placeholder: "<file|url>",
+    help: "the pool file or a postgres:// store (else $OAUTH_POOL_STORE, else\n$OAUTH_POOL_PATH, else ~/.aidevops/oauth-pool.json)",
+  },
   help: { type: "boolean", short: "h", help: "this text" },
   version: { type: "boolean", short: "V", help: "the version" },
 };
@@ -89,8 +93,14 @@ export function arity(synopsis = "") {
   return [min, words.some((w) => w.endsWith("...")) ? Infinity : words.length];
 }
 
-export function checkArity(spec, positionals) {
+/** The right number of positionals, and every option the spec marks `required` given. */
+export function checkArity(spec, positionals, options = {}) {
   const [min, max] = arity(spec.args);
-  if (positionals.length >= min && positionals.length <= max) return;
-  throw new UsageError(`usage: oauth-pool ${spec.name}${spec.args ? ` ${spec.args}` : ""}${spec.argsHint ?? ""}`);
+  const missing = Object.entries(spec.options ?? {}).filter(([name, o]) => o.required && (options[name] === undefined || options[name] === ""));
+  if (positionals.length >= min && positionals.length <= max && missing.length === 0) return;
+  const required = Object.entries(spec.options ?? {})
+    .filter(([, o]) => o.required)
+    .map(([name, o]) => ` --${name} ${o.placeholder ?? "<value>"}`)
+    .join("");
+  throw new UsageError(`usage: oauth-pool ${spec.name}${spec.args ? ` ${spec.args}` : ""}${required}${spec.argsHint ?? ""}`);
 }

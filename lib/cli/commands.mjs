@@ -6,8 +6,9 @@ import { GLOBAL_OPTIONS } from "./args.mjs";
 import * as accounts from "./accounts.mjs";
 import * as doctor from "./doctor.mjs";
 import * as serve from "./serve.mjs";
+import * as store from "./store.mjs";
 
-const FAMILIES = [accounts, doctor, serve];
+const FAMILIES = [accounts, doctor, serve, store];
 
 export const COMMANDS = new Map(FAMILIES.flatMap((family) => family.commands).map((c) => [c.name, c]));
 
@@ -21,7 +22,7 @@ export const subcommands = (word) =>
 const optionSynopsis = (name, o) => `--${name}${o.type === "string" ? ` ${o.placeholder ?? "<value>"}` : ""}`;
 
 function synopsis(c) {
-  const options = Object.entries(c.options ?? {}).map(([name, o]) => `[${optionSynopsis(name, o)}]`);
+  const options = Object.entries(c.options ?? {}).map(([name, o]) => (o.required ? optionSynopsis(name, o) : `[${optionSynopsis(name, o)}]`));
   return [c.name, c.args, ...options].filter(Boolean).join(" ");
 }
 

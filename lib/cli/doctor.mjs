@@ -18,7 +18,7 @@ const LOCK_PROBE_MS = 3000;
 // An address that cannot be in a pool (.invalid is reserved, RFC 2606): removing it takes the
 // write lock, finds nothing and writes nothing.
 const LOCK_PROBE_EMAIL = "doctor-lock-probe@oauth-pool.invalid";
-const SOURCES = { argument: "--path", OAUTH_POOL_PATH: "OAUTH_POOL_PATH", default: "the default" };
+const SOURCES = { argument: "--path", OAUTH_POOL_PATH: "OAUTH_POOL_PATH", OAUTH_POOL_STORE: "OAUTH_POOL_STORE", default: "the default" };
 
 const posix = process.platform !== "win32";
 const myUid = typeof process.getuid === "function" ? process.getuid() : null;
@@ -215,6 +215,24 @@ function checkTemps(files, r) {
   r.add("temp files", "warn", `${strays.length} temp file(s) left by an interrupted write (${strays.join(", ")}); they may hold tokens and the next write removes them`, { files: strays });
 }
 
+/** The fleet store: reachable, schema current, and opened by this host's key. */
+async function checkStore(lib, path, r) {
+  let s;
+  try {
+    s = await lib.storeCheck(path);
+  } catch (e) {
+    return r.add("store", "problem", e.message, { code: e.code });
+  }
+  if (!s.reachable) return r.add("store", "problem", `cannot reach ${s.location ?? "the store"}: ${s.message}`, { code: s.code });
+  const init = "run: oauth-pool store init";
+  if (s.schema === 0) return r.add("store", "problem", `${s.location} has no pool schema yet (${init})`);
+  if (s.schema < s.expectedSchema) return r.add("store", "problem", `${s.location} has schema ${s.schema}, this version uses ${s.expectedSchema} (${init} migrates it)`);
+  if (s.schema > s.expectedSchema) return r.add("store", "problem", `${s.location} has schema ${s.schema}, newer than this version knows (${s.expectedSchema}): upgrade opencode-oauth-pool`);
+  r.add("store", "ok", `${s.location} is reachable, schema version ${s.schema}`);
+  if (s.key === "ok") r.add("store key", "ok", "this host's store key opens the stored tokens");
+  else r.add("store key", "problem", `${s.key}; nothing is read or written until the key matches`, { code: s.code });
+}
+
 function checkEndpointsAndProxies(lib, r) {
   let rows;
   try {
@@ -247,7 +265,8 @@ export async function diagnose(lib, path) {
     r.add("path", "problem", `no place for the pool: ${e.message}`, { code: e.code });
     return { path: null, checks: r.checks };
   }
-  r.add("path", "ok", `pool file ${files.path} (from ${SOURCES[files.source] ?? files.source})`);
+  const from = `(from ${SOURCES[files.source] ?? files.source})`;
+  r.add("path", "ok", files.kind === "file" ? `pool file ${files.path} ${from}` : `fleet store ${files.location} ${from}`);
   if (files.kind === "file") {
     checkDirectory(files, r);
     const usable = checkFile(files, r) === "usable";
@@ -258,11 +277,11 @@ export async function diagnose(lib, path) {
     await checkBackup(lib, files, r);
     checkTemps(files, r);
   } else {
-    r.add("store", "ok", `the pool is kept in a ${files.kind} store: the file checks do not apply`);
-    await checkAccounts(lib, path, r);
+    await checkStore(lib, path, r);
+    if (!r.failed("store") && !r.failed("store key")) await checkAccounts(lib, path, r);
   }
   checkEndpointsAndProxies(lib, r);
-  return { path: files.path, files, checks: r.checks };
+  return { path: files.path ?? files.location, files, checks: r.checks };
 }
 
 const MARK = { ok: "ok  ", info: "info", warn: "warn", problem: "FAIL" };
@@ -282,5 +301,5 @@ async function doctor({ lib, path, out }) {
 }
 
 export const commands = [
-  { name: "doctor", summary: "check permissions, lock, backups, temp files, accounts, endpoints, proxies", run: doctor },
+  { name: "doctor", summary: "check permissions, lock, backups, temp files (or the fleet store: reach,\nschema, key), accounts, endpoints, proxies", run: doctor },
 ];

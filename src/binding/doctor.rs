@@ -33,6 +33,11 @@ pub fn pool_files(path: Option<String>) -> JsResult<Value> {
                 "source": source(path.as_deref()),
             })
         }
+        Store::Postgres(p) => json!({
+            "kind": "postgres",
+            "location": p.shown(),
+            "source": if path.as_deref().is_some_and(|p| !p.is_empty()) { "argument" } else { "OAUTH_POOL_STORE" },
+        }),
     })
 }
 

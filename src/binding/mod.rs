@@ -6,6 +6,7 @@ pub mod fetch;
 pub mod gateway;
 pub mod login;
 pub mod pool;
+pub mod store;
 
 use napi_derive::napi;
 

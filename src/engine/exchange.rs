@@ -152,6 +152,8 @@ pub struct Exchange {
     moved_from: Option<(String, String)>,
     current: Option<(String, Credential)>,
     events: Vec<Event>,
+    /// The fleet store could not be reached for a refresh: said, when no account could serve.
+    store_error: Option<Error>,
 }
 
 impl Exchange {
@@ -168,6 +170,7 @@ impl Exchange {
             moved_from: None,
             current: None,
             events: Vec::new(),
+            store_error: None,
         }
     }
 
@@ -251,6 +254,9 @@ impl Exchange {
                     }
                     let (who, why) = (email.clone(), e.to_string());
                     self.engine.note(false, move |p| p.error(&who, &why));
+                    if let Error::StoreUnavailable(_) = e {
+                        self.store_error = Some(e);
+                    }
                     self.tried.insert(email.clone());
                     self.moved_from = Some((email, "could not get a token".into()));
                 }
@@ -493,6 +499,9 @@ impl Exchange {
                 ],
                 body: Bytes::from(body.to_string()),
             })));
+        }
+        if let Some(e) = self.store_error.take() {
+            return Err(e);
         }
         let total = pool.accounts().count();
         let why = if total == 0 {

@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::account::{now_ms, Account, Pool};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::{Stamp, Store};
 
 pub use credentials::Credential;
@@ -41,6 +41,8 @@ use overlay::{lock, Overlay};
 pub struct Engine {
     store: Store,
     cache: Mutex<Option<(Stamp, Arc<Pool>)>>,
+    /// The last pool read, kept through invalidations: what is served while the store is down.
+    last_good: Mutex<Option<Arc<Pool>>>,
     overlay: Overlay,
     credentials: credentials::Credentials,
     book: bookkeeping::Bookkeeping,
@@ -113,6 +115,7 @@ impl Engine {
                 Arc::new(Engine {
                     store,
                     cache: Mutex::new(None),
+                    last_good: Mutex::new(None),
                     overlay: Overlay::default(),
                     credentials: Default::default(),
                     book: Default::default(),
@@ -132,9 +135,24 @@ impl Engine {
         Exchange::new(self.clone(), meta)
     }
 
-    /// The pool as stored now. A `stat` per call; the file is parsed only when it changed.
+    /// The pool as stored now, parsed only when it changed (a `stat` of the file; the fleet
+    /// store's generation). When the fleet store cannot be reached, the last pool read is served:
+    /// the access tokens in it keep working, and only a refresh needs the database.
     pub async fn snapshot(&self) -> Result<Arc<Pool>> {
-        let stamp = self.store.stamp();
+        match self.read_snapshot().await {
+            Err(Error::StoreUnavailable(why)) => match lock(&self.last_good).clone() {
+                Some(pool) => {
+                    tracing::debug!(why = %why, "store unreachable; serving from the last pool read");
+                    Ok(pool)
+                }
+                None => Err(Error::StoreUnavailable(why)),
+            },
+            other => other,
+        }
+    }
+
+    async fn read_snapshot(&self) -> Result<Arc<Pool>> {
+        let stamp = self.store.stamp().await?;
         if let (Some(stamp), Some((cached, pool))) = (stamp, lock(&self.cache).as_ref()) {
             if *cached == stamp {
                 return Ok(pool.clone());
@@ -145,6 +163,7 @@ impl Engine {
         if let Some(stamp) = stamp {
             *lock(&self.cache) = Some((stamp, pool.clone()));
         }
+        *lock(&self.last_good) = Some(pool.clone());
         Ok(pool)
     }
 

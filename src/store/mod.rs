@@ -7,12 +7,16 @@
 //! spending of one account's refresh token from the re-read to the durable write, across every
 //! process that shares the store.
 
+pub mod crypto;
 pub mod file;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use file::{FileLock, FileStamp, FileStore};
+pub use postgres::PgStore;
+use std::sync::Arc;
 
 use crate::account::Pool;
 use crate::error::{Error, Result};
@@ -23,18 +27,29 @@ pub const REFRESH_LOCK_TIMEOUT: Duration = Duration::from_secs(75);
 #[derive(Debug, Clone)]
 pub enum Store {
     File(FileStore),
+    Postgres(Arc<PgStore>),
 }
 
 /// A cheap identity of one generation of the stored pool, to skip re-reading it unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stamp {
     File(FileStamp),
+    Generation(i64),
 }
 
-/// Held while one account's refresh token is being spent; dropping it lets the next process in.
+/// Held while one account's refresh token is being spent; dropping it lets the next process in
+/// (and a process that dies lets go of it: the kernel closes its file, the database its
+/// connection).
 #[derive(Debug)]
 pub enum RefreshLock {
     File(FileLock),
+    Postgres(postgres::PgRefreshLock),
+}
+
+/// Whether `location` names a PostgreSQL database rather than a file.
+pub fn is_database(location: &str) -> bool {
+    let l = location.trim().to_ascii_lowercase();
+    l.starts_with("postgres://") || l.starts_with("postgresql://")
 }
 
 /// Runs blocking file work on tokio's blocking pool, never on a worker or the JS thread.
@@ -47,10 +62,31 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 impl Store {
-    /// The store named by `explicit` (a path), else by the environment.
+    /// The store named by `explicit` (a path, or a postgres:// URL), else `OAUTH_POOL_STORE`,
+    /// else the pool file (`OAUTH_POOL_PATH`, `~/.aidevops/oauth-pool.json`).
     pub fn from_config(explicit: Option<&str>) -> Result<Store> {
+        if let Some(e) = explicit.filter(|e| !e.trim().is_empty()) {
+            return Store::open(e);
+        }
+        if let Some(url) = crate::config::env("OAUTH_POOL_STORE").filter(|u| !u.trim().is_empty()) {
+            if !is_database(&url) {
+                return Err(Error::InvalidArgument(
+                    "OAUTH_POOL_STORE takes a postgres:// URL (unset it to use the pool file)"
+                        .into(),
+                ));
+            }
+            return Store::open(&url);
+        }
+        Ok(Store::File(FileStore::new(crate::config::pool_path(None)?)))
+    }
+
+    /// A file path or a postgres:// URL.
+    pub fn open(location: &str) -> Result<Store> {
+        if is_database(location) {
+            return Ok(Store::Postgres(Arc::new(PgStore::open(location.trim())?)));
+        }
         Ok(Store::File(FileStore::new(crate::config::pool_path(
-            explicit,
+            Some(location),
         )?)))
     }
 
@@ -62,6 +98,7 @@ impl Store {
     pub fn describe(&self) -> String {
         match self {
             Store::File(f) => f.path().display().to_string(),
+            Store::Postgres(p) => p.shown().to_string(),
         }
     }
 
@@ -69,29 +106,28 @@ impl Store {
     pub fn key(&self) -> String {
         match self {
             Store::File(f) => format!("file:{}", f.path().display()),
+            Store::Postgres(p) => format!("pg:{}", p.shown()),
         }
     }
 
     pub fn path(&self) -> Option<&Path> {
         match self {
             Store::File(f) => Some(f.path()),
+            Store::Postgres(_) => None,
         }
     }
 
-    /// The stamp of the stored generation now, when it can be had without reading it.
-    pub fn stamp(&self) -> Option<Stamp> {
+    /// The stamp of the stored generation now: a `stat` for the file; the database's generation,
+    /// asked at most every 250 ms, so another host's write is seen within a second.
+    pub async fn stamp(&self) -> Result<Option<Stamp>> {
         match self {
-            Store::File(f) => f.stamp().map(Stamp::File),
+            Store::File(f) => Ok(f.stamp().map(Stamp::File)),
+            Store::Postgres(p) => p.generation().await.map(|g| Some(Stamp::Generation(g))),
         }
     }
 
     pub async fn load(&self) -> Result<Pool> {
-        match self {
-            Store::File(f) => {
-                let f = f.clone();
-                blocking(move || f.load()).await
-            }
-        }
+        self.load_stamped().await.map(|(p, _)| p)
     }
 
     pub async fn load_stamped(&self) -> Result<(Pool, Option<Stamp>)> {
@@ -100,6 +136,10 @@ impl Store {
                 let f = f.clone();
                 let (pool, stamp) = blocking(move || f.load_stamped()).await?;
                 Ok((pool, stamp.map(Stamp::File)))
+            }
+            Store::Postgres(p) => {
+                let (pool, g) = p.load_generation().await?;
+                Ok((pool, Some(Stamp::Generation(g))))
             }
         }
     }
@@ -114,6 +154,7 @@ impl Store {
                 let f = f.clone();
                 blocking(move || f.update(change)).await
             }
+            Store::Postgres(p) => p.update(change).await,
         }
     }
 
@@ -124,6 +165,7 @@ impl Store {
                 let f = f.clone();
                 blocking(move || f.save(&pool)).await
             }
+            Store::Postgres(p) => p.save(pool).await,
         }
     }
 
@@ -134,6 +176,10 @@ impl Store {
                 let lock = blocking(move || FileLock::acquire(&path, REFRESH_LOCK_TIMEOUT)).await?;
                 Ok(RefreshLock::File(lock))
             }
+            Store::Postgres(p) => p
+                .refresh_lock(email, REFRESH_LOCK_TIMEOUT)
+                .await
+                .map(RefreshLock::Postgres),
         }
     }
 
@@ -148,6 +194,7 @@ impl Store {
                     .await
                     .unwrap_or(false)
             }
+            Store::Postgres(p) => p.refresh_lock_held(email).await,
         }
     }
 }

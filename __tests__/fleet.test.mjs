@@ -1,0 +1,438 @@
+// Fleet mode (issue 14): one pool on a real PostgreSQL shared by several "hosts" (separate
+// homes, separate processes, one database). A throwaway cluster is started on loopback for this
+// file (helpers/postgres.mjs); nothing assumes a server is already running.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseSSE, rateLimitHeaders, startMockAnthropic } from "./helpers/mock-anthropic.mjs";
+import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
+import { runWorkersTogether } from "./helpers/pool-env.mjs";
+import { startPostgres } from "./helpers/postgres.mjs";
+
+const here = (p) => fileURLToPath(new URL(p, import.meta.url));
+const CLI = here("../bin/oauth-pool.mjs");
+const KEY_FILE = [".aidevops", "oauth-pool-store.key"];
+// The advisory lock class of an account's refresh (src/store/postgres.rs, REFRESH_LOCK).
+const REFRESH_LOCK_CLASS = 0x6f617072;
+
+let pg;
+let mock;
+let hostA;
+let hostB;
+
+/** A host: its own HOME (and so its own key file), the shared database, the shared mock. */
+function makeHost(name, extra = {}) {
+  const home = mkdtempSync(join(tmpdir(), `oauth-pool-host-${name}-`));
+  const env = { ...process.env, HOME: home, USERPROFILE: home, OAUTH_POOL_STORE: pg.url, OAUTH_POOL_PATH: join(home, ".aidevops", "oauth-pool.json"), OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url, ...extra };
+  delete env.OAUTH_POOL_STORE_KEY;
+  Object.assign(env, extra);
+  return { name, home, env };
+}
+
+function run(file, args, env, { input } = {}) {
+  const child = spawn(process.execPath, [file, ...args], { env, stdio: ["pipe", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d) => (stdout += d));
+  child.stderr.on("data", (d) => (stderr += d));
+  child.stdin.end(input ?? "");
+  return new Promise((resolve, reject) => {
+    child.on("error", reject);
+    child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }));
+  });
+}
+
+const cli = (host, ...args) => run(CLI, args, host.env);
+const cliJson = async (host, ...args) => {
+  const r = await cli(host, "--json", ...args);
+  const lines = r.stdout.trim().split("\n").filter(Boolean);
+  const last = lines.length ? JSON.parse(lines.at(-1)) : null;
+  return { ...r, json: last, err: last?.error ?? null };
+};
+
+/** A long-lived process of a host, answering one JSON line per command (helpers/fleet-host.mjs). */
+function startHostProcess(host) {
+  const child = spawn(process.execPath, [here("./helpers/fleet-host.mjs"), pg.url, mock.url], { env: host.env, stdio: ["pipe", "pipe", "inherit"] });
+  const waiting = [];
+  let buffer = "";
+  child.stdout.on("data", (d) => {
+    buffer += d;
+    let nl;
+    while ((nl = buffer.indexOf("\n")) >= 0) {
+      const line = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 1);
+      waiting.shift()?.(JSON.parse(line));
+    }
+  });
+  const ready = new Promise((resolve) => waiting.push(resolve));
+  const exited = new Promise((resolve) => child.on("close", resolve));
+  return {
+    ready,
+    ask(command) {
+      const answer = new Promise((resolve) => waiting.push(resolve));
+      child.stdin.write(`${command}\n`);
+      return answer;
+    },
+    async close() {
+      child.stdin.end();
+      await exited;
+    },
+  };
+}
+
+/** Writes a pool file as a person would have it (0600 in a 0700 directory) and copies it in. */
+async function seedStore(host, pool) {
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-seed-"));
+  const file = join(dir, "pool.json");
+  writeFileSync(file, JSON.stringify(pool, null, 2), { mode: 0o600 });
+  const r = await cli(host, "store", "copy", "--from", file, "--to", pg.url);
+  assert.equal(r.code, 0, r.stderr);
+  return file;
+}
+
+/** The pool as stored in the database, decrypted by a host that has the key. */
+async function storedPool(host) {
+  const file = join(mkdtempSync(join(tmpdir(), "oauth-pool-out-")), "pool.json");
+  const r = await cli(host, "store", "copy", "--from", pg.url, "--to", file);
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(readFileSync(file, "utf8"));
+}
+
+function oauthEntry(email, { expired = false, ...extra } = {}) {
+  const t = mock.addAccount(email);
+  return { email, refresh: t.refresh, access: t.access, expires: expired ? Date.now() - 1000 : t.expires, added: new Date().toISOString(), lastUsed: null, status: "idle", rateLimitUntil: null, ...extra };
+}
+
+const rows = () => pg.sql("SELECT position, entry::text FROM oauth_pool_entries ORDER BY position");
+
+before(async () => {
+  pg = await startPostgres();
+  mock = await startMockAnthropic();
+  hostA = makeHost("a");
+  hostB = makeHost("b");
+});
+
+after(async () => {
+  await mock?.close();
+  await pg?.close();
+});
+
+test("store init creates the schema and a 0600 key file; a second host shares the key; init again changes nothing", async () => {
+  // Before init there is neither a key nor a schema; both errors say what to run.
+  const before = await cliJson(hostA, "list");
+  assert.equal(before.code, 1);
+  assert.equal(before.err.code, "STORE_KEY");
+  assert.match(before.err.message, /store init/);
+  const keyed = await cliJson(makeHost("early", { OAUTH_POOL_STORE_KEY: Buffer.alloc(32, 1).toString("base64") }), "list");
+  assert.equal(keyed.err.code, "STORE_UNAVAILABLE");
+  assert.match(keyed.err.message, /no pool schema yet: run `oauth-pool store init`/);
+
+  const init = await cliJson(hostA, "store", "init");
+  assert.equal(init.code, 0, init.stderr);
+  assert.equal(init.json.schema, 1);
+  const keyFile = join(hostA.home, ...KEY_FILE);
+  assert.equal(init.json.keyCreated, keyFile);
+  assert.equal(statSync(keyFile).mode & 0o777, 0o600);
+  assert.equal(await pg.sql("SELECT value FROM oauth_pool_meta WHERE name = 'schema'"), "1\n");
+
+  // The second host gets the same key the way a person would: the file, copied 0600.
+  mkdirSync(join(hostB.home, ".aidevops"), { recursive: true, mode: 0o700 });
+  copyFileSync(keyFile, join(hostB.home, ...KEY_FILE));
+  const again = await cliJson(hostB, "store", "init", pg.url);
+  assert.equal(again.code, 0, again.stderr);
+  assert.equal(again.json.keyCreated, null);
+  assert.equal(again.json.keySource, join(hostB.home, ...KEY_FILE));
+
+  const empty = await cliJson(hostB, "list");
+  assert.equal(empty.code, 0, empty.stderr);
+  assert.deepEqual(empty.json.accounts, []);
+  const doctor = await cliJson(hostB, "doctor");
+  assert.equal(doctor.code, 0, JSON.stringify(doctor.json?.checks));
+  assert.ok(doctor.json.checks.some((c) => c.name === "store key" && c.level === "ok"));
+});
+
+test("store copy: file -> PostgreSQL -> file keeps every field, and pg_dump holds no token", async () => {
+  // The pool in the form the pool itself writes (`expires`, `status`, `rateLimitUntil` always
+  // present; `version: 1` never written, see src/account.rs), so equality means nothing changed.
+  const pool = {
+    anthropic: [
+      {
+        email: "max@fleet.test",
+        refresh: "rt-SECRET-max-0001",
+        access: "at-SECRET-max-0001",
+        expires: 1900000000000,
+        added: "2026-01-01T00:00:00.000Z",
+        lastUsed: "2026-11-28T10:00:00.000Z",
+        status: "idle",
+        rateLimitUntil: null,
+        priority: 3,
+        enabled: true,
+        reserve: 0.25,
+        modelCooldowns: { opus: { until: 1900000000000, reason: "7d_opus" } },
+        usage: { days: { "2026-11-28": { "claude-opus-4-1": { requests: 2, input: 10, output: 20, cacheRead: 0, cacheWrite: 0 } } } },
+        custom: { nested: [1, 2.5, { a: null }], text: "ünïcödé ✓" },
+      },
+      {
+        email: "key@fleet.test",
+        type: "api",
+        key: "sk-ant-api03-SECRET-key-0001",
+        expires: null,
+        added: "2026-02-01T00:00:00.000Z",
+        status: "idle",
+        rateLimitUntil: null,
+        priority: -1,
+        enabled: false,
+      },
+      { email: 42, refresh: "rt-SECRET-unreadable-0001", note: "an entry the pool cannot read is kept as it is" },
+    ],
+    openai: [{ email: "o@fleet.test", refresh: "openai-SECRET-refresh-0001" }],
+    _pending_anthropic: { verifier: "SECRET-verifier-0001" },
+    _oauthPool: { lastFailover: { at: 1764400000000, from: "max@fleet.test", to: null, reason: "429" } },
+  };
+  const file = await seedStore(hostA, pool);
+  const roundTrip = await storedPool(hostB);
+  assert.deepEqual(roundTrip, pool);
+  assert.deepEqual(JSON.parse(readFileSync(file, "utf8")), pool, "the source file is untouched");
+
+  const dump = await pg.dump();
+  assert.match(dump, /max@fleet\.test/, "the dump is of the pool");
+  assert.match(dump, /enc:v1:/);
+  const secrets = JSON.stringify(pool).match(/[a-z-]*SECRET[\w-]*/g);
+  assert.ok(secrets.length >= 6);
+  for (const s of secrets) assert.ok(!dump.includes(s), `${s} is in the dump`);
+
+  // The CLI reads it like a file: the unreadable entry listed, kept.
+  const list = await cliJson(hostB, "list");
+  assert.deepEqual(
+    list.json.accounts.map((a) => [a.email, a.status]),
+    [["max@fleet.test", "idle"], ["key@fleet.test", "disabled"], ["#2", "invalid"]],
+  );
+});
+
+test("a wrong key is STORE_KEY for reads, writes, copies and init, and no row changes", async () => {
+  await seedStore(hostA, { anthropic: [oauthEntry("keyed@fleet.test")] });
+  const rowsBefore = await rows();
+  const metaBefore = await pg.sql("SELECT name, value FROM oauth_pool_meta ORDER BY name");
+  const wrong = makeHost("wrong", { OAUTH_POOL_STORE_KEY: Buffer.alloc(32, 7).toString("hex") });
+  const attempts = [
+    await cliJson(wrong, "list"),
+    await cliJson(wrong, "disable", "keyed@fleet.test"),
+    await cliJson(wrong, "reset-cooldowns"),
+    await cliJson(wrong, "store", "init"),
+    await cliJson(wrong, "store", "copy", "--from", join(hostA.home, "nothing.json"), "--to", pg.url),
+  ];
+  for (const r of attempts) {
+    assert.equal(r.code, 1, r.stdout);
+    assert.equal(r.err.code, "STORE_KEY", r.err.message);
+  }
+  const doctor = await cliJson(wrong, "doctor");
+  assert.equal(doctor.code, 3);
+  assert.ok(doctor.json.checks.some((c) => c.name === "store key" && c.level === "problem"));
+  assert.equal(await rows(), rowsBefore);
+  assert.equal(await pg.sql("SELECT name, value FROM oauth_pool_meta ORDER BY name"), metaBefore);
+
+  const garbage = makeHost("garbage", { OAUTH_POOL_STORE_KEY: "not a key" });
+  const bad = await cliJson(garbage, "list");
+  assert.equal(bad.err.code, "STORE_KEY");
+
+  // A token written into a row by someone without the key is refused, not used.
+  await pg.sql(`UPDATE oauth_pool_entries SET entry = jsonb_set(entry, '{access}', '"planted-plain-token"')`);
+  const planted = await cliJson(hostA, "list");
+  assert.equal(planted.err?.code, "STORE_KEY");
+  assert.match(planted.err.message, /not sealed/);
+  assert.ok(!planted.stdout.includes("planted-plain-token"));
+  await pg.sql(`DELETE FROM oauth_pool_entries`);
+});
+
+test("two hosts x 10 processes on one expired account: exactly one refresh, no token presented twice, every request served", { timeout: 240_000 }, async () => {
+  await seedStore(hostA, { anthropic: [oauthEntry("hot@fleet.test", { expired: true })] });
+  mock.setTokenMode({ delayMs: 150, grant: "refresh_token" });
+  const PER_HOST = 10;
+  const REQUESTS = 5;
+  const results = await runWorkersTogether(here("./helpers/pool-worker.mjs"), PER_HOST * 2, [pg.url, mock.url, String(REQUESTS)], {
+    envFor: (i) => (i % 2 === 0 ? hostA.env : hostB.env),
+  });
+  mock.setTokenMode(null);
+  const served = results.flatMap((r) => {
+    assert.equal(r.code, 0, r.out);
+    return JSON.parse(r.out);
+  });
+  assert.equal(served.length, PER_HOST * 2 * REQUESTS);
+  const failures = served.filter((r) => r.status !== 200);
+  assert.equal(failures.length, 0, JSON.stringify(failures.slice(0, 3)));
+  const fam = mock.stats().perFamily["hot@fleet.test"];
+  assert.equal(fam.refreshCalls, 1, "one refresh for this generation, fleet-wide");
+  assert.equal(fam.reuse, 0, "no refresh token presented twice");
+  assert.equal(fam.revoked, false);
+  const stored = (await storedPool(hostB)).anthropic[0];
+  assert.equal(stored.refresh, mock.tokens("hot@fleet.test").refresh);
+  assert.equal(stored.access, mock.tokens("hot@fleet.test").access);
+});
+
+test("a cooldown set on one host is honoured by a running process on the other within a second", async () => {
+  await seedStore(hostA, {
+    anthropic: [oauthEntry("first@fleet.test", { priority: 5 }), oauthEntry("second@fleet.test")],
+  });
+  const onB = startHostProcess(hostB);
+  try {
+    await onB.ready;
+    mock.clearRequests();
+    const warm = await onB.ask("fetch");
+    assert.equal(warm.value.account, "first@fleet.test");
+
+    mock.script("first@fleet.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+    const onA = startHostProcess(hostA);
+    await onA.ready;
+    const moved = await onA.ask("fetch");
+    assert.equal(moved.value.status, 200);
+    assert.equal(moved.value.account, "second@fleet.test");
+    await onA.close();
+    const cooled = (await storedPool(hostA)).anthropic[0];
+    assert.ok(cooled.rateLimitUntil > Date.now() + 500_000, JSON.stringify(cooled));
+
+    await new Promise((r) => setTimeout(r, 1000));
+    mock.clearRequests();
+    const onBAgain = await onB.ask("fetch");
+    assert.equal(onBAgain.value.status, 200);
+    assert.equal(onBAgain.value.account, "second@fleet.test");
+    assert.deepEqual(mock.requests.map((r) => r.email), ["second@fleet.test"], "host B never tried the cooling account");
+  } finally {
+    await onB.close();
+  }
+});
+
+test("a host SIGKILLed while it holds a refresh lock: the database releases it and another host refreshes at once", async () => {
+  await seedStore(hostA, { anthropic: [oauthEntry("killed@fleet.test", { expired: true })] });
+  mock.setTokenMode({ hang: true, grant: "refresh_token" });
+  const victim = spawn(process.execPath, [here("./helpers/pool-worker.mjs"), pg.url, mock.url, "1"], { env: hostA.env, stdio: "ignore" });
+  const victimDone = new Promise((resolve) => victim.on("close", resolve));
+  await mock.waitFor("token", (r) => r.grant === "refresh_token");
+  const held = `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = ${REFRESH_LOCK_CLASS} AND objsubid = 2`;
+  assert.equal(await pg.sql(held), "1\n", "the victim holds the account's refresh lock in the database");
+  victim.kill("SIGKILL");
+  await victimDone;
+  mock.setTokenMode(null);
+  const started = Date.now();
+  const next = await run(here("./helpers/pool-worker.mjs"), [pg.url, mock.url, "1"], hostB.env);
+  const elapsed = Date.now() - started;
+  assert.equal(next.code, 0, next.stderr);
+  assert.equal(JSON.parse(next.stdout)[0].status, 200);
+  assert.ok(elapsed < 5000, `the other host waited ${elapsed} ms for the lock`);
+  assert.equal(mock.stats().perFamily["killed@fleet.test"].reuse, 0);
+  assert.equal(await pg.sql(held), "0\n");
+});
+
+test("PostgreSQL stopped mid-run: valid tokens keep serving, a refresh is STORE_UNAVAILABLE and loses nothing, service resumes on restart", { timeout: 120_000 }, async () => {
+  await seedStore(hostA, {
+    anthropic: [oauthEntry("valid@fleet.test", { priority: 5 }), oauthEntry("stale@fleet.test", { expired: true, priority: -5 })],
+  });
+  const host = startHostProcess(hostA);
+  try {
+    await host.ready;
+    assert.equal((await host.ask("fetch")).value.status, 200);
+    await pg.stop();
+
+    const during = [];
+    for (let i = 0; i < 3; i++) during.push(await host.ask("fetch"));
+    for (const r of during) {
+      assert.equal(r.value?.status, 200, JSON.stringify(r));
+      assert.equal(r.value.account, "valid@fleet.test");
+    }
+    const refresh = await host.ask("refresh stale@fleet.test");
+    assert.equal(refresh.ok, false);
+    assert.equal(refresh.code, "STORE_UNAVAILABLE", refresh.message);
+    assert.equal(mock.stats().perFamily["stale@fleet.test"].refreshCalls, 0, "no refresh token spent without the database");
+    const status = await host.ask("status");
+    assert.equal(status.ok, false);
+    assert.equal(status.code, "STORE_UNAVAILABLE");
+
+    await pg.start();
+    const after = await host.ask("refresh stale@fleet.test");
+    assert.equal(after.ok, true, JSON.stringify(after));
+    assert.equal(after.value.outcome, "refreshed");
+    assert.equal((await host.ask("fetch")).value.status, 200);
+    assert.equal((await host.ask("flush")).ok, true);
+    const stored = await storedPool(hostB);
+    const stale = stored.anthropic.find((a) => a.email === "stale@fleet.test");
+    assert.equal(stale.refresh, mock.tokens("stale@fleet.test").refresh, "the new tokens were written");
+    const valid = stored.anthropic.find((a) => a.email === "valid@fleet.test");
+    assert.ok(valid.lastUsed, "bookkeeping from the outage caught up");
+  } finally {
+    await host.close();
+  }
+});
+
+test("the gateway and the CLI run on the fleet store", async () => {
+  await seedStore(hostA, { anthropic: [oauthEntry("gw@fleet.test")] });
+  const gatewayKey = "fleet-gateway-key-0123456789abcdef";
+  const env = { ...hostB.env, OAUTH_POOL_GATEWAY_KEY: gatewayKey };
+  const child = spawn(process.execPath, [CLI, "serve", "--port", "0", "--json"], { env, stdio: ["ignore", "pipe", "inherit"] });
+  try {
+    const url = await new Promise((resolve, reject) => {
+      let out = "";
+      child.stdout.on("data", (d) => {
+        out += d;
+        const line = out.split("\n").find((l) => l.includes('"url"'));
+        if (line) resolve(JSON.parse(line).url);
+      });
+      child.on("close", (code) => reject(new Error(`serve exited ${code}: ${out}`)));
+    });
+    const res = await fetch(`${url}/v1/messages`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "anthropic-version": "2023-06-01", "x-api-key": gatewayKey },
+      body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+    });
+    assert.equal(res.status, 200);
+    assert.match(await res.text(), /gw@fleet\.test/);
+  } finally {
+    child.kill("SIGTERM");
+    await new Promise((r) => child.on("close", r));
+  }
+  const status = await cliJson(hostA, "status");
+  assert.equal(status.code, 0, status.stderr);
+  assert.equal(status.json.accounts[0].email, "gw@fleet.test");
+  assert.ok(status.json.accounts[0].lastUsed, "the gateway's bookkeeping reached the store");
+});
+
+test("both plugin generations on the fleet store: an OpenCode 2 login lands in PostgreSQL and both serve from it", async () => {
+  await seedStore(hostA, { anthropic: [] });
+  // This process becomes host A: the plugin reads the same environment a user's OpenCode would.
+  const saved = { ...process.env };
+  Object.assign(process.env, hostA.env);
+  try {
+    const pluginModule = await import("../plugin.mjs");
+    const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+    const handle = await host.start(loadPlugin(pluginModule));
+    const attempt = await host.oauthConnect({ integrationID: "anthropic-pool", methodID: "claude-max" });
+    await host.oauthComplete({ integrationID: "anthropic-pool", attemptID: attempt.attemptID, code: mock.approve(attempt.url, "v2@fleet.test") });
+    const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body: { messages: [{ role: "user", content: "hi" }] } });
+    assert.equal(res.status, 200);
+    const text = parseSSE(await res.text())
+      .filter((e) => e.event === "content_block_delta")
+      .map((e) => e.data.delta.text)
+      .join("");
+    assert.equal(text, "Hello from v2@fleet.test");
+    await handle.unload();
+
+    const { OAuthPoolPlugin } = await import("../index.mjs");
+    const client = { tui: { showToast: async () => ({ data: true }) }, app: { log: async () => ({ data: true }) } };
+    const hooks = await OAuthPoolPlugin({ client, directory: hostA.home, worktree: hostA.home });
+    const { fetch: loaderFetch } = await hooks.auth.loader(async () => ({}), { models: {} });
+    const v1 = await loaderFetch(`${mock.url}/v1/messages`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
+      body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+    });
+    assert.equal(v1.status, 200);
+    assert.match(await v1.text(), /v2@fleet\.test/);
+  } finally {
+    for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+    Object.assign(process.env, saved);
+  }
+  const onB = await cliJson(hostB, "list");
+  assert.deepEqual(onB.json.accounts.map((a) => a.email), ["v2@fleet.test"], "the login is in the shared store, seen from the other host");
+});

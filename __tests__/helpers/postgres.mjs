@@ -1,0 +1,88 @@
+// A throwaway PostgreSQL cluster for the fleet-store tests: initdb in a temp dir, listening on
+// 127.0.0.1 only, trust auth, no fsync. Never assumes a server is running; `.ci/run` installs
+// Debian's postgresql package when no initdb is found. As root, the server runs as the
+// `postgres` user (initdb refuses root).
+import { spawn } from "node:child_process";
+import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+// Debian keeps every server binary (initdb, pg_ctl, psql, pg_dump) in one versioned directory;
+// PATH may hold only a few of them as symlinks, so that directory wins.
+const TOOLS = ["initdb", "pg_ctl", "psql", "pg_dump"];
+
+function findBin() {
+  const base = "/usr/lib/postgresql";
+  const candidates = [];
+  if (existsSync(base)) {
+    const versions = readdirSync(base).sort((a, b) => Number(b) - Number(a));
+    for (const v of versions) candidates.push(join(base, v, "bin"));
+  }
+  candidates.push(...(process.env.PATH ?? "").split(":").filter(Boolean));
+  for (const d of candidates) if (TOOLS.every((t) => existsSync(join(d, t)))) return d;
+  return null;
+}
+
+function run(cmd, args, { user } = {}) {
+  const [file, argv] = user ? ["runuser", ["-u", user, "--", cmd, ...args]] : [cmd, args];
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, argv, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stderr.on("data", (d) => (err += d));
+    child.on("error", reject);
+    child.on("close", (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(" ")} exited ${code}: ${err || out}`))));
+  });
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function uidOf(user) {
+  const out = await run("id", ["-u", user]);
+  const gid = await run("id", ["-g", user]);
+  return [Number(out.trim()), Number(gid.trim())];
+}
+
+export async function startPostgres() {
+  const bin = findBin();
+  if (!bin) throw new Error("PostgreSQL's initdb was not found (install Debian's postgresql package; .ci/run does)");
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-pg-"));
+  const data = join(dir, "data");
+  const user = process.getuid?.() === 0 ? "postgres" : undefined;
+  if (user) {
+    const [uid, gid] = await uidOf(user);
+    chownSync(dir, uid, gid);
+  }
+  await run(join(bin, "initdb"), ["-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"], { user });
+  const port = await freePort();
+  const opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off`;
+  const ctl = (...args) => run(join(bin, "pg_ctl"), ["-D", data, ...args], { user });
+  const start = () => ctl("-o", opts, "-l", join(dir, "log"), "-w", "-t", "60", "start");
+  await start();
+  const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
+  return {
+    url,
+    dir,
+    start,
+    stop: () => ctl("-m", "fast", "-w", "stop"),
+    /** pg_dump of the whole database, as text. */
+    dump: () => run(join(bin, "pg_dump"), ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "postgres"]),
+    /** One SQL statement through psql, its output unaligned. */
+    sql: (query) => run(join(bin, "psql"), ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-At", "-c", query, "postgres"]),
+    async close() {
+      await ctl("-m", "immediate", "-w", "stop").catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,34 @@
+// `oauth-pool store init` and `oauth-pool store copy`: the fleet store (PostgreSQL). Init
+// creates or migrates the schema and ties the store to its key; copy moves a whole pool between
+// a file and a database in either direction, every field kept.
+import { text } from "./output.mjs";
+
+async function init({ lib, args, out }) {
+  const r = await lib.storeInit(args[0]);
+  const key = r.keyCreated
+    ? `a new store key was written to ${r.keyCreated} (0600): every host of the fleet needs the same key (copy the file, or set OAUTH_POOL_STORE_KEY)`
+    : `store key from ${r.keySource}`;
+  out.result(r, text`${r.location}: schema version ${r.schema}; ${key}`);
+}
+
+async function copy({ lib, options, out }) {
+  const r = await lib.copyStore(options.from, options.to);
+  out.result(r, text`copied ${r.entries} entr${r.entries === 1 ? "y" : "ies"} from ${r.from} to ${r.to}`);
+}
+
+const LOCATION = { type: "string", placeholder: "<file|url>", required: true };
+
+export const commands = [
+  {
+    name: "store init",
+    args: "[<url>]",
+    summary: "create or migrate the fleet store's schema (the URL, else OAUTH_POOL_STORE)\nand tie it to the store key (a 0600 key file is created when none is set)",
+    run: init,
+  },
+  {
+    name: "store copy",
+    options: { from: LOCATION, to: LOCATION },
+    summary: "copy a whole pool between a file and a postgres:// store, every field kept",
+    run: copy,
+  },
+];

@@ -1,0 +1,229 @@
+//! Tokens at rest in the fleet store: AES-256-GCM (ring) with a key the database never sees, so
+//! a dump of it holds no usable token. Every sealed value is bound (as associated data) to where
+//! it belongs, the account's email and the field, so a value moved to another row does not open.
+//!
+//! The key: `OAUTH_POOL_STORE_KEY` (32 bytes as 64 hex digits or base64), else the 0600 file
+//! `~/.aidevops/oauth-pool-store.key` that `oauth-pool store init` creates. A wrong key is found
+//! by a sealed check value in the store and refused before anything is read or written.
+
+use std::path::PathBuf;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use zeroize::Zeroizing;
+
+use crate::config;
+use crate::error::{Error, Result};
+use crate::fsread;
+
+const PREFIX: &str = "enc:v1:";
+/// What the check value holds (sealed, in the store's meta table).
+pub const CHECK: &str = "opencode-oauth-pool key check";
+
+pub struct SealKey {
+    key: LessSafeKey,
+    /// Where the key came from, for messages (never the key).
+    pub source: String,
+}
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealKey([REDACTED] from {})", self.source)
+    }
+}
+
+fn parse_key(text: &str) -> Option<Zeroizing<Vec<u8>>> {
+    let t = text.trim();
+    if t.len() == 64 && t.chars().all(|c| c.is_ascii_hexdigit()) {
+        let bytes: Option<Vec<u8>> = (0..32)
+            .map(|i| u8::from_str_radix(&t[i * 2..i * 2 + 2], 16).ok())
+            .collect();
+        return bytes.map(Zeroizing::new);
+    }
+    let decoded = STANDARD
+        .decode(t)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(t.trim_end_matches('=')))
+        .ok()?;
+    (decoded.len() == 32).then(|| Zeroizing::new(decoded))
+}
+
+/// The default key file.
+pub fn key_file() -> Option<PathBuf> {
+    config::home_dir().map(|h| h.join(".aidevops").join("oauth-pool-store.key"))
+}
+
+impl SealKey {
+    pub fn from_bytes(bytes: &[u8], source: &str) -> Result<SealKey> {
+        let unbound = UnboundKey::new(&AES_256_GCM, bytes)
+            .map_err(|_| Error::StoreKey("the store key must be 32 bytes".into()))?;
+        Ok(SealKey {
+            key: LessSafeKey::new(unbound),
+            source: source.to_string(),
+        })
+    }
+
+    /// The configured key: `OAUTH_POOL_STORE_KEY`, else the key file.
+    pub fn from_config() -> Result<SealKey> {
+        if let Some(text) = config::env("OAUTH_POOL_STORE_KEY").filter(|k| !k.trim().is_empty()) {
+            let bytes = parse_key(&text).ok_or_else(|| {
+                Error::StoreKey(
+                    "OAUTH_POOL_STORE_KEY must be 32 bytes written as 64 hex digits or as base64 (oauth-pool store init makes one)".into(),
+                )
+            })?;
+            return SealKey::from_bytes(&bytes, "OAUTH_POOL_STORE_KEY");
+        }
+        let path = key_file().ok_or_else(|| {
+            Error::StoreKey("no OAUTH_POOL_STORE_KEY and no home directory for a key file".into())
+        })?;
+        match fsread::read_regular(&path, 4096, false) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let key = parse_key(&text).ok_or_else(|| {
+                    Error::StoreKey(format!(
+                        "{} does not hold a 32-byte key (64 hex digits or base64)",
+                        path.display()
+                    ))
+                })?;
+                SealKey::from_bytes(&key, &path.display().to_string())
+            }
+            Err(fsread::ReadError::NotFound) => Err(Error::StoreKey(format!(
+                "no store key: set OAUTH_POOL_STORE_KEY (the same on every host), or run `oauth-pool store init` to create {}",
+                path.display()
+            ))),
+            Err(e) => Err(Error::StoreKey(format!("the key file {} refused: {e}", path.display()))),
+        }
+    }
+
+    /// Creates the key file (0600, never overwritten) and returns the key it holds.
+    pub fn create_file() -> Result<(SealKey, PathBuf)> {
+        let path = key_file()
+            .ok_or_else(|| Error::StoreKey("no home directory for the key file".into()))?;
+        let mut raw = Zeroizing::new([0u8; 32]);
+        getrandom::fill(raw.as_mut())
+            .map_err(|e| Error::StoreKey(format!("no OS randomness: {e}")))?;
+        let text = Zeroizing::new(STANDARD.encode(raw.as_ref()));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e))?;
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        }
+        let mut f = opts
+            .open(&path)
+            .map_err(|e| Error::io(&path, "create key file", e))?;
+        use std::io::Write;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.write_all(b"\n"))
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(&path, "write key file", e))?;
+        Ok((
+            SealKey::from_bytes(raw.as_ref(), &path.display().to_string())?,
+            path,
+        ))
+    }
+
+    /// `enc:v1:` + base64(nonce || ciphertext || tag).
+    pub fn seal(&self, aad: &str, plain: &str) -> Result<String> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| Error::StoreKey(format!("no OS randomness: {e}")))?;
+        let mut buf = Zeroizing::new(plain.as_bytes().to_vec());
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad.as_bytes()),
+                &mut *buf,
+            )
+            .map_err(|_| Error::StoreKey("sealing failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        Ok(format!("{PREFIX}{}", STANDARD.encode(out)))
+    }
+
+    /// The plain text of a sealed value; a value that is not sealed is returned as it is (rows
+    /// written before sealing, or by hand).
+    pub fn open(&self, aad: &str, value: &str) -> Result<Zeroizing<String>> {
+        let Some(b64) = value.strip_prefix(PREFIX) else {
+            return Ok(Zeroizing::new(value.to_string()));
+        };
+        let mut raw = Zeroizing::new(
+            STANDARD
+                .decode(b64)
+                .map_err(|_| Error::StoreKey("a sealed value in the store is damaged".into()))?,
+        );
+        if raw.len() < NONCE_LEN + 16 {
+            return Err(Error::StoreKey(
+                "a sealed value in the store is damaged".into(),
+            ));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&raw[..NONCE_LEN]);
+        let body = &mut raw[NONCE_LEN..];
+        let plain = self
+            .key
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad.as_bytes()), body)
+            .map_err(|_| {
+                Error::StoreKey(format!(
+                    "a sealed value does not open with the key from {}: is it the key this store was made with?",
+                    self.source
+                ))
+            })?;
+        String::from_utf8(plain.to_vec())
+            .map(Zeroizing::new)
+            .map_err(|_| Error::StoreKey("a sealed value in the store is damaged".into()))
+    }
+}
+
+pub fn is_sealed(value: &str) -> bool {
+    value.starts_with(PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> SealKey {
+        SealKey::from_bytes(&[byte; 32], "test").unwrap()
+    }
+
+    #[test]
+    fn sealed_values_open_only_with_their_key_and_place() {
+        let k = key(7);
+        let sealed = k.seal("a@x\0refresh", "fake-token-SENTINEL").unwrap();
+        assert!(is_sealed(&sealed) && !sealed.contains("SENTINEL"));
+        assert_eq!(
+            &*k.open("a@x\0refresh", &sealed).unwrap(),
+            "fake-token-SENTINEL"
+        );
+        assert_ne!(
+            sealed,
+            k.seal("a@x\0refresh", "fake-token-SENTINEL").unwrap(),
+            "fresh nonce"
+        );
+        assert_eq!(
+            k.open("b@x\0refresh", &sealed).unwrap_err().code(),
+            "STORE_KEY",
+            "bound to its row"
+        );
+        assert_eq!(
+            key(8).open("a@x\0refresh", &sealed).unwrap_err().code(),
+            "STORE_KEY"
+        );
+        assert_eq!(&*k.open("x", "plain").unwrap(), "plain");
+        assert!(k.open("x", "enc:v1:!!!").is_err());
+    }
+
+    #[test]
+    fn keys_are_read_as_hex_or_base64() {
+        assert_eq!(parse_key(&"ab".repeat(32)).unwrap().len(), 32);
+        assert_eq!(parse_key(&STANDARD.encode([1u8; 32])).unwrap().len(), 32);
+        assert!(parse_key("short").is_none());
+        assert!(parse_key(&STANDARD.encode([1u8; 16])).is_none());
+        assert!(!format!("{:?}", key(1)).contains("\\x01"));
+    }
+}

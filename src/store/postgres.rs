@@ -1,0 +1,653 @@
+//! The fleet store: one pool shared by many hosts, on PostgreSQL (`OAUTH_POOL_STORE=postgres://`).
+//! The same protocol as the file, with the database's locks instead of the kernel's:
+//!
+//! - A read is one statement (one snapshot of every row).
+//! - A write is a transaction under a transaction-scoped advisory lock: re-read, change, write
+//!   every row, bump the generation, commit. A host that dies releases it with its connection.
+//! - A refresh holds the account's own advisory lock, on a connection of its own, from the re-read
+//!   to the durable write; the holder's death (SIGKILL, a cut cable) ends the connection and the
+//!   lock with it.
+//! - Tokens (`access`, `refresh`, `key`) and every other top-level section are sealed with the
+//!   store key (`crypto`): a dump holds no usable token. A wrong key is refused before anything
+//!   is read or written.
+//! - The database being down is `STORE_UNAVAILABLE`; the engine keeps serving from memory.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::crypto::{SealKey, CHECK};
+use crate::account::Pool;
+use crate::error::{Error, Result};
+use crate::secret::scrub_tokens;
+
+/// The schema, as numbered migrations; `store init` brings a database up to the last one.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE IF NOT EXISTS oauth_pool_entries (position integer PRIMARY KEY, email text, entry jsonb NOT NULL);
+     CREATE TABLE IF NOT EXISTS oauth_pool_top (name text PRIMARY KEY, value jsonb NOT NULL);
+     INSERT INTO oauth_pool_meta (name, value) VALUES ('generation', '0') ON CONFLICT (name) DO NOTHING;",
+)];
+pub const SCHEMA_VERSION: i32 = 1;
+/// Advisory lock classes: the pool's write lock, and one lock per account's refresh.
+const WRITE_LOCK: i32 = 0x6f61_7070; // "oapp"
+const REFRESH_LOCK: i32 = 0x6f61_7072; // "oapr"
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Other hosts' writes are seen within this (the generation is asked at most this often).
+const FRESH_FOR: Duration = Duration::from_millis(250);
+const SECRET_FIELDS: &[&str] = &["access", "refresh", "key"];
+
+pub struct PgStore {
+    config: Config,
+    /// The URL with its password hidden, for messages and registry keys.
+    shown: String,
+    key: SealKey,
+    /// Shared by reads (single statements only).
+    reader: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// Exclusive: transactions.
+    writer: tokio::sync::Mutex<Option<Client>>,
+    generation: Mutex<Option<(i64, Instant)>>,
+    /// The key check passed on this store (checked once per process).
+    checked: tokio::sync::OnceCell<()>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgStore({})", self.shown)
+    }
+}
+
+/// A connection URL with any password replaced.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            let mut pairs: Vec<(String, String)> = u.query_pairs().into_owned().collect();
+            for (k, v) in pairs.iter_mut() {
+                if k.eq_ignore_ascii_case("password") {
+                    *v = "***".into();
+                }
+            }
+            if !pairs.is_empty() {
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            u.to_string()
+        }
+        Err(_) => "postgres://(unreadable URL)".into(),
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::StoreUnavailable(scrub_tokens(&e.to_string()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let extra = crate::http::extra_root_ders();
+    let verifier = if extra.is_empty() {
+        rustls_platform_verifier::Verifier::new(provider.clone())
+    } else {
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+    }
+    .map_err(|e| Error::StoreUnavailable(format!("TLS setup: {e}")))?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::StoreUnavailable(format!("TLS setup: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// The advisory lock key of one account's refresh: a hash of its lower-cased email.
+fn account_lock(email: &str) -> i32 {
+    let digest = Sha256::digest(crate::account::normalize_email(email).as_bytes());
+    i32::from_le_bytes([digest[0], digest[1], digest[2], digest[3] & 0x7f])
+}
+
+/// An account's refresh lock, held by its own connection: dropped, the connection closes and
+/// the database releases the lock.
+pub struct PgRefreshLock {
+    _client: Client,
+}
+
+impl std::fmt::Debug for PgRefreshLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgRefreshLock")
+    }
+}
+
+impl PgStore {
+    pub fn open(url: &str) -> Result<PgStore> {
+        let config: Config = url.parse().map_err(|e| {
+            Error::InvalidArgument(format!("OAUTH_POOL_STORE is not a PostgreSQL URL ({e})"))
+        })?;
+        let key = SealKey::from_config()?;
+        Ok(PgStore {
+            config,
+            shown: redact(url),
+            key,
+            reader: tokio::sync::Mutex::new(None),
+            writer: tokio::sync::Mutex::new(None),
+            generation: Mutex::new(None),
+            checked: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// Opens with an explicit key (`store copy`, `store init` with a key it just made).
+    pub fn with_key(url: &str, key: SealKey) -> Result<PgStore> {
+        let mut s = PgStore::open_without_key(url)?;
+        s.key = key;
+        Ok(s)
+    }
+
+    fn open_without_key(url: &str) -> Result<PgStore> {
+        let config: Config = url
+            .parse()
+            .map_err(|e| Error::InvalidArgument(format!("not a PostgreSQL URL ({e})")))?;
+        Ok(PgStore {
+            config,
+            shown: redact(url),
+            key: SealKey::from_bytes(&[0u8; 32], "none")?,
+            reader: tokio::sync::Mutex::new(None),
+            writer: tokio::sync::Mutex::new(None),
+            generation: Mutex::new(None),
+            checked: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    async fn connect(&self) -> Result<Client> {
+        let wants_tls = self.config.get_ssl_mode() != tokio_postgres::config::SslMode::Disable;
+        let host_is_socket = self
+            .config
+            .get_hosts()
+            .iter()
+            .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
+        let connecting = async {
+            if wants_tls && !host_is_socket {
+                let (client, conn) = self.config.connect(tls()?).await.map_err(unavailable)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok::<_, Error>(client)
+            } else {
+                let (client, conn) = self.config.connect(NoTls).await.map_err(unavailable)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(client)
+            }
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| {
+                Error::StoreUnavailable(format!("no answer from {} within 10 s", self.shown))
+            })?
+    }
+
+    async fn reader(&self) -> Result<Arc<Client>> {
+        let mut slot = self.reader.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(self.connect().await?);
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The schema version the database has (0: not initialized).
+    pub async fn schema_version(&self) -> Result<i32> {
+        let c = self.reader().await?;
+        let exists = c
+            .query_one("SELECT to_regclass('oauth_pool_meta') IS NOT NULL", &[])
+            .await
+            .map_err(unavailable)?;
+        if !exists.get::<_, bool>(0) {
+            return Ok(0);
+        }
+        let row = c
+            .query_opt(
+                "SELECT value FROM oauth_pool_meta WHERE name = 'schema'",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(row
+            .and_then(|r| r.get::<_, String>(0).parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Creates or migrates the schema, and records (or checks) the key.
+    pub async fn init(&self) -> Result<i32> {
+        let mut guard = self.writer.lock().await;
+        let client = match guard.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect().await?,
+        };
+        let result = async {
+            client
+                .batch_execute(&format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}, 1);
+                     CREATE TABLE IF NOT EXISTS oauth_pool_meta (name text PRIMARY KEY, value text NOT NULL);"
+                ))
+                .await
+                .map_err(unavailable)?;
+            let current: i32 = client
+                .query_opt("SELECT value FROM oauth_pool_meta WHERE name = 'schema'", &[])
+                .await
+                .map_err(unavailable)?
+                .and_then(|r| r.get::<_, String>(0).parse().ok())
+                .unwrap_or(0);
+            for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+                client.batch_execute(sql).await.map_err(unavailable)?;
+                client
+                    .execute(
+                        "INSERT INTO oauth_pool_meta (name, value) VALUES ('schema', $1)
+                         ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                        &[&version.to_string()],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+            }
+            let check = client
+                .query_opt("SELECT value FROM oauth_pool_meta WHERE name = 'key_check'", &[])
+                .await
+                .map_err(unavailable)?;
+            match check {
+                Some(row) => {
+                    self.key.open("key_check", &row.get::<_, String>(0))?;
+                }
+                None => {
+                    let sealed = self.key.seal("key_check", CHECK)?;
+                    client
+                        .execute(
+                            "INSERT INTO oauth_pool_meta (name, value) VALUES ('key_check', $1)",
+                            &[&sealed],
+                        )
+                        .await
+                        .map_err(unavailable)?;
+                }
+            }
+            client.batch_execute("COMMIT").await.map_err(unavailable)?;
+            Ok(SCHEMA_VERSION)
+        }
+        .await;
+        if result.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        if !client.is_closed() {
+            *guard = Some(client);
+        }
+        result
+    }
+
+    /// Refuses a store that is not initialized, or whose key is not ours (before any read).
+    async fn ready(&self) -> Result<()> {
+        self.checked
+            .get_or_try_init(|| async {
+                let version = self.schema_version().await?;
+                if version == 0 {
+                    return Err(Error::StoreUnavailable(format!(
+                        "{} has no pool schema yet: run `oauth-pool store init`",
+                        self.shown
+                    )));
+                }
+                if version > SCHEMA_VERSION {
+                    return Err(Error::StoreUnavailable(format!(
+                        "{} has schema {version}, newer than this version knows ({SCHEMA_VERSION}): upgrade opencode-oauth-pool",
+                        self.shown
+                    )));
+                }
+                let c = self.reader().await?;
+                let row = c
+                    .query_opt("SELECT value FROM oauth_pool_meta WHERE name = 'key_check'", &[])
+                    .await
+                    .map_err(unavailable)?
+                    .ok_or_else(|| Error::StoreKey("the store has no key check: run `oauth-pool store init`".into()))?;
+                self.key.open("key_check", &row.get::<_, String>(0)).map(|_| ())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The key check, for `doctor`: Ok when this process's key opens the store.
+    pub async fn check_key(&self) -> Result<()> {
+        self.ready().await
+    }
+
+    /// The current generation, asked at most every 250 ms.
+    pub async fn generation(&self) -> Result<i64> {
+        if let Some((g, at)) = *lock(&self.generation) {
+            if at.elapsed() < FRESH_FOR {
+                return Ok(g);
+            }
+        }
+        self.ready().await?;
+        let c = self.reader().await?;
+        let row = c
+            .query_one(
+                "SELECT value FROM oauth_pool_meta WHERE name = 'generation'",
+                &[],
+            )
+            .await
+            .map_err(|e| {
+                if c.is_closed() {
+                    unavailable(e)
+                } else {
+                    unavailable(format!("reading the generation: {e}"))
+                }
+            });
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => {
+                *self.reader.lock().await = None;
+                return Err(e);
+            }
+        };
+        let g = row.get::<_, String>(0).parse().unwrap_or(0);
+        *lock(&self.generation) = Some((g, Instant::now()));
+        Ok(g)
+    }
+
+    pub async fn load_generation(&self) -> Result<(Pool, i64)> {
+        self.ready().await?;
+        let c = self.reader().await?;
+        let rows = c
+            .query(
+                "SELECT 'e', position::text, entry FROM oauth_pool_entries
+                 UNION ALL SELECT 't', name, value FROM oauth_pool_top
+                 UNION ALL SELECT 'g', value, 'null'::jsonb FROM oauth_pool_meta WHERE name = 'generation'",
+                &[],
+            )
+            .await;
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                *self.reader.lock().await = None;
+                return Err(unavailable(e));
+            }
+        };
+        let mut entries: Vec<(i32, Value)> = Vec::new();
+        let mut top = Map::new();
+        let mut generation = 0;
+        for r in rows {
+            let kind: &str = r.get(0);
+            let name: String = r.get(1);
+            let value: Value = r.get(2);
+            match kind {
+                "e" => entries.push((name.parse().unwrap_or(i32::MAX), self.open_entry(value)?)),
+                "t" => {
+                    top.insert(name.clone(), self.open_top(&name, value)?);
+                }
+                _ => generation = name.parse().unwrap_or(0),
+            }
+        }
+        entries.sort_by_key(|(p, _)| *p);
+        let mut all = top;
+        all.insert(
+            "anthropic".into(),
+            Value::Array(entries.into_iter().map(|(_, e)| e).collect()),
+        );
+        let pool = Pool::from_value(Value::Object(all)).map_err(|why| {
+            Error::StoreUnavailable(format!("the store's rows do not form a pool: {why}"))
+        })?;
+        *lock(&self.generation) = Some((generation, Instant::now()));
+        Ok((pool, generation))
+    }
+
+    fn aad(email: &str, field: &str) -> String {
+        format!("{email}\0{field}")
+    }
+
+    fn open_entry(&self, mut entry: Value) -> Result<Value> {
+        let email = entry
+            .get("email")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if let Some(map) = entry.as_object_mut() {
+            for f in SECRET_FIELDS {
+                if let Some(Value::String(sealed)) = map.get(*f) {
+                    // Every token this store writes is sealed: a plain one was put there by
+                    // someone without the key, and is not used.
+                    if !super::crypto::is_sealed(sealed) {
+                        return Err(Error::StoreKey(format!(
+                            "the {f} of {email:?} in the store is not sealed (written without the store key?); nothing was used"
+                        )));
+                    }
+                    let plain = self.key.open(&Self::aad(&email, f), sealed)?;
+                    map.insert((*f).into(), Value::String(plain.to_string()));
+                }
+            }
+        }
+        Ok(entry)
+    }
+
+    fn seal_entry(&self, mut entry: Value) -> Result<Value> {
+        let email = entry
+            .get("email")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if let Some(map) = entry.as_object_mut() {
+            for f in SECRET_FIELDS {
+                if let Some(Value::String(plain)) = map.get(*f) {
+                    let sealed = self.key.seal(&Self::aad(&email, f), plain)?;
+                    map.insert((*f).into(), Value::String(sealed));
+                }
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Top-level sections (other providers' accounts, `_pending_*`, our own records) are opaque
+    /// to the pool and may hold tokens: each is sealed whole.
+    fn open_top(&self, name: &str, value: Value) -> Result<Value> {
+        match value {
+            Value::String(s) if super::crypto::is_sealed(&s) => {
+                let plain = self.key.open(&Self::aad("", name), &s)?;
+                serde_json::from_str(&plain)
+                    .map_err(|_| Error::StoreKey(format!("the sealed section {name} is damaged")))
+            }
+            _ => Err(Error::StoreKey(format!(
+                "the section {name:?} in the store is not sealed (written without the store key?)"
+            ))),
+        }
+    }
+
+    fn seal_top(&self, name: &str, value: &Value) -> Result<Value> {
+        Ok(Value::String(
+            self.key.seal(&Self::aad("", name), &value.to_string())?,
+        ))
+    }
+
+    /// Locked read-modify-write in one transaction. Nothing is written when the change leaves
+    /// the pool as it was.
+    pub async fn update<T>(&self, change: impl FnOnce(&mut Pool) -> Result<T>) -> Result<T> {
+        self.ready().await?;
+        let mut guard = self.writer.lock().await;
+        let client = match guard.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect().await?,
+        };
+        let result = self.update_on(&client, change).await;
+        if result.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        if !client.is_closed() {
+            *guard = Some(client);
+        }
+        result
+    }
+
+    async fn update_on<T>(
+        &self,
+        client: &Client,
+        change: impl FnOnce(&mut Pool) -> Result<T>,
+    ) -> Result<T> {
+        client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '60s'; SELECT pg_advisory_xact_lock({WRITE_LOCK}, 0);"
+            ))
+            .await
+            .map_err(unavailable)?;
+        let rows = client
+            .query(
+                "SELECT 'e', position::text, entry FROM oauth_pool_entries
+                 UNION ALL SELECT 't', name, value FROM oauth_pool_top",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut entries: Vec<(i32, Value)> = Vec::new();
+        let mut top = Map::new();
+        for r in rows {
+            let kind: &str = r.get(0);
+            let name: String = r.get(1);
+            let value: Value = r.get(2);
+            if kind == "e" {
+                entries.push((name.parse().unwrap_or(i32::MAX), self.open_entry(value)?));
+            } else {
+                top.insert(name.clone(), self.open_top(&name, value)?);
+            }
+        }
+        entries.sort_by_key(|(p, _)| *p);
+        let mut all = top;
+        all.insert(
+            "anthropic".into(),
+            Value::Array(entries.into_iter().map(|(_, e)| e).collect()),
+        );
+        let mut pool = Pool::from_value(Value::Object(all)).map_err(|why| {
+            Error::StoreUnavailable(format!("the store's rows do not form a pool: {why}"))
+        })?;
+        let before = pool.to_bytes();
+        let out = change(&mut pool)?;
+        if pool.to_bytes() == before {
+            client.batch_execute("COMMIT").await.map_err(unavailable)?;
+            return Ok(out);
+        }
+        self.write_rows(client, &pool).await?;
+        client.batch_execute("COMMIT").await.map_err(unavailable)?;
+        *lock(&self.generation) = None;
+        Ok(out)
+    }
+
+    async fn write_rows(&self, client: &Client, pool: &Pool) -> Result<()> {
+        let value = pool.to_value();
+        client
+            .batch_execute("DELETE FROM oauth_pool_entries; DELETE FROM oauth_pool_top;")
+            .await
+            .map_err(unavailable)?;
+        let insert_entry = client
+            .prepare("INSERT INTO oauth_pool_entries (position, email, entry) VALUES ($1, $2, $3)")
+            .await
+            .map_err(unavailable)?;
+        let entries = value
+            .get("anthropic")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (i, e) in entries.into_iter().enumerate() {
+            let email = e.get("email").and_then(Value::as_str).map(str::to_string);
+            let sealed = self.seal_entry(e)?;
+            client
+                .execute(&insert_entry, &[&(i as i32), &email, &sealed])
+                .await
+                .map_err(unavailable)?;
+        }
+        let insert_top = client
+            .prepare("INSERT INTO oauth_pool_top (name, value) VALUES ($1, $2)")
+            .await
+            .map_err(unavailable)?;
+        for (name, v) in value.as_object().into_iter().flatten() {
+            if name == "anthropic" {
+                continue;
+            }
+            let sealed = self.seal_top(name, v)?;
+            client
+                .execute(&insert_top, &[name, &sealed])
+                .await
+                .map_err(unavailable)?;
+        }
+        client
+            .batch_execute("UPDATE oauth_pool_meta SET value = ((value::bigint) + 1)::text WHERE name = 'generation'")
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Replaces the whole pool (`savePool`, `store copy`).
+    pub async fn save(&self, pool: Pool) -> Result<()> {
+        self.update(move |p| {
+            *p = pool;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn refresh_lock(&self, email: &str, timeout: Duration) -> Result<PgRefreshLock> {
+        self.ready().await?;
+        let client = self.connect().await?;
+        let id = account_lock(email);
+        client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '{}ms'; SELECT pg_advisory_xact_lock({REFRESH_LOCK}, {id});",
+                timeout.as_millis()
+            ))
+            .await
+            .map_err(|e| {
+                if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                    Error::PoolBusy {
+                        path: std::path::PathBuf::from(self.shown.clone()),
+                        seconds: timeout.as_secs(),
+                    }
+                } else {
+                    unavailable(e)
+                }
+            })?;
+        Ok(PgRefreshLock { _client: client })
+    }
+
+    pub async fn refresh_lock_held(&self, email: &str) -> bool {
+        let Ok(c) = self.reader().await else {
+            return false;
+        };
+        let id = account_lock(email);
+        c.query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+             AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 2",
+            &[&i64::from(REFRESH_LOCK), &i64::from(id)],
+        )
+        .await
+        .map(|r| r.get::<_, i64>(0) > 0)
+        .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert!(!redact("postgres://h/db?password=secret&sslmode=require").contains("secret"));
+        assert_eq!(account_lock("A@x"), account_lock("a@x"));
+        assert!(account_lock("a@x") >= 0);
+    }
+}
