@@ -75,10 +75,7 @@ export interface TokenSet {
   /** Epoch milliseconds. */
   expires: number;
 }
-export function exchange(
-  input: string,
-  pkce: { verifier: string; state: string },
-): Promise<TokenSet & { email: string }>;
+export function exchange(input: string, pkce: { verifier: string; state: string }): Promise<TokenSet & { email: string }>;
 export function refresh(refreshToken: string): Promise<TokenSet>;
 
 /** An account as shown to people: no secrets. Unreadable entries have status "invalid". */
@@ -162,16 +159,9 @@ export interface PoolStatus {
 export function listAccounts(path?: string): Promise<AccountSummary[]>;
 export function poolStatus(path?: string): Promise<PoolStatus>;
 /** Exchanges a pasted code and adds (or updates, same email) the account. Tokens stay in Rust. */
-export function addAccount(
-  input: string,
-  pkce: { verifier: string; state: string },
-  path?: string,
-): Promise<{ email: string; added: boolean }>;
+export function addAccount(input: string, pkce: { verifier: string; state: string }, path?: string): Promise<{ email: string; added: boolean }>;
 /** Adds a Console API key as a `type: "api"` member. */
-export function addApiKey(
-  key: string,
-  options?: { email?: string; path?: string },
-): Promise<{ email: string; added: boolean }>;
+export function addApiKey(key: string, options?: { email?: string; path?: string }): Promise<{ email: string; added: boolean }>;
 /** Removes the account(s) with this email; resolves how many were removed. */
 export function removeAccount(email: string, path?: string): Promise<number>;
 export function setEnabled(email: string, enabled: boolean, path?: string): Promise<void>;
@@ -182,10 +172,7 @@ export function resetCooldowns(path?: string): Promise<number>;
  * Refreshes one account now under the pool's lock protocol. `adopted`: another process refreshed
  * meanwhile and its token was taken instead of spending the refresh token again.
  */
-export function refreshAccount(
-  email: string,
-  path?: string,
-): Promise<{ email: string; outcome: "refreshed" | "adopted" | "kept"; expires: number | null }>;
+export function refreshAccount(email: string, path?: string): Promise<{ email: string; outcome: "refreshed" | "adopted" | "kept"; expires: number | null }>;
 /** Keeps that share (0 to 1) of every window for the account's owner; 0 clears it. */
 export function setReserve(email: string, fraction: number, path?: string): Promise<void>;
 /** Writes this process's pending bookkeeping (cooldowns, last use, quota) now. */
@@ -195,11 +182,7 @@ export function nativeVersion(): string;
 /** The napi-rs platform triple of this process, e.g. "linux-x64-gnu". */
 export function platformTriple(): string;
 /** Copies an existing Claude Code login (`~/.claude/.credentials.json`) into the pool. */
-export function importClaudeCode(options?: {
-  credentialsPath?: string;
-  email?: string;
-  path?: string;
-}): Promise<{ email: string; added: boolean }>;
+export function importClaudeCode(options?: { credentialsPath?: string; email?: string; path?: string }): Promise<{ email: string; added: boolean }>;
 
 export interface ServeOptions {
   /** Default 127.0.0.1; another address needs `allowRemote` and TLS. */
@@ -235,14 +218,7 @@ export function storeInit(location?: string): Promise<{ location: string; schema
 export function copyStore(from: string, to: string): Promise<{ from: string; to: string; entries: number }>;
 
 export interface PoolEvent {
-  kind:
-    | "failover"
-    | "rate-limited"
-    | "auth-error"
-    | "unavailable"
-    | "all-cooling"
-    | "third-party-refused"
-    | "tokens-unsaved";
+  kind: "failover" | "rate-limited" | "auth-error" | "unavailable" | "all-cooling" | "third-party-refused" | "tokens-unsaved";
   /** The account the event is about. */
   email?: string;
   /** The account the request moved to, for failover. */
@@ -257,6 +233,12 @@ export interface PoolFetchOptions {
   provider?: "anthropic";
   /** Called (synchronously, errors ignored) for failovers and account state changes. */
   onEvent?: (event: PoolEvent) => void;
+  /**
+   * Who carries the bytes; the Rust engine decides either way. `"native"`: the addon's HTTP
+   * client. `"runtime"`: the runtime's own fetch. `"auto"` (default): the runtime's under Bun
+   * unless a proxy variable is set (the addon owns the proxy rules), the addon's under Node.
+   */
+  transport?: "auto" | "native" | "runtime";
 }
 
 export type PoolFetch = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;

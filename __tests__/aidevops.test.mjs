@@ -2,7 +2,7 @@
 // mirroring marcusquinn/aidevops HEAD) composes our parts in both orders; a pool file in aidevops
 // HEAD's shape is served; importing without a binary never throws; `oauth-pool refresh` from
 // several processes spends the refresh token once.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync, rmSync, symlinkSync } from "node:fs";
@@ -12,24 +12,22 @@ import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { makeAidevopsHost } from "./helpers/aidevops-host.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
-import { startEnv, seedPool, tempPoolPath, readPool, account, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, tempPoolPath, readPool, account, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const CLI = join(ROOT, "bin", "oauth-pool.mjs");
 const parts = { poolAuthHook: lib.poolAuthHook, createPoolTool: lib.createPoolTool, poolConfigHook: lib.poolConfigHook };
 
-let mock;
-before(async () => {
-  mock = await startEnv();
-});
-after(async () => {
-  await mock?.close();
-});
+const mock = useMock();
 
 function fakeClient() {
   const toasts = [];
   const logs = [];
-  return { toasts, logs, client: { tui: { showToast: async ({ body: b }) => toasts.push(b) }, app: { log: async ({ body: b }) => logs.push(b) }, auth: { set: async () => ({}) } } };
+  return {
+    toasts,
+    logs,
+    client: { tui: { showToast: async ({ body: b }) => toasts.push(b) }, app: { log: async ({ body: b }) => logs.push(b) }, auth: { set: async () => ({}) } },
+  };
 }
 
 for (const order of ["ours-first", "ours-last"]) {
@@ -133,7 +131,10 @@ test("a pool file in aidevops HEAD's shape: cooldownUntil is honoured, a foreign
   assert.equal(after.version, undefined, "no top-level key their helper would choke on");
   assert.equal(after.lastFailover, undefined);
   assert.ok(after._oauthPool.lastFailover, "our own record sits under an _-prefixed key");
-  assert.ok(Object.entries(after).every(([k, v]) => k.startsWith("_") || Array.isArray(v)), Object.keys(after).join());
+  assert.ok(
+    Object.entries(after).every(([k, v]) => k.startsWith("_") || Array.isArray(v)),
+    Object.keys(after).join(),
+  );
   void by;
 });
 
@@ -189,7 +190,10 @@ test("oauth-pool refresh from 5 processes at once: one refresh, the others adopt
   mock.setTokenMode({ delayMs: 1500, grant: "refresh_token" });
   const before = mock.stats().perFamily["shell@x.test"].refreshCalls;
   const runs = Array.from({ length: 5 }, () => {
-    const child = spawn(process.execPath, [CLI, "refresh", "shell@x.test", "--json", "--path", path], { env: process.env, stdio: ["ignore", "pipe", "inherit"] });
+    const child = spawn(process.execPath, [CLI, "refresh", "shell@x.test", "--json", "--path", path], {
+      env: process.env,
+      stdio: ["ignore", "pipe", "inherit"],
+    });
     let out = "";
     child.stdout.on("data", (d) => (out += d));
     return new Promise((resolve) => child.on("close", (code) => resolve({ code, out })));

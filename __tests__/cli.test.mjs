@@ -5,7 +5,20 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, closeSync, cpSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  closeSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -35,7 +48,19 @@ let seq = 0;
 const freshPath = () => join(tmp, `case-${++seq}`, "oauth-pool.json");
 
 // Settings of this machine that would change what the CLI reports (proxies show in doctor).
-const SCRUBBED = ["OAUTH_POOL_LOG", "OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"];
+const SCRUBBED = [
+  "OAUTH_POOL_LOG",
+  "OAUTH_POOL_TOKEN_URL",
+  "OAUTH_POOL_API_URL",
+  "HTTPS_PROXY",
+  "https_proxy",
+  "HTTP_PROXY",
+  "http_proxy",
+  "ALL_PROXY",
+  "all_proxy",
+  "NO_PROXY",
+  "no_proxy",
+];
 
 function childEnv(path, extra = {}) {
   const env = { ...process.env, HOME: home, USERPROFILE: home, OAUTH_POOL_PATH: path, ...extra };
@@ -234,7 +259,12 @@ test("enable, disable, priority and remove change the file; unknown emails are A
   assert.deepEqual(json(r), { email: "b@x.test", priority: -3 });
   assert.equal(acct("b@x.test").priority, -3);
 
-  for (const args of [["disable", "nobody@x.test"], ["enable", "nobody@x.test"], ["priority", "nobody@x.test", "1"], ["remove", "nobody@x.test"]]) {
+  for (const args of [
+    ["disable", "nobody@x.test"],
+    ["enable", "nobody@x.test"],
+    ["priority", "nobody@x.test", "1"],
+    ["remove", "nobody@x.test"],
+  ]) {
     const miss = await cli(args, { path });
     assert.equal(miss.code, 1, args.join(" "));
     assert.match(miss.stderr, /^error \[ACCOUNT_NOT_FOUND\]: /);
@@ -248,7 +278,10 @@ test("enable, disable, priority and remove change the file; unknown emails are A
   r = await cli(["remove", "a@x.test", "--json"], { path });
   assert.equal(r.code, 0, r.stdout);
   assert.deepEqual(json(r), { email: "a@x.test", removed: 1 });
-  assert.deepEqual(readPool(path).anthropic.map((a) => a.email), ["b@x.test"]);
+  assert.deepEqual(
+    readPool(path).anthropic.map((a) => a.email),
+    ["b@x.test"],
+  );
   assertNoSecret(r, secrets);
 });
 
@@ -256,7 +289,12 @@ test("status shows cooldowns with time left and 5h/7d quota; reset-cooldowns cle
   const path = freshPath();
   const now = Date.now();
   const seeded = await seed(path, [
-    { email: "cool@x.test", status: "rate-limited", rateLimitUntil: now + 42 * 60_000, quota: { fiveHour: { utilization: 1.01, resetsAt: now + 42 * 60_000 }, sevenDay: { utilization: 0.35, resetsAt: now + 3 * 86_400_000 }, updatedAt: now } },
+    {
+      email: "cool@x.test",
+      status: "rate-limited",
+      rateLimitUntil: now + 42 * 60_000,
+      quota: { fiveHour: { utilization: 1.01, resetsAt: now + 42 * 60_000 }, sevenDay: { utilization: 0.35, resetsAt: now + 3 * 86_400_000 }, updatedAt: now },
+    },
     { email: "ok@x.test", quota: { fiveHour: { utilization: 0.42, resetsAt: now + 3_600_000 }, updatedAt: now } },
   ]);
 
@@ -268,7 +306,10 @@ test("status shows cooldowns with time left and 5h/7d quota; reset-cooldowns cle
   assert.match(r.stdout, /7d \[####------\] 35% resets/);
   assert.match(r.stdout, /5h \[####------\] 42% resets/);
   assert.match(r.stdout, /1 usable/);
-  assertNoSecret(r, seeded.flatMap((a) => [a.access, a.refresh]));
+  assertNoSecret(
+    r,
+    seeded.flatMap((a) => [a.access, a.refresh]),
+  );
 
   const j = json(await cli(["status", "--json"], { path }));
   assert.equal(j.path, path);
@@ -441,7 +482,12 @@ test("add: prints the authorize URL, reads the pasted code, adds the account (lo
 
   const console = await addThroughMock(path, "bob@x.test", { args: ["--mode", "console"] });
   assert.equal(console.code, 0, console.stderr);
-  assert.deepEqual(readPool(path).anthropic.map((a) => a.email).sort(), ["alice@x.test", "bob@x.test"]);
+  assert.deepEqual(
+    readPool(path)
+      .anthropic.map((a) => a.email)
+      .sort(),
+    ["alice@x.test", "bob@x.test"],
+  );
 });
 
 test("add: a code with another login's state is OAUTH_STATE_MISMATCH, exit 1, nothing written", async () => {
@@ -461,8 +507,15 @@ test("import-claude-code copies a Claude Code login into the pool without printi
   const path = freshPath();
   const t = mock.addAccount("cc@x.test");
   const creds = join(tmp, "credentials.json");
-  writeFileSync(creds, JSON.stringify({ claudeAiOauth: { accessToken: t.access, refreshToken: t.refresh, expiresAt: t.expires, scopes: ["user:inference"] } }), { mode: 0o600 });
-  const r = await cli(["import-claude-code", "--credentials", creds, "--email", "cc@x.test", "--yes", "--json"], { path, env: { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url } });
+  writeFileSync(
+    creds,
+    JSON.stringify({ claudeAiOauth: { accessToken: t.access, refreshToken: t.refresh, expiresAt: t.expires, scopes: ["user:inference"] } }),
+    { mode: 0o600 },
+  );
+  const r = await cli(["import-claude-code", "--credentials", creds, "--email", "cc@x.test", "--yes", "--json"], {
+    path,
+    env: { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url },
+  });
   assert.equal(r.code, 0, r.stdout + r.stderr);
   assert.deepEqual(json(r), { email: "cc@x.test", added: true });
   const a = readPool(path).anthropic[0];
@@ -477,7 +530,11 @@ test("import-claude-code copies a Claude Code login into the pool without printi
   // Default location: $HOME/.claude/.credentials.json of the (temporary) HOME.
   const t2 = mock.addAccount("cc2@x.test");
   mkdirSync(join(home, ".claude"), { recursive: true });
-  writeFileSync(join(home, ".claude", ".credentials.json"), JSON.stringify({ claudeAiOauth: { accessToken: t2.access, refreshToken: t2.refresh, expiresAt: t2.expires } }), { mode: 0o600 });
+  writeFileSync(
+    join(home, ".claude", ".credentials.json"),
+    JSON.stringify({ claudeAiOauth: { accessToken: t2.access, refreshToken: t2.refresh, expiresAt: t2.expires } }),
+    { mode: 0o600 },
+  );
   const d = await cli(["import-claude-code", "--email", "cc2@x.test", "--yes"], { path });
   assert.equal(d.code, 0, d.stderr);
   assert.match(d.stdout, /imported cc2@x\.test/);
@@ -517,7 +574,10 @@ test("doctor reports a write lock held too long, and who holds it", { skip: !flo
     const lock = json(r).checks.find((c) => c.name === "lock");
     assert.equal(lock.level, "problem");
     assert.match(lock.message, /held by another process/);
-    assert.ok(lock.holders.some((h) => h.pid === holder.pid && /flock/.test(h.command)), "names the holding process");
+    assert.ok(
+      lock.holders.some((h) => h.pid === holder.pid && /flock/.test(h.command)),
+      "names the holding process",
+    );
   } finally {
     holder.stdin.end();
     await holderGone;
@@ -591,7 +651,11 @@ test("unreadable entries: list and status show them, remove by email or '#<index
   const lj = json(await cli(["list", "--json"], { path }));
   assert.deepEqual(
     lj.accounts.map((a) => [a.email, a.status, a.index ?? null]),
-    [["good@x.test", "idle", null], ["half@x.test", "invalid", 1], ["#2", "invalid", 2]],
+    [
+      ["good@x.test", "idle", null],
+      ["half@x.test", "invalid", 1],
+      ["#2", "invalid", 2],
+    ],
   );
   assert.match(lj.accounts[1].lastError, /unreadable/);
 
@@ -603,7 +667,10 @@ test("unreadable entries: list and status show them, remove by email or '#<index
 
   const doc = json(await cli(["doctor", "--json"], { path }));
   assert.equal(doc.ok, true, "an unreadable entry is a warning, not a failure");
-  assert.deepEqual(doc.checks.filter((c) => c.name === "account" && c.level === "warn").map((c) => c.index), [1, 2]);
+  assert.deepEqual(
+    doc.checks.filter((c) => c.name === "account" && c.level === "warn").map((c) => c.index),
+    [1, 2],
+  );
 
   const byIndex = await cli(["remove", "#2", "--json"], { path });
   assert.equal(byIndex.code, 0, byIndex.stdout);
@@ -611,7 +678,10 @@ test("unreadable entries: list and status show them, remove by email or '#<index
   const byEmail = await cli(["remove", "half@x.test"], { path });
   assert.equal(byEmail.code, 0, byEmail.stderr);
   assert.match(byEmail.stdout, /removed half@x\.test/);
-  assert.deepEqual(readPool(path).anthropic.map((a) => a.email), ["good@x.test"]);
+  assert.deepEqual(
+    readPool(path).anthropic.map((a) => a.email),
+    ["good@x.test"],
+  );
   assert.doesNotMatch((await cli(["list"], { path })).stdout, /unreadable/);
 });
 
@@ -652,8 +722,11 @@ test("a held refresh lock shows in status and as info in doctor", { skip: !flock
     const doc = await cli(["doctor", "--json"], { path });
     assert.equal(doc.code, 0, doc.stdout);
     const info = json(doc).checks.filter((c) => c.name === "refresh lock");
-    assert.deepEqual(info.map((c) => [c.level, c.email]), [["info", "Busy@x.test"]]);
-    assert.match((await cli(["doctor"], { path })).stdout, /^info  refresh lock\s+Busy@x\.test/m);
+    assert.deepEqual(
+      info.map((c) => [c.level, c.email]),
+      [["info", "Busy@x.test"]],
+    );
+    assert.match((await cli(["doctor"], { path })).stdout, /^info {2}refresh lock\s+Busy@x\.test/m);
   } finally {
     holder.stdin.end();
     await holderGone;
@@ -720,7 +793,10 @@ test("import-claude-code on a terminal asks y/N first", { skip: !script && "need
   const yes = await onTerminal("y\n");
   assert.equal(yes.code, 0, yes.stdout);
   assert.match(yes.stdout, /imported tty@x\.test from Claude Code/);
-  assert.deepEqual(readPool(path).anthropic.map((a) => a.email), ["tty@x.test"]);
+  assert.deepEqual(
+    readPool(path).anthropic.map((a) => a.email),
+    ["tty@x.test"],
+  );
 });
 
 test("add and add-key read one bounded line: endless input and a closed stdin are clear errors", async () => {
@@ -776,7 +852,10 @@ test("doctor takes the pool's files and the endpoint rule from the library, and 
   const proxied = await cli(["doctor", "--json"], { path, env });
   assert.equal(proxied.code, 0, proxied.stdout);
   const viaProxy = json(proxied).checks.filter((c) => c.name === "endpoint");
-  assert.deepEqual(viaProxy.map((c) => c.variable), ["OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL"]);
+  assert.deepEqual(
+    viaProxy.map((c) => c.variable),
+    ["OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL"],
+  );
   for (const c of viaProxy) {
     assert.match(c.proxy, /^http:\/\/user:\*\*\*@127\.0\.0\.1:3128/);
     assert.match(c.message, /via proxy http:\/\/user:\*\*\*@127\.0\.0\.1:3128/);

@@ -1,21 +1,15 @@
 // Many real processes on one just-expired account, and a process killed while it holds the
 // refresh lock (issue 6). OAUTH_POOL_SOAK_PROCS / OAUTH_POOL_SOAK_REQUESTS scale it up.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { startEnv, seedPool, account, mode, runWorkersTogether } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, mode, runWorkersTogether } from "./helpers/pool-env.mjs";
 
 const PROCS = Number(process.env.OAUTH_POOL_SOAK_PROCS ?? 20);
 const REQUESTS = Number(process.env.OAUTH_POOL_SOAK_REQUESTS ?? 50);
 
-let mock;
-before(async () => {
-  mock = await startEnv();
-});
-after(async () => {
-  await mock?.close();
-});
+const mock = useMock();
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 

@@ -1,22 +1,15 @@
 // The rotating fetch through the real addon, against the loopback mock (issue 4 scenarios).
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { createPoolFetch, loadPool, savePool, flushPool, resetCooldowns } from "../index.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
-import { startEnv, seedPool, account, readPool, mode, messagesUrl, body, jsonHeaders, runWorkersTogether } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, readPool, mode, messagesUrl, body, jsonHeaders, runWorkersTogether } from "./helpers/pool-env.mjs";
 
-let mock;
-before(async () => {
-  mock = await startEnv();
-});
-after(async () => {
-  await mock?.close();
-});
+const mock = useMock();
 
-const post = (poolFetch, extra = {}, init = {}) =>
-  poolFetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(extra), ...init });
+const post = (poolFetch, extra = {}, init = {}) => poolFetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(extra), ...init });
 
 const deltaText = (sse) =>
   parseSSE(sse)
@@ -42,9 +35,13 @@ test("streams a Messages answer with the pool's bearer and the oauth beta merged
   const path = await seedPool(mock, ["s1@x.test"]);
   const poolFetch = createPoolFetch({ path });
   mock.clearRequests();
-  const res = await post(poolFetch, { stream: true }, {
-    headers: { ...jsonHeaders, "anthropic-beta": "interleaved-thinking-2025-05-14", "x-session-affinity": "ses_1" },
-  });
+  const res = await post(
+    poolFetch,
+    { stream: true },
+    {
+      headers: { ...jsonHeaders, "anthropic-beta": "interleaved-thinking-2025-05-14", "x-session-affinity": "ses_1" },
+    },
+  );
   assert.equal(res.status, 200);
   assert.match(res.headers.get("content-type"), /text\/event-stream/);
   assert.ok(res.body instanceof ReadableStream);
@@ -71,7 +68,10 @@ test("a 429 moves the same request to the next account and the cooldown lands in
   assert.equal(res.status, 200);
   assert.equal(deltaText(await res.text()), "Hello from r2@x.test");
   const sent = mock.requests.filter((r) => r.path.startsWith("/v1/messages"));
-  assert.deepEqual(sent.map((r) => r.email), ["r1@x.test", "r2@x.test"]);
+  assert.deepEqual(
+    sent.map((r) => r.email),
+    ["r1@x.test", "r2@x.test"],
+  );
   assert.equal(sent[0].body, sent[1].body, "the retried body is identical");
   await flushPool(path);
   const a = account(path, "r1@x.test");
@@ -83,16 +83,17 @@ test("a 429 moves the same request to the next account and the cooldown lands in
   // The next request goes straight to r2 (r1 is cooling, and r2 is now the sticky account).
   mock.clearRequests();
   await (await post(poolFetch)).text();
-  assert.deepEqual(mock.requests.map((r) => r.email), ["r2@x.test"]);
+  assert.deepEqual(
+    mock.requests.map((r) => r.email),
+    ["r2@x.test"],
+  );
 });
 
 test("a cooldown written by one process is honoured by another", async () => {
   const path = await seedPool(mock, ["c1@x.test", "c2@x.test"]);
   await savePool(
     {
-      anthropic: readPool(path).anthropic.map((a) =>
-        a.email === "c1@x.test" ? { ...a, priority: 5 } : a,
-      ),
+      anthropic: readPool(path).anthropic.map((a) => (a.email === "c1@x.test" ? { ...a, priority: 5 } : a)),
     },
     path,
   );
@@ -101,8 +102,14 @@ test("a cooldown written by one process is honoured by another", async () => {
   assert.equal(first[0].account, "c2@x.test");
   mock.clearRequests();
   const second = await runWorker(path, 2);
-  assert.deepEqual(second.map((r) => r.account), ["c2@x.test", "c2@x.test"]);
-  assert.ok(mock.requests.every((r) => r.email === "c2@x.test"), "the other process never tried c1");
+  assert.deepEqual(
+    second.map((r) => r.account),
+    ["c2@x.test", "c2@x.test"],
+  );
+  assert.ok(
+    mock.requests.every((r) => r.email === "c2@x.test"),
+    "the other process never tried c1",
+  );
 });
 
 test("every account cooling: one synthetic 429 with the real wait, nothing sent upstream", async () => {
@@ -235,7 +242,10 @@ test("4 processes x 3 requests on an expired token: one refresh, no reuse", asyn
     return JSON.parse(r.out);
   });
   assert.equal(flat.length, 12);
-  assert.ok(flat.every((r) => r.status === 200), JSON.stringify(flat));
+  assert.ok(
+    flat.every((r) => r.status === 200),
+    JSON.stringify(flat),
+  );
   const fam = mock.stats().perFamily["p1@x.test"];
   assert.equal(fam.refreshCalls, 1);
   assert.equal(fam.reuse, 0);
@@ -269,7 +279,10 @@ test("a third-party refusal (400) is passed through, reported, and not retried e
   const events = [];
   const poolFetch = createPoolFetch({ path, onEvent: (e) => events.push(e) });
   mock.scriptAll([
-    { status: 400, body: { type: "error", error: { type: "invalid_request_error", message: "Third-party apps now draw from your extra usage, not your plan limits." } } },
+    {
+      status: 400,
+      body: { type: "error", error: { type: "invalid_request_error", message: "Third-party apps now draw from your extra usage, not your plan limits." } },
+    },
   ]);
   mock.clearRequests();
   const res = await post(poolFetch);
@@ -316,7 +329,10 @@ test("tiny chunks pass through byte-exact, and errors inside a 200 stream pass u
   const path = await seedPool(mock, ["ch@x.test"]);
   const poolFetch = createPoolFetch({ path });
   const text = "héllo wörld ✓ ".repeat(20);
-  mock.script("ch@x.test", [{ sse: true, text, chunkSize: 1 }, { sse: true, text, chunkSize: 4096 }]);
+  mock.script("ch@x.test", [
+    { sse: true, text, chunkSize: 1 },
+    { sse: true, text, chunkSize: 4096 },
+  ]);
   const small = await (await post(poolFetch, { stream: true })).text();
   const big = await (await post(poolFetch, { stream: true })).text();
   const strip = (s) => s.replace(/"id":"[^"]*"/g, "").replace(/msg_[A-Za-z0-9_-]+/g, "");
@@ -436,7 +452,12 @@ test("content encoding stays truthful: a gzip answer arrives decoded, without co
   const plain = JSON.stringify({ ok: true, text: "é".repeat(1000) });
   const server = createServer((req, res) => {
     const gz = gzipSync(plain);
-    res.writeHead(200, { "content-type": "application/json", "content-encoding": "gzip", "content-length": gz.length, "x-saw-accept-encoding": req.headers["accept-encoding"] ?? "" });
+    res.writeHead(200, {
+      "content-type": "application/json",
+      "content-encoding": "gzip",
+      "content-length": gz.length,
+      "x-saw-accept-encoding": req.headers["accept-encoding"] ?? "",
+    });
     res.end(gz);
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));

@@ -27,7 +27,16 @@ let hostB;
 /** A host: its own HOME (and so its own key file), the shared database, the shared mock. */
 function makeHost(name, extra = {}) {
   const home = mkdtempSync(join(tmpdir(), `oauth-pool-host-${name}-`));
-  const env = { ...process.env, HOME: home, USERPROFILE: home, OAUTH_POOL_STORE: pg.url, OAUTH_POOL_PATH: join(home, ".aidevops", "oauth-pool.json"), OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url, ...extra };
+  const env = {
+    ...process.env,
+    HOME: home,
+    USERPROFILE: home,
+    OAUTH_POOL_STORE: pg.url,
+    OAUTH_POOL_PATH: join(home, ".aidevops", "oauth-pool.json"),
+    OAUTH_POOL_TOKEN_URL: mock.tokenUrl,
+    OAUTH_POOL_API_URL: mock.url,
+    ...extra,
+  };
   delete env.OAUTH_POOL_STORE_KEY;
   Object.assign(env, extra);
   return { name, home, env };
@@ -61,8 +70,7 @@ function startHostProcess(host) {
   let buffer = "";
   child.stdout.on("data", (d) => {
     buffer += d;
-    let nl;
-    while ((nl = buffer.indexOf("\n")) >= 0) {
+    for (let nl = buffer.indexOf("\n"); nl >= 0; nl = buffer.indexOf("\n")) {
       const line = buffer.slice(0, nl);
       buffer = buffer.slice(nl + 1);
       waiting.shift()?.(JSON.parse(line));
@@ -104,7 +112,17 @@ async function storedPool(host) {
 
 function oauthEntry(email, { expired = false, ...extra } = {}) {
   const t = mock.addAccount(email);
-  return { email, refresh: t.refresh, access: t.access, expires: expired ? Date.now() - 1000 : t.expires, added: new Date().toISOString(), lastUsed: null, status: "idle", rateLimitUntil: null, ...extra };
+  return {
+    email,
+    refresh: t.refresh,
+    access: t.access,
+    expires: expired ? Date.now() - 1000 : t.expires,
+    added: new Date().toISOString(),
+    lastUsed: null,
+    status: "idle",
+    rateLimitUntil: null,
+    ...extra,
+  };
 }
 
 const rows = () => pg.sql("SELECT position, entry::text FROM oauth_pool_entries ORDER BY position");
@@ -209,7 +227,11 @@ test("store copy: file -> PostgreSQL -> file keeps every field, and pg_dump hold
   const list = await cliJson(hostB, "list");
   assert.deepEqual(
     list.json.accounts.map((a) => [a.email, a.status]),
-    [["max@fleet.test", "idle"], ["key@fleet.test", "disabled"], ["#2", "invalid"]],
+    [
+      ["max@fleet.test", "idle"],
+      ["key@fleet.test", "disabled"],
+      ["#2", "invalid"],
+    ],
   );
 });
 
@@ -299,7 +321,11 @@ test("a cooldown set on one host is honoured by a running process on the other w
     const onBAgain = await onB.ask("fetch");
     assert.equal(onBAgain.value.status, 200);
     assert.equal(onBAgain.value.account, "second@fleet.test");
-    assert.deepEqual(mock.requests.map((r) => r.email), ["second@fleet.test"], "host B never tried the cooling account");
+    assert.deepEqual(
+      mock.requests.map((r) => r.email),
+      ["second@fleet.test"],
+      "host B never tried the cooling account",
+    );
   } finally {
     await onB.close();
   }
@@ -326,7 +352,9 @@ test("a host SIGKILLed while it holds a refresh lock: the database releases it a
   assert.equal(await pg.sql(held), "0\n");
 });
 
-test("PostgreSQL stopped mid-run: valid tokens keep serving, a refresh is STORE_UNAVAILABLE and loses nothing, service resumes on restart", { timeout: 120_000 }, async () => {
+test("PostgreSQL stopped mid-run: valid tokens keep serving, a refresh is STORE_UNAVAILABLE and loses nothing, service resumes on restart", {
+  timeout: 120_000,
+}, async () => {
   await seedStore(hostA, {
     anthropic: [oauthEntry("valid@fleet.test", { priority: 5 }), oauthEntry("stale@fleet.test", { expired: true, priority: -5 })],
   });
@@ -434,5 +462,9 @@ test("both plugin generations on the fleet store: an OpenCode 2 login lands in P
     Object.assign(process.env, saved);
   }
   const onB = await cliJson(hostB, "list");
-  assert.deepEqual(onB.json.accounts.map((a) => a.email), ["v2@fleet.test"], "the login is in the shared store, seen from the other host");
+  assert.deepEqual(
+    onB.json.accounts.map((a) => a.email),
+    ["v2@fleet.test"],
+    "the login is in the shared store, seen from the other host",
+  );
 });

@@ -1,6 +1,6 @@
 // The pool gateway (issue 13): real clients (the Anthropic TypeScript SDK, the AI SDK, curl)
 // against `serve()` over the loopback mock; hostile clients; SIGTERM with streams in flight.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { connect } from "node:net";
@@ -14,20 +14,12 @@ import { createAnthropic } from "@ai-sdk/anthropic";
 import { generateText, streamText } from "ai";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
-import { startEnv, seedPool, tempPoolPath } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, tempPoolPath } from "./helpers/pool-env.mjs";
 
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
 const KEY = "test-gateway-key-0123456789abcdef";
 
-let mock;
-before(async () => {
-  mock = await startEnv();
-  process.env.OAUTH_POOL_GATEWAY_KEY = KEY;
-});
-after(async () => {
-  delete process.env.OAUTH_POOL_GATEWAY_KEY;
-  await mock?.close();
-});
+const mock = useMock({ env: { OAUTH_POOL_GATEWAY_KEY: KEY } });
 
 const deltas = (sse) =>
   parseSSE(sse)
@@ -38,7 +30,8 @@ const messages = (url, init = {}) =>
   fetch(`${url}/v1/messages`, {
     method: "POST",
     headers: { "content-type": "application/json", "anthropic-version": "2023-06-01", "x-api-key": KEY, ...init.headers },
-    body: init.body ?? JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 32, stream: init.stream ?? false, messages: [{ role: "user", content: "hi" }] }),
+    body:
+      init.body ?? JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 32, stream: init.stream ?? false, messages: [{ role: "user", content: "hi" }] }),
     signal: init.signal,
   });
 
@@ -57,7 +50,13 @@ test("the Anthropic SDK and the AI SDK talk to the pool through the gateway, acr
     mock.clearRequests();
     const msg = await client.messages.create({ model: "claude-sonnet-4-5", max_tokens: 32, messages: [{ role: "user", content: "hi" }] });
     assert.equal(msg.content[0].text, "Hello from sdk2@x.test");
-    assert.deepEqual(mock.requests.map((r) => [r.email, r.status]), [["sdk1@x.test", 429], ["sdk2@x.test", 200]]);
+    assert.deepEqual(
+      mock.requests.map((r) => [r.email, r.status]),
+      [
+        ["sdk1@x.test", 429],
+        ["sdk2@x.test", 200],
+      ],
+    );
     for (const r of mock.requests) {
       assert.notEqual(r.headers["x-api-key"], KEY, "the gateway key stays with the gateway");
       assert.match(r.headers.authorization, /^Bearer sk-ant-oat01-mock-/);
@@ -78,7 +77,17 @@ test("the Anthropic SDK and the AI SDK talk to the pool through the gateway, acr
     assert.equal(parts, "Hello from sdk2@x.test");
 
     const curl = await new Promise((resolve) => {
-      const child = spawn("curl", ["-sS", "-N", "-H", `x-api-key: ${KEY}`, "-H", "content-type: application/json", "-d", JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, stream: true, messages: [{ role: "user", content: "hi" }] }), `${gw.url}/v1/messages`]);
+      const child = spawn("curl", [
+        "-sS",
+        "-N",
+        "-H",
+        `x-api-key: ${KEY}`,
+        "-H",
+        "content-type: application/json",
+        "-d",
+        JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, stream: true, messages: [{ role: "user", content: "hi" }] }),
+        `${gw.url}/v1/messages`,
+      ]);
       let out = "";
       child.stdout.on("data", (d) => (out += d));
       child.on("close", (code) => resolve({ code, out }));
@@ -173,7 +182,11 @@ test("hostile clients: oversized bodies, slow headers, huge headers, garbage, to
   const { gw } = await gateway(["hostile@x.test"], { headerTimeoutMs: 300, maxConnections: 4 });
   try {
     mock.clearRequests();
-    const big = await fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { "x-api-key": KEY, "content-type": "application/json" }, body: "x".repeat(33 * 1024 * 1024) });
+    const big = await fetch(`${gw.url}/v1/messages`, {
+      method: "POST",
+      headers: { "x-api-key": KEY, "content-type": "application/json" },
+      body: "x".repeat(33 * 1024 * 1024),
+    });
     assert.equal(big.status, 413);
     assert.equal((await big.json()).error.type, "request_too_large");
     const chunked = await fetch(`${gw.url}/v1/messages`, {
@@ -222,7 +235,29 @@ test("loopback only by default: another address needs --allow-remote and TLS; wi
   await assert.rejects(lib.serve({ host: "0.0.0.0", port: 0, path }), (e) => e.code === "INVALID_ARGUMENT" && /allow-remote/.test(e.message));
   await assert.rejects(lib.serve({ host: "0.0.0.0", port: 0, path, allowRemote: true }), (e) => e.code === "INVALID_ARGUMENT" && /tls-cert/.test(e.message));
   const dir = mkdtempSync(join(tmpdir(), "oauth-pool-gw-tls-"));
-  const r = spawnSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], { cwd: dir });
+  const r = spawnSync(
+    "openssl",
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-keyout",
+      "key.pem",
+      "-out",
+      "cert.pem",
+      "-days",
+      "2",
+      "-subj",
+      "/CN=localhost",
+      "-addext",
+      "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    ],
+    { cwd: dir },
+  );
   assert.equal(r.status, 0, String(r.stderr));
   const seeded = await seedPool(mock, ["tls@x.test"]);
   const gw = await lib.serve({ host: "127.0.0.1", port: 0, path: seeded, allowRemote: true, tlsCert: join(dir, "cert.pem"), tlsKey: join(dir, "key.pem") });
@@ -252,7 +287,11 @@ test("the generated key: made once, 0600, beside the pool file; --show-key print
   const key = show.stdout.trim();
   assert.match(key, /^oauth-pool-gw-[A-Za-z0-9_-]{40,}$/);
   assert.equal(statSync(`${path}.gateway-key`).mode & 0o777, 0o600);
-  assert.equal(spawnSync(process.execPath, [CLI, "serve", "--show-key", "--path", path], { env, encoding: "utf8" }).stdout.trim(), key, "the same key next time");
+  assert.equal(
+    spawnSync(process.execPath, [CLI, "serve", "--show-key", "--path", path], { env, encoding: "utf8" }).stdout.trim(),
+    key,
+    "the same key next time",
+  );
   writeFileSync(`${path}.gateway-key`, "short");
   const refused = spawnSync(process.execPath, [CLI, "serve", "--show-key", "--path", path], { env, encoding: "utf8" });
   assert.equal(refused.status, 1);
@@ -262,7 +301,10 @@ test("the generated key: made once, 0600, beside the pool file; --show-key print
 test("SIGTERM with a stream in flight: the stream finishes, new connections are refused, exit 0", async () => {
   const path = await seedPool(mock, ["term@x.test"]);
   mock.script("term@x.test", [{ sse: true, text: "t".repeat(600), deltaSize: 30, delayMs: 60 }]);
-  const child = spawn(process.execPath, [CLI, "serve", "--port", "0", "--path", path, "--drain-ms", "10000"], { env: process.env, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [CLI, "serve", "--port", "0", "--path", path, "--drain-ms", "10000"], {
+    env: process.env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let out = "";
   const url = await new Promise((resolve, reject) => {
     child.stdout.on("data", (d) => {

@@ -1,19 +1,12 @@
 // Faults, bad input and passive quota tracking (issue 6), through the real addon.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { createPoolFetch, loadPool, savePool, poolStatus, flushPool } from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
-import { startEnv, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath } from "./helpers/pool-env.mjs";
 
-let mock;
-before(async () => {
-  mock = await startEnv();
-});
-after(async () => {
-  delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
-  await mock?.close();
-});
+const mock = useMock();
 
 const post = (f, init = {}) => f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(), ...init });
 const setPriority = async (path, email, priority) => {
@@ -101,8 +94,20 @@ test("malformed rate-limit headers give sane cooldowns", async () => {
     [{ "retry-after": "garbage" }, 1_000, 6_000],
     [{ "retry-after": "-5" }, 1_000, 6_000],
     [{ "retry-after": "99999999999" }, 1_000, 6_000],
-    [{ "retry-after": "1", "anthropic-ratelimit-unified-5h-status": "rejected", "anthropic-ratelimit-unified-5h-reset": new Date(Date.now() + 3_600_000).toISOString() }, 3_500_000, 3_700_000],
-    [{ "anthropic-ratelimit-unified-7d-status": "rejected", "anthropic-ratelimit-unified-7d-reset": String(Math.floor(Date.now() / 1000) + 400 * 86400) }, 7 * 86400_000, 8 * 86400_000 + 5000],
+    [
+      {
+        "retry-after": "1",
+        "anthropic-ratelimit-unified-5h-status": "rejected",
+        "anthropic-ratelimit-unified-5h-reset": new Date(Date.now() + 3_600_000).toISOString(),
+      },
+      3_500_000,
+      3_700_000,
+    ],
+    [
+      { "anthropic-ratelimit-unified-7d-status": "rejected", "anthropic-ratelimit-unified-7d-reset": String(Math.floor(Date.now() / 1000) + 400 * 86400) },
+      7 * 86400_000,
+      8 * 86400_000 + 5000,
+    ],
     [{ "anthropic-ratelimit-unified-5h-status": "rejected", "anthropic-ratelimit-unified-5h-reset": "-1" }, 1_000, 6_000],
   ];
   for (const [headers, min, max] of cases) {
@@ -155,8 +160,12 @@ test("two plugin instances in one process share one refresh", async () => {
 test("1,000 accounts, duplicates, unknown statuses and wrong types: load what is sound, report the rest, write nothing", async () => {
   const path = tempPoolPath();
   const anthropic = Array.from({ length: 1000 }, (_, i) => ({
-    email: `bulk${i}@x.test`, refresh: `r${i}`, access: `a${i}`, expires: Date.now() + 3_600_000,
-    status: i % 7 === 0 ? "mystery" : "idle", rateLimitUntil: null,
+    email: `bulk${i}@x.test`,
+    refresh: `r${i}`,
+    access: `a${i}`,
+    expires: Date.now() + 3_600_000,
+    status: i % 7 === 0 ? "mystery" : "idle",
+    rateLimitUntil: null,
   }));
   anthropic.push({ email: "bulk1@x.test", refresh: "dup", access: "dup", status: "idle", rateLimitUntil: null });
   anthropic.push({ email: 42 }, { email: "badtype@x.test", expires: "tomorrow" }, "not an object");

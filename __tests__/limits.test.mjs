@@ -1,24 +1,18 @@
 // Smarter limits (issue 12): windows read by any name, model-scoped cooldowns, every window's
 // threshold, reserves, spread reopenings, holding, no storms, and usage per account.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
-import { startEnv, seedPool, account, readPool, messagesUrl, jsonHeaders } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, readPool, messagesUrl, jsonHeaders } from "./helpers/pool-env.mjs";
 
 const { createPoolFetch, flushPool, poolStatus } = lib;
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
 const POLLER = fileURLToPath(new URL("./helpers/pool-poller.mjs", import.meta.url));
 
-let mock;
-before(async () => {
-  mock = await startEnv();
-});
-after(async () => {
-  await mock?.close();
-});
+const mock = useMock();
 
 const ask = (f, model, extra = {}, init = {}) =>
   f(messagesUrl(mock), {
@@ -63,7 +57,10 @@ test("a 429 of a model's scoped window cools only that model on that account; ot
   const status = await poolStatus(path);
   const s = status.accounts[0];
   assert.ok(s.modelCooldowns.sonnet > Date.now());
-  assert.ok(s.windows.some((w) => w.name === "7d_sonnet" && w.utilization === 1), JSON.stringify(s.windows));
+  assert.ok(
+    s.windows.some((w) => w.name === "7d_sonnet" && w.utilization === 1),
+    JSON.stringify(s.windows),
+  );
 });
 
 test("every window counts for the soft threshold: a 7d past it moves a sticky session", async () => {
@@ -138,7 +135,10 @@ test("20 processes waiting on one cooldown reopen spread over the jitter, none b
     return r.firstOkAt;
   });
   const arrivals = mock.requests.filter((r) => r.email === "herd@x.test").map((r) => r.at);
-  assert.ok(arrivals.every((t) => t >= until), "nothing was sent before the cooldown ended");
+  assert.ok(
+    arrivals.every((t) => t >= until),
+    "nothing was sent before the cooldown ended",
+  );
   const spread = Math.max(...firsts) - Math.min(...firsts);
   assert.ok(spread >= 1000, `reopenings spread over ${spread} ms, not all at once`);
   assert.ok(Math.max(...firsts) <= until + 3000 + 1500, "within the jitter (plus polling)");
@@ -155,7 +155,11 @@ test("holding (opt-in) waits for the soonest account instead of answering 429; a
     assert.equal(res.status, 200, "served after the hold");
     await res.text();
     assert.ok(Date.now() - started >= 900, `held ${Date.now() - started} ms`);
-    assert.deepEqual(mock.requests.map((r) => r.status), [429, 200], "nothing upstream while holding");
+    assert.deepEqual(
+      mock.requests.map((r) => r.status),
+      [429, 200],
+      "nothing upstream while holding",
+    );
     mock.script("hold@x.test", [{ status: 429, headers: { "retry-after": "3" } }]);
     await (await ask(f, "claude-sonnet-4-5")).text().catch(() => {});
     const ac = new AbortController();
@@ -191,7 +195,10 @@ test("usage per account and model matches what the answers reported: JSON, strea
   const model = "claude-sonnet-4-5";
   const U = (input, output, read, write) => ({ input_tokens: input, output_tokens: output, cache_read_input_tokens: read, cache_creation_input_tokens: write });
   mock.script("use1@x.test", [{ usage: U(11, 7, 5, 3) }, { sse: true, usage: U(20, 9, 4, 2) }, { status: 429, headers: rateLimitHeaders({ retryAfter: 1 }) }]);
-  mock.script("use2@x.test", [{ sse: true, usage: U(30, 12, 0, 6) }, { sse: true, text: "y".repeat(2000), chunkSize: 64, delayMs: 30, usage: U(40, 99, 8, 0) }]);
+  mock.script("use2@x.test", [
+    { sse: true, usage: U(30, 12, 0, 6) },
+    { sse: true, text: "y".repeat(2000), chunkSize: 64, delayMs: 30, usage: U(40, 99, 8, 0) },
+  ]);
   await (await ask(f, model)).text(); // JSON on use1
   await (await ask(f, model, { stream: true })).text(); // stream on use1
   const failover = await ask(f, model, { stream: true }); // 429 on use1, served by use2

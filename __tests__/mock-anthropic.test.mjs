@@ -5,13 +5,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
-import {
-  startMockAnthropic,
-  rateLimitHeaders,
-  callbackUrlFromPaste,
-  parseSSE,
-  DEFAULT_REDIRECT_URI,
-} from "./helpers/mock-anthropic.mjs";
+import { startMockAnthropic, rateLimitHeaders, callbackUrlFromPaste, parseSSE, DEFAULT_REDIRECT_URI } from "./helpers/mock-anthropic.mjs";
 
 const MOCK_PATH = fileURLToPath(new URL("./helpers/mock-anthropic.mjs", import.meta.url));
 const CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
@@ -296,7 +290,11 @@ describe("mock-anthropic", () => {
 
     test("529 and 401 default bodies; scriptAll serves whoever asks", async () => {
       const t = mock.addAccount("err@example.com");
-      mock.scriptAll([{ status: 529 }, { status: 401 }, { status: 400, body: { type: "error", error: { type: "invalid_request_error", message: "prompt is too long" } } }]);
+      mock.scriptAll([
+        { status: 529 },
+        { status: 401 },
+        { status: 400, body: { type: "error", error: { type: "invalid_request_error", message: "prompt is too long" } } },
+      ]);
       const a = await message(mock, bearer(t.access));
       assert.equal(a.status, 529);
       assert.equal((await a.json()).error.type, "overloaded_error");
@@ -480,7 +478,10 @@ describe("mock-anthropic", () => {
         assert.equal(e.data.i, i);
         assert.ok(e.data.t >= start - 50 && e.data.t <= Date.now() + 50);
       }
-      assert.ok(events.some((e) => !Number.isInteger(e.data.t)), "sub-ms precision");
+      assert.ok(
+        events.some((e) => !Number.isInteger(e.data.t)),
+        "sub-ms precision",
+      );
       assert.ok(events[4].data.t - events[0].data.t >= 35);
     });
   });
@@ -519,7 +520,10 @@ describe("standalone process mode", () => {
     return { child, ready, exited };
   }
   const control = async (base, route, body) => {
-    const res = await fetch(`${base}/__mock/${route}`, body === undefined ? {} : { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    const res = await fetch(
+      `${base}/__mock/${route}`,
+      body === undefined ? {} : { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) },
+    );
     assert.equal(res.status, 200, route);
     return res.json();
   };

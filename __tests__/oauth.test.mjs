@@ -1,21 +1,14 @@
 // OAuth through the real addon against the strict mock token endpoint (issue 3).
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { authorize, exchange, refresh, addAccount, addApiKey, loadPool, importClaudeCode, listAccounts } from "../index.mjs";
 import { callbackUrlFromPaste } from "./helpers/mock-anthropic.mjs";
-import { startEnv, tempPoolPath, mode } from "./helpers/pool-env.mjs";
+import { useMock, tempPoolPath, mode } from "./helpers/pool-env.mjs";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-let mock;
-before(async () => {
-  mock = await startEnv();
-});
-after(async () => {
-  delete process.env.OAUTH_POOL_TIMEOUT_MS;
-  await mock?.close();
-});
+const mock = useMock();
 
 test("authorize: PKCE S256 with a separate random state", async () => {
   const a = await authorize();
@@ -35,8 +28,7 @@ test("exchange accepts code#state, the callback URL and a query string", async (
   for (const [i, form] of ["hash", "url", "query"].entries()) {
     const a = await authorize();
     const paste = mock.approve(a.url, `form${i}@x.test`);
-    const input =
-      form === "hash" ? paste : form === "url" ? callbackUrlFromPaste(paste) : new URL(callbackUrlFromPaste(paste)).search;
+    const input = form === "hash" ? paste : form === "url" ? callbackUrlFromPaste(paste) : new URL(callbackUrlFromPaste(paste)).search;
     const t = await exchange(input, { verifier: a.verifier, state: a.state });
     assert.equal(t.email, `form${i}@x.test`);
     assert.equal(t.access, mock.tokens(`form${i}@x.test`).access);
@@ -112,7 +104,10 @@ test("addAccount adds, a second login adds a second account, the same email upda
     assert.equal(r.email, email);
   }
   const pool = await loadPool(path);
-  assert.deepEqual(pool.anthropic.map((x) => x.email), ["one@x.test", "two@x.test"]);
+  assert.deepEqual(
+    pool.anthropic.map((x) => x.email),
+    ["one@x.test", "two@x.test"],
+  );
   assert.equal(pool.anthropic[0].access, mock.tokens("one@x.test").access);
   assert.equal(mode(path), 0o600);
   const key = await addApiKey("fake-console-key-test-123", { email: "team@x.test", path });

@@ -1,23 +1,17 @@
 // The plugin on an OpenCode 2 host (issue 11), through a harness that loads and drives it the way
 // 2.x does (helpers/opencode2-host.mjs, built from anomalyco/opencode's source), against the
 // loopback mock of Anthropic. Runs under Node and Bun.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as pluginModule from "../plugin.mjs";
 import { listAccounts, flushPool } from "../index.mjs";
 import { native } from "../lib/native.mjs";
 import { settle } from "../lib/errors.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
-import { startEnv, tempPoolPath, readPool } from "./helpers/pool-env.mjs";
+import { useMock, tempPoolPath, readPool } from "./helpers/pool-env.mjs";
 import { createHost, loadPlugin, g1Context, registrationsOf, ModelRequestError } from "./helpers/opencode2-host.mjs";
 
-let mock;
-before(async () => {
-  mock = await startEnv();
-});
-after(async () => {
-  await mock?.close();
-});
+const mock = useMock();
 
 const body = { messages: [{ role: "user", content: "hi" }] };
 const textOf = (sse) =>
@@ -62,10 +56,21 @@ test("logins add accounts to the pool file; the host keeps no token of ours", as
   mock.addApiKey(key, "v2key@x.test");
   const keyed = await host.login("anthropic-pool", "console-api-key", { answer: { key, label: "v2key@x.test" } });
   assert.equal(keyed.credential.value.access, "pool");
-  assert.deepEqual((await listAccounts(path)).map((a) => [a.email, a.type]), [["v2a@x.test", "oauth"], ["v2b@x.test", "oauth"], ["v2key@x.test", "api"]]);
+  assert.deepEqual(
+    (await listAccounts(path)).map((a) => [a.email, a.type]),
+    [
+      ["v2a@x.test", "oauth"],
+      ["v2b@x.test", "oauth"],
+      ["v2key@x.test", "api"],
+    ],
+  );
   const stored = JSON.stringify(host.credentials("anthropic-pool"));
-  for (const a of readPool(path).anthropic) for (const secret of [a.access, a.refresh, a.key].filter(Boolean)) assert.ok(!stored.includes(secret), "a token reached the host's store");
-  assert.deepEqual(host.credentials("anthropic-pool").map((c) => c.label), ["v2a@x.test", "v2b@x.test", "v2key@x.test"]);
+  for (const a of readPool(path).anthropic)
+    for (const secret of [a.access, a.refresh, a.key].filter(Boolean)) assert.ok(!stored.includes(secret), "a token reached the host's store");
+  assert.deepEqual(
+    host.credentials("anthropic-pool").map((c) => c.label),
+    ["v2a@x.test", "v2b@x.test", "v2key@x.test"],
+  );
   await handle.unload();
 });
 
@@ -96,7 +101,13 @@ test("a 429 on the first account is answered by the second, inside one host requ
   assert.equal(res.status, 200);
   assert.equal(textOf(await res.text()), `Hello from ${other}`);
   const sent = mock.requests.filter((r) => r.path.startsWith("/v1/messages"));
-  assert.deepEqual(sent.map((r) => [r.email, r.status]), [[served, 429], [other, 200]]);
+  assert.deepEqual(
+    sent.map((r) => [r.email, r.status]),
+    [
+      [served, 429],
+      [other, 200],
+    ],
+  );
   assert.equal(sent[1].headers.authorization, `Bearer ${mock.tokens(other).access}`);
   assert.match(sent[1].headers["anthropic-beta"], /oauth-2025-04-20/);
   assert.equal(sent[1].headers["x-api-key"], undefined);
@@ -111,7 +122,10 @@ test("a 429 on the first account is answered by the second, inside one host requ
   assert.equal(again.status, 200);
   assert.equal(textOf(await again.text()), `Hello from ${other}`);
   assert.equal(mock.stats().refreshCalls, before + 1);
-  assert.deepEqual(mock.requests.filter((r) => r.path.startsWith("/v1/messages")).map((r) => r.status), [401, 200]);
+  assert.deepEqual(
+    mock.requests.filter((r) => r.path.startsWith("/v1/messages")).map((r) => r.status),
+    [401, 200],
+  );
   await handle.unload();
 });
 

@@ -51,8 +51,18 @@ function fakeClient() {
     toasts,
     logs,
     client: {
-      tui: { showToast: async ({ body }) => (toasts.push(body), { data: true }) },
-      app: { log: async ({ body }) => (logs.push(body), { data: true }) },
+      tui: {
+        showToast: async ({ body }) => {
+          toasts.push(body);
+          return { data: true };
+        },
+      },
+      app: {
+        log: async ({ body }) => {
+          logs.push(body);
+          return { data: true };
+        },
+      },
     },
   };
 }
@@ -149,7 +159,7 @@ test("a bad code resolves { type: 'failed' } and logs why without a secret", asy
   const hooks = await plugin(path, client);
   const started = await hooks.auth.methods[0].authorize();
   mock.approve(started.url, "bad@example.com");
-  const result = await started.callback("not-the-code#" + new URL(started.url).searchParams.get("state"));
+  const result = await started.callback(`not-the-code#${new URL(started.url).searchParams.get("state")}`);
   assert.deepEqual(result, { type: "failed" });
   assert.deepEqual(await lib.listAccounts(path), []);
   // The log call is made before the callback resolves (fire-and-forget, pushed synchronously).
@@ -175,7 +185,10 @@ test("the API-key method adds a type api member", async () => {
   assert.equal(result.type, "success");
   assert.doesNotMatch(JSON.stringify(result), /sk-ant-|fake-console-key/);
   const accounts = await lib.listAccounts(path);
-  assert.deepEqual(accounts.map((a) => [a.email, a.type]), [["console@example.com", "api"]]);
+  assert.deepEqual(
+    accounts.map((a) => [a.email, a.type]),
+    [["console@example.com", "api"]],
+  );
 
   // Served with the key through the loader's fetch.
   const { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });
@@ -204,7 +217,10 @@ test("the loader zeroes costs and returns { apiKey: '', fetch } serving with the
     },
   };
   let gotAuth = false;
-  const out = await hooks.auth.loader(async () => ((gotAuth = true), { type: "oauth", refresh: "pool", access: "pool", expires: 0 }), provider);
+  const out = await hooks.auth.loader(async () => {
+    gotAuth = true;
+    return { type: "oauth", refresh: "pool", access: "pool", expires: 0 };
+  }, provider);
   assert.equal(out.apiKey, "");
   assert.equal(typeof out.fetch, "function");
   assert.equal(gotAuth, false, "the loader does not need OpenCode's auth entry");
@@ -234,7 +250,13 @@ test("a 429 on the first account fails over to the second and the user is told o
   assert.equal(res.status, 200);
   assert.match(await res.text(), /Hello from second@example\.com/);
   const recent = mock.requests.slice(-2);
-  assert.deepEqual(recent.map((r) => [r.email, r.status]), [["first@example.com", 429], ["second@example.com", 200]]);
+  assert.deepEqual(
+    recent.map((r) => [r.email, r.status]),
+    [
+      ["first@example.com", 429],
+      ["second@example.com", 200],
+    ],
+  );
   assert.equal(bearerOf(recent[1]), mock.tokens("second@example.com").access);
 
   // A second request stays on the second account: no new failover, no new toast.
@@ -280,18 +302,28 @@ test("failover notices are debounced per account pair for 30 s", () => {
   now += 2_000;
   notify(ev("a@x", "b@x"));
   notify({ kind: "refreshed", email: "a@x", message: "a@x: access token refreshed" });
-  assert.deepEqual(toasts.map((t) => t.message), ["a@x rate limited; moved to b@x", "b@x rate limited; moved to a@x", "a@x rate limited; moved to b@x"]);
+  assert.deepEqual(
+    toasts.map((t) => t.message),
+    ["a@x rate limited; moved to b@x", "b@x rate limited; moved to a@x", "a@x rate limited; moved to b@x"],
+  );
   assert.equal(logs.filter((l) => l.level === "warn").length, 3);
   assert.ok(logs.some((l) => l.level === "debug" && /refreshed/.test(l.message)));
   // A client without tui or app, or one that throws, is fine.
   createNotifier(undefined)(ev("a@x", "b@x"));
-  createNotifier({ tui: { showToast: () => { throw new Error("boom"); } }, app: { log: () => Promise.reject(new Error("x")) } })(ev("a@x", "b@x"));
+  createNotifier({
+    tui: {
+      showToast: () => {
+        throw new Error("boom");
+      },
+    },
+    app: { log: () => Promise.reject(new Error("x")) },
+  })(ev("a@x", "b@x"));
 });
 
 // ------------------------------------------------------------------------------------------------
 // The tool
 
-test("the tool is made with tool(): zod args, description, execute", async () => {
+test("the tool is a plain definition: zod args (as tool() would make them), description, execute", async () => {
   const tool = (await plugin(freshPath())).tool[TOOL];
   assert.match(tool.description, /Anthropic account pool/);
   assert.equal(typeof tool.execute, "function");
@@ -310,7 +342,7 @@ test("tool actions: list, remove, enable, disable, priority and their help texts
   await login(hooks, "alice@example.com");
   await login(hooks, "bob@example.com");
 
-  let list = await run({ action: "list" });
+  const list = await run({ action: "list" });
   assert.match(list, /^Anthropic pool: 2 accounts, 2 usable now\./);
   assert.match(list, /1\. alice@example\.com \[Claude login\] idle · priority 0 · never used/);
   assert.match(list, /2\. bob@example\.com/);
@@ -335,8 +367,14 @@ test("tool actions: list, remove, enable, disable, priority and their help texts
   assert.match(help, /Unknown action "frobnicate"/);
   for (const a of ["list", "status", "remove", "enable", "disable", "priority", "reset-cooldowns"]) assert.match(help, new RegExp(`- ${a}\\b`));
 
-  assert.match(await run({ action: "remove", email: "alice@example.com" }), /Removed alice@example\.com from the Anthropic pool\. Accounts in the pool: bob@example\.com\./);
-  assert.deepEqual((await lib.listAccounts(path)).map((a) => a.email), ["bob@example.com"]);
+  assert.match(
+    await run({ action: "remove", email: "alice@example.com" }),
+    /Removed alice@example\.com from the Anthropic pool\. Accounts in the pool: bob@example\.com\./,
+  );
+  assert.deepEqual(
+    (await lib.listAccounts(path)).map((a) => a.email),
+    ["bob@example.com"],
+  );
 });
 
 test("tool: auth-error says what to do; invalid entries and a corrupt file are explained", async () => {
@@ -347,7 +385,10 @@ test("tool: auth-error says what to do; invalid entries and a corrupt file are e
   mock.revoke("dead@example.com", { family: true });
   // The access token is refused and the refresh token is dead: the account needs a new login.
   const { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });
-  await fetch(`${mock.url}/v1/messages`, messagesRequest()).then((r) => r.text(), () => {});
+  await fetch(`${mock.url}/v1/messages`, messagesRequest()).then(
+    (r) => r.text(),
+    () => {},
+  );
   assert.match(await run({ action: "list" }), /dead@example\.com \[Claude login\] auth-error: needs a new login: run `opencode auth login` -> Anthropic Pool/);
 
   const file = JSON.parse(readFileSync(path, "utf8"));
@@ -440,7 +481,13 @@ test("config honours OPENCODE_MODELS_PATH and keeps catalog prices for a pool of
 });
 
 test("config falls back to ANTHROPIC_MODELS when the cache is missing or corrupt", async () => {
-  for (const setup of [() => rmSync(cacheFile(), { force: true }), () => (mkdirSync(join(cacheFile(), ".."), { recursive: true }), writeFileSync(cacheFile(), "{oops"))]) {
+  for (const setup of [
+    () => rmSync(cacheFile(), { force: true }),
+    () => {
+      mkdirSync(join(cacheFile(), ".."), { recursive: true });
+      writeFileSync(cacheFile(), "{oops");
+    },
+  ]) {
     setup();
     const config = {};
     await poolConfigHook(config);
@@ -509,9 +556,13 @@ test("config keeps what the user set in provider['anthropic-pool']", async () =>
 
 test("config never calls the OpenCode client, and its fetch works with no auth.json entry", async () => {
   const calls = [];
-  const trap = new Proxy({}, { get: (_, k) => (calls.push(String(k)), trap), apply: () => calls.push("call") });
+  const record = (k) => {
+    calls.push(String(k));
+    return trap;
+  };
+  const trap = new Proxy({}, { get: (_, k) => record(k), apply: () => calls.push("call") });
   const path = freshPath();
-  const hooks = await OAuthPoolPlugin({ client: new Proxy(() => {}, { get: (_, k) => (calls.push(String(k)), trap) }) }, { path });
+  const hooks = await OAuthPoolPlugin({ client: new Proxy(() => {}, { get: (_, k) => record(k) }) }, { path });
   const config = {};
   await hooks.config(config);
   assert.deepEqual(calls, []);
@@ -528,6 +579,9 @@ test("without a path option the pool is OAUTH_POOL_PATH", async () => {
   rmSync(process.env.OAUTH_POOL_PATH, { force: true });
   const hooks = await OAuthPoolPlugin({ client: fakeClient().client });
   await login(hooks, "default@example.com");
-  assert.deepEqual((await lib.listAccounts(process.env.OAUTH_POOL_PATH)).map((a) => a.email), ["default@example.com"]);
+  assert.deepEqual(
+    (await lib.listAccounts(process.env.OAUTH_POOL_PATH)).map((a) => a.email),
+    ["default@example.com"],
+  );
   assert.match(await hooks.tool[TOOL].execute({ action: "list" }, {}), /default@example\.com/);
 });

@@ -34,7 +34,23 @@ before(async () => {
   openssl(["req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=oauth-pool test CA"]);
   openssl(["req", ...ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", `/CN=${HOST}`]);
   writeFileSync(join(dir, "leaf.ext"), `subjectAltName=DNS:${HOST}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`);
-  openssl(["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "leaf.ext"]);
+  openssl([
+    "x509",
+    "-req",
+    "-in",
+    "leaf.csr",
+    "-CA",
+    "ca.pem",
+    "-CAkey",
+    "ca.key",
+    "-CAcreateserial",
+    "-out",
+    "leaf.pem",
+    "-days",
+    "2",
+    "-extfile",
+    "leaf.ext",
+  ]);
   // TLS for api.anthropic.test, terminated here and passed to the plain mock.
   tls = createTlsServer({ key: readFileSync(join(dir, "leaf.key")), cert: readFileSync(join(dir, "leaf.pem")) }, (socket) => {
     const upstream = connect(mock.port, "127.0.0.1");
@@ -44,7 +60,7 @@ before(async () => {
   });
   await new Promise((r) => tls.listen(0, "127.0.0.1", r));
   // The corporate proxy: CONNECT only, and only to api.anthropic.test:443.
-  proxy = createServer((req, res) => res.writeHead(405).end());
+  proxy = createServer((_req, res) => res.writeHead(405).end());
   proxy.on("connect", (req, client) => {
     connects.push({ target: req.url, auth: req.headers["proxy-authorization"] ?? null });
     if (req.url !== `${HOST}:443`) return client.end("HTTP/1.1 403 Forbidden\r\n\r\n");
@@ -104,7 +120,10 @@ test("15: HTTPS_PROXY carries the token refresh and the Messages request through
   assert.match(result.text, /Hello from proxied@x\.test/);
   assert.equal(mock.stats().refreshCalls, refreshesBefore + 1, "the refresh went through the proxy too");
   assert.ok(connects.length >= 1 && connects.every((c) => c.target === `${HOST}:443`), JSON.stringify(connects));
-  assert.ok(connects.some((c) => c.auth === `Basic ${Buffer.from("proxyuser:proxypass").toString("base64")}`), "proxy credentials from the URL");
+  assert.ok(
+    connects.some((c) => c.auth === `Basic ${Buffer.from("proxyuser:proxypass").toString("base64")}`),
+    "proxy credentials from the URL",
+  );
 });
 
 test("15: without the CA the TLS endpoint is refused; loopback is never sent to the proxy", async () => {

@@ -1,19 +1,13 @@
 // No token, code or verifier in any log line or error message, even at TRACE level.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { authorize, exchange, refresh } from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
-import { startEnv, seedPool, readPool } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, readPool } from "./helpers/pool-env.mjs";
 
-let mock;
-before(async () => {
-  mock = await startEnv();
-});
-after(async () => {
-  await mock?.close();
-});
+const mock = useMock();
 
 const worker = fileURLToPath(new URL("./helpers/pool-worker.mjs", import.meta.url));
 
@@ -37,7 +31,10 @@ test("a TRACE run through refresh, 429 failover and 401 logs no secret", async (
   const before = readPool(path).anthropic;
   mock.script("sec1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 60, fiveHourReset: Math.floor(Date.now() / 1000) + 60 }) }]);
   const { results, log } = await runTraced(path, 3);
-  assert.ok(results.every((r) => r.status === 200), JSON.stringify(results));
+  assert.ok(
+    results.every((r) => r.status === 200),
+    JSON.stringify(results),
+  );
   assert.match(log, /refreshing access token/, "the log is really on");
   assert.match(log, /rate limited/);
   const after = readPool(path).anthropic;

@@ -1,5 +1,5 @@
 // The pool attacked, and used carelessly (issue 10): each test names the hole it closes.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { createServer } from "node:http";
@@ -9,19 +9,13 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
-import { startEnv, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath } from "./helpers/pool-env.mjs";
 
 const { createPoolFetch, flushPool, poolStatus, savePool, loadPool } = lib;
 const INDEX = fileURLToPath(new URL("../index.mjs", import.meta.url));
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
 
-let mock;
-before(async () => {
-  mock = await startEnv();
-});
-after(async () => {
-  await mock?.close();
-});
+const mock = useMock();
 
 const post = (f, extra = {}, init = {}) => f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(extra), ...init });
 
@@ -70,7 +64,12 @@ test("2: a token endpoint that echoes the refresh token: scrubbed from errors, e
   const path = await seedPool(mock, ["echo@x.test"], { expired: ["echo@x.test"] });
   const token = readPool(path).anthropic[0].refresh;
   const piece = token.slice(8, 30);
-  mock.setTokenMode({ status: 400, body: { error: "invalid_request", error_description: `malformed refresh_token '${token}' (${piece})` }, grant: "refresh_token", times: 10 });
+  mock.setTokenMode({
+    status: 400,
+    body: { error: "invalid_request", error_description: `malformed refresh_token '${token}' (${piece})` },
+    grant: "refresh_token",
+    times: 10,
+  });
   const events = [];
   const f = createPoolFetch({ path, onEvent: (e) => events.push(e) });
   const thrown = await post(f).then(
@@ -88,7 +87,10 @@ test("2: a token endpoint that echoes the refresh token: scrubbed from errors, e
   const status = await poolStatus(path);
   const out = cli(["status", "--path", path]).out + cli(["status", "--json", "--path", path]).out;
   const everything = JSON.stringify([thrown.message, direct.message, events, readFileSync(path, "utf8").replace(token, "TOKEN-IN-ITS-PLACE"), status]) + out;
-  assert.ok(events.some((e) => /malformed refresh_token/.test(e.message)), JSON.stringify(events));
+  assert.ok(
+    events.some((e) => /malformed refresh_token/.test(e.message)),
+    JSON.stringify(events),
+  );
   assert.match(account(path, "echo@x.test").lastError, /malformed refresh_token '\[redacted\]'/);
   assert.doesNotMatch(everything, new RegExp(token.replace(/[-]/g, "\\-")));
   assert.ok(!everything.includes(piece), "no piece of it either");
@@ -224,7 +226,14 @@ test("7: logging in again (from another process) revives an auth-error account w
   // Another process (async: the mock answers from this one) exchanges the code and writes.
   const child = spawn(
     process.execPath,
-    ["--input-type=module", "-e", `const { addAccount } = await import(${JSON.stringify(INDEX)}); await addAccount(process.argv[1], JSON.parse(process.argv[2]), process.argv[3]);`, paste, JSON.stringify({ verifier, state }), path],
+    [
+      "--input-type=module",
+      "-e",
+      `const { addAccount } = await import(${JSON.stringify(INDEX)}); await addAccount(process.argv[1], JSON.parse(process.argv[2]), process.argv[3]);`,
+      paste,
+      JSON.stringify({ verifier, state }),
+      path,
+    ],
     { env: process.env, stdio: ["ignore", "inherit", "inherit"] },
   );
   assert.equal(await new Promise((r) => child.on("close", r)), 0);
@@ -238,7 +247,10 @@ test("7: logging in again (from another process) revives an auth-error account w
 
 test("8: retry-after 7999 (or a date three hours ahead) is honoured, not clamped to minutes", async () => {
   const inThreeHours = new Date(Date.now() + 3 * 3600_000).toUTCString();
-  for (const [retryAfter, expected] of [["7999", 7999], [inThreeHours, 3 * 3600]]) {
+  for (const [retryAfter, expected] of [
+    ["7999", 7999],
+    [inThreeHours, 3 * 3600],
+  ]) {
     const path = await seedPool(mock, [`ra${expected}@x.test`]);
     mock.script(`ra${expected}@x.test`, [{ status: 429, headers: { "retry-after": retryAfter } }]);
     const f = createPoolFetch({ path });
@@ -268,11 +280,17 @@ test("9: refreshed tokens that cannot be written keep the refresh lock, are repo
   const res = await pending;
   assert.equal(res.status, 200, "served with the new tokens from memory");
   await res.text();
-  assert.ok(events.some((e) => e.kind === "tokens-unsaved" && e.email === "us@x.test"), JSON.stringify(events));
+  assert.ok(
+    events.some((e) => e.kind === "tokens-unsaved" && e.email === "us@x.test"),
+    JSON.stringify(events),
+  );
   // The person fixes the file (here: back to what it was, with the spent refresh token).
   writeFileSync(path, good);
   const mine = await poolStatus(path);
-  assert.deepEqual(mine.unsavedTokens.map((u) => u.email), ["us@x.test"]);
+  assert.deepEqual(
+    mine.unsavedTokens.map((u) => u.email),
+    ["us@x.test"],
+  );
   const other = JSON.parse(cli(["status", "--json", "--path", path]).out);
   assert.deepEqual(other.refreshLocked, ["us@x.test"], "other processes see the refresh lock held");
   const again = await post(f);
@@ -327,7 +345,10 @@ test("11: wrong argument types reject with INVALID_ARGUMENT and a sentence", asy
       `call ${i}`,
     );
   }
-  assert.throws(() => createPoolFetch(5), (e) => e.code === "INVALID_ARGUMENT");
+  assert.throws(
+    () => createPoolFetch(5),
+    (e) => e.code === "INVALID_ARGUMENT",
+  );
 });
 
 // ---- 13. emails that differ only in case ------------------------------------------------------
@@ -355,7 +376,10 @@ test("13: accounts whose emails differ only in case are two accounts: served, ch
   assert.deepEqual(status.caseClashes, [["Case@x.test", "case@x.test"]]);
   await assert.rejects(lib.removeAccount("CASE@X.TEST", path), (e) => e.code === "INVALID_ARGUMENT" && /differ only in case/.test(e.message));
   assert.equal(await lib.removeAccount("case@x.test", path), 1);
-  assert.deepEqual(readPool(path).anthropic.map((x) => x.email), ["Case@x.test"]);
+  assert.deepEqual(
+    readPool(path).anthropic.map((x) => x.email),
+    ["Case@x.test"],
+  );
 });
 
 // ---- 14. unreadable entries are listed and removable -----------------------------------------
@@ -366,9 +390,19 @@ test("14: unreadable entries are listed (marked invalid) and can be removed by e
   raw.anthropic.push({ email: "broken@x.test", expires: "tomorrow" }, 42);
   writeFileSync(path, JSON.stringify(raw));
   const list = await lib.listAccounts(path);
-  assert.deepEqual(list.map((a) => [a.email, a.status]), [["fine@x.test", "idle"], ["broken@x.test", "invalid"], ["#2", "invalid"]]);
+  assert.deepEqual(
+    list.map((a) => [a.email, a.status]),
+    [
+      ["fine@x.test", "idle"],
+      ["broken@x.test", "invalid"],
+      ["#2", "invalid"],
+    ],
+  );
   assert.match(list[1].lastError, /unreadable/);
   assert.equal(await lib.removeAccount("broken@x.test", path), 1);
   assert.equal(await lib.removeAccount("#1", path), 1);
-  assert.deepEqual(readPool(path).anthropic.map((a) => a.email), ["fine@x.test"]);
+  assert.deepEqual(
+    readPool(path).anthropic.map((a) => a.email),
+    ["fine@x.test"],
+  );
 });

@@ -1,20 +1,27 @@
 // One benchmark client run, in whichever runtime executes it (node or bun). Compares the pool
 // fetch with the runtime's own fetch on the same loopback server, interleaving the two.
-//   node bench/client.mjs <serverUrl> <poolPath> [suite]     suite: all | rss-pool | rss-native
+//   node bench/client.mjs <serverUrl> <poolPath> [suite]
+//   suite: all | rss-pool | rss-native | a comma list of throughput, latency, sse, failover,
+//   concurrent
+// BENCH_TRANSPORT, when set, is passed to createPoolFetch as its transport.
+import { readdirSync, readFileSync } from "node:fs";
 import { createPoolFetch } from "../index.mjs";
 
 const [server, poolPath, suite = "all"] = process.argv.slice(2);
-const poolFetch = createPoolFetch({ path: poolPath });
+const poolFetch = createPoolFetch({ path: poolPath, ...(process.env.BENCH_TRANSPORT ? { transport: process.env.BENCH_TRANSPORT } : {}) });
 const impls = { pool: poolFetch, native: globalThis.fetch.bind(globalThis) };
 const now = () => performance.timeOrigin + performance.now();
 const MB = 1024 * 1024;
 
+let reads = 0; // reads that returned bytes, for the average batch a read hands over
 async function drain(res) {
+  if (res.status !== 200) throw new Error(`status ${res.status}: ${(await res.text()).slice(0, 300)}`);
   let bytes = 0;
   const reader = res.body.getReader();
   for (;;) {
     const { done, value } = await reader.read();
     if (done) return bytes;
+    reads++;
     bytes += value.byteLength;
   }
 }
@@ -26,17 +33,89 @@ const pct = (xs, p) => {
 const median = (xs) => pct(xs, 50);
 const order = (round) => (round % 2 ? ["native", "pool"] : ["pool", "native"]);
 
+/**
+ * CPU time (ms) and times scheduled per thread group since `before` (a previous call's
+ * snapshot): the JavaScript thread, the addon's threads (tokio's, named "oauth-pool*" or
+ * "tokio-*"), and the runtime's other threads. Linux only; empty elsewhere.
+ */
+function threadCpu(before) {
+  const snap = new Map();
+  try {
+    for (const tid of readdirSync("/proc/self/task")) {
+      try {
+        const [ns, , slices] = readFileSync(`/proc/self/task/${tid}/schedstat`, "utf8").trim().split(/\s+/).map(Number);
+        const name = readFileSync(`/proc/self/task/${tid}/comm`, "utf8").trim();
+        snap.set(tid, { name, ns, slices });
+      } catch {
+        // The thread exited between the listing and the read.
+      }
+    }
+  } catch {
+    return { snap, groups: {} };
+  }
+  const groups = {};
+  for (const [tid, t] of snap) {
+    const b = before?.get(tid) ?? { ns: 0, slices: 0 };
+    const group = tid === String(process.pid) ? "js" : /^(oauth-pool|tokio)/.test(t.name) ? "addon" : "other";
+    groups[group] ??= { ms: 0, slices: 0, threads: 0 };
+    groups[group].ms += (t.ns - b.ns) / 1e6;
+    groups[group].slices += t.slices - b.slices;
+    groups[group].threads++;
+  }
+  return { snap, groups };
+}
+
+/** CPU ms the mock server (another process) has used so far, when bench/run.mjs names it. */
+function serverCpuMs() {
+  const pid = process.env.BENCH_SERVER_PID;
+  if (!pid) return NaN;
+  try {
+    return Number(readFileSync(`/proc/${pid}/schedstat`, "utf8").split(" ")[0]) / 1e6;
+  } catch {
+    return NaN;
+  }
+}
+
+const cpuMs = () => {
+  const c = process.cpuUsage();
+  return (c.user + c.system) / 1000;
+};
+
 async function throughput() {
   const out = { pool: [], native: [] };
-  for (let round = 0; round < 4; round++) {
+  const cpu = { pool: [], native: [] };
+  const threads = { pool: [], native: [] };
+  const serverCpu = { pool: [], native: [] };
+  // One untimed stream each first: the first one pays for connecting, JIT and page faults.
+  for (const name of order(0)) await drain(await impls[name](`${server}/bench/bytes?n=${64 * MB}&chunk=65536`));
+  for (let round = 0; round < 16; round++) {
     for (const name of order(round)) {
+      const before = threadCpu().snap;
+      const r0 = reads;
+      const s0 = serverCpuMs();
+      const c0 = cpuMs();
       const t0 = now();
       const bytes = await drain(await impls[name](`${server}/bench/bytes?n=${64 * MB}&chunk=65536`));
       if (bytes !== 64 * MB) throw new Error(`${name}: got ${bytes} bytes`);
       out[name].push((64 * MB) / MB / ((now() - t0) / 1000));
+      cpu[name].push(cpuMs() - c0);
+      serverCpu[name].push(serverCpuMs() - s0);
+      threads[name].push({ ...threadCpu(before).groups, reads: reads - r0 });
     }
   }
-  return { poolMBps: median(out.pool), nativeMBps: median(out.native) };
+  // The thread split of the median-throughput round.
+  const medianRound = (name) => threads[name][out[name].indexOf(median(out[name]))];
+  return {
+    poolMBps: median(out.pool),
+    nativeMBps: median(out.native),
+    poolCpuMs: median(cpu.pool),
+    nativeCpuMs: median(cpu.native),
+    poolServerCpuMs: median(serverCpu.pool),
+    nativeServerCpuMs: median(serverCpu.native),
+    poolThreads: medianRound("pool"),
+    nativeThreads: medianRound("native"),
+    rounds: out,
+  };
 }
 
 async function latency() {
@@ -72,8 +151,7 @@ async function sseDelay() {
         if (done) break;
         const arrived = now();
         buf += decoder.decode(value, { stream: true });
-        let idx;
-        while ((idx = buf.indexOf("\n\n")) >= 0) {
+        for (let idx = buf.indexOf("\n\n"); idx >= 0; idx = buf.indexOf("\n\n")) {
           const line = buf.slice(0, idx);
           buf = buf.slice(idx + 2);
           if (line.startsWith("data: ")) out[name].push(arrived - JSON.parse(line.slice(6)).t);
@@ -152,13 +230,13 @@ let result;
 if (suite.startsWith("rss-")) {
   result = await rss(suite.slice(4));
 } else {
-  result = {
-    throughput64MB: await throughput(),
-    smallLatencyMs: await latency(),
-    sseDelayMs: await sseDelay(),
-    failoverGapMs: await failover(),
-    concurrent64: await concurrent(),
-  };
+  const parts = new Set(suite === "all" ? ["throughput", "latency", "sse", "failover", "concurrent"] : suite.split(","));
+  result = {};
+  if (parts.has("throughput")) result.throughput64MB = await throughput();
+  if (parts.has("latency")) result.smallLatencyMs = await latency();
+  if (parts.has("sse")) result.sseDelayMs = await sseDelay();
+  if (parts.has("failover")) result.failoverGapMs = await failover();
+  if (parts.has("concurrent")) result.concurrent64 = await concurrent();
 }
-process.stdout.write(JSON.stringify(result) + "\n");
+process.stdout.write(`${JSON.stringify(result)}\n`);
 process.exit(0);

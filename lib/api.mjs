@@ -65,7 +65,7 @@ function checkJson(value, where, seen = new Set()) {
       if (value === null) return;
       if (seen.has(value)) throw invalidArgument(`${where} refers back to itself: a pool must be plain JSON`);
       seen.add(value);
-      if (Array.isArray(value)) value.forEach((v, i) => checkJson(v, `${where}[${i}]`, seen));
+      if (Array.isArray(value)) for (const [i, v] of value.entries()) checkJson(v, `${where}[${i}]`, seen);
       else if (isPlainObject(value)) for (const [k, v] of Object.entries(value)) checkJson(v, `${where}.${k}`, seen);
       else throw invalidArgument(`${where} is ${shown(value)}: a pool must be plain JSON`);
       seen.delete(value);
@@ -119,9 +119,7 @@ export const listAccounts = wrap((path) => native.listAccounts(pathArg(path)));
 
 export const poolStatus = wrap((path) => native.poolStatus(pathArg(path)));
 
-export const addAccount = wrap((input, pkce, path) =>
-  native.addAccount(requiredString("the pasted code", input), pkceArg(pkce), pathArg(path)),
-);
+export const addAccount = wrap((input, pkce, path) => native.addAccount(requiredString("the pasted code", input), pkceArg(pkce), pathArg(path)));
 
 export const addApiKey = wrap((key, options) => {
   const o = optionalObject("options", options);
@@ -168,7 +166,7 @@ export const flushPool = wrap((path) => native.flushPool(pathArg(path)));
 
 /**
  * Refreshes one account now under the pool's lock protocol: `{ email, outcome, expires }`,
- * outcome "refreshed", or "adopted" when another process refreshed meanwhile.
+ * outcome "refreshed", "adopted" (another process refreshed meanwhile) or "kept".
  */
 export const refreshAccount = wrap((email, path) => native.refreshAccount(requiredString("email", email), pathArg(path)));
 

@@ -1,9 +1,14 @@
-// The WHATWG face of the rotating fetch. Rust does the work (choosing the account, tokens,
-// failover, the HTTP itself); this file turns fetch()'s arguments into a plain request, and
-// the native answer into a real Response whose body is pulled from Rust chunk by chunk.
+// The WHATWG face of the rotating fetch. Rust decides (the account, tokens, failover); who
+// carries the bytes is the transport: the Rust client ("native", the default under Node), whose
+// answer becomes a real Response pulled from Rust chunk by chunk, or the runtime's own fetch
+// ("runtime", the default under Bun: lib/runtime-fetch.mjs). This file turns fetch()'s
+// arguments into a plain request for either.
 import { native, syncEnv } from "./native.mjs";
 import { settle, toPoolError } from "./errors.mjs";
 import { invalidArgument } from "./api.mjs";
+import { isApiUrl, runtimeCarries, runtimeFetch } from "./runtime-fetch.mjs";
+
+const TRANSPORTS = new Set(["auto", "native", "runtime"]);
 
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
 
@@ -33,7 +38,7 @@ async function requestParts(input, init) {
   } catch (err) {
     throw invalidArgument(`headers are not valid: ${err?.message ?? err}`);
   }
-  let source = init.body !== undefined ? init.body : isRequest ? input.body : null;
+  const source = init.body !== undefined ? init.body : isRequest ? input.body : null;
   let body;
   if (source !== null && source !== undefined && method !== "GET" && method !== "HEAD") {
     if (typeof source === "string") {
@@ -113,15 +118,24 @@ function flushBeforeExit(path) {
 
 /**
  * A fetch that serves each request from the pool's accounts, with failover.
- * @param {{ path?: string, provider?: "anthropic", onEvent?: (e: object) => void }} [options]
+ * @param {{ path?: string, provider?: "anthropic", onEvent?: (e: object) => void, transport?: "auto" | "native" | "runtime" }} [options]
  */
 export function createPoolFetch(options = {}) {
   if (options !== undefined && options !== null && (typeof options !== "object" || Array.isArray(options))) {
-    throw invalidArgument("createPoolFetch takes an options object { path?, onEvent? }");
+    throw invalidArgument("createPoolFetch takes an options object { path?, onEvent?, transport? }");
   }
-  const { path, provider = "anthropic", onEvent } = options ?? {};
+  const { path, provider = "anthropic", onEvent, transport = "auto" } = options ?? {};
   if (path !== undefined && path !== null && typeof path !== "string") throw invalidArgument("path must be a string");
   if (onEvent !== undefined && onEvent !== null && typeof onEvent !== "function") throw invalidArgument("onEvent must be a function");
+  if (!TRANSPORTS.has(transport)) throw invalidArgument(`transport must be "auto", "native" or "runtime", got ${JSON.stringify(transport)}`);
+  const notify = (events) => {
+    if (typeof onEvent !== "function") return;
+    for (const event of events) {
+      try {
+        onEvent(event);
+      } catch {}
+    }
+  };
   if (provider !== "anthropic") {
     const err = new Error(`unknown provider ${JSON.stringify(provider)}: only "anthropic" is pooled`);
     err.code = "INVALID_ARGUMENT";
@@ -133,31 +147,28 @@ export function createPoolFetch(options = {}) {
     if (signal?.aborted) throw abortError(signal);
     syncEnv();
     flushBeforeExit(path);
+    if (runtimeCarries(transport) && isApiUrl(parts.url)) return runtimeFetch(parts, { path, onEvents: typeof onEvent === "function" ? notify : undefined });
     const controller = new native.FetchController();
     const onAbort = () => controller.abort();
     signal?.addEventListener?.("abort", onAbort, { once: true });
     const detach = () => signal?.removeEventListener?.("abort", onAbort);
     let res;
     try {
-      res = await settle(controller.send({
-        url: parts.url,
-        method: parts.method,
-        headers: parts.headers,
-        body: parts.body,
-        path: path ?? undefined,
-      }));
+      res = await settle(
+        controller.send({
+          url: parts.url,
+          method: parts.method,
+          headers: parts.headers,
+          body: parts.body,
+          path: path ?? undefined,
+        }),
+      );
     } catch (err) {
       detach();
       const mapped = toPoolError(err);
       throw mapped?.code === "ABORT_ERR" ? abortError(signal) : mapped;
     }
-    if (typeof onEvent === "function") {
-      for (const event of JSON.parse(res.events || "[]")) {
-        try {
-          onEvent(event);
-        } catch {}
-      }
-    }
+    notify(JSON.parse(res.events || "[]"));
     if (res.failure) {
       detach();
       throw toPoolError(new Error(res.failure));
@@ -178,7 +189,7 @@ export function createPoolFetch(options = {}) {
       }
     }
     const response = new Response(body, {
-      status: status < 200 ? 200 : status,
+      status: Math.max(status, 200),
       statusText: res.statusText,
       headers: res.headers,
     });

@@ -56,6 +56,8 @@ export function nativeBinding() {
 // Bun does not pass process.env changes down to the C environment the addon reads, so every
 // call first hands over the variables this runtime sees (only when they changed).
 // Looking up a few names is much cheaper than enumerating process.env on every request.
+/** The variables that name a proxy (the Rust client's rules for them are in src/http.rs). */
+export const PROXY_ENV = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
 const ENV_KEYS = [
   "OAUTH_POOL_PATH",
   "OAUTH_POOL_TOKEN_URL",
@@ -70,12 +72,7 @@ const ENV_KEYS = [
   "OAUTH_POOL_STORE",
   "OAUTH_POOL_STORE_KEY",
   "OAUTH_POOL_GATEWAY_KEY",
-  "HTTPS_PROXY",
-  "https_proxy",
-  "HTTP_PROXY",
-  "http_proxy",
-  "ALL_PROXY",
-  "all_proxy",
+  ...PROXY_ENV,
   "NO_PROXY",
   "no_proxy",
   "NODE_EXTRA_CA_CERTS",
@@ -95,7 +92,12 @@ export function syncEnv() {
   }
   nativeBinding().syncEnv(vars);
   lastEnv = key;
+  generation++;
 }
+
+let generation = 0;
+/** Changes each time a changed environment is handed over: what was read from it is stale. */
+export const envGeneration = () => generation;
 
 /** The addon's exports; functions hand over the environment first. Loads on first access. */
 export const native = new Proxy(

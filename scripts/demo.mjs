@@ -68,5 +68,7 @@ for (const a of await pool.listAccounts()) {
   say(`  ${a.email.padEnd(20)} ${a.status}${until}  last used ${a.lastUsed ?? "never"}`);
 }
 const st = mock.stats();
-say(`\nmock saw ${st.messages} Messages requests (${JSON.stringify(st.messagesByAccount)}), ${st.exchangeCalls} code exchanges, 0 unauthenticated: ${st.unauthenticated === 0}`);
+say(
+  `\nmock saw ${st.messages} Messages requests (${JSON.stringify(st.messagesByAccount)}), ${st.exchangeCalls} code exchanges, 0 unauthenticated: ${st.unauthenticated === 0}`,
+);
 await mock.close();

@@ -73,9 +73,26 @@ const platformDir = join(ROOT, "npm", triple);
 const dry = npm(["pack", "--dry-run", "--json", "--ignore-scripts"], ROOT);
 if (!check("npm pack --dry-run --json", dry.ok, dry.stderr)) finish();
 const files = packJson(dry.stdout)[0].files.map((f) => f.path.replaceAll("\\", "/"));
-const forbidden = files.filter((f) => /(^|\/)__tests__\//.test(f) || /^(src|target|bench|tests|scripts|npm|node_modules|\.github|\.ci)\//.test(f) || f.endsWith(".node") || /^Cargo\.(toml|lock)$/.test(f) || f.endsWith(".tgz"));
+const forbidden = files.filter(
+  (f) =>
+    /(^|\/)__tests__\//.test(f) ||
+    /^(src|target|bench|tests|scripts|npm|node_modules|\.github|\.ci)\//.test(f) ||
+    f.endsWith(".node") ||
+    /^Cargo\.(toml|lock)$/.test(f) ||
+    f.endsWith(".tgz"),
+);
 check("packed files hold no tests, sources, build output, benchmarks or binaries", forbidden.length === 0, forbidden.join(", "));
-const required = ["package.json", "README.md", "index.mjs", "index.d.ts", "plugin.mjs", "plugin.d.ts", "bin/oauth-pool.mjs", "lib/native.mjs", "lib/platform.mjs"];
+const required = [
+  "package.json",
+  "README.md",
+  "index.mjs",
+  "index.d.ts",
+  "plugin.mjs",
+  "plugin.d.ts",
+  "bin/oauth-pool.mjs",
+  "lib/native.mjs",
+  "lib/platform.mjs",
+];
 const missing = required.filter((f) => !files.includes(f));
 check("packed files hold the library, the plugin, their types, the CLI and the README", missing.length === 0, `missing: ${missing.join(", ")}`);
 const stray = files.filter((f) => !(required.includes(f) || f.startsWith("lib/")));
@@ -119,6 +136,15 @@ if (!check("npm install of both tarballs in a fresh project", installed.ok, inst
 const nm = join(project, "node_modules");
 check(`${PKG.name} installed without a .node of its own`, existsSync(join(nm, PKG.name, "index.mjs")) && !existsSync(join(nm, PKG.name, binaryName)));
 check(`${PKG.name}-${triple} installed with its binary`, existsSync(join(nm, `${PKG.name}-${triple}`, binaryName)));
+// A library or CLI user gets the addon and zod (the tool's argument schemas), nothing of the
+// OpenCode SDK: no @opencode-ai/plugin, no effect, no TUI peers.
+const tree = npm(["ls", "--omit=dev", "--all", "--parseable"], project);
+const installedNames = tree.stdout
+  .split("\n")
+  .filter((l) => l.includes("node_modules"))
+  .map((l) => l.slice(l.lastIndexOf("node_modules") + "node_modules/".length));
+const unexpected = installedNames.filter((n) => ![PKG.name, `${PKG.name}-${triple}`, "zod"].includes(n));
+check("npm ls --omit=dev: only the package, its binary and zod", tree.ok && unexpected.length === 0, unexpected.join(", ") || tree.stderr);
 
 // ---- 4. use it from the project ---------------------------------------------------------------------
 const home = join(tmp, "home");
@@ -193,7 +219,11 @@ function oauthPool(args) {
   return spawnSync(q(bin), args.map(q), { cwd: project, env: useEnv, encoding: "utf8", shell: win, timeout: 30_000 });
 }
 const version = oauthPool(["--version"]);
-check("installed `oauth-pool --version`", version.status === 0 && version.stdout.includes(PKG.version) && !version.stdout.includes("missing"), `${version.stdout}${version.stderr}`);
+check(
+  "installed `oauth-pool --version`",
+  version.status === 0 && version.stdout.includes(PKG.version) && !version.stdout.includes("missing"),
+  `${version.stdout}${version.stderr}`,
+);
 const list = oauthPool(["list", "--json"]);
 let listed = null;
 try {

@@ -42,6 +42,7 @@ ensureBuilt();
 step("rustfmt", "cargo", ["fmt", "--check"]);
 step("clippy", "cargo", ["clippy", "--all-targets", "--", "-D", "warnings"]);
 step("cargo test", "cargo", ["test"]);
+step("js lint+format", join(root, "node_modules", ".bin", "biome"), ["ci", "--reporter=summary", "."]);
 step("types", process.execPath, [join(root, "node_modules", "typescript", "bin", "tsc"), "-p", "__tests__/types/tsconfig.json"]);
 step("node tests", process.execPath, ["--test", "--test-concurrency=1", "__tests__/"]);
 step("bun tests", join(root, "node_modules", ".bin", "bun"), ["test", "--timeout", "120000", "__tests__/"]);

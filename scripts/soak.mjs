@@ -30,4 +30,6 @@ for (const [cmd, args] of [
   const r = spawnSync(cmd, args, { cwd: root, env, stdio: "inherit" });
   if (r.status !== 0) process.exit(r.status || 1);
 }
-console.log(`\nsoak passed in ${((Date.now() - t0) / 1000).toFixed(0)}s with ${env.OAUTH_POOL_SOAK_PROCS} processes x ${env.OAUTH_POOL_SOAK_REQUESTS} requests and ${env.POOL_KILL_ROUNDS} SIGKILLs`);
+console.log(
+  `\nsoak passed in ${((Date.now() - t0) / 1000).toFixed(0)}s with ${env.OAUTH_POOL_SOAK_PROCS} processes x ${env.OAUTH_POOL_SOAK_REQUESTS} requests and ${env.POOL_KILL_ROUNDS} SIGKILLs`,
+);

@@ -22,6 +22,15 @@ pub fn set_js_env(vars: HashMap<String, String>) {
     if let Ok(mut guard) = JS_ENV.write() {
         *guard = Some(vars);
     }
+    ENV_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Release);
+}
+
+static ENV_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Changes whenever the runtime hands over a changed environment: what was resolved from the
+/// environment under an older generation (the store, the API origin) is resolved again.
+pub fn env_generation() -> u64 {
+    ENV_GENERATION.load(std::sync::atomic::Ordering::Acquire)
 }
 
 /// An environment variable as the caller's runtime sees it now.

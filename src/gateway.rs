@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited, StreamBody};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -621,8 +621,8 @@ async fn metrics(state: &State) -> Response<AnyBody> {
 }
 
 /// The request's headers as the pool's driver takes them (values that are not text dropped).
-fn header_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
-    req.headers()
+fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers
         .iter()
         .filter_map(|(k, v)| {
             v.to_str()
@@ -632,22 +632,71 @@ fn header_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What is left of a refused body is read and dropped (at most this much, for at most
+/// `LINGER_FOR`): a client still sending then reads the 413 instead of a reset connection.
+const LINGER_BYTES: usize = 2 * MAX_BODY;
+const LINGER_FOR: Duration = Duration::from_secs(5);
+
+fn too_large() -> Response<AnyBody> {
+    let mut res = error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        "the request body is over the gateway's 32 MB limit",
+    );
+    res.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    res
+}
+
+async fn linger(body: &mut Incoming, mut seen: usize) {
+    let draining = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_FOR, draining).await;
+}
+
+enum BodyRead {
+    Whole(Bytes),
+    TooLarge,
+    BrokeOff,
+}
+
+/// The request body, at most `MAX_BODY` bytes.
+async fn read_body(body: &mut Incoming) -> BodyRead {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return BodyRead::BrokeOff;
+        };
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > MAX_BODY {
+                linger(body, out.len() + data.len()).await;
+                return BodyRead::TooLarge;
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    BodyRead::Whole(out.freeze())
+}
+
 async fn forward(req: Request<Incoming>, state: &State) -> Response<AnyBody> {
     let started = Instant::now();
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            "the request body is over the gateway's 32 MB limit",
-        )
-    };
-    if req
+    let declared_too_large = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > MAX_BODY as u64)
-    {
+        .is_some_and(|n| n > MAX_BODY as u64);
+    let (parts, mut incoming) = req.into_parts();
+    if declared_too_large {
+        linger(&mut incoming, 0).await;
         return too_large();
     }
     let api = match config::api_url() {
@@ -663,19 +712,15 @@ async fn forward(req: Request<Incoming>, state: &State) -> Response<AnyBody> {
     let target = format!(
         "{}{}",
         api.origin().ascii_serialization(),
-        req.uri()
+        parts
+            .uri
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/")
     );
-    let method = req.method().as_str().to_string();
-    let headers = header_pairs(&req);
-    let collected = tokio::time::timeout(
-        state.body_timeout,
-        Limited::new(req.into_body(), MAX_BODY).collect(),
-    )
-    .await;
-    let body = match collected {
+    let method = parts.method.as_str().to_string();
+    let headers = header_pairs(&parts.headers);
+    let body = match tokio::time::timeout(state.body_timeout, read_body(&mut incoming)).await {
         Err(_) => {
             return error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -683,20 +728,15 @@ async fn forward(req: Request<Incoming>, state: &State) -> Response<AnyBody> {
                 "the request body did not arrive in time",
             )
         }
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return too_large()
-        }
-        Ok(Err(_)) => {
+        Ok(BodyRead::TooLarge) => return too_large(),
+        Ok(BodyRead::BrokeOff) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 "the request body broke off",
             )
         }
-        Ok(Ok(b)) => b.to_bytes(),
+        Ok(BodyRead::Whole(b)) => b,
     };
     let request = OutgoingRequest {
         url: target,

@@ -21,20 +21,48 @@ export const POOL_TOOL = "model-accounts-pool";
 const CURSOR_PROXY_BASE_URL = "http://127.0.0.1:32123/v1"; // oauth-pool-constants.mjs
 
 export const AIDEVOPS_POOL_PROVIDERS = Object.freeze([
-  { id: "anthropic-pool", name: "Anthropic Pool (Account Management)", npm: "@ai-sdk/anthropic", api: "https://api.anthropic.com/v1", mn: "[Account Setup Only] Use Anthropic provider for models" },
-  { id: "openai-pool", name: "OpenAI Pool (Account Management)", npm: "@ai-sdk/openai", api: "https://api.openai.com/v1", mn: "[Account Setup Only] Use OpenAI provider for models" },
-  { id: "cursor-pool", name: "Cursor Pool (Account Management)", npm: "@ai-sdk/openai-compatible", api: CURSOR_PROXY_BASE_URL, mn: "[Account Setup Only] Use Cursor provider for models" },
-  { id: "google-pool", name: "Google Pool (Account Management)", npm: "@ai-sdk/google", api: "https://generativelanguage.googleapis.com/v1beta", mn: "[Account Setup Only] Token injected as GOOGLE_OAUTH_ACCESS_TOKEN" },
+  {
+    id: "anthropic-pool",
+    name: "Anthropic Pool (Account Management)",
+    npm: "@ai-sdk/anthropic",
+    api: "https://api.anthropic.com/v1",
+    mn: "[Account Setup Only] Use Anthropic provider for models",
+  },
+  {
+    id: "openai-pool",
+    name: "OpenAI Pool (Account Management)",
+    npm: "@ai-sdk/openai",
+    api: "https://api.openai.com/v1",
+    mn: "[Account Setup Only] Use OpenAI provider for models",
+  },
+  {
+    id: "cursor-pool",
+    name: "Cursor Pool (Account Management)",
+    npm: "@ai-sdk/openai-compatible",
+    api: CURSOR_PROXY_BASE_URL,
+    mn: "[Account Setup Only] Use Cursor provider for models",
+  },
+  {
+    id: "google-pool",
+    name: "Google Pool (Account Management)",
+    npm: "@ai-sdk/google",
+    api: "https://generativelanguage.googleapis.com/v1beta",
+    mn: "[Account Setup Only] Token injected as GOOGLE_OAUTH_ACCESS_TOKEN",
+  },
 ]);
 
 /** The single placeholder model aidevops gives each `*-pool` provider. */
 export function aidevopsPlaceholderModels(name) {
   return {
     "pool-account-management": {
-      name, attachment: false, tool_call: false, temperature: false,
+      name,
+      attachment: false,
+      tool_call: false,
+      temperature: false,
       modalities: { input: ["text"], output: ["text"] },
       cost: { input: 0, output: 0, cache_read: 0, cache_write: 0 },
-      limit: { context: 1000, output: 100 }, family: "pool",
+      limit: { context: 1000, output: 100 },
+      family: "pool",
     },
   };
 }
@@ -93,9 +121,12 @@ function claudeModelDef(overrides) {
 
 function buildClaudeModelMap(suffix) {
   const names = {
-    "claude-haiku-4-5": "Claude Haiku 4.5", "claude-sonnet-4-5": "Claude Sonnet 4.5",
-    "claude-sonnet-4-6": "Claude Sonnet 4.6", "claude-opus-4-5": "Claude Opus 4.5",
-    "claude-opus-4-6": "Claude Opus 4.6", "claude-opus-4-7": "Claude Opus 4.7",
+    "claude-haiku-4-5": "Claude Haiku 4.5",
+    "claude-sonnet-4-5": "Claude Sonnet 4.5",
+    "claude-sonnet-4-6": "Claude Sonnet 4.6",
+    "claude-opus-4-5": "Claude Opus 4.5",
+    "claude-opus-4-6": "Claude Opus 4.6",
+    "claude-opus-4-7": "Claude Opus 4.7",
   };
   const out = {};
   for (const [id, limit] of Object.entries(CLAUDE_MODEL_LIMITS)) {
@@ -161,12 +192,7 @@ export async function aidevopsConfigHook(config) {
 // ---------------------------------------------------------------------------------------------
 
 // provider-auth-request.mjs
-export const AIDEVOPS_REQUIRED_BETAS = [
-  "oauth-2025-04-20",
-  "interleaved-thinking-2025-05-14",
-  "prompt-caching-scope-2026-01-05",
-  "claude-code-20250219",
-];
+export const AIDEVOPS_REQUIRED_BETAS = ["oauth-2025-04-20", "interleaved-thinking-2025-05-14", "prompt-caching-scope-2026-01-05", "claude-code-20250219"];
 
 function loopbackOnly(url) {
   const host = new URL(url).hostname;
@@ -184,27 +210,33 @@ function loopbackOnly(url) {
 export function aidevopsAnthropicAuthHook(_input, { fetchImpl = globalThis.fetch } = {}) {
   return {
     provider: "anthropic",
-    methods: [{
-      label: "Add Account to Pool (Claude Pro/Max)", // the label when the pool is empty
-      type: "oauth",
-      prompts: [{
-        type: "text", key: "email", message: "Account email (required to match tokens to accounts)",
-        placeholder: "you@example.com",
-        validate: (v) => (!v || !v.includes("@")) ? "Please enter a valid email address" : undefined,
-      }],
-      async authorize(inputs) {
-        const url = new URL("https://claude.ai/oauth/authorize");
-        url.searchParams.set("code", "true");
-        url.searchParams.set("response_type", "code");
-        url.searchParams.set("state", "fake-aidevops-state");
-        return {
-          url: url.toString(),
-          instructions: `Adding account: ${inputs?.email || "unknown"}\nPaste the authorization code here: `,
-          method: "code",
-          callback: async () => ({ type: "failed" }),
-        };
+    methods: [
+      {
+        label: "Add Account to Pool (Claude Pro/Max)", // the label when the pool is empty
+        type: "oauth",
+        prompts: [
+          {
+            type: "text",
+            key: "email",
+            message: "Account email (required to match tokens to accounts)",
+            placeholder: "you@example.com",
+            validate: (v) => (!v?.includes("@") ? "Please enter a valid email address" : undefined),
+          },
+        ],
+        async authorize(inputs) {
+          const url = new URL("https://claude.ai/oauth/authorize");
+          url.searchParams.set("code", "true");
+          url.searchParams.set("response_type", "code");
+          url.searchParams.set("state", "fake-aidevops-state");
+          return {
+            url: url.toString(),
+            instructions: `Adding account: ${inputs?.email || "unknown"}\nPaste the authorization code here: `,
+            method: "code",
+            callback: async () => ({ type: "failed" }),
+          };
+        },
       },
-    }],
+    ],
     async loader(getAuth, provider) {
       const auth = await getAuth();
       if (auth?.type !== "oauth") return {};
@@ -271,15 +303,7 @@ export function aidevopsOwnPoolTool() {
  *   from inside the config hook without awaiting it. Fake tokens; on by default.
  * @param {typeof fetch} [p.fetchImpl] what aidevops's anthropic loader fetch calls (loopback only)
  */
-export function makeAidevopsHost({
-  pool,
-  order = "ours-first",
-  options = {},
-  auth = "ours",
-  keepOwnPoolTool = false,
-  initPoolAuth = true,
-  fetchImpl,
-} = {}) {
+export function makeAidevopsHost({ pool, order = "ours-first", options = {}, auth = "ours", keepOwnPoolTool = false, initPoolAuth = true, fetchImpl } = {}) {
   for (const part of ["poolAuthHook", "createPoolTool", "poolConfigHook"]) {
     if (typeof pool?.[part] !== "function") throw new TypeError(`makeAidevopsHost: pool.${part} must be a function`);
   }
@@ -298,9 +322,7 @@ export function makeAidevopsHost({
     const toolName = options.toolName ?? POOL_TOOL;
     const ours = { [toolName]: pool.createPoolTool(input, options) };
     const own = keepOwnPoolTool ? { [POOL_TOOL]: aidevopsOwnPoolTool() } : {};
-    const tools = order === "ours-first"
-      ? { ...aidevopsBaseTools(), ...ours, ...own }
-      : { ...aidevopsBaseTools(), ...own, ...ours };
+    const tools = order === "ours-first" ? { ...aidevopsBaseTools(), ...ours, ...own } : { ...aidevopsBaseTools(), ...own, ...ours };
 
     return {
       // index.mjs: initPoolAuth(client) runs without being awaited (OpenCode 1.4.8 blocks on
@@ -316,9 +338,16 @@ export function makeAidevopsHost({
             trace.push(["config", "initPoolAuth (not awaited)"]);
           } catch {}
         }
-        const steps = order === "ours-first"
-          ? [["ours", () => pool.poolConfigHook(config, { input, ...options })], ["aidevops", () => aidevopsConfigHook(config)]]
-          : [["aidevops", () => aidevopsConfigHook(config)], ["ours", () => pool.poolConfigHook(config, { input, ...options })]];
+        const steps =
+          order === "ours-first"
+            ? [
+                ["ours", () => pool.poolConfigHook(config, { input, ...options })],
+                ["aidevops", () => aidevopsConfigHook(config)],
+              ]
+            : [
+                ["aidevops", () => aidevopsConfigHook(config)],
+                ["ours", () => pool.poolConfigHook(config, { input, ...options })],
+              ];
         for (const [who, run] of steps) {
           await run();
           trace.push(["config", who]);

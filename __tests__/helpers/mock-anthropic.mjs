@@ -7,7 +7,7 @@
 //   - /v1/messages scripted per account (harness H2): 429s with unified rate-limit headers, SSE
 //     streams with in-band errors, resets after N bytes, hangs;
 //   - /api/oauth/profile, /api/oauth/usage, /api/oauth/claude_cli/create_api_key;
-//   - /bench/* endpoints with no auth, for throughput and latency measurements;
+//   - /bench/* endpoints (also under /v1/bench/*) with no auth, for throughput and latency measurements;
 //   - /__mock/* control routes, so another process can drive a mock it did not start.
 //
 // Only `node:` built-ins, so it runs unchanged under Node >= 20 and Bun. It binds 127.0.0.1 and
@@ -25,8 +25,7 @@ import { fileURLToPath } from "node:url";
 
 export const DEFAULT_REDIRECT_URI = "https://platform.claude.com/oauth/code/callback";
 export const OAUTH_BETA = "oauth-2025-04-20";
-const SCOPE =
-  "user:inference user:profile user:sessions:claude_code user:mcp_servers user:file_upload org:create_api_key";
+const SCOPE = "user:inference user:profile user:sessions:claude_code user:mcp_servers user:file_upload org:create_api_key";
 const DEFAULT_MODEL = "claude-sonnet-4-5-20250929";
 const TOKEN_BODY_LIMIT = 64 * 1024;
 const API_BODY_LIMIT = 32 * 1024 * 1024;
@@ -226,12 +225,7 @@ function dropConnection(req, res) {
  * `reuseGraceMs` (default 0: a just-consumed refresh token presented again within this window
  * gets the current tokens instead of revoking the family; RFC 9700 allows such a grace window).
  */
-export async function startMockAnthropic({
-  port = 0,
-  requireOAuthBeta = true,
-  enforceExpiry = true,
-  reuseGraceMs = 0,
-} = {}) {
+export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, enforceExpiry = true, reuseGraceMs = 0 } = {}) {
   // --- state -------------------------------------------------------------------------------
   const families = new Map(); // email -> latest token family for that email
   const accessIndex = new Map(); // access token -> family (only the current one stays valid)
@@ -340,8 +334,7 @@ export async function startMockAnthropic({
   function checkAccess(token) {
     const fam = accessIndex.get(token);
     if (!fam || fam.access !== token || fam.revoked || fam.accessRevoked) return { error: "invalid bearer token" };
-    if (enforceExpiry && Date.now() >= fam.expires)
-      return { error: "OAuth token has expired. Please obtain a new token or refresh your existing token." };
+    if (enforceExpiry && Date.now() >= fam.expires) return { error: "OAuth token has expired. Please obtain a new token or refresh your existing token." };
     return { fam };
   }
 
@@ -402,7 +395,7 @@ export async function startMockAnthropic({
 
   function sendTokenFault(res, mode) {
     if (mode.html) {
-      const pad = mode.bytes ? "<!-- " + "x".repeat(Math.max(0, mode.bytes - 200)) + " -->" : "";
+      const pad = mode.bytes ? `<!-- ${"x".repeat(Math.max(0, mode.bytes - 200))} -->` : "";
       const page = `<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1><p>cloudflare</p>${pad}</body></html>`;
       res.writeHead(mode.status ?? 200, { "content-type": "text/html; charset=utf-8", "request-id": requestId() });
       return res.end(page);
@@ -555,8 +548,7 @@ export async function startMockAnthropic({
   /** The event list of a streamed message, cut and ended by `event: error` after N deltas. */
   function messageEvents(msg, step) {
     const events = []; // { text, delta }
-    const ev = (type, data, delta = false) =>
-      events.push({ text: `event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`, delta });
+    const ev = (type, data, delta = false) => events.push({ text: `event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`, delta });
     ev("message_start", {
       message: {
         ...messageJson(msg),
@@ -569,8 +561,7 @@ export async function startMockAnthropic({
       if (block.type === "text") {
         ev("content_block_start", { index, content_block: { type: "text", text: "" } });
         if (index === 0) ev("ping", {});
-        for (const piece of splitText(block.text, step.deltaSize))
-          ev("content_block_delta", { index, delta: { type: "text_delta", text: piece } }, true);
+        for (const piece of splitText(block.text, step.deltaSize)) ev("content_block_delta", { index, delta: { type: "text_delta", text: piece } }, true);
       } else {
         ev("content_block_start", { index, content_block: { type: "tool_use", id: block.id, name: block.name, input: {} } });
         if (index === 0) ev("ping", {});
@@ -702,7 +693,7 @@ export async function startMockAnthropic({
       inputTokens: Math.max(1, Math.ceil(bodyText.length / 4)),
     };
     const step = nextScriptStep(auth.email);
-    record.status = step.hang ? "hang" : step.status ?? 200;
+    record.status = step.hang ? "hang" : (step.status ?? 200);
     await respondMessage(req, res, step, ctx);
   }
 
@@ -768,7 +759,10 @@ export async function startMockAnthropic({
     });
     requests.push(record);
     arrived("api", record);
-    if (tooLarge) return sendJson(res, (record.status = 413), apiErrorBody(413));
+    if (tooLarge) {
+      record.status = 413;
+      return sendJson(res, 413, apiErrorBody(413));
+    }
     const route = `${req.method} ${url.pathname}`;
     if (route === "POST /v1/messages") return handleMessages(req, res, record, auth, text);
     record.status = auth.fam ? 200 : 401;
@@ -806,13 +800,16 @@ export async function startMockAnthropic({
       counters.bench.sse++;
       const events = Math.max(0, Number(q.get("events") ?? 10) | 0);
       const intervalMs = Math.max(0, Number(q.get("intervalMs") ?? 0));
+      // `pad=N`: each event carries N more bytes of text (a stream of real size, for throughput).
+      const pad = "x".repeat(Math.min(1 << 20, Math.max(0, Number(q.get("pad") ?? 0) | 0)));
       res.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache" });
       res.flushHeaders?.();
       for (let i = 0; i < events; i++) {
         if (i > 0 && intervalMs) await sleep(intervalMs);
         // Wall-clock epoch ms with sub-ms precision, comparable across processes on one machine.
         const t = performance.timeOrigin + performance.now();
-        if (!(await write(res, `data: ${JSON.stringify({ t, i })}\n\n`))) return;
+        const event = pad ? { t, i, text: pad } : { t, i };
+        if (!(await write(res, `data: ${JSON.stringify(event)}\n\n`))) return;
       }
       return res.end();
     }
@@ -820,20 +817,22 @@ export async function startMockAnthropic({
   }
 
   // --- control routes (for other processes) ----------------------------------------------------
+  /** A control call that only does something answers `{ ok: true }`. */
+  const done = () => ({ ok: true });
   const control = {
     "POST /__mock/account": (b) => mock.addAccount(b.email, b),
-    "POST /__mock/api-key": (b) => (mock.addApiKey(b.key, b.email), { ok: true }),
+    "POST /__mock/api-key": (b) => done(mock.addApiKey(b.key, b.email)),
     "POST /__mock/approve": (b) => {
       const paste = mock.approve(b.url, b.email, b);
       const redirect = new URL(b.url).searchParams.get("redirect_uri") ?? DEFAULT_REDIRECT_URI;
       return { paste, callbackUrl: callbackUrlFromPaste(paste, redirect) };
     },
-    "POST /__mock/script": (b) => (b.email ? mock.script(b.email, b.responses) : mock.scriptAll(b.responses), { ok: true }),
-    "POST /__mock/token-mode": (b) => (mock.setTokenMode(b?.clear ? null : b), { ok: true }),
-    "POST /__mock/utilization": (b) => (mock.setUtilization(b.email, b), { ok: true }),
+    "POST /__mock/script": (b) => done(b.email ? mock.script(b.email, b.responses) : mock.scriptAll(b.responses)),
+    "POST /__mock/token-mode": (b) => done(mock.setTokenMode(b?.clear ? null : b)),
+    "POST /__mock/utilization": (b) => done(mock.setUtilization(b.email, b)),
     "POST /__mock/rotate": (b) => mock.rotate(b.email),
-    "POST /__mock/revoke": (b) => (mock.revoke(b.email, b), { ok: true }),
-    "POST /__mock/clear-requests": () => (mock.clearRequests(), { ok: true }),
+    "POST /__mock/revoke": (b) => done(mock.revoke(b.email, b)),
+    "POST /__mock/clear-requests": () => done(mock.clearRequests()),
     "GET /__mock/stats": () => mock.stats(),
     "GET /__mock/requests": () => requests.map((r) => ({ ...r, headers: maskHeaders(r.headers) })),
     "GET /__mock/token-requests": () =>
@@ -864,6 +863,8 @@ export async function startMockAnthropic({
       return handleToken(req, res);
     }
     if (url.pathname.startsWith("/bench/")) return handleBench(req, res, url);
+    // The same endpoints under /v1, where a gateway forwards them (bench/gateway.mjs).
+    if (url.pathname.startsWith("/v1/bench/")) return handleBench(req, res, new URL(url.pathname.slice(3) + url.search, url));
     if (url.pathname.startsWith("/__mock/")) return handleControl(req, res, url);
     return handleApi(req, res, url);
   }
@@ -1068,7 +1069,7 @@ async function main(argv) {
     requireOAuthBeta: !argv.includes("--no-require-oauth-beta"),
     reuseGraceMs: reuseGrace >= 0 ? Number(argv[reuseGrace + 1]) : 0,
   });
-  process.stdout.write(JSON.stringify({ url: mock.url, tokenUrl: mock.tokenUrl, pid: process.pid }) + "\n");
+  process.stdout.write(`${JSON.stringify({ url: mock.url, tokenUrl: mock.tokenUrl, pid: process.pid })}\n`);
   let stopping = false;
   const stop = () => {
     if (stopping) return;

@@ -1,7 +1,7 @@
 // A small stand-in for the OpenCode 2.x plugin host, for tests. OpenCode 2's packages are not on the
 // registry this machine reaches, so this reproduces, in our own code, the behaviour read in the
 // public source of anomalyco/opencode (`@opencode/*` snapshot, late 2026). Each behaviour carries the
-// source file it follows; /tmp/notes/opencode2-findings.md has the details and the open questions.
+// source file it follows; the README's OpenCode 2 section says what this harness does not emulate.
 // Only `node:`-free web globals plus `process`, so it runs under Node >= 20 and Bun. It sends traffic
 // only where the caller's fetch and the provider's baseURL point (tests use 127.0.0.1).
 //
@@ -22,15 +22,27 @@ const ANTHROPIC_PACKAGES = new Set([ANTHROPIC_PACKAGE, "@opencode/ai/providers/a
 const SESSION_HOOKS = new Set(["prompt", "context", "compaction", "generate", "title", "model.request", "http.request", "http.response", "retry"]);
 
 export class PluginLoadError extends Error {
-  constructor(message, cause) { super(message, { cause }); this.name = "PluginModule.LoadError"; }
+  constructor(message, cause) {
+    super(message, { cause });
+    this.name = "PluginModule.LoadError";
+  }
 }
 /** A model request that ended with a session error (packages/core/src/session/to-session-error.ts shape). */
 export class ModelRequestError extends Error {
-  constructor(error, details) { super(error.message); this.name = "ModelRequestError"; this.error = error; Object.assign(this, details); }
+  constructor(error, details) {
+    super(error.message);
+    this.name = "ModelRequestError";
+    this.error = error;
+    Object.assign(this, details);
+  }
 }
 /** A plugin hook threw: in 2.x the promise adapter wraps hooks in Effect.promise, so this is a defect. */
 export class HookDefect extends Error {
-  constructor(hook, cause) { super(`${hook} hook failed: ${cause?.message ?? cause}`, { cause }); this.name = "HookDefect"; this.hook = hook; }
+  constructor(hook, cause) {
+    super(`${hook} hook failed: ${cause?.message ?? cause}`, { cause });
+    this.name = "HookDefect";
+    this.hook = hook;
+  }
 }
 
 // packages/core/src/plugin/module.ts: Schema.Struct({ default: Union([{id: String, effect: fn}, {id: String, setup: fn}]) }).
@@ -51,9 +63,16 @@ export function loadPlugin(moduleNamespace, { options = {} } = {}) {
 // Integration methods as observed on 1.18.33 [RAN]; Provider.Info / Model.Info shapes from
 // packages/schema/src/provider.ts and packages/schema/src/model.ts (`Model.Info.default`).
 const seedModel = (id, name, output, cost) => ({
-  id, modelID: id, providerID: "anthropic", family: "claude", name,
+  id,
+  modelID: id,
+  providerID: "anthropic",
+  family: "claude",
+  name,
   capabilities: { tools: true, input: ["text", "image", "pdf"], output: ["text"] },
-  variants: [], time: { released: 0 }, status: "active", enabled: true,
+  variants: [],
+  time: { released: 0 },
+  status: "active",
+  enabled: true,
   cost: [{ input: cost[0], output: cost[1], cache: { read: cost[0] / 10, write: cost[0] * 1.25 } }],
   limit: { context: 200_000, output },
 });
@@ -65,7 +84,10 @@ export const SEED_ANTHROPIC_MODELS = [
 
 const clone = (v) => (v === undefined ? v : structuredClone(v));
 function deepFreeze(v) {
-  if (v && typeof v === "object" && !Object.isFrozen(v)) { Object.freeze(v); for (const x of Object.values(v)) deepFreeze(x); }
+  if (v && typeof v === "object" && !Object.isFrozen(v)) {
+    Object.freeze(v);
+    for (const x of Object.values(v)) deepFreeze(x);
+  }
   return v;
 }
 const isRecord = (v) => typeof v === "object" && v !== null && !Array.isArray(v);
@@ -103,7 +125,10 @@ function retryAfterMs(headers) {
 // packages/ai/src/provider-error.ts classifyProviderFailure, reduced to the branches an Anthropic
 // HTTP failure can take; executor.ts providerMessage picks error.message / message from the body.
 function classify(status, body, headers) {
-  let json; try { json = JSON.parse(body); } catch {}
+  let json;
+  try {
+    json = JSON.parse(body);
+  } catch {}
   const message = [json?.error?.message, json?.message].find((m) => typeof m === "string" && m.trim()) ?? `Provider request failed with HTTP ${status}`;
   const codes = [json?.code, json?.error?.code, json?.error?.type].filter((c) => typeof c === "string").map((c) => c.toLowerCase());
   const text = body || message;
@@ -112,17 +137,31 @@ function classify(status, body, headers) {
     if (status < 500 && (codes.includes("context_length_exceeded") || /prompt is too long|exceeds the context window/i.test(text))) return "ContextOverflow";
     if (status === 413 || /request_too_large|payload too large/i.test(text)) return "InvalidRequest";
     if (/content[-_\s]?policy|content_filter|safety/i.test(text)) return "ContentPolicy";
-    if (codes.some((c) => ["insufficient_quota", "usage_not_included", "billing_error"].includes(c)) || (status === 429 && /insufficient[-_\s]?quota|quota[-_\s]?exceeded/i.test(text))) return "QuotaExceeded";
+    if (
+      codes.some((c) => ["insufficient_quota", "usage_not_included", "billing_error"].includes(c)) ||
+      (status === 429 && /insufficient[-_\s]?quota|quota[-_\s]?exceeded/i.test(text))
+    )
+      return "QuotaExceeded";
     if (status === 401 || status === 403 || codes.includes("authentication_error") || codes.includes("permission_error")) return "Authentication";
-    if (codes.some((c) => c.includes("rate_limit") || c === "too_many_requests") || /rate[-_\s]?limit|too[_\s]?many[_\s]?requests/i.test(text)) return "RateLimit";
-    if (codes.some((c) => ["api_error", "internal_error", "overloaded_error", "server_error"].includes(c) || c.includes("exhausted") || c.includes("unavailable"))) return "ProviderInternal";
+    if (codes.some((c) => c.includes("rate_limit") || c === "too_many_requests") || /rate[-_\s]?limit|too[_\s]?many[_\s]?requests/i.test(text))
+      return "RateLimit";
+    if (
+      codes.some((c) => ["api_error", "internal_error", "overloaded_error", "server_error"].includes(c) || c.includes("exhausted") || c.includes("unavailable"))
+    )
+      return "ProviderInternal";
     if (status === 429) return "RateLimit";
     if (status === 408 || status === 409 || status >= 500) return "ProviderInternal";
     if (status === 400 || status === 404 || status === 422) return "InvalidRequest";
     return "UnknownProvider";
   })();
   if (tag === "ContextOverflow") return { tag: "InvalidRequest", overflow: true, message, status };
-  return { tag, message, status, retryAfterMs: ["RateLimit", "ProviderInternal"].includes(tag) ? retryAfter : undefined, shouldRetry: headers.get("x-should-retry") };
+  return {
+    tag,
+    message,
+    status,
+    retryAfterMs: ["RateLimit", "ProviderInternal"].includes(tag) ? retryAfter : undefined,
+    shouldRetry: headers.get("x-should-retry"),
+  };
 }
 // packages/ai isRetryable (re-exported by packages/core/src/session/runner/retry.ts).
 function isRetryable(cause) {
@@ -131,15 +170,31 @@ function isRetryable(cause) {
   return ["RateLimit", "ProviderInternal", "Transport", "UnknownProvider"].includes(cause.tag);
 }
 // packages/core/src/session/to-session-error.ts: reason tag -> SessionError `type`, with `status`.
-const ERROR_TYPES = { RateLimit: "provider.rate-limit", Authentication: "provider.auth", QuotaExceeded: "provider.quota", ContentPolicy: "provider.content-filter", Transport: "provider.transport", ProviderInternal: "provider.internal", InvalidRequest: "provider.invalid-request", UnknownProvider: "provider.unknown" };
-const toSessionError = (c) => ({ type: ERROR_TYPES[c.tag], message: c.message, ...(c.status === undefined ? {} : { status: c.status }), ...(c.body === undefined ? {} : { response: { body: c.body } }) });
+const ERROR_TYPES = {
+  RateLimit: "provider.rate-limit",
+  Authentication: "provider.auth",
+  QuotaExceeded: "provider.quota",
+  ContentPolicy: "provider.content-filter",
+  Transport: "provider.transport",
+  ProviderInternal: "provider.internal",
+  InvalidRequest: "provider.invalid-request",
+  UnknownProvider: "provider.unknown",
+};
+const toSessionError = (c) => ({
+  type: ERROR_TYPES[c.tag],
+  message: c.message,
+  ...(c.status === undefined ? {} : { status: c.status }),
+  ...(c.body === undefined ? {} : { response: { body: c.body } }),
+});
 
 // packages/core/src/session/runner/retry.ts (`@opencode/*` snapshot): exponential from 2 s capped
 // at 10 s per gap, at most 10 retries, jittered (x0.8..1.2), floored by retry-after (cap 15 min);
 // transport timeouts retry at most 3 times. The `retry` hook sees the proposed decision and may
 // replace it; a non-finite or negative delay falls back to the proposal.
 function retryPolicy(random) {
-  let recurrences = 0, attempt = 1, timeouts = 0;
+  let recurrences = 0,
+    attempt = 1,
+    timeouts = 0;
   return async (cause, retryable, hook) => {
     if (recurrences >= 10) return { retry: false };
     let delay = Math.min(2000 * 2 ** recurrences, 10_000) * (0.8 + random() * 0.4);
@@ -157,49 +212,83 @@ function retryPolicy(random) {
 }
 
 // ---------------------------------------------------------------------------------------------
-export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {}, sleep = (ms) => new Promise((r) => setTimeout(r, ms)), random = Math.random, now = Date.now } = {}) {
-  const entries = [];                    // everything that happened, for assertions
-  const record = (type, data = {}) => { const e = { type, ...data }; entries.push(e); log?.(e); return e; };
-  const hooks = [];                      // { domain, name, providerID, callback, plugin, active }
+export function createHost({
+  fetch: fetchImpl = globalThis.fetch,
+  log,
+  env = {},
+  sleep = (ms) => new Promise((r) => setTimeout(r, ms)),
+  random = Math.random,
+  now = Date.now,
+} = {}) {
+  const entries = []; // everything that happened, for assertions
+  const record = (type, data = {}) => {
+    const e = { type, ...data };
+    entries.push(e);
+    log?.(e);
+    return e;
+  };
+  const hooks = []; // { domain, name, providerID, callback, plugin, active }
   const transforms = { integration: [], provider: [], model: [], tool: [], command: [] };
-  const folded = {};                     // cached fold per domain; packages/core/src/state.ts folds on reload
-  const credentials = [];                // { id, integrationID, label, active, value }
-  const statuses = new Map();            // packages/core/src/integration.ts: runtime-only connection status
-  const attempts = new Map();            // OAuth attempts
+  const folded = {}; // cached fold per domain; packages/core/src/state.ts folds on reload
+  const credentials = []; // { id, integrationID, label, active, value }
+  const statuses = new Map(); // packages/core/src/integration.ts: runtime-only connection status
+  const attempts = new Map(); // OAuth attempts
   const storage = new Map();
   const subscribers = new Set();
   const rpcs = [];
   let seq = 0;
 
-  const emit = (event) => { record("event", { event }); for (const s of subscribers) s(event); };
+  const emit = (event) => {
+    record("event", { event });
+    for (const s of subscribers) s(event);
+  };
   // Availability (and so the model list) follows providers, integrations and credentials.
-  const invalidate = (domain) => { delete folded[domain]; if (domain !== "tool" && domain !== "command") delete folded.model; };
+  const invalidate = (domain) => {
+    delete folded[domain];
+    if (domain !== "tool" && domain !== "command") delete folded.model;
+  };
 
   // --- folds ------------------------------------------------------------------------------
   // packages/core/src/integration.ts editor: update() upserts `{ id, name: id }`; method.update
   // replaces a method of the same type (oauth/command/external: same id) or appends; oauth
   // implementations are kept by method id for authorize/refresh/label.
   function foldIntegrations() {
-    const data = new Map([["anthropic", { ref: { id: "anthropic", name: "Anthropic" }, methods: [{ type: "key" }, { type: "env", names: ["ANTHROPIC_API_KEY"] }], impls: new Map() }]]);
-    const entry = (id) => { if (!data.has(id)) data.set(id, { ref: { id, name: id }, methods: [], impls: new Map() }); return data.get(id); };
+    const data = new Map([
+      [
+        "anthropic",
+        { ref: { id: "anthropic", name: "Anthropic" }, methods: [{ type: "key" }, { type: "env", names: ["ANTHROPIC_API_KEY"] }], impls: new Map() },
+      ],
+    ]);
+    const entry = (id) => {
+      if (!data.has(id)) data.set(id, { ref: { id, name: id }, methods: [], impls: new Map() });
+      return data.get(id);
+    };
     const same = (a, b) => a.type === b.type && (!["oauth", "command", "external"].includes(a.type) || a.id === b.id);
     const editor = {
       list: () => [...data.values()].map((e) => e.ref),
       get: (id) => data.get(id)?.ref,
-      update: (id, fn) => { const e = entry(id); fn(e.ref); e.ref.id = id; },
+      update: (id, fn) => {
+        const e = entry(id);
+        fn(e.ref);
+        e.ref.id = id;
+      },
       remove: (id) => void data.delete(id),
       method: {
         list: (id) => data.get(id)?.methods ?? [],
         update: (input) => {
-          if (typeof input?.integrationID !== "string" || typeof input?.method?.type !== "string") throw new TypeError("method.update needs { integrationID, method: { type } }");
-          if (input.method.type === "oauth" && (typeof input.method.id !== "string" || typeof input.authorize !== "function")) throw new TypeError("an oauth method needs method.id and authorize()");
+          if (typeof input?.integrationID !== "string" || typeof input?.method?.type !== "string")
+            throw new TypeError("method.update needs { integrationID, method: { type } }");
+          if (input.method.type === "oauth" && (typeof input.method.id !== "string" || typeof input.authorize !== "function"))
+            throw new TypeError("an oauth method needs method.id and authorize()");
           const e = entry(input.integrationID);
           const i = e.methods.findIndex((m) => same(m, input.method));
-          if (i === -1) e.methods.push(input.method); else e.methods[i] = input.method;
+          if (i === -1) e.methods.push(input.method);
+          else e.methods[i] = input.method;
           if (input.method.type === "oauth") e.impls.set(input.method.id, input);
         },
         remove: (id, method) => {
-          const e = data.get(id); if (!e) return;
+          const e = data.get(id);
+          if (!e) return;
           const i = e.methods.findIndex((m) => same(m, method));
           if (i !== -1) e.methods.splice(i, 1);
           if (method.type === "oauth") e.impls.delete(method.id);
@@ -214,22 +303,44 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
   function foldProviders() {
     const records = new Map();
     const index = (pid, models) => deepFreeze(new Map(models.map((m) => [m.id, m.providerID === pid ? m : { ...m, providerID: pid }])));
-    records.set("anthropic", { provider: { id: "anthropic", name: "Anthropic", activation: "auto", package: ANTHROPIC_PACKAGE }, models: index("anthropic", SEED_ANTHROPIC_MODELS) });
-    const entry = (id) => { if (!records.has(id)) records.set(id, { provider: { id, name: id, activation: "auto", package: "" }, models: new Map() }); return records.get(id); };
+    records.set("anthropic", {
+      provider: { id: "anthropic", name: "Anthropic", activation: "auto", package: ANTHROPIC_PACKAGE },
+      models: index("anthropic", SEED_ANTHROPIC_MODELS),
+    });
+    const entry = (id) => {
+      if (!records.has(id)) records.set(id, { provider: { id, name: id, activation: "auto", package: "" }, models: new Map() });
+      return records.get(id);
+    };
     const editor = {
       list: () => [...records.values()],
       get: (id) => records.get(id),
-      add: ({ info, models = [], sourceConnection }) => records.set(info.id, { provider: structuredClone(info), models: index(info.id, models), sourceConnection }),
-      update: (id, fn) => { const r = entry(id); fn(r.provider); r.provider.id = id; },
+      add: ({ info, models = [], sourceConnection }) =>
+        records.set(info.id, { provider: structuredClone(info), models: index(info.id, models), sourceConnection }),
+      update: (id, fn) => {
+        const r = entry(id);
+        fn(r.provider);
+        r.provider.id = id;
+      },
       remove: (id) => void records.delete(id),
       models: {
-        set: (id, models) => { entry(id).models = index(id, models); },
+        set: (id, models) => {
+          entry(id).models = index(id, models);
+        },
         update: (pid, mid, fn) => {
-          const r = entry(pid); const m = clone(r.models.get(mid)) ?? { ...clone(SEED_ANTHROPIC_MODELS[0]), id: mid, modelID: mid, name: mid, family: undefined, cost: [] };
-          fn(m); m.id = mid; m.providerID = pid;
+          const r = entry(pid);
+          const m = clone(r.models.get(mid)) ?? { ...clone(SEED_ANTHROPIC_MODELS[0]), id: mid, modelID: mid, name: mid, family: undefined, cost: [] };
+          fn(m);
+          m.id = mid;
+          m.providerID = pid;
           r.models = new Map(r.models).set(mid, m);
         },
-        remove: (pid, mid) => { const r = records.get(pid); if (r) { r.models = new Map(r.models); r.models.delete(mid); } },
+        remove: (pid, mid) => {
+          const r = records.get(pid);
+          if (r) {
+            r.models = new Map(r.models);
+            r.models.delete(mid);
+          }
+        },
       },
     };
     for (const t of transforms.provider) t.callback(editor);
@@ -246,18 +357,38 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
     return p.integrationID === undefined && !integrations().has(iid);
   }
   // packages/core/src/catalog projectModel: package/settings/headers/body overlay the provider's.
-  const project = (m, p) => ({ ...m, ...(p.canonical === undefined ? {} : { canonical: p.canonical }), package: m.package ?? p.package, settings: mergeOverlay(p.settings, m.settings), headers: mergeHeaders(p.headers, m.headers), body: mergeOverlay(p.body, m.body) });
+  const project = (m, p) => ({
+    ...m,
+    ...(p.canonical === undefined ? {} : { canonical: p.canonical }),
+    package: m.package ?? p.package,
+    settings: mergeOverlay(p.settings, m.settings),
+    headers: mergeHeaders(p.headers, m.headers),
+    body: mergeOverlay(p.body, m.body),
+  });
   // packages/plugin/src/promise/model.ts ModelEditor: edits overrides of available providers' models.
   function foldModels() {
     const out = new Map();
-    for (const r of providers().values()) if (available(r)) for (const m of r.models.values()) out.set(`${r.provider.id}/${m.id}`, clone(project(m, r.provider)));
+    for (const r of providers().values())
+      if (available(r)) for (const m of r.models.values()) out.set(`${r.provider.id}/${m.id}`, clone(project(m, r.provider)));
     let def;
     const editor = {
       list: (pid) => [...out.values()].filter((m) => pid === undefined || m.providerID === pid),
       get: (pid, mid) => out.get(`${pid}/${mid}`),
-      update: (pid, mid, fn) => { const m = out.get(`${pid}/${mid}`); if (m) { fn(m); m.id = mid; m.providerID = pid; } },
+      update: (pid, mid, fn) => {
+        const m = out.get(`${pid}/${mid}`);
+        if (m) {
+          fn(m);
+          m.id = mid;
+          m.providerID = pid;
+        }
+      },
       remove: (pid, mid) => void out.delete(`${pid}/${mid}`),
-      default: { get: () => def, set: (providerID, modelID) => { def = { providerID, modelID }; } },
+      default: {
+        get: () => def,
+        set: (providerID, modelID) => {
+          def = { providerID, modelID };
+        },
+      },
       provider: { list: () => [...providers().values()], get: (id) => providers().get(id) },
     };
     for (const t of transforms.model) t.callback(editor);
@@ -268,14 +399,24 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
   function foldTools() {
     const tools = new Map();
     const editor = {
-      list: () => [...tools.values()], get: (id) => tools.get(id), namespace: () => {},
+      list: () => [...tools.values()],
+      get: (id) => tools.get(id),
+      namespace: () => {},
       add: (tool) => {
         const error = toolError(tool);
         if (error) return void record("tool.rejected", { name: tool?.name, error });
         const id = tool.name.replace(/[^a-zA-Z0-9_-]/g, "_");
         tools.set(id, { ...tool, id });
       },
-      update: (id, fn) => { const t = tools.get(id); if (t) { const next = { ...t }; fn(next); next.name = t.name; tools.set(id, next); } },
+      update: (id, fn) => {
+        const t = tools.get(id);
+        if (t) {
+          const next = { ...t };
+          fn(next);
+          next.name = t.name;
+          tools.set(id, next);
+        }
+      },
       remove: (id) => void tools.delete(id),
     };
     for (const t of transforms.tool) t.callback(editor);
@@ -297,7 +438,12 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
   }
   function foldCommands() {
     const commands = new Map();
-    const editor = { add: (def) => { if (typeof def?.name !== "string" || typeof def.execute !== "function") throw new TypeError("command.add needs { name, execute }"); commands.set(def.name, def); } };
+    const editor = {
+      add: (def) => {
+        if (typeof def?.name !== "string" || typeof def.execute !== "function") throw new TypeError("command.add needs { name, execute }");
+        commands.set(def.name, def);
+      },
+    };
     for (const t of transforms.command) t.callback(editor);
     return commands;
   }
@@ -313,16 +459,28 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
   function connectionsOf(integrationID) {
     const saved = credentials.filter((c) => c.integrationID === integrationID);
     const ordered = [...saved.filter((c) => c.active), ...saved.filter((c) => !c.active).reverse()];
-    const conns = ordered.map((c) => ({ type: "credential", id: c.id, label: c.label, method: c.value.type, ...(c.value.methodID ? { methodID: c.value.methodID } : {}) }));
+    const conns = ordered.map((c) => ({
+      type: "credential",
+      id: c.id,
+      label: c.label,
+      method: c.value.type,
+      ...(c.value.methodID ? { methodID: c.value.methodID } : {}),
+    }));
     const entry = integrations().get(integrationID);
     for (const m of entry?.methods ?? []) if (m.type === "env") for (const name of m.names) if (env[name]) conns.push({ type: "env", name });
-    return conns.map((c) => { const s = statuses.get(`${integrationID}:${c.id ?? c.name}`); return s ? { ...c, status: s } : c; });
+    return conns.map((c) => {
+      const s = statuses.get(`${integrationID}:${c.id ?? c.name}`);
+      return s ? { ...c, status: s } : c;
+    });
   }
   function createCredential(integrationID, value, label) {
     if (label === undefined) {
       const name = integrations().get(integrationID)?.ref.name ?? integrationID;
       const used = new Set(credentials.filter((c) => c.integrationID === integrationID).map((c) => c.label));
-      for (let i = 1; ; i++) { label = i === 1 ? name : `${name} ${i}`; if (!used.has(label)) break; }
+      for (let i = 1; ; i++) {
+        label = i === 1 ? name : `${name} ${i}`;
+        if (!used.has(label)) break;
+      }
     }
     for (const c of credentials) if (c.integrationID === integrationID) c.active = false;
     const credential = { id: `cred_${String(++seq).padStart(6, "0")}`, integrationID, label, active: true, value };
@@ -334,7 +492,14 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
   }
   // schema/credential.ts Credential.OAuth: { type: "oauth", methodID, refresh, access, expires (int >= 0), metadata? }
   function checkOAuth(v) {
-    if (!v || v.type !== "oauth" || typeof v.methodID !== "string" || typeof v.refresh !== "string" || typeof v.access !== "string" || !Number.isInteger(v.expires) || v.expires < 0)
+    if (
+      v?.type !== "oauth" ||
+      typeof v.methodID !== "string" ||
+      typeof v.refresh !== "string" ||
+      typeof v.access !== "string" ||
+      !Number.isInteger(v.expires) ||
+      v.expires < 0
+    )
       throw new Error("Authorization failed: callback did not return a Credential.OAuth { type, methodID, refresh, access, expires }");
     return v;
   }
@@ -354,12 +519,16 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
     },
     status: async ({ integrationID, connection: conn, status }) => {
       const key = `${integrationID}:${conn.id ?? conn.name}`;
-      if (status) statuses.set(key, status); else statuses.delete(key);
+      if (status) statuses.set(key, status);
+      else statuses.delete(key);
       record("connection.status", { integrationID, connection: conn.id ?? conn.name, status });
       emit({ type: "integration.updated", properties: {} });
     },
   };
-  const integrationInfo = (id) => { const e = integrations().get(id); return e && { id, name: e.ref.name, methods: e.methods, connections: connectionsOf(id) }; };
+  const integrationInfo = (id) => {
+    const e = integrations().get(id);
+    return e && { id, name: e.ref.name, methods: e.methods, connections: connectionsOf(id) };
+  };
 
   // --- OAuth attempts (integration.ts connectOAuth / oauth.complete / settle) -----------------
   async function oauthConnect({ integrationID, methodID, answer = {}, label }) {
@@ -372,12 +541,27 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
     attempts.set(attemptID, attempt);
     record("oauth.attempt", { integrationID, methodID, attemptID, mode: authorization.mode, url: authorization.url });
     if (authorization.mode === "auto") {
-      attempt.settled = Promise.resolve(authorization.callback).then((v) => settle(attemptID, v), (e) => fail(attemptID, e));
-      attempt.settled.catch(() => {});        // observed through oauth.status / oauthComplete
+      attempt.settled = Promise.resolve(authorization.callback).then(
+        (v) => settle(attemptID, v),
+        (e) => fail(attemptID, e),
+      );
+      attempt.settled.catch(() => {}); // observed through oauth.status / oauthComplete
     }
-    return { attemptID, url: authorization.url, instructions: authorization.instructions, mode: authorization.mode, device: authorization.device === true, time };
+    return {
+      attemptID,
+      url: authorization.url,
+      instructions: authorization.instructions,
+      mode: authorization.mode,
+      device: authorization.device === true,
+      time,
+    };
   }
-  const fail = (attemptID, error) => { const a = attempts.get(attemptID); a.status = "failed"; a.message = error?.message ?? String(error); throw error; };
+  const fail = (attemptID, error) => {
+    const a = attempts.get(attemptID);
+    a.status = "failed";
+    a.message = error?.message ?? String(error);
+    throw error;
+  };
   function settle(attemptID, value) {
     const a = attempts.get(attemptID);
     const credential = createCredential(a.integrationID, checkOAuth(value), a.label ?? a.impl.label?.(value));
@@ -388,16 +572,32 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
     const a = attempts.get(attemptID);
     if (!a || a.integrationID !== integrationID) throw new Error(`Integration.AttemptNotFound: ${attemptID}`);
     if (a.status !== "pending") return a.credential;
-    if (a.authorization.mode === "auto") return (a.credential = await a.settled);
+    if (a.authorization.mode === "auto") {
+      a.credential = await a.settled;
+      return a.credential;
+    }
     if (code === undefined) throw new Error(`Integration.CodeRequired: ${attemptID}`);
-    if (a.time.expires <= now()) { a.status = "expired"; throw new Error(`OAuth attempt expired: ${attemptID}`); }
+    if (a.time.expires <= now()) {
+      a.status = "expired";
+      throw new Error(`OAuth attempt expired: ${attemptID}`);
+    }
     let value;
-    try { value = await a.authorization.callback(code); } catch (e) { fail(attemptID, e); }
-    return (a.credential = settle(attemptID, value));
+    try {
+      value = await a.authorization.callback(code);
+    } catch (e) {
+      fail(attemptID, e);
+    }
+    a.credential = settle(attemptID, value);
+    return a.credential;
   }
   // integration.ts connection.key: needs a `key` method; stores Credential.Key. No plugin code runs.
   function connectKey(integrationID, key, { label, answer } = {}) {
-    if (!integrations().get(integrationID)?.methods.some((m) => m.type === "key")) throw new Error(`Key method not found: ${integrationID}`);
+    if (
+      !integrations()
+        .get(integrationID)
+        ?.methods.some((m) => m.type === "key")
+    )
+      throw new Error(`Key method not found: ${integrationID}`);
     return createCredential(integrationID, { type: "key", key, ...(answer && Object.keys(answer).length ? { configuration: answer } : {}) }, label);
   }
 
@@ -407,48 +607,97 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
   async function trigger(domain, name, event, signal) {
     for (const h of hooks.filter((x) => x.domain === domain && x.name === name)) {
       if (!h.active || (h.providerID !== undefined && h.providerID !== event?.model?.providerID)) continue;
-      try { await h.callback(event, { signal }); } catch (e) { record("hook.threw", { hook: `${domain}.${name}`, plugin: h.plugin, error: e?.message }); throw new HookDefect(`${domain}.${name}`, e); }
+      try {
+        await h.callback(event, { signal });
+      } catch (e) {
+        record("hook.threw", { hook: `${domain}.${name}`, plugin: h.plugin, error: e?.message });
+        throw new HookDefect(`${domain}.${name}`, e);
+      }
     }
     return event;
   }
-  const hasHook = (domain, name, providerID) => hooks.some((h) => h.active && h.domain === domain && h.name === name && (h.providerID === undefined || h.providerID === providerID));
+  const hasHook = (domain, name, providerID) =>
+    hooks.some((h) => h.active && h.domain === domain && h.name === name && (h.providerID === undefined || h.providerID === providerID));
 
   // --- the plugin context (packages/plugin/src/promise/adapter.ts fromPromise, newest) ---------
   function context(options = {}, plugin = "plugin") {
     const owned = [];
-    const registration = (dispose) => { let done = false; const r = { dispose: async () => { if (!done) { done = true; dispose(); } } }; owned.push(r); return r; };
+    const registration = (dispose) => {
+      let done = false;
+      const r = {
+        dispose: async () => {
+          if (!done) {
+            done = true;
+            dispose();
+          }
+        },
+      };
+      owned.push(r);
+      return r;
+    };
     const hook = (domain) => async (name, callback, opts) => {
       if (typeof callback !== "function") throw new TypeError(`${domain}.hook(${name}) needs a callback`);
       const h = { domain, name, providerID: opts?.providerID, callback, plugin, active: true };
       hooks.push(h);
       record("hook.registered", { domain, name, providerID: h.providerID, plugin, known: domain !== "session" || SESSION_HOOKS.has(name) });
-      return registration(() => { h.active = false; hooks.splice(hooks.indexOf(h), 1); });
+      return registration(() => {
+        h.active = false;
+        hooks.splice(hooks.indexOf(h), 1);
+      });
     };
     const transform = (domain) => async (callback) => {
       const t = { callback, plugin };
-      transforms[domain].push(t); invalidate(domain);
+      transforms[domain].push(t);
+      invalidate(domain);
       record("transform.registered", { domain, plugin });
-      try { folders[domain](); }               // runs the fold now, like a reload after registration
-      catch (e) { transforms[domain].splice(transforms[domain].indexOf(t), 1); invalidate(domain); throw e; }
-      return registration(() => { transforms[domain].splice(transforms[domain].indexOf(t), 1); invalidate(domain); });
+      try {
+        folders[domain]();
+      } catch (e) {
+        // runs the fold now, like a reload after registration
+        transforms[domain].splice(transforms[domain].indexOf(t), 1);
+        invalidate(domain);
+        throw e;
+      }
+      return registration(() => {
+        transforms[domain].splice(transforms[domain].indexOf(t), 1);
+        invalidate(domain);
+      });
     };
-    const reload = (domain) => async () => { invalidate(domain); folders[domain](); };
+    const reload = (domain) => async () => {
+      invalidate(domain);
+      folders[domain]();
+    };
     const stub = (domain) => ({
-      list: async () => [], reload: async () => {},
-      transform: async () => { record("transform.registered", { domain, plugin, emulated: false }); return registration(() => {}); },
-      hook: async (name) => { record("hook.registered", { domain, name, plugin, emulated: false }); return registration(() => {}); },
+      list: async () => [],
+      reload: async () => {},
+      transform: async () => {
+        record("transform.registered", { domain, plugin, emulated: false });
+        return registration(() => {});
+      },
+      hook: async (name) => {
+        record("hook.registered", { domain, name, plugin, emulated: false });
+        return registration(() => {});
+      },
     });
     return {
       app: { name: "opencode", version: "2.0.0-harness" },
       location: { directory: process.cwd() },
       options,
       agent: stub("agent"),
-      aisdk: { hook: hook("aisdk") },          // recorded; never fires on the native Anthropic route
-      command: { list: async () => [...commands().values()].map(({ name, description }) => ({ name, description })), transform: transform("command"), reload: reload("command") },
+      aisdk: { hook: hook("aisdk") }, // recorded; never fires on the native Anthropic route
+      command: {
+        list: async () => [...commands().values()].map(({ name, description }) => ({ name, description })),
+        transform: transform("command"),
+        reload: reload("command"),
+      },
       credential: { activate: async ({ credentialID }) => activate(credentialID) },
       event: { subscribe: (arg) => subscribe(arg) },
       experimental: {},
-      generate: { text: async () => { throw new Error("generate is not emulated"); } },
+      generate: {
+        text: async () => {
+          throw new Error("generate is not emulated");
+        },
+      },
       integration: {
         list: async () => [...integrations().keys()].map(integrationInfo),
         get: async ({ integrationID }) => integrationInfo(integrationID),
@@ -456,7 +705,10 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
         oauth: {
           connect: oauthConnect,
           complete: async (input) => void (await oauthComplete(input)),
-          status: async ({ attemptID }) => { const a = attempts.get(attemptID); return a && { status: a.status, time: a.time, ...(a.message ? { message: a.message } : {}) }; },
+          status: async ({ attemptID }) => {
+            const a = attempts.get(attemptID);
+            return a && { status: a.status, time: a.time, ...(a.message ? { message: a.message } : {}) };
+          },
           cancel: async ({ attemptID }) => void attempts.delete(attemptID),
         },
         transform: transform("integration"),
@@ -479,12 +731,21 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
         reload: reload("provider"),
       },
       reference: stub("reference"),
-      rpc: Object.assign(() => { throw new Error("rpc clients are not emulated"); }, {
-        register: async (definition, handlers) => {
-          const r = { definition, handlers, emitted: [] }; rpcs.push(r);
-          return Object.assign(registration(() => rpcs.splice(rpcs.indexOf(r), 1)), { events: { emit: async (...args) => void r.emitted.push(args) } });
+      rpc: Object.assign(
+        () => {
+          throw new Error("rpc clients are not emulated");
         },
-      }),
+        {
+          register: async (definition, handlers) => {
+            const r = { definition, handlers, emitted: [] };
+            rpcs.push(r);
+            return Object.assign(
+              registration(() => rpcs.splice(rpcs.indexOf(r), 1)),
+              { events: { emit: async (...args) => void r.emitted.push(args) } },
+            );
+          },
+        },
+      ),
       session: {
         hook: hook("session"),
         prompt: async (input) => void record("session.prompt", { input }),
@@ -499,24 +760,43 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
         scan: async () => [...storage].map(([k, value]) => ({ key: JSON.parse(k), value: clone(value) })),
       },
       tool: { list: async () => [...tools().values()], transform: transform("tool"), reload: reload("tool"), hook: hook("tool") },
-      vcs: stub("vcs"), websearch: stub("websearch"), worktree: stub("worktree"),
+      vcs: stub("vcs"),
+      websearch: stub("websearch"),
+      worktree: stub("worktree"),
       [OWNED]: owned,
     };
   }
   function activate(credentialID) {
-    const c = credentials.find((x) => x.id === credentialID); if (!c) return;
+    const c = credentials.find((x) => x.id === credentialID);
+    if (!c) return;
     for (const x of credentials) if (x.integrationID === c.integrationID) x.active = x === c;
     invalidate("model");
     emit({ type: "credential.switched", properties: { integrationID: c.integrationID, credentialID } });
   }
   function subscribe(arg) {
     const type = typeof arg === "string" ? arg : undefined;
-    const queue = [], waiting = [];
-    const push = (e) => { if (type && e.type !== type) return; const w = waiting.shift(); if (w) w({ value: e, done: false }); else queue.push(e); };
+    const queue = [],
+      waiting = [];
+    const push = (e) => {
+      if (type && e.type !== type) return;
+      const w = waiting.shift();
+      if (w) w({ value: e, done: false });
+      else queue.push(e);
+    };
     subscribers.add(push);
-    const close = () => { subscribers.delete(push); for (const w of waiting.splice(0)) w({ value: undefined, done: true }); return Promise.resolve({ value: undefined, done: true }); };
+    const close = () => {
+      subscribers.delete(push);
+      for (const w of waiting.splice(0)) w({ value: undefined, done: true });
+      return Promise.resolve({ value: undefined, done: true });
+    };
     arg?.signal?.addEventListener?.("abort", close, { once: true });
-    return { [Symbol.asyncIterator]: () => ({ next: () => (queue.length ? Promise.resolve({ value: queue.shift(), done: false }) : subscribers.has(push) ? new Promise((r) => waiting.push(r)) : close()), return: close }) };
+    return {
+      [Symbol.asyncIterator]: () => ({
+        next: () =>
+          queue.length ? Promise.resolve({ value: queue.shift(), done: false }) : subscribers.has(push) ? new Promise((r) => waiting.push(r)) : close(),
+        return: close,
+      }),
+    };
   }
 
   // setup(ctx) through the promise adapter; the returned cleanup runs on unload, before the plugin's
@@ -528,7 +808,9 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
     record("plugin.setup", { id: loaded.id });
     const cleanup = await loaded.plugin.setup(ctx);
     return {
-      id: loaded.id, context: ctx, cleanup,
+      id: loaded.id,
+      context: ctx,
+      cleanup,
       unload: async () => {
         record("plugin.unload", { id: loaded.id });
         if (typeof cleanup === "function") await cleanup();
@@ -541,7 +823,8 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
   function resolveModel(providerID, modelID) {
     const record_ = providers().get(providerID);
     const model = modelState().models.get(`${providerID}/${modelID}`);
-    if (!record_ || !available(record_) || !model || model.enabled === false) throw new ModelRequestError({ type: "provider.no-route", message: `Model unavailable: ${providerID}/${modelID}` }, { attempts: 0 });
+    if (!record_ || !available(record_) || !model || model.enabled === false)
+      throw new ModelRequestError({ type: "provider.no-route", message: `Model unavailable: ${providerID}/${modelID}` }, { attempts: 0 });
     return { provider: record_.provider, model };
   }
   async function modelRequest({ providerID, modelID, body = {}, sessionID = "ses_harness", agent = "build", kind = "primary", signal } = {}) {
@@ -552,19 +835,46 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
     const integrationID = provider.integrationID ?? providerID;
     const conn = await connection.active(integrationID);
     const credential = conn ? await connection.resolve(conn) : undefined;
-    const pkg = String(model.package ?? "").replace(/^aisdk:/, "").replace(/^@opencode-ai\//, "@opencode/");
-    if (!ANTHROPIC_PACKAGES.has(pkg)) throw new ModelRequestError({ type: "provider.no-route", message: `Unsupported package for ${providerID}/${modelID}: ${model.package}` }, { attempts: 0 });
+    const pkg = String(model.package ?? "")
+      .replace(/^aisdk:/, "")
+      .replace(/^@opencode-ai\//, "@opencode/");
+    if (!ANTHROPIC_PACKAGES.has(pkg))
+      throw new ModelRequestError(
+        { type: "provider.no-route", message: `Unsupported package for ${providerID}/${modelID}: ${model.package}` },
+        { attempts: 0 },
+      );
     const settings = { ...model.settings, ...credential?.metadata, ...(credential?.type === "key" ? credential.configuration : {}) };
     // nativeCredentialSettings: key -> apiKey -> `x-api-key`; anthropic OAuth -> authToken -> Bearer.
     // Without a credential: settings apiKey/authToken, else nothing when activation is "enabled"
     // (Auth.none), else ANTHROPIC_API_KEY from the (host) environment.
-    const auth = credential?.type === "key" ? ["x-api-key", credential.key]
-      : credential?.type === "oauth" ? ["authorization", `Bearer ${credential.access}`]
-      : settings.authToken ? ["authorization", `Bearer ${settings.authToken}`]
-      : settings.apiKey ? ["x-api-key", settings.apiKey]
-      : provider.activation !== "enabled" && env.ANTHROPIC_API_KEY ? ["x-api-key", env.ANTHROPIC_API_KEY] : undefined;
+    const auth =
+      credential?.type === "key"
+        ? ["x-api-key", credential.key]
+        : credential?.type === "oauth"
+          ? ["authorization", `Bearer ${credential.access}`]
+          : settings.authToken
+            ? ["authorization", `Bearer ${settings.authToken}`]
+            : settings.apiKey
+              ? ["x-api-key", settings.apiKey]
+              : provider.activation !== "enabled" && env.ANTHROPIC_API_KEY
+                ? ["x-api-key", env.ANTHROPIC_API_KEY]
+                : undefined;
     // model-request.ts: opencode headers, then the `model.request` hook may change baseURL/headers.
-    const modelHook = await trigger("session", "model.request", { ...scope, baseURL: settings.baseURL ?? ANTHROPIC_BASE_URL, headers: { "x-opencode-session-id": sessionID, "x-session-affinity": sessionID, "User-Agent": "opencode/2.0.0-harness", "x-opencode-client": "opencode" } }, signal);
+    const modelHook = await trigger(
+      "session",
+      "model.request",
+      {
+        ...scope,
+        baseURL: settings.baseURL ?? ANTHROPIC_BASE_URL,
+        headers: {
+          "x-opencode-session-id": sessionID,
+          "x-session-affinity": sessionID,
+          "User-Agent": "opencode/2.0.0-harness",
+          "x-opencode-client": "opencode",
+        },
+      },
+      signal,
+    );
     const url = `${String(modelHook.baseURL).replace(/\/+$/, "")}/messages`;
     const headers = { "anthropic-version": "2023-06-01", ...mergeHeaders(model.headers, modelHook.headers), "content-type": "application/json" };
     if (auth) headers[auth[0]] = auth[1];
@@ -578,12 +888,15 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
       let cause;
       try {
         const response = await sendOnce({ scope, url, headers, bodyText, signal, attempt });
-        if (response.status < 400) { record("model.response", { attempt, status: response.status }); return response; }
+        if (response.status < 400) {
+          record("model.response", { attempt, status: response.status });
+          return response;
+        }
         // executor.ts statusError: a failure status reads the body and classifies it.
         const text = await response.text().catch(() => "");
         cause = { ...classify(response.status, text, response.headers), body: text };
       } catch (e) {
-        if (e instanceof HookDefect) throw e;  // a defect: no classification, no retry
+        if (e instanceof HookDefect) throw e; // a defect: no classification, no retry
         cause = { tag: "Transport", message: e?.message ?? String(e), code: e?.name === "TimeoutError" ? "Timeout" : e?.cause?.code };
       }
       const error = toSessionError(cause);
@@ -614,8 +927,11 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
     }
     const before = await trigger("session", "http.request", { ...scope, request: new Request(url, { method: "POST", headers, body: bodyText }) }, signal);
     let body;
-    try { body = before.request.body ? new Uint8Array(await before.request.clone().arrayBuffer()) : undefined; }
-    catch (e) { throw new HookDefect("session.http.request", e); }
+    try {
+      body = before.request.body ? new Uint8Array(await before.request.clone().arrayBuffer()) : undefined;
+    } catch (e) {
+      throw new HookDefect("session.http.request", e);
+    }
     record("http.send", { attempt, url: before.request.url, headers: Object.fromEntries(before.request.headers), hooked: true });
     const sent = await fetchImpl(before.request.url, { method: before.request.method, headers: before.request.headers, body, signal });
     const response = new Response([204, 205, 304].includes(sent.status) ? null : sent.body, { status: sent.status, headers: sent.headers });
@@ -636,7 +952,8 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
       const credential = await oauthComplete({ integrationID, attemptID: attempt.attemptID, code });
       return { attempt, credential };
     },
-    oauthConnect, oauthComplete,
+    oauthConnect,
+    oauthComplete,
     /** POST /api/integration/{id}/connect/key: the host stores the key; no plugin code runs. */
     connectKey,
     activate,
@@ -664,12 +981,25 @@ export function createHost({ fetch: fetchImpl = globalThis.fetch, log, env = {},
       }
       const controller = new AbortController();
       const progress = [];
-      const toolCtx = { sessionID: "ses_harness", agent: "build", messageID: "msg_harness", id: `call_${++seq}`, signal: controller.signal, progress: async (u) => void progress.push(u), checkpoint: async () => {}, ...ctx };
+      const toolCtx = {
+        sessionID: "ses_harness",
+        agent: "build",
+        messageID: "msg_harness",
+        id: `call_${++seq}`,
+        signal: controller.signal,
+        progress: async (u) => void progress.push(u),
+        checkpoint: async () => {},
+        ...ctx,
+      };
       record("tool.execute", { name });
       const result = await tool.execute(value, toolCtx);
       if (tool.output === undefined && result && "output" in result) throw new Error("Tool result declared output without an output schema");
-      const content = typeof result?.content === "string" ? [{ type: "text", text: result.content }]
-        : result?.content?.length ? [...result.content] : [{ type: "text", text: typeof result?.output === "string" ? result.output : JSON.stringify(result?.output) ?? String(result?.output) }];
+      const content =
+        typeof result?.content === "string"
+          ? [{ type: "text", text: result.content }]
+          : result?.content?.length
+            ? [...result.content]
+            : [{ type: "text", text: typeof result?.output === "string" ? result.output : (JSON.stringify(result?.output) ?? String(result?.output)) }];
       return { ...result, content, progress };
     },
     /** Run a code command (packages/plugin/src/promise/command.ts CommandInvocation). */
@@ -692,8 +1022,12 @@ const OWNED = Symbol("owned registrations");
 const G1 = Symbol("g1 registrations");
 export function g1Context(options = {}) {
   const registrations = [];
-  const reg = (domain, name) => async (callback) => { registrations.push({ domain, name, callback }); return { dispose: async () => {} }; };
-  const domain = (name, hookNames) => Object.fromEntries([...hookNames.map((h) => [h, reg(name, h)]), ["reload", async () => void registrations.push({ domain: name, name: "reload" })]]);
+  const reg = (domain, name) => async (callback) => {
+    registrations.push({ domain, name, callback });
+    return { dispose: async () => {} };
+  };
+  const domain = (name, hookNames) =>
+    Object.fromEntries([...hookNames.map((h) => [h, reg(name, h)]), ["reload", async () => void registrations.push({ domain: name, name: "reload" })]]);
   const ctx = {
     options,
     agent: domain("agent", ["transform"]),
@@ -701,9 +1035,15 @@ export function g1Context(options = {}) {
     catalog: domain("catalog", ["transform"]),
     command: domain("command", ["transform"]),
     integration: Object.assign(domain("integration", ["transform"]), {
-      connection: { active: async () => void registrations.push({ domain: "integration", name: "connection.active" }), resolve: async () => void registrations.push({ domain: "integration", name: "connection.resolve" }) },
+      connection: {
+        active: async () => void registrations.push({ domain: "integration", name: "connection.active" }),
+        resolve: async () => void registrations.push({ domain: "integration", name: "connection.resolve" }),
+      },
     }),
-    plugin: { add: async () => void registrations.push({ domain: "plugin", name: "add" }), remove: async () => void registrations.push({ domain: "plugin", name: "remove" }) },
+    plugin: {
+      add: async () => void registrations.push({ domain: "plugin", name: "add" }),
+      remove: async () => void registrations.push({ domain: "plugin", name: "remove" }),
+    },
     reference: domain("reference", ["transform"]),
     skill: domain("skill", ["transform"]),
   };

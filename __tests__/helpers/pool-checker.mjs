@@ -20,4 +20,4 @@ while (running) {
   }
   await new Promise((r) => setTimeout(r, 2));
 }
-process.stdout.write(JSON.stringify(stats) + "\n");
+process.stdout.write(`${JSON.stringify(stats)}\n`);

@@ -1,5 +1,6 @@
 // Shared set-up for tests that run the real addon against the loopback mock: a temp HOME and
 // pool file per test, endpoints pointed at the mock, and helpers to seed accounts.
+import { after, before } from "node:test";
 import { mkdtempSync, readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,6 +12,46 @@ export async function startEnv(options) {
   process.env.OAUTH_POOL_TOKEN_URL = mock.tokenUrl;
   process.env.OAUTH_POOL_API_URL = mock.url;
   return mock;
+}
+
+/** The pool's own variables and the ones it reads, as a test file found them. */
+function savedEnv() {
+  const names = Object.keys(process.env).filter((k) => k.startsWith("OAUTH_POOL_"));
+  return Object.fromEntries(names.map((k) => [k, process.env[k]]));
+}
+
+function restoreEnv(saved) {
+  for (const k of Object.keys(process.env)) if (k.startsWith("OAUTH_POOL_") && !(k in saved)) delete process.env[k];
+  Object.assign(process.env, saved);
+}
+
+/**
+ * The set-up most test files share: the loopback mock started before the file's tests with
+ * the pool's endpoints pointed at it (plus `env`), and after them the mock closed and every
+ * OAUTH_POOL_* variable the file set or changed put back. Returns the mock (usable once the
+ * file's tests run).
+ */
+export function useMock({ env = {}, options } = {}) {
+  const saved = savedEnv();
+  let started = null;
+  before(async () => {
+    started = await startEnv(options);
+    Object.assign(process.env, env);
+  });
+  after(async () => {
+    await started?.close();
+    restoreEnv(saved);
+  });
+  return new Proxy(
+    {},
+    {
+      get(_, key) {
+        if (!started) throw new Error(`the mock is not running yet (mock.${String(key)} read outside a test)`);
+        const value = Reflect.get(started, key, started);
+        return typeof value === "function" ? value.bind(started) : value;
+      },
+    },
+  );
 }
 
 export function tempPoolPath() {
@@ -53,8 +94,7 @@ export function messagesUrl(mock) {
   return `${mock.url}/v1/messages`;
 }
 
-export const body = (extra = {}) =>
-  JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 64, messages: [{ role: "user", content: "hi" }], ...extra });
+export const body = (extra = {}) => JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 64, messages: [{ role: "user", content: "hi" }], ...extra });
 
 export const jsonHeaders = { "content-type": "application/json", "anthropic-version": "2023-06-01", "x-api-key": "" };
 

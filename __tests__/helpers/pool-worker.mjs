@@ -32,4 +32,4 @@ for (let i = 0; i < count; i++) {
 }
 const { flushPool } = await import("../../index.mjs");
 await flushPool(path);
-process.stdout.write(JSON.stringify(results) + "\n");
+process.stdout.write(`${JSON.stringify(results)}\n`);

@@ -42,7 +42,7 @@ async function library(): Promise<void> {
   const refreshed = await refreshAccount("a@example.com");
   if (refreshed.outcome === "adopted") refreshed.expires?.toFixed();
   const events: PoolEvent[] = [];
-  const fetch = createPoolFetch({ onEvent: (e) => events.push(e) });
+  const fetch = createPoolFetch({ onEvent: (e) => events.push(e), transport: "runtime" });
   const res = await fetch("https://api.anthropic.com/v1/messages", { method: "POST", body: "{}" });
   void (res.status + 1);
   await setReserve("a@example.com", 0.2);

@@ -34,7 +34,8 @@ const entryLabel = (a) => (a.email === `#${a.index}` ? text`#${a.index}` : text`
 function unreadableNotes(accounts) {
   const bad = accounts.filter(isUnreadable);
   if (bad.length === 0) return [];
-  const [kept, fix] = bad.length === 1 ? ["is kept as it is", "fix it in the file, or remove it"] : ["are kept as they are", "fix them in the file, or remove one"];
+  const [kept, fix] =
+    bad.length === 1 ? ["is kept as it is", "fix it in the file, or remove it"] : ["are kept as they are", "fix them in the file, or remove one"];
   return [
     "",
     `${plural(bad.length, "entry", "entries")} of the file cannot be read and ${kept}; ${fix} with: ${removeHint(bad[0])}`,
@@ -66,7 +67,7 @@ function accountLines(a, now, prices) {
   if (a.windows?.length) {
     const seen = typeof a.quota?.updatedAt === "number" ? ` (seen ${ago(a.quota.updatedAt, now)})` : "";
     const sorted = [...a.windows].sort((x, y) => (y.utilization ?? 0) - (x.utilization ?? 0));
-    sorted.forEach((w, i) => lines.push(text`    ${i === 0 ? "windows " : "        "} ${windowLine(w, now)}${i === 0 ? seen : ""}`));
+    for (const [i, w] of sorted.entries()) lines.push(text`    ${i === 0 ? "windows " : "        "} ${windowLine(w, now)}${i === 0 ? seen : ""}`);
   } else {
     const windows = quotaText(a.quota, now);
     if (windows) lines.push(`    quota    ${windows}`);
@@ -75,7 +76,11 @@ function accountLines(a, now, prices) {
   for (const [family, until] of Object.entries(a.modelCooldowns ?? {})) {
     lines.push(text`    cooling  ${family} models until ${clock(until, now)} (${duration(until - now)} left); other models serve`);
   }
-  const usage = [usageLine("today", a.usage?.today, prices), usageLine("5h window", a.usage?.window, prices), usageLine("30 days", a.usage?.last30Days, prices)].filter(Boolean);
+  const usage = [
+    usageLine("today", a.usage?.today, prices),
+    usageLine("5h window", a.usage?.window, prices),
+    usageLine("30 days", a.usage?.last30Days, prices),
+  ].filter(Boolean);
   for (const [i, u] of usage.entries()) lines.push(`    ${i === 0 ? "usage   " : "        "} ${u}`);
   if (a.type === "oauth" && typeof a.expires === "number") {
     lines.push(`    token    ${a.expires > now ? `valid for ${duration(a.expires - now)}` : "expired (refreshed on next use)"}`);
@@ -97,7 +102,9 @@ function poolLines(st, now) {
     lines.push(text`warning: ${group.join(", ")} differ only in case: commands that name one need its exact spelling`);
   }
   for (const u of st.unsavedTokens ?? []) {
-    lines.push(text`unsaved tokens: ${u.email} got new tokens ${ago(u.since, now)} that could not be written (${u.error}); every write of this process retries`);
+    lines.push(
+      text`unsaved tokens: ${u.email} got new tokens ${ago(u.since, now)} that could not be written (${u.error}); every write of this process retries`,
+    );
   }
   if (st.refreshLocked?.length) lines.push(text`refresh under way (its lock is held): ${st.refreshLocked.join(", ")}`);
   return lines;
@@ -130,7 +137,9 @@ async function add({ lib, options, path, out }) {
   if (mode !== "max" && mode !== "console") throw new UsageError(text`--mode must be max or console, not ${mode}`);
   const pkce = await lib.authorize({ mode });
   // The URL goes to stdout alone on its line (so a script can pick it up); the guidance to stderr.
-  out.note(`Open this URL in a browser, log in${mode === "console" ? " to the Anthropic Console" : " with the Claude account to add"}, and paste the code it shows:`);
+  out.note(
+    `Open this URL in a browser, log in${mode === "console" ? " to the Anthropic Console" : " with the Claude account to add"}, and paste the code it shows:`,
+  );
   out.result({ url: pkce.url }, pkce.url);
   const line = await readLine({ prompt: "code: " });
   if (line === null) throw new UsageError("add reads the pasted code from stdin, and stdin closed before a line came");
@@ -168,11 +177,12 @@ async function priority({ lib, args: [email, n], path, out }) {
 
 async function refresh({ lib, args: [email], path, out }) {
   const r = await lib.refreshAccount(email, path);
-  const how = {
-    refreshed: "refreshed",
-    adopted: "adopted the token another process had just refreshed",
-    kept: "kept its current token",
-  }[r.outcome] ?? r.outcome;
+  const how =
+    {
+      refreshed: "refreshed",
+      adopted: "adopted the token another process had just refreshed",
+      kept: "kept its current token",
+    }[r.outcome] ?? r.outcome;
   const until = typeof r.expires === "number" ? `; the access token is good for ${duration(r.expires - Date.now())}` : "";
   out.result({ email: r.email, outcome: r.outcome, expires: r.expires ?? null }, text`${r.email}: ${how}${until}`);
 }
@@ -218,7 +228,7 @@ const EMAIL = { type: "string", placeholder: "<e>" };
 
 export const commands = [
   { name: "list", summary: "every account: status, cooldown, priority, last use", run: list },
-  { name: "status", summary: "per-account state, cooldowns with time left, 5h/7d quota", run: status },
+  { name: "status", summary: "per-account state, cooldowns with time left, every window, reserve, usage", run: status },
   {
     name: "add",
     options: { mode: { type: "string", placeholder: "max|console" } },
@@ -252,8 +262,7 @@ export const commands = [
   {
     name: "import-claude-code",
     options: { email: EMAIL, credentials: { type: "string", placeholder: "<file>" }, yes: { type: "boolean" } },
-    summary:
-      "copy a Claude Code login (~/.claude/.credentials.json), which then stays\nshared with Claude Code: asks first, --yes skips the question",
+    summary: "copy a Claude Code login (~/.claude/.credentials.json), which then stays\nshared with Claude Code: asks first, --yes skips the question",
     run: importClaudeCode,
   },
 ];

@@ -31,8 +31,7 @@ function parserConfig(options) {
   return config;
 }
 
-const lenient = (args, options) =>
-  parseArgs({ args, options: parserConfig(options), strict: false, allowPositionals: true, tokens: true }).tokens;
+const lenient = (args, options) => parseArgs({ args, options: parserConfig(options), strict: false, allowPositionals: true, tokens: true }).tokens;
 
 /**
  * The command: the first word that is neither an option nor a global option's value, or the

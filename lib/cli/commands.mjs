@@ -16,8 +16,7 @@ export const COMMANDS = new Map(FAMILIES.flatMap((family) => family.commands).ma
 export const commandOptions = (name) => (COMMANDS.has(name) ? (COMMANDS.get(name).options ?? {}) : undefined);
 
 /** For a group of two-word commands ("store init", "store copy"): the second words. */
-export const subcommands = (word) =>
-  [...COMMANDS.keys()].filter((name) => name.startsWith(`${word} `)).map((name) => name.slice(word.length + 1));
+export const subcommands = (word) => [...COMMANDS.keys()].filter((name) => name.startsWith(`${word} `)).map((name) => name.slice(word.length + 1));
 
 const optionSynopsis = (name, o) => `--${name}${o.type === "string" ? ` ${o.placeholder ?? "<value>"}` : ""}`;
 

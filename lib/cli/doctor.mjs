@@ -75,7 +75,13 @@ function withTimeout(promise, ms) {
   const timeout = new Promise((resolve) => {
     timer = setTimeout(() => resolve({ timedOut: true }), ms);
   });
-  return Promise.race([promise.then((value) => ({ value }), (error) => ({ error })), timeout]).finally(() => clearTimeout(timer));
+  return Promise.race([
+    promise.then(
+      (value) => ({ value }),
+      (error) => ({ error }),
+    ),
+    timeout,
+  ]).finally(() => clearTimeout(timer));
 }
 
 // ---- the checks, in the order they print --------------------------------------------------------
@@ -112,11 +118,16 @@ function checkFile(files, r) {
   const name = basename(path);
   const st = lstatOrNull(path);
   if (!st) return r.add("file", "ok", `${name} does not exist yet (an empty pool; created 0600 by the first add)`);
-  if (st.isSymbolicLink()) return r.add("file", "problem", `${path} is a symbolic link: the library refuses it (POOL_INSECURE); point OAUTH_POOL_PATH at the real file`);
+  if (st.isSymbolicLink())
+    return r.add("file", "problem", `${path} is a symbolic link: the library refuses it (POOL_INSECURE); point OAUTH_POOL_PATH at the real file`);
   if (!st.isFile()) return r.add("file", "problem", `${path} is not a regular file (POOL_INSECURE)`);
   if (notMine(st)) return r.add("file", "problem", `${path} belongs to uid ${st.uid}, not to you (uid ${myUid}): the library refuses it (POOL_INSECURE)`);
   if (othersCanAccess(st)) {
-    r.add("file mode", "problem", `${path} was ${octal(st)}: other users could read the tokens in it (the library tightens it to 0600 on its next read or write; revoke the logins if others had access)`);
+    r.add(
+      "file mode",
+      "problem",
+      `${path} was ${octal(st)}: other users could read the tokens in it (the library tightens it to 0600 on its next read or write; revoke the logins if others had access)`,
+    );
   } else r.add("file mode", "ok", posix ? `${name} is ${octal(st)}` : `${name}: permissions are ACLs on Windows (not checked)`);
   return "usable";
 }
@@ -142,13 +153,16 @@ async function checkAccounts(lib, path, r) {
     return r.add("accounts", "problem", e.message, { code: e.code });
   }
   for (const a of st.accounts) {
-    if (a.status === "auth-error") r.add("account", "warn", `${a.email} needs a new login (auth-error${a.lastError ? `: ${a.lastError}` : ""}): oauth-pool add`);
+    if (a.status === "auth-error")
+      r.add("account", "warn", `${a.email} needs a new login (auth-error${a.lastError ? `: ${a.lastError}` : ""}): oauth-pool add`);
     if (a.status === "invalid") {
       r.add("account", "warn", `entry #${a.index} (${a.email}): ${a.lastError}; remove it with: oauth-pool remove '#${a.index}'`, { index: a.index });
     }
   }
   for (const group of st.caseClashes ?? []) {
-    r.add("case clash", "warn", `${group.join(", ")} differ only in case: commands that name one need its exact spelling; remove the one you do not use`, { emails: group });
+    r.add("case clash", "warn", `${group.join(", ")} differ only in case: commands that name one need its exact spelling; remove the one you do not use`, {
+      emails: group,
+    });
   }
   for (const email of st.refreshLocked ?? []) {
     r.add("refresh lock", "info", `${email}: a process holds its refresh lock (a token refresh is under way)`, { email });
@@ -180,9 +194,15 @@ async function checkLock(lib, path, files, probe, r) {
   const res = await withTimeout(lib.removeAccount(LOCK_PROBE_EMAIL, path), LOCK_PROBE_MS);
   if (res.timedOut) {
     const who = holders?.length ? `; held by ${holders.map((h) => `pid ${h.pid}${h.command ? ` (${h.command})` : ""}`).join(", ")}` : "";
-    return r.add("lock", "problem", `${name} has been held by another process for more than ${LOCK_PROBE_MS / 1000} s${who}: writes wait (POOL_BUSY after 60 s)`, { holders });
+    return r.add(
+      "lock",
+      "problem",
+      `${name} has been held by another process for more than ${LOCK_PROBE_MS / 1000} s${who}: writes wait (POOL_BUSY after 60 s)`,
+      { holders },
+    );
   }
-  if (res.error && res.error.code !== "ACCOUNT_NOT_FOUND") return r.add("lock", "problem", `cannot take ${name}: ${res.error.message}`, { code: res.error.code });
+  if (res.error && res.error.code !== "ACCOUNT_NOT_FOUND")
+    return r.add("lock", "problem", `cannot take ${name}: ${res.error.message}`, { code: res.error.code });
   r.add("lock", "ok", `${name} can be taken${pids ? ` (briefly held by pid ${pids})` : ""}`);
 }
 
@@ -212,7 +232,12 @@ function checkTemps(files, r) {
     return; // no directory yet: nothing was ever written
   }
   if (strays.length === 0) return r.add("temp files", "ok", "no leftover temp files");
-  r.add("temp files", "warn", `${strays.length} temp file(s) left by an interrupted write (${strays.join(", ")}); they may hold tokens and the next write removes them`, { files: strays });
+  r.add(
+    "temp files",
+    "warn",
+    `${strays.length} temp file(s) left by an interrupted write (${strays.join(", ")}); they may hold tokens and the next write removes them`,
+    { files: strays },
+  );
 }
 
 /** The fleet store: reachable, schema current, and opened by this host's key. */
@@ -226,8 +251,10 @@ async function checkStore(lib, path, r) {
   if (!s.reachable) return r.add("store", "problem", `cannot reach ${s.location ?? "the store"}: ${s.message}`, { code: s.code });
   const init = "run: oauth-pool store init";
   if (s.schema === 0) return r.add("store", "problem", `${s.location} has no pool schema yet (${init})`);
-  if (s.schema < s.expectedSchema) return r.add("store", "problem", `${s.location} has schema ${s.schema}, this version uses ${s.expectedSchema} (${init} migrates it)`);
-  if (s.schema > s.expectedSchema) return r.add("store", "problem", `${s.location} has schema ${s.schema}, newer than this version knows (${s.expectedSchema}): upgrade opencode-oauth-pool`);
+  if (s.schema < s.expectedSchema)
+    return r.add("store", "problem", `${s.location} has schema ${s.schema}, this version uses ${s.expectedSchema} (${init} migrates it)`);
+  if (s.schema > s.expectedSchema)
+    return r.add("store", "problem", `${s.location} has schema ${s.schema}, newer than this version knows (${s.expectedSchema}): upgrade opencode-oauth-pool`);
   r.add("store", "ok", `${s.location} is reachable, schema version ${s.schema}`);
   if (s.key === "ok") r.add("store key", "ok", "this host's store key opens the stored tokens");
   else r.add("store key", "problem", `${s.key}; nothing is read or written until the key matches`, { code: s.code });
@@ -248,7 +275,8 @@ function checkEndpointsAndProxies(lib, r) {
       continue;
     }
     const route = e.proxy ? `via proxy ${e.proxy}` : "direct (no proxy)";
-    if (e.loopback && e.effective.startsWith("http:")) r.add("endpoint", "warn", `${shown}: plain http to a loopback host (a test setup, not Anthropic), ${route}`, details);
+    if (e.loopback && e.effective.startsWith("http:"))
+      r.add("endpoint", "warn", `${shown}: plain http to a loopback host (a test setup, not Anthropic), ${route}`, details);
     else r.add("endpoint", "ok", `${shown}, ${route}`, details);
   }
 }
@@ -301,5 +329,9 @@ async function doctor({ lib, path, out }) {
 }
 
 export const commands = [
-  { name: "doctor", summary: "check permissions, lock, backups, temp files (or the fleet store: reach,\nschema, key), accounts, endpoints, proxies", run: doctor },
+  {
+    name: "doctor",
+    summary: "check permissions, lock, backups, temp files (or the fleet store: reach,\nschema, key), accounts, endpoints, proxies",
+    run: doctor,
+  },
 ];

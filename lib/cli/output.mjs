@@ -37,7 +37,14 @@ export function text(strings, ...values) {
 export function table(rows) {
   const cells = rows.map((r) => r.map(printable));
   const widths = cells[0].map((_, i) => Math.max(...cells.map((r) => r[i].length)));
-  return cells.map((r) => r.map((c, i) => c.padEnd(i === r.length - 1 ? 0 : widths[i])).join("  ").trimEnd()).join("\n");
+  return cells
+    .map((r) =>
+      r
+        .map((c, i) => c.padEnd(i === r.length - 1 ? 0 : widths[i]))
+        .join("  ")
+        .trimEnd(),
+    )
+    .join("\n");
 }
 
 export function makeOutput(json, { stdout = process.stdout, stderr = process.stderr } = {}) {

@@ -5,8 +5,7 @@ import { UsageError } from "./errors.mjs";
 
 export const MAX_LINE_BYTES = 64 * 1024;
 
-const tooLong = () =>
-  new UsageError(`stdin held more than ${MAX_LINE_BYTES / 1024} KB without a line break: expected one short line (a pasted code or key)`);
+const tooLong = () => new UsageError(`stdin held more than ${MAX_LINE_BYTES / 1024} KB without a line break: expected one short line (a pasted code or key)`);
 
 /**
  * Resolves with the first line (without its \n or \r\n), or with null when stdin closed before

@@ -22,7 +22,8 @@ export const commands = [
   {
     name: "store init",
     args: "[<url>]",
-    summary: "create or migrate the fleet store's schema (the URL, else OAUTH_POOL_STORE)\nand tie it to the store key (a 0600 key file is created when none is set)",
+    summary:
+      "create or migrate the fleet store's schema (the URL, else OAUTH_POOL_STORE)\nand tie it to the store key (a 0600 key file is created when none is set)",
     run: init,
   },
   {

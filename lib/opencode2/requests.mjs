@@ -12,30 +12,10 @@
 // and session/runner/retry.ts. A hook that throws is a defect in 2.x (no retry, no message), so
 // every hook here catches everything and leaves the host's request or answer as it was.
 import { native, syncEnv } from "../native.mjs";
-import { settle } from "../errors.mjs";
+import { asBuffer, judgeAnswer, nextStep, poolAnswer, takeEvents } from "../exchange.mjs";
 
-const PEEK_LIMIT = 256 * 1024;
 /** The host caps one retry delay at 15 minutes (retry.ts); past that, say so instead of waiting. */
 const HOST_RETRY_CAP_MS = 15 * 60_000;
-
-/** The first `limit` bytes of a body (from a clone: the answer itself stays unread). */
-async function peek(response, limit) {
-  const reader = response.clone().body?.getReader();
-  if (!reader) return undefined;
-  const parts = [];
-  let size = 0;
-  try {
-    while (size < limit) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      parts.push(value);
-      size += value.byteLength;
-    }
-  } finally {
-    reader.cancel().catch(() => {});
-  }
-  return Buffer.concat(parts).subarray(0, limit);
-}
 
 /**
  * The delivered answer, its body passed through unchanged while the engine's usage tap looks at
@@ -50,7 +30,7 @@ function tapUsage(response, ex) {
     new TransformStream({
       transform(chunk, controller) {
         try {
-          ex.observe(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+          ex.observe(asBuffer(chunk));
         } catch {}
         controller.enqueue(chunk);
       },
@@ -60,10 +40,6 @@ function tapUsage(response, ex) {
     }),
   );
   return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
-}
-
-function poolAnswer(step) {
-  return new Response(step.body, { status: step.status, statusText: step.statusText, headers: step.headers });
 }
 
 /** `request` again, with the headers the engine gave for this attempt. */
@@ -80,10 +56,8 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
   const poolAnswers = new Map(); // sessionID -> { retryAfterMs, at } of the pool's last own 429
 
   const drain = (ex) => {
-    try {
-      const events = JSON.parse(ex.takeEvents() || "[]");
-      if (events.length) notify(events);
-    } catch {}
+    const events = takeEvents(ex);
+    if (events.length) notify(events);
   };
 
   await ctx.session.hook(
@@ -94,12 +68,16 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         const request = event.request;
         const ex = new native.NativeExchange({ path, url: request.url, headers: [...request.headers], model: event.model?.id });
         extra?.signal?.addEventListener?.("abort", () => ex.abort(), { once: true });
-        const step = await settle(ex.next());
+        const step = await nextStep(ex);
         drain(ex);
         if (step.kind === "answer") {
           // Every account cools: nothing may go upstream. The request is pointed at a data: URL
           // (answered locally by the runtime's fetch) and the pool's 429 replaces its answer.
-          const local = new Request("data:application/json,%7B%7D", { method: request.method, headers: { "content-type": "application/json" }, body: request.method === "GET" ? undefined : "{}" });
+          const local = new Request("data:application/json,%7B%7D", {
+            method: request.method,
+            headers: { "content-type": "application/json" },
+            body: request.method === "GET" ? undefined : "{}",
+          });
           inFlight.set(local, { ex, answer: step });
           event.request = local;
           return;
@@ -129,12 +107,12 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
           return;
         }
         let response = event.response;
+        let verdict;
         for (;;) {
-          const body = native.NativeExchange.needsBody(response.status) ? await peek(response, PEEK_LIMIT) : undefined;
-          const verdict = await settle(ex.judge(response.status, [...response.headers], body));
-          if (verdict === "deliver") break;
+          verdict = await judgeAnswer(ex, response);
+          if (verdict !== "retry") break;
           await response.body?.cancel().catch(() => {});
-          const step = await settle(ex.next());
+          const step = await nextStep(ex);
           if (step.kind === "answer") {
             response = poolAnswer(step);
             remember(event.sessionID, step);
@@ -142,7 +120,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
           }
           response = await fetch(withHeaders(event.request.clone(), step.headers), { signal: extra?.signal });
         }
-        event.response = tapUsage(response, ex);
+        event.response = verdict === "deliver-tap" ? tapUsage(response, ex) : response;
       } catch (err) {
         log("error", `the pool could not finish this request: ${err?.code ?? ""} ${err?.message ?? err}`.trim());
       } finally {

@@ -98,7 +98,10 @@ export async function setupV2(ctx) {
           name: toolName,
           description: "Anthropic pool: list accounts, status, remove/enable/disable, priority, reset cooldowns",
           execute: async (input) => {
-            const [action = "list", email, priority] = String(input?.prompt?.text ?? "").trim().split(/\s+/).filter(Boolean);
+            const [action = "list", email, priority] = String(input?.prompt?.text ?? "")
+              .trim()
+              .split(/\s+/)
+              .filter(Boolean);
             const text = await poolActionText({ action, email, priority: priority === undefined ? undefined : Number(priority) }, path);
             try {
               if (typeof ctx.session?.synthetic === "function") await ctx.session.synthetic({ sessionID: input?.sessionID, text });

@@ -13,8 +13,23 @@ import { apiKeysOnly, zeroModelCosts } from "./auth.mjs";
 // The fields OpenCode reads from a model declared in config; the rest of a catalog entry
 // (descriptions, pricing modes, ...) is not part of the config schema.
 const MODEL_FIELDS = [
-  "id", "name", "family", "release_date", "attachment", "reasoning", "temperature", "tool_call",
-  "interleaved", "modalities", "limit", "cost", "status", "options", "headers", "variants", "provider",
+  "id",
+  "name",
+  "family",
+  "release_date",
+  "attachment",
+  "reasoning",
+  "temperature",
+  "tool_call",
+  "interleaved",
+  "modalities",
+  "limit",
+  "cost",
+  "status",
+  "options",
+  "headers",
+  "variants",
+  "provider",
 ];
 
 /** Where OpenCode keeps its models.dev catalog cache. */

@@ -38,13 +38,9 @@ export function ago(iso, now = Date.now()) {
 export function statusText(a, now = Date.now()) {
   switch (a.status) {
     case "rate-limited":
-      return a.rateLimitUntil
-        ? `rate-limited, ${duration(a.rateLimitUntil - now)} left (until ${clock(a.rateLimitUntil, now)})`
-        : "rate-limited";
+      return a.rateLimitUntil ? `rate-limited, ${duration(a.rateLimitUntil - now)} left (until ${clock(a.rateLimitUntil, now)})` : "rate-limited";
     case "auth-error":
-      return a.type === "api"
-        ? "auth-error: the key was refused; remove it and add a working key"
-        : `auth-error: needs a new login: ${LOGIN_HINT}`;
+      return a.type === "api" ? "auth-error: the key was refused; remove it and add a working key" : `auth-error: needs a new login: ${LOGIN_HINT}`;
     case "disabled":
       return "disabled (enable it with action enable)";
     case "invalid":
@@ -111,7 +107,12 @@ export function costOf(byModel, prices) {
     const p = prices[model] ?? prices[model.replace(/-\d{8}$/, "")];
     if (!p) continue;
     priced = true;
-    total += ((c.input ?? 0) * (p.input ?? 0) + (c.output ?? 0) * (p.output ?? 0) + (c.cacheRead ?? 0) * (p.cache_read ?? 0) + (c.cacheWrite ?? 0) * (p.cache_write ?? 0)) / 1e6;
+    total +=
+      ((c.input ?? 0) * (p.input ?? 0) +
+        (c.output ?? 0) * (p.output ?? 0) +
+        (c.cacheRead ?? 0) * (p.cache_read ?? 0) +
+        (c.cacheWrite ?? 0) * (p.cache_write ?? 0)) /
+      1e6;
   }
   return priced ? total : null;
 }

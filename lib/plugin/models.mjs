@@ -42,9 +42,7 @@ const table = {
 };
 
 /** @type {Record<string, import("../../index.d.ts").ModelDefinition>} */
-export const ANTHROPIC_MODELS = Object.freeze(
-  Object.fromEntries(Object.entries(table).map(([id, m]) => [id, deepFreeze({ id, ...m })])),
-);
+export const ANTHROPIC_MODELS = Object.freeze(Object.fromEntries(Object.entries(table).map(([id, m]) => [id, deepFreeze({ id, ...m })])));
 
 function deepFreeze(value) {
   if (value && typeof value === "object") {

@@ -108,7 +108,10 @@ export function poolFetchFor(input, options) {
   const make = () => createPoolFetch({ path: o.path, onEvent: createNotifier(input?.client) });
   if (!input || typeof input !== "object") return make();
   let shared = hosts.get(input);
-  if (!shared) hosts.set(input, (shared = new Map()));
+  if (!shared) {
+    shared = new Map();
+    hosts.set(input, shared);
+  }
   const key = `${o.path ?? ""}\u0000${o.provider}`;
   if (!shared.has(key)) shared.set(key, make());
   return shared.get(key);

@@ -1,8 +1,10 @@
 // The `model-accounts-pool` tool: manage the pool from inside OpenCode. Returns text for a person.
 // OpenCode 1.18 takes a tool as a plain definition whose args are zod 4 schemas (what
 // `tool()` of @opencode-ai/plugin returns). zod alone is enough; the SDK package, with effect and
-// the TUI peers, is not needed at run time.
-import { z } from "zod";
+// the TUI peers, is not needed at run time. zod is loaded when a tool is made, not when the
+// library is imported: it costs more to load (tens of ms cold under Node) than everything else
+// here, and library-only and CLI users never need it.
+import { createRequire } from "node:module";
 import { LOGIN_HINT, pool, pluginOptions } from "./shared.mjs";
 import { accountLine, ago, clock, duration, quotaText, statusText, usageLine, windowsText } from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
@@ -57,17 +59,13 @@ async function status(path, now) {
   lines.push(`Accounts: ${c.total ?? 0} total, ${c.usable ?? 0} usable${by ? ` (${by})` : ""}.`);
   if (s.soonestReset) {
     const who = s.accounts.filter((a) => a.rateLimitUntil === s.soonestReset).map((a) => a.email);
-    lines.push(
-      `Soonest reset: in ${duration(s.soonestReset - now)} (${clock(s.soonestReset, now)})${who.length ? `, ${who.join(", ")}` : ""}.`,
-    );
+    lines.push(`Soonest reset: in ${duration(s.soonestReset - now)} (${clock(s.soonestReset, now)})${who.length ? `, ${who.join(", ")}` : ""}.`);
   } else {
     lines.push("Soonest reset: no account is cooling down.");
   }
   const f = s.lastFailover;
   lines.push(
-    f
-      ? `Last failover: ${ago(f.at, now)} (${clock(f.at, now)}), ${f.from} -> ${f.to ?? "no other account"}: ${f.reason}.`
-      : "Last failover: none recorded.",
+    f ? `Last failover: ${ago(f.at, now)} (${clock(f.at, now)}), ${f.from} -> ${f.to ?? "no other account"}: ${f.reason}.` : "Last failover: none recorded.",
   );
   if (s.accounts.length) {
     const prices = await modelPrices();
@@ -76,8 +74,10 @@ async function status(path, now) {
       lines.push(`  ${a.email}: ${statusText(a, now)}`);
       lines.push(`    windows: ${windowsText(a.windows, now, "; ") ?? quotaText(a.quota, now) ?? "none seen yet"}`);
       if (a.reserve) lines.push(`    reserve: ${Math.round(a.reserve * 100)}% of every window kept for its owner`);
-      for (const [family, until] of Object.entries(a.modelCooldowns ?? {})) lines.push(`    ${family} models cooling until ${clock(until, now)}; other models serve`);
-      for (const u of [usageLine("today", a.usage?.today, prices), usageLine("this 5h window", a.usage?.window, prices)].filter(Boolean)) lines.push(`    ${u}`);
+      for (const [family, until] of Object.entries(a.modelCooldowns ?? {}))
+        lines.push(`    ${family} models cooling until ${clock(until, now)}; other models serve`);
+      for (const u of [usageLine("today", a.usage?.today, prices), usageLine("this 5h window", a.usage?.window, prices)].filter(Boolean))
+        lines.push(`    ${u}`);
     }
   }
   if (s.invalid?.length) {
@@ -91,7 +91,9 @@ async function needEmail(action, path, extra = "") {
 }
 
 async function run(args, path) {
-  const action = String(args?.action ?? "list").trim().toLowerCase();
+  const action = String(args?.action ?? "list")
+    .trim()
+    .toLowerCase();
   const email = typeof args?.email === "string" ? args.email.trim() : "";
   const now = Date.now();
   switch (action) {
@@ -144,10 +146,7 @@ export async function poolActionText(args, path) {
   }
 }
 
-export const TOOL_DESCRIPTION =
-  "Manage the Anthropic account pool behind the anthropic-pool provider. Actions: " +
-  USAGE.join("; ") +
-  ". Show the result to the user as it is.";
+export const TOOL_DESCRIPTION = `Manage the Anthropic account pool behind the anthropic-pool provider. Actions: ${USAGE.join("; ")}. Show the result to the user as it is.`;
 
 /** The tool's input as plain JSON Schema (OpenCode 2 takes JSON Schema, not zod instances). */
 export const TOOL_INPUT_SCHEMA = Object.freeze({
@@ -161,8 +160,11 @@ export const TOOL_INPUT_SCHEMA = Object.freeze({
   additionalProperties: false,
 });
 
-export function createPoolTool(input, options) {
+const require = createRequire(import.meta.url);
+
+export function createPoolTool(_input, options) {
   const { path } = pluginOptions(options);
+  const { z } = require("zod");
   return {
     description: TOOL_DESCRIPTION,
     args: {
@@ -175,4 +177,3 @@ export function createPoolTool(input, options) {
     },
   };
 }
-

@@ -26,6 +26,8 @@ pub struct ExchangeOptions {
     pub headers: Vec<Vec<String>>,
     /// The model asked for (scoped windows, model cooldowns, usage).
     pub model: Option<String>,
+    /// The request body, when `model` is not given: the model is read from its top level.
+    pub body: Option<Buffer>,
 }
 
 #[napi]
@@ -38,13 +40,43 @@ pub struct NativeExchange {
     usage: std::sync::Mutex<Option<(UsageTap, UsageSink)>>,
 }
 
+/// What an exchange needs from the path and the environment, kept while neither changes: a
+/// request then costs no path resolution, engine lookup or parse of the API URL (each request
+/// under Bun builds an exchange, and every microsecond there is on the request's path).
+struct Resolved {
+    generation: u64,
+    path: Option<String>,
+    engine: Arc<Engine>,
+    api: url::Url,
+}
+
+fn resolve(path: Option<&str>) -> Result<(Arc<Engine>, url::Url), Error> {
+    static LAST: std::sync::Mutex<Option<Resolved>> = std::sync::Mutex::new(None);
+    let generation = config::env_generation();
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = last
+        .as_ref()
+        .filter(|r| r.generation == generation && r.path.as_deref() == path)
+    {
+        return Ok((r.engine.clone(), r.api.clone()));
+    }
+    let engine = Engine::for_store(store_for(path)?);
+    let api = config::api_url()?;
+    *last = Some(Resolved {
+        generation,
+        path: path.map(str::to_string),
+        engine: engine.clone(),
+        api: api.clone(),
+    });
+    Ok((engine, api))
+}
+
 /// A credential goes only to the configured API origin, whatever the host was told to call.
-fn check_origin(url: Option<&str>) -> Result<(), Error> {
+fn check_origin(url: Option<&str>, api: &url::Url) -> Result<(), Error> {
     let Some(raw) = url else { return Ok(()) };
     let target = url::Url::parse(raw)
         .map_err(|_| Error::InvalidArgument("the request URL is not absolute".into()))?;
-    let api = config::api_url()?;
-    if config::same_origin(&target, &api) {
+    if config::same_origin(&target, api) {
         return Ok(());
     }
     Err(Error::InsecureEndpoint {
@@ -68,6 +100,43 @@ fn pairs_of(headers: &HeaderMap) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Whether `url` is on the pool's API origin (`OAUTH_POOL_API_URL`): only such requests get an
+/// account; a driver sends anything else as a plain fetch.
+#[napi(js_name = "isApiOrigin")]
+pub fn is_api_origin(url: String) -> bool {
+    let (Ok(target), Ok(api)) = (url::Url::parse(&url), config::api_url()) else {
+        return false;
+    };
+    config::same_origin(&target, &api)
+}
+
+/// `name: value` lines (what `judgeSync` takes) as pairs; a line without a colon is dropped.
+fn header_lines(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            Some((name.trim().to_string(), value.trim().to_string()))
+        })
+        .collect()
+}
+
+fn step_value(step: Step) -> Value {
+    match step {
+        Step::Send(a) => json!({
+            "kind": "send",
+            "account": a.email,
+            "headers": pairs_of(&a.headers),
+        }),
+        Step::Answer(s) => json!({
+            "kind": "answer",
+            "status": s.status,
+            "statusText": s.status_text,
+            "headers": s.headers.iter().map(|(k, v)| vec![k, v]).collect::<Vec<_>>(),
+            "body": String::from_utf8_lossy(&s.body),
+        }),
+    }
+}
+
 impl Drop for NativeExchange {
     fn drop(&mut self) {
         self.finish_usage();
@@ -80,14 +149,18 @@ impl NativeExchange {
     pub fn new(options: ExchangeOptions) -> Self {
         let headers = header_pairs(options.headers);
         let pairs = || headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let meta = RequestMeta::from_headers(pairs()).with_model(options.model);
+        let model = options.model.or_else(|| {
+            options
+                .body
+                .as_deref()
+                .and_then(|b| usage::top_level_string(b, "model", b.len()))
+        });
+        let meta = RequestMeta::from_headers(pairs()).with_model(model);
         let base = exchange::forwardable(pairs());
-        let inner = check_origin(options.url.as_deref())
-            .and_then(|()| store_for(options.path.as_deref()))
-            .map(|store| {
-                Arc::new(tokio::sync::Mutex::new(
-                    Engine::for_store(store).exchange(meta),
-                ))
+        let inner = resolve(options.path.as_deref())
+            .and_then(|(engine, api)| {
+                check_origin(options.url.as_deref(), &api)?;
+                Ok(Arc::new(tokio::sync::Mutex::new(engine.exchange(meta))))
             })
             .map_err(|e| js_error(e).reason);
         NativeExchange {
@@ -109,56 +182,99 @@ impl NativeExchange {
     #[napi]
     pub async fn next(&self) -> JsResult<Value> {
         let mut ex = self.exchange()?.lock().await;
-        match ex.next(&self.base, &self.cancel).await.map_err(js_error)? {
-            Step::Send(a) => Ok(json!({
-                "kind": "send",
-                "account": a.email,
-                "headers": pairs_of(&a.headers),
-            })),
-            Step::Answer(s) => Ok(json!({
-                "kind": "answer",
-                "status": s.status,
-                "statusText": s.status_text,
-                "headers": s.headers.iter().map(|(k, v)| vec![k, v]).collect::<Vec<_>>(),
-                "body": String::from_utf8_lossy(&s.body),
-            })),
+        let step = ex.next(&self.base, &self.cancel).await.map_err(js_error)?;
+        Ok(step_value(step))
+    }
+
+    /// `next()` answered on the calling thread when no I/O is needed (the usual case: the pool
+    /// as cached is current and the token valid), as JSON text (one string crosses instead of
+    /// an object built field by field); `null` means call `next()`.
+    #[napi(js_name = "nextSync")]
+    pub fn next_sync(&self) -> JsResult<Option<String>> {
+        let Ok(mut ex) = self.exchange()?.try_lock() else {
+            return Ok(None);
+        };
+        match ex.try_next(&self.base) {
+            None => Ok(None),
+            Some(step) => step
+                .map(|s| Some(step_value(s).to_string()))
+                .map_err(js_error),
         }
     }
 
-    /// `"deliver"` or `"retry"`. `body`: the start of the body, for a 400 (`needsBody`).
+    /// `"retry"`, `"deliver"` or `"deliver-tap"` (see `judgeSync`). `headers`: the answer's
+    /// `name: value` lines; `body`: the start of the body, for a 400 (`needsBody`).
     #[napi]
     pub async fn judge(
         &self,
         status: u32,
-        headers: Vec<Vec<String>>,
+        headers: String,
         body: Option<Buffer>,
     ) -> JsResult<String> {
         let status = u16::try_from(status)
             .map_err(|_| js_error(Error::InvalidArgument(format!("bad status {status}"))))?;
-        let map = exchange::forwardable_answer(header_pairs(headers).iter());
+        let map = exchange::forwardable_answer(header_lines(&headers).iter());
         let mut ex = self.exchange()?.lock().await;
         let verdict = ex
             .judge(status, &map, body.as_deref(), &self.cancel)
             .await
             .map_err(js_error)?;
-        if verdict == Verdict::Deliver && (200..300).contains(&status) && usage::enabled() {
-            let event_stream = map
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| {
-                    v.trim_start()
-                        .to_ascii_lowercase()
-                        .starts_with("text/event-stream")
-                });
-            if let (Some(sink), Ok(mut slot)) = (ex.usage_sink(), self.usage.lock()) {
+        Ok(self.verdict_value(&ex, verdict, status, &map))
+    }
+
+    /// `judge()` on the calling thread when the answer means no I/O (anything but a 401);
+    /// `null` means call `judge()`. Answers `"deliver"`, `"deliver-tap"` (deliver, and pass the
+    /// body through `observe`: it carries usage) or `"retry"`.
+    /// `headers`: the answer's header lines, `name: value` separated by newlines (one string).
+    #[napi(js_name = "judgeSync")]
+    pub fn judge_sync(
+        &self,
+        status: u32,
+        headers: String,
+        body: Option<Buffer>,
+    ) -> JsResult<Option<String>> {
+        let status = u16::try_from(status)
+            .map_err(|_| js_error(Error::InvalidArgument(format!("bad status {status}"))))?;
+        let map = exchange::forwardable_answer(header_lines(&headers).iter());
+        let Ok(mut ex) = self.exchange()?.try_lock() else {
+            return Ok(None);
+        };
+        Ok(ex
+            .try_judge(status, &map, body.as_deref())
+            .map(|verdict| self.verdict_value(&ex, verdict, status, &map)))
+    }
+
+    /// Arms the usage tap for a delivered 2xx (JSON or an event stream: other bodies carry no
+    /// usage and pass untouched).
+    fn verdict_value(
+        &self,
+        ex: &Exchange,
+        verdict: Verdict,
+        status: u16,
+        map: &HeaderMap,
+    ) -> String {
+        if verdict == Verdict::Retry {
+            return "retry".into();
+        }
+        if !(200..300).contains(&status) || !usage::enabled() {
+            return "deliver".into();
+        }
+        let content_type = map
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim_start().to_ascii_lowercase())
+            .unwrap_or_default();
+        let event_stream = content_type.starts_with("text/event-stream");
+        if !event_stream && !content_type.contains("json") {
+            return "deliver".into();
+        }
+        match (ex.usage_sink(), self.usage.lock()) {
+            (Some(sink), Ok(mut slot)) => {
                 *slot = Some((UsageTap::new(event_stream), sink));
+                "deliver-tap".into()
             }
+            _ => "deliver".into(),
         }
-        Ok(match verdict {
-            Verdict::Deliver => "deliver",
-            Verdict::Retry => "retry",
-        }
-        .to_string())
     }
 
     /// Shows the tap a chunk of the delivered body as it passes to the host (nothing is kept).
@@ -178,6 +294,18 @@ impl NativeExchange {
         if let Some((mut tap, sink)) = taken {
             sink.record(tap.finish());
         }
+    }
+
+    /// The policy table's shape, for a driver to keep instead of asking per answer:
+    /// `needsBody`, the statuses whose start of body `judge` reads.
+    #[napi(js_name = "statusPolicy")]
+    pub fn status_policy() -> Value {
+        let needs_body: Vec<u16> = crate::engine::verdict::DECISIVE
+            .iter()
+            .copied()
+            .filter(|s| crate::engine::verdict::needs_body(*s))
+            .collect();
+        json!({ "needsBody": needs_body })
     }
 
     /// Whether `judge` wants the start of the body for this status.

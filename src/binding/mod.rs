@@ -6,9 +6,17 @@ pub mod fetch;
 pub mod gateway;
 pub mod login;
 pub mod pool;
+pub mod runtime;
 pub mod store;
 
 use napi_derive::napi;
+
+/// Runs when the addon is loaded, before any JavaScript calls it: the async runtime is set up
+/// here (see src/runtime.rs), since napi picks its runtime before the first call.
+#[napi_derive::module_init]
+fn init() {
+    runtime::install();
+}
 
 use crate::error::Error;
 use crate::store::Store;
@@ -98,4 +106,11 @@ pub fn sync_env(vars: std::collections::HashMap<String, String>) {
 #[napi]
 pub fn version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
+}
+
+/// `OAUTH_POOL_RESPONSE_TIMEOUT_MS` as the Rust client reads it, for a driver in JavaScript
+/// that must time out the same way (no answer head, or a body silent that long).
+#[napi(js_name = "responseTimeoutMs")]
+pub fn response_timeout_ms() -> u32 {
+    u32::try_from(crate::http::response_timeout().as_millis()).unwrap_or(u32::MAX)
 }

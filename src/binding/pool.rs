@@ -35,8 +35,14 @@ pub async fn list_accounts(path: Option<String>) -> JsResult<Value> {
 pub async fn pool_status(path: Option<String>) -> JsResult<Value> {
     let store = store_for(path.as_deref()).map_err(js_error)?;
     let pool = store.load().await.map_err(js_error)?;
-    let mut status = manage::status(&pool, &store.describe(), now_ms());
-    let runtime = Engine::for_store(store).runtime_status(&pool).await;
+    let now = now_ms();
+    let mut status = manage::status(&pool, &store.describe(), now);
+    let engine = Engine::for_store(store);
+    // "Usable" as the engine will choose: reserves and refusals included, which the stored
+    // fields alone do not say.
+    let usable = pool.accounts().filter(|a| engine.usable(a, now)).count();
+    status["counts"]["usable"] = usable.into();
+    let runtime = engine.runtime_status(&pool).await;
     if let (Value::Object(s), Value::Object(r)) = (&mut status, runtime) {
         s.extend(r);
     }

@@ -191,6 +191,26 @@ pub fn fresh_access(a: &Account, now: i64) -> Option<Secret> {
 }
 
 impl Engine {
+    /// The credential `credential()` would give when it needs no I/O (an API key, an unsaved or
+    /// unexpired token); `None` when a refresh or a verification is due, or on any error.
+    pub fn credential_now(&self, pool: &Pool, email: &str) -> Option<Credential> {
+        let account = pool.find(email)?;
+        if account.is_api_key() {
+            return account
+                .key
+                .clone()
+                .filter(|k| !k.is_empty())
+                .map(Credential::ApiKey);
+        }
+        if let Some(access) = self.credentials.unsaved_access(email, None) {
+            return Some(Credential::Bearer(access));
+        }
+        if account.auth_error_unverified() {
+            return None;
+        }
+        fresh_access(account, now_ms()).map(Credential::Bearer)
+    }
+
     /// A credential for `email` (from the caller's snapshot), fresh enough to send. Refreshes
     /// when the access token is within the margin of its expiry.
     pub async fn credential(

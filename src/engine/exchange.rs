@@ -217,51 +217,97 @@ impl Exchange {
                     },
                 },
             };
-            if let Some((from, reason)) = self.moved_from.take() {
-                self.events.push(
-                    Event::new(
-                        "failover",
-                        Some(&from),
-                        format!("{from} {reason}; this request moved to {email}"),
-                    )
-                    .to(&email),
-                );
-                let (f, t, r) = (from.clone(), email.clone(), reason.clone());
-                self.engine
-                    .note(false, move |p| p.failover(&f, Some(&t), &r, now_ms()));
-                tracing::info!(from = %from, to = %email, reason = %reason, "failover");
-            }
+            self.announce_move(&email);
             match self
                 .engine
                 .credential(&pool, &email, cancel, &mut self.events)
                 .await
             {
-                Ok(credential) => {
-                    let headers = with_credential(base, &credential)?;
-                    self.current = Some((email.clone(), credential));
-                    return Ok(Step::Send(Attempt { email, headers }));
-                }
+                Ok(credential) => return self.attempt(base, email, credential),
                 Err(Error::Aborted) => return Err(Error::Aborted),
-                Err(e) => {
-                    tracing::warn!(account = %email, error = %e, "no usable credential");
-                    if e.code() != "OAUTH_INVALID_GRANT" {
-                        // An invalid grant was reported by the credential protocol already.
-                        self.events.push(Event::new(
-                            "unavailable",
-                            Some(&email),
-                            format!("{email}: {e}"),
-                        ));
-                    }
-                    let (who, why) = (email.clone(), e.to_string());
-                    self.engine.note(false, move |p| p.error(&who, &why));
-                    if let Error::StoreUnavailable(_) = e {
-                        self.store_error = Some(e);
-                    }
-                    self.tried.insert(email.clone());
-                    self.moved_from = Some((email, "could not get a token".into()));
-                }
+                Err(e) => self.no_credential(email, e),
             }
         }
+    }
+
+    /// `next()` when it can be answered without waiting: the pool as cached is current, the
+    /// account's credential needs no refresh and nothing has to be held. `None`: call `next()`
+    /// (nothing was changed). Lets a driver on the JavaScript thread decide in microseconds.
+    pub fn try_next(&mut self, base: &HeaderMap) -> Option<Result<Step>> {
+        let pool = self.engine.snapshot_now()?;
+        let email = match self.retry_same.clone() {
+            Some(e) => e,
+            None => match self.choose(&pool) {
+                Some(e) => e,
+                None => {
+                    return match self.exhausted(&pool) {
+                        Ok(Exhausted::Wait(_)) => None,
+                        Ok(Exhausted::Answer(step)) => {
+                            self.current = None;
+                            Some(Ok(step))
+                        }
+                        Err(e) => Some(Err(e)),
+                    }
+                }
+            },
+        };
+        let credential = self.engine.credential_now(&pool, &email)?;
+        self.current = None;
+        self.retry_same = None;
+        self.announce_move(&email);
+        Some(self.attempt(base, email, credential))
+    }
+
+    /// Reports the move of this request away from the account it left, now that it has a new one.
+    fn announce_move(&mut self, email: &str) {
+        let Some((from, reason)) = self.moved_from.take() else {
+            return;
+        };
+        self.events.push(
+            Event::new(
+                "failover",
+                Some(&from),
+                format!("{from} {reason}; this request moved to {email}"),
+            )
+            .to(email),
+        );
+        let (f, t, r) = (from.clone(), email.to_string(), reason.clone());
+        self.engine
+            .note(false, move |p| p.failover(&f, Some(&t), &r, now_ms()));
+        tracing::info!(from = %from, to = %email, reason = %reason, "failover");
+    }
+
+    fn attempt(&mut self, base: &HeaderMap, email: String, credential: Credential) -> Result<Step> {
+        let mut headers = with_credential(base, &credential)?;
+        // Whoever carries the request, it says who sends it: the caller's own user-agent when
+        // it set one (an SDK, OpenCode), else ours; never another client's.
+        if !headers.contains_key(reqwest::header::USER_AGENT) {
+            headers.insert(
+                reqwest::header::USER_AGENT,
+                HeaderValue::from_static(crate::http::USER_AGENT),
+            );
+        }
+        self.current = Some((email.clone(), credential));
+        Ok(Step::Send(Attempt { email, headers }))
+    }
+
+    fn no_credential(&mut self, email: String, e: Error) {
+        tracing::warn!(account = %email, error = %e, "no usable credential");
+        if e.code() != "OAUTH_INVALID_GRANT" {
+            // An invalid grant was reported by the credential protocol already.
+            self.events.push(Event::new(
+                "unavailable",
+                Some(&email),
+                format!("{email}: {e}"),
+            ));
+        }
+        let (who, why) = (email.clone(), e.to_string());
+        self.engine.note(false, move |p| p.error(&who, &why));
+        if let Error::StoreUnavailable(_) = e {
+            self.store_error = Some(e);
+        }
+        self.tried.insert(email.clone());
+        self.moved_from = Some((email, "could not get a token".into()));
     }
 
     /// Holding (opt-in): waits for the soonest account instead of answering the pool's 429;
@@ -325,65 +371,8 @@ impl Exchange {
         let Some((email, credential)) = self.current.clone() else {
             return Ok(Verdict::Deliver);
         };
-        let now = now_ms();
-        let limits = Limits::from_headers(headers, SystemTime::now());
-        let decision = verdict::decide(
-            status,
-            &limits,
-            body,
-            credential.kind(),
-            self.refreshed.contains(&email),
-            now,
-            self.family.as_deref(),
-        );
+        let (decision, limits, now) = self.decide(status, headers, body, &email, &credential);
         match decision {
-            Decision::Deliver => {
-                self.served(&email, &limits, now);
-                Ok(Verdict::Deliver)
-            }
-            Decision::DeliverThirdPartyRefusal => {
-                tracing::warn!(account = %email, "third-party use refused by Anthropic");
-                self.events.push(Event::new(
-                    "third-party-refused",
-                    Some(&email),
-                    format!("{email}: Anthropic refused this subscription for third-party apps (the 400 says usage is billed as extra usage); not retried on other accounts"),
-                ));
-                let who = email.clone();
-                self.engine.note(false, move |p| {
-                    p.error(&who, "third-party use refused by Anthropic (400)")
-                });
-                self.served(&email, &limits, now);
-                Ok(Verdict::Deliver)
-            }
-            Decision::CoolAndMove(cooldown) => {
-                let why = cooldown.describe();
-                tracing::info!(account = %email, until = %iso_time(cooldown.until), why = %why, "rate limited");
-                self.events.push(
-                    Event::new(
-                        "rate-limited",
-                        Some(&email),
-                        format!("{email}: {why} until {}", iso_time(cooldown.until)),
-                    )
-                    .until(cooldown.until),
-                );
-                if !limits.windows.is_empty() {
-                    self.engine.overlay.note_windows(&email, &limits.windows);
-                    let (who, seen) = (email.clone(), limits.clone());
-                    self.engine.note(false, move |p| p.seen(&who, now, seen));
-                }
-                let scope = cooldown.scope.clone();
-                if self
-                    .engine
-                    .overlay
-                    .cool(&email, scope.as_deref(), cooldown.until)
-                {
-                    let (who, until, w) = (email.clone(), cooldown.until, why.clone());
-                    self.engine
-                        .note(true, move |p| p.cooldown(&who, scope.as_deref(), until, &w));
-                }
-                self.move_on(email, why);
-                Ok(Verdict::Retry)
-            }
             Decision::RefreshAndRetry => {
                 self.refreshed.insert(email.clone());
                 let rejected = credential.secret().clone();
@@ -413,6 +402,103 @@ impl Exchange {
                 self.refuse(&email, why).await;
                 self.move_on(email, "was refused (401)".into());
                 Ok(Verdict::Retry)
+            }
+            other => Ok(self.settle(other, email, &limits, now)),
+        }
+    }
+
+    /// `judge()` when the answer means no I/O (delivered, or a 429 that moves the request on);
+    /// `None` for a 401, which needs `judge()` (nothing was changed).
+    pub fn try_judge(
+        &mut self,
+        status: u16,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+    ) -> Option<Verdict> {
+        let Some((email, credential)) = self.current.clone() else {
+            return Some(Verdict::Deliver);
+        };
+        let (decision, limits, now) = self.decide(status, headers, body, &email, &credential);
+        match decision {
+            Decision::RefreshAndRetry | Decision::RefusedAndMove => None,
+            other => Some(self.settle(other, email, &limits, now)),
+        }
+    }
+
+    fn decide(
+        &self,
+        status: u16,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+        email: &str,
+        credential: &Credential,
+    ) -> (Decision, Limits, i64) {
+        let now = now_ms();
+        let limits = Limits::from_headers(headers, SystemTime::now());
+        let decision = verdict::decide(
+            status,
+            &limits,
+            body,
+            credential.kind(),
+            self.refreshed.contains(email),
+            now,
+            self.family.as_deref(),
+        );
+        (decision, limits, now)
+    }
+
+    /// The decisions that need no I/O: deliver (and say so for a third-party refusal), or cool
+    /// the account and move on.
+    fn settle(&mut self, decision: Decision, email: String, limits: &Limits, now: i64) -> Verdict {
+        match decision {
+            // A 401's decisions are `judge()`'s own and never come here; delivering is the safe
+            // reading should one ever do.
+            Decision::Deliver | Decision::RefreshAndRetry | Decision::RefusedAndMove => {
+                self.served(&email, limits, now);
+                Verdict::Deliver
+            }
+            Decision::DeliverThirdPartyRefusal => {
+                tracing::warn!(account = %email, "third-party use refused by Anthropic");
+                self.events.push(Event::new(
+                    "third-party-refused",
+                    Some(&email),
+                    format!("{email}: Anthropic refused this subscription for third-party apps (the 400 says usage is billed as extra usage); not retried on other accounts"),
+                ));
+                let who = email.clone();
+                self.engine.note(false, move |p| {
+                    p.error(&who, "third-party use refused by Anthropic (400)")
+                });
+                self.served(&email, limits, now);
+                Verdict::Deliver
+            }
+            Decision::CoolAndMove(cooldown) => {
+                let why = cooldown.describe();
+                tracing::info!(account = %email, until = %iso_time(cooldown.until), why = %why, "rate limited");
+                self.events.push(
+                    Event::new(
+                        "rate-limited",
+                        Some(&email),
+                        format!("{email}: {why} until {}", iso_time(cooldown.until)),
+                    )
+                    .until(cooldown.until),
+                );
+                if !limits.windows.is_empty() {
+                    self.engine.overlay.note_windows(&email, &limits.windows);
+                    let (who, seen) = (email.clone(), limits.clone());
+                    self.engine.note(false, move |p| p.seen(&who, now, seen));
+                }
+                let scope = cooldown.scope.clone();
+                if self
+                    .engine
+                    .overlay
+                    .cool(&email, scope.as_deref(), cooldown.until)
+                {
+                    let (who, until, w) = (email.clone(), cooldown.until, why.clone());
+                    self.engine
+                        .note(true, move |p| p.cooldown(&who, scope.as_deref(), until, &w));
+                }
+                self.move_on(email, why);
+                Verdict::Retry
             }
         }
     }
@@ -537,7 +623,7 @@ enum Exhausted {
     Answer(Step),
 }
 
-/// `OAUTH_POOL_SOFT_THRESHOLD` (a fraction of the 5-hour window), default 0.9.
+/// `OAUTH_POOL_SOFT_THRESHOLD` (a fraction of any window the request counts against), default 0.9.
 fn soft_threshold() -> f64 {
     crate::config::env("OAUTH_POOL_SOFT_THRESHOLD")
         .and_then(|v| v.trim().parse::<f64>().ok())

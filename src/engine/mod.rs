@@ -46,9 +46,6 @@ pub struct Engine {
     overlay: Overlay,
     credentials: credentials::Credentials,
     book: bookkeeping::Bookkeeping,
-    /// The runtime background writes go to, also when asked from a thread outside it (a body
-    /// dropped on the JavaScript thread records its usage).
-    runtime: Option<tokio::runtime::Handle>,
     /// This process's seed for spreading reopenings (`jitter`).
     seed: [u8; 16],
 }
@@ -119,7 +116,6 @@ impl Engine {
                     overlay: Overlay::default(),
                     credentials: Default::default(),
                     book: Default::default(),
-                    runtime: tokio::runtime::Handle::try_current().ok(),
                     seed,
                 })
             })
@@ -149,6 +145,16 @@ impl Engine {
             },
             other => other,
         }
+    }
+
+    /// The cached pool when the store's stamp says it is current and that can be known without
+    /// waiting (see `Store::stamp_now`); `None`: use `snapshot()`. For drivers that decide on the
+    /// JavaScript thread without a round trip to the runtime.
+    pub fn snapshot_now(&self) -> Option<Arc<Pool>> {
+        let stamp = self.store.stamp_now()?;
+        let cache = lock(&self.cache);
+        let (cached, pool) = cache.as_ref()?;
+        (*cached == stamp).then(|| pool.clone())
     }
 
     async fn read_snapshot(&self) -> Result<Arc<Pool>> {
@@ -191,18 +197,11 @@ impl Engine {
         Ok(t)
     }
 
-    /// Runs `task` on the engine's runtime (the current one when there is one).
+    /// Runs `task` in the background: on the current runtime, or on the addon's when recorded
+    /// from the JavaScript thread (a judgement made there, a body dropped there).
     pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        match tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| self.runtime.clone())
-        {
-            Some(h) => {
-                h.spawn(task);
-            }
-            None => {
-                tracing::warn!("no runtime to write bookkeeping on; it waits for the next write")
-            }
+        if let Err(why) = crate::runtime::spawn(task) {
+            tracing::warn!(%why, "bookkeeping waits for the next write");
         }
     }
 

@@ -32,6 +32,11 @@ pub enum Decision {
     RefusedAndMove,
 }
 
+/// The statuses whose answer may be anything but "deliver it as it is" (the rows of the table
+/// above): a driver must ask before delivering one of these; any other it may deliver first
+/// and report (`judge`) right after, off the answer's path.
+pub const DECISIVE: [u16; 3] = [400, 401, 429];
+
 /// Only a 400 needs its body read to be understood; it is read bounded (`PEEK_LIMIT`).
 pub fn needs_body(status: u16) -> bool {
     status == 400
@@ -111,13 +116,16 @@ mod tests {
             ),
             Decision::Deliver
         );
-        for status in [200, 201, 301, 307, 403, 404, 413, 500, 502, 529] {
-            assert_eq!(
-                d(status, None, CredentialKind::OAuth, false),
-                Decision::Deliver,
-                "{status}"
-            );
+        for status in (100..600u16).filter(|s| !DECISIVE.contains(s)) {
+            for kind in [CredentialKind::OAuth, CredentialKind::ApiKey] {
+                assert_eq!(
+                    d(status, Some(refusal), kind, false),
+                    Decision::Deliver,
+                    "{status}"
+                );
+            }
         }
         assert!(needs_body(400) && !needs_body(429) && !needs_body(200));
+        assert!((100..600u16).all(|s| !needs_body(s) || DECISIVE.contains(&s)));
     }
 }

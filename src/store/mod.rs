@@ -126,6 +126,15 @@ impl Store {
         }
     }
 
+    /// The stamp when it can be had without waiting: the file's `stat` (a syscall); the fleet
+    /// store's generation only while the last one asked is fresh. `None`: ask `stamp()`.
+    pub fn stamp_now(&self) -> Option<Stamp> {
+        match self {
+            Store::File(f) => f.stamp().map(Stamp::File),
+            Store::Postgres(p) => p.generation_cached().map(Stamp::Generation),
+        }
+    }
+
     pub async fn load(&self) -> Result<Pool> {
         self.load_stamped().await.map(|(p, _)| p)
     }

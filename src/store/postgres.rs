@@ -328,6 +328,13 @@ impl PgStore {
         self.ready().await
     }
 
+    /// The generation asked less than 250 ms ago, if any (no round trip).
+    pub fn generation_cached(&self) -> Option<i64> {
+        lock(&self.generation)
+            .filter(|(_, at)| at.elapsed() < FRESH_FOR)
+            .map(|(g, _)| g)
+    }
+
     /// The current generation, asked at most every 250 ms.
     pub async fn generation(&self) -> Result<i64> {
         if let Some((g, at)) = *lock(&self.generation) {
@@ -412,7 +419,11 @@ impl PgStore {
         format!("{email}\0{field}")
     }
 
-    fn open_entry(&self, mut entry: Value) -> Result<Value> {
+    /// Applies `change` to each secret field of an entry (with the entry's email), in place.
+    fn map_secrets(
+        mut entry: Value,
+        mut change: impl FnMut(&str, &str, &str) -> Result<String>,
+    ) -> Result<Value> {
         let email = entry
             .get("email")
             .and_then(Value::as_str)
@@ -420,37 +431,32 @@ impl PgStore {
             .to_string();
         if let Some(map) = entry.as_object_mut() {
             for f in SECRET_FIELDS {
-                if let Some(Value::String(sealed)) = map.get(*f) {
-                    // Every token this store writes is sealed: a plain one was put there by
-                    // someone without the key, and is not used.
-                    if !super::crypto::is_sealed(sealed) {
-                        return Err(Error::StoreKey(format!(
-                            "the {f} of {email:?} in the store is not sealed (written without the store key?); nothing was used"
-                        )));
-                    }
-                    let plain = self.key.open(&Self::aad(&email, f), sealed)?;
-                    map.insert((*f).into(), Value::String(plain.to_string()));
+                if let Some(Value::String(value)) = map.get(*f) {
+                    let changed = change(&email, f, value)?;
+                    map.insert((*f).into(), Value::String(changed));
                 }
             }
         }
         Ok(entry)
     }
 
-    fn seal_entry(&self, mut entry: Value) -> Result<Value> {
-        let email = entry
-            .get("email")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        if let Some(map) = entry.as_object_mut() {
-            for f in SECRET_FIELDS {
-                if let Some(Value::String(plain)) = map.get(*f) {
-                    let sealed = self.key.seal(&Self::aad(&email, f), plain)?;
-                    map.insert((*f).into(), Value::String(sealed));
-                }
+    fn open_entry(&self, entry: Value) -> Result<Value> {
+        Self::map_secrets(entry, |email, field, sealed| {
+            // Every token this store writes is sealed: a plain one was put there by someone
+            // without the key, and is not used.
+            if !super::crypto::is_sealed(sealed) {
+                return Err(Error::StoreKey(format!(
+                    "the {field} of {email:?} in the store is not sealed (written without the store key?); nothing was used"
+                )));
             }
-        }
-        Ok(entry)
+            Ok(self.key.open(&Self::aad(email, field), sealed)?.to_string())
+        })
+    }
+
+    fn seal_entry(&self, entry: Value) -> Result<Value> {
+        Self::map_secrets(entry, |email, field, plain| {
+            self.key.seal(&Self::aad(email, field), plain)
+        })
     }
 
     /// Top-level sections (other providers' accounts, `_pending_*`, our own records) are opaque

@@ -1,0 +1,158 @@
+// The two transports of the pool fetch (issue 15): the Rust client ("native", the default under
+// Node) and the runtime's own fetch driven by the same engine ("runtime", the default under Bun).
+// Every other fetch test runs the default of its runtime; this file runs the behaviours that
+// differ in code between the two against both, under whichever runtime runs it.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { copyFileSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
+import { createPoolFetch, flushPool, poolStatus } from "../index.mjs";
+import { parseSSE, rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
+import { account, jsonHeaders, seedPool, useMock } from "./helpers/pool-env.mjs";
+
+const mock = useMock();
+const model = "claude-sonnet-4-5";
+const post = (f, extra = {}, init = {}) =>
+  f(`${mock.url}/v1/messages`, {
+    method: "POST",
+    headers: jsonHeaders,
+    body: JSON.stringify({ model, max_tokens: 16, messages: [{ role: "user", content: "hi" }], ...extra }),
+    ...init,
+  });
+const usage = (input, output) => ({ input_tokens: input, output_tokens: output, cache_read_input_tokens: 0, cache_creation_input_tokens: 0 });
+
+test("createPoolFetch refuses an unknown transport", () => {
+  assert.throws(
+    () => createPoolFetch({ transport: "carrier-pigeon" }),
+    (e) => e.code === "INVALID_ARGUMENT" && /transport/.test(e.message),
+  );
+});
+
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: a 429 fails over before a byte reaches the caller; the stream passes chunk by chunk; usage is counted`, async () => {
+    const path = await seedPool(mock, [`${transport}-a@x.test`, `${transport}-b@x.test`]);
+    const f = createPoolFetch({ path, transport });
+    const first = await post(f);
+    const served = first.poolAccount;
+    await first.text();
+    const other = served === `${transport}-a@x.test` ? `${transport}-b@x.test` : `${transport}-a@x.test`;
+    mock.script(served, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+    mock.script(other, [{ sse: true, text: "z".repeat(300), chunkSize: 16, delayMs: 5, usage: usage(21, 13) }]);
+    mock.clearRequests();
+    const res = await post(f, { stream: true });
+    assert.equal(res.status, 200);
+    assert.equal(res.poolAccount, other);
+    const reader = res.body.getReader();
+    let chunks = 0;
+    let text = "";
+    const decoder = new TextDecoder();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks++;
+      text += decoder.decode(value, { stream: true });
+    }
+    assert.ok(chunks > 5, `${chunks} chunks: the stream was not buffered`);
+    assert.ok(parseSSE(text).some((e) => e.event === "message_stop"));
+    assert.deepEqual(
+      mock.requests.map((r) => [r.email, r.status]),
+      [
+        [served, 429],
+        [other, 200],
+      ],
+    );
+    await flushPool(path);
+    assert.ok(account(path, served).rateLimitUntil > Date.now() + 500_000);
+    const counted = (await poolStatus(path)).accounts.find((a) => a.email === other).usage.today.byModel[model];
+    assert.equal(counted.input, 21);
+    assert.equal(counted.output, 13);
+  });
+
+  test(`${transport}: a 401 is refreshed once and retried on the same account; every account cooling is the pool's own 429`, async () => {
+    const email = `${transport}-r@x.test`;
+    const path = await seedPool(mock, [email]);
+    const f = createPoolFetch({ path, transport });
+    mock.script(email, [{ status: 401 }]);
+    mock.clearRequests();
+    const res = await post(f);
+    assert.equal(res.status, 200);
+    await res.text();
+    assert.deepEqual(
+      mock.requests.map((r) => r.status),
+      [401, 200],
+    );
+    mock.script(email, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 900 }) }]);
+    const cooled = await post(f);
+    assert.equal(cooled.status, 429);
+    const again = await post(f);
+    assert.equal(again.status, 429);
+    assert.equal(again.headers.get("x-oauth-pool"), "all-accounts-cooling");
+    assert.ok(Number(again.headers.get("retry-after")) > 800);
+    assert.equal(again.poolAccount, null);
+  });
+
+  test(`${transport}: an abort mid-stream rejects the read; a body gone silent is NETWORK; a redirect is not followed`, async () => {
+    const email = `${transport}-s@x.test`;
+    const path = await seedPool(mock, [email]);
+    const f = createPoolFetch({ path, transport });
+    mock.script(email, [{ sse: true, text: "x".repeat(400), chunkSize: 8, delayMs: 20 }]);
+    const mid = new AbortController();
+    const res = await post(f, { stream: true }, { signal: mid.signal });
+    const reader = res.body.getReader();
+    assert.equal((await reader.read()).done, false);
+    mid.abort();
+    await assert.rejects(
+      (async () => {
+        for (;;) if ((await reader.read()).done) throw new Error("ended normally after the abort");
+      })(),
+      (e) => e.name === "AbortError",
+    );
+
+    process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = "300";
+    try {
+      mock.script(email, [{ sse: true, text: "y".repeat(4000), chunkSize: 100, delayMs: 60_000 }]);
+      const started = Date.now();
+      const silent = await post(f, { stream: true });
+      await assert.rejects(silent.text(), (e) => e.code === "NETWORK" && /no data for 300 ms/.test(e.message));
+      assert.ok(Date.now() - started < 3000, `${Date.now() - started} ms`);
+    } finally {
+      delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
+    }
+
+    mock.script(email, [{ status: 307, headers: { location: "http://127.0.0.1:9/elsewhere" } }]);
+    const moved = await post(f);
+    assert.equal(moved.status, 307);
+    assert.equal(moved.headers.get("location"), "http://127.0.0.1:9/elsewhere");
+  });
+
+  test(`${transport}: a cooldown decided on the JavaScript thread reaches the pool file without a flush`, async () => {
+    // The engine of a pool first touched by a synchronous call (the runtime transport's judge)
+    // has no async runtime around it; its urgent write must still happen, since OpenCode's
+    // `run` exits soon after the answer and other processes must honour the cooldown.
+    const seeded = await seedPool(mock, [`${transport}-w1@x.test`, `${transport}-w2@x.test`]);
+    const path = `${seeded}.fresh.json`;
+    copyFileSync(seeded, path);
+    mock.scriptAll([{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+    const res = await post(createPoolFetch({ path, transport }));
+    assert.equal(res.status, 200);
+    await res.text();
+    const limited = [`${transport}-w1@x.test`, `${transport}-w2@x.test`].find((e) => e !== res.poolAccount);
+    const deadline = Date.now() + 5000;
+    while (!(account(path, limited)?.rateLimitUntil > Date.now()) && Date.now() < deadline) await sleep(25);
+    assert.ok(account(path, limited).rateLimitUntil > Date.now() + 500_000, JSON.stringify(account(path, limited)));
+  });
+}
+
+test("auto: with a proxy variable set, the Rust client carries the request (it owns the proxy rules)", async () => {
+  const path = await seedPool(mock, ["auto-proxy@x.test"]);
+  // A proxy that does not exist: loopback is never proxied (NO_PROXY-like rule of src/http.rs),
+  // so the request still reaches the mock directly through the native transport.
+  process.env.HTTPS_PROXY = "http://127.0.0.1:9";
+  try {
+    const res = await post(createPoolFetch({ path }));
+    assert.equal(res.status, 200);
+    assert.equal(res.poolAccount, "auto-proxy@x.test");
+  } finally {
+    delete process.env.HTTPS_PROXY;
+  }
+});

@@ -1,0 +1,90 @@
+// Driving the Rust engine from JavaScript when the runtime's own fetch carries the bytes (the
+// library's fetch under Bun, OpenCode 2's http hooks). The engine decides everything (which
+// account, which credential, what an answer means); this module only asks it, on the calling
+// thread when the engine can answer without I/O (`nextSync` / `judgeSync`, microseconds), else
+// through the runtime (`next` / `judge`: a refresh, a store read, a hold).
+import { native } from "./native.mjs";
+import { settle, toPoolError } from "./errors.mjs";
+
+/** How much of a 400 the engine reads to tell a third-party refusal from a bad request. */
+export const PEEK_LIMIT = 256 * 1024;
+
+/** A synchronous native call; under Bun a failed one may return its Error instead of throwing. */
+function sync(call) {
+  let value;
+  try {
+    value = call();
+  } catch (err) {
+    throw toPoolError(err);
+  }
+  if (value instanceof Error) throw toPoolError(value);
+  return value;
+}
+
+/** The next attempt: `{ kind: "send", account, headers }` or `{ kind: "answer", ... }`. */
+export async function nextStep(ex) {
+  const text = sync(() => ex.nextSync());
+  const step = text === null ? await settle(ex.next()) : JSON.parse(text);
+  if (step?.kind !== "send" && step?.kind !== "answer") throw new TypeError(`the pool engine gave no next step (${typeof step})`);
+  return step;
+}
+
+/** The first `limit` bytes of a body, read from a clone: the answer itself stays unread. */
+export async function peek(response, limit = PEEK_LIMIT) {
+  const reader = response.clone().body?.getReader();
+  if (!reader) return undefined;
+  const parts = [];
+  let size = 0;
+  try {
+    while (size < limit) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parts.push(value);
+      size += value.byteLength;
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+  return Buffer.concat(parts).subarray(0, limit);
+}
+
+/**
+ * What the engine makes of an answer: "retry", "deliver", or "deliver-tap" (deliver, and show
+ * the body to `ex.observe` as it passes: it carries usage). `peekBody(response)` reads the start
+ * of a body the engine needs to see (a 400); by default from a clone.
+ */
+let policy = null;
+/** The policy table's shape (src/engine/verdict.rs), asked once: which statuses need a body. */
+function statusPolicy() {
+  if (!policy) {
+    const p = native.NativeExchange.statusPolicy();
+    policy = { needsBody: new Set(p.needsBody) };
+  }
+  return policy;
+}
+
+export async function judgeAnswer(ex, response, peekBody = peek) {
+  const body = statusPolicy().needsBody.has(response.status) ? await peekBody(response) : undefined;
+  let headers = "";
+  for (const [name, value] of response.headers) headers += `${name}:${value}\n`;
+  const verdict = sync(() => ex.judgeSync(response.status, headers, body)) ?? (await settle(ex.judge(response.status, headers, body)));
+  if (verdict !== "retry" && verdict !== "deliver" && verdict !== "deliver-tap") throw new TypeError(`the pool engine gave no verdict (${typeof verdict})`);
+  return verdict;
+}
+
+/** A chunk as the addon takes it (a Buffer view, no copy). */
+export const asBuffer = (chunk) => Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+
+/** The pool's own answer (every account cooling: a 429 with the real `retry-after`). */
+export function poolAnswer(step) {
+  return new Response(step.body, { status: step.status, statusText: step.statusText, headers: step.headers });
+}
+
+/** The events the engine collected (failovers, cooldowns, refusals); never throws. */
+export function takeEvents(ex) {
+  try {
+    return JSON.parse(ex.takeEvents() || "[]");
+  } catch {
+    return [];
+  }
+}

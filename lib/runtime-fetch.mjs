@@ -1,0 +1,260 @@
+// The pool fetch with the runtime's own fetch carrying the bytes (the "runtime" transport, the
+// default under Bun). Measured in bench/: under Bun, every crossing into the addon's runtime and
+// back costs more than Bun's whole fetch of a small request, and Bun's fetch streams faster than
+// a body pulled from Rust chunk by chunk. So the Rust engine decides on the calling thread
+// (lib/exchange.mjs) and Bun moves the bytes; under Node the Rust client wins and stays.
+//
+// What the Rust client guarantees, this transport keeps: no redirect is followed (the 3xx goes
+// to the caller), the same response timeout for the answer head and for a body gone silent,
+// the same errors (`NETWORK` as a TypeError, aborts as the signal's reason), the request body
+// kept for a retry on the next account, and nothing sent before the engine chose the account.
+// Proxies are the Rust client's business (src/http.rs owns NO_PROXY, loopback and credential
+// rules): with a proxy variable set, `runtimeCarries` says no and the native transport is
+// used. Certificates are the runtime's: Bun trusts its roots plus NODE_EXTRA_CA_CERTS as set
+// when it started (the Rust client also reads SSL_CERT_FILE; OpenCode itself runs on Bun's).
+import { envGeneration, nativeBinding, PROXY_ENV } from "./native.mjs";
+import { toPoolError } from "./errors.mjs";
+import { asBuffer, judgeAnswer, nextStep, peek, poolAnswer, takeEvents } from "./exchange.mjs";
+
+const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
+// A body announced this small and not an event stream is read whole before the Response is
+// handed over (what a caller of a JSON answer does anyway): no JavaScript stream per chunk.
+const WHOLE_BODY_LIMIT = 1024 * 1024;
+
+// Read from the environment once per generation of it, not once per request.
+let settings = { generation: -1, timeoutMs: 0, apiUrls: new Map() };
+function current() {
+  if (settings.generation !== envGeneration()) settings = { generation: envGeneration(), timeoutMs: nativeBinding().responseTimeoutMs(), apiUrls: new Map() };
+  return settings;
+}
+
+/** Whether `url` is on the pool's API origin (asked of the addon once per URL and environment). */
+export function isApiUrl(url) {
+  const { apiUrls } = current();
+  let known = apiUrls.get(url);
+  if (known === undefined) {
+    known = nativeBinding().isApiOrigin(url);
+    if (apiUrls.size >= 64) apiUrls.clear();
+    apiUrls.set(url, known);
+  }
+  return known;
+}
+
+/** Whether the runtime's fetch carries this process's requests ("auto": only under Bun). */
+export function runtimeCarries(transport = "auto") {
+  if (transport === "native") return false;
+  if (transport === "runtime") return true;
+  return typeof process?.versions?.bun === "string" && !PROXY_ENV.some((k) => process.env[k]);
+}
+
+function networkError(detail) {
+  return toPoolError(new Error(`[NETWORK] network error talking to the API: ${detail}`));
+}
+
+const abortError = (signal) => signal?.reason ?? new DOMException("The operation was aborted.", "AbortError");
+
+// A delivered body the caller drops unread: its watchdog and upstream stream go with it.
+const abandoned = new FinalizationRegistry((stop) => stop());
+
+/**
+ * One attempt on the wire. The controller outlives the head: it is what a caller's abort or a
+ * silent body stops.
+ */
+async function send(parts, headers, signal, timeoutMs) {
+  const controller = new AbortController();
+  const onAbort = () => controller.abort(abortError(signal));
+  signal?.addEventListener?.("abort", onAbort, { once: true });
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    controller.abort();
+  }, timeoutMs);
+  const release = () => signal?.removeEventListener?.("abort", onAbort);
+  try {
+    const response = await fetch(parts.url, { method: parts.method, headers, body: parts.body, redirect: "manual", signal: controller.signal });
+    return { response, controller, release };
+  } catch (err) {
+    release();
+    if (signal?.aborted) throw abortError(signal);
+    if (timedOut) throw networkError(`no response headers within ${timeoutMs} ms`);
+    throw networkError(err?.message ?? String(err));
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * The delivered body, chunk by chunk as the runtime reads it. A body silent for the response
+ * timeout is cut with `NETWORK` (checked by a timer on the read count, not per chunk); with
+ * `tap`, each chunk is shown to the engine's usage tap on its way.
+ */
+function carry(response, { ex, tap, controller, signal, timeoutMs, done }) {
+  const reader = response.body.getReader();
+  let reads = 0;
+  let seen = -1;
+  let waiting = false;
+  let stalled = false;
+  let finished = false;
+  const watchdog = setInterval(() => {
+    if (waiting && reads === seen) {
+      stalled = true;
+      controller.abort();
+    }
+    seen = reads;
+  }, timeoutMs);
+  watchdog.unref?.();
+  const finish = () => {
+    if (finished) return;
+    finished = true;
+    clearInterval(watchdog);
+    if (tap) ex.finishUsage();
+    done();
+  };
+  const stream = new ReadableStream(
+    {
+      async pull(out) {
+        waiting = true;
+        let next;
+        try {
+          next = await reader.read();
+        } catch (err) {
+          finish();
+          if (signal?.aborted) out.error(abortError(signal));
+          else out.error(stalled ? networkError(`no data for ${timeoutMs} ms`) : networkError(err?.message ?? String(err)));
+          return;
+        } finally {
+          waiting = false;
+        }
+        reads++;
+        if (next.done) {
+          finish();
+          out.close();
+          return;
+        }
+        if (tap) {
+          try {
+            ex.observe(asBuffer(next.value));
+          } catch {}
+        }
+        out.enqueue(next.value);
+      },
+      cancel(reason) {
+        finish();
+        return reader.cancel(reason);
+      },
+    },
+    { highWaterMark: 0 },
+  );
+  abandoned.register(stream, () => {
+    if (finished) return;
+    finish();
+    reader.cancel().catch(() => {});
+  });
+  return stream;
+}
+
+/**
+ * `reading`, cut with NETWORK ("no data for ...") when it takes longer than the silence limit
+ * (the start of a 400, or a small body read whole).
+ */
+async function withinSilence(reading, timeoutMs, controller) {
+  let timer;
+  const silent = new Promise((_, reject) => {
+    timer = setTimeout(() => {
+      controller.abort();
+      reject(networkError(`no data for ${timeoutMs} ms`));
+    }, timeoutMs);
+  });
+  try {
+    return await Promise.race([reading, silent]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** What a fetch Response says about itself, plus the account that served it. */
+function described(response, url, account) {
+  Object.defineProperty(response, "url", { value: url, configurable: true });
+  Object.defineProperty(response, "poolAccount", { value: account, configurable: true });
+  return response;
+}
+
+function isWhole(response) {
+  const length = Number(response.headers.get("content-length"));
+  if (!Number.isInteger(length) || length > WHOLE_BODY_LIMIT) return false;
+  return !(response.headers.get("content-type") ?? "").trimStart().toLowerCase().startsWith("text/event-stream");
+}
+
+/**
+ * Serves `parts` (lib/fetch.mjs's plain request) from the pool, the environment already handed
+ * to the addon. Resolves the Response the caller gets, with `poolAccount`; `onEvents(events)`
+ * hears failovers and account changes.
+ */
+export async function runtimeFetch(parts, { path, onEvents }) {
+  const { signal } = parts;
+  const addon = nativeBinding();
+  const ex = new addon.NativeExchange({ path: path ?? undefined, url: parts.url, headers: parts.headers, body: parts.body });
+  const onAbort = () => ex.abort();
+  signal?.addEventListener?.("abort", onAbort, { once: true });
+  const { timeoutMs } = current();
+  let delivered = false;
+  try {
+    for (;;) {
+      if (signal?.aborted) throw abortError(signal);
+      let step;
+      try {
+        step = await nextStep(ex);
+      } catch (err) {
+        throw err?.code === "ABORT_ERR" ? abortError(signal) : err;
+      }
+      if (step.kind === "answer") return described(poolAnswer(step), parts.url, null);
+      const { response, controller, release } = await send(parts, step.headers, signal, timeoutMs);
+      let verdict;
+      try {
+        verdict = await judgeAnswer(ex, response, (r) => withinSilence(peek(r), timeoutMs, controller));
+      } catch (err) {
+        release();
+        throw err?.code === "ABORT_ERR" ? abortError(signal) : err;
+      }
+      if (verdict === "retry") {
+        release();
+        await response.body?.cancel().catch(() => {});
+        continue;
+      }
+      delivered = true;
+      const tap = verdict === "deliver-tap";
+      const head = { status: response.status, statusText: response.statusText, headers: response.headers };
+      if (NULL_BODY_STATUS.has(response.status) || parts.method === "HEAD" || !response.body) {
+        release();
+        if (tap) ex.finishUsage();
+        return described(new Response(null, head), parts.url, step.account ?? null);
+      }
+      if (isWhole(response)) {
+        let bytes;
+        try {
+          bytes = new Uint8Array(await withinSilence(response.arrayBuffer(), timeoutMs, controller));
+        } catch (err) {
+          throw signal?.aborted ? abortError(signal) : err;
+        } finally {
+          release();
+        }
+        if (tap) {
+          try {
+            ex.observe(asBuffer(bytes));
+          } catch {}
+          ex.finishUsage();
+        }
+        return described(new Response(bytes, head), parts.url, step.account ?? null);
+      }
+      const body = carry(response, { ex, tap, controller, signal, timeoutMs, done: release });
+      return described(new Response(body, head), parts.url, step.account ?? null);
+    }
+  } finally {
+    signal?.removeEventListener?.("abort", onAbort);
+    if (onEvents) {
+      const events = takeEvents(ex);
+      if (events.length) onEvents(events);
+    }
+    if (!delivered) ex.finishUsage();
+  }
+}

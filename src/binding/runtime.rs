@@ -1,0 +1,74 @@
+//! napi's door to the addon's runtime (`crate::runtime`): every `#[napi] async fn` is one task
+//! there (napi's `async-runtime` feature), so no second runtime starts with the addon.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use napi::bindgen_prelude::{AsyncRuntime, AsyncRuntimeRejection, AsyncRuntimeTask};
+
+use crate::runtime;
+
+/// Registers the runtime with napi. Called once, when the addon is loaded (`module_init`);
+/// builds nothing and starts no thread.
+pub fn install() {
+    napi::bindgen_prelude::register_async_runtime(PoolRuntime);
+}
+
+fn rejection<T>(work: T, why: String) -> AsyncRuntimeRejection<T> {
+    AsyncRuntimeRejection::new(work, napi::Error::from_reason(why))
+}
+
+/// napi's handle on the runtime, which lives in `crate::runtime`.
+struct PoolRuntime;
+
+// SAFETY: napi requires that nothing of ours runs after `shutdown` returns, since Node may then
+// unload the addon. `shutdown` shuts the runtime down, waiting a bounded time for its threads
+// as napi's built-in runtime does; and the image is never unloaded anyway (napi-build links it
+// with `-z nodelete`, and `start` pins it).
+unsafe impl AsyncRuntime for PoolRuntime {
+    fn spawn(
+        &self,
+        task: AsyncRuntimeTask,
+    ) -> std::result::Result<(), AsyncRuntimeRejection<AsyncRuntimeTask>> {
+        match runtime::runtime() {
+            Ok(rt) => {
+                rt.spawn(task);
+                Ok(())
+            }
+            Err(why) => Err(rejection(task, why)),
+        }
+    }
+
+    fn block_on(&self, future: Pin<&mut dyn Future<Output = ()>>) -> napi::Result<()> {
+        runtime::runtime()
+            .map_err(napi::Error::from_reason)?
+            .block_on(future);
+        Ok(())
+    }
+
+    fn start(&self) -> napi::Result<()> {
+        // Nothing to start: the runtime is built by the first task. Keep the image loaded
+        // while threads of ours may exist (napi does the same for its own runtime).
+        napi::bindgen_prelude::retain_current_module_for_unload_safety();
+        Ok(())
+    }
+
+    fn shutdown(&self) -> napi::Result<()> {
+        runtime::shutdown();
+        Ok(())
+    }
+
+    fn spawn_blocking(
+        &self,
+        work: Box<dyn FnOnce() + Send + 'static>,
+    ) -> std::result::Result<(), AsyncRuntimeRejection<Box<dyn FnOnce() + Send + 'static>>> {
+        match runtime::runtime() {
+            Ok(rt) => {
+                // Detached: napi settles its promise from inside `work`.
+                drop(rt.spawn_blocking(work));
+                Ok(())
+            }
+            Err(why) => Err(rejection(work, why)),
+        }
+    }
+}

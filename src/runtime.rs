@@ -1,0 +1,141 @@
+//! The addon's async runtime: where `#[napi] async fn`s, reqwest, hyper and the engine's
+//! background writes run.
+//!
+//! People run many OpenCode processes on one machine, each loading the addon, and the machine is
+//! rarely idle. napi-rs' built-in runtime starts a multi-threaded tokio runtime as soon as the
+//! addon is loaded, with a worker per core, and keeps them until the process exits. Measured
+//! (`npm run bench`, `npm run bench -- --busy`), a second worker buys nothing here: the
+//! JavaScript thread is the other half of every exchange, and with two workers the runtime's
+//! threads woke about twice as often per body batch and per small request (work stealing, and
+//! napi's built-in path spawns a second task per call to watch for panics), for more CPU and no
+//! more throughput, idle or busy. So this runtime is:
+//!
+//! - one worker thread ("oauth-pool"), multi-threaded scheduler. (A `current_thread` scheduler
+//!   driven by a thread of ours could even stop that thread when idle, and was as fast on bulk
+//!   and small requests; but it runs the tasks a task spawns before that task resumes, and a
+//!   failover, 429 -> retry on the next account, measured 0.6 ms instead of 0.2: the
+//!   bookkeeping write the 429 scheduled went first.)
+//! - started by the first task, not when the addon is loaded: a process that loads the plugin
+//!   and never sends through the Rust client (Bun's "runtime" transport) starts no thread;
+//! - file I/O (`spawn_blocking`) on blocking threads that exit after a few idle seconds.
+//!
+//! The worker stays once started (tokio cannot stop a worker short of shutting the runtime down,
+//! and handles to it are kept). Parked in `epoll_wait` it uses no CPU; it wakes only for work
+//! and for timers the pool sets itself, such as the HTTP connection pool's idle sweep (every
+//! 90 s while a connection is kept).
+//!
+//! napi routes every `#[napi] async fn` here through its `AsyncRuntime` interface (the
+//! `async-runtime` feature; the adapter is `binding::runtime`); the engine's background writes
+//! come here too, also when recorded on the JavaScript thread, where no runtime is current.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::runtime::{Builder, Handle, Runtime};
+
+/// Worker threads. The JavaScript thread is the other consumer of every exchange; a second
+/// worker only added wake-ups (see above).
+const WORKERS: usize = 1;
+/// How long a blocking thread (file I/O) waits for more work before it exits. Bookkeeping
+/// writes come at most about once a second under load, so a few seconds keep one thread warm
+/// while requests flow, and none lingers once they stop (tokio's default is 10 s).
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// How long `shutdown` waits for the runtime's threads to exit (napi's figure for its own).
+const SHUTDOWN_WAIT: Duration = Duration::from_millis(100);
+
+/// Runs `task` on the current runtime when called from inside one, else on the addon's, started
+/// if it was not yet: work spawned from a synchronous call on the JavaScript thread, where no
+/// runtime is current and none may have started, still runs.
+pub fn spawn(task: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+    if let Ok(handle) = Handle::try_current() {
+        handle.spawn(task);
+        return Ok(());
+    }
+    runtime()?.spawn(task);
+    Ok(())
+}
+
+static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
+
+/// A panic while the slot was held cannot leave it inconsistent (it is only ever assigned), so
+/// a poisoned lock is taken over.
+fn slot() -> MutexGuard<'static, Option<Arc<Runtime>>> {
+    RUNTIME.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The runtime, built (and its worker started) on first use.
+pub fn runtime() -> Result<Arc<Runtime>, String> {
+    let mut slot = slot();
+    if let Some(rt) = slot.as_ref() {
+        return Ok(rt.clone());
+    }
+    let rt = Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .thread_name("oauth-pool")
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("could not start the async runtime: {e}"))?;
+    let rt = Arc::new(rt);
+    *slot = Some(rt.clone());
+    Ok(rt)
+}
+
+/// Stops the runtime, waiting a bounded time for its threads (none of ours may run once the
+/// host unloads the addon). A later task starts a new one.
+pub fn shutdown() {
+    let runtime = slot().take();
+    // Another owner (a `block_on` in progress) shuts it down when it lets go.
+    if let Some(runtime) = runtime.and_then(|rt| Arc::try_unwrap(rt).ok()) {
+        if Handle::try_current().is_ok() {
+            // Waiting is not allowed from inside a runtime (tokio panics).
+            runtime.shutdown_background();
+        } else {
+            runtime.shutdown_timeout(SHUTDOWN_WAIT);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// One test: the runtime is process-wide.
+    #[test]
+    fn starts_on_first_use_with_one_named_worker() {
+        assert!(slot().is_none(), "nothing is built before the first task");
+        let (tx, rx) = mpsc::channel();
+        for round in 0..3 {
+            let tx = tx.clone();
+            spawn(async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let name = std::thread::current().name().map(String::from);
+                let _ = tx.send((round, name));
+            })
+            .unwrap();
+            let (got, thread) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(got, round);
+            assert_eq!(thread.as_deref(), Some("oauth-pool"));
+        }
+        let rt = runtime().unwrap();
+        assert_eq!(rt.metrics().num_workers(), WORKERS);
+        // From inside the runtime, `spawn` stays on it.
+        let (tx2, rx2) = mpsc::channel();
+        rt.spawn(async move {
+            spawn(async move {
+                let _ = tx2.send(Handle::current().metrics().num_workers());
+            })
+            .unwrap();
+        });
+        assert_eq!(rx2.recv_timeout(Duration::from_secs(5)).unwrap(), WORKERS);
+        // Blocking work runs on the runtime's blocking threads.
+        let (btx, brx) = mpsc::channel();
+        drop(rt.spawn_blocking(move || {
+            let _ = btx.send(std::thread::current().name().map(String::from));
+        }));
+        let name = brx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(name.as_deref(), Some("oauth-pool"));
+    }
+}
