@@ -12,23 +12,13 @@ import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { makeAidevopsHost } from "./helpers/aidevops-host.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
-import { useMock, seedPool, tempPoolPath, readPool, account, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, tempPoolPath, readPool, account, messagesUrl, body, jsonHeaders, fakeClient } from "./helpers/pool-env.mjs";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const CLI = join(ROOT, "bin", "oauth-pool.mjs");
 const parts = { poolAuthHook: lib.poolAuthHook, createPoolTool: lib.createPoolTool, poolConfigHook: lib.poolConfigHook };
 
 const mock = useMock();
-
-function fakeClient() {
-  const toasts = [];
-  const logs = [];
-  return {
-    toasts,
-    logs,
-    client: { tui: { showToast: async ({ body: b }) => toasts.push(b) }, app: { log: async ({ body: b }) => logs.push(b) }, auth: { set: async () => ({}) } },
-  };
-}
 
 for (const order of ["ours-first", "ours-last"]) {
   test(`composed ${order}: our models are declared, one fetch serves loader and config, notices reach the host, the tool is renamed`, async () => {

@@ -6,6 +6,7 @@ import { mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync }
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startMockAnthropic, rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
+import { fakeClient } from "./helpers/pool-env.mjs";
 
 // Everything the plugin reads from the environment points into a temp dir or at the mock.
 // (Restored afterwards: `bun test` runs every test file in one process.)
@@ -42,30 +43,6 @@ after(async () => {
     else process.env[k] = v;
   }
 });
-
-/** A stand-in for OpenCode's client that records toasts and log lines. */
-function fakeClient() {
-  const toasts = [];
-  const logs = [];
-  return {
-    toasts,
-    logs,
-    client: {
-      tui: {
-        showToast: async ({ body }) => {
-          toasts.push(body);
-          return { data: true };
-        },
-      },
-      app: {
-        log: async ({ body }) => {
-          logs.push(body);
-          return { data: true };
-        },
-      },
-    },
-  };
-}
 
 async function plugin(path, client = fakeClient().client) {
   return OAuthPoolPlugin({ client, directory: tmp, worktree: tmp }, { path });

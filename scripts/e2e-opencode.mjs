@@ -12,12 +12,12 @@
 // be installed the script prints why and exits 0 with SKIP; any failed check exits 1.
 // How OpenCode is kept offline: /work/shared/reference/opencode.md ("Keeping it offline").
 import { spawn, spawnSync } from "node:child_process";
-import { createServer } from "node:net";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { rateLimitHeaders } from "../__tests__/helpers/mock-anthropic.mjs";
+import { freePort } from "../__tests__/helpers/net.mjs";
 
 const OPENCODE_VERSION = "1.18.33";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -150,17 +150,6 @@ async function stop(child) {
   await exited;
   clearTimeout(timer);
   children.delete(child);
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 async function http(method, url, body) {

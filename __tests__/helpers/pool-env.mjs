@@ -127,3 +127,28 @@ export async function runWorkersTogether(script, count, args, { env = process.en
   for (const w of workers) w.child.stdin.end("go\n");
   return Promise.all(workers.map((w) => w.done));
 }
+
+/** A stand-in for OpenCode's client that records toasts and log lines. */
+export function fakeClient() {
+  const toasts = [];
+  const logs = [];
+  return {
+    toasts,
+    logs,
+    client: {
+      tui: {
+        showToast: async ({ body }) => {
+          toasts.push(body);
+          return { data: true };
+        },
+      },
+      app: {
+        log: async ({ body }) => {
+          logs.push(body);
+          return { data: true };
+        },
+      },
+      auth: { set: async () => ({}) },
+    },
+  };
+}

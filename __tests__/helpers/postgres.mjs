@@ -4,9 +4,9 @@
 // `postgres` user (initdb refuses root).
 import { spawn } from "node:child_process";
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { freePort } from "./net.mjs";
 
 // Debian keeps every server binary (initdb, pg_ctl, psql, pg_dump) in one versioned directory;
 // PATH may hold only a few of them as symlinks, so that directory wins.
@@ -34,17 +34,6 @@ function run(cmd, args, { user } = {}) {
     child.stderr.on("data", (d) => (err += d));
     child.on("error", reject);
     child.on("close", (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(" ")} exited ${code}: ${err || out}`))));
-  });
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
   });
 }
 
