@@ -19,8 +19,11 @@
 //!   and never sends through the Rust client (Bun's "runtime" transport) starts no thread;
 //! - file I/O (`spawn_blocking`) on blocking threads that exit after a few idle seconds.
 //!
-//! The worker stays once started (tokio cannot stop a worker short of shutting the runtime down,
-//! and handles to it are kept). Parked in `epoll_wait` it uses no CPU; it wakes only for work
+//! The worker stays once started: tokio stops a worker only by shutting the whole runtime down,
+//! which drops every task on it, and tasks outlive the calls that start them (a body's reader
+//! between two pulls of a slow stream, pooled connections, a fleet store's connections); a
+//! shutdown on idle would have to account for all of them to never cut a stream, for one parked
+//! thread. Parked in `epoll_wait` it uses no CPU; it wakes only for work
 //! and for timers the pool sets itself, such as the HTTP connection pool's idle sweep (every
 //! 90 s while a connection is kept).
 //!

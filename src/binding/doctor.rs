@@ -10,7 +10,7 @@ use crate::{config, http};
 
 /// The pool's files as the store names them: the pool, its write lock, the previous
 /// generation, the temp files writers create, and the per-account refresh locks.
-#[napi(js_name = "poolFiles")]
+#[napi(js_name = "poolFiles", catch_unwind)]
 pub fn pool_files(path: Option<String>) -> JsResult<Value> {
     let store = store_for(path.as_deref()).map_err(js_error)?;
     Ok(match &store {
@@ -53,7 +53,7 @@ fn source(explicit: Option<&str>) -> &'static str {
 
 /// Each endpoint the pool talks to, and whether the pool's rule (https, or http to loopback)
 /// accepts it, with the proxy a request to it would go through (password hidden).
-#[napi(js_name = "checkEndpoints")]
+#[napi(js_name = "checkEndpoints", catch_unwind)]
 pub fn check_endpoints() -> Value {
     let rows: Vec<Value> = [
         ("OAUTH_POOL_TOKEN_URL", config::DEFAULT_TOKEN_URL),

@@ -102,7 +102,7 @@ fn pairs_of(headers: &HeaderMap) -> Vec<Vec<String>> {
 
 /// Whether `url` is on the pool's API origin (`OAUTH_POOL_API_URL`): only such requests get an
 /// account; a driver sends anything else as a plain fetch.
-#[napi(js_name = "isApiOrigin")]
+#[napi(js_name = "isApiOrigin", catch_unwind)]
 pub fn is_api_origin(url: String) -> bool {
     let (Ok(target), Ok(api)) = (url::Url::parse(&url), config::api_url()) else {
         return false;
@@ -145,7 +145,7 @@ impl Drop for NativeExchange {
 
 #[napi]
 impl NativeExchange {
-    #[napi(constructor)]
+    #[napi(constructor, catch_unwind)]
     pub fn new(options: ExchangeOptions) -> Self {
         let headers = header_pairs(options.headers);
         let pairs = || headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
@@ -189,7 +189,7 @@ impl NativeExchange {
     /// `next()` answered on the calling thread when no I/O is needed (the usual case: the pool
     /// as cached is current and the token valid), as JSON text (one string crosses instead of
     /// an object built field by field); `null` means call `next()`.
-    #[napi(js_name = "nextSync")]
+    #[napi(js_name = "nextSync", catch_unwind)]
     pub fn next_sync(&self) -> JsResult<Option<String>> {
         let Ok(mut ex) = self.exchange()?.try_lock() else {
             return Ok(None);
@@ -226,7 +226,7 @@ impl NativeExchange {
     /// `null` means call `judge()`. Answers `"deliver"`, `"deliver-tap"` (deliver, and pass the
     /// body through `observe`: it carries usage) or `"retry"`.
     /// `headers`: the answer's header lines, `name: value` separated by newlines (one string).
-    #[napi(js_name = "judgeSync")]
+    #[napi(js_name = "judgeSync", catch_unwind)]
     pub fn judge_sync(
         &self,
         status: u32,
@@ -278,7 +278,7 @@ impl NativeExchange {
     }
 
     /// Shows the tap a chunk of the delivered body as it passes to the host (nothing is kept).
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn observe(&self, chunk: Buffer) {
         if let Ok(mut slot) = self.usage.lock() {
             if let Some((tap, _)) = slot.as_mut() {
@@ -288,7 +288,7 @@ impl NativeExchange {
     }
 
     /// The delivered body ended (or was abandoned): its usage is counted.
-    #[napi(js_name = "finishUsage")]
+    #[napi(js_name = "finishUsage", catch_unwind)]
     pub fn finish_usage(&self) {
         let taken = self.usage.lock().ok().and_then(|mut s| s.take());
         if let Some((mut tap, sink)) = taken {
@@ -298,7 +298,7 @@ impl NativeExchange {
 
     /// The policy table's shape, for a driver to keep instead of asking per answer:
     /// `needsBody`, the statuses whose start of body `judge` reads.
-    #[napi(js_name = "statusPolicy")]
+    #[napi(js_name = "statusPolicy", catch_unwind)]
     pub fn status_policy() -> Value {
         let needs_body: Vec<u16> = crate::engine::verdict::DECISIVE
             .iter()
@@ -309,13 +309,13 @@ impl NativeExchange {
     }
 
     /// Whether `judge` wants the start of the body for this status.
-    #[napi(js_name = "needsBody")]
+    #[napi(js_name = "needsBody", catch_unwind)]
     pub fn needs_body(status: u32) -> bool {
         u16::try_from(status).is_ok_and(crate::engine::verdict::needs_body)
     }
 
     /// The events so far, as JSON (failovers, cooldowns, refusals).
-    #[napi(js_name = "takeEvents")]
+    #[napi(js_name = "takeEvents", catch_unwind)]
     pub fn take_events(&self) -> String {
         match self.inner.as_ref().map(|m| m.try_lock()) {
             Ok(Ok(mut ex)) => {
@@ -325,7 +325,7 @@ impl NativeExchange {
         }
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn abort(&self) {
         self.cancel.cancel();
     }

@@ -37,14 +37,14 @@ impl Default for FetchController {
 
 #[napi]
 impl FetchController {
-    #[napi(constructor)]
+    #[napi(constructor, catch_unwind)]
     pub fn new() -> Self {
         FetchController {
             cancel: CancellationToken::new(),
         }
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn abort(&self) {
         self.cancel.cancel();
     }
@@ -153,7 +153,7 @@ impl NativeResponse {
     }
 
     /// The whole body when it is already here (small answers of known size), else null.
-    #[napi(js_name = "takeBody")]
+    #[napi(js_name = "takeBody", catch_unwind)]
     pub fn take_body(&self) -> Option<JsBytes> {
         let mut body = self.body.try_lock().ok()?;
         body.take_full().map(|b| JsBytes(b.to_vec()))

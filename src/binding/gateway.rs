@@ -90,7 +90,7 @@ pub async fn serve(options: Option<ServeOptions>) -> JsResult<NativeGateway> {
 }
 
 /// The gateway key clients must present (generated on first use), for `serve --show-key`.
-#[napi(js_name = "gatewayKey")]
+#[napi(js_name = "gatewayKey", catch_unwind)]
 pub fn gateway_key(path: Option<String>) -> JsResult<String> {
     let store = store_for(path.as_deref()).map_err(js_error)?;
     gateway::gateway_key(&store)

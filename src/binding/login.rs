@@ -20,7 +20,7 @@ pub struct AuthorizeResult {
     pub state: String,
 }
 
-#[napi]
+#[napi(catch_unwind)]
 pub fn authorize(options: Option<AuthorizeOptions>) -> JsResult<AuthorizeResult> {
     logging::init();
     let mode =

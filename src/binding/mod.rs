@@ -98,19 +98,19 @@ pub fn header_pairs(pairs: Vec<Vec<String>>) -> Vec<(String, String)> {
 }
 
 /// Hands over the JavaScript runtime's view of the variables the pool reads.
-#[napi(js_name = "syncEnv")]
+#[napi(js_name = "syncEnv", catch_unwind)]
 pub fn sync_env(vars: std::collections::HashMap<String, String>) {
     config::set_js_env(vars);
 }
 
-#[napi]
+#[napi(catch_unwind)]
 pub fn version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
 }
 
 /// `OAUTH_POOL_RESPONSE_TIMEOUT_MS` as the Rust client reads it, for a driver in JavaScript
 /// that must time out the same way (no answer head, or a body silent that long).
-#[napi(js_name = "responseTimeoutMs")]
+#[napi(js_name = "responseTimeoutMs", catch_unwind)]
 pub fn response_timeout_ms() -> u32 {
     u32::try_from(crate::http::response_timeout().as_millis()).unwrap_or(u32::MAX)
 }
