@@ -75,6 +75,40 @@ export async function judgeAnswer(ex, response, peekBody = peek) {
 /** A chunk as the addon takes it (a Buffer view, no copy). */
 export const asBuffer = (chunk) => Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
 
+/** How much of a streamed answer the usage tap is fed at once (bounds what is held for it). */
+const TAP_BATCH = 64 * 1024;
+
+/**
+ * Feeds `ex`'s usage tap with a streamed answer. The tap reports when the answer ends, so it is
+ * fed in batches: an event reaches the caller without waiting on a call into the addon. Chunks
+ * are copied, since the caller owns (and may transfer) what it is handed before a batch is fed.
+ * `finish()` feeds the rest and reports; call it once, however the answer ends.
+ */
+export function usageFeed(ex) {
+  let parts = [];
+  let size = 0;
+  const feed = () => {
+    if (!size) return;
+    const batch = parts.length === 1 ? parts[0] : Buffer.concat(parts, size);
+    parts = [];
+    size = 0;
+    try {
+      ex.observe(batch);
+    } catch {}
+  };
+  return {
+    add(chunk) {
+      parts.push(Buffer.from(chunk));
+      size += chunk.byteLength;
+      if (size >= TAP_BATCH) feed();
+    },
+    finish() {
+      feed();
+      ex.finishUsage();
+    },
+  };
+}
+
 /** The pool's own answer (every account cooling: a 429 with the real `retry-after`). */
 export function poolAnswer(step) {
   return new Response(step.body, { status: step.status, statusText: step.statusText, headers: step.headers });

@@ -14,7 +14,7 @@
 // when it started (the Rust client also reads SSL_CERT_FILE; OpenCode itself runs on Bun's).
 import { envGeneration, nativeBinding, PROXY_ENV } from "./native.mjs";
 import { toPoolError } from "./errors.mjs";
-import { asBuffer, judgeAnswer, nextStep, peek, poolAnswer, takeEvents } from "./exchange.mjs";
+import { asBuffer, judgeAnswer, nextStep, peek, poolAnswer, takeEvents, usageFeed } from "./exchange.mjs";
 
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
 // A body announced this small and not an event stream is read whole before the Response is
@@ -90,6 +90,7 @@ async function send(parts, headers, signal, timeoutMs) {
  */
 function carry(response, { ex, tap, controller, signal, timeoutMs, done }) {
   const reader = response.body.getReader();
+  const usage = tap ? usageFeed(ex) : null;
   let reads = 0;
   let seen = -1;
   let waiting = false;
@@ -107,7 +108,7 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done }) {
     if (finished) return;
     finished = true;
     clearInterval(watchdog);
-    if (tap) ex.finishUsage();
+    usage?.finish();
     done();
   };
   const stream = new ReadableStream(
@@ -131,11 +132,7 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done }) {
           out.close();
           return;
         }
-        if (tap) {
-          try {
-            ex.observe(asBuffer(next.value));
-          } catch {}
-        }
+        usage?.add(next.value);
         out.enqueue(next.value);
       },
       cancel(reason) {

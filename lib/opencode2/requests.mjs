@@ -12,31 +12,37 @@
 // and session/runner/retry.ts. A hook that throws is a defect in 2.x (no retry, no message), so
 // every hook here catches everything and leaves the host's request or answer as it was.
 import { native, syncEnv } from "../native.mjs";
-import { asBuffer, judgeAnswer, nextStep, poolAnswer, takeEvents } from "../exchange.mjs";
+import { judgeAnswer, nextStep, poolAnswer, takeEvents, usageFeed } from "../exchange.mjs";
 
 /** The host caps one retry delay at 15 minutes (retry.ts); past that, say so instead of waiting. */
 const HOST_RETRY_CAP_MS = 15 * 60_000;
 
 /**
  * The delivered answer, its body passed through unchanged while the engine's usage tap looks at
- * each chunk (tokens per account and model).
+ * it (tokens per account and model).
  */
 function tapUsage(response, ex) {
   if (!response.body) {
     ex.finishUsage();
     return response;
   }
+  const usage = usageFeed(ex);
+  let finished = false;
+  const finish = () => {
+    if (finished) return;
+    finished = true;
+    usage.finish();
+  };
   const body = response.body.pipeThrough(
     new TransformStream({
       transform(chunk, controller) {
-        try {
-          ex.observe(asBuffer(chunk));
-        } catch {}
+        usage.add(chunk);
         controller.enqueue(chunk);
       },
-      flush() {
-        ex.finishUsage();
-      },
+      flush: finish,
+      // A reader that stops early still gets what was seen counted (where the runtime supports
+      // a transformer's cancel).
+      cancel: finish,
     }),
   );
   return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
