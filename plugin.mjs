@@ -4,12 +4,17 @@
 // - OpenCode 2 calls `setup(ctx)`. 1.18's embedded V2 core calls it too, with a registration-only
 //   context (no `session` hooks): there `server()` already does the job, so setup stands aside.
 // No named exports: 1.18 calls every export of a plugin module as a plugin.
+import { writeSync } from "node:fs";
 import { OAuthPoolPlugin } from "./lib/plugin.mjs";
 
 async function setup(ctx) {
   if (typeof ctx?.session?.hook !== "function") {
     if (process.env.OAUTH_POOL_LOG) {
-      console.error("[oauth-pool] setup: registration-only context (OpenCode 1.18): server() serves this host; nothing registered");
+      // Written at once: a host that exits right after its run must not lose the line (a
+      // buffered console write to a pipe can be).
+      try {
+        writeSync(2, "[oauth-pool] setup: registration-only context (OpenCode 1.18): server() serves this host; nothing registered\n");
+      } catch {}
     }
     return undefined;
   }

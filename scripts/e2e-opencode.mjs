@@ -324,10 +324,20 @@ try {
     r1.code === 0 && /Hello from \S+@example\.com/.test(r1.stdout),
     `exit ${r1.code}${r1.timedOut ? " (timed out)" : ""}\nstdout: ${r1.stdout.slice(-500)}\n${pluginLoadError(r1.stderr) ?? r1.stderr.slice(-1500)}`,
   );
+  // The embedded V2 core calls setup() as it boots, beside the run; once in about ten runs under
+  // load the run ended first and the line was missing, so a second run gets one more look.
+  const stoodAside = (stderr) => /\[oauth-pool\] setup: registration-only context \(OpenCode 1\.18\)/.test(stderr);
+  let setupLogs = r1.stderr;
+  let setupNote = "";
+  if (!stoodAside(setupLogs)) {
+    setupLogs = (await opencodeRun("say hi again", { OAUTH_POOL_LOG: "oauth_pool=debug" })).stderr;
+    await newRequests();
+    setupNote = " (seen on a second run)";
+  }
   check(
-    "setup() ran on the 1.18 registration-only context and stood aside (server() serves)",
-    /\[oauth-pool\] setup: registration-only context \(OpenCode 1\.18\)/.test(r1.stderr),
-    r1.stderr
+    `setup() ran on the 1.18 registration-only context and stood aside (server() serves)${stoodAside(setupLogs) ? setupNote : ""}`,
+    stoodAside(setupLogs),
+    setupLogs
       .split("\n")
       .filter((l) => /oauth-pool|setup/.test(l))
       .slice(0, 10)
