@@ -98,8 +98,9 @@ export function usageFeed(ex) {
   };
   return {
     add(chunk) {
-      parts.push(Buffer.from(chunk));
-      size += chunk.byteLength;
+      const copy = Buffer.from(chunk);
+      parts.push(copy);
+      size += copy.length;
       if (size >= TAP_BATCH) feed();
     },
     finish() {
