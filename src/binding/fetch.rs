@@ -156,7 +156,7 @@ impl NativeResponse {
     #[napi(js_name = "takeBody", catch_unwind)]
     pub fn take_body(&self) -> Option<JsBytes> {
         let mut body = self.body.try_lock().ok()?;
-        body.take_full().map(|b| JsBytes(b.to_vec()))
+        body.take_full().map(|b| JsBytes(vec![b]))
     }
 
     /// Stops reading: the upstream connection is closed, not returned to the pool.

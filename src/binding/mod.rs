@@ -22,10 +22,11 @@ use crate::error::Error;
 use crate::store::Store;
 use crate::{config, logging};
 
-/// Bytes handed to JavaScript as a Buffer that JavaScript owns (`napi_create_buffer_copy`).
-/// An external buffer over Rust memory is invisible to the garbage collector's accounting (so
-/// streaming grows RSS), and under Bun a view of it can outlive the memory.
-pub struct JsBytes(pub Vec<u8>);
+/// Bytes handed to JavaScript as one Buffer that JavaScript owns: the chunks are copied once,
+/// straight into the Buffer's memory (`napi_create_buffer`). An external buffer over Rust memory
+/// is invisible to the garbage collector's accounting (so streaming grows RSS), and under Bun a
+/// view of it can outlive the memory.
+pub struct JsBytes(pub Vec<bytes::Bytes>);
 
 impl napi::bindgen_prelude::TypeName for JsBytes {
     fn type_name() -> &'static str {
@@ -42,23 +43,25 @@ impl napi::bindgen_prelude::ToNapiValue for JsBytes {
         env: napi::sys::napi_env,
         val: Self,
     ) -> napi::Result<napi::sys::napi_value> {
+        let len: usize = val.0.iter().map(|part| part.len()).sum();
         let mut data = std::ptr::null_mut();
         let mut result = std::ptr::null_mut();
-        // SAFETY: `env` is the live environment napi-rs hands us; the source slice is valid for
-        // `len` bytes for the duration of the call, which copies it.
-        let status = unsafe {
-            napi::sys::napi_create_buffer_copy(
-                env,
-                val.0.len(),
-                val.0.as_ptr().cast(),
-                &mut data,
-                &mut result,
-            )
-        };
-        if status != napi::sys::Status::napi_ok {
+        // SAFETY: `env` is the live environment napi-rs hands us; on success `data` points at
+        // `len` writable bytes of the new Buffer.
+        let status = unsafe { napi::sys::napi_create_buffer(env, len, &mut data, &mut result) };
+        if status != napi::sys::Status::napi_ok || (len > 0 && data.is_null()) {
             return Err(napi::Error::from_reason(format!(
                 "could not create a Buffer (napi status {status})"
             )));
+        }
+        let mut at = 0;
+        for part in &val.0 {
+            // SAFETY: the parts add up to `len`, so every copy stays inside the Buffer, and
+            // Rust's chunks cannot overlap memory JavaScript just allocated.
+            unsafe {
+                std::ptr::copy_nonoverlapping(part.as_ptr(), data.cast::<u8>().add(at), part.len())
+            };
+            at += part.len();
         }
         Ok(result)
     }
