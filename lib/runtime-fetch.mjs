@@ -88,7 +88,7 @@ async function send(parts, headers, signal, timeoutMs) {
 /**
  * The delivered body, chunk by chunk as the runtime reads it. A body silent for the response
  * timeout is cut with `NETWORK` (checked by a timer on the read count, not per chunk); with
- * `tap`, each chunk is shown to the engine's usage tap on its way.
+ * `tap`, the engine's usage tap is fed the body as it passes (`usageFeed`).
  */
 function carry(response, { ex, tap, controller, signal, timeoutMs, done }) {
   const reader = response.body.getReader();

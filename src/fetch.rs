@@ -148,11 +148,9 @@ async fn serve(
             Verdict::Retry => continue,
             Verdict::Deliver => {
                 let account = Some(attempt.email);
-                // Only answers that carry usage are counted (2xx: a message, streamed or not).
-                let usage = (200..300)
-                    .contains(&status)
-                    .then(|| ex.usage_sink())
-                    .flatten();
+                // Only answers that carry usage are counted (a message, streamed or not).
+                let usage = crate::engine::usage::carried(status, response.headers())
+                    .and_then(|_| ex.usage_sink());
                 let mut a = match peek {
                     None => answer(response, account, Vec::new()),
                     Some((start, whole)) => {

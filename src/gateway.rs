@@ -72,7 +72,15 @@ pub fn gateway_key(store: &Store) -> Result<Secret> {
         return Ok(Secret::new(k.trim()));
     }
     let path = key_path(store)?;
-    match fsread::read_regular(&path, KEY_FILE_MAX, false) {
+    match read_key(&path)? {
+        Some(key) => Ok(key),
+        None => create_key(&path),
+    }
+}
+
+/// The key in `path`, or None when there is no such file.
+fn read_key(path: &Path) -> Result<Option<Secret>> {
+    match fsread::read_regular(path, KEY_FILE_MAX, false) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes).trim().to_string();
             if text.len() < 16 {
@@ -81,9 +89,9 @@ pub fn gateway_key(store: &Store) -> Result<Secret> {
                     path.display()
                 )));
             }
-            Ok(Secret::new(text))
+            Ok(Some(Secret::new(text)))
         }
-        Err(fsread::ReadError::NotFound) => create_key(&path),
+        Err(fsread::ReadError::NotFound) => Ok(None),
         Err(e) => Err(Error::InvalidArgument(format!(
             "the gateway key file {} refused: {e}",
             path.display()
@@ -113,6 +121,11 @@ fn create_key(path: &Path) -> Result<Secret> {
     ));
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e))?;
+    // Written whole under a name of its own, then linked into place: another process never
+    // reads a key file that is still empty, and if one links its key first, that key wins.
+    let mut temp = path.as_os_str().to_os_string();
+    temp.push(format!(".{}.tmp", std::process::id()));
+    let temp = PathBuf::from(temp);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -120,25 +133,21 @@ fn create_key(path: &Path) -> Result<Secret> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     }
-    match opts.open(path) {
-        Ok(mut f) => {
-            use std::io::Write;
-            f.write_all(key.expose().as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(|e| Error::io(path, "write gateway key", e))?;
-            Ok(key)
-        }
-        // Another process made it first: use theirs.
+    let written = opts.open(&temp).and_then(|mut f| {
+        use std::io::Write;
+        f.write_all(key.expose().as_bytes())
+            .and_then(|_| f.sync_all())
+    });
+    let linked = written.and_then(|_| std::fs::hard_link(&temp, path));
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => Ok(key),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let bytes = fsread::read_regular(path, KEY_FILE_MAX, false).map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "the gateway key file {} refused: {e}",
-                    path.display()
-                ))
-            })?;
-            Ok(Secret::new(String::from_utf8_lossy(&bytes).trim()))
+            read_key(path)?.ok_or_else(|| {
+                Error::InvalidArgument(format!("the gateway key file {} vanished", path.display()))
+            })
         }
-        Err(e) => Err(Error::io(path, "create gateway key", e)),
+        Err(e) => Err(Error::io(path, "write gateway key", e)),
     }
 }
 
@@ -575,17 +584,19 @@ async fn health(state: &State) -> Response<AnyBody> {
 async fn metrics(state: &State) -> Response<AnyBody> {
     let now = now_ms();
     let m = &state.metrics;
-    let refreshed = state.engine.refreshes();
-    let counted = m.refreshes.get();
-    if refreshed > counted {
-        m.refreshes.inc_by(refreshed - counted);
-    }
+    // Two scrapes at once must not both add the same refreshes.
+    m.refreshes.inner().fetch_max(
+        state.engine.refreshes(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if let Ok(pool) = state.engine.snapshot().await {
         let cooling = pool
             .accounts()
             .filter(|a| matches!(state.engine.blocked(a, None, now), Blocked::Until(_)))
             .count();
         m.cooling.set(cooling as i64);
+        // Accounts removed since the last scrape stop being exported.
+        m.windows.clear();
         for a in pool.accounts() {
             for w in state.engine.windows(a) {
                 let u = if w.reset.is_some_and(|r| r <= now) {

@@ -101,10 +101,7 @@ fn usage_view(a: &Account, now: i64) -> Value {
         }
         json!({ "total": total, "byModel": by_model })
     };
-    let today = crate::account::iso_time(now)
-        .chars()
-        .take(10)
-        .collect::<String>();
+    let today = crate::engine::bookkeeping::day_of(now);
     let days: Vec<&Value> = u
         .get("days")
         .and_then(Value::as_object)

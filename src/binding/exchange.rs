@@ -256,18 +256,9 @@ impl NativeExchange {
         if verdict == Verdict::Retry {
             return "retry".into();
         }
-        if !(200..300).contains(&status) || !usage::enabled() {
+        let Some(event_stream) = usage::carried(status, map) else {
             return "deliver".into();
-        }
-        let content_type = map
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim_start().to_ascii_lowercase())
-            .unwrap_or_default();
-        let event_stream = content_type.starts_with("text/event-stream");
-        if !event_stream && !content_type.contains("json") {
-            return "deliver".into();
-        }
+        };
         match (ex.usage_sink(), self.usage.lock()) {
             (Some(sink), Ok(mut slot)) => {
                 *slot = Some((UsageTap::new(event_stream), sink));

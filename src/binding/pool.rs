@@ -80,9 +80,7 @@ pub async fn set_reserve(email: String, fraction: f64, path: Option<String>) -> 
     let store = store_for(path.as_deref()).map_err(js_error)?;
     manage::set_reserve(&store, &email, fraction)
         .await
-        .map_err(js_error)?;
-    Engine::for_store(store).reset_memory();
-    Ok(())
+        .map_err(js_error)
 }
 
 #[napi(js_name = "resetCooldowns")]

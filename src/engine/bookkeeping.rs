@@ -238,18 +238,14 @@ impl Engine {
     }
 }
 
-fn day_of(ms: i64) -> String {
+/// The UTC day of `ms`, "YYYY-MM-DD" (how usage is kept by day).
+pub(crate) fn day_of(ms: i64) -> String {
     crate::account::iso_time(ms).chars().take(10).collect()
 }
 
 /// A later answer's windows replace those of the same name; the others stay.
 fn merge_limits(known: &mut Limits, fresh: &Limits) {
-    for w in &fresh.windows {
-        match known.windows.iter_mut().find(|k| k.name == w.name) {
-            Some(k) => *k = w.clone(),
-            None => known.windows.push(w.clone()),
-        }
-    }
+    super::limits::merge_windows(&mut known.windows, &fresh.windows);
     if fresh.status.is_some() {
         known.status = fresh.status.clone();
         known.reset = fresh.reset;

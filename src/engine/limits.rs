@@ -369,6 +369,32 @@ pub fn cooldown_for_429(limits: &Limits, now_ms: i64, family: Option<&str>) -> C
     }
 }
 
+/// Lays `fresh` windows over `known` by name: a fresh one replaces the one of its name, the
+/// others stay (an answer may carry only some: a model's scoped window comes with that model's
+/// requests).
+pub fn merge_windows(known: &mut Vec<Window>, fresh: &[Window]) {
+    for w in fresh {
+        match known.iter_mut().find(|k| k.name == w.name) {
+            Some(k) => *k = w.clone(),
+            None => known.push(w.clone()),
+        }
+    }
+}
+
+/// The windows of an account as this process judges them: those the store holds, with those
+/// this process saw laid over them by name, unless the stored one is of a later period (its
+/// reset is later: another process saw the window roll).
+pub fn seen_over_stored(mut stored: Vec<Window>, seen: Vec<Window>) -> Vec<Window> {
+    for w in seen {
+        match stored.iter_mut().find(|k| k.name == w.name) {
+            Some(k) if k.reset > w.reset => {}
+            Some(k) => *k = w,
+            None => stored.push(w),
+        }
+    }
+    stored
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -665,5 +691,39 @@ mod tests {
             prop_assert!(c.until > NOW);
             prop_assert!(c.until <= NOW + MAX_COOLDOWN_MS);
         }
+    }
+
+    #[test]
+    fn what_this_process_saw_lies_over_the_store_unless_the_store_is_newer() {
+        let w = |name: &str, u: f64, reset: i64| Window {
+            name: name.into(),
+            utilization: Some(u),
+            reset: Some(reset),
+            ..Default::default()
+        };
+        let stored = vec![
+            w("5h", 0.2, 100),
+            w("7d", 0.5, 900),
+            w("7d_sonnet", 0.97, 900),
+        ];
+        let seen = vec![w("5h", 0.4, 100), w("7d", 0.9, 500)];
+        let all = seen_over_stored(stored, seen);
+        let get = |name: &str| all.iter().find(|x| x.name == name).unwrap().clone();
+        assert_eq!(
+            get("5h").utilization,
+            Some(0.4),
+            "same period: what this process saw"
+        );
+        assert_eq!(
+            get("7d").reset,
+            Some(900),
+            "the store's window is of a later period"
+        );
+        assert_eq!(
+            get("7d_sonnet").utilization,
+            Some(0.97),
+            "another process's scoped window counts"
+        );
+        assert_eq!(all.len(), 3);
     }
 }

@@ -223,11 +223,14 @@ impl Engine {
         (u64::from_le_bytes(n) % max as u64) as i64
     }
 
-    /// The windows to judge `a` by: what this process saw last, else what the store holds.
+    /// The windows to judge `a` by: those the store holds (other processes' too, such as a
+    /// scoped window this process never saw), with what this process saw laid over them, unless
+    /// the store's is of a later period (its reset is later: another process saw it roll).
     pub fn windows(&self, a: &Account) -> Vec<Window> {
-        self.overlay
-            .windows(&a.email)
-            .unwrap_or_else(|| a.windows())
+        limits::seen_over_stored(
+            a.windows(),
+            self.overlay.windows(&a.email).unwrap_or_default(),
+        )
     }
 
     /// Whether `a` can serve a request for models of `family` at `now`, and if not, until when.

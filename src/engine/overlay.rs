@@ -68,13 +68,7 @@ impl Overlay {
     /// some: a model's scoped window comes with that model's requests).
     pub fn note_windows(&self, email: &str, fresh: &[Window]) {
         let mut all = lock(&self.windows);
-        let known = all.entry(email.to_string()).or_default();
-        for w in fresh {
-            match known.iter_mut().find(|k| k.name == w.name) {
-                Some(k) => *k = w.clone(),
-                None => known.push(w.clone()),
-            }
-        }
+        super::limits::merge_windows(all.entry(email.to_string()).or_default(), fresh);
     }
 
     pub fn windows(&self, email: &str) -> Option<Vec<Window>> {

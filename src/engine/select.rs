@@ -56,10 +56,6 @@ pub struct Preference<'a> {
     pub soft_threshold: f64,
 }
 
-fn same(a: &str, b: &str) -> bool {
-    a == b
-}
-
 pub fn choose<'c>(
     candidates: &'c [Candidate],
     tried: &HashSet<String>,
@@ -74,7 +70,7 @@ pub fn choose<'c>(
     }
     let below = |c: &&Candidate| !c.over(pref.soft_threshold);
     for wanted in [pref.session, pref.sticky].into_iter().flatten() {
-        if let Some(c) = open.iter().find(|c| same(&c.email, wanted)) {
+        if let Some(c) = open.iter().find(|c| c.email == wanted) {
             // Stay put unless this account is past the soft threshold and another is not.
             if below(c) || !open.iter().any(below) {
                 return Some(c);

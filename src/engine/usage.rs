@@ -47,6 +47,24 @@ pub fn enabled() -> bool {
     !crate::config::env("OAUTH_POOL_USAGE").is_some_and(|v| v.trim().eq_ignore_ascii_case("off"))
 }
 
+/// Whether an answer carries usage to count, and how: `Some(true)` an event stream, `Some(false)`
+/// a JSON message, `None` nothing to count (not a 2xx, another type, or counting is off).
+pub fn carried(status: u16, headers: &reqwest::header::HeaderMap) -> Option<bool> {
+    if !(200..300).contains(&status) || !enabled() {
+        return None;
+    }
+    let content_type = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_start().to_ascii_lowercase())
+        .unwrap_or_default();
+    if content_type.starts_with("text/event-stream") {
+        Some(true)
+    } else {
+        content_type.contains("json").then_some(false)
+    }
+}
+
 /// A JSON body is kept (to find its `usage`) up to this size; a bigger one is not counted.
 const MAX_JSON: usize = 8 * 1024 * 1024;
 /// An event-stream line longer than this is skipped (usage lines are a few hundred bytes).
@@ -200,13 +218,12 @@ pub fn top_level_string(body: &[u8], key: &str, limit: usize) -> Option<String> 
                     }
                     i += 1;
                 }
-                if depth == 1 && body.get(start..=i) == Some(wanted.as_bytes()) {
-                    let rest = &body[i + 1..];
-                    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
-                    if rest[colon] != b':' {
-                        return None;
-                    }
-                    let value = &rest[colon + 1..];
+                let rest = body.get(i + 1..).unwrap_or_default();
+                let colon = rest.iter().position(|b| !b.is_ascii_whitespace());
+                // The key, not a value that reads the same ({"system":"model","model":...}).
+                let is_key = colon.is_some_and(|c| rest[c] == b':');
+                if depth == 1 && is_key && body.get(start..=i) == Some(wanted.as_bytes()) {
+                    let value = &rest[colon? + 1..];
                     let q = value.iter().position(|b| !b.is_ascii_whitespace())?;
                     let mut de =
                         serde_json::Deserializer::from_slice(&value[q..]).into_iter::<String>();
@@ -296,6 +313,16 @@ mod tests {
         assert_eq!(top_level_string(b"{\"x\":1}", "model", 4096), None);
         assert_eq!(top_level_string(b"not json", "model", 4096), None);
         assert_eq!(top_level_string(br#"{"model": 5}"#, "model", 4096), None);
+        // A value that reads like the key is not the key.
+        assert_eq!(
+            top_level_string(
+                br#"{"system":"model","model":"claude-opus-4-5"}"#,
+                "model",
+                4096
+            )
+            .as_deref(),
+            Some("claude-opus-4-5")
+        );
     }
 
     proptest::proptest! {

@@ -145,11 +145,13 @@ impl SealKey {
         Ok(format!("{PREFIX}{}", STANDARD.encode(out)))
     }
 
-    /// The plain text of a sealed value; a value that is not sealed is returned as it is (rows
-    /// written before sealing, or by hand).
+    /// The plain text of a sealed value. A value that is not sealed is refused: it proves
+    /// nothing about the key (a plain key check would pass any key) and may have been planted.
     pub fn open(&self, aad: &str, value: &str) -> Result<Zeroizing<String>> {
         let Some(b64) = value.strip_prefix(PREFIX) else {
-            return Ok(Zeroizing::new(value.to_string()));
+            return Err(Error::StoreKey(
+                "a value in the store that should be sealed is not (written without the store key?)".into(),
+            ));
         };
         let mut raw = Zeroizing::new(
             STANDARD
@@ -214,7 +216,7 @@ mod tests {
             key(8).open("a@x\0refresh", &sealed).unwrap_err().code(),
             "STORE_KEY"
         );
-        assert_eq!(&*k.open("x", "plain").unwrap(), "plain");
+        assert_eq!(k.open("x", "plain").unwrap_err().code(), "STORE_KEY");
         assert!(k.open("x", "enc:v1:!!!").is_err());
     }
 

@@ -12,6 +12,7 @@
 //!   is read or written.
 //! - The database being down is `STORE_UNAVAILABLE`; the engine keeps serving from memory.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,10 @@ pub const SCHEMA_VERSION: i32 = 1;
 const WRITE_LOCK: i32 = 0x6f61_7070; // "oapp"
 const REFRESH_LOCK: i32 = 0x6f61_7072; // "oapr"
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one exchange with a connected database may take: past it, a server or network gone
+/// silent (TCP may take hours to notice) counts as the store being unavailable, so the engine
+/// serves from memory and writes wait for its return.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Other hosts' writes are seen within this (the generation is asked at most this often).
 const FRESH_FOR: Duration = Duration::from_millis(250);
 const SECRET_FIELDS: &[&str] = &["access", "refresh", "key"];
@@ -198,6 +203,21 @@ impl PgStore {
             })?
     }
 
+    /// `work`, bounded by `QUERY_TIMEOUT`.
+    async fn bounded<T>(&self, what: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+        tokio::time::timeout(QUERY_TIMEOUT, work)
+            .await
+            .map_err(|_| self.silent(what))?
+    }
+
+    fn silent(&self, what: &str) -> Error {
+        Error::StoreUnavailable(format!(
+            "{} did not answer {what} within {} s",
+            self.shown,
+            QUERY_TIMEOUT.as_secs()
+        ))
+    }
+
     async fn reader(&self) -> Result<Arc<Client>> {
         let mut slot = self.reader.lock().await;
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
@@ -211,23 +231,26 @@ impl PgStore {
     /// The schema version the database has (0: not initialized).
     pub async fn schema_version(&self) -> Result<i32> {
         let c = self.reader().await?;
-        let exists = c
-            .query_one("SELECT to_regclass('oauth_pool_meta') IS NOT NULL", &[])
-            .await
-            .map_err(unavailable)?;
-        if !exists.get::<_, bool>(0) {
-            return Ok(0);
-        }
-        let row = c
-            .query_opt(
-                "SELECT value FROM oauth_pool_meta WHERE name = 'schema'",
-                &[],
-            )
-            .await
-            .map_err(unavailable)?;
-        Ok(row
-            .and_then(|r| r.get::<_, String>(0).parse().ok())
-            .unwrap_or(0))
+        self.bounded("the schema check", async {
+            let exists = c
+                .query_one("SELECT to_regclass('oauth_pool_meta') IS NOT NULL", &[])
+                .await
+                .map_err(unavailable)?;
+            if !exists.get::<_, bool>(0) {
+                return Ok(0);
+            }
+            let row = c
+                .query_opt(
+                    "SELECT value FROM oauth_pool_meta WHERE name = 'schema'",
+                    &[],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(row
+                .and_then(|r| r.get::<_, String>(0).parse().ok())
+                .unwrap_or(0))
+        })
+        .await
     }
 
     /// Creates or migrates the schema, and records (or checks) the key.
@@ -237,7 +260,7 @@ impl PgStore {
             Some(c) if !c.is_closed() => c,
             _ => self.connect().await?,
         };
-        let result = async {
+        let work = async {
             client
                 .batch_execute(&format!(
                     "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}, 1);
@@ -246,7 +269,10 @@ impl PgStore {
                 .await
                 .map_err(unavailable)?;
             let current: i32 = client
-                .query_opt("SELECT value FROM oauth_pool_meta WHERE name = 'schema'", &[])
+                .query_opt(
+                    "SELECT value FROM oauth_pool_meta WHERE name = 'schema'",
+                    &[],
+                )
                 .await
                 .map_err(unavailable)?
                 .and_then(|r| r.get::<_, String>(0).parse().ok())
@@ -263,7 +289,10 @@ impl PgStore {
                     .map_err(unavailable)?;
             }
             let check = client
-                .query_opt("SELECT value FROM oauth_pool_meta WHERE name = 'key_check'", &[])
+                .query_opt(
+                    "SELECT value FROM oauth_pool_meta WHERE name = 'key_check'",
+                    &[],
+                )
                 .await
                 .map_err(unavailable)?;
             match check {
@@ -283,8 +312,11 @@ impl PgStore {
             }
             client.batch_execute("COMMIT").await.map_err(unavailable)?;
             Ok(SCHEMA_VERSION)
-        }
-        .await;
+        };
+        // Gone silent: the connection is dropped (the server rolls back what it began).
+        let result = tokio::time::timeout(QUERY_TIMEOUT, work)
+            .await
+            .map_err(|_| self.silent("the schema setup"))?;
         if result.is_err() {
             let _ = client.batch_execute("ROLLBACK").await;
         }
@@ -312,10 +344,13 @@ impl PgStore {
                     )));
                 }
                 let c = self.reader().await?;
-                let row = c
-                    .query_opt("SELECT value FROM oauth_pool_meta WHERE name = 'key_check'", &[])
-                    .await
-                    .map_err(unavailable)?
+                let row = self
+                    .bounded("the key check", async {
+                        c.query_opt("SELECT value FROM oauth_pool_meta WHERE name = 'key_check'", &[])
+                            .await
+                            .map_err(unavailable)
+                    })
+                    .await?
                     .ok_or_else(|| Error::StoreKey("the store has no key check: run `oauth-pool store init`".into()))?;
                 self.key.open("key_check", &row.get::<_, String>(0)).map(|_| ())
             })
@@ -337,26 +372,21 @@ impl PgStore {
 
     /// The current generation, asked at most every 250 ms.
     pub async fn generation(&self) -> Result<i64> {
-        if let Some((g, at)) = *lock(&self.generation) {
-            if at.elapsed() < FRESH_FOR {
-                return Ok(g);
-            }
+        if let Some(g) = self.generation_cached() {
+            return Ok(g);
         }
         self.ready().await?;
         let c = self.reader().await?;
-        let row = c
-            .query_one(
-                "SELECT value FROM oauth_pool_meta WHERE name = 'generation'",
-                &[],
-            )
-            .await
-            .map_err(|e| {
-                if c.is_closed() {
-                    unavailable(e)
-                } else {
-                    unavailable(format!("reading the generation: {e}"))
-                }
-            });
+        let row = self
+            .bounded("the generation", async {
+                c.query_one(
+                    "SELECT value FROM oauth_pool_meta WHERE name = 'generation'",
+                    &[],
+                )
+                .await
+                .map_err(|e| unavailable(format!("reading the generation: {e}")))
+            })
+            .await;
         let row = match row {
             Ok(r) => r,
             Err(e) => {
@@ -372,23 +402,35 @@ impl PgStore {
     pub async fn load_generation(&self) -> Result<(Pool, i64)> {
         self.ready().await?;
         let c = self.reader().await?;
-        let rows = c
-            .query(
-                "SELECT 'e', position::text, entry FROM oauth_pool_entries
-                 UNION ALL SELECT 't', name, value FROM oauth_pool_top
-                 UNION ALL SELECT 'g', value, 'null'::jsonb FROM oauth_pool_meta WHERE name = 'generation'",
-                &[],
-            )
+        let rows = self
+            .bounded("a read of the pool", async {
+                c.query(
+                    "SELECT 'e', position::text, entry FROM oauth_pool_entries
+                     UNION ALL SELECT 't', name, value FROM oauth_pool_top
+                     UNION ALL SELECT 'g', value, 'null'::jsonb FROM oauth_pool_meta WHERE name = 'generation'",
+                    &[],
+                )
+                .await
+                .map_err(unavailable)
+            })
             .await;
         let rows = match rows {
             Ok(r) => r,
             Err(e) => {
                 *self.reader.lock().await = None;
-                return Err(unavailable(e));
+                return Err(e);
             }
         };
+        let (pool, generation) = self.rows_to_pool(rows)?;
+        *lock(&self.generation) = Some((generation, Instant::now()));
+        Ok((pool, generation))
+    }
+
+    /// The pool the rows of a read hold: entries ("e", by position), top-level sections ("t"),
+    /// and the generation ("g", 0 when the read did not ask for it), all opened with our key.
+    fn rows_to_pool(&self, rows: Vec<tokio_postgres::Row>) -> Result<(Pool, i64)> {
         let mut entries: Vec<(i32, Value)> = Vec::new();
-        let mut top = Map::new();
+        let mut all = Map::new();
         let mut generation = 0;
         for r in rows {
             let kind: &str = r.get(0);
@@ -397,13 +439,13 @@ impl PgStore {
             match kind {
                 "e" => entries.push((name.parse().unwrap_or(i32::MAX), self.open_entry(value)?)),
                 "t" => {
-                    top.insert(name.clone(), self.open_top(&name, value)?);
+                    let opened = self.open_top(&name, value)?;
+                    all.insert(name, opened);
                 }
                 _ => generation = name.parse().unwrap_or(0),
             }
         }
         entries.sort_by_key(|(p, _)| *p);
-        let mut all = top;
         all.insert(
             "anthropic".into(),
             Value::Array(entries.into_iter().map(|(_, e)| e).collect()),
@@ -411,7 +453,6 @@ impl PgStore {
         let pool = Pool::from_value(Value::Object(all)).map_err(|why| {
             Error::StoreUnavailable(format!("the store's rows do not form a pool: {why}"))
         })?;
-        *lock(&self.generation) = Some((generation, Instant::now()));
         Ok((pool, generation))
     }
 
@@ -489,7 +530,10 @@ impl PgStore {
             Some(c) if !c.is_closed() => c,
             _ => self.connect().await?,
         };
-        let result = self.update_on(&client, change).await;
+        // Gone silent: the connection is dropped (the server rolls back what it began).
+        let result = tokio::time::timeout(QUERY_TIMEOUT, self.update_on(&client, change))
+            .await
+            .map_err(|_| self.silent("a write of the pool"))?;
         if result.is_err() {
             let _ = client.batch_execute("ROLLBACK").await;
         }
@@ -518,27 +562,7 @@ impl PgStore {
             )
             .await
             .map_err(unavailable)?;
-        let mut entries: Vec<(i32, Value)> = Vec::new();
-        let mut top = Map::new();
-        for r in rows {
-            let kind: &str = r.get(0);
-            let name: String = r.get(1);
-            let value: Value = r.get(2);
-            if kind == "e" {
-                entries.push((name.parse().unwrap_or(i32::MAX), self.open_entry(value)?));
-            } else {
-                top.insert(name.clone(), self.open_top(&name, value)?);
-            }
-        }
-        entries.sort_by_key(|(p, _)| *p);
-        let mut all = top;
-        all.insert(
-            "anthropic".into(),
-            Value::Array(entries.into_iter().map(|(_, e)| e).collect()),
-        );
-        let mut pool = Pool::from_value(Value::Object(all)).map_err(|why| {
-            Error::StoreUnavailable(format!("the store's rows do not form a pool: {why}"))
-        })?;
+        let (mut pool, _) = self.rows_to_pool(rows)?;
         let before = pool.to_bytes();
         let out = change(&mut pool)?;
         if pool.to_bytes() == before {
@@ -607,12 +631,14 @@ impl PgStore {
         self.ready().await?;
         let client = self.connect().await?;
         let id = account_lock(email);
-        client
-            .batch_execute(&format!(
-                "BEGIN; SET LOCAL lock_timeout = '{}ms'; SELECT pg_advisory_xact_lock({REFRESH_LOCK}, {id});",
-                timeout.as_millis()
-            ))
+        let sql = format!(
+            "BEGIN; SET LOCAL lock_timeout = '{}ms'; SELECT pg_advisory_xact_lock({REFRESH_LOCK}, {id});",
+            timeout.as_millis()
+        );
+        let locking = client.batch_execute(&sql);
+        tokio::time::timeout(timeout + QUERY_TIMEOUT, locking)
             .await
+            .map_err(|_| self.silent("a refresh lock"))?
             .map_err(|e| {
                 if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
                     Error::PoolBusy {
@@ -631,14 +657,17 @@ impl PgStore {
             return false;
         };
         let id = account_lock(email);
-        c.query_one(
+        let (class, object) = (i64::from(REFRESH_LOCK), i64::from(id));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&class, &object];
+        let asking = c.query_one(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
              AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 2",
-            &[&i64::from(REFRESH_LOCK), &i64::from(id)],
+            &params,
+        );
+        matches!(
+            tokio::time::timeout(QUERY_TIMEOUT, asking).await,
+            Ok(Ok(r)) if r.get::<_, i64>(0) > 0
         )
-        .await
-        .map(|r| r.get::<_, i64>(0) > 0)
-        .unwrap_or(false)
     }
 }
 
