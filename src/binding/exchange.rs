@@ -47,10 +47,16 @@ struct Resolved {
     generation: u64,
     path: Option<String>,
     engine: Arc<Engine>,
-    api: url::Url,
+    api: Arc<Api>,
 }
 
-fn resolve(path: Option<&str>) -> Result<(Arc<Engine>, url::Url), Error> {
+/// The pool's API URL and its origin as text.
+struct Api {
+    url: url::Url,
+    origin: String,
+}
+
+fn resolve(path: Option<&str>) -> Result<(Arc<Engine>, Arc<Api>), Error> {
     static LAST: std::sync::Mutex<Option<Resolved>> = std::sync::Mutex::new(None);
     let generation = config::env_generation();
     let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
@@ -61,7 +67,11 @@ fn resolve(path: Option<&str>) -> Result<(Arc<Engine>, url::Url), Error> {
         return Ok((r.engine.clone(), r.api.clone()));
     }
     let engine = Engine::for_store(store_for(path)?);
-    let api = config::api_url()?;
+    let url = config::api_url()?;
+    let api = Arc::new(Api {
+        origin: url.origin().ascii_serialization(),
+        url,
+    });
     *last = Some(Resolved {
         generation,
         path: path.map(str::to_string),
@@ -72,32 +82,30 @@ fn resolve(path: Option<&str>) -> Result<(Arc<Engine>, url::Url), Error> {
 }
 
 /// A credential goes only to the configured API origin, whatever the host was told to call.
-fn check_origin(url: Option<&str>, api: &url::Url) -> Result<(), Error> {
+fn check_origin(url: Option<&str>, api: &Api) -> Result<(), Error> {
     let Some(raw) = url else { return Ok(()) };
+    // The usual case without a parse: the API origin itself followed by a path. The slash ends
+    // the authority, so no host or port can follow it.
+    let origin = &api.origin;
+    if raw.len() > origin.len()
+        && raw.as_bytes()[origin.len()] == b'/'
+        && raw.is_char_boundary(origin.len())
+        && raw[..origin.len()] == *origin
+    {
+        return Ok(());
+    }
     let target = url::Url::parse(raw)
         .map_err(|_| Error::InvalidArgument("the request URL is not absolute".into()))?;
-    if config::same_origin(&target, api) {
+    if config::same_origin(&target, &api.url) {
         return Ok(());
     }
     Err(Error::InsecureEndpoint {
         url: target.origin().ascii_serialization(),
         reason: format!(
             "it is not the pool's API origin ({}); no pool credential is attached",
-            api.origin().ascii_serialization()
+            api.origin
         ),
     })
-}
-
-fn pairs_of(headers: &HeaderMap) -> Vec<Vec<String>> {
-    headers
-        .iter()
-        .map(|(k, v)| {
-            vec![
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            ]
-        })
-        .collect()
 }
 
 /// Whether `url` is on the pool's API origin (`OAUTH_POOL_API_URL`): only such requests get an
@@ -111,29 +119,50 @@ pub fn is_api_origin(url: String) -> bool {
 }
 
 /// `name: value` lines (what `judgeSync` takes) as pairs; a line without a colon is dropped.
-fn header_lines(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            Some((name.trim().to_string(), value.trim().to_string()))
-        })
-        .collect()
+fn header_lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().filter_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        Some((name.trim(), value.trim()))
+    })
 }
 
-fn step_value(step: Step) -> Value {
-    match step {
-        Step::Send(a) => json!({
-            "kind": "send",
-            "account": a.email,
-            "headers": pairs_of(&a.headers),
-        }),
-        Step::Answer(s) => json!({
-            "kind": "answer",
-            "status": s.status,
-            "statusText": s.status_text,
-            "headers": s.headers.iter().map(|(k, v)| vec![k, v]).collect::<Vec<_>>(),
-            "body": String::from_utf8_lossy(&s.body),
-        }),
+/// A step as the driver reads it: `{ kind: "send", account, headers: [[name, value]] }` or
+/// `{ kind: "answer", status, statusText, headers, body }`. Serialized straight from the engine's
+/// step (no intermediate JSON tree: the synchronous path sends it as text on every request).
+#[derive(serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum StepOut<'a> {
+    Send {
+        account: &'a str,
+        headers: Vec<(&'a str, std::borrow::Cow<'a, str>)>,
+    },
+    Answer {
+        status: u16,
+        #[serde(rename = "statusText")]
+        status_text: &'a str,
+        headers: &'a [(String, String)],
+        body: std::borrow::Cow<'a, str>,
+    },
+}
+
+impl<'a> StepOut<'a> {
+    fn of(step: &'a Step) -> StepOut<'a> {
+        match step {
+            Step::Send(a) => StepOut::Send {
+                account: &a.email,
+                headers: a
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v.as_bytes())))
+                    .collect(),
+            },
+            Step::Answer(s) => StepOut::Answer {
+                status: s.status,
+                status_text: s.status_text,
+                headers: &s.headers,
+                body: String::from_utf8_lossy(&s.body),
+            },
+        }
     }
 }
 
@@ -183,7 +212,8 @@ impl NativeExchange {
     pub async fn next(&self) -> JsResult<Value> {
         let mut ex = self.exchange()?.lock().await;
         let step = ex.next(&self.base, &self.cancel).await.map_err(js_error)?;
-        Ok(step_value(step))
+        serde_json::to_value(StepOut::of(&step))
+            .map_err(|e| napi::Error::from_reason(e.to_string()))
     }
 
     /// `next()` answered on the calling thread when no I/O is needed (the usual case: the pool
@@ -196,9 +226,11 @@ impl NativeExchange {
         };
         match ex.try_next(&self.base) {
             None => Ok(None),
-            Some(step) => step
-                .map(|s| Some(step_value(s).to_string()))
-                .map_err(js_error),
+            Some(step) => step.map_err(js_error).and_then(|s| {
+                serde_json::to_string(&StepOut::of(&s))
+                    .map(Some)
+                    .map_err(|e| napi::Error::from_reason(e.to_string()))
+            }),
         }
     }
 
@@ -213,7 +245,7 @@ impl NativeExchange {
     ) -> JsResult<String> {
         let status = u16::try_from(status)
             .map_err(|_| js_error(Error::InvalidArgument(format!("bad status {status}"))))?;
-        let map = exchange::forwardable_answer(header_lines(&headers).iter());
+        let map = exchange::forwardable_answer(header_lines(&headers));
         let mut ex = self.exchange()?.lock().await;
         let verdict = ex
             .judge(status, &map, body.as_deref(), &self.cancel)
@@ -235,7 +267,7 @@ impl NativeExchange {
     ) -> JsResult<Option<String>> {
         let status = u16::try_from(status)
             .map_err(|_| js_error(Error::InvalidArgument(format!("bad status {status}"))))?;
-        let map = exchange::forwardable_answer(header_lines(&headers).iter());
+        let map = exchange::forwardable_answer(header_lines(&headers));
         let Ok(mut ex) = self.exchange()?.try_lock() else {
             return Ok(None);
         };
@@ -319,5 +351,52 @@ impl NativeExchange {
     #[napi(catch_unwind)]
     pub fn abort(&self) {
         self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(raw: &str) -> Api {
+        let url = url::Url::parse(raw).expect("url");
+        Api {
+            origin: url.origin().ascii_serialization(),
+            url,
+        }
+    }
+
+    #[test]
+    fn a_credential_goes_only_to_the_api_origin() {
+        let a = api("https://api.anthropic.com");
+        for ok in [
+            "https://api.anthropic.com/v1/messages",
+            "https://API.anthropic.com/v1/messages",
+            "https://api.anthropic.com:443/v1/messages",
+            "https://api.anthropic.com//v1",
+        ] {
+            assert!(check_origin(Some(ok), &a).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://api.anthropic.com.evil.example/v1/messages",
+            "https://api.anthropic.com@evil.example/v1/messages",
+            "https://api.anthropic.com:8443/v1/messages",
+            "http://api.anthropic.com/v1/messages",
+            "/v1/messages",
+        ] {
+            assert!(check_origin(Some(bad), &a).is_err(), "{bad}");
+        }
+        let local = api("http://127.0.0.1:4000/base");
+        assert!(check_origin(Some("http://127.0.0.1:4000/v1/messages"), &local).is_ok());
+        assert!(check_origin(Some("http://127.0.0.1:40000/v1/messages"), &local).is_err());
+    }
+
+    #[test]
+    fn answer_header_lines_are_read_in_any_case() {
+        let map = exchange::forwardable_answer(header_lines(
+            "Retry-After: 7\ncontent-type:application/json\nno colon here\n",
+        ));
+        assert_eq!(map.get("retry-after").map(|v| v.as_bytes()), Some(&b"7"[..]));
+        assert_eq!(map.len(), 2);
     }
 }

@@ -100,11 +100,12 @@ pub fn forwardable<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> Hea
 }
 
 /// An answer's headers as a map, for `judge` (every header kept).
-pub fn forwardable_answer<'a>(headers: impl Iterator<Item = &'a (String, String)>) -> HeaderMap {
+pub fn forwardable_answer<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (k, v) in headers {
+        // `from_bytes` lowercases the name itself.
         if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
+            HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_str(v),
         ) {
             map.append(name, value);

@@ -70,6 +70,30 @@ const MAX_JSON: usize = 8 * 1024 * 1024;
 /// An event-stream line longer than this is skipped (usage lines are a few hundred bytes).
 const MAX_LINE: usize = 1024 * 1024;
 
+/// What the tap reads of a message: its `usage`, as a value (counts may be missing or null).
+/// Typed so that the rest (the content, most of the bytes) is skipped, not built into a tree.
+#[derive(serde::Deserialize)]
+struct WithUsage {
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+/// An event's `type` and where its usage sits (`message.usage` or `usage`).
+#[derive(serde::Deserialize)]
+struct UsageEvent {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    message: Option<WithUsage>,
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+/// Whether JSON text is an object (a derived struct would also take an array, by position).
+fn is_object(json: &[u8]) -> bool {
+    json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
 /// Watches one answer's bytes. `observe` every chunk as it passes, `finish` at the end (or when
 /// the caller stops reading: what was seen until then is what counts).
 pub struct UsageTap {
@@ -149,18 +173,21 @@ impl UsageTap {
         if !data.windows(7).any(|w| w == b"\"usage\"") {
             return;
         }
-        let Ok(v) = serde_json::from_slice::<Value>(data) else {
+        if !is_object(data) {
+            return;
+        }
+        let Ok(event) = serde_json::from_slice::<UsageEvent>(data) else {
             return;
         };
-        match v.get("type").and_then(Value::as_str) {
+        match event.kind.as_deref() {
             Some("message_start") => {
-                if let Some(u) = v.get("message").and_then(|m| m.get("usage")) {
-                    self.started = Some(Counts::from_usage(u));
+                if let Some(u) = event.message.and_then(|m| m.usage) {
+                    self.started = Some(Counts::from_usage(&u));
                 }
             }
             Some("message_delta") => {
-                if let Some(u) = v.get("usage") {
-                    self.delta = Some(Counts::from_usage(u));
+                if let Some(u) = event.usage {
+                    self.delta = Some(Counts::from_usage(&u));
                 }
             }
             _ => {}
@@ -170,11 +197,11 @@ impl UsageTap {
     /// What the answer reported, or None when it reported nothing readable.
     pub fn finish(&mut self) -> Option<Counts> {
         if let Kind::Json { body, overflow } = &mut self.kind {
-            if !*overflow && !body.is_empty() {
-                let parsed = serde_json::from_slice::<Value>(body).ok();
+            if !*overflow && is_object(body) {
+                let parsed = serde_json::from_slice::<WithUsage>(body).ok();
                 body.clear();
-                let u = parsed.as_ref().and_then(|v| v.get("usage"))?;
-                let mut c = Counts::from_usage(u);
+                let u = parsed.and_then(|m| m.usage)?;
+                let mut c = Counts::from_usage(&u);
                 c.requests = 1;
                 return Some(c);
             }
@@ -295,6 +322,39 @@ mod tests {
         let mut tap = UsageTap::new(true);
         tap.observe(b"data: {\"type\":\"message_start\", \"usage\" broken\n");
         assert_eq!(tap.finish(), None);
+    }
+
+    #[test]
+    fn only_the_usage_is_read_whatever_else_the_message_holds() {
+        // Content of any shape, a null count and fields in any order: only `usage` matters.
+        let body = br#"{"content":[{"type":"text","text":"{\"usage\":{\"input_tokens\":99}}"}],"usage":{"output_tokens":7,"input_tokens":3,"cache_creation_input_tokens":null},"stop_reason":null}"#;
+        let mut tap = UsageTap::new(false);
+        tap.observe(body);
+        assert_eq!(
+            tap.finish(),
+            Some(Counts {
+                requests: 1,
+                input: 3,
+                output: 7,
+                ..Counts::default()
+            })
+        );
+        let mut tap = UsageTap::new(false);
+        tap.observe(br#"[{"usage":{"input_tokens":1}}]"#);
+        assert_eq!(tap.finish(), None, "not a message");
+        let mut tap = UsageTap::new(true);
+        tap.observe(b"data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"content\":[],\"usage\":{\"input_tokens\":5}}}\n");
+        tap.observe(b"data: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"\\\"usage\\\"\"}}\n");
+        tap.observe(b"data: {\"usage\":{\"output_tokens\":2},\"type\":\"message_delta\"}\n");
+        assert_eq!(
+            tap.finish(),
+            Some(Counts {
+                requests: 1,
+                input: 5,
+                output: 2,
+                ..Counts::default()
+            })
+        );
     }
 
     #[test]
