@@ -396,7 +396,10 @@ mod tests {
         let map = exchange::forwardable_answer(header_lines(
             "Retry-After: 7\ncontent-type:application/json\nno colon here\n",
         ));
-        assert_eq!(map.get("retry-after").map(|v| v.as_bytes()), Some(&b"7"[..]));
+        assert_eq!(
+            map.get("retry-after").map(|v| v.as_bytes()),
+            Some(&b"7"[..])
+        );
         assert_eq!(map.len(), 2);
     }
 }

@@ -344,7 +344,9 @@ mod tests {
         assert_eq!(tap.finish(), None, "not a message");
         let mut tap = UsageTap::new(true);
         tap.observe(b"data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"content\":[],\"usage\":{\"input_tokens\":5}}}\n");
-        tap.observe(b"data: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"\\\"usage\\\"\"}}\n");
+        tap.observe(
+            b"data: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"\\\"usage\\\"\"}}\n",
+        );
         tap.observe(b"data: {\"usage\":{\"output_tokens\":2},\"type\":\"message_delta\"}\n");
         assert_eq!(
             tap.finish(),
