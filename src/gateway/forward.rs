@@ -1,0 +1,271 @@
+//! The gateway's `/v1/*`: the client's request read within bounds, sent through the pool's
+//! engine (`fetch::pool_fetch`, the same driver as the library's fetch), and the answer streamed
+//! back through the usage tap.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+
+use super::metrics::count_events;
+use super::{error, full, AnyBody, State, MAX_BODY};
+use crate::engine::usage::UsageTap;
+use crate::engine::UsageSink;
+use crate::error::Error;
+use crate::fetch::{self, Body, OutgoingRequest};
+use crate::{config, http};
+
+/// The request's headers as the pool's driver takes them (values that are not text dropped).
+fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// What is left of a refused body is read and dropped (at most this much, for at most
+/// `LINGER_FOR`): a client still sending then reads the 413 instead of a reset connection.
+const LINGER_BYTES: usize = 2 * MAX_BODY;
+const LINGER_FOR: Duration = Duration::from_secs(5);
+
+fn too_large() -> Response<AnyBody> {
+    let mut res = error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        "the request body is over the gateway's 32 MB limit",
+    );
+    res.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    res
+}
+
+async fn linger(body: &mut Incoming, mut seen: usize) {
+    let draining = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_FOR, draining).await;
+}
+
+enum BodyRead {
+    Whole(Bytes),
+    TooLarge,
+    BrokeOff,
+}
+
+/// The request body, at most `MAX_BODY` bytes.
+async fn read_body(body: &mut Incoming) -> BodyRead {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return BodyRead::BrokeOff;
+        };
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > MAX_BODY {
+                linger(body, out.len() + data.len()).await;
+                return BodyRead::TooLarge;
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    BodyRead::Whole(out.freeze())
+}
+
+pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<AnyBody> {
+    let started = Instant::now();
+    let declared_too_large = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_BODY as u64);
+    let (parts, mut incoming) = req.into_parts();
+    if declared_too_large {
+        linger(&mut incoming, 0).await;
+        return too_large();
+    }
+    let api = match config::api_url() {
+        Ok(a) => a,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                &e.to_string(),
+            )
+        }
+    };
+    let target = format!(
+        "{}{}",
+        api.origin().ascii_serialization(),
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
+    let method = parts.method.as_str().to_string();
+    let headers = header_pairs(&parts.headers);
+    let body = match tokio::time::timeout(state.body_timeout, read_body(&mut incoming)).await {
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "the request body did not arrive in time",
+            )
+        }
+        Ok(BodyRead::TooLarge) => return too_large(),
+        Ok(BodyRead::BrokeOff) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "the request body broke off",
+            )
+        }
+        Ok(BodyRead::Whole(b)) => b,
+    };
+    let request = OutgoingRequest {
+        url: target,
+        method,
+        headers,
+        body: (!body.is_empty()).then_some(body),
+    };
+    // The upstream call is cancelled when the client goes away (hyper drops this future) or the
+    // gateway closes for good.
+    let cancel = state.closing.child_token();
+    let _guard = cancel.clone().drop_guard();
+    let (result, events) = fetch::pool_fetch(&state.engine, request, &cancel).await;
+    state.metrics.ttfb.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(answer) => {
+            count_events(state, &answer.events);
+            respond(answer)
+        }
+        Err(e) => {
+            count_events(state, &events);
+            let (status, kind) = match &e {
+                Error::NoUsableAccount(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error"),
+                Error::Network { .. } => (StatusCode::BAD_GATEWAY, "api_error"),
+                Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+                Error::Aborted => (StatusCode::SERVICE_UNAVAILABLE, "api_error"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "api_error"),
+            };
+            let mut res = error(status, kind, &format!("anthropic-pool: {e}"));
+            if let Ok(v) = hyper::header::HeaderValue::from_str(e.code()) {
+                res.headers_mut().insert("x-oauth-pool-error", v);
+            }
+            res
+        }
+    }
+}
+
+/// The answer as the client gets it: status, headers, and the body streaming through the usage
+/// tap chunk by chunk, each chunk within the response timeout.
+fn respond(answer: fetch::Answer) -> Response<AnyBody> {
+    let tap = answer
+        .usage
+        .filter(|_| crate::engine::usage::enabled())
+        .map(|sink| Tapped {
+            tap: UsageTap::new(answer.event_stream),
+            sink: Some(sink),
+        });
+    let body: AnyBody = match answer.body {
+        Body::Full(bytes) => {
+            let mut tap = tap;
+            if let Some(t) = tap.as_mut() {
+                t.tap.observe(&bytes);
+                t.report();
+            }
+            full(bytes)
+        }
+        Body::Stream(response) => stream_body(None, response, tap),
+        Body::Peeked(start, response) => stream_body(Some(start), response, tap),
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (k, v) in &answer.headers {
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(k.as_bytes()),
+            hyper::header::HeaderValue::from_str(v),
+        ) {
+            res.headers_mut().append(name, value);
+        }
+    }
+    res
+}
+
+/// The usage tap of one streamed answer; reports when the stream ends or is dropped (a client
+/// that went away counts what passed).
+struct Tapped {
+    tap: UsageTap,
+    sink: Option<UsageSink>,
+}
+
+impl Tapped {
+    fn report(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            sink.record(self.tap.finish());
+        }
+    }
+}
+
+impl Drop for Tapped {
+    fn drop(&mut self) {
+        self.report();
+    }
+}
+
+fn stream_body(start: Option<Bytes>, response: reqwest::Response, tap: Option<Tapped>) -> AnyBody {
+    let idle = http::response_timeout();
+    let state = (start, response, tap);
+    let stream = futures_util::stream::unfold(Some(state), move |state| async move {
+        let (start, mut response, mut tap) = state?;
+        if let Some(first) = start {
+            if let Some(t) = tap.as_mut() {
+                t.tap.observe(&first);
+            }
+            return Some((Ok(Frame::data(first)), Some((None, response, tap))));
+        }
+        match tokio::time::timeout(idle, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                if let Some(t) = tap.as_mut() {
+                    t.tap.observe(&chunk);
+                }
+                Some((Ok(Frame::data(chunk)), Some((None, response, tap))))
+            }
+            Ok(Ok(None)) => {
+                if let Some(t) = tap.as_mut() {
+                    t.report();
+                }
+                None
+            }
+            Ok(Err(e)) => Some((
+                Err(std::io::Error::other(format!(
+                    "upstream broke off: {}",
+                    http::describe(&e)
+                ))),
+                None,
+            )),
+            Err(_) => Some((
+                Err(std::io::Error::other(format!(
+                    "upstream sent nothing for {} ms",
+                    idle.as_millis()
+                ))),
+                None,
+            )),
+        }
+    });
+    BodyExt::boxed_unsync(StreamBody::new(stream.boxed()))
+}

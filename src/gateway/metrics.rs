@@ -1,0 +1,177 @@
+//! What the gateway reports about itself: `/healthz` (whether any account can serve) and
+//! `/metrics` (OpenMetrics text: requests, failovers, refreshes, cooldowns, window utilization,
+//! time to the upstream's first byte).
+
+use std::sync::atomic::AtomicU64;
+
+use bytes::Bytes;
+use hyper::{Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use super::{error, full, AnyBody, State};
+use crate::account::now_ms;
+use crate::engine::{Blocked, Event};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct StatusLabel {
+    pub(super) status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct WindowLabel {
+    account: String,
+    window: String,
+}
+
+pub(super) struct Metrics {
+    pub(super) registry: Registry,
+    pub(super) requests: Family<StatusLabel, Counter>,
+    pub(super) failovers: Counter,
+    pub(super) refreshes: Counter,
+    pub(super) cooling: Gauge,
+    pub(super) windows: Family<WindowLabel, Gauge<f64, AtomicU64>>,
+    pub(super) ttfb: Histogram,
+}
+
+impl Metrics {
+    pub(super) fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("oauth_pool");
+        let requests = Family::<StatusLabel, Counter>::default();
+        let failovers = Counter::default();
+        let refreshes = Counter::default();
+        let cooling = Gauge::default();
+        let windows = Family::<WindowLabel, Gauge<f64, AtomicU64>>::default();
+        let ttfb = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "requests",
+            "Requests answered, by HTTP status",
+            requests.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Requests moved to another account",
+            failovers.clone(),
+        );
+        registry.register(
+            "refreshes",
+            "Access tokens refreshed by this process",
+            refreshes.clone(),
+        );
+        registry.register(
+            "cooldowns_active",
+            "Accounts cooling down now",
+            cooling.clone(),
+        );
+        registry.register(
+            "window_utilization",
+            "Utilization of each rate-limit window, per account (1 = the whole window)",
+            windows.clone(),
+        );
+        registry.register(
+            "upstream_first_byte_seconds",
+            "Time from a request's arrival to the upstream answer's headers",
+            ttfb.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            failovers,
+            refreshes,
+            cooling,
+            windows,
+            ttfb,
+        }
+    }
+}
+
+pub(super) async fn health(state: &State) -> Response<AnyBody> {
+    let now = now_ms();
+    let body = match state.engine.snapshot().await {
+        Ok(pool) => {
+            let total = pool.accounts().count();
+            let usable = pool
+                .accounts()
+                .filter(|a| state.engine.blocked(a, None, now) == Blocked::No)
+                .count();
+            json!({ "ok": usable > 0, "accounts": total, "usable": usable })
+        }
+        Err(e) => json!({ "ok": false, "error": e.code() }),
+    };
+    let ok = body["ok"].as_bool().unwrap_or(false);
+    let mut res = Response::new(full(Bytes::from(body.to_string())));
+    *res.status_mut() = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    res.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+pub(super) async fn metrics(state: &State) -> Response<AnyBody> {
+    let now = now_ms();
+    let m = &state.metrics;
+    // Two scrapes at once must not both add the same refreshes.
+    m.refreshes.inner().fetch_max(
+        state.engine.refreshes(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    if let Ok(pool) = state.engine.snapshot().await {
+        let cooling = pool
+            .accounts()
+            .filter(|a| matches!(state.engine.blocked(a, None, now), Blocked::Until(_)))
+            .count();
+        m.cooling.set(cooling as i64);
+        // Accounts removed since the last scrape stop being exported.
+        m.windows.clear();
+        for a in pool.accounts() {
+            for w in state.engine.windows(a) {
+                let u = if w.reset.is_some_and(|r| r <= now) {
+                    0.0
+                } else {
+                    w.utilization.unwrap_or(0.0)
+                };
+                m.windows
+                    .get_or_create(&WindowLabel {
+                        account: a.email.clone(),
+                        window: w.name.clone(),
+                    })
+                    .set(u);
+            }
+        }
+    }
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &m.registry).is_err() {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "metrics could not be encoded",
+        );
+    }
+    let mut res = Response::new(full(Bytes::from(text)));
+    res.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    res
+}
+
+pub(super) fn count_events(state: &State, events: &[Event]) {
+    for e in events {
+        if e.kind == "failover" {
+            state.metrics.failovers.inc();
+        }
+        tracing::info!(kind = e.kind, message = %e.message, "gateway");
+    }
+}

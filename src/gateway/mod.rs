@@ -1,0 +1,392 @@
+//! The pool gateway (`oauth-pool serve`): an Anthropic-compatible HTTP endpoint on the addon's
+//! runtime, so any client that takes a base URL (the Anthropic SDKs, the AI SDK, Claude Code's
+//! `ANTHROPIC_BASE_URL`, OpenCode 2) shares the pool. It is a driver like the fetch: every
+//! `/v1/*` request goes through the same engine (`fetch::pool_fetch`); no second policy.
+//!
+//! - Nobody uses the pool without the gateway key (`x-api-key` or `Authorization: Bearer`,
+//!   compared in constant time); the client's key is never forwarded.
+//! - Loopback only, unless `allow_remote` with TLS.
+//! - Hostile clients get bounded answers: headers at most 64 KB and within the header timeout
+//!   (slowloris), bodies at most 32 MB and within the body timeout, a cap on connections.
+//! - `close` stops accepting and lets streams in flight finish for a bounded time.
+//!
+//! Here: listening, TLS, connections and routing; `forward` serves `/v1/*`, `metrics` serves
+//! `/healthz` and `/metrics`, `key` keeps the gateway key.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::fsread;
+use crate::secret::Secret;
+use crate::store::Store;
+
+mod forward;
+mod key;
+mod metrics;
+
+pub use key::gateway_key;
+
+/// The largest request body (a Messages request with images and a long history stays far below).
+pub const MAX_BODY: usize = 32 * 1024 * 1024;
+/// Request line plus headers.
+const MAX_HEADERS: usize = 64 * 1024;
+
+pub(super) type AnyBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+pub struct GatewayOptions {
+    pub host: String,
+    pub port: u16,
+    pub allow_remote: bool,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub store: Store,
+    pub key: Secret,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+}
+
+struct State {
+    pub(super) engine: Arc<Engine>,
+    pub(super) key: Secret,
+    pub(super) metrics: metrics::Metrics,
+    pub(super) body_timeout: Duration,
+    /// Cancelled when the gateway closes: requests waiting for an upstream answer give up.
+    pub(super) closing: CancellationToken,
+}
+
+pub struct Gateway {
+    addr: SocketAddr,
+    tls: bool,
+    shutdown: CancellationToken,
+    drained: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    drain: Arc<std::sync::Mutex<Duration>>,
+    pub(super) engine: Arc<Engine>,
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |p: &Path, what: &str| {
+        fsread::read_regular(p, 1024 * 1024, true).map_err(|e| {
+            Error::InvalidArgument(format!("the TLS {what} {} refused: {e}", p.display()))
+        })
+    };
+    let cert_pem = read(cert, "certificate")?;
+    let key_pem = read(key, "key")?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| {
+            Error::InvalidArgument(format!(
+                "the TLS certificate {} is not PEM: {e}",
+                cert.display()
+            ))
+        })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "the TLS key {} is not a PEM private key: {e}",
+            key.display()
+        ))
+    })?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            Error::InvalidArgument(format!(
+                "the TLS certificate and key do not fit together: {e}"
+            ))
+        })?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Starts listening. Refuses a non-loopback address without `allow_remote`, and `allow_remote`
+/// without TLS: the gateway hands out the pool's accounts to whoever holds the key, and a key
+/// must not cross a network in clear text.
+pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
+    if !is_loopback_host(&opts.host) && !opts.allow_remote {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a loopback address: listening for other hosts needs --allow-remote (and TLS)",
+            opts.host
+        )));
+    }
+    if !is_loopback_host(&opts.host) && opts.tls.is_none() {
+        return Err(Error::InvalidArgument(
+            "--allow-remote needs --tls-cert and --tls-key: the gateway key would cross the network in clear text".into(),
+        ));
+    }
+    let acceptor = match &opts.tls {
+        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let host = opts.host.trim_start_matches('[').trim_end_matches(']');
+    let host = if host.eq_ignore_ascii_case("localhost") {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    let listener = TcpListener::bind((host, opts.port)).await.map_err(|e| {
+        Error::InvalidArgument(format!("cannot listen on {}:{}: {e}", opts.host, opts.port))
+    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::InvalidArgument(format!("no local address: {e}")))?;
+    let closing = CancellationToken::new();
+    let state = Arc::new(State {
+        engine: Engine::for_store(opts.store),
+        key: opts.key,
+        metrics: metrics::Metrics::new(),
+        body_timeout: opts.body_timeout,
+        closing: closing.clone(),
+    });
+    let shutdown = CancellationToken::new();
+    let drain = Arc::new(std::sync::Mutex::new(Duration::from_secs(10)));
+    let engine = state.engine.clone();
+    let task = tokio::spawn(accept_loop(
+        listener,
+        acceptor,
+        state,
+        shutdown.clone(),
+        drain.clone(),
+        opts.header_timeout,
+        opts.max_connections,
+    ));
+    Ok(Gateway {
+        addr,
+        tls: opts.tls.is_some(),
+        shutdown,
+        drained: tokio::sync::Mutex::new(Some(task)),
+        drain,
+        engine,
+    })
+}
+
+impl Gateway {
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        match self.addr.ip() {
+            IpAddr::V6(ip) => format!("{scheme}://[{ip}]:{}", self.addr.port()),
+            IpAddr::V4(ip) => format!("{scheme}://{ip}:{}", self.addr.port()),
+        }
+    }
+
+    /// Stops accepting; streams in flight get `drain` to finish, then are cut. Idempotent.
+    pub async fn close(&self, drain: Duration) {
+        if let Ok(mut d) = self.drain.lock() {
+            *d = drain;
+        }
+        self.shutdown.cancel();
+        if let Some(task) = self.drained.lock().await.take() {
+            let _ = task.await;
+        }
+        // What the last requests recorded (last use, quota, usage) reaches the store before the
+        // process that asked for the close exits.
+        self.engine.flush().await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+    drain: Arc<std::sync::Mutex<Duration>>,
+    header_timeout: Duration,
+    max_connections: usize,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let (stream, _peer) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gateway: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Over the cap: a short, final answer instead of an unbounded queue.
+            tokio::spawn(refuse_busy(stream));
+            continue;
+        };
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(MAX_HEADERS);
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(req, state).await) }
+        });
+        match &acceptor {
+            Some(tls) => {
+                let tls = tls.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(header_timeout, tls.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
+                });
+            }
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let watched = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let _ = watched.await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    let wait = drain.lock().map(|d| *d).unwrap_or(Duration::from_secs(10));
+    if tokio::time::timeout(wait, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("gateway: streams still open after the drain time were cut");
+    }
+    state.closing.cancel();
+}
+
+async fn refuse_busy(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = error_body(
+        "overloaded_error",
+        "the pool gateway has too many connections; retry shortly",
+    );
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+pub(super) fn error_body(kind: &str, message: &str) -> Bytes {
+    Bytes::from(
+        json!({ "type": "error", "error": { "type": kind, "message": message } }).to_string(),
+    )
+}
+
+pub(super) fn full(body: Bytes) -> AnyBody {
+    Full::new(body)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub(super) fn error(status: StatusCode, kind: &str, message: &str) -> Response<AnyBody> {
+    let mut res = Response::new(full(error_body(kind, message)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// The gateway key as the client presented it: `x-api-key`, or `Authorization: Bearer`.
+fn authorized(req: &Request<Incoming>, key: &Secret) -> bool {
+    let presented = req
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .or_else(|| {
+            req.headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().strip_prefix("Bearer "))
+                .map(str::trim)
+        });
+    match presented {
+        Some(p) => p.as_bytes().ct_eq(key.expose().as_bytes()).into(),
+        None => false,
+    }
+}
+
+async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> {
+    let path = req.uri().path().to_string();
+    // hyper bounds its read buffer, but a head that arrives in one read can pass it: the limit
+    // is checked on what was parsed.
+    let head: usize = req.uri().to_string().len()
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    let response = if head > MAX_HEADERS {
+        let mut res = error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "invalid_request_error",
+            "the request's headers are over the gateway's 64 KB limit",
+        );
+        res.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        res
+    } else if req.method() == Method::GET && path == "/healthz" {
+        metrics::health(&state).await
+    } else if !authorized(&req, &state.key) {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "the pool gateway needs its key, as x-api-key or Authorization: Bearer (oauth-pool serve --show-key prints it)",
+        )
+    } else if req.method() == Method::GET && path == "/metrics" {
+        metrics::metrics(&state).await
+    } else if path.starts_with("/v1/") || path == "/v1" {
+        forward::forward(req, &state).await
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            "the pool gateway serves /v1/*, /healthz and /metrics",
+        )
+    };
+    state
+        .metrics
+        .requests
+        .get_or_create(&metrics::StatusLabel {
+            status: response.status().as_u16().to_string(),
+        })
+        .inc();
+    response
+}
