@@ -10,10 +10,10 @@ use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{header_pairs, js_error, store_for, JsResult};
+use super::{engine_for, header_pairs, js_error, JsResult};
 use crate::config;
 use crate::engine::usage::{self, UsageTap};
-use crate::engine::{exchange, Engine, Exchange, RequestMeta, Step, UsageSink, Verdict};
+use crate::engine::{exchange, Exchange, RequestMeta, Step, UsageSink, Verdict};
 use crate::error::Error;
 
 #[napi(object)]
@@ -40,45 +40,28 @@ pub struct NativeExchange {
     usage: std::sync::Mutex<Option<(UsageTap, UsageSink)>>,
 }
 
-/// What an exchange needs from the path and the environment, kept while neither changes: a
-/// request then costs no path resolution, engine lookup or parse of the API URL (each request
-/// under Bun builds an exchange, and every microsecond there is on the request's path).
-struct Resolved {
-    generation: u64,
-    path: Option<String>,
-    engine: Arc<Engine>,
-    api: Arc<Api>,
-}
-
 /// The pool's API URL and its origin as text.
 struct Api {
     url: url::Url,
     origin: String,
 }
 
-fn resolve(path: Option<&str>) -> Result<(Arc<Engine>, Arc<Api>), Error> {
-    static LAST: std::sync::Mutex<Option<Resolved>> = std::sync::Mutex::new(None);
+/// The API URL, parsed once per generation of the environment (every request under Bun builds
+/// an exchange, and every microsecond there is on the request's path).
+fn api() -> Result<Arc<Api>, Error> {
+    static LAST: std::sync::Mutex<Option<(u64, Arc<Api>)>> = std::sync::Mutex::new(None);
     let generation = config::env_generation();
     let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(r) = last
-        .as_ref()
-        .filter(|r| r.generation == generation && r.path.as_deref() == path)
-    {
-        return Ok((r.engine.clone(), r.api.clone()));
+    if let Some((_, api)) = last.as_ref().filter(|(g, _)| *g == generation) {
+        return Ok(api.clone());
     }
-    let engine = Engine::for_store(store_for(path)?);
     let url = config::api_url()?;
     let api = Arc::new(Api {
         origin: url.origin().ascii_serialization(),
         url,
     });
-    *last = Some(Resolved {
-        generation,
-        path: path.map(str::to_string),
-        engine: engine.clone(),
-        api: api.clone(),
-    });
-    Ok((engine, api))
+    *last = Some((generation, api.clone()));
+    Ok(api)
 }
 
 /// A credential goes only to the configured API origin, whatever the host was told to call.
@@ -186,9 +169,9 @@ impl NativeExchange {
         });
         let meta = RequestMeta::from_headers(pairs()).with_model(model);
         let base = exchange::forwardable(pairs());
-        let inner = resolve(options.path.as_deref())
-            .and_then(|(engine, api)| {
-                check_origin(options.url.as_deref(), &api)?;
+        let inner = engine_for(options.path.as_deref())
+            .and_then(|engine| {
+                check_origin(options.url.as_deref(), &*api()?)?;
                 Ok(Arc::new(tokio::sync::Mutex::new(engine.exchange(meta))))
             })
             .map_err(|e| js_error(e).reason);

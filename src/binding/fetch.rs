@@ -8,9 +8,8 @@ use napi::bindgen_prelude::Buffer;
 use napi_derive::napi;
 use tokio_util::sync::CancellationToken;
 
-use super::{header_pairs, js_error, store_for, JsBytes, JsResult};
+use super::{engine_for, header_pairs, js_error, JsBytes, JsResult};
 use crate::body::AnswerBody;
-use crate::engine::Engine;
 use crate::fetch;
 
 #[napi(object)]
@@ -51,8 +50,7 @@ impl FetchController {
 
     #[napi]
     pub async fn send(&self, request: FetchRequest) -> JsResult<NativeResponse> {
-        let store = store_for(request.path.as_deref()).map_err(js_error)?;
-        let engine = Engine::for_store(store);
+        let engine = engine_for(request.path.as_deref()).map_err(js_error)?;
         let req = fetch::OutgoingRequest {
             url: request.url,
             method: request.method,

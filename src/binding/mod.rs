@@ -18,6 +18,9 @@ fn init() {
     runtime::install();
 }
 
+use std::sync::{Arc, Mutex};
+
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::store::Store;
 use crate::{config, logging};
@@ -82,6 +85,25 @@ pub type JsResult<T> = napi::Result<T>;
 pub fn store_for(path: Option<&str>) -> Result<Store, Error> {
     logging::init();
     Store::from_config(path)
+}
+
+/// The engine of the pool at `path` (or the configured one), kept while neither the path nor the
+/// environment changes: a request then costs no path resolution and no engine lookup (the
+/// registry's key is formatted from the store, and a fleet store's URL parsed).
+pub fn engine_for(path: Option<&str>) -> Result<Arc<Engine>, Error> {
+    type Last = Option<(u64, Option<String>, Arc<Engine>)>;
+    static LAST: Mutex<Last> = Mutex::new(None);
+    let generation = config::env_generation();
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, _, engine)) = last
+        .as_ref()
+        .filter(|(g, p, _)| *g == generation && p.as_deref() == path)
+    {
+        return Ok(engine.clone());
+    }
+    let engine = Engine::for_store(store_for(path)?);
+    *last = Some((generation, path.map(str::to_string), engine.clone()));
+    Ok(engine)
 }
 
 /// `[name, value]` pairs from JavaScript; anything else is dropped.
