@@ -40,10 +40,11 @@ pub struct NativeExchange {
     usage: std::sync::Mutex<Option<(UsageTap, UsageSink)>>,
 }
 
-/// The pool's API URL and its origin as text.
+/// The pool's API URL and its origin as text (None for an opaque origin, which the API URL's
+/// checks never let through: it is https or loopback http).
 struct Api {
     url: url::Url,
-    origin: String,
+    origin: Option<String>,
 }
 
 /// The API URL, parsed once per generation of the environment (every request under Bun builds
@@ -56,8 +57,9 @@ fn api() -> Result<Arc<Api>, Error> {
         return Ok(api.clone());
     }
     let url = config::api_url()?;
+    let origin = url.origin();
     let api = Arc::new(Api {
-        origin: url.origin().ascii_serialization(),
+        origin: origin.is_tuple().then(|| origin.ascii_serialization()),
         url,
     });
     *last = Some((generation, api.clone()));
@@ -69,13 +71,14 @@ fn check_origin(url: Option<&str>, api: &Api) -> Result<(), Error> {
     let Some(raw) = url else { return Ok(()) };
     // The usual case without a parse: the API origin itself followed by a path. The slash ends
     // the authority, so no host or port can follow it.
-    let origin = &api.origin;
-    if raw.len() > origin.len()
-        && raw.as_bytes()[origin.len()] == b'/'
-        && raw.is_char_boundary(origin.len())
-        && raw[..origin.len()] == *origin
-    {
-        return Ok(());
+    if let Some(origin) = &api.origin {
+        if raw.len() > origin.len()
+            && raw.as_bytes()[origin.len()] == b'/'
+            && raw.is_char_boundary(origin.len())
+            && raw[..origin.len()] == *origin
+        {
+            return Ok(());
+        }
     }
     let target = url::Url::parse(raw)
         .map_err(|_| Error::InvalidArgument("the request URL is not absolute".into()))?;
@@ -86,7 +89,7 @@ fn check_origin(url: Option<&str>, api: &Api) -> Result<(), Error> {
         url: target.origin().ascii_serialization(),
         reason: format!(
             "it is not the pool's API origin ({}); no pool credential is attached",
-            api.origin
+            api.url.origin().ascii_serialization()
         ),
     })
 }
@@ -344,7 +347,7 @@ mod tests {
     fn api(raw: &str) -> Api {
         let url = url::Url::parse(raw).expect("url");
         Api {
-            origin: url.origin().ascii_serialization(),
+            origin: Some(url.origin().ascii_serialization()),
             url,
         }
     }
