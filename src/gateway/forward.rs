@@ -11,7 +11,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 
 use super::metrics::count_events;
-use super::{error, full, AnyBody, State, MAX_BODY};
+use super::{error, error_closing, full, AnyBody, State, MAX_BODY};
 use crate::engine::usage::UsageTap;
 use crate::engine::UsageSink;
 use crate::error::Error;
@@ -36,16 +36,11 @@ const LINGER_BYTES: usize = 2 * MAX_BODY;
 const LINGER_FOR: Duration = Duration::from_secs(5);
 
 fn too_large() -> Response<AnyBody> {
-    let mut res = error(
+    error_closing(
         StatusCode::PAYLOAD_TOO_LARGE,
         "request_too_large",
         "the request body is over the gateway's 32 MB limit",
-    );
-    res.headers_mut().insert(
-        hyper::header::CONNECTION,
-        hyper::header::HeaderValue::from_static("close"),
-    );
-    res
+    )
 }
 
 async fn linger(body: &mut Incoming, mut seen: usize) {

@@ -320,6 +320,16 @@ pub(super) fn error(status: StatusCode, kind: &str, message: &str) -> Response<A
     res
 }
 
+/// An error after which the connection is closed (the rest of what the client sends is not read).
+pub(super) fn error_closing(status: StatusCode, kind: &str, message: &str) -> Response<AnyBody> {
+    let mut res = error(status, kind, message);
+    res.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    res
+}
+
 /// The gateway key as the client presented it: `x-api-key`, or `Authorization: Bearer`.
 fn authorized(req: &Request<Incoming>, key: &Secret) -> bool {
     let presented = req
@@ -352,16 +362,11 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> 
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>();
     let response = if head > MAX_HEADERS {
-        let mut res = error(
+        error_closing(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "invalid_request_error",
             "the request's headers are over the gateway's 64 KB limit",
-        );
-        res.headers_mut().insert(
-            hyper::header::CONNECTION,
-            hyper::header::HeaderValue::from_static("close"),
-        );
-        res
+        )
     } else if req.method() == Method::GET && path == "/healthz" {
         metrics::health(&state).await
     } else if !authorized(&req, &state.key) {
