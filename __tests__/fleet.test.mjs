@@ -175,7 +175,7 @@ test("store init creates the schema and a 0600 key file; a second host shares th
 
 test("store copy: file -> PostgreSQL -> file keeps every field, and pg_dump holds no token", async () => {
   // The pool in the form the pool itself writes (`expires`, `status`, `rateLimitUntil` always
-  // present; `version: 1` never written, see src/account.rs), so equality means nothing changed.
+  // present; `version: 1` never written, see src/pool.rs), so equality means nothing changed.
   const pool = {
     anthropic: [
       {

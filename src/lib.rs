@@ -23,6 +23,7 @@ pub mod http;
 pub mod logging;
 pub mod manage;
 pub mod oauth;
+pub mod pool;
 pub mod runtime;
 pub mod secret;
 pub mod store;

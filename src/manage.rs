@@ -6,10 +6,11 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::account::{now_ms, Account, Entry, Pool, Status};
+use crate::account::{now_ms, Account, Status};
 use crate::error::{Error, Result};
 use crate::fsread::{self, ReadError};
 use crate::oauth::Tokens;
+use crate::pool::{Entry, Pool};
 use crate::secret::Secret;
 use crate::store::Store;
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oauth_pool::account::Pool;
+use oauth_pool::pool::Pool;
 use oauth_pool::store::{FileLock, FileStore as Store};
 use serde_json::json;
 

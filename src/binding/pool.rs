@@ -4,9 +4,10 @@ use napi_derive::napi;
 use serde_json::Value;
 
 use super::{js_error, store_for, JsResult};
-use crate::account::{now_ms, Pool};
+use crate::account::now_ms;
 use crate::engine::Engine;
 use crate::manage;
+use crate::pool::Pool;
 
 #[napi(js_name = "loadPool")]
 pub async fn load_pool(path: Option<String>) -> JsResult<Value> {

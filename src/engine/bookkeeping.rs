@@ -14,7 +14,8 @@ use super::limits::Limits;
 use super::overlay::lock;
 use super::usage::Counts;
 use super::Engine;
-use crate::account::{iso_time, now_ms, Pool, Status};
+use crate::account::{iso_time, now_ms, Status};
+use crate::pool::Pool;
 use crate::secret::scrub_tokens;
 
 const FLUSH_DELAY: Duration = Duration::from_millis(1000);

@@ -22,9 +22,10 @@ use super::events::Event;
 use super::overlay::lock;
 use super::verdict::CredentialKind;
 use super::Engine;
-use crate::account::{iso_time, now_ms, Account, Pool, Status};
+use crate::account::{iso_time, now_ms, Account, Status};
 use crate::error::{Error, Result};
 use crate::oauth;
+use crate::pool::Pool;
 use crate::secret::Secret;
 use crate::store::RefreshLock;
 

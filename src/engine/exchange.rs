@@ -22,9 +22,10 @@ use super::limits::Limits;
 use super::select::{self, Candidate, Preference};
 use super::verdict::{self, Decision};
 use super::Engine;
-use crate::account::{iso_time, now_ms, Pool};
+use crate::account::{iso_time, now_ms};
 use crate::error::{Error, Result};
 use crate::oauth::OAUTH_BETA;
+use crate::pool::Pool;
 
 /// What the engine reads from a request to place it.
 #[derive(Debug, Default, Clone)]

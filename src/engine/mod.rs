@@ -28,8 +28,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::account::{now_ms, Account, Pool};
+use crate::account::{now_ms, Account};
 use crate::error::{Error, Result};
+use crate::pool::Pool;
 use crate::store::{Stamp, Store};
 
 pub use credentials::Credential;

@@ -14,9 +14,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::account::Pool;
 use crate::error::{Error, Result};
 use crate::fsread::{self, ReadError};
+use crate::pool::Pool;
 
 /// The largest pool file we read: a thousand accounts take well under 2 MB.
 const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;

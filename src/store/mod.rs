@@ -18,8 +18,8 @@ pub use file::{FileLock, FileStamp, FileStore};
 pub use postgres::PgStore;
 use std::sync::Arc;
 
-use crate::account::Pool;
 use crate::error::{Error, Result};
+use crate::pool::Pool;
 
 /// How long a process waits for another to finish refreshing the same account.
 pub const REFRESH_LOCK_TIMEOUT: Duration = Duration::from_secs(75);

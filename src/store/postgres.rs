@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, Config, NoTls};
 
 use super::crypto::{SealKey, CHECK};
-use crate::account::Pool;
 use crate::error::{Error, Result};
+use crate::pool::Pool;
 use crate::secret::scrub_tokens;
 
 /// The schema, as numbered migrations; `store init` brings a database up to the last one.

@@ -1,0 +1,535 @@
+//! The pool file's data model: `{ "version"?: 1, "anthropic": Account[], ...anything else }`.
+//! Unknown fields at every level are kept verbatim, and an account entry that does not parse is
+//! kept as it was (and reported) rather than dropped: nothing the user wrote is ever lost.
+
+use serde::{Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::account::{kind_of, normalize_email, Account, Status};
+use crate::error::{Error, Result};
+
+pub const POOL_VERSION: u64 = 1;
+
+/// JavaScript numbers arrive as floats: whole ones (epochs, counts, priorities) are written
+/// back as integers, as JavaScript's own JSON.stringify would write them.
+fn integral(v: Value) -> Value {
+    match v {
+        Value::Number(n) if n.is_f64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.007e15 => Value::from(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(integral).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, integral(v))).collect())
+        }
+        other => other,
+    }
+}
+
+/// One element of the `anthropic` array: an account, or an entry we could not read, kept as is.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Valid(Box<Account>),
+    Invalid { raw: Value, reason: String },
+}
+
+impl Serialize for Entry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Entry::Valid(a) => a.serialize(s),
+            Entry::Invalid { raw, .. } => raw.serialize(s),
+        }
+    }
+}
+
+impl Entry {
+    /// The entry's email, also for an unreadable entry that has one.
+    pub fn email(&self) -> Option<&str> {
+        match self {
+            Entry::Valid(a) => Some(&a.email),
+            Entry::Invalid { raw, .. } => raw.get("email").and_then(Value::as_str),
+        }
+    }
+
+    fn from_value(raw: Value) -> Entry {
+        let problem = match &raw {
+            Value::Object(map) => match map.get("email") {
+                Some(Value::String(e)) if !e.trim().is_empty() => None,
+                Some(_) => Some("email is not a non-empty string".to_string()),
+                None => Some("no email".to_string()),
+            },
+            other => Some(format!("entry is {}, not an object", kind_of(other))),
+        };
+        if let Some(reason) = problem {
+            return Entry::Invalid { raw, reason };
+        }
+        match serde_json::from_value::<Account>(raw.clone()) {
+            Ok(a) => Entry::Valid(Box::new(a)),
+            Err(e) => Entry::Invalid {
+                raw,
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Pool {
+    pub version: Option<Value>,
+    pub anthropic: Vec<Entry>,
+    pub extra: Map<String, Value>,
+}
+
+impl Pool {
+    /// Parses the file's JSON. The top level must be an object whose `anthropic`, when present,
+    /// is an array; anything else is a corrupt file. Bad entries inside the array are kept.
+    pub fn from_value(value: Value) -> Result<Pool, String> {
+        let Value::Object(mut map) = value else {
+            return Err(format!(
+                "the top level is {}, not an object",
+                kind_of(&value)
+            ));
+        };
+        let anthropic = match map.shift_remove("anthropic") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items.into_iter().map(Entry::from_value).collect(),
+            Some(other) => {
+                return Err(format!(
+                    "\"anthropic\" is {}, not an array",
+                    kind_of(&other)
+                ))
+            }
+        };
+        let version = map.shift_remove("version");
+        Ok(Pool {
+            version,
+            anthropic,
+            extra: map,
+        })
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Pool, String> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        Pool::from_value(value)
+    }
+
+    pub fn to_value(&self) -> Value {
+        let mut map = Map::new();
+        // `version: 1` says nothing (it is the only version) and aidevops's shell helper wipes a
+        // pool whose top level has a key that is not an array (`version`, ours) or `_`-prefixed:
+        // only another version is written back.
+        if let Some(v) = self
+            .version
+            .as_ref()
+            .filter(|v| v.as_u64() != Some(POOL_VERSION))
+        {
+            map.insert("version".into(), v.clone());
+        }
+        let entries = self
+            .anthropic
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+            .collect();
+        map.insert("anthropic".into(), Value::Array(entries));
+        for (k, v) in &self.extra {
+            map.insert(k.clone(), v.clone());
+        }
+        Value::Object(map)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(&self.to_value()).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// Strict validation for pools handed to us by a caller (`savePool`): unlike a file on disk,
+    /// a bad entry here is the caller's bug and is refused rather than kept.
+    pub fn from_caller(value: Value) -> Result<Pool> {
+        // `savePool({})` would otherwise replace every account with none.
+        match value.get("anthropic") {
+            Some(Value::Array(_)) => {}
+            Some(other) => {
+                return Err(Error::PoolInvalid(format!(
+                    "\"anthropic\" is {}, not an array of accounts",
+                    kind_of(other)
+                )))
+            }
+            None => {
+                return Err(Error::PoolInvalid(
+                    "a pool needs an \"anthropic\" array (use [] for no accounts)".into(),
+                ))
+            }
+        }
+        let pool = Pool::from_value(integral(value)).map_err(Error::PoolInvalid)?;
+        for (i, e) in pool.anthropic.iter().enumerate() {
+            if let Entry::Invalid { reason, .. } = e {
+                return Err(Error::PoolInvalid(format!("anthropic[{i}]: {reason}")));
+            }
+        }
+        Ok(pool)
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.anthropic.iter().filter_map(|e| match e {
+            Entry::Valid(a) => Some(a.as_ref()),
+            Entry::Invalid { .. } => None,
+        })
+    }
+
+    pub fn accounts_mut(&mut self) -> impl Iterator<Item = &mut Account> {
+        self.anthropic.iter_mut().filter_map(|e| match e {
+            Entry::Valid(a) => Some(a.as_mut()),
+            Entry::Invalid { .. } => None,
+        })
+    }
+
+    pub fn invalid_entries(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.anthropic
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e {
+                Entry::Invalid { reason, .. } => Some((i, reason.as_str())),
+                Entry::Valid(_) => None,
+            })
+    }
+
+    /// The account with exactly this email, else the only one whose email differs from it just
+    /// in case or surrounding spaces. Two entries that differ only in case are two accounts
+    /// (the JavaScript predecessor could write both): exact match wins, never a guess.
+    pub fn find(&self, email: &str) -> Option<&Account> {
+        let i = self.position(email)?;
+        match &self.anthropic[i] {
+            Entry::Valid(a) => Some(a.as_ref()),
+            Entry::Invalid { .. } => None,
+        }
+    }
+
+    pub fn find_mut(&mut self, email: &str) -> Option<&mut Account> {
+        let i = self.position(email)?;
+        match &mut self.anthropic[i] {
+            Entry::Valid(a) => Some(a.as_mut()),
+            Entry::Invalid { .. } => None,
+        }
+    }
+
+    fn position(&self, email: &str) -> Option<usize> {
+        let valid = |e: &Entry| matches!(e, Entry::Valid(_));
+        if let Some(i) = self
+            .anthropic
+            .iter()
+            .position(|e| valid(e) && e.email() == Some(email))
+        {
+            return Some(i);
+        }
+        let key = normalize_email(email);
+        let mut loose =
+            self.anthropic.iter().enumerate().filter(|(_, e)| {
+                valid(e) && e.email().map(normalize_email).as_deref() == Some(&key)
+            });
+        match (loose.next(), loose.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The entries a person means by `target` (for remove, enable, priority): every entry with
+    /// exactly that email (readable or not), else the one entry equal up to case, else `#N`,
+    /// the N-th entry (how unreadable entries without an email are named).
+    pub fn resolve(&self, target: &str) -> Result<Vec<usize>> {
+        let target = target.trim();
+        if let Some(n) = target
+            .strip_prefix('#')
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            return if n < self.anthropic.len() {
+                Ok(vec![n])
+            } else {
+                Err(Error::AccountNotFound(target.to_string()))
+            };
+        }
+        let exact: Vec<usize> = self
+            .anthropic
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.email().map(str::trim) == Some(target))
+            .map(|(i, _)| i)
+            .collect();
+        if !exact.is_empty() {
+            return Ok(exact);
+        }
+        let key = normalize_email(target);
+        let loose: Vec<usize> = self
+            .anthropic
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.email().map(normalize_email).as_deref() == Some(&key))
+            .map(|(i, _)| i)
+            .collect();
+        match loose.len() {
+            0 => Err(Error::AccountNotFound(target.to_string())),
+            1 => Ok(loose),
+            _ => Err(Error::InvalidArgument(format!(
+                "{target:?} matches {} accounts that differ only in case ({}): give the exact email",
+                loose.len(),
+                loose
+                    .iter()
+                    .filter_map(|i| self.anthropic[*i].email())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Groups of account emails that differ only in case: reported by `status` and `doctor`.
+    pub fn case_clashes(&self) -> Vec<Vec<String>> {
+        let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+        for email in self.anthropic.iter().filter_map(Entry::email) {
+            let key = normalize_email(email);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, members)) => {
+                    if !members.iter().any(|m| m == email) {
+                        members.push(email.to_string())
+                    }
+                }
+                None => groups.push((key, vec![email.to_string()])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(_, m)| m)
+            .filter(|m| m.len() > 1)
+            .collect()
+    }
+
+    /// Adds an account, or, when one with the same email exists, replaces its credentials and
+    /// clears its error state while keeping everything else the user set (priority, extras).
+    /// Returns true when a new account was added.
+    pub fn upsert(&mut self, incoming: Account) -> bool {
+        if let Some(existing) = self.find_mut(&incoming.email) {
+            existing.kind = incoming.kind;
+            existing.refresh = incoming.refresh;
+            existing.access = incoming.access;
+            existing.key = incoming.key;
+            existing.expires = incoming.expires;
+            existing.clear_cooldown();
+            existing.extra.remove("modelCooldowns");
+            existing.extra.remove("authErrorToken");
+            if matches!(
+                existing.status_enum(),
+                Some(Status::AuthError) | Some(Status::RateLimited) | None
+            ) {
+                existing.status = Status::Idle.as_str().into();
+            }
+            false
+        } else {
+            self.anthropic.push(Entry::Valid(Box::new(incoming)));
+            true
+        }
+    }
+
+    /// Removes the entries `target` names (see `resolve`). Returns how many went.
+    pub fn remove(&mut self, target: &str) -> Result<usize> {
+        let mut doomed = self.resolve(target)?;
+        doomed.sort_unstable();
+        for i in doomed.iter().rev() {
+            self.anthropic.remove(*i);
+        }
+        Ok(doomed.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn legacy() -> Value {
+        json!({
+            "anthropic": [{
+                "email": "a@example.com", "refresh": "r0", "access": "a0",
+                "expires": 1711234567000u64, "added": "2026-03-19T10:00:00.000Z",
+                "lastUsed": "2026-03-19T11:00:00.000Z", "status": "active", "rateLimitUntil": null,
+                "cooldownUntil": 5, "accountId": "x"
+            }],
+            "openai": [{"email": "o@example.com", "whatever": [1, 2]}],
+            "_pending_anthropic": {"k": "v"}
+        })
+    }
+
+    #[test]
+    fn legacy_file_round_trips_with_unknown_fields() {
+        let pool = Pool::from_value(legacy()).unwrap();
+        let a = pool.find("A@Example.com").unwrap();
+        assert_eq!(a.expires, Some(1711234567000));
+        assert_eq!(a.extra.get("accountId"), Some(&json!("x")));
+        let out = pool.to_value();
+        assert_eq!(out["openai"], legacy()["openai"]);
+        assert_eq!(out["_pending_anthropic"], json!({"k": "v"}));
+        assert_eq!(out["anthropic"][0]["cooldownUntil"], json!(5));
+        assert_eq!(out["anthropic"][0]["refresh"], json!("r0"));
+        assert_eq!(out["anthropic"][0]["rateLimitUntil"], Value::Null);
+        assert!(out.get("version").is_none(), "version 1 is not written");
+        let again = Pool::from_value(out.clone()).unwrap().to_value();
+        assert_eq!(again, out);
+    }
+
+    #[test]
+    fn seconds_are_read_as_seconds() {
+        let pool =
+            Pool::from_value(json!({"anthropic": [{"email": "a@x", "expires": 1711234567}]}))
+                .unwrap();
+        assert_eq!(pool.find("a@x").unwrap().expires, Some(1711234567000));
+    }
+
+    #[test]
+    fn bad_entries_are_kept_and_reported() {
+        let v = json!({"anthropic": [
+            {"email": "ok@x", "access": "a"},
+            {"email": 5},
+            {"email": "bad@x", "expires": "soon"},
+            7
+        ]});
+        let pool = Pool::from_value(v.clone()).unwrap();
+        assert_eq!(pool.accounts().count(), 1);
+        assert_eq!(pool.invalid_entries().count(), 3);
+        let out = pool.to_value();
+        assert_eq!(out["anthropic"][1], v["anthropic"][1]);
+        assert_eq!(out["anthropic"][2], v["anthropic"][2]);
+        assert_eq!(out["anthropic"][3], json!(7));
+        assert!(Pool::from_caller(v).is_err());
+        for bad in [
+            json!({}),
+            json!({"anthropic": null}),
+            json!({"x": 1}),
+            json!({"anthropic": {}}),
+        ] {
+            assert_eq!(Pool::from_caller(bad).unwrap_err().code(), "POOL_INVALID");
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_refused() {
+        assert!(Pool::from_value(json!([])).is_err());
+        assert!(Pool::from_value(json!(3)).is_err());
+        assert!(Pool::from_value(json!({"anthropic": {}})).is_err());
+        assert!(Pool::parse(b"").is_err());
+        assert!(Pool::parse(b"\xEF\xBB\xBF{}").is_err());
+        assert!(Pool::parse(b"{\"anthropic\": [").is_err());
+        assert!(Pool::from_value(json!({})).unwrap().anthropic.is_empty());
+    }
+
+    #[test]
+    fn upsert_updates_same_email_and_keeps_settings() {
+        let mut pool = Pool::default();
+        let now = 1_800_000_000_000;
+        assert!(pool.upsert(Account::new_oauth(
+            "a@x",
+            "a1".into(),
+            "r1".into(),
+            now,
+            now
+        )));
+        pool.find_mut("a@x").unwrap().priority = Some(5);
+        pool.find_mut("a@x").unwrap().status = "auth-error".into();
+        assert!(!pool.upsert(Account::new_oauth(
+            " A@X ",
+            "a2".into(),
+            "r2".into(),
+            now,
+            now
+        )));
+        assert_eq!(pool.accounts().count(), 1);
+        let a = pool.find("a@x").unwrap();
+        assert_eq!(a.access.as_ref().unwrap().expose(), "a2");
+        assert_eq!(a.priority, Some(5));
+        assert_eq!(a.status, "idle");
+        assert!(pool.upsert(Account::new_api_key("k@x", "sk".into(), now)));
+        assert_eq!(pool.remove("A@x").unwrap(), 1);
+        assert_eq!(pool.accounts().count(), 1);
+    }
+
+    #[test]
+    fn emails_differing_in_case_are_two_accounts() {
+        let now = 1_800_000_000_000;
+        let mut pool = Pool::from_value(json!({"anthropic": [
+            {"email": "Ann@x", "access": "a1"},
+            {"email": "ann@x", "access": "a2"},
+            {"email": "bad@x", "expires": "soon"},
+            7
+        ]}))
+        .unwrap();
+        assert_eq!(
+            pool.find("ann@x")
+                .unwrap()
+                .access
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "a2"
+        );
+        assert_eq!(
+            pool.find("Ann@x")
+                .unwrap()
+                .access
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "a1"
+        );
+        assert!(pool.find("ANN@X").is_none(), "ambiguous: no guess");
+        assert_eq!(
+            pool.case_clashes(),
+            vec![vec!["Ann@x".to_string(), "ann@x".to_string()]]
+        );
+        assert_eq!(
+            pool.resolve("ANN@x").unwrap_err().code(),
+            "INVALID_ARGUMENT"
+        );
+        assert_eq!(pool.remove("ann@x").unwrap(), 1);
+        assert_eq!(pool.find("ANN@X").unwrap().email, "Ann@x");
+        // Unreadable entries are reachable by email, or by #index when they have none.
+        assert_eq!(pool.remove("bad@x").unwrap(), 1);
+        assert_eq!(pool.remove("#1").unwrap(), 1);
+        assert_eq!(pool.anthropic.len(), 1);
+        assert!(!pool.upsert(Account::new_api_key("ann@x", "k".into(), now)));
+    }
+
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-zA-Z_]{1,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = Pool::parse(&bytes);
+        }
+
+        #[test]
+        fn every_parsed_pool_round_trips(extra in arb_json(), entry in arb_json(), email in "[a-z]{1,6}@x") {
+            let mut top = serde_json::Map::new();
+            top.insert("other".into(), extra.clone());
+            let mut acct = match entry.clone() { Value::Object(m) => m, _ => serde_json::Map::new() };
+            acct.insert("email".into(), Value::from(email));
+            top.insert("anthropic".into(), Value::Array(vec![Value::Object(acct), entry]));
+            let pool = Pool::from_value(Value::Object(top)).unwrap();
+            let once = pool.to_value();
+            let twice = Pool::from_value(once.clone()).unwrap().to_value();
+            proptest::prop_assert_eq!(&once, &twice);
+            proptest::prop_assert_eq!(&once["other"], &extra);
+        }
+    }
+}
