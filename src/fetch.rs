@@ -11,7 +11,9 @@ use url::Url;
 
 use crate::config;
 use crate::engine::usage::top_level_string;
-use crate::engine::{exchange, verdict, Engine, Event, RequestMeta, Step, UsageSink, Verdict};
+use crate::engine::{
+    headers, verdict, Engine, Event, Exchange, RequestMeta, Step, UsageSink, Verdict,
+};
 use crate::error::{Error, Result};
 use crate::http;
 
@@ -76,7 +78,7 @@ pub async fn pool_fetch(
         }
     };
     let pairs = || req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    let base = exchange::forwardable(pairs());
+    let base = headers::forwardable(pairs());
     let api = match config::api_url() {
         Ok(a) => a,
         Err(e) => return (Err(e), Vec::new()),
@@ -106,7 +108,7 @@ pub async fn pool_fetch(
 }
 
 async fn serve(
-    ex: &mut exchange::Exchange,
+    ex: &mut Exchange,
     method: reqwest::Method,
     url: Url,
     base: &HeaderMap,

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{engine_for, header_pairs, js_error, JsResult};
 use crate::config;
 use crate::engine::usage::{self, UsageTap};
-use crate::engine::{exchange, Exchange, RequestMeta, Step, UsageSink, Verdict};
+use crate::engine::{headers, Exchange, RequestMeta, Step, UsageSink, Verdict};
 use crate::error::Error;
 
 #[napi(object)]
@@ -171,7 +171,7 @@ impl NativeExchange {
                 .and_then(|b| usage::top_level_string(b, "model", b.len()))
         });
         let meta = RequestMeta::from_headers(pairs()).with_model(model);
-        let base = exchange::forwardable(pairs());
+        let base = headers::forwardable(pairs());
         let inner = engine_for(options.path.as_deref())
             .and_then(|engine| {
                 check_origin(options.url.as_deref(), &*api()?)?;
@@ -231,7 +231,7 @@ impl NativeExchange {
     ) -> JsResult<String> {
         let status = u16::try_from(status)
             .map_err(|_| js_error(Error::InvalidArgument(format!("bad status {status}"))))?;
-        let map = exchange::forwardable_answer(header_lines(&headers));
+        let map = headers::forwardable_answer(header_lines(&headers));
         let mut ex = self.exchange()?.lock().await;
         let verdict = ex
             .judge(status, &map, body.as_deref(), &self.cancel)
@@ -253,7 +253,7 @@ impl NativeExchange {
     ) -> JsResult<Option<String>> {
         let status = u16::try_from(status)
             .map_err(|_| js_error(Error::InvalidArgument(format!("bad status {status}"))))?;
-        let map = exchange::forwardable_answer(header_lines(&headers));
+        let map = headers::forwardable_answer(header_lines(&headers));
         let Ok(mut ex) = self.exchange()?.try_lock() else {
             return Ok(None);
         };
@@ -379,7 +379,7 @@ mod tests {
 
     #[test]
     fn answer_header_lines_are_read_in_any_case() {
-        let map = exchange::forwardable_answer(header_lines(
+        let map = headers::forwardable_answer(header_lines(
             "Retry-After: 7\ncontent-type:application/json\nno colon here\n",
         ));
         assert_eq!(

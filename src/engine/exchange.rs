@@ -13,107 +13,19 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
 use super::credentials::Credential;
 use super::events::Event;
+use super::headers::{with_credential, RequestMeta};
 use super::limits::Limits;
 use super::select::{self, Candidate, Preference};
 use super::verdict::{self, Decision};
 use super::Engine;
 use crate::account::{iso_time, now_ms};
 use crate::error::{Error, Result};
-use crate::oauth::OAUTH_BETA;
 use crate::pool::Pool;
-
-/// What the engine reads from a request to place it.
-#[derive(Debug, Default, Clone)]
-pub struct RequestMeta {
-    /// OpenCode's `x-session-affinity` / `X-Session-Id`.
-    pub session: Option<String>,
-    /// `x-parent-session-id`: a subagent inherits its parent's account.
-    pub parent: Option<String>,
-    /// The request body's `model`: scoped windows, model cooldowns and usage are per model.
-    pub model: Option<String>,
-}
-
-/// Request headers never forwarded upstream: credentials (the pool sets its own), hop-by-hop
-/// and length headers (the client sets them), encoding (the client negotiates and decodes), and
-/// OpenCode's session headers (the pool's to read, nobody else's business).
-pub const DROPPED: &[&str] = &[
-    "authorization",
-    "x-api-key",
-    "host",
-    "connection",
-    "keep-alive",
-    "content-length",
-    "transfer-encoding",
-    "accept-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "proxy-authorization",
-    "proxy-connection",
-    "x-session-affinity",
-    "x-session-id",
-    "x-parent-session-id",
-];
-
-impl RequestMeta {
-    pub fn from_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Self {
-        let find = |name: &str| {
-            headers
-                .clone()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
-        RequestMeta {
-            session: find("x-session-affinity").or_else(|| find("x-session-id")),
-            parent: find("x-parent-session-id"),
-            model: None,
-        }
-    }
-
-    pub fn with_model(mut self, model: Option<String>) -> Self {
-        self.model = model.filter(|m| !m.trim().is_empty());
-        self
-    }
-}
-
-/// The caller's headers as they may go upstream.
-pub fn forwardable<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (k, v) in headers {
-        let lower = k.to_ascii_lowercase();
-        if DROPPED.contains(&lower.as_str()) {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(lower.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            map.append(name, value);
-        }
-    }
-    map
-}
-
-/// An answer's headers as a map, for `judge` (every header kept).
-pub fn forwardable_answer<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (k, v) in headers {
-        // `from_bytes` lowercases the name itself.
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            map.append(name, value);
-        }
-    }
-    map
-}
 
 pub enum Step {
     /// Send the request with these headers (the caller's, plus the account's credential).
@@ -631,98 +543,4 @@ fn soft_threshold() -> f64 {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v > 0.0)
         .unwrap_or(0.9)
-}
-
-/// The account's credential on a copy of the caller's headers. OAuth: bearer (marked
-/// sensitive), and `oauth-2025-04-20` merged into the caller's betas. API key: `x-api-key`.
-pub fn with_credential(base: &HeaderMap, credential: &Credential) -> Result<HeaderMap> {
-    let mut headers = base.clone();
-    let bad =
-        |_| Error::InvalidArgument("the stored credential is not a valid header value".into());
-    match credential {
-        Credential::Bearer(token) => {
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(bad)?;
-            value.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-            let mut betas: Vec<String> = headers
-                .get_all("anthropic-beta")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
-            if !betas.iter().any(|b| b == OAUTH_BETA) {
-                betas.insert(0, OAUTH_BETA.to_string());
-            }
-            betas.dedup();
-            headers.remove("anthropic-beta");
-            let merged = HeaderValue::from_str(&betas.join(","))
-                .map_err(|_| Error::InvalidArgument("bad anthropic-beta header".into()))?;
-            headers.insert("anthropic-beta", merged);
-        }
-        Credential::ApiKey(key) => {
-            let mut value = HeaderValue::from_str(key.expose()).map_err(bad)?;
-            value.set_sensitive(true);
-            headers.insert("x-api-key", value);
-        }
-    }
-    Ok(headers)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::secret::Secret;
-
-    /// The credential a request carried, for tests that check what was sent.
-    fn bearer_of(headers: &HeaderMap) -> Option<Secret> {
-        headers
-            .get(reqwest::header::AUTHORIZATION)?
-            .to_str()
-            .ok()?
-            .strip_prefix("Bearer ")
-            .map(Secret::new)
-    }
-
-    fn pairs(v: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
-        v.to_vec()
-    }
-
-    #[test]
-    fn credentials_replace_the_callers_and_betas_merge() {
-        let caller = pairs(&[
-            ("X-Api-Key", ""),
-            ("Authorization", "Bearer caller"),
-            (
-                "anthropic-beta",
-                "interleaved-thinking-2025-05-14, fine-grained-tool-streaming-2025-05-14",
-            ),
-            ("x-session-affinity", "ses_1"),
-            ("content-type", "application/json"),
-        ]);
-        let meta = RequestMeta::from_headers(caller.iter().copied());
-        assert_eq!(meta.session.as_deref(), Some("ses_1"));
-        let base = forwardable(caller.iter().copied());
-        assert!(base.get("x-session-affinity").is_none());
-        let h = with_credential(&base, &Credential::Bearer(Secret::new("tok"))).unwrap();
-        assert_eq!(bearer_of(&h).unwrap().expose(), "tok");
-        assert!(h.get("authorization").unwrap().is_sensitive());
-        assert!(h.get("x-api-key").is_none());
-        assert_eq!(
-            h.get("anthropic-beta").unwrap().to_str().unwrap(),
-            "oauth-2025-04-20,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14"
-        );
-        assert!(!format!("{h:?}").contains("tok"));
-        let h = with_credential(&base, &Credential::ApiKey(Secret::new("sk-key"))).unwrap();
-        assert!(h.get("authorization").is_none());
-        assert_eq!(h.get("x-api-key").unwrap().to_str().unwrap(), "sk-key");
-        assert!(!h
-            .get("anthropic-beta")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .contains(OAUTH_BETA));
-    }
 }

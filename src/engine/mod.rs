@@ -16,6 +16,7 @@ pub mod bookkeeping;
 pub mod credentials;
 pub mod events;
 pub mod exchange;
+pub mod headers;
 pub mod limits;
 pub mod overlay;
 pub mod select;
@@ -35,7 +36,8 @@ use crate::store::{Stamp, Store};
 
 pub use credentials::Credential;
 pub use events::Event;
-pub use exchange::{Attempt, Exchange, RequestMeta, Step, Synthetic, Verdict};
+pub use exchange::{Attempt, Exchange, Step, Synthetic, Verdict};
+pub use headers::RequestMeta;
 use limits::Window;
 use overlay::{lock, Overlay};
 
