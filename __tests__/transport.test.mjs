@@ -141,6 +141,31 @@ for (const transport of ["native", "runtime"]) {
     while (!(account(path, limited)?.rateLimitUntil > Date.now()) && Date.now() < deadline) await sleep(25);
     assert.ok(account(path, limited).rateLimitUntil > Date.now() + 500_000, JSON.stringify(account(path, limited)));
   });
+
+  test(`${transport}: a pool path changed in the environment is the next request's pool`, async () => {
+    // The engine of a path is looked up once per generation of the environment: a changed
+    // OAUTH_POOL_PATH must still reach the very next request, and changing it back must too.
+    const first = await seedPool(mock, [`${transport}-env1@x.test`]);
+    const second = await seedPool(mock, [`${transport}-env2@x.test`]);
+    const before = process.env.OAUTH_POOL_PATH;
+    try {
+      const f = createPoolFetch({ transport });
+      for (const [path, email] of [
+        [first, `${transport}-env1@x.test`],
+        [second, `${transport}-env2@x.test`],
+        [first, `${transport}-env1@x.test`],
+      ]) {
+        process.env.OAUTH_POOL_PATH = path;
+        const res = await post(f);
+        assert.equal(res.status, 200);
+        assert.equal(res.poolAccount, email);
+        await res.text();
+      }
+    } finally {
+      if (before === undefined) delete process.env.OAUTH_POOL_PATH;
+      else process.env.OAUTH_POOL_PATH = before;
+    }
+  });
 }
 
 test("auto: with a proxy variable set, the Rust client carries the request (it owns the proxy rules)", async () => {
