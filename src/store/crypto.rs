@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::config;
@@ -181,6 +182,81 @@ impl SealKey {
     }
 }
 
+/// The fields of an account entry that hold a token or a key.
+const SECRET_FIELDS: &[&str] = &["access", "refresh", "key"];
+
+/// How the fleet store seals a pool: each secret field of an account on its own, and every
+/// top-level section other than the accounts whole.
+impl SealKey {
+    /// Where a sealed value belongs: its account's email and field (a section: no email).
+    fn aad(email: &str, field: &str) -> String {
+        format!("{email}\0{field}")
+    }
+
+    /// Applies `change` to each secret field of an entry (with the entry's email), in place.
+    fn map_secrets(
+        mut entry: Value,
+        mut change: impl FnMut(&str, &str, &str) -> Result<String>,
+    ) -> Result<Value> {
+        let email = entry
+            .get("email")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if let Some(map) = entry.as_object_mut() {
+            for f in SECRET_FIELDS {
+                if let Some(Value::String(value)) = map.get(*f) {
+                    let changed = change(&email, f, value)?;
+                    map.insert((*f).into(), Value::String(changed));
+                }
+            }
+        }
+        Ok(entry)
+    }
+
+    /// An account entry as stored, its secret fields opened.
+    pub fn open_entry(&self, entry: Value) -> Result<Value> {
+        Self::map_secrets(entry, |email, field, sealed| {
+            // Every token this store writes is sealed: a plain one was put there by someone
+            // without the key, and is not used.
+            if !is_sealed(sealed) {
+                return Err(Error::StoreKey(format!(
+                    "the {field} of {email:?} in the store is not sealed (written without the store key?); nothing was used"
+                )));
+            }
+            Ok(self.open(&Self::aad(email, field), sealed)?.to_string())
+        })
+    }
+
+    /// An account entry with its secret fields sealed.
+    pub fn seal_entry(&self, entry: Value) -> Result<Value> {
+        Self::map_secrets(entry, |email, field, plain| {
+            self.seal(&Self::aad(email, field), plain)
+        })
+    }
+
+    /// Top-level sections (other providers' accounts, `_pending_*`, our own records) are opaque
+    /// to the pool and may hold tokens: each is sealed whole.
+    pub fn open_section(&self, name: &str, value: Value) -> Result<Value> {
+        match value {
+            Value::String(s) if is_sealed(&s) => {
+                let plain = self.open(&Self::aad("", name), &s)?;
+                serde_json::from_str(&plain)
+                    .map_err(|_| Error::StoreKey(format!("the sealed section {name} is damaged")))
+            }
+            _ => Err(Error::StoreKey(format!(
+                "the section {name:?} in the store is not sealed (written without the store key?)"
+            ))),
+        }
+    }
+
+    pub fn seal_section(&self, name: &str, value: &Value) -> Result<Value> {
+        Ok(Value::String(
+            self.seal(&Self::aad("", name), &value.to_string())?,
+        ))
+    }
+}
+
 pub fn is_sealed(value: &str) -> bool {
     value.starts_with(PREFIX)
 }
@@ -218,6 +294,28 @@ mod tests {
         );
         assert_eq!(k.open("x", "plain").unwrap_err().code(), "STORE_KEY");
         assert!(k.open("x", "enc:v1:!!!").is_err());
+    }
+
+    #[test]
+    fn entries_and_sections_are_sealed_where_they_belong() {
+        let k = key(7);
+        let entry =
+            serde_json::json!({"email": "a@x", "access": "at", "refresh": "rt", "priority": 2});
+        let sealed = k.seal_entry(entry.clone()).unwrap();
+        assert!(is_sealed(sealed["access"].as_str().unwrap()));
+        assert!(is_sealed(sealed["refresh"].as_str().unwrap()));
+        assert_eq!(sealed["priority"], 2);
+        assert_eq!(k.open_entry(sealed.clone()).unwrap(), entry);
+        // Moved to another account, a sealed token does not open; a plain one is refused.
+        let mut moved = sealed.clone();
+        moved["email"] = "b@x".into();
+        assert!(k.open_entry(moved).is_err());
+        assert!(k.open_entry(entry).is_err());
+        let section = serde_json::json!([{"token": "t"}]);
+        let sealed = k.seal_section("openai", &section).unwrap();
+        assert_eq!(k.open_section("openai", sealed.clone()).unwrap(), section);
+        assert!(k.open_section("other", sealed).is_err());
+        assert!(k.open_section("openai", section).is_err());
     }
 
     #[test]

@@ -43,7 +43,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Other hosts' writes are seen within this (the generation is asked at most this often).
 const FRESH_FOR: Duration = Duration::from_millis(250);
-const SECRET_FIELDS: &[&str] = &["access", "refresh", "key"];
 
 pub struct PgStore {
     config: Config,
@@ -437,9 +436,12 @@ impl PgStore {
             let name: String = r.get(1);
             let value: Value = r.get(2);
             match kind {
-                "e" => entries.push((name.parse().unwrap_or(i32::MAX), self.open_entry(value)?)),
+                "e" => entries.push((
+                    name.parse().unwrap_or(i32::MAX),
+                    self.key.open_entry(value)?,
+                )),
                 "t" => {
-                    let opened = self.open_top(&name, value)?;
+                    let opened = self.key.open_section(&name, value)?;
                     all.insert(name, opened);
                 }
                 _ => generation = name.parse().unwrap_or(0),
@@ -454,71 +456,6 @@ impl PgStore {
             Error::StoreUnavailable(format!("the store's rows do not form a pool: {why}"))
         })?;
         Ok((pool, generation))
-    }
-
-    fn aad(email: &str, field: &str) -> String {
-        format!("{email}\0{field}")
-    }
-
-    /// Applies `change` to each secret field of an entry (with the entry's email), in place.
-    fn map_secrets(
-        mut entry: Value,
-        mut change: impl FnMut(&str, &str, &str) -> Result<String>,
-    ) -> Result<Value> {
-        let email = entry
-            .get("email")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        if let Some(map) = entry.as_object_mut() {
-            for f in SECRET_FIELDS {
-                if let Some(Value::String(value)) = map.get(*f) {
-                    let changed = change(&email, f, value)?;
-                    map.insert((*f).into(), Value::String(changed));
-                }
-            }
-        }
-        Ok(entry)
-    }
-
-    fn open_entry(&self, entry: Value) -> Result<Value> {
-        Self::map_secrets(entry, |email, field, sealed| {
-            // Every token this store writes is sealed: a plain one was put there by someone
-            // without the key, and is not used.
-            if !super::crypto::is_sealed(sealed) {
-                return Err(Error::StoreKey(format!(
-                    "the {field} of {email:?} in the store is not sealed (written without the store key?); nothing was used"
-                )));
-            }
-            Ok(self.key.open(&Self::aad(email, field), sealed)?.to_string())
-        })
-    }
-
-    fn seal_entry(&self, entry: Value) -> Result<Value> {
-        Self::map_secrets(entry, |email, field, plain| {
-            self.key.seal(&Self::aad(email, field), plain)
-        })
-    }
-
-    /// Top-level sections (other providers' accounts, `_pending_*`, our own records) are opaque
-    /// to the pool and may hold tokens: each is sealed whole.
-    fn open_top(&self, name: &str, value: Value) -> Result<Value> {
-        match value {
-            Value::String(s) if super::crypto::is_sealed(&s) => {
-                let plain = self.key.open(&Self::aad("", name), &s)?;
-                serde_json::from_str(&plain)
-                    .map_err(|_| Error::StoreKey(format!("the sealed section {name} is damaged")))
-            }
-            _ => Err(Error::StoreKey(format!(
-                "the section {name:?} in the store is not sealed (written without the store key?)"
-            ))),
-        }
-    }
-
-    fn seal_top(&self, name: &str, value: &Value) -> Result<Value> {
-        Ok(Value::String(
-            self.key.seal(&Self::aad("", name), &value.to_string())?,
-        ))
     }
 
     /// Locked read-modify-write in one transaction. Nothing is written when the change leaves
@@ -592,7 +529,7 @@ impl PgStore {
             .unwrap_or_default();
         for (i, e) in entries.into_iter().enumerate() {
             let email = e.get("email").and_then(Value::as_str).map(str::to_string);
-            let sealed = self.seal_entry(e)?;
+            let sealed = self.key.seal_entry(e)?;
             client
                 .execute(&insert_entry, &[&(i as i32), &email, &sealed])
                 .await
@@ -606,7 +543,7 @@ impl PgStore {
             if name == "anthropic" {
                 continue;
             }
-            let sealed = self.seal_top(name, v)?;
+            let sealed = self.key.seal_section(name, v)?;
             client
                 .execute(&insert_top, &[name, &sealed])
                 .await
