@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
-import { startMockAnthropic, rateLimitHeaders, callbackUrlFromPaste, parseSSE, DEFAULT_REDIRECT_URI } from "./helpers/mock-anthropic.mjs";
+import { startMockAnthropic, rateLimitHeaders, callbackUrlFromPaste, parseSSE, readAll, DEFAULT_REDIRECT_URI } from "./helpers/mock-anthropic.mjs";
 
 const MOCK_PATH = fileURLToPath(new URL("./helpers/mock-anthropic.mjs", import.meta.url));
 const CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
@@ -330,16 +330,7 @@ describe("mock-anthropic", () => {
       const t = mock.addAccount("chunk@example.com");
       mock.script("chunk@example.com", [{ sse: true, text: "split me into tiny writes", chunkSize: 7, delayMs: 1 }]);
       const r = await message(mock, bearer(t.access), { stream: true });
-      const reader = r.body.getReader();
-      let reads = 0;
-      let text = "";
-      const dec = new TextDecoder();
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        reads++;
-        text += dec.decode(value, { stream: true });
-      }
+      const { reads, text } = await readAll(r.body);
       assert.ok(reads > 5, `expected many reads, got ${reads}`);
       const deltas = parseSSE(text).filter((e) => e.event === "content_block_delta");
       assert.equal(deltas.map((e) => e.data.delta.text).join(""), "split me into tiny writes");

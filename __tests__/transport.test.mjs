@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { copyFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createPoolFetch, flushPool, poolStatus } from "../index.mjs";
-import { parseSSE, rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
+import { parseSSE, rateLimitHeaders, readAll } from "./helpers/mock-anthropic.mjs";
 import { account, jsonHeaders, seedPool, useMock } from "./helpers/pool-env.mjs";
 
 const mock = useMock();
@@ -42,16 +42,7 @@ for (const transport of ["native", "runtime"]) {
     const res = await post(f, { stream: true });
     assert.equal(res.status, 200);
     assert.equal(res.poolAccount, other);
-    const reader = res.body.getReader();
-    let chunks = 0;
-    let text = "";
-    const decoder = new TextDecoder();
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      chunks++;
-      text += decoder.decode(value, { stream: true });
-    }
+    const { reads: chunks, text } = await readAll(res.body);
     assert.ok(chunks > 5, `${chunks} chunks: the stream was not buffered`);
     assert.ok(parseSSE(text).some((e) => e.event === "message_stop"));
     assert.deepEqual(

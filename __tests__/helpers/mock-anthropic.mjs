@@ -119,6 +119,20 @@ export function callbackUrlFromPaste(paste, redirectUri = DEFAULT_REDIRECT_URI) 
   return u.toString();
 }
 
+/** Reads a body to its end: its text, and how many reads returned bytes (a buffered stream gives few). */
+export async function readAll(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let reads = 0;
+  let text = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return { reads, text: text + decoder.decode() };
+    reads++;
+    text += decoder.decode(value, { stream: true });
+  }
+}
+
 /** Parses an SSE text into `[{ event, data }]` (data JSON-parsed when possible). */
 export function parseSSE(text) {
   const events = [];

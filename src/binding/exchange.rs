@@ -98,10 +98,10 @@ fn check_origin(url: Option<&str>, api: &Api) -> Result<(), Error> {
 /// account; a driver sends anything else as a plain fetch.
 #[napi(js_name = "isApiOrigin", catch_unwind)]
 pub fn is_api_origin(url: String) -> bool {
-    let (Ok(target), Ok(api)) = (url::Url::parse(&url), config::api_url()) else {
+    let (Ok(target), Ok(api)) = (url::Url::parse(&url), api()) else {
         return false;
     };
-    config::same_origin(&target, &api)
+    config::same_origin(&target, &api.url)
 }
 
 /// `name: value` lines (what `judgeSync` takes) as pairs; a line without a colon is dropped.
