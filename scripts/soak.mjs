@@ -23,7 +23,7 @@ const env = {
 };
 const t0 = Date.now();
 for (const [cmd, args] of [
-  ["cargo", ["test", "--release", "--test", "store_processes"]],
+  ["cargo", ["test", "--release", "--lib", "store::processes"]],
   [process.execPath, ["--test", "__tests__/concurrency.test.mjs", "__tests__/hardening.test.mjs"]],
 ]) {
   console.log(`\n=== ${cmd} ${args.join(" ")}`);

@@ -10,6 +10,8 @@
 pub mod crypto;
 pub mod file;
 pub mod postgres;
+#[cfg(test)]
+mod processes;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,12 +1,14 @@
-//! The pool store across real processes: this test binary runs itself again as workers
+//! The pool store across real processes: the crate's test binary runs itself again as workers
 //! (`POOL_WORKER=...`), so every writer is a separate process with its own file descriptors.
+//! (A unit-test module, not a `tests/` integration test: that would need an rlib beside the
+//! cdylib, and cargo then builds the `.node` without LTO.)
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oauth_pool::pool::Pool;
-use oauth_pool::store::{FileLock, FileStore as Store};
+use super::{FileLock, FileStore as Store};
+use crate::pool::Pool;
 use serde_json::json;
 
 fn counter(pool: &Pool) -> i64 {
@@ -57,7 +59,12 @@ fn worker_entry() {
 
 fn spawn_worker(path: &Path, iterations: u64) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "worker_entry", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "store::processes::worker_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("POOL_WORKER", path)
         .env("POOL_ITERATIONS", iterations.to_string())
         .stdout(Stdio::null())
@@ -156,7 +163,7 @@ fn a_killed_lock_holder_frees_the_lock_at_once() {
     let mut holder = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "lock_holder_entry",
+            "store::processes::lock_holder_entry",
             "--nocapture",
             "--test-threads=1",
         ])
