@@ -1,10 +1,11 @@
 // The idle footprint of one process, in whichever runtime executes it (node or bun): what the
 // runtime costs with nothing loaded, what one request through `impl` adds, and what is left
 // (and what still burns CPU) after the process has been idle for a while. Linux only (/proc).
-//   node bench/footprint.mjs <serverUrl> <poolPath> <pool|native> [idleMs]
+//   node bench/footprint.mjs <serverUrl> <poolPath> <pool|native|response> [idleMs]
 // Prints one JSON line. "pool" imports the package, calls createPoolFetch and sends one small
 // request through it; "native" sends the same request with the runtime's own fetch (a control:
-// what the runtime's fetch itself costs).
+// what the runtime's fetch itself costs); "response" only builds and reads one Response (the
+// share of either that is the Response class itself).
 import { readdirSync, readFileSync } from "node:fs";
 
 const [server, poolPath, impl = "pool", idleArg] = process.argv.slice(2);
@@ -64,6 +65,10 @@ let send;
 if (impl === "pool") {
   const { createPoolFetch } = await import("../index.mjs");
   send = createPoolFetch({ path: poolPath, ...(process.env.BENCH_TRANSPORT ? { transport: process.env.BENCH_TRANSPORT } : {}) });
+} else if (impl === "response") {
+  // No request at all: what any fetch that hands back a WHATWG Response pays for it (under Node
+  // the first Response loads the runtime's fetch implementation).
+  send = async () => new Response('{"ok":true}', { status: 200, headers: { "content-type": "application/json" } });
 } else {
   send = globalThis.fetch.bind(globalThis);
 }

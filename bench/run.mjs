@@ -64,7 +64,7 @@ function client(runtime, suite) {
 function footprints() {
   const runs = [];
   for (const runtime of Object.keys(runtimes)) {
-    for (const impl of ["pool", "native"]) {
+    for (const impl of ["pool", "native", "response"]) {
       const child = spawn(
         runtimes[runtime],
         ["--expose-gc", join(root, "bench/footprint.mjs"), url, poolPath, impl, String(idleMs)].filter((a) => runtime === "node" || a !== "--expose-gc"),
@@ -141,7 +141,7 @@ if (footprint.length) {
     const i = p.addedAfterIdle;
     const mb = (m) => `${m.rssMB < 0 ? "" : "+"}${f(m.rssMB, 1)} MB (private ${m.anonMB < 0 ? "" : "+"}${f(m.anonMB, 1)})`;
     const th = (m) => `${m.threads < 0 ? "" : "+"}${m.threads}${p.impl === "pool" ? ` (addon ${m.addonThreads})` : ""}`;
-    return `| ${p.runtime} | ${p.impl === "pool" ? "pool fetch" : "runtime fetch"} | ${f(p.base.rssMB, 1)} MB, ${p.base.threads} | ${mb(a)}, ${th(a)} | ${mb(i)}, ${th(i)} | ${f(p.idleCpuMs.process, 1)} (${f(p.idleCpuMs.addedThreads, 1)}) |`;
+    return `| ${p.runtime} | ${{ pool: "pool fetch", native: "runtime fetch", response: "a Response alone" }[p.impl]} | ${f(p.base.rssMB, 1)} MB, ${p.base.threads} | ${mb(a)}, ${th(a)} | ${mb(i)}, ${th(i)} | ${f(p.idleCpuMs.process, 1)} (${f(p.idleCpuMs.addedThreads, 1)}) |`;
   });
   console.log(
     [
