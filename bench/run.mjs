@@ -4,7 +4,7 @@
 //   npm run bench                  the comparison on an otherwise idle machine
 //   npm run bench -- --busy        the same while another process keeps one core busy
 //   options: --runtimes=node,bun   --suites=all,rss,footprint,import,gateway,usage
-//            --idle-ms=15000
+//            --idle-ms=15000 --peers=8 (processes side by side in the footprint suite)
 //            --parts=throughput,latency,sse,failover,concurrent (what "all" runs; default all)
 //            --transport=auto|native|runtime (the pool fetch's transport; default: its own)
 //            --out=<file.json>      (default bench/last-run.json, which records the last run,
@@ -30,6 +30,7 @@ const suites = new Set((args.suites ?? "all,rss,footprint,import,gateway,usage")
 const idleMs = Number(args["idle-ms"] ?? 15000);
 const parts = args.parts ?? "all";
 const outFile = args.out ?? join(root, "bench", "last-run.json");
+const peerCount = Number(args.peers ?? 8);
 
 const server = spawn(process.execPath, [join(root, "__tests__/helpers/mock-anthropic.mjs")], { stdio: ["pipe", "pipe", "inherit"] });
 const { url } = await new Promise((resolve) => createInterface({ input: server.stdout }).once("line", (l) => resolve(JSON.parse(l))));
@@ -86,6 +87,38 @@ function footprints() {
   return Promise.all(runs);
 }
 
+/**
+ * `count` processes of one kind loaded side by side (bench/peer.mjs): what one request adds to
+ * each when they share their code pages, sampled while all are alive. Averages per process.
+ */
+async function peers(runtime, impl, count) {
+  const children = Array.from({ length: count }, () =>
+    spawn(runtimes[runtime], [...(runtime === "node" ? ["--expose-gc"] : []), join(root, "bench/peer.mjs"), url, poolPath, impl], {
+      env,
+      stdio: ["pipe", "pipe", "inherit"],
+    }),
+  );
+  const lines = children.map((c) => createInterface({ input: c.stdout })[Symbol.asyncIterator]());
+  const all = () =>
+    Promise.all(
+      lines.map(async (l) => {
+        const { value, done } = await l.next();
+        if (done) throw new Error(`${runtime} peer ${impl} ended early`);
+        return JSON.parse(value);
+      }),
+    );
+  const order = (word) => {
+    for (const c of children) c.stdin.write(`${word}\n`);
+  };
+  await all();
+  order("base");
+  await all();
+  order("loaded");
+  const done = await all();
+  const mean = (key) => done.reduce((sum, d) => sum + d.loaded[key] - d.base[key], 0) / done.length;
+  return { runtime, impl, count, rssMB: mean("rssMB"), pssMB: mean("pssMB"), anonMB: mean("anonMB") };
+}
+
 let spinner = null;
 if (busy) {
   spinner = spawn(process.execPath, [join(root, "bench/busy.mjs")], { stdio: ["pipe", "ignore", "inherit"] });
@@ -94,6 +127,7 @@ if (busy) {
 const started = performance.now();
 const results = {};
 let footprint = [];
+const shared = [];
 const extra = {};
 try {
   for (const runtime of Object.keys(runtimes)) {
@@ -105,6 +139,7 @@ try {
   if (suites.has("footprint")) {
     console.error(`running footprint (${idleMs / 1000} s idle)...`);
     footprint = await footprints();
+    for (const runtime of Object.keys(runtimes)) for (const impl of ["pool", "native"]) shared.push(await peers(runtime, impl, peerCount));
   }
   if (suites.has("import")) extra.import = script("import.mjs");
   if (suites.has("gateway")) extra.gateway = script("gateway.mjs");
@@ -155,6 +190,20 @@ if (footprint.length) {
     ].join("\n"),
   );
 }
+if (shared.length) {
+  console.log(
+    [
+      "",
+      `${peerCount} processes of one kind at once, each after one small request: what it adds per process. PSS charges a page shared by several processes to each in part, RSS to each in full.`,
+      "",
+      "| runtime | fetch | RSS added | PSS added | of it private |",
+      "|---|---|---|---|---|",
+      ...shared.map(
+        (p) => `| ${p.runtime} | ${p.impl === "pool" ? "pool fetch" : "runtime fetch"} | +${f(p.rssMB, 1)} MB | +${f(p.pssMB, 1)} MB | +${f(p.anonMB, 1)} MB |`,
+      ),
+    ].join("\n"),
+  );
+}
 if (extra.import) {
   console.log(
     [
@@ -199,5 +248,5 @@ if (extra.usage) {
 console.error(`bench took ${((performance.now() - started) / 1000).toFixed(0)} s`);
 writeFileSync(
   outFile,
-  `${JSON.stringify({ at: new Date().toISOString(), cores: cpus().length, busy, transport: args.transport ?? null, results, footprint, ...extra }, null, 2)}\n`,
+  `${JSON.stringify({ at: new Date().toISOString(), cores: cpus().length, busy, transport: args.transport ?? null, results, footprint, shared, ...extra }, null, 2)}\n`,
 );
