@@ -6,6 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { copyFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
+import { Worker } from "node:worker_threads";
 import { createPoolFetch, flushPool, poolStatus } from "../index.mjs";
 import { parseSSE, rateLimitHeaders, readAll } from "./helpers/mock-anthropic.mjs";
 import { account, jsonHeaders, seedPool, useMock } from "./helpers/pool-env.mjs";
@@ -155,6 +156,50 @@ for (const transport of ["native", "runtime"]) {
     } finally {
       if (before === undefined) delete process.env.OAUTH_POOL_PATH;
       else process.env.OAUTH_POOL_PATH = before;
+    }
+  });
+
+  test(`${transport}: in a worker thread, whose process.env is its own copy, a changed pool path is the next request's pool`, async () => {
+    // Under Node the main thread learns of a change from the C environment (src/config.rs,
+    // environ_stamp); a worker's process.env never reaches it, so a worker reads its variables.
+    const first = await seedPool(mock, [`${transport}-worker1@x.test`]);
+    const second = await seedPool(mock, [`${transport}-worker2@x.test`]);
+    const worker = new Worker(
+      `(async () => {
+        const { parentPort, workerData } = await import("node:worker_threads");
+        const { createPoolFetch } = await import(workerData.index);
+        const seen = [];
+        for (const path of workerData.paths) {
+          process.env.OAUTH_POOL_PATH = path;
+          const res = await createPoolFetch({ transport: workerData.transport })(workerData.url, workerData.init);
+          seen.push([res.status, res.poolAccount]);
+          await res.text();
+        }
+        parentPort.postMessage(seen);
+      })();`,
+      {
+        eval: true,
+        workerData: {
+          index: new URL("../index.mjs", import.meta.url).href,
+          transport,
+          paths: [first, second, first],
+          url: `${mock.url}/v1/messages`,
+          init: { method: "POST", headers: jsonHeaders, body: JSON.stringify({ model, max_tokens: 16, messages: [{ role: "user", content: "hi" }] }) },
+        },
+      },
+    );
+    try {
+      const seen = await new Promise((resolve, reject) => {
+        worker.once("message", resolve);
+        worker.once("error", reject);
+      });
+      assert.deepEqual(seen, [
+        [200, `${transport}-worker1@x.test`],
+        [200, `${transport}-worker2@x.test`],
+        [200, `${transport}-worker1@x.test`],
+      ]);
+    } finally {
+      await worker.terminate();
     }
   });
 }

@@ -33,6 +33,39 @@ pub fn env_generation() -> u64 {
     ENV_GENERATION.load(std::sync::atomic::Ordering::Acquire)
 }
 
+/// A fingerprint of the environment as the C library holds it (its array of entries, read in
+/// place), for a runtime whose `process.env` writes reach it (Node's main thread): an equal
+/// fingerprint means nothing was set, changed or removed in between. `setenv` stores a new entry
+/// for a new value (it never reuses a freed one: callers may still hold the old), `unsetenv`
+/// moves the entries after the one it removes, and an added variable changes the count, so every
+/// change moves a pointer. Reading the variables one by one through `process.env` cost Node
+/// about 12 µs a request. None where the array is not read this way.
+#[cfg(target_os = "linux")]
+pub fn environ_stamp() -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    extern "C" {
+        static environ: *const *const std::ffi::c_char;
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    // SAFETY: the JavaScript thread calls this, the thread that changes the environment there
+    // (the addon never writes it); only the entries' addresses are read, up to the null that
+    // ends the array, as getenv(3) walks it.
+    unsafe {
+        let mut entry = environ;
+        (entry as usize).hash(&mut hasher);
+        while !entry.is_null() && !(*entry).is_null() {
+            (*entry as usize).hash(&mut hasher);
+            entry = entry.add(1);
+        }
+    }
+    Some(hasher.finish())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn environ_stamp() -> Option<u64> {
+    None
+}
+
 /// An environment variable as the caller's runtime sees it now.
 pub fn env(name: &str) -> Option<String> {
     if let Ok(guard) = JS_ENV.read() {
@@ -136,6 +169,22 @@ pub fn same_origin(target: &Url, api: &Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_environ_stamp_moves_with_every_change() {
+        let name = format!("OAUTH_POOL_STAMP_TEST_{}", std::process::id());
+        let before = environ_stamp();
+        assert_eq!(environ_stamp(), before, "nothing changed");
+        std::env::set_var(&name, "one");
+        let added = environ_stamp();
+        assert_ne!(added, before, "a variable added");
+        std::env::set_var(&name, "two");
+        let changed = environ_stamp();
+        assert_ne!(changed, added, "a value changed");
+        std::env::remove_var(&name);
+        assert_ne!(environ_stamp(), changed, "a variable removed");
+    }
 
     #[test]
     fn https_and_loopback_http_only() {

@@ -128,6 +128,13 @@ pub fn sync_env(vars: std::collections::HashMap<String, String>) {
     config::set_js_env(vars);
 }
 
+/// A fingerprint of the C environment (`config::environ_stamp`), 52 bits so that a JavaScript
+/// number holds it exactly; null where there is none.
+#[napi(js_name = "environStamp", catch_unwind)]
+pub fn environ_stamp() -> Option<f64> {
+    config::environ_stamp().map(|h| (h >> 12) as f64)
+}
+
 #[napi(catch_unwind)]
 pub fn version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
