@@ -4,10 +4,11 @@
 // differ in code between the two against both, under whichever runtime runs it.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync } from "node:fs";
+import { copyFileSync, readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Worker } from "node:worker_threads";
-import { createPoolFetch, flushPool, poolStatus } from "../index.mjs";
+import { createPoolFetch, flushPool, loadPool, poolStatus, savePool } from "../index.mjs";
+import { nativeBinding, syncEnv } from "../lib/native.mjs";
 import { parseSSE, rateLimitHeaders, readAll } from "./helpers/mock-anthropic.mjs";
 import { account, jsonHeaders, seedPool, useMock } from "./helpers/pool-env.mjs";
 
@@ -203,6 +204,27 @@ for (const transport of ["native", "runtime"]) {
     }
   });
 }
+
+test("the engine's own write of the pool is not read back: the next exchange is decided on the calling thread", async () => {
+  // Bookkeeping is written a second after a request; the request after it (seconds later in a
+  // real session) found the cache invalidated by that write and waited for a read of the file
+  // through the runtime. Another process's write must still be read.
+  const path = await seedPool(mock, ["own-write@x.test"]);
+  syncEnv();
+  const { NativeExchange } = nativeBinding();
+  const exchange = () => new NativeExchange({ path, url: `${mock.url}/v1/messages`, headers: [] });
+  const first = exchange();
+  assert.equal(first.nextSync(), null, "nothing cached yet: the file is read through the runtime");
+  assert.equal((await first.next()).kind, "send");
+  assert.equal(first.judgeSync(200, "content-type:application/json\n"), "deliver-tap");
+  first.finishUsage();
+  const before = readFileSync(path, "utf8");
+  await flushPool(path);
+  assert.notEqual(readFileSync(path, "utf8"), before, "the bookkeeping was written");
+  assert.equal(JSON.parse(exchange().nextSync()).kind, "send", "decided from the generation it wrote");
+  await savePool(await loadPool(path), path);
+  assert.equal(exchange().nextSync(), null, "a write not its own is read again");
+});
 
 test("auto: with a proxy variable set, the Rust client carries the request (it owns the proxy rules)", async () => {
   const path = await seedPool(mock, ["auto-proxy@x.test"]);

@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::account::{now_ms, Account};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
-use crate::store::{Stamp, Store};
+use crate::store::{Stamp, Store, Written};
 
 pub use credentials::Credential;
 pub use events::Event;
@@ -189,13 +189,29 @@ impl Engine {
         let unsaved = self.credentials.unsaved_tokens();
         let result = self
             .store
-            .update(move |pool| {
+            .update_written(move |pool| {
                 let written = credentials::apply_unsaved(pool, &unsaved);
                 change(pool).map(|t| (t, written))
             })
             .await;
-        self.invalidate();
-        let (t, written) = result?;
+        let ((t, written), stored) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                self.invalidate();
+                return Err(e);
+            }
+        };
+        match stored {
+            // Our own write need not be read back: the next request decides on the calling
+            // thread instead of waiting for a read of the file it just wrote.
+            Written::Generation(pool, stamp) => {
+                let pool = Arc::new(pool);
+                *lock(&self.cache) = Some((stamp, pool.clone()));
+                *lock(&self.last_good) = Some(pool);
+            }
+            Written::Unchanged => {}
+            Written::Unknown => self.invalidate(),
+        }
         self.credentials.saved(&written);
         Ok(t)
     }

@@ -14,6 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::Written;
 use crate::error::{Error, Result};
 use crate::fsread::{self, ReadError};
 use crate::pool::Pool;
@@ -110,22 +111,39 @@ impl FileStore {
         // Refuse to replace a file we would refuse to read: a symlink or a foreign file is
         // someone else's, and a corrupt one is evidence the user must look at.
         let previous_ok = self.read()?.is_some();
-        self.write_locked(pool, previous_ok)
+        self.write_locked(&zeroize::Zeroizing::new(pool.to_bytes()), previous_ok)
+            .map(|_| ())
     }
 
     /// Locks, re-reads the file, applies `change`, and writes the result if it differs from
     /// what was read. Every mutation of the pool goes through here, so no update is lost.
     pub fn update<T>(&self, change: impl FnOnce(&mut Pool) -> Result<T>) -> Result<T> {
+        self.update_written(change).map(|(out, _)| out)
+    }
+
+    /// `update`, also saying what it left in the file: the generation it wrote, as a read of it
+    /// would give it, with its stamp (a cache of the file then stays current across this
+    /// process's own writes instead of reading each back), or that nothing needed writing.
+    pub fn update_written<T>(
+        &self,
+        change: impl FnOnce(&mut Pool) -> Result<T>,
+    ) -> Result<(T, Written<FileStamp>)> {
         let _lock = FileLock::acquire(&self.lock_path(), LOCK_TIMEOUT)?;
         let current = self.read()?;
         let existed = current.is_some();
         let mut pool = current.map(|(p, _)| p).unwrap_or_default();
-        let before = pool.to_bytes();
+        let before = zeroize::Zeroizing::new(pool.to_bytes());
         let out = change(&mut pool)?;
-        if pool.to_bytes() != before {
-            self.write_locked(&pool, existed)?;
+        let after = zeroize::Zeroizing::new(pool.to_bytes());
+        if after == before {
+            return Ok((out, Written::Unchanged));
         }
-        Ok(out)
+        let stamp = self.write_locked(&after, existed)?;
+        let written = match (stamp, Pool::parse(&after)) {
+            (Some(stamp), Ok(pool)) => Written::Generation(pool, stamp),
+            _ => Written::Unknown,
+        };
+        Ok((out, written))
     }
 
     fn read(&self) -> Result<Option<(Pool, FileStamp)>> {
@@ -198,19 +216,21 @@ impl FileStore {
     }
 
     /// Writes `pool` atomically. The caller holds the lock.
-    fn write_locked(&self, pool: &Pool, keep_backup: bool) -> Result<()> {
+    /// Returns the stamp the file has once written (that of the temp file renamed into place:
+    /// the same inode, length and modification time), when it could be read.
+    fn write_locked(&self, bytes: &[u8], keep_backup: bool) -> Result<Option<FileStamp>> {
         let path = &self.path;
         let dir = parent_dir(path);
         create_private_dir(&dir)?;
         remove_orphaned_temps(path);
 
-        let bytes = zeroize::Zeroizing::new(pool.to_bytes());
         let mut tmp = temp_in(&dir, path)?;
-        tmp.write_all(&bytes)
+        tmp.write_all(bytes)
             .map_err(|e| Error::io(tmp.path(), "write", e))?;
         tmp.as_file()
             .sync_all()
             .map_err(|e| Error::io(tmp.path(), "fsync", e))?;
+        let stamp = tmp.as_file().metadata().ok().map(|m| stamp_of(&m));
 
         if keep_backup {
             // The generation being replaced becomes the .bak; a failure here costs the backup,
@@ -221,7 +241,7 @@ impl FileStore {
         }
         persist(tmp, path)?;
         sync_dir(&dir);
-        Ok(())
+        Ok(stamp)
     }
 
     fn backup_current(&self, dir: &Path) -> std::io::Result<()> {
@@ -491,6 +511,29 @@ mod tests {
     fn missing_file_is_empty_pool() {
         let (_d, store) = tmp_store();
         assert_eq!(store.load().unwrap().anthropic.len(), 0);
+    }
+
+    #[test]
+    fn an_update_says_what_it_wrote_as_a_read_of_it_would() {
+        let (_d, store) = tmp_store();
+        let ((), written) = store
+            .update_written(|p| {
+                p.upsert(Account::new_oauth("a@x", "a".into(), "r".into(), 1, 1));
+                p.extra
+                    .insert("note".into(), serde_json::json!({ "kept": [1, 2] }));
+                Ok(())
+            })
+            .unwrap();
+        let Written::Generation(pool, stamp) = written else {
+            panic!("a changed pool is written: {written:?}");
+        };
+        let (read, read_stamp) = store.load_stamped().unwrap();
+        assert_eq!(pool.to_bytes(), read.to_bytes());
+        assert_eq!(Some(stamp), read_stamp);
+        assert_eq!(Some(stamp), store.stamp(), "the path's own stat agrees");
+        let ((), again) = store.update_written(|_| Ok(())).unwrap();
+        assert!(matches!(again, Written::Unchanged), "{again:?}");
+        assert_eq!(Some(stamp), store.stamp(), "nothing was rewritten");
     }
 
     #[test]

@@ -32,6 +32,17 @@ pub enum Store {
     Postgres(Arc<PgStore>),
 }
 
+/// What an update left in the store.
+#[derive(Debug)]
+pub enum Written<S> {
+    /// Nothing needed writing: the stored generation is the one read.
+    Unchanged,
+    /// The generation written, as a read of it would give it, and its stamp.
+    Generation(Pool, S),
+    /// Written, but what is stored now is not known without reading it.
+    Unknown,
+}
+
 /// A cheap identity of one generation of the stored pool, to skip re-reading it unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stamp {
@@ -166,6 +177,29 @@ impl Store {
                 blocking(move || f.update(change)).await
             }
             Store::Postgres(p) => p.update(change).await,
+        }
+    }
+
+    /// `update`, also saying what it left in the store (see `Written`): the file store knows
+    /// the generation it wrote; the fleet store's is read again when needed.
+    pub async fn update_written<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
+    ) -> Result<(T, Written<Stamp>)> {
+        match self {
+            Store::File(f) => {
+                let f = f.clone();
+                let (out, written) = blocking(move || f.update_written(change)).await?;
+                let written = match written {
+                    Written::Generation(pool, stamp) => {
+                        Written::Generation(pool, Stamp::File(stamp))
+                    }
+                    Written::Unchanged => Written::Unchanged,
+                    Written::Unknown => Written::Unknown,
+                };
+                Ok((out, written))
+            }
+            Store::Postgres(p) => p.update(change).await.map(|out| (out, Written::Unknown)),
         }
     }
 
