@@ -65,6 +65,21 @@ async function requestParts(input, init) {
 // Chunks arrive as JavaScript-owned Buffers; hand the stream a plain view of each.
 const toChunk = (chunk) => new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
 
+// A body that came whole. Node's Response makes a Uint8Array body a byte stream over its own
+// copy: for a small answer, measured in place, 29 µs to build and 18 µs to read, against 12 and
+// 10 for a plain stream holding the one chunk. Bun reads a Uint8Array body without any stream
+// (1 µs, against 5 through a stream), so it gets the bytes as they are.
+const wholeBody =
+  typeof Bun === "undefined"
+    ? (bytes) =>
+        new ReadableStream({
+          start(controller) {
+            controller.enqueue(bytes);
+            controller.close();
+          },
+        })
+    : (bytes) => bytes;
+
 function bodyStream(res, signal, done) {
   let finished = false;
   const finish = () => {
@@ -183,7 +198,7 @@ export function createPoolFetch(options = {}) {
       const whole = res.takeBody();
       if (whole) {
         detach();
-        body = toChunk(whole);
+        body = wholeBody(toChunk(whole));
       } else {
         body = bodyStream(res, signal, detach);
       }
