@@ -82,9 +82,9 @@ const ENV_KEYS = [
   "USERPROFILE",
 ];
 // On Node's main thread `process.env` writes reach the C environment, and reading the variables
-// through it costs more than the rest of a request's JavaScript (about 12 µs under Node): there the
-// addon's fingerprint of the C environment (`environStamp`, Linux) says whether to read them at
-// all. Bun keeps `process.env` apart from the C environment, as does a worker thread its copy.
+// through `process.env` cost Node about 12 µs a request: there the addon's fingerprint of the C
+// environment (`environStamp`, Linux) says whether to read them at all. Bun keeps `process.env`
+// apart from the C environment, as does a worker thread its copy.
 const stampsEnviron = typeof Bun === "undefined" && isMainThread;
 let lastEnv = null;
 let lastStamp = null;
@@ -93,8 +93,10 @@ export function syncEnv() {
   if (stamp !== null && stamp === lastStamp && lastEnv !== null) return;
   let key = "";
   for (const k of ENV_KEYS) key += `${process.env[k] ?? "\u0000"}\u0001`;
-  lastStamp = stamp;
-  if (key === lastEnv) return;
+  if (key === lastEnv) {
+    lastStamp = stamp;
+    return;
+  }
   const vars = {};
   for (const k of ENV_KEYS) {
     const v = process.env[k];
@@ -102,6 +104,7 @@ export function syncEnv() {
   }
   nativeBinding().syncEnv(vars);
   lastEnv = key;
+  lastStamp = stamp;
   generation++;
 }
 
