@@ -7,10 +7,10 @@
 // what the runtime's fetch itself costs); "response" only builds and reads one Response (the
 // share of either that is the Response class itself).
 import { readdirSync, readFileSync } from "node:fs";
+import { collectGarbage, memory } from "./memory.mjs";
 
 const [server, poolPath, impl = "pool", idleArg] = process.argv.slice(2);
 const idleMs = Number(idleArg ?? 15000);
-const MB = 1024 * 1024;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Every thread of this process: id, name, nanoseconds on a CPU, times it was scheduled. */
@@ -27,31 +27,12 @@ function threads() {
   return out;
 }
 
-function gc() {
-  if (typeof Bun !== "undefined") Bun.gc(true);
-  else globalThis.gc?.();
-}
-
-/**
- * RSS split in two: private (anonymous) pages, which each process pays for, and pages of mapped
- * files (the runtime's and the addon's code), which the kernel shares between processes.
- */
-function memory() {
-  try {
-    const s = readFileSync("/proc/self/smaps_rollup", "utf8");
-    const kb = (k) => Number(s.match(new RegExp(`^${k}:\\s+(\\d+)`, "m"))?.[1] ?? NaN);
-    return { rssMB: kb("Rss") / 1024, anonMB: kb("Anonymous") / 1024 };
-  } catch {
-    return { rssMB: process.memoryUsage().rss / MB, anonMB: NaN };
-  }
-}
-
 /** CPU and threads first (a forced collection is not idle CPU), then RSS after a collection. */
 function sample({ collect = true } = {}) {
   const cpu = process.cpuUsage();
   const t = threads();
   const at = performance.now();
-  if (collect) gc();
+  if (collect) collectGarbage();
   return { ...memory(), threads: t.length, names: t.map((x) => x.name), cpuMs: (cpu.user + cpu.system) / 1000, at, list: t };
 }
 

@@ -5,25 +5,18 @@
 //   node bench/peer.mjs <serverUrl> <poolPath> <pool|native>
 // Prints JSON lines; samples only when told to ("base", then "loaded" on stdin), so that every
 // peer samples while all of them are alive and loaded alike. Linux only (/proc).
-import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
+import { collectGarbage, memory } from "./memory.mjs";
 
 const [server, poolPath, impl = "pool"] = process.argv.slice(2);
 const orders = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 const say = (line) => process.stdout.write(`${JSON.stringify(line)}\n`);
 
-function memory() {
-  if (typeof Bun !== "undefined") Bun.gc(true);
-  else globalThis.gc?.();
-  const s = readFileSync("/proc/self/smaps_rollup", "utf8");
-  const mb = (k) => Number(s.match(new RegExp(`^${k}:\\s+(\\d+)`, "m"))?.[1] ?? Number.NaN) / 1024;
-  return { rssMB: mb("Rss"), pssMB: mb("Pss"), anonMB: mb("Anonymous") };
-}
-
 // Let the runtime finish starting (JIT and GC helper threads come up in the first moments).
 await new Promise((r) => setTimeout(r, 500));
 say({ phase: "started" });
 await orders.next();
+collectGarbage();
 const base = memory();
 
 let send;
@@ -38,6 +31,7 @@ if (res.status !== 200) throw new Error(`status ${res.status}`);
 await res.text();
 say({ phase: "loaded" });
 await orders.next();
+collectGarbage();
 const loaded = memory();
 
 say({ phase: "done", runtime: typeof Bun !== "undefined" ? "bun" : "node", impl, base, loaded });
