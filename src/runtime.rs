@@ -1,4 +1,4 @@
-//! The addon's async runtime: where `#[napi] async fn`s, reqwest, hyper and the engine's
+//! The addon's async runtime: where the binding's promises, reqwest, hyper and the engine's
 //! background writes run.
 //!
 //! People run many OpenCode processes on one machine, each loading the addon, and the machine is
@@ -27,7 +27,7 @@
 //! and for timers the pool sets itself, such as the HTTP connection pool's idle sweep (every
 //! 90 s while a connection is kept).
 //!
-//! napi routes every `#[napi] async fn` here through its `AsyncRuntime` interface (the
+//! napi routes every promise of the binding here through its `AsyncRuntime` interface (the
 //! `async-runtime` feature; the adapter is `binding::runtime`); the engine's background writes
 //! come here too, also when recorded on the JavaScript thread, where no runtime is current.
 

@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::Buffer;
+use napi::bindgen_prelude::{Buffer, PromiseRaw};
+use napi::Env;
 use napi_derive::napi;
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{engine_for, header_pairs, js_error, JsResult};
+use super::{engine_for, header_pairs, js_error, promise, JsResult};
 use crate::config;
 use crate::engine::usage::{self, UsageTap};
 use crate::engine::{headers, Exchange, RequestMeta, Step, UsageSink, Verdict};
@@ -194,12 +195,17 @@ impl NativeExchange {
 
     /// `{ kind: "send", account, headers }` (the full header list to send) or
     /// `{ kind: "answer", status, statusText, headers, body }` (the pool answers itself).
-    #[napi]
-    pub async fn next(&self) -> JsResult<Value> {
-        let mut ex = self.exchange()?.lock().await;
-        let step = ex.next(&self.base, &self.cancel).await.map_err(js_error)?;
-        serde_json::to_value(StepOut::of(&step))
-            .map_err(|e| napi::Error::from_reason(e.to_string()))
+    #[napi(ts_return_type = "Promise<any>")]
+    pub fn next<'env>(&self, env: &'env Env) -> JsResult<PromiseRaw<'env, Value>> {
+        let exchange = self.exchange().cloned();
+        let base = self.base.clone();
+        let cancel = self.cancel.clone();
+        promise(env, async move {
+            let mut ex = exchange?.lock_owned().await;
+            let step = ex.next(&base, &cancel).await.map_err(js_error)?;
+            serde_json::to_value(StepOut::of(&step))
+                .map_err(|e| napi::Error::from_reason(e.to_string()))
+        })
     }
 
     /// `next()` answered on the calling thread when no I/O is needed (the usual case: the pool

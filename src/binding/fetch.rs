@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use napi::bindgen_prelude::Buffer;
+use napi::bindgen_prelude::{Buffer, PromiseRaw};
+use napi::Env;
 use napi_derive::napi;
 use tokio_util::sync::CancellationToken;
 
-use super::{engine_for, header_pairs, js_error, JsBytes, JsResult};
+use super::{engine_for, header_pairs, js_error, promise, JsBytes, JsResult};
 use crate::body::AnswerBody;
 use crate::fetch;
 
@@ -158,10 +159,13 @@ impl NativeResponse {
     }
 
     /// Stops reading: the upstream connection is closed, not returned to the pool.
-    #[napi]
-    pub async fn cancel(&self) -> JsResult<()> {
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn cancel<'env>(&self, env: &'env Env) -> JsResult<PromiseRaw<'env, ()>> {
         self.cancel.cancel();
-        self.body.lock().await.close();
-        Ok(())
+        let body = self.body.clone();
+        promise(env, async move {
+            body.lock().await.close();
+            Ok(())
+        })
     }
 }

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use napi_derive::napi;
 
-use super::{js_error, store_for, JsResult};
+use napi::bindgen_prelude::PromiseRaw;
+use napi::Env;
+
+use super::{js_error, promise, store_for, JsResult};
 use crate::error::Error;
 use crate::gateway::{self, Gateway, GatewayOptions};
 
@@ -34,11 +37,18 @@ impl NativeGateway {
     }
 
     /// Stops accepting; streams in flight get `drainMs` (default 10 s) to finish.
-    #[napi]
-    pub async fn close(&self, drain_ms: Option<u32>) -> JsResult<()> {
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn close<'env>(
+        &self,
+        env: &'env Env,
+        drain_ms: Option<u32>,
+    ) -> JsResult<PromiseRaw<'env, ()>> {
         let drain = Duration::from_millis(u64::from(drain_ms.unwrap_or(10_000)));
-        self.inner.close(drain).await;
-        Ok(())
+        let gateway = self.inner.clone();
+        promise(env, async move {
+            gateway.close(drain).await;
+            Ok(())
+        })
     }
 }
 

@@ -3,7 +3,10 @@
 use napi_derive::napi;
 use serde_json::{json, Value};
 
-use super::{js_error, store_for, JsResult};
+use napi::bindgen_prelude::PromiseRaw;
+use napi::Env;
+
+use super::{js_error, promise, store_for, JsResult};
 use crate::error::Error;
 use crate::secret::Secret;
 use crate::{config, logging, manage, oauth};
@@ -39,41 +42,52 @@ pub struct Pkce {
     pub state: String,
 }
 
-#[napi]
-pub async fn exchange(input: String, pkce: Pkce) -> JsResult<Value> {
-    logging::init();
-    let t = oauth::exchange(&input, &pkce.verifier, &pkce.state)
-        .await
-        .map_err(js_error)?;
-    Ok(json!({
-        "email": t.email,
-        "access": t.access.expose(),
-        "refresh": t.refresh.expose(),
-        "expires": t.expires,
-    }))
+#[napi(ts_return_type = "Promise<any>")]
+pub fn exchange(env: &Env, input: String, pkce: Pkce) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        logging::init();
+        let t = oauth::exchange(&input, &pkce.verifier, &pkce.state)
+            .await
+            .map_err(js_error)?;
+        Ok(json!({
+            "email": t.email,
+            "access": t.access.expose(),
+            "refresh": t.refresh.expose(),
+            "expires": t.expires,
+        }))
+    })
 }
 
-#[napi]
-pub async fn refresh(refresh_token: String) -> JsResult<Value> {
-    logging::init();
-    let t = oauth::refresh(&Secret::new(refresh_token))
-        .await
-        .map_err(js_error)?;
-    Ok(json!({
-        "access": t.access.expose(),
-        "refresh": t.refresh.expose(),
-        "expires": t.expires,
-    }))
+#[napi(ts_return_type = "Promise<any>")]
+pub fn refresh(env: &Env, refresh_token: String) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        logging::init();
+        let t = oauth::refresh(&Secret::new(refresh_token))
+            .await
+            .map_err(js_error)?;
+        Ok(json!({
+            "access": t.access.expose(),
+            "refresh": t.refresh.expose(),
+            "expires": t.expires,
+        }))
+    })
 }
 
-#[napi(js_name = "addAccount")]
-pub async fn add_account(input: String, pkce: Pkce, path: Option<String>) -> JsResult<Value> {
-    let store = store_for(path.as_deref()).map_err(js_error)?;
-    let tokens = oauth::exchange(&input, &pkce.verifier, &pkce.state)
-        .await
-        .map_err(js_error)?;
-    let (email, added) = manage::add_oauth(&store, &tokens).await.map_err(js_error)?;
-    Ok(json!({ "email": email, "added": added }))
+#[napi(js_name = "addAccount", ts_return_type = "Promise<any>")]
+pub fn add_account(
+    env: &Env,
+    input: String,
+    pkce: Pkce,
+    path: Option<String>,
+) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        let tokens = oauth::exchange(&input, &pkce.verifier, &pkce.state)
+            .await
+            .map_err(js_error)?;
+        let (email, added) = manage::add_oauth(&store, &tokens).await.map_err(js_error)?;
+        Ok(json!({ "email": email, "added": added }))
+    })
 }
 
 #[napi(object)]
@@ -82,15 +96,21 @@ pub struct ApiKeyOptions {
     pub path: Option<String>,
 }
 
-#[napi(js_name = "addApiKey")]
-pub async fn add_api_key(key: String, options: Option<ApiKeyOptions>) -> JsResult<Value> {
-    let (email, path) = options.map(|o| (o.email, o.path)).unwrap_or((None, None));
-    let store = store_for(path.as_deref()).map_err(js_error)?;
-    let key = Secret::new(key);
-    let (email, added) = manage::add_api_key(&store, &key, email.as_deref())
-        .await
-        .map_err(js_error)?;
-    Ok(json!({ "email": email, "added": added }))
+#[napi(js_name = "addApiKey", ts_return_type = "Promise<any>")]
+pub fn add_api_key(
+    env: &Env,
+    key: String,
+    options: Option<ApiKeyOptions>,
+) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        let (email, path) = options.map(|o| (o.email, o.path)).unwrap_or((None, None));
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        let key = Secret::new(key);
+        let (email, added) = manage::add_api_key(&store, &key, email.as_deref())
+            .await
+            .map_err(js_error)?;
+        Ok(json!({ "email": email, "added": added }))
+    })
 }
 
 #[napi(object)]
@@ -100,26 +120,31 @@ pub struct ImportOptions {
     pub path: Option<String>,
 }
 
-#[napi(js_name = "importClaudeCode")]
-pub async fn import_claude_code(options: Option<ImportOptions>) -> JsResult<Value> {
-    let (creds, email, path) = options
-        .map(|o| (o.credentials_path, o.email, o.path))
-        .unwrap_or((None, None, None));
-    let store = store_for(path.as_deref()).map_err(js_error)?;
-    let creds = match creds {
-        Some(c) => std::path::PathBuf::from(c),
-        None => config::home_dir()
-            .ok_or_else(|| js_error(Error::InvalidArgument("no home directory".into())))?
-            .join(".claude")
-            .join(".credentials.json"),
-    };
-    let mut tokens =
-        crate::store::blocking(move || manage::import_claude_code(&creds, email.as_deref()))
-            .await
-            .map_err(js_error)?;
-    if tokens.email.is_none() {
-        tokens.email = oauth::profile_email(&tokens.access).await.ok().flatten();
-    }
-    let (email, added) = manage::add_oauth(&store, &tokens).await.map_err(js_error)?;
-    Ok(json!({ "email": email, "added": added }))
+#[napi(js_name = "importClaudeCode", ts_return_type = "Promise<any>")]
+pub fn import_claude_code(
+    env: &Env,
+    options: Option<ImportOptions>,
+) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        let (creds, email, path) = options
+            .map(|o| (o.credentials_path, o.email, o.path))
+            .unwrap_or((None, None, None));
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        let creds = match creds {
+            Some(c) => std::path::PathBuf::from(c),
+            None => config::home_dir()
+                .ok_or_else(|| js_error(Error::InvalidArgument("no home directory".into())))?
+                .join(".claude")
+                .join(".credentials.json"),
+        };
+        let mut tokens =
+            crate::store::blocking(move || manage::import_claude_code(&creds, email.as_deref()))
+                .await
+                .map_err(js_error)?;
+        if tokens.email.is_none() {
+            tokens.email = oauth::profile_email(&tokens.access).await.ok().flatten();
+        }
+        let (email, added) = manage::add_oauth(&store, &tokens).await.map_err(js_error)?;
+        Ok(json!({ "email": email, "added": added }))
+    })
 }

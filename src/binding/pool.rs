@@ -3,116 +3,164 @@
 use napi_derive::napi;
 use serde_json::Value;
 
-use super::{js_error, store_for, JsResult};
+use napi::bindgen_prelude::PromiseRaw;
+use napi::Env;
+
+use super::{js_error, promise, store_for, JsResult};
 use crate::account::now_ms;
 use crate::engine::Engine;
 use crate::manage;
 use crate::pool::Pool;
 
-#[napi(js_name = "loadPool")]
-pub async fn load_pool(path: Option<String>) -> JsResult<Value> {
-    let store = store_for(path.as_deref()).map_err(js_error)?;
-    let pool = store.load().await.map_err(js_error)?;
-    Ok(pool.to_value())
+#[napi(js_name = "loadPool", ts_return_type = "Promise<any>")]
+pub fn load_pool(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        let pool = store.load().await.map_err(js_error)?;
+        Ok(pool.to_value())
+    })
 }
 
-#[napi(js_name = "savePool")]
-pub async fn save_pool(pool: Value, path: Option<String>) -> JsResult<()> {
-    let store = store_for(path.as_deref()).map_err(js_error)?;
-    let pool = Pool::from_caller(pool).map_err(js_error)?;
-    store.save(pool).await.map_err(js_error)?;
-    Engine::for_store(store).reset_memory();
-    Ok(())
+#[napi(js_name = "savePool", ts_return_type = "Promise<void>")]
+pub fn save_pool(env: &Env, pool: Value, path: Option<String>) -> JsResult<PromiseRaw<'_, ()>> {
+    promise(env, async move {
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        let pool = Pool::from_caller(pool).map_err(js_error)?;
+        store.save(pool).await.map_err(js_error)?;
+        Engine::for_store(store).reset_memory();
+        Ok(())
+    })
 }
 
-#[napi(js_name = "listAccounts")]
-pub async fn list_accounts(path: Option<String>) -> JsResult<Value> {
-    let store = store_for(path.as_deref()).map_err(js_error)?;
-    let pool = store.load().await.map_err(js_error)?;
-    Ok(Value::Array(manage::list(&pool, now_ms())))
+#[napi(js_name = "listAccounts", ts_return_type = "Promise<any>")]
+pub fn list_accounts(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        let pool = store.load().await.map_err(js_error)?;
+        Ok(Value::Array(manage::list(&pool, now_ms())))
+    })
 }
 
-#[napi(js_name = "poolStatus")]
-pub async fn pool_status(path: Option<String>) -> JsResult<Value> {
-    let store = store_for(path.as_deref()).map_err(js_error)?;
-    let pool = store.load().await.map_err(js_error)?;
-    let now = now_ms();
-    let mut status = manage::status(&pool, &store.describe(), now);
-    let engine = Engine::for_store(store);
-    // "Usable" as the engine will choose: reserves and refusals included, which the stored
-    // fields alone do not say.
-    let usable = pool.accounts().filter(|a| engine.usable(a, now)).count();
-    status["counts"]["usable"] = usable.into();
-    let runtime = engine.runtime_status(&pool).await;
-    if let (Value::Object(s), Value::Object(r)) = (&mut status, runtime) {
-        s.extend(r);
-    }
-    Ok(status)
+#[napi(js_name = "poolStatus", ts_return_type = "Promise<any>")]
+pub fn pool_status(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        let pool = store.load().await.map_err(js_error)?;
+        let now = now_ms();
+        let mut status = manage::status(&pool, &store.describe(), now);
+        let engine = Engine::for_store(store);
+        // "Usable" as the engine will choose: reserves and refusals included, which the stored
+        // fields alone do not say.
+        let usable = pool.accounts().filter(|a| engine.usable(a, now)).count();
+        status["counts"]["usable"] = usable.into();
+        let runtime = engine.runtime_status(&pool).await;
+        if let (Value::Object(s), Value::Object(r)) = (&mut status, runtime) {
+            s.extend(r);
+        }
+        Ok(status)
+    })
 }
 
-#[napi(js_name = "removeAccount")]
-pub async fn remove_account(email: String, path: Option<String>) -> JsResult<u32> {
-    let store = store_for(path.as_deref()).map_err(js_error)?;
-    let n = manage::remove(&store, &email).await.map_err(js_error)?;
-    Engine::for_store(store).reset_memory();
-    Ok(n as u32)
+#[napi(js_name = "removeAccount", ts_return_type = "Promise<number>")]
+pub fn remove_account(
+    env: &Env,
+    email: String,
+    path: Option<String>,
+) -> JsResult<PromiseRaw<'_, u32>> {
+    promise(env, async move {
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        let n = manage::remove(&store, &email).await.map_err(js_error)?;
+        Engine::for_store(store).reset_memory();
+        Ok(n as u32)
+    })
 }
 
-#[napi(js_name = "setEnabled")]
-pub async fn set_enabled(email: String, enabled: bool, path: Option<String>) -> JsResult<()> {
-    let store = store_for(path.as_deref()).map_err(js_error)?;
-    manage::set_enabled(&store, &email, enabled)
-        .await
-        .map_err(js_error)?;
-    Engine::for_store(store).reset_memory();
-    Ok(())
+#[napi(js_name = "setEnabled", ts_return_type = "Promise<void>")]
+pub fn set_enabled(
+    env: &Env,
+    email: String,
+    enabled: bool,
+    path: Option<String>,
+) -> JsResult<PromiseRaw<'_, ()>> {
+    promise(env, async move {
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        manage::set_enabled(&store, &email, enabled)
+            .await
+            .map_err(js_error)?;
+        Engine::for_store(store).reset_memory();
+        Ok(())
+    })
 }
 
-#[napi(js_name = "setPriority")]
-pub async fn set_priority(email: String, priority: i64, path: Option<String>) -> JsResult<()> {
-    let store = store_for(path.as_deref()).map_err(js_error)?;
-    manage::set_priority(&store, &email, priority)
-        .await
-        .map_err(js_error)
+#[napi(js_name = "setPriority", ts_return_type = "Promise<void>")]
+pub fn set_priority(
+    env: &Env,
+    email: String,
+    priority: i64,
+    path: Option<String>,
+) -> JsResult<PromiseRaw<'_, ()>> {
+    promise(env, async move {
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        manage::set_priority(&store, &email, priority)
+            .await
+            .map_err(js_error)
+    })
 }
 
-#[napi(js_name = "setReserve")]
-pub async fn set_reserve(email: String, fraction: f64, path: Option<String>) -> JsResult<()> {
-    let store = store_for(path.as_deref()).map_err(js_error)?;
-    manage::set_reserve(&store, &email, fraction)
-        .await
-        .map_err(js_error)
+#[napi(js_name = "setReserve", ts_return_type = "Promise<void>")]
+pub fn set_reserve(
+    env: &Env,
+    email: String,
+    fraction: f64,
+    path: Option<String>,
+) -> JsResult<PromiseRaw<'_, ()>> {
+    promise(env, async move {
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        manage::set_reserve(&store, &email, fraction)
+            .await
+            .map_err(js_error)
+    })
 }
 
-#[napi(js_name = "resetCooldowns")]
-pub async fn reset_cooldowns(path: Option<String>) -> JsResult<u32> {
-    let store = store_for(path.as_deref()).map_err(js_error)?;
-    let n = manage::reset_cooldowns(&store).await.map_err(js_error)?;
-    Engine::for_store(store).reset_memory();
-    Ok(n as u32)
+#[napi(js_name = "resetCooldowns", ts_return_type = "Promise<number>")]
+pub fn reset_cooldowns(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, u32>> {
+    promise(env, async move {
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        let n = manage::reset_cooldowns(&store).await.map_err(js_error)?;
+        Engine::for_store(store).reset_memory();
+        Ok(n as u32)
+    })
 }
 
 /// Writes this process's pending bookkeeping (cooldowns, last use, quota) now, and returns once
 /// every earlier write has finished.
-#[napi(js_name = "flushPool")]
-pub async fn flush_pool(path: Option<String>) -> JsResult<()> {
-    let store = store_for(path.as_deref()).map_err(js_error)?;
-    Engine::for_store(store).flush().await;
-    Ok(())
+#[napi(js_name = "flushPool", ts_return_type = "Promise<void>")]
+pub fn flush_pool(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, ()>> {
+    promise(env, async move {
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        Engine::for_store(store).flush().await;
+        Ok(())
+    })
 }
 
 /// `oauth-pool refresh <email>`: refreshes one account under the pool's lock protocol.
-#[napi(js_name = "refreshAccount")]
-pub async fn refresh_account(email: String, path: Option<String>) -> JsResult<Value> {
-    let store = store_for(path.as_deref()).map_err(js_error)?;
-    let report = Engine::for_store(store)
-        .refresh_now(&email)
-        .await
-        .map_err(js_error)?;
-    Ok(serde_json::json!({
-        "email": report.email,
-        "outcome": report.outcome,
-        "expires": report.expires,
-        "events": report.events,
-    }))
+#[napi(js_name = "refreshAccount", ts_return_type = "Promise<any>")]
+pub fn refresh_account(
+    env: &Env,
+    email: String,
+    path: Option<String>,
+) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        let report = Engine::for_store(store)
+            .refresh_now(&email)
+            .await
+            .map_err(js_error)?;
+        Ok(serde_json::json!({
+            "email": report.email,
+            "outcome": report.outcome,
+            "expires": report.expires,
+            "events": report.events,
+        }))
+    })
 }

@@ -1,5 +1,6 @@
-//! napi's door to the addon's runtime (`crate::runtime`): every `#[napi] async fn` is one task
-//! there (napi's `async-runtime` feature), so no second runtime starts with the addon.
+//! napi's door to the addon's runtime (`crate::runtime`): every promise the binding returns (an
+//! `async fn`, or `binding::promise`) is one task there (napi's `async-runtime` feature), so no
+//! second runtime starts with the addon.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -3,7 +3,10 @@
 use napi_derive::napi;
 use serde_json::{json, Value};
 
-use super::{js_error, JsResult};
+use napi::bindgen_prelude::PromiseRaw;
+use napi::Env;
+
+use super::{js_error, promise, JsResult};
 use crate::error::Error;
 use crate::store::crypto::SealKey;
 use crate::store::{self, PgStore, Store};
@@ -28,70 +31,78 @@ fn database_location(explicit: Option<String>) -> Result<String, Error> {
 
 /// Creates or migrates the schema and records the key's check value. Without
 /// `OAUTH_POOL_STORE_KEY` or a key file, a key file is created (0600) and named in the answer.
-#[napi(js_name = "storeInit")]
-pub async fn store_init(location: Option<String>) -> JsResult<Value> {
-    logging::init();
-    let location = database_location(location).map_err(js_error)?;
-    let (key, created) = match SealKey::from_config() {
-        Ok(k) => (k, None),
-        Err(Error::StoreKey(why)) if why.starts_with("no store key") => {
-            let (k, path) = SealKey::create_file().map_err(js_error)?;
-            (k, Some(path.display().to_string()))
-        }
-        Err(e) => return Err(js_error(e)),
-    };
-    let source = key.source.clone();
-    let pg = PgStore::with_key(&location, key).map_err(js_error)?;
-    let schema = pg.init().await.map_err(js_error)?;
-    Ok(json!({
-        "location": pg.shown(),
-        "schema": schema,
-        "keySource": source,
-        "keyCreated": created,
-    }))
+#[napi(js_name = "storeInit", ts_return_type = "Promise<any>")]
+pub fn store_init(env: &Env, location: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        logging::init();
+        let location = database_location(location).map_err(js_error)?;
+        let (key, created) = match SealKey::from_config() {
+            Ok(k) => (k, None),
+            Err(Error::StoreKey(why)) if why.starts_with("no store key") => {
+                let (k, path) = SealKey::create_file().map_err(js_error)?;
+                (k, Some(path.display().to_string()))
+            }
+            Err(e) => return Err(js_error(e)),
+        };
+        let source = key.source.clone();
+        let pg = PgStore::with_key(&location, key).map_err(js_error)?;
+        let schema = pg.init().await.map_err(js_error)?;
+        Ok(json!({
+            "location": pg.shown(),
+            "schema": schema,
+            "keySource": source,
+            "keyCreated": created,
+        }))
+    })
 }
 
 /// Copies a whole pool from one store to another (file or postgres://, either way), every
 /// field and unreadable entry included.
-#[napi(js_name = "copyStore")]
-pub async fn copy_store(from: String, to: String) -> JsResult<Value> {
-    logging::init();
-    let source = Store::open(&from).map_err(js_error)?;
-    let target = Store::open(&to).map_err(js_error)?;
-    let pool = source.load().await.map_err(js_error)?;
-    let entries = pool.anthropic.len();
-    target.save(pool).await.map_err(js_error)?;
-    Ok(json!({ "from": source.describe(), "to": target.describe(), "entries": entries }))
+#[napi(js_name = "copyStore", ts_return_type = "Promise<any>")]
+pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        logging::init();
+        let source = Store::open(&from).map_err(js_error)?;
+        let target = Store::open(&to).map_err(js_error)?;
+        let pool = source.load().await.map_err(js_error)?;
+        let entries = pool.anthropic.len();
+        target.save(pool).await.map_err(js_error)?;
+        Ok(json!({ "from": source.describe(), "to": target.describe(), "entries": entries }))
+    })
 }
 
 /// For `doctor`: can the store be reached, is its schema current, does the key open it.
-#[napi(js_name = "storeCheck")]
-pub async fn store_check(path: Option<String>) -> JsResult<Value> {
-    logging::init();
-    let store = match Store::from_config(path.as_deref()) {
-        Ok(s) => s,
-        Err(e) => return Ok(json!({ "ok": false, "code": e.code(), "message": e.to_string() })),
-    };
-    let Store::Postgres(pg) = &store else {
-        return Ok(json!({ "ok": true, "kind": "file", "location": store.describe() }));
-    };
-    let schema = match pg.schema_version().await {
-        Ok(v) => v,
-        Err(e) => {
-            return Ok(
-                json!({ "ok": false, "kind": "postgres", "location": pg.shown(), "reachable": false, "code": e.code(), "message": e.to_string() }),
-            )
-        }
-    };
-    let key = pg.check_key().await;
-    Ok(json!({
-        "ok": key.is_ok() && schema == store::postgres::SCHEMA_VERSION,
-        "kind": "postgres",
-        "location": pg.shown(),
-        "reachable": true,
-        "schema": schema,
-        "expectedSchema": store::postgres::SCHEMA_VERSION,
-        "key": key.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
-        "code": key.err().map(|e| e.code()),
-    }))
+#[napi(js_name = "storeCheck", ts_return_type = "Promise<any>")]
+pub fn store_check(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        logging::init();
+        let store = match Store::from_config(path.as_deref()) {
+            Ok(s) => s,
+            Err(e) => {
+                return Ok(json!({ "ok": false, "code": e.code(), "message": e.to_string() }))
+            }
+        };
+        let Store::Postgres(pg) = &store else {
+            return Ok(json!({ "ok": true, "kind": "file", "location": store.describe() }));
+        };
+        let schema = match pg.schema_version().await {
+            Ok(v) => v,
+            Err(e) => {
+                return Ok(
+                    json!({ "ok": false, "kind": "postgres", "location": pg.shown(), "reachable": false, "code": e.code(), "message": e.to_string() }),
+                )
+            }
+        };
+        let key = pg.check_key().await;
+        Ok(json!({
+            "ok": key.is_ok() && schema == store::postgres::SCHEMA_VERSION,
+            "kind": "postgres",
+            "location": pg.shown(),
+            "reachable": true,
+            "schema": schema,
+            "expectedSchema": store::postgres::SCHEMA_VERSION,
+            "key": key.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
+            "code": key.err().map(|e| e.code()),
+        }))
+    })
 }
