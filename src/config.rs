@@ -200,6 +200,18 @@ mod tests {
         assert!(parse_endpoint("not a url").is_err());
     }
 
+    /// Host names are mapped by the unicode-rs back end of idna (Cargo.toml pins idna_adapter
+    /// ~1.1); the ASCII-only back end would refuse them.
+    #[test]
+    fn an_international_host_name_is_mapped_not_refused() {
+        let url = parse_endpoint("https://Bücher.example/v1").unwrap();
+        assert_eq!(url.host_str(), Some("xn--bcher-kva.example"));
+        // Mapping and normalization (UTS 46): a full-width dot, a compatibility letter.
+        let url = parse_endpoint("https://ﬁ.example．com/").unwrap();
+        assert_eq!(url.host_str(), Some("fi.example.com"));
+        assert!(parse_endpoint("https://a\u{200D}b.example/").is_err());
+    }
+
     #[test]
     fn origin_comparison() {
         let api = Url::parse("https://api.anthropic.com").unwrap();
