@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 
 use url::Url;
 
@@ -121,6 +121,37 @@ pub fn token_url() -> Result<Url> {
 /// The API origin (no trailing slash, no `/v1`).
 pub fn api_url() -> Result<Url> {
     endpoint("OAUTH_POOL_API_URL", DEFAULT_API_URL)
+}
+
+/// The pool's API URL and its origin as text (None for an opaque origin, which the API URL's
+/// checks never let through: it is https or loopback http).
+pub struct ApiOrigin {
+    pub url: Url,
+    pub origin: Option<String>,
+}
+
+impl ApiOrigin {
+    pub fn new(url: Url) -> Self {
+        let origin = url.origin();
+        ApiOrigin {
+            origin: origin.is_tuple().then(|| origin.ascii_serialization()),
+            url,
+        }
+    }
+}
+
+/// `api_url()`, parsed once per generation of the environment: every request asks which origin
+/// gets a credential, and a parse (with its host name mapping) is microseconds on its path.
+pub fn api() -> Result<Arc<ApiOrigin>> {
+    static LAST: Mutex<Option<(u64, Arc<ApiOrigin>)>> = Mutex::new(None);
+    let generation = env_generation();
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, api)) = last.as_ref().filter(|(g, _)| *g == generation) {
+        return Ok(api.clone());
+    }
+    let api = Arc::new(ApiOrigin::new(api_url()?));
+    *last = Some((generation, api.clone()));
+    Ok(api)
 }
 
 fn endpoint(var: &str, default: &str) -> Result<Url> {

@@ -79,11 +79,11 @@ pub async fn pool_fetch(
     };
     let pairs = || req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     let base = headers::forwardable(pairs());
-    let api = match config::api_url() {
+    let api = match config::api() {
         Ok(a) => a,
         Err(e) => return (Err(e), Vec::new()),
     };
-    if !config::same_origin(&url, &api) {
+    if !config::same_origin(&url, &api.url) {
         // Not Anthropic's API: a plain fetch, never with a pool credential.
         let result = send(method, url, base, req.body, cancel)
             .await

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{engine_for, header_pairs, js_error, promise, JsResult};
-use crate::config;
+use crate::config::{self, ApiOrigin};
 use crate::engine::usage::{self, UsageTap};
 use crate::engine::{headers, Exchange, RequestMeta, Step, UsageSink, Verdict};
 use crate::error::Error;
@@ -41,34 +41,8 @@ pub struct NativeExchange {
     usage: std::sync::Mutex<Option<(UsageTap, UsageSink)>>,
 }
 
-/// The pool's API URL and its origin as text (None for an opaque origin, which the API URL's
-/// checks never let through: it is https or loopback http).
-struct Api {
-    url: url::Url,
-    origin: Option<String>,
-}
-
-/// The API URL, parsed once per generation of the environment (every request under Bun builds
-/// an exchange, and every microsecond there is on the request's path).
-fn api() -> Result<Arc<Api>, Error> {
-    static LAST: std::sync::Mutex<Option<(u64, Arc<Api>)>> = std::sync::Mutex::new(None);
-    let generation = config::env_generation();
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, api)) = last.as_ref().filter(|(g, _)| *g == generation) {
-        return Ok(api.clone());
-    }
-    let url = config::api_url()?;
-    let origin = url.origin();
-    let api = Arc::new(Api {
-        origin: origin.is_tuple().then(|| origin.ascii_serialization()),
-        url,
-    });
-    *last = Some((generation, api.clone()));
-    Ok(api)
-}
-
 /// A credential goes only to the configured API origin, whatever the host was told to call.
-fn check_origin(url: Option<&str>, api: &Api) -> Result<(), Error> {
+fn check_origin(url: Option<&str>, api: &ApiOrigin) -> Result<(), Error> {
     let Some(raw) = url else { return Ok(()) };
     // The usual case without a parse: the API origin itself followed by a path. The slash ends
     // the authority, so no host or port can follow it.
@@ -99,7 +73,7 @@ fn check_origin(url: Option<&str>, api: &Api) -> Result<(), Error> {
 /// account; a driver sends anything else as a plain fetch.
 #[napi(js_name = "isApiOrigin", catch_unwind)]
 pub fn is_api_origin(url: String) -> bool {
-    let (Ok(target), Ok(api)) = (url::Url::parse(&url), api()) else {
+    let (Ok(target), Ok(api)) = (url::Url::parse(&url), config::api()) else {
         return false;
     };
     config::same_origin(&target, &api.url)
@@ -175,7 +149,7 @@ impl NativeExchange {
         let base = headers::forwardable(pairs());
         let inner = engine_for(options.path.as_deref())
             .and_then(|engine| {
-                check_origin(options.url.as_deref(), &*api()?)?;
+                check_origin(options.url.as_deref(), &*config::api()?)?;
                 Ok(Arc::new(tokio::sync::Mutex::new(engine.exchange(meta))))
             })
             .map_err(|e| js_error(e).reason);
@@ -350,12 +324,8 @@ impl NativeExchange {
 mod tests {
     use super::*;
 
-    fn api(raw: &str) -> Api {
-        let url = url::Url::parse(raw).expect("url");
-        Api {
-            origin: Some(url.origin().ascii_serialization()),
-            url,
-        }
+    fn api(raw: &str) -> ApiOrigin {
+        ApiOrigin::new(url::Url::parse(raw).expect("url"))
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
         linger(&mut incoming, 0).await;
         return too_large();
     }
-    let api = match config::api_url() {
+    let api = match config::api() {
         Ok(a) => a,
         Err(e) => {
             return error(
@@ -104,7 +104,7 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
     };
     let target = format!(
         "{}{}",
-        api.origin().ascii_serialization(),
+        api.url.origin().ascii_serialization(),
         parts
             .uri
             .path_and_query()
