@@ -31,9 +31,10 @@ async function requestParts(input, init) {
   const method = (init.method ?? (isRequest ? input.method : "GET")).toUpperCase();
   let headers;
   try {
-    headers = new Headers(isRequest ? input.headers : undefined);
-    if (init.headers !== undefined) {
-      for (const [k, v] of new Headers(init.headers)) headers.set(k, v);
+    if (!isRequest) headers = new Headers(init.headers);
+    else {
+      headers = new Headers(input.headers);
+      if (init.headers !== undefined) for (const [k, v] of new Headers(init.headers)) headers.set(k, v);
     }
   } catch (err) {
     throw invalidArgument(`headers are not valid: ${err?.message ?? err}`);

@@ -86,24 +86,26 @@ const ENV_KEYS = [
 // environment (`environStamp`, Linux) says whether to read them at all. Bun keeps `process.env`
 // apart from the C environment, as does a worker thread its copy.
 const stampsEnviron = typeof Bun === "undefined" && isMainThread;
-let lastEnv = null;
+/** The values last handed over, by index in ENV_KEYS (compared one by one: no string built). */
+let lastValues = null;
 let lastStamp = null;
+function unchanged() {
+  if (lastValues === null) return false;
+  for (let i = 0; i < ENV_KEYS.length; i++) if (process.env[ENV_KEYS[i]] !== lastValues[i]) return false;
+  return true;
+}
 export function syncEnv() {
   const stamp = stampsEnviron ? (nativeBinding().environStamp?.() ?? null) : null;
-  if (stamp !== null && stamp === lastStamp && lastEnv !== null) return;
-  let key = "";
-  for (const k of ENV_KEYS) key += `${process.env[k] ?? "\u0000"}\u0001`;
-  if (key === lastEnv) {
+  if (stamp !== null && stamp === lastStamp && lastValues !== null) return;
+  if (unchanged()) {
     lastStamp = stamp;
     return;
   }
+  const values = ENV_KEYS.map((k) => process.env[k]);
   const vars = {};
-  for (const k of ENV_KEYS) {
-    const v = process.env[k];
-    if (typeof v === "string") vars[k] = v;
-  }
+  for (let i = 0; i < ENV_KEYS.length; i++) if (typeof values[i] === "string") vars[ENV_KEYS[i]] = values[i];
   nativeBinding().syncEnv(vars);
-  lastEnv = key;
+  lastValues = values;
   lastStamp = stamp;
   generation++;
 }
