@@ -87,7 +87,7 @@ pub type JsResult<T> = napi::Result<T>;
 /// The promise of `work`, run as a task on the addon's runtime. Every call that waits on I/O goes
 /// through this one boxed future type, so napi's task machinery (polling, settling, the panic
 /// guard) is compiled once per result type instead of once per function: as `async fn`s each
-/// added 10-20 KB to the `.node`.
+/// added about 11 KB to the `.node` (22 of them, 256 KB).
 pub fn promise<T>(
     env: &napi::Env,
     work: impl Future<Output = JsResult<T>> + Send + 'static,
