@@ -84,10 +84,11 @@ pub fn js_error(e: Error) -> napi::Error {
 
 pub type JsResult<T> = napi::Result<T>;
 
-/// The promise of `work`, run as a task on the addon's runtime. Every call that waits on I/O goes
-/// through this one boxed future type, so napi's task machinery (polling, settling, the panic
-/// guard) is compiled once per result type instead of once per function: as `async fn`s each
-/// added about 11 KB to the `.node` (22 of them, 256 KB).
+/// The promise of `work`, run as a task on the addon's runtime. The calls that wait on I/O and
+/// answer a shared type (a JSON value, nothing, a count) go through this one boxed future type,
+/// so napi's task machinery (polling, settling, the panic guard) is compiled once per result type
+/// instead of once per function: as `async fn`s each added about 11 KB to the `.node` (22 of
+/// them, 256 KB). The request path's own calls (`send`, a body batch, `judge`) stay `async fn`s.
 pub fn promise<T>(
     env: &napi::Env,
     work: impl Future<Output = JsResult<T>> + Send + 'static,
