@@ -13,10 +13,7 @@ use crate::account::Account;
 const SESSION_TTL: Duration = Duration::from_secs(6 * 3600);
 const MAX_SESSIONS: usize = 10_000;
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these maps leaves plain data behind; keep going with it.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use crate::store::lock;
 
 use super::limits::Window;
 

@@ -28,6 +28,9 @@ const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct FileStore {
     path: PathBuf,
+    /// Changes in the file's directory as the kernel reports them (Linux).
+    #[cfg(target_os = "linux")]
+    watch: std::sync::Arc<std::sync::Mutex<DirWatch>>,
 }
 
 /// What identifies one generation of the file cheaply, to skip re-parsing an unchanged file.
@@ -39,9 +42,114 @@ pub struct FileStamp {
     ino: u64,
 }
 
+/// How long the last lookup of the path is trusted while its directory reports no change. What
+/// the directory cannot report: a directory above it replaced, a change made through another
+/// file system's view (NFS). Any change made on this machine to the file or its directory
+/// (our writers' renames, an edit in place, the directory moved) is reported at once.
+#[cfg(target_os = "linux")]
+const PATH_RECHECK: Duration = Duration::from_secs(1);
+
+/// The pool file's directory watched with inotify, so that the check before each request is
+/// one non-blocking read that finds nothing (well under a microsecond) instead of a path lookup
+/// (about 5 µs, measured in place under Bun). Without inotify (no instance left, no directory
+/// yet) every check looks the path up, as on other systems.
+#[cfg(target_os = "linux")]
+#[derive(Debug, Default)]
+struct DirWatch {
+    /// `None` until first used; `Some(None)` when no inotify instance could be had.
+    inotify: Option<Option<inotify::Inotify>>,
+    watching: Option<inotify::WatchDescriptor>,
+    /// The stamp the path showed at its last lookup, and when.
+    last: Option<(Option<FileStamp>, Instant)>,
+    /// The watch ended (its directory moved or deleted): watch the path's directory anew.
+    ended: bool,
+}
+
+#[cfg(target_os = "linux")]
+impl DirWatch {
+    /// The last lookup's stamp, when nothing in the directory has changed since (and it is
+    /// recent); `None`: look the path up (after `prepare`).
+    fn unchanged(&mut self) -> Option<Option<FileStamp>> {
+        let (stamp, at) = self.last?;
+        if self.watching.is_none() || at.elapsed() >= PATH_RECHECK {
+            return None;
+        }
+        match self.read_reports() {
+            Ok(()) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(stamp),
+            Err(_) => None,
+        }
+    }
+
+    /// Reads one batch of what the directory reported (`WouldBlock`: nothing), noting whether
+    /// the watch itself ended (the directory moved or deleted).
+    fn read_reports(&mut self) -> std::io::Result<()> {
+        use inotify::EventMask;
+        let Some(Some(inotify)) = self.inotify.as_mut() else {
+            return Err(std::io::ErrorKind::Unsupported.into());
+        };
+        let mut buffer = [0u8; 1024];
+        let events = inotify.read_events(&mut buffer)?;
+        let ended = EventMask::IGNORED | EventMask::MOVE_SELF | EventMask::DELETE_SELF;
+        self.ended |= events.into_iter().any(|e| e.mask.intersects(ended));
+        Ok(())
+    }
+
+    /// Before a lookup of the path: the directory watched, and what it reported so far read, so
+    /// that any change after this point is reported to the next check.
+    fn prepare(&mut self, dir: &Path) {
+        self.last = None;
+        if self
+            .inotify
+            .get_or_insert_with(|| inotify::Inotify::init().ok())
+            .is_none()
+        {
+            return;
+        }
+        // Bounded: a directory written to without pause must not hold a request here.
+        for _ in 0..64 {
+            if self.read_reports().is_err() {
+                break;
+            }
+        }
+        let Some(Some(inotify)) = self.inotify.as_mut() else {
+            return;
+        };
+        if std::mem::take(&mut self.ended) {
+            if let Some(wd) = self.watching.take() {
+                let _ = inotify.watches().remove(wd);
+            }
+        }
+        if self.watching.is_none() {
+            use inotify::WatchMask;
+            let mask = WatchMask::CREATE
+                | WatchMask::DELETE
+                | WatchMask::MOVED_FROM
+                | WatchMask::MOVED_TO
+                | WatchMask::MODIFY
+                | WatchMask::ATTRIB
+                | WatchMask::CLOSE_WRITE
+                | WatchMask::DELETE_SELF
+                | WatchMask::MOVE_SELF
+                | WatchMask::ONLYDIR;
+            self.watching = inotify.watches().add(dir, mask).ok();
+        }
+    }
+
+    fn looked_up(&mut self, stamp: Option<FileStamp>) {
+        if self.watching.is_some() {
+            self.last = Some((stamp, Instant::now()));
+        }
+    }
+}
+
 impl FileStore {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        FileStore { path: path.into() }
+        FileStore {
+            path: path.into(),
+            #[cfg(target_os = "linux")]
+            watch: Default::default(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -102,7 +210,19 @@ impl FileStore {
 
     /// The stamp of the file as it is now, or None if it does not exist.
     pub fn stamp(&self) -> Option<FileStamp> {
-        fs::symlink_metadata(&self.path).ok().map(|m| stamp_of(&m))
+        #[cfg(target_os = "linux")]
+        let mut watch = super::lock(&self.watch);
+        #[cfg(target_os = "linux")]
+        {
+            if let Some(stamp) = watch.unchanged() {
+                return stamp;
+            }
+            watch.prepare(&parent_dir(&self.path));
+        }
+        let stamp = fs::symlink_metadata(&self.path).ok().map(|m| stamp_of(&m));
+        #[cfg(target_os = "linux")]
+        watch.looked_up(stamp);
+        stamp
     }
 
     /// Replaces the whole pool (the `savePool` semantics), under the lock.
@@ -511,6 +631,124 @@ mod tests {
     fn missing_file_is_empty_pool() {
         let (_d, store) = tmp_store();
         assert_eq!(store.load().unwrap().anthropic.len(), 0);
+    }
+
+    /// The check before each request (through the held file on Linux) sees every way the file
+    /// changes as soon as the path's own stat would.
+    #[test]
+    fn the_stamp_follows_every_change_of_the_file_at_once() {
+        let (dir, store) = tmp_store();
+        let path = store.path().to_path_buf();
+        let by_path = || fs::symlink_metadata(&path).ok().map(|m| stamp_of(&m));
+        assert_eq!(store.stamp(), None);
+        store.save(&Pool::default()).unwrap();
+        let first = store.stamp();
+        assert!(first.is_some());
+        assert_eq!(store.stamp(), by_path());
+        assert_eq!(store.stamp(), first, "unchanged");
+        #[cfg(target_os = "linux")]
+        assert!(
+            super::super::lock(&store.watch).unchanged().is_some(),
+            "checked through the watch"
+        );
+
+        // Replaced by a rename (what every writer of ours does), twice in a row.
+        for n in 0..2 {
+            let other = dir.path().join(format!("other-{n}.json"));
+            fs::write(
+                &other,
+                format!("{{\"version\":1,\"anthropic\":[],\"n\":{n}}}"),
+            )
+            .unwrap();
+            fs::rename(&other, &path).unwrap();
+            assert_eq!(store.stamp(), by_path(), "rename {n}");
+            assert_ne!(store.stamp(), first);
+        }
+
+        // Rewritten by another writer the way ours write (a .bak hard link, then a rename).
+        let writer = FileStore::new(&path);
+        for n in 0..3 {
+            let before = store.stamp();
+            writer
+                .update(|p| {
+                    p.extra.insert("n".into(), json!(n));
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(store.stamp(), by_path(), "write {n}");
+            assert_ne!(store.stamp(), before, "write {n}");
+        }
+
+        // Edited in place.
+        let before = store.stamp();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b" ")
+            .unwrap();
+        assert_eq!(store.stamp(), by_path());
+        assert_ne!(store.stamp(), before);
+
+        // With a second name, replaced under the first.
+        let link = dir.path().join("hard-link.json");
+        fs::hard_link(&path, &link).unwrap();
+        let linked = store.stamp();
+        let other = dir.path().join("other-linked.json");
+        fs::write(&other, "{\"version\":1,\"anthropic\":[]}").unwrap();
+        fs::rename(&other, &path).unwrap();
+        assert_eq!(store.stamp(), by_path());
+        assert_ne!(store.stamp(), linked);
+
+        // Gone.
+        fs::remove_file(&path).unwrap();
+        assert_eq!(store.stamp(), None);
+        assert_eq!(store.stamp(), None);
+    }
+
+    /// The pool's directory moved away and another put in its place: seen at once, and so are
+    /// the changes made in the new one afterwards.
+    #[test]
+    fn a_replaced_directory_is_seen_at_once() {
+        let (dir, store) = tmp_store();
+        store.save(&Pool::default()).unwrap();
+        let by_path = || {
+            fs::symlink_metadata(store.path())
+                .ok()
+                .map(|m| stamp_of(&m))
+        };
+        let old = store.stamp();
+        let sub = store.path().parent().unwrap().to_path_buf();
+        fs::rename(&sub, dir.path().join("moved")).unwrap();
+        assert_eq!(store.stamp(), None);
+        fs::create_dir(&sub).unwrap();
+        fs::write(
+            store.path(),
+            "{\"version\":1,\"anthropic\":[],\"other\":true}",
+        )
+        .unwrap();
+        assert_eq!(store.stamp(), by_path());
+        assert_ne!(store.stamp(), old);
+        let other = sub.join("next.json");
+        fs::write(&other, "{\"version\":1,\"anthropic\":[],\"next\":1}").unwrap();
+        let before = store.stamp();
+        fs::rename(&other, store.path()).unwrap();
+        assert_eq!(store.stamp(), by_path());
+        assert_ne!(store.stamp(), before);
+    }
+
+    /// Whatever sits at the path is looked at, never opened for reading: a FIFO does not block.
+    #[cfg(unix)]
+    #[test]
+    fn the_stamp_of_a_fifo_does_not_block() {
+        let (_d, store) = tmp_store();
+        fs::create_dir_all(store.path().parent().unwrap()).unwrap();
+        let c = std::ffi::CString::new(store.path().as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let first = store.stamp();
+        assert!(first.is_some());
+        assert_eq!(store.stamp(), first);
+        assert!(matches!(store.load(), Err(Error::PoolInsecure { .. })));
     }
 
     #[test]

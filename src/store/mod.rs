@@ -65,6 +65,12 @@ pub fn is_database(location: &str) -> bool {
     l.starts_with("postgres://") || l.starts_with("postgresql://")
 }
 
+/// A std mutex's guard, poisoned or not: a panic while one was held leaves plain data behind
+/// (maps, a cached value), and the process keeps going with it.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Runs blocking file work on tokio's blocking pool, never on a worker or the JS thread.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, Config, NoTls};
 
 use super::crypto::{SealKey, CHECK};
+use super::lock;
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 use crate::secret::scrub_tokens;
@@ -88,10 +89,6 @@ pub fn redact(url: &str) -> String {
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::StoreUnavailable(scrub_tokens(&e.to_string()))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
