@@ -108,6 +108,11 @@ for (const transport of ["native", "runtime"]) {
       const silent = await post(f, { stream: true });
       await assert.rejects(silent.text(), (e) => e.code === "NETWORK" && /no data for 300 ms/.test(e.message));
       assert.ok(Date.now() - started < 3000, `${Date.now() - started} ms`);
+      // A small JSON answer (read whole before it is handed over) stalled after its first bytes.
+      mock.script(email, [{ text: "z".repeat(2000), chunkSize: 100, delayMs: 60_000 }]);
+      const wholeStarted = Date.now();
+      await assert.rejects((async () => (await post(f)).text())(), (e) => e.code === "NETWORK" && /no data for 300 ms/.test(e.message));
+      assert.ok(Date.now() - wholeStarted < 3000, `${Date.now() - wholeStarted} ms`);
     } finally {
       delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
     }

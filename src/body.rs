@@ -133,12 +133,7 @@ impl ResponseBody {
     pub async fn new(body: fetch::Body, cancel: &CancellationToken) -> Result<ResponseBody> {
         Ok(match body {
             fetch::Body::Stream(r) if r.content_length().is_some_and(|n| n <= SMALL_BODY) => {
-                let bytes = tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => return Err(Error::Aborted),
-                    b = r.bytes() => b.map_err(|e| Error::Network { what: "the API", detail: http::describe(&e) })?,
-                };
-                ResponseBody::Full(bytes)
+                ResponseBody::Full(read_small(r, cancel).await?)
             }
             fetch::Body::Stream(r) if is_event_stream(&r) => ResponseBody::OnDemand(Box::new(r)),
             fetch::Body::Stream(r) => ResponseBody::ReadAhead(read_ahead(r, cancel.clone())),
@@ -244,6 +239,36 @@ impl ResponseBody {
             },
             _ => None,
         }
+    }
+}
+
+/// A small body of known size, whole: as long as it keeps coming (a body silent for the
+/// response timeout fails with `NETWORK`, as a streamed one does), or until `cancel` fires.
+/// Read to its end, so that the connection goes back to the pool.
+async fn read_small(mut response: reqwest::Response, cancel: &CancellationToken) -> Result<Bytes> {
+    let idle = http::response_timeout();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(Error::Aborted),
+            c = tokio::time::timeout(idle, response.chunk()) => c,
+        };
+        let detail = match chunk {
+            Ok(Ok(Some(c))) => {
+                chunks.push(c);
+                continue;
+            }
+            // Usually one chunk: handed on without a copy.
+            Ok(Ok(None)) if chunks.len() <= 1 => return Ok(chunks.pop().unwrap_or_default()),
+            Ok(Ok(None)) => return Ok(Bytes::from(chunks.concat())),
+            Ok(Err(e)) => http::describe(&e),
+            Err(_) => format!("no data for {} ms", idle.as_millis()),
+        };
+        return Err(Error::Network {
+            what: "the API",
+            detail,
+        });
     }
 }
 
