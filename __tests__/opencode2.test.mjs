@@ -5,8 +5,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as pluginModule from "../plugin.mjs";
 import { listAccounts, flushPool } from "../index.mjs";
-import { native } from "../lib/native.mjs";
 import { settle } from "../lib/errors.mjs";
+import { openExchange } from "../lib/exchange.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
 import { useMock, tempPoolPath, readPool } from "./helpers/pool-env.mjs";
 import { createHost, loadPlugin, g1Context, registrationsOf, ModelRequestError } from "./helpers/opencode2-host.mjs";
@@ -194,6 +194,6 @@ test("the model-accounts-pool tool (JSON Schema input) and command run the pool'
 });
 
 test("a request aimed anywhere but the pool's API origin gets no pool credential", async () => {
-  const ex = new native.NativeExchange({ url: "https://evil.example/v1/messages", headers: [["content-type", "application/json"]] });
+  const ex = openExchange({ url: "https://evil.example/v1/messages", headers: [["content-type", "application/json"]] });
   await assert.rejects(settle(ex.next()), (e) => e.code === "INSECURE_ENDPOINT");
 });

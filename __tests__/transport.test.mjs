@@ -8,7 +8,8 @@ import { copyFileSync, readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Worker } from "node:worker_threads";
 import { createPoolFetch, flushPool, loadPool, poolStatus, savePool } from "../index.mjs";
-import { nativeBinding, syncEnv } from "../lib/native.mjs";
+import { syncEnv } from "../lib/native.mjs";
+import { openExchange } from "../lib/exchange.mjs";
 import { parseSSE, rateLimitHeaders, readAll } from "./helpers/mock-anthropic.mjs";
 import { account, jsonHeaders, seedPool, useMock } from "./helpers/pool-env.mjs";
 
@@ -216,8 +217,7 @@ test("the engine's own write of the pool is not read back: the next exchange is 
   // through the runtime. Another process's write must still be read.
   const path = await seedPool(mock, ["own-write@x.test"]);
   syncEnv();
-  const { NativeExchange } = nativeBinding();
-  const exchange = () => new NativeExchange({ path, url: `${mock.url}/v1/messages`, headers: [] });
+  const exchange = () => openExchange({ path, url: `${mock.url}/v1/messages`, headers: [] });
   const first = exchange();
   assert.equal(first.nextSync(), null, "nothing cached yet: the file is read through the runtime");
   assert.equal((await first.next()).kind, "send");

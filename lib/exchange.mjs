@@ -3,11 +3,21 @@
 // account, which credential, what an answer means); this module only asks it, on the calling
 // thread when the engine can answer without I/O (`nextSync` / `judgeSync`, microseconds), else
 // through the runtime (`next` / `judge`: a refresh, a store read, a hold).
-import { native } from "./native.mjs";
+import { native, nativeBinding } from "./native.mjs";
 import { settle, toPoolError } from "./errors.mjs";
 
 /** How much of a 400 the engine reads to tell a third-party refusal from a bad request. */
 export const PEEK_LIMIT = 256 * 1024;
+
+/**
+ * The engine's exchange for one request. `headers`: `[name, value]` pairs or a `Headers` (they
+ * cross as one string of `name:value` lines); `model`, when known, else read from `body`.
+ */
+export function openExchange({ path, url, headers, model, body }) {
+  let lines = "";
+  for (const [name, value] of headers) lines += `${name}:${value}\n`;
+  return new (nativeBinding().NativeExchange)(path ?? undefined, url, lines, model ?? undefined, body ?? undefined);
+}
 
 /** A synchronous native call; under Bun a failed one may return its Error instead of throwing. */
 function sync(call) {
@@ -21,12 +31,23 @@ function sync(call) {
   return value;
 }
 
-/** The next attempt: `{ kind: "send", account, headers }` or `{ kind: "answer", ... }`. */
-export async function nextStep(ex) {
-  const text = sync(() => ex.nextSync());
-  const step = text === null ? await settle(ex.next()) : JSON.parse(text);
+function checkedStep(step) {
   if (step?.kind !== "send" && step?.kind !== "answer") throw new TypeError(`the pool engine gave no next step (${typeof step})`);
   return step;
+}
+
+/**
+ * The next attempt when the engine can say without I/O (the usual case), else `null`: then
+ * `nextStep`. Saves the caller an `await` on every request.
+ */
+export function nextStepNow(ex) {
+  const text = sync(() => ex.nextSync());
+  return text === null ? null : checkedStep(JSON.parse(text));
+}
+
+/** The next attempt: `{ kind: "send", account, headers }` or `{ kind: "answer", ... }`. */
+export async function nextStep(ex) {
+  return nextStepNow(ex) ?? checkedStep(await settle(ex.next()));
 }
 
 /** The first `limit` bytes of a body, read from a clone: the answer itself stays unread. */
@@ -54,22 +75,53 @@ export async function peek(response, limit = PEEK_LIMIT) {
  * of a body the engine needs to see (a 400); by default from a clone.
  */
 let policy = null;
-/** The policy table's shape (src/engine/verdict.rs), asked once: which statuses need a body. */
+/**
+ * The policy table's shape (src/engine/verdict.rs, src/engine/headers.rs), asked once: which
+ * statuses need a body, which answer headers the engine reads (the others are not handed over).
+ */
 function statusPolicy() {
   if (!policy) {
     const p = native.NativeExchange.statusPolicy();
-    policy = { needsBody: new Set(p.needsBody) };
+    policy = { needsBody: new Set(p.needsBody), headers: new Set(p.answerHeaders), prefixes: p.answerHeaderPrefixes };
   }
   return policy;
 }
 
-export async function judgeAnswer(ex, response, peekBody = peek) {
-  const body = statusPolicy().needsBody.has(response.status) ? await peekBody(response) : undefined;
-  let headers = "";
-  for (const [name, value] of response.headers) headers += `${name}:${value}\n`;
-  const verdict = sync(() => ex.judgeSync(response.status, headers, body)) ?? (await settle(ex.judge(response.status, headers, body)));
+/** Whether the engine reads this answer header (names from a `Headers` are lower case). */
+function engineReads(name, { headers, prefixes }) {
+  if (headers.has(name)) return true;
+  for (const prefix of prefixes) if (name.startsWith(prefix)) return true;
+  return false;
+}
+
+/** The answer's headers the engine reads, as the `name:value` lines `judge` takes. */
+function headerLines(response, p) {
+  let lines = "";
+  for (const [name, value] of response.headers) if (engineReads(name, p)) lines += `${name}:${value}\n`;
+  return lines;
+}
+
+function checkedVerdict(verdict) {
   if (verdict !== "retry" && verdict !== "deliver" && verdict !== "deliver-tap") throw new TypeError(`the pool engine gave no verdict (${typeof verdict})`);
   return verdict;
+}
+
+/**
+ * `judgeAnswer` when the engine needs neither the body nor I/O (the usual case), else `null`
+ * (nothing was decided: then `judgeAnswer`). Saves the caller an `await` on every request.
+ */
+export function judgeNow(ex, response) {
+  const p = statusPolicy();
+  if (p.needsBody.has(response.status)) return null;
+  const verdict = sync(() => ex.judgeSync(response.status, headerLines(response, p), undefined));
+  return verdict === null ? null : checkedVerdict(verdict);
+}
+
+export async function judgeAnswer(ex, response, peekBody = peek) {
+  const p = statusPolicy();
+  const body = p.needsBody.has(response.status) ? await peekBody(response) : undefined;
+  const headers = headerLines(response, p);
+  return checkedVerdict(sync(() => ex.judgeSync(response.status, headers, body)) ?? (await settle(ex.judge(response.status, headers, body))));
 }
 
 /** A chunk as the addon takes it (a Buffer view, no copy). */

@@ -11,8 +11,8 @@
 // Wiring read in anomalyco/opencode packages/core/src/session/model-request.ts (http middleware)
 // and session/runner/retry.ts. A hook that throws is a defect in 2.x (no retry, no message), so
 // every hook here catches everything and leaves the host's request or answer as it was.
-import { native, syncEnv } from "../native.mjs";
-import { judgeAnswer, nextStep, poolAnswer, takeEvents, usageFeed } from "../exchange.mjs";
+import { syncEnv } from "../native.mjs";
+import { judgeAnswer, nextStep, openExchange, poolAnswer, takeEvents, usageFeed } from "../exchange.mjs";
 
 /** The host caps one retry delay at 15 minutes (retry.ts); past that, say so instead of waiting. */
 const HOST_RETRY_CAP_MS = 15 * 60_000;
@@ -72,7 +72,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       try {
         syncEnv();
         const request = event.request;
-        const ex = new native.NativeExchange({ path, url: request.url, headers: [...request.headers], model: event.model?.id });
+        const ex = openExchange({ path, url: request.url, headers: request.headers, model: event.model?.id });
         extra?.signal?.addEventListener?.("abort", () => ex.abort(), { once: true });
         const step = await nextStep(ex);
         drain(ex);

@@ -4,32 +4,18 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{Buffer, PromiseRaw};
+use napi::bindgen_prelude::{Buffer, BufferSlice, PromiseRaw};
 use napi::Env;
 use napi_derive::napi;
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{engine_for, header_pairs, js_error, promise, JsResult};
+use super::{engine_for, js_error, promise, JsResult};
 use crate::config::{self, ApiOrigin};
 use crate::engine::usage::{self, UsageTap};
 use crate::engine::{headers, Exchange, RequestMeta, Step, UsageSink, Verdict};
 use crate::error::Error;
-
-#[napi(object)]
-pub struct ExchangeOptions {
-    pub path: Option<String>,
-    /// Where the host will send the request: a credential is attached only on the pool's API
-    /// origin (`OAUTH_POOL_API_URL`).
-    pub url: Option<String>,
-    /// The request's headers as the caller set them, `[name, value]` pairs.
-    pub headers: Vec<Vec<String>>,
-    /// The model asked for (scoped windows, model cooldowns, usage).
-    pub model: Option<String>,
-    /// The request body, when `model` is not given: the model is read from its top level.
-    pub body: Option<Buffer>,
-}
 
 #[napi]
 pub struct NativeExchange {
@@ -80,7 +66,7 @@ pub fn is_api_origin(url: String) -> bool {
 }
 
 /// `name: value` lines (what `judgeSync` takes) as pairs; a line without a colon is dropped.
-fn header_lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
+fn header_lines(text: &str) -> impl Iterator<Item = (&str, &str)> + Clone {
     text.lines().filter_map(|line| {
         let (name, value) = line.split_once(':')?;
         Some((name.trim(), value.trim()))
@@ -135,21 +121,33 @@ impl Drop for NativeExchange {
 
 #[napi]
 impl NativeExchange {
+    /// One request through the pool (arguments by position: each named field of an options
+    /// object is a property lookup across the boundary):
+    /// - `path`: the pool, else the configured one;
+    /// - `url`: where the host will send the request: a credential is attached only on the
+    ///   pool's API origin (`OAUTH_POOL_API_URL`);
+    /// - `headers`: the request's headers as `name:value` lines (one string, as `judgeSync`
+    ///   takes them; a `Headers` refuses line breaks in values);
+    /// - `model`: the model asked for (scoped windows, model cooldowns, usage), else read from
+    ///   the top level of `body`, which is only looked at during the call.
     #[napi(constructor, catch_unwind)]
-    pub fn new(options: ExchangeOptions) -> Self {
-        let headers = header_pairs(options.headers);
-        let pairs = || headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let model = options.model.or_else(|| {
-            options
-                .body
-                .as_deref()
+    pub fn new(
+        path: Option<String>,
+        url: Option<String>,
+        headers: String,
+        model: Option<String>,
+        body: Option<BufferSlice>,
+    ) -> Self {
+        let pairs = || header_lines(&headers);
+        let model = model.or_else(|| {
+            body.as_deref()
                 .and_then(|b| usage::top_level_string(b, "model", b.len()))
         });
         let meta = RequestMeta::from_headers(pairs()).with_model(model);
         let base = headers::forwardable(pairs());
-        let inner = engine_for(options.path.as_deref())
+        let inner = engine_for(path.as_deref())
             .and_then(|engine| {
-                check_origin(options.url.as_deref(), &*config::api()?)?;
+                check_origin(url.as_deref(), &*config::api()?)?;
                 Ok(Arc::new(tokio::sync::Mutex::new(engine.exchange(meta))))
             })
             .map_err(|e| js_error(e).reason);
@@ -211,7 +209,7 @@ impl NativeExchange {
     ) -> JsResult<String> {
         let status = u16::try_from(status)
             .map_err(|_| js_error(Error::InvalidArgument(format!("bad status {status}"))))?;
-        let map = headers::forwardable_answer(header_lines(&headers));
+        let map = headers::answer_headers(header_lines(&headers));
         let mut ex = self.exchange()?.lock().await;
         let verdict = ex
             .judge(status, &map, body.as_deref(), &self.cancel)
@@ -229,11 +227,11 @@ impl NativeExchange {
         &self,
         status: u32,
         headers: String,
-        body: Option<Buffer>,
+        body: Option<BufferSlice>,
     ) -> JsResult<Option<String>> {
         let status = u16::try_from(status)
             .map_err(|_| js_error(Error::InvalidArgument(format!("bad status {status}"))))?;
-        let map = headers::forwardable_answer(header_lines(&headers));
+        let map = headers::answer_headers(header_lines(&headers));
         let Ok(mut ex) = self.exchange()?.try_lock() else {
             return Ok(None);
         };
@@ -266,9 +264,10 @@ impl NativeExchange {
         }
     }
 
-    /// Shows the tap a chunk of the delivered body as it passes to the host (nothing is kept).
+    /// Shows the tap a chunk of the delivered body as it passes to the host (nothing is kept,
+    /// so the chunk is borrowed for the call, not referenced).
     #[napi(catch_unwind)]
-    pub fn observe(&self, chunk: Buffer) {
+    pub fn observe(&self, chunk: BufferSlice) {
         if let Ok(mut slot) = self.usage.lock() {
             if let Some((tap, _)) = slot.as_mut() {
                 tap.observe(&chunk);
@@ -286,7 +285,8 @@ impl NativeExchange {
     }
 
     /// The policy table's shape, for a driver to keep instead of asking per answer:
-    /// `needsBody`, the statuses whose start of body `judge` reads.
+    /// `needsBody`, the statuses whose start of body `judge` reads; `answerHeaders` and
+    /// `answerHeaderPrefixes`, the answer headers it reads (a driver may leave out the rest).
     #[napi(js_name = "statusPolicy", catch_unwind)]
     pub fn status_policy() -> Value {
         let needs_body: Vec<u16> = crate::engine::verdict::DECISIVE
@@ -294,7 +294,11 @@ impl NativeExchange {
             .copied()
             .filter(|s| crate::engine::verdict::needs_body(*s))
             .collect();
-        json!({ "needsBody": needs_body })
+        json!({
+            "needsBody": needs_body,
+            "answerHeaders": headers::ANSWER_HEADERS,
+            "answerHeaderPrefixes": headers::ANSWER_HEADER_PREFIXES,
+        })
     }
 
     /// Whether `judge` wants the start of the body for this status.
@@ -355,7 +359,7 @@ mod tests {
 
     #[test]
     fn answer_header_lines_are_read_in_any_case() {
-        let map = headers::forwardable_answer(header_lines(
+        let map = headers::answer_headers(header_lines(
             "Retry-After: 7\ncontent-type:application/json\nno colon here\n",
         ));
         assert_eq!(

@@ -81,10 +81,26 @@ pub fn forwardable<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> Hea
     map
 }
 
-/// An answer's headers as a map, for `judge` (every header kept).
-pub fn forwardable_answer<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> HeaderMap {
+/// The answer headers the engine reads (`Limits::from_headers`, `usage::carried`), and the
+/// prefixes of those it reads by family. A driver that hands an answer's headers to `judge` may
+/// leave out every other one (an API answer carries twenty-odd).
+pub const ANSWER_HEADERS: &[&str] = &["content-type", "retry-after", "retry-after-ms"];
+pub const ANSWER_HEADER_PREFIXES: &[&str] = &[super::limits::UNIFIED_PREFIX];
+
+/// Whether the engine reads the answer header `name` (any case).
+pub fn read_from_answer(name: &str) -> bool {
+    let starts = |p: &str| {
+        name.get(..p.len())
+            .is_some_and(|n| n.eq_ignore_ascii_case(p))
+    };
+    ANSWER_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || ANSWER_HEADER_PREFIXES.iter().any(|p| starts(p))
+}
+
+/// An answer's headers as a map for `judge`: those the engine reads, the rest left out.
+pub fn answer_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> HeaderMap {
     let mut map = HeaderMap::new();
-    for (k, v) in headers {
+    for (k, v) in headers.filter(|(k, _)| read_from_answer(k)) {
         // `from_bytes` lowercases the name itself.
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(k.as_bytes()),

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
 
-const UNIFIED_PREFIX: &str = "anthropic-ratelimit-unified-";
+pub(crate) const UNIFIED_PREFIX: &str = "anthropic-ratelimit-unified-";
 /// A sanity cap on any cooldown: windows are at most a week; garbage must not bench forever.
 const MAX_COOLDOWN_MS: i64 = 8 * 24 * 3600 * 1000;
 /// Cooldown for a bare 429 that gave no `retry-after`.
@@ -416,6 +416,59 @@ mod tests {
             );
         }
         h
+    }
+
+    /// A driver may hand `judge` only the headers `headers::read_from_answer` names: what the
+    /// engine reads of an answer is the same as from all of them.
+    #[test]
+    fn the_declared_answer_headers_are_all_the_limits_read() {
+        let lines = [
+            ("Date", "Sun, 29 Nov 2026 21:00:00 GMT"),
+            ("Content-Type", "text/event-stream; charset=utf-8"),
+            ("request-id", "req_011"),
+            ("anthropic-organization-id", "org"),
+            ("retry-after", "30"),
+            ("retry-after-ms", "29500"),
+            ("anthropic-ratelimit-unified-status", "rejected"),
+            ("anthropic-ratelimit-unified-reset", "1800000600"),
+            ("Anthropic-Ratelimit-Unified-5h-Status", "rejected"),
+            ("anthropic-ratelimit-unified-5h-reset", "1800000600"),
+            ("anthropic-ratelimit-unified-5h-utilization", "1.02"),
+            ("anthropic-ratelimit-unified-7d-utilization", "0.4"),
+            ("anthropic-ratelimit-unified-7d-surpassed-threshold", "0.75"),
+            ("anthropic-ratelimit-unified-7d_sonnet-utilization", "0.9"),
+            (
+                "anthropic-ratelimit-unified-representative-claim",
+                "five_hour",
+            ),
+            ("anthropic-ratelimit-unified-overage-status", "rejected"),
+            (
+                "anthropic-ratelimit-unified-overage-disabled-reason",
+                "org_level_disabled",
+            ),
+            ("anthropic-ratelimit-unified-fallback-percentage", "0.5"),
+            ("cf-ray", "abc-SJC"),
+            ("server", "cloudflare"),
+            ("via", "1.1 google"),
+            ("x-robots-tag", "none"),
+        ];
+        let all = headers(&lines);
+        let read = crate::engine::headers::answer_headers(lines.iter().copied());
+        assert!(read.len() < all.len(), "the others are left out");
+        let limits = Limits::from_headers(&all, now());
+        assert_ne!(limits, Limits::default());
+        assert_eq!(Limits::from_headers(&read, now()), limits);
+        assert_eq!(
+            crate::engine::usage::carried(200, &read),
+            crate::engine::usage::carried(200, &all)
+        );
+        for (name, _) in lines {
+            let kept = crate::engine::headers::read_from_answer(name);
+            let reads = name.eq_ignore_ascii_case("content-type")
+                || name.to_ascii_lowercase().starts_with("retry-after")
+                || name.to_ascii_lowercase().starts_with(UNIFIED_PREFIX);
+            assert_eq!(kept, reads, "{name}");
+        }
     }
 
     #[test]
