@@ -139,25 +139,26 @@ const TAP_BATCH = 64 * 1024;
 export function usageFeed(ex) {
   let parts = [];
   let size = 0;
-  const feed = () => {
-    if (!size) return;
+  const take = () => {
+    if (!size) return undefined;
     const batch = parts.length === 1 ? parts[0] : Buffer.concat(parts, size);
     parts = [];
     size = 0;
-    try {
-      ex.observe(batch);
-    } catch {}
+    return batch;
   };
   return {
     add(chunk) {
       const copy = Buffer.from(chunk);
       parts.push(copy);
       size += copy.length;
-      if (size >= TAP_BATCH) feed();
+      if (size >= TAP_BATCH) {
+        try {
+          ex.observe(take());
+        } catch {}
+      }
     },
     finish() {
-      feed();
-      ex.finishUsage();
+      ex.finishUsage(take());
     },
   };
 }

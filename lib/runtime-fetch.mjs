@@ -174,9 +174,7 @@ async function withinSilence(reading, timeoutMs, controller) {
 
 /** What a fetch Response says about itself, plus the account that served it. */
 function described(response, url, account) {
-  Object.defineProperty(response, "url", { value: url, configurable: true });
-  Object.defineProperty(response, "poolAccount", { value: account, configurable: true });
-  return response;
+  return Object.defineProperties(response, { url: { value: url, configurable: true }, poolAccount: { value: account, configurable: true } });
 }
 
 function isWhole(response) {
@@ -237,12 +235,7 @@ export async function runtimeFetch(parts, { path, onEvents }) {
         } finally {
           release();
         }
-        if (tap) {
-          try {
-            ex.observe(asBuffer(bytes));
-          } catch {}
-          ex.finishUsage();
-        }
+        if (tap) ex.finishUsage(asBuffer(bytes));
         return described(new Response(bytes, head), parts.url, step.account ?? null);
       }
       const body = carry(response, { ex, tap, controller, signal, timeoutMs, done: release });

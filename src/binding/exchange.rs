@@ -115,7 +115,7 @@ impl<'a> StepOut<'a> {
 
 impl Drop for NativeExchange {
     fn drop(&mut self) {
-        self.finish_usage();
+        self.count_usage(None);
     }
 }
 
@@ -275,11 +275,19 @@ impl NativeExchange {
         }
     }
 
-    /// The delivered body ended (or was abandoned): its usage is counted.
+    /// The delivered body ended (or was abandoned): its usage is counted. `last`: the body's
+    /// last bytes not yet shown to `observe` (all of it, for a body read whole: one call).
     #[napi(js_name = "finishUsage", catch_unwind)]
-    pub fn finish_usage(&self) {
+    pub fn finish_usage(&self, last: Option<BufferSlice>) {
+        self.count_usage(last.as_deref());
+    }
+
+    fn count_usage(&self, last: Option<&[u8]>) {
         let taken = self.usage.lock().ok().and_then(|mut s| s.take());
         if let Some((mut tap, sink)) = taken {
+            if let Some(bytes) = last {
+                tap.observe(bytes);
+            }
             sink.record(tap.finish());
         }
     }

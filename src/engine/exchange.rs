@@ -329,13 +329,13 @@ impl Exchange {
         headers: &HeaderMap,
         body: Option<&[u8]>,
     ) -> Option<Verdict> {
-        let Some((email, credential)) = self.current.clone() else {
+        let Some((email, credential)) = self.current.as_ref() else {
             return Some(Verdict::Deliver);
         };
-        let (decision, limits, now) = self.decide(status, headers, body, &email, &credential);
+        let (decision, limits, now) = self.decide(status, headers, body, email, credential);
         match decision {
             Decision::RefreshAndRetry | Decision::RefusedAndMove => None,
-            other => Some(self.settle(other, email, &limits, now)),
+            other => Some(self.settle(other, email.clone(), &limits, now)),
         }
     }
 
