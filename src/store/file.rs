@@ -48,6 +48,9 @@ pub struct FileStamp {
 /// (our writers' renames, an edit in place, the directory moved) is reported at once.
 #[cfg(target_os = "linux")]
 const PATH_RECHECK: Duration = Duration::from_secs(1);
+/// Reads of the watch's queue per check, at most (a busy directory must not hold a request).
+#[cfg(target_os = "linux")]
+const MAX_REPORT_READS: usize = 64;
 
 /// The pool file's directory watched with inotify, so that the check before each request is
 /// one non-blocking read that finds nothing (well under a microsecond) instead of a path lookup
@@ -67,37 +70,47 @@ struct DirWatch {
 
 #[cfg(target_os = "linux")]
 impl DirWatch {
-    /// The last lookup's stamp, when nothing in the directory has changed since (and it is
-    /// recent); `None`: look the path up (after `prepare`).
-    fn unchanged(&mut self) -> Option<Option<FileStamp>> {
+    /// The last lookup's stamp, when nothing has changed since in the directory about the file
+    /// `name` (and the lookup is recent); `None`: look the path up (after `prepare`). Reports
+    /// about other entries of the directory (locks, temp files, other tools' files) are read
+    /// and change nothing.
+    fn unchanged(&mut self, name: &std::ffi::OsStr) -> Option<Option<FileStamp>> {
         let (stamp, at) = self.last?;
         if self.watching.is_none() || at.elapsed() >= PATH_RECHECK {
             return None;
         }
-        match self.read_reports() {
-            Ok(()) => None,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(stamp),
-            Err(_) => None,
+        for _ in 0..MAX_REPORT_READS {
+            match self.read_reports(name) {
+                Ok(false) => continue,
+                Ok(true) => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(stamp),
+                Err(_) => return None,
+            }
         }
+        None
     }
 
-    /// Reads one batch of what the directory reported (`WouldBlock`: nothing), noting whether
-    /// the watch itself ended (the directory moved or deleted).
-    fn read_reports(&mut self) -> std::io::Result<()> {
+    /// Reads one batch of what the directory reported (`WouldBlock`: nothing): whether any of it
+    /// is about the file `name` or the directory itself (or an overflow of the queue), noting
+    /// whether the watch ended (the directory moved or deleted).
+    fn read_reports(&mut self, name: &std::ffi::OsStr) -> std::io::Result<bool> {
         use inotify::EventMask;
         let Some(Some(inotify)) = self.inotify.as_mut() else {
             return Err(std::io::ErrorKind::Unsupported.into());
         };
         let mut buffer = [0u8; 1024];
-        let events = inotify.read_events(&mut buffer)?;
         let ended = EventMask::IGNORED | EventMask::MOVE_SELF | EventMask::DELETE_SELF;
-        self.ended |= events.into_iter().any(|e| e.mask.intersects(ended));
-        Ok(())
+        let mut about_file = false;
+        for event in inotify.read_events(&mut buffer)? {
+            self.ended |= event.mask.intersects(ended);
+            about_file |= event.name.is_none_or(|n| n == name);
+        }
+        Ok(about_file)
     }
 
     /// Before a lookup of the path: the directory watched, and what it reported so far read, so
     /// that any change after this point is reported to the next check.
-    fn prepare(&mut self, dir: &Path) {
+    fn prepare(&mut self, dir: &Path, name: &std::ffi::OsStr) {
         self.last = None;
         if self
             .inotify
@@ -107,8 +120,8 @@ impl DirWatch {
             return;
         }
         // Bounded: a directory written to without pause must not hold a request here.
-        for _ in 0..64 {
-            if self.read_reports().is_err() {
+        for _ in 0..MAX_REPORT_READS {
+            if self.read_reports(name).is_err() {
                 break;
             }
         }
@@ -214,10 +227,11 @@ impl FileStore {
         let mut watch = super::lock(&self.watch);
         #[cfg(target_os = "linux")]
         {
-            if let Some(stamp) = watch.unchanged() {
+            let name = self.path.file_name().unwrap_or_default();
+            if let Some(stamp) = watch.unchanged(name) {
                 return stamp;
             }
-            watch.prepare(&parent_dir(&self.path));
+            watch.prepare(&parent_dir(&self.path), name);
         }
         let stamp = fs::symlink_metadata(&self.path).ok().map(|m| stamp_of(&m));
         #[cfg(target_os = "linux")]
@@ -647,10 +661,16 @@ mod tests {
         assert_eq!(store.stamp(), by_path());
         assert_eq!(store.stamp(), first, "unchanged");
         #[cfg(target_os = "linux")]
-        assert!(
-            super::super::lock(&store.watch).unchanged().is_some(),
-            "checked through the watch"
-        );
+        {
+            let name = path.file_name().unwrap();
+            let watched = || super::super::lock(&store.watch).unchanged(name).is_some();
+            assert!(watched(), "checked through the watch");
+            // Other files in the directory come and go: the file is not looked up again.
+            let neighbour = path.with_file_name("neighbour.json");
+            fs::write(&neighbour, "{}").unwrap();
+            fs::remove_file(&neighbour).unwrap();
+            assert!(watched(), "a neighbour's changes are not the file's");
+        }
 
         // Replaced by a rename (what every writer of ours does), twice in a row.
         for n in 0..2 {
