@@ -48,9 +48,43 @@ pub struct FileStamp {
 /// (our writers' renames, an edit in place, the directory moved) is reported at once.
 #[cfg(target_os = "linux")]
 const PATH_RECHECK: Duration = Duration::from_secs(1);
-/// Reads of the watch's queue per check, at most (a busy directory must not hold a request).
+/// Reads of the watch's queue per check, at most: a directory busy with other files (a log
+/// appended without pause) costs a check a few reads, then a lookup of the path.
 #[cfg(target_os = "linux")]
-const MAX_REPORT_READS: usize = 64;
+const MAX_REPORT_READS: usize = 4;
+/// Pools watched at once in one process. Each watch takes one of the user's inotify instances
+/// (128 by default, shared with editors and every other tool); a process with more pools than
+/// this (a test run, a script going through many files) looks the others up before each request.
+#[cfg(all(target_os = "linux", not(test)))]
+const MAX_WATCHED_POOLS: usize = 4;
+#[cfg(all(target_os = "linux", test))]
+const MAX_WATCHED_POOLS: usize = usize::MAX;
+#[cfg(target_os = "linux")]
+static WATCHED_POOLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Takes one of `limit` places counted by `count`; false when all are taken.
+#[cfg(target_os = "linux")]
+fn claim(count: &std::sync::atomic::AtomicUsize, limit: usize) -> bool {
+    use std::sync::atomic::Ordering;
+    count
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+/// An inotify instance for one more watched pool, within `MAX_WATCHED_POOLS`.
+#[cfg(target_os = "linux")]
+fn new_instance() -> Option<inotify::Inotify> {
+    if !claim(&WATCHED_POOLS, MAX_WATCHED_POOLS) {
+        return None;
+    }
+    let made = inotify::Inotify::init().ok();
+    if made.is_none() {
+        WATCHED_POOLS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+    made
+}
 
 /// The pool file's directory watched with inotify, so that the check before each request is
 /// one non-blocking read that finds nothing (well under a microsecond) instead of a path lookup
@@ -66,6 +100,15 @@ struct DirWatch {
     last: Option<(Option<FileStamp>, Instant)>,
     /// The watch ended (its directory moved or deleted): watch the path's directory anew.
     ended: bool,
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for DirWatch {
+    fn drop(&mut self) {
+        if let Some(Some(_)) = &self.inotify {
+            WATCHED_POOLS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -98,7 +141,7 @@ impl DirWatch {
         let Some(Some(inotify)) = self.inotify.as_mut() else {
             return Err(std::io::ErrorKind::Unsupported.into());
         };
-        let mut buffer = [0u8; 1024];
+        let mut buffer = [0u8; 4096];
         let ended = EventMask::IGNORED | EventMask::MOVE_SELF | EventMask::DELETE_SELF;
         let mut about_file = false;
         for event in inotify.read_events(&mut buffer)? {
@@ -112,15 +155,11 @@ impl DirWatch {
     /// that any change after this point is reported to the next check.
     fn prepare(&mut self, dir: &Path, name: &std::ffi::OsStr) {
         self.last = None;
-        if self
-            .inotify
-            .get_or_insert_with(|| inotify::Inotify::init().ok())
-            .is_none()
-        {
+        if self.inotify.get_or_insert_with(new_instance).is_none() {
             return;
         }
         // Bounded: a directory written to without pause must not hold a request here.
-        for _ in 0..MAX_REPORT_READS {
+        for _ in 0..16 * MAX_REPORT_READS {
             if self.read_reports(name).is_err() {
                 break;
             }
@@ -755,6 +794,17 @@ mod tests {
         fs::rename(&other, store.path()).unwrap();
         assert_eq!(store.stamp(), by_path());
         assert_ne!(store.stamp(), before);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn watched_pools_are_bounded() {
+        let count = std::sync::atomic::AtomicUsize::new(0);
+        assert!(claim(&count, 2));
+        assert!(claim(&count, 2));
+        assert!(!claim(&count, 2), "both places taken");
+        count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        assert!(claim(&count, 2), "a place given back is taken again");
     }
 
     /// Whatever sits at the path is looked at, never opened for reading: a FIFO does not block.
