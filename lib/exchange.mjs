@@ -37,17 +37,13 @@ function checkedStep(step) {
 }
 
 /**
- * The next attempt when the engine can say without I/O (the usual case), else `null`: then
- * `nextStep`. Saves the caller an `await` on every request.
+ * The next attempt: `{ kind: "send", account, headers }` or `{ kind: "answer", ... }`. The step
+ * itself when the engine can say without I/O (the usual case: the caller need not wait a turn),
+ * else a promise of it.
  */
-export function nextStepNow(ex) {
+export function nextStep(ex) {
   const text = sync(() => ex.nextSync());
-  return text === null ? null : checkedStep(JSON.parse(text));
-}
-
-/** The next attempt: `{ kind: "send", account, headers }` or `{ kind: "answer", ... }`. */
-export async function nextStep(ex) {
-  return nextStepNow(ex) ?? checkedStep(await settle(ex.next()));
+  return text === null ? settle(ex.next()).then(checkedStep) : checkedStep(JSON.parse(text));
 }
 
 /** The first `limit` bytes of a body, read from a clone: the answer itself stays unread. */
@@ -69,11 +65,6 @@ export async function peek(response, limit = PEEK_LIMIT) {
   return Buffer.concat(parts).subarray(0, limit);
 }
 
-/**
- * What the engine makes of an answer: "retry", "deliver", or "deliver-tap" (deliver, and show
- * the body to `ex.observe` as it passes: it carries usage). `peekBody(response)` reads the start
- * of a body the engine needs to see (a 400); by default from a clone.
- */
 let policy = null;
 /**
  * The policy table's shape (src/engine/verdict.rs, src/engine/headers.rs), asked once: which
@@ -106,22 +97,23 @@ function checkedVerdict(verdict) {
   return verdict;
 }
 
-/**
- * `judgeAnswer` when the engine needs neither the body nor I/O (the usual case), else `null`
- * (nothing was decided: then `judgeAnswer`). Saves the caller an `await` on every request.
- */
-export function judgeNow(ex, response) {
-  const p = statusPolicy();
-  if (p.needsBody.has(response.status)) return null;
-  const verdict = sync(() => ex.judgeSync(response.status, headerLines(response, p), undefined));
-  return verdict === null ? null : checkedVerdict(verdict);
+/** The verdict on the calling thread when it needs no I/O, else through the runtime. */
+function judged(ex, status, headers, body) {
+  const verdict = sync(() => ex.judgeSync(status, headers, body));
+  return verdict === null ? settle(ex.judge(status, headers, body)).then(checkedVerdict) : checkedVerdict(verdict);
 }
 
-export async function judgeAnswer(ex, response, peekBody = peek) {
+/**
+ * What the engine makes of an answer: "retry", "deliver", or "deliver-tap" (deliver, and show
+ * the body to `ex.observe` as it passes: it carries usage). `peekBody(response)` reads the start
+ * of a body the engine needs to see (a 400); by default from a clone. The verdict itself when
+ * the engine can tell at once (the usual case: the caller need not wait a turn), else a promise
+ * of it.
+ */
+export function judgeAnswer(ex, response, peekBody = peek) {
   const p = statusPolicy();
-  const body = p.needsBody.has(response.status) ? await peekBody(response) : undefined;
-  const headers = headerLines(response, p);
-  return checkedVerdict(sync(() => ex.judgeSync(response.status, headers, body)) ?? (await settle(ex.judge(response.status, headers, body))));
+  if (!p.needsBody.has(response.status)) return judged(ex, response.status, headerLines(response, p), undefined);
+  return peekBody(response).then((body) => judged(ex, response.status, headerLines(response, p), body));
 }
 
 /** A chunk as the addon takes it (a Buffer view, no copy). */

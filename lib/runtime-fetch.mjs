@@ -14,7 +14,7 @@
 // when it started (the Rust client also reads SSL_CERT_FILE; OpenCode itself runs on Bun's).
 import { envGeneration, nativeBinding, PROXY_ENV } from "./native.mjs";
 import { toPoolError } from "./errors.mjs";
-import { asBuffer, judgeAnswer, judgeNow, nextStep, nextStepNow, openExchange, peek, poolAnswer, takeEvents, usageFeed } from "./exchange.mjs";
+import { asBuffer, judgeAnswer, nextStep, openExchange, peek, poolAnswer, takeEvents, usageFeed } from "./exchange.mjs";
 
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
 // A body announced this small and not an event stream is read whole before the Response is
@@ -200,7 +200,8 @@ export async function runtimeFetch(parts, { path, onEvents }) {
       if (signal?.aborted) throw abortError(signal);
       let step;
       try {
-        step = nextStepNow(ex) ?? (await nextStep(ex));
+        step = nextStep(ex);
+        if (step instanceof Promise) step = await step;
       } catch (err) {
         throw err?.code === "ABORT_ERR" ? abortError(signal) : err;
       }
@@ -208,7 +209,8 @@ export async function runtimeFetch(parts, { path, onEvents }) {
       const { response, controller, release } = await send(parts, step.headers, signal, timeoutMs);
       let verdict;
       try {
-        verdict = judgeNow(ex, response) ?? (await judgeAnswer(ex, response, (r) => withinSilence(peek(r), timeoutMs, controller)));
+        verdict = judgeAnswer(ex, response, (r) => withinSilence(peek(r), timeoutMs, controller));
+        if (verdict instanceof Promise) verdict = await verdict;
       } catch (err) {
         release();
         throw err?.code === "ABORT_ERR" ? abortError(signal) : err;

@@ -686,7 +686,7 @@ mod tests {
         assert_eq!(store.load().unwrap().anthropic.len(), 0);
     }
 
-    /// The check before each request (through the held file on Linux) sees every way the file
+    /// The check before each request (through the directory watch on Linux) sees every way the file
     /// changes as soon as the path's own stat would.
     #[test]
     fn the_stamp_follows_every_change_of_the_file_at_once() {
