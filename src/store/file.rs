@@ -30,7 +30,7 @@ pub struct FileStore {
     path: PathBuf,
     /// Changes in the file's directory as the kernel reports them (Linux).
     #[cfg(target_os = "linux")]
-    watch: std::sync::Arc<std::sync::Mutex<DirWatch>>,
+    watch: std::sync::Arc<std::sync::Mutex<super::watch::DirWatch>>,
 }
 
 /// What identifies one generation of the file cheaply, to skip re-parsing an unchanged file.
@@ -40,159 +40,6 @@ pub struct FileStamp {
     modified: Option<std::time::SystemTime>,
     #[cfg(unix)]
     ino: u64,
-}
-
-/// How long the last lookup of the path is trusted while its directory reports no change. What
-/// the directory cannot report: a directory above it replaced, a change made through another
-/// file system's view (NFS). Any change made on this machine to the file or its directory
-/// (our writers' renames, an edit in place, the directory moved) is reported at once.
-#[cfg(target_os = "linux")]
-const PATH_RECHECK: Duration = Duration::from_secs(1);
-/// Reads of the watch's queue per check, at most: a directory busy with other files (a log
-/// appended without pause) costs a check a few reads, then a lookup of the path.
-#[cfg(target_os = "linux")]
-const MAX_REPORT_READS: usize = 4;
-/// Pools watched at once in one process. Each watch takes one of the user's inotify instances
-/// (128 by default, shared with editors and every other tool); a process with more pools than
-/// this (a test run, a script going through many files) looks the others up before each request.
-#[cfg(all(target_os = "linux", not(test)))]
-const MAX_WATCHED_POOLS: usize = 4;
-#[cfg(all(target_os = "linux", test))]
-const MAX_WATCHED_POOLS: usize = usize::MAX;
-#[cfg(target_os = "linux")]
-static WATCHED_POOLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Takes one of `limit` places counted by `count`; false when all are taken.
-#[cfg(target_os = "linux")]
-fn claim(count: &std::sync::atomic::AtomicUsize, limit: usize) -> bool {
-    use std::sync::atomic::Ordering;
-    count
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < limit).then_some(n + 1)
-        })
-        .is_ok()
-}
-
-/// An inotify instance for one more watched pool, within `MAX_WATCHED_POOLS`.
-#[cfg(target_os = "linux")]
-fn new_instance() -> Option<inotify::Inotify> {
-    if !claim(&WATCHED_POOLS, MAX_WATCHED_POOLS) {
-        return None;
-    }
-    let made = inotify::Inotify::init().ok();
-    if made.is_none() {
-        WATCHED_POOLS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
-    made
-}
-
-/// The pool file's directory watched with inotify, so that the check before each request is
-/// one non-blocking read that finds nothing (well under a microsecond) instead of a path lookup
-/// (about 5 µs, measured in place under Bun). Without inotify (no instance left, no directory
-/// yet) every check looks the path up, as on other systems.
-#[cfg(target_os = "linux")]
-#[derive(Debug, Default)]
-struct DirWatch {
-    /// `None` until first used; `Some(None)` when no inotify instance could be had.
-    inotify: Option<Option<inotify::Inotify>>,
-    watching: Option<inotify::WatchDescriptor>,
-    /// The stamp the path showed at its last lookup, and when.
-    last: Option<(Option<FileStamp>, Instant)>,
-    /// The watch ended (its directory moved or deleted): watch the path's directory anew.
-    ended: bool,
-}
-
-#[cfg(target_os = "linux")]
-impl Drop for DirWatch {
-    fn drop(&mut self) {
-        if let Some(Some(_)) = &self.inotify {
-            WATCHED_POOLS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-impl DirWatch {
-    /// The last lookup's stamp, when nothing has changed since in the directory about the file
-    /// `name` (and the lookup is recent); `None`: look the path up (after `prepare`). Reports
-    /// about other entries of the directory (locks, temp files, other tools' files) are read
-    /// and change nothing.
-    fn unchanged(&mut self, name: &std::ffi::OsStr) -> Option<Option<FileStamp>> {
-        let (stamp, at) = self.last?;
-        if self.watching.is_none() || at.elapsed() >= PATH_RECHECK {
-            return None;
-        }
-        for _ in 0..MAX_REPORT_READS {
-            match self.read_reports(name) {
-                Ok(false) => continue,
-                Ok(true) => return None,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(stamp),
-                Err(_) => return None,
-            }
-        }
-        None
-    }
-
-    /// Reads one batch of what the directory reported (`WouldBlock`: nothing): whether any of it
-    /// is about the file `name` or the directory itself (or an overflow of the queue), noting
-    /// whether the watch ended (the directory moved or deleted).
-    fn read_reports(&mut self, name: &std::ffi::OsStr) -> std::io::Result<bool> {
-        use inotify::EventMask;
-        let Some(Some(inotify)) = self.inotify.as_mut() else {
-            return Err(std::io::ErrorKind::Unsupported.into());
-        };
-        let mut buffer = [0u8; 4096];
-        let ended = EventMask::IGNORED | EventMask::MOVE_SELF | EventMask::DELETE_SELF;
-        let mut about_file = false;
-        for event in inotify.read_events(&mut buffer)? {
-            self.ended |= event.mask.intersects(ended);
-            about_file |= event.name.is_none_or(|n| n == name);
-        }
-        Ok(about_file)
-    }
-
-    /// Before a lookup of the path: the directory watched, and what it reported so far read, so
-    /// that any change after this point is reported to the next check.
-    fn prepare(&mut self, dir: &Path, name: &std::ffi::OsStr) {
-        self.last = None;
-        if self.inotify.get_or_insert_with(new_instance).is_none() {
-            return;
-        }
-        // Bounded: a directory written to without pause must not hold a request here.
-        for _ in 0..16 * MAX_REPORT_READS {
-            if self.read_reports(name).is_err() {
-                break;
-            }
-        }
-        let Some(Some(inotify)) = self.inotify.as_mut() else {
-            return;
-        };
-        if std::mem::take(&mut self.ended) {
-            if let Some(wd) = self.watching.take() {
-                let _ = inotify.watches().remove(wd);
-            }
-        }
-        if self.watching.is_none() {
-            use inotify::WatchMask;
-            let mask = WatchMask::CREATE
-                | WatchMask::DELETE
-                | WatchMask::MOVED_FROM
-                | WatchMask::MOVED_TO
-                | WatchMask::MODIFY
-                | WatchMask::ATTRIB
-                | WatchMask::CLOSE_WRITE
-                | WatchMask::DELETE_SELF
-                | WatchMask::MOVE_SELF
-                | WatchMask::ONLYDIR;
-            self.watching = inotify.watches().add(dir, mask).ok();
-        }
-    }
-
-    fn looked_up(&mut self, stamp: Option<FileStamp>) {
-        if self.watching.is_some() {
-            self.last = Some((stamp, Instant::now()));
-        }
-    }
 }
 
 impl FileStore {
@@ -794,17 +641,6 @@ mod tests {
         fs::rename(&other, store.path()).unwrap();
         assert_eq!(store.stamp(), by_path());
         assert_ne!(store.stamp(), before);
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn watched_pools_are_bounded() {
-        let count = std::sync::atomic::AtomicUsize::new(0);
-        assert!(claim(&count, 2));
-        assert!(claim(&count, 2));
-        assert!(!claim(&count, 2), "both places taken");
-        count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        assert!(claim(&count, 2), "a place given back is taken again");
     }
 
     /// Whatever sits at the path is looked at, never opened for reading: a FIFO does not block.

@@ -12,6 +12,8 @@ pub mod file;
 pub mod postgres;
 #[cfg(test)]
 mod processes;
+#[cfg(target_os = "linux")]
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
