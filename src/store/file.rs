@@ -8,6 +8,9 @@
 //! - A write is: temp file created 0600 in the same directory (`O_EXCL`, random name), write,
 //!   fsync, keep the previous generation as `<pool>.bak`, rename over the pool, fsync the dir.
 //! - A file that does not parse is refused with `POOL_CORRUPT` and never written over.
+//! - Whether the file changed since it was read (`stamp`, before each request) is asked of a
+//!   watch of its directory first (`watch.rs`, Linux), and of a lookup of the path when the
+//!   watch cannot tell.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
