@@ -62,6 +62,27 @@ for (const transport of ["native", "runtime"]) {
     assert.equal(counted.output, 13);
   });
 
+  test(`${transport}: the model of a long text body is read wherever it stands`, async () => {
+    // The runtime transport shows the engine the start of a text body first, and all of it
+    // only when the model is not there.
+    const email = `${transport}-m@x.test`;
+    const path = await seedPool(mock, [email]);
+    const f = createPoolFetch({ path, transport });
+    const messages = [{ role: "user", content: "model ".repeat(3000) }];
+    mock.script(email, [{ usage: usage(5, 7) }, { usage: usage(11, 3) }]);
+    const bodies = [JSON.stringify({ max_tokens: 16, messages, model }), JSON.stringify({ model, max_tokens: 16, messages })];
+    for (const body of bodies) {
+      const res = await f(`${mock.url}/v1/messages`, { method: "POST", headers: jsonHeaders, body });
+      assert.equal(res.status, 200);
+      await res.text();
+    }
+    await flushPool(path);
+    const counted = (await poolStatus(path)).accounts.find((a) => a.email === email).usage.today.byModel;
+    assert.deepEqual(Object.keys(counted), [model]);
+    assert.equal(counted[model].input, 16);
+    assert.equal(counted[model].output, 10);
+  });
+
   test(`${transport}: a 401 is refreshed once and retried on the same account; every account cooling is the pool's own 429`, async () => {
     const email = `${transport}-r@x.test`;
     const path = await seedPool(mock, [email]);

@@ -43,7 +43,8 @@ async function requestParts(input, init) {
   let body;
   if (source !== null && source !== undefined && method !== "GET" && method !== "HEAD") {
     if (typeof source === "string") {
-      body = Buffer.from(source);
+      // Kept as text: the runtime's fetch encodes it itself; the Rust client gets it encoded.
+      body = source;
       if (!headers.has("content-type")) headers.set("content-type", "text/plain;charset=UTF-8");
     } else if (source instanceof Uint8Array) {
       body = Buffer.from(source.buffer, source.byteOffset, source.byteLength);
@@ -175,7 +176,7 @@ export function createPoolFetch(options = {}) {
           url: parts.url,
           method: parts.method,
           headers: parts.headers,
-          body: parts.body,
+          body: typeof parts.body === "string" ? Buffer.from(parts.body) : parts.body,
           path: path ?? undefined,
         }),
       );

@@ -65,6 +65,11 @@ pub fn is_api_origin(url: String) -> bool {
     config::same_origin(&target, &api.url)
 }
 
+/// The request body's top-level `model`.
+fn model_in(body: &[u8]) -> Option<String> {
+    usage::top_level_string(body, "model", body.len())
+}
+
 /// `name: value` lines (what `judgeSync` takes) as pairs; a line without a colon is dropped.
 fn header_lines(text: &str) -> impl Iterator<Item = (&str, &str)> + Clone {
     text.lines().filter_map(|line| {
@@ -129,7 +134,10 @@ impl NativeExchange {
     /// - `headers`: the request's headers as `name:value` lines (one string, as `judgeSync`
     ///   takes them; a `Headers` refuses line breaks in values);
     /// - `model`: the model asked for (scoped windows, model cooldowns, usage), else read from
-    ///   the top level of `body`, which is only looked at during the call.
+    ///   the top level of `body` (bytes, looked at during the call only) or of `bodyStart` (the
+    ///   start of a text body: encoding all of a large one cost more than the request's whole
+    ///   decision; when the model is not in it, `modelUnknown` says so and `readModel` takes
+    ///   the whole text).
     #[napi(constructor, catch_unwind)]
     pub fn new(
         path: Option<String>,
@@ -137,12 +145,12 @@ impl NativeExchange {
         headers: String,
         model: Option<String>,
         body: Option<BufferSlice>,
+        body_start: Option<String>,
     ) -> Self {
         let pairs = || header_lines(&headers);
-        let model = model.or_else(|| {
-            body.as_deref()
-                .and_then(|b| usage::top_level_string(b, "model", b.len()))
-        });
+        let model = model
+            .or_else(|| body.as_deref().and_then(model_in))
+            .or_else(|| body_start.as_deref().and_then(|b| model_in(b.as_bytes())));
         let meta = RequestMeta::from_headers(pairs()).with_model(model);
         let base = headers::forwardable(pairs());
         let inner = engine_for(path.as_deref())
@@ -156,6 +164,23 @@ impl NativeExchange {
             base,
             cancel: CancellationToken::new(),
             usage: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether the exchange still lacks the model asked for (see `readModel`).
+    #[napi(getter, js_name = "modelUnknown", catch_unwind)]
+    pub fn model_unknown(&self) -> bool {
+        match self.inner.as_ref().map(|m| m.try_lock()) {
+            Ok(Ok(ex)) => !ex.knows_model(),
+            _ => false,
+        }
+    }
+
+    /// Reads the model asked for from the whole text of the request body.
+    #[napi(js_name = "readModel", catch_unwind)]
+    pub fn read_model(&self, body: String) {
+        if let Ok(Ok(mut ex)) = self.inner.as_ref().map(|m| m.try_lock()) {
+            ex.learn_model(model_in(body.as_bytes()));
         }
     }
 

@@ -88,6 +88,25 @@ impl Exchange {
         }
     }
 
+    /// The model asked for, learnt after the exchange began (a driver that read it from the
+    /// body later); a model already known stays.
+    pub fn learn_model(&mut self, model: Option<String>) {
+        if self.meta.model.is_some() {
+            return;
+        }
+        self.meta = std::mem::take(&mut self.meta).with_model(model);
+        self.family = self
+            .meta
+            .model
+            .as_deref()
+            .and_then(super::limits::model_family);
+    }
+
+    /// Whether the exchange knows the model asked for.
+    pub fn knows_model(&self) -> bool {
+        self.meta.model.is_some()
+    }
+
     /// Events so far (failovers, cooldowns, refusals); they belong to the caller.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
