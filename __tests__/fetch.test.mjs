@@ -387,6 +387,14 @@ test("request bodies given as a ReadableStream, a Request object and a URL", asy
   const res2 = await poolFetch(req);
   assert.equal(res2.status, 200);
   assert.equal((await res2.json()).type, "message");
+  // Text (beyond ASCII too) and bytes arrive byte for byte.
+  const text = JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 1, messages: [{ role: "user", content: "héllo — ✓ 你好" }] });
+  for (const sent of [text, new TextEncoder().encode(text)]) {
+    const res3 = await poolFetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: sent });
+    assert.equal(res3.status, 200);
+    await res3.text();
+    assert.equal(mock.requests.at(-1).body, text);
+  }
 });
 
 test("requests to other hosts never carry a pool credential", async () => {

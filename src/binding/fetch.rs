@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use napi::bindgen_prelude::{Buffer, PromiseRaw};
+use napi::bindgen_prelude::{Buffer, Either, PromiseRaw};
 use napi::Env;
 use napi_derive::napi;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,9 @@ pub struct FetchRequest {
     pub method: String,
     /// `[name, value]` pairs.
     pub headers: Vec<Vec<String>>,
-    pub body: Option<Buffer>,
+    /// Text crosses encoded once, straight into the request's bytes; a Buffer is copied (the
+    /// caller may reuse it while the request, or its retry on the next account, is sent).
+    pub body: Option<Either<String, Buffer>>,
     pub path: Option<String>,
 }
 
@@ -56,7 +58,10 @@ impl FetchController {
             url: request.url,
             method: request.method,
             headers: header_pairs(request.headers),
-            body: request.body.map(|b| Bytes::copy_from_slice(&b)),
+            body: request.body.map(|b| match b {
+                Either::A(text) => Bytes::from(text),
+                Either::B(bytes) => Bytes::copy_from_slice(&bytes),
+            }),
         };
         let (result, events) = fetch::pool_fetch(&engine, req, &self.cancel).await;
         let answer = match result {
