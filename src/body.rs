@@ -242,34 +242,20 @@ impl ResponseBody {
     }
 }
 
-/// A small body of known size, whole: as long as it keeps coming (a body silent for the
-/// response timeout fails with `NETWORK`, as a streamed one does), or until `cancel` fires.
-/// Read to its end, so that the connection goes back to the pool.
-async fn read_small(mut response: reqwest::Response, cancel: &CancellationToken) -> Result<Bytes> {
-    let idle = http::response_timeout();
+/// A small body of known size, whole, read as a stream is (`next_batch`): cut with `NETWORK`
+/// when silent for the response timeout, `ABORT_ERR` when `cancel` fires, and read to its end
+/// so that the connection goes back to the pool.
+async fn read_small(response: reqwest::Response, cancel: &CancellationToken) -> Result<Bytes> {
+    let mut body = ResponseBody::OnDemand(Box::new(response));
     let mut chunks: Vec<Bytes> = Vec::new();
-    loop {
-        let chunk = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Err(Error::Aborted),
-            c = tokio::time::timeout(idle, response.chunk()) => c,
-        };
-        let detail = match chunk {
-            Ok(Ok(Some(c))) => {
-                chunks.push(c);
-                continue;
-            }
-            // Usually one chunk: handed on without a copy.
-            Ok(Ok(None)) if chunks.len() <= 1 => return Ok(chunks.pop().unwrap_or_default()),
-            Ok(Ok(None)) => return Ok(Bytes::from(chunks.concat())),
-            Ok(Err(e)) => http::describe(&e),
-            Err(_) => format!("no data for {} ms", idle.as_millis()),
-        };
-        return Err(Error::Network {
-            what: "the API",
-            detail,
-        });
+    while let Some(batch) = body.next_batch(cancel).await? {
+        chunks.extend(batch);
     }
+    // Usually one chunk: handed on without a copy.
+    Ok(match chunks.len() {
+        0 | 1 => chunks.pop().unwrap_or_default(),
+        _ => Bytes::from(chunks.concat()),
+    })
 }
 
 /// Reads the upstream body on the runtime while JavaScript consumes earlier chunks. Ends (and
