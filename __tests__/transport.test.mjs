@@ -8,7 +8,7 @@ import { copyFileSync, readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Worker } from "node:worker_threads";
 import { createPoolFetch, flushPool, loadPool, poolStatus, savePool } from "../index.mjs";
-import { syncEnv } from "../lib/native.mjs";
+import { envNames, syncEnv } from "../lib/native.mjs";
 import { openExchange } from "../lib/exchange.mjs";
 import { parseSSE, rateLimitHeaders, readAll } from "./helpers/mock-anthropic.mjs";
 import { account, jsonHeaders, seedPool, useMock } from "./helpers/pool-env.mjs";
@@ -250,6 +250,16 @@ test("the engine's own write of the pool is not read back: the next exchange is 
   assert.equal(JSON.parse(exchange().nextSync()).kind, "send", "decided from the generation it wrote");
   await savePool(await loadPool(path), path);
   assert.equal(exchange().nextSync(), null, "a write not its own is read again");
+});
+
+test("the variables handed to the addon before a call are the addon's own list, the contract's among them", () => {
+  // Bun keeps process.env from the C environment: a variable the addon reads but is not handed
+  // would go unseen there. The list comes from src/config.rs (`var`), where every read names it.
+  const { all, proxies } = envNames();
+  const contract = ["OAUTH_POOL_PATH", "OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL", "OAUTH_POOL_LOG", "OAUTH_POOL_HOLD_MAX_MS", "OAUTH_POOL_STORE", "OAUTH_POOL_STORE_KEY", "OAUTH_POOL_GATEWAY_KEY", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"];
+  for (const name of contract) assert.ok(all.includes(name), name);
+  assert.equal(new Set(all).size, all.length);
+  assert.deepEqual([...proxies].sort(), ["ALL_PROXY", "HTTPS_PROXY", "HTTP_PROXY", "all_proxy", "http_proxy", "https_proxy"]);
 });
 
 test("auto: with a proxy variable set, the Rust client carries the request (it owns the proxy rules)", async () => {

@@ -55,55 +55,40 @@ export function nativeBinding() {
 }
 
 // Bun does not pass process.env changes down to the C environment the addon reads, so every
-// call first hands over the variables this runtime sees (only when they changed).
-// Looking up a few names is much cheaper than enumerating process.env on every request.
-/** The variables that name a proxy (the Rust client's rules for them are in src/http.rs). */
-export const PROXY_ENV = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
-const ENV_KEYS = [
-  "OAUTH_POOL_PATH",
-  "OAUTH_POOL_TOKEN_URL",
-  "OAUTH_POOL_API_URL",
-  "OAUTH_POOL_LOG",
-  "OAUTH_POOL_TIMEOUT_MS",
-  "OAUTH_POOL_RESPONSE_TIMEOUT_MS",
-  "OAUTH_POOL_SOFT_THRESHOLD",
-  "OAUTH_POOL_HOLD_MAX_MS",
-  "OAUTH_POOL_JITTER_MS",
-  "OAUTH_POOL_USAGE",
-  "OAUTH_POOL_STORE",
-  "OAUTH_POOL_STORE_KEY",
-  "OAUTH_POOL_GATEWAY_KEY",
-  ...PROXY_ENV,
-  "NO_PROXY",
-  "no_proxy",
-  "NODE_EXTRA_CA_CERTS",
-  "SSL_CERT_FILE",
-  "HOME",
-  "USERPROFILE",
-];
+// call first hands over the variables this runtime sees (only when they changed). Which
+// variables: the addon's own list (src/config.rs `var`), asked once, so that none it reads is
+// missed here. Looking up a few names is much cheaper than enumerating process.env per request.
+let names = null;
+/** `{ all, proxies }`: the variables the addon reads, and of them those that name a proxy. */
+export function envNames() {
+  names ??= nativeBinding().envNames();
+  return names;
+}
+
 // On Node's main thread `process.env` writes reach the C environment, and reading the variables
 // through `process.env` cost Node about 12 µs a request: there the addon's fingerprint of the C
 // environment (`environStamp`, Linux) says whether to read them at all. Bun keeps `process.env`
 // apart from the C environment, as does a worker thread its copy.
 const stampsEnviron = typeof Bun === "undefined" && isMainThread;
-/** The values last handed over, by index in ENV_KEYS (compared one by one: no string built). */
+/** The values last handed over, by index in `envNames().all` (compared one by one: no string built). */
 let lastValues = null;
 let lastStamp = null;
-function unchanged() {
+function unchanged(keys) {
   if (lastValues === null) return false;
-  for (let i = 0; i < ENV_KEYS.length; i++) if (process.env[ENV_KEYS[i]] !== lastValues[i]) return false;
+  for (let i = 0; i < keys.length; i++) if (process.env[keys[i]] !== lastValues[i]) return false;
   return true;
 }
 export function syncEnv() {
   const stamp = stampsEnviron ? (nativeBinding().environStamp?.() ?? null) : null;
   if (stamp !== null && stamp === lastStamp && lastValues !== null) return;
-  if (unchanged()) {
+  const keys = envNames().all;
+  if (unchanged(keys)) {
     lastStamp = stamp;
     return;
   }
-  const values = ENV_KEYS.map((k) => process.env[k]);
+  const values = keys.map((k) => process.env[k]);
   const vars = {};
-  for (let i = 0; i < ENV_KEYS.length; i++) if (typeof values[i] === "string") vars[ENV_KEYS[i]] = values[i];
+  for (let i = 0; i < keys.length; i++) if (typeof values[i] === "string") vars[keys[i]] = values[i];
   nativeBinding().syncEnv(vars);
   lastValues = values;
   lastStamp = stamp;

@@ -12,7 +12,7 @@
 // rules): with a proxy variable set, `runtimeCarries` says no and the native transport is
 // used. Certificates are the runtime's: Bun trusts its roots plus NODE_EXTRA_CA_CERTS as set
 // when it started (the Rust client also reads SSL_CERT_FILE; OpenCode itself runs on Bun's).
-import { envGeneration, nativeBinding, PROXY_ENV } from "./native.mjs";
+import { envGeneration, envNames, nativeBinding } from "./native.mjs";
 import { toPoolError } from "./errors.mjs";
 import { asBuffer, judgeAnswer, nextStep, openExchange, peek, poolAnswer, takeEvents, usageFeed } from "./exchange.mjs";
 
@@ -46,7 +46,7 @@ export function isApiUrl(url) {
 export function runtimeCarries(transport = "auto") {
   if (transport === "native") return false;
   if (transport === "runtime") return true;
-  return typeof process?.versions?.bun === "string" && !PROXY_ENV.some((k) => process.env[k]);
+  return typeof process?.versions?.bun === "string" && !envNames().proxies.some((k) => process.env[k]);
 }
 
 function networkError(detail) {

@@ -13,6 +13,68 @@ use crate::error::{Error, Result};
 pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
 pub const DEFAULT_API_URL: &str = "https://api.anthropic.com";
 
+/// A variable of the environment that the addon reads. Only the constants of [`var`] exist (the
+/// field is private to this module), and [`var::ALL`] is made from the same list: a JavaScript
+/// runtime hands over exactly these before a call (`envNames`, lib/native.mjs), so a variable
+/// read here cannot be one that Bun's `process.env` never passes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Var(&'static str);
+
+impl Var {
+    pub const fn name(self) -> &'static str {
+        self.0
+    }
+}
+
+macro_rules! variables {
+    ($($id:ident = $name:literal;)*) => {
+        $(pub const $id: super::Var = super::Var($name);)*
+        /// Every variable the addon reads.
+        pub const ALL: &[super::Var] = &[$($id),*];
+    };
+}
+
+/// The variables, by what they configure (CONTRACT.md lists the pool's own).
+pub mod var {
+    variables! {
+        POOL_PATH = "OAUTH_POOL_PATH";
+        TOKEN_URL = "OAUTH_POOL_TOKEN_URL";
+        API_URL = "OAUTH_POOL_API_URL";
+        LOG = "OAUTH_POOL_LOG";
+        TIMEOUT_MS = "OAUTH_POOL_TIMEOUT_MS";
+        RESPONSE_TIMEOUT_MS = "OAUTH_POOL_RESPONSE_TIMEOUT_MS";
+        SOFT_THRESHOLD = "OAUTH_POOL_SOFT_THRESHOLD";
+        HOLD_MAX_MS = "OAUTH_POOL_HOLD_MAX_MS";
+        JITTER_MS = "OAUTH_POOL_JITTER_MS";
+        USAGE = "OAUTH_POOL_USAGE";
+        STORE = "OAUTH_POOL_STORE";
+        STORE_KEY = "OAUTH_POOL_STORE_KEY";
+        GATEWAY_KEY = "OAUTH_POOL_GATEWAY_KEY";
+        HTTPS_PROXY = "HTTPS_PROXY";
+        HTTPS_PROXY_LOWER = "https_proxy";
+        HTTP_PROXY = "HTTP_PROXY";
+        HTTP_PROXY_LOWER = "http_proxy";
+        ALL_PROXY = "ALL_PROXY";
+        ALL_PROXY_LOWER = "all_proxy";
+        NO_PROXY = "NO_PROXY";
+        NO_PROXY_LOWER = "no_proxy";
+        NODE_EXTRA_CA_CERTS = "NODE_EXTRA_CA_CERTS";
+        SSL_CERT_FILE = "SSL_CERT_FILE";
+        HOME = "HOME";
+        USERPROFILE = "USERPROFILE";
+    }
+
+    /// The variables that name a proxy (src/http.rs applies them, with `NO_PROXY`).
+    pub const PROXIES: &[super::Var] = &[
+        HTTPS_PROXY,
+        HTTPS_PROXY_LOWER,
+        HTTP_PROXY,
+        HTTP_PROXY_LOWER,
+        ALL_PROXY,
+        ALL_PROXY_LOWER,
+    ];
+}
+
 /// The JavaScript side's view of the environment, when it has given one. Bun does not pass
 /// `process.env` changes down to the C environment, so index.mjs hands over the variables it
 /// sees before each call; when set, this snapshot is authoritative.
@@ -67,13 +129,13 @@ pub fn environ_stamp() -> Option<u64> {
 }
 
 /// An environment variable as the caller's runtime sees it now.
-pub fn env(name: &str) -> Option<String> {
+pub fn env(var: Var) -> Option<String> {
     if let Ok(guard) = JS_ENV.read() {
         if let Some(vars) = guard.as_ref() {
-            return vars.get(name).cloned();
+            return vars.get(var.name()).cloned();
         }
     }
-    std::env::var(name).ok()
+    std::env::var(var.name()).ok()
 }
 
 /// `OAUTH_POOL_PATH`, else `~/.aidevops/oauth-pool.json`.
@@ -81,7 +143,7 @@ pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
     if let Some(p) = explicit.filter(|p| !p.is_empty()) {
         return Ok(expand_home(p));
     }
-    if let Some(p) = env("OAUTH_POOL_PATH") {
+    if let Some(p) = env(var::POOL_PATH) {
         if !p.is_empty() {
             return Ok(expand_home(&p));
         }
@@ -93,8 +155,12 @@ pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
 }
 
 pub fn home_dir() -> Option<PathBuf> {
-    let var = if cfg!(windows) { "USERPROFILE" } else { "HOME" };
-    env(var).filter(|v| !v.is_empty()).map(PathBuf::from)
+    let home = if cfg!(windows) {
+        var::USERPROFILE
+    } else {
+        var::HOME
+    };
+    env(home).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 fn expand_home(p: &str) -> PathBuf {
@@ -115,12 +181,12 @@ fn expand_home(p: &str) -> PathBuf {
 }
 
 pub fn token_url() -> Result<Url> {
-    endpoint("OAUTH_POOL_TOKEN_URL", DEFAULT_TOKEN_URL)
+    endpoint(var::TOKEN_URL, DEFAULT_TOKEN_URL)
 }
 
 /// The API origin (no trailing slash, no `/v1`).
 pub fn api_url() -> Result<Url> {
-    endpoint("OAUTH_POOL_API_URL", DEFAULT_API_URL)
+    endpoint(var::API_URL, DEFAULT_API_URL)
 }
 
 /// The pool's API URL and its origin as text (None for an opaque origin, which the API URL's
@@ -154,8 +220,8 @@ pub fn api() -> Result<Arc<ApiOrigin>> {
     Ok(api)
 }
 
-fn endpoint(var: &str, default: &str) -> Result<Url> {
-    let raw = env(var)
+fn endpoint(variable: Var, default: &str) -> Result<Url> {
+    let raw = env(variable)
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| default.to_string());
     parse_endpoint(raw.trim())
@@ -200,6 +266,14 @@ pub fn same_origin(target: &Url, api: &Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_variable_list_names_each_once_and_holds_the_proxies() {
+        let names: std::collections::HashSet<&str> = var::ALL.iter().map(|v| v.name()).collect();
+        assert_eq!(names.len(), var::ALL.len(), "a name listed twice");
+        assert!(var::PROXIES.iter().all(|p| var::ALL.contains(p)));
+        assert!(names.contains("OAUTH_POOL_STORE_KEY") && names.contains("no_proxy"));
+    }
 
     #[cfg(target_os = "linux")]
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::config;
+use crate::config::{self, var, Var};
 use crate::error::{Error, Result};
 
 pub const USER_AGENT: &str = concat!("opencode-oauth-pool/", env!("CARGO_PKG_VERSION"));
@@ -82,8 +82,8 @@ fn extra_roots() -> Vec<reqwest::Certificate> {
 pub fn extra_root_ders() -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = Vec::new();
-    for var in ["NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE"] {
-        let Some(path) = config::env(var).filter(|p| !p.trim().is_empty()) else {
+    for variable in [var::NODE_EXTRA_CA_CERTS, var::SSL_CERT_FILE] {
+        let Some(path) = config::env(variable).filter(|p| !p.trim().is_empty()) else {
             continue;
         };
         let path = std::path::PathBuf::from(path.trim());
@@ -93,12 +93,12 @@ pub fn extra_root_ders() -> Vec<rustls::pki_types::CertificateDer<'static>> {
                     .filter_map(std::result::Result::ok)
                     .collect();
                 if certs.is_empty() {
-                    tracing::warn!(var, path = %path.display(), "ignoring extra CA certificates: no PEM certificate in it");
+                    tracing::warn!(var = variable.name(), path = %path.display(), "ignoring extra CA certificates: no PEM certificate in it");
                 }
                 roots.extend(certs);
             }
             Err(e) => {
-                tracing::warn!(var, path = %path.display(), error = %e, "ignoring extra CA certificates")
+                tracing::warn!(var = variable.name(), path = %path.display(), error = %e, "ignoring extra CA certificates")
             }
         }
     }
@@ -108,26 +108,25 @@ pub fn extra_root_ders() -> Vec<rustls::pki_types::CertificateDer<'static>> {
 /// The proxy for a request to `url`, from the caller's environment, read per request:
 /// `https_proxy`/`HTTPS_PROXY` for https, `http_proxy`/`HTTP_PROXY` for http, then
 /// `all_proxy`/`ALL_PROXY`; none for loopback or a `NO_PROXY` match.
-pub fn proxy_for(url: &Url, env: &dyn Fn(&str) -> Option<String>) -> Option<Url> {
+pub fn proxy_for(url: &Url, env: &dyn Fn(Var) -> Option<String>) -> Option<Url> {
     let host = url.host_str()?;
     if config::is_loopback(url) {
         return None;
     }
-    let pick = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| env(n).filter(|v| !v.trim().is_empty()))
+    let pick = |vars: &[Var]| {
+        vars.iter()
+            .find_map(|v| env(*v).filter(|v| !v.trim().is_empty()))
     };
-    let no_proxy = pick(&["no_proxy", "NO_PROXY"]).unwrap_or_default();
+    let no_proxy = pick(&[var::NO_PROXY_LOWER, var::NO_PROXY]).unwrap_or_default();
     if bypasses(&no_proxy, host, url.port_or_known_default()) {
         return None;
     }
     let raw = match url.scheme() {
-        "https" => pick(&["https_proxy", "HTTPS_PROXY"]),
-        "http" => pick(&["http_proxy", "HTTP_PROXY"]),
+        "https" => pick(&[var::HTTPS_PROXY_LOWER, var::HTTPS_PROXY]),
+        "http" => pick(&[var::HTTP_PROXY_LOWER, var::HTTP_PROXY]),
         _ => None,
     }
-    .or_else(|| pick(&["all_proxy", "ALL_PROXY"]))?;
+    .or_else(|| pick(&[var::ALL_PROXY_LOWER, var::ALL_PROXY]))?;
     let raw = raw.trim();
     let with_scheme = if raw.contains("://") {
         raw.to_string()
@@ -222,12 +221,12 @@ fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
 
 /// Whole-call timeout for token and profile calls: `OAUTH_POOL_TIMEOUT_MS`, default 30 s.
 pub fn token_call_timeout() -> Duration {
-    env_millis("OAUTH_POOL_TIMEOUT_MS", Duration::from_secs(30))
+    env_millis(var::TIMEOUT_MS, Duration::from_secs(30))
 }
 
 /// A positive whole number of milliseconds from `var`, else `default`.
-pub fn env_millis(var: &str, default: Duration) -> Duration {
-    config::env(var)
+pub fn env_millis(variable: Var, default: Duration) -> Duration {
+    config::env(variable)
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis)
@@ -264,7 +263,7 @@ pub fn describe(err: &reqwest::Error) -> String {
 /// `OAUTH_POOL_RESPONSE_TIMEOUT_MS`, default 300 s (undici's headers and body timeouts). Streams
 /// send pings far more often; a silent upstream is a dead one.
 pub fn response_timeout() -> Duration {
-    env_millis("OAUTH_POOL_RESPONSE_TIMEOUT_MS", Duration::from_secs(300))
+    env_millis(var::RESPONSE_TIMEOUT_MS, Duration::from_secs(300))
 }
 
 #[cfg(test)]
@@ -272,12 +271,12 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(Var) -> Option<String> {
         let map: HashMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        move |k| map.get(k).cloned()
+        move |v| map.get(v.name()).cloned()
     }
 
     #[test]

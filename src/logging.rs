@@ -7,7 +7,7 @@ use std::sync::Once;
 pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let Some(filter) = crate::config::env("OAUTH_POOL_LOG") else {
+        let Some(filter) = crate::config::env(crate::config::var::LOG) else {
             return;
         };
         if filter.trim().is_empty() {

@@ -44,8 +44,8 @@ pub fn pool_files(path: Option<String>) -> JsResult<Value> {
 fn source(explicit: Option<&str>) -> &'static str {
     if explicit.is_some_and(|p| !p.is_empty()) {
         "argument"
-    } else if config::env("OAUTH_POOL_PATH").is_some_and(|p| !p.is_empty()) {
-        "OAUTH_POOL_PATH"
+    } else if config::env(config::var::POOL_PATH).is_some_and(|p| !p.is_empty()) {
+        config::var::POOL_PATH.name()
     } else {
         "default"
     }
@@ -56,12 +56,13 @@ fn source(explicit: Option<&str>) -> &'static str {
 #[napi(js_name = "checkEndpoints", catch_unwind)]
 pub fn check_endpoints() -> Value {
     let rows: Vec<Value> = [
-        ("OAUTH_POOL_TOKEN_URL", config::DEFAULT_TOKEN_URL),
-        ("OAUTH_POOL_API_URL", config::DEFAULT_API_URL),
+        (config::var::TOKEN_URL, config::DEFAULT_TOKEN_URL),
+        (config::var::API_URL, config::DEFAULT_API_URL),
     ]
     .into_iter()
-    .map(|(var, default)| {
-        let set = config::env(var).filter(|v| !v.trim().is_empty());
+    .map(|(variable, default)| {
+        let var = variable.name();
+        let set = config::env(variable).filter(|v| !v.trim().is_empty());
         let raw = set.clone().unwrap_or_else(|| default.to_string());
         match config::parse_endpoint(raw.trim()) {
             Ok(url) => {

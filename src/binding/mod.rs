@@ -140,7 +140,24 @@ pub fn header_pairs(pairs: Vec<Vec<String>>) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Hands over the JavaScript runtime's view of the variables the pool reads.
+/// The variables the pool reads (`config::var`, the one list): `all`, what `syncEnv` is to be
+/// handed; `proxies`, those of them that name a proxy.
+#[napi(object)]
+pub struct EnvNames {
+    pub all: Vec<String>,
+    pub proxies: Vec<String>,
+}
+
+#[napi(js_name = "envNames", catch_unwind)]
+pub fn env_names() -> EnvNames {
+    let names = |vars: &[config::Var]| vars.iter().map(|v| v.name().to_string()).collect();
+    EnvNames {
+        all: names(config::var::ALL),
+        proxies: names(config::var::PROXIES),
+    }
+}
+
+/// Hands over the JavaScript runtime's view of the variables the pool reads (`envNames().all`).
 #[napi(js_name = "syncEnv", catch_unwind)]
 pub fn sync_env(vars: std::collections::HashMap<String, String>) {
     config::set_js_env(vars);

@@ -15,7 +15,7 @@ use crate::{config, logging};
 fn database_location(explicit: Option<String>) -> Result<String, Error> {
     let location = explicit
         .filter(|l| !l.trim().is_empty())
-        .or_else(|| config::env("OAUTH_POOL_STORE").filter(|l| !l.trim().is_empty()))
+        .or_else(|| config::env(config::var::STORE).filter(|l| !l.trim().is_empty()))
         .ok_or_else(|| {
             Error::InvalidArgument(
                 "store init is for the fleet store: set OAUTH_POOL_STORE=postgres://... or pass the URL".into(),

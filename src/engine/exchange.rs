@@ -77,7 +77,10 @@ impl Exchange {
             engine,
             meta,
             family,
-            hold_left: crate::http::env_millis("OAUTH_POOL_HOLD_MAX_MS", std::time::Duration::ZERO),
+            hold_left: crate::http::env_millis(
+                crate::config::var::HOLD_MAX_MS,
+                std::time::Duration::ZERO,
+            ),
             tried: HashSet::new(),
             refreshed: HashSet::new(),
             retry_same: None,
@@ -558,7 +561,7 @@ enum Exhausted {
 
 /// `OAUTH_POOL_SOFT_THRESHOLD` (a fraction of any window the request counts against), default 0.9.
 fn soft_threshold() -> f64 {
-    crate::config::env("OAUTH_POOL_SOFT_THRESHOLD")
+    crate::config::env(crate::config::var::SOFT_THRESHOLD)
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v > 0.0)
         .unwrap_or(0.9)

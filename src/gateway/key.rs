@@ -15,7 +15,7 @@ const KEY_PREFIX: &str = "oauth-pool-gw-";
 /// 0600 file beside the pool file (`<pool>.gateway-key`), read bounded like any file we did not
 /// just write.
 pub fn gateway_key(store: &Store) -> Result<Secret> {
-    if let Some(k) = config::env("OAUTH_POOL_GATEWAY_KEY").filter(|k| !k.trim().is_empty()) {
+    if let Some(k) = config::env(config::var::GATEWAY_KEY).filter(|k| !k.trim().is_empty()) {
         return Ok(Secret::new(k.trim()));
     }
     let path = key_path(store)?;

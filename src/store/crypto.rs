@@ -66,7 +66,7 @@ impl SealKey {
 
     /// The configured key: `OAUTH_POOL_STORE_KEY`, else the key file.
     pub fn from_config() -> Result<SealKey> {
-        if let Some(text) = config::env("OAUTH_POOL_STORE_KEY").filter(|k| !k.trim().is_empty()) {
+        if let Some(text) = config::env(config::var::STORE_KEY).filter(|k| !k.trim().is_empty()) {
             let bytes = parse_key(&text).ok_or_else(|| {
                 Error::StoreKey(
                     "OAUTH_POOL_STORE_KEY must be 32 bytes written as 64 hex digits or as base64 (oauth-pool store init makes one)".into(),

@@ -89,7 +89,9 @@ impl Store {
         if let Some(e) = explicit.filter(|e| !e.trim().is_empty()) {
             return Store::open(e);
         }
-        if let Some(url) = crate::config::env("OAUTH_POOL_STORE").filter(|u| !u.trim().is_empty()) {
+        if let Some(url) =
+            crate::config::env(crate::config::var::STORE).filter(|u| !u.trim().is_empty())
+        {
             if !is_database(&url) {
                 return Err(Error::InvalidArgument(
                     "OAUTH_POOL_STORE takes a postgres:// URL (unset it to use the pool file)"
