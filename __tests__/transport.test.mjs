@@ -256,7 +256,19 @@ test("the variables handed to the addon before a call are the addon's own list, 
   // Bun keeps process.env from the C environment: a variable the addon reads but is not handed
   // would go unseen there. The list comes from src/config.rs (`var`), where every read names it.
   const { all, proxies } = envNames();
-  const contract = ["OAUTH_POOL_PATH", "OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL", "OAUTH_POOL_LOG", "OAUTH_POOL_HOLD_MAX_MS", "OAUTH_POOL_STORE", "OAUTH_POOL_STORE_KEY", "OAUTH_POOL_GATEWAY_KEY", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"];
+  const contract = [
+    "OAUTH_POOL_PATH",
+    "OAUTH_POOL_TOKEN_URL",
+    "OAUTH_POOL_API_URL",
+    "OAUTH_POOL_LOG",
+    "OAUTH_POOL_HOLD_MAX_MS",
+    "OAUTH_POOL_STORE",
+    "OAUTH_POOL_STORE_KEY",
+    "OAUTH_POOL_GATEWAY_KEY",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "NO_PROXY",
+  ];
   for (const name of contract) assert.ok(all.includes(name), name);
   assert.equal(new Set(all).size, all.length);
   assert.deepEqual([...proxies].sort(), ["ALL_PROXY", "HTTPS_PROXY", "HTTP_PROXY", "all_proxy", "http_proxy", "https_proxy"]);
