@@ -145,6 +145,24 @@ for (const transport of ["native", "runtime"]) {
     assert.equal(moved.headers.get("location"), "http://127.0.0.1:9/elsewhere");
   });
 
+  test(`${transport}: an answer cut mid-body is NETWORK, read whole or while the engine reads a 400`, async () => {
+    // The runtime transport reads small answers (and the start of a 400) itself: a reset there
+    // surfaced as the runtime's own error ("terminated", ECONNRESET) without a code.
+    const email = `${transport}-cut@x.test`;
+    const path = await seedPool(mock, [email]);
+    const f = createPoolFetch({ path, transport });
+    const cut = (e) => e instanceof TypeError && e.code === "NETWORK" && /network error talking to the API/.test(e.message);
+    mock.script(email, [{ resetAfterBytes: 10 }]);
+    await assert.rejects((async () => (await post(f)).text())(), cut);
+    mock.script(email, [{ status: 400, body: { type: "error", error: { type: "invalid_request_error", message: "x".repeat(500) } }, resetAfterBytes: 20 }]);
+    await assert.rejects((async () => (await post(f)).text())(), cut);
+    mock.script(email, [{ sse: true, text: "w".repeat(400), chunkSize: 50, resetAfterBytes: 200 }]);
+    await assert.rejects((async () => (await post(f, { stream: true })).text())(), cut);
+    const after = await post(f);
+    assert.equal(after.status, 200, "the account still serves");
+    await after.text();
+  });
+
   test(`${transport}: a cooldown decided on the JavaScript thread reaches the pool file without a flush`, async () => {
     // The engine of a pool first touched by a synchronous call (the runtime transport's judge)
     // has no async runtime around it; its urgent write must still happen, since OpenCode's

@@ -155,7 +155,9 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done }) {
 /**
  * `reading` (a read of the answer's body, or of a clone of it), cut with NETWORK ("no data for
  * ...") when it takes longer than the silence limit: the timer aborts the attempt, which fails
- * the read. (A race against a second promise cost Bun about 6 µs a request.)
+ * the read. (A race against a second promise cost Bun about 6 µs a request.) A read that fails
+ * otherwise (the connection reset mid-body) is NETWORK too, as a stream's is; a caller's abort
+ * stays the caller's reason.
  */
 async function withinSilence(reading, timeoutMs, controller) {
   let silent = false;
@@ -166,7 +168,9 @@ async function withinSilence(reading, timeoutMs, controller) {
   try {
     return await reading;
   } catch (err) {
-    throw silent ? networkError(`no data for ${timeoutMs} ms`) : err;
+    if (silent) throw networkError(`no data for ${timeoutMs} ms`);
+    if (controller.signal.aborted || err?.code === "NETWORK") throw err;
+    throw networkError(err?.message ?? String(err));
   } finally {
     clearTimeout(timer);
   }
