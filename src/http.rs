@@ -239,7 +239,10 @@ pub fn describe(err: &reqwest::Error) -> String {
         "timed out"
     } else if err.is_connect() {
         "could not connect"
-    } else if err.is_body() || err.is_decode() {
+    } else if err.is_decode() {
+        // Also a connection dropped under a compressed body: the detail says which.
+        "could not read or decode the answer's body"
+    } else if err.is_body() {
         "connection dropped while reading the answer"
     } else if err.is_request() {
         "request failed"
