@@ -250,6 +250,46 @@ for (const transport of ["native", "runtime"]) {
   });
 }
 
+test("a server that does not speak HTTP, or speaks it badly, is NETWORK with what went wrong, on both transports", async () => {
+  const { createServer } = await import("node:net");
+  const answers = {
+    "not HTTP": "HELLO THERE\r\n\r\n",
+    "a head of 2 MB": `HTTP/1.1 200 OK\r\nx-big: ${"a".repeat(2 * 1024 * 1024)}\r\ncontent-length: 2\r\n\r\n{}`,
+    "a bad status": "HTTP/1.1 999999 WHAT\r\ncontent-length: 2\r\n\r\n{}",
+    "a negative length": "HTTP/1.1 200 OK\r\ncontent-length: -5\r\n\r\n{}",
+    nothing: null,
+  };
+  let answer = null;
+  const server = createServer((socket) => {
+    socket.on("error", () => {});
+    socket.once("data", () => (answer === null ? socket.destroy() : socket.end(answer)));
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const api = `http://127.0.0.1:${server.address().port}`;
+  const path = await seedPool(mock, ["hostile-server@x.test"]);
+  const saved = process.env.OAUTH_POOL_API_URL;
+  process.env.OAUTH_POOL_API_URL = api;
+  try {
+    for (const [name, raw] of Object.entries(answers)) {
+      answer = raw;
+      for (const transport of ["native", "runtime"]) {
+        const f = createPoolFetch({ path, transport });
+        await assert.rejects(
+          (async () => (await f(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" })).text())(),
+          (e) => {
+            const detail = e.message.split("talking to the API: ")[1] ?? "";
+            return e instanceof TypeError && e.code === "NETWORK" && detail !== "" && detail !== "fetch failed" && !detail.includes("verbose");
+          },
+          `${name}, ${transport}`,
+        );
+      }
+    }
+  } finally {
+    process.env.OAUTH_POOL_API_URL = saved;
+    server.close();
+  }
+});
+
 test("the engine's own write of the pool is not read back: the next exchange is decided on the calling thread", async () => {
   // Bookkeeping is written a second after a request; the request after it (seconds later in a
   // real session) found the cache invalidated by that write and waited for a read of the file

@@ -53,6 +53,17 @@ function networkError(detail) {
   return toPoolError(new Error(`[NETWORK] network error talking to the API: ${detail}`));
 }
 
+/**
+ * What the runtime's fetch said went wrong: Node's puts it in `cause` ("fetch failed"); Bun's
+ * hint to pass `verbose` to fetch is for its own callers, not ours.
+ */
+function failure(err) {
+  const message = String(err?.message ?? err).replace(/\s*For more information, pass `verbose: true`.*$/s, "");
+  const cause = err?.cause?.message;
+  if (!cause || message.includes(cause)) return message;
+  return message === "fetch failed" ? cause : `${message} (${cause})`;
+}
+
 const abortError = (signal) => signal?.reason ?? new DOMException("The operation was aborted.", "AbortError");
 
 // A delivered body the caller drops unread: its watchdog and upstream stream go with it.
@@ -79,7 +90,7 @@ async function send(parts, headers, signal, timeoutMs) {
     release();
     if (signal?.aborted) throw abortError(signal);
     if (timedOut) throw networkError(`no response headers within ${timeoutMs} ms`);
-    throw networkError(err?.message ?? String(err));
+    throw networkError(failure(err));
   } finally {
     clearTimeout(timer);
   }
@@ -123,7 +134,7 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done }) {
         } catch (err) {
           finish();
           if (signal?.aborted) out.error(abortError(signal));
-          else out.error(stalled ? networkError(`no data for ${timeoutMs} ms`) : networkError(err?.message ?? String(err)));
+          else out.error(stalled ? networkError(`no data for ${timeoutMs} ms`) : networkError(failure(err)));
           return;
         } finally {
           waiting = false;
@@ -170,7 +181,7 @@ async function withinSilence(reading, timeoutMs, controller) {
   } catch (err) {
     if (silent) throw networkError(`no data for ${timeoutMs} ms`);
     if (controller.signal.aborted || err?.code === "NETWORK") throw err;
-    throw networkError(err?.message ?? String(err));
+    throw networkError(failure(err));
   } finally {
     clearTimeout(timer);
   }
