@@ -397,6 +397,40 @@ test("request bodies given as a ReadableStream, a Request object and a URL", asy
   }
 });
 
+// Bounded: before the fix the first request never settled.
+test("a request body stream that never ends yields to the caller's abort; one that fails is INVALID_ARGUMENT", { timeout: 20_000 }, async () => {
+  const path = await seedPool(mock, ["stall-body@x.test"]);
+  for (const transport of ["native", "runtime"]) {
+    const poolFetch = createPoolFetch({ path, transport });
+    mock.clearRequests();
+    const endless = new ReadableStream({
+      start(c) {
+        c.enqueue(new TextEncoder().encode('{"model":'));
+      },
+    });
+    const stop = new AbortController();
+    setTimeout(() => stop.abort(new Error("caller gave up")), 200);
+    const started = Date.now();
+    await assert.rejects(
+      poolFetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: endless, duplex: "half", signal: stop.signal }),
+      (e) => e.message === "caller gave up",
+      transport,
+    );
+    assert.ok(Date.now() - started < 2000, `${transport}: ${Date.now() - started} ms`);
+    const failing = new ReadableStream({
+      pull(c) {
+        c.error(new Error("disk went away"));
+      },
+    });
+    await assert.rejects(
+      poolFetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: failing, duplex: "half" }),
+      (e) => e.code === "INVALID_ARGUMENT" && /request body could not be read: disk went away/.test(e.message),
+      transport,
+    );
+    assert.equal(mock.requests.length, 0, `${transport}: nothing was sent`);
+  }
+});
+
 test("requests to other hosts never carry a pool credential", async () => {
   const path = await seedPool(mock, ["oh@x.test"]);
   const poolFetch = createPoolFetch({ path });

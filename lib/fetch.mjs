@@ -39,6 +39,7 @@ async function requestParts(input, init) {
   } catch (err) {
     throw invalidArgument(`headers are not valid: ${err?.message ?? err}`);
   }
+  const signal = init.signal ?? (isRequest ? input.signal : undefined);
   const source = init.body !== undefined ? init.body : isRequest ? input.body : null;
   let body;
   if (source !== null && source !== undefined && method !== "GET" && method !== "HEAD") {
@@ -58,11 +59,43 @@ async function requestParts(input, init) {
       const wrapped = new Response(source);
       const type = wrapped.headers.get("content-type");
       if (type && !headers.has("content-type")) headers.set("content-type", type);
-      body = Buffer.from(await wrapped.arrayBuffer());
+      body = wrapped.body ? await readWhole(wrapped.body, signal) : Buffer.alloc(0);
     }
   }
-  const signal = init.signal ?? (isRequest ? input.signal : undefined);
   return { url, method, headers: [...headers], body, signal };
+}
+
+/**
+ * A request body stream read to its end; the caller's abort stops the read (a stream that never
+ * ends must not hold the request past it), and a stream that fails is the caller's bad input.
+ */
+async function readWhole(stream, signal) {
+  const reader = stream.getReader();
+  const parts = [];
+  let size = 0;
+  let onAbort;
+  const aborted = signal
+    ? new Promise((_, reject) => {
+        onAbort = () => reject(abortError(signal));
+        if (signal.aborted) onAbort();
+        else signal.addEventListener?.("abort", onAbort, { once: true });
+      })
+    : null;
+  try {
+    for (;;) {
+      const { done, value } = await (aborted ? Promise.race([reader.read(), aborted]) : reader.read());
+      if (done) break;
+      parts.push(value);
+      size += value.byteLength;
+    }
+  } catch (err) {
+    reader.cancel(err).catch(() => {});
+    if (signal?.aborted) throw abortError(signal);
+    throw invalidArgument(`the request body could not be read: ${err?.message ?? err}`);
+  } finally {
+    if (onAbort) signal.removeEventListener?.("abort", onAbort);
+  }
+  return Buffer.concat(parts, size);
 }
 
 // Chunks arrive as JavaScript-owned Buffers; hand the stream a plain view of each.
