@@ -431,6 +431,35 @@ test("a request body stream that never ends yields to the caller's abort; one th
   }
 });
 
+test("what fetch refuses, the pool refuses with INVALID_ARGUMENT before anything is sent", async () => {
+  const path = await seedPool(mock, ["refused-input@x.test"]);
+  const url = messagesUrl(mock);
+  const withCredentials = url.replace("://", "://user:secret@");
+  for (const transport of ["native", "runtime"]) {
+    const poolFetch = createPoolFetch({ path, transport });
+    const used = new Request(url, { method: "POST", headers: jsonHeaders, body: body() });
+    await used.text();
+    const cases = {
+      "a used Request": [used],
+      "a method that is not a token": [url, { method: "GE T" }],
+      CONNECT: [url, { method: "CONNECT" }],
+      "a data: URL": ["data:text/plain,hello"],
+      "a file: URL": ["file:///etc/passwd"],
+      "a user name and password in the URL": [withCredentials, { method: "POST", headers: jsonHeaders, body: body() }],
+      "a signal that is not one": [url, { method: "POST", headers: jsonHeaders, body: body(), signal: {} }],
+      "a GET with a body": [url, { method: "GET", body: "x" }],
+    };
+    mock.clearRequests();
+    for (const [name, args] of Object.entries(cases)) {
+      await assert.rejects(poolFetch(...args), (e) => e.code === "INVALID_ARGUMENT" && !e.message.includes("secret"), `${transport}: ${name}`);
+    }
+    assert.equal(mock.requests.length, 0, `${transport}: nothing was sent`);
+    const reused = await poolFetch(used, { body: body() });
+    assert.equal(reused.status, 200, `${transport}: a used Request with a new body is fine`);
+    await reused.text();
+  }
+});
+
 test("requests to other hosts never carry a pool credential", async () => {
   const path = await seedPool(mock, ["oh@x.test"]);
   const poolFetch = createPoolFetch({ path });

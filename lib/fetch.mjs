@@ -18,6 +18,32 @@ function abortError(signal) {
   return new DOMException("The operation was aborted.", "AbortError");
 }
 
+// A method is an HTTP token; fetch refuses these three outright.
+const METHOD_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const FORBIDDEN_METHODS = new Set(["CONNECT", "TRACE", "TRACK"]);
+
+/**
+ * Refuses what fetch itself refuses about a URL, before anything is decided or sent: a scheme
+ * other than http(s), and a user name or password in it (a credential the caller did not mean
+ * to send, and one the pool's own would be mixed with).
+ */
+function checkUrl(url) {
+  const scheme = url.startsWith("https://") ? 8 : url.startsWith("http://") ? 7 : 0;
+  if (scheme) {
+    // The usual case without a parse: no "@" in the authority.
+    const end = url.slice(scheme).search(/[/?#]/);
+    if (!(end < 0 ? url.slice(scheme) : url.slice(scheme, scheme + end)).includes("@")) return;
+  }
+  let parsed;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw invalidArgument(`not an absolute URL: ${url.split(/[?#]/)[0]}`);
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") throw invalidArgument(`only http and https URLs are fetched, not ${parsed.protocol}`);
+  if (parsed.username || parsed.password) throw invalidArgument("a URL with a user name or password in it is refused, as fetch refuses it");
+}
+
 async function requestParts(input, init) {
   if (typeof init !== "object" || Array.isArray(init)) throw invalidArgument(`fetch options must be an object, got ${typeof init}`);
   const isRequest = typeof Request !== "undefined" && input instanceof Request;
@@ -25,10 +51,13 @@ async function requestParts(input, init) {
     throw invalidArgument(`fetch takes a URL string, a URL or a Request, got ${input === null ? "null" : typeof input}`);
   }
   const url = isRequest ? input.url : input instanceof URL ? input.href : input;
+  checkUrl(url);
   if (init.method !== undefined && typeof init.method !== "string") {
     throw invalidArgument(`method must be a string such as "POST", got ${typeof init.method}`);
   }
   const method = (init.method ?? (isRequest ? input.method : "GET")).toUpperCase();
+  if (!METHOD_TOKEN.test(method)) throw invalidArgument(`not an HTTP method: ${JSON.stringify(method)}`);
+  if (FORBIDDEN_METHODS.has(method)) throw invalidArgument(`fetch does not send ${method} requests`);
   let headers;
   try {
     if (!isRequest) headers = new Headers(init.headers);
@@ -40,9 +69,21 @@ async function requestParts(input, init) {
     throw invalidArgument(`headers are not valid: ${err?.message ?? err}`);
   }
   const signal = init.signal ?? (isRequest ? input.signal : undefined);
+  // Any AbortSignal, also one of another realm or a polyfill: what is used of it.
+  if (
+    signal !== undefined &&
+    signal !== null &&
+    (typeof signal !== "object" || typeof signal.aborted !== "boolean" || typeof signal.addEventListener !== "function")
+  ) {
+    throw invalidArgument("signal must be an AbortSignal");
+  }
   const source = init.body !== undefined ? init.body : isRequest ? input.body : null;
   let body;
-  if (source !== null && source !== undefined && method !== "GET" && method !== "HEAD") {
+  if (source !== null && source !== undefined && (method === "GET" || method === "HEAD")) {
+    throw invalidArgument(`a ${method} request cannot have a body`);
+  }
+  if (init.body === undefined && isRequest && input.bodyUsed) throw invalidArgument("the Request's body was already read");
+  if (source !== null && source !== undefined) {
     if (typeof source === "string") {
       // Kept as text: the runtime's fetch encodes it itself, and the Rust client's request is
       // encoded straight into its bytes (Buffer.from and a copy cost two passes over it).
