@@ -184,3 +184,14 @@ test("1,000 accounts, duplicates, unknown statuses and wrong types: load what is
   assert.deepEqual(readFileSync(path), before);
   assert.equal(statSync(path).mtimeMs, mtime);
 });
+
+test("a pool file that names a key twice is corrupt and kept: the first list's accounts are not dropped by a write", async () => {
+  // JSON parsers keep the last of two equal keys; a later write would then lose the first.
+  const path = await seedPool(mock, ["twice-a@x.test"]);
+  const good = readPool(path).anthropic[0];
+  const text = `{"anthropic": [${JSON.stringify(good)}],\n "anthropic": []}\n`;
+  writeFileSync(path, text, { mode: 0o600 });
+  await assert.rejects(loadPool(path), (e) => e.code === "POOL_CORRUPT" && /"anthropic" appears twice/.test(e.message));
+  await assert.rejects(post(createPoolFetch({ path })), (e) => e.code === "POOL_CORRUPT");
+  assert.equal(readFileSync(path, "utf8"), text, "left as it was");
+});

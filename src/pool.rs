@@ -26,6 +26,67 @@ fn integral(v: Value) -> Value {
     }
 }
 
+/// A JSON document in which no object names a key twice (the check, at any depth; nothing kept).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if seen.contains(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} appears twice in one object"
+                )));
+            }
+            map.next_value::<UniqueKeys>()?;
+            seen.insert(key);
+        }
+        Ok(self)
+    }
+}
+
 /// One element of the `anthropic` array: an account, or an entry we could not read, kept as is.
 #[derive(Debug, Clone)]
 pub enum Entry {
@@ -110,6 +171,10 @@ impl Pool {
 
     pub fn parse(bytes: &[u8]) -> Result<Pool, String> {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        // A parse into a tree keeps the last of two equal keys and drops the other silently:
+        // "anthropic" twice, or "refresh" twice in an account, would lose what the first held
+        // at the next write. Such a file is refused (and kept) like any other corrupt one.
+        serde_json::from_slice::<UniqueKeys>(bytes).map_err(|e| e.to_string())?;
         Pool::from_value(value)
     }
 
@@ -416,6 +481,16 @@ mod tests {
         assert!(Pool::parse(b"").is_err());
         assert!(Pool::parse(b"\xEF\xBB\xBF{}").is_err());
         assert!(Pool::parse(b"{\"anthropic\": [").is_err());
+        let twice = Pool::parse(br#"{"anthropic": [{"email": "a@x"}], "anthropic": []}"#);
+        assert!(twice.unwrap_err().contains("\"anthropic\" appears twice"));
+        let nested = br#"{"anthropic": [{"email": "a@x", "refresh": "r1", "refresh": "r2"}]}"#;
+        assert!(Pool::parse(nested)
+            .unwrap_err()
+            .contains("\"refresh\" appears twice"));
+        assert!(Pool::parse(
+            br#"{"anthropic": [{"email": "a@x"}, {"email": "b@x"}], "x": {"a": {"a": 1}}}"#
+        )
+        .is_ok());
         assert!(Pool::from_value(json!({})).unwrap().anthropic.is_empty());
     }
 
