@@ -128,3 +128,21 @@ test("an existing Claude Code login can be imported", async () => {
   assert.deepEqual(r, { email: "cc@x.test", added: true });
   assert.equal((await loadPool(path)).anthropic[0].refresh, t.refresh);
 });
+
+test("the wrong thing pasted or passed (a NUL, megabytes, a non-ASCII code) is refused before any token call", async () => {
+  const pkce = await authorize();
+  const path = tempPoolPath();
+  const calls = mock.stats().tokenCalls;
+  for (const pasted of [`ab\0c#${pkce.state}`, `${"x".repeat(10_000_000)}#${pkce.state}`, `c\u00e9de#${pkce.state}`]) {
+    await assert.rejects(exchange(pasted, pkce), (e) => e.code === "OAUTH_BAD_INPUT" && !e.message.includes(pkce.state));
+    await assert.rejects(addAccount(pasted, pkce, path), (e) => e.code === "OAUTH_BAD_INPUT");
+  }
+  for (const token of ["", "r\0t", "r".repeat(5_000_000)]) {
+    await assert.rejects(refresh(token), (e) => e.code === "INVALID_ARGUMENT" && !e.message.includes("rrrr"));
+  }
+  for (const key of ["sk-ant-api03-\0abcdef", `sk-ant-api03-${"a".repeat(5_000_000)}`]) {
+    await assert.rejects(addApiKey(key, { path }), (e) => e.code === "INVALID_ARGUMENT" && !e.message.includes("aaaa"));
+  }
+  assert.equal(mock.stats().tokenCalls, calls, "nothing reached the token endpoint");
+  assert.deepEqual((await loadPool(path)).anthropic, [], "nothing was added");
+});

@@ -231,7 +231,7 @@ pub async fn add_api_key(
     email: Option<&str>,
 ) -> Result<(String, bool)> {
     let trimmed = key.expose().trim();
-    if trimmed.len() < 8 || trimmed.chars().any(char::is_whitespace) {
+    if trimmed.len() < 8 || !Secret::new(trimmed).is_token_shaped() {
         return Err(Error::InvalidArgument(
             "that does not look like an API key (expected something like sk-ant-api03-...)".into(),
         ));

@@ -95,10 +95,19 @@ pub struct Pasted {
     pub state: Option<Secret>,
 }
 
+/// The most text taken as a paste: a callback URL with its query is well under this.
+const MAX_PASTE: usize = 16 * 1024;
+
 pub fn parse_pasted(input: &str) -> Result<Pasted> {
     let input = input.trim().trim_matches(|c| c == '"' || c == '\'');
     if input.is_empty() {
         return Err(Error::OAuthBadInput("nothing was pasted".into()));
+    }
+    if input.len() > MAX_PASTE {
+        return Err(Error::OAuthBadInput(format!(
+            "the pasted text is {} bytes: paste only the code shown after logging in (a few dozen characters)",
+            input.len()
+        )));
     }
     let from_query = |query: &str| {
         let mut code = None;
@@ -145,7 +154,7 @@ pub fn parse_pasted(input: &str) -> Result<Pasted> {
             state = Some(s);
         }
     }
-    if code.is_empty() || code.expose().chars().any(char::is_whitespace) {
+    if !code.is_token_shaped() {
         return Err(Error::OAuthBadInput(
             "the authorization code is empty or malformed".into(),
         ));
@@ -502,6 +511,16 @@ mod tests {
             "OAUTH_BAD_INPUT"
         );
         assert_eq!(parse_pasted("a b#c").unwrap_err().code(), "OAUTH_BAD_INPUT");
+        // The wrong thing pasted: a NUL, a code of a whole file, a paste of megabytes.
+        for bad in [
+            "ab\0c#st".to_string(),
+            format!("{}#st", "x".repeat(5000)),
+            format!("{}#st", "x".repeat(10_000_000)),
+            "c\u{e9}de#st".to_string(),
+        ] {
+            assert_eq!(parse_pasted(&bad).unwrap_err().code(), "OAUTH_BAD_INPUT");
+        }
+        assert!(parse_pasted(&format!("{}#st", "x".repeat(4000))).is_ok());
     }
 
     #[test]

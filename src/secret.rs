@@ -6,6 +6,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
+/// The longest token, key or login code taken (see `Secret::is_token_shaped`).
+pub const MAX_TOKEN_LEN: usize = 4096;
+
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(String);
 
@@ -21,6 +24,13 @@ impl Secret {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Whether this can be a token, a key or a login code: visible ASCII only, and at most
+    /// `MAX_TOKEN_LEN` bytes. Anthropic's are a few dozen to a few hundred characters; anything
+    /// else (a paste of the wrong thing, a NUL, a whole file) is refused before it is sent.
+    pub fn is_token_shaped(&self) -> bool {
+        (1..=MAX_TOKEN_LEN).contains(&self.0.len()) && self.0.bytes().all(|b| b.is_ascii_graphic())
     }
 
     /// A short, non-reversible tag that lets logs tell two tokens apart without revealing either.

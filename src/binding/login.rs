@@ -62,9 +62,13 @@ pub fn exchange(env: &Env, input: String, pkce: Pkce) -> JsResult<PromiseRaw<'_,
 pub fn refresh(env: &Env, refresh_token: String) -> JsResult<PromiseRaw<'_, Value>> {
     promise(env, async move {
         logging::init();
-        let t = oauth::refresh(&Secret::new(refresh_token))
-            .await
-            .map_err(js_error)?;
+        let token = Secret::new(refresh_token);
+        if !token.is_token_shaped() {
+            return Err(js_error(Error::InvalidArgument(
+                "that is not a refresh token (visible ASCII, at most 4096 characters)".into(),
+            )));
+        }
+        let t = oauth::refresh(&token).await.map_err(js_error)?;
         Ok(json!({
             "access": t.access.expose(),
             "refresh": t.refresh.expose(),
