@@ -106,9 +106,14 @@ async function requestParts(input, init) {
   return { url, method, headers: [...headers], body, signal };
 }
 
+// A body the pool holds for a retry is at most this: above the largest upload the API takes
+// (500 MB, the Files API), and a stream that never ends stops here rather than at memory's end.
+const MAX_REQUEST_BODY = 512 * 1024 * 1024;
+
 /**
  * A request body stream read to its end; the caller's abort stops the read (a stream that never
- * ends must not hold the request past it), and a stream that fails is the caller's bad input.
+ * ends must not hold the request past it), and a stream that fails, or passes
+ * `MAX_REQUEST_BODY`, is the caller's bad input.
  */
 async function readWhole(stream, signal) {
   const reader = stream.getReader();
@@ -128,6 +133,7 @@ async function readWhole(stream, signal) {
       if (done) break;
       parts.push(value);
       size += value.byteLength;
+      if (size > MAX_REQUEST_BODY) throw new RangeError(`it is over ${MAX_REQUEST_BODY / 1024 / 1024} MB`);
     }
   } catch (err) {
     reader.cancel(err).catch(() => {});
