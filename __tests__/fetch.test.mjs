@@ -461,6 +461,7 @@ test("what fetch refuses, the pool refuses with INVALID_ARGUMENT before anything
       "a user name and password in the URL": [withCredentials, { method: "POST", headers: jsonHeaders, body: body() }],
       "a signal that is not one": [url, { method: "POST", headers: jsonHeaders, body: body(), signal: {} }],
       "a GET with a body": [url, { method: "GET", body: "x" }],
+      "a token where the URL goes": ["sk-ant-oat01-secret-0123456789abcdef"],
     };
     mock.clearRequests();
     for (const [name, args] of Object.entries(cases)) {

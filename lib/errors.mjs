@@ -44,3 +44,14 @@ export async function settle(promise) {
 export function wrap(fn) {
   return (...args) => settle((async () => fn(...args))());
 }
+
+/**
+ * Text about to go into an error of ours that came from the caller or a runtime (a URL it was
+ * given, the runtime's own message): Anthropic-shaped tokens and URL queries left out, as the
+ * addon leaves them out of its messages (src/secret.rs, src/fetch.rs).
+ */
+export function scrubbed(text) {
+  return String(text)
+    .replace(/sk-ant-[A-Za-z0-9_\-.~+/=]+/g, "[redacted]")
+    .replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^\s"'?#]*)[?#][^\s"']*/gi, "$1");
+}

@@ -4,7 +4,7 @@
 // ("runtime", the default under Bun: lib/runtime-fetch.mjs). This file turns fetch()'s
 // arguments into a plain request for either.
 import { native, syncEnv } from "./native.mjs";
-import { settle, toPoolError } from "./errors.mjs";
+import { scrubbed, settle, toPoolError } from "./errors.mjs";
 import { invalidArgument } from "./api.mjs";
 import { isApiUrl, runtimeCarries, runtimeFetch } from "./runtime-fetch.mjs";
 
@@ -38,7 +38,7 @@ function checkUrl(url) {
   try {
     parsed = new URL(url);
   } catch {
-    throw invalidArgument(`not an absolute URL: ${url.split(/[?#]/)[0]}`);
+    throw invalidArgument(`not an absolute URL: ${scrubbed(url.split(/[?#]/)[0].slice(0, 200))}`);
   }
   if (parsed.protocol !== "http:" && parsed.protocol !== "https:") throw invalidArgument(`only http and https URLs are fetched, not ${parsed.protocol}`);
   if (parsed.username || parsed.password) throw invalidArgument("a URL with a user name or password in it is refused, as fetch refuses it");

@@ -13,7 +13,7 @@
 // used. Certificates are the runtime's: Bun trusts its roots plus NODE_EXTRA_CA_CERTS as set
 // when it started (the Rust client also reads SSL_CERT_FILE; OpenCode itself runs on Bun's).
 import { envGeneration, envNames, nativeBinding } from "./native.mjs";
-import { toPoolError } from "./errors.mjs";
+import { scrubbed, toPoolError } from "./errors.mjs";
 import { asBuffer, judgeAnswer, nextStep, openExchange, peek, poolAnswer, takeEvents, usageFeed } from "./exchange.mjs";
 
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
@@ -58,8 +58,8 @@ function networkError(detail) {
  * hint to pass `verbose` to fetch is for its own callers, not ours.
  */
 function failure(err) {
-  const message = String(err?.message ?? err).replace(/\s*For more information, pass `verbose: true`.*$/s, "");
-  const cause = err?.cause?.message;
+  const message = scrubbed(String(err?.message ?? err).replace(/\s*For more information, pass `verbose: true`.*$/s, ""));
+  const cause = err?.cause?.message && scrubbed(err.cause.message);
   if (!cause || message.includes(cause)) return message;
   return message === "fetch failed" ? cause : `${message} (${cause})`;
 }
