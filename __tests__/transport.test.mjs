@@ -334,14 +334,31 @@ test("the variables handed to the addon before a call are the addon's own list, 
 
 test("auto: with a proxy variable set, the Rust client carries the request (it owns the proxy rules)", async () => {
   const path = await seedPool(mock, ["auto-proxy@x.test"]);
-  // A proxy that does not exist: loopback is never proxied (NO_PROXY-like rule of src/http.rs),
-  // so the request still reaches the mock directly through the native transport.
-  process.env.HTTPS_PROXY = "http://127.0.0.1:9";
+  const f = createPoolFetch({ path });
+  // Who carried each request: the runtime's fetch is counted (auto is it only under Bun).
+  const runtimeFetch = globalThis.fetch;
+  let carried = 0;
+  globalThis.fetch = (...args) => {
+    carried++;
+    return runtimeFetch(...args);
+  };
+  const underBun = typeof Bun !== "undefined";
   try {
-    const res = await post(createPoolFetch({ path }));
+    await (await post(f)).text();
+    assert.equal(carried, underBun ? 1 : 0, "auto: the runtime's fetch under Bun, the Rust client under Node");
+    // A proxy that does not exist: loopback is never proxied (NO_PROXY-like rule of src/http.rs),
+    // so the request still reaches the mock directly through the native transport.
+    process.env.HTTPS_PROXY = "http://127.0.0.1:9";
+    const res = await post(f);
     assert.equal(res.status, 200);
     assert.equal(res.poolAccount, "auto-proxy@x.test");
+    await res.text();
+    assert.equal(carried, underBun ? 1 : 0, "with a proxy variable set, the Rust client");
+    delete process.env.HTTPS_PROXY;
+    await (await post(f)).text();
+    assert.equal(carried, underBun ? 2 : 0, "and the runtime's fetch again once it is gone");
   } finally {
+    globalThis.fetch = runtimeFetch;
     delete process.env.HTTPS_PROXY;
   }
 });

@@ -92,8 +92,14 @@ export function syncEnv() {
   nativeBinding().syncEnv(vars);
   lastValues = values;
   lastStamp = stamp;
+  const { proxies } = envNames();
+  proxySet = keys.some((k, i) => proxies.includes(k) && values[i]);
   generation++;
 }
+
+let proxySet = false;
+/** Whether a proxy variable was set when the environment was last handed over (`syncEnv`). */
+export const proxyConfigured = () => proxySet;
 
 let generation = 0;
 /** Changes each time a changed environment is handed over: what was read from it is stale. */

@@ -12,7 +12,7 @@
 // rules): with a proxy variable set, `runtimeCarries` says no and the native transport is
 // used. Certificates are the runtime's: Bun trusts its roots plus NODE_EXTRA_CA_CERTS as set
 // when it started (the Rust client also reads SSL_CERT_FILE; OpenCode itself runs on Bun's).
-import { envGeneration, envNames, nativeBinding } from "./native.mjs";
+import { envGeneration, nativeBinding, proxyConfigured } from "./native.mjs";
 import { scrubbed, toPoolError } from "./errors.mjs";
 import { asBuffer, judgeAnswer, nextStep, openExchange, peek, poolAnswer, takeEvents, usageFeed } from "./exchange.mjs";
 
@@ -42,11 +42,14 @@ export function isApiUrl(url) {
   return known;
 }
 
-/** Whether the runtime's fetch carries this process's requests ("auto": only under Bun). */
+/**
+ * Whether the runtime's fetch carries this process's requests ("auto": only under Bun, and not
+ * with a proxy variable set as the environment was last handed over: call after `syncEnv`).
+ */
 export function runtimeCarries(transport = "auto") {
   if (transport === "native") return false;
   if (transport === "runtime") return true;
-  return typeof process?.versions?.bun === "string" && !envNames().proxies.some((k) => process.env[k]);
+  return typeof process?.versions?.bun === "string" && !proxyConfigured();
 }
 
 function networkError(detail) {
