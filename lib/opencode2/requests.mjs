@@ -13,6 +13,7 @@
 // every hook here catches everything and leaves the host's request or answer as it was.
 import { syncEnv } from "../native.mjs";
 import { judgeAnswer, nextStep, openExchange, poolAnswer, takeEvents, usageFeed } from "../exchange.mjs";
+import { scrubbed } from "../errors.mjs";
 
 /** The host caps one retry delay at 15 minutes (retry.ts); past that, say so instead of waiting. */
 const HOST_RETRY_CAP_MS = 15 * 60_000;
@@ -92,7 +93,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         inFlight.set(sent, { ex, original: request, account: step.account });
         event.request = sent;
       } catch (err) {
-        log("error", `could not place the request on a pool account: ${err?.code ?? ""} ${err?.message ?? err}`.trim());
+        log("error", `could not place the request on a pool account: ${err?.code ?? ""} ${scrubbed(err?.message ?? err)}`.trim());
       }
     },
     { providerID },
@@ -128,7 +129,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         }
         event.response = verdict === "deliver-tap" ? tapUsage(response, ex) : response;
       } catch (err) {
-        log("error", `the pool could not finish this request: ${err?.code ?? ""} ${err?.message ?? err}`.trim());
+        log("error", `the pool could not finish this request: ${err?.code ?? ""} ${scrubbed(err?.message ?? err)}`.trim());
       } finally {
         drain(ex);
       }
@@ -151,7 +152,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         const wait = Math.max(0, own.retryAfterMs - (Date.now() - own.at));
         event.decision = wait > HOST_RETRY_CAP_MS ? { retry: false } : { retry: true, delay: wait };
       } catch (err) {
-        log("error", `retry decision failed: ${err?.message ?? err}`);
+        log("error", `retry decision failed: ${scrubbed(err?.message ?? err)}`);
       }
     },
     { providerID },
