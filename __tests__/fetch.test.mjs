@@ -461,11 +461,16 @@ test("what fetch refuses, the pool refuses with INVALID_ARGUMENT before anything
       "a user name and password in the URL": [withCredentials, { method: "POST", headers: jsonHeaders, body: body() }],
       "a signal that is not one": [url, { method: "POST", headers: jsonHeaders, body: body(), signal: {} }],
       "a GET with a body": [url, { method: "GET", body: "x" }],
-      "a token where the URL goes": ["sk-ant-oat01-secret-0123456789abcdef"],
+      // The mock's own (fake) access token of this account, passed by mistake as the URL.
+      "a token where the URL goes": [readPool(path).anthropic[0].access],
     };
     mock.clearRequests();
     for (const [name, args] of Object.entries(cases)) {
-      await assert.rejects(poolFetch(...args), (e) => e.code === "INVALID_ARGUMENT" && !e.message.includes("secret"), `${transport}: ${name}`);
+      await assert.rejects(
+        poolFetch(...args),
+        (e) => e.code === "INVALID_ARGUMENT" && !e.message.includes("secret") && !e.message.includes(readPool(path).anthropic[0].access),
+        `${transport}: ${name}`,
+      );
     }
     assert.equal(mock.requests.length, 0, `${transport}: nothing was sent`);
     const reused = await poolFetch(used, { body: body() });

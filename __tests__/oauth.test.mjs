@@ -140,7 +140,7 @@ test("the wrong thing pasted or passed (a NUL, megabytes, a non-ASCII code) is r
   for (const token of ["", "r\0t", "r".repeat(5_000_000)]) {
     await assert.rejects(refresh(token), (e) => e.code === "INVALID_ARGUMENT" && !e.message.includes("rrrr"));
   }
-  for (const key of ["sk-ant-api03-\0abcdef", `sk-ant-api03-${"a".repeat(5_000_000)}`]) {
+  for (const key of ["fake-console-key-\0abcdef", `fake-console-key-${"a".repeat(5_000_000)}`]) {
     await assert.rejects(addApiKey(key, { path }), (e) => e.code === "INVALID_ARGUMENT" && !e.message.includes("aaaa"));
   }
   assert.equal(mock.stats().tokenCalls, calls, "nothing reached the token endpoint");

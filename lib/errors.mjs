@@ -1,3 +1,5 @@
+import { nativeBinding } from "./native.mjs";
+
 // Native errors cross the boundary as "[CODE] message" (async napi functions cannot carry a
 // custom status). Turn them back into errors with `code` (and `status` for OAUTH_HTTP).
 
@@ -46,12 +48,15 @@ export function wrap(fn) {
 }
 
 /**
- * Text about to go into an error of ours that came from the caller or a runtime (a URL it was
- * given, the runtime's own message): Anthropic-shaped tokens and URL queries left out, as the
- * addon leaves them out of its messages (src/secret.rs, src/fetch.rs).
+ * Text about to go into an error or a log line of ours that came from the caller or a runtime (a
+ * URL it was given, the runtime's own message), scrubbed by the addon's own rule
+ * (`secret::scrub_message`: token shapes, URL queries and fragments). Without the addon, whose
+ * absence the caller hears about anyway, the text is withheld rather than passed unscrubbed.
  */
 export function scrubbed(text) {
-  return String(text)
-    .replace(/sk-ant-[A-Za-z0-9_\-.~+/=]+/g, "[redacted]")
-    .replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^\s"'?#]*)[?#][^\s"']*/gi, "$1");
+  try {
+    return nativeBinding().scrubMessage(String(text));
+  } catch {
+    return "(text withheld: the native addon is not loaded)";
+  }
 }

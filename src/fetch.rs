@@ -65,8 +65,10 @@ pub async fn pool_fetch(
     let url = match Url::parse(&req.url) {
         Ok(u) => u,
         Err(_) => {
-            let e =
-                Error::InvalidArgument(format!("not an absolute URL: {}", redact_query(&req.url)));
+            let e = Error::InvalidArgument(format!(
+                "not an absolute URL: {}",
+                crate::secret::scrub_message(&req.url)
+            ));
             return (Err(e), Vec::new());
         }
     };
@@ -273,8 +275,4 @@ fn answer(response: reqwest::Response, account: Option<String>, events: Vec<Even
         events,
         usage: None,
     }
-}
-
-fn redact_query(url: &str) -> String {
-    url.split(['?', '#']).next().unwrap_or("").to_string()
 }

@@ -27,5 +27,6 @@ pub mod pool;
 pub mod runtime;
 pub mod secret;
 pub mod store;
+pub mod unique_keys;
 
 pub mod binding;

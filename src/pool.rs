@@ -26,67 +26,6 @@ fn integral(v: Value) -> Value {
     }
 }
 
-/// A JSON document in which no object names a key twice (the check, at any depth; nothing kept).
-struct UniqueKeys;
-
-impl<'de> serde::Deserialize<'de> for UniqueKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_any(UniqueKeys)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for UniqueKeys {
-    type Value = UniqueKeys;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> std::result::Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_i64<E>(self, _: i64) -> std::result::Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_u64<E>(self, _: u64) -> std::result::Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_f64<E>(self, _: f64) -> std::result::Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_str<E>(self, _: &str) -> std::result::Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_unit<E>(self) -> std::result::Result<Self, E> {
-        Ok(self)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(
-        self,
-        mut seq: A,
-    ) -> std::result::Result<Self, A::Error> {
-        while seq.next_element::<UniqueKeys>()?.is_some() {}
-        Ok(self)
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(
-        self,
-        mut map: A,
-    ) -> std::result::Result<Self, A::Error> {
-        let mut seen = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if seen.contains(&key) {
-                return Err(serde::de::Error::custom(format!(
-                    "the key {key:?} appears twice in one object"
-                )));
-            }
-            map.next_value::<UniqueKeys>()?;
-            seen.insert(key);
-        }
-        Ok(self)
-    }
-}
-
 /// One element of the `anthropic` array: an account, or an entry we could not read, kept as is.
 #[derive(Debug, Clone)]
 pub enum Entry {
@@ -174,7 +113,7 @@ impl Pool {
         // A parse into a tree keeps the last of two equal keys and drops the other silently:
         // "anthropic" twice, or "refresh" twice in an account, would lose what the first held
         // at the next write. Such a file is refused (and kept) like any other corrupt one.
-        serde_json::from_slice::<UniqueKeys>(bytes).map_err(|e| e.to_string())?;
+        crate::unique_keys::check(bytes)?;
         Pool::from_value(value)
     }
 

@@ -129,6 +129,26 @@ pub fn scrub_tokens(text: &str) -> String {
     scrub(text, &[])
 }
 
+/// A message that quotes text from a caller or a runtime (a URL it was given, an error of its
+/// fetch): token shapes scrubbed (`scrub_tokens`) and the query and fragment of every URL in it
+/// left out, where keys and signatures travel.
+pub fn scrub_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, url) = rest.split_at(at);
+        out.push_str(before);
+        let end = url
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>'))
+            .unwrap_or(url.len());
+        let kept = url[..end].find(['?', '#']).unwrap_or(end);
+        out.push_str(&url[..kept]);
+        rest = &url[end..];
+    }
+    out.push_str(rest);
+    scrub_tokens(&out)
+}
+
 fn looks_secret(run: &str, secrets: &[&str]) -> bool {
     if run.contains("sk-ant-") && run.len() > "sk-ant-".len() + 4 {
         return true;
@@ -160,6 +180,26 @@ mod tests {
         assert_eq!(scrub(harmless, &[&token]), harmless);
         // Short secrets are not hunted inside ordinary words.
         assert_eq!(scrub("a rare error", &[&Secret::new("r")]), "a rare error");
+    }
+
+    #[test]
+    fn a_message_keeps_no_url_query_and_no_token_shape() {
+        let bun = r#"ZlibError fetching "http://127.0.0.1:1/v1/messages?key=abc#frag". x"#;
+        assert_eq!(
+            scrub_message(bun),
+            r#"ZlibError fetching "http://127.0.0.1:1/v1/messages". x"#
+        );
+        let token = ["sk", "ant", "oat01", "FAKE0123456789"].join("-");
+        assert_eq!(
+            scrub_message(&format!("not an absolute URL: {token}")),
+            "not an absolute URL: [redacted]"
+        );
+        let plain = "https://user@host/path?token=1 and https://x/y#z too";
+        assert_eq!(
+            scrub_message(plain),
+            "https://user@host/path and https://x/y too"
+        );
+        assert_eq!(scrub_message("no url here"), "no url here");
     }
 
     #[test]

@@ -157,6 +157,13 @@ pub fn env_names() -> EnvNames {
     }
 }
 
+/// A message quoting a caller's or a runtime's text, as the addon writes its own
+/// (`secret::scrub_message`): no token shape, no URL query or fragment.
+#[napi(js_name = "scrubMessage", catch_unwind)]
+pub fn scrub_message(text: String) -> String {
+    crate::secret::scrub_message(&text)
+}
+
 /// Hands over the JavaScript runtime's view of the variables the pool reads (`envNames().all`).
 #[napi(js_name = "syncEnv", catch_unwind)]
 pub fn sync_env(vars: std::collections::HashMap<String, String>) {
