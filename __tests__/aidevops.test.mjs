@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync, rmSync, symlinkSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -207,4 +207,44 @@ test("the package's own files never leave aidevops's pool file without its secti
   await lib.setPriority("alice@aidevops.test", 3, path);
   const after = readPool(path);
   assert.deepEqual(Object.keys(after).sort(), Object.keys(raw).sort());
+});
+
+test("the aidevops plugin's own writer and ours on one file: its mkdir lock is honoured, nothing of either is lost", async () => {
+  const path = await seedPool(mock, ["rot@x.test"]);
+  const before = mock.stats().perFamily["rot@x.test"].refreshCalls;
+  const rounds = 60;
+  // It holds its lock 3 ms between its read and its write; we write all the while (new keys, and
+  // refreshes that rotate a token: the write a lost update would undo).
+  const writer = spawn(process.execPath, [join(ROOT, "__tests__", "helpers", "aidevops-writer.mjs"), path, String(rounds), "3"], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  let out = "";
+  writer.stdout.on("data", (d) => (out += d));
+  let running = true;
+  const exited = new Promise((resolve) => writer.on("close", (code) => resolve(code))).finally(() => (running = false));
+  let keys = 0;
+  let refreshes = 0;
+  while (running || keys < 10) {
+    await lib.addApiKey(`fake-console-key-${keys}-aidevops-interleaved`, { email: `k${keys}@x.test`, path });
+    keys++;
+    if (keys % 4 === 0) {
+      await lib.refreshAccount("rot@x.test", path);
+      refreshes++;
+    }
+  }
+  assert.equal(await exited, 0, out);
+  const pool = readPool(path);
+  assert.deepEqual(
+    pool.openai[0].rounds,
+    Array.from({ length: rounds }, (_, i) => i),
+    "every write of theirs is there",
+  );
+  const emails = new Set(pool.anthropic.map((a) => a.email));
+  const lost = Array.from({ length: keys }, (_, i) => `k${i}@x.test`).filter((e) => !emails.has(e));
+  assert.deepEqual(lost, [], `every key of ours is there (${keys} written)`);
+  const fam = mock.stats().perFamily["rot@x.test"];
+  assert.equal(fam.refreshCalls - before, refreshes);
+  assert.equal(account(path, "rot@x.test").refresh, mock.tokens("rot@x.test").refresh, "the file holds the live refresh token");
+  assert.equal(fam.reuse, 0);
+  assert.ok(!existsSync(`${path}.lock.d`), "no lock left behind");
 });

@@ -5,6 +5,8 @@
 //! - Writes happen under an exclusive kernel lock on a separate `<pool>.lock` file that is never
 //!   renamed or deleted (locking the data file itself would lock an inode that the next rename
 //!   orphans). The kernel drops the lock when its holder dies, so there are no stale locks.
+//!   Inside it, the aidevops plugin's own lock is taken too (`legacy_lock.rs`): that plugin
+//!   keeps writing the same file for its other providers.
 //! - A write is: temp file created 0600 in the same directory (`O_EXCL`, random name), write,
 //!   fsync, keep the previous generation as `<pool>.bak`, rename over the pool, fsync the dir.
 //! - A file that does not parse is refused with `POOL_CORRUPT` and never written over.
@@ -17,6 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::legacy_lock::LegacyLock;
 use super::Written;
 use crate::error::{Error, Result};
 use crate::fsread::{self, ReadError};
@@ -131,6 +134,7 @@ impl FileStore {
     /// Replaces the whole pool (the `savePool` semantics), under the lock.
     pub fn save(&self, pool: &Pool) -> Result<()> {
         let _lock = FileLock::acquire(&self.lock_path(), LOCK_TIMEOUT)?;
+        let _aidevops = LegacyLock::acquire(&self.path)?;
         // Refuse to replace a file we would refuse to read: a symlink or a foreign file is
         // someone else's, and a corrupt one is evidence the user must look at.
         let previous_ok = self.read()?.is_some();
@@ -152,6 +156,7 @@ impl FileStore {
         change: impl FnOnce(&mut Pool) -> Result<T>,
     ) -> Result<(T, Written<FileStamp>)> {
         let _lock = FileLock::acquire(&self.lock_path(), LOCK_TIMEOUT)?;
+        let _aidevops = LegacyLock::acquire(&self.path)?;
         let current = self.read()?;
         let existed = current.is_some();
         let mut pool = current.map(|(p, _)| p).unwrap_or_default();

@@ -9,6 +9,7 @@
 
 pub mod crypto;
 pub mod file;
+mod legacy_lock;
 pub mod postgres;
 #[cfg(test)]
 mod processes;

@@ -1,0 +1,374 @@
+//! The aidevops plugin's own lock on the pool file, taken by every write of ours as well.
+//!
+//! The opencode-aidevops plugin hands its Anthropic pool to this package but keeps writing the
+//! same `~/.aidevops/oauth-pool.json` for its other providers (OpenAI, Cursor, Google), and older
+//! installs may still write the Anthropic list too. Each of its writes reads the whole file,
+//! changes it and writes the whole file back, under a lock of its own: a directory
+//! `<pool>.lock.d` made with `mkdir`, holding an `owner` file `{"pid":…,"ts":…}`; a lock whose
+//! pid is gone or whose `ts` is more than 10 s old is stale and removed
+//! (`.agents/plugins/opencode-aidevops/oauth-pool-storage.mjs`, `withPoolLock`, marcusquinn/aidevops
+//! @ ad4eefaf3). A write of ours between its read and its write would be undone by it, a rotated
+//! refresh token with it (the one in the file is then spent: the account is logged out). So a
+//! write of ours takes that lock too, after the kernel lock on `<pool>.lock` (always in that
+//! order; its writers take only this one and the aidevops shell helpers only the kernel lock,
+//! so no two processes can wait on each other in a cycle).
+//!
+//! Where the directory cannot be made or is not a directory, no aidevops writer can hold it
+//! either (its `mkdir` fails the same way), and the write goes ahead without it.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+
+/// The aidevops plugin's rule: a lock held longer than this is stale.
+const STALE_AFTER: Duration = Duration::from_secs(10);
+/// How long a writer of ours waits for an aidevops writer (whose holds last milliseconds)
+/// before saying `POOL_BUSY`: past the stale limit, so that a dead holder never makes us fail.
+const WAIT_LIMIT: Duration = Duration::from_secs(15);
+/// The owner file is at most a few dozen bytes; anything far larger is not an owner file.
+const OWNER_LIMIT: u64 = 4096;
+
+/// Held while a write of ours is in progress; released on drop, only if it is still ours.
+#[derive(Debug)]
+pub struct LegacyLock {
+    dir: PathBuf,
+    /// The owner text we wrote (None: the directory is ours but its owner file could not be
+    /// written).
+    owner: Option<String>,
+}
+
+/// What is at `<pool>.lock.d` when our `mkdir` finds something there.
+enum Holder {
+    /// An aidevops writer (or one of ours) holds it: wait.
+    Live,
+    /// Its holder is gone or too old: remove it, then try again.
+    Stale(Option<String>),
+    /// Not a lock anyone can hold (not a directory): go ahead without it.
+    Unusable,
+}
+
+impl LegacyLock {
+    /// The lock for the pool file at `pool`, or None when no aidevops writer can hold it.
+    pub fn acquire(pool: &Path) -> Result<Option<LegacyLock>> {
+        let dir = lock_dir(pool);
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match make_private_dir(&dir) {
+                Ok(()) => {
+                    let owner = owner_text();
+                    let written = write_owner(&dir, &owner);
+                    if let Err(e) = &written {
+                        // Its writers wait on a lock without an owner; we hold the directory.
+                        tracing::warn!(path = %dir.display(), error = %e, "could not write the aidevops lock's owner file");
+                    }
+                    let owner = written.ok().map(|()| owner);
+                    return Ok(Some(LegacyLock { dir, owner }));
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    tracing::warn!(path = %dir.display(), error = %e, "the aidevops lock cannot be taken; writing without it");
+                    return Ok(None);
+                }
+            }
+            match holder(&dir) {
+                Holder::Live => {}
+                Holder::Stale(seen) => {
+                    remove_stale(&dir, seen.as_deref());
+                    continue;
+                }
+                Holder::Unusable => {
+                    tracing::warn!(path = %dir.display(), "the aidevops lock path is not a directory; writing without it");
+                    return Ok(None);
+                }
+            }
+            if start.elapsed() >= WAIT_LIMIT {
+                return Err(Error::PoolBusy {
+                    path: dir,
+                    seconds: WAIT_LIMIT.as_secs(),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for LegacyLock {
+    fn drop(&mut self) {
+        let owner = self.dir.join("owner");
+        match &self.owner {
+            // Broken as stale by another writer meanwhile: what is there now is theirs.
+            Some(ours) if read_owner(&owner).as_deref() != Some(ours.as_str()) => return,
+            Some(_) => {
+                let _ = fs::remove_file(&owner);
+            }
+            None => {}
+        }
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// `<pool>.lock.d`, as the aidevops plugin names it (its lock file's name plus `.d`).
+pub fn lock_dir(pool: &Path) -> PathBuf {
+    let mut name = pool.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock.d");
+    pool.with_file_name(name)
+}
+
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// The owner record the aidevops plugin writes and reads: our pid, and now in epoch ms.
+fn owner_text() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("{{\"pid\":{},\"ts\":{ms}}}", std::process::id())
+}
+
+fn write_owner(dir: &Path, owner: &str) -> std::io::Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    opts.open(dir.join("owner"))?.write_all(owner.as_bytes())
+}
+
+fn read_owner(path: &Path) -> Option<String> {
+    let bytes = crate::fsread::read_regular(path, OWNER_LIMIT, false).ok()?;
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
+fn holder(dir: &Path) -> Holder {
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        // Released between our mkdir and this look: try again at once.
+        return Holder::Stale(None);
+    };
+    if !meta.is_dir() {
+        return Holder::Unusable;
+    }
+    let now = SystemTime::now();
+    match read_owner(&dir.join("owner")) {
+        Some(text) => match parse_owner(&text) {
+            Some((pid, ts)) if is_alive(pid) && !older_than(ts, now) => Holder::Live,
+            Some(_) => Holder::Stale(Some(text)),
+            // An owner file being written (the plugin makes the directory, then the file).
+            None if !dir_older_than_limit(&meta, now) => Holder::Live,
+            None => Holder::Stale(Some(text)),
+        },
+        // A holder that died between its mkdir and its owner file leaves a directory the
+        // plugin's own writers wait on for ever; once it is past the stale limit, it is removed.
+        None if dir_older_than_limit(&meta, now) => Holder::Stale(None),
+        None => Holder::Live,
+    }
+}
+
+fn parse_owner(text: &str) -> Option<(i64, i64)> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let pid = v.get("pid")?.as_i64()?;
+    let ts = v
+        .get("ts")
+        .and_then(|t| t.as_i64().or_else(|| t.as_f64().map(|f| f as i64)))?;
+    Some((pid, ts))
+}
+
+fn older_than(ts_ms: i64, now: SystemTime) -> bool {
+    let now_ms = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    now_ms.saturating_sub(ts_ms) > STALE_AFTER.as_millis() as i64
+}
+
+fn dir_older_than_limit(meta: &fs::Metadata, now: SystemTime) -> bool {
+    meta.modified()
+        .ok()
+        .and_then(|m| now.duration_since(m).ok())
+        .is_some_and(|age| age > STALE_AFTER)
+}
+
+/// Whether a process `pid` exists (one of another user counts: it exists).
+fn is_alive(pid: i64) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        if pid <= 0 {
+            return false;
+        }
+        // SAFETY: kill with signal 0 sends nothing; it only checks that the pid exists.
+        let rc = unsafe { libc::kill(pid, 0) };
+        rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        // No cheap check here: the age rule alone tells a dead holder.
+        pid > 0
+    }
+}
+
+/// Removes a stale lock, unless it changed since it was judged (another writer may have
+/// removed it and taken it anew meanwhile). Never recursive: a directory holding anything
+/// other than an owner file stays, and `holder` keeps calling it stale (the plugin's writers
+/// cannot take it either).
+fn remove_stale(dir: &Path, seen: Option<&str>) {
+    let owner = dir.join("owner");
+    if let Some(seen) = seen {
+        if read_owner(&owner).as_deref() != Some(seen) {
+            return;
+        }
+        let _ = fs::remove_file(&owner);
+    }
+    if let Err(e) = fs::remove_dir(dir) {
+        if e.kind() != ErrorKind::NotFound {
+            tracing::warn!(path = %dir.display(), error = %e, "could not remove a stale aidevops lock");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool_in(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("oauth-pool.json")
+    }
+
+    fn plant(pool: &Path, owner: &str) {
+        let dir = lock_dir(pool);
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("owner"), owner).unwrap();
+    }
+
+    #[test]
+    fn held_by_us_it_names_our_pid_and_goes_away_on_drop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pool = pool_in(&tmp);
+        let lock = LegacyLock::acquire(&pool).unwrap().unwrap();
+        let owner = fs::read_to_string(lock_dir(&pool).join("owner")).unwrap();
+        let (pid, ts) = parse_owner(&owner).unwrap();
+        assert_eq!(pid, std::process::id() as i64);
+        assert!(!older_than(ts, SystemTime::now()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(lock_dir(&pool)), 0o700);
+            assert_eq!(mode(lock_dir(&pool).join("owner")), 0o600);
+        }
+        drop(lock);
+        assert!(!lock_dir(&pool).exists());
+    }
+
+    #[test]
+    fn a_live_holder_is_waited_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pool = pool_in(&tmp);
+        // A live pid (ours) and a fresh stamp: the aidevops plugin holds it.
+        plant(&pool, &owner_text());
+        let dir = lock_dir(&pool);
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            fs::remove_file(dir.join("owner")).unwrap();
+            fs::remove_dir(&dir).unwrap();
+        });
+        let start = Instant::now();
+        let lock = LegacyLock::acquire(&pool).unwrap();
+        assert!(lock.is_some());
+        assert!(
+            start.elapsed() >= Duration::from_millis(140),
+            "waited for the holder"
+        );
+        releaser.join().unwrap();
+    }
+
+    #[test]
+    fn stale_holders_are_removed_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pool = pool_in(&tmp);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let gone = {
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            let pid = child.id();
+            child.wait().unwrap();
+            pid
+        };
+        for owner in [
+            format!("{{\"pid\":{gone},\"ts\":{now_ms}}}"),
+            format!(
+                "{{\"pid\":{},\"ts\":{}}}",
+                std::process::id(),
+                now_ms - 11_000
+            ),
+        ] {
+            plant(&pool, &owner);
+            let start = Instant::now();
+            let lock = LegacyLock::acquire(&pool).unwrap().unwrap();
+            assert!(start.elapsed() < Duration::from_secs(1), "{owner}");
+            assert_ne!(lock.owner.as_deref(), Some(owner.as_str()));
+            drop(lock);
+            assert!(!lock_dir(&pool).exists());
+        }
+    }
+
+    #[test]
+    fn a_directory_without_owner_waits_only_until_the_stale_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pool = pool_in(&tmp);
+        fs::create_dir(lock_dir(&pool)).unwrap();
+        let meta = fs::symlink_metadata(lock_dir(&pool)).unwrap();
+        assert!(
+            matches!(holder(&lock_dir(&pool)), Holder::Live),
+            "being made"
+        );
+        let later = SystemTime::now() + STALE_AFTER + Duration::from_secs(1);
+        assert!(dir_older_than_limit(&meta, later));
+        // Aged past the limit (its time set back), it is taken.
+        let old = fs::File::open(lock_dir(&pool)).unwrap();
+        old.set_modified(SystemTime::now() - STALE_AFTER - Duration::from_secs(5))
+            .unwrap();
+        assert!(LegacyLock::acquire(&pool).unwrap().is_some());
+    }
+
+    #[test]
+    fn something_else_at_the_path_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pool = pool_in(&tmp);
+        fs::write(lock_dir(&pool), "not a lock").unwrap();
+        assert!(LegacyLock::acquire(&pool).unwrap().is_none());
+        assert_eq!(fs::read_to_string(lock_dir(&pool)).unwrap(), "not a lock");
+    }
+
+    #[test]
+    fn a_lock_broken_as_stale_and_taken_by_another_is_not_released_by_us() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pool = pool_in(&tmp);
+        let lock = LegacyLock::acquire(&pool).unwrap().unwrap();
+        let theirs = "{\"pid\":1,\"ts\":1}";
+        fs::write(lock_dir(&pool).join("owner"), theirs).unwrap();
+        drop(lock);
+        assert_eq!(
+            fs::read_to_string(lock_dir(&pool).join("owner")).unwrap(),
+            theirs
+        );
+    }
+}
