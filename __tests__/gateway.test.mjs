@@ -230,6 +230,34 @@ test("hostile clients: oversized bodies, slow headers, huge headers, garbage, to
   }
 });
 
+test("paths that leave /v1/ and methods that tunnel or echo never go upstream with the pool's credential", async () => {
+  const { gw } = await gateway(["escape@x.test"]);
+  try {
+    mock.clearRequests();
+    const before = mock.stats().profileCalls;
+    // Raw requests: a fetch client would resolve the dot segments before sending.
+    for (const target of [
+      "/v1/../api/oauth/profile",
+      "/v1/%2e%2e/api/oauth/profile",
+      "/v1/.%2E/api/oauth/profile",
+      "/v1/..\\api/oauth/profile",
+      "/v1/x%2f..%2f..%2fapi/oauth/profile",
+      "/v1/../../../etc/passwd",
+    ]) {
+      const res = await raw(gw.url, [`GET ${target} HTTP/1.1\r\nHost: x\r\nx-api-key: ${KEY}\r\nConnection: close\r\n\r\n`]);
+      assert.match(res.data, /^HTTP\/1\.1 404/, `${target}: ${res.data.slice(0, 40)}`);
+    }
+    for (const method of ["TRACE", "TRACK", "CONNECT"]) {
+      const res = await raw(gw.url, [`${method} /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: ${KEY}\r\nConnection: close\r\n\r\n`]);
+      assert.match(res.data, method === "CONNECT" ? /^HTTP\/1\.1 (405|400)/ : /^HTTP\/1\.1 405/, `${method}: ${res.data.slice(0, 40)}`);
+    }
+    assert.equal(mock.stats().profileCalls, before, "no account endpoint was reached");
+    assert.equal(mock.requests.length, 0, "nothing went upstream");
+  } finally {
+    await gw.close(1000);
+  }
+});
+
 test("loopback only by default: another address needs --allow-remote and TLS; with TLS it serves https", async () => {
   const path = tempPoolPath();
   await assert.rejects(lib.serve({ host: "0.0.0.0", port: 0, path }), (e) => e.code === "INVALID_ARGUMENT" && /allow-remote/.test(e.message));

@@ -18,6 +18,32 @@ use crate::error::Error;
 use crate::fetch::{self, Body, OutgoingRequest};
 use crate::{config, http};
 
+/// Whether the path the client sent names something under `/v1/` and stays there. A dot
+/// segment, plain or percent-encoded, or a backslash is resolved by the URL parser (`/v1/../api/
+/// oauth/claude_cli/create_api_key` became `/api/oauth/...` on the API origin, with the pool's
+/// credential attached), and an encoded slash or backslash may be by a server: all refused.
+pub(super) fn is_api_path(path: &str) -> bool {
+    if !(path == "/v1" || path.starts_with("/v1/")) || path.contains('\\') {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return false;
+    }
+    lower.split('/').all(|segment| {
+        let segment = segment.replace("%2e", ".");
+        segment != "." && segment != ".."
+    })
+}
+
+/// Methods that are never forwarded: CONNECT asks for a tunnel, TRACE and TRACK echo the
+/// request, the pool's credential included, back to whoever sent it.
+pub(super) fn is_refused_method(method: &hyper::Method) -> bool {
+    *method == hyper::Method::CONNECT
+        || *method == hyper::Method::TRACE
+        || method.as_str().eq_ignore_ascii_case("TRACK")
+}
+
 /// The request's headers as the pool's driver takes them (values that are not text dropped).
 fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
     headers
@@ -111,6 +137,14 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
             .map(|p| p.as_str())
             .unwrap_or("/")
     );
+    // What the driver will send to, checked as it will be parsed: still under /v1/.
+    if !url::Url::parse(&target).is_ok_and(|u| is_api_path(u.path())) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            "the pool gateway serves /v1/*, /healthz and /metrics",
+        );
+    }
     let method = parts.method.as_str().to_string();
     let headers = header_pairs(&parts.headers);
     let body = match tokio::time::timeout(state.body_timeout, read_body(&mut incoming)).await {
@@ -263,4 +297,61 @@ fn stream_body(start: Option<Bytes>, response: reqwest::Response, tap: Option<Ta
         }
     });
     BodyExt::boxed_unsync(StreamBody::new(stream.boxed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_that_stay_under_v1_are_forwarded() {
+        for ok in [
+            "/v1",
+            "/v1/",
+            "/v1/messages",
+            "/v1/messages/count_tokens",
+            "/v1/models/claude-x.y",
+            "/v1/a..b/.c/d.",
+        ] {
+            assert!(is_api_path(ok), "{ok}");
+        }
+        for refused in [
+            "/",
+            "/v2/messages",
+            "/v1x",
+            "/api/oauth/profile",
+            "/v1/../api/oauth/profile",
+            "/v1/%2e%2e/api/oauth/usage",
+            "/v1/.%2E/x",
+            "/v1/%2E./x",
+            "/v1/./messages",
+            "/v1/..",
+            "/v1/%2e",
+            "/v1/..\\x",
+            "/v1/a%2f..%2f..%2fapi",
+            "/v1/a%5c..",
+            "/v1/A%2F",
+        ] {
+            assert!(!is_api_path(refused), "{refused}");
+        }
+        // As the driver will parse it, a dot segment is already resolved away.
+        let parsed = url::Url::parse("http://127.0.0.1:9/v1/%2e%2e/api/oauth/usage").unwrap();
+        assert!(!is_api_path(parsed.path()));
+    }
+
+    #[test]
+    fn tunnels_and_echoes_are_refused() {
+        for m in ["CONNECT", "TRACE", "TRACK", "track"] {
+            assert!(
+                is_refused_method(&hyper::Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
+        }
+        for m in ["GET", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS"] {
+            assert!(
+                !is_refused_method(&hyper::Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
+        }
+    }
 }

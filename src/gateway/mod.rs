@@ -377,7 +377,13 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> 
         )
     } else if req.method() == Method::GET && path == "/metrics" {
         metrics::metrics(&state).await
-    } else if path.starts_with("/v1/") || path == "/v1" {
+    } else if forward::is_api_path(&path) && forward::is_refused_method(req.method()) {
+        error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "the pool gateway does not forward CONNECT, TRACE or TRACK",
+        )
+    } else if forward::is_api_path(&path) {
         forward::forward(req, &state).await
     } else {
         error(
