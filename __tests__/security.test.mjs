@@ -406,3 +406,41 @@ test("14: unreadable entries are listed (marked invalid) and can be removed by e
     ["fine@x.test"],
   );
 });
+
+// ---- 15. an API server that echoes the credential it was sent ---------------------------------
+test("15: a server echoing the presented token: no answer header carries it (both transports), nor the gateway's body", async () => {
+  const path = await seedPool(mock, ["mirror@x.test"]);
+  const token = account(path, "mirror@x.test").access;
+  // The echo is cut into 7-byte writes, so the token also arrives split across reads.
+  const echo = () => ({
+    status: 200,
+    body: { echoed: `Bearer ${token}`, again: token },
+    headers: { "x-echo": `Bearer ${token}`, "set-cookie": `t=${token}` },
+    chunkSize: 7,
+    delayMs: 1,
+  });
+  for (const transport of ["native", "runtime"]) {
+    mock.script("mirror@x.test", [echo()]);
+    const res = await post(createPoolFetch({ path, transport }));
+    assert.equal(res.status, 200);
+    const headers = JSON.stringify([...res.headers]);
+    assert.ok(!headers.includes(token), `${transport}: ${headers}`);
+    assert.equal(res.headers.get("x-echo"), "Bearer [redacted]", transport);
+    // The library's caller owns the pool: the body reaches it as the server sent it.
+    assert.ok((await res.text()).includes(token), transport);
+  }
+  const key = "test-gateway-key-echo-0123456789";
+  process.env.OAUTH_POOL_GATEWAY_KEY = key;
+  const gw = await lib.serve({ port: 0, path });
+  try {
+    mock.script("mirror@x.test", [echo()]);
+    const res = await fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { ...jsonHeaders, "x-api-key": key }, body: body() });
+    const text = await res.text();
+    assert.ok(!JSON.stringify([...res.headers]).includes(token));
+    assert.ok(!text.includes(token), text);
+    assert.deepEqual(JSON.parse(text), { echoed: "Bearer [redacted]", again: "[redacted]" });
+  } finally {
+    await gw.close(1000);
+    delete process.env.OAUTH_POOL_GATEWAY_KEY;
+  }
+});

@@ -195,6 +195,30 @@ function described(response, url, account) {
   return Object.defineProperties(response, { url: { value: url, configurable: true }, poolAccount: { value: account, configurable: true } });
 }
 
+/** The credential an attempt presented, from the headers the engine gave it (lower-case names). */
+function presented(headers) {
+  for (const [name, value] of headers) {
+    if (name === "authorization") return value.startsWith("Bearer ") ? value.slice(7) : null;
+    if (name === "x-api-key") return value;
+  }
+  return null;
+}
+
+/**
+ * The answer's headers with any echo of the presented credential taken out (a server may send
+ * back what it was sent; the caller of the pool never holds its tokens otherwise). As the Rust
+ * driver does (src/echo.rs).
+ */
+function answerHeaders(response, secret) {
+  if (!secret || secret.length < 16) return response.headers;
+  let echoed = false;
+  for (const [, value] of response.headers) echoed ||= value.includes(secret);
+  if (!echoed) return response.headers;
+  const clean = new Headers();
+  for (const [name, value] of response.headers) clean.append(name, value.split(secret).join("[redacted]"));
+  return clean;
+}
+
 function isWhole(response) {
   const length = Number(response.headers.get("content-length"));
   if (!Number.isInteger(length) || length > WHOLE_BODY_LIMIT) return false;
@@ -240,7 +264,7 @@ export async function runtimeFetch(parts, { path, onEvents }) {
       }
       delivered = true;
       const tap = verdict === "deliver-tap";
-      const head = { status: response.status, statusText: response.statusText, headers: response.headers };
+      const head = { status: response.status, statusText: response.statusText, headers: answerHeaders(response, presented(step.headers)) };
       if (NULL_BODY_STATUS.has(response.status) || parts.method === "HEAD" || !response.body) {
         release();
         if (tap) ex.finishUsage();

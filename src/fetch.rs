@@ -44,6 +44,8 @@ pub struct Answer {
     pub usage: Option<UsageSink>,
     /// Whether the body is an event stream (read on demand, tapped event by event).
     pub event_stream: bool,
+    /// The credential presented to get it, for a relay to take back out of the body (`echo`).
+    pub presented: Vec<crate::secret::Secret>,
 }
 
 /// Response headers that described the wire, not the body we hand over (decoded, re-framed).
@@ -130,9 +132,11 @@ async fn serve(
                     events: Vec::new(),
                     usage: None,
                     event_stream: false,
+                    presented: Vec::new(),
                 })
             }
         };
+        let presented = crate::echo::presented(&attempt.headers);
         let mut response = send(
             method.clone(),
             url.clone(),
@@ -172,10 +176,13 @@ async fn serve(
                             events: Vec::new(),
                             usage: None,
                             event_stream: false,
+                            presented: Vec::new(),
                         }
                     }
                 };
                 a.usage = usage;
+                crate::echo::scrub_headers(&mut a.headers, &presented);
+                a.presented = presented;
                 return Ok(a);
             }
         }
@@ -274,5 +281,6 @@ fn answer(response: reqwest::Response, account: Option<String>, events: Vec<Even
         account,
         events,
         usage: None,
+        presented: Vec::new(),
     }
 }

@@ -7,6 +7,7 @@
 //! - `engine`: the policy: who serves, with which credential, what an answer means.
 //! - `fetch` + `body`: the Rust driver that moves the bytes (reqwest) and streams them back.
 //! - `manage`: account changes and the views people read.
+//! - `echo`: the presented credential taken back out of answers.
 //! - `http`, `config`, `fsread`, `secret`, `error`, `logging`: the plumbing.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -14,6 +15,7 @@
 pub mod account;
 pub mod body;
 pub mod config;
+pub mod echo;
 pub mod engine;
 pub mod error;
 pub mod fetch;

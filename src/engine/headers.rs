@@ -63,12 +63,20 @@ impl RequestMeta {
     }
 }
 
-/// The caller's headers as they may go upstream.
-pub fn forwardable<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> HeaderMap {
+/// The caller's headers as they may go upstream: without `DROPPED`, nor any header its
+/// `Connection` header names (those are for the hop to us, RFC 9110 7.6.1).
+pub fn forwardable<'a>(headers: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> HeaderMap {
+    let hop_by_hop: Vec<String> = headers
+        .clone()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
     let mut map = HeaderMap::new();
     for (k, v) in headers {
         let lower = k.to_ascii_lowercase();
-        if DROPPED.contains(&lower.as_str()) {
+        if DROPPED.contains(&lower.as_str()) || hop_by_hop.contains(&lower) {
             continue;
         }
         if let (Ok(name), Ok(value)) = (
@@ -163,6 +171,22 @@ mod tests {
             .ok()?
             .strip_prefix("Bearer ")
             .map(Secret::new)
+    }
+
+    #[test]
+    fn headers_the_connection_header_names_stay_with_the_hop() {
+        let caller = pairs(&[
+            ("Connection", "keep-alive, X-Hop"),
+            ("x-hop", "1"),
+            ("connection", "x-other"),
+            ("X-Other", "2"),
+            ("x-kept", "3"),
+        ]);
+        let base = forwardable(caller.iter().copied());
+        assert_eq!(
+            base.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x-kept"]
+        );
     }
 
     fn pairs(v: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {

@@ -12,6 +12,7 @@ use hyper::{Request, Response, StatusCode};
 
 use super::metrics::count_events;
 use super::{error, error_closing, full, AnyBody, State, MAX_BODY};
+use crate::echo::Redactor;
 use crate::engine::usage::UsageTap;
 use crate::engine::UsageSink;
 use crate::error::Error;
@@ -210,6 +211,9 @@ fn respond(answer: fetch::Answer) -> Response<AnyBody> {
             tap: UsageTap::new(answer.event_stream),
             sink: Some(sink),
         });
+    // The client holds the gateway's key, not the pool's tokens: an echo of the credential
+    // in the body is taken out as it passes (the headers already were, in the driver).
+    let mut redactor = Redactor::new(answer.presented);
     let body: AnyBody = match answer.body {
         Body::Full(bytes) => {
             let mut tap = tap;
@@ -217,10 +221,14 @@ fn respond(answer: fetch::Answer) -> Response<AnyBody> {
                 t.tap.observe(&bytes);
                 t.report();
             }
-            full(bytes)
+            let start = redactor.pass(bytes);
+            match redactor.finish() {
+                rest if rest.is_empty() => full(start),
+                rest => full([start, rest].concat().into()),
+            }
         }
-        Body::Stream(response) => stream_body(None, response, tap),
-        Body::Peeked(start, response) => stream_body(Some(start), response, tap),
+        Body::Stream(response) => stream_body(None, response, tap, redactor),
+        Body::Peeked(start, response) => stream_body(Some(start), response, tap, redactor),
     };
     let mut res = Response::new(body);
     *res.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -256,44 +264,48 @@ impl Drop for Tapped {
     }
 }
 
-fn stream_body(start: Option<Bytes>, response: reqwest::Response, tap: Option<Tapped>) -> AnyBody {
+fn stream_body(
+    start: Option<Bytes>,
+    response: reqwest::Response,
+    tap: Option<Tapped>,
+    redactor: Redactor,
+) -> AnyBody {
     let idle = http::response_timeout();
-    let state = (start, response, tap);
+    let state = (start, response, tap, redactor);
     let stream = futures_util::stream::unfold(Some(state), move |state| async move {
-        let (start, mut response, mut tap) = state?;
-        if let Some(first) = start {
+        let (mut start, mut response, mut tap, mut redactor) = state?;
+        loop {
+            let chunk = match start.take() {
+                Some(first) => first,
+                None => match tokio::time::timeout(idle, response.chunk()).await {
+                    Ok(Ok(Some(chunk))) => chunk,
+                    Ok(Ok(None)) => {
+                        if let Some(t) = tap.as_mut() {
+                            t.report();
+                        }
+                        // The start of a credential held back, which the body never finished.
+                        let rest = redactor.finish();
+                        return (!rest.is_empty()).then(|| (Ok(Frame::data(rest)), None));
+                    }
+                    Ok(Err(e)) => {
+                        let why = format!("upstream broke off: {}", http::describe(&e));
+                        return Some((Err(std::io::Error::other(why)), None));
+                    }
+                    Err(_) => {
+                        let why = format!("upstream sent nothing for {} ms", idle.as_millis());
+                        return Some((Err(std::io::Error::other(why)), None));
+                    }
+                },
+            };
             if let Some(t) = tap.as_mut() {
-                t.tap.observe(&first);
+                t.tap.observe(&chunk);
             }
-            return Some((Ok(Frame::data(first)), Some((None, response, tap))));
-        }
-        match tokio::time::timeout(idle, response.chunk()).await {
-            Ok(Ok(Some(chunk))) => {
-                if let Some(t) = tap.as_mut() {
-                    t.tap.observe(&chunk);
-                }
-                Some((Ok(Frame::data(chunk)), Some((None, response, tap))))
+            // All of it held back (a credential's start at its end): read on.
+            let chunk = redactor.pass(chunk);
+            if !chunk.is_empty() {
+                let state = Some((None, response, tap, redactor));
+                return Some((Ok(Frame::data(chunk)), state));
             }
-            Ok(Ok(None)) => {
-                if let Some(t) = tap.as_mut() {
-                    t.report();
-                }
-                None
-            }
-            Ok(Err(e)) => Some((
-                Err(std::io::Error::other(format!(
-                    "upstream broke off: {}",
-                    http::describe(&e)
-                ))),
-                None,
-            )),
-            Err(_) => Some((
-                Err(std::io::Error::other(format!(
-                    "upstream sent nothing for {} ms",
-                    idle.as_millis()
-                ))),
-                None,
-            )),
         }
     });
     BodyExt::boxed_unsync(StreamBody::new(stream.boxed()))

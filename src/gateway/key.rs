@@ -10,13 +10,28 @@ use crate::{config, fsread};
 
 const KEY_FILE_MAX: u64 = 4096;
 const KEY_PREFIX: &str = "oauth-pool-gw-";
+/// The shortest key taken: a generated one has 46 characters.
+const KEY_MIN: usize = 16;
+
+/// A key a client can present and nobody guesses: visible ASCII (a header value with anything
+/// else never matches), at least `KEY_MIN` long.
+fn usable(key: &Secret) -> bool {
+    key.is_token_shaped() && key.expose().len() >= KEY_MIN
+}
 
 /// The key clients must present: `OAUTH_POOL_GATEWAY_KEY`, else a key generated once into a
 /// 0600 file beside the pool file (`<pool>.gateway-key`), read bounded like any file we did not
 /// just write.
 pub fn gateway_key(store: &Store) -> Result<Secret> {
     if let Some(k) = config::env(config::var::GATEWAY_KEY).filter(|k| !k.trim().is_empty()) {
-        return Ok(Secret::new(k.trim()));
+        let key = Secret::new(k.trim());
+        if !usable(&key) {
+            return Err(Error::InvalidArgument(format!(
+                "{} must be at least {KEY_MIN} visible ASCII characters (no spaces or control characters): a client could not present it, or could guess it",
+                config::var::GATEWAY_KEY.name()
+            )));
+        }
+        return Ok(key);
     }
     let path = key_path(store)?;
     match read_key(&path)? {
@@ -25,25 +40,35 @@ pub fn gateway_key(store: &Store) -> Result<Secret> {
     }
 }
 
-/// The key in `path`, or None when there is no such file.
+/// The key in `path`, or None when there is no such file. Held to the pool file's rules: a
+/// regular file of this user's, tightened to 0600 when it was wider.
 fn read_key(path: &Path) -> Result<Option<Secret>> {
-    match fsread::read_regular(path, KEY_FILE_MAX, false) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes).trim().to_string();
-            if text.len() < 16 {
-                return Err(Error::InvalidArgument(format!(
-                    "the gateway key file {} is too short to be a key: remove it to make a new one",
-                    path.display()
-                )));
-            }
-            Ok(Some(Secret::new(text)))
-        }
-        Err(fsread::ReadError::NotFound) => Ok(None),
-        Err(e) => Err(Error::InvalidArgument(format!(
-            "the gateway key file {} refused: {e}",
+    let refused = |why: String| {
+        Error::InvalidArgument(format!(
+            "the gateway key file {} refused: {why}",
             path.display()
-        ))),
+        ))
+    };
+    let file = match fsread::open_regular(path, false) {
+        Ok(f) => f,
+        Err(fsread::ReadError::NotFound) => return Ok(None),
+        Err(e) => return Err(refused(e.to_string())),
+    };
+    let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
+    if let Some(owner) = crate::store::file::foreign_owner(&meta) {
+        return Err(refused(format!(
+            "it is owned by uid {owner}, not by this user: anyone who can write it chooses the key"
+        )));
     }
+    crate::store::file::tighten_mode(path, &file, &meta);
+    let bytes = fsread::read_capped(file, KEY_FILE_MAX).map_err(|e| refused(e.to_string()))?;
+    let key = Secret::new(String::from_utf8_lossy(&bytes).trim());
+    if !usable(&key) {
+        return Err(refused(format!(
+            "it does not hold a key (at least {KEY_MIN} visible ASCII characters): remove it to make a new one"
+        )));
+    }
+    Ok(Some(key))
 }
 
 fn key_path(store: &Store) -> Result<PathBuf> {
@@ -95,5 +120,50 @@ fn create_key(path: &Path) -> Result<Secret> {
             })
         }
         Err(e) => Err(Error::io(path, "write gateway key", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_must_hold_a_key_and_is_kept_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("oauth-pool.json.gateway-key");
+        for bad in [
+            &b"short"[..],
+            &[0u8; 32][..],
+            b"a key with spaces in the middle",
+            b"0123456789abcdef\x01xyz",
+            b"\xff\xfe0123456789abcdef",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = read_key(&path).unwrap_err();
+            assert_eq!(err.code(), "INVALID_ARGUMENT", "{bad:?}");
+            assert!(err.to_string().contains("does not hold a key"), "{err}");
+        }
+        std::fs::write(&path, "oauth-pool-gw-0123456789abcdef\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let key = read_key(&path).unwrap().unwrap();
+        assert_eq!(key.expose(), "oauth-pool-gw-0123456789abcdef");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "tightened");
+        }
+        assert!(read_key(&dir.path().join("missing")).unwrap().is_none());
+        // A file someone else owns could hold a key they chose (checkable only as root here).
+        #[cfg(unix)]
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            let err = read_key(&path).unwrap_err();
+            assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+        }
     }
 }

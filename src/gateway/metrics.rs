@@ -117,6 +117,24 @@ pub(super) async fn health(state: &State) -> Response<AnyBody> {
     res
 }
 
+/// A label value as OpenMetrics text must carry it: the encoder writes values as they are, and
+/// an account's email (from a profile endpoint, or a hand-edited file) or a window's name (from
+/// an answer's headers) holding a quote or a line break would end the label early or start a
+/// series of its own. Other control characters have no escape there and are replaced.
+fn label_value(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        match c {
+            '\\' => out.push_str(r"\\"),
+            '"' => out.push_str(r#"\""#),
+            '\n' => out.push_str(r"\n"),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 pub(super) async fn metrics(state: &State) -> Response<AnyBody> {
     let now = now_ms();
     let m = &state.metrics;
@@ -142,8 +160,8 @@ pub(super) async fn metrics(state: &State) -> Response<AnyBody> {
                 };
                 m.windows
                     .get_or_create(&WindowLabel {
-                        account: a.email.clone(),
-                        window: w.name.clone(),
+                        account: label_value(&a.email),
+                        window: label_value(&w.name),
                     })
                     .set(u);
             }
@@ -173,5 +191,32 @@ pub(super) fn count_events(state: &State, events: &[Event]) {
             state.metrics.failovers.inc();
         }
         tracing::info!(kind = e.kind, message = %e.message, "gateway");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_label_values_stay_inside_their_label() {
+        let mut registry = Registry::default();
+        let windows = Family::<WindowLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register("w", "windows", windows.clone());
+        let hostile = "a\"} 1\ninjected_series{a=\"b\"} 42\n\\\r@x.test";
+        windows
+            .get_or_create(&WindowLabel {
+                account: label_value(hostile),
+                window: label_value("5h\""),
+            })
+            .set(0.5);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(series.len(), 1, "{text}");
+        assert_eq!(
+            series[0],
+            "w{account=\"a\\\"} 1\\ninjected_series{a=\\\"b\\\"} 42\\n\\\\\u{fffd}@x.test\",window=\"5h\\\"\"} 0.5"
+        );
     }
 }

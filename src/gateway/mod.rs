@@ -342,13 +342,21 @@ fn authorized(req: &Request<Incoming>, key: &Secret) -> bool {
             req.headers()
                 .get(hyper::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().strip_prefix("Bearer "))
-                .map(str::trim)
+                .and_then(bearer_token)
         });
     match presented {
         Some(p) => p.as_bytes().ct_eq(key.expose().as_bytes()).into(),
         None => false,
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme's name is case-insensitive
+/// and spaces or tabs may follow it (RFC 9110, 11.1 and 11.4).
+fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim_matches([' ', '\t']);
+    let (scheme, token) = value.split_once([' ', '\t'])?;
+    let token = token.trim_matches([' ', '\t']);
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> {
@@ -400,4 +408,25 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> 
         })
         .inc();
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_takes_spaces_or_tabs() {
+        for (value, token) in [
+            ("Bearer k1", Some("k1")),
+            ("bearer k1", Some("k1")),
+            ("BEARER  k1 ", Some("k1")),
+            ("Bearer\tk1", Some("k1")),
+            ("Basic k1", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Bearerk1", None),
+        ] {
+            assert_eq!(bearer_token(value), token, "{value:?}");
+        }
+    }
 }

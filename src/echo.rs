@@ -1,0 +1,218 @@
+//! The credential the pool presented upstream, taken back out of what the server answers. A
+//! server may echo what it was sent (a debugging proxy, a misconfigured API URL, a hostile
+//! one): the answer's headers are cleaned for every caller, and the gateway also cleans the
+//! bodies it relays, since its clients hold only the gateway's key, never the pool's tokens.
+
+use bytes::{Bytes, BytesMut};
+use memchr::memmem;
+use reqwest::header::{HeaderMap, AUTHORIZATION};
+
+use crate::secret::{self, Secret};
+
+/// Shorter values are not hunted in bodies (no credential is this short, and ordinary text
+/// would match).
+const MIN_SECRET: usize = 16;
+const REDACTED: &[u8] = b"[redacted]";
+
+/// The credential a request presented (`authorization: Bearer ...`, `x-api-key`): the values
+/// the engine marked sensitive in the headers it sent.
+pub fn presented(headers: &HeaderMap) -> Vec<Secret> {
+    headers
+        .iter()
+        .filter(|(_, v)| v.is_sensitive())
+        .filter_map(|(name, v)| {
+            let v = v.to_str().ok()?;
+            let token = if name == AUTHORIZATION {
+                v.strip_prefix("Bearer ")?
+            } else {
+                v
+            };
+            Some(Secret::new(token))
+        })
+        .collect()
+}
+
+/// Answer headers with any presented credential in a value scrubbed (`secret::scrub`).
+pub fn scrub_headers(headers: &mut [(String, String)], presented: &[Secret]) {
+    for (_, value) in headers.iter_mut() {
+        if presented.iter().any(|s| value.contains(s.expose())) {
+            let refs: Vec<&Secret> = presented.iter().collect();
+            *value = secret::scrub(value, &refs);
+        }
+    }
+}
+
+/// A body passed on chunk by chunk with every presented credential replaced by `[redacted]`,
+/// also one split across chunks. A chunk passes untouched (no copy, no delay) unless it holds a
+/// credential or ends with the start of one; only then are those last bytes held until the
+/// next chunk tells (an event stream's chunks end with a blank line, never held).
+pub struct Redactor {
+    secrets: Vec<Secret>,
+    held: BytesMut,
+}
+
+impl Redactor {
+    pub fn new(presented: Vec<Secret>) -> Self {
+        let secrets = presented
+            .into_iter()
+            .filter(|s| s.expose().len() >= MIN_SECRET)
+            .collect();
+        Redactor {
+            secrets,
+            held: BytesMut::new(),
+        }
+    }
+
+    /// What of `chunk` (and of what was held) can be passed on now.
+    pub fn pass(&mut self, chunk: Bytes) -> Bytes {
+        if self.secrets.is_empty() {
+            return chunk;
+        }
+        if self.held.is_empty()
+            && !self.holds_secret(&chunk)
+            && self.secret_start_at_end(&chunk) == 0
+        {
+            return chunk;
+        }
+        let mut data = std::mem::take(&mut self.held);
+        data.extend_from_slice(&chunk);
+        let mut out = self.replaced(&data);
+        let keep = self.secret_start_at_end(&out);
+        self.held = out.split_off(out.len() - keep);
+        out.freeze()
+    }
+
+    /// What was held back when the body ends: the start of a credential that never finished.
+    pub fn finish(&mut self) -> Bytes {
+        std::mem::take(&mut self.held).freeze()
+    }
+
+    fn holds_secret(&self, data: &[u8]) -> bool {
+        self.secrets
+            .iter()
+            .any(|s| memmem::find(data, s.expose().as_bytes()).is_some())
+    }
+
+    /// How many of the last bytes of `data` are the start of some credential (not all of it).
+    fn secret_start_at_end(&self, data: &[u8]) -> usize {
+        let Some(&last) = data.last() else {
+            return 0;
+        };
+        let mut longest = 0;
+        for s in &self.secrets {
+            let s = s.expose().as_bytes();
+            for k in (longest + 1..s.len().min(data.len() + 1)).rev() {
+                if s[k - 1] == last && data.ends_with(&s[..k]) {
+                    longest = k;
+                    break;
+                }
+            }
+        }
+        longest
+    }
+
+    fn replaced(&self, data: &[u8]) -> BytesMut {
+        let mut out = BytesMut::from(data);
+        for s in &self.secrets {
+            let needle = s.expose().as_bytes();
+            if memmem::find(&out, needle).is_none() {
+                continue;
+            }
+            let mut next = BytesMut::with_capacity(out.len());
+            let mut rest: &[u8] = &out;
+            while let Some(at) = memmem::find(rest, needle) {
+                next.extend_from_slice(&rest[..at]);
+                next.extend_from_slice(REDACTED);
+                rest = &rest[at + needle.len()..];
+            }
+            next.extend_from_slice(rest);
+            out = next;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    const TOKEN: &str = "fake-access-ECHO-0123456789abcdefghij";
+
+    fn relay(chunks: &[&[u8]]) -> (Vec<u8>, Vec<Bytes>) {
+        let mut r = Redactor::new(vec![Secret::new(TOKEN)]);
+        let mut out = Vec::new();
+        let mut passed = Vec::new();
+        for c in chunks {
+            let b = r.pass(Bytes::copy_from_slice(c));
+            out.extend_from_slice(&b);
+            passed.push(b);
+        }
+        out.extend_from_slice(&r.finish());
+        (out, passed)
+    }
+
+    #[test]
+    fn a_credential_is_replaced_whole_or_split_across_chunks() {
+        let body = format!("{{\"echo\":\"Bearer {TOKEN}\",\"again\":\"{TOKEN}\"}}");
+        let expected = "{\"echo\":\"Bearer [redacted]\",\"again\":\"[redacted]\"}";
+        for cut in 0..=body.len() {
+            for cut2 in [cut, (cut + 7).min(body.len()), body.len()] {
+                let (a, rest) = body.as_bytes().split_at(cut);
+                let (b, c) = rest.split_at(cut2 - cut);
+                let (out, _) = relay(&[a, b, c]);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    expected,
+                    "cut at {cut}/{cut2}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ordinary_chunks_pass_untouched_and_at_once() {
+        let events: &[&[u8]] = &[
+            b"event: ping\ndata: {}\n\n",
+            b"data: fake-access-\n\n",
+            b"x",
+        ];
+        let (out, passed) = relay(events);
+        assert_eq!(out, events.concat());
+        assert_eq!(&passed[0][..], events[0], "nothing held");
+        assert_eq!(
+            &passed[1][..],
+            events[1],
+            "a credential's start mid-chunk is not held"
+        );
+        // A chunk that ends with a credential's start waits for the next one to tell.
+        let (out, passed) = relay(&[b"data: fake-acc", b"ent\n\n"]);
+        assert_eq!(out, b"data: fake-accent\n\n");
+        assert_eq!(&passed[0][..], b"data: ");
+        // Ended there, the held bytes come out at the end.
+        let (out, _) = relay(&[b"data: fake-acc"]);
+        assert_eq!(out, b"data: fake-acc");
+    }
+
+    #[test]
+    fn presented_credentials_come_from_the_sensitive_headers() {
+        let mut h = HeaderMap::new();
+        let mut v = HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap();
+        v.set_sensitive(true);
+        h.insert(AUTHORIZATION, v);
+        h.insert(
+            "x-other",
+            HeaderValue::from_static("public-value-0123456789"),
+        );
+        let p = presented(&h);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].expose(), TOKEN);
+        let mut answer = vec![
+            ("x-echo".to_string(), format!("Bearer {TOKEN}")),
+            ("request-id".to_string(), "req_0123456789abcdef".to_string()),
+        ];
+        scrub_headers(&mut answer, &p);
+        assert_eq!(answer[0].1, "Bearer [redacted]");
+        assert_eq!(answer[1].1, "req_0123456789abcdef");
+    }
+}
