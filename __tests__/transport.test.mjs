@@ -145,6 +145,32 @@ for (const transport of ["native", "runtime"]) {
     assert.equal(moved.headers.get("location"), "http://127.0.0.1:9/elsewhere");
   });
 
+  test(`${transport}: an answer without a length streams, each chunk within the silence limit, however long the whole`, async () => {
+    // The runtime transport read a missing content-length as 0 ("small: read it whole"): a
+    // chunked answer of any size was taken into memory under one timer for the whole body.
+    const email = `${transport}-chunked@x.test`;
+    const path = await seedPool(mock, [email]);
+    const f = createPoolFetch({ path, transport });
+    process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = "400";
+    try {
+      mock.script(email, [{ sse: true, text: "q".repeat(1200), chunkSize: 120, delayMs: 150, headers: { "content-type": "application/json" } }]);
+      const started = Date.now();
+      const res = await post(f);
+      assert.equal(res.headers.get("content-length"), null);
+      const headersMs = Date.now() - started;
+      const { reads, text } = await readAll(res.body);
+      assert.ok(Date.now() - started > 1000, "the body took longer than the silence limit, in pieces");
+      assert.ok(headersMs < 1000, `the answer was handed over before its body ended (${headersMs} ms)`);
+      assert.ok(reads > 3, `${reads} reads`);
+      assert.ok(
+        parseSSE(text).some((e) => e.event === "message_stop"),
+        "all of it arrived",
+      );
+    } finally {
+      delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
+    }
+  });
+
   test(`${transport}: an answer cut mid-body is NETWORK, read whole or while the engine reads a 400`, async () => {
     // The runtime transport reads small answers (and the start of a 400) itself: a reset there
     // surfaced as the runtime's own error ("terminated", ECONNRESET) without a code.

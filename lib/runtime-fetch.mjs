@@ -219,9 +219,17 @@ function answerHeaders(response, secret) {
   return clean;
 }
 
+/**
+ * Whether the body is announced small enough to read whole: a `content-length` within the
+ * limit, of the bytes as they will be read (no encoding the runtime decodes: 60 KB of gzip can
+ * be a gigabyte), and not an event stream. Anything else streams, chunk by chunk, each chunk
+ * under the silence limit (a missing length once read as 0 and took a chunked body whole).
+ */
 function isWhole(response) {
-  const length = Number(response.headers.get("content-length"));
-  if (!Number.isInteger(length) || length > WHOLE_BODY_LIMIT) return false;
+  const declared = response.headers.get("content-length");
+  if (declared === null || !/^\s*\d+\s*$/.test(declared) || Number(declared) > WHOLE_BODY_LIMIT) return false;
+  const encoding = response.headers.get("content-encoding");
+  if (encoding !== null && encoding.trim().toLowerCase() !== "identity") return false;
   return !(response.headers.get("content-type") ?? "").trimStart().toLowerCase().startsWith("text/event-stream");
 }
 
