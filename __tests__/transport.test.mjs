@@ -282,6 +282,9 @@ test("a server that does not speak HTTP, or speaks it badly, is NETWORK with wha
     "not HTTP": "HELLO THERE\r\n\r\n",
     "a head of 2 MB": `HTTP/1.1 200 OK\r\nx-big: ${"a".repeat(2 * 1024 * 1024)}\r\ncontent-length: 2\r\n\r\n{}`,
     "a bad status": "HTTP/1.1 999999 WHAT\r\ncontent-length: 2\r\n\r\n{}",
+    "status 600": "HTTP/1.1 600 WHAT\r\ncontent-length: 2\r\n\r\n{}",
+    "status 999": "HTTP/1.1 999 WHAT\r\ncontent-length: 2\r\n\r\n{}",
+    "a switch of protocols": "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n",
     "a negative length": "HTTP/1.1 200 OK\r\ncontent-length: -5\r\n\r\n{}",
     nothing: null,
   };
@@ -310,6 +313,29 @@ test("a server that does not speak HTTP, or speaks it badly, is NETWORK with wha
         );
       }
     }
+  } finally {
+    process.env.OAUTH_POOL_API_URL = saved;
+    server.close();
+  }
+});
+
+test("native: an encoding the client does not decode is handed over as sent, and says so", async () => {
+  const { createServer } = await import("node:net");
+  const server = createServer((socket) => {
+    socket.on("error", () => {});
+    socket.once("data", () =>
+      socket.end(Buffer.from("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: br\r\ncontent-length: 4\r\n\r\n\x8b\x01\x80{", "latin1")),
+    );
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const api = `http://127.0.0.1:${server.address().port}`;
+  const path = await seedPool(mock, ["encoded@x.test"]);
+  const saved = process.env.OAUTH_POOL_API_URL;
+  process.env.OAUTH_POOL_API_URL = api;
+  try {
+    const res = await createPoolFetch({ path, transport: "native" })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" });
+    assert.equal(res.headers.get("content-encoding"), "br");
+    assert.deepEqual([...new Uint8Array(await res.arrayBuffer())], [0x8b, 0x01, 0x80, 0x7b]);
   } finally {
     process.env.OAUTH_POOL_API_URL = saved;
     server.close();

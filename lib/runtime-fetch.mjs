@@ -257,6 +257,12 @@ export async function runtimeFetch(parts, { path, onEvents }) {
       }
       if (step.kind === "answer") return described(poolAnswer(step), parts.url, null);
       const { response, controller, release } = await send(parts, step.headers, signal, timeoutMs);
+      if (!(response.status >= 200 && response.status <= 599)) {
+        // A Response cannot even be made with it (RangeError), and a 101 is no answer.
+        release();
+        controller.abort();
+        throw networkError(`the answer's status ${response.status} is not a final HTTP status`);
+      }
       let verdict;
       try {
         verdict = judgeAnswer(ex, response, (r) => withinSilence(peek(r), timeoutMs, controller));

@@ -48,9 +48,10 @@ pub struct Answer {
     pub presented: Vec<crate::secret::Secret>,
 }
 
-/// Response headers that described the wire, not the body we hand over (decoded, re-framed).
+/// Response headers that described the wire, not the body we hand over (re-framed). A
+/// `content-encoding` left on the answer is one the client did not decode (it removes the gzip
+/// it decodes, with the length): the bytes are handed over as sent, and must say so.
 const DROPPED_FROM_ANSWER: &[&str] = &[
-    "content-encoding",
     "content-length",
     "transfer-encoding",
     "connection",
@@ -241,6 +242,10 @@ async fn send(
         biased;
         _ = cancel.cancelled() => Err(Error::Aborted),
         r = tokio::time::timeout(timeout, builder.send()) => match r {
+            Ok(Ok(r)) if !(200..=599).contains(&r.status().as_u16()) => Err(Error::Network {
+                what: "the API",
+                detail: format!("the answer's status {} is not a final HTTP status", r.status().as_u16()),
+            }),
             Ok(r) => r.map_err(|e| Error::Network { what: "the API", detail: http::describe(&e) }),
             Err(_) => Err(Error::Network {
                 what: "the API",
