@@ -20,17 +20,30 @@ pub struct Counts {
     pub cache_write: u64,
 }
 
+/// The largest total kept: the largest integer every JSON reader (JavaScript's among them) holds
+/// exactly. Totals stop there instead of wrapping around or turning into BigInts.
+pub const MAX_TOTAL: u64 = (1 << 53) - 1;
+/// The most one answer is believed to have used of any count (a context holds about a million
+/// tokens); a server claiming more is not counted for it.
+const MAX_PER_ANSWER: u64 = 1 << 32;
+
 impl Counts {
     pub fn add(&mut self, other: &Counts) {
-        self.requests += other.requests;
-        self.input += other.input;
-        self.output += other.output;
-        self.cache_read += other.cache_read;
-        self.cache_write += other.cache_write;
+        let sum = |a: u64, b: u64| a.saturating_add(b).min(MAX_TOTAL);
+        self.requests = sum(self.requests, other.requests);
+        self.input = sum(self.input, other.input);
+        self.output = sum(self.output, other.output);
+        self.cache_read = sum(self.cache_read, other.cache_read);
+        self.cache_write = sum(self.cache_write, other.cache_write);
     }
 
     fn from_usage(u: &Value) -> Counts {
-        let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let n = |k: &str| {
+            u.get(k)
+                .and_then(Value::as_u64)
+                .filter(|&n| n <= MAX_PER_ANSWER)
+                .unwrap_or(0)
+        };
         Counts {
             requests: 0,
             input: n("input_tokens"),
@@ -268,6 +281,33 @@ pub fn top_level_string(body: &[u8], key: &str, limit: usize) -> Option<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_counts_are_not_counted_and_totals_stop_at_the_largest_exact_number() {
+        let claimed = serde_json::json!({"input_tokens": u64::MAX, "output_tokens": 5, "cache_read_input_tokens": (1u64 << 33), "cache_creation_input_tokens": -3});
+        let c = Counts::from_usage(&claimed);
+        assert_eq!(
+            (c.input, c.output, c.cache_read, c.cache_write),
+            (0, 5, 0, 0)
+        );
+        let mut total = Counts {
+            requests: MAX_TOTAL - 1,
+            input: MAX_TOTAL,
+            output: u64::MAX,
+            ..Counts::default()
+        };
+        total.add(&Counts {
+            requests: 5,
+            input: 1,
+            output: 1,
+            cache_read: 7,
+            cache_write: 0,
+        });
+        assert_eq!(
+            (total.requests, total.input, total.output, total.cache_read),
+            (MAX_TOTAL, MAX_TOTAL, MAX_TOTAL, 7)
+        );
+    }
 
     const STREAM: &str = concat!(
         "event: message_start\n",
