@@ -444,3 +444,25 @@ test("15: a server echoing the presented token: no answer header carries it (bot
     delete process.env.OAUTH_POOL_GATEWAY_KEY;
   }
 });
+
+// ---- 16. a stored credential no header can carry ----------------------------------------------
+test("16: a stored token no header can carry (a hand-edited file) sends the request to the next account", async () => {
+  for (const transport of ["native", "runtime"]) {
+    const path = await seedPool(mock, ["broken@x.test", "sound@x.test"]);
+    const pool = readPool(path);
+    pool.anthropic[0].access = "fake-access-with\na-line-break";
+    pool.anthropic[0].priority = 9;
+    writeFileSync(path, JSON.stringify(pool));
+    const events = [];
+    const res = await post(createPoolFetch({ path, transport, onEvent: (e) => events.push(e) }));
+    assert.equal(res.status, 200, transport);
+    assert.equal(res.poolAccount, "sound@x.test", transport);
+    assert.ok(
+      events.some((e) => e.kind === "unavailable" && e.email === "broken@x.test"),
+      `${transport}: ${JSON.stringify(events)}`,
+    );
+    await res.text();
+    await flushPool(path);
+    assert.match(account(path, "broken@x.test").lastError ?? "", /not a valid header value/, transport);
+  }
+});

@@ -367,28 +367,47 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>> {
     }
 }
 
+/// The longest token lifetime believed (seconds).
+const MAX_LIFETIME_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
 fn parse_token_response(v: &Value, previous_refresh: Option<&Secret>) -> Result<Tokens> {
     let bad = |what: &str| Error::OAuthHttp {
         status: 200,
         detail: format!("token response {what}"),
         retry_after: None,
     };
+    // A value no header can carry (a NUL, a line break, 60 KB) would be stored and then fail
+    // every request of the account: refused here, like a response without one.
     let access = v
         .get("access_token")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| bad("has no access_token"))?;
+    let access = Secret::new(access);
+    if !access.is_token_shaped() {
+        return Err(bad(
+            "has an access_token that is not a token (not visible ASCII, or too long)",
+        ));
+    }
     let refresh = match v.get("refresh_token").and_then(Value::as_str) {
         Some(r) if !r.is_empty() => Secret::new(r),
         _ => previous_refresh
             .cloned()
             .ok_or_else(|| bad("has no refresh_token"))?,
     };
+    if !refresh.is_token_shaped() {
+        return Err(bad(
+            "has a refresh_token that is not a token (not visible ASCII, or too long)",
+        ));
+    }
+    // A lifetime past a year is taken as a year: refreshing early costs one call, and a server
+    // that claims decades would otherwise never be asked again before a 401.
     let expires_in = v
         .get("expires_in")
         .and_then(Value::as_f64)
         .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-        .ok_or_else(|| bad("has no valid expires_in"))?;
+        .ok_or_else(|| bad("has no valid expires_in"))?
+        .min(MAX_LIFETIME_SECS);
     let email = v
         .get("account")
         .and_then(|a| a.get("email_address").or_else(|| a.get("email")))
@@ -396,7 +415,7 @@ fn parse_token_response(v: &Value, previous_refresh: Option<&Secret>) -> Result<
         .map(str::to_string)
         .filter(|s| !s.is_empty());
     Ok(Tokens {
-        access: Secret::new(access),
+        access,
         refresh,
         expires: now_ms() + (expires_in * 1000.0) as i64,
         email,
@@ -564,6 +583,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.email.as_deref(), Some("me@x"));
+        // Values no header can carry are refused, not stored to fail every later request.
+        for (access, refresh) in [
+            ("a\u{0}b", "r"),
+            ("a\r\nx: y", "r"),
+            ("ä", "r"),
+            ("a", "r\n"),
+        ] {
+            let v = json!({"access_token": access, "refresh_token": refresh, "expires_in": 5});
+            let e = parse_token_response(&v, None).unwrap_err();
+            assert_eq!(e.code(), "OAUTH_HTTP", "{access:?} {refresh:?}");
+        }
+        let long = "a".repeat(60_000);
+        assert!(
+            parse_token_response(&json!({"access_token": long, "expires_in": 5}), Some(&old))
+                .is_err()
+        );
+        // Decades are taken as a year.
+        let t = parse_token_response(
+            &json!({"access_token": "a", "expires_in": 999_999_999}),
+            Some(&old),
+        )
+        .unwrap();
+        assert!(t.expires <= now_ms() + 366 * 24 * 3_600_000);
     }
 
     proptest::proptest! {

@@ -159,7 +159,12 @@ impl Exchange {
                 .credential(&pool, &email, cancel, &mut self.events)
                 .await
             {
-                Ok(credential) => return self.attempt(base, email, credential),
+                // A stored credential no header can carry (a hand-edited file) is this
+                // account's problem, not the request's: the next account serves.
+                Ok(credential) => match sending_headers(base, &credential) {
+                    Ok(headers) => return Ok(self.attempt(email, credential, headers)),
+                    Err(e) => self.no_credential(email, e),
+                },
                 Err(Error::Aborted) => return Err(Error::Aborted),
                 Err(e) => self.no_credential(email, e),
             }
@@ -188,10 +193,12 @@ impl Exchange {
             },
         };
         let credential = self.engine.credential_now(&pool, &email)?;
+        // One that cannot be sent is reported by `next()`.
+        let headers = sending_headers(base, &credential).ok()?;
         self.current = None;
         self.retry_same = None;
         self.announce_move(&email);
-        Some(self.attempt(base, email, credential))
+        Some(Ok(self.attempt(email, credential, headers)))
     }
 
     /// Reports the move of this request away from the account it left, now that it has a new one.
@@ -213,18 +220,9 @@ impl Exchange {
         tracing::info!(from = %from, to = %email, reason = %reason, "failover");
     }
 
-    fn attempt(&mut self, base: &HeaderMap, email: String, credential: Credential) -> Result<Step> {
-        let mut headers = with_credential(base, &credential)?;
-        // Whoever carries the request, it says who sends it: the caller's own user-agent when
-        // it set one (an SDK, OpenCode), else ours; never another client's.
-        if !headers.contains_key(reqwest::header::USER_AGENT) {
-            headers.insert(
-                reqwest::header::USER_AGENT,
-                HeaderValue::from_static(crate::http::USER_AGENT),
-            );
-        }
+    fn attempt(&mut self, email: String, credential: Credential, headers: HeaderMap) -> Step {
         self.current = Some((email.clone(), credential));
-        Ok(Step::Send(Attempt { email, headers }))
+        Step::Send(Attempt { email, headers })
     }
 
     fn no_credential(&mut self, email: String, e: Error) {
@@ -565,4 +563,18 @@ fn soft_threshold() -> f64 {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v > 0.0)
         .unwrap_or(0.9)
+}
+
+/// What goes upstream for an attempt with `credential`. Whoever carries the request, it says who
+/// sends it: the caller's own user-agent when it set one (an SDK, OpenCode), else ours; never
+/// another client's.
+fn sending_headers(base: &HeaderMap, credential: &Credential) -> Result<HeaderMap> {
+    let mut headers = with_credential(base, credential)?;
+    if !headers.contains_key(reqwest::header::USER_AGENT) {
+        headers.insert(
+            reqwest::header::USER_AGENT,
+            HeaderValue::from_static(crate::http::USER_AGENT),
+        );
+    }
+    Ok(headers)
 }
