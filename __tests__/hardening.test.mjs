@@ -74,6 +74,38 @@ test("a 401 storm: bounded attempts, every account auth-error, tokens kept, a cl
   }
 });
 
+test("a 401 while the token endpoint is down: the request moves on, the account rests until the endpoint may be asked, and is not marked", async () => {
+  for (const [name, mode] of [
+    ["503", { status: 503, retryAfter: 1 }],
+    ["an HTML page", { html: true, status: 200 }],
+  ]) {
+    const [tired, other] = [`rest-${name.length}a@x.test`, `rest-${name.length}b@x.test`];
+    const path = await seedPool(mock, [tired, other]);
+    await setPriority(path, tired, 5);
+    mock.script(tired, [{ status: 401 }]);
+    mock.setTokenMode({ ...mode, grant: "refresh_token" });
+    const events = [];
+    const res = await post(createPoolFetch({ path, onEvent: (e) => events.push(e) }));
+    assert.equal(res.status, 200, name);
+    assert.equal(res.poolAccount, other, name);
+    await res.text();
+    mock.setTokenMode(null);
+    await flushPool(path);
+    const rested = account(path, tired);
+    assert.notEqual(rested.status, "auth-error", `${name}: ${JSON.stringify(rested)}`);
+    assert.ok(rested.refresh, name);
+    assert.match(rested.lastError ?? "", /no new token yet/, name);
+    assert.ok(!events.some((e) => e.kind === "auth-error"), `${name}: ${JSON.stringify(events)}`);
+    if (name !== "503") continue;
+    // Once the endpoint may be asked again (its retry-after: 1 s), the account serves again.
+    await new Promise((r) => setTimeout(r, 1100));
+    mock.script(other, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 60 }) }]);
+    const again = await post(createPoolFetch({ path }));
+    assert.equal(again.poolAccount, tired, `${name}: served again after the wait`);
+    await again.text();
+  }
+});
+
 test("headers that never come: a timeout error, and nobody benched", async () => {
   const path = await seedPool(mock, ["hang@x.test"]);
   process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = "300";

@@ -473,14 +473,7 @@ impl Engine {
                 Err(Error::OAuthInvalidGrant(reason))
             }
             Err(e) => {
-                let wait_ms = match &e {
-                    Error::OAuthHttp {
-                        retry_after: Some(s),
-                        ..
-                    } => (*s as i64).saturating_mul(1000),
-                    _ => TOKEN_BACKOFF_DEFAULT_MS,
-                };
-                let until = now_ms().saturating_add(wait_ms);
+                let until = now_ms().saturating_add(backoff_ms(&e));
                 let who = email.to_string();
                 self.note(true, move |p| p.refresh_backoff(&who, until));
                 serve_old_or(&account, rejected, e)
@@ -494,6 +487,17 @@ impl Engine {
         self.overlay.refuse(email, tag.clone());
         let (who, why) = (email.to_string(), why.to_string());
         self.note(true, move |p| p.refused(&who, tag, &why));
+    }
+}
+
+/// How long the token endpoint is left alone after `e`: what it asked for, else a default.
+pub(crate) fn backoff_ms(e: &Error) -> i64 {
+    match e {
+        Error::OAuthHttp {
+            retry_after: Some(s),
+            ..
+        } => (*s as i64).saturating_mul(1000),
+        _ => TOKEN_BACKOFF_DEFAULT_MS,
     }
 }
 

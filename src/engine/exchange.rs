@@ -317,13 +317,17 @@ impl Exchange {
                 {
                     Ok(_) => self.retry_same = Some(email),
                     Err(Error::Aborted) => return Err(Error::Aborted),
-                    Err(e) => {
+                    // `invalid_grant` marked the account already. Anything else (the token
+                    // endpoint down, busy, answering garbage) is no verdict on the login: the
+                    // account rests until the endpoint may be asked again, and is not marked.
+                    Err(e) if e.code() == "OAUTH_INVALID_GRANT" => {
                         tracing::warn!(account = %email, error = %e, "401 and no new token");
-                        if e.code() != "OAUTH_INVALID_GRANT" {
-                            self.refuse(&email, &format!("401 from the API and no new token: {e}"))
-                                .await;
-                        }
                         self.move_on(email, "was refused (401)".into());
+                    }
+                    Err(e) => {
+                        tracing::warn!(account = %email, error = %e, "401 and no new token for now");
+                        self.rest_after_unauthorized(&email, &e);
+                        self.move_on(email, "was refused (401) and has no new token yet".into());
                     }
                 }
                 Ok(Verdict::Retry)
@@ -441,6 +445,25 @@ impl Exchange {
         self.tried.insert(email.clone());
         self.moved_from = Some((email, reason));
         self.current = None;
+    }
+
+    /// A 401 that a refresh could not answer for now: this process leaves the account alone
+    /// until the token endpoint may be asked again (other processes learn the same wait through
+    /// the shared refresh backoff), and says why.
+    fn rest_after_unauthorized(&mut self, email: &str, e: &Error) {
+        let until = now_ms().saturating_add(super::credentials::backoff_ms(e));
+        self.engine.overlay.cool(email, None, until);
+        let why = format!(
+            "401 from the API and no new token yet ({e}); tried again after {}",
+            crate::account::iso_time(until)
+        );
+        self.events.push(Event::new(
+            "unavailable",
+            Some(email),
+            format!("{email}: {why}"),
+        ));
+        let who = email.to_string();
+        self.engine.note(false, move |p| p.error(&who, &why));
     }
 
     async fn refuse(&mut self, email: &str, why: &str) {
