@@ -293,6 +293,18 @@ fn store_limits(a: &mut crate::account::Account, limits: &Limits, at: i64) {
             }
             map.insert(w.name.clone(), v);
         }
+        // Past the cap (`MAX_WINDOWS`), the windows updated longest ago go.
+        while map.len() > super::limits::MAX_WINDOWS {
+            let updated = |v: &Value| v.get("updatedAt").and_then(Value::as_i64).unwrap_or(0);
+            let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, v)| updated(v))
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            map.remove(&oldest);
+        }
     }
 }
 
@@ -442,6 +454,33 @@ mod tests {
             ));
         }
         pool
+    }
+
+    #[test]
+    fn stored_windows_are_capped_the_longest_unheard_of_going_first() {
+        let now = 1_800_000_000_000;
+        let mut pool = pool_of(now);
+        let a = pool.find_mut("a@x").unwrap();
+        let window = |name: String| crate::engine::limits::Window {
+            name,
+            utilization: Some(0.1),
+            ..Default::default()
+        };
+        for round in 0..4 {
+            let limits = Limits {
+                windows: (0..8).map(|i| window(format!("r{round}w{i}"))).collect(),
+                ..Limits::default()
+            };
+            store_limits(a, &limits, now + round);
+        }
+        let windows = a.extra["limits"]["windows"].as_object().unwrap();
+        assert_eq!(windows.len(), crate::engine::limits::MAX_WINDOWS);
+        assert!(
+            windows
+                .keys()
+                .all(|k| k.starts_with("r2") || k.starts_with("r3")),
+            "{windows:?}"
+        );
     }
 
     #[test]

@@ -12,6 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reqwest::header::HeaderMap;
 
 pub(crate) const UNIFIED_PREFIX: &str = "anthropic-ratelimit-unified-";
+/// The most windows kept per account (Anthropic names a handful: 5h, 7d, 7d_sonnet, ...). The
+/// names come from answer headers: a server naming new ones on every answer would otherwise
+/// grow the pool file without end. Past the cap, the windows heard of longest ago go.
+pub const MAX_WINDOWS: usize = 16;
 /// A sanity cap on any cooldown: windows are at most a week; garbage must not bench forever.
 const MAX_COOLDOWN_MS: i64 = 8 * 24 * 3600 * 1000;
 /// Cooldown for a bare 429 that gave no `retry-after`.
@@ -221,7 +225,9 @@ impl Limits {
                     }) else {
                         continue;
                     };
-                    let w = limits.window_mut(window);
+                    let Some(w) = limits.window_mut(window) else {
+                        continue;
+                    };
                     match field {
                         "status" => w.status = Some(short(value)),
                         "reset" => w.reset = parse_reset(value),
@@ -234,16 +240,18 @@ impl Limits {
         limits
     }
 
-    fn window_mut(&mut self, name: &str) -> &mut Window {
+    fn window_mut(&mut self, name: &str) -> Option<&mut Window> {
         if let Some(i) = self.windows.iter().position(|w| w.name == name) {
-            return &mut self.windows[i];
+            return Some(&mut self.windows[i]);
+        }
+        if self.windows.len() >= MAX_WINDOWS {
+            return None;
         }
         self.windows.push(Window {
             name: name.to_string(),
             ..Window::default()
         });
-        let last = self.windows.len() - 1;
-        &mut self.windows[last]
+        self.windows.last_mut()
     }
 
     pub fn window(&self, name: &str) -> Option<&Window> {
@@ -374,11 +382,17 @@ pub fn cooldown_for_429(limits: &Limits, now_ms: i64, family: Option<&str>) -> C
 /// requests).
 pub fn merge_windows(known: &mut Vec<Window>, fresh: &[Window]) {
     for w in fresh {
-        match known.iter_mut().find(|k| k.name == w.name) {
-            Some(k) => *k = w.clone(),
+        match known.iter().position(|k| k.name == w.name) {
+            // Moved to the end: the order is that of the last word heard of each.
+            Some(i) => {
+                known.remove(i);
+                known.push(w.clone());
+            }
             None => known.push(w.clone()),
         }
     }
+    let excess = known.len().saturating_sub(MAX_WINDOWS);
+    known.drain(..excess);
 }
 
 /// The windows of an account as this process judges them: those the store holds, with those
@@ -398,6 +412,35 @@ pub fn seen_over_stored(mut stored: Vec<Window>, seen: Vec<Window>) -> Vec<Windo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_are_capped_in_an_answer_and_when_merged() {
+        let mut h = HeaderMap::new();
+        for i in 0..40 {
+            let name = format!("anthropic-ratelimit-unified-w{i}-utilization");
+            h.insert(
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "0.5".parse().unwrap(),
+            );
+        }
+        let limits = Limits::from_headers(&h, SystemTime::now());
+        assert_eq!(limits.windows.len(), MAX_WINDOWS);
+        let mut known = limits.windows.clone();
+        let fresh: Vec<Window> = (0..5)
+            .map(|i| Window {
+                name: format!("new{i}"),
+                ..Window::default()
+            })
+            .collect();
+        let oldest = known[0].name.clone();
+        merge_windows(&mut known, &fresh);
+        assert_eq!(known.len(), MAX_WINDOWS);
+        assert!(
+            known.iter().all(|w| w.name != oldest),
+            "the longest unheard of went"
+        );
+        assert!(fresh.iter().all(|f| known.iter().any(|w| w.name == f.name)));
+    }
     use proptest::prelude::*;
     use reqwest::header::{HeaderName, HeaderValue};
 

@@ -248,6 +248,14 @@ impl FileStore {
     /// the same inode, length and modification time), when it could be read.
     fn write_locked(&self, bytes: &[u8], keep_backup: bool) -> Result<Option<FileStamp>> {
         let path = &self.path;
+        // A file no reader would take (`MAX_FILE_BYTES`) is not written: the last good one stays.
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(Error::PoolInvalid(format!(
+                "it would be {} bytes, more than the {MAX_FILE_BYTES} a read takes; {} was left as it was",
+                bytes.len(),
+                path.display()
+            )));
+        }
         let dir = parent_dir(path);
         create_private_dir(&dir)?;
         remove_orphaned_temps(path);
@@ -539,6 +547,22 @@ mod tests {
     fn mode(p: &Path) -> u32 {
         use std::os::unix::fs::PermissionsExt;
         fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_pool_no_reader_would_take_is_not_written() {
+        let (_d, store) = tmp_store();
+        store.save(&Pool::default()).unwrap();
+        let before = fs::read(store.path()).unwrap();
+        let err = store
+            .update(|p| {
+                let big = "x".repeat(MAX_FILE_BYTES as usize + 1);
+                p.extra.insert("_big".into(), serde_json::Value::String(big));
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(err.code(), "POOL_INVALID", "{err}");
+        assert_eq!(fs::read(store.path()).unwrap(), before, "the last good file stays");
     }
 
     #[test]
