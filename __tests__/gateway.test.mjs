@@ -258,6 +258,22 @@ test("paths that leave /v1/ and methods that tunnel or echo never go upstream wi
   }
 });
 
+test("a gateway key nobody could present or that anybody could guess is refused at start", async () => {
+  const path = await seedPool(mock, ["weak@x.test"]);
+  try {
+    for (const weak of ["a", "short-key-15chr", "has a space inside it ok", "tab\there-0123456789"]) {
+      process.env.OAUTH_POOL_GATEWAY_KEY = weak;
+      await assert.rejects(
+        lib.serve({ port: 0, path }),
+        (e) => e.code === "INVALID_ARGUMENT" && /OAUTH_POOL_GATEWAY_KEY/.test(e.message),
+        JSON.stringify(weak),
+      );
+    }
+  } finally {
+    process.env.OAUTH_POOL_GATEWAY_KEY = KEY;
+  }
+});
+
 test("loopback only by default: another address needs --allow-remote and TLS; with TLS it serves https", async () => {
   const path = tempPoolPath();
   await assert.rejects(lib.serve({ host: "0.0.0.0", port: 0, path }), (e) => e.code === "INVALID_ARGUMENT" && /allow-remote/.test(e.message));
