@@ -557,12 +557,17 @@ mod tests {
         let err = store
             .update(|p| {
                 let big = "x".repeat(MAX_FILE_BYTES as usize + 1);
-                p.extra.insert("_big".into(), serde_json::Value::String(big));
+                p.extra
+                    .insert("_big".into(), serde_json::Value::String(big));
                 Ok(())
             })
             .unwrap_err();
         assert_eq!(err.code(), "POOL_INVALID", "{err}");
-        assert_eq!(fs::read(store.path()).unwrap(), before, "the last good file stays");
+        assert_eq!(
+            fs::read(store.path()).unwrap(),
+            before,
+            "the last good file stays"
+        );
     }
 
     #[test]
