@@ -107,10 +107,10 @@ pub fn read_regular(
     follow_symlinks: bool,
 ) -> Result<Zeroizing<Vec<u8>>, ReadError> {
     let file = open_regular(path, follow_symlinks)?;
-    read_capped(file, cap)
+    read_capped(&file, cap)
 }
 
-pub fn read_capped(file: File, cap: u64) -> Result<Zeroizing<Vec<u8>>, ReadError> {
+pub fn read_capped(file: &File, cap: u64) -> Result<Zeroizing<Vec<u8>>, ReadError> {
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     if len > cap {
         return Err(ReadError::TooLarge(cap));

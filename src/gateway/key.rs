@@ -60,14 +60,15 @@ fn read_key(path: &Path) -> Result<Option<Secret>> {
             "it is owned by uid {owner}, not by this user: anyone who can write it chooses the key"
         )));
     }
-    crate::store::file::tighten_mode(path, &file, &meta);
-    let bytes = fsread::read_capped(file, KEY_FILE_MAX).map_err(|e| refused(e.to_string()))?;
+    let bytes = fsread::read_capped(&file, KEY_FILE_MAX).map_err(|e| refused(e.to_string()))?;
     let key = Secret::new(String::from_utf8_lossy(&bytes).trim());
     if !usable(&key) {
         return Err(refused(format!(
             "it does not hold a key (at least {KEY_MIN} visible ASCII characters): remove it to make a new one"
         )));
     }
+    // Only a file known to hold a key is made private (it is ours then, not some other file).
+    crate::store::file::tighten_mode(path, &file, &meta);
     Ok(Some(key))
 }
 

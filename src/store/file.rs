@@ -201,8 +201,7 @@ impl FileStore {
         if meta.len() > MAX_FILE_BYTES {
             return Err(self.corrupt(format!("it is {} bytes, far beyond any pool", meta.len())));
         }
-        tighten_mode(path, &file, &meta);
-        let bytes = match fsread::read_capped(file, MAX_FILE_BYTES) {
+        let bytes = match fsread::read_capped(&file, MAX_FILE_BYTES) {
             Ok(b) => b,
             Err(ReadError::TooLarge(n)) => {
                 return Err(self.corrupt(format!("it grew beyond {n} bytes while being read")))
@@ -216,6 +215,9 @@ impl FileStore {
             }
         };
         let pool = Pool::parse(&bytes).map_err(|reason| self.corrupt(reason))?;
+        // Only once it is known to be a pool: a path pointed at some other file of this user's
+        // (`--path /etc/passwd` as root) must leave that file as it was.
+        tighten_mode(path, &file, &meta);
         Ok(Some((pool, stamp_of(&meta))))
     }
 
@@ -836,6 +838,12 @@ mod tests {
         fs::set_permissions(store.path(), fs::Permissions::from_mode(0o644)).unwrap();
         store.load().unwrap();
         assert_eq!(mode(store.path()), 0o600);
+        // A path pointed at a file that is no pool (as `--path /etc/passwd` did, as root): the
+        // file is refused and left exactly as it was, its mode too.
+        fs::write(store.path(), b"root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        fs::set_permissions(store.path(), fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(store.load().unwrap_err().code(), "POOL_CORRUPT");
+        assert_eq!(mode(store.path()), 0o644);
     }
 
     #[test]
