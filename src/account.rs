@@ -356,6 +356,18 @@ impl Account {
     }
 }
 
+/// Whether `email` may name a new account: at most 254 characters (an address's limit), none of
+/// them a control or invisible formatting character (they would rewrite a terminal or hide
+/// what is shown), and not `#` first (`#N` names the N-th entry). Emails come from people and
+/// from the token endpoint's profile: both are held to this.
+pub fn acceptable_email(email: &str) -> bool {
+    let invisible = |c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}' | '\u{e0000}'..='\u{e007f}');
+    !email.is_empty()
+        && email.chars().count() <= 254
+        && !email.starts_with('#')
+        && !email.chars().any(|c| c.is_control() || invisible(c))
+}
+
 pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
 }

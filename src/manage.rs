@@ -209,10 +209,20 @@ pub fn last_failover(pool: &Pool) -> Option<Value> {
 
 /// Adds an OAuth account from a completed login; the same email again updates its tokens.
 pub async fn add_oauth(store: &Store, tokens: &Tokens) -> Result<(String, bool)> {
+    // The server's word for the email is held to what names an account; otherwise the login
+    // is kept under a name of ours (the tokens are what matter, and the user can rename it).
     let email = tokens
         .email
-        .clone()
-        .filter(|e| !e.trim().is_empty())
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| {
+            let ok = crate::account::acceptable_email(e);
+            if !ok && !e.is_empty() {
+                tracing::warn!("the token endpoint's email for this login is not usable as a name; kept under a generated one");
+            }
+            ok
+        })
+        .map(str::to_string)
         .unwrap_or_else(|| format!("unknown-{}@anthropic-pool", tokens.refresh.fingerprint()));
     let account = Account::new_oauth(
         &email,
@@ -242,8 +252,29 @@ pub async fn add_api_key(
         .filter(|e| !e.is_empty())
         .map(str::to_string)
         .unwrap_or_else(|| format!("api-key-{}", secret.fingerprint()));
+    if !crate::account::acceptable_email(&email) {
+        return Err(Error::InvalidArgument(
+            "that email cannot name an account: at most 254 characters, no control or invisible characters, and not starting with #".into(),
+        ));
+    }
     let account = Account::new_api_key(&email, secret, now_ms());
-    let added = store.update(move |pool| Ok(pool.upsert(account))).await?;
+    let named = email.clone();
+    let added = store
+        .update(move |pool| {
+            // A key over an OAuth login would put the login aside: the user names the key.
+            if pool
+                .find(&named)
+                .is_some_and(|a| !a.is_api_key() && a.refresh.is_some())
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is an OAuth login; add the key under another email",
+                    pool.find(&named)
+                        .map_or(named.as_str(), |a| a.email.as_str())
+                )));
+            }
+            Ok(pool.upsert(account))
+        })
+        .await?;
     Ok((email, added))
 }
 
@@ -366,6 +397,15 @@ pub fn import_claude_code(credentials: &Path, email: Option<&str>) -> Result<Tok
     let email = email
         .map(crate::account::normalize_email)
         .or_else(|| s("email").map(str::to_string));
+    if let Some(e) = email
+        .as_deref()
+        .filter(|e| !crate::account::acceptable_email(e))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{:?} cannot name an account: at most 254 characters, no control or invisible characters, and not starting with #",
+            e.chars().take(64).collect::<String>()
+        )));
+    }
     Ok(Tokens {
         access: Secret::new(access),
         refresh: Secret::new(refresh),
@@ -396,6 +436,31 @@ mod tests {
         assert!(add_api_key(&store, &Secret::new("short"), None)
             .await
             .is_err());
+        // A key under an OAuth login's email (any case) is refused, the login untouched.
+        let over = add_api_key(&store, &key, Some(" A@X ")).await.unwrap_err();
+        assert_eq!(over.code(), "INVALID_ARGUMENT");
+        assert!(over.to_string().contains("a@x is an OAuth login"), "{over}");
+        let a = store.load().await.unwrap();
+        assert_eq!(
+            a.find("a@x").unwrap().refresh.as_ref().unwrap().expose(),
+            "r"
+        );
+        for bad in ["#0", "evil\u{1b}]0;title\u{7}@x"] {
+            let e = add_api_key(&store, &key, Some(bad)).await.unwrap_err();
+            assert_eq!(e.code(), "INVALID_ARGUMENT", "{bad:?}");
+        }
+        // A login whose email the server made unusable is kept under a name of ours.
+        let odd = Tokens {
+            email: Some("x\u{1b}[2J@x".into()),
+            refresh: "r-odd".into(),
+            ..t.clone()
+        };
+        let (named, _) = add_oauth(&store, &odd).await.unwrap();
+        assert!(
+            named.starts_with("unknown-") && named.ends_with("@anthropic-pool"),
+            "{named}"
+        );
+        remove(&store, &named).await.unwrap();
         set_priority(&store, "a@x", 3).await.unwrap();
         set_enabled(&store, "a@x", false).await.unwrap();
         let pool = store.load().await.unwrap();

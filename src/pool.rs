@@ -242,16 +242,8 @@ impl Pool {
     /// the N-th entry (how unreadable entries without an email are named).
     pub fn resolve(&self, target: &str) -> Result<Vec<usize>> {
         let target = target.trim();
-        if let Some(n) = target
-            .strip_prefix('#')
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            return if n < self.anthropic.len() {
-                Ok(vec![n])
-            } else {
-                Err(Error::AccountNotFound(target.to_string()))
-            };
-        }
+        // An exact email first: an account named `#0` (a label, or what a server called it) is
+        // that account, never whatever entry happens to be first.
         let exact: Vec<usize> = self
             .anthropic
             .iter()
@@ -261,6 +253,16 @@ impl Pool {
             .collect();
         if !exact.is_empty() {
             return Ok(exact);
+        }
+        if let Some(n) = target
+            .strip_prefix('#')
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            return if n < self.anthropic.len() {
+                Ok(vec![n])
+            } else {
+                Err(Error::AccountNotFound(target.to_string()))
+            };
         }
         let key = normalize_email(target);
         let loose: Vec<usize> = self
@@ -312,10 +314,16 @@ impl Pool {
     pub fn upsert(&mut self, incoming: Account) -> bool {
         if let Some(existing) = self.find_mut(&incoming.email) {
             existing.kind = incoming.kind;
-            existing.refresh = incoming.refresh;
-            existing.access = incoming.access;
-            existing.key = incoming.key;
-            existing.expires = incoming.expires;
+            // A credential of the other kind stays in the entry: a login over an API-key
+            // account keeps the key (and a key added over a login, the tokens), never lost.
+            if incoming.refresh.is_some() || incoming.access.is_some() {
+                existing.refresh = incoming.refresh;
+                existing.access = incoming.access;
+                existing.expires = incoming.expires;
+            }
+            if incoming.key.is_some() {
+                existing.key = incoming.key;
+            }
             existing.clear_cooldown();
             existing.extra.remove("modelCooldowns");
             existing.extra.remove("authErrorToken");
@@ -507,6 +515,67 @@ mod tests {
         assert_eq!(pool.remove("#1").unwrap(), 1);
         assert_eq!(pool.anthropic.len(), 1);
         assert!(!pool.upsert(Account::new_api_key("ann@x", "k".into(), now)));
+    }
+
+    #[test]
+    fn an_email_that_looks_like_an_index_names_its_own_account() {
+        let mut pool = Pool::default();
+        let now = 1_800_000_000_000;
+        pool.upsert(Account::new_oauth(
+            "alice@x",
+            "a".into(),
+            "r".into(),
+            now,
+            now,
+        ));
+        pool.upsert(Account::new_api_key("#0", "k".into(), now));
+        assert_eq!(pool.remove("#0").unwrap(), 1);
+        assert!(pool.find("alice@x").is_some(), "the first entry stays");
+        assert!(pool.find("#0").is_none());
+        assert_eq!(pool.remove("#0").unwrap(), 1, "now the index");
+        assert_eq!(pool.anthropic.len(), 0);
+    }
+
+    #[test]
+    fn a_credential_of_the_other_kind_is_kept() {
+        let mut pool = Pool::default();
+        let now = 1_800_000_000_000;
+        pool.upsert(Account::new_api_key("both@x", "key-1".into(), now));
+        pool.upsert(Account::new_oauth(
+            "both@x",
+            "a".into(),
+            "r".into(),
+            now,
+            now,
+        ));
+        let a = pool.find("both@x").unwrap();
+        assert!(!a.is_api_key());
+        assert_eq!(
+            a.key.as_ref().unwrap().expose(),
+            "key-1",
+            "the key stays in the entry"
+        );
+        assert_eq!(a.refresh.as_ref().unwrap().expose(), "r");
+    }
+
+    #[test]
+    fn names_that_cannot_be_emails() {
+        for ok in ["a@x", "api-key-1", "Ünïcode@例え.jp", "a b@x"] {
+            assert!(crate::account::acceptable_email(ok), "{ok}");
+        }
+        let long = "a".repeat(255);
+        for bad in [
+            "",
+            "#0",
+            "a\u{1b}[2J@x",
+            "a\n@x",
+            "a\u{202e}@x",
+            "a\u{200b}@x",
+            "a\u{0}@x",
+            long.as_str(),
+        ] {
+            assert!(!crate::account::acceptable_email(bad), "{bad:?}");
+        }
     }
 
     fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
