@@ -466,3 +466,28 @@ test("16: a stored token no header can carry (a hand-edited file) sends the requ
     assert.match(account(path, "broken@x.test").lastError ?? "", /not a valid header value/, transport);
   }
 });
+
+// ---- 17. a blank or undecodable pool path ------------------------------------------------------
+test("17: a pool path given blank, or an OAUTH_POOL_PATH blank or not UTF-8, is refused, never read as the default pool", async () => {
+  const configured = await seedPool(mock, ["kept@x.test"]);
+  const before = readFileSync(configured, "utf8");
+  const saved = process.env.OAUTH_POOL_PATH;
+  process.env.OAUTH_POOL_PATH = configured;
+  try {
+    for (const blank of ["", "   "]) {
+      await assert.rejects(savePool({ anthropic: [] }, blank), (e) => e.code === "INVALID_ARGUMENT" && /pool path is blank/.test(e.message), JSON.stringify(blank));
+      await assert.rejects(lib.listAccounts(blank), (e) => e.code === "INVALID_ARGUMENT");
+    }
+    assert.equal(readFileSync(configured, "utf8"), before, "the configured pool is untouched");
+    for (const [value, why] of [
+      ["   ", /OAUTH_POOL_PATH is blank/],
+      ["\ufffd\ufffd.json", /OAUTH_POOL_PATH is not valid UTF-8/],
+    ]) {
+      process.env.OAUTH_POOL_PATH = value;
+      await assert.rejects(lib.listAccounts(), (e) => e.code === "INVALID_ARGUMENT" && why.test(e.message), JSON.stringify(value));
+    }
+  } finally {
+    if (saved === undefined) delete process.env.OAUTH_POOL_PATH;
+    else process.env.OAUTH_POOL_PATH = saved;
+  }
+});

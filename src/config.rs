@@ -139,14 +139,38 @@ pub fn env(var: Var) -> Option<String> {
 }
 
 /// `OAUTH_POOL_PATH`, else `~/.aidevops/oauth-pool.json`.
+///
+/// A path given but blank, or one holding U+FFFD (bytes that were not UTF-8, replaced on the
+/// way here), is refused rather than read as "the default pool" or as a file of another name.
 pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
-    if let Some(p) = explicit.filter(|p| !p.is_empty()) {
-        return Ok(expand_home(p));
-    }
-    if let Some(p) = env(var::POOL_PATH) {
-        if !p.is_empty() {
-            return Ok(expand_home(&p));
+    let usable = |p: &str, whose: &str| -> Result<PathBuf> {
+        if p.trim().is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{whose} is blank: give a path, or leave it out for the default pool"
+            )));
         }
+        if p.contains('\u{fffd}') {
+            return Err(Error::InvalidArgument(format!(
+                "{whose} is not valid UTF-8 (or holds U+FFFD): give the path in UTF-8"
+            )));
+        }
+        Ok(expand_home(p))
+    };
+    if let Some(p) = explicit {
+        return usable(p, "the pool path");
+    }
+    match std::env::var(var::POOL_PATH.name()) {
+        Err(std::env::VarError::NotUnicode(_)) if env(var::POOL_PATH).is_none() => {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not valid UTF-8: give the path in UTF-8",
+                var::POOL_PATH.name()
+            )))
+        }
+        _ => {}
+    }
+    // Empty is unset, as a shell's `OAUTH_POOL_PATH=` means it.
+    if let Some(p) = env(var::POOL_PATH).filter(|p| !p.is_empty()) {
+        return usable(&p, var::POOL_PATH.name());
     }
     let home = home_dir().ok_or_else(|| {
         Error::InvalidArgument("cannot find the home directory; set OAUTH_POOL_PATH".into())

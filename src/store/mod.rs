@@ -87,7 +87,9 @@ impl Store {
     /// The store named by `explicit` (a path, or a postgres:// URL), else `OAUTH_POOL_STORE`,
     /// else the pool file (`OAUTH_POOL_PATH`, `~/.aidevops/oauth-pool.json`).
     pub fn from_config(explicit: Option<&str>) -> Result<Store> {
-        if let Some(e) = explicit.filter(|e| !e.trim().is_empty()) {
+        // Given but blank is a mistake, never "the default pool" (`savePool(pool, "")` wrote
+        // over the user's own pool file).
+        if let Some(e) = explicit {
             return Store::open(e);
         }
         if let Some(url) =
