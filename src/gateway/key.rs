@@ -93,7 +93,7 @@ fn create_key(path: &Path) -> Result<Secret> {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     ));
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e))?;
+    crate::store::file::create_private_dir(dir)?;
     // Written whole under a name of its own, then linked into place: another process never
     // reads a key file that is still empty, and if one links its key first, that key wins.
     let mut temp = path.as_os_str().to_os_string();
@@ -159,6 +159,22 @@ mod tests {
             assert_eq!(mode, 0o600, "tightened");
         }
         assert!(read_key(&dir.path().join("missing")).unwrap().is_none());
+        // A key made where no directory was: the directory is private too.
+        let fresh = dir
+            .path()
+            .join("new-home")
+            .join("oauth-pool.json.gateway-key");
+        let made = create_key(&fresh).unwrap();
+        assert_eq!(read_key(&fresh).unwrap().unwrap().expose(), made.expose());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(fresh.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
         // A file someone else owns could hold a key they chose (checkable only as root here).
         #[cfg(unix)]
         if unsafe { libc::geteuid() } == 0 {

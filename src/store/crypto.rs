@@ -105,7 +105,7 @@ impl SealKey {
             .map_err(|e| Error::StoreKey(format!("no OS randomness: {e}")))?;
         let text = Zeroizing::new(STANDARD.encode(raw.as_ref()));
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e))?;
+            crate::store::file::create_private_dir(dir)?;
         }
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);

@@ -133,6 +133,7 @@ impl FileStore {
 
     /// Replaces the whole pool (the `savePool` semantics), under the lock.
     pub fn save(&self, pool: &Pool) -> Result<()> {
+        self.open_checked()?;
         let _lock = FileLock::acquire(&self.lock_path(), LOCK_TIMEOUT)?;
         let _aidevops = LegacyLock::acquire(&self.path)?;
         // Refuse to replace a file we would refuse to read: a symlink or a foreign file is
@@ -155,6 +156,7 @@ impl FileStore {
         &self,
         change: impl FnOnce(&mut Pool) -> Result<T>,
     ) -> Result<(T, Written<FileStamp>)> {
+        self.open_checked()?;
         let _lock = FileLock::acquire(&self.lock_path(), LOCK_TIMEOUT)?;
         let _aidevops = LegacyLock::acquire(&self.path)?;
         let current = self.read()?;
@@ -175,6 +177,37 @@ impl FileStore {
     }
 
     fn read(&self) -> Result<Option<(Pool, FileStamp)>> {
+        let Some((file, meta)) = self.open_checked()? else {
+            return Ok(None);
+        };
+        let path = &self.path;
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(self.corrupt(format!("it is {} bytes, far beyond any pool", meta.len())));
+        }
+        let bytes = match fsread::read_capped(&file, MAX_FILE_BYTES) {
+            Ok(b) => b,
+            Err(ReadError::TooLarge(n)) => {
+                return Err(self.corrupt(format!("it grew beyond {n} bytes while being read")))
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    path,
+                    "read",
+                    std::io::Error::other(e.to_string()),
+                ))
+            }
+        };
+        let pool = Pool::parse(&bytes).map_err(|reason| self.corrupt(reason))?;
+        // Only once it is known to be a pool: a path pointed at some other file of this user's
+        // (`--path /etc/passwd` as root) must leave that file as it was.
+        tighten_mode(path, &file, &meta);
+        Ok(Some((pool, stamp_of(&meta))))
+    }
+
+    /// The pool file opened for reading, checked to be a regular file of this user's (None when
+    /// there is none). Writers ask it first too: a path we would refuse to read gets no lock
+    /// file (nor anything else) beside it.
+    fn open_checked(&self) -> Result<Option<(File, fs::Metadata)>> {
         let path = &self.path;
         let insecure = |reason: String| Error::PoolInsecure {
             path: path.to_path_buf(),
@@ -198,27 +231,7 @@ impl FileStore {
         };
         let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
         check_owner(path, &meta)?;
-        if meta.len() > MAX_FILE_BYTES {
-            return Err(self.corrupt(format!("it is {} bytes, far beyond any pool", meta.len())));
-        }
-        let bytes = match fsread::read_capped(&file, MAX_FILE_BYTES) {
-            Ok(b) => b,
-            Err(ReadError::TooLarge(n)) => {
-                return Err(self.corrupt(format!("it grew beyond {n} bytes while being read")))
-            }
-            Err(e) => {
-                return Err(Error::io(
-                    path,
-                    "read",
-                    std::io::Error::other(e.to_string()),
-                ))
-            }
-        };
-        let pool = Pool::parse(&bytes).map_err(|reason| self.corrupt(reason))?;
-        // Only once it is known to be a pool: a path pointed at some other file of this user's
-        // (`--path /etc/passwd` as root) must leave that file as it was.
-        tighten_mode(path, &file, &meta);
-        Ok(Some((pool, stamp_of(&meta))))
+        Ok(Some((file, meta)))
     }
 
     fn corrupt(&self, reason: String) -> Error {
@@ -403,7 +416,8 @@ fn sync_dir(dir: &Path) {
     let _ = dir;
 }
 
-fn create_private_dir(dir: &Path) -> Result<()> {
+/// The directory (and any missing parent) made 0700: it holds tokens and keys.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -833,6 +847,12 @@ mod tests {
             store.save(&Pool::default()).unwrap_err().code(),
             "POOL_INSECURE"
         );
+        assert_eq!(
+            store.update(|_| Ok(())).unwrap_err().code(),
+            "POOL_INSECURE"
+        );
+        // Nothing was made beside a path we refuse (`/dev/null.lock` once was).
+        assert!(!store.lock_path().exists());
         fs::remove_file(store.path()).unwrap();
         fs::write(store.path(), b"{\"anthropic\": []}").unwrap();
         fs::set_permissions(store.path(), fs::Permissions::from_mode(0o644)).unwrap();
