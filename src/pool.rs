@@ -42,6 +42,25 @@ impl Serialize for Entry {
     }
 }
 
+/// A parse error's message without the values it quotes (`invalid type: string "…"`): the value
+/// in a mistyped field may be a token (a refresh token pasted under `priority`), and the reason
+/// is shown by `list`, `status`, `doctor` and the tool.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    crate::secret::scrub_tokens(&out)
+}
+
 impl Entry {
     /// The entry's email, also for an unreadable entry that has one.
     pub fn email(&self) -> Option<&str> {
@@ -67,7 +86,7 @@ impl Entry {
             Ok(a) => Entry::Valid(Box::new(a)),
             Err(e) => Entry::Invalid {
                 raw,
-                reason: e.to_string(),
+                reason: without_quoted_values(&e.to_string()),
             },
         }
     }
@@ -556,6 +575,19 @@ mod tests {
             "the key stays in the entry"
         );
         assert_eq!(a.refresh.as_ref().unwrap().expose(), "r");
+    }
+
+    #[test]
+    fn an_unreadable_entry_is_described_without_its_values() {
+        let pool = Pool::from_value(json!({"anthropic": [
+            {"email": "typo@x", "priority": "fake-refresh-SENTINEL-0123456789"}
+        ]}))
+        .unwrap();
+        let Entry::Invalid { reason, .. } = &pool.anthropic[0] else {
+            panic!("a string priority is unreadable");
+        };
+        assert!(!reason.contains("SENTINEL"), "{reason}");
+        assert!(reason.contains("invalid type: string"), "{reason}");
     }
 
     #[test]
