@@ -308,23 +308,25 @@ impl Pool {
 
     /// Groups of account emails that differ only in case: reported by `status` and `doctor`.
     pub fn case_clashes(&self) -> Vec<Vec<String>> {
-        let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+        // By a map of the lower-cased emails: a file of many thousand entries (written by some
+        // other tool) took minutes with a search of the groups for each entry.
+        let mut groups: Vec<Vec<String>> = Vec::new();
+        let mut by_key: std::collections::HashMap<String, usize> = Default::default();
         for email in self.anthropic.iter().filter_map(Entry::email) {
-            let key = normalize_email(email);
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, members)) => {
+            match by_key.entry(normalize_email(email)) {
+                std::collections::hash_map::Entry::Occupied(slot) => {
+                    let members = &mut groups[*slot.get()];
                     if !members.iter().any(|m| m == email) {
                         members.push(email.to_string())
                     }
                 }
-                None => groups.push((key, vec![email.to_string()])),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(groups.len());
+                    groups.push(vec![email.to_string()]);
+                }
             }
         }
-        groups
-            .into_iter()
-            .map(|(_, m)| m)
-            .filter(|m| m.len() > 1)
-            .collect()
+        groups.into_iter().filter(|m| m.len() > 1).collect()
     }
 
     /// Adds an account, or, when one with the same email exists, replaces its credentials and

@@ -553,8 +553,12 @@ impl Exchange {
                 self.engine.store().describe()
             )
         } else {
-            let states: Vec<String> = pool
+            // Named up to a point: a message is read by a person (a file of 100,000 entries made
+            // it 25 MB).
+            const NAMED: usize = 12;
+            let mut states: Vec<String> = pool
                 .accounts()
+                .take(NAMED)
                 .map(|a| {
                     let s = if self.engine.blocked(a, family, now) == super::Blocked::No {
                         "refused this request".to_string()
@@ -566,6 +570,9 @@ impl Exchange {
                     format!("{} ({s})", a.email)
                 })
                 .collect();
+            if total > NAMED {
+                states.push(format!("and {} more", total - NAMED));
+            }
             format!(
                 "anthropic-pool has no usable account: {}. Accounts in auth-error need a new login; disabled ones can be enabled with the model-accounts-pool tool",
                 states.join(", ")
