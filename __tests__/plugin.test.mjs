@@ -297,6 +297,36 @@ test("failover notices are debounced per account pair for 30 s", () => {
   })(ev("a@x", "b@x"));
 });
 
+test("text from the file or a server reaches the tool's output, toasts and log lines printable", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-printable-"));
+  const path = join(dir, "oauth-pool.json");
+  const evil = "evil\u001b]0;pwned\u0007\u001b[2J\u202e@x.test";
+  writeFileSync(
+    path,
+    JSON.stringify({
+      anthropic: [
+        { email: evil, access: "fake-a", refresh: "fake-r", expires: Date.now() + 3_600_000, status: "auth-error", lastError: "line\rover\u0000written" },
+      ],
+    }),
+  );
+  try {
+    const tool = createPoolTool({}, { path });
+    for (const action of ["list", "status"]) {
+      const out = await tool.execute({ action }, {});
+      assert.doesNotMatch(out, /[\u0000-\u0008\u000b-\u001f\u202e]/, `${action}: ${JSON.stringify(out)}`);
+      assert.match(out, /evil\\x1b\]0;pwned\\x07/, action);
+    }
+    const { client, toasts, logs } = fakeClient();
+    createNotifier(client)({ kind: "failover", email: evil, to: "b@x", message: `${evil} rate limited; moved to b@x` });
+    for (const text of [...toasts.map((t) => t.message), ...logs.map((l) => l.message)]) {
+      assert.doesNotMatch(text, /[\u0000-\u001f\u202e]/, JSON.stringify(text));
+    }
+    assert.equal(toasts.length, 1);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 // ------------------------------------------------------------------------------------------------
 // The tool
 

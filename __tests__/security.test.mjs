@@ -475,7 +475,11 @@ test("17: a pool path given blank, or an OAUTH_POOL_PATH blank or not UTF-8, is 
   process.env.OAUTH_POOL_PATH = configured;
   try {
     for (const blank of ["", "   "]) {
-      await assert.rejects(savePool({ anthropic: [] }, blank), (e) => e.code === "INVALID_ARGUMENT" && /pool path is blank/.test(e.message), JSON.stringify(blank));
+      await assert.rejects(
+        savePool({ anthropic: [] }, blank),
+        (e) => e.code === "INVALID_ARGUMENT" && /pool path is blank/.test(e.message),
+        JSON.stringify(blank),
+      );
       await assert.rejects(lib.listAccounts(blank), (e) => e.code === "INVALID_ARGUMENT");
     }
     assert.equal(readFileSync(configured, "utf8"), before, "the configured pool is untouched");

@@ -2,27 +2,11 @@
 // Text from the pool file or a server (emails, lastError, reasons) is untrusted: an email holding
 // a newline could fake a table row, one holding ESC could rewrite the terminal, a bidi override
 // could make `a@x` read as something else. JSON.stringify already escapes all of it; text mode
-// goes through printable().
+// goes through printable() (lib/printable.mjs, shared with the plugins).
 
-// C0, DEL, C1, the line/paragraph separators, and the bidi controls (embeddings, overrides,
-// isolates, and the invisible marks LRM/RLM/ALM that reorder what follows them).
-const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
-const NAMED = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+import { printable } from "../printable.mjs";
 
-function escapeChar(ch) {
-  if (NAMED[ch]) return NAMED[ch];
-  const code = ch.charCodeAt(0);
-  return code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u${code.toString(16).padStart(4, "0")}`;
-}
-
-/**
- * `value` as text that cannot move the cursor or reorder the line: unsafe characters become
- * visible escapes (`\x1b`, `\n`, `\u202e`). A backslash stays as it is (Windows paths stay
- * readable), so escaping twice changes nothing.
- */
-export function printable(value) {
-  return String(value ?? "").replace(UNSAFE, escapeChar);
-}
+export { printable };
 
 /** A template tag: our literal text as written, every interpolated value through printable(). */
 export function text(strings, ...values) {

@@ -2,6 +2,7 @@
 // imports this lazily after telling a 2.x context from 1.18's registration-only one). Each part
 // checks for the host feature it needs and is skipped with one log line when the host lacks it:
 // the V2 API moved during 2.0.x, and a missing feature must never take the host down.
+import { printable } from "../printable.mjs";
 import { pluginOptions, LOGIN_HINT } from "../plugin/shared.mjs";
 import { poolActionText, TOOL_DESCRIPTION, TOOL_INPUT_SCHEMA } from "../plugin/tool.mjs";
 import { apiKeysOnly } from "../plugin/auth.mjs";
@@ -14,7 +15,7 @@ function makeLog() {
   // A 2.x server plugin has no log API of its own: its stderr goes to OpenCode's log.
   return (level, message) => {
     try {
-      console.error(`[oauth-pool] ${level}: ${message}`);
+      console.error(`[oauth-pool] ${level}: ${printable(message)}`);
     } catch {}
   };
 }

@@ -4,6 +4,7 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import * as api from "../api.mjs";
 import { createPoolFetch } from "../fetch.mjs";
+import { printable } from "../printable.mjs";
 import { LOGIN_HINT } from "./format.mjs";
 
 export const PROVIDER_ID = "anthropic-pool";
@@ -52,14 +53,14 @@ export function poolPath(options) {
 /** Fire-and-forget log line through OpenCode's client (never awaited: no deadlock, no throw). */
 export function log(client, level, message, extra) {
   try {
-    const pending = client?.app?.log?.({ body: { service: "oauth-pool", level, message, ...(extra ? { extra } : {}) } });
+    const pending = client?.app?.log?.({ body: { service: "oauth-pool", level, message: printable(message), ...(extra ? { extra } : {}) } });
     pending?.catch?.(() => {});
   } catch {}
 }
 
 function toast(client, variant, message) {
   try {
-    const pending = client?.tui?.showToast?.({ body: { title: "Anthropic Pool", message, variant } });
+    const pending = client?.tui?.showToast?.({ body: { title: "Anthropic Pool", message: printable(message), variant } });
     pending?.catch?.(() => {});
   } catch {}
 }

@@ -8,6 +8,7 @@ import { createRequire } from "node:module";
 import { LOGIN_HINT, pool, pluginOptions } from "./shared.mjs";
 import { accountLine, ago, clock, duration, quotaText, statusText, usageLine, windowsText } from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
+import { printableLines } from "../printable.mjs";
 
 export const ACTIONS = ["list", "status", "remove", "enable", "disable", "priority", "reset-cooldowns"];
 
@@ -134,8 +135,15 @@ async function run(args, path) {
   }
 }
 
-/** Runs one pool action and returns text for a person; failures become text too, never throws. */
+/**
+ * Runs one pool action and returns text for a person, every line printable (emails, reasons and
+ * window names come from the file or a server); failures become text too, never throws.
+ */
 export async function poolActionText(args, path) {
+  return printableLines(await actionText(args, path));
+}
+
+async function actionText(args, path) {
   try {
     return await run(args, path);
   } catch (err) {
