@@ -148,3 +148,20 @@ test("15: without the CA the TLS endpoint is refused; loopback is never sent to 
   assert.equal(direct.status, 200, JSON.stringify(direct));
   assert.equal(connects.length, before);
 });
+
+test("15: a proxy setting that names no usable proxy refuses the request instead of going around it", async () => {
+  const path = await seedPool(mock, ["noproxy@x.test"]);
+  for (const setting of ["http://[::1", "socks5://127.0.0.1:1080", "file:///tmp/proxy"]) {
+    const before = connects.length;
+    const result = await requestInChild({
+      OAUTH_POOL_PATH: path,
+      OAUTH_POOL_API_URL: `https://${HOST}`,
+      OAUTH_POOL_TOKEN_URL: `https://${HOST}/v1/oauth/token`,
+      HTTPS_PROXY: setting,
+      NODE_EXTRA_CA_CERTS: join(dir, "ca.pem"),
+    });
+    assert.equal(result.error, "INVALID_ARGUMENT", `${setting}: ${JSON.stringify(result)}`);
+    assert.match(result.message, /HTTPS_PROXY is not a proxy this client can use/);
+    assert.equal(connects.length, before);
+  }
+});

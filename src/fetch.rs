@@ -232,6 +232,7 @@ async fn send(
     body: Option<Bytes>,
     cancel: &CancellationToken,
 ) -> Result<reqwest::Response> {
+    http::check_proxy(&url)?;
     let client = http::api_client()?;
     let mut builder = client.request(method, url).headers(headers);
     if let Some(b) = body {

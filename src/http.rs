@@ -109,36 +109,67 @@ pub fn extra_root_ders() -> Vec<rustls::pki_types::CertificateDer<'static>> {
 /// `https_proxy`/`HTTPS_PROXY` for https, `http_proxy`/`HTTP_PROXY` for http, then
 /// `all_proxy`/`ALL_PROXY`; none for loopback or a `NO_PROXY` match.
 pub fn proxy_for(url: &Url, env: &dyn Fn(Var) -> Option<String>) -> Option<Url> {
+    let (_, raw) = proxy_setting(url, env)?;
+    match parse_proxy(&raw) {
+        Some(u) => Some(u),
+        None => {
+            // `check_proxy` refuses the request before it is sent; never go around a proxy.
+            tracing::warn!("a proxy setting that is not a proxy URL");
+            None
+        }
+    }
+}
+
+/// The variable that names the proxy for `url`, and its value (None: no proxy applies).
+fn proxy_setting(url: &Url, env: &dyn Fn(Var) -> Option<String>) -> Option<(Var, String)> {
     let host = url.host_str()?;
     if config::is_loopback(url) {
         return None;
     }
     let pick = |vars: &[Var]| {
-        vars.iter()
-            .find_map(|v| env(*v).filter(|v| !v.trim().is_empty()))
+        vars.iter().find_map(|v| {
+            env(*v)
+                .filter(|value| !value.trim().is_empty())
+                .map(|value| (*v, value))
+        })
     };
-    let no_proxy = pick(&[var::NO_PROXY_LOWER, var::NO_PROXY]).unwrap_or_default();
+    let no_proxy = pick(&[var::NO_PROXY_LOWER, var::NO_PROXY])
+        .map(|(_, v)| v)
+        .unwrap_or_default();
     if bypasses(&no_proxy, host, url.port_or_known_default()) {
         return None;
     }
-    let raw = match url.scheme() {
+    match url.scheme() {
         "https" => pick(&[var::HTTPS_PROXY_LOWER, var::HTTPS_PROXY]),
         "http" => pick(&[var::HTTP_PROXY_LOWER, var::HTTP_PROXY]),
         _ => None,
     }
-    .or_else(|| pick(&[var::ALL_PROXY_LOWER, var::ALL_PROXY]))?;
+    .or_else(|| pick(&[var::ALL_PROXY_LOWER, var::ALL_PROXY]))
+}
+
+/// A proxy URL the client can use: http or https, with a host (a bare `host:port` is http).
+fn parse_proxy(raw: &str) -> Option<Url> {
     let raw = raw.trim();
     let with_scheme = if raw.contains("://") {
         raw.to_string()
     } else {
         format!("http://{raw}")
     };
-    match Url::parse(&with_scheme) {
-        Ok(u) => Some(u),
-        Err(_) => {
-            tracing::warn!("ignoring a proxy setting that is not a URL");
-            None
-        }
+    Url::parse(&with_scheme)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()))
+}
+
+/// Refuses a request to `url` when the proxy variable that applies to it is set but names no
+/// usable proxy (not a URL, or a scheme this client does not speak, such as socks5): the
+/// request would otherwise go around a proxy the user meant it to use.
+pub fn check_proxy(url: &Url) -> Result<()> {
+    match proxy_setting(url, &config::env) {
+        Some((variable, raw)) if parse_proxy(&raw).is_none() => Err(Error::InvalidArgument(format!(
+            "{} is not a proxy this client can use (http://host:port or https://host:port); the request was not sent",
+            variable.name()
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -242,6 +242,7 @@ enum Grant {
 
 async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<Value> {
     let url = config::token_url()?;
+    http::check_proxy(&url)?;
     let client = http::token_client()?;
     let response = client
         .post(url)
@@ -426,6 +427,7 @@ fn parse_token_response(v: &Value, previous_refresh: Option<&Secret>) -> Result<
 pub async fn profile_email(access: &Secret) -> Result<Option<String>> {
     let mut url = config::api_url()?;
     url.set_path("/api/oauth/profile");
+    http::check_proxy(&url)?;
     let response = http::api_client()?
         .get(url)
         .timeout(http::token_call_timeout())

@@ -53,6 +53,20 @@ fn source(explicit: Option<&str>) -> &'static str {
 
 /// Each endpoint the pool talks to, and whether the pool's rule (https, or http to loopback)
 /// accepts it, with the proxy a request to it would go through (password hidden).
+/// A URL as a report shows it: a password as `***`, no query or fragment (where keys travel),
+/// nothing shaped like a token.
+fn shown_url(raw: &str) -> String {
+    match url::Url::parse(raw.trim()) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            crate::secret::scrub_message(u.as_str())
+        }
+        Err(_) => crate::secret::scrub_message(raw),
+    }
+}
+
 #[napi(js_name = "checkEndpoints", catch_unwind)]
 pub fn check_endpoints() -> Value {
     let rows: Vec<Value> = [
@@ -64,18 +78,16 @@ pub fn check_endpoints() -> Value {
         let var = variable.name();
         let set = config::env(variable).filter(|v| !v.trim().is_empty());
         let raw = set.clone().unwrap_or_else(|| default.to_string());
-        match config::parse_endpoint(raw.trim()) {
+        let shown_value = set.as_deref().map(shown_url);
+        let parsed = config::parse_endpoint(raw.trim())
+            .and_then(|url| http::check_proxy(&url).map(|()| url));
+        match parsed {
             Ok(url) => {
-                let proxy = http::proxy_for(&url, &config::env).map(|mut p| {
-                    if p.password().is_some() {
-                        let _ = p.set_password(Some("***"));
-                    }
-                    p.to_string()
-                });
+                let proxy = http::proxy_for(&url, &config::env).map(|p| shown_url(p.as_str()));
                 json!({
                     "variable": var,
-                    "value": set,
-                    "effective": url.as_str(),
+                    "value": shown_value,
+                    "effective": shown_url(url.as_str()),
                     "ok": true,
                     "loopback": config::is_loopback(&url),
                     "proxy": proxy,
@@ -83,11 +95,11 @@ pub fn check_endpoints() -> Value {
             }
             Err(e) => json!({
                 "variable": var,
-                "value": set,
+                "value": shown_value,
                 "effective": null,
                 "ok": false,
                 "code": e.code(),
-                "message": e.to_string(),
+                "message": crate::secret::scrub_message(&e.to_string()),
             }),
         }
     })
