@@ -955,3 +955,17 @@ test("parseCommandLine: per-command options, two-word commands, negative numbers
   assert.throws(() => parse("serve", "--port", "--show-key"), /--port needs a value \(write --port=<value>/);
   assert.deepEqual(parse("-V"), { command: undefined, positionals: [], options: { version: true } });
 });
+
+test("output that cannot be written is a failure (exit 1 and why), a reader that stops early is not", {
+  skip: !existsSync("/dev/full") && "no /dev/full",
+}, () => {
+  const path = freshPath();
+  const full = openSync("/dev/full", "w");
+  try {
+    const r = spawnSync(process.execPath, [CLI, "list", "--path", path], { stdio: ["ignore", full, "pipe"], encoding: "utf8", timeout: 30_000 });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /could not write the output/);
+  } finally {
+    closeSync(full);
+  }
+});

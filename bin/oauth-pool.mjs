@@ -44,10 +44,14 @@ async function runCommand(spec, positionals, options, out) {
   }
 }
 
+// Output that could not be written (a full disk, a closed descriptor) is a failure, not a
+// quiet success; a reader that stopped early (`oauth-pool list | head -1`) is not.
+let outputFailed = null;
+
 async function main(argv) {
-  // `oauth-pool list | head -1` must not crash on the closed pipe.
   process.stdout.on("error", (e) => {
     if (e.code === "EPIPE") process.exit(0);
+    outputFailed ??= e;
   });
   let parsed;
   try {
@@ -86,7 +90,15 @@ async function main(argv) {
 function exit(code) {
   let pending = 2;
   const done = () => {
-    if (--pending === 0) process.exit(code);
+    if (--pending > 0) return;
+    // A failed write reports on a later tick: let it arrive before deciding.
+    setImmediate(() => {
+      if (outputFailed && code === EXIT.OK) {
+        process.stderr.write(`oauth-pool: could not write the output: ${outputFailed.message}\n`, () => process.exit(EXIT.ERROR));
+        return;
+      }
+      process.exit(code);
+    });
   };
   process.stdout.write("", done);
   process.stderr.write("", done);
