@@ -155,9 +155,9 @@ fn parse_proxy(raw: &str) -> Option<Url> {
     } else {
         format!("http://{raw}")
     };
-    Url::parse(&with_scheme)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()))
+    Url::parse(&with_scheme).ok().filter(|u| {
+        matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+    })
 }
 
 /// Refuses a request to `url` when the proxy variable that applies to it is set but names no
