@@ -276,8 +276,28 @@ for (const transport of ["native", "runtime"]) {
   });
 }
 
-test("a server that does not speak HTTP, or speaks it badly, is NETWORK with what went wrong, on both transports", async () => {
+/**
+ * Runs `fn(api)` with the API origin played by a raw socket server on loopback: `reply(socket)`
+ * on the first bytes of each connection (OAUTH_POOL_API_URL points at it meanwhile).
+ */
+async function withRawApi(reply, fn) {
   const { createServer } = await import("node:net");
+  const server = createServer((socket) => {
+    socket.on("error", () => {});
+    socket.once("data", () => reply(socket));
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const saved = process.env.OAUTH_POOL_API_URL;
+  process.env.OAUTH_POOL_API_URL = `http://127.0.0.1:${server.address().port}`;
+  try {
+    return await fn(process.env.OAUTH_POOL_API_URL);
+  } finally {
+    process.env.OAUTH_POOL_API_URL = saved;
+    server.close();
+  }
+}
+
+test("a server that does not speak HTTP, or speaks it badly, is NETWORK with what went wrong, on both transports", async () => {
   const answers = {
     "not HTTP": "HELLO THERE\r\n\r\n",
     "a head of 2 MB": `HTTP/1.1 200 OK\r\nx-big: ${"a".repeat(2 * 1024 * 1024)}\r\ncontent-length: 2\r\n\r\n{}`,
@@ -289,57 +309,39 @@ test("a server that does not speak HTTP, or speaks it badly, is NETWORK with wha
     nothing: null,
   };
   let answer = null;
-  const server = createServer((socket) => {
-    socket.on("error", () => {});
-    socket.once("data", () => (answer === null ? socket.destroy() : socket.end(answer)));
-  });
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const api = `http://127.0.0.1:${server.address().port}`;
   const path = await seedPool(mock, ["hostile-server@x.test"]);
-  const saved = process.env.OAUTH_POOL_API_URL;
-  process.env.OAUTH_POOL_API_URL = api;
-  try {
-    for (const [name, raw] of Object.entries(answers)) {
-      answer = raw;
-      for (const transport of ["native", "runtime"]) {
-        const f = createPoolFetch({ path, transport });
-        await assert.rejects(
-          (async () => (await f(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" })).text())(),
-          (e) => {
-            const detail = e.message.split("talking to the API: ")[1] ?? "";
-            return e instanceof TypeError && e.code === "NETWORK" && detail !== "" && detail !== "fetch failed" && !detail.includes("verbose");
-          },
-          `${name}, ${transport}`,
-        );
+  await withRawApi(
+    (socket) => (answer === null ? socket.destroy() : socket.end(answer)),
+    async (api) => {
+      for (const [name, raw] of Object.entries(answers)) {
+        answer = raw;
+        for (const transport of ["native", "runtime"]) {
+          const f = createPoolFetch({ path, transport });
+          await assert.rejects(
+            (async () => (await f(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" })).text())(),
+            (e) => {
+              const detail = e.message.split("talking to the API: ")[1] ?? "";
+              return e instanceof TypeError && e.code === "NETWORK" && detail !== "" && detail !== "fetch failed" && !detail.includes("verbose");
+            },
+            `${name}, ${transport}`,
+          );
+        }
       }
-    }
-  } finally {
-    process.env.OAUTH_POOL_API_URL = saved;
-    server.close();
-  }
+    },
+  );
 });
 
 test("native: an encoding the client does not decode is handed over as sent, and says so", async () => {
-  const { createServer } = await import("node:net");
-  const server = createServer((socket) => {
-    socket.on("error", () => {});
-    socket.once("data", () =>
-      socket.end(Buffer.from("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: br\r\ncontent-length: 4\r\n\r\n\x8b\x01\x80{", "latin1")),
-    );
-  });
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const api = `http://127.0.0.1:${server.address().port}`;
   const path = await seedPool(mock, ["encoded@x.test"]);
-  const saved = process.env.OAUTH_POOL_API_URL;
-  process.env.OAUTH_POOL_API_URL = api;
-  try {
-    const res = await createPoolFetch({ path, transport: "native" })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" });
-    assert.equal(res.headers.get("content-encoding"), "br");
-    assert.deepEqual([...new Uint8Array(await res.arrayBuffer())], [0x8b, 0x01, 0x80, 0x7b]);
-  } finally {
-    process.env.OAUTH_POOL_API_URL = saved;
-    server.close();
-  }
+  const head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: br\r\ncontent-length: 4\r\n\r\n";
+  await withRawApi(
+    (socket) => socket.end(Buffer.from(`${head}\x8b\x01\x80{`, "latin1")),
+    async (api) => {
+      const res = await createPoolFetch({ path, transport: "native" })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" });
+      assert.equal(res.headers.get("content-encoding"), "br");
+      assert.deepEqual([...new Uint8Array(await res.arrayBuffer())], [0x8b, 0x01, 0x80, 0x7b]);
+    },
+  );
 });
 
 test("the engine's own write of the pool is not read back: the next exchange is decided on the calling thread", async () => {
