@@ -211,12 +211,13 @@ function presented(headers) {
  */
 function answerHeaders(response, secret) {
   if (!secret || secret.length < 16) return response.headers;
-  let echoed = false;
-  for (const [, value] of response.headers) echoed ||= value.includes(secret);
-  if (!echoed) return response.headers;
-  const clean = new Headers();
-  for (const [name, value] of response.headers) clean.append(name, value.split(secret).join("[redacted]"));
-  return clean;
+  for (const [, echoed] of response.headers) {
+    if (!echoed.includes(secret)) continue;
+    const clean = new Headers();
+    for (const [name, value] of response.headers) clean.append(name, value.split(secret).join("[redacted]"));
+    return clean;
+  }
+  return response.headers;
 }
 
 /**

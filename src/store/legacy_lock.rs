@@ -76,10 +76,15 @@ impl LegacyLock {
             }
             match holder(&dir) {
                 Holder::Live => {}
-                Holder::Stale(seen) => {
-                    remove_stale(&dir, seen.as_deref());
-                    continue;
-                }
+                Holder::Stale(seen) => match remove_stale(&dir, seen.as_deref()) {
+                    Removal::Gone => continue,
+                    Removal::Retaken => {}
+                    Removal::Stuck => {
+                        // Nobody can take it again (its writers' `mkdir` fails as ours does).
+                        tracing::warn!(path = %dir.display(), "a stale aidevops lock cannot be removed; writing without it");
+                        return Ok(None);
+                    }
+                },
                 Holder::Unusable => {
                     tracing::warn!(path = %dir.display(), "the aidevops lock path is not a directory; writing without it");
                     return Ok(None);
@@ -223,22 +228,30 @@ fn is_alive(pid: i64) -> bool {
     }
 }
 
+enum Removal {
+    /// Removed (or gone already): try to take it.
+    Gone,
+    /// Another writer took it anew since it was judged: wait for it.
+    Retaken,
+    /// It stays (it holds more than an owner file): nobody can take it.
+    Stuck,
+}
+
 /// Removes a stale lock, unless it changed since it was judged (another writer may have
 /// removed it and taken it anew meanwhile). Never recursive: a directory holding anything
-/// other than an owner file stays, and `holder` keeps calling it stale (the plugin's writers
-/// cannot take it either).
-fn remove_stale(dir: &Path, seen: Option<&str>) {
+/// other than an owner file is left as it is.
+fn remove_stale(dir: &Path, seen: Option<&str>) -> Removal {
     let owner = dir.join("owner");
     if let Some(seen) = seen {
         if read_owner(&owner).as_deref() != Some(seen) {
-            return;
+            return Removal::Retaken;
         }
         let _ = fs::remove_file(&owner);
     }
-    if let Err(e) = fs::remove_dir(dir) {
-        if e.kind() != ErrorKind::NotFound {
-            tracing::warn!(path = %dir.display(), error = %e, "could not remove a stale aidevops lock");
-        }
+    match fs::remove_dir(dir) {
+        Ok(()) => Removal::Gone,
+        Err(e) if e.kind() == ErrorKind::NotFound => Removal::Gone,
+        Err(_) => Removal::Stuck,
     }
 }
 
@@ -347,6 +360,21 @@ mod tests {
         old.set_modified(SystemTime::now() - STALE_AFTER - Duration::from_secs(5))
             .unwrap();
         assert!(LegacyLock::acquire(&pool).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_stale_lock_that_cannot_be_removed_is_written_past_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pool = pool_in(&tmp);
+        plant(&pool, "{\"pid\":1,\"ts\":1}");
+        fs::write(lock_dir(&pool).join("stray"), "x").unwrap();
+        let start = Instant::now();
+        assert!(LegacyLock::acquire(&pool).unwrap().is_none());
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert!(
+            lock_dir(&pool).join("stray").exists(),
+            "nothing of it removed but its owner"
+        );
     }
 
     #[test]
