@@ -55,6 +55,30 @@ test("state mismatch fails before any request; a wrong verifier is invalid_grant
   await assert.rejects(exchange(paste, { verifier: "x".repeat(43), state: a.state }), (e) => e.code === "OAUTH_INVALID_GRANT");
 });
 
+test("a login's code is sent once: the same paste again is refused without a call; a refused code says so", async () => {
+  const a = await authorize();
+  const paste = mock.approve(a.url, "once@x.test");
+  const path = tempPoolPath();
+  await addAccount(paste, a, path);
+  const calls = mock.stats().tokenCalls;
+  await assert.rejects(addAccount(paste, a, path), (e) => e.code === "OAUTH_BAD_INPUT" && /completed already/.test(e.message));
+  await assert.rejects(exchange(paste, a), (e) => e.code === "OAUTH_BAD_INPUT");
+  assert.equal(mock.stats().tokenCalls, calls, "no second call");
+  const b = await authorize();
+  const wrong = mock.approve(b.url, "refused@x.test");
+  await assert.rejects(
+    exchange(wrong, { verifier: "y".repeat(43), state: b.state }),
+    (e) => e.code === "OAUTH_INVALID_GRANT" && /login code was refused/.test(e.message),
+  );
+});
+
+test("an email the server gives that cannot name an account is not returned", async () => {
+  const a = await authorize();
+  const paste = mock.approve(a.url, "bad\u001b[2J\u202eemail@x.test");
+  const t = await exchange(paste, { verifier: a.verifier, state: a.state });
+  assert.equal(t.email ?? null, null);
+});
+
 test("refresh rotates; presenting the spent token again is invalid_grant and revokes the family", async () => {
   const t0 = mock.addAccount("rot@x.test");
   const t1 = await refresh(t0.refresh);

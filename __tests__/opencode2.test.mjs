@@ -197,3 +197,43 @@ test("a request aimed anywhere but the pool's API origin gets no pool credential
   const ex = openExchange({ url: "https://evil.example/v1/messages", headers: [["content-type", "application/json"]] });
   await assert.rejects(settle(ex.next()), (e) => e.code === "INSECURE_ENDPOINT");
 });
+
+test("a retry that fails leaves the host the first answer, readable; no listener stays on the host's signal; a model id of another type is no model", async () => {
+  const { host, handle, path } = await started();
+  await login(host, "keep1@x.test");
+  await login(host, "keep2@x.test");
+  const controller = new AbortController();
+  // The pool's listeners on the host's signal, told apart from the host's and fetch's own.
+  const ours = new Set();
+  const { addEventListener: add, removeEventListener: remove } = controller.signal;
+  controller.signal.addEventListener = function (type, fn, options) {
+    if (fn?.name === "onAbort") ours.add(fn);
+    return add.call(this, type, fn, options);
+  };
+  controller.signal.removeEventListener = function (type, fn, options) {
+    ours.delete(fn);
+    return remove.call(this, type, fn, options);
+  };
+  // The first answer is a 429; the resend on the other account loses its connection before any
+  // answer: the host must still be able to read the 429 it was given.
+  mock.scriptAll([
+    { status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) },
+    { sse: false, resetAfterBytes: 0 },
+  ]);
+  const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body, signal: controller.signal }).catch((e) => e);
+  if (res instanceof Error) {
+    assert.doesNotMatch(String(res.message), /unusable|disturbed|locked/i, String(res.stack));
+  } else {
+    await res.text();
+  }
+  for (let i = 0; i < 3; i++) {
+    const ok = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body, signal: controller.signal });
+    await ok.text();
+  }
+  assert.equal(ours.size, 0, "every request's abort listener removed");
+  // A host's model id that is not a string is no model (it threw napi's StringExpected).
+  const ex = openExchange({ path, url: `${mock.url}/v1/messages`, headers: [], model: 42 });
+  assert.equal(ex.modelUnknown, true);
+  ex.abort();
+  await handle.unload();
+});

@@ -21,13 +21,15 @@ const BODY_START = 4096;
  * cross as one string of `name:value` lines); `model`, when known, else read from `body` (bytes,
  * or a string: its start first, all of it only when the model is not there).
  */
-export function openExchange({ path, url, headers, model, body }) {
+export function openExchange({ path, url, headers, model: named, body }) {
+  // A host's model id of another type is no model (napi would throw its own StringExpected).
+  const model = typeof named === "string" ? named : undefined;
   let lines = "";
   for (const [name, value] of headers) lines += `${name}:${value}\n`;
   const { NativeExchange } = nativeBinding();
-  if (typeof body !== "string") return new NativeExchange(path ?? undefined, url, lines, model ?? undefined, body ?? undefined, undefined);
+  if (typeof body !== "string") return new NativeExchange(path ?? undefined, url, lines, model, body ?? undefined, undefined);
   const start = body.length > BODY_START ? body.slice(0, BODY_START) : body;
-  const ex = new NativeExchange(path ?? undefined, url, lines, model ?? undefined, undefined, start);
+  const ex = new NativeExchange(path ?? undefined, url, lines, model, undefined, start);
   if (start !== body && ex.modelUnknown) ex.readModel(body);
   return ex;
 }

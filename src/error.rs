@@ -34,6 +34,9 @@ pub enum Error {
     OAuthBadInput(String),
     #[error("refresh token rejected by the token endpoint ({0}); the account needs a new login")]
     OAuthInvalidGrant(String),
+    /// The same contract code as a dead refresh token, about a login code instead.
+    #[error("the login code was refused by the token endpoint ({0}): a code works once and for a few minutes; start the login again")]
+    OAuthCodeRefused(String),
     #[error("token endpoint answered HTTP {status}: {detail}")]
     OAuthHttp {
         status: u16,
@@ -68,7 +71,7 @@ impl Error {
             Error::NoUsableAccount(_) => "POOL_NO_ACCOUNT",
             Error::OAuthStateMismatch(_) => "OAUTH_STATE_MISMATCH",
             Error::OAuthBadInput(_) => "OAUTH_BAD_INPUT",
-            Error::OAuthInvalidGrant(_) => "OAUTH_INVALID_GRANT",
+            Error::OAuthInvalidGrant(_) | Error::OAuthCodeRefused(_) => "OAUTH_INVALID_GRANT",
             Error::OAuthHttp { .. } => "OAUTH_HTTP",
             Error::Network { .. } => "NETWORK",
             Error::InsecureEndpoint { .. } => "INSECURE_ENDPOINT",

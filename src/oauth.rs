@@ -154,7 +154,10 @@ pub fn parse_pasted(input: &str) -> Result<Pasted> {
             state = Some(s);
         }
     }
-    if !code.is_token_shaped() {
+    // A code is URL-safe text: anything else pasted (a `data:` or `javascript:` URL, markup)
+    // is refused here, never sent to the token endpoint.
+    let code_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+    if !code.is_token_shaped() || !code.expose().bytes().all(code_char) {
         return Err(Error::OAuthBadInput(
             "the authorization code is empty or malformed".into(),
         ));
@@ -193,6 +196,13 @@ pub struct Tokens {
 pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens> {
     let pasted = parse_pasted(input)?;
     check_state(&pasted, state)?;
+    if completed_logins().contains(state) {
+        // A code works once: a host or a person trying the same paste again gets this at once,
+        // not a second call that the token endpoint refuses (or, worse, a second account).
+        return Err(Error::OAuthBadInput(
+            "this login was completed already: start a new one to add another account".into(),
+        ));
+    }
     let body = json!({
         "grant_type": "authorization_code",
         "code": pasted.code.expose(),
@@ -203,11 +213,54 @@ pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens
     });
     let (verifier, state) = (Secret::new(verifier), Secret::new(state));
     let value = token_call(body, Grant::Code, &[&pasted.code, &verifier, &state]).await?;
+    completed_logins().add(state.expose());
     let mut tokens = parse_token_response(&value, None)?;
+    // The server's word for the email is held to what names an account (`exchange()` returns
+    // it to callers as it is; `add_oauth` stores it).
+    let usable = |e: &String| crate::account::acceptable_email(e.trim());
+    tokens.email = tokens.email.filter(usable);
     if tokens.email.is_none() {
-        tokens.email = profile_email(&tokens.access).await.ok().flatten();
+        tokens.email = profile_email(&tokens.access)
+            .await
+            .ok()
+            .flatten()
+            .filter(usable);
     }
     Ok(tokens)
+}
+
+/// The logins (by a digest of their state) whose code the token endpoint already took.
+struct CompletedLogins(std::sync::Mutex<std::collections::VecDeque<[u8; 32]>>);
+
+impl CompletedLogins {
+    /// A process completes a handful of logins; the last few dozen are remembered.
+    const KEPT: usize = 64;
+
+    fn digest(state: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(state.as_bytes()).into()
+    }
+
+    fn contains(&self, state: &str) -> bool {
+        let d = Self::digest(state);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&d)
+    }
+
+    fn add(&self, state: &str) {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= Self::KEPT {
+            seen.pop_front();
+        }
+        seen.push_back(Self::digest(state));
+    }
+}
+
+fn completed_logins() -> &'static CompletedLogins {
+    static LOGINS: std::sync::OnceLock<CompletedLogins> = std::sync::OnceLock::new();
+    LOGINS.get_or_init(|| CompletedLogins(Default::default()))
 }
 
 /// Presents `refresh` once. A response without a new refresh token keeps the old one.
@@ -299,7 +352,10 @@ async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<
         _ => false,
     };
     if dead_token && matches!(status, 400 | 401 | 404) {
-        return Err(Error::OAuthInvalidGrant(summary));
+        return Err(match grant {
+            Grant::Code => Error::OAuthCodeRefused(summary),
+            Grant::Refresh => Error::OAuthInvalidGrant(summary),
+        });
     }
     Err(Error::OAuthHttp {
         status,
@@ -538,10 +594,27 @@ mod tests {
             format!("{}#st", "x".repeat(5000)),
             format!("{}#st", "x".repeat(10_000_000)),
             "c\u{e9}de#st".to_string(),
+            "data:text/html,<script>x</script>#st".to_string(),
+            "javascript:alert(1)#st".to_string(),
         ] {
             assert_eq!(parse_pasted(&bad).unwrap_err().code(), "OAUTH_BAD_INPUT");
         }
         assert!(parse_pasted(&format!("{}#st", "x".repeat(4000))).is_ok());
+    }
+
+    #[test]
+    fn a_completed_login_is_remembered_by_its_state() {
+        let logins = CompletedLogins(Default::default());
+        assert!(!logins.contains("state-1"));
+        logins.add("state-1");
+        assert!(logins.contains("state-1"));
+        for i in 0..CompletedLogins::KEPT {
+            logins.add(&format!("other-{i}"));
+        }
+        assert!(
+            !logins.contains("state-1"),
+            "only the last few dozen are kept"
+        );
     }
 
     #[test]

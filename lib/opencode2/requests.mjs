@@ -73,8 +73,14 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       try {
         syncEnv();
         const request = event.request;
-        const ex = openExchange({ path, url: request.url, headers: request.headers, model: event.model?.id });
-        extra?.signal?.addEventListener?.("abort", () => ex.abort(), { once: true });
+        const model = typeof event.model?.id === "string" ? event.model.id : undefined;
+        const ex = openExchange({ path, url: request.url, headers: request.headers, model });
+        // Removed when the answer is handled: a host's long-lived signal would otherwise keep
+        // every request's exchange alive.
+        const onAbort = () => ex.abort();
+        const signal = extra?.signal;
+        signal?.addEventListener?.("abort", onAbort, { once: true });
+        const stopListening = () => signal?.removeEventListener?.("abort", onAbort);
         const step = await nextStep(ex);
         drain(ex);
         if (step.kind === "answer") {
@@ -85,15 +91,15 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
             headers: { "content-type": "application/json" },
             body: request.method === "GET" ? undefined : "{}",
           });
-          inFlight.set(local, { ex, answer: step });
+          inFlight.set(local, { ex, answer: step, stopListening });
           event.request = local;
           return;
         }
         const sent = withHeaders(request, step.headers);
-        inFlight.set(sent, { ex, original: request, account: step.account });
+        inFlight.set(sent, { ex, original: request, account: step.account, stopListening });
         event.request = sent;
       } catch (err) {
-        log("error", `could not place the request on a pool account: ${err?.code ?? ""} ${scrubbed(err?.message ?? err)}`.trim());
+        log("error", `could not place the request on a pool account: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`);
       }
     },
     { providerID },
@@ -118,19 +124,34 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         for (;;) {
           verdict = await judgeAnswer(ex, response);
           if (verdict !== "retry") break;
-          await response.body?.cancel().catch(() => {});
           const step = await nextStep(ex);
           if (step.kind === "answer") {
+            await response.body?.cancel().catch(() => {});
             response = poolAnswer(step);
             remember(event.sessionID, step);
             break;
           }
-          response = await fetch(withHeaders(event.request.clone(), step.headers), { signal: extra?.signal });
+          // The answer in hand is dropped only once another has come: if the resend fails, the
+          // host keeps this one, readable.
+          let next;
+          try {
+            next = await fetch(withHeaders(event.request.clone(), step.headers), { signal: extra?.signal });
+          } catch (err) {
+            log(
+              "warn",
+              `the retry on another account failed; the host gets the first answer: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`,
+            );
+            verdict = "deliver";
+            break;
+          }
+          await response.body?.cancel().catch(() => {});
+          response = next;
         }
         event.response = verdict === "deliver-tap" ? tapUsage(response, ex) : response;
       } catch (err) {
-        log("error", `the pool could not finish this request: ${err?.code ?? ""} ${scrubbed(err?.message ?? err)}`.trim());
+        log("error", `the pool could not finish this request: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`);
       } finally {
+        state.stopListening?.();
         drain(ex);
       }
     },

@@ -22,6 +22,9 @@ const FLUSH_DELAY: Duration = Duration::from_millis(1000);
 const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// The most models a day's or a window's usage names; the rest are counted under `OTHER_MODELS`.
+const MAX_MODELS: usize = 64;
+const OTHER_MODELS: &str = "(other models)";
 /// Usage is kept this long (days and 5-hour windows).
 const USAGE_DAYS: i64 = 30;
 const DAY_MS: i64 = 86_400_000;
@@ -183,33 +186,38 @@ impl Engine {
         self.book.record(change);
         if urgent {
             let me = self.clone();
-            self.spawn(async move { me.flush().await });
+            self.spawn(async move {
+                let _ = me.flush().await;
+            });
         } else if !self.book.scheduled.swap(true, Ordering::AcqRel) {
             let me = self.clone();
             self.spawn(async move {
                 tokio::time::sleep(FLUSH_DELAY).await;
-                me.flush().await;
+                let _ = me.flush().await;
             });
         }
     }
 
     /// Writes everything pending now (and tokens a refresh could not save before), and returns
-    /// once every earlier write has finished. A failed write is kept for the next try.
-    pub async fn flush(self: &Arc<Self>) {
+    /// once every earlier write has finished; the error when this one failed (what it held is
+    /// kept for the next try).
+    pub async fn flush(self: &Arc<Self>) -> crate::error::Result<()> {
         let _one = self.book.flushing.lock().await;
         self.book.scheduled.store(false, Ordering::Release);
         let batch = std::mem::take(&mut *lock(&self.book.pending));
         if batch.is_empty() && !self.credentials.has_unsaved() {
-            return;
+            return Ok(());
         }
-        let copy = batch.clone();
-        let result = self
-            .write(move |pool| {
-                apply(pool, &copy, now_ms());
-                Ok(())
-            })
-            .await;
-        match result {
+        let mut result = self.write_batch(&batch).await;
+        let mut batch = batch;
+        if matches!(result, Err(crate::error::Error::PoolInvalid(_))) && !batch.usage.is_empty() {
+            // The counts would make a pool no reader takes: they go, and the cooldowns and
+            // refusals of the batch, which other processes must see, are written without them.
+            tracing::warn!("usage counts dropped: with them the pool would be too large to read");
+            batch.usage.clear();
+            result = self.write_batch(&batch).await;
+        }
+        match &result {
             Ok(()) => *lock(&self.book.retry_delay) = None,
             Err(e) => {
                 tracing::warn!(error = %e, "could not write to the pool; will try again");
@@ -223,6 +231,16 @@ impl Engine {
                 self.retry_later(delay);
             }
         }
+        result
+    }
+
+    async fn write_batch(self: &Arc<Self>, batch: &Pending) -> crate::error::Result<()> {
+        let copy = batch.clone();
+        self.write(move |pool| {
+            apply(pool, &copy, now_ms());
+            Ok(())
+        })
+        .await
     }
 
     /// Tries the pending writes again after `delay` (also how unsaved tokens get saved when
@@ -234,7 +252,7 @@ impl Engine {
         let me = self.clone();
         self.spawn(async move {
             tokio::time::sleep(delay).await;
-            me.flush().await;
+            let _ = me.flush().await;
         });
     }
 }
@@ -334,6 +352,12 @@ fn add_usage(a: &mut crate::account::Account, batch: &HashMap<UsageKey, Counts>,
             *b = json!({});
         }
         let Some(b) = b.as_object_mut() else { return };
+        // Model names come from callers: past `MAX_MODELS` in one bucket, the rest count as one.
+        let model = if b.contains_key(model) || b.len() < MAX_MODELS {
+            model
+        } else {
+            OTHER_MODELS
+        };
         let mut total: Counts = b
             .get(model)
             .and_then(|v| serde_json::from_value(v.clone()).ok())
@@ -568,6 +592,39 @@ mod tests {
         assert_eq!(
             pool.find("a@x").unwrap().extra["usage"]["days"][&day]["claude-sonnet-4-5"]["output"],
             json!(20)
+        );
+    }
+
+    #[test]
+    fn usage_names_at_most_so_many_models_a_bucket() {
+        let now = now_ms();
+        let mut pool = pool_of(now);
+        let mut batch = Pending::default();
+        let one = Counts {
+            requests: 1,
+            ..Counts::default()
+        };
+        for i in 0..MAX_MODELS + 6 {
+            batch.usage(
+                "a@x",
+                &format!("model-{i}"),
+                Some(now + 3_600_000),
+                now,
+                one,
+            );
+        }
+        apply(&mut pool, &batch, now);
+        let day = &pool.find("a@x").unwrap().extra["usage"]["days"][&day_of(now)];
+        let models = day.as_object().unwrap();
+        assert_eq!(models.len(), MAX_MODELS + 1);
+        let named: u64 = models
+            .values()
+            .map(|c| c["requests"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            named,
+            (MAX_MODELS + 6) as u64,
+            "every request still counted"
         );
     }
 

@@ -8,6 +8,9 @@ use super::credentials::Credential;
 use crate::error::{Error, Result};
 use crate::oauth::OAUTH_BETA;
 
+/// The longest model name taken (Anthropic's are under 40 characters).
+pub const MAX_MODEL_LEN: usize = 128;
+
 /// What the engine reads from a request to place it.
 #[derive(Debug, Default, Clone)]
 pub struct RequestMeta {
@@ -57,8 +60,13 @@ impl RequestMeta {
         }
     }
 
+    /// The model a request names, when it can be one: a caller's text becomes a key of the
+    /// pool file's usage, so anything over `MAX_MODEL_LEN` or holding a control character is
+    /// counted as an unknown model instead (a host's 17 MB model id made the pool unwritable).
     pub fn with_model(mut self, model: Option<String>) -> Self {
-        self.model = model.filter(|m| !m.trim().is_empty());
+        self.model = model.filter(|m| {
+            !m.trim().is_empty() && m.len() <= MAX_MODEL_LEN && !m.chars().any(char::is_control)
+        });
         self
     }
 }
@@ -171,6 +179,15 @@ mod tests {
             .ok()?
             .strip_prefix("Bearer ")
             .map(Secret::new)
+    }
+
+    #[test]
+    fn only_a_plausible_model_name_is_kept() {
+        let m = |s: &str| RequestMeta::default().with_model(Some(s.into())).model;
+        assert_eq!(m("claude-sonnet-4-5").as_deref(), Some("claude-sonnet-4-5"));
+        assert_eq!(m(&"m".repeat(MAX_MODEL_LEN + 1)), None);
+        assert_eq!(m("claude\n-x"), None);
+        assert_eq!(m("  "), None);
     }
 
     #[test]

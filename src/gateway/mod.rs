@@ -200,7 +200,9 @@ impl Gateway {
         }
         // What the last requests recorded (last use, quota, usage) reaches the store before the
         // process that asked for the close exits.
-        self.engine.flush().await;
+        if let Err(e) = self.engine.flush().await {
+            tracing::warn!(error = %e, "the last bookkeeping could not be written before the close");
+        }
     }
 }
 
