@@ -268,6 +268,19 @@ test("a wrong key is STORE_KEY for reads, writes, copies and init, and no row ch
   assert.match(planted.err.message, /not sealed/);
   assert.ok(!planted.stdout.includes("planted-plain-token"));
   await pg.sql(`DELETE FROM oauth_pool_entries`);
+
+  // A value of another type than the schema's (a column altered by hand) is a corrupt store,
+  // refused with its code; it made the addon panic.
+  await seedStore(hostA, { anthropic: [oauthEntry("typed@fleet.test")] });
+  await pg.sql(`ALTER TABLE oauth_pool_meta ALTER COLUMN value TYPE jsonb USING to_jsonb(value)`);
+  try {
+    const altered = await cliJson(hostA, "list");
+    assert.equal(altered.err?.code, "POOL_CORRUPT", altered.stdout);
+    assert.match(altered.err.message, /not as its schema says/);
+  } finally {
+    await pg.sql(`ALTER TABLE oauth_pool_meta ALTER COLUMN value TYPE text USING value #>> '{}'`);
+    await pg.sql(`DELETE FROM oauth_pool_entries`);
+  }
 });
 
 test("two hosts x 10 processes on one expired account: exactly one refresh, no token presented twice, every request served", { timeout: 240_000 }, async () => {

@@ -56,6 +56,9 @@ pub enum Error {
     StoreUnavailable(String),
     #[error("{0}")]
     StoreKey(String),
+    /// The fleet store's rows are not as its schema says: refused like a corrupt pool file.
+    #[error("{0}")]
+    StoreCorrupt(String),
 }
 
 impl Error {
@@ -79,6 +82,7 @@ impl Error {
             Error::InvalidArgument(_) => "INVALID_ARGUMENT",
             Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Error::StoreKey(_) => "STORE_KEY",
+            Error::StoreCorrupt(_) => "POOL_CORRUPT",
         }
     }
 

@@ -232,7 +232,7 @@ impl PgStore {
                 .query_one("SELECT to_regclass('oauth_pool_meta') IS NOT NULL", &[])
                 .await
                 .map_err(unavailable)?;
-            if !exists.get::<_, bool>(0) {
+            if !column::<bool>(&exists, 0)? {
                 return Ok(0);
             }
             let row = c
@@ -242,9 +242,8 @@ impl PgStore {
                 )
                 .await
                 .map_err(unavailable)?;
-            Ok(row
-                .and_then(|r| r.get::<_, String>(0).parse().ok())
-                .unwrap_or(0))
+            let text = row.map(|r| column::<String>(&r, 0)).transpose()?;
+            Ok(text.and_then(|t| t.parse().ok()).unwrap_or(0))
         })
         .await
     }
@@ -271,7 +270,9 @@ impl PgStore {
                 )
                 .await
                 .map_err(unavailable)?
-                .and_then(|r| r.get::<_, String>(0).parse().ok())
+                .map(|r| column::<String>(&r, 0))
+                .transpose()?
+                .and_then(|t| t.parse().ok())
                 .unwrap_or(0);
             for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
                 client.batch_execute(sql).await.map_err(unavailable)?;
@@ -293,7 +294,7 @@ impl PgStore {
                 .map_err(unavailable)?;
             match check {
                 Some(row) => {
-                    self.key.open("key_check", &row.get::<_, String>(0))?;
+                    self.key.open("key_check", &column::<String>(&row, 0)?)?;
                 }
                 None => {
                     let sealed = self.key.seal("key_check", CHECK)?;
@@ -348,7 +349,7 @@ impl PgStore {
                     })
                     .await?
                     .ok_or_else(|| Error::StoreKey("the store has no key check: run `oauth-pool store init`".into()))?;
-                self.key.open("key_check", &row.get::<_, String>(0)).map(|_| ())
+                self.key.open("key_check", &column::<String>(&row, 0)?).map(|_| ())
             })
             .await
             .map(|_| ())
@@ -390,7 +391,7 @@ impl PgStore {
                 return Err(e);
             }
         };
-        let g = row.get::<_, String>(0).parse().unwrap_or(0);
+        let g = column::<String>(&row, 0)?.parse().unwrap_or(0);
         *lock(&self.generation) = Some((g, Instant::now()));
         Ok(g)
     }
@@ -429,9 +430,9 @@ impl PgStore {
         let mut all = Map::new();
         let mut generation = 0;
         for r in rows {
-            let kind: &str = r.get(0);
-            let name: String = r.get(1);
-            let value: Value = r.get(2);
+            let kind: &str = column(&r, 0)?;
+            let name: String = column(&r, 1)?;
+            let value: Value = column(&r, 2)?;
             match kind {
                 "e" => entries.push((
                     name.parse().unwrap_or(i32::MAX),
@@ -600,9 +601,19 @@ impl PgStore {
         );
         matches!(
             tokio::time::timeout(QUERY_TIMEOUT, asking).await,
-            Ok(Ok(r)) if r.get::<_, i64>(0) > 0
+            Ok(Ok(r)) if r.try_get::<_, i64>(0).is_ok_and(|n| n > 0)
         )
     }
+}
+
+/// A column of a row as the schema has it. A NULL or another type there (a row edited by hand,
+/// a column altered) is refused as a corrupt store, never a panic in the addon.
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a tokio_postgres::Row, i: usize) -> Result<T> {
+    row.try_get(i).map_err(|e| {
+        Error::StoreCorrupt(format!(
+            "a row of the store is not as its schema says ({e}); nothing was changed: repair it, or copy a good pool in with `oauth-pool store copy`"
+        ))
+    })
 }
 
 #[cfg(test)]
