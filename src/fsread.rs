@@ -129,6 +129,33 @@ pub fn read_capped(file: &File, cap: u64) -> Result<Zeroizing<Vec<u8>>, ReadErro
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_is_this_users_and_made_private_once_known() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        assert!(read_own_key(&path, 64).unwrap().is_none());
+        std::fs::write(&path, "key-bytes").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let found = read_own_key(&path, 64).unwrap().unwrap();
+        assert_eq!(&found.bytes[..], b"key-bytes");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode(&path),
+            0o644,
+            "left as it is until the caller knows it is a key"
+        );
+        found.keep_private(&path);
+        assert_eq!(mode(&path), 0o600);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            let why = read_own_key(&path, 64).err().unwrap();
+            assert!(why.contains("owned by uid 65534"), "{why}");
+        }
+    }
+
     #[test]
     fn special_files_are_refused_at_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -167,5 +194,69 @@ mod tests {
             read_regular(&dir.path().join("none"), 1, true),
             Err(ReadError::NotFound)
         ));
+    }
+}
+
+/// The owner of a file when it is not this user (None on systems without uids).
+pub fn foreign_owner(meta: &std::fs::Metadata) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        (meta.uid() != me).then_some(meta.uid())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
+}
+
+/// A private file found readable by others is made 0600 (with a warning), not refused.
+pub fn tighten_mode(path: &Path, file: &File, meta: &std::fs::Metadata) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "a private file was readable by others; tightened to 0600");
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, file, meta);
+}
+
+/// A key file of this user's: its bytes (at most `cap`), or None when there is none. Refused
+/// (the reason, for the caller's message) when it is not a regular file or another user owns it:
+/// whoever can write it chooses the key. Call `keep_private` once the bytes are known to be a key,
+/// so that a path pointed at some other file leaves that file's mode as it was.
+pub fn read_own_key(path: &Path, cap: u64) -> Result<Option<OwnKeyFile>, String> {
+    let file = match open_regular(path, false) {
+        Ok(f) => f,
+        Err(ReadError::NotFound) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if let Some(owner) = foreign_owner(&meta) {
+        return Err(format!(
+            "it is owned by uid {owner}, not by this user: anyone who can write it chooses the key"
+        ));
+    }
+    let bytes = read_capped(&file, cap).map_err(|e| e.to_string())?;
+    Ok(Some(OwnKeyFile { bytes, file, meta }))
+}
+
+pub struct OwnKeyFile {
+    pub bytes: Zeroizing<Vec<u8>>,
+    file: File,
+    meta: std::fs::Metadata,
+}
+
+impl OwnKeyFile {
+    /// Tightens a mode wider than 0600 (with a warning).
+    pub fn keep_private(&self, path: &Path) {
+        tighten_mode(path, &self.file, &self.meta);
     }
 }

@@ -49,26 +49,16 @@ fn read_key(path: &Path) -> Result<Option<Secret>> {
             path.display()
         ))
     };
-    let file = match fsread::open_regular(path, false) {
-        Ok(f) => f,
-        Err(fsread::ReadError::NotFound) => return Ok(None),
-        Err(e) => return Err(refused(e.to_string())),
+    let Some(found) = fsread::read_own_key(path, KEY_FILE_MAX).map_err(refused)? else {
+        return Ok(None);
     };
-    let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
-    if let Some(owner) = crate::store::file::foreign_owner(&meta) {
-        return Err(refused(format!(
-            "it is owned by uid {owner}, not by this user: anyone who can write it chooses the key"
-        )));
-    }
-    let bytes = fsread::read_capped(&file, KEY_FILE_MAX).map_err(|e| refused(e.to_string()))?;
-    let key = Secret::new(String::from_utf8_lossy(&bytes).trim());
+    let key = Secret::new(String::from_utf8_lossy(&found.bytes).trim());
     if !usable(&key) {
         return Err(refused(format!(
             "it does not hold a key (at least {KEY_MIN} visible ASCII characters): remove it to make a new one"
         )));
     }
-    // Only a file known to hold a key is made private (it is ours then, not some other file).
-    crate::store::file::tighten_mode(path, &file, &meta);
+    found.keep_private(path);
     Ok(Some(key))
 }
 

@@ -77,22 +77,25 @@ impl SealKey {
         let path = key_file().ok_or_else(|| {
             Error::StoreKey("no OAUTH_POOL_STORE_KEY and no home directory for a key file".into())
         })?;
-        match fsread::read_regular(&path, 4096, false) {
-            Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
+        // Held to the gateway key file's rules: this user's, a regular file, made 0600 once it
+        // is known to hold a key (this one opens every token of the fleet).
+        match fsread::read_own_key(&path, 4096) {
+            Ok(Some(found)) => {
+                let text = String::from_utf8_lossy(&found.bytes);
                 let key = parse_key(&text).ok_or_else(|| {
                     Error::StoreKey(format!(
                         "{} does not hold a 32-byte key (64 hex digits or base64)",
                         path.display()
                     ))
                 })?;
+                found.keep_private(&path);
                 SealKey::from_bytes(&key, &path.display().to_string())
             }
-            Err(fsread::ReadError::NotFound) => Err(Error::StoreKey(format!(
+            Ok(None) => Err(Error::StoreKey(format!(
                 "no store key: set OAUTH_POOL_STORE_KEY (the same on every host), or run `oauth-pool store init` to create {}",
                 path.display()
             ))),
-            Err(e) => Err(Error::StoreKey(format!("the key file {} refused: {e}", path.display()))),
+            Err(why) => Err(Error::StoreKey(format!("the key file {} refused: {why}", path.display()))),
         }
     }
 

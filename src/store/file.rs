@@ -200,7 +200,7 @@ impl FileStore {
         let pool = Pool::parse(&bytes).map_err(|reason| self.corrupt(reason))?;
         // Only once it is known to be a pool: a path pointed at some other file of this user's
         // (`--path /etc/passwd` as root) must leave that file as it was.
-        tighten_mode(path, &file, &meta);
+        fsread::tighten_mode(path, &file, &meta);
         Ok(Some((pool, stamp_of(&meta))))
     }
 
@@ -434,44 +434,13 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<()> {
-    match foreign_owner(meta) {
+    match fsread::foreign_owner(meta) {
         Some(uid) => Err(Error::PoolInsecure {
             path: path.to_path_buf(),
             reason: format!("it is owned by uid {uid}, not by this user"),
         }),
         None => Ok(()),
     }
-}
-
-/// The owner of a file when it is not this user (None on systems without uids).
-pub(crate) fn foreign_owner(meta: &fs::Metadata) -> Option<u32> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let me = unsafe { libc::geteuid() };
-        (meta.uid() != me).then_some(meta.uid())
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = meta;
-        None
-    }
-}
-
-/// A private file found readable by others is made 0600 (with a warning), not refused.
-pub(crate) fn tighten_mode(path: &Path, file: &File, meta: &fs::Metadata) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "a private file was readable by others; tightened to 0600");
-            let _ = file.set_permissions(fs::Permissions::from_mode(0o600));
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = (path, file, meta);
 }
 
 fn stamp_of(meta: &fs::Metadata) -> FileStamp {

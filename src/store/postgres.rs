@@ -608,7 +608,10 @@ impl PgStore {
 
 /// A column of a row as the schema has it. A NULL or another type there (a row edited by hand,
 /// a column altered) is refused as a corrupt store, never a panic in the addon.
-fn column<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a tokio_postgres::Row, i: usize) -> Result<T> {
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    i: usize,
+) -> Result<T> {
     row.try_get(i).map_err(|e| {
         Error::StoreCorrupt(format!(
             "a row of the store is not as its schema says ({e}); nothing was changed: repair it, or copy a good pool in with `oauth-pool store copy`"
