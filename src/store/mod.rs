@@ -132,7 +132,7 @@ impl Store {
     pub fn key(&self) -> String {
         match self {
             Store::File(f) => format!("file:{}", f.path().display()),
-            Store::Postgres(p) => format!("pg:{}", p.shown()),
+            Store::Postgres(p) => format!("pg:{}#{}", p.shown(), p.identity()),
         }
     }
 

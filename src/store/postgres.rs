@@ -47,8 +47,11 @@ const FRESH_FOR: Duration = Duration::from_millis(250);
 
 pub struct PgStore {
     config: Config,
-    /// The URL with its password hidden, for messages and registry keys.
+    /// The URL with its password hidden, for messages.
     shown: String,
+    /// A digest of the whole URL: what tells two stores apart (two URLs can read alike once
+    /// their passwords are hidden, or when they do not parse as URLs at all).
+    identity: String,
     key: SealKey,
     /// Shared by reads (single statements only).
     reader: tokio::sync::Mutex<Option<Arc<Client>>>,
@@ -66,6 +69,15 @@ impl std::fmt::Debug for PgStore {
 }
 
 /// A connection URL with any password replaced.
+fn identity_of(url: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(url.trim().as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) => {
@@ -136,6 +148,7 @@ impl PgStore {
         Ok(PgStore {
             config,
             shown: redact(url),
+            identity: identity_of(url),
             key,
             reader: tokio::sync::Mutex::new(None),
             writer: tokio::sync::Mutex::new(None),
@@ -158,6 +171,7 @@ impl PgStore {
         Ok(PgStore {
             config,
             shown: redact(url),
+            identity: identity_of(url),
             key: SealKey::from_bytes(&[0u8; 32], "none")?,
             reader: tokio::sync::Mutex::new(None),
             writer: tokio::sync::Mutex::new(None),
@@ -168,6 +182,11 @@ impl PgStore {
 
     pub fn shown(&self) -> &str {
         &self.shown
+    }
+
+    /// What tells this store from another (the registry of engines is keyed by it).
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     async fn connect(&self) -> Result<Client> {
@@ -622,6 +641,16 @@ fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stores_that_read_alike_are_told_apart() {
+        let a = PgStore::open_without_key("postgres://u:pw@db1.example/a?host=/sock").unwrap();
+        let b = PgStore::open_without_key("postgres://u:pw@db1.example/b?host=/sock").unwrap();
+        let a2 = PgStore::open_without_key("postgres://u:pw@db1.example/a?host=/sock").unwrap();
+        assert_ne!(a.identity(), b.identity());
+        assert_eq!(a.identity(), a2.identity());
+        assert!(!a.identity().contains("pw"));
+    }
 
     #[test]
     fn passwords_never_show() {
