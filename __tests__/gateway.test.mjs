@@ -304,20 +304,38 @@ test("loopback only by default: another address needs --allow-remote and TLS; wi
   );
   assert.equal(r.status, 0, String(r.stderr));
   const seeded = await seedPool(mock, ["tls@x.test"]);
-  const gw = await lib.serve({ host: "127.0.0.1", port: 0, path: seeded, allowRemote: true, tlsCert: join(dir, "cert.pem"), tlsKey: join(dir, "key.pem") });
-  try {
-    assert.match(gw.url, /^https:/);
-    const body = await new Promise((resolve, reject) => {
-      const req = httpsRequest(`${gw.url}/healthz`, { ca: readFileSync(join(dir, "cert.pem")) }, (res) => {
+  const gw = await lib.serve({
+    host: "127.0.0.1",
+    port: 0,
+    path: seeded,
+    allowRemote: true,
+    tlsCert: join(dir, "cert.pem"),
+    tlsKey: join(dir, "key.pem"),
+    maxConnections: 2,
+  });
+  const get = () =>
+    new Promise((resolve, reject) => {
+      const req = httpsRequest(`${gw.url}/healthz`, { ca: readFileSync(join(dir, "cert.pem")), agent: false }, (res) => {
         let data = "";
         res.on("data", (d) => (data += d));
-        res.on("end", () => resolve(data));
+        res.on("end", () => resolve({ status: res.statusCode, retryAfter: res.headers["retry-after"], data }));
       });
       req.on("error", reject);
       req.end();
     });
-    assert.equal(JSON.parse(body).ok, true);
+  const idle = [];
+  try {
+    assert.match(gw.url, /^https:/);
+    const first = await get();
+    assert.equal(JSON.parse(first.data).ok, true);
+    // Past the connection cap, a TLS client reads the 503 too (it was plain text on a TLS port).
+    for (let i = 0; i < 2; i++) idle.push(connect(Number(new URL(gw.url).port), "127.0.0.1"));
+    await Promise.all(idle.map((s) => new Promise((r) => s.on("connect", r))));
+    const refused = await get();
+    assert.equal(refused.status, 503);
+    assert.equal(refused.retryAfter, "1");
   } finally {
+    for (const s of idle) s.destroy();
     await gw.close(1000);
   }
 });

@@ -232,8 +232,23 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            // Over the cap: a short, final answer instead of an unbounded queue.
-            tokio::spawn(refuse_busy(stream));
+            // Over the cap: a short, final answer instead of an unbounded queue; in TLS, as
+            // TLS (a client reads plain text on a TLS port as a protocol error, not a 503).
+            match &acceptor {
+                Some(tls) => {
+                    let tls = tls.clone();
+                    tokio::spawn(async move {
+                        if let Ok(Ok(stream)) =
+                            tokio::time::timeout(REFUSAL_TIME, tls.accept(stream)).await
+                        {
+                            refuse_busy(stream).await;
+                        }
+                    });
+                }
+                None => {
+                    tokio::spawn(refuse_busy(stream));
+                }
+            }
             continue;
         };
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -282,7 +297,10 @@ async fn accept_loop(
     state.closing.cancel();
 }
 
-async fn refuse_busy(mut stream: tokio::net::TcpStream) {
+/// How long a refused connection is given to take its 503 (and, in TLS, its handshake).
+const REFUSAL_TIME: Duration = Duration::from_secs(2);
+
+async fn refuse_busy(mut stream: impl tokio::io::AsyncWrite + Unpin) {
     use tokio::io::AsyncWriteExt;
     let body = error_body(
         "overloaded_error",
@@ -292,7 +310,7 @@ async fn refuse_busy(mut stream: tokio::net::TcpStream) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(&body).await?;
         stream.shutdown().await
