@@ -64,8 +64,8 @@ const cliJson = async (host, ...args) => {
 };
 
 /** A long-lived process of a host, answering one JSON line per command (helpers/fleet-host.mjs). */
-function startHostProcess(host) {
-  const child = spawn(process.execPath, [here("./helpers/fleet-host.mjs"), pg.url, mock.url], { env: host.env, stdio: ["pipe", "pipe", "inherit"] });
+function startHostProcess(host, store = pg.url) {
+  const child = spawn(process.execPath, [here("./helpers/fleet-host.mjs"), store, mock.url], { env: host.env, stdio: ["pipe", "pipe", "inherit"] });
   const waiting = [];
   let buffer = "";
   child.stdout.on("data", (d) => {
@@ -404,6 +404,51 @@ test("PostgreSQL stopped mid-run: valid tokens keep serving, a refresh is STORE_
     assert.ok(valid.lastUsed, "bookkeeping from the outage caught up");
   } finally {
     await host.close();
+  }
+});
+
+test("a database that stops answering costs a request a few seconds at most, and the next ones nothing", { timeout: 120_000 }, async () => {
+  await seedStore(hostA, { anthropic: [oauthEntry("mute@fleet.test")] });
+  // A relay in front of PostgreSQL that can go silent: connections stay open, nothing passes.
+  const { createServer, connect } = await import("node:net");
+  let mute = false;
+  const proxy = createServer((client) => {
+    const upstream = connect(Number(new URL(pg.url).port), "127.0.0.1");
+    client.on("data", (d) => mute || upstream.write(d));
+    upstream.on("data", (d) => mute || client.write(d));
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    for (const s of [client, upstream]) {
+      s.on("error", end);
+      s.on("close", end);
+    }
+  });
+  await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
+  const url = pg.url.replace(`:${new URL(pg.url).port}/`, `:${proxy.address().port}/`);
+  const host = startHostProcess(hostA, url);
+  try {
+    await host.ready;
+    assert.equal((await host.ask("fetch")).value.status, 200);
+    mute = true;
+    await new Promise((r) => setTimeout(r, 300)); // past the 250 ms the generation is trusted
+    const times = [];
+    for (let i = 0; i < 4; i++) {
+      const started = Date.now();
+      const r = await host.ask("fetch");
+      times.push(Date.now() - started);
+      assert.equal(r.value?.status, 200, JSON.stringify(r));
+    }
+    assert.ok(times[0] < 5000, `the first waits out the check, no more (${times})`);
+    assert.ok(
+      times.slice(1).every((t) => t < 1000),
+      `the next ones are served from the last read at once (${times})`,
+    );
+  } finally {
+    mute = false;
+    await host.close();
+    proxy.close();
   }
 });
 

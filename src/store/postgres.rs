@@ -44,6 +44,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Other hosts' writes are seen within this (the generation is asked at most this often).
 const FRESH_FOR: Duration = Duration::from_millis(250);
+/// The check of the generation before a request, connecting included, is given this long: past
+/// it, the request is served from the last pool read rather than waiting for the store.
+const STAMP_TIMEOUT: Duration = Duration::from_secs(3);
+/// After a failed check, requests do not ask again for this long (the store is down or mute:
+/// without it, every request waited out the timeouts again).
+const STAMP_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct PgStore {
     config: Config,
@@ -58,6 +64,8 @@ pub struct PgStore {
     /// Exclusive: transactions.
     writer: tokio::sync::Mutex<Option<Client>>,
     generation: Mutex<Option<(i64, Instant)>>,
+    /// Until when a failed check of the generation is not retried (see `STAMP_BACKOFF`).
+    mute_until: Mutex<Option<Instant>>,
     /// The key check passed on this store (checked once per process).
     checked: tokio::sync::OnceCell<()>,
 }
@@ -153,6 +161,7 @@ impl PgStore {
             reader: tokio::sync::Mutex::new(None),
             writer: tokio::sync::Mutex::new(None),
             generation: Mutex::new(None),
+            mute_until: Mutex::new(None),
             checked: tokio::sync::OnceCell::new(),
         })
     }
@@ -176,6 +185,7 @@ impl PgStore {
             reader: tokio::sync::Mutex::new(None),
             writer: tokio::sync::Mutex::new(None),
             generation: Mutex::new(None),
+            mute_until: Mutex::new(None),
             checked: tokio::sync::OnceCell::new(),
         })
     }
@@ -386,11 +396,37 @@ impl PgStore {
             .map(|(g, _)| g)
     }
 
-    /// The current generation, asked at most every 250 ms.
+    /// The current generation, asked at most every 250 ms, within `STAMP_TIMEOUT`, and not again
+    /// for `STAMP_BACKOFF` after a failure.
     pub async fn generation(&self) -> Result<i64> {
         if let Some(g) = self.generation_cached() {
             return Ok(g);
         }
+        if lock(&self.mute_until).is_some_and(|until| Instant::now() < until) {
+            return Err(unavailable(
+                "it did not answer a moment ago; asked again in a few seconds",
+            ));
+        }
+        let result = match tokio::time::timeout(STAMP_TIMEOUT, self.ask_generation()).await {
+            Ok(asked) => asked,
+            Err(_) => {
+                // The connection may be stuck on the query just dropped: the next check
+                // opens another.
+                *self.reader.lock().await = None;
+                Err(unavailable(format!(
+                    "no generation within {} s",
+                    STAMP_TIMEOUT.as_secs()
+                )))
+            }
+        };
+        *lock(&self.mute_until) = match &result {
+            Err(Error::StoreUnavailable(_)) => Some(Instant::now() + STAMP_BACKOFF),
+            _ => None,
+        };
+        result
+    }
+
+    async fn ask_generation(&self) -> Result<i64> {
         self.ready().await?;
         let c = self.reader().await?;
         let row = self
