@@ -571,37 +571,42 @@ impl PgStore {
             .batch_execute("DELETE FROM oauth_pool_entries; DELETE FROM oauth_pool_top;")
             .await
             .map_err(unavailable)?;
-        let insert_entry = client
-            .prepare("INSERT INTO oauth_pool_entries (position, email, entry) VALUES ($1, $2, $3)")
-            .await
-            .map_err(unavailable)?;
+        // One statement per table, the rows as arrays: a row per round trip took a pool of a few
+        // thousand entries past the write's time limit on a slow link.
         let entries = value
             .get("anthropic")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
+        let (mut positions, mut emails, mut sealed) = (Vec::new(), Vec::new(), Vec::new());
         for (i, e) in entries.into_iter().enumerate() {
-            let email = e.get("email").and_then(Value::as_str).map(str::to_string);
-            let sealed = self.key.seal_entry(e)?;
-            client
-                .execute(&insert_entry, &[&(i as i32), &email, &sealed])
-                .await
-                .map_err(unavailable)?;
+            positions.push(i as i32);
+            emails.push(e.get("email").and_then(Value::as_str).map(str::to_string));
+            sealed.push(self.key.seal_entry(e)?);
         }
-        let insert_top = client
-            .prepare("INSERT INTO oauth_pool_top (name, value) VALUES ($1, $2)")
+        client
+            .execute(
+                "INSERT INTO oauth_pool_entries (position, email, entry)
+                 SELECT * FROM UNNEST($1::int4[], $2::text[], $3::jsonb[])",
+                &[&positions, &emails, &sealed],
+            )
             .await
             .map_err(unavailable)?;
+        let (mut names, mut sections) = (Vec::new(), Vec::new());
         for (name, v) in value.as_object().into_iter().flatten() {
             if name == "anthropic" {
                 continue;
             }
-            let sealed = self.key.seal_section(name, v)?;
-            client
-                .execute(&insert_top, &[name, &sealed])
-                .await
-                .map_err(unavailable)?;
+            sections.push(self.key.seal_section(name, v)?);
+            names.push(name.clone());
         }
+        client
+            .execute(
+                "INSERT INTO oauth_pool_top (name, value) SELECT * FROM UNNEST($1::text[], $2::jsonb[])",
+                &[&names, &sections],
+            )
+            .await
+            .map_err(unavailable)?;
         client
             .batch_execute("UPDATE oauth_pool_meta SET value = ((value::bigint) + 1)::text WHERE name = 'generation'")
             .await
