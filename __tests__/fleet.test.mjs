@@ -526,3 +526,21 @@ test("both plugin generations on the fleet store: an OpenCode 2 login lands in P
     "the login is in the shared store, seen from the other host",
   );
 });
+
+test("store init refuses a schema newer than it knows, and a write restores a missing generation", async () => {
+  await seedStore(hostA, { anthropic: [oauthEntry("schema@fleet.test")] });
+  await pg.sql(`UPDATE oauth_pool_meta SET value = '2' WHERE name = 'schema'`);
+  try {
+    const init = await cliJson(hostA, "store", "init");
+    assert.equal(init.code, 1, init.stdout);
+    assert.match(init.err.message, /schema 2, newer than this version knows/);
+    assert.equal(await pg.sql("SELECT value FROM oauth_pool_meta WHERE name = 'schema'"), "2\n", "nothing was changed");
+  } finally {
+    await pg.sql(`UPDATE oauth_pool_meta SET value = '1' WHERE name = 'schema'`);
+  }
+  await pg.sql(`DELETE FROM oauth_pool_meta WHERE name = 'generation'`);
+  const disabled = await cliJson(hostA, "disable", "schema@fleet.test");
+  assert.equal(disabled.code, 0, disabled.stdout);
+  assert.equal(await pg.sql("SELECT value FROM oauth_pool_meta WHERE name = 'generation'"), "1\n", "other hosts see the write by it");
+  await pg.sql(`DELETE FROM oauth_pool_entries`);
+});

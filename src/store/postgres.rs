@@ -303,6 +303,12 @@ impl PgStore {
                 .transpose()?
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(0);
+            if current > SCHEMA_VERSION {
+                return Err(Error::StoreUnavailable(format!(
+                    "{} has schema {current}, newer than this version knows ({SCHEMA_VERSION}): upgrade opencode-oauth-pool; nothing was changed",
+                    self.shown
+                )));
+            }
             for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
                 client.batch_execute(sql).await.map_err(unavailable)?;
                 client
@@ -608,7 +614,11 @@ impl PgStore {
             .await
             .map_err(unavailable)?;
         client
-            .batch_execute("UPDATE oauth_pool_meta SET value = ((value::bigint) + 1)::text WHERE name = 'generation'")
+            // Written even when the row went missing: other hosts see a change by it.
+            .batch_execute(
+                "INSERT INTO oauth_pool_meta (name, value) VALUES ('generation', '1')
+                 ON CONFLICT (name) DO UPDATE SET value = ((oauth_pool_meta.value::bigint) + 1)::text",
+            )
             .await
             .map_err(unavailable)
     }
