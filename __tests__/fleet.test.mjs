@@ -542,5 +542,17 @@ test("store init refuses a schema newer than it knows, and a write restores a mi
   const disabled = await cliJson(hostA, "disable", "schema@fleet.test");
   assert.equal(disabled.code, 0, disabled.stdout);
   assert.equal(await pg.sql("SELECT value FROM oauth_pool_meta WHERE name = 'generation'"), "1\n", "other hosts see the write by it");
+  await pg.sql(`UPDATE oauth_pool_meta SET value = 'garbage' WHERE name = 'generation'`);
+  assert.equal((await cliJson(hostA, "enable", "schema@fleet.test")).code, 0, "a generation that is not a number does not stop writes");
+  // A lost key check is made again only with the key the entries were sealed with.
+  const check = await pg.sql("SELECT value FROM oauth_pool_meta WHERE name = 'key_check'");
+  await pg.sql(`DELETE FROM oauth_pool_meta WHERE name = 'key_check'`);
+  const wrong = makeHost("wrong-init", { OAUTH_POOL_STORE_KEY: Buffer.alloc(32, 9).toString("hex") });
+  const refused = await cliJson(wrong, "store", "init");
+  assert.equal(refused.err?.code, "STORE_KEY", refused.stdout);
+  assert.equal(await pg.sql("SELECT count(*) FROM oauth_pool_meta WHERE name = 'key_check'"), "0\n");
+  assert.equal((await cliJson(hostA, "store", "init")).code, 0);
+  assert.notEqual(await pg.sql("SELECT value FROM oauth_pool_meta WHERE name = 'key_check'"), "", "made again with the right key");
+  assert.ok(check.length > 0);
   await pg.sql(`DELETE FROM oauth_pool_entries`);
 });

@@ -332,6 +332,16 @@ impl PgStore {
                     self.key.open("key_check", &column::<String>(&row, 0)?)?;
                 }
                 None => {
+                    // A store that lost its check but holds entries gets one only for the key
+                    // they were sealed with: another key's check would lock out every host
+                    // that has the right one.
+                    let sample = client
+                        .query_opt("SELECT entry FROM oauth_pool_entries LIMIT 1", &[])
+                        .await
+                        .map_err(unavailable)?;
+                    if let Some(row) = sample {
+                        self.key.open_entry(column::<Value>(&row, 0)?)?;
+                    }
                     let sealed = self.key.seal("key_check", CHECK)?;
                     client
                         .execute(
@@ -617,7 +627,9 @@ impl PgStore {
             // Written even when the row went missing: other hosts see a change by it.
             .batch_execute(
                 "INSERT INTO oauth_pool_meta (name, value) VALUES ('generation', '1')
-                 ON CONFLICT (name) DO UPDATE SET value = ((oauth_pool_meta.value::bigint) + 1)::text",
+                 ON CONFLICT (name) DO UPDATE SET value = CASE
+                   WHEN oauth_pool_meta.value ~ '^[0-9]{1,18}$' THEN ((oauth_pool_meta.value::bigint) + 1)::text
+                   ELSE '1' END",
             )
             .await
             .map_err(unavailable)
