@@ -9,7 +9,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use url::Url;
 
 use crate::account::now_ms;
@@ -17,6 +16,10 @@ use crate::config;
 use crate::error::{Error, Result};
 use crate::http;
 use crate::secret::{scrub, Secret};
+
+mod paste;
+use paste::completed_logins;
+pub use paste::{check_state, parse_pasted, Pasted};
 
 pub const CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 pub const REDIRECT_URI: &str = "https://platform.claude.com/oauth/code/callback";
@@ -88,101 +91,6 @@ pub fn authorize(mode: Mode) -> Result<Authorization> {
     })
 }
 
-/// What the user pasted: `code#state`, the full callback URL, or a query string.
-#[derive(Debug)]
-pub struct Pasted {
-    pub code: Secret,
-    pub state: Option<Secret>,
-}
-
-/// The most text taken as a paste: a callback URL with its query is well under this.
-const MAX_PASTE: usize = 16 * 1024;
-
-pub fn parse_pasted(input: &str) -> Result<Pasted> {
-    let input = input.trim().trim_matches(|c| c == '"' || c == '\'');
-    if input.is_empty() {
-        return Err(Error::OAuthBadInput("nothing was pasted".into()));
-    }
-    if input.len() > MAX_PASTE {
-        return Err(Error::OAuthBadInput(format!(
-            "the pasted text is {} bytes: paste only the code shown after logging in (a few dozen characters)",
-            input.len()
-        )));
-    }
-    let from_query = |query: &str| {
-        let mut code = None;
-        let mut state = None;
-        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-            match k.as_ref() {
-                "code" => code = Some(Secret::new(v.into_owned())),
-                "state" => state = Some(Secret::new(v.into_owned())),
-                _ => {}
-            }
-        }
-        (code, state)
-    };
-    let (code, state) = if input.starts_with("http://") || input.starts_with("https://") {
-        let url = Url::parse(input)
-            .map_err(|_| Error::OAuthBadInput("the pasted URL does not parse".into()))?;
-        let (code, mut state) = from_query(url.query().unwrap_or(""));
-        // Some pages put the state after a '#' in the code itself or in the fragment.
-        if state.is_none() {
-            if let Some(f) = url.fragment() {
-                state = Some(Secret::new(f.to_string()));
-            }
-        }
-        (code, state)
-    } else if input.contains("code=") || (input.contains('=') && !input.contains('#')) {
-        from_query(input.trim_start_matches('?'))
-    } else if let Some((code, state)) = input.split_once('#') {
-        (
-            Some(Secret::new(code.trim())),
-            Some(Secret::new(state.trim())),
-        )
-    } else {
-        (Some(Secret::new(input)), None)
-    };
-    let mut code = code.ok_or_else(|| {
-        Error::OAuthBadInput("no `code` found: paste the code shown after logging in".into())
-    })?;
-    let mut state = state;
-    // `code=abc#state` inside a query or URL: the browser page shows code and state joined.
-    if state.is_none() {
-        if let Some((c, s)) = code.expose().split_once('#') {
-            let (c, s) = (Secret::new(c), Secret::new(s));
-            code = c;
-            state = Some(s);
-        }
-    }
-    // A code is URL-safe text: anything else pasted (a `data:` or `javascript:` URL, markup)
-    // is refused here, never sent to the token endpoint.
-    let code_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
-    if !code.is_token_shaped() || !code.expose().bytes().all(code_char) {
-        return Err(Error::OAuthBadInput(
-            "the authorization code is empty or malformed".into(),
-        ));
-    }
-    Ok(Pasted {
-        code,
-        state: state.filter(|s| !s.is_empty()),
-    })
-}
-
-pub fn check_state(pasted: &Pasted, expected: &str) -> Result<()> {
-    let Some(got) = &pasted.state else {
-        return Err(Error::OAuthStateMismatch(
-            "the pasted code has no state part (the text after '#'): paste the whole code".into(),
-        ));
-    };
-    let equal: bool = got.expose().as_bytes().ct_eq(expected.as_bytes()).into();
-    if !equal {
-        return Err(Error::OAuthStateMismatch(
-            "the pasted code belongs to a different login attempt (state mismatch): start the login again".into(),
-        ));
-    }
-    Ok(())
-}
-
 #[derive(Debug, Clone)]
 pub struct Tokens {
     pub access: Secret,
@@ -227,40 +135,6 @@ pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens
             .filter(usable);
     }
     Ok(tokens)
-}
-
-/// The logins (by a digest of their state) whose code the token endpoint already took.
-struct CompletedLogins(std::sync::Mutex<std::collections::VecDeque<[u8; 32]>>);
-
-impl CompletedLogins {
-    /// A process completes a handful of logins; the last few dozen are remembered.
-    const KEPT: usize = 64;
-
-    fn digest(state: &str) -> [u8; 32] {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(state.as_bytes()).into()
-    }
-
-    fn contains(&self, state: &str) -> bool {
-        let d = Self::digest(state);
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&d)
-    }
-
-    fn add(&self, state: &str) {
-        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= Self::KEPT {
-            seen.pop_front();
-        }
-        seen.push_back(Self::digest(state));
-    }
-}
-
-fn completed_logins() -> &'static CompletedLogins {
-    static LOGINS: std::sync::OnceLock<CompletedLogins> = std::sync::OnceLock::new();
-    LOGINS.get_or_init(|| CompletedLogins(Default::default()))
 }
 
 /// Presents `refresh` once. A response without a new refresh token keeps the old one.
@@ -564,72 +438,6 @@ mod tests {
             Some("platform.claude.com")
         );
         assert!(Mode::parse(Some("bogus")).is_err());
-    }
-
-    #[test]
-    fn pasted_forms() {
-        let p = parse_pasted("  abc#st  ").unwrap();
-        assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
-        let p = parse_pasted("https://platform.claude.com/oauth/code/callback?code=abc&state=st")
-            .unwrap();
-        assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
-        let p = parse_pasted("?code=a%2Bc&state=st").unwrap();
-        assert_eq!(p.code.expose(), "a+c");
-        let p = parse_pasted("code=abc#st").unwrap();
-        assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
-        assert!(parse_pasted("abc").unwrap().state.is_none());
-        assert_eq!(parse_pasted("").unwrap_err().code(), "OAUTH_BAD_INPUT");
-        assert_eq!(
-            parse_pasted("state=x").unwrap_err().code(),
-            "OAUTH_BAD_INPUT"
-        );
-        assert_eq!(
-            parse_pasted("https://x/cb?state=x").unwrap_err().code(),
-            "OAUTH_BAD_INPUT"
-        );
-        assert_eq!(parse_pasted("a b#c").unwrap_err().code(), "OAUTH_BAD_INPUT");
-        // The wrong thing pasted: a NUL, a code of a whole file, a paste of megabytes.
-        for bad in [
-            "ab\0c#st".to_string(),
-            format!("{}#st", "x".repeat(5000)),
-            format!("{}#st", "x".repeat(10_000_000)),
-            "c\u{e9}de#st".to_string(),
-            "data:text/html,<script>x</script>#st".to_string(),
-            "javascript:alert(1)#st".to_string(),
-        ] {
-            assert_eq!(parse_pasted(&bad).unwrap_err().code(), "OAUTH_BAD_INPUT");
-        }
-        assert!(parse_pasted(&format!("{}#st", "x".repeat(4000))).is_ok());
-    }
-
-    #[test]
-    fn a_completed_login_is_remembered_by_its_state() {
-        let logins = CompletedLogins(Default::default());
-        assert!(!logins.contains("state-1"));
-        logins.add("state-1");
-        assert!(logins.contains("state-1"));
-        for i in 0..CompletedLogins::KEPT {
-            logins.add(&format!("other-{i}"));
-        }
-        assert!(
-            !logins.contains("state-1"),
-            "only the last few dozen are kept"
-        );
-    }
-
-    #[test]
-    fn state_checks() {
-        let ok = parse_pasted("abc#st").unwrap();
-        assert!(check_state(&ok, "st").is_ok());
-        assert_eq!(
-            check_state(&ok, "other").unwrap_err().code(),
-            "OAUTH_STATE_MISMATCH"
-        );
-        let missing = parse_pasted("abc").unwrap();
-        assert_eq!(
-            check_state(&missing, "st").unwrap_err().code(),
-            "OAUTH_STATE_MISMATCH"
-        );
     }
 
     #[test]
