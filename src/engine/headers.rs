@@ -10,6 +10,9 @@ use crate::oauth::OAUTH_BETA;
 
 /// The longest model name taken (Anthropic's are under 40 characters).
 pub const MAX_MODEL_LEN: usize = 128;
+/// A session id longer than this pins nothing: the process keeps every live pin in memory, and
+/// OpenCode's ids are about 30 characters.
+pub const MAX_SESSION_ID_LEN: usize = 256;
 
 /// What the engine reads from a request to place it.
 #[derive(Debug, Default, Clone)]
@@ -50,8 +53,9 @@ impl RequestMeta {
             headers
                 .clone()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.trim().to_string())
-                .filter(|v| !v.is_empty())
+                .map(|(_, v)| v.trim())
+                .filter(|v| !v.is_empty() && v.len() <= MAX_SESSION_ID_LEN)
+                .map(str::to_string)
         };
         RequestMeta {
             session: find("x-session-affinity").or_else(|| find("x-session-id")),
@@ -188,6 +192,21 @@ mod tests {
         assert_eq!(m(&"m".repeat(MAX_MODEL_LEN + 1)), None);
         assert_eq!(m("claude\n-x"), None);
         assert_eq!(m("  "), None);
+    }
+
+    #[test]
+    fn an_overlong_session_id_pins_nothing() {
+        let long = "s".repeat(MAX_SESSION_ID_LEN + 1);
+        let fits = "s".repeat(MAX_SESSION_ID_LEN);
+        let meta = RequestMeta::from_headers(
+            [
+                ("x-session-affinity", long.as_str()),
+                ("x-parent-session-id", fits.as_str()),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(meta.session, None);
+        assert_eq!(meta.parent.as_deref(), Some(fits.as_str()));
     }
 
     #[test]

@@ -11,6 +11,9 @@ use crate::account::Account;
 
 /// Session pins are forgotten after this long without a request.
 const SESSION_TTL: Duration = Duration::from_secs(6 * 3600);
+/// Pins kept at most (a client that names a new session per request must not grow the process
+/// without bound): two generations of half as many, the older one dropped when the newer fills,
+/// so a session in use stays pinned and a quiet one goes after at least 5,000 newer ones.
 const MAX_SESSIONS: usize = 10_000;
 
 pub(crate) use crate::store::lock;
@@ -28,11 +31,38 @@ pub struct Overlay {
     /// whose tag differs: the mark then no longer applies, in this process or any other.
     refused: Mutex<HashMap<String, Option<String>>>,
     sticky: Mutex<Option<String>>,
-    sessions: Mutex<HashMap<String, (String, Instant)>>,
+    sessions: Mutex<Pins>,
     /// email -> the windows answers reported (the store has them a second later).
     windows: Mutex<HashMap<String, Vec<Window>>>,
     /// The last "every account cools" reported: (soonest account, until). One report per change.
     all_cooling: Mutex<Option<(String, i64)>>,
+}
+
+/// session id -> (email, last request), in two generations.
+#[derive(Default)]
+struct Pins {
+    recent: HashMap<String, (String, Instant)>,
+    older: HashMap<String, (String, Instant)>,
+}
+
+impl Pins {
+    fn get(&self, id: &str) -> Option<&(String, Instant)> {
+        self.recent.get(id).or_else(|| self.older.get(id))
+    }
+
+    fn insert(&mut self, id: &str, email: &str) {
+        if self.recent.len() >= MAX_SESSIONS / 2 && !self.recent.contains_key(id) {
+            self.older = std::mem::take(&mut self.recent);
+        }
+        self.older.remove(id);
+        self.recent
+            .insert(id.to_string(), (email.to_string(), Instant::now()));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.recent.len() + self.older.len()
+    }
 }
 
 impl Overlay {
@@ -122,11 +152,7 @@ impl Overlay {
     pub fn served(&self, email: &str, session: Option<&str>, now: i64) {
         *lock(&self.sticky) = Some(email.to_string());
         if let Some(s) = session {
-            let mut sessions = lock(&self.sessions);
-            if sessions.len() > MAX_SESSIONS {
-                sessions.retain(|_, (_, at)| at.elapsed() < SESSION_TTL);
-            }
-            sessions.insert(s.to_string(), (email.to_string(), Instant::now()));
+            lock(&self.sessions).insert(s, email);
         }
         lock(&self.cooling).retain(|_, t| *t > now);
         *lock(&self.all_cooling) = None;
@@ -180,5 +206,32 @@ mod tests {
         assert_eq!(o.pinned(Some("ses"), None).as_deref(), Some("b@x"));
         assert_eq!(o.pinned(Some("other"), Some("ses")).as_deref(), Some("b@x"));
         assert_eq!(o.sticky().as_deref(), Some("b@x"));
+    }
+
+    #[test]
+    fn session_pins_stay_bounded_and_the_recent_ones_stay() {
+        let o = Overlay::default();
+        for i in 0..(MAX_SESSIONS * 3) {
+            o.served("a@x", Some(&format!("ses_{i}")), 0);
+            assert!(lock(&o.sessions).len() <= MAX_SESSIONS);
+        }
+        let last = MAX_SESSIONS * 3 - 1;
+        assert_eq!(
+            o.pinned(Some(&format!("ses_{last}")), None).as_deref(),
+            Some("a@x")
+        );
+        assert_eq!(
+            o.pinned(Some("ses_0"), None),
+            None,
+            "the quietest went first"
+        );
+        // A session already pinned is updated in place, with no sweep.
+        let before = lock(&o.sessions).len();
+        o.served("b@x", Some(&format!("ses_{last}")), 0);
+        assert_eq!(lock(&o.sessions).len(), before);
+        assert_eq!(
+            o.pinned(Some(&format!("ses_{last}")), None).as_deref(),
+            Some("b@x")
+        );
     }
 }
