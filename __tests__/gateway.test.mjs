@@ -124,6 +124,27 @@ test("no key or a wrong key: 401 in Anthropic's shape and nothing upstream; /hea
   }
 });
 
+test("an answer given before the body is read still reaches a client that is sending a long one (not a reset)", async () => {
+  const { gw } = await gateway(["long@x.test"]);
+  // A long conversation: the gateway refused it at once and closed on the unread bytes, and
+  // the client got EPIPE / ECONNRESET instead of the 401 (18 of 20 at 5 MB before the fix).
+  const body = JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 32, messages: [{ role: "user", content: "x".repeat(5 * 1024 * 1024) }] });
+  try {
+    mock.clearRequests();
+    for (let i = 0; i < 5; i++) {
+      const wrongKey = await fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { "content-type": "application/json", "x-api-key": "wrong" }, body });
+      assert.equal(wrongKey.status, 401);
+      assert.equal((await wrongKey.json()).error.type, "authentication_error");
+      const elsewhere = await fetch(`${gw.url}/api/other`, { method: "POST", headers: { "content-type": "application/json", "x-api-key": KEY }, body });
+      assert.equal(elsewhere.status, 404);
+      await elsewhere.body?.cancel();
+    }
+    assert.equal(mock.requests.length, 0, "nothing went upstream");
+  } finally {
+    await gw.close(1000);
+  }
+});
+
 test("200 concurrent streams all complete byte-exact", async () => {
   const { gw } = await gateway(["c1@x.test", "c2@x.test"]);
   try {

@@ -70,7 +70,7 @@ fn too_large() -> Response<AnyBody> {
     )
 }
 
-async fn linger(body: &mut Incoming, mut seen: usize) {
+pub(super) async fn linger(body: &mut Incoming, mut seen: usize) {
     let draining = async {
         while let Some(Ok(frame)) = body.frame().await {
             seen += frame.data_ref().map_or(0, |d| d.len());

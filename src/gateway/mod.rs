@@ -379,6 +379,18 @@ fn bearer_token(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// An answer given without reading the request: its body is read and dropped first (bounded,
+/// as for a body over the limit). Answered while the client still sends, the connection closes
+/// on unread bytes, the kernel resets it, and the client sees a reset instead of the answer
+/// (a wrong key with a long conversation, through a relay or not).
+async fn refuse(req: Request<Incoming>, response: Response<AnyBody>) -> Response<AnyBody> {
+    let mut body = req.into_body();
+    if !hyper::body::Body::is_end_stream(&body) {
+        forward::linger(&mut body, 0).await;
+    }
+    response
+}
+
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> {
     let path = req.uri().path().to_string();
     // hyper bounds its read buffer, but a head that arrives in one read can pass it: the limit
@@ -390,35 +402,51 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> 
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>();
     let response = if head > MAX_HEADERS {
-        error_closing(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "invalid_request_error",
-            "the request's headers are over the gateway's 64 KB limit",
+        refuse(
+            req,
+            error_closing(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "invalid_request_error",
+                "the request's headers are over the gateway's 64 KB limit",
+            ),
         )
+        .await
     } else if req.method() == Method::GET && path == "/healthz" {
-        metrics::health(&state).await
+        refuse(req, metrics::health(&state).await).await
     } else if !authorized(&req, &state.key) {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "the pool gateway needs its key, as x-api-key or Authorization: Bearer (oauth-pool serve --show-key prints it)",
+        refuse(
+            req,
+            error(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "the pool gateway needs its key, as x-api-key or Authorization: Bearer (oauth-pool serve --show-key prints it)",
+            ),
         )
+        .await
     } else if req.method() == Method::GET && path == "/metrics" {
-        metrics::metrics(&state).await
+        refuse(req, metrics::metrics(&state).await).await
     } else if forward::is_api_path(&path) && forward::is_refused_method(req.method()) {
-        error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request_error",
-            "the pool gateway does not forward CONNECT, TRACE or TRACK",
+        refuse(
+            req,
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "the pool gateway does not forward CONNECT, TRACE or TRACK",
+            ),
         )
+        .await
     } else if forward::is_api_path(&path) {
         forward::forward(req, &state).await
     } else {
-        error(
-            StatusCode::NOT_FOUND,
-            "not_found_error",
-            "the pool gateway serves /v1/*, /healthz and /metrics",
+        refuse(
+            req,
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found_error",
+                "the pool gateway serves /v1/*, /healthz and /metrics",
+            ),
         )
+        .await
     };
     state
         .metrics
