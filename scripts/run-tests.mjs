@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // `npm test`: everything, from a fresh clone. Installs and builds what is missing, then runs
 // the Rust checks and tests, the JavaScript tests under Node and under Bun (OpenCode's runtime),
-// the packaging test and the real-OpenCode end-to-end. Stops at the first failing step.
-//   OAUTH_POOL_TEST_QUICK=1   skip the packaging test and the OpenCode e2e (local iteration)
+// the packaging test and the end-to-end runs of the real OpenCode and Claude Code. Stops at the
+// first failing step.
+//   OAUTH_POOL_TEST_QUICK=1   skip the packaging test and the OpenCode and Claude Code e2e (local iteration)
 import { spawnSync } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -50,5 +51,6 @@ step("workflow lint", process.execPath, ["scripts/lint-workflow.mjs"]);
 if (!quick) {
   step("pack test", process.execPath, ["scripts/pack-test.mjs"]);
   step("opencode e2e", process.execPath, ["scripts/e2e-opencode.mjs"]);
+  step("claude code e2e", process.execPath, ["scripts/e2e-claude-code.mjs"]);
 }
 console.log(`\nall steps passed in ${((Date.now() - t0) / 1000).toFixed(0)}s: ${timings.join(", ")}`);

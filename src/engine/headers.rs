@@ -58,7 +58,11 @@ impl RequestMeta {
                 .map(str::to_string)
         };
         RequestMeta {
-            session: find("x-session-affinity").or_else(|| find("x-session-id")),
+            // Claude Code's own session header (through the gateway) pins too; unlike OpenCode's,
+            // it goes upstream as Claude Code would send it.
+            session: find("x-session-affinity")
+                .or_else(|| find("x-session-id"))
+                .or_else(|| find("x-claude-code-session-id")),
             parent: find("x-parent-session-id"),
             model: None,
         }
@@ -207,6 +211,15 @@ mod tests {
         );
         assert_eq!(meta.session, None);
         assert_eq!(meta.parent.as_deref(), Some(fits.as_str()));
+    }
+
+    #[test]
+    fn claude_codes_session_header_pins_and_still_goes_upstream() {
+        let caller = pairs(&[("X-Claude-Code-Session-Id", "0b8e-uuid")]);
+        let meta = RequestMeta::from_headers(caller.iter().copied());
+        assert_eq!(meta.session.as_deref(), Some("0b8e-uuid"));
+        let base = forwardable(caller.iter().copied());
+        assert!(base.get("x-claude-code-session-id").is_some());
     }
 
     #[test]
