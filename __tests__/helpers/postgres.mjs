@@ -2,8 +2,11 @@
 // 127.0.0.1 only, trust auth, no fsync. Never assumes a server is running; `.ci/run` installs
 // Debian's postgresql package when no initdb is found. As root, the server runs as the
 // `postgres` user (initdb refuses root).
+//   startPostgres({ tls: { cert, key }, hba })  cert and key as PEM text: TLS on (the key copied
+//   0600 and owned by the server's user, as PostgreSQL demands); hba: the pg_hba.conf lines for
+//   TCP (e.g. "hostssl all all 127.0.0.1/32 trust" admits TLS only). Local socket stays trust.
 import { spawn } from "node:child_process";
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePort } from "./net.mjs";
@@ -43,7 +46,7 @@ async function uidOf(user) {
   return [Number(out.trim()), Number(gid.trim())];
 }
 
-export async function startPostgres() {
+export async function startPostgres({ tls, hba } = {}) {
   const bin = findBin();
   if (!bin) throw new Error("PostgreSQL's initdb was not found (install Debian's postgresql package; .ci/run does)");
   const dir = mkdtempSync(join(tmpdir(), "oauth-pool-pg-"));
@@ -54,8 +57,19 @@ export async function startPostgres() {
     chownSync(dir, uid, gid);
   }
   await run(join(bin, "initdb"), ["-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"], { user });
+  const owner = user ? await uidOf(user) : null;
+  const own = (file, text, mode) => {
+    writeFileSync(file, text, { mode });
+    if (owner) chownSync(file, ...owner);
+  };
   const port = await freePort();
-  const opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off`;
+  let opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off`;
+  if (tls) {
+    own(join(dir, "server.crt"), tls.cert, 0o644);
+    own(join(dir, "server.key"), tls.key, 0o600);
+    opts += ` -c ssl=on -c ssl_cert_file=${join(dir, "server.crt")} -c ssl_key_file=${join(dir, "server.key")}`;
+  }
+  if (hba) own(join(data, "pg_hba.conf"), `local all all trust\n${hba}\n`, 0o600);
   const ctl = (...args) => run(join(bin, "pg_ctl"), ["-D", data, ...args], { user });
   const start = () => ctl("-o", opts, "-l", join(dir, "log"), "-w", "-t", "60", "start");
   await start();
@@ -67,8 +81,9 @@ export async function startPostgres() {
     stop: () => ctl("-m", "fast", "-w", "stop"),
     /** pg_dump of the whole database, as text. */
     dump: () => run(join(bin, "pg_dump"), ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "postgres"]),
-    /** One SQL statement through psql, its output unaligned. */
-    sql: (query) => run(join(bin, "psql"), ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-At", "-c", query, "postgres"]),
+    port,
+    /** One SQL statement through psql, its output unaligned (in `db`, default postgres). */
+    sql: (query, db = "postgres") => run(join(bin, "psql"), ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-At", "-c", query, db]),
     async close() {
       await ctl("-m", "immediate", "-w", "stop").catch(() => {});
       rmSync(dir, { recursive: true, force: true });

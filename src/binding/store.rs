@@ -39,6 +39,11 @@ pub fn store_init(env: &Env, location: Option<String>) -> JsResult<PromiseRaw<'_
         let (key, created) = match SealKey::from_config() {
             Ok(k) => (k, None),
             Err(Error::StoreKey(why)) if why.starts_with("no store key") => {
+                // A key file is made only for a database that can be reached: a URL refused
+                // or a connection that fails (TLS, auth) leaves no key behind.
+                let probe = SealKey::from_bytes(&[0u8; 32], "none").map_err(js_error)?;
+                let reach = PgStore::with_key(&location, probe).map_err(js_error)?;
+                reach.schema_version().await.map_err(js_error)?;
                 let (k, path) = SealKey::create_file().map_err(js_error)?;
                 (k, Some(path.display().to_string()))
             }

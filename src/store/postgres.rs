@@ -16,6 +16,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::CertificateDer;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, Config, NoTls};
@@ -53,6 +54,9 @@ const STAMP_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct PgStore {
     config: Config,
+    /// The roots of `sslrootcert=<file>`: only they are trusted. None: the platform's roots
+    /// plus `NODE_EXTRA_CA_CERTS` / `SSL_CERT_FILE`.
+    roots: Option<Vec<CertificateDer<'static>>>,
     /// The URL with its password hidden, for messages.
     shown: String,
     /// A digest of the whole URL: what tells two stores apart (two URLs can read alike once
@@ -107,24 +111,141 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Error {
-    Error::StoreUnavailable(scrub_tokens(&e.to_string()))
+/// An error with its causes: tokio-postgres' own text is only its kind ("db error", "error
+/// performing TLS handshake"), the server's message or the certificate problem is in the causes.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
-fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let extra = crate::http::extra_root_ders();
-    let verifier = if extra.is_empty() {
-        rustls_platform_verifier::Verifier::new(provider.clone())
-    } else {
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+fn unavailable(e: impl std::error::Error + 'static) -> Error {
+    Error::StoreUnavailable(scrub_tokens(&describe(&e)))
+}
+
+/// libpq's TLS parameters that tokio-postgres does not read, as providers' documentation writes
+/// them (RDS, Supabase, Cloud SQL, Neon): `sslmode=verify-full` and `verify-ca` (both checked as
+/// verify-full: the certificate is always checked, its host name included) and
+/// `sslrootcert=<file>` (only its certificates are trusted) or `sslrootcert=system`. Client
+/// certificates (`sslcert`, `sslkey`) are refused by name rather than as an unknown option.
+/// Returns the URL tokio-postgres is given and the roots of `sslrootcert`.
+#[allow(clippy::type_complexity)]
+fn libpq_tls_params(
+    url: &str,
+) -> std::result::Result<(String, Option<Vec<CertificateDer<'static>>>), String> {
+    use percent_encoding::percent_decode_str;
+    use rustls::pki_types::pem::PemObject;
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
+    };
+    let mut kept: Vec<&str> = Vec::new();
+    let mut roots = None;
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode_str(key).decode_utf8_lossy();
+        let value = percent_decode_str(value).decode_utf8_lossy();
+        match (&*key, &*value) {
+            ("sslmode", "verify-full" | "verify-ca") => kept.push("sslmode=require"),
+            ("sslrootcert", "system") => roots = None,
+            ("sslrootcert", file) => {
+                let path = std::path::Path::new(file);
+                let pem = crate::fsread::read_regular(path, 16 * 1024 * 1024, true)
+                    .map_err(|e| format!("sslrootcert {file}: {e}"))?;
+                let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+                    .filter_map(std::result::Result::ok)
+                    .collect();
+                if certs.is_empty() {
+                    return Err(format!("sslrootcert {file}: no PEM certificate in it"));
+                }
+                roots = Some(certs);
+            }
+            ("sslcert" | "sslkey" | "sslpassword", _) => {
+                return Err(format!(
+                    "`{key}`: client certificates are not supported; authenticate with a password (the connection is still TLS, its server checked)"
+                ))
+            }
+            _ => kept.push(pair),
+        }
     }
-    .map_err(|e| Error::StoreUnavailable(format!("TLS setup: {e}")))?;
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, roots))
+}
+
+/// The URL's configuration and the roots of its `sslrootcert`.
+#[allow(clippy::type_complexity)]
+fn parse(url: &str) -> std::result::Result<(Config, Option<Vec<CertificateDer<'static>>>), String> {
+    let (url, roots) = libpq_tls_params(url)?;
+    let config = url.parse::<Config>().map_err(|e| describe(&e))?;
+    let named = config
+        .get_hosts()
+        .iter()
+        .any(|h| matches!(h, tokio_postgres::config::Host::Tcp(name) if !name.is_empty()));
+    if wants_tls(&config) && !named {
+        return Err("no host name: TLS checks the server's certificate against it; give it as the host (postgres://user@db.example.com/db, with ?hostaddr=... to connect to an address), or say sslmode=disable".into());
+    }
+    Ok((config, roots))
+}
+
+/// Whether a connection goes over TLS: unless the URL says `sslmode=disable`, or every host is a
+/// Unix socket (a `hostaddr` is reached over TCP, whatever `host` says).
+fn wants_tls(config: &Config) -> bool {
+    use tokio_postgres::config::{Host, SslMode};
+    let hosts = config.get_hosts();
+    let socket_only = config.get_hostaddrs().is_empty()
+        && !hosts.is_empty()
+        && hosts.iter().all(|h| !matches!(h, Host::Tcp(_)));
+    config.get_ssl_mode() != SslMode::Disable && !socket_only
+}
+
+fn tls(
+    roots: Option<&[CertificateDer<'static>]>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let setup = |e: &dyn std::fmt::Display| Error::StoreUnavailable(format!("TLS setup: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match roots {
+        Some(roots) => {
+            let mut store = rustls::RootCertStore::empty();
+            for cert in roots {
+                store.add(cert.clone()).map_err(|e| setup(&e))?;
+            }
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(store),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| setup(&e))?
+        }
+        None => {
+            let extra = crate::http::extra_root_ders();
+            Arc::new(
+                if extra.is_empty() {
+                    rustls_platform_verifier::Verifier::new(provider.clone())
+                } else {
+                    rustls_platform_verifier::Verifier::new_with_extra_roots(
+                        extra,
+                        provider.clone(),
+                    )
+                }
+                .map_err(|e| setup(&e))?,
+            )
+        }
+    };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::StoreUnavailable(format!("TLS setup: {e}")))?
+        .map_err(|e| setup(&e))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
@@ -149,12 +270,15 @@ impl std::fmt::Debug for PgRefreshLock {
 
 impl PgStore {
     pub fn open(url: &str) -> Result<PgStore> {
-        let config: Config = url.parse().map_err(|e| {
-            Error::InvalidArgument(format!("OAUTH_POOL_STORE is not a PostgreSQL URL ({e})"))
+        let (config, roots) = parse(url).map_err(|e| {
+            Error::InvalidArgument(scrub_tokens(&format!(
+                "OAUTH_POOL_STORE is not a PostgreSQL URL this store can use ({e})"
+            )))
         })?;
         let key = SealKey::from_config()?;
         Ok(PgStore {
             config,
+            roots,
             shown: redact(url),
             identity: identity_of(url),
             key,
@@ -174,11 +298,14 @@ impl PgStore {
     }
 
     fn open_without_key(url: &str) -> Result<PgStore> {
-        let config: Config = url
-            .parse()
-            .map_err(|e| Error::InvalidArgument(format!("not a PostgreSQL URL ({e})")))?;
+        let (config, roots) = parse(url).map_err(|e| {
+            Error::InvalidArgument(scrub_tokens(&format!(
+                "not a PostgreSQL URL this store can use ({e})"
+            )))
+        })?;
         Ok(PgStore {
             config,
+            roots,
             shown: redact(url),
             identity: identity_of(url),
             key: SealKey::from_bytes(&[0u8; 32], "none")?,
@@ -200,15 +327,10 @@ impl PgStore {
     }
 
     async fn connect(&self) -> Result<Client> {
-        let wants_tls = self.config.get_ssl_mode() != tokio_postgres::config::SslMode::Disable;
-        let host_is_socket = self
-            .config
-            .get_hosts()
-            .iter()
-            .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
         let connecting = async {
-            if wants_tls && !host_is_socket {
-                let (client, conn) = self.config.connect(tls()?).await.map_err(unavailable)?;
+            if wants_tls(&self.config) {
+                let tls = tls(self.roots.as_deref())?;
+                let (client, conn) = self.config.connect(tls).await.map_err(unavailable)?;
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
@@ -419,8 +541,8 @@ impl PgStore {
             return Ok(g);
         }
         if lock(&self.mute_until).is_some_and(|until| Instant::now() < until) {
-            return Err(unavailable(
-                "it did not answer a moment ago; asked again in a few seconds",
+            return Err(Error::StoreUnavailable(
+                "it did not answer a moment ago; asked again in a few seconds".into(),
             ));
         }
         let result = match tokio::time::timeout(STAMP_TIMEOUT, self.ask_generation()).await {
@@ -429,7 +551,7 @@ impl PgStore {
                 // The connection may be stuck on the query just dropped: the next check
                 // opens another.
                 *self.reader.lock().await = None;
-                Err(unavailable(format!(
+                Err(Error::StoreUnavailable(format!(
                     "no generation within {} s",
                     STAMP_TIMEOUT.as_secs()
                 )))
@@ -452,7 +574,12 @@ impl PgStore {
                     &[],
                 )
                 .await
-                .map_err(|e| unavailable(format!("reading the generation: {e}")))
+                .map_err(|e| {
+                    Error::StoreUnavailable(scrub_tokens(&format!(
+                        "reading the generation: {}",
+                        describe(&e)
+                    )))
+                })
             })
             .await;
         let row = match row {
@@ -696,7 +823,8 @@ fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
 ) -> Result<T> {
     row.try_get(i).map_err(|e| {
         Error::StoreCorrupt(format!(
-            "a row of the store is not as its schema says ({e}); nothing was changed: repair it, or copy a good pool in with `oauth-pool store copy`"
+            "a row of the store is not as its schema says ({}); nothing was changed: repair it, or copy a good pool in with `oauth-pool store copy`",
+            describe(&e)
         ))
     })
 }
@@ -724,5 +852,94 @@ mod tests {
         assert!(!redact("postgres://h/db?password=secret&sslmode=require").contains("secret"));
         assert_eq!(account_lock("A@x"), account_lock("a@x"));
         assert!(account_lock("a@x") >= 0);
+    }
+
+    #[test]
+    fn libpq_tls_parameters_from_providers_docs_are_read() {
+        let (config, roots) =
+            parse("postgres://u:pw@db.example:5432/d?sslmode=verify-full&application_name=x")
+                .unwrap();
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert_eq!(config.get_application_name(), Some("x"));
+        assert!(roots.is_none());
+        let (config, _) = parse("postgres://db.example/d?sslmode=verify-ca").unwrap();
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        let (_, roots) = parse("postgres://db.example/d?sslrootcert=system").unwrap();
+        assert!(roots.is_none());
+        let (config, _) = parse("postgres://db.example/d?channel_binding=require").unwrap();
+        assert_eq!(
+            config.get_channel_binding(),
+            tokio_postgres::config::ChannelBinding::Require
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.pem");
+        let e = parse(&format!(
+            "postgres://db.example/d?sslrootcert={}",
+            missing.display()
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("sslrootcert") && e.contains("does not exist"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate").unwrap();
+        let e = parse(&format!(
+            "postgres://db.example/d?sslrootcert={}",
+            empty.display()
+        ))
+        .unwrap_err();
+        assert!(e.contains("no PEM certificate"), "{e}");
+
+        let e = parse("postgres://db.example/d?sslmode=require&sslcert=c.pem&sslkey=k.pem")
+            .unwrap_err();
+        assert!(
+            e.contains("`sslcert`: client certificates are not supported"),
+            "{e}"
+        );
+        // What tokio-postgres refuses says which option (its own text says only "invalid
+        // connection string").
+        let e = parse("postgres://db.example/d?sslcrl=x.pem").unwrap_err();
+        assert!(e.contains("unknown option `sslcrl`"), "{e}");
+        let e = parse("postgres://db.example/d?sslmode=allow").unwrap_err();
+        assert!(e.contains("invalid value for option `sslmode`"), "{e}");
+    }
+
+    #[test]
+    fn tls_unless_disabled_or_only_unix_sockets() {
+        let tls = |url: &str| wants_tls(&url.parse::<Config>().unwrap());
+        assert!(tls("postgres://db.example/d"));
+        assert!(tls("postgres://db.example/d?sslmode=require"));
+        assert!(!tls("postgres://db.example/d?sslmode=disable"));
+        assert!(!tls("postgres://u@%2Frun%2Fpostgresql/d"));
+        // Reached over TCP: a hostaddr alone, or with a socket as host, is not a socket (it
+        // used to go in plain text whatever sslmode said).
+        assert!(tls("postgres:///d?hostaddr=10.0.0.5"));
+        assert!(tls("postgres://u@%2Frun%2Fpostgresql/d?hostaddr=10.0.0.5"));
+        // ... and needs a name to check the certificate against.
+        for url in ["postgres:///d?hostaddr=10.0.0.5", "postgres://u@:5432/d"] {
+            let e = parse(url).unwrap_err();
+            assert!(e.starts_with("no host name: TLS checks"), "{url}: {e}");
+        }
+        assert!(parse("postgres:///d?hostaddr=10.0.0.5&sslmode=disable").is_ok());
+        assert!(parse("postgres://db.example/d?hostaddr=10.0.0.5").is_ok());
+        assert!(parse("postgres://u@%2Frun%2Fpostgresql/d").is_ok());
+    }
+
+    #[test]
+    fn errors_keep_their_causes() {
+        let e = "postgres://h/d?bogus=1".parse::<Config>().unwrap_err();
+        assert_eq!(e.to_string(), "invalid connection string");
+        assert_eq!(
+            describe(&e),
+            "invalid connection string: unknown option `bogus`"
+        );
     }
 }
