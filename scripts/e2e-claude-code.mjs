@@ -22,7 +22,7 @@
 //      asks the guard for api.anthropic.com:443 (MCP registry, event logging);
 //   3. `strace -f -e trace=connect,sendto,sendmsg` around Claude Code when strace works: every
 //      socket address it used, checked to be loopback.
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
@@ -30,6 +30,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { rateLimitHeaders, startMockAnthropic } from "../__tests__/helpers/mock-anthropic.mjs";
+import { checks, installPinned, run as runChild, skip } from "./e2e-kit.mjs";
 
 const CLAUDE_CODE_VERSION = "2.1.332";
 const SCRIPT = fileURLToPath(import.meta.url);
@@ -37,22 +38,9 @@ const ROOT = join(dirname(SCRIPT), "..");
 const CACHE = join(ROOT, "node_modules", ".cache", "claude-code-e2e");
 const RUN_TIMEOUT_MS = 60_000;
 const MODEL = "claude-sonnet-4-5";
-const started = Date.now();
 const keep = process.argv.includes("--keep");
 const IN_NETNS = process.env.OAUTH_POOL_E2E_NETNS === "1";
-
-const results = [];
-function check(name, ok, detail = "") {
-  results.push({ name, ok: Boolean(ok) });
-  console.log(`${ok ? "ok  " : "FAIL"} ${name}${!ok && detail ? `\n     ${String(detail).split("\n").join("\n     ")}` : ""}`);
-  return Boolean(ok);
-}
-
-function skip(reason) {
-  console.log(`SKIP e2e-claude-code: ${reason}`);
-  console.log("e2e: 0 passed, 0 failed (skipped)");
-  process.exit(0);
-}
+const { check, finish } = checks();
 
 // ---- the binary -------------------------------------------------------------------------------
 function platformPackage() {
@@ -65,29 +53,15 @@ function platformPackage() {
 
 function ensureClaudeCode() {
   const pkg = platformPackage();
-  if (!pkg) skip(`no prebuilt Claude Code for ${process.platform}-${process.arch}`);
-  const bin = join(CACHE, "node_modules", ...pkg.split("/"), process.platform === "win32" ? "claude.exe" : "claude");
-  const version = () => spawnSync(bin, ["--version"], { encoding: "utf8", timeout: 30_000 }).stdout?.trim().split(" ")[0];
-  if (existsSync(bin) && version() === CLAUDE_CODE_VERSION) return bin;
-  mkdirSync(CACHE, { recursive: true });
-  console.log(`installing ${pkg}@${CLAUDE_CODE_VERSION} into ${CACHE} ...`);
-  const npm = process.platform === "win32" ? "npm.cmd" : "npm";
-  const r = spawnSync(npm, ["install", "--prefix", CACHE, `${pkg}@${CLAUDE_CODE_VERSION}`, "--no-save", "--no-audit", "--no-fund"], {
-    encoding: "utf8",
-    timeout: 300_000,
+  if (!pkg) skip("e2e-claude-code", `no prebuilt Claude Code for ${process.platform}-${process.arch}`);
+  return installPinned({
+    script: "e2e-claude-code",
+    cache: CACHE,
+    pkg,
+    version: CLAUDE_CODE_VERSION,
+    bin: join(CACHE, "node_modules", ...pkg.split("/"), process.platform === "win32" ? "claude.exe" : "claude"),
+    versionOf: (bin) => spawnSync(bin, ["--version"], { encoding: "utf8", timeout: 30_000 }).stdout?.trim().split(" ")[0],
   });
-  if (r.status !== 0 || !existsSync(bin)) {
-    const why = (r.stderr || r.error?.message || "")
-      .split("\n")
-      .map((l) => l.replace(/^npm error\s*/, "").trim())
-      .filter((l) => l && !/complete log|proxy|npm help/i.test(l))
-      .slice(0, 2)
-      .join(" | ");
-    skip(`could not install ${pkg}@${CLAUDE_CODE_VERSION} from the npm registry: ${why || `npm exit ${r.status}`}`);
-  }
-  const v = version();
-  if (v !== CLAUDE_CODE_VERSION) skip(`installed Claude Code reports version ${JSON.stringify(v)}, expected ${CLAUDE_CODE_VERSION}`);
-  return bin;
 }
 
 const bin = ensureClaudeCode();
@@ -122,48 +96,7 @@ function socketAddresses(log) {
 const isLoopback = (addr) => /^(127\.|\[::1\]|\[::ffff:127\.)/.test(addr);
 
 // ---- processes ----------------------------------------------------------------------------------
-const children = new Set();
-process.on("exit", () => {
-  for (const child of children) {
-    try {
-      child.kill("SIGKILL");
-    } catch {}
-  }
-});
-for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => process.exit(130));
-
-/** Runs a command to completion (killed after `timeoutMs`); stdout lines keep their arrival time. */
-function run(cmd, args, { env, cwd, timeoutMs = RUN_TIMEOUT_MS }) {
-  return new Promise((resolve) => {
-    const t0 = Date.now();
-    const child = spawn(cmd, args, { env, cwd, stdio: ["ignore", "pipe", "pipe"] });
-    children.add(child);
-    let stdout = "";
-    let stderr = "";
-    let partial = "";
-    const lines = [];
-    let timedOut = false;
-    child.stdout.on("data", (d) => {
-      stdout += d;
-      const parts = (partial + d).split("\n");
-      partial = parts.pop();
-      for (const line of parts) if (line.trim()) lines.push({ ms: Date.now() - t0, line });
-    });
-    child.stderr.on("data", (d) => (stderr += d));
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill("SIGKILL");
-    }, timeoutMs);
-    const finish = (code, extra = "") => {
-      clearTimeout(timer);
-      children.delete(child);
-      if (partial.trim()) lines.push({ ms: Date.now() - t0, line: partial });
-      resolve({ code, stdout, stderr: stderr + extra, lines, timedOut, ms: Date.now() - t0 });
-    };
-    child.on("close", (code) => finish(code));
-    child.on("error", (err) => finish(-1, err.message));
-  });
-}
+const run = (cmd, args, { env, cwd, timeoutMs = RUN_TIMEOUT_MS }) => runChild(cmd, args, { env, cwd, timeoutMs });
 
 /** A loopback server; resolves its URL. */
 function listen(server) {
@@ -444,7 +377,4 @@ try {
   else rmSync(dir, { recursive: true, force: true });
 }
 
-const passed = results.filter((r) => r.ok).length;
-const failed = results.length - passed;
-console.log(`e2e: ${passed} passed, ${failed} failed (${((Date.now() - started) / 1000).toFixed(1)} s, Claude Code ${CLAUDE_CODE_VERSION})`);
-process.exit(failed ? 1 : 0);
+finish(`Claude Code ${CLAUDE_CODE_VERSION}`);

@@ -17,27 +17,15 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { rateLimitHeaders } from "../__tests__/helpers/mock-anthropic.mjs";
+import { checks, children, installPinned, killChildren, run as runChild, skip } from "./e2e-kit.mjs";
 import { freePort } from "../__tests__/helpers/net.mjs";
 
 const OPENCODE_VERSION = "1.18.33";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const CACHE = join(ROOT, "node_modules", ".cache", "opencode-e2e");
 const RUN_TIMEOUT_MS = 60_000;
-const started = Date.now();
 const keep = process.argv.includes("--keep");
-
-const results = [];
-function check(name, ok, detail = "") {
-  results.push({ name, ok: Boolean(ok) });
-  console.log(`${ok ? "ok  " : "FAIL"} ${name}${!ok && detail ? `\n     ${String(detail).split("\n").join("\n     ")}` : ""}`);
-  return Boolean(ok);
-}
-
-function skip(reason) {
-  console.log(`SKIP e2e-opencode: ${reason}`);
-  console.log("e2e: 0 passed, 0 failed (skipped)");
-  process.exit(0);
-}
+const { check, finish } = checks();
 
 // ---- the binary -------------------------------------------------------------------------------
 function platformPackage() {
@@ -48,71 +36,21 @@ function platformPackage() {
 
 function ensureOpencode() {
   const pkg = platformPackage();
-  if (!pkg) skip(`no prebuilt OpenCode for ${process.platform}-${process.arch}`);
-  const bin = join(CACHE, "node_modules", pkg, "bin", process.platform === "win32" ? "opencode.exe" : "opencode");
-  const version = () => spawnSync(bin, ["--version"], { encoding: "utf8", timeout: 30_000 }).stdout?.trim();
-  if (existsSync(bin) && version() === OPENCODE_VERSION) return bin;
-  mkdirSync(CACHE, { recursive: true });
-  console.log(`installing ${pkg}@${OPENCODE_VERSION} into ${CACHE} ...`);
-  const npm = process.platform === "win32" ? "npm.cmd" : "npm";
-  const r = spawnSync(npm, ["install", "--prefix", CACHE, `${pkg}@${OPENCODE_VERSION}`, "--no-save", "--no-audit", "--no-fund"], {
-    encoding: "utf8",
-    timeout: 180_000,
+  if (!pkg) skip("e2e-opencode", `no prebuilt OpenCode for ${process.platform}-${process.arch}`);
+  return installPinned({
+    script: "e2e-opencode",
+    cache: CACHE,
+    pkg,
+    version: OPENCODE_VERSION,
+    bin: join(CACHE, "node_modules", pkg, "bin", process.platform === "win32" ? "opencode.exe" : "opencode"),
+    versionOf: (bin) => spawnSync(bin, ["--version"], { encoding: "utf8", timeout: 30_000 }).stdout?.trim(),
+    timeoutMs: 180_000,
   });
-  if (r.status !== 0 || !existsSync(bin)) {
-    const why = (r.stderr || r.error?.message || "")
-      .split("\n")
-      .map((l) => l.replace(/^npm error\s*/, "").trim())
-      .filter((l) => l && !/complete log|proxy|npm help/i.test(l))
-      .slice(0, 2)
-      .join(" | ");
-    skip(`could not install ${pkg}@${OPENCODE_VERSION} from the npm registry: ${why || `npm exit ${r.status}`}`);
-  }
-  const v = version();
-  if (v !== OPENCODE_VERSION) skip(`installed OpenCode reports version ${JSON.stringify(v)}, expected ${OPENCODE_VERSION}`);
-  return bin;
 }
 
 // ---- processes ----------------------------------------------------------------------------------
-const children = new Set();
-
-function cleanup() {
-  for (const child of children) {
-    try {
-      child.kill("SIGKILL");
-    } catch {}
-  }
-}
-process.on("exit", cleanup);
-for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => process.exit(130));
-
-/** Runs a command to completion (killed after `timeoutMs`), collecting its output. */
-function run(cmd, args, { env, cwd, timeoutMs = RUN_TIMEOUT_MS }) {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { env, cwd, stdio: ["ignore", "pipe", "pipe"] });
-    children.add(child);
-    let stdout = "";
-    let stderr = "";
-    let timedOut = false;
-    child.stdout.on("data", (d) => (stdout += d));
-    child.stderr.on("data", (d) => (stderr += d));
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill("SIGKILL");
-    }, timeoutMs);
-    const t0 = Date.now();
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      children.delete(child);
-      resolve({ code, signal, stdout, stderr, timedOut, ms: Date.now() - t0 });
-    });
-    child.on("error", (err) => {
-      clearTimeout(timer);
-      children.delete(child);
-      resolve({ code: -1, stdout, stderr: `${stderr}${err.message}`, timedOut, ms: Date.now() - t0 });
-    });
-  });
-}
+const cleanup = killChildren;
+const run = (cmd, args, { env, cwd, timeoutMs = RUN_TIMEOUT_MS }) => runChild(cmd, args, { env, cwd, timeoutMs });
 
 /** Starts a long-running process and resolves once a line of its stdout matches `ready`. */
 function startDaemon(cmd, args, { env, cwd, ready, timeoutMs = 30_000 }) {
@@ -515,7 +453,4 @@ try {
   else rmSync(dir, { recursive: true, force: true });
 }
 
-const passed = results.filter((r) => r.ok).length;
-const failed = results.length - passed;
-console.log(`e2e: ${passed} passed, ${failed} failed (${((Date.now() - started) / 1000).toFixed(1)} s, OpenCode ${OPENCODE_VERSION})`);
-process.exit(failed ? 1 : 0);
+finish(`OpenCode ${OPENCODE_VERSION}`);

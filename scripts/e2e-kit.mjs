@@ -1,0 +1,107 @@
+// What the end-to-end scripts with real hosts share (e2e-opencode.mjs, e2e-claude-code.mjs): the
+// checks and their summary, a pinned binary installed from npm once (or SKIP), and child
+// processes that never outlive the script.
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync } from "node:fs";
+
+/** Checks printed as they pass or fail; `finish` prints the summary line and exits. */
+export function checks() {
+  const started = Date.now();
+  const results = [];
+  return {
+    check(name, ok, detail = "") {
+      results.push({ name, ok: Boolean(ok) });
+      console.log(`${ok ? "ok  " : "FAIL"} ${name}${!ok && detail ? `\n     ${String(detail).split("\n").join("\n     ")}` : ""}`);
+      return Boolean(ok);
+    },
+    finish(what) {
+      const passed = results.filter((r) => r.ok).length;
+      const failed = results.length - passed;
+      console.log(`e2e: ${passed} passed, ${failed} failed (${((Date.now() - started) / 1000).toFixed(1)} s, ${what})`);
+      process.exit(failed ? 1 : 0);
+    },
+  };
+}
+
+/** The step passes without running: the host cannot be had here (not a failure of ours). */
+export function skip(script, reason) {
+  console.log(`SKIP ${script}: ${reason}`);
+  console.log("e2e: 0 passed, 0 failed (skipped)");
+  process.exit(0);
+}
+
+/**
+ * A pinned package installed into `cache` once; its binary `bin` once `versionOf(bin)` says
+ * `version`. Skips (exit 0) when the registry cannot give it.
+ */
+export function installPinned({ script, cache, pkg, version, bin, versionOf, timeoutMs = 300_000 }) {
+  if (existsSync(bin) && versionOf(bin) === version) return bin;
+  mkdirSync(cache, { recursive: true });
+  console.log(`installing ${pkg}@${version} into ${cache} ...`);
+  const npm = process.platform === "win32" ? "npm.cmd" : "npm";
+  const r = spawnSync(npm, ["install", "--prefix", cache, `${pkg}@${version}`, "--no-save", "--no-audit", "--no-fund"], {
+    encoding: "utf8",
+    timeout: timeoutMs,
+    shell: process.platform === "win32",
+  });
+  if (r.status !== 0 || !existsSync(bin)) {
+    const why = (r.stderr || r.error?.message || "")
+      .split("\n")
+      .map((l) => l.replace(/^npm error\s*/, "").trim())
+      .filter((l) => l && !/complete log|proxy|npm help/i.test(l))
+      .slice(0, 2)
+      .join(" | ");
+    skip(script, `could not install ${pkg}@${version} from the npm registry: ${why || `npm exit ${r.status}`}`);
+  }
+  const installed = versionOf(bin);
+  if (installed !== version) skip(script, `installed ${pkg} reports version ${JSON.stringify(installed)}, expected ${version}`);
+  return bin;
+}
+
+/** Every child still running is killed when the script exits, however it exits. */
+export const children = new Set();
+export function killChildren() {
+  for (const child of children) {
+    try {
+      child.kill("SIGKILL");
+    } catch {}
+  }
+}
+process.on("exit", killChildren);
+for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => process.exit(130));
+
+/**
+ * Runs a command to completion (killed after `timeoutMs`): its output, and its stdout's lines
+ * with the time each arrived (ms from the start).
+ */
+export function run(cmd, args, { env, cwd, timeoutMs }) {
+  return new Promise((resolve) => {
+    const t0 = Date.now();
+    const child = spawn(cmd, args, { env, cwd, stdio: ["ignore", "pipe", "pipe"] });
+    children.add(child);
+    let stdout = "";
+    let stderr = "";
+    let partial = "";
+    const lines = [];
+    let timedOut = false;
+    child.stdout.on("data", (d) => {
+      stdout += d;
+      const parts = (partial + d).split("\n");
+      partial = parts.pop();
+      for (const line of parts) if (line.trim()) lines.push({ ms: Date.now() - t0, line });
+    });
+    child.stderr.on("data", (d) => (stderr += d));
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill("SIGKILL");
+    }, timeoutMs);
+    const finish = (code, signal, extra = "") => {
+      clearTimeout(timer);
+      children.delete(child);
+      if (partial.trim()) lines.push({ ms: Date.now() - t0, line: partial });
+      resolve({ code, signal, stdout, stderr: stderr + extra, lines, timedOut, ms: Date.now() - t0 });
+    };
+    child.on("close", (code, signal) => finish(code, signal));
+    child.on("error", (err) => finish(-1, null, err.message));
+  });
+}
