@@ -38,11 +38,13 @@ export function installPinned({ script, cache, pkg, version, bin, versionOf, tim
   if (existsSync(bin) && versionOf(bin) === version) return bin;
   mkdirSync(cache, { recursive: true });
   console.log(`installing ${pkg}@${version} into ${cache} ...`);
-  const npm = process.platform === "win32" ? "npm.cmd" : "npm";
-  const r = spawnSync(npm, ["install", "--prefix", cache, `${pkg}@${version}`, "--no-save", "--no-audit", "--no-fund"], {
+  // npm is a .cmd on Windows, which Node runs only through a shell (and a shell splits on spaces).
+  const windows = process.platform === "win32";
+  const args = ["install", "--prefix", cache, `${pkg}@${version}`, "--no-save", "--no-audit", "--no-fund"];
+  const r = spawnSync(windows ? "npm.cmd" : "npm", windows ? args.map((a) => `"${a}"`) : args, {
     encoding: "utf8",
     timeout: timeoutMs,
-    shell: process.platform === "win32",
+    shell: windows,
   });
   if (r.status !== 0 || !existsSync(bin)) {
     const why = (r.stderr || r.error?.message || "")
