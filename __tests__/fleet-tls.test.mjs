@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
+import { seedPool } from "./helpers/pool-env.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
@@ -129,22 +130,10 @@ async function withHostProcess(host, work) {
 
 /** The account seeded the way fleet.test.mjs does: a pool file copied in. */
 async function seed(host, email) {
-  const t = mock.addAccount(email);
-  const file = join(mkdtempSync(join(tmpdir(), "oauth-pool-tls-seed-")), "pool.json");
-  const entry = {
-    email,
-    refresh: t.refresh,
-    access: t.access,
-    expires: t.expires,
-    added: new Date().toISOString(),
-    lastUsed: null,
-    status: "idle",
-    rateLimitUntil: null,
-  };
-  writeFileSync(file, JSON.stringify({ anthropic: [entry] }), { mode: 0o600 });
+  const file = await seedPool(mock, [email]);
   const r = await cliJson(host, "store", "copy", "--from", file, "--to", host.env.OAUTH_POOL_STORE);
   assert.equal(r.code, 0, r.stdout + r.stderr);
-  tokens.push(t.access, t.refresh);
+  tokens.push(mock.tokens(email).access, mock.tokens(email).refresh);
 }
 
 /** The pool's sessions (by application_name) as pg_stat_ssl sees them: "t"/"f" per session. */
