@@ -50,6 +50,12 @@ const freshPath = () => join(tmp, `case-${++seq}`, "oauth-pool.json");
 // Settings of this machine that would change what the CLI reports (proxies show in doctor).
 const SCRUBBED = [
   "OAUTH_POOL_LOG",
+  "OAUTH_POOL_SOFT_THRESHOLD",
+  "OAUTH_POOL_JITTER_MS",
+  "OAUTH_POOL_USAGE",
+  "OAUTH_POOL_TIMEOUT_MS",
+  "OAUTH_POOL_RESPONSE_TIMEOUT_MS",
+  "OAUTH_POOL_HOLD_MAX_MS",
   "OAUTH_POOL_TOKEN_URL",
   "OAUTH_POOL_API_URL",
   "HTTPS_PROXY",
@@ -395,6 +401,33 @@ test("doctor on a healthy pool: exit 0, every check ok, JSON shape", async () =>
   const none = await cli(["doctor", "--json"], { path: nonePath });
   assert.equal(none.code, 0, none.stdout);
   assert.ok(!existsSync(dirname(nonePath)));
+});
+
+test("doctor: a setting whose text is not taken as written warns, naming what applies instead", async () => {
+  const path = freshPath();
+  await seed(path, [{ email: "s@x.test" }]);
+  const env = {
+    OAUTH_POOL_SOFT_THRESHOLD: "90",
+    OAUTH_POOL_JITTER_MS: "5s",
+    OAUTH_POOL_USAGE: "false",
+    OAUTH_POOL_RESPONSE_TIMEOUT_MS: "0",
+    OAUTH_POOL_TIMEOUT_MS: "45000",
+  };
+  const r = await cli(["doctor", "--json"], { path, env });
+  assert.equal(r.code, 0, "warnings only: the pool works with what applies");
+  const settings = Object.fromEntries(
+    json(r)
+      .checks.filter((c) => c.name === "setting")
+      .map((c) => [c.variable, c]),
+  );
+  assert.equal(settings.OAUTH_POOL_TIMEOUT_MS.level, "ok");
+  assert.match(settings.OAUTH_POOL_SOFT_THRESHOLD.message, /over 1: it is a fraction \(0\.9 = 90 %\)/);
+  assert.match(settings.OAUTH_POOL_JITTER_MS.message, /"5s" is not a whole number of milliseconds; the default, 10000, applies/);
+  assert.match(settings.OAUTH_POOL_USAGE.message, /only `off` turns it off/);
+  assert.match(settings.OAUTH_POOL_RESPONSE_TIMEOUT_MS.message, /the default, 300000, applies/);
+  for (const v of ["OAUTH_POOL_SOFT_THRESHOLD", "OAUTH_POOL_JITTER_MS", "OAUTH_POOL_USAGE", "OAUTH_POOL_RESPONSE_TIMEOUT_MS"]) assert.equal(settings[v].level, "warn", v);
+  const text = await cli(["doctor"], { path, env });
+  assert.match(text.stdout, /warn\s+setting\s+OAUTH_POOL_SOFT_THRESHOLD: 90 is over 1/);
 });
 
 test("doctor reports a pool file other users can read", { skip: !posix && "POSIX modes" }, async () => {

@@ -182,6 +182,11 @@ export function checkEndpoints() {
   return sync(native.checkEndpoints());
 }
 
+/** Each numeric or switch setting that is set, with whether its text was taken as written. */
+export function checkSettings() {
+  return sync(native.checkSettings());
+}
+
 /**
  * Starts the pool gateway (an Anthropic-compatible endpoint on this machine). Resolves
  * `{ url, close(drainMs?), unref() }`; it keeps the process alive until closed (or unref'd).

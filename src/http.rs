@@ -252,16 +252,7 @@ fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
 
 /// Whole-call timeout for token and profile calls: `OAUTH_POOL_TIMEOUT_MS`, default 30 s.
 pub fn token_call_timeout() -> Duration {
-    env_millis(var::TIMEOUT_MS, Duration::from_secs(30))
-}
-
-/// A positive whole number of milliseconds from `var`, else `default`.
-pub fn env_millis(variable: Var, default: Duration) -> Duration {
-    config::env(variable)
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis)
-        .unwrap_or(default)
+    crate::settings::millis(var::TIMEOUT_MS)
 }
 
 /// A network failure, described without the URL's query (which could hold a code).
@@ -297,7 +288,7 @@ pub fn describe(err: &reqwest::Error) -> String {
 /// `OAUTH_POOL_RESPONSE_TIMEOUT_MS`, default 300 s (undici's headers and body timeouts). Streams
 /// send pings far more often; a silent upstream is a dead one.
 pub fn response_timeout() -> Duration {
-    env_millis(var::RESPONSE_TIMEOUT_MS, Duration::from_secs(300))
+    crate::settings::millis(var::RESPONSE_TIMEOUT_MS)
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub mod oauth;
 pub mod pool;
 pub mod runtime;
 pub mod secret;
+pub mod settings;
 pub mod store;
 pub mod unique_keys;
 

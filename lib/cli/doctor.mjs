@@ -1,6 +1,6 @@
 // `oauth-pool doctor`: what could stop the pool from working or expose its tokens. Where the
 // files are, what they are called and which endpoints pass the pool's rule are asked of the
-// library (poolFiles, checkEndpoints), never re-derived here: a doctor that guesses can
+// library (poolFiles, checkEndpoints, checkSettings), never re-derived here: a doctor that guesses can
 // disagree with the code it diagnoses. What is left here is looking at those files.
 //
 // Each check is { name, level: ok|info|warn|problem, message, ...details }; any problem makes
@@ -281,6 +281,20 @@ function checkEndpointsAndProxies(lib, r) {
   }
 }
 
+function checkSettings(lib, r) {
+  let rows;
+  try {
+    rows = lib.checkSettings();
+  } catch (e) {
+    return r.add("setting", "problem", `cannot check the settings: ${e.message}`, { code: e.code });
+  }
+  for (const s of rows) {
+    const details = { variable: s.variable, value: s.value };
+    if (s.ok) r.add("setting", "ok", `${s.variable}=${s.value}`, details);
+    else r.add("setting", "warn", `${s.variable}: ${s.message}`, details);
+  }
+}
+
 // ---- the command --------------------------------------------------------------------------------
 
 export async function diagnose(lib, path) {
@@ -309,6 +323,7 @@ export async function diagnose(lib, path) {
     if (!r.failed("store") && !r.failed("store key")) await checkAccounts(lib, path, r);
   }
   checkEndpointsAndProxies(lib, r);
+  checkSettings(lib, r);
   return { path: files.path ?? files.location, files, checks: r.checks };
 }
 
@@ -331,7 +346,7 @@ async function doctor({ lib, path, out }) {
 export const commands = [
   {
     name: "doctor",
-    summary: "check permissions, lock, backups, temp files (or the fleet store: reach,\nschema, key), accounts, endpoints, proxies",
+    summary: "check permissions, lock, backups, temp files (or the fleet store: reach,\nschema, key), accounts, endpoints, proxies, settings",
     run: doctor,
   },
 ];

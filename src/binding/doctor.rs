@@ -67,6 +67,11 @@ fn shown_url(raw: &str) -> String {
     }
 }
 
+#[napi(js_name = "checkSettings", catch_unwind)]
+pub fn check_settings() -> Value {
+    Value::Array(crate::settings::check())
+}
+
 #[napi(js_name = "checkEndpoints", catch_unwind)]
 pub fn check_endpoints() -> Value {
     let rows: Vec<Value> = [

@@ -77,10 +77,7 @@ impl Exchange {
             engine,
             meta,
             family,
-            hold_left: crate::http::env_millis(
-                crate::config::var::HOLD_MAX_MS,
-                std::time::Duration::ZERO,
-            ),
+            hold_left: crate::settings::millis(crate::config::var::HOLD_MAX_MS),
             tried: HashSet::new(),
             refreshed: HashSet::new(),
             retry_same: None,
@@ -288,7 +285,7 @@ impl Exchange {
         let pref = Preference {
             session: pinned.as_deref(),
             sticky: sticky.as_deref(),
-            soft_threshold: soft_threshold(),
+            soft_threshold: crate::settings::soft_threshold(),
         };
         select::choose(&candidates, &self.tried, &pref).map(|c| c.email.clone())
     }
@@ -585,14 +582,6 @@ impl Exchange {
 enum Exhausted {
     Wait(i64),
     Answer(Step),
-}
-
-/// `OAUTH_POOL_SOFT_THRESHOLD` (a fraction of any window the request counts against), default 0.9.
-fn soft_threshold() -> f64 {
-    crate::config::env(crate::config::var::SOFT_THRESHOLD)
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .unwrap_or(0.9)
 }
 
 /// What goes upstream for an attempt with `credential`. Whoever carries the request, it says who

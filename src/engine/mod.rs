@@ -91,11 +91,7 @@ pub enum Blocked {
 
 /// Reopenings are spread over this much (ms): `OAUTH_POOL_JITTER_MS`, default 10 s, 0 for none.
 pub fn jitter_max() -> i64 {
-    crate::config::env(crate::config::var::JITTER_MS)
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .filter(|ms| *ms >= 0)
-        .unwrap_or(10_000)
-        .min(60_000)
+    crate::settings::millis(crate::config::var::JITTER_MS).as_millis() as i64
 }
 
 fn registry() -> &'static Mutex<HashMap<String, Arc<Engine>>> {

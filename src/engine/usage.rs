@@ -57,8 +57,7 @@ impl Counts {
 /// Whether answers are counted: `OAUTH_POOL_USAGE=off` turns the tap off (the benchmarks
 /// compare with and without it).
 pub fn enabled() -> bool {
-    !crate::config::env(crate::config::var::USAGE)
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("off"))
+    crate::settings::usage_counted()
 }
 
 /// Whether an answer carries usage to count, and how: `Some(true)` an event stream, `Some(false)`

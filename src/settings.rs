@@ -1,0 +1,198 @@
+//! The settings that are numbers or switches (`OAUTH_POOL_TIMEOUT_MS`, `..._SOFT_THRESHOLD`, ...):
+//! each read by one rule here, which the pool applies and `oauth-pool doctor` shows. A value the
+//! rule refuses falls back to the default (the pool keeps working), and doctor says so: a typo
+//! like `OAUTH_POOL_SOFT_THRESHOLD=90` (meant as 90 %) must not pass unnoticed.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::config::{self, var, Var};
+
+/// How a setting's text is read.
+#[derive(Clone, Copy)]
+enum Rule {
+    /// Milliseconds, a whole number above 0.
+    Millis,
+    /// Milliseconds, a whole number; 0 turns the feature off.
+    MillisOrOff,
+    /// Milliseconds, a whole number, 0 for none, at most `max`.
+    MillisUpTo(u64),
+    /// A fraction above 0 (1 = at 100 %; above 1 never reached).
+    Fraction,
+    /// `off` turns it off; anything else leaves it on.
+    OffSwitch,
+}
+
+struct Setting {
+    variable: Var,
+    rule: Rule,
+    default: f64,
+}
+
+const SETTINGS: &[Setting] = &[
+    Setting {
+        variable: var::TIMEOUT_MS,
+        rule: Rule::Millis,
+        default: 30_000.0,
+    },
+    Setting {
+        variable: var::RESPONSE_TIMEOUT_MS,
+        rule: Rule::Millis,
+        default: 300_000.0,
+    },
+    Setting {
+        variable: var::HOLD_MAX_MS,
+        rule: Rule::MillisOrOff,
+        default: 0.0,
+    },
+    Setting {
+        variable: var::JITTER_MS,
+        rule: Rule::MillisUpTo(60_000),
+        default: 10_000.0,
+    },
+    Setting {
+        variable: var::SOFT_THRESHOLD,
+        rule: Rule::Fraction,
+        default: 0.9,
+    },
+    Setting {
+        variable: var::USAGE,
+        rule: Rule::OffSwitch,
+        default: 1.0,
+    },
+];
+
+/// What a setting's text means under its rule: the value applied, and a warning when the text
+/// was not taken as written (`Err`: not taken at all, the default applies).
+fn read(rule: Rule, text: &str) -> Result<(f64, Option<String>), String> {
+    let text = text.trim();
+    let whole = || {
+        text.parse::<u64>()
+            .map_err(|_| format!("{text:?} is not a whole number of milliseconds"))
+    };
+    match rule {
+        Rule::Millis => match whole()? {
+            0 => Err("0 is not a usable timeout (a whole number of milliseconds above 0)".into()),
+            ms => Ok((ms as f64, None)),
+        },
+        Rule::MillisOrOff => Ok((whole()? as f64, None)),
+        Rule::MillisUpTo(max) => {
+            let ms = whole()?;
+            Ok(if ms > max {
+                (max as f64, Some(format!("{ms} is over the most, {max}: {max} applies")))
+            } else {
+                (ms as f64, None)
+            })
+        }
+        Rule::Fraction => match text.parse::<f64>() {
+            Ok(f) if f.is_finite() && f > 0.0 => Ok((
+                f,
+                (f > 1.0).then(|| {
+                    format!("{text} is over 1: it is a fraction (0.9 = 90 %), and as set no window ever reaches it")
+                }),
+            )),
+            _ => Err(format!("{text:?} is not a fraction above 0 (0.9 = 90 %)")),
+        },
+        Rule::OffSwitch => Ok(if text.eq_ignore_ascii_case("off") {
+            (0.0, None)
+        } else if text.is_empty() || text.eq_ignore_ascii_case("on") {
+            (1.0, None)
+        } else {
+            (1.0, Some(format!("only `off` turns it off: {text:?} leaves it on")))
+        }),
+    }
+}
+
+fn setting(variable: Var) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.variable == variable)
+}
+
+/// The value of a setting as the pool applies it: its text under its rule, else the default.
+fn value(variable: Var) -> f64 {
+    let Some(s) = setting(variable) else {
+        return 0.0;
+    };
+    config::env(variable)
+        .and_then(|text| read(s.rule, &text).ok())
+        .map_or(s.default, |(v, _)| v)
+}
+
+/// A setting in milliseconds.
+pub fn millis(variable: Var) -> Duration {
+    Duration::from_millis(value(variable) as u64)
+}
+
+/// `OAUTH_POOL_SOFT_THRESHOLD`: a fraction of any window the request counts against.
+pub fn soft_threshold() -> f64 {
+    value(var::SOFT_THRESHOLD)
+}
+
+/// `OAUTH_POOL_USAGE`: whether answers are counted.
+pub fn usage_counted() -> bool {
+    value(var::USAGE) != 0.0
+}
+
+/// Each setting that is set, as doctor shows it: `{ variable, value, ok, message? }`; not ok
+/// when its text was not taken as written.
+pub fn check() -> Vec<Value> {
+    SETTINGS
+        .iter()
+        .filter_map(|s| {
+            let text = config::env(s.variable)?;
+            let shown: String = text.chars().take(64).collect();
+            let row = match read(s.rule, &text) {
+                Ok((_, None)) => {
+                    json!({ "variable": s.variable.name(), "value": shown, "ok": true })
+                }
+                Ok((_, Some(warning))) => json!({
+                    "variable": s.variable.name(), "value": shown, "ok": false, "message": warning,
+                }),
+                Err(why) => json!({
+                    "variable": s.variable.name(), "value": shown, "ok": false,
+                    "message": format!("{why}; the default, {}, applies", s.default),
+                }),
+            };
+            Some(row)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rule_takes_what_it_says_and_says_what_it_does_not() {
+        assert_eq!(read(Rule::Millis, " 1500 "), Ok((1500.0, None)));
+        assert!(read(Rule::Millis, "0").is_err());
+        assert!(read(Rule::Millis, "1.5s").is_err());
+        assert!(read(Rule::Millis, "-5").is_err());
+        assert_eq!(read(Rule::MillisOrOff, "0"), Ok((0.0, None)));
+        let (ms, warning) = read(Rule::MillisUpTo(60_000), "90000").unwrap();
+        assert_eq!(ms, 60_000.0);
+        assert!(warning.unwrap().contains("over the most"));
+        assert_eq!(read(Rule::Fraction, "0.8"), Ok((0.8, None)));
+        let (f, warning) = read(Rule::Fraction, "90").unwrap();
+        assert_eq!(f, 90.0);
+        assert!(warning.unwrap().contains("0.9 = 90 %"));
+        assert!(read(Rule::Fraction, "NaN").is_err());
+        assert!(read(Rule::Fraction, "0").is_err());
+        assert!(read(Rule::Fraction, "90%").is_err());
+        assert_eq!(read(Rule::OffSwitch, "OFF"), Ok((0.0, None)));
+        assert_eq!(read(Rule::OffSwitch, "on"), Ok((1.0, None)));
+        let (on, warning) = read(Rule::OffSwitch, "false").unwrap();
+        assert_eq!(on, 1.0);
+        assert!(warning.unwrap().contains("only `off`"));
+    }
+
+    #[test]
+    fn every_setting_has_its_documented_default() {
+        let default = |v: Var| setting(v).map(|s| s.default);
+        assert_eq!(default(var::TIMEOUT_MS), Some(30_000.0));
+        assert_eq!(default(var::RESPONSE_TIMEOUT_MS), Some(300_000.0));
+        assert_eq!(default(var::HOLD_MAX_MS), Some(0.0));
+        assert_eq!(default(var::JITTER_MS), Some(10_000.0));
+        assert_eq!(default(var::SOFT_THRESHOLD), Some(0.9));
+    }
+}
