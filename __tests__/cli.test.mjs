@@ -425,7 +425,8 @@ test("doctor: a setting whose text is not taken as written warns, naming what ap
   assert.match(settings.OAUTH_POOL_JITTER_MS.message, /"5s" is not a whole number of milliseconds; the default, 10000, applies/);
   assert.match(settings.OAUTH_POOL_USAGE.message, /only `off` turns it off/);
   assert.match(settings.OAUTH_POOL_RESPONSE_TIMEOUT_MS.message, /the default, 300000, applies/);
-  for (const v of ["OAUTH_POOL_SOFT_THRESHOLD", "OAUTH_POOL_JITTER_MS", "OAUTH_POOL_USAGE", "OAUTH_POOL_RESPONSE_TIMEOUT_MS"]) assert.equal(settings[v].level, "warn", v);
+  for (const v of ["OAUTH_POOL_SOFT_THRESHOLD", "OAUTH_POOL_JITTER_MS", "OAUTH_POOL_USAGE", "OAUTH_POOL_RESPONSE_TIMEOUT_MS"])
+    assert.equal(settings[v].level, "warn", v);
   const text = await cli(["doctor"], { path, env });
   assert.match(text.stdout, /warn\s+setting\s+OAUTH_POOL_SOFT_THRESHOLD: 90 is over 1/);
 });
