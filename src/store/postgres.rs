@@ -90,25 +90,45 @@ fn identity_of(url: &str) -> String {
         .collect()
 }
 
+/// The URL as messages show it: the password (in the user part or as `password=`) replaced by
+/// `***`, the rest as written. Read by hand rather than by a URL parser, which refuses what libpq
+/// takes (several hosts, no host, a socket path in `host=`), so every store URL shows.
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            let mut pairs: Vec<(String, String)> = u.query_pairs().into_owned().collect();
-            for (k, v) in pairs.iter_mut() {
-                if k.eq_ignore_ascii_case("password") {
-                    *v = "***".into();
-                }
-            }
-            if !pairs.is_empty() {
-                u.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            u.to_string()
+    let (address, query) = match url.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (url, None),
+    };
+    let mut shown = match address.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            let authority = match authority.rsplit_once('@') {
+                Some((user, hosts)) => match user.split_once(':') {
+                    Some((name, _)) => format!("{name}:***@{hosts}"),
+                    None => format!("{user}@{hosts}"),
+                },
+                None => authority.to_string(),
+            };
+            format!("{scheme}://{authority}{path}")
         }
-        Err(_) => "postgres://(unreadable URL)".into(),
+        None => address.to_string(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| {
+                let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                let key_text = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+                if key_text.eq_ignore_ascii_case("password") {
+                    format!("{key}=***")
+                } else {
+                    pair.to_string()
+                }
+            })
+            .collect();
+        shown = format!("{shown}?{}", pairs.join("&"));
     }
+    scrub_tokens(&shown)
 }
 
 /// An error with its causes: tokio-postgres' own text is only its kind ("db error", "error
@@ -850,6 +870,21 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert!(!redact("postgres://h/db?password=secret&sslmode=require").contains("secret"));
+        assert!(!redact("postgres://h/db?Pass%77ord=secret").contains("secret"));
+        // What a URL parser refuses and libpq takes still shows, without the password.
+        assert_eq!(
+            redact("postgres://u:secret@h1:5432,h2:5433/db?target_session_attrs=read-write"),
+            "postgres://u:***@h1:5432,h2:5433/db?target_session_attrs=read-write"
+        );
+        assert_eq!(
+            redact("postgres:///db?host=/run/postgresql&password=secret"),
+            "postgres:///db?host=/run/postgresql&password=***"
+        );
+        assert_eq!(
+            redact("postgres://u:p@ss:w@h/db"),
+            "postgres://u:***@h/db",
+            "a password holding @ or :"
+        );
         assert_eq!(account_lock("A@x"), account_lock("a@x"));
         assert!(account_lock("a@x") >= 0);
     }
