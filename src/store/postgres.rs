@@ -99,18 +99,15 @@ pub fn redact(url: &str) -> String {
         None => (url, None),
     };
     let mut shown = match address.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            let (authority, path) = rest.split_at(authority_end);
-            let authority = match authority.rsplit_once('@') {
-                Some((user, hosts)) => match user.split_once(':') {
-                    Some((name, _)) => format!("{name}:***@{hosts}"),
-                    None => format!("{user}@{hosts}"),
-                },
-                None => authority.to_string(),
-            };
-            format!("{scheme}://{authority}{path}")
-        }
+        // Up to the last `@` is the user part, even past a `/`: a password written with a raw
+        // `/` in it must not show (a database name with `@` in it shows cut instead).
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((user, after)) => match user.split_once(':') {
+                Some((name, _)) => format!("{scheme}://{name}:***@{after}"),
+                None => format!("{scheme}://{user}@{after}"),
+            },
+            None => format!("{scheme}://{rest}"),
+        },
         None => address.to_string(),
     };
     if let Some(query) = query {
@@ -885,6 +882,7 @@ mod tests {
             "postgres://u:***@h/db",
             "a password holding @ or :"
         );
+        assert_eq!(redact("postgres://u:pa/ss@h/db"), "postgres://u:***@h/db");
         assert_eq!(account_lock("A@x"), account_lock("a@x"));
         assert!(account_lock("a@x") >= 0);
     }
