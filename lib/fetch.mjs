@@ -163,15 +163,22 @@ const wholeBody =
         })
     : (bytes) => bytes;
 
+// A body the caller drops unread (or stops reading without cancelling): when its stream is
+// collected, its listener leaves the caller's signal. A host's long-lived signal (one per
+// session) otherwise kept one listener, and the request's controller, per such answer.
+const abandoned = new FinalizationRegistry((done) => done());
+
 function bodyStream(res, signal, done) {
   let finished = false;
+  const token = {};
   const finish = () => {
     if (!finished) {
       finished = true;
+      abandoned.unregister(token);
       done();
     }
   };
-  return new ReadableStream(
+  const stream = new ReadableStream(
     {
       async pull(controller) {
         try {
@@ -196,6 +203,9 @@ function bodyStream(res, signal, done) {
     // Pull only when the reader asks: backpressure from the reader reaches the socket.
     { highWaterMark: 0 },
   );
+  // `done` holds the signal and its listener, never the stream.
+  if (signal) abandoned.register(stream, done, token);
+  return stream;
 }
 
 // Cooldowns and last-use bookkeeping are written in the background, never on an answer's path.

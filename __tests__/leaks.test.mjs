@@ -1,0 +1,67 @@
+// Resources a long-running host must get back: what one request leaves behind on the caller's
+// own objects, counted (not timed), under both transports.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
+import { setTimeout as sleep } from "node:timers/promises";
+import { createPoolFetch } from "../index.mjs";
+import { jsonHeaders, seedPool, useMock } from "./helpers/pool-env.mjs";
+
+const mock = useMock();
+
+/** A full collection, finalizers included (Node without --expose-gc, and Bun). */
+function collector() {
+  if (typeof Bun !== "undefined") return () => Bun.gc(true);
+  if (typeof globalThis.gc === "function") return globalThis.gc;
+  setFlagsFromString("--expose-gc");
+  return runInNewContext("gc");
+}
+
+/** An AbortSignal that counts the `abort` listeners on it now. */
+function countedSignal() {
+  const { signal } = new AbortController();
+  const live = new Set();
+  const add = signal.addEventListener.bind(signal);
+  const remove = signal.removeEventListener.bind(signal);
+  signal.addEventListener = (type, listener, options) => {
+    if (type === "abort") live.add(listener);
+    return add(type, listener, options);
+  };
+  signal.removeEventListener = (type, listener, options) => {
+    if (type === "abort") live.delete(listener);
+    return remove(type, listener, options);
+  };
+  return { signal, live: () => live.size };
+}
+
+const post = (f, extra = {}, init = {}) =>
+  f(`${mock.url}/v1/messages`, {
+    method: "POST",
+    headers: jsonHeaders,
+    body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 16, messages: [{ role: "user", content: "hi" }], ...extra }),
+    ...init,
+  });
+
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: streamed answers dropped unread leave no listener on the caller's long-lived signal`, async () => {
+    // One signal for a whole session (as a host keeps one per session or turn) and answers the
+    // caller never reads to their end: each left an abort listener, and its request's controller,
+    // on that signal for as long as the session lived (MaxListenersExceededWarning past 10).
+    const path = await seedPool(mock, [`${transport}-unread@x.test`]);
+    const f = createPoolFetch({ path, transport });
+    const { signal, live } = countedSignal();
+    const N = 24;
+    for (let i = 0; i < N; i++) {
+      const res = await post(f, { stream: true }, { signal });
+      assert.equal(res.status, 200);
+      assert.match(res.headers.get("content-type") ?? "", /event-stream/);
+    }
+    const gc = collector();
+    for (let i = 0; i < 50 && live() > 0; i++) {
+      gc();
+      await sleep(20);
+    }
+    assert.ok(live() <= N / 4, `${live()} of ${N} listeners still on the signal`);
+  });
+}
