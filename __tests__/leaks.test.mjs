@@ -6,6 +6,7 @@ import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createPoolFetch } from "../index.mjs";
+import { nativeBinding } from "../lib/native.mjs";
 import { jsonHeaders, seedPool, useMock } from "./helpers/pool-env.mjs";
 
 const mock = useMock();
@@ -65,3 +66,31 @@ for (const transport of ["native", "runtime"]) {
     assert.ok(live() <= N / 4, `${live()} of ${N} listeners still on the signal`);
   });
 }
+
+test("runtime: an abort that lands while the engine chooses the account sends nothing", async () => {
+  // The runtime transport checked the signal before asking the engine, then listened for its
+  // abort when sending: an abort in between (the engine's `next` awaited: a store read, a
+  // refresh) had fired already, so the request went out anyway and held its connection until
+  // the answer came, or the response timeout (5 minutes) passed.
+  const path = await seedPool(mock, ["runtime-early-abort@x.test"]);
+  const f = createPoolFetch({ path, transport: "runtime" });
+  const { NativeExchange } = nativeBinding();
+  const next = NativeExchange.prototype.next;
+  const controller = new AbortController();
+  let asked = 0;
+  NativeExchange.prototype.next = function (...args) {
+    asked++;
+    return next.apply(this, args).then((step) => {
+      controller.abort();
+      return step;
+    });
+  };
+  mock.clearRequests();
+  try {
+    await assert.rejects(post(f, {}, { signal: controller.signal }), (e) => e.name === "AbortError");
+  } finally {
+    NativeExchange.prototype.next = next;
+  }
+  assert.equal(asked, 1, "the engine was asked through the runtime (a fresh pool is read first)");
+  assert.equal(mock.requests.length, 0, "nothing went upstream after the abort");
+});

@@ -77,6 +77,10 @@ const abandoned = new FinalizationRegistry((stop) => stop());
  * silent body stops.
  */
 async function send(parts, headers, signal, timeoutMs) {
+  // An abort that came while the engine was choosing (an awaited `next`: a store read, a
+  // refresh) has fired its event already: a listener added now would never hear it, and the
+  // request would go out and hold its connection until the answer, or the response timeout.
+  if (signal?.aborted) throw abortError(signal);
   const controller = new AbortController();
   const onAbort = () => controller.abort(abortError(signal));
   signal?.addEventListener?.("abort", onAbort, { once: true });
