@@ -5,9 +5,10 @@ import assert from "node:assert/strict";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { setTimeout as sleep } from "node:timers/promises";
-import { createPoolFetch } from "../index.mjs";
+import { createPoolFetch, savePool } from "../index.mjs";
 import { nativeBinding } from "../lib/native.mjs";
-import { jsonHeaders, seedPool, useMock } from "./helpers/pool-env.mjs";
+import { POOL_ANSWERS_KEPT, registerRequestHooks } from "../lib/opencode2/requests.mjs";
+import { jsonHeaders, seedPool, tempPoolPath, useMock } from "./helpers/pool-env.mjs";
 
 const mock = useMock();
 
@@ -93,4 +94,41 @@ test("runtime: an abort that lands while the engine chooses the account sends no
   }
   assert.equal(asked, 1, "the engine was asked through the runtime (a fresh pool is read first)");
   assert.equal(mock.requests.length, 0, "nothing went upstream after the abort");
+});
+
+test("OpenCode 2 hooks: the pool's own 429s kept for the host's retry stay bounded", async () => {
+  // Each session answered with the pool's 429 is remembered until the host's `retry` hook for
+  // it; a host that gives up first (its tenth retry) never asks, and the entry stayed for the
+  // life of the process, one per such session.
+  const path = tempPoolPath();
+  const soon = Date.now() + 600_000;
+  const cooling = { email: "cool@x.test", refresh: "r-cool", access: "a-cool", expires: soon + 3_600_000, added: new Date().toISOString(), lastUsed: null };
+  await savePool({ version: 1, anthropic: [{ ...cooling, status: "rate-limited", rateLimitUntil: soon }] }, path);
+  const hooks = {};
+  const ctx = {
+    session: {
+      hook: async (name, handler) => {
+        hooks[name] = handler;
+      },
+    },
+  };
+  await registerRequestHooks(ctx, { providerID: "anthropic-pool", path, notify: () => {}, log: () => {} });
+  const sessions = POOL_ANSWERS_KEPT + 5;
+  for (let i = 0; i < sessions; i++) {
+    const body = JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 1, messages: [] });
+    const sent = { request: new Request(`${mock.url}/v1/messages`, { method: "POST", headers: jsonHeaders, body }), model: { id: "claude-sonnet-4-5" } };
+    await hooks["http.request"](sent, {});
+    assert.match(sent.request.url, /^data:/, "every account cools: answered locally");
+    const answered = { request: sent.request, response: new Response("{}"), sessionID: `ses_${i}` };
+    await hooks["http.response"](answered, {});
+    assert.equal(answered.response.status, 429);
+  }
+  const proposed = { retry: true, delay: 1234 };
+  const oldest = { sessionID: "ses_0", error: { status: 429 }, decision: proposed };
+  await hooks.retry(oldest);
+  assert.equal(oldest.decision, proposed, "the oldest session's entry is gone: the host's own decision stands");
+  const newest = { sessionID: `ses_${sessions - 1}`, error: { status: 429 }, decision: proposed };
+  await hooks.retry(newest);
+  assert.notEqual(newest.decision, proposed, "a recent session still gets the pool's retry-after");
+  assert.equal(newest.decision.retry, true);
 });

@@ -17,6 +17,14 @@ import { scrubbed } from "../errors.mjs";
 
 /** The host caps one retry delay at 15 minutes (retry.ts); past that, say so instead of waiting. */
 const HOST_RETRY_CAP_MS = 15 * 60_000;
+/**
+ * The pool's own 429s remembered for the host's next `retry` of their session, at most this many.
+ * A session whose host never asks (it gave up after its tenth retry, or was aborted first) kept
+ * its entry for the life of the process; an entry is also dropped once its retry time is a
+ * minute past (the host would retry at once anyway).
+ */
+export const POOL_ANSWERS_KEPT = 1000;
+const POOL_ANSWER_GRACE_MS = 60_000;
 
 /**
  * The delivered answer, its body passed through unchanged while the engine's usage tap looks at
@@ -160,7 +168,15 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
 
   function remember(sessionID, answer) {
     const seconds = Number(new Headers(answer.headers).get("retry-after"));
-    if (Number.isFinite(seconds)) poolAnswers.set(sessionID, { retryAfterMs: seconds * 1000, at: Date.now() });
+    if (!Number.isFinite(seconds)) return;
+    const now = Date.now();
+    // Oldest first (a Map keeps insertion order): a session remembered again moves to the end.
+    poolAnswers.delete(sessionID);
+    for (const [id, own] of poolAnswers) {
+      if (poolAnswers.size < POOL_ANSWERS_KEPT && now - own.at <= own.retryAfterMs + POOL_ANSWER_GRACE_MS) break;
+      poolAnswers.delete(id);
+    }
+    poolAnswers.set(sessionID, { retryAfterMs: seconds * 1000, at: now });
   }
 
   await ctx.session.hook(
