@@ -109,6 +109,11 @@ impl Bookkeeping {
     pub fn record(&self, change: impl FnOnce(&mut Pending)) {
         change(&mut lock(&self.pending));
     }
+
+    /// Nothing recorded waits to be written, and no write is scheduled.
+    pub(crate) fn is_idle(&self) -> bool {
+        !self.scheduled.load(Ordering::Acquire) && lock(&self.pending).is_empty()
+    }
 }
 
 impl Pending {

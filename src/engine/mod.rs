@@ -94,31 +94,72 @@ pub fn jitter_max() -> i64 {
     crate::settings::millis(crate::config::var::JITTER_MS).as_millis() as i64
 }
 
-fn registry() -> &'static Mutex<HashMap<String, Arc<Engine>>> {
-    static REG: OnceLock<Mutex<HashMap<String, Arc<Engine>>>> = OnceLock::new();
+/// Engines the registry keeps before it forgets idle ones (least recently asked for first). A
+/// process that goes through many pools (`poolStatus`, `savePool` or a fetch per path: a script,
+/// a test run, a service managing pools) kept one engine per path for its whole life, with its
+/// maps, its cached pool and its directory watch (one of the few inotify instances allowed).
+const MAX_ENGINES: usize = 64;
+
+/// store key -> (its engine, when it was last asked for).
+type Registry = HashMap<String, (Arc<Engine>, u64)>;
+
+fn registry() -> &'static Mutex<(Registry, u64)> {
+    static REG: OnceLock<Mutex<(Registry, u64)>> = OnceLock::new();
     REG.get_or_init(Default::default)
+}
+
+/// Forgets the least recently asked-for engines that nothing else holds and that have nothing
+/// left to do (no bookkeeping to write, no tokens waiting to be saved, no task of theirs
+/// running: a task holds its engine), until the registry is under `MAX_ENGINES`. An engine in
+/// use is never dropped, so two engines never serve one store in one process.
+fn forget_idle(reg: &mut Registry) {
+    if reg.len() < MAX_ENGINES {
+        return;
+    }
+    let mut idle: Vec<(u64, String)> = reg
+        .iter()
+        .filter(|(_, (e, _))| Arc::strong_count(e) == 1 && e.is_idle())
+        .map(|(k, (_, used))| (*used, k.clone()))
+        .collect();
+    idle.sort_unstable();
+    let excess = reg.len() + 1 - MAX_ENGINES;
+    for (_, key) in idle.into_iter().take(excess) {
+        reg.remove(&key);
+    }
 }
 
 impl Engine {
     /// The process's engine for `store`: two plugin instances naming one pool share it, so they
     /// share single-flight refreshes and never wait on each other's locks.
     pub fn for_store(store: Store) -> Arc<Engine> {
-        let mut reg = lock(registry());
-        reg.entry(store.key())
-            .or_insert_with(|| {
-                let mut seed = [0u8; 16];
-                let _ = getrandom::fill(&mut seed);
-                Arc::new(Engine {
-                    store,
-                    cache: Mutex::new(None),
-                    last_good: Mutex::new(None),
-                    overlay: Overlay::default(),
-                    credentials: Default::default(),
-                    book: Default::default(),
-                    seed,
-                })
-            })
-            .clone()
+        let mut guard = lock(registry());
+        let (reg, clock) = &mut *guard;
+        *clock += 1;
+        let now = *clock;
+        let key = store.key();
+        if let Some((engine, used)) = reg.get_mut(&key) {
+            *used = now;
+            return engine.clone();
+        }
+        forget_idle(reg);
+        let mut seed = [0u8; 16];
+        let _ = getrandom::fill(&mut seed);
+        let engine = Arc::new(Engine {
+            store,
+            cache: Mutex::new(None),
+            last_good: Mutex::new(None),
+            overlay: Overlay::default(),
+            credentials: Default::default(),
+            book: Default::default(),
+            seed,
+        });
+        reg.insert(key, (engine.clone(), now));
+        engine
+    }
+
+    /// Nothing of this engine's waits to be written (bookkeeping, unsaved tokens).
+    fn is_idle(&self) -> bool {
+        self.book.is_idle() && !self.credentials.has_unsaved()
     }
 
     pub fn store(&self) -> &Store {
@@ -303,5 +344,48 @@ impl Engine {
             }
         }
         json!({ "unsavedTokens": unsaved, "refreshLocked": locked, "checkedAt": now_ms() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered(prefix: &str) -> usize {
+        lock(registry())
+            .0
+            .keys()
+            .filter(|k| k.contains(prefix))
+            .count()
+    }
+
+    #[test]
+    fn the_registry_forgets_idle_engines_and_keeps_those_in_use() {
+        let dir = std::env::temp_dir().join(format!("oauth-pool-registry-{}", std::process::id()));
+        let path = |i: usize| dir.join(format!("p{i}.json"));
+        let prefix = dir.display().to_string();
+        // Held by a caller (a fetch, the gateway): kept however many pools come after it.
+        let held = Engine::for_store(Store::file(path(0)));
+        // Not held, but with bookkeeping still to write: kept until it is written.
+        let pending = Engine::for_store(Store::file(path(1)));
+        pending.book.record(|p| p.served("a@x", 0, None));
+        drop(pending);
+        for i in 2..MAX_ENGINES * 4 {
+            drop(Engine::for_store(Store::file(path(i))));
+            assert!(
+                registered(&prefix) <= MAX_ENGINES + 2,
+                "{} engines kept",
+                registered(&prefix)
+            );
+        }
+        assert!(Arc::ptr_eq(&held, &Engine::for_store(Store::file(path(0)))));
+        let again = Engine::for_store(Store::file(path(1)));
+        assert!(
+            !again.book.is_idle(),
+            "the engine with pending bookkeeping is the same one"
+        );
+        // The most recent idle ones stay (their in-process decisions with them).
+        let last = path(MAX_ENGINES * 4 - 1).display().to_string();
+        assert!(lock(registry()).0.keys().any(|k| k.ends_with(&last)));
     }
 }
