@@ -176,6 +176,24 @@ test("a client that goes away mid-stream frees the upstream connection at once",
   }
 });
 
+test("close(drainMs) cuts a stream still running when the drain time is over, its upstream with it", async () => {
+  // close() resolved after the drain, but a stream still running kept its connection, its task
+  // and its upstream request until the upstream ended (here 20 s; a silent one, the response
+  // timeout): a host that closes and starts gateways kept them all.
+  const { gw } = await gateway(["cut@x.test"]);
+  mock.script("cut@x.test", [{ sse: true, text: "c".repeat(4000), deltaSize: 10, delayMs: 50 }]);
+  const closed = mock.waitFor("closed", (r) => r.email === "cut@x.test");
+  const res = await messages(gw.url, { stream: true });
+  const reader = res.body.getReader();
+  assert.equal((await reader.read()).done, false);
+  await gw.close(200);
+  const upstream = await Promise.race([closed.then(() => "closed"), new Promise((r) => setTimeout(() => r("still open 5 s after the drain"), 5000))]);
+  assert.equal(upstream, "closed");
+  await assert.rejects(async () => {
+    for (;;) if ((await reader.read()).done) throw new Error("the stream ended as if whole");
+  });
+});
+
 /** A raw TCP client: what it sends, and everything the server answers until it closes. */
 function raw(url, chunks, { waitMs = 2000 } = {}) {
   const { hostname, port } = new URL(url);

@@ -216,6 +216,10 @@ async fn accept_loop(
     max_connections: usize,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Fired once the drain time is over: what is still open then is cut (the connection, the
+    // answer's body, and its upstream request with it). Without it, a stream still running kept
+    // its connections and its task after `close()` resolved, until its upstream ended.
+    let cut = CancellationToken::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (stream, _peer) = tokio::select! {
@@ -265,6 +269,7 @@ async fn accept_loop(
             Some(tls) => {
                 let tls = tls.clone();
                 let watcher = graceful.watcher();
+                let cut = cut.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
                     let Ok(Ok(stream)) =
@@ -273,15 +278,22 @@ async fn accept_loop(
                         return;
                     };
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn).await;
+                    tokio::select! {
+                        _ = watcher.watch(conn) => {}
+                        _ = cut.cancelled() => {}
+                    }
                 });
             }
             None => {
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 let watched = graceful.watch(conn);
+                let cut = cut.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let _ = watched.await;
+                    tokio::select! {
+                        _ = watched => {}
+                        _ = cut.cancelled() => {}
+                    }
                 });
             }
         }
@@ -294,6 +306,7 @@ async fn accept_loop(
     {
         tracing::warn!("gateway: streams still open after the drain time were cut");
     }
+    cut.cancel();
     state.closing.cancel();
 }
 
