@@ -27,6 +27,10 @@ const MAX_MODELS: usize = 64;
 const OTHER_MODELS: &str = "(other models)";
 /// Usage is kept this long (days and 5-hour windows).
 const USAGE_DAYS: i64 = 30;
+/// 5-hour windows kept per account, the latest: 30 days of them is 144. A window is known by the
+/// reset its answers report; an upstream whose reset moved with every answer made one window per
+/// answer (one a second under load), bounded only by the 30 days and the file's size limit.
+const MAX_WINDOW_BUCKETS: usize = 200;
 const DAY_MS: i64 = 86_400_000;
 const FIVE_HOURS_MS: i64 = 5 * 3_600_000;
 
@@ -383,6 +387,12 @@ fn add_usage(a: &mut crate::account::Account, batch: &HashMap<UsageKey, Counts>,
             w.parse::<i64>()
                 .is_ok_and(|t| t > now - USAGE_DAYS * DAY_MS)
         });
+        if windows.len() > MAX_WINDOW_BUCKETS {
+            let mut resets: Vec<i64> = windows.keys().filter_map(|w| w.parse().ok()).collect();
+            resets.sort_unstable();
+            let oldest_kept = resets[resets.len() - MAX_WINDOW_BUCKETS];
+            windows.retain(|w, _| w.parse::<i64>().is_ok_and(|t| t >= oldest_kept));
+        }
     }
 }
 
@@ -510,6 +520,33 @@ mod tests {
                 .all(|k| k.starts_with("r2") || k.starts_with("r3")),
             "{windows:?}"
         );
+    }
+
+    #[test]
+    fn usage_windows_stay_bounded_when_the_reported_reset_moves_with_every_answer() {
+        let now = now_ms();
+        let mut pool = pool_of(now);
+        let one = Counts {
+            requests: 1,
+            ..Counts::default()
+        };
+        for round in 0..3 {
+            let mut batch = Pending::default();
+            for i in 0..150 {
+                let reset = now + 60_000 + (round * 150 + i) * 1000;
+                batch.usage("a@x", "claude-sonnet-4-5", Some(reset), now, one);
+            }
+            apply(&mut pool, &batch, now);
+        }
+        let windows = pool.find("a@x").unwrap().extra["usage"]["windows"]
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(windows.len(), MAX_WINDOW_BUCKETS);
+        let latest = (now + 60_000 + 449 * 1000).to_string();
+        assert!(windows.contains_key(&latest), "the latest window is kept");
+        let first = (now + 60_000).to_string();
+        assert!(!windows.contains_key(&first), "the oldest went first");
     }
 
     #[test]
