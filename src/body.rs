@@ -102,6 +102,11 @@ const SMALL_BODY: u64 = 64 * 1024;
 
 pub enum ResponseBody {
     OnDemand(Box<reqwest::Response>),
+    /// A bulk body nobody has asked for yet: its read-ahead starts with the first read. Started
+    /// at once, an answer the caller dropped unread kept the read-ahead's chunks (about 1 MB of
+    /// a 1 MB body) in memory the JavaScript collector does not see, until a collection that
+    /// nothing prompted (1.6 GB of RSS after 10,000 such answers).
+    Bulk(Box<reqwest::Response>),
     ReadAhead(mpsc::Receiver<Result<Bytes, String>>),
     Full(Bytes),
     /// Bytes read already (the start of a 400), then the rest of the body.
@@ -136,7 +141,7 @@ impl ResponseBody {
                 ResponseBody::Full(read_small(r, cancel).await?)
             }
             fetch::Body::Stream(r) if is_event_stream(&r) => ResponseBody::OnDemand(Box::new(r)),
-            fetch::Body::Stream(r) => ResponseBody::ReadAhead(read_ahead(r, cancel.clone())),
+            fetch::Body::Stream(r) => ResponseBody::Bulk(Box::new(r)),
             fetch::Body::Peeked(start, r) => {
                 ResponseBody::Prefixed(start, Box::new(ResponseBody::OnDemand(Box::new(r))))
             }
@@ -168,6 +173,11 @@ impl ResponseBody {
             {
                 *self = *rest;
                 return Ok(Some(vec![start]));
+            }
+        }
+        if let ResponseBody::Bulk(_) = self {
+            if let ResponseBody::Bulk(r) = std::mem::replace(self, ResponseBody::Done) {
+                *self = ResponseBody::ReadAhead(read_ahead(*r, cancel.clone()));
             }
         }
         let first = tokio::select! {
@@ -207,7 +217,7 @@ impl ResponseBody {
 
     async fn wait_chunk(&mut self) -> Result<Option<Bytes>> {
         match self {
-            ResponseBody::OnDemand(response) => {
+            ResponseBody::OnDemand(response) | ResponseBody::Bulk(response) => {
                 let idle = http::response_timeout();
                 match tokio::time::timeout(idle, response.chunk()).await {
                     Ok(Ok(c)) => Ok(c),
@@ -228,7 +238,7 @@ impl ResponseBody {
     /// A chunk that is already here, without waiting: None when nothing is ready.
     fn ready_chunk(&mut self) -> Option<Result<Option<Bytes>, String>> {
         match self {
-            ResponseBody::OnDemand(response) => {
+            ResponseBody::OnDemand(response) | ResponseBody::Bulk(response) => {
                 futures_util::FutureExt::now_or_never(response.chunk())
                     .map(|r| r.map_err(|e| http::describe(&e)))
             }
@@ -288,4 +298,50 @@ fn read_ahead(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const CHUNK: usize = 64 * 1024;
+
+    /// A bulk answer of `chunks` chunks whose body counts the chunks taken from it.
+    fn counted(chunks: usize) -> (reqwest::Response, Arc<AtomicUsize>) {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let seen = taken.clone();
+        let stream = futures_util::stream::iter(0..chunks).map(move |_| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; CHUNK]))
+        });
+        let response = hyper::Response::builder()
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(stream))
+            .expect("response");
+        (reqwest::Response::from(response), taken)
+    }
+
+    #[tokio::test]
+    async fn a_bulk_body_is_read_only_once_asked_for() {
+        let cancel = CancellationToken::new();
+        let (response, taken) = counted(64);
+        let mut body = ResponseBody::new(fetch::Body::Stream(response), &cancel)
+            .await
+            .expect("body");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(
+            taken.load(Ordering::SeqCst),
+            0,
+            "nothing taken off the wire before the first read (an answer dropped unread holds none of it)"
+        );
+        let mut total = 0;
+        while let Some(batch) = body.next_batch(&cancel).await.expect("read") {
+            total += batch.iter().map(Bytes::len).sum::<usize>();
+        }
+        assert_eq!(total, 64 * CHUNK, "then all of it, in order");
+        assert_eq!(taken.load(Ordering::SeqCst), 64);
+    }
 }
