@@ -260,14 +260,18 @@ async function checkStore(lib, path, r) {
   else r.add("store key", "problem", `${s.key}; nothing is read or written until the key matches`, { code: s.code });
 }
 
-function checkEndpointsAndProxies(lib, r) {
-  let rows;
+/** The rows a native check gives, or none (a problem reported) when it cannot be asked. */
+function rowsOf(r, name, what, ask) {
   try {
-    rows = lib.checkEndpoints();
+    return ask();
   } catch (e) {
-    return r.add("endpoint", "problem", `cannot check the endpoints: ${e.message}`, { code: e.code });
+    r.add(name, "problem", `cannot check ${what}: ${e.message}`, { code: e.code });
+    return [];
   }
-  for (const e of rows) {
+}
+
+function checkEndpointsAndProxies(lib, r) {
+  for (const e of rowsOf(r, "endpoint", "the endpoints", () => lib.checkEndpoints())) {
     const details = { variable: e.variable, value: e.value ?? null, effective: e.effective ?? null, proxy: e.proxy ?? null, loopback: e.loopback ?? null };
     const shown = e.value == null ? `${e.variable} unset: ${e.effective}` : `${e.variable}=${e.value}`;
     if (!e.ok) {
@@ -282,13 +286,7 @@ function checkEndpointsAndProxies(lib, r) {
 }
 
 function checkSettings(lib, r) {
-  let rows;
-  try {
-    rows = lib.checkSettings();
-  } catch (e) {
-    return r.add("setting", "problem", `cannot check the settings: ${e.message}`, { code: e.code });
-  }
-  for (const s of rows) {
+  for (const s of rowsOf(r, "setting", "the settings", () => lib.checkSettings())) {
     const details = { variable: s.variable, value: s.value };
     if (s.ok) r.add("setting", "ok", `${s.variable}=${s.value}`, details);
     else r.add("setting", "warn", `${s.variable}: ${s.message}`, details);

@@ -10,6 +10,7 @@
 pub mod crypto;
 pub mod file;
 mod legacy_lock;
+mod pg_url;
 pub mod postgres;
 #[cfg(test)]
 mod processes;

@@ -1,0 +1,281 @@
+//! What a fleet store URL says beyond what tokio-postgres reads: libpq's TLS parameters as
+//! providers write them (`sslmode=verify-full`, `sslrootcert=`), whether a connection goes over
+//! TLS and with which roots, and the URL as messages show it.
+
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use tokio_postgres::Config;
+
+use super::postgres::describe;
+use crate::error::{Error, Result};
+use crate::secret::scrub_tokens;
+
+/// The URL as messages show it: the password (in the user part or as `password=`) replaced by
+/// `***`, the rest as written. Read by hand rather than by a URL parser, which refuses what libpq
+/// takes (several hosts, no host, a socket path in `host=`), so every store URL shows.
+pub fn redact(url: &str) -> String {
+    let (address, query) = match url.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (url, None),
+    };
+    let mut shown = match address.split_once("://") {
+        // Up to the last `@` is the user part, even past a `/`: a password written with a raw
+        // `/` in it must not show (a database name with `@` in it shows cut instead).
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((user, after)) => match user.split_once(':') {
+                Some((name, _)) => format!("{scheme}://{name}:***@{after}"),
+                None => format!("{scheme}://{user}@{after}"),
+            },
+            None => format!("{scheme}://{rest}"),
+        },
+        None => address.to_string(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| {
+                let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                let key_text = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+                if key_text.eq_ignore_ascii_case("password") {
+                    format!("{key}=***")
+                } else {
+                    pair.to_string()
+                }
+            })
+            .collect();
+        shown = format!("{shown}?{}", pairs.join("&"));
+    }
+    scrub_tokens(&shown)
+}
+
+/// libpq's TLS parameters that tokio-postgres does not read, as providers' documentation writes
+/// them (RDS, Supabase, Cloud SQL, Neon): `sslmode=verify-full` and `verify-ca` (both checked as
+/// verify-full: the certificate is always checked, its host name included) and
+/// `sslrootcert=<file>` (only its certificates are trusted) or `sslrootcert=system`. Client
+/// certificates (`sslcert`, `sslkey`) are refused by name rather than as an unknown option.
+/// Returns the URL tokio-postgres is given and the roots of `sslrootcert`.
+#[allow(clippy::type_complexity)]
+fn libpq_tls_params(
+    url: &str,
+) -> std::result::Result<(String, Option<Vec<CertificateDer<'static>>>), String> {
+    use percent_encoding::percent_decode_str;
+    use rustls::pki_types::pem::PemObject;
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
+    };
+    let mut kept: Vec<&str> = Vec::new();
+    let mut roots = None;
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode_str(key).decode_utf8_lossy();
+        let value = percent_decode_str(value).decode_utf8_lossy();
+        match (&*key, &*value) {
+            ("sslmode", "verify-full" | "verify-ca") => kept.push("sslmode=require"),
+            ("sslrootcert", "system") => roots = None,
+            ("sslrootcert", file) => {
+                let path = std::path::Path::new(file);
+                let pem = crate::fsread::read_regular(path, 16 * 1024 * 1024, true)
+                    .map_err(|e| format!("sslrootcert {file}: {e}"))?;
+                let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+                    .filter_map(std::result::Result::ok)
+                    .collect();
+                if certs.is_empty() {
+                    return Err(format!("sslrootcert {file}: no PEM certificate in it"));
+                }
+                roots = Some(certs);
+            }
+            ("sslcert" | "sslkey" | "sslpassword", _) => {
+                return Err(format!(
+                    "`{key}`: client certificates are not supported; authenticate with a password (the connection is still TLS, its server checked)"
+                ))
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, roots))
+}
+
+/// The URL's configuration and the roots of its `sslrootcert`.
+#[allow(clippy::type_complexity)]
+pub(super) fn parse(
+    url: &str,
+) -> std::result::Result<(Config, Option<Vec<CertificateDer<'static>>>), String> {
+    let (url, roots) = libpq_tls_params(url)?;
+    let config = url.parse::<Config>().map_err(|e| describe(&e))?;
+    let named = config
+        .get_hosts()
+        .iter()
+        .any(|h| matches!(h, tokio_postgres::config::Host::Tcp(name) if !name.is_empty()));
+    if wants_tls(&config) && !named {
+        return Err("no host name: TLS checks the server's certificate against it; give it as the host (postgres://user@db.example.com/db, with ?hostaddr=... to connect to an address), or say sslmode=disable".into());
+    }
+    Ok((config, roots))
+}
+
+/// Whether a connection goes over TLS: unless the URL says `sslmode=disable`, or every host is a
+/// Unix socket (a `hostaddr` is reached over TCP, whatever `host` says).
+pub(super) fn wants_tls(config: &Config) -> bool {
+    use tokio_postgres::config::{Host, SslMode};
+    let hosts = config.get_hosts();
+    let socket_only = config.get_hostaddrs().is_empty()
+        && !hosts.is_empty()
+        && hosts.iter().all(|h| !matches!(h, Host::Tcp(_)));
+    config.get_ssl_mode() != SslMode::Disable && !socket_only
+}
+
+pub(super) fn tls(
+    roots: Option<&[CertificateDer<'static>]>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let setup = |e: &dyn std::fmt::Display| Error::StoreUnavailable(format!("TLS setup: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match roots {
+        Some(roots) => {
+            let mut store = rustls::RootCertStore::empty();
+            for cert in roots {
+                store.add(cert.clone()).map_err(|e| setup(&e))?;
+            }
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(store),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| setup(&e))?
+        }
+        None => {
+            let extra = crate::http::extra_root_ders();
+            Arc::new(
+                if extra.is_empty() {
+                    rustls_platform_verifier::Verifier::new(provider.clone())
+                } else {
+                    rustls_platform_verifier::Verifier::new_with_extra_roots(
+                        extra,
+                        provider.clone(),
+                    )
+                }
+                .map_err(|e| setup(&e))?,
+            )
+        }
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| setup(&e))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert!(!redact("postgres://h/db?password=secret&sslmode=require").contains("secret"));
+        assert!(!redact("postgres://h/db?Pass%77ord=secret").contains("secret"));
+        // What a URL parser refuses and libpq takes still shows, without the password.
+        assert_eq!(
+            redact("postgres://u:secret@h1:5432,h2:5433/db?target_session_attrs=read-write"),
+            "postgres://u:***@h1:5432,h2:5433/db?target_session_attrs=read-write"
+        );
+        assert_eq!(
+            redact("postgres:///db?host=/run/postgresql&password=secret"),
+            "postgres:///db?host=/run/postgresql&password=***"
+        );
+        assert_eq!(
+            redact("postgres://u:p@ss:w@h/db"),
+            "postgres://u:***@h/db",
+            "a password holding @ or :"
+        );
+        assert_eq!(redact("postgres://u:pa/ss@h/db"), "postgres://u:***@h/db");
+    }
+
+    #[test]
+    fn libpq_tls_parameters_from_providers_docs_are_read() {
+        let (config, roots) =
+            parse("postgres://u:pw@db.example:5432/d?sslmode=verify-full&application_name=x")
+                .unwrap();
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert_eq!(config.get_application_name(), Some("x"));
+        assert!(roots.is_none());
+        let (config, _) = parse("postgres://db.example/d?sslmode=verify-ca").unwrap();
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        let (_, roots) = parse("postgres://db.example/d?sslrootcert=system").unwrap();
+        assert!(roots.is_none());
+        let (config, _) = parse("postgres://db.example/d?channel_binding=require").unwrap();
+        assert_eq!(
+            config.get_channel_binding(),
+            tokio_postgres::config::ChannelBinding::Require
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.pem");
+        let e = parse(&format!(
+            "postgres://db.example/d?sslrootcert={}",
+            missing.display()
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("sslrootcert") && e.contains("does not exist"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate").unwrap();
+        let e = parse(&format!(
+            "postgres://db.example/d?sslrootcert={}",
+            empty.display()
+        ))
+        .unwrap_err();
+        assert!(e.contains("no PEM certificate"), "{e}");
+
+        let e = parse("postgres://db.example/d?sslmode=require&sslcert=c.pem&sslkey=k.pem")
+            .unwrap_err();
+        assert!(
+            e.contains("`sslcert`: client certificates are not supported"),
+            "{e}"
+        );
+        // What tokio-postgres refuses says which option (its own text says only "invalid
+        // connection string").
+        let e = parse("postgres://db.example/d?sslcrl=x.pem").unwrap_err();
+        assert!(e.contains("unknown option `sslcrl`"), "{e}");
+        let e = parse("postgres://db.example/d?sslmode=allow").unwrap_err();
+        assert!(e.contains("invalid value for option `sslmode`"), "{e}");
+    }
+
+    #[test]
+    fn tls_unless_disabled_or_only_unix_sockets() {
+        let tls = |url: &str| wants_tls(&url.parse::<Config>().unwrap());
+        assert!(tls("postgres://db.example/d"));
+        assert!(tls("postgres://db.example/d?sslmode=require"));
+        assert!(!tls("postgres://db.example/d?sslmode=disable"));
+        assert!(!tls("postgres://u@%2Frun%2Fpostgresql/d"));
+        // Reached over TCP: a hostaddr alone, or with a socket as host, is not a socket (it
+        // used to go in plain text whatever sslmode said).
+        assert!(tls("postgres:///d?hostaddr=10.0.0.5"));
+        assert!(tls("postgres://u@%2Frun%2Fpostgresql/d?hostaddr=10.0.0.5"));
+        // ... and needs a name to check the certificate against.
+        for url in ["postgres:///d?hostaddr=10.0.0.5", "postgres://u@:5432/d"] {
+            let e = parse(url).unwrap_err();
+            assert!(e.starts_with("no host name: TLS checks"), "{url}: {e}");
+        }
+        assert!(parse("postgres:///d?hostaddr=10.0.0.5&sslmode=disable").is_ok());
+        assert!(parse("postgres://db.example/d?hostaddr=10.0.0.5").is_ok());
+        assert!(parse("postgres://u@%2Frun%2Fpostgresql/d").is_ok());
+    }
+}
