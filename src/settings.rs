@@ -64,12 +64,13 @@ const SETTINGS: &[Setting] = &[
 ];
 
 /// What a setting's text means under its rule: the value applied, and a warning when the text
-/// was not taken as written (`Err`: not taken at all, the default applies).
-fn read(rule: Rule, text: &str) -> Result<(f64, Option<String>), String> {
+/// was not taken as written (`Err`: not taken at all, the default applies). Messages quote the
+/// text as `shown` (bounded and scrubbed: it may be anything a person pasted).
+fn read(rule: Rule, text: &str, shown: &str) -> Result<(f64, Option<String>), String> {
     let text = text.trim();
     let whole = || {
         text.parse::<u64>()
-            .map_err(|_| format!("{text:?} is not a whole number of milliseconds"))
+            .map_err(|_| format!("{shown:?} is not a whole number of milliseconds"))
     };
     match rule {
         Rule::Millis => match whole()? {
@@ -89,17 +90,17 @@ fn read(rule: Rule, text: &str) -> Result<(f64, Option<String>), String> {
             Ok(f) if f.is_finite() && f > 0.0 => Ok((
                 f,
                 (f > 1.0).then(|| {
-                    format!("{text} is over 1: it is a fraction (0.9 = 90 %), and as set no window ever reaches it")
+                    format!("{shown} is over 1: it is a fraction (0.9 = 90 %), and as set no window ever reaches it")
                 }),
             )),
-            _ => Err(format!("{text:?} is not a fraction above 0 (0.9 = 90 %)")),
+            _ => Err(format!("{shown:?} is not a fraction above 0 (0.9 = 90 %)")),
         },
         Rule::OffSwitch => Ok(if text.eq_ignore_ascii_case("off") {
             (0.0, None)
         } else if text.is_empty() || text.eq_ignore_ascii_case("on") {
             (1.0, None)
         } else {
-            (1.0, Some(format!("only `off` turns it off: {text:?} leaves it on")))
+            (1.0, Some(format!("only `off` turns it off: {shown:?} leaves it on")))
         }),
     }
 }
@@ -114,7 +115,7 @@ fn value(variable: Var) -> f64 {
         return 0.0;
     };
     config::env(variable)
-        .and_then(|text| read(s.rule, &text).ok())
+        .and_then(|text| read(s.rule, &text, "").ok())
         .map_or(s.default, |(v, _)| v)
 }
 
@@ -140,8 +141,9 @@ pub fn check() -> Vec<Value> {
         .iter()
         .filter_map(|s| {
             let text = config::env(s.variable)?;
-            let shown: String = text.chars().take(64).collect();
-            let row = match read(s.rule, &text) {
+            let shown =
+                crate::secret::scrub_message(&text.trim().chars().take(64).collect::<String>());
+            let row = match read(s.rule, &text, &shown) {
                 Ok((_, None)) => {
                     json!({ "variable": s.variable.name(), "value": shown, "ok": true })
                 }
@@ -162,26 +164,30 @@ pub fn check() -> Vec<Value> {
 mod tests {
     use super::*;
 
+    fn read_shown(rule: Rule, text: &str) -> Result<(f64, Option<String>), String> {
+        read(rule, text, text.trim())
+    }
+
     #[test]
     fn each_rule_takes_what_it_says_and_says_what_it_does_not() {
-        assert_eq!(read(Rule::Millis, " 1500 "), Ok((1500.0, None)));
-        assert!(read(Rule::Millis, "0").is_err());
-        assert!(read(Rule::Millis, "1.5s").is_err());
-        assert!(read(Rule::Millis, "-5").is_err());
-        assert_eq!(read(Rule::MillisOrOff, "0"), Ok((0.0, None)));
-        let (ms, warning) = read(Rule::MillisUpTo(60_000), "90000").unwrap();
+        assert_eq!(read_shown(Rule::Millis, " 1500 "), Ok((1500.0, None)));
+        assert!(read_shown(Rule::Millis, "0").is_err());
+        assert!(read_shown(Rule::Millis, "1.5s").is_err());
+        assert!(read_shown(Rule::Millis, "-5").is_err());
+        assert_eq!(read_shown(Rule::MillisOrOff, "0"), Ok((0.0, None)));
+        let (ms, warning) = read_shown(Rule::MillisUpTo(60_000), "90000").unwrap();
         assert_eq!(ms, 60_000.0);
         assert!(warning.unwrap().contains("over the most"));
-        assert_eq!(read(Rule::Fraction, "0.8"), Ok((0.8, None)));
-        let (f, warning) = read(Rule::Fraction, "90").unwrap();
+        assert_eq!(read_shown(Rule::Fraction, "0.8"), Ok((0.8, None)));
+        let (f, warning) = read_shown(Rule::Fraction, "90").unwrap();
         assert_eq!(f, 90.0);
         assert!(warning.unwrap().contains("0.9 = 90 %"));
-        assert!(read(Rule::Fraction, "NaN").is_err());
-        assert!(read(Rule::Fraction, "0").is_err());
-        assert!(read(Rule::Fraction, "90%").is_err());
-        assert_eq!(read(Rule::OffSwitch, "OFF"), Ok((0.0, None)));
-        assert_eq!(read(Rule::OffSwitch, "on"), Ok((1.0, None)));
-        let (on, warning) = read(Rule::OffSwitch, "false").unwrap();
+        assert!(read_shown(Rule::Fraction, "NaN").is_err());
+        assert!(read_shown(Rule::Fraction, "0").is_err());
+        assert!(read_shown(Rule::Fraction, "90%").is_err());
+        assert_eq!(read_shown(Rule::OffSwitch, "OFF"), Ok((0.0, None)));
+        assert_eq!(read_shown(Rule::OffSwitch, "on"), Ok((1.0, None)));
+        let (on, warning) = read_shown(Rule::OffSwitch, "false").unwrap();
         assert_eq!(on, 1.0);
         assert!(warning.unwrap().contains("only `off`"));
     }
@@ -194,5 +200,16 @@ mod tests {
         assert_eq!(default(var::HOLD_MAX_MS), Some(0.0));
         assert_eq!(default(var::JITTER_MS), Some(10_000.0));
         assert_eq!(default(var::SOFT_THRESHOLD), Some(0.9));
+    }
+
+    #[test]
+    fn doctor_quotes_a_setting_bounded_and_scrubbed() {
+        // An access token pasted into the wrong variable (its prefix built here, so that no
+        // token-shaped literal sits in the source).
+        let pasted = format!("{}-{}", ["sk", "ant", "oat01"].join("-"), "A".repeat(100));
+        let shown = crate::secret::scrub_message(&pasted.chars().take(64).collect::<String>());
+        let message = read(Rule::Fraction, &pasted, &shown).unwrap_err();
+        assert!(!message.contains("AAAAAAAAAAAA"), "{message}");
+        assert!(message.len() < 120, "{message}");
     }
 }
