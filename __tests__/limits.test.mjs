@@ -63,6 +63,31 @@ test("a 429 of a model's scoped window cools only that model on that account; ot
   );
 });
 
+test("a machine clock an hour off (WSL after sleep): a window's cooldown still ends at its reset, read by the answer's Date", async () => {
+  for (const [label, offsetSec] of [
+    ["slow", 3600],
+    ["fast", -3600],
+  ]) {
+    const email = `clock-${label}@x.test`;
+    const path = await seedPool(mock, [email]);
+    const serverNow = Math.floor(Date.now() / 1000) + offsetSec;
+    const headers = {
+      ...rateLimitHeaders({ fiveHourReset: serverNow + 600 }),
+      date: new Date(serverNow * 1000).toUTCString(),
+    };
+    mock.script(email, [{ status: 429, headers }]);
+    const res = await ask(createPoolFetch({ path }), "claude-sonnet-4-5");
+    assert.equal(res.status, 429, "the only account is exhausted: the pool's own 429");
+    await res.text();
+    const retryAfter = Number(res.headers.get("retry-after"));
+    assert.ok(retryAfter >= 590 && retryAfter <= 610, `${label} clock: retry-after ${retryAfter}, the reset is 10 minutes away`);
+    await flushPool(path);
+    const left = account(path, email).rateLimitUntil - Date.now();
+    // Unread, a slow clock benched the account 70 minutes and a fast one 5 seconds.
+    assert.ok(left > 590_000 && left < 610_000, `${label} clock: rests ${left} ms, the reset is 10 minutes away`);
+  }
+});
+
 test("every window counts for the soft threshold: a 7d past it moves a sticky session", async () => {
   const path = await seedPool(mock, ["seven1@x.test", "seven2@x.test"]);
   await lib.setPriority("seven1@x.test", 5, path);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::limits::Limits;
+use super::limits::{Limits, SAME_PERIOD_MS};
 use super::overlay::lock;
 use super::usage::Counts;
 use super::Engine;
@@ -356,6 +356,10 @@ fn add_usage(a: &mut crate::account::Account, batch: &HashMap<UsageKey, Counts>,
             *s = json!({});
         }
         let Some(s) = s.as_object_mut() else { return };
+        let bucket = match bucket.parse() {
+            Ok(reset) if section == "windows" => same_period(s, reset).to_string(),
+            _ => bucket,
+        };
         let b = s.entry(bucket).or_insert_with(|| json!({}));
         if !b.is_object() {
             *b = json!({});
@@ -394,6 +398,17 @@ fn add_usage(a: &mut crate::account::Account, batch: &HashMap<UsageKey, Counts>,
             windows.retain(|w, _| w.parse::<i64>().is_ok_and(|t| t >= oldest_kept));
         }
     }
+}
+
+/// The bucket a window's usage goes to: one already kept for the same period (its reset within
+/// `SAME_PERIOD_MS`: read through a clock that is off, the reset moves a little from answer to
+/// answer and from process to process), else its own.
+fn same_period(kept: &serde_json::Map<String, Value>, reset: i64) -> i64 {
+    kept.keys()
+        .filter_map(|k| k.parse::<i64>().ok())
+        .filter(|k| k.abs_diff(reset) <= SAME_PERIOD_MS as u64)
+        .min_by_key(|k| k.abs_diff(reset))
+        .unwrap_or(reset)
 }
 
 fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
@@ -530,10 +545,12 @@ mod tests {
             requests: 1,
             ..Counts::default()
         };
-        for round in 0..3 {
+        // A minute and a second apart: each its own period.
+        let step = SAME_PERIOD_MS + 1_000;
+        for round in 0..2 {
             let mut batch = Pending::default();
-            for i in 0..150 {
-                let reset = now + 60_000 + (round * 150 + i) * 1000;
+            for i in 0..125 {
+                let reset = now + 60_000 + (round * 125 + i) * step;
                 batch.usage("a@x", "claude-sonnet-4-5", Some(reset), now, one);
             }
             apply(&mut pool, &batch, now);
@@ -543,10 +560,35 @@ mod tests {
             .unwrap()
             .clone();
         assert_eq!(windows.len(), MAX_WINDOW_BUCKETS);
-        let latest = (now + 60_000 + 449 * 1000).to_string();
+        let latest = (now + 60_000 + 249 * step).to_string();
         assert!(windows.contains_key(&latest), "the latest window is kept");
         let first = (now + 60_000).to_string();
         assert!(!windows.contains_key(&first), "the oldest went first");
+    }
+
+    /// Read through a clock that is off, one window's reset differs by up to a second from answer
+    /// to answer and from process to process: its usage stays in one bucket.
+    #[test]
+    fn a_window_whose_reset_wobbles_by_a_second_keeps_one_usage_bucket() {
+        let now = now_ms();
+        let mut pool = pool_of(now);
+        let one = Counts {
+            requests: 1,
+            ..Counts::default()
+        };
+        let reset = now + 3_600_000;
+        for wobble in [0, 700, -400, 1_100, -900] {
+            let mut batch = Pending::default();
+            batch.usage("a@x", "claude-sonnet-4-5", Some(reset + wobble), now, one);
+            batch.usage("a@x", "claude-opus-4-1", Some(reset - wobble), now, one);
+            apply(&mut pool, &batch, now);
+        }
+        let windows = &pool.find("a@x").unwrap().extra["usage"]["windows"];
+        let buckets = windows.as_object().unwrap();
+        assert_eq!(buckets.len(), 1, "{windows}");
+        let bucket = &buckets[&reset.to_string()];
+        assert_eq!(bucket["claude-sonnet-4-5"]["requests"], 5);
+        assert_eq!(bucket["claude-opus-4-1"]["requests"], 5);
     }
 
     #[test]

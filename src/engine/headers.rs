@@ -105,10 +105,10 @@ pub fn forwardable<'a>(headers: impl Iterator<Item = (&'a str, &'a str)> + Clone
     map
 }
 
-/// The answer headers the engine reads (`Limits::from_headers`, `usage::carried`), and the
-/// prefixes of those it reads by family. A driver that hands an answer's headers to `judge` may
-/// leave out every other one (an API answer carries twenty-odd).
-pub const ANSWER_HEADERS: &[&str] = &["content-type", "retry-after", "retry-after-ms"];
+/// The answer headers the engine reads (`Limits::from_headers`, with `date` for the clock skew,
+/// and `usage::carried`), and the prefixes of those it reads by family. A driver that hands an
+/// answer's headers to `judge` may leave out every other one (an API answer carries twenty-odd).
+pub const ANSWER_HEADERS: &[&str] = &["content-type", "date", "retry-after", "retry-after-ms"];
 pub const ANSWER_HEADER_PREFIXES: &[&str] = &[super::limits::UNIFIED_PREFIX];
 
 /// Whether the engine reads the answer header `name` (any case).

@@ -188,8 +188,56 @@ fn short(value: &str) -> String {
         .collect()
 }
 
+/// Below this, a `Date` header and the local clock are taken to agree: `Date` has whole seconds,
+/// and a request takes time.
+const SKEW_TOLERANCE_MS: i64 = 2_000;
+
+/// How far this machine's clock runs ahead of the server's (negative: behind), from the
+/// answer's `Date`; 0 when they agree, and when `Date` is missing, garbage, or further off than
+/// any window is long. Resets come as the server's epoch times: with a clock an hour slow (a
+/// laptop's WSL after sleep, a VM restored from a snapshot) an exhausted 5-hour window would
+/// otherwise bench the account an hour past its reset, and a fast clock would retry it early.
+pub fn clock_skew_ms(headers: &HeaderMap, now: SystemTime) -> i64 {
+    let Some(date) = headers
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        return 0;
+    };
+    let ms = |t: SystemTime| match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    };
+    // The server's clock read somewhere within the second `Date` names: its middle.
+    let skew = ms(now).saturating_sub(ms(date).saturating_add(500));
+    if skew.abs() <= SKEW_TOLERANCE_MS || skew.abs() > MAX_COOLDOWN_MS {
+        return 0;
+    }
+    skew
+}
+
 impl Limits {
+    /// The limits an answer states, with its epoch times moved onto this machine's clock (see
+    /// `clock_skew_ms`): every time the pool keeps and compares is the local clock's.
     pub fn from_headers(headers: &HeaderMap, now: SystemTime) -> Limits {
+        let skew = clock_skew_ms(headers, now);
+        let server_now = if skew >= 0 {
+            now.checked_sub(Duration::from_millis(skew.unsigned_abs()))
+        } else {
+            now.checked_add(Duration::from_millis(skew.unsigned_abs()))
+        }
+        .unwrap_or(now);
+        let mut limits = Limits::as_stated(headers, server_now);
+        let local = |t: &mut Option<i64>| *t = t.map(|t| t.saturating_add(skew));
+        local(&mut limits.reset);
+        local(&mut limits.overage.reset);
+        limits.windows.iter_mut().for_each(|w| local(&mut w.reset));
+        limits
+    }
+
+    /// The limits as the server stated them, its epoch times as they are.
+    fn as_stated(headers: &HeaderMap, now: SystemTime) -> Limits {
         let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let retry_after = get("retry-after-ms")
             .and_then(parse_retry_after_ms)
@@ -395,13 +443,26 @@ pub fn merge_windows(known: &mut Vec<Window>, fresh: &[Window]) {
     known.drain(..excess);
 }
 
+/// Resets this close name one period of a window: read through a clock that is off, a reset
+/// moves by up to a second from answer to answer and from process to process (`Date` has whole
+/// seconds), and periods are hours apart.
+pub const SAME_PERIOD_MS: i64 = 60_000;
+
+/// Whether reset `a` ends a later period than reset `b` (a known reset is later than none).
+pub fn later_period(a: Option<i64>, b: Option<i64>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a > b.saturating_add(SAME_PERIOD_MS),
+        (a, b) => a > b,
+    }
+}
+
 /// The windows of an account as this process judges them: those the store holds, with those
 /// this process saw laid over them by name, unless the stored one is of a later period (its
 /// reset is later: another process saw the window roll).
 pub fn seen_over_stored(mut stored: Vec<Window>, seen: Vec<Window>) -> Vec<Window> {
     for w in seen {
         match stored.iter_mut().find(|k| k.name == w.name) {
-            Some(k) if k.reset > w.reset => {}
+            Some(k) if later_period(k.reset, w.reset) => {}
             Some(k) => *k = w,
             None => stored.push(w),
         }
@@ -508,6 +569,7 @@ mod tests {
         for (name, _) in lines {
             let kept = crate::engine::headers::read_from_answer(name);
             let reads = name.eq_ignore_ascii_case("content-type")
+                || name.eq_ignore_ascii_case("date")
                 || name.to_ascii_lowercase().starts_with("retry-after")
                 || name.to_ascii_lowercase().starts_with(UNIFIED_PREFIX);
             assert_eq!(kept, reads, "{name}");
@@ -544,6 +606,76 @@ mod tests {
             n,
         );
         assert_eq!(l.retry_after_ms, Some(9000));
+    }
+
+    /// A machine whose clock is off (WSL after sleep, a restored VM): the server's epoch times
+    /// are moved onto the local clock by the answer's `Date`.
+    #[test]
+    fn resets_follow_the_servers_clock_when_the_local_one_is_off() {
+        let local = now();
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let local_ms = secs(local) * 1000;
+        let answer = |server: SystemTime, reset_in: i64| {
+            let reset = (secs(server) + reset_in).to_string();
+            let date = httpdate::fmt_http_date(server);
+            let lines = [
+                ("date", date.as_str()),
+                ("anthropic-ratelimit-unified-status", "rejected"),
+                ("anthropic-ratelimit-unified-reset", reset.as_str()),
+                ("anthropic-ratelimit-unified-5h-status", "rejected"),
+                ("anthropic-ratelimit-unified-5h-reset", reset.as_str()),
+                ("anthropic-ratelimit-unified-overage-reset", reset.as_str()),
+            ];
+            Limits::from_headers(&headers(&lines), local)
+        };
+        let hour = Duration::from_secs(3600);
+        for server in [local + hour, local - hour, local + 3 * hour] {
+            // The server says: reset in 2 hours. So 2 hours from now on this clock, whatever it reads.
+            let l = answer(server, 7200);
+            for reset in [l.reset, l.window("5h").unwrap().reset, l.overage.reset] {
+                let left = reset.unwrap() - local_ms;
+                assert!((7_199_000..=7_201_000).contains(&left), "{left}");
+            }
+            let c = cooldown_for_429(&l, local_ms, None);
+            assert_eq!(c.kind, CooldownKind::Window("5h".into()));
+            assert!((7_199_000..=7_201_000).contains(&(c.until - local_ms)));
+        }
+        // A clock an hour fast saw every reset as past and benched the account for seconds, to
+        // be refused again right after; now it rests until the reset.
+        let c = cooldown_for_429(&answer(local - hour, 600), local_ms, None);
+        assert!(c.until - local_ms >= 599_000, "{c:?}");
+
+        // `retry-after` as a date is counted from the server's `Date`.
+        let server = local + hour;
+        let lines = [
+            ("date", httpdate::fmt_http_date(server)),
+            (
+                "retry-after",
+                httpdate::fmt_http_date(server + Duration::from_secs(90)),
+            ),
+        ];
+        let lines: Vec<(&str, &str)> = lines.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let retry = Limits::from_headers(&headers(&lines), local)
+            .retry_after_ms
+            .unwrap();
+        assert!((89_000..=91_000).contains(&retry), "{retry}");
+
+        // Clocks that agree (within the second `Date` rounds to), a garbage `Date`, and one
+        // further off than any window: the times are taken as they are.
+        let reset = (secs(local) + 600).to_string();
+        for date in [
+            httpdate::fmt_http_date(local),
+            httpdate::fmt_http_date(local - Duration::from_millis(1500)),
+            "yesterday".to_string(),
+            httpdate::fmt_http_date(local + 30 * 24 * hour),
+        ] {
+            let lines = [
+                ("date", date.as_str()),
+                ("anthropic-ratelimit-unified-reset", reset.as_str()),
+            ];
+            let l = Limits::from_headers(&headers(&lines), local);
+            assert_eq!(l.reset, Some((secs(local) + 600) * 1000), "{date}");
+        }
     }
 
     #[test]
@@ -791,6 +923,7 @@ mod tests {
 
     #[test]
     fn what_this_process_saw_lies_over_the_store_unless_the_store_is_newer() {
+        const H: i64 = 3_600_000;
         let w = |name: &str, u: f64, reset: i64| Window {
             name: name.into(),
             utilization: Some(u),
@@ -798,12 +931,12 @@ mod tests {
             ..Default::default()
         };
         let stored = vec![
-            w("5h", 0.2, 100),
-            w("7d", 0.5, 900),
-            w("7d_sonnet", 0.97, 900),
+            w("5h", 0.2, H),
+            w("7d", 0.5, 9 * H),
+            w("7d_sonnet", 0.97, 9 * H),
         ];
-        let seen = vec![w("5h", 0.4, 100), w("7d", 0.9, 500)];
-        let all = seen_over_stored(stored, seen);
+        let seen = vec![w("5h", 0.4, H), w("7d", 0.9, 5 * H)];
+        let all = seen_over_stored(stored.clone(), seen);
         let get = |name: &str| all.iter().find(|x| x.name == name).unwrap().clone();
         assert_eq!(
             get("5h").utilization,
@@ -812,7 +945,7 @@ mod tests {
         );
         assert_eq!(
             get("7d").reset,
-            Some(900),
+            Some(9 * H),
             "the store's window is of a later period"
         );
         assert_eq!(
@@ -821,5 +954,15 @@ mod tests {
             "another process's scoped window counts"
         );
         assert_eq!(all.len(), 3);
+
+        // Through a clock that is off, the same period's reset moves by a second or so: what
+        // this process saw last still wins.
+        let seen = vec![w("7d", 0.6, 9 * H - 800)];
+        let all = seen_over_stored(stored, seen);
+        let get = |name: &str| all.iter().find(|x| x.name == name).unwrap().clone();
+        assert_eq!(get("7d").utilization, Some(0.6));
+        assert!(later_period(Some(SAME_PERIOD_MS + 2), Some(1)));
+        assert!(!later_period(Some(SAME_PERIOD_MS), Some(1)));
+        assert!(later_period(Some(1), None) && !later_period(None, Some(1)));
     }
 }
