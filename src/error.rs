@@ -24,6 +24,10 @@ pub enum Error {
     },
     #[error("pool file {path} is locked by another process for more than {seconds} s")]
     PoolBusy { path: PathBuf, seconds: u64 },
+    #[error(
+        "{email}: its token is being refreshed by another request or process (waited {seconds} s)"
+    )]
+    RefreshBusy { email: String, seconds: u64 },
     #[error("no account with email {0} in the pool")]
     AccountNotFound(String),
     #[error("{0}")]
@@ -69,7 +73,7 @@ impl Error {
             Error::PoolInsecure { .. } => "POOL_INSECURE",
             Error::PoolInvalid(_) => "POOL_INVALID",
             Error::PoolIo { .. } => "POOL_IO",
-            Error::PoolBusy { .. } => "POOL_BUSY",
+            Error::PoolBusy { .. } | Error::RefreshBusy { .. } => "POOL_BUSY",
             Error::AccountNotFound(_) => "ACCOUNT_NOT_FOUND",
             Error::NoUsableAccount(_) => "POOL_NO_ACCOUNT",
             Error::OAuthStateMismatch(_) => "OAUTH_STATE_MISMATCH",

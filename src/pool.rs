@@ -193,6 +193,29 @@ impl Pool {
         Ok(pool)
     }
 
+    /// For every account that `stored` (the pool as it is now) holds a later generation of
+    /// tokens for than this one does (the tokens differ and the stored ones expire later: a
+    /// refresh happened since this copy was read), keeps the stored tokens. Writing back the
+    /// spent refresh token would get the account's whole token family revoked at the next
+    /// refresh, logging the user out. Returns the accounts whose tokens were kept.
+    pub fn keep_newer_tokens(&mut self, stored: &Pool) -> Vec<String> {
+        let mut kept = Vec::new();
+        for a in self.accounts_mut() {
+            let Some(s) = stored.find(&a.email) else {
+                continue;
+            };
+            let newer = matches!((s.expires, a.expires), (Some(s), Some(a)) if s > a);
+            let differs = s.refresh.is_some() && a.refresh.is_some() && s.refresh != a.refresh;
+            if newer && differs {
+                a.access = s.access.clone();
+                a.refresh = s.refresh.clone();
+                a.expires = s.expires;
+                kept.push(a.email.clone());
+            }
+        }
+        kept
+    }
+
     pub fn accounts(&self) -> impl Iterator<Item = &Account> {
         self.anthropic.iter().filter_map(|e| match e {
             Entry::Valid(a) => Some(a.as_ref()),
@@ -376,6 +399,44 @@ impl Pool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_stale_copy_never_writes_back_spent_tokens() {
+        const T: i64 = 1_800_000_000_000;
+        let pool = |refresh: &str, expires: i64| {
+            Pool::from_value(json!({ "anthropic": [
+                { "email": "A@x.test", "refresh": refresh, "access": format!("a-{refresh}"), "expires": expires },
+                { "email": "b@x.test", "refresh": "rb", "access": "ab", "expires": T },
+            ]}))
+            .unwrap()
+        };
+        let stored = pool("r2", T + 2_000);
+        // Read before the refresh, changed, saved after it: the stored generation stays.
+        let mut stale = pool("r1", T + 1_000);
+        stale.find_mut("b@x.test").unwrap().priority = Some(3);
+        assert_eq!(
+            stale.keep_newer_tokens(&stored),
+            vec!["A@x.test".to_string()]
+        );
+        let a = stale.find("a@x.test").unwrap();
+        assert_eq!(a.refresh.as_ref().unwrap().expose(), "r2");
+        assert_eq!(a.access.as_ref().unwrap().expose(), "a-r2");
+        assert_eq!(a.expires, Some(T + 2_000));
+        assert_eq!(stale.find("b@x.test").unwrap().priority, Some(3));
+        // A newer login saved over older stored tokens is the caller's to write.
+        let mut fresh = pool("r3", T + 3_000);
+        assert!(fresh.keep_newer_tokens(&stored).is_empty());
+        assert_eq!(
+            fresh
+                .find("a@x.test")
+                .unwrap()
+                .refresh
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "r3"
+        );
+    }
 
     fn legacy() -> Value {
         json!({

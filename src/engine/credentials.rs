@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::oauth;
 use crate::pool::Pool;
 use crate::secret::Secret;
-use crate::store::RefreshLock;
+use crate::store::{RefreshLock, REFRESH_LOCK_TIMEOUT};
 
 /// Refresh this long before expiry so requests in flight never carry a dying token.
 pub const REFRESH_MARGIN_MS: i64 = 5 * 60 * 1000;
@@ -214,10 +214,14 @@ impl Engine {
 
     /// A credential for `email` (from the caller's snapshot), fresh enough to send. Refreshes
     /// when the access token is within the margin of its expiry.
+    ///
+    /// `patience`: how long to wait for another refresh of the account already under way (in
+    /// this process or another) before giving up with `POOL_BUSY`.
     pub async fn credential(
         self: &Arc<Self>,
         pool: &Pool,
         email: &str,
+        patience: Duration,
         cancel: &CancellationToken,
         events: &mut Vec<Event>,
     ) -> Result<Credential> {
@@ -239,14 +243,14 @@ impl Engine {
         // a new token revives the account, invalid_grant makes the mark ours (final).
         if account.auth_error_unverified() {
             return self
-                .refresh(email, account.access.clone(), cancel, events)
+                .refresh(email, account.access.clone(), patience, cancel, events)
                 .await
                 .map(Credential::Bearer);
         }
         if let Some(access) = fresh_access(account, now_ms()) {
             return Ok(Credential::Bearer(access));
         }
-        self.refresh(email, None, cancel, events)
+        self.refresh(email, None, patience, cancel, events)
             .await
             .map(Credential::Bearer)
     }
@@ -269,7 +273,13 @@ impl Engine {
         let mut events = Vec::new();
         let never = CancellationToken::new();
         let access = self
-            .refresh(&email, account.access.clone(), &never, &mut events)
+            .refresh(
+                &email,
+                account.access.clone(),
+                REFRESH_LOCK_TIMEOUT,
+                &never,
+                &mut events,
+            )
             .await?;
         let after = self.store.load().await?;
         let now = after.find(&email);
@@ -305,10 +315,11 @@ impl Engine {
         self: &Arc<Self>,
         email: &str,
         rejected: &Secret,
+        patience: Duration,
         cancel: &CancellationToken,
         events: &mut Vec<Event>,
     ) -> Result<Secret> {
-        self.refresh(email, Some(rejected.clone()), cancel, events)
+        self.refresh(email, Some(rejected.clone()), patience, cancel, events)
             .await
     }
 
@@ -317,6 +328,7 @@ impl Engine {
         self: &Arc<Self>,
         email: &str,
         rejected: Option<Secret>,
+        patience: Duration,
         cancel: &CancellationToken,
         events: &mut Vec<Event>,
     ) -> Result<Secret> {
@@ -325,7 +337,7 @@ impl Engine {
         let task = tokio::spawn(async move {
             let mut events = Vec::new();
             let result = me
-                .refresh_protocol(&who, rejected.as_ref(), &mut events)
+                .refresh_protocol(&who, rejected.as_ref(), patience, &mut events)
                 .await;
             (result, events)
         });
@@ -346,10 +358,17 @@ impl Engine {
         self: &Arc<Self>,
         email: &str,
         rejected: Option<&Secret>,
+        patience: Duration,
         events: &mut Vec<Event>,
     ) -> Result<Secret> {
+        let started = Instant::now();
         let flight = self.credentials.flight(email);
-        let _in_process = flight.lock().await;
+        let Ok(_in_process) = tokio::time::timeout(patience, flight.lock()).await else {
+            return Err(Error::RefreshBusy {
+                email: email.to_string(),
+                seconds: patience.as_secs(),
+            });
+        };
         let usable_now = |a: &Account| -> Option<Secret> {
             let access = fresh_access(a, now_ms())?;
             (rejected != Some(&access)).then_some(access)
@@ -368,7 +387,16 @@ impl Engine {
         }
 
         // Across processes: hold the account's refresh lock from re-read to durable write.
-        let refresh_lock = self.store.refresh_lock(email).await?;
+        let left = patience.saturating_sub(started.elapsed());
+        let refresh_lock = match self.store.refresh_lock(email, left).await {
+            Err(Error::PoolBusy { .. }) => {
+                return Err(Error::RefreshBusy {
+                    email: email.to_string(),
+                    seconds: patience.as_secs(),
+                })
+            }
+            other => other?,
+        };
         let pool = self.store.load().await?;
         let account = pool
             .find(email)
@@ -473,9 +501,23 @@ impl Engine {
                 Err(Error::OAuthInvalidGrant(reason))
             }
             Err(e) => {
+                // Written before the locks go: the next in line (in this process or another)
+                // re-reads and must find it, or it presents the same token again.
                 let until = now_ms().saturating_add(backoff_ms(&e));
                 let who = email.to_string();
-                self.note(true, move |p| p.refresh_backoff(&who, until));
+                let written = self
+                    .write(move |pool| {
+                        if let Some(a) = pool.find_mut(&who) {
+                            a.extra
+                                .insert("refreshBackoffUntil".into(), serde_json::json!(until));
+                        }
+                        Ok(())
+                    })
+                    .await;
+                if written.is_err() {
+                    let who = email.to_string();
+                    self.note(true, move |p| p.refresh_backoff(&who, until));
+                }
                 serve_old_or(&account, rejected, e)
             }
         }
@@ -493,6 +535,8 @@ impl Engine {
 /// How long the token endpoint is left alone after `e`: what it asked for, else a default.
 pub(crate) fn backoff_ms(e: &Error) -> i64 {
     match e {
+        // Another refresh is under way: its token is adopted once written.
+        Error::RefreshBusy { seconds, .. } => (*seconds as i64).saturating_mul(1000),
         Error::OAuthHttp {
             retry_after: Some(s),
             ..

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -26,6 +26,7 @@ use super::Engine;
 use crate::account::{iso_time, now_ms};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
+use crate::store::{REFRESH_LOCK_BRIEF, REFRESH_LOCK_TIMEOUT};
 
 pub enum Step {
     /// Send the request with these headers (the caller's, plus the account's credential).
@@ -151,9 +152,10 @@ impl Exchange {
                 },
             };
             self.announce_move(&email);
+            let patience = self.patience(&pool, &email);
             match self
                 .engine
-                .credential(&pool, &email, cancel, &mut self.events)
+                .credential(&pool, &email, patience, cancel, &mut self.events)
                 .await
             {
                 // A stored credential no header can carry (a hand-edited file) is this
@@ -260,7 +262,29 @@ impl Exchange {
         Ok(())
     }
 
+    /// How long to wait for a refresh of `email` that is already under way elsewhere: briefly
+    /// when another account could serve the request instead, else as long as a refresh may take.
+    fn patience(&self, pool: &Pool, email: &str) -> Duration {
+        if self.engine.credential_now(pool, email).is_some()
+            || !self.another_could_serve(pool, email)
+        {
+            return REFRESH_LOCK_TIMEOUT;
+        }
+        REFRESH_LOCK_BRIEF
+    }
+
+    fn another_could_serve(&self, pool: &Pool, email: &str) -> bool {
+        let mut passed = self.tried.clone();
+        passed.insert(email.to_string());
+        self.choose_from(pool, &passed).is_some()
+    }
+
     fn choose(&self, pool: &Pool) -> Option<String> {
+        self.choose_from(pool, &self.tried)
+    }
+
+    /// The account to try next, passing over those in `passed`.
+    fn choose_from(&self, pool: &Pool, passed: &HashSet<String>) -> Option<String> {
         let now = now_ms();
         let family = self.family.as_deref();
         let candidates: Vec<Candidate> = pool
@@ -287,7 +311,7 @@ impl Exchange {
             sticky: sticky.as_deref(),
             soft_threshold: crate::settings::soft_threshold(),
         };
-        select::choose(&candidates, &self.tried, &pref).map(|c| c.email.clone())
+        select::choose(&candidates, passed, &pref).map(|c| c.email.clone())
     }
 
     /// What the answer to the last attempt means. `body` is the bounded start of the body when
@@ -307,9 +331,13 @@ impl Exchange {
             Decision::RefreshAndRetry => {
                 self.refreshed.insert(email.clone());
                 let rejected = credential.secret().clone();
+                let patience = match self.engine.snapshot().await {
+                    Ok(pool) if self.another_could_serve(&pool, &email) => REFRESH_LOCK_BRIEF,
+                    _ => REFRESH_LOCK_TIMEOUT,
+                };
                 match self
                     .engine
-                    .after_unauthorized(&email, &rejected, cancel, &mut self.events)
+                    .after_unauthorized(&email, &rejected, patience, cancel, &mut self.events)
                     .await
                 {
                     Ok(_) => self.retry_same = Some(email),

@@ -138,9 +138,18 @@ impl FileStore {
         let _aidevops = LegacyLock::acquire(&self.path)?;
         // Refuse to replace a file we would refuse to read: a symlink or a foreign file is
         // someone else's, and a corrupt one is evidence the user must look at.
-        let previous_ok = self.read()?.is_some();
-        self.write_locked(&zeroize::Zeroizing::new(pool.to_bytes()), previous_ok)
-            .map(|_| ())
+        let previous = self.read()?;
+        let mut pool = pool.clone();
+        if let Some((stored, _)) = &previous {
+            for email in pool.keep_newer_tokens(stored) {
+                tracing::info!(account = %email, "kept the stored tokens: newer than those saved");
+            }
+        }
+        self.write_locked(
+            &zeroize::Zeroizing::new(pool.to_bytes()),
+            previous.is_some(),
+        )
+        .map(|_| ())
     }
 
     /// Locks, re-reads the file, applies `change`, and writes the result if it differs from

@@ -29,6 +29,10 @@ use crate::pool::Pool;
 
 /// How long a process waits for another to finish refreshing the same account.
 pub const REFRESH_LOCK_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long a request waits for that when another account could serve it instead: a refresh
+/// takes well under a second, but one stuck on a silent token endpoint holds the lock for up to
+/// a minute, and the request should move on rather than wait it out.
+pub const REFRESH_LOCK_BRIEF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -228,15 +232,17 @@ impl Store {
         }
     }
 
-    pub async fn refresh_lock(&self, email: &str) -> Result<RefreshLock> {
+    /// The account's refresh lock, waiting for another holder up to `patience`
+    /// (`POOL_BUSY` past it).
+    pub async fn refresh_lock(&self, email: &str, patience: Duration) -> Result<RefreshLock> {
         match self {
             Store::File(f) => {
                 let path = f.refresh_lock_path(email);
-                let lock = blocking(move || FileLock::acquire(&path, REFRESH_LOCK_TIMEOUT)).await?;
+                let lock = blocking(move || FileLock::acquire(&path, patience)).await?;
                 Ok(RefreshLock::File(lock))
             }
             Store::Postgres(p) => p
-                .refresh_lock(email, REFRESH_LOCK_TIMEOUT)
+                .refresh_lock(email, patience)
                 .await
                 .map(RefreshLock::Postgres),
         }

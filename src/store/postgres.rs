@@ -623,9 +623,13 @@ impl PgStore {
     }
 
     /// Replaces the whole pool (`savePool`, `store copy`).
-    pub async fn save(&self, pool: Pool) -> Result<()> {
-        self.update(move |p| {
-            *p = pool;
+    /// Replaces the whole pool, keeping tokens newer than those given (`Pool::keep_newer_tokens`).
+    pub async fn save(&self, mut pool: Pool) -> Result<()> {
+        self.update(move |stored| {
+            for email in pool.keep_newer_tokens(stored) {
+                tracing::info!(account = %email, "kept the stored tokens: newer than those saved");
+            }
+            *stored = pool;
             Ok(())
         })
         .await

@@ -1,0 +1,147 @@
+// Refreshes under contention: many requests (and processes) waiting on one account's refresh
+// while its token endpoint fails, hangs, or another process holds the account's refresh lock;
+// and a copy of the pool read before a refresh saved back after it. In each, a refresh token
+// presented twice or written back after being spent gets the account's token family revoked.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { createPoolFetch, flushPool, loadPool, savePool } from "../index.mjs";
+import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+
+const POLLER = fileURLToPath(new URL("./helpers/pool-poller.mjs", import.meta.url));
+const mock = useMock();
+
+const ask = (f) => f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+const refreshCalls = (email) => mock.stats().perFamily[email]?.refreshCalls ?? 0;
+
+/** Two accounts; the first, preferred, has an expired token. */
+async function expiredFirst(tag) {
+  const [first, second] = [`${tag}-a@x.test`, `${tag}-b@x.test`];
+  const path = await seedPool(mock, [first, second], { expired: [first] });
+  const pool = readPool(path);
+  pool.anthropic.find((a) => a.email === first).priority = 5;
+  await savePool(pool, path);
+  return { path, first, second };
+}
+
+async function withEnv(vars, fn) {
+  const old = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, vars);
+  try {
+    return await fn();
+  } finally {
+    for (const [k, v] of Object.entries(old)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+}
+
+test("requests waiting on one refresh while the token endpoint answers 503: the token is presented once, all move on", async () => {
+  const { path, first, second } = await expiredFirst("busy503");
+  mock.setTokenMode({ status: 503, retryAfter: 60, grant: "refresh_token", times: Infinity, delayMs: 200 });
+  try {
+    const f = createPoolFetch({ path });
+    const answers = await Promise.all(Array.from({ length: 4 }, () => ask(f)));
+    for (const r of answers) {
+      assert.equal(r.status, 200);
+      assert.equal(r.poolAccount, second);
+      await r.text();
+    }
+    // Each waiter used to re-read the file before the first one's backoff reached it.
+    assert.equal(refreshCalls(first), 1, "one presentation for four waiting requests");
+    await flushPool(path);
+    assert.ok(account(path, first).refreshBackoffUntil > Date.now(), "the backoff is in the file for other processes");
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
+
+test("a token endpoint gone silent: the refresh token is presented at most twice (the one retry of a lost answer), however many wait", async () => {
+  await withEnv({ OAUTH_POOL_TIMEOUT_MS: "1000" }, async () => {
+    const { path, first, second } = await expiredFirst("silent");
+    mock.setTokenMode({ hang: true, grant: "refresh_token", times: Infinity });
+    try {
+      const f = createPoolFetch({ path });
+      const answers = await Promise.all(Array.from({ length: 3 }, () => ask(f)));
+      for (const r of answers) {
+        assert.equal(r.poolAccount, second);
+        await r.text();
+      }
+      assert.ok(refreshCalls(first) <= 2, `presented ${refreshCalls(first)} times (4 before)`);
+    } finally {
+      mock.setTokenMode(null);
+    }
+  });
+});
+
+test("another process stuck refreshing an account: a request moves to another account instead of waiting out the lock; alone, it waits", async () => {
+  const { path, first, second } = await expiredFirst("held");
+  mock.setTokenMode({ hang: true, grant: "refresh_token", times: Infinity });
+  // The other process: its refresh of `first` hangs on the token endpoint, holding the
+  // account's refresh lock for up to 2 x 20 s.
+  const env = { ...process.env, OAUTH_POOL_PATH: path, OAUTH_POOL_TIMEOUT_MS: "20000" };
+  const holder = spawn(process.execPath, [POLLER, mock.url, "claude-sonnet-4-5", "once", "60000"], { env, stdio: "ignore" });
+  try {
+    const deadline = Date.now() + 20_000;
+    while (refreshCalls(first) === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(refreshCalls(first), 1, "the other process is refreshing");
+    const started = Date.now();
+    const r = await ask(createPoolFetch({ path }));
+    assert.equal(r.status, 200);
+    assert.equal(r.poolAccount, second, "served by the account that needs no refresh");
+    await r.text();
+    // It waited 75 s (the whole lock timeout) before; a few seconds now.
+    assert.ok(Date.now() - started < 30_000, `served after ${Date.now() - started} ms`);
+    assert.equal(refreshCalls(first), 1, "this process did not present the token the other one holds");
+  } finally {
+    holder.kill("SIGKILL");
+    mock.setTokenMode(null);
+  }
+
+  // With no other account to serve, a request waits for the refresh under way and adopts it.
+  const alone = await seedPool(mock, ["alone@x.test"], { expired: ["alone@x.test"] });
+  mock.setTokenMode({ grant: "refresh_token", delayMs: 7_000, times: 1 });
+  try {
+    const other = spawn(process.execPath, [POLLER, mock.url, "claude-sonnet-4-5", "once", "60000"], {
+      env: { ...process.env, OAUTH_POOL_PATH: alone },
+      stdio: "ignore",
+    });
+    const exited = new Promise((r) => other.on("close", r));
+    const deadline = Date.now() + 20_000;
+    while (refreshCalls("alone@x.test") === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const r = await ask(createPoolFetch({ path: alone }));
+    assert.equal(r.status, 200, "waited past the brief patience for the only account");
+    assert.equal(r.poolAccount, "alone@x.test");
+    await r.text();
+    await exited;
+    assert.equal(refreshCalls("alone@x.test"), 1, "the other process's new token was adopted");
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
+
+test("savePool of a copy read before a refresh keeps the newer tokens instead of writing back the spent one", async () => {
+  const path = await seedPool(mock, ["stale@x.test"], { expired: ["stale@x.test"] });
+  const copy = await loadPool(path); // e.g. a script that changes a priority
+  const f = createPoolFetch({ path });
+  const first = await ask(f);
+  assert.equal(first.status, 200);
+  await first.text();
+  await flushPool(path);
+  const refreshed = account(path, "stale@x.test").refresh;
+  copy.anthropic[0].priority = 3;
+  await savePool(copy, path);
+  const saved = account(path, "stale@x.test");
+  assert.equal(saved.priority, 3, "the caller's change is written");
+  assert.equal(saved.refresh, refreshed, "the stored, newer refresh token stays");
+  // The next refresh presents the live token: no reuse, no revoked family.
+  await savePool({ ...readPool(path), anthropic: [{ ...saved, expires: Date.now() - 1000 }] }, path);
+  const second = await ask(f);
+  assert.equal(second.status, 200);
+  await second.text();
+  const stats = mock.stats().perFamily["stale@x.test"];
+  assert.equal(stats.reuse, 0, JSON.stringify(stats));
+  assert.equal(stats.revoked, false);
+});
