@@ -14,6 +14,7 @@ import {
   mkdtempSync,
   openSync,
   readFileSync,
+  readdirSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -373,6 +374,31 @@ test("a corrupt pool: every command exits 1 with POOL_CORRUPT and the file stays
   assert.equal(backup.level, "ok");
   assert.match(backup.message, /cp /, "doctor says how to restore the .bak");
   assert.deepEqual(readFileSync(path), corrupt, "doctor did not touch it either");
+});
+
+test("a deleted pool file: doctor points at the .bak, and making the file anew keeps that backup aside for good", async () => {
+  const path = freshPath();
+  await seed(path, [{ email: "one@x.test" }, { email: "two@x.test" }]);
+  await seed(path, [{ email: "one@x.test" }, { email: "two@x.test" }]); // now a .bak exists
+  rmSync(path);
+  let j = json(await cli(["doctor", "--json"], { path }));
+  const backup = j.checks.find((c) => c.name === "backup");
+  assert.equal(backup.level, "warn");
+  assert.match(backup.message, /pool file is missing.*2 entries.*cp /);
+  // A login makes the file anew; the next write used to replace the .bak holding both accounts.
+  await seed(path, [{ email: "new@x.test" }]);
+  await seed(path, [{ email: "new@x.test" }, { email: "later@x.test" }]);
+  const kept = readdirSync(dirname(path)).filter((f) => f.startsWith("oauth-pool.json.bak-"));
+  assert.equal(kept.length, 1, kept.join(", "));
+  const earlier = JSON.parse(readFileSync(join(dirname(path), kept[0]), "utf8"));
+  assert.deepEqual(
+    earlier.anthropic.map((a) => a.email),
+    ["one@x.test", "two@x.test"],
+  );
+  j = json(await cli(["doctor", "--json"], { path }));
+  const note = j.checks.find((c) => c.name === "earlier backup");
+  assert.equal(note.level, "warn");
+  assert.match(note.message, /2 entries.*cp /);
 });
 
 test("doctor on a healthy pool: exit 0, every check ok, JSON shape", async () => {

@@ -7,7 +7,7 @@
 // the exit code 3. Messages keep emails and reasons as they are (JSON escapes them); the text
 // report escapes each message whole, which is safe because a message is one line of ours.
 import { lstatSync, readFileSync, readdirSync, statSync } from "node:fs";
-import { basename } from "node:path";
+import { basename, join } from "node:path";
 import { duration } from "../plugin/format.mjs";
 import { EXIT } from "./errors.mjs";
 import { printable } from "./output.mjs";
@@ -216,10 +216,38 @@ async function checkBackup(lib, files, r) {
   if (othersCanAccess(st)) r.add("backup mode", "problem", `${bakPath} is ${octal(st)}: other users could read the tokens in it (fix: chmod 600 ${bakPath})`);
   try {
     const bak = await lib.loadPool(bakPath);
-    const restore = r.failed("parse") ? ` (restore it with: cp ${bakPath} ${files.path})` : "";
-    r.add("backup", "ok", `${name} parses: ${bak.anthropic?.length ?? 0} entries${restore}`);
+    const entries = bak.anthropic?.length ?? 0;
+    if (entries > 0 && !lstatOrNull(files.path)) {
+      r.add("backup", "warn", `the pool file is missing, but ${name} holds ${entries} entries (restore it with: cp ${bakPath} ${files.path})`);
+    } else {
+      const restore = r.failed("parse") ? ` (restore it with: cp ${bakPath} ${files.path})` : "";
+      r.add("backup", "ok", `${name} parses: ${entries} entries${restore}`);
+    }
   } catch (e) {
     r.add("backup", "warn", `${name} does not parse: ${e.message}`, { code: e.code });
+  }
+}
+
+/** Backups of an earlier pool file, kept aside when the pool file was made anew after it went missing. */
+async function checkKeptBackups(lib, files, r) {
+  const prefix = `${basename(files.path)}.bak-`;
+  let kept;
+  try {
+    kept = readdirSync(files.directory).filter((f) => f.startsWith(prefix));
+  } catch {
+    return;
+  }
+  for (const f of kept) {
+    const full = join(files.directory, f);
+    let entries = "unreadable";
+    try {
+      entries = `${(await lib.loadPool(full)).anthropic?.length ?? 0} entries`;
+    } catch {}
+    r.add(
+      "earlier backup",
+      "warn",
+      `${f} (${entries}) was kept when the pool file was made anew after it went missing: copy back the accounts you need (it is a pool file: cp ${full} ${files.path}, or log them in again), then delete it: it holds tokens`,
+    );
   }
 }
 
@@ -315,6 +343,7 @@ export async function diagnose(lib, path) {
     if (parses) await checkAccounts(lib, path, r);
     await checkLock(lib, path, files, usable && parses, r);
     await checkBackup(lib, files, r);
+    await checkKeptBackups(lib, files, r);
     checkTemps(files, r);
   } else {
     await checkStore(lib, path, r);

@@ -298,10 +298,40 @@ impl FileStore {
             if let Err(e) = self.backup_current(&dir) {
                 tracing::warn!(path = %path.display(), error = %e, "could not keep a .bak copy");
             }
+        } else {
+            self.keep_earlier_backup();
         }
         persist(tmp, path)?;
         sync_dir(&dir);
         Ok(stamp)
+    }
+
+    /// The pool file is being made anew while a `.bak` holding accounts is there: the file was
+    /// deleted (by hand, by a tool), and that backup may be the only copy of those logins, which
+    /// the second write from now would replace. It moves aside to `<pool>.bak-<UTC time>`, which
+    /// nothing replaces (`oauth-pool doctor` points at it).
+    fn keep_earlier_backup(&self) {
+        let bak = self.backup_path();
+        let holds_accounts = fsread::read_regular(&bak, MAX_FILE_BYTES, false)
+            .ok()
+            .and_then(|b| Pool::parse(&b).ok())
+            .is_some_and(|p| p.accounts().next().is_some() || p.invalid_entries().next().is_some());
+        if !holds_accounts {
+            return;
+        }
+        let time: String = crate::account::iso_time(crate::account::now_ms())
+            .chars()
+            .filter(|c| !matches!(c, '-' | ':'))
+            .collect();
+        let aside = sibling(&self.path, &format!(".bak-{time}"));
+        match fs::rename(&bak, &aside) {
+            Ok(()) => {
+                tracing::warn!(kept = %aside.display(), "the pool file was missing; the backup of the earlier one is kept aside")
+            }
+            Err(e) => {
+                tracing::warn!(path = %bak.display(), error = %e, "could not keep the earlier backup aside")
+            }
+        }
     }
 
     fn backup_current(&self, dir: &Path) -> std::io::Result<()> {
@@ -715,6 +745,52 @@ mod tests {
         let ((), again) = store.update_written(|_| Ok(())).unwrap();
         assert!(matches!(again, Written::Unchanged), "{again:?}");
         assert_eq!(Some(stamp), store.stamp(), "nothing was rewritten");
+    }
+
+    #[test]
+    fn a_deleted_pool_file_never_costs_the_backup_of_its_accounts() {
+        let (_d, store) = tmp_store();
+        let add = |email: &str| {
+            store
+                .update(|p| {
+                    p.upsert(Account::new_oauth(email, "a".into(), "r".into(), 1, 1));
+                    Ok(())
+                })
+                .unwrap()
+        };
+        add("a@x");
+        add("b@x"); // the .bak now holds a@x
+        fs::remove_file(store.path()).unwrap();
+        assert_eq!(
+            store.load().unwrap().accounts().count(),
+            0,
+            "missing: empty"
+        );
+        // A new login makes the file anew, a second write would have replaced the .bak.
+        add("new@x");
+        add("other@x");
+        let dir = store.path().parent().unwrap();
+        let kept: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().contains(".json.bak-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        let earlier = Pool::parse(&fs::read(&kept[0]).unwrap()).unwrap();
+        assert!(earlier.find("a@x").is_some());
+        #[cfg(unix)]
+        assert_eq!(mode(&kept[0]), 0o600);
+        // Making a file anew with no accounts behind it keeps nothing aside.
+        fs::remove_file(store.path()).unwrap();
+        fs::write(store.backup_path(), br#"{"anthropic":[]}"#).unwrap();
+        add("third@x");
+        let count = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".json.bak-"))
+            .count();
+        assert_eq!(count, 1);
     }
 
     #[test]
