@@ -145,3 +145,28 @@ test("savePool of a copy read before a refresh keeps the newer tokens instead of
   assert.equal(stats.reuse, 0, JSON.stringify(stats));
   assert.equal(stats.revoked, false);
 });
+
+test("a token inside its refresh margin while the token endpoint fails: the still-valid token serves, and the endpoint is left alone until its backoff ends", async () => {
+  const email = "margin@x.test";
+  const path = await seedPool(mock, [email]);
+  const pool = readPool(path);
+  pool.anthropic[0].expires = Date.now() + 120_000; // valid two more minutes: refreshed 5 min ahead
+  await savePool(pool, path);
+  mock.setTokenMode({ status: 503, retryAfter: 60, grant: "refresh_token", times: Infinity });
+  try {
+    const f = createPoolFetch({ path });
+    for (let i = 0; i < 3; i++) {
+      const r = await ask(f);
+      assert.equal(r.status, 200, "served with the token it has");
+      assert.equal(r.poolAccount, email);
+      await r.text();
+    }
+    assert.equal(refreshCalls(email), 1, "one try, then the endpoint's retry-after is honoured");
+    await flushPool(path);
+    const a = account(path, email);
+    assert.ok(a.refreshBackoffUntil > Date.now() + 50_000, "the 60 s retry-after is shared");
+    assert.equal(a.status === "auth-error", false, "a failing endpoint says nothing about the login");
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
