@@ -27,6 +27,9 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 
+/// A change to the pool, made under the store's write lock.
+type Change<T> = Box<dyn FnOnce(&mut Pool) -> Result<T> + Send>;
+
 /// How long a process waits for another to finish refreshing the same account.
 pub const REFRESH_LOCK_TIMEOUT: Duration = Duration::from_secs(75);
 /// How long a request waits for that when another account could serve it instead: a refresh
@@ -185,10 +188,16 @@ impl Store {
     }
 
     /// Locked read-modify-write; `change` sees the pool as stored now.
-    pub async fn update<T: Send + 'static>(
+    pub fn update<T: Send + 'static>(
         &self,
         change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    ) -> impl std::future::Future<Output = Result<T>> + Send + '_ {
+        // Boxed: the read-modify-write (both stores', blocking and async) is compiled once per
+        // result type instead of once per caller's closure.
+        self.update_boxed(Box::new(change))
+    }
+
+    async fn update_boxed<T: Send + 'static>(&self, change: Change<T>) -> Result<T> {
         match self {
             Store::File(f) => {
                 let f = f.clone();
@@ -200,9 +209,16 @@ impl Store {
 
     /// `update`, also saying what it left in the store (see `Written`): the file store knows
     /// the generation it wrote; the fleet store's is read again when needed.
-    pub async fn update_written<T: Send + 'static>(
+    pub fn update_written<T: Send + 'static>(
         &self,
         change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<(T, Written<Stamp>)>> + Send + '_ {
+        self.update_written_boxed(Box::new(change))
+    }
+
+    async fn update_written_boxed<T: Send + 'static>(
+        &self,
+        change: Change<T>,
     ) -> Result<(T, Written<Stamp>)> {
         match self {
             Store::File(f) => {
