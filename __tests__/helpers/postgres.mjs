@@ -9,6 +9,7 @@ import { spawn } from "node:child_process";
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { connect } from "node:net";
 import { freePort } from "./net.mjs";
 
 // Debian keeps every server binary (initdb, pg_ctl, psql, pg_dump) in one versioned directory;
@@ -86,6 +87,95 @@ export async function startPostgres({ tls, hba } = {}) {
     sql: (query, db = "postgres") => run(join(bin, "psql"), ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-At", "-c", query, db]),
     async close() {
       await ctl("-m", "immediate", "-w", "stop").catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+// A throwaway PgBouncer in front of a cluster of startPostgres, for the tests of the fleet store
+// behind a connection pooler (what Neon's "-pooler" hosts and Supabase's port 6543 are):
+//   startPgBouncer({ target, mode, poolSize })  mode "transaction" (default) or "session";
+//   poolSize server connections per database and user (default 2, so clients share them).
+// Listens on 127.0.0.1 only, trust auth through an auth_file, its own config in a temp dir; never
+// a system-wide instance. As root it switches to the `postgres` user (`-u`: PgBouncer refuses root).
+// `.ci/run` installs Debian's pgbouncer package (1.18: no prepared statements in transaction mode).
+function findPgBouncer() {
+  const dirs = ["/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin", ...(process.env.PATH ?? "").split(":").filter(Boolean)];
+  for (const d of dirs) if (existsSync(join(d, "pgbouncer"))) return join(d, "pgbouncer");
+  return null;
+}
+
+function accepts(port) {
+  return new Promise((resolve) => {
+    const socket = connect(port, "127.0.0.1");
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
+}
+
+export async function startPgBouncer({ target, mode = "transaction", poolSize = 2 } = {}) {
+  const bin = findPgBouncer();
+  if (!bin) throw new Error("pgbouncer was not found: install it (Debian: apt-get install --no-install-recommends pgbouncer; .ci/run does)");
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-pgbouncer-"));
+  const user = process.getuid?.() === 0 ? "postgres" : undefined;
+  if (user) chownSync(dir, ...(await uidOf(user)));
+  const port = await freePort();
+  writeFileSync(join(dir, "userlist.txt"), '"postgres" ""\n', { mode: 0o644 });
+  const config = join(dir, "pgbouncer.ini");
+  writeFileSync(
+    config,
+    [
+      "[databases]",
+      `* = host=127.0.0.1 port=${target.port}`,
+      "[pgbouncer]",
+      "listen_addr = 127.0.0.1",
+      `listen_port = ${port}`,
+      "unix_socket_dir =",
+      "auth_type = trust",
+      `auth_file = ${join(dir, "userlist.txt")}`,
+      `pool_mode = ${mode}`,
+      `default_pool_size = ${poolSize}`,
+      "reserve_pool_size = 0",
+      "max_client_conn = 400",
+      "server_login_retry = 1",
+      "query_wait_timeout = 120",
+      "",
+    ].join("\n"),
+    { mode: 0o644 },
+  );
+  let child = null;
+  let log = "";
+  const start = async () => {
+    child = spawn(bin, user ? ["-u", user, config] : [config], { stdio: ["ignore", "pipe", "pipe"] });
+    const exited = new Promise((resolve) => child.once("close", resolve));
+    child.exited = exited;
+    for (const s of [child.stdout, child.stderr]) s.on("data", (d) => (log = (log + d).slice(-20_000)));
+    for (const deadline = Date.now() + 15_000; ; ) {
+      if (await accepts(port)) return;
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`pgbouncer did not start: ${log}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  const stop = async () => {
+    if (!child) return;
+    const c = child;
+    child = null;
+    c.kill("SIGTERM");
+    await c.exited;
+  };
+  await start();
+  return {
+    url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    port,
+    mode,
+    start,
+    stop,
+    log: () => log,
+    async close() {
+      await stop();
       rmSync(dir, { recursive: true, force: true });
     },
   };

@@ -5,12 +5,18 @@
 //! - A write is a transaction under a transaction-scoped advisory lock: re-read, change, write
 //!   every row, bump the generation, commit. A host that dies releases it with its connection.
 //! - A refresh holds the account's own advisory lock, on a connection of its own, from the re-read
-//!   to the durable write; the holder's death (SIGKILL, a cut cable) ends the connection and the
-//!   lock with it.
+//!   to the durable write (tried again while another host holds it, not waited for in the
+//!   database); the holder's death (SIGKILL, a cut cable) ends the connection and the lock with it.
 //! - Tokens (`access`, `refresh`, `key`) and every other top-level section are sealed with the
 //!   store key (`crypto`): a dump holds no usable token. A wrong key is refused before anything
 //!   is read or written.
 //! - The database being down is `STORE_UNAVAILABLE`; the engine keeps serving from memory.
+//! - It works behind a connection pooler in transaction mode (PgBouncer, Supavisor, Neon's
+//!   pooled hosts), where each transaction, or each statement outside one, may get another
+//!   server connection: no named prepared statement (every statement goes out unnamed with its
+//!   parameter types, parse to execute in one round trip: `query_typed`), no session state (no
+//!   SET, no session advisory lock: only `pg_advisory_xact_lock` and `SET LOCAL` inside an
+//!   explicit transaction, which the pooler keeps on one server connection).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -19,7 +25,8 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::CertificateDer;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 
 use super::crypto::{SealKey, CHECK};
 use super::lock;
@@ -39,6 +46,10 @@ pub const SCHEMA_VERSION: i32 = 1;
 /// Advisory lock classes: the pool's write lock, and one lock per account's refresh.
 const WRITE_LOCK: i32 = 0x6f61_7070; // "oapp"
 const REFRESH_LOCK: i32 = 0x6f61_7072; // "oapr"
+/// A refresh lock another host holds is tried again after 50 ms, then twice as long each time up
+/// to 250 ms (a refresh takes a few hundred milliseconds).
+const LOCK_RETRY_FIRST: Duration = Duration::from_millis(50);
+const LOCK_RETRY_MAX: Duration = Duration::from_millis(250);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one exchange with a connected database may take: past it, a server or network gone
 /// silent (TCP may take hours to notice) counts as the store being unavailable, so the engine
@@ -240,14 +251,14 @@ impl PgStore {
         let c = self.reader().await?;
         self.bounded("the schema check", async {
             let exists = c
-                .query_one("SELECT to_regclass('oauth_pool_meta') IS NOT NULL", &[])
+                .query_typed_one("SELECT to_regclass('oauth_pool_meta') IS NOT NULL", &[])
                 .await
                 .map_err(unavailable)?;
             if !column::<bool>(&exists, 0)? {
                 return Ok(0);
             }
             let row = c
-                .query_opt(
+                .query_typed_opt(
                     "SELECT value FROM oauth_pool_meta WHERE name = 'schema'",
                     &[],
                 )
@@ -275,7 +286,7 @@ impl PgStore {
                 .await
                 .map_err(unavailable)?;
             let current: i32 = client
-                .query_opt(
+                .query_typed_opt(
                     "SELECT value FROM oauth_pool_meta WHERE name = 'schema'",
                     &[],
                 )
@@ -294,16 +305,16 @@ impl PgStore {
             for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
                 client.batch_execute(sql).await.map_err(unavailable)?;
                 client
-                    .execute(
+                    .execute_typed(
                         "INSERT INTO oauth_pool_meta (name, value) VALUES ('schema', $1)
                          ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-                        &[&version.to_string()],
+                        &[(&version.to_string(), Type::TEXT)],
                     )
                     .await
                     .map_err(unavailable)?;
             }
             let check = client
-                .query_opt(
+                .query_typed_opt(
                     "SELECT value FROM oauth_pool_meta WHERE name = 'key_check'",
                     &[],
                 )
@@ -318,7 +329,7 @@ impl PgStore {
                     // they were sealed with: another key's check would lock out every host
                     // that has the right one.
                     let sample = client
-                        .query_opt("SELECT entry FROM oauth_pool_entries LIMIT 1", &[])
+                        .query_typed_opt("SELECT entry FROM oauth_pool_entries LIMIT 1", &[])
                         .await
                         .map_err(unavailable)?;
                     if let Some(row) = sample {
@@ -326,9 +337,9 @@ impl PgStore {
                     }
                     let sealed = self.key.seal("key_check", CHECK)?;
                     client
-                        .execute(
+                        .execute_typed(
                             "INSERT INTO oauth_pool_meta (name, value) VALUES ('key_check', $1)",
-                            &[&sealed],
+                            &[(&sealed, Type::TEXT)],
                         )
                         .await
                         .map_err(unavailable)?;
@@ -370,7 +381,7 @@ impl PgStore {
                 let c = self.reader().await?;
                 let row = self
                     .bounded("the key check", async {
-                        c.query_opt("SELECT value FROM oauth_pool_meta WHERE name = 'key_check'", &[])
+                        c.query_typed_opt("SELECT value FROM oauth_pool_meta WHERE name = 'key_check'", &[])
                             .await
                             .map_err(unavailable)
                     })
@@ -429,7 +440,7 @@ impl PgStore {
         let c = self.reader().await?;
         let row = self
             .bounded("the generation", async {
-                c.query_one(
+                c.query_typed_one(
                     "SELECT value FROM oauth_pool_meta WHERE name = 'generation'",
                     &[],
                 )
@@ -459,7 +470,7 @@ impl PgStore {
         let c = self.reader().await?;
         let rows = self
             .bounded("a read of the pool", async {
-                c.query(
+                c.query_typed(
                     "SELECT 'e', position::text, entry FROM oauth_pool_entries
                      UNION ALL SELECT 't', name, value FROM oauth_pool_top
                      UNION ALL SELECT 'g', value, 'null'::jsonb FROM oauth_pool_meta WHERE name = 'generation'",
@@ -548,7 +559,7 @@ impl PgStore {
             .await
             .map_err(unavailable)?;
         let rows = client
-            .query(
+            .query_typed(
                 "SELECT 'e', position::text, entry FROM oauth_pool_entries
                  UNION ALL SELECT 't', name, value FROM oauth_pool_top",
                 &[],
@@ -588,10 +599,14 @@ impl PgStore {
             sealed.push(self.key.seal_entry(e)?);
         }
         client
-            .execute(
+            .execute_typed(
                 "INSERT INTO oauth_pool_entries (position, email, entry)
                  SELECT * FROM UNNEST($1::int4[], $2::text[], $3::jsonb[])",
-                &[&positions, &emails, &sealed],
+                &[
+                    (&positions, Type::INT4_ARRAY),
+                    (&emails, Type::TEXT_ARRAY),
+                    (&sealed, Type::JSONB_ARRAY),
+                ],
             )
             .await
             .map_err(unavailable)?;
@@ -604,9 +619,9 @@ impl PgStore {
             names.push(name.clone());
         }
         client
-            .execute(
+            .execute_typed(
                 "INSERT INTO oauth_pool_top (name, value) SELECT * FROM UNNEST($1::text[], $2::jsonb[])",
-                &[&names, &sections],
+                &[(&names, Type::TEXT_ARRAY), (&sections, Type::JSONB_ARRAY)],
             )
             .await
             .map_err(unavailable)?;
@@ -635,29 +650,43 @@ impl PgStore {
         .await
     }
 
+    /// Takes an account's refresh lock: `pg_try_advisory_xact_lock` in a transaction left open on
+    /// a connection of its own, tried again until `timeout` while another host holds it. Not
+    /// waited for in the database: behind a pooler in transaction mode a waiting transaction keeps
+    /// one of its few server connections, and a few waiters left the holder none to re-read and
+    /// write with (every refresh stalled until the waiters' time ran out).
     pub async fn refresh_lock(&self, email: &str, timeout: Duration) -> Result<PgRefreshLock> {
         self.ready().await?;
         let client = self.connect().await?;
         let id = account_lock(email);
-        let sql = format!(
-            "BEGIN; SET LOCAL lock_timeout = '{}ms'; SELECT pg_advisory_xact_lock({REFRESH_LOCK}, {id});",
-            timeout.as_millis()
-        );
-        let locking = client.batch_execute(&sql);
-        tokio::time::timeout(timeout + QUERY_TIMEOUT, locking)
-            .await
-            .map_err(|_| self.silent("a refresh lock"))?
-            .map_err(|e| {
-                if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
-                    Error::PoolBusy {
-                        path: std::path::PathBuf::from(self.shown.clone()),
-                        seconds: timeout.as_secs(),
-                    }
-                } else {
-                    unavailable(e)
-                }
-            })?;
-        Ok(PgRefreshLock { _client: client })
+        let sql = format!("BEGIN; SELECT pg_try_advisory_xact_lock({REFRESH_LOCK}, {id});");
+        let deadline = Instant::now() + timeout;
+        let mut pause = LOCK_RETRY_FIRST;
+        loop {
+            let answer = self
+                .bounded("a refresh lock", async {
+                    client.simple_query(&sql).await.map_err(unavailable)
+                })
+                .await?;
+            let granted = answer
+                .iter()
+                .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("t")));
+            if granted {
+                return Ok(PgRefreshLock { _client: client });
+            }
+            self.bounded("a refresh lock", async {
+                client.batch_execute("ROLLBACK").await.map_err(unavailable)
+            })
+            .await?;
+            if Instant::now() + pause > deadline {
+                return Err(Error::PoolBusy {
+                    path: std::path::PathBuf::from(self.shown.clone()),
+                    seconds: timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = next_pause(pause);
+        }
     }
 
     pub async fn refresh_lock_held(&self, email: &str) -> bool {
@@ -666,8 +695,9 @@ impl PgStore {
         };
         let id = account_lock(email);
         let (class, object) = (i64::from(REFRESH_LOCK), i64::from(id));
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&class, &object];
-        let asking = c.query_one(
+        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+            [(&class, Type::INT8), (&object, Type::INT8)];
+        let asking = c.query_typed_one(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
              AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 2",
             &params,
@@ -677,6 +707,10 @@ impl PgStore {
             Ok(Ok(r)) if r.try_get::<_, i64>(0).is_ok_and(|n| n > 0)
         )
     }
+}
+
+fn next_pause(pause: Duration) -> Duration {
+    (pause * 2).min(LOCK_RETRY_MAX)
 }
 
 /// A column of a row as the schema has it. A NULL or another type there (a row edited by hand,
@@ -705,6 +739,21 @@ mod tests {
         assert_ne!(a.identity(), b.identity());
         assert_eq!(a.identity(), a2.identity());
         assert!(!a.identity().contains("pw"));
+    }
+
+    #[test]
+    fn a_busy_refresh_lock_is_tried_again_sooner_than_a_refresh_takes() {
+        let mut pause = LOCK_RETRY_FIRST;
+        let mut waited = Duration::ZERO;
+        for _ in 0..6 {
+            waited += pause;
+            pause = next_pause(pause);
+        }
+        assert_eq!(pause, LOCK_RETRY_MAX);
+        assert_eq!(
+            waited,
+            Duration::from_millis(50 + 100 + 200 + 250 + 250 + 250)
+        );
     }
 
     #[test]
