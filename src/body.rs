@@ -277,7 +277,7 @@ fn read_ahead(
 ) -> mpsc::Receiver<Result<Bytes, String>> {
     let (tx, rx) = mpsc::channel(READ_AHEAD_CHUNKS);
     let idle = http::response_timeout();
-    tokio::spawn(async move {
+    crate::runtime::spawn_boxed(async move {
         loop {
             let next = tokio::select! {
                 biased;

@@ -32,6 +32,7 @@
 //! come here too, also when recorded on the JavaScript thread, where no runtime is current.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -51,12 +52,24 @@ const SHUTDOWN_WAIT: Duration = Duration::from_millis(100);
 /// if it was not yet: work spawned from a synchronous call on the JavaScript thread, where no
 /// runtime is current and none may have started, still runs.
 pub fn spawn(task: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+    // Boxed: tokio's task code is compiled once for every background task, not once per kind
+    // (these are bookkeeping writes and the like, never per chunk).
+    let task: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(task);
     if let Ok(handle) = Handle::try_current() {
         handle.spawn(task);
         return Ok(());
     }
     runtime()?.spawn(task);
     Ok(())
+}
+
+/// `tokio::spawn` on the current runtime with the future boxed: tokio's task code is compiled
+/// once per output type instead of once per future (each kind cost the `.node` 1-3 KB).
+pub fn spawn_boxed<T: Send + 'static>(
+    task: impl Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    let task: Pin<Box<dyn Future<Output = T> + Send>> = Box::pin(task);
+    tokio::spawn(task)
 }
 
 static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);

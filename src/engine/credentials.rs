@@ -334,7 +334,7 @@ impl Engine {
     ) -> Result<Secret> {
         let me = self.clone();
         let who = email.to_string();
-        let task = tokio::spawn(async move {
+        let task = crate::runtime::spawn_boxed(async move {
             let mut events = Vec::new();
             let result = me
                 .refresh_protocol(&who, rejected.as_ref(), patience, &mut events)

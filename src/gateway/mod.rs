@@ -161,7 +161,7 @@ pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
     let shutdown = CancellationToken::new();
     let drain = Arc::new(std::sync::Mutex::new(Duration::from_secs(10)));
     let engine = state.engine.clone();
-    let task = tokio::spawn(accept_loop(
+    let task = crate::runtime::spawn_boxed(accept_loop(
         listener,
         acceptor,
         state,
@@ -241,7 +241,7 @@ async fn accept_loop(
             match &acceptor {
                 Some(tls) => {
                     let tls = tls.clone();
-                    tokio::spawn(async move {
+                    crate::runtime::spawn_boxed(async move {
                         if let Ok(Ok(stream)) =
                             tokio::time::timeout(REFUSAL_TIME, tls.accept(stream)).await
                         {
@@ -250,7 +250,7 @@ async fn accept_loop(
                     });
                 }
                 None => {
-                    tokio::spawn(refuse_busy(stream));
+                    crate::runtime::spawn_boxed(refuse_busy(stream));
                 }
             }
             continue;
@@ -270,7 +270,7 @@ async fn accept_loop(
                 let tls = tls.clone();
                 let watcher = graceful.watcher();
                 let cut = cut.clone();
-                tokio::spawn(async move {
+                crate::runtime::spawn_boxed(async move {
                     let _permit = permit;
                     let Ok(Ok(stream)) =
                         tokio::time::timeout(header_timeout, tls.accept(stream)).await
@@ -288,7 +288,7 @@ async fn accept_loop(
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 let watched = graceful.watch(conn);
                 let cut = cut.clone();
-                tokio::spawn(async move {
+                crate::runtime::spawn_boxed(async move {
                     let _permit = permit;
                     tokio::select! {
                         _ = watched => {}

@@ -86,6 +86,8 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
+    // Boxed: tokio's task code is compiled once per result type, not once per caller.
+    let f: Box<dyn FnOnce() -> Result<T> + Send> = Box::new(f);
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::InvalidArgument(format!("background task failed: {e}")))?

@@ -171,6 +171,19 @@ pub(super) fn tls(
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// The connector handed over with `sslmode=disable`, which tokio-postgres never asks: it trusts
+/// nothing, should it ever be.
+pub(super) fn no_tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::StoreUnavailable(format!("TLS setup: {e}")))?
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
