@@ -8,16 +8,16 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { rateLimitHeaders, startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { runWorkersTogether } from "./helpers/pool-env.mjs";
+import { cliJson, runNode, seedStore as seedFrom, startHostProcess as startHost } from "./helpers/fleet-kit.mjs";
 import { startPgBouncer, startPostgres } from "./helpers/postgres.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
-const CLI = here("../bin/oauth-pool.mjs");
 const INDEX = here("../index.mjs");
 const KEY_FILE = [".aidevops", "oauth-pool-store.key"];
 const MODES = ["transaction", "session"];
@@ -42,24 +42,7 @@ function makeHost(name, store, extra = {}) {
   return { name, home, env: Object.assign(env, extra) };
 }
 
-function run(args, env) {
-  const child = spawn(process.execPath, args, { env, stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (d) => (stdout += d));
-  child.stderr.on("data", (d) => (stderr += d));
-  return new Promise((resolve, reject) => {
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-const cliJson = async (host, ...args) => {
-  const r = await run([CLI, "--json", ...args], host.env);
-  const last = r.stdout.trim().split("\n").filter(Boolean).at(-1);
-  const json = last ? JSON.parse(last) : null;
-  return { ...r, json, err: json?.error ?? null };
-};
+const run = runNode;
 
 /** A script run as a process of `host` with the library imported as `lib`; prints its JSON value. */
 async function library(host, body) {
@@ -69,44 +52,9 @@ async function library(host, body) {
   return JSON.parse(r.stdout);
 }
 
-/** A long-lived process of a host, answering one JSON line per command (helpers/fleet-host.mjs). */
-function startHostProcess(host) {
-  const child = spawn(process.execPath, [here("./helpers/fleet-host.mjs"), host.env.OAUTH_POOL_STORE, mock.url], {
-    env: host.env,
-    stdio: ["pipe", "pipe", "inherit"],
-  });
-  const waiting = [];
-  let buffer = "";
-  child.stdout.on("data", (d) => {
-    buffer += d;
-    for (let nl = buffer.indexOf("\n"); nl >= 0; nl = buffer.indexOf("\n")) {
-      const line = buffer.slice(0, nl);
-      buffer = buffer.slice(nl + 1);
-      waiting.shift()?.(JSON.parse(line));
-    }
-  });
-  const ready = new Promise((resolve) => waiting.push(resolve));
-  const exited = new Promise((resolve) => child.on("close", resolve));
-  return {
-    ready,
-    ask(command) {
-      const answer = new Promise((resolve) => waiting.push(resolve));
-      child.stdin.write(`${command}\n`);
-      return answer;
-    },
-    async close() {
-      child.stdin.end();
-      await exited;
-    },
-  };
-}
+const startHostProcess = (host) => startHost(host, host.env.OAUTH_POOL_STORE, mock.url);
 
-async function seedStore(fleet, pool) {
-  const file = join(mkdtempSync(join(tmpdir(), "oauth-pool-seed-")), "pool.json");
-  writeFileSync(file, JSON.stringify(pool, null, 2), { mode: 0o600 });
-  const r = await cliJson(fleet.hostA, "store", "copy", "--from", file, "--to", fleet.url);
-  assert.equal(r.code, 0, r.stdout + r.stderr);
-}
+const seedStore = (fleet, pool) => seedFrom(fleet.hostA, fleet.url, pool);
 
 async function storedPool(fleet) {
   const file = join(mkdtempSync(join(tmpdir(), "oauth-pool-out-")), "pool.json");

@@ -11,10 +11,10 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { seedPool } from "./helpers/pool-env.mjs";
+import { cliJson } from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
-const CLI = here("../bin/oauth-pool.mjs");
 const KEY = Buffer.alloc(32, 7).toString("base64");
 const APP = "oauth-pool-tls-test";
 // Admits TLS only; `fleet` (a password user, for channel binding) by SCRAM.
@@ -78,25 +78,6 @@ function makeHost(store, extra = {}) {
   for (const v of ["SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "OAUTH_POOL_LOG"]) delete env[v];
   return { home, env: Object.assign(env, extra) };
 }
-
-function run(file, args, env) {
-  const child = spawn(process.execPath, [file, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (d) => (stdout += d));
-  child.stderr.on("data", (d) => (stderr += d));
-  return new Promise((resolve, reject) => {
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-const cliJson = async (host, ...args) => {
-  const r = await run(CLI, ["--json", ...args], host.env);
-  const last = r.stdout.trim().split("\n").filter(Boolean).at(-1);
-  const json = last ? JSON.parse(last) : null;
-  return { ...r, json, err: json?.error ?? null };
-};
 
 /** The library in a process of its own (helpers/fleet-host.mjs): one JSON answer per command. */
 async function withHostProcess(host, work) {

@@ -4,13 +4,14 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseSSE, rateLimitHeaders, startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
 import { runWorkersTogether } from "./helpers/pool-env.mjs";
+import { cliJson, runNode, seedStore as seedFrom, startHostProcess as startHost } from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
@@ -42,65 +43,13 @@ function makeHost(name, extra = {}) {
   return { name, home, env };
 }
 
-function run(file, args, env, { input } = {}) {
-  const child = spawn(process.execPath, [file, ...args], { env, stdio: ["pipe", "pipe", "pipe"] });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (d) => (stdout += d));
-  child.stderr.on("data", (d) => (stderr += d));
-  child.stdin.end(input ?? "");
-  return new Promise((resolve, reject) => {
-    child.on("error", reject);
-    child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }));
-  });
-}
+const run = (file, args, env, opts) => runNode([file, ...args], env, opts);
 
 const cli = (host, ...args) => run(CLI, args, host.env);
-const cliJson = async (host, ...args) => {
-  const r = await cli(host, "--json", ...args);
-  const lines = r.stdout.trim().split("\n").filter(Boolean);
-  const last = lines.length ? JSON.parse(lines.at(-1)) : null;
-  return { ...r, json: last, err: last?.error ?? null };
-};
 
-/** A long-lived process of a host, answering one JSON line per command (helpers/fleet-host.mjs). */
-function startHostProcess(host, store = pg.url) {
-  const child = spawn(process.execPath, [here("./helpers/fleet-host.mjs"), store, mock.url], { env: host.env, stdio: ["pipe", "pipe", "inherit"] });
-  const waiting = [];
-  let buffer = "";
-  child.stdout.on("data", (d) => {
-    buffer += d;
-    for (let nl = buffer.indexOf("\n"); nl >= 0; nl = buffer.indexOf("\n")) {
-      const line = buffer.slice(0, nl);
-      buffer = buffer.slice(nl + 1);
-      waiting.shift()?.(JSON.parse(line));
-    }
-  });
-  const ready = new Promise((resolve) => waiting.push(resolve));
-  const exited = new Promise((resolve) => child.on("close", resolve));
-  return {
-    ready,
-    ask(command) {
-      const answer = new Promise((resolve) => waiting.push(resolve));
-      child.stdin.write(`${command}\n`);
-      return answer;
-    },
-    async close() {
-      child.stdin.end();
-      await exited;
-    },
-  };
-}
+const startHostProcess = (host, store = pg.url) => startHost(host, store, mock.url);
 
-/** Writes a pool file as a person would have it (0600 in a 0700 directory) and copies it in. */
-async function seedStore(host, pool) {
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-seed-"));
-  const file = join(dir, "pool.json");
-  writeFileSync(file, JSON.stringify(pool, null, 2), { mode: 0o600 });
-  const r = await cli(host, "store", "copy", "--from", file, "--to", pg.url);
-  assert.equal(r.code, 0, r.stderr);
-  return file;
-}
+const seedStore = (host, pool) => seedFrom(host, pg.url, pool);
 
 /** The pool as stored in the database, decrypted by a host that has the key. */
 async function storedPool(host) {

@@ -1,0 +1,71 @@
+// What the fleet-store test files share: a host's processes (the CLI, scripts), a long-lived
+// host process answering commands, and a store seeded from a pool file. A host is
+// `{ env }`: its own HOME and key file, the shared store.
+import { spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const CLI = fileURLToPath(new URL("../../bin/oauth-pool.mjs", import.meta.url));
+const HOST = fileURLToPath(new URL("./fleet-host.mjs", import.meta.url));
+
+/** A process of this runtime with `args`; resolves `{ code, signal, stdout, stderr }`. */
+export function runNode(args, env, { input } = {}) {
+  const child = spawn(process.execPath, args, { env, stdio: ["pipe", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d) => (stdout += d));
+  child.stderr.on("data", (d) => (stderr += d));
+  child.stdin.end(input ?? "");
+  return new Promise((resolve, reject) => {
+    child.on("error", reject);
+    child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }));
+  });
+}
+
+/** `oauth-pool --json ...args` as `host`: the run, its last JSON line and the error in it. */
+export async function cliJson(host, ...args) {
+  const r = await runNode([CLI, "--json", ...args], host.env);
+  const last = r.stdout.trim().split("\n").filter(Boolean).at(-1);
+  const json = last ? JSON.parse(last) : null;
+  return { ...r, json, err: json?.error ?? null };
+}
+
+/** A long-lived process of a host, answering one JSON line per command (helpers/fleet-host.mjs). */
+export function startHostProcess(host, store, mockUrl) {
+  const child = spawn(process.execPath, [HOST, store, mockUrl], { env: host.env, stdio: ["pipe", "pipe", "inherit"] });
+  const waiting = [];
+  let buffer = "";
+  child.stdout.on("data", (d) => {
+    buffer += d;
+    for (let nl = buffer.indexOf("\n"); nl >= 0; nl = buffer.indexOf("\n")) {
+      const line = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 1);
+      waiting.shift()?.(JSON.parse(line));
+    }
+  });
+  const ready = new Promise((resolve) => waiting.push(resolve));
+  const exited = new Promise((resolve) => child.on("close", resolve));
+  return {
+    ready,
+    ask(command) {
+      const answer = new Promise((resolve) => waiting.push(resolve));
+      child.stdin.write(`${command}\n`);
+      return answer;
+    },
+    async close() {
+      child.stdin.end();
+      await exited;
+    },
+  };
+}
+
+/** Writes `pool` as a person would have it (0600) and copies it into `store` as `host`. */
+export async function seedStore(host, store, pool) {
+  const file = join(mkdtempSync(join(tmpdir(), "oauth-pool-seed-")), "pool.json");
+  writeFileSync(file, JSON.stringify(pool, null, 2), { mode: 0o600 });
+  const r = await cliJson(host, "store", "copy", "--from", file, "--to", store);
+  if (r.code !== 0) throw new Error(`store copy exited ${r.code}: ${r.stdout}${r.stderr}`);
+  return file;
+}
