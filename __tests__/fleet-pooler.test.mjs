@@ -8,13 +8,20 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { rateLimitHeaders, startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { runWorkersTogether } from "./helpers/pool-env.mjs";
-import { cliJson, runNode, seedStore as seedFrom, startHostProcess as startHost } from "./helpers/fleet-kit.mjs";
+import {
+  cliJson,
+  oauthEntry as entryOf,
+  runNode,
+  seedStore as seedFrom,
+  startHostProcess as startHost,
+  storedPool as storedFrom,
+} from "./helpers/fleet-kit.mjs";
 import { startPgBouncer, startPostgres } from "./helpers/postgres.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
@@ -56,27 +63,9 @@ const startHostProcess = (host) => startHost(host, host.env.OAUTH_POOL_STORE, mo
 
 const seedStore = (fleet, pool) => seedFrom(fleet.hostA, fleet.url, pool);
 
-async function storedPool(fleet) {
-  const file = join(mkdtempSync(join(tmpdir(), "oauth-pool-out-")), "pool.json");
-  const r = await cliJson(fleet.hostB, "store", "copy", "--from", fleet.url, "--to", file);
-  assert.equal(r.code, 0, r.stdout + r.stderr);
-  return JSON.parse(readFileSync(file, "utf8"));
-}
+const storedPool = (fleet) => storedFrom(fleet.hostB, fleet.url);
 
-function oauthEntry(email, { expired = false, ...extra } = {}) {
-  const t = mock.addAccount(email);
-  return {
-    email,
-    refresh: t.refresh,
-    access: t.access,
-    expires: expired ? Date.now() - 1000 : t.expires,
-    added: new Date().toISOString(),
-    lastUsed: null,
-    status: "idle",
-    rateLimitUntil: null,
-    ...extra,
-  };
-}
+const oauthEntry = (email, options) => entryOf(mock, email, options);
 
 before(async () => {
   pg = await startPostgres();

@@ -11,7 +11,14 @@ import { fileURLToPath } from "node:url";
 import { parseSSE, rateLimitHeaders, startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
 import { runWorkersTogether } from "./helpers/pool-env.mjs";
-import { cliJson, runNode, seedStore as seedFrom, startHostProcess as startHost } from "./helpers/fleet-kit.mjs";
+import {
+  cliJson,
+  oauthEntry as entryOf,
+  runNode,
+  seedStore as seedFrom,
+  startHostProcess as startHost,
+  storedPool as storedFrom,
+} from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
@@ -45,34 +52,14 @@ function makeHost(name, extra = {}) {
 
 const run = (file, args, env, opts) => runNode([file, ...args], env, opts);
 
-const cli = (host, ...args) => run(CLI, args, host.env);
-
 const startHostProcess = (host, store = pg.url) => startHost(host, store, mock.url);
 
 const seedStore = (host, pool) => seedFrom(host, pg.url, pool);
 
 /** The pool as stored in the database, decrypted by a host that has the key. */
-async function storedPool(host) {
-  const file = join(mkdtempSync(join(tmpdir(), "oauth-pool-out-")), "pool.json");
-  const r = await cli(host, "store", "copy", "--from", pg.url, "--to", file);
-  assert.equal(r.code, 0, r.stderr);
-  return JSON.parse(readFileSync(file, "utf8"));
-}
+const storedPool = (host) => storedFrom(host, pg.url);
 
-function oauthEntry(email, { expired = false, ...extra } = {}) {
-  const t = mock.addAccount(email);
-  return {
-    email,
-    refresh: t.refresh,
-    access: t.access,
-    expires: expired ? Date.now() - 1000 : t.expires,
-    added: new Date().toISOString(),
-    lastUsed: null,
-    status: "idle",
-    rateLimitUntil: null,
-    ...extra,
-  };
-}
+const oauthEntry = (email, options) => entryOf(mock, email, options);
 
 const rows = () => pg.sql("SELECT position, entry::text FROM oauth_pool_entries ORDER BY position");
 

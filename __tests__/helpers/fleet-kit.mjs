@@ -2,7 +2,7 @@
 // host process answering commands, and a store seeded from a pool file. A host is
 // `{ env }`: its own HOME and key file, the shared store.
 import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -68,4 +68,28 @@ export async function seedStore(host, store, pool) {
   const r = await cliJson(host, "store", "copy", "--from", file, "--to", store);
   if (r.code !== 0) throw new Error(`store copy exited ${r.code}: ${r.stdout}${r.stderr}`);
   return file;
+}
+
+/** The pool in `store`, copied out to a file as `host` and read. */
+export async function storedPool(host, store) {
+  const file = join(mkdtempSync(join(tmpdir(), "oauth-pool-out-")), "pool.json");
+  const r = await cliJson(host, "store", "copy", "--from", store, "--to", file);
+  if (r.code !== 0) throw new Error(`store copy exited ${r.code}: ${r.stdout}${r.stderr}`);
+  return JSON.parse(readFileSync(file, "utf8"));
+}
+
+/** A pool entry for a login `mock` knows, its access token expired when `expired`. */
+export function oauthEntry(mock, email, { expired = false, ...extra } = {}) {
+  const t = mock.addAccount(email);
+  return {
+    email,
+    refresh: t.refresh,
+    access: t.access,
+    expires: expired ? Date.now() - 1000 : t.expires,
+    added: new Date().toISOString(),
+    lastUsed: null,
+    status: "idle",
+    rateLimitUntil: null,
+    ...extra,
+  };
 }
