@@ -10,6 +10,7 @@ import { createPoolFetch, flushPool, loadPool, savePool } from "../index.mjs";
 import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
 
 const POLLER = fileURLToPath(new URL("./helpers/pool-poller.mjs", import.meta.url));
+const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
 const mock = useMock();
 
 const ask = (f) => f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
@@ -169,4 +170,24 @@ test("a token inside its refresh margin while the token endpoint fails: the stil
   } finally {
     mock.setTokenMode(null);
   }
+});
+
+test("an account marked auth-error by a wrong token endpoint's 404 comes back with `oauth-pool refresh` once the endpoint is right", async () => {
+  const email = "moved@x.test";
+  const path = await seedPool(mock, [email], { expired: [email] });
+  // What api.anthropic.com answers for a path it does not have: the same shape as a spent token.
+  mock.setTokenMode({ status: 404, grant: "refresh_token", times: 1 });
+  await assert.rejects(ask(createPoolFetch({ path })), { code: "POOL_NO_ACCOUNT" });
+  await flushPool(path);
+  assert.equal(account(path, email).status, "auth-error");
+  const cli = spawn(process.execPath, [CLI, "refresh", email, "--json"], { env: { ...process.env, OAUTH_POOL_PATH: path }, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  cli.stdout.on("data", (d) => (out += d));
+  const code = await new Promise((resolve) => cli.on("close", resolve));
+  assert.equal(code, 0, out);
+  assert.equal(JSON.parse(out.trim().split("\n").at(-1)).outcome, "refreshed");
+  assert.equal(account(path, email).status, "idle", "a new token clears the mark");
+  const again = await ask(createPoolFetch({ path }));
+  assert.equal(again.status, 200);
+  await again.text();
 });
