@@ -88,6 +88,44 @@ test("a machine clock an hour off (WSL after sleep): a window's cooldown still e
   }
 });
 
+test("a Console key's monthly spend limit (429 enforced_spend_limit_reached) rests the key until the month turns, not seconds", async () => {
+  const key = `fake-console-key-spend-${Date.now()}`;
+  const keyed = "spend-key@x.test";
+  mock.addApiKey(key, keyed);
+  const path = await seedPool(mock, ["spend-backup@x.test"]);
+  const pool = readPool(path);
+  pool.anthropic.unshift({ email: keyed, type: "api", key, priority: 5, status: "idle", rateLimitUntil: null });
+  await lib.savePool(pool, path);
+  const body = {
+    type: "error",
+    error: { type: "rate_limit_error", message: "You have reached your specified API usage limits.", details: { error_code: "enforced_spend_limit_reached" } },
+  };
+  mock.script(keyed, [{ status: 429, headers: { "retry-after": "5" }, body }]);
+  const f = createPoolFetch({ path });
+  const first = await ask(f, "claude-sonnet-4-5");
+  assert.equal(first.status, 200, "the same request moved to the other account");
+  assert.equal(first.poolAccount, "spend-backup@x.test");
+  await first.text();
+  await flushPool(path);
+  const a = account(path, keyed);
+  const nextMonth = (() => {
+    const d = new Date();
+    return Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + 1, 1);
+  })();
+  // A throttle's 5 s would offer the key again and again for the rest of the month.
+  assert.equal(a.status, "rate-limited");
+  assert.equal(a.rateLimitUntil, Math.min(nextMonth, a.rateLimitUntil), "no later than the month's turn");
+  assert.ok(a.rateLimitUntil >= Math.min(nextMonth, Date.now() + 8 * 86_400_000) - 60_000, `${a.rateLimitUntil}`);
+  const status = await poolStatus(path);
+  const shown = status.accounts.find((x) => x.email === keyed);
+  assert.match(JSON.stringify(shown), /spend limit/);
+  mock.clearRequests();
+  const second = await ask(f, "claude-sonnet-4-5");
+  assert.equal(second.poolAccount, "spend-backup@x.test");
+  await second.text();
+  assert.equal(mock.requests.length, 1, "the key was not offered again");
+});
+
 test("every window counts for the soft threshold: a 7d past it moves a sticky session", async () => {
   const path = await seedPool(mock, ["seven1@x.test", "seven2@x.test"]);
   await lib.setPriority("seven1@x.test", 5, path);

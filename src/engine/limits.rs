@@ -317,6 +317,8 @@ pub enum CooldownKind {
     Window(String),
     /// A throttle with no exhausted window.
     Burst,
+    /// A Console key's monthly spend limit.
+    SpendLimit,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -332,6 +334,9 @@ impl Cooldown {
         let what = match &self.kind {
             CooldownKind::Window(claim) => format!("{claim} window exhausted"),
             CooldownKind::Burst => "rate limited (no window exhausted)".to_string(),
+            CooldownKind::SpendLimit => {
+                "the API key's monthly spend limit is reached (raise it in the Console, then `oauth-pool reset-cooldowns`)".to_string()
+            }
         };
         match &self.scope {
             Some(family) => format!("{what} for {family} models"),
@@ -423,6 +428,32 @@ pub fn cooldown_for_429(limits: &Limits, now_ms: i64, family: Option<&str>) -> C
         kind: CooldownKind::Burst,
         scope: None,
     }
+}
+
+/// A spend limit rests the whole account until the month turns (UTC; a later `retry-after` wins),
+/// at most 8 days at a time: should it have been lifted, the account is offered again then.
+pub fn cooldown_for_spend_limit(limits: &Limits, now_ms: i64) -> Cooldown {
+    let month_turns = next_month_utc(now_ms).unwrap_or(now_ms + MAX_COOLDOWN_MS);
+    let retry_at = limits.retry_after_ms.map(|d| now_ms.saturating_add(d));
+    let until = retry_at.map_or(month_turns, |r| r.max(month_turns));
+    Cooldown {
+        until: until.clamp(now_ms + 1_000, now_ms + MAX_COOLDOWN_MS),
+        kind: CooldownKind::SpendLimit,
+        scope: None,
+    }
+}
+
+/// The first instant of the month after `now_ms`, UTC.
+fn next_month_utc(now_ms: i64) -> Option<i64> {
+    let today = crate::account::iso_time(now_ms);
+    let year: i64 = today.get(..4)?.parse().ok()?;
+    let month: i64 = today.get(5..7)?.parse().ok()?;
+    let (year, month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    crate::account::parse_iso_ms(&format!("{year:04}-{month:02}-01T00:00:00.000Z"))
 }
 
 /// Lays `fresh` windows over `known` by name: a fresh one replaces the one of its name, the
@@ -676,6 +707,25 @@ mod tests {
             let l = Limits::from_headers(&headers(&lines), local);
             assert_eq!(l.reset, Some((secs(local) + 600) * 1000), "{date}");
         }
+    }
+
+    #[test]
+    fn a_spend_limit_lasts_until_the_month_turns() {
+        let ms = |iso: &str| crate::account::parse_iso_ms(iso).unwrap();
+        assert_eq!(
+            next_month_utc(ms("2026-12-31T23:59:59.000Z")),
+            Some(ms("2027-01-01T00:00:00.000Z"))
+        );
+        assert_eq!(
+            next_month_utc(ms("2027-02-03T10:00:00.000Z")),
+            Some(ms("2027-03-01T00:00:00.000Z"))
+        );
+        let now = ms("2027-02-27T10:00:00.000Z");
+        let c = cooldown_for_spend_limit(&Limits::default(), now);
+        assert_eq!(c.until, ms("2027-03-01T00:00:00.000Z"));
+        let early = ms("2027-02-03T10:00:00.000Z");
+        let c = cooldown_for_spend_limit(&Limits::default(), early);
+        assert_eq!(c.until, early + MAX_COOLDOWN_MS, "at most 8 days at a time");
     }
 
     #[test]

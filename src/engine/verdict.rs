@@ -3,12 +3,13 @@
 //! | answer | decision |
 //! | --- | --- |
 //! | 429 | cool the account (see `limits::cooldown_for_429`), move the request to the next account |
+//! | 429 whose body says `enforced_spend_limit_reached` | the key's monthly spend limit: rest the account until the month turns (at most 8 days at a time), move on |
 //! | 401, OAuth, first time for this account | adopt a newer token or refresh, retry on the same account |
 //! | 401 again, or 401 for an API key | the credential is refused: mark it (tied to that credential), move on |
 //! | 400 saying third-party apps draw from extra usage | deliver it, report it, do not rotate (every subscription would say the same) |
 //! | anything else (2xx, 3xx, other 4xx, 529, 5xx) | deliver it as it is; nobody is benched |
 
-use super::limits::{cooldown_for_429, Cooldown, Limits};
+use super::limits::{cooldown_for_429, cooldown_for_spend_limit, Cooldown, Limits};
 
 /// How the request was authenticated, which decides what a 401 means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,12 +38,13 @@ pub enum Decision {
 /// and report (`judge`) right after, off the answer's path.
 pub const DECISIVE: [u16; 3] = [400, 401, 429];
 
-/// Only a 400 needs its body read to be understood; it is read bounded (`PEEK_LIMIT`).
+/// A 400 and a 429 need their body read to be understood; it is read bounded (`PEEK_LIMIT`).
 pub fn needs_body(status: u16) -> bool {
-    status == 400
+    status == 400 || status == 429
 }
 
-/// How much of a 400 is read to tell a third-party refusal from a bad request.
+/// How much of a 400 or a 429 is read to tell a third-party refusal from a bad request, or a
+/// spend limit from a rate limit.
 pub const PEEK_LIMIT: usize = 256 * 1024;
 
 pub fn decide(
@@ -55,6 +57,9 @@ pub fn decide(
     family: Option<&str>,
 ) -> Decision {
     match status {
+        429 if body.is_some_and(is_spend_limit) => {
+            Decision::CoolAndMove(cooldown_for_spend_limit(limits, now_ms))
+        }
         429 => Decision::CoolAndMove(cooldown_for_429(limits, now_ms, family)),
         401 if kind == CredentialKind::OAuth && !refreshed_already => Decision::RefreshAndRetry,
         401 => Decision::RefusedAndMove,
@@ -68,6 +73,12 @@ pub fn decide(
 pub fn is_third_party_refusal(body: &[u8]) -> bool {
     let text = String::from_utf8_lossy(body).to_ascii_lowercase();
     text.contains("third-party") || text.contains("third party") || text.contains("extra usage")
+}
+
+/// A 429 that is the Console key's monthly spend limit (`error.details.error_code`), which
+/// lasts until the month turns: a throttle's few seconds would offer the key again and again.
+pub fn is_spend_limit(body: &[u8]) -> bool {
+    memchr::memmem::find(body, b"enforced_spend_limit_reached").is_some()
 }
 
 #[cfg(test)]
@@ -125,7 +136,18 @@ mod tests {
                 );
             }
         }
-        assert!(needs_body(400) && !needs_body(429) && !needs_body(200));
+        assert!(needs_body(400) && needs_body(429) && !needs_body(200));
+        let spend: &[u8] = br#"{"type":"error","error":{"type":"rate_limit_error","message":"You have reached your specified API usage limits.","details":{"error_code":"enforced_spend_limit_reached"}}}"#;
+        let Decision::CoolAndMove(c) = d(429, Some(spend), CredentialKind::ApiKey, false) else {
+            panic!("a spend limit moves on");
+        };
+        assert_eq!(c.kind, CooldownKind::SpendLimit);
+        assert!(
+            c.until > NOW + 3_600_000,
+            "until the month turns, not seconds"
+        );
+        assert!(c.until <= NOW + 8 * 24 * 3_600_000);
+        assert!(c.scope.is_none());
         assert!((100..600u16).all(|s| !needs_body(s) || DECISIVE.contains(&s)));
     }
 }
