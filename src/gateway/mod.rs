@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
@@ -265,38 +266,26 @@ async fn accept_loop(
             let state = state.clone();
             async move { Ok::<_, Infallible>(handle(req, state).await) }
         });
-        match &acceptor {
-            Some(tls) => {
-                let tls = tls.clone();
-                let watcher = graceful.watcher();
-                let cut = cut.clone();
-                crate::runtime::spawn_boxed(async move {
-                    let _permit = permit;
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(header_timeout, tls.accept(stream)).await
-                    else {
-                        return;
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = watcher.watch(conn) => {}
-                        _ = cut.cancelled() => {}
-                    }
-                });
+        let tls = acceptor.clone();
+        let watcher = graceful.watcher();
+        let cut = cut.clone();
+        crate::runtime::spawn_boxed(async move {
+            let _permit = permit;
+            // One stream type for plain and TLS connections: hyper's server code is compiled
+            // once, not once per kind of stream.
+            let stream = match tls {
+                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => Either::Right(stream),
+                    _ => return,
+                },
+                None => Either::Left(stream),
+            };
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = watcher.watch(conn) => {}
+                _ = cut.cancelled() => {}
             }
-            None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                let watched = graceful.watch(conn);
-                let cut = cut.clone();
-                crate::runtime::spawn_boxed(async move {
-                    let _permit = permit;
-                    tokio::select! {
-                        _ = watched => {}
-                        _ = cut.cancelled() => {}
-                    }
-                });
-            }
-        }
+        });
     }
     drop(listener);
     let wait = drain.lock().map(|d| *d).unwrap_or(Duration::from_secs(10));
