@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, statSync, writeFileSync } from "node:fs";
-import { createPoolFetch, loadPool, savePool, poolStatus, flushPool } from "../index.mjs";
+import { createPoolFetch, loadPool, savePool, poolStatus, flushPool, setEnabled } from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { useMock, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath } from "./helpers/pool-env.mjs";
 
@@ -72,6 +72,21 @@ test("a 401 storm: bounded attempts, every account auth-error, tokens kept, a cl
     assert.equal(a.status, "auth-error");
     assert.ok(a.refresh);
   }
+});
+
+test("disable then enable an account in auth-error: still auth-error until a new login, its refused token not sent again", async () => {
+  // Found by the chaos test: enable turned the "disabled" written over "auth-error" into "idle".
+  const path = await seedPool(mock, ["dis-ae@x.test"]);
+  mock.script("dis-ae@x.test", [{ status: 401 }, { status: 401 }]);
+  await assert.rejects(post(createPoolFetch({ path })), (e) => e.code === "POOL_NO_ACCOUNT");
+  await flushPool(path);
+  assert.equal(account(path, "dis-ae@x.test").status, "auth-error");
+  await setEnabled("dis-ae@x.test", false, path);
+  await setEnabled("dis-ae@x.test", true, path);
+  assert.equal(account(path, "dis-ae@x.test").status, "auth-error", "the refusal stands");
+  mock.clearRequests();
+  await assert.rejects(post(createPoolFetch({ path })), (e) => e.code === "POOL_NO_ACCOUNT");
+  assert.equal(mock.requests.length + mock.tokenRequests.length, 0, "nothing presented again");
 });
 
 test("a 401 while the token endpoint is down: the request moves on, the account rests until the endpoint may be asked, and is not marked", async () => {

@@ -309,7 +309,19 @@ pub async fn set_enabled(store: &Store, target: &str, enabled: bool) -> Result<(
                 if enabled {
                     a.enabled = None;
                     if a.status_enum() == Some(Status::Disabled) {
-                        a.status = Status::Idle.as_str().into();
+                        // Disabling wrote over an auth-error of ours: while the refused
+                        // credential is still the account's, it stays refused (only a new
+                        // login clears it, and that removes `authErrorToken`).
+                        let refused = a.extra.get("authErrorToken").and_then(Value::as_str)
+                            == a.credential_tag().as_deref()
+                            && a.extra.contains_key("authErrorToken");
+                        a.status = if refused {
+                            Status::AuthError
+                        } else {
+                            Status::Idle
+                        }
+                        .as_str()
+                        .into();
                     }
                 } else {
                     a.enabled = Some(false);
@@ -417,6 +429,52 @@ pub fn import_claude_code(credentials: &Path, email: Option<&str>) -> Result<Tok
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn disable_then_enable_keeps_an_auth_error_of_the_same_credential() {
+        // Found by the chaos test: `disable` wrote status "disabled" over "auth-error" and
+        // `enable` then made it "idle", so a login that needs renewing looked usable and its
+        // refused tokens were presented again.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::file(dir.path().join("p.json"));
+        let t = Tokens {
+            access: "a".into(),
+            refresh: "r".into(),
+            expires: now_ms() + 3_600_000,
+            email: Some("a@x".into()),
+        };
+        add_oauth(&store, &t).await.unwrap();
+        store
+            .update(|pool| {
+                let a = pool.find_mut("a@x").unwrap();
+                a.status = Status::AuthError.as_str().into();
+                let tag = a.credential_tag().unwrap();
+                a.extra.insert("authErrorToken".into(), json!(tag));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        set_enabled(&store, "a@x", false).await.unwrap();
+        set_enabled(&store, "a@x", true).await.unwrap();
+        let pool = store.load().await.unwrap();
+        let a = pool.find("a@x").unwrap();
+        assert_eq!(a.status_enum(), Some(Status::AuthError), "{}", a.status);
+        assert!(a.auth_error_is_ours());
+        // A new login while disabled clears the mark: enabled again, it is usable.
+        set_enabled(&store, "a@x", false).await.unwrap();
+        add_oauth(
+            &store,
+            &Tokens {
+                refresh: "r2".into(),
+                ..t.clone()
+            },
+        )
+        .await
+        .unwrap();
+        set_enabled(&store, "a@x", true).await.unwrap();
+        let pool = store.load().await.unwrap();
+        assert_eq!(pool.find("a@x").unwrap().status_enum(), Some(Status::Idle));
+    }
 
     #[tokio::test]
     async fn management_round_trip() {

@@ -312,6 +312,9 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       reuse: 0,
       perGeneration: {}, // generation of the presented refresh token -> calls
       consumed: new Map(), // refresh token -> { generation, rotatedAt }
+      lostAnswers: 0, // rotations whose answer commitThenDrop threw away
+      answeredAt: [], // when each rotation's answer was handed to the client (last 1,000)
+      reuseLog: [], // { generation, rotatedAt, lost, at }: each spent refresh token presented again
     };
     issueTokens(fam);
     families.set(email, fam);
@@ -384,6 +387,14 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     // Reuse of a consumed token: treat it as theft and kill the family (RFC 9700 4.14.2).
     counters.reuse++;
     fam.reuse++;
+    fam.reuseLog.push({
+      generation: used.generation,
+      requestedAt: used.requestedAt,
+      rotatedAt: used.rotatedAt,
+      lost: !!used.lost,
+      clientGone: !!used.clientGone,
+      at: Date.now(),
+    });
     fam.revoked = true;
     return reject(`reuse of generation ${used.generation} (current ${fam.generation}): family revoked`);
   }
@@ -458,11 +469,27 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     else if (grant === "refresh_token") result = grantRefreshToken(body, fam);
     else result = { status: 400, body: { error: "unsupported_grant_type" }, reject: `grant ${grant}` };
     record.reject = result.reject ?? null;
+    // When the rotation's request arrived, and whether its client was still there to hear the answer.
+    const spent = fam && result.status === 200 ? fam.consumed.get(body.refresh_token) : null;
+    if (spent && spent.requestedAt === undefined) {
+      spent.requestedAt = record.at;
+      spent.clientGone = !!(res.destroyed || req.socket?.destroyed);
+    }
 
-    if (mode?.commitThenDrop) return dropConnection(req, res); // the rotation above is committed
+    if (mode?.commitThenDrop) {
+      if (spent) {
+        fam.lostAnswers++;
+        spent.lost = true;
+      }
+      return dropConnection(req, res); // the rotation above is committed
+    }
     record.status = result.status;
     res.writeHead(result.status, { "content-type": "application/json", "request-id": requestId() });
     res.end(JSON.stringify(result.body));
+    if (fam && grant === "refresh_token" && result.status === 200) {
+      fam.answeredAt.push(Date.now());
+      if (fam.answeredAt.length > 1000) fam.answeredAt.shift();
+    }
   }
 
   // --- API origin: auth ------------------------------------------------------------------------
@@ -847,6 +874,7 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     "POST /__mock/rotate": (b) => mock.rotate(b.email),
     "POST /__mock/revoke": (b) => done(mock.revoke(b.email, b)),
     "POST /__mock/clear-requests": () => done(mock.clearRequests()),
+    "POST /__mock/clear-scripts": () => done(mock.clearScripts()),
     "GET /__mock/stats": () => mock.stats(),
     "GET /__mock/requests": () => requests.map((r) => ({ ...r, headers: maskHeaders(r.headers) })),
     "GET /__mock/token-requests": () =>
@@ -984,6 +1012,12 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       scripts.get(email).push(...[responses].flat());
     },
 
+    /** Drops every queued /v1/messages answer (per account and for all). */
+    clearScripts() {
+      scripts.clear();
+      scriptAllQueue.length = 0;
+    },
+
     /** Queues answers for whichever authenticated account asks next (after its own script). */
     scriptAll(responses) {
       scriptAllQueue.push(...[responses].flat());
@@ -1035,6 +1069,9 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
           perGeneration: { ...f.perGeneration },
           reuse: f.reuse,
           revoked: f.revoked,
+          lostAnswers: f.lostAnswers,
+          answeredAt: [...f.answeredAt],
+          reuseLog: f.reuseLog.map((r) => ({ ...r })),
         };
       return structuredClone({ ...counters, perFamily, pendingTokenModes: tokenModes.length });
     },
