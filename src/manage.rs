@@ -312,9 +312,12 @@ pub async fn set_enabled(store: &Store, target: &str, enabled: bool) -> Result<(
                         // Disabling wrote over an auth-error of ours: while the refused
                         // credential is still the account's, it stays refused (only a new
                         // login clears it, and that removes `authErrorToken`).
-                        let refused = a.extra.get("authErrorToken").and_then(Value::as_str)
-                            == a.credential_tag().as_deref()
-                            && a.extra.contains_key("authErrorToken");
+                        let tag = a.credential_tag();
+                        let refused = a
+                            .extra
+                            .get("authErrorToken")
+                            .and_then(Value::as_str)
+                            .is_some_and(|refused| tag.as_deref() == Some(refused));
                         a.status = if refused {
                             Status::AuthError
                         } else {

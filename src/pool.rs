@@ -193,12 +193,16 @@ impl Pool {
         Ok(pool)
     }
 
-    /// For every account that `stored` (the pool as it is now) holds a later generation of
-    /// tokens for than this one does (the tokens differ and the stored ones expire later: a
-    /// refresh happened since this copy was read), keeps the stored tokens. Writing back the
-    /// spent refresh token would get the account's whole token family revoked at the next
-    /// refresh, logging the user out. Returns the accounts whose tokens were kept.
-    pub fn keep_newer_tokens(&mut self, stored: &Pool) -> Vec<String> {
+    /// What a copy read earlier missed, kept from `stored` (the pool as it is now), for every
+    /// account in both:
+    /// - a later generation of tokens (they differ and the stored ones expire later: a refresh
+    ///   happened since the copy was read). Writing back the spent refresh token would get the
+    ///   account's whole token family revoked at the next refresh, logging the user out.
+    /// - a refusal of the credential the copy still holds (`auth-error` with its
+    ///   `authErrorToken`): written back as usable, the refused login would be tried again.
+    ///
+    /// Returns the accounts whose tokens were kept.
+    pub fn keep_newer_state(&mut self, stored: &Pool) -> Vec<String> {
         let mut kept = Vec::new();
         for a in self.accounts_mut() {
             let Some(s) = stored.find(&a.email) else {
@@ -211,6 +215,21 @@ impl Pool {
                 a.refresh = s.refresh.clone();
                 a.expires = s.expires;
                 kept.push(a.email.clone());
+            }
+            let refused = s.extra.get("authErrorToken");
+            let same_credential = refused.and_then(Value::as_str).is_some_and(|refused| {
+                a.credential_tag().as_deref() == Some(refused)
+            });
+            if s.status_enum() == Some(Status::AuthError)
+                && same_credential
+                && !a.extra.contains_key("authErrorToken")
+            {
+                a.status = s.status.clone();
+                for field in ["authErrorToken", "lastError"] {
+                    if let Some(v) = s.extra.get(field) {
+                        a.extra.insert(field.into(), v.clone());
+                    }
+                }
             }
         }
         kept
@@ -415,7 +434,7 @@ mod tests {
         let mut stale = pool("r1", T + 1_000);
         stale.find_mut("b@x.test").unwrap().priority = Some(3);
         assert_eq!(
-            stale.keep_newer_tokens(&stored),
+            stale.keep_newer_state(&stored),
             vec!["A@x.test".to_string()]
         );
         let a = stale.find("a@x.test").unwrap();
@@ -423,9 +442,22 @@ mod tests {
         assert_eq!(a.access.as_ref().unwrap().expose(), "a-r2");
         assert_eq!(a.expires, Some(T + 2_000));
         assert_eq!(stale.find("b@x.test").unwrap().priority, Some(3));
+        // A refusal the copy missed stays, while the copy holds the refused credential.
+        let mut refused = pool("r2", T + 2_000);
+        let b = refused.find_mut("b@x.test").unwrap();
+        b.status = "auth-error".into();
+        let tag = b.credential_tag().unwrap();
+        b.extra.insert("authErrorToken".into(), json!(tag));
+        let mut stale = pool("r2", T + 2_000);
+        stale.keep_newer_state(&refused);
+        assert_eq!(stale.find("b@x.test").unwrap().status, "auth-error");
+        let mut relogged = pool("r2", T + 2_000);
+        relogged.find_mut("b@x.test").unwrap().refresh = Some("rb-new".into());
+        relogged.keep_newer_state(&refused);
+        assert_eq!(relogged.find("b@x.test").unwrap().status, "idle", "a new login is usable");
         // A newer login saved over older stored tokens is the caller's to write.
         let mut fresh = pool("r3", T + 3_000);
-        assert!(fresh.keep_newer_tokens(&stored).is_empty());
+        assert!(fresh.keep_newer_state(&stored).is_empty());
         assert_eq!(
             fresh
                 .find("a@x.test")

@@ -141,7 +141,7 @@ impl FileStore {
         let previous = self.read()?;
         let mut pool = pool.clone();
         if let Some((stored, _)) = &previous {
-            for email in pool.keep_newer_tokens(stored) {
+            for email in pool.keep_newer_state(stored) {
                 tracing::info!(account = %email, "kept the stored tokens: newer than those saved");
             }
         }

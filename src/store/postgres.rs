@@ -644,10 +644,11 @@ impl PgStore {
     }
 
     /// Replaces the whole pool (`savePool`, `store copy`).
-    /// Replaces the whole pool, keeping tokens newer than those given (`Pool::keep_newer_tokens`).
+    /// Replaces the whole pool, keeping tokens newer than those given and what else a stale copy missed
+    /// (`Pool::keep_newer_state`).
     pub async fn save(&self, mut pool: Pool) -> Result<()> {
         self.update(move |stored| {
-            for email in pool.keep_newer_tokens(stored) {
+            for email in pool.keep_newer_state(stored) {
                 tracing::info!(account = %email, "kept the stored tokens: newer than those saved");
             }
             *stored = pool;
