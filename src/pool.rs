@@ -217,9 +217,9 @@ impl Pool {
                 kept.push(a.email.clone());
             }
             let refused = s.extra.get("authErrorToken");
-            let same_credential = refused.and_then(Value::as_str).is_some_and(|refused| {
-                a.credential_tag().as_deref() == Some(refused)
-            });
+            let same_credential = refused
+                .and_then(Value::as_str)
+                .is_some_and(|refused| a.credential_tag().as_deref() == Some(refused));
             if s.status_enum() == Some(Status::AuthError)
                 && same_credential
                 && !a.extra.contains_key("authErrorToken")
@@ -454,7 +454,11 @@ mod tests {
         let mut relogged = pool("r2", T + 2_000);
         relogged.find_mut("b@x.test").unwrap().refresh = Some("rb-new".into());
         relogged.keep_newer_state(&refused);
-        assert_eq!(relogged.find("b@x.test").unwrap().status, "idle", "a new login is usable");
+        assert_eq!(
+            relogged.find("b@x.test").unwrap().status,
+            "idle",
+            "a new login is usable"
+        );
         // A newer login saved over older stored tokens is the caller's to write.
         let mut fresh = pool("r3", T + 3_000);
         assert!(fresh.keep_newer_state(&stored).is_empty());
