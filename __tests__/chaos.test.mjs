@@ -14,6 +14,7 @@ import { readdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { addAccount, authorize, createPoolFetch, flushPool, loadPool, savePool, setEnabled, setPriority } from "../index.mjs";
+import { seeded } from "./helpers/chaos-random.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { useMock, tempPoolPath, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
 
@@ -32,17 +33,7 @@ const mock = useMock({ env: { OAUTH_POOL_JITTER_MS: String(JITTER_MS), OAUTH_POO
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-let seed = SEED >>> 0 || 1;
-const random = () => {
-  seed ^= seed << 13;
-  seed >>>= 0;
-  seed ^= seed >>> 17;
-  seed ^= seed << 5;
-  seed >>>= 0;
-  return seed / 2 ** 32;
-};
-const pick = (list) => list[Math.floor(random() * list.length)];
-const between = (lo, hi) => lo + Math.floor(random() * (hi - lo + 1));
+const { random, pick, between } = seeded(SEED);
 const nowSec = () => Math.floor(Date.now() / 1000);
 
 /** A child of this runtime reading stdin until closed; stdout is collected line by line. */

@@ -7,20 +7,12 @@
 import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { loadPool, resetCooldowns, savePool, setEnabled, setPriority } from "../../index.mjs";
+import { seeded } from "./chaos-random.mjs";
 
 const [path, emailsArg, seedArg] = process.argv.slice(2);
 const emails = emailsArg.split(",");
 const CLI = fileURLToPath(new URL("../../bin/oauth-pool.mjs", import.meta.url));
-let seed = Number(seedArg) >>> 0 || 7;
-const random = () => {
-  seed ^= seed << 13;
-  seed >>>= 0;
-  seed ^= seed >>> 17;
-  seed ^= seed << 5;
-  seed >>>= 0;
-  return seed / 2 ** 32;
-};
-const pick = (list) => list[Math.floor(random() * list.length)];
+const { random, pick } = seeded(seedArg, 7);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const out = { counts: {}, failures: [], copies: [] };
 const disabled = new Set();

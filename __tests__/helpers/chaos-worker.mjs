@@ -5,19 +5,11 @@
 // never ends, even in a worker killed later. Ends with { done: true } after in-flight ones end.
 //   node chaos-worker.mjs <poolPath> <apiUrl> <seed>
 import { createPoolFetch } from "../../index.mjs";
+import { seeded } from "./chaos-random.mjs";
 
 const [path, apiUrl, seedArg] = process.argv.slice(2);
-let seed = Number(seedArg) >>> 0 || 1;
-const random = () => {
-  // xorshift32: each worker's mix differs, reproducibly from its seed.
-  seed ^= seed << 13;
-  seed >>>= 0;
-  seed ^= seed >>> 17;
-  seed ^= seed << 5;
-  seed >>>= 0;
-  return seed / 2 ** 32;
-};
-const pick = (list) => list[Math.floor(random() * list.length)];
+// Each worker's mix differs, reproducibly from its seed.
+const { random, pick } = seeded(seedArg);
 const f = createPoolFetch({ path });
 const say = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
 
