@@ -152,12 +152,16 @@ impl Exchange {
                 },
             };
             self.announce_move(&email);
-            let patience = self.patience(&pool, &email);
-            match self
-                .engine
-                .credential(&pool, &email, patience, cancel, &mut self.events)
-                .await
-            {
+            let credential = match self.engine.credential_now(&pool, &email) {
+                Some(credential) => Ok(credential),
+                None => {
+                    let patience = self.patience(&pool, &email);
+                    self.engine
+                        .credential(&pool, &email, patience, cancel, &mut self.events)
+                        .await
+                }
+            };
+            match credential {
                 // A stored credential no header can carry (a hand-edited file) is this
                 // account's problem, not the request's: the next account serves.
                 Ok(credential) => match sending_headers(base, &credential) {
@@ -265,12 +269,11 @@ impl Exchange {
     /// How long to wait for a refresh of `email` that is already under way elsewhere: briefly
     /// when another account could serve the request instead, else as long as a refresh may take.
     fn patience(&self, pool: &Pool, email: &str) -> Duration {
-        if self.engine.credential_now(pool, email).is_some()
-            || !self.another_could_serve(pool, email)
-        {
-            return REFRESH_LOCK_TIMEOUT;
+        if self.another_could_serve(pool, email) {
+            REFRESH_LOCK_BRIEF
+        } else {
+            REFRESH_LOCK_TIMEOUT
         }
-        REFRESH_LOCK_BRIEF
     }
 
     fn another_could_serve(&self, pool: &Pool, email: &str) -> bool {
@@ -332,8 +335,8 @@ impl Exchange {
                 self.refreshed.insert(email.clone());
                 let rejected = credential.secret().clone();
                 let patience = match self.engine.snapshot().await {
-                    Ok(pool) if self.another_could_serve(&pool, &email) => REFRESH_LOCK_BRIEF,
-                    _ => REFRESH_LOCK_TIMEOUT,
+                    Ok(pool) => self.patience(&pool, &email),
+                    Err(_) => REFRESH_LOCK_TIMEOUT,
                 };
                 match self
                     .engine
