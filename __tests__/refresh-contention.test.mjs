@@ -6,7 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { createPoolFetch, flushPool, loadPool, savePool } from "../index.mjs";
+import { addAccount, authorize, createPoolFetch, flushPool, loadPool, savePool } from "../index.mjs";
 import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
 
 const POLLER = fileURLToPath(new URL("./helpers/pool-poller.mjs", import.meta.url));
@@ -190,4 +190,35 @@ test("an account marked auth-error by a wrong token endpoint's 404 comes back wi
   const again = await ask(createPoolFetch({ path }));
   assert.equal(again.status, 200);
   await again.text();
+});
+
+test("a second 401 that arrives after the account's owner logged in again marks nothing: the new login was never refused", async () => {
+  const [email, other] = ["relogin@x.test", "relogin-b@x.test"];
+  const path = await seedPool(mock, [email, other]);
+  const pool = readPool(path);
+  pool.anthropic.find((a) => a.email === email).priority = 5;
+  await savePool(pool, path);
+  let release;
+  const held = new Promise((r) => (release = r));
+  // The first answer refuses the token (a refresh follows); the retry's 401 is held back
+  // while the owner logs in again, then comes.
+  mock.script(email, [{ status: 401 }, { status: 401, until: held }]);
+  const f = createPoolFetch({ path });
+  const answer = ask(f);
+  await mock.waitFor("api", (r) => r.email === email && mock.stats().perFamily[email]?.refreshCalls === 1);
+  const pkce = await authorize();
+  await addAccount(mock.approve(pkce.url, email), pkce, path);
+  release();
+  const r = await answer;
+  assert.equal(r.poolAccount, other, "the request moved on");
+  await r.text();
+  await flushPool(path);
+  assert.notEqual(account(path, email).status, "auth-error", "the new login is not marked");
+  // Sticky on the other account now; once that one is limited, this process turns to the new
+  // login (a refusal held in its memory would pass it over).
+  mock.script(other, [{ status: 429, headers: { "retry-after": "3600" } }]);
+  const next = await ask(f);
+  assert.equal(next.status, 200);
+  assert.equal(next.poolAccount, email, "and this process uses it");
+  await next.text();
 });

@@ -365,7 +365,7 @@ impl Exchange {
                     Credential::ApiKey(_) => "the API refused the key (401): replace it",
                     Credential::Bearer(_) => "the API refused the token twice (401): log in again",
                 };
-                self.refuse(&email, why).await;
+                self.refuse(&email, &credential, why).await;
                 self.move_on(email, "was refused (401)".into());
                 Ok(Verdict::Retry)
             }
@@ -494,9 +494,25 @@ impl Exchange {
         self.engine.note(false, move |p| p.error(&who, &why));
     }
 
-    async fn refuse(&mut self, email: &str, why: &str) {
+    /// Marks `email` refused, tied to its credential, when it still holds `refused`: by the time
+    /// the answer came, another process may have refreshed it or its owner logged in again, and
+    /// the new credential was never refused (marking it kept a working account out).
+    async fn refuse(&mut self, email: &str, refused: &Credential, why: &str) {
+        let holds = |a: &crate::account::Account| match refused {
+            Credential::Bearer(token) => a.access.as_ref() == Some(token),
+            Credential::ApiKey(key) => a.key.as_ref() == Some(key),
+        };
         let tag = match self.engine.snapshot().await {
-            Ok(pool) => pool.find(email).and_then(|a| a.credential_tag()),
+            Ok(pool) => {
+                // Tokens this process holds unsaved are the account's too.
+                let in_use = self.engine.credential_now(&pool, email);
+                let unsaved = in_use.is_some_and(|c| c.secret() == refused.secret());
+                match pool.find(email) {
+                    Some(a) if unsaved || holds(a) => a.credential_tag(),
+                    Some(_) => return,
+                    None => None,
+                }
+            }
             Err(_) => None,
         };
         self.engine.refuse(email, tag, why);
