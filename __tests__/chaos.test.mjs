@@ -346,8 +346,12 @@ test(`chaos: ${WORKERS} worker processes, a manager, faults and SIGKILLs for ${D
     if (res instanceof Error) {
       const a = (await loadPool(path)).anthropic.find((x) => x.email === email);
       const live = mock.tokens(email);
-      const calls = mock.tokenRequests.slice(-6).map((r) => ({ at: r.at, grant: r.grant, status: r.status, reject: r.reject, mine: r.body?.refresh_token === a?.refresh }));
-      console.log(`diagnosis ${email}: file refresh is the live one: ${live?.refresh === a?.refresh}, file access is the live one: ${live?.access === a?.access}; last token calls ${JSON.stringify(calls)}; last requests ${JSON.stringify(mock.requests.slice(-4).map((r) => ({ at: r.at, email: r.email, status: r.status })))}`);
+      const calls = mock.tokenRequests
+        .slice(-6)
+        .map((r) => ({ at: r.at, grant: r.grant, status: r.status, reject: r.reject, mine: r.body?.refresh_token === a?.refresh }));
+      console.log(
+        `diagnosis ${email}: file refresh is the live one: ${live?.refresh === a?.refresh}, file access is the live one: ${live?.access === a?.access}; last token calls ${JSON.stringify(calls)}; last requests ${JSON.stringify(mock.requests.slice(-4).map((r) => ({ at: r.at, email: r.email, status: r.status })))}`,
+      );
       assert.fail(
         `${email} does not serve after the chaos: ${res.code} ${res.message}; in the file: ${JSON.stringify({ ...a, usage: undefined, limits: undefined })}; at the mock: ${JSON.stringify(mock.tokens(email) && { ...stats.perFamily[email], answeredAt: undefined })}`,
       );
