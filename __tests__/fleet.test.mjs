@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, statSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -107,6 +107,29 @@ test("store init creates the schema and a 0600 key file; a second host shares th
   const doctor = await cliJson(hostB, "doctor");
   assert.equal(doctor.code, 0, JSON.stringify(doctor.json?.checks));
   assert.ok(doctor.json.checks.some((c) => c.name === "store key" && c.level === "ok"));
+});
+
+// libfaketime moves this process's clock (time of day only) the way a host without NTP drifts.
+const FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+test("doctor reports a host clock that is off from the store's database server", { skip: !existsSync(FAKETIME_LIB) && "libfaketime is not installed (.ci/run installs it)" }, async () => {
+  const clock = (doctor) => doctor.json.checks.find((c) => c.name === "clock");
+  const right = await cliJson(hostB, "doctor");
+  assert.equal(clock(right)?.level, "ok", JSON.stringify(right.json?.checks));
+
+  for (const [shift, way] of [
+    ["+300s", "ahead of"],
+    ["-90s", "behind"],
+  ]) {
+    const skewed = { ...hostB, env: { ...hostB.env, LD_PRELOAD: FAKETIME_LIB, FAKETIME: shift, FAKETIME_DONT_FAKE_MONOTONIC: "1" } };
+    const doctor = await cliJson(skewed, "doctor");
+    assert.equal(doctor.code, 0, doctor.stderr);
+    const check = clock(doctor);
+    assert.equal(check?.level, "warn", JSON.stringify(doctor.json?.checks));
+    assert.match(check.message, new RegExp(`clock is (\\d+\\.\\d) s ${way} the store's database server`));
+    const seconds = Number(check.message.match(/clock is (\d+\.\d) s/)[1]);
+    assert.ok(Math.abs(seconds - Math.abs(Number.parseInt(shift, 10))) < 5, check.message);
+  }
 });
 
 test("store copy: file -> PostgreSQL -> file keeps every field, and pg_dump holds no token", async () => {

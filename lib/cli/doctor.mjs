@@ -286,6 +286,28 @@ async function checkStore(lib, path, r) {
   r.add("store", "ok", `${s.location} is reachable, schema version ${s.schema}`);
   if (s.key === "ok") r.add("store key", "ok", "this host's store key opens the stored tokens");
   else r.add("store key", "problem", `${s.key}; nothing is read or written until the key matches`, { code: s.code });
+  checkClock(s, r);
+}
+
+/** The engine moves Anthropic's resets onto this host's clock when they differ by more. */
+const CLOCK_TOLERANCE_MS = 2000;
+
+/**
+ * This host's clock against the store's database server's. The hosts share cooldowns and resets
+ * as times of day: a host whose clock is off offers accounts before their cooldowns end (a 429
+ * each, then failover), and what it records holds the other hosts back for as long too.
+ */
+function checkClock(s, r) {
+  if (typeof s.clockOffsetMs !== "number") return r.add("clock", "warn", "could not read the store's database clock");
+  const off = Math.abs(s.clockOffsetMs);
+  const seconds = (off / 1000).toFixed(1);
+  if (off <= CLOCK_TOLERANCE_MS + (s.clockRoundTripMs ?? 0) / 2) return r.add("clock", "ok", `within ${seconds} s of the store's database server`);
+  const way = s.clockOffsetMs < 0 ? "ahead of" : "behind";
+  r.add(
+    "clock",
+    "warn",
+    `this host's clock is ${seconds} s ${way} the store's database server: the hosts share cooldowns and resets as times of day, so accounts are offered too early or held back too long by as much (set the clock, e.g. timedatectl set-ntp true)`,
+  );
 }
 
 /** The rows a native check gives, or none (a problem reported) when it cannot be asked. */

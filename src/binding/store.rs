@@ -99,6 +99,7 @@ pub fn store_check(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, V
             }
         };
         let key = pg.check_key().await;
+        let clock = pg.clock_offset().await.ok();
         Ok(json!({
             "ok": key.is_ok() && schema == store::postgres::SCHEMA_VERSION,
             "kind": "postgres",
@@ -108,6 +109,8 @@ pub fn store_check(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, V
             "expectedSchema": store::postgres::SCHEMA_VERSION,
             "key": key.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
             "code": key.err().map(|e| e.code()),
+            "clockOffsetMs": clock.map(|(offset, _)| offset),
+            "clockRoundTripMs": clock.map(|(_, rtt)| rtt),
         }))
     })
 }

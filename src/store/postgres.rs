@@ -252,6 +252,36 @@ impl PgStore {
         Ok(c)
     }
 
+    /// How far the database server's clock is from this host's (ms; positive: the server's is
+    /// ahead), with the round trip of the best of three readings. The hosts of a fleet share
+    /// cooldowns and resets as times of day, so a host whose clock is off holds accounts back,
+    /// or offers them early, by as much; doctor reports it.
+    pub async fn clock_offset(&self) -> Result<(i64, i64)> {
+        let c = self.reader().await?;
+        self.bounded("the clock check", async {
+            let mut best: Option<(i64, i64)> = None;
+            for _ in 0..3 {
+                let sent = crate::account::now_ms();
+                let row = c
+                    .query_typed_one(
+                        "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8",
+                        &[],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                let received = crate::account::now_ms();
+                let server: i64 = column(&row, 0)?;
+                let round_trip = (received - sent).max(0);
+                let offset = server - sent - round_trip / 2;
+                if best.is_none_or(|(_, rtt)| round_trip < rtt) {
+                    best = Some((offset, round_trip));
+                }
+            }
+            best.ok_or_else(|| Error::StoreUnavailable("no clock reading".into()))
+        })
+        .await
+    }
+
     /// The schema version the database has (0: not initialized).
     pub async fn schema_version(&self) -> Result<i32> {
         let c = self.reader().await?;
