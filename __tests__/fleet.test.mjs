@@ -112,7 +112,9 @@ test("store init creates the schema and a 0600 key file; a second host shares th
 // libfaketime moves this process's clock (time of day only) the way a host without NTP drifts.
 const FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
-test("doctor reports a host clock that is off from the store's database server", { skip: !existsSync(FAKETIME_LIB) && "libfaketime is not installed (.ci/run installs it)" }, async () => {
+test("doctor reports a host clock that is off from the store's database server", {
+  skip: !existsSync(FAKETIME_LIB) && "libfaketime is not installed (.ci/run installs it)",
+}, async () => {
   const clock = (doctor) => doctor.json.checks.find((c) => c.name === "clock");
   const right = await cliJson(hostB, "doctor");
   assert.equal(clock(right)?.level, "ok", JSON.stringify(right.json?.checks));
