@@ -1060,6 +1060,11 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       tokenRequests.length = 0;
     },
 
+    /** Connections open to the mock now (any state: in use, idle kept alive, half-read). */
+    get openConnections() {
+      return sockets.size;
+    },
+
     stats() {
       const perFamily = {};
       for (const [email, f] of families)
