@@ -9,6 +9,8 @@ import { createPoolFetch, savePool } from "../index.mjs";
 import { nativeBinding } from "../lib/native.mjs";
 import { POOL_ANSWERS_KEPT, registerRequestHooks } from "../lib/opencode2/requests.mjs";
 import { jsonHeaders, seedPool, tempPoolPath, useMock } from "./helpers/pool-env.mjs";
+import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
+import * as pluginModule from "../plugin.mjs";
 
 const mock = useMock();
 
@@ -155,4 +157,44 @@ test("OpenCode 2 hooks: the pool's own 429s kept for the host's retry stay bound
   await hooks.retry(newest);
   assert.notEqual(newest.decision, proposed, "a recent session still gets the pool's retry-after");
   assert.equal(newest.decision.retry, true);
+});
+
+test("OpenCode 2 hooks: a send that fails leaves no listener on the host's signal once the host drops it", async () => {
+  // No http.response comes for a request whose send failed (the host retries with a new one):
+  // its abort listener, holding its exchange, stayed on the host's signal (one per failed send,
+  // for a turn's whole life across its steps and retries).
+  const path = tempPoolPath();
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  const attempt = await host.oauthConnect({ integrationID: "anthropic-pool", methodID: "claude-max" });
+  await host.oauthComplete({ integrationID: "anthropic-pool", attemptID: attempt.attemptID, code: mock.approve(attempt.url, "v2-failed-send@x.test") });
+  const controller = new AbortController();
+  const ours = new Set();
+  const { addEventListener: add, removeEventListener: remove } = controller.signal;
+  controller.signal.addEventListener = function (type, fn, options) {
+    if (fn?.name === "onAbort") ours.add(fn);
+    return add.call(this, type, fn, options);
+  };
+  controller.signal.removeEventListener = function (type, fn, options) {
+    ours.delete(fn);
+    return remove.call(this, type, fn, options);
+  };
+  const failed = 5;
+  mock.clearRequests();
+  mock.scriptAll(Array.from({ length: failed }, () => ({ sse: false, resetAfterBytes: 0 })));
+  try {
+    const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body: { messages: [] }, signal: controller.signal });
+    assert.equal(res.status, 200, "the host's retries reach an answer");
+    await res.text();
+    assert.equal(mock.requests.length, failed + 1);
+    const gc = collector();
+    for (let i = 0; i < 50 && ours.size > 0; i++) {
+      gc();
+      await sleep(20);
+    }
+    assert.equal(ours.size, 0, `${ours.size} of ${failed} failed sends' listeners still on the signal`);
+  } finally {
+    mock.clearScripts();
+    await handle.unload();
+  }
 });

@@ -57,6 +57,25 @@ function tapUsage(response, ex) {
   return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
 }
 
+// A request the host sent that never got an answer (the send failed: a reset, a timeout; the
+// host retries with a new request): no http.response comes for it, so its abort listener, and
+// its exchange, stayed on the host's signal for as long as that lived (a turn's, across every
+// step and retry of it). Once the host drops that request, they go.
+const unanswered = new FinalizationRegistry((stopListening) => stopListening());
+
+/**
+ * Aborts `ex` when the host's `signal` does; returns what takes the listener off again (when
+ * the answer is handled: a host's long-lived signal would otherwise keep every request's
+ * exchange alive). Made here, not in the hook: a closure made in an async function may hold
+ * that function's whole scope (JavaScriptCore), the watched token with it, which then lived
+ * as long as the signal did.
+ */
+function abortOnSignal(signal, ex) {
+  const onAbort = () => ex.abort();
+  signal?.addEventListener?.("abort", onAbort, { once: true });
+  return () => signal?.removeEventListener?.("abort", onAbort);
+}
+
 /** `request` again, with the headers the engine gave for this attempt. */
 function withHeaders(request, headers) {
   return new Request(request, { headers });
@@ -83,12 +102,12 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         const request = event.request;
         const model = typeof event.model?.id === "string" ? event.model.id : undefined;
         const ex = openExchange({ path, url: request.url, headers: request.headers, model });
-        // Removed when the answer is handled: a host's long-lived signal would otherwise keep
-        // every request's exchange alive.
-        const onAbort = () => ex.abort();
         const signal = extra?.signal;
-        signal?.addEventListener?.("abort", onAbort, { once: true });
-        const stopListening = () => signal?.removeEventListener?.("abort", onAbort);
+        const stopListening = abortOnSignal(signal, ex);
+        // Watched through a token that only the in-flight entry holds, not the Request: V8
+        // keeps a watched object through minor collections, and a Request holds its body.
+        const token = {};
+        if (signal) unanswered.register(token, stopListening, token);
         const step = await nextStep(ex);
         drain(ex);
         if (step.kind === "answer") {
@@ -99,12 +118,12 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
             headers: { "content-type": "application/json" },
             body: request.method === "GET" ? undefined : "{}",
           });
-          inFlight.set(local, { ex, answer: step, stopListening });
+          inFlight.set(local, { ex, answer: step, stopListening, token });
           event.request = local;
           return;
         }
         const sent = withHeaders(request, step.headers);
-        inFlight.set(sent, { ex, original: request, account: step.account, stopListening });
+        inFlight.set(sent, { ex, original: request, account: step.account, stopListening, token });
         event.request = sent;
       } catch (err) {
         log("error", `could not place the request on a pool account: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`);
@@ -159,6 +178,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       } catch (err) {
         log("error", `the pool could not finish this request: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`);
       } finally {
+        unanswered.unregister(state.token);
         state.stopListening?.();
         drain(ex);
       }
