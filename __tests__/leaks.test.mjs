@@ -70,29 +70,31 @@ for (const transport of ["native", "runtime"]) {
   });
 }
 
-test("native: streamed answers dropped unread with a signal free their connections at a minor collection", {
-  skip: typeof Bun !== "undefined" && "V8's minor collection",
-}, async () => {
-  // The body stream was watched (to take its listener off the signal once collected): V8 keeps
-  // a watched object through minor collections, so every such answer kept its Rust body and
-  // its upstream connection open until a full collection, which a small heap seldom needs
-  // (2,300 connections open at once after 5,000 answers). Unwatched, they go with the young.
-  const path = await seedPool(mock, ["native-unread-minor@x.test"]);
-  const f = createPoolFetch({ path, transport: "native" });
-  const { signal } = new AbortController();
-  collector()();
-  const N = 40;
-  for (let i = 0; i < N; i++) {
-    const res = await post(f, { stream: true }, { signal });
-    assert.equal(res.status, 200);
-  }
-  const minor = () => collector()({ type: "minor" });
-  for (let i = 0; i < 20 && mock.openConnections > N / 4; i++) {
-    minor();
-    await sleep(20);
-  }
-  assert.ok(mock.openConnections <= N / 4, `${mock.openConnections} of ${N} connections still open after minor collections`);
-});
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: streamed answers dropped unread with a signal free their connections at a minor collection`, {
+    skip: typeof Bun !== "undefined" && "V8's minor collection",
+  }, async () => {
+    // The body stream was watched (to take its listener off the signal once collected): V8 keeps
+    // a watched object through minor collections, so every such answer kept its Rust body and
+    // its upstream connection open until a full collection, which a small heap seldom needs
+    // (2,300 connections open at once after 5,000 answers). Unwatched, they go with the young.
+    const path = await seedPool(mock, [`${transport}-unread-minor@x.test`]);
+    const f = createPoolFetch({ path, transport });
+    const { signal } = new AbortController();
+    collector()();
+    const N = 40;
+    for (let i = 0; i < N; i++) {
+      const res = await post(f, { stream: true }, { signal });
+      assert.equal(res.status, 200);
+    }
+    const minor = () => collector()({ type: "minor" });
+    for (let i = 0; i < 20 && mock.openConnections > N / 4; i++) {
+      minor();
+      await sleep(20);
+    }
+    assert.ok(mock.openConnections <= N / 4, `${mock.openConnections} of ${N} connections still open after minor collections`);
+  });
+}
 
 test("runtime: an abort that lands while the engine chooses the account sends nothing", async () => {
   // The runtime transport checked the signal before asking the engine, then listened for its
