@@ -255,6 +255,45 @@ pub fn token_call_timeout() -> Duration {
     crate::settings::millis(var::TIMEOUT_MS)
 }
 
+/// A tick of `timeout_while_running`: how often it looks at the clock.
+const RUNNING_TICK: Duration = Duration::from_millis(500);
+/// A tick this much later than asked for means the process did not run meanwhile.
+const STOPPED_GAP: Duration = Duration::from_secs(1);
+
+/// `tokio::time::timeout` that counts only the time this process ran. A process stopped
+/// (Ctrl-Z on an OpenCode TUI, SIGSTOP, a debugger) while it waited for an answer finds, once
+/// it resumes, a deadline long past and the answer in its socket: reqwest's own timeout is
+/// looked at first and throws that answer away. For a token call, that answer held the new
+/// tokens of a refresh token the server had already spent, and the one retry of a lost answer
+/// then presented the spent token (the server revokes the whole login for that). Here a tick
+/// that came far later than asked for counts as one tick, and the answer is polled before the
+/// clock. `None`: the limit passed while the process ran.
+pub async fn timeout_while_running<F: std::future::Future>(
+    limit: Duration,
+    fut: F,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut left = limit;
+    loop {
+        let step = left.min(RUNNING_TICK);
+        let started = tokio::time::Instant::now();
+        tokio::select! {
+            biased;
+            out = &mut fut => return Some(out),
+            () = tokio::time::sleep(step) => {}
+        }
+        let took = started.elapsed();
+        left = left.saturating_sub(if took > step + STOPPED_GAP {
+            step
+        } else {
+            took
+        });
+        if left.is_zero() {
+            return None;
+        }
+    }
+}
+
 /// A network failure, described without the URL's query (which could hold a code).
 pub fn describe(err: &reqwest::Error) -> String {
     let kind = if err.is_timeout() {

@@ -171,33 +171,44 @@ async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<
     let url = config::token_url()?;
     http::check_proxy(&url)?;
     let client = http::token_client()?;
-    let response = client
-        .post(url)
-        .timeout(http::token_call_timeout())
-        .header("content-type", "application/json")
-        .header("accept", "application/json")
-        .body(body.to_string())
-        .send()
+    let limit = http::token_call_timeout();
+    let call = async {
+        let response = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| Error::Network {
+                what: "the token endpoint",
+                detail: http::describe(&e),
+            })?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| crate::engine::limits::parse_retry_after(v, std::time::SystemTime::now()))
+            .map(|d: Duration| d.as_secs().max(1));
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = read_bounded(response).await?;
+        Ok::<_, Error>((status, retry_after, content_type, bytes))
+    };
+    // Not reqwest's timeout: time the process spent stopped must not turn an answer that came
+    // meanwhile into a lost one (see `timeout_while_running`).
+    let (status, retry_after, content_type, bytes) = http::timeout_while_running(limit, call)
         .await
-        .map_err(|e| Error::Network {
+        .ok_or_else(|| Error::Network {
             what: "the token endpoint",
-            detail: http::describe(&e),
-        })?;
+            detail: format!("timed out (no answer within {} ms)", limit.as_millis()),
+        })??;
     drop(body);
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| crate::engine::limits::parse_retry_after(v, std::time::SystemTime::now()))
-        .map(|d: Duration| d.as_secs().max(1));
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let bytes = read_bounded(response).await?;
     let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
 
     if (200..300).contains(&status) {
