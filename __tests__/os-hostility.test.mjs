@@ -5,15 +5,19 @@
 // skipped with the reason.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { useMock, seedPool, account } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, readPool } from "./helpers/pool-env.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const POLLER = here("./helpers/pool-poller.mjs");
 const mock = useMock();
 
 const canStop = process.platform !== "win32";
+const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
 const pause = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function until(what, check, ms = 20_000) {
@@ -62,4 +66,83 @@ test("a process stopped (Ctrl-Z) while its refresh call is in flight reads the a
   assert.equal(code, 0, err.slice(-400));
   assert.equal(JSON.parse(out.trim().split("\n").at(-1)).status, 200, "the request was served with the new token");
   assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the new tokens are in the file");
+});
+
+/** A small tmpfs of our own (root only), or the reason there is none. */
+function smallDisk() {
+  if (!isRoot || process.platform !== "linux") return { skip: "a tmpfs mount needs root on Linux" };
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-full-"));
+  try {
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", dir], { stdio: "ignore" });
+  } catch {
+    rmSync(dir, { recursive: true, force: true });
+    return { skip: "mount is not allowed here" };
+  }
+  return {
+    dir,
+    fill() {
+      const chunk = Buffer.alloc(16 * 1024);
+      for (let i = 0; ; i++) {
+        try {
+          writeFileSync(join(dir, `fill-${i}`), chunk);
+        } catch {
+          return;
+        }
+      }
+    },
+    free() {
+      for (const name of readdirSync(dir)) if (name.startsWith("fill-")) rmSync(join(dir, name));
+    },
+    close() {
+      // Lazy: the engine of this test process may still hold a lock file open there.
+      execFileSync("umount", ["-l", dir], { stdio: "ignore" });
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+test("a full disk: requests keep being served, writes fail with POOL_IO and leave no lock behind, and everything lands once space is freed", async (t) => {
+  const disk = smallDisk();
+  if (disk.skip) return t.skip(disk.skip);
+  const { createPoolFetch, flushPool, savePool } = await import("../index.mjs");
+  try {
+    const [first, second] = ["full-a@x.test", "full-b@x.test"];
+    const path = join(disk.dir, "pool", "oauth-pool.json");
+    await seedPool(mock, [first, second], { expired: [second], path });
+    const f = createPoolFetch({ path });
+    const ask = async () => {
+      const r = await f(`${mock.url}/v1/messages`, {
+        method: "POST",
+        headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
+        body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+      });
+      await r.text();
+      return r;
+    };
+    assert.equal((await ask()).status, 200);
+    await flushPool(path);
+    const before = readPool(path);
+    disk.fill();
+    // The first account is rate-limited: the request moves to the second, whose token must be
+    // refreshed and cannot be written.
+    mock.script(first, [{ status: 429, headers: { "retry-after": "3600" } }]);
+    const moved = await ask();
+    assert.equal(moved.status, 200);
+    assert.equal(moved.poolAccount, second);
+    await assert.rejects(savePool(before, path), (e) => e.code === "POOL_IO" && /No space left/.test(e.message));
+    await assert.rejects(flushPool(path), (e) => e.code === "POOL_IO");
+    assert.equal(existsSync(`${path}.lock.d`), false, "a failed write left the aidevops lock behind: every writer waits 10 s on it");
+    assert.deepEqual(readPool(path), before, "the file is as it was");
+    assert.equal((await ask()).status, 200, "still served from the unsaved tokens");
+    disk.free();
+    await flushPool(path);
+    const fam = mock.stats().perFamily[second];
+    assert.equal(fam.reuse, 0);
+    assert.equal(account(path, second).refresh, mock.tokens(second).refresh, "the unsaved tokens were written");
+    assert.equal(account(path, first).status, "rate-limited", "the cooldown was written");
+    assert.deepEqual(readPool(`${path}.bak`).anthropic.length, 2);
+    assert.equal(existsSync(`${path}.lock.d`), false);
+  } finally {
+    disk.close();
+  }
 });

@@ -151,7 +151,15 @@ fn write_owner(dir: &Path, owner: &str) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     }
-    opts.open(dir.join("owner"))?.write_all(owner.as_bytes())
+    let path = dir.join("owner");
+    let written = opts.open(&path)?.write_all(owner.as_bytes());
+    if written.is_err() {
+        // A short owner file (a full disk) would outlive our hold of the directory, and every
+        // writer, ours and the aidevops plugin's, would wait out the stale limit on a lock that
+        // nobody holds. The file is ours (`create_new`).
+        let _ = fs::remove_file(&path);
+    }
+    written
 }
 
 fn read_owner(path: &Path) -> Option<String> {
