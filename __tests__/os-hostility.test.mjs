@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -143,6 +143,62 @@ test("a full disk: requests keep being served, writes fail with POOL_IO and leav
     assert.deepEqual(readPool(`${path}.bak`).anthropic.length, 2);
     assert.equal(existsSync(`${path}.lock.d`), false);
   } finally {
+    disk.close();
+  }
+});
+
+/**
+ * Makes `dir` read-only for this process and returns the undo: a read-only remount of a tmpfs
+ * as root (root writes through any mode bits), its mode bits otherwise.
+ */
+function readOnly(disk, dir) {
+  if (isRoot) {
+    execFileSync("mount", ["-o", "remount,ro", disk.dir], { stdio: "ignore" });
+    return () => execFileSync("mount", ["-o", "remount,rw", disk.dir], { stdio: "ignore" });
+  }
+  chmodSync(dir, 0o500);
+  return () => chmodSync(dir, 0o700);
+}
+
+test("a read-only pool directory: valid tokens keep serving, an account that needs a refresh is POOL_IO (not a 429 or a login to redo), and it serves once writable", async (t) => {
+  const disk = isRoot ? smallDisk() : { dir: mkdtempSync(join(tmpdir(), "oauth-pool-ro-")), close() {} };
+  if (disk.skip) return t.skip(disk.skip);
+  if (process.platform === "win32") return t.skip("no read-only directories here");
+  const { createPoolFetch, flushPool } = await import("../index.mjs");
+  let writable = () => {};
+  try {
+    const [first, second] = ["ro-a@x.test", "ro-b@x.test"];
+    const path = join(disk.dir, "pool", "oauth-pool.json");
+    await seedPool(mock, [first, second], { expired: [second], path });
+    const f = createPoolFetch({ path });
+    const ask = () => f(`${mock.url}/v1/messages`, { method: "POST", headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" }, body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }) });
+    const served = await ask();
+    await served.text();
+    assert.equal(served.poolAccount, first);
+    await flushPool(path);
+    writable = readOnly(disk, join(disk.dir, "pool"));
+    const again = await ask();
+    await again.text();
+    assert.equal(again.status, 200, "a valid token serves");
+    // The first account is rate-limited; the second's token cannot be refreshed (its refresh
+    // lock cannot be made), and nothing is presented without it.
+    mock.script(first, [{ status: 429, headers: { "retry-after": "3600" } }]);
+    await assert.rejects(ask(), (e) => e.code === "POOL_IO" && /refresh\.lock/.test(e.message));
+    // Asked again, the same: nothing here says to log in again or to wait an hour.
+    await assert.rejects(ask(), (e) => e.code === "POOL_IO");
+    assert.equal(mock.stats().perFamily[second].refreshCalls, 0, "no token presented without its lock");
+    writable();
+    writable = () => {};
+    const after = await ask();
+    await after.text();
+    assert.equal(after.status, 200);
+    assert.equal(after.poolAccount, second);
+    await flushPool(path);
+    assert.equal(mock.stats().perFamily[second].reuse, 0);
+    assert.equal(account(path, second).refresh, mock.tokens(second).refresh);
+    assert.equal(account(path, first).status, "rate-limited", "the cooldown recorded while read-only was written");
+  } finally {
+    writable();
     disk.close();
   }
 });

@@ -67,7 +67,8 @@ pub struct Exchange {
     moved_from: Option<(String, String)>,
     current: Option<(String, Credential)>,
     events: Vec<Event>,
-    /// The fleet store could not be reached for a refresh: said, when no account could serve.
+    /// The store could not be reached, read, written or locked for an account: said when no
+    /// account could serve.
     store_error: Option<Error>,
 }
 
@@ -240,7 +241,19 @@ impl Exchange {
         }
         let (who, why) = (email.clone(), e.to_string());
         self.engine.note(false, move |p| p.error(&who, &why));
-        if let Error::StoreUnavailable(_) = e {
+        // This machine's side failed (the store cannot be read, written or locked), not the
+        // account: said as it is when no account serves, rather than as "no usable account"
+        // or every account cooling (a read-only pool directory was answered as a 429 with an
+        // hour's retry-after, and the only account's `POOL_IO` as a need to log in again).
+        if matches!(
+            e,
+            Error::StoreUnavailable(_)
+                | Error::PoolIo { .. }
+                | Error::PoolBusy { .. }
+                | Error::RefreshBusy { .. }
+                | Error::PoolCorrupt { .. }
+                | Error::PoolInsecure { .. }
+        ) {
             self.store_error = Some(e);
         }
         self.tried.insert(email.clone());
@@ -539,6 +552,10 @@ impl Exchange {
     /// the pool answers one 429 whose `retry-after` is the real wait, or, when holding is on and
     /// the wait fits, waits; otherwise it says plainly why nothing is usable.
     fn exhausted(&mut self, pool: &Pool) -> Result<Exhausted> {
+        // An account that is not cooling could have served but for the store.
+        if let Some(e) = self.store_error.take() {
+            return Err(e);
+        }
         let now = now_ms();
         let family = self.family.as_deref();
         let soonest = pool
@@ -586,9 +603,6 @@ impl Exchange {
                 ],
                 body: Bytes::from(body.to_string()),
             })));
-        }
-        if let Some(e) = self.store_error.take() {
-            return Err(e);
         }
         let total = pool.accounts().count();
         let why = if total == 0 {
