@@ -14,6 +14,7 @@ import { useMock, seedPool, account, readPool } from "./helpers/pool-env.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const POLLER = here("./helpers/pool-poller.mjs");
+const FD_STARVED = here("./helpers/fd-starved.mjs");
 const mock = useMock();
 
 const canStop = process.platform !== "win32";
@@ -171,7 +172,12 @@ test("a read-only pool directory: valid tokens keep serving, an account that nee
     const path = join(disk.dir, "pool", "oauth-pool.json");
     await seedPool(mock, [first, second], { expired: [second], path });
     const f = createPoolFetch({ path });
-    const ask = () => f(`${mock.url}/v1/messages`, { method: "POST", headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" }, body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }) });
+    const ask = () =>
+      f(`${mock.url}/v1/messages`, {
+        method: "POST",
+        headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
+        body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+      });
     const served = await ask();
     await served.text();
     assert.equal(served.poolAccount, first);
@@ -201,4 +207,40 @@ test("a read-only pool directory: valid tokens keep serving, an account that nee
     writable();
     disk.close();
   }
+});
+
+// Codes a caller may get from the pool's functions and fetch (CONTRACT.md).
+const CODES = new Set(["POOL_IO", "POOL_BUSY", "POOL_CORRUPT", "POOL_INSECURE", "POOL_INVALID", "POOL_NO_ACCOUNT", "NETWORK", "NATIVE_MISSING", "OAUTH_HTTP"]);
+
+test("file descriptors exhausted at every step: each failure carries a code, nothing is corrupted or spent twice, and the pool works once descriptors are back", {
+  skip: process.platform === "win32" && "no ulimit here",
+}, async () => {
+  const [first, second] = ["fd-a@x.test", "fd-b@x.test"];
+  const path = await seedPool(mock, [first, second], { expired: [first] });
+  const pool = readPool(path);
+  pool.anthropic.find((a) => a.email === first).priority = 5;
+  const { savePool } = await import("../index.mjs");
+  await savePool(pool, path);
+  const proc = spawn("sh", ["-c", 'ulimit -n 64 && exec "$0" "$@"', process.execPath, FD_STARVED, path, mock.url], {
+    env: process.env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  proc.stdout.on("data", (d) => (out += d));
+  proc.stderr.on("data", (d) => (err += d));
+  const code = await new Promise((r) => proc.on("close", r));
+  assert.equal(code, 0, err.slice(-600));
+  const { calls, after } = JSON.parse(out.trim().split("\n").at(-1));
+  const uncoded = calls.filter((c) => !("ok" in c) && !CODES.has(c.code));
+  assert.deepEqual(uncoded, [], "every failure has a contract code");
+  const shortage = calls.filter((c) => c.code);
+  assert.ok(shortage.length > 0, "the shortage was felt");
+  assert.deepEqual(after, { request: { ok: 200 }, flush: { ok: null } }, `with descriptors back, the pool works: ${JSON.stringify(after)}`);
+  const fam = mock.stats().perFamily[first];
+  assert.equal(fam.reuse, 0);
+  assert.equal(fam.revoked, false);
+  assert.equal(account(path, first).refresh, mock.tokens(first).refresh, "the refreshed tokens are in the file");
+  assert.equal(readPool(path).anthropic.length, 2);
+  assert.equal(readPool(`${path}.bak`).anthropic.length, 2);
 });

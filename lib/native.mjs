@@ -30,14 +30,22 @@ function load() {
   } catch (err) {
     failures.push(`${packageName}: ${err.message}`);
   }
+  const transient = failures.some((f) => TRANSIENT.test(f));
   const error = new Error(
-    `opencode-oauth-pool: no native binary for ${triple}. Install the optional package ` +
-      `"${packageName}" (npm install ${packageName}), or build from source with ` +
-      `"npm run build" (needs Rust). Tried: ${failures.join("; ")}`,
+    transient
+      ? `opencode-oauth-pool: the native binary for ${triple} could not be loaded now (the process is out of file descriptors or memory); it is tried again on the next call. Tried: ${failures.join("; ")}`
+      : `opencode-oauth-pool: no native binary for ${triple}. Install the optional package ` +
+          `"${packageName}" (npm install ${packageName}), or build from source with ` +
+          `"npm run build" (needs Rust). Tried: ${failures.join("; ")}`,
   );
   error.code = "NATIVE_MISSING";
+  error.transient = transient;
   throw error;
 }
+
+// A load that failed for want of a descriptor or memory (a host with every descriptor in use
+// for a moment) is no missing binary: it must not be remembered as one for the process's life.
+const TRANSIENT = /EMFILE|ENFILE|ENOMEM|too many open files|cannot allocate memory/i;
 
 let binding = null;
 let failure = null;
@@ -48,7 +56,7 @@ export function nativeBinding() {
   try {
     binding = load();
   } catch (err) {
-    failure = err;
+    if (!err.transient) failure = err;
     throw err;
   }
   return binding;

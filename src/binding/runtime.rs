@@ -16,7 +16,14 @@ pub fn install() {
 }
 
 fn rejection<T>(work: T, why: String) -> AsyncRuntimeRejection<T> {
-    AsyncRuntimeRejection::new(work, napi::Error::from_reason(why))
+    AsyncRuntimeRejection::new(work, coded(why))
+}
+
+/// The runtime could not be started (no descriptor left for its poller, no thread): the
+/// process's I/O resources, said with the code callers already handle for local I/O, as
+/// lib/errors.mjs reads it (napi's bare reason has none). A later call tries again.
+fn coded(why: String) -> napi::Error {
+    napi::Error::from_reason(format!("[POOL_IO] {why}; the next call tries again"))
 }
 
 /// napi's handle on the runtime, which lives in `crate::runtime`.
@@ -41,9 +48,7 @@ unsafe impl AsyncRuntime for PoolRuntime {
     }
 
     fn block_on(&self, future: Pin<&mut dyn Future<Output = ()>>) -> napi::Result<()> {
-        runtime::runtime()
-            .map_err(napi::Error::from_reason)?
-            .block_on(future);
+        runtime::runtime().map_err(coded)?.block_on(future);
         Ok(())
     }
 
