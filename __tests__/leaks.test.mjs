@@ -8,7 +8,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { createPoolFetch, savePool } from "../index.mjs";
 import { nativeBinding } from "../lib/native.mjs";
 import { POOL_ANSWERS_KEPT, registerRequestHooks } from "../lib/opencode2/requests.mjs";
-import { jsonHeaders, seedPool, tempPoolPath, useMock } from "./helpers/pool-env.mjs";
+import { countedSignal, jsonHeaders, poolListener, seedPool, tempPoolPath, useMock } from "./helpers/pool-env.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
 import * as pluginModule from "../plugin.mjs";
 
@@ -20,23 +20,6 @@ function collector() {
   if (typeof globalThis.gc === "function") return globalThis.gc;
   setFlagsFromString("--expose-gc");
   return runInNewContext("gc");
-}
-
-/** An AbortSignal that counts the `abort` listeners on it now. */
-function countedSignal() {
-  const { signal } = new AbortController();
-  const live = new Set();
-  const add = signal.addEventListener.bind(signal);
-  const remove = signal.removeEventListener.bind(signal);
-  signal.addEventListener = (type, listener, options) => {
-    if (type === "abort") live.add(listener);
-    return add(type, listener, options);
-  };
-  signal.removeEventListener = (type, listener, options) => {
-    if (type === "abort") live.delete(listener);
-    return remove(type, listener, options);
-  };
-  return { signal, live: () => live.size };
 }
 
 const post = (f, extra = {}, init = {}) =>
@@ -54,7 +37,8 @@ for (const transport of ["native", "runtime"]) {
     // on that signal for as long as the session lived (MaxListenersExceededWarning past 10).
     const path = await seedPool(mock, [`${transport}-unread@x.test`]);
     const f = createPoolFetch({ path, transport });
-    const { signal, live } = countedSignal();
+    const { signal, listeners } = countedSignal();
+    const live = () => listeners.size;
     const N = 24;
     for (let i = 0; i < N; i++) {
       const res = await post(f, { stream: true }, { signal });
@@ -170,17 +154,7 @@ test("OpenCode 2 hooks: a send that fails leaves no listener on the host's signa
   const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
   const attempt = await host.oauthConnect({ integrationID: "anthropic-pool", methodID: "claude-max" });
   await host.oauthComplete({ integrationID: "anthropic-pool", attemptID: attempt.attemptID, code: mock.approve(attempt.url, "v2-failed-send@x.test") });
-  const controller = new AbortController();
-  const ours = new Set();
-  const { addEventListener: add, removeEventListener: remove } = controller.signal;
-  controller.signal.addEventListener = function (type, fn, options) {
-    if (fn?.name === "onAbort") ours.add(fn);
-    return add.call(this, type, fn, options);
-  };
-  controller.signal.removeEventListener = function (type, fn, options) {
-    ours.delete(fn);
-    return remove.call(this, type, fn, options);
-  };
+  const { controller, listeners: ours } = countedSignal(poolListener);
   const failed = 5;
   mock.clearRequests();
   mock.scriptAll(Array.from({ length: failed }, () => ({ sse: false, resetAfterBytes: 0 })));

@@ -8,7 +8,7 @@ import { listAccounts, flushPool } from "../index.mjs";
 import { settle } from "../lib/errors.mjs";
 import { openExchange } from "../lib/exchange.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
-import { useMock, tempPoolPath, readPool } from "./helpers/pool-env.mjs";
+import { countedSignal, poolListener, useMock, tempPoolPath, readPool } from "./helpers/pool-env.mjs";
 import { createHost, loadPlugin, g1Context, registrationsOf, ModelRequestError } from "./helpers/opencode2-host.mjs";
 
 const mock = useMock();
@@ -202,18 +202,7 @@ test("a retry that fails leaves the host the first answer, readable; no listener
   const { host, handle, path } = await started();
   await login(host, "keep1@x.test");
   await login(host, "keep2@x.test");
-  const controller = new AbortController();
-  // The pool's listeners on the host's signal, told apart from the host's and fetch's own.
-  const ours = new Set();
-  const { addEventListener: add, removeEventListener: remove } = controller.signal;
-  controller.signal.addEventListener = function (type, fn, options) {
-    if (fn?.name === "onAbort") ours.add(fn);
-    return add.call(this, type, fn, options);
-  };
-  controller.signal.removeEventListener = function (type, fn, options) {
-    ours.delete(fn);
-    return remove.call(this, type, fn, options);
-  };
+  const { controller, listeners: ours } = countedSignal(poolListener);
   // The first answer is a 429; the resend on the other account loses its connection before any
   // answer: the host must still be able to read the 429 it was given.
   mock.scriptAll([

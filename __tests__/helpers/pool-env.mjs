@@ -152,3 +152,29 @@ export function fakeClient() {
     },
   };
 }
+
+/**
+ * A long-lived AbortSignal whose listeners are counted as they are added and removed:
+ * `{ controller, signal, listeners }`, `listeners` the set of those still on it that `counts`
+ * (by default every `abort` listener; `poolListener` tells the pool's own apart from a host's
+ * and fetch's).
+ */
+export function countedSignal(counts = (type) => type === "abort") {
+  const controller = new AbortController();
+  const { signal } = controller;
+  const listeners = new Set();
+  const add = signal.addEventListener.bind(signal);
+  const remove = signal.removeEventListener.bind(signal);
+  signal.addEventListener = (type, listener, options) => {
+    if (counts(type, listener)) listeners.add(listener);
+    return add(type, listener, options);
+  };
+  signal.removeEventListener = (type, listener, options) => {
+    listeners.delete(listener);
+    return remove(type, listener, options);
+  };
+  return { controller, signal, listeners };
+}
+
+/** The pool's abort listeners are the functions named `onAbort`. */
+export const poolListener = (type, listener) => type === "abort" && listener?.name === "onAbort";
