@@ -69,6 +69,53 @@ test("a process stopped (Ctrl-Z) while its refresh call is in flight reads the a
   assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the new tokens are in the file");
 });
 
+const FLOCK = ["/usr/bin/flock", "/bin/flock"].find((p) => existsSync(p));
+
+test("a writer stopped with the pool's lock (an OpenCode suspended mid-write): a request that needs a refresh is served from memory within seconds, and the tokens land once the lock is free", {
+  skip: !FLOCK && "util-linux's flock is not installed",
+}, async () => {
+  // Stood for by flock(1) holding the pool's write lock: a request whose account needed a
+  // refresh waited the store's 60 s lock wait behind it before its new tokens were served.
+  const { createPoolFetch, flushPool } = await import("../index.mjs");
+  const email = "stalled-write@x.test";
+  const path = await seedPool(mock, [email], { expired: [email] });
+  const stored = account(path, email).refresh;
+  // Held for 40 s, under the store's 60 s wait and over the 10 s a refresh's write is given.
+  const holder = spawn(FLOCK, ["--no-fork", "-x", `${path}.lock`, "sh", "-c", "echo held; exec sleep 40"], { stdio: ["ignore", "pipe", "inherit"] });
+  let released = false;
+  holder.once("exit", () => {
+    released = true;
+  });
+  try {
+    await new Promise((resolve, reject) => {
+      holder.stdout.once("data", resolve);
+      holder.once("error", reject);
+    });
+    const events = [];
+    const f = createPoolFetch({ path, onEvent: (e) => events.push(e) });
+    const r = await f(`${mock.url}/v1/messages`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
+      body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+    });
+    await r.text();
+    assert.equal(released, false, "the request waited for the lock to be free");
+    assert.equal(r.status, 200);
+    assert.equal(account(path, email).refresh, stored, "nothing was written under another's lock");
+    const unsaved = events.find((e) => e.kind === "tokens-unsaved");
+    assert.match(unsaved?.message ?? "", /locked by another process/, JSON.stringify(events));
+    const fam = mock.stats().perFamily[email];
+    assert.equal(fam.refreshCalls, 1);
+    assert.equal(fam.reuse, 0);
+  } finally {
+    holder.kill("SIGKILL");
+  }
+  await new Promise((resolve) => (released ? resolve() : holder.once("exit", resolve)));
+  await flushPool(path);
+  assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the new tokens were written once the lock was free");
+  assert.equal(mock.stats().perFamily[email].reuse, 0);
+});
+
 /** A small tmpfs of our own (root only), or the reason there is none. */
 function smallDisk() {
   if (!isRoot || process.platform !== "linux") return { skip: "a tmpfs mount needs root on Linux" };

@@ -35,6 +35,11 @@ pub const REFRESH_MARGIN_MS: i64 = 5 * 60 * 1000;
 const TOKEN_BACKOFF_DEFAULT_MS: i64 = 30_000;
 /// How often unsaved tokens are tried again when nothing else writes.
 const UNSAVED_RETRY: Duration = Duration::from_secs(5);
+/// How long a refresh's request waits for the write of its new tokens before they are served
+/// from memory (kept with the refresh lock, and written as soon as the store lets us). A write
+/// takes milliseconds; what holds it longer is a writer that stopped with the pool's lock (an
+/// OpenCode suspended with Ctrl-Z), and the store's own 60 s wait stalled the request behind it.
+const REFRESH_WRITE_PATIENCE: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub enum Credential {
@@ -444,15 +449,18 @@ impl Engine {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let who = email.to_string();
                 let (a2, r2) = (access.clone(), refresh.clone());
-                let write = self
-                    .write(move |pool| {
-                        // An account removed meanwhile stays removed.
-                        if let Some(a) = pool.find_mut(&who) {
-                            set_tokens(a, &a2, &r2, expires);
-                        }
-                        Ok(())
-                    })
-                    .await;
+                let writing = self.write(move |pool| {
+                    // An account removed meanwhile stays removed.
+                    if let Some(a) = pool.find_mut(&who) {
+                        set_tokens(a, &a2, &r2, expires);
+                    }
+                    Ok(())
+                });
+                // A write given up on may still land: the tokens are the same, and the retry
+                // of unsaved tokens takes them as already written (`apply_unsaved`).
+                let write = tokio::time::timeout(REFRESH_WRITE_PATIENCE, writing)
+                    .await
+                    .unwrap_or_else(|_| Err(self.write_too_slow()));
                 self.overlay.clear_refused(email);
                 if let Err(e) = write {
                     let why = e.to_string();
@@ -520,6 +528,21 @@ impl Engine {
                 }
                 serve_old_or(&account, rejected, e)
             }
+        }
+    }
+
+    /// A refresh's write that did not land within `REFRESH_WRITE_PATIENCE`.
+    fn write_too_slow(&self) -> Error {
+        let seconds = REFRESH_WRITE_PATIENCE.as_secs();
+        match self.store.path() {
+            Some(path) => Error::PoolBusy {
+                path: path.to_path_buf(),
+                seconds,
+            },
+            None => Error::StoreUnavailable(format!(
+                "{} did not take the new tokens within {seconds} s",
+                self.store.describe()
+            )),
         }
     }
 
