@@ -331,6 +331,49 @@ test("a server that does not speak HTTP, or speaks it badly, is NETWORK with wha
   );
 });
 
+test("an encoded answer says what it is on both transports: decoded without content-encoding, or as sent with it; no framing headers", async () => {
+  // The runtime's fetch decodes gzip, deflate and br (Bun also zstd) but keeps the head as
+  // sent: the runtime transport handed over decoded bytes still marked `content-encoding: gzip`
+  // with the compressed `content-length`, which a caller relaying the Response re-decodes or
+  // cuts short. The Rust client drops what described the wire.
+  const zlib = await import("node:zlib");
+  const plain = Buffer.from(JSON.stringify({ type: "message", text: "é".repeat(300) }));
+  const encoders = { gzip: zlib.gzipSync, deflate: zlib.deflateSync, br: zlib.brotliCompressSync };
+  const path = await seedPool(mock, ["encoded-both@x.test"]);
+  let head = "";
+  let sent = Buffer.alloc(0);
+  await withRawApi(
+    (socket) => socket.end(Buffer.concat([Buffer.from(head), sent])),
+    async (api) => {
+      for (const [coding, encode] of Object.entries(encoders)) {
+        sent = encode(plain);
+        for (const [form, framing] of [
+          ["with a length", `content-length: ${sent.length}\r\nconnection: close\r\n`],
+          ["chunked", `transfer-encoding: chunked\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\n`],
+        ]) {
+          head = `HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: ${coding}\r\n${framing}\r\n`;
+          if (form === "chunked") sent = Buffer.concat([Buffer.from(`${encode(plain).length.toString(16)}\r\n`), encode(plain), Buffer.from("\r\n0\r\n\r\n")]);
+          else sent = encode(plain);
+          for (const transport of ["native", "runtime"]) {
+            const what = `${coding} ${form}, ${transport}`;
+            const res = await createPoolFetch({ path, transport })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" });
+            for (const name of ["content-length", "transfer-encoding", "connection", "keep-alive"])
+              assert.equal(res.headers.get(name), null, `${what}: ${name}`);
+            const bytes = Buffer.from(await res.arrayBuffer());
+            const said = res.headers.get("content-encoding");
+            if (said === null) assert.ok(bytes.equals(plain), `${what}: decoded`);
+            else {
+              assert.equal(said, coding, what);
+              assert.ok(bytes.equals(encode(plain)), `${what}: as sent, since it says ${said}`);
+            }
+            if (coding === "gzip") assert.equal(said, null, `${what}: both clients decode gzip`);
+          }
+        }
+      }
+    },
+  );
+});
+
 test("native: an encoding the client does not decode is handed over as sent, and says so", async () => {
   const path = await seedPool(mock, ["encoded@x.test"]);
   const head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: br\r\ncontent-length: 4\r\n\r\n";

@@ -194,6 +194,38 @@ async function withinSilence(reading, timeoutMs, controller) {
   }
 }
 
+// Answer headers that described the wire, not the body handed over (the Response re-frames
+// it): dropped as the Rust client drops them (src/fetch.rs, DROPPED_FROM_ANSWER).
+const FRAMING = ["content-length", "transfer-encoding", "connection", "keep-alive"];
+// The codings the runtime's fetch takes off a body itself, keeping the header as sent: Node's
+// (undici 6) decodes a list of gzip, deflate and br and leaves any other list as sent; Bun's
+// decodes one coding, zstd too, and leaves a list of two as sent.
+const BUN = typeof Bun !== "undefined";
+const DECODED = new Set(BUN ? ["gzip", "x-gzip", "deflate", "br", "zstd"] : ["gzip", "x-gzip", "deflate", "br"]);
+
+/** Whether the runtime decoded a body sent with this `content-encoding`. */
+function runtimeDecoded(coding) {
+  const codings = coding
+    .toLowerCase()
+    .split(",")
+    .map((c) => c.trim());
+  if (BUN && codings.length !== 1) return false;
+  return codings.every((c) => DECODED.has(c));
+}
+
+/**
+ * The Response handed over: the answer's head without its framing, and without the
+ * `content-encoding` the runtime took off the body (a caller relaying it would decode it again,
+ * and the compressed length cut it short). Deleted from the new Response's own headers: they
+ * are a copy already, and `response.headers` cannot be changed.
+ */
+function handedOver(body, head, coding) {
+  const out = new Response(body, head);
+  for (const name of FRAMING) out.headers.delete(name);
+  if (coding !== null && runtimeDecoded(coding)) out.headers.delete("content-encoding");
+  return out;
+}
+
 /** What a fetch Response says about itself, plus the account that served it. */
 function described(response, url, account) {
   return Object.defineProperties(response, { url: { value: url, configurable: true }, poolAccount: { value: account, configurable: true } });
@@ -287,8 +319,10 @@ export async function runtimeFetch(parts, { path, onEvents }) {
       if (NULL_BODY_STATUS.has(response.status) || parts.method === "HEAD" || !response.body) {
         release();
         if (tap) ex.finishUsage();
-        return described(new Response(null, head), parts.url, step.account ?? null);
+        // Nothing was decoded: a HEAD's content-encoding still says what a GET would get.
+        return described(handedOver(null, head, null), parts.url, step.account ?? null);
       }
+      const coding = response.headers.get("content-encoding");
       if (isWhole(response)) {
         let bytes;
         try {
@@ -299,10 +333,10 @@ export async function runtimeFetch(parts, { path, onEvents }) {
           release();
         }
         if (tap) ex.finishUsage(asBuffer(bytes));
-        return described(new Response(bytes, head), parts.url, step.account ?? null);
+        return described(handedOver(bytes, head, coding), parts.url, step.account ?? null);
       }
       const body = carry(response, { ex, tap, controller, signal, timeoutMs, done: release });
-      return described(new Response(body, head), parts.url, step.account ?? null);
+      return described(handedOver(body, head, coding), parts.url, step.account ?? null);
     }
   } finally {
     signal?.removeEventListener?.("abort", onAbort);
