@@ -374,6 +374,33 @@ test("an encoded answer says what it is on both transports: decoded without cont
   );
 });
 
+test("answer header values that are not ASCII arrive as fetch gives them (a byte a character), on both transports", async () => {
+  // The Rust client read them as UTF-8 (a byte that is not UTF-8 became U+FFFD), and a
+  // character past U+00FF made Response() throw its own TypeError without a code: the
+  // native transport lost the whole answer to a header, where the runtime's fetch delivers it.
+  const path = await seedPool(mock, ["header-bytes@x.test"]);
+  const utf8 = Buffer.from("héllo ✓", "utf8");
+  const latin1 = Buffer.from([0x63, 0x61, 0x66, 0xe9]);
+  const head = Buffer.concat([
+    Buffer.from("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nx-utf8: "),
+    utf8,
+    Buffer.from("\r\nx-latin: "),
+    latin1,
+    Buffer.from("\r\nconnection: close\r\n\r\n{}"),
+  ]);
+  await withRawApi(
+    (socket) => socket.end(head),
+    async (api) => {
+      for (const transport of ["native", "runtime"]) {
+        const res = await createPoolFetch({ path, transport })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" });
+        assert.equal(res.headers.get("x-utf8"), utf8.toString("latin1"), transport);
+        assert.equal(res.headers.get("x-latin"), "café", transport);
+        assert.equal(await res.text(), "{}", transport);
+      }
+    },
+  );
+});
+
 test("native: an encoding the client does not decode is handed over as sent, and says so", async () => {
   const path = await seedPool(mock, ["encoded@x.test"]);
   const head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: br\r\ncontent-length: 4\r\n\r\n";

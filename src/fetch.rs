@@ -266,14 +266,26 @@ fn head_of(response: &reqwest::Response) -> (String, Vec<(String, String)>) {
         .headers()
         .iter()
         .filter(|(k, _)| !DROPPED_FROM_ANSWER.contains(&k.as_str()))
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_string(), byte_string(v.as_bytes())))
         .collect();
     (status_text, headers)
+}
+
+/// A header value as fetch exposes it: one character per byte (a `ByteString`). Read as UTF-8,
+/// a byte that was not UTF-8 became U+FFFD and a character past U+00FF made JavaScript's
+/// `Response` refuse the whole answer; a relay writes the bytes back with `byte_string_bytes`.
+pub fn byte_string(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.is_ascii() => text.to_string(),
+        _ => bytes.iter().map(|&b| char::from(b)).collect(),
+    }
+}
+
+/// The bytes of a `byte_string` (None when a character is past U+00FF: not one of its).
+pub fn byte_string_bytes(text: &str) -> Option<Vec<u8>> {
+    text.chars()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect()
 }
 
 fn answer(response: reqwest::Response, account: Option<String>, events: Vec<Event>) -> Answer {
@@ -288,5 +300,25 @@ fn answer(response: reqwest::Response, account: Option<String>, events: Vec<Even
         events,
         usage: None,
         presented: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_value_is_a_byte_a_character_and_back() {
+        for bytes in [
+            &b"plain"[..],
+            "héllo ✓".as_bytes(),
+            &[0x63, 0x61, 0x66, 0xe9],
+        ] {
+            let text = byte_string(bytes);
+            assert_eq!(text.chars().count(), bytes.len());
+            assert_eq!(byte_string_bytes(&text).as_deref(), Some(bytes));
+        }
+        assert_eq!(byte_string(&[0x63, 0x61, 0x66, 0xe9]), "café");
+        assert_eq!(byte_string_bytes("✓"), None);
     }
 }

@@ -233,10 +233,16 @@ fn respond(answer: fetch::Answer) -> Response<AnyBody> {
     let mut res = Response::new(body);
     *res.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     for (k, v) in &answer.headers {
-        if let (Ok(name), Ok(value)) = (
-            hyper::header::HeaderName::from_bytes(k.as_bytes()),
-            hyper::header::HeaderValue::from_str(v),
-        ) {
+        // A value is one character per byte (`fetch::byte_string`): its bytes go back as sent.
+        let value = if v.is_ascii() {
+            hyper::header::HeaderValue::from_str(v).ok()
+        } else {
+            crate::fetch::byte_string_bytes(v)
+                .and_then(|b| hyper::header::HeaderValue::from_bytes(&b).ok())
+        };
+        if let (Ok(name), Some(value)) =
+            (hyper::header::HeaderName::from_bytes(k.as_bytes()), value)
+        {
             res.headers_mut().append(name, value);
         }
     }
