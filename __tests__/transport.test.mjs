@@ -401,6 +401,29 @@ test("answer header values that are not ASCII arrive as fetch gives them (a byte
   );
 });
 
+test("the status text passes through as the server sent it, on both transports", async () => {
+  // The Rust client put the standard reason phrase in place of the server's.
+  const path = await seedPool(mock, ["reason@x.test"]);
+  let line = "";
+  await withRawApi(
+    (socket) => socket.end(`${line}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}`),
+    async (api) => {
+      for (const [sent, text] of [
+        ["HTTP/1.1 418 Short And Stout", "Short And Stout"],
+        ["HTTP/1.1 503 Back Soon", "Back Soon"],
+        ["HTTP/1.1 200 OK", "OK"],
+      ]) {
+        line = sent;
+        for (const transport of ["native", "runtime"]) {
+          const res = await createPoolFetch({ path, transport })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" });
+          assert.equal(res.statusText, text, `${sent}, ${transport}`);
+          await res.text();
+        }
+      }
+    },
+  );
+});
+
 test("native: an encoding the client does not decode is handed over as sent, and says so", async () => {
   const path = await seedPool(mock, ["encoded@x.test"]);
   const head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: br\r\ncontent-length: 4\r\n\r\n";

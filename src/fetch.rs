@@ -257,11 +257,15 @@ async fn send(
 }
 
 fn head_of(response: &reqwest::Response) -> (String, Vec<(String, String)>) {
-    let status_text = response
-        .status()
-        .canonical_reason()
-        .unwrap_or("")
-        .to_string();
+    // The server's own reason phrase (hyper keeps it only when it is not the standard one).
+    let status_text = match response.extensions().get::<hyper::ext::ReasonPhrase>() {
+        Some(reason) => byte_string(reason.as_bytes()),
+        None => response
+            .status()
+            .canonical_reason()
+            .unwrap_or("")
+            .to_string(),
+    };
     let headers = response
         .headers()
         .iter()
