@@ -171,6 +171,34 @@ for (const transport of ["native", "runtime"]) {
     }
   });
 
+  test(`${transport}: a stream gone silent is cut after the silence limit, not up to twice it`, async () => {
+    // The runtime transport's watchdog looked once per limit for a read that had not moved: a
+    // stream that went quiet just after a look was cut at the second look, near twice the limit
+    // (the Rust client's timer restarts with each chunk).
+    const email = `${transport}-quiet@x.test`;
+    const path = await seedPool(mock, [email]);
+    const f = createPoolFetch({ path, transport });
+    const limit = 1000;
+    process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = String(limit);
+    try {
+      mock.script(email, [{ sse: true, text: "v".repeat(4000), chunkSize: 200, delayMs: 60_000 }]);
+      const res = await post(f, { stream: true });
+      const reader = res.body.getReader();
+      assert.equal((await reader.read()).done, false);
+      const quietFrom = Date.now();
+      await assert.rejects(
+        (async () => {
+          for (;;) if ((await reader.read()).done) throw new Error("ended");
+        })(),
+        (e) => e.code === "NETWORK" && /no data for 1000 ms/.test(e.message),
+      );
+      const quiet = Date.now() - quietFrom;
+      assert.ok(quiet >= limit - 50 && quiet < limit * 1.5, `cut after ${quiet} ms of silence (limit ${limit})`);
+    } finally {
+      delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
+    }
+  });
+
   test(`${transport}: an answer cut mid-body is NETWORK, read whole or while the engine reads a 400`, async () => {
     // The runtime transport reads small answers (and the start of a 400) itself: a reset there
     // surfaced as the runtime's own error ("terminated", ECONNRESET) without a code.

@@ -103,6 +103,8 @@ async function send(parts, headers, signal, timeoutMs) {
   }
 }
 
+const SILENCE_LOOKS = 4;
+
 /**
  * The delivered body, chunk by chunk as the runtime reads it. A body silent for the response
  * timeout is cut with `NETWORK` (checked by a timer on the read count, not per chunk); with
@@ -113,16 +115,23 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done }) {
   const usage = tap ? usageFeed(ex) : null;
   let reads = 0;
   let seen = -1;
+  let quiet = 0;
   let waiting = false;
   let stalled = false;
   let finished = false;
-  const watchdog = setInterval(() => {
-    if (waiting && reads === seen) {
-      stalled = true;
-      controller.abort();
-    }
-    seen = reads;
-  }, timeoutMs);
+  // Four looks per limit: the body is cut between the limit and 1.25 times it after its last
+  // chunk (one look per limit cut a body that went quiet just after a look near twice it).
+  const watchdog = setInterval(
+    () => {
+      quiet = waiting && reads === seen ? quiet + 1 : 0;
+      seen = reads;
+      if (quiet >= SILENCE_LOOKS) {
+        stalled = true;
+        controller.abort();
+      }
+    },
+    Math.max(1, timeoutMs / SILENCE_LOOKS),
+  );
   watchdog.unref?.();
   const finish = () => {
     if (finished) return;
