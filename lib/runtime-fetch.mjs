@@ -6,7 +6,8 @@
 //
 // What the Rust client guarantees, this transport keeps: no redirect is followed (the 3xx goes
 // to the caller), the same response timeout for the answer head and for a body gone silent,
-// the same errors (`NETWORK` as a TypeError, aborts as the signal's reason), the request body
+// the same errors (`NETWORK` as a TypeError, aborts as the signal's reason), the same head (no
+// framing headers, no content-encoding on a body the runtime decoded), the request body
 // kept for a retry on the next account, and nothing sent before the engine chose the account.
 // Proxies are the Rust client's business (src/http.rs owns NO_PROXY, loopback and credential
 // rules): with a proxy variable set, `runtimeCarries` says no and the native transport is
