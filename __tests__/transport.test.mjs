@@ -312,7 +312,7 @@ async function withRawApi(reply, fn) {
   const { createServer } = await import("node:net");
   const server = createServer((socket) => {
     socket.on("error", () => {});
-    socket.once("data", () => reply(socket));
+    socket.once("data", (first) => reply(socket, first));
   });
   await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
   const saved = process.env.OAUTH_POOL_API_URL;
@@ -447,6 +447,28 @@ test("the status text passes through as the server sent it, on both transports",
           assert.equal(res.statusText, text, `${sent}, ${transport}`);
           await res.text();
         }
+      }
+    },
+  );
+});
+
+test("a reason phrase echoing the presented token reaches the caller without it, on both transports", async () => {
+  // The status text passes through as the server wrote it: a server echoing what it was sent
+  // there handed the pool's token to a caller that otherwise never holds it.
+  const path = await seedPool(mock, ["reason-echo@x.test"]);
+  const token = account(path, "reason-echo@x.test").access;
+  await withRawApi(
+    (socket, first) => {
+      const sent = /^authorization: Bearer (\S+)\r$/im.exec(first.toString("latin1"))?.[1] ?? "none";
+      socket.end(`HTTP/1.1 400 Bad token ${sent}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}`);
+    },
+    async (api) => {
+      for (const transport of ["native", "runtime"]) {
+        const res = await createPoolFetch({ path, transport })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" });
+        assert.equal(res.status, 400, transport);
+        assert.equal(res.statusText, "Bad token [redacted]", transport);
+        assert.ok(!res.statusText.includes(token), transport);
+        await res.text();
       }
     },
   );

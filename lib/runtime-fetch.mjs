@@ -260,10 +260,15 @@ function answerHeaders(response, secret) {
   for (const [, echoed] of response.headers) {
     if (!echoed.includes(secret)) continue;
     const clean = new Headers();
-    for (const [name, value] of response.headers) clean.append(name, value.split(secret).join("[redacted]"));
+    for (const [name, value] of response.headers) clean.append(name, withoutSecret(value, secret));
     return clean;
   }
   return response.headers;
+}
+
+/** A text of the answer's head (a header value, the reason phrase) without the credential. */
+function withoutSecret(text, secret) {
+  return secret && secret.length >= 16 && text.includes(secret) ? text.split(secret).join("[redacted]") : text;
 }
 
 /**
@@ -325,7 +330,8 @@ export async function runtimeFetch(parts, { path, onEvents }) {
       }
       delivered = true;
       const tap = verdict === "deliver-tap";
-      const head = { status: response.status, statusText: response.statusText, headers: answerHeaders(response, presented(step.headers)) };
+      const secret = presented(step.headers);
+      const head = { status: response.status, statusText: withoutSecret(response.statusText, secret), headers: answerHeaders(response, secret) };
       if (NULL_BODY_STATUS.has(response.status) || parts.method === "HEAD" || !response.body) {
         release();
         if (tap) ex.finishUsage();

@@ -35,10 +35,16 @@ pub fn presented(headers: &HeaderMap) -> Vec<Secret> {
 /// Answer headers with any presented credential in a value scrubbed (`secret::scrub`).
 pub fn scrub_headers(headers: &mut [(String, String)], presented: &[Secret]) {
     for (_, value) in headers.iter_mut() {
-        if presented.iter().any(|s| value.contains(s.expose())) {
-            let refs: Vec<&Secret> = presented.iter().collect();
-            *value = secret::scrub(value, &refs);
-        }
+        scrub_text(value, presented);
+    }
+}
+
+/// A text of the answer's head (a header value, the status line's reason phrase, which the
+/// caller is handed as the server wrote it) with any presented credential scrubbed.
+pub fn scrub_text(text: &mut String, presented: &[Secret]) {
+    if presented.iter().any(|s| text.contains(s.expose())) {
+        let refs: Vec<&Secret> = presented.iter().collect();
+        *text = secret::scrub(text, &refs);
     }
 }
 

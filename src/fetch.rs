@@ -183,6 +183,7 @@ async fn serve(
                 };
                 a.usage = usage;
                 crate::echo::scrub_headers(&mut a.headers, &presented);
+                crate::echo::scrub_text(&mut a.status_text, &presented);
                 a.presented = presented;
                 return Ok(a);
             }
