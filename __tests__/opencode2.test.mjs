@@ -8,7 +8,7 @@ import { listAccounts, flushPool } from "../index.mjs";
 import { settle } from "../lib/errors.mjs";
 import { openExchange } from "../lib/exchange.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
-import { countedSignal, poolListener, useMock, tempPoolPath, readPool } from "./helpers/pool-env.mjs";
+import { countedSignal, poolListener, useMock, tempPoolPath, readPool, seedPool } from "./helpers/pool-env.mjs";
 import { createHost, loadPlugin, g1Context, registrationsOf, ModelRequestError } from "./helpers/opencode2-host.mjs";
 
 const mock = useMock();
@@ -225,4 +225,42 @@ test("a retry that fails leaves the host the first answer, readable; no listener
   assert.equal(ex.modelUnknown, true);
   ex.abort();
   await handle.unload();
+});
+
+test("a provider named in the host's config stays listed with every model before any host login; an explicit disabled is kept", async () => {
+  const path = await seedPool(mock, ["cfg1@x.test"]);
+  // The host's config plugin runs before ours: a config entry for anthropic-pool goes through
+  // the provider editor's update(), which starts from Provider.Info.empty(id)
+  // (packages/core/src/config/plugin/provider.ts, packages/core/src/provider.ts `entry`).
+  const configured = (edit) => ({
+    id: "config",
+    kind: "setup",
+    plugin: { id: "config", setup: (ctx) => ctx.provider.transform((e) => e.update("anthropic-pool", edit)) },
+  });
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  await host.start(
+    configured((p) => {
+      p.headers = { "x-from-config": "1" };
+    }),
+  );
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  const provider = host.providers().find((p) => p.id === "anthropic-pool");
+  assert.ok(provider, "listed although no host login exists (the account came from the CLI)");
+  assert.equal(provider.activation, "enabled");
+  assert.equal(provider.name, "Anthropic Pool");
+  assert.equal(provider.headers["x-from-config"], "1", "the config's setting kept");
+  const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+  assert.equal(textOf(await res.text()), "Hello from cfg1@x.test");
+  await handle.unload();
+
+  const off = createHost({ sleep: async () => {}, random: () => 0.5 });
+  await off.start(
+    configured((p) => {
+      p.activation = "disabled";
+    }),
+  );
+  const second = await off.start(loadPlugin(pluginModule, { options: { path } }));
+  assert.equal(off.provider("anthropic-pool").provider.activation, "disabled");
+  assert.ok(!off.providers().some((p) => p.id === "anthropic-pool"));
+  await second.unload();
 });

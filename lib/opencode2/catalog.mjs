@@ -132,6 +132,13 @@ export function providerTransform({ providerID, apiKeysOnly }) {
     };
     const info = existing?.provider ? { ...ours, ...structuredClone(existing.provider), id: providerID, integrationID: INTEGRATION_ID } : ours;
     if (!info.package) info.package = NATIVE_ANTHROPIC;
+    // A provider your config names exists before this transform runs, made by the host's
+    // editor from `Provider.Info.empty(id)` (packages/schema/src/provider.ts: name = id,
+    // activation "auto", package ""): those defaults are not settings. "auto" would list the
+    // provider only once a host login exists, hiding it (with every model) from a pool filled
+    // by the CLI or on 1.18; only an explicit "disabled" is kept.
+    if (info.activation !== "disabled") info.activation = "enabled";
+    if (!info.name || info.name === providerID) info.name = ours.name;
     editor.add({ info, models: [...models.values()] });
   };
 }
