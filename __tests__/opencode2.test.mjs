@@ -227,6 +227,18 @@ test("a retry that fails leaves the host the first answer, readable; no listener
   await handle.unload();
 });
 
+/** Runs `fn` with the plugin's log lines (stderr, OpenCode's log in 2.x) collected. */
+async function withLogLines(fn) {
+  const lines = [];
+  const original = console.error;
+  console.error = (...args) => void lines.push(args.join(" "));
+  try {
+    return await fn(lines);
+  } finally {
+    console.error = original;
+  }
+}
+
 test("a provider named in the host's config stays listed with every model before any host login; an explicit disabled is kept", async () => {
   const path = await seedPool(mock, ["cfg1@x.test"]);
   // The host's config plugin runs before ours: a config entry for anthropic-pool goes through
@@ -263,4 +275,183 @@ test("a provider named in the host's config stays listed with every model before
   assert.equal(off.provider("anthropic-pool").provider.activation, "disabled");
   assert.ok(!off.providers().some((p) => p.id === "anthropic-pool"));
   await second.unload();
+});
+
+test("a host refusing one part keeps the others and says so; refusing the request hooks offers no provider", async () => {
+  const path = await seedPool(mock, ["refuse1@x.test"]);
+  const refusing = (patch) => {
+    const loaded = loadPlugin(pluginModule, { options: { path } });
+    return { ...loaded, plugin: { id: loaded.id, setup: (ctx) => loaded.plugin.setup(patch(ctx)) } };
+  };
+  await withLogLines(async (lines) => {
+    const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+    const handle = await host.start(
+      refusing((ctx) => {
+        ctx.tool.transform = async () => {
+          throw new Error("tool registration denied by policy");
+        };
+        return ctx;
+      }),
+    );
+    assert.ok(host.providers().some((p) => p.id === "anthropic-pool"));
+    assert.deepEqual(
+      host
+        .hooks()
+        .map((h) => h.name)
+        .sort(),
+      ["http.request", "http.response", "retry"],
+    );
+    assert.ok(host.commands().length === 1, "the command after the refused tool is registered");
+    assert.ok(
+      lines.some((l) => /warn: this OpenCode refused tool\.transform .*denied by policy/.test(l)),
+      lines.join("\n"),
+    );
+    const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+    assert.equal(res.status, 200);
+    await res.text();
+    await handle.unload();
+  });
+
+  await withLogLines(async (lines) => {
+    const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+    const handle = await host.start(
+      refusing((ctx) => {
+        const hook = ctx.session.hook;
+        ctx.session.hook = async (name, ...rest) => {
+          if (name === "retry") throw new Error("this host has no retry hook");
+          return hook(name, ...rest);
+        };
+        return ctx;
+      }),
+    );
+    assert.deepEqual(host.hooks(), [], "no half-registered hooks (an answer left unjudged)");
+    assert.ok(!host.providers().some((p) => p.id === "anthropic-pool"), "no provider whose requests would go out without our credential");
+    assert.ok(
+      lines.some((l) => /warn: the anthropic-pool provider is not served/.test(l)),
+      lines.join("\n"),
+    );
+    await handle.unload();
+  });
+});
+
+test("a request the pool cannot place is answered at once with the reason, never sent with the host's (or the user's own) credential", async () => {
+  // provider: "anthropic" serves the host's own provider, whose requests carry the user's own
+  // key (here ANTHROPIC_API_KEY, resolved by the host): with no pool account it must not go out.
+  const userKey = ["user", "own", "console", "key", "0123456789"].join("-");
+  const path = tempPoolPath();
+  const sleeps = [];
+  const host = createHost({ sleep: async (ms) => void sleeps.push(ms), random: () => 0.5, env: { ANTHROPIC_API_KEY: userKey } });
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path, provider: "anthropic" } }));
+  await handle.context.provider.transform((e) =>
+    e.update("anthropic", (p) => {
+      p.settings = { baseURL: `${mock.url}/v1` };
+    }),
+  );
+  mock.clearRequests();
+  const failure = await withLogLines(() =>
+    host.modelRequest({ providerID: "anthropic", modelID: "claude-sonnet-4-5", body }).then(
+      () => null,
+      (e) => e,
+    ),
+  );
+  assert.ok(failure instanceof ModelRequestError, String(failure));
+  assert.match(failure.error.message, /has no accounts/);
+  assert.equal(mock.requests.length, 0, "nothing went upstream");
+  const sends = host.log.filter((e) => e.type === "http.send");
+  assert.ok(sends.length > 0 && sends.every((e) => e.url.startsWith("data:")), "answered locally");
+  assert.ok(!JSON.stringify(sends).includes(userKey), "the user's own key was sent nowhere");
+  assert.deepEqual(sleeps, [], "no host retries of a pool with no account");
+  await handle.unload();
+
+  // anthropic-pool with an empty pool: the host sends no credential; nothing goes out either.
+  const pool = await started();
+  mock.clearRequests();
+  const empty = await withLogLines(() =>
+    pool.host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).then(
+      () => null,
+      (e) => e,
+    ),
+  );
+  assert.match(empty?.error?.message ?? "", /anthropic-pool has no accounts/);
+  assert.equal(mock.requests.length, 0);
+  await pool.handle.unload();
+});
+
+test("a request placed before a reload is finished by the plugin set up again: the pool's 429, not the local stand-in", async () => {
+  const path = await seedPool(mock, ["reload1@x.test"]);
+  mock.script("reload1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 120, fiveHourReset: Math.floor(Date.now() / 1000) + 120 }) }]);
+  let reload;
+  let reloaded = false;
+  // The host reloads the plugin (a config change) while a request is out: the old setup's hooks
+  // are disposed before the answer comes (packages/plugin/src/promise/adapter.ts: registrations
+  // live in the plugin's scope).
+  const host = createHost({
+    sleep: async () => {},
+    random: () => 0.5,
+    fetch: async (url, init) => {
+      const res = await globalThis.fetch(url, init);
+      if (!reloaded && String(url).startsWith("data:")) {
+        reloaded = true;
+        await reload();
+      }
+      return res;
+    },
+  });
+  let handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  reload = async () => {
+    await handle.unload();
+    handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  };
+  const failure = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).then(
+    (res) => res,
+    (e) => e,
+  );
+  assert.ok(reloaded);
+  assert.equal(failure?.error?.status, 429, `the host got ${failure?.status ?? failure?.message}`);
+  await handle.unload();
+});
+
+test("two copies of the plugin in one host: each request is placed and judged once", async () => {
+  const path = await seedPool(mock, ["two1@x.test"]);
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  await withLogLines(async (lines) => {
+    const first = await host.start(loadPlugin(pluginModule, { options: { path } }));
+    const second = await host.start(loadPlugin(pluginModule, { options: { path } }));
+    const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+    assert.equal(textOf(await res.text()), "Hello from two1@x.test");
+    mock.script("two1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 120, fiveHourReset: Math.floor(Date.now() / 1000) + 120 }) }]);
+    const cooling = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).then(
+      () => null,
+      (e) => e,
+    );
+    assert.equal(cooling?.error?.status, 429);
+    assert.match(cooling.error.message, /every account is rate-limited/);
+    assert.deepEqual(
+      lines.filter((l) => /error:/.test(l)),
+      [],
+      "the second copy did not refuse the first one's placement",
+    );
+    await first.unload();
+    await second.unload();
+  });
+});
+
+test("on a host that gives hooks no signal (fromPromise), failover and the pool's 429 work the same", async () => {
+  const path = await seedPool(mock, ["nosig1@x.test", "nosig2@x.test"]);
+  const sleeps = [];
+  const host = createHost({ sleep: async (ms) => void sleeps.push(ms), random: () => 0.5, hookSignal: false });
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  const soon = Math.floor(Date.now() / 1000) + 120;
+  mock.script("nosig1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 120, fiveHourReset: soon }) }]);
+  mock.script("nosig2@x.test", [{ status: 200 }, { status: 429, headers: rateLimitHeaders({ retryAfter: 120, fiveHourReset: soon }) }]);
+  const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+  assert.equal(res.status, 200);
+  await res.text();
+  const failure = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).then(
+    () => null,
+    (e) => e,
+  );
+  assert.equal(failure?.error?.status, 429);
+  assert.ok(sleeps.length > 0 && sleeps.every((ms) => ms > 110_000 && ms <= 131_000), String(sleeps));
+  await handle.unload();
 });

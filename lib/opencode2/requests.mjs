@@ -82,11 +82,58 @@ function withHeaders(request, headers) {
 }
 
 /**
+ * The requests a pool hook placed, each with what finishes its answer: shared by every copy of
+ * this plugin in the process (two config files naming it, or a path and a package; the host
+ * runs them all) and every setup of one copy (a config reload sets it up again, possibly while
+ * a request the old setup placed is still out). The copy that placed a request finishes it;
+ * another copy neither places it again (its own exchange would have been left behind, and a
+ * request already pointed at the pool's local answer would have been refused as off-origin) nor
+ * lets it pass unjudged (the host would have read the local `data:` answer, a 200 `{}`, as the
+ * model's).
+ */
+const PLACED = Symbol.for("opencode-oauth-pool.opencode2.placed");
+globalThis[PLACED] ??= new WeakMap();
+const placed = globalThis[PLACED];
+
+/**
+ * A request that cannot be placed on a pool account must not go out as the host built it: it
+ * carries no credential of ours (on `anthropic-pool`: the placeholder, or none; with
+ * `provider: "anthropic"`: the user's own key, billed without a word). It is answered here, as
+ * the gateway answers the same failure (src/gateway/forward.rs), with the reason as the message
+ * the host shows; `x-should-retry: false` where retrying cannot help (packages/ai isRetryable
+ * honours it).
+ */
+function refusal(err) {
+  const code = typeof err?.code === "string" ? err.code : "ERROR";
+  const [status, type, retry] =
+    code === "POOL_NO_ACCOUNT" || code === "INSECURE_ENDPOINT" || code === "INVALID_ARGUMENT" || code === "POOL_CORRUPT" || code === "POOL_INSECURE"
+      ? [503, "overloaded_error", "false"]
+      : [503, "api_error", undefined];
+  const message = `anthropic-pool: ${scrubbed(err?.message ?? err)}`;
+  return {
+    kind: "answer",
+    status,
+    statusText: "Service Unavailable",
+    headers: [["content-type", "application/json"], ["x-oauth-pool-error", code], ...(retry ? [["x-should-retry", retry]] : [])],
+    body: JSON.stringify({ type: "error", error: { type, message } }),
+    own: false,
+  };
+}
+
+/** A request pointed at a `data:` URL the runtime's fetch answers locally: nothing goes upstream. */
+function localRequest(request) {
+  return new Request("data:application/json,%7B%7D", {
+    method: request.method,
+    headers: { "content-type": "application/json" },
+    body: request.method === "GET" ? undefined : "{}",
+  });
+}
+
+/**
  * Registers the three hooks, scoped to `providerID`. `notify(events)` hears failovers and
  * accounts needing attention; `log(level, message)` writes one line.
  */
 export async function registerRequestHooks(ctx, { providerID, path, notify, log, fetch = globalThis.fetch }) {
-  const inFlight = new WeakMap(); // the Request the host sends -> its exchange
   const poolAnswers = new Map(); // sessionID -> { retryAfterMs, at } of the pool's last own 429
 
   const drain = (ex) => {
@@ -94,97 +141,107 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
     if (events.length) notify(events);
   };
 
-  await ctx.session.hook(
-    "http.request",
-    async (event, extra) => {
-      try {
-        syncEnv();
-        const request = event.request;
-        const model = typeof event.model?.id === "string" ? event.model.id : undefined;
-        const ex = openExchange({ path, url: request.url, headers: request.headers, model });
-        const signal = extra?.signal;
-        const stopListening = abortOnSignal(signal, ex);
-        // Watched through a token that only the in-flight entry holds, not the Request: V8
-        // keeps a watched object through minor collections, and a Request holds its body.
-        const token = {};
-        if (signal) unanswered.register(token, stopListening, token);
-        const step = await nextStep(ex);
-        drain(ex);
-        if (step.kind === "answer") {
-          // Every account cools: nothing may go upstream. The request is pointed at a data: URL
-          // (answered locally by the runtime's fetch) and the pool's 429 replaces its answer.
-          const local = new Request("data:application/json,%7B%7D", {
-            method: request.method,
-            headers: { "content-type": "application/json" },
-            body: request.method === "GET" ? undefined : "{}",
-          });
-          inFlight.set(local, { ex, answer: step, stopListening, token });
-          event.request = local;
-          return;
-        }
-        const sent = withHeaders(request, step.headers);
-        inFlight.set(sent, { ex, original: request, account: step.account, stopListening, token });
-        event.request = sent;
-      } catch (err) {
-        log("error", `could not place the request on a pool account: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`);
+  const onRequest = async (event, extra) => {
+    const request = event.request;
+    // Already placed by a pool hook (another copy of this plugin registered first).
+    if (placed.has(request)) return;
+    let ex;
+    let stopListening;
+    try {
+      syncEnv();
+      const model = typeof event.model?.id === "string" ? event.model.id : undefined;
+      ex = openExchange({ path, url: request.url, headers: request.headers, model });
+      const signal = extra?.signal;
+      stopListening = abortOnSignal(signal, ex);
+      // Watched through a token that only the in-flight entry holds, not the Request: V8
+      // keeps a watched object through minor collections, and a Request holds its body.
+      const token = {};
+      if (signal) unanswered.register(token, stopListening, token);
+      const step = await nextStep(ex);
+      drain(ex);
+      if (step.kind === "answer") {
+        // Every account cools: nothing may go upstream. The request is pointed at a data: URL
+        // (answered locally by the runtime's fetch) and the pool's 429 replaces its answer.
+        const local = localRequest(request);
+        const state = { ex, answer: step, stopListening, token };
+        placed.set(local, (ev, ext) => finish(state, ev, ext));
+        event.request = local;
+        return;
       }
-    },
-    { providerID },
-  );
+      const sent = withHeaders(request, step.headers);
+      const state = { ex, original: request, account: step.account, stopListening, token };
+      placed.set(sent, (ev, ext) => finish(state, ev, ext));
+      event.request = sent;
+    } catch (err) {
+      log(
+        "error",
+        `could not place the request on a pool account, so it is answered here and not sent: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`,
+      );
+      try {
+        stopListening?.();
+        if (ex) drain(ex);
+        const local = localRequest(request);
+        const state = { ex: null, answer: refusal(err) };
+        placed.set(local, (ev, ext) => finish(state, ev, ext));
+        event.request = local;
+      } catch {}
+    }
+  };
 
-  await ctx.session.hook(
-    "http.response",
-    async (event, extra) => {
-      const state = inFlight.get(event.request);
-      if (!state) return;
-      inFlight.delete(event.request);
-      const { ex } = state;
-      try {
-        if (state.answer) {
-          await event.response.body?.cancel().catch(() => {});
-          event.response = poolAnswer(state.answer);
-          remember(event.sessionID, state.answer);
-          return;
-        }
-        let response = event.response;
-        let verdict;
-        for (;;) {
-          verdict = await judgeAnswer(ex, response);
-          if (verdict !== "retry") break;
-          const step = await nextStep(ex);
-          if (step.kind === "answer") {
-            await response.body?.cancel().catch(() => {});
-            response = poolAnswer(step);
-            remember(event.sessionID, step);
-            break;
-          }
-          // The answer in hand is dropped only once another has come: if the resend fails, the
-          // host keeps this one, readable.
-          let next;
-          try {
-            next = await fetch(withHeaders(event.request.clone(), step.headers), { signal: extra?.signal });
-          } catch (err) {
-            log(
-              "warn",
-              `the retry on another account failed; the host gets the first answer: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`,
-            );
-            verdict = "deliver";
-            break;
-          }
-          await response.body?.cancel().catch(() => {});
-          response = next;
-        }
-        event.response = verdict === "deliver-tap" ? tapUsage(response, ex) : response;
-      } catch (err) {
-        log("error", `the pool could not finish this request: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`);
-      } finally {
-        unanswered.unregister(state.token);
-        state.stopListening?.();
-        drain(ex);
+  const onResponse = async (event, extra) => {
+    const finishing = placed.get(event.request);
+    if (!finishing) return;
+    placed.delete(event.request);
+    await finishing(event, extra);
+  };
+
+  /** The answer to a request this setup placed, whichever setup's hook hears it. */
+  async function finish(state, event, extra) {
+    const { ex } = state;
+    try {
+      if (state.answer) {
+        await event.response.body?.cancel().catch(() => {});
+        event.response = poolAnswer(state.answer);
+        if (state.answer.own !== false) remember(event.sessionID, state.answer);
+        return;
       }
-    },
-    { providerID },
-  );
+      let response = event.response;
+      let verdict;
+      for (;;) {
+        verdict = await judgeAnswer(ex, response);
+        if (verdict !== "retry") break;
+        const step = await nextStep(ex);
+        if (step.kind === "answer") {
+          await response.body?.cancel().catch(() => {});
+          response = poolAnswer(step);
+          remember(event.sessionID, step);
+          break;
+        }
+        // The answer in hand is dropped only once another has come: if the resend fails, the
+        // host keeps this one, readable.
+        let next;
+        try {
+          next = await fetch(withHeaders(event.request.clone(), step.headers), { signal: extra?.signal });
+        } catch (err) {
+          log(
+            "warn",
+            `the retry on another account failed; the host gets the first answer: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`,
+          );
+          verdict = "deliver";
+          break;
+        }
+        await response.body?.cancel().catch(() => {});
+        response = next;
+      }
+      event.response = verdict === "deliver-tap" ? tapUsage(response, ex) : response;
+    } catch (err) {
+      log("error", `the pool could not finish this request: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`);
+    } finally {
+      if (state.token) unanswered.unregister(state.token);
+      state.stopListening?.();
+      if (ex) drain(ex);
+    }
+  }
 
   function remember(sessionID, answer) {
     const seconds = Number(new Headers(answer.headers).get("retry-after"));
@@ -199,19 +256,32 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
     poolAnswers.set(sessionID, { retryAfterMs: seconds * 1000, at: now });
   }
 
-  await ctx.session.hook(
-    "retry",
-    async (event) => {
-      try {
-        const own = poolAnswers.get(event.sessionID);
-        if (!own || event.error?.status !== 429) return;
-        poolAnswers.delete(event.sessionID);
-        const wait = Math.max(0, own.retryAfterMs - (Date.now() - own.at));
-        event.decision = wait > HOST_RETRY_CAP_MS ? { retry: false } : { retry: true, delay: wait };
-      } catch (err) {
-        log("error", `retry decision failed: ${scrubbed(err?.message ?? err)}`);
-      }
-    },
-    { providerID },
-  );
+  const onRetry = async (event) => {
+    try {
+      const own = poolAnswers.get(event.sessionID);
+      if (!own || event.error?.status !== 429) return;
+      poolAnswers.delete(event.sessionID);
+      const wait = Math.max(0, own.retryAfterMs - (Date.now() - own.at));
+      event.decision = wait > HOST_RETRY_CAP_MS ? { retry: false } : { retry: true, delay: wait };
+    } catch (err) {
+      log("error", `retry decision failed: ${scrubbed(err?.message ?? err)}`);
+    }
+  };
+  // Answers first, requests last: a request is placed only once what finishes its answer is
+  // in place (an answer left unjudged would hand the host the local `data:` stand-in). A host
+  // that refuses one of the three gets none: without them a request would go out without any
+  // credential of ours.
+  const registrations = [];
+  try {
+    for (const [name, callback] of [
+      ["http.response", onResponse],
+      ["retry", onRetry],
+      ["http.request", onRequest],
+    ])
+      registrations.push(await ctx.session.hook(name, callback, { providerID }));
+  } catch (err) {
+    for (const r of registrations.splice(0)) await Promise.resolve(r?.dispose?.()).catch(() => {});
+    throw err;
+  }
+  return registrations;
 }

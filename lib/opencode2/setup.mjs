@@ -3,6 +3,7 @@
 // checks for the host feature it needs and is skipped with one log line when the host lacks it:
 // the V2 API moved during 2.0.x, and a missing feature must never take the host down.
 import { printable } from "../printable.mjs";
+import { scrubbed } from "../errors.mjs";
 import { pluginOptions, LOGIN_HINT } from "../plugin/shared.mjs";
 import { poolActionText, TOOL_DESCRIPTION, TOOL_INPUT_SCHEMA } from "../plugin/tool.mjs";
 import { apiKeysOnly } from "../plugin/auth.mjs";
@@ -64,20 +65,43 @@ export async function setupV2(ctx) {
   const keep = (registration) => {
     if (registration && typeof registration.dispose === "function") cleanups.push(registration);
   };
+  // Each part on its own: a host that refuses one (a registration that throws, a policy that
+  // denies it) must not cost the others. A rejected setup is a failed plugin in 2.x: its scope
+  // closes and every registration made so far goes with it, the provider included, with no
+  // word to the person beyond a line in the host's own log.
+  const part = async (what, register) => {
+    try {
+      await register();
+    } catch (err) {
+      log("warn", `this OpenCode refused ${what}: ${scrubbed(err?.message ?? err)}; that part of the pool is skipped`);
+    }
+  };
 
-  if (typeof ctx.integration?.transform === "function") keep(await ctx.integration.transform(integrationTransform({ path, log })));
-  else skipped("integration.transform (logins)");
+  await part("integration.transform (logins)", async () => {
+    if (typeof ctx.integration?.transform === "function") keep(await ctx.integration.transform(integrationTransform({ path, log })));
+    else skipped("integration.transform (logins)");
+  });
+
+  // The hooks before the provider: a provider whose requests cannot go through the pool must not
+  // be offered (they would go out with no credential of ours).
+  let served = false;
+  await part("session.hook (the pool's request hooks)", async () => {
+    for (const r of await registerRequestHooks(ctx, { providerID, path, log, notify: makeNotifier(ctx, log) })) keep(r);
+    served = true;
+  });
 
   // With `provider: "anthropic"` the host's own Anthropic provider is served as it is.
-  if (providerID === "anthropic") log("info", "serving OpenCode's own anthropic provider through the pool");
-  else if (typeof ctx.provider?.transform === "function") {
-    const keysOnly = await apiKeysOnly(path);
-    keep(await ctx.provider.transform(providerTransform({ providerID, apiKeysOnly: keysOnly })));
-  } else skipped("provider.transform (the anthropic-pool provider)");
+  await part("provider.transform (the anthropic-pool provider)", async () => {
+    if (!served) log("warn", `the ${providerID} provider is not served: its requests could not go through the pool`);
+    else if (providerID === "anthropic") log("info", "serving OpenCode's own anthropic provider through the pool");
+    else if (typeof ctx.provider?.transform === "function") {
+      const keysOnly = await apiKeysOnly(path);
+      keep(await ctx.provider.transform(providerTransform({ providerID, apiKeysOnly: keysOnly })));
+    } else skipped("provider.transform (the anthropic-pool provider)");
+  });
 
-  await registerRequestHooks(ctx, { providerID, path, log, notify: makeNotifier(ctx, log) });
-
-  if (typeof ctx.tool?.transform === "function") {
+  await part("tool.transform (the model-accounts-pool tool)", async () => {
+    if (typeof ctx.tool?.transform !== "function") return skipped("tool.transform (the model-accounts-pool tool)");
     keep(
       await ctx.tool.transform((editor) =>
         editor.add({
@@ -90,9 +114,10 @@ export async function setupV2(ctx) {
         }),
       ),
     );
-  } else skipped("tool.transform (the model-accounts-pool tool)");
+  });
 
-  if (typeof ctx.command?.transform === "function") {
+  await part("command.transform (the /model-accounts-pool command)", async () => {
+    if (typeof ctx.command?.transform !== "function") return skipped("command.transform (the /model-accounts-pool command)");
     keep(
       await ctx.command.transform((editor) =>
         editor.add({
@@ -114,7 +139,7 @@ export async function setupV2(ctx) {
         }),
       ),
     );
-  } else skipped("command.transform (the /model-accounts-pool command)");
+  });
 
   return async () => {
     for (const r of cleanups.splice(0)) await r.dispose().catch?.(() => {});
