@@ -351,3 +351,22 @@ test("tools take JSON Schema or Standard JSON Schema; a foreign Standard Schema 
   await assert.rejects(h.runTool("std", { n: "x" }), /Invalid tool input: n must be a number/);
   assert.deepEqual(await h.runCommand("model-accounts-pool", { text: "list" }), { type: "immediate", text: "list" });
 });
+
+test("a setup that rejects fails the plugin: what it had registered is disposed; hooks may be called without a signal", async () => {
+  const h = host();
+  const failing = fakePlugin(async (ctx) => {
+    await poolSetup({ "http.request": () => {} })(ctx);
+    throw new Error("setup failed late");
+  });
+  await assert.rejects(h.start(failing, { options: { baseURL } }), /setup failed late/);
+  assert.deepEqual(h.hooks(), []);
+  assert.ok(!h.providers().some((p) => p.id === "anthropic-pool"));
+
+  reset(() => [200, {}, { ok: true }]);
+  const plain = host({ hookSignal: false });
+  const args = [];
+  await plain.start(fakePlugin(poolSetup({ "http.request": (...a) => void args.push(a.length) })), { options: { baseURL } });
+  plain.connectKey("anthropic-pool", "sk-a");
+  await plain.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5" });
+  assert.deepEqual(args, [1], "fromPromise calls callback(event) alone");
+});

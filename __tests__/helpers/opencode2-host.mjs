@@ -219,6 +219,11 @@ export function createHost({
   sleep = (ms) => new Promise((r) => setTimeout(r, ms)),
   random = Math.random,
   now = Date.now,
+  // How a hook callback is called. packages/plugin/src/promise/adapter.ts `fromPromise` (the
+  // Effect core running a promise plugin) calls `callback(event)` alone; the promise-side host
+  // of packages/plugin/src/effect/adapter.ts calls `(event, invocation)` with
+  // `invocation.signal`. `false` emulates the former: a plugin then never hears an abort.
+  hookSignal = true,
 } = {}) {
   const entries = []; // everything that happened, for assertions
   const record = (type, data = {}) => {
@@ -608,7 +613,7 @@ export function createHost({
     for (const h of hooks.filter((x) => x.domain === domain && x.name === name)) {
       if (!h.active || (h.providerID !== undefined && h.providerID !== event?.model?.providerID)) continue;
       try {
-        await h.callback(event, { signal });
+        await (hookSignal ? h.callback(event, { signal }) : h.callback(event));
       } catch (e) {
         record("hook.threw", { hook: `${domain}.${name}`, plugin: h.plugin, error: e?.message });
         throw new HookDefect(`${domain}.${name}`, e);
@@ -806,7 +811,17 @@ export function createHost({
     if (loaded.kind !== "setup") throw new Error("effect-form plugins are not emulated by this harness");
     const ctx = context(options ?? loaded.options ?? {}, loaded.id);
     record("plugin.setup", { id: loaded.id });
-    const cleanup = await loaded.plugin.setup(ctx);
+    let cleanup;
+    try {
+      cleanup = await loaded.plugin.setup(ctx);
+    } catch (e) {
+      // adapter.ts: registrations made during `setup` belong to the plugin's scope, and a setup
+      // that rejects fails the plugin (Effect.promise: a defect), which closes that scope: what
+      // it had registered goes with it.
+      record("plugin.failed", { id: loaded.id, error: e?.message });
+      for (const r of ctx[OWNED].slice().reverse()) await r.dispose();
+      throw e;
+    }
     return {
       id: loaded.id,
       context: ctx,
