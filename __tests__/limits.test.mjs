@@ -63,6 +63,29 @@ test("a 429 of a model's scoped window cools only that model on that account; ot
   );
 });
 
+test("a 429 rejecting a scoped window of a name that is no model family rests the requested model there, not nothing", async () => {
+  // Window names are read generically: `7d_oauth_apps` (the usage endpoint has seven_day_oauth_apps)
+  // or any new one. The request that was refused is what must not be sent there again.
+  const path = await seedPool(mock, ["apps@x.test"]);
+  mock.script("apps@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 3600, rejected: "7d_oauth_apps" }) }]);
+  const f = createPoolFetch({ path });
+  mock.clearRequests();
+  const first = await ask(f, "claude-sonnet-4-5");
+  assert.equal(first.status, 429, "the only account was refused: the pool's own 429, not POOL_NO_ACCOUNT");
+  await first.text();
+  assert.ok(Number(first.headers.get("retry-after")) >= 3500, first.headers.get("retry-after"));
+  const second = await ask(f, "claude-sonnet-4-5");
+  assert.equal(second.status, 429);
+  await second.text();
+  assert.equal(mock.requests.length, 1, "the refused model is not offered there again");
+  const opus = await ask(f, "claude-opus-4-1");
+  assert.equal(opus.status, 200, "other models keep the account");
+  await opus.text();
+  await flushPool(path);
+  assert.ok(account(path, "apps@x.test").modelCooldowns.sonnet > Date.now() + 3_000_000);
+  await lib.resetCooldowns(path);
+});
+
 test("a machine clock an hour off (WSL after sleep): a window's cooldown still ends at its reset, read by the answer's Date", async () => {
   for (const [label, offsetSec] of [
     ["slow", 3600],

@@ -350,8 +350,9 @@ impl Cooldown {
 /// - A rejected account-wide window (`5h`, `7d`, or any unscoped one) rests the whole account
 ///   until the latest such reset.
 /// - Rejected windows that are all model-scoped (`7d_sonnet`), or a unified status `rejected`
-///   while neither `5h` nor `7d` is, rest only the request's model family on this account:
-///   a quota for one model never benches the others.
+///   while no account-wide window is, rest only the request's model family on this account
+///   (the window's scope when the request named no model): a quota for one model never benches
+///   the others.
 /// - Otherwise it is a throttle: `retry-after`, or 5 s.
 ///
 /// `retry-after` is honoured in every case; nothing is longer than 8 days.
@@ -396,12 +397,13 @@ pub fn cooldown_for_429(limits: &Limits, now_ms: i64, family: Option<&str>) -> C
             };
         }
     } else if !rejected.is_empty() || overall_hard {
-        // Only model-scoped windows (or the unified status alone) are exhausted.
-        let scoped_family = rejected
-            .iter()
-            .find_map(|w| w.scope())
+        // Only model-scoped windows (or the unified status alone) are exhausted. What rests is
+        // the family of the request that was refused: a window's scope need not name a model
+        // family (`7d_oauth_apps`, a name new tomorrow), and resting that one rested nothing,
+        // so the refused model was sent to this account again on every request.
+        let scoped_family = family
             .map(str::to_string)
-            .or_else(|| family.map(str::to_string));
+            .or_else(|| rejected.iter().find_map(|w| w.scope()).map(str::to_string));
         let (reset, claim) = latest(&rejected)
             .or_else(|| {
                 limits
@@ -931,6 +933,27 @@ mod tests {
             (c.scope.as_deref(), c.until),
             (Some("opus"), NOW + 86_400_000)
         );
+        // A scoped window whose name is no model family: the refused request's family rests.
+        let l = Limits::from_headers(
+            &headers(&[
+                ("anthropic-ratelimit-unified-status", "rejected"),
+                (
+                    "anthropic-ratelimit-unified-7d_oauth_apps-status",
+                    "rejected",
+                ),
+                ("anthropic-ratelimit-unified-7d_oauth_apps-reset", &reset),
+                ("anthropic-ratelimit-unified-5h-status", "allowed"),
+            ]),
+            now(),
+        );
+        let c = cooldown_for_429(&l, NOW, Some("sonnet"));
+        assert_eq!(
+            (c.scope.as_deref(), c.until),
+            (Some("sonnet"), NOW + 86_400_000)
+        );
+        // Without a model in the request, the window's own scope is all there is to go by.
+        let c = cooldown_for_429(&l, NOW, None);
+        assert_eq!(c.scope.as_deref(), Some("oauth_apps"));
         // An account-wide window beats a scoped one.
         let l = Limits::from_headers(
             &headers(&[
