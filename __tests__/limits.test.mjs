@@ -314,6 +314,49 @@ test("usage per account and model matches what the answers reported: JSON, strea
   assert.match(cli.out, /usage\s+today: 2 requests, 31 in, 16 out, 9 cache read, 5 cache write/);
 });
 
+test("reset-cooldowns from another process (the CLI) reopens the accounts in a running process, model cooldowns too", async () => {
+  const path = await seedPool(mock, ["rc1@x.test", "rc2@x.test"]);
+  await withEnv({ OAUTH_POOL_JITTER_MS: "0" }, async () => {
+    mock.script("rc1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 3600 }) }]);
+    mock.script("rc2@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 3600, rejected: "7d_sonnet" }) }]);
+    const f = createPoolFetch({ path });
+    const limited = await ask(f, "claude-sonnet-4-5");
+    assert.equal(limited.status, 429, "both accounts rest for sonnet: the pool's own 429");
+    await limited.text();
+    await flushPool(path);
+    assert.ok(account(path, "rc1@x.test").rateLimitUntil > Date.now() + 3_000_000);
+    assert.ok(account(path, "rc2@x.test").modelCooldowns.sonnet > Date.now() + 3_000_000);
+    // The owner raised the limit, or knows better: `oauth-pool reset-cooldowns` in a terminal,
+    // while this process (OpenCode) keeps running.
+    const reset = await runCli(["reset-cooldowns", "--path", path]);
+    assert.equal(reset.code, 0, reset.err);
+    assert.equal(account(path, "rc1@x.test").rateLimitUntil, null);
+    mock.clearRequests();
+    // Within a second of its write this process still counts its own copy (a request that read
+    // the pool just before must not see the account open); it had kept it for the whole hour.
+    let again;
+    for (const deadline = Date.now() + 5000; ; ) {
+      again = await ask(f, "claude-sonnet-4-5");
+      if (again.status === 200 || Date.now() > deadline) break;
+      await again.text();
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(again.status, 200, "the running process honours the reset");
+    await again.text();
+    assert.equal(mock.requests.length, 1, "the pool's own 429s meanwhile sent nothing upstream");
+    // A cooldown the running process decides after the reset holds again.
+    mock.script(again.poolAccount, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 3600 }) }]);
+    const other = await ask(f, "claude-sonnet-4-5");
+    assert.equal(other.status, 200);
+    assert.notEqual(other.poolAccount, again.poolAccount);
+    await other.text();
+    const third = await ask(f, "claude-sonnet-4-5");
+    assert.equal(third.poolAccount, other.poolAccount, "the new cooldown is kept");
+    await third.text();
+  });
+  await lib.resetCooldowns(path);
+});
+
 // ---- helpers --------------------------------------------------------------------------------
 
 function runCli(args) {

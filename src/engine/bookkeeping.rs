@@ -227,7 +227,15 @@ impl Engine {
             result = self.write_batch(&batch).await;
         }
         match &result {
-            Ok(()) => *lock(&self.book.retry_delay) = None,
+            Ok(()) => {
+                *lock(&self.book.retry_delay) = None;
+                // The store holds these cooldowns now and is their truth from here on: a
+                // `reset-cooldowns` run by another process (the CLI while OpenCode runs) must
+                // reopen the account here too, not an hour or a month later.
+                for ((email, scope), (until, _)) in &batch.cooldowns {
+                    self.overlay.stored(email, scope.as_deref(), *until);
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "could not write to the pool; will try again");
                 lock(&self.book.pending).merge_older(batch);

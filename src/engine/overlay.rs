@@ -11,6 +11,9 @@ use crate::account::Account;
 
 /// Session pins are forgotten after this long without a request.
 const SESSION_TTL: Duration = Duration::from_secs(6 * 3600);
+/// How long a cooldown this process decided still counts here after the store holds it: a
+/// request that read the pool just before the write must not see the account open.
+const STORED_GRACE: Duration = Duration::from_secs(1);
 /// Pins kept at most (a client that names a new session per request must not grow the process
 /// without bound): two generations of half as many, the older one dropped when the newer fills,
 /// so a session in use stays pinned and a quiet one goes after at least 5,000 newer ones.
@@ -22,11 +25,13 @@ use super::limits::Window;
 
 /// Which requests a cooldown holds back: the whole account, or one model family on it.
 type Scope = Option<String>;
+/// Until when (epoch ms), and since when the store holds it.
+type Cooling = (i64, Option<Instant>);
 
 #[derive(Default)]
 pub struct Overlay {
-    /// (email, scope) -> cooling until (epoch ms).
-    cooling: Mutex<HashMap<(String, Scope), i64>>,
+    /// (email, scope) -> cooling until (epoch ms), and since when the store holds it.
+    cooling: Mutex<HashMap<(String, Scope), Cooling>>,
     /// email -> tag of the credential that was refused. A new login brings a new credential,
     /// whose tag differs: the mark then no longer applies, in this process or any other.
     refused: Mutex<HashMap<String, Option<String>>>,
@@ -71,11 +76,24 @@ impl Overlay {
     pub fn cool(&self, email: &str, scope: Option<&str>, until: i64) -> bool {
         let mut cooling = lock(&self.cooling);
         let key = (email.to_string(), scope.map(str::to_string));
-        if cooling.get(&key).is_some_and(|t| *t >= until) {
+        if cooling.get(&key).is_some_and(|(t, _)| *t >= until) {
             return false;
         }
-        cooling.insert(key, until);
+        cooling.insert(key, (until, None));
         true
+    }
+
+    /// Notes that the store holds a cooldown (`until`): unless a later one was decided since,
+    /// this process's own copy goes a moment later (`STORED_GRACE`), and what is stored counts
+    /// from then on, a `reset-cooldowns` by another process (the CLI while OpenCode runs) too.
+    pub fn stored(&self, email: &str, scope: Option<&str>, until: i64) {
+        let mut cooling = lock(&self.cooling);
+        let key = (email.to_string(), scope.map(str::to_string));
+        if let Some((t, stored)) = cooling.get_mut(&key) {
+            if *t <= until && stored.is_none() {
+                *stored = Some(Instant::now());
+            }
+        }
     }
 
     /// The later of the account-wide cooldown and the one of `family`, if still running.
@@ -84,7 +102,8 @@ impl Overlay {
         let get = |scope: Option<&str>| {
             cooling
                 .get(&(email.to_string(), scope.map(str::to_string)))
-                .copied()
+                .filter(|(_, stored)| stored.is_none_or(|at| at.elapsed() < STORED_GRACE))
+                .map(|(t, _)| *t)
         };
         get(None)
             .max(family.and_then(|f| get(Some(f))))
@@ -154,7 +173,9 @@ impl Overlay {
         if let Some(s) = session {
             lock(&self.sessions).insert(s, email);
         }
-        lock(&self.cooling).retain(|_, t| *t > now);
+        lock(&self.cooling).retain(|_, (t, stored)| {
+            *t > now && stored.is_none_or(|at| at.elapsed() < STORED_GRACE)
+        });
         *lock(&self.all_cooling) = None;
     }
 
@@ -206,6 +227,27 @@ mod tests {
         assert_eq!(o.pinned(Some("ses"), None).as_deref(), Some("b@x"));
         assert_eq!(o.pinned(Some("other"), Some("ses")).as_deref(), Some("b@x"));
         assert_eq!(o.sticky().as_deref(), Some("b@x"));
+    }
+
+    #[test]
+    fn a_cooldown_the_store_holds_is_the_store_s_after_a_moment() {
+        let o = Overlay::default();
+        assert!(o.cool("a@x", Some("sonnet"), 500));
+        assert!(o.cool("b@x", None, 500));
+        o.stored("a@x", Some("sonnet"), 500);
+        // Longer than what was written: decided after the write, it stays this process's.
+        assert!(o.cool("b@x", None, 900));
+        o.stored("b@x", None, 500);
+        assert_eq!(
+            o.cooling_until("a@x", Some("sonnet"), 0),
+            Some(500),
+            "still counted just after the write"
+        );
+        std::thread::sleep(STORED_GRACE + Duration::from_millis(20));
+        assert_eq!(o.cooling_until("a@x", Some("sonnet"), 0), None);
+        assert_eq!(o.cooling_until("b@x", None, 0), Some(900));
+        o.served("c@x", None, 0);
+        assert_eq!(lock(&o.cooling).len(), 1, "forgotten entries are swept");
     }
 
     #[test]
