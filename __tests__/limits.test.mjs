@@ -149,6 +149,34 @@ test("a Console key's monthly spend limit (429 enforced_spend_limit_reached) res
   assert.equal(mock.requests.length, 1, "the key was not offered again");
 });
 
+test("a 401 for an API-key member: refused at once (nothing to refresh), marked auth-error, the request moves on", async () => {
+  const key = `fake-console-key-401-${Date.now()}`;
+  const keyed = "key401@x.test";
+  mock.addApiKey(key, keyed);
+  const path = await seedPool(mock, ["key401-backup@x.test"]);
+  const pool = readPool(path);
+  pool.anthropic.unshift({ email: keyed, type: "api", key, priority: 5, status: "idle", rateLimitUntil: null });
+  await lib.savePool(pool, path);
+  mock.script(keyed, [{ status: 401 }]);
+  const refreshesBefore = mock.stats().refreshCalls;
+  const f = createPoolFetch({ path });
+  mock.clearRequests();
+  const first = await ask(f, "claude-sonnet-4-5");
+  assert.equal(first.status, 200);
+  assert.equal(first.poolAccount, "key401-backup@x.test");
+  await first.text();
+  assert.equal(mock.requests.filter((r) => r.email === keyed).length, 1, "no retry of the key");
+  assert.equal(mock.stats().refreshCalls, refreshesBefore, "no token refresh for a key");
+  const second = await ask(f, "claude-sonnet-4-5");
+  assert.equal(second.poolAccount, "key401-backup@x.test");
+  await second.text();
+  assert.equal(mock.requests.filter((r) => r.email === keyed).length, 1, "the refused key is not offered again");
+  await flushPool(path);
+  const a = account(path, keyed);
+  assert.equal(a.status, "auth-error");
+  assert.equal(a.key, key, "the key is kept");
+});
+
 test("every window counts for the soft threshold: a 7d past it moves a sticky session", async () => {
   const path = await seedPool(mock, ["seven1@x.test", "seven2@x.test"]);
   await lib.setPriority("seven1@x.test", 5, path);
@@ -162,6 +190,23 @@ test("every window counts for the soft threshold: a 7d past it moves a sticky se
   const moved = await ask(f, "claude-sonnet-4-5", {}, { headers: session });
   assert.equal(moved.poolAccount, "seven2@x.test", "past 90 % of its 7d window, the session moves");
   await moved.text();
+});
+
+test("OAUTH_POOL_SOFT_THRESHOLD moves the line a sticky account yields at, read at call time", async () => {
+  const path = await seedPool(mock, ["soft1@x.test", "soft2@x.test"]);
+  await lib.setPriority("soft1@x.test", 5, path);
+  mock.setUtilization("soft1@x.test", { fiveHour: 0.6 });
+  const f = createPoolFetch({ path });
+  for (let i = 0; i < 2; i++) {
+    const r = await ask(f, "claude-sonnet-4-5");
+    assert.equal(r.poolAccount, "soft1@x.test", "60 % is below the default 90 %");
+    await r.text();
+  }
+  await withEnv({ OAUTH_POOL_SOFT_THRESHOLD: "0.5" }, async () => {
+    const r = await ask(f, "claude-sonnet-4-5");
+    assert.equal(r.poolAccount, "soft2@x.test", "past 50 %, the sticky account yields");
+    await r.text();
+  });
 });
 
 test("a model's scoped window counts only for that model's requests", async () => {
@@ -355,6 +400,59 @@ test("reset-cooldowns from another process (the CLI) reopens the accounts in a r
     await third.text();
   });
   await lib.resetCooldowns(path);
+});
+
+test("requests in flight when a 429 lands: each moves once, the late 200 from the limited account does not reopen it", async () => {
+  const path = await seedPool(mock, ["fly1@x.test", "fly2@x.test"]);
+  await lib.setPriority("fly1@x.test", 5, path);
+  const reset = Math.floor(Date.now() / 1000) + 3600;
+  const limited = { status: 429, headers: rateLimitHeaders({ fiveHourReset: reset }) };
+  // The first request is slow and answered 200 after the others were refused.
+  mock.script("fly1@x.test", [{ headersDelayMs: 400 }, limited, limited, limited, limited]);
+  const f = createPoolFetch({ path });
+  mock.clearRequests();
+  const answers = await Promise.all(Array.from({ length: 5 }, () => ask(f, "claude-sonnet-4-5")));
+  assert.deepEqual(
+    answers.map((r) => r.status),
+    [200, 200, 200, 200, 200],
+  );
+  await Promise.all(answers.map((r) => r.text()));
+  const by = (email) => mock.requests.filter((r) => r.email === email).length;
+  assert.equal(by("fly1@x.test"), 5, "each request tried the limited account once");
+  assert.equal(by("fly2@x.test"), 4, "the refused ones moved, once each");
+  const next = await ask(f, "claude-sonnet-4-5");
+  assert.equal(next.poolAccount, "fly2@x.test", "the 200 that came after the 429 does not make the limited account the one to use");
+  await next.text();
+  await flushPool(path);
+  const a = account(path, "fly1@x.test");
+  assert.equal(a.status, "rate-limited");
+  assert.ok(Math.abs(a.rateLimitUntil - reset * 1000) < 2000, `${a.rateLimitUntil} vs ${reset * 1000}`);
+  await lib.resetCooldowns(path);
+});
+
+test("new processes take the highest priority, then the least recently used: one after another they rotate", async () => {
+  const emails = ["lru1@x.test", "lru2@x.test", "lru3@x.test"];
+  const path = await seedPool(mock, emails);
+  const pool = readPool(path);
+  const ago = (ms) => new Date(Date.now() - ms).toISOString();
+  pool.anthropic[0].lastUsed = ago(1_000);
+  pool.anthropic[1].lastUsed = ago(60_000);
+  pool.anthropic[2].lastUsed = null; // never used: first
+  await lib.savePool(pool, path);
+  const served = [];
+  for (let i = 0; i < 4; i++) {
+    const r = await runPoller(path, "claude-sonnet-4-5", { once: true });
+    assert.equal(r.status, 200, JSON.stringify(r));
+    served.push(r.account);
+  }
+  assert.deepEqual(served, ["lru3@x.test", "lru2@x.test", "lru1@x.test", "lru3@x.test"]);
+  await lib.setPriority("lru3@x.test", 2, path);
+  await lib.setPriority("lru1@x.test", 1, path);
+  const first = await runPoller(path, "claude-sonnet-4-5", { once: true });
+  assert.equal(first.account, "lru3@x.test", "priority before last use: the most recently used, but the highest");
+  await lib.setEnabled("lru3@x.test", false, path);
+  const next = await runPoller(path, "claude-sonnet-4-5", { once: true });
+  assert.equal(next.account, "lru1@x.test", "a disabled account is passed over; then priority 1 over 0");
 });
 
 // ---- helpers --------------------------------------------------------------------------------

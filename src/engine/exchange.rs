@@ -2,8 +2,8 @@
 //! the headers to send, sends, and asks `judge()` what the answer means: deliver it, or try
 //! again (`next()` then says on which account, or answers for the pool when none can serve).
 //!
-//! - Each account is tried at most once per request (plus one retry after a refresh), so the
-//!   attempts never exceed the accounts plus one.
+//! - Each account is tried at most once per request, plus one retry on it after a 401 brought a
+//!   new token, so the attempts never exceed twice the accounts.
 //! - Nothing is replayed once an answer is delivered: the body belongs to the caller from then on.
 //! - When no account can serve and some only cool down, the answer is the pool's own 429 whose
 //!   `retry-after` is the real wait; never an unauthenticated request.

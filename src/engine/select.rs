@@ -5,7 +5,8 @@
 //! using (sticky: prompt caches are per account, and hopping between accounts looks like abuse),
 //! else the highest `priority`, then the least recently used. Past a soft quota threshold in any
 //! window that limits the request (5h, 7d, the model's scoped window) the sticky account yields;
-//! when every account is past it, the one whose binding window resets soonest drains first.
+//! when every account is past it, the pinned or sticky one stays, and a new choice drains first
+//! the one whose binding window resets soonest.
 
 use std::collections::HashSet;
 
