@@ -412,8 +412,15 @@ pub fn cooldown_for_429(limits: &Limits, now_ms: i64, family: Option<&str>) -> C
                     .map(|r| (r, "unified".to_string()))
             })
             .unwrap_or((now_ms, "unified".to_string()));
+        // No reset and no `retry-after`: the model still rests, for a throttle's while, and
+        // the account's other models keep serving (it used to be the whole account).
         let until = retry_at.map_or(reset, |r| r.max(reset));
-        if until > now_ms {
+        let until = if until > now_ms {
+            until
+        } else {
+            now_ms + BURST_DEFAULT_MS
+        };
+        if scoped_family.is_some() {
             return Cooldown {
                 until: cap(until),
                 kind: CooldownKind::Window(claim),
@@ -950,6 +957,21 @@ mod tests {
         assert_eq!(
             (c.scope.as_deref(), c.until),
             (Some("sonnet"), NOW + 86_400_000)
+        );
+        // A model's window refused with no reset and no retry-after: that model rests a
+        // throttle's while; the account's other models keep serving.
+        let bare = Limits::from_headers(
+            &headers(&[
+                ("anthropic-ratelimit-unified-status", "rejected"),
+                ("anthropic-ratelimit-unified-7d_sonnet-status", "rejected"),
+                ("anthropic-ratelimit-unified-5h-status", "allowed"),
+            ]),
+            now(),
+        );
+        let c = cooldown_for_429(&bare, NOW, Some("sonnet"));
+        assert_eq!(
+            (c.scope.as_deref(), c.until),
+            (Some("sonnet"), NOW + BURST_DEFAULT_MS)
         );
         // Without a model in the request, the window's own scope is all there is to go by.
         let c = cooldown_for_429(&l, NOW, None);
