@@ -110,10 +110,10 @@ test("store init creates the schema and a 0600 key file; a second host shares th
 });
 
 // libfaketime moves this process's clock (time of day only) the way a host without NTP drifts.
-const FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+const FAKETIME_LIB = ["x86_64-linux-gnu", "aarch64-linux-gnu"].map((arch) => `/usr/lib/${arch}/faketime/libfaketime.so.1`).find((p) => existsSync(p));
 
 test("doctor reports a host clock that is off from the store's database server", {
-  skip: !existsSync(FAKETIME_LIB) && "libfaketime is not installed (.ci/run installs it)",
+  skip: !FAKETIME_LIB && "libfaketime is not installed (.ci/run installs it)",
 }, async () => {
   const clock = (doctor) => doctor.json.checks.find((c) => c.name === "clock");
   const right = await cliJson(hostB, "doctor");
