@@ -418,7 +418,11 @@ test("requests in flight when a 429 lands: each moves once, the late 200 from th
   );
   await Promise.all(answers.map((r) => r.text()));
   const by = (email) => mock.requests.filter((r) => r.email === email).length;
-  assert.equal(by("fly1@x.test"), 5, "each request tried the limited account once");
+  // Requests sent before the first 429 came back try the limited account (once each) and move;
+  // one sent after it goes to the other account at once (how many of each depends on timing,
+  // under Bun especially). Either way the four not served by the slow 200 reach the other
+  // account exactly once.
+  assert.ok(by("fly1@x.test") >= 2 && by("fly1@x.test") <= 5, `the limited account got ${by("fly1@x.test")} requests`);
   assert.equal(by("fly2@x.test"), 4, "the refused ones moved, once each");
   const next = await ask(f, "claude-sonnet-4-5");
   assert.equal(next.poolAccount, "fly2@x.test", "the 200 that came after the 429 does not make the limited account the one to use");
