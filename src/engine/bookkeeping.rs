@@ -294,6 +294,15 @@ fn merge_limits(known: &mut Limits, fresh: &Limits) {
     }
 }
 
+/// The fields of a window in `limits.windows` that this build writes.
+const WINDOW_FIELDS: [&str; 5] = [
+    "status",
+    "reset",
+    "utilization",
+    "surpassedThreshold",
+    "updatedAt",
+];
+
 /// The account's `limits`: `{ updatedAt, status?, representativeClaim?, overage?, windows: {
 /// <name>: { status?, reset?, utilization?, surpassedThreshold?, updatedAt } } }`. Windows of
 /// other names, seen earlier, are kept.
@@ -321,12 +330,21 @@ fn store_limits(a: &mut crate::account::Account, limits: &Limits, at: i64) {
     }
     if let Some(map) = windows.as_object_mut() {
         for w in &limits.windows {
-            let mut v = json!(w);
-            if let Some(o) = v.as_object_mut() {
-                o.remove("name");
-                o.insert("updatedAt".into(), json!(at));
+            let Value::Object(mut fresh) = json!(w) else {
+                continue;
+            };
+            fresh.remove("name");
+            fresh.insert("updatedAt".into(), json!(at));
+            // What this build knows of a window is replaced (a value the answer no longer
+            // reports goes); what another build keeps there (a newer copy on the same file) stays.
+            let slot = map.entry(w.name.clone()).or_insert_with(|| json!({}));
+            match slot.as_object_mut() {
+                Some(kept) => {
+                    kept.retain(|k, _| !WINDOW_FIELDS.contains(&k.as_str()));
+                    kept.extend(fresh);
+                }
+                None => *slot = Value::Object(fresh),
             }
-            map.insert(w.name.clone(), v);
         }
         // Past the cap (`MAX_WINDOWS`), the windows updated longest ago go.
         while map.len() > super::limits::MAX_WINDOWS {
@@ -379,12 +397,21 @@ fn add_usage(a: &mut crate::account::Account, batch: &HashMap<UsageKey, Counts>,
         } else {
             OTHER_MODELS
         };
-        let mut total: Counts = b
-            .get(model)
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default();
+        let slot = b.entry(model.to_string()).or_insert_with(|| json!({}));
+        if !slot.is_object() {
+            *slot = json!({});
+        }
+        let Some(kept) = slot.as_object_mut() else {
+            return;
+        };
+        // Field by field, into the object as it is: a count another build keeps there (a newer
+        // copy of the package on the same file) stays, and one count this build cannot read
+        // costs only itself, not the others.
+        let mut total = Counts::from_stored(kept);
         total.add(c);
-        b.insert(model.to_string(), json!(total));
+        if let Value::Object(sums) = json!(total) {
+            kept.extend(sums);
+        }
     };
     for ((_, model, day, window), c) in mine {
         add("days", day.clone(), model, c);
@@ -597,6 +624,59 @@ mod tests {
         let bucket = &buckets[&reset.to_string()];
         assert_eq!(bucket["claude-sonnet-4-5"]["requests"], 5);
         assert_eq!(bucket["claude-opus-4-1"]["requests"], 5);
+    }
+
+    /// A newer build on the same file keeps more in a model's counts and in a window: this
+    /// build adds to its own counts and replaces its own window values, and leaves the rest.
+    #[test]
+    fn counts_and_windows_keep_what_another_build_stored_there() {
+        let now = now_ms();
+        let mut pool = pool_of(now);
+        let day = day_of(now);
+        let a = pool.find_mut("a@x").unwrap();
+        a.extra.insert(
+            "usage".into(),
+            json!({ "days": { &day: { "claude-sonnet-4-5": {
+                "requests": 5, "input": "unreadable", "output": 20, "webSearches": 7 } } } }),
+        );
+        a.extra.insert(
+            "limits".into(),
+            json!({ "windows": { "7d": {
+                "utilization": 0.9, "surpassedThreshold": 0.75, "futureField": 2 } } }),
+        );
+        let mut batch = Pending::default();
+        let one = Counts {
+            requests: 1,
+            output: 3,
+            ..Counts::default()
+        };
+        batch.usage("a@x", "claude-sonnet-4-5", None, now, one);
+        apply(&mut pool, &batch, now);
+        let a = pool.find_mut("a@x").unwrap();
+        let counts = &a.extra["usage"]["days"][&day]["claude-sonnet-4-5"];
+        assert_eq!(counts["requests"], 6, "{counts}");
+        assert_eq!(
+            counts["output"], 23,
+            "the other counts are not lost to one unreadable"
+        );
+        assert_eq!(counts["webSearches"], 7, "{counts}");
+
+        let limits = Limits {
+            windows: vec![crate::engine::limits::Window {
+                name: "7d".into(),
+                utilization: Some(0.2),
+                ..Default::default()
+            }],
+            ..Limits::default()
+        };
+        store_limits(a, &limits, now);
+        let window = &a.extra["limits"]["windows"]["7d"];
+        assert_eq!(window["utilization"], 0.2);
+        assert_eq!(window["futureField"], 2, "{window}");
+        assert!(
+            window.get("surpassedThreshold").is_none(),
+            "a value the answer no longer reports goes: {window}"
+        );
     }
 
     #[test]

@@ -37,6 +37,19 @@ impl Counts {
         self.cache_write = sum(self.cache_write, other.cache_write);
     }
 
+    /// The counts kept in the pool file (`{ requests, input, output, cacheRead, cacheWrite }`);
+    /// a missing or unreadable count is 0.
+    pub fn from_stored(kept: &serde_json::Map<String, Value>) -> Counts {
+        let n = |k: &str| kept.get(k).and_then(Value::as_u64).unwrap_or(0);
+        Counts {
+            requests: n("requests"),
+            input: n("input"),
+            output: n("output"),
+            cache_read: n("cacheRead"),
+            cache_write: n("cacheWrite"),
+        }
+    }
+
     fn from_usage(u: &Value) -> Counts {
         let n = |k: &str| {
             u.get(k)
