@@ -78,40 +78,59 @@ export function envNames() {
 // environment (`environStamp`, Linux) says whether to read them at all. Bun keeps `process.env`
 // apart from the C environment, as does a worker thread its copy.
 const stampsEnviron = typeof Bun === "undefined" && isMainThread;
-/** The values last handed over, by index in `envNames().all` (compared one by one: no string built). */
-let lastValues = null;
-let lastStamp = null;
-function unchanged(keys) {
-  if (lastValues === null) return false;
-  for (let i = 0; i < keys.length; i++) if (process.env[keys[i]] !== lastValues[i]) return false;
+
+// What was last handed over is kept with the addon, not in this module: two copies of this
+// JavaScript can load one addon (pnpm links one platform package into two peer variants of this
+// package; a symlinked install), and the addon holds whatever either handed over last. Kept per
+// copy, a copy that found the environment as it had last handed it over skipped the hand-over,
+// and its calls ran with the other copy's (another pool file, API origin or proxy).
+const SYNCED = Symbol.for("opencode-oauth-pool.env-handed-over");
+/** This copy's own, where the addon's exports take no property of ours. */
+let unshared = null;
+/** `{ values, stamp, proxySet, generation }`: `values` by index in `envNames().all`. */
+function handedOver() {
+  const target = nativeBinding();
+  const shared = target[SYNCED];
+  if (shared) return shared;
+  if (unshared) return unshared;
+  const state = { values: null, stamp: null, proxySet: false, generation: 0 };
+  try {
+    Object.defineProperty(target, SYNCED, { value: state });
+  } catch {
+    unshared = state;
+  }
+  return state;
+}
+function unchanged(state, keys) {
+  if (state.values === null) return false;
+  for (let i = 0; i < keys.length; i++) if (process.env[keys[i]] !== state.values[i]) return false;
   return true;
 }
 export function syncEnv() {
+  const state = handedOver();
   const stamp = stampsEnviron ? (nativeBinding().environStamp?.() ?? null) : null;
-  if (stamp !== null && stamp === lastStamp && lastValues !== null) return;
+  if (stamp !== null && stamp === state.stamp && state.values !== null) return;
   const keys = envNames().all;
-  if (unchanged(keys)) {
-    lastStamp = stamp;
+  if (unchanged(state, keys)) {
+    state.stamp = stamp;
     return;
   }
   const values = keys.map((k) => process.env[k]);
   const vars = {};
   for (let i = 0; i < keys.length; i++) if (typeof values[i] === "string") vars[keys[i]] = values[i];
   nativeBinding().syncEnv(vars);
-  lastValues = values;
-  lastStamp = stamp;
+  state.values = values;
+  state.stamp = stamp;
   const { proxies } = envNames();
-  proxySet = keys.some((k, i) => proxies.includes(k) && values[i]);
-  generation++;
+  state.proxySet = keys.some((k, i) => proxies.includes(k) && values[i]);
+  state.generation++;
 }
 
-let proxySet = false;
 /** Whether a proxy variable was set when the environment was last handed over (`syncEnv`). */
-export const proxyConfigured = () => proxySet;
+export const proxyConfigured = () => handedOver().proxySet;
 
-let generation = 0;
 /** Changes each time a changed environment is handed over: what was read from it is stale. */
-export const envGeneration = () => generation;
+export const envGeneration = () => handedOver().generation;
 
 /** The addon's exports; functions hand over the environment first. Loads on first access. */
 export const native = new Proxy(
