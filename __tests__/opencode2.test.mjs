@@ -4,6 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as pluginModule from "../plugin.mjs";
+import * as lib from "../index.mjs";
 import { listAccounts, flushPool } from "../index.mjs";
 import { settle } from "../lib/errors.mjs";
 import { openExchange } from "../lib/exchange.mjs";
@@ -74,6 +75,49 @@ test("logins add accounts to the pool file; the host keeps no token of ours", as
   await handle.unload();
 });
 
+test("logging in again keeps one placeholder per account in the host's store, and clears its needs-login mark", async () => {
+  const { host, path, handle } = await started();
+  await login(host, "again1@x.test");
+  await login(host, "again2@x.test");
+  const [first] = host.connections("anthropic-pool");
+  // The pool asks for a new login of again1 (a revoked account): its connection is marked.
+  await handle.context.integration.connection.status({
+    integrationID: "anthropic-pool",
+    connection: host.connections("anthropic-pool").find((c) => c.label === "again1@x.test"),
+    status: { status: "needs_auth", message: "again1@x.test needs a new login" },
+  });
+  const before = mock.tokens("again1@x.test").access;
+  const again = await login(host, "again1@x.test").then(
+    () => null,
+    (e) => e,
+  );
+  assert.notEqual(mock.tokens("again1@x.test").access, before, "the pool's account got the new login");
+  assert.equal(readPool(path).anthropic.filter((a) => a.email === "again1@x.test").length, 1);
+  assert.deepEqual(
+    host
+      .credentials("anthropic-pool")
+      .map((c) => c.label)
+      .sort(),
+    ["again1@x.test", "again2@x.test"],
+    "no second placeholder for the same account",
+  );
+  const conn = host.connections("anthropic-pool").find((c) => c.label === "again1@x.test");
+  assert.equal(conn.status, undefined, "the needs-login mark is cleared");
+  assert.equal(host.connections("anthropic-pool")[0].label, "again1@x.test", "the renewed account's connection is the active one");
+  assert.ok(first, "connections were listed");
+  assert.match(String(again?.message), /again1@x\.test.*renewed/, "the person is told the login renewed the account");
+  // The Console API key method: the same key (same label) again adds no second placeholder either.
+  const key = "fake-console-key-again-0123456789";
+  mock.addApiKey(key, "againkey@x.test");
+  await host.login("anthropic-pool", "console-api-key", { answer: { key, label: "againkey@x.test" } });
+  await host.login("anthropic-pool", "console-api-key", { answer: { key, label: "againkey@x.test" } }).catch(() => {});
+  assert.equal(host.credentials("anthropic-pool").filter((c) => c.label === "againkey@x.test").length, 1);
+  const stored = JSON.stringify(host.credentials("anthropic-pool"));
+  for (const a of readPool(path).anthropic)
+    for (const secret of [a.access, a.refresh, a.key].filter(Boolean)) assert.ok(!stored.includes(secret), "a token reached the host's store");
+  await handle.unload();
+});
+
 test("the provider mirrors the host's Anthropic models on the native route, free of cost, before any host login", async () => {
   const { host, handle } = await started();
   const provider = host.providers().find((p) => p.id === "anthropic-pool");
@@ -126,6 +170,43 @@ test("a 429 on the first account is answered by the second, inside one host requ
     mock.requests.filter((r) => r.path.startsWith("/v1/messages")).map((r) => r.status),
     [401, 200],
   );
+  await handle.unload();
+});
+
+test("OpenCode 2's session and project headers place the request and do not go upstream; its client name does", async () => {
+  const { host, handle } = await started();
+  await login(host, "hdr1@x.test");
+  await login(host, "hdr2@x.test");
+  mock.clearRequests();
+  const res = await host.modelRequest({
+    providerID: "anthropic-pool",
+    modelID: "claude-sonnet-4-5",
+    body,
+    sessionID: "ses_hdr_child",
+    parentID: "ses_hdr_parent",
+    projectID: "prj_hdr",
+  });
+  await res.text();
+  const [sent] = mock.requests.filter((r) => r.path.startsWith("/v1/messages"));
+  const names = Object.keys(sent.headers).map((k) => k.toLowerCase());
+  for (const name of [
+    "x-opencode-session-id",
+    "x-opencode-parent-session-id",
+    "x-session-affinity",
+    "x-session-id",
+    "x-parent-session-id",
+    "x-opencode-project",
+    "x-opencode-session",
+  ])
+    assert.ok(!names.includes(name), `${name} went upstream`);
+  assert.ok(!JSON.stringify(sent.headers).includes("ses_hdr") && !JSON.stringify(sent.headers).includes("prj_hdr"));
+  assert.equal(sent.headers["x-opencode-client"], "opencode");
+  assert.match(sent.headers["user-agent"], /^opencode\//);
+  // The session's pin still holds: the same session goes to the same account.
+  const again = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body, sessionID: "ses_hdr_child" });
+  await again.text();
+  const emails = mock.requests.filter((r) => r.path.startsWith("/v1/messages")).map((r) => r.email);
+  assert.equal(new Set(emails).size, 1, String(emails));
   await handle.unload();
 });
 
@@ -275,6 +356,57 @@ test("a provider named in the host's config stays listed with every model before
   assert.equal(off.provider("anthropic-pool").provider.activation, "disabled");
   assert.ok(!off.providers().some((p) => p.id === "anthropic-pool"));
   await second.unload();
+});
+
+test("a config override of one anthropic-pool model is merged over the mirrored model, field by field", async () => {
+  const path = await seedPool(mock, ["cfgm1@x.test"]);
+  // The host's config plugin runs first: each configured model goes through the provider
+  // editor's models.update(), which starts an unknown model from Model.Info.default
+  // (packages/core/src/provider.ts, packages/schema/src/model.ts); only the configured fields
+  // differ from that default.
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  await host.start({
+    id: "config",
+    kind: "setup",
+    plugin: {
+      id: "config",
+      setup: (ctx) =>
+        ctx.provider.transform((e) => {
+          e.models.update("anthropic-pool", "claude-sonnet-4-5", (m) => {
+            m.limit = { ...m.limit, output: 1000 };
+          });
+          e.models.update("anthropic-pool", "claude-haiku-4-5", (m) => {
+            m.name = "My Haiku";
+            m.headers = { "x-from-config": "1" };
+          });
+          e.models.update("anthropic-pool", "claude-opus-4-1", (m) => {
+            m.enabled = false;
+          });
+          e.models.update("anthropic-pool", "claude-own-9", (m) => {
+            m.name = "Own model";
+          });
+        }),
+    },
+  });
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  const mirrored = host.provider("anthropic").models;
+  const models = host.provider("anthropic-pool").models;
+  const sonnet = models.get("claude-sonnet-4-5");
+  assert.equal(sonnet.limit.output, 1000, "the configured field wins");
+  assert.equal(sonnet.name, mirrored.get("claude-sonnet-4-5").name, "the mirrored name stays");
+  assert.deepEqual(sonnet.capabilities, mirrored.get("claude-sonnet-4-5").capabilities, "the mirrored capabilities stay");
+  assert.equal(sonnet.family, "claude");
+  assert.ok(sonnet.cost.length > 0 && sonnet.cost.every((c) => c.input === 0 && c.output === 0), "mirrored costs, zeroed");
+  const haiku = models.get("claude-haiku-4-5");
+  assert.equal(haiku.name, "My Haiku");
+  assert.equal(haiku.headers["x-from-config"], "1");
+  assert.equal(haiku.limit.output, mirrored.get("claude-haiku-4-5").limit.output);
+  assert.equal(models.get("claude-opus-4-1").enabled, false, "a model the config disables stays disabled");
+  assert.equal(models.get("claude-opus-4-1").name, mirrored.get("claude-opus-4-1").name);
+  assert.equal(models.get("claude-own-9").name, "Own model", "a model only the config names is kept as it made it");
+  const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+  assert.equal(textOf(await res.text()), "Hello from cfgm1@x.test");
+  await handle.unload();
 });
 
 test("a host refusing one part keeps the others and says so; refusing the request hooks offers no provider", async () => {
@@ -434,6 +566,43 @@ test("two copies of the plugin in one host: each request is placed and judged on
     await first.unload();
     await second.unload();
   });
+});
+
+test("on a host that gives hooks no signal, the request's own signal ends what the pool holds for it", async () => {
+  const path = await seedPool(mock, ["nosig3@x.test"]);
+  const old = process.env.OAUTH_POOL_HOLD_MAX_MS;
+  try {
+    // The only account cools for a minute, then holding is turned on: the pool would wait for
+    // it inside http.request. The hook gets no signal; the Request it is handed carries the
+    // caller's.
+    mock.script("nosig3@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 60, fiveHourReset: Math.floor(Date.now() / 1000) + 60 }) }]);
+    const host = createHost({ sleep: async () => {}, random: () => 0.5, hookSignal: false, requestSignal: true });
+    const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+    await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).catch(() => {});
+    process.env.OAUTH_POOL_HOLD_MAX_MS = "120000";
+    const controller = new AbortController();
+    const pending = host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body, signal: controller.signal });
+    setTimeout(() => controller.abort(), 200);
+    let timer;
+    const outcome = await Promise.race([
+      pending.then(
+        () => "answered",
+        // The host reads the pool's abort as its fetch's (Node) or as the pool's own answer,
+        // a refusal that names the abort (Bun's fetch answers a data: URL despite the signal).
+        (e) => (e?.name === "AbortError" || /abort/i.test(e?.error?.message ?? "") ? "AbortError" : String(e?.error?.message ?? e)),
+      ),
+      new Promise((r) => {
+        timer = setTimeout(() => r("still held"), 30_000);
+      }),
+    ]);
+    clearTimeout(timer);
+    assert.equal(outcome, "AbortError", "the caller's abort ended the pool's hold");
+    await handle.unload();
+  } finally {
+    if (old === undefined) delete process.env.OAUTH_POOL_HOLD_MAX_MS;
+    else process.env.OAUTH_POOL_HOLD_MAX_MS = old;
+    await lib.resetCooldowns(path);
+  }
 });
 
 test("on a host that gives hooks no signal (fromPromise), failover and the pool's 429 work the same", async () => {

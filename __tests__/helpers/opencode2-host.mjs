@@ -82,6 +82,22 @@ export const SEED_ANTHROPIC_MODELS = [
   seedModel("claude-haiku-4-5", "Claude Haiku 4.5", 64_000, [1, 5]),
 ];
 
+// packages/schema/src/model.ts `Model.Info.default(providerID, id)`: what models.update() starts
+// from for a model the provider does not have yet (a config entry naming one, for instance).
+export const defaultModel = (providerID, id) => ({
+  id,
+  modelID: id,
+  providerID,
+  name: id,
+  capabilities: { tools: true, input: ["text", "image"], output: ["text"] },
+  variants: [],
+  time: { released: 0 },
+  cost: [],
+  status: "active",
+  enabled: true,
+  limit: { context: 200_000, output: 32_000 },
+});
+
 const clone = (v) => (v === undefined ? v : structuredClone(v));
 function deepFreeze(v) {
   if (v && typeof v === "object" && !Object.isFrozen(v)) {
@@ -224,6 +240,10 @@ export function createHost({
   // of packages/plugin/src/effect/adapter.ts calls `(event, invocation)` with
   // `invocation.signal`. `false` emulates the former: a plugin then never hears an abort.
   hookSignal = true,
+  // Whether the web Request handed to `http.request` carries the caller's signal. Effect's
+  // `HttpClientRequest.toWeb(req, { signal })` can give it one; model-request.ts (cited
+  // snapshot) calls `toWeb(req)` without, so by default it never aborts.
+  requestSignal = false,
 } = {}) {
   const entries = []; // everything that happened, for assertions
   const record = (type, data = {}) => {
@@ -333,7 +353,7 @@ export function createHost({
         },
         update: (pid, mid, fn) => {
           const r = entry(pid);
-          const m = clone(r.models.get(mid)) ?? { ...clone(SEED_ANTHROPIC_MODELS[0]), id: mid, modelID: mid, name: mid, family: undefined, cost: [] };
+          const m = clone(r.models.get(mid)) ?? defaultModel(pid, mid);
           fn(m);
           m.id = mid;
           m.providerID = pid;
@@ -842,7 +862,17 @@ export function createHost({
       throw new ModelRequestError({ type: "provider.no-route", message: `Model unavailable: ${providerID}/${modelID}` }, { attempts: 0 });
     return { provider: record_.provider, model };
   }
-  async function modelRequest({ providerID, modelID, body = {}, sessionID = "ses_harness", agent = "build", kind = "primary", signal } = {}) {
+  async function modelRequest({
+    providerID,
+    modelID,
+    body = {},
+    sessionID = "ses_harness",
+    parentID,
+    projectID = "prj_harness",
+    agent = "build",
+    kind = "primary",
+    signal,
+  } = {}) {
     const { provider, model } = resolveModel(providerID, modelID);
     const ref = { id: modelID, providerID };
     const scope = { sessionID, agent, model: ref, kind };
@@ -881,10 +911,16 @@ export function createHost({
       {
         ...scope,
         baseURL: settings.baseURL ?? ANTHROPIC_BASE_URL,
+        // model-request.ts `LLM.request({ http: { headers } })`, the affinity being the session id.
         headers: {
           "x-opencode-session-id": sessionID,
+          ...(parentID ? { "x-opencode-parent-session-id": parentID } : {}),
           "x-session-affinity": sessionID,
+          "X-Session-Id": sessionID,
+          ...(parentID ? { "x-parent-session-id": parentID } : {}),
           "User-Agent": "opencode/2.0.0-harness",
+          "x-opencode-project": projectID,
+          "x-opencode-session": sessionID,
           "x-opencode-client": "opencode",
         },
       },
@@ -912,6 +948,8 @@ export function createHost({
         cause = { ...classify(response.status, text, response.headers), body: text };
       } catch (e) {
         if (e instanceof HookDefect) throw e; // a defect: no classification, no retry
+        // An abort interrupts the session's fiber: nothing is classified or retried.
+        if (signal?.aborted) throw signal.reason ?? e;
         cause = { tag: "Transport", message: e?.message ?? String(e), code: e?.name === "TimeoutError" ? "Timeout" : e?.cause?.code };
       }
       const error = toSessionError(cause);
@@ -940,7 +978,8 @@ export function createHost({
       record("http.send", { attempt, url, headers: { ...headers }, hooked: false });
       return fetchImpl(url, { method: "POST", headers, body: bodyText, signal });
     }
-    const before = await trigger("session", "http.request", { ...scope, request: new Request(url, { method: "POST", headers, body: bodyText }) }, signal);
+    const request = new Request(url, { method: "POST", headers, body: bodyText, ...(requestSignal && signal ? { signal } : {}) });
+    const before = await trigger("session", "http.request", { ...scope, request }, signal);
     let body;
     try {
       body = before.request.body ? new Uint8Array(await before.request.clone().arrayBuffer()) : undefined;

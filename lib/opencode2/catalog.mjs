@@ -25,8 +25,34 @@ const placeholder = (methodID, email) => ({
   metadata: { email },
 });
 
-/** The integration: Claude Pro/Max code paste, and a Console API key asked for by a form. */
-export function integrationTransform({ path, log }) {
+/**
+ * A login of an account the host already holds a placeholder for. The host stores a new
+ * credential for every completed login (packages/core/src/integration.ts `settle` ->
+ * credential.ts `create`, always an insert) and a plugin can neither update nor remove one
+ * (packages/plugin/src/promise/adapter.ts offers `credential.activate` and
+ * `integration.connection.{active,resolve,status}` only): so the login ends here, the pool's
+ * account renewed, the one placeholder made active and its needs-login mark cleared, and the
+ * host is told so instead of being handed a second placeholder.
+ */
+async function renewed(existing, email, log) {
+  if (!existing) return undefined;
+  let conn;
+  try {
+    conn = await existing.find(email);
+    if (!conn) return undefined;
+    await existing.renew(conn);
+  } catch (err) {
+    log("warn", `could not look up the host's connection for ${email}: ${err?.message ?? err}`);
+    if (!conn) return undefined;
+  }
+  return new Error(`${email} was already connected: its login in the Anthropic pool is renewed, and its connection kept (no second one is added)`);
+}
+
+/**
+ * The integration: Claude Pro/Max code paste, and a Console API key asked for by a form.
+ * `existing` ({ find(email), renew(connection) }) reaches the host's connections, where it can.
+ */
+export function integrationTransform({ path, log, existing }) {
   return (editor) => {
     editor.update(INTEGRATION_ID, (i) => {
       i.name = "Anthropic Pool";
@@ -45,6 +71,8 @@ export function integrationTransform({ path, log }) {
           callback: async (code) => {
             const { email, added } = await api.addAccount(code, { verifier, state }, path);
             log("info", `${added ? "added" : "updated"} ${email} in the Anthropic pool`);
+            const kept = await renewed(existing, email, log);
+            if (kept) throw kept;
             return placeholder(OAUTH_METHOD, email);
           },
         };
@@ -67,8 +95,10 @@ export function integrationTransform({ path, log }) {
       authorize: async (answer = {}) => {
         const key = String(answer.key ?? "").trim();
         const label = String(answer.label ?? "").trim();
-        const added = api.addApiKey(key, { email: label || undefined, path }).then(({ email, added: isNew }) => {
+        const added = api.addApiKey(key, { email: label || undefined, path }).then(async ({ email, added: isNew }) => {
           log("info", `${isNew ? "added" : "updated"} API key ${email} in the Anthropic pool`);
+          const kept = await renewed(existing, email, log);
+          if (kept) throw kept;
           return placeholder(KEY_METHOD, email);
         });
         added.catch(() => {});
@@ -97,6 +127,42 @@ function modelInfo(id, m, providerID) {
   };
 }
 
+/** packages/schema/src/model.ts `Model.Info.default(providerID, id)`: the host's blank model. */
+function defaultModel(providerID, id) {
+  return {
+    id,
+    modelID: id,
+    providerID,
+    name: id,
+    capabilities: { tools: true, input: ["text", "image"], output: ["text"] },
+    variants: [],
+    time: { released: 0 },
+    cost: [],
+    status: "active",
+    enabled: true,
+    limit: { context: 200_000, output: 32_000 },
+  };
+}
+
+const isRecord = (v) => typeof v === "object" && v !== null && !Array.isArray(v);
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+/**
+ * `own` over `base`, field by field, leaving out what `own` only has from `blank` (the host's
+ * default, not a setting). A value set equal to that default cannot be told from it; the
+ * mirrored value stays then.
+ */
+function overrides(base, own, blank) {
+  const out = { ...base };
+  for (const [key, value] of Object.entries(own)) {
+    if (value === undefined) continue;
+    const from = blank?.[key];
+    if (isRecord(value) && isRecord(base[key])) out[key] = overrides(base[key], value, isRecord(from) ? from : undefined);
+    else if (from === undefined || !same(value, from)) out[key] = value;
+  }
+  return out;
+}
+
 function zeroCosts(model) {
   if (!Array.isArray(model.cost)) return;
   model.cost = model.cost.map((c) => JSON.parse(JSON.stringify(c), (_, v) => (typeof v === "number" ? 0 : v)));
@@ -120,7 +186,14 @@ export function providerTransform({ providerID, apiKeysOnly }) {
       if (!apiKeysOnly) zeroCosts(copy); // subscription use is not billed per token
       models.set(copy.id, copy);
     }
-    for (const m of existing?.models?.values() ?? []) models.set(m.id, structuredClone(m));
+    // A model your config names exists before this transform runs, made by the host's editor
+    // from `Model.Info.default` with your fields set on it: merged over the mirrored model, so
+    // what you set wins and the rest (name, capabilities, costs, limits) stays the mirror's.
+    for (const m of existing?.models?.values() ?? []) {
+      const own = structuredClone(m);
+      const base = models.get(m.id);
+      models.set(m.id, base ? overrides(base, own, defaultModel(providerID, m.id)) : own);
+    }
     const ours = {
       id: providerID,
       name: "Anthropic Pool",

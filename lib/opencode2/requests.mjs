@@ -72,9 +72,22 @@ const unanswered = new FinalizationRegistry((stopListening) => stopListening());
  */
 function abortOnSignal(signal, ex) {
   const onAbort = () => ex.abort();
+  if (signal?.aborted) {
+    onAbort();
+    return () => {};
+  }
   signal?.addEventListener?.("abort", onAbort, { once: true });
   return () => signal?.removeEventListener?.("abort", onAbort);
 }
+
+/**
+ * What tells the pool the host gave up on a request: the hook's own signal where the host
+ * passes one, else the Request's. OpenCode 2's promise adapter calls hooks with the event alone
+ * (packages/plugin/src/promise/adapter.ts `Effect.promise(() => callback(event))`), so the
+ * Request's signal is all a host can offer there; every Request has one (it never fires where
+ * the host gave none). The resend follows the same signal: a Request passed to fetch keeps it.
+ */
+const hostSignal = (extra, request) => extra?.signal ?? request?.signal;
 
 /** `request` again, with the headers the engine gave for this attempt. */
 function withHeaders(request, headers) {
@@ -126,6 +139,8 @@ function localRequest(request) {
     method: request.method,
     headers: { "content-type": "application/json" },
     body: request.method === "GET" ? undefined : "{}",
+    // The stand-in is given up with the request it stands for.
+    signal: request.signal,
   });
 }
 
@@ -151,7 +166,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       syncEnv();
       const model = typeof event.model?.id === "string" ? event.model.id : undefined;
       ex = openExchange({ path, url: request.url, headers: request.headers, model });
-      const signal = extra?.signal;
+      const signal = hostSignal(extra, request);
       stopListening = abortOnSignal(signal, ex);
       // Watched through a token that only the in-flight entry holds, not the Request: V8
       // keeps a watched object through minor collections, and a Request holds its body.
@@ -173,10 +188,12 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       placed.set(sent, (ev, ext) => finish(state, ev, ext));
       event.request = sent;
     } catch (err) {
-      log(
-        "error",
-        `could not place the request on a pool account, so it is answered here and not sent: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`,
-      );
+      // The host gave the request up: it reads no answer, so there is nothing to report.
+      if (!hostSignal(extra, request)?.aborted)
+        log(
+          "error",
+          `could not place the request on a pool account, so it is answered here and not sent: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`,
+        );
       try {
         stopListening?.();
         if (ex) drain(ex);
@@ -221,7 +238,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         // host keeps this one, readable.
         let next;
         try {
-          next = await fetch(withHeaders(event.request.clone(), step.headers), { signal: extra?.signal });
+          next = await fetch(withHeaders(event.request.clone(), step.headers), { signal: hostSignal(extra, event.request) });
         } catch (err) {
           log(
             "warn",

@@ -33,6 +33,34 @@ async function markNeedsAuth(ctx, email, message, log) {
   }
 }
 
+/**
+ * The host's placeholder for an account: a connection of the integration whose credential
+ * names the email (its label, or the placeholder's metadata when the person gave the
+ * connection another label). `renew` makes it the active one and clears a needs-login mark.
+ */
+function hostConnections(ctx) {
+  if (typeof ctx.integration?.get !== "function") return undefined;
+  const integrationID = INTEGRATION_ID;
+  return {
+    find: async (email) => {
+      const got = await ctx.integration.get({ integrationID });
+      const conns = ((got?.data ?? got)?.connections ?? []).filter((c) => c?.type === "credential");
+      const labelled = conns.find((c) => c.label === email);
+      if (labelled || typeof ctx.integration.connection?.resolve !== "function") return labelled;
+      for (const c of conns) {
+        const value = await ctx.integration.connection.resolve(c).catch(() => undefined);
+        if (value?.type === "oauth" && value.access === "pool" && value.metadata?.email === email) return c;
+      }
+      return undefined;
+    },
+    renew: async (conn) => {
+      if (typeof ctx.credential?.activate === "function") await ctx.credential.activate({ credentialID: conn.id });
+      if (conn.status && typeof ctx.integration.connection?.status === "function")
+        await ctx.integration.connection.status({ integrationID, connection: conn, status: undefined });
+    },
+  };
+}
+
 /** Failovers and accounts needing attention: one line per kind and accounts per 30 s. */
 function makeNotifier(ctx, log) {
   const last = new Map();
@@ -78,7 +106,8 @@ export async function setupV2(ctx) {
   };
 
   await part("integration.transform (logins)", async () => {
-    if (typeof ctx.integration?.transform === "function") keep(await ctx.integration.transform(integrationTransform({ path, log })));
+    if (typeof ctx.integration?.transform === "function")
+      keep(await ctx.integration.transform(integrationTransform({ path, log, existing: hostConnections(ctx) })));
     else skipped("integration.transform (logins)");
   });
 

@@ -27,7 +27,10 @@ pub struct RequestMeta {
 
 /// Request headers never forwarded upstream: credentials (the pool sets its own), hop-by-hop
 /// and length headers (the client sets them), encoding (the client negotiates and decodes), and
-/// OpenCode's session headers (the pool's to read, nobody else's business).
+/// OpenCode's session headers (the pool's to read, nobody else's business), under their 1.x names
+/// and the ones OpenCode 2 adds (`session/model-request.ts`): a session's or a project's id sent
+/// with every account the pool uses would tie those accounts together upstream. OpenCode's
+/// client name and user-agent go on: they name the program, not the person.
 pub const DROPPED: &[&str] = &[
     "authorization",
     "x-api-key",
@@ -45,6 +48,10 @@ pub const DROPPED: &[&str] = &[
     "x-session-affinity",
     "x-session-id",
     "x-parent-session-id",
+    "x-opencode-session-id",
+    "x-opencode-parent-session-id",
+    "x-opencode-session",
+    "x-opencode-project",
 ];
 
 impl RequestMeta {
@@ -220,6 +227,28 @@ mod tests {
         assert_eq!(meta.session.as_deref(), Some("0b8e-uuid"));
         let base = forwardable(caller.iter().copied());
         assert!(base.get("x-claude-code-session-id").is_some());
+    }
+
+    #[test]
+    fn opencode_2s_session_and_project_ids_stay_here_and_its_client_name_goes_on() {
+        let caller = pairs(&[
+            ("x-opencode-session-id", "ses_1"),
+            ("x-opencode-parent-session-id", "ses_0"),
+            ("x-session-affinity", "ses_1"),
+            ("X-Session-Id", "ses_1"),
+            ("x-parent-session-id", "ses_0"),
+            ("User-Agent", "opencode/2.0.16"),
+            ("x-opencode-project", "prj_1"),
+            ("x-opencode-session", "ses_1"),
+            ("x-opencode-client", "opencode"),
+        ]);
+        let meta = RequestMeta::from_headers(caller.iter().copied());
+        assert_eq!(meta.session.as_deref(), Some("ses_1"));
+        assert_eq!(meta.parent.as_deref(), Some("ses_0"));
+        let base = forwardable(caller.iter().copied());
+        let mut kept = base.keys().map(|k| k.as_str()).collect::<Vec<_>>();
+        kept.sort_unstable();
+        assert_eq!(kept, ["user-agent", "x-opencode-client"]);
     }
 
     #[test]
