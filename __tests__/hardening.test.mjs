@@ -1,8 +1,10 @@
 // Faults, bad input and passive quota tracking (issue 6), through the real addon.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync, statSync, writeFileSync } from "node:fs";
-import { createPoolFetch, loadPool, savePool, poolStatus, flushPool, setEnabled } from "../index.mjs";
+import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { basename, dirname } from "node:path";
+import { createHash } from "node:crypto";
+import { createPoolFetch, loadPool, savePool, poolStatus, flushPool, setEnabled, refreshAccount, removeAccount } from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { useMock, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath } from "./helpers/pool-env.mjs";
 
@@ -241,4 +243,23 @@ test("a pool file that names a key twice is corrupt and kept: the first list's a
   await assert.rejects(loadPool(path), (e) => e.code === "POOL_CORRUPT" && /"anthropic" appears twice/.test(e.message));
   await assert.rejects(post(createPoolFetch({ path })), (e) => e.code === "POOL_CORRUPT");
   assert.equal(readFileSync(path, "utf8"), text, "left as it was");
+});
+
+test("a removed account's refresh lock file goes with it (and those left by earlier removals); the others stay", async () => {
+  const path = await seedPool(mock, ["stay@x.test", "Leave@x.test"], { expired: ["stay@x.test", "Leave@x.test"] });
+  // The store names an account's refresh lock `<pool>.<first 6 bytes of sha256(lower-cased
+  // email) in hex>.refresh.lock` (src/store/file.rs).
+  const lockOf = (email) => `${basename(path)}.${createHash("sha256").update(email.toLowerCase()).digest("hex").slice(0, 12)}.refresh.lock`;
+  const locks = () =>
+    readdirSync(dirname(path))
+      .filter((n) => n.endsWith(".refresh.lock"))
+      .sort();
+  for (const email of ["stay@x.test", "Leave@x.test"]) assert.equal((await refreshAccount(email, path)).outcome, "refreshed");
+  // One an earlier version left behind when it removed its account.
+  writeFileSync(`${dirname(path)}/${lockOf("removed-long-ago@x.test")}`, "", { mode: 0o600 });
+  assert.equal(locks().length, 3);
+  assert.equal(await removeAccount("leave@x.test", path), 1);
+  assert.deepEqual(locks(), [lockOf("stay@x.test")]);
+  // The account that stayed refreshes as before.
+  assert.equal((await refreshAccount("stay@x.test", path)).email, "stay@x.test");
 });

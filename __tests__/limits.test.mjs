@@ -3,6 +3,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { watch } from "node:fs";
+import { basename, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
@@ -319,6 +321,50 @@ test("no storms: while everything is limited, one all-cooling event per cooldown
   assert.equal(events.filter((e) => e.kind === "rate-limited").length, 2, "one per account per cooldown");
 });
 
+test("requests in flight refused together by bare 429s make one cooldown, written once, not once per answer", async () => {
+  const path = await seedPool(mock, ["burst@x.test"]);
+  await flushPool(path);
+  // 24 requests reach the account, then are refused in four bursts 100 ms apart (answers to
+  // requests in flight come in as they come): no retry-after, no window, each 429 a throttle
+  // of 5 s counted from its own arrival, so each ends a few ms after the one before.
+  const gates = Array.from({ length: 4 }, () => {
+    let open;
+    const opened = new Promise((r) => (open = r));
+    return { open, opened };
+  });
+  mock.script(
+    "burst@x.test",
+    Array.from({ length: 24 }, (_, i) => ({ status: 429, until: gates[Math.floor(i / 6)].opened })),
+  );
+  let writes = 0;
+  const watcher = watch(dirname(path), (event, name) => {
+    if (event === "rename" && name === basename(path)) writes++;
+  });
+  try {
+    const f = createPoolFetch({ path });
+    mock.clearRequests();
+    const pending = Array.from({ length: 24 }, () => ask(f, "claude-sonnet-4-5"));
+    while (mock.requests.length < 24) await new Promise((r) => setTimeout(r, 10));
+    const first = Date.now();
+    for (const g of gates) {
+      g.open();
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const answers = await Promise.all(pending);
+    await Promise.all(answers.map((r) => r.text()));
+    assert.deepEqual(new Set(answers.map((r) => r.status)), new Set([429]));
+    await flushPool(path);
+    await new Promise((r) => setTimeout(r, 300)); // the watch's last events
+    const a = account(path, "burst@x.test");
+    assert.equal(a.status, "rate-limited");
+    assert.ok(a.rateLimitUntil >= first + 4_000 && a.rateLimitUntil <= Date.now() + 5_000, `${a.rateLimitUntil - first} ms after the first answer`);
+    assert.ok(writes >= 1 && writes <= 2, `${writes} writes of the pool file for one cooldown`);
+  } finally {
+    watcher.close();
+  }
+  await lib.resetCooldowns(path);
+});
+
 test("usage per account and model matches what the answers reported: JSON, streams, failovers, aborted streams", async () => {
   const path = await seedPool(mock, ["use1@x.test", "use2@x.test"]);
   await lib.setPriority("use1@x.test", 5, path);
@@ -431,6 +477,59 @@ test("requests in flight when a 429 lands: each moves once, the late 200 from th
   const a = account(path, "fly1@x.test");
   assert.equal(a.status, "rate-limited");
   assert.ok(Math.abs(a.rateLimitUntil - reset * 1000) < 2000, `${a.rateLimitUntil} vs ${reset * 1000}`);
+  await lib.resetCooldowns(path);
+});
+
+test("a 200 to a request sent before another's 429 on that account is older news: it overwrites neither the 429's windows nor the account in use", async () => {
+  const emails = ["late1@x.test", "late2@x.test", "late3@x.test"];
+  const path = await seedPool(mock, emails);
+  await lib.setPriority("late1@x.test", 5, path);
+  const reset = Math.floor(Date.now() / 1000) + 3600;
+  const p = "anthropic-ratelimit-unified";
+  // What the slow request was told when it was let in: half the 5h window used.
+  const older = {
+    [`${p}-status`]: "allowed",
+    [`${p}-reset`]: String(reset),
+    [`${p}-5h-status`]: "allowed",
+    [`${p}-5h-utilization`]: "0.5",
+    [`${p}-5h-reset`]: String(reset),
+  };
+  let release;
+  const gate = new Promise((r) => (release = r));
+  mock.script("late1@x.test", [
+    { until: gate, headers: older },
+    { status: 429, headers: rateLimitHeaders({ fiveHourReset: reset }) },
+  ]);
+  const f = createPoolFetch({ path });
+  const slowArrived = mock.waitFor("api", (r) => r.email === "late1@x.test");
+  const slow = ask(f, "claude-sonnet-4-5");
+  await slowArrived;
+  // Sent after the slow one and refused: it moves on, and that account is the one in use now.
+  const moved = await ask(f, "claude-sonnet-4-5");
+  assert.equal(moved.status, 200);
+  const inUse = moved.poolAccount;
+  assert.notEqual(inUse, "late1@x.test");
+  await moved.text();
+  release();
+  const late = await slow;
+  assert.equal(late.poolAccount, "late1@x.test", "the slow request is answered where it was sent");
+  await late.text();
+  await flushPool(path);
+  const next = await ask(f, "claude-sonnet-4-5");
+  assert.equal(next.poolAccount, inUse, "the late 200 did not make the limited account the one in use");
+  await next.text();
+  await flushPool(path);
+  const a = account(path, "late1@x.test");
+  assert.equal(a.status, "rate-limited");
+  assert.equal(a.limits.status, "rejected", JSON.stringify(a.limits));
+  assert.equal(a.limits.windows["5h"].status, "rejected", JSON.stringify(a.limits));
+  assert.equal(a.limits.windows["5h"].utilization, 1.01, JSON.stringify(a.limits));
+  assert.equal(account(path, inUse).status, "active");
+  const shown = (await poolStatus(path)).accounts.find((s) => s.email === "late1@x.test");
+  assert.ok(
+    shown.windows.some((w) => w.name === "5h" && w.utilization === 1.01),
+    JSON.stringify(shown.windows),
+  );
   await lib.resetCooldowns(path);
 });
 

@@ -260,6 +260,7 @@ impl Account {
                     reset: w.get("resetsAt").and_then(epoch_ms_of),
                     utilization: w.get("utilization").and_then(Value::as_f64),
                     surpassed_threshold: None,
+                    updated_at: None,
                 })
             })
             .collect()

@@ -40,8 +40,11 @@ type UsageKey = (String, String, String, i64);
 #[derive(Default, Clone)]
 pub struct Pending {
     last_used: HashMap<String, i64>,
-    active: Option<String>,
-    limits: HashMap<String, (Limits, i64)>,
+    /// The account that served the request sent last, and when that request was sent.
+    active: Option<(String, i64)>,
+    /// email -> what answers said of its limits, each part as of the latest-sent request that
+    /// said it (`Limits::sent_at`, `Window::updated_at`).
+    limits: HashMap<String, Limits>,
     last_error: HashMap<String, String>,
     last_failover: Option<Value>,
     /// (email, model family or None for the whole account) -> (until, why)
@@ -70,11 +73,11 @@ impl Pending {
         for (k, v) in old.last_used {
             self.last_used.entry(k).or_insert(v);
         }
-        if self.active.is_none() {
-            self.active = old.active;
+        if let Some((email, at)) = old.active {
+            self.active_since(&email, at);
         }
-        for (k, v) in old.limits {
-            self.limits.entry(k).or_insert(v);
+        for (email, limits) in old.limits {
+            self.seen(&email, limits);
         }
         for (k, v) in old.usage {
             self.usage.entry(k).or_default().add(&v);
@@ -121,23 +124,31 @@ impl Bookkeeping {
 }
 
 impl Pending {
-    pub fn served(&mut self, email: &str, now: i64, limits: Option<Limits>) {
-        self.last_used.insert(email.to_string(), now);
-        self.active = Some(email.to_string());
+    /// `email` served a request sent at `sent_at`, answered at `now`.
+    pub fn served(&mut self, email: &str, now: i64, sent_at: i64, limits: Option<Limits>) {
+        let used = self.last_used.entry(email.to_string()).or_insert(now);
+        *used = (*used).max(now);
+        self.active_since(email, sent_at);
         if let Some(l) = limits {
-            self.seen(email, now, l);
+            self.seen(email, l);
         }
     }
 
-    /// The windows an answer reported (a served one, or a 429).
-    pub fn seen(&mut self, email: &str, now: i64, limits: Limits) {
+    /// The account in use is the one that served the request sent last, not the one answered
+    /// last: a slow answer to an earlier request must not undo a move made since.
+    fn active_since(&mut self, email: &str, sent_at: i64) {
+        if self.active.as_ref().is_none_or(|(_, at)| *at <= sent_at) {
+            self.active = Some((email.to_string(), sent_at));
+        }
+    }
+
+    /// The limits an answer reported (a served one, or a 429), laid over those recorded before
+    /// unless they are older news (see `merge_limits`).
+    pub fn seen(&mut self, email: &str, limits: Limits) {
         match self.limits.get_mut(email) {
-            Some((known, at)) => {
-                merge_limits(known, &limits);
-                *at = now;
-            }
+            Some(known) => merge_limits(known, &limits),
             None => {
-                self.limits.insert(email.to_string(), (limits, now));
+                self.limits.insert(email.to_string(), limits);
             }
         }
     }
@@ -279,9 +290,14 @@ pub(crate) fn day_of(ms: i64) -> String {
     crate::account::iso_time(ms).chars().take(10).collect()
 }
 
-/// A later answer's windows replace those of the same name; the others stay.
+/// A newer answer's windows replace those of the same name (`limits::newer`), and its overall
+/// status, claim and overage those known, when its request was sent later; the rest stays.
 fn merge_limits(known: &mut Limits, fresh: &Limits) {
     super::limits::merge_windows(&mut known.windows, &fresh.windows);
+    if fresh.sent_at < known.sent_at {
+        return;
+    }
+    known.sent_at = fresh.sent_at;
     if fresh.status.is_some() {
         known.status = fresh.status.clone();
         known.reset = fresh.reset;
@@ -304,8 +320,10 @@ const WINDOW_FIELDS: [&str; 5] = [
 ];
 
 /// The account's `limits`: `{ updatedAt, status?, representativeClaim?, overage?, windows: {
-/// <name>: { status?, reset?, utilization?, surpassedThreshold?, updatedAt } } }`. Windows of
-/// other names, seen earlier, are kept.
+/// <name>: { status?, reset?, utilization?, surpassedThreshold?, updatedAt } } }`, each
+/// `updatedAt` the time the request that said it was sent (`at` when that is not known). What
+/// the file holds from a request sent later (another process's) is kept; windows of other
+/// names, seen earlier, too.
 fn store_limits(a: &mut crate::account::Account, limits: &Limits, at: i64) {
     let entry = a.extra.entry("limits").or_insert_with(|| json!({}));
     if !entry.is_object() {
@@ -314,15 +332,19 @@ fn store_limits(a: &mut crate::account::Account, limits: &Limits, at: i64) {
     let Some(obj) = entry.as_object_mut() else {
         return;
     };
-    obj.insert("updatedAt".into(), json!(at));
-    if let Some(s) = &limits.status {
-        obj.insert("status".into(), json!(s));
-    }
-    if let Some(c) = &limits.representative_claim {
-        obj.insert("representativeClaim".into(), json!(c));
-    }
-    if limits.overage != Default::default() {
-        obj.insert("overage".into(), json!(limits.overage));
+    let at = limits.sent_at.unwrap_or(at);
+    let stored_at = obj.get("updatedAt").and_then(Value::as_i64);
+    if stored_at.is_none_or(|s| s <= at) {
+        obj.insert("updatedAt".into(), json!(at));
+        if let Some(s) = &limits.status {
+            obj.insert("status".into(), json!(s));
+        }
+        if let Some(c) = &limits.representative_claim {
+            obj.insert("representativeClaim".into(), json!(c));
+        }
+        if limits.overage != Default::default() {
+            obj.insert("overage".into(), json!(limits.overage));
+        }
     }
     let windows = obj.entry("windows").or_insert_with(|| json!({}));
     if !windows.is_object() {
@@ -330,11 +352,18 @@ fn store_limits(a: &mut crate::account::Account, limits: &Limits, at: i64) {
     }
     if let Some(map) = windows.as_object_mut() {
         for w in &limits.windows {
+            let mut w = w.clone();
+            w.updated_at.get_or_insert(at);
+            let stored = map
+                .get(&w.name)
+                .and_then(|v| serde_json::from_value::<super::limits::Window>(v.clone()).ok());
+            if stored.is_some_and(|s| super::limits::newer(&s, &w)) {
+                continue;
+            }
             let Value::Object(mut fresh) = json!(w) else {
                 continue;
             };
             fresh.remove("name");
-            fresh.insert("updatedAt".into(), json!(at));
             // What this build knows of a window is replaced (a value the answer no longer
             // reports goes); what another build keeps there (a newer copy on the same file) stays.
             let slot = map.entry(w.name.clone()).or_insert_with(|| json!({}));
@@ -493,22 +522,28 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
                 a.last_used = Some(iso_time(*t));
             }
         }
-        if let Some(active) = &batch.active {
-            let status = a.status_enum();
-            if &email == active {
-                if a.is_enabled() && status != Some(Status::AuthError) && !a.cooling_at(now) {
-                    a.status = Status::Active.as_str().into();
-                }
-            } else if status == Some(Status::Active) {
-                a.status = Status::Idle.as_str().into();
-            }
-        }
-        if let Some((limits, at)) = batch.limits.get(&email) {
-            store_limits(a, limits, *at);
+        if let Some(limits) = batch.limits.get(&email) {
+            store_limits(a, limits, now);
         }
         add_usage(a, &batch.usage, now);
         if let Some(e) = batch.last_error.get(&email) {
             a.extra.insert("lastError".into(), json!(e));
+        }
+    }
+    // `active` is the account that served the latest-sent request; the one active before stays
+    // so when that one cannot be (it cools since: a late answer from before its 429).
+    if let Some((active, _)) = &batch.active {
+        let can_be = |a: &crate::account::Account| {
+            a.is_enabled() && a.status_enum() != Some(Status::AuthError) && !a.cooling_at(now)
+        };
+        if pool.accounts().any(|a| &a.email == active && can_be(a)) {
+            for a in pool.accounts_mut() {
+                if &a.email == active {
+                    a.status = Status::Active.as_str().into();
+                } else if a.status_enum() == Some(Status::Active) {
+                    a.status = Status::Idle.as_str().into();
+                }
+            }
         }
     }
     if let Some(f) = &batch.last_failover {
@@ -687,12 +722,79 @@ mod tests {
         pool.find_mut("b@x").unwrap().status = "rate-limited".into();
         pool.find_mut("b@x").unwrap().rate_limit_until = Some(now - 100_000);
         let mut batch = Pending::default();
-        batch.served("b@x", now, None);
+        batch.served("b@x", now, now, None);
         apply(&mut pool, &batch, now);
         assert_eq!(pool.find("a@x").unwrap().status, "idle");
         assert_eq!(pool.find("b@x").unwrap().status, "active");
         assert_eq!(pool.find("b@x").unwrap().rate_limit_until, None);
         assert_eq!(pool.find("b@x").unwrap().last_used_ms(), now);
+    }
+
+    /// A 429 on a@x (request sent at 200) moved the work to b@x; then a request sent to a@x at
+    /// 100 is answered 200, later. Its limits are older news, in the batch and against what
+    /// the file holds from another process; a@x, cooling, does not become the active one.
+    #[test]
+    fn a_late_answer_to_an_earlier_request_is_older_news() {
+        use crate::engine::limits::Window;
+        let now = now_ms();
+        let mut pool = pool_of(now);
+        let five = |u: f64, status: &str| Window {
+            name: "5h".into(),
+            utilization: Some(u),
+            status: Some(status.into()),
+            reset: Some(now + 3_600_000),
+            ..Default::default()
+        };
+        let limits = |u: f64, status: &str, sent: i64| {
+            Limits {
+                status: Some(status.into()),
+                windows: vec![five(u, status)],
+                ..Limits::default()
+            }
+            .sent_at(sent)
+        };
+        let mut batch = Pending::default();
+        batch.cooldown("a@x", None, now + 3_600_000, "5h window exhausted");
+        batch.seen("a@x", limits(1.01, "rejected", now - 200));
+        batch.served("b@x", now, now - 150, None);
+        batch.served(
+            "a@x",
+            now,
+            now - 300,
+            Some(limits(0.5, "allowed", now - 300)),
+        );
+        apply(&mut pool, &batch, now);
+        let a = pool.find("a@x").unwrap();
+        assert_eq!(
+            a.extra["limits"]["status"], "rejected",
+            "{}",
+            a.extra["limits"]
+        );
+        assert_eq!(a.windows()[0].utilization, Some(1.01));
+        assert_eq!(a.status, "rate-limited");
+        assert_eq!(pool.find("b@x").unwrap().status, "active");
+        // The next batch of this process, or another's, holds only the late answer: the file's
+        // newer word stays, and b@x stays the active one.
+        let mut late = Pending::default();
+        late.served(
+            "a@x",
+            now,
+            now - 300,
+            Some(limits(0.5, "allowed", now - 300)),
+        );
+        apply(&mut pool, &late, now);
+        let a = pool.find("a@x").unwrap();
+        assert_eq!(a.extra["limits"]["status"], "rejected");
+        assert_eq!(a.extra["limits"]["windows"]["5h"]["utilization"], 1.01);
+        assert_eq!(pool.find("b@x").unwrap().status, "active");
+        // A request sent after the 429 says what is now.
+        let mut fresh = Pending::default();
+        fresh.served("a@x", now, now, Some(limits(0.3, "allowed", now)));
+        apply(&mut pool, &fresh, now);
+        assert_eq!(
+            pool.find("a@x").unwrap().windows()[0].utilization,
+            Some(0.3)
+        );
     }
 
     #[test]
@@ -731,7 +833,7 @@ mod tests {
             reset: Some(now + 60_000),
             ..Default::default()
         });
-        batch.served("a@x", now, Some(limits));
+        batch.served("a@x", now, now, Some(limits));
         let c = Counts {
             requests: 1,
             input: 10,

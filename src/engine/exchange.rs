@@ -66,6 +66,9 @@ pub struct Exchange {
     retry_same: Option<String>,
     moved_from: Option<(String, String)>,
     current: Option<(String, Credential)>,
+    /// When the current attempt was handed out to be sent (epoch ms): what its answer says is
+    /// as of then (see `limits::newer`).
+    sent_at: i64,
     events: Vec<Event>,
     /// The store could not be reached, read, written or locked for an account: said when no
     /// account could serve.
@@ -85,6 +88,7 @@ impl Exchange {
             retry_same: None,
             moved_from: None,
             current: None,
+            sent_at: 0,
             events: Vec::new(),
             store_error: None,
         }
@@ -226,6 +230,7 @@ impl Exchange {
 
     fn attempt(&mut self, email: String, credential: Credential, headers: HeaderMap) -> Step {
         self.current = Some((email.clone(), credential));
+        self.sent_at = sending_time();
         Step::Send(Attempt { email, headers })
     }
 
@@ -413,7 +418,7 @@ impl Exchange {
         credential: &Credential,
     ) -> (Decision, Limits, i64) {
         let now = now_ms();
-        let limits = Limits::from_headers(headers, SystemTime::now());
+        let limits = Limits::from_headers(headers, SystemTime::now()).sent_at(self.sent_at);
         let decision = verdict::decide(
             status,
             &limits,
@@ -464,7 +469,7 @@ impl Exchange {
                 if !limits.windows.is_empty() {
                     self.engine.overlay.note_windows(&email, &limits.windows);
                     let (who, seen) = (email.clone(), limits.clone());
-                    self.engine.note(false, move |p| p.seen(&who, now, seen));
+                    self.engine.note(false, move |p| p.seen(&who, seen));
                 }
                 let scope = cooldown.scope.clone();
                 if self
@@ -537,15 +542,17 @@ impl Exchange {
     }
 
     fn served(&mut self, email: &str, limits: &Limits, now: i64) {
+        let sent_at = self.sent_at;
         self.engine
             .overlay
-            .served(email, self.meta.session.as_deref(), now);
+            .served(email, self.meta.session.as_deref(), now, sent_at);
         if !limits.windows.is_empty() {
             self.engine.overlay.note_windows(email, &limits.windows);
         }
         let seen = limits.has_quota_info().then(|| limits.clone());
         let who = email.to_string();
-        self.engine.note(false, move |p| p.served(&who, now, seen));
+        self.engine
+            .note(false, move |p| p.served(&who, now, sent_at, seen));
     }
 
     /// No account can take the request. If some are only cooling (or past their reserve line),
@@ -637,6 +644,24 @@ impl Exchange {
             )
         };
         Err(Error::NoUsableAccount(why))
+    }
+}
+
+/// The time an attempt is handed out to be sent (epoch ms), later than any handed out before in
+/// this process: two requests sent in one millisecond are still ordered (a tie let the earlier
+/// one's late answer pass for the later one's). It runs ahead of the clock only while more than
+/// a thousand attempts a second go out, and by no more than that excess.
+fn sending_time() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = now_ms();
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last.saturating_add(1));
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
     }
 }
 

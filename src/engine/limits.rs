@@ -89,6 +89,16 @@ pub struct Window {
     pub utilization: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub surpassed_threshold: Option<f64>,
+    /// When the request whose answer said this was sent (epoch ms, this machine's clock): what
+    /// orders two answers about one window (`newer`). Not when the answer came: a request sent
+    /// earlier can be answered later (a long non-streamed answer's headers come at its end), yet
+    /// what it says was decided when it was let in, before a later request's 429.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_ms"
+    )]
+    pub updated_at: Option<i64>,
 }
 
 impl Window {
@@ -166,6 +176,9 @@ pub struct Limits {
     pub representative_claim: Option<String>,
     pub overage: Overage,
     pub windows: Vec<Window>,
+    /// When the request this answered was sent (epoch ms), once the exchange says (`sent_at`):
+    /// orders the overall fields as `Window::updated_at` orders each window.
+    pub sent_at: Option<i64>,
 }
 
 const WINDOW_FIELDS: &[&str] = &["surpassed-threshold", "utilization", "status", "reset"];
@@ -304,6 +317,15 @@ impl Limits {
 
     pub fn window(&self, name: &str) -> Option<&Window> {
         self.windows.iter().find(|w| w.name == name)
+    }
+
+    /// These limits as of `at`, when the request they answered was sent.
+    pub fn sent_at(mut self, at: i64) -> Limits {
+        self.sent_at = Some(at);
+        for w in &mut self.windows {
+            w.updated_at = Some(at);
+        }
+        self
     }
 
     pub fn has_quota_info(&self) -> bool {
@@ -465,12 +487,13 @@ fn next_month_utc(now_ms: i64) -> Option<i64> {
     crate::account::parse_iso_ms(&format!("{year:04}-{month:02}-01T00:00:00.000Z"))
 }
 
-/// Lays `fresh` windows over `known` by name: a fresh one replaces the one of its name, the
-/// others stay (an answer may carry only some: a model's scoped window comes with that model's
-/// requests).
+/// Lays `fresh` windows over `known` by name: a fresh one replaces the one of its name unless
+/// that one is newer (`newer`), the others stay (an answer may carry only some: a model's scoped
+/// window comes with that model's requests).
 pub fn merge_windows(known: &mut Vec<Window>, fresh: &[Window]) {
     for w in fresh {
         match known.iter().position(|k| k.name == w.name) {
+            Some(i) if newer(&known[i], w) => {}
             // Moved to the end: the order is that of the last word heard of each.
             Some(i) => {
                 known.remove(i);
@@ -496,13 +519,22 @@ pub fn later_period(a: Option<i64>, b: Option<i64>) -> bool {
     }
 }
 
+/// Whether window `a` says something newer than `b` (of the same name): it is of a later
+/// period (its reset is later: the window rolled), or of the same period and from a request sent
+/// later. Not which answer came last: a request let in before another's 429 can be answered
+/// after it (a slow or non-streamed answer), and what it says is older (less used, `allowed`).
+pub fn newer(a: &Window, b: &Window) -> bool {
+    later_period(a.reset, b.reset)
+        || (!later_period(b.reset, a.reset) && a.updated_at > b.updated_at)
+}
+
 /// The windows of an account as this process judges them: those the store holds, with those
-/// this process saw laid over them by name, unless the stored one is of a later period (its
-/// reset is later: another process saw the window roll).
+/// this process saw laid over them by name, unless the stored one is newer (`newer`: another
+/// process saw the window roll, or heard of it from a request sent later).
 pub fn seen_over_stored(mut stored: Vec<Window>, seen: Vec<Window>) -> Vec<Window> {
     for w in seen {
         match stored.iter_mut().find(|k| k.name == w.name) {
-            Some(k) if later_period(k.reset, w.reset) => {}
+            Some(k) if newer(k, &w) => {}
             Some(k) => *k = w,
             None => stored.push(w),
         }
@@ -1014,6 +1046,38 @@ mod tests {
             prop_assert!(c.until > NOW);
             prop_assert!(c.until <= NOW + MAX_COOLDOWN_MS);
         }
+    }
+
+    /// A request let in before another's 429 and answered after it: its windows (less used,
+    /// `allowed`) are older news, whichever answer came last; a window that rolled is news.
+    #[test]
+    fn windows_are_ordered_by_when_their_request_was_sent_not_when_answered() {
+        const H: i64 = 3_600_000;
+        let w = |u: f64, reset: i64, sent: i64| Window {
+            name: "5h".into(),
+            utilization: Some(u),
+            reset: Some(reset),
+            updated_at: Some(sent),
+            ..Default::default()
+        };
+        let refused = w(1.01, H, 200);
+        let mut known = vec![refused.clone()];
+        merge_windows(&mut known, &[w(0.5, H, 100)]);
+        assert_eq!(
+            known,
+            vec![refused.clone()],
+            "the earlier-sent answer is older news"
+        );
+        merge_windows(&mut known, &[w(0.02, 6 * H, 150)]);
+        assert_eq!(known[0].utilization, Some(0.02), "a later period is news");
+        let all = seen_over_stored(vec![refused.clone()], vec![w(0.5, H, 100)]);
+        assert_eq!(
+            all,
+            vec![refused],
+            "another process heard later: the store's stands"
+        );
+        let all = seen_over_stored(vec![w(0.5, H, 100)], vec![w(0.9, H, 300)]);
+        assert_eq!(all[0].utilization, Some(0.9));
     }
 
     #[test]

@@ -368,7 +368,7 @@ mod tests {
         let held = Engine::for_store(Store::file(path(0)));
         // Not held, but with bookkeeping still to write: kept until it is written.
         let pending = Engine::for_store(Store::file(path(1)));
-        pending.book.record(|p| p.served("a@x", 0, None));
+        pending.book.record(|p| p.served("a@x", 0, 0, None));
         drop(pending);
         for i in 2..MAX_ENGINES * 4 {
             drop(Engine::for_store(Store::file(path(i))));

@@ -14,6 +14,12 @@ const SESSION_TTL: Duration = Duration::from_secs(6 * 3600);
 /// How long a cooldown this process decided still counts here after the store holds it: a
 /// request that read the pool just before the write must not see the account open.
 const STORED_GRACE: Duration = Duration::from_secs(1);
+/// A cooldown ending at most this long after one already known is that one: the requests in
+/// flight on an account when it starts refusing are refused together, each bare 429 (or one with
+/// the same `retry-after`) counted from its own arrival, a few ms after the last. Each was news
+/// by those ms, and each was written to the pool at once (a locked, fsynced write apiece, while
+/// the first was still being written); the first one stands for them all.
+const SAME_COOLDOWN_MS: i64 = 1_000;
 /// Pins kept at most (a client that names a new session per request must not grow the process
 /// without bound): two generations of half as many, the older one dropped when the newer fills,
 /// so a session in use stays pinned and a quiet one goes after at least 5,000 newer ones.
@@ -35,7 +41,8 @@ pub struct Overlay {
     /// email -> tag of the credential that was refused. A new login brings a new credential,
     /// whose tag differs: the mark then no longer applies, in this process or any other.
     refused: Mutex<HashMap<String, Option<String>>>,
-    sticky: Mutex<Option<String>>,
+    /// The account that served the request sent last, and when that was sent.
+    sticky: Mutex<Option<(String, i64)>>,
     sessions: Mutex<Pins>,
     /// email -> the windows answers reported (the store has them a second later).
     windows: Mutex<HashMap<String, Vec<Window>>>,
@@ -43,25 +50,34 @@ pub struct Overlay {
     all_cooling: Mutex<Option<(String, i64)>>,
 }
 
-/// session id -> (email, last request), in two generations.
+/// A session's account, its last request, and when the request that pinned it was sent.
+type Pin = (String, Instant, i64);
+
+/// session id -> pin, in two generations.
 #[derive(Default)]
 struct Pins {
-    recent: HashMap<String, (String, Instant)>,
-    older: HashMap<String, (String, Instant)>,
+    recent: HashMap<String, Pin>,
+    older: HashMap<String, Pin>,
 }
 
 impl Pins {
-    fn get(&self, id: &str) -> Option<&(String, Instant)> {
+    fn get(&self, id: &str) -> Option<&Pin> {
         self.recent.get(id).or_else(|| self.older.get(id))
     }
 
-    fn insert(&mut self, id: &str, email: &str) {
+    /// A request of session `id` sent at `sent_at` was served by `email`: the session's account
+    /// unless a request sent later was served by another (a late answer does not move it back).
+    fn insert(&mut self, id: &str, email: &str, sent_at: i64) {
+        let (email, sent_at) = match self.get(id) {
+            Some((kept, _, at)) if *at > sent_at => (kept.clone(), *at),
+            _ => (email.to_string(), sent_at),
+        };
         if self.recent.len() >= MAX_SESSIONS / 2 && !self.recent.contains_key(id) {
             self.older = std::mem::take(&mut self.recent);
         }
         self.older.remove(id);
         self.recent
-            .insert(id.to_string(), (email.to_string(), Instant::now()));
+            .insert(id.to_string(), (email, Instant::now(), sent_at));
     }
 
     #[cfg(test)]
@@ -71,13 +87,19 @@ impl Pins {
 }
 
 impl Overlay {
-    /// Records a cooldown (of `scope`, a model family, or the whole account); false when one at
-    /// least as long was already known.
+    /// Records a cooldown (of `scope`, a model family, or the whole account); false when it is
+    /// no news: one known already ends no more than `SAME_COOLDOWN_MS` before it.
     pub fn cool(&self, email: &str, scope: Option<&str>, until: i64) -> bool {
         let mut cooling = lock(&self.cooling);
         let key = (email.to_string(), scope.map(str::to_string));
-        if cooling.get(&key).is_some_and(|(t, _)| *t >= until) {
-            return false;
+        if let Some((t, stored)) = cooling.get(&key) {
+            // Only while this process's copy counts: once the store is the truth (a
+            // `reset-cooldowns` may have cleared it), a later cooldown is news.
+            let ours = stored.is_none_or(|at| at.elapsed() < STORED_GRACE);
+            let same = if ours { SAME_COOLDOWN_MS } else { 0 };
+            if t.saturating_add(same) >= until {
+                return false;
+            }
         }
         cooling.insert(key, (until, None));
         true
@@ -152,7 +174,7 @@ impl Overlay {
     }
 
     pub fn sticky(&self) -> Option<String> {
-        lock(&self.sticky).clone()
+        lock(&self.sticky).as_ref().map(|(e, _)| e.clone())
     }
 
     pub fn pinned(&self, session: Option<&str>, parent: Option<&str>) -> Option<String> {
@@ -160,18 +182,25 @@ impl Overlay {
         let live = |id: &str| {
             sessions
                 .get(id)
-                .filter(|(_, at)| at.elapsed() < SESSION_TTL)
-                .map(|(e, _)| e.clone())
+                .filter(|(_, at, _)| at.elapsed() < SESSION_TTL)
+                .map(|(e, _, _)| e.clone())
         };
         session.and_then(live).or_else(|| parent.and_then(live))
     }
 
-    /// The account that served a request becomes sticky (and the session's), and cooldowns
-    /// that have passed are forgotten.
-    pub fn served(&self, email: &str, session: Option<&str>, now: i64) {
-        *lock(&self.sticky) = Some(email.to_string());
+    /// The account that served a request sent at `sent_at` becomes sticky (and the session's)
+    /// unless one served a request sent later: the latest choice stands, not the latest answer
+    /// (a slow answer from an account that refused a later request since must not make it the
+    /// one to use again). Cooldowns that have passed are forgotten.
+    pub fn served(&self, email: &str, session: Option<&str>, now: i64, sent_at: i64) {
+        {
+            let mut sticky = lock(&self.sticky);
+            if sticky.as_ref().is_none_or(|(_, at)| *at <= sent_at) {
+                *sticky = Some((email.to_string(), sent_at));
+            }
+        }
         if let Some(s) = session {
-            lock(&self.sessions).insert(s, email);
+            lock(&self.sessions).insert(s, email, sent_at);
         }
         lock(&self.cooling).retain(|_, (t, stored)| {
             *t > now && stored.is_none_or(|at| at.elapsed() < STORED_GRACE)
@@ -208,17 +237,25 @@ mod tests {
         let o = Overlay::default();
         assert!(o.cool("a@x", None, 100));
         assert!(!o.cool("a@x", None, 50));
-        assert!(o.cool("a@x", None, 150));
-        assert_eq!(o.cooling_until("a@x", None, 120), Some(150));
-        assert_eq!(o.cooling_until("a@x", None, 150), None);
-        assert!(o.cool("a@x", Some("sonnet"), 300));
-        assert_eq!(o.cooling_until("a@x", Some("sonnet"), 200), Some(300));
+        assert!(o.cool("a@x", None, 1_200));
+        assert_eq!(o.cooling_until("a@x", None, 120), Some(1_200));
+        assert_eq!(o.cooling_until("a@x", None, 1_200), None);
+        // Refusals of requests in flight together, each counted from its own arrival: one.
+        assert!(o.cool("z@x", None, 5_000));
+        assert!(
+            !o.cool("z@x", None, 5_000 + SAME_COOLDOWN_MS),
+            "the same burst"
+        );
+        assert_eq!(o.cooling_until("z@x", None, 0), Some(5_000));
+        assert!(o.cool("z@x", None, 6_001), "a longer one is news");
+        assert!(o.cool("a@x", Some("sonnet"), 1_300));
+        assert_eq!(o.cooling_until("a@x", Some("sonnet"), 1_250), Some(1_300));
         assert_eq!(
-            o.cooling_until("a@x", Some("opus"), 200),
+            o.cooling_until("a@x", Some("opus"), 1_250),
             None,
             "other models serve"
         );
-        o.served("b@x", Some("ses"), 400);
+        o.served("b@x", Some("ses"), 1_400, 1_400);
         assert_eq!(
             o.cooling_until("a@x", Some("sonnet"), 0),
             None,
@@ -236,7 +273,7 @@ mod tests {
         assert!(o.cool("b@x", None, 500));
         o.stored("a@x", Some("sonnet"), 500);
         // Longer than what was written: decided after the write, it stays this process's.
-        assert!(o.cool("b@x", None, 900));
+        assert!(o.cool("b@x", None, 2_900));
         o.stored("b@x", None, 500);
         assert_eq!(
             o.cooling_until("a@x", Some("sonnet"), 0),
@@ -245,16 +282,30 @@ mod tests {
         );
         std::thread::sleep(STORED_GRACE + Duration::from_millis(20));
         assert_eq!(o.cooling_until("a@x", Some("sonnet"), 0), None);
-        assert_eq!(o.cooling_until("b@x", None, 0), Some(900));
-        o.served("c@x", None, 0);
+        assert_eq!(o.cooling_until("b@x", None, 0), Some(2_900));
+        o.served("c@x", None, 0, 0);
         assert_eq!(lock(&o.cooling).len(), 1, "forgotten entries are swept");
+    }
+
+    /// A slow answer to a request sent before a later one moved to another account (its 429):
+    /// the account in use, and the session's, stay the later request's.
+    #[test]
+    fn a_late_answer_to_an_earlier_request_moves_neither_sticky_nor_pin_back() {
+        let o = Overlay::default();
+        o.served("b@x", Some("ses"), 500, 200);
+        o.served("a@x", Some("ses"), 900, 100);
+        assert_eq!(o.sticky().as_deref(), Some("b@x"));
+        assert_eq!(o.pinned(Some("ses"), None).as_deref(), Some("b@x"));
+        o.served("a@x", Some("ses"), 950, 300);
+        assert_eq!(o.sticky().as_deref(), Some("a@x"));
+        assert_eq!(o.pinned(Some("ses"), None).as_deref(), Some("a@x"));
     }
 
     #[test]
     fn session_pins_stay_bounded_and_the_recent_ones_stay() {
         let o = Overlay::default();
         for i in 0..(MAX_SESSIONS * 3) {
-            o.served("a@x", Some(&format!("ses_{i}")), 0);
+            o.served("a@x", Some(&format!("ses_{i}")), 0, 0);
             assert!(lock(&o.sessions).len() <= MAX_SESSIONS);
         }
         let last = MAX_SESSIONS * 3 - 1;
@@ -269,7 +320,7 @@ mod tests {
         );
         // A session already pinned is updated in place, with no sweep.
         let before = lock(&o.sessions).len();
-        o.served("b@x", Some(&format!("ses_{last}")), 0);
+        o.served("b@x", Some(&format!("ses_{last}")), 0, 0);
         assert_eq!(lock(&o.sessions).len(), before);
         assert_eq!(
             o.pinned(Some(&format!("ses_{last}")), None).as_deref(),

@@ -148,8 +148,11 @@ impl FileStore {
         self.write_locked(
             &zeroize::Zeroizing::new(pool.to_bytes()),
             previous.is_some(),
-        )
-        .map(|_| ())
+        )?;
+        if previous.is_some_and(|(stored, _)| removes_accounts(&addresses(&stored), &pool)) {
+            remove_refresh_locks(self, &pool);
+        }
+        Ok(())
     }
 
     /// Locks, re-reads the file, applies `change`, and writes the result if it differs from
@@ -172,12 +175,16 @@ impl FileStore {
         let existed = current.is_some();
         let mut pool = current.map(|(p, _)| p).unwrap_or_default();
         let before = zeroize::Zeroizing::new(pool.to_bytes());
+        let held = addresses(&pool);
         let out = change(&mut pool)?;
         let after = zeroize::Zeroizing::new(pool.to_bytes());
         if after == before {
             return Ok((out, Written::Unchanged));
         }
         let stamp = self.write_locked(&after, existed)?;
+        if removes_accounts(&held, &pool) {
+            remove_refresh_locks(self, &pool);
+        }
         let written = match (stamp, Pool::parse(&after)) {
             (Some(stamp), Ok(pool)) => Written::Generation(pool, stamp),
             _ => Written::Unknown,
@@ -309,21 +316,37 @@ impl FileStore {
     /// The pool file is being made anew while a `.bak` holding accounts is there: the file was
     /// deleted (by hand, by a tool), and that backup may be the only copy of those logins, which
     /// the second write from now would replace. It moves aside to `<pool>.bak-<UTC time>`, which
-    /// nothing replaces (`oauth-pool doctor` points at it).
+    /// nothing replaces or removes (`oauth-pool doctor` points at it), unless one kept aside
+    /// earlier holds the very same bytes: a file deleted again and again with the same backup
+    /// behind it (restored from a copy, deleted by a tool) made one more such file each time.
     fn keep_earlier_backup(&self) {
         let bak = self.backup_path();
-        let holds_accounts = fsread::read_regular(&bak, MAX_FILE_BYTES, false)
-            .ok()
-            .and_then(|b| Pool::parse(&b).ok())
-            .is_some_and(|p| p.accounts().next().is_some() || p.invalid_entries().next().is_some());
+        let Ok(bytes) = fsread::read_regular(&bak, MAX_FILE_BYTES, false) else {
+            return;
+        };
+        let holds_accounts = Pool::parse(&bytes)
+            .is_ok_and(|p| p.accounts().next().is_some() || p.invalid_entries().next().is_some());
         if !holds_accounts {
+            return;
+        }
+        if let Some(same) = self.kept_backups().into_iter().find(|kept| {
+            fsread::read_regular(kept, MAX_FILE_BYTES, false).is_ok_and(|k| *k == *bytes)
+        }) {
+            tracing::info!(kept = %same.display(), "the pool file was missing; its backup is already kept aside");
             return;
         }
         let time: String = crate::account::iso_time(crate::account::now_ms())
             .chars()
             .filter(|c| !matches!(c, '-' | ':'))
             .collect();
-        let aside = sibling(&self.path, &format!(".bak-{time}"));
+        // Never over another one (two made anew within a millisecond): rename(2) replaces.
+        let aside = (0..)
+            .map(|n| match n {
+                0 => sibling(&self.path, &format!(".bak-{time}")),
+                n => sibling(&self.path, &format!(".bak-{time}-{n}")),
+            })
+            .find(|p| fs::symlink_metadata(p).is_err())
+            .unwrap_or_else(|| sibling(&self.path, &format!(".bak-{time}")));
         match fs::rename(&bak, &aside) {
             Ok(()) => {
                 tracing::warn!(kept = %aside.display(), "the pool file was missing; the backup of the earlier one is kept aside")
@@ -332,6 +355,23 @@ impl FileStore {
                 tracing::warn!(path = %bak.display(), error = %e, "could not keep the earlier backup aside")
             }
         }
+    }
+
+    /// The backups kept aside so far (`<pool>.bak-*`).
+    fn kept_backups(&self) -> Vec<PathBuf> {
+        let prefix = format!(
+            "{}.bak-",
+            self.path.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let Ok(entries) = fs::read_dir(parent_dir(&self.path)) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.path())
+            .collect()
     }
 
     fn backup_current(&self, dir: &Path) -> std::io::Result<()> {
@@ -502,7 +542,22 @@ pub struct FileLock {
 }
 
 impl FileLock {
+    /// Locks the file at `path` (made when missing), waiting up to `timeout`. Held, it is still
+    /// the file of that name: a lock file removed by its last holder (a removed account's refresh
+    /// lock, `remove_refresh_locks`) may have been locked here as it went, and that lock would
+    /// be held alongside the one of the new file of that name; it is let go and the new one
+    /// taken instead.
     pub fn acquire(path: &Path, timeout: Duration) -> Result<FileLock> {
+        let start = Instant::now();
+        loop {
+            let lock = Self::acquire_once(path, timeout.saturating_sub(start.elapsed()))?;
+            if names(path, &lock.file) {
+                return Ok(lock);
+            }
+        }
+    }
+
+    fn acquire_once(path: &Path, timeout: Duration) -> Result<FileLock> {
         create_private_dir(&parent_dir(path))?;
         let mut opts = OpenOptions::new();
         opts.read(true).write(true).create(true).truncate(false);
@@ -547,6 +602,77 @@ impl FileLock {
             pause = (pause * 2).min(Duration::from_millis(10));
         }
     }
+}
+
+/// Whether `path` names the open `file` (not a file made since under that name, nor nothing).
+fn names(path: &Path, file: &File) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), fs::symlink_metadata(path)) {
+            (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, file);
+        true
+    }
+}
+
+/// The accounts' refresh lock files beside `pool_path` that no account of `pool` uses: those of
+/// removed accounts. Each is removed only while this process holds its lock and its name still
+/// names the file locked: a refresh under way keeps its file (it is removed with a later
+/// removal), and a process that had opened it to wait finds, once it holds it, that the name is
+/// gone, and locks the file made anew instead (`FileLock::acquire`). Without this a pool used for
+/// years kept one file for every account it ever held.
+fn remove_refresh_locks(store: &FileStore, pool: &Pool) {
+    let dir = parent_dir(&store.path);
+    let kept: std::collections::HashSet<PathBuf> = pool
+        .accounts()
+        .map(|a| store.refresh_lock_path(&a.email))
+        .collect();
+    let prefix = format!(
+        "{}.",
+        store.path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_refresh_lock = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".refresh.lock"))
+            .is_some_and(|tag| tag.len() == 12 && tag.bytes().all(|b| b.is_ascii_hexdigit()));
+        let path = entry.path();
+        if !is_refresh_lock || kept.contains(&path) {
+            continue;
+        }
+        let Ok(file) = fsread::open_regular(&path, false) else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
+            if names(&path, &file) {
+                let _ = fs::remove_file(&path);
+            }
+            let _ = file.unlock();
+        }
+    }
+}
+
+/// The addresses of `pool`'s accounts as the refresh locks are named by them.
+fn addresses(pool: &Pool) -> std::collections::HashSet<String> {
+    pool.accounts()
+        .map(|a| crate::account::normalize_email(&a.email))
+        .collect()
+}
+
+/// Whether an account of `before` is not in `after`.
+fn removes_accounts(before: &std::collections::HashSet<String>, after: &Pool) -> bool {
+    !before.is_subset(&addresses(after))
 }
 
 impl Drop for FileLock {
@@ -781,16 +907,42 @@ mod tests {
         assert!(earlier.find("a@x").is_some());
         #[cfg(unix)]
         assert_eq!(mode(&kept[0]), 0o600);
+        let count = || {
+            fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().contains(".json.bak-"))
+                .count()
+        };
         // Making a file anew with no accounts behind it keeps nothing aside.
         fs::remove_file(store.path()).unwrap();
         fs::write(store.backup_path(), br#"{"anthropic":[]}"#).unwrap();
         add("third@x");
-        let count = fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().contains(".json.bak-"))
-            .count();
-        assert_eq!(count, 1);
+        assert_eq!(count(), 1);
+        // The same backup behind a file deleted again (restored from that copy, deleted again):
+        // it is kept already, once is enough; a different one is kept too.
+        let earlier_bytes = fs::read(&kept[0]).unwrap();
+        for round in 0..3 {
+            fs::remove_file(store.path()).unwrap();
+            fs::write(store.backup_path(), &earlier_bytes).unwrap();
+            add(&format!("again{round}@x"));
+        }
+        assert_eq!(count(), 1, "one copy of the same backup");
+        assert_eq!(fs::read(&kept[0]).unwrap(), earlier_bytes);
+        for round in 0..2 {
+            fs::remove_file(store.path()).unwrap();
+            let mut other = earlier.clone();
+            other.upsert(Account::new_oauth(
+                &format!("d{round}@x"),
+                "a".into(),
+                "r".into(),
+                1,
+                1,
+            ));
+            fs::write(store.backup_path(), other.to_bytes()).unwrap();
+            add(&format!("later{round}@x"));
+        }
+        assert_eq!(count(), 3, "each different backup is kept");
     }
 
     #[test]
@@ -932,6 +1084,73 @@ mod tests {
             .unwrap();
         assert!(!dir.join(".oauth-pool.json.abc123.tmp").exists());
         assert!(dir.join("other.tmp").exists());
+    }
+
+    #[test]
+    fn a_removed_account_s_refresh_lock_goes_with_it_unless_held() {
+        let (_d, store) = tmp_store();
+        store
+            .update(|p| {
+                for e in ["a@x", "b@x", "c@x"] {
+                    p.upsert(Account::new_oauth(e, "a".into(), "r".into(), 1, 1));
+                }
+                Ok(())
+            })
+            .unwrap();
+        for e in ["a@x", "b@x", "c@x"] {
+            drop(FileLock::acquire(&store.refresh_lock_path(e), Duration::from_secs(1)).unwrap());
+        }
+        let exists = |e: &str| store.refresh_lock_path(e).exists();
+        let refreshing =
+            FileLock::acquire(&store.refresh_lock_path("c@x"), Duration::from_secs(1)).unwrap();
+        store
+            .update(|p| {
+                p.remove("a@x")?;
+                p.remove("c@x")?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(!exists("a@x"), "removed with its account");
+        assert!(exists("b@x"), "an account in the pool keeps its lock file");
+        assert!(exists("c@x"), "a refresh under way keeps its lock file");
+        drop(refreshing);
+        // The next removal takes what an earlier one had to leave.
+        store
+            .update(|p| {
+                p.remove("b@x")?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(!exists("b@x") && !exists("c@x"));
+        assert!(store.lock_path().exists(), "the pool's own lock file stays");
+    }
+
+    /// A process waiting on a refresh lock whose file its holder removes (the account went)
+    /// locks the file of that name made anew, never the removed one: two holders at once would
+    /// spend one refresh token twice.
+    #[cfg(unix)]
+    #[test]
+    fn a_lock_whose_file_is_removed_while_waited_for_is_taken_on_the_new_file() {
+        let (_d, store) = tmp_store();
+        let path = store.refresh_lock_path("a@x");
+        let holder = FileLock::acquire(&path, Duration::from_secs(1)).unwrap();
+        let waiting = {
+            let path = path.clone();
+            std::thread::spawn(move || FileLock::acquire(&path, Duration::from_secs(10)).unwrap())
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        fs::remove_file(&path).unwrap();
+        drop(holder);
+        let waiter = waiting.join().unwrap();
+        assert!(
+            names(&path, &waiter.file),
+            "it holds the file the name names"
+        );
+        let other = fsread::open_regular(&path, false).unwrap();
+        assert!(
+            matches!(other.try_lock(), Err(fs::TryLockError::WouldBlock)),
+            "and nobody else can take it"
+        );
     }
 
     #[test]
