@@ -6,8 +6,8 @@
 //! `NODE_EXTRA_CA_CERTS` and `SSL_CERT_FILE`.
 
 use std::net::IpAddr;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use url::Url;
 
@@ -16,8 +16,11 @@ use crate::error::{Error, Result};
 
 pub const USER_AGENT: &str = concat!("opencode-oauth-pool/", env!("CARGO_PKG_VERSION"));
 
-static API: OnceLock<reqwest::Client> = OnceLock::new();
-static TOKEN: OnceLock<reqwest::Client> = OnceLock::new();
+static API: Renewing = Renewing::new();
+static TOKEN: Renewing = Renewing::new();
+/// Time the machine spent asleep (or the wall clock stepped forward) between two uses of a
+/// client past which its idle connections are given up: see `Renewing`.
+const SLEPT_GAP: Duration = Duration::from_secs(5);
 /// CA bundles are at most a few hundred KB; a cap keeps a hostile path from filling memory.
 const MAX_CA_FILE: u64 = 16 * 1024 * 1024;
 
@@ -41,16 +44,106 @@ fn build(
     })
 }
 
-/// The client in `cell`, built on first use.
+/// A client built on first use, and built anew when the machine slept since it was last used.
+///
+/// Its connections are kept alive, and hyper gives an idle one up after `pool_idle_timeout` as
+/// the monotonic clock counts, which stands still while a laptop sleeps. The server closed them
+/// meanwhile and the laptop never heard of it: the first request after the resume went out on
+/// such a connection, met a reset, and failed to the caller (`NETWORK`), whether it was a
+/// message or the refresh of a token that expired during the night. A new client has no
+/// connection yet, so nothing is sent on a dead one (and nothing needs to be sent twice).
+struct Renewing {
+    state: Mutex<Option<(reqwest::Client, Clocks)>>,
+}
+
+impl Renewing {
+    const fn new() -> Self {
+        Renewing {
+            state: Mutex::new(None),
+        }
+    }
+}
+
+/// The clocks read at one use of a client.
+#[derive(Clone, Copy, Debug)]
+struct Clocks {
+    wall: SystemTime,
+    monotonic: Instant,
+    /// Time since boot, suspends included (Linux): tells a sleep even when the wall clock was
+    /// stepped back meanwhile.
+    boot: Option<Duration>,
+}
+
+impl Clocks {
+    fn now() -> Clocks {
+        Clocks {
+            wall: SystemTime::now(),
+            monotonic: Instant::now(),
+            boot: boot_time(),
+        }
+    }
+
+    /// How much longer than the monotonic clock the wall clock (or the boot clock) says it has
+    /// been since `earlier`: the time the machine slept, or a forward step of the clock.
+    fn slept_since(&self, earlier: &Clocks) -> Duration {
+        let ran = self.monotonic.saturating_duration_since(earlier.monotonic);
+        let wall = self.wall.duration_since(earlier.wall).unwrap_or_default();
+        let boot = match (self.boot, earlier.boot) {
+            (Some(now), Some(then)) => now.saturating_sub(then),
+            _ => Duration::ZERO,
+        };
+        wall.max(boot).saturating_sub(ran)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn boot_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn boot_time() -> Option<Duration> {
+    None
+}
+
+/// The client in `cell`, built on first use, and anew after the machine slept.
 fn shared(
-    cell: &'static OnceLock<reqwest::Client>,
+    cell: &'static Renewing,
     make: impl FnOnce() -> Result<reqwest::Client>,
 ) -> Result<reqwest::Client> {
-    if let Some(c) = cell.get() {
-        return Ok(c.clone());
-    }
-    let client = make()?;
-    Ok(cell.get_or_init(|| client).clone())
+    let now = Clocks::now();
+    let mut state = cell.state.lock().unwrap_or_else(|e| e.into_inner());
+    let client = match state.take() {
+        Some((client, last)) => {
+            let slept = now.slept_since(&last);
+            if slept > SLEPT_GAP {
+                match make() {
+                    Ok(fresh) => {
+                        tracing::info!(
+                            slept_s = slept.as_secs(),
+                            "the machine slept (or its clock jumped) since the last request: new connections"
+                        );
+                        fresh
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not build a new HTTP client after a sleep; keeping the old one");
+                        client
+                    }
+                }
+            } else {
+                client
+            }
+        }
+        None => make()?,
+    };
+    *state = Some((client.clone(), now));
+    Ok(client)
 }
 
 pub fn api_client() -> Result<reqwest::Client> {
@@ -341,6 +434,42 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |v| map.get(v.name()).cloned()
+    }
+
+    #[test]
+    fn a_sleep_is_the_wall_or_boot_clock_running_ahead_of_the_monotonic_one() {
+        let then = Clocks {
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+            monotonic: Instant::now(),
+            boot: Some(Duration::from_secs(500)),
+        };
+        let later = |wall: i64, mono: u64, boot: u64| Clocks {
+            wall: if wall >= 0 {
+                then.wall + Duration::from_secs(wall as u64)
+            } else {
+                then.wall - Duration::from_secs(wall.unsigned_abs())
+            },
+            monotonic: then.monotonic + Duration::from_secs(mono),
+            boot: then.boot.map(|b| b + Duration::from_secs(boot)),
+        };
+        // Awake for a minute: nothing slept.
+        assert_eq!(later(60, 60, 60).slept_since(&then), Duration::ZERO);
+        // Two hours asleep: the wall and boot clocks moved, the monotonic one did not.
+        assert_eq!(
+            later(7200, 1, 7201).slept_since(&then),
+            Duration::from_secs(7200)
+        );
+        // Asleep while NTP stepped the wall clock back: the boot clock still tells.
+        assert_eq!(
+            later(-600, 1, 3601).slept_since(&then),
+            Duration::from_secs(3600)
+        );
+        // A wall clock stepped back while awake is no sleep.
+        assert_eq!(later(-3600, 10, 10).slept_since(&then), Duration::ZERO);
+        // No boot clock (macOS): the wall clock tells.
+        let mut no_boot = later(300, 2, 0);
+        no_boot.boot = None;
+        assert_eq!(no_boot.slept_since(&then), Duration::from_secs(298));
     }
 
     #[test]
