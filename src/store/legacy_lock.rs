@@ -30,6 +30,13 @@ const STALE_AFTER: Duration = Duration::from_secs(10);
 const WAIT_LIMIT: Duration = Duration::from_secs(15);
 /// The owner file is at most a few dozen bytes; anything far larger is not an owner file.
 const OWNER_LIMIT: u64 = 4096;
+/// A live holder whose stamp looks past the stale limit is watched this long (the monotonic
+/// clock) before its lock is broken: holds last milliseconds, so a holder that is still at work
+/// is gone by then, and one that is not (stopped, or its lock leaked) is broken soon after.
+/// Without it, a wall clock stepped forward (NTP, a VM resumed) made every live holder's stamp
+/// look old, and a writer of ours broke the lock of an aidevops writer between its read and its
+/// write: one of the two writes was lost.
+const AGED_CONFIRM: Duration = Duration::from_millis(500);
 
 /// Held while a write of ours is in progress; released on drop, only if it is still ours.
 #[derive(Debug)]
@@ -42,8 +49,12 @@ pub struct LegacyLock {
 
 /// What is at `<pool>.lock.d` when our `mkdir` finds something there.
 enum Holder {
-    /// An aidevops writer (or one of ours) holds it: wait.
-    Live,
+    /// An aidevops writer (or one of ours) holds it: wait. With what its owner file says (None:
+    /// no owner file yet).
+    Live(Option<String>),
+    /// A live pid whose stamp is past the stale limit by the wall clock: stale once watched
+    /// unchanged for `AGED_CONFIRM`.
+    Aged(String),
     /// Its holder is gone or too old: remove it, then try again.
     Stale(Option<String>),
     /// Not a lock anyone can hold (not a directory): go ahead without it.
@@ -56,6 +67,12 @@ impl LegacyLock {
         let dir = lock_dir(pool);
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
+        // The owner record we are waiting on, and since when (the monotonic clock): a lock that
+        // stays as it is for the stale limit is stale, whatever the wall clock says. A wall
+        // clock stepped back (NTP, a VM snapshot) made a leaked lock's stamp, or an ownerless
+        // directory's time, lie in the future: it looked fresh for hours, and every write of
+        // ours waited 15 s and failed with `POOL_BUSY` meanwhile.
+        let mut watched: Option<(Option<String>, Instant)> = None;
         loop {
             match make_private_dir(&dir) {
                 Ok(()) => {
@@ -74,8 +91,22 @@ impl LegacyLock {
                     return Ok(None);
                 }
             }
-            match holder(&dir) {
-                Holder::Live => {}
+            let judged = match holder(&dir) {
+                Holder::Live(seen) if watched_for(&mut watched, &seen) >= STALE_AFTER => {
+                    Holder::Stale(seen)
+                }
+                Holder::Aged(seen) => {
+                    let seen = Some(seen);
+                    if watched_for(&mut watched, &seen) >= AGED_CONFIRM {
+                        Holder::Stale(seen)
+                    } else {
+                        Holder::Live(seen)
+                    }
+                }
+                other => other,
+            };
+            match judged {
+                Holder::Live(_) | Holder::Aged(_) => {}
                 Holder::Stale(seen) => match remove_stale(&dir, seen.as_deref()) {
                     Removal::Gone => continue,
                     Removal::Retaken => {}
@@ -98,6 +129,18 @@ impl LegacyLock {
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+/// How long the lock has been seen with this owner record, restarting the watch when the
+/// record changed (another holder took it meanwhile).
+fn watched_for(watched: &mut Option<(Option<String>, Instant)>, seen: &Option<String>) -> Duration {
+    match watched {
+        Some((record, since)) if record == seen => since.elapsed(),
+        _ => {
+            *watched = Some((seen.clone(), Instant::now()));
+            Duration::ZERO
         }
     }
 }
@@ -178,16 +221,17 @@ fn holder(dir: &Path) -> Holder {
     let now = SystemTime::now();
     match read_owner(&dir.join("owner")) {
         Some(text) => match parse_owner(&text) {
-            Some((pid, ts)) if is_alive(pid) && !older_than(ts, now) => Holder::Live,
+            Some((pid, ts)) if is_alive(pid) && !older_than(ts, now) => Holder::Live(Some(text)),
+            Some((pid, _)) if is_alive(pid) => Holder::Aged(text),
             Some(_) => Holder::Stale(Some(text)),
             // An owner file being written (the plugin makes the directory, then the file).
-            None if !dir_older_than_limit(&meta, now) => Holder::Live,
+            None if !dir_older_than_limit(&meta, now) => Holder::Live(Some(text)),
             None => Holder::Stale(Some(text)),
         },
         // A holder that died between its mkdir and its owner file leaves a directory the
         // plugin's own writers wait on for ever; once it is past the stale limit, it is removed.
         None if dir_older_than_limit(&meta, now) => Holder::Stale(None),
-        None => Holder::Live,
+        None => Holder::Live(None),
     }
 }
 
@@ -333,22 +377,102 @@ mod tests {
             child.wait().unwrap();
             pid
         };
-        for owner in [
-            format!("{{\"pid\":{gone},\"ts\":{now_ms}}}"),
-            format!(
-                "{{\"pid\":{},\"ts\":{}}}",
-                std::process::id(),
-                now_ms - 11_000
+        // A dead holder at once; a live one whose stamp is old once it stayed so a moment.
+        for (owner, within) in [
+            (
+                format!("{{\"pid\":{gone},\"ts\":{now_ms}}}"),
+                Duration::from_secs(1),
+            ),
+            (
+                format!(
+                    "{{\"pid\":{},\"ts\":{}}}",
+                    std::process::id(),
+                    now_ms - 11_000
+                ),
+                AGED_CONFIRM + Duration::from_secs(2),
             ),
         ] {
             plant(&pool, &owner);
             let start = Instant::now();
             let lock = LegacyLock::acquire(&pool).unwrap().unwrap();
-            assert!(start.elapsed() < Duration::from_secs(1), "{owner}");
+            assert!(start.elapsed() < within, "{owner}");
             assert_ne!(lock.owner.as_deref(), Some(owner.as_str()));
             drop(lock);
             assert!(!lock_dir(&pool).exists());
         }
+    }
+
+    fn epoch_ms() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    }
+
+    #[test]
+    fn a_clock_stepped_forward_does_not_break_a_live_holder_s_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pool = pool_in(&tmp);
+        // A live holder that stamped its lock just before the clock jumped 11 s forward: its
+        // stamp looks old, and its write is a few milliseconds from done.
+        let theirs = format!(
+            "{{\"pid\":{},\"ts\":{}}}",
+            std::process::id(),
+            epoch_ms() - 11_000
+        );
+        plant(&pool, &theirs);
+        let dir = lock_dir(&pool);
+        let holder = std::thread::spawn({
+            let theirs = theirs.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(150));
+                // Its release finds its own lock: nobody broke it meanwhile.
+                let still = fs::read_to_string(dir.join("owner")).ok();
+                fs::remove_file(dir.join("owner")).ok();
+                fs::remove_dir(&dir).ok();
+                still == Some(theirs)
+            }
+        });
+        let lock = LegacyLock::acquire(&pool).unwrap();
+        assert!(lock.is_some());
+        assert!(
+            holder.join().unwrap(),
+            "a writer of ours broke the lock of a live aidevops writer mid-write"
+        );
+    }
+
+    #[test]
+    fn a_clock_stepped_back_does_not_make_a_leaked_lock_wait_for_hours() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pool = pool_in(&tmp);
+        // Stamped an hour "ahead": the clock was stepped back after, and its live holder (the
+        // pid is ours) leaked it. Watched unchanged for the stale limit, it is stale.
+        let leaked = format!(
+            "{{\"pid\":{},\"ts\":{}}}",
+            std::process::id(),
+            epoch_ms() + 3_600_000
+        );
+        plant(&pool, &leaked);
+        let start = Instant::now();
+        let lock = LegacyLock::acquire(&pool).unwrap().unwrap();
+        assert!(
+            start.elapsed() >= STALE_AFTER,
+            "not broken before the limit"
+        );
+        assert_ne!(lock.owner.as_deref(), Some(leaked.as_str()));
+    }
+
+    #[test]
+    fn a_clock_stepped_back_does_not_make_an_ownerless_lock_wait_for_hours() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pool = pool_in(&tmp);
+        // A holder died between its mkdir and its owner file; then the clock went back an hour.
+        fs::create_dir(lock_dir(&pool)).unwrap();
+        fs::File::open(lock_dir(&pool))
+            .unwrap()
+            .set_modified(SystemTime::now() + Duration::from_secs(3600))
+            .unwrap();
+        assert!(LegacyLock::acquire(&pool).unwrap().is_some());
     }
 
     #[test]
@@ -358,7 +482,7 @@ mod tests {
         fs::create_dir(lock_dir(&pool)).unwrap();
         let meta = fs::symlink_metadata(lock_dir(&pool)).unwrap();
         assert!(
-            matches!(holder(&lock_dir(&pool)), Holder::Live),
+            matches!(holder(&lock_dir(&pool)), Holder::Live(None)),
             "being made"
         );
         let later = SystemTime::now() + STALE_AFTER + Duration::from_secs(1);
