@@ -73,6 +73,15 @@ pub struct Account {
     pub extra: Map<String, Value>,
 }
 
+/// `cooldownsSetAt`: when, by this machine's clock, the account's cooldown and backoff ends were
+/// last set (epoch ms).
+const SET_AT: &str = "cooldownsSetAt";
+/// A clock found this far behind `cooldownsSetAt` was stepped back. Less is left alone: a step
+/// that small lengthens a cooldown by as little, and two hosts of a fleet store whose clocks
+/// disagree by less (`oauth-pool doctor` warns past 2 s) must not shorten each other's
+/// cooldowns at every write.
+pub const CLOCK_STEP_MS: i64 = 120_000;
+
 fn idle_status() -> String {
     Status::Idle.as_str().to_string()
 }
@@ -193,9 +202,16 @@ impl Account {
         }
     }
 
-    /// When this account's cooldown ends: the later of our `rateLimitUntil` and `cooldownUntil`,
-    /// which the aidevops plugin and its shell helper write (epoch ms; 0 or null: none).
-    pub fn cooldown_until(&self) -> Option<i64> {
+    /// When this account's cooldown ends, as the clock reads `now`: the later of our
+    /// `rateLimitUntil` and `cooldownUntil`, which the aidevops plugin and its shell helper
+    /// write (epoch ms; 0 or null: none), less any step back of the clock since it was set.
+    pub fn cooldown_until(&self, now: i64) -> Option<i64> {
+        self.stored_cooldown_until()
+            .map(|t| t.saturating_sub(self.clock_set_back(now)))
+    }
+
+    /// The stored end, as written (whatever the clock did since).
+    pub fn stored_cooldown_until(&self) -> Option<i64> {
         let theirs = self
             .extra
             .get("cooldownUntil")
@@ -205,16 +221,75 @@ impl Account {
     }
 
     pub fn cooling_at(&self, now: i64) -> bool {
-        self.cooldown_until().is_some_and(|t| t > now)
+        self.cooldown_until(now).is_some_and(|t| t > now)
+    }
+
+    /// How far the clock reading `now` is behind the one that set this account's cooldowns
+    /// (`cooldownsSetAt`), when it was stepped back since (NTP correcting a clock that ran fast,
+    /// a VM restored); 0 otherwise. Every cooldown and backoff end is a time of day: after a
+    /// step back of two hours, a 60 s `retry-after` benched the account two hours and a minute,
+    /// and a token endpoint's one-second backoff kept an expired token from being refreshed as
+    /// long. Less this, each lasts at most what was left of it when it was set.
+    pub fn clock_set_back(&self, now: i64) -> i64 {
+        self.extra
+            .get(SET_AT)
+            .and_then(epoch_ms_of)
+            .map(|at| at.saturating_sub(now))
+            .filter(|back| *back > CLOCK_STEP_MS)
+            .unwrap_or(0)
+    }
+
+    /// Rewrites the stored cooldown and backoff ends onto the clock as it reads `now` (when it
+    /// was stepped back since they were set) and stamps them as set at `now`: called before any
+    /// of them is written, so that every end the account holds is of one clock.
+    pub fn settle_clock(&mut self, now: i64) {
+        let back = self.clock_set_back(now);
+        if back > 0 {
+            let earlier = |t: i64| if t > 0 { t.saturating_sub(back) } else { t };
+            self.rate_limit_until = self.rate_limit_until.map(earlier);
+            for key in ["cooldownUntil", "refreshBackoffUntil"] {
+                if let Some(t) = self.extra.get(key).and_then(epoch_ms_of) {
+                    self.extra.insert(key.into(), Value::from(earlier(t)));
+                }
+            }
+            if let Some(m) = self
+                .extra
+                .get_mut("modelCooldowns")
+                .and_then(Value::as_object_mut)
+            {
+                for v in m.values_mut() {
+                    if let Some(t) = epoch_ms_of(v) {
+                        *v = Value::from(earlier(t));
+                    }
+                }
+            }
+        }
+        self.extra.insert(SET_AT.into(), Value::from(now));
+    }
+
+    /// Until when the token endpoint is left alone for this account (`refreshBackoffUntil`), as
+    /// the clock reads `now`.
+    pub fn refresh_backoff_until(&self, now: i64) -> Option<i64> {
+        self.extra
+            .get("refreshBackoffUntil")
+            .and_then(epoch_ms_of)
+            .map(|t| t.saturating_sub(self.clock_set_back(now)))
+    }
+
+    pub fn set_refresh_backoff(&mut self, until: i64, now: i64) {
+        self.settle_clock(now);
+        self.extra
+            .insert("refreshBackoffUntil".into(), Value::from(until));
     }
 
     /// Cools the account until at least `until` (cooldowns only move forward). A file that
     /// carries aidevops's `cooldownUntil` gets it too, so its tools see our cooldowns.
-    pub fn cool_until(&mut self, until: i64) {
+    pub fn cool_until(&mut self, until: i64, now: i64) {
+        self.settle_clock(now);
         let merged = self.rate_limit_until.map_or(until, |t| t.max(until));
         self.rate_limit_until = Some(merged);
         if self.extra.contains_key("cooldownUntil") {
-            let theirs = self.cooldown_until().unwrap_or(merged).max(merged);
+            let theirs = self.stored_cooldown_until().unwrap_or(merged).max(merged);
             self.extra
                 .insert("cooldownUntil".into(), Value::from(theirs));
         }
@@ -277,16 +352,18 @@ impl Account {
 
     /// When this account is usable again for models of `family` (`modelCooldowns`: a quota of
     /// one model family that left the others usable).
-    pub fn model_cooldown_until(&self, family: &str) -> Option<i64> {
+    pub fn model_cooldown_until(&self, family: &str, now: i64) -> Option<i64> {
         self.extra
             .get("modelCooldowns")
             .and_then(|m| m.get(family))
             .and_then(epoch_ms_of)
             .filter(|t| *t > 0)
+            .map(|t| t.saturating_sub(self.clock_set_back(now)))
     }
 
     /// Rests `family` on this account until at least `until`; passed ones are dropped.
     pub fn cool_model_until(&mut self, family: &str, until: i64, now: i64) {
+        self.settle_clock(now);
         let entry = self
             .extra
             .entry("modelCooldowns")
@@ -412,6 +489,45 @@ mod tests {
     }
 
     #[test]
+    fn cooldowns_set_before_the_clock_went_back_last_no_longer_than_they_had_left() {
+        let set = 1_800_000_000_000i64;
+        let mut a = Account::new_oauth("a@x", "a".into(), "r".into(), set + 10_000_000, set);
+        a.extra.insert("cooldownUntil".into(), json!(0));
+        a.cool_until(set + 60_000, set);
+        a.cool_model_until("opus", set + 600_000, set);
+        a.set_refresh_backoff(set + 1_000, set);
+        // Ten seconds later the clock is stepped back two hours: each lasts what it had left
+        // when it was set (the ten seconds since cannot be told).
+        let now = set + 10_000 - 7_200_000;
+        assert_eq!(a.clock_set_back(now), 7_190_000);
+        assert_eq!(
+            a.cooldown_until(now),
+            Some(now + 60_000),
+            "the minute's rest"
+        );
+        assert_eq!(a.model_cooldown_until("opus", now), Some(now + 600_000));
+        assert_eq!(a.refresh_backoff_until(now), Some(now + 1_000));
+        assert!(a.cooling_at(now));
+        // A new cooldown rewrites the old ends onto the clock as it is, then stamps it (the
+        // bookkeeping does the same as soon as a step is seen): they end at a time of day again.
+        a.cool_model_until("sonnet", now + 30_000, now);
+        assert_eq!(a.clock_set_back(now), 0);
+        assert!(a.cooling_at(now + 59_000) && !a.cooling_at(now + 60_000));
+        assert_eq!(a.rate_limit_until, Some(now + 60_000));
+        assert_eq!(
+            a.extra["cooldownUntil"],
+            json!(now + 60_000),
+            "their mirror too"
+        );
+        assert_eq!(a.extra["refreshBackoffUntil"], json!(now + 1_000));
+        assert_eq!(a.model_cooldown_until("opus", now), Some(now + 600_000));
+        assert_eq!(a.model_cooldown_until("sonnet", now), Some(now + 30_000));
+        // A clock a little behind (another host of a fleet store) changes nothing; nor one ahead.
+        assert_eq!(a.clock_set_back(now - 100_000), 0);
+        assert_eq!(a.cooldown_until(now + 3_600_000), Some(now + 60_000));
+    }
+
+    #[test]
     fn aidevops_cooldowns_and_foreign_auth_errors() {
         let now = 1_800_000_000_000i64;
         let mut a = Account::new_oauth("a@x", "a".into(), "r".into(), now + 10_000_000, now);
@@ -419,11 +535,11 @@ mod tests {
         assert!(a.cooling_at(now), "their cooldownUntil counts");
         a.rate_limit_until = Some(now + 120_000);
         assert_eq!(
-            a.cooldown_until(),
+            a.cooldown_until(now),
             Some(now + 120_000),
             "the later of the two wins"
         );
-        a.cool_until(now + 300_000);
+        a.cool_until(now + 300_000, now);
         assert_eq!(
             a.extra["cooldownUntil"],
             json!(now + 300_000),
@@ -434,7 +550,7 @@ mod tests {
         assert_eq!(a.extra["cooldownUntil"], Value::Null);
         for zero in [json!(0), json!(null)] {
             a.extra.insert("cooldownUntil".into(), zero);
-            assert_eq!(a.cooldown_until(), None);
+            assert_eq!(a.cooldown_until(now), None);
         }
         // An auth-error someone else set: usable once its backoff is over, to be verified.
         a.status = "auth-error".into();

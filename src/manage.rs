@@ -26,7 +26,7 @@ pub fn summary(a: &Account, now: i64) -> Value {
         .map(|m| {
             m.iter()
                 .filter_map(|(f, _)| {
-                    a.model_cooldown_until(f)
+                    a.model_cooldown_until(f, now)
                         .filter(|t| *t > now)
                         .map(|t| (f.clone(), json!(t)))
                 })
@@ -37,7 +37,7 @@ pub fn summary(a: &Account, now: i64) -> Value {
         "email": a.email,
         "type": if a.is_api_key() { "api" } else { "oauth" },
         "status": a.effective_status(now).as_str(),
-        "rateLimitUntil": a.cooldown_until().filter(|t| *t > now),
+        "rateLimitUntil": a.cooldown_until(now).filter(|t| *t > now),
         "modelCooldowns": model_cooldowns,
         "priority": a.priority(),
         "reserve": a.reserve(),
@@ -172,7 +172,7 @@ pub fn status(pool: &Pool, location: &str, now: i64) -> Value {
         .collect();
     let soonest = pool
         .accounts()
-        .filter_map(|a| a.cooldown_until().filter(|t| *t > now))
+        .filter_map(|a| a.cooldown_until(now).filter(|t| *t > now))
         .min();
     json!({
         "path": location,
@@ -368,7 +368,7 @@ pub async fn reset_cooldowns(store: &Store) -> Result<usize> {
         .update(|pool| {
             let mut changed = 0;
             for a in pool.accounts_mut() {
-                let cooling = a.cooldown_until().is_some()
+                let cooling = a.stored_cooldown_until().is_some()
                     || a.status_enum() == Some(Status::RateLimited)
                     || a.extra.contains_key("modelCooldowns");
                 if cooling {
@@ -380,6 +380,7 @@ pub async fn reset_cooldowns(store: &Store) -> Result<usize> {
                     changed += 1;
                 }
                 a.extra.remove("refreshBackoffUntil");
+                a.extra.remove("cooldownsSetAt");
             }
             Ok(changed)
         })

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::limits::{Limits, SAME_PERIOD_MS};
-use super::overlay::lock;
+use super::overlay::{lock, Decided};
 use super::usage::Counts;
 use super::Engine;
 use crate::account::{iso_time, now_ms, Status};
@@ -48,11 +48,14 @@ pub struct Pending {
     last_error: HashMap<String, String>,
     last_failover: Option<Value>,
     /// (email, model family or None for the whole account) -> (until, why)
-    cooldowns: HashMap<(String, Option<String>), (i64, String)>,
+    /// (email, model family or None for the whole account) -> (until, why, when decided)
+    cooldowns: HashMap<(String, Option<String>), (i64, String, Decided)>,
     usage: HashMap<UsageKey, Counts>,
     /// email -> (tag of the refused credential, why)
     refused: HashMap<String, (Option<String>, String)>,
-    refresh_backoff: HashMap<String, i64>,
+    refresh_backoff: HashMap<String, (i64, Decided)>,
+    /// The clock was found stepped back since some cooldown was set: rewrite them onto it.
+    settle_clock: bool,
 }
 
 impl Pending {
@@ -66,6 +69,7 @@ impl Pending {
             && self.cooldowns.is_empty()
             && self.refused.is_empty()
             && self.refresh_backoff.is_empty()
+            && !self.settle_clock
     }
 
     /// Puts back a batch whose write failed; whatever was recorded since is newer and wins.
@@ -100,6 +104,7 @@ impl Pending {
         for (k, v) in old.refresh_backoff {
             self.refresh_backoff.entry(k).or_insert(v);
         }
+        self.settle_clock |= old.settle_clock;
     }
 }
 
@@ -183,9 +188,9 @@ impl Pending {
         let e = self
             .cooldowns
             .entry((email.to_string(), scope.map(str::to_string)))
-            .or_insert((until, why.to_string()));
+            .or_insert((until, why.to_string(), Decided::now()));
         if until >= e.0 {
-            *e = (until, why.to_string());
+            *e = (until, why.to_string(), Decided::now());
         }
     }
 
@@ -195,11 +200,27 @@ impl Pending {
     }
 
     pub fn refresh_backoff(&mut self, email: &str, until: i64) {
-        self.refresh_backoff.insert(email.to_string(), until);
+        self.refresh_backoff
+            .insert(email.to_string(), (until, Decided::now()));
+    }
+
+    pub fn settle_clock(&mut self) {
+        self.settle_clock = true;
     }
 }
 
 impl Engine {
+    /// When the clock was stepped back since an account's cooldowns were set, they are written
+    /// onto it at once: read through the step, a cooldown is as long as it had left when set,
+    /// counted from whenever it is read (`Account::cooldown_until`), so it would end only once
+    /// the clock is back where it was; written, it ends at a time of day again.
+    pub(crate) fn settle_clock_if_stepped(self: &Arc<Self>, pool: &crate::pool::Pool) {
+        let now = now_ms();
+        if pool.accounts().any(|a| a.clock_set_back(now) > 0) {
+            self.note(true, Pending::settle_clock);
+        }
+    }
+
     /// Records bookkeeping and makes sure a write follows: at once when `urgent` (cooldowns,
     /// refusals), else within a second.
     pub(crate) fn note(self: &Arc<Self>, urgent: bool, change: impl FnOnce(&mut Pending)) {
@@ -243,7 +264,7 @@ impl Engine {
                 // The store holds these cooldowns now and is their truth from here on: a
                 // `reset-cooldowns` run by another process (the CLI while OpenCode runs) must
                 // reopen the account here too, not an hour or a month later.
-                for ((email, scope), (until, _)) in &batch.cooldowns {
+                for ((email, scope), (until, _, _)) in &batch.cooldowns {
                     self.overlay.stored(email, scope.as_deref(), *until);
                 }
             }
@@ -481,26 +502,35 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
         // A cooldown that has passed is cleared in the file too, once every process's reopening
         // (spread over the jitter, keyed by that cooldown) is behind it.
         let settled = now - super::jitter_max();
-        if a.status_enum() == Some(Status::RateLimited) && !a.cooling_at(settled) {
+        // A clock stepped back since the account's cooldowns were set: they are rewritten onto
+        // it, for every process and for the aidevops plugin's tools reading the file.
+        if a.clock_set_back(now) > 0 {
+            a.settle_clock(now);
+        }
+        let cooling_at_settled = a.cooldown_until(now).is_some_and(|t| t > settled);
+        if a.status_enum() == Some(Status::RateLimited) && !cooling_at_settled {
             a.status = Status::Idle.as_str().into();
         }
-        if a.rate_limit_until.is_some() && !a.cooling_at(settled) {
+        if a.rate_limit_until.is_some() && !cooling_at_settled {
             a.clear_cooldown();
         }
-        for ((who, scope), (until, why)) in &batch.cooldowns {
+        for ((who, scope), (until, why, decided)) in &batch.cooldowns {
+            // Decided before the clock was stepped back (the write waited for the lock, or for
+            // the store to come back): as long as it was then, from the clock as it is now.
+            let until = until.saturating_sub(decided.clock_set_back());
             // Cooldowns only move forward; only reset-cooldowns shortens one.
-            if who != &email || *until <= now {
+            if who != &email || until <= now {
                 continue;
             }
             match scope {
                 None => {
-                    a.cool_until(*until);
+                    a.cool_until(until, now);
                     if a.status_enum() != Some(Status::AuthError) && a.is_enabled() {
                         a.status = Status::RateLimited.as_str().into();
                     }
                 }
                 // A model's quota: the account stays usable for the other models.
-                Some(family) => a.cool_model_until(family, *until, now),
+                Some(family) => a.cool_model_until(family, until, now),
             }
             a.extra.insert("lastError".into(), json!(why));
         }
@@ -514,8 +544,8 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
                 }
             }
         }
-        if let Some(until) = batch.refresh_backoff.get(&email) {
-            a.extra.insert("refreshBackoffUntil".into(), json!(until));
+        if let Some((until, decided)) = batch.refresh_backoff.get(&email) {
+            a.set_refresh_backoff(until.saturating_sub(decided.clock_set_back()), now);
         }
         if let Some(t) = batch.last_used.get(&email) {
             if a.last_used_ms() < *t {
@@ -715,6 +745,58 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_found_stepped_back_has_the_stored_cooldowns_rewritten_onto_it() {
+        let set = now_ms();
+        let mut pool = pool_of(set);
+        let mut batch = Pending::default();
+        batch.cooldown("b@x", None, set + 60_000, "429");
+        batch.refresh_backoff("b@x", set + 30_000);
+        apply(&mut pool, &batch, set);
+        // Two hours back: the next write (it need carry nothing else) rewrites them.
+        let now = set - 7_200_000;
+        let mut batch = Pending::default();
+        batch.settle_clock();
+        assert!(!batch.is_empty());
+        apply(&mut pool, &batch, now);
+        let b = pool.find("b@x").unwrap();
+        assert_eq!(b.rate_limit_until, Some(now + 60_000));
+        assert_eq!(b.extra["refreshBackoffUntil"], json!(now + 30_000));
+        assert_eq!(b.status, "rate-limited");
+        assert_eq!(b.clock_set_back(now), 0);
+    }
+
+    #[test]
+    fn a_cooldown_decided_before_the_clock_went_back_is_written_onto_it() {
+        let now = now_ms();
+        let mut pool = pool_of(now);
+        // Decided when the clock read two hours later; written after it was stepped back.
+        let then = now + 7_200_000;
+        let mut batch = Pending::default();
+        batch.cooldowns.insert(
+            ("b@x".to_string(), None),
+            (
+                then + 60_000,
+                "429".into(),
+                Decided::when_the_clock_read(then),
+            ),
+        );
+        batch.refresh_backoff.insert(
+            "b@x".into(),
+            (then + 30_000, Decided::when_the_clock_read(then)),
+        );
+        apply(&mut pool, &batch, now);
+        let b = pool.find("b@x").unwrap();
+        let until = b.rate_limit_until.unwrap();
+        assert!((until - (now + 60_000)).abs() < 1_000, "{}", until - now);
+        let backoff = b.refresh_backoff_until(now).unwrap();
+        assert!(
+            (backoff - (now + 30_000)).abs() < 1_000,
+            "{}",
+            backoff - now
+        );
+    }
+
+    #[test]
     fn bookkeeping_moves_active_and_clears_passed_cooldowns() {
         let now = now_ms();
         let mut pool = pool_of(now);
@@ -849,7 +931,7 @@ mod tests {
             a.usable_at(now),
             "a model's quota leaves the account usable"
         );
-        assert_eq!(a.model_cooldown_until("sonnet"), Some(now + 60_000));
+        assert_eq!(a.model_cooldown_until("sonnet", now), Some(now + 60_000));
         assert_eq!(a.windows()[0].utilization, Some(0.97));
         let day = day_of(now);
         let u = &a.extra["usage"]["days"][&day]["claude-sonnet-4-5"];

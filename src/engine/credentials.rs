@@ -418,10 +418,7 @@ impl Engine {
             .filter(|r| !r.is_empty())
             .ok_or_else(|| Error::OAuthInvalidGrant("the account has no refresh token".into()))?;
         let backoff = account
-            .extra
-            .get("refreshBackoffUntil")
-            .and_then(serde_json::Value::as_f64)
-            .map(|t| t as i64)
+            .refresh_backoff_until(now_ms())
             .filter(|t| *t > now_ms());
         if let Some(until) = backoff {
             let err = Error::OAuthHttp {
@@ -516,8 +513,7 @@ impl Engine {
                 let written = self
                     .write(move |pool| {
                         if let Some(a) = pool.find_mut(&who) {
-                            a.extra
-                                .insert("refreshBackoffUntil".into(), serde_json::json!(until));
+                            a.set_refresh_backoff(until, now_ms());
                         }
                         Ok(())
                     })

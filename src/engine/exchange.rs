@@ -143,6 +143,7 @@ impl Exchange {
                 return Err(Error::Aborted);
             }
             let pool = self.engine.snapshot().await?;
+            self.engine.settle_clock_if_stepped(&pool);
             let email = match self.retry_same.take() {
                 Some(e) => e,
                 None => match self.choose(&pool) {
@@ -184,6 +185,7 @@ impl Exchange {
     /// (nothing was changed). Lets a driver on the JavaScript thread decide in microseconds.
     pub fn try_next(&mut self, base: &HeaderMap) -> Option<Result<Step>> {
         let pool = self.engine.snapshot_now()?;
+        self.engine.settle_clock_if_stepped(&pool);
         let email = match self.retry_same.clone() {
             Some(e) => e,
             None => match self.choose(&pool) {

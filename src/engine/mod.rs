@@ -299,8 +299,8 @@ impl Engine {
             return Blocked::Out;
         }
         let cooldown = a
-            .cooldown_until()
-            .max(family.and_then(|f| a.model_cooldown_until(f)))
+            .cooldown_until(now)
+            .max(family.and_then(|f| a.model_cooldown_until(f, now)))
             .max(self.overlay.cooling_until(&a.email, family, now))
             .map(|t| t + self.jitter(&a.email, t));
         let reserved = a.reserve().and_then(|r| {

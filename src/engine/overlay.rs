@@ -31,8 +31,41 @@ use super::limits::Window;
 
 /// Which requests a cooldown holds back: the whole account, or one model family on it.
 type Scope = Option<String>;
-/// Until when (epoch ms), and since when the store holds it.
-type Cooling = (i64, Option<Instant>);
+/// Until when (epoch ms), since when the store holds it, and when it was decided.
+type Cooling = (i64, Option<Instant>, Decided);
+
+/// When a cooldown was decided, by the wall clock (epoch ms) and by the monotonic one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Decided(i64, Instant);
+
+impl Decided {
+    pub(crate) fn now() -> Decided {
+        Decided(crate::account::now_ms(), Instant::now())
+    }
+
+    /// Decided just now, when the wall clock read `wall`.
+    #[cfg(test)]
+    pub(crate) fn when_the_clock_read(wall: i64) -> Decided {
+        Decided(wall, Instant::now())
+    }
+
+    /// How far the wall clock was stepped back since (0 when it was not): the monotonic clock
+    /// says how much time passed. A cooldown this process decided an instant before NTP set the
+    /// clock back two hours counted two hours too long while its own copy applied (and for ever
+    /// when the store could not take it).
+    pub(crate) fn clock_set_back(&self) -> i64 {
+        let elapsed = i64::try_from(self.1.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let back = self
+            .0
+            .saturating_add(elapsed)
+            .saturating_sub(crate::account::now_ms());
+        if back > crate::account::CLOCK_STEP_MS {
+            back
+        } else {
+            0
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct Overlay {
@@ -92,7 +125,7 @@ impl Overlay {
     pub fn cool(&self, email: &str, scope: Option<&str>, until: i64) -> bool {
         let mut cooling = lock(&self.cooling);
         let key = (email.to_string(), scope.map(str::to_string));
-        if let Some((t, stored)) = cooling.get(&key) {
+        if let Some((t, stored, _)) = cooling.get(&key) {
             // Only while this process's copy counts: once the store is the truth (a
             // `reset-cooldowns` may have cleared it), a later cooldown is news.
             let ours = stored.is_none_or(|at| at.elapsed() < STORED_GRACE);
@@ -101,7 +134,7 @@ impl Overlay {
                 return false;
             }
         }
-        cooling.insert(key, (until, None));
+        cooling.insert(key, (until, None, Decided::now()));
         true
     }
 
@@ -111,7 +144,7 @@ impl Overlay {
     pub fn stored(&self, email: &str, scope: Option<&str>, until: i64) {
         let mut cooling = lock(&self.cooling);
         let key = (email.to_string(), scope.map(str::to_string));
-        if let Some((t, stored)) = cooling.get_mut(&key) {
+        if let Some((t, stored, _)) = cooling.get_mut(&key) {
             if *t <= until && stored.is_none() {
                 *stored = Some(Instant::now());
             }
@@ -124,8 +157,8 @@ impl Overlay {
         let get = |scope: Option<&str>| {
             cooling
                 .get(&(email.to_string(), scope.map(str::to_string)))
-                .filter(|(_, stored)| stored.is_none_or(|at| at.elapsed() < STORED_GRACE))
-                .map(|(t, _)| *t)
+                .filter(|(_, stored, _)| stored.is_none_or(|at| at.elapsed() < STORED_GRACE))
+                .map(|(t, _, decided)| t.saturating_sub(decided.clock_set_back()))
         };
         get(None)
             .max(family.and_then(|f| get(Some(f))))
@@ -202,7 +235,7 @@ impl Overlay {
         if let Some(s) = session {
             lock(&self.sessions).insert(s, email, sent_at);
         }
-        lock(&self.cooling).retain(|_, (t, stored)| {
+        lock(&self.cooling).retain(|_, (t, stored, _)| {
             *t > now && stored.is_none_or(|at| at.elapsed() < STORED_GRACE)
         });
         *lock(&self.all_cooling) = None;
@@ -264,6 +297,24 @@ mod tests {
         assert_eq!(o.pinned(Some("ses"), None).as_deref(), Some("b@x"));
         assert_eq!(o.pinned(Some("other"), Some("ses")).as_deref(), Some("b@x"));
         assert_eq!(o.sticky().as_deref(), Some("b@x"));
+    }
+
+    #[test]
+    fn a_cooldown_decided_before_the_clock_went_back_keeps_its_length() {
+        let o = Overlay::default();
+        let now = crate::account::now_ms();
+        // Decided a moment ago when the clock read two hours later than it does now: a 60 s
+        // rest then ends about 60 s from now, not two hours and a minute.
+        let before = now + 7_200_000;
+        lock(&o.cooling).insert(
+            ("a@x".to_string(), None),
+            (before + 60_000, None, Decided::when_the_clock_read(before)),
+        );
+        let until = o.cooling_until("a@x", None, now).unwrap();
+        assert!((until - (now + 60_000)).abs() < 1_000, "{}", until - now);
+        // A clock that did not move: as decided.
+        assert!(o.cool("b@x", None, now + 60_000));
+        assert_eq!(o.cooling_until("b@x", None, now), Some(now + 60_000));
     }
 
     #[test]
