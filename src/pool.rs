@@ -383,6 +383,8 @@ impl Pool {
                 existing.refresh = incoming.refresh;
                 existing.access = incoming.access;
                 existing.expires = incoming.expires;
+                // The token endpoint's wait was about the replaced refresh token.
+                existing.extra.remove("refreshBackoffUntil");
             }
             if incoming.key.is_some() {
                 existing.key = incoming.key;
@@ -572,6 +574,10 @@ mod tests {
         )));
         pool.find_mut("a@x").unwrap().priority = Some(5);
         pool.find_mut("a@x").unwrap().status = "auth-error".into();
+        pool.find_mut("a@x")
+            .unwrap()
+            .extra
+            .insert("refreshBackoffUntil".into(), json!(now + 600_000));
         assert!(!pool.upsert(Account::new_oauth(
             " A@X ",
             "a2".into(),
@@ -584,6 +590,10 @@ mod tests {
         assert_eq!(a.access.as_ref().unwrap().expose(), "a2");
         assert_eq!(a.priority, Some(5));
         assert_eq!(a.status, "idle");
+        assert!(
+            !a.extra.contains_key("refreshBackoffUntil"),
+            "the token endpoint's wait was the old refresh token's"
+        );
         assert!(pool.upsert(Account::new_api_key("k@x", "sk".into(), now)));
         assert_eq!(pool.remove("A@x").unwrap(), 1);
         assert_eq!(pool.accounts().count(), 1);

@@ -455,6 +455,9 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
 
     const mode = takeTokenMode(grant);
     if (mode?.delayMs) await sleep(mode.delayMs);
+    // `until`: a promise the test resolves when the answer may go (in-process only): holds a
+    // refresh open at a known point instead of a guessed delay.
+    if (mode?.until) await mode.until;
     if (closed || res.destroyed) return;
     if (mode?.hang) return park(req, res);
     if (mode?.reset) return dropConnection(req, res); // before rotating: nothing changed server-side
@@ -995,7 +998,8 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     /**
      * Token-endpoint faults for the next calls, replacing any queued ones. Accepts a mode, an
      * array of modes (a queue), or { mode, times }. Each mode applies `times` calls (default 1;
-     * Infinity or -1 = until cleared) and may be limited to one `grant`. null clears.
+     * Infinity or -1 = until cleared) and may be limited to one `grant`; `until` (a promise, in
+     * process only) holds the answer until it resolves. null clears.
      */
     setTokenMode(modes) {
       const list = modes == null ? [] : Array.isArray(modes) ? modes : [modes];

@@ -53,7 +53,8 @@ pub struct Pending {
     usage: HashMap<UsageKey, Counts>,
     /// email -> (tag of the refused credential, why)
     refused: HashMap<String, (Option<String>, String)>,
-    refresh_backoff: HashMap<String, (i64, Decided)>,
+    /// email -> (tag of the refresh token the token endpoint failed for, wait until, when decided)
+    refresh_backoff: HashMap<String, (Option<String>, i64, Decided)>,
     /// The clock was found stepped back since some cooldown was set: rewrite them onto it.
     settle_clock: bool,
 }
@@ -199,9 +200,9 @@ impl Pending {
             .insert(email.to_string(), (tag, scrub_tokens(why)));
     }
 
-    pub fn refresh_backoff(&mut self, email: &str, until: i64) {
+    pub fn refresh_backoff(&mut self, email: &str, tag: Option<String>, until: i64) {
         self.refresh_backoff
-            .insert(email.to_string(), (until, Decided::now()));
+            .insert(email.to_string(), (tag, until, Decided::now()));
     }
 
     pub fn settle_clock(&mut self) {
@@ -544,8 +545,11 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
                 }
             }
         }
-        if let Some((until, decided)) = batch.refresh_backoff.get(&email) {
-            a.set_refresh_backoff(until.saturating_sub(decided.clock_set_back()), now);
+        if let Some((tag, until, decided)) = batch.refresh_backoff.get(&email) {
+            // Only for the refresh token it was about: a new login has not been tried.
+            if a.credential_tag() == *tag {
+                a.set_refresh_backoff(until.saturating_sub(decided.clock_set_back()), now);
+            }
         }
         if let Some(t) = batch.last_used.get(&email) {
             if a.last_used_ms() < *t {
@@ -750,7 +754,8 @@ mod tests {
         let mut pool = pool_of(set);
         let mut batch = Pending::default();
         batch.cooldown("b@x", None, set + 60_000, "429");
-        batch.refresh_backoff("b@x", set + 30_000);
+        let tag = pool.find("b@x").unwrap().credential_tag();
+        batch.refresh_backoff("b@x", tag, set + 30_000);
         apply(&mut pool, &batch, set);
         // Two hours back: the next write (it need carry nothing else) rewrites them.
         let now = set - 7_200_000;
@@ -782,7 +787,11 @@ mod tests {
         );
         batch.refresh_backoff.insert(
             "b@x".into(),
-            (then + 30_000, Decided::when_the_clock_read(then)),
+            (
+                pool.find("b@x").unwrap().credential_tag(),
+                then + 30_000,
+                Decided::when_the_clock_read(then),
+            ),
         );
         apply(&mut pool, &batch, now);
         let b = pool.find("b@x").unwrap();
@@ -981,6 +990,81 @@ mod tests {
             named,
             (MAX_MODELS + 6) as u64,
             "every request still counted"
+        );
+    }
+
+    /// What a running process holds for an account (last use, usage, windows, a cooldown, a
+    /// refusal) written after the account was removed, or removed and logged in again, from
+    /// the CLI: nothing comes back, and a login since then is not refused.
+    #[test]
+    fn bookkeeping_for_a_removed_or_re_added_account() {
+        let now = now_ms();
+        let pool = pool_of(now);
+        let old_tag = pool.find("a@x").unwrap().credential_tag();
+        let mut batch = Pending::default();
+        let one = Counts {
+            requests: 1,
+            ..Counts::default()
+        };
+        let limits = Limits {
+            windows: vec![crate::engine::limits::Window {
+                name: "5h".into(),
+                utilization: Some(0.5),
+                ..Default::default()
+            }],
+            ..Limits::default()
+        };
+        batch.served("a@x", now, now, Some(limits));
+        batch.usage("a@x", "claude-sonnet-4-5", None, now, one);
+        batch.cooldown("a@x", None, now + 60_000, "429");
+        batch.refused("a@x", old_tag.clone(), "401 twice");
+        batch.refresh_backoff("a@x", old_tag.clone(), now + 60_000);
+        batch.error("a@x", "boom");
+
+        // Kept, the account gets all of it.
+        let mut kept = pool.clone();
+        apply(&mut kept, &batch, now);
+        let a = kept.find("a@x").unwrap();
+        assert!(a.auth_error_is_ours());
+        assert_eq!(a.extra["refreshBackoffUntil"], json!(now + 60_000));
+
+        let mut removed = pool.clone();
+        removed.remove("a@x").unwrap();
+        let before = removed.to_value();
+        apply(&mut removed, &batch, now);
+        assert_eq!(removed.accounts().count(), 1);
+        assert!(removed.find("a@x").is_none(), "not brought back");
+        let b = |p: &Pool| serde_json::to_value(p.find("b@x").unwrap()).unwrap();
+        assert_eq!(
+            b(&removed)["status"],
+            before["anthropic"][0]["status"],
+            "the other account untouched"
+        );
+
+        // Removed, then logged in again under the same email: the same Anthropic account (the
+        // token endpoint names it), so its use and limits count there; the refusal was the old
+        // login's.
+        let mut again = removed.clone();
+        again.upsert(Account::new_oauth(
+            "a@x",
+            "a2".into(),
+            "r2".into(),
+            now + 10_000_000,
+            now,
+        ));
+        apply(&mut again, &batch, now);
+        let a = again.find("a@x").unwrap();
+        assert_eq!(a.refresh.as_ref().unwrap().expose(), "r2");
+        assert_ne!(a.status_enum(), Some(Status::AuthError), "{}", a.status);
+        assert!(!a.auth_error_is_ours());
+        assert!(
+            !a.extra.contains_key("refreshBackoffUntil"),
+            "the new login's refresh token was never tried"
+        );
+        assert_eq!(a.last_used_ms(), now);
+        assert_eq!(
+            a.extra["usage"]["days"][&day_of(now)]["claude-sonnet-4-5"]["requests"],
+            1
         );
     }
 

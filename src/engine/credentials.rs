@@ -445,13 +445,19 @@ impl Engine {
                     .refreshes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let who = email.to_string();
-                let (a2, r2) = (access.clone(), refresh.clone());
+                let (a2, r2, spent) = (access.clone(), refresh.clone(), presented.clone());
                 let writing = self.write(move |pool| {
-                    // An account removed meanwhile stays removed.
-                    if let Some(a) = pool.find_mut(&who) {
-                        set_tokens(a, &a2, &r2, expires);
-                    }
-                    Ok(())
+                    // An account removed meanwhile stays removed. One logged in again meanwhile
+                    // (the CLI does not wait for a refresh under way) keeps its new login: these
+                    // tokens continue the family it replaced.
+                    Ok(match pool.find_mut(&who) {
+                        Some(a) if a.refresh.as_ref() == Some(&spent) => {
+                            set_tokens(a, &a2, &r2, expires);
+                            None
+                        }
+                        Some(a) => fresh_access(a, now_ms()),
+                        None => None,
+                    })
                 });
                 // A write given up on may still land: the tokens are the same, and the retry
                 // of unsaved tokens takes them as already written (`apply_unsaved`).
@@ -459,6 +465,11 @@ impl Engine {
                     .await
                     .unwrap_or_else(|_| Err(self.write_too_slow()));
                 self.overlay.clear_refused(email);
+                if let Ok(Some(login)) = write {
+                    tracing::debug!(account = %email, "logged in again during the refresh; the new login is used");
+                    self.invalidate();
+                    return Ok(login);
+                }
                 if let Err(e) = write {
                     let why = e.to_string();
                     tracing::warn!(account = %email, error = %why, "refreshed, but could not save the new tokens; keeping them (and the refresh lock) until they can be written");
@@ -509,18 +520,22 @@ impl Engine {
                 // Written before the locks go: the next in line (in this process or another)
                 // re-reads and must find it, or it presents the same token again.
                 let until = now_ms().saturating_add(backoff_ms(&e));
-                let who = email.to_string();
+                let (who, spent) = (email.to_string(), presented.clone());
                 let written = self
                     .write(move |pool| {
-                        if let Some(a) = pool.find_mut(&who) {
-                            a.set_refresh_backoff(until, now_ms());
+                        // A new login since then has its own refresh token, not yet refused.
+                        match pool.find_mut(&who) {
+                            Some(a) if a.refresh.as_ref() == Some(&spent) => {
+                                a.set_refresh_backoff(until, now_ms());
+                            }
+                            _ => {}
                         }
                         Ok(())
                     })
                     .await;
                 if written.is_err() {
-                    let who = email.to_string();
-                    self.note(true, move |p| p.refresh_backoff(&who, until));
+                    let (who, tag) = (email.to_string(), account.credential_tag());
+                    self.note(true, move |p| p.refresh_backoff(&who, tag, until));
                 }
                 serve_old_or(&account, rejected, e)
             }

@@ -354,9 +354,14 @@ impl Exchange {
             Decision::RefreshAndRetry => {
                 self.refreshed.insert(email.clone());
                 let rejected = credential.secret().clone();
-                let patience = match self.engine.snapshot().await {
-                    Ok(pool) => self.patience(&pool, &email),
-                    Err(_) => REFRESH_LOCK_TIMEOUT,
+                // The credential the 401 is about, should the account have to rest: a login
+                // while it rests is not resting.
+                let (patience, tag) = match self.engine.snapshot().await {
+                    Ok(pool) => (
+                        self.patience(&pool, &email),
+                        pool.find(&email).and_then(|a| a.credential_tag()),
+                    ),
+                    Err(_) => (REFRESH_LOCK_TIMEOUT, None),
                 };
                 match self
                     .engine
@@ -374,7 +379,7 @@ impl Exchange {
                     }
                     Err(e) => {
                         tracing::warn!(account = %email, error = %e, "401 and no new token for now");
-                        self.rest_after_unauthorized(&email, &e);
+                        self.rest_after_unauthorized(&email, tag, &e);
                         self.move_on(email, "was refused (401) and has no new token yet".into());
                     }
                 }
@@ -498,9 +503,9 @@ impl Exchange {
     /// A 401 that a refresh could not answer for now: this process leaves the account alone
     /// until the token endpoint may be asked again (other processes learn the same wait through
     /// the shared refresh backoff), and says why.
-    fn rest_after_unauthorized(&mut self, email: &str, e: &Error) {
+    fn rest_after_unauthorized(&mut self, email: &str, tag: Option<String>, e: &Error) {
         let until = now_ms().saturating_add(super::credentials::backoff_ms(e));
-        self.engine.overlay.cool(email, None, until);
+        self.engine.overlay.rest(email, tag, until);
         let why = format!(
             "401 from the API and no new token yet ({e}); tried again after {}",
             crate::account::iso_time(until)

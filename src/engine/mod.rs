@@ -302,6 +302,7 @@ impl Engine {
             .cooldown_until(now)
             .max(family.and_then(|f| a.model_cooldown_until(f, now)))
             .max(self.overlay.cooling_until(&a.email, family, now))
+            .max(self.overlay.resting_until(a, now))
             .map(|t| t + self.jitter(&a.email, t));
         let reserved = a.reserve().and_then(|r| {
             self.windows(a)

@@ -74,6 +74,9 @@ pub struct Overlay {
     /// email -> tag of the credential that was refused. A new login brings a new credential,
     /// whose tag differs: the mark then no longer applies, in this process or any other.
     refused: Mutex<HashMap<String, Option<String>>>,
+    /// email -> (tag of the credential a 401 refused and no new token answered, rested until).
+    /// Tied to that credential like a refusal: a login since then is not resting.
+    resting: Mutex<HashMap<String, (Option<String>, i64)>>,
     /// The account that served the request sent last, and when that was sent.
     sticky: Mutex<Option<(String, i64)>>,
     sessions: Mutex<Pins>,
@@ -202,6 +205,33 @@ impl Overlay {
         }
     }
 
+    /// Leaves `email` alone until `until` while it holds the credential tagged `tag` (`None`:
+    /// whatever it holds).
+    pub fn rest(&self, email: &str, tag: Option<String>, until: i64) {
+        let mut resting = lock(&self.resting);
+        match resting.get_mut(email) {
+            Some((t, u)) if *t == tag => *u = (*u).max(until),
+            _ => {
+                resting.insert(email.to_string(), (tag, until));
+            }
+        }
+    }
+
+    /// Until when `a` rests after a 401, if it still holds the credential that got it.
+    pub fn resting_until(&self, a: &Account, now: i64) -> Option<i64> {
+        let mut resting = lock(&self.resting);
+        match resting.get(&a.email) {
+            Some((tag, until)) if *until > now && (tag.is_none() || *tag == a.credential_tag()) => {
+                Some(*until)
+            }
+            Some(_) => {
+                resting.remove(&a.email);
+                None
+            }
+            None => None,
+        }
+    }
+
     pub fn clear_refused(&self, email: &str) {
         lock(&self.refused).remove(email);
     }
@@ -245,6 +275,7 @@ impl Overlay {
     pub fn clear(&self) {
         lock(&self.cooling).clear();
         lock(&self.refused).clear();
+        lock(&self.resting).clear();
     }
 }
 
@@ -263,6 +294,31 @@ mod tests {
         assert!(!o.is_refused(&a));
         a.refresh = Some("r1".into());
         assert!(!o.is_refused(&a), "the mark is gone, not hidden");
+    }
+
+    #[test]
+    fn a_rest_after_a_401_belongs_to_the_credential_that_got_it() {
+        let o = Overlay::default();
+        let mut a = Account::new_oauth("a@x", "a1".into(), "r1".into(), 0, 0);
+        o.rest("a@x", a.credential_tag(), 500);
+        o.rest("a@x", a.credential_tag(), 300);
+        assert_eq!(o.resting_until(&a, 100), Some(500), "a rest only lengthens");
+        assert_eq!(o.resting_until(&a, 500), None, "and ends");
+        o.rest("a@x", a.credential_tag(), 900);
+        // Logged in again (new refresh token): the new login is not resting.
+        a.refresh = Some("r2".into());
+        assert_eq!(o.resting_until(&a, 100), None);
+        a.refresh = Some("r1".into());
+        assert_eq!(
+            o.resting_until(&a, 100),
+            None,
+            "the rest is gone, not hidden"
+        );
+        // Without a known credential, it holds whatever the account holds.
+        o.rest("a@x", None, 900);
+        assert_eq!(o.resting_until(&a, 100), Some(900));
+        o.clear();
+        assert_eq!(o.resting_until(&a, 100), None);
     }
 
     #[test]

@@ -1,0 +1,350 @@
+// Account changes made while other processes are using the account: a re-login, a removal, a
+// disable or a priority change from the CLI (another process) while this process has a request
+// in flight on the account, a refresh of its token held open at the token endpoint, or
+// bookkeeping not yet written. Each interleaving is made deterministic: the mock holds the
+// answer (or the token endpoint's) until the change has landed.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createPoolFetch, flushPool, savePool } from "../index.mjs";
+import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+
+const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
+const HOME = mkdtempSync(join(tmpdir(), "oauth-pool-lifecycle-home-"));
+const mock = useMock();
+
+const ask = (f, extra) => f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(extra) });
+
+/** A promise and the function that resolves it: holds a mock answer until the test says. */
+function gate() {
+  let open;
+  const held = new Promise((r) => (open = r));
+  return { held, open };
+}
+
+/**
+ * Runs the CLI in its own process against `path`. `login` (an email) answers `add`'s prompt:
+ * the URL it prints is approved at the mock as that email and the code pasted back.
+ */
+function cli(path, args, { login } = {}) {
+  return new Promise((resolve, reject) => {
+    const env = { ...process.env, HOME, USERPROFILE: HOME, OAUTH_POOL_PATH: path };
+    const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    let pasted = false;
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    child.stdout.setEncoding("utf8");
+    child.stderr.setEncoding("utf8");
+    child.stdout.on("data", (d) => {
+      stdout += d;
+      if (!login || pasted) return;
+      const line = stdout.split("\n").find((l) => l.includes("oauth/authorize"));
+      if (!line || !stdout.includes("\n")) return;
+      pasted = true;
+      child.stdin.end(`${mock.approve(line.trim(), login)}\n`);
+    });
+    child.stderr.on("data", (d) => (stderr += d));
+    child.on("error", reject);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      if (code !== 0) reject(new Error(`oauth-pool ${args.join(" ")} exited ${code}: ${stdout}${stderr}`));
+      else resolve(stdout);
+    });
+    if (!login) child.stdin.end();
+  });
+}
+
+/** A pool of `emails`, the first preferred (priority 5); `expired` as seedPool takes it. */
+async function poolOf(emails, { expired = [] } = {}) {
+  const path = await seedPool(mock, emails, { expired });
+  const pool = readPool(path);
+  pool.anthropic[0].priority = 5;
+  await savePool(pool, path);
+  return path;
+}
+
+const bearer = (record) => record.headers.authorization?.replace(/^Bearer /, "");
+
+test("a re-login while this process refreshes the old token: the new login stays in the file, and is what the next request uses", async () => {
+  const email = "relogin-refresh@x.test";
+  const path = await poolOf([email], { expired: [email] });
+  const g = gate();
+  mock.setTokenMode({ grant: "refresh_token", until: g.held });
+  try {
+    const f = createPoolFetch({ path });
+    const answer = ask(f);
+    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    // The owner logs in again from a shell while the old token's refresh is at the endpoint.
+    await cli(path, ["add"], { login: email });
+    const login = mock.tokens(email);
+    assert.equal(account(path, email).refresh, login.refresh, "the login is in the file");
+    g.open();
+    const r = await answer;
+    assert.equal(r.status, 200, "the request is served (the old family's new token is valid too)");
+    await r.text();
+    await flushPool(path);
+    const a = account(path, email);
+    // The refresher wrote its tokens over the login: the newest login was thrown away.
+    assert.equal(a.refresh, login.refresh, "the new login's refresh token is kept");
+    assert.equal(a.access, login.access, "and its access token");
+    assert.equal(a.status === "auth-error", false);
+    const next = await ask(f);
+    assert.equal(next.status, 200);
+    await next.text();
+    assert.equal(bearer(mock.requests.at(-1)), login.access, "the next request carries the new login");
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
+
+test("a re-login while the old token's refresh is refused: the request is served with the new login, which is not marked auth-error", async () => {
+  const [email, other] = ["relogin-refused@x.test", "relogin-refused-b@x.test"];
+  const path = await poolOf([email, other], { expired: [email] });
+  const g = gate();
+  mock.setTokenMode({
+    grant: "refresh_token",
+    until: g.held,
+    status: 400,
+    body: { error: "invalid_grant", error_description: "Refresh token not found or invalid" },
+  });
+  try {
+    const f = createPoolFetch({ path });
+    const answer = ask(f);
+    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    await cli(path, ["add"], { login: email });
+    const login = mock.tokens(email);
+    g.open();
+    const r = await answer;
+    assert.equal(r.status, 200);
+    assert.equal(r.poolAccount, email, "the new login serves instead of moving on");
+    await r.text();
+    await flushPool(path);
+    const a = account(path, email);
+    assert.equal(a.status === "auth-error", false, "the refusal was the old family's");
+    assert.equal(a.refresh, login.refresh);
+    assert.equal(bearer(mock.requests.at(-1)), login.access);
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
+
+test("an account removed while this process refreshes its token stays removed, the refreshed tokens with it", async () => {
+  const [gone, stay] = ["removed-refresh@x.test", "removed-refresh-b@x.test"];
+  const path = await poolOf([gone, stay], { expired: [gone] });
+  const g = gate();
+  mock.setTokenMode({ grant: "refresh_token", until: g.held });
+  try {
+    const f = createPoolFetch({ path });
+    const answer = ask(f);
+    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    await cli(path, ["remove", gone]);
+    g.open();
+    const r = await answer;
+    assert.equal(r.status, 200);
+    await r.text();
+    await flushPool(path);
+    const pool = readPool(path);
+    assert.deepEqual(
+      pool.anthropic.map((a) => a.email),
+      [stay],
+      "not written back",
+    );
+    const next = await ask(f);
+    assert.equal(next.poolAccount, stay);
+    await next.text();
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
+
+test("an account removed while requests on it are in flight: their last use, usage, windows and a 429's cooldown do not bring it back", async () => {
+  const [gone, stay] = ["removed-inflight@x.test", "removed-inflight-b@x.test"];
+  const path = await poolOf([gone, stay]);
+  const g = gate();
+  mock.setUtilization(gone, { fiveHour: 0.5 });
+  mock.script(gone, [{ until: g.held }, { status: 429, headers: { "retry-after": "3600" }, until: g.held }]);
+  const f = createPoolFetch({ path });
+  const answers = [ask(f), ask(f)];
+  let arrived = 0;
+  await mock.waitFor("api", (r) => r.email === gone && ++arrived === 2);
+  await cli(path, ["remove", gone]);
+  g.open();
+  // Either request may have drawn either answer: one is served by the removed account, the
+  // other's 429 moves it to the account left.
+  const done = await Promise.all(answers);
+  for (const r of done) {
+    assert.equal(r.status, 200);
+    await r.text();
+  }
+  assert.deepEqual(done.map((r) => r.poolAccount).sort(), [gone, stay].sort());
+  await flushPool(path);
+  const pool = readPool(path);
+  assert.deepEqual(
+    pool.anthropic.map((a) => a.email),
+    [stay],
+  );
+  assert.equal(JSON.stringify(pool.anthropic).includes(gone), false, "nothing of it is written into an account");
+});
+
+test("an account disabled while a request on it is in flight: the answer is delivered, the account stays disabled, and this process stops choosing it", async () => {
+  const [off, other] = ["disabled-inflight@x.test", "disabled-inflight-b@x.test"];
+  const path = await poolOf([off, other]);
+  const g = gate();
+  mock.script(off, [{ until: g.held }]);
+  const f = createPoolFetch({ path });
+  const answer = ask(f);
+  await mock.waitFor("api", (r) => r.email === off);
+  await cli(path, ["disable", off]);
+  g.open();
+  const r = await answer;
+  assert.equal(r.status, 200);
+  assert.equal(r.poolAccount, off);
+  await r.text();
+  await flushPool(path);
+  const a = account(path, off);
+  assert.equal(a.enabled, false);
+  assert.equal(a.status, "disabled", "its last use does not make it active");
+  // Sticky on the disabled account until now: the next request goes elsewhere.
+  const next = await ask(f);
+  assert.equal(next.poolAccount, other);
+  await next.text();
+});
+
+test("a login refused while its account was being disabled: enabled again, it is still auth-error (its refused token is not presented again)", async () => {
+  const [off, other] = ["disabled-refused@x.test", "disabled-refused-b@x.test"];
+  const path = await poolOf([off, other]);
+  const g = gate();
+  // 401, a refresh, 401 again with the new token: the login is refused. The second 401 is held
+  // back while the account is disabled from a shell.
+  mock.script(off, [{ status: 401 }, { status: 401, until: g.held }]);
+  const f = createPoolFetch({ path });
+  const answer = ask(f);
+  await mock.waitFor("api", (r) => r.email === off && mock.stats().perFamily[off]?.refreshCalls === 1);
+  await cli(path, ["disable", off]);
+  g.open();
+  const r = await answer;
+  assert.equal(r.poolAccount, other);
+  await r.text();
+  await flushPool(path);
+  assert.equal(account(path, off).enabled, false, "still disabled");
+  await cli(path, ["enable", off]);
+  const a = account(path, off);
+  assert.equal(a.status, "auth-error", "enable does not clear a refusal of the credential it still holds");
+  const listed = JSON.parse(await cli(path, ["list", "--json"])).accounts.find((x) => x.email === off);
+  assert.equal(listed.status, "auth-error");
+  const calls = mock.stats().perFamily[off].refreshCalls;
+  const next = await ask(createPoolFetch({ path }));
+  assert.equal(next.poolAccount, other);
+  await next.text();
+  assert.equal(mock.stats().perFamily[off].refreshCalls, calls, "the refused login is left alone");
+});
+
+test("a priority changed from a shell is honoured by a running process at its next choice", async () => {
+  const [first, second, third] = ["prio-a@x.test", "prio-b@x.test", "prio-c@x.test"];
+  const path = await poolOf([first, second, third]);
+  const pool = readPool(path);
+  // Least recently used would pick the third.
+  pool.anthropic[1].lastUsed = new Date(Date.now() - 60_000).toISOString();
+  pool.anthropic[2].lastUsed = new Date(Date.now() - 3_600_000).toISOString();
+  await savePool(pool, path);
+  const f = createPoolFetch({ path });
+  const r = await ask(f);
+  assert.equal(r.poolAccount, first);
+  await r.text();
+  await cli(path, ["priority", second, "3"]);
+  mock.script(first, [{ status: 429, headers: { "retry-after": "3600" } }]);
+  const moved = await ask(f);
+  assert.equal(moved.poolAccount, second, "the new priority, read from the file, decides");
+  await moved.text();
+});
+
+test("an account removed and logged in again while a request of the old login is in flight: the old process's bookkeeping lands on the new entry (one email, one Anthropic account) and leaves its login alone", async () => {
+  const [email, other] = ["readded@x.test", "readded-b@x.test"];
+  const path = await poolOf([email, other]);
+  const g = gate();
+  mock.script(email, [{ until: g.held }]);
+  const f = createPoolFetch({ path });
+  const answer = ask(f);
+  await mock.waitFor("api", (r) => r.email === email);
+  await cli(path, ["remove", email]);
+  await cli(path, ["add"], { login: email });
+  const login = mock.tokens(email);
+  const added = account(path, email).added;
+  g.open();
+  const r = await answer;
+  assert.equal(r.status, 200);
+  assert.equal(r.poolAccount, email);
+  await r.text();
+  await flushPool(path);
+  const a = account(path, email);
+  assert.equal(a.refresh, login.refresh, "the new login is kept");
+  assert.equal(a.access, login.access);
+  assert.equal(a.added, added, "the new entry stays the new entry");
+  assert.ok(a.lastUsed, "the answer's last use is recorded");
+  assert.equal(a.priority, undefined, "the removed entry's settings do not come back");
+  const next = await ask(f);
+  assert.equal(next.poolAccount, email);
+  await next.text();
+  assert.equal(bearer(mock.requests.at(-1)), login.access);
+});
+
+test("an account resting after a 401 its refresh could not answer: a re-login from a shell brings it back at once in the running process", async () => {
+  const email = "rest-relogin@x.test";
+  const path = await poolOf([email]);
+  mock.script(email, [{ status: 401 }]);
+  mock.setTokenMode({ grant: "refresh_token", status: 503, retryAfter: 600 });
+  try {
+    const f = createPoolFetch({ path });
+    const first = await ask(f);
+    assert.notEqual(first.status, 200, "nothing could serve it");
+    await first.text();
+    const resting = await ask(f);
+    assert.equal(resting.status, 429, "it rests: the pool's own 429");
+    await resting.text();
+    await flushPool(path);
+    assert.ok(account(path, email).refreshBackoffUntil > Date.now(), "the endpoint's wait is shared");
+    await cli(path, ["add"], { login: email });
+    const login = mock.tokens(email);
+    assert.equal(account(path, email).refreshBackoffUntil, undefined, "the wait was the old refresh token's");
+    const next = await ask(f);
+    assert.equal(next.status, 200, "the new login serves (it rested ten minutes before)");
+    assert.equal(next.poolAccount, email);
+    await next.text();
+    assert.equal(bearer(mock.requests.at(-1)), login.access);
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
+
+test("`oauth-pool refresh` while this process's refresh of the account is held open: it waits for the lock and adopts the new token, never presenting the spent one", async () => {
+  const email = "cli-refresh@x.test";
+  const path = await poolOf([email], { expired: [email] });
+  const g = gate();
+  mock.setTokenMode({ grant: "refresh_token", until: g.held });
+  try {
+    const f = createPoolFetch({ path });
+    const answer = ask(f);
+    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const shell = cli(path, ["refresh", email, "--json"]);
+    // Time for the CLI to start and reach the account's refresh lock before the refresh
+    // answers (on a slow machine it may read the file only after: then it finds nothing to do).
+    await new Promise((r) => setTimeout(r, 1500));
+    g.open();
+    const r = await answer;
+    assert.equal(r.status, 200);
+    await r.text();
+    const report = JSON.parse((await shell).trim().split("\n").at(-1));
+    assert.ok(["adopted", "kept"].includes(report.outcome), report.outcome);
+    const stats = mock.stats().perFamily[email];
+    assert.equal(stats.refreshCalls, 1, "one presentation");
+    assert.equal(stats.reuse, 0);
+    assert.equal(account(path, email).refresh, mock.tokens(email).refresh);
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
