@@ -1029,3 +1029,27 @@ test("output that cannot be written is a failure (exit 1 and why), a reader that
     closeSync(full);
   }
 });
+
+test("store copy between files keeps every entry; a source file that does not exist is refused and the destination stays", async () => {
+  const from = freshPath();
+  const to = freshPath();
+  await seed(from, [{ email: "copied@x.test" }]);
+  await seed(to, [{ email: "kept@x.test" }]);
+  const copied = json(await cli(["store", "copy", "--from", from, "--to", to, "--json"], { path: to }));
+  assert.equal(copied.entries, 1);
+  assert.deepEqual(
+    readPool(to).anthropic.map((a) => a.email),
+    ["copied@x.test"],
+  );
+
+  // A mistyped --from used to read as an empty pool and replace every account at --to.
+  const before = readFileSync(to);
+  const typo = join(dirname(from), "oauth-pool.jsn");
+  const r = await cli(["store", "copy", "--from", typo, "--to", to], { path: to });
+  assert.equal(r.code, 1, r.stdout);
+  assert.match(r.stderr, /error \[POOL_IO\]: .*does not exist; nothing was copied/);
+  assert.deepEqual(readFileSync(to), before, "the destination is left as it was");
+  assert.ok(!existsSync(typo), "nothing is created at the source");
+  const j = json(await cli(["store", "copy", "--from", typo, "--to", to, "--json"], { path: to }));
+  assert.equal(j.error.code, "POOL_IO");
+});

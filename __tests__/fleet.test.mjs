@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, statSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -201,12 +201,15 @@ test("a wrong key is STORE_KEY for reads, writes, copies and init, and no row ch
   const rowsBefore = await rows();
   const metaBefore = await pg.sql("SELECT name, value FROM oauth_pool_meta ORDER BY name");
   const wrong = makeHost("wrong", { OAUTH_POOL_STORE_KEY: Buffer.alloc(32, 7).toString("hex") });
+  // A source that exists: a missing --from is refused before the store is touched (POOL_IO).
+  const source = join(wrong.home, "empty.json");
+  writeFileSync(source, '{"anthropic":[]}\n', { mode: 0o600 });
   const attempts = [
     await cliJson(wrong, "list"),
     await cliJson(wrong, "disable", "keyed@fleet.test"),
     await cliJson(wrong, "reset-cooldowns"),
     await cliJson(wrong, "store", "init"),
-    await cliJson(wrong, "store", "copy", "--from", join(hostA.home, "nothing.json"), "--to", pg.url),
+    await cliJson(wrong, "store", "copy", "--from", source, "--to", pg.url),
   ];
   for (const r of attempts) {
     assert.equal(r.code, 1, r.stdout);

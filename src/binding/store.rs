@@ -69,7 +69,19 @@ pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_
         logging::init();
         let source = Store::open(&from).map_err(js_error)?;
         let target = Store::open(&to).map_err(js_error)?;
-        let pool = source.load().await.map_err(js_error)?;
+        let (pool, stamp) = source.load_stamped().await.map_err(js_error)?;
+        // A missing pool file reads as an empty pool everywhere else; copied, it would replace
+        // every account at the destination with nothing (a mistyped `--from`).
+        if let (None, Some(path)) = (&stamp, source.path()) {
+            return Err(js_error(Error::io(
+                path,
+                "read",
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "it does not exist; nothing was copied",
+                ),
+            )));
+        }
         let entries = pool.anthropic.len();
         target.save(pool).await.map_err(js_error)?;
         Ok(json!({ "from": source.describe(), "to": target.describe(), "entries": entries }))
