@@ -11,10 +11,10 @@ const mock = useMock();
 
 const worker = fileURLToPath(new URL("./helpers/pool-worker.mjs", import.meta.url));
 
-function runTraced(path, count) {
+function runTraced(path, count, filter = "oauth_pool=trace,reqwest=trace,hyper=trace") {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [worker, path, mock.url, String(count)], {
-      env: { ...process.env, OAUTH_POOL_LOG: "oauth_pool=trace,reqwest=trace,hyper=trace" },
+      env: { ...process.env, OAUTH_POOL_LOG: filter },
       stdio: ["ignore", "pipe", "pipe"],
     });
     let out = "";
@@ -44,6 +44,18 @@ test("a TRACE run through refresh, 429 failover and 401 logs no secret", async (
     assert.ok(!log.includes(s), `a token leaked into the log: ...${s.slice(-6)}`);
     assert.ok(!log.includes(s.slice(8, 40)), "part of a token leaked into the log");
   }
+});
+
+test("OAUTH_POOL_LOG=oauth_pool=debug names the account each request was sent to", async () => {
+  // The README's Troubleshooting promises the decisions, the account among them: a plain
+  // request served at once used to leave the log empty.
+  const path = await seedPool(mock, ["logged@x.test"]);
+  const { results, log } = await runTraced(path, 2, "oauth_pool=debug");
+  assert.deepEqual(
+    results.map((r) => r.account),
+    ["logged@x.test", "logged@x.test"],
+  );
+  assert.equal(log.match(/sending the request account=logged@x\.test/g)?.length, 2, log);
 });
 
 test("error messages carry no code, verifier or token", async () => {

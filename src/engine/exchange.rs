@@ -231,6 +231,9 @@ impl Exchange {
     }
 
     fn attempt(&mut self, email: String, credential: Credential, headers: HeaderMap) -> Step {
+        // Which account each attempt goes to: without it a log at debug shows only the
+        // exceptions, and "which account served this" cannot be read from it.
+        tracing::debug!(account = %email, "sending the request");
         self.current = Some((email.clone(), credential));
         self.sent_at = sending_time();
         Step::Send(Attempt { email, headers })
