@@ -96,8 +96,8 @@ export interface AccountSummary {
   expires: number | null;
   /** Last problem seen with this account, for people (never a token). */
   lastError: string | null;
-  /** Share of every window kept for the account's owner (0 to 1; 0: none). */
-  reserve?: number;
+  /** Share of every window kept for the account's owner (above 0, at most 1); null: none. */
+  reserve?: number | null;
   /** Cooldowns that apply to one model family only (e.g. `opus`), epoch ms, when still running. */
   modelCooldowns?: Record<string, number>;
   /** Every subscription window the API reported (`5h`, `7d`, `7d_opus`, ...); a passed one reads 0. */
@@ -154,6 +154,8 @@ export interface PoolStatus {
   unsavedTokens: { email: string; since: number; error: string }[];
   /** Accounts whose refresh lock some process holds right now. */
   refreshLocked: string[];
+  /** Epoch ms when this status was taken. */
+  checkedAt: number;
 }
 
 export function listAccounts(path?: string): Promise<AccountSummary[]>;
@@ -256,7 +258,7 @@ export const ANTHROPIC_MODELS: Readonly<Record<string, ModelDefinition>>;
 
 /** Options of the plugin and of each part (`[spec, options]` in opencode.json on 1.18, `{ package, options }` on 2.x). */
 export interface PoolPluginOptions {
-  /** The pool file (default: $OAUTH_POOL_PATH, else ~/.aidevops/oauth-pool.json). */
+  /** The pool file (`~/` expanded) or a postgres:// store (default: $OAUTH_POOL_STORE, else $OAUTH_POOL_PATH, else ~/.aidevops/oauth-pool.json). */
   path?: string;
   /** The management tool's name, and its command's (default `model-accounts-pool`). */
   toolName?: string;
