@@ -247,6 +247,7 @@ pub async fn add_api_key(
         ));
     }
     let secret = Secret::new(trimmed);
+    let given = email.is_some_and(|e| !e.trim().is_empty());
     let email = email
         .map(str::trim)
         .filter(|e| !e.is_empty())
@@ -259,7 +260,7 @@ pub async fn add_api_key(
     }
     let account = Account::new_api_key(&email, secret, now_ms());
     let named = email.clone();
-    let added = store
+    let (email, added) = store
         .update(move |pool| {
             // A key over an OAuth login would put the login aside: the user names the key.
             if pool
@@ -272,7 +273,34 @@ pub async fn add_api_key(
                         .map_or(named.as_str(), |a| a.email.as_str())
                 )));
             }
-            Ok(pool.upsert(account))
+            // One key is one limit: a second member holding it would only fail over to the
+            // same refusal. The key already in the pool keeps its name.
+            let holder = pool
+                .accounts()
+                .find(|a| {
+                    a.is_api_key()
+                        && a.key.as_ref().is_some_and(|k| {
+                            subtle::ConstantTimeEq::ct_eq(
+                                k.expose().as_bytes(),
+                                account.key.as_ref().map_or(&[][..], |n| n.expose().as_bytes()),
+                            )
+                            .into()
+                        })
+                })
+                .map(|a| a.email.clone());
+            let mut account = account;
+            let normalize = crate::account::normalize_email;
+            if let Some(holder) = holder.filter(|h| normalize(h) != normalize(&named)) {
+                if given {
+                    return Err(Error::InvalidArgument(format!(
+                        "that key is already in the pool as {holder}: remove {holder} first to add it under another name"
+                    )));
+                }
+                account.email = holder;
+            }
+            let email = account.email.clone();
+            let added = pool.upsert(account);
+            Ok((email, added))
         })
         .await?;
     Ok((email, added))
@@ -507,6 +535,25 @@ mod tests {
             a.find("a@x").unwrap().refresh.as_ref().unwrap().expose(),
             "r"
         );
+        // The same key again: without a name it is the member it already is; under another
+        // name it is refused (two members of one key fail over to the same limit).
+        let again = add_api_key(&store, &Secret::new("  fake-console-key-xyz \n"), None).await;
+        assert_eq!(again.unwrap(), (email.clone(), false));
+        let renamed = add_api_key(&store, &key, Some("team@x")).await.unwrap_err();
+        assert_eq!(renamed.code(), "INVALID_ARGUMENT");
+        assert!(renamed.to_string().contains(&email), "{renamed}");
+        assert!(!renamed.to_string().contains(key.expose()), "{renamed}");
+        let named_key = Secret::new("fake-console-key-named");
+        let (team, _) = add_api_key(&store, &named_key, Some("team@x"))
+            .await
+            .unwrap();
+        assert_eq!(
+            add_api_key(&store, &named_key, None).await.unwrap(),
+            (team, false)
+        );
+        let pool = store.load().await.unwrap();
+        assert_eq!(pool.accounts().filter(|a| a.is_api_key()).count(), 2);
+        remove(&store, "team@x").await.unwrap();
         for bad in ["#0", "evil\u{1b}]0;title\u{7}@x"] {
             let e = add_api_key(&store, &key, Some(bad)).await.unwrap_err();
             assert_eq!(e.code(), "INVALID_ARGUMENT", "{bad:?}");
