@@ -16,7 +16,7 @@ import { fileURLToPath } from "node:url";
 import { addAccount, authorize, createPoolFetch, flushPool, loadPool, savePool, setEnabled, setPriority } from "../index.mjs";
 import { seeded } from "./helpers/chaos-random.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
-import { useMock, tempPoolPath, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+import { useMock, tempPoolPath, messagesUrl, body, jsonHeaders, oauthEntry } from "./helpers/pool-env.mjs";
 
 const DURATION = Number(process.env.OAUTH_POOL_CHAOS_MS ?? 40_000);
 const WORKERS = Number(process.env.OAUTH_POOL_CHAOS_WORKERS ?? 4);
@@ -80,19 +80,7 @@ test(`chaos: ${WORKERS} worker processes, a manager, faults and SIGKILLs for ${D
   mock.addApiKey(KEY, "team-key");
   // Tokens live 302-306 s: inside the 5-minute refresh margin after 2-6 s, so every account
   // that serves is refreshed again and again.
-  const anthropic = oauth.map((email, i) => {
-    const t = mock.addAccount(email, { expiresIn: 302 + i });
-    return {
-      email,
-      refresh: t.refresh,
-      access: t.access,
-      expires: t.expires,
-      added: new Date().toISOString(),
-      lastUsed: null,
-      status: "idle",
-      rateLimitUntil: null,
-    };
-  });
+  const anthropic = oauth.map((email, i) => oauthEntry(mock, email, { login: { expiresIn: 302 + i } }));
   anthropic.push({
     email: "team-key",
     type: "api",

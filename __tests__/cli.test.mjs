@@ -24,6 +24,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
+import { oauthEntry } from "./helpers/pool-env.mjs";
 import { savePool } from "../index.mjs";
 import { printable } from "../lib/cli/output.mjs";
 import { parseCommandLine } from "../lib/cli/args.mjs";
@@ -119,20 +120,7 @@ const API_KEY = "fake-console-key-cliTEST-for-tests-only";
 
 /** A pool with OAuth accounts registered at the mock (their tokens are real for it). */
 async function seed(path, entries) {
-  const anthropic = entries.map((e) => {
-    const t = mock.addAccount(e.email);
-    return {
-      email: e.email,
-      refresh: t.refresh,
-      access: t.access,
-      expires: t.expires,
-      added: new Date().toISOString(),
-      lastUsed: null,
-      status: "idle",
-      rateLimitUntil: null,
-      ...e,
-    };
-  });
+  const anthropic = entries.map(({ email, ...e }) => oauthEntry(mock, email, e));
   await savePool({ version: 1, anthropic }, path);
   return anthropic;
 }

@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { useMock, seedPool, account, readPool } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, readPool, oauthEntry } from "./helpers/pool-env.mjs";
 import { savePool } from "../index.mjs";
 
 const WORKER = fileURLToPath(new URL("./helpers/clock-worker.mjs", import.meta.url));
@@ -221,25 +221,8 @@ test("a token a clock stepped back makes look valid for hours gets its 401 and o
   const email = "looks-valid@clock.test";
   // The server's token dies in a second; the pool's clock is two hours behind, so to the pool
   // it has two hours left.
-  const t = mock.addAccount(email, { expiresIn: 1 });
   const path = await seedPool(mock, []);
-  await savePool(
-    {
-      anthropic: [
-        {
-          email,
-          refresh: t.refresh,
-          access: t.access,
-          expires: t.expires,
-          added: new Date().toISOString(),
-          lastUsed: null,
-          status: "idle",
-          rateLimitUntil: null,
-        },
-      ],
-    },
-    path,
-  );
+  await savePool({ anthropic: [oauthEntry(mock, email, { login: { expiresIn: 1 } })] }, path);
   const worker = clockedWorker(path, mock.url);
   try {
     worker.shift(-2 * 3600);

@@ -78,18 +78,4 @@ export async function storedPool(host, store) {
   return JSON.parse(readFileSync(file, "utf8"));
 }
 
-/** A pool entry for a login `mock` knows, its access token expired when `expired`. */
-export function oauthEntry(mock, email, { expired = false, ...extra } = {}) {
-  const t = mock.addAccount(email);
-  return {
-    email,
-    refresh: t.refresh,
-    access: t.access,
-    expires: expired ? Date.now() - 1000 : t.expires,
-    added: new Date().toISOString(),
-    lastUsed: null,
-    status: "idle",
-    rateLimitUntil: null,
-    ...extra,
-  };
-}
+export { oauthEntry } from "./pool-env.mjs";

@@ -59,21 +59,28 @@ export function tempPoolPath() {
   return join(dir, "pool", "oauth-pool.json");
 }
 
+/**
+ * A pool entry for a login registered now at `mock` (`login`: the mock's options for it, such
+ * as `expiresIn`), its access token expired when `expired`; `extra` fields over it.
+ */
+export function oauthEntry(mock, email, { expired = false, login, ...extra } = {}) {
+  const t = mock.addAccount(email, login);
+  return {
+    email,
+    refresh: t.refresh,
+    access: t.access,
+    expires: expired ? Date.now() - 1000 : t.expires,
+    added: new Date().toISOString(),
+    lastUsed: null,
+    status: "idle",
+    rateLimitUntil: null,
+    ...extra,
+  };
+}
+
 /** Registers accounts at the mock and writes them to a fresh pool file. */
 export async function seedPool(mock, emails, { expired = [], path = tempPoolPath() } = {}) {
-  const anthropic = emails.map((email) => {
-    const t = mock.addAccount(email);
-    return {
-      email,
-      refresh: t.refresh,
-      access: t.access,
-      expires: expired.includes(email) ? Date.now() - 1000 : t.expires,
-      added: new Date().toISOString(),
-      lastUsed: null,
-      status: "idle",
-      rateLimitUntil: null,
-    };
-  });
+  const anthropic = emails.map((email) => oauthEntry(mock, email, { expired: expired.includes(email) }));
   await savePool({ version: 1, anthropic }, path);
   return path;
 }
