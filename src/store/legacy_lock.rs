@@ -303,6 +303,9 @@ fn remove_stale(dir: &Path, seen: Option<&str>) -> Removal {
     match fs::remove_dir(dir) {
         Ok(()) => Removal::Gone,
         Err(e) if e.kind() == ErrorKind::NotFound => Removal::Gone,
+        // A writer took it between our look and the removal (its owner file is in it now): wait
+        // for it like any holder. Writing without the lock there made two writers at once.
+        Err(_) if owner.exists() => Removal::Retaken,
         Err(_) => Removal::Stuck,
     }
 }
@@ -313,6 +316,29 @@ mod tests {
 
     fn pool_in(dir: &tempfile::TempDir) -> PathBuf {
         dir.path().join("oauth-pool.json")
+    }
+
+    /// An ownerless stale directory that a writer takes while it is being removed (the owner
+    /// file lands between the look and the removal) is a held lock, not one to write without.
+    #[test]
+    fn a_stale_lock_taken_as_it_is_removed_is_waited_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pool = pool_in(&tmp);
+        plant(&pool, "{\"pid\":1,\"ts\":1}");
+        assert!(matches!(
+            remove_stale(&lock_dir(&pool), None),
+            Removal::Retaken
+        ));
+        assert!(
+            lock_dir(&pool).join("owner").exists(),
+            "the new holder's lock stays"
+        );
+        fs::remove_file(lock_dir(&pool).join("owner")).unwrap();
+        fs::write(lock_dir(&pool).join("junk"), "x").unwrap();
+        assert!(matches!(
+            remove_stale(&lock_dir(&pool), None),
+            Removal::Stuck
+        ));
     }
 
     fn plant(pool: &Path, owner: &str) {
