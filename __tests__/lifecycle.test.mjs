@@ -70,20 +70,30 @@ async function poolOf(emails, { expired = [] } = {}) {
 
 const bearer = (record) => record.headers.authorization?.replace(/^Bearer /, "");
 
+/**
+ * A request on `path` whose account's refresh is held open at the token endpoint (`mode`: more
+ * of the token endpoint's answer): resolves once the refresh is there, with the pool fetch, the
+ * request's answer to come, and `release` to let the token endpoint answer.
+ */
+async function heldRefresh(path, mode = {}) {
+  const g = gate();
+  mock.setTokenMode({ grant: "refresh_token", until: g.held, ...mode });
+  const f = createPoolFetch({ path });
+  const answer = ask(f);
+  await mock.waitFor("token", (r) => r.grant === "refresh_token");
+  return { f, answer, release: g.open };
+}
+
 test("a re-login while this process refreshes the old token: the new login stays in the file, and is what the next request uses", async () => {
   const email = "relogin-refresh@x.test";
   const path = await poolOf([email], { expired: [email] });
-  const g = gate();
-  mock.setTokenMode({ grant: "refresh_token", until: g.held });
   try {
-    const f = createPoolFetch({ path });
-    const answer = ask(f);
-    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const { f, answer, release } = await heldRefresh(path);
     // The owner logs in again from a shell while the old token's refresh is at the endpoint.
     await cli(path, ["add"], { login: email });
     const login = mock.tokens(email);
     assert.equal(account(path, email).refresh, login.refresh, "the login is in the file");
-    g.open();
+    release();
     const r = await answer;
     assert.equal(r.status, 200, "the request is served (the old family's new token is valid too)");
     await r.text();
@@ -105,20 +115,14 @@ test("a re-login while this process refreshes the old token: the new login stays
 test("a re-login while the old token's refresh is refused: the request is served with the new login, which is not marked auth-error", async () => {
   const [email, other] = ["relogin-refused@x.test", "relogin-refused-b@x.test"];
   const path = await poolOf([email, other], { expired: [email] });
-  const g = gate();
-  mock.setTokenMode({
-    grant: "refresh_token",
-    until: g.held,
-    status: 400,
-    body: { error: "invalid_grant", error_description: "Refresh token not found or invalid" },
-  });
   try {
-    const f = createPoolFetch({ path });
-    const answer = ask(f);
-    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const { answer, release } = await heldRefresh(path, {
+      status: 400,
+      body: { error: "invalid_grant", error_description: "Refresh token not found or invalid" },
+    });
     await cli(path, ["add"], { login: email });
     const login = mock.tokens(email);
-    g.open();
+    release();
     const r = await answer;
     assert.equal(r.status, 200);
     assert.equal(r.poolAccount, email, "the new login serves instead of moving on");
@@ -136,14 +140,10 @@ test("a re-login while the old token's refresh is refused: the request is served
 test("an account removed while this process refreshes its token stays removed, the refreshed tokens with it", async () => {
   const [gone, stay] = ["removed-refresh@x.test", "removed-refresh-b@x.test"];
   const path = await poolOf([gone, stay], { expired: [gone] });
-  const g = gate();
-  mock.setTokenMode({ grant: "refresh_token", until: g.held });
   try {
-    const f = createPoolFetch({ path });
-    const answer = ask(f);
-    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const { f, answer, release } = await heldRefresh(path);
     await cli(path, ["remove", gone]);
-    g.open();
+    release();
     const r = await answer;
     assert.equal(r.status, 200);
     await r.text();
@@ -324,17 +324,13 @@ test("an account resting after a 401 its refresh could not answer: a re-login fr
 test("`oauth-pool refresh` while this process's refresh of the account is held open: it waits for the lock and adopts the new token, never presenting the spent one", async () => {
   const email = "cli-refresh@x.test";
   const path = await poolOf([email], { expired: [email] });
-  const g = gate();
-  mock.setTokenMode({ grant: "refresh_token", until: g.held });
   try {
-    const f = createPoolFetch({ path });
-    const answer = ask(f);
-    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const { answer, release } = await heldRefresh(path);
     const shell = cli(path, ["refresh", email, "--json"]);
     // Time for the CLI to start and reach the account's refresh lock before the refresh
     // answers (on a slow machine it may read the file only after: then it finds nothing to do).
     await new Promise((r) => setTimeout(r, 1500));
-    g.open();
+    release();
     const r = await answer;
     assert.equal(r.status, 200);
     await r.text();
