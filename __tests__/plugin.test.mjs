@@ -561,6 +561,85 @@ test("config keeps what the user set in provider['anthropic-pool']", async () =>
   }
 });
 
+test("config drops what cannot be the user's settings (a non-function fetch, options or models not objects) and never throws", async () => {
+  const path = freshPath();
+  const hooks = await OAuthPoolPlugin({ client: fakeClient().client }, { path });
+  const fetch = (await hooks.auth.loader(async () => undefined, { models: {} })).fetch;
+  const declared = async (entry) => {
+    const config = { provider: { "anthropic-pool": entry } };
+    await hooks.config(config);
+    return config.provider["anthropic-pool"];
+  };
+  // opencode.json can only hold JSON: a `fetch` there is never a fetch, and taken as it was it
+  // replaced the pool's (every request failed, or went out without a credential of ours).
+  for (const bad of ["nope", null, false, {}]) {
+    const p = await declared({ options: { fetch: bad, apiKey: "mine", timeout: 5000 } });
+    assert.equal(p.options.fetch, fetch, `options.fetch ${JSON.stringify(bad)}`);
+    assert.equal(p.options.apiKey, "mine");
+    assert.equal(p.options.timeout, 5000);
+  }
+  for (const options of [null, "x", []]) {
+    const p = await declared({ options, name: "Mine" });
+    assert.equal(p.options.fetch, fetch, `options ${JSON.stringify(options)}`);
+    assert.equal(p.name, "Mine");
+  }
+  for (const models of [null, [], "x"]) {
+    const p = await declared({ models });
+    assert.ok(p.models["claude-sonnet-4-5"], `models ${JSON.stringify(models)}`);
+  }
+  // An entry that is not an object (another plugin's hook wrote it): ours, and no throw.
+  for (const entry of ["x", [], 7, null]) {
+    const p = await declared(entry);
+    assert.equal(p.options.fetch, fetch, `entry ${JSON.stringify(entry)}`);
+    assert.ok(p.models["claude-sonnet-4-5"]);
+  }
+  // The same for OpenCode's own provider served by the pool.
+  const anthropic = { provider: { anthropic: { options: { fetch: "nope" } } } };
+  await poolConfigHook(anthropic, { path, provider: "anthropic" });
+  assert.equal(typeof anthropic.provider.anthropic.options.fetch, "function");
+  const odd = { provider: { anthropic: "x" } };
+  await poolConfigHook(odd, { path, provider: "anthropic" });
+  assert.equal(typeof odd.provider.anthropic.options.fetch, "function");
+});
+
+test("a baseURL off the pool's API origin is refused (INSECURE_ENDPOINT) before anything is sent", async () => {
+  const { createServer } = await import("node:http");
+  const seen = [];
+  const other = createServer((req, res) => {
+    seen.push(req.headers);
+    res.writeHead(401, { "content-type": "application/json" }).end('{"type":"error","error":{"message":"invalid bearer token"}}');
+  });
+  await new Promise((r) => other.listen(0, "127.0.0.1", r));
+  try {
+    const path = freshPath();
+    const started = await lib.authorize();
+    await lib.addAccount(mock.approve(started.url, "origin@example.com"), started, path);
+    const hooks = await OAuthPoolPlugin({ client: fakeClient().client }, { path });
+    const elsewhere = `http://127.0.0.1:${other.address().port}`;
+    const config = { provider: { "anthropic-pool": { options: { baseURL: `${elsewhere}/v1`, apiKey: "mine" } } } };
+    await hooks.config(config);
+    const { fetch } = await hooks.auth.loader(async () => undefined, { models: {} });
+    for (const f of [config.provider["anthropic-pool"].options.fetch, fetch]) {
+      for (const input of [
+        `${elsewhere}/v1/messages`,
+        new URL(`${elsewhere}/v1/messages`),
+        new Request(`${elsewhere}/v1/messages`, { method: "POST", body: "{}" }),
+      ]) {
+        await assert.rejects(
+          () => f(input, messagesRequest()),
+          (err) => err.code === "INSECURE_ENDPOINT" && err.message.includes(elsewhere) && /OAUTH_POOL_API_URL/.test(err.message) && /baseURL/.test(err.message),
+        );
+      }
+    }
+    assert.equal(seen.length, 0, "nothing reached the other origin");
+    // The API origin is served as before.
+    const res = await fetch(`${mock.url}/v1/messages`, messagesRequest());
+    assert.match(await res.text(), /Hello from origin@example\.com/);
+  } finally {
+    await new Promise((r) => other.close(r));
+  }
+});
+
 test("config never calls the OpenCode client, and its fetch works with no auth.json entry", async () => {
   const calls = [];
   const record = (k) => {

@@ -110,6 +110,26 @@ export function isPlaceholderEntry(entry) {
   return models.length > 0 && !models.some(([k, m]) => isClaudeModel(k, m));
 }
 
+/**
+ * What of a provider entry can be the user's settings: an entry, its `options` and its `models`
+ * must be objects, and `options.fetch` a function (opencode.json cannot hold one; another
+ * plugin's hook might write anything). Anything else there is dropped and ours stands: taken as
+ * it is, it would leave the provider without the pool's fetch (requests failing with "fetchFn is
+ * not a function", or sent without a credential of ours), without models, or make this hook
+ * throw, which on 1.18 can stop OpenCode starting.
+ */
+export function usableEntry(entry) {
+  if (!isPlainObject(entry)) return {};
+  const out = { ...entry };
+  if ("models" in out && !isPlainObject(out.models)) delete out.models;
+  if ("options" in out && !isPlainObject(out.options)) delete out.options;
+  if (out.options && "fetch" in out.options && typeof out.options.fetch !== "function") {
+    const { fetch: _ignored, ...rest } = out.options;
+    out.options = rest;
+  }
+  return out;
+}
+
 /** `entry` without what a stand-in wrote (its name, package, API and placeholder models). */
 function withoutPlaceholder(entry) {
   if (!isPlaceholderEntry(entry)) return entry;
@@ -151,7 +171,7 @@ export async function poolConfigHook(config, options = {}) {
   if (opts.provider === PROVIDER_ANTHROPIC) {
     // OpenCode's catalog already declares the models; the pool only brings its fetch (used
     // even without an auth.json entry) and a placeholder key.
-    const user = config.provider.anthropic ?? {};
+    const user = usableEntry(config.provider.anthropic);
     config.provider.anthropic = mergeUserWins({ options: { apiKey: "", fetch } }, user);
   } else {
     const models = (await cachedAnthropicModels()) ?? structuredClone(ANTHROPIC_MODELS);
@@ -169,7 +189,7 @@ export async function poolConfigHook(config, options = {}) {
       },
       models,
     };
-    const existing = withoutPlaceholder(config.provider[opts.provider] ?? {});
+    const existing = withoutPlaceholder(usableEntry(config.provider[opts.provider]));
     config.provider[opts.provider] = guardModels(mergeUserWins(ours, existing));
   }
 

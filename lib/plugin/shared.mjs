@@ -4,6 +4,9 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import * as api from "../api.mjs";
 import { createPoolFetch } from "../fetch.mjs";
+import { syncEnv } from "../native.mjs";
+import { isApiUrl } from "../runtime-fetch.mjs";
+import { scrubbed } from "../errors.mjs";
 import { printable } from "../printable.mjs";
 import { LOGIN_HINT } from "./format.mjs";
 
@@ -97,6 +100,43 @@ export function createNotifier(client, { debounceMs = 30_000, now = Date.now } =
   };
 }
 
+function requestUrl(input) {
+  if (typeof input === "string") return input;
+  if (input instanceof URL) return input.href;
+  return typeof input?.url === "string" ? input.url : undefined;
+}
+
+/**
+ * The provider's fetch, for the pool's API origin only. A `baseURL` elsewhere in opencode.json
+ * (a proxy, a typo) gets no credential of ours; sent on as the host built it, the person saw
+ * only that server's refusal ("invalid bearer token", "x-api-key header is required") and no
+ * word of the pool. It is refused before anything is sent, saying why (INSECURE_ENDPOINT), as
+ * the OpenCode 2 setup does. What is not a URL goes on, for the pool fetch's own errors.
+ */
+function apiOriginOnly(fetch, provider) {
+  return async function poolProviderFetch(input, init) {
+    const url = requestUrl(input);
+    if (typeof url === "string" && /^https?:\/\//i.test(url)) {
+      syncEnv();
+      if (!isApiUrl(url)) {
+        let origin = "that origin";
+        try {
+          origin = new URL(url).origin;
+        } catch {}
+        const api = (process.env.OAUTH_POOL_API_URL || "https://api.anthropic.com").replace(/\/+$/, "");
+        const [there, ours] = [scrubbed(origin), scrubbed(api)];
+        const err = new Error(
+          `Anthropic pool: ${there} is not the pool's API origin (${ours}), so no account of the pool serves it; nothing was sent. ` +
+            `Remove options.baseURL from provider["${provider}"] in opencode.json (or set it to ${ours}/v1), or set OAUTH_POOL_API_URL=${there} to pool through that origin.`,
+        );
+        err.code = "INSECURE_ENDPOINT";
+        throw err;
+      }
+    }
+    return fetch(input, init);
+  };
+}
+
 // Parts built for the same plugin `input` (one host) share one fetch and one notifier, however
 // the host composes them: the loader's fetch is the config-declared provider's fetch, and
 // failover notices reach that host's client once, not once per part.
@@ -106,7 +146,7 @@ const hosts = new WeakMap();
 export function poolFetchFor(input, options) {
   const o = pluginOptions(options);
   if (o.fetch) return o.fetch;
-  const make = () => createPoolFetch({ path: o.path, onEvent: createNotifier(input?.client) });
+  const make = () => apiOriginOnly(createPoolFetch({ path: o.path, onEvent: createNotifier(input?.client) }), o.provider);
   if (!input || typeof input !== "object") return make();
   let shared = hosts.get(input);
   if (!shared) {
