@@ -661,6 +661,23 @@ test("config never calls the OpenCode client, and its fetch works with no auth.j
   assert.equal(bearerOf(mock.requests.at(-1)), mock.tokens("cli@example.com").access);
 });
 
+test("plugin option path: ~/ and ~<this user>/ are the home directory, another user's ~name is refused", async () => {
+  const { homedir, userInfo } = await import("node:os");
+  const { poolPath } = await import("../lib/plugin/shared.mjs");
+  assert.equal(poolPath({ path: "~/p.json" }), join(homedir(), "p.json"));
+  assert.equal(poolPath({ path: ` ~${userInfo().username}/p.json ` }), join(homedir(), "p.json"));
+  assert.equal(poolPath({ path: "" }), undefined);
+  // Taken as a relative path, it put the pool file in a directory named "~someone-else" under
+  // OpenCode's working directory (the project).
+  const other = `~${userInfo().username}-not-me`;
+  for (const path of [`${other}/pool.json`, other]) {
+    await assert.rejects(
+      () => OAuthPoolPlugin({ client: fakeClient().client }, { path }),
+      (err) => err.code === "INVALID_ARGUMENT" && /another user's home/.test(err.message),
+    );
+  }
+});
+
 test("without a path option the pool is OAUTH_POOL_PATH", async () => {
   rmSync(process.env.OAUTH_POOL_PATH, { force: true });
   const hooks = await OAuthPoolPlugin({ client: fakeClient().client });

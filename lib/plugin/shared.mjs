@@ -1,6 +1,6 @@
 // What the plugin's parts share: the provider id, the pool path option, the library calls they
 // use, and the failover notices.
-import { homedir } from "node:os";
+import { homedir, userInfo } from "node:os";
 import { join } from "node:path";
 import * as api from "../api.mjs";
 import { createPoolFetch } from "../fetch.mjs";
@@ -43,14 +43,34 @@ export function pluginOptions(options) {
 /** The library's validated calls (lib/api.mjs), under the name the parts use. */
 export const pool = api;
 
-/** The pool file from the plugin options (`[spec, { path }]` in opencode.json), else the default. */
+/**
+ * The pool file from the plugin options (`[spec, { path }]` in opencode.json), else the default.
+ * `~user/...` means a home directory as in a shell: ours when `user` is this account's name;
+ * another's is refused (INVALID_ARGUMENT), where it was taken as a relative path and the pool
+ * file, tokens and all, went into a directory named `~user` under the project.
+ */
 export function poolPath(options) {
   const path = options?.path;
   if (typeof path !== "string" || !path.trim()) return undefined;
   const p = path.trim();
   if (p === "~") return homedir();
   if (p.startsWith("~/")) return join(homedir(), p.slice(2));
+  const named = /^~([^/\\]+)(?:[/\\](.*))?$/s.exec(p);
+  if (named) {
+    if (named[1] === currentUser()) return named[2] ? join(homedir(), named[2]) : homedir();
+    throw api.invalidArgument(
+      `plugin option path: ~${printable(named[1])} is another user's home, which is not expanded; write the whole path (or ~/ for your own home)`,
+    );
+  }
   return p;
+}
+
+function currentUser() {
+  try {
+    return userInfo().username;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Fire-and-forget log line through OpenCode's client (never awaited: no deadlock, no throw). */
