@@ -213,6 +213,22 @@ test("the loader zeroes costs and returns { apiKey: '', fetch } serving with the
   assert.equal(seen.headers["x-api-key"], undefined);
 });
 
+test("the loader takes whatever models the host passes without throwing (frozen, self-referring, not an object)", async () => {
+  const hooks = await plugin(freshPath());
+  const frozen = Object.freeze({ cost: Object.freeze({ input: 3, output: 15 }) });
+  const cyclic = { input: 3, cache: { read: 1 } };
+  cyclic.cache.again = cyclic;
+  const models = { frozen, cyclic: { cost: cyclic }, odd: null, text: "x" };
+  for (const provider of [{ models }, { models: "abc" }, { models: null }, undefined, null]) {
+    const out = await hooks.auth.loader(async () => undefined, provider);
+    assert.equal(out.apiKey, "");
+    assert.equal(typeof out.fetch, "function");
+  }
+  assert.deepEqual(frozen.cost, { input: 3, output: 15 }, "a frozen cost keeps its prices");
+  assert.equal(cyclic.input, 0);
+  assert.equal(cyclic.cache.read, 0);
+});
+
 test("a 429 on the first account fails over to the second and the user is told once", async () => {
   const path = freshPath();
   const { client, toasts, logs } = fakeClient();

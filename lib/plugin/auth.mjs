@@ -17,15 +17,26 @@ function failed(client, what, err) {
   return { type: "failed" };
 }
 
-/** Zeroes every number under each model's `cost` (subscription requests are not billed per token). */
+/**
+ * Zeroes every number under each model's `cost` (subscription requests are not billed per token).
+ * The models are the host's: a cost it froze keeps its prices and one that refers to itself is
+ * walked once, rather than the loader throwing (a throwing hook can stop OpenCode 1.18 starting).
+ */
 export function zeroModelCosts(models) {
+  const seen = new WeakSet();
   const zero = (cost) => {
+    if (seen.has(cost)) return;
+    seen.add(cost);
     for (const [k, v] of Object.entries(cost)) {
-      if (typeof v === "number") cost[k] = 0;
-      else if (v && typeof v === "object") zero(v);
+      if (typeof v === "number") {
+        try {
+          cost[k] = 0;
+        } catch {}
+      } else if (v && typeof v === "object") zero(v);
     }
   };
-  for (const m of Object.values(models ?? {})) if (m?.cost && typeof m.cost === "object") zero(m.cost);
+  if (!models || typeof models !== "object") return;
+  for (const m of Object.values(models)) if (m?.cost && typeof m.cost === "object") zero(m.cost);
 }
 
 /** True when the pool holds accounts and every one is a Console API key (billed per token). */
