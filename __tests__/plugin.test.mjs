@@ -485,6 +485,26 @@ test("config mirrors the anthropic models of OpenCode's models.dev cache, costs 
   }
 });
 
+test('a "__proto__" model id in the models cache or in the user\'s settings sets no prototype', async () => {
+  const file = cacheFile();
+  mkdirSync(join(file, ".."), { recursive: true });
+  const text = JSON.stringify({ anthropic: { models: CACHED } });
+  writeFileSync(file, text.replace('"models":{', '"models":{"__proto__":{"id":"claude-proto","name":"from the prototype"},'));
+  try {
+    // As OpenCode hands it over: parsed from opencode.json, where "__proto__" is an own key.
+    const config = JSON.parse('{"provider":{"anthropic-pool":{"models":{"__proto__":{"name":"mine"}},"__proto__":{"npm":"elsewhere"}}}}');
+    await (await plugin(freshPath())).config(config);
+    const p = config.provider["anthropic-pool"];
+    assert.equal(Object.getPrototypeOf(p), Object.prototype);
+    assert.equal(Object.getPrototypeOf(p.models), Object.prototype);
+    assert.equal(p.npm, "@ai-sdk/anthropic");
+    assert.equal(p.models.name, undefined);
+    assert.deepEqual(Object.keys(p.models).sort(), ["claude-sonnet-4-5", "claude-test-9"]);
+  } finally {
+    rmSync(file, { force: true });
+  }
+});
+
 test("config honours OPENCODE_MODELS_PATH and keeps catalog prices for a pool of API keys only", async () => {
   const file = join(tmp, "elsewhere", "models.json");
   plantCache(CACHED, file);

@@ -68,7 +68,8 @@ export async function cachedAnthropicModels(file = modelsCachePath()) {
     if (!models || typeof models !== "object" || Array.isArray(models)) return null;
     const out = {};
     for (const [id, def] of Object.entries(models)) {
-      if (!def || typeof def !== "object") continue;
+      // Assigned, "__proto__" would set the table's prototype: it names no model.
+      if (!def || typeof def !== "object" || id === "__proto__") continue;
       const copy = {};
       for (const k of MODEL_FIELDS) if (def[k] !== undefined) copy[k] = structuredClone(def[k]);
       if (!copy.name) copy.name = id;
@@ -88,7 +89,11 @@ function isPlainObject(v) {
 export function mergeUserWins(base, over) {
   if (!isPlainObject(base) || !isPlainObject(over)) return over === undefined ? base : over;
   const out = { ...base };
-  for (const [k, v] of Object.entries(over)) out[k] = k in base ? mergeUserWins(base[k], v) : v;
+  for (const [k, v] of Object.entries(over)) {
+    // A "__proto__" key (JSON.parse makes it an own one) would set `out`'s prototype: no setting.
+    if (k === "__proto__") continue;
+    out[k] = Object.hasOwn(base, k) ? mergeUserWins(base[k], v) : v;
+  }
   return out;
 }
 
