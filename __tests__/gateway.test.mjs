@@ -269,6 +269,50 @@ test("hostile clients: oversized bodies, slow headers, huge headers, garbage, to
   }
 });
 
+test("request bodies held at once are bounded: past 256 MB of them a request gets 503 with retry-after, and the share comes back", async () => {
+  // Each body is kept until its answer came (for a resend on failover). Bodies under the 32 MB
+  // limit, many at once, were all held: 512 connections could hold 16 GB.
+  const { gw } = await gateway(["bodies@x.test"]);
+  const SIZE = 30 * 1024 * 1024; // 8 of them fit in 256 MB, a 9th does not
+  const body = new Uint8Array(SIZE).fill(0x20);
+  const upstream = () => mock.requests.filter((r) => r.path.startsWith("/v1/messages")).length;
+  /** `n` requests at once, their answers held upstream until `release`: how many were let through. */
+  async function round(n) {
+    let release;
+    const gate = new Promise((r) => (release = r));
+    mock.clearRequests();
+    mock.scriptAll(Array.from({ length: n }, () => ({ until: gate })));
+    const refused = [];
+    const sent = Array.from({ length: n }, () =>
+      fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { "x-api-key": KEY, "content-type": "application/json" }, body }).then(async (res) => {
+        if (res.status === 503) refused.push({ retryAfter: res.headers.get("retry-after"), type: (await res.json()).error.type });
+        else await res.arrayBuffer();
+        return res.status;
+      }),
+    );
+    // Every request either waits upstream with its body held, or was refused.
+    while (upstream() + refused.length < n) await new Promise((r) => setTimeout(r, 50));
+    const through = upstream();
+    release();
+    const statuses = await Promise.all(sent);
+    mock.clearScripts();
+    mock.clearRequests();
+    return { through, refused, statuses };
+  }
+  try {
+    const first = await round(12);
+    assert.ok(first.through >= 1 && first.through <= 8, `${first.through} bodies of 30 MB held at once`);
+    assert.equal(first.refused.length, 12 - first.through);
+    for (const r of first.refused) assert.deepEqual(r, { retryAfter: "1", type: "overloaded_error" });
+    assert.equal(first.statuses.filter((s) => s === 200).length, first.through, "the ones let through are answered");
+    // What they held was given back: 8 at once fit again.
+    const second = await round(8);
+    assert.equal(second.through, 8, `${second.refused.length} refused after the first round ended`);
+  } finally {
+    await gw.close(1000);
+  }
+});
+
 test("paths that leave /v1/ and methods that tunnel or echo never go upstream with the pool's credential", async () => {
   const { gw } = await gateway(["escape@x.test"]);
   try {

@@ -2,6 +2,7 @@
 //! engine (`fetch::pool_fetch`, the same driver as the library's fetch), and the answer streamed
 //! back through the usage tap.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -9,6 +10,7 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::metrics::count_events;
 use super::{error, error_closing, full, AnyBody, State, MAX_BODY};
@@ -70,6 +72,21 @@ fn too_large() -> Response<AnyBody> {
     )
 }
 
+/// Too many request bodies held at once: the client retries shortly, as when the connections
+/// are all taken.
+fn busy() -> Response<AnyBody> {
+    let mut res = error_closing(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded_error",
+        "the pool gateway holds too many request bodies at once (256 MB); retry shortly",
+    );
+    res.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    res
+}
+
 pub(super) async fn linger(body: &mut Incoming, mut seen: usize) {
     let draining = async {
         while let Some(Ok(frame)) = body.frame().await {
@@ -83,37 +100,82 @@ pub(super) async fn linger(body: &mut Incoming, mut seen: usize) {
 }
 
 enum BodyRead {
-    Whole(Bytes),
+    /// The body, and its share of `BODIES_HELD` (given back when both are dropped).
+    Whole(Bytes, Option<OwnedSemaphorePermit>),
     TooLarge,
+    /// Taking it would pass `BODIES_HELD`.
+    Busy,
     BrokeOff,
 }
 
-/// The request body, at most `MAX_BODY` bytes.
-async fn read_body(body: &mut Incoming) -> BodyRead {
+/// The request body, at most `MAX_BODY` bytes, counted against the bodies held at once as it
+/// arrives: memory goes only to bytes that came, so a client that declares a length and sends
+/// nothing holds no share. A declared length sizes the buffer once (its pages are taken as the
+/// bytes land); a chunked body's buffer grows by doubling and counts at its capacity.
+async fn read_body(
+    body: &mut Incoming,
+    declared: Option<usize>,
+    budget: &Arc<Semaphore>,
+) -> BodyRead {
     let mut out = bytes::BytesMut::new();
+    let mut share: Option<OwnedSemaphorePermit> = None;
+    let mut counted = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             return BodyRead::BrokeOff;
         };
-        if let Some(data) = frame.data_ref() {
-            if out.len() + data.len() > MAX_BODY {
-                linger(body, out.len() + data.len()).await;
-                return BodyRead::TooLarge;
-            }
-            out.extend_from_slice(data);
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        let len = out.len() + data.len();
+        if len > MAX_BODY {
+            drop(out);
+            drop(share);
+            linger(body, len).await;
+            return BodyRead::TooLarge;
         }
+        let held = match declared {
+            Some(n) => {
+                if out.capacity() == 0 {
+                    out.reserve(n.max(data.len()));
+                }
+                len
+            }
+            None => {
+                out.reserve(data.len());
+                out.capacity()
+            }
+        };
+        if held > counted {
+            let more = u32::try_from(held - counted).unwrap_or(u32::MAX);
+            match budget.clone().try_acquire_many_owned(more) {
+                Ok(p) => match share.as_mut() {
+                    Some(s) => s.merge(p),
+                    None => share = Some(p),
+                },
+                Err(_) => {
+                    drop(out);
+                    drop(share);
+                    linger(body, len).await;
+                    return BodyRead::Busy;
+                }
+            }
+            counted = held;
+        }
+        out.extend_from_slice(data);
     }
-    BodyRead::Whole(out.freeze())
+    BodyRead::Whole(out.freeze(), share)
 }
 
 pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<AnyBody> {
     let started = Instant::now();
-    let declared_too_large = req
+    let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > MAX_BODY as u64);
+        .and_then(|v| v.parse::<u64>().ok());
+    let declared_too_large = declared.is_some_and(|n| n > MAX_BODY as u64);
+    let declared = declared.and_then(|n| usize::try_from(n).ok());
     let (parts, mut incoming) = req.into_parts();
     if declared_too_large {
         linger(&mut incoming, 0).await;
@@ -148,7 +210,8 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
     }
     let method = parts.method.as_str().to_string();
     let headers = header_pairs(&parts.headers);
-    let body = match tokio::time::timeout(state.body_timeout, read_body(&mut incoming)).await {
+    let read = read_body(&mut incoming, declared, &state.bodies);
+    let (body, _share) = match tokio::time::timeout(state.body_timeout, read).await {
         Err(_) => {
             return error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -157,6 +220,7 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
             )
         }
         Ok(BodyRead::TooLarge) => return too_large(),
+        Ok(BodyRead::Busy) => return busy(),
         Ok(BodyRead::BrokeOff) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -164,7 +228,7 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
                 "the request body broke off",
             )
         }
-        Ok(BodyRead::Whole(b)) => b,
+        Ok(BodyRead::Whole(b, share)) => (b, share),
     };
     let request = OutgoingRequest {
         url: target,

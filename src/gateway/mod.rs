@@ -7,7 +7,8 @@
 //!   compared in constant time); the client's key is never forwarded.
 //! - Loopback only, unless `allow_remote` with TLS.
 //! - Hostile clients get bounded answers: headers at most 64 KB and within the header timeout
-//!   (slowloris), bodies at most 32 MB and within the body timeout, a cap on connections.
+//!   (slowloris), bodies at most 32 MB and within the body timeout, at most 256 MB of bodies
+//!   held at once, a cap on connections.
 //! - `close` stops accepting and lets streams in flight finish for a bounded time.
 //!
 //! Here: listening, TLS, connections and routing; `forward` serves `/v1/*`, `metrics` serves
@@ -44,6 +45,10 @@ pub use key::gateway_key;
 
 /// The largest request body (a Messages request with images and a long history stays far below).
 pub const MAX_BODY: usize = 32 * 1024 * 1024;
+/// The request bodies held at once, all connections together (each is kept until its answer
+/// came, for a resend on failover): without it, the connection cap times `MAX_BODY` (16 GB)
+/// could be held. Past it, a request is answered 503 with `retry-after`.
+pub const BODIES_HELD: usize = 256 * 1024 * 1024;
 /// Request line plus headers.
 const MAX_HEADERS: usize = 64 * 1024;
 
@@ -66,6 +71,8 @@ struct State {
     pub(super) key: Secret,
     pub(super) metrics: metrics::Metrics,
     pub(super) body_timeout: Duration,
+    /// Bytes of request bodies held, one permit a byte (`BODIES_HELD`).
+    pub(super) bodies: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the gateway closes: requests waiting for an upstream answer give up.
     pub(super) closing: CancellationToken,
 }
@@ -157,6 +164,7 @@ pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
         key: opts.key,
         metrics: metrics::Metrics::new(),
         body_timeout: opts.body_timeout,
+        bodies: Arc::new(tokio::sync::Semaphore::new(BODIES_HELD)),
         closing: closing.clone(),
     });
     let shutdown = CancellationToken::new();
