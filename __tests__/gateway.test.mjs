@@ -313,6 +313,45 @@ test("request bodies held at once are bounded: past 256 MB of them a request get
   }
 });
 
+test("a client that stops reading its answer is cut after the response timeout: the upstream stream and the connection slot are let go", async () => {
+  // The gateway reads upstream only as fast as the client takes the answer (nothing piles up),
+  // but a client that took nothing more (stopped, hung) held its slot, its task and the upstream
+  // stream for as long as it lived.
+  process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = "3000";
+  const { gw } = await gateway(["stalled@x.test"], { maxConnections: 1 });
+  const { port } = new URL(gw.url);
+  const stalled = connect(Number(port), "127.0.0.1");
+  stalled.on("error", () => {});
+  try {
+    mock.clearRequests();
+    // More than the sockets' buffers on both sides take.
+    mock.scriptAll([{ body: "x".repeat(64 * 1024 * 1024) }]);
+    const cut = mock.waitFor("closed", (r) => r.email === "stalled@x.test");
+    await new Promise((r) => stalled.on("connect", r));
+    stalled.pause();
+    stalled.write(`POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: ${KEY}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}`);
+    let timer;
+    const late = new Promise((r) => (timer = setTimeout(() => r("still open"), 90_000)));
+    const seen = await Promise.race([cut.then(() => "cut"), late]);
+    clearTimeout(timer);
+    assert.equal(seen, "cut", "the upstream answer nobody takes is let go");
+    // Its slot (the only one) is free again.
+    let res = await messages(gw.url);
+    for (let i = 0; i < 50 && res.status === 503; i++) {
+      await res.text();
+      await new Promise((r) => setTimeout(r, 100));
+      res = await messages(gw.url);
+    }
+    assert.equal(res.status, 200, "the stalled client's slot was given back");
+    await res.text();
+  } finally {
+    stalled.destroy();
+    mock.clearScripts();
+    await gw.close(1000);
+    delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
+  }
+});
+
 test("paths that leave /v1/ and methods that tunnel or echo never go upstream with the pool's credential", async () => {
   const { gw } = await gateway(["escape@x.test"]);
   try {
