@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { connect } from "node:net";
 import { request as httpsRequest } from "node:https";
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -456,6 +456,27 @@ test("loopback only by default: another address needs --allow-remote and TLS; wi
     const refused = await get();
     assert.equal(refused.status, 503);
     assert.equal(refused.retryAfter, "1");
+
+    // A flood past the cap that never handshakes: each refusal waited up to 2 s for its
+    // handshake, so every one held a descriptor and a task (1,000 at once: 1,000 descriptors).
+    // At most 64 are refused at once now; the others are closed unanswered.
+    const fds = () => readdirSync("/proc/self/fd").length;
+    const before = fds();
+    const N = 300;
+    const flood = Array.from({ length: N }, () => {
+      const s = connect(Number(new URL(gw.url).port), "127.0.0.1");
+      s.on("error", () => {});
+      return s;
+    });
+    idle.push(...flood);
+    await Promise.all(flood.map((s) => new Promise((r) => (s.connecting ? s.on("connect", r).on("close", r) : r()))));
+    let peak = fds();
+    for (let i = 0; i < 50; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      peak = Math.max(peak, fds());
+    }
+    // Our own N ends at most, the gateway's 64 refusals, and a margin for the rest of the process.
+    assert.ok(peak - before <= N + 64 + 100, `${peak - before} descriptors more during a flood of ${N} connections`);
   } finally {
     for (const s of idle) s.destroy();
     await gw.close(1000);

@@ -235,6 +235,7 @@ async fn accept_loop(
     // its connections and its task after `close()` resolved, until its upstream ended.
     let cut = CancellationToken::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS));
     loop {
         let (stream, _peer) = tokio::select! {
             biased;
@@ -252,10 +253,18 @@ async fn accept_loop(
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             // Over the cap: a short, final answer instead of an unbounded queue; in TLS, as
             // TLS (a client reads plain text on a TLS port as a protocol error, not a 503).
+            // Each refusal holds its connection up to `REFUSAL_TIME`: past `REFUSALS` at once
+            // (a flood), a connection is closed unanswered, else a flood of connections that
+            // never handshake held a descriptor and a task each.
+            let Ok(refusing) = refusals.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
             match &acceptor {
                 Some(tls) => {
                     let tls = tls.clone();
                     crate::runtime::spawn_boxed(async move {
+                        let _refusing = refusing;
                         if let Ok(Ok(stream)) =
                             tokio::time::timeout(REFUSAL_TIME, tls.accept(stream)).await
                         {
@@ -264,7 +273,10 @@ async fn accept_loop(
                     });
                 }
                 None => {
-                    crate::runtime::spawn_boxed(refuse_busy(stream));
+                    crate::runtime::spawn_boxed(async move {
+                        let _refusing = refusing;
+                        refuse_busy(stream).await;
+                    });
                 }
             }
             continue;
@@ -399,6 +411,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
 
 /// How long a refused connection is given to take its 503 (and, in TLS, its handshake).
 const REFUSAL_TIME: Duration = Duration::from_secs(2);
+/// Connections being refused at once (past the connection cap).
+const REFUSALS: usize = 64;
 
 async fn refuse_busy(mut stream: impl tokio::io::AsyncWrite + Unpin) {
     use tokio::io::AsyncWriteExt;
