@@ -576,6 +576,26 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> 
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_write_the_peer_never_takes_fails_after_the_limit_and_one_it_takes_goes_through() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut ours = WriteStall::new(ours, Duration::from_millis(50));
+        ours.write_all(&[1u8; 1024]).await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            theirs.read_exact(&mut buf).await.unwrap();
+            theirs
+        });
+        // Taken as it is written: no error, however long the whole takes.
+        ours.write_all(&[2u8; 1024]).await.unwrap();
+        let _theirs = reader.await.unwrap();
+        ours.write_all(&[3u8; 1024]).await.unwrap();
+        // Nobody reads now: the write fails instead of waiting for good.
+        let err = ours.write_all(&[4u8; 1]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
     #[test]
     fn the_bearer_scheme_is_case_insensitive_and_takes_spaces_or_tabs() {
         for (value, token) in [
