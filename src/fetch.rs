@@ -100,7 +100,10 @@ pub async fn pool_fetch(
         .body
         .as_deref()
         .and_then(|b| top_level_string(b, "model", b.len()));
-    let mut ex = engine.exchange(RequestMeta::from_headers(pairs()).with_model(model));
+    let meta = RequestMeta::from_headers(pairs())
+        .with_model(model)
+        .with_url(url.path());
+    let mut ex = engine.exchange(meta);
     let result = serve(&mut ex, method, url, &base, req.body, cancel).await;
     let events = ex.take_events();
     match result {

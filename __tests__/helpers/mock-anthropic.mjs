@@ -771,6 +771,45 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     sendJson(res, 200, { raw_key: key });
   }
 
+  // Files and message batches as the API keeps them: each is the account's that made it, and
+  // any other account asking for one gets a 404 not_found_error.
+  const resources = new Map(); // id -> { owner, type, content }
+  function handleResources(req, res, record, auth, url, text) {
+    if (!auth.email) {
+      record.status = 401;
+      return sendJson(res, 401, apiErrorBody(401, auth.error));
+    }
+    const parts = url.pathname.split("/").filter(Boolean);
+    const files = parts[1] === "files";
+    const [at, type, prefix] = files ? [2, "file", "file_"] : [3, "message_batch", "msgbatch_"];
+    record.status = 200;
+    if (parts.length === at) {
+      if (req.method === "GET") {
+        const data = [...resources].filter(([, r]) => r.owner === auth.email && r.type === type).map(([id]) => ({ id, type }));
+        return sendJson(res, 200, { data, has_more: false });
+      }
+      // An id of the API's shape: a kind, `_`, then letters and digits.
+      const id = `${prefix}01${randomBytes(16).toString("hex")}`;
+      resources.set(id, { owner: auth.email, type, content: text });
+      return sendJson(res, 200, { id, type });
+    }
+    const [id, action] = parts.slice(at);
+    const found = resources.get(id);
+    if (found?.owner !== auth.email) {
+      record.status = 404;
+      return sendJson(res, 404, apiErrorBody(404, `${type} ${id} not found`));
+    }
+    if (req.method === "DELETE") {
+      resources.delete(id);
+      return sendJson(res, 200, { id, type: `${type}_deleted` });
+    }
+    if (action === "content" || action === "results") {
+      res.writeHead(200, { "content-type": "application/octet-stream", "content-length": Buffer.byteLength(found.content) });
+      return res.end(found.content);
+    }
+    return sendJson(res, 200, { id, type });
+  }
+
   /** Everything on the API origin except the token endpoint, bench and control routes. */
   async function handleApi(req, res, url) {
     // Sub-millisecond wall-clock marks, comparable across processes (the failover benchmark
@@ -813,6 +852,7 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     if (route === "GET /api/oauth/profile") return handleProfile(res, auth);
     if (route === "GET /api/oauth/usage") return handleUsage(res, auth);
     if (route === "POST /api/oauth/claude_cli/create_api_key") return handleCreateApiKey(res, auth);
+    if (/^\/v1\/(files|messages\/batches)(\/|$)/.test(url.pathname)) return handleResources(req, res, record, auth, url, text);
     record.status = 404;
     sendJson(res, 404, apiErrorBody(404, `Not found: ${req.method} ${url.pathname}`));
   }

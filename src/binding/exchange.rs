@@ -151,7 +151,10 @@ impl NativeExchange {
         let model = model
             .or_else(|| body.as_deref().and_then(model_in))
             .or_else(|| body_start.as_deref().and_then(|b| model_in(b.as_bytes())));
-        let meta = RequestMeta::from_headers(pairs()).with_model(model);
+        let mut meta = RequestMeta::from_headers(pairs()).with_model(model);
+        if let Some(url) = url.as_deref() {
+            meta = meta.with_url(url);
+        }
         let base = headers::forwardable(pairs());
         let inner = engine_for(path.as_deref())
             .and_then(|engine| {

@@ -69,6 +69,8 @@ pub struct Exchange {
     /// When the current attempt was handed out to be sent (epoch ms): what its answer says is
     /// as of then (see `limits::newer`).
     sent_at: i64,
+    /// The status of the last answer judged.
+    status: u16,
     events: Vec<Event>,
     /// The store could not be reached, read, written or locked for an account: said when no
     /// account could serve.
@@ -89,6 +91,7 @@ impl Exchange {
             moved_from: None,
             current: None,
             sent_at: 0,
+            status: 0,
             events: Vec::new(),
             store_error: None,
         }
@@ -312,6 +315,9 @@ impl Exchange {
     /// The account to try next, passing over those in `passed`.
     fn choose_from(&self, pool: &Pool, passed: &HashSet<String>) -> Option<String> {
         let now = now_ms();
+        if let Some(holder) = self.known_holder(pool, passed, now) {
+            return Some(holder);
+        }
         let family = self.family.as_deref();
         let candidates: Vec<Candidate> = pool
             .accounts()
@@ -337,7 +343,31 @@ impl Exchange {
             sticky: sticky.as_deref(),
             soft_threshold: crate::settings::soft_threshold(),
         };
-        select::choose(&candidates, passed, &pref).map(|c| c.email.clone())
+        select::choose(&candidates, passed, &pref)
+            .map(|c| c.email.clone())
+            .or_else(|| self.resting_holder(pool, passed, now))
+    }
+
+    /// For a request naming a resource (a file, a batch): an account left only because it
+    /// rests. A cooldown rests what an account sends to the model; what it holds is still its
+    /// own to hand out.
+    fn resting_holder(&self, pool: &Pool, passed: &HashSet<String>, now: i64) -> Option<String> {
+        self.meta.resource.as_ref()?;
+        pool.accounts()
+            .find(|a| {
+                !passed.contains(&a.email)
+                    && self.engine.blocked(a, self.family.as_deref(), now) != super::Blocked::Out
+            })
+            .map(|a| a.email.clone())
+    }
+
+    /// The account known to hold the resource the request names, when it can be asked.
+    fn known_holder(&self, pool: &Pool, passed: &HashSet<String>, now: i64) -> Option<String> {
+        let holder = self.engine.overlay.holder(self.meta.resource.as_deref()?)?;
+        let a = pool.find(&holder)?;
+        (!passed.contains(&holder)
+            && self.engine.blocked(a, self.family.as_deref(), now) != super::Blocked::Out)
+            .then_some(holder)
     }
 
     /// What the answer to the last attempt means. `body` is the bounded start of the body when
@@ -352,7 +382,15 @@ impl Exchange {
         let Some((email, credential)) = self.current.clone() else {
             return Ok(Verdict::Deliver);
         };
-        let (decision, limits, now) = self.decide(status, headers, body, &email, &credential);
+        self.status = status;
+        let elsewhere = status == 404
+            && self.meta.resource.is_some()
+            && match self.engine.snapshot().await {
+                Ok(pool) => self.another_may_hold(status, &pool, &email),
+                Err(_) => false,
+            };
+        let (decision, limits, now) =
+            self.decide(status, headers, body, &email, &credential, elsewhere);
         match decision {
             Decision::RefreshAndRetry => {
                 self.refreshed.insert(email.clone());
@@ -409,10 +447,16 @@ impl Exchange {
         headers: &HeaderMap,
         body: Option<&[u8]>,
     ) -> Option<Verdict> {
+        self.status = status;
         let Some((email, credential)) = self.current.as_ref() else {
             return Some(Verdict::Deliver);
         };
-        let (decision, limits, now) = self.decide(status, headers, body, email, credential);
+        // Which accounts are left to ask needs the pool: `judge()` reads it when it is not at hand.
+        let elsewhere = status == 404
+            && self.meta.resource.is_some()
+            && self.another_may_hold(status, &*self.engine.snapshot_now()?, email);
+        let (decision, limits, now) =
+            self.decide(status, headers, body, email, credential, elsewhere);
         match decision {
             Decision::RefreshAndRetry | Decision::RefusedAndMove => None,
             other => Some(self.settle(other, email.clone(), &limits, now)),
@@ -426,19 +470,27 @@ impl Exchange {
         body: Option<&[u8]>,
         email: &str,
         credential: &Credential,
+        elsewhere: bool,
     ) -> (Decision, Limits, i64) {
         let now = now_ms();
         let limits = Limits::from_headers(headers, SystemTime::now()).sent_at(self.sent_at);
-        let decision = verdict::decide(
-            status,
-            &limits,
-            body,
-            credential.kind(),
-            self.refreshed.contains(email),
+        let asked = verdict::Asked {
+            kind: credential.kind(),
+            refreshed_already: self.refreshed.contains(email),
+            family: self.family.as_deref(),
+            elsewhere,
+        };
+        (
+            verdict::decide(status, &limits, body, asked, now),
+            limits,
             now,
-            self.family.as_deref(),
-        );
-        (decision, limits, now)
+        )
+    }
+
+    /// Whether a 404 could be another account's to answer: the request names a resource (a
+    /// file, a batch) and an account that has not been asked is left.
+    fn another_may_hold(&self, status: u16, pool: &Pool, email: &str) -> bool {
+        status == 404 && self.meta.resource.is_some() && self.another_could_serve(pool, email)
     }
 
     /// The decisions that need no I/O: deliver (and say so for a third-party refusal), or cool
@@ -450,6 +502,13 @@ impl Exchange {
             Decision::Deliver | Decision::RefreshAndRetry | Decision::RefusedAndMove => {
                 self.served(&email, limits, now);
                 Verdict::Deliver
+            }
+            Decision::LookElsewhere => {
+                // Not a failover: the account is as good as before, it just does not hold this.
+                tracing::debug!(account = %email, "the resource asked for is not this account's");
+                self.tried.insert(email);
+                self.current = None;
+                Verdict::Retry
             }
             Decision::DeliverThirdPartyRefusal => {
                 tracing::warn!(account = %email, "third-party use refused by Anthropic");
@@ -553,9 +612,19 @@ impl Exchange {
 
     fn served(&mut self, email: &str, limits: &Limits, now: i64) {
         let sent_at = self.sent_at;
-        self.engine
-            .overlay
-            .served(email, self.meta.session.as_deref(), now, sent_at);
+        match &self.meta.resource {
+            // A request for a file or a batch goes where that lives: it says nothing of which
+            // account the conversation is to go on with.
+            Some(id) => {
+                if (200..300).contains(&self.status) {
+                    self.engine.overlay.holds(id, email, sent_at);
+                }
+            }
+            None => self
+                .engine
+                .overlay
+                .served(email, self.meta.session.as_deref(), now, sent_at),
+        }
         if !limits.windows.is_empty() {
             self.engine.overlay.note_windows(email, &limits.windows);
         }

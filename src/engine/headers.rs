@@ -23,6 +23,9 @@ pub struct RequestMeta {
     pub parent: Option<String>,
     /// The request body's `model`: scoped windows, model cooldowns and usage are per model.
     pub model: Option<String>,
+    /// The id of an account's own resource the request's path names (`file_...`,
+    /// `msgbatch_...`): only the account that made it holds it.
+    pub resource: Option<String>,
 }
 
 /// Request headers never forwarded upstream: credentials (the pool sets its own), hop-by-hop
@@ -72,7 +75,14 @@ impl RequestMeta {
                 .or_else(|| find("x-claude-code-session-id")),
             parent: find("x-parent-session-id"),
             model: None,
+            resource: None,
         }
+    }
+
+    /// What the request's URL (absolute, or its path) names: see `resource_in_path`.
+    pub fn with_url(mut self, url: &str) -> Self {
+        self.resource = resource_in_path(path_of(url));
+        self
     }
 
     /// The model a request names, when it can be one: a caller's text becomes a key of the
@@ -84,6 +94,49 @@ impl RequestMeta {
         });
         self
     }
+}
+
+/// The path of an absolute URL (or the path itself), without query or fragment.
+fn path_of(url: &str) -> &str {
+    let rest = match url.find("://") {
+        Some(i) => {
+            let after = &url[i + 3..];
+            after.find('/').map_or("", |j| &after[j..])
+        }
+        None => url,
+    };
+    rest.split(['?', '#']).next().unwrap_or("")
+}
+
+/// The longest resource id kept (the API's are under 40 characters).
+const MAX_RESOURCE_LEN: usize = 128;
+
+/// The id of an account's own resource in an API path: a segment past `/v1/<collection>/` of
+/// the API's id shape, a lower-case kind, `_`, and letters and digits with at least one digit
+/// (`/v1/files/file_011CNha8iCJcU1wXNR6q4V8w/content`,
+/// `/v1/messages/batches/msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d/results`). Not a collection or an
+/// action (`count_tokens`), nor a model id (`claude-sonnet-4-5`: models are every account's).
+pub fn resource_in_path(path: &str) -> Option<String> {
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    if segments.next() != Some("v1") {
+        return None;
+    }
+    segments
+        .skip(1)
+        .find(|s| is_resource_id(s))
+        .map(str::to_string)
+}
+
+fn is_resource_id(segment: &str) -> bool {
+    let Some((kind, id)) = segment.split_once('_') else {
+        return false;
+    };
+    segment.len() <= MAX_RESOURCE_LEN
+        && !kind.is_empty()
+        && kind.bytes().all(|b| b.is_ascii_lowercase())
+        && id.len() >= 8
+        && id.bytes().all(|b| b.is_ascii_alphanumeric())
+        && id.bytes().any(|b| b.is_ascii_digit())
 }
 
 /// The caller's headers as they may go upstream: without `DROPPED`, nor any header its
@@ -184,6 +237,53 @@ pub fn with_credential(base: &HeaderMap, credential: &Credential) -> Result<Head
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_names_a_resource_only_by_the_api_id_shape() {
+        let named = |url: &str| RequestMeta::default().with_url(url).resource;
+        for (url, id) in [
+            (
+                "/v1/files/file_011CNha8iCJcU1wXNR6q4V8w",
+                "file_011CNha8iCJcU1wXNR6q4V8w",
+            ),
+            (
+                "https://api.anthropic.com/v1/files/file_011CNha8iCJcU1wXNR6q4V8w/content?x=1",
+                "file_011CNha8iCJcU1wXNR6q4V8w",
+            ),
+            (
+                "http://127.0.0.1:9/v1/messages/batches/msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d/results",
+                "msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d",
+            ),
+            (
+                "/v1/messages/batches/msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d/cancel#f",
+                "msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d",
+            ),
+            ("/v1/skills/skill_01AbCdEfGh", "skill_01AbCdEfGh"),
+        ] {
+            assert_eq!(named(url).as_deref(), Some(id), "{url}");
+        }
+        for url in [
+            "/v1/messages",
+            "https://api.anthropic.com/v1/messages?beta=true",
+            "/v1/messages/count_tokens",
+            "/v1/messages/batches",
+            "/v1/files",
+            "/v1/models/claude-sonnet-4-5",
+            "/v1/models/claude_3_opus_20240229",
+            "/v1/file_011CNha8iCJcU1wXNR6q4V8w",
+            "/v2/files/file_011CNha8iCJcU1wXNR6q4V8w",
+            "/v1/files/File_011CNha8iCJcU1wXNR6q4V8w",
+            "/v1/files/file_abcdefghij",
+            "/v1/files/file_0123",
+            "/v1/files/file-011CNha8iCJcU1wXNR6q4V8w",
+            "https://host/?/v1/files/file_011CNha8iCJcU1wXNR6q4V8w",
+            "",
+        ] {
+            assert_eq!(named(url), None, "{url}");
+        }
+        let long = format!("/v1/files/file_1{}", "a".repeat(200));
+        assert_eq!(named(&long), None);
+    }
     use crate::secret::Secret;
 
     /// The credential a request carried, for tests that check what was sent.

@@ -80,6 +80,8 @@ pub struct Overlay {
     /// The account that served the request sent last, and when that was sent.
     sticky: Mutex<Option<(String, i64)>>,
     sessions: Mutex<Pins>,
+    /// resource id (a file, a batch) -> the account found holding it.
+    holders: Mutex<Pins>,
     /// email -> the windows answers reported (the store has them a second later).
     windows: Mutex<HashMap<String, Vec<Window>>>,
     /// The last "every account cools" reported: (soonest account, until). One report per change.
@@ -249,6 +251,17 @@ impl Overlay {
                 .map(|(e, _, _)| e.clone())
         };
         session.and_then(live).or_else(|| parent.and_then(live))
+    }
+
+    /// The account found holding the resource `id` (a file, a batch), if this process found one.
+    pub fn holder(&self, id: &str) -> Option<String> {
+        lock(&self.holders).get(id).map(|(e, _, _)| e.clone())
+    }
+
+    /// `email` answered a request for the resource `id`: it holds it. Not a choice of account
+    /// for what comes next (the sticky account and the session's stay as they are).
+    pub fn holds(&self, id: &str, email: &str, sent_at: i64) {
+        lock(&self.holders).insert(id, email, sent_at);
     }
 
     /// The account that served a request sent at `sent_at` becomes sticky (and the session's)

@@ -7,6 +7,7 @@
 //! | 401, OAuth, first time for this account | adopt a newer token or refresh, retry on the same account |
 //! | 401 again, or 401 for an API key | the credential is refused: mark it (tied to that credential), move on |
 //! | 400 saying third-party apps draw from extra usage | deliver it, report it, do not rotate (every subscription would say the same) |
+//! | 404 to a request naming a file, a batch (any account's own resource) while another account is left to ask | not this account's: ask the next one, nobody is benched (the last 404 is delivered) |
 //! | anything else (2xx, 3xx, other 4xx, 529, 5xx) | deliver it as it is; nobody is benched |
 
 use super::limits::{cooldown_for_429, cooldown_for_spend_limit, Cooldown, Limits};
@@ -31,12 +32,14 @@ pub enum Decision {
     RefreshAndRetry,
     /// The credential is refused: mark the account and move on.
     RefusedAndMove,
+    /// What the request asks for (a file, a batch) is not this account's: ask the next one.
+    LookElsewhere,
 }
 
 /// The statuses whose answer may be anything but "deliver it as it is" (the rows of the table
 /// above): a driver must ask before delivering one of these; any other it may deliver first
 /// and report (`judge`) right after, off the answer's path.
-pub const DECISIVE: [u16; 3] = [400, 401, 429];
+pub const DECISIVE: [u16; 4] = [400, 401, 404, 429];
 
 /// A 400 and a 429 need their body read to be understood; it is read bounded (`PEEK_LIMIT`).
 pub fn needs_body(status: u16) -> bool {
@@ -47,15 +50,33 @@ pub fn needs_body(status: u16) -> bool {
 /// spend limit from a rate limit.
 pub const PEEK_LIMIT: usize = 256 * 1024;
 
+/// What the answer is judged against: the request it answered, and the attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    /// How the attempt was authenticated.
+    pub kind: CredentialKind,
+    /// Whether this account's token was refreshed for this request already.
+    pub refreshed_already: bool,
+    /// The model family asked for (scoped windows).
+    pub family: Option<&'a str>,
+    /// The request names an account's own resource (a file, a batch), and an account that has
+    /// not been asked is left.
+    pub elsewhere: bool,
+}
+
 pub fn decide(
     status: u16,
     limits: &Limits,
     body: Option<&[u8]>,
-    kind: CredentialKind,
-    refreshed_already: bool,
+    asked: Asked,
     now_ms: i64,
-    family: Option<&str>,
 ) -> Decision {
+    let Asked {
+        kind,
+        refreshed_already,
+        family,
+        elsewhere,
+    } = asked;
     match status {
         429 if body.is_some_and(is_spend_limit) => {
             Decision::CoolAndMove(cooldown_for_spend_limit(limits, now_ms))
@@ -64,6 +85,9 @@ pub fn decide(
         401 if kind == CredentialKind::OAuth && !refreshed_already => Decision::RefreshAndRetry,
         401 => Decision::RefusedAndMove,
         400 if body.is_some_and(is_third_party_refusal) => Decision::DeliverThirdPartyRefusal,
+        // Files and batches live in the account that made them; the API answers any other
+        // account's request for one with a 404, which says nothing about the account.
+        404 if elsewhere => Decision::LookElsewhere,
         _ => Decision::Deliver,
     }
 }
@@ -92,7 +116,13 @@ mod tests {
     fn the_policy_table() {
         let none = Limits::default();
         let d = |status, body: Option<&[u8]>, kind, again| {
-            decide(status, &none, body, kind, again, NOW, None)
+            let asked = Asked {
+                kind,
+                refreshed_already: again,
+                family: None,
+                elsewhere: false,
+            };
+            decide(status, &none, body, asked, NOW)
         };
         assert!(matches!(
             d(429, None, CredentialKind::OAuth, false),
@@ -137,6 +167,29 @@ mod tests {
             }
         }
         assert!(needs_body(400) && needs_body(429) && !needs_body(200));
+        // A 404 moves on only for a request that names another account's resource, while an
+        // account is left to ask; otherwise it is the answer.
+        let asked = |elsewhere| Asked {
+            kind: CredentialKind::ApiKey,
+            refreshed_already: false,
+            family: None,
+            elsewhere,
+        };
+        assert_eq!(
+            decide(404, &none, None, asked(true), NOW),
+            Decision::LookElsewhere
+        );
+        assert_eq!(
+            decide(404, &none, None, asked(false), NOW),
+            Decision::Deliver
+        );
+        for status in (100..600u16).filter(|s| *s != 404) {
+            assert_ne!(
+                decide(status, &none, None, asked(true), NOW),
+                Decision::LookElsewhere,
+                "{status}"
+            );
+        }
         let spend: &[u8] = br#"{"type":"error","error":{"type":"rate_limit_error","message":"You have reached your specified API usage limits.","details":{"error_code":"enforced_spend_limit_reached"}}}"#;
         let Decision::CoolAndMove(c) = d(429, Some(spend), CredentialKind::ApiKey, false) else {
             panic!("a spend limit moves on");

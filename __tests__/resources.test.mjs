@@ -1,0 +1,122 @@
+// Files and message batches through the pool: each lives in the account that made it, and the
+// API answers any other account's request for one with a 404. A pool that sends such a request
+// to whichever account it uses at the moment (after a failover, or from another process) told
+// the caller that a batch or a file it had made was gone.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import Anthropic from "@anthropic-ai/sdk";
+import * as lib from "../index.mjs";
+import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
+import { useMock, seedPool, account, messagesUrl, jsonHeaders, body } from "./helpers/pool-env.mjs";
+
+const { createPoolFetch, flushPool } = lib;
+const KEY = "test-gateway-key-0123456789abcdef";
+const mock = useMock({ env: { OAUTH_POOL_GATEWAY_KEY: KEY } });
+
+const upstream = () => mock.requests.map((r) => [r.method, r.path.replace(/_[0-9a-f]{34}/, "_ID"), r.email, r.status]);
+
+/** Makes a file with the pool's fetch `f`; moves the pool off its account with a 429 there. */
+async function fileThenFailover(f, path) {
+  const made = await f(`${mock.url}/v1/files`, { method: "POST", headers: jsonHeaders, body: "file bytes" });
+  assert.equal(made.status, 200);
+  const { id } = await made.json();
+  const holder = made.poolAccount;
+  mock.script(holder, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 3600 }) }]);
+  const moved = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  assert.equal(moved.status, 200);
+  assert.notEqual(moved.poolAccount, holder, "the messages moved on");
+  await moved.text();
+  await flushPool(path);
+  return { id, holder, other: moved.poolAccount };
+}
+
+for (const transport of ["native", "runtime"]) {
+  test(`a file made on one account is read through the pool after a failover moved it to another (${transport})`, async () => {
+    const path = await seedPool(mock, [`f1-${transport}@x.test`, `f2-${transport}@x.test`]);
+    const f = createPoolFetch({ path, transport });
+    const { id, holder, other } = await fileThenFailover(f, path);
+
+    mock.clearRequests();
+    const got = await f(`${mock.url}/v1/files/${id}/content`, { headers: jsonHeaders });
+    assert.equal(got.status, 200, "not the other account's 404");
+    assert.equal(await got.text(), "file bytes");
+    assert.equal(got.poolAccount, holder, "read where it lives, although that account rests");
+    assert.deepEqual(upstream(), [
+      ["GET", "/v1/files/file_ID/content", other, 404],
+      ["GET", "/v1/files/file_ID/content", holder, 200],
+    ]);
+
+    // Found once, asked there first; the conversation stays where it went.
+    mock.clearRequests();
+    const again = await f(`${mock.url}/v1/files/${id}`, { headers: jsonHeaders });
+    assert.equal(again.status, 200);
+    await again.text();
+    const next = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+    assert.equal(next.poolAccount, other, "a file read does not move the messages");
+    await next.text();
+    assert.deepEqual(upstream(), [
+      ["GET", "/v1/files/file_ID", holder, 200],
+      ["POST", "/v1/messages", other, 200],
+    ]);
+    await flushPool(path);
+    assert.equal(account(path, holder).status, "rate-limited", "its cooldown stands");
+    assert.ok(account(path, holder).rateLimitUntil > Date.now() + 3_000_000);
+  });
+}
+
+test("a 404 for what no account holds is asked of each account once, benches nobody and reaches the caller; a 404 to a message is the answer at once", async () => {
+  const emails = ["n1@x.test", "n2@x.test", "n3@x.test"];
+  const path = await seedPool(mock, emails);
+  const f = createPoolFetch({ path });
+  mock.clearRequests();
+  const missing = await f(`${mock.url}/v1/messages/batches/msgbatch_01${"0".repeat(32)}`, { headers: jsonHeaders });
+  assert.equal(missing.status, 404);
+  assert.equal((await missing.json()).error.type, "not_found_error");
+  assert.deepEqual(mock.requests.map((r) => r.email).sort(), emails, "each account asked once");
+  const message = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  await message.text();
+  mock.clearRequests();
+  mock.script(message.poolAccount, [{ status: 404 }]);
+  const notFound = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  assert.equal(notFound.status, 404, "a message's 404 (an unknown model) is the answer");
+  await notFound.text();
+  assert.equal(mock.requests.length, 1);
+  await flushPool(path);
+  for (const email of emails) {
+    const a = account(path, email);
+    assert.ok(["idle", "active"].includes(a.status), `${email}: ${a.status}`);
+    assert.equal(a.rateLimitUntil ?? null, null);
+  }
+});
+
+test("the Anthropic SDK through the gateway: a batch made on one account is found and cancelled after a failover", async () => {
+  const path = await seedPool(mock, ["b1@x.test", "b2@x.test"]);
+  await lib.setPriority("b1@x.test", 5, path);
+  const gw = await lib.serve({ port: 0, path });
+  try {
+    const client = new Anthropic({ apiKey: KEY, baseURL: gw.url, maxRetries: 0 });
+    const request = { custom_id: "one", params: { model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] } };
+    const batch = await client.messages.batches.create({ requests: [request] });
+    assert.match(batch.id, /^msgbatch_/);
+    mock.script("b1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 3600 }) }]);
+    const msg = await client.messages.create({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] });
+    assert.equal(msg.content[0].text, "Hello from b2@x.test");
+
+    mock.clearRequests();
+    const found = await client.messages.batches.retrieve(batch.id);
+    assert.equal(found.id, batch.id);
+    const cancelled = await client.messages.batches.cancel(batch.id);
+    assert.equal(cancelled.id, batch.id);
+    assert.deepEqual(
+      mock.requests.map((r) => [r.method, r.email, r.status]),
+      [
+        ["GET", "b2@x.test", 404],
+        ["GET", "b1@x.test", 200],
+        ["POST", "b1@x.test", 200],
+      ],
+      "the 404 once, then where it lives",
+    );
+  } finally {
+    await gw.close(1000);
+  }
+});
