@@ -559,3 +559,21 @@ test("auto: with a proxy variable set, the Rust client carries the request (it o
     delete process.env.HTTPS_PROXY;
   }
 });
+
+test("the caller's hop headers are the pool's to settle, alike on both transports: `expect: 100-continue` is answered (Node's fetch refused it as a NETWORK error), none goes upstream", async () => {
+  const path = await seedPool(mock, ["hop@x.test"]);
+  const hop = { expect: "100-continue", "keep-alive": "timeout=5", upgrade: "h2c", te: "trailers", "transfer-encoding": "chunked", "content-length": "3" };
+  for (const transport of ["native", "runtime"]) {
+    mock.clearRequests();
+    const res = await createPoolFetch({ path, transport })(`${mock.url}/v1/messages`, {
+      method: "POST",
+      headers: { ...jsonHeaders, ...hop },
+      body: JSON.stringify({ model, max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+    });
+    assert.equal(res.status, 200, transport);
+    assert.equal((await res.json()).content[0].text, "Hello from hop@x.test");
+    const [sent] = mock.requests;
+    for (const name of ["expect", "keep-alive", "upgrade", "te", "transfer-encoding"]) assert.equal(sent.headers[name], undefined, `${transport}: ${name}`);
+    assert.equal(sent.headers["content-length"], String(Buffer.byteLength(sent.body)), `${transport}: the body's own length`);
+  }
+});

@@ -46,6 +46,9 @@ pub const DROPPED: &[&str] = &[
     "upgrade",
     "te",
     "trailer",
+    // The hop's to settle: the pool holds the whole body before sending it (a retry sends it
+    // again), and Node's fetch refuses the header outright.
+    "expect",
     "proxy-authorization",
     "proxy-connection",
     "x-session-affinity",
