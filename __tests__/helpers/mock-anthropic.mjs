@@ -5,7 +5,7 @@
 //     /work/shared/reference/reliability.md): a consumed refresh token presented again revokes the
 //     whole token family, which is the oracle for "a refresh token is used at most once";
 //   - /v1/messages scripted per account (harness H2): 429s with unified rate-limit headers, SSE
-//     streams with in-band errors, resets after N bytes, hangs;
+//     streams with in-band errors, raw bodies byte for byte, resets after N bytes, hangs;
 //   - /api/oauth/profile, /api/oauth/usage, /api/oauth/claude_cli/create_api_key;
 //   - /bench/* endpoints (also under /v1/bench/*) with no auth, for throughput and latency measurements;
 //   - /__mock/* control routes, so another process can drive a mock it did not start.
@@ -631,7 +631,8 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
    * connection once exactly that many body bytes were written.
    */
   async function sendPieces(req, res, pieces, { chunkSize, delayMs, resetAfterBytes } = {}) {
-    let bufs = pieces.map((p) => Buffer.from(p));
+    // A Buffer goes out as it is (a test may send one buffer many times without holding copies).
+    let bufs = pieces.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p)));
     if (chunkSize > 0) {
       const all = Buffer.concat(bufs);
       bufs = [];
@@ -684,6 +685,14 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     }
     const status = step.status ?? 200;
     const extra = step.headers ?? {};
+    // `raw`: the body exactly as these pieces (strings or bytes, one write each unless
+    // `chunkSize`), with exactly `headers` (no content-type unless given), no length: chunked.
+    if (step.raw) {
+      res.writeHead(status, extra);
+      res.flushHeaders?.();
+      await sendPieces(req, res, [step.raw].flat(), step);
+      return status;
+    }
     if (status !== 200 || step.body !== undefined) {
       const body = step.body ?? apiErrorBody(status);
       const text = typeof body === "string" ? body : JSON.stringify(body);
