@@ -50,10 +50,20 @@ impl Counts {
         }
     }
 
+    /// A count that is not a whole number from 0 to `MAX_PER_ANSWER` is not counted. One written
+    /// as `57.0` or `5.7e1` is the number 57 to any JSON reader, so it is.
     fn from_usage(u: &Value) -> Counts {
         let n = |k: &str| {
             u.get(k)
-                .and_then(Value::as_u64)
+                .and_then(|v| {
+                    v.as_u64().or_else(|| {
+                        v.as_f64()
+                            .filter(|f| {
+                                f.fract() == 0.0 && *f >= 0.0 && *f <= MAX_PER_ANSWER as f64
+                            })
+                            .map(|f| f as u64)
+                    })
+                })
                 .filter(|&n| n <= MAX_PER_ANSWER)
                 .unwrap_or(0)
         };
@@ -93,8 +103,15 @@ pub fn carried(status: u16, headers: &reqwest::header::HeaderMap) -> Option<bool
 
 /// A JSON body is kept (to find its `usage`) up to this size; a bigger one is not counted.
 const MAX_JSON: usize = 8 * 1024 * 1024;
-/// An event-stream line longer than this is skipped (usage lines are a few hundred bytes).
-const MAX_LINE: usize = 1024 * 1024;
+/// The most of one event's data kept to be read (a `message_start` is a few hundred bytes); the
+/// usage of a bigger event is not counted, its bytes pass all the same.
+const MAX_EVENT: usize = 1024 * 1024;
+/// An event's data buffer is let go after the event when it grew past this (a long stream keeps
+/// no megabyte for one big event).
+const KEPT_CAPACITY: usize = 64 * 1024;
+/// Field names the tap reads (`data`, `event`) and event names it counts are at most this long.
+const MAX_FIELD: usize = 16;
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// What the tap reads of a message: its `usage`, as a value (counts may be missing or null).
 /// Typed so that the rest (the content, most of the bytes) is skipped, not built into a tree.
@@ -104,13 +121,15 @@ struct WithUsage {
     usage: Option<Value>,
 }
 
-/// An event's `type` and where its usage sits (`message.usage` or `usage`).
+/// An event's `type` and where its usage sits (`message.usage` or `usage`). The message is a
+/// value, not a derived struct: a derived struct also takes an array, by position, and read
+/// `"message": [{"input_tokens": 999}]` as a usage no client would see.
 #[derive(serde::Deserialize)]
 struct UsageEvent {
     #[serde(rename = "type", default)]
     kind: Option<String>,
     #[serde(default)]
-    message: Option<WithUsage>,
+    message: Option<Value>,
     #[serde(default)]
     usage: Option<Value>,
 }
@@ -129,18 +148,250 @@ pub struct UsageTap {
 }
 
 enum Kind {
-    Events { line: Vec<u8>, skipping: bool },
+    Events(Box<Events>),
     Json { body: Vec<u8>, overflow: bool },
+}
+
+/// Where the current line is.
+#[derive(Clone, Copy)]
+enum Line {
+    /// Nothing of it yet: a line end here is the blank line that ends an event.
+    Start,
+    /// In the field name.
+    Field,
+    /// Right after the colon (one space there is not part of the value).
+    ValueStart(Target),
+    Value(Target),
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Data,
+    Event,
+    Skip,
+}
+
+/// The event stream as the SSE specification reads it (WHATWG HTML, "Parsing an event stream"):
+/// lines end with CRLF, LF or CR, in any mix and cut anywhere between chunks; a BOM may open
+/// the stream; an event's `data` lines are joined with LF and the event is dispatched by the
+/// blank line after it (one the stream ends before is dropped); a line starting with a colon is
+/// a comment; `id`, `retry` and unknown fields are ignored. Only what is read is kept: a field
+/// name, an event name, and the data of an event that may carry usage (bounded).
+struct Events {
+    /// The stream's first bytes while they may still be a BOM.
+    opening: Option<Vec<u8>>,
+    line: Line,
+    /// The last line ended with a CR: an LF first in the next chunk is the rest of its end.
+    after_cr: bool,
+    field: Vec<u8>,
+    field_long: bool,
+    /// The event's name (`event:`), when one was given.
+    name: Vec<u8>,
+    named: bool,
+    name_long: bool,
+    data: Vec<u8>,
+    has_data: bool,
+    /// Some of the event's data was not kept (too big, or an event that carries no usage).
+    lost: bool,
+}
+
+/// The events that carry usage: named so, and of that `type`. Both Anthropic SDKs read no
+/// message from an event without a name (nor from `ping` or `error`).
+fn usage_event(name: &[u8]) -> bool {
+    name == b"message_start" || name == b"message_delta"
+}
+
+impl Events {
+    fn new() -> Events {
+        Events {
+            opening: Some(Vec::with_capacity(BOM.len())),
+            line: Line::Start,
+            after_cr: false,
+            field: Vec::with_capacity(MAX_FIELD),
+            field_long: false,
+            name: Vec::with_capacity(MAX_FIELD),
+            named: false,
+            name_long: false,
+            data: Vec::new(),
+            has_data: false,
+            lost: false,
+        }
+    }
+
+    /// Feeds a chunk; calls `dispatch(name, data)` for each complete event that may carry usage.
+    fn observe(&mut self, mut chunk: &[u8], dispatch: &mut impl FnMut(&[u8], &[u8])) {
+        if let Some(held) = &mut self.opening {
+            let take = (BOM.len() - held.len()).min(chunk.len());
+            held.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if held.len() < BOM.len() && BOM.starts_with(held) {
+                return;
+            }
+            let held = self.opening.take().unwrap_or_default();
+            if held != BOM {
+                self.feed(&held, dispatch);
+            }
+        }
+        self.feed(chunk, dispatch);
+    }
+
+    fn feed(&mut self, mut rest: &[u8], dispatch: &mut impl FnMut(&[u8], &[u8])) {
+        while let Some(&first) = rest.first() {
+            if self.after_cr {
+                self.after_cr = false;
+                if first == b'\n' {
+                    rest = &rest[1..];
+                    continue;
+                }
+            }
+            match memchr::memchr2(b'\n', b'\r', rest) {
+                Some(end) => {
+                    self.take(&rest[..end]);
+                    self.end_line(dispatch);
+                    self.after_cr = rest[end] == b'\r';
+                    rest = &rest[end + 1..];
+                }
+                None => {
+                    self.take(rest);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A piece of the current line (no line end in it).
+    fn take(&mut self, mut part: &[u8]) {
+        while !part.is_empty() {
+            match self.line {
+                Line::Start | Line::Field => {
+                    self.line = Line::Field;
+                    match memchr::memchr(b':', part) {
+                        Some(colon) => {
+                            self.name_part(&part[..colon]);
+                            self.line = Line::ValueStart(self.target());
+                            part = &part[colon + 1..];
+                        }
+                        None => {
+                            self.name_part(part);
+                            return;
+                        }
+                    }
+                }
+                Line::ValueStart(target) => {
+                    if part[0] == b' ' {
+                        part = &part[1..];
+                    }
+                    self.line = Line::Value(target);
+                }
+                Line::Value(target) => {
+                    self.value(target, part);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn name_part(&mut self, part: &[u8]) {
+        if self.field.len() + part.len() > MAX_FIELD {
+            self.field_long = true;
+        } else {
+            self.field.extend_from_slice(part);
+        }
+    }
+
+    /// The field just named: where its value goes.
+    fn target(&mut self) -> Target {
+        let target = match (self.field_long, self.field.as_slice()) {
+            (false, b"data") => Target::Data,
+            (false, b"event") => {
+                self.name.clear();
+                self.name_long = false;
+                Target::Event
+            }
+            _ => Target::Skip,
+        };
+        self.field.clear();
+        self.field_long = false;
+        target
+    }
+
+    fn value(&mut self, target: Target, part: &[u8]) {
+        match target {
+            Target::Data => self.keep_data(part),
+            Target::Event => {
+                if self.name.len() + part.len() > MAX_FIELD {
+                    self.name_long = true;
+                } else {
+                    self.name.extend_from_slice(part);
+                }
+            }
+            Target::Skip => {}
+        }
+    }
+
+    fn keep_data(&mut self, part: &[u8]) {
+        // An event already named otherwise carries no usage: its data is not copied.
+        if self.named && (self.name_long || !usage_event(&self.name)) {
+            self.lost = true;
+        }
+        if self.lost {
+            return;
+        }
+        let needed = self.data.len() + part.len();
+        if needed > MAX_EVENT {
+            self.lost = true;
+            self.data = Vec::new();
+            return;
+        }
+        if needed > self.data.capacity() {
+            // Grown by doubling as usual, but never past the bound.
+            let room = (self.data.capacity() * 2).clamp(needed, MAX_EVENT);
+            self.data.reserve_exact(room - self.data.len());
+        }
+        self.data.extend_from_slice(part);
+    }
+
+    fn end_line(&mut self, dispatch: &mut impl FnMut(&[u8], &[u8])) {
+        let target = match std::mem::replace(&mut self.line, Line::Start) {
+            Line::Start => return self.dispatch(dispatch),
+            // A field without a colon: the whole line is its name, its value empty.
+            Line::Field => self.target(),
+            Line::ValueStart(target) | Line::Value(target) => target,
+        };
+        match target {
+            Target::Data => {
+                self.has_data = true;
+                self.keep_data(b"\n");
+            }
+            Target::Event => self.named = true,
+            Target::Skip => {}
+        }
+    }
+
+    fn dispatch(&mut self, dispatch: &mut impl FnMut(&[u8], &[u8])) {
+        if self.has_data && !self.lost && self.named && !self.name_long && usage_event(&self.name) {
+            // The data lines were joined with LF; the last one's is not part of the data.
+            let data = self.data.strip_suffix(b"\n").unwrap_or(&self.data);
+            dispatch(&self.name, data);
+        }
+        self.name.clear();
+        self.named = false;
+        self.name_long = false;
+        self.has_data = false;
+        self.lost = false;
+        if self.data.capacity() > KEPT_CAPACITY {
+            self.data = Vec::new();
+        } else {
+            self.data.clear();
+        }
+    }
 }
 
 impl UsageTap {
     pub fn new(event_stream: bool) -> UsageTap {
         UsageTap {
             kind: if event_stream {
-                Kind::Events {
-                    line: Vec::new(),
-                    skipping: false,
-                }
+                Kind::Events(Box::new(Events::new()))
             } else {
                 Kind::Json {
                     body: Vec::new(),
@@ -153,70 +404,24 @@ impl UsageTap {
     }
 
     pub fn observe(&mut self, chunk: &[u8]) {
-        let mut lines: Vec<Vec<u8>> = Vec::new();
         match &mut self.kind {
             Kind::Json { body, overflow } => {
                 if !*overflow {
                     if body.len() + chunk.len() > MAX_JSON {
                         *overflow = true;
-                        body.clear();
+                        // Let go, not cleared: the capacity would stay held to the end.
+                        *body = Vec::new();
                     } else {
                         body.extend_from_slice(chunk);
                     }
                 }
             }
-            Kind::Events { line, skipping } => {
-                for part in chunk.split_inclusive(|b| *b == b'\n') {
-                    let ends = part.last() == Some(&b'\n');
-                    if !*skipping {
-                        if line.len() + part.len() > MAX_LINE {
-                            *skipping = true;
-                            line.clear();
-                        } else {
-                            line.extend_from_slice(part);
-                        }
-                    }
-                    if ends {
-                        if !*skipping {
-                            lines.push(std::mem::take(line));
-                        }
-                        *skipping = false;
-                        line.clear();
-                    }
-                }
+            Kind::Events(events) => {
+                let (started, delta) = (&mut self.started, &mut self.delta);
+                events.observe(chunk, &mut |name, data| {
+                    read_event(name, data, started, delta)
+                });
             }
-        }
-        for l in lines {
-            self.event_line(&l);
-        }
-    }
-
-    fn event_line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else {
-            return;
-        };
-        // Most events carry no usage: skip them without parsing.
-        if !data.windows(7).any(|w| w == b"\"usage\"") {
-            return;
-        }
-        if !is_object(data) {
-            return;
-        }
-        let Ok(event) = serde_json::from_slice::<UsageEvent>(data) else {
-            return;
-        };
-        match event.kind.as_deref() {
-            Some("message_start") => {
-                if let Some(u) = event.message.and_then(|m| m.usage) {
-                    self.started = Some(Counts::from_usage(&u));
-                }
-            }
-            Some("message_delta") => {
-                if let Some(u) = event.usage {
-                    self.delta = Some(Counts::from_usage(&u));
-                }
-            }
-            _ => {}
         }
     }
 
@@ -225,7 +430,7 @@ impl UsageTap {
         if let Kind::Json { body, overflow } = &mut self.kind {
             if !*overflow && is_object(body) {
                 let parsed = serde_json::from_slice::<WithUsage>(body).ok();
-                body.clear();
+                *body = Vec::new();
                 let u = parsed.and_then(|m| m.usage)?;
                 let mut c = Counts::from_usage(&u);
                 c.requests = 1;
@@ -248,6 +453,29 @@ impl UsageTap {
             cache_read: s.cache_read.max(d.cache_read),
             cache_write: s.cache_write.max(d.cache_write),
         })
+    }
+}
+
+/// A dispatched `message_start` or `message_delta`: its usage, when the data is one JSON object
+/// of the event's own `type`.
+fn read_event(name: &[u8], data: &[u8], started: &mut Option<Counts>, delta: &mut Option<Counts>) {
+    if !is_object(data) {
+        return;
+    }
+    let Ok(event) = serde_json::from_slice::<UsageEvent>(data) else {
+        return;
+    };
+    if event.kind.as_deref().map(str::as_bytes) != Some(name) {
+        return;
+    }
+    if name == b"message_start" {
+        if let Some(u) = event.message.as_ref().and_then(|m| m.get("usage")) {
+            if !u.is_null() {
+                *started = Some(Counts::from_usage(u));
+            }
+        }
+    } else if let Some(u) = event.usage {
+        *delta = Some(Counts::from_usage(&u));
     }
 }
 
@@ -396,11 +624,11 @@ mod tests {
         tap.observe(br#"[{"usage":{"input_tokens":1}}]"#);
         assert_eq!(tap.finish(), None, "not a message");
         let mut tap = UsageTap::new(true);
-        tap.observe(b"data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"content\":[],\"usage\":{\"input_tokens\":5}}}\n");
+        tap.observe(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"content\":[],\"usage\":{\"input_tokens\":5}}}\n\n");
         tap.observe(
-            b"data: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"\\\"usage\\\"\"}}\n",
+            b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"\\\"usage\\\"\"}}\n\n",
         );
-        tap.observe(b"data: {\"usage\":{\"output_tokens\":2},\"type\":\"message_delta\"}\n");
+        tap.observe(b"event: message_delta\ndata: {\"usage\":{\"output_tokens\":2},\"type\":\"message_delta\"}\n\n");
         assert_eq!(
             tap.finish(),
             Some(Counts {
@@ -440,6 +668,182 @@ mod tests {
         );
     }
 
+    /// The counts of `stream` fed in `chunks`.
+    fn tapped<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Option<Counts> {
+        let mut tap = UsageTap::new(true);
+        for c in chunks {
+            tap.observe(c);
+        }
+        tap.finish()
+    }
+
+    /// Every way of cutting `stream` in two and in three, and one byte at a time.
+    fn every_cut(stream: &[u8]) -> Vec<Vec<&[u8]>> {
+        let mut cuts = vec![stream.chunks(1).collect()];
+        for i in 0..=stream.len() {
+            cuts.push(vec![&stream[..i], &stream[i..]]);
+            for j in (i..=stream.len()).step_by(7) {
+                cuts.push(vec![&stream[..i], &stream[i..j], &stream[j..]]);
+            }
+        }
+        cuts
+    }
+
+    const FULL: Counts = Counts {
+        requests: 1,
+        input: 120,
+        output: 57,
+        cache_read: 400,
+        cache_write: 30,
+    };
+
+    #[test]
+    fn every_line_end_the_spec_allows_a_bom_and_any_cut_read_the_same() {
+        let crlf = STREAM.replace('\n', "\r\n");
+        let cr = STREAM.replace('\n', "\r");
+        // CR then LF across events, CRLF, and a CR whose LF is the next line's blank.
+        let mixed = STREAM
+            .replacen("\n\n", "\r\r", 1)
+            .replacen('\n', "\r\n", 2)
+            .replace("\n\n", "\r\n\n");
+        let bom = format!("\u{feff}{}", STREAM.replace("data: ", "data:"));
+        let chatty = STREAM.replace(
+            "event: ",
+            ": a comment\nid: 7\nretry: 1000\nunknown: x\nevent: ",
+        );
+        // Text of multi-byte characters around the cuts; a data line for each part of the JSON.
+        let split = STREAM
+            .replace(
+                "the word usage appears here",
+                "h\u{e9}llo \u{20ac}\u{1d11e}",
+            )
+            .replace("\"message\":", "\ndata: \"message\":");
+        for stream in [STREAM.to_string(), crlf, cr, mixed, bom, chatty, split] {
+            for cut in every_cut(stream.as_bytes()) {
+                assert_eq!(
+                    tapped(cut.iter().copied()),
+                    Some(FULL),
+                    "{stream:?} cut {:?}",
+                    cut.iter().map(|c| c.len()).collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_what_a_client_reads_as_the_event_counts() {
+        let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n";
+        let counts = |input, output| {
+            Some(Counts {
+                requests: 1,
+                input,
+                output,
+                ..Counts::default()
+            })
+        };
+        for (delta, expected) in [
+            // Two data lines make one event, the two objects joined by LF: not JSON.
+            ("event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5}}\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n", counts(10, 1)),
+            // The stream ended before the blank line: no event.
+            ("event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n", counts(10, 1)),
+            // No name (the SDKs skip it), a ping's, an error's, another type's.
+            ("data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n", counts(10, 1)),
+            ("event: ping\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n", counts(10, 1)),
+            ("event: error\ndata: {\"type\":\"error\",\"usage\":{\"output_tokens\":7}}\n\n", counts(10, 1)),
+            ("event: message_delta\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":99}}}\n\n", counts(10, 1)),
+            ("event: message_deltas\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n", counts(10, 1)),
+            // The name may come after the data, and the last one given is the name.
+            ("data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\nevent: ping\nevent: message_delta\n\n", counts(10, 7)),
+            // A field without a colon: `data` adds an empty line, `event` names it "".
+            ("event: message_delta\ndata: {\"type\":\"message_delta\",\ndata\ndata: \"usage\":{\"output_tokens\":7}}\n\n", counts(10, 7)),
+            ("event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\nevent\n\n", counts(10, 1)),
+            // A key written with an escape is the same key.
+            ("event: message_delta\ndata: {\"type\":\"message_delta\",\"\\u0075sage\":{\"output_tokens\":7}}\n\n", counts(10, 7)),
+            // Counts written as floats that are whole numbers are those numbers; others are not.
+            ("event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5.7e1,\"input_tokens\":12.0}}\n\n", counts(12, 57)),
+            ("event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5.5,\"input_tokens\":-12,\"cache_read_input_tokens\":\"9\",\"cache_creation_input_tokens\":1e308}}\n\n", counts(10, 1)),
+        ] {
+            let stream = format!("{start}{delta}");
+            assert_eq!(tapped([stream.as_bytes()]), expected, "{delta:?}");
+        }
+        // A message given as an array is no message: its "usage" by position is not read.
+        let array = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":[{\"input_tokens\":999}]}\n\n";
+        assert_eq!(tapped([array.as_bytes()]), None);
+        // The last message_start counts, and a message_delta before it is still read.
+        let twice = format!("event: message_delta\ndata: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":3}}}}\n\n{start}{}", start.replace("10", "20"));
+        assert_eq!(tapped([twice.as_bytes()]), counts(20, 3));
+    }
+
+    fn buffers(tap: &UsageTap) -> usize {
+        match &tap.kind {
+            Kind::Events(e) => e.data.capacity() + e.field.capacity() + e.name.capacity(),
+            Kind::Json { body, .. } => body.capacity(),
+        }
+    }
+
+    #[test]
+    fn an_event_too_big_or_a_line_without_end_holds_bounded_memory() {
+        let mib = vec![b'x'; 1 << 20];
+        // A message_start of 20 MB in one line: not counted, nothing kept, the next event read.
+        let mut tap = UsageTap::new(true);
+        tap.observe(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5}},\"pad\":\"");
+        for _ in 0..20 {
+            tap.observe(&mib);
+            assert!(buffers(&tap) <= MAX_EVENT + 64, "{}", buffers(&tap));
+        }
+        tap.observe(b"\"}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n");
+        assert!(
+            buffers(&tap) <= KEPT_CAPACITY + 64,
+            "let go after the event"
+        );
+        assert_eq!(tap.finish().map(|c| (c.input, c.output)), Some((0, 7)));
+        // Endless lines of every kind: a data line, a field name, an event name, a comment.
+        for opening in [&b"data: "[..], b"", b"event: ", b":"] {
+            let mut tap = UsageTap::new(true);
+            tap.observe(opening);
+            for _ in 0..64 {
+                tap.observe(&mib);
+            }
+            assert!(buffers(&tap) <= MAX_EVENT + 64, "{}", buffers(&tap));
+            assert_eq!(tap.finish(), None);
+        }
+        // Kept in small pieces, an event's data never takes more room than the bound.
+        let mut tap = UsageTap::new(true);
+        tap.observe(b"event: message_start\ndata: ");
+        for _ in 0..1100 {
+            tap.observe(&mib[..1000]);
+            assert!(
+                buffers(&tap) <= MAX_EVENT + 2 * MAX_FIELD,
+                "{}",
+                buffers(&tap)
+            );
+        }
+        // Content events, named first as the API sends them, are not even copied.
+        let mut tap = UsageTap::new(true);
+        tap.observe(b"event: content_block_delta\ndata: ");
+        tap.observe(&mib);
+        assert_eq!(buffers(&tap), 2 * MAX_FIELD);
+    }
+
+    /// Lines an event stream is made of, for streams made at random.
+    const LINES: &[&str] = &[
+        "",
+        "",
+        "event: message_start",
+        "event: message_delta",
+        "event:message_delta",
+        "event: ping",
+        "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}",
+        "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}",
+        "data:{\"type\":\"message_delta\",",
+        "data: \"usage\":{\"output_tokens\":4}}",
+        "data: h\u{e9}llo \u{1d11e}",
+        "data",
+        ": comment",
+        "id: 1",
+        "\u{feff}data: x",
+    ];
+
     proptest::proptest! {
         #[test]
         fn taps_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), sse in proptest::prelude::any::<bool>()) {
@@ -447,6 +851,30 @@ mod tests {
             tap.observe(&bytes);
             let _ = tap.finish();
             let _ = top_level_string(&bytes, "model", 512);
+        }
+
+        #[test]
+        fn an_event_stream_reads_the_same_however_it_is_cut(
+            lines in proptest::collection::vec((0usize..LINES.len(), 0usize..3), 0..24),
+            cuts in proptest::collection::vec(0usize..2048, 0..6),
+            bom in proptest::prelude::any::<bool>(),
+        ) {
+            let mut stream: Vec<u8> = if bom { BOM.to_vec() } else { Vec::new() };
+            for (line, end) in lines {
+                stream.extend_from_slice(LINES[line].as_bytes());
+                stream.extend_from_slice(["\n", "\r", "\r\n"][end].as_bytes());
+            }
+            let whole = tapped([stream.as_slice()]);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(stream.len())).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                pieces.push(&stream[at..c]);
+                at = c;
+            }
+            pieces.push(&stream[at..]);
+            proptest::prop_assert_eq!(tapped(pieces), whole);
         }
     }
 }
