@@ -89,15 +89,16 @@ test("a 404 for what no account holds is asked of each account once, benches nob
   }
 });
 
-test("the Anthropic SDK through the gateway: a batch made on one account is found and cancelled after a failover", async () => {
+test("the Anthropic SDK through the gateway: a batch made on one account is found, read and cancelled after a failover; its results come through the gateway, the gateway's key goes nowhere else", async () => {
   const path = await seedPool(mock, ["b1@x.test", "b2@x.test"]);
   await lib.setPriority("b1@x.test", 5, path);
   const gw = await lib.serve({ port: 0, path });
   try {
     const client = new Anthropic({ apiKey: KEY, baseURL: gw.url, maxRetries: 0 });
-    const request = { custom_id: "one", params: { model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] } };
-    const batch = await client.messages.batches.create({ requests: [request] });
+    const request = (custom_id) => ({ custom_id, params: { model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] } });
+    const batch = await client.messages.batches.create({ requests: [request("one"), request("two")] });
     assert.match(batch.id, /^msgbatch_/);
+    assert.equal(batch.results_url, `${gw.url}/v1/messages/batches/${batch.id}/results`, "the results are the gateway's to hand out");
     mock.script("b1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 3600 }) }]);
     const msg = await client.messages.create({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] });
     assert.equal(msg.content[0].text, "Hello from b2@x.test");
@@ -105,17 +106,32 @@ test("the Anthropic SDK through the gateway: a batch made on one account is foun
     mock.clearRequests();
     const found = await client.messages.batches.retrieve(batch.id);
     assert.equal(found.id, batch.id);
+    const results = [];
+    for await (const r of await client.messages.batches.results(batch.id)) results.push([r.custom_id, r.result.message.content[0].text]);
+    assert.deepEqual(results, [
+      ["one", "Hello from b1@x.test"],
+      ["two", "Hello from b1@x.test"],
+    ]);
+    const listed = await client.messages.batches.list();
+    assert.ok(
+      listed.data.every((b) => b.results_url.startsWith(gw.url)),
+      JSON.stringify(listed.data),
+    );
     const cancelled = await client.messages.batches.cancel(batch.id);
     assert.equal(cancelled.id, batch.id);
     assert.deepEqual(
-      mock.requests.map((r) => [r.method, r.email, r.status]),
+      mock.requests.map((r) => [r.method, r.path.split("/").slice(5).join("/"), r.email, r.status]),
       [
-        ["GET", "b2@x.test", 404],
-        ["GET", "b1@x.test", 200],
-        ["POST", "b1@x.test", 200],
+        ["GET", "", "b2@x.test", 404],
+        ["GET", "", "b1@x.test", 200],
+        ["GET", "", "b1@x.test", 200],
+        ["GET", "results", "b1@x.test", 200],
+        ["GET", "", "b2@x.test", 200],
+        ["POST", "cancel", "b1@x.test", 200],
       ],
-      "the 404 once, then where it lives",
+      "a 404 once, then where it lives; the list is the account in use's",
     );
+    for (const r of mock.requests) assert.notEqual(r.headers["x-api-key"], KEY, "the gateway's key stays with it");
   } finally {
     await gw.close(1000);
   }

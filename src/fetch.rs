@@ -196,7 +196,7 @@ async fn serve(
 
 /// Reads up to `limit` bytes of the body, honouring the abort signal and the response timeout.
 /// Returns the bytes and whether that was the whole body.
-async fn peek(
+pub(crate) async fn peek(
     response: &mut reqwest::Response,
     limit: usize,
     cancel: &CancellationToken,

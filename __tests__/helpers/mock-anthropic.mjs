@@ -799,8 +799,8 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       }
       // An id of the API's shape: a kind, `_`, then letters and digits.
       const id = `${prefix}01${randomBytes(16).toString("hex")}`;
-      resources.set(id, { owner: auth.email, type, content: text });
-      return sendJson(res, 200, { id, type });
+      resources.set(id, { owner: auth.email, type, content: files ? text : batchResults(text, auth.email) });
+      return sendJson(res, 200, describe(id, type));
     }
     const [id, action] = parts.slice(at);
     const found = resources.get(id);
@@ -812,11 +812,34 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       resources.delete(id);
       return sendJson(res, 200, { id, type: `${type}_deleted` });
     }
+    if (action === "cancel") return sendJson(res, 200, { ...describe(id, type), processing_status: "canceling" });
     if (action === "content" || action === "results") {
       res.writeHead(200, { "content-type": "application/octet-stream", "content-length": Buffer.byteLength(found.content) });
       return res.end(found.content);
     }
-    return sendJson(res, 200, { id, type });
+    return sendJson(res, 200, describe(id, type));
+  }
+
+  /** A file or a batch as the API describes it; a batch has ended, its results on this origin. */
+  function describe(id, type) {
+    if (type !== "message_batch") return { id, type };
+    return { id, type, processing_status: "ended", results_url: `http://127.0.0.1:${server.address().port}/v1/messages/batches/${id}/results` };
+  }
+
+  /** A batch's results (JSON lines): each request answered by the account that holds the batch. */
+  function batchResults(text, email) {
+    let requests = [];
+    try {
+      requests = JSON.parse(text).requests ?? [];
+    } catch {}
+    const line = ({ custom_id }) => ({
+      custom_id,
+      result: {
+        type: "succeeded",
+        message: { id: `msg_mock_${rand(8)}`, type: "message", role: "assistant", content: [{ type: "text", text: `Hello from ${email}` }] },
+      },
+    });
+    return requests.map((r) => `${JSON.stringify(line(r))}\n`).join("");
   }
 
   /** Everything on the API origin except the token endpoint, bench and control routes. */

@@ -208,6 +208,10 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
             "the pool gateway serves /v1/*, /healthz and /metrics",
         );
     }
+    let results_here = batch_answer(&parts, state.scheme).map(|gateway| {
+        let api = api.url.origin().ascii_serialization();
+        (api, gateway)
+    });
     let method = parts.method.as_str().to_string();
     let headers = header_pairs(&parts.headers);
     let read = read_body(&mut incoming, declared, &state.bodies);
@@ -243,8 +247,17 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
     let (result, events) = fetch::pool_fetch(&state.engine, request, &cancel).await;
     state.metrics.ttfb.observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(answer) => {
+        Ok(mut answer) => {
             count_events(state, &answer.events);
+            if let Some((api, gateway)) = &results_here {
+                answer = match results_through_gateway(answer, api, gateway, &cancel).await {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        let message = format!("anthropic-pool: {e}");
+                        return error(StatusCode::BAD_GATEWAY, "api_error", &message);
+                    }
+                };
+            }
             respond(answer)
         }
         Err(e) => {
@@ -263,6 +276,78 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
             res
         }
     }
+}
+
+/// The gateway's own origin as this client reaches it, for an answer about message batches:
+/// those name where their results are (`results_url`, on the API's origin), and a client
+/// fetches that with the headers it sends the gateway, its key with them, straight to the API.
+fn batch_answer(parts: &hyper::http::request::Parts, scheme: &str) -> Option<String> {
+    if !parts.uri.path().starts_with("/v1/messages/batches") {
+        return None;
+    }
+    let host = parts.headers.get(hyper::header::HOST)?.to_str().ok()?;
+    // Host and port only: nothing that would make the URL point anywhere else.
+    let plain = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+    plain.then(|| format!("{scheme}://{host}"))
+}
+
+/// The most of a batch answer read to point its `results_url` at the gateway (a page of a
+/// hundred batches is about 60 KB); a bigger one passes as it is.
+const MAX_BATCH_ANSWER: usize = 4 * 1024 * 1024;
+
+/// A batch answer with the API's URLs in it (`"https://api.anthropic.com/v1/...`) pointing at
+/// the gateway instead, so that the client reads the results through the pool, from the account
+/// that holds them, with the gateway's key going nowhere else.
+async fn results_through_gateway(
+    mut answer: fetch::Answer,
+    api: &str,
+    gateway: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> crate::error::Result<fetch::Answer> {
+    let json = answer.headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("content-type") && v.to_ascii_lowercase().contains("json")
+    });
+    if !(200..300).contains(&answer.status) || !json {
+        return Ok(answer);
+    }
+    let (start, mut response) = match std::mem::replace(&mut answer.body, Body::Full(Bytes::new()))
+    {
+        Body::Full(bytes) => (bytes, None),
+        Body::Stream(response) => (Bytes::new(), Some(response)),
+        Body::Peeked(start, response) => (start, Some(response)),
+    };
+    let (body, whole) = match response.as_mut() {
+        None => (start, true),
+        Some(r) => {
+            let (rest, whole) = fetch::peek(r, MAX_BATCH_ANSWER, cancel).await?;
+            ([start, rest].concat().into(), whole)
+        }
+    };
+    answer.body = match response {
+        Some(r) if !whole => Body::Peeked(body, r),
+        _ => Body::Full(point_at(&body, api, gateway)),
+    };
+    Ok(answer)
+}
+
+/// `body` with every JSON string that starts with `api` + `/v1/` starting with `gateway` instead.
+fn point_at(body: &[u8], api: &str, gateway: &str) -> Bytes {
+    let from = format!("\"{api}/v1/");
+    let to = format!("\"{gateway}/v1/");
+    let finder = memchr::memmem::Finder::new(from.as_bytes());
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = body;
+    while let Some(at) = finder.find(rest) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(to.as_bytes());
+        rest = &rest[at + from.len()..];
+    }
+    out.extend_from_slice(rest);
+    out.into()
 }
 
 /// The answer as the client gets it: status, headers, and the body streaming through the usage
@@ -384,6 +469,46 @@ fn stream_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_answer_names_the_gateway_where_it_named_the_api() {
+        let api = "https://api.anthropic.com";
+        let body = br#"{"data":[{"id":"msgbatch_01","results_url":"https://api.anthropic.com/v1/messages/batches/msgbatch_01/results"},{"results_url":null,"note":"text naming https://api.anthropic.com/v1/x stays"}]}"#;
+        let out = point_at(body, api, "http://127.0.0.1:8787");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"data":[{"id":"msgbatch_01","results_url":"http://127.0.0.1:8787/v1/messages/batches/msgbatch_01/results"},{"results_url":null,"note":"text naming https://api.anthropic.com/v1/x stays"}]}"#
+        );
+        assert_eq!(point_at(b"{}", api, "http://g").as_ref(), b"{}");
+        // Another origin that merely starts alike is not the API's.
+        let other = br#"{"u":"https://api.anthropic.com.evil/v1/a"}"#;
+        assert_eq!(point_at(other, api, "http://g").as_ref(), other);
+    }
+
+    #[test]
+    fn only_a_plain_host_names_the_gateway() {
+        let parts = |path: &str, host: Option<&str>| {
+            let mut b = hyper::Request::builder().uri(path);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        let at = |path, host| batch_answer(&parts(path, host), "http");
+        assert_eq!(
+            at("/v1/messages/batches/msgbatch_01", Some("127.0.0.1:8787")).as_deref(),
+            Some("http://127.0.0.1:8787")
+        );
+        assert_eq!(
+            at("/v1/messages/batches", Some("[::1]:9")).as_deref(),
+            Some("http://[::1]:9")
+        );
+        assert_eq!(at("/v1/messages", Some("127.0.0.1:8787")), None);
+        assert_eq!(at("/v1/messages/batches", None), None);
+        for host in ["evil.test/x?", "a@b", "a b", "a#b", ""] {
+            assert_eq!(at("/v1/messages/batches", Some(host)), None, "{host}");
+        }
+    }
 
     #[test]
     fn only_paths_that_stay_under_v1_are_forwarded() {

@@ -80,6 +80,8 @@ struct State {
     pub(super) bodies: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the gateway closes: requests waiting for an upstream answer give up.
     pub(super) closing: CancellationToken,
+    /// `http` or `https`: how clients reach the gateway.
+    pub(super) scheme: &'static str,
 }
 
 pub struct Gateway {
@@ -171,6 +173,7 @@ pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
         body_timeout: opts.body_timeout,
         bodies: Arc::new(tokio::sync::Semaphore::new(BODIES_HELD)),
         closing: closing.clone(),
+        scheme: if opts.tls.is_some() { "https" } else { "http" },
     });
     let shutdown = CancellationToken::new();
     let drain = Arc::new(std::sync::Mutex::new(Duration::from_secs(10)));
