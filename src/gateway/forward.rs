@@ -282,7 +282,10 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
 /// those name where their results are (`results_url`, on the API's origin), and a client
 /// fetches that with the headers it sends the gateway, its key with them, straight to the API.
 fn batch_answer(parts: &hyper::http::request::Parts, scheme: &str) -> Option<String> {
-    if !parts.uri.path().starts_with("/v1/messages/batches") {
+    let path = parts.uri.path();
+    // The results themselves are the model's words, never rewritten.
+    if !path.starts_with("/v1/messages/batches") || path.trim_end_matches('/').ends_with("/results")
+    {
         return None;
     }
     let host = parts.headers.get(hyper::header::HOST)?.to_str().ok()?;
@@ -309,7 +312,10 @@ async fn results_through_gateway(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> crate::error::Result<fetch::Answer> {
     let json = answer.headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("content-type") && v.to_ascii_lowercase().contains("json")
+        k.eq_ignore_ascii_case("content-type")
+            && v.split(';')
+                .next()
+                .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
     });
     if !(200..300).contains(&answer.status) || !json {
         return Ok(answer);
@@ -504,6 +510,14 @@ mod tests {
             Some("http://[::1]:9")
         );
         assert_eq!(at("/v1/messages", Some("127.0.0.1:8787")), None);
+        assert_eq!(
+            at(
+                "/v1/messages/batches/msgbatch_01/results",
+                Some("127.0.0.1:8787")
+            ),
+            None,
+            "the results are the model's words"
+        );
         assert_eq!(at("/v1/messages/batches", None), None);
         for host in ["evil.test/x?", "a@b", "a b", "a#b", ""] {
             assert_eq!(at("/v1/messages/batches", Some(host)), None, "{host}");
