@@ -14,6 +14,7 @@ import { createPoolFetch, flushPool, savePool } from "../index.mjs";
 import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
 
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
+const EXIT_WORKER = fileURLToPath(new URL("./helpers/exit-worker.mjs", import.meta.url));
 const HOME = mkdtempSync(join(tmpdir(), "oauth-pool-lifecycle-home-"));
 const mock = useMock();
 
@@ -344,3 +345,42 @@ test("`oauth-pool refresh` while this process's refresh of the account is held o
     mock.setTokenMode(null);
   }
 });
+
+for (const how of ["exit", "end"]) {
+  test(`a host that quits (${how === "exit" ? "process.exit" : "its event loop done"}) while its refresh is at the token endpoint keeps the login: the exit waits for the new tokens' write`, async () => {
+    const email = `quit-${how}@x.test`;
+    const path = await poolOf([email], { expired: [email] });
+    const g = gate();
+    mock.setTokenMode({ grant: "refresh_token", until: g.held });
+    try {
+      const child = spawn(process.execPath, [EXIT_WORKER, path, mock.url, how], { stdio: ["pipe", "pipe", "pipe"] });
+      let out = "";
+      let err = "";
+      child.stdout.setEncoding("utf8").on("data", (d) => (out += d));
+      child.stderr.setEncoding("utf8").on("data", (d) => (err += d));
+      const closed = new Promise((resolve) => child.on("close", (code) => resolve(code)));
+      await mock.waitFor("token", (r) => r.grant === "refresh_token");
+      // The host gives up on the request and quits; only then may the token endpoint answer.
+      child.stdin.write("quit\n");
+      while (!out.includes("exiting") && child.exitCode === null) await new Promise((r) => setTimeout(r, 20));
+      await new Promise((r) => setTimeout(r, 200));
+      g.open();
+      assert.equal(await closed, 0, `${out}${err}`);
+      assert.match(out, /aborted/);
+      const issued = mock.tokens(email);
+      const a = account(path, email);
+      // Before: the process was gone when the answer came; the file kept the spent token, and the
+      // next start presented it and marked the account auth-error.
+      assert.equal(a.refresh, issued.refresh, "the rotated refresh token is in the file");
+      assert.equal(a.access, issued.access);
+      mock.clearRequests();
+      const next = await ask(createPoolFetch({ path }));
+      assert.equal(next.status, 200);
+      await next.text();
+      assert.equal(bearer(mock.requests.at(-1)), issued.access, "the next process serves with it, no refresh");
+      assert.notEqual(account(path, email).status, "auth-error");
+    } finally {
+      mock.setTokenMode(null);
+    }
+  });
+}

@@ -59,7 +59,25 @@ export function nativeBinding() {
     if (!err.transient) failure = err;
     throw err;
   }
+  settleOnExit(binding);
   return binding;
+}
+
+/** How long an exit waits for a refresh's new tokens to be written (only when one is under way). */
+const EXIT_WAIT_MS = 5000;
+
+// A refresh answered but not yet written holds the only copy of the account's new tokens (the
+// refresh token it presented is spent): a host exiting then lost the login. Its exit waits for
+// the write, bounded; with no refresh under way it goes at once. `exit` runs for a natural end
+// and for process.exit (what OpenCode calls on quit); a signal the host leaves unhandled ends
+// the process without it.
+function settleOnExit(addon) {
+  if (typeof process?.once !== "function" || typeof addon.settleRefreshes !== "function") return;
+  process.once("exit", () => {
+    try {
+      addon.settleRefreshes(EXIT_WAIT_MS);
+    } catch {}
+  });
 }
 
 // Bun does not pass process.env changes down to the C environment the addon reads, so every

@@ -188,3 +188,11 @@ pub fn version() -> String {
 pub fn response_timeout_ms() -> u32 {
     u32::try_from(crate::http::response_timeout().as_millis()).unwrap_or(u32::MAX)
 }
+
+/// Blocks the calling thread until the refreshes whose new tokens are not written yet have
+/// written them, at most `limit_ms` (at once when there are none): a host's exit hook, so that
+/// an exit right after a refresh was answered does not take the account's login with it.
+#[napi(js_name = "settleRefreshes", catch_unwind)]
+pub fn settle_refreshes(limit_ms: u32) -> bool {
+    crate::engine::credentials::settle_unwritten(std::time::Duration::from_millis(limit_ms.into()))
+}

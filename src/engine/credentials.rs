@@ -13,7 +13,7 @@
 //! server already rotated).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,42 @@ use crate::oauth;
 use crate::pool::Pool;
 use crate::secret::Secret;
 use crate::store::{RefreshLock, REFRESH_LOCK_TIMEOUT};
+
+/// Refreshes whose new tokens are not written yet, in the whole process: the refresh token each
+/// presented is spent, and the only copy of its successor is in this process's memory until the
+/// write lands. A host that exits meanwhile loses the login (`settle_unwritten`).
+static UNWRITTEN: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// One refresh from presenting its token to writing the answer.
+struct Unwritten;
+
+impl Unwritten {
+    fn begin() -> Unwritten {
+        *lock(&UNWRITTEN.0) += 1;
+        Unwritten
+    }
+}
+
+impl Drop for Unwritten {
+    fn drop(&mut self) {
+        let mut n = lock(&UNWRITTEN.0);
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            UNWRITTEN.1.notify_all();
+        }
+    }
+}
+
+/// Waits up to `limit` for the refreshes whose new tokens are not written yet (at once when
+/// there are none). True when none is left. The refreshes run on the runtime's threads, so the
+/// thread that waits may be the one a host is exiting on.
+pub fn settle_unwritten(limit: Duration) -> bool {
+    let n = lock(&UNWRITTEN.0);
+    match UNWRITTEN.1.wait_timeout_while(n, limit, |n| *n > 0) {
+        Ok((n, _)) => *n == 0,
+        Err(poisoned) => *poisoned.into_inner().0 == 0,
+    }
+}
 
 /// Refresh this long before expiry so requests in flight never carry a dying token.
 pub const REFRESH_MARGIN_MS: i64 = 5 * 60 * 1000;
@@ -433,6 +469,7 @@ impl Engine {
         }
 
         tracing::debug!(account = %email, token = %presented.fingerprint(), "refreshing access token");
+        let _unwritten = Unwritten::begin();
         match oauth::refresh_once_more_if_lost(&presented).await {
             Ok(tokens) => {
                 let (access, refresh, expires) = (
