@@ -322,6 +322,47 @@ test("an account resting after a 401 its refresh could not answer: a re-login fr
   }
 });
 
+test("an account resting after a 401 its refresh could not answer: `reset-cooldowns` from a shell brings it back in the running process, and a rest after it holds", async () => {
+  const email = "rest-reset@x.test";
+  const path = await poolOf([email]);
+  // Two 401s: the second after the reset, which the now healthy token endpoint answers.
+  mock.script(email, [{ status: 401 }, { status: 401 }]);
+  mock.setTokenMode({ grant: "refresh_token", status: 503, retryAfter: 600 });
+  try {
+    const f = createPoolFetch({ path });
+    const first = await ask(f);
+    assert.notEqual(first.status, 200, "nothing could serve it");
+    await first.text();
+    const resting = await ask(f);
+    assert.equal(resting.status, 429, "it rests: the pool's own 429");
+    assert.ok(Number(resting.headers.get("retry-after")) > 500, resting.headers.get("retry-after"));
+    await resting.text();
+    await flushPool(path);
+    // The person runs what the docs say, in a terminal, while this process (OpenCode) runs.
+    await cli(path, ["reset-cooldowns"]);
+    assert.equal(account(path, email).refreshBackoffUntil, undefined, "the shared wait is gone");
+    const next = await ask(f);
+    assert.equal(next.status, 200, "the running process left the account alone for ten minutes after the reset");
+    assert.equal(next.poolAccount, email);
+    await next.text();
+    assert.equal(bearer(mock.requests.at(-1)), mock.tokens(email).access, "refreshed after the second 401");
+
+    // A rest decided after the reset is not lifted by it: the reset is older news.
+    const old = mock.tokens(email).access;
+    mock.script(email, [{ status: 401 }]);
+    mock.setTokenMode({ grant: "refresh_token", status: 503, retryAfter: 600 });
+    const again = await ask(f);
+    assert.notEqual(again.status, 200);
+    await again.text();
+    const still = await ask(f);
+    assert.equal(still.status, 429, "the new rest holds");
+    await still.text();
+    assert.equal(mock.tokens(email).access, old, "no new token was issued meanwhile");
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
+
 test("`oauth-pool refresh` while this process's refresh of the account is held open: it waits for the lock and adopts the new token, never presenting the spent one", async () => {
   const email = "cli-refresh@x.test";
   const path = await poolOf([email], { expired: [email] });

@@ -435,6 +435,9 @@ test("reset-cooldowns from another process (the CLI) reopens the accounts in a r
     assert.equal(again.status, 200, "the running process honours the reset");
     await again.text();
     assert.equal(mock.requests.length, 1, "the pool's own 429s meanwhile sent nothing upstream");
+    // Each account's own copy goes a second after its own write, and the two cooldowns were two
+    // writes (a loaded machine puts a few hundred ms between them): the other one is open too.
+    await new Promise((r) => setTimeout(r, 1500));
     // A cooldown the running process decides after the reset holds again.
     mock.script(again.poolAccount, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 3600 }) }]);
     const other = await ask(f, "claude-sonnet-4-5");

@@ -81,6 +81,10 @@ const SET_AT: &str = "cooldownsSetAt";
 /// disagree by less (`oauth-pool doctor` warns past 2 s) must not shorten each other's
 /// cooldowns at every write.
 pub const CLOCK_STEP_MS: i64 = 120_000;
+/// `cooldownsReset`: how many times `reset-cooldowns` ran on the account. What a running process
+/// decided on its own without writing it (the rest after a 401 no new token answered) lasts only
+/// while this is no more than it was when that was decided: more is a reset since.
+const RESETS: &str = "cooldownsReset";
 
 fn idle_status() -> String {
     Status::Idle.as_str().to_string()
@@ -293,6 +297,18 @@ impl Account {
             self.extra
                 .insert("cooldownUntil".into(), Value::from(theirs));
         }
+    }
+
+    /// How many times `reset-cooldowns` ran on this account (see `RESETS`).
+    pub fn cooldown_resets(&self) -> u64 {
+        self.extra.get(RESETS).and_then(Value::as_u64).unwrap_or(0)
+    }
+
+    /// `reset-cooldowns`: every process learns from this that what it rests on its own, decided
+    /// before now, is lifted.
+    pub fn count_cooldown_reset(&mut self) {
+        let n = self.cooldown_resets().saturating_add(1);
+        self.extra.insert(RESETS.into(), Value::from(n));
     }
 
     /// Ends every cooldown (`reset-cooldowns`, or one that has passed).

@@ -395,10 +395,17 @@ pub async fn reset_cooldowns(store: &Store) -> Result<usize> {
     store
         .update(|pool| {
             let mut changed = 0;
+            let now = crate::account::now_ms();
             for a in pool.accounts_mut() {
+                // A running token-endpoint wait is a rest too: every process that met the 401
+                // behind it leaves the account alone until then.
                 let cooling = a.stored_cooldown_until().is_some()
                     || a.status_enum() == Some(Status::RateLimited)
-                    || a.extra.contains_key("modelCooldowns");
+                    || a.extra.contains_key("modelCooldowns")
+                    || a.refresh_backoff_until(now).is_some_and(|t| t > now);
+                // Running processes keep rests of their own (after a 401 no new token answered)
+                // that the store does not hold: this tells them to lift them.
+                a.count_cooldown_reset();
                 if cooling {
                     a.clear_cooldown();
                     a.extra.remove("modelCooldowns");

@@ -420,7 +420,14 @@ impl Exchange {
                     }
                     Err(e) => {
                         tracing::warn!(account = %email, error = %e, "401 and no new token for now");
-                        self.rest_after_unauthorized(&email, tag, &e);
+                        // The account's reset count as the store holds it now, after the failed
+                        // refresh wrote its wait: a `reset-cooldowns` that ran before this rest
+                        // is older news and must not lift it when it is read later.
+                        let resets = match self.engine.snapshot().await {
+                            Ok(pool) => pool.find(&email).map(|a| a.cooldown_resets()),
+                            Err(_) => None,
+                        };
+                        self.rest_after_unauthorized(&email, tag, resets, &e);
                         self.move_on(email, "was refused (401) and has no new token yet".into());
                     }
                 }
@@ -565,9 +572,16 @@ impl Exchange {
     /// A 401 that a refresh could not answer for now: this process leaves the account alone
     /// until the token endpoint may be asked again (other processes learn the same wait through
     /// the shared refresh backoff), and says why.
-    fn rest_after_unauthorized(&mut self, email: &str, tag: Option<String>, e: &Error) {
+    fn rest_after_unauthorized(
+        &mut self,
+        email: &str,
+        tag: Option<String>,
+        resets: Option<u64>,
+        e: &Error,
+    ) {
         let until = now_ms().saturating_add(super::credentials::backoff_ms(e));
-        self.engine.overlay.rest(email, tag, until);
+        let rest = super::overlay::Rest { tag, until, resets };
+        self.engine.overlay.rest(email, rest);
         let why = format!(
             "401 from the API and no new token yet ({e}); tried again after {}",
             crate::account::iso_time(until)

@@ -74,9 +74,10 @@ pub struct Overlay {
     /// email -> tag of the credential that was refused. A new login brings a new credential,
     /// whose tag differs: the mark then no longer applies, in this process or any other.
     refused: Mutex<HashMap<String, Option<String>>>,
-    /// email -> (tag of the credential a 401 refused and no new token answered, rested until).
-    /// Tied to that credential like a refusal: a login since then is not resting.
-    resting: Mutex<HashMap<String, (Option<String>, i64)>>,
+    /// email -> the rest after a 401 that no new token answered. Tied to the credential like a
+    /// refusal (a login since then is not resting), and to the account's `reset-cooldowns`
+    /// count (a reset since then, from any process, lifts it).
+    resting: Mutex<HashMap<String, Rest>>,
     /// The account that served the request sent last, and when that was sent.
     sticky: Mutex<Option<(String, i64)>>,
     sessions: Mutex<Pins>,
@@ -86,6 +87,15 @@ pub struct Overlay {
     windows: Mutex<HashMap<String, Vec<Window>>>,
     /// The last "every account cools" reported: (soonest account, until). One report per change.
     all_cooling: Mutex<Option<(String, i64)>>,
+}
+
+/// A rest after a 401: the refused credential's tag, until when, and the account's
+/// `reset-cooldowns` count when it was decided (`None`: not known, no reset lifts it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rest {
+    pub tag: Option<String>,
+    pub until: i64,
+    pub resets: Option<u64>,
 }
 
 /// A session's account, its last request, and when the request that pinned it was sent.
@@ -207,31 +217,35 @@ impl Overlay {
         }
     }
 
-    /// Leaves `email` alone until `until` while it holds the credential tagged `tag` (`None`:
-    /// whatever it holds).
-    pub fn rest(&self, email: &str, tag: Option<String>, until: i64) {
+    /// Leaves `email` alone until `rest.until` while it holds the credential tagged `rest.tag`
+    /// (`None`: whatever it holds) and no `reset-cooldowns` ran since `rest.resets`.
+    pub fn rest(&self, email: &str, rest: Rest) {
         let mut resting = lock(&self.resting);
         match resting.get_mut(email) {
-            Some((t, u)) if *t == tag => *u = (*u).max(until),
+            Some(r) if r.tag == rest.tag && r.resets == rest.resets => {
+                r.until = r.until.max(rest.until)
+            }
             _ => {
-                resting.insert(email.to_string(), (tag, until));
+                resting.insert(email.to_string(), rest);
             }
         }
     }
 
-    /// Until when `a` rests after a 401, if it still holds the credential that got it.
+    /// Until when `a` rests after a 401, if it still holds the credential that got it and no
+    /// reset ran on it since (the CLI's `reset-cooldowns` while OpenCode runs: it left the
+    /// account resting here for the token endpoint's whole wait, up to ten minutes).
     pub fn resting_until(&self, a: &Account, now: i64) -> Option<i64> {
         let mut resting = lock(&self.resting);
-        match resting.get(&a.email) {
-            Some((tag, until)) if *until > now && (tag.is_none() || *tag == a.credential_tag()) => {
-                Some(*until)
-            }
-            Some(_) => {
-                resting.remove(&a.email);
-                None
-            }
-            None => None,
+        let r = resting.get(&a.email)?;
+        let same_credential = r.tag.is_none() || r.tag == a.credential_tag();
+        // Greater, not different: a request still judging by a pool read before the rest was
+        // decided sees the count before it, and that is no reset.
+        let no_reset_since = r.resets.is_none_or(|n| a.cooldown_resets() <= n);
+        if r.until > now && same_credential && no_reset_since {
+            return Some(r.until);
         }
+        resting.remove(&a.email);
+        None
     }
 
     pub fn clear_refused(&self, email: &str) {
@@ -309,15 +323,23 @@ mod tests {
         assert!(!o.is_refused(&a), "the mark is gone, not hidden");
     }
 
+    fn rest(tag: Option<String>, until: i64) -> Rest {
+        Rest {
+            tag,
+            until,
+            resets: Some(0),
+        }
+    }
+
     #[test]
     fn a_rest_after_a_401_belongs_to_the_credential_that_got_it() {
         let o = Overlay::default();
         let mut a = Account::new_oauth("a@x", "a1".into(), "r1".into(), 0, 0);
-        o.rest("a@x", a.credential_tag(), 500);
-        o.rest("a@x", a.credential_tag(), 300);
+        o.rest("a@x", rest(a.credential_tag(), 500));
+        o.rest("a@x", rest(a.credential_tag(), 300));
         assert_eq!(o.resting_until(&a, 100), Some(500), "a rest only lengthens");
         assert_eq!(o.resting_until(&a, 500), None, "and ends");
-        o.rest("a@x", a.credential_tag(), 900);
+        o.rest("a@x", rest(a.credential_tag(), 900));
         // Logged in again (new refresh token): the new login is not resting.
         a.refresh = Some("r2".into());
         assert_eq!(o.resting_until(&a, 100), None);
@@ -328,10 +350,54 @@ mod tests {
             "the rest is gone, not hidden"
         );
         // Without a known credential, it holds whatever the account holds.
-        o.rest("a@x", None, 900);
+        o.rest("a@x", rest(None, 900));
         assert_eq!(o.resting_until(&a, 100), Some(900));
         o.clear();
         assert_eq!(o.resting_until(&a, 100), None);
+    }
+
+    /// `reset-cooldowns` run by another process reaches a rest this process keeps on its own;
+    /// a rest decided after the reset (its count already read) is not lifted by it.
+    #[test]
+    fn a_reset_from_another_process_lifts_a_rest_decided_before_it_only() {
+        let o = Overlay::default();
+        let mut a = Account::new_oauth("a@x", "a1".into(), "r1".into(), 0, 0);
+        o.rest("a@x", rest(a.credential_tag(), 900));
+        assert_eq!(o.resting_until(&a, 100), Some(900));
+        a.count_cooldown_reset();
+        assert_eq!(o.resting_until(&a, 100), None, "the reset lifts it");
+        a.count_cooldown_reset();
+        assert_eq!(o.resting_until(&a, 100), None, "gone, not hidden");
+        let decided_after = Rest {
+            tag: a.credential_tag(),
+            until: 900,
+            resets: Some(a.cooldown_resets()),
+        };
+        o.rest("a@x", decided_after);
+        assert_eq!(
+            o.resting_until(&a, 100),
+            Some(900),
+            "an older reset does not"
+        );
+        let mut read_before = a.clone();
+        read_before.extra.insert("cooldownsReset".into(), 1.into());
+        assert_eq!(
+            o.resting_until(&read_before, 100),
+            Some(900),
+            "nor a pool read before it"
+        );
+        // Not known when it was decided (the store was never read): no reset lifts it.
+        o.rest(
+            "b@x",
+            Rest {
+                tag: None,
+                until: 900,
+                resets: None,
+            },
+        );
+        let mut b = Account::new_oauth("b@x", "b1".into(), "r1".into(), 0, 0);
+        b.count_cooldown_reset();
+        assert_eq!(o.resting_until(&b, 100), Some(900));
     }
 
     #[test]
