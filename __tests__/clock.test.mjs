@@ -262,3 +262,64 @@ test("two processes whose clocks are ten hours apart refresh a token once betwee
   }
   assert.equal(account(path, email).refresh, mock.tokens(email).refresh);
 });
+
+test("a clock stepped back two hours does not hold a reserved account two hours past its window's reset; one stepped forward costs one request", {
+  skip,
+}, async () => {
+  const email = "reserved@clock.test";
+  const path = await seedPool(mock, [email]);
+  const seeded = readPool(path);
+  seeded.anthropic[0].reserve = 0.2;
+  await savePool(seeded, path);
+  // The answer says the 5-hour window is 90 % used and resets in 8 s: past the reserve's line
+  // (80 %), the pool keeps the account for its owner until then.
+  const resetAt = Math.floor(Date.now() / 1000) + 8;
+  mock.setUtilization(email, { fiveHour: 0.9, fiveHourReset: resetAt });
+  const worker = clockedWorker(path, mock.url);
+  try {
+    const used = await worker.ask({ op: "fetch" });
+    assert.equal(used.status, 200, JSON.stringify(used));
+    const reserved = await worker.ask({ op: "fetch" });
+    assert.equal(reserved.status, 429, JSON.stringify(reserved));
+    assert.ok(Number(reserved.retryAfter) <= 9, JSON.stringify(reserved));
+    // NTP steps the clock back two hours: the window still resets when the server said.
+    worker.shift(-2 * 3600);
+    const stepped = await worker.ask({ op: "fetch" });
+    assert.equal(stepped.status, 429, JSON.stringify(stepped));
+    assert.ok(Number(stepped.retryAfter) <= 9, `reserved for ${stepped.retryAfter} s after the step, the window resetting in 8`);
+    // A process started after the step reads the window from the file alone.
+    await worker.ask({ op: "flush" });
+    const fresh = clockedWorker(path, mock.url);
+    try {
+      fresh.shift(-2 * 3600);
+      const read = await fresh.ask({ op: "fetch" });
+      assert.equal(read.status, 429, JSON.stringify(read));
+      assert.ok(Number(read.retryAfter) <= 9, `reserved for ${read.retryAfter} s from the file`);
+    } finally {
+      await fresh.close();
+    }
+    // Once the server's reset has passed, it serves (the answers now say a fresh window).
+    await new Promise((r) => setTimeout(r, (resetAt + 1) * 1000 - Date.now()));
+    mock.setUtilization(email, { fiveHour: 0.9, fiveHourReset: Math.floor(Date.now() / 1000) + 600 });
+    const open = await worker.ask({ op: "fetch" });
+    assert.equal(open.status, 200, JSON.stringify(open));
+    const full = await worker.ask({ op: "fetch" });
+    // Sent after the step, its answer is news: a request stamped by where the clock had been
+    // took it for older than the window heard of before the step, read it onto the clock as
+    // reset two hours ago, and let the account be used past its line.
+    assert.equal(full.status, 429, `the new window is past the line too: ${JSON.stringify(full)}`);
+    // A step forward of two hours makes that reset look passed: one request goes (the server
+    // takes it: a reserve is the pool's own line), and its answer, read by its Date, puts the
+    // window back where the server has it.
+    worker.shift(2 * 3600);
+    mock.clearRequests();
+    const early = await worker.ask({ op: "fetch" });
+    assert.equal(early.status, 200, JSON.stringify(early));
+    const back = await worker.ask({ op: "fetch" });
+    assert.equal(back.status, 429, JSON.stringify(back));
+    assert.ok(Number(back.retryAfter) > 500 && Number(back.retryAfter) <= 600, JSON.stringify(back));
+    assert.equal(mock.requests.length, 1, "one request past the line, not one per request");
+  } finally {
+    await worker.close();
+  }
+});

@@ -81,6 +81,14 @@ const SET_AT: &str = "cooldownsSetAt";
 /// disagree by less (`oauth-pool doctor` warns past 2 s) must not shorten each other's
 /// cooldowns at every write.
 pub const CLOCK_STEP_MS: i64 = 120_000;
+/// Whether `at`, a time this machine's clock gave, is ahead of the clock reading `now` by more
+/// than a step (`CLOCK_STEP_MS`): the clock was set back since. What such a time orders (the
+/// request sent last, the latest word of a window) counts as no later than now, or nothing
+/// heard after the step would be news until the clock is back where it was.
+pub fn set_back_since(at: i64, now: i64) -> bool {
+    at.saturating_sub(now) > CLOCK_STEP_MS
+}
+
 /// `cooldownsReset`: how many times `reset-cooldowns` ran on the account. What a running process
 /// decided on its own without writing it (the rest after a 401 no new token answered) lasts only
 /// while this is no more than it was when that was decided: more is a reset since.
@@ -122,6 +130,15 @@ fn epoch_ms_of(v: &Value) -> Option<i64> {
     let f = v.as_f64().filter(|f| f.is_finite() && *f >= 0.0)?;
     let ms = if f < 1e12 { f * 1000.0 } else { f };
     (ms <= 1e15).then_some(ms as i64)
+}
+
+/// How far the clock reading `now` is behind the one that heard of stored window `w` (its
+/// `updatedAt`), when it was stepped back since.
+fn window_set_back(w: &Value, now: i64) -> Option<i64> {
+    w.get("updatedAt")
+        .and_then(epoch_ms_of)
+        .map(|at| at.saturating_sub(now))
+        .filter(|back| *back > CLOCK_STEP_MS)
 }
 
 pub(crate) fn kind_of(v: &Value) -> &'static str {
@@ -323,12 +340,7 @@ impl Account {
     /// written before windows were generic keep `quota.fiveHour` / `quota.sevenDay`).
     pub fn windows(&self) -> Vec<crate::engine::limits::Window> {
         use crate::engine::limits::Window;
-        if let Some(map) = self
-            .extra
-            .get("limits")
-            .and_then(|l| l.get("windows"))
-            .and_then(Value::as_object)
-        {
+        if let Some(map) = self.stored_windows() {
             return map
                 .iter()
                 .filter_map(|(name, w)| {
@@ -355,6 +367,52 @@ impl Account {
                 })
             })
             .collect()
+    }
+
+    /// Whether a stored window was heard of before the clock reading `now` was stepped back
+    /// (`Window::clock_set_back`).
+    pub fn windows_set_back(&self, now: i64) -> bool {
+        self.stored_windows()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .any(|w| window_set_back(w, now).is_some())
+    }
+
+    /// Moves the stored windows onto the clock as it reads `now` when it was stepped back since
+    /// they were heard of (`Window::settle_clock`), and `limits.updatedAt` with them; called
+    /// before anything is laid over them. Read through the step, a window's reset is what it had
+    /// left counted from whenever it is read, so it would end only once the clock is back where
+    /// it was, and every answer until then was older news than what the file held.
+    pub fn settle_windows(&mut self, now: i64) {
+        let Some(limits) = self.extra.get_mut("limits").and_then(Value::as_object_mut) else {
+            return;
+        };
+        if let Some(at) = limits.get("updatedAt").and_then(epoch_ms_of) {
+            if at.saturating_sub(now) > CLOCK_STEP_MS {
+                limits.insert("updatedAt".into(), Value::from(now));
+            }
+        }
+        let Some(windows) = limits.get_mut("windows").and_then(Value::as_object_mut) else {
+            return;
+        };
+        for w in windows.values_mut() {
+            let Some(back) = window_set_back(w, now) else {
+                continue;
+            };
+            let Some(w) = w.as_object_mut() else { continue };
+            for key in ["reset", "updatedAt"] {
+                if let Some(t) = w.get(key).and_then(epoch_ms_of) {
+                    w.insert(key.into(), Value::from(t.saturating_sub(back)));
+                }
+            }
+        }
+    }
+
+    fn stored_windows(&self) -> Option<&Map<String, Value>> {
+        self.extra
+            .get("limits")
+            .and_then(|l| l.get("windows"))
+            .and_then(Value::as_object)
     }
 
     /// The share of every window kept for the account's owner (`reserve`, 0 to 1): the pool

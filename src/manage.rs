@@ -18,7 +18,8 @@ use crate::store::Store;
 const MAX_CREDENTIALS_FILE: u64 = 1024 * 1024;
 
 pub fn summary(a: &Account, now: i64) -> Value {
-    let windows = a.windows();
+    let mut windows = a.windows();
+    crate::engine::limits::settle_windows(&mut windows, now);
     let model_cooldowns: serde_json::Map<String, Value> = a
         .extra
         .get("modelCooldowns")

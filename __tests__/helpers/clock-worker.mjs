@@ -4,6 +4,7 @@
 //   node clock-worker.mjs <poolPath> <apiUrl>
 // Commands: {"op":"fetch","model"?}  -> { status, account, text } or { error, message }
 //           {"op":"now"}              -> { now } (this process's Date.now(): the faked clock)
+//           {"op":"flush"}            -> { flushed: true } (its bookkeeping is in the file)
 //           {"op":"exit"}
 import { createInterface } from "node:readline";
 import { createPoolFetch, flushPool } from "../../index.mjs";
@@ -31,6 +32,7 @@ for await (const line of createInterface({ input: process.stdin })) {
   const cmd = JSON.parse(line);
   if (cmd.op === "fetch") say(await fetchOnce(cmd.model));
   else if (cmd.op === "now") say({ now: Date.now() });
+  else if (cmd.op === "flush") say({ flushed: await flushPool(path).then(() => true) });
   else if (cmd.op === "exit") break;
 }
 await flushPool(path);

@@ -143,7 +143,8 @@ impl Pending {
     /// The account in use is the one that served the request sent last, not the one answered
     /// last: a slow answer to an earlier request must not undo a move made since.
     fn active_since(&mut self, email: &str, sent_at: i64) {
-        if self.active.as_ref().is_none_or(|(_, at)| *at <= sent_at) {
+        let later = |at: i64| at <= sent_at || crate::account::set_back_since(at, now_ms());
+        if self.active.as_ref().is_none_or(|(_, at)| later(*at)) {
             self.active = Some((email.to_string(), sent_at));
         }
     }
@@ -215,9 +216,13 @@ impl Engine {
     /// onto it at once: read through the step, a cooldown is as long as it had left when set,
     /// counted from whenever it is read (`Account::cooldown_until`), so it would end only once
     /// the clock is back where it was; written, it ends at a time of day again.
+    /// Rate-limit windows likewise (`Account::settle_windows`).
     pub(crate) fn settle_clock_if_stepped(self: &Arc<Self>, pool: &crate::pool::Pool) {
         let now = now_ms();
-        if pool.accounts().any(|a| a.clock_set_back(now) > 0) {
+        if pool
+            .accounts()
+            .any(|a| a.clock_set_back(now) > 0 || a.windows_set_back(now))
+        {
             self.note(true, Pending::settle_clock);
         }
     }
@@ -315,8 +320,12 @@ pub(crate) fn day_of(ms: i64) -> String {
 /// A newer answer's windows replace those of the same name (`limits::newer`), and its overall
 /// status, claim and overage those known, when its request was sent later; the rest stays.
 fn merge_limits(known: &mut Limits, fresh: &Limits) {
+    super::limits::settle_windows(&mut known.windows, now_ms());
     super::limits::merge_windows(&mut known.windows, &fresh.windows);
-    if fresh.sent_at < known.sent_at {
+    let known_set_back = known
+        .sent_at
+        .is_some_and(|at| crate::account::set_back_since(at, now_ms()));
+    if fresh.sent_at < known.sent_at && !known_set_back {
         return;
     }
     known.sent_at = fresh.sent_at;
@@ -354,7 +363,13 @@ fn store_limits(a: &mut crate::account::Account, limits: &Limits, at: i64) {
     let Some(obj) = entry.as_object_mut() else {
         return;
     };
-    let at = limits.sent_at.unwrap_or(at);
+    // Heard of before the clock was stepped back (a batch written after the step): onto the
+    // clock as it is now, as what the file holds was moved (`Account::settle_windows`).
+    let now = at;
+    let at = limits
+        .sent_at
+        .filter(|s| s.saturating_sub(now) <= crate::account::CLOCK_STEP_MS)
+        .unwrap_or(now);
     let stored_at = obj.get("updatedAt").and_then(Value::as_i64);
     if stored_at.is_none_or(|s| s <= at) {
         obj.insert("updatedAt".into(), json!(at));
@@ -375,6 +390,7 @@ fn store_limits(a: &mut crate::account::Account, limits: &Limits, at: i64) {
     if let Some(map) = windows.as_object_mut() {
         for w in &limits.windows {
             let mut w = w.clone();
+            w.settle_clock(now);
             w.updated_at.get_or_insert(at);
             let stored = map
                 .get(&w.name)
@@ -508,6 +524,7 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
         if a.clock_set_back(now) > 0 {
             a.settle_clock(now);
         }
+        a.settle_windows(now);
         let cooling_at_settled = a.cooldown_until(now).is_some_and(|t| t > settled);
         if a.status_enum() == Some(Status::RateLimited) && !cooling_at_settled {
             a.status = Status::Idle.as_str().into();
@@ -1084,5 +1101,62 @@ mod tests {
         newer.cooldown("a@x", None, now + 90_000, "newer");
         newer.merge_older(batch);
         assert_eq!(newer.cooldowns[&("a@x".to_string(), None)].0, now + 90_000);
+    }
+
+    /// A clock stepped back two hours after a window was stored: the file's window is moved onto
+    /// the clock (it lasts what it had left), so the next answer about the same period is news,
+    /// not older than what the file held from before the step.
+    #[test]
+    fn stored_windows_are_moved_onto_a_clock_stepped_back_and_the_next_answer_lands() {
+        let before = 1_800_000_000_000;
+        let mut pool = pool_of(before);
+        let window = |utilization: f64, reset: i64, at: i64| crate::engine::limits::Window {
+            name: "5h".into(),
+            utilization: Some(utilization),
+            reset: Some(reset),
+            updated_at: Some(at),
+            ..Default::default()
+        };
+        let mut batch = Pending::default();
+        let seen = |w| Limits {
+            windows: vec![w],
+            ..Limits::default()
+        };
+        batch.seen("a@x", seen(window(0.9, before + 60_000, before)));
+        apply(&mut pool, &batch, before);
+        // A second later NTP sets the clock back two hours.
+        let now = before + 1_000 - 7_200_000;
+        let mut batch = Pending::default();
+        batch.seen("a@x", seen(window(0.95, now + 59_000, now)));
+        apply(&mut pool, &batch, now);
+        let a = pool.find("a@x").unwrap();
+        let stored = &a.windows()[0];
+        assert_eq!(
+            stored.utilization,
+            Some(0.95),
+            "the answer after the step is news"
+        );
+        assert_eq!(stored.reset, Some(now + 59_000));
+        // Another account's window, only read: moved too, by its own stamp.
+        let b = pool.find_mut("b@x").unwrap();
+        b.extra.insert(
+            "limits".into(),
+            json!({ "updatedAt": before, "windows": { "7d": { "utilization": 0.5, "reset": before + 3_600_000, "updatedAt": before, "kept": 1 } } }),
+        );
+        apply(&mut pool, &Pending::default(), now);
+        let b = pool.find("b@x").unwrap();
+        assert_eq!(b.extra["limits"]["updatedAt"], json!(now));
+        let w = &b.extra["limits"]["windows"]["7d"];
+        assert_eq!(
+            w["reset"],
+            json!(now + 3_600_000),
+            "what it had left when heard of"
+        );
+        assert_eq!(w["updatedAt"], json!(now));
+        assert_eq!(w["kept"], json!(1), "and what else it holds stays");
+        // A clock that was not stepped changes nothing.
+        let again = pool.clone();
+        apply(&mut pool, &Pending::default(), now + 5_000);
+        assert_eq!(pool.to_bytes(), again.to_bytes());
     }
 }

@@ -743,14 +743,22 @@ impl Exchange {
 /// The time an attempt is handed out to be sent (epoch ms), later than any handed out before in
 /// this process: two requests sent in one millisecond are still ordered (a tie let the earlier
 /// one's late answer pass for the later one's). It runs ahead of the clock only while more than
-/// a thousand attempts a second go out, and by no more than that excess.
+/// a thousand attempts a second go out, and by no more than that excess. After the clock was
+/// stepped back it follows the clock again (it stayed where the clock had been, and the windows
+/// an answer reported were stamped two hours ahead of their resets, which are on the clock):
+/// what was stamped before the step counts as no later than now where it is compared
+/// (`account::set_back_since`).
 fn sending_time() -> i64 {
     use std::sync::atomic::{AtomicI64, Ordering};
     static LAST: AtomicI64 = AtomicI64::new(0);
     let now = now_ms();
     let mut last = LAST.load(Ordering::Relaxed);
     loop {
-        let next = now.max(last.saturating_add(1));
+        let next = if crate::account::set_back_since(last, now) {
+            now
+        } else {
+            now.max(last.saturating_add(1))
+        };
         match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => return next,
             Err(seen) => last = seen,

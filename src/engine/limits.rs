@@ -121,6 +121,35 @@ impl Window {
             Some(s) => family.is_some_and(|f| f.eq_ignore_ascii_case(s)),
         }
     }
+
+    /// How far the clock reading `now` was stepped back since the request that said this was
+    /// sent (`updated_at`, this machine's clock then), when it was (by more than
+    /// `CLOCK_STEP_MS`); 0 otherwise.
+    pub fn clock_set_back(&self, now: i64) -> i64 {
+        self.updated_at
+            .map(|at| at.saturating_sub(now))
+            .filter(|back| *back > crate::account::CLOCK_STEP_MS)
+            .unwrap_or(0)
+    }
+
+    /// Moves the window onto the clock as it reads `now` when that was stepped back since it was
+    /// heard of: its reset lasts at most what it had left then (as cooldowns do), and it was
+    /// heard of no later than now. A reset is a time of day moved onto this clock when it came;
+    /// after NTP set the clock back two hours, a reserve kept the account from the pool two hours
+    /// past the reset the server gave (and nothing asked, so no answer corrected it), and every
+    /// answer about the window meanwhile was taken for older news than the one before the step.
+    pub fn settle_clock(&mut self, now: i64) {
+        let back = self.clock_set_back(now);
+        if back > 0 {
+            self.reset = self.reset.map(|r| r.saturating_sub(back));
+            self.updated_at = self.updated_at.map(|u| u.saturating_sub(back));
+        }
+    }
+}
+
+/// `Window::settle_clock` for each.
+pub fn settle_windows(windows: &mut [Window], now: i64) {
+    windows.iter_mut().for_each(|w| w.settle_clock(now));
 }
 
 /// An epoch as stored: an integer, or a float some writer produced.
@@ -1123,5 +1152,32 @@ mod tests {
         assert!(later_period(Some(SAME_PERIOD_MS + 2), Some(1)));
         assert!(!later_period(Some(SAME_PERIOD_MS), Some(1)));
         assert!(later_period(Some(1), None) && !later_period(None, Some(1)));
+    }
+
+    #[test]
+    fn a_window_heard_of_before_the_clock_went_back_keeps_what_it_had_left() {
+        let at = 1_800_000_000_000;
+        let mut w = Window {
+            name: "5h".into(),
+            reset: Some(at + 60_000),
+            updated_at: Some(at),
+            ..Default::default()
+        };
+        // Within two minutes of the clock that heard it (a fleet host a little behind): as is.
+        w.settle_clock(at - 100_000);
+        assert_eq!(w.reset, Some(at + 60_000));
+        // Two hours back: the minute it had left, from now.
+        let now = at - 7_200_000;
+        w.settle_clock(now);
+        assert_eq!((w.reset, w.updated_at), (Some(now + 60_000), Some(now)));
+        w.settle_clock(now);
+        assert_eq!(w.reset, Some(now + 60_000), "once");
+        // Not known when it was heard of: as is.
+        let mut old = Window {
+            reset: Some(at),
+            ..Default::default()
+        };
+        old.settle_clock(0);
+        assert_eq!(old.reset, Some(at));
     }
 }

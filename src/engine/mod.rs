@@ -67,8 +67,9 @@ impl UsageSink {
         let window = self
             .engine
             .overlay
-            .windows(&self.email)
-            .and_then(|ws| ws.into_iter().find(|w| w.name == "5h"))
+            .windows(&self.email, now_ms())
+            .into_iter()
+            .find(|w| w.name == "5h")
             .and_then(|w| w.reset);
         let (who, model) = (self.email.clone(), self.model.clone());
         self.engine.note(false, move |p| {
@@ -282,11 +283,12 @@ impl Engine {
     /// The windows to judge `a` by: those the store holds (other processes' too, such as a
     /// scoped window this process never saw), with what this process saw laid over them, unless
     /// the store's is of a later period (its reset is later: another process saw it roll).
+    /// Each is moved onto the clock first when it was stepped back since it was heard of.
     pub fn windows(&self, a: &Account) -> Vec<Window> {
-        limits::seen_over_stored(
-            a.windows(),
-            self.overlay.windows(&a.email).unwrap_or_default(),
-        )
+        let now = now_ms();
+        let mut stored = a.windows();
+        limits::settle_windows(&mut stored, now);
+        limits::seen_over_stored(stored, self.overlay.windows(&a.email, now))
     }
 
     /// Whether `a` can serve a request for models of `family` at `now`, and if not, until when.

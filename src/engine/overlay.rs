@@ -116,8 +116,11 @@ impl Pins {
     /// A request of session `id` sent at `sent_at` was served by `email`: the session's account
     /// unless a request sent later was served by another (a late answer does not move it back).
     fn insert(&mut self, id: &str, email: &str, sent_at: i64) {
+        let now = crate::account::now_ms();
         let (email, sent_at) = match self.get(id) {
-            Some((kept, _, at)) if *at > sent_at => (kept.clone(), *at),
+            Some((kept, _, at)) if *at > sent_at && !crate::account::set_back_since(*at, now) => {
+                (kept.clone(), *at)
+            }
             _ => (email.to_string(), sent_at),
         };
         if self.recent.len() >= MAX_SESSIONS / 2 && !self.recent.contains_key(id) {
@@ -182,13 +185,23 @@ impl Overlay {
 
     /// Merges the windows an answer reported with those seen before (an answer may carry only
     /// some: a model's scoped window comes with that model's requests).
+    /// Those heard of before a step back of the clock are moved onto it first, or the fresh
+    /// ones of the same period would be taken for older news.
     pub fn note_windows(&self, email: &str, fresh: &[Window]) {
         let mut all = lock(&self.windows);
-        super::limits::merge_windows(all.entry(email.to_string()).or_default(), fresh);
+        let known = all.entry(email.to_string()).or_default();
+        super::limits::settle_windows(known, crate::account::now_ms());
+        super::limits::merge_windows(known, fresh);
     }
 
-    pub fn windows(&self, email: &str) -> Option<Vec<Window>> {
-        lock(&self.windows).get(email).cloned()
+    /// The windows answers reported, on the clock as it reads `now`.
+    pub fn windows(&self, email: &str, now: i64) -> Vec<Window> {
+        let mut all = lock(&self.windows);
+        let Some(known) = all.get_mut(email) else {
+            return Vec::new();
+        };
+        super::limits::settle_windows(known, now);
+        known.clone()
     }
 
     /// Whether "every account cools, the first is back at `until`" is news (one report, not one
@@ -285,7 +298,8 @@ impl Overlay {
     pub fn served(&self, email: &str, session: Option<&str>, now: i64, sent_at: i64) {
         {
             let mut sticky = lock(&self.sticky);
-            if sticky.as_ref().is_none_or(|(_, at)| *at <= sent_at) {
+            let later = |at: i64| at <= sent_at || crate::account::set_back_since(at, now);
+            if sticky.as_ref().is_none_or(|(_, at)| later(*at)) {
                 *sticky = Some((email.to_string(), sent_at));
             }
         }
@@ -483,6 +497,23 @@ mod tests {
         assert_eq!(o.sticky().as_deref(), Some("b@x"));
         assert_eq!(o.pinned(Some("ses"), None).as_deref(), Some("b@x"));
         o.served("a@x", Some("ses"), 950, 300);
+        assert_eq!(o.sticky().as_deref(), Some("a@x"));
+        assert_eq!(o.pinned(Some("ses"), None).as_deref(), Some("a@x"));
+    }
+
+    /// A request sent before the clock was stepped back two hours is stamped two hours ahead of
+    /// the ones sent after: it does not keep the account in use, or the session's, for two hours.
+    #[test]
+    fn a_request_sent_before_the_clock_went_back_is_not_the_latest_for_hours() {
+        let o = Overlay::default();
+        let now = crate::account::now_ms();
+        o.served("a@x", Some("ses"), now, now + 7_200_000);
+        o.served("b@x", Some("ses"), now, now);
+        assert_eq!(o.sticky().as_deref(), Some("b@x"));
+        assert_eq!(o.pinned(Some("ses"), None).as_deref(), Some("b@x"));
+        // Less than a step apart: the order of sending stands.
+        o.served("a@x", Some("ses"), now, now + 60_000);
+        o.served("b@x", Some("ses"), now, now + 1_000);
         assert_eq!(o.sticky().as_deref(), Some("a@x"));
         assert_eq!(o.pinned(Some("ses"), None).as_deref(), Some("a@x"));
     }
