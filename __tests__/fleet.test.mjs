@@ -134,6 +134,53 @@ test("doctor reports a host clock that is off from the store's database server",
   }
 });
 
+test("hosts whose clocks are ten minutes apart agree on when a 60 s cooldown ends", {
+  skip: !FAKETIME_LIB && "libfaketime is not installed (.ci/run installs it)",
+  timeout: 120_000,
+}, async () => {
+  const skewed = (host, shift) => ({
+    ...host,
+    env: { ...host.env, OAUTH_POOL_JITTER_MS: "0", LD_PRELOAD: FAKETIME_LIB, FAKETIME: shift, FAKETIME_DONT_FAKE_MONOTONIC: "1" },
+  });
+  const ahead = skewed(hostA, "+600s");
+  const right = { ...hostB, env: { ...hostB.env, OAUTH_POOL_JITTER_MS: "0" } };
+  const behind = skewed(hostB, "-600s");
+  // Each writer in turn is refused with `retry-after: 60` on the pool's one account; every other
+  // host must then hold the account about 60 s, not 11 minutes, nor offer it at once.
+  for (const [name, writer, readers] of [
+    ["ahead", ahead, [right, behind]],
+    ["behind", behind, [right, ahead]],
+    ["right", right, [ahead, behind]],
+  ]) {
+    const email = `cool-${name}@fleet.test`;
+    await seedStore(hostA, { anthropic: [oauthEntry(email)] });
+    mock.script(email, [{ status: 429, headers: { "retry-after": "60" } }]);
+    const onWriter = startHostProcess(writer);
+    await onWriter.ready;
+    const refused = await onWriter.ask("fetch");
+    assert.equal(refused.value.status, 429, JSON.stringify(refused));
+    assert.ok(Number(refused.value.retryAfter) <= 61, JSON.stringify(refused));
+    await onWriter.ask("flush");
+    await onWriter.close();
+    // The store holds the database's time: a 60 s cooldown from now by its clock.
+    const stored = (await storedPool(hostB)).anthropic[0];
+    const left = stored.rateLimitUntil - Date.now();
+    assert.ok(left > 30_000 && left <= 62_000, `${name} wrote a cooldown ending in ${left} ms by the database's clock`);
+    mock.clearRequests();
+    for (const reader of readers) {
+      const onReader = startHostProcess(reader);
+      await onReader.ready;
+      const held = await onReader.ask("fetch");
+      await onReader.close();
+      const how = `written by the host ${name}, read by one with FAKETIME=${reader.env.FAKETIME ?? "none"}: ${JSON.stringify(held.value)}`;
+      assert.equal(held.value.status, 429, how);
+      const wait = Number(held.value.retryAfter);
+      assert.ok(wait > 30 && wait <= 62, how);
+    }
+    assert.equal(mock.requests.length, 0, "no reader sent to the cooling account");
+  }
+});
+
 test("store copy: file -> PostgreSQL -> file keeps every field, and pg_dump holds no token", async () => {
   // The pool in the form the pool itself writes (`expires`, `status`, `rateLimitUntil` always
   // present; `version: 1` never written, see src/pool.rs), so equality means nothing changed.

@@ -132,6 +132,46 @@ fn epoch_ms_of(v: &Value) -> Option<i64> {
     (ms <= 1e15).then_some(ms as i64)
 }
 
+/// Epoch milliseconds as the pool writes them (at least 1e12: 2001 on); seconds, zeros and
+/// anything else are left as they are when times are moved between clocks (`shift_times`).
+fn is_epoch_ms(v: i64) -> bool {
+    (1_000_000_000_000..1_000_000_000_000_000).contains(&v)
+}
+
+/// `v` moved by `delta` ms when it is an epoch in milliseconds; otherwise as it is.
+fn shift_value(v: &mut Value, delta: i64) {
+    let moved = match v.as_i64() {
+        Some(ms) if is_epoch_ms(ms) => Some(Value::from(ms.saturating_add(delta))),
+        Some(_) => None,
+        None => v
+            .as_f64()
+            .filter(|f| f.is_finite() && is_epoch_ms(*f as i64))
+            .map(|f| Value::from(f + delta as f64)),
+    };
+    if let Some(m) = moved {
+        *v = m;
+    }
+}
+
+/// An ISO time moved by `delta` ms, when it is one as the pool writes them (so that moving it
+/// back gives the same text); otherwise as it is.
+fn shift_iso(s: &mut String, delta: i64) {
+    if let Some(ms) = parse_iso_ms(s).filter(|ms| iso_time(*ms) == *s && is_epoch_ms(*ms)) {
+        *s = iso_time(ms.saturating_add(delta));
+    }
+}
+
+/// Each of `keys` in `obj` (an object, or nothing) moved by `delta`.
+fn shift_fields(obj: Option<&mut Value>, keys: &[&str], delta: i64) {
+    if let Some(o) = obj.and_then(Value::as_object_mut) {
+        for k in keys {
+            if let Some(v) = o.get_mut(*k) {
+                shift_value(v, delta);
+            }
+        }
+    }
+}
+
 /// How far the clock reading `now` is behind the one that heard of stored window `w` (its
 /// `updatedAt`), when it was stepped back since.
 fn window_set_back(w: &Value, now: i64) -> Option<i64> {
@@ -408,6 +448,71 @@ impl Account {
         }
     }
 
+    /// Moves every time of day the pool keeps for this account by `delta` ms: token expiry,
+    /// cooldowns, waits and their stamp, last use, windows (resets and when they were heard of)
+    /// and the 5-hour usage buckets, which are keyed by a reset. The fleet store keeps them on
+    /// the database server's clock and each host in memory on its own (`store::postgres`).
+    /// Fields it does not know, and values that are not epoch milliseconds, are left as they are;
+    /// moving back by `delta` gives the entry as it was.
+    pub fn shift_times(&mut self, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let shift = |t: &mut Option<i64>| {
+            if let Some(ms) = t.filter(|ms| is_epoch_ms(*ms)) {
+                *t = Some(ms.saturating_add(delta));
+            }
+        };
+        shift(&mut self.expires);
+        shift(&mut self.rate_limit_until);
+        for s in [&mut self.added, &mut self.last_used].into_iter().flatten() {
+            shift_iso(s, delta);
+        }
+        for key in ["cooldownUntil", "refreshBackoffUntil", SET_AT] {
+            if let Some(v) = self.extra.get_mut(key) {
+                shift_value(v, delta);
+            }
+        }
+        if let Some(m) = self
+            .extra
+            .get_mut("modelCooldowns")
+            .and_then(Value::as_object_mut)
+        {
+            m.values_mut().for_each(|v| shift_value(v, delta));
+        }
+        if let Some(limits) = self.extra.get_mut("limits") {
+            shift_fields(Some(limits), &["updatedAt", "reset"], delta);
+            shift_fields(limits.get_mut("overage"), &["reset"], delta);
+            if let Some(ws) = limits.get_mut("windows").and_then(Value::as_object_mut) {
+                for w in ws.values_mut() {
+                    shift_fields(Some(w), &["reset", "updatedAt"], delta);
+                }
+            }
+        }
+        if let Some(q) = self.extra.get_mut("quota") {
+            for name in ["fiveHour", "sevenDay"] {
+                shift_fields(q.get_mut(name), &["resetsAt"], delta);
+            }
+        }
+        if let Some(buckets) = self
+            .extra
+            .get_mut("usage")
+            .and_then(|u| u.get_mut("windows"))
+            .and_then(Value::as_object_mut)
+        {
+            let moved: Map<String, Value> = std::mem::take(buckets)
+                .into_iter()
+                .map(|(k, v)| match k.parse::<i64>() {
+                    Ok(ms) if is_epoch_ms(ms) && ms.to_string() == k => {
+                        (ms.saturating_add(delta).to_string(), v)
+                    }
+                    _ => (k, v),
+                })
+                .collect();
+            *buckets = moved;
+        }
+    }
+
     fn stored_windows(&self) -> Option<&Map<String, Value>> {
         self.extra
             .get("limits")
@@ -638,6 +743,72 @@ mod tests {
         assert!(a.auth_error_is_ours() && !a.usable_at(now));
         a.refresh = Some("r2".into());
         assert!(!a.auth_error_is_ours() && a.usable_at(now));
+    }
+
+    /// The fleet store keeps times on the database server's clock: every time of day an entry
+    /// holds moves by the difference, anything else stays, and moving back restores it exactly.
+    #[test]
+    fn times_move_between_clocks_and_back_exactly() {
+        let t = 1_800_000_000_000i64;
+        let raw = json!({
+            "email": "a@x", "refresh": "r", "access": "a", "expires": t,
+            "added": "2027-01-15T08:00:00.000Z", "lastUsed": "2027-01-15 08:00:00",
+            "status": "rate-limited", "rateLimitUntil": t + 1, "priority": 3,
+            "cooldownUntil": 0, "refreshBackoffUntil": t + 2, "cooldownsSetAt": t + 3,
+            "cooldownsReset": 4, "reserve": 0.2,
+            "modelCooldowns": { "opus": t + 4, "odd": { "until": t } },
+            "limits": {
+                "updatedAt": t + 5, "status": "allowed",
+                "overage": { "reset": t + 6, "status": "allowed" },
+                "windows": { "5h": { "utilization": 0.5, "reset": t + 7, "updatedAt": t + 8, "other": t } }
+            },
+            "quota": { "fiveHour": { "resetsAt": t + 9, "utilization": 0.1 } },
+            "usage": {
+                "days": { "2027-01-15": { "m": { "requests": 1 } } },
+                "windows": { (t + 10).to_string(): { "m": { "requests": 1 } }, "junk": {} }
+            },
+            "custom": t
+        });
+        let a: Account = serde_json::from_value(raw.clone()).unwrap();
+        let mut moved = a.clone();
+        moved.shift_times(-600_000);
+        let v = serde_json::to_value(&moved).unwrap();
+        let back = |ms: i64| json!(ms - 600_000);
+        assert_eq!(v["expires"], back(t));
+        assert_eq!(v["added"], json!("2027-01-15T07:50:00.000Z"));
+        assert_eq!(
+            v["lastUsed"],
+            json!("2027-01-15 08:00:00"),
+            "not written by the pool: as is"
+        );
+        assert_eq!(v["rateLimitUntil"], back(t + 1));
+        assert_eq!(v["cooldownUntil"], json!(0), "none stays none");
+        assert_eq!(v["refreshBackoffUntil"], back(t + 2));
+        assert_eq!(v["cooldownsSetAt"], back(t + 3));
+        assert_eq!(v["cooldownsReset"], json!(4));
+        assert_eq!(v["modelCooldowns"]["opus"], back(t + 4));
+        assert_eq!(v["modelCooldowns"]["odd"], json!({ "until": t }));
+        assert_eq!(v["limits"]["updatedAt"], back(t + 5));
+        assert_eq!(v["limits"]["overage"]["reset"], back(t + 6));
+        assert_eq!(v["limits"]["windows"]["5h"]["reset"], back(t + 7));
+        assert_eq!(v["limits"]["windows"]["5h"]["updatedAt"], back(t + 8));
+        assert_eq!(
+            v["limits"]["windows"]["5h"]["other"],
+            json!(t),
+            "unknown: as is"
+        );
+        assert_eq!(v["quota"]["fiveHour"]["resetsAt"], back(t + 9));
+        let buckets = v["usage"]["windows"].as_object().unwrap();
+        assert!(
+            buckets.contains_key(&(t + 10 - 600_000).to_string()) && buckets.contains_key("junk")
+        );
+        assert!(v["usage"]["days"].get("2027-01-15").is_some());
+        assert_eq!(v["custom"], json!(t));
+        moved.shift_times(600_000);
+        assert_eq!(
+            serde_json::to_value(&moved).unwrap(),
+            serde_json::to_value(&a).unwrap()
+        );
     }
 
     #[test]

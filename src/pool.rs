@@ -235,6 +235,27 @@ impl Pool {
         kept
     }
 
+    /// Moves every time of day the pool keeps by `delta` ms (`Account::shift_times`, and the
+    /// last failover's time); unreadable entries and other sections are left as they are.
+    pub fn shift_times(&mut self, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        for a in self.accounts_mut() {
+            a.shift_times(delta);
+        }
+        let at = self
+            .extra
+            .get_mut(crate::manage::META_KEY)
+            .and_then(|m| m.get_mut("lastFailover"))
+            .and_then(|f| f.get_mut("at"));
+        if let Some(at) = at {
+            if let Some(ms) = at.as_i64().filter(|ms| *ms >= 1_000_000_000_000) {
+                *at = Value::from(ms.saturating_add(delta));
+            }
+        }
+    }
+
     pub fn accounts(&self) -> impl Iterator<Item = &Account> {
         self.anthropic.iter().filter_map(|e| match e {
             Entry::Valid(a) => Some(a.as_ref()),

@@ -20,7 +20,7 @@ const commands = {
       body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
     });
     const text = await res.text();
-    return { status: res.status, account: res.poolAccount, text: text.slice(0, 300) };
+    return { status: res.status, account: res.poolAccount, retryAfter: res.headers.get("retry-after"), text: text.slice(0, 300) };
   },
   refresh: (email) => refreshAccount(email, store),
   flush: () => flushPool(store),

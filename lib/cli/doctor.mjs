@@ -293,9 +293,10 @@ async function checkStore(lib, path, r) {
 const CLOCK_TOLERANCE_MS = 2000;
 
 /**
- * This host's clock against the store's database server's. The hosts share cooldowns and resets
- * as times of day: a host whose clock is off offers accounts before their cooldowns end (a 429
- * each, then failover), and what it records holds the other hosts back for as long too.
+ * This host's clock against the store's database server's. The store keeps its times of day on
+ * the database's clock and each host moves them onto its own by the difference it measures
+ * (every minute, and when its clock jumps), so the hosts agree on cooldowns; a clock that is
+ * off is still worth setting: it drifts between measurements, and TLS checks and logs go by it.
  */
 function checkClock(s, r) {
   if (typeof s.clockOffsetMs !== "number") return r.add("clock", "warn", "could not read the store's database clock");
@@ -306,7 +307,7 @@ function checkClock(s, r) {
   r.add(
     "clock",
     "warn",
-    `this host's clock is ${seconds} s ${way} the store's database server: the hosts share cooldowns and resets as times of day, so accounts are offered too early or held back too long by as much (set the clock, e.g. timedatectl set-ntp true)`,
+    `this host's clock is ${seconds} s ${way} the store's database server: the pool moves the times it shares by the difference, measured every minute, but set the clock (e.g. timedatectl set-ntp true): TLS certificate checks and logs go by it, and it drifts between measurements`,
   );
 }
 

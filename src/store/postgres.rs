@@ -63,6 +63,53 @@ const STAMP_TIMEOUT: Duration = Duration::from_secs(3);
 /// After a failed check, requests do not ask again for this long (the store is down or mute:
 /// without it, every request waited out the timeouts again).
 const STAMP_BACKOFF: Duration = Duration::from_secs(5);
+/// How often this host's clock is measured against the database server's (see `Clock`), and
+/// at once when this host's clock was seen to jump since (by more than `CLOCK_JUMP_MS` against
+/// the monotonic clock: a step, or a suspend).
+const CLOCK_RECHECK: Duration = Duration::from_secs(60);
+const CLOCK_JUMP_MS: i64 = 1_000;
+/// The difference in use changes only when a measurement is further from it than this (plus
+/// half the measurement's round trip): hosts whose clocks agree within it (NTP) store their own
+/// times as they are, and the times one host reads do not move by a few ms at every measurement.
+const CLOCK_TOLERANCE_MS: i64 = 1_000;
+/// Past this, a difference is not a clock that is off but one that is wrong beyond use (years):
+/// times are stored as they are, as before this existed.
+const CLOCK_MAX_OFFSET_MS: i64 = 365 * 24 * 3600 * 1000;
+
+/// What this host adds to its clock to read the database server's (ms), and when and by which
+/// clock of this host it was measured. Times of day in the store (cooldown ends, token expiry,
+/// window resets: `Pool::shift_times`) are the database server's; in memory they are this
+/// host's. A host whose clock was ten minutes behind wrote cooldowns that every other host took
+/// as over (the account offered at once, a 429 each), and one ten minutes ahead took every
+/// other host's as over.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    offset: i64,
+    wall: i64,
+    at: Instant,
+}
+
+impl Clock {
+    /// Still good: measured recently, and this host's clock did not jump since.
+    fn current(&self) -> bool {
+        let elapsed = i64::try_from(self.at.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let moved = crate::account::now_ms().saturating_sub(self.wall);
+        self.at.elapsed() < CLOCK_RECHECK && moved.saturating_sub(elapsed).abs() <= CLOCK_JUMP_MS
+    }
+}
+
+/// The difference to use after measuring `measured` (round trip `rtt`), `used` so far: the
+/// one in use while the measurement is within the tolerance of it, else the measurement.
+fn next_offset(used: i64, measured: i64, rtt: i64) -> i64 {
+    if measured.abs() > CLOCK_MAX_OFFSET_MS {
+        return 0;
+    }
+    if measured.saturating_sub(used).abs() <= CLOCK_TOLERANCE_MS + rtt / 2 {
+        used
+    } else {
+        measured
+    }
+}
 
 pub struct PgStore {
     config: Config,
@@ -84,6 +131,8 @@ pub struct PgStore {
     mute_until: Mutex<Option<Instant>>,
     /// The key check passed on this store (checked once per process).
     checked: tokio::sync::OnceCell<()>,
+    /// This host's clock against the database server's (`None`: not measured yet).
+    clock: Mutex<Option<Clock>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -158,6 +207,7 @@ impl PgStore {
             generation: Mutex::new(None),
             mute_until: Mutex::new(None),
             checked: tokio::sync::OnceCell::new(),
+            clock: Mutex::new(None),
         })
     }
 
@@ -185,6 +235,7 @@ impl PgStore {
             generation: Mutex::new(None),
             mute_until: Mutex::new(None),
             checked: tokio::sync::OnceCell::new(),
+            clock: Mutex::new(None),
         })
     }
 
@@ -253,9 +304,8 @@ impl PgStore {
     }
 
     /// How far the database server's clock is from this host's (ms; positive: the server's is
-    /// ahead), with the round trip of the best of three readings. The hosts of a fleet share
-    /// cooldowns and resets as times of day, so a host whose clock is off holds accounts back,
-    /// or offers them early, by as much; doctor reports it.
+    /// ahead), with the round trip of the best of three readings: what the store's times are
+    /// moved by (`offset`), and what doctor reports.
     pub async fn clock_offset(&self) -> Result<(i64, i64)> {
         let c = self.reader().await?;
         self.bounded("the clock check", async {
@@ -280,6 +330,30 @@ impl PgStore {
             best.ok_or_else(|| Error::StoreUnavailable("no clock reading".into()))
         })
         .await
+    }
+
+    /// What to add to this host's times to store them as the database server's (see `Clock`),
+    /// measured again when the last measurement is a minute old or this host's clock jumped.
+    async fn offset(&self) -> Result<i64> {
+        let known = *lock(&self.clock);
+        if let Some(c) = known.filter(Clock::current) {
+            return Ok(c.offset);
+        }
+        let (measured, rtt) = self.clock_offset().await?;
+        let used = known.map_or(0, |c| c.offset);
+        let offset = next_offset(used, measured, rtt);
+        if offset != used {
+            tracing::info!(
+                offset_ms = offset,
+                "this host's clock differs from the store's database server: the store's times are moved by the difference"
+            );
+        }
+        *lock(&self.clock) = Some(Clock {
+            offset,
+            wall: crate::account::now_ms(),
+            at: Instant::now(),
+        });
+        Ok(offset)
     }
 
     /// The schema version the database has (0: not initialized).
@@ -503,6 +577,7 @@ impl PgStore {
 
     pub async fn load_generation(&self) -> Result<(Pool, i64)> {
         self.ready().await?;
+        let offset = self.offset().await?;
         let c = self.reader().await?;
         let rows = self
             .bounded("a read of the pool", async {
@@ -523,7 +598,8 @@ impl PgStore {
                 return Err(e);
             }
         };
-        let (pool, generation) = self.rows_to_pool(rows)?;
+        let (mut pool, generation) = self.rows_to_pool(rows)?;
+        pool.shift_times(-offset);
         *lock(&self.generation) = Some((generation, Instant::now()));
         Ok((pool, generation))
     }
@@ -565,13 +641,14 @@ impl PgStore {
     /// the pool as it was.
     pub async fn update<T>(&self, change: impl FnOnce(&mut Pool) -> Result<T>) -> Result<T> {
         self.ready().await?;
+        let offset = self.offset().await?;
         let mut guard = self.writer.lock().await;
         let client = match guard.take() {
             Some(c) if !c.is_closed() => c,
             _ => self.connect().await?,
         };
         // Gone silent: the connection is dropped (the server rolls back what it began).
-        let result = tokio::time::timeout(QUERY_TIMEOUT, self.update_on(&client, change))
+        let result = tokio::time::timeout(QUERY_TIMEOUT, self.update_on(&client, change, offset))
             .await
             .map_err(|_| self.silent("a write of the pool"))?;
         if result.is_err() {
@@ -583,10 +660,13 @@ impl PgStore {
         result
     }
 
+    /// `offset`: the one difference of clocks both ways (`Clock`), so that what the change
+    /// leaves alone is written back exactly as it was read.
     async fn update_on<T>(
         &self,
         client: &Client,
         change: impl FnOnce(&mut Pool) -> Result<T>,
+        offset: i64,
     ) -> Result<T> {
         client
             .batch_execute(&format!(
@@ -603,12 +683,14 @@ impl PgStore {
             .await
             .map_err(unavailable)?;
         let (mut pool, _) = self.rows_to_pool(rows)?;
+        pool.shift_times(-offset);
         let before = pool.to_bytes();
         let out = change(&mut pool)?;
         if pool.to_bytes() == before {
             client.batch_execute("COMMIT").await.map_err(unavailable)?;
             return Ok(out);
         }
+        pool.shift_times(offset);
         self.write_rows(client, &pool).await?;
         client.batch_execute("COMMIT").await.map_err(unavailable)?;
         *lock(&self.generation) = None;
@@ -791,6 +873,41 @@ mod tests {
             waited,
             Duration::from_millis(50 + 100 + 200 + 250 + 250 + 250)
         );
+    }
+
+    #[test]
+    fn the_clock_difference_in_use_moves_only_past_the_tolerance() {
+        // Clocks that agree (NTP): nothing is moved, whatever the few ms measured.
+        assert_eq!(next_offset(0, 40, 2), 0);
+        assert_eq!(next_offset(0, -900, 2), 0);
+        // Ten minutes off: the measurement, then kept while later ones wobble around it.
+        let ahead = -600_000;
+        assert_eq!(next_offset(0, ahead + 3, 2), ahead + 3);
+        assert_eq!(next_offset(ahead + 3, ahead - 5, 4), ahead + 3);
+        // A step of the clock since: the new difference.
+        assert_eq!(next_offset(ahead + 3, 7_200_000, 4), 7_200_000);
+        // A slow link widens the tolerance by half its round trip.
+        assert_eq!(next_offset(0, 1_400, 1_000), 0);
+        assert_eq!(next_offset(0, 1_600, 1_000), 1_600);
+        // Years off: not a clock to trust at all.
+        assert_eq!(next_offset(0, 2 * CLOCK_MAX_OFFSET_MS, 0), 0);
+    }
+
+    #[test]
+    fn a_clock_measured_a_moment_ago_is_current_until_it_jumps() {
+        let now = crate::account::now_ms();
+        let c = Clock {
+            offset: 5,
+            wall: now,
+            at: Instant::now(),
+        };
+        assert!(c.current());
+        // This host's clock was set back two minutes since (or read two minutes ahead then).
+        let stepped = Clock {
+            wall: now + 120_000,
+            ..c
+        };
+        assert!(!stepped.current());
     }
 
     #[test]
