@@ -66,16 +66,20 @@ export function nativeBinding() {
 /** How long an exit waits for a refresh's new tokens to be written (only when one is under way). */
 const EXIT_WAIT_MS = 5000;
 
-// A refresh answered but not yet written holds the only copy of the account's new tokens (the
-// refresh token it presented is spent): a host exiting then lost the login. Its exit waits for
-// the write, bounded; with no refresh under way it goes at once. `exit` runs for a natural end
-// and for process.exit (what OpenCode calls on quit); a signal the host leaves unhandled ends
-// the process without it.
+// What the pool still has to write when the host exits, written first: a refresh answered but
+// not yet written holds the only copy of the account's new tokens (the refresh token it
+// presented is spent: the login was lost), and bookkeeping (usage, last use, windows) waits a
+// moment after each answer on the addon's runtime (a host ending with process.exit(), as
+// OpenCode does, lost the last answers' usage). Synchronous, as an `exit` listener must be, and
+// bounded (5 s for a refresh, 2 s for bookkeeping, in the addon); with nothing to write it
+// returns at once. `exit` runs for a natural end and for process.exit; a signal the host leaves
+// unhandled ends the process without it.
 function settleOnExit(addon) {
-  if (typeof process?.once !== "function" || typeof addon.settleRefreshes !== "function") return;
+  if (typeof process?.once !== "function") return;
   process.once("exit", () => {
     try {
-      addon.settleRefreshes(EXIT_WAIT_MS);
+      addon.settleRefreshes?.(EXIT_WAIT_MS);
+      addon.flushBeforeExit?.();
     } catch {}
   });
 }

@@ -142,6 +142,14 @@ pub fn flush_pool(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, ()
     })
 }
 
+/// Writes what this process still has to write, blocking up to 2 s; run from the host's `exit`
+/// event (lib/native.mjs), where nothing asynchronous runs any more. Returns how many pools had
+/// something to write.
+#[napi(js_name = "flushBeforeExit", catch_unwind)]
+pub fn flush_before_exit() -> u32 {
+    crate::engine::flush_before_exit(crate::engine::EXIT_FLUSH_LIMIT) as u32
+}
+
 /// `oauth-pool refresh <email>`: refreshes one account under the pool's lock protocol.
 #[napi(js_name = "refreshAccount", ts_return_type = "Promise<any>")]
 pub fn refresh_account(

@@ -123,9 +123,14 @@ impl Bookkeeping {
         change(&mut lock(&self.pending));
     }
 
-    /// Nothing recorded waits to be written, and no write is scheduled.
+    /// Nothing recorded waits to be written, no write is scheduled, and none is under way (a
+    /// write under way holds its batch outside `pending`: a process exiting then must wait for
+    /// it, or what it holds is lost). Looked at in this order: a write that starts meanwhile
+    /// takes `flushing` before it empties `scheduled` and `pending`.
     pub(crate) fn is_idle(&self) -> bool {
-        !self.scheduled.load(Ordering::Acquire) && lock(&self.pending).is_empty()
+        !self.scheduled.load(Ordering::Acquire)
+            && lock(&self.pending).is_empty()
+            && self.flushing.try_lock().is_ok()
     }
 }
 
@@ -1158,5 +1163,19 @@ mod tests {
         let again = pool.clone();
         apply(&mut pool, &Pending::default(), now + 5_000);
         assert_eq!(pool.to_bytes(), again.to_bytes());
+    }
+
+    /// A process exits once its pools are idle (`flush_before_exit`); a write under way holds
+    /// its batch outside `pending`, and the process must wait for it.
+    #[test]
+    fn a_write_under_way_is_not_idle() {
+        let book = Bookkeeping::default();
+        assert!(book.is_idle());
+        let writing = book.flushing.try_lock().unwrap();
+        assert!(!book.is_idle(), "a write under way");
+        drop(writing);
+        assert!(book.is_idle());
+        book.record(|p| p.served("a@x", 1, 1, None));
+        assert!(!book.is_idle(), "recorded, unwritten");
     }
 }

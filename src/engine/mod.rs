@@ -129,6 +129,43 @@ fn forget_idle(reg: &mut Registry) {
     }
 }
 
+/// How long a process that is exiting waits for its last writes (`flush_before_exit`).
+pub const EXIT_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Writes what every engine of this process still has to write (bookkeeping, tokens a refresh
+/// could not save), blocking the calling thread up to `limit`; returns how many engines had
+/// something. For a process about to exit: `process.exit()` ends it without running what its
+/// event loop had scheduled, the pool's delayed writes with it (a host that exits right after
+/// its last answer lost that answer's usage, and up to a second of every other bookkeeping).
+/// Starts nothing when nothing waits (the runtime stays unstarted in a process that never used
+/// it). From inside the runtime it cannot block, and does nothing.
+pub fn flush_before_exit(limit: std::time::Duration) -> usize {
+    let engines: Vec<Arc<Engine>> = lock(registry())
+        .0
+        .values()
+        .filter(|(e, _)| !e.is_idle())
+        .map(|(e, _)| e.clone())
+        .collect();
+    if engines.is_empty() || tokio::runtime::Handle::try_current().is_ok() {
+        return 0;
+    }
+    let Ok(rt) = crate::runtime::runtime() else {
+        return 0;
+    };
+    let count = engines.len();
+    rt.block_on(async move {
+        let all = async {
+            for engine in &engines {
+                let _ = engine.flush().await;
+            }
+        };
+        // Past the limit (the pool's lock held by a stopped process) the process exits anyway:
+        // what was not written is lost, as with a process killed.
+        let _ = tokio::time::timeout(limit, all).await;
+    });
+    count
+}
+
 impl Engine {
     /// The process's engine for `store`: two plugin instances naming one pool share it, so they
     /// share single-flight refreshes and never wait on each other's locks.
