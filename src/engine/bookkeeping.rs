@@ -1,7 +1,8 @@
 //! Writes that record what happened (cooldowns, refusals, last use, quota, errors), batched and
 //! never on an answer's path: the decision is already in the overlay, the file catches up in the
 //! background. Cooldowns and refusals are written at once (other processes must honour them);
-//! last-use bookkeeping at most once a second. A write that fails is kept and tried again.
+//! last-use bookkeeping at most once a second, and while other processes keep the store busy,
+//! at a quiet moment within 10 s. A write that fails is kept and tried again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,15 @@ use crate::pool::Pool;
 use crate::secret::scrub_tokens;
 
 const FLUSH_DELAY: Duration = Duration::from_millis(1000);
+/// A store written by any process within this long is busy: last use, windows and usage wait
+/// for a moment without writes. Twenty processes each writing once a second rewrote the whole
+/// pool file twenty times a second, and each of them read and parsed it again before nearly
+/// every request (with a month of usage in it, 480 KB: more than a core of a 2-core machine).
+const QUIET: Duration = Duration::from_secs(1);
+/// How long bookkeeping waits for a quiet store at most, from when it was recorded: on a busy
+/// machine each process still writes at least this often (and a process killed loses at most
+/// this much of it).
+const MAX_DELAY: Duration = Duration::from_secs(10);
 const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
@@ -244,9 +254,30 @@ impl Engine {
         } else if !self.book.scheduled.swap(true, Ordering::AcqRel) {
             let me = self.clone();
             self.spawn(async move {
+                let since = tokio::time::Instant::now();
                 tokio::time::sleep(FLUSH_DELAY).await;
+                me.wait_for_quiet(since + MAX_DELAY).await;
                 let _ = me.flush().await;
             });
+        }
+    }
+
+    /// Waits until the store has gone `QUIET` without a write (of any process), or until
+    /// `deadline`. Each waiting process looks again at a moment of its own within the next
+    /// `QUIET` (`spread`), so the first to find the store quiet writes and the others see that
+    /// write and wait on: the processes of a busy machine take turns instead of all writing the
+    /// moment the store falls quiet.
+    async fn wait_for_quiet(&self, deadline: tokio::time::Instant) {
+        loop {
+            let Some(ago) = self.store.written_ago() else {
+                return;
+            };
+            let now = tokio::time::Instant::now();
+            if ago >= QUIET || now >= deadline {
+                return;
+            }
+            let wait = QUIET - ago + spread(QUIET);
+            tokio::time::sleep_until((now + wait).min(deadline)).await;
         }
     }
 
@@ -315,6 +346,14 @@ impl Engine {
             let _ = me.flush().await;
         });
     }
+}
+
+/// A random duration below `max`.
+fn spread(max: Duration) -> Duration {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    let ms = max.as_millis().max(1) as u64;
+    Duration::from_millis(u64::from_le_bytes(b) % ms)
 }
 
 /// The UTC day of `ms`, "YYYY-MM-DD" (how usage is kept by day).

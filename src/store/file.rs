@@ -131,6 +131,16 @@ impl FileStore {
         stamp
     }
 
+    /// How long ago the file was last written (its modification time), if it exists.
+    pub fn written_ago(&self) -> Option<Duration> {
+        let modified = fs::symlink_metadata(&self.path).ok()?.modified().ok()?;
+        Some(
+            std::time::SystemTime::now()
+                .duration_since(modified)
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+
     /// Replaces the whole pool (the `savePool` semantics), under the lock.
     pub fn save(&self, pool: &Pool) -> Result<()> {
         self.open_checked()?;

@@ -171,6 +171,16 @@ impl Store {
         }
     }
 
+    /// How long ago the store was last written, when a look costs no more than a `stat` (the
+    /// file's modification time; a time ahead of the clock reads as now). `None` for the fleet
+    /// store, and when the file is missing.
+    pub fn written_ago(&self) -> Option<Duration> {
+        match self {
+            Store::File(f) => f.written_ago(),
+            Store::Postgres(_) => None,
+        }
+    }
+
     pub async fn load(&self) -> Result<Pool> {
         self.load_stamped().await.map(|(p, _)| p)
     }
