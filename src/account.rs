@@ -193,6 +193,22 @@ pub(crate) fn kind_of(v: &Value) -> &'static str {
 }
 
 impl Account {
+    /// The fields of an entry that have a field of their own here (all the rest is `extra`).
+    pub(crate) const NAMED: [&'static str; 12] = [
+        "email",
+        "type",
+        "refresh",
+        "access",
+        "key",
+        "expires",
+        "added",
+        "lastUsed",
+        "status",
+        "rateLimitUntil",
+        "priority",
+        "enabled",
+    ];
+
     fn blank(email: &str, now: i64) -> Self {
         Account {
             email: email.to_string(),

@@ -82,10 +82,29 @@ impl Entry {
         if let Some(reason) = problem {
             return Entry::Invalid { raw, reason };
         }
-        match serde_json::from_value::<Account>(raw.clone()) {
-            Ok(a) => Entry::Valid(Box::new(a)),
+        let Value::Object(map) = raw else {
+            let reason = format!("entry is {}, not an object", kind_of(&raw));
+            return Entry::Invalid { raw, reason };
+        };
+        // Only the fields `Account` names go through its deserializer: given the whole entry,
+        // its catch-all (`extra`, a serde `flatten`) buffered every other field (a month of
+        // usage) into serde's own tree and built it again, and the entry was copied first to be
+        // kept should it not parse. The rest is moved into `extra` as it is, in its order.
+        let named: Map<String, Value> = map
+            .iter()
+            .filter(|(k, _)| Account::NAMED.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        match serde_json::from_value::<Account>(Value::Object(named)) {
+            Ok(mut a) => {
+                a.extra = map
+                    .into_iter()
+                    .filter(|(k, _)| !Account::NAMED.contains(&k.as_str()))
+                    .collect();
+                Entry::Valid(Box::new(a))
+            }
             Err(e) => Entry::Invalid {
-                raw,
+                raw: Value::Object(map),
                 reason: without_quoted_values(&e.to_string()),
             },
         }
@@ -128,12 +147,10 @@ impl Pool {
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Pool, String> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         // A parse into a tree keeps the last of two equal keys and drops the other silently:
         // "anthropic" twice, or "refresh" twice in an account, would lose what the first held
         // at the next write. Such a file is refused (and kept) like any other corrupt one.
-        crate::unique_keys::check(bytes)?;
-        Pool::from_value(value)
+        Pool::from_value(crate::unique_keys::parse(bytes)?)
     }
 
     pub fn to_value(&self) -> Value {
@@ -757,10 +774,169 @@ mod tests {
         })
     }
 
+    /// An entry is read as `Account`'s own deserializer reads the whole entry (what it did
+    /// before only the named fields went through it): the same account, fields in the same
+    /// order, the same refusals.
+    #[test]
+    fn an_entry_reads_as_the_whole_entry_through_the_deserializer() {
+        let mut full = Account::new_oauth("a@x", "a".into(), "r".into(), 1, 1);
+        full.kind = Some("oauth".into());
+        full.key = Some("k".into());
+        full.last_used = Some("t".into());
+        full.rate_limit_until = Some(2);
+        full.priority = Some(3);
+        full.enabled = Some(true);
+        let named: Vec<String> = match serde_json::to_value(&full).unwrap() {
+            Value::Object(m) => m.keys().cloned().collect(),
+            _ => unreachable!(),
+        };
+        assert_eq!(named, Account::NAMED, "every named field, and only those");
+        let entries = [
+            json!({"zeta": 1, "email": "a@x", "usage": {"days": {"d": {"m": {"requests": 1}}}}, "refresh": "r", "alpha": [1, {"b": null}], "expires": 1711234567, "status": "active"}),
+            json!({"email": "a@x", "type": "api", "key": "k", "priority": 2.0, "enabled": false, "rateLimitUntil": null, "limits": {}}),
+            json!({"email": "a@x", "priority": "high", "usage": {}}),
+            json!({"email": "a@x", "expires": "soon"}),
+            json!({"email": "a@x", "enabled": 1, "x": 2}),
+            json!({"email": "a@x", "refresh": 5}),
+            json!({"email": "a@x", "status": null}),
+            json!({"email": "a@x", "lastUsed": null, "added": 3}),
+        ];
+        for raw in entries {
+            let before = match serde_json::from_value::<Account>(raw.clone()) {
+                Ok(a) => Ok(serde_json::to_string(&a).unwrap()),
+                Err(e) => Err(without_quoted_values(&e.to_string())),
+            };
+            let now = match Entry::from_value(raw.clone()) {
+                Entry::Valid(a) => Ok(serde_json::to_string(&a).unwrap()),
+                Entry::Invalid { raw: kept, reason } => {
+                    assert_eq!(serde_json::to_string(&kept).unwrap(), raw.to_string());
+                    Err(reason)
+                }
+            };
+            assert_eq!(now, before, "{raw}");
+        }
+    }
+
+    /// A pool used every day for a month: `accounts` accounts with limits, windows and usage
+    /// per day (30) and 5-hour window (144) for three models, as `JSON.stringify(pool, null, 2)`
+    /// writes it (the shape the many-processes test and a heavy user's file have).
+    pub(crate) fn month_of_usage(accounts: usize) -> Vec<u8> {
+        let now: i64 = 1_800_000_000_000;
+        let c = || json!({ "requests": 1234, "input": 5678901, "output": 234567, "cacheRead": 34567890, "cacheWrite": 1234567 });
+        let models = ["claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5"];
+        let per_model = || Value::Object(models.iter().map(|m| (m.to_string(), c())).collect());
+        let entries: Vec<Value> = (0..accounts)
+            .map(|i| {
+                let days: serde_json::Map<String, Value> = (1..30)
+                    .map(|d| (crate::engine::bookkeeping::day_of(now - d * 86_400_000), per_model()))
+                    .collect();
+                let windows: serde_json::Map<String, Value> = (1..144)
+                    .map(|w| (((now / 18_000_000 - w) * 18_000_000).to_string(), per_model()))
+                    .collect();
+                let window = |u: f64| json!({ "utilization": u, "status": "allowed", "reset": now + 3_600_000, "updatedAt": now - 1000 });
+                json!({
+                    "email": format!("user{i}@example.com"),
+                    "refresh": format!("fake-refresh-{i}"),
+                    "access": format!("fake-access-{i}"),
+                    "expires": now + 3_600_000,
+                    "added": "2026-11-29T11:39:58.616Z",
+                    "lastUsed": "2026-11-29T11:39:58.639Z",
+                    "status": "idle",
+                    "rateLimitUntil": null,
+                    "priority": i,
+                    "limits": {
+                        "updatedAt": now - 1000, "status": "allowed", "representativeClaim": "five_hour",
+                        "windows": { "5h": window(0.4), "7d": window(0.6), "7d_sonnet": window(0.7) }
+                    },
+                    "modelCooldowns": {},
+                    "usage": { "days": days, "windows": windows },
+                })
+            })
+            .collect();
+        let mut out = serde_json::to_vec_pretty(&json!({
+            "anthropic": entries,
+            "_oauthPool": { "lastFailover": { "at": now, "from": "user0@example.com", "to": "user1@example.com", "reason": "5h window exhausted" } },
+        }))
+        .unwrap();
+        out.push(b'\n');
+        out
+    }
+
+    /// Where a read of the pool file spends its time (not a check: prints figures, run with
+    /// `cargo test --release --lib where_a_read_spends -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn where_a_read_spends_its_time() {
+        use std::time::Instant;
+        fn median(mut f: impl FnMut(), n: usize) -> f64 {
+            let mut t: Vec<f64> = (0..n)
+                .map(|_| {
+                    let s = Instant::now();
+                    f();
+                    s.elapsed().as_secs_f64() * 1000.0
+                })
+                .collect();
+            t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            t[n / 2]
+        }
+        for accounts in [3, 4, 6] {
+            for history in [false, true] {
+                let bytes = if history {
+                    month_of_usage(accounts)
+                } else {
+                    let mut p = Pool::parse(&month_of_usage(accounts)).unwrap();
+                    for a in p.accounts_mut() {
+                        a.extra.shift_remove("usage");
+                    }
+                    p.to_bytes()
+                };
+                let dir = tempfile::tempdir().unwrap();
+                let store = crate::store::FileStore::new(dir.path().join("pool.json"));
+                std::fs::write(store.path(), &bytes).unwrap();
+                let n = if history { 200 } else { 2000 };
+                let read = median(|| drop(std::fs::read(store.path()).unwrap()), n);
+                let value = median(|| drop(serde_json::from_slice::<Value>(&bytes).unwrap()), n);
+                let keys = median(|| crate::unique_keys::check(&bytes).unwrap(), n);
+                let v: Value = serde_json::from_slice(&bytes).unwrap();
+                let convert = median(|| drop(Pool::from_value(v.clone()).unwrap()), n);
+                let clone = median(|| drop(v.clone()), n);
+                let parse = median(|| drop(Pool::parse(&bytes).unwrap()), n);
+                let load = median(|| drop(store.load_stamped().unwrap()), n);
+                println!(
+                    "{accounts} accounts{}, {} KB: read {read:.3} ms, to Value {value:.3}, duplicate keys {keys:.3}, to Pool {:.3} (of it a Value clone {clone:.3}), Pool::parse {parse:.3}, load {load:.3}",
+                    if history { " with a month of usage" } else { "" },
+                    bytes.len() / 1024,
+                    convert - clone,
+                );
+            }
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
             let _ = Pool::parse(&bytes);
+        }
+
+        #[test]
+        fn an_entry_reads_as_the_deserializer_reads_it_whole(entry in arb_json(), email in "[a-z]{1,6}@x", named in proptest::collection::vec((0..Account::NAMED.len(), arb_json()), 0..4)) {
+            let mut map = match entry { Value::Object(m) => m, _ => serde_json::Map::new() };
+            for (i, v) in named {
+                map.insert(Account::NAMED[i].into(), v);
+            }
+            map.insert("email".into(), Value::from(email));
+            let raw = Value::Object(map);
+            let before = serde_json::from_value::<Account>(raw.clone())
+                .map(|a| serde_json::to_string(&a).unwrap())
+                .map_err(|e| without_quoted_values(&e.to_string()));
+            let now = match Entry::from_value(raw.clone()) {
+                Entry::Valid(a) => Ok(serde_json::to_string(&a).unwrap()),
+                Entry::Invalid { raw: kept, reason } => {
+                    proptest::prop_assert_eq!(&kept, &raw);
+                    Err(reason)
+                }
+            };
+            proptest::prop_assert_eq!(now, before);
         }
 
         #[test]
