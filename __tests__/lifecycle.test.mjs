@@ -5,7 +5,7 @@
 // answer (or the token endpoint's) until the change has landed.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,6 +15,7 @@ import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders } 
 
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
 const EXIT_WORKER = fileURLToPath(new URL("./helpers/exit-worker.mjs", import.meta.url));
+const MANY_WORKER = fileURLToPath(new URL("./helpers/many-worker.mjs", import.meta.url));
 const HOME = mkdtempSync(join(tmpdir(), "oauth-pool-lifecycle-home-"));
 const mock = useMock();
 
@@ -422,6 +423,41 @@ for (const how of ["exit", "end"]) {
       assert.notEqual(account(path, email).status, "auth-error");
     } finally {
       mock.setTokenMode(null);
+    }
+  });
+}
+
+// The pool's write lock held by a process that is stopped (or stuck) for longer than a host
+// waits to end: `flock(1)` (util-linux) holds it, as in cli.test.mjs.
+const flock = process.platform === "linux" && spawnSync("flock", ["--version"]).status === 0;
+for (const ending of ["drain", "exit"]) {
+  test(`a host that ends (${ending === "exit" ? "process.exit" : "its event loop done"}) with bookkeeping unwritten while another process holds the pool's lock is not kept alive by the lock`, {
+    skip: !flock && "needs flock(1) on Linux",
+  }, async () => {
+    const path = await poolOf(["held-lock@x.test"]);
+    const child = spawn(process.execPath, [MANY_WORKER, path, mock.url, "1", ending], { stdio: ["pipe", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.setEncoding("utf8").on("data", (d) => (out += d));
+    child.stderr.setEncoding("utf8").on("data", (d) => (err += d));
+    const closed = new Promise((resolve) => child.on("close", (code) => resolve(code)));
+    while (!out.includes("ready") && child.exitCode === null) await new Promise((r) => setTimeout(r, 20));
+    // `-o`: the lock stays with flock itself; closing cat's stdin ends both and frees it.
+    const holder = spawn("flock", ["-o", `${path}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
+    try {
+      // A moment for flock to take the lock (it is free: nothing else writes this pool now).
+      await new Promise((r) => setTimeout(r, 500));
+      const started = Date.now();
+      child.stdin.end("go\n");
+      assert.equal(await closed, 0, `${out}${err}`);
+      const took = Date.now() - started;
+      assert.match(out, /"statuses":\{"200":1\}/, out);
+      // The exit waits for the lock a bounded while (2 s in the addon); before, a host whose
+      // event loop ran dry stayed alive until the lock's own 60 s timeout.
+      assert.ok(took < 30_000, `the host took ${took} ms to end`);
+    } finally {
+      holder.stdin.end();
+      await new Promise((r) => holder.on("close", r));
     }
   });
 }

@@ -213,20 +213,10 @@ function bodyStream(res, signal, done) {
 }
 
 // Cooldowns and last-use bookkeeping are written in the background, never on an answer's path.
-// A short-lived process (a script, the CLI) would exit before they land: write them first.
-const usedPaths = new Set();
-let exitHookInstalled = false;
-function flushBeforeExit(path) {
-  usedPaths.add(path ?? "");
-  if (exitHookInstalled || typeof process?.once !== "function") return;
-  exitHookInstalled = true;
-  process.once("beforeExit", () => {
-    const pending = [...usedPaths].map((p) => settle(Promise.resolve().then(() => native.flushPool(p || undefined))).catch(() => {}));
-    // Bounded: a pool file locked by a stuck process must not keep this one alive.
-    const timer = setTimeout(() => {}, 5000);
-    Promise.race([Promise.all(pending), new Promise((r) => setTimeout(r, 5000).unref?.())]).finally(() => clearTimeout(timer));
-  });
-}
+// A process that ends (its event loop done, or process.exit) writes them first from the `exit`
+// hook the loader installs (lib/native.mjs `settleOnExit`), bounded. No `beforeExit` flush: its
+// pending native promise kept the event loop alive for as long as the write waited for the
+// pool's lock (60 s behind a stopped process), whatever timer was set beside it.
 
 /**
  * A fetch that serves each request from the pool's accounts, with failover.
@@ -258,7 +248,6 @@ export function createPoolFetch(options = {}) {
     const { signal } = parts;
     if (signal?.aborted) throw abortError(signal);
     syncEnv();
-    flushBeforeExit(path);
     if (runtimeCarries(transport) && isApiUrl(parts.url)) return runtimeFetch(parts, { path, onEvents: typeof onEvent === "function" ? notify : undefined });
     const controller = new native.FetchController();
     const onAbort = () => controller.abort();
