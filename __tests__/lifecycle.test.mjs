@@ -295,19 +295,29 @@ test("an account removed and logged in again while a request of the old login is
   assert.equal(bearer(mock.requests.at(-1)), login.access);
 });
 
+/**
+ * Brings `email` on `f` to rest after a 401 that no new token answers (the token endpoint
+ * answers 503 with a ten-minute retry-after): the first request is not served, the second is
+ * the pool's own 429. Returns that 429, read.
+ */
+async function restAfter401(f, email, { scripted = true } = {}) {
+  if (scripted) mock.script(email, [{ status: 401 }]);
+  mock.setTokenMode({ grant: "refresh_token", status: 503, retryAfter: 600 });
+  const first = await ask(f);
+  assert.notEqual(first.status, 200, "nothing could serve it");
+  await first.text();
+  const resting = await ask(f);
+  assert.equal(resting.status, 429, "it rests: the pool's own 429");
+  await resting.text();
+  return resting;
+}
+
 test("an account resting after a 401 its refresh could not answer: a re-login from a shell brings it back at once in the running process", async () => {
   const email = "rest-relogin@x.test";
   const path = await poolOf([email]);
-  mock.script(email, [{ status: 401 }]);
-  mock.setTokenMode({ grant: "refresh_token", status: 503, retryAfter: 600 });
   try {
     const f = createPoolFetch({ path });
-    const first = await ask(f);
-    assert.notEqual(first.status, 200, "nothing could serve it");
-    await first.text();
-    const resting = await ask(f);
-    assert.equal(resting.status, 429, "it rests: the pool's own 429");
-    await resting.text();
+    await restAfter401(f, email);
     await flushPool(path);
     assert.ok(account(path, email).refreshBackoffUntil > Date.now(), "the endpoint's wait is shared");
     await cli(path, ["add"], { login: email });
@@ -328,16 +338,10 @@ test("an account resting after a 401 its refresh could not answer: `reset-cooldo
   const path = await poolOf([email]);
   // Two 401s: the second after the reset, which the now healthy token endpoint answers.
   mock.script(email, [{ status: 401 }, { status: 401 }]);
-  mock.setTokenMode({ grant: "refresh_token", status: 503, retryAfter: 600 });
   try {
     const f = createPoolFetch({ path });
-    const first = await ask(f);
-    assert.notEqual(first.status, 200, "nothing could serve it");
-    await first.text();
-    const resting = await ask(f);
-    assert.equal(resting.status, 429, "it rests: the pool's own 429");
+    const resting = await restAfter401(f, email, { scripted: false });
     assert.ok(Number(resting.headers.get("retry-after")) > 500, resting.headers.get("retry-after"));
-    await resting.text();
     await flushPool(path);
     // The person runs what the docs say, in a terminal, while this process (OpenCode) runs.
     await cli(path, ["reset-cooldowns"]);
@@ -350,14 +354,7 @@ test("an account resting after a 401 its refresh could not answer: `reset-cooldo
 
     // A rest decided after the reset is not lifted by it: the reset is older news.
     const old = mock.tokens(email).access;
-    mock.script(email, [{ status: 401 }]);
-    mock.setTokenMode({ grant: "refresh_token", status: 503, retryAfter: 600 });
-    const again = await ask(f);
-    assert.notEqual(again.status, 200);
-    await again.text();
-    const still = await ask(f);
-    assert.equal(still.status, 429, "the new rest holds");
-    await still.text();
+    await restAfter401(f, email);
     assert.equal(mock.tokens(email).access, old, "no new token was issued meanwhile");
   } finally {
     mock.setTokenMode(null);
