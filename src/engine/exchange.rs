@@ -383,10 +383,12 @@ impl Exchange {
             return Ok(Verdict::Deliver);
         };
         self.status = status;
+        // A 404 to a request naming a resource (a file, a batch) may be another account's to
+        // answer, while one that has not been asked is left.
         let elsewhere = status == 404
             && self.meta.resource.is_some()
             && match self.engine.snapshot().await {
-                Ok(pool) => self.another_may_hold(status, &pool, &email),
+                Ok(pool) => self.another_could_serve(&pool, &email),
                 Err(_) => false,
             };
         let (decision, limits, now) =
@@ -461,7 +463,7 @@ impl Exchange {
         // Which accounts are left to ask needs the pool: `judge()` reads it when it is not at hand.
         let elsewhere = status == 404
             && self.meta.resource.is_some()
-            && self.another_may_hold(status, &*self.engine.snapshot_now()?, email);
+            && self.another_could_serve(&*self.engine.snapshot_now()?, email);
         let (decision, limits, now) =
             self.decide(status, headers, body, email, credential, elsewhere);
         match decision {
@@ -492,12 +494,6 @@ impl Exchange {
             limits,
             now,
         )
-    }
-
-    /// Whether a 404 could be another account's to answer: the request names a resource (a
-    /// file, a batch) and an account that has not been asked is left.
-    fn another_may_hold(&self, status: u16, pool: &Pool, email: &str) -> bool {
-        status == 404 && self.meta.resource.is_some() && self.another_could_serve(pool, email)
     }
 
     /// The decisions that need no I/O: deliver (and say so for a third-party refusal), or cool
