@@ -98,7 +98,10 @@ export interface AccountSummary {
   lastError: string | null;
   /** Share of every window kept for the account's owner (above 0, at most 1); null: none. */
   reserve?: number | null;
-  /** Cooldowns that apply to one model family only (e.g. `opus`), epoch ms, when still running. */
+  /**
+   * Cooldowns that apply to one model family only (e.g. `opus`), or to one endpoint with rate
+   * limits of its own (`count_tokens`, `message_batches`, `files_api`), epoch ms, when still running.
+   */
   modelCooldowns?: Record<string, number>;
   /** Every subscription window the API reported (`5h`, `7d`, `7d_opus`, ...); a passed one reads 0. */
   windows?: UsageWindow[];

@@ -65,6 +65,78 @@ test("a 429 of a model's scoped window cools only that model on that account; ot
   );
 });
 
+for (const transport of ["native", "runtime"]) {
+  test(`a throttle of token counting or message batches (limits of their own) moves that request on and rests only that: messages stay on the account (${transport})`, async () => {
+    const [first, second] = [`ct1-${transport}@x.test`, `ct2-${transport}@x.test`];
+    const path = await seedPool(mock, [first, second]);
+    const f = createPoolFetch({ path, transport });
+    const warm = await ask(f, "claude-sonnet-4-5");
+    assert.equal(warm.poolAccount, first);
+    await warm.text();
+    mock.script(first, [
+      // A throttle: no window is exhausted (one that were would be the account's).
+      { path: "/v1/messages/count_tokens", status: 429, headers: { "retry-after": "600" } },
+      { path: "/v1/messages/batches", status: 429, headers: { "retry-after": "600" } },
+    ]);
+    mock.clearRequests();
+    const count = await f(`${mock.url}/v1/messages/count_tokens`, {
+      method: "POST",
+      headers: jsonHeaders,
+      body: JSON.stringify({ model: "claude-sonnet-4-5", messages: [{ role: "user", content: "hi" }] }),
+    });
+    assert.equal(count.status, 200, "moved to the next account");
+    assert.equal(count.poolAccount, second);
+    assert.ok((await count.json()).input_tokens > 0);
+    const batch = await f(`${mock.url}/v1/messages/batches`, { method: "POST", headers: jsonHeaders, body: JSON.stringify({ requests: [] }) });
+    assert.equal(batch.status, 200);
+    assert.equal(batch.poolAccount, second);
+    await batch.text();
+    // The messages stay where they were (its prompt cache): neither the throttle nor the
+    // other account's answer moved them.
+    const next = await ask(f, "claude-sonnet-4-5");
+    assert.equal(next.status, 200);
+    assert.equal(next.poolAccount, first, "the account serves messages on");
+    await next.text();
+    assert.deepEqual(
+      mock.requests.map((r) => [r.path, r.email, r.status]),
+      [
+        ["/v1/messages/count_tokens", first, 429],
+        ["/v1/messages/count_tokens", second, 200],
+        ["/v1/messages/batches", first, 429],
+        ["/v1/messages/batches", second, 200],
+        ["/v1/messages", first, 200],
+      ],
+    );
+    await flushPool(path);
+    const a = account(path, first);
+    assert.equal(a.rateLimitUntil ?? null, null, "not benched");
+    assert.notEqual(a.status, "rate-limited");
+    assert.ok(a.modelCooldowns.count_tokens > Date.now() + 500_000, JSON.stringify(a.modelCooldowns));
+    assert.ok(a.modelCooldowns.message_batches > Date.now() + 500_000, JSON.stringify(a.modelCooldowns));
+    // Token counting on the first account rests (another process too): it goes to the second
+    // without asking the first.
+    mock.clearRequests();
+    const again = await createPoolFetch({ path, transport })(`${mock.url}/v1/messages/count_tokens`, {
+      method: "POST",
+      headers: jsonHeaders,
+      body: JSON.stringify({ model: "claude-opus-4-1", messages: [] }),
+    });
+    assert.equal(again.poolAccount, second);
+    await again.text();
+    assert.deepEqual(
+      mock.requests.map((r) => [r.path, r.email]),
+      [["/v1/messages/count_tokens", second]],
+    );
+    const s = (await poolStatus(path)).accounts.find((x) => x.email === first);
+    assert.ok(s.modelCooldowns.count_tokens > Date.now(), JSON.stringify(s));
+    assert.equal(s.rateLimitUntil, null);
+    // Said for a person as what it is, not as a model family.
+    const shown = await runCli(["status", "--path", path]);
+    assert.match(shown.out, /cooling +token counting until .*; messages serve/, shown.out + shown.err);
+    assert.match(shown.out, /cooling +message batches until/);
+  });
+}
+
 test("a 429 rejecting a scoped window of a name that is no model family rests the requested model there, not nothing", async () => {
   // Window names are read generically: `7d_oauth_apps` (the usage endpoint has seven_day_oauth_apps)
   // or any new one. The request that was refused is what must not be sent there again.

@@ -714,11 +714,30 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     return 200;
   }
 
-  function nextScriptStep(email) {
-    const own = scripts.get(email);
-    if (own?.length) return own.shift();
-    if (scriptAllQueue.length) return scriptAllQueue.shift();
+  /** The next scripted answer for `email` at `path`: a step names its path (`path`), else it is
+   * for /v1/messages. */
+  function nextScriptStep(email, path = "/v1/messages") {
+    const fits = (step) => (step.path ?? "/v1/messages") === path;
+    for (const queue of [scripts.get(email), scriptAllQueue]) {
+      const at = queue?.findIndex(fits) ?? -1;
+      if (at >= 0) return queue.splice(at, 1)[0];
+    }
     return {};
+  }
+
+  /** Token counting: the input tokens of a message request, or the scripted answer. */
+  async function handleCountTokens(req, res, record, auth, bodyText) {
+    if (auth.error) {
+      record.status = 401;
+      return sendJson(res, 401, apiErrorBody(401, auth.error));
+    }
+    const step = nextScriptStep(auth.email, "/v1/messages/count_tokens");
+    if (step.status) {
+      record.status = step.status;
+      return respondMessage(req, res, step, {});
+    }
+    record.status = 200;
+    sendJson(res, 200, { input_tokens: Math.max(1, Math.ceil(bodyText.length / 4)) });
   }
 
   async function handleMessages(req, res, record, auth, bodyText) {
@@ -787,6 +806,11 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     if (!auth.email) {
       record.status = 401;
       return sendJson(res, 401, apiErrorBody(401, auth.error));
+    }
+    const step = nextScriptStep(auth.email, url.pathname);
+    if (step.status) {
+      record.status = step.status;
+      return respondMessage(req, res, step, {});
     }
     const parts = url.pathname.split("/").filter(Boolean);
     const files = parts[1] === "files";
@@ -880,6 +904,7 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     }
     const route = `${req.method} ${url.pathname}`;
     if (route === "POST /v1/messages") return handleMessages(req, res, record, auth, text);
+    if (route === "POST /v1/messages/count_tokens") return handleCountTokens(req, res, record, auth, text);
     record.status = auth.fam ? 200 : 401;
     if (route === "GET /api/oauth/profile") return handleProfile(res, auth);
     if (route === "GET /api/oauth/usage") return handleUsage(res, auth);
@@ -1082,7 +1107,8 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       });
     },
 
-    /** Queues /v1/messages answers for one account (consumed in order, then the default). */
+    /** Queues /v1/messages answers for one account (consumed in order, then the default); a step
+     * with a `path` answers a request to that path instead (token counting, files, batches). */
     script(email, responses) {
       if (!scripts.has(email)) scripts.set(email, []);
       scripts.get(email).push(...[responses].flat());

@@ -7,7 +7,7 @@
 // { lib, args, options, path, out } and returns an exit code (or nothing for 0).
 import { resolve } from "node:path";
 // Durations, "ago" and quota windows read the same here as in the OpenCode tool.
-import { ago, clock, duration, quotaText, usageLine, windowLine } from "../plugin/format.mjs";
+import { ago, clock, duration, quotaText, restedText, servedText, usageLine, windowLine } from "../plugin/format.mjs";
 import { modelPrices } from "../plugin/prices.mjs";
 import { UsageError, cliError } from "./errors.mjs";
 import { table, text } from "./output.mjs";
@@ -73,8 +73,8 @@ function accountLines(a, now, prices) {
     if (windows) lines.push(`    quota    ${windows}`);
   }
   if (a.reserve) lines.push(`    reserve  ${Math.round(a.reserve * 100)}% of every window kept for its owner`);
-  for (const [family, until] of Object.entries(a.modelCooldowns ?? {})) {
-    lines.push(text`    cooling  ${family} models until ${clock(until, now)} (${duration(until - now)} left); other models serve`);
+  for (const [key, until] of Object.entries(a.modelCooldowns ?? {})) {
+    lines.push(text`    cooling  ${restedText(key)} until ${clock(until, now)} (${duration(until - now)} left); ${servedText(key)} serve`);
   }
   const usage = [
     usageLine("today", a.usage?.today, prices),

@@ -20,6 +20,20 @@ export function duration(ms) {
 }
 
 /** Local clock time, with the day when it is not today: "14:05" or "Tue 1 Dec 14:05". */
+// The keys of `modelCooldowns` that name an endpoint with limits of its own rather than a model
+// family (`endpoint_limits` in src/engine/limits.rs).
+const ENDPOINT_RESTS = { count_tokens: "token counting", message_batches: "message batches", files_api: "files" };
+
+/** What a scoped cooldown (a key of `modelCooldowns`) rests, for a person: "sonnet models". */
+export function restedText(key) {
+  return Object.hasOwn(ENDPOINT_RESTS, key) ? ENDPOINT_RESTS[key] : `${key} models`;
+}
+
+/** What the account still serves while `key` rests: "other models", "messages". */
+export function servedText(key) {
+  return Object.hasOwn(ENDPOINT_RESTS, key) ? "messages" : "other models";
+}
+
 export function clock(at, now = Date.now()) {
   const t = new Date(at);
   const hm = `${pad(t.getHours())}:${pad(t.getMinutes())}`;
@@ -133,7 +147,7 @@ export function accountLine(a, i, now = Date.now()) {
   const windows = windowsText(a.windows, now, ", ") ?? quotaText(a.quota, now);
   if (windows) parts.push(windows);
   if (a.reserve) parts.push(`reserve ${Math.round(a.reserve * 100)}%`);
-  for (const [family, until] of Object.entries(a.modelCooldowns ?? {})) parts.push(`${family} models cooling until ${clock(until, now)}`);
+  for (const [key, until] of Object.entries(a.modelCooldowns ?? {})) parts.push(`${restedText(key)} cooling until ${clock(until, now)}`);
   if (a.lastError && a.status !== "idle" && a.status !== "active") parts.push(`last problem: ${a.lastError}`);
   return parts.join(" · ");
 }

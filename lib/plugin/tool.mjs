@@ -6,7 +6,7 @@
 // here, and library-only and CLI users never need it.
 import { createRequire } from "node:module";
 import { LOGIN_HINT, pool, pluginOptions } from "./shared.mjs";
-import { accountLine, ago, clock, duration, quotaText, statusText, usageLine, windowsText } from "./format.mjs";
+import { accountLine, ago, clock, duration, quotaText, restedText, servedText, statusText, usageLine, windowsText } from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
 import { printableLines } from "../printable.mjs";
 
@@ -75,8 +75,8 @@ async function status(path, now) {
       lines.push(`  ${a.email}: ${statusText(a, now)}`);
       lines.push(`    windows: ${windowsText(a.windows, now, "; ") ?? quotaText(a.quota, now) ?? "none seen yet"}`);
       if (a.reserve) lines.push(`    reserve: ${Math.round(a.reserve * 100)}% of every window kept for its owner`);
-      for (const [family, until] of Object.entries(a.modelCooldowns ?? {}))
-        lines.push(`    ${family} models cooling until ${clock(until, now)}; other models serve`);
+      for (const [key, until] of Object.entries(a.modelCooldowns ?? {}))
+        lines.push(`    ${restedText(key)} cooling until ${clock(until, now)}; ${servedText(key)} serve`);
       for (const u of [usageLine("today", a.usage?.today, prices), usageLine("this 5h window", a.usage?.window, prices)].filter(Boolean))
         lines.push(`    ${u}`);
     }

@@ -58,6 +58,8 @@ pub enum Verdict {
 pub struct Exchange {
     engine: Arc<Engine>,
     meta: RequestMeta,
+    /// What this request's scoped rests and windows are keyed by: its endpoint's own limits when
+    /// it has them (token counting, batches, files), else the model's family.
     family: Option<String>,
     /// How long this request may still wait for a cooling account (`OAUTH_POOL_HOLD_MAX_MS`).
     hold_left: std::time::Duration,
@@ -79,7 +81,7 @@ pub struct Exchange {
 
 impl Exchange {
     pub fn new(engine: Arc<Engine>, meta: RequestMeta) -> Exchange {
-        let family = meta.model.as_deref().and_then(super::limits::model_family);
+        let family = scope_of(&meta);
         Exchange {
             engine,
             meta,
@@ -104,11 +106,7 @@ impl Exchange {
             return;
         }
         self.meta = std::mem::take(&mut self.meta).with_model(model);
-        self.family = self
-            .meta
-            .model
-            .as_deref()
-            .and_then(super::limits::model_family);
+        self.family = scope_of(&self.meta);
     }
 
     /// Whether the exchange knows the model asked for.
@@ -487,6 +485,7 @@ impl Exchange {
             kind: credential.kind(),
             refreshed_already: self.refreshed.contains(email),
             family: self.family.as_deref(),
+            endpoint: self.meta.endpoint,
             elsewhere,
         };
         (
@@ -630,6 +629,10 @@ impl Exchange {
                     self.engine.overlay.holds(id, email, sent_at);
                 }
             }
+            // Nor does one to an endpoint with limits of its own (counting tokens, making a
+            // batch): served by another account after a throttle there, the conversation stays
+            // where its prompt cache is.
+            None if self.meta.endpoint.is_some() => {}
             None => self
                 .engine
                 .overlay
@@ -667,14 +670,15 @@ impl Exchange {
                 return Ok(Exhausted::Wait(until));
             }
             let secs = ((until - now) as f64 / 1000.0).ceil().max(1.0) as i64;
-            // Say "for sonnet models" only when other models would still be served.
+            // Say "for sonnet models" ("for token counting") only when other requests would
+            // still be served.
             let scoped = family.is_some()
                 && pool
                     .accounts()
                     .any(|a| self.engine.blocked(a, None, now) == super::Blocked::No);
             let models = family
                 .filter(|_| scoped)
-                .map(|f| format!(" for {f} models"))
+                .map(|f| format!(" for {}", super::limits::scope_text(f)))
                 .unwrap_or_default();
             let message = format!(
                 "anthropic-pool: every account is rate-limited{models}; the first one ({email}) is usable again in {secs} s (at {})",
@@ -733,6 +737,14 @@ impl Exchange {
             )
         };
         Err(Error::NoUsableAccount(why))
+    }
+}
+
+/// What a request's scoped rests and windows are keyed by (see `Exchange::family`).
+fn scope_of(meta: &RequestMeta) -> Option<String> {
+    match meta.endpoint {
+        Some(endpoint) => Some(endpoint.to_string()),
+        None => meta.model.as_deref().and_then(super::limits::model_family),
     }
 }
 

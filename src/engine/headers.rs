@@ -26,6 +26,9 @@ pub struct RequestMeta {
     /// The id of an account's own resource the request's path names (`file_...`,
     /// `msgbatch_...`): only the account that made it holds it.
     pub resource: Option<String>,
+    /// The API's limits of its own the path falls under, when they are not the messages'
+    /// (`limits::endpoint_limits`): a throttle there rests only that on the account.
+    pub endpoint: Option<&'static str>,
 }
 
 /// Request headers never forwarded upstream: credentials (the pool sets its own), hop-by-hop
@@ -79,12 +82,16 @@ impl RequestMeta {
             parent: find("x-parent-session-id"),
             model: None,
             resource: None,
+            endpoint: None,
         }
     }
 
-    /// What the request's URL (absolute, or its path) names: see `resource_in_path`.
+    /// What the request's URL (absolute, or its path) names: see `resource_in_path` and
+    /// `limits::endpoint_limits`.
     pub fn with_url(mut self, url: &str) -> Self {
-        self.resource = resource_in_path(path_of(url));
+        let path = path_of(url);
+        self.resource = resource_in_path(path);
+        self.endpoint = super::limits::endpoint_limits(path);
         self
     }
 

@@ -176,6 +176,41 @@ pub fn model_family(model: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Token counting's own limits (`/v1/messages/count_tokens`).
+pub const COUNT_TOKENS: &str = "count_tokens";
+/// The Message Batches API's own limits (`/v1/messages/batches...`).
+pub const MESSAGE_BATCHES: &str = "message_batches";
+/// The Files API's own limits (`/v1/files...`).
+pub const FILES_API: &str = "files_api";
+
+/// The API's limits of its own that a request to `path` falls under, when they are not the
+/// messages': token counting, the Message Batches API and the Files API are limited apart from
+/// message creation at Anthropic, so a throttle there (a 429 that exhausted no window) rests
+/// only that on the account (`modelCooldowns`, under the key returned) and the account goes on
+/// serving messages. Each key holds a `_`, which no model family (`model_family`) does.
+pub fn endpoint_limits(path: &str) -> Option<&'static str> {
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    if segments.next() != Some("v1") {
+        return None;
+    }
+    match (segments.next(), segments.next()) {
+        (Some("messages"), Some("count_tokens")) => Some(COUNT_TOKENS),
+        (Some("messages"), Some("batches")) => Some(MESSAGE_BATCHES),
+        (Some("files"), _) => Some(FILES_API),
+        _ => None,
+    }
+}
+
+/// What a scoped cooldown rests, for a person: `sonnet models`, `token counting`.
+pub fn scope_text(scope: &str) -> String {
+    match scope {
+        COUNT_TOKENS => "token counting".to_string(),
+        MESSAGE_BATCHES => "message batches".to_string(),
+        FILES_API => "files".to_string(),
+        family => format!("{family} models"),
+    }
+}
+
 /// The extra-usage state an answer reported (`-overage-*`).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -390,7 +425,7 @@ impl Cooldown {
             }
         };
         match &self.scope {
-            Some(family) => format!("{what} for {family} models"),
+            Some(scope) => format!("{what} for {}", scope_text(scope)),
             None => what,
         }
     }
@@ -404,10 +439,18 @@ impl Cooldown {
 ///   while no account-wide window is, rest only the request's model family on this account
 ///   (the window's scope when the request named no model): a quota for one model never benches
 ///   the others.
-/// - Otherwise it is a throttle: `retry-after`, or 5 s.
+/// - Otherwise it is a throttle: `retry-after`, or 5 s, for the whole account, or for the
+///   request's `endpoint` alone when that has limits of its own (`endpoint_limits`).
 ///
-/// `retry-after` is honoured in every case; nothing is longer than 8 days.
-pub fn cooldown_for_429(limits: &Limits, now_ms: i64, family: Option<&str>) -> Cooldown {
+/// `family` is what the request's scoped rests are keyed by: its endpoint's own limits when it
+/// has them, else its model's family. `retry-after` is honoured in every case; nothing is
+/// longer than 8 days.
+pub fn cooldown_for_429(
+    limits: &Limits,
+    now_ms: i64,
+    family: Option<&str>,
+    endpoint: Option<&str>,
+) -> Cooldown {
     let retry_at = limits.retry_after_ms.map(|d| now_ms.saturating_add(d));
     let mut rejected: Vec<&Window> = limits.windows.iter().filter(|w| w.rejected()).collect();
     // Some exhausted-window answers carry no per-window status, only utilization past 100 %.
@@ -486,7 +529,7 @@ pub fn cooldown_for_429(limits: &Limits, now_ms: i64, family: Option<&str>) -> C
     Cooldown {
         until: now_ms + wait,
         kind: CooldownKind::Burst,
-        scope: None,
+        scope: endpoint.map(str::to_string),
     }
 }
 
@@ -572,7 +615,7 @@ pub fn seen_over_stored(mut stored: Vec<Window>, seen: Vec<Window>) -> Vec<Windo
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -612,7 +655,7 @@ mod tests {
         UNIX_EPOCH + Duration::from_millis(NOW as u64)
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.insert(
@@ -737,13 +780,13 @@ mod tests {
                 let left = reset.unwrap() - local_ms;
                 assert!((7_199_000..=7_201_000).contains(&left), "{left}");
             }
-            let c = cooldown_for_429(&l, local_ms, None);
+            let c = cooldown_for_429(&l, local_ms, None, None);
             assert_eq!(c.kind, CooldownKind::Window("5h".into()));
             assert!((7_199_000..=7_201_000).contains(&(c.until - local_ms)));
         }
         // A clock an hour fast saw every reset as past and benched the account for seconds, to
         // be refused again right after; now it rests until the reset.
-        let c = cooldown_for_429(&answer(local - hour, 600), local_ms, None);
+        let c = cooldown_for_429(&answer(local - hour, 600), local_ms, None, None);
         assert!(c.until - local_ms >= 599_000, "{c:?}");
 
         // `retry-after` as a date is counted from the server's `Date`.
@@ -821,7 +864,7 @@ mod tests {
             ]),
             now(),
         );
-        let c = cooldown_for_429(&l, NOW, None);
+        let c = cooldown_for_429(&l, NOW, None, None);
         assert_eq!(c.until, NOW + 7_999_000);
         assert_eq!(c.kind, CooldownKind::Window("5h".into()));
         assert_eq!(c.scope, None);
@@ -840,7 +883,10 @@ mod tests {
             ]),
             now(),
         );
-        assert_eq!(cooldown_for_429(&l, NOW, None).until, NOW + 90_000_000);
+        assert_eq!(
+            cooldown_for_429(&l, NOW, None, None).until,
+            NOW + 90_000_000
+        );
         let l = Limits::from_headers(
             &headers(&[
                 ("retry-after", "500"),
@@ -849,7 +895,7 @@ mod tests {
             ]),
             now(),
         );
-        assert_eq!(cooldown_for_429(&l, NOW, None).until, NOW + 500_000);
+        assert_eq!(cooldown_for_429(&l, NOW, None, None).until, NOW + 500_000);
     }
 
     #[test]
@@ -858,13 +904,15 @@ mod tests {
             &Limits::from_headers(&headers(&[("retry-after", "2")]), now()),
             NOW,
             None,
+            None,
         );
         assert_eq!((c.until, c.kind), (NOW + 2_000, CooldownKind::Burst));
-        let c = cooldown_for_429(&Limits::default(), NOW, None);
+        let c = cooldown_for_429(&Limits::default(), NOW, None, None);
         assert_eq!(c.until, NOW + BURST_DEFAULT_MS);
         let c = cooldown_for_429(
             &Limits::from_headers(&headers(&[("retry-after", "7999")]), now()),
             NOW,
+            None,
             None,
         );
         assert_eq!(c.until, NOW + 7_999_000, "never clamped to minutes");
@@ -873,11 +921,13 @@ mod tests {
             &Limits::from_headers(&headers(&[("retry-after", &three_hours)]), now()),
             NOW,
             None,
+            None,
         );
         assert_eq!(c.until, NOW + 3 * 3600 * 1000);
         let c = cooldown_for_429(
             &Limits::from_headers(&headers(&[("retry-after", "1000000")]), now()),
             NOW,
+            None,
             None,
         );
         assert_eq!(c.until, NOW + MAX_COOLDOWN_MS, "the 8-day sanity cap");
@@ -893,7 +943,10 @@ mod tests {
             ]),
             now(),
         );
-        assert_eq!(cooldown_for_429(&l, NOW, None).until, NOW + MAX_COOLDOWN_MS);
+        assert_eq!(
+            cooldown_for_429(&l, NOW, None, None).until,
+            NOW + MAX_COOLDOWN_MS
+        );
         let past = (NOW / 1000 - 100).to_string();
         let l = Limits::from_headers(
             &headers(&[
@@ -902,7 +955,10 @@ mod tests {
             ]),
             now(),
         );
-        assert_eq!(cooldown_for_429(&l, NOW, None).kind, CooldownKind::Burst);
+        assert_eq!(
+            cooldown_for_429(&l, NOW, None, None).kind,
+            CooldownKind::Burst
+        );
     }
 
     #[test]
@@ -918,7 +974,10 @@ mod tests {
         );
         assert_eq!(l.window("5h").unwrap().utilization, Some(0.93));
         assert_eq!(l.window("7d").unwrap().utilization, None);
-        assert_eq!(cooldown_for_429(&l, NOW, None).kind, CooldownKind::Burst);
+        assert_eq!(
+            cooldown_for_429(&l, NOW, None, None).kind,
+            CooldownKind::Burst
+        );
     }
 
     #[test]
@@ -982,7 +1041,7 @@ mod tests {
             ]),
             now(),
         );
-        let c = cooldown_for_429(&l, NOW, Some("sonnet"));
+        let c = cooldown_for_429(&l, NOW, Some("sonnet"), None);
         assert_eq!(c.scope.as_deref(), Some("sonnet"));
         assert_eq!(c.until, NOW + 86_400_000);
         // Unified status rejected while 5h and 7d are fine, no scoped window named: the
@@ -996,7 +1055,7 @@ mod tests {
             ]),
             now(),
         );
-        let c = cooldown_for_429(&l, NOW, Some("opus"));
+        let c = cooldown_for_429(&l, NOW, Some("opus"), None);
         assert_eq!(
             (c.scope.as_deref(), c.until),
             (Some("opus"), NOW + 86_400_000)
@@ -1014,7 +1073,7 @@ mod tests {
             ]),
             now(),
         );
-        let c = cooldown_for_429(&l, NOW, Some("sonnet"));
+        let c = cooldown_for_429(&l, NOW, Some("sonnet"), None);
         assert_eq!(
             (c.scope.as_deref(), c.until),
             (Some("sonnet"), NOW + 86_400_000)
@@ -1029,13 +1088,13 @@ mod tests {
             ]),
             now(),
         );
-        let c = cooldown_for_429(&bare, NOW, Some("sonnet"));
+        let c = cooldown_for_429(&bare, NOW, Some("sonnet"), None);
         assert_eq!(
             (c.scope.as_deref(), c.until),
             (Some("sonnet"), NOW + BURST_DEFAULT_MS)
         );
         // Without a model in the request, the window's own scope is all there is to go by.
-        let c = cooldown_for_429(&l, NOW, None);
+        let c = cooldown_for_429(&l, NOW, None, None);
         assert_eq!(c.scope.as_deref(), Some("oauth_apps"));
         // An account-wide window beats a scoped one.
         let l = Limits::from_headers(
@@ -1047,7 +1106,7 @@ mod tests {
             ]),
             now(),
         );
-        assert_eq!(cooldown_for_429(&l, NOW, Some("sonnet")).scope, None);
+        assert_eq!(cooldown_for_429(&l, NOW, Some("sonnet"), None).scope, None);
     }
 
     proptest! {
@@ -1071,7 +1130,7 @@ mod tests {
                 reset: reset.map(|r| NOW + r),
                 ..Window::default()
             });
-            let c = cooldown_for_429(&l, NOW, None);
+            let c = cooldown_for_429(&l, NOW, None, None);
             prop_assert!(c.until > NOW);
             prop_assert!(c.until <= NOW + MAX_COOLDOWN_MS);
         }
@@ -1179,5 +1238,46 @@ mod tests {
         };
         old.settle_clock(0);
         assert_eq!(old.reset, Some(at));
+    }
+
+    #[test]
+    fn endpoints_with_limits_of_their_own() {
+        let cases = [
+            ("/v1/messages/count_tokens", Some(COUNT_TOKENS)),
+            ("/v1/messages/count_tokens/", Some(COUNT_TOKENS)),
+            ("/v1/messages/batches", Some(MESSAGE_BATCHES)),
+            (
+                "/v1/messages/batches/msgbatch_01abc2def3/results",
+                Some(MESSAGE_BATCHES),
+            ),
+            ("/v1/files", Some(FILES_API)),
+            ("/v1/files/file_011abc4def/content", Some(FILES_API)),
+            ("/v1/messages", None),
+            ("/v1/models", None),
+            ("/v1/complete", None),
+            ("/v2/files", None),
+            ("/files", None),
+            ("", None),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(endpoint_limits(path), expected, "{path}");
+        }
+        // A model family never takes an endpoint's key (each holds a `_`).
+        for model in [
+            "count_tokens",
+            "message_batches",
+            "files_api",
+            "claude-files-api",
+        ] {
+            let family = model_family(model);
+            assert!(
+                family
+                    .as_deref()
+                    .is_none_or(|f| ![COUNT_TOKENS, MESSAGE_BATCHES, FILES_API].contains(&f)),
+                "{model}: {family:?}"
+            );
+        }
+        assert_eq!(scope_text(COUNT_TOKENS), "token counting");
+        assert_eq!(scope_text("sonnet"), "sonnet models");
     }
 }

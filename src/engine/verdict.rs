@@ -3,6 +3,7 @@
 //! | answer | decision |
 //! | --- | --- |
 //! | 429 | cool the account (see `limits::cooldown_for_429`), move the request to the next account |
+//! | 429 to token counting, a batch, a file, exhausting no window | rest only that endpoint on the account (its limits are its own), move on |
 //! | 429 whose body says `enforced_spend_limit_reached` | the key's monthly spend limit: rest the account until the month turns (at most 8 days at a time), move on |
 //! | 401, OAuth, first time for this account | adopt a newer token or refresh, retry on the same account |
 //! | 401 again, or 401 for an API key | the credential is refused: mark it (tied to that credential), move on |
@@ -57,8 +58,11 @@ pub struct Asked<'a> {
     pub kind: CredentialKind,
     /// Whether this account's token was refreshed for this request already.
     pub refreshed_already: bool,
-    /// The model family asked for (scoped windows).
+    /// What the request's scoped rests and windows are keyed by: its endpoint's own limits
+    /// when it has them, else the model family asked for.
     pub family: Option<&'a str>,
+    /// The API's limits of its own the request's endpoint falls under (`limits::endpoint_limits`).
+    pub endpoint: Option<&'a str>,
     /// The request names an account's own resource (a file, a batch), and an account that has
     /// not been asked is left.
     pub elsewhere: bool,
@@ -75,13 +79,14 @@ pub fn decide(
         kind,
         refreshed_already,
         family,
+        endpoint,
         elsewhere,
     } = asked;
     match status {
         429 if body.is_some_and(is_spend_limit) => {
             Decision::CoolAndMove(cooldown_for_spend_limit(limits, now_ms))
         }
-        429 => Decision::CoolAndMove(cooldown_for_429(limits, now_ms, family)),
+        429 => Decision::CoolAndMove(cooldown_for_429(limits, now_ms, family, endpoint)),
         401 if kind == CredentialKind::OAuth && !refreshed_already => Decision::RefreshAndRetry,
         401 => Decision::RefusedAndMove,
         400 if body.is_some_and(is_third_party_refusal) => Decision::DeliverThirdPartyRefusal,
@@ -120,6 +125,7 @@ mod tests {
                 kind,
                 refreshed_already: again,
                 family: None,
+                endpoint: None,
                 elsewhere: false,
             };
             decide(status, &none, body, asked, NOW)
@@ -173,6 +179,7 @@ mod tests {
             kind: CredentialKind::ApiKey,
             refreshed_already: false,
             family: None,
+            endpoint: None,
             elsewhere,
         };
         assert_eq!(
@@ -202,5 +209,57 @@ mod tests {
         assert!(c.until <= NOW + 8 * 24 * 3_600_000);
         assert!(c.scope.is_none());
         assert!((100..600u16).all(|s| !needs_body(s) || DECISIVE.contains(&s)));
+    }
+
+    #[test]
+    fn a_throttle_of_an_endpoint_with_limits_of_its_own_rests_only_that() {
+        use crate::engine::limits::{endpoint_limits, COUNT_TOKENS, MESSAGE_BATCHES};
+        let throttle = Limits::from_headers(
+            &crate::engine::limits::tests::headers(&[("retry-after", "30")]),
+            std::time::SystemTime::now(),
+        );
+        let asked = |path: &str| {
+            let endpoint = endpoint_limits(path);
+            Asked {
+                kind: CredentialKind::OAuth,
+                refreshed_already: false,
+                family: endpoint.or(Some("sonnet")),
+                endpoint,
+                elsewhere: false,
+            }
+        };
+        let rest = |path: &str, limits: &Limits| match decide(429, limits, None, asked(path), NOW) {
+            Decision::CoolAndMove(c) => c,
+            other => panic!("{path}: {other:?}"),
+        };
+        let c = rest("/v1/messages/count_tokens", &throttle);
+        assert_eq!(
+            (c.kind, c.scope.as_deref(), c.until),
+            (CooldownKind::Burst, Some(COUNT_TOKENS), NOW + 30_000)
+        );
+        assert_eq!(
+            rest("/v1/messages/batches", &throttle).scope.as_deref(),
+            Some(MESSAGE_BATCHES)
+        );
+        // A message's throttle rests the whole account, as before.
+        assert_eq!(rest("/v1/messages", &throttle).scope, None);
+        // An exhausted account-wide window is the account's, whatever endpoint said so.
+        let reset = (NOW / 1000 + 3600).to_string();
+        let window = Limits::from_headers(
+            &crate::engine::limits::tests::headers(&[
+                ("anthropic-ratelimit-unified-5h-status", "rejected"),
+                ("anthropic-ratelimit-unified-5h-reset", &reset),
+            ]),
+            std::time::SystemTime::now(),
+        );
+        assert_eq!(rest("/v1/messages/count_tokens", &window).scope, None);
+        // So is a spend limit.
+        let spend: &[u8] =
+            br#"{"error":{"details":{"error_code":"enforced_spend_limit_reached"}}}"#;
+        let Decision::CoolAndMove(c) = decide(429, &throttle, Some(spend), asked("/v1/files"), NOW)
+        else {
+            panic!("a spend limit moves on");
+        };
+        assert_eq!((c.kind, c.scope), (CooldownKind::SpendLimit, None));
     }
 }
