@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -423,6 +423,95 @@ for (const how of ["exit", "end"]) {
     }
   });
 }
+
+// The pool's write lock held by another process (`flock(1)`, as below) keeps the refreshed
+// tokens from being written at once: the window a signal must not cut.
+const flockHere = process.platform === "linux" && spawnSync("flock", ["--version"]).status === 0;
+for (const how of ["signal", "handled"]) {
+  test(`a host ${how === "signal" ? "with no listener of its own killed by SIGTERM" : "whose own SIGTERM listener quits"} between its refresh's answer and the new tokens' write keeps the login`, {
+    skip: !flockHere && "needs flock(1) on Linux",
+  }, async () => {
+    const email = `term-${how}@x.test`;
+    const path = await poolOf([email], { expired: [email] });
+    const before = account(path, email).refresh;
+    const g = gate();
+    mock.setTokenMode({ grant: "refresh_token", until: g.held });
+    let holder;
+    try {
+      const child = spawn(process.execPath, [EXIT_WORKER, path, mock.url, how], { stdio: ["ignore", "pipe", "pipe"] });
+      let out = "";
+      let err = "";
+      child.stdout.setEncoding("utf8").on("data", (d) => (out += d));
+      child.stderr.setEncoding("utf8").on("data", (d) => (err += d));
+      const closed = new Promise((resolve) => child.on("close", (code, signal) => resolve({ code, signal })));
+      await mock.waitFor("token", (r) => r.grant === "refresh_token");
+      holder = spawn("flock", ["-o", `${path}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
+      await new Promise((r) => setTimeout(r, 500));
+      // The token endpoint answers (the presented token is spent now); the write waits for the lock.
+      g.open();
+      while (mock.tokens(email).refresh === before) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 200));
+      child.kill("SIGTERM");
+      await new Promise((r) => setTimeout(r, 300));
+      holder.stdin.end();
+      const ended = await closed;
+      if (how === "signal") assert.deepEqual(ended, { code: null, signal: "SIGTERM" }, `ends by the signal, as it would have: ${out}${err}`);
+      else {
+        assert.equal(ended.code, 7, `the host's own listener decides: ${out}${err}`);
+        assert.match(out, /host quits/);
+      }
+      const issued = mock.tokens(email);
+      const a = account(path, email);
+      // Before (no listener of the pool's): the process died with the tokens unwritten; the file
+      // kept the spent token, and the next start presented it and marked the account auth-error.
+      assert.equal(a.refresh, issued.refresh, "the rotated refresh token is in the file");
+      assert.equal(a.access, issued.access);
+    } finally {
+      holder?.stdin.end();
+      mock.setTokenMode(null);
+    }
+  });
+}
+
+test("the signal listener changes nothing else: an idle host ends by SIGTERM, SIGINT and SIGHUP at once, and one that ignores SIGINT (a background job) behaves as without the pool", async () => {
+  const path = await poolOf(["idle-signal@x.test"]);
+  const script = (withPool) =>
+    withPool
+      ? `import { createPoolFetch } from ${JSON.stringify(new URL("../index.mjs", import.meta.url).href)};
+         const r = await createPoolFetch({ path: ${JSON.stringify(path)} })(${JSON.stringify(messagesUrl(mock))}, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+         await r.text(); setInterval(() => {}, 60000); console.log("ready");`
+      : `setInterval(() => {}, 60000); console.log("ready");`;
+  const run = async (withPool, signal, ignoreInt) => {
+    const dir = mkdtempSync(join(tmpdir(), "oauth-pool-signal-"));
+    const file = join(dir, "host.mjs");
+    writeFileSync(file, script(withPool));
+    const command = `${ignoreInt ? "trap '' INT; " : ""}exec "$0" "$1"`;
+    const child = spawn("/bin/sh", ["-c", command, process.execPath, file], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.setEncoding("utf8").on("data", (d) => (out += d));
+    const closed = new Promise((resolve) => child.on("close", (code, sig) => resolve({ code, signal: sig })));
+    while (!out.includes("ready") && child.exitCode === null) await new Promise((r) => setTimeout(r, 20));
+    const sent = Date.now();
+    child.kill(signal);
+    const ended = await Promise.race([closed, new Promise((r) => setTimeout(() => r("alive"), 1500))]);
+    const took = Date.now() - sent;
+    if (ended === "alive") {
+      child.kill("SIGKILL");
+      await closed;
+    }
+    return { ended, took };
+  };
+  for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"]) {
+    const { ended, took } = await run(true, signal, false);
+    assert.deepEqual(ended, { code: null, signal }, signal);
+    assert.ok(took < 1500, `${signal}: ${took} ms`);
+  }
+  // Node ends by an ignored SIGINT anyway (it resets every signal at start); Bun keeps it
+  // ignored: the pool follows whichever the runtime does.
+  const without = await run(false, "SIGINT", true);
+  const withPool = await run(true, "SIGINT", true);
+  assert.deepEqual(withPool.ended, without.ended);
+});
 
 // The pool's write lock held by a process that is stopped (or stuck) for longer than a host
 // waits to end: `flock(1)` (util-linux) holds it, as in cli.test.mjs.

@@ -72,16 +72,58 @@ const EXIT_WAIT_MS = 5000;
 // moment after each answer on the addon's runtime (a host ending with process.exit(), as
 // OpenCode does, lost the last answers' usage). Synchronous, as an `exit` listener must be, and
 // bounded (5 s for a refresh, 2 s for bookkeeping, in the addon); with nothing to write it
-// returns at once. `exit` runs for a natural end and for process.exit; a signal the host leaves
-// unhandled ends the process without it.
+// returns at once. `exit` runs for a natural end and for process.exit; for a signal the host
+// leaves unhandled, see `settleOnSignals`.
 function settleOnExit(addon) {
   if (typeof process?.once !== "function") return;
-  process.once("exit", () => {
+  process.once("exit", () => settle(addon));
+  settleOnSignals(addon);
+}
+
+function settle(addon) {
+  try {
+    addon.settleRefreshes?.(EXIT_WAIT_MS);
+    addon.flushBeforeExit?.();
+  } catch {}
+}
+
+// The signals that end a host which has no listener for them (`kill`, `docker stop`, systemd, an
+// orchestrator's timeout; Ctrl-C; a closed terminal) without `exit` listeners: a refresh answered
+// meanwhile lost the account's login. A listener here settles what the `exit` hook settles, then
+// takes itself off and sends the signal again, so the process ends by it as it would have (at
+// once when nothing is unwritten). A host that listens for the signal itself quits its own way
+// (its process.exit runs the `exit` hook), and a signal the process ignores (a background job,
+// `nohup`) is left alone. One listener per signal for the process: each copy of this JavaScript
+// that loads an addon (two installs, each with its own) adds that addon to the list it settles.
+const ENDING_SIGNALS = ["SIGTERM", "SIGINT", "SIGHUP"];
+const SIGNAL_SETTLED = Symbol.for("opencode-oauth-pool.settled-on-signal");
+
+function settleOnSignals(addon) {
+  if (process.platform === "win32" || !isMainThread || typeof process.on !== "function") return;
+  const known = globalThis[SIGNAL_SETTLED];
+  if (known) {
+    known.add(addon);
+    return;
+  }
+  const addons = new Set([addon]);
+  globalThis[SIGNAL_SETTLED] = addons;
+  for (const signal of ENDING_SIGNALS) {
+    let ignored = false;
     try {
-      addon.settleRefreshes?.(EXIT_WAIT_MS);
-      addon.flushBeforeExit?.();
+      ignored = addon.signalIgnored?.(signal) === true;
     } catch {}
-  });
+    if (ignored) continue;
+    const onSignal = () => {
+      if (process.listeners(signal).some((listener) => listener !== onSignal)) return;
+      try {
+        for (const each of addons) settle(each);
+      } finally {
+        process.removeListener(signal, onSignal);
+        process.kill(process.pid, signal);
+      }
+    };
+    process.on(signal, onSignal);
+  }
 }
 
 // Bun does not pass process.env changes down to the C environment the addon reads, so every

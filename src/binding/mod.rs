@@ -196,3 +196,32 @@ pub fn response_timeout_ms() -> u32 {
 pub fn settle_refreshes(limit_ms: u32) -> bool {
     crate::engine::credentials::settle_unwritten(std::time::Duration::from_millis(limit_ms.into()))
 }
+
+/// Whether the process ignores the signal `name` (`SIGTERM`, `SIGINT`, `SIGHUP`): a job started in
+/// the background, or under `nohup`, inherits that, and Bun keeps it. The loader then leaves the
+/// signal alone, since a listener of its own (see `settleOnSignals` in lib/native.mjs) would end
+/// the process where it was meant to go on.
+#[napi(js_name = "signalIgnored", catch_unwind)]
+pub fn signal_ignored(name: String) -> bool {
+    #[cfg(unix)]
+    {
+        let signal = match name.as_str() {
+            "SIGTERM" => libc::SIGTERM,
+            "SIGINT" => libc::SIGINT,
+            "SIGHUP" => libc::SIGHUP,
+            _ => return false,
+        };
+        // SAFETY: a null new action only reads the current one into `current`, which is a
+        // plain C struct that all-zero bytes make valid.
+        unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == libc::SIG_IGN
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = name;
+        false
+    }
+}
