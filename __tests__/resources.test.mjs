@@ -41,10 +41,8 @@ for (const transport of ["native", "runtime"]) {
     assert.equal(got.status, 200, "not the other account's 404");
     assert.equal(await got.text(), "file bytes");
     assert.equal(got.poolAccount, holder, "read where it lives, although that account rests");
-    assert.deepEqual(upstream(), [
-      ["GET", "/v1/files/file_ID/content", other, 404],
-      ["GET", "/v1/files/file_ID/content", holder, 200],
-    ]);
+    // Known from the answer that made it: asked there first (it cost the other account's 404).
+    assert.deepEqual(upstream(), [["GET", "/v1/files/file_ID/content", holder, 200]]);
 
     // Found once, asked there first; the conversation stays where it went.
     mock.clearRequests();
@@ -61,6 +59,28 @@ for (const transport of ["native", "runtime"]) {
     await flushPool(path);
     assert.equal(account(path, holder).status, "rate-limited", "its cooldown stands");
     assert.ok(account(path, holder).rateLimitUntil > Date.now() + 3_000_000);
+  });
+}
+
+for (const transport of ["native", "runtime"]) {
+  test(`a file another client of an account made is found by asking: the account in use answers 404, the next one has it, and is asked first from then on (${transport})`, async () => {
+    const [first, second] = [`o1-${transport}@x.test`, `o2-${transport}@x.test`];
+    const path = await seedPool(mock, [first, second]);
+    await lib.setPriority(first, 5, path);
+    const f = createPoolFetch({ path, transport });
+    const id = mock.makeFile(second, "made elsewhere");
+    mock.clearRequests();
+    const got = await f(`${mock.url}/v1/files/${id}/content`, { headers: jsonHeaders });
+    assert.equal(got.status, 200);
+    assert.equal(await got.text(), "made elsewhere");
+    const again = await f(`${mock.url}/v1/files/${id}`, { headers: jsonHeaders });
+    assert.equal(again.poolAccount, second);
+    await again.text();
+    assert.deepEqual(upstream(), [
+      ["GET", "/v1/files/file_ID/content", first, 404],
+      ["GET", "/v1/files/file_ID/content", second, 200],
+      ["GET", "/v1/files/file_ID", second, 200],
+    ]);
   });
 }
 
@@ -122,14 +142,13 @@ test("the Anthropic SDK through the gateway: a batch made on one account is foun
     assert.deepEqual(
       mock.requests.map((r) => [r.method, r.path.split("/").slice(5).join("/"), r.email, r.status]),
       [
-        ["GET", "", "b2@x.test", 404],
         ["GET", "", "b1@x.test", 200],
         ["GET", "", "b1@x.test", 200],
         ["GET", "results", "b1@x.test", 200],
         ["GET", "", "b2@x.test", 200],
         ["POST", "cancel", "b1@x.test", 200],
       ],
-      "a 404 once, then where it lives; the list is the account in use's",
+      "where it lives (known from the answer that made it); the list is the account in use's",
     );
     for (const r of mock.requests) assert.notEqual(r.headers["x-api-key"], KEY, "the gateway's key stays with it");
   } finally {

@@ -52,7 +52,7 @@ impl AnswerBody {
 
     fn report(&mut self) {
         if let Some((mut tap, sink)) = self.tap.take() {
-            sink.record(tap.finish());
+            sink.record(&mut tap);
         }
     }
 

@@ -1114,6 +1114,14 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       scripts.get(email).push(...[responses].flat());
     },
 
+    /** Makes a file on `email`'s account as another client of that account would (not through
+     * the pool); returns its id. */
+    makeFile(email, content) {
+      const id = `file_01${randomBytes(16).toString("hex")}`;
+      resources.set(id, { owner: email, type: "file", content });
+      return id;
+    },
+
     /** Drops every queued /v1/messages answer (per account and for all). */
     clearScripts() {
       scripts.clear();

@@ -316,7 +316,7 @@ impl NativeExchange {
             if let Some(bytes) = last {
                 tap.observe(bytes);
             }
-            sink.record(tap.finish());
+            sink.record(&mut tap);
         }
     }
 

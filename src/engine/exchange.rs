@@ -124,13 +124,18 @@ impl Exchange {
         self.current.as_ref().map(|(e, _)| e.as_str())
     }
 
-    /// Where the delivered answer's usage is to be counted (its account and model).
+    /// Where the delivered answer's usage is to be counted (its account and model), and what it
+    /// made is to be remembered.
     pub fn usage_sink(&self) -> Option<super::UsageSink> {
         let (email, _) = self.current.as_ref()?;
+        use super::limits::{FILES_API, MESSAGE_BATCHES};
         Some(super::UsageSink {
             engine: self.engine.clone(),
             email: email.clone(),
             model: self.meta.model.clone().unwrap_or_else(|| "unknown".into()),
+            creates: self.meta.resource.is_none()
+                && matches!(self.meta.endpoint, Some(FILES_API | MESSAGE_BATCHES)),
+            sent_at: self.sent_at,
         })
     }
 

@@ -137,7 +137,8 @@ pub fn resource_in_path(path: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn is_resource_id(segment: &str) -> bool {
+/// An id of the API's shape for an account's own resource (see `resource_in_path`).
+pub fn is_resource_id(segment: &str) -> bool {
     let Some((kind, id)) = segment.split_once('_') else {
         return false;
     };

@@ -58,11 +58,25 @@ pub struct UsageSink {
     pub engine: Arc<Engine>,
     pub email: String,
     pub model: String,
+    /// The request makes a file or a batch (`POST /v1/files`, `/v1/messages/batches`): the
+    /// answer's `id` names what the account now holds.
+    pub creates: bool,
+    /// When the request was sent (see `Exchange::sent_at`).
+    pub sent_at: i64,
 }
 
 impl UsageSink {
-    /// Records what a tap read (nothing when the answer reported nothing).
-    pub fn record(&self, counts: Option<usage::Counts>) {
+    /// Records what the tap read of the delivered answer once it ended: its usage (nothing when
+    /// it reported none), and for a file or a batch just made, which account holds it, so that
+    /// the next request for it goes there first (not to whichever account is in use by then,
+    /// which answers 404).
+    pub fn record(&self, tap: &mut usage::UsageTap) {
+        let counts = tap.finish();
+        if let Some(id) = tap.take_id().filter(|_| self.creates) {
+            if headers::is_resource_id(&id) {
+                self.engine.overlay.holds(&id, &self.email, self.sent_at);
+            }
+        }
         let Some(counts) = counts else { return };
         let window = self
             .engine

@@ -113,12 +113,16 @@ const KEPT_CAPACITY: usize = 64 * 1024;
 const MAX_FIELD: usize = 16;
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// What the tap reads of a message: its `usage`, as a value (counts may be missing or null).
-/// Typed so that the rest (the content, most of the bytes) is skipped, not built into a tree.
+/// What the tap reads of a JSON answer: its `usage`, as a value (counts may be missing or null),
+/// and its `id` (a file or a batch just made names itself there). Typed so that the rest (the
+/// content, most of the bytes) is skipped, not built into a tree; values, so that an odd type
+/// of either loses only that one.
 #[derive(serde::Deserialize)]
 struct WithUsage {
     #[serde(default)]
     usage: Option<Value>,
+    #[serde(default)]
+    id: Option<Value>,
 }
 
 /// An event's `type` and where its usage sits (`message.usage` or `usage`). The message is a
@@ -145,6 +149,8 @@ pub struct UsageTap {
     kind: Kind,
     started: Option<Counts>,
     delta: Option<Counts>,
+    /// The top-level `id` of a JSON answer, once `finish` read it.
+    id: Option<String>,
 }
 
 enum Kind {
@@ -400,6 +406,7 @@ impl UsageTap {
             },
             started: None,
             delta: None,
+            id: None,
         }
     }
 
@@ -425,13 +432,23 @@ impl UsageTap {
         }
     }
 
+    /// The top-level `id` of a JSON answer, read by `finish`.
+    pub fn take_id(&mut self) -> Option<String> {
+        self.id.take()
+    }
+
     /// What the answer reported, or None when it reported nothing readable.
     pub fn finish(&mut self) -> Option<Counts> {
         if let Kind::Json { body, overflow } = &mut self.kind {
             if !*overflow && is_object(body) {
                 let parsed = serde_json::from_slice::<WithUsage>(body).ok();
                 *body = Vec::new();
-                let u = parsed.and_then(|m| m.usage)?;
+                let (usage, id) = parsed.map_or((None, None), |m| (m.usage, m.id));
+                self.id = id.and_then(|v| match v {
+                    Value::String(id) => Some(id),
+                    _ => None,
+                });
+                let u = usage?;
                 let mut c = Counts::from_usage(&u);
                 c.requests = 1;
                 return Some(c);
@@ -876,5 +893,34 @@ mod tests {
             pieces.push(&stream[at..]);
             proptest::prop_assert_eq!(tapped(pieces), whole);
         }
+    }
+
+    #[test]
+    fn a_json_answer_names_itself_by_its_top_level_id() {
+        let read = |body: &str| {
+            let mut tap = UsageTap::new(false);
+            tap.observe(body.as_bytes());
+            let counts = tap.finish();
+            (counts.map(|c| c.output), tap.take_id())
+        };
+        assert_eq!(
+            read(r#"{"id":"file_011abc4def","type":"file"}"#),
+            (None, Some("file_011abc4def".to_string()))
+        );
+        assert_eq!(
+            read(r#"{"id":"msg_01x","usage":{"input_tokens":3,"output_tokens":5}}"#),
+            (Some(5), Some("msg_01x".to_string()))
+        );
+        // An id of another type costs neither the id's absence nor the usage.
+        assert_eq!(
+            read(r#"{"id":7,"usage":{"input_tokens":3,"output_tokens":5}}"#),
+            (Some(5), None)
+        );
+        // Only the top level: a list's entries name theirs inside `data`.
+        assert_eq!(read(r#"{"data":[{"id":"file_011abc4def"}]}"#), (None, None));
+        let mut events = UsageTap::new(true);
+        events.observe(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\"}}\n\n");
+        events.finish();
+        assert_eq!(events.take_id(), None);
     }
 }

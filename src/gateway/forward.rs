@@ -414,7 +414,7 @@ struct Tapped {
 impl Tapped {
     fn report(&mut self) {
         if let Some(sink) = self.sink.take() {
-            sink.record(self.tap.finish());
+            sink.record(&mut self.tap);
         }
     }
 }
