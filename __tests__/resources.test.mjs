@@ -155,3 +155,21 @@ test("the Anthropic SDK through the gateway: a batch made on one account is foun
     await gw.close(1000);
   }
 });
+
+test("through a relay (OAUTH_POOL_API_URL) that passes on the API's answers as written, a batch's results_url still names the gateway, never the API's origin", async () => {
+  const path = await seedPool(mock, ["relay1@x.test"]);
+  const gw = await lib.serve({ port: 0, path });
+  // Named, never fetched: the answer is only read.
+  mock.setResultsOrigin("https://api.anthropic.com");
+  try {
+    const headers = { "x-api-key": KEY, "content-type": "application/json", "anthropic-version": "2023-06-01" };
+    const made = await fetch(`${gw.url}/v1/messages/batches`, { method: "POST", headers, body: JSON.stringify({ requests: [] }) });
+    const batch = await made.json();
+    assert.equal(batch.results_url, `${gw.url}/v1/messages/batches/${batch.id}/results`);
+    const found = await (await fetch(`${gw.url}/v1/messages/batches/${batch.id}`, { headers })).json();
+    assert.equal(found.results_url, `${gw.url}/v1/messages/batches/${batch.id}/results`);
+  } finally {
+    mock.setResultsOrigin(null);
+    await gw.close(1000);
+  }
+});

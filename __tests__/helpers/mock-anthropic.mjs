@@ -268,6 +268,7 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
   const sockets = new Set();
   const waiters = []; // { kind, predicate, resolve } for waitFor()
   const parked = new Set(); // responses held open by `hang` until close()
+  let resultsOrigin = null; // the origin batches' results_url names (a relay passes the API's on)
   const timers = new Set();
   let closed = false;
 
@@ -847,7 +848,8 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
   /** A file or a batch as the API describes it; a batch has ended, its results on this origin. */
   function describe(id, type) {
     if (type !== "message_batch") return { id, type };
-    return { id, type, processing_status: "ended", results_url: `http://127.0.0.1:${server.address().port}/v1/messages/batches/${id}/results` };
+    const origin = resultsOrigin ?? `http://127.0.0.1:${server.address().port}`;
+    return { id, type, processing_status: "ended", results_url: `${origin}/v1/messages/batches/${id}/results` };
   }
 
   /** A batch's results (JSON lines): each request answered by the account that holds the batch. */
@@ -1112,6 +1114,12 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     script(email, responses) {
       if (!scripts.has(email)) scripts.set(email, []);
       scripts.get(email).push(...[responses].flat());
+    },
+
+    /** The origin a batch's `results_url` names (null: this server's), as a relay in front of
+     * the API passes the API's answers on. */
+    setResultsOrigin(origin) {
+      resultsOrigin = origin;
     },
 
     /** Makes a file on `email`'s account as another client of that account would (not through

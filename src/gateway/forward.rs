@@ -209,8 +209,13 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
         );
     }
     let results_here = batch_answer(&parts, state.scheme).map(|gateway| {
-        let api = api.url.origin().ascii_serialization();
-        (api, gateway)
+        // A relay (`OAUTH_POOL_API_URL`) may pass on the API's answers as the API wrote them,
+        // naming the API's own origin: the client must not take the gateway's key there either.
+        let mut apis = vec![api.url.origin().ascii_serialization()];
+        if apis[0] != crate::config::DEFAULT_API_URL {
+            apis.push(crate::config::DEFAULT_API_URL.to_string());
+        }
+        (apis, gateway)
     });
     let method = parts.method.as_str().to_string();
     let headers = header_pairs(&parts.headers);
@@ -249,8 +254,8 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
     match result {
         Ok(mut answer) => {
             count_events(state, &answer.events);
-            if let Some((api, gateway)) = &results_here {
-                answer = match results_through_gateway(answer, api, gateway, &cancel).await {
+            if let Some((apis, gateway)) = &results_here {
+                answer = match results_through_gateway(answer, apis, gateway, &cancel).await {
                     Ok(answer) => answer,
                     Err(e) => {
                         let message = format!("anthropic-pool: {e}");
@@ -302,12 +307,12 @@ fn batch_answer(parts: &hyper::http::request::Parts, scheme: &str) -> Option<Str
 /// hundred batches is about 60 KB); a bigger one passes as it is.
 const MAX_BATCH_ANSWER: usize = 4 * 1024 * 1024;
 
-/// A batch answer with the API's URLs in it (`"https://api.anthropic.com/v1/...`) pointing at
-/// the gateway instead, so that the client reads the results through the pool, from the account
-/// that holds them, with the gateway's key going nowhere else.
+/// A batch answer with the API's URLs in it (`"https://api.anthropic.com/v1/...`, or those of
+/// any origin in `apis`) pointing at the gateway instead, so that the client reads the results
+/// through the pool, from the account that holds them, with the gateway's key going nowhere else.
 async fn results_through_gateway(
     mut answer: fetch::Answer,
-    api: &str,
+    apis: &[String],
     gateway: &str,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> crate::error::Result<fetch::Answer> {
@@ -335,7 +340,10 @@ async fn results_through_gateway(
     };
     answer.body = match response {
         Some(r) if !whole => Body::Peeked(body, r),
-        _ => Body::Full(point_at(&body, api, gateway)),
+        _ => Body::Full(
+            apis.iter()
+                .fold(body, |body, api| point_at(&body, api, gateway)),
+        ),
     };
     Ok(answer)
 }
