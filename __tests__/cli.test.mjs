@@ -20,13 +20,14 @@ import {
   symlinkSync,
   writeFileSync,
 } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { oauthEntry } from "./helpers/pool-env.mjs";
 import { savePool } from "../index.mjs";
-import { printable } from "../lib/cli/output.mjs";
+import { displayWidth, printable, table } from "../lib/cli/output.mjs";
 import { parseCommandLine } from "../lib/cli/args.mjs";
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "oauth-pool.mjs");
@@ -1040,4 +1041,88 @@ test("store copy between files keeps every entry; a source file that does not ex
   assert.ok(!existsSync(typo), "nothing is created at the source");
   const j = json(await cli(["store", "copy", "--from", typo, "--to", to, "--json"], { path: to }));
   assert.equal(j.error.code, "POOL_IO");
+});
+
+test("add-key: a key pasted with the quotes of a shell line or a JSON file around it is the key", async () => {
+  // The quotes were kept: the member sent `"<key>"` and every request through it got a 401.
+  const path = freshPath();
+  const r = await cli(["add-key", "--email", "quoted@x.test", "--json"], { path, input: `"${API_KEY}"\n` });
+  assert.equal(r.code, 0, r.stdout);
+  assert.deepEqual(json(r), { email: "quoted@x.test", added: true });
+  assert.equal(readPool(path).anthropic[0].key, API_KEY);
+  // The same key in single quotes, with spaces around: the same member, renewed.
+  const again = await cli(["add-key", "--json"], { path, input: `  '${API_KEY}'  \n` });
+  assert.deepEqual(json(again), { email: "quoted@x.test", added: false });
+  assert.equal(readPool(path).anthropic.length, 1);
+});
+
+test("serve on a port already in use: exit 1 with what to do, in text and JSON", async () => {
+  const busy = createServer();
+  await new Promise((resolve) => busy.listen(0, "127.0.0.1", resolve));
+  const { port } = busy.address();
+  try {
+    const path = freshPath();
+    const r = await cli(["serve", "--port", String(port)], { path });
+    assert.equal(r.code, 1, r.stdout);
+    assert.match(
+      r.stderr,
+      new RegExp(`error \\[INVALID_ARGUMENT\\]: cannot listen on 127\\.0\\.0\\.1:${port}: .*choose another port \\(--port 0 picks a free one\\)`),
+    );
+    const j = json(await cli(["serve", "--port", String(port), "--json"], { path }));
+    assert.equal(j.error.code, "INVALID_ARGUMENT");
+    assert.match(j.error.message, /another `oauth-pool serve`\?/);
+  } finally {
+    busy.close();
+  }
+});
+
+test("list: names in CJK or with emoji keep the table's columns in line (terminal columns, not UTF-16 units)", async () => {
+  assert.equal(displayWidth("abc"), 3);
+  assert.equal(displayWidth("张三"), 4);
+  assert.equal(displayWidth("e\u0301"), 1, "a combining accent takes no column");
+  assert.equal(displayWidth("team \u{1f680}"), 7);
+  const lines = table([
+    ["EMAIL", "TYPE"],
+    ["张三的钥匙", "api"],
+    ["Jose\u0301", "api"],
+    ["rocket \u{1f680}", "api"],
+    ["x@example.com", "oauth"],
+  ]).split("\n");
+  const typeColumn = (line) => displayWidth(line.slice(0, line.search(/(TYPE|api|oauth)$/)));
+  assert.deepEqual(lines.map(typeColumn), [15, 15, 15, 15, 15], lines.join("\n"));
+
+  const path = freshPath();
+  const key = (n) => `fake-console-key-width${n}-for-tests-only`;
+  for (const [n, name] of [
+    ["a", "张三的钥匙"],
+    ["b", "x@example.com"],
+  ]) {
+    const r = await cli(["add-key", "--email", name], { path, input: `${key(n)}\n` });
+    assert.equal(r.code, 0, r.stderr);
+  }
+  const list = await cli(["list"], { path });
+  const rows = list.stdout.trimEnd().split("\n");
+  const statusColumn = (line) => displayWidth(line.slice(0, line.search(/(STATUS|idle)/)));
+  assert.deepEqual(rows.map(statusColumn), [21, 21, 21], list.stdout);
+});
+
+test("store init: --path names the store as for every other command; no store at all is a usage error", async () => {
+  // A port nothing listens on: the store is refused at once, which shows the URL was the one used.
+  const closed = createServer();
+  await new Promise((resolve) => closed.listen(0, "127.0.0.1", resolve));
+  const { port } = closed.address();
+  await new Promise((resolve) => closed.close(resolve));
+  const url = `postgres://pool@127.0.0.1:${port}/pool?connect_timeout=5`;
+  const env = { OAUTH_POOL_STORE: "" };
+  const path = freshPath();
+  // --path was ignored: the command asked for the URL it had been given (INVALID_ARGUMENT, exit 1).
+  const viaPath = await cli(["store", "init", "--path", url], { path, env });
+  assert.equal(viaPath.code, 1, viaPath.stderr);
+  assert.match(viaPath.stderr, /error \[STORE_UNAVAILABLE\]: the pool's store cannot be reached/);
+  assert.doesNotMatch(viaPath.stderr, /requests go on/, "a command serves no requests");
+  const none = await cli(["store", "init"], { path, env });
+  assert.equal(none.code, 2, none.stderr);
+  assert.match(none.stderr, /error \[USAGE\]: usage: oauth-pool store init <postgres:\/\/\.\.\.> \(or set OAUTH_POOL_STORE, or pass --path\)/);
+  const both = json(await cli(["store", "init", url, "--path", `${url}x`, "--json"], { path, env }));
+  assert.equal(both.error.code, "USAGE");
 });

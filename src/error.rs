@@ -56,7 +56,7 @@ pub enum Error {
     Aborted,
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("the pool's store cannot be reached ({0}); requests go on with the tokens in memory, and writes are retried")]
+    #[error("the pool's store cannot be reached ({0}); a running pool keeps serving with the tokens it holds and retries its writes")]
     StoreUnavailable(String),
     #[error("{0}")]
     StoreKey(String),

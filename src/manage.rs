@@ -241,7 +241,13 @@ pub async fn add_api_key(
     key: &Secret,
     email: Option<&str>,
 ) -> Result<(String, bool)> {
-    let trimmed = key.expose().trim();
+    // A key copied out of a shell line or a JSON file keeps its quotes; no key holds one, and
+    // kept they made a member that every request sent with `"` around its key (a 401 each time).
+    let trimmed = key
+        .expose()
+        .trim()
+        .trim_matches(|c| c == '"' || c == '\'' || c == '`')
+        .trim();
     if trimmed.len() < 8 || !Secret::new(trimmed).is_token_shaped() {
         return Err(Error::InvalidArgument(
             "that does not look like an API key (expected something like sk-ant-api03-...)".into(),

@@ -1,10 +1,20 @@
 // `oauth-pool store init` and `oauth-pool store copy`: the fleet store (PostgreSQL). Init
 // creates or migrates the schema and ties the store to its key; copy moves a whole pool between
 // a file and a database in either direction, every field kept.
+import { UsageError } from "./errors.mjs";
 import { text } from "./output.mjs";
 
-async function init({ lib, args, out }) {
-  const r = await lib.storeInit(args[0]);
+async function init({ lib, args, path, out }) {
+  // `--path` names the store for every other command, so it names the one to init too (it was
+  // ignored here, and the command asked for a URL it had been given).
+  if (args[0] !== undefined && path !== undefined && args[0] !== path) {
+    throw new UsageError(text`store init names its store once: ${args[0]} or --path ${path}, not both`);
+  }
+  const location = args[0] ?? path;
+  if (!location?.trim() && !process.env.OAUTH_POOL_STORE?.trim()) {
+    throw new UsageError("usage: oauth-pool store init <postgres://...> (or set OAUTH_POOL_STORE, or pass --path)");
+  }
+  const r = await lib.storeInit(location);
   const key = r.keyCreated
     ? `a new store key was written to ${r.keyCreated} (0600): every host of the fleet needs the same key (copy the file, or set OAUTH_POOL_STORE_KEY)`
     : `store key from ${r.keySource}`;
@@ -23,7 +33,7 @@ export const commands = [
     name: "store init",
     args: "[<url>]",
     summary:
-      "create or migrate the fleet store's schema (the URL, else OAUTH_POOL_STORE)\nand tie it to the store key (a 0600 key file is created when none is set)",
+      "create or migrate the fleet store's schema (the URL, else --path, else\nOAUTH_POOL_STORE) and tie it to the store key (a 0600 key file is created when none is set)",
     run: init,
   },
   {

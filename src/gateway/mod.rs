@@ -137,6 +137,22 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
 /// Starts listening. Refuses a non-loopback address without `allow_remote`, and `allow_remote`
 /// without TLS: the gateway hands out the pool's accounts to whoever holds the key, and a key
 /// must not cross a network in clear text.
+/// Why the gateway cannot listen, with what to do about it: the OS's own words ("Address already
+/// in use") left a user guessing that another gateway held the port and that another one works.
+fn listen_failure(host: &str, port: u16, e: &std::io::Error) -> String {
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "; another program (another `oauth-pool serve`?) listens there: stop it, or choose another port (--port 0 picks a free one)"
+        }
+        std::io::ErrorKind::PermissionDenied if port < 1024 => {
+            "; ports below 1024 need privileges: choose a port from 1024 up (--port 0 picks a free one)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => "; no interface of this machine has that address",
+        _ => "",
+    };
+    format!("cannot listen on {host}:{port}: {e}{hint}")
+}
+
 pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
     if !is_loopback_host(&opts.host) && !opts.allow_remote {
         return Err(Error::InvalidArgument(format!(
@@ -159,9 +175,9 @@ pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
     } else {
         host
     };
-    let listener = TcpListener::bind((host, opts.port)).await.map_err(|e| {
-        Error::InvalidArgument(format!("cannot listen on {}:{}: {e}", opts.host, opts.port))
-    })?;
+    let listener = TcpListener::bind((host, opts.port))
+        .await
+        .map_err(|e| Error::InvalidArgument(listen_failure(&opts.host, opts.port, &e)))?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::InvalidArgument(format!("no local address: {e}")))?;
