@@ -1126,3 +1126,14 @@ test("store init: --path names the store as for every other command; no store at
   const both = json(await cli(["store", "init", url, "--path", `${url}x`, "--json"], { path, env }));
   assert.equal(both.error.code, "USAGE");
 });
+
+test("doctor: a refused API key is replaced with add-key under its name, not with a login", async () => {
+  const path = freshPath();
+  const now = new Date().toISOString();
+  const refused = { type: "api", key: API_KEY, expires: null, added: now, lastUsed: null, status: "auth-error", rateLimitUntil: null };
+  await savePool({ anthropic: [{ ...refused, email: "team key" }, oauthEntry(mock, "login@x.test", { status: "auth-error" })] }, path);
+  const r = await cli(["doctor"], { path });
+  // It said `oauth-pool add` for both: a login cannot renew a key.
+  assert.match(r.stdout, /team key: its API key was refused \(auth-error.*\): add a working one with: oauth-pool add-key --email 'team key'\n/);
+  assert.match(r.stdout, /login@x\.test needs a new login \(auth-error.*\): oauth-pool add\n/);
+});

@@ -144,6 +144,9 @@ async function checkParse(lib, path, files, r) {
   }
 }
 
+/** `s` as one word of a shell line: as it is when plain, else in single quotes. */
+const shellWord = (s) => (/^[\w@.+:=-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`);
+
 /** Accounts worth a look: not failures of the file, so warnings and notes only. */
 async function checkAccounts(lib, path, r) {
   let st;
@@ -153,8 +156,17 @@ async function checkAccounts(lib, path, r) {
     return r.add("accounts", "problem", e.message, { code: e.code });
   }
   for (const a of st.accounts) {
-    if (a.status === "auth-error")
-      r.add("account", "warn", `${a.email} needs a new login (auth-error${a.lastError ? `: ${a.lastError}` : ""}): oauth-pool add`);
+    if (a.status === "auth-error") {
+      const why = `auth-error${a.lastError ? `: ${a.lastError}` : ""}`;
+      // A refused key is replaced with add-key under its name; `add` (a login) cannot fix it.
+      r.add(
+        "account",
+        "warn",
+        a.type === "api"
+          ? `${a.email}: its API key was refused (${why}): add a working one with: oauth-pool add-key --email ${shellWord(a.email)}`
+          : `${a.email} needs a new login (${why}): oauth-pool add`,
+      );
+    }
     if (a.status === "invalid") {
       r.add("account", "warn", `entry #${a.index} (${a.email}): ${a.lastError}; remove it with: oauth-pool remove '#${a.index}'`, { index: a.index });
     }
