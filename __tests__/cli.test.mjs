@@ -1137,3 +1137,18 @@ test("doctor: a refused API key is replaced with add-key under its name, not wit
   assert.match(r.stdout, /team key: its API key was refused \(auth-error.*\): add a working one with: oauth-pool add-key --email 'team key'\n/);
   assert.match(r.stdout, /login@x\.test needs a new login \(auth-error.*\): oauth-pool add\n/);
 });
+
+test("doctor: an OAUTH_POOL_API_URL with /v1 (copied from an SDK's base URL) is a problem, another path a warning", async () => {
+  // OpenCode's provider is given `<OAUTH_POOL_API_URL>/v1`: with /v1 in the variable every request
+  // went to …/v1/v1/messages and got a 404, while doctor said the endpoint was fine.
+  const path = freshPath();
+  const withV1 = await cli(["doctor", "--json"], { path, env: { OAUTH_POOL_API_URL: `${mock.url}/v1/` } });
+  assert.equal(withV1.code, 3, withV1.stdout);
+  const row = json(withV1).checks.find((c) => c.variable === "OAUTH_POOL_API_URL");
+  assert.equal(row.level, "problem");
+  assert.match(row.message, /has a path \(\/v1\/\): OpenCode's provider would send to .*\/v1\/v1\/\.\.\..*drop the \/v1 \(the pool adds it\)/);
+  const prefix = json(await cli(["doctor", "--json"], { path, env: { OAUTH_POOL_API_URL: `${mock.url}/anthropic` } }));
+  assert.equal(prefix.checks.find((c) => c.variable === "OAUTH_POOL_API_URL").level, "warn");
+  const origin = json(await cli(["doctor", "--json"], { path, env: { OAUTH_POOL_API_URL: mock.url } }));
+  assert.doesNotMatch(origin.checks.find((c) => c.variable === "OAUTH_POOL_API_URL").message, /has a path/);
+});

@@ -333,6 +333,14 @@ function rowsOf(r, name, what, ask) {
   }
 }
 
+function pathOf(url) {
+  try {
+    return new URL(url).pathname;
+  } catch {
+    return "/";
+  }
+}
+
 function checkEndpointsAndProxies(lib, r) {
   for (const e of rowsOf(r, "endpoint", "the endpoints", () => lib.checkEndpoints())) {
     const details = { variable: e.variable, value: e.value ?? null, effective: e.effective ?? null, proxy: e.proxy ?? null, loopback: e.loopback ?? null };
@@ -342,6 +350,20 @@ function checkEndpointsAndProxies(lib, r) {
       continue;
     }
     const route = e.proxy ? `via proxy ${e.proxy}` : "direct (no proxy)";
+    const apiPath = e.variable === "OAUTH_POOL_API_URL" ? pathOf(e.effective) : "/";
+    if (apiPath !== "/") {
+      // The variable names the API's origin: OpenCode's provider gets `<it>/v1`, while the
+      // gateway, the profile and the credential's origin rule take only its origin. A `/v1`
+      // copied from an SDK's base URL made every OpenCode request a 404 (…/v1/v1/messages).
+      const v1 = /\/v1\/?$/.test(apiPath);
+      r.add(
+        "endpoint",
+        v1 ? "problem" : "warn",
+        `${shown}, ${route}: it names the API's origin, and this one has a path (${apiPath}): OpenCode's provider would send to ${e.effective.replace(/\/+$/, "")}/v1/..., the gateway to the origin alone; ${v1 ? "drop the /v1 (the pool adds it)" : "give the origin alone"}`,
+        details,
+      );
+      continue;
+    }
     if (e.loopback && e.effective.startsWith("http:"))
       r.add("endpoint", "warn", `${shown}: plain http to a loopback host (a test setup, not Anthropic), ${route}`, details);
     else r.add("endpoint", "ok", `${shown}, ${route}`, details);
