@@ -170,3 +170,22 @@ test("the wrong thing pasted or passed (a NUL, megabytes, a non-ASCII code) is r
   assert.equal(mock.stats().tokenCalls, calls, "nothing reached the token endpoint");
   assert.deepEqual((await loadPool(path)).anthropic, [], "nothing was added");
 });
+
+test("the login URL pasted back, or the code with more text after it, says what to paste, with no token call", async () => {
+  // The login URL holds `code=true` and the attempt's own state: "true" went to the token
+  // endpoint and came back as a refused code ("start the login again"), and a paste with a word
+  // after it read as another login's state. Neither told the user what to paste.
+  const pkce = await authorize();
+  const paste = mock.approve(pkce.url, "pasteback@x.test");
+  const calls = mock.stats().tokenCalls;
+  for (const [pasted, message] of [
+    [pkce.url, /that is the login URL itself: open it in a browser, log in, and paste the code/],
+    [new URL(pkce.url).search, /that is the login URL itself/],
+    [`${paste} thanks`, /holds more than the code/],
+  ]) {
+    await assert.rejects(exchange(pasted, pkce), (e) => e.code === "OAUTH_BAD_INPUT" && message.test(e.message), pasted.slice(0, 40));
+  }
+  assert.equal(mock.stats().tokenCalls, calls, "nothing reached the token endpoint");
+  // The right paste still works afterwards: the attempt was not spent.
+  assert.equal((await exchange(paste, pkce)).email, "pasteback@x.test");
+});

@@ -36,15 +36,23 @@ pub fn parse_pasted(input: &str) -> Result<Pasted> {
             match k.as_ref() {
                 "code" => code = Some(Secret::new(v.into_owned())),
                 "state" => state = Some(Secret::new(v.into_owned())),
+                // The login URL itself pasted back (it holds `code=true` and this attempt's
+                // state): its "code" went to the token endpoint and came back as a refused
+                // code, which told the user nothing of what to paste instead.
+                "code_challenge" => {
+                    return Err(Error::OAuthBadInput(
+                        "that is the login URL itself: open it in a browser, log in, and paste the code the page shows at the end".into(),
+                    ))
+                }
                 _ => {}
             }
         }
-        (code, state)
+        Ok((code, state))
     };
     let (code, state) = if input.starts_with("http://") || input.starts_with("https://") {
         let url = Url::parse(input)
             .map_err(|_| Error::OAuthBadInput("the pasted URL does not parse".into()))?;
-        let (code, mut state) = from_query(url.query().unwrap_or(""));
+        let (code, mut state) = from_query(url.query().unwrap_or(""))?;
         // Some pages put the state after a '#' in the code itself or in the fragment.
         if state.is_none() {
             if let Some(f) = url.fragment() {
@@ -53,7 +61,7 @@ pub fn parse_pasted(input: &str) -> Result<Pasted> {
         }
         (code, state)
     } else if input.contains("code=") || (input.contains('=') && !input.contains('#')) {
-        from_query(input.trim_start_matches('?'))
+        from_query(input.trim_start_matches('?'))?
     } else if let Some((code, state)) = input.split_once('#') {
         (
             Some(Secret::new(code.trim())),
@@ -80,6 +88,16 @@ pub fn parse_pasted(input: &str) -> Result<Pasted> {
     if !code.is_token_shaped() || !code.expose().bytes().all(code_char) {
         return Err(Error::OAuthBadInput(
             "the authorization code is empty or malformed".into(),
+        ));
+    }
+    // Text after the code (`code#state and more`) read as a foreign state and was answered
+    // "start the login again", when the code itself was good.
+    if state
+        .as_ref()
+        .is_some_and(|s| s.expose().contains(char::is_whitespace))
+    {
+        return Err(Error::OAuthBadInput(
+            "the pasted text holds more than the code (a space after it): paste only the code the page shows".into(),
         ));
     }
     Ok(Pasted {
@@ -175,6 +193,14 @@ mod tests {
             assert_eq!(parse_pasted(&bad).unwrap_err().code(), "OAUTH_BAD_INPUT");
         }
         assert!(parse_pasted(&format!("{}#st", "x".repeat(4000))).is_ok());
+        // The login URL pasted back, whole or as its query; the code with more text after it.
+        for bad in [
+            "https://claude.ai/oauth/authorize?code=true&client_id=c&response_type=code&code_challenge=x&code_challenge_method=S256&state=st",
+            "code=true&code_challenge=x&state=st",
+            "abc#st and more",
+        ] {
+            assert_eq!(parse_pasted(bad).unwrap_err().code(), "OAUTH_BAD_INPUT", "{bad}");
+        }
     }
 
     #[test]
