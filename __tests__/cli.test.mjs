@@ -345,6 +345,11 @@ test("a corrupt pool: every command exits 1 with POOL_CORRUPT and the file stays
   const addKey = await cli(["add-key", "--email", "k@x.test"], { path, input: `${API_KEY}\n` });
   assert.equal(addKey.code, 1);
   assert.match(addKey.stderr, /POOL_CORRUPT/);
+  // Before the login URL: the user was sent through a login whose tokens then had nowhere to go.
+  const add = await cli(["add"], { path, input: "" });
+  assert.equal(add.code, 1, add.stderr);
+  assert.match(add.stderr, /^error \[POOL_CORRUPT\]: /);
+  assert.equal(add.stdout, "", "no login URL was shown");
   const j = await cli(["list", "--json"], { path });
   assert.equal(j.code, 1);
   const err = json(j).error;

@@ -189,3 +189,19 @@ test("the login URL pasted back, or the code with more text after it, says what 
   // The right paste still works afterwards: the attempt was not spent.
   assert.equal((await exchange(paste, pkce)).email, "pasteback@x.test");
 });
+
+test("addAccount into a pool that cannot take the account refuses before the code is spent", async () => {
+  // The code went to the token endpoint first: the new login's tokens were then dropped by the
+  // write, and the user's login was for nothing.
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-corrupt-"));
+  const path = join(dir, "pool.json");
+  writeFileSync(path, "{ not json", { mode: 0o600 });
+  const pkce = await authorize();
+  const paste = mock.approve(pkce.url, "corrupt@x.test");
+  const calls = mock.stats().tokenCalls;
+  await assert.rejects(addAccount(paste, pkce, path), (e) => e.code === "POOL_CORRUPT");
+  assert.equal(mock.stats().tokenCalls, calls, "the code was not sent");
+  // Fixed, the same paste adds the account.
+  writeFileSync(path, '{ "anthropic": [] }');
+  assert.deepEqual(await addAccount(paste, pkce, path), { email: "corrupt@x.test", added: true });
+});

@@ -135,6 +135,8 @@ async function status({ lib, path, out }) {
 async function add({ lib, options, path, out }) {
   const mode = options.mode ?? "max";
   if (mode !== "max" && mode !== "console") throw new UsageError(text`--mode must be max or console, not ${mode}`);
+  // A pool that cannot take the account says so before the user goes through a login for it.
+  await lib.loadPool(path);
   const pkce = await lib.authorize({ mode });
   // The URL goes to stdout alone on its line (so a script can pick it up); the guidance to stderr.
   out.note(
@@ -148,6 +150,7 @@ async function add({ lib, options, path, out }) {
 }
 
 async function addKey({ lib, options, path, out }) {
+  await lib.loadPool(path);
   if (process.stdin.isTTY) out.note("Paste the Console API key (input hidden), then Enter.");
   const line = await readLine({ prompt: "API key: ", hidden: true });
   const key = line?.trim();

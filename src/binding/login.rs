@@ -86,6 +86,10 @@ pub fn add_account(
 ) -> JsResult<PromiseRaw<'_, Value>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
+        // A pool that cannot take the account (corrupt, insecure, a store out of reach) is
+        // found before the code is spent: after it, the new login's tokens had nowhere to go
+        // and the user's login was for nothing.
+        store.load().await.map_err(js_error)?;
         let tokens = oauth::exchange(&input, &pkce.verifier, &pkce.state)
             .await
             .map_err(js_error)?;
