@@ -952,6 +952,9 @@ test("--help and --version work without the native binary; commands report NATIV
   const list = await cli(["list"], { path, command: bare });
   assert.equal(list.code, 1);
   assert.match(list.stderr, /^error \[NATIVE_MISSING\]: /);
+  // One line that says what to do, without Node's require stack (printed as literal \n's).
+  assert.match(list.stderr, /npm install opencode-oauth-pool-[\w-]+; .*in a source checkout of opencode-oauth-pool/);
+  assert.doesNotMatch(list.stderr, /Require stack|\\n/);
   assert.equal(json(await cli(["list", "--json"], { path, command: bare })).error.code, "NATIVE_MISSING");
   const doc = await cli(["doctor", "--json"], { path, command: bare });
   assert.equal(doc.code, 3);

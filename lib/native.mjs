@@ -22,26 +22,30 @@ function load() {
     try {
       return require(local);
     } catch (err) {
-      failures.push(`${local}: ${err.message}`);
+      failures.push(`${local}: ${firstLine(err)}`);
     }
   }
   try {
     return require(packageName);
   } catch (err) {
-    failures.push(`${packageName}: ${err.message}`);
+    failures.push(`${packageName}: ${firstLine(err)}`);
   }
   const transient = failures.some((f) => TRANSIENT.test(f));
   const error = new Error(
     transient
       ? `opencode-oauth-pool: the native binary for ${triple} could not be loaded now (the process is out of file descriptors or memory); it is tried again on the next call. Tried: ${failures.join("; ")}`
       : `opencode-oauth-pool: no native binary for ${triple}. Install the optional package ` +
-          `"${packageName}" (npm install ${packageName}), or build from source with ` +
-          `"npm run build" (needs Rust). Tried: ${failures.join("; ")}`,
+          `"${packageName}" (npm install ${packageName}; npm skips it with --omit=optional), or, in a ` +
+          `source checkout of opencode-oauth-pool, build it with "npm run build" (needs Rust). Tried: ${failures.join("; ")}`,
   );
   error.code = "NATIVE_MISSING";
   error.transient = transient;
   throw error;
 }
+
+// Node's "Cannot find module" carries its require stack on further lines: noise in a message
+// a CLI prints on one line (as literal `\n`s) and a plugin puts in a toast.
+const firstLine = (err) => String(err?.message ?? err).split("\n")[0];
 
 // A load that failed for want of a descriptor or memory (a host with every descriptor in use
 // for a moment) is no missing binary: it must not be remembered as one for the process's life.
