@@ -134,9 +134,6 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Starts listening. Refuses a non-loopback address without `allow_remote`, and `allow_remote`
-/// without TLS: the gateway hands out the pool's accounts to whoever holds the key, and a key
-/// must not cross a network in clear text.
 /// Why the gateway cannot listen, with what to do about it: the OS's own words ("Address already
 /// in use") left a user guessing that another gateway held the port and that another one works.
 fn listen_failure(host: &str, port: u16, e: &std::io::Error) -> String {
@@ -153,6 +150,9 @@ fn listen_failure(host: &str, port: u16, e: &std::io::Error) -> String {
     format!("cannot listen on {host}:{port}: {e}{hint}")
 }
 
+/// Starts listening. Refuses a non-loopback address without `allow_remote`, and `allow_remote`
+/// without TLS: the gateway hands out the pool's accounts to whoever holds the key, and a key
+/// must not cross a network in clear text.
 pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
     if !is_loopback_host(&opts.host) && !opts.allow_remote {
         return Err(Error::InvalidArgument(format!(
