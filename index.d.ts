@@ -230,6 +230,8 @@ export interface PoolEvent {
   to?: string;
   /** Epoch ms, for rate-limited / all-cooling. */
   until?: number;
+  /** For auth-error: the refused credential is a Console API key (mended with a working key, not a login). */
+  apiKey?: boolean;
   message: string;
 }
 

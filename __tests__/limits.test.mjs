@@ -233,12 +233,18 @@ test("a 401 for an API-key member: refused at once (nothing to refresh), marked 
   await lib.savePool(pool, path);
   mock.script(keyed, [{ status: 401 }]);
   const refreshesBefore = mock.stats().refreshCalls;
-  const f = createPoolFetch({ path });
+  const events = [];
+  const f = createPoolFetch({ path, onEvent: (e) => events.push(e) });
   mock.clearRequests();
   const first = await ask(f, "claude-sonnet-4-5");
   assert.equal(first.status, 200);
   assert.equal(first.poolAccount, "key401-backup@x.test");
   await first.text();
+  // Said as what mends it: a working key under its name, not a login (which cannot mend a key).
+  const refused = events.find((e) => e.kind === "auth-error");
+  assert.equal(refused?.apiKey, true, JSON.stringify(events));
+  assert.doesNotMatch(refused.message, /login/);
+  assert.match(refused.message, /oauth-pool add-key --email/);
   assert.equal(mock.requests.filter((r) => r.email === keyed).length, 1, "no retry of the key");
   assert.equal(mock.stats().refreshCalls, refreshesBefore, "no token refresh for a key");
   const second = await ask(f, "claude-sonnet-4-5");

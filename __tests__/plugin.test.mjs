@@ -282,6 +282,16 @@ test("a 429 on the first account fails over to the second and the user is told o
   assert.doesNotMatch(await tool.execute({ action: "list" }, {}), /rate-limited/);
 });
 
+test("an auth-error toast says what mends it: a login for a login, a working key for a Console key", () => {
+  const { client, toasts } = fakeClient();
+  const notify = createNotifier(client);
+  notify({ kind: "auth-error", email: "login@x", message: "login@x needs a new login: refused twice" });
+  notify({ kind: "auth-error", email: "key@x", apiKey: true, message: "key@x: the API refused the key (401)" });
+  assert.match(toasts[0].message, /login@x needs a new login: run `opencode auth login`/);
+  assert.doesNotMatch(toasts[1].message, /needs a new login/);
+  assert.match(toasts[1].message, /key@x: add a working key under its name: `oauth-pool add-key --email <name>`/);
+});
+
 test("failover notices are debounced per account pair for 30 s", () => {
   let now = 1_000_000;
   const { client, toasts, logs } = fakeClient();

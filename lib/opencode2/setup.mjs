@@ -4,7 +4,7 @@
 // the V2 API moved during 2.0.x, and a missing feature must never take the host down.
 import { printable } from "../printable.mjs";
 import { scrubbed } from "../errors.mjs";
-import { pluginOptions, LOGIN_HINT } from "../plugin/shared.mjs";
+import { pluginOptions, KEY_HINT, LOGIN_HINT } from "../plugin/shared.mjs";
 import { poolActionText, TOOL_DESCRIPTION, TOOL_INPUT_SCHEMA } from "../plugin/tool.mjs";
 import { apiKeysOnly } from "../plugin/auth.mjs";
 import { INTEGRATION_ID, integrationTransform, providerTransform } from "./catalog.mjs";
@@ -73,7 +73,8 @@ function makeNotifier(ctx, log) {
       last.set(key, now);
       const level = e.kind === "failover" || e.kind === "rate-limited" ? "info" : "warn";
       log(level, String(e.message ?? e.kind));
-      if (e.kind === "auth-error" && e.email) markNeedsAuth(ctx, e.email, `${e.email} needs a new login: ${LOGIN_HINT}`, log);
+      if (e.kind === "auth-error" && e.email)
+        markNeedsAuth(ctx, e.email, e.apiKey ? `${e.email}: ${KEY_HINT}` : `${e.email} needs a new login: ${LOGIN_HINT}`, log);
     }
   };
 }

@@ -2,6 +2,8 @@
 // CLI uses it too.
 
 export const LOGIN_HINT = "run `opencode auth login` -> Anthropic Pool";
+/** What mends a refused Console key: a working key under the account's name. */
+export const KEY_HINT = "add a working key under its name: `oauth-pool add-key --email <name>`, or `opencode auth login` -> Anthropic Pool -> Console API key";
 
 const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
@@ -54,7 +56,7 @@ export function statusText(a, now = Date.now()) {
     case "rate-limited":
       return a.rateLimitUntil ? `rate-limited, ${duration(a.rateLimitUntil - now)} left (until ${clock(a.rateLimitUntil, now)})` : "rate-limited";
     case "auth-error":
-      return a.type === "api" ? "auth-error: the key was refused; remove it and add a working key" : `auth-error: needs a new login: ${LOGIN_HINT}`;
+      return a.type === "api" ? `auth-error: the key was refused; ${KEY_HINT}` : `auth-error: needs a new login: ${LOGIN_HINT}`;
     case "disabled":
       return "disabled (enable it with action enable)";
     case "invalid":

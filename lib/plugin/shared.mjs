@@ -8,11 +8,11 @@ import { syncEnv } from "../native.mjs";
 import { isApiUrl } from "../runtime-fetch.mjs";
 import { scrubbed } from "../errors.mjs";
 import { printable } from "../printable.mjs";
-import { LOGIN_HINT } from "./format.mjs";
+import { KEY_HINT, LOGIN_HINT } from "./format.mjs";
 
 export const PROVIDER_ID = "anthropic-pool";
 export const TOOL_NAME = "model-accounts-pool";
-export { LOGIN_HINT };
+export { KEY_HINT, LOGIN_HINT };
 
 /**
  * The plugin options every part takes (`OAuthPoolPlugin(input, options)` and the parts):
@@ -114,7 +114,8 @@ export function createNotifier(client, { debounceMs = 30_000, now = Date.now } =
     if (t - (last.get(key) ?? -Infinity) < debounceMs) return;
     last.set(key, t);
     let message = String(event.message ?? event.kind);
-    if (event.kind === "auth-error" && event.email) message += ` (${event.email} needs a new login: ${LOGIN_HINT})`;
+    if (event.kind === "auth-error" && event.email)
+      message += event.apiKey ? ` (${event.email}: ${KEY_HINT})` : ` (${event.email} needs a new login: ${LOGIN_HINT})`;
     toast(client, variant, message);
     log(client, variant === "error" ? "error" : "warn", message, { kind: event.kind, from: event.email, to: event.to });
   };

@@ -12,6 +12,10 @@ pub struct Event {
     pub to: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<i64>,
+    /// An `auth-error` about a Console API key: what mends it is a working key under the
+    /// account's name, not a login.
+    #[serde(rename = "apiKey", skip_serializing_if = "std::ops::Not::not")]
+    pub api_key: bool,
     pub message: String,
 }
 
@@ -23,6 +27,7 @@ impl Event {
             email: email.map(str::to_string),
             to: None,
             until: None,
+            api_key: false,
             message: scrub_tokens(message.as_ref()),
         }
     }
@@ -34,6 +39,11 @@ impl Event {
 
     pub fn until(mut self, until: i64) -> Event {
         self.until = Some(until);
+        self
+    }
+
+    pub fn about_api_key(mut self) -> Event {
+        self.api_key = true;
         self
     }
 }

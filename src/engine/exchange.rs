@@ -440,7 +440,7 @@ impl Exchange {
             }
             Decision::RefusedAndMove => {
                 let why = match credential {
-                    Credential::ApiKey(_) => "the API refused the key (401): replace it",
+                    Credential::ApiKey(_) => "the API refused the key (401): add a working one under this name (`oauth-pool add-key --email <name>`)",
                     Credential::Bearer(_) => "the API refused the token twice (401): log in again",
                 };
                 self.refuse(&email, &credential, why).await;
@@ -617,11 +617,16 @@ impl Exchange {
             Err(_) => None,
         };
         self.engine.refuse(email, tag, why);
-        self.events.push(Event::new(
-            "auth-error",
-            Some(email),
-            format!("{email} needs a new login: {why}"),
-        ));
+        self.events.push(match refused {
+            Credential::ApiKey(_) => {
+                Event::new("auth-error", Some(email), format!("{email}: {why}")).about_api_key()
+            }
+            Credential::Bearer(_) => Event::new(
+                "auth-error",
+                Some(email),
+                format!("{email} needs a new login: {why}"),
+            ),
+        });
     }
 
     fn served(&mut self, email: &str, limits: &Limits, now: i64) {
