@@ -11,6 +11,7 @@ import { fileURLToPath } from "node:url";
 import { isDeepStrictEqual } from "node:util";
 import * as lib from "../index.mjs";
 import { seedPool, useMock } from "./helpers/pool-env.mjs";
+import { throughPool } from "./helpers/raw-api.mjs";
 
 const KEY = "test-gateway-key-0123456789abcdef";
 const mock = useMock({ env: { OAUTH_POOL_GATEWAY_KEY: KEY } });
@@ -86,23 +87,11 @@ async function bytesOf(res) {
 
 /** A way to reach the mock through the pool: `send(model)` resolves the Response. */
 async function via(kind, path) {
-  if (kind !== "gateway") {
-    const f = lib.createPoolFetch({ path, transport: kind });
-    return {
-      send: (model) =>
-        f(`${mock.url}/v1/messages`, {
-          method: "POST",
-          headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
-          body: requestBody(model),
-        }),
-      close: async () => {},
-    };
-  }
-  const gw = await lib.serve({ port: 0, path });
+  const pool = await throughPool(kind, path, { key: KEY });
   return {
     send: (model) =>
-      fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { "content-type": "application/json", "x-api-key": KEY }, body: requestBody(model) }),
-    close: () => gw.close(1000),
+      pool.send({ method: "POST", headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" }, body: requestBody(model) }),
+    close: pool.close,
   };
 }
 

@@ -12,6 +12,7 @@ import { envNames, syncEnv } from "../lib/native.mjs";
 import { openExchange } from "../lib/exchange.mjs";
 import { parseSSE, rateLimitHeaders, readAll } from "./helpers/mock-anthropic.mjs";
 import { account, jsonHeaders, seedPool, useMock } from "./helpers/pool-env.mjs";
+import { withRawApi } from "./helpers/raw-api.mjs";
 
 const mock = useMock();
 const model = "claude-sonnet-4-5";
@@ -302,27 +303,6 @@ for (const transport of ["native", "runtime"]) {
       await worker.terminate();
     }
   });
-}
-
-/**
- * Runs `fn(api)` with the API origin played by a raw socket server on loopback: `reply(socket)`
- * on the first bytes of each connection (OAUTH_POOL_API_URL points at it meanwhile).
- */
-async function withRawApi(reply, fn) {
-  const { createServer } = await import("node:net");
-  const server = createServer((socket) => {
-    socket.on("error", () => {});
-    socket.once("data", (first) => reply(socket, first));
-  });
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const saved = process.env.OAUTH_POOL_API_URL;
-  process.env.OAUTH_POOL_API_URL = `http://127.0.0.1:${server.address().port}`;
-  try {
-    return await fn(process.env.OAUTH_POOL_API_URL);
-  } finally {
-    process.env.OAUTH_POOL_API_URL = saved;
-    server.close();
-  }
 }
 
 test("a server that does not speak HTTP, or speaks it badly, is NETWORK with what went wrong, on both transports", async () => {

@@ -1,0 +1,71 @@
+// The API origin played at the socket level, for answers no HTTP server library would write
+// (cut, lying, folded, stalled), and the three ways a caller reaches it through the pool: the
+// library's fetch on each transport and the gateway.
+import { createServer } from "node:net";
+import { createPoolFetch, serve } from "../../index.mjs";
+
+/**
+ * Runs `fn(api)` with the API origin played by a raw socket server on loopback
+ * (OAUTH_POOL_API_URL points at it meanwhile). By default `reply(socket, first)` is called on
+ * the first bytes of each connection. With `perRequest`, each request is read whole (its head
+ * and a `content-length` body) and `reply(socket, index, head)` is called for it, `index`
+ * counting the requests the server got, over all connections.
+ */
+export async function withRawApi(reply, fn, { perRequest = false } = {}) {
+  let index = 0;
+  const sockets = new Set();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    socket.on("error", () => {});
+    if (!perRequest) {
+      socket.once("data", (first) => reply(socket, first));
+      return;
+    }
+    let pending = Buffer.alloc(0);
+    socket.on("data", (data) => {
+      pending = Buffer.concat([pending, data]);
+      for (;;) {
+        const end = pending.indexOf("\r\n\r\n");
+        if (end < 0) return;
+        const head = pending.subarray(0, end).toString("latin1");
+        const length = Number(/^content-length:\s*(\d+)\s*$/im.exec(head)?.[1] ?? 0);
+        if (pending.length < end + 4 + length) return;
+        pending = pending.subarray(end + 4 + length);
+        reply(socket, index++, head);
+      }
+    });
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const saved = process.env.OAUTH_POOL_API_URL;
+  process.env.OAUTH_POOL_API_URL = `http://127.0.0.1:${server.address().port}`;
+  try {
+    return await fn(process.env.OAUTH_POOL_API_URL);
+  } finally {
+    process.env.OAUTH_POOL_API_URL = saved;
+    server.close();
+    // Answers left stalled hold their connections open (and the process alive).
+    for (const socket of sockets) socket.destroy();
+  }
+}
+
+/**
+ * A way to reach the API through the pool of `path`: `kind` is a transport of the library's
+ * fetch ("native", "runtime") or "gateway" (started here, with `key` as its key).
+ * `send(init, route)` resolves the Response of `route` (default /v1/messages) on the API
+ * origin as the environment names it at the call; `close()` stops a gateway.
+ */
+export async function throughPool(kind, path, { key } = {}) {
+  if (kind !== "gateway") {
+    const f = createPoolFetch({ path, transport: kind });
+    return {
+      send: (init, route = "/v1/messages") => f(`${process.env.OAUTH_POOL_API_URL}${route}`, init),
+      close: async () => {},
+    };
+  }
+  const gw = await serve({ port: 0, path });
+  return {
+    send: (init, route = "/v1/messages") => fetch(`${gw.url}${route}`, { ...init, headers: { ...init.headers, "x-api-key": key } }),
+    close: () => gw.close(1000),
+  };
+}
