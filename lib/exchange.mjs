@@ -61,8 +61,11 @@ export function nextStep(ex) {
   return text === null ? settle(ex.next()).then(checkedStep) : checkedStep(JSON.parse(text));
 }
 
-/** The first `limit` bytes of a body, read from a clone: the answer itself stays unread. */
-export async function peek(response, limit = PEEK_LIMIT) {
+/**
+ * The first `limit` bytes of a body, read from a clone: the answer itself stays unread. With
+ * `partial`, a read that breaks off (or is cut for silence) resolves the bytes that came before.
+ */
+export async function peek(response, limit = PEEK_LIMIT, partial = false) {
   const reader = response.clone().body?.getReader();
   if (!reader) return undefined;
   const parts = [];
@@ -74,6 +77,8 @@ export async function peek(response, limit = PEEK_LIMIT) {
       parts.push(value);
       size += value.byteLength;
     }
+  } catch (err) {
+    if (!partial) throw err;
   } finally {
     reader.cancel().catch(() => {});
   }

@@ -317,7 +317,10 @@ export async function runtimeFetch(parts, { path, onEvents }) {
       }
       let verdict;
       try {
-        verdict = judgeAnswer(ex, response, (r) => withinSilence(peek(r), timeoutMs, controller));
+        // A 429 says what it is in its head (its body only tells a spend limit): cut or gone
+        // silent, it is judged by what came, so the account still rests and the request moves
+        // on (a NETWORK error here lost the failover). A 400's cut body fails the request.
+        verdict = judgeAnswer(ex, response, (r) => withinSilence(peek(r, undefined, r.status === 429), timeoutMs, controller));
         if (verdict instanceof Promise) verdict = await verdict;
       } catch (err) {
         release();

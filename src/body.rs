@@ -98,7 +98,7 @@ const MAX_BATCH: usize = 1024 * 1024;
 /// Chunks read ahead of the reader (hyper chunks are at most tens of KB).
 const READ_AHEAD_CHUNKS: usize = 8;
 /// Bodies of a known size up to this are read whole before the answer is handed over.
-const SMALL_BODY: u64 = 64 * 1024;
+pub(crate) const SMALL_BODY: u64 = 64 * 1024;
 
 pub enum ResponseBody {
     OnDemand(Box<reqwest::Response>),

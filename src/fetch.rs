@@ -150,8 +150,23 @@ async fn serve(
         )
         .await?;
         let status = response.status().as_u16();
+        // What stopped the read of a 429's body, which is judged without the rest of it.
+        let mut cut = None;
         let peek = if verdict::needs_body(status) {
-            Some(peek(&mut response, verdict::PEEK_LIMIT, cancel).await?)
+            let (start, read) = peek_partial(&mut response, verdict::PEEK_LIMIT, cancel).await;
+            match read {
+                Ok(whole) => Some((start, whole)),
+                // A 429 says what it is in its head; the body only tells a spend limit from a
+                // rate limit. Cut or gone silent, it still rests the account and moves the
+                // request on: failing the request with NETWORK lost the failover and left the
+                // account to be picked again.
+                Err(e) if status == 429 && !matches!(e, Error::Aborted) => {
+                    tracing::debug!(error = %e, "a 429 whose body broke off: judged by its head");
+                    cut = Some(e);
+                    Some((start, false))
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             None
         };
@@ -159,6 +174,10 @@ async fn serve(
         match ex.judge(status, response.headers(), peeked, cancel).await? {
             Verdict::Retry => continue,
             Verdict::Deliver => {
+                // Never a cut body handed over as if it were whole.
+                if let Some(e) = cut {
+                    return Err(e);
+                }
                 let account = Some(attempt.email);
                 // Only answers that carry usage are counted (a message, streamed or not).
                 let usage = crate::engine::usage::carried(status, response.headers())
@@ -201,32 +220,41 @@ pub(crate) async fn peek(
     limit: usize,
     cancel: &CancellationToken,
 ) -> Result<(Bytes, bool)> {
+    let (start, read) = peek_partial(response, limit, cancel).await;
+    read.map(|whole| (start, whole))
+}
+
+/// `peek`, keeping the bytes that came before a failure: the bytes, and whether they are the
+/// whole body or what stopped the read.
+async fn peek_partial(
+    response: &mut reqwest::Response,
+    limit: usize,
+    cancel: &CancellationToken,
+) -> (Bytes, Result<bool>) {
     let idle = http::response_timeout();
     let mut out = BytesMut::new();
     while out.len() < limit {
         let chunk = tokio::select! {
             biased;
-            _ = cancel.cancelled() => return Err(Error::Aborted),
+            _ = cancel.cancelled() => return (out.freeze(), Err(Error::Aborted)),
             c = tokio::time::timeout(idle, response.chunk()) => c,
         };
-        match chunk {
-            Ok(Ok(Some(c))) => out.extend_from_slice(&c),
-            Ok(Ok(None)) => return Ok((out.freeze(), true)),
-            Ok(Err(e)) => {
-                return Err(Error::Network {
-                    what: "the API",
-                    detail: http::describe(&e),
-                })
+        let failed = match chunk {
+            Ok(Ok(Some(c))) => {
+                out.extend_from_slice(&c);
+                continue;
             }
-            Err(_) => {
-                return Err(Error::Network {
-                    what: "the API",
-                    detail: format!("no data for {} ms", idle.as_millis()),
-                })
-            }
-        }
+            Ok(Ok(None)) => return (out.freeze(), Ok(true)),
+            Ok(Err(e)) => http::describe(&e),
+            Err(_) => format!("no data for {} ms", idle.as_millis()),
+        };
+        let e = Error::Network {
+            what: "the API",
+            detail: failed,
+        };
+        return (out.freeze(), Err(e));
     }
-    Ok((out.freeze(), false))
+    (out.freeze(), Ok(false))
 }
 
 async fn send(

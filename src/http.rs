@@ -36,6 +36,10 @@ fn build(
     let builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
+        // A header folded over two lines (obs-fold) is one value with a space where the fold
+        // was, as RFC 9112 5.2 has a user agent read it (Node's fetch does): refused, the whole
+        // answer was lost to a NETWORK error.
+        .http1_allow_obsolete_multiline_headers_in_responses(true)
         .proxy(reqwest::Proxy::custom(|url| proxy_for(url, &config::env)))
         .tls_certs_merge(extra_roots());
     configure(builder).build().map_err(|e| Error::Network {

@@ -218,6 +218,7 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
         (apis, gateway)
     });
     let method = parts.method.as_str().to_string();
+    let head_only = parts.method == hyper::Method::HEAD;
     let headers = header_pairs(&parts.headers);
     let read = read_body(&mut incoming, declared, &state.bodies);
     let (body, _share) = match tokio::time::timeout(state.body_timeout, read).await {
@@ -263,24 +264,67 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
                     }
                 };
             }
-            respond(answer)
+            let begun = if head_only {
+                Ok(answer)
+            } else {
+                body_begun(answer, &cancel).await
+            };
+            match begun {
+                Ok(answer) => respond(answer),
+                Err(e) => failed(&e),
+            }
         }
         Err(e) => {
             count_events(state, &events);
-            let (status, kind) = match &e {
-                Error::NoUsableAccount(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error"),
-                Error::Network { .. } => (StatusCode::BAD_GATEWAY, "api_error"),
-                Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
-                Error::Aborted => (StatusCode::SERVICE_UNAVAILABLE, "api_error"),
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, "api_error"),
-            };
-            let mut res = error(status, kind, &format!("anthropic-pool: {e}"));
-            if let Ok(v) = hyper::header::HeaderValue::from_str(e.code()) {
-                res.headers_mut().insert("x-oauth-pool-error", v);
-            }
-            res
+            failed(&e)
         }
     }
+}
+
+/// The pool's own failure in Anthropic's shape, its code in `x-oauth-pool-error`.
+fn failed(e: &Error) -> Response<AnyBody> {
+    let (status, kind) = match e {
+        Error::NoUsableAccount(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error"),
+        Error::Network { .. } => (StatusCode::BAD_GATEWAY, "api_error"),
+        Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+        Error::Aborted => (StatusCode::SERVICE_UNAVAILABLE, "api_error"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "api_error"),
+    };
+    let mut res = error(status, kind, &format!("anthropic-pool: {e}"));
+    if let Ok(v) = hyper::header::HeaderValue::from_str(e.code()) {
+        res.headers_mut().insert("x-oauth-pool-error", v);
+    }
+    res
+}
+
+/// The answer once its body has begun: a small body of known size whole, any other its first
+/// bytes (or its end). Until a byte has reached the client, an upstream that breaks off or goes
+/// silent is the pool's 502 `NETWORK`, as the library's fetch rejects: sent at once, the head
+/// was a 200 followed by a cut connection (a cut JSON the SDKs do not retry), or, for a body
+/// broken at its first bytes, no answer at all.
+async fn body_begun(
+    mut answer: fetch::Answer,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> crate::error::Result<fetch::Answer> {
+    let mut response = match std::mem::replace(&mut answer.body, Body::Full(Bytes::new())) {
+        Body::Stream(response) => response,
+        begun => {
+            answer.body = begun;
+            return Ok(answer);
+        }
+    };
+    let small = response
+        .content_length()
+        .filter(|&n| n <= crate::body::SMALL_BODY)
+        .and_then(|n| usize::try_from(n).ok());
+    // A declared length bounds what hyper reads: asking one byte more reads it to its end.
+    let (start, whole) = fetch::peek(&mut response, small.map_or(1, |n| n + 1), cancel).await?;
+    answer.body = if whole {
+        Body::Full(start)
+    } else {
+        Body::Peeked(start, response)
+    };
+    Ok(answer)
 }
 
 /// The gateway's own origin as this client reaches it, for an answer about message batches:
