@@ -136,6 +136,10 @@ test("a body cut short never ends cleanly: NETWORK on the fetch, the gateway's 5
         reply: (s) => s.end("HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 300\r\n\r\n{"),
         expect: first,
       },
+      "a chunk size past 64 bits": {
+        reply: (s) => s.end(`${JSON_HEAD}transfer-encoding: chunked\r\n\r\nffffffffffffffffff\r\n{}\r\n0\r\n\r\n`),
+        expect: first,
+      },
       "a chunk size that is not hexadecimal": {
         reply: (s) => s.end(`${JSON_HEAD}transfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n`),
         expect: first,
@@ -154,6 +158,13 @@ test("an answer gone silent is cut after the silence limit, before its first byt
       "a head and no body": { reply: (s) => s.write(`${JSON_HEAD}content-length: 2\r\n\r\n`), expect: silent },
       "an event stream's head and no event": { reply: (s) => s.write(`${SSE_HEAD}\r\n`), expect: silent },
       "an event stream silent mid-event": { reply: (s) => s.write(`${SSE_HEAD}\r\n7\r\ndata: x\r\n`), expect: midBody },
+      // Each interim answer is passed over; they never make a final one.
+      "102 after 102, never a final answer": {
+        reply: (s) => {
+          const every = setInterval(() => (s.destroyed ? clearInterval(every) : s.write("HTTP/1.1 102 Processing\r\n\r\n")), 50);
+        },
+        expect: (kind) => (o) => (kind === "gateway" ? gateway502(o) : coded(o.rejected) && /no response headers within 400 ms/.test(o.rejected.message)),
+      },
     },
     { check: nobodyBenched },
   );
@@ -205,51 +216,58 @@ test("framing that HTTP settles is read as it says; framing it refuses is NETWOR
   /** What the runtime's own fetch does is its own (Node's and Bun's differ): coded either way. */
   const orRuntime = (expect) => (kind) => (o) => expect(kind)(o) || (kind === "runtime" && networkError(o));
   const runtimesOwn = (kind) => (o) => refused(kind)(o) || (kind === "runtime" && whole("{}")()(o));
-  await probe({
-    // Read whole by the pool to be judged, then handed over: all of it.
-    "a 400, its body read to judge it": {
-      reply: (s) => s.write(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${ERROR_400.length}\r\n\r\n${ERROR_400}`),
-      expect: () => (o) => o.status === 400 && o.clean && o.body === ERROR_400,
+  await probe(
+    {
+      // Read whole by the pool to be judged, then handed over: all of it.
+      "a 400, its body read to judge it": {
+        reply: (s) => s.write(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${ERROR_400.length}\r\n\r\n${ERROR_400}`),
+        expect: () => (o) => o.status === 400 && o.clean && o.body === ERROR_400,
+      },
+      "a body delimited by the close": { reply: (s) => s.end(`${JSON_HEAD}connection: close\r\n\r\n{"whole":true}`), expect: whole('{"whole":true}') },
+      "HTTP/1.0 without a length": {
+        reply: (s) => s.end('HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{"whole":true}'),
+        expect: whole('{"whole":true}'),
+      },
+      "chunk extensions": {
+        reply: (s) => s.write(`${JSON_HEAD}transfer-encoding: chunked\r\n\r\n2;name=value\r\n{}\r\n0\r\n\r\n`),
+        expect: whole("{}"),
+      },
+      "trailers after the last chunk": {
+        reply: (s) => s.write(`${JSON_HEAD}transfer-encoding: chunked\r\ntrailer: x-t\r\n\r\n2\r\n{}\r\n0\r\nx-t: yes\r\n\r\n`),
+        expect: whole("{}"),
+      },
+      // RFC 9112 6.3: the transfer coding overrides the length (Node's fetch refuses the answer).
+      "chunked and a length": {
+        reply: (s) => s.end(`${JSON_HEAD}transfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n2\r\n{}\r\n0\r\n\r\n`),
+        expect: orRuntime(whole("{}")),
+      },
+      // RFC 9112 5.2: a user agent reads the fold as a space (the Rust client refused the answer;
+      // Bun's fetch does, Node's does not).
+      "a header folded over two lines": {
+        reply: (s) => s.write(`${JSON_HEAD}x-fold: a\r\n  b\r\ncontent-length: 2\r\n\r\n{}`),
+        expect: orRuntime(() => (o) => whole("{}")()(o) && /^a +b$/.test(o.headers.get("x-fold"))),
+      },
+      // RFC 9112 2.2: a recipient may take a bare LF for a line's end (Node's fetch does not).
+      "lines ending in LF alone": {
+        reply: (s) => s.write("HTTP/1.1 200 OK\ncontent-type: application/json\ncontent-length: 2\n\n{}"),
+        expect: orRuntime(whole("{}")),
+      },
+      "two lengths that differ": { reply: (s) => s.end(`${JSON_HEAD}content-length: 2\r\ncontent-length: 5\r\n\r\n{}abc`), expect: refused },
+      "a list of lengths": { reply: (s) => s.end(`${JSON_HEAD}content-length: 2, 5\r\n\r\n{}abc`), expect: refused },
+      "status 099": { reply: (s) => s.end("HTTP/1.1 099 Low\r\ncontent-length: 2\r\n\r\n{}"), expect: refused },
+      // Past what the Rust client reads of a head; the runtime's fetch has limits of its own
+      // (Bun's takes 200 KB and refuses 2,000 headers, Node's the other way round).
+      "a head of 200 KB": {
+        reply: (s) => s.end(`${JSON_HEAD}${Array.from({ length: 200 }, (_, i) => `x-h${i}: ${"a".repeat(1000)}\r\n`).join("")}content-length: 2\r\n\r\n{}`),
+        expect: runtimesOwn,
+      },
+      "2,000 headers": {
+        reply: (s) => s.end(`${JSON_HEAD}${Array.from({ length: 2000 }, (_, i) => `x-h${i}: a\r\n`).join("")}content-length: 2\r\n\r\n{}`),
+        expect: runtimesOwn,
+      },
     },
-    "a body delimited by the close": { reply: (s) => s.end(`${JSON_HEAD}connection: close\r\n\r\n{"whole":true}`), expect: whole('{"whole":true}') },
-    "HTTP/1.0 without a length": {
-      reply: (s) => s.end('HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{"whole":true}'),
-      expect: whole('{"whole":true}'),
-    },
-    "trailers after the last chunk": {
-      reply: (s) => s.write(`${JSON_HEAD}transfer-encoding: chunked\r\ntrailer: x-t\r\n\r\n2\r\n{}\r\n0\r\nx-t: yes\r\n\r\n`),
-      expect: whole("{}"),
-    },
-    // RFC 9112 6.3: the transfer coding overrides the length (Node's fetch refuses the answer).
-    "chunked and a length": {
-      reply: (s) => s.end(`${JSON_HEAD}transfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n2\r\n{}\r\n0\r\n\r\n`),
-      expect: orRuntime(whole("{}")),
-    },
-    // RFC 9112 5.2: a user agent reads the fold as a space (the Rust client refused the answer;
-    // Bun's fetch does, Node's does not).
-    "a header folded over two lines": {
-      reply: (s) => s.write(`${JSON_HEAD}x-fold: a\r\n  b\r\ncontent-length: 2\r\n\r\n{}`),
-      expect: orRuntime(() => (o) => whole("{}")()(o) && /^a +b$/.test(o.headers.get("x-fold"))),
-    },
-    // RFC 9112 2.2: a recipient may take a bare LF for a line's end (Node's fetch does not).
-    "lines ending in LF alone": {
-      reply: (s) => s.write("HTTP/1.1 200 OK\ncontent-type: application/json\ncontent-length: 2\n\n{}"),
-      expect: orRuntime(whole("{}")),
-    },
-    "two lengths that differ": { reply: (s) => s.end(`${JSON_HEAD}content-length: 2\r\ncontent-length: 5\r\n\r\n{}abc`), expect: refused },
-    "a list of lengths": { reply: (s) => s.end(`${JSON_HEAD}content-length: 2, 5\r\n\r\n{}abc`), expect: refused },
-    "status 099": { reply: (s) => s.end("HTTP/1.1 099 Low\r\ncontent-length: 2\r\n\r\n{}"), expect: refused },
-    // Past what the Rust client reads of a head; the runtime's fetch has limits of its own
-    // (Bun's takes 200 KB and refuses 2,000 headers, Node's the other way round).
-    "a head of 200 KB": {
-      reply: (s) => s.end(`${JSON_HEAD}${Array.from({ length: 200 }, (_, i) => `x-h${i}: ${"a".repeat(1000)}\r\n`).join("")}content-length: 2\r\n\r\n{}`),
-      expect: runtimesOwn,
-    },
-    "2,000 headers": {
-      reply: (s) => s.end(`${JSON_HEAD}${Array.from({ length: 2000 }, (_, i) => `x-h${i}: a\r\n`).join("")}content-length: 2\r\n\r\n{}`),
-      expect: runtimesOwn,
-    },
-  });
+    { check: nobodyBenched },
+  );
 });
 
 test("an answer longer than it says is read as long as it says, and what follows is not the next request's answer", async () => {
