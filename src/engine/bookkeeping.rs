@@ -35,12 +35,16 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// The most models a day's or a window's usage names; the rest are counted under `OTHER_MODELS`.
 const MAX_MODELS: usize = 64;
 const OTHER_MODELS: &str = "(other models)";
-/// Usage is kept this long (days and 5-hour windows).
+/// Usage by day is kept this long (`last30Days`).
 const USAGE_DAYS: i64 = 30;
-/// 5-hour windows kept per account, the latest: 30 days of them is 144. A window is known by the
+/// Usage by 5-hour window is kept this long: a week's windows (the weekly window's span) and a
+/// day more. Only the current one is shown; a month of them (144 per account) was most of a pool
+/// file that twenty processes read again after each other's writes (471 KB with four accounts).
+const USAGE_WINDOW_DAYS: i64 = 8;
+/// 5-hour windows kept per account, the latest: 8 days of them is 39. A window is known by the
 /// reset its answers report; an upstream whose reset moved with every answer made one window per
-/// answer (one a second under load), bounded only by the 30 days and the file's size limit.
-const MAX_WINDOW_BUCKETS: usize = 200;
+/// answer (one a second under load), bounded only by the days kept and the file's size limit.
+const MAX_WINDOW_BUCKETS: usize = 64;
 const DAY_MS: i64 = 86_400_000;
 const FIVE_HOURS_MS: i64 = 5 * 3_600_000;
 
@@ -473,7 +477,7 @@ fn store_limits(a: &mut crate::account::Account, limits: &Limits, at: i64) {
 }
 
 /// Adds this batch's counts to the account's `usage`: `{ days: { "YYYY-MM-DD": { <model>:
-/// Counts } }, windows: { "<reset ms>": { <model>: Counts } } }`, the last 30 days kept.
+/// Counts } }, windows: { "<reset ms>": { <model>: Counts } } }`, the last 30 days and 8 days kept.
 fn add_usage(a: &mut crate::account::Account, batch: &HashMap<UsageKey, Counts>, now: i64) {
     let mine: Vec<(&UsageKey, &Counts)> =
         batch.iter().filter(|((e, ..), _)| *e == a.email).collect();
@@ -535,7 +539,7 @@ fn add_usage(a: &mut crate::account::Account, batch: &HashMap<UsageKey, Counts>,
     if let Some(windows) = u.get_mut("windows").and_then(Value::as_object_mut) {
         windows.retain(|w, _| {
             w.parse::<i64>()
-                .is_ok_and(|t| t > now - USAGE_DAYS * DAY_MS)
+                .is_ok_and(|t| t > now - USAGE_WINDOW_DAYS * DAY_MS)
         });
         if windows.len() > MAX_WINDOW_BUCKETS {
             let mut resets: Vec<i64> = windows.keys().filter_map(|w| w.parse().ok()).collect();
@@ -700,6 +704,30 @@ mod tests {
                 .all(|k| k.starts_with("r2") || k.starts_with("r3")),
             "{windows:?}"
         );
+    }
+
+    #[test]
+    fn days_are_kept_a_month_and_five_hour_windows_eight_days() {
+        let now = now_ms();
+        let mut pool = pool_of(now);
+        let one = Counts {
+            requests: 1,
+            ..Counts::default()
+        };
+        let mut batch = Pending::default();
+        for days_ago in [0, 7, 9, 29, 31] {
+            let at = now - days_ago * DAY_MS;
+            batch.usage("a@x", "claude-sonnet-4-5", Some(at + 3_600_000), at, one);
+        }
+        apply(&mut pool, &batch, now);
+        let usage = &pool.find("a@x").unwrap().extra["usage"];
+        let days = usage["days"].as_object().unwrap();
+        let windows = usage["windows"].as_object().unwrap();
+        let kept_day = |ago: i64| days.contains_key(&day_of(now - ago * DAY_MS));
+        let kept_window =
+            |ago: i64| windows.contains_key(&(now - ago * DAY_MS + 3_600_000).to_string());
+        assert!(kept_day(0) && kept_day(7) && kept_day(9) && kept_day(29) && !kept_day(31));
+        assert!(kept_window(0) && kept_window(7) && !kept_window(9) && !kept_window(29));
     }
 
     #[test]
