@@ -93,9 +93,24 @@ let policy = null;
 function statusPolicy() {
   if (!policy) {
     const p = native.NativeExchange.statusPolicy();
-    policy = { needsBody: new Set(p.needsBody), headers: new Set(p.answerHeaders), prefixes: p.answerHeaderPrefixes };
+    policy = {
+      needsBody: new Set(p.needsBody),
+      headDecides: new Set(p.headDecides),
+      headDecidesPatienceMs: p.headDecidesPatienceMs,
+      headers: new Set(p.answerHeaders),
+      prefixes: p.answerHeaderPrefixes,
+    };
   }
   return policy;
+}
+
+/**
+ * Whether an answer of this status is judged by what came of its body when the body breaks off
+ * or keeps silent (a 429: its head decides), and how long it may keep silent (null: not so).
+ */
+export function headDecidesPatience(status) {
+  const p = statusPolicy();
+  return p.headDecides.has(status) ? p.headDecidesPatienceMs : null;
 }
 
 /** Whether the engine reads this answer header (names from a `Headers` are lower case). */

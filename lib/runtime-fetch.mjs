@@ -15,7 +15,7 @@
 // when it started (the Rust client also reads SSL_CERT_FILE; OpenCode itself runs on Bun's).
 import { envGeneration, nativeBinding, proxyConfigured } from "./native.mjs";
 import { scrubbed, toPoolError } from "./errors.mjs";
-import { asBuffer, judgeAnswer, nextStep, openExchange, peek, poolAnswer, takeEvents, usageFeed } from "./exchange.mjs";
+import { asBuffer, headDecidesPatience, judgeAnswer, nextStep, openExchange, peek, poolAnswer, takeEvents, usageFeed } from "./exchange.mjs";
 
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
 // A body announced this small and not an event stream is read whole before the Response is
@@ -318,9 +318,13 @@ export async function runtimeFetch(parts, { path, onEvents }) {
       let verdict;
       try {
         // A 429 says what it is in its head (its body only tells a spend limit): cut or gone
-        // silent, it is judged by what came, so the account still rests and the request moves
-        // on (a NETWORK error here lost the failover). A 400's cut body fails the request.
-        verdict = judgeAnswer(ex, response, (r) => withinSilence(peek(r, undefined, r.status === 429), timeoutMs, controller));
+        // silent (for a few seconds, not the response timeout), it is judged by what came, so
+        // the account still rests and the request moves on (a NETWORK error here lost the
+        // failover). A 400's cut body fails the request.
+        verdict = judgeAnswer(ex, response, (r) => {
+          const patience = headDecidesPatience(r.status);
+          return withinSilence(peek(r, undefined, patience !== null), patience === null ? timeoutMs : Math.min(timeoutMs, patience), controller);
+        });
         if (verdict instanceof Promise) verdict = await verdict;
       } catch (err) {
         release();

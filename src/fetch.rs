@@ -3,6 +3,7 @@
 //! deliver (the body keeps streaming) or go round again.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use reqwest::header::HeaderMap;
@@ -153,14 +154,21 @@ async fn serve(
         // What stopped the read of a 429's body, which is judged without the rest of it.
         let mut cut = None;
         let peek = if verdict::needs_body(status) {
-            let (start, read) = peek_partial(&mut response, verdict::PEEK_LIMIT, cancel).await;
+            let head_decides = verdict::head_decides(status);
+            let idle = if head_decides {
+                http::response_timeout().min(verdict::HEAD_DECIDES_PATIENCE)
+            } else {
+                http::response_timeout()
+            };
+            let (start, read) =
+                peek_partial(&mut response, verdict::PEEK_LIMIT, idle, cancel).await;
             match read {
                 Ok(whole) => Some((start, whole)),
                 // A 429 says what it is in its head; the body only tells a spend limit from a
                 // rate limit. Cut or gone silent, it still rests the account and moves the
                 // request on: failing the request with NETWORK lost the failover and left the
                 // account to be picked again.
-                Err(e) if status == 429 && !matches!(e, Error::Aborted) => {
+                Err(e) if head_decides && !matches!(e, Error::Aborted) => {
                     tracing::debug!(error = %e, "a 429 whose body broke off: judged by its head");
                     cut = Some(e);
                     Some((start, false))
@@ -220,18 +228,18 @@ pub(crate) async fn peek(
     limit: usize,
     cancel: &CancellationToken,
 ) -> Result<(Bytes, bool)> {
-    let (start, read) = peek_partial(response, limit, cancel).await;
+    let (start, read) = peek_partial(response, limit, http::response_timeout(), cancel).await;
     read.map(|whole| (start, whole))
 }
 
 /// `peek`, keeping the bytes that came before a failure: the bytes, and whether they are the
-/// whole body or what stopped the read.
+/// whole body or what stopped the read (a failure, or `idle` without data).
 async fn peek_partial(
     response: &mut reqwest::Response,
     limit: usize,
+    idle: Duration,
     cancel: &CancellationToken,
 ) -> (Bytes, Result<bool>) {
-    let idle = http::response_timeout();
     let mut out = BytesMut::new();
     while out.len() < limit {
         let chunk = tokio::select! {

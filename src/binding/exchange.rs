@@ -321,7 +321,9 @@ impl NativeExchange {
     }
 
     /// The policy table's shape, for a driver to keep instead of asking per answer:
-    /// `needsBody`, the statuses whose start of body `judge` reads; `answerHeaders` and
+    /// `needsBody`, the statuses whose start of body `judge` reads (of them `headDecides`, those
+    /// judged by what came of it when it breaks off or keeps silent `headDecidesPatienceMs`);
+    /// `answerHeaders` and
     /// `answerHeaderPrefixes`, the answer headers it reads (a driver may leave out the rest).
     #[napi(js_name = "statusPolicy", catch_unwind)]
     pub fn status_policy() -> Value {
@@ -330,8 +332,15 @@ impl NativeExchange {
             .copied()
             .filter(|s| crate::engine::verdict::needs_body(*s))
             .collect();
+        let head_decides: Vec<u16> = needs_body
+            .iter()
+            .copied()
+            .filter(|s| crate::engine::verdict::head_decides(*s))
+            .collect();
         json!({
             "needsBody": needs_body,
+            "headDecides": head_decides,
+            "headDecidesPatienceMs": crate::engine::verdict::HEAD_DECIDES_PATIENCE.as_millis() as u64,
             "answerHeaders": headers::ANSWER_HEADERS,
             "answerHeaderPrefixes": headers::ANSWER_HEADER_PREFIXES,
         })

@@ -51,6 +51,18 @@ pub fn needs_body(status: u16) -> bool {
 /// spend limit from a rate limit.
 pub const PEEK_LIMIT: usize = 256 * 1024;
 
+/// Whether the answer's head decides it, the body only refining the decision: a 429 is a 429
+/// whatever its body says (which tells only a spend limit from a rate limit). Its body cut short
+/// or silent is judged by what came, and the request still moves on.
+pub fn head_decides(status: u16) -> bool {
+    status == 429
+}
+
+/// How long the body of an answer whose head decides (`head_decides`) may stay silent before it
+/// is judged without the rest: a 429's few hundred bytes come with its head, and a failover
+/// waiting on the response timeout (5 minutes by default) is no failover.
+pub const HEAD_DECIDES_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the answer is judged against: the request it answered, and the attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct Asked<'a> {
