@@ -147,6 +147,22 @@ test("--version and --help answer without a pool, in text and JSON", async () =>
     assert.ok(h.stdout.includes(cmd), `help mentions ${cmd}`);
   }
   assert.equal((await cli(["help"], { path })).code, 0);
+  // One command's help, not all of it, asked either way; a two-word command too.
+  for (const args of [
+    ["add", "--help"],
+    ["help", "add"],
+    ["add", "-h"],
+  ]) {
+    const one = await cli(args, { path });
+    assert.equal(one.code, 0, args.join(" "));
+    assert.match(one.stdout, /^usage: oauth-pool add \[--mode max\|console\]\n\n {2}print the login URL/, args.join(" "));
+    assert.doesNotMatch(one.stdout, /reset-cooldowns/, `${args.join(" ")}: only add's help`);
+  }
+  assert.match((await cli(["store", "init", "--help"], { path })).stdout, /^usage: oauth-pool store init \[<url>\]/);
+  assert.match((await cli(["help", "store", "init"], { path })).stdout, /^usage: oauth-pool store init/);
+  const unknown = await cli(["help", "frobnicate"], { path });
+  assert.equal(unknown.code, 2, "help for no such command is a usage error");
+  assert.match(unknown.stderr, /unknown command frobnicate/);
   assert.ok(!existsSync(path), "nothing was written");
 });
 

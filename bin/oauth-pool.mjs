@@ -10,7 +10,7 @@
 // where `ps` and shell history would show them), and library messages never carry one.
 import { readFileSync } from "node:fs";
 import { checkArity, parseCommandLine } from "../lib/cli/args.mjs";
-import { COMMANDS, commandOptions, subcommands, usage } from "../lib/cli/commands.mjs";
+import { COMMANDS, commandHelp, commandOptions, subcommands, usage } from "../lib/cli/commands.mjs";
 import { EXIT, UsageError } from "../lib/cli/errors.mjs";
 import { loadLibrary } from "../lib/cli/library.mjs";
 import { makeOutput } from "../lib/cli/output.mjs";
@@ -68,7 +68,14 @@ async function main(argv) {
     return EXIT.OK;
   }
   if (options.help || command === "help") {
-    const text = usage(PKG.version);
+    // One command's help when one is named (`add --help`, `help add`), else everything.
+    const named = command === "help" ? positionals.join(" ") : command;
+    const spec = COMMANDS.get(named);
+    if (command === "help" && named && !spec) {
+      out.error("USAGE", `unknown command ${named} (oauth-pool --help)`);
+      return EXIT.USAGE;
+    }
+    const text = spec ? commandHelp(spec) : usage(PKG.version);
     out.result({ usage: text }, text);
     return EXIT.OK;
   }

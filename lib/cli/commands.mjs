@@ -35,11 +35,24 @@ function helpLine(left, summary) {
   return [...head, ...rest.map((l) => `${indent}${l}`)].join("\n");
 }
 
+const globalOptions = () =>
+  Object.entries(GLOBAL_OPTIONS).map(([name, o]) => helpLine(o.short ? `-${o.short}, ${optionSynopsis(name, o)}` : optionSynopsis(name, o), o.help));
+
+/** The help of one command (`oauth-pool <command> --help`, `oauth-pool help <command>`). */
+export function commandHelp(c) {
+  const what = [...c.summary.split("\n"), ...(c.argsHint ? [c.argsHint.trim()] : [])].map((l) => `  ${l}`);
+  return `usage: oauth-pool ${synopsis(c)}
+
+${what.join("\n")}
+
+options (every command):
+${globalOptions().join("\n")}
+`;
+}
+
 export function usage(version) {
   const commands = [...COMMANDS.values()].map((c) => helpLine(synopsis(c), c.summary));
-  const options = Object.entries(GLOBAL_OPTIONS).map(([name, o]) =>
-    helpLine(o.short ? `-${o.short}, ${optionSynopsis(name, o)}` : optionSynopsis(name, o), o.help),
-  );
+  const options = globalOptions();
   return `oauth-pool ${version}: manage the opencode-oauth-pool account pool
 
 usage: oauth-pool <command> [options]
