@@ -473,18 +473,25 @@ for (const how of ["signal", "handled"]) {
   });
 }
 
-test("the signal listener changes nothing else: an idle host ends by SIGTERM, SIGINT and SIGHUP at once, and one that ignores SIGINT (a background job) behaves as without the pool", async () => {
+test("the signal listener changes nothing else: an idle host ends by SIGTERM, SIGINT and SIGHUP at once, so does one whose listener ends it only as the last one (signal-exit), and one that ignores SIGINT (a background job) behaves as without the pool", async () => {
   const path = await poolOf(["idle-signal@x.test"]);
-  const script = (withPool) =>
+  // `lastOut`: the host has a listener that ends the process only when it is the last one for
+  // the signal, as signal-exit's does (execa, ink, write-file-atomic...), added before the pool
+  // loads or after.
+  const lastOut = `const lastOut = () => { const l = () => { if (process.listeners("SIGTERM").length === 1) {
+         process.removeListener("SIGTERM", l); console.log("host cleaned up"); process.kill(process.pid, "SIGTERM"); } };
+         process.on("SIGTERM", l); };`;
+  const script = (withPool, host) =>
     withPool
       ? `import { createPoolFetch } from ${JSON.stringify(new URL("../index.mjs", import.meta.url).href)};
+         ${lastOut} ${host === "before" ? "lastOut();" : ""}
          const r = await createPoolFetch({ path: ${JSON.stringify(path)} })(${JSON.stringify(messagesUrl(mock))}, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
-         await r.text(); setInterval(() => {}, 60000); console.log("ready");`
+         await r.text(); ${host === "after" ? "lastOut();" : ""} setInterval(() => {}, 60000); console.log("ready");`
       : `setInterval(() => {}, 60000); console.log("ready");`;
-  const run = async (withPool, signal, ignoreInt) => {
+  const run = async (withPool, signal, ignoreInt, host) => {
     const dir = mkdtempSync(join(tmpdir(), "oauth-pool-signal-"));
     const file = join(dir, "host.mjs");
-    writeFileSync(file, script(withPool));
+    writeFileSync(file, script(withPool, host));
     const command = `${ignoreInt ? "trap '' INT; " : ""}exec "$0" "$1"`;
     const child = spawn("/bin/sh", ["-c", command, process.execPath, file], { stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
@@ -499,12 +506,18 @@ test("the signal listener changes nothing else: an idle host ends by SIGTERM, SI
       child.kill("SIGKILL");
       await closed;
     }
-    return { ended, took };
+    return { ended, took, out };
   };
   for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"]) {
     const { ended, took } = await run(true, signal, false);
     assert.deepEqual(ended, { code: null, signal }, signal);
     assert.ok(took < 1500, `${signal}: ${took} ms`);
+  }
+  // Before, each listener waited for the other to end the process, and it outlived the signal.
+  for (const host of ["before", "after"]) {
+    const { ended, out } = await run(true, "SIGTERM", false, host);
+    assert.deepEqual(ended, { code: null, signal: "SIGTERM" }, `a last-out host listener added ${host} the pool loads`);
+    assert.match(out, /host cleaned up/);
   }
   // Node ends by an ignored SIGINT anyway (it resets every signal at start); Bun keeps it
   // ignored: the pool follows whichever the runtime does.

@@ -93,12 +93,17 @@ function settle(addon) {
 
 // The signals that end a host which has no listener for them (`kill`, `docker stop`, systemd, an
 // orchestrator's timeout; Ctrl-C; a closed terminal) without `exit` listeners: a refresh answered
-// meanwhile lost the account's login. A listener here settles what the `exit` hook settles, then
-// takes itself off and sends the signal again, so the process ends by it as it would have (at
-// once when nothing is unwritten). A host that listens for the signal itself quits its own way
-// (its process.exit runs the `exit` hook), and a signal the process ignores (a background job,
-// `nohup`) is left alone. One listener per signal for the process: each copy of this JavaScript
-// that loads an addon (two installs, each with its own) adds that addon to the list it settles.
+// meanwhile lost the account's login. A listener here, first in line, settles what the `exit`
+// hook settles (at once when nothing is unwritten), then takes itself off, so that the host's
+// own listeners see the process as they would without the pool: with none, it sends the signal
+// again and the process ends by it as it would have. A listener that ends the process only when
+// it is the last one (signal-exit's, in execa, ink, write-file-atomic...: it sends the signal
+// again itself) does so; one that counted ours as the host's own would wait for it, and the
+// process would outlive the signal. One that quits its own way or goes on (a server's drain)
+// does that; the pool's listener comes back for the next signal. A signal the process ignores
+// (a background job, `nohup`) is left alone. One listener per signal for the process: each copy
+// of this JavaScript that loads an addon (two installs, each with its own) adds that addon to
+// the list it settles.
 const ENDING_SIGNALS = ["SIGTERM", "SIGINT", "SIGHUP"];
 const SIGNAL_SETTLED = Symbol.for("opencode-oauth-pool.settled-on-signal");
 
@@ -111,6 +116,7 @@ function settleOnSignals(addon) {
   }
   const addons = new Set([addon]);
   globalThis[SIGNAL_SETTLED] = addons;
+  const first = typeof process.prependListener === "function" ? "prependListener" : "on";
   for (const signal of ENDING_SIGNALS) {
     let ignored = false;
     try {
@@ -118,15 +124,17 @@ function settleOnSignals(addon) {
     } catch {}
     if (ignored) continue;
     const onSignal = () => {
-      if (process.listeners(signal).some((listener) => listener !== onSignal)) return;
       try {
         for (const each of addons) settle(each);
       } finally {
         process.removeListener(signal, onSignal);
-        process.kill(process.pid, signal);
+        if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+        // The host's listeners run after this one, in this same emit; the process they leave
+        // running listens again for the next signal.
+        else process.nextTick(() => process[first](signal, onSignal));
       }
     };
-    process.on(signal, onSignal);
+    process[first](signal, onSignal);
   }
 }
 
