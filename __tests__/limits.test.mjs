@@ -137,6 +137,42 @@ for (const transport of ["native", "runtime"]) {
   });
 }
 
+test("token counting refused for a model's exhausted weekly window rests that model on the account, not token counting; a model that rests is not counted there either", async () => {
+  const email = "ct-scope@x.test";
+  const path = await seedPool(mock, [email]);
+  const count = (f, model) =>
+    f(`${mock.url}/v1/messages/count_tokens`, {
+      method: "POST",
+      headers: jsonHeaders,
+      body: JSON.stringify({ model, messages: [{ role: "user", content: "hi" }] }),
+    });
+  mock.script(email, [{ path: "/v1/messages/count_tokens", status: 429, headers: rateLimitHeaders({ retryAfter: 3600, rejected: "7d_sonnet" }) }]);
+  const f = createPoolFetch({ path });
+  const refused = await count(f, "claude-sonnet-4-5");
+  assert.equal(refused.status, 429);
+  await refused.text();
+  // Before, the week rested token counting on the account, for every model.
+  const opus = await count(f, "claude-opus-4-1");
+  assert.equal(opus.status, 200, "token counting for another model is served");
+  await opus.text();
+  await flushPool(path);
+  const a = account(path, email);
+  assert.ok(a.modelCooldowns.sonnet > Date.now() + 3_500_000, JSON.stringify(a.modelCooldowns));
+  assert.equal(a.modelCooldowns.count_tokens, undefined, JSON.stringify(a.modelCooldowns));
+  // Sonnet rests: neither its messages nor its token counting go to the account.
+  mock.clearRequests();
+  const again = await count(f, "claude-sonnet-4-5");
+  assert.equal(again.status, 429);
+  assert.match((await again.json()).error.message, /for sonnet models/);
+  assert.deepEqual(mock.requests, [], "nothing sent upstream");
+  // A throttle of token counting itself: said as that.
+  mock.script(email, [{ path: "/v1/messages/count_tokens", status: 429, headers: { "retry-after": "600" } }]);
+  await (await count(f, "claude-opus-4-1")).text();
+  const throttled = await count(f, "claude-opus-4-1");
+  assert.equal(throttled.status, 429);
+  assert.match((await throttled.json()).error.message, /rate-limited for token counting;/);
+});
+
 test("a 429 rejecting a scoped window of a name that is no model family rests the requested model there, not nothing", async () => {
   // Window names are read generically: `7d_oauth_apps` (the usage endpoint has seven_day_oauth_apps)
   // or any new one. The request that was refused is what must not be sent there again.

@@ -58,8 +58,8 @@ pub enum Verdict {
 pub struct Exchange {
     engine: Arc<Engine>,
     meta: RequestMeta,
-    /// What this request's scoped rests and windows are keyed by: its endpoint's own limits when
-    /// it has them (token counting, batches, files), else the model's family.
+    /// The model family asked for, which scoped windows and a model's rests are keyed by. A
+    /// throttle of an endpoint with limits of its own (`meta.endpoint`) rests that endpoint.
     family: Option<String>,
     /// How long this request may still wait for a cooling account (`OAUTH_POOL_HOLD_MAX_MS`).
     hold_left: std::time::Duration,
@@ -81,7 +81,7 @@ pub struct Exchange {
 
 impl Exchange {
     pub fn new(engine: Arc<Engine>, meta: RequestMeta) -> Exchange {
-        let family = scope_of(&meta);
+        let family = meta.model.as_deref().and_then(super::limits::model_family);
         Exchange {
             engine,
             meta,
@@ -106,7 +106,11 @@ impl Exchange {
             return;
         }
         self.meta = std::mem::take(&mut self.meta).with_model(model);
-        self.family = scope_of(&self.meta);
+        self.family = self
+            .meta
+            .model
+            .as_deref()
+            .and_then(super::limits::model_family);
     }
 
     /// Whether the exchange knows the model asked for.
@@ -332,7 +336,7 @@ impl Exchange {
                     .filter(|w| w.applies_to(family) && w.reset.is_none_or(|t| t > now))
                     .filter_map(|w| w.utilization.map(|u| (u, w.reset)))
                     .collect();
-                let usable = self.engine.blocked(a, family, now) == super::Blocked::No;
+                let usable = self.blocked(a, now) == super::Blocked::No;
                 Candidate::from_account(a, usable, windows)
             })
             .collect();
@@ -357,10 +361,7 @@ impl Exchange {
     fn resting_holder(&self, pool: &Pool, passed: &HashSet<String>, now: i64) -> Option<String> {
         self.meta.resource.as_ref()?;
         pool.accounts()
-            .find(|a| {
-                !passed.contains(&a.email)
-                    && self.engine.blocked(a, self.family.as_deref(), now) != super::Blocked::Out
-            })
+            .find(|a| !passed.contains(&a.email) && self.blocked(a, now) != super::Blocked::Out)
             .map(|a| a.email.clone())
     }
 
@@ -368,9 +369,13 @@ impl Exchange {
     fn known_holder(&self, pool: &Pool, passed: &HashSet<String>, now: i64) -> Option<String> {
         let holder = self.engine.overlay.holder(self.meta.resource.as_deref()?)?;
         let a = pool.find(&holder)?;
-        (!passed.contains(&holder)
-            && self.engine.blocked(a, self.family.as_deref(), now) != super::Blocked::Out)
-            .then_some(holder)
+        (!passed.contains(&holder) && self.blocked(a, now) != super::Blocked::Out).then_some(holder)
+    }
+
+    /// Whether `a` can serve this request (`Engine::blocked_for`).
+    fn blocked(&self, a: &crate::account::Account, now: i64) -> super::Blocked {
+        self.engine
+            .blocked_for(a, self.family.as_deref(), self.meta.endpoint, now)
     }
 
     /// What the answer to the last attempt means. `body` is the bounded start of the body when
@@ -669,7 +674,7 @@ impl Exchange {
         let family = self.family.as_deref();
         let soonest = pool
             .accounts()
-            .filter_map(|a| match self.engine.blocked(a, family, now) {
+            .filter_map(|a| match self.blocked(a, now) {
                 super::Blocked::Until(t) => Some((t, a.email.clone())),
                 _ => None,
             })
@@ -682,11 +687,18 @@ impl Exchange {
             let secs = ((until - now) as f64 / 1000.0).ceil().max(1.0) as i64;
             // Say "for sonnet models" ("for token counting") only when other requests would
             // still be served.
-            let scoped = family.is_some()
+            // What holds the first account longest: the endpoint's own rest, or the model's.
+            let by_endpoint = self.meta.endpoint.filter(|endpoint| {
+                pool.find(&email).is_some_and(|a| {
+                    self.engine.blocked(a, Some(endpoint), now) == super::Blocked::Until(until)
+                })
+            });
+            let scope = by_endpoint.or(family);
+            let scoped = scope.is_some()
                 && pool
                     .accounts()
                     .any(|a| self.engine.blocked(a, None, now) == super::Blocked::No);
-            let models = family
+            let models = scope
                 .filter(|_| scoped)
                 .map(|f| format!(" for {}", super::limits::scope_text(f)))
                 .unwrap_or_default();
@@ -728,7 +740,7 @@ impl Exchange {
                 .accounts()
                 .take(NAMED)
                 .map(|a| {
-                    let s = if self.engine.blocked(a, family, now) == super::Blocked::No {
+                    let s = if self.blocked(a, now) == super::Blocked::No {
                         "refused this request".to_string()
                     } else if self.engine.overlay.is_refused(a) {
                         "auth-error".to_string()
@@ -747,14 +759,6 @@ impl Exchange {
             )
         };
         Err(Error::NoUsableAccount(why))
-    }
-}
-
-/// What a request's scoped rests and windows are keyed by (see `Exchange::family`).
-fn scope_of(meta: &RequestMeta) -> Option<String> {
-    match meta.endpoint {
-        Some(endpoint) => Some(endpoint.to_string()),
-        None => meta.model.as_deref().and_then(super::limits::model_family),
     }
 }
 

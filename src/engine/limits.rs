@@ -442,9 +442,8 @@ impl Cooldown {
 /// - Otherwise it is a throttle: `retry-after`, or 5 s, for the whole account, or for the
 ///   request's `endpoint` alone when that has limits of its own (`endpoint_limits`).
 ///
-/// `family` is what the request's scoped rests are keyed by: its endpoint's own limits when it
-/// has them, else its model's family. `retry-after` is honoured in every case; nothing is
-/// longer than 8 days.
+/// `family` is the request's model family; `endpoint` the endpoint's own limits it falls under,
+/// if any. `retry-after` is honoured in every case; nothing is longer than 8 days.
 pub fn cooldown_for_429(
     limits: &Limits,
     now_ms: i64,
@@ -494,8 +493,10 @@ pub fn cooldown_for_429(
         // Only model-scoped windows (or the unified status alone) are exhausted. What rests is
         // the family of the request that was refused: a window's scope need not name a model
         // family (`7d_oauth_apps`, a name new tomorrow), and resting that one rested nothing,
-        // so the refused model was sent to this account again on every request.
+        // so the refused model was sent to this account again on every request. A request
+        // that names no model (a file, a batch) rests its endpoint, for the same reason.
         let scoped_family = family
+            .or(endpoint)
             .map(str::to_string)
             .or_else(|| rejected.iter().find_map(|w| w.scope()).map(str::to_string));
         let (reset, claim) = latest(&rejected)

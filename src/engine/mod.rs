@@ -371,6 +371,30 @@ impl Engine {
         }
     }
 
+    /// `blocked` for a request that may also fall under an endpoint's limits of its own
+    /// (`limits::endpoint_limits`): that endpoint's rest holds it back, and so does its model's
+    /// (a model's exhausted quota is not lifted by asking through another endpoint).
+    pub fn blocked_for(
+        &self,
+        a: &Account,
+        family: Option<&str>,
+        endpoint: Option<&str>,
+        now: i64,
+    ) -> Blocked {
+        let by_model = self.blocked(a, family, now);
+        let Some(endpoint) = endpoint else {
+            return by_model;
+        };
+        match (by_model, self.blocked(a, Some(endpoint), now)) {
+            (Blocked::Out, _) | (_, Blocked::Out) => Blocked::Out,
+            (Blocked::Until(x), Blocked::Until(y)) => Blocked::Until(x.max(y)),
+            (Blocked::Until(t), Blocked::No) | (Blocked::No, Blocked::Until(t)) => {
+                Blocked::Until(t)
+            }
+            (Blocked::No, Blocked::No) => Blocked::No,
+        }
+    }
+
     /// Whether `a` may serve a request now (any model), with what this process knows.
     pub fn usable(&self, a: &Account, now: i64) -> bool {
         self.blocked(a, None, now) == Blocked::No

@@ -70,8 +70,7 @@ pub struct Asked<'a> {
     pub kind: CredentialKind,
     /// Whether this account's token was refreshed for this request already.
     pub refreshed_already: bool,
-    /// What the request's scoped rests and windows are keyed by: its endpoint's own limits
-    /// when it has them, else the model family asked for.
+    /// The model family asked for (scoped windows, a model's rests).
     pub family: Option<&'a str>,
     /// The API's limits of its own the request's endpoint falls under (`limits::endpoint_limits`).
     pub endpoint: Option<&'a str>,
@@ -235,7 +234,7 @@ mod tests {
             Asked {
                 kind: CredentialKind::OAuth,
                 refreshed_already: false,
-                family: endpoint.or(Some("sonnet")),
+                family: Some("sonnet"),
                 endpoint,
                 elsewhere: false,
             }
@@ -265,6 +264,39 @@ mod tests {
             std::time::SystemTime::now(),
         );
         assert_eq!(rest("/v1/messages/count_tokens", &window).scope, None);
+        // And an exhausted weekly window of the model is the model's: token counting for other
+        // models goes on there.
+        let scoped = Limits::from_headers(
+            &crate::engine::limits::tests::headers(&[
+                ("anthropic-ratelimit-unified-7d_sonnet-status", "rejected"),
+                ("anthropic-ratelimit-unified-7d_sonnet-reset", &reset),
+            ]),
+            std::time::SystemTime::now(),
+        );
+        assert_eq!(
+            rest("/v1/messages/count_tokens", &scoped).scope.as_deref(),
+            Some("sonnet")
+        );
+        // A request of no model refused by a scoped window rests what it asked for, its
+        // endpoint: resting the window's scope rested nothing it would consult.
+        let odd = Limits::from_headers(
+            &crate::engine::limits::tests::headers(&[
+                (
+                    "anthropic-ratelimit-unified-7d_oauth_apps-status",
+                    "rejected",
+                ),
+                ("anthropic-ratelimit-unified-7d_oauth_apps-reset", &reset),
+            ]),
+            std::time::SystemTime::now(),
+        );
+        let no_model = Asked {
+            family: None,
+            ..asked("/v1/files")
+        };
+        let Decision::CoolAndMove(c) = decide(429, &odd, None, no_model, NOW) else {
+            panic!("a 429 moves on");
+        };
+        assert_eq!(c.scope.as_deref(), Some(crate::engine::limits::FILES_API));
         // So is a spend limit.
         let spend: &[u8] =
             br#"{"error":{"details":{"error_code":"enforced_spend_limit_reached"}}}"#;
