@@ -63,6 +63,27 @@ for (const transport of ["native", "runtime"]) {
 }
 
 for (const transport of ["native", "runtime"]) {
+  test(`with usage counting off (OAUTH_POOL_USAGE=off), a file made through the pool is still asked for where it was made (${transport})`, async () => {
+    const was = process.env.OAUTH_POOL_USAGE;
+    process.env.OAUTH_POOL_USAGE = "off";
+    try {
+      const path = await seedPool(mock, [`u1-${transport}@x.test`, `u2-${transport}@x.test`]);
+      const f = createPoolFetch({ path, transport });
+      const { id, holder } = await fileThenFailover(f, path);
+      mock.clearRequests();
+      const got = await f(`${mock.url}/v1/files/${id}/content`, { headers: jsonHeaders });
+      assert.equal(await got.text(), "file bytes");
+      // Before, the tap that reads the answer's id was off with the counting: the other account's 404 first.
+      assert.deepEqual(upstream(), [["GET", "/v1/files/file_ID/content", holder, 200]]);
+      assert.equal(account(path, holder).usage, undefined, "nothing counted");
+    } finally {
+      if (was === undefined) delete process.env.OAUTH_POOL_USAGE;
+      else process.env.OAUTH_POOL_USAGE = was;
+    }
+  });
+}
+
+for (const transport of ["native", "runtime"]) {
   test(`a file another client of an account made is found by asking: the account in use answers 404, the next one has it, and is asked first from then on (${transport})`, async () => {
     const [first, second] = [`o1-${transport}@x.test`, `o2-${transport}@x.test`];
     const path = await seedPool(mock, [first, second]);

@@ -29,7 +29,7 @@ impl AnswerBody {
         cancel: &CancellationToken,
     ) -> Result<AnswerBody> {
         let tap = sink
-            .filter(|_| crate::engine::usage::enabled())
+            .filter(crate::engine::UsageSink::wanted)
             .map(|s| (UsageTap::new(event_stream), s));
         Ok(AnswerBody {
             state: ResponseBody::new(body, cancel).await?,

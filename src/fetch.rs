@@ -187,9 +187,11 @@ async fn serve(
                     return Err(e);
                 }
                 let account = Some(attempt.email);
-                // Only answers that carry usage are counted (a message, streamed or not).
+                // Only answers that carry usage (a message, streamed or not) or name what they made
+                // are tapped.
                 let usage = crate::engine::usage::carried(status, response.headers())
-                    .and_then(|_| ex.usage_sink());
+                    .and_then(|_| ex.usage_sink())
+                    .filter(crate::engine::UsageSink::wanted);
                 let mut a = match peek {
                     None => answer(response, account, Vec::new()),
                     Some((start, whole)) => {

@@ -21,7 +21,6 @@ export function duration(ms) {
   return `${m}m`;
 }
 
-/** Local clock time, with the day when it is not today: "14:05" or "Tue 1 Dec 14:05". */
 // The keys of `modelCooldowns` that name an endpoint with limits of its own rather than a model
 // family (`endpoint_limits` in src/engine/limits.rs).
 const ENDPOINT_RESTS = { count_tokens: "token counting", message_batches: "message batches", files_api: "files" };
@@ -36,6 +35,7 @@ export function servedText(key) {
   return Object.hasOwn(ENDPOINT_RESTS, key) ? "messages" : "other models";
 }
 
+/** Local clock time, with the day when it is not today: "14:05" or "Tue 1 Dec 14:05". */
 export function clock(at, now = Date.now()) {
   const t = new Date(at);
   const hm = `${pad(t.getHours())}:${pad(t.getMinutes())}`;

@@ -283,7 +283,10 @@ impl NativeExchange {
         let Some(event_stream) = usage::carried(status, map) else {
             return "deliver".into();
         };
-        match (ex.usage_sink(), self.usage.lock()) {
+        match (
+            ex.usage_sink().filter(crate::engine::UsageSink::wanted),
+            self.usage.lock(),
+        ) {
             (Some(sink), Ok(mut slot)) => {
                 *slot = Some((UsageTap::new(event_stream), sink));
                 "deliver-tap".into()

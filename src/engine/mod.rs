@@ -66,12 +66,19 @@ pub struct UsageSink {
 }
 
 impl UsageSink {
+    /// Whether the answer is to be tapped: for its usage unless counting is off
+    /// (`OAUTH_POOL_USAGE=off`), and always when it names a file or a batch just made (with
+    /// counting off, the next request for it went to the account in use and met its 404 first).
+    pub fn wanted(&self) -> bool {
+        self.creates || usage::enabled()
+    }
+
     /// Records what the tap read of the delivered answer once it ended: its usage (nothing when
     /// it reported none), and for a file or a batch just made, which account holds it, so that
     /// the next request for it goes there first (not to whichever account is in use by then,
     /// which answers 404).
     pub fn record(&self, tap: &mut usage::UsageTap) {
-        let counts = tap.finish();
+        let counts = tap.finish().filter(|_| usage::enabled());
         if let Some(id) = tap.take_id().filter(|_| self.creates) {
             if headers::is_resource_id(&id) {
                 self.engine.overlay.holds(&id, &self.email, self.sent_at);

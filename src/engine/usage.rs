@@ -83,10 +83,11 @@ pub fn enabled() -> bool {
     crate::settings::usage_counted()
 }
 
-/// Whether an answer carries usage to count, and how: `Some(true)` an event stream, `Some(false)`
-/// a JSON message, `None` nothing to count (not a 2xx, another type, or counting is off).
+/// Whether an answer carries what the tap reads (usage; a file's or a batch's id), and how:
+/// `Some(true)` an event stream, `Some(false)` JSON, `None` nothing (not a 2xx, another type).
+/// Whether it is read at all is its sink's (`UsageSink::wanted`).
 pub fn carried(status: u16, headers: &reqwest::header::HeaderMap) -> Option<bool> {
-    if !(200..300).contains(&status) || !enabled() {
+    if !(200..300).contains(&status) {
         return None;
     }
     let content_type = headers

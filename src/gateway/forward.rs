@@ -413,7 +413,7 @@ fn point_at(body: &[u8], api: &str, gateway: &str) -> Bytes {
 fn respond(answer: fetch::Answer) -> Response<AnyBody> {
     let tap = answer
         .usage
-        .filter(|_| crate::engine::usage::enabled())
+        .filter(crate::engine::UsageSink::wanted)
         .map(|sink| Tapped {
             tap: UsageTap::new(answer.event_stream),
             sink: Some(sink),
