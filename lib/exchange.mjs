@@ -145,11 +145,17 @@ function judged(ex, status, headers, body) {
  * the engine can tell at once (the usual case: the caller need not wait a turn), else a promise
  * of it.
  */
-export function judgeAnswer(ex, response, peekBody = peek) {
+export function judgeAnswer(ex, response, peekBody = peek, lines = undefined) {
   const p = statusPolicy();
-  if (!p.needsBody.has(response.status)) return judged(ex, response.status, headerLines(response, p), undefined);
-  return peekBody(response).then((body) => judged(ex, response.status, headerLines(response, p), body));
+  if (!p.needsBody.has(response.status)) return judged(ex, response.status, lines ?? headerLines(response, p), undefined);
+  return peekBody(response).then((body) => judged(ex, response.status, lines ?? headerLines(response, p), body));
 }
+
+/**
+ * Whether the engine reads this answer header (a lower-case name), for a driver that makes its
+ * own pass over the answer's headers and hands `judgeAnswer` the lines.
+ */
+export const engineReadsHeader = (name) => engineReads(name, statusPolicy());
 
 /** A chunk as the addon takes it (a Buffer view, no copy). */
 export const asBuffer = (chunk) => Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
