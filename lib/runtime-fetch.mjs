@@ -13,6 +13,8 @@
 // rules): with a proxy variable set, `runtimeCarries` says no and the native transport is
 // used. Certificates are the runtime's: Bun trusts its roots plus NODE_EXTRA_CA_CERTS as set
 // when it started (the Rust client also reads SSL_CERT_FILE; OpenCode itself runs on Bun's).
+import { connect as connectTcp, isIP } from "node:net";
+import { connect as connectTls } from "node:tls";
 import { envGeneration, nativeBinding, proxyConfigured } from "./native.mjs";
 import { scrubbed, toPoolError } from "./errors.mjs";
 import { asBuffer, engineReadsHeader, headDecidesPatience, judgeAnswer, nextStep, openExchange, peek, poolAnswer, takeEvents, usageFeed } from "./exchange.mjs";
@@ -73,6 +75,56 @@ const abortError = (signal) => signal?.reason ?? new DOMException("The operation
 // A delivered body the caller drops unread: its watchdog and upstream stream go with it.
 const abandoned = new FinalizationRegistry((stop) => stop());
 
+// Bun's fetch bounds neither the TCP connect nor the TLS handshake (undici's and the Rust
+// client's bound both at 10 s): a server that accepted and never finished the handshake, or a
+// port that never accepts, held the request for the whole response timeout (5 minutes) with
+// nothing to tell it from a model still thinking. fetch does not say when it is connected, so
+// when the head is this late the origin is asked directly: a connection and handshake of our
+// own, within a few more seconds. One that fails or stalls fails the request (the origin is not
+// reachable); one that completes leaves the request waiting for its answer.
+const CONNECT_PATIENCE_MS = 10_000;
+const CONNECT_PROBE_MS = 5_000;
+const needsConnectBound = typeof process?.versions?.bun === "string";
+
+/**
+ * Whether a new connection to `url`'s origin completes (TCP, and the TLS handshake for https)
+ * within `ms`: null when it does, else what went wrong (`waited`: the request's whole wait).
+ * It sends nothing and checks no certificate (only reachability is asked; fetch's own
+ * connection checks it).
+ */
+function unreachable(url, ms, waited) {
+  return new Promise((resolve) => {
+    let target;
+    try {
+      target = new URL(url);
+    } catch {
+      return resolve(null);
+    }
+    const secure = target.protocol === "https:";
+    const host = target.hostname.replace(/^\[(.*)\]$/, "$1");
+    const port = Number(target.port) || (secure ? 443 : 80);
+    let socket;
+    const done = (result) => {
+      clearTimeout(timer);
+      socket?.destroy();
+      resolve(result);
+    };
+    const timer = setTimeout(() => done(`could not connect (no connection and TLS handshake within ${Math.round(waited / 1000)} s)`), ms);
+    try {
+      socket = secure
+        ? connectTls({ host, port, servername: isIP(host) ? undefined : host, rejectUnauthorized: false, ALPNProtocols: ["http/1.1"] })
+        : connectTcp({ host, port });
+    } catch (err) {
+      return done(`could not connect (${scrubbed(String(err?.message ?? err))})`);
+    }
+    // A request already answered does not wait on its probe, nor does the process's exit.
+    timer.unref?.();
+    socket.unref?.();
+    socket.once(secure ? "secureConnect" : "connect", () => done(null));
+    socket.once("error", (err) => done(`could not connect (${scrubbed(String(err?.message ?? err))})`));
+  });
+}
+
 /**
  * One attempt on the wire. The controller outlives the head: it is what a caller's abort or a
  * silent body stops.
@@ -90,6 +142,18 @@ async function send(parts, headers, signal, timeoutMs) {
     timedOut = true;
     controller.abort();
   }, timeoutMs);
+  let unreached = null;
+  let settled = false;
+  const patience =
+    needsConnectBound && timeoutMs > CONNECT_PATIENCE_MS
+      ? setTimeout(() => {
+          unreachable(parts.url, CONNECT_PROBE_MS, CONNECT_PATIENCE_MS + CONNECT_PROBE_MS).then((failed) => {
+            if (!failed || settled) return;
+            unreached = failed;
+            controller.abort();
+          });
+        }, CONNECT_PATIENCE_MS)
+      : null;
   const release = () => signal?.removeEventListener?.("abort", onAbort);
   try {
     const response = await fetch(parts.url, { method: parts.method, headers, body: parts.body, redirect: "manual", signal: controller.signal });
@@ -98,9 +162,12 @@ async function send(parts, headers, signal, timeoutMs) {
     release();
     if (signal?.aborted) throw abortError(signal);
     if (timedOut) throw networkError(`no response headers within ${timeoutMs} ms`);
+    if (unreached) throw networkError(unreached);
     throw networkError(failure(err));
   } finally {
+    settled = true;
     clearTimeout(timer);
+    clearTimeout(patience);
   }
 }
 

@@ -150,10 +150,17 @@ fn shared(
     Ok(client)
 }
 
+/// How long a new connection may take, TCP and TLS handshake (and a proxy's CONNECT) together:
+/// undici's connect timeout, which the runtime transport has too. It was 30 s for the API: a
+/// server that accepted and never finished the handshake (a dead load balancer, a captive
+/// portal) held every request that long before it failed; a live one handshakes in well under
+/// a second, even far away.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub fn api_client() -> Result<reqwest::Client> {
     shared(&API, || {
         build(|b| {
-            b.connect_timeout(Duration::from_secs(30))
+            b.connect_timeout(CONNECT_TIMEOUT)
                 .pool_idle_timeout(Duration::from_secs(90))
                 .tcp_nodelay(true)
         })
@@ -161,9 +168,7 @@ pub fn api_client() -> Result<reqwest::Client> {
 }
 
 pub fn token_client() -> Result<reqwest::Client> {
-    shared(&TOKEN, || {
-        build(|b| b.connect_timeout(Duration::from_secs(10)))
-    })
+    shared(&TOKEN, || build(|b| b.connect_timeout(CONNECT_TIMEOUT)))
 }
 
 /// Certificates from `NODE_EXTRA_CA_CERTS` and `SSL_CERT_FILE` (PEM), read when the first
@@ -391,12 +396,24 @@ pub async fn timeout_while_running<F: std::future::Future>(
     }
 }
 
+/// How `describe` begins for a connection that never formed (refused, reset or timed out
+/// before it was up, a failed TLS handshake): nothing of the request was sent.
+pub const NOT_CONNECTED: &str = "could not connect";
+
 /// A network failure, described without the URL's query (which could hold a code).
 pub fn describe(err: &reqwest::Error) -> String {
+    // A connect that timed out is both: which step is what the reader needs (reqwest's own
+    // text is a bare "operation timed out").
+    if err.is_connect() && err.is_timeout() {
+        return format!(
+            "{NOT_CONNECTED} (no connection and TLS handshake within {} s)",
+            CONNECT_TIMEOUT.as_secs()
+        );
+    }
     let kind = if err.is_timeout() {
         "timed out"
     } else if err.is_connect() {
-        "could not connect"
+        NOT_CONNECTED
     } else if err.is_decode() {
         // Also a connection dropped under a compressed body: the detail says which.
         "could not read or decode the answer's body"

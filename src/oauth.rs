@@ -150,10 +150,13 @@ pub async fn refresh(refresh: &Secret) -> Result<Tokens> {
 
 /// `refresh`, and once more with the same token when the first answer was lost to the network
 /// (the request may not have arrived, or the server rotated the token and the answer never came
-/// back: a second try settles it, success or invalid_grant). Never a loop.
+/// back: a second try settles it, success or invalid_grant). Never a loop. Not when no
+/// connection formed: nothing was sent, so no answer was lost, and a second try at an endpoint
+/// that refused the handshake or never finished it only doubled the wait (20 s, not 10, before
+/// a request on an expired token failed).
 pub async fn refresh_once_more_if_lost(token: &Secret) -> Result<Tokens> {
     match refresh(token).await {
-        Err(Error::Network { .. }) => {
+        Err(Error::Network { ref detail, .. }) if !detail.starts_with(http::NOT_CONNECTED) => {
             tokio::time::sleep(Duration::from_millis(250)).await;
             refresh(token).await
         }
