@@ -144,8 +144,10 @@ async function send(parts, headers, signal, timeoutMs) {
   }, timeoutMs);
   let unreached = null;
   let settled = false;
+  // Not through a proxy (a transport forced to the runtime's with a proxy variable set): the
+  // probe goes straight to the origin, which a network reached only by its proxy refuses.
   const patience =
-    needsConnectBound && timeoutMs > CONNECT_PATIENCE_MS
+    needsConnectBound && timeoutMs > CONNECT_PATIENCE_MS && !proxyConfigured()
       ? setTimeout(() => {
           unreachable(parts.url, CONNECT_PROBE_MS, CONNECT_PATIENCE_MS + CONNECT_PROBE_MS).then((failed) => {
             if (!failed || settled) return;
