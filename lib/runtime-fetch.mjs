@@ -314,7 +314,6 @@ function withoutSecret(text, secret) {
  * handed over only when the runtime did not decode the body.
  */
 function readHead(response, secret) {
-  const guard = secret && secret.length >= 16 ? secret : null;
   let lines = "";
   let length = null;
   let type = null;
@@ -327,7 +326,7 @@ function readHead(response, secret) {
       continue;
     }
     if (name === "transfer-encoding" || name === "connection" || name === "keep-alive") continue;
-    const clean = guard !== null && value.includes(guard) ? value.split(guard).join("[redacted]") : value;
+    const clean = withoutSecret(value, secret);
     if (name === "content-encoding") {
       coding = clean;
       continue;
