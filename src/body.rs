@@ -131,6 +131,7 @@ fn mid_stream(detail: String) -> Error {
     Error::Network {
         what: "the API (mid-stream)",
         detail,
+        never_connected: false,
     }
 }
 

@@ -49,7 +49,13 @@ pub enum Error {
         retry_after: Option<u64>,
     },
     #[error("network error talking to {what}: {detail}")]
-    Network { what: &'static str, detail: String },
+    Network {
+        what: &'static str,
+        detail: String,
+        /// No connection formed (refused, reset or timed out before it was up, a failed TLS
+        /// handshake): nothing of the request was sent, so no answer can have been lost.
+        never_connected: bool,
+    },
     #[error("endpoint {url} refused: {reason}")]
     InsecureEndpoint { url: String, reason: String },
     #[error("request aborted")]

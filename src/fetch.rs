@@ -261,6 +261,7 @@ async fn peek_partial(
         let e = Error::Network {
             what: "the API",
             detail: failed,
+            never_connected: false,
         };
         return (out.freeze(), Err(e));
     }
@@ -288,11 +289,13 @@ async fn send(
             Ok(Ok(r)) if !(200..=599).contains(&r.status().as_u16()) => Err(Error::Network {
                 what: "the API",
                 detail: format!("the answer's status {} is not a final HTTP status", r.status().as_u16()),
+                never_connected: false,
             }),
-            Ok(r) => r.map_err(|e| Error::Network { what: "the API", detail: http::describe(&e) }),
+            Ok(r) => r.map_err(|e| http::network_error("the API", &e)),
             Err(_) => Err(Error::Network {
                 what: "the API",
                 detail: format!("no response headers within {} ms", timeout.as_millis()),
+                never_connected: false,
             }),
         },
     }

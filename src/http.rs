@@ -45,6 +45,7 @@ fn build(
     configure(builder).build().map_err(|e| Error::Network {
         what: "HTTP client setup",
         detail: e.to_string(),
+        never_connected: false,
     })
 }
 
@@ -399,6 +400,15 @@ pub async fn timeout_while_running<F: std::future::Future>(
 /// How `describe` begins for a connection that never formed (refused, reset or timed out
 /// before it was up, a failed TLS handshake): nothing of the request was sent.
 pub const NOT_CONNECTED: &str = "could not connect";
+
+/// The `NETWORK` error of a failed request to `what`.
+pub fn network_error(what: &'static str, err: &reqwest::Error) -> Error {
+    Error::Network {
+        what,
+        detail: describe(err),
+        never_connected: err.is_connect(),
+    }
+}
 
 /// A network failure, described without the URL's query (which could hold a code).
 pub fn describe(err: &reqwest::Error) -> String {

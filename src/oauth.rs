@@ -156,7 +156,10 @@ pub async fn refresh(refresh: &Secret) -> Result<Tokens> {
 /// a request on an expired token failed).
 pub async fn refresh_once_more_if_lost(token: &Secret) -> Result<Tokens> {
     match refresh(token).await {
-        Err(Error::Network { ref detail, .. }) if !detail.starts_with(http::NOT_CONNECTED) => {
+        Err(Error::Network {
+            never_connected: false,
+            ..
+        }) => {
             tokio::time::sleep(Duration::from_millis(250)).await;
             refresh(token).await
         }
@@ -183,10 +186,7 @@ async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<
             .body(body.to_string())
             .send()
             .await
-            .map_err(|e| Error::Network {
-                what: "the token endpoint",
-                detail: http::describe(&e),
-            })?;
+            .map_err(|e| http::network_error("the token endpoint", &e))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -210,6 +210,7 @@ async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<
         .ok_or_else(|| Error::Network {
             what: "the token endpoint",
             detail: format!("timed out (no answer within {} ms)", limit.as_millis()),
+            never_connected: false,
         })??;
     drop(body);
     let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
@@ -302,12 +303,7 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>> {
                 out.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(out),
-            Err(e) => {
-                return Err(Error::Network {
-                    what: "the token endpoint",
-                    detail: http::describe(&e),
-                })
-            }
+            Err(e) => return Err(http::network_error("the token endpoint", &e)),
         }
     }
 }
@@ -380,10 +376,7 @@ pub async fn profile_email(access: &Secret) -> Result<Option<String>> {
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|e| Error::Network {
-            what: "the profile endpoint",
-            detail: http::describe(&e),
-        })?;
+        .map_err(|e| http::network_error("the profile endpoint", &e))?;
     let status = response.status().as_u16();
     let bytes = read_bounded(response).await?;
     if !(200..300).contains(&status) {

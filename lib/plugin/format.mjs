@@ -1,5 +1,7 @@
-// Text for people: durations, clock times, one line per account. Pure (no native code), so the
-// CLI uses it too.
+// Text for people: durations, clock times, one line per account, for the CLI and the plugin's
+// tool alike. The addon is asked only for the names of what a cooldown rests.
+
+import { nativeBinding } from "../native.mjs";
 
 export const LOGIN_HINT = "run `opencode auth login` -> Anthropic Pool";
 /** What mends a refused Console key: a working key under the account's name. */
@@ -22,17 +24,22 @@ export function duration(ms) {
 }
 
 // The keys of `modelCooldowns` that name an endpoint with limits of its own rather than a model
-// family (`endpoint_limits` in src/engine/limits.rs).
-const ENDPOINT_RESTS = { count_tokens: "token counting", message_batches: "message batches", files_api: "files" };
+// family, and what resting each means: the engine's list (`ENDPOINT_SCOPES` in
+// src/engine/limits.rs), asked the first time a cooldown is shown.
+let endpointRests = null;
+function endpointRest(key) {
+  endpointRests ??= new Map(nativeBinding().restScopes().map(({ key, rests }) => [key, rests]));
+  return endpointRests.get(key);
+}
 
 /** What a scoped cooldown (a key of `modelCooldowns`) rests, for a person: "sonnet models". */
 export function restedText(key) {
-  return Object.hasOwn(ENDPOINT_RESTS, key) ? ENDPOINT_RESTS[key] : `${key} models`;
+  return endpointRest(key) ?? `${key} models`;
 }
 
 /** What the account still serves while `key` rests: "other models", "messages". */
 export function servedText(key) {
-  return Object.hasOwn(ENDPOINT_RESTS, key) ? "messages" : "other models";
+  return endpointRest(key) === undefined ? "other models" : "messages";
 }
 
 /** Local clock time, with the day when it is not today: "14:05" or "Tue 1 Dec 14:05". */

@@ -157,6 +157,25 @@ pub fn env_names() -> EnvNames {
     }
 }
 
+/// The `modelCooldowns` keys that name an endpoint with limits of its own rather than a model
+/// family, each with what resting it means for a person (`limits::ENDPOINT_SCOPES`).
+#[napi(object)]
+pub struct RestScope {
+    pub key: String,
+    pub rests: String,
+}
+
+#[napi(js_name = "restScopes", catch_unwind)]
+pub fn rest_scopes() -> Vec<RestScope> {
+    crate::engine::limits::ENDPOINT_SCOPES
+        .iter()
+        .map(|(key, rests)| RestScope {
+            key: (*key).to_string(),
+            rests: (*rests).to_string(),
+        })
+        .collect()
+}
+
 /// A message quoting a caller's or a runtime's text, as the addon writes its own
 /// (`secret::scrub_message`): no token shape, no URL query or fragment.
 #[napi(js_name = "scrubMessage", catch_unwind)]

@@ -201,13 +201,19 @@ pub fn endpoint_limits(path: &str) -> Option<&'static str> {
     }
 }
 
+/// The endpoints with limits of their own, and what resting one means for a person. The one list
+/// of them: the status lines of the CLI and the plugin ask for it (`restScopes`).
+pub const ENDPOINT_SCOPES: &[(&str, &str)] = &[
+    (COUNT_TOKENS, "token counting"),
+    (MESSAGE_BATCHES, "message batches"),
+    (FILES_API, "files"),
+];
+
 /// What a scoped cooldown rests, for a person: `sonnet models`, `token counting`.
 pub fn scope_text(scope: &str) -> String {
-    match scope {
-        COUNT_TOKENS => "token counting".to_string(),
-        MESSAGE_BATCHES => "message batches".to_string(),
-        FILES_API => "files".to_string(),
-        family => format!("{family} models"),
+    match ENDPOINT_SCOPES.iter().find(|(key, _)| *key == scope) {
+        Some((_, text)) => (*text).to_string(),
+        None => format!("{scope} models"),
     }
 }
 
