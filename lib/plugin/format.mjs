@@ -28,7 +28,11 @@ export function duration(ms) {
 // src/engine/limits.rs), asked the first time a cooldown is shown.
 let endpointRests = null;
 function endpointRest(key) {
-  endpointRests ??= new Map(nativeBinding().restScopes().map(({ key, rests }) => [key, rests]));
+  endpointRests ??= new Map(
+    nativeBinding()
+      .restScopes()
+      .map((scope) => [scope.key, scope.rests]),
+  );
   return endpointRests.get(key);
 }
 
