@@ -217,6 +217,64 @@ test("a dead refresh token marks the account auth-error (tokens kept) and rotate
   assert.equal(mock.stats().perFamily["d1@x.test"].refreshCalls, 1, "presented once, never looped");
 });
 
+// A token endpoint that takes the refresh and does not answer (an outage, a stalled proxy) held
+// the request for the whole token call, 30 s and once more after a lost answer, though another
+// account could have served it at once.
+for (const transport of ["native", "runtime"]) {
+  const slowRefresh = async (tag, { revoke }) => {
+    const [slow, ready] = [`${tag}1-${transport}@x.test`, `${tag}2-${transport}@x.test`];
+    const path = await seedPool(mock, [slow, ready], { expired: [slow] });
+    const pool = readPool(path);
+    pool.anthropic[0].priority = 9;
+    await savePool(pool, path);
+    if (revoke) mock.revoke(slow, { family: true });
+    let release;
+    mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (release = r)) });
+    const events = [];
+    const poolFetch = createPoolFetch({ path, transport, onEvent: (e) => events.push(e) });
+    const refreshed = mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const started = Date.now();
+    let timer;
+    const answer = await Promise.race([
+      post(poolFetch),
+      new Promise((r) => (timer = setTimeout(() => r("still waiting after 20 s"), 20_000))),
+    ]);
+    clearTimeout(timer);
+    await refreshed;
+    release();
+    assert.notEqual(answer, "still waiting after 20 s", "the request moved on before the token call's timeout");
+    assert.equal(answer.status, 200);
+    assert.equal(answer.poolAccount, ready);
+    await answer.text();
+    assert.ok(Date.now() - started >= 4_000, "the refresh had its few seconds first");
+    return { path, slow, ready, poolFetch, events };
+  };
+
+  test(`${transport}: a refresh the token endpoint sits on holds the request a few seconds, not the token call's minute, when another account can serve; the refresh still lands`, async () => {
+    const { path, slow } = await slowRefresh("sr", { revoke: false });
+    // The refresh goes on without the request, and its new tokens are written.
+    const deadline = Date.now() + 15_000;
+    while (account(path, slow).refresh !== mock.tokens(slow).refresh && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(account(path, slow).refresh, mock.tokens(slow).refresh, "the rotated tokens were saved");
+    assert.equal(mock.stats().perFamily[slow].refreshCalls, 1, "presented once");
+  });
+
+  test(`${transport}: what a refresh left behind by its request says (a dead login) comes with the next answer`, async () => {
+    const { path, slow, ready, poolFetch, events } = await slowRefresh("sd", { revoke: true });
+    const deadline = Date.now() + 15_000;
+    while (account(path, slow).status !== "auth-error" && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(account(path, slow).status, "auth-error");
+    assert.ok(!events.some((e) => e.kind === "auth-error"), "not yet told: the first request had moved on");
+    const next = await post(poolFetch);
+    assert.equal(next.poolAccount, ready);
+    await next.text();
+    assert.ok(
+      events.some((e) => e.kind === "auth-error" && e.email === slow),
+      `told with the next answer: ${JSON.stringify(events)}`,
+    );
+  });
+}
+
 test("10 concurrent requests on an expired token: exactly one refresh", async () => {
   const path = await seedPool(mock, ["e1@x.test"], { expired: ["e1@x.test"] });
   mock.setTokenMode({ delayMs: 150, grant: "refresh_token" });

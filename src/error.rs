@@ -24,9 +24,7 @@ pub enum Error {
     },
     #[error("pool file {path} is locked by another process for more than {seconds} s")]
     PoolBusy { path: PathBuf, seconds: u64 },
-    #[error(
-        "{email}: its token is being refreshed by another request or process (waited {seconds} s)"
-    )]
+    #[error("{email}: its token is still being refreshed (waited {seconds} s)")]
     RefreshBusy { email: String, seconds: u64 },
     #[error("no account with email {0} in the pool")]
     AccountNotFound(String),

@@ -128,6 +128,9 @@ pub struct Credentials {
     last_issued: Mutex<Option<Secret>>,
     /// Refreshes this process made (the gateway's metrics).
     refreshes: std::sync::atomic::AtomicU64,
+    /// What refreshes said after the request that started them stopped waiting (it was aborted
+    /// or moved on to another account): the next request to end tells it.
+    told_late: Mutex<Vec<Event>>,
 }
 
 /// What `refresh_now` did: `refreshed` (this process spent the token), `adopted` (another
@@ -141,6 +144,11 @@ pub struct RefreshReport {
 }
 
 impl Credentials {
+    /// What refreshes said since the last call that no request was there to hear.
+    pub fn take_told_late(&self) -> Vec<Event> {
+        std::mem::take(&mut *lock(&self.told_late))
+    }
+
     fn flight(&self, email: &str) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.flights)
             .entry(email.to_string())
@@ -364,7 +372,11 @@ impl Engine {
             .await
     }
 
-    /// Runs the protocol in its own task; returns early (Aborted) when the caller aborts.
+    /// Runs the protocol in its own task; returns early (Aborted) when the caller aborts, and
+    /// with `RefreshBusy` after `patience` when it is brief (another account could serve the
+    /// request): a refresh stuck on a silent token endpoint takes up to a minute, and the request
+    /// moves on rather than wait it out. Either way the refresh goes on to its end and writes
+    /// what it got, and the next request tells what it said.
     pub async fn refresh(
         self: &Arc<Self>,
         email: &str,
@@ -373,25 +385,35 @@ impl Engine {
         cancel: &CancellationToken,
         events: &mut Vec<Event>,
     ) -> Result<Secret> {
+        let (told, heard) = tokio::sync::oneshot::channel();
         let me = self.clone();
         let who = email.to_string();
-        let task = crate::runtime::spawn_boxed(async move {
+        crate::runtime::spawn_boxed(async move {
             let mut events = Vec::new();
             let result = me
                 .refresh_protocol(&who, rejected.as_ref(), patience, &mut events)
                 .await;
-            (result, events)
+            if let Err((_, events)) = told.send((result, events)) {
+                lock(&me.credentials.told_late).extend(events);
+            }
         });
+        let move_on = (patience < REFRESH_LOCK_TIMEOUT).then_some(patience);
         tokio::select! {
             biased;
             _ = cancel.cancelled() => Err(Error::Aborted),
-            done = task => match done {
+            done = heard => match done {
                 Ok((result, mut evs)) => {
                     events.append(&mut evs);
                     result
                 }
-                Err(e) => Err(Error::InvalidArgument(format!("refresh task failed: {e}"))),
+                Err(_) => Err(Error::InvalidArgument("the refresh task failed".into())),
             },
+            () = tokio::time::sleep(move_on.unwrap_or_default()), if move_on.is_some() => {
+                Err(Error::RefreshBusy {
+                    email: email.to_string(),
+                    seconds: patience.as_secs(),
+                })
+            }
         }
     }
 

@@ -120,7 +120,9 @@ impl Exchange {
 
     /// Events so far (failovers, cooldowns, refusals); they belong to the caller.
     pub fn take_events(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.events)
+        let mut events = std::mem::take(&mut self.events);
+        events.extend(self.engine.credentials.take_told_late());
+        events
     }
 
     /// The account that served the delivered answer.
