@@ -235,10 +235,7 @@ for (const transport of ["native", "runtime"]) {
     const refreshed = mock.waitFor("token", (r) => r.grant === "refresh_token");
     const started = Date.now();
     let timer;
-    const answer = await Promise.race([
-      post(poolFetch),
-      new Promise((r) => (timer = setTimeout(() => r("still waiting after 20 s"), 20_000))),
-    ]);
+    const answer = await Promise.race([post(poolFetch), new Promise((r) => (timer = setTimeout(() => r("still waiting after 20 s"), 20_000)))]);
     clearTimeout(timer);
     await refreshed;
     release();

@@ -137,6 +137,50 @@ for (const transport of ["native", "runtime"]) {
   });
 }
 
+// A limit met after the 200's head went out is said in the stream: an `error` event of type
+// `rate_limit_error` (Anthropic's streaming errors; peers' users: streaming rate limits never
+// reach failover). OpenCode retries such an error; the retry went back to the same account,
+// which nothing had rested, into the same limit.
+for (const transport of ["native", "runtime"]) {
+  for (const usage of ["on", "off"]) {
+    test(`a rate_limit_error inside a 200 stream rests the account like a bare 429: the retry goes to the next account, and the next answer says so (${transport}, usage counting ${usage})`, async () => {
+      const [first, second] = [`sl1-${transport}-${usage}@x.test`, `sl2-${transport}-${usage}@x.test`];
+      const path = await seedPool(mock, [first, second]);
+      const pool = readPool(path);
+      pool.anthropic[0].priority = 9;
+      await lib.savePool(pool, path);
+      await withEnv({ OAUTH_POOL_USAGE: usage }, async () => {
+        const events = [];
+        const f = createPoolFetch({ path, transport, onEvent: (e) => events.push(e) });
+        mock.script(first, [
+          { sse: true, errorAfterDeltas: 0, errorType: "rate_limit_error", errorMessage: "Number of request tokens has exceeded your per-minute rate limit" },
+        ]);
+        const res = await ask(f, "claude-sonnet-4-5", { stream: true });
+        assert.equal(res.status, 200);
+        assert.equal(res.poolAccount, first);
+        const streamed = parseSSE(await res.text());
+        assert.equal(streamed.at(-1).event, "error", "the caller sees the error as it came");
+        // OpenCode's retry of it:
+        const retry = await ask(f, "claude-sonnet-4-5", { stream: true });
+        assert.equal(retry.poolAccount, second, "not back into the same limit");
+        await retry.text();
+        assert.ok(
+          events.some((e) => e.kind === "rate-limited" && e.email === first && e.until > Date.now()),
+          `the rest is told: ${JSON.stringify(events)}`,
+        );
+        await flushPool(path);
+        assert.ok(account(path, first).rateLimitUntil > Date.now() - 1000, "shared through the pool file");
+        // An overloaded_error is Anthropic's, not the account's: nobody rests for it.
+        mock.script(second, [{ sse: true, errorAfterDeltas: 1, errorType: "overloaded_error" }]);
+        await (await ask(f, "claude-sonnet-4-5", { stream: true })).text();
+        const after = await ask(f, "claude-sonnet-4-5", { stream: true });
+        await after.text();
+        assert.equal(after.poolAccount, second, "an overloaded stream benches nobody");
+      });
+    });
+  }
+}
+
 test("token counting refused for a model's exhausted weekly window rests that model on the account, not token counting; a model that rests is not counted there either", async () => {
   const email = "ct-scope@x.test";
   const path = await seedPool(mock, [email]);

@@ -29,7 +29,7 @@ impl AnswerBody {
         cancel: &CancellationToken,
     ) -> Result<AnswerBody> {
         let tap = sink
-            .filter(crate::engine::UsageSink::wanted)
+            .filter(|s| s.wanted(event_stream))
             .map(|s| (UsageTap::new(event_stream), s));
         Ok(AnswerBody {
             state: ResponseBody::new(body, cancel).await?,

@@ -189,9 +189,9 @@ async fn serve(
                 let account = Some(attempt.email);
                 // Only answers that carry usage (a message, streamed or not) or name what they made
                 // are tapped.
-                let usage = crate::engine::usage::carried(status, response.headers())
-                    .and_then(|_| ex.usage_sink())
-                    .filter(crate::engine::UsageSink::wanted);
+                let usage = crate::engine::usage::carried(status, response.headers()).and_then(
+                    |event_stream| ex.usage_sink().filter(|sink| sink.wanted(event_stream)),
+                );
                 let mut a = match peek {
                     None => answer(response, account, Vec::new()),
                     Some((start, whole)) => {

@@ -284,7 +284,7 @@ impl NativeExchange {
             return "deliver".into();
         };
         match (
-            ex.usage_sink().filter(crate::engine::UsageSink::wanted),
+            ex.usage_sink().filter(|sink| sink.wanted(event_stream)),
             self.usage.lock(),
         ) {
             (Some(sink), Ok(mut slot)) => {

@@ -128,9 +128,6 @@ pub struct Credentials {
     last_issued: Mutex<Option<Secret>>,
     /// Refreshes this process made (the gateway's metrics).
     refreshes: std::sync::atomic::AtomicU64,
-    /// What refreshes said after the request that started them stopped waiting (it was aborted
-    /// or moved on to another account): the next request to end tells it.
-    told_late: Mutex<Vec<Event>>,
 }
 
 /// What `refresh_now` did: `refreshed` (this process spent the token), `adopted` (another
@@ -144,11 +141,6 @@ pub struct RefreshReport {
 }
 
 impl Credentials {
-    /// What refreshes said since the last call that no request was there to hear.
-    pub fn take_told_late(&self) -> Vec<Event> {
-        std::mem::take(&mut *lock(&self.told_late))
-    }
-
     fn flight(&self, email: &str) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.flights)
             .entry(email.to_string())
@@ -394,7 +386,7 @@ impl Engine {
                 .refresh_protocol(&who, rejected.as_ref(), patience, &mut events)
                 .await;
             if let Err((_, events)) = told.send((result, events)) {
-                lock(&me.credentials.told_late).extend(events);
+                me.tell_later(events);
             }
         });
         let move_on = (patience < REFRESH_LOCK_TIMEOUT).then_some(patience);

@@ -121,7 +121,7 @@ impl Exchange {
     /// Events so far (failovers, cooldowns, refusals); they belong to the caller.
     pub fn take_events(&mut self) -> Vec<Event> {
         let mut events = std::mem::take(&mut self.events);
-        events.extend(self.engine.credentials.take_told_late());
+        events.extend(self.engine.take_told_late());
         events
     }
 

@@ -51,6 +51,9 @@ pub struct Engine {
     book: bookkeeping::Bookkeeping,
     /// This process's seed for spreading reopenings (`jitter`).
     seed: [u8; 16],
+    /// What was learnt after the request it concerns stopped listening (a refresh it left
+    /// behind, the end of a stream it was handed): the next request to end tells it.
+    told_late: Mutex<Vec<Event>>,
 }
 
 /// Where one answer's usage is counted: its account and model, in this engine.
@@ -67,10 +70,11 @@ pub struct UsageSink {
 
 impl UsageSink {
     /// Whether the answer is to be tapped: for its usage unless counting is off
-    /// (`OAUTH_POOL_USAGE=off`), and always when it names a file or a batch just made (with
-    /// counting off, the next request for it went to the account in use and met its 404 first).
-    pub fn wanted(&self) -> bool {
-        self.creates || usage::enabled()
+    /// (`OAUTH_POOL_USAGE=off`); always when it names a file or a batch just made (with counting
+    /// off, the next request for it went to the account in use and met its 404 first), and
+    /// always an event stream, whose `error` event may say the account met its rate limit.
+    pub fn wanted(&self, event_stream: bool) -> bool {
+        self.creates || event_stream || usage::enabled()
     }
 
     /// Records what the tap read of the delivered answer once it ended: its usage (nothing when
@@ -79,6 +83,10 @@ impl UsageSink {
     /// which answers 404).
     pub fn record(&self, tap: &mut usage::UsageTap) {
         let counts = tap.finish().filter(|_| usage::enabled());
+        if tap.take_stream_error().as_deref() == Some("rate_limit_error") {
+            self.engine
+                .rest_after_stream_limit(&self.email, &self.model);
+        }
         if let Some(id) = tap.take_id().filter(|_| self.creates) {
             if headers::is_resource_id(&id) {
                 self.engine.overlay.holds(&id, &self.email, self.sent_at);
@@ -188,6 +196,47 @@ pub fn flush_before_exit(limit: std::time::Duration) -> usize {
 }
 
 impl Engine {
+    /// Keeps `events` for the next request to end (`Exchange::take_events`).
+    pub fn tell_later(&self, events: impl IntoIterator<Item = Event>) {
+        lock(&self.told_late).extend(events);
+    }
+
+    /// What was kept for the next request to end, taken.
+    pub fn take_told_late(&self) -> Vec<Event> {
+        std::mem::take(&mut *lock(&self.told_late))
+    }
+
+    /// A stream delivered whole-heartedly as a 200 said `rate_limit_error` in an `error` event:
+    /// the limit was met after the head went out, and the stream ended there. Nothing can move
+    /// that request any more (its caller sees the error, and OpenCode retries such an error),
+    /// but the account rests as after a 429 that said no more, so that the retry and the next
+    /// requests go to another account rather than back into the same limit.
+    fn rest_after_stream_limit(self: &Arc<Self>, email: &str, model: &str) {
+        let now = now_ms();
+        let family = limits::model_family(model);
+        let cooldown =
+            limits::cooldown_for_429(&limits::Limits::default(), now, family.as_deref(), None);
+        let why = format!(
+            "{} (said in the answer's event stream)",
+            cooldown.describe()
+        );
+        tracing::info!(account = %email, until = %crate::account::iso_time(cooldown.until), why = %why, "rate limited");
+        let scope = cooldown.scope.clone();
+        if self.overlay.cool(email, scope.as_deref(), cooldown.until) {
+            let (who, until, w) = (email.to_string(), cooldown.until, why.clone());
+            self.note(true, move |p| p.cooldown(&who, scope.as_deref(), until, &w));
+        }
+        self.tell_later([Event::new(
+            "rate-limited",
+            Some(email),
+            format!(
+                "{email}: {why} until {}",
+                crate::account::iso_time(cooldown.until)
+            ),
+        )
+        .until(cooldown.until)]);
+    }
+
     /// The process's engine for `store`: two plugin instances naming one pool share it, so they
     /// share single-flight refreshes and never wait on each other's locks.
     pub fn for_store(store: Store) -> Arc<Engine> {
@@ -211,6 +260,7 @@ impl Engine {
             credentials: Default::default(),
             book: Default::default(),
             seed,
+            told_late: Mutex::new(Vec::new()),
         });
         reg.insert(key, (engine.clone(), now));
         engine

@@ -137,6 +137,8 @@ struct UsageEvent {
     message: Option<Value>,
     #[serde(default)]
     usage: Option<Value>,
+    #[serde(default)]
+    error: Option<Value>,
 }
 
 /// Whether JSON text is an object (a derived struct would also take an array, by position).
@@ -150,6 +152,9 @@ pub struct UsageTap {
     kind: Kind,
     started: Option<Counts>,
     delta: Option<Counts>,
+    /// The `error.type` of an `error` event in the stream (`rate_limit_error`,
+    /// `overloaded_error`), the first one.
+    stream_error: Option<String>,
     /// The top-level `id` of a JSON answer, once `finish` read it.
     id: Option<String>,
 }
@@ -202,10 +207,10 @@ struct Events {
     lost: bool,
 }
 
-/// The events that carry usage: named so, and of that `type`. Both Anthropic SDKs read no
-/// message from an event without a name (nor from `ping` or `error`).
+/// The events read: those that carry usage, named so and of that `type` (both Anthropic SDKs
+/// read no message from an event without a name, nor from `ping`), and `error`.
 fn usage_event(name: &[u8]) -> bool {
-    name == b"message_start" || name == b"message_delta"
+    name == b"message_start" || name == b"message_delta" || name == b"error"
 }
 
 impl Events {
@@ -407,6 +412,7 @@ impl UsageTap {
             },
             started: None,
             delta: None,
+            stream_error: None,
             id: None,
         }
     }
@@ -425,12 +431,18 @@ impl UsageTap {
                 }
             }
             Kind::Events(events) => {
-                let (started, delta) = (&mut self.started, &mut self.delta);
+                let (started, delta, error) =
+                    (&mut self.started, &mut self.delta, &mut self.stream_error);
                 events.observe(chunk, &mut |name, data| {
-                    read_event(name, data, started, delta)
+                    read_event(name, data, started, delta, error)
                 });
             }
         }
+    }
+
+    /// The `error.type` of the stream's first `error` event, if it had one.
+    pub fn take_stream_error(&mut self) -> Option<String> {
+        self.stream_error.take()
     }
 
     /// The top-level `id` of a JSON answer, read by `finish`.
@@ -475,8 +487,14 @@ impl UsageTap {
 }
 
 /// A dispatched `message_start` or `message_delta`: its usage, when the data is one JSON object
-/// of the event's own `type`.
-fn read_event(name: &[u8], data: &[u8], started: &mut Option<Counts>, delta: &mut Option<Counts>) {
+/// of the event's own `type`; an `error`: its `error.type`.
+fn read_event(
+    name: &[u8],
+    data: &[u8],
+    started: &mut Option<Counts>,
+    delta: &mut Option<Counts>,
+    error: &mut Option<String>,
+) {
     if !is_object(data) {
         return;
     }
@@ -486,7 +504,16 @@ fn read_event(name: &[u8], data: &[u8], started: &mut Option<Counts>, delta: &mu
     if event.kind.as_deref().map(str::as_bytes) != Some(name) {
         return;
     }
-    if name == b"message_start" {
+    if name == b"error" {
+        let kind = event
+            .error
+            .as_ref()
+            .and_then(|e| e.get("type"))
+            .and_then(Value::as_str);
+        if let (None, Some(kind)) = (&error, kind) {
+            *error = Some(kind.chars().take(64).collect());
+        }
+    } else if name == b"message_start" {
         if let Some(u) = event.message.as_ref().and_then(|m| m.get("usage")) {
             if !u.is_null() {
                 *started = Some(Counts::from_usage(u));
@@ -596,6 +623,43 @@ mod tests {
         let mut tap = UsageTap::new(true);
         tap.observe(&STREAM.as_bytes()[..STREAM.find("event: content_block_delta").unwrap()]);
         assert_eq!(tap.finish().unwrap().output, 1);
+    }
+
+    #[test]
+    fn an_error_event_in_the_stream_is_read_the_first_one_and_only_as_sent() {
+        let limited = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"m\"}}\n\n";
+        let overloaded = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n";
+        for size in [1, 3, 4096] {
+            let mut tap = UsageTap::new(true);
+            let text = format!("{STREAM}{limited}{overloaded}");
+            for chunk in text.as_bytes().chunks(size) {
+                tap.observe(chunk);
+            }
+            assert!(tap.finish().is_some(), "usage still counted");
+            assert_eq!(tap.take_stream_error().as_deref(), Some("rate_limit_error"));
+        }
+        // Not an error event: unnamed, named otherwise, of another `type`, not an object, cut
+        // before its blank line, or a JSON answer.
+        for text in [
+            "data: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\"}}\n\n",
+            "event: ping\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\"}}\n\n",
+            "event: error\ndata: {\"type\":\"ping\",\"error\":{\"type\":\"rate_limit_error\"}}\n\n",
+            "event: error\ndata: [\"rate_limit_error\"]\n\n",
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\"}}\n",
+        ] {
+            let mut tap = UsageTap::new(true);
+            tap.observe(text.as_bytes());
+            tap.finish();
+            assert_eq!(tap.take_stream_error(), None, "{text:?}");
+        }
+        let mut tap = UsageTap::new(false);
+        tap.observe(br#"{"type":"error","error":{"type":"rate_limit_error"}}"#);
+        tap.finish();
+        assert_eq!(
+            tap.take_stream_error(),
+            None,
+            "a JSON body's error is its status's"
+        );
     }
 
     #[test]

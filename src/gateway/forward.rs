@@ -413,7 +413,7 @@ fn point_at(body: &[u8], api: &str, gateway: &str) -> Bytes {
 fn respond(answer: fetch::Answer) -> Response<AnyBody> {
     let tap = answer
         .usage
-        .filter(crate::engine::UsageSink::wanted)
+        .filter(|sink| sink.wanted(answer.event_stream))
         .map(|sink| Tapped {
             tap: UsageTap::new(answer.event_stream),
             sink: Some(sink),
