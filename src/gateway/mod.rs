@@ -483,24 +483,47 @@ pub(super) fn error_closing(status: StatusCode, kind: &str, message: &str) -> Re
     res
 }
 
-/// The gateway key as the client presented it: `x-api-key`, or `Authorization: Bearer`.
-fn authorized(req: &Request<Incoming>, key: &Secret) -> bool {
-    let presented = req
-        .headers()
+/// Whether the client presented the gateway key: as `x-api-key` or as `Authorization: Bearer`,
+/// either one. A client may send both, and with different values: the Anthropic Python SDK sends
+/// `ANTHROPIC_API_KEY` (a real API key, left in a shell's environment) beside the gateway key
+/// given as `ANTHROPIC_AUTH_TOKEN`, and that was refused as a wrong key. Neither
+/// goes upstream. A header given twice is refused: no client sends two, and each extra one
+/// would be one more guess of the key per request.
+fn authorized<B>(req: &Request<B>, key: &Secret) -> Auth {
+    let headers = req.headers();
+    let api_keys = headers.get_all("x-api-key").iter().count();
+    let authorizations = headers.get_all(hyper::header::AUTHORIZATION).iter().count();
+    if api_keys > 1 || authorizations > 1 {
+        return Auth::Twice;
+    }
+    let api_key = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .or_else(|| {
-            req.headers()
-                .get(hyper::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(bearer_token)
-        });
-    match presented {
-        Some(p) => p.as_bytes().ct_eq(key.expose().as_bytes()).into(),
-        None => false,
+        .filter(|k| !k.is_empty());
+    let bearer = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    let expected = key.expose().as_bytes();
+    // Both compared, whatever the first gave: the time says nothing of which one matched.
+    let matches = |p: Option<&str>| match p {
+        Some(p) => p.as_bytes().ct_eq(expected),
+        None => subtle::Choice::from(0),
+    };
+    if bool::from(matches(api_key) | matches(bearer)) {
+        Auth::Granted
+    } else {
+        Auth::Refused
     }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Auth {
+    Granted,
+    Refused,
+    /// `x-api-key` or `Authorization` given more than once.
+    Twice,
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme's name is case-insensitive
@@ -515,13 +538,124 @@ fn bearer_token(value: &str) -> Option<&str> {
 /// An answer given without reading the request: its body is read and dropped first (bounded,
 /// as for a body over the limit). Answered while the client still sends, the connection closes
 /// on unread bytes, the kernel resets it, and the client sees a reset instead of the answer
-/// (a wrong key with a long conversation, through a relay or not).
-async fn refuse(req: Request<Incoming>, response: Response<AnyBody>) -> Response<AnyBody> {
+/// (a wrong key with a long conversation, through a relay or not). A client that waits for
+/// `100 Continue` before it sends (curl does for a body over 1 KB) is answered at once
+/// instead, and the connection closed: reading the body asked for it (hyper sends the `100`
+/// on the first read), and a client sent 5 MB only to be told its key was wrong.
+async fn refuse(req: Request<Incoming>, mut response: Response<AnyBody>) -> Response<AnyBody> {
+    if expects_continue(&req) {
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        return response;
+    }
     let mut body = req.into_body();
     if !hyper::body::Body::is_end_stream(&body) {
         forward::linger(&mut body, 0).await;
     }
     response
+}
+
+/// Whether the client waits for `100 Continue` before it sends its body, as hyper reads it (the
+/// last `Expect`, HTTP/1.1 on): an answer that does not read the body then tells it not to send.
+pub(super) fn expects_continue<B>(req: &Request<B>) -> bool {
+    req.version() >= hyper::Version::HTTP_11
+        && req
+            .headers()
+            .get_all(hyper::header::EXPECT)
+            .iter()
+            .next_back()
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// What RFC 9112 refuses in a request's framing and hyper lets through, as the answer to give
+/// (the connection closed after it).
+/// - A transfer coding before `chunked` (`gzip, chunked`): hyper undoes only the chunking, and
+///   the still-compressed bytes went upstream as the body. 501, as RFC 9112 6.1 says.
+/// - An HTTP/1.1 request without `Host`, or with two, or one that is no host and port: 400
+///   (RFC 9112 3.2). The gateway names itself by `Host` in batch answers, and two of them
+///   are how a request is read one way by a proxy in front and another way here.
+fn misframed<B>(req: &Request<B>) -> Option<Response<AnyBody>> {
+    let codings = req
+        .headers()
+        .get_all(hyper::header::TRANSFER_ENCODING)
+        .iter()
+        .map(|v| v.to_str().map(|v| v.trim().to_ascii_lowercase()))
+        .collect::<std::result::Result<Vec<_>, _>>();
+    let plain_chunked = codings
+        .as_ref()
+        .is_ok_and(|c| c.is_empty() || c.len() == 1 && c[0] == "chunked");
+    if !plain_chunked {
+        return Some(error_closing(
+            StatusCode::NOT_IMPLEMENTED,
+            "invalid_request_error",
+            "the pool gateway takes no transfer coding but chunked (send Content-Encoding for a compressed body)",
+        ));
+    }
+    let hosts: Vec<_> = req.headers().get_all(hyper::header::HOST).iter().collect();
+    let host_ok = match hosts.as_slice() {
+        [] => req.version() < hyper::Version::HTTP_11,
+        [host] => host.is_empty() || is_authority(host.as_bytes()),
+        _ => false,
+    };
+    if !host_ok {
+        return Some(error_closing(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "an HTTP/1.1 request needs one Host header, a host and an optional port",
+        ));
+    }
+    None
+}
+
+/// A `Host` value: a host (a name, an IPv4 address or a bracketed IPv6 one) and an optional port,
+/// nothing else (no user info, path or space).
+fn is_authority(value: &[u8]) -> bool {
+    let Ok(authority) = std::str::from_utf8(value)
+        .map_err(|_| ())
+        .and_then(|v| v.parse::<hyper::http::uri::Authority>().map_err(|_| ()))
+    else {
+        return false;
+    };
+    !authority.as_str().contains('@') && !authority.host().is_empty()
+}
+
+/// The methods forwarded to the API (it uses GET, POST and DELETE), exactly as written: methods
+/// are case-sensitive, and the driver's fetch upper-cases a method's name, so `trace` went
+/// upstream as TRACE, with the pool's credential, past the refusal of TRACE. Anything else
+/// (CONNECT's tunnel, TRACE's echo, WebDAV's methods) is 405.
+fn is_forwarded_method(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
+/// `OPTIONS`, answered here and never forwarded (an account's credential on it bought nothing):
+/// 204 with the methods forwarded. A browser sends one before a page's cross-origin request
+/// (its CORS preflight, which carries no key); it grants no CORS access, so the browser keeps
+/// web pages off the gateway: every site a user visits can reach a port on loopback, and the
+/// gateway hands out the pool's accounts.
+fn options() -> Response<AnyBody> {
+    with_allow(Response::new(full(Bytes::new())), StatusCode::NO_CONTENT)
+}
+
+/// What `allow` names: the methods forwarded, and OPTIONS, answered here.
+const ALLOWED: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+fn with_allow(mut res: Response<AnyBody>, status: StatusCode) -> Response<AnyBody> {
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        hyper::header::ALLOW,
+        hyper::header::HeaderValue::from_static(ALLOWED),
+    );
+    res
 }
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> {
@@ -544,30 +678,33 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> 
             ),
         )
         .await
+    } else if let Some(response) = misframed(&req) {
+        refuse(req, response).await
+    } else if req.method() == Method::OPTIONS {
+        refuse(req, options()).await
     } else if req.method() == Method::GET && path == "/healthz" {
         refuse(req, metrics::health(&state).await).await
-    } else if !authorized(&req, &state.key) {
+    } else if let refused @ (Auth::Refused | Auth::Twice) = authorized(&req, &state.key) {
+        let message = if refused == Auth::Twice {
+            "the request presents x-api-key or Authorization more than once: send the pool gateway's key once"
+        } else {
+            "the pool gateway needs its key, as x-api-key or Authorization: Bearer (oauth-pool serve --show-key prints it)"
+        };
         refuse(
             req,
-            error(
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                "the pool gateway needs its key, as x-api-key or Authorization: Bearer (oauth-pool serve --show-key prints it)",
-            ),
+            error(StatusCode::UNAUTHORIZED, "authentication_error", message),
         )
         .await
     } else if req.method() == Method::GET && path == "/metrics" {
         refuse(req, metrics::metrics(&state).await).await
-    } else if forward::is_api_path(&path) && forward::is_refused_method(req.method()) {
-        refuse(
-            req,
-            error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "invalid_request_error",
-                "the pool gateway does not forward CONNECT, TRACE or TRACK",
-            ),
-        )
-        .await
+    } else if forward::is_api_path(&path) && !is_forwarded_method(req.method()) {
+        let response = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "the pool gateway forwards GET, HEAD, POST, PUT, PATCH and DELETE (upper case) only",
+        );
+        let response = with_allow(response, StatusCode::METHOD_NOT_ALLOWED);
+        refuse(req, response).await
     } else if forward::is_api_path(&path) {
         forward::forward(req, &state).await
     } else {
@@ -613,6 +750,118 @@ mod tests {
         // Nobody reads now: the write fails instead of waiting for good.
         let err = ours.write_all(&[4u8; 1]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    fn request(version: hyper::Version, headers: &[(&str, &[u8])]) -> Request<()> {
+        let mut b = Request::builder().uri("/v1/messages").version(version);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn either_header_may_present_the_key_but_neither_twice() {
+        let key = Secret::new("the-gateway-key-0123".to_string());
+        let v11 = hyper::Version::HTTP_11;
+        let auth = |h: &[(&str, &[u8])]| authorized(&request(v11, h), &key);
+        assert_eq!(
+            auth(&[("x-api-key", b"the-gateway-key-0123")]),
+            Auth::Granted
+        );
+        assert_eq!(
+            auth(&[("authorization", b"Bearer the-gateway-key-0123")]),
+            Auth::Granted
+        );
+        // The Python SDK with ANTHROPIC_API_KEY in its environment sends it beside the bearer.
+        let both = [
+            ("x-api-key", &b"another-key"[..]),
+            ("authorization", b"Bearer the-gateway-key-0123"),
+        ];
+        assert_eq!(auth(&both), Auth::Granted);
+        let both = [
+            ("x-api-key", &b"the-gateway-key-0123"[..]),
+            ("authorization", b"Bearer other"),
+        ];
+        assert_eq!(auth(&both), Auth::Granted);
+        assert_eq!(auth(&[("x-api-key", b"wrong")]), Auth::Refused);
+        assert_eq!(auth(&[]), Auth::Refused);
+        let twice = [
+            ("x-api-key", &b"the-gateway-key-0123"[..]),
+            ("x-api-key", b"wrong"),
+        ];
+        assert_eq!(auth(&twice), Auth::Twice);
+        let twice = [
+            ("authorization", &b"Bearer the-gateway-key-0123"[..]),
+            ("authorization", b"Bearer the-gateway-key-0123"),
+        ];
+        assert_eq!(auth(&twice), Auth::Twice);
+    }
+
+    #[test]
+    fn framing_hyper_passes_and_rfc_9112_refuses_is_answered_here() {
+        let (v10, v11) = (hyper::Version::HTTP_10, hyper::Version::HTTP_11);
+        let status =
+            |v, h: &[(&str, &[u8])]| misframed(&request(v, h)).map(|r| r.status().as_u16());
+        assert_eq!(status(v11, &[("host", b"127.0.0.1:8787")]), None);
+        assert_eq!(status(v11, &[("host", b"[::1]:8787")]), None);
+        assert_eq!(status(v11, &[("host", b"")]), None);
+        assert_eq!(status(v10, &[]), None, "HTTP/1.0 needs no Host");
+        assert_eq!(status(v11, &[]), Some(400));
+        assert_eq!(status(v11, &[("host", b"a"), ("host", b"b")]), Some(400));
+        for bad in [&b"user@evil.test"[..], b"a b", b"a/b", b"a:b:c", b":80"] {
+            assert_eq!(status(v11, &[("host", bad)]), Some(400), "{bad:?}");
+        }
+        let host = ("host", &b"x"[..]);
+        assert_eq!(
+            status(v11, &[host, ("transfer-encoding", b"chunked")]),
+            None
+        );
+        assert_eq!(
+            status(v11, &[host, ("transfer-encoding", b" Chunked ")]),
+            None
+        );
+        for coded in [&b"gzip, chunked"[..], b"x-custom,chunked"] {
+            assert_eq!(
+                status(v11, &[host, ("transfer-encoding", coded)]),
+                Some(501),
+                "{coded:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn continue_is_awaited_as_hyper_reads_it() {
+        let (v10, v11) = (hyper::Version::HTTP_10, hyper::Version::HTTP_11);
+        assert!(expects_continue(&request(
+            v11,
+            &[("expect", b"100-Continue")]
+        )));
+        assert!(!expects_continue(&request(
+            v10,
+            &[("expect", b"100-continue")]
+        )));
+        assert!(!expects_continue(&request(v11, &[])));
+        let last = [("expect", &b"100-continue"[..]), ("expect", b"other")];
+        assert!(!expects_continue(&request(v11, &last)));
+    }
+
+    #[test]
+    fn only_the_api_methods_in_their_own_case_are_forwarded() {
+        for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] {
+            assert!(
+                is_forwarded_method(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
+        }
+        for m in [
+            "CONNECT", "TRACE", "TRACK", "trace", "Trace", "connect", "post", "OPTIONS", "PROPFIND",
+        ] {
+            assert!(
+                !is_forwarded_method(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,604 @@
+// The gateway facing HTTP/1.1 clients in their legal-but-unusual and illegal ways, as curl,
+// the SDKs, Go's and Python's clients, old proxies and attackers write it: exact bytes on raw
+// sockets against `serve()` over the loopback mock. Each case gets what RFC 9110/9112 and a
+// user expect, or a coded refusal; never a hang, a mixed-up answer, or a request upstream with
+// an account's credential that should not have gone.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { writeFileSync, mkdtempSync } from "node:fs";
+import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as lib from "../index.mjs";
+import { parseSSE } from "./helpers/mock-anthropic.mjs";
+import { useMock, seedPool } from "./helpers/pool-env.mjs";
+
+const KEY = "test-gateway-key-0123456789abcdef";
+const mock = useMock({ env: { OAUTH_POOL_GATEWAY_KEY: KEY } });
+
+const BODY = JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] });
+const STREAM_BODY = JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, stream: true, messages: [{ role: "user", content: "hi" }] });
+
+/** A request's bytes: `head` lines after the request line (CRLF added), then the body. */
+function request(line, head = [], body = "") {
+  return `${line}\r\n${head.map((h) => `${h}\r\n`).join("")}\r\n${body}`;
+}
+/** A POST with the key, a Host and a content-length, plus `extra` header lines. */
+const post = (target, body = BODY, extra = []) =>
+  request(
+    `POST ${target} HTTP/1.1`,
+    ["Host: 127.0.0.1", `x-api-key: ${KEY}`, "content-type: application/json", ...extra, `content-length: ${Buffer.byteLength(body)}`],
+    body,
+  );
+
+/**
+ * A raw client: writes `chunks` once connected and collects what the gateway answers until it
+ * closes the connection or `waitMs` passes. `onData(socket, text)` sees everything read so far.
+ */
+function raw(url, chunks, { waitMs = 5000, onData } = {}) {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve) => {
+    const socket = connect(Number(port), hostname);
+    let data = "";
+    socket.on("data", (d) => {
+      data += d.toString("latin1");
+      onData?.(socket, data);
+    });
+    socket.on("connect", () => {
+      for (const c of chunks) socket.write(c);
+    });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve({ data, closed: false });
+    }, waitMs);
+    socket.on("close", () => {
+      clearTimeout(timer);
+      resolve({ data, closed: true });
+    });
+    socket.on("error", () => {});
+  });
+}
+
+/**
+ * The answers in `data` one after the other (interim 1xx ones included), each framed as
+ * HTTP/1.1 says: by content-length, chunked, none (1xx, 204, 304, to a HEAD when `head`), or
+ * the close. `rest` is what follows the last whole answer.
+ */
+function answers(data, { head = false } = {}) {
+  const out = [];
+  let at = 0;
+  while (at < data.length) {
+    const end = data.indexOf("\r\n\r\n", at);
+    if (end < 0) break;
+    const [statusLine, ...lines] = data.slice(at, end).split("\r\n");
+    const status = Number(statusLine.split(" ")[1]);
+    const headers = {};
+    for (const l of lines) {
+      const i = l.indexOf(":");
+      const name = l.slice(0, i).trim().toLowerCase();
+      headers[name] = headers[name] === undefined ? l.slice(i + 1).trim() : `${headers[name]}, ${l.slice(i + 1).trim()}`;
+    }
+    let p = end + 4;
+    let body = "";
+    if (status < 200 || status === 204 || status === 304 || (head && status !== 100)) {
+      // no body
+    } else if (headers["content-length"] !== undefined) {
+      const n = Number(headers["content-length"]);
+      if (data.length < p + n) break;
+      body = data.slice(p, p + n);
+      p += n;
+    } else if (/chunked/i.test(headers["transfer-encoding"] ?? "")) {
+      let whole = false;
+      for (;;) {
+        const lineEnd = data.indexOf("\r\n", p);
+        if (lineEnd < 0) break;
+        const size = Number.parseInt(data.slice(p, lineEnd), 16);
+        if (size === 0) {
+          const trailerEnd = data.indexOf("\r\n\r\n", lineEnd);
+          if (trailerEnd >= 0) {
+            p = trailerEnd + 4;
+            whole = true;
+          } else if (data.startsWith("\r\n", lineEnd + 2)) {
+            p = lineEnd + 4;
+            whole = true;
+          }
+          break;
+        }
+        if (data.length < lineEnd + 2 + size + 2) break;
+        body += data.slice(lineEnd + 2, lineEnd + 2 + size);
+        p = lineEnd + 2 + size + 2;
+      }
+      if (!whole) break;
+    } else {
+      body = data.slice(p);
+      p = data.length;
+    }
+    out.push({ statusLine, status, headers, body });
+    at = p;
+  }
+  return Object.assign(out, { rest: data.slice(at) });
+}
+
+const upstream = () => mock.requests.filter((r) => r.path.startsWith("/v1/"));
+const deltas = (sse) =>
+  parseSSE(sse)
+    .filter((e) => e.event === "content_block_delta")
+    .map((e) => e.data.delta.text)
+    .join("");
+
+async function gateway(emails, options = {}) {
+  const path = await seedPool(mock, emails);
+  return lib.serve({ port: 0, path, ...options });
+}
+
+/** The gateway's own refusal: the status, Anthropic's error shape, and the type named. */
+function coded(answer, status, type) {
+  assert.equal(answer?.status, status, answer?.statusLine);
+  assert.equal(answer.headers["content-type"], "application/json");
+  const parsed = JSON.parse(answer.body);
+  assert.equal(parsed.type, "error");
+  assert.equal(parsed.error.type, type);
+  assert.ok(!answer.body.includes(KEY), "the key is never in an answer");
+}
+
+test("Expect: 100-continue: the body follows the 100 and is answered; a wrong key or a length over the limit is answered at once, the body never asked for", async () => {
+  const gw = await gateway(["expect@x.test"]);
+  try {
+    mock.clearRequests();
+    // A client that waits for the 100 before it sends (curl, for a large body).
+    const headOnly = request("POST /v1/messages HTTP/1.1", [
+      "Host: 127.0.0.1",
+      `x-api-key: ${KEY}`,
+      "content-type: application/json",
+      "Expect: 100-continue",
+      `content-length: ${BODY.length}`,
+      "Connection: close",
+    ]);
+    const waiting = await raw(gw.url, [headOnly], {
+      onData: (socket, data) => {
+        if (data.includes("100 Continue") && !socket.sent) {
+          socket.sent = true;
+          socket.write(BODY);
+        }
+      },
+    });
+    const [cont, ok] = answers(waiting.data);
+    assert.equal(cont.status, 100);
+    assert.equal(ok.status, 200);
+    assert.equal(JSON.parse(ok.body).content[0].text, "Hello from expect@x.test");
+    assert.equal(upstream().length, 1);
+
+    // A wrong key, and a declared length past 32 MB: answered without a 100, so the client
+    // never sends the body (it got the 100, and the gateway waited for the body to drop it).
+    mock.clearRequests();
+    const head = (key, length) =>
+      request("POST /v1/messages HTTP/1.1", [
+        "Host: 127.0.0.1",
+        `x-api-key: ${key}`,
+        "content-type: application/json",
+        "Expect: 100-continue",
+        `content-length: ${length}`,
+      ]);
+    for (const [name, sent, status, type] of [
+      ["a wrong key", head("wrong-key", 5 * 1024 * 1024), 401, "authentication_error"],
+      ["a body over the limit", head(KEY, 100 * 1024 * 1024), 413, "request_too_large"],
+      ["a path outside /v1/", head(KEY, 4096).replace("/v1/messages", "/v2/messages"), 404, "not_found_error"],
+    ]) {
+      const r = await raw(gw.url, [sent]);
+      const [first] = answers(r.data);
+      assert.notEqual(first?.status, 100, `${name}: no 100 Continue asked for a body that is refused`);
+      coded(first, status, type);
+      assert.equal(first.headers.connection, "close", `${name}: the body is not read, the connection is closed`);
+      assert.ok(r.closed, `${name}: closed, not left waiting for a body`);
+    }
+    assert.equal(upstream().length, 0, "nothing refused went upstream");
+
+    // curl itself, told to wait for the 100: it uploads nothing of a refused 5 MB body.
+    const dir = mkdtempSync(join(tmpdir(), "oauth-pool-expect-"));
+    writeFileSync(
+      join(dir, "body.json"),
+      JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "x".repeat(5 * 1024 * 1024) }] }),
+    );
+    const curl = await new Promise((resolve) => {
+      const child = spawn("curl", [
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_upload}",
+        "-H",
+        "x-api-key: wrong-key",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "Expect: 100-continue",
+        "--expect100-timeout",
+        "30",
+        "--data-binary",
+        `@${join(dir, "body.json")}`,
+        `${gw.url}/v1/messages`,
+      ]);
+      let out = "";
+      child.stdout.on("data", (d) => (out += d));
+      child.on("close", (code) => resolve({ code, out }));
+    });
+    assert.equal(curl.code, 0);
+    const [code, uploaded] = curl.out.split(" ").map(Number);
+    assert.equal(code, 401);
+    assert.ok(uploaded < 1024 * 1024, `curl uploaded ${uploaded} bytes of a body refused by its head`);
+  } finally {
+    await gw.close(1000);
+  }
+});
+
+test("pipelined requests are answered in order, none lost or mixed (a refused one among them); keep-alive after a stream; Connection: close ends it", async () => {
+  const gw = await gateway(["pipe@x.test"]);
+  try {
+    mock.clearRequests();
+    mock.scriptAll([{ text: "first answer" }, { sse: true, text: "second, streamed", deltaSize: 5 }, { text: "fourth answer" }]);
+    const wrong = request(
+      "POST /v1/messages HTTP/1.1",
+      ["Host: 127.0.0.1", "x-api-key: wrong-key", "content-type: application/json", `content-length: ${BODY.length}`],
+      BODY,
+    );
+    // Written at once, in one write: the gateway reads them one after the other.
+    const all =
+      post("/v1/messages") + post("/v1/messages", STREAM_BODY) + wrong + post("/v1/messages") + post("/v1/messages/count_tokens", BODY, ["Connection: close"]);
+    const r = await raw(gw.url, [all], { waitMs: 20_000 });
+    const got = answers(r.data);
+    assert.deepEqual(
+      got.map((a) => a.status),
+      [200, 200, 401, 200, 200],
+    );
+    assert.equal(JSON.parse(got[0].body).content[0].text, "first answer");
+    assert.equal(got[1].headers["transfer-encoding"], "chunked", "the stream is chunked on a connection that goes on");
+    assert.equal(deltas(got[1].body), "second, streamed");
+    assert.equal(JSON.parse(got[2].body).error.type, "authentication_error");
+    assert.equal(JSON.parse(got[3].body).content[0].text, "fourth answer");
+    assert.ok(JSON.parse(got[4].body).input_tokens > 0);
+    assert.equal(got.rest, "", "nothing after the last answer");
+    assert.ok(r.closed, "Connection: close on the last request closes the connection");
+    assert.deepEqual(
+      upstream().map((q) => q.path),
+      ["/v1/messages", "/v1/messages", "/v1/messages", "/v1/messages/count_tokens"],
+    );
+
+    // Keep-alive after a streamed answer: the next request on the connection is served.
+    mock.clearRequests();
+    const kept = await raw(gw.url, [post("/v1/messages", STREAM_BODY)], {
+      waitMs: 20_000,
+      onData: (socket, data) => {
+        if (!socket.sent && answers(data).length === 1) {
+          socket.sent = true;
+          socket.write(post("/v1/messages", BODY, ["Connection: close"]));
+        }
+      },
+    });
+    const [stream, after] = answers(kept.data);
+    assert.equal(deltas(stream.body), "Hello from pipe@x.test");
+    assert.equal(after.status, 200);
+    assert.equal(after.headers.connection, "close");
+    assert.ok(kept.closed);
+  } finally {
+    mock.clearScripts();
+    await gw.close(1000);
+  }
+});
+
+test("HTTP/1.0: no Host needed, a streamed answer delimited by the close (never chunked); HEAD is answered without a body", async () => {
+  const gw = await gateway(["old@x.test"]);
+  try {
+    mock.clearRequests();
+    const r = await raw(
+      gw.url,
+      [request("POST /v1/messages HTTP/1.0", [`x-api-key: ${KEY}`, "content-type: application/json", `content-length: ${STREAM_BODY.length}`], STREAM_BODY)],
+      {
+        waitMs: 20_000,
+      },
+    );
+    assert.ok(r.closed, "the close ends the answer");
+    const [a] = answers(r.data);
+    assert.match(a.statusLine, /^HTTP\/1\.0 200/);
+    assert.equal(a.headers["transfer-encoding"], undefined, "no chunked coding to an HTTP/1.0 client");
+    assert.equal(deltas(a.body), "Hello from old@x.test");
+
+    // HEAD goes upstream as HEAD; its answer has no body, and the connection goes on.
+    mock.clearRequests();
+    const h = await raw(
+      gw.url,
+      [request("HEAD /v1/messages HTTP/1.1", ["Host: 127.0.0.1", `x-api-key: ${KEY}`]), post("/v1/messages", BODY, ["Connection: close"])],
+      { waitMs: 20_000 },
+    );
+    const split = h.data.indexOf("\r\n\r\n") + 4;
+    const [headAnswer] = answers(h.data.slice(0, split), { head: true });
+    assert.ok(headAnswer.status >= 200, headAnswer.statusLine);
+    const [next] = answers(h.data.slice(split));
+    assert.equal(next?.status, 200, "no body after the HEAD's answer: the next one follows at once");
+    assert.equal(JSON.parse(next.body).content[0].text, "Hello from old@x.test");
+    assert.deepEqual(
+      upstream().map((q) => q.method),
+      ["HEAD", "POST"],
+    );
+  } finally {
+    await gw.close(1000);
+  }
+});
+
+test("OPTIONS (a browser's CORS preflight) is answered by the gateway, without a key and never upstream; it grants no CORS access", async () => {
+  const gw = await gateway(["options@x.test"]);
+  try {
+    mock.clearRequests();
+    const preflight = request("OPTIONS /v1/messages HTTP/1.1", [
+      "Host: 127.0.0.1",
+      "Origin: https://some-site.test",
+      "Access-Control-Request-Method: POST",
+      "Access-Control-Request-Headers: x-api-key, content-type, anthropic-version",
+    ]);
+    const withKey = request("OPTIONS /v1/messages HTTP/1.1", ["Host: 127.0.0.1", `x-api-key: ${KEY}`]);
+    const star = request("OPTIONS * HTTP/1.1", ["Host: 127.0.0.1", `x-api-key: ${KEY}`, "Connection: close"]);
+    const r = await raw(gw.url, [preflight + withKey + star]);
+    const got = answers(r.data);
+    assert.deepEqual(
+      got.map((a) => a.status),
+      [204, 204, 204],
+    );
+    for (const a of got) {
+      assert.equal(a.headers.allow, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+      assert.equal(a.headers["access-control-allow-origin"], undefined, "no web page is let in");
+    }
+    assert.equal(upstream().length, 0, "no account's credential went out for an OPTIONS");
+    // The real one through Node's fetch: no CORS header on the answer to a page's request either.
+    const res = await fetch(`${gw.url}/v1/messages`, {
+      method: "POST",
+      headers: { origin: "https://some-site.test", "x-api-key": KEY, "content-type": "application/json" },
+      body: BODY,
+    });
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get("access-control-allow-origin"), null);
+    await res.text();
+  } finally {
+    await gw.close(1000);
+  }
+});
+
+test("only GET, HEAD, POST, PUT, PATCH and DELETE go upstream, in their own case: `trace` went upstream as TRACE with the pool's credential", async () => {
+  const gw = await gateway(["methods@x.test"]);
+  try {
+    mock.clearRequests();
+    for (const method of ["trace", "Trace", "TRACE", "track", "connect", "CONNECT", "post", "Get", "PROPFIND", "MKCOL", "PURGE"]) {
+      const r = await raw(gw.url, [request(`${method} /v1/messages HTTP/1.1`, ["Host: 127.0.0.1", `x-api-key: ${KEY}`, "Connection: close"])]);
+      const [a] = answers(r.data);
+      // hyper refuses some shapes itself (a CONNECT needs an authority) with a bare 400.
+      if (method === "CONNECT" && a?.status === 400) continue;
+      coded(a, 405, "invalid_request_error");
+      assert.equal(a.headers.allow, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS", method);
+    }
+    assert.deepEqual(
+      upstream().map((q) => q.method),
+      [],
+      "nothing upstream",
+    );
+    // Without the key, the 401 comes first, as for any other request.
+    const r = await raw(gw.url, [request("trace /v1/messages HTTP/1.1", ["Host: 127.0.0.1", "Connection: close"])]);
+    coded(answers(r.data)[0], 401, "authentication_error");
+    // The API's own methods still pass.
+    for (const [method, path] of [
+      ["DELETE", "/v1/files/file_0123456789ab"],
+      ["GET", "/v1/models"],
+    ]) {
+      const res = await fetch(`${gw.url}${path}`, { method, headers: { "x-api-key": KEY } });
+      await res.arrayBuffer();
+    }
+    assert.deepEqual(
+      upstream().map((q) => q.method),
+      ["DELETE", "GET"],
+    );
+  } finally {
+    await gw.close(1000);
+  }
+});
+
+test("smuggling shapes get a refusal or the framing RFC 9112 settles, never an ambiguous forward", async () => {
+  const gw = await gateway(["smuggle@x.test"]);
+  const chunked = (body) => `${Buffer.byteLength(body).toString(16)}\r\n${body}\r\n0\r\n\r\n`;
+  const head = ["Host: 127.0.0.1", `x-api-key: ${KEY}`, "content-type: application/json"];
+  try {
+    // Refused before anything is forwarded: hyper's own 400 (no body) or the gateway's coded one.
+    for (const [name, bytes, status] of [
+      ["two different content-lengths", request("POST /v1/messages HTTP/1.1", [...head, `Content-Length: ${BODY.length}`, "Content-Length: 5"], BODY), 400],
+      ["a content-length list", request("POST /v1/messages HTTP/1.1", [...head, `Content-Length: ${BODY.length}, ${BODY.length}`], BODY), 400],
+      ["a signed content-length", request("POST /v1/messages HTTP/1.1", [...head, `Content-Length: +${BODY.length}`], BODY), 400],
+      ["Transfer-Encoding: chunked, identity", request("POST /v1/messages HTTP/1.1", [...head, "Transfer-Encoding: chunked, identity"], chunked(BODY)), 400],
+      ["Transfer-Encoding: identity", request("POST /v1/messages HTTP/1.1", [...head, "Transfer-Encoding: identity"], BODY), 400],
+      [
+        "Transfer-Encoding twice",
+        request("POST /v1/messages HTTP/1.1", [...head, "Transfer-Encoding: chunked", "Transfer-Encoding: identity"], chunked(BODY)),
+        400,
+      ],
+      ["Transfer-Encoding in HTTP/1.0", request("POST /v1/messages HTTP/1.0", [...head, "Transfer-Encoding: chunked"], chunked(BODY)), 400],
+      // The compressed bytes went upstream as the body: hyper undoes only the chunking.
+      ["Transfer-Encoding: gzip, chunked", request("POST /v1/messages HTTP/1.1", [...head, "Transfer-Encoding: gzip, chunked"], chunked(BODY)), 501],
+      ["an obs-fold", request("POST /v1/messages HTTP/1.1", [...head, "anthropic-beta: a,", " b", `content-length: ${BODY.length}`], BODY), 400],
+      ["a NUL in a value", request("POST /v1/messages HTTP/1.1", [...head, "x-note: a\x00b", `content-length: ${BODY.length}`], BODY), 400],
+      ["a CR in a value", request("POST /v1/messages HTTP/1.1", [...head, "x-note: a\rb", `content-length: ${BODY.length}`], BODY), 400],
+      ["a space before the colon", request("POST /v1/messages HTTP/1.1", [...head, `content-length : ${BODY.length}`], BODY), 400],
+      ["a space in the target", request("POST /v1/mes sages HTTP/1.1", [...head, `content-length: ${BODY.length}`], BODY), 400],
+      ["HTTP/1.2", request("POST /v1/messages HTTP/1.2", [...head, `content-length: ${BODY.length}`], BODY), 400],
+      ["a URL of 70,000 characters", request(`GET /v1/models?${"a".repeat(70_000)} HTTP/1.1`, head), 414],
+      ["3,000 headers", request("GET /v1/models HTTP/1.1", [...head, ...Array.from({ length: 3000 }, (_, i) => `x-h${i}: v`)]), 431],
+    ]) {
+      mock.clearRequests();
+      const r = await raw(gw.url, [bytes]);
+      const [a] = answers(r.data);
+      assert.equal(a?.status, status, `${name}: ${a?.statusLine}`);
+      if (a.body) coded(a, status, "invalid_request_error");
+      assert.ok(r.closed, `${name}: the connection is closed`);
+      assert.equal(upstream().length, 0, `${name}: nothing upstream`);
+    }
+
+    // Both lengths: the chunked framing wins (RFC 9112 6.3), the body goes up whole, and the
+    // connection is closed after the answer, so what the length would have left is never read
+    // as a request.
+    mock.clearRequests();
+    const smuggled = request("GET /v1/models HTTP/1.1", ["Host: 127.0.0.1", `x-api-key: ${KEY}`]);
+    const both = await raw(gw.url, [
+      request("POST /v1/messages HTTP/1.1", [...head, "Content-Length: 4", "Transfer-Encoding: chunked"], chunked(BODY)) + smuggled,
+    ]);
+    const got = answers(both.data);
+    assert.deepEqual(
+      got.map((a) => a.status),
+      [200],
+    );
+    assert.equal(got[0].headers.connection, "close");
+    assert.ok(both.closed);
+    assert.deepEqual(
+      upstream().map((q) => [q.method, q.path, q.body]),
+      [["POST", "/v1/messages", BODY]],
+    );
+
+    // Legal: chunk extensions and trailers (a key in a trailer counts for nothing), a bare LF
+    // as the line end (RFC 9112 2.2 lets a server take it).
+    mock.clearRequests();
+    const ext = await raw(gw.url, [
+      request(
+        "POST /v1/messages HTTP/1.1",
+        [...head, "Transfer-Encoding: chunked", "Connection: close"],
+        `${BODY.length.toString(16)};name="v a l";x\r\n${BODY}\r\n0;last\r\nx-trailer: t\r\n\r\n`,
+      ),
+    ]);
+    assert.equal(answers(ext.data)[0].status, 200);
+    const trailerKey = await raw(gw.url, [
+      request(
+        "POST /v1/messages HTTP/1.1",
+        ["Host: 127.0.0.1", "content-type: application/json", "Transfer-Encoding: chunked", "Connection: close"],
+        `${chunked(BODY).slice(0, -2)}x-api-key: ${KEY}\r\n\r\n`,
+      ),
+    ]);
+    coded(answers(trailerKey.data)[0], 401, "authentication_error");
+    const lf = await raw(gw.url, [
+      request("POST /v1/messages HTTP/1.1", [...head, `content-length: ${BODY.length}`, "Connection: close"], BODY).replaceAll("\r\n", "\n"),
+    ]);
+    assert.match(lf.data, /^HTTP\/1\.1 200/);
+    assert.deepEqual(
+      upstream().map((q) => q.body),
+      [BODY, BODY],
+    );
+  } finally {
+    await gw.close(1000);
+  }
+});
+
+test("Host: an HTTP/1.1 request without one, with two, or with one that is no host gets 400 (RFC 9112 3.2); HTTP/1.0 needs none", async () => {
+  const gw = await gateway(["host@x.test"]);
+  try {
+    mock.clearRequests();
+    const tail = [`x-api-key: ${KEY}`, "content-type: application/json", `content-length: ${BODY.length}`, "Connection: close"];
+    for (const [name, hosts] of [
+      ["no Host", []],
+      ["two Hosts", ["Host: 127.0.0.1", "Host: evil.test"]],
+      ["a Host with user info", ["Host: user@evil.test"]],
+      ["a Host with a path", ["Host: evil.test/x"]],
+    ]) {
+      const r = await raw(gw.url, [request("POST /v1/messages/batches HTTP/1.1", [...hosts, ...tail], BODY)]);
+      coded(answers(r.data)[0], 400, "invalid_request_error");
+      assert.ok(r.closed, name);
+    }
+    // A long body still being sent: its 400 is read, not a reset connection.
+    const long = JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "x".repeat(5 * 1024 * 1024) }] });
+    const r = await raw(
+      gw.url,
+      [request("POST /v1/messages HTTP/1.1", [`x-api-key: ${KEY}`, "content-type: application/json", `content-length: ${long.length}`], long)],
+      { waitMs: 30_000 },
+    );
+    coded(answers(r.data)[0], 400, "invalid_request_error");
+    assert.equal(upstream().length, 0, "nothing upstream");
+    for (const host of ["Host: 127.0.0.1:8787", "Host: [::1]:8787", "Host: localhost", "Host:"]) {
+      const r = await raw(gw.url, [request("POST /v1/messages HTTP/1.1", [host, ...tail], BODY)]);
+      assert.match(r.data, /^HTTP\/1\.1 200/, host);
+    }
+  } finally {
+    await gw.close(1000);
+  }
+});
+
+test("request targets: absolute-form is served, a query passes unchanged, a fragment is dropped; paths that are not /v1/ as written are 404", async () => {
+  const gw = await gateway(["target@x.test"]);
+  const { port } = new URL(gw.url);
+  try {
+    mock.clearRequests();
+    for (const target of [`http://127.0.0.1:${port}/v1/messages`, "/v1/messages?beta=true", "/v1/messages?a=%2e%2e/&b=..%2F", "/v1/messages#part"]) {
+      const r = await raw(gw.url, [post(target, BODY, ["Connection: close"])]);
+      assert.equal(answers(r.data)[0]?.status, 200, target);
+    }
+    assert.deepEqual(
+      upstream().map((q) => q.path),
+      ["/v1/messages", "/v1/messages?beta=true", "/v1/messages?a=%2e%2e/&b=..%2F", "/v1/messages"],
+    );
+    mock.clearRequests();
+    for (const target of [
+      "//v1/messages",
+      "/v1/./messages",
+      "/v1/%2e%2e/api/oauth/profile",
+      "/V1/messages",
+      "/v1%2fmessages",
+      `http://127.0.0.1:${port}/v1/../api/oauth/profile`,
+    ]) {
+      const r = await raw(gw.url, [post(target, BODY, ["Connection: close"])]);
+      coded(answers(r.data)[0], 404, "not_found_error");
+    }
+    assert.equal(upstream().length, 0);
+  } finally {
+    await gw.close(1000);
+  }
+});
+
+test("the key: either x-api-key or a bearer may carry it (the Python SDK with ANTHROPIC_API_KEY set sends both); either header twice is refused; neither goes upstream", async () => {
+  const gw = await gateway(["keys@x.test"]);
+  // Another key, as a real API key would sit in a shell's environment (built here, not a literal).
+  const other = ["other", "api", "key", "0".repeat(12)].join("-");
+  try {
+    mock.clearRequests();
+    // The Anthropic Python SDK sends X-Api-Key and Authorization: Bearer when it has both
+    // (`ANTHROPIC_API_KEY` left in a shell's environment, the gateway's key as
+    // `ANTHROPIC_AUTH_TOKEN`, as the README has Claude Code take it): that was a 401.
+    for (const headers of [
+      { "X-Api-Key": other, Authorization: `Bearer ${KEY}` },
+      { "X-Api-Key": KEY, Authorization: `Bearer ${other}` },
+    ]) {
+      const res = await fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { ...headers, "content-type": "application/json" }, body: BODY });
+      assert.equal(res.status, 200, JSON.stringify(Object.keys(headers)));
+      assert.equal((await res.json()).content[0].text, "Hello from keys@x.test");
+    }
+
+    for (const [name, lines, status] of [
+      ["x-api-key twice, the key first", [`x-api-key: ${KEY}`, "x-api-key: wrong-key"], 401],
+      ["x-api-key twice, the key last", ["x-api-key: wrong-key", `x-api-key: ${KEY}`], 401],
+      ["Authorization twice", [`Authorization: Bearer ${KEY}`, `Authorization: Bearer ${KEY}`], 401],
+      ["spaces around the key", [`x-api-key:    ${KEY}   `], 200],
+      ["an upper-case header name", [`X-API-KEY: ${KEY}`], 200],
+      ["a bearer in any case, an empty x-api-key", ["x-api-key: ", `AUTHORIZATION: bEaReR ${KEY}`], 200],
+      ["neither", ["x-api-key: wrong-key", "Authorization: Bearer wrong-too"], 401],
+    ]) {
+      const r = await raw(gw.url, [
+        request(
+          "POST /v1/messages HTTP/1.1",
+          ["Host: 127.0.0.1", ...lines, "content-type: application/json", `content-length: ${BODY.length}`, "Connection: close"],
+          BODY,
+        ),
+      ]);
+      const [a] = answers(r.data);
+      if (status === 401) coded(a, 401, "authentication_error");
+      else assert.equal(a?.status, status, `${name}: ${a?.statusLine}`);
+    }
+    const sent = upstream();
+    assert.equal(sent.length, 5, "the two with both headers and the three accepted raw ones");
+    for (const q of sent) {
+      const values = Object.values(q.headers).join("\n");
+      assert.ok(!values.includes(KEY) && !values.includes(other), "no key the client presented went upstream");
+      assert.match(q.headers.authorization, /^Bearer sk-ant-oat01-mock-/);
+    }
+  } finally {
+    await gw.close(1000);
+  }
+});
