@@ -6,11 +6,13 @@
 import { native, syncEnv } from "./native.mjs";
 import { scrubbed, settle, toPoolError } from "./errors.mjs";
 import { invalidArgument } from "./api.mjs";
-import { isApiUrl, runtimeCarries, runtimeFetch } from "./runtime-fetch.mjs";
+import { described, isApiUrl, runtimeCarries, runtimeFetch } from "./runtime-fetch.mjs";
 
 const TRANSPORTS = new Set(["auto", "native", "runtime"]);
 
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
+const REDIRECT_STATUS = new Set([301, 302, 303, 307, 308]);
+const REDIRECT_MODES = new Set(["follow", "error", "manual"]);
 
 function abortError(signal) {
   const reason = signal?.reason;
@@ -38,11 +40,15 @@ function checkUrl(url) {
   try {
     parsed = new URL(url);
   } catch {
-    throw invalidArgument(`not an absolute URL: ${scrubbed(url.split(/[?#]/)[0].slice(0, 200))}`);
+    // A user name and password in it are not repeated (a space in the host made it invalid).
+    const shown = url.split(/[?#]/)[0].replace(/\/\/.*@/s, "//[redacted]@");
+    throw invalidArgument(`not an absolute URL: ${scrubbed(shown.slice(0, 200))}`);
   }
   if (parsed.protocol !== "http:" && parsed.protocol !== "https:") throw invalidArgument(`only http and https URLs are fetched, not ${parsed.protocol}`);
   if (parsed.username || parsed.password) throw invalidArgument("a URL with a user name or password in it is refused, as fetch refuses it");
 }
+
+const isArrayBuffer = (v) => v instanceof ArrayBuffer || (typeof SharedArrayBuffer === "function" && v instanceof SharedArrayBuffer);
 
 async function requestParts(input, init) {
   if (typeof init !== "object" || Array.isArray(init)) throw invalidArgument(`fetch options must be an object, got ${typeof init}`);
@@ -58,13 +64,14 @@ async function requestParts(input, init) {
   const method = (init.method ?? (isRequest ? input.method : "GET")).toUpperCase();
   if (!METHOD_TOKEN.test(method)) throw invalidArgument(`not an HTTP method: ${JSON.stringify(method)}`);
   if (FORBIDDEN_METHODS.has(method)) throw invalidArgument(`fetch does not send ${method} requests`);
+  const redirect = init.redirect ?? (isRequest ? input.redirect : "follow");
+  if (!REDIRECT_MODES.has(redirect)) throw invalidArgument(`redirect must be "follow", "error" or "manual", got ${JSON.stringify(String(redirect))}`);
+  // Nothing here checks an answer against it: refused rather than ignored, as the caller asked.
+  if ((init.integrity ?? (isRequest ? input.integrity : "")) !== "") throw invalidArgument("integrity is not checked by the pool fetch: leave it out");
   let headers;
   try {
-    if (!isRequest) headers = new Headers(init.headers);
-    else {
-      headers = new Headers(input.headers);
-      if (init.headers !== undefined) for (const [k, v] of new Headers(init.headers)) headers.set(k, v);
-    }
+    // An init's headers replace a Request's, as fetch takes them.
+    headers = new Headers(isRequest && init.headers === undefined ? input.headers : init.headers);
   } catch (err) {
     throw invalidArgument(`headers are not valid: ${err?.message ?? err}`);
   }
@@ -89,21 +96,28 @@ async function requestParts(input, init) {
       // encoded straight into its bytes (Buffer.from and a copy cost two passes over it).
       body = source;
       if (!headers.has("content-type")) headers.set("content-type", "text/plain;charset=UTF-8");
-    } else if (source instanceof Uint8Array) {
-      body = Buffer.from(source.buffer, source.byteOffset, source.byteLength);
-    } else if (source instanceof ArrayBuffer) {
-      body = Buffer.from(source);
+    } else if (ArrayBuffer.isView(source) || isArrayBuffer(source)) {
+      // Copied now, as fetch copies them when it is called: a caller that reuses its buffer
+      // at once must not change what is sent, nor what a 429's retry sends.
+      body = Buffer.from(ArrayBuffer.isView(source) ? new Uint8Array(source.buffer, source.byteOffset, source.byteLength) : new Uint8Array(source));
     } else {
-      // Blob, FormData, URLSearchParams, ReadableStream, other views: let the runtime
+      // Blob, FormData, URLSearchParams, ReadableStream, async iterables: let the runtime
       // serialize it the way fetch would. The bytes are kept so a 429 can be retried on the
       // next account with the identical body.
-      const wrapped = new Response(source);
+      let wrapped;
+      try {
+        wrapped = new Response(source);
+      } catch (err) {
+        // A stream already locked or read.
+        throw invalidArgument(`the request body cannot be sent: ${err?.message ?? err}`);
+      }
       const type = wrapped.headers.get("content-type");
       if (type && !headers.has("content-type")) headers.set("content-type", type);
-      body = wrapped.body ? await readWhole(wrapped.body, signal) : Buffer.alloc(0);
+      const serialized = source instanceof Blob || source instanceof FormData || source instanceof URLSearchParams;
+      body = wrapped.body ? await readWhole(wrapped.body, signal, !serialized) : Buffer.alloc(0);
     }
   }
-  return { url, method, headers: [...headers], body, signal };
+  return { url, method, headers: [...headers], body, signal, redirect };
 }
 
 // A body the pool holds for a retry is at most this: above the largest upload the API takes
@@ -112,10 +126,11 @@ const MAX_REQUEST_BODY = 512 * 1024 * 1024;
 
 /**
  * A request body stream read to its end; the caller's abort stops the read (a stream that never
- * ends must not hold the request past it), and a stream that fails, or passes
- * `MAX_REQUEST_BODY`, is the caller's bad input.
+ * ends must not hold the request past it), and a stream that fails, yields what is not bytes
+ * or text, or passes `MAX_REQUEST_BODY`, is the caller's bad input. With `copy`, each chunk is
+ * copied as it comes: the caller's source may refill one buffer for every chunk.
  */
-async function readWhole(stream, signal) {
+async function readWhole(stream, signal, copy) {
   const reader = stream.getReader();
   const parts = [];
   let size = 0;
@@ -131,8 +146,15 @@ async function readWhole(stream, signal) {
     for (;;) {
       const { done, value } = await (aborted ? Promise.race([reader.read(), aborted]) : reader.read());
       if (done) break;
-      parts.push(value);
-      size += value.byteLength;
+      // Text is sent as UTF-8, as Node's and Bun's fetch send it.
+      let chunk;
+      if (typeof value === "string") chunk = Buffer.from(value);
+      else if (ArrayBuffer.isView(value)) {
+        chunk = new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+        if (copy) chunk = Buffer.from(chunk);
+      } else throw new TypeError(`a chunk of it is ${value === null ? "null" : typeof value}, not bytes`);
+      parts.push(chunk);
+      size += chunk.byteLength;
       if (size > MAX_REQUEST_BODY) throw new RangeError(`it is over ${MAX_REQUEST_BODY / 1024 / 1024} MB`);
     }
   } catch (err) {
@@ -245,57 +267,69 @@ export function createPoolFetch(options = {}) {
   }
   return async function poolFetch(input, init = {}) {
     const parts = await requestParts(input, init ?? {});
-    const { signal } = parts;
-    if (signal?.aborted) throw abortError(signal);
+    if (parts.signal?.aborted) throw abortError(parts.signal);
     syncEnv();
-    if (runtimeCarries(transport) && isApiUrl(parts.url)) return runtimeFetch(parts, { path, onEvents: typeof onEvent === "function" ? notify : undefined });
-    const controller = new native.FetchController();
-    const onAbort = () => controller.abort();
-    signal?.addEventListener?.("abort", onAbort, { once: true });
-    const detach = () => signal?.removeEventListener?.("abort", onAbort);
-    let res;
-    try {
-      res = await settle(
-        controller.send({
-          url: parts.url,
-          method: parts.method,
-          headers: parts.headers,
-          body: parts.body,
-          path: path ?? undefined,
-        }),
-      );
-    } catch (err) {
-      detach();
-      const mapped = toPoolError(err);
-      throw mapped?.code === "ABORT_ERR" ? abortError(signal) : mapped;
+    const response =
+      runtimeCarries(transport) && isApiUrl(parts.url)
+        ? await runtimeFetch(parts, { path, onEvents: typeof onEvent === "function" ? notify : undefined })
+        : await nativeFetch(parts, path, notify);
+    // Neither transport follows a redirect; one the caller said it does not take fails as
+    // fetch fails it.
+    if (parts.redirect === "error" && REDIRECT_STATUS.has(response.status)) {
+      response.body?.cancel().catch(() => {});
+      throw toPoolError(new Error(`[NETWORK] the answer is a redirect (${response.status}) and the request's redirect is "error"`));
     }
-    notify(JSON.parse(res.events || "[]"));
-    if (res.failure) {
-      detach();
-      throw toPoolError(new Error(res.failure));
-    }
-    const status = res.status;
-    const nullBody = NULL_BODY_STATUS.has(status) || parts.method === "HEAD";
-    let body = null;
-    if (nullBody) {
-      detach();
-      await res.cancel();
-    } else {
-      const whole = res.takeBody();
-      if (whole) {
-        detach();
-        body = wholeBody(toChunk(whole));
-      } else {
-        body = bodyStream(res, signal, detach);
-      }
-    }
-    const response = new Response(body, {
-      status: Math.max(status, 200),
-      statusText: res.statusText,
-      headers: res.headers,
-    });
-    Object.defineProperty(response, "url", { value: parts.url, configurable: true });
-    Object.defineProperty(response, "poolAccount", { value: res.account ?? null, configurable: true });
     return response;
   };
+}
+
+/** `parts` served with the Rust client carrying the bytes. */
+async function nativeFetch(parts, path, notify) {
+  const { signal } = parts;
+  const controller = new native.FetchController();
+  const onAbort = () => controller.abort();
+  signal?.addEventListener?.("abort", onAbort, { once: true });
+  const detach = () => signal?.removeEventListener?.("abort", onAbort);
+  let res;
+  try {
+    res = await settle(
+      controller.send({
+        url: parts.url,
+        method: parts.method,
+        headers: parts.headers,
+        body: parts.body,
+        path: path ?? undefined,
+      }),
+    );
+  } catch (err) {
+    detach();
+    const mapped = toPoolError(err);
+    throw mapped?.code === "ABORT_ERR" ? abortError(signal) : mapped;
+  }
+  notify(JSON.parse(res.events || "[]"));
+  if (res.failure) {
+    detach();
+    throw toPoolError(new Error(res.failure));
+  }
+  const status = res.status;
+  const nullBody = NULL_BODY_STATUS.has(status) || parts.method === "HEAD";
+  let body = null;
+  if (nullBody) {
+    detach();
+    await res.cancel();
+  } else {
+    const whole = res.takeBody();
+    if (whole) {
+      detach();
+      body = wholeBody(toChunk(whole));
+    } else {
+      body = bodyStream(res, signal, detach);
+    }
+  }
+  const response = new Response(body, {
+    status: Math.max(status, 200),
+    statusText: res.statusText,
+    headers: res.headers,
+  });
+  return described(response, parts.url, res.account ?? null);
 }

@@ -347,9 +347,44 @@ function handedOver(body, status, statusText, head, decoded) {
   return new Response(body, { status, statusText, headers });
 }
 
-/** What a fetch Response says about itself, plus the account that served it. */
-function described(response, url, account) {
-  return Object.defineProperties(response, { url: { value: url, configurable: true }, poolAccount: { value: account, configurable: true } });
+/** `url` as a fetch Response gives it: parsed (normalized) and without its fragment. */
+function answeredUrl(url) {
+  try {
+    const parsed = new URL(url);
+    parsed.hash = "";
+    return parsed.href;
+  } catch {
+    return url;
+  }
+}
+
+// A Response made here has no URL of its own, so its clone had none either ("" and no
+// poolAccount): a clone says what the original says, as a clone of fetch's answer does.
+function keptClone() {
+  return described(Response.prototype.clone.call(this), this.url, this.poolAccount);
+}
+
+// Bun's Response made over a stream gives its blob no type (the blob of its fetch's answer has
+// the answer's): typed from the header here, as fetch types it.
+async function typedBlob() {
+  const blob = await Response.prototype.blob.call(this);
+  const type = blob.type ? null : this.headers.get("content-type");
+  return type ? new Blob([blob], { type }) : blob;
+}
+
+/**
+ * What a fetch Response says about itself (`url`, parsed when first read, what its clones say,
+ * and under Bun its blob's type), plus the account that served it.
+ */
+export function described(response, url, account) {
+  let shown;
+  const own = {
+    url: { get: () => (shown ??= answeredUrl(url)), configurable: true },
+    poolAccount: { value: account, configurable: true },
+    clone: { value: keptClone, configurable: true, writable: true },
+  };
+  if (BUN) own.blob = { value: typedBlob, configurable: true, writable: true };
+  return Object.defineProperties(response, own);
 }
 
 /**

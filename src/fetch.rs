@@ -277,7 +277,16 @@ async fn send(
 ) -> Result<reqwest::Response> {
     http::check_proxy(&url)?;
     let client = http::api_client()?;
+    // fetch sends a length of 0 with an empty body, and with a POST or PUT that has none;
+    // hyper sends no length for an empty body, which a server that requires one answers 411.
+    let zero = match &body {
+        Some(b) => b.is_empty(),
+        None => method == reqwest::Method::POST || method == reqwest::Method::PUT,
+    };
     let mut builder = client.request(method, url).headers(headers);
+    if zero {
+        builder = builder.header(reqwest::header::CONTENT_LENGTH, "0");
+    }
     if let Some(b) = body {
         builder = builder.body(b);
     }

@@ -130,8 +130,8 @@ pub fn scrub_tokens(text: &str) -> String {
 }
 
 /// A message that quotes text from a caller or a runtime (a URL it was given, an error of its
-/// fetch): token shapes scrubbed (`scrub_tokens`) and the query and fragment of every URL in it
-/// left out, where keys and signatures travel.
+/// fetch): token shapes scrubbed (`scrub_tokens`), and the password, query and fragment of
+/// every URL in it left out, where keys and signatures travel.
 pub fn scrub_message(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -142,7 +142,20 @@ pub fn scrub_message(text: &str) -> String {
             .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>'))
             .unwrap_or(url.len());
         let kept = url[..end].find(['?', '#']).unwrap_or(end);
-        out.push_str(&url[..kept]);
+        let shown = &url[..kept];
+        // A password before the host is a credential too (shown as `***`, as doctor shows it).
+        let authority = shown[3..].find(['/', '\\']).map_or(shown.len(), |i| i + 3);
+        let password = shown[..authority]
+            .rfind('@')
+            .and_then(|at| shown[3..at].find(':').map(|colon| (colon + 3, at)));
+        match password {
+            Some((colon, at)) => {
+                out.push_str(&shown[..=colon]);
+                out.push_str("***");
+                out.push_str(&shown[at..]);
+            }
+            None => out.push_str(shown),
+        }
         rest = &url[end..];
     }
     out.push_str(rest);
@@ -198,6 +211,11 @@ mod tests {
         assert_eq!(
             scrub_message(plain),
             "https://user@host/path and https://x/y too"
+        );
+        let userinfo = "bad URL http://me:pass-w0rd@ho st/a@b and http://h/p@q";
+        assert_eq!(
+            scrub_message(userinfo),
+            "bad URL http://me:***@ho st/a@b and http://h/p@q"
         );
         assert_eq!(scrub_message("no url here"), "no url here");
     }

@@ -194,7 +194,8 @@ async function readBody(req, limit) {
     size += chunk.length;
     if (size <= limit) chunks.push(chunk);
   }
-  return { text: Buffer.concat(chunks).toString("utf8"), tooLarge: size > limit };
+  const bytes = Buffer.concat(chunks);
+  return { text: bytes.toString("utf8"), bytes, tooLarge: size > limit };
 }
 
 /** Writes one piece, resolving once the runtime accepted it (waits for 'drain' when full). */
@@ -874,7 +875,7 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     // measures from a 429 leaving here to the retried request arriving).
     const hr = () => performance.timeOrigin + performance.now();
     const arrivedHr = hr();
-    const { text, tooLarge } = await readBody(req, API_BODY_LIMIT);
+    const { text, bytes, tooLarge } = await readBody(req, API_BODY_LIMIT);
     const auth = resolveAuth(req.headers);
     const record = {
       at: Date.now(),
@@ -888,6 +889,9 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       arrivedHr,
       finishedHr: null,
     };
+    // The body's exact bytes (`body` is their UTF-8 reading), kept off the JSON of the control
+    // route.
+    Object.defineProperty(record, "bytes", { value: bytes, enumerable: false });
     res.on("finish", () => {
       record.finishedHr = hr();
     });

@@ -105,7 +105,7 @@ impl<'a> StepOut<'a> {
                 headers: a
                     .headers
                     .iter()
-                    .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v.as_bytes())))
+                    .map(|(k, v)| (k.as_str(), crate::engine::headers::latin1_text(v)))
                     .collect(),
             },
             Step::Answer(s) => StepOut::Answer {

@@ -166,14 +166,37 @@ pub fn forwardable<'a>(headers: impl Iterator<Item = (&'a str, &'a str)> + Clone
         if DROPPED.contains(&lower.as_str()) || hop_by_hop.contains(&lower) {
             continue;
         }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(lower.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
+        if let (Ok(name), Some(value)) = (HeaderName::from_bytes(lower.as_bytes()), latin1(v)) {
             map.append(name, value);
         }
     }
     map
+}
+
+/// A header value as fetch sends it: one byte a character (a JavaScript `Headers` holds no
+/// character above U+00FF), so `é` goes as the byte E9, not as UTF-8. None when it cannot go.
+fn latin1(value: &str) -> Option<HeaderValue> {
+    if value.is_ascii() {
+        return HeaderValue::from_str(value).ok();
+    }
+    let bytes: Option<Vec<u8>> = value
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect();
+    HeaderValue::from_bytes(&bytes?).ok()
+}
+
+/// A header value read back as text, one character a byte (the inverse of `latin1`).
+pub fn latin1_text(value: &HeaderValue) -> std::borrow::Cow<'_, str> {
+    match value.to_str() {
+        Ok(text) => text.into(),
+        Err(_) => value
+            .as_bytes()
+            .iter()
+            .map(|&b| char::from(b))
+            .collect::<String>()
+            .into(),
+    }
 }
 
 /// The answer headers the engine reads (`Limits::from_headers`, with `date` for the clock skew,
@@ -248,6 +271,16 @@ pub fn with_credential(base: &HeaderMap, credential: &Credential) -> Result<Head
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_goes_one_byte_a_character_as_fetch_sends_it() {
+        let map = forwardable([("x-a", "é"), ("x-b", "plain"), ("x-c", "✓")].into_iter());
+        assert_eq!(map["x-a"].as_bytes(), &[0xE9]);
+        assert_eq!(latin1_text(&map["x-a"]), "é");
+        assert_eq!(latin1_text(&map["x-b"]), "plain");
+        // Above U+00FF a value has no byte form (a JavaScript `Headers` refuses it).
+        assert!(map.get("x-c").is_none());
+    }
 
     #[test]
     fn a_path_names_a_resource_only_by_the_api_id_shape() {
