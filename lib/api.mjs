@@ -40,10 +40,23 @@ export function requiredString(name, value) {
   return value;
 }
 
-function optionalObject(name, value) {
+function optionalObject(name, value, keys) {
   if (value === undefined || value === null) return {};
   if (typeof value !== "object" || Array.isArray(value)) throw invalidArgument(`${name} must be an object, got ${shown(value)}`);
+  if (keys) knownOptions(name, value, keys);
   return value;
+}
+
+/**
+ * Refuses an option `what` does not take. A misspelt one (`{ pth }`, `{ prot: 0 }`) was ignored
+ * and the call went on with the default: the default pool file, port 8787.
+ */
+export function knownOptions(what, options, keys) {
+  for (const k of Object.keys(options)) {
+    if (!keys.includes(k)) {
+      throw invalidArgument(`${what}: no option ${JSON.stringify(k.slice(0, 64))} (the options: ${keys.join(", ")})`);
+    }
+  }
 }
 
 function pathArg(path) {
@@ -98,7 +111,7 @@ export const savePool = wrap((pool, path) => {
 });
 
 export const authorize = wrap(async (options) => {
-  const { mode } = optionalObject("options", options);
+  const { mode } = optionalObject("authorize's options", options, ["mode"]);
   if (mode !== undefined && mode !== null && mode !== "max" && mode !== "console") {
     throw invalidArgument(`mode must be "max" or "console", got ${shown(mode)}`);
   }
@@ -123,7 +136,7 @@ export const poolStatus = wrap((path) => native.poolStatus(pathArg(path)));
 export const addAccount = wrap((input, pkce, path) => native.addAccount(requiredString("the pasted code", input), pkceArg(pkce), pathArg(path)));
 
 export const addApiKey = wrap((key, options) => {
-  const o = optionalObject("options", options);
+  const o = optionalObject("addApiKey's options", options, ["email", "path"]);
   return native.addApiKey(requiredString("the API key", key), {
     email: optionalString("options.email", o.email),
     path: optionalString("options.path", o.path),
@@ -155,7 +168,7 @@ export const setReserve = wrap((email, fraction, path) => {
 });
 
 export const importClaudeCode = wrap((options) => {
-  const o = optionalObject("options", options);
+  const o = optionalObject("importClaudeCode's options", options, ["credentialsPath", "email", "path"]);
   return native.importClaudeCode({
     credentialsPath: optionalString("options.credentialsPath", o.credentialsPath),
     email: optionalString("options.email", o.email),
@@ -183,21 +196,46 @@ export function checkEndpoints() {
   return sync(native.checkEndpoints());
 }
 
+/** Every environment variable the addon reads (src/config.rs `var`). */
+export function envVariables() {
+  return [...sync(native.envNames()).all];
+}
+
 /** Each numeric or switch setting that is set, with whether its text was taken as written. */
 export function checkSettings() {
   return sync(native.checkSettings());
 }
 
 /**
+ * The most a number of milliseconds (or connections) handed to the addon can be: 2^31 - 1, the
+ * longest a JavaScript timer waits, as for the settings (src/settings.rs MAX_MILLIS). The addon
+ * takes these as 32-bit numbers, and a larger one wrapped: `headerTimeoutMs: 2 ** 32` cut every
+ * connection after 100 ms, `maxConnections: 2 ** 32` served one at a time.
+ */
+export const MAX_MILLIS = 2 ** 31 - 1;
+
+/**
  * Starts the pool gateway (an Anthropic-compatible endpoint on this machine). Resolves
  * `{ url, close(drainMs?), unref() }`; it keeps the process alive until closed (or unref'd).
  */
 export const serve = wrap(async (options) => {
-  const o = optionalObject("options", options);
+  const o = optionalObject("serve's options", options, [
+    "host",
+    "port",
+    "path",
+    "allowRemote",
+    "tlsCert",
+    "tlsKey",
+    "headerTimeoutMs",
+    "bodyTimeoutMs",
+    "maxConnections",
+  ]);
   const port = o.port ?? 8787;
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw invalidArgument(`port must be a whole number from 0 to 65535, got ${shown(port)}`);
   for (const k of ["headerTimeoutMs", "bodyTimeoutMs", "maxConnections"]) {
-    if (o[k] !== undefined && (!Number.isInteger(o[k]) || o[k] <= 0)) throw invalidArgument(`${k} must be a positive whole number, got ${shown(o[k])}`);
+    if (o[k] !== undefined && (!Number.isInteger(o[k]) || o[k] <= 0 || o[k] > MAX_MILLIS)) {
+      throw invalidArgument(`${k} must be a whole number from 1 to ${MAX_MILLIS}, got ${shown(o[k])}`);
+    }
   }
   if (o.allowRemote !== undefined && typeof o.allowRemote !== "boolean") throw invalidArgument("allowRemote must be true or false");
   const gateway = await settle(
@@ -218,6 +256,9 @@ export const serve = wrap(async (options) => {
   return {
     url: gateway.url,
     async close(drainMs) {
+      if (drainMs !== undefined && drainMs !== null && (!Number.isInteger(drainMs) || drainMs < 0 || drainMs > MAX_MILLIS)) {
+        throw invalidArgument(`drainMs must be a whole number of milliseconds from 0 to ${MAX_MILLIS}, got ${shown(drainMs)}`);
+      }
       clearInterval(alive);
       await settle(gateway.close(drainMs));
     },

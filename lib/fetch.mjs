@@ -5,7 +5,7 @@
 // arguments into a plain request for either.
 import { native, syncEnv } from "./native.mjs";
 import { scrubbed, settle, toPoolError } from "./errors.mjs";
-import { invalidArgument } from "./api.mjs";
+import { invalidArgument, knownOptions } from "./api.mjs";
 import { described, isApiUrl, runtimeCarries, runtimeFetch } from "./runtime-fetch.mjs";
 
 const TRANSPORTS = new Set(["auto", "native", "runtime"]);
@@ -248,10 +248,14 @@ export function createPoolFetch(options = {}) {
   if (options !== undefined && options !== null && (typeof options !== "object" || Array.isArray(options))) {
     throw invalidArgument("createPoolFetch takes an options object { path?, onEvent?, transport? }");
   }
-  const { path, provider = "anthropic", onEvent, transport = "auto" } = options ?? {};
+  knownOptions("createPoolFetch's options", options ?? {}, ["path", "provider", "onEvent", "transport"]);
+  const { path, provider, onEvent, transport } = options ?? {};
   if (path !== undefined && path !== null && typeof path !== "string") throw invalidArgument("path must be a string");
   if (onEvent !== undefined && onEvent !== null && typeof onEvent !== "function") throw invalidArgument("onEvent must be a function");
-  if (!TRANSPORTS.has(transport)) throw invalidArgument(`transport must be "auto", "native" or "runtime", got ${JSON.stringify(transport)}`);
+  // null is "not given", as for every other option.
+  if (transport != null && !TRANSPORTS.has(transport))
+    throw invalidArgument(`transport must be "auto", "native" or "runtime", got ${JSON.stringify(transport)}`);
+  const carrier = transport ?? "auto";
   const notify = (events) => {
     if (typeof onEvent !== "function") return;
     for (const event of events) {
@@ -260,7 +264,7 @@ export function createPoolFetch(options = {}) {
       } catch {}
     }
   };
-  if (provider !== "anthropic") {
+  if (provider != null && provider !== "anthropic") {
     const err = new Error(`unknown provider ${JSON.stringify(provider)}: only "anthropic" is pooled`);
     err.code = "INVALID_ARGUMENT";
     throw err;
@@ -270,7 +274,7 @@ export function createPoolFetch(options = {}) {
     if (parts.signal?.aborted) throw abortError(parts.signal);
     syncEnv();
     const response =
-      runtimeCarries(transport) && isApiUrl(parts.url)
+      runtimeCarries(carrier) && isApiUrl(parts.url)
         ? await runtimeFetch(parts, { path, onEvents: typeof onEvent === "function" ? notify : undefined })
         : await nativeFetch(parts, path, notify);
     // Neither transport follows a redirect; one the caller said it does not take fails as

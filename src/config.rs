@@ -154,7 +154,7 @@ pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
                 "{whose} is not valid UTF-8 (or holds U+FFFD): give the path in UTF-8"
             )));
         }
-        Ok(expand_home(p))
+        expand_home(p.trim(), whose)
     };
     if let Some(p) = explicit {
         return usable(p, "the pool path");
@@ -187,21 +187,29 @@ pub fn home_dir() -> Option<PathBuf> {
     env(home).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
-fn expand_home(p: &str) -> PathBuf {
+/// `~/` is the home directory; `~name` (another user's home, or this one's by name) is refused
+/// rather than taken as a directory named `~name` under the working directory, where the pool
+/// file, tokens and all, went before. The path comes trimmed: a space pasted around it made it
+/// relative, a file named " /path " under the working directory.
+fn expand_home(p: &str, whose: &str) -> Result<PathBuf> {
     if let Some(rest) = p.strip_prefix("~/") {
         if let Some(home) = home_dir() {
-            return home.join(rest);
+            return Ok(home.join(rest));
         }
+    } else if p.starts_with('~') {
+        return Err(Error::InvalidArgument(format!(
+            "{whose} starts with ~ but not ~/: only ~/ (your home) is expanded; write the whole path"
+        )));
     }
     let path = PathBuf::from(p);
     if path.is_relative() {
         // A relative pool path would follow the process's working directory, which differs
         // between OpenCode, its workers and the CLI: anchor it once, here.
         if let Ok(cwd) = std::env::current_dir() {
-            return cwd.join(path);
+            return Ok(cwd.join(path));
         }
     }
-    path
+    Ok(path)
 }
 
 pub fn token_url() -> Result<Url> {
@@ -313,6 +321,19 @@ mod tests {
         assert_ne!(changed, added, "a value changed");
         std::env::remove_var(&name);
         assert_ne!(environ_stamp(), changed, "a variable removed");
+    }
+
+    #[test]
+    fn a_pool_path_is_trimmed_and_another_home_is_refused() {
+        assert_eq!(
+            pool_path(Some(" /srv/pool/p.json \n")).unwrap(),
+            PathBuf::from("/srv/pool/p.json")
+        );
+        for p in ["~bob/p.json", "~", "~bob"] {
+            let err = pool_path(Some(p)).unwrap_err();
+            assert_eq!(err.code(), "INVALID_ARGUMENT", "{p}");
+            assert!(err.to_string().contains("only ~/"), "{err}");
+        }
     }
 
     #[test]

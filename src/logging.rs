@@ -4,6 +4,36 @@
 
 use std::sync::Once;
 
+use tracing_subscriber::filter::{LevelFilter, Targets};
+
+/// Where the pool's own lines are logged (its crate's name).
+const TARGET: &str = "oauth_pool";
+
+/// `Targets` takes the usual `target=level,...` syntax without pulling in a regex engine.
+fn parse(filter: &str) -> Result<Targets, tracing_subscriber::filter::ParseError> {
+    filter.trim().parse()
+}
+
+/// What `oauth-pool doctor` says of an `OAUTH_POOL_LOG` the pool does not take as written: not a
+/// filter (`oauth_pool=verbose`: `oauth_pool=info` applies instead), or one that names no target
+/// of the pool (`oauth-pool=debug`, `OAuth_Pool=debug`: nothing of the pool is logged).
+pub fn filter_warning(filter: &str) -> Option<String> {
+    let Ok(targets) = parse(filter) else {
+        return Some(format!(
+            "not a filter of the form target=level,... (levels: error, warn, info, debug, trace, off); {TARGET}=info applies"
+        ));
+    };
+    let reaches_pool = targets
+        .default_level()
+        .is_some_and(|l| l != LevelFilter::OFF)
+        || targets.iter().any(|(target, level)| {
+            (TARGET.starts_with(target) || target.starts_with(TARGET)) && level != LevelFilter::OFF
+        });
+    (!reaches_pool).then(|| {
+        format!("names no target of the pool, whose lines are logged under {TARGET} (e.g. {TARGET}=debug): nothing of the pool is logged")
+    })
+}
+
 pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -15,12 +45,9 @@ pub fn init() {
         }
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
-        // `Targets` takes the usual `target=level,...` syntax without pulling in a regex engine.
-        let targets: tracing_subscriber::filter::Targets =
-            filter.trim().parse().unwrap_or_else(|_| {
-                tracing_subscriber::filter::Targets::new()
-                    .with_target("oauth_pool", tracing::Level::INFO)
-            });
+        let targets = parse(&filter).unwrap_or_else(|_| {
+            tracing_subscriber::filter::Targets::new().with_target(TARGET, tracing::Level::INFO)
+        });
         let _ = tracing_subscriber::registry()
             .with(
                 tracing_subscriber::fmt::layer()
@@ -31,4 +58,28 @@ pub fn init() {
             .with(targets)
             .try_init();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filter_that_logs_nothing_of_the_pool_is_named() {
+        assert_eq!(filter_warning("oauth_pool=debug"), None);
+        assert_eq!(filter_warning("debug"), None);
+        assert_eq!(filter_warning("warn,hyper=off"), None);
+        assert_eq!(filter_warning("oauth_pool::engine=trace"), None);
+        assert!(filter_warning("oauth_pool=verbose")
+            .unwrap()
+            .contains("oauth_pool=info applies"));
+        for typo in ["oauth-pool=debug", "OAuth_Pool=debug", "oauth_pool=off"] {
+            assert!(
+                filter_warning(typo)
+                    .unwrap()
+                    .contains("nothing of the pool"),
+                "{typo}"
+            );
+        }
+    }
 }

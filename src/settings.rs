@@ -9,12 +9,18 @@ use serde_json::{json, Value};
 
 use crate::config::{self, var, Var};
 
+/// The longest a setting in milliseconds can be: 2^31 - 1 ms, about 24.8 days, the longest a
+/// JavaScript timer waits. A longer one fires at once: as a response timeout, the runtime
+/// transport's, every request failed ("no response headers within 3000000000 ms") while the Rust
+/// client's waited. A longer value is taken as this, with a warning.
+pub const MAX_MILLIS: u64 = i32::MAX as u64;
+
 /// How a setting's text is read.
 #[derive(Clone, Copy)]
 enum Rule {
-    /// Milliseconds, a whole number above 0.
+    /// Milliseconds, a whole number above 0, at most [`MAX_MILLIS`].
     Millis,
-    /// Milliseconds, a whole number; 0 turns the feature off.
+    /// Milliseconds, a whole number, at most [`MAX_MILLIS`]; 0 turns the feature off.
     MillisOrOff,
     /// Milliseconds, a whole number, 0 for none, at most `max`.
     MillisUpTo(u64),
@@ -68,24 +74,32 @@ const SETTINGS: &[Setting] = &[
 /// text as `shown` (bounded and scrubbed: it may be anything a person pasted).
 fn read(rule: Rule, text: &str, shown: &str) -> Result<(f64, Option<String>), String> {
     let text = text.trim();
-    let whole = || {
-        text.parse::<u64>()
-            .map_err(|_| format!("{shown:?} is not a whole number of milliseconds"))
+    // Digits past u64 are a number too large, not "not a number": the most applies.
+    let whole = || match text.parse::<u64>() {
+        Ok(ms) => Ok(ms),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(u64::MAX),
+        Err(_) => Err(format!("{shown:?} is not a whole number of milliseconds")),
     };
+    let at_most = |ms: u64, max: u64, why: &str| {
+        if ms > max {
+            (
+                max as f64,
+                Some(format!(
+                    "{shown} is over the most, {max}{why}: {max} applies"
+                )),
+            )
+        } else {
+            (ms as f64, None)
+        }
+    };
+    const TIMER: &str = " (about 24.8 days, the longest a JavaScript timer waits)";
     match rule {
         Rule::Millis => match whole()? {
             0 => Err("0 is not a usable timeout (a whole number of milliseconds above 0)".into()),
-            ms => Ok((ms as f64, None)),
+            ms => Ok(at_most(ms, MAX_MILLIS, TIMER)),
         },
-        Rule::MillisOrOff => Ok((whole()? as f64, None)),
-        Rule::MillisUpTo(max) => {
-            let ms = whole()?;
-            Ok(if ms > max {
-                (max as f64, Some(format!("{ms} is over the most, {max}: {max} applies")))
-            } else {
-                (ms as f64, None)
-            })
-        }
+        Rule::MillisOrOff => Ok(at_most(whole()?, MAX_MILLIS, TIMER)),
+        Rule::MillisUpTo(max) => Ok(at_most(whole()?, max.min(MAX_MILLIS), "")),
         Rule::Fraction => match text.parse::<f64>() {
             Ok(f) if f.is_finite() && f > 0.0 => Ok((
                 f,
@@ -137,12 +151,12 @@ pub fn usage_counted() -> bool {
 /// Each setting that is set, as doctor shows it: `{ variable, value, ok, message? }`; not ok
 /// when its text was not taken as written.
 pub fn check() -> Vec<Value> {
-    SETTINGS
+    let mut rows: Vec<Value> = SETTINGS
         .iter()
         .filter_map(|s| {
-            let text = config::env(s.variable)?;
-            let shown =
-                crate::secret::scrub_message(&text.trim().chars().take(64).collect::<String>());
+            // Blank is unset, as for every variable of the pool (a shell's `NAME=`).
+            let text = config::env(s.variable).filter(|t| !t.trim().is_empty())?;
+            let shown = shown(&text);
             let row = match read(s.rule, &text, &shown) {
                 Ok((_, None)) => {
                     json!({ "variable": s.variable.name(), "value": shown, "ok": true })
@@ -157,7 +171,23 @@ pub fn check() -> Vec<Value> {
             };
             Some(row)
         })
-        .collect()
+        .collect();
+    if let Some(text) = config::env(var::LOG).filter(|t| !t.trim().is_empty()) {
+        let shown = shown(&text);
+        rows.push(match crate::logging::filter_warning(&text) {
+            None => json!({ "variable": var::LOG.name(), "value": shown, "ok": true }),
+            Some(warning) => json!({
+                "variable": var::LOG.name(), "value": shown, "ok": false, "message": warning,
+            }),
+        });
+    }
+    rows
+}
+
+/// A setting's text as doctor quotes it: trimmed, bounded and scrubbed (it may be anything a
+/// person pasted).
+fn shown(text: &str) -> String {
+    crate::secret::scrub_message(&text.trim().chars().take(64).collect::<String>())
 }
 
 #[cfg(test)]
@@ -190,6 +220,36 @@ mod tests {
         let (on, warning) = read_shown(Rule::OffSwitch, "false").unwrap();
         assert_eq!(on, 1.0);
         assert!(warning.unwrap().contains("only `off`"));
+    }
+
+    #[test]
+    fn milliseconds_past_a_javascript_timer_are_taken_as_its_longest_said_so() {
+        for rule in [Rule::Millis, Rule::MillisOrOff] {
+            for text in [
+                "3000000000",
+                "2147483648",
+                "18446744073709551616",
+                "99999999999999999999",
+            ] {
+                let (ms, warning) = read_shown(rule, text).unwrap();
+                assert_eq!(ms, MAX_MILLIS as f64, "{text}");
+                let warning = warning.unwrap();
+                assert!(warning.contains("over the most, 2147483647"), "{warning}");
+                assert!(
+                    warning.starts_with(text),
+                    "quotes what was written: {warning}"
+                );
+            }
+            assert_eq!(
+                read_shown(rule, "2147483647"),
+                Ok((MAX_MILLIS as f64, None))
+            );
+        }
+        let (ms, _) = read_shown(Rule::MillisUpTo(60_000), "18446744073709551616").unwrap();
+        assert_eq!(ms, 60_000.0);
+        for text in ["1e3", "0x10", "-1", "1.5", "+-3", ""] {
+            assert!(read_shown(Rule::Millis, text).is_err(), "{text}");
+        }
     }
 
     #[test]

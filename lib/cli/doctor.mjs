@@ -378,6 +378,51 @@ function checkSettings(lib, r) {
   }
 }
 
+/**
+ * Variables named like the pool's that it does not read: a typo (`OAUTH_POOL_TIMEOUT`) or a
+ * name in the wrong case (`oauth_pool_path`) was ignored without a word.
+ */
+function checkVariables(r, known) {
+  const ours = known.filter((n) => n.startsWith("OAUTH_POOL_"));
+  for (const name of Object.keys(process.env)) {
+    if (!/^oauth_pool_/i.test(name) || known.includes(name)) continue;
+    const upper = name.toUpperCase();
+    const same = ours.find((n) => n === upper);
+    const near = ours.filter((n) => n.startsWith(upper) || upper.startsWith(n));
+    const hint = same
+      ? `did you mean ${same}? (names are upper case)`
+      : near.length
+        ? `did you mean ${near.join(" or ")}?`
+        : `the pool's variables: ${ours.join(", ")}`;
+    r.add("variable", "warn", `${name} is not a variable of the pool, and is ignored: ${hint}`, { variable: name });
+  }
+}
+
+/**
+ * The options OpenCode's configuration files give this plugin, read by the plugin's own rules:
+ * one it refuses stops the plugin from loading (a problem), one it does not know is ignored (a
+ * warning: a misspelt `path` means the default pool).
+ */
+async function checkPluginOptions(r) {
+  const [{ opencodeConfigs, poolPluginEntries }, { pluginOptions, unknownOptions, unknownOptionsMessage }] = await Promise.all([
+    import("./opencode-config.mjs"),
+    import("../plugin/shared.mjs"),
+  ]);
+  for (const { file, spec, options } of poolPluginEntries(opencodeConfigs())) {
+    const where = `${file} (${spec})`;
+    const details = { file, spec };
+    try {
+      pluginOptions(options);
+    } catch (e) {
+      r.add("plugin options", "problem", `${where}: ${e.message}: OpenCode does not load the plugin`, { ...details, code: e.code });
+      continue;
+    }
+    const unknown = unknownOptions(options);
+    if (unknown.length) r.add("plugin options", "warn", `${where}: ${unknownOptionsMessage(unknown)}`, { ...details, unknown });
+    else r.add("plugin options", "ok", `${where}: ${options === undefined ? "no options" : "options taken as written"}`, details);
+  }
+}
+
 // ---- the command --------------------------------------------------------------------------------
 
 export async function diagnose(lib, path) {
@@ -408,6 +453,8 @@ export async function diagnose(lib, path) {
   }
   checkEndpointsAndProxies(lib, r);
   checkSettings(lib, r);
+  checkVariables(r, lib.envVariables());
+  await checkPluginOptions(r);
   return { path: files.path ?? files.location, files, checks: r.checks };
 }
 

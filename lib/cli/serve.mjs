@@ -5,6 +5,9 @@
 import { UsageError } from "./errors.mjs";
 import { text } from "./output.mjs";
 
+// The library's MAX_MILLIS (lib/api.mjs, not imported: `--help` answers without the addon).
+const MAX_MILLIS = 2 ** 31 - 1;
+
 function port(value) {
   if (value === undefined) return 8787;
   if (!/^\d+$/.test(value) || Number(value) > 65535) throw new UsageError(text`--port must be a port number (0 picks a free one), not ${value}`);
@@ -13,7 +16,9 @@ function port(value) {
 
 function millis(value, name, fallback) {
   if (value === undefined) return fallback;
-  if (!/^\d+$/.test(value) || Number(value) === 0) throw new UsageError(text`--${name} must be a positive number of milliseconds, not ${value}`);
+  if (!/^\d+$/.test(value) || Number(value) === 0 || Number(value) > MAX_MILLIS) {
+    throw new UsageError(text`--${name} must be a whole number of milliseconds from 1 to ${MAX_MILLIS}, not ${value}`);
+  }
   return Number(value);
 }
 

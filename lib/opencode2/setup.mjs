@@ -4,7 +4,7 @@
 // the V2 API moved during 2.0.x, and a missing feature must never take the host down.
 import { printable } from "../printable.mjs";
 import { scrubbed } from "../errors.mjs";
-import { pluginOptions, KEY_HINT, LOGIN_HINT } from "../plugin/shared.mjs";
+import { pluginOptions, unknownOptions, unknownOptionsMessage, KEY_HINT, LOGIN_HINT } from "../plugin/shared.mjs";
 import { poolActionText, TOOL_DESCRIPTION, TOOL_INPUT_SCHEMA } from "../plugin/tool.mjs";
 import { apiKeysOnly } from "../plugin/auth.mjs";
 import { INTEGRATION_ID, integrationTransform, providerTransform } from "./catalog.mjs";
@@ -88,6 +88,8 @@ export async function setupV2(ctx) {
     log("error", `${err.message}; the pool is not set up`);
     return undefined;
   }
+  const unknown = unknownOptions(ctx?.options);
+  if (unknown.length) log("warn", unknownOptionsMessage(unknown));
   const { path, toolName, provider: providerID } = opts;
   const skipped = (what) => log("warn", `this OpenCode has no ${what}; that part of the pool is skipped`);
   const cleanups = [];

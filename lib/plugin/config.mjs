@@ -7,7 +7,7 @@ import { constants } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { ANTHROPIC_MODELS } from "./models.mjs";
-import { pluginOptions, poolFetchFor } from "./shared.mjs";
+import { apiOrigin, pluginOptions, poolFetchFor, reportUnknownOptions } from "./shared.mjs";
 import { apiKeysOnly, zeroModelCosts } from "./auth.mjs";
 
 // The fields OpenCode reads from a model declared in config; the rest of a catalog entry
@@ -98,8 +98,7 @@ export function mergeUserWins(base, over) {
 }
 
 export function apiBaseURL(env = process.env) {
-  const origin = (env.OAUTH_POOL_API_URL || "https://api.anthropic.com").replace(/\/+$/, "");
-  return `${origin}/v1`;
+  return `${apiOrigin(env)}/v1`;
 }
 
 /** A model OpenCode can send to Anthropic: its id (or the key it is declared under) is a Claude one. */
@@ -171,6 +170,7 @@ function guardModels(entry) {
 export async function poolConfigHook(config, options = {}) {
   if (!config || typeof config !== "object") return;
   const opts = pluginOptions(options);
+  reportUnknownOptions(options?.input, options, ["input"]);
   const fetch = poolFetchFor(options?.input, options);
   config.provider = isPlainObject(config.provider) ? config.provider : {};
   if (opts.provider === PROVIDER_ANTHROPIC) {

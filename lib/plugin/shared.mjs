@@ -14,6 +14,44 @@ export const PROVIDER_ID = "anthropic-pool";
 export const TOOL_NAME = "model-accounts-pool";
 export { KEY_HINT, LOGIN_HINT };
 
+/** The plugin options the parts read (poolConfigHook also takes `input`, the host's plugin input). */
+export const OPTION_NAMES = ["path", "toolName", "provider", "fetch"];
+
+/**
+ * The keys of `options` that no part reads. A misspelt one (`pth` for `path`) was ignored without
+ * a word, and the pool served was the default one. Not refused: a key of a newer version of the
+ * plugin must not stop an older one from loading.
+ */
+export function unknownOptions(options, also = []) {
+  if (!options || typeof options !== "object" || Array.isArray(options)) return [];
+  return Object.keys(options).filter((k) => !OPTION_NAMES.includes(k) && !also.includes(k));
+}
+
+/** What a person is told of `keys` (from `unknownOptions`). */
+export function unknownOptionsMessage(keys) {
+  const named = keys.map((k) => JSON.stringify(printable(k.slice(0, 64)))).join(", ");
+  return `plugin option${keys.length > 1 ? "s" : ""} ${named} not known, ignored (the options: ${OPTION_NAMES.join(", ")})`;
+}
+
+// The hosts already told about their unknown options: each part reports, once per host.
+const toldOptions = new WeakMap();
+
+/**
+ * Tells the host's person of plugin options no part reads: a toast and a warning in OpenCode's
+ * log, once per host input (every part is built from the same options).
+ */
+export function reportUnknownOptions(input, options, also = []) {
+  const keys = unknownOptions(options, also);
+  if (keys.length === 0 || !input || typeof input !== "object") return;
+  const message = unknownOptionsMessage(keys);
+  const told = toldOptions.get(input) ?? new Set();
+  if (told.has(message)) return;
+  told.add(message);
+  toldOptions.set(input, told);
+  toast(input.client, "warning", message);
+  log(input.client, "warn", message, { unknownOptions: keys });
+}
+
 /**
  * The plugin options every part takes (`OAuthPoolPlugin(input, options)` and the parts):
  * `path` (the pool file), `toolName` (the management tool and its command), `provider`
@@ -38,6 +76,15 @@ export function pluginOptions(options) {
     provider: name("provider", PROVIDER_ID, /^[A-Za-z0-9_.-]{1,64}$/),
     fetch: typeof o.fetch === "function" ? o.fetch : undefined,
   };
+}
+
+/**
+ * `OAUTH_POOL_API_URL` as the addon takes it: trimmed, and blank for the default. Taken raw, a
+ * space pasted after it made OpenCode's `baseURL` "https://api.anthropic.com /v1" (every request
+ * an invalid URL) while the addon and doctor took the variable as valid.
+ */
+export function apiOrigin(env = process.env) {
+  return (env.OAUTH_POOL_API_URL?.trim() || "https://api.anthropic.com").replace(/\/+$/, "");
 }
 
 /** The library's validated calls (lib/api.mjs), under the name the parts use. */
@@ -144,7 +191,7 @@ function apiOriginOnly(fetch, provider) {
         try {
           origin = new URL(url).origin;
         } catch {}
-        const api = (process.env.OAUTH_POOL_API_URL || "https://api.anthropic.com").replace(/\/+$/, "");
+        const api = apiOrigin();
         const [there, ours] = [scrubbed(origin), scrubbed(api)];
         const err = new Error(
           `Anthropic pool: ${there} is not the pool's API origin (${ours}), so no account of the pool serves it; nothing was sent. ` +

@@ -5,7 +5,7 @@
 // library is imported: it costs more to load (tens of ms cold under Node) than everything else
 // here, and library-only and CLI users never need it.
 import { createRequire } from "node:module";
-import { LOGIN_HINT, pool, pluginOptions } from "./shared.mjs";
+import { LOGIN_HINT, pool, pluginOptions, reportUnknownOptions } from "./shared.mjs";
 import { accountLine, ago, clock, duration, quotaText, restedText, servedText, statusText, usageLine, windowsText } from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
 import { printableLines } from "../printable.mjs";
@@ -170,8 +170,9 @@ export const TOOL_INPUT_SCHEMA = Object.freeze({
 
 const require = createRequire(import.meta.url);
 
-export function createPoolTool(_input, options) {
+export function createPoolTool(input, options) {
   const { path } = pluginOptions(options);
+  reportUnknownOptions(input, options);
   const { z } = require("zod");
   return {
     description: TOOL_DESCRIPTION,

@@ -1,0 +1,321 @@
+// Configuration a person gets wrong: each variable, plugin option, library option and CLI flag
+// given a value of the wrong shape (blank, spaced, too large for a JavaScript timer or a 32-bit
+// number, another user's `~`, a misspelt name). Each is either taken as documented, with
+// `oauth-pool doctor` naming it, or refused with a coded error where it is used: never another
+// behaviour without a word. Runs under `node --test` and `bun test` (the CLI then runs under Bun).
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { addApiKey, createPoolFetch, listAccounts, loadPool, OAuthPoolPlugin, poolConfigHook, serve } from "../index.mjs";
+import { fakeClient, jsonHeaders, seedPool, tempPoolPath, useMock } from "./helpers/pool-env.mjs";
+import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
+
+const mock = useMock();
+const CLI = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "oauth-pool.mjs");
+const pluginModule = await import("../plugin.mjs");
+const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-config-"));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+const MAX_TIMER_MS = 2 ** 31 - 1;
+const post = (f) =>
+  f(`${mock.url}/v1/messages`, {
+    method: "POST",
+    headers: jsonHeaders,
+    body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+  });
+
+/** Runs `fn` with `vars` set in process.env (undefined: removed), then puts them back. */
+async function withEnv(vars, fn) {
+  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  const put = (values) => {
+    for (const [k, v] of Object.entries(values)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  };
+  put(vars);
+  try {
+    return await fn();
+  } finally {
+    put(saved);
+  }
+}
+
+// What of this machine's environment would change what doctor reports.
+const SCRUBBED = /^(oauth_pool_|https?_proxy$|all_proxy$|no_proxy$|opencode_config|xdg_config_home$)/i;
+
+/** The CLI as a child process: a temp HOME, the given env over a scrubbed copy of ours, `cwd`. */
+function cli(args, { env = {}, cwd = tmp } = {}) {
+  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !SCRUBBED.test(k)));
+  const home = join(tmp, "home");
+  mkdirSync(home, { recursive: true });
+  const childEnv = { ...base, HOME: home, USERPROFILE: home, XDG_CONFIG_HOME: join(home, ".config"), ...env };
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: childEnv, cwd, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    child.stdout.setEncoding("utf8").on("data", (d) => (stdout += d));
+    child.stderr.setEncoding("utf8").on("data", (d) => (stderr += d));
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? signal, stdout, stderr });
+    });
+  });
+}
+
+/** doctor --json's checks named `name`. */
+async function doctorChecks(name, options) {
+  const r = await cli(["doctor", "--json", "--path", join(tmp, "doctor", "pool.json")], options);
+  const doc = JSON.parse(r.stdout.trim().split("\n").at(-1));
+  return { code: r.code, checks: doc.checks.filter((c) => c.name === name), stderr: r.stderr };
+}
+
+test("a response timeout past the longest JavaScript timer is its longest, not a timer that fires at once (both transports)", async () => {
+  // The runtime transport (Bun's default) handed 3000000000 ms to setTimeout, which fires after
+  // 1 ms past 2^31 - 1: every request failed "no response headers within 3000000000 ms".
+  const path = await seedPool(mock, ["timer@x.test"]);
+  for (const value of ["3000000000", String(2 ** 31), "99999999999999999999"]) {
+    await withEnv({ OAUTH_POOL_RESPONSE_TIMEOUT_MS: value }, async () => {
+      for (const transport of ["native", "runtime"]) {
+        const res = await post(createPoolFetch({ path, transport }));
+        assert.equal(res.status, 200, `${transport}, ${value}`);
+        await res.text();
+      }
+    });
+  }
+});
+
+test("doctor: a number of milliseconds past the longest timer says what applies; blank is unset; OAUTH_POOL_LOG that logs nothing of the pool is named", async () => {
+  const env = {
+    OAUTH_POOL_RESPONSE_TIMEOUT_MS: "3000000000",
+    OAUTH_POOL_HOLD_MAX_MS: "99999999999999999999",
+    OAUTH_POOL_TIMEOUT_MS: "  ",
+    OAUTH_POOL_SOFT_THRESHOLD: "",
+    OAUTH_POOL_LOG: "oauth-pool=debug",
+  };
+  const { code, checks } = await doctorChecks("setting", { env });
+  assert.equal(code, 0, "warnings only: the pool works with what applies");
+  const by = Object.fromEntries(checks.map((c) => [c.variable, c]));
+  for (const v of ["OAUTH_POOL_RESPONSE_TIMEOUT_MS", "OAUTH_POOL_HOLD_MAX_MS"]) {
+    assert.equal(by[v]?.level, "warn", v);
+    assert.match(by[v].message, /is over the most, 2147483647 \(about 24\.8 days, the longest a JavaScript timer waits\): 2147483647 applies/);
+  }
+  assert.equal(by.OAUTH_POOL_TIMEOUT_MS, undefined, "blank is unset: the default, without a warning");
+  assert.equal(by.OAUTH_POOL_SOFT_THRESHOLD, undefined, "blank is unset");
+  assert.equal(by.OAUTH_POOL_LOG?.level, "warn");
+  assert.match(by.OAUTH_POOL_LOG.message, /names no target of the pool.*oauth_pool=debug/);
+  const bad = await doctorChecks("setting", { env: { OAUTH_POOL_LOG: "oauth_pool=verbose" } });
+  assert.match(bad.checks.find((c) => c.variable === "OAUTH_POOL_LOG").message, /not a filter.*oauth_pool=info applies/);
+  const good = await doctorChecks("setting", { env: { OAUTH_POOL_LOG: "oauth_pool=debug", OAUTH_POOL_JITTER_MS: " 500 " } });
+  assert.deepEqual(good.checks.map((c) => [c.variable, c.level]).sort(), [
+    ["OAUTH_POOL_JITTER_MS", "ok"],
+    ["OAUTH_POOL_LOG", "ok"],
+  ]);
+});
+
+test("doctor: a variable named like the pool's that it does not read is named, with the one meant", async () => {
+  const { code, checks } = await doctorChecks("variable", {
+    env: { oauth_pool_path: "/tmp/x.json", OAUTH_POOL_TIMEOUT: "5000", OAUTH_POOL_GATEWAY_KEY: "g".repeat(20) },
+  });
+  assert.equal(code, 0);
+  const by = Object.fromEntries(checks.map((c) => [c.variable, c]));
+  assert.deepEqual(Object.keys(by).sort(), ["OAUTH_POOL_TIMEOUT", "oauth_pool_path"]);
+  assert.match(by.oauth_pool_path.message, /not a variable of the pool, and is ignored: did you mean OAUTH_POOL_PATH\? \(names are upper case\)/);
+  assert.match(by.OAUTH_POOL_TIMEOUT.message, /did you mean OAUTH_POOL_TIMEOUT_MS\?/);
+  assert.ok(checks.every((c) => c.level === "warn"));
+});
+
+test("a pool path with spaces around it is the path, not a file named so under the working directory", async () => {
+  const path = await seedPool(mock, ["spaced@x.test"]);
+  const spaced = ` ${path} \n`;
+  assert.deepEqual(
+    (await listAccounts(spaced)).map((a) => a.email),
+    ["spaced@x.test"],
+  );
+  await withEnv({ OAUTH_POOL_PATH: spaced }, async () => {
+    assert.deepEqual(
+      (await listAccounts()).map((a) => a.email),
+      ["spaced@x.test"],
+    );
+  });
+  const r = await cli(["list", "--json"], { env: { OAUTH_POOL_PATH: spaced } });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /spaced@x\.test/);
+});
+
+test("a pool path in another user's home (~name) is refused by the variable, the library and the CLI, as by the plugin option", async () => {
+  const refused = (e) => e.code === "INVALID_ARGUMENT" && /only ~\/ \(your home\) is expanded/.test(e.message);
+  await assert.rejects(loadPool("~nobody-here/pool.json"), refused);
+  await withEnv({ OAUTH_POOL_PATH: "~nobody-here/pool.json", OAUTH_POOL_STORE: undefined }, async () => {
+    await assert.rejects(listAccounts(), refused);
+  });
+  const cwd = join(tmp, "tilde");
+  mkdirSync(cwd, { recursive: true });
+  const r = await cli(["list", "--json"], { env: { OAUTH_POOL_PATH: "~nobody-here/pool.json" }, cwd });
+  assert.equal(r.code, 1, r.stdout);
+  assert.equal(JSON.parse(r.stdout).error.code, "INVALID_ARGUMENT");
+  // The plugin option says the same (shared.mjs poolPath).
+  await assert.rejects(OAuthPoolPlugin({ client: fakeClient().client }, { path: "~nobody-here/pool.json" }), (e) => e.code === "INVALID_ARGUMENT");
+});
+
+test("OAUTH_POOL_API_URL with spaces around it, or blank, gives OpenCode the baseURL the addon uses", async () => {
+  const config = async () => {
+    const c = {};
+    await poolConfigHook(c, { path: tempPoolPath() });
+    return c.provider["anthropic-pool"].options.baseURL;
+  };
+  await withEnv({ OAUTH_POOL_API_URL: `  ${mock.url}/ \t` }, async () => {
+    assert.equal(await config(), `${mock.url}/v1`);
+  });
+  await withEnv({ OAUTH_POOL_API_URL: "   " }, async () => {
+    assert.equal(await config(), "https://api.anthropic.com/v1");
+  });
+  // The provider's fetch takes that baseURL as the pool's origin.
+  const path = await seedPool(mock, ["based@x.test"]);
+  await withEnv({ OAUTH_POOL_API_URL: ` ${mock.url} ` }, async () => {
+    const c = {};
+    await poolConfigHook(c, { path });
+    const { baseURL, fetch } = c.provider["anthropic-pool"].options;
+    const res = await fetch(`${baseURL}/messages`, {
+      method: "POST",
+      headers: jsonHeaders,
+      body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+    });
+    assert.equal(res.status, 200);
+    assert.equal(res.poolAccount, "based@x.test");
+    await res.text();
+  });
+});
+
+test("serve and close refuse numbers the addon would wrap (2^32 ms became 100 ms); the CLI flags say so too", async () => {
+  const path = tempPoolPath();
+  await withEnv({ OAUTH_POOL_GATEWAY_KEY: "gateway-key-for-tests-only" }, async () => {
+    for (const [k, v] of [
+      ["headerTimeoutMs", 2 ** 32],
+      ["bodyTimeoutMs", 2 ** 32 + 50],
+      ["maxConnections", 2 ** 32],
+      ["headerTimeoutMs", MAX_TIMER_MS + 1],
+    ]) {
+      await assert.rejects(
+        serve({ port: 0, path, [k]: v }),
+        (e) => e.code === "INVALID_ARGUMENT" && e.message.includes(k) && e.message.includes(String(MAX_TIMER_MS)),
+        `${k}: ${v}`,
+      );
+    }
+    const gateway = await serve({ port: 0, path, headerTimeoutMs: MAX_TIMER_MS });
+    try {
+      for (const drain of [-1, 2 ** 32, 1.5, "10"]) {
+        await assert.rejects(gateway.close(drain), (e) => e.code === "INVALID_ARGUMENT" && /drainMs/.test(e.message), String(drain));
+      }
+    } finally {
+      await gateway.close(0);
+    }
+  });
+  for (const flag of ["--header-timeout-ms", "--drain-ms"]) {
+    for (const value of ["4294967296", "99999999999999999999"]) {
+      const r = await cli(["serve", "--port", "0", flag, value], { env: { OAUTH_POOL_GATEWAY_KEY: "gateway-key-for-tests-only" } });
+      assert.equal(r.code, 2, `${flag} ${value}: ${r.stdout} ${r.stderr}`);
+      assert.match(r.stderr, new RegExp(`${flag} must be a whole number of milliseconds from 1 to ${MAX_TIMER_MS}`));
+    }
+  }
+});
+
+test("an option a library function does not take is refused, naming it and the ones it takes (a misspelt path was the default pool)", async () => {
+  const named =
+    (key, ...known) =>
+    (e) =>
+      e.code === "INVALID_ARGUMENT" && e.message.includes(`"${key}"`) && known.every((k) => e.message.includes(k));
+  assert.throws(() => createPoolFetch({ pth: "/x/pool.json" }), named("pth", "path", "provider", "onEvent", "transport"));
+  await assert.rejects(serve({ prot: 0 }), named("prot", "port", "host"));
+  await assert.rejects(addApiKey("fake-console-key-config-0123456789", { emial: "a@x.test" }), named("emial", "email", "path"));
+  // null is "not given", for every option alike.
+  const path = await seedPool(mock, ["nulls@x.test"]);
+  const res = await post(createPoolFetch({ path, transport: null, provider: null, onEvent: null }));
+  assert.equal(res.status, 200);
+  await res.text();
+});
+
+test("OpenCode 1.18: a plugin option no part reads is named once in a toast and OpenCode's log, with the options there are", async () => {
+  const { client, toasts, logs } = fakeClient();
+  const input = { client, directory: tmp, worktree: tmp };
+  const options = { pth: "/somewhere/pool.json", toolname: "pool", path: tempPoolPath() };
+  const hooks = await OAuthPoolPlugin(input, options);
+  await hooks.config({});
+  const said = (list) => list.filter((m) => /not known/.test(m.message));
+  assert.equal(said(toasts).length, 1, JSON.stringify(toasts));
+  assert.equal(said(logs).length, 1, JSON.stringify(logs));
+  assert.equal(toasts[0].variant, "warning");
+  assert.equal(said(logs)[0].level, "warn");
+  assert.match(said(logs)[0].message, /plugin options "pth", "toolname" not known, ignored \(the options: path, toolName, provider, fetch\)/);
+  // Known options alone: nothing said.
+  const quiet = fakeClient();
+  await OAuthPoolPlugin({ client: quiet.client }, { path: tempPoolPath(), toolName: "pool", provider: null });
+  assert.deepEqual([quiet.toasts, quiet.logs], [[], []]);
+});
+
+test("OpenCode 2: a plugin option the setup does not read is named in OpenCode's log", async () => {
+  const lines = [];
+  const original = console.error;
+  console.error = (...args) => void lines.push(args.join(" "));
+  let handle;
+  try {
+    const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+    handle = await host.start(loadPlugin(pluginModule, { options: { path: tempPoolPath(), Path: "/elsewhere.json" } }));
+  } finally {
+    console.error = original;
+  }
+  await handle?.unload?.();
+  assert.ok(
+    lines.some((l) => /\[oauth-pool\] warn: plugin option "Path" not known, ignored \(the options: path, toolName, provider, fetch\)/.test(l)),
+    lines.join("\n"),
+  );
+});
+
+test("doctor reads the plugin's options in OpenCode's config files: an unknown one warns, one the plugin refuses is a problem", async () => {
+  const project = join(tmp, "project");
+  mkdirSync(join(project, ".git"), { recursive: true });
+  // JSONC, as OpenCode reads it: comments and a trailing comma.
+  writeFileSync(
+    join(project, "opencode.jsonc"),
+    `{
+      // the pool, with a typo
+      "plugin": [["opencode-oauth-pool", { "pth": "~/pool.json", }], "another-plugin"],
+    }`,
+  );
+  const warned = await doctorChecks("plugin options", { cwd: project });
+  assert.equal(warned.code, 0, JSON.stringify(warned.checks));
+  assert.equal(warned.checks.length, 1, JSON.stringify(warned.checks));
+  assert.equal(warned.checks[0].level, "warn");
+  assert.match(
+    warned.checks[0].message,
+    /opencode\.jsonc \(opencode-oauth-pool\): plugin option "pth" not known, ignored \(the options: path, toolName, provider, fetch\)/,
+  );
+
+  const global = join(tmp, "home", ".config", "opencode");
+  mkdirSync(global, { recursive: true });
+  writeFileSync(join(global, "opencode.json"), JSON.stringify({ plugins: [{ package: "opencode-oauth-pool", options: { path: 5 } }] }));
+  try {
+    const failed = await doctorChecks("plugin options", { cwd: project });
+    assert.equal(failed.code, 3, "a plugin that does not load is a problem");
+    const problem = failed.checks.find((c) => c.level === "problem");
+    assert.match(problem?.message ?? "", /opencode\.json \(opencode-oauth-pool\): plugin option path must be a string: OpenCode does not load the plugin/);
+  } finally {
+    rmSync(join(global, "opencode.json"));
+  }
+});
+
+test("OAUTH_POOL_STORE with its scheme in upper case is the store, as postgres:// is (the scheme is case-insensitive)", async () => {
+  // Port 1 on loopback refuses at once: reaching the connect is what shows the URL was taken.
+  const key = "ab".repeat(32);
+  for (const store of ["POSTGRES://pool@127.0.0.1:1/pool", " PostgreSQL://pool@127.0.0.1:1/pool "]) {
+    await withEnv({ OAUTH_POOL_STORE: store, OAUTH_POOL_STORE_KEY: key }, async () => {
+      await assert.rejects(listAccounts(), (e) => e.code === "STORE_UNAVAILABLE" && /cannot be reached/.test(e.message), store);
+    });
+  }
+});
