@@ -192,7 +192,7 @@ impl PgStore {
     pub fn open(url: &str) -> Result<PgStore> {
         let (config, roots) = parse(url).map_err(|e| {
             Error::InvalidArgument(scrub_tokens(&format!(
-                "OAUTH_POOL_STORE is not a PostgreSQL URL this store can use ({e})"
+                "the fleet store URL is not a PostgreSQL URL this store can use ({e})"
             )))
         })?;
         let key = SealKey::from_config()?;
