@@ -195,10 +195,17 @@ pub fn flush_before_exit(limit: std::time::Duration) -> usize {
     count
 }
 
+/// Events kept for the next request to end, at most (`Engine::tell_later`).
+const TOLD_LATE_KEPT: usize = 64;
+
 impl Engine {
-    /// Keeps `events` for the next request to end (`Exchange::take_events`).
+    /// Keeps `events` for the next request to end (`Exchange::take_events`); the latest
+    /// `TOLD_LATE_KEPT` of them, should no request come for a long while.
     pub fn tell_later(&self, events: impl IntoIterator<Item = Event>) {
-        lock(&self.told_late).extend(events);
+        let mut kept = lock(&self.told_late);
+        kept.extend(events);
+        let over = kept.len().saturating_sub(TOLD_LATE_KEPT);
+        kept.drain(..over);
     }
 
     /// What was kept for the next request to end, taken.
@@ -492,6 +499,19 @@ mod tests {
             .keys()
             .filter(|k| k.contains(prefix))
             .count()
+    }
+
+    #[test]
+    fn what_is_told_late_goes_to_the_next_request_once_and_is_bounded() {
+        let dir = std::env::temp_dir().join(format!("oauth-pool-told-{}", std::process::id()));
+        let engine = Engine::for_store(Store::file(dir.join("p.json")));
+        engine.tell_later(
+            (0..TOLD_LATE_KEPT + 10).map(|i| Event::new("auth-error", None, format!("{i}"))),
+        );
+        let told = engine.take_told_late();
+        assert_eq!(told.len(), TOLD_LATE_KEPT, "the latest kept");
+        assert_eq!(told[0].message, "10");
+        assert!(engine.take_told_late().is_empty(), "told once");
     }
 
     #[test]
