@@ -412,7 +412,9 @@ test("a connection reset mid-stream errors the stream and is never replayed", as
   const warm = await post(poolFetch);
   const served = warm.poolAccount;
   await warm.text();
-  mock.script(served, [{ sse: true, resetAfterBytes: 300 }]);
+  // Reset after the first content event began (a reset in the stream's opening, before any
+  // content, fails the request itself: stream-failover.test.mjs).
+  mock.script(served, [{ sse: true, resetAfterBytes: 600 }]);
   mock.clearRequests();
   const res = await post(poolFetch, { stream: true });
   await assert.rejects(res.text());

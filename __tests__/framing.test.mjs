@@ -157,7 +157,10 @@ test("an answer gone silent is cut after the silence limit, before its first byt
     {
       "a head and no body": { reply: (s) => s.write(`${JSON_HEAD}content-length: 2\r\n\r\n`), expect: silent },
       "an event stream's head and no event": { reply: (s) => s.write(`${SSE_HEAD}\r\n`), expect: silent },
-      "an event stream silent mid-event": { reply: (s) => s.write(`${SSE_HEAD}\r\n7\r\ndata: x\r\n`), expect: midBody },
+      // An event stream is handed over once its opening (up to its first content event) came:
+      // silence within it is silence before the first byte.
+      "an event stream silent mid-event in its opening": { reply: (s) => s.write(`${SSE_HEAD}\r\n7\r\ndata: x\r\n`), expect: silent },
+      "an event stream silent mid-event after its first": { reply: (s) => s.write(`${SSE_HEAD}\r\n14\r\ndata: a\r\n\r\ndata: x\r\n`), expect: midBody },
       // Each interim answer is passed over; they never make a final one.
       "102 after 102, never a final answer": {
         reply: (s) => {

@@ -126,7 +126,9 @@ for (const transport of ["native", "runtime"]) {
 
     process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = "300";
     try {
-      mock.script(email, [{ sse: true, text: "y".repeat(4000), chunkSize: 100, delayMs: 60_000 }]);
+      // The first write holds the stream's opening and its first content (silence in the
+      // opening fails the request itself: stream-failover.test.mjs).
+      mock.script(email, [{ sse: true, text: "y".repeat(4000), chunkSize: 1000, delayMs: 60_000 }]);
       const started = Date.now();
       const silent = await post(f, { stream: true });
       await assert.rejects(silent.text(), (e) => e.code === "NETWORK" && /no data for 300 ms/.test(e.message));
@@ -182,7 +184,8 @@ for (const transport of ["native", "runtime"]) {
     const limit = 1000;
     process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = String(limit);
     try {
-      mock.script(email, [{ sse: true, text: "v".repeat(4000), chunkSize: 200, delayMs: 60_000 }]);
+      // The first write holds the opening and the first content: the silence is the body's.
+      mock.script(email, [{ sse: true, text: "v".repeat(4000), chunkSize: 1000, delayMs: 60_000 }]);
       const res = await post(f, { stream: true });
       const reader = res.body.getReader();
       assert.equal((await reader.read()).done, false);

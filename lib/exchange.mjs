@@ -160,6 +160,46 @@ export const engineReadsHeader = (name) => engineReads(name, statusPolicy());
 /** A chunk as the addon takes it (a Buffer view, no copy). */
 export const asBuffer = (chunk) => Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
 
+/**
+ * Whether the answer is judged on its event stream's opening too (src/engine/verdict.rs
+ * `reads_opening`): a 2xx event stream, where Anthropic says a rate limit met after its head.
+ */
+export function readsOpening(status, type) {
+  return status >= 200 && status < 300 && typeof type === "string" && type.trimStart().toLowerCase().startsWith("text/event-stream");
+}
+
+/**
+ * Reads an event stream's opening from `reader` (the answer's own: no clone, no tee), showing
+ * each chunk to the engine (`feedOpening`, which tells when the opening is complete and keeps
+ * what it said for `judgeAnswer`). Resolves `{ reader, parts, ended }`: the chunks read, handed
+ * over first and as they came, and whether the stream ended within them. Each read is bounded
+ * by the silence limit, as any read of a body is (no timer of its own: a slow model's first
+ * content is not cut): `onSilent()` stops the read, and the opening fails with NETWORK.
+ */
+export async function readOpening(ex, reader, timeoutMs, onSilent) {
+  const parts = [];
+  let silent = false;
+  const timer = setTimeout(() => {
+    silent = true;
+    onSilent();
+  }, timeoutMs);
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (silent) break;
+      if (done) return { reader, parts, ended: true };
+      parts.push(value);
+      if (sync(() => ex.feedOpening(asBuffer(value)))) return { reader, parts, ended: false };
+      timer.refresh();
+    }
+  } catch (err) {
+    if (!silent) throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+  throw toPoolError(new Error(`[NETWORK] network error talking to the API: no data for ${timeoutMs} ms (in the event stream's opening)`));
+}
+
 /** How much of a streamed answer the usage tap is fed at once (bounds what is held for it). */
 const TAP_BATCH = 64 * 1024;
 

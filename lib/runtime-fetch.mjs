@@ -17,7 +17,20 @@ import { connect as connectTcp, isIP } from "node:net";
 import { connect as connectTls } from "node:tls";
 import { envGeneration, nativeBinding, proxyConfigured } from "./native.mjs";
 import { scrubbed, toPoolError } from "./errors.mjs";
-import { asBuffer, engineReadsHeader, headDecidesPatience, judgeAnswer, nextStep, openExchange, peek, poolAnswer, takeEvents, usageFeed } from "./exchange.mjs";
+import {
+  asBuffer,
+  engineReadsHeader,
+  headDecidesPatience,
+  judgeAnswer,
+  nextStep,
+  openExchange,
+  peek,
+  poolAnswer,
+  readOpening,
+  readsOpening,
+  takeEvents,
+  usageFeed,
+} from "./exchange.mjs";
 
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
 // A body announced this small and not an event stream is read whole before the Response is
@@ -178,10 +191,12 @@ const SILENCE_LOOKS = 4;
 /**
  * The delivered body, chunk by chunk as the runtime reads it. A body silent for the response
  * timeout is cut with `NETWORK` (checked by a timer on the read count, not per chunk); with
- * `tap`, the engine's usage tap is fed the body as it passes (`usageFeed`).
+ * `tap`, the engine's usage tap is fed the body as it passes (`usageFeed`). An event stream's
+ * `opening` (`readOpening`: its reader and the chunks it read) is handed over first.
  */
-function carry(response, { ex, tap, controller, signal, timeoutMs, done }) {
-  const reader = response.body.getReader();
+function carry(response, { ex, tap, controller, signal, timeoutMs, done, opening }) {
+  const reader = opening?.reader ?? response.body.getReader();
+  let ahead = opening?.parts ?? null;
   const usage = tap ? usageFeed(ex) : null;
   let reads = 0;
   let seen = -1;
@@ -213,6 +228,14 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done }) {
   const stream = new ReadableStream(
     {
       async pull(out) {
+        if (ahead) {
+          for (const chunk of ahead) {
+            usage?.add(chunk);
+            out.enqueue(chunk);
+          }
+          ahead = null;
+          return;
+        }
         waiting = true;
         let next;
         try {
@@ -431,6 +454,20 @@ export async function runtimeFetch(parts, { path, onEvents }) {
       }
       const secret = presented(step.headers);
       const head = readHead(response, secret);
+      // A 2xx event stream is judged on its opening too: a rate limit said there, before any
+      // content, moves the request on as a 429 does (the engine reads it: `readOpening`).
+      let opening = null;
+      if (response.body && parts.method !== "HEAD" && readsOpening(response.status, head.type)) {
+        const reader = response.body.getReader();
+        try {
+          opening = await readOpening(ex, reader, timeoutMs, () => controller.abort());
+        } catch (err) {
+          release();
+          reader.cancel().catch(() => {});
+          if (signal?.aborted) throw abortError(signal);
+          throw err?.code === "NETWORK" ? err : networkError(failure(err));
+        }
+      }
       let verdict;
       try {
         // A 429 says what it is in its head (its body only tells a spend limit): cut or gone
@@ -453,7 +490,7 @@ export async function runtimeFetch(parts, { path, onEvents }) {
       }
       if (verdict === "retry") {
         release();
-        await response.body?.cancel().catch(() => {});
+        await (opening ? opening.reader.cancel() : response.body?.cancel())?.catch(() => {});
         continue;
       }
       delivered = true;
@@ -467,6 +504,12 @@ export async function runtimeFetch(parts, { path, onEvents }) {
         return described(handedOver(null, status, statusText, head, false), parts.url, step.account ?? null);
       }
       const decoded = head.coding !== null && runtimeDecoded(head.coding);
+      if (opening?.ended) {
+        release();
+        const bytes = Buffer.concat(opening.parts);
+        if (tap) ex.finishUsage(bytes);
+        return described(handedOver(bytes, status, statusText, head, decoded), parts.url, step.account ?? null);
+      }
       if (isWhole(head)) {
         let bytes;
         try {
@@ -479,7 +522,7 @@ export async function runtimeFetch(parts, { path, onEvents }) {
         if (tap) ex.finishUsage(asBuffer(bytes));
         return described(handedOver(bytes, status, statusText, head, decoded), parts.url, step.account ?? null);
       }
-      const body = carry(response, { ex, tap, controller, signal, timeoutMs, done: release });
+      const body = carry(response, { ex, tap, controller, signal, timeoutMs, done: release, opening });
       return described(handedOver(body, status, statusText, head, decoded), parts.url, step.account ?? null);
     }
   } finally {

@@ -178,8 +178,19 @@ async fn serve(
         } else {
             None
         };
+        // A 2xx event stream is handed over once its opening is read: a rate limit said there,
+        // before any content, moves the request on as a 429 does.
+        let opening = if verdict::reads_opening(status, response.headers()) {
+            Some(read_opening(&mut response, cancel).await?)
+        } else {
+            None
+        };
+        let said = opening.as_ref().and_then(|o| o.said.as_deref());
         let peeked = peek.as_ref().map(|(b, _)| b.as_ref());
-        match ex.judge(status, response.headers(), peeked, cancel).await? {
+        match ex
+            .judge(status, response.headers(), peeked, said, cancel)
+            .await?
+        {
             Verdict::Retry => continue,
             Verdict::Deliver => {
                 // Never a cut body handed over as if it were whole.
@@ -192,9 +203,18 @@ async fn serve(
                 let usage = crate::engine::usage::carried(status, response.headers()).and_then(
                     |event_stream| ex.usage_sink().filter(|sink| sink.wanted(event_stream)),
                 );
-                let mut a = match peek {
-                    None => answer(response, account, Vec::new()),
-                    Some((start, whole)) => {
+                let mut a = match (peek, opening) {
+                    (None, None) => answer(response, account, Vec::new()),
+                    (_, Some(opening)) => {
+                        let mut a = answer(response, account, Vec::new());
+                        a.body = match (a.body, opening.ended) {
+                            (_, true) => Body::Full(opening.bytes),
+                            (Body::Stream(r), false) => Body::Peeked(opening.bytes, r),
+                            (other, false) => other,
+                        };
+                        a
+                    }
+                    (Some((start, whole)), None) => {
                         let (status_text, headers) = head_of(&response);
                         Answer {
                             status,
@@ -220,6 +240,70 @@ async fn serve(
                 return Ok(a);
             }
         }
+    }
+}
+
+/// What was read of an event stream before it is handed over (`verdict::reads_opening`).
+struct ReadOpening {
+    bytes: Bytes,
+    /// The stream ended within its opening: `bytes` are the whole body.
+    ended: bool,
+    /// The `error.type` of an `error` event the opening held before any content.
+    said: Option<String>,
+}
+
+/// Reads the opening of an event stream (`usage::Opening`): its chunks until the opening is
+/// complete or the stream ends, each within the response timeout as any chunk of a body is, and
+/// no longer (a slow model's first content is not cut short by a timer of its own). A stream
+/// that breaks off or goes silent in its opening fails the request, as one that breaks off
+/// before any byte reached the caller does (the caller gets `NETWORK`, which clients retry,
+/// rather than a 200 followed by a cut).
+async fn read_opening(
+    response: &mut reqwest::Response,
+    cancel: &CancellationToken,
+) -> Result<ReadOpening> {
+    let idle = http::response_timeout();
+    let mut opening = crate::engine::usage::Opening::new();
+    let mut parts: Vec<Bytes> = Vec::new();
+    let ended = loop {
+        let chunk = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(Error::Aborted),
+            c = tokio::time::timeout(idle, response.chunk()) => c,
+        };
+        match chunk {
+            Ok(Ok(Some(c))) => {
+                let complete = opening.feed(&c);
+                parts.push(c);
+                if complete {
+                    break false;
+                }
+            }
+            Ok(Ok(None)) => break true,
+            Ok(Err(e)) => return Err(opening_broke(http::describe(&e))),
+            Err(_) => {
+                let silent = format!("no data for {} ms", idle.as_millis());
+                return Err(opening_broke(silent));
+            }
+        }
+    };
+    // Usually one chunk: handed on without a copy.
+    let bytes = match parts.len() {
+        0 | 1 => parts.pop().unwrap_or_default(),
+        _ => Bytes::from(parts.concat()),
+    };
+    Ok(ReadOpening {
+        bytes,
+        ended,
+        said: opening.said().map(str::to_string),
+    })
+}
+
+fn opening_broke(detail: String) -> Error {
+    Error::Network {
+        what: "the API",
+        detail: format!("{detail} (in the event stream's opening)"),
+        never_connected: false,
     }
 }
 

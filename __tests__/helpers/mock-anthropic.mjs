@@ -619,20 +619,24 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     ev("message_delta", { delta: { stop_reason: msg.stopReason, stop_sequence: null }, usage: { output_tokens: msg.usage.output_tokens } });
     ev("message_stop", {});
 
+    const error = { type: "error", error: { type: step.errorType ?? "overloaded_error", message: step.errorMessage ?? "Overloaded" } };
+    // `errorBeforeContent`: the error said in the stream's opening, after message_start and a
+    // ping, before any content_block_start (a limit met after the 200's head went out).
+    if (step.errorBeforeContent) return [events[0].text, 'event: ping\ndata: {"type": "ping"}\n\n', `event: error\ndata: ${JSON.stringify(error)}\n\n`];
     if (step.errorAfterDeltas === undefined || step.errorAfterDeltas === null) return events.map((e) => e.text);
     let seen = 0;
     let cut = events.findIndex((e) => e.delta && seen++ === step.errorAfterDeltas);
     if (cut < 0) cut = events.length - 2; // fewer deltas than asked: fail before message_delta
-    const error = { type: "error", error: { type: step.errorType ?? "overloaded_error", message: step.errorMessage ?? "Overloaded" } };
     return [...events.slice(0, cut).map((e) => e.text), `event: error\ndata: ${JSON.stringify(error)}\n\n`];
   }
 
   /**
    * Sends a body as a series of writes. `chunkSize` re-cuts the bytes into writes of that size
    * (events then straddle writes); `delayMs` pauses between writes; `resetAfterBytes` drops the
-   * connection once exactly that many body bytes were written.
+   * connection once exactly that many body bytes were written; `thenHang` keeps it open and
+   * silent after the last write.
    */
-  async function sendPieces(req, res, pieces, { chunkSize, delayMs, resetAfterBytes } = {}) {
+  async function sendPieces(req, res, pieces, { chunkSize, delayMs, resetAfterBytes, thenHang } = {}) {
     // A Buffer goes out as it is (a test may send one buffer many times without holding copies).
     let bufs = pieces.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p)));
     if (chunkSize > 0) {
@@ -661,6 +665,7 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       await sleep(20);
       return dropConnection(req, res);
     }
+    if (thenHang) return park(req, res);
     res.end();
   }
 

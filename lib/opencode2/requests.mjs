@@ -2,7 +2,8 @@
 // hooks make each one go through the pool. The engine (Rust, the same one behind the library's
 // fetch) decides; this file only moves the request and the answer:
 //   http.request:  the engine picks the account and gives the headers to send (its credential).
-//   http.response: the engine judges the answer; a 429 cools the account and the same request is
+//   http.response: the engine judges the answer; a 429 (or a 2xx event stream whose opening says
+//                  rate_limit_error before any content) cools the account and the same request is
 //                  sent again on the next account (the runtime's fetch), a 401 is refreshed or
 //                  adopted and retried once; when every account cools, the answer is the pool's
 //                  own 429 with the real `retry-after`.
@@ -11,8 +12,8 @@
 // Wiring read in anomalyco/opencode packages/core/src/session/model-request.ts (http middleware)
 // and session/runner/retry.ts. A hook that throws is a defect in 2.x (no retry, no message), so
 // every hook here catches everything and leaves the host's request or answer as it was.
-import { syncEnv } from "../native.mjs";
-import { judgeAnswer, nextStep, openExchange, poolAnswer, takeEvents, usageFeed } from "../exchange.mjs";
+import { nativeBinding, syncEnv } from "../native.mjs";
+import { judgeAnswer, nextStep, openExchange, poolAnswer, readOpening, readsOpening, takeEvents, usageFeed } from "../exchange.mjs";
 import { scrubbed } from "../errors.mjs";
 
 /** The host caps one retry delay at 15 minutes (retry.ts); past that, say so instead of waiting. */
@@ -56,6 +57,49 @@ function tapUsage(response, ex) {
   );
   return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
 }
+
+/**
+ * A 2xx event stream's opening, read from the answer's own body before it is judged (the engine
+ * keeps what it said: `readOpening`); null for any other answer. A read that fails (the host
+ * gave up, the stream broke or kept silent for the response timeout) is kept as the failure
+ * the replayed body ends with, as the host's own read would have.
+ */
+async function openingOf(ex, response) {
+  if (!response.body || !readsOpening(response.status, response.headers.get("content-type"))) return null;
+  const reader = response.body.getReader();
+  try {
+    return await readOpening(ex, reader, nativeBinding().responseTimeoutMs(), () => reader.cancel().catch(() => {}));
+  } catch (failure) {
+    reader.cancel().catch(() => {});
+    return { reader, parts: [], ended: false, failure };
+  }
+}
+
+/** The answer whose opening was read, its body whole again: the opening, then the rest. */
+function replayed(response, { reader, parts, failure }) {
+  let ahead = parts;
+  const body = new ReadableStream(
+    {
+      async pull(out) {
+        if (ahead) {
+          for (const chunk of ahead) out.enqueue(chunk);
+          ahead = null;
+          return;
+        }
+        if (failure) return out.error(failure);
+        const next = await reader.read();
+        if (next.done) out.close();
+        else out.enqueue(next.value);
+      },
+      cancel: (reason) => reader.cancel(reason),
+    },
+    { highWaterMark: 0 },
+  );
+  return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+}
+
+/** An answer dropped for another: its body let go (the opening's reader holds it, if read). */
+const dropped = (response, opening) => (opening ? opening.reader.cancel() : response.body?.cancel())?.catch(() => {});
 
 // A request the host sent that never got an answer (the send failed: a reset, a timeout; the
 // host retries with a new request): no http.response comes for it, so its abort listener, and
@@ -223,14 +267,16 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         return;
       }
       let response = event.response;
+      let opening = await openingOf(ex, response);
       let verdict;
       for (;;) {
         verdict = await judgeAnswer(ex, response);
         if (verdict !== "retry") break;
         const step = await nextStep(ex);
         if (step.kind === "answer") {
-          await response.body?.cancel().catch(() => {});
+          await dropped(response, opening);
           response = poolAnswer(step);
+          opening = null;
           remember(event.sessionID, step);
           break;
         }
@@ -247,9 +293,11 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
           verdict = "deliver";
           break;
         }
-        await response.body?.cancel().catch(() => {});
+        await dropped(response, opening);
         response = next;
+        opening = await openingOf(ex, response);
       }
+      if (opening) response = replayed(response, opening);
       event.response = verdict === "deliver-tap" ? tapUsage(response, ex) : response;
     } catch (err) {
       log("error", `the pool could not finish this request: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`);

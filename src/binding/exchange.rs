@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{engine_for, js_error, promise, JsResult};
 use crate::config::{self, ApiOrigin};
-use crate::engine::usage::{self, UsageTap};
+use crate::engine::usage::{self, Opening, UsageTap};
 use crate::engine::{headers, Exchange, RequestMeta, Step, UsageSink, Verdict};
 use crate::error::Error;
 
@@ -25,6 +25,9 @@ pub struct NativeExchange {
     cancel: CancellationToken,
     /// The delivered answer's usage tap, fed by `observe` as the host's body passes.
     usage: std::sync::Mutex<Option<(UsageTap, UsageSink)>>,
+    /// The opening of the answer being judged, an event stream (`feedOpening`); `judge` takes
+    /// what it said.
+    opening: std::sync::Mutex<Option<Opening>>,
 }
 
 /// A credential goes only to the configured API origin, whatever the host was told to call.
@@ -167,6 +170,7 @@ impl NativeExchange {
             base,
             cancel: CancellationToken::new(),
             usage: std::sync::Mutex::new(None),
+            opening: std::sync::Mutex::new(None),
         }
     }
 
@@ -239,8 +243,9 @@ impl NativeExchange {
             .map_err(|_| js_error(Error::InvalidArgument(format!("bad status {status}"))))?;
         let map = headers::answer_headers(header_lines(&headers));
         let mut ex = self.exchange()?.lock().await;
+        let said = self.take_said();
         let verdict = ex
-            .judge(status, &map, body.as_deref(), &self.cancel)
+            .judge(status, &map, body.as_deref(), said.as_deref(), &self.cancel)
             .await
             .map_err(js_error)?;
         Ok(self.verdict_value(&ex, verdict, status, &map))
@@ -263,9 +268,36 @@ impl NativeExchange {
         let Ok(mut ex) = self.exchange()?.try_lock() else {
             return Ok(None);
         };
-        Ok(ex
-            .try_judge(status, &map, body.as_deref())
-            .map(|verdict| self.verdict_value(&ex, verdict, status, &map)))
+        let said = self.said();
+        let verdict = ex.try_judge(status, &map, body.as_deref(), said.as_deref());
+        if verdict.is_some() {
+            self.take_said();
+        }
+        Ok(verdict.map(|verdict| self.verdict_value(&ex, verdict, status, &map)))
+    }
+
+    /// Feeds a chunk of the answer's event stream before it is judged (a 2xx event stream is
+    /// judged on its opening too: `verdict::reads_opening`); true once the opening is complete
+    /// (judge it now, and read no more before). A stream that ends first is judged as it is.
+    /// The chunk is borrowed for the call.
+    #[napi(js_name = "feedOpening", catch_unwind)]
+    pub fn feed_opening(&self, chunk: BufferSlice) -> bool {
+        let Ok(mut slot) = self.opening.lock() else {
+            return true;
+        };
+        slot.get_or_insert_with(Opening::new).feed(&chunk)
+    }
+
+    /// What the opening fed so far said (an `error` event's type before any content).
+    fn said(&self) -> Option<String> {
+        let slot = self.opening.lock().ok()?;
+        slot.as_ref()?.said().map(str::to_string)
+    }
+
+    /// `said`, and the opening let go: the next attempt's answer has its own.
+    fn take_said(&self) -> Option<String> {
+        let taken = self.opening.lock().ok()?.take()?;
+        taken.said().map(str::to_string)
     }
 
     /// Arms the usage tap for a delivered 2xx (JSON or an event stream: other bodies carry no

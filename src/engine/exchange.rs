@@ -381,12 +381,14 @@ impl Exchange {
     }
 
     /// What the answer to the last attempt means. `body` is the bounded start of the body when
-    /// `verdict::needs_body(status)`; `cancel` aborts a refresh this may start.
+    /// `verdict::needs_body(status)`; `said`, the `error.type` of an `error` event in the opening
+    /// of an event stream (`verdict::reads_opening`); `cancel` aborts a refresh this may start.
     pub async fn judge(
         &mut self,
         status: u16,
         headers: &HeaderMap,
         body: Option<&[u8]>,
+        said: Option<&str>,
         cancel: &CancellationToken,
     ) -> Result<Verdict> {
         let Some((email, credential)) = self.current.clone() else {
@@ -402,7 +404,7 @@ impl Exchange {
                 Err(_) => false,
             };
         let (decision, limits, now) =
-            self.decide(status, headers, body, &email, &credential, elsewhere);
+            self.decide(status, headers, body, said, &email, &credential, elsewhere);
         match decision {
             Decision::RefreshAndRetry => {
                 self.refreshed.insert(email.clone());
@@ -454,7 +456,7 @@ impl Exchange {
                 self.move_on(email, "was refused (401)".into());
                 Ok(Verdict::Retry)
             }
-            other => Ok(self.settle(other, email, &limits, now)),
+            other => Ok(self.settle(other, email, &limits, now, said.is_some())),
         }
     }
 
@@ -465,6 +467,7 @@ impl Exchange {
         status: u16,
         headers: &HeaderMap,
         body: Option<&[u8]>,
+        said: Option<&str>,
     ) -> Option<Verdict> {
         self.status = status;
         let Some((email, credential)) = self.current.as_ref() else {
@@ -475,18 +478,20 @@ impl Exchange {
             && self.meta.resource.is_some()
             && self.another_could_serve(&*self.engine.snapshot_now()?, email);
         let (decision, limits, now) =
-            self.decide(status, headers, body, email, credential, elsewhere);
+            self.decide(status, headers, body, said, email, credential, elsewhere);
         match decision {
             Decision::RefreshAndRetry | Decision::RefusedAndMove => None,
-            other => Some(self.settle(other, email.clone(), &limits, now)),
+            other => Some(self.settle(other, email.clone(), &limits, now, said.is_some())),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
         status: u16,
         headers: &HeaderMap,
         body: Option<&[u8]>,
+        said: Option<&str>,
         email: &str,
         credential: &Credential,
         elsewhere: bool,
@@ -501,15 +506,22 @@ impl Exchange {
             elsewhere,
         };
         (
-            verdict::decide(status, &limits, body, asked, now),
+            verdict::decide(status, &limits, body, said, asked, now),
             limits,
             now,
         )
     }
 
     /// The decisions that need no I/O: deliver (and say so for a third-party refusal), or cool
-    /// the account and move on.
-    fn settle(&mut self, decision: Decision, email: String, limits: &Limits, now: i64) -> Verdict {
+    /// the account and move on. `in_stream`: the answer's event stream said why.
+    fn settle(
+        &mut self,
+        decision: Decision,
+        email: String,
+        limits: &Limits,
+        now: i64,
+        in_stream: bool,
+    ) -> Verdict {
         match decision {
             // A 401's decisions are `judge()`'s own and never come here; delivering is the safe
             // reading should one ever do.
@@ -539,7 +551,10 @@ impl Exchange {
                 Verdict::Deliver
             }
             Decision::CoolAndMove(cooldown) => {
-                let why = cooldown.describe();
+                let mut why = cooldown.describe();
+                if in_stream {
+                    why.push_str(" (said in the answer's event stream, before any content)");
+                }
                 tracing::info!(account = %email, until = %iso_time(cooldown.until), why = %why, "rate limited");
                 self.events.push(
                     Event::new(

@@ -83,7 +83,7 @@ impl UsageSink {
     /// which answers 404).
     pub fn record(&self, tap: &mut usage::UsageTap) {
         let counts = tap.finish().filter(|_| usage::enabled());
-        if tap.take_stream_error().as_deref() == Some("rate_limit_error") {
+        if tap.take_stream_error().as_deref() == Some(verdict::STREAM_RATE_LIMIT) {
             self.engine
                 .rest_after_stream_limit(&self.email, &self.model);
         }
@@ -213,16 +213,16 @@ impl Engine {
         std::mem::take(&mut *lock(&self.told_late))
     }
 
-    /// A stream delivered whole-heartedly as a 200 said `rate_limit_error` in an `error` event:
-    /// the limit was met after the head went out, and the stream ended there. Nothing can move
-    /// that request any more (its caller sees the error, and OpenCode retries such an error),
+    /// A stream delivered as a 200 said `rate_limit_error` in an `error` event after its content
+    /// began (one said in its opening, before any content, moved the request on instead:
+    /// `verdict::reads_opening`, so no error is acted on twice): the limit was met mid-answer,
+    /// and the stream ended there. Nothing can move that request any more (its caller sees the error, and OpenCode retries such an error),
     /// but the account rests as after a 429 that said no more, so that the retry and the next
     /// requests go to another account rather than back into the same limit.
     fn rest_after_stream_limit(self: &Arc<Self>, email: &str, model: &str) {
         let now = now_ms();
         let family = limits::model_family(model);
-        let cooldown =
-            limits::cooldown_for_429(&limits::Limits::default(), now, family.as_deref(), None);
+        let cooldown = verdict::stream_limit_cooldown(now, family.as_deref(), None);
         let why = format!(
             "{} (said in the answer's event stream)",
             cooldown.describe()

@@ -1,6 +1,7 @@
 //! Usage per account: the `usage` an answer reports (a JSON body's `usage`, or an event stream's
 //! `message_start` and `message_delta`), read by a tap on the bytes already passing through to
-//! the caller. The tap never changes, holds back or reorders a byte; it only looks.
+//! the caller. The tap never changes, holds back or reorders a byte; it only looks. And an event
+//! stream's opening (`Opening`), read by the same parser before the answer is handed over.
 
 use serde_json::Value;
 
@@ -207,6 +208,16 @@ struct Events {
     lost: bool,
 }
 
+/// What the event parser tells its reader, in stream order.
+enum Seen<'a> {
+    /// An `event:` line ended: the event's name so far (None: longer than any name read).
+    Named(Option<&'a [u8]>),
+    /// An event read (`usage_event`) was dispatched: its name and data.
+    Read(&'a [u8], &'a [u8]),
+    /// An event without a name was dispatched (of type `message`, which no Anthropic event is).
+    Unnamed,
+}
+
 /// The events read: those that carry usage, named so and of that `type` (both Anthropic SDKs
 /// read no message from an event without a name, nor from `ping`), and `error`.
 fn usage_event(name: &[u8]) -> bool {
@@ -230,8 +241,9 @@ impl Events {
         }
     }
 
-    /// Feeds a chunk; calls `dispatch(name, data)` for each complete event that may carry usage.
-    fn observe(&mut self, mut chunk: &[u8], dispatch: &mut impl FnMut(&[u8], &[u8])) {
+    /// Feeds a chunk; tells `dispatch` each event name as its line ends, and each complete
+    /// event that is read (or has no name).
+    fn observe(&mut self, mut chunk: &[u8], dispatch: &mut impl FnMut(Seen)) {
         if let Some(held) = &mut self.opening {
             let take = (BOM.len() - held.len()).min(chunk.len());
             held.extend_from_slice(&chunk[..take]);
@@ -247,7 +259,7 @@ impl Events {
         self.feed(chunk, dispatch);
     }
 
-    fn feed(&mut self, mut rest: &[u8], dispatch: &mut impl FnMut(&[u8], &[u8])) {
+    fn feed(&mut self, mut rest: &[u8], dispatch: &mut impl FnMut(Seen)) {
         while let Some(&first) = rest.first() {
             if self.after_cr {
                 self.after_cr = false;
@@ -363,7 +375,7 @@ impl Events {
         self.data.extend_from_slice(part);
     }
 
-    fn end_line(&mut self, dispatch: &mut impl FnMut(&[u8], &[u8])) {
+    fn end_line(&mut self, dispatch: &mut impl FnMut(Seen)) {
         let target = match std::mem::replace(&mut self.line, Line::Start) {
             Line::Start => return self.dispatch(dispatch),
             // A field without a colon: the whole line is its name, its value empty.
@@ -375,16 +387,28 @@ impl Events {
                 self.has_data = true;
                 self.keep_data(b"\n");
             }
-            Target::Event => self.named = true,
+            Target::Event => {
+                self.named = true;
+                dispatch(Seen::Named(
+                    (!self.name_long).then_some(self.name.as_slice()),
+                ));
+            }
             Target::Skip => {}
         }
     }
 
-    fn dispatch(&mut self, dispatch: &mut impl FnMut(&[u8], &[u8])) {
-        if self.has_data && !self.lost && self.named && !self.name_long && usage_event(&self.name) {
+    fn dispatch(&mut self, dispatch: &mut impl FnMut(Seen)) {
+        if self.has_data && !self.named {
+            dispatch(Seen::Unnamed);
+        } else if self.has_data
+            && !self.lost
+            && self.named
+            && !self.name_long
+            && usage_event(&self.name)
+        {
             // The data lines were joined with LF; the last one's is not part of the data.
             let data = self.data.strip_suffix(b"\n").unwrap_or(&self.data);
-            dispatch(&self.name, data);
+            dispatch(Seen::Read(&self.name, data));
         }
         self.name.clear();
         self.named = false;
@@ -433,8 +457,10 @@ impl UsageTap {
             Kind::Events(events) => {
                 let (started, delta, error) =
                     (&mut self.started, &mut self.delta, &mut self.stream_error);
-                events.observe(chunk, &mut |name, data| {
-                    read_event(name, data, started, delta, error)
+                events.observe(chunk, &mut |seen| {
+                    if let Seen::Read(name, data) = seen {
+                        read_event(name, data, started, delta, error);
+                    }
                 });
             }
         }
@@ -495,6 +521,12 @@ fn read_event(
     delta: &mut Option<Counts>,
     error: &mut Option<String>,
 ) {
+    if name == b"error" {
+        if error.is_none() {
+            *error = error_said(data);
+        }
+        return;
+    }
     if !is_object(data) {
         return;
     }
@@ -504,16 +536,7 @@ fn read_event(
     if event.kind.as_deref().map(str::as_bytes) != Some(name) {
         return;
     }
-    if name == b"error" {
-        let kind = event
-            .error
-            .as_ref()
-            .and_then(|e| e.get("type"))
-            .and_then(Value::as_str);
-        if let (None, Some(kind)) = (&error, kind) {
-            *error = Some(kind.chars().take(64).collect());
-        }
-    } else if name == b"message_start" {
+    if name == b"message_start" {
         if let Some(u) = event.message.as_ref().and_then(|m| m.get("usage")) {
             if !u.is_null() {
                 *started = Some(Counts::from_usage(u));
@@ -521,6 +544,90 @@ fn read_event(
         }
     } else if let Some(u) = event.usage {
         *delta = Some(Counts::from_usage(&u));
+    }
+}
+
+/// The `error.type` of an `error` event's data (`{"type":"error","error":{"type":...}}`), when
+/// the data is one JSON object of type `error`.
+fn error_said(data: &[u8]) -> Option<String> {
+    if !is_object(data) {
+        return None;
+    }
+    let event = serde_json::from_slice::<UsageEvent>(data).ok()?;
+    if event.kind.as_deref() != Some("error") {
+        return None;
+    }
+    let kind = event.error.as_ref()?.get("type")?.as_str()?;
+    Some(kind.chars().take(64).collect())
+}
+
+/// The most of an event stream's opening read before it is handed over without a verdict on
+/// it (an opening is a `message_start` of a few hundred bytes, and maybe a `ping`).
+pub const OPENING_LIMIT: usize = 64 * 1024;
+
+/// An event stream's opening: its events before the first one of content, read before the
+/// answer is handed over. An `error` there came before the caller could have been told anything
+/// (Anthropic's rate limit said after its 200 head), so the request may still move to another
+/// account, as after a 429 (`verdict::decide`). Complete once content begins (any event but
+/// `message_start`, `ping` or `error`; at its name, not its end: its bytes are not held back
+/// longer than its name line), once an `error` event is dispatched, or once `OPENING_LIMIT`
+/// bytes came without either. The same parser as the usage tap (WHATWG's event stream).
+pub struct Opening {
+    events: Events,
+    read: usize,
+    complete: bool,
+    said: Option<String>,
+}
+
+impl Default for Opening {
+    fn default() -> Self {
+        Opening::new()
+    }
+}
+
+impl Opening {
+    pub fn new() -> Opening {
+        Opening {
+            events: Events::new(),
+            read: 0,
+            complete: false,
+            said: None,
+        }
+    }
+
+    /// Feeds the next chunk of the body; true once the opening is complete (the answer can be
+    /// judged; read no more of it).
+    pub fn feed(&mut self, chunk: &[u8]) -> bool {
+        if self.complete {
+            return true;
+        }
+        let (complete, said) = (&mut self.complete, &mut self.said);
+        self.events.observe(chunk, &mut |seen| {
+            if *complete {
+                return;
+            }
+            match seen {
+                Seen::Read(b"error", data) => {
+                    *said = error_said(data);
+                    *complete = true;
+                }
+                Seen::Read(..) | Seen::Named(Some(b"message_start" | b"ping" | b"error")) => {}
+                Seen::Named(_) | Seen::Unnamed => *complete = true,
+            }
+        });
+        self.read = self.read.saturating_add(chunk.len());
+        self.complete |= self.read >= OPENING_LIMIT;
+        self.complete
+    }
+
+    /// Whether the opening is complete (`feed` said so).
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+
+    /// The `error.type` of an `error` event the opening held before any content.
+    pub fn said(&self) -> Option<&str> {
+        self.said.as_deref()
     }
 }
 
@@ -660,6 +767,108 @@ mod tests {
             None,
             "a JSON body's error is its status's"
         );
+    }
+
+    /// What an opening made of `stream` fed in chunks of `size`: whether it completed, and after
+    /// how many bytes, and what it said.
+    fn opening(stream: &[u8], size: usize) -> (bool, usize, Option<String>) {
+        let mut o = Opening::new();
+        let mut fed = 0;
+        for chunk in stream.chunks(size.max(1)) {
+            fed += chunk.len();
+            if o.feed(chunk) {
+                return (true, fed, o.said().map(str::to_string));
+            }
+        }
+        (o.complete(), fed, o.said().map(str::to_string))
+    }
+
+    #[test]
+    fn an_opening_ends_at_its_first_content_event_or_its_error_however_it_is_cut() {
+        let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":3}}}\n\n";
+        let ping = "event: ping\ndata: {\"type\": \"ping\"}\n\n";
+        let limited = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"m\"}}\n\n";
+        let overloaded = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n";
+        let block =
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0}\n\n";
+        let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\"}\n\n";
+        // (stream, said, where it completes: the end of this prefix)
+        let name_of_block = format!("{start}{ping}event: content_block_start\n");
+        let cases: Vec<(String, Option<&str>, Option<String>)> = vec![
+            (format!("{start}{ping}{limited}"), Some("rate_limit_error"), Some(format!("{start}{ping}{limited}"))),
+            (format!("{start}{limited}{block}"), Some("rate_limit_error"), Some(format!("{start}{limited}"))),
+            (format!("{start}{overloaded}"), Some("overloaded_error"), Some(format!("{start}{overloaded}"))),
+            // Content first: complete at its name line, and an error after it is not the opening's.
+            (format!("{start}{ping}{block}{limited}"), None, Some(name_of_block.clone())),
+            (format!("{start}{delta}{limited}"), None, Some(format!("{start}event: content_block_delta\n"))),
+            // An event of no name is no opening event either.
+            (format!("{start}data: x\n\n{limited}"), None, Some(format!("{start}data: x\n\n"))),
+            // Only message_start and pings (comments too): not complete, whatever comes later.
+            (format!(": hi\n{start}{ping}{ping}"), None, None),
+            // An error event cut before its blank line is no event yet.
+            (format!("{start}{}", limited.trim_end()), None, None),
+            // The name given last names the event.
+            (format!("{start}event: error\nevent: content_block_delta\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"rate_limit_error\"}}}}\n\n"), None, Some(format!("{start}event: error\nevent: content_block_delta\n"))),
+            (format!("{start}data: {{\"type\":\"error\",\"error\":{{\"type\":\"rate_limit_error\"}}}}\nevent: error\n\n"), Some("rate_limit_error"), Some(format!("{start}data: {{\"type\":\"error\",\"error\":{{\"type\":\"rate_limit_error\"}}}}\nevent: error\n\n"))),
+            // An error event that says nothing readable completes the opening, saying nothing.
+            (format!("{start}event: error\ndata: [\"rate_limit_error\"]\n\n"), None, Some(format!("{start}event: error\ndata: [\"rate_limit_error\"]\n\n"))),
+        ];
+        for (stream, said, until) in cases {
+            let variants = [
+                (stream.clone(), until.clone()),
+                (
+                    stream.replace('\n', "\r\n"),
+                    // Complete at the CR: its LF goes with the rest.
+                    until
+                        .as_ref()
+                        .map(|u| u.replace('\n', "\r\n").trim_end_matches('\n').to_string()),
+                ),
+                (
+                    stream.replace('\n', "\r"),
+                    until.as_ref().map(|u| u.replace('\n', "\r")),
+                ),
+                (
+                    format!("\u{feff}{stream}"),
+                    until.as_ref().map(|u| format!("\u{feff}{u}")),
+                ),
+            ];
+            for (text, until) in variants {
+                let bytes = text.as_bytes();
+                for size in [1, 3, bytes.len()] {
+                    let (complete, fed, got) = opening(bytes, size);
+                    assert_eq!(got.as_deref(), said, "{text:?} in chunks of {size}");
+                    match &until {
+                        Some(u) => {
+                            assert!(complete, "{text:?} in chunks of {size}");
+                            // Completed by the chunk holding the prefix's last byte (a CR line
+                            // end is known at the CR).
+                            assert!(
+                                fed >= u.len() && fed < u.len() + size,
+                                "{text:?} in chunks of {size}: at {fed}, not {}",
+                                u.len()
+                            );
+                        }
+                        None => assert!(!complete, "{text:?} in chunks of {size}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_opening_of_no_content_is_bounded() {
+        let ping = b"event: ping\ndata: {\"type\": \"ping\"}\n\n";
+        let mut o = Opening::new();
+        let mut fed = 0;
+        while !o.feed(ping) {
+            fed += ping.len();
+            assert!(fed < OPENING_LIMIT);
+        }
+        assert_eq!(o.said(), None);
+        // Nor does one endless line hold it.
+        let mut o = Opening::new();
+        assert!(!o.feed(b"data: "));
+        assert!(o.feed(&vec![b'x'; OPENING_LIMIT]));
     }
 
     #[test]

@@ -4,14 +4,16 @@
 //! | --- | --- |
 //! | 429 | cool the account (see `limits::cooldown_for_429`), move the request to the next account |
 //! | 429 to token counting, a batch, a file, exhausting no window | rest only that endpoint on the account (its limits are its own), move on |
+//! | 2xx event stream whose opening, before any content, is an `error` event of `rate_limit_error` (`usage::Opening`) | as a 429 that said nothing more: cool the account, move the request on (the opening is dropped; the caller saw nothing of it) |
 //! | 429 whose body says `enforced_spend_limit_reached` | the key's monthly spend limit: rest the account until the month turns (at most 8 days at a time), move on |
 //! | 401, OAuth, first time for this account | adopt a newer token or refresh, retry on the same account |
 //! | 401 again, or 401 for an API key | the credential is refused: mark it (tied to that credential), move on |
 //! | 400 saying third-party apps draw from extra usage | deliver it, report it, do not rotate (every subscription would say the same) |
 //! | 404 to a request naming a file, a batch (any account's own resource) while another account is left to ask | not this account's: ask the next one, nobody is benched (the last 404 is delivered) |
-//! | anything else (2xx, 3xx, other 4xx, 529, 5xx) | deliver it as it is; nobody is benched |
+//! | anything else (2xx, an event stream's `overloaded_error`, 3xx, other 4xx, 529, 5xx) | deliver it as it is; nobody is benched |
 
 use super::limits::{cooldown_for_429, cooldown_for_spend_limit, Cooldown, Limits};
+use super::usage;
 
 /// How the request was authenticated, which decides what a 401 means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,27 @@ pub fn head_decides(status: u16) -> bool {
 /// waiting on the response timeout (5 minutes by default) is no failover.
 pub const HEAD_DECIDES_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Whether the answer is judged on its event stream's opening (`usage::Opening`, read up to
+/// `usage::OPENING_LIMIT`, each read within the response timeout) as well as its head: a 2xx
+/// event stream, where Anthropic says a rate limit met after the head in an `error` event.
+pub fn reads_opening(status: u16, headers: &reqwest::header::HeaderMap) -> bool {
+    usage::carried(status, headers) == Some(true)
+}
+
+/// How an account rests for a rate limit said in an event stream (an `error` event of
+/// `rate_limit_error`, whether in the opening or after content began): as after a 429 that said
+/// nothing more (no `retry-after`, no window), the 429 policy's own reading of that.
+pub fn stream_limit_cooldown(
+    now_ms: i64,
+    family: Option<&str>,
+    endpoint: Option<&str>,
+) -> Cooldown {
+    cooldown_for_429(&Limits::default(), now_ms, family, endpoint)
+}
+
+/// The `error.type` an event stream says when the account met its rate limit.
+pub const STREAM_RATE_LIMIT: &str = "rate_limit_error";
+
 /// What the answer is judged against: the request it answered, and the attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct Asked<'a> {
@@ -79,10 +102,13 @@ pub struct Asked<'a> {
     pub elsewhere: bool,
 }
 
+/// `body`: the bounded start of a 400's or a 429's body (`needs_body`); `said`: the `error.type`
+/// of an `error` event in a 2xx event stream's opening (`reads_opening`).
 pub fn decide(
     status: u16,
     limits: &Limits,
     body: Option<&[u8]>,
+    said: Option<&str>,
     asked: Asked,
     now_ms: i64,
 ) -> Decision {
@@ -98,6 +124,10 @@ pub fn decide(
             Decision::CoolAndMove(cooldown_for_spend_limit(limits, now_ms))
         }
         429 => Decision::CoolAndMove(cooldown_for_429(limits, now_ms, family, endpoint)),
+        // The 200's head said nothing of the limit (its windows were read as served).
+        200..=299 if said == Some(STREAM_RATE_LIMIT) => {
+            Decision::CoolAndMove(stream_limit_cooldown(now_ms, family, endpoint))
+        }
         401 if kind == CredentialKind::OAuth && !refreshed_already => Decision::RefreshAndRetry,
         401 => Decision::RefusedAndMove,
         400 if body.is_some_and(is_third_party_refusal) => Decision::DeliverThirdPartyRefusal,
@@ -139,7 +169,7 @@ mod tests {
                 endpoint: None,
                 elsewhere: false,
             };
-            decide(status, &none, body, asked, NOW)
+            decide(status, &none, body, None, asked, NOW)
         };
         assert!(matches!(
             d(429, None, CredentialKind::OAuth, false),
@@ -194,16 +224,16 @@ mod tests {
             elsewhere,
         };
         assert_eq!(
-            decide(404, &none, None, asked(true), NOW),
+            decide(404, &none, None, None, asked(true), NOW),
             Decision::LookElsewhere
         );
         assert_eq!(
-            decide(404, &none, None, asked(false), NOW),
+            decide(404, &none, None, None, asked(false), NOW),
             Decision::Deliver
         );
         for status in (100..600u16).filter(|s| *s != 404) {
             assert_ne!(
-                decide(status, &none, None, asked(true), NOW),
+                decide(status, &none, None, None, asked(true), NOW),
                 Decision::LookElsewhere,
                 "{status}"
             );
@@ -223,6 +253,61 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limit_said_in_an_event_streams_opening_is_a_429_that_said_nothing_more() {
+        let asked = Asked {
+            kind: CredentialKind::OAuth,
+            refreshed_already: false,
+            family: Some("sonnet"),
+            endpoint: None,
+            elsewhere: false,
+        };
+        // The 200's head may hold a retry-after or windows; the limit it did not know of rests
+        // the account as a bare 429's does.
+        let head = Limits::from_headers(
+            &crate::engine::limits::tests::headers(&[("retry-after", "3600")]),
+            std::time::SystemTime::now(),
+        );
+        let bare = decide(429, &Limits::default(), None, None, asked, NOW);
+        assert_eq!(
+            decide(200, &head, None, Some(STREAM_RATE_LIMIT), asked, NOW),
+            bare
+        );
+        assert!(matches!(
+            bare,
+            Decision::CoolAndMove(Cooldown {
+                kind: CooldownKind::Burst,
+                ..
+            })
+        ));
+        assert_eq!(
+            Decision::CoolAndMove(stream_limit_cooldown(NOW, Some("sonnet"), None)),
+            bare
+        );
+        for said in [None, Some("overloaded_error"), Some("api_error")] {
+            assert_eq!(
+                decide(200, &head, None, said, asked, NOW),
+                Decision::Deliver
+            );
+        }
+        // Only a 2xx's opening is read.
+        for status in [304, 400, 500, 529] {
+            assert_eq!(
+                decide(status, &head, None, Some(STREAM_RATE_LIMIT), asked, NOW),
+                Decision::Deliver,
+                "{status}"
+            );
+        }
+        let sse = crate::engine::limits::tests::headers(&[(
+            "content-type",
+            "text/event-stream; charset=utf-8",
+        )]);
+        let json = crate::engine::limits::tests::headers(&[("content-type", "application/json")]);
+        assert!(reads_opening(200, &sse));
+        assert!(!reads_opening(200, &json));
+        assert!(!reads_opening(429, &sse));
+    }
+
+    #[test]
     fn a_throttle_of_an_endpoint_with_limits_of_its_own_rests_only_that() {
         use crate::engine::limits::{endpoint_limits, COUNT_TOKENS, MESSAGE_BATCHES};
         let throttle = Limits::from_headers(
@@ -239,10 +324,11 @@ mod tests {
                 elsewhere: false,
             }
         };
-        let rest = |path: &str, limits: &Limits| match decide(429, limits, None, asked(path), NOW) {
-            Decision::CoolAndMove(c) => c,
-            other => panic!("{path}: {other:?}"),
-        };
+        let rest =
+            |path: &str, limits: &Limits| match decide(429, limits, None, None, asked(path), NOW) {
+                Decision::CoolAndMove(c) => c,
+                other => panic!("{path}: {other:?}"),
+            };
         let c = rest("/v1/messages/count_tokens", &throttle);
         assert_eq!(
             (c.kind, c.scope.as_deref(), c.until),
@@ -293,14 +379,15 @@ mod tests {
             family: None,
             ..asked("/v1/files")
         };
-        let Decision::CoolAndMove(c) = decide(429, &odd, None, no_model, NOW) else {
+        let Decision::CoolAndMove(c) = decide(429, &odd, None, None, no_model, NOW) else {
             panic!("a 429 moves on");
         };
         assert_eq!(c.scope.as_deref(), Some(crate::engine::limits::FILES_API));
         // So is a spend limit.
         let spend: &[u8] =
             br#"{"error":{"details":{"error_code":"enforced_spend_limit_reached"}}}"#;
-        let Decision::CoolAndMove(c) = decide(429, &throttle, Some(spend), asked("/v1/files"), NOW)
+        let Decision::CoolAndMove(c) =
+            decide(429, &throttle, Some(spend), None, asked("/v1/files"), NOW)
         else {
             panic!("a spend limit moves on");
         };
