@@ -628,10 +628,13 @@ export function createHost({
 
   // --- hooks (packages/core/src/plugin/hooks.ts) ---------------------------------------------
   // Callbacks run in registration order and share one event object; a hook registered with
-  // `{ providerID }` only sees events whose `event.model.providerID` matches.
+  // `{ providerID }` only sees events whose `event.model.providerID` matches. A trigger runs the
+  // callbacks registered when it began: `dispose` replaces the list rather than editing it, so
+  // a hook disposed while an earlier one runs (a plugin reloaded meanwhile) is still called in
+  // that trigger, and one registered meanwhile is not.
   async function trigger(domain, name, event, signal) {
     for (const h of hooks.filter((x) => x.domain === domain && x.name === name)) {
-      if (!h.active || (h.providerID !== undefined && h.providerID !== event?.model?.providerID)) continue;
+      if (h.providerID !== undefined && h.providerID !== event?.model?.providerID) continue;
       try {
         await (hookSignal ? h.callback(event, { signal }) : h.callback(event));
       } catch (e) {
@@ -956,6 +959,10 @@ export function createHost({
       record("model.error", { attempt, error });
       // context-overflow errors go to compaction, not to the retry policy (session runner).
       if (cause.overflow) throw new ModelRequestError(error, { attempts: attempt, cause });
+      // packages/core/src/session/title.ts: a title request (run beside the session's first
+      // turn, same session id) catches its failure and goes without a title: no retry policy,
+      // no `retry` hook.
+      if (kind === "title") throw new ModelRequestError(error, { attempts: attempt, cause });
       const decision = await decide(cause, isRetryable(cause), async (n, proposed) => {
         const event = { sessionID, agent, model: ref, error, attempt: n, decision: proposed };
         record("retry.proposed", { attempt: n, decision: { ...proposed } });

@@ -26,6 +26,15 @@ const HOST_RETRY_CAP_MS = 15 * 60_000;
  */
 export const POOL_ANSWERS_KEPT = 1000;
 const POOL_ANSWER_GRACE_MS = 60_000;
+/**
+ * sessionID -> { retryAfterMs, at } of the pool's last own 429, shared like `placed` below: the
+ * answer is given by the setup that placed the request, the `retry` that follows is heard by
+ * whichever setup is registered then. Each setup's own map lost it across a config reload,
+ * and the host then waited its capped 15 minutes where the pool had said not to retry.
+ */
+const POOL_ANSWERS = Symbol.for("opencode-oauth-pool.opencode2.poolAnswers");
+globalThis[POOL_ANSWERS] ??= new Map();
+const poolAnswers = globalThis[POOL_ANSWERS];
 
 /**
  * The delivered answer, its body passed through unchanged while the engine's usage tap looks at
@@ -82,9 +91,14 @@ function replayed(response, { reader, parts, failure }) {
     {
       async pull(out) {
         if (ahead) {
-          for (const chunk of ahead) out.enqueue(chunk);
+          const parts = ahead;
           ahead = null;
-          return;
+          // A pull that enqueues nothing is not called again: an opening that failed before a
+          // chunk came must fail now, or the host's read waits for ever.
+          if (parts.length) {
+            for (const chunk of parts) out.enqueue(chunk);
+            return;
+          }
         }
         if (failure) return out.error(failure);
         const next = await reader.read();
@@ -132,6 +146,9 @@ function abortOnSignal(signal, ex) {
  * the host gave none). The resend follows the same signal: a Request passed to fetch keeps it.
  */
 const hostSignal = (extra, request) => extra?.signal ?? request?.signal;
+
+/** A failure's code for a log line: the pool's (a string), else its name (a DOMException's `code` is a number). */
+const codeOf = (err) => (typeof err?.code === "string" ? err.code : (err?.name ?? "ERROR"));
 
 /** `request` again, with the headers the engine gave for this attempt. */
 function withHeaders(request, headers) {
@@ -193,8 +210,6 @@ function localRequest(request) {
  * accounts needing attention; `log(level, message)` writes one line.
  */
 export async function registerRequestHooks(ctx, { providerID, path, notify, log, fetch = globalThis.fetch }) {
-  const poolAnswers = new Map(); // sessionID -> { retryAfterMs, at } of the pool's last own 429
-
   const drain = (ex) => {
     const events = takeEvents(ex);
     if (events.length) notify(events);
@@ -234,10 +249,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
     } catch (err) {
       // The host gave the request up: it reads no answer, so there is nothing to report.
       if (!hostSignal(extra, request)?.aborted)
-        log(
-          "error",
-          `could not place the request on a pool account, so it is answered here and not sent: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`,
-        );
+        log("error", `could not place the request on a pool account, so it is answered here and not sent: ${codeOf(err)} ${scrubbed(err?.message ?? err)}`);
       try {
         stopListening?.();
         if (ex) drain(ex);
@@ -286,10 +298,9 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         try {
           next = await fetch(withHeaders(event.request.clone(), step.headers), { signal: hostSignal(extra, event.request) });
         } catch (err) {
-          log(
-            "warn",
-            `the retry on another account failed; the host gets the first answer: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`,
-          );
+          // The host gave the request up: the resend ended with it, and nobody reads the answer.
+          if (!hostSignal(extra, event.request)?.aborted)
+            log("warn", `the retry on another account failed; the host gets the first answer: ${codeOf(err)} ${scrubbed(err?.message ?? err)}`);
           verdict = "deliver";
           break;
         }
@@ -300,7 +311,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       if (opening) response = replayed(response, opening);
       event.response = verdict === "deliver-tap" ? tapUsage(response, ex) : response;
     } catch (err) {
-      log("error", `the pool could not finish this request: ${err?.code ?? err?.name ?? "ERROR"} ${scrubbed(err?.message ?? err)}`);
+      log("error", `the pool could not finish this request: ${codeOf(err)} ${scrubbed(err?.message ?? err)}`);
     } finally {
       if (state.token) unanswered.unregister(state.token);
       state.stopListening?.();
@@ -326,7 +337,11 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       const own = poolAnswers.get(event.sessionID);
       if (!own || event.error?.status !== 429) return;
       poolAnswers.delete(event.sessionID);
-      const wait = Math.max(0, own.retryAfterMs - (Date.now() - own.at));
+      const since = Date.now() - own.at;
+      // A 429 of the session long after one the host never retried (a title request, which is
+      // not retried; a host past its tenth retry) is not that one: it was retried at once.
+      if (since > own.retryAfterMs + POOL_ANSWER_GRACE_MS) return;
+      const wait = Math.max(0, own.retryAfterMs - since);
       event.decision = wait > HOST_RETRY_CAP_MS ? { retry: false } : { retry: true, delay: wait };
     } catch (err) {
       log("error", `retry decision failed: ${scrubbed(err?.message ?? err)}`);
