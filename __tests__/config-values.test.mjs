@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { addApiKey, createPoolFetch, listAccounts, loadPool, OAuthPoolPlugin, poolConfigHook, serve } from "../index.mjs";
-import { fakeClient, jsonHeaders, seedPool, tempPoolPath, useMock } from "./helpers/pool-env.mjs";
+import { fakeClient, jsonHeaders, seedPool, tempPoolPath, useMock, withEnv } from "./helpers/pool-env.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
 
 const mock = useMock();
@@ -27,23 +27,6 @@ const post = (f) =>
     headers: jsonHeaders,
     body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
   });
-
-/** Runs `fn` with `vars` set in process.env (undefined: removed), then puts them back. */
-async function withEnv(vars, fn) {
-  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
-  const put = (values) => {
-    for (const [k, v] of Object.entries(values)) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  };
-  put(vars);
-  try {
-    return await fn();
-  } finally {
-    put(saved);
-  }
-}
 
 // What of this machine's environment would change what doctor reports.
 const SCRUBBED = /^(oauth_pool_|https?_proxy$|all_proxy$|no_proxy$|opencode_config|xdg_config_home$)/i;

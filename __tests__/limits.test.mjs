@@ -8,7 +8,7 @@ import { basename, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
-import { useMock, seedPool, account, readPool, messagesUrl, jsonHeaders } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, readPool, messagesUrl, jsonHeaders, withEnv } from "./helpers/pool-env.mjs";
 
 const { createPoolFetch, flushPool, poolStatus } = lib;
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
@@ -23,17 +23,6 @@ const ask = (f, model, extra = {}, init = {}) =>
     body: JSON.stringify({ model, max_tokens: 64, messages: [{ role: "user", content: "hi" }], ...extra }),
     ...init,
   });
-
-function withEnv(vars, fn) {
-  const old = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
-  Object.assign(process.env, vars);
-  return Promise.resolve(fn()).finally(() => {
-    for (const [k, v] of Object.entries(old)) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  });
-}
 
 test("a 429 of a model's scoped window cools only that model on that account; others keep it serving", async () => {
   const path = await seedPool(mock, ["scope@x.test"]);

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { addAccount, authorize, createPoolFetch, flushPool, loadPool, savePool } from "../index.mjs";
-import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders, withEnv } from "./helpers/pool-env.mjs";
 
 const POLLER = fileURLToPath(new URL("./helpers/pool-poller.mjs", import.meta.url));
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
@@ -24,19 +24,6 @@ async function expiredFirst(tag) {
   pool.anthropic.find((a) => a.email === first).priority = 5;
   await savePool(pool, path);
   return { path, first, second };
-}
-
-async function withEnv(vars, fn) {
-  const old = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
-  Object.assign(process.env, vars);
-  try {
-    return await fn();
-  } finally {
-    for (const [k, v] of Object.entries(old)) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  }
 }
 
 test("requests waiting on one refresh while the token endpoint answers 503: the token is presented once, all move on", async () => {

@@ -7,7 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { flushPool, savePool } from "../index.mjs";
 import { parseSSE } from "./helpers/mock-anthropic.mjs";
-import { account, jsonHeaders, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
+import { account, jsonHeaders, readPool, seedPool, useMock, withEnv } from "./helpers/pool-env.mjs";
 import { throughPool, withRawApi } from "./helpers/raw-api.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
 import { createPoolFetch } from "../index.mjs";
@@ -22,17 +22,6 @@ const init = (extra = {}) => ({
   headers: jsonHeaders,
   body: JSON.stringify({ model: MODEL, max_tokens: 64, stream: true, messages: [{ role: "user", content: "hi" }], ...extra }),
 });
-
-function withEnv(vars, fn) {
-  const old = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
-  Object.assign(process.env, vars);
-  return Promise.resolve(fn()).finally(() => {
-    for (const [k, v] of Object.entries(old)) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  });
-}
 
 /** A pool of `emails` whose first is tried first; `send(init)` through `kind`, events heard. */
 async function poolOf(kind, emails) {

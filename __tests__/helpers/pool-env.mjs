@@ -185,3 +185,20 @@ export function countedSignal(counts = (type) => type === "abort") {
 
 /** The pool's abort listeners are the functions named `onAbort`. */
 export const poolListener = (type, listener) => type === "abort" && listener?.name === "onAbort";
+
+/** Runs `fn` with `vars` set in process.env (undefined: removed), then puts them back. */
+export async function withEnv(vars, fn) {
+  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  const put = (values) => {
+    for (const [k, v] of Object.entries(values)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  };
+  put(vars);
+  try {
+    return await fn();
+  } finally {
+    put(saved);
+  }
+}
