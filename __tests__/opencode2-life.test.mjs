@@ -9,7 +9,7 @@ import * as pluginModule from "../plugin.mjs";
 import { resetCooldowns } from "../index.mjs";
 import { parseSSE, rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { countedSignal, poolListener, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
-import { createHost, loadPlugin, ModelRequestError } from "./helpers/opencode2-host.mjs";
+import { createHost, loadPlugin, ModelRequestError, reloadingHost } from "./helpers/opencode2-host.mjs";
 
 const mock = useMock();
 
@@ -103,25 +103,19 @@ test("the plugin set up again while a request is out: the pool's 429 past the ho
   const far = Math.floor(Date.now() / 1000) + 7999;
   mock.script("life-cap@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 7999, fiveHourReset: far }) }]);
   const sleeps = [];
-  let reload;
   let reloaded = false;
-  const host = createHost({
-    sleep: async (ms) => void sleeps.push(ms),
-    random: () => 0.5,
-    fetch: async (url, init) => {
-      const res = await globalThis.fetch(url, init);
-      if (!reloaded) {
+  const { host, unload } = await reloadingHost(
+    pluginModule,
+    { path },
+    {
+      sleep: async (ms) => void sleeps.push(ms),
+      afterFetch: async (_url, reload) => {
+        if (reloaded) return;
         reloaded = true;
         await reload();
-      }
-      return res;
+      },
     },
-  });
-  let handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
-  reload = async () => {
-    await handle.unload();
-    handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
-  };
+  );
   try {
     const failure = await settled(ask(host));
     assert.ok(reloaded, "the plugin was set up again while the request was out");
@@ -131,7 +125,7 @@ test("the plugin set up again while a request is out: the pool's 429 past the ho
     assert.deepEqual(sleeps, [], "the host did not wait 15 minutes for a retry the pool said was pointless");
     assert.equal(host.hooks().filter((h) => h.name === "http.request").length, 1, "one setup's hooks left");
   } finally {
-    await handle.unload();
+    await unload();
     await resetCooldowns(path);
   }
 });
@@ -210,24 +204,18 @@ test("the plugin disposed and set up again during a stream's opening: its rate l
   pool.anthropic[0].priority = 9;
   const { savePool } = await import("../index.mjs");
   await savePool(pool, path);
-  let reload;
   let reloading;
-  const host = createHost({
-    sleep: async () => {},
-    random: () => 0.5,
-    fetch: async (url, init) => {
-      const res = await globalThis.fetch(url, init);
+  const { host, unload } = await reloadingHost(
+    pluginModule,
+    { path },
+    {
       // The reload lands while the pool's hook reads the answer's opening (its events come 150 ms
       // apart).
-      if (!reloading) reloading = sleep(75).then(() => reload());
-      return res;
+      afterFetch: (_url, reload) => {
+        reloading ??= sleep(75).then(() => reload());
+      },
     },
-  });
-  let handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
-  reload = async () => {
-    await handle.unload();
-    handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
-  };
+  );
   try {
     mock.script("life-d1@x.test", [{ sse: true, errorBeforeContent: true, errorType: "rate_limit_error", delayMs: 150 }]);
     const from = mock.requests.length;
@@ -250,7 +238,7 @@ test("the plugin disposed and set up again during a stream's opening: its rate l
     assert.equal(next.status, 200);
     await next.text();
   } finally {
-    await handle.unload();
+    await unload();
     await resetCooldowns(path);
   }
 });

@@ -10,7 +10,7 @@ import { settle } from "../lib/errors.mjs";
 import { openExchange } from "../lib/exchange.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
 import { countedSignal, poolListener, useMock, tempPoolPath, readPool, seedPool } from "./helpers/pool-env.mjs";
-import { createHost, loadPlugin, g1Context, registrationsOf, ModelRequestError } from "./helpers/opencode2-host.mjs";
+import { createHost, loadPlugin, g1Context, registrationsOf, ModelRequestError, reloadingHost } from "./helpers/opencode2-host.mjs";
 
 const mock = useMock();
 
@@ -512,35 +512,27 @@ test("a request the pool cannot place is answered at once with the reason, never
 test("a request placed before a reload is finished by the plugin set up again: the pool's 429, not the local stand-in", async () => {
   const path = await seedPool(mock, ["reload1@x.test"]);
   mock.script("reload1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 120, fiveHourReset: Math.floor(Date.now() / 1000) + 120 }) }]);
-  let reload;
   let reloaded = false;
   // The host reloads the plugin (a config change) while a request is out: the old setup's hooks
-  // are disposed before the answer comes (packages/plugin/src/promise/adapter.ts: registrations
-  // live in the plugin's scope).
-  const host = createHost({
-    sleep: async () => {},
-    random: () => 0.5,
-    fetch: async (url, init) => {
-      const res = await globalThis.fetch(url, init);
-      if (!reloaded && String(url).startsWith("data:")) {
+  // are disposed before the answer comes.
+  const { host, unload } = await reloadingHost(
+    pluginModule,
+    { path },
+    {
+      afterFetch: async (url, reload) => {
+        if (reloaded || !String(url).startsWith("data:")) return;
         reloaded = true;
         await reload();
-      }
-      return res;
+      },
     },
-  });
-  let handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
-  reload = async () => {
-    await handle.unload();
-    handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
-  };
+  );
   const failure = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).then(
     (res) => res,
     (e) => e,
   );
   assert.ok(reloaded);
   assert.equal(failure?.error?.status, 429, `the host got ${failure?.status ?? failure?.message}`);
-  await handle.unload();
+  await unload();
 });
 
 test("two copies of the plugin in one host: each request is placed and judged once", async () => {

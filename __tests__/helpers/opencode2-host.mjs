@@ -1112,3 +1112,29 @@ export function g1Context(options = {}) {
   return ctx;
 }
 export const registrationsOf = (ctx) => ctx[G1] ?? ctx[OWNED];
+
+/**
+ * A host whose plugin is set up again while it runs, as a config change reloads it (the old
+ * setup's hooks disposed: packages/plugin/src/promise/adapter.ts, registrations live in the
+ * plugin's scope). After each of the host's fetches, `afterFetch(url, reload)` may call
+ * `reload()`, which unloads the plugin and loads it again with the same options. Resolves
+ * `{ host, unload }`; `unload` ends whichever setup is current.
+ */
+export async function reloadingHost(pluginModule, options, { sleep = async () => {}, afterFetch }) {
+  let handle;
+  const reload = async () => {
+    await handle.unload();
+    handle = await host.start(loadPlugin(pluginModule, { options }));
+  };
+  const host = createHost({
+    sleep,
+    random: () => 0.5,
+    fetch: async (url, init) => {
+      const res = await globalThis.fetch(url, init);
+      await afterFetch(url, reload);
+      return res;
+    },
+  });
+  handle = await host.start(loadPlugin(pluginModule, { options }));
+  return { host, unload: () => handle.unload() };
+}
