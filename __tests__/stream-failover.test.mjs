@@ -290,63 +290,60 @@ for (const kind of KINDS) {
   });
 }
 
+/**
+ * An upstream that sends a stream's head and its `message_start`, then nothing: `written` once
+ * that went out, `upstreamClosed` once the pool let the connection go.
+ */
+function openingThenNothing() {
+  let wrote;
+  const written = new Promise((r) => (wrote = r));
+  let closed;
+  const upstreamClosed = new Promise((r) => (closed = r));
+  const serve = (socket) => {
+    socket.on("close", closed);
+    socket.write(SSE_HEAD);
+    socket.write(chunk(START), () => setTimeout(wrote, 100));
+  };
+  return { serve, written, upstreamClosed };
+}
+
 for (const kind of ["native", "runtime"]) {
   test(`an abort during the opening read rejects with the caller's reason and closes the upstream connection (${kind})`, async () => {
     const path = await seedPool(mock, [`sfab-${kind}@x.test`]);
-    let wrote;
-    const written = new Promise((r) => (wrote = r));
-    let closed;
-    const upstreamClosed = new Promise((r) => (closed = r));
-    await withRawApi(
-      (socket) => {
-        socket.on("close", closed);
-        socket.write(SSE_HEAD);
-        socket.write(chunk(START), () => setTimeout(wrote, 100));
-      },
-      async (api) => {
-        const f = createPoolFetch({ path, transport: kind });
-        const controller = new AbortController();
-        const pending = f(`${api}/v1/messages`, { ...init(), signal: controller.signal });
-        await written;
-        const reason = new Error("the caller gave up");
-        controller.abort(reason);
-        await assert.rejects(pending, (err) => err === reason || err?.name === "AbortError");
-        let timer;
-        await Promise.race([upstreamClosed, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error("upstream left open")), 10_000)))]);
-        clearTimeout(timer);
-      },
-    );
+    const { serve, written, upstreamClosed } = openingThenNothing();
+    await withRawApi(serve, async (api) => {
+      const f = createPoolFetch({ path, transport: kind });
+      const controller = new AbortController();
+      const pending = f(`${api}/v1/messages`, { ...init(), signal: controller.signal });
+      await written;
+      const reason = new Error("the caller gave up");
+      controller.abort(reason);
+      await assert.rejects(pending, (err) => err === reason || err?.name === "AbortError");
+      let timer;
+      await Promise.race([upstreamClosed, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error("upstream left open")), 10_000)))]);
+      clearTimeout(timer);
+    });
   });
 }
 
 test("the gateway's client going away during the opening read closes the upstream connection", async () => {
   const path = await seedPool(mock, ["sfab-gateway@x.test"]);
-  let wrote;
-  const written = new Promise((r) => (wrote = r));
-  let closed;
-  const upstreamClosed = new Promise((r) => (closed = r));
-  await withRawApi(
-    (socket) => {
-      socket.on("close", closed);
-      socket.write(SSE_HEAD);
-      socket.write(chunk(START), () => setTimeout(wrote, 100));
-    },
-    async () => {
-      const pool = await throughPool("gateway", path, { key: KEY });
-      try {
-        const controller = new AbortController();
-        const pending = pool.send({ ...init(), signal: controller.signal });
-        await written;
-        controller.abort();
-        await assert.rejects(pending);
-        let timer;
-        await Promise.race([upstreamClosed, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error("upstream left open")), 10_000)))]);
-        clearTimeout(timer);
-      } finally {
-        await pool.close();
-      }
-    },
-  );
+  const { serve, written, upstreamClosed } = openingThenNothing();
+  await withRawApi(serve, async () => {
+    const pool = await throughPool("gateway", path, { key: KEY });
+    try {
+      const controller = new AbortController();
+      const pending = pool.send({ ...init(), signal: controller.signal });
+      await written;
+      controller.abort();
+      await assert.rejects(pending);
+      let timer;
+      await Promise.race([upstreamClosed, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error("upstream left open")), 10_000)))]);
+      clearTimeout(timer);
+    } finally {
+      await pool.close();
+    }
+  });
 });
 
 // OpenCode 2 sends the request itself; the pool's http.response hook reads the opening of the
