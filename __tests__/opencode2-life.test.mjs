@@ -9,7 +9,7 @@ import * as pluginModule from "../plugin.mjs";
 import { resetCooldowns } from "../index.mjs";
 import { parseSSE, rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { countedSignal, poolListener, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
-import { createHost, loadPlugin, ModelRequestError, reloadingHost } from "./helpers/opencode2-host.mjs";
+import { createHost, loadPlugin, ModelRequestError, reloadingHost, withLogLines } from "./helpers/opencode2-host.mjs";
 
 const mock = useMock();
 
@@ -41,18 +41,6 @@ async function within(ms, promise, fallback) {
     return await Promise.race([promise, new Promise((r) => (timer = setTimeout(() => r(fallback), ms)))]);
   } finally {
     clearTimeout(timer);
-  }
-}
-
-/** Runs `fn` with the plugin's log lines (stderr, OpenCode's log in 2.x) collected. */
-async function withLogLines(fn) {
-  const lines = [];
-  const original = console.error;
-  console.error = (...args) => void lines.push(args.join(" "));
-  try {
-    return await fn(lines);
-  } finally {
-    console.error = original;
   }
 }
 

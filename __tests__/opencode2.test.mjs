@@ -10,7 +10,7 @@ import { settle } from "../lib/errors.mjs";
 import { openExchange } from "../lib/exchange.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
 import { countedSignal, poolListener, useMock, tempPoolPath, readPool, seedPool } from "./helpers/pool-env.mjs";
-import { createHost, loadPlugin, g1Context, registrationsOf, ModelRequestError, reloadingHost } from "./helpers/opencode2-host.mjs";
+import { createHost, loadPlugin, g1Context, registrationsOf, ModelRequestError, reloadingHost, withLogLines } from "./helpers/opencode2-host.mjs";
 
 const mock = useMock();
 
@@ -307,18 +307,6 @@ test("a retry that fails leaves the host the first answer, readable; no listener
   ex.abort();
   await handle.unload();
 });
-
-/** Runs `fn` with the plugin's log lines (stderr, OpenCode's log in 2.x) collected. */
-async function withLogLines(fn) {
-  const lines = [];
-  const original = console.error;
-  console.error = (...args) => void lines.push(args.join(" "));
-  try {
-    return await fn(lines);
-  } finally {
-    console.error = original;
-  }
-}
 
 test("a provider named in the host's config stays listed with every model before any host login; an explicit disabled is kept", async () => {
   const path = await seedPool(mock, ["cfg1@x.test"]);

@@ -1138,3 +1138,15 @@ export async function reloadingHost(pluginModule, options, { sleep = async () =>
   handle = await host.start(loadPlugin(pluginModule, { options }));
   return { host, unload: () => handle.unload() };
 }
+
+/** Runs `fn` with the plugin's log lines (stderr, OpenCode's log in 2.x) collected. */
+export async function withLogLines(fn) {
+  const lines = [];
+  const original = console.error;
+  console.error = (...args) => void lines.push(args.join(" "));
+  try {
+    return await fn(lines);
+  } finally {
+    console.error = original;
+  }
+}
