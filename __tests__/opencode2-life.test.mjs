@@ -378,3 +378,41 @@ test("hundreds of sessions at once, some given up mid-stream: each served whole 
     await resetCooldowns(path);
   }
 });
+
+test("a host that reads the pool's local stand-in itself (the plugin unloaded meanwhile) reads the pool's message as a stream's error, not a 200 {}", async () => {
+  // Every account cools: the request is pointed at a data: URL the runtime answers locally, and
+  // the pool's http.response hook puts its 429 in its place. Unloaded in between and not set up
+  // again, no hook replaces it, and the host reads the stand-in as the model's answer.
+  const path = await seedPool(mock, ["life-s1@x.test"]);
+  const far = Math.floor(Date.now() / 1000) + 600;
+  mock.script("life-s1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600, fiveHourReset: far }) }]);
+  let handle;
+  let unloaded = false;
+  const host = createHost({
+    sleep: async () => {},
+    random: () => 0.5,
+    fetch: async (url, init) => {
+      const res = await globalThis.fetch(url, init);
+      if (String(url).startsWith("data:") && !unloaded) {
+        unloaded = true;
+        await handle.unload();
+      }
+      return res;
+    },
+  });
+  handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  try {
+    // The first attempt meets the 429, which cools the only account; the host's retry of the
+    // pool's 429 is answered by the pool itself, through the stand-in.
+    const res = await settled(ask(host, { sessionID: "ses_life_standin" }));
+    assert.ok(unloaded, "the plugin was unloaded while its stand-in was out");
+    const events = parseSSE(await res.text());
+    const error = events.find((e) => e.event === "error");
+    assert.ok(error, `the host read the pool's answer, not an empty one: ${JSON.stringify(events)}`);
+    assert.equal(error.data.error.type, "rate_limit_error");
+    assert.match(error.data.error.message, /every account is rate-limited/);
+  } finally {
+    if (!unloaded) await handle.unload();
+    await resetCooldowns(path);
+  }
+});

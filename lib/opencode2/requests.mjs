@@ -194,9 +194,22 @@ function refusal(err) {
   };
 }
 
-/** A request pointed at a `data:` URL the runtime's fetch answers locally: nothing goes upstream. */
-function localRequest(request) {
-  return new Request("data:application/json,%7B%7D", {
+/**
+ * A request pointed at a `data:` URL the runtime's fetch answers locally: nothing goes upstream.
+ * Its answer is replaced by `answer` (the pool's own) when the host's `http.response` comes; a
+ * host that reads the stand-in itself (the plugin unloaded meanwhile and not set up again;
+ * another plugin's hook that replaced the request after ours) still reads the pool's message:
+ * as the error event of a stream when the request asked for one, else as an error body. It read
+ * a 200 `{}` as the model's answer.
+ */
+async function localRequest(request, answer) {
+  let streamed = false;
+  try {
+    streamed = JSON.parse(await request.clone().text())?.stream === true;
+  } catch {}
+  const text = typeof answer.body === "string" ? answer.body : Buffer.from(answer.body ?? "").toString();
+  const [type, said] = streamed ? ["text/event-stream", `event: error\ndata: ${text}\n\n`] : ["application/json", text];
+  return new Request(`data:${type};base64,${Buffer.from(said).toString("base64")}`, {
     method: request.method,
     headers: { "content-type": "application/json" },
     body: request.method === "GET" ? undefined : "{}",
@@ -236,7 +249,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       if (step.kind === "answer") {
         // Every account cools: nothing may go upstream. The request is pointed at a data: URL
         // (answered locally by the runtime's fetch) and the pool's 429 replaces its answer.
-        const local = localRequest(request);
+        const local = await localRequest(request, step);
         const state = { ex, answer: step, stopListening, token };
         placed.set(local, (ev, ext) => finish(state, ev, ext));
         event.request = local;
@@ -253,8 +266,9 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       try {
         stopListening?.();
         if (ex) drain(ex);
-        const local = localRequest(request);
-        const state = { ex: null, answer: refusal(err) };
+        const answer = refusal(err);
+        const local = await localRequest(request, answer);
+        const state = { ex: null, answer };
         placed.set(local, (ev, ext) => finish(state, ev, ext));
         event.request = local;
       } catch {}
