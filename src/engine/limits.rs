@@ -316,6 +316,17 @@ impl Limits {
         local(&mut limits.reset);
         local(&mut limits.overage.reset);
         limits.windows.iter_mut().for_each(|w| local(&mut w.reset));
+        // No window is longer than a week: a reset past the 8-day cap is not a window's (a
+        // garbled header), and kept as said it held an account with a reserve out of the pool
+        // until then, a year say, the pool answering each request with that year as its
+        // `retry-after`. The overage's reset is a month's, and stays as said.
+        let latest = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .saturating_add(MAX_COOLDOWN_MS);
+        let capped = |t: &mut Option<i64>| *t = t.map(|t| t.min(latest));
+        capped(&mut limits.reset);
+        limits.windows.iter_mut().for_each(|w| capped(&mut w.reset));
         limits
     }
 

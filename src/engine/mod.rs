@@ -18,6 +18,8 @@ pub mod events;
 pub mod exchange;
 pub mod headers;
 pub mod limits;
+#[cfg(test)]
+mod model_tests;
 pub mod overlay;
 pub mod select;
 pub mod usage;

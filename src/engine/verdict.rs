@@ -310,9 +310,12 @@ mod tests {
     #[test]
     fn a_throttle_of_an_endpoint_with_limits_of_its_own_rests_only_that() {
         use crate::engine::limits::{endpoint_limits, COUNT_TOKENS, MESSAGE_BATCHES};
+        // The answers are read at the test's own now, as they are at the clock's: a reset
+        // further off than 8 days from when it is read is capped.
+        let read_at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(NOW as u64);
         let throttle = Limits::from_headers(
             &crate::engine::limits::tests::headers(&[("retry-after", "30")]),
-            std::time::SystemTime::now(),
+            read_at,
         );
         let asked = |path: &str| {
             let endpoint = endpoint_limits(path);
@@ -347,7 +350,7 @@ mod tests {
                 ("anthropic-ratelimit-unified-5h-status", "rejected"),
                 ("anthropic-ratelimit-unified-5h-reset", &reset),
             ]),
-            std::time::SystemTime::now(),
+            read_at,
         );
         assert_eq!(rest("/v1/messages/count_tokens", &window).scope, None);
         // And an exhausted weekly window of the model is the model's: token counting for other
@@ -357,7 +360,7 @@ mod tests {
                 ("anthropic-ratelimit-unified-7d_sonnet-status", "rejected"),
                 ("anthropic-ratelimit-unified-7d_sonnet-reset", &reset),
             ]),
-            std::time::SystemTime::now(),
+            read_at,
         );
         assert_eq!(
             rest("/v1/messages/count_tokens", &scoped).scope.as_deref(),
@@ -373,7 +376,7 @@ mod tests {
                 ),
                 ("anthropic-ratelimit-unified-7d_oauth_apps-reset", &reset),
             ]),
-            std::time::SystemTime::now(),
+            read_at,
         );
         let no_model = Asked {
             family: None,
