@@ -20,6 +20,9 @@ pub const MAX_WINDOWS: usize = 16;
 const MAX_COOLDOWN_MS: i64 = 8 * 24 * 3600 * 1000;
 /// Cooldown for a bare 429 that gave no `retry-after`.
 const BURST_DEFAULT_MS: i64 = 5_000;
+/// The least a 429's `retry-after` rests anything: what refused a request a moment ago is not
+/// asked again within the same second.
+const MIN_REST_MS: i64 = 1_000;
 const HARD_STATUSES: &[&str] = &[
     "rejected",
     "rate_limited",
@@ -467,7 +470,11 @@ pub fn cooldown_for_429(
     family: Option<&str>,
     endpoint: Option<&str>,
 ) -> Cooldown {
-    let retry_at = limits.retry_after_ms.map(|d| now_ms.saturating_add(d));
+    // Floored as a throttle's is below: a model refused with `retry-after-ms: 1` rested 1 ms,
+    // and with no reopening spread its next request went straight back to this account.
+    let retry_at = limits
+        .retry_after_ms
+        .map(|d| now_ms.saturating_add(d.max(MIN_REST_MS)));
     let mut rejected: Vec<&Window> = limits.windows.iter().filter(|w| w.rejected()).collect();
     // Some exhausted-window answers carry no per-window status, only utilization past 100 %.
     if rejected.is_empty() {
@@ -543,7 +550,7 @@ pub fn cooldown_for_429(
     let wait = limits
         .retry_after_ms
         .unwrap_or(BURST_DEFAULT_MS)
-        .clamp(1_000, MAX_COOLDOWN_MS);
+        .clamp(MIN_REST_MS, MAX_COOLDOWN_MS);
     Cooldown {
         until: now_ms + wait,
         kind: CooldownKind::Burst,
@@ -1125,6 +1132,32 @@ pub(crate) mod tests {
             now(),
         );
         assert_eq!(cooldown_for_429(&l, NOW, Some("sonnet"), None).scope, None);
+    }
+
+    #[test]
+    fn a_model_refused_with_a_retry_after_under_a_second_rests_a_second_as_a_throttle_does() {
+        // Found by the engine's model test: a 429 refusing a model's window (no reset given)
+        // with `retry-after-ms: 1` rested that model for 1 ms, where a bare throttle rests at
+        // least a second; with no reopening spread (`OAUTH_POOL_JITTER_MS=0`) the next request
+        // for the model went straight back to the account that had just refused it.
+        for (name, value) in [("retry-after-ms", "1"), ("retry-after", "0.001")] {
+            let l = Limits::from_headers(
+                &headers(&[
+                    (name, value),
+                    ("anthropic-ratelimit-unified-7d_opus-status", "rejected"),
+                ]),
+                now(),
+            );
+            for endpoint in [None, Some(MESSAGE_BATCHES)] {
+                let c = cooldown_for_429(&l, NOW, Some("opus"), endpoint);
+                assert_eq!(c.scope.as_deref(), Some("opus"));
+                assert!(
+                    c.until >= NOW + 1_000,
+                    "{name}: {value} rested the model {} ms",
+                    c.until - NOW
+                );
+            }
+        }
     }
 
     proptest! {
