@@ -708,11 +708,14 @@ impl World {
                 Reply::ServerError => (500, None),
             };
             let judged = match sync
-                .then(|| ex.try_judge(status, &headers, body.as_deref()))
+                .then(|| ex.try_judge(status, &headers, body.as_deref(), None))
                 .flatten()
             {
                 Some(v) => Ok(v),
-                None => ex.judge(status, &headers, body.as_deref(), &cancel).await,
+                None => {
+                    ex.judge(status, &headers, body.as_deref(), None, &cancel)
+                        .await
+                }
             };
             let verdict = judged.map_err(|e| {
                 TestCaseError::fail(format!("judging a {status} failed: {} ({e})", e.code()))
