@@ -61,9 +61,8 @@ pub struct Pending {
     limits: HashMap<String, Limits>,
     last_error: HashMap<String, String>,
     last_failover: Option<Value>,
-    /// (email, model family or None for the whole account) -> (until, why)
-    /// (email, model family or None for the whole account) -> (until, why, when decided)
-    cooldowns: HashMap<(String, Option<String>), (i64, String, Decided)>,
+    /// (email, model family or None for the whole account) -> the cooldown
+    cooldowns: HashMap<(String, Option<String>), Cooling>,
     usage: HashMap<UsageKey, Counts>,
     /// email -> (tag of the refused credential, why)
     refused: HashMap<String, (Option<String>, String)>,
@@ -122,6 +121,10 @@ impl Pending {
         self.settle_clock |= old.settle_clock;
     }
 }
+
+/// A cooldown to write: until, why, when decided, and the account's `reset-cooldowns` count in
+/// the pool it was decided on, when known.
+type Cooling = (i64, String, Decided, Option<u64>);
 
 #[derive(Default)]
 pub struct Bookkeeping {
@@ -205,13 +208,24 @@ impl Pending {
         self.last_failover = Some(json!({ "at": now, "from": from, "to": to, "reason": reason }));
     }
 
-    pub fn cooldown(&mut self, email: &str, scope: Option<&str>, until: i64, why: &str) {
+    /// A cooldown decided now; `resets`: the account's `reset-cooldowns` count in the pool it
+    /// was decided on, when known. One that a `reset-cooldowns` ran after is not written: the
+    /// write waits for the lock (and is batched), and landed after the reset, undoing it.
+    pub fn cooldown(
+        &mut self,
+        email: &str,
+        scope: Option<&str>,
+        until: i64,
+        why: &str,
+        resets: Option<u64>,
+    ) {
+        let decided = (until, why.to_string(), Decided::now(), resets);
         let e = self
             .cooldowns
             .entry((email.to_string(), scope.map(str::to_string)))
-            .or_insert((until, why.to_string(), Decided::now()));
+            .or_insert(decided.clone());
         if until >= e.0 {
-            *e = (until, why.to_string(), Decided::now());
+            *e = decided;
         }
     }
 
@@ -310,7 +324,7 @@ impl Engine {
                 // The store holds these cooldowns now and is their truth from here on: a
                 // `reset-cooldowns` run by another process (the CLI while OpenCode runs) must
                 // reopen the account here too, not an hour or a month later.
-                for ((email, scope), (until, _, _)) in &batch.cooldowns {
+                for ((email, scope), (until, _, _, _)) in &batch.cooldowns {
                     self.overlay.stored(email, scope.as_deref(), *until);
                 }
             }
@@ -580,12 +594,14 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
         if a.rate_limit_until.is_some() && !cooling_at_settled {
             a.clear_cooldown();
         }
-        for ((who, scope), (until, why, decided)) in &batch.cooldowns {
+        for ((who, scope), (until, why, decided, resets)) in &batch.cooldowns {
             // Decided before the clock was stepped back (the write waited for the lock, or for
             // the store to come back): as long as it was then, from the clock as it is now.
             let until = until.saturating_sub(decided.clock_set_back());
-            // Cooldowns only move forward; only reset-cooldowns shortens one.
-            if who != &email || until <= now {
+            // Cooldowns only move forward; only reset-cooldowns shortens one, and one it ran
+            // after is not brought back.
+            let reset_since = resets.is_some_and(|n| a.cooldown_resets() > n);
+            if who != &email || until <= now || reset_since {
                 continue;
             }
             match scope {
@@ -664,6 +680,37 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
 mod tests {
     use super::*;
     use crate::account::Account;
+
+    #[test]
+    fn a_cooldown_decided_before_a_reset_cooldowns_is_not_written_after_it() {
+        let now = now_ms();
+        let mut pool = pool_of(now);
+        // Decided on a pool read when neither account had been reset; then reset-cooldowns ran
+        // on a@x (the CLI, while the write waited for the lock).
+        pool.find_mut("a@x").unwrap().count_cooldown_reset();
+        let mut batch = Pending::default();
+        batch.cooldown("a@x", None, now + 60_000, "429", Some(0));
+        batch.cooldown("b@x", None, now + 60_000, "429", Some(0));
+        apply(&mut pool, &batch, now);
+        assert_eq!(
+            pool.find("a@x").unwrap().stored_cooldown_until(),
+            None,
+            "the reset stands"
+        );
+        assert_eq!(
+            pool.find("b@x").unwrap().stored_cooldown_until(),
+            Some(now + 60_000),
+            "not reset since: written"
+        );
+        // Decided after the reset (its count read then): written.
+        let mut batch = Pending::default();
+        batch.cooldown("a@x", None, now + 90_000, "429", Some(1));
+        apply(&mut pool, &batch, now);
+        assert_eq!(
+            pool.find("a@x").unwrap().stored_cooldown_until(),
+            Some(now + 90_000)
+        );
+    }
 
     fn pool_of(now: i64) -> Pool {
         let mut pool = Pool::default();
@@ -842,7 +889,7 @@ mod tests {
         let set = now_ms();
         let mut pool = pool_of(set);
         let mut batch = Pending::default();
-        batch.cooldown("b@x", None, set + 60_000, "429");
+        batch.cooldown("b@x", None, set + 60_000, "429", None);
         let tag = pool.find("b@x").unwrap().credential_tag();
         batch.refresh_backoff("b@x", tag, set + 30_000);
         apply(&mut pool, &batch, set);
@@ -872,6 +919,7 @@ mod tests {
                 then + 60_000,
                 "429".into(),
                 Decided::when_the_clock_read(then),
+                None,
             ),
         );
         batch.refresh_backoff.insert(
@@ -934,7 +982,7 @@ mod tests {
             .sent_at(sent)
         };
         let mut batch = Pending::default();
-        batch.cooldown("a@x", None, now + 3_600_000, "5h window exhausted");
+        batch.cooldown("a@x", None, now + 3_600_000, "5h window exhausted", None);
         batch.seen("a@x", limits(1.01, "rejected", now - 200));
         batch.served("b@x", now, now - 150, None);
         batch.served(
@@ -1005,6 +1053,7 @@ mod tests {
             Some("sonnet"),
             now + 60_000,
             "7d_sonnet window exhausted",
+            None,
         );
         let mut limits = Limits::default();
         limits.windows.push(crate::engine::limits::Window {
@@ -1105,7 +1154,7 @@ mod tests {
         };
         batch.served("a@x", now, now, Some(limits));
         batch.usage("a@x", "claude-sonnet-4-5", None, now, one);
-        batch.cooldown("a@x", None, now + 60_000, "429");
+        batch.cooldown("a@x", None, now + 60_000, "429", None);
         batch.refused("a@x", old_tag.clone(), "401 twice");
         batch.refresh_backoff("a@x", old_tag.clone(), now + 60_000);
         batch.error("a@x", "boom");
@@ -1163,14 +1212,14 @@ mod tests {
         let mut pool = pool_of(now);
         pool.find_mut("a@x").unwrap().rate_limit_until = Some(now + 50_000);
         let mut batch = Pending::default();
-        batch.cooldown("a@x", None, now + 10_000, "short");
+        batch.cooldown("a@x", None, now + 10_000, "short", None);
         apply(&mut pool, &batch, now);
         assert_eq!(
             pool.find("a@x").unwrap().rate_limit_until,
             Some(now + 50_000)
         );
         let mut newer = Pending::default();
-        newer.cooldown("a@x", None, now + 90_000, "newer");
+        newer.cooldown("a@x", None, now + 90_000, "newer", None);
         newer.merge_older(batch);
         assert_eq!(newer.cooldowns[&("a@x".to_string(), None)].0, now + 90_000);
     }

@@ -555,30 +555,13 @@ impl Exchange {
                 if in_stream {
                     why.push_str(" (said in the answer's event stream, before any content)");
                 }
-                tracing::info!(account = %email, until = %iso_time(cooldown.until), why = %why, "rate limited");
-                self.events.push(
-                    Event::new(
-                        "rate-limited",
-                        Some(&email),
-                        format!("{email}: {why} until {}", iso_time(cooldown.until)),
-                    )
-                    .until(cooldown.until),
-                );
                 if !limits.windows.is_empty() {
                     self.engine.overlay.note_windows(&email, &limits.windows);
                     let (who, seen) = (email.clone(), limits.clone());
                     self.engine.note(false, move |p| p.seen(&who, seen));
                 }
-                let scope = cooldown.scope.clone();
-                if self
-                    .engine
-                    .overlay
-                    .cool(&email, scope.as_deref(), cooldown.until)
-                {
-                    let (who, until, w) = (email.clone(), cooldown.until, why.clone());
-                    self.engine
-                        .note(true, move |p| p.cooldown(&who, scope.as_deref(), until, &w));
-                }
+                let told = self.engine.rest(&email, &cooldown, &why);
+                self.events.push(told);
                 self.move_on(email, why);
                 Verdict::Retry
             }

@@ -218,32 +218,47 @@ impl Engine {
     /// A stream delivered as a 200 said `rate_limit_error` in an `error` event after its content
     /// began (one said in its opening, before any content, moved the request on instead:
     /// `verdict::reads_opening`, so no error is acted on twice): the limit was met mid-answer,
-    /// and the stream ended there. Nothing can move that request any more (its caller sees the error, and OpenCode retries such an error),
-    /// but the account rests as after a 429 that said no more, so that the retry and the next
-    /// requests go to another account rather than back into the same limit.
+    /// and the stream ended there. Nothing can move that request any more (its caller sees the
+    /// error, and OpenCode retries such an error), but the account rests as after a 429 that
+    /// said no more, so that the retry and the next requests go to another account rather than
+    /// back into the same limit.
     fn rest_after_stream_limit(self: &Arc<Self>, email: &str, model: &str) {
-        let now = now_ms();
         let family = limits::model_family(model);
-        let cooldown = verdict::stream_limit_cooldown(now, family.as_deref(), None);
+        let cooldown = verdict::stream_limit_cooldown(now_ms(), family.as_deref(), None);
         let why = format!(
             "{} (said in the answer's event stream)",
             cooldown.describe()
         );
-        tracing::info!(account = %email, until = %crate::account::iso_time(cooldown.until), why = %why, "rate limited");
+        let told = self.rest(email, &cooldown, &why);
+        self.tell_later([told]);
+    }
+
+    /// Rests `email` as `cooldown` says, in this process at once and in the store right after
+    /// (unless a `reset-cooldowns` runs first), and returns what tells a person.
+    pub(crate) fn rest(
+        self: &Arc<Self>,
+        email: &str,
+        cooldown: &limits::Cooldown,
+        why: &str,
+    ) -> Event {
+        let until = cooldown.until;
+        tracing::info!(account = %email, until = %crate::account::iso_time(until), why = %why, "rate limited");
         let scope = cooldown.scope.clone();
-        if self.overlay.cool(email, scope.as_deref(), cooldown.until) {
-            let (who, until, w) = (email.to_string(), cooldown.until, why.clone());
-            self.note(true, move |p| p.cooldown(&who, scope.as_deref(), until, &w));
+        if self.overlay.cool(email, scope.as_deref(), until) {
+            let resets = self
+                .last_read()
+                .and_then(|p| p.find(email).map(|a| a.cooldown_resets()));
+            let (who, w) = (email.to_string(), why.to_string());
+            self.note(true, move |p| {
+                p.cooldown(&who, scope.as_deref(), until, &w, resets)
+            });
         }
-        self.tell_later([Event::new(
+        Event::new(
             "rate-limited",
             Some(email),
-            format!(
-                "{email}: {why} until {}",
-                crate::account::iso_time(cooldown.until)
-            ),
+            format!("{email}: {why} until {}", crate::account::iso_time(until)),
         )
-        .until(cooldown.until)]);
+        .until(until)
     }
 
     /// The process's engine for `store`: two plugin instances naming one pool share it, so they
@@ -308,6 +323,11 @@ impl Engine {
     /// The cached pool when the store's stamp says it is current and that can be known without
     /// waiting (see `Store::stamp_now`); `None`: use `snapshot()`. For drivers that decide on the
     /// JavaScript thread without a round trip to the runtime.
+    /// The pool as last read, however old.
+    fn last_read(&self) -> Option<Arc<Pool>> {
+        lock(&self.last_good).clone()
+    }
+
     pub fn snapshot_now(&self) -> Option<Arc<Pool>> {
         let stamp = self.store.stamp_now()?;
         let cache = lock(&self.cache);
