@@ -46,6 +46,15 @@ const upstream = (from) =>
     .map((r) => r.email);
 
 const rests = (path, email) => account(path, email).rateLimitUntil ?? 0;
+/** How a request through `pool` ended: its answer read whole, or its rejection. */
+async function outcomeOf(pool) {
+  try {
+    const res = await pool.send(init());
+    return { status: res.status, code: res.headers.get("x-oauth-pool-error"), body: await res.text() };
+  } catch (err) {
+    return { rejected: err };
+  }
+}
 
 for (const kind of KINDS) {
   test(`a rate_limit_error before any content moves the request to the next account: the caller gets its whole stream, the first account rests (${kind})`, async () => {
@@ -171,13 +180,7 @@ for (const kind of KINDS) {
       // Inside message_start.
       mock.script(first, [{ sse: true, resetAfterBytes: 300 }]);
       const from = mock.requests.length;
-      let outcome;
-      try {
-        const res = await pool.send(init());
-        outcome = { status: res.status, code: res.headers.get("x-oauth-pool-error"), body: await res.text() };
-      } catch (err) {
-        outcome = { rejected: err };
-      }
+      const outcome = await outcomeOf(pool);
       if (kind === "gateway") assert.deepEqual([outcome.status, outcome.code], [502, "NETWORK"], JSON.stringify(outcome));
       else assert.equal(outcome.rejected?.code, "NETWORK", String(outcome.rejected ?? JSON.stringify(outcome)));
       assert.deepEqual(upstream(from), [first], "not replayed");
@@ -260,13 +263,7 @@ for (const kind of KINDS) {
           const pool = await throughPool(kind, path, { key: KEY });
           try {
             const started = Date.now();
-            let outcome;
-            try {
-              const res = await pool.send(init());
-              outcome = { status: res.status, code: res.headers.get("x-oauth-pool-error"), body: await res.text() };
-            } catch (err) {
-              outcome = { rejected: err };
-            }
+            const outcome = await outcomeOf(pool);
             const ms = Date.now() - started;
             if (kind === "gateway") {
               assert.equal(outcome.status, 502, JSON.stringify(outcome));

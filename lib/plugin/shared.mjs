@@ -49,7 +49,7 @@ export function reportUnknownOptions(input, options, also = []) {
   told.add(message);
   toldOptions.set(input, told);
   toast(input.client, "warning", message);
-  log(input.client, "warn", message, { unknownOptions: keys });
+  log(input.client, "warn", message, { unknownOptions: keys.map((k) => printable(k.slice(0, 64))) });
 }
 
 /**
