@@ -416,3 +416,66 @@ test("a host that reads the pool's local stand-in itself (the plugin unloaded me
     await resetCooldowns(path);
   }
 });
+
+test("a plugin after ours that makes a new request of ours: its 429 still moves to the next account, with that plugin's header kept", async () => {
+  // The host runs the http.request hooks in order on one event object (hooks.ts) and hands
+  // http.response the request the last of them left (model-http.ts `before.request`). A plugin
+  // registered after ours that replaced the request (a tracing header, a body rewritten) made
+  // its answer one no pool hook placed: the account's 429 reached the host unjudged.
+  const path = await seedPool(mock, ["life-after1@x.test", "life-after2@x.test"]);
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  const ours = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  const tracer = await host.start(
+    otherPlugin("tracer", async (ctx) => {
+      await ctx.session.hook(
+        "http.request",
+        async (event) => {
+          const headers = new Headers(event.request.headers);
+          headers.set("x-trace-id", "trace-1");
+          headers.delete("x-opencode-session");
+          headers.set("anthropic-beta", [headers.get("anthropic-beta"), "context-1m-2025-08-07"].filter(Boolean).join(","));
+          event.request = new Request(event.request, { headers });
+        },
+        { providerID: "anthropic-pool" },
+      );
+    }),
+  );
+  try {
+    await withLogLines(async (lines) => {
+      mock.clearRequests();
+      const first = await ask(host);
+      assert.equal(first.status, 200);
+      const servedBy = /Hello from (\S+)/.exec(textOf(await first.text()))?.[1];
+      assert.ok(servedBy, "served");
+      const other = servedBy === "life-after1@x.test" ? "life-after2@x.test" : "life-after1@x.test";
+      mock.script(servedBy, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 120 }) }]);
+      const from = mock.requests.length;
+      const moved = await ask(host);
+      assert.equal(moved.status, 200, "the 429 did not reach the host");
+      assert.equal(textOf(await moved.text()), `Hello from ${other}`);
+      assert.deepEqual(upstream(from), [servedBy, other]);
+      const resent = mock.requests.slice(from).filter((r) => r.path.startsWith("/v1/messages"))[1];
+      assert.equal(resent.headers["x-trace-id"], "trace-1", "the later plugin's header is kept on the resend");
+      assert.equal(resent.headers["x-opencode-session"], undefined, "and the header it removed stays removed");
+      assert.equal(resent.auth, "bearer");
+      assert.deepEqual(resent.headers["anthropic-beta"].split(",").sort(), ["context-1m-2025-08-07", "oauth-2025-04-20"], "its beta too");
+      // Every account cooling: the pool's 429 (the stand-in answered locally), nothing upstream.
+      mock.script(other, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 120 }) }]);
+      const third = mock.requests.length;
+      const cooled = await settled(ask(host));
+      const before = mock.requests.length;
+      const all = await settled(ask(host));
+      assert.equal(mock.requests.length, before, "nothing went upstream while every account cools");
+      for (const answer of [cooled, all]) assert.equal(answer?.status ?? answer?.error?.status, 429, String(answer));
+      assert.equal(upstream(third).length, 1);
+      assert.deepEqual(
+        lines.filter((l) => /warn:|error:/.test(l) && !/every account is rate-limited/.test(l)),
+        [],
+      );
+    });
+  } finally {
+    await tracer.unload();
+    await ours.unload();
+    await resetCooldowns(path);
+  }
+});

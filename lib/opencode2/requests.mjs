@@ -155,6 +155,64 @@ function withHeaders(request, headers) {
   return new Request(request, { headers });
 }
 
+/** The headers that carry an account's credential: the engine's alone, on every attempt. */
+const CREDENTIAL_HEADERS = new Set(["authorization", "x-api-key"]);
+const betasOf = (headers) =>
+  new Set(
+    (headers.get("anthropic-beta") ?? "")
+      .split(",")
+      .map((b) => b.trim())
+      .filter(Boolean),
+  );
+
+/**
+ * The headers of a resend on the next account: the engine's for it, with what later plugins'
+ * hooks changed since ours placed the request (`sent`: the request the host sent, `placedWith`:
+ * the headers ours gave it) carried over: a header added, changed or removed, a beta added or
+ * removed. The credential stays the engine's.
+ */
+function resendHeaders(sent, placedWith, engineHeaders) {
+  const out = new Headers(engineHeaders);
+  const was = new Headers(placedWith);
+  for (const [name, value] of sent.headers) {
+    if (CREDENTIAL_HEADERS.has(name) || name === "anthropic-beta" || was.get(name) === value) continue;
+    out.set(name, value);
+  }
+  for (const [name] of was) if (!CREDENTIAL_HEADERS.has(name) && !sent.headers.has(name)) out.delete(name);
+  const [before, after, betas] = [betasOf(was), betasOf(sent.headers), betasOf(out)];
+  if ([...before].some((b) => !after.has(b)) || [...after].some((b) => !before.has(b))) {
+    for (const b of after) if (!before.has(b)) betas.add(b);
+    for (const b of before) if (!after.has(b)) betas.delete(b);
+    if (betas.size) out.set("anthropic-beta", [...betas].join(","));
+    else out.delete("anthropic-beta");
+  }
+  return out;
+}
+
+/**
+ * `request` put on the host's event as placed, and any request a later plugin's hook makes in
+ * its place (`event.request = new Request(event.request, …)`) placed with it. The host runs the
+ * http.request hooks in order on one event object (packages/core/src/plugin/hooks.ts) and hands
+ * http.response the request the last of them left (session/model-http.ts `before.request`):
+ * that one no pool hook had placed, so the account's 429 reached the host unjudged.
+ */
+function place(event, request, finishing) {
+  let current = request;
+  placed.set(current, finishing);
+  const replace = (next) => {
+    if (next === current) return;
+    placed.delete(current);
+    current = next;
+    if (next !== null && typeof next === "object") placed.set(next, finishing);
+  };
+  try {
+    Object.defineProperty(event, "request", { get: () => current, set: replace, configurable: true, enumerable: true });
+  } catch {
+    // An event that takes no accessor (frozen, or a host's proxy): ours is all that is known.
+    event.request = request;
+  }
+}
+
 /**
  * The requests a pool hook placed, each with what finishes its answer: shared by every copy of
  * this plugin in the process (two config files naming it, or a path and a package; the host
@@ -251,14 +309,12 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         // (answered locally by the runtime's fetch) and the pool's 429 replaces its answer.
         const local = await localRequest(request, step);
         const state = { ex, answer: step, stopListening, token };
-        placed.set(local, (ev, ext) => finish(state, ev, ext));
-        event.request = local;
+        place(event, local, (ev, ext) => finish(state, ev, ext));
         return;
       }
       const sent = withHeaders(request, step.headers);
-      const state = { ex, original: request, account: step.account, stopListening, token };
-      placed.set(sent, (ev, ext) => finish(state, ev, ext));
-      event.request = sent;
+      const state = { ex, placedWith: step.headers, stopListening, token };
+      place(event, sent, (ev, ext) => finish(state, ev, ext));
     } catch (err) {
       // The host gave the request up: it reads no answer, so there is nothing to report.
       if (!hostSignal(extra, request)?.aborted)
@@ -269,8 +325,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         const answer = refusal(err);
         const local = await localRequest(request, answer);
         const state = { ex: null, answer };
-        placed.set(local, (ev, ext) => finish(state, ev, ext));
-        event.request = local;
+        place(event, local, (ev, ext) => finish(state, ev, ext));
       } catch {}
     }
   };
@@ -310,7 +365,8 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         // host keeps this one, readable.
         let next;
         try {
-          next = await fetch(withHeaders(event.request.clone(), step.headers), { signal: hostSignal(extra, event.request) });
+          const headers = resendHeaders(event.request, state.placedWith, step.headers);
+          next = await fetch(withHeaders(event.request.clone(), headers), { signal: hostSignal(extra, event.request) });
         } catch (err) {
           // The host gave the request up: the resend ended with it, and nobody reads the answer.
           if (!hostSignal(extra, event.request)?.aborted)
