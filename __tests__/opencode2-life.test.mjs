@@ -468,6 +468,38 @@ test("a plugin after ours that makes a new request of ours: its 429 still moves 
       assert.equal(mock.requests.length, before, "nothing went upstream while every account cools");
       for (const answer of [cooled, all]) assert.equal(answer?.status ?? answer?.error?.status, 429, String(answer));
       assert.equal(upstream(third).length, 1);
+      await resetCooldowns(path);
+      // A plugin after ours that sends the request elsewhere (its own relay): that answer is
+      // not ours to judge, and no account's credential is sent there again.
+      const relay = [];
+      const relayed = await host.start(
+        otherPlugin("relay", async (ctx) => {
+          await ctx.session.hook(
+            "http.request",
+            async (event) => {
+              relay.push(event.request.headers.has("authorization"));
+              const headers = new Headers(event.request.headers);
+              headers.delete("authorization");
+              headers.set("x-api-key", "relay-own-key");
+              event.request = new Request(`${mock.url}/v1/messages?via=relay`, { method: "POST", headers, body: await event.request.text() });
+            },
+            { providerID: "anthropic-pool" },
+          );
+        }),
+      );
+      try {
+        const count = mock.requests.length;
+        const elsewhere = await settled(ask(host));
+        const sent = mock.requests.slice(count);
+        assert.deepEqual(relay, [true], "ours had placed it");
+        assert.ok(
+          sent.length >= 1 && sent.every((r) => r.path.endsWith("?via=relay") && !r.headers.authorization),
+          JSON.stringify(sent.map((r) => [r.path, r.auth])),
+        );
+        assert.equal(elsewhere?.status ?? elsewhere?.error?.status, 401, "the relay's own answer");
+      } finally {
+        await relayed.unload();
+      }
       assert.deepEqual(
         lines.filter((l) => /warn:|error:/.test(l) && !/every account is rate-limited/.test(l)),
         [],

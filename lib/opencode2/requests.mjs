@@ -203,7 +203,9 @@ function place(event, request, finishing) {
     if (next === current) return;
     placed.delete(current);
     current = next;
-    if (next !== null && typeof next === "object") placed.set(next, finishing);
+    // Sent elsewhere (another plugin's proxy), it is no longer ours to judge, nor to send again
+    // with an account's credential.
+    if (next?.url === request.url) placed.set(next, finishing);
   };
   try {
     Object.defineProperty(event, "request", { get: () => current, set: replace, configurable: true, enumerable: true });
