@@ -143,14 +143,17 @@ pub fn scrub_message(text: &str) -> String {
             .unwrap_or(url.len());
         let kept = url[..end].find(['?', '#']).unwrap_or(end);
         let shown = &url[..kept];
-        // A password before the host is a credential too (shown as `***`, as doctor shows it).
+        // A password before the host is a credential too (shown as `***`, as doctor shows it),
+        // and so is a user part with no password: that is how a token travels in a URL
+        // (`https://<token>@host`).
         let authority = shown[3..].find(['/', '\\']).map_or(shown.len(), |i| i + 3);
-        let password = shown[..authority]
-            .rfind('@')
-            .and_then(|at| shown[3..at].find(':').map(|colon| (colon + 3, at)));
-        match password {
-            Some((colon, at)) => {
-                out.push_str(&shown[..=colon]);
+        let hidden = shown[..authority].rfind('@').map(|at| {
+            let from = shown[3..at].find(':').map_or(3, |colon| colon + 4);
+            (from, at)
+        });
+        match hidden {
+            Some((from, at)) => {
+                out.push_str(&shown[..from]);
                 out.push_str("***");
                 out.push_str(&shown[at..]);
             }
@@ -210,7 +213,7 @@ mod tests {
         let plain = "https://user@host/path?token=1 and https://x/y#z too";
         assert_eq!(
             scrub_message(plain),
-            "https://user@host/path and https://x/y too"
+            "https://***@host/path and https://x/y too"
         );
         let userinfo = "bad URL http://me:pass-w0rd@ho st/a@b and http://h/p@q";
         assert_eq!(

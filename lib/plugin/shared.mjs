@@ -64,7 +64,7 @@ export function pluginOptions(options) {
     const v = o[key];
     if (v === undefined || v === null || v === "") return fallback;
     if (typeof v !== "string" || !pattern.test(v.trim())) {
-      throw api.invalidArgument(`plugin option ${key} must be a name of letters, digits, - and _, got ${JSON.stringify(v)}`);
+      throw api.invalidArgument(`plugin option ${key} must be a name of letters, digits, - and _, got ${shownOption(v)}`);
     }
     return v.trim();
   };
@@ -76,6 +76,18 @@ export function pluginOptions(options) {
     provider: name("provider", PROVIDER_ID, /^[A-Za-z0-9_.-]{1,64}$/),
     fetch: typeof o.fetch === "function" ? o.fetch : undefined,
   };
+}
+
+/**
+ * A refused option's value as a message quotes it: a string bounded, printable and scrubbed,
+ * anything else by its type alone. An object here is often a provider's block pasted into the
+ * plugin's options, its `apiKey` and `headers` with it, and the message goes to OpenCode's log
+ * and to doctor's report.
+ */
+function shownOption(v) {
+  if (typeof v === "string") return JSON.stringify(printable(scrubbed(v.slice(0, 64))));
+  if (Array.isArray(v)) return "a list";
+  return v === null ? "null" : typeof v === "object" ? "an object" : `a ${typeof v}`;
 }
 
 /**

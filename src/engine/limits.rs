@@ -264,14 +264,17 @@ fn fraction(value: &str) -> Option<f64> {
         .filter(|u| u.is_finite() && *u >= 0.0)
 }
 
-/// A header value as text we keep: short, printable.
+/// A header value as text we keep: short, printable, and nothing shaped like a token. It is
+/// stored and shown (`status`, `poolStatus`), and a server or relay that echoes the credential
+/// it was sent puts it in whatever header it echoes into.
 fn short(value: &str) -> String {
-    value
+    let kept: String = value
         .trim()
         .chars()
         .filter(|c| !c.is_control())
         .take(64)
-        .collect()
+        .collect();
+    crate::secret::scrub_tokens(&kept)
 }
 
 /// Below this, a `Date` header and the local clock are taken to agree: `Date` has whole seconds,
@@ -1002,6 +1005,39 @@ pub(crate) mod tests {
         assert_eq!(
             cooldown_for_429(&l, NOW, None, None).kind,
             CooldownKind::Burst
+        );
+    }
+
+    #[test]
+    fn a_credential_echoed_into_a_limit_header_is_not_kept() {
+        // Built here: no token-shaped literal in the source.
+        let token = format!(
+            "{}-{}",
+            ["sk", "ant", "oat01"].join("-"),
+            "Echoed0123456789abc"
+        );
+        let echoed = format!("Bearer {token}");
+        let l = Limits::from_headers(
+            &headers(&[
+                ("anthropic-ratelimit-unified-status", token.as_str()),
+                ("anthropic-ratelimit-unified-5h-status", echoed.as_str()),
+                (
+                    "anthropic-ratelimit-unified-representative-claim",
+                    token.as_str(),
+                ),
+                ("anthropic-ratelimit-unified-overage-status", token.as_str()),
+                (
+                    "anthropic-ratelimit-unified-overage-disabled-reason",
+                    token.as_str(),
+                ),
+            ]),
+            now(),
+        );
+        let kept = format!("{l:?}");
+        assert!(!kept.contains("Echoed0123456789abc"), "{kept}");
+        assert_eq!(
+            l.window("5h").unwrap().status.as_deref(),
+            Some("Bearer [redacted]")
         );
     }
 
