@@ -49,6 +49,7 @@ export function startHostProcess(host, store, mockUrl) {
   const exited = new Promise((resolve) => child.on("close", resolve));
   return {
     ready,
+    pid: child.pid,
     ask(command) {
       const answer = new Promise((resolve) => waiting.push(resolve));
       child.stdin.write(`${command}\n`);

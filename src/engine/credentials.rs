@@ -482,6 +482,9 @@ impl Engine {
             return serve_old_or(&account, rejected, err);
         }
 
+        if let Err(e) = refresh_lock.confirm().await {
+            return serve_old_or(&account, rejected, e);
+        }
         tracing::debug!(account = %email, token = %presented.fingerprint(), "refreshing access token");
         let _unwritten = Unwritten::begin();
         match oauth::refresh_once_more_if_lost(&presented).await {

@@ -70,6 +70,17 @@ pub enum RefreshLock {
     Postgres(postgres::PgRefreshLock),
 }
 
+impl RefreshLock {
+    /// Ok while the lock is still held (see `PgRefreshLock::confirm`); a file lock is held until
+    /// it is dropped.
+    pub async fn confirm(&self) -> Result<()> {
+        match self {
+            RefreshLock::File(_) => Ok(()),
+            RefreshLock::Postgres(p) => p.confirm().await,
+        }
+    }
+}
+
 /// Whether `location` names a PostgreSQL database rather than a file.
 pub fn is_database(location: &str) -> bool {
     let l = location.trim().to_ascii_lowercase();

@@ -50,6 +50,13 @@ const REFRESH_LOCK: i32 = 0x6f61_7072; // "oapr"
 /// to 250 ms (a refresh takes a few hundred milliseconds).
 const LOCK_RETRY_FIRST: Duration = Duration::from_millis(50);
 const LOCK_RETRY_MAX: Duration = Duration::from_millis(250);
+/// How a write's transaction begins, whatever the DBA set as the role's or database's defaults:
+/// read committed, so that the re-read after the lock sees the writes committed while it waited
+/// (under a default of repeatable read or serializable the snapshot was taken before the wait,
+/// and every write queued behind another failed as a serialization error); and a wait for the
+/// lock as long as our own bound (a role's `statement_timeout` of a few seconds cancelled a write
+/// queued behind another host's).
+const WRITE_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '60s'; SET LOCAL statement_timeout = '60s';";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one exchange with a connected database may take: past it, a server or network gone
 /// silent (TCP may take hours to notice) counts as the store being unavailable, so the engine
@@ -179,7 +186,27 @@ fn account_lock(email: &str) -> i32 {
 /// An account's refresh lock, held by its own connection: dropped, the connection closes and
 /// the database releases the lock.
 pub struct PgRefreshLock {
-    _client: Client,
+    client: Client,
+}
+
+impl PgRefreshLock {
+    /// Whether the lock is still held, asked just before the token is presented: a host frozen
+    /// (a suspended laptop, SIGSTOP) while it held it may wake to find the database ended its
+    /// session (a DBA, TCP keepalives) and another host refreshed meanwhile with the token it is
+    /// about to present.
+    pub async fn confirm(&self) -> Result<()> {
+        let asked = tokio::time::timeout(QUERY_TIMEOUT, self.client.simple_query("SELECT 1")).await;
+        match asked {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::StoreUnavailable(scrub_tokens(&format!(
+                "the refresh lock was lost: {}",
+                describe(&e)
+            )))),
+            Err(_) => Err(Error::StoreUnavailable(
+                "the refresh lock did not answer".into(),
+            )),
+        }
+    }
 }
 
 impl std::fmt::Debug for PgRefreshLock {
@@ -390,11 +417,40 @@ impl PgStore {
         let work = async {
             client
                 .batch_execute(&format!(
-                    "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}, 1);
-                     CREATE TABLE IF NOT EXISTS oauth_pool_meta (name text PRIMARY KEY, value text NOT NULL);"
+                    "{WRITE_BEGIN} SELECT pg_advisory_xact_lock({WRITE_LOCK}, 1);"
                 ))
                 .await
                 .map_err(unavailable)?;
+            // Created only when missing: a role given the tables by the DBA but no CREATE on the
+            // schema (PostgreSQL 15's default on public) could not run init again to check its key.
+            let found = client
+                .query_typed_one(
+                    "SELECT to_regclass('oauth_pool_meta') IS NOT NULL,
+                       (SELECT string_agg(DISTINCT n.nspname, ', ') FROM pg_class c
+                        JOIN pg_namespace n ON n.oid = c.relnamespace
+                        WHERE c.relname = 'oauth_pool_meta' AND c.relkind IN ('r', 'p')),
+                       current_setting('search_path')",
+                    &[],
+                )
+                .await
+                .map_err(unavailable)?;
+            if !column::<bool>(&found, 0)? {
+                // A pool whose schema the search_path no longer reaches (set for the role or the
+                // database since) is not started afresh beside it.
+                if let Some(elsewhere) = column::<Option<String>>(&found, 1)? {
+                    return Err(Error::StoreUnavailable(format!(
+                        "{} has a pool in schema {elsewhere}, which the search_path ({}) does not reach; nothing was created: put that schema on the search_path (ALTER ROLE ... SET search_path, or options=-csearch_path=... in the URL)",
+                        self.shown,
+                        column::<String>(&found, 2)?
+                    )));
+                }
+                client
+                    .batch_execute(
+                        "CREATE TABLE IF NOT EXISTS oauth_pool_meta (name text PRIMARY KEY, value text NOT NULL);",
+                    )
+                    .await
+                    .map_err(unavailable)?;
+            }
             let current: i32 = client
                 .query_typed_opt(
                     "SELECT value FROM oauth_pool_meta WHERE name = 'schema'",
@@ -670,7 +726,7 @@ impl PgStore {
     ) -> Result<T> {
         client
             .batch_execute(&format!(
-                "BEGIN; SET LOCAL lock_timeout = '60s'; SELECT pg_advisory_xact_lock({WRITE_LOCK}, 0);"
+                "{WRITE_BEGIN} SELECT pg_advisory_xact_lock({WRITE_LOCK}, 0);"
             ))
             .await
             .map_err(unavailable)?;
@@ -778,7 +834,14 @@ impl PgStore {
         self.ready().await?;
         let client = self.connect().await?;
         let id = account_lock(email);
-        let sql = format!("BEGIN; SELECT pg_try_advisory_xact_lock({REFRESH_LOCK}, {id});");
+        // The lock's transaction sits idle while the token endpoint answers: a DBA's
+        // `idle_in_transaction_session_timeout` ended the session and the lock with it, and the
+        // next host presented the token already out. Whether the database takes writes is asked
+        // in the same round trip: a refresh token is not spent when its successor cannot be saved.
+        let sql = format!(
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0;
+             SELECT pg_try_advisory_xact_lock({REFRESH_LOCK}, {id}), current_setting('transaction_read_only');"
+        );
         let deadline = Instant::now() + timeout;
         let mut pause = LOCK_RETRY_FIRST;
         loop {
@@ -787,11 +850,18 @@ impl PgStore {
                     client.simple_query(&sql).await.map_err(unavailable)
                 })
                 .await?;
-            let granted = answer
-                .iter()
-                .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("t")));
-            if granted {
-                return Ok(PgRefreshLock { _client: client });
+            let row = answer.iter().find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some((r.get(0) == Some("t"), r.get(1) == Some("on"))),
+                _ => None,
+            });
+            if row.is_some_and(|(_, read_only)| read_only) {
+                return Err(Error::StoreUnavailable(format!(
+                    "{} is read-only (default_transaction_read_only, or a standby): no token is refreshed while the new one could not be saved",
+                    self.shown
+                )));
+            }
+            if row.is_some_and(|(granted, _)| granted) {
+                return Ok(PgRefreshLock { client });
             }
             self.bounded("a refresh lock", async {
                 client.batch_execute("ROLLBACK").await.map_err(unavailable)

@@ -1,0 +1,543 @@
+// The fleet store against a PostgreSQL server configured, managed or misbehaving the way real
+// managed and shared servers are: a DBA's timeouts and defaults set on the role or the database,
+// a read-only database, a role without CREATE, a connection limit, odd session settings, a host
+// frozen (SIGSTOP: a laptop suspended) while it holds a lock, a session left idle in a
+// transaction, a backend terminated, rows edited by hand. One throwaway cluster on loopback
+// (helpers/postgres.mjs); each test gets a database of its own, owned by an ordinary role.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
+import { CLI, cliJson, oauthEntry as entryOf, seedStore as seedFrom, startHostProcess as startHost, storedPool as storedFrom } from "./helpers/fleet-kit.mjs";
+import { startPostgres } from "./helpers/postgres.mjs";
+
+const here = (p) => fileURLToPath(new URL(p, import.meta.url));
+// The advisory lock classes of src/store/postgres.rs: the pool's writes, an account's refresh.
+const WRITE_LOCK_CLASS = 0x6f617070;
+const REFRESH_LOCK_CLASS = 0x6f617072;
+const ROLE = "fleet_app";
+// Every host of this file shares one store key, given the way a deployment would (the variable).
+const STORE_KEY = Buffer.alloc(32, 5).toString("base64");
+
+let pg;
+let mock;
+let databases = 0;
+
+before(async () => {
+  pg = await startPostgres();
+  mock = await startMockAnthropic();
+  await pg.sql(`CREATE ROLE ${ROLE} LOGIN`);
+});
+
+after(async () => {
+  await mock?.close();
+  await pg?.close();
+});
+
+/** A database of its own, owned by the ordinary role, its URL as that role. */
+async function freshDatabase({ owner = ROLE } = {}) {
+  const name = `hostile_${++databases}`;
+  await pg.sql(`CREATE DATABASE ${name} OWNER ${owner}`);
+  // PostgreSQL 15 gives only the database owner CREATE on public; older ones give it to all.
+  await pg.sql(`ALTER SCHEMA public OWNER TO ${owner}`, name);
+  return { name, url: `postgres://${ROLE}@127.0.0.1:${pg.port}/${name}` };
+}
+
+function makeHost(name, url, extra = {}) {
+  const home = mkdtempSync(join(tmpdir(), `oauth-pool-hostile-${name}-`));
+  const env = {
+    ...process.env,
+    HOME: home,
+    USERPROFILE: home,
+    OAUTH_POOL_STORE: url,
+    OAUTH_POOL_STORE_KEY: STORE_KEY,
+    OAUTH_POOL_PATH: join(home, ".aidevops", "oauth-pool.json"),
+    OAUTH_POOL_TOKEN_URL: mock.tokenUrl,
+    OAUTH_POOL_API_URL: mock.url,
+    OAUTH_POOL_JITTER_MS: "0",
+  };
+  delete env.OAUTH_POOL_LOG;
+  return { name, home, url, env: Object.assign(env, extra) };
+}
+
+/** A fresh database, initialized, seeded with `accounts`, and two hosts on it. */
+async function fleet(accounts) {
+  const db = await freshDatabase();
+  const a = makeHost("a", db.url);
+  const b = makeHost("b", db.url);
+  const init = await cliJson(a, "store", "init");
+  assert.equal(init.code, 0, init.stdout + init.stderr);
+  if (accounts) await seedFrom(a, db.url, { anthropic: accounts });
+  return { db, a, b, sql: (q) => pg.sql(q, db.name) };
+}
+
+const oauthEntry = (email, options) => entryOf(mock, email, options);
+const startHostProcess = (host) => startHost(host, host.url, mock.url);
+const storedPool = (host) => storedFrom(host, host.url);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `sql` (run in `db`) until `ok(output)`, for up to `ms`. */
+async function until(sql, ok, { db = "postgres", ms = 20_000 } = {}) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const out = await pg.sql(sql, db);
+    if (ok(out)) return out;
+    if (Date.now() > deadline) throw new Error(`gave up waiting on: ${sql} (last: ${out})`);
+    await sleep(50);
+  }
+}
+
+/** A psql session left open, as a person leaves one: `run(sql)` resolves its output. */
+function psqlSession(db) {
+  const child = spawn("psql", ["-X", "-q", "-At", "-h", "127.0.0.1", "-p", String(pg.port), "-U", "postgres", db], {
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  let n = 0;
+  const waiting = new Map();
+  child.stdout.on("data", (d) => {
+    out += d;
+    for (const [mark, resolve] of waiting) {
+      const at = out.indexOf(`${mark}\n`);
+      if (at >= 0) {
+        waiting.delete(mark);
+        resolve(out.slice(0, at));
+        out = out.slice(at + mark.length + 1);
+      }
+    }
+  });
+  child.stderr.on("data", (d) => (err += d));
+  const exited = new Promise((r) => child.on("close", r));
+  return {
+    run(sql) {
+      const mark = `__done_${++n}`;
+      const done = new Promise((resolve) => waiting.set(mark, resolve));
+      child.stdin.write(`${sql}\n\\echo ${mark}\n`);
+      return done;
+    },
+    errors: () => err,
+    async close() {
+      child.stdin.end();
+      await exited;
+    },
+  };
+}
+
+const pidsHolding = (klass, db) =>
+  `SELECT string_agg(pid::text, ',') FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = ${klass} AND database = (SELECT oid FROM pg_database WHERE datname = '${db}')`;
+
+test("a refresh slower than the DBA's idle_in_transaction_session_timeout keeps its lock: the token is presented once", async () => {
+  const email = "slow@hostile.test";
+  const f = await fleet([oauthEntry(email, { expired: true })]);
+  await pg.sql(`ALTER ROLE ${ROLE} IN DATABASE ${f.db.name} SET idle_in_transaction_session_timeout = '1s'`);
+  let release;
+  mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (release = r)) });
+  const onA = startHostProcess(f.a);
+  const onB = startHostProcess(f.b);
+  try {
+    await Promise.all([onA.ready, onB.ready]);
+    const first = onA.ask(`refresh ${email}`);
+    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const second = onB.ask(`refresh ${email}`);
+    await sleep(2500); // the answer held past the DBA's timeout on the lock's idle transaction
+    release();
+    const answers = await Promise.all([first, second]);
+    for (const r of answers) assert.equal(r.ok, true, JSON.stringify(r));
+    const fam = mock.stats().perFamily[email];
+    assert.equal(fam.refreshCalls, 1, "one refresh for this generation, fleet-wide");
+    assert.equal(fam.reuse, 0, "no refresh token presented twice");
+    assert.equal(fam.revoked, false);
+    assert.equal((await storedPool(f.a)).anthropic[0].refresh, mock.tokens(email).refresh);
+  } finally {
+    mock.setTokenMode(null);
+    await Promise.all([onA.close(), onB.close()]);
+  }
+});
+
+test("default_transaction_isolation = serializable on the database: writes queued behind another's all land", async () => {
+  const emails = ["one@hostile.test", "two@hostile.test", "three@hostile.test"];
+  const f = await fleet(emails.map((e) => oauthEntry(e)));
+  await pg.sql(`ALTER DATABASE ${f.db.name} SET default_transaction_isolation = 'serializable'`);
+  const gate = psqlSession(f.db.name);
+  try {
+    await gate.run(`BEGIN; SELECT pg_advisory_xact_lock(${WRITE_LOCK_CLASS}, 0);`);
+    const writes = emails.map((e, i) => cliJson(i % 2 ? f.b : f.a, "disable", e));
+    await until(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = ${WRITE_LOCK_CLASS}`, (o) => o.trim() === "3");
+    await gate.run("COMMIT;");
+    for (const r of await Promise.all(writes)) assert.equal(r.code, 0, r.stdout + r.stderr);
+  } finally {
+    await gate.close();
+  }
+  const stored = await storedPool(f.a);
+  assert.deepEqual(
+    stored.anthropic.map((a) => [a.email, a.enabled]),
+    emails.map((e) => [e, false]),
+  );
+});
+
+test("statement_timeout and lock_timeout of 1 s on the role: a write queued 2.5 s behind another's still lands", async () => {
+  const f = await fleet([oauthEntry("queued@hostile.test")]);
+  await pg.sql(`ALTER ROLE ${ROLE} IN DATABASE ${f.db.name} SET statement_timeout = '1s'`);
+  await pg.sql(`ALTER ROLE ${ROLE} IN DATABASE ${f.db.name} SET lock_timeout = '1s'`);
+  const gate = psqlSession(f.db.name);
+  try {
+    await gate.run(`BEGIN; SELECT pg_advisory_xact_lock(${WRITE_LOCK_CLASS}, 0);`);
+    const write = cliJson(f.a, "disable", "queued@hostile.test");
+    await until(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = ${WRITE_LOCK_CLASS}`, (o) => o.trim() === "1");
+    await sleep(2500);
+    await gate.run("COMMIT;");
+    const r = await write;
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+  } finally {
+    await gate.close();
+  }
+  assert.equal((await storedPool(f.a)).anthropic[0].enabled, false);
+});
+
+test("a read-only database: valid tokens keep serving, writes are STORE_UNAVAILABLE, and no refresh token is spent that could not be saved", async () => {
+  const f = await fleet([oauthEntry("valid@hostile.test", { priority: 5 }), oauthEntry("stale@hostile.test", { expired: true })]);
+  await pg.sql(`ALTER DATABASE ${f.db.name} SET default_transaction_read_only = on`);
+  const before = await f.sql("SELECT position, entry::text FROM oauth_pool_entries ORDER BY position");
+  const host = startHostProcess(f.a);
+  try {
+    await host.ready;
+    const served = await host.ask("fetch");
+    assert.equal(served.value?.status, 200, JSON.stringify(served));
+    assert.equal(served.value.account, "valid@hostile.test");
+    const refresh = await host.ask("refresh stale@hostile.test");
+    assert.equal(refresh.ok, false, JSON.stringify(refresh));
+    assert.equal(refresh.code, "STORE_UNAVAILABLE", refresh.message);
+    assert.match(refresh.message, /read-only/);
+    assert.equal(mock.stats().perFamily["stale@hostile.test"].refreshCalls, 0, "the refresh token was not spent");
+  } finally {
+    await host.close();
+  }
+  const write = await cliJson(f.b, "disable", "valid@hostile.test");
+  assert.equal(write.code, 1, write.stdout);
+  assert.equal(write.err.code, "STORE_UNAVAILABLE");
+  assert.match(write.err.message, /read-only/);
+  assert.equal(await f.sql("SELECT position, entry::text FROM oauth_pool_entries ORDER BY position"), before, "nothing was written or lost");
+});
+
+/** The advisory lock key of an account's refresh (src/store/postgres.rs, `account_lock`). */
+function accountLock(email) {
+  const digest = createHash("sha256").update(email.trim().toLowerCase()).digest();
+  digest[3] &= 0x7f;
+  return digest.readInt32LE(0);
+}
+
+test("a host frozen between taking the refresh lock and presenting the token, whose lock the database ended meanwhile, does not present the spent token on waking", async () => {
+  const email = "woken@hostile.test";
+  const f = await fleet([oauthEntry(email, { expired: true })]);
+  const holder = psqlSession(f.db.name);
+  const blocker = psqlSession(f.db.name);
+  const onA = startHostProcess(f.a);
+  let stopped = false;
+  try {
+    await onA.ready;
+    // Host A is let into the lock only once its re-read of the pool will wait: it stops there.
+    await holder.run(`BEGIN; SELECT pg_advisory_xact_lock(${REFRESH_LOCK_CLASS}, ${accountLock(email)});`);
+    const first = onA.ask(`refresh ${email}`);
+    await until(`SELECT count(*) FROM pg_stat_activity WHERE datname = '${f.db.name}' AND usename = '${ROLE}'`, (o) => Number(o) >= 2);
+    await blocker.run("BEGIN; LOCK TABLE oauth_pool_entries IN ACCESS EXCLUSIVE MODE;");
+    await holder.run("COMMIT;");
+    const entries = `(SELECT oid FROM pg_class WHERE relname = 'oauth_pool_entries' AND relnamespace = 'public'::regnamespace)`;
+    await until(`SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = ${entries}`, (o) => o.trim() === "1", { db: f.db.name });
+    const lockPid = (await until(pidsHolding(REFRESH_LOCK_CLASS, f.db.name), (o) => o.trim() !== "")).trim();
+    // The laptop is suspended; its session is ended meanwhile (a DBA, TCP keepalives).
+    process.kill(onA.pid, "SIGSTOP");
+    stopped = true;
+    await pg.sql(`SELECT pg_terminate_backend(${lockPid})`);
+    await blocker.run("COMMIT;");
+    await until(`SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = ${entries}`, (o) => o.trim() === "0", { db: f.db.name });
+    // Another host refreshes, as it may now.
+    const other = await cliJson(f.b, "refresh", email);
+    assert.equal(other.code, 0, other.stdout + other.stderr);
+    const after = mock.tokens(email).refresh;
+    process.kill(onA.pid, "SIGCONT");
+    stopped = false;
+    const woken = await first;
+    const fam = mock.stats().perFamily[email];
+    assert.equal(fam.reuse, 0, "the spent token was not presented again");
+    assert.equal(fam.revoked, false);
+    assert.equal(fam.refreshCalls, 1);
+    assert.equal(woken.ok, false, JSON.stringify(woken));
+    assert.equal(woken.code, "STORE_UNAVAILABLE", woken.message);
+    assert.match(woken.message, /refresh lock was lost/);
+    assert.equal((await storedPool(f.b)).anthropic[0].refresh, after, "the newer generation stands");
+  } finally {
+    if (stopped) process.kill(onA.pid, "SIGCONT");
+    await Promise.all([onA.close(), holder.close(), blocker.close()]);
+  }
+});
+
+test("a host frozen holding the refresh lock with its token out: others move on to another account within seconds, and on waking it writes the one new generation", async () => {
+  const email = "held@hostile.test";
+  const f = await fleet([oauthEntry(email, { expired: true, priority: 5 }), oauthEntry("spare@hostile.test")]);
+  let release;
+  mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (release = r)) });
+  const onA = startHostProcess(f.a);
+  const onB = startHostProcess(f.b);
+  let stopped = false;
+  try {
+    await Promise.all([onA.ready, onB.ready]);
+    const first = onA.ask("fetch");
+    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    process.kill(onA.pid, "SIGSTOP");
+    stopped = true;
+    const started = Date.now();
+    const meanwhile = await onB.ask("fetch");
+    const waited = Date.now() - started;
+    assert.equal(meanwhile.value?.status, 200, JSON.stringify(meanwhile));
+    assert.equal(meanwhile.value.account, "spare@hostile.test");
+    assert.ok(waited < 20_000, `host B waited ${waited} ms`);
+    release();
+    process.kill(onA.pid, "SIGCONT");
+    stopped = false;
+    // Its request may have moved on to the spare account meanwhile; the refresh goes on to its end.
+    const woken = await first;
+    assert.equal(woken.value?.status, 200, JSON.stringify(woken));
+    const deadline = Date.now() + 20_000;
+    while ((await storedPool(f.b)).anthropic[0].refresh !== mock.tokens(email).refresh) {
+      assert.ok(Date.now() < deadline, "the woken host wrote the new tokens");
+      await sleep(200);
+    }
+    const fam = mock.stats().perFamily[email];
+    assert.equal(fam.refreshCalls, 1);
+    assert.equal(fam.reuse, 0);
+  } finally {
+    mock.setTokenMode(null);
+    if (stopped) process.kill(onA.pid, "SIGCONT");
+    await Promise.all([onA.close(), onB.close()]);
+  }
+});
+
+test("a host frozen inside a write: reads go on, the DBA's idle_in_transaction_session_timeout frees the lock for the others' writes, and the woken write fails coded without undoing them", async () => {
+  const f = await fleet([oauthEntry("x@hostile.test"), oauthEntry("y@hostile.test", { enabled: false })]);
+  await pg.sql(`ALTER ROLE ${ROLE} IN DATABASE ${f.db.name} SET idle_in_transaction_session_timeout = '2s'`);
+  const gate = psqlSession(f.db.name);
+  const onB = startHostProcess(f.b);
+  let frozen;
+  let stopped = false;
+  try {
+    await onB.ready;
+    await gate.run(`BEGIN; SELECT pg_advisory_xact_lock(${WRITE_LOCK_CLASS}, 0);`);
+    frozen = spawn(process.execPath, [CLI, "--json", "disable", "x@hostile.test"], { env: f.a.env, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    frozen.stdout.on("data", (d) => (out += d));
+    const exited = new Promise((r) => frozen.on("close", r));
+    const gatePid = (await gate.run("SELECT pg_backend_pid();")).trim();
+    await until(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = ${WRITE_LOCK_CLASS}`, (o) => o.trim() === "1").catch(
+      (e) => {
+        throw new Error(`${e.message}; the write: ${out}`);
+      },
+    );
+    process.kill(frozen.pid, "SIGSTOP");
+    stopped = true;
+    await gate.run("COMMIT;");
+    await until(pidsHolding(WRITE_LOCK_CLASS, f.db.name), (o) => o.trim() !== "" && o.trim() !== gatePid);
+    const served = await onB.ask("fetch");
+    assert.equal(served.value?.status, 200, JSON.stringify(served));
+    const started = Date.now();
+    const write = await cliJson(f.b, "enable", "y@hostile.test");
+    assert.equal(write.code, 0, write.stdout + write.stderr);
+    assert.ok(Date.now() - started < 25_000);
+    process.kill(frozen.pid, "SIGCONT");
+    stopped = false;
+    assert.equal(await exited, 1, out);
+    assert.equal(JSON.parse(out.trim().split("\n").at(-1)).error.code, "STORE_UNAVAILABLE");
+  } finally {
+    if (stopped) process.kill(frozen.pid, "SIGCONT");
+    await Promise.all([onB.close(), gate.close()]);
+  }
+  const stored = await storedPool(f.b);
+  assert.deepEqual(
+    stored.anthropic.map((a) => [a.email, a.enabled !== false]),
+    [
+      ["x@hostile.test", true],
+      ["y@hostile.test", true],
+    ],
+  );
+});
+
+test("a role without CREATE on the schema: init says so, coded; once the DBA made the tables, the role uses the store and init checks its key", async () => {
+  const db = await freshDatabase({ owner: "postgres" });
+  const app = makeHost("app", db.url);
+  const refused = await cliJson(app, "store", "init");
+  assert.equal(refused.code, 1, refused.stdout);
+  assert.equal(refused.err.code, "STORE_UNAVAILABLE");
+  assert.match(refused.err.message, /permission denied for schema public/);
+  assert.equal(await pg.sql("SELECT to_regclass('oauth_pool_meta') IS NULL", db.name), "t\n");
+  // The DBA initializes as the owner and grants the role its rows, as managed databases are run.
+  const dba = makeHost("dba", db.url.replace(`${ROLE}@`, "postgres@"));
+  assert.equal((await cliJson(dba, "store", "init")).code, 0);
+  await pg.sql(`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ${ROLE}`, db.name);
+  const again = await cliJson(app, "store", "init");
+  assert.equal(again.code, 0, again.stdout);
+  assert.equal(again.json.schema, 1);
+  await seedFrom(app, db.url, { anthropic: [oauthEntry("granted@hostile.test", { expired: true })] });
+  const refreshed = await cliJson(app, "refresh", "granted@hostile.test");
+  assert.equal(refreshed.json?.outcome, "refreshed", refreshed.stdout);
+});
+
+test("a search_path moved to another schema: the pool is not found, and init refuses to start a fresh one beside it", async () => {
+  const f = await fleet([oauthEntry("path@hostile.test")]);
+  await pg.sql(`CREATE SCHEMA other AUTHORIZATION ${ROLE}`, f.db.name);
+  await pg.sql(`ALTER DATABASE ${f.db.name} SET search_path = other`);
+  const list = await cliJson(f.a, "list");
+  assert.equal(list.err?.code, "STORE_UNAVAILABLE", list.stdout);
+  const init = await cliJson(f.a, "store", "init");
+  assert.equal(init.code, 1, init.stdout);
+  assert.equal(init.err.code, "STORE_UNAVAILABLE");
+  assert.match(init.err.message, /pool in schema public, which the search_path \(other\) does not reach/);
+  assert.equal(await f.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'other'"), "0\n");
+  await pg.sql(`ALTER DATABASE ${f.db.name} SET search_path = other, public`);
+  const found = await cliJson(f.a, "list");
+  assert.deepEqual(
+    found.json?.accounts?.map((a) => a.email),
+    ["path@hostile.test"],
+    found.stdout,
+  );
+});
+
+test("the role at its CONNECTION LIMIT: valid tokens keep serving, a refresh is STORE_UNAVAILABLE without spending the token, and service resumes", async () => {
+  const f = await fleet([oauthEntry("valid@hostile.test", { priority: 5 }), oauthEntry("later@hostile.test", { expired: true })]);
+  const host = startHostProcess(f.a);
+  try {
+    await host.ready;
+    assert.equal((await host.ask("fetch")).value?.status, 200);
+    await pg.sql(`ALTER ROLE ${ROLE} CONNECTION LIMIT 0`);
+    try {
+      const served = await host.ask("fetch");
+      assert.equal(served.value?.status, 200, JSON.stringify(served));
+      const refresh = await host.ask("refresh later@hostile.test");
+      assert.equal(refresh.code, "STORE_UNAVAILABLE", JSON.stringify(refresh));
+      assert.match(refresh.message, /too many connections for role/);
+      const cli = await cliJson(f.b, "list");
+      assert.equal(cli.err?.code, "STORE_UNAVAILABLE", cli.stdout);
+      assert.equal(mock.stats().perFamily["later@hostile.test"].refreshCalls, 0);
+    } finally {
+      await pg.sql(`ALTER ROLE ${ROLE} CONNECTION LIMIT -1`);
+    }
+    const after = await host.ask("refresh later@hostile.test");
+    assert.equal(after.value?.outcome, "refreshed", JSON.stringify(after));
+  } finally {
+    await host.close();
+  }
+});
+
+test("backends terminated between requests and an idle_session_timeout of 1 s: the next requests and writes go through", async () => {
+  const f = await fleet([oauthEntry("kept@hostile.test")]);
+  await pg.sql(`ALTER ROLE ${ROLE} IN DATABASE ${f.db.name} SET idle_session_timeout = '1s'`);
+  const host = startHostProcess(f.a);
+  try {
+    await host.ready;
+    assert.equal((await host.ask("fetch")).value?.status, 200);
+    await pg.sql(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '${ROLE}'`);
+    for (let i = 0; i < 2; i++) {
+      const r = await host.ask("fetch");
+      assert.equal(r.value?.status, 200, JSON.stringify(r));
+      assert.equal((await host.ask("flush")).ok, true);
+      await sleep(1300); // every connection the host kept is closed by the server meanwhile
+    }
+    const disabled = await cliJson(f.b, "disable", "kept@hostile.test");
+    assert.equal(disabled.code, 0, disabled.stdout);
+  } finally {
+    await host.close();
+  }
+  const stored = (await storedPool(f.b)).anthropic[0];
+  assert.ok(stored.lastUsed, "the host's bookkeeping reached the store");
+  assert.equal(stored.enabled, false);
+});
+
+test("odd settings on the database (DateStyle, TimeZone, extra_float_digits, standard_conforming_strings, client_encoding ...): a pool goes in and out unchanged, and refreshes", async () => {
+  const f = await fleet();
+  for (const s of [
+    "DateStyle = 'SQL, DMY'",
+    "TimeZone = 'Pacific/Chatham'",
+    "extra_float_digits = -15",
+    "standard_conforming_strings = off",
+    "backslash_quote = on",
+    "IntervalStyle = 'sql_standard'",
+    "client_encoding = 'LATIN1'",
+    "default_transaction_deferrable = on",
+    "quote_all_identifiers = on",
+    "transform_null_equals = on",
+  ]) {
+    await pg.sql(`ALTER DATABASE ${f.db.name} SET ${s}`);
+  }
+  const pool = {
+    anthropic: [
+      {
+        ...oauthEntry("odd@hostile.test", { expired: true, lastUsed: "2026-11-30T09:00:00.000Z" }),
+        custom: { text: "ünïcödé ✓ \\ ' \"", n: 0.1 + 0.2, at: "2026-11-30T10:00:00.000Z" },
+      },
+    ],
+  };
+  await seedFrom(f.a, f.db.url, pool);
+  assert.deepEqual((await storedPool(f.b)).anthropic[0], pool.anthropic[0]);
+  const refreshed = await cliJson(f.b, "refresh", "odd@hostile.test");
+  assert.equal(refreshed.json?.outcome, "refreshed", refreshed.stdout);
+  const stored = (await storedPool(f.a)).anthropic[0];
+  assert.equal(stored.refresh, mock.tokens("odd@hostile.test").refresh);
+  assert.ok(Math.abs(stored.expires - refreshed.json.expires) < 1000, "times read back as written");
+  assert.deepEqual(stored.custom, pool.anthropic[0].custom);
+});
+
+test("rows edited by hand: an entry of the wrong shape is listed as invalid and kept through writes; an unsealed section or a renamed account is refused, coded, and nothing is written", async () => {
+  const f = await fleet([oauthEntry("keep@hostile.test"), oauthEntry("edit@hostile.test")]);
+  const rows = () => f.sql("SELECT position, entry::text FROM oauth_pool_entries ORDER BY position");
+  const original = (await f.sql("SELECT entry::text FROM oauth_pool_entries WHERE position = 1")).trim();
+  // What a person sees of the edited row: its sealed tokens are sealed anew by each write.
+  const seen = async () =>
+    (
+      await f.sql(
+        "SELECT CASE WHEN jsonb_typeof(entry) = 'object' THEN (entry - 'refresh' - 'access')::text ELSE entry::text END FROM oauth_pool_entries WHERE position = 1",
+      )
+    ).trim();
+  for (const value of ["'null'", `'"edited"'`, "'[1, 2]'", "'{}'", "jsonb_set(entry, '{access}', '17')", `jsonb_set(entry, '{expires}', '"soon"')`]) {
+    await f.sql(`UPDATE oauth_pool_entries SET entry = ${value} WHERE position = 1`);
+    const edited = await seen();
+    const list = await cliJson(f.a, "list");
+    assert.equal(list.code, 0, `${value}: ${list.stdout}`);
+    assert.deepEqual(
+      list.json.accounts.map((a) => a.status),
+      ["idle", "invalid"],
+      value,
+    );
+    const write = await cliJson(f.b, "disable", "keep@hostile.test");
+    assert.equal(write.code, 0, `${value}: ${write.stdout}`);
+    assert.equal(await seen(), edited, `${value} kept`);
+    assert.equal((await cliJson(f.b, "enable", "keep@hostile.test")).code, 0);
+    await f.sql(`UPDATE oauth_pool_entries SET entry = '${original}' WHERE position = 1`);
+  }
+  for (const edit of [
+    `INSERT INTO oauth_pool_top (name, value) VALUES ('openai', '[1]')`,
+    `UPDATE oauth_pool_entries SET entry = jsonb_set(entry, '{email}', '"renamed@hostile.test"') WHERE position = 1`,
+  ]) {
+    await f.sql(edit);
+    const before = await rows();
+    for (const args of [["list"], ["disable", "keep@hostile.test"]]) {
+      const r = await cliJson(f.a, ...args);
+      assert.equal(r.code, 1, `${edit}: ${r.stdout}`);
+      assert.equal(r.err.code, "STORE_KEY", r.err.message);
+    }
+    assert.equal(await rows(), before, "nothing was written");
+    await f.sql("DELETE FROM oauth_pool_top");
+    await f.sql(`UPDATE oauth_pool_entries SET entry = '${original}' WHERE position = 1`);
+  }
+  // The schema's row deleted: refused until init, which finds every entry where it was.
+  await f.sql("DELETE FROM oauth_pool_meta WHERE name = 'schema'");
+  assert.match((await cliJson(f.a, "list")).err?.message ?? "", /run `oauth-pool store init`/);
+  assert.equal((await cliJson(f.a, "store", "init")).code, 0);
+  assert.deepEqual(
+    (await cliJson(f.a, "list")).json.accounts.map((a) => a.email),
+    ["keep@hostile.test", "edit@hostile.test"],
+  );
+});
