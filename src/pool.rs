@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 
 pub const POOL_VERSION: u64 = 1;
 
+/// What a refusal of a pool of a later format says (`FileStore::corrupt` gives it its own advice).
+pub const NEWER_FORMAT: &str = "written by a newer opencode-oauth-pool";
+
 /// JavaScript numbers arrive as floats: whole ones (epochs, counts, priorities) are written
 /// back as integers, as JavaScript's own JSON.stringify would write them.
 fn integral(v: Value) -> Value {
@@ -139,6 +142,18 @@ impl Pool {
             }
         };
         let version = map.shift_remove("version");
+        // A later format is refused, never read and written back as this one: the versions of
+        // the package run side by side for days (an OpenCode session keeps the copy it started
+        // with), and this build would drop or undo what it cannot know the newer one means.
+        if let Some(n) = version
+            .as_ref()
+            .and_then(Value::as_f64)
+            .filter(|n| *n > POOL_VERSION as f64)
+        {
+            return Err(format!(
+                "it is pool format {n}, {NEWER_FORMAT} than this one (which reads format {POOL_VERSION})"
+            ));
+        }
         Ok(Pool {
             version,
             anthropic,
@@ -575,6 +590,18 @@ mod tests {
             json!({"anthropic": {}}),
         ] {
             assert_eq!(Pool::from_caller(bad).unwrap_err().code(), "POOL_INVALID");
+        }
+    }
+
+    #[test]
+    fn a_later_format_is_refused_and_this_one_read() {
+        for later in [json!(2), json!(1.5), json!(10)] {
+            let why = Pool::from_value(json!({"version": later, "anthropic": []})).unwrap_err();
+            assert!(why.contains(NEWER_FORMAT), "{why}");
+        }
+        for this in [json!(1), json!(1.0), json!(0), json!("1"), json!(null)] {
+            let pool = Pool::from_value(json!({"version": this, "anthropic": []})).unwrap();
+            assert_eq!(pool.version, Some(this));
         }
     }
 

@@ -232,7 +232,9 @@ async function checkBackup(lib, files, r) {
     if (entries > 0 && !lstatOrNull(files.path)) {
       r.add("backup", "warn", `the pool file is missing, but ${name} holds ${entries} entries (restore it with: cp ${bakPath} ${files.path})`);
     } else {
-      const restore = r.failed("parse") ? ` (restore it with: cp ${bakPath} ${files.path})` : "";
+      // Never over a pool of a later format: the newer version's writes (its logins) are in it.
+      const later = r.checks.some((c) => c.name === "parse" && c.message.includes("written by a newer opencode-oauth-pool"));
+      const restore = r.failed("parse") && !later ? ` (restore it with: cp ${bakPath} ${files.path})` : "";
       r.add("backup", "ok", `${name} parses: ${entries} entries${restore}`);
     }
   } catch (e) {

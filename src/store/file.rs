@@ -266,7 +266,12 @@ impl FileStore {
         let bak_ok = fsread::read_regular(&bak, MAX_FILE_BYTES, false)
             .ok()
             .is_some_and(|b| Pool::parse(&b).is_ok());
-        let hint = if bak_ok {
+        let hint = if reason.contains(crate::pool::NEWER_FORMAT) {
+            "upgrade opencode-oauth-pool wherever this pool is used (OpenCode sessions started \
+             before the upgrade too); do not restore an older copy or move it aside: the newer \
+             version's logins are in it"
+                .to_string()
+        } else if bak_ok {
             format!(
                 "the last good copy is {}: inspect both, then restore it with `cp {} {}`",
                 bak.display(),
@@ -1031,6 +1036,43 @@ mod tests {
             assert!(store.save(&Pool::default()).is_err());
             assert_eq!(fs::read(store.path()).unwrap(), case);
         }
+    }
+
+    /// A newer version of the package on the same file (an npm update while OpenCode sessions
+    /// keep the version they started with) may change the format: this one then refuses the
+    /// file, writes nothing and says to upgrade, never to move the file aside.
+    #[test]
+    fn a_pool_of_a_later_format_is_refused_untouched_with_what_to_do() {
+        let (_d, store) = tmp_store();
+        // Two writes: a good .bak of this format is beside it, as after the newer one's first.
+        for email in ["a@x", "b@x"] {
+            store
+                .update(|p| {
+                    p.upsert(Account::new_api_key(email, "k".into(), 1));
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let later = b"{\"version\": 2, \"anthropic\": [{\"email\": \"b@x\"}]}".to_vec();
+        fs::write(store.path(), &later).unwrap();
+        let err = store.load().unwrap_err();
+        assert_eq!(err.code(), "POOL_CORRUPT");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("pool format 2") && msg.contains("upgrade"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("cp "),
+            "no older copy restored over it: {msg}"
+        );
+        let change = store.update(|p| {
+            p.upsert(Account::new_api_key("c@x", "k".into(), 1));
+            Ok(())
+        });
+        assert_eq!(change.unwrap_err().code(), "POOL_CORRUPT");
+        assert!(store.save(&Pool::default()).is_err());
+        assert_eq!(fs::read(store.path()).unwrap(), later);
     }
 
     #[test]
