@@ -173,7 +173,10 @@ pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
         return usable(&p, var::POOL_PATH.name());
     }
     let home = home_dir().ok_or_else(|| {
-        Error::InvalidArgument("cannot find the home directory; set OAUTH_POOL_PATH".into())
+        Error::InvalidArgument(
+            "cannot find the home directory (HOME is unset, empty or not an absolute path); set OAUTH_POOL_PATH"
+                .into(),
+        )
     })?;
     Ok(home.join(".aidevops").join("oauth-pool.json"))
 }
@@ -184,7 +187,9 @@ pub fn home_dir() -> Option<PathBuf> {
     } else {
         var::HOME
     };
-    env(home).filter(|v| !v.is_empty()).map(PathBuf::from)
+    // A relative HOME would put the pool under whatever directory each process was started
+    // in (OpenCode, its workers and the CLI differ): there is then no home to find.
+    env(home).map(PathBuf::from).filter(|p| p.is_absolute())
 }
 
 /// `~/` is the home directory; `~name` (another user's home, or this one's by name) is refused
@@ -193,9 +198,12 @@ pub fn home_dir() -> Option<PathBuf> {
 /// relative, a file named " /path " under the working directory.
 fn expand_home(p: &str, whose: &str) -> Result<PathBuf> {
     if let Some(rest) = p.strip_prefix("~/") {
-        if let Some(home) = home_dir() {
-            return Ok(home.join(rest));
-        }
+        // Without a home, `~/x` was taken as a directory named `~` under the working directory.
+        return home_dir().map(|home| home.join(rest)).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{whose} starts with ~/, and there is no home directory (HOME is unset, empty or not an absolute path): write the whole path"
+            ))
+        });
     } else if p.starts_with('~') {
         return Err(Error::InvalidArgument(format!(
             "{whose} starts with ~ but not ~/: only ~/ (your home) is expanded; write the whole path"

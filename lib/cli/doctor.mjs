@@ -107,7 +107,11 @@ function checkDirectory(files, r) {
       : r.add("directory", "problem", `${dir} is a symbolic link to nothing usable`);
   }
   if (!st.isDirectory()) return r.add("directory", "problem", `${dir} is not a directory`);
-  if (othersCanAccess(st)) r.add("directory", "problem", `${dir} is ${octal(st)}: others can list it (fix: chmod 700 ${dir})`);
+  // Writable by others without the sticky bit, they can delete or replace the pool file: the
+  // library refuses a file of theirs, but the user's own is then gone.
+  const othersReplace = posix && (st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0;
+  if (othersReplace) r.add("directory", "problem", `${dir} is ${octal(st)}: other users can delete or replace the pool file in it (fix: chmod 700 ${dir})`);
+  else if (othersCanAccess(st)) r.add("directory", "problem", `${dir} is ${octal(st)}: others can list it (fix: chmod 700 ${dir})`);
   else r.add("directory", "ok", `${dir}${posix ? ` is ${octal(st)}` : " exists"}`);
   if (notMine(st)) r.add("directory owner", "problem", `${dir} belongs to uid ${st.uid}, not to you (uid ${myUid})`);
 }

@@ -82,6 +82,12 @@ fn create_key(path: &Path) -> Result<Secret> {
         "{KEY_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     ));
+    crate::store::file::check_maker(path).map_err(|why| {
+        Error::InvalidArgument(format!(
+            "the gateway key file {} cannot be made: {why}",
+            path.display()
+        ))
+    })?;
     let dir = path.parent().unwrap_or(Path::new("."));
     crate::store::file::create_private_dir(dir)?;
     // Written whole under a name of its own, then linked into place: another process never

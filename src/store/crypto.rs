@@ -107,6 +107,12 @@ impl SealKey {
         getrandom::fill(raw.as_mut())
             .map_err(|e| Error::StoreKey(format!("no OS randomness: {e}")))?;
         let text = Zeroizing::new(STANDARD.encode(raw.as_ref()));
+        crate::store::file::check_maker(&path).map_err(|why| {
+            Error::StoreKey(format!(
+                "the key file {} cannot be made: {why}",
+                path.display()
+            ))
+        })?;
         if let Some(dir) = path.parent() {
             crate::store::file::create_private_dir(dir)?;
         }

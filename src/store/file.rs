@@ -143,7 +143,7 @@ impl FileStore {
 
     /// Replaces the whole pool (the `savePool` semantics), under the lock.
     pub fn save(&self, pool: &Pool) -> Result<()> {
-        self.open_checked()?;
+        self.check_writable()?;
         let _lock = FileLock::acquire(&self.lock_path(), LOCK_TIMEOUT)?;
         let _aidevops = LegacyLock::acquire(&self.path)?;
         // Refuse to replace a file we would refuse to read: a symlink or a foreign file is
@@ -178,7 +178,7 @@ impl FileStore {
         &self,
         change: impl FnOnce(&mut Pool) -> Result<T>,
     ) -> Result<(T, Written<FileStamp>)> {
-        self.open_checked()?;
+        self.check_writable()?;
         let _lock = FileLock::acquire(&self.lock_path(), LOCK_TIMEOUT)?;
         let _aidevops = LegacyLock::acquire(&self.path)?;
         let current = self.read()?;
@@ -253,11 +253,33 @@ impl FileStore {
             Err(ReadError::TooLarge(n)) => {
                 return Err(self.corrupt(format!("it is larger than {n} bytes")))
             }
-            Err(ReadError::Io(e)) => return Err(Error::io(path, "open", e)),
+            Err(ReadError::Io(e)) => {
+                // Another user's file is refused as such, also when its mode keeps us from
+                // opening it (a pool in a shared directory, `sudo -u` without `-H`).
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    if let Ok(meta) = fs::symlink_metadata(path) {
+                        check_owner(path, &meta)?;
+                    }
+                }
+                return Err(Error::io(path, "open", e));
+            }
         };
         let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
         check_owner(path, &meta)?;
         Ok(Some((file, meta)))
+    }
+
+    /// What a writer asks before it makes anything (a lock file, a temp, the directory): that
+    /// the file is one it would read, or, when there is none yet, that one it makes there would
+    /// not shut the directory's owner out (`check_maker`).
+    fn check_writable(&self) -> Result<()> {
+        if self.open_checked()?.is_none() {
+            check_maker(&self.path).map_err(|reason| Error::PoolInsecure {
+                path: self.path.clone(),
+                reason,
+            })?;
+        }
+        Ok(())
     }
 
     fn corrupt(&self, reason: String) -> Error {
@@ -531,10 +553,64 @@ fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<()> {
     match fsread::foreign_owner(meta) {
         Some(uid) => Err(Error::PoolInsecure {
             path: path.to_path_buf(),
-            reason: format!("it is owned by uid {uid}, not by this user"),
+            reason: format!(
+                "it is owned by uid {uid}, not by this user{}",
+                if is_root() {
+                    format!(" (root): run this as uid {uid} (without sudo, or `sudo -u '#{uid}'`)")
+                } else {
+                    String::new()
+                }
+            ),
         }),
         None => Ok(()),
     }
+}
+
+fn is_root() -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() == 0 }
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
+/// Whether this process may make the file at `path` (the reason when not). Root making a file
+/// (or the directory for it) in a directory of another user's, as `sudo -E oauth-pool add` or a
+/// root service pointed at a user's pool does, left a 0600 file of root's there: that user's
+/// OpenCode could no longer read its own pool, nor make a new one. The nearest directory that
+/// exists on the way decides; nothing is made when it is not root's.
+pub(crate) fn check_maker(path: &Path) -> std::result::Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if !is_root() {
+            return Ok(());
+        }
+        let mut dir = parent_dir(path);
+        let meta = loop {
+            match fs::metadata(&dir) {
+                Ok(meta) => break meta,
+                Err(_) => match dir.parent() {
+                    Some(up) if !up.as_os_str().is_empty() => dir = up.to_path_buf(),
+                    _ => return Ok(()),
+                },
+            }
+        };
+        let uid = meta.uid();
+        if uid != 0 {
+            return Err(format!(
+                "it does not exist yet, and {} belongs to uid {uid}: a file root made there would lock that user out of it; run this as uid {uid} (without sudo, or `sudo -u '#{uid}'`)",
+                dir.display()
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 pub(super) fn stamp_of(meta: &fs::Metadata) -> FileStamp {
@@ -1093,6 +1169,35 @@ mod tests {
         fs::write(store.path(), b"{").unwrap();
         let msg = store.load().unwrap_err().to_string();
         assert!(msg.contains(".bak"), "{msg}");
+    }
+
+    /// Root (`sudo -E`, a root service) never makes a file where another user keeps their pool:
+    /// the nearest directory that exists decides, and nothing is made when it is not root's.
+    #[cfg(unix)]
+    #[test]
+    fn root_makes_no_file_in_another_users_directory() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let (d, store) = tmp_store();
+        let theirs = d.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        for path in [theirs.join("pool.json"), theirs.join("a/b/pool.json")] {
+            let why = check_maker(&path).unwrap_err();
+            assert!(why.contains("belongs to uid 65534"), "{why}");
+            let err = FileStore::new(&path)
+                .update(|p| {
+                    p.upsert(Account::new_api_key("a@x", "k".into(), 1));
+                    Ok(())
+                })
+                .unwrap_err();
+            assert_eq!(err.code(), "POOL_INSECURE");
+        }
+        assert_eq!(fs::read_dir(&theirs).unwrap().count(), 0, "nothing made");
+        assert!(check_maker(store.path()).is_ok(), "root's own directory");
+        store.save(&Pool::default()).unwrap();
     }
 
     #[cfg(unix)]

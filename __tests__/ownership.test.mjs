@@ -1,0 +1,224 @@
+// Users, owners and modes around the pool file: root writing where a user keeps their pool
+// (`sudo -E oauth-pool add`, a root service pointed at a user's pool), another user's file, a
+// home that is no absolute path, umasks, a read-only bind of the file. Each asks what the user
+// meets afterwards: can they still read and write their own pool, and did a refusal come with
+// a code before anything changed. Cases that need other uids or a mount (root on Linux) are
+// skipped with the reason elsewhere.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
+import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { useMock, seedPool, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+
+const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
+const posix = process.platform !== "win32";
+const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+const hasSetpriv = process.platform === "linux" && spawnSync("setpriv", ["--version"]).status === 0;
+// Plain uids with no passwd entry needed: setpriv sets them as they are.
+const USER = 1000;
+const OTHER = 1001;
+const asOthers =
+  process.platform !== "linux"
+    ? "running processes as other uids is tested on Linux"
+    : !isRoot
+      ? "running processes as other uids needs root"
+      : !hasSetpriv && "util-linux's setpriv is not installed";
+
+const mock = useMock();
+
+// Obviously fake, made at run time: add-key takes any visible ASCII.
+const fakeKey = (tag) => `fake-key-${tag}-${"x".repeat(12)}`;
+
+/** A scratch directory every uid can pass through; each case makes its homes in it. */
+function scratch() {
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-own-"));
+  chmodSync(dir, 0o755);
+  return dir;
+}
+
+/** A home of `uid`'s in `base`, 0755 as most homes are. */
+function homeOf(base, uid, name = "home") {
+  const home = join(base, name);
+  mkdirSync(home, { mode: 0o755 });
+  chownSync(home, uid, uid);
+  return home;
+}
+
+/**
+ * The CLI with `env` over a bare environment (PATH only), as `uid` when given, under `umask`
+ * when given; `input` on stdin.
+ */
+function cli(args, { uid, umask, env = {}, input, cwd } = {}) {
+  let argv = [process.execPath, CLI, ...args];
+  if (umask !== undefined) argv = ["sh", "-c", `umask ${umask} && exec "$@"`, "sh", ...argv];
+  if (uid !== undefined) argv = ["setpriv", `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", ...argv];
+  // Bun keeps a transpiler cache under $HOME (root's would be root's, in the user's home): off.
+  const base = { PATH: process.env.PATH, BUN_RUNTIME_TRANSPILER_CACHE_PATH: "0" };
+  const r = spawnSync(argv[0], argv.slice(1), { encoding: "utf8", env: { ...base, ...env }, input, cwd, timeout: 60_000 });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+/** Every entry under `dir` (itself included): owner, mode and, for files, the bytes. */
+function tree(dir) {
+  const entries = [dir, ...readdirSync(dir, { recursive: true }).map((name) => join(dir, name))];
+  return Object.fromEntries(
+    entries.sort().map((p) => {
+      const st = lstatSync(p);
+      return [p, { uid: st.uid, gid: st.gid, mode: (st.mode & 0o7777).toString(8), bytes: st.isFile() ? readFileSync(p, "base64") : null }];
+    }),
+  );
+}
+
+const mode = (p) => lstatSync(p).mode & 0o777;
+
+test("root writing a new pool where a user keeps theirs (sudo -E, a root service) is refused with POOL_INSECURE before anything is made: the user's pool stays theirs", {
+  skip: asOthers,
+}, () => {
+  const base = scratch();
+  for (const setup of ["a home without ~/.aidevops", "a ~/.aidevops the user made"]) {
+    const bare = setup.startsWith("a home");
+    const home = homeOf(base, USER, bare ? "bare" : "made");
+    if (!bare) {
+      mkdirSync(join(home, ".aidevops"), { mode: 0o700 });
+      chownSync(join(home, ".aidevops"), USER, USER);
+    }
+    const before = tree(home);
+    // sudo -E keeps the user's HOME: the default pool path is the user's.
+    const asRoot = [
+      cli(["add-key", "--email", "root@x.test"], { env: { HOME: home }, input: `${fakeKey("root")}\n` }),
+      cli(["reset-cooldowns"], { env: { HOME: home } }),
+      cli(["serve", "--show-key"], { env: { HOME: home } }),
+    ];
+    for (const r of asRoot) {
+      assert.equal(r.code, 1, `${setup}: ${r.out}${r.err}`);
+      assert.match(r.err, /\[(POOL_INSECURE|INVALID_ARGUMENT)\]/, setup);
+      assert.match(r.err, new RegExp(`belongs to uid ${USER}.*run this as uid ${USER}`), setup);
+    }
+    assert.match(asRoot[0].err, /\[POOL_INSECURE\]/);
+    assert.deepEqual(tree(home), before, `${setup}: nothing was made or changed`);
+    // The user goes on as if root had never tried.
+    const added = cli(["add-key", "--email", "user@x.test"], { uid: USER, env: { HOME: home }, input: `${fakeKey("user")}\n` });
+    assert.equal(added.code, 0, added.err);
+    const listed = cli(["list", "--json"], { uid: USER, env: { HOME: home } });
+    assert.equal(listed.code, 0, listed.err);
+    assert.match(listed.out, /user@x\.test/);
+    const key = cli(["serve", "--show-key"], { uid: USER, env: { HOME: home } });
+    assert.equal(key.code, 0, key.err);
+    for (const [p, st] of Object.entries(tree(home))) assert.equal(st.uid, USER, `${p} is the user's`);
+  }
+});
+
+test("root over a user's existing pool: every command is refused with POOL_INSECURE naming the uid to run as, and the file, its .bak, lock and key stay as they were", {
+  skip: asOthers,
+}, () => {
+  const base = scratch();
+  const home = homeOf(base, USER);
+  const env = { HOME: home };
+  for (const email of ["a@x.test", "b@x.test"]) {
+    const r = cli(["add-key", "--email", email], { uid: USER, env, input: `${fakeKey(email[0])}\n` });
+    assert.equal(r.code, 0, r.err);
+  }
+  assert.equal(cli(["serve", "--show-key"], { uid: USER, env }).code, 0);
+  const before = tree(home);
+  for (const args of [["add-key", "--email", "root@x.test"], ["remove", "a@x.test"], ["reset-cooldowns"], ["disable", "a@x.test"], ["list"]]) {
+    const r = cli(args, { env, input: `${fakeKey("root")}\n` });
+    assert.equal(r.code, 1, `${args[0]}: ${r.out}`);
+    assert.match(r.err, /\[POOL_INSECURE\]/, args[0]);
+    assert.match(r.err, new RegExp(`owned by uid ${USER}.*run this as uid ${USER}`), args[0]);
+  }
+  assert.deepEqual(tree(home), before, "owner, mode and bytes of every file unchanged");
+  assert.equal(cli(["list"], { uid: USER, env }).code, 0);
+});
+
+test("another user's pool file that this user cannot even open is POOL_INSECURE naming its owner (as doctor says), not an I/O error", {
+  skip: asOthers,
+}, () => {
+  const shared = join(scratch(), "shared");
+  mkdirSync(shared);
+  chmodSync(shared, 0o1777); // /tmp-like: sticky, everyone writes
+  const path = join(shared, "pool.json");
+  const added = cli(["add-key", "--email", "a@x.test"], { uid: USER, env: { OAUTH_POOL_PATH: path }, input: `${fakeKey("a")}\n` });
+  assert.equal(added.code, 0, added.err);
+  const before = tree(shared);
+  for (const args of [["list"], ["reset-cooldowns"]]) {
+    const r = cli(args, { uid: OTHER, env: { OAUTH_POOL_PATH: path } });
+    assert.equal(r.code, 1, r.out);
+    assert.match(r.err, new RegExp(`\\[POOL_INSECURE\\].*owned by uid ${USER}`), args[0]);
+  }
+  assert.deepEqual(tree(shared), before);
+});
+
+test("a home that is no absolute path, and ~/ with no home: INVALID_ARGUMENT, and no pool is made under the working directory", {
+  skip: !posix && "HOME is not where Windows keeps the home",
+}, () => {
+  const cwd = scratch();
+  for (const env of [{ HOME: "relative-home" }, { HOME: "." }, { OAUTH_POOL_PATH: "~/pool.json" }, { HOME: "", OAUTH_POOL_PATH: "~/pool.json" }]) {
+    for (const args of [["add-key", "--email", "a@x.test"], ["list"]]) {
+      const r = cli(args, { env, cwd, input: `${fakeKey("a")}\n` });
+      assert.equal(r.code, 1, `${JSON.stringify(env)} ${args[0]}: ${r.out}`);
+      assert.match(r.err, /\[INVALID_ARGUMENT\].*(home directory|absolute)/, JSON.stringify(env));
+    }
+  }
+  assert.deepEqual(readdirSync(cwd), [], "nothing made under the working directory");
+});
+
+test("umask 000 and 077: a new pool directory is 0700 and every file in it 0600 (pool, .bak, lock, gateway key)", {
+  skip: !posix && "no umask here",
+}, () => {
+  for (const umask of ["000", "077"]) {
+    const base = scratch();
+    const path = join(base, "made", "pool.json");
+    const uid = isRoot && hasSetpriv ? USER : undefined;
+    if (uid !== undefined) chownSync(base, USER, USER);
+    const env = { OAUTH_POOL_PATH: path };
+    for (const email of ["a@x.test", "b@x.test"]) {
+      const r = cli(["add-key", "--email", email], { uid, umask, env, input: `${fakeKey(email[0])}\n` });
+      assert.equal(r.code, 0, r.err);
+    }
+    assert.equal(cli(["serve", "--show-key"], { uid, umask, env }).code, 0);
+    assert.equal(mode(join(base, "made")), 0o700, `umask ${umask}: directory`);
+    for (const suffix of ["", ".bak", ".lock", ".gateway-key"]) assert.equal(mode(`${path}${suffix}`), 0o600, `umask ${umask}: pool.json${suffix}`);
+  }
+});
+
+test("a read-only bind of the pool file: a valid token keeps serving, writes fail with POOL_IO, and the file keeps every byte", async (t) => {
+  if (process.platform !== "linux" || !isRoot) return t.skip("a bind mount needs root on Linux");
+  const { createPoolFetch, savePool, removeAccount, loadPool } = await import("../index.mjs");
+  const path = await seedPool(mock, ["ro-bind@x.test"]);
+  try {
+    execFileSync("mount", ["--bind", "-o", "ro", path, path], { stdio: "ignore" });
+  } catch {
+    return t.skip("mount is not allowed here");
+  }
+  try {
+    const bytes = readFileSync(path);
+    const res = await createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+    await res.text();
+    assert.equal(res.status, 200);
+    const pool = await loadPool(path);
+    await assert.rejects(savePool({ ...pool, note: 1 }, path), (e) => e.code === "POOL_IO");
+    await assert.rejects(removeAccount("ro-bind@x.test", path), (e) => e.code === "POOL_IO");
+    assert.deepEqual(readFileSync(path), bytes);
+  } finally {
+    execFileSync("umount", [path], { stdio: "ignore" });
+  }
+});
+
+test("doctor calls a pool directory others can write (no sticky bit) a place they can delete or replace the pool file", {
+  skip: !posix && "no mode bits here",
+}, () => {
+  const dir = join(scratch(), "open");
+  mkdirSync(dir);
+  chmodSync(dir, 0o777);
+  const env = { OAUTH_POOL_PATH: join(dir, "pool.json") };
+  const open = cli(["doctor"], { env });
+  assert.equal(open.code, 3, open.err);
+  assert.match(open.out, /other users can delete or replace the pool file/);
+  chmodSync(dir, 0o1777);
+  const sticky = cli(["doctor"], { env });
+  assert.doesNotMatch(sticky.out, /delete or replace/);
+  assert.match(sticky.out, /others can list it/);
+});
