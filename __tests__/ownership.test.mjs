@@ -222,3 +222,25 @@ test("doctor calls a pool directory others can write (no sticky bit) a place the
   assert.doesNotMatch(sticky.out, /delete or replace/);
   assert.match(sticky.out, /others can list it/);
 });
+
+test("files of root's left in a user's home by an earlier version run with sudo: the user is told what to do (POOL_INSECURE, not Permission denied), and once done, carries on", {
+  skip: asOthers,
+}, () => {
+  const home = homeOf(scratch(), USER);
+  const env = { HOME: home };
+  const path = join(home, ".aidevops", "oauth-pool.json");
+  assert.equal(cli(["add-key", "--email", "a@x.test"], { uid: USER, env, input: `${fakeKey("a")}\n` }).code, 0);
+  chownSync(`${path}.lock`, 0, 0);
+  const locked = cli(["add-key", "--email", "b@x.test"], { uid: USER, env, input: `${fakeKey("b")}\n` });
+  assert.equal(locked.code, 1);
+  assert.match(locked.err, /\[POOL_INSECURE\].*lock file is owned by uid 0.*remove it/);
+  chownSync(path, 0, 0);
+  const listed = cli(["list"], { uid: USER, env });
+  assert.equal(listed.code, 1);
+  assert.match(listed.err, /\[POOL_INSECURE\].*owned by uid 0.*sudo chown/);
+  // What the messages say: the pool given back, the lock file removed (the user's directory).
+  chownSync(path, USER, USER);
+  assert.equal(spawnSync("setpriv", [`--reuid=${USER}`, `--regid=${USER}`, "--clear-groups", "rm", "-f", `${path}.lock`]).status, 0);
+  assert.equal(cli(["add-key", "--email", "b@x.test"], { uid: USER, env, input: `${fakeKey("b")}\n` }).code, 0);
+  assert.match(cli(["list"], { uid: USER, env }).out, /a@x\.test[\s\S]*b@x\.test/);
+});

@@ -557,6 +557,12 @@ fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<()> {
                 "it is owned by uid {uid}, not by this user{}",
                 if is_root() {
                     format!(" (root): run this as uid {uid} (without sudo, or `sudo -u '#{uid}'`)")
+                } else if uid == 0 {
+                    // What an earlier version run with `sudo -E` left in a user's home.
+                    format!(
+                        " (made by a command run as root? give it back with `sudo chown \"$(id -u):$(id -g)\" {}`)",
+                        path.display()
+                    )
                 } else {
                     String::new()
                 }
@@ -663,6 +669,21 @@ impl FileLock {
             Some(libc::ELOOP) => Error::PoolInsecure {
                 path: path.to_path_buf(),
                 reason: "the lock file is a symbolic link".into(),
+            },
+            // One of another user's (root's, left by a command run with sudo) that we cannot
+            // open: what to do about it, not just "Permission denied".
+            #[cfg(unix)]
+            Some(libc::EACCES) => match fs::symlink_metadata(path)
+                .ok()
+                .and_then(|m| fsread::foreign_owner(&m))
+            {
+                Some(uid) => Error::PoolInsecure {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "the lock file is owned by uid {uid}, not by this user: remove it (it holds no secret, and is made anew)"
+                    ),
+                },
+                None => Error::io(path, "open lock file", e),
             },
             _ => Error::io(path, "open lock file", e),
         })?;
