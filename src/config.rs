@@ -264,23 +264,35 @@ fn endpoint(variable: Var, default: &str) -> Result<Url> {
     let raw = env(variable)
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| default.to_string());
-    parse_endpoint(raw.trim())
+    // The person who set it reads which setting to correct (the default is always taken).
+    parse_endpoint(raw.trim()).map_err(|e| match e {
+        Error::InsecureEndpoint { url, reason } => Error::InsecureEndpoint {
+            url,
+            reason: format!(
+                "{reason}; correct {} (or unset it for {default})",
+                variable.name()
+            ),
+        },
+        other => other,
+    })
 }
 
 pub fn parse_endpoint(raw: &str) -> Result<Url> {
+    // Shown as given, less what may be a credential (a password, a query).
+    let shown = || crate::secret::scrub_message(raw);
     let url = Url::parse(raw).map_err(|e| Error::InsecureEndpoint {
-        url: raw.to_string(),
+        url: shown(),
         reason: format!("not a URL ({e})"),
     })?;
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&url) => Ok(url),
         "http" => Err(Error::InsecureEndpoint {
-            url: raw.to_string(),
+            url: shown(),
             reason: "plain http is allowed only to a loopback host".into(),
         }),
         other => Err(Error::InsecureEndpoint {
-            url: raw.to_string(),
+            url: shown(),
             reason: format!("scheme {other} is not https"),
         }),
     }

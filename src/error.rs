@@ -46,6 +46,11 @@ pub enum Error {
         /// Seconds the endpoint asked us to wait (429 `retry-after`), when given.
         retry_after: Option<u64>,
     },
+    /// A refresh not tried because an earlier one failed: the token endpoint is left alone until
+    /// `until`. Reported as `OAUTH_HTTP` 429 with the wait, but not as the endpoint's answer:
+    /// it may have said nothing (a network failure, a 503 without `retry-after`).
+    #[error("not refreshed before {until}: the last refresh failed, and the token endpoint is left alone until then; try again then, or run `oauth-pool reset-cooldowns` to try now")]
+    RefreshBackoff { until: String, retry_after: u64 },
     #[error("network error talking to {what}: {detail}")]
     Network {
         what: &'static str,
@@ -83,7 +88,7 @@ impl Error {
             Error::OAuthStateMismatch(_) => "OAUTH_STATE_MISMATCH",
             Error::OAuthBadInput(_) => "OAUTH_BAD_INPUT",
             Error::OAuthInvalidGrant(_) | Error::OAuthCodeRefused(_) => "OAUTH_INVALID_GRANT",
-            Error::OAuthHttp { .. } => "OAUTH_HTTP",
+            Error::OAuthHttp { .. } | Error::RefreshBackoff { .. } => "OAUTH_HTTP",
             Error::Network { .. } => "NETWORK",
             Error::InsecureEndpoint { .. } => "INSECURE_ENDPOINT",
             Error::Aborted => "ABORT_ERR",

@@ -270,9 +270,16 @@ fn not_json(content_type: &str) -> String {
 }
 
 /// Only `error` / `error_description` (or Anthropic's `error.type` / `error.message`) are kept
-/// from an error body, cut short: bodies can echo what was sent.
+/// from an error body, cut short: bodies can echo what was sent. Control and bidi characters are
+/// dropped: the text ends up in messages a terminal or a toast shows (an ESC from the server
+/// could clear the screen or recolour what follows).
 fn error_fields(v: &Value) -> (Option<String>, Option<String>) {
-    let short = |s: &str| s.chars().take(200).collect::<String>();
+    let short = |s: &str| {
+        s.chars()
+            .filter(|&c| !c.is_control() && !crate::secret::is_bidi_control(c))
+            .take(200)
+            .collect::<String>()
+    };
     match v.get("error") {
         Some(Value::String(code)) => (
             Some(short(code)),

@@ -124,6 +124,12 @@ pub fn scrub(text: &str, presented: &[&Secret]) -> String {
     result
 }
 
+/// The invisible characters that reorder the text around them (marks, embeddings, overrides,
+/// isolates) or break its line: a name holding one can read as another.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// `scrub` with no presented secrets: the backstop for text about to leave the process.
 pub fn scrub_tokens(text: &str) -> String {
     scrub(text, &[])

@@ -243,7 +243,9 @@ function refusal(err) {
     code === "POOL_NO_ACCOUNT" || code === "INSECURE_ENDPOINT" || code === "INVALID_ARGUMENT" || code === "POOL_CORRUPT" || code === "POOL_INSECURE"
       ? [503, "overloaded_error", "false"]
       : [503, "api_error", undefined];
-  const message = `anthropic-pool: ${scrubbed(err?.message ?? err)}`;
+  // Marked as the pool's once: its own messages may name it already ("anthropic-pool has no …").
+  const text = scrubbed(err?.message ?? err);
+  const message = text.startsWith("anthropic-pool") ? text : `anthropic-pool: ${text}`;
   return {
     kind: "answer",
     status,

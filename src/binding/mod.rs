@@ -77,6 +77,7 @@ impl napi::bindgen_prelude::ToNapiValue for JsBytes {
 pub fn js_error(e: Error) -> napi::Error {
     let prefix = match &e {
         Error::OAuthHttp { status, .. } => format!("[{} {status}]", e.code()),
+        Error::RefreshBackoff { .. } => format!("[{} 429]", e.code()),
         _ => format!("[{}]", e.code()),
     };
     napi::Error::from_reason(format!("{prefix} {e}"))

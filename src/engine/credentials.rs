@@ -471,13 +471,9 @@ impl Engine {
             .refresh_backoff_until(now_ms())
             .filter(|t| *t > now_ms());
         if let Some(until) = backoff {
-            let err = Error::OAuthHttp {
-                status: 429,
-                detail: format!(
-                    "the token endpoint asked us to wait until {}",
-                    iso_time(until)
-                ),
-                retry_after: Some(((until - now_ms()) / 1000).max(1) as u64),
+            let err = Error::RefreshBackoff {
+                until: iso_time(until),
+                retry_after: ((until - now_ms()) / 1000).max(1) as u64,
             };
             return serve_old_or(&account, rejected, err);
         }
@@ -570,6 +566,9 @@ impl Engine {
                 ));
                 Err(Error::OAuthInvalidGrant(reason))
             }
+            // Nothing was sent (the endpoint's URL is not one we send to): no rest for the
+            // endpoint, so a corrected setting is used at once.
+            Err(e @ Error::InsecureEndpoint { .. }) => serve_old_or(&account, rejected, e),
             Err(e) => {
                 // Written before the locks go: the next in line (in this process or another)
                 // re-reads and must find it, or it presents the same token again.
@@ -628,7 +627,8 @@ pub(crate) fn backoff_ms(e: &Error) -> i64 {
         Error::OAuthHttp {
             retry_after: Some(s),
             ..
-        } => (*s as i64).saturating_mul(1000),
+        }
+        | Error::RefreshBackoff { retry_after: s, .. } => (*s as i64).saturating_mul(1000),
         _ => TOKEN_BACKOFF_DEFAULT_MS,
     }
 }

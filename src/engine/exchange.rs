@@ -8,7 +8,7 @@
 //! - When no account can serve and some only cool down, the answer is the pool's own 429 whose
 //!   `retry-after` is the real wait; never an unauthenticated request.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -77,6 +77,9 @@ pub struct Exchange {
     /// The store could not be reached, read, written or locked for an account: said when no
     /// account could serve.
     store_error: Option<Error>,
+    /// Why an account got no token for this request (a refresh that failed): said when no
+    /// account could serve, instead of a bare "refused".
+    no_token: HashMap<String, String>,
 }
 
 impl Exchange {
@@ -96,6 +99,7 @@ impl Exchange {
             status: 0,
             events: Vec::new(),
             store_error: None,
+            no_token: HashMap::new(),
         }
     }
 
@@ -262,6 +266,9 @@ impl Exchange {
             ));
         }
         let (who, why) = (email.clone(), e.to_string());
+        // Cut short: each account's reason is one item of a list a person reads.
+        self.no_token
+            .insert(email.clone(), why.chars().take(300).collect());
         self.engine.note(false, move |p| p.error(&who, &why));
         // This machine's side failed (the store cannot be read, written or locked), not the
         // account: said as it is when no account serves, rather than as "no usable account"
@@ -736,25 +743,44 @@ impl Exchange {
             // Named up to a point: a message is read by a person (a file of 100,000 entries made
             // it 25 MB).
             const NAMED: usize = 12;
+            let (mut auth_error, mut disabled) = (false, false);
             let mut states: Vec<String> = pool
                 .accounts()
                 .take(NAMED)
                 .map(|a| {
                     let s = if self.blocked(a, now) == super::Blocked::No {
-                        "refused this request".to_string()
+                        match self.no_token.get(&a.email) {
+                            Some(why) => format!("no token: {why}"),
+                            None => "refused this request".to_string(),
+                        }
                     } else if self.engine.overlay.is_refused(a) {
                         "auth-error".to_string()
                     } else {
                         a.effective_status(now).as_str().to_string()
                     };
+                    auth_error |= s == "auth-error";
+                    disabled |= s == "disabled";
                     format!("{} ({s})", a.email)
                 })
                 .collect();
             if total > NAMED {
                 states.push(format!("and {} more", total - NAMED));
             }
+            // Only the advice that fits: a token endpoint that is down is no reason to log in.
+            let mut advice = Vec::new();
+            if auth_error || total > NAMED {
+                advice.push("Accounts in auth-error need a new login (`opencode auth login` or `oauth-pool add`)");
+            }
+            if disabled || total > NAMED {
+                advice.push("disabled ones can be enabled with `oauth-pool enable <email>` or the model-accounts-pool tool");
+            }
+            let advice = if advice.is_empty() {
+                String::new()
+            } else {
+                format!(". {}", advice.join("; "))
+            };
             format!(
-                "anthropic-pool has no usable account: {}. Accounts in auth-error need a new login; disabled ones can be enabled with the model-accounts-pool tool",
+                "anthropic-pool has no usable account: {}{advice}",
                 states.join(", ")
             )
         };

@@ -255,8 +255,7 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
                 answer = match results_through_gateway(answer, apis, gateway, &cancel).await {
                     Ok(answer) => answer,
                     Err(e) => {
-                        let message = format!("anthropic-pool: {e}");
-                        return error(StatusCode::BAD_GATEWAY, "api_error", &message);
+                        return error(StatusCode::BAD_GATEWAY, "api_error", &pool_says(&e));
                     }
                 };
             }
@@ -277,6 +276,17 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
     }
 }
 
+/// The pool's message, marked as the pool's (a client shows it among the API's): once, as a
+/// message that names the pool already ("anthropic-pool has no accounts in …") reads.
+fn pool_says(e: &Error) -> String {
+    let message = e.to_string();
+    if message.starts_with("anthropic-pool") {
+        message
+    } else {
+        format!("anthropic-pool: {message}")
+    }
+}
+
 /// The pool's own failure in Anthropic's shape, its code in `x-oauth-pool-error`.
 fn failed(e: &Error) -> Response<AnyBody> {
     let (status, kind) = match e {
@@ -286,7 +296,7 @@ fn failed(e: &Error) -> Response<AnyBody> {
         Error::Aborted => (StatusCode::SERVICE_UNAVAILABLE, "api_error"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "api_error"),
     };
-    let mut res = error(status, kind, &format!("anthropic-pool: {e}"));
+    let mut res = error(status, kind, &pool_says(e));
     if let Ok(v) = hyper::header::HeaderValue::from_str(e.code()) {
         res.headers_mut().insert("x-oauth-pool-error", v);
     }

@@ -158,6 +158,21 @@ impl SealKey {
     /// The plain text of a sealed value. A value that is not sealed is refused: it proves
     /// nothing about the key (a plain key check would pass any key) and may have been planted.
     pub fn open(&self, aad: &str, value: &str) -> Result<Zeroizing<String>> {
+        self.open_or(aad, value, || {
+            Error::StoreKey(format!(
+                "a sealed value does not open with the key from {}: is it the key this store was made with?",
+                self.source
+            ))
+        })
+    }
+
+    /// `open`, with `refused` as the error when the value does not open with this key.
+    fn open_or(
+        &self,
+        aad: &str,
+        value: &str,
+        refused: impl FnOnce() -> Error,
+    ) -> Result<Zeroizing<String>> {
         let Some(b64) = value.strip_prefix(PREFIX) else {
             return Err(Error::StoreKey(
                 "a value in the store that should be sealed is not (written without the store key?)".into(),
@@ -178,13 +193,12 @@ impl SealKey {
         let body = &mut raw[NONCE_LEN..];
         let plain = self
             .key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad.as_bytes()), body)
-            .map_err(|_| {
-                Error::StoreKey(format!(
-                    "a sealed value does not open with the key from {}: is it the key this store was made with?",
-                    self.source
-                ))
-            })?;
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad.as_bytes()),
+                body,
+            )
+            .map_err(|_| refused())?;
         String::from_utf8(plain.to_vec())
             .map(Zeroizing::new)
             .map_err(|_| Error::StoreKey("a sealed value in the store is damaged".into()))
@@ -223,8 +237,28 @@ impl SealKey {
         Ok(entry)
     }
 
-    /// An account entry as stored, its secret fields opened.
+    /// An account entry as stored, its secret fields opened, read once the store's key check
+    /// opened: this key is the store's, so a value that does not open was changed in its row
+    /// (an email edited by hand, a value copied from another account: the seal is bound to both).
     pub fn open_entry(&self, entry: Value) -> Result<Value> {
+        self.open_entry_or(entry, |email, field| {
+            Error::StoreKey(format!(
+                "the {field} of {email:?} in the store does not open, though the store key is right: its row was edited or its value copied from another account (a sealed value is bound to its account's email and field); nothing was used. Put the row back as it was, or delete it from oauth_pool_entries and log in to that account again"
+            ))
+        })
+    }
+
+    /// `open_entry` for a store without a key check, where this key is still in question.
+    pub fn open_entry_checking_key(&self, entry: Value) -> Result<Value> {
+        self.open_entry_or(entry, |_, _| {
+            Error::StoreKey(format!(
+                "an account in the store does not open with the key from {}: is it the key this store was made with?",
+                self.source
+            ))
+        })
+    }
+
+    fn open_entry_or(&self, entry: Value, refused: impl Fn(&str, &str) -> Error) -> Result<Value> {
         Self::map_secrets(entry, |email, field, sealed| {
             // Every token this store writes is sealed: a plain one was put there by someone
             // without the key, and is not used.
@@ -233,7 +267,9 @@ impl SealKey {
                     "the {field} of {email:?} in the store is not sealed (written without the store key?); nothing was used"
                 )));
             }
-            Ok(self.open(&Self::aad(email, field), sealed)?.to_string())
+            let opened =
+                self.open_or(&Self::aad(email, field), sealed, || refused(email, field))?;
+            Ok(opened.to_string())
         })
     }
 
@@ -249,7 +285,11 @@ impl SealKey {
     pub fn open_section(&self, name: &str, value: Value) -> Result<Value> {
         match value {
             Value::String(s) if is_sealed(&s) => {
-                let plain = self.open(&Self::aad("", name), &s)?;
+                let plain = self.open_or(&Self::aad("", name), &s, || {
+                    Error::StoreKey(format!(
+                        "the section {name:?} in the store does not open, though the store key is right: its row in oauth_pool_top was edited or renamed (a sealed section is bound to its name); nothing was used. Put the row back as it was"
+                    ))
+                })?;
                 serde_json::from_str(&plain)
                     .map_err(|_| Error::StoreKey(format!("the sealed section {name} is damaged")))
             }

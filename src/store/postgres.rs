@@ -499,7 +499,8 @@ impl PgStore {
                         .await
                         .map_err(unavailable)?;
                     if let Some(row) = sample {
-                        self.key.open_entry(column::<Value>(&row, 0)?)?;
+                        self.key
+                            .open_entry_checking_key(column::<Value>(&row, 0)?)?;
                     }
                     let sealed = self.key.seal("key_check", CHECK)?;
                     client

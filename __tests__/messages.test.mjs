@@ -1,0 +1,224 @@
+// Every error a person meets, as they read it: the same failure driven the realistic way (a
+// token endpoint that is down or answers junk, a pool with nothing usable, a setting with a
+// typo, a hand-edited store row) and read on each surface that shows it: the library's
+// rejection, the CLI (text and --json, real processes), the gateway's body and header, and
+// OpenCode 2's error through its harness. Each message says what happened and what to do, once,
+// in words: no Rust type, no "undefined", no control character from a server, nothing unbounded.
+// Runs under `node --test` and `bun test`.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as lib from "../index.mjs";
+import * as pluginModule from "../plugin.mjs";
+import { CLI, runNode } from "./helpers/fleet-kit.mjs";
+import { createHost, loadPlugin, ModelRequestError } from "./helpers/opencode2-host.mjs";
+import { body, jsonHeaders, messagesUrl, oauthEntry, tempPoolPath, useMock } from "./helpers/pool-env.mjs";
+import { startPostgres } from "./helpers/postgres.mjs";
+
+const GATEWAY_KEY = "messages-test-gateway-key-0123";
+const mock = useMock({ env: { OAUTH_POOL_GATEWAY_KEY: GATEWAY_KEY } });
+
+/** What no message a person reads may hold. */
+function assertReadable(message, what) {
+  assert.equal(typeof message, "string", `${what}: no message`);
+  assert.ok(message.length > 0 && message.length < 2000, `${what}: ${message.length} characters`);
+  assert.doesNotMatch(message, /undefined|\[object Object\]|\bnull\b|Some\(|Os \{|\bat .+:\d+:\d+/, `${what}: ${message}`);
+  assert.doesNotMatch(message, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/, `${what}: unprintable: ${JSON.stringify(message)}`);
+  assert.doesNotMatch(message, /anthropic-pool:? anthropic-pool/i, `${what}: doubled prefix: ${message}`);
+}
+
+async function rejection(promise) {
+  try {
+    await promise;
+  } catch (e) {
+    return e;
+  }
+  assert.fail("expected a rejection");
+}
+
+const post = (poolFetch) => poolFetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+
+/** The CLI as a person runs it, in text and with --json: { text, json, code, jsonCode }. */
+async function cli(args, env = {}) {
+  const full = { ...process.env, ...env };
+  const [plain, json] = await Promise.all([runNode([CLI, ...args], full), runNode([CLI, ...args, "--json"], full)]);
+  const error = JSON.parse(json.stdout.trim().split("\n").at(-1) || "null")?.error ?? null;
+  return { code: plain.code, stderr: plain.stderr, jsonCode: json.code, error };
+}
+
+/** A pool whose only account needs a refresh (its access token expired). */
+async function expiredPool(email) {
+  const path = tempPoolPath();
+  await lib.savePool({ version: 1, anthropic: [oauthEntry(mock, email, { expired: true })] }, path);
+  return path;
+}
+
+test("a token endpoint's error text reaches no one with its control characters, and is cut short", async () => {
+  const started = await lib.authorize();
+  const paste = mock.approve(started.url, "esc@x.test");
+  // A server (or what stands in front of it) answering with terminal escapes, a bidi override
+  // and a page of text.
+  const text = `\u001b[2J\u001b[31mcleared\u202e ${"z".repeat(5000)}`;
+  mock.setTokenMode({ status: 500, body: { error: { type: "api_error", message: text } } });
+  const err = await rejection(lib.exchange(paste, started));
+  assert.equal(err.code, "OAUTH_HTTP");
+  assert.equal(err.status, 500);
+  assertReadable(err.message, "exchange");
+  assert.match(err.message, /^token endpoint answered HTTP 500: api_error: \[2J\[31mcleared z+$/);
+});
+
+test("a token endpoint that is down is said as such, not as a login problem, on the library and the CLI", async () => {
+  const path = await expiredPool("down@x.test");
+  mock.setTokenMode({ status: 503, body: { error: { type: "overloaded_error", message: "Overloaded" } }, times: 5 });
+  const err = await rejection(post(lib.createPoolFetch({ path })));
+  mock.setTokenMode(null);
+  assert.equal(err.code, "POOL_NO_ACCOUNT");
+  assertReadable(err.message, "fetch");
+  // The account and why it has no token; no advice to log in again (its login is fine).
+  assert.match(err.message, /down@x\.test \(no token: token endpoint answered HTTP 503: overloaded_error: Overloaded\)/);
+  assert.doesNotMatch(err.message, /refused this request|new login|auth-error/);
+  assert.equal((await lib.listAccounts(path))[0].status, "idle", "the account is not marked");
+
+  // Asked again within the endpoint's rest: the wait, not an answer the endpoint never gave.
+  const again = await rejection(post(lib.createPoolFetch({ path })));
+  assertReadable(again.message, "fetch in the rest");
+  assert.match(again.message, /down@x\.test \(no token: not refreshed before \d{4}-\d\d-\d\dT[\d:.]+Z: the last refresh failed/);
+  assert.doesNotMatch(again.message, /answered HTTP 429|asked us to wait/);
+
+  const r = await cli(["refresh", "down@x.test", "--path", path]);
+  assert.equal(r.code, 1);
+  assert.equal(r.jsonCode, 1);
+  assert.equal(r.error.code, "OAUTH_HTTP");
+  assertReadable(r.error.message, "cli --json");
+  assert.match(
+    r.error.message,
+    /^not refreshed before .+Z: the last refresh failed, and the token endpoint is left alone until then; try again then, or run `oauth-pool reset-cooldowns` to try now$/,
+  );
+  assert.equal(r.stderr, `error [OAUTH_HTTP]: ${r.error.message}\n`, "text and --json say the same");
+
+  // `reset-cooldowns` lets it try at once, as the message says.
+  assert.equal((await cli(["reset-cooldowns", "--path", path])).code, 0);
+  assert.equal((await cli(["refresh", "down@x.test", "--path", path])).code, 0);
+});
+
+test("the wait after a failed refresh keeps err.status 429 and its seconds for callers that retry", async () => {
+  const path = await expiredPool("wait@x.test");
+  mock.setTokenMode({ reset: true, times: 4 });
+  await rejection(lib.refreshAccount("wait@x.test", path));
+  mock.setTokenMode(null);
+  const err = await rejection(lib.refreshAccount("wait@x.test", path));
+  assert.equal(err.code, "OAUTH_HTTP");
+  assert.equal(err.status, 429);
+  assertReadable(err.message, "refreshAccount");
+  assert.match(err.message, /^not refreshed before /);
+});
+
+test("a mistyped token URL names its variable, hides a password in it, and is usable at once when corrected", async () => {
+  const path = await expiredPool("typo@x.test");
+  const r = await cli(["refresh", "typo@x.test", "--path", path], { OAUTH_POOL_TOKEN_URL: "http://user:hunter2secret@example.com/v1/oauth/token" });
+  assert.equal(r.code, 1);
+  assert.equal(r.error.code, "INSECURE_ENDPOINT");
+  assertReadable(r.error.message, "insecure");
+  assert.match(
+    r.error.message,
+    /plain http is allowed only to a loopback host; correct OAUTH_POOL_TOKEN_URL \(or unset it for https:\/\/platform\.claude\.com\/v1\/oauth\/token\)$/,
+  );
+  assert.doesNotMatch(r.error.message + r.stderr, /hunter2secret/);
+  // Nothing was sent, so the endpoint gets no rest: the corrected setting works now.
+  const fixed = await cli(["refresh", "typo@x.test", "--path", path]);
+  assert.equal(fixed.code, 0, JSON.stringify(fixed));
+});
+
+test("an empty pool reads the same on the library, the gateway (body and header) and OpenCode 2, with the prefix once", async () => {
+  const path = tempPoolPath();
+  const err = await rejection(post(lib.createPoolFetch({ path })));
+  assert.equal(err.code, "POOL_NO_ACCOUNT");
+  assertReadable(err.message, "library");
+  assert.match(err.message, /^anthropic-pool has no accounts in .+: add one with `opencode auth login` \(Anthropic Pool\) or `oauth-pool add`$/);
+
+  const gw = await lib.serve({ port: 0, path });
+  try {
+    const res = await fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { ...jsonHeaders, "x-api-key": GATEWAY_KEY }, body: body() });
+    assert.equal(res.status, 503);
+    assert.equal(res.headers.get("x-oauth-pool-error"), "POOL_NO_ACCOUNT");
+    const answer = await res.json();
+    assert.equal(answer.error.type, "overloaded_error");
+    assertReadable(answer.error.message, "gateway");
+    assert.equal(answer.error.message, err.message);
+  } finally {
+    await gw.close();
+  }
+
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  try {
+    const failure = await host
+      .modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body: { messages: [{ role: "user", content: "hi" }] } })
+      .then(
+        () => null,
+        (e) => e,
+      );
+    assert.ok(failure instanceof ModelRequestError, String(failure));
+    assertReadable(failure.error.message, "opencode 2");
+    assert.ok(failure.error.message.includes(err.message), failure.error.message);
+  } finally {
+    await handle.unload();
+  }
+});
+
+test("a pool file problem names the file on the library, the CLI and the gateway", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-messages-"));
+  const path = join(dir, "pool.json");
+  writeFileSync(path, '{"anthropic":[', { mode: 0o600 });
+  const err = await rejection(lib.loadPool(path));
+  assert.equal(err.code, "POOL_CORRUPT");
+  assertReadable(err.message, "library");
+  assert.ok(err.message.includes(path));
+  const r = await cli(["list", "--path", path]);
+  assert.equal(r.code, 1);
+  assert.equal(r.error.code, "POOL_CORRUPT");
+  assert.equal(r.error.message, err.message);
+  const gw = await lib.serve({ port: 0, path });
+  try {
+    const res = await fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { ...jsonHeaders, "x-api-key": GATEWAY_KEY }, body: body() });
+    assert.equal(res.headers.get("x-oauth-pool-error"), "POOL_CORRUPT");
+    assert.equal((await res.json()).error.message, `anthropic-pool: ${err.message}`);
+  } finally {
+    await gw.close();
+  }
+  assert.equal(readFileSync(path, "utf8"), '{"anthropic":[', "left untouched");
+});
+
+test("a hand-edited row of the fleet store names the account, and does not doubt a key that is right", { timeout: 60_000 }, async (t) => {
+  let pg;
+  try {
+    pg = await startPostgres();
+  } catch (e) {
+    t.skip(`no PostgreSQL here: ${e.message}`);
+    return;
+  }
+  try {
+    const home = mkdtempSync(join(tmpdir(), "oauth-pool-messages-home-"));
+    const env = { HOME: home, OAUTH_POOL_STORE: pg.url, OAUTH_POOL_STORE_KEY: Buffer.alloc(32, 3).toString("base64") };
+    assert.equal((await cli(["store", "init"], env)).code, 0);
+    const file = join(home, "seed.json");
+    writeFileSync(file, JSON.stringify({ anthropic: [oauthEntry(mock, "row@x.test")] }), { mode: 0o600 });
+    assert.equal((await cli(["store", "copy", "--from", file, "--to", pg.url], env)).code, 0);
+    // A DBA "fixes" a typo in the email column of the row: the seal is bound to the old one.
+    await pg.sql(`UPDATE oauth_pool_entries SET entry = jsonb_set(entry, '{email}', '"raw@x.test"')`);
+    const r = await cli(["list"], env);
+    assert.equal(r.code, 1);
+    assert.equal(r.error.code, "STORE_KEY");
+    assertReadable(r.error.message, "store");
+    assert.match(r.error.message, /"raw@x\.test" in the store does not open, though the store key is right: its row was edited/);
+    assert.doesNotMatch(r.error.message, /is it the key/);
+    // A different key is still asked about.
+    const wrong = await cli(["list"], { ...env, OAUTH_POOL_STORE_KEY: Buffer.alloc(32, 4).toString("base64") });
+    assert.equal(wrong.error.code, "STORE_KEY");
+    assert.match(wrong.error.message, /is it the key this store was made with\?/);
+  } finally {
+    await pg.close();
+  }
+});
