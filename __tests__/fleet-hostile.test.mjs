@@ -11,12 +11,10 @@ import { createHash } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { CLI, cliJson, oauthEntry as entryOf, seedStore as seedFrom, startHostProcess as startHost, storedPool as storedFrom } from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
 
-const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 // The advisory lock classes of src/store/postgres.rs: the pool's writes, an account's refresh.
 const WRITE_LOCK_CLASS = 0x6f617070;
 const REFRESH_LOCK_CLASS = 0x6f617072;
