@@ -313,7 +313,9 @@ async function nativeFetch(parts, path, notify) {
   notify(JSON.parse(res.events || "[]"));
   if (res.failure) {
     detach();
-    throw toPoolError(new Error(res.failure));
+    // An abort after a failover (its events travel with the failure) is the signal's reason too.
+    const mapped = toPoolError(new Error(res.failure));
+    throw mapped?.code === "ABORT_ERR" ? abortError(signal) : mapped;
   }
   const status = res.status;
   const nullBody = NULL_BODY_STATUS.has(status) || parts.method === "HEAD";

@@ -320,12 +320,25 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       const state = { ex, placedWith: step.headers, stopListening, token };
       place(event, sent, (ev, ext) => finish(state, ev, ext));
     } catch (err) {
+      const aborted = hostSignal(extra, request)?.aborted;
       // The host gave the request up: it reads no answer, so there is nothing to report.
-      if (!hostSignal(extra, request)?.aborted)
+      if (!aborted)
         log("error", `could not place the request on a pool account, so it is answered here and not sent: ${codeOf(err)} ${scrubbed(err?.message ?? err)}`);
       try {
         stopListening?.();
         if (ex) drain(ex);
+        if (aborted) {
+          // Its fetch must fail as an aborted one does. Bun's fetch answers a `data:` URL
+          // whatever the signal says: the host read the pool's refusal of its own abort, a
+          // 503, and retried it (ten times in the harness). A `data:` URL without its comma
+          // fails every runtime's fetch, and goes nowhere.
+          place(
+            event,
+            new Request("data:aborted", { method: request.method, body: request.method === "GET" ? undefined : "{}", signal: request.signal }),
+            async () => {},
+          );
+          return;
+        }
         const answer = refusal(err);
         const local = await localRequest(request, answer);
         const state = { ex: null, answer };

@@ -1,7 +1,7 @@
 //! The rotating fetch from JavaScript: one `FetchController` per request (abortable at any
 //! time), answered by a `NativeResponse` whose body JavaScript pulls batch by batch.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use napi::bindgen_prelude::{Buffer, Either, PromiseRaw};
@@ -29,6 +29,11 @@ pub struct FetchRequest {
 #[napi]
 pub struct FetchController {
     cancel: CancellationToken,
+    /// The answer's body once handed over. An event stream is read only when JavaScript asks,
+    /// and a bulk body's read-ahead starts with the first read: an answer aborted before it was
+    /// read kept its upstream connection open until it was read or collected. Held weakly, so
+    /// an answer dropped unread still goes when JavaScript collects it.
+    body: std::sync::Mutex<Weak<tokio::sync::Mutex<AnswerBody>>>,
 }
 
 impl Default for FetchController {
@@ -43,12 +48,23 @@ impl FetchController {
     pub fn new() -> Self {
         FetchController {
             cancel: CancellationToken::new(),
+            body: std::sync::Mutex::new(Weak::new()),
         }
     }
 
+    /// Aborts the request, and closes its answer's body when one was handed over (a read in
+    /// progress sees the abort and lets the body go; it is closed then).
     #[napi(catch_unwind)]
     pub fn abort(&self) {
         self.cancel.cancel();
+        let Some(body) = self.body.lock().ok().and_then(|b| b.upgrade()) else {
+            return;
+        };
+        if let Ok(mut b) = body.try_lock() {
+            b.close();
+            return;
+        }
+        let _ = crate::runtime::spawn(async move { body.lock().await.close() });
     }
 
     #[napi]
@@ -86,6 +102,14 @@ impl FetchController {
         let body = AnswerBody::new(answer.body, answer.event_stream, answer.usage, &self.cancel)
             .await
             .map_err(js_error)?;
+        let body = Arc::new(tokio::sync::Mutex::new(body));
+        if let Ok(mut slot) = self.body.lock() {
+            *slot = Arc::downgrade(&body);
+        }
+        // Aborted while the body was being set up: nothing closed it.
+        if self.cancel.is_cancelled() {
+            body.lock().await.close();
+        }
         Ok(NativeResponse {
             status: answer.status as u32,
             status_text: answer.status_text,
@@ -97,7 +121,7 @@ impl FetchController {
             account: answer.account,
             events,
             failure: None,
-            body: Arc::new(tokio::sync::Mutex::new(body)),
+            body,
             cancel: self.cancel.clone(),
         })
     }
