@@ -656,11 +656,58 @@ pub fn parse_iso_ms(s: &str) -> Option<i64> {
     i64::try_from(d.as_millis()).ok()
 }
 
+/// The wall clock (epoch ms) the pool decides by. In tests it runs ahead of the machine's by what
+/// `test_clock::advance` moved it on this thread, so that cooldowns, window resets and token
+/// lifetimes can pass without waiting.
 pub fn now_ms() -> i64 {
+    wall_ms().saturating_add(test_clock::offset())
+}
+
+/// `now_ms` as a `SystemTime`, for what parses dates against it (`retry-after`).
+pub fn system_now() -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms().max(0) as u64)
+}
+
+/// The machine's wall clock (epoch ms), whatever a test moved.
+pub(crate) fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(not(test))]
+pub(crate) mod test_clock {
+    #[inline(always)]
+    pub fn offset() -> i64 {
+        0
+    }
+}
+
+/// A clock a test moves forward: per thread (tests run in parallel, each on its own thread), and
+/// carried into the file work it hands to the blocking pool (`store::blocking`). A test on a
+/// current-thread runtime has everything the engine spawns on its own thread.
+#[cfg(test)]
+pub(crate) mod test_clock {
+    use std::cell::Cell;
+
+    thread_local! {
+        static OFFSET: Cell<i64> = const { Cell::new(0) };
+    }
+
+    pub fn offset() -> i64 {
+        OFFSET.with(Cell::get)
+    }
+
+    /// Moves this thread's clock on by `ms` (never back).
+    pub fn advance(ms: i64) {
+        OFFSET.with(|o| o.set(o.get().saturating_add(ms.max(0))));
+    }
+
+    /// Sets this thread's offset (to carry it into another thread).
+    pub fn set(ms: i64) {
+        OFFSET.with(|o| o.set(ms));
+    }
 }
 
 #[cfg(test)]

@@ -139,6 +139,10 @@ pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens
 
 /// Presents `refresh` once. A response without a new refresh token keeps the old one.
 pub async fn refresh(refresh: &Secret) -> Result<Tokens> {
+    #[cfg(test)]
+    if let Some(answer) = fake_token_endpoint::answer(refresh).await {
+        return answer;
+    }
     let body = json!({
         "grant_type": "refresh_token",
         "refresh_token": refresh.expose(),
@@ -164,6 +168,42 @@ pub async fn refresh_once_more_if_lost(token: &Secret) -> Result<Tokens> {
             refresh(token).await
         }
         other => other,
+    }
+}
+
+/// A token endpoint in the test process, for refresh tokens that start with a prefix a test
+/// registered: no network, and the test decides each answer.
+#[cfg(test)]
+pub(crate) mod fake_token_endpoint {
+    use super::{Result, Secret, Tokens};
+    use std::sync::{Arc, Mutex};
+
+    pub type Answer = Arc<dyn Fn(&str) -> Result<Tokens> + Send + Sync>;
+
+    static FAKES: Mutex<Vec<(String, Answer)>> = Mutex::new(Vec::new());
+
+    /// Answers refreshes of tokens starting with `prefix` until the guard is dropped.
+    pub struct Registered(String);
+
+    impl Drop for Registered {
+        fn drop(&mut self) {
+            crate::store::lock(&FAKES).retain(|(p, _)| *p != self.0);
+        }
+    }
+
+    pub fn register(prefix: &str, answer: Answer) -> Registered {
+        crate::store::lock(&FAKES).push((prefix.to_string(), answer));
+        Registered(prefix.to_string())
+    }
+
+    pub(super) async fn answer(token: &Secret) -> Option<Result<Tokens>> {
+        let fake = crate::store::lock(&FAKES)
+            .iter()
+            .find(|(p, _)| token.expose().starts_with(p.as_str()))
+            .map(|(_, a)| a.clone())?;
+        // A round trip's while, in which other requests for the account come and wait.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        Some(fake(token.expose()))
     }
 }
 

@@ -87,7 +87,7 @@ pub fn set_enabled(
         manage::set_enabled(&store, &email, enabled)
             .await
             .map_err(js_error)?;
-        Engine::for_store(store).reset_memory();
+        Engine::for_store(store).forget(&crate::account::normalize_email(&email));
         Ok(())
     })
 }

@@ -128,6 +128,9 @@ pub struct Credentials {
     last_issued: Mutex<Option<Secret>>,
     /// Refreshes this process made (the gateway's metrics).
     refreshes: std::sync::atomic::AtomicU64,
+    /// email -> the refresh token the endpoint refused (`invalid_grant`): a request that waited
+    /// on that refresh finds it here and does not present the dead token again.
+    refused: Mutex<HashMap<String, Secret>>,
 }
 
 /// What `refresh_now` did: `refreshed` (this process spent the token), `adopted` (another
@@ -251,6 +254,15 @@ impl Engine {
             return None;
         }
         fresh_access(account, now_ms()).map(Credential::Bearer)
+    }
+
+    /// Until when `a` cannot serve because its access token needs a refresh and the token
+    /// endpoint asked to be left alone (`refreshBackoffUntil`); None when that is not so.
+    pub fn token_wait(&self, pool: &Pool, a: &Account, now: i64) -> Option<i64> {
+        if a.is_api_key() || self.credential_now(pool, &a.email).is_some() {
+            return None;
+        }
+        a.refresh_backoff_until(now).filter(|t| *t > now)
     }
 
     /// A credential for `email` (from the caller's snapshot), fresh enough to send. Refreshes
@@ -478,6 +490,11 @@ impl Engine {
             return serve_old_or(&account, rejected, err);
         }
 
+        if lock(&self.credentials.refused).get(email) == Some(&presented) {
+            return Err(Error::OAuthInvalidGrant(
+                "refused already for this token: log in again".into(),
+            ));
+        }
         if let Err(e) = refresh_lock.confirm().await {
             return serve_old_or(&account, rejected, e);
         }
@@ -557,6 +574,7 @@ impl Engine {
                     self.invalidate();
                     return Ok(access);
                 }
+                lock(&self.credentials.refused).insert(email.to_string(), presented.clone());
                 let why = format!("refresh token rejected ({reason}): log in again");
                 self.refuse(email, account.credential_tag(), &why);
                 events.push(Event::new(
@@ -619,9 +637,11 @@ impl Engine {
     }
 }
 
-/// How long the token endpoint is left alone after `e`: what it asked for, else a default.
+/// How long the token endpoint is left alone after `e`: what it asked for, else a default; at
+/// most the 8-day cap on any rest (its `retry-after` is read up to 30 days, and a login was left
+/// unrefreshed, and after a 401 out of the pool, for all of them).
 pub(crate) fn backoff_ms(e: &Error) -> i64 {
-    match e {
+    let ms = match e {
         // Another refresh is under way: its token is adopted once written.
         Error::RefreshBusy { seconds, .. } => (*seconds as i64).saturating_mul(1000),
         Error::OAuthHttp {
@@ -630,7 +650,8 @@ pub(crate) fn backoff_ms(e: &Error) -> i64 {
         }
         | Error::RefreshBackoff { retry_after: s, .. } => (*s as i64).saturating_mul(1000),
         _ => TOKEN_BACKOFF_DEFAULT_MS,
-    }
+    };
+    ms.min(super::limits::MAX_COOLDOWN_MS)
 }
 
 /// After a transient refresh failure, an access token that has not expired still works.

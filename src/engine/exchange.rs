@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -504,7 +504,8 @@ impl Exchange {
         elsewhere: bool,
     ) -> (Decision, Limits, i64) {
         let now = now_ms();
-        let limits = Limits::from_headers(headers, SystemTime::now()).sent_at(self.sent_at);
+        let limits =
+            Limits::from_headers(headers, crate::account::system_now()).sent_at(self.sent_at);
         let asked = verdict::Asked {
             kind: credential.kind(),
             refreshed_already: self.refreshed.contains(email),
@@ -686,6 +687,21 @@ impl Exchange {
                 _ => None,
             })
             .min_by_key(|(t, _)| *t);
+        // A login that could not serve only because the token endpoint asked to be left alone
+        // serves again when that wait ends: when the pool answers for cooling accounts, its
+        // wait is no longer than that (it said the cooling account's 8 days while the login was
+        // usable in 30 s).
+        let soonest = soonest.map(|cooling| {
+            pool.accounts()
+                .filter(|a| self.tried.contains(&a.email))
+                .filter_map(|a| {
+                    let until = self.engine.token_wait(pool, a, now)?;
+                    Some((until, a.email.clone()))
+                })
+                .chain([cooling])
+                .min_by_key(|(t, _)| *t)
+                .unwrap_or_default()
+        });
         if let Some((until, email)) = soonest {
             let wait = std::time::Duration::from_millis((until - now).max(0) as u64);
             if !self.hold_left.is_zero() && wait <= self.hold_left {
@@ -799,7 +815,9 @@ impl Exchange {
 fn sending_time() -> i64 {
     use std::sync::atomic::{AtomicI64, Ordering};
     static LAST: AtomicI64 = AtomicI64::new(0);
-    let now = now_ms();
+    // Kept on the machine's clock: a test's clock ahead of it (`account::test_clock`) is its
+    // thread's alone, and is added after.
+    let now = crate::account::wall_ms();
     let mut last = LAST.load(Ordering::Relaxed);
     loop {
         let next = if crate::account::set_back_since(last, now) {
@@ -808,7 +826,7 @@ fn sending_time() -> i64 {
             now.max(last.saturating_add(1))
         };
         match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return next,
+            Ok(_) => return next.saturating_add(crate::account::test_clock::offset()),
             Err(seen) => last = seen,
         }
     }

@@ -17,7 +17,7 @@ pub(crate) const UNIFIED_PREFIX: &str = "anthropic-ratelimit-unified-";
 /// grow the pool file without end. Past the cap, the windows heard of longest ago go.
 pub const MAX_WINDOWS: usize = 16;
 /// A sanity cap on any cooldown: windows are at most a week; garbage must not bench forever.
-const MAX_COOLDOWN_MS: i64 = 8 * 24 * 3600 * 1000;
+pub(crate) const MAX_COOLDOWN_MS: i64 = 8 * 24 * 3600 * 1000;
 /// Cooldown for a bare 429 that gave no `retry-after`.
 const BURST_DEFAULT_MS: i64 = 5_000;
 /// The least a 429's `retry-after` rests anything: what refused a request a moment ago is not

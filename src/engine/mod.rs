@@ -486,9 +486,17 @@ impl Engine {
         self.blocked(a, None, now) == Blocked::No
     }
 
-    /// `reset-cooldowns`, enable: forget what this process decided on its own.
+    /// `reset-cooldowns`: forget what this process decided on its own.
     pub fn reset_memory(&self) {
         self.overlay.clear();
+        self.invalidate();
+    }
+
+    /// Enable, disable: forget what this process decided on its own about `email` only. Every
+    /// account's went before, and with it a rest after a 401 that no new token answered, which
+    /// only this process holds: another account then went back to its refused token at once.
+    pub fn forget(&self, email: &str) {
+        self.overlay.forget(email);
         self.invalidate();
     }
 

@@ -1,30 +1,31 @@
 //! A model-based test of the request engine (reliability.md, item 82): random pools, random
-//! interleavings of requests, upstream answers and management actions, driven through the real
-//! `Exchange` (`next`/`try_next`, `judge`/`try_judge`) against a pool file, with the engine's
-//! promises checked after every attempt, every request and every write.
+//! interleavings of requests, upstream answers (JSON and event streams), token refreshes,
+//! management actions and time passing, driven through the real `Exchange` (`next`/`try_next`,
+//! `judge`/`try_judge`) against a pool file, as `fetch.rs` and the binding drive it, with the
+//! engine's promises checked after every attempt, every request and every step.
 //!
-//! No network: OAuth logins carry access tokens that need no refresh for days, and a 401 is
-//! answered to one only where no token endpoint is needed: the first time in a request another
-//! process's new token is put in the file before (the engine adopts it and retries), the second
-//! time the login is refused. Time is the wall clock: nothing here waits for a cooldown to pass
-//! (a few milliseconds' pauses only reorder); `reset-cooldowns` reopens accounts as a person
-//! would.
+//! No network: the token endpoint is a fake in this process (`oauth::fake_token_endpoint`) that
+//! rotates refresh tokens as Anthropic's does (each one works once) and answers as each step
+//! says: new tokens, `invalid_grant`, a network error, a lost answer, a 5xx, a 429 with a wait.
+//! Time is this thread's test clock (`account::test_clock`), moved on by the steps: cooldowns
+//! run out, windows reset and access tokens expire without waiting.
 //!
-//! Not covered here: refreshes at the token endpoint (and so a 401 that no new token answers),
-//! cooldowns running out by themselves, holding (`OAUTH_POOL_HOLD_MAX_MS`), streamed bodies and
-//! their `error` events, aborts, the fleet store, and several processes on one file (another
-//! process is only ever a writer of rests and tokens here).
+//! Not covered here: holding (`OAUTH_POOL_HOLD_MAX_MS`), aborts, the fleet store, and several
+//! processes on one file (another process is only ever a writer of rests and tokens here).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
-use super::usage::UsageTap;
-use super::{limits, Blocked, Engine, RequestMeta, Step, Verdict};
-use crate::account::{now_ms, Account};
+use super::usage::{Opening, UsageTap};
+use super::{limits, verdict, Blocked, Engine, RequestMeta, Step, Verdict};
+use crate::account::{now_ms, test_clock, Account};
+use crate::error::Error;
+use crate::oauth::{fake_token_endpoint, Tokens};
 use crate::pool::Pool;
 use crate::secret::Secret;
 use crate::store::Store;
@@ -32,8 +33,25 @@ use crate::store::Store;
 const DAY_S: i64 = 86_400;
 /// The longest any rest may be, and the longest `retry-after` the pool may answer.
 const MAX_REST_MS: i64 = 8 * DAY_S * 1000;
-/// Far enough ahead that no token is ever refreshed while a case runs.
-const TOKEN_LIFE_MS: i64 = 30 * DAY_S * 1000;
+/// What the fake token endpoint gives an access token to live.
+const ISSUED_LIFE_MS: i64 = 8 * 3600 * 1000;
+/// A token endpoint's failure without a wait of its own keeps it from being asked for this long.
+const TOKEN_BACKOFF_MS: i64 = 30_000;
+/// How long a bare 429 rests (no `retry-after`, nothing exhausted).
+const BURST_MS: i64 = 5_000;
+/// The least a 429 rests.
+const MIN_REST_MS: i64 = 1_000;
+/// A cooldown ending within this of one already known is that one (`overlay::SAME_COOLDOWN_MS`).
+const SAME_COOLDOWN_MS: i64 = 1_000;
+/// The paths whose own limits a throttle rests apart (`limits::endpoint_limits`).
+const SCOPES: [(Option<&str>, Option<&str>); 6] = [
+    (None, None),
+    (Some("sonnet"), None),
+    (Some("opus"), None),
+    (None, Some(limits::COUNT_TOKENS)),
+    (None, Some(limits::FILES_API)),
+    (None, Some(limits::MESSAGE_BATCHES)),
+];
 
 #[derive(Debug, Clone)]
 struct Member {
@@ -42,6 +60,8 @@ struct Member {
     disabled: bool,
     /// Keeps a fifth of every window for its owner.
     reserve: bool,
+    /// A login's access token lives this long from the start (negative: already expired).
+    token_life_s: i64,
 }
 
 fn member() -> impl Strategy<Value = Member> {
@@ -50,13 +70,17 @@ fn member() -> impl Strategy<Value = Member> {
         prop::option::of(0i64..3),
         prop::bool::weighted(0.15),
         prop::bool::weighted(0.25),
+        prop_oneof![Just(30 * DAY_S), Just(8 * 3600), Just(400i64), Just(-60i64)],
     )
-        .prop_map(|(api_key, priority, disabled, reserve)| Member {
-            api_key,
-            priority,
-            disabled,
-            reserve,
-        })
+        .prop_map(
+            |(api_key, priority, disabled, reserve, token_life_s)| Member {
+                api_key,
+                priority,
+                disabled,
+                reserve,
+                token_life_s,
+            },
+        )
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -167,6 +191,19 @@ fn quota() -> impl Strategy<Value = Quota> {
         })
 }
 
+/// The event stream a 200 carries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Streamed {
+    /// Content to its end.
+    Whole,
+    /// `message_start`, `ping`, then `error` of `rate_limit_error` before any content.
+    OpeningLimit,
+    /// `message_start`, then `error` of `overloaded_error`.
+    OpeningOverloaded,
+    /// Content began, then `error` of `rate_limit_error`.
+    LateLimit,
+}
+
 #[derive(Debug, Clone)]
 enum Reply {
     Ok(Quota),
@@ -178,11 +215,15 @@ enum Reply {
     BadRequest {
         third_party: bool,
     },
-    /// A 401 (to a login: see the module's note).
-    Unauthorized,
+    /// A 401. `elsewhere`: another process refreshed the login just before (the engine adopts
+    /// its token, the token endpoint is not asked); else the engine must ask it.
+    Unauthorized {
+        elsewhere: bool,
+    },
     NotFound,
     Overloaded,
-    ServerError,
+    ServerError(u16),
+    Stream(Streamed),
 }
 
 /// An upstream answer; `trouble` weighs how often it is not a plain success (and whether a 401
@@ -199,10 +240,44 @@ fn reply(trouble: u32) -> impl Strategy<Value = Reply> {
             }
         ),
         1 => any::<bool>().prop_map(|third_party| Reply::BadRequest { third_party }),
-        rare => Just(Reply::Unauthorized),
+        rare * 2 => any::<bool>().prop_map(|elsewhere| Reply::Unauthorized { elsewhere }),
         1 => Just(Reply::NotFound),
         1 => Just(Reply::Overloaded),
-        1 => Just(Reply::ServerError),
+        1 => prop::sample::select(vec![500u16, 502, 503]).prop_map(Reply::ServerError),
+        3 => prop_oneof![
+            2 => Just(Streamed::Whole),
+            trouble => Just(Streamed::OpeningLimit),
+            1 => Just(Streamed::OpeningOverloaded),
+            trouble => Just(Streamed::LateLimit),
+        ]
+        .prop_map(Reply::Stream),
+    ]
+}
+
+/// What the token endpoint answers a refresh.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TokenAnswer {
+    Tokens,
+    InvalidGrant,
+    /// No connection formed: nothing was sent.
+    Network,
+    /// Sent, and the answer lost; `arrived`: the endpoint rotated the token all the same.
+    Lost {
+        arrived: bool,
+    },
+    Status(u16),
+    /// A 429 asking for this many seconds.
+    Wait(u64),
+}
+
+fn token_answer(trouble: u32) -> impl Strategy<Value = TokenAnswer> {
+    prop_oneof![
+        8 => Just(TokenAnswer::Tokens),
+        trouble.min(1) => Just(TokenAnswer::InvalidGrant),
+        trouble => Just(TokenAnswer::Network),
+        trouble => prop::sample::select(vec![500u16, 503]).prop_map(TokenAnswer::Status),
+        trouble => prop::sample::select(vec![1u64, 60, 3600, 9 * DAY_S as u64, 29 * DAY_S as u64])
+            .prop_map(TokenAnswer::Wait),
     ]
 }
 
@@ -236,15 +311,26 @@ enum Op {
         session: Option<u8>,
         /// The answers to its attempts, in order; past them, a plain 200.
         replies: Vec<Reply>,
+        /// What the token endpoint answers the refreshes made meanwhile; past them, new tokens.
+        token: Vec<TokenAnswer>,
         /// Driven as OpenCode 2's hooks do (`try_next`/`try_judge` first), else as the fetch.
         sync: bool,
     },
+    /// Requests sent at the same moment, each answered with a plain 200.
+    Together(u8, Vec<TokenAnswer>),
     ResetCooldowns,
     Priority(usize, i64),
     Enable(usize, bool),
     /// Another process (this plugin's, or aidevops's `cooldownUntil`) writes that account `.0`
-    /// rests for `.2` seconds, for the model family `.1` only when given.
+    /// rests for `.3` seconds, for the model family `.1` only when given.
     ElseRests(usize, Option<&'static str>, bool, u16),
+    /// Another process refreshed the login: new tokens in the file.
+    ElseRefreshed(usize),
+    /// A person logs in again (or adds a new key) under that name.
+    Relogin(usize),
+    /// The clock moves on this many seconds.
+    Pass(i64),
+    /// A real pause, in ms: reorders what the engine does in the background.
     Pause(u8),
 }
 
@@ -264,15 +350,19 @@ fn op(trouble: u32) -> impl Strategy<Value = Op> {
             path(),
             prop::option::of(0u8..3),
             prop::collection::vec(reply(trouble), 0..4),
+            prop::collection::vec(token_answer(trouble), 0..3),
             any::<bool>()
         )
-            .prop_map(|(model, path, session, replies, sync)| Op::Request {
+            .prop_map(|(model, path, session, replies, token, sync)| Op::Request {
                 model,
                 path,
                 session,
                 replies,
+                token,
                 sync
             }),
+        1 => (2u8..5, prop::collection::vec(token_answer(trouble), 0..2))
+            .prop_map(|(n, token)| Op::Together(n, token)),
         1 => Just(Op::ResetCooldowns),
         1 => (0usize..5, 0i64..3).prop_map(|(i, p)| Op::Priority(i, p)),
         trouble => (0usize..5, any::<bool>()).prop_map(|(i, on)| Op::Enable(i, on)),
@@ -283,6 +373,18 @@ fn op(trouble: u32) -> impl Strategy<Value = Op> {
             30u16..3600
         )
             .prop_map(|(i, family, theirs, secs)| Op::ElseRests(i, family, theirs, secs)),
+        1 => (0usize..5).prop_map(Op::ElseRefreshed),
+        trouble => (0usize..5).prop_map(Op::Relogin),
+        4 => prop_oneof![
+            1i64..60,
+            Just(301),
+            Just(3600),
+            Just(5 * 3600),
+            Just(8 * 3600),
+            Just(DAY_S),
+            Just(8 * DAY_S + 30),
+        ]
+        .prop_map(Op::Pass),
         1 => (0u8..20).prop_map(Op::Pause),
     ]
 }
@@ -298,15 +400,158 @@ enum Cred {
     Key(String),
 }
 
+/// The fake token endpoint: rotates refresh tokens as Anthropic's does (each works once), answers
+/// as the step says, and notes every way the engine breaks the credential protocol.
+struct TokenServer {
+    /// Every token of this world starts with it (the fake endpoint is the process's).
+    prefix: String,
+    /// The refresh token it accepts, per account.
+    current: Vec<String>,
+    made: u64,
+    /// Tokens presented and answered: spent, whatever the answer.
+    spent: HashSet<String>,
+    /// Tokens whose answer was lost: presenting one once more is the protocol's one exception.
+    lost: HashSet<String>,
+    /// The login whose refresh token it refused (`invalid_grant`), until a new login.
+    dead: Vec<bool>,
+    /// Until when it asked each account's refreshes to wait (its failures' backoff).
+    wait_until: Vec<i64>,
+    /// What the next refreshes get; past them, new tokens.
+    script: VecDeque<TokenAnswer>,
+    /// Tokens it issued to the engine, not yet seen by the model.
+    issued: Vec<Option<(String, String, i64)>>,
+    /// Accounts whose refresh failed since the model last looked.
+    failed: HashSet<usize>,
+    violations: Vec<String>,
+}
+
+static WORLDS: AtomicU64 = AtomicU64::new(0);
+
+impl TokenServer {
+    fn index(&self, token: &str) -> Option<usize> {
+        token
+            .strip_prefix(&self.prefix)?
+            .split('-')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// New tokens for account `i`: the old refresh token stops working.
+    fn issue(&mut self, i: usize) -> (String, String, i64) {
+        self.made += 1;
+        let access = format!("{}{i}-access-{}", self.prefix, self.made);
+        let refresh = format!("{}{i}-{}", self.prefix, self.made);
+        self.current[i] = refresh.clone();
+        self.dead[i] = false;
+        (access, refresh, now_ms() + ISSUED_LIFE_MS)
+    }
+
+    fn answer(&mut self, token: &str) -> crate::error::Result<Tokens> {
+        let now = now_ms();
+        let Some(i) = self.index(token).filter(|i| *i < self.current.len()) else {
+            self.violations
+                .push("a refresh token the endpoint never issued was presented".into());
+            return Err(Error::OAuthInvalidGrant("invalid_grant".into()));
+        };
+        if self.spent.contains(token) && !self.lost.remove(token) {
+            self.violations.push(format!(
+                "member {i}'s refresh token was presented again after it was answered"
+            ));
+        }
+        if self.dead[i] && self.current[i] == token {
+            self.violations
+                .push(format!("member {i}'s dead login was refreshed again"));
+        }
+        if self.wait_until[i] > now {
+            self.violations.push(format!(
+                "member {i}'s refresh was presented {} ms into the endpoint's wait",
+                self.wait_until[i] - now
+            ));
+        }
+        let answer = self.script.pop_front().unwrap_or(TokenAnswer::Tokens);
+        // Spent once the endpoint rotated it or refused it for good; a 5xx, a 429 or a
+        // connection that never formed leaves it as it was, to be presented again later.
+        if matches!(
+            answer,
+            TokenAnswer::Tokens | TokenAnswer::InvalidGrant | TokenAnswer::Lost { .. }
+        ) {
+            self.spent.insert(token.to_string());
+        }
+        let fail = |me: &mut TokenServer, wait_ms: i64| {
+            // The engine keeps to it, up to the 8-day cap on any rest.
+            me.wait_until[i] = now + wait_ms.min(MAX_REST_MS);
+            me.failed.insert(i);
+        };
+        match answer {
+            TokenAnswer::Tokens if self.current[i] == token && !self.dead[i] => {
+                let (access, refresh, expires) = self.issue(i);
+                self.issued[i] = Some((access.clone(), refresh.clone(), expires));
+                Ok(Tokens {
+                    access: Secret::new(access),
+                    refresh: Secret::new(refresh),
+                    expires,
+                    email: None,
+                })
+            }
+            TokenAnswer::Tokens | TokenAnswer::InvalidGrant => {
+                self.dead[i] = true;
+                self.failed.insert(i);
+                Err(Error::OAuthInvalidGrant(
+                    "invalid_grant: Refresh token not found or invalid".into(),
+                ))
+            }
+            TokenAnswer::Network => {
+                fail(self, TOKEN_BACKOFF_MS);
+                Err(Error::Network {
+                    what: "the token endpoint",
+                    detail: "connection refused".into(),
+                    never_connected: true,
+                })
+            }
+            TokenAnswer::Lost { arrived } => {
+                self.lost.insert(token.to_string());
+                if arrived {
+                    self.issue(i);
+                }
+                Err(Error::Network {
+                    what: "the token endpoint",
+                    detail: "connection reset".into(),
+                    never_connected: false,
+                })
+            }
+            TokenAnswer::Status(status) => {
+                fail(self, TOKEN_BACKOFF_MS);
+                Err(Error::OAuthHttp {
+                    status,
+                    detail: "unavailable".into(),
+                    retry_after: None,
+                })
+            }
+            TokenAnswer::Wait(secs) => {
+                fail(self, secs as i64 * 1000);
+                Err(Error::OAuthHttp {
+                    status: 429,
+                    detail: "rate limited".into(),
+                    retry_after: Some(secs),
+                })
+            }
+        }
+    }
+}
+
 struct World {
     _dir: tempfile::TempDir,
     store: Store,
     engine: Arc<Engine>,
+    server: Arc<Mutex<TokenServer>>,
+    _endpoint: fake_token_endpoint::Registered,
     emails: Vec<String>,
     members: Vec<Member>,
     creds: Vec<Cred>,
     enabled: Vec<bool>,
-    /// Accounts whose credential the engine refused after a 401: never sent again.
+    /// Accounts whose credential the engine refused (a 401, a dead login): never sent again
+    /// until a new login.
     refused: HashSet<String>,
     files: Vec<String>,
     batches: Vec<String>,
@@ -315,8 +560,18 @@ struct World {
     /// (email, family or None) -> until when another process said it rests (a lower bound:
     /// this process may rest it longer).
     said_rests: HashMap<(String, Option<String>), i64>,
-    /// email -> answers with usage delivered from it: each is counted once in its `usage`.
-    served: HashMap<String, u64>,
+    /// (email, family, endpoint) -> until when a 429's `retry-after` rests such requests on it
+    /// at least.
+    retry_after_rests: HashMap<(String, Option<String>, Option<&'static str>), i64>,
+    /// email -> until when a 401 the token endpoint could not answer rests it (this process's
+    /// own: an enable or disable of the account forgets it).
+    token_rests: HashMap<String, i64>,
+    /// Per account: by when every rest decided for it so far is over (then it serves again,
+    /// unless disabled or refused).
+    free_at: Vec<i64>,
+    /// email -> when answers with usage were delivered from it: each is counted once in its
+    /// `usage` (for 30 days).
+    served: HashMap<String, Vec<i64>>,
     made: u64,
 }
 
@@ -368,19 +623,115 @@ fn put_quota(headers: &mut HeaderMap, q: &Quota, now_s: i64) {
     }
 }
 
+/// Whether a 429's unified headers say a window (or the whole quota) is exhausted, rather than a
+/// throttle.
+fn exhausts_something(q: &Quota) -> bool {
+    matches!(q.status, Some(Said::Rejected))
+        || q.windows.iter().any(|w| {
+            matches!(w.said, Some(Said::Rejected)) || w.utilization.is_some_and(|u| u >= 100)
+        })
+}
+
+/// The wait a `retry-after` says, as the engine can read it (ms; a date loses up to a second to
+/// its whole seconds); None when it cannot be read.
+fn retry_after_wait(r: &RetryAfter) -> Option<i64> {
+    const MOST: i64 = 30 * DAY_S * 1000;
+    match r {
+        RetryAfter::Secs(s) => Some(s * 1000).filter(|ms| *ms <= MOST),
+        RetryAfter::Date(s) => Some((s * 1000 - 1000).max(0)),
+        RetryAfter::Millis(ms) => Some(*ms).filter(|ms| *ms <= MOST),
+        RetryAfter::Garbage => None,
+    }
+}
+
+/// The chunks of an event stream, and how many of them are its opening's (what a driver reads
+/// before judging).
+fn stream_chunks(kind: Streamed, n: u64) -> Vec<Vec<u8>> {
+    let event = |name: &str, data: String| format!("event: {name}\ndata: {data}\n\n").into_bytes();
+    let start = event(
+        "message_start",
+        format!(
+            r#"{{"type":"message_start","message":{{"id":"msg_s{n}","usage":{{"input_tokens":{},"output_tokens":1}}}}}}"#,
+            10 + n
+        ),
+    );
+    let ping = event("ping", r#"{"type":"ping"}"#.into());
+    let error = |kind: &str| {
+        event(
+            "error",
+            format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"{kind}"}}}}"#),
+        )
+    };
+    let block = event(
+        "content_block_start",
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#
+            .into(),
+    );
+    let delta = event(
+        "content_block_delta",
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#
+            .into(),
+    );
+    let end = event(
+        "message_delta",
+        r#"{"type":"message_delta","usage":{"output_tokens":3}}"#.into(),
+    );
+    let stop = event("message_stop", r#"{"type":"message_stop"}"#.into());
+    match kind {
+        Streamed::Whole => vec![start, ping, block, delta, end, stop],
+        Streamed::OpeningLimit => vec![start, ping, error("rate_limit_error")],
+        Streamed::OpeningOverloaded => vec![start, error("overloaded_error")],
+        Streamed::LateLimit => vec![start, block, delta, error("rate_limit_error")],
+    }
+}
+
+fn base_headers() -> HeaderMap {
+    let mut base = HeaderMap::new();
+    header(&mut base, "content-type", "application/json");
+    header(&mut base, "anthropic-version", "2023-06-01");
+    header(&mut base, "anthropic-beta", "files-api-2025-04-14");
+    header(&mut base, "x-model-test", "the same request");
+    base
+}
+
+/// Whether `sent` carries the caller's request as it was (its credential added).
+fn same_request(base: &HeaderMap, sent: &HeaderMap) -> bool {
+    base.iter().all(|(name, value)| {
+        let got: Vec<&str> = sent
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        match value.to_str() {
+            Ok(v) if name.as_str() == "anthropic-beta" => {
+                got.iter().flat_map(|g| g.split(',')).any(|b| b.trim() == v)
+            }
+            Ok(v) => got == [v],
+            Err(_) => false,
+        }
+    })
+}
+
+fn fail(e: impl std::fmt::Display) -> TestCaseError {
+    TestCaseError::fail(e.to_string())
+}
+
 impl World {
     async fn new(members: Vec<Member>) -> Checked<World> {
         // In memory where there is such a directory: a pool write is two fsyncs, and a case
         // writes after every step.
         let dir = tempfile::tempdir_in("/dev/shm")
             .or_else(|_| tempfile::tempdir())
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            .map_err(fail)?;
         let store = Store::file(dir.path().join("pool.json"));
         let now = now_ms();
+        let prefix = format!("fake-refresh-w{}-", WORLDS.fetch_add(1, Ordering::Relaxed));
         let mut pool = Pool::default();
-        let (mut emails, mut creds, mut enabled) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut emails, mut creds, mut enabled, mut current) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (i, m) in members.iter().enumerate() {
             let email = format!("member{i}@model.test");
+            let refresh = format!("{prefix}{i}-0");
             let (mut a, cred) = if m.api_key {
                 let key = format!("fake-key-{i}");
                 (
@@ -388,8 +739,8 @@ impl World {
                     Cred::Key(key),
                 )
             } else {
-                let (access, refresh) = (format!("fake-access-{i}-0"), format!("fake-refresh-{i}"));
-                let expires = now + TOKEN_LIFE_MS;
+                let access = format!("{prefix}{i}-access-0");
+                let expires = now + m.token_life_s * 1000;
                 (
                     Account::new_oauth(
                         &email,
@@ -400,7 +751,7 @@ impl World {
                     ),
                     Cred::Login {
                         access,
-                        refresh,
+                        refresh: refresh.clone(),
                         expires,
                     },
                 )
@@ -417,16 +768,35 @@ impl World {
             emails.push(email);
             creds.push(cred);
             enabled.push(!m.disabled);
+            current.push(refresh);
         }
-        store
-            .save(pool)
-            .await
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        store.save(pool).await.map_err(fail)?;
+        let n = members.len();
+        let server = Arc::new(Mutex::new(TokenServer {
+            prefix: prefix.clone(),
+            current,
+            made: 0,
+            spent: HashSet::new(),
+            lost: HashSet::new(),
+            dead: vec![false; n],
+            wait_until: vec![0; n],
+            script: VecDeque::new(),
+            issued: vec![None; n],
+            failed: HashSet::new(),
+            violations: Vec::new(),
+        }));
+        let answering = server.clone();
+        let endpoint = fake_token_endpoint::register(
+            &prefix,
+            Arc::new(move |token: &str| crate::store::lock(&answering).answer(token)),
+        );
         let engine = Engine::for_store(store.clone());
         Ok(World {
             _dir: dir,
             store,
             engine,
+            server,
+            _endpoint: endpoint,
             emails,
             members,
             creds,
@@ -437,6 +807,9 @@ impl World {
             rests: HashMap::new(),
             served: HashMap::new(),
             said_rests: HashMap::new(),
+            retry_after_rests: HashMap::new(),
+            token_rests: HashMap::new(),
+            free_at: vec![0; n],
             made: 0,
         })
     }
@@ -458,24 +831,140 @@ impl World {
         }
     }
 
-    /// Another process refreshed the login: a new access token in the file.
-    async fn rotate(&mut self, i: usize) -> Checked {
-        let Cred::Login { access, .. } = &mut self.creds[i] else {
-            return Ok(());
+    /// The latest end of what holds `email` back for such requests (a request naming no model
+    /// may rest the model-scoped window that refused it).
+    async fn held_until(&self, email: &str, family: Option<&str>, endpoint: Option<&str>) -> i64 {
+        let families: Vec<Option<&str>> = match family {
+            Some(f) => vec![Some(f)],
+            None => vec![None, Some("sonnet"), Some("opus")],
         };
-        self.made += 1;
-        let new = format!("fake-access-{i}-{}", self.made);
-        *access = new.clone();
+        let mut until = 0;
+        for f in families {
+            match self.blocked(email, f, endpoint).await {
+                Blocked::Until(t) => until = until.max(t),
+                Blocked::Out => return i64::MAX,
+                Blocked::No => {}
+            }
+        }
+        until
+    }
+
+    /// What the token endpoint did since last looked: tokens the engine got, logins it refused,
+    /// failures (and their waits), and any breach of the credential protocol.
+    fn sync(&mut self) -> Checked<HashSet<usize>> {
+        let mut server = crate::store::lock(&self.server);
+        if let Some(v) = server.violations.first() {
+            return Err(TestCaseError::fail(v.clone()));
+        }
+        for i in 0..self.emails.len() {
+            if let Some((access, refresh, expires)) = server.issued[i].take() {
+                self.creds[i] = Cred::Login {
+                    access,
+                    refresh,
+                    expires,
+                };
+            }
+            if server.dead[i] && matches!(self.creds[i], Cred::Login { .. }) {
+                self.refused.insert(self.emails[i].clone());
+            }
+        }
+        let failed = std::mem::take(&mut server.failed);
+        for i in &failed {
+            self.free_at[*i] = self.free_at[*i].max(server.wait_until[*i]);
+        }
+        Ok(failed)
+    }
+
+    /// A login whose access token is due for a refresh the token endpoint will not give yet:
+    /// it cannot serve until then. The end of that wait.
+    fn token_wait(&self, i: usize) -> Option<i64> {
+        let Cred::Login { expires, .. } = &self.creds[i] else {
+            return None;
+        };
+        let now = now_ms();
+        let due = expires - super::credentials::REFRESH_MARGIN_MS <= now;
+        let until = crate::store::lock(&self.server).wait_until[i];
+        (due && until > now && self.enabled[i] && !self.refused.contains(&self.emails[i]))
+            .then_some(until)
+    }
+
+    /// Another process refreshed the login: new tokens in the file (its old refresh token spent).
+    async fn else_refreshed(&mut self, i: usize) -> Checked {
+        if !matches!(self.creds[i], Cred::Login { .. }) || self.refused.contains(&self.emails[i]) {
+            return Ok(());
+        }
+        let (access, refresh, expires) = {
+            let mut server = crate::store::lock(&self.server);
+            let old = server.current[i].clone();
+            server.spent.insert(old);
+            server.issue(i)
+        };
+        self.creds[i] = Cred::Login {
+            access: access.clone(),
+            refresh: refresh.clone(),
+            expires,
+        };
         let email = self.emails[i].clone();
+        // The rest after a 401 was about the old token.
+        self.token_rests.remove(&email);
         self.store
             .update(move |pool| {
                 if let Some(a) = pool.find_mut(&email) {
-                    a.access = Some(Secret::new(new));
+                    a.access = Some(Secret::new(access));
+                    a.refresh = Some(Secret::new(refresh));
+                    a.expires = Some(expires);
                 }
                 Ok(())
             })
             .await
-            .map_err(|e| TestCaseError::fail(e.to_string()))
+            .map_err(fail)
+    }
+
+    /// A person logs in again under that name (or adds a new key): what upsert does.
+    async fn relogin(&mut self, i: usize) -> Checked {
+        let email = self.emails[i].clone();
+        let now = now_ms();
+        let account = match &self.creds[i] {
+            Cred::Login { .. } => {
+                let (access, refresh, expires) = {
+                    let mut server = crate::store::lock(&self.server);
+                    server.wait_until[i] = 0;
+                    server.issue(i)
+                };
+                self.creds[i] = Cred::Login {
+                    access: access.clone(),
+                    refresh: refresh.clone(),
+                    expires,
+                };
+                Account::new_oauth(
+                    &email,
+                    Secret::new(access),
+                    Secret::new(refresh),
+                    expires,
+                    now,
+                )
+            }
+            Cred::Key(_) => {
+                self.made += 1;
+                let key = format!("fake-key-{i}-{}", self.made);
+                self.creds[i] = Cred::Key(key.clone());
+                Account::new_api_key(&email, Secret::new(key), now)
+            }
+        };
+        self.store
+            .update(move |pool| {
+                pool.upsert(account);
+                Ok(())
+            })
+            .await
+            .map_err(fail)?;
+        // A new login lifts what rested the old one: its refusal, and its cooldowns.
+        self.refused.remove(&email);
+        self.token_rests.remove(&email);
+        self.said_rests.retain(|(who, _), _| *who != email);
+        self.retry_after_rests
+            .retain(|(who, _, _), _| *who != email);
+        Ok(())
     }
 
     fn path_text(&mut self, path: Path) -> String {
@@ -497,7 +986,131 @@ impl World {
         }
     }
 
+    /// Checks an attempt the engine handed out against what the model knows of its account.
+    fn check_sent(
+        &self,
+        email: &str,
+        sent: &HeaderMap,
+        base: &HeaderMap,
+        family: Option<&str>,
+        endpoint: Option<&'static str>,
+        resource: bool,
+    ) -> Checked {
+        let i = self.index(email)?;
+        check!(self.enabled[i], "{email} is disabled and was sent");
+        check!(
+            !self.refused.contains(email),
+            "{email}'s credential was refused (or its login is dead) and it was sent again"
+        );
+        check!(
+            same_request(base, sent),
+            "the request sent to {email} is not the caller's: {sent:?}"
+        );
+        let presented = match &self.creds[i] {
+            Cred::Login { access, .. } => sent
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v == format!("Bearer {access}")),
+            Cred::Key(key) => sent
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v == key),
+        };
+        check!(
+            presented == Some(true),
+            "{email} was sent without its own current credential"
+        );
+        if let Cred::Login { expires, .. } = &self.creds[i] {
+            check!(
+                *expires > now_ms(),
+                "{email} was sent with an access token that expired {} s ago",
+                (now_ms() - expires) / 1000
+            );
+        }
+        // A request for a file or a batch goes to the account holding it even while it rests.
+        if resource {
+            return Ok(());
+        }
+        let now = now_ms();
+        for ((who, scope), until) in &self.said_rests {
+            check!(
+                !(who == email && *until > now && (scope.is_none() || scope.as_deref() == family)),
+                "{email} was sent while the pool file says it rests{} for {} s more",
+                scope
+                    .as_deref()
+                    .map(|s| format!(" for {s}"))
+                    .unwrap_or_default(),
+                (until - now) / 1000
+            );
+        }
+        if let Some(until) = self.token_rests.get(email).filter(|t| **t > now) {
+            check!(
+                false,
+                "{email} was sent {} ms before the token endpoint's wait after its 401 ended",
+                until - now
+            );
+        }
+        for ((who, f, e), until) in &self.retry_after_rests {
+            check!(
+                !(who == email && *until > now && f.as_deref() == family && *e == endpoint),
+                "{email} was sent {} ms before the retry-after of its 429 for such a request ended",
+                until - now
+            );
+        }
+        Ok(())
+    }
+
+    /// Counts a delivered JSON answer's usage as the drivers do, and remembers what it made.
+    fn deliver_json(&mut self, ex: &super::Exchange, email: &str, path: Path) {
+        self.made += 1;
+        let id = match path {
+            Path::FileCreate => Some(format!("file_011made{}", self.made)),
+            Path::BatchCreate => Some(format!("msgbatch_01made{}", self.made)),
+            _ => None,
+        };
+        let body = serde_json::json!({
+            "id": id.clone().unwrap_or_else(|| format!("msg_{}", self.made)),
+            "type": "message",
+            "usage": { "input_tokens": 10 + self.made, "output_tokens": 3 }
+        });
+        if let Some(sink) = ex.usage_sink().filter(|s| s.wanted(false)) {
+            let mut tap = UsageTap::new(false);
+            tap.observe(body.to_string().as_bytes());
+            sink.record(&mut tap);
+            if super::usage::enabled() {
+                self.served
+                    .entry(email.to_string())
+                    .or_default()
+                    .push(now_ms());
+            }
+        }
+        match (path, id) {
+            (Path::FileCreate, Some(id)) => self.files.push(id),
+            (Path::BatchCreate, Some(id)) => self.batches.push(id),
+            _ => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn request(
+        &mut self,
+        model: Option<&str>,
+        path: Path,
+        session: Option<u8>,
+        replies: &[Reply],
+        token: &[TokenAnswer],
+        sync: bool,
+    ) -> Checked {
+        crate::store::lock(&self.server).script = token.iter().copied().collect();
+        let result = self
+            .request_inner(model, path, session, replies, sync)
+            .await;
+        crate::store::lock(&self.server).script.clear();
+        result?;
+        self.sync().map(drop)
+    }
+
+    async fn request_inner(
         &mut self,
         model: Option<&str>,
         path: Path,
@@ -511,14 +1124,13 @@ impl World {
             .with_url(&url);
         meta.session = session.map(|s| format!("session-{s}"));
         let family = model.and_then(limits::model_family);
+        let family = family.as_deref();
         let endpoint = meta.endpoint;
-        // A request for a file or a batch goes to the account holding it even while it rests.
         let resource = meta.resource.is_some();
         let n = self.emails.len();
         let mut ex = self.engine.exchange(meta);
         let cancel = CancellationToken::new();
-        let mut base = HeaderMap::new();
-        header(&mut base, "content-type", "application/json");
+        let base = base_headers();
         let mut replies = replies.iter();
         let mut sent: HashMap<String, usize> = HashMap::new();
         let mut limited: HashSet<String> = HashSet::new();
@@ -529,6 +1141,7 @@ impl World {
                 Some(step) => step,
                 None => ex.next(&base, &cancel).await,
             };
+            self.sync()?;
             let attempt = match step {
                 Ok(Step::Send(a)) => a,
                 Ok(Step::Answer(s)) => {
@@ -550,22 +1163,39 @@ impl World {
                     // The truth, as the contract says: the wait until the soonest account is
                     // offered again, which is its rest (8 days at most) and this process's
                     // reopening spread (`OAUTH_POOL_JITTER_MS`) after it.
-                    let most = (MAX_REST_MS + super::jitter_max()) / 1000 + 1;
+                    let spread = super::jitter_max() / 1000 + 1;
+                    let most = MAX_REST_MS / 1000 + spread;
                     check!(
                         (1..=most).contains(&secs),
                         "the pool's 429 says retry-after {secs} s: not within 1 s to 8 days and the jitter"
                     );
-                    self.nobody_left(&sent, family.as_deref(), endpoint, "answered for the pool")
+                    self.nobody_left(&sent, family, endpoint, "answered for the pool")
                         .await?;
                     let mut cooling = false;
                     for email in &self.emails {
-                        let b = self.blocked(email, family.as_deref(), endpoint).await;
+                        let b = self.blocked(email, family, endpoint).await;
                         cooling |= matches!(b, Blocked::Until(_));
                     }
                     check!(
                         cooling,
                         "the pool answered 429 (all cooling) while none cools"
                     );
+                    // An account that only waits for the token endpoint is usable when that
+                    // wait ends: the pool's wait is no longer.
+                    let now = now_ms();
+                    for i in 0..n {
+                        // Not one that also cools: that one serves when both are over.
+                        let free =
+                            self.blocked(&self.emails[i], family, endpoint).await == Blocked::No;
+                        if let Some(until) = self.token_wait(i).filter(|_| free) {
+                            let wait = (until - now + 999) / 1000;
+                            check!(
+                                secs <= wait + spread,
+                                "the pool's 429 says retry-after {secs} s while {} is usable in {wait} s (the token endpoint's wait)",
+                                self.emails[i]
+                            );
+                        }
+                    }
                     return Ok(());
                 }
                 Err(e) => {
@@ -574,15 +1204,18 @@ impl World {
                         "a request failed with {} ({e}), not a coded no-account error",
                         e.code()
                     );
-                    self.nobody_left(&sent, family.as_deref(), endpoint, "said no account")
+                    self.nobody_left(&sent, family, endpoint, "said no account")
                         .await?;
                     for email in &self.emails {
-                        let b = self.blocked(email, family.as_deref(), endpoint).await;
+                        let b = self.blocked(email, family, endpoint).await;
                         check!(
                             !matches!(b, Blocked::Until(_)),
                             "the pool said no usable account while {email} only cools ({b:?}): that is its 429"
                         );
                     }
+                    // A login that only waits for the token endpoint may still be left: with
+                    // nothing cooling, the request fails with what the endpoint said (a broken
+                    // token URL must not pass for a rate limit), as the README's table says.
                     return Ok(());
                 }
             };
@@ -594,11 +1227,6 @@ impl World {
                 "attempt {attempts} of one request with {n} accounts and {} retries after a 401",
                 unauthorized.len()
             );
-            check!(self.enabled[i], "{email} is disabled and was sent");
-            check!(
-                !self.refused.contains(&email),
-                "{email}'s credential was refused and it was sent again"
-            );
             check!(
                 !limited.contains(&email),
                 "{email} answered 429 in this request and was sent this request again"
@@ -609,38 +1237,7 @@ impl World {
                 *times <= 1 + usize::from(unauthorized.contains(&email)),
                 "{email} was sent {times} times in one request"
             );
-            if !resource {
-                let now = now_ms();
-                for ((who, scope), until) in &self.said_rests {
-                    check!(
-                        !(who == &email
-                            && *until > now
-                            && (scope.is_none() || scope.as_deref() == family.as_deref())),
-                        "{email} was sent while the pool file says it rests{} for {} s more",
-                        scope
-                            .as_deref()
-                            .map(|s| format!(" for {s}"))
-                            .unwrap_or_default(),
-                        (until - now) / 1000
-                    );
-                }
-            }
-            let presented = match &self.creds[i] {
-                Cred::Login { access, .. } => attempt
-                    .headers
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| v == format!("Bearer {access}")),
-                Cred::Key(key) => attempt
-                    .headers
-                    .get("x-api-key")
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| v == key),
-            };
-            check!(
-                presented == Some(true),
-                "{email} was sent without its own current credential"
-            );
+            self.check_sent(&email, &attempt.headers, &base, family, endpoint, resource)?;
 
             let reply = replies.next().cloned().unwrap_or(Reply::Ok(Quota {
                 status: None,
@@ -648,17 +1245,28 @@ impl World {
                 windows: Vec::new(),
             }));
             let login = matches!(self.creds[i], Cred::Login { .. });
-            if matches!(reply, Reply::Unauthorized) && login && !unauthorized.contains(&email) {
-                // Another process refreshed first: the engine adopts its token, no token endpoint.
-                self.rotate(i).await?;
+            if matches!(reply, Reply::Unauthorized { elsewhere: true })
+                && login
+                && !unauthorized.contains(&email)
+            {
+                self.else_refreshed(i).await?;
             }
-            let before = self.blocked(&email, family.as_deref(), endpoint).await;
-            let now_s = now_ms() / 1000;
+            let before = self.blocked(&email, family, endpoint).await;
+            let before_messages = self.blocked(&email, family, None).await;
+            let now = now_ms();
+            let now_s = now / 1000;
             let mut headers = HeaderMap::new();
+            let mut chunks: Vec<Vec<u8>> = Vec::new();
             let (status, body): (u16, Option<Vec<u8>>) = match &reply {
                 Reply::Ok(q) => {
                     put_quota(&mut headers, q, now_s);
                     header(&mut headers, "content-type", "application/json");
+                    (200, None)
+                }
+                Reply::Stream(kind) => {
+                    header(&mut headers, "content-type", "text/event-stream");
+                    self.made += 1;
+                    chunks = stream_chunks(*kind, self.made);
                     (200, None)
                 }
                 Reply::TooMany {
@@ -672,11 +1280,11 @@ impl World {
                             header(&mut headers, "retry-after", &s.to_string())
                         }
                         Some(RetryAfter::Date(s)) => {
-                            let at = std::time::SystemTime::now()
+                            let at = crate::account::system_now()
                                 .checked_add(std::time::Duration::from_secs(s.unsigned_abs()))
                                 .filter(|_| *s >= 0)
                                 .unwrap_or_else(|| {
-                                    std::time::SystemTime::now()
+                                    crate::account::system_now()
                                         - std::time::Duration::from_secs(s.unsigned_abs())
                                 });
                             header(&mut headers, "retry-after", &httpdate::fmt_http_date(at));
@@ -702,45 +1310,121 @@ impl World {
                     };
                     (400, Some(body))
                 }
-                Reply::Unauthorized => (401, None),
+                Reply::Unauthorized { .. } => (401, None),
                 Reply::NotFound => (404, None),
                 Reply::Overloaded => (529, None),
-                Reply::ServerError => (500, None),
+                Reply::ServerError(status) => (*status, None),
             };
+            // An event stream is judged once its opening is read, as the drivers do.
+            let mut opening = Opening::new();
+            let mut read = 0;
+            if verdict::reads_opening(status, &headers) {
+                while read < chunks.len() {
+                    read += 1;
+                    if opening.feed(&chunks[read - 1]) {
+                        break;
+                    }
+                }
+            }
+            let said = opening.said().map(str::to_string);
             let judged = match sync
-                .then(|| ex.try_judge(status, &headers, body.as_deref(), None))
+                .then(|| ex.try_judge(status, &headers, body.as_deref(), said.as_deref()))
                 .flatten()
             {
                 Some(v) => Ok(v),
                 None => {
-                    ex.judge(status, &headers, body.as_deref(), None, &cancel)
+                    ex.judge(status, &headers, body.as_deref(), said.as_deref(), &cancel)
                         .await
                 }
             };
+            let failed = self.sync()?;
             let verdict = judged.map_err(|e| {
                 TestCaseError::fail(format!("judging a {status} failed: {} ({e})", e.code()))
             })?;
-            match status {
-                429 => {
+            if self.members[i].reserve {
+                // A reserve holds the account back until a window it heard of resets (8 days
+                // at most).
+                self.free_at[i] = self.free_at[i].max(now + MAX_REST_MS);
+            }
+            match &reply {
+                Reply::TooMany {
+                    retry_after,
+                    quota,
+                    spend_limit,
+                } => {
                     limited.insert(email.clone());
                     // A request that names no model rests the model-scoped window it was
                     // refused by (README: "the window's scope when the request named no model").
-                    let mut rested =
-                        self.blocked(&email, family.as_deref(), endpoint).await != Blocked::No;
-                    for scope in ["sonnet", "opus"].iter().filter(|_| family.is_none()) {
-                        rested |= self.blocked(&email, Some(scope), endpoint).await != Blocked::No;
-                    }
+                    let held = self.held_until(&email, family, endpoint).await;
                     check!(
-                        rested,
+                        held > now_ms(),
                         "{email} answered 429 and is offered again at once for such a request"
                     );
+                    let wait = retry_after.as_ref().and_then(retry_after_wait);
+                    if let Some(wait) = wait {
+                        // Never shorter than the server said (a second at least), never past
+                        // the 8-day cap.
+                        let least = now + wait.clamp(MIN_REST_MS, MAX_REST_MS) - SAME_COOLDOWN_MS;
+                        check!(
+                            held >= least,
+                            "{email}'s 429 said wait {wait} ms and it rests {} ms",
+                            held - now
+                        );
+                        let named_scope = quota.windows.iter().any(|w| w.name.contains('_'));
+                        if family.is_some() || endpoint.is_some() || !named_scope {
+                            let key = (email.clone(), family.map(str::to_string), endpoint);
+                            let t = self.retry_after_rests.entry(key).or_default();
+                            *t = (*t).max(least);
+                        }
+                    }
+                    let throttle = !exhausts_something(quota) && !spend_limit;
+                    self.free_at[i] = self.free_at[i].max(if throttle {
+                        now_ms() + wait.unwrap_or(BURST_MS).clamp(MIN_REST_MS, MAX_REST_MS)
+                    } else {
+                        now_ms() + MAX_REST_MS
+                    });
+                    // A throttle of an endpoint with limits of its own rests only that endpoint.
+                    // (A window it reports may bring a reserve's line: that holds back all.)
+                    let reserve_line = self.members[i].reserve && !quota.windows.is_empty();
+                    if throttle
+                        && !reserve_line
+                        && endpoint.is_some()
+                        && before_messages == Blocked::No
+                    {
+                        let after = self.blocked(&email, family, None).await;
+                        check!(
+                            after == Blocked::No,
+                            "a throttle of {email}'s {} rested its messages too ({after:?})",
+                            endpoint.unwrap_or_default()
+                        );
+                    }
                 }
-                401 => {
+                Reply::Unauthorized { .. } => {
                     // A key's 401, or a login's second in this request, refuses it for good.
                     let again = !unauthorized.insert(email.clone());
                     if again || !login {
                         self.refused.insert(email.clone());
                     }
+                    // A 401 the token endpoint could not answer for now rests the account
+                    // until the endpoint may be asked again.
+                    if failed.contains(&i) && !self.refused.contains(&email) {
+                        let until = crate::store::lock(&self.server).wait_until[i];
+                        let t = self.token_rests.entry(email.clone()).or_default();
+                        *t = (*t).max(until);
+                    }
+                }
+                Reply::Stream(Streamed::OpeningLimit) => {
+                    check!(
+                        verdict == Verdict::Retry,
+                        "a rate_limit_error in {email}'s event stream opening was delivered, not failed over"
+                    );
+                    limited.insert(email.clone());
+                    let held = self.held_until(&email, family, endpoint).await;
+                    check!(
+                        held > now_ms(),
+                        "{email}'s stream opening said rate_limit_error and it is offered again at once"
+                    );
+                    self.free_at[i] = self.free_at[i].max(now_ms() + BURST_MS);
                 }
                 _ => {}
             }
@@ -750,7 +1434,8 @@ impl World {
             );
             if verdict == Verdict::Retry {
                 check!(
-                    matches!(status, 401 | 429 | 404),
+                    matches!(status, 401 | 429 | 404)
+                        || matches!(reply, Reply::Stream(Streamed::OpeningLimit)),
                     "a {status} was not delivered"
                 );
                 continue;
@@ -759,41 +1444,92 @@ impl World {
                 status != 429,
                 "a 429 from {email} was delivered, not failed over"
             );
-            if matches!(status, 400 | 404 | 500 | 529) && before == Blocked::No {
-                let after = self.blocked(&email, family.as_deref(), endpoint).await;
+            let benchless = matches!(
+                reply,
+                Reply::BadRequest { .. }
+                    | Reply::NotFound
+                    | Reply::Overloaded
+                    | Reply::ServerError(_)
+                    | Reply::Stream(Streamed::OpeningOverloaded)
+            );
+            if let Reply::Stream(kind) = reply {
+                // Delivered: the caller reads the stream once, the opening first; nothing of it
+                // is sent again. The tap reads it as it passes and judges its end.
+                let mut tap = UsageTap::new(true);
+                for chunk in &chunks {
+                    tap.observe(chunk);
+                }
+                if let Some(sink) = ex.usage_sink().filter(|s| s.wanted(true)) {
+                    sink.record(&mut tap);
+                    if super::usage::enabled() {
+                        self.served.entry(email.clone()).or_default().push(now_ms());
+                    }
+                }
+                if kind == Streamed::LateLimit {
+                    let held = self.blocked(&email, family, None).await;
+                    check!(
+                        matches!(held, Blocked::Until(_) | Blocked::Out),
+                        "{email}'s stream said rate_limit_error after its content began and it does not rest"
+                    );
+                    self.free_at[i] = self.free_at[i].max(now_ms() + BURST_MS);
+                }
+                return Ok(());
+            }
+            if benchless && before == Blocked::No {
+                let after = self.blocked(&email, family, endpoint).await;
                 check!(
                     after == Blocked::No,
                     "a {status} benched {email} ({after:?})"
                 );
             }
             if status == 200 {
-                self.made += 1;
-                let id = match path {
-                    Path::FileCreate => Some(format!("file_011made{}", self.made)),
-                    Path::BatchCreate => Some(format!("msgbatch_01made{}", self.made)),
-                    _ => None,
-                };
-                let body = serde_json::json!({
-                    "id": id.clone().unwrap_or_else(|| format!("msg_{}", self.made)),
-                    "type": "message",
-                    "usage": { "input_tokens": 10 + self.made, "output_tokens": 3 }
-                });
-                if let Some(sink) = ex.usage_sink().filter(|s| s.wanted(false)) {
-                    let mut tap = UsageTap::new(false);
-                    tap.observe(body.to_string().as_bytes());
-                    sink.record(&mut tap);
-                    if super::usage::enabled() {
-                        *self.served.entry(email.clone()).or_default() += 1;
-                    }
-                }
-                match (path, id) {
-                    (Path::FileCreate, Some(id)) => self.files.push(id),
-                    (Path::BatchCreate, Some(id)) => self.batches.push(id),
-                    _ => {}
-                }
+                self.deliver_json(&ex, &email, path);
             }
             return Ok(());
         }
+    }
+
+    /// Requests sent at the same moment (a session and its subagents): whatever each needs of
+    /// the token endpoint, it is asked once per token.
+    async fn together(&mut self, n: u8, token: &[TokenAnswer]) -> Checked {
+        crate::store::lock(&self.server).script = token.iter().copied().collect();
+        let base = base_headers();
+        let cancel = CancellationToken::new();
+        let mut exs: Vec<super::Exchange> = (0..n)
+            .map(|_| {
+                self.engine.exchange(
+                    RequestMeta::default()
+                        .with_model(Some("claude-sonnet-4-5".into()))
+                        .with_url("/v1/messages"),
+                )
+            })
+            .collect();
+        let steps =
+            futures_util::future::join_all(exs.iter_mut().map(|ex| ex.next(&base, &cancel))).await;
+        crate::store::lock(&self.server).script.clear();
+        self.sync()?;
+        for (ex, step) in exs.iter_mut().zip(steps) {
+            match step {
+                Ok(Step::Send(a)) => {
+                    self.check_sent(&a.email, &a.headers, &base, Some("sonnet"), None, false)?;
+                    let verdict = ex
+                        .judge(200, &HeaderMap::new(), None, None, &cancel)
+                        .await
+                        .map_err(fail)?;
+                    check!(verdict == Verdict::Deliver, "a 200 was not delivered");
+                    self.deliver_json(ex, &a.email, Path::Messages);
+                }
+                Ok(Step::Answer(s)) => {
+                    check!(s.status == 429, "the pool's own answer is a {}", s.status)
+                }
+                Err(e) => check!(
+                    e.code() == "POOL_NO_ACCOUNT",
+                    "a request failed with {} ({e})",
+                    e.code()
+                ),
+            }
+        }
+        self.sync().map(drop)
     }
 
     /// The pool gave up on a request: no account it did not try could serve it.
@@ -804,12 +1540,40 @@ impl World {
         endpoint: Option<&str>,
         how: &str,
     ) -> Checked {
-        for email in self.emails.iter().filter(|e| !sent.contains_key(*e)) {
+        for (i, email) in self.emails.iter().enumerate() {
+            if sent.contains_key(email) || self.token_wait(i).is_some() {
+                continue;
+            }
             let b = self.blocked(email, family, endpoint).await;
             check!(
                 b != Blocked::No,
                 "the pool {how} while {email} (not tried) could serve"
             );
+        }
+        Ok(())
+    }
+
+    /// Time passed: every rest decided so far that has run out lets its account serve again.
+    async fn passed(&self) -> Checked {
+        let now = now_ms();
+        for (i, email) in self.emails.iter().enumerate() {
+            if !self.enabled[i]
+                || self.refused.contains(email)
+                || now <= self.free_at[i] + super::jitter_max() + 2_000
+            {
+                continue;
+            }
+            for (family, endpoint) in SCOPES {
+                let b = self.blocked(email, family, endpoint).await;
+                check!(
+                    b == Blocked::No,
+                    "{email} is still held back for {family:?}/{endpoint:?} ({b:?}, {} s from now) after every rest decided for it ran out",
+                    match b {
+                        Blocked::Until(t) => (t - now) / 1000,
+                        _ => 0,
+                    }
+                );
+            }
         }
         Ok(())
     }
@@ -875,10 +1639,17 @@ impl World {
                 .flat_map(|models| models.values())
                 .filter_map(|c| c.get("requests").and_then(serde_json::Value::as_u64))
                 .sum();
-            let served = self.served.get(&a.email).copied().unwrap_or(0);
+            // Days are kept for 30 days: older ones may have gone with the last write.
+            let served = self.served.get(&a.email).map(Vec::as_slice).unwrap_or(&[]);
+            let oldest = super::bookkeeping::day_of(upto - 30 * DAY_S * 1000);
+            let recent = served
+                .iter()
+                .filter(|t| super::bookkeeping::day_of(**t) >= oldest)
+                .count() as u64;
+            let all = served.len() as u64;
             check!(
-                counted == served,
-                "{} served {served} answers with usage and the file counts {counted}",
+                (recent..=all).contains(&counted),
+                "{} served {all} answers with usage ({recent} in the last 30 days) and the file counts {counted}",
                 a.email
             );
             let mut rests: Vec<(String, i64)> = Vec::new();
@@ -928,17 +1699,23 @@ impl World {
                 path,
                 session,
                 replies,
+                token,
                 sync,
             } => {
-                self.request(model.as_deref(), *path, *session, replies, *sync)
+                self.request(model.as_deref(), *path, *session, replies, token, *sync)
                     .await?;
             }
+            Op::Together(n, token) => self.together(*n, token).await?,
             Op::ResetCooldowns => {
                 crate::manage::reset_cooldowns(&self.store)
                     .await
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    .map_err(fail)?;
                 self.engine.reset_memory();
                 self.said_rests.clear();
+                self.retry_after_rests.clear();
+                self.token_rests.clear();
+                // The token endpoint's waits go too: the next refresh asks it again.
+                crate::store::lock(&self.server).wait_until.fill(0);
                 for (i, email) in self.emails.iter().enumerate() {
                     if !self.enabled[i] || self.refused.contains(email) || self.members[i].reserve {
                         continue;
@@ -954,15 +1731,17 @@ impl World {
                 if let Some(email) = self.emails.get(*i) {
                     crate::manage::set_priority(&self.store, email, *p)
                         .await
-                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        .map_err(fail)?;
                 }
             }
             Op::Enable(i, on) => {
                 if let Some(email) = self.emails.get(*i).cloned() {
                     crate::manage::set_enabled(&self.store, &email, *on)
                         .await
-                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                    self.engine.reset_memory();
+                        .map_err(fail)?;
+                    // As the binding's `setEnabled` does.
+                    self.engine.forget(&email);
+                    self.token_rests.remove(&email);
                     self.enabled[*i] = *on;
                 }
             }
@@ -986,13 +1765,28 @@ impl World {
                             Ok(())
                         })
                         .await
-                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        .map_err(fail)?;
                     let t = self
                         .said_rests
                         .entry((email, family.map(str::to_string)))
                         .or_default();
                     *t = (*t).max(until);
+                    self.free_at[*i] = self.free_at[*i].max(until);
                 }
+            }
+            Op::ElseRefreshed(i) => {
+                if *i < self.emails.len() {
+                    self.else_refreshed(*i).await?;
+                }
+            }
+            Op::Relogin(i) => {
+                if *i < self.emails.len() {
+                    self.relogin(*i).await?;
+                }
+            }
+            Op::Pass(secs) => {
+                test_clock::advance(secs * 1000);
+                self.passed().await?;
             }
             Op::Pause(ms) => {
                 tokio::time::sleep(std::time::Duration::from_millis(u64::from(*ms))).await;
@@ -1004,12 +1798,13 @@ impl World {
 
 fn run(members: Vec<Member>, ops: Vec<Op>) -> Checked<u64> {
     // A runtime of the case's own: the addon's is process-wide, and its own test checks that
-    // nothing started it before. What the engine spawns (its writes) runs here too.
+    // nothing started it before. What the engine spawns (its writes, its refreshes) runs here
+    // too, on this thread, with this thread's clock.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
-    rt.block_on(async move {
+        .map_err(fail)?;
+    let result = rt.block_on(async move {
         let mut world = World::new(members).await?;
         for op in &ops {
             world.step(op).await?;
@@ -1018,7 +1813,10 @@ fn run(members: Vec<Member>, ops: Vec<Op>) -> Checked<u64> {
             .map(|m| m.len())
             .unwrap_or(0);
         Ok(size)
-    })
+    });
+    // The next case starts on the machine's clock.
+    test_clock::set(0);
+    result
 }
 
 proptest! {
@@ -1037,7 +1835,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 2, max_shrink_iters: 64, ..ProptestConfig::default() })]
 
     /// Hundreds of requests, most of them served, some with new window resets and models each
-    /// time: the bookkeeping stays bounded.
+    /// time, over weeks: the bookkeeping stays bounded.
     #[test]
     fn the_pool_file_stays_small_over_a_long_run(
         members in prop::collection::vec(member(), 1..=5),
@@ -1054,7 +1852,18 @@ fn plain_request(replies: Vec<Reply>) -> Op {
         path: Path::Messages,
         session: None,
         replies,
+        token: Vec::new(),
         sync: false,
+    }
+}
+
+fn login(token_life_s: i64) -> Member {
+    Member {
+        api_key: false,
+        priority: None,
+        disabled: false,
+        reserve: false,
+        token_life_s,
     }
 }
 
@@ -1066,10 +1875,8 @@ fn a_reserve_holds_an_account_back_at_most_eight_days_whatever_reset_an_answer_s
     // window is longer than a week: a reset past the 8-day cap holds it no longer than that.
     for days in [9, 400] {
         let member = Member {
-            api_key: false,
-            priority: None,
-            disabled: false,
             reserve: true,
+            ..login(30 * DAY_S)
         };
         let served = Reply::Ok(Quota {
             status: Some(Said::Allowed),
@@ -1081,9 +1888,142 @@ fn a_reserve_holds_an_account_back_at_most_eight_days_whatever_reset_an_answer_s
                 reset_in: Some(days * DAY_S),
             }],
         });
-        let ops = vec![plain_request(vec![served]), plain_request(Vec::new())];
+        let ops = vec![
+            plain_request(vec![served]),
+            plain_request(Vec::new()),
+            Op::Pass(8 * DAY_S + 30),
+        ];
         if let Err(e) = run(vec![member], ops) {
             panic!("a reset {days} days ahead: {e}");
         }
+    }
+}
+
+#[test]
+fn an_answer_lost_on_the_way_back_is_asked_once_more_and_settled() {
+    // The one exception to "a refresh token is presented once": the answer was lost, so the
+    // same token goes once more. When the endpoint had rotated it, that second try is refused
+    // and the login is dead (kept, never presented again); when it had not, it is refreshed.
+    for arrived in [false, true] {
+        let ops = vec![
+            Op::Request {
+                model: Some("claude-sonnet-4-5".into()),
+                path: Path::Messages,
+                session: None,
+                replies: Vec::new(),
+                token: vec![TokenAnswer::Lost { arrived }],
+                sync: false,
+            },
+            plain_request(Vec::new()),
+            Op::Pass(9 * 3600),
+            plain_request(Vec::new()),
+        ];
+        if let Err(e) = run(vec![login(-60), login(30 * DAY_S)], ops) {
+            panic!("answer lost, token rotated: {arrived}: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_token_endpoints_wait_rests_a_login_at_most_eight_days() {
+    // Found by the model: a token endpoint's 429 with `retry-after` of 9 days (read up to 30)
+    // was kept whole: the login's `refreshBackoffUntil` was written 9 days ahead, and after a
+    // 401 the account was out of the pool as long. Any rest is capped at 8 days.
+    for (life, replies) in [
+        (30 * DAY_S, vec![Reply::Unauthorized { elsewhere: false }]),
+        (-60, Vec::new()),
+    ] {
+        let ops = vec![
+            Op::Request {
+                model: Some("claude-sonnet-4-5".into()),
+                path: Path::Messages,
+                session: None,
+                replies,
+                token: vec![TokenAnswer::Wait(9 * DAY_S as u64)],
+                sync: false,
+            },
+            Op::Pass(8 * DAY_S + 30),
+            plain_request(Vec::new()),
+        ];
+        if let Err(e) = run(vec![login(life)], ops) {
+            panic!("a login living {life} s: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_request_that_waited_on_a_refresh_refused_with_invalid_grant_does_not_present_the_dead_token() {
+    // Found by the model: two requests at once for an expired login; the first presented the
+    // refresh token and got `invalid_grant`; the second, waiting on that refresh, then
+    // presented the same dead token again (a spent token presented twice; with strict rotation
+    // that is what revokes a family).
+    let ops = vec![Op::Together(3, vec![TokenAnswer::InvalidGrant])];
+    if let Err(e) = run(vec![login(-60)], ops) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn the_pools_429_waits_no_longer_than_a_login_the_token_endpoint_lets_refresh_soon() {
+    // Found by the model: an expired login whose refresh the token endpoint put off for 30 s
+    // (a 503), and a key resting an hour: the pool answered 429 with retry-after 3600, an hour
+    // in which the client did not come back, while the login was usable in 30 s.
+    let key = Member {
+        api_key: true,
+        ..login(0)
+    };
+    for token in [TokenAnswer::Status(503), TokenAnswer::Network] {
+        let too_many = Reply::TooMany {
+            retry_after: Some(RetryAfter::Secs(3600)),
+            quota: Quota {
+                status: None,
+                reset_in: None,
+                windows: Vec::new(),
+            },
+            spend_limit: false,
+        };
+        let ops = vec![
+            Op::Request {
+                model: Some("claude-sonnet-4-5".into()),
+                path: Path::Messages,
+                session: None,
+                replies: vec![too_many],
+                token: vec![token],
+                sync: false,
+            },
+            plain_request(Vec::new()),
+            Op::Pass(31 + super::jitter_max() / 1000),
+            plain_request(Vec::new()),
+        ];
+        if let Err(e) = run(vec![login(-60), key.clone()], ops) {
+            panic!("{token:?}: {e}");
+        }
+    }
+}
+
+#[test]
+fn disabling_one_account_does_not_lift_anothers_rest_after_a_401() {
+    // Found by the model: a 401 that the token endpoint could not answer for now rests the
+    // account (in this process only: its token was refused, the endpoint is to be left alone);
+    // enabling or disabling any other account made the process forget it, and the next request
+    // went straight back to the refused token.
+    let first = Member {
+        priority: Some(2),
+        ..login(30 * DAY_S)
+    };
+    let ops = vec![
+        Op::Request {
+            model: Some("claude-sonnet-4-5".into()),
+            path: Path::Messages,
+            session: None,
+            replies: vec![Reply::Unauthorized { elsewhere: false }],
+            token: vec![TokenAnswer::Status(503)],
+            sync: false,
+        },
+        Op::Enable(1, false),
+        plain_request(Vec::new()),
+    ];
+    if let Err(e) = run(vec![first, login(30 * DAY_S)], ops) {
+        panic!("{e}");
     }
 }

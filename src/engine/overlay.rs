@@ -318,6 +318,13 @@ impl Overlay {
         lock(&self.refused).clear();
         lock(&self.resting).clear();
     }
+
+    /// `clear`, for one account.
+    pub fn forget(&self, email: &str) {
+        lock(&self.cooling).retain(|(e, _), _| e != email);
+        lock(&self.refused).remove(email);
+        lock(&self.resting).remove(email);
+    }
 }
 
 #[cfg(test)]

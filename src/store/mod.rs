@@ -97,6 +97,15 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
+    // A test's clock goes with the work (`account::test_clock`).
+    #[cfg(test)]
+    let f = {
+        let offset = crate::account::test_clock::offset();
+        move || {
+            crate::account::test_clock::set(offset);
+            f()
+        }
+    };
     // Boxed: tokio's task code is compiled once per result type, not once per caller.
     let f: Box<dyn FnOnce() -> Result<T> + Send> = Box::new(f);
     tokio::task::spawn_blocking(f)
