@@ -511,3 +511,45 @@ test("a plugin after ours that makes a new request of ours: its 429 still moves 
     await resetCooldowns(path);
   }
 });
+
+test("a plugin after ours that keeps the request on the API but changes its URL (?beta=true): its 429 still moves to the next account", async () => {
+  // The Anthropic SDK's beta route is the same endpoint with `?beta=true`; a plugin after ours
+  // that sends it there still sends it to the API the account's credential is for. Judged only
+  // on an exact URL, its account's 429 reached the host unjudged, with no failover.
+  const path = await seedPool(mock, ["life-beta1@x.test", "life-beta2@x.test"]);
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  const ours = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  const beta = await host.start(
+    otherPlugin("beta-route", async (ctx) => {
+      await ctx.session.hook(
+        "http.request",
+        async (event) => {
+          const url = new URL(event.request.url);
+          url.searchParams.set("beta", "true");
+          event.request = new Request(url, event.request);
+        },
+        { providerID: "anthropic-pool" },
+      );
+    }),
+  );
+  try {
+    mock.clearRequests();
+    const first = await ask(host);
+    assert.equal(first.status, 200);
+    const servedBy = /Hello from (\S+)/.exec(textOf(await first.text()))?.[1];
+    assert.ok(servedBy, "served");
+    const other = servedBy === "life-beta1@x.test" ? "life-beta2@x.test" : "life-beta1@x.test";
+    mock.script(servedBy, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 120 }) }]);
+    const from = mock.requests.length;
+    const moved = await settled(ask(host));
+    assert.equal(moved?.status ?? moved?.error?.status, 200, "the 429 did not reach the host");
+    assert.equal(textOf(await moved.text()), `Hello from ${other}`);
+    assert.deepEqual(upstream(from), [servedBy, other]);
+    const resent = mock.requests.slice(from).filter((r) => r.path.startsWith("/v1/messages"))[1];
+    assert.ok(resent.path.endsWith("?beta=true"), resent.path);
+  } finally {
+    await beta.unload();
+    await ours.unload();
+    await resetCooldowns(path);
+  }
+});

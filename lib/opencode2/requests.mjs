@@ -190,6 +190,23 @@ function resendHeaders(sent, placedWith, engineHeaders) {
 }
 
 /**
+ * Whether `next`, made by a later plugin in place of the request ours `placed`, is still ours:
+ * the same credential, to the same origin (the one the engine checked and gave the credential
+ * for); the local stand-in (a `data:` URL) only at its own URL.
+ */
+function stillOurs(next, placed) {
+  if (typeof next?.url !== "string" || typeof next.headers?.get !== "function") return false;
+  if ([...CREDENTIAL_HEADERS].some((name) => next.headers.get(name) !== placed.headers.get(name))) return false;
+  if (next.url === placed.url) return true;
+  try {
+    const [to, from] = [new URL(next.url), new URL(placed.url)];
+    return (from.protocol === "https:" || from.protocol === "http:") && to.origin === from.origin;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * `request` put on the host's event as placed, and any request a later plugin's hook makes in
  * its place (`event.request = new Request(event.request, …)`) placed with it. The host runs the
  * http.request hooks in order on one event object (packages/core/src/plugin/hooks.ts) and hands
@@ -203,9 +220,11 @@ function place(event, request, finishing) {
     if (next === current) return;
     placed.delete(current);
     current = next;
-    // Sent elsewhere (another plugin's proxy), it is no longer ours to judge, nor to send again
-    // with an account's credential.
-    if (next?.url === request.url) placed.set(next, finishing);
+    // Sent elsewhere (another plugin's proxy) or on another credential, it is no longer ours to
+    // judge, nor to send again with an account's credential. On the API's origin with the
+    // account's credential (a path or query changed: the SDK's `?beta=true`), it is: judged on
+    // its exact URL, its 429 reached the host unjudged.
+    if (stillOurs(next, request)) placed.set(next, finishing);
   };
   try {
     Object.defineProperty(event, "request", { get: () => current, set: replace, configurable: true, enumerable: true });
