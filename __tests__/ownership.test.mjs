@@ -7,7 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -163,6 +163,40 @@ test("a home that is no absolute path, and ~/ with no home: INVALID_ARGUMENT, an
     }
   }
   assert.deepEqual(readdirSync(cwd), [], "nothing made under the working directory");
+});
+
+test("the plugin's path option ~/… under a home that is no absolute path: INVALID_ARGUMENT, as the variable and the CLI, not a path under the working directory", {
+  skip: !posix && "HOME is not where Windows keeps the home",
+}, () => {
+  // The runtime's os.homedir() is HOME as the process was started with it: the plugin expanded
+  // `~/pool.json` to `relative-home/pool.json`, which the library took as a relative path.
+  const cwd = scratch();
+  const probe = join(cwd, "probe.mjs");
+  const shared = new URL("../lib/plugin/shared.mjs", import.meta.url).href;
+  writeFileSync(
+    probe,
+    `const { poolPath } = await import(${JSON.stringify(shared)});
+     for (const path of ["~/pool.json", "~"]) {
+       try { console.log(JSON.stringify([path, poolPath({ path })])); }
+       catch (e) { console.log(JSON.stringify([path, e.code, e.message])); }
+     }`,
+  );
+  const run = (HOME) => {
+    const r = spawnSync(process.execPath, [probe], { cwd, env: { ...process.env, HOME }, encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+  };
+  for (const relative of ["relative-home", "."]) {
+    for (const [path, code, message] of run(relative)) {
+      assert.equal(code, "INVALID_ARGUMENT", `HOME=${relative} path ${path}: ${code}`);
+      assert.match(message, /home directory|absolute/);
+    }
+  }
+  const home = mkdtempSync(join(tmpdir(), "oauth-pool-home-"));
+  assert.deepEqual(run(home)[0], ["~/pool.json", join(home, "pool.json")], "a home that is absolute is expanded");
 });
 
 test("umask 000 and 077: a new pool directory is 0700 and every file in it 0600 (pool, .bak, lock, gateway key)", {

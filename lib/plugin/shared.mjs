@@ -1,7 +1,7 @@
 // What the plugin's parts share: the provider id, the pool path option, the library calls they
 // use, and the failover notices.
 import { homedir, userInfo } from "node:os";
-import { join } from "node:path";
+import { isAbsolute, join } from "node:path";
 import * as api from "../api.mjs";
 import { createPoolFetch } from "../fetch.mjs";
 import { syncEnv } from "../native.mjs";
@@ -112,16 +112,28 @@ export function poolPath(options) {
   const path = options?.path;
   if (typeof path !== "string" || !path.trim()) return undefined;
   const p = path.trim();
-  if (p === "~") return homedir();
-  if (p.startsWith("~/")) return join(homedir(), p.slice(2));
+  if (p === "~") return home();
+  if (p.startsWith("~/")) return join(home(), p.slice(2));
   const named = /^~([^/\\]+)(?:[/\\](.*))?$/s.exec(p);
   if (named) {
-    if (named[1] === currentUser()) return named[2] ? join(homedir(), named[2]) : homedir();
+    if (named[1] === currentUser()) return named[2] ? join(home(), named[2]) : home();
     throw api.invalidArgument(
       `plugin option path: ~${printable(named[1])} is another user's home, which is not expanded; write the whole path (or ~/ for your own home)`,
     );
   }
   return p;
+}
+
+/**
+ * The home `~` stands for, as the library finds it: the runtime's homedir() is HOME as set, and
+ * a relative one put the pool under each process's working directory (src/config.rs home_dir).
+ */
+function home() {
+  const dir = homedir();
+  if (!isAbsolute(dir)) {
+    throw api.invalidArgument("plugin option path starts with ~, and there is no home directory (HOME is not an absolute path): write the whole path");
+  }
+  return dir;
 }
 
 function currentUser() {
