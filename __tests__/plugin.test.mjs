@@ -282,6 +282,41 @@ test("a 429 on the first account fails over to the second and the user is told o
   assert.doesNotMatch(await tool.execute({ action: "list" }, {}), /rate-limited/);
 });
 
+test("every account cooling: OpenCode is given no wait past a minute (it sleeps retry-after whole), a shorter one as it is", async () => {
+  // OpenCode 1.18 sleeps a 429's retry-after however long (up to 5 times) before it says a word:
+  // with every account cooling for an hour, `opencode run` sat silent for that hour.
+  const nowSec = () => Math.floor(Date.now() / 1000);
+  for (const [wait, expected] of [
+    [3600, (s) => s === "0"],
+    [20, (s) => Number(s) >= 15 && Number(s) <= 60],
+  ]) {
+    const path = freshPath();
+    const hooks = await plugin(path);
+    const emails = [`cool-${wait}-a@example.com`, `cool-${wait}-b@example.com`];
+    for (const email of emails) {
+      await login(hooks, email);
+      mock.script(email, [{ status: 429, headers: rateLimitHeaders({ retryAfter: wait, fiveHourReset: nowSec() + wait }) }]);
+    }
+    const { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });
+    const res = await fetch(`${mock.url}/v1/messages`, messagesRequest());
+    assert.equal(res.status, 429);
+    assert.equal(res.headers.get("x-oauth-pool"), "all-accounts-cooling");
+    assert.ok(expected(res.headers.get("retry-after")), `wait ${wait} s: retry-after ${res.headers.get("retry-after")}`);
+    const body = await res.json();
+    assert.equal(body.error.type, "rate_limit_error");
+    // The real wait is in the message the person reads.
+    assert.match(
+      body.error.message,
+      new RegExp(`every account is rate-limited; the first one \\(cool-${wait}-[ab]@example\\.com\\) is usable again in \\d+ s`),
+    );
+    const asked = mock.requests.length;
+    const again = await fetch(`${mock.url}/v1/messages`, messagesRequest());
+    assert.equal(again.status, 429);
+    await again.arrayBuffer();
+    assert.equal(mock.requests.length, asked, "OpenCode's retry is answered by the pool, nothing sent upstream");
+  }
+});
+
 test("an auth-error toast says what mends it: a login for a login, a working key for a Console key", () => {
   const { client, toasts } = fakeClient();
   const notify = createNotifier(client);

@@ -3,7 +3,7 @@
 // the Rust checks and tests, the JavaScript tests under Node and under Bun (OpenCode's runtime),
 // the packaging test and the end-to-end runs of the real OpenCode and Claude Code. Stops at the
 // first failing step.
-//   OAUTH_POOL_TEST_QUICK=1   skip the packaging test and the OpenCode and Claude Code e2e (local iteration)
+//   OAUTH_POOL_TEST_QUICK=1   skip the packaging test and the OpenCode (plain and hostile) and Claude Code e2e (local iteration)
 import { spawnSync } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -51,6 +51,7 @@ step("workflow lint", process.execPath, ["scripts/lint-workflow.mjs"]);
 if (!quick) {
   step("pack test", process.execPath, ["scripts/pack-test.mjs"]);
   step("opencode e2e", process.execPath, ["scripts/e2e-opencode.mjs"]);
+  step("opencode hostile e2e", process.execPath, ["scripts/e2e-opencode-hostile.mjs"]);
   step("claude code e2e", process.execPath, ["scripts/e2e-claude-code.mjs"]);
 }
 console.log(`\nall steps passed in ${((Date.now() - t0) / 1000).toFixed(0)}s: ${timings.join(", ")}`);

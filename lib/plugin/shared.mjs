@@ -203,7 +203,8 @@ function requestUrl(input) {
  * (a proxy, a typo) gets no credential of ours; sent on as the host built it, the person saw
  * only that server's refusal ("invalid bearer token", "x-api-key header is required") and no
  * word of the pool. It is refused before anything is sent, saying why (INSECURE_ENDPOINT), as
- * the OpenCode 2 setup does. What is not a URL goes on, for the pool fetch's own errors.
+ * the OpenCode 2 setup does. What is not a URL goes on, for the pool fetch's own errors. The
+ * pool's every-account-cooling answer is given a wait OpenCode can bear (`waitOpenCodeCanBear`).
  */
 function apiOriginOnly(fetch, provider) {
   return async function poolProviderFetch(input, init) {
@@ -225,8 +226,32 @@ function apiOriginOnly(fetch, provider) {
         throw err;
       }
     }
-    return fetch(input, init);
+    return waitOpenCodeCanBear(await fetch(input, init));
   };
+}
+
+/**
+ * The longest every-account-cooling wait OpenCode is asked to sit out: the Anthropic SDK's own
+ * limit for honouring a `retry-after`.
+ */
+export const LONGEST_HOST_WAIT_S = 60;
+
+/**
+ * The pool's own 429 (every account cooling) as OpenCode is to read it. OpenCode 1.18 sleeps a
+ * 429's `retry-after` however long it is, up to 5 times, before it says anything: with every
+ * account in a 5-hour or a weekly window, `opencode run` sat silent for hours or days. A wait up
+ * to a minute is kept (OpenCode waits and the request goes through by itself); a longer one is
+ * answered with `retry-after: 0`: OpenCode's retries come back here at once and get the same
+ * answer, nothing is sent upstream, and the person reads the pool's message (which account is
+ * usable again when) within a second.
+ */
+export function waitOpenCodeCanBear(res) {
+  if (res?.status !== 429 || res.headers?.get?.("x-oauth-pool") !== "all-accounts-cooling") return res;
+  const secs = Number(res.headers.get("retry-after"));
+  if (!(secs > LONGEST_HOST_WAIT_S)) return res;
+  const headers = new Headers(res.headers);
+  headers.set("retry-after", "0");
+  return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
 }
 
 // Parts built for the same plugin `input` (one host) share one fetch and one notifier, however

@@ -1,0 +1,481 @@
+#!/usr/bin/env node
+// The real OpenCode binary (pinned, as e2e-opencode.mjs installs it) meeting a pool in a hostile
+// state, offline against the loopback mock: what a person running `opencode run` sees (its output
+// and exit code, how long it takes), what went upstream (no retry storm, no request without a
+// credential of the pool, nothing once every account cools) and the pool file afterwards.
+//
+//   node scripts/e2e-opencode-hostile.mjs [--keep]
+//
+// Scenarios: every account cooling for an hour (the run ends at once with the pool's message)
+// and for a few seconds (it goes through by itself); a rate_limit_error in a 200 stream before
+// and after its content; 529 overloaded; a corrupt pool file (left byte for byte); a pool with no
+// accounts; a dead refresh token beside a good account; the token endpoint down with every token
+// expired; a revoked API key; the pool file rewritten by another process mid-stream; SIGINT and
+// SIGTERM mid-stream and mid-refresh (the refreshed tokens land, nothing stays locked); two runs
+// at once on one expired account (one refresh).
+//
+// Skips (exit 0) like e2e-opencode.mjs when the binary cannot be installed; any failed check
+// exits 1. How OpenCode is kept offline: /work/shared/reference/opencode.md ("Keeping it offline").
+import { spawn, spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { rateLimitHeaders, startMockAnthropic } from "../__tests__/helpers/mock-anthropic.mjs";
+import { checks, children, installPinned, killChildren, run, skip } from "./e2e-kit.mjs";
+
+const OPENCODE_VERSION = "1.18.33";
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
+const CACHE = join(ROOT, "node_modules", ".cache", "opencode-e2e");
+const MODEL = "claude-sonnet-4-5";
+const SCRIPT = "e2e-opencode-hostile";
+const keep = process.argv.includes("--keep");
+const { check, finish } = checks();
+
+// ---- the binary (the same pinned install as e2e-opencode.mjs, shared through its cache) --------
+function ensureOpencode() {
+  const os = { linux: "linux", darwin: "darwin", win32: "windows" }[process.platform];
+  const arch = { x64: "x64", arm64: "arm64" }[process.arch];
+  if (!os || !arch) skip(SCRIPT, `no prebuilt OpenCode for ${process.platform}-${process.arch}`);
+  const pkg = `opencode-${os}-${arch}`;
+  return installPinned({
+    script: SCRIPT,
+    cache: CACHE,
+    pkg,
+    version: OPENCODE_VERSION,
+    bin: join(CACHE, "node_modules", pkg, "bin", process.platform === "win32" ? "opencode.exe" : "opencode"),
+    versionOf: (bin) => spawnSync(bin, ["--version"], { encoding: "utf8", timeout: 30_000 }).stdout?.trim(),
+    timeoutMs: 180_000,
+  });
+}
+
+// ---- the place ----------------------------------------------------------------------------------
+const bin = ensureOpencode();
+const lib = await import(pathToFileURL(join(ROOT, "index.mjs")).href);
+const dir = mkdtempSync(join(tmpdir(), "oauth-pool-e2e-hostile-"));
+const poolDir = join(dir, "pool");
+const poolFile = join(poolDir, "pool.json");
+const project = join(dir, "project");
+const xdg = Object.fromEntries(["data", "config", "cache", "state"].map((k) => [k, join(dir, "xdg", k)]));
+for (const d of [project, poolDir, join(dir, "home"), join(dir, "logs"), ...Object.values(xdg)]) mkdirSync(d, { recursive: true });
+writeFileSync(
+  join(project, "opencode.json"),
+  JSON.stringify({
+    $schema: "https://opencode.ai/config.json",
+    plugin: [[pathToFileURL(join(ROOT, "plugin.mjs")).href, { path: poolFile }]],
+    model: `anthropic-pool/${MODEL}`,
+    autoupdate: false,
+    share: "disabled",
+  }),
+);
+
+const mock = await startMockAnthropic();
+// The library calls made here (another process's edits, the lock checks) use the same mock.
+process.env.OAUTH_POOL_TOKEN_URL = mock.tokenUrl;
+process.env.OAUTH_POOL_API_URL = mock.url;
+const env = {
+  PATH: process.env.PATH,
+  LANG: "C.UTF-8",
+  TERM: "dumb",
+  PWD: project,
+  HOME: join(dir, "home"),
+  XDG_DATA_HOME: xdg.data,
+  XDG_CONFIG_HOME: xdg.config,
+  XDG_CACHE_HOME: xdg.cache,
+  XDG_STATE_HOME: xdg.state,
+  OPENCODE_DISABLE_MODELS_FETCH: "1",
+  OPENCODE_DISABLE_AUTOUPDATE: "1",
+  OPENCODE_DISABLE_LSP_DOWNLOAD: "1",
+  OPENCODE_DISABLE_SHARE: "1",
+  OPENCODE_DISABLE_CLAUDE_CODE: "1",
+  OPENCODE_DISABLE_EXTERNAL_SKILLS: "1",
+  OPENCODE_MODELS_URL: mock.url,
+  npm_config_registry: "http://127.0.0.1:9/",
+  npm_config_fetch_retries: "0",
+  OAUTH_POOL_TOKEN_URL: mock.tokenUrl,
+  OAUTH_POOL_API_URL: mock.url,
+  OAUTH_POOL_PATH: poolFile,
+};
+
+// ---- helpers ------------------------------------------------------------------------------------
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const HOUR = 3600;
+
+/** A login registered now at the mock, as the pool file holds it (`expired`: its access token). */
+function account(email, { expired = false, ...extra } = {}) {
+  const t = mock.addAccount(email);
+  return {
+    email,
+    refresh: t.refresh,
+    access: t.access,
+    expires: expired ? Date.now() - 1000 : t.expires,
+    added: new Date().toISOString(),
+    status: "idle",
+    rateLimitUntil: null,
+    ...extra,
+  };
+}
+
+/** A fresh start for a scenario: these accounts in the pool file, no script or fault queued. */
+function scene(accounts) {
+  mock.clearScripts();
+  mock.setTokenMode(null);
+  rmSync(poolDir, { recursive: true, force: true });
+  mkdirSync(poolDir, { recursive: true });
+  if (accounts) writeFileSync(poolFile, JSON.stringify({ anthropic: accounts }, null, 2), { mode: 0o600 });
+  mark = mock.requests.length;
+  tokenMark = mock.tokenRequests.length;
+}
+let mark = 0;
+let tokenMark = 0;
+const sent = () => mock.requests.slice(mark).filter((r) => r.path.startsWith("/v1/messages"));
+const refreshes = () => mock.tokenRequests.slice(tokenMark).filter((r) => r.grant === "refresh_token");
+const readPool = () => JSON.parse(readFileSync(poolFile, "utf8"));
+const entry = (email) => readPool().anthropic.find((a) => a.email === email);
+const shown = (reqs) => JSON.stringify(reqs.map((r) => [r.email ?? "-", r.status]));
+/** Every request carried exactly one credential, and one the API took. */
+const credentialed = (reqs) => reqs.every((r) => r.auth !== null && r.auth !== undefined && (r.headers.authorization || r.headers["x-api-key"]));
+
+let runs = 0;
+function log(name, r) {
+  runs++;
+  writeFileSync(join(dir, "logs", `${runs}-${name}.out`), r.stdout ?? "");
+  writeFileSync(join(dir, "logs", `${runs}-${name}.err`), r.stderr ?? "");
+}
+
+/** `opencode run` to its end (killed after `timeoutMs`). */
+async function opencodeRun(name, prompt, { timeoutMs = 45_000 } = {}) {
+  const r = await run(bin, ["run", "--print-logs", "--model", `anthropic-pool/${MODEL}`, prompt], { env, cwd: project, timeoutMs });
+  log(name, r);
+  return r;
+}
+
+/** `opencode run` left running, for signals and for runs side by side. */
+function startRun(name, prompt) {
+  const child = spawn(bin, ["run", "--print-logs", "--model", `anthropic-pool/${MODEL}`, prompt], { env, cwd: project, stdio: ["ignore", "pipe", "pipe"] });
+  children.add(child);
+  const t0 = Date.now();
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d) => (stdout += d));
+  child.stderr.on("data", (d) => (stderr += d));
+  const killer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+  const done = new Promise((resolve) =>
+    child.on("close", (code, signal) => {
+      clearTimeout(killer);
+      children.delete(child);
+      const r = { code, signal, stdout, stderr, ms: Date.now() - t0 };
+      log(name, r);
+      resolve(r);
+    }),
+  );
+  return { child, done };
+}
+
+/** What the person reads: the error line `opencode run` prints, else the end of its output. */
+const said = (r) => (/^Error: (.*)$/m.exec(r.stderr.replace(/\x1b\[[0-9;]*m/g, ""))?.[1] ?? `${r.stdout.slice(-300)}${r.stderr.slice(-600)}`).trim();
+const outcome = (r) => `exit ${r.code ?? r.signal}${r.timedOut ? " (killed: timed out)" : ""} after ${r.ms} ms; said: ${said(r).slice(0, 400)}`;
+
+/** No `*.lock` file is held: the library takes the pool's write lock and an account's refresh. */
+async function nothingLocked(email) {
+  const t0 = Date.now();
+  await lib.setPriority(email, 1, poolFile);
+  const refreshed = await lib.refreshAccount(email, poolFile);
+  return { ok: Date.now() - t0 < 10_000 && refreshed.outcome === "refreshed", ms: Date.now() - t0, outcome: refreshed.outcome };
+}
+
+try {
+  // 1. Every account cooling for an hour. OpenCode sleeps a 429's retry-after whatever it is
+  // (up to 5 times); the pool hands it no wait past a minute, so the run ends with its message.
+  scene([account("alice@example.com"), account("bob@example.com")]);
+  for (const email of ["alice@example.com", "bob@example.com"]) mock.script(email, [{ status: 429, headers: rateLimitHeaders({ retryAfter: HOUR }) }]);
+  const long = await opencodeRun("cooling-long", "say hi");
+  check(
+    `every account cooling for an hour: opencode run ends with the pool's message, not a silent wait (${long.ms} ms)`,
+    long.code === 1 && /every account is rate-limited; the first one \(\S+@example\.com\) is usable again in 3\d{3} s/.test(said(long)),
+    outcome(long),
+  );
+  check(
+    "  upstream: one 429 per account, then nothing (OpenCode's retries answered by the pool)",
+    shown(sent()) ===
+      shown([
+        { email: "alice@example.com", status: 429 },
+        { email: "bob@example.com", status: 429 },
+      ]) ||
+      shown(sent()) ===
+        shown([
+          { email: "bob@example.com", status: 429 },
+          { email: "alice@example.com", status: 429 },
+        ]),
+    shown(sent()),
+  );
+  check(
+    "  the pool file holds both accounts cooling about an hour",
+    ["alice@example.com", "bob@example.com"].every((e) => entry(e)?.status === "rate-limited" && entry(e).rateLimitUntil > Date.now() + 50 * 60_000),
+    JSON.stringify(readPool().anthropic.map((a) => [a.email, a.status, a.rateLimitUntil])),
+  );
+
+  // 2. Every account cooling for a few seconds: OpenCode waits them out and the run goes through.
+  scene([account("carol@example.com"), account("dave@example.com")]);
+  const soon = rateLimitHeaders({ retryAfter: 3, fiveHourReset: Math.floor(Date.now() / 1000) + 3 });
+  for (const email of ["carol@example.com", "dave@example.com"]) mock.script(email, [{ status: 429, headers: soon }]);
+  const short = await opencodeRun("cooling-short", "say hi");
+  const shortSent = sent();
+  check(
+    `every account cooling for seconds: the run waits and is served by itself (${short.ms} ms)`,
+    short.code === 0 && /Hello from (carol|dave)@example\.com/.test(short.stdout),
+    outcome(short),
+  );
+  check(
+    "  upstream: the two 429s, then 200s only, all with a credential",
+    shortSent.filter((r) => r.status === 429).length === 2 &&
+      shortSent.slice(2).every((r) => r.status === 200) &&
+      shortSent.length <= 5 &&
+      credentialed(shortSent),
+    shown(shortSent),
+  );
+
+  // 3. rate_limit_error inside a 200 stream, before any content: the request moves before a byte
+  // reaches OpenCode.
+  scene([account("erin@example.com", { priority: 10 }), account("frank@example.com")]);
+  mock.script("erin@example.com", [{ errorBeforeContent: true, errorType: "rate_limit_error", errorMessage: "Rate limited" }]);
+  const before = await opencodeRun("rle-before", "say hi");
+  check(
+    `rate_limit_error in a 200 stream before content: served by the other account (${before.ms} ms)`,
+    before.code === 0 && /Hello from frank@example\.com/.test(before.stdout) && !/Rate limited/.test(before.stdout),
+    outcome(before),
+  );
+  check(
+    "  erin rests in the pool file; every request had a credential",
+    entry("erin@example.com")?.status === "rate-limited" && credentialed(sent()),
+    shown(sent()),
+  );
+
+  // 4. ... and after content began: passed through, OpenCode retries, the retry goes elsewhere.
+  // (The session's title request comes first and is answered; the prompt's stream breaks.)
+  scene([account("gina@example.com", { priority: 10 }), account("hal@example.com")]);
+  mock.script("gina@example.com", [
+    { text: "A title" },
+    { errorAfterDeltas: 1, errorType: "rate_limit_error", errorMessage: "Rate limited", text: "one two three four", deltaSize: 4 },
+  ]);
+  const after = await opencodeRun("rle-after", "say hi");
+  const afterSent = sent();
+  check(
+    `rate_limit_error in a 200 stream after content: OpenCode's retry is served by the other account (${after.ms} ms)`,
+    after.code === 0 && /Hello from hal@example\.com/.test(after.stdout),
+    outcome(after),
+  );
+  check(
+    "  upstream: gina's two answers, then hal; gina rests",
+    afterSent.length === 3 && afterSent[2].email === "hal@example.com" && entry("gina@example.com")?.status === "rate-limited" && credentialed(afterSent),
+    shown(afterSent),
+  );
+
+  // 5. 529 overloaded is Anthropic's: passed through, nobody rests, each retry of OpenCode's is
+  // one request upstream.
+  scene([account("ivy@example.com"), account("jack@example.com")]);
+  mock.scriptAll([{ status: 529 }, { status: 529 }]);
+  const busy = await opencodeRun("overloaded", "say hi");
+  const busySent = sent();
+  check(
+    `529 overloaded twice: OpenCode retries and is served (${busy.ms} ms)`,
+    busy.code === 0 && /Hello from \S+@example\.com/.test(busy.stdout),
+    outcome(busy),
+  );
+  check(
+    "  upstream: the two 529s and the 200s, no failover storm; nobody rests",
+    busySent.filter((r) => r.status === 529).length === 2 &&
+      busySent.length <= 4 &&
+      readPool().anthropic.every((a) => a.status !== "rate-limited") &&
+      credentialed(busySent),
+    shown(busySent),
+  );
+
+  // 6. A corrupt pool file: the message, nothing sent, the file byte for byte as it was.
+  scene(null);
+  const corrupt = Buffer.from('{"anthropic": [ {"email": "kim@example.com", "refresh": "not-finished');
+  writeFileSync(poolFile, corrupt, { mode: 0o600 });
+  const bad = await opencodeRun("corrupt", "say hi");
+  check(
+    `a corrupt pool file: opencode run says so and ends (${bad.ms} ms)`,
+    bad.code === 1 && /pool file \S+pool\.json is not valid: .*left untouched/.test(said(bad)),
+    outcome(bad),
+  );
+  check("  nothing sent; the file is byte-identical", sent().length === 0 && readFileSync(poolFile).equals(corrupt), shown(sent()));
+
+  // 7. A pool with no accounts.
+  scene([]);
+  const none = await opencodeRun("empty", "say hi");
+  check(
+    `a pool with no accounts: says how to add one (${none.ms} ms)`,
+    none.code === 1 && /anthropic-pool has no accounts in \S+: add one with `opencode auth login`/.test(said(none)) && sent().length === 0,
+    outcome(none),
+  );
+
+  // 8. A dead refresh token (invalid_grant) beside a good account.
+  const dead = account("lee@example.com", { expired: true, priority: 10 });
+  mock.revoke("lee@example.com", { family: true });
+  scene([dead, account("max@example.com")]);
+  const grant = await opencodeRun("invalid-grant", "say hi");
+  check(
+    `a dead refresh token: served by the other account (${grant.ms} ms)`,
+    grant.code === 0 && /Hello from max@example\.com/.test(grant.stdout),
+    outcome(grant),
+  );
+  check(
+    "  one refresh tried, lee in auth-error (tokens kept), nothing sent for lee",
+    refreshes().length === 1 &&
+      entry("lee@example.com")?.status === "auth-error" &&
+      entry("lee@example.com").refresh === dead.refresh &&
+      sent().every((r) => r.email === "max@example.com") &&
+      credentialed(sent()),
+    `${refreshes().length} refreshes; ${shown(sent())}; ${JSON.stringify(entry("lee@example.com")?.status)}`,
+  );
+
+  // 9. The token endpoint down while every token is expired.
+  scene([account("ned@example.com", { expired: true }), account("oli@example.com", { expired: true })]);
+  mock.setTokenMode({ status: 503, times: -1 });
+  const down = await opencodeRun("token-down", "say hi");
+  check(
+    `the token endpoint down, every token expired: the run ends saying why (${down.ms} ms)`,
+    down.code === 1 && /no usable account: .*token endpoint|no usable account: .*not refreshed before/.test(said(down)),
+    outcome(down),
+  );
+  check(
+    "  one refresh per account, no request upstream without a token",
+    refreshes().length === 2 && sent().length === 0,
+    `${refreshes().length} refreshes; ${shown(sent())}`,
+  );
+
+  // 10. An API key refused with 401 (revoked), a login beside it.
+  scene([
+    {
+      email: "team-key",
+      type: "api",
+      key: `revoked-${"k".repeat(12)}`,
+      expires: null,
+      added: new Date().toISOString(),
+      status: "idle",
+      rateLimitUntil: null,
+      priority: 10,
+    },
+    account("pam@example.com"),
+  ]);
+  const key = await opencodeRun("api-key-401", "say hi");
+  check(`a revoked API key: served by the login (${key.ms} ms)`, key.code === 0 && /Hello from pam@example\.com/.test(key.stdout), outcome(key));
+  check(
+    "  the key asked once, then auth-error; the rest on pam",
+    sent().filter((r) => r.auth === "api-key").length === 1 &&
+      entry("team-key")?.status === "auth-error" &&
+      sent()
+        .filter((r) => r.email === "pam@example.com")
+        .every((r) => r.status === 200),
+    shown(sent()),
+  );
+
+  // 11. Another process rewrites the pool file while `opencode run` streams.
+  scene([account("quin@example.com"), account("rae@example.com")]);
+  const slow = { text: "a b c d e f g h i j", delayMs: 150 };
+  mock.scriptAll([slow, slow]);
+  const streaming = startRun("rewritten", "say hi");
+  await mock.waitFor("api", (r) => r.path.startsWith("/v1/messages"));
+  await sleep(300);
+  await lib.setPriority("rae@example.com", 7, poolFile);
+  const edited = readPool();
+  edited.anthropic.push({
+    email: "sam@example.com",
+    type: "api",
+    key: `sam-${"k".repeat(12)}`,
+    expires: null,
+    added: new Date().toISOString(),
+    status: "idle",
+    rateLimitUntil: null,
+  });
+  edited.note = "kept";
+  writeFileSync(poolFile, JSON.stringify(edited, null, 2));
+  const rewritten = await streaming.done;
+  const afterEdit = readPool();
+  check(
+    `the pool file rewritten mid-stream: the run ends served (${rewritten.ms} ms)`,
+    rewritten.code === 0 && /a b c d e f g h i j/.test(rewritten.stdout),
+    outcome(rewritten),
+  );
+  check(
+    "  the other process's changes are kept (priority, the added account, an unknown field)",
+    afterEdit.note === "kept" &&
+      afterEdit.anthropic.find((a) => a.email === "rae@example.com")?.priority === 7 &&
+      afterEdit.anthropic.some((a) => a.email === "sam@example.com"),
+    JSON.stringify(afterEdit.anthropic.map((a) => [a.email, a.priority])),
+  );
+
+  // 12. SIGINT and SIGTERM mid-stream and mid-refresh: the refreshed tokens land, nothing stays
+  // locked, and the next run uses them without a refresh.
+  for (const [sig, when] of [
+    ["SIGINT", "mid-stream"],
+    ["SIGTERM", "mid-refresh"],
+  ]) {
+    const email = `${sig.toLowerCase()}@example.com`;
+    scene([account(email, { expired: true })]);
+    if (when === "mid-refresh") mock.setTokenMode({ delayMs: 2500 });
+    else
+      mock.scriptAll([
+        { text: "a b c d e f g h i j k l", delayMs: 400 },
+        { text: "a b c d e f g h i j k l", delayMs: 400 },
+      ]);
+    const r = startRun(`${sig}-${when}`, "say hi");
+    await (when === "mid-refresh" ? mock.waitFor("token", (t) => t.grant === "refresh_token") : mock.waitFor("api", (t) => t.path.startsWith("/v1/messages")));
+    await sleep(when === "mid-refresh" ? 300 : 1000);
+    r.child.kill(sig);
+    const ended = await r.done;
+    // A refresh held by the token endpoint answers after the signal: wait for its write.
+    if (when === "mid-refresh") await sleep(2800);
+    const current = mock.tokens(email);
+    const held = entry(email);
+    check(
+      `${sig} ${when}: opencode run ends (${ended.signal ?? ended.code}), the refreshed tokens are in the pool file`,
+      held?.access === current.access && held?.refresh === current.refresh && refreshes().length === 1,
+      `${refreshes().length} refreshes; pool …${String(held?.access).slice(-6)} vs mock …${current.access.slice(-6)}; ${outcome(ended)}`,
+    );
+    const free = await nothingLocked(email);
+    check(`  after ${sig}: nothing stays locked (write and refresh in ${free.ms} ms)`, free.ok, JSON.stringify(free));
+    const next = await opencodeRun(`${sig}-next`, "again");
+    check(
+      `  after ${sig}: the next run is served with the pool's tokens, the family intact`,
+      next.code === 0 && /Hello from/.test(next.stdout) && mock.stats().perFamily[email].reuse === 0 && !mock.stats().perFamily[email].revoked,
+      `${outcome(next)}; ${JSON.stringify(mock.stats().perFamily[email])}`,
+    );
+  }
+
+  // 13. Two `opencode run` at once on one expired account: one refresh between them.
+  scene([account("tess@example.com", { expired: true })]);
+  mock.setTokenMode({ delayMs: 1500 });
+  const [one, two] = await Promise.all([startRun("twin-1", "one").done, startRun("twin-2", "two").done]);
+  const fam = mock.stats().perFamily["tess@example.com"];
+  check(
+    `two runs at once on one expired account: both served (${one.ms}, ${two.ms} ms)`,
+    [one, two].every((r) => r.code === 0 && /Hello from tess@example\.com/.test(r.stdout)),
+    `${outcome(one)}\n${outcome(two)}`,
+  );
+  check(
+    "  one refresh, the token never presented twice, every request with the new token",
+    refreshes().length === 1 &&
+      fam.reuse === 0 &&
+      !fam.revoked &&
+      sent().every((r) => r.status === 200 && r.headers.authorization === `Bearer ${mock.tokens("tess@example.com").access}`),
+    `${refreshes().length} refreshes; ${JSON.stringify(fam)}; ${shown(sent())}`,
+  );
+  check(
+    "  no temporary file is left beside the pool (only the file, its .bak and its lock files)",
+    readdirSync(poolDir).every((f) => /^pool\.json(\.bak|\.lock|\.[0-9a-f]+\.refresh\.lock)?$/.test(f)),
+    readdirSync(poolDir).join(" "),
+  );
+} catch (err) {
+  check("scenario ran to the end", false, err?.stack ?? err);
+} finally {
+  killChildren();
+  await mock.close();
+  if (keep) console.log(`kept ${dir}`);
+  else rmSync(dir, { recursive: true, force: true });
+}
+
+finish(`OpenCode ${OPENCODE_VERSION}, hostile pool`);
