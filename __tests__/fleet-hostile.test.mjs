@@ -402,6 +402,20 @@ test("a search_path moved to another schema: the pool is not found, and init ref
     ["path@hostile.test"],
     found.stdout,
   );
+  // Another team's pool in a schema this role may not use is not this role's: not named. A
+  // second pool of this role's own, made as the refusal says, is initialized and empty.
+  await pg.sql(`CREATE SCHEMA team1; CREATE TABLE team1.oauth_pool_meta (name text PRIMARY KEY, value text NOT NULL)`, f.db.name);
+  await pg.sql(`CREATE SCHEMA second AUTHORIZATION ${ROLE}`, f.db.name);
+  await pg.sql(`ALTER DATABASE ${f.db.name} SET search_path = second`);
+  const refused = await cliJson(f.a, "store", "init");
+  assert.equal(refused.err?.code, "STORE_UNAVAILABLE", refused.stdout);
+  assert.match(refused.err.message, /pool in schema public, which/);
+  assert.match(refused.err.message, /CREATE TABLE <schema>\.oauth_pool_meta/);
+  await f.sql(`SET ROLE ${ROLE}; CREATE TABLE second.oauth_pool_meta (name text PRIMARY KEY, value text NOT NULL)`);
+  const second = await cliJson(f.a, "store", "init");
+  assert.equal(second.code, 0, second.stdout + second.stderr);
+  const empty = await cliJson(f.a, "list");
+  assert.deepEqual(empty.json?.accounts, [], empty.stdout);
 });
 
 test("the role at its CONNECTION LIMIT: valid tokens keep serving, a refresh is STORE_UNAVAILABLE without spending the token, and service resumes", async () => {

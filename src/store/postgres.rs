@@ -428,7 +428,8 @@ impl PgStore {
                     "SELECT to_regclass('oauth_pool_meta') IS NOT NULL,
                        (SELECT string_agg(DISTINCT n.nspname, ', ') FROM pg_class c
                         JOIN pg_namespace n ON n.oid = c.relnamespace
-                        WHERE c.relname = 'oauth_pool_meta' AND c.relkind IN ('r', 'p')),
+                        WHERE c.relname = 'oauth_pool_meta' AND c.relkind IN ('r', 'p')
+                          AND has_schema_privilege(n.oid, 'USAGE')),
                        current_setting('search_path')",
                     &[],
                 )
@@ -436,10 +437,11 @@ impl PgStore {
                 .map_err(unavailable)?;
             if !column::<bool>(&found, 0)? {
                 // A pool whose schema the search_path no longer reaches (set for the role or the
-                // database since) is not started afresh beside it.
+                // database since) is not started afresh beside it. Only schemas this role may use
+                // count: another team's pool in a schema of its own is not this one's.
                 if let Some(elsewhere) = column::<Option<String>>(&found, 1)? {
                     return Err(Error::StoreUnavailable(format!(
-                        "{} has a pool in schema {elsewhere}, which the search_path ({}) does not reach; nothing was created: put that schema on the search_path (ALTER ROLE ... SET search_path, or options=-csearch_path=... in the URL)",
+                        "{} has a pool in schema {elsewhere}, which the search_path ({}) does not reach; nothing was created: put that schema on the search_path (ALTER ROLE ... SET search_path, or options=-csearch_path=... in the URL); or, for a second pool of its own, create its table in the schema meant for it (CREATE TABLE <schema>.oauth_pool_meta (name text PRIMARY KEY, value text NOT NULL)) and run store init again",
                         self.shown,
                         column::<String>(&found, 2)?
                     )));
