@@ -322,9 +322,9 @@ test("an auth-error toast says what mends it: a login for a login, a working key
   const notify = createNotifier(client);
   notify({ kind: "auth-error", email: "login@x", message: "login@x needs a new login: refused twice" });
   notify({ kind: "auth-error", email: "key@x", apiKey: true, message: "key@x: the API refused the key (401)" });
-  assert.match(toasts[0].message, /login@x needs a new login: run `opencode auth login`/);
+  assert.equal(toasts[0].message, "login@x needs a new login: refused twice; run `opencode auth login` -> Anthropic Pool");
   assert.doesNotMatch(toasts[1].message, /needs a new login/);
-  assert.match(toasts[1].message, /key@x: add a working key under its name: `oauth-pool add-key --email <name>`/);
+  assert.match(toasts[1].message, /^key@x: the API refused the key \(401\); add a working key under its name: `oauth-pool add-key --email <name>`/);
 });
 
 test("failover notices are debounced per account pair for 30 s", () => {

@@ -185,8 +185,8 @@ export function createNotifier(client, { debounceMs = 30_000, now = Date.now } =
     if (t - (last.get(key) ?? -Infinity) < debounceMs) return;
     last.set(key, t);
     let message = String(event.message ?? event.kind);
-    if (event.kind === "auth-error" && event.email)
-      message += event.apiKey ? ` (${event.email}: ${KEY_HINT})` : ` (${event.email} needs a new login: ${LOGIN_HINT})`;
+    // The engine's message names the account and what happened; the toast adds how to mend it.
+    if (event.kind === "auth-error" && event.email) message += `; ${event.apiKey ? KEY_HINT : LOGIN_HINT}`;
     toast(client, variant, message);
     log(client, variant === "error" ? "error" : "warn", message, { kind: event.kind, from: event.email, to: event.to });
   };
