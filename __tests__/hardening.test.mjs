@@ -123,6 +123,40 @@ test("a 401 while the token endpoint is down: the request moves on, the account 
   }
 });
 
+test("removing or disabling another account keeps an account's rest after a 401 the token endpoint could not answer", async () => {
+  // The rest is this process's alone (the access token was refused, the endpoint is to be left
+  // alone): removing or disabling any other account made the process forget it, and the next
+  // request went straight back to the refused token.
+  const [tired, ...others] = ["keep-rest-a@x.test", "keep-rest-b@x.test", "keep-rest-c@x.test", "keep-rest-d@x.test"];
+  const path = await seedPool(mock, [tired, ...others]);
+  await setPriority(path, tired, 5);
+  mock.script(tired, [{ status: 401 }]);
+  mock.setTokenMode({ status: 503, retryAfter: 60, grant: "refresh_token" });
+  try {
+    const f = createPoolFetch({ path });
+    const first = await post(f);
+    assert.notEqual(first.poolAccount, tired);
+    await first.text();
+    // The account that served is the one changed each time: the next request chooses afresh.
+    let served = first.poolAccount;
+    for (const [what, change] of [
+      ["removed", (email) => removeAccount(email, path)],
+      ["disabled", (email) => setEnabled(email, false, path)],
+    ]) {
+      await change(served);
+      const asked = mock.requests.filter((r) => r.email === tired).length;
+      const res = await post(f);
+      assert.equal(res.status, 200, what);
+      assert.notEqual(res.poolAccount, tired, `another account ${what}: the resting one was asked again`);
+      await res.text();
+      assert.equal(mock.requests.filter((r) => r.email === tired).length, asked, what);
+      served = res.poolAccount;
+    }
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
+
 test("headers that never come: a timeout error, and nobody benched", async () => {
   const path = await seedPool(mock, ["hang@x.test"]);
   process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = "300";

@@ -315,9 +315,28 @@ pub async fn add_api_key(
 
 /// Removes what `target` names: an email (exact match first; a case-only clash is refused as
 /// ambiguous), also of an unreadable entry, or `#N` for the N-th entry.
-pub async fn remove(store: &Store, target: &str) -> Result<usize> {
+/// Removes what `target` names: how many entries, and the emails of the accounts among them
+/// (what the engine forgets about them).
+pub async fn remove(store: &Store, target: &str) -> Result<(usize, Vec<String>)> {
     let target = target.to_string();
-    store.update(move |pool| pool.remove(&target)).await
+    store
+        .update(move |pool| {
+            let emails = emails_of(pool, &target)?;
+            Ok((pool.remove(&target)?, emails))
+        })
+        .await
+}
+
+/// The emails of the readable accounts `target` names.
+fn emails_of(pool: &Pool, target: &str) -> Result<Vec<String>> {
+    Ok(pool
+        .resolve(target)?
+        .into_iter()
+        .filter_map(|i| match &pool.anthropic[i] {
+            Entry::Valid(a) => Some(a.email.clone()),
+            Entry::Invalid { .. } => None,
+        })
+        .collect())
 }
 
 /// The readable accounts `target` names, for changes that need one.
@@ -336,10 +355,12 @@ fn each_account(pool: &mut Pool, target: &str, mut change: impl FnMut(&mut Accou
     Ok(())
 }
 
-pub async fn set_enabled(store: &Store, target: &str, enabled: bool) -> Result<()> {
+/// Enables or disables what `target` names; the emails of the accounts changed.
+pub async fn set_enabled(store: &Store, target: &str, enabled: bool) -> Result<Vec<String>> {
     let target = target.to_string();
     store
         .update(move |pool| {
+            let emails = emails_of(pool, &target)?;
             each_account(pool, &target, |a| {
                 if enabled {
                     a.enabled = None;
@@ -365,7 +386,8 @@ pub async fn set_enabled(store: &Store, target: &str, enabled: bool) -> Result<(
                     a.enabled = Some(false);
                     a.status = Status::Disabled.as_str().into();
                 }
-            })
+            })?;
+            Ok(emails)
         })
         .await
 }
@@ -611,7 +633,10 @@ mod tests {
             remove(&store, "nobody@x").await.unwrap_err().code(),
             "ACCOUNT_NOT_FOUND"
         );
-        assert_eq!(remove(&store, "A@x").await.unwrap(), 1);
+        assert_eq!(
+            remove(&store, "A@x").await.unwrap(),
+            (1, vec!["a@x".to_string()])
+        );
     }
 
     #[test]

@@ -69,8 +69,13 @@ pub fn remove_account(
 ) -> JsResult<PromiseRaw<'_, u32>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
-        let n = manage::remove(&store, &email).await.map_err(js_error)?;
-        Engine::for_store(store).reset_memory();
+        let (n, removed) = manage::remove(&store, &email).await.map_err(js_error)?;
+        // Only what was removed: another account's rest after a 401 no new token answered is
+        // this process's alone, and its refused token would be sent again at once.
+        let engine = Engine::for_store(store);
+        for email in &removed {
+            engine.forget(email);
+        }
         Ok(n as u32)
     })
 }
@@ -84,10 +89,13 @@ pub fn set_enabled(
 ) -> JsResult<PromiseRaw<'_, ()>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
-        manage::set_enabled(&store, &email, enabled)
+        let changed = manage::set_enabled(&store, &email, enabled)
             .await
             .map_err(js_error)?;
-        Engine::for_store(store).forget(&crate::account::normalize_email(&email));
+        let engine = Engine::for_store(store);
+        for email in &changed {
+            engine.forget(email);
+        }
         Ok(())
     })
 }
