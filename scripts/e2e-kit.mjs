@@ -3,6 +3,7 @@
 // processes that never outlive the script.
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
 
 /** Checks printed as they pass or fail; `finish` prints the summary line and exits. */
 export function checks() {
@@ -106,4 +107,39 @@ export function run(cmd, args, { env, cwd, timeoutMs }) {
     child.on("close", (code, signal) => finish(code, signal));
     child.on("error", (err) => finish(-1, null, err.message));
   });
+}
+
+/**
+ * A place for OpenCode under `dir`, kept offline (reference/opencode.md "Keeping it offline"):
+ * a project, a home and XDG directories of its own. `envFor(mockUrl, extra)` is the environment
+ * that points OpenCode at them, at `mockUrl` for models, and at a registry that refuses at once
+ * (OpenCode installs @opencode-ai/plugin into its config dir at start), with `extra` added.
+ */
+export function offlineOpencode(dir) {
+  const project = join(dir, "project");
+  const home = join(dir, "home");
+  const xdg = Object.fromEntries(["data", "config", "cache", "state"].map((k) => [k, join(dir, "xdg", k)]));
+  for (const d of [project, home, ...Object.values(xdg)]) mkdirSync(d, { recursive: true });
+  const envFor = (mockUrl, extra = {}) => ({
+    PATH: process.env.PATH,
+    LANG: "C.UTF-8",
+    TERM: "dumb",
+    PWD: project,
+    HOME: home,
+    XDG_DATA_HOME: xdg.data,
+    XDG_CONFIG_HOME: xdg.config,
+    XDG_CACHE_HOME: xdg.cache,
+    XDG_STATE_HOME: xdg.state,
+    OPENCODE_DISABLE_MODELS_FETCH: "1",
+    OPENCODE_DISABLE_AUTOUPDATE: "1",
+    OPENCODE_DISABLE_LSP_DOWNLOAD: "1",
+    OPENCODE_DISABLE_SHARE: "1",
+    OPENCODE_DISABLE_CLAUDE_CODE: "1",
+    OPENCODE_DISABLE_EXTERNAL_SKILLS: "1",
+    OPENCODE_MODELS_URL: mockUrl,
+    npm_config_registry: "http://127.0.0.1:9/",
+    npm_config_fetch_retries: "0",
+    ...extra,
+  });
+  return { project, xdg, envFor };
 }

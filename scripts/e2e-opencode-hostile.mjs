@@ -22,7 +22,8 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { rateLimitHeaders, startMockAnthropic } from "../__tests__/helpers/mock-anthropic.mjs";
-import { checks, children, installPinned, killChildren, run, skip } from "./e2e-kit.mjs";
+import { checks, children, installPinned, killChildren, offlineOpencode, run, skip } from "./e2e-kit.mjs";
+import { oauthEntry } from "../__tests__/helpers/pool-env.mjs";
 
 const OPENCODE_VERSION = "1.18.33";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -55,9 +56,8 @@ const lib = await import(pathToFileURL(join(ROOT, "index.mjs")).href);
 const dir = mkdtempSync(join(tmpdir(), "oauth-pool-e2e-hostile-"));
 const poolDir = join(dir, "pool");
 const poolFile = join(poolDir, "pool.json");
-const project = join(dir, "project");
-const xdg = Object.fromEntries(["data", "config", "cache", "state"].map((k) => [k, join(dir, "xdg", k)]));
-for (const d of [project, poolDir, join(dir, "home"), join(dir, "logs"), ...Object.values(xdg)]) mkdirSync(d, { recursive: true });
+const { project, envFor } = offlineOpencode(dir);
+for (const d of [poolDir, join(dir, "logs")]) mkdirSync(d, { recursive: true });
 writeFileSync(
   join(project, "opencode.json"),
   JSON.stringify({
@@ -73,48 +73,18 @@ const mock = await startMockAnthropic();
 // The library calls made here (another process's edits, the lock checks) use the same mock.
 process.env.OAUTH_POOL_TOKEN_URL = mock.tokenUrl;
 process.env.OAUTH_POOL_API_URL = mock.url;
-const env = {
-  PATH: process.env.PATH,
-  LANG: "C.UTF-8",
-  TERM: "dumb",
-  PWD: project,
-  HOME: join(dir, "home"),
-  XDG_DATA_HOME: xdg.data,
-  XDG_CONFIG_HOME: xdg.config,
-  XDG_CACHE_HOME: xdg.cache,
-  XDG_STATE_HOME: xdg.state,
-  OPENCODE_DISABLE_MODELS_FETCH: "1",
-  OPENCODE_DISABLE_AUTOUPDATE: "1",
-  OPENCODE_DISABLE_LSP_DOWNLOAD: "1",
-  OPENCODE_DISABLE_SHARE: "1",
-  OPENCODE_DISABLE_CLAUDE_CODE: "1",
-  OPENCODE_DISABLE_EXTERNAL_SKILLS: "1",
-  OPENCODE_MODELS_URL: mock.url,
-  npm_config_registry: "http://127.0.0.1:9/",
-  npm_config_fetch_retries: "0",
+const env = envFor(mock.url, {
   OAUTH_POOL_TOKEN_URL: mock.tokenUrl,
   OAUTH_POOL_API_URL: mock.url,
   OAUTH_POOL_PATH: poolFile,
-};
+});
 
 // ---- helpers ------------------------------------------------------------------------------------
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const HOUR = 3600;
 
 /** A login registered now at the mock, as the pool file holds it (`expired`: its access token). */
-function account(email, { expired = false, ...extra } = {}) {
-  const t = mock.addAccount(email);
-  return {
-    email,
-    refresh: t.refresh,
-    access: t.access,
-    expires: expired ? Date.now() - 1000 : t.expires,
-    added: new Date().toISOString(),
-    status: "idle",
-    rateLimitUntil: null,
-    ...extra,
-  };
-}
+const account = (email, options) => oauthEntry(mock, email, options);
 
 /** A fresh start for a scenario: these accounts in the pool file, no script or fault queued. */
 function scene(accounts) {

@@ -17,7 +17,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { rateLimitHeaders } from "../__tests__/helpers/mock-anthropic.mjs";
-import { checks, children, installPinned, killChildren, run as runChild, skip } from "./e2e-kit.mjs";
+import { checks, children, installPinned, killChildren, offlineOpencode, run as runChild, skip } from "./e2e-kit.mjs";
 import { freePort } from "../__tests__/helpers/net.mjs";
 
 const OPENCODE_VERSION = "1.18.33";
@@ -109,9 +109,7 @@ async function http(method, url, body) {
 const bin = ensureOpencode();
 const dir = mkdtempSync(join(tmpdir(), "oauth-pool-e2e-"));
 const poolFile = join(dir, "pool.json");
-const project = join(dir, "project");
-const xdg = Object.fromEntries(["data", "config", "cache", "state"].map((k) => [k, join(dir, "xdg", k)]));
-for (const d of [project, join(dir, "home"), ...Object.values(xdg)]) mkdirSync(d, { recursive: true });
+const { project, xdg, envFor } = offlineOpencode(dir);
 
 // OpenCode resolves a path plugin through the package.json next to it: `exports["./server"]`,
 // else `main`. This checkout must route OpenCode to plugin.mjs (index.mjs exports more than the
@@ -159,30 +157,11 @@ const mockInfo = JSON.parse(mockProc.match[1]);
 const MOCK = mockInfo.url;
 const control = (path, body) => http(body === undefined ? "GET" : "POST", `${MOCK}/__mock/${path}`, body);
 
-const env = {
-  PATH: process.env.PATH,
-  LANG: "C.UTF-8",
-  TERM: "dumb",
-  PWD: project,
-  HOME: join(dir, "home"),
-  XDG_DATA_HOME: xdg.data,
-  XDG_CONFIG_HOME: xdg.config,
-  XDG_CACHE_HOME: xdg.cache,
-  XDG_STATE_HOME: xdg.state,
-  OPENCODE_DISABLE_MODELS_FETCH: "1",
-  OPENCODE_DISABLE_AUTOUPDATE: "1",
-  OPENCODE_DISABLE_LSP_DOWNLOAD: "1",
-  OPENCODE_DISABLE_SHARE: "1",
-  OPENCODE_DISABLE_CLAUDE_CODE: "1",
-  OPENCODE_DISABLE_EXTERNAL_SKILLS: "1",
-  OPENCODE_MODELS_URL: MOCK,
-  // OpenCode installs @opencode-ai/plugin into its config dir at start: fail that at once.
-  npm_config_registry: "http://127.0.0.1:9/",
-  npm_config_fetch_retries: "0",
+const env = envFor(MOCK, {
   OAUTH_POOL_TOKEN_URL: mockInfo.tokenUrl,
   OAUTH_POOL_API_URL: MOCK,
   OAUTH_POOL_PATH: poolFile,
-};
+});
 
 const readPool = () => (existsSync(poolFile) ? JSON.parse(readFileSync(poolFile, "utf8")) : { anthropic: [] });
 const authFile = join(xdg.data, "opencode", "auth.json");
