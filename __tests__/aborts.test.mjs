@@ -80,6 +80,14 @@ async function otherProcessLock(path, email) {
   };
 }
 
+/** The answer is handed over and its body left unread: the abort must close its upstream. */
+async function handedOverUnread({ send }) {
+  const arrived = mock.waitFor("api");
+  const res = await send();
+  assert.equal(res.status, 200);
+  return { pending: () => res.text(), upstream: await arrived, closesBeforeRead: true };
+}
+
 /**
  * The phases, in the order a request lives them. `setup` prepares the pool and the mock (the
  * accounts `emails`, first one first); `reach` starts the request through `send` and resolves
@@ -209,24 +217,14 @@ const PHASES = {
   "the answer handed over, its body not read yet": {
     accounts: 1,
     setup: () => mock.scriptAll([{ raw: OPENED, headers: SSE_HEAD, thenHang: true }]),
-    reach: async ({ send }) => {
-      const arrived = mock.waitFor("api");
-      const res = await send();
-      assert.equal(res.status, 200);
-      return { pending: () => res.text(), upstream: await arrived, closesBeforeRead: true };
-    },
+    reach: handedOverUnread,
   },
   "a bulk answer handed over, its body not read yet": {
     accounts: 1,
     // JSON of no announced length: streamed on both transports (read ahead by the Rust client).
     setup: () =>
       mock.scriptAll([{ raw: [`{"type":"message","padding":"${"x".repeat(100_000)}`], headers: { "content-type": "application/json" }, thenHang: true }]),
-    reach: async ({ send }) => {
-      const arrived = mock.waitFor("api");
-      const res = await send();
-      assert.equal(res.status, 200);
-      return { pending: () => res.text(), upstream: await arrived, closesBeforeRead: true };
-    },
+    reach: handedOverUnread,
   },
   "mid-body": {
     accounts: 1,

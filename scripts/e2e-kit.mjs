@@ -143,3 +143,24 @@ export function offlineOpencode(dir) {
   });
   return { project, xdg, envFor };
 }
+
+/** The OpenCode the e2e scripts run: pinned, installed once into the repository's npm cache. */
+export const OPENCODE_VERSION = "1.18.33";
+
+/** The pinned OpenCode binary for this platform (installed once, shared by the scripts), or SKIP. */
+export function ensureOpencode(script, root) {
+  const os = { linux: "linux", darwin: "darwin", win32: "windows" }[process.platform];
+  const arch = { x64: "x64", arm64: "arm64" }[process.arch];
+  if (!os || !arch) skip(script, `no prebuilt OpenCode for ${process.platform}-${process.arch}`);
+  const pkg = `opencode-${os}-${arch}`;
+  const cache = join(root, "node_modules", ".cache", "opencode-e2e");
+  return installPinned({
+    script,
+    cache,
+    pkg,
+    version: OPENCODE_VERSION,
+    bin: join(cache, "node_modules", pkg, "bin", process.platform === "win32" ? "opencode.exe" : "opencode"),
+    versionOf: (bin) => spawnSync(bin, ["--version"], { encoding: "utf8", timeout: 30_000 }).stdout?.trim(),
+    timeoutMs: 180_000,
+  });
+}

@@ -16,42 +16,23 @@
 //
 // Skips (exit 0) like e2e-opencode.mjs when the binary cannot be installed; any failed check
 // exits 1. How OpenCode is kept offline: /work/shared/reference/opencode.md ("Keeping it offline").
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { rateLimitHeaders, startMockAnthropic } from "../__tests__/helpers/mock-anthropic.mjs";
-import { checks, children, installPinned, killChildren, offlineOpencode, run, skip } from "./e2e-kit.mjs";
+import { checks, children, ensureOpencode, killChildren, OPENCODE_VERSION, offlineOpencode, run } from "./e2e-kit.mjs";
 import { oauthEntry } from "../__tests__/helpers/pool-env.mjs";
 
-const OPENCODE_VERSION = "1.18.33";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
-const CACHE = join(ROOT, "node_modules", ".cache", "opencode-e2e");
 const MODEL = "claude-sonnet-4-5";
 const SCRIPT = "e2e-opencode-hostile";
 const keep = process.argv.includes("--keep");
 const { check, finish } = checks();
 
-// ---- the binary (the same pinned install as e2e-opencode.mjs, shared through its cache) --------
-function ensureOpencode() {
-  const os = { linux: "linux", darwin: "darwin", win32: "windows" }[process.platform];
-  const arch = { x64: "x64", arm64: "arm64" }[process.arch];
-  if (!os || !arch) skip(SCRIPT, `no prebuilt OpenCode for ${process.platform}-${process.arch}`);
-  const pkg = `opencode-${os}-${arch}`;
-  return installPinned({
-    script: SCRIPT,
-    cache: CACHE,
-    pkg,
-    version: OPENCODE_VERSION,
-    bin: join(CACHE, "node_modules", pkg, "bin", process.platform === "win32" ? "opencode.exe" : "opencode"),
-    versionOf: (bin) => spawnSync(bin, ["--version"], { encoding: "utf8", timeout: 30_000 }).stdout?.trim(),
-    timeoutMs: 180_000,
-  });
-}
-
 // ---- the place ----------------------------------------------------------------------------------
-const bin = ensureOpencode();
+const bin = ensureOpencode(SCRIPT, ROOT);
 const lib = await import(pathToFileURL(join(ROOT, "index.mjs")).href);
 const dir = mkdtempSync(join(tmpdir(), "oauth-pool-e2e-hostile-"));
 const poolDir = join(dir, "pool");

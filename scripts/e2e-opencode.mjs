@@ -11,42 +11,19 @@
 // The binary is installed once into node_modules/.cache/opencode-e2e (npm, ~2 s). When it cannot
 // be installed the script prints why and exits 0 with SKIP; any failed check exits 1.
 // How OpenCode is kept offline: /work/shared/reference/opencode.md ("Keeping it offline").
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { rateLimitHeaders } from "../__tests__/helpers/mock-anthropic.mjs";
-import { checks, children, installPinned, killChildren, offlineOpencode, run as runChild, skip } from "./e2e-kit.mjs";
+import { checks, children, ensureOpencode, killChildren, OPENCODE_VERSION, offlineOpencode, run as runChild } from "./e2e-kit.mjs";
 import { freePort } from "../__tests__/helpers/net.mjs";
 
-const OPENCODE_VERSION = "1.18.33";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
-const CACHE = join(ROOT, "node_modules", ".cache", "opencode-e2e");
 const RUN_TIMEOUT_MS = 60_000;
 const keep = process.argv.includes("--keep");
 const { check, finish } = checks();
-
-// ---- the binary -------------------------------------------------------------------------------
-function platformPackage() {
-  const os = { linux: "linux", darwin: "darwin", win32: "windows" }[process.platform];
-  const arch = { x64: "x64", arm64: "arm64" }[process.arch];
-  return os && arch ? `opencode-${os}-${arch}` : null;
-}
-
-function ensureOpencode() {
-  const pkg = platformPackage();
-  if (!pkg) skip("e2e-opencode", `no prebuilt OpenCode for ${process.platform}-${process.arch}`);
-  return installPinned({
-    script: "e2e-opencode",
-    cache: CACHE,
-    pkg,
-    version: OPENCODE_VERSION,
-    bin: join(CACHE, "node_modules", pkg, "bin", process.platform === "win32" ? "opencode.exe" : "opencode"),
-    versionOf: (bin) => spawnSync(bin, ["--version"], { encoding: "utf8", timeout: 30_000 }).stdout?.trim(),
-    timeoutMs: 180_000,
-  });
-}
 
 // ---- processes ----------------------------------------------------------------------------------
 const cleanup = killChildren;
@@ -106,7 +83,7 @@ async function http(method, url, body) {
 }
 
 // ---- the scenario -----------------------------------------------------------------------------
-const bin = ensureOpencode();
+const bin = ensureOpencode("e2e-opencode", ROOT);
 const dir = mkdtempSync(join(tmpdir(), "oauth-pool-e2e-"));
 const poolFile = join(dir, "pool.json");
 const { project, xdg, envFor } = offlineOpencode(dir);
