@@ -28,6 +28,10 @@ use crate::error::{Error, Result};
 use crate::pool::Pool;
 use crate::store::{REFRESH_LOCK_BRIEF, REFRESH_LOCK_TIMEOUT};
 
+/// How often a held request looks at the store for an account usable before its cooldown said:
+/// a stat of the file (the fleet store's generation, asked at most every 250 ms per process).
+const HOLD_RECHECK: Duration = Duration::from_secs(1);
+
 pub enum Step {
     /// Send the request with these headers (the caller's, plus the account's credential).
     Send(Attempt),
@@ -166,7 +170,7 @@ impl Exchange {
                     Some(e) => e,
                     None => match self.exhausted(&pool)? {
                         Exhausted::Wait(until) => {
-                            self.hold(until, cancel).await?;
+                            self.hold(&pool, until, cancel).await?;
                             continue;
                         }
                         Exhausted::Answer(step) => return Ok(step),
@@ -290,22 +294,63 @@ impl Exchange {
     }
 
     /// Holding (opt-in): waits for the soonest account instead of answering the pool's 429;
-    /// nothing goes upstream meanwhile, and an abort ends the wait at once.
-    async fn hold(&mut self, until: i64, cancel: &CancellationToken) -> Result<()> {
+    /// nothing goes upstream meanwhile, and an abort ends the wait at once. The store is looked
+    /// at again every `HOLD_RECHECK`: an account usable sooner than its cooldown said (a
+    /// `reset-cooldowns` or `enable` from a shell, a new login, another process or host that
+    /// found the window reset) ends the wait then, not when this request's own timer runs out.
+    async fn hold(&mut self, pool: &Pool, until: i64, cancel: &CancellationToken) -> Result<()> {
         let wait = std::time::Duration::from_millis((until - now_ms()).max(0) as u64 + 5);
-        self.hold_left = self.hold_left.saturating_sub(wait);
         tracing::debug!(
             wait_ms = wait.as_millis() as u64,
             "holding the request for a cooling account"
         );
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Err(Error::Aborted),
-            _ = tokio::time::sleep(wait) => {}
+        // Accounts usable already (one that could not get a token) are no news when seen again.
+        let usable_before: HashSet<String> = self.usable_now(pool);
+        let started = tokio::time::Instant::now();
+        let deadline = started + wait;
+        let woke = loop {
+            let next = deadline.min(tokio::time::Instant::now() + HOLD_RECHECK);
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Error::Aborted),
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break None;
+            }
+            // A store that cannot be read now is asked again at the next look.
+            let Ok(pool) = self.engine.snapshot().await else {
+                continue;
+            };
+            let back: Vec<String> = self
+                .usable_now(&pool)
+                .into_iter()
+                .filter(|e| !usable_before.contains(e))
+                .collect();
+            if !back.is_empty() {
+                break Some(back);
+            }
+        };
+        self.hold_left = self.hold_left.saturating_sub(started.elapsed());
+        match woke {
+            // Only the accounts back early are asked again: one that refused this request
+            // before the wait still cools (or could not get a token, and waits its turn).
+            Some(back) => back.iter().for_each(|e| {
+                self.tried.remove(e);
+            }),
+            // The accounts that refused before the wait may serve now; the hold budget bounds this.
+            None => self.tried.clear(),
         }
-        // The accounts that refused before the wait may serve now; the hold budget bounds this.
-        self.tried.clear();
         Ok(())
+    }
+
+    /// The accounts that could serve this request now, whatever it tried.
+    fn usable_now(&self, pool: &Pool) -> HashSet<String> {
+        let now = now_ms();
+        pool.accounts()
+            .filter(|a| self.blocked(a, now) == super::Blocked::No)
+            .map(|a| a.email.clone())
+            .collect()
     }
 
     /// How long to wait for a refresh of `email` that is already under way elsewhere: briefly

@@ -1,0 +1,97 @@
+// Holding (OAUTH_POOL_HOLD_MAX_MS) as an unattended run meets it: a request that finds every
+// account cooling waits for the soonest usable one. Here: that the wait ends when an account
+// becomes usable early (a shell's reset-cooldowns or enable, a login another process adds), not
+// only when the request's own timer runs out. Aborts while held: aborts.test.mjs.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import * as lib from "../index.mjs";
+import { jsonHeaders, messagesUrl, oauthEntry, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
+
+const run = promisify(execFile);
+const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
+const INDEX = new URL("../index.mjs", import.meta.url).href;
+
+// A cooldown far longer than any test waits, and a hold that covers it.
+const COOLING_MS = 120_000;
+const mock = useMock({ env: { OAUTH_POOL_HOLD_MAX_MS: "300000", OAUTH_POOL_JITTER_MS: "0" } });
+
+const ask = (f) =>
+  f(messagesUrl(mock), {
+    method: "POST",
+    headers: jsonHeaders,
+    body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+  });
+
+/** Seeds `emails`, then marks `cooling` as resting for COOLING_MS in the file. */
+async function poolWith(emails, { cooling = emails, disabled = [] } = {}) {
+  const path = await seedPool(mock, emails);
+  const pool = readPool(path);
+  for (const a of pool.anthropic) {
+    if (cooling.includes(a.email)) Object.assign(a, { status: "rate-limited", rateLimitUntil: Date.now() + COOLING_MS });
+    if (disabled.includes(a.email)) a.enabled = false;
+  }
+  await lib.savePool(pool, path);
+  return path;
+}
+
+/** Sends one request, lets it be held, runs `change` in another process, and says how it ended. */
+async function heldThen(path, transport, change) {
+  const f = lib.createPoolFetch({ path, transport });
+  mock.clearRequests();
+  let settled = false;
+  const pending = ask(f).finally(() => {
+    settled = true;
+  });
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal(settled, false, "held: every account cools");
+  assert.equal(mock.requests.length, 0, "nothing upstream while held");
+  await change();
+  const changed = Date.now();
+  let timer;
+  const res = await Promise.race([
+    pending,
+    new Promise((r) => {
+      timer = setTimeout(() => r(null), 30_000);
+    }),
+  ]);
+  clearTimeout(timer);
+  assert.ok(res, "the held request went on once an account was usable, not when its own cooldown ended");
+  await res.text();
+  return { res, after: Date.now() - changed };
+}
+
+const cli = (path, ...args) => run(process.execPath, [CLI, ...args, "--path", path], { env: process.env });
+
+for (const transport of ["native", "runtime"]) {
+  test(`a held request goes on soon after \`oauth-pool reset-cooldowns\` from a shell (${transport})`, async () => {
+    const path = await poolWith(["rc@x.test"]);
+    const { res } = await heldThen(path, transport, () => cli(path, "reset-cooldowns"));
+    assert.equal(res.status, 200);
+    assert.equal(res.poolAccount, "rc@x.test");
+  });
+
+  test(`a held request goes on soon after \`oauth-pool enable\` from a shell (${transport})`, async () => {
+    const path = await poolWith(["en1@x.test", "en2@x.test"], { cooling: ["en1@x.test"], disabled: ["en2@x.test"] });
+    const { res } = await heldThen(path, transport, () => cli(path, "enable", "en2@x.test"));
+    assert.equal(res.status, 200);
+    assert.equal(res.poolAccount, "en2@x.test");
+  });
+}
+
+test("a held request goes on soon after another process adds a login", async () => {
+  const path = await poolWith(["old@x.test"]);
+  const entry = oauthEntry(mock, "new@x.test");
+  const adder = `
+    const lib = await import(${JSON.stringify(INDEX)});
+    const pool = await lib.loadPool(process.argv[1]);
+    pool.anthropic.push(JSON.parse(process.argv[2]));
+    await lib.savePool(pool, process.argv[1]);`;
+  const { res } = await heldThen(path, "native", () =>
+    run(process.execPath, ["--input-type=module", "-e", adder, path, JSON.stringify(entry)], { env: process.env }),
+  );
+  assert.equal(res.status, 200);
+  assert.equal(res.poolAccount, "new@x.test");
+});
