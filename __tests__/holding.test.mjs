@@ -95,3 +95,26 @@ test("a held request goes on soon after another process adds a login", async () 
   assert.equal(res.status, 200);
   assert.equal(res.poolAccount, "new@x.test");
 });
+
+for (const transport of ["native", "runtime"]) {
+  test(`held requests go back to an account one first: while it still refuses, one 429 per reopening, not one per held request (${transport})`, async () => {
+    const path = await seedPool(mock, [`herd-${transport}@x.test`]);
+    const pool = readPool(path);
+    Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: Date.now() + 1500 });
+    await lib.savePool(pool, path);
+    // Still limited for three more asks, each resting it a second.
+    mock.script(
+      `herd-${transport}@x.test`,
+      [1, 2, 3].map(() => ({ status: 429, headers: { "retry-after": "1" } })),
+    );
+    mock.clearRequests();
+    const f = lib.createPoolFetch({ path, transport });
+    const answers = await Promise.all(Array.from({ length: 5 }, () => ask(f).then(async (r) => (await r.text(), r.status))));
+    assert.deepEqual(answers, [200, 200, 200, 200, 200], "each held request served once the account was back");
+    const refused = mock.requests.filter((r) => r.status === 429).map((r) => r.at);
+    assert.equal(refused.length, 3, "the refusals scripted");
+    for (let i = 1; i < refused.length; i++) {
+      assert.ok(refused[i] - refused[i - 1] >= 500, `one request per reopening, not a burst: 429s at ${refused.map((t) => t - refused[0])} ms`);
+    }
+  });
+}

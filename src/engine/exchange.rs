@@ -31,6 +31,9 @@ use crate::store::{REFRESH_LOCK_BRIEF, REFRESH_LOCK_TIMEOUT};
 /// How often a held request looks at the store for an account usable before its cooldown said:
 /// a stat of the file (the fleet store's generation, asked at most every 250 ms per process).
 const HOLD_RECHECK: Duration = Duration::from_secs(1);
+/// How long held requests wait for the answer to the first of them sent back to an account: a
+/// 429 or a stream's head comes within a second or two.
+const REOPEN_PATIENCE: Duration = Duration::from_secs(10);
 
 pub enum Step {
     /// Send the request with these headers (the caller's, plus the account's credential).
@@ -84,6 +87,10 @@ pub struct Exchange {
     /// Why an account got no token for this request (a refresh that failed): said when no
     /// account could serve, instead of a bare "refused".
     no_token: HashMap<String, String>,
+    /// This request was held and has not sent since: it goes back in turn (`Engine::reopen`).
+    held: bool,
+    /// It is the first back to its account after a wait, until its answer is judged.
+    reopening: Option<super::ReopenGuard>,
 }
 
 impl Exchange {
@@ -104,6 +111,8 @@ impl Exchange {
             events: Vec::new(),
             store_error: None,
             no_token: HashMap::new(),
+            held: false,
+            reopening: None,
         }
     }
 
@@ -158,6 +167,7 @@ impl Exchange {
     /// account can serve at all, `ABORT_ERR` at once when `cancel` fires.
     pub async fn next(&mut self, base: &HeaderMap, cancel: &CancellationToken) -> Result<Step> {
         self.current = None;
+        self.reopening = None;
         loop {
             if cancel.is_cancelled() {
                 return Err(Error::Aborted);
@@ -177,6 +187,26 @@ impl Exchange {
                     },
                 },
             };
+            if self.held {
+                match self.engine.reopen(&email) {
+                    super::Reopen::First(guard) => self.reopening = Some(guard),
+                    super::Reopen::After(mut first) => {
+                        tokio::select! {
+                            biased;
+                            _ = cancel.cancelled() => return Err(Error::Aborted),
+                            _ = first.changed() => {}
+                            // A first whose driver lost it unjudged (its send failed on the
+                            // JavaScript side, the exchange awaiting collection) holds no one long.
+                            _ = tokio::time::sleep(REOPEN_PATIENCE) => {}
+                        }
+                        // Its answer is known: an account that refused it again is cooling,
+                        // and this request holds on; one that served it serves this too.
+                        self.held = false;
+                        continue;
+                    }
+                }
+                self.held = false;
+            }
             self.announce_move(&email);
             let credential = match self.engine.credential_now(&pool, &email) {
                 Some(credential) => Ok(credential),
@@ -341,6 +371,7 @@ impl Exchange {
             // The accounts that refused before the wait may serve now; the hold budget bounds this.
             None => self.tried.clear(),
         }
+        self.held = true;
         Ok(())
     }
 
@@ -568,6 +599,20 @@ impl Exchange {
     /// The decisions that need no I/O: deliver (and say so for a third-party refusal), or cool
     /// the account and move on. `in_stream`: the answer's event stream said why.
     fn settle(
+        &mut self,
+        decision: Decision,
+        email: String,
+        limits: &Limits,
+        now: i64,
+        in_stream: bool,
+    ) -> Verdict {
+        let verdict = self.settle_answer(decision, email, limits, now, in_stream);
+        // What it said is recorded: the requests held with this one may go (or hold on).
+        self.reopening = None;
+        verdict
+    }
+
+    fn settle_answer(
         &mut self,
         decision: Decision,
         email: String,

@@ -56,6 +56,28 @@ pub struct Engine {
     /// What was learnt after the request it concerns stopped listening (a refresh it left
     /// behind, the end of a stream it was handed): the next request to end tells it.
     told_late: Mutex<Vec<Event>>,
+    /// email -> the held request sent to it first after a wait: the other requests this process
+    /// held for it wait for that one's answer (dropping the sender tells them).
+    reopening: Mutex<HashMap<String, tokio::sync::watch::Sender<()>>>,
+}
+
+/// What a request that was held does before it sends to `email` (see `Engine::reopen`).
+pub enum Reopen {
+    /// Send: it is the first, and the others wait until the guard goes (its answer judged).
+    First(ReopenGuard),
+    /// Wait for the first one's answer (the receiver's `changed()` ends then), then choose again.
+    After(tokio::sync::watch::Receiver<()>),
+}
+
+pub struct ReopenGuard {
+    engine: Arc<Engine>,
+    email: String,
+}
+
+impl Drop for ReopenGuard {
+    fn drop(&mut self) {
+        lock(&self.engine.reopening).remove(&self.email);
+    }
 }
 
 /// Where one answer's usage is counted: its account and model, in this engine.
@@ -285,6 +307,7 @@ impl Engine {
             book: Default::default(),
             seed,
             told_late: Mutex::new(Vec::new()),
+            reopening: Mutex::new(HashMap::new()),
         });
         reg.insert(key, (engine.clone(), now));
         engine
@@ -415,6 +438,21 @@ impl Engine {
         let mut n = [0u8; 8];
         n.copy_from_slice(&digest[..8]);
         (u64::from_le_bytes(n) % max as u64) as i64
+    }
+
+    /// Held requests going back to `email` after their wait: one goes first, the others of this
+    /// process wait for its answer, so an account still limited is refused once, not once per
+    /// held request (each 429 rested it again).
+    pub fn reopen(self: &Arc<Self>, email: &str) -> Reopen {
+        let mut reopening = lock(&self.reopening);
+        if let Some(first) = reopening.get(email) {
+            return Reopen::After(first.subscribe());
+        }
+        reopening.insert(email.to_string(), tokio::sync::watch::channel(()).0);
+        Reopen::First(ReopenGuard {
+            engine: self.clone(),
+            email: email.to_string(),
+        })
     }
 
     /// The windows to judge `a` by: those the store holds (other processes' too, such as a
