@@ -690,10 +690,7 @@ impl PgStore {
             "anthropic".into(),
             Value::Array(entries.into_iter().map(|(_, e)| e).collect()),
         );
-        let pool = Pool::from_value(Value::Object(all)).map_err(|why| {
-            Error::StoreUnavailable(format!("the store's rows do not form a pool: {why}"))
-        })?;
-        Ok((pool, generation))
+        Ok((assemble(all)?, generation))
     }
 
     /// Locked read-modify-write in one transaction. Nothing is written when the change leaves
@@ -905,6 +902,23 @@ fn next_pause(pause: Duration) -> Duration {
     (pause * 2).min(LOCK_RETRY_MAX)
 }
 
+/// The pool the rows hold. Rows that do not form one (a later format written by a newer build)
+/// are refused as a corrupt store, as a pool file would be: the store answers, so waiting for it
+/// to come back (`STORE_UNAVAILABLE`) would never end.
+fn assemble(all: Map<String, Value>) -> Result<Pool> {
+    Pool::from_value(Value::Object(all)).map_err(|why| {
+        let todo = if why.contains(crate::pool::NEWER_FORMAT) {
+            "upgrade opencode-oauth-pool on every host that uses this store (OpenCode sessions \
+             started before the upgrade too); nothing was changed"
+        } else {
+            "nothing was changed: repair it, or copy a good pool in with `oauth-pool store copy`"
+        };
+        Error::StoreCorrupt(format!(
+            "the store's rows do not form a pool: {why}; {todo}"
+        ))
+    })
+}
+
 /// A column of a row as the schema has it. A NULL or another type there (a row edited by hand,
 /// a column altered) is refused as a corrupt store, never a panic in the addon.
 fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
@@ -922,6 +936,24 @@ fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_of_a_later_format_are_a_corrupt_store_to_upgrade_for_not_an_outage() {
+        let mut all = Map::new();
+        all.insert("version".into(), serde_json::json!(2));
+        all.insert("anthropic".into(), serde_json::json!([]));
+        let e = assemble(all).unwrap_err();
+        assert_eq!(e.code(), "POOL_CORRUPT");
+        let text = e.to_string();
+        assert!(text.contains("upgrade opencode-oauth-pool"), "{text}");
+        assert!(!text.contains("cannot be reached"), "{text}");
+        let mut fine = Map::new();
+        fine.insert(
+            "anthropic".into(),
+            serde_json::json!([{"email": "a@x.test"}]),
+        );
+        assert_eq!(assemble(fine).unwrap().anthropic.len(), 1);
+    }
 
     #[test]
     fn stores_that_read_alike_are_told_apart() {
