@@ -130,8 +130,8 @@ test("two logins add two accounts; the same email again updates it; auth.json ge
   }
 });
 
-test("a bad code resolves { type: 'failed' } and logs why without a secret", async () => {
-  const { client, logs } = fakeClient();
+test("a bad code resolves { type: 'failed' }, logs and shows why without a secret", async () => {
+  const { client, logs, toasts } = fakeClient();
   const path = freshPath();
   const hooks = await plugin(path, client);
   const started = await hooks.auth.methods[0].authorize();
@@ -144,6 +144,10 @@ test("a bad code resolves { type: 'failed' } and logs why without a secret", asy
   assert.ok(line, "the failure is logged");
   assert.match(line.message, /OAUTH_/);
   assert.doesNotMatch(line.message, /sk-ant-|not-the-code/);
+  // OpenCode's dialog says only "failed": the reason is shown beside it.
+  assert.equal(toasts.length, 1, JSON.stringify(toasts));
+  assert.equal(toasts[0].variant, "error");
+  assert.equal(toasts[0].message, line.message);
 });
 
 test("the API-key method adds a type api member", async () => {

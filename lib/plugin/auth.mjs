@@ -1,7 +1,7 @@
 // The `auth` hook of the `anthropic-pool` provider. Logging in adds an account to the pool (the
 // tokens stay in the native side and the pool file); OpenCode's own auth.json only gets a
 // placeholder, so that its loader runs. The loader hands OpenCode the rotating fetch.
-import { pool, pluginOptions, poolFetchFor, log, reportUnknownOptions } from "./shared.mjs";
+import { pool, pluginOptions, poolFetchFor, log, toast, reportUnknownOptions } from "./shared.mjs";
 
 /** What OpenCode stores in auth.json for this provider: no secret, never expires. */
 const PLACEHOLDER = Object.freeze({
@@ -11,9 +11,16 @@ const PLACEHOLDER = Object.freeze({
   expires: Date.UTC(9999, 11, 31),
 });
 
+/**
+ * OpenCode 1.18 answers `{ type: "failed" }` with a bare "failed": the reason (a code pasted
+ * twice, a login already refused, a key the API does not know) goes to the TUI as a toast as well
+ * as to the log, where nobody looking at the dialog would find it.
+ */
 function failed(client, what, err) {
   const code = err?.code ? `${err.code}: ` : "";
-  log(client, "error", `${what} failed: ${code}${err?.message ?? err}`);
+  const message = `${what} failed: ${code}${err?.message ?? err}`;
+  log(client, "error", message);
+  toast(client, "error", message);
   return { type: "failed" };
 }
 

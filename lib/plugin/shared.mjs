@@ -152,7 +152,8 @@ export function log(client, level, message, extra) {
   } catch {}
 }
 
-function toast(client, variant, message) {
+/** Fire-and-forget toast in OpenCode's TUI (never awaited, never throws). */
+export function toast(client, variant, message) {
   try {
     const pending = client?.tui?.showToast?.({ body: { title: "Anthropic Pool", message: printable(message), variant } });
     pending?.catch?.(() => {});
