@@ -408,6 +408,54 @@ early("every hostile API endpoint ends in bounded time with NETWORK and a cause,
   };
 });
 
+early("an answer slower than the connect bound, on a connection made while the origin then refuses new ones, is served (both transports)", async () => {
+  // Bun's fetch does not say when it is connected, so after 10 s the runtime transport asks the
+  // origin for a connection of its own. An origin that refuses new connections (a connection
+  // limit, a listener gone) refuses that probe at once, which says nothing about the request:
+  // one whose own connect was refused would have failed at once itself. Only a probe that stalls
+  // means the request may be stuck connecting.
+  const runs = [];
+  for (const transport of ["runtime", "native"]) {
+    runs.push(
+      (async () => {
+        const email = `slow-head-${transport}@x.test`;
+        const path = await seedPool(mock, [email]);
+        const server = track(
+          createNetServer((s) => {
+            server.close(); // the listener goes; this connection stays
+            s.once("data", () => {
+              const body = JSON.stringify({
+                id: "msg_slow",
+                type: "message",
+                role: "assistant",
+                content: [{ type: "text", text: "slow but served" }],
+                usage: { input_tokens: 1, output_tokens: 1 },
+              });
+              setTimeout(
+                () =>
+                  s.end(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`),
+                12_000,
+              );
+            });
+          }),
+        );
+        const port = await listen(server);
+        const r = await inChild({ transport, env: { OAUTH_POOL_PATH: path, OAUTH_POOL_API_URL: `http://127.0.0.1:${port}` } });
+        return () => {
+          const shown = `${transport}: ${JSON.stringify(r)}`;
+          assert.equal(r.status, 200, shown);
+          assert.match(r.text, /slow but served/, shown);
+          assert.ok(r.ms >= 11_000, shown);
+        };
+      })(),
+    );
+  }
+  const checks = await Promise.all(runs);
+  return () => {
+    for (const check of checks) check();
+  };
+});
+
 early("the gateway answers 502 in bounded time, saying why, when the API cannot be reached", async () => {
   const cases = [
     { name: "handshake never answered", url: https(ports.silent), message: /could not connect/ },

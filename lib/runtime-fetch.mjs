@@ -93,15 +93,19 @@ const abandoned = new FinalizationRegistry((stop) => stop());
 // port that never accepts, held the request for the whole response timeout (5 minutes) with
 // nothing to tell it from a model still thinking. fetch does not say when it is connected, so
 // when the head is this late the origin is asked directly: a connection and handshake of our
-// own, within a few more seconds. One that fails or stalls fails the request (the origin is not
-// reachable); one that completes leaves the request waiting for its answer.
+// own, within a few more seconds. One that stalls fails the request (the origin is not
+// reachable); one that completes leaves the request waiting for its answer, and so does one
+// refused or reset at once: fetch would have met that refusal on its own connect and failed
+// then, so the request is on a connection made before the origin began refusing new ones (a
+// connection limit, a listener gone), and its answer may still come.
 const CONNECT_PATIENCE_MS = 10_000;
 const CONNECT_PROBE_MS = 5_000;
 const needsConnectBound = typeof process?.versions?.bun === "string";
 
 /**
- * Whether a new connection to `url`'s origin completes (TCP, and the TLS handshake for https)
- * within `ms`: null when it does, else what went wrong (`waited`: the request's whole wait).
+ * Whether a new connection to `url`'s origin stalls (TCP, and the TLS handshake for https,
+ * unfinished within `ms`): what went wrong when it does (`waited`: the request's whole wait),
+ * else null, a refusal included.
  * It sends nothing and checks no certificate (only reachability is asked; fetch's own
  * connection checks it).
  */
@@ -127,14 +131,14 @@ function unreachable(url, ms, waited) {
       socket = secure
         ? connectTls({ host, port, servername: isIP(host) ? undefined : host, rejectUnauthorized: false, ALPNProtocols: ["http/1.1"] })
         : connectTcp({ host, port });
-    } catch (err) {
-      return done(`could not connect (${scrubbed(String(err?.message ?? err))})`);
+    } catch {
+      return done(null);
     }
     // A request already answered does not wait on its probe, nor does the process's exit.
     timer.unref?.();
     socket.unref?.();
     socket.once(secure ? "secureConnect" : "connect", () => done(null));
-    socket.once("error", (err) => done(`could not connect (${scrubbed(String(err?.message ?? err))})`));
+    socket.once("error", () => done(null));
   });
 }
 
