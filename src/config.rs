@@ -174,7 +174,7 @@ pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
     }
     let home = home_dir().ok_or_else(|| {
         Error::InvalidArgument(
-            "cannot find the home directory (HOME is unset, empty or not an absolute path); set OAUTH_POOL_PATH"
+            "cannot find the home directory (HOME is unset, empty, not an absolute path or not UTF-8); set OAUTH_POOL_PATH"
                 .into(),
         )
     })?;
@@ -187,9 +187,16 @@ pub fn home_dir() -> Option<PathBuf> {
     } else {
         var::HOME
     };
-    // A relative HOME would put the pool under whatever directory each process was started
-    // in (OpenCode, its workers and the CLI differ): there is then no home to find.
-    env(home).map(PathBuf::from).filter(|p| p.is_absolute())
+    env(home).and_then(usable_home)
+}
+
+/// A relative HOME would put the pool under whatever directory each process was started in
+/// (OpenCode, its workers and the CLI differ), and one that was not UTF-8 (U+FFFD where its
+/// bytes were replaced on the way from the runtime) names a directory that is not the home,
+/// made anew beside it: there is then no home to find.
+fn usable_home(home: String) -> Option<PathBuf> {
+    Some(PathBuf::from(home))
+        .filter(|p| p.is_absolute() && !p.to_string_lossy().contains('\u{fffd}'))
 }
 
 /// `~/` is the home directory; `~name` (another user's home, or this one's by name) is refused
@@ -201,7 +208,7 @@ fn expand_home(p: &str, whose: &str) -> Result<PathBuf> {
         // Without a home, `~/x` was taken as a directory named `~` under the working directory.
         return home_dir().map(|home| home.join(rest)).ok_or_else(|| {
             Error::InvalidArgument(format!(
-                "{whose} starts with ~/, and there is no home directory (HOME is unset, empty or not an absolute path): write the whole path"
+                "{whose} starts with ~/, and there is no home directory (HOME is unset, empty, not an absolute path or not UTF-8): write the whole path"
             ))
         });
     } else if p.starts_with('~') {
@@ -354,6 +361,17 @@ mod tests {
             assert_eq!(err.code(), "INVALID_ARGUMENT", "{p}");
             assert!(err.to_string().contains("only ~/"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_home_that_is_relative_or_was_not_utf8_is_no_home() {
+        assert_eq!(
+            usable_home("/home/a".into()),
+            Some(PathBuf::from("/home/a"))
+        );
+        assert_eq!(usable_home("home/a".into()), None);
+        assert_eq!(usable_home(String::new()), None);
+        assert_eq!(usable_home("/home/\u{fffd}".into()), None);
     }
 
     #[test]
