@@ -220,7 +220,10 @@ export function gatewayKey(path?: string): string;
  */
 export function storeInit(location?: string): Promise<{ location: string; schema: number; keySource: string; keyCreated: string | null }>;
 /** Copies a whole pool between a file and a postgres:// store, in either direction, every field kept. */
-export function copyStore(from: string, to: string): Promise<{ from: string; to: string; entries: number }>;
+export function copyStore(
+  from: string,
+  to: string,
+): Promise<{ from: string; to: string; entries: number /** OAuth logins copied: each is now in both stores (use only one). */; logins: number }>;
 
 export interface PoolEvent {
   kind: "failover" | "rate-limited" | "auth-error" | "unavailable" | "all-cooling" | "third-party-refused" | "tokens-unsaved";

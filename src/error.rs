@@ -36,6 +36,11 @@ pub enum Error {
     OAuthBadInput(String),
     #[error("refresh token rejected by the token endpoint ({0}); the account needs a new login")]
     OAuthInvalidGrant(String),
+    /// A refresh token not presented because the refresh journal knows it spent: the login lives
+    /// in another store (or this one went back in time). The same code as a refused token: the
+    /// account needs the live login or a new one.
+    #[error("{0}")]
+    LoginElsewhere(String),
     /// The same contract code as a dead refresh token, about a login code instead.
     #[error("the login code was refused by the token endpoint ({0}): a code works once and for a few minutes; start the login again")]
     OAuthCodeRefused(String),
@@ -87,7 +92,9 @@ impl Error {
             Error::NoUsableAccount(_) => "POOL_NO_ACCOUNT",
             Error::OAuthStateMismatch(_) => "OAUTH_STATE_MISMATCH",
             Error::OAuthBadInput(_) => "OAUTH_BAD_INPUT",
-            Error::OAuthInvalidGrant(_) | Error::OAuthCodeRefused(_) => "OAUTH_INVALID_GRANT",
+            Error::OAuthInvalidGrant(_)
+            | Error::OAuthCodeRefused(_)
+            | Error::LoginElsewhere(_) => "OAUTH_INVALID_GRANT",
             Error::OAuthHttp { .. } | Error::RefreshBackoff { .. } => "OAUTH_HTTP",
             Error::Network { .. } => "NETWORK",
             Error::InsecureEndpoint { .. } => "INSECURE_ENDPOINT",

@@ -23,7 +23,14 @@ async function init({ lib, args, path, out }) {
 
 async function copy({ lib, options, out }) {
   const r = await lib.copyStore(options.from, options.to);
-  out.result(r, text`copied ${r.entries} entr${r.entries === 1 ? "y" : "ies"} from ${r.from} to ${r.to}`);
+  let said = text`copied ${r.entries} entr${r.entries === 1 ? "y" : "ies"} from ${r.from} to ${r.to}`;
+  // A refresh token works once: two stores holding one login each spend it on their own, and
+  // the second one's refresh is refused (and may log the first out). Say so where it is done.
+  if (r.logins > 0 && r.from !== r.to) {
+    const logins = r.logins === 1 ? "its login is" : `its ${r.logins} logins are`;
+    said += `\n${text`${logins} now in both: a refresh token works once, so use only ${r.to} from now on. Restart every OpenCode, gateway and script still using ${r.from} (one started before OAUTH_POOL_STORE or OAUTH_POOL_PATH changed keeps it), then move ${r.from} away. A pool that finds a login already refreshed through the other does not refresh it, and says where it lives.`}`;
+  }
+  out.result(r, said);
 }
 
 const LOCATION = { type: "string", placeholder: "<file|url>", required: true };

@@ -83,8 +83,15 @@ pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_
             )));
         }
         let entries = pool.anthropic.len();
+        // Each is now in both stores: the CLI says which one to keep using.
+        let logins = pool
+            .accounts()
+            .filter(|a| !a.is_api_key() && a.refresh.as_ref().is_some_and(|r| !r.is_empty()))
+            .count();
         target.save(pool).await.map_err(js_error)?;
-        Ok(json!({ "from": source.describe(), "to": target.describe(), "entries": entries }))
+        Ok(
+            json!({ "from": source.describe(), "to": target.describe(), "entries": entries, "logins": logins }),
+        )
     })
 }
 

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::oauth;
 use crate::pool::Pool;
 use crate::secret::Secret;
+use crate::store::journal::{self, Claim, Journal};
 use crate::store::{RefreshLock, REFRESH_LOCK_TIMEOUT};
 
 /// Refreshes whose new tokens are not written yet, in the whole process: the refresh token each
@@ -495,6 +496,47 @@ impl Engine {
                 "refused already for this token: log in again".into(),
             ));
         }
+        // The same login in another store on this machine, or this store put back in time:
+        // the journal knows the token spent, and presenting it would cost the live login too.
+        let journal = Journal::for_user();
+        let (here, tag) = (self.store.clone(), journal::tag(&presented));
+        let claim = match journal.clone() {
+            Some(j) => {
+                let (who, tag) = (email.to_string(), tag.clone());
+                crate::store::blocking(move || {
+                    let here = here.journal_id();
+                    let claim = j.claim(&tag, &here, &who, now_ms());
+                    Ok((here, claim))
+                })
+                .await
+                .ok()
+            }
+            None => None,
+        };
+        let here = claim.as_ref().map(|(h, _)| h.clone());
+        match claim.map(|(_, c)| c) {
+            Some(Claim::Spent(spent)) => {
+                let why = spent.explain(email, here.as_deref().unwrap_or_default());
+                tracing::warn!(account = %email, token = %presented.fingerprint(), "{why}");
+                lock(&self.credentials.refused).insert(email.to_string(), presented.clone());
+                self.refuse(email, account.credential_tag(), &why);
+                events.push(Event::new(
+                    "auth-error",
+                    Some(email),
+                    format!("{email} needs the live login: {why}"),
+                ));
+                return Err(Error::LoginElsewhere(format!("{email}: {why}")));
+            }
+            Some(Claim::InFlight { store }) => {
+                tracing::info!(account = %email, other = %store, "another pool on this machine is refreshing this login right now; not presenting it here");
+                let busy = Error::RefreshBusy {
+                    email: email.to_string(),
+                    seconds: patience.as_secs(),
+                };
+                return serve_old_or(&account, rejected, busy);
+            }
+            Some(Claim::Go) | None => {}
+        }
         if let Err(e) = refresh_lock.confirm().await {
             return serve_old_or(&account, rejected, e);
         }
@@ -532,6 +574,14 @@ impl Engine {
                     .await
                     .unwrap_or_else(|_| Err(self.write_too_slow()));
                 self.overlay.clear_refused(email);
+                if let (Ok(_), Some(j), Some(here)) = (&write, journal, here) {
+                    let who = email.to_string();
+                    let _ = crate::store::blocking(move || {
+                        j.saved(&tag, &here, &who, now_ms());
+                        Ok(())
+                    })
+                    .await;
+                }
                 if let Ok(Some(login)) = write {
                     tracing::debug!(account = %email, "logged in again during the refresh; the new login is used");
                     self.invalidate();

@@ -442,7 +442,7 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn parent_dir(path: &Path) -> PathBuf {
+pub(super) fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -456,7 +456,7 @@ fn temp_prefix(path: &Path) -> String {
     )
 }
 
-fn temp_in(dir: &Path, path: &Path) -> Result<tempfile::NamedTempFile> {
+pub(super) fn temp_in(dir: &Path, path: &Path) -> Result<tempfile::NamedTempFile> {
     // tempfile creates with O_EXCL and mode 0600 from the start: no window with wider bits.
     let prefix = temp_prefix(path);
     let mut builder = tempfile::Builder::new();
@@ -499,7 +499,7 @@ fn remove_orphaned_temps(path: &Path) {
 }
 
 #[cfg(windows)]
-fn persist(mut tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+pub(super) fn persist(mut tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     // Windows refuses to replace a file another process holds open without FILE_SHARE_DELETE
     // (editors, scanners): retry briefly before failing, and never lose the temp's content.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -516,13 +516,13 @@ fn persist(mut tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
 }
 
 #[cfg(not(windows))]
-fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+pub(super) fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     tmp.persist(path)
         .map(|_| ())
         .map_err(|e| Error::io(path, "rename", e.error))
 }
 
-fn sync_dir(dir: &Path) {
+pub(super) fn sync_dir(dir: &Path) {
     // The rename is durable only once the directory entry is; Windows has no directory fsync.
     #[cfg(unix)]
     if let Ok(d) = File::open(dir) {
@@ -549,7 +549,7 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(dir, "create directory", e))
 }
 
-fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<()> {
+pub(super) fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<()> {
     match fsread::foreign_owner(meta) {
         Some(uid) => Err(Error::PoolInsecure {
             path: path.to_path_buf(),

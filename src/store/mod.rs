@@ -9,6 +9,7 @@
 
 pub mod crypto;
 pub mod file;
+pub mod journal;
 mod legacy_lock;
 mod pg_url;
 pub mod postgres;
@@ -171,6 +172,15 @@ impl Store {
         match self {
             Store::File(f) => format!("file:{}", f.path().display()),
             Store::Postgres(p) => format!("pg:{}#{}", p.shown(), p.identity()),
+        }
+    }
+
+    /// The name this store goes by in the refresh journal (`journal.rs`): the pool file's real
+    /// path, or the database as shown (no password). Blocking for a file (it resolves links).
+    pub fn journal_id(&self) -> String {
+        match self {
+            Store::File(f) => journal::file_identity(f.path()),
+            Store::Postgres(p) => p.shown().to_string(),
         }
     }
 

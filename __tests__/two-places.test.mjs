@@ -1,0 +1,217 @@
+// One login in two places, and a store that goes back in time. A refresh token works once, and
+// the mock's token endpoint, like a careful real one, revokes the whole login when a spent one
+// comes back. The pool keeps one refresh per token among the processes that share ONE store;
+// these are the ways one machine ends up with the same login in two: a pool file copied to a
+// second path, `store copy` to PostgreSQL while a process still uses the file, a snapshot or
+// older copy put back, the same login twice in one pool. Before the refresh journal
+// (src/store/journal.rs), the second store presented the spent token: its account died with a
+// bare invalid_grant, the token endpoint revoked the login, and the first store lost it as well.
+// Each test has its own HOME: the journal is per user and machine (~/.aidevops).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
+import { CLI, cliJson, runNode } from "./helpers/fleet-kit.mjs";
+import { startPostgres } from "./helpers/postgres.mjs";
+
+const WORKER = fileURLToPath(new URL("./helpers/pool-worker.mjs", import.meta.url));
+const JOURNAL = [".aidevops", "oauth-pool-refreshes.json"];
+
+let mock;
+before(async () => {
+  mock = await startMockAnthropic();
+});
+after(async () => {
+  await mock?.close();
+});
+
+/** A person's machine: its own HOME (and journal), the mock's endpoints. */
+function machine() {
+  const home = mkdtempSync(join(tmpdir(), "oauth-pool-two-places-"));
+  const env = { ...process.env, HOME: home, USERPROFILE: home, OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url };
+  delete env.OAUTH_POOL_PATH;
+  delete env.OAUTH_POOL_STORE;
+  delete env.OAUTH_POOL_STORE_KEY;
+  return { home, env };
+}
+
+/** A login registered at the mock, its access token expired (the next request refreshes it). */
+function login(email) {
+  const t = mock.addAccount(email);
+  return {
+    email,
+    refresh: t.refresh,
+    access: t.access,
+    expires: Date.now() - 1000,
+    added: new Date().toISOString(),
+    lastUsed: null,
+    status: "idle",
+    rateLimitUntil: null,
+  };
+}
+
+function writePool(path, anthropic) {
+  mkdirSync(join(path, ".."), { recursive: true, mode: 0o700 });
+  writeFileSync(path, JSON.stringify({ version: 1, anthropic }), { mode: 0o600 });
+}
+
+function newPath(name = "oauth-pool.json") {
+  return join(mkdtempSync(join(tmpdir(), "oauth-pool-place-")), "pool", name);
+}
+
+const entry = (path, email) => JSON.parse(readFileSync(path, "utf8")).anthropic.find((a) => a.email === email);
+
+/** Makes the stored access tokens of `path` expired, as hours passing would. */
+function expire(path) {
+  const pool = JSON.parse(readFileSync(path, "utf8"));
+  for (const a of pool.anthropic) a.expires = Date.now() - 1000;
+  writeFileSync(path, JSON.stringify(pool));
+}
+
+/** One request through the pool at `store` in a process of its own: its result. */
+async function request(m, store) {
+  const r = await runNode([WORKER, store, mock.url, "1"], m.env);
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout.trim().split("\n").at(-1))[0];
+}
+
+const family = (email) => mock.stats().perFamily[email];
+
+/** The login is alive at the token endpoint: no spent token came back, nothing revoked. */
+function assertLoginAlive(email) {
+  const f = family(email);
+  assert.equal(f.reuse, 0, `${email}: a spent refresh token was presented again`);
+  assert.equal(f.revoked, false, `${email}: the token endpoint revoked the login`);
+}
+
+test("a pool file copied to a second path: the copy does not spend the login the first refreshed, and says where it lives", async () => {
+  const m = machine();
+  const a = newPath();
+  const b = newPath();
+  writePool(a, [login("copied@two.test")]);
+  mkdirSync(join(b, ".."), { recursive: true });
+  copyFileSync(a, b);
+
+  assert.equal((await request(m, a)).status, 200, "the first pool refreshes and serves");
+  const second = await request(m, b);
+  assert.equal(second.error, "POOL_NO_ACCOUNT");
+  const there = entry(b, "copied@two.test");
+  assert.equal(there.status, "auth-error");
+  assert.match(there.lastError, /refreshed through the pool at .*oauth-pool\.json on \d{4}-/);
+  assert.ok(there.lastError.includes(a), `names the pool that holds the login: ${there.lastError}`);
+  assert.match(there.lastError, /use that pool, or log in again here/);
+  assert.equal(family("copied@two.test").perGeneration["0"], 1, "the first refresh token was presented once");
+  assertLoginAlive("copied@two.test");
+
+  // The pool that holds the login keeps it: served again, and refreshed again when due.
+  assert.equal((await request(m, a)).status, 200);
+  expire(a);
+  assert.equal((await request(m, a)).status, 200);
+  assert.equal(entry(a, "copied@two.test").status, "active");
+  assertLoginAlive("copied@two.test");
+
+  // The journal holds no token, only tags, and is private.
+  const journal = readFileSync(join(m.home, ...JOURNAL), "utf8");
+  assert.ok(!journal.includes("sk-ant"), "no token in the journal");
+  for (const p of [a, b]) {
+    const { refresh, access } = entry(p, "copied@two.test");
+    assert.ok(!journal.includes(refresh) && !journal.includes(access));
+  }
+});
+
+test("a pool put back to an earlier state (a snapshot restored): its spent token is not presented, and the account says what happened", async () => {
+  const m = machine();
+  const a = newPath();
+  writePool(a, [login("restored@two.test")]);
+  const snapshot = `${a}.snapshot`;
+  copyFileSync(a, snapshot);
+  assert.equal((await request(m, a)).status, 200);
+  copyFileSync(snapshot, a);
+
+  const r = await runNode([CLI, "--json", "refresh", "restored@two.test", "--path", a], m.env);
+  const out = JSON.parse(r.stdout.trim().split("\n").at(-1));
+  assert.equal(out.error?.code, "OAUTH_INVALID_GRANT");
+  assert.match(
+    out.error.message,
+    /was put back to an earlier state .* already spent here on \d{4}-.*put back the newer pool if you have it, else log in again/,
+  );
+  assert.equal(entry(a, "restored@two.test").status, "auth-error");
+  assertLoginAlive("restored@two.test");
+
+  // A new login clears it, as any auth-error: nothing of the journal sticks to the account.
+  const fresh = mock.addAccount("restored@two.test");
+  const pool = JSON.parse(readFileSync(a, "utf8"));
+  Object.assign(pool.anthropic[0], { refresh: fresh.refresh, access: fresh.access, expires: Date.now() - 1000 });
+  writeFileSync(a, JSON.stringify(pool));
+  assert.equal((await request(m, a)).status, 200);
+});
+
+test("the same login twice in one pool: the second entry does not spend what the first refreshed, and says to remove it", async () => {
+  const m = machine();
+  const a = newPath();
+  const first = login("twin@two.test");
+  writePool(a, [first, { ...first, email: "twin-copy@two.test" }]);
+
+  const one = await runNode([CLI, "refresh", "twin@two.test", "--path", a], m.env);
+  assert.equal(one.code, 0, one.stderr);
+  const two = await runNode([CLI, "refresh", "twin-copy@two.test", "--path", a], m.env);
+  assert.notEqual(two.code, 0);
+  assert.match(two.stderr + two.stdout, /OAUTH_INVALID_GRANT/);
+  assert.match(two.stderr + two.stdout, /holds the same login under twin@two\.test too.*remove twin-copy@two\.test/);
+  assert.equal(entry(a, "twin-copy@two.test").status, "auth-error");
+  assertLoginAlive("twin@two.test");
+  assert.equal((await request(m, a)).account, "twin@two.test");
+});
+
+test("a broken journal never stops a refresh: it is moved aside and a new one started", async () => {
+  const m = machine();
+  const a = newPath();
+  writePool(a, [login("journal@two.test")]);
+  const journal = join(m.home, ...JOURNAL);
+  mkdirSync(join(journal, ".."), { recursive: true, mode: 0o700 });
+  writeFileSync(journal, "{ half a journal", { mode: 0o600 });
+  assert.equal((await request(m, a)).status, 200);
+  assert.equal(readFileSync(`${journal}.corrupt`, "utf8"), "{ half a journal");
+  assert.equal(JSON.parse(readFileSync(journal, "utf8")).refreshes.length, 1);
+});
+
+test("store copy to PostgreSQL: it says the logins are in both, and the database's processes do not spend what the file's refreshed", async (t) => {
+  let pg;
+  try {
+    pg = await startPostgres();
+  } catch (e) {
+    if (process.env.CI) throw e;
+    t.skip(`no PostgreSQL here: ${e.message}`);
+    return;
+  }
+  try {
+    const m = machine();
+    const file = newPath();
+    writePool(file, [login("fleet@two.test")]);
+    assert.equal((await cliJson(m, "store", "init", pg.url)).code, 0);
+    const copy = await runNode([CLI, "store", "copy", "--from", file, "--to", pg.url], m.env);
+    assert.equal(copy.code, 0, copy.stderr);
+    assert.match(copy.stdout, /its login is now in both: a refresh token works once, so use only postgres:\/\/.* from now on/);
+    assert.ok(copy.stdout.includes(`then move ${file} away`), copy.stdout);
+    assert.equal((await cliJson(m, "store", "copy", "--from", file, "--to", pg.url)).json.logins, 1);
+
+    // An OpenCode started before OAUTH_POOL_STORE was set refreshes through the file.
+    assert.equal((await request(m, file)).status, 200);
+    const onDb = await request(m, pg.url);
+    assert.equal(onDb.error, "POOL_NO_ACCOUNT");
+    const status = await cliJson(m, "list", "--path", pg.url);
+    const account = status.json.accounts?.find((x) => x.email === "fleet@two.test") ?? status.json.find?.((x) => x.email === "fleet@two.test");
+    assert.equal(account.status, "auth-error");
+    assert.ok(JSON.stringify(account).includes(file), `names the file that holds the login: ${JSON.stringify(account)}`);
+    assertLoginAlive("fleet@two.test");
+    expire(file);
+    assert.equal((await request(m, file)).status, 200, "the file keeps the login");
+    assertLoginAlive("fleet@two.test");
+    assert.ok(existsSync(join(m.home, ...JOURNAL)));
+  } finally {
+    await pg.close();
+  }
+});

@@ -1,0 +1,503 @@
+//! The machine's record of which refresh tokens were spent, and through which store.
+//!
+//! A store's own lock keeps one refresh per token among the processes that share it, but the
+//! same login can sit in two stores on one machine (a pool file copied to a second path, `store
+//! copy` to PostgreSQL while an OpenCode started before still uses the file, a backup or `.bak`
+//! put back, the same login twice in one pool). Each store then presents the token on its own:
+//! the second gets `invalid_grant`, and the token endpoint may revoke the whole login, so the
+//! store that refreshed first loses it too. This journal, per user and machine, holds a tag of
+//! each refresh token presented (never the token), the store and account that presented it, and
+//! whether the tokens that replaced it were saved. A store about to present a token another store
+//! or account already spent, or that it spent itself before it went back in time, does not
+//! present it, and says where the live login is.
+//!
+//! It is touched only around a refresh, under its own lock. Whatever goes wrong with it (no home,
+//! a busy lock, a full disk, a file that does not parse) lets the refresh go on as before: a
+//! journal must never cost a login. A file that does not parse is kept aside and replaced.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::file::{check_maker, check_owner, parent_dir, persist, sync_dir, temp_in, FileLock};
+use crate::account::iso_time;
+use crate::error::{Error, Result};
+use crate::fsread::{self, ReadError};
+use crate::secret::Secret;
+
+/// The journal's file name, in `~/.aidevops` (beside the default pool and the store key).
+pub const FILE_NAME: &str = "oauth-pool-refreshes.json";
+/// Entries older than this are dropped: a store put back further than that is left to the token
+/// endpoint's answer.
+const KEEP_MS: i64 = 30 * 24 * 3600 * 1000;
+/// At most this many entries (the newest kept): a month of refreshes of dozens of accounts.
+const KEEP_ENTRIES: usize = 5000;
+/// A file larger than this is not a journal of ours.
+const MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// How long a refresh waits for the journal's lock before it goes on without it.
+const LOCK_PATIENCE: Duration = Duration::from_secs(2);
+/// A token another store presented this recently, with no saved successor yet, may be in its
+/// refresh right now (a refresh takes at most a minute: 30 s, and once more after a lost answer).
+const IN_FLIGHT_MS: i64 = 120_000;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Entry {
+    /// `tag()` of the refresh token presented.
+    token: String,
+    /// `Store::journal_id()` of the store that presented it.
+    store: String,
+    email: String,
+    /// When it was presented, or when its successor was saved (epoch ms).
+    at: i64,
+    /// Whether the tokens that replaced it were saved in that store.
+    #[serde(default)]
+    saved: bool,
+}
+
+#[derive(Serialize, Deserialize, Default, Debug)]
+struct Book {
+    #[serde(default)]
+    version: u32,
+    #[serde(default)]
+    refreshes: Vec<Entry>,
+}
+
+/// Why a token is not to be presented: where it was spent, by whom, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spent {
+    pub store: String,
+    pub email: String,
+    pub at: i64,
+    /// The same store and account spent it: the store went back in time.
+    pub restored: bool,
+}
+
+impl Spent {
+    /// What a person reads on the account (`lastError`, the toast, `status`): where the live
+    /// login is, and what to do. `here` is the store about to present the token.
+    pub fn explain(&self, email: &str, here: &str) -> String {
+        let when = iso_time(self.at);
+        if self.restored {
+            format!(
+                "not refreshed: {here} was put back to an earlier state (a backup, a snapshot or an older copy restored over it): this refresh token was already spent here on {when}, and the tokens that replaced it were saved then; put back the newer pool if you have it, else log in again"
+            )
+        } else if self.store == here {
+            format!(
+                "not refreshed: this pool holds the same login under {} too, which refreshed it on {when} (a refresh token works once); remove {email} (one login is one account), or log in again under it",
+                self.email
+            )
+        } else {
+            format!(
+                "not refreshed: this login was refreshed through the pool at {} on {when}, which holds it now (a refresh token works once: presenting it again here would get it refused, and could log that pool out too); use that pool, or log in again here",
+                self.store
+            )
+        }
+    }
+}
+
+/// What the journal says about presenting a token.
+#[derive(Debug, PartialEq)]
+pub enum Claim {
+    /// Present it (recorded as presented by this store and account).
+    Go,
+    /// Spent already, its successor saved: do not present it.
+    Spent(Spent),
+    /// Another store or account presented it moments ago and has not saved a successor yet.
+    InFlight { store: String },
+}
+
+/// A tag of a refresh token for the journal: longer than `Secret::fingerprint` (a collision
+/// would stop a refresh), and not the token (SHA-256 of a random token reveals nothing usable).
+pub fn tag(secret: &Secret) -> String {
+    let mut h = Sha256::new();
+    h.update(b"oauth-pool refresh journal\0");
+    h.update(secret.expose().as_bytes());
+    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct Journal {
+    path: PathBuf,
+}
+
+impl Journal {
+    /// This user's journal, `~/.aidevops/oauth-pool-refreshes.json`; None without a home.
+    pub fn for_user() -> Option<Journal> {
+        crate::config::home_dir().map(|h| Journal::at(h.join(".aidevops").join(FILE_NAME)))
+    }
+
+    pub fn at(path: impl Into<PathBuf>) -> Journal {
+        Journal { path: path.into() }
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        self.path.with_file_name(name)
+    }
+
+    /// Before presenting the refresh token tagged `token` of `email` in `store`. Blocking.
+    /// Any trouble with the journal itself is `Go` (logged): the refresh goes on as before.
+    pub fn claim(&self, token: &str, store: &str, email: &str, now: i64) -> Claim {
+        let decided = self.change(now, |book| {
+            let me = |e: &Entry| e.store == store && e.email == email;
+            let found = book.refreshes.iter().position(|e| e.token == token);
+            if let Some(i) = found {
+                let e = &book.refreshes[i];
+                if e.saved {
+                    return (
+                        false,
+                        Claim::Spent(Spent {
+                            store: e.store.clone(),
+                            email: e.email.clone(),
+                            at: e.at,
+                            restored: me(e),
+                        }),
+                    );
+                }
+                if !me(e) && now.saturating_sub(e.at) < IN_FLIGHT_MS {
+                    return (
+                        false,
+                        Claim::InFlight {
+                            store: e.store.clone(),
+                        },
+                    );
+                }
+                book.refreshes.remove(i);
+            }
+            book.refreshes.push(Entry {
+                token: token.to_string(),
+                store: store.to_string(),
+                email: email.to_string(),
+                at: now,
+                saved: false,
+            });
+            (true, Claim::Go)
+        });
+        decided.unwrap_or(Claim::Go)
+    }
+
+    /// The tokens that replaced `token` are saved in `store`: from now on nobody presents it.
+    pub fn saved(&self, token: &str, store: &str, email: &str, now: i64) {
+        self.change(now, |book| {
+            let mine = book
+                .refreshes
+                .iter_mut()
+                .find(|e| e.token == token && e.store == store && e.email == email);
+            match mine {
+                Some(e) => {
+                    e.saved = true;
+                    e.at = now;
+                }
+                None => book.refreshes.push(Entry {
+                    token: token.to_string(),
+                    store: store.to_string(),
+                    email: email.to_string(),
+                    at: now,
+                    saved: true,
+                }),
+            }
+            (true, ())
+        });
+    }
+
+    /// For `doctor`: of `tokens` (tag, email) held by `store`, those the journal knows spent,
+    /// each with where and when. Read without the lock (every write is a rename).
+    pub fn spent_of(&self, store: &str, tokens: &[(String, String)]) -> Vec<(String, Spent)> {
+        let Ok(Some(book)) = self.read() else {
+            return Vec::new();
+        };
+        tokens
+            .iter()
+            .filter_map(|(token, email)| {
+                let e = book
+                    .refreshes
+                    .iter()
+                    .find(|e| &e.token == token && e.saved)?;
+                let spent = Spent {
+                    store: e.store.clone(),
+                    email: e.email.clone(),
+                    at: e.at,
+                    restored: e.store == store && &e.email == email,
+                };
+                Some((email.clone(), spent))
+            })
+            .collect()
+    }
+
+    /// The stores the journal names, other than `store` (for `doctor`).
+    pub fn other_stores(&self, store: &str) -> Vec<String> {
+        let Ok(Some(book)) = self.read() else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for e in &book.refreshes {
+            if e.store != store && !out.contains(&e.store) {
+                out.push(e.store.clone());
+            }
+        }
+        out
+    }
+
+    /// Under the lock: read, prune, let `f` decide (and say whether to write), write. None when
+    /// the journal could not be used (then nothing is decided from it).
+    fn change<T>(&self, now: i64, f: impl FnOnce(&mut Book) -> (bool, T)) -> Option<T> {
+        let skip = |why: String| {
+            tracing::warn!(journal = %self.path.display(), error = %why, "the refresh journal cannot be used; refreshing without it");
+        };
+        if !self.path.exists() {
+            if let Err(why) = check_maker(&self.path) {
+                skip(why);
+                return None;
+            }
+        }
+        let _lock = match FileLock::acquire(&self.lock_path(), LOCK_PATIENCE) {
+            Ok(l) => l,
+            Err(e) => {
+                skip(e.to_string());
+                return None;
+            }
+        };
+        let mut book = match self.read() {
+            Ok(b) => b.unwrap_or_default(),
+            Err(Unusable::Refused(why)) => {
+                skip(why);
+                return None;
+            }
+            Err(Unusable::Corrupt(why)) => {
+                self.keep_aside(&why);
+                Book::default()
+            }
+        };
+        prune(&mut book, now);
+        let (write, out) = f(&mut book);
+        if write {
+            prune(&mut book, now);
+            book.version = 1;
+            if let Err(e) = self.write(&book) {
+                skip(e.to_string());
+                return None;
+            }
+        }
+        Some(out)
+    }
+
+    fn read(&self) -> std::result::Result<Option<Book>, Unusable> {
+        let file = match fsread::open_regular(&self.path, false) {
+            Ok(f) => f,
+            Err(ReadError::NotFound) => return Ok(None),
+            Err(ReadError::TooLarge(_)) => {
+                return Err(Unusable::Corrupt("it is far larger than a journal".into()))
+            }
+            Err(e) => return Err(Unusable::Refused(e.to_string())),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| Unusable::Refused(e.to_string()))?;
+        check_owner(&self.path, &meta).map_err(|e| Unusable::Refused(e.to_string()))?;
+        let bytes = match fsread::read_capped(&file, MAX_BYTES) {
+            Ok(b) => b,
+            Err(ReadError::TooLarge(_)) => {
+                return Err(Unusable::Corrupt("it is far larger than a journal".into()))
+            }
+            Err(e) => return Err(Unusable::Refused(e.to_string())),
+        };
+        serde_json::from_slice::<Book>(&bytes)
+            .map(Some)
+            .map_err(|e| Unusable::Corrupt(format!("it does not parse ({e})")))
+    }
+
+    /// A file that does not parse is moved aside (one kept, the last), never read again.
+    fn keep_aside(&self, why: &str) {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(".corrupt");
+        let aside = self.path.with_file_name(name);
+        let moved = fs::rename(&self.path, &aside);
+        tracing::warn!(
+            journal = %self.path.display(),
+            aside = %aside.display(),
+            moved = moved.is_ok(),
+            "the refresh journal was not usable ({why}): it was moved aside and a new one is started"
+        );
+    }
+
+    fn write(&self, book: &Book) -> Result<()> {
+        let bytes = serde_json::to_vec(book)
+            .map_err(|e| Error::InvalidArgument(format!("journal: {e}")))?;
+        let dir = parent_dir(&self.path);
+        let mut tmp = temp_in(&dir, &self.path)?;
+        use std::io::Write;
+        tmp.write_all(&bytes)
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(|e| Error::io(&self.path, "write", e))?;
+        persist(tmp, &self.path)?;
+        sync_dir(&dir);
+        Ok(())
+    }
+}
+
+enum Unusable {
+    /// Not ours to touch (a symlink, another user's, not a regular file): left alone.
+    Refused(String),
+    /// Ours, but not a journal: moved aside.
+    Corrupt(String),
+}
+
+fn prune(book: &mut Book, now: i64) {
+    book.refreshes
+        .retain(|e| now.saturating_sub(e.at) < KEEP_MS && e.at <= now.saturating_add(KEEP_MS));
+    book.refreshes.sort_by_key(|e| e.at);
+    let over = book.refreshes.len().saturating_sub(KEEP_ENTRIES);
+    book.refreshes.drain(..over);
+}
+
+/// The name a file store goes by in the journal: its path with links resolved, so that two
+/// spellings of one file are one store.
+pub fn file_identity(path: &Path) -> String {
+    if let Ok(p) = fs::canonicalize(path) {
+        return p.display().to_string();
+    }
+    match (path.parent().map(fs::canonicalize), path.file_name()) {
+        (Some(Ok(dir)), Some(name)) => dir.join(name).display().to_string(),
+        _ => path.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal() -> (tempfile::TempDir, Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::at(dir.path().join("home").join(FILE_NAME));
+        (dir, j)
+    }
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn a_token_spent_and_saved_elsewhere_is_not_presented_again() {
+        let (_d, j) = journal();
+        assert_eq!(j.claim("t1", "/a/pool.json", "x@y", NOW), Claim::Go);
+        // Another store at the same moment: the first may be refreshing it right now.
+        assert_eq!(
+            j.claim("t1", "/b/pool.json", "x@y", NOW + 1000),
+            Claim::InFlight {
+                store: "/a/pool.json".into()
+            }
+        );
+        j.saved("t1", "/a/pool.json", "x@y", NOW + 2000);
+        let Claim::Spent(s) = j.claim("t1", "/b/pool.json", "x@y", NOW + 3000) else {
+            panic!("spent elsewhere must be refused")
+        };
+        assert!(!s.restored);
+        assert!(s
+            .explain("x@y", "/b/pool.json")
+            .contains("refreshed through the pool at /a/pool.json"));
+        // The store that spent it, put back in time, holds it again.
+        let Claim::Spent(s) = j.claim("t1", "/a/pool.json", "x@y", NOW + 4000) else {
+            panic!("its own spent token must be refused")
+        };
+        assert!(s.restored);
+        assert!(s.explain("x@y", "/a/pool.json").contains("put back"));
+        // The same login under another name in the same store.
+        let Claim::Spent(s) = j.claim("t1", "/a/pool.json", "twin@y", NOW + 5000) else {
+            panic!("a twin must be refused")
+        };
+        assert!(s.explain("twin@y", "/a/pool.json").contains("under x@y too"));
+    }
+
+    #[test]
+    fn a_presentation_without_a_saved_successor_does_not_block() {
+        let (_d, j) = journal();
+        assert_eq!(j.claim("t1", "/a", "x", NOW), Claim::Go);
+        // The same store again (a failed or interrupted refresh): go.
+        assert_eq!(j.claim("t1", "/a", "x", NOW + 1000), Claim::Go);
+        // Another store once the first is surely no longer refreshing: go, and it is its now.
+        assert_eq!(j.claim("t1", "/b", "x", NOW + IN_FLIGHT_MS + 2000), Claim::Go);
+        assert!(matches!(
+            j.claim("t1", "/a", "x", NOW + IN_FLIGHT_MS + 3000),
+            Claim::InFlight { .. }
+        ));
+    }
+
+    #[test]
+    fn the_journal_is_private_bounded_and_holds_no_token() {
+        let (_d, j) = journal();
+        let secret = Secret::new("sk-ant-ort01-not-a-real-token-but-long-enough");
+        let t = tag(&secret);
+        assert_eq!(t.len(), 32);
+        j.claim(&t, "/a", "x", NOW);
+        j.saved(&t, "/a", "x", NOW);
+        let text = fs::read_to_string(&j.path).unwrap();
+        assert!(!text.contains("sk-ant") && !text.contains("not-a-real"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&j.path), 0o600);
+            assert_eq!(mode(j.path.parent().unwrap()), 0o700);
+        }
+        // Old entries go; so do the oldest beyond the cap.
+        j.claim("old", "/a", "x", NOW - KEEP_MS - 1);
+        j.saved("new", "/a", "x", NOW);
+        let book = j.read().ok().flatten().unwrap();
+        assert!(!book.refreshes.iter().any(|e| e.token == "old"));
+        let entry = |i: usize| Entry {
+            token: format!("n{i}"),
+            store: "/a".into(),
+            email: "x".into(),
+            at: NOW - i as i64,
+            saved: true,
+        };
+        let mut book = Book {
+            version: 1,
+            refreshes: (0..KEEP_ENTRIES + 10).map(entry).collect(),
+        };
+        prune(&mut book, NOW);
+        assert_eq!(book.refreshes.len(), KEEP_ENTRIES);
+        assert!(book.refreshes.iter().all(|e| e.at > NOW - KEEP_ENTRIES as i64));
+    }
+
+    #[test]
+    fn a_broken_journal_never_blocks_a_refresh_and_is_kept_aside() {
+        let (_d, j) = journal();
+        fs::create_dir_all(j.path.parent().unwrap()).unwrap();
+        fs::write(&j.path, b"{ not json").unwrap();
+        assert_eq!(j.claim("t1", "/a", "x", NOW), Claim::Go);
+        let aside = j.path.with_file_name(format!("{FILE_NAME}.corrupt"));
+        assert_eq!(fs::read(&aside).unwrap(), b"{ not json");
+        // The new journal works.
+        j.saved("t1", "/a", "x", NOW);
+        assert!(matches!(j.claim("t1", "/b", "x", NOW), Claim::Spent(_)));
+
+        // A symlink, a directory, a FIFO: left alone, and the refresh goes on.
+        #[cfg(unix)]
+        {
+            fs::remove_file(&j.path).unwrap();
+            std::os::unix::fs::symlink(&aside, &j.path).unwrap();
+            assert_eq!(j.claim("t2", "/a", "x", NOW), Claim::Go);
+            assert_eq!(fs::read(&aside).unwrap(), b"{ not json");
+            fs::remove_file(&j.path).unwrap();
+            let fifo = std::ffi::CString::new(j.path.to_str().unwrap()).unwrap();
+            assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+            assert_eq!(j.claim("t3", "/a", "x", NOW), Claim::Go);
+        }
+    }
+
+    #[test]
+    fn two_spellings_of_one_file_are_one_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("pool.json");
+        fs::write(&real, b"{}").unwrap();
+        let spelled = dir.path().join(".").join("pool.json");
+        assert_eq!(file_identity(&real), file_identity(&spelled));
+        // One not made yet: its directory's real path.
+        let missing = dir.path().join(".").join("new.json");
+        assert!(file_identity(&missing).ends_with("new.json"));
+        assert!(!file_identity(&missing).contains("/./"));
+    }
+}
