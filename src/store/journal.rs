@@ -115,7 +115,11 @@ pub fn tag(secret: &Secret) -> String {
     let mut h = Sha256::new();
     h.update(b"oauth-pool refresh journal\0");
     h.update(secret.expose().as_bytes());
-    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -202,44 +206,6 @@ impl Journal {
             }
             (true, ())
         });
-    }
-
-    /// For `doctor`: of `tokens` (tag, email) held by `store`, those the journal knows spent,
-    /// each with where and when. Read without the lock (every write is a rename).
-    pub fn spent_of(&self, store: &str, tokens: &[(String, String)]) -> Vec<(String, Spent)> {
-        let Ok(Some(book)) = self.read() else {
-            return Vec::new();
-        };
-        tokens
-            .iter()
-            .filter_map(|(token, email)| {
-                let e = book
-                    .refreshes
-                    .iter()
-                    .find(|e| &e.token == token && e.saved)?;
-                let spent = Spent {
-                    store: e.store.clone(),
-                    email: e.email.clone(),
-                    at: e.at,
-                    restored: e.store == store && &e.email == email,
-                };
-                Some((email.clone(), spent))
-            })
-            .collect()
-    }
-
-    /// The stores the journal names, other than `store` (for `doctor`).
-    pub fn other_stores(&self, store: &str) -> Vec<String> {
-        let Ok(Some(book)) = self.read() else {
-            return Vec::new();
-        };
-        let mut out: Vec<String> = Vec::new();
-        for e in &book.refreshes {
-            if e.store != store && !out.contains(&e.store) {
-                out.push(e.store.clone());
-            }
-        }
-        out
     }
 
     /// Under the lock: read, prune, let `f` decide (and say whether to write), write. None when
@@ -407,7 +373,9 @@ mod tests {
         let Claim::Spent(s) = j.claim("t1", "/a/pool.json", "twin@y", NOW + 5000) else {
             panic!("a twin must be refused")
         };
-        assert!(s.explain("twin@y", "/a/pool.json").contains("under x@y too"));
+        assert!(s
+            .explain("twin@y", "/a/pool.json")
+            .contains("under x@y too"));
     }
 
     #[test]
@@ -417,7 +385,10 @@ mod tests {
         // The same store again (a failed or interrupted refresh): go.
         assert_eq!(j.claim("t1", "/a", "x", NOW + 1000), Claim::Go);
         // Another store once the first is surely no longer refreshing: go, and it is its now.
-        assert_eq!(j.claim("t1", "/b", "x", NOW + IN_FLIGHT_MS + 2000), Claim::Go);
+        assert_eq!(
+            j.claim("t1", "/b", "x", NOW + IN_FLIGHT_MS + 2000),
+            Claim::Go
+        );
         assert!(matches!(
             j.claim("t1", "/a", "x", NOW + IN_FLIGHT_MS + 3000),
             Claim::InFlight { .. }
@@ -459,7 +430,10 @@ mod tests {
         };
         prune(&mut book, NOW);
         assert_eq!(book.refreshes.len(), KEEP_ENTRIES);
-        assert!(book.refreshes.iter().all(|e| e.at > NOW - KEEP_ENTRIES as i64));
+        assert!(book
+            .refreshes
+            .iter()
+            .all(|e| e.at > NOW - KEEP_ENTRIES as i64));
     }
 
     #[test]
