@@ -92,9 +92,9 @@ impl Error {
             Error::NoUsableAccount(_) => "POOL_NO_ACCOUNT",
             Error::OAuthStateMismatch(_) => "OAUTH_STATE_MISMATCH",
             Error::OAuthBadInput(_) => "OAUTH_BAD_INPUT",
-            Error::OAuthInvalidGrant(_)
-            | Error::OAuthCodeRefused(_)
-            | Error::LoginElsewhere(_) => "OAUTH_INVALID_GRANT",
+            Error::OAuthInvalidGrant(_) | Error::OAuthCodeRefused(_) | Error::LoginElsewhere(_) => {
+                "OAUTH_INVALID_GRANT"
+            }
             Error::OAuthHttp { .. } | Error::RefreshBackoff { .. } => "OAUTH_HTTP",
             Error::Network { .. } => "NETWORK",
             Error::InsecureEndpoint { .. } => "INSECURE_ENDPOINT",
