@@ -166,6 +166,30 @@ test("the same login twice in one pool: the second entry does not spend what the
   assert.equal((await request(m, a)).account, "twin@two.test");
 });
 
+test("a token endpoint that hands the same refresh token back: refreshing again is no reuse, and another pool may use it", async () => {
+  const m = machine();
+  const a = newPath();
+  const b = newPath();
+  const l = login("static@two.test");
+  writePool(a, [l]);
+  mkdirSync(join(b, ".."), { recursive: true });
+  copyFileSync(a, b);
+  // A server that does not rotate: the same refresh token comes back (as an endpoint that sends
+  // none, which keeps it, would), so presenting it again is no reuse.
+  const unrotated = { status: 200, body: { access_token: l.access, refresh_token: l.refresh, expires_in: 3600 }, grant: "refresh_token" };
+  mock.setTokenMode({ ...unrotated, times: 3 });
+  try {
+    assert.equal((await request(m, a)).status, 200, "refreshed and served");
+    expire(a);
+    assert.equal((await request(m, a)).status, 200, "refreshed again with the same token: not taken for a pool put back");
+    assert.equal(entry(a, "static@two.test").status, "active");
+    assert.equal((await request(m, b)).status, 200, "a copy of the pool refreshes it too: nothing was spent");
+    assert.equal(entry(b, "static@two.test").status, "active");
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
+
 test("a broken journal never stops a refresh: it is moved aside and a new one started", async () => {
   const m = machine();
   const a = newPath();

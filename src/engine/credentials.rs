@@ -576,8 +576,15 @@ impl Engine {
                 self.overlay.clear_refused(email);
                 if let (Ok(_), Some(j), Some(here)) = (&write, journal, here) {
                     let who = email.to_string();
+                    // A token endpoint that hands the same refresh token back (or none, which
+                    // keeps it) did not spend it: it is no more spent than before.
+                    let rotated = refresh != presented;
                     let _ = crate::store::blocking(move || {
-                        j.saved(&tag, &here, &who, now_ms());
+                        if rotated {
+                            j.saved(&tag, &here, &who, now_ms());
+                        } else {
+                            j.released(&tag, &here, &who, now_ms());
+                        }
                         Ok(())
                     })
                     .await;

@@ -208,6 +208,17 @@ impl Journal {
         });
     }
 
+    /// The token endpoint answered `token` with the same refresh token (it does not rotate):
+    /// it is not spent, and another store presenting it is no reuse.
+    pub fn released(&self, token: &str, store: &str, email: &str, now: i64) {
+        self.change(now, |book| {
+            let before = book.refreshes.len();
+            book.refreshes
+                .retain(|e| !(e.token == token && e.store == store && e.email == email));
+            (book.refreshes.len() != before, ())
+        });
+    }
+
     /// Under the lock: read, prune, let `f` decide (and say whether to write), write. None when
     /// the journal could not be used (then nothing is decided from it).
     fn change<T>(&self, now: i64, f: impl FnOnce(&mut Book) -> (bool, T)) -> Option<T> {
@@ -376,6 +387,24 @@ mod tests {
         assert!(s
             .explain("twin@y", "/a/pool.json")
             .contains("under x@y too"));
+    }
+
+    #[test]
+    fn a_token_handed_back_unrotated_stays_presentable_everywhere() {
+        let (_d, j) = journal();
+        assert_eq!(j.claim("t1", "/a", "x", NOW), Claim::Go);
+        j.released("t1", "/a", "x", NOW + 10);
+        assert_eq!(
+            j.claim("t1", "/a", "x", NOW + 20),
+            Claim::Go,
+            "this store again"
+        );
+        j.released("t1", "/a", "x", NOW + 30);
+        assert_eq!(
+            j.claim("t1", "/b", "x", NOW + 40),
+            Claim::Go,
+            "another store at once"
+        );
     }
 
     #[test]
