@@ -1,9 +1,12 @@
 //! Configuration read from the environment at call time (never cached), and the endpoint rule:
 //! https only, except plain http to a loopback host (how tests point the pool at local mocks).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use url::Url;
@@ -75,24 +78,89 @@ pub mod var {
     ];
 }
 
-/// The JavaScript side's view of the environment, when it has given one. Bun does not pass
-/// `process.env` changes down to the C environment, so index.mjs hands over the variables it
-/// sees before each call; when set, this snapshot is authoritative.
-static JS_ENV: RwLock<Option<HashMap<String, String>>> = RwLock::new(None);
-
-pub fn set_js_env(vars: HashMap<String, String>) {
-    if let Ok(mut guard) = JS_ENV.write() {
-        *guard = Some(vars);
-    }
-    ENV_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Release);
+/// One JavaScript environment's view of the variables, as it last handed them over. Bun does
+/// not pass `process.env` changes down to the C environment, and a worker thread's `process.env`
+/// is its own copy, so lib/native.mjs hands over the variables it sees before a call; once
+/// given, a view is authoritative for the calls of the environment that gave it.
+pub struct JsEnv {
+    /// Unique to this view: what was resolved from a view (the store, the API origin) is
+    /// cached under its generation.
+    generation: u64,
+    vars: HashMap<String, String>,
 }
 
-static ENV_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
-/// Changes whenever the runtime hands over a changed environment: what was resolved from the
-/// environment under an older generation (the store, the API origin) is resolved again.
+/// The view handed over last by any environment: the fallback for work no call can be traced
+/// to (the addon's own background tasks run under the view of the call that started them).
+static LAST_JS_ENV: RwLock<Option<Arc<JsEnv>>> = RwLock::new(None);
+
+thread_local! {
+    /// The view the environment running on this thread handed over (each JavaScript
+    /// environment, the main thread or a worker, Node's or Bun's, has a thread of its own).
+    static THREAD_JS_ENV: RefCell<Option<Arc<JsEnv>>> = const { RefCell::new(None) };
+}
+
+tokio::task_local! {
+    /// The view of the call that started the task (`with_caller_env`).
+    static TASK_JS_ENV: Option<Arc<JsEnv>>;
+}
+
+/// Takes the calling environment's view of the variables. Several environments in one process
+/// (the main thread and workers, each with its own `process.env`) each keep their own: one
+/// process-wide view sent the main thread's requests to a worker's pool file once the worker
+/// had handed over its own `OAUTH_POOL_PATH`.
+pub fn set_js_env(vars: HashMap<String, String>) {
+    let view = Arc::new(JsEnv {
+        generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+        vars,
+    });
+    let _ = THREAD_JS_ENV.try_with(|t| *t.borrow_mut() = Some(view.clone()));
+    if let Ok(mut last) = LAST_JS_ENV.write() {
+        *last = Some(view);
+    }
+}
+
+/// The view the current work runs under: its task's, else its thread's, else the last one
+/// handed over.
+pub fn current_js_env() -> Option<Arc<JsEnv>> {
+    if let Ok(Some(view)) = TASK_JS_ENV.try_with(Clone::clone) {
+        return Some(view);
+    }
+    if let Some(view) = THREAD_JS_ENV
+        .try_with(|t| t.borrow().clone())
+        .ok()
+        .flatten()
+    {
+        return Some(view);
+    }
+    LAST_JS_ENV.read().ok().and_then(|last| last.clone())
+}
+
+/// `task` run under the view of the work that starts it: a promise's task under the calling
+/// environment's, a background task under the view of the task that spawned it.
+pub fn with_caller_env<F: Future>(task: F) -> impl Future<Output = F::Output> {
+    TASK_JS_ENV.scope(current_js_env(), task)
+}
+
+/// `work` (to run on another thread, a blocking one) made to run under the caller's view.
+pub fn in_caller_env<R>(work: impl FnOnce() -> R) -> impl FnOnce() -> R {
+    let view = current_js_env();
+    move || {
+        let before = THREAD_JS_ENV
+            .try_with(|t| std::mem::replace(&mut *t.borrow_mut(), view))
+            .ok()
+            .flatten();
+        let result = work();
+        let _ = THREAD_JS_ENV.try_with(|t| *t.borrow_mut() = before);
+        result
+    }
+}
+
+/// Changes whenever the view the current work runs under changes: what was resolved from the
+/// environment under another generation (the store, the API origin) is resolved again.
 pub fn env_generation() -> u64 {
-    ENV_GENERATION.load(std::sync::atomic::Ordering::Acquire)
+    current_js_env().map_or(0, |view| view.generation)
 }
 
 /// A fingerprint of the environment as the C library holds it (its array of entries, read in
@@ -130,10 +198,8 @@ pub fn environ_stamp() -> Option<u64> {
 
 /// An environment variable as the caller's runtime sees it now.
 pub fn env(var: Var) -> Option<String> {
-    if let Ok(guard) = JS_ENV.read() {
-        if let Some(vars) = guard.as_ref() {
-            return vars.get(var.name()).cloned();
-        }
+    if let Some(view) = current_js_env() {
+        return view.vars.get(var.name()).cloned();
     }
     std::env::var(var.name()).ok()
 }

@@ -50,11 +50,13 @@ const SHUTDOWN_WAIT: Duration = Duration::from_millis(100);
 
 /// Runs `task` on the current runtime when called from inside one, else on the addon's, started
 /// if it was not yet: work spawned from a synchronous call on the JavaScript thread, where no
-/// runtime is current and none may have started, still runs.
+/// runtime is current and none may have started, still runs. Like every task of ours, it reads
+/// the environment as the work that spawned it does (`config::with_caller_env`).
 pub fn spawn(task: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
     // Boxed: tokio's task code is compiled once for every background task, not once per kind
     // (these are bookkeeping writes and the like, never per chunk).
-    let task: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(task);
+    let task: Pin<Box<dyn Future<Output = ()> + Send>> =
+        Box::pin(crate::config::with_caller_env(task));
     if let Ok(handle) = Handle::try_current() {
         handle.spawn(task);
         return Ok(());
@@ -68,7 +70,8 @@ pub fn spawn(task: impl Future<Output = ()> + Send + 'static) -> Result<(), Stri
 pub fn spawn_boxed<T: Send + 'static>(
     task: impl Future<Output = T> + Send + 'static,
 ) -> tokio::task::JoinHandle<T> {
-    let task: Pin<Box<dyn Future<Output = T> + Send>> = Box::pin(task);
+    let task: Pin<Box<dyn Future<Output = T> + Send>> =
+        Box::pin(crate::config::with_caller_env(task));
     tokio::spawn(task)
 }
 

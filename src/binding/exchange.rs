@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{Buffer, BufferSlice, PromiseRaw};
+use napi::bindgen_prelude::{BufferSlice, PromiseRaw};
 use napi::Env;
 use napi_derive::napi;
 use reqwest::header::HeaderMap;
@@ -23,8 +23,9 @@ pub struct NativeExchange {
     inner: std::result::Result<Arc<tokio::sync::Mutex<Exchange>>, String>,
     base: HeaderMap,
     cancel: CancellationToken,
-    /// The delivered answer's usage tap, fed by `observe` as the host's body passes.
-    usage: std::sync::Mutex<Option<(UsageTap, UsageSink)>>,
+    /// The delivered answer's usage tap, fed by `observe` as the host's body passes. Shared
+    /// with `judge`'s task, which arms it (see `judge` for why no task borrows `self`).
+    usage: Arc<std::sync::Mutex<Option<(UsageTap, UsageSink)>>>,
     /// The opening of the answer being judged, an event stream (`feedOpening`); `judge` takes
     /// what it said.
     opening: std::sync::Mutex<Option<Opening>>,
@@ -169,7 +170,7 @@ impl NativeExchange {
             inner,
             base,
             cancel: CancellationToken::new(),
-            usage: std::sync::Mutex::new(None),
+            usage: Arc::new(std::sync::Mutex::new(None)),
             opening: std::sync::Mutex::new(None),
         }
     }
@@ -232,23 +233,35 @@ impl NativeExchange {
 
     /// `"retry"`, `"deliver"` or `"deliver-tap"` (see `judgeSync`). `headers`: the answer's
     /// `name: value` lines; `body`: the start of the body, for a 400 (`needsBody`).
-    #[napi]
-    pub async fn judge(
+    ///
+    /// The task owns what it uses and borrows nothing of `self`: when the environment that
+    /// made this object goes (a worker terminated mid-request), Node-API frees the object
+    /// whatever is still running, and a task that borrowed it read freed memory (the host
+    /// crashed, or every later call hung). The body is copied for the same reason.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn judge<'env>(
         &self,
+        env: &'env Env,
         status: u32,
         headers: String,
-        body: Option<Buffer>,
-    ) -> JsResult<String> {
+        body: Option<BufferSlice>,
+    ) -> JsResult<PromiseRaw<'env, String>> {
         let status = u16::try_from(status)
             .map_err(|_| js_error(Error::InvalidArgument(format!("bad status {status}"))))?;
         let map = headers::answer_headers(header_lines(&headers));
-        let mut ex = self.exchange()?.lock().await;
+        let exchange = self.exchange()?.clone();
         let said = self.take_said();
-        let verdict = ex
-            .judge(status, &map, body.as_deref(), said.as_deref(), &self.cancel)
-            .await
-            .map_err(js_error)?;
-        Ok(self.verdict_value(&ex, verdict, status, &map))
+        let body = body.map(|b| b.to_vec());
+        let cancel = self.cancel.clone();
+        let usage = self.usage.clone();
+        promise(env, async move {
+            let mut ex = exchange.lock().await;
+            let verdict = ex
+                .judge(status, &map, body.as_deref(), said.as_deref(), &cancel)
+                .await
+                .map_err(js_error)?;
+            Ok(verdict_value(&usage, &ex, verdict, status, &map))
+        })
     }
 
     /// `judge()` on the calling thread when the answer means no I/O (anything but a 401);
@@ -273,7 +286,7 @@ impl NativeExchange {
         if verdict.is_some() {
             self.take_said();
         }
-        Ok(verdict.map(|verdict| self.verdict_value(&ex, verdict, status, &map)))
+        Ok(verdict.map(|verdict| verdict_value(&self.usage, &ex, verdict, status, &map)))
     }
 
     /// Feeds a chunk of the answer's event stream before it is judged (a 2xx event stream is
@@ -298,33 +311,6 @@ impl NativeExchange {
     fn take_said(&self) -> Option<String> {
         let taken = self.opening.lock().ok()?.take()?;
         taken.said().map(str::to_string)
-    }
-
-    /// Arms the usage tap for a delivered 2xx (JSON or an event stream: other bodies carry no
-    /// usage and pass untouched).
-    fn verdict_value(
-        &self,
-        ex: &Exchange,
-        verdict: Verdict,
-        status: u16,
-        map: &HeaderMap,
-    ) -> String {
-        if verdict == Verdict::Retry {
-            return "retry".into();
-        }
-        let Some(event_stream) = usage::carried(status, map) else {
-            return "deliver".into();
-        };
-        match (
-            ex.usage_sink().filter(|sink| sink.wanted(event_stream)),
-            self.usage.lock(),
-        ) {
-            (Some(sink), Ok(mut slot)) => {
-                *slot = Some((UsageTap::new(event_stream), sink));
-                "deliver-tap".into()
-            }
-            _ => "deliver".into(),
-        }
     }
 
     /// Shows the tap a chunk of the delivered body as it passes to the host (nothing is kept,
@@ -401,6 +387,33 @@ impl NativeExchange {
     #[napi(catch_unwind)]
     pub fn abort(&self) {
         self.cancel.cancel();
+    }
+}
+
+/// Arms the usage tap for a delivered 2xx (JSON or an event stream: other bodies carry no
+/// usage and pass untouched).
+fn verdict_value(
+    usage: &std::sync::Mutex<Option<(UsageTap, UsageSink)>>,
+    ex: &Exchange,
+    verdict: Verdict,
+    status: u16,
+    map: &HeaderMap,
+) -> String {
+    if verdict == Verdict::Retry {
+        return "retry".into();
+    }
+    let Some(event_stream) = usage::carried(status, map) else {
+        return "deliver".into();
+    };
+    match (
+        ex.usage_sink().filter(|sink| sink.wanted(event_stream)),
+        usage.lock(),
+    ) {
+        (Some(sink), Ok(mut slot)) => {
+            *slot = Some((UsageTap::new(event_stream), sink));
+            "deliver-tap".into()
+        }
+        _ => "deliver".into(),
     }
 }
 

@@ -33,7 +33,7 @@ pub struct FetchController {
     /// and a bulk body's read-ahead starts with the first read: an answer aborted before it was
     /// read kept its upstream connection open until it was read or collected. Held weakly, so
     /// an answer dropped unread still goes when JavaScript collects it.
-    body: std::sync::Mutex<Weak<tokio::sync::Mutex<AnswerBody>>>,
+    body: Arc<std::sync::Mutex<Weak<tokio::sync::Mutex<AnswerBody>>>>,
 }
 
 impl Default for FetchController {
@@ -48,7 +48,7 @@ impl FetchController {
     pub fn new() -> Self {
         FetchController {
             cancel: CancellationToken::new(),
-            body: std::sync::Mutex::new(Weak::new()),
+            body: Arc::new(std::sync::Mutex::new(Weak::new())),
         }
     }
 
@@ -67,9 +67,19 @@ impl FetchController {
         let _ = crate::runtime::spawn(async move { body.lock().await.close() });
     }
 
-    #[napi]
-    pub async fn send(&self, request: FetchRequest) -> JsResult<NativeResponse> {
-        let engine = engine_for(request.path.as_deref()).map_err(js_error)?;
+    /// The task owns what it uses (the request's bytes, the abort token, the body's slot) and
+    /// borrows nothing of `self`: when the environment that made this object goes (a worker
+    /// terminated mid-request), Node-API frees the object whatever is still running, and a
+    /// task that borrowed it read freed memory (the host crashed, or every later call hung).
+    #[napi(ts_return_type = "Promise<NativeResponse>")]
+    pub fn send<'env>(
+        &self,
+        env: &'env Env,
+        request: FetchRequest,
+    ) -> JsResult<PromiseRaw<'env, NativeResponse>> {
+        let cancel = self.cancel.clone();
+        let slot = self.body.clone();
+        let path = request.path;
         let req = fetch::OutgoingRequest {
             url: request.url,
             method: request.method,
@@ -79,50 +89,53 @@ impl FetchController {
                 Either::B(bytes) => Bytes::copy_from_slice(&bytes),
             }),
         };
-        let (result, events) = fetch::pool_fetch(&engine, req, &self.cancel).await;
-        let answer = match result {
-            Ok(a) => a,
-            // Events that explain a failure (an account just went to auth-error, say) travel
-            // with it: JavaScript reports them, then rejects with the error.
-            Err(e) if !events.is_empty() => {
-                return Ok(NativeResponse {
-                    status: 0,
-                    status_text: String::new(),
-                    headers: Vec::new(),
-                    account: None,
-                    events: serde_json::to_string(&events).unwrap_or_else(|_| "[]".into()),
-                    failure: Some(js_error(e).reason),
-                    body: Arc::new(tokio::sync::Mutex::new(AnswerBody::done())),
-                    cancel: self.cancel.clone(),
-                });
+        promise(env, async move {
+            let engine = engine_for(path.as_deref()).map_err(js_error)?;
+            let (result, events) = fetch::pool_fetch(&engine, req, &cancel).await;
+            let answer = match result {
+                Ok(a) => a,
+                // Events that explain a failure (an account just went to auth-error, say) travel
+                // with it: JavaScript reports them, then rejects with the error.
+                Err(e) if !events.is_empty() => {
+                    return Ok(NativeResponse {
+                        status: 0,
+                        status_text: String::new(),
+                        headers: Vec::new(),
+                        account: None,
+                        events: serde_json::to_string(&events).unwrap_or_else(|_| "[]".into()),
+                        failure: Some(js_error(e).reason),
+                        body: Arc::new(tokio::sync::Mutex::new(AnswerBody::done())),
+                        cancel,
+                    });
+                }
+                Err(e) => return Err(js_error(e)),
+            };
+            let events = serde_json::to_string(&answer.events).unwrap_or_else(|_| "[]".into());
+            let body = AnswerBody::new(answer.body, answer.event_stream, answer.usage, &cancel)
+                .await
+                .map_err(js_error)?;
+            let body = Arc::new(tokio::sync::Mutex::new(body));
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Arc::downgrade(&body);
             }
-            Err(e) => return Err(js_error(e)),
-        };
-        let events = serde_json::to_string(&answer.events).unwrap_or_else(|_| "[]".into());
-        let body = AnswerBody::new(answer.body, answer.event_stream, answer.usage, &self.cancel)
-            .await
-            .map_err(js_error)?;
-        let body = Arc::new(tokio::sync::Mutex::new(body));
-        if let Ok(mut slot) = self.body.lock() {
-            *slot = Arc::downgrade(&body);
-        }
-        // Aborted while the body was being set up: nothing closed it.
-        if self.cancel.is_cancelled() {
-            body.lock().await.close();
-        }
-        Ok(NativeResponse {
-            status: answer.status as u32,
-            status_text: answer.status_text,
-            headers: answer
-                .headers
-                .into_iter()
-                .map(|(k, v)| vec![k, v])
-                .collect(),
-            account: answer.account,
-            events,
-            failure: None,
-            body,
-            cancel: self.cancel.clone(),
+            // Aborted while the body was being set up: nothing closed it.
+            if cancel.is_cancelled() {
+                body.lock().await.close();
+            }
+            Ok(NativeResponse {
+                status: answer.status as u32,
+                status_text: answer.status_text,
+                headers: answer
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| vec![k, v])
+                    .collect(),
+                account: answer.account,
+                events,
+                failure: None,
+                body,
+                cancel,
+            })
         })
     }
 }
@@ -173,11 +186,16 @@ impl NativeResponse {
     }
 
     /// The next bytes of the body, or null at its end. Rejects with ABORT_ERR once aborted.
-    #[napi]
-    pub async fn next(&self) -> JsResult<Option<JsBytes>> {
-        let mut body = self.body.lock().await;
-        let batch = body.next_batch(&self.cancel).await.map_err(js_error)?;
-        Ok(batch.map(JsBytes))
+    /// The task borrows nothing of `self` (see `FetchController::send`).
+    #[napi(ts_return_type = "Promise<Buffer | null>")]
+    pub fn next<'env>(&self, env: &'env Env) -> JsResult<PromiseRaw<'env, Option<JsBytes>>> {
+        let body = self.body.clone();
+        let cancel = self.cancel.clone();
+        promise(env, async move {
+            let mut body = body.lock().await;
+            let batch = body.next_batch(&cancel).await.map_err(js_error)?;
+            Ok(batch.map(JsBytes))
+        })
     }
 
     /// The whole body when it is already here (small answers of known size), else null.

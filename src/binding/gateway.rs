@@ -1,5 +1,6 @@
 //! The gateway from JavaScript: `serve()` starts it and resolves a handle (`url`, `close()`).
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use napi_derive::napi;
@@ -26,7 +27,7 @@ pub struct ServeOptions {
 
 #[napi]
 pub struct NativeGateway {
-    inner: std::sync::Arc<Gateway>,
+    inner: Arc<Gateway>,
 }
 
 #[napi]
@@ -52,8 +53,52 @@ impl NativeGateway {
     }
 }
 
-#[napi]
-pub async fn serve(options: Option<ServeOptions>) -> JsResult<NativeGateway> {
+/// The gateway a JavaScript environment started, closed when that environment goes: a worker
+/// thread that started one and was terminated (or exited) left it serving, with its port, for
+/// the rest of the process, and nothing could close it any more.
+#[derive(Default)]
+struct Owned {
+    gone: bool,
+    gateway: Option<Arc<Gateway>>,
+}
+
+#[napi(ts_return_type = "Promise<NativeGateway>")]
+pub fn serve<'env>(
+    env: &'env Env,
+    options: Option<ServeOptions>,
+) -> JsResult<PromiseRaw<'env, NativeGateway>> {
+    let owned = Arc::new(Mutex::new(Owned::default()));
+    env.add_env_cleanup_hook(owned.clone(), |owned| {
+        let gateway = {
+            let mut o = owned.lock().unwrap_or_else(PoisonError::into_inner);
+            o.gone = true;
+            o.gateway.take()
+        };
+        if let Some(gateway) = gateway {
+            stop(gateway);
+        }
+    })?;
+    promise(env, async move {
+        let gateway = Arc::new(start(options).await?);
+        let mut o = owned.lock().unwrap_or_else(PoisonError::into_inner);
+        if o.gone {
+            drop(o);
+            stop(gateway);
+            return Err(js_error(Error::Aborted));
+        }
+        o.gateway = Some(gateway.clone());
+        Ok(NativeGateway { inner: gateway })
+    })
+}
+
+/// Stops accepting at once (the environment's thread must not wait), then finishes the close
+/// (the last bookkeeping) on the runtime.
+fn stop(gateway: Arc<Gateway>) {
+    gateway.stop();
+    let _ = crate::runtime::spawn(async move { gateway.close(Duration::ZERO).await });
+}
+
+async fn start(options: Option<ServeOptions>) -> JsResult<Gateway> {
     let o = options.unwrap_or(ServeOptions {
         host: None,
         port: None,
@@ -93,10 +138,7 @@ pub async fn serve(options: Option<ServeOptions>) -> JsResult<NativeGateway> {
         ),
         max_connections: o.max_connections.unwrap_or(512).max(1) as usize,
     };
-    let gw = gateway::start(opts).await.map_err(js_error)?;
-    Ok(NativeGateway {
-        inner: std::sync::Arc::new(gw),
-    })
+    gateway::start(opts).await.map_err(js_error)
 }
 
 /// The gateway key clients must present (generated on first use), for `serve --show-key`.

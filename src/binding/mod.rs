@@ -89,7 +89,12 @@ pub type JsResult<T> = napi::Result<T>;
 /// answer a shared type (a JSON value, nothing, a count) go through this one boxed future type,
 /// so napi's task machinery (polling, settling, the panic guard) is compiled once per result type
 /// instead of once per function: as `async fn`s each added about 11 KB to the `.node` (22 of
-/// them, 256 KB). The request path's own calls (`send`, a body batch, `judge`) stay `async fn`s.
+/// them, 256 KB).
+///
+/// A method's `work` must own what it uses and never borrow the object (`&self`): Node-API
+/// frees every object of an environment when that environment goes (a worker terminated, or
+/// exiting) whatever tasks still run, so a task holding `&self` read freed memory (napi-rs's
+/// `async fn` methods do: the host crashed, or hung). Take clones before the `async move`.
 pub fn promise<T>(
     env: &napi::Env,
     work: impl Future<Output = JsResult<T>> + Send + 'static,

@@ -26,6 +26,10 @@ fn coded(why: String) -> napi::Error {
     napi::Error::from_reason(format!("[POOL_IO] {why}; the next call tries again"))
 }
 
+/// How long the last environment's teardown waits for a refresh whose new tokens are not
+/// written yet (the exit hook's figure, lib/native.mjs).
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// napi's handle on the runtime, which lives in `crate::runtime`.
 struct PoolRuntime;
 
@@ -40,7 +44,9 @@ unsafe impl AsyncRuntime for PoolRuntime {
     ) -> std::result::Result<(), AsyncRuntimeRejection<AsyncRuntimeTask>> {
         match runtime::runtime() {
             Ok(rt) => {
-                rt.spawn(task);
+                // Called on the JavaScript thread that made the call: the promise's work reads
+                // that environment's variables, whichever environment hands over next.
+                rt.spawn(crate::config::with_caller_env(task));
                 Ok(())
             }
             Err(why) => Err(rejection(task, why)),
@@ -60,6 +66,15 @@ unsafe impl AsyncRuntime for PoolRuntime {
     }
 
     fn shutdown(&self) -> napi::Result<()> {
+        // napi shuts the runtime down when the last environment that loaded the addon goes,
+        // which is not always the process's end: a worker thread that alone used the pool,
+        // terminated, took the tasks with it, a refresh in flight too (its refresh token spent,
+        // its successor never written: the login lost). What the exit hook settles is settled
+        // here first (at once when nothing is unwritten), unless this is a runtime's own thread.
+        if tokio::runtime::Handle::try_current().is_err() {
+            crate::engine::credentials::settle_unwritten(SETTLE_LIMIT);
+            crate::engine::flush_before_exit(crate::engine::EXIT_FLUSH_LIMIT);
+        }
         runtime::shutdown();
         Ok(())
     }
@@ -71,7 +86,7 @@ unsafe impl AsyncRuntime for PoolRuntime {
         match runtime::runtime() {
             Ok(rt) => {
                 // Detached: napi settles its promise from inside `work`.
-                drop(rt.spawn_blocking(work));
+                drop(rt.spawn_blocking(crate::config::in_caller_env(work)));
                 Ok(())
             }
             Err(why) => Err(rejection(work, why)),

@@ -222,6 +222,15 @@ impl Gateway {
         }
     }
 
+    /// Stops accepting and cuts the streams in flight, at once, from any thread (`close` does
+    /// the rest: waits for the server's task and writes the last bookkeeping).
+    pub fn stop(&self) {
+        if let Ok(mut d) = self.drain.lock() {
+            *d = Duration::ZERO;
+        }
+        self.shutdown.cancel();
+    }
+
     /// Stops accepting; streams in flight get `drain` to finish, then are cut. Idempotent.
     pub async fn close(&self, drain: Duration) {
         if let Ok(mut d) = self.drain.lock() {

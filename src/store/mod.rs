@@ -108,7 +108,7 @@ pub async fn blocking<T: Send + 'static>(
         }
     };
     // Boxed: tokio's task code is compiled once per result type, not once per caller.
-    let f: Box<dyn FnOnce() -> Result<T> + Send> = Box::new(f);
+    let f: Box<dyn FnOnce() -> Result<T> + Send> = Box::new(crate::config::in_caller_env(f));
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::InvalidArgument(format!("background task failed: {e}")))?
