@@ -570,10 +570,21 @@ impl Account {
             // Passed ones go, after the reopening spread (`OAUTH_POOL_JITTER_MS`, at most 60 s).
             m.retain(|_, v| epoch_ms_of(v).is_some_and(|t| t + 60_000 > now));
             let merged = m
-                .get(family)
+                .shift_remove(family)
+                .as_ref()
                 .and_then(epoch_ms_of)
                 .map_or(until, |t| t.max(until));
+            // Last in the map: of the rests ending together, the one decided last stays.
             m.insert(family.to_string(), Value::from(merged));
+            if m.len() > crate::engine::limits::MAX_SCOPED_COOLDOWNS {
+                let mut ends: Vec<(String, i64)> = m
+                    .iter()
+                    .map(|(k, v)| (k.clone(), epoch_ms_of(v).unwrap_or(0)))
+                    .collect();
+                for k in crate::engine::limits::cap_scoped(&mut ends, &family.to_string()) {
+                    m.remove(&k);
+                }
+            }
         }
     }
 
@@ -728,6 +739,28 @@ mod tests {
         assert!(!a.usable_at(now));
         a.enabled = Some(false);
         assert_eq!(a.effective_status(now), Status::Disabled);
+    }
+
+    #[test]
+    fn model_rests_are_capped_and_the_ones_ending_soonest_go() {
+        let now = 1_800_000_000_000i64;
+        let mut a = Account::new_oauth("a@x", "a".into(), "r".into(), now + 10_000_000, now);
+        a.cool_model_until("sonnet", now + 10 * 3_600_000, now);
+        for i in 0..1_000 {
+            a.cool_model_until(&format!("fam{i}"), now + 3_600_000 + i, now);
+        }
+        let m = a.extra["modelCooldowns"].as_object().unwrap();
+        assert_eq!(m.len(), crate::engine::limits::MAX_SCOPED_COOLDOWNS);
+        assert!(m.contains_key("sonnet"), "it ends last: kept");
+        assert!(m.contains_key("fam999"), "the one just decided stays");
+        assert!(!m.contains_key("fam0"));
+        // The one just decided stays even when it ends soonest.
+        a.cool_model_until("haiku", now + 1_000, now);
+        assert!(a.model_cooldown_until("haiku", now).is_some());
+        assert_eq!(
+            a.extra["modelCooldowns"].as_object().unwrap().len(),
+            crate::engine::limits::MAX_SCOPED_COOLDOWNS
+        );
     }
 
     #[test]

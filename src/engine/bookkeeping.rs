@@ -98,7 +98,7 @@ impl Pending {
             self.seen(&email, limits);
         }
         for (k, v) in old.usage {
-            self.usage.entry(k).or_default().add(&v);
+            self.add_counts(k, &v);
         }
         for (k, v) in old.last_error {
             self.last_error.entry(k).or_insert(v);
@@ -107,10 +107,11 @@ impl Pending {
             self.last_failover = old.last_failover;
         }
         for (k, v) in old.cooldowns {
-            let e = self.cooldowns.entry(k).or_insert(v.clone());
+            let e = self.cooldowns.entry(k.clone()).or_insert(v.clone());
             if v.0 > e.0 {
                 *e = v;
             }
+            self.cap_scoped(&k);
         }
         for (k, v) in old.refused {
             self.refused.entry(k).or_insert(v);
@@ -195,8 +196,67 @@ impl Pending {
         let window = window
             .filter(|r| *r > now && *r - now <= FIVE_HOURS_MS)
             .unwrap_or((now / FIVE_HOURS_MS + 1) * FIVE_HOURS_MS);
-        let key = (email.to_string(), model.to_string(), day_of(now), window);
-        self.usage.entry(key).or_default().add(&counts);
+        self.add_counts(
+            (email.to_string(), model.to_string(), day_of(now), window),
+            &counts,
+        );
+    }
+
+    /// Adds `counts` under `key`, bounded as the file's usage is (`add_usage`), for while the
+    /// store cannot be written (a read-only mount, a full disk: the batch is kept and grows until
+    /// a write lands): a window's usage goes with one of the same period, past
+    /// `MAX_WINDOW_BUCKETS` the oldest window's goes with the next, and past `MAX_MODELS` models
+    /// the rest count as one. A client naming a new model per request, or a server moving its
+    /// reset on every answer, added a key per request for as long as writes failed.
+    fn add_counts(&mut self, key: UsageKey, counts: &Counts) {
+        let (email, model, day, window) = key;
+        let mut windows: Vec<i64> = self
+            .usage
+            .keys()
+            .filter(|(e, ..)| *e == email)
+            .map(|(.., w)| *w)
+            .collect();
+        windows.sort_unstable();
+        windows.dedup();
+        let near = windows.iter().copied().min_by_key(|w| w.abs_diff(window));
+        let window = match near {
+            Some(w) if w.abs_diff(window) <= SAME_PERIOD_MS as u64 => w,
+            _ if windows.len() >= MAX_WINDOW_BUCKETS => {
+                if window < windows[0] {
+                    windows[0]
+                } else {
+                    let (oldest, next) = (windows[0], windows[1]);
+                    let moved: Vec<(UsageKey, Counts)> = self
+                        .usage
+                        .extract_if(|(e, .., w), _| *e == email && *w == oldest)
+                        .collect();
+                    for ((e, m, d, _), c) in moved {
+                        self.add_model_counts((e, m, d, next), &c);
+                    }
+                    window
+                }
+            }
+            _ => window,
+        };
+        self.add_model_counts((email, model, day, window), counts);
+    }
+
+    /// Adds `counts` under `key`, or under `OTHER_MODELS` when its day and window name
+    /// `MAX_MODELS` others already.
+    fn add_model_counts(&mut self, mut key: UsageKey, counts: &Counts) {
+        if !self.usage.contains_key(&key) {
+            let models = self
+                .usage
+                .keys()
+                .filter(|(e, m, d, w)| {
+                    *e == key.0 && *d == key.2 && *w == key.3 && m != OTHER_MODELS
+                })
+                .count();
+            if models >= MAX_MODELS {
+                key.1 = OTHER_MODELS.to_string();
+            }
+        }
+        self.usage.entry(key).or_default().add(counts);
     }
 
     pub fn error(&mut self, email: &str, message: &str) {
@@ -220,12 +280,29 @@ impl Pending {
         resets: Option<u64>,
     ) {
         let decided = (until, why.to_string(), Decided::now(), resets);
-        let e = self
-            .cooldowns
-            .entry((email.to_string(), scope.map(str::to_string)))
-            .or_insert(decided.clone());
+        let key = (email.to_string(), scope.map(str::to_string));
+        let e = self.cooldowns.entry(key.clone()).or_insert(decided.clone());
         if until >= e.0 {
             *e = decided;
+        }
+        self.cap_scoped(&key);
+    }
+
+    /// As many rests of families and endpoints per account as the file keeps
+    /// (`Account::cool_model_until`), for while it cannot be written: one per request of a
+    /// client naming new families piled up here till then. `key` was just decided and stays.
+    fn cap_scoped(&mut self, key: &(String, Option<String>)) {
+        if key.1.is_none() {
+            return;
+        }
+        let mut scoped: Vec<(Option<String>, (i64, std::time::Instant))> = self
+            .cooldowns
+            .iter()
+            .filter(|((e, s), _)| *e == key.0 && s.is_some())
+            .map(|((_, s), c)| (s.clone(), (c.0, c.2.instant())))
+            .collect();
+        for s in super::limits::cap_scoped(&mut scoped, &key.1) {
+            self.cooldowns.remove(&(key.0.clone(), s));
         }
     }
 
@@ -521,7 +598,8 @@ fn add_usage(a: &mut crate::account::Account, batch: &HashMap<UsageKey, Counts>,
         }
         let Some(b) = b.as_object_mut() else { return };
         // Model names come from callers: past `MAX_MODELS` in one bucket, the rest count as one.
-        let model = if b.contains_key(model) || b.len() < MAX_MODELS {
+        let named = b.len() - usize::from(b.contains_key(OTHER_MODELS));
+        let model = if model == OTHER_MODELS || b.contains_key(model) || named < MAX_MODELS {
             model
         } else {
             OTHER_MODELS
@@ -594,7 +672,11 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
         if a.rate_limit_until.is_some() && !cooling_at_settled {
             a.clear_cooldown();
         }
-        for ((who, scope), (until, why, decided, resets)) in &batch.cooldowns {
+        // In the order they were decided: past the file's cap, of the rests ending together,
+        // those decided last stay (`Account::cool_model_until`).
+        let mut cooldowns: Vec<_> = batch.cooldowns.iter().collect();
+        cooldowns.sort_by_key(|(_, (_, _, decided, _))| decided.instant());
+        for ((who, scope), (until, why, decided, resets)) in cooldowns {
             // Decided before the clock was stepped back (the write waited for the lock, or for
             // the store to come back): as long as it was then, from the clock as it is now.
             let until = until.saturating_sub(decided.clock_set_back());
@@ -1293,5 +1375,65 @@ mod tests {
         assert!(book.is_idle());
         book.record(|p| p.served("a@x", 1, 1, None));
         assert!(!book.is_idle(), "recorded, unwritten");
+    }
+
+    #[test]
+    fn a_batch_kept_while_the_store_cannot_be_written_stays_bounded() {
+        let now = now_ms();
+        let one = Counts {
+            requests: 1,
+            input: 1,
+            ..Counts::default()
+        };
+        let mut kept = Pending::default();
+        // Every write fails: each round's batch is put back under the next one's.
+        for round in 0..20 {
+            let mut batch = Pending::default();
+            for i in 0..1_000 {
+                let n = round * 1_000 + i;
+                // A new model per request, a reset moved by minutes on every answer, and a new
+                // family refused per request.
+                let reset = now + 60_000 + (n % 280) * 61_000;
+                batch.usage("a@x", &format!("m-{n}"), Some(reset), now, one);
+                batch.cooldown(
+                    "a@x",
+                    Some(&format!("fam{n}")),
+                    now + 3_600_000 + n,
+                    "429",
+                    None,
+                );
+            }
+            batch.merge_older(std::mem::take(&mut kept));
+            kept = batch;
+        }
+        let windows: std::collections::HashSet<i64> = kept.usage.keys().map(|k| k.3).collect();
+        assert!(
+            windows.len() <= MAX_WINDOW_BUCKETS,
+            "{} windows",
+            windows.len()
+        );
+        assert!(
+            kept.usage.len() <= MAX_WINDOW_BUCKETS * (MAX_MODELS + 1),
+            "{} usage keys",
+            kept.usage.len()
+        );
+        let total: u64 = kept.usage.values().map(|c| c.requests).sum();
+        assert_eq!(total, 20_000, "every request still counted");
+        assert_eq!(
+            kept.cooldowns.len(),
+            super::super::limits::MAX_SCOPED_COOLDOWNS,
+            "the rests ending last"
+        );
+        assert!(kept
+            .cooldowns
+            .keys()
+            .any(|(_, s)| s.as_deref() == Some("fam19999")));
+        let mut pool = pool_of(now);
+        apply(&mut pool, &kept, now);
+        let stored = &pool.find("a@x").unwrap().extra["modelCooldowns"];
+        assert_eq!(
+            stored.as_object().unwrap().len(),
+            super::super::limits::MAX_SCOPED_COOLDOWNS
+        );
     }
 }

@@ -176,6 +176,13 @@ impl Credentials {
             .collect()
     }
 
+    /// Forgets the refresh flights and refused tokens of accounts the pool no longer has (a
+    /// flight under way stays: its refresh ends and writes as it would).
+    pub fn keep_only(&self, present: &std::collections::HashSet<&str>) {
+        lock(&self.flights).retain(|e, f| present.contains(e.as_str()) || Arc::strong_count(f) > 1);
+        lock(&self.refused).retain(|e, _| present.contains(e.as_str()));
+    }
+
     /// The tokens of these accounts are durable now: release their refresh locks.
     pub fn saved(&self, emails: &[String]) {
         let mut unsaved = lock(&self.unsaved);

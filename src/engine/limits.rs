@@ -16,6 +16,14 @@ pub(crate) const UNIFIED_PREFIX: &str = "anthropic-ratelimit-unified-";
 /// names come from answer headers: a server naming new ones on every answer would otherwise
 /// grow the pool file without end. Past the cap, the windows heard of longest ago go.
 pub const MAX_WINDOWS: usize = 16;
+/// The most model families and endpoints resting at once per account (`modelCooldowns`; there
+/// are a handful: sonnet, opus, haiku, and the three endpoints with limits of their own). The
+/// family comes from the request's `model`: a client naming a new one per request, each refused
+/// by a model-scoped 429, added a rest per request that lasted up to the window's reset (days),
+/// to the pool file and to the process (100,000 requests: a 5.5 MB file, every write rewriting
+/// it). Past the cap, the rests that end soonest go (the one just decided stays); a family whose
+/// rest went is refused once more and rests again.
+pub const MAX_SCOPED_COOLDOWNS: usize = 16;
 /// A sanity cap on any cooldown: windows are at most a week; garbage must not bench forever.
 pub(crate) const MAX_COOLDOWN_MS: i64 = 8 * 24 * 3600 * 1000;
 /// Cooldown for a bare 429 that gave no `retry-after`.
@@ -604,6 +612,25 @@ pub fn merge_windows(known: &mut Vec<Window>, fresh: &[Window]) {
     }
     let excess = known.len().saturating_sub(MAX_WINDOWS);
     known.drain(..excess);
+}
+
+/// Drops the entries of `scoped` (scope -> when it ends) that end soonest, never `keep`, until at
+/// most `MAX_SCOPED_COOLDOWNS` are left; of those ending together, the first listed goes first.
+pub fn cap_scoped<K: Eq, O: Ord + Copy>(scoped: &mut Vec<(K, O)>, keep: &K) -> Vec<K> {
+    let mut dropped = Vec::new();
+    while scoped.len() > MAX_SCOPED_COOLDOWNS {
+        let Some(i) = scoped
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, _))| k != keep)
+            .min_by_key(|(_, (_, ends))| *ends)
+            .map(|(i, _)| i)
+        else {
+            break;
+        };
+        dropped.push(scoped.remove(i).0);
+    }
+    dropped
 }
 
 /// Resets this close name one period of a window: read through a clock that is off, a reset

@@ -366,6 +366,10 @@ impl Engine {
             }
         }
         let (pool, stamp) = self.store.load_stamped().await?;
+        let present: std::collections::HashSet<&str> =
+            pool.accounts().map(|a| a.email.as_str()).collect();
+        self.overlay.keep_only(&present);
+        self.credentials.keep_only(&present);
         let pool = Arc::new(pool);
         if let Some(stamp) = stamp {
             *lock(&self.cache) = Some((stamp, pool.clone()));

@@ -25,6 +25,9 @@ const SAME_COOLDOWN_MS: i64 = 1_000;
 /// so a session in use stays pinned and a quiet one goes after at least 5,000 newer ones.
 const MAX_SESSIONS: usize = 10_000;
 
+/// Cooldowns this process holds before one it decides sweeps out those that no longer count.
+const SWEEP_COOLING_PAST: usize = 64;
+
 pub(crate) use crate::store::lock;
 
 use super::limits::Window;
@@ -41,6 +44,11 @@ pub(crate) struct Decided(i64, Instant);
 impl Decided {
     pub(crate) fn now() -> Decided {
         Decided(crate::account::now_ms(), Instant::now())
+    }
+
+    /// When it was decided, by the monotonic clock.
+    pub(crate) fn instant(&self) -> Instant {
+        self.1
     }
 
     /// Decided just now, when the wall clock read `wall`.
@@ -152,7 +160,25 @@ impl Overlay {
                 return false;
             }
         }
-        cooling.insert(key, (until, None, Decided::now()));
+        // What no longer counts goes here too once there is much of it, not only when a request
+        // is served: while every answer is a refusal, nothing is served.
+        if cooling.len() >= SWEEP_COOLING_PAST {
+            let now = crate::account::now_ms();
+            cooling.retain(|_, (t, stored, _)| {
+                *t > now && stored.is_none_or(|at| at.elapsed() < STORED_GRACE)
+            });
+        }
+        cooling.insert(key.clone(), (until, None, Decided::now()));
+        if key.1.is_some() {
+            let mut scoped: Vec<(Scope, (i64, Instant))> = cooling
+                .iter()
+                .filter(|((e, s), _)| e == email && s.is_some())
+                .map(|((_, s), (t, _, decided))| (s.clone(), (*t, decided.1)))
+                .collect();
+            for s in super::limits::cap_scoped(&mut scoped, &key.1) {
+                cooling.remove(&(email.to_string(), s));
+            }
+        }
         true
     }
 
@@ -317,6 +343,16 @@ impl Overlay {
         lock(&self.cooling).clear();
         lock(&self.refused).clear();
         lock(&self.resting).clear();
+    }
+
+    /// Forgets what this process knew of accounts the pool no longer has: a process that sees
+    /// logins come and go for days (a service adding and removing accounts) kept each one's
+    /// windows for its whole life. One added again is learnt anew, its rests from the store.
+    pub fn keep_only(&self, present: &std::collections::HashSet<&str>) {
+        lock(&self.cooling).retain(|(e, _), _| present.contains(e.as_str()));
+        lock(&self.refused).retain(|e, _| present.contains(e.as_str()));
+        lock(&self.resting).retain(|e, _| present.contains(e.as_str()));
+        lock(&self.windows).retain(|e, _| present.contains(e.as_str()));
     }
 
     /// `clear`, for one account.
@@ -550,5 +586,55 @@ mod tests {
             o.pinned(Some(&format!("ses_{last}")), None).as_deref(),
             Some("b@x")
         );
+    }
+
+    #[test]
+    fn rests_decided_while_nothing_is_served_stay_bounded() {
+        let o = Overlay::default();
+        let now = crate::account::now_ms();
+        o.cool("a@x", None, now + 60_000);
+        for i in 0..5_000 {
+            // Passed ones go too, once there are many.
+            o.cool(&format!("b{i}@x"), None, now - 1);
+            assert!(o.cool("a@x", Some(&format!("fam{i}")), now + 3_600_000 + i));
+        }
+        let cooling = lock(&o.cooling);
+        let scoped = cooling.keys().filter(|(_, s)| s.is_some()).count();
+        assert_eq!(scoped, super::super::limits::MAX_SCOPED_COOLDOWNS);
+        assert!(cooling.contains_key(&("a@x".to_string(), Some("fam4999".to_string()))));
+        assert!(
+            cooling.contains_key(&("a@x".to_string(), None)),
+            "the account's own stays"
+        );
+        assert!(
+            cooling.len() <= SWEEP_COOLING_PAST + 1,
+            "{} held",
+            cooling.len()
+        );
+    }
+
+    #[test]
+    fn what_was_known_of_accounts_gone_from_the_pool_goes() {
+        let o = Overlay::default();
+        let now = crate::account::now_ms();
+        let w = |name: &str| Window {
+            name: name.into(),
+            utilization: Some(0.5),
+            ..Window::default()
+        };
+        for i in 0..1_000 {
+            let email = format!("gone{i}@x");
+            o.note_windows(&email, &[w("5h"), w("7d")]);
+            o.cool(&email, Some("sonnet"), now + 60_000);
+            o.refuse(&email, None);
+        }
+        o.note_windows("kept@x", &[w("5h")]);
+        o.cool("kept@x", None, now + 60_000);
+        o.keep_only(&["kept@x"].into_iter().collect());
+        assert_eq!(lock(&o.windows).len(), 1);
+        assert_eq!(lock(&o.cooling).len(), 1);
+        assert!(lock(&o.refused).is_empty());
+        assert_eq!(o.windows("kept@x", now).len(), 1);
+        assert_eq!(o.cooling_until("kept@x", None, now), Some(now + 60_000));
     }
 }
