@@ -226,12 +226,17 @@ export function copyStore(
 ): Promise<{ from: string; to: string; entries: number /** OAuth logins copied: each is now in both stores (use only one). */; logins: number }>;
 
 export interface PoolEvent {
-  kind: "failover" | "rate-limited" | "auth-error" | "unavailable" | "all-cooling" | "third-party-refused" | "tokens-unsaved";
-  /** The account the event is about. */
+  /**
+   * `holding`: every account is cooling and requests wait for the first one (`OAUTH_POOL_HOLD_MAX_MS`);
+   * told as the hold begins, while the request is pending (other kinds come as it ends), once per
+   * cooldown however many requests wait.
+   */
+  kind: "failover" | "rate-limited" | "auth-error" | "unavailable" | "all-cooling" | "holding" | "third-party-refused" | "tokens-unsaved";
+  /** The account the event is about (for all-cooling and holding: the one usable first). */
   email?: string;
   /** The account the request moved to, for failover. */
   to?: string;
-  /** Epoch ms, for rate-limited / all-cooling. */
+  /** Epoch ms, for rate-limited / all-cooling / holding. */
   until?: number;
   /** For auth-error: the refused credential is a Console API key (mended with a working key, not a login). */
   apiKey?: boolean;

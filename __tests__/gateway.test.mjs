@@ -533,3 +533,46 @@ test("SIGTERM with a stream in flight: the stream finishes, new connections are 
   assert.deepEqual(await exited, { code: 0, signal: null });
   await assert.rejects(fetch(`${url}/healthz`), "no longer listening");
 });
+
+test("a hold is in the gateway's log as it begins and when it ends, once for every request held, the wait as a person reads it", async () => {
+  const path = await seedPool(mock, ["gwhold@x.test"]);
+  const pool = await lib.loadPool(path);
+  Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: Date.now() + 120_000 });
+  await lib.savePool(pool, path);
+  const child = spawn(process.execPath, [CLI, "serve", "--port", "0", "--path", path], {
+    env: { ...process.env, OAUTH_POOL_LOG: "oauth_pool=info", OAUTH_POOL_HOLD_MAX_MS: "300000", OAUTH_POOL_JITTER_MS: "0" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stderr.on("data", (d) => {
+    err += d;
+  });
+  try {
+    const url = await new Promise((resolve, reject) => {
+      child.stdout.on("data", (d) => {
+        out += d;
+        const m = /listening on (\S+)/.exec(out);
+        if (m) resolve(m[1]);
+      });
+      child.on("close", (code) => reject(new Error(`serve exited ${code}: ${out}${err}`)));
+    });
+    const pending = [1, 2, 3].map(() => messages(url));
+    const waiting = () => err.split("\n").filter((l) => /requests wait for the first one \(gwhold@x\.test\)/.test(l));
+    for (let i = 0; i < 100 && waiting().length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(waiting().length, 1, `one gateway line while three requests wait:\n${err}`);
+    assert.match(waiting()[0], /kind="?holding"?.*usable again in (1 min \d+ s|2 min) \(at (\w{3} \d+ \w{3} )?\d\d:\d\d UTC\)/);
+    assert.equal(err.split("\n").filter((l) => /INFO.*holding requests for the first one/.test(l)).length, 1, err);
+    await lib.resetCooldowns(path);
+    for (const res of await Promise.all(pending)) {
+      assert.equal(res.status, 200);
+      await res.text();
+    }
+    for (let i = 0; i < 50 && !/hold over/.test(err); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(err.split("\n").filter((l) => /INFO.*hold over: an account is usable/.test(l)).length, 1, err);
+    assert.doesNotMatch(err, /\d{3,} s\b/);
+  } finally {
+    child.kill("SIGTERM");
+  }
+});

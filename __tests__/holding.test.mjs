@@ -118,3 +118,51 @@ for (const transport of ["native", "runtime"]) {
     }
   });
 }
+
+for (const transport of ["native", "runtime"]) {
+  test(`a hold is told as it begins, once for every request held: the account awaited, in how long and at what time (${transport})`, async () => {
+    const email = `told-${transport}@x.test`;
+    const path = await poolWith([email]);
+    const until = readPool(path).anthropic[0].rateLimitUntil;
+    const events = [];
+    const f = lib.createPoolFetch({ path, transport, onEvent: (e) => events.push(e) });
+    mock.clearRequests();
+    const pending = Array.from({ length: 12 }, () => ask(f));
+    // However it ends, nothing is left holding for the cooldown's two minutes.
+    const released = Promise.allSettled(pending);
+    try {
+      // Told while the requests wait (before, the notice came with the answer, after the hold).
+      for (let i = 0; i < 100 && !events.some((e) => e.kind === "holding"); i++) await new Promise((r) => setTimeout(r, 100));
+      await new Promise((r) => setTimeout(r, 1500));
+      const told = events.filter((e) => e.kind === "holding");
+      assert.equal(told.length, 1, `one notice for 12 held requests: ${JSON.stringify(events)}`);
+      assert.equal(mock.requests.length, 0, "nothing upstream while held");
+      const [notice] = told;
+      assert.equal(notice.email, email);
+      assert.ok(Math.abs(notice.until - until) < 1000, `until ${notice.until} is the cooldown's end ${until}`);
+      // "in 1 min 59 s (at 14:32 UTC)": a person's wait, not "in 119 s".
+      const at = new Date(until);
+      const hm = `${String(at.getUTCHours()).padStart(2, "0")}:${String(at.getUTCMinutes()).padStart(2, "0")}`;
+      assert.match(
+        notice.message,
+        new RegExp(
+          `requests wait for the first one \\(${email.replace(/\./g, "\\.")}\\), usable again in (1 min \\d+ s|2 min) \\(at (\\w{3} \\d+ \\w{3} )?${hm} UTC\\)`,
+        ),
+      );
+      assert.doesNotMatch(notice.message, /\d{3,} s/);
+      await lib.resetCooldowns(path);
+      const answers = await Promise.all(
+        pending.map(async (p) => {
+          const r = await p;
+          await r.text();
+          return r.status;
+        }),
+      );
+      assert.deepEqual(new Set(answers), new Set([200]));
+      assert.equal(events.filter((e) => e.kind === "holding").length, 1, "nothing more when the hold ends");
+    } finally {
+      await lib.resetCooldowns(path);
+      await released;
+    }
+  });
+}

@@ -84,7 +84,11 @@ test("a token endpoint that is down is said as such, not as a login problem, on 
   // Asked again within the endpoint's rest: the wait, not an answer the endpoint never gave.
   const again = await rejection(post(lib.createPoolFetch({ path })));
   assertReadable(again.message, "fetch in the rest");
-  assert.match(again.message, /down@x\.test \(no token: not refreshed before \d{4}-\d\d-\d\dT[\d:.]+Z: the last refresh failed/);
+  // The wait as a person reads it: "before 14:32 UTC (in 30 s)", not an ISO timestamp.
+  assert.match(
+    again.message,
+    /down@x\.test \(no token: not refreshed before (\w{3} \d+ \w{3} )?\d\d:\d\d UTC \(in (\d+ min( \d+ s)?|\d+ s)\): the last refresh failed/,
+  );
   assert.doesNotMatch(again.message, /answered HTTP 429|asked us to wait/);
 
   const r = await cli(["refresh", "down@x.test", "--path", path]);
@@ -94,7 +98,7 @@ test("a token endpoint that is down is said as such, not as a login problem, on 
   assertReadable(r.error.message, "cli --json");
   assert.match(
     r.error.message,
-    /^not refreshed before .+Z: the last refresh failed, and the token endpoint is left alone until then; try again then, or run `oauth-pool reset-cooldowns` to try now$/,
+    /^not refreshed before (\w{3} \d+ \w{3} )?\d\d:\d\d UTC \(in (\d+ min( \d+ s)?|\d+ s)\): the last refresh failed, and the token endpoint is left alone until then; try again then, or run `oauth-pool reset-cooldowns` to try now$/,
   );
   assert.equal(r.stderr, `error [OAUTH_HTTP]: ${r.error.message}\n`, "text and --json say the same");
 

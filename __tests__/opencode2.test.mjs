@@ -604,3 +604,31 @@ test("on a host that gives hooks no signal (fromPromise), failover and the pool'
   assert.ok(sleeps.length > 0 && sleeps.every((ms) => ms > 110_000 && ms <= 131_000), String(sleeps));
   await handle.unload();
 });
+
+test("a hold is said in OpenCode's log as it begins, not when the held request ends", async () => {
+  const path = await seedPool(mock, ["v2hold@x.test"]);
+  const pool = readPool(path);
+  Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: Date.now() + 120_000 });
+  await lib.savePool(pool, path);
+  const old = process.env.OAUTH_POOL_HOLD_MAX_MS;
+  process.env.OAUTH_POOL_HOLD_MAX_MS = "300000";
+  try {
+    await withLogLines(async (lines) => {
+      const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+      const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+      const pending = [1, 2, 3].map(() => host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }));
+      const held = () => lines.filter((l) => /requests wait for the first one \(v2hold@x\.test\)/.test(l));
+      for (let i = 0; i < 100 && held().length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.equal(held().length, 1, `one line while three requests wait: ${lines.join("\n")}`);
+      assert.match(held()[0], /warn: .*usable again in (1 min \d+ s|2 min( \d+ s)?) \(at (\w{3} \d+ \w{3} )?\d\d:\d\d UTC\)/);
+      await lib.resetCooldowns(path);
+      await Promise.all(pending);
+      await handle.unload();
+    });
+  } finally {
+    await lib.resetCooldowns(path);
+    if (old === undefined) delete process.env.OAUTH_POOL_HOLD_MAX_MS;
+    else process.env.OAUTH_POOL_HOLD_MAX_MS = old;
+  }
+});

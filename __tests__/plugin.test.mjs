@@ -308,16 +308,56 @@ test("every account cooling: OpenCode is given no wait past a minute (it sleeps 
     assert.ok(expected(res.headers.get("retry-after")), `wait ${wait} s: retry-after ${res.headers.get("retry-after")}`);
     const body = await res.json();
     assert.equal(body.error.type, "rate_limit_error");
-    // The real wait is in the message the person reads.
+    // The real wait is in the message the person reads, as a person says it ("in 1 h 0 min
+    // (at 14:32 UTC)", not "in 3600 s"); the header keeps its number.
+    // (This process reopens an account up to OAUTH_POOL_JITTER_MS, 10 s, after its cooldown.)
+    const said = wait === 3600 ? "(1 h [01] min|59 min \\d+ s)" : "\\d+ s";
     assert.match(
       body.error.message,
-      new RegExp(`every account is rate-limited; the first one \\(cool-${wait}-[ab]@example\\.com\\) is usable again in \\d+ s`),
+      new RegExp(
+        `every account is rate-limited; the first one \\(cool-${wait}-[ab]@example\\.com\\) is usable again in ${said} \\(at (\\w{3} \\d+ \\w{3} )?\\d\\d:\\d\\d UTC\\)$`,
+      ),
     );
     const asked = mock.requests.length;
     const again = await fetch(`${mock.url}/v1/messages`, messagesRequest());
     assert.equal(again.status, 429);
     await again.arrayBuffer();
     assert.equal(mock.requests.length, asked, "OpenCode's retry is answered by the pool, nothing sent upstream");
+  }
+});
+
+test("a hold shows one toast as it begins, while the requests wait: which account, in how long, at what time", async () => {
+  const path = freshPath();
+  const { client, toasts, logs } = fakeClient();
+  const hooks = await plugin(path, client);
+  await login(hooks, "held@example.com");
+  const pool = await lib.loadPool(path);
+  Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: Date.now() + 3 * 3600_000 });
+  await lib.savePool(pool, path);
+  const { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });
+  const old = process.env.OAUTH_POOL_HOLD_MAX_MS;
+  process.env.OAUTH_POOL_HOLD_MAX_MS = String(4 * 3600_000);
+  try {
+    const pending = [1, 2, 3].map(() => fetch(`${mock.url}/v1/messages`, messagesRequest()));
+    for (let i = 0; i < 100 && toasts.length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(toasts.length, 1, JSON.stringify(toasts));
+    assert.equal(toasts[0].variant, "warning");
+    assert.match(
+      toasts[0].message,
+      /every account is rate-limited; requests wait for the first one \(held@example\.com\), usable again in (3 h [01] min|2 h 59 min) \(at (\w{3} \d+ \w{3} )?\d\d:\d\d UTC\)/,
+    );
+    assert.ok(logs.some((l) => l.level === "warn" && l.message === toasts[0].message));
+    await lib.resetCooldowns(path);
+    for (const res of await Promise.all(pending)) {
+      assert.equal(res.status, 200);
+      await res.text();
+    }
+    assert.equal(toasts.length, 1, "nothing more when the hold ends");
+  } finally {
+    await lib.resetCooldowns(path);
+    if (old === undefined) delete process.env.OAUTH_POOL_HOLD_MAX_MS;
+    else process.env.OAUTH_POOL_HOLD_MAX_MS = old;
   }
 });
 

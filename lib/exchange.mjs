@@ -21,15 +21,15 @@ const BODY_START = 4096;
  * cross as one string of `name:value` lines); `model`, when known, else read from `body` (bytes,
  * or a string: its start first, all of it only when the model is not there).
  */
-export function openExchange({ path, url, headers, model: named, body }) {
+export function openExchange({ path, url, headers, model: named, body, listener }) {
   // A host's model id of another type is no model (napi would throw its own StringExpected).
   const model = typeof named === "string" ? named : undefined;
   let lines = "";
   for (const [name, value] of headers) lines += `${name}:${value}\n`;
   const { NativeExchange } = nativeBinding();
-  if (typeof body !== "string") return new NativeExchange(path ?? undefined, url, lines, model, body ?? undefined, undefined);
+  if (typeof body !== "string") return new NativeExchange(path ?? undefined, url, lines, model, body ?? undefined, undefined, listener ?? undefined);
   const start = body.length > BODY_START ? body.slice(0, BODY_START) : body;
-  const ex = new NativeExchange(path ?? undefined, url, lines, model, undefined, start);
+  const ex = new NativeExchange(path ?? undefined, url, lines, model, undefined, start, listener ?? undefined);
   if (start !== body && ex.modelUnknown) ex.readModel(body);
   return ex;
 }
@@ -239,6 +239,21 @@ export function usageFeed(ex) {
 /** The pool's own answer (every account cooling: a 429 with the real `retry-after`). */
 export function poolAnswer(step) {
   return new Response(step.body, { status: step.status, statusText: step.statusText, headers: step.headers });
+}
+
+/**
+ * What the engine tells at once, while a request goes on (a hold beginning: it may last hours,
+ * and the events that travel with the answer arrive only when it ends): one per pool fetch or
+ * setup, handed to each request it drives. `notify(events)` hears each such event alone.
+ */
+export function eventListener(notify) {
+  const { EventListener } = nativeBinding();
+  return new EventListener((json) => {
+    // Called from the addon's queue: whatever fails here must not become an uncaught error.
+    try {
+      notify([JSON.parse(json)]);
+    } catch {}
+  });
 }
 
 /** The events the engine collected (failovers, cooldowns, refusals); never throws. */

@@ -7,6 +7,7 @@ import { native, syncEnv } from "./native.mjs";
 import { scrubbed, settle, toPoolError } from "./errors.mjs";
 import { invalidArgument, knownOptions } from "./api.mjs";
 import { described, isApiUrl, runtimeCarries, runtimeFetch } from "./runtime-fetch.mjs";
+import { eventListener } from "./exchange.mjs";
 
 const TRANSPORTS = new Set(["auto", "native", "runtime"]);
 
@@ -269,14 +270,22 @@ export function createPoolFetch(options = {}) {
     err.code = "INVALID_ARGUMENT";
     throw err;
   }
+  // Made with the first request (the addon loads then): what the engine tells while a request
+  // goes on, such as a hold beginning, reaches `onEvent` at once.
+  let listener;
+  const listen = () => {
+    if (typeof onEvent !== "function") return undefined;
+    listener ??= eventListener(notify);
+    return listener;
+  };
   return async function poolFetch(input, init = {}) {
     const parts = await requestParts(input, init ?? {});
     if (parts.signal?.aborted) throw abortError(parts.signal);
     syncEnv();
     const response =
       runtimeCarries(carrier) && isApiUrl(parts.url)
-        ? await runtimeFetch(parts, { path, onEvents: typeof onEvent === "function" ? notify : undefined })
-        : await nativeFetch(parts, path, notify);
+        ? await runtimeFetch(parts, { path, onEvents: typeof onEvent === "function" ? notify : undefined, listener: listen() })
+        : await nativeFetch(parts, path, notify, listen());
     // Neither transport follows a redirect; one the caller said it does not take fails as
     // fetch fails it.
     if (parts.redirect === "error" && REDIRECT_STATUS.has(response.status)) {
@@ -288,9 +297,9 @@ export function createPoolFetch(options = {}) {
 }
 
 /** `parts` served with the Rust client carrying the bytes. */
-async function nativeFetch(parts, path, notify) {
+async function nativeFetch(parts, path, notify, listener) {
   const { signal } = parts;
-  const controller = new native.FetchController();
+  const controller = new native.FetchController(listener);
   const onAbort = () => controller.abort();
   signal?.addEventListener?.("abort", onAbort, { once: true });
   const detach = () => signal?.removeEventListener?.("abort", onAbort);

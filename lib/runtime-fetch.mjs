@@ -429,11 +429,12 @@ function isWhole({ length, coding, type }) {
 /**
  * Serves `parts` (lib/fetch.mjs's plain request) from the pool, the environment already handed
  * to the addon. Resolves the Response the caller gets, with `poolAccount`; `onEvents(events)`
- * hears failovers and account changes.
+ * hears failovers and account changes when the request ends, `listener` (`eventListener`) what
+ * cannot wait until then.
  */
-export async function runtimeFetch(parts, { path, onEvents }) {
+export async function runtimeFetch(parts, { path, onEvents, listener }) {
   const { signal } = parts;
-  const ex = openExchange({ path, url: parts.url, headers: parts.headers, body: parts.body });
+  const ex = openExchange({ path, url: parts.url, headers: parts.headers, body: parts.body, listener });
   const onAbort = () => ex.abort();
   signal?.addEventListener?.("abort", onAbort, { once: true });
   const { timeoutMs } = current();

@@ -13,7 +13,7 @@ use url::Url;
 use crate::config;
 use crate::engine::usage::top_level_string;
 use crate::engine::{
-    headers, verdict, Engine, Event, Exchange, RequestMeta, Step, UsageSink, Verdict,
+    headers, verdict, Engine, Event, Exchange, Notice, RequestMeta, Step, UsageSink, Verdict,
 };
 use crate::error::{Error, Result};
 use crate::http;
@@ -24,6 +24,8 @@ pub struct OutgoingRequest {
     pub method: String,
     pub headers: Vec<(String, String)>,
     pub body: Option<Bytes>,
+    /// Hears at once what cannot wait for the answer (a hold beginning), if anything does.
+    pub notice: Option<Notice>,
 }
 
 pub enum Body {
@@ -105,6 +107,9 @@ pub async fn pool_fetch(
         .with_model(model)
         .with_url(url.path());
     let mut ex = engine.exchange(meta);
+    if let Some(notice) = req.notice {
+        ex.tell_at_once(notice);
+    }
     let result = serve(&mut ex, method, url, &base, req.body, cancel).await;
     let events = ex.take_events();
     match result {

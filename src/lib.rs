@@ -31,5 +31,6 @@ pub mod secret;
 pub mod settings;
 pub mod store;
 pub mod unique_keys;
+pub mod wait;
 
 pub mod binding;

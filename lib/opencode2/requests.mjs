@@ -13,7 +13,7 @@
 // and session/runner/retry.ts. A hook that throws is a defect in 2.x (no retry, no message), so
 // every hook here catches everything and leaves the host's request or answer as it was.
 import { nativeBinding, syncEnv } from "../native.mjs";
-import { judgeAnswer, nextStep, openExchange, poolAnswer, readOpening, readsOpening, takeEvents, usageFeed } from "../exchange.mjs";
+import { eventListener, judgeAnswer, nextStep, openExchange, poolAnswer, readOpening, readsOpening, takeEvents, usageFeed } from "../exchange.mjs";
 import { scrubbed } from "../errors.mjs";
 
 /** The host caps one retry delay at 15 minutes (retry.ts); past that, say so instead of waiting. */
@@ -304,6 +304,12 @@ async function localRequest(request, answer) {
  * accounts needing attention; `log(level, message)` writes one line.
  */
 export async function registerRequestHooks(ctx, { providerID, path, notify, log, fetch = globalThis.fetch }) {
+  // A hold beginning is told at once, not when the held request ends (hours later).
+  let listener;
+  const listen = () => {
+    listener ??= eventListener(notify);
+    return listener;
+  };
   const drain = (ex) => {
     const events = takeEvents(ex);
     if (events.length) notify(events);
@@ -318,7 +324,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
     try {
       syncEnv();
       const model = typeof event.model?.id === "string" ? event.model.id : undefined;
-      ex = openExchange({ path, url: request.url, headers: request.headers, model });
+      ex = openExchange({ path, url: request.url, headers: request.headers, model, listener: listen() });
       const signal = hostSignal(extra, request);
       stopListening = abortOnSignal(signal, ex);
       // Watched through a token that only the in-flight entry holds, not the Request: V8

@@ -164,6 +164,8 @@ const NOTICE = {
   failover: "warning",
   "auth-error": "warning",
   "all-cooling": "warning",
+  // Told as the hold begins: requests wait (up to OAUTH_POOL_HOLD_MAX_MS) and nothing else shows.
+  holding: "warning",
   "third-party-refused": "error",
 };
 

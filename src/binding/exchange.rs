@@ -11,6 +11,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::notice::EventListener;
 use super::{engine_for, js_error, promise, JsResult};
 use crate::config::{self, ApiOrigin};
 use crate::engine::usage::{self, Opening, UsageTap};
@@ -141,7 +142,9 @@ impl NativeExchange {
     ///   the top level of `body` (bytes, looked at during the call only) or of `bodyStart` (the
     ///   start of a text body: encoding all of a large one cost more than the request's whole
     ///   decision; when the model is not in it, `modelUnknown` says so and `readModel` takes
-    ///   the whole text).
+    ///   the whole text);
+    /// - `listener`: the driver's `EventListener`, told at once what cannot wait for the
+    ///   request's end (a hold beginning).
     #[napi(constructor, catch_unwind)]
     pub fn new(
         path: Option<String>,
@@ -150,6 +153,7 @@ impl NativeExchange {
         model: Option<String>,
         body: Option<BufferSlice>,
         body_start: Option<String>,
+        listener: Option<&EventListener>,
     ) -> Self {
         let pairs = || header_lines(&headers);
         let model = model
@@ -163,7 +167,11 @@ impl NativeExchange {
         let inner = engine_for(path.as_deref())
             .and_then(|engine| {
                 check_origin(url.as_deref(), &*config::api()?)?;
-                Ok(Arc::new(tokio::sync::Mutex::new(engine.exchange(meta))))
+                let mut exchange = engine.exchange(meta);
+                if let Some(listener) = listener {
+                    exchange.tell_at_once(listener.notice());
+                }
+                Ok(Arc::new(tokio::sync::Mutex::new(exchange)))
             })
             .map_err(|e| js_error(e).reason);
         NativeExchange {

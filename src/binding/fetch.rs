@@ -9,6 +9,7 @@ use napi::Env;
 use napi_derive::napi;
 use tokio_util::sync::CancellationToken;
 
+use super::notice::EventListener;
 use super::{engine_for, header_pairs, js_error, promise, JsBytes, JsResult};
 use crate::body::AnswerBody;
 use crate::fetch;
@@ -34,21 +35,19 @@ pub struct FetchController {
     /// read kept its upstream connection open until it was read or collected. Held weakly, so
     /// an answer dropped unread still goes when JavaScript collects it.
     body: Arc<std::sync::Mutex<Weak<tokio::sync::Mutex<AnswerBody>>>>,
-}
-
-impl Default for FetchController {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// The fetch's listener: what cannot wait for the answer (a hold beginning) goes there.
+    notice: Option<crate::engine::Notice>,
 }
 
 #[napi]
 impl FetchController {
+    /// `listener`: the fetch's `EventListener`, when it has an `onEvent`.
     #[napi(constructor, catch_unwind)]
-    pub fn new() -> Self {
+    pub fn new(listener: Option<&EventListener>) -> Self {
         FetchController {
             cancel: CancellationToken::new(),
             body: Arc::new(std::sync::Mutex::new(Weak::new())),
+            notice: listener.map(EventListener::notice),
         }
     }
 
@@ -88,6 +87,7 @@ impl FetchController {
                 Either::A(text) => Bytes::from(text),
                 Either::B(bytes) => Bytes::copy_from_slice(&bytes),
             }),
+            notice: self.notice.clone(),
         };
         promise(env, async move {
             let engine = engine_for(path.as_deref()).map_err(js_error)?;

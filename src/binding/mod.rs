@@ -5,6 +5,7 @@ pub mod exchange;
 pub mod fetch;
 pub mod gateway;
 pub mod login;
+pub mod notice;
 pub mod pool;
 pub mod runtime;
 pub mod store;

@@ -22,7 +22,7 @@ use super::events::Event;
 use super::overlay::lock;
 use super::verdict::CredentialKind;
 use super::Engine;
-use crate::account::{iso_time, now_ms, Account, Status};
+use crate::account::{now_ms, Account, Status};
 use crate::error::{Error, Result};
 use crate::oauth;
 use crate::pool::Pool;
@@ -492,7 +492,7 @@ impl Engine {
             .filter(|t| *t > now_ms());
         if let Some(until) = backoff {
             let err = Error::RefreshBackoff {
-                until: iso_time(until),
+                until: crate::wait::at(until, now_ms()),
                 retry_after: ((until - now_ms()) / 1000).max(1) as u64,
             };
             return serve_old_or(&account, rejected, err);

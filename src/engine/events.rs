@@ -3,6 +3,10 @@
 
 use crate::secret::scrub_tokens;
 
+/// Hears an event as it happens, not with the request's answer (a driver's channel to its
+/// caller: a JavaScript callback, the gateway's log).
+pub type Notice = std::sync::Arc<dyn Fn(Event) + Send + Sync>;
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Event {
     pub kind: &'static str,

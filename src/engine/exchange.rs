@@ -91,6 +91,8 @@ pub struct Exchange {
     held: bool,
     /// It is the first back to its account after a wait, until its answer is judged.
     reopening: Option<super::ReopenGuard>,
+    /// Where what cannot wait for the request's end is told (a hold beginning), if anywhere.
+    notice: Option<super::events::Notice>,
 }
 
 impl Exchange {
@@ -113,7 +115,14 @@ impl Exchange {
             no_token: HashMap::new(),
             held: false,
             reopening: None,
+            notice: None,
         }
+    }
+
+    /// Where to tell at once what cannot wait for the request's end: a hold beginning (it may
+    /// last hours). Without it, that is told with the request's other events, at its end.
+    pub fn tell_at_once(&mut self, notice: super::events::Notice) {
+        self.notice = Some(notice);
     }
 
     /// The model asked for, learnt after the exchange began (a driver that read it from the
@@ -179,8 +188,8 @@ impl Exchange {
                 None => match self.choose(&pool) {
                     Some(e) => e,
                     None => match self.exhausted(&pool)? {
-                        Exhausted::Wait(until) => {
-                            self.hold(&pool, until, cancel).await?;
+                        Exhausted::Wait(held) => {
+                            self.hold(&pool, held, cancel).await?;
                             continue;
                         }
                         Exhausted::Answer(step) => return Ok(step),
@@ -328,12 +337,46 @@ impl Exchange {
     /// at again every `HOLD_RECHECK`: an account usable sooner than its cooldown said (a
     /// `reset-cooldowns` or `enable` from a shell, a new login, another process or host that
     /// found the window reset) ends the wait then, not when this request's own timer runs out.
-    async fn hold(&mut self, pool: &Pool, until: i64, cancel: &CancellationToken) -> Result<()> {
+    ///
+    /// The first request held for a cooldown says so at once, through the notice its driver set
+    /// (`tell_at_once`): a held request's events otherwise reach its caller only when it ends,
+    /// and a person watching saw nothing for as long as the hold lasted. The others held for the
+    /// same cooldown say nothing (no storms); the first one logs when the hold begins and ends.
+    async fn hold(&mut self, pool: &Pool, held: Held, cancel: &CancellationToken) -> Result<()> {
+        let Held {
+            until,
+            email,
+            message,
+        } = held;
         let wait = std::time::Duration::from_millis((until - now_ms()).max(0) as u64 + 5);
-        tracing::debug!(
-            wait_ms = wait.as_millis() as u64,
-            "holding the request for a cooling account"
-        );
+        let announced = self.engine.overlay.first_hold(&email, until);
+        if announced {
+            tracing::info!(
+                first = %email,
+                until = %iso_time(until),
+                wait = %crate::wait::duration(until - now_ms()),
+                "every account is cooling: holding requests for the first one"
+            );
+            let event = Event::new("holding", Some(&email), &message).until(until);
+            match &self.notice {
+                Some(tell) => tell(event),
+                None => self.events.push(event),
+            }
+        } else {
+            tracing::debug!(
+                wait_ms = wait.as_millis() as u64,
+                "holding the request for a cooling account"
+            );
+        }
+        let ended = |how: &str, started: tokio::time::Instant| {
+            if announced {
+                tracing::info!(
+                    first = %email,
+                    waited = %crate::wait::duration(started.elapsed().as_millis() as i64),
+                    "hold over: {how}"
+                );
+            }
+        };
         // Accounts usable already (one that could not get a token) are no news when seen again.
         let usable_before: HashSet<String> = self.usable_now(pool);
         let started = tokio::time::Instant::now();
@@ -342,7 +385,10 @@ impl Exchange {
             let next = deadline.min(tokio::time::Instant::now() + HOLD_RECHECK);
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return Err(Error::Aborted),
+                _ = cancel.cancelled() => {
+                    ended("this request was aborted (any other held requests wait on)", started);
+                    return Err(Error::Aborted);
+                }
                 _ = tokio::time::sleep_until(next) => {}
             }
             if tokio::time::Instant::now() >= deadline {
@@ -362,6 +408,13 @@ impl Exchange {
             }
         };
         self.hold_left = self.hold_left.saturating_sub(started.elapsed());
+        ended(
+            match woke {
+                Some(_) => "an account is usable before its cooldown said; requests go on",
+                None => "the cooldown is over; requests go back to the account",
+            },
+            started,
+        );
         match woke {
             // Only the accounts back early are asked again: one that refused this request
             // before the wait still cools (or could not get a token, and waits its turn).
@@ -686,8 +739,8 @@ impl Exchange {
         let rest = super::overlay::Rest { tag, until, resets };
         self.engine.overlay.rest(email, rest);
         let why = format!(
-            "401 from the API and no new token yet ({e}); tried again after {}",
-            crate::account::iso_time(until)
+            "401 from the API and no new token yet ({e}); tried again {}",
+            crate::wait::until(until, now_ms())
         );
         self.events.push(Event::new(
             "unavailable",
@@ -794,9 +847,7 @@ impl Exchange {
         });
         if let Some((until, email)) = soonest {
             let wait = std::time::Duration::from_millis((until - now).max(0) as u64);
-            if !self.hold_left.is_zero() && wait <= self.hold_left {
-                return Ok(Exhausted::Wait(until));
-            }
+            let hold = !self.hold_left.is_zero() && wait <= self.hold_left;
             let secs = ((until - now) as f64 / 1000.0).ceil().max(1.0) as i64;
             // Say "for sonnet models" ("for token counting") only when other requests would
             // still be served.
@@ -815,9 +866,20 @@ impl Exchange {
                 .filter(|_| scoped)
                 .map(|f| format!(" for {}", super::limits::scope_text(f)))
                 .unwrap_or_default();
+            if hold {
+                let message = format!(
+                    "anthropic-pool: every account is rate-limited{models}; requests wait for the first one ({email}), usable again {} (OAUTH_POOL_HOLD_MAX_MS)",
+                    crate::wait::until(until, now)
+                );
+                return Ok(Exhausted::Wait(Held {
+                    until,
+                    email,
+                    message,
+                }));
+            }
             let message = format!(
-                "anthropic-pool: every account is rate-limited{models}; the first one ({email}) is usable again in {secs} s (at {})",
-                iso_time(until)
+                "anthropic-pool: every account is rate-limited{models}; the first one ({email}) is usable again {}",
+                crate::wait::until(until, now)
             );
             if self.engine.overlay.first_all_cooling(&email, until) {
                 tracing::info!(first = %email, until = %iso_time(until), "every account is cooling");
@@ -923,8 +985,16 @@ fn sending_time() -> i64 {
 }
 
 enum Exhausted {
-    Wait(i64),
+    Wait(Held),
     Answer(Step),
+}
+
+/// A wait for a cooling account (holding): until when, for which account, and what a person is
+/// told when it begins.
+struct Held {
+    until: i64,
+    email: String,
+    message: String,
 }
 
 /// What goes upstream for an attempt with `credential`. Whoever carries the request, it says who

@@ -37,7 +37,7 @@ use crate::pool::Pool;
 use crate::store::{Stamp, Store, Written};
 
 pub use credentials::Credential;
-pub use events::Event;
+pub use events::{Event, Notice};
 pub use exchange::{Attempt, Exchange, Step, Synthetic, Verdict};
 pub use headers::RequestMeta;
 use limits::Window;
@@ -278,7 +278,7 @@ impl Engine {
         Event::new(
             "rate-limited",
             Some(email),
-            format!("{email}: {why} until {}", crate::account::iso_time(until)),
+            format!("{email}: {why} until {}", crate::wait::at(until, now_ms())),
         )
         .until(until)
     }

@@ -95,6 +95,9 @@ pub struct Overlay {
     windows: Mutex<HashMap<String, Vec<Window>>>,
     /// The last "every account cools" reported: (soonest account, until). One report per change.
     all_cooling: Mutex<Option<(String, i64)>>,
+    /// The last hold announced: (the account awaited, until). One notice per cooldown, however
+    /// many requests wait.
+    holding: Mutex<Option<(String, i64)>>,
 }
 
 /// A rest after a 401: the refused credential's tag, until when, and the account's
@@ -239,6 +242,15 @@ impl Overlay {
         news
     }
 
+    /// Whether a hold for `email` until `until` is news (`first_all_cooling`'s twin for held
+    /// requests: fifty held requests make one notice).
+    pub fn first_hold(&self, email: &str, until: i64) -> bool {
+        let mut last = lock(&self.holding);
+        let news = last.as_ref() != Some(&(email.to_string(), until));
+        *last = Some((email.to_string(), until));
+        news
+    }
+
     pub fn refuse(&self, email: &str, tag: Option<String>) {
         lock(&self.refused).insert(email.to_string(), tag);
     }
@@ -336,6 +348,7 @@ impl Overlay {
             *t > now && stored.is_none_or(|at| at.elapsed() < STORED_GRACE)
         });
         *lock(&self.all_cooling) = None;
+        *lock(&self.holding) = None;
     }
 
     /// `reset-cooldowns` and re-enabling: forget what this process decided.

@@ -241,6 +241,8 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
         method,
         headers,
         body: (!body.is_empty()).then_some(body),
+        // A hold may last hours: its log line comes when it begins, not with the answer.
+        notice: Some(super::metrics::notice()),
     };
     // The upstream call is cancelled when the client goes away (hyper drops this future) or the
     // gateway closes for good.

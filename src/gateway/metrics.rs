@@ -190,8 +190,18 @@ pub(super) fn count_events(state: &State, events: &[Event]) {
         if e.kind == "failover" {
             state.metrics.failovers.inc();
         }
-        tracing::info!(kind = e.kind, message = %e.message, "gateway");
+        log_event(e);
     }
+}
+
+fn log_event(e: &Event) {
+    tracing::info!(kind = e.kind, message = %e.message, "gateway");
+}
+
+/// What the gateway's log says at once, while the request goes on (a hold beginning: it may
+/// last hours, and a line at its end told the operator nothing while it lasted).
+pub(super) fn notice() -> crate::engine::Notice {
+    std::sync::Arc::new(|e: Event| log_event(&e))
 }
 
 #[cfg(test)]

@@ -1,0 +1,106 @@
+//! A wait as a person reads it: "in 5 h 0 min (at 14:32 UTC)". Every message that tells someone
+//! how long until an account serves again (the pool's 429, its events and toasts, the gateway's
+//! body, `POOL_NO_ACCOUNT`) says it this way; machine fields (`retry-after`, `until`) keep
+//! their numbers. One place, so the surfaces never disagree.
+
+const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// "17 s", "4 min 10 s", "5 h 0 min", "2 d 3 h": rounded up, so a wait is never said shorter
+/// than it is (17,999 s is "5 h 0 min", not "4 h 59 min").
+pub fn duration(ms: i64) -> String {
+    let secs = (ms.max(0) as u64).div_ceil(1000).max(1);
+    if secs < 60 {
+        return format!("{secs} s");
+    }
+    if secs < 3600 {
+        let (m, s) = (secs / 60, secs % 60);
+        return if s == 0 {
+            format!("{m} min")
+        } else {
+            format!("{m} min {s} s")
+        };
+    }
+    let minutes = secs.div_ceil(60);
+    if minutes < 24 * 60 {
+        return format!("{} h {} min", minutes / 60, minutes % 60);
+    }
+    let hours = secs.div_ceil(3600);
+    format!("{} d {} h", hours / 24, hours % 24)
+}
+
+/// The UTC clock time of `at` (epoch ms), with the day when it is not `now`'s: "14:32 UTC",
+/// "Tue 2 Dec 14:32 UTC". UTC because the engine does not know the reader's zone; the seconds
+/// are left out (the duration beside it carries them for short waits).
+pub fn clock(at: i64, now: i64) -> String {
+    let day = |ms: i64| ms.div_euclid(86_400_000);
+    let minute = at.rem_euclid(86_400_000) / 60_000;
+    let hm = format!("{:02}:{:02} UTC", minute / 60, minute % 60);
+    if day(at) == day(now) {
+        return hm;
+    }
+    let (_, month, date) = civil(day(at));
+    let weekday = DAYS[day(at).rem_euclid(7) as usize];
+    format!("{weekday} {date} {} {hm}", MONTHS[(month - 1) as usize])
+}
+
+/// "in 5 h 0 min (at 14:32 UTC)": how long from `now` until `until`, and when.
+pub fn until(until: i64, now: i64) -> String {
+    format!("in {} (at {})", duration(until - now), clock(until, now))
+}
+
+/// "14:32 UTC (in 5 h 0 min)": the same, for a sentence that names the time ("until …",
+/// "not refreshed before …").
+pub fn at(until: i64, now: i64) -> String {
+    format!("{} (in {})", clock(until, now), duration(until - now))
+}
+
+/// The proleptic Gregorian (year, month, day) of a day counted from 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_a_person_says_them_and_never_shorter() {
+        assert_eq!(duration(17_000), "17 s");
+        assert_eq!(duration(16_001), "17 s");
+        assert_eq!(duration(0), "1 s");
+        assert_eq!(duration(-5), "1 s");
+        assert_eq!(duration(60_000), "1 min");
+        assert_eq!(duration(250_000), "4 min 10 s");
+        assert_eq!(duration(3_600_000), "1 h 0 min");
+        assert_eq!(duration(17_999_000), "5 h 0 min");
+        assert_eq!(duration(4_320_000), "1 h 12 min");
+        assert_eq!(duration(86_400_000 - 1), "1 d 0 h");
+        assert_eq!(duration(8 * 86_400_000), "8 d 0 h");
+        assert_eq!(duration(2 * 86_400_000 + 3 * 3_600_000), "2 d 3 h");
+    }
+
+    #[test]
+    fn clock_times_are_utc_with_the_day_when_it_is_not_today() {
+        // 2025-12-01T14:32:10Z, a Monday.
+        let at = 1_764_599_530_000;
+        assert_eq!(clock(at, at - 3_600_000), "14:32 UTC");
+        assert_eq!(clock(at, at - 86_400_000), "Mon 1 Dec 14:32 UTC");
+        assert_eq!(clock(0, 1), "00:00 UTC");
+        assert_eq!(clock(951_782_400_000, 0), "Tue 29 Feb 00:00 UTC");
+        assert_eq!(until(at, at - 17_999_000), "in 5 h 0 min (at 14:32 UTC)");
+        assert_eq!(super::at(at, at - 17_000), "14:32 UTC (in 17 s)");
+    }
+}
