@@ -108,9 +108,17 @@ for (const transport of ["native", "runtime"]) {
       [1, 2, 3].map(() => ({ status: 429, headers: { "retry-after": "1" } })),
     );
     mock.clearRequests();
-    const f = lib.createPoolFetch({ path, transport });
-    const answers = await Promise.all(Array.from({ length: 5 }, () => ask(f).then(async (r) => (await r.text(), r.status))));
+    const events = [];
+    const f = lib.createPoolFetch({ path, transport, onEvent: (e) => events.push(e) });
+    const served = async (r) => {
+      await r.text();
+      return r.status;
+    };
+    const answers = await Promise.all(Array.from({ length: 5 }, () => ask(f).then(served)));
     assert.deepEqual(answers, [200, 200, 200, 200, 200], "each held request served once the account was back");
+    // Going back to the account it waited for is no failover ("moved to" itself, a toast each).
+    const toItself = events.filter((e) => e.kind === "failover" && e.to === e.email);
+    assert.deepEqual(toItself, [], "no failover from an account to itself");
     const refused = mock.requests.filter((r) => r.status === 429).map((r) => r.at);
     assert.equal(refused.length, 3, "the refusals scripted");
     for (let i = 1; i < refused.length; i++) {

@@ -275,6 +275,10 @@ impl Exchange {
         let Some((from, reason)) = self.moved_from.take() else {
             return;
         };
+        // Back to the account it left, once that one's rest is over (a held request): no move.
+        if from == email {
+            return;
+        }
         self.events.push(
             Event::new(
                 "failover",
