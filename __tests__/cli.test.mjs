@@ -15,6 +15,7 @@ import {
   openSync,
   readFileSync,
   readdirSync,
+  realpathSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -306,18 +307,32 @@ test("status shows cooldowns with time left and 5h/7d quota; reset-cooldowns cle
       status: "rate-limited",
       rateLimitUntil: now + 42 * 60_000,
       quota: { fiveHour: { utilization: 1.01, resetsAt: now + 42 * 60_000 }, sevenDay: { utilization: 0.35, resetsAt: now + 3 * 86_400_000 }, updatedAt: now },
+      modelCooldowns: { sonnet: now + 2 * 3_600_000 },
     },
     { email: "ok@x.test", quota: { fiveHour: { utilization: 0.42, resetsAt: now + 3_600_000 }, updatedAt: now } },
   ]);
 
-  const r = await cli(["status"], { path });
+  // Waits read as the addon's own messages word them (src/wait.rs): rounded up, in UTC with
+  // the day when not today, whatever zone the terminal is in.
+  const env = { TZ: "Pacific/Chatham" };
+  const utc = (ms) => `${new Date(ms).toISOString().slice(11, 16)} UTC`;
+  const inWait = (minutes, at) => `in (${minutes - 1} min \\d+ s|${minutes} min) \\(at (\\w{3} \\d+ \\w{3} )?${utc(at)}\\)`;
+  const r = await cli(["status"], { path, env });
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /cool@x\.test/);
-  assert.match(r.stdout, /rate-limited, 4[12]m left/);
-  assert.match(r.stdout, /5h \[##########\] 101% resets/);
-  assert.match(r.stdout, /7d \[####------\] 35% resets/);
-  assert.match(r.stdout, /5h \[####------\] 42% resets/);
+  assert.match(r.stdout, new RegExp(`status   rate-limited, usable again ${inWait(42, now + 42 * 60_000)}\n`));
+  assert.match(r.stdout, new RegExp(`5h \\[##########\\] 101% resets ${inWait(42, now + 42 * 60_000)}`));
+  assert.match(r.stdout, /7d \[####------\] 35% resets in (2 d 23 h|3 d 0 h) \(at \w{3} \d+ \w{3} \d\d:\d\d UTC\)/);
+  assert.match(r.stdout, new RegExp(`5h \\[####------\\] 42% resets in (59 min \\d+ s|1 h 0 min) \\(at (\\w{3} \\d+ \\w{3} )?${utc(now + 3_600_000)}\\)`));
+  assert.match(r.stdout, new RegExp(`soonest reset: ${inWait(42, now + 42 * 60_000)}`));
+  assert.match(
+    r.stdout,
+    new RegExp(`cooling  sonnet models until (\\w{3} \\d+ \\w{3} )?${utc(now + 2 * 3_600_000)} \\(in (1 h 59 min|2 h 0 min)\\); other models serve`),
+  );
+  assert.doesNotMatch(r.stdout, /\d+m left|until \d{4}-/, "no second wording");
   assert.match(r.stdout, /1 usable/);
+  const listed = await cli(["list"], { path, env });
+  assert.match(listed.stdout, new RegExp(`cool@x\\.test +oauth +rate-limited, usable again ${inWait(42, now + 42 * 60_000)}`));
   assertNoSecret(
     r,
     seeded.flatMap((a) => [a.access, a.refresh]),
@@ -437,6 +452,72 @@ test("doctor on a healthy pool: exit 0, every check ok, JSON shape", async () =>
   const none = await cli(["doctor", "--json"], { path: nonePath });
   assert.equal(none.code, 0, none.stdout);
   assert.ok(!existsSync(dirname(nonePath)));
+});
+
+test("doctor names a login that is also in another pool file of this machine, or twice in the pool, and never a token", async () => {
+  // Its own HOME: the refresh journal there names the pools this machine has refreshed through.
+  const ownHome = mkdtempSync(join(tmp, "home-journal-"));
+  const env = { HOME: ownHome, USERPROFILE: ownHome };
+  const refresh = (n) => `fake-refresh-${n}-${process.pid}`;
+  const entry = (email, n) => ({ email, refresh: refresh(n), access: `fake-access-${n}`, expires: Date.now() + 3_600_000, status: "idle" });
+  const poolAt = async (entries) => {
+    const p = freshPath();
+    await savePool({ version: 1, anthropic: entries }, p);
+    return realpathSync(p);
+  };
+  const path = await poolAt([entry("a@x.test", 1), entry("b@x.test", 2), entry("twin@x.test", 2), entry("alone@x.test", 3)]);
+  const copy = await poolAt([entry("a@x.test", 1), entry("c@x.test", 4)]);
+  const renamed = await poolAt([entry("alias@x.test", 1)]);
+  const unrelated = await poolAt([entry("d@x.test", 5)]);
+  if (posix) chmodSync(copy, 0o640);
+
+  // No journal yet: nothing to compare with but the pool itself.
+  let j = json(await cli(["doctor", "--json"], { path, env }));
+  assert.deepEqual(
+    j.checks.filter((c) => c.name === "same login").map((c) => [c.email, c.there, c.store]),
+    [["b@x.test", "twin@x.test", null]],
+  );
+
+  const at = Date.now();
+  const seen = (store, i) => ({ token: `tag-${i}`, store, email: "a@x.test", at: at - i, saved: true });
+  const stores = [path, copy, renamed, unrelated, join(tmp, "gone", "oauth-pool.json"), "postgres://pool@127.0.0.1:1/pool", "relative.json"];
+  mkdirSync(join(ownHome, ".aidevops"), { recursive: true, mode: 0o700 });
+  writeFileSync(join(ownHome, ".aidevops", "oauth-pool-refreshes.json"), JSON.stringify({ version: 1, refreshes: stores.map(seen) }), { mode: 0o600 });
+
+  const r = await cli(["doctor"], { path, env });
+  assert.equal(r.code, 0, "a warning, not a problem");
+  assert.ok(
+    r.stdout.includes(
+      `a@x.test is also in ${copy}: a refresh token works once; keep the login in one pool (remove it from the other) or they will log each other out`,
+    ),
+    r.stdout,
+  );
+  assert.ok(r.stdout.includes(`a@x.test is also in ${renamed} (as alias@x.test): a refresh token works once`), r.stdout);
+  assert.match(r.stdout, /b@x\.test and twin@x\.test are one login \(the same refresh token\): .*oauth-pool remove twin@x\.test/);
+  j = json(await cli(["doctor", "--json"], { path, env }));
+  assert.deepEqual(
+    j.checks.filter((c) => c.name === "same login").map((c) => [c.level, c.email, c.there, c.store]),
+    [
+      ["warn", "b@x.test", "twin@x.test", null],
+      ["warn", "a@x.test", "a@x.test", copy],
+      ["warn", "a@x.test", "alias@x.test", renamed],
+    ],
+  );
+  for (const out of [r, j]) {
+    const text = JSON.stringify(out);
+    for (const n of [1, 2, 3, 4, 5]) assert.ok(!text.includes(refresh(n)), "a refresh token reached the report");
+  }
+  if (posix) assert.equal(statSync(copy).mode & 0o777, 0o640, "the other pool was only looked at");
+
+  // From the other side, the same login is found in the first pool (and the third).
+  j = json(await cli(["doctor", "--json"], { path: copy, env }));
+  assert.deepEqual(
+    j.checks.filter((c) => c.name === "same login").map((c) => [c.email, c.there, c.store]),
+    [
+      ["a@x.test", "a@x.test", path],
+      ["a@x.test", "alias@x.test", renamed],
+    ],
+  );
 });
 
 test("doctor: a setting whose text is not taken as written warns, naming what applies instead", async () => {

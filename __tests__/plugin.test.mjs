@@ -271,14 +271,16 @@ test("a 429 on the first account fails over to the second and the user is told o
   // The tool sees the cooldown and the failover.
   const tool = hooks.tool[TOOL];
   const list = await tool.execute({ action: "list" }, {});
-  assert.match(list, /first@example\.com \[Claude login\] rate-limited, (\d+m|<1m|1h.*) left \(until [^)]+\)/);
+  // Worded as the addon words every wait (src/wait.rs): "in 59 s (at 14:05 UTC)".
+  assert.match(list, /first@example\.com \[Claude login\] rate-limited, usable again in \d[^(]* \(at (\w{3} \d+ \w{3} )?\d\d:\d\d UTC\)/);
   assert.match(list, /second@example\.com \[Claude login\] active/);
   assert.match(list, /priority 10/);
   assert.match(list, /last used just now/);
   assert.match(list, /7d \[##--------\] 20% resets [^,]+, 5h \[#---------\] 10% resets/);
   const status = await tool.execute({ action: "status" }, {});
   assert.match(status, /2 total, 1 usable/);
-  assert.match(status, /Soonest reset: in \S+.*first@example\.com/);
+  assert.match(status, /Soonest reset: in \d[^(]* \(at (\w{3} \d+ \w{3} )?\d\d:\d\d UTC\), first@example\.com/);
+  assert.match(status, /first@example\.com: rate-limited, usable again in \d[^(]* \(at /);
   assert.match(status, /Last failover: .*first@example\.com -> second@example\.com: \S+/);
   assert.match(status, /second@example\.com: active\n {4}windows: 7d \[##--------\] 20% resets [^;]+; 5h \[#---------\] 10%/);
   assert.match(await tool.execute({ action: "reset-cooldowns" }, {}), /Cleared the cooldown of 1 account\./);

@@ -191,6 +191,13 @@ export function poolFiles(path) {
   return sync(native.poolFiles(pathArg(path)));
 }
 
+/**
+ * The logins of the pool that are also in another pool file this user's refresh journal has
+ * seen on this machine (`store` its path), or twice in the pool (`store` null): names and paths,
+ * never a token.
+ */
+export const loginsElsewhere = wrap((path) => native.loginsElsewhere(pathArg(path)));
+
 /** Each endpoint with whether the pool accepts it and the proxy a request would use. */
 export function checkEndpoints() {
   return sync(native.checkEndpoints());

@@ -1,7 +1,9 @@
 //! A wait as a person reads it: "in 5 h 0 min (at 14:32 UTC)". Every message that tells someone
 //! how long until an account serves again (the pool's 429, its events and toasts, the gateway's
-//! body, `POOL_NO_ACCOUNT`) says it this way; machine fields (`retry-after`, `until`) keep
-//! their numbers. One place, so the surfaces never disagree.
+//! body, `POOL_NO_ACCOUNT`), and every cooldown, reset and wait the CLI (`list`, `status`,
+//! `doctor`) and the OpenCode tool show (through the binding's `waitWords`), says it this way;
+//! machine fields (`retry-after`, `until`, `--json`) keep their numbers. One place, so the
+//! surfaces never disagree.
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
 const MONTHS: [&str; 12] = [
@@ -32,8 +34,10 @@ pub fn duration(ms: i64) -> String {
 }
 
 /// The UTC clock time of `at` (epoch ms), with the day when it is not `now`'s: "14:32 UTC",
-/// "Tue 2 Dec 14:32 UTC". UTC because the engine does not know the reader's zone; the seconds
-/// are left out (the duration beside it carries them for short waits).
+/// "Tue 2 Dec 14:32 UTC". UTC everywhere, the CLI on a person's own terminal too: the engine
+/// does not know the reader's zone (a gateway's client, a log read elsewhere), and a time that
+/// a toast, a 429 and `status` each give is then the same time written the same way. The
+/// seconds are left out (the duration beside it carries them for short waits).
 pub fn clock(at: i64, now: i64) -> String {
     let day = |ms: i64| ms.div_euclid(86_400_000);
     let minute = at.rem_euclid(86_400_000) / 60_000;
@@ -48,13 +52,21 @@ pub fn clock(at: i64, now: i64) -> String {
 
 /// "in 5 h 0 min (at 14:32 UTC)": how long from `now` until `until`, and when.
 pub fn until(until: i64, now: i64) -> String {
-    format!("in {} (at {})", duration(until - now), clock(until, now))
+    format!(
+        "in {} (at {})",
+        duration(until.saturating_sub(now)),
+        clock(until, now)
+    )
 }
 
 /// "14:32 UTC (in 5 h 0 min)": the same, for a sentence that names the time ("until …",
 /// "not refreshed before …").
 pub fn at(until: i64, now: i64) -> String {
-    format!("{} (in {})", clock(until, now), duration(until - now))
+    format!(
+        "{} (in {})",
+        clock(until, now),
+        duration(until.saturating_sub(now))
+    )
 }
 
 /// The proleptic Gregorian (year, month, day) of a day counted from 1970-01-01 (Howard

@@ -6,8 +6,9 @@
 // parseArgs specs plus `placeholder`/`help` for the usage text, and `run` gets
 // { lib, args, options, path, out } and returns an exit code (or nothing for 0).
 import { resolve } from "node:path";
-// Durations, "ago" and quota windows read the same here as in the OpenCode tool.
-import { ago, clock, duration, quotaText, restedText, servedText, usageLine, windowLine } from "../plugin/format.mjs";
+// Waits, "ago" and quota windows read the same here as in the OpenCode tool and the addon's own
+// messages (src/wait.rs words them all).
+import { ago, duration, quotaText, restedText, servedText, usageLine, wait, waitAt, windowLine } from "../plugin/format.mjs";
 import { modelPrices } from "../plugin/prices.mjs";
 import { UsageError, cliError } from "./errors.mjs";
 import { table, text } from "./output.mjs";
@@ -20,7 +21,7 @@ const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
 
 function stateText(a, now) {
   if (isUnreadable(a)) return "unreadable";
-  if (a.status === "rate-limited" && a.rateLimitUntil) return `rate-limited, ${duration(a.rateLimitUntil - now)} left`;
+  if (a.status === "rate-limited" && a.rateLimitUntil) return `rate-limited, usable again ${wait(a.rateLimitUntil, now)}`;
   if (!a.enabled && a.status !== "disabled") return `${a.status} (disabled)`;
   return a.status;
 }
@@ -61,9 +62,7 @@ function accountLines(a, now, prices) {
     ];
   }
   const lines = [text`  ${a.email} (${a.type}${a.priority ? `, priority ${a.priority}` : ""})`];
-  let state = stateText(a, now);
-  if (a.status === "rate-limited" && a.rateLimitUntil) state += ` (until ${new Date(a.rateLimitUntil).toISOString()})`;
-  lines.push(text`    status   ${state}`);
+  lines.push(text`    status   ${stateText(a, now)}`);
   if (a.windows?.length) {
     const seen = typeof a.quota?.updatedAt === "number" ? ` (seen ${ago(a.quota.updatedAt, now)})` : "";
     const sorted = [...a.windows].sort((x, y) => (y.utilization ?? 0) - (x.utilization ?? 0));
@@ -74,7 +73,7 @@ function accountLines(a, now, prices) {
   }
   if (a.reserve) lines.push(`    reserve  ${Math.round(a.reserve * 100)}% of every window kept for its owner`);
   for (const [key, until] of Object.entries(a.modelCooldowns ?? {})) {
-    lines.push(text`    cooling  ${restedText(key)} until ${clock(until, now)} (${duration(until - now)} left); ${servedText(key)} serve`);
+    lines.push(text`    cooling  ${restedText(key)} until ${waitAt(until, now)}; ${servedText(key)} serve`);
   }
   const usage = [
     usageLine("today", a.usage?.today, prices),
@@ -93,7 +92,7 @@ function accountLines(a, now, prices) {
 /** What the pool as a whole says beyond its accounts; each part only when there is something. */
 function poolLines(st, now) {
   const lines = [];
-  if (st.soonestReset) lines.push(`soonest reset: in ${duration(st.soonestReset - now)}`);
+  if (st.soonestReset) lines.push(`soonest reset: ${wait(st.soonestReset, now)}`);
   if (st.lastFailover) {
     const f = st.lastFailover;
     lines.push(text`last failover: ${ago(f.at, now)}, ${f.from} -> ${f.to ?? "(none)"}: ${f.reason}`);

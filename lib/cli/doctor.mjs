@@ -8,7 +8,7 @@
 // report escapes each message whole, which is safe because a message is one line of ours.
 import { lstatSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
-import { duration } from "../plugin/format.mjs";
+import { wait } from "../plugin/format.mjs";
 import { EXIT } from "./errors.mjs";
 import { printable } from "./output.mjs";
 
@@ -187,8 +187,41 @@ async function checkAccounts(lib, path, r) {
     r.add("unsaved tokens", "warn", `${u.email}: new tokens could not be written (${u.error})`, { email: u.email });
   }
   if (st.counts.total > 0 && st.counts.usable === 0) {
-    const back = st.soonestReset ? ` (the soonest is back in ${duration(st.soonestReset - Date.now())})` : "";
+    const back = st.soonestReset ? ` (the soonest is back ${wait(st.soonestReset)})` : "";
     r.add("accounts", "warn", `no account is usable right now${back}`);
+  }
+}
+
+/**
+ * One login in two places: in another pool file of this machine (those the refresh journal has
+ * seen), or twice in this pool. A refresh token works once, so the two would log each other out;
+ * the engine refuses to present a token spent elsewhere, and this says so before it comes to that.
+ */
+async function checkLoginsElsewhere(lib, path, r) {
+  let found;
+  try {
+    found = await lib.loginsElsewhere(path);
+  } catch (e) {
+    return r.add("same login", "info", `could not compare the logins with the other pools of this machine: ${e.message}`, { code: e.code });
+  }
+  const why = "a refresh token works once";
+  for (const s of found) {
+    if (s.store === null) {
+      r.add(
+        "same login",
+        "warn",
+        `${s.email} and ${s.there} are one login (the same refresh token): ${why}; keep one of them (remove the other with: oauth-pool remove ${shellWord(s.there)}) or they will log each other out`,
+        { email: s.email, there: s.there, store: null },
+      );
+      continue;
+    }
+    const as = s.there === s.email ? "" : ` (as ${s.there})`;
+    r.add(
+      "same login",
+      "warn",
+      `${s.email} is also in ${s.store}${as}: ${why}; keep the login in one pool (remove it from the other) or they will log each other out`,
+      { email: s.email, there: s.there, store: s.store },
+    );
   }
 }
 
@@ -448,14 +481,20 @@ export async function diagnose(lib, path) {
     const usable = checkFile(files, r) === "usable";
     const exists = lstatOrNull(files.path) !== null;
     const parses = exists && (await checkParse(lib, path, files, r));
-    if (parses) await checkAccounts(lib, path, r);
+    if (parses) {
+      await checkAccounts(lib, path, r);
+      await checkLoginsElsewhere(lib, path, r);
+    }
     await checkLock(lib, path, files, usable && parses, r);
     await checkBackup(lib, files, r);
     await checkKeptBackups(lib, files, r);
     checkTemps(files, r);
   } else {
     await checkStore(lib, path, r);
-    if (!r.failed("store") && !r.failed("store key")) await checkAccounts(lib, path, r);
+    if (!r.failed("store") && !r.failed("store key")) {
+      await checkAccounts(lib, path, r);
+      await checkLoginsElsewhere(lib, path, r);
+    }
   }
   checkEndpointsAndProxies(lib, r);
   checkSettings(lib, r);

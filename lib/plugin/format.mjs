@@ -1,5 +1,8 @@
 // Text for people: durations, clock times, one line per account, for the CLI and the plugin's
-// tool alike. The addon is asked only for the names of what a cooldown rests.
+// tool alike. Every wait and time of day is worded by the addon (src/wait.rs, `waitWords`), as
+// its own messages word them (the 429, the toasts, the gateway's answers): one wording and one
+// rounding everywhere, UTC (the README says why). The addon is also asked for the names of what
+// a cooldown rests.
 
 import { nativeBinding } from "../native.mjs";
 
@@ -7,20 +10,26 @@ export const LOGIN_HINT = "run `opencode auth login` -> Anthropic Pool";
 /** What mends a refused Console key: a working key under the account's name. */
 export const KEY_HINT = "add a working key under its name: `oauth-pool add-key --email <name>`, or `opencode auth login` -> Anthropic Pool -> Console API key";
 
-const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-const pad = (n) => String(n).padStart(2, "0");
+const words = (at, now) => nativeBinding().waitWords(Number(at), Number(now));
 
-/** 4_320_000 -> "1h 12m"; under a minute -> "<1m". */
+/** 4_320_000 -> "1 h 12 min"; 17_000 -> "17 s": rounded up, never said shorter than it is. */
 export function duration(ms) {
-  const minutes = Math.max(0, Math.ceil(ms / 60_000));
-  if (ms < 60_000) return "<1m";
-  const d = Math.floor(minutes / 1440);
-  const h = Math.floor((minutes % 1440) / 60);
-  const m = minutes % 60;
-  if (d) return h ? `${d}d ${h}h` : `${d}d`;
-  if (h) return m ? `${h}h ${m}m` : `${h}h`;
-  return `${m}m`;
+  return words(ms, 0).duration;
+}
+
+/** The time of day in UTC, with the day when it is not today: "14:05 UTC", "Tue 1 Dec 14:05 UTC". */
+export function clock(at, now = Date.now()) {
+  return words(at, now).clock;
+}
+
+/** A wait: "in 1 h 12 min (at 14:05 UTC)". */
+export function wait(until, now = Date.now()) {
+  return words(until, now).until;
+}
+
+/** A wait for a sentence that names its end: "14:05 UTC (in 1 h 12 min)" ("cooling until …"). */
+export function waitAt(until, now = Date.now()) {
+  return words(until, now).at;
 }
 
 // The keys of `modelCooldowns` that name an endpoint with limits of its own rather than a model
@@ -46,15 +55,7 @@ export function servedText(key) {
   return endpointRest(key) === undefined ? "other models" : "messages";
 }
 
-/** Local clock time, with the day when it is not today: "14:05" or "Tue 1 Dec 14:05". */
-export function clock(at, now = Date.now()) {
-  const t = new Date(at);
-  const hm = `${pad(t.getHours())}:${pad(t.getMinutes())}`;
-  if (t.toDateString() === new Date(now).toDateString()) return hm;
-  return `${DAYS[t.getDay()]} ${t.getDate()} ${MONTHS[t.getMonth()]} ${hm}`;
-}
-
-/** "5m ago", "just now", "never". */
+/** "5 min ago", "just now", "never". */
 export function ago(iso, now = Date.now()) {
   const t = typeof iso === "number" ? iso : Date.parse(iso ?? "");
   if (!Number.isFinite(t)) return "never";
@@ -65,7 +66,7 @@ export function ago(iso, now = Date.now()) {
 export function statusText(a, now = Date.now()) {
   switch (a.status) {
     case "rate-limited":
-      return a.rateLimitUntil ? `rate-limited, ${duration(a.rateLimitUntil - now)} left (until ${clock(a.rateLimitUntil, now)})` : "rate-limited";
+      return a.rateLimitUntil ? `rate-limited, usable again ${wait(a.rateLimitUntil, now)}` : "rate-limited";
     case "auth-error":
       return a.type === "api" ? `auth-error: the key was refused; ${KEY_HINT}` : `auth-error: needs a new login: ${LOGIN_HINT}`;
     case "disabled":
@@ -80,10 +81,10 @@ export function statusText(a, now = Date.now()) {
 function windowText(label, w, now) {
   if (!w || (w.utilization == null && w.resetsAt == null)) return null;
   const pct = w.utilization == null ? "?" : `${Math.round(w.utilization * 100)}%`;
-  return w.resetsAt ? `${label} ${pct} (resets ${clock(w.resetsAt, now)})` : `${label} ${pct}`;
+  return w.resetsAt ? `${label} ${pct} resets ${wait(w.resetsAt, now)}` : `${label} ${pct}`;
 }
 
-/** "5h 42% (resets 14:05), 7d 35% (resets Tue 1 Dec 12:00)", or null when never seen. */
+/** "5h 42% resets in 1 h 12 min (at 14:05 UTC), 7d 35% resets ...", or null when never seen. */
 export function quotaText(quota, now = Date.now()) {
   const parts = [windowText("5h", quota?.fiveHour, now), windowText("7d", quota?.sevenDay, now)].filter(Boolean);
   return parts.length ? parts.join(", ") : null;
@@ -96,10 +97,10 @@ export function bar(fraction) {
   return `[${"#".repeat(filled)}${"-".repeat(BAR - filled)}]`;
 }
 
-/** One window: "7d_sonnet [#########-] 93% resets Tue 1 Dec 12:00". */
+/** One window: "7d_sonnet [#########-] 93% resets in 2 d 4 h (at Tue 1 Dec 12:00 UTC)". */
 export function windowLine(w, now = Date.now()) {
   const pct = w.utilization == null ? "?" : `${Math.round(w.utilization * 100)}%`;
-  const reset = w.resetsAt ? ` resets ${clock(w.resetsAt, now)}` : "";
+  const reset = w.resetsAt ? ` resets ${wait(w.resetsAt, now)}` : "";
   return `${w.name} ${bar(w.utilization)} ${pct}${reset}`;
 }
 
@@ -160,7 +161,7 @@ export function accountLine(a, i, now = Date.now()) {
   const windows = windowsText(a.windows, now, ", ") ?? quotaText(a.quota, now);
   if (windows) parts.push(windows);
   if (a.reserve) parts.push(`reserve ${Math.round(a.reserve * 100)}%`);
-  for (const [key, until] of Object.entries(a.modelCooldowns ?? {})) parts.push(`${restedText(key)} cooling until ${clock(until, now)}`);
+  for (const [key, until] of Object.entries(a.modelCooldowns ?? {})) parts.push(`${restedText(key)} cooling until ${waitAt(until, now)}`);
   if (a.lastError && a.status !== "idle" && a.status !== "active") parts.push(`last problem: ${a.lastError}`);
   return parts.join(" · ");
 }

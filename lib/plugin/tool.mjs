@@ -6,7 +6,7 @@
 // here, and library-only and CLI users never need it.
 import { createRequire } from "node:module";
 import { LOGIN_HINT, pool, pluginOptions, reportUnknownOptions } from "./shared.mjs";
-import { accountLine, ago, clock, duration, quotaText, restedText, servedText, statusText, usageLine, windowsText } from "./format.mjs";
+import { accountLine, ago, clock, quotaText, restedText, servedText, statusText, usageLine, wait, waitAt, windowsText } from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
 import { printableLines } from "../printable.mjs";
 
@@ -60,7 +60,7 @@ async function status(path, now) {
   lines.push(`Accounts: ${c.total ?? 0} total, ${c.usable ?? 0} usable${by ? ` (${by})` : ""}.`);
   if (s.soonestReset) {
     const who = s.accounts.filter((a) => a.rateLimitUntil === s.soonestReset).map((a) => a.email);
-    lines.push(`Soonest reset: in ${duration(s.soonestReset - now)} (${clock(s.soonestReset, now)})${who.length ? `, ${who.join(", ")}` : ""}.`);
+    lines.push(`Soonest reset: ${wait(s.soonestReset, now)}${who.length ? `, ${who.join(", ")}` : ""}.`);
   } else {
     lines.push("Soonest reset: no account is cooling down.");
   }
@@ -76,7 +76,7 @@ async function status(path, now) {
       lines.push(`    windows: ${windowsText(a.windows, now, "; ") ?? quotaText(a.quota, now) ?? "none seen yet"}`);
       if (a.reserve) lines.push(`    reserve: ${Math.round(a.reserve * 100)}% of every window kept for its owner`);
       for (const [key, until] of Object.entries(a.modelCooldowns ?? {}))
-        lines.push(`    ${restedText(key)} cooling until ${clock(until, now)}; ${servedText(key)} serve`);
+        lines.push(`    ${restedText(key)} cooling until ${waitAt(until, now)}; ${servedText(key)} serve`);
       for (const u of [usageLine("today", a.usage?.today, prices), usageLine("this 5h window", a.usage?.window, prices)].filter(Boolean))
         lines.push(`    ${u}`);
     }

@@ -4,9 +4,35 @@
 use napi_derive::napi;
 use serde_json::{json, Value};
 
-use super::{js_error, store_for, JsResult};
-use crate::store::Store;
+use napi::bindgen_prelude::PromiseRaw;
+use napi::Env;
+
+use super::{js_error, promise, store_for, JsResult};
+use crate::store::{self, Store};
 use crate::{config, http};
+
+/// The logins of the pool at `path` that are also in another pool file this user's refresh
+/// journal has seen on this machine, or twice in this pool (`store::elsewhere`): `[{ email,
+/// store, there }]`, `store` null for the pool itself. Names and paths only, never a token.
+#[napi(js_name = "loginsElsewhere", ts_return_type = "Promise<any>")]
+pub fn logins_elsewhere(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        let pool_store = store_for(path.as_deref()).map_err(js_error)?;
+        let pool = pool_store.load().await.map_err(js_error)?;
+        let found = store::blocking(move || {
+            let here = pool_store.journal_id();
+            Ok(store::elsewhere::for_user(&pool, &here))
+        })
+        .await
+        .map_err(js_error)?;
+        Ok(Value::Array(
+            found
+                .into_iter()
+                .map(|s| json!({ "email": s.email, "store": s.store, "there": s.there }))
+                .collect(),
+        ))
+    })
+}
 
 /// The pool's files as the store names them: the pool, its write lock, the previous
 /// generation, the temp files writers create, and the per-account refresh locks.

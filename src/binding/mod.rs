@@ -183,6 +183,33 @@ pub fn rest_scopes() -> Vec<RestScope> {
         .collect()
 }
 
+/// A wait worded as every message of the addon words it (`crate::wait`), for the texts
+/// JavaScript writes (the CLI's `list`, `status` and `doctor`, the OpenCode tool): one wording
+/// and one rounding everywhere. `until` and `now` are epoch ms.
+#[napi(object)]
+pub struct WaitWords {
+    /// "5 h 0 min", rounded up.
+    pub duration: String,
+    /// "14:32 UTC", with the day when it is not `now`'s.
+    pub clock: String,
+    /// "in 5 h 0 min (at 14:32 UTC)".
+    pub until: String,
+    /// "14:32 UTC (in 5 h 0 min)".
+    pub at: String,
+}
+
+#[napi(js_name = "waitWords", catch_unwind)]
+pub fn wait_words(until: f64, now: f64) -> WaitWords {
+    // `as` saturates and takes NaN to 0: a bad number words as some time, never a panic.
+    let (until, now) = (until as i64, now as i64);
+    WaitWords {
+        duration: crate::wait::duration(until.saturating_sub(now)),
+        clock: crate::wait::clock(until, now),
+        until: crate::wait::until(until, now),
+        at: crate::wait::at(until, now),
+    }
+}
+
 /// A message quoting a caller's or a runtime's text, as the addon writes its own
 /// (`secret::scrub_message`): no token shape, no URL query or fragment.
 #[napi(js_name = "scrubMessage", catch_unwind)]

@@ -203,6 +203,17 @@ impl FileStore {
     }
 
     fn read(&self) -> Result<Option<(Pool, FileStamp)>> {
+        self.read_as(true)
+    }
+
+    /// Reads the pool as `load` does (this user's regular file, bounded), but leaves a wide
+    /// mode as it is: for a look at a pool that is not the one in use (`doctor` comparing the
+    /// logins of the pools on this machine), which must change nothing. None when missing.
+    pub fn peek(&self) -> Result<Option<Pool>> {
+        Ok(self.read_as(false)?.map(|(p, _)| p))
+    }
+
+    fn read_as(&self, tighten: bool) -> Result<Option<(Pool, FileStamp)>> {
         let Some((file, meta)) = self.open_checked()? else {
             return Ok(None);
         };
@@ -226,7 +237,9 @@ impl FileStore {
         let pool = Pool::parse(&bytes).map_err(|reason| self.corrupt(reason))?;
         // Only once it is known to be a pool: a path pointed at some other file of this user's
         // (`--path /etc/passwd` as root) must leave that file as it was.
-        fsread::tighten_mode(path, &file, &meta);
+        if tighten {
+            fsread::tighten_mode(path, &file, &meta);
+        }
         Ok(Some((pool, stamp_of(&meta))))
     }
 

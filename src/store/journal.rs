@@ -184,6 +184,27 @@ impl Journal {
         decided.unwrap_or(Claim::Go)
     }
 
+    /// The stores that presented a refresh token on this machine in the journal's month, the
+    /// most recent first, at most `limit`: the pools `doctor` compares the one it checks with.
+    /// Read without the lock (every write replaces the file whole); nothing when the journal is
+    /// missing or unusable, which `doctor` cannot fix and a refresh reports.
+    pub fn stores(&self, limit: usize) -> Vec<String> {
+        let Ok(Some(mut book)) = self.read() else {
+            return Vec::new();
+        };
+        book.refreshes.sort_by_key(|e| std::cmp::Reverse(e.at));
+        let mut seen: Vec<String> = Vec::new();
+        for e in book.refreshes {
+            if seen.len() == limit {
+                break;
+            }
+            if !seen.contains(&e.store) {
+                seen.push(e.store);
+            }
+        }
+        seen
+    }
+
     /// The tokens that replaced `token` are saved in `store`: from now on nobody presents it.
     pub fn saved(&self, token: &str, store: &str, email: &str, now: i64) {
         self.change(now, |book| {
@@ -489,6 +510,20 @@ mod tests {
             assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
             assert_eq!(j.claim("t3", "/a", "x", NOW), Claim::Go);
         }
+    }
+
+    #[test]
+    fn the_stores_seen_are_listed_once_each_newest_first_and_bounded() {
+        let (_d, j) = journal();
+        assert!(j.stores(10).is_empty(), "no journal yet");
+        j.saved("t1", "/a", "x", NOW);
+        j.saved("t2", "/b", "x", NOW + 10);
+        j.saved("t3", "/a", "y", NOW + 20);
+        j.saved("t4", "postgres://u@db/pool", "x", NOW + 30);
+        assert_eq!(j.stores(10), ["postgres://u@db/pool", "/a", "/b"]);
+        assert_eq!(j.stores(2), ["postgres://u@db/pool", "/a"]);
+        fs::write(&j.path, b"{ not json").unwrap();
+        assert!(j.stores(10).is_empty(), "an unusable journal lists nothing");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! process that shares the store.
 
 pub mod crypto;
+pub mod elsewhere;
 pub mod file;
 pub mod journal;
 mod legacy_lock;
