@@ -5,11 +5,6 @@
 //! machine fields (`retry-after`, `until`, `--json`) keep their numbers. One place, so the
 //! surfaces never disagree.
 
-const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
 /// "17 s", "4 min 10 s", "5 h 0 min", "2 d 3 h": rounded up, so a wait is never said shorter
 /// than it is (17,999 s is "5 h 0 min", not "4 h 59 min").
 pub fn duration(ms: i64) -> String {
@@ -45,9 +40,23 @@ pub fn clock(at: i64, now: i64) -> String {
     if day(at) == day(now) {
         return hm;
     }
-    let (_, month, date) = civil(day(at));
-    let weekday = DAYS[day(at).rem_euclid(7) as usize];
-    format!("{weekday} {date} {} {hm}", MONTHS[(month - 1) as usize])
+    format!("{} {hm}", weekday_date_month(at))
+}
+
+/// "Tue 2 Dec" of `at` (epoch ms, UTC), from httpdate's calendar ("Tue, 02 Dec 2025 14:32:10
+/// GMT"); times outside what an HTTP date can say are taken at its ends.
+fn weekday_date_month(at: i64) -> String {
+    const LAST_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    let ms = at.clamp(0, LAST_MS) as u64;
+    let text =
+        httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+    let part = |r: std::ops::Range<usize>| text.get(r).unwrap_or_default();
+    format!(
+        "{} {} {}",
+        part(0..3),
+        part(5..7).trim_start_matches('0'),
+        part(8..11)
+    )
 }
 
 /// "in 5 h 0 min (at 14:32 UTC)": how long from `now` until `until`, and when.
@@ -67,21 +76,6 @@ pub fn at(until: i64, now: i64) -> String {
         clock(until, now),
         duration(until.saturating_sub(now))
     )
-}
-
-/// The proleptic Gregorian (year, month, day) of a day counted from 1970-01-01 (Howard
-/// Hinnant's `civil_from_days`).
-fn civil(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -112,6 +106,8 @@ mod tests {
         assert_eq!(clock(at, at - 86_400_000), "Mon 1 Dec 14:32 UTC");
         assert_eq!(clock(0, 1), "00:00 UTC");
         assert_eq!(clock(951_782_400_000, 0), "Tue 29 Feb 00:00 UTC");
+        assert_eq!(clock(-86_400_000 * 3, 0), "Thu 1 Jan 00:00 UTC");
+        assert!(clock(i64::MAX, 0).starts_with("Fri 31 Dec"));
         assert_eq!(until(at, at - 17_999_000), "in 5 h 0 min (at 14:32 UTC)");
         assert_eq!(super::at(at, at - 17_000), "14:32 UTC (in 17 s)");
     }
