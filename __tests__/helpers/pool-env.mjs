@@ -7,6 +7,14 @@ import { join } from "node:path";
 import { startMockAnthropic } from "./mock-anthropic.mjs";
 import { savePool } from "../../index.mjs";
 
+// No test may touch the real ~/.aidevops (the pool, its journal of refreshes, the store key).
+// `npm test` gives every step a throwaway HOME; a test file run on its own gets one here, before
+// its body runs (anything it or the addon derives from the home then lands in the temp dir).
+if (!(process.env.HOME ?? "").startsWith(tmpdir())) {
+  process.env.HOME = mkdtempSync(join(tmpdir(), "oauth-pool-test-home-"));
+  process.env.USERPROFILE = process.env.HOME;
+}
+
 export async function startEnv(options) {
   const mock = await startMockAnthropic(options);
   process.env.OAUTH_POOL_TOKEN_URL = mock.tokenUrl;
