@@ -6,10 +6,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { statSync } from "node:fs";
-import { createPoolFetch, flushPool } from "../index.mjs";
+import { connect } from "node:net";
+import { createPoolFetch, flushPool, serve } from "../index.mjs";
 import { jsonHeaders, messagesUrl, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
 
-const mock = useMock();
+const KEY = "test-gateway-key-0123456789abcdef";
+const mock = useMock({ env: { OAUTH_POOL_GATEWAY_KEY: KEY } });
 // As many rests of model families and endpoints per account as are kept (`MAX_SCOPED_COOLDOWNS`).
 const SCOPED_KEPT = 16;
 
@@ -67,3 +69,45 @@ for (const transport of ["native", "runtime"]) {
     assert.ok(late.size < early.size * 1.5 + 8192, `the pool file grew from ${early.size} to ${late.size} bytes`);
   });
 }
+
+test("gateway: keep-alive connections left idle after their answer are closed within the header timeout, so idle clients cannot hold every slot", async () => {
+  // A client that keeps its connection after an answer and never sends again (an SDK's pool, a
+  // script that stopped) holds a connection slot and a descriptor: a gateway that kept them
+  // until the client left would refuse everyone once the cap (or the descriptor limit) was
+  // idle. hyper times the wait for the next request's head from the end of the last answer
+  // (hyper before 1.4 did not): this guards that. Probed: 300 idle keep-alive connections
+  // were closed within the header timeout, and 48,000 connections opened and closed, or
+  // 30,000 requests on 10 kept connections, left the gateway's RSS, descriptors and threads flat.
+  const path = await seedPool(mock, ["idle@x.test"]);
+  const gw = await serve({ port: 0, path, headerTimeoutMs: 500, maxConnections: 4 });
+  const port = Number(new URL(gw.url).port);
+  const request = `GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n`;
+  /** A connection that asks once and keeps the connection; resolves once its answer came. */
+  const askAndStay = () =>
+    new Promise((resolve, reject) => {
+      const s = connect(port, "127.0.0.1", () => s.write(request));
+      let data = "";
+      const closed = new Promise((r) => s.on("close", () => r(Date.now())));
+      s.on("error", () => {});
+      s.on("data", (d) => {
+        data += d;
+        if (/\r\n\r\n[\s\S]*\}/.test(data)) resolve({ s, data, closed });
+      });
+      setTimeout(() => reject(new Error(`no answer: ${data}`)), 10_000);
+    });
+  try {
+    const idle = await Promise.all(Array.from({ length: 4 }, askAndStay));
+    for (const { data } of idle) assert.match(data, /^HTTP\/1\.1 200/);
+    const answered = Date.now();
+    const closedAt = await Promise.race([Promise.all(idle.map((c) => c.closed)), new Promise((r) => setTimeout(() => r(null), 8000))]);
+    assert.ok(closedAt, "the gateway closes idle keep-alive connections");
+    assert.ok(Math.max(...closedAt) - answered < 5000, `closed ${Math.max(...closedAt) - answered} ms after the answers (header timeout 500 ms)`);
+    // The four slots are free again: the next client is served, not turned away with a 503.
+    await new Promise((r) => setTimeout(r, 100));
+    const next = await askAndStay();
+    assert.match(next.data, /^HTTP\/1\.1 200/);
+    next.s.destroy();
+  } finally {
+    await gw.close(0);
+  }
+});
