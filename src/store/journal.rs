@@ -167,7 +167,11 @@ impl Journal {
                         }),
                     );
                 }
-                if !me(e) && now.saturating_sub(e.at) < IN_FLIGHT_MS {
+                // Either way round: a clock stepped back after the other store presented it
+                // made its presentation look to be in the future, and the token was left to it
+                // until the clock caught up (hours), though that refresh had long ended.
+                let age = now.saturating_sub(e.at);
+                if !me(e) && age > -IN_FLIGHT_MS && age < IN_FLIGHT_MS {
                     return (
                         false,
                         Claim::InFlight {
@@ -446,6 +450,20 @@ mod tests {
         );
         assert!(matches!(
             j.claim("t1", "/a", "x", NOW + IN_FLIGHT_MS + 3000),
+            Claim::InFlight { .. }
+        ));
+    }
+
+    #[test]
+    fn a_clock_stepped_back_does_not_leave_a_token_in_flight_for_good() {
+        let (_d, j) = journal();
+        assert_eq!(j.claim("t1", "/a", "x", NOW), Claim::Go);
+        // The clock steps back an hour; the other store's refresh ended long ago unsaved.
+        assert_eq!(j.claim("t1", "/b", "x", NOW - 3_600_000), Claim::Go);
+        // Stepped back by seconds only: it may still be under way.
+        assert_eq!(j.claim("t2", "/a", "x", NOW), Claim::Go);
+        assert!(matches!(
+            j.claim("t2", "/b", "x", NOW - 5_000),
             Claim::InFlight { .. }
         ));
     }
