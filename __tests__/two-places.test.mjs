@@ -13,6 +13,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFi
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { spawn } from "node:child_process";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { CLI, cliJson, runNode } from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
@@ -188,6 +189,69 @@ test("a token endpoint that hands the same refresh token back: refreshing again 
   } finally {
     mock.setTokenMode(null);
   }
+});
+
+const FLOCK = ["/usr/bin/flock", "/bin/flock"].find((p) => existsSync(p));
+
+test("tokens saved late (the pool was locked by a stopped writer): the journal learns the token they replaced is spent, and a copy of the pool does not present it", {
+  skip: !FLOCK && "util-linux's flock is not installed",
+}, async () => {
+  // A refresh whose write waits past 10 s keeps its tokens in memory and writes them once the
+  // store lets it. The journal was told only when a refresh's own write landed: this token
+  // stayed "presented, never saved", which blocks no other pool once 2 minutes have passed.
+  const m = machine();
+  const email = "late@two.test";
+  const a = newPath();
+  const b = newPath();
+  writePool(a, [login(email)]);
+  mkdirSync(join(b, ".."), { recursive: true });
+  copyFileSync(a, b);
+  const saved = Object.fromEntries(["HOME", "USERPROFILE", "OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL"].map((k) => [k, process.env[k]]));
+  Object.assign(process.env, { HOME: m.home, USERPROFILE: m.home, OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url });
+  const holder = spawn(FLOCK, ["--no-fork", "-x", `${a}.lock`, "sh", "-c", "echo held; exec sleep 14"], { stdio: ["ignore", "pipe", "inherit"] });
+  const gone = new Promise((resolve) => holder.once("exit", resolve));
+  try {
+    await new Promise((resolve, reject) => {
+      holder.stdout.once("data", resolve);
+      holder.once("error", reject);
+    });
+    const { createPoolFetch, flushPool } = await import("../index.mjs");
+    const events = [];
+    const f = createPoolFetch({ path: a, onEvent: (e) => events.push(e) });
+    const r = await f(`${mock.url}/v1/messages`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
+      body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+    });
+    await r.text();
+    assert.equal(r.status, 200);
+    assert.ok(
+      events.some((e) => e.kind === "tokens-unsaved"),
+      JSON.stringify(events),
+    );
+    await gone;
+    await flushPool(a);
+    assert.equal(entry(a, email).refresh, mock.tokens(email).refresh, "the tokens landed once the lock was free");
+    const journal = join(m.home, ...JOURNAL);
+    let mine;
+    for (let i = 0; i < 50 && !mine?.saved; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      mine = existsSync(journal) ? JSON.parse(readFileSync(journal, "utf8")).refreshes.find((e) => e.email === email) : undefined;
+    }
+    assert.equal(mine?.saved, true, `the journal knows the token spent: ${JSON.stringify(mine)}`);
+  } finally {
+    holder.kill("SIGKILL");
+    await gone;
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+  // The copy still holds the spent token: it does not present it, and says where the login is.
+  const second = await request(m, b);
+  assert.equal(second.error, "POOL_NO_ACCOUNT");
+  assert.match(entry(b, email).lastError ?? "", /refreshed through the pool at /);
+  assertLoginAlive(email);
 });
 
 test("a broken journal never stops a refresh: it is moved aside and a new one started", async () => {

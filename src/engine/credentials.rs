@@ -183,14 +183,20 @@ impl Credentials {
         lock(&self.refused).retain(|e, _| present.contains(e.as_str()));
     }
 
-    /// The tokens of these accounts are durable now: release their refresh locks.
-    pub fn saved(&self, emails: &[String]) {
+    /// The tokens of these accounts are durable now: release their refresh locks. Returns,
+    /// for the refresh journal, each account's refresh token that its saved tokens replaced.
+    pub fn saved(&self, emails: &[String]) -> Vec<(String, Secret)> {
         let mut unsaved = lock(&self.unsaved);
+        let mut spent = Vec::new();
         for e in emails {
-            if unsaved.remove(e).is_some() {
+            if let Some(u) = unsaved.remove(e) {
                 tracing::info!(account = %e, "saved the tokens that could not be written before");
+                if u.refresh != u.presented {
+                    spent.push((e.clone(), u.presented));
+                }
             }
         }
+        spent
     }
 
     /// For status: which accounts hold unsaved tokens, since when, and why.
@@ -675,6 +681,27 @@ impl Engine {
                 serve_old_or(&account, rejected, e)
             }
         }
+    }
+
+    /// Tokens of a refresh kept unsaved have landed: the journal learns that the refresh tokens
+    /// they replaced are spent, as it does when a refresh's own write lands. Without it, the
+    /// journal held those as presented and never saved, which blocks nobody: a copy of the pool
+    /// presented one later and got it refused (and the login revoked, at a strict endpoint).
+    pub(crate) fn journal_landed(self: &Arc<Self>, spent: Vec<(String, Secret)>) {
+        let Some(j) = Journal::for_user() else {
+            return;
+        };
+        let store = self.store.clone();
+        self.spawn(async move {
+            let _ = crate::store::blocking(move || {
+                let here = store.journal_id();
+                for (email, presented) in spent {
+                    j.saved(&journal::tag(&presented), &here, &email, now_ms());
+                }
+                Ok(())
+            })
+            .await;
+        });
     }
 
     /// A refresh's write that did not land within `REFRESH_WRITE_PATIENCE`.

@@ -414,7 +414,10 @@ impl Engine {
             Written::Unchanged => {}
             Written::Unknown => self.invalidate(),
         }
-        self.credentials.saved(&written);
+        let spent = self.credentials.saved(&written);
+        if !spent.is_empty() {
+            self.journal_landed(spent);
+        }
         Ok(t)
     }
 
