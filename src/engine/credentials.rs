@@ -30,6 +30,10 @@ use crate::secret::Secret;
 use crate::store::journal::{self, Claim, Journal};
 use crate::store::{RefreshLock, REFRESH_LOCK_TIMEOUT};
 
+/// How long a refresh waits on the refresh journal (its lock waits at most 2 s of this; the rest
+/// is its file's read and write) before it goes on without it.
+const JOURNAL_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Refreshes whose new tokens are not written yet, in the whole process: the refresh token each
 /// presented is spent, and the only copy of its successor is in this process's memory until the
 /// write lands. A host that exits meanwhile loses the login (`settle_unwritten`).
@@ -516,13 +520,20 @@ impl Engine {
         let claim = match journal.clone() {
             Some(j) => {
                 let (who, tag) = (email.to_string(), tag.clone());
-                crate::store::blocking(move || {
+                let asking = crate::store::blocking(move || {
                     let here = here.journal_id();
                     let claim = j.claim(&tag, &here, &who, now_ms());
                     Ok((here, claim))
-                })
-                .await
-                .ok()
+                });
+                // A home on a file system that hangs (NFS gone) must not hold the refresh, and
+                // the requests waiting on it: past this the refresh goes on without the journal.
+                match tokio::time::timeout(JOURNAL_PATIENCE, asking).await {
+                    Ok(answer) => answer.ok(),
+                    Err(_) => {
+                        tracing::warn!(account = %email, "the refresh journal did not answer in time; refreshing without it");
+                        None
+                    }
+                }
             }
             None => None,
         };
@@ -592,15 +603,15 @@ impl Engine {
                     // A token endpoint that hands the same refresh token back (or none, which
                     // keeps it) did not spend it: it is no more spent than before.
                     let rotated = refresh != presented;
-                    let _ = crate::store::blocking(move || {
+                    let noting = crate::store::blocking(move || {
                         if rotated {
                             j.saved(&tag, &here, &who, now_ms());
                         } else {
                             j.released(&tag, &here, &who, now_ms());
                         }
                         Ok(())
-                    })
-                    .await;
+                    });
+                    let _ = tokio::time::timeout(JOURNAL_PATIENCE, noting).await;
                 }
                 if let Ok(Some(login)) = write {
                     tracing::debug!(account = %email, "logged in again during the refresh; the new login is used");
