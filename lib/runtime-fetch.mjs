@@ -93,19 +93,24 @@ const abandoned = new FinalizationRegistry((stop) => stop());
 // port that never accepts, held the request for the whole response timeout (5 minutes) with
 // nothing to tell it from a model still thinking. fetch does not say when it is connected, so
 // when the head is this late the origin is asked directly: a connection and handshake of our
-// own, within a few more seconds. One that stalls fails the request (the origin is not
-// reachable); one that completes leaves the request waiting for its answer, and so does one
-// refused or reset at once: fetch would have met that refusal on its own connect and failed
-// then, so the request is on a connection made before the origin began refusing new ones (a
-// connection limit, a listener gone), and its answer may still come.
+// own, within a few more seconds. One that stalls, or finds no way to the origin (no route, no
+// name: the network went), fails the request (the origin is not reachable); one that completes
+// leaves the request waiting for its answer, and so does one the origin itself refuses or resets
+// at once: fetch would have met that refusal on its own connect and failed then, so the request
+// is on a connection made before the origin began refusing new ones (a connection limit, a
+// listener gone), and its answer may still come.
 const CONNECT_PATIENCE_MS = 10_000;
 const CONNECT_PROBE_MS = 5_000;
 const needsConnectBound = typeof process?.versions?.bun === "string";
 
+/** Answers only the origin gives: it is there, and refuses or drops new connections. */
+const REFUSED_BY_ORIGIN = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE"]);
+
 /**
- * Whether a new connection to `url`'s origin stalls (TCP, and the TLS handshake for https,
- * unfinished within `ms`): what went wrong when it does (`waited`: the request's whole wait),
- * else null, a refusal included.
+ * Whether a new connection to `url`'s origin fails to form (TCP, and the TLS handshake for
+ * https, unfinished within `ms`, or no route or name to it): what went wrong when it does
+ * (`waited`: the request's whole wait), else null, the origin's own refusal included (a TLS
+ * alert is one too).
  * It sends nothing and checks no certificate (only reachability is asked; fetch's own
  * connection checks it).
  */
@@ -131,14 +136,18 @@ function unreachable(url, ms, waited) {
       socket = secure
         ? connectTls({ host, port, servername: isIP(host) ? undefined : host, rejectUnauthorized: false, ALPNProtocols: ["http/1.1"] })
         : connectTcp({ host, port });
-    } catch {
-      return done(null);
+    } catch (err) {
+      return done(`could not connect (${scrubbed(String(err?.message ?? err))})`);
     }
     // A request already answered does not wait on its probe, nor does the process's exit.
     timer.unref?.();
     socket.unref?.();
     socket.once(secure ? "secureConnect" : "connect", () => done(null));
-    socket.once("error", () => done(null));
+    socket.once("error", (err) => {
+      const code = String(err?.code ?? "");
+      const fromOrigin = REFUSED_BY_ORIGIN.has(code) || /SSL|TLS/i.test(code);
+      done(fromOrigin ? null : `could not connect (${scrubbed(String(err?.message ?? err))})`);
+    });
   });
 }
 
