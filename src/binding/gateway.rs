@@ -28,6 +28,9 @@ pub struct ServeOptions {
 #[napi]
 pub struct NativeGateway {
     inner: Arc<Gateway>,
+    /// The environment's hook's hold on it, let go of by `close` (the hook itself is a few bytes
+    /// until the environment goes): a closed gateway kept its engine and directory watch alive.
+    owned: Arc<Mutex<Owned>>,
 }
 
 #[napi]
@@ -46,6 +49,10 @@ impl NativeGateway {
     ) -> JsResult<PromiseRaw<'env, ()>> {
         let drain = Duration::from_millis(u64::from(drain_ms.unwrap_or(10_000)));
         let gateway = self.inner.clone();
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .gateway = None;
         promise(env, async move {
             gateway.close(drain).await;
             Ok(())
@@ -87,7 +94,11 @@ pub fn serve<'env>(
             return Err(js_error(Error::Aborted));
         }
         o.gateway = Some(gateway.clone());
-        Ok(NativeGateway { inner: gateway })
+        drop(o);
+        Ok(NativeGateway {
+            inner: gateway,
+            owned,
+        })
     })
 }
 
