@@ -67,63 +67,56 @@ async function host(scenario, { path, options = {}, env = {}, limitMs = 45_000, 
 const line = (result, key) => result.lines.find((l) => key in l)?.[key];
 const ended = (r) => `exit ${r.code}, signal ${r.signal}${r.hung ? " (hung: killed)" : ""}; stderr: ${r.stderr.slice(0, 500)}`;
 
-test("a worker terminated while its request waits on a refresh: the process lives, the main thread's next request is answered, the refresh lands once", async () => {
-  const email = "env-refresh@x.test";
+/**
+ * A worker terminated while its request's refresh is held at the token endpoint (released
+ * `answerAfter` the termination: "terminated", or ms after telling the worker to go): the
+ * child's result, the account's family at the mock, and whether the successor is in the file.
+ */
+async function terminatedMidRefresh(email, { options, answerAfter }) {
   const path = await seedPool(mock, [email], { expired: [email] });
   let release;
   mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (release = r)) });
   try {
     const result = await host("terminate-when-told", {
       path,
+      options,
       during: async (child, waitLine) => {
         await waitLine((l) => l.started);
         await mock.waitFor("token");
-        // The worker goes while its refresh is at the token endpoint; the answer comes after.
         child.stdin.end("go\n");
+        if (answerAfter !== "terminated") setTimeout(release, answerAfter);
         await waitLine((l) => l.terminated);
-        release();
+        if (answerAfter === "terminated") release();
       },
     });
-    // It used to read the freed request object: every later call hung (or the process crashed).
-    assert.equal(result.code, 0, ended(result));
-    assert.deepEqual(line(result, "after"), { status: 200, account: email });
-    const family = mock.stats().perFamily[email];
-    assert.equal(family.refreshCalls, 1, "one presentation");
-    assert.equal(family.reuse, 0);
-    assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the successor is in the file");
+    const landed = account(path, email).refresh === mock.tokens(email).refresh;
+    return { result, family: mock.stats().perFamily[email], landed };
   } finally {
     mock.setTokenMode(null);
   }
+}
+
+test("a worker terminated while its request waits on a refresh: the process lives, the main thread's next request is answered, the refresh lands once", async () => {
+  const email = "env-refresh@x.test";
+  // The worker goes while its refresh is at the token endpoint; the answer comes after.
+  const { result, family, landed } = await terminatedMidRefresh(email, { answerAfter: "terminated" });
+  // It used to read the freed request object: every later call hung (or the process crashed).
+  assert.equal(result.code, 0, ended(result));
+  assert.deepEqual(line(result, "after"), { status: 200, account: email });
+  assert.equal(family.refreshCalls, 1, "one presentation");
+  assert.equal(family.reuse, 0);
+  assert.ok(landed, "the successor is in the file");
 });
 
 test("a worker that alone used the pool, terminated while refreshing: the refresh goes on to its end and lands in the file", async () => {
   // The last environment that loaded the addon going shuts its runtime down; the refresh on it
   // was dropped with its connection (the presented token possibly spent, its successor lost).
-  const email = "env-alone@x.test";
-  const path = await seedPool(mock, [email], { expired: [email] });
-  let release;
-  mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (release = r)) });
-  try {
-    const result = await host("terminate-when-told", {
-      path,
-      options: { mainUses: false },
-      during: async (child, waitLine) => {
-        await waitLine((l) => l.started);
-        await mock.waitFor("token");
-        child.stdin.end("go\n");
-        // The answer comes while the worker's environment is being torn down.
-        setTimeout(release, 300);
-        await waitLine((l) => l.terminated);
-      },
-    });
-    assert.equal(result.code, 0, ended(result));
-    const family = mock.stats().perFamily[email];
-    assert.equal(family.refreshCalls, 1);
-    assert.equal(family.generation, 1, "the refresh was answered, not cut");
-    assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the successor is in the file");
-  } finally {
-    mock.setTokenMode(null);
-  }
+  // The answer comes while the worker's environment is being torn down.
+  const { result, family, landed } = await terminatedMidRefresh("env-alone@x.test", { options: { mainUses: false }, answerAfter: 300 });
+  assert.equal(result.code, 0, ended(result));
+  assert.equal(family.refreshCalls, 1);
+  assert.equal(family.generation, 1, "the refresh was answered, not cut");
+  assert.ok(landed, "the successor is in the file");
 });
 
 test("50 workers, each terminated in the middle of a stream: no crash, the main thread is answered after, no thread, descriptor or memory growth from 10 to 50", async () => {
