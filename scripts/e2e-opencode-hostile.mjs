@@ -143,7 +143,10 @@ try {
   const long = await opencodeRun("cooling-long", "say hi");
   check(
     `every account cooling for an hour: opencode run ends with the pool's message, not a silent wait (${long.ms} ms)`,
-    long.code === 1 && /every account is rate-limited; the first one \(\S+@example\.com\) is usable again in (1 h [01] min|59 min \d+ s) \(at (\w{3} \d+ \w{3} )?\d\d:\d\d UTC\)/.test(said(long)),
+    long.code === 1 &&
+      /every account is rate-limited; the first one \(\S+@example\.com\) is usable again in (1 h [01] min|59 min \d+ s) \(at (\w{3} \d+ \w{3} )?\d\d:\d\d UTC\)/.test(
+        said(long),
+      ),
     outcome(long),
   );
   check(
