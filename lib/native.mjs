@@ -2,10 +2,14 @@
 // puts oauth-pool.<triple>.node next to package.json), then the prebuilt optional package
 // opencode-oauth-pool-<triple>. Importing never throws: a host plugin that composes our parts
 // keeps its other hooks when no binary fits, and the first call that needs native code rejects
-// with NATIVE_MISSING naming the package to install. Works under Node and Bun.
+// with NATIVE_MISSING naming the package to install. A binary that is there but cannot load (cut
+// short by an install that did not finish, a text file, another architecture's) is refused before
+// dlopen, which faults on a cut-short ELF and takes the host down (lib/binary-check.mjs); the
+// error then says to reinstall it, and where. Works under Node and Bun.
 import { createRequire } from "node:module";
 import { existsSync } from "node:fs";
 import { isMainThread } from "node:worker_threads";
+import { unloadableReason } from "./binary-check.mjs";
 import { platformTriple } from "./platform.mjs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -18,30 +22,67 @@ function load() {
   const local = join(root, `oauth-pool.${triple}.node`);
   const packageName = `opencode-oauth-pool-${triple}`;
   const failures = [];
-  if (existsSync(local)) {
+  // Binaries that are there but did not load: the advice is to replace them, not to install.
+  const broken = [];
+  const attempt = (label, path, fix) => {
     try {
-      return require(local);
+      const reason = unloadableReason(path);
+      if (reason) throw new Error(`${path}: ${reason}`);
+      return require(path);
     } catch (err) {
-      failures.push(`${local}: ${firstLine(err)}`);
+      const text = firstLine(err);
+      failures.push(text.startsWith(label) ? text : `${label}: ${text}`);
+      if (!DISABLED.test(text)) broken.push(fix);
+      return null;
     }
+  };
+  if (existsSync(local)) {
+    const addon = attempt(local, local, `rebuild ${local} with "npm run build"`);
+    if (addon) return addon;
   }
+  let resolved = null;
   try {
-    return require(packageName);
+    resolved = require.resolve(packageName);
   } catch (err) {
     failures.push(`${packageName}: ${firstLine(err)}`);
   }
+  if (resolved) {
+    const dir = dirname(resolved);
+    const addon = attempt(packageName, resolved, `reinstall "${packageName}" (delete ${dir} and run the install again)`);
+    if (addon) return addon;
+  }
+  const tried = `Tried: ${failures.join("; ")}${hint(failures, triple)}`;
   const transient = failures.some((f) => TRANSIENT.test(f));
-  const error = new Error(
-    transient
-      ? `opencode-oauth-pool: the native binary for ${triple} could not be loaded now (the process is out of file descriptors or memory); it is tried again on the next call. Tried: ${failures.join("; ")}`
-      : `opencode-oauth-pool: no native binary for ${triple}. Install the optional package ` +
-          `"${packageName}" (npm install ${packageName}; npm skips it with --omit=optional), or, in a ` +
-          `source checkout of opencode-oauth-pool, build it with "npm run build" (needs Rust). Tried: ${failures.join("; ")}`,
-  );
+  const disabled = failures.some((f) => DISABLED.test(f));
+  let message;
+  if (transient) {
+    message = `opencode-oauth-pool: the native binary for ${triple} could not be loaded now (the process is out of file descriptors or memory); it is tried again on the next call. ${tried}`;
+  } else if (disabled) {
+    message = `opencode-oauth-pool: native addons are disabled in this process (node --no-addons, or Node's permission model without --allow-addons), and the pool is a native addon: run without that flag or add --allow-addons. ${tried}`;
+  } else if (broken.length > 0) {
+    message = `opencode-oauth-pool: the native binary for ${triple} is there but cannot be loaded: ${broken.join(", or ")}. ${tried}`;
+  } else {
+    message =
+      `opencode-oauth-pool: no native binary for ${triple}. Install the optional package ` +
+      `"${packageName}" (npm install ${packageName}; npm skips it with --omit=optional, Bun with --omit optional), or, in a ` +
+      `source checkout of opencode-oauth-pool, build it with "npm run build" (needs Rust). ${tried}`;
+  }
+  const error = new Error(message);
   error.code = "NATIVE_MISSING";
   error.transient = transient;
   throw error;
 }
+
+// dlopen's own words for a binary of the other libc, said plainly.
+function hint(failures, triple) {
+  const all = failures.join(" ");
+  if (triple.endsWith("-gnu") && /libc\.musl|ld-musl/.test(all)) return " (that binary is built for musl libc; this system's is glibc)";
+  if (/GLIBC_[\d.]+'? not found/.test(all)) return " (that binary needs a newer glibc than this system has)";
+  return "";
+}
+
+// `node --no-addons`, or the permission model without --allow-addons: no binary loads.
+const DISABLED = /loading addons is disabled/i;
 
 // Node's "Cannot find module" carries its require stack on further lines: noise in a message
 // a CLI prints on one line (as literal `\n`s) and a plugin puts in a toast.

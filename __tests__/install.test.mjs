@@ -1,0 +1,168 @@
+// The package as installed on real machines, where its native binary can be wrong: cut short by an
+// install that did not finish, a text file (a Git LFS pointer, an HTML error page saved as the
+// download), built for another architecture, or forbidden (`--no-addons`). Each case is a copy of
+// the package's JavaScript with the platform package in its node_modules holding that file, used
+// from a child process of this runtime (Node, or Bun under `bun test`): importing never throws, a
+// host plugin's hooks keep working, the first native call rejects with NATIVE_MISSING saying what
+// is wrong and what to do, and the process does not die (a cut-short ELF faulted the whole host
+// with SIGBUS inside dlopen). Runs under Node and Bun.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { unloadableReason } from "../lib/binary-check.mjs";
+import { platformTriple } from "../lib/platform.mjs";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
+const TRIPLE = platformTriple();
+const BINARY = join(ROOT, `oauth-pool.${TRIPLE}.node`);
+const PACKAGE = `opencode-oauth-pool-${TRIPLE}`;
+const elf = process.platform === "linux";
+
+const made = [];
+after(() => {
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
+});
+
+/** A project with the package installed and `node_modules/<platform package>/<binary>` = `contents`. */
+function install(contents) {
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-install-"));
+  made.push(dir);
+  const pkg = join(dir, "node_modules", "opencode-oauth-pool");
+  mkdirSync(pkg, { recursive: true });
+  for (const p of ["index.mjs", "plugin.mjs", "package.json", "lib", "bin"]) cpSync(join(ROOT, p), join(pkg, p), { recursive: true });
+  symlinkSync(join(ROOT, "node_modules", "zod"), join(dir, "node_modules", "zod"));
+  const platform = join(dir, "node_modules", PACKAGE);
+  mkdirSync(platform);
+  const manifest = JSON.parse(readFileSync(join(ROOT, "npm", TRIPLE, "package.json"), "utf8"));
+  writeFileSync(join(platform, "package.json"), JSON.stringify(manifest));
+  writeFileSync(join(platform, manifest.main), contents);
+  writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "install-test", private: true, type: "module" }));
+  return { dir, platform, binary: join(platform, manifest.main) };
+}
+
+const SCRIPT = `
+  const out = {};
+  try {
+    const lib = await import("opencode-oauth-pool");
+    const plugin = (await import("opencode-oauth-pool/plugin")).default;
+    const hooks = await plugin.server({ client: {} }, { path: process.env.OAUTH_POOL_PATH });
+    const config = {};
+    await hooks.config(config);
+    out.hooks = Object.keys(hooks).sort();
+    out.provider = !!config.provider?.["anthropic-pool"];
+    try { out.version = lib.nativeVersion(); } catch (e) { out.syncCode = e.code; }
+    try { await lib.loadPool(process.env.OAUTH_POOL_PATH); out.loaded = true; } catch (e) { out.code = e.code; out.message = e.message; }
+  } catch (e) { out.threw = String(e?.stack ?? e); }
+  console.log(JSON.stringify(out));`;
+
+/** Runs SCRIPT in the project with this runtime: `{ status, signal, out, stderr }`. */
+function run(dir, args = []) {
+  const child = spawn(process.execPath, [...args, "--input-type=module", "-e", SCRIPT], {
+    cwd: dir,
+    env: { ...process.env, OAUTH_POOL_PATH: join(dir, "pool.json") },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d) => (stdout += d));
+  child.stderr.on("data", (d) => (stderr += d));
+  return new Promise((resolve) =>
+    child.on("close", (status, signal) => {
+      let out = null;
+      try {
+        out = JSON.parse(stdout.trim().split("\n").at(-1));
+      } catch {}
+      resolve({ status, signal, out, stderr: stderr.slice(-2000) });
+    }),
+  );
+}
+
+function assertRefused(r, reason) {
+  assert.equal(r.signal, null, `the process was killed by ${r.signal}: ${r.stderr}`);
+  assert.equal(r.status, 0, r.stderr);
+  assert.ok(r.out && !r.out.threw, `import or the plugin threw: ${r.out?.threw ?? r.stderr}`);
+  assert.deepEqual(r.out.hooks, ["auth", "config", "tool"]);
+  assert.equal(r.out.provider, true, "a host keeps the plugin's other hooks");
+  assert.equal(r.out.syncCode, "NATIVE_MISSING");
+  assert.equal(r.out.code, "NATIVE_MISSING");
+  assert.match(r.out.message, reason);
+  assert.doesNotMatch(r.out.message, /Require stack|\n/);
+}
+
+const good = () => readFileSync(BINARY);
+
+test("a platform package whose binary was cut short (an install that did not finish): a coded error saying so, no crash", { skip: !elf }, async () => {
+  const whole = good();
+  for (const cut of [Math.floor(whole.length / 2), whole.length - 100]) {
+    const { dir, platform } = install(whole.subarray(0, cut));
+    const r = await run(dir);
+    assertRefused(r, /is there but cannot be loaded: reinstall "opencode-oauth-pool-linux-[\w-]+" \(delete .* and run the install again\)/);
+    assert.match(r.out.message, new RegExp(`cut short: ${cut} of at least \\d+ bytes`));
+    assert.ok(r.out.message.includes(platform), "names the directory to delete");
+  }
+});
+
+test("an empty file, a text file or another architecture's binary in the platform package: a coded error naming it", { skip: !elf }, async () => {
+  const arm = Buffer.from(good());
+  arm.writeUInt16LE(process.arch === "arm64" ? 62 : 183, 18);
+  const cases = [
+    [Buffer.alloc(0), /an empty file/],
+    [Buffer.from("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 5\n"), /a text file .*Git LFS pointer/],
+    [Buffer.from("<!DOCTYPE html><html><body>Not found</body></html>"), /a text file/],
+    [arm, /built for (aarch64|x86-64), this machine is/],
+  ];
+  for (const [contents, reason] of cases) {
+    const { dir } = install(contents);
+    assertRefused(await run(dir), reason);
+  }
+});
+
+test("native addons disabled (--no-addons): a coded error saying so, not advice to install what is installed", async () => {
+  const { dir } = install(good());
+  const r = await run(dir, ["--no-addons"]);
+  assertRefused(r, /native addons are disabled in this process .*--allow-addons/);
+  assert.doesNotMatch(r.out.message, /Install the optional package/);
+});
+
+test("the installed binary, also through a symlinked (pnpm-like) package directory, loads", async () => {
+  const { dir, platform } = install(good());
+  const plain = await run(dir);
+  assert.equal(plain.status, 0, plain.stderr);
+  assert.equal(plain.out.loaded, true, JSON.stringify(plain.out));
+  // pnpm: node_modules/<name> is a link into a store directory whose node_modules holds the
+  // package's dependencies as links too.
+  const store = join(dir, "node_modules", ".pnpm", "opencode-oauth-pool@0", "node_modules");
+  mkdirSync(store, { recursive: true });
+  cpSync(join(dir, "node_modules", "opencode-oauth-pool"), join(store, "opencode-oauth-pool"), { recursive: true });
+  rmSync(join(dir, "node_modules", "opencode-oauth-pool"), { recursive: true });
+  symlinkSync(join(store, "opencode-oauth-pool"), join(dir, "node_modules", "opencode-oauth-pool"));
+  const moved = join(dir, "node_modules", ".pnpm", `${PACKAGE}@0`);
+  mkdirSync(moved);
+  cpSync(platform, join(moved, PACKAGE), { recursive: true });
+  rmSync(platform, { recursive: true });
+  symlinkSync(join(moved, PACKAGE), join(store, PACKAGE));
+  symlinkSync(join(ROOT, "node_modules", "zod"), join(store, "zod"));
+  const linked = await run(dir);
+  assert.equal(linked.status, 0, linked.stderr);
+  assert.equal(linked.out.loaded, true, JSON.stringify(linked.out));
+});
+
+test("the binary check passes this build and every cut of it, and leaves what it cannot read to the loader", { skip: !elf }, () => {
+  assert.equal(unloadableReason(BINARY), null);
+  const size = statSync(BINARY).size;
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-cut-"));
+  made.push(dir);
+  const whole = good();
+  const cut = join(dir, "cut.node");
+  // Any cut loses the section headers at the end, if not a segment.
+  for (const n of [1, 3, 63, 64, 1000, size >> 2, size - 1]) {
+    writeFileSync(cut, whole.subarray(0, n));
+    assert.ok(unloadableReason(cut), `a file cut at ${n} of ${size} bytes is refused`);
+  }
+  assert.equal(unloadableReason(join(dir, "missing.node")), null, "a missing file is the loader's to report");
+  assert.equal(unloadableReason(BINARY, { platform: "darwin" }), null, "only ELF platforms are checked");
+});
