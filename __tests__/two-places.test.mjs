@@ -104,6 +104,12 @@ test("a pool file copied to a second path: the copy does not spend the login the
   assert.match(there.lastError, /refreshed through the pool at .*oauth-pool\.json on \d{4}-/);
   assert.ok(there.lastError.includes(a), `names the pool that holds the login: ${there.lastError}`);
   assert.match(there.lastError, /use that pool, or log in again here/);
+  // What the request's caller reads (OpenCode prints it as the run's error) says where the login
+  // lives, not "need a new login"; so does the next request, from the account's lastError.
+  for (const said of [second.message, (await request(m, b)).message]) {
+    assert.ok(said.includes(`copied@two.test (auth-error: not refreshed: this login was refreshed through the pool at ${a}`), said);
+    assert.doesNotMatch(said, /need a new login/);
+  }
   assert.equal(family("copied@two.test").perGeneration["0"], 1, "the first refresh token was presented once");
   assertLoginAlive("copied@two.test");
 

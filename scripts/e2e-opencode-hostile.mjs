@@ -12,12 +12,18 @@
 // accounts; a dead refresh token beside a good account; the token endpoint down with every token
 // expired; a revoked API key; the pool file rewritten by another process mid-stream; SIGINT and
 // SIGTERM mid-stream and mid-refresh (the refreshed tokens land, nothing stays locked); two runs
-// at once on one expired account (one refresh).
+// at once on one expired account (one refresh); the refresh journal (under the run's home, 0600,
+// no token in it; a copy of the pool taken before the refresh ends at once saying where the live
+// login is, its spent token not presented); holding (OAUTH_POOL_HOLD_MAX_MS) in OpenCode's Bun:
+// every account cooling 6 s, the run waits and is served, nothing upstream meanwhile, the
+// `holding` notice in OpenCode's log as the hold begins (through a thread-safe function and the
+// plugin's client), no crash; SIGINT while held ends the run at once, nothing stays locked.
+// 40 checks, about 90 s on 2 cores.
 //
 // Skips (exit 0) like e2e-opencode.mjs when the binary cannot be installed; any failed check
 // exits 1. How OpenCode is kept offline: /work/shared/reference/opencode.md ("Keeping it offline").
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -37,18 +43,28 @@ const lib = await import(pathToFileURL(join(ROOT, "index.mjs")).href);
 const dir = mkdtempSync(join(tmpdir(), "oauth-pool-e2e-hostile-"));
 const poolDir = join(dir, "pool");
 const poolFile = join(poolDir, "pool.json");
+// A copy of the pool taken before a refresh (the journal's scenario), kept apart from `poolDir`,
+// which each scenario starts afresh; a second project whose plugin names it.
+const copyFile = join(dir, "pool-copy", "pool.json");
+const copyProject = join(dir, "project-copy");
 const { project, envFor } = offlineOpencode(dir);
-for (const d of [poolDir, join(dir, "logs")]) mkdirSync(d, { recursive: true });
-writeFileSync(
-  join(project, "opencode.json"),
+const home = join(dir, "home");
+// The library's own calls here (a refresh in "nothing stays locked") write the machine's refresh
+// journal under HOME, as OpenCode's do: both use the run's home, never the real ~/.aidevops.
+process.env.HOME = home;
+process.env.USERPROFILE = home;
+const journalFile = join(home, ".aidevops", "oauth-pool-refreshes.json");
+for (const d of [poolDir, dirname(copyFile), copyProject, join(dir, "logs")]) mkdirSync(d, { recursive: true });
+const opencodeConfig = (path) =>
   JSON.stringify({
     $schema: "https://opencode.ai/config.json",
-    plugin: [[pathToFileURL(join(ROOT, "plugin.mjs")).href, { path: poolFile }]],
+    plugin: [[pathToFileURL(join(ROOT, "plugin.mjs")).href, { path }]],
     model: `anthropic-pool/${MODEL}`,
     autoupdate: false,
     share: "disabled",
-  }),
-);
+  });
+writeFileSync(join(project, "opencode.json"), opencodeConfig(poolFile));
+writeFileSync(join(copyProject, "opencode.json"), opencodeConfig(copyFile));
 
 const mock = await startMockAnthropic();
 // The library calls made here (another process's edits, the lock checks) use the same mock.
@@ -94,16 +110,20 @@ function log(name, r) {
   writeFileSync(join(dir, "logs", `${runs}-${name}.err`), r.stderr ?? "");
 }
 
-/** `opencode run` to its end (killed after `timeoutMs`). */
-async function opencodeRun(name, prompt, { timeoutMs = 45_000 } = {}) {
-  const r = await run(bin, ["run", "--print-logs", "--model", `anthropic-pool/${MODEL}`, prompt], { env, cwd: project, timeoutMs });
+/** `opencode run` to its end (killed after `timeoutMs`); `runEnv` and `cwd` for a run of its own. */
+async function opencodeRun(name, prompt, { timeoutMs = 45_000, runEnv = env, cwd = project } = {}) {
+  const r = await run(bin, ["run", "--print-logs", "--model", `anthropic-pool/${MODEL}`, prompt], { env: runEnv, cwd, timeoutMs });
   log(name, r);
   return r;
 }
 
-/** `opencode run` left running, for signals and for runs side by side. */
-function startRun(name, prompt) {
-  const child = spawn(bin, ["run", "--print-logs", "--model", `anthropic-pool/${MODEL}`, prompt], { env, cwd: project, stdio: ["ignore", "pipe", "pipe"] });
+/** `opencode run` left running, for signals and for runs side by side; `stderr()` so far. */
+function startRun(name, prompt, { runEnv = env } = {}) {
+  const child = spawn(bin, ["run", "--print-logs", "--model", `anthropic-pool/${MODEL}`, prompt], {
+    env: runEnv,
+    cwd: project,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   children.add(child);
   const t0 = Date.now();
   let stdout = "";
@@ -120,11 +140,15 @@ function startRun(name, prompt) {
       resolve(r);
     }),
   );
-  return { child, done };
+  return { child, done, stderr: () => stderr };
 }
 
 /** What the person reads: the error line `opencode run` prints, else the end of its output. */
 const said = (r) => (/^Error: (.*)$/m.exec(r.stderr.replace(/\x1b\[[0-9;]*m/g, ""))?.[1] ?? `${r.stdout.slice(-300)}${r.stderr.slice(-600)}`).trim();
+/** The host or the addon died rather than ended: a Rust panic, Bun's crash report, a fatal signal. */
+const crashed = (r) =>
+  ["SIGSEGV", "SIGBUS", "SIGILL", "SIGABRT", "SIGKILL"].includes(r.signal) ||
+  /panicked at|panic\(|Segmentation fault|Bun has crashed|Illegal instruction|Bus error|Abort(ed)? trap/i.test(r.stderr);
 const outcome = (r) => `exit ${r.code ?? r.signal}${r.timedOut ? " (killed: timed out)" : ""} after ${r.ms} ms; said: ${said(r).slice(0, 400)}`;
 
 /** No `*.lock` file is held: the library takes the pool's write lock and an account's refresh. */
@@ -144,7 +168,7 @@ try {
   check(
     `every account cooling for an hour: opencode run ends with the pool's message, not a silent wait (${long.ms} ms)`,
     long.code === 1 &&
-      /every account is rate-limited; the first one \(\S+@example\.com\) is usable again in (1 h [01] min|59 min \d+ s) \(at (\w{3} \d+ \w{3} )?\d\d:\d\d UTC\)/.test(
+      /every account is rate-limited; the first one \(\S+@example\.com\) is usable again in (59 min( \d+ s)?|1 h [01] min) \(at (\w{3} \d+ \w{3} )?\d\d:\d\d UTC\)/.test(
         said(long),
       ),
     outcome(long),
@@ -402,6 +426,9 @@ try {
 
   // 13. Two `opencode run` at once on one expired account: one refresh between them.
   scene([account("tess@example.com", { expired: true })]);
+  // The pool as it was before the refresh, copied to a second path (for 14).
+  copyFileSync(poolFile, copyFile);
+  const spentTokens = readPool().anthropic[0];
   mock.setTokenMode({ delayMs: 1500 });
   const [one, two] = await Promise.all([startRun("twin-1", "one").done, startRun("twin-2", "two").done]);
   const fam = mock.stats().perFamily["tess@example.com"];
@@ -423,6 +450,109 @@ try {
     readdirSync(poolDir).every((f) => /^pool\.json(\.bak|\.lock|\.[0-9a-f]+\.refresh\.lock)?$/.test(f)),
     readdirSync(poolDir).join(" "),
   );
+
+  // 14. The refresh journal: the refresh in 13 is recorded under the run's home, with no token
+  // in it; the copy of the pool taken before that refresh is refused its spent token, saying
+  // where the live login is, instead of presenting it (which would get it refused, and could
+  // log the first pool out too).
+  const tess = entry("tess@example.com");
+  const journalText = existsSync(journalFile) ? readFileSync(journalFile, "utf8") : "";
+  const journalMode = existsSync(journalFile) ? (statSync(journalFile).mode & 0o777).toString(8) : "absent";
+  const tokens = [spentTokens.access, spentTokens.refresh, tess?.access, tess?.refresh].filter(Boolean);
+  check(
+    "the refresh journal is under the run's home, 0600, naming the pool and account, holding no token",
+    journalMode === "600" &&
+      journalText.includes(JSON.stringify(realpathSync(poolFile))) &&
+      journalText.includes('"tess@example.com"') &&
+      tokens.length === 4 &&
+      tokens.every((t) => !journalText.includes(t)),
+    `${journalFile}: mode ${journalMode}; ${journalText.length} bytes; ${tokens.filter((t) => journalText.includes(t)).length} tokens in it`,
+  );
+  mark = mock.requests.length;
+  tokenMark = mock.tokenRequests.length;
+  const copied = await opencodeRun("journal-copy", "say hi", {
+    // OpenCode takes its directory from PWD before its working directory.
+    runEnv: { ...env, OAUTH_POOL_PATH: copyFile, PWD: copyProject },
+    cwd: copyProject,
+  });
+  const copiedFam = mock.stats().perFamily["tess@example.com"];
+  const copiedEntry = JSON.parse(readFileSync(copyFile, "utf8")).anthropic[0];
+  const where = `refreshed through the pool at ${realpathSync(poolFile)}`;
+  check(
+    `a copy of the pool from before the refresh: opencode run ends saying where the live login is (${copied.ms} ms)`,
+    copied.code === 1 && !copied.timedOut && copied.ms < 30_000 && said(copied).includes(where),
+    outcome(copied),
+  );
+  check(
+    "  the spent token was not presented (no refresh, nothing upstream, the mock saw no reuse); the copy's account says why",
+    refreshes().length === 0 &&
+      sent().length === 0 &&
+      copiedFam.reuse === 0 &&
+      !copiedFam.revoked &&
+      copiedEntry.status === "auth-error" &&
+      String(copiedEntry.lastError).includes(where),
+    `${refreshes().length} refreshes; ${shown(sent())}; ${JSON.stringify({ reuse: copiedFam.reuse, revoked: copiedFam.revoked })}; copy: ${copiedEntry.status} ${copiedEntry.lastError}`,
+  );
+
+  // 15. Holding (OAUTH_POOL_HOLD_MAX_MS) in OpenCode's runtime: every account cools for 6 s; the
+  // run waits inside the pool, is told so through OpenCode's client as the hold begins (the
+  // notice crosses from the engine's thread to Bun's through a thread-safe function), and is
+  // served once the cooldown ends. No jitter, so the wait is the cooldown.
+  const holdEnv = { ...env, OAUTH_POOL_HOLD_MAX_MS: "60000", OAUTH_POOL_JITTER_MS: "0" };
+  const holdingLines = (stderr) => stderr.split("\n").filter((l) => /level=WARN .*kind=holding/.test(l));
+  scene([account("uma@example.com"), account("vic@example.com")]);
+  const cool = (secs) => rateLimitHeaders({ retryAfter: secs, fiveHourReset: Math.ceil(Date.now() / 1000) + secs });
+  for (const email of ["uma@example.com", "vic@example.com"]) mock.script(email, [{ status: 429, headers: cool(6) }]);
+  const held = await opencodeRun("holding", "say hi", { runEnv: holdEnv });
+  const heldSent = sent();
+  const last429 = heldSent.filter((r) => r.status === 429).at(-1);
+  const first200 = heldSent.find((r) => r.status === 200);
+  const notice = holdingLines(held.stderr);
+  const noticeAt = Date.parse(/timestamp=(\S+)/.exec(notice[0] ?? "")?.[1] ?? "");
+  check(
+    `holding in a real run: opencode run waits the cooldown out and is served, no crash (${held.ms} ms)`,
+    held.code === 0 && held.signal === null && !crashed(held) && /Hello from (uma|vic)@example\.com/.test(held.stdout) && held.ms >= 6000,
+    outcome(held),
+  );
+  check(
+    "  upstream: the two 429s, nothing during the wait (6 s), then 200s only",
+    heldSent.length >= 3 &&
+      heldSent.slice(0, 2).every((r) => r.status === 429) &&
+      heldSent.slice(2).every((r) => r.status === 200) &&
+      first200.at - last429.at >= 5500 &&
+      credentialed(heldSent),
+    `${shown(heldSent)}; ${first200 && last429 ? first200.at - last429.at : "?"} ms between the last 429 and the first 200`,
+  );
+  check(
+    "  the pool's holding notice reached OpenCode's log through its client as the hold began, once",
+    notice.length === 1 &&
+      /message="anthropic-pool: every account is rate-limited; requests wait for the first one \((uma|vic)@example\.com\), usable again in \d s \(at \d\d:\d\d UTC\) \(OAUTH_POOL_HOLD_MAX_MS\)"/.test(
+        notice[0],
+      ) &&
+      noticeAt < first200?.at - 3000,
+    `${notice.join("\n") || "(no holding line)"}; logged ${noticeAt - (last429?.at ?? 0)} ms after the last 429, ${(first200?.at ?? 0) - noticeAt} ms before the first 200`,
+  );
+
+  // 16. SIGINT while held (a 30 s cooldown): the run ends at once, nothing goes upstream after
+  // the 429s, and nothing stays locked.
+  scene([account("wes@example.com"), account("xia@example.com")]);
+  for (const email of ["wes@example.com", "xia@example.com"]) mock.script(email, [{ status: 429, headers: cool(30) }]);
+  const holding = startRun("holding-SIGINT", "say hi", { runEnv: holdEnv });
+  const heldSince = Date.now();
+  while (Date.now() - heldSince < 20_000 && holdingLines(holding.stderr()).length === 0) await sleep(100);
+  await sleep(500);
+  const signalled = Date.now();
+  holding.child.kill("SIGINT");
+  const interrupted = await holding.done;
+  const sinceSignal = Date.now() - signalled;
+  check(
+    `SIGINT while held: opencode run ends within a few seconds (${sinceSignal} ms after the signal), no crash`,
+    holdingLines(interrupted.stderr).length === 1 && sinceSignal < 5000 && !crashed(interrupted),
+    `${holdingLines(interrupted.stderr).length} holding lines; ${outcome(interrupted)}`,
+  );
+  check("  upstream: the two 429s only", shown(sent()) === shown(sent().filter((r) => r.status === 429)) && sent().length === 2, shown(sent()));
+  const freed = await nothingLocked("wes@example.com");
+  check(`  after SIGINT while held: nothing stays locked (write and refresh in ${freed.ms} ms)`, freed.ok, JSON.stringify(freed));
 } catch (err) {
   check("scenario ran to the end", false, err?.stack ?? err);
 } finally {

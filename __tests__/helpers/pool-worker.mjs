@@ -27,7 +27,7 @@ for (let i = 0; i < count; i++) {
     const text = await res.text();
     results.push({ status: res.status, account: res.poolAccount, text: text.slice(0, 200) });
   } catch (err) {
-    results.push({ error: String(err?.code ?? err?.message ?? err) });
+    results.push({ error: String(err?.code ?? err?.message ?? err), message: String(err?.message ?? "") });
   }
 }
 const { flushPool } = await import("../../index.mjs");

@@ -87,6 +87,9 @@ pub struct Exchange {
     /// Why an account got no token for this request (a refresh that failed): said when no
     /// account could serve, instead of a bare "refused".
     no_token: HashMap<String, String>,
+    /// Accounts whose spent refresh token the journal kept this request from presenting: why,
+    /// and where the live login is.
+    elsewhere: HashMap<String, String>,
     /// This request was held and has not sent since: it goes back in turn (`Engine::reopen`).
     held: bool,
     /// It is the first back to its account after a wait, until its answer is judged.
@@ -113,6 +116,7 @@ impl Exchange {
             events: Vec::new(),
             store_error: None,
             no_token: HashMap::new(),
+            elsewhere: HashMap::new(),
             held: false,
             reopening: None,
             notice: None,
@@ -311,6 +315,11 @@ impl Exchange {
                 Some(&email),
                 format!("{email}: {e}"),
             ));
+        }
+        if let Error::LoginElsewhere(why) = &e {
+            let why = why.strip_prefix(&format!("{email}: ")).unwrap_or(why);
+            self.elsewhere
+                .insert(email.clone(), why.chars().take(1000).collect());
         }
         let (who, why) = (email.clone(), e.to_string());
         // Cut short: each account's reason is one item of a list a person reads.
@@ -930,6 +939,14 @@ impl Exchange {
                     } else {
                         a.effective_status(now).as_str().to_string()
                     };
+                    // A login the journal kept from being spent here lives elsewhere: its reason
+                    // says where and what to do (a bare "auth-error … need a new login" sent a
+                    // person to log in again while the login was alive in the other pool).
+                    if s == "auth-error" {
+                        if let Some(why) = self.login_elsewhere(a) {
+                            return format!("{} (auth-error: {why})", a.email);
+                        }
+                    }
                     auth_error |= s == "auth-error";
                     disabled |= s == "disabled";
                     format!("{} ({s})", a.email)
@@ -957,6 +974,24 @@ impl Exchange {
             )
         };
         Err(Error::NoUsableAccount(why))
+    }
+}
+
+impl Exchange {
+    /// Why `a`'s login is not here but in another pool (or this pool went back in time): what
+    /// the journal said in this request, else what it said before (the account's `lastError`).
+    fn login_elsewhere(&self, a: &crate::account::Account) -> Option<String> {
+        if let Some(why) = self.elsewhere.get(&a.email) {
+            return Some(why.clone());
+        }
+        // Written as the request's error ("a@x: not refreshed: …") after the refusal's own.
+        let said = a
+            .extra
+            .get("lastError")
+            .and_then(serde_json::Value::as_str)?;
+        let said = said.strip_prefix(&format!("{}: ", a.email)).unwrap_or(said);
+        said.starts_with(crate::store::journal::NOT_REFRESHED)
+            .then(|| said.chars().take(1000).collect())
     }
 }
 

@@ -75,26 +75,31 @@ pub struct Spent {
     pub restored: bool,
 }
 
+/// How every `Spent::explain` begins: an account's `lastError` that starts so was refused by the
+/// journal, and says itself where the live login is.
+pub const NOT_REFRESHED: &str = "not refreshed: ";
+
 impl Spent {
     /// What a person reads on the account (`lastError`, the toast, `status`): where the live
     /// login is, and what to do. `here` is the store about to present the token.
     pub fn explain(&self, email: &str, here: &str) -> String {
         let when = iso_time(self.at);
-        if self.restored {
+        let why = if self.restored {
             format!(
-                "not refreshed: {here} was put back to an earlier state (a backup, a snapshot or an older copy restored over it): this refresh token was already spent here on {when}, and the tokens that replaced it were saved then; put back the newer pool if you have it, else log in again"
+                "{here} was put back to an earlier state (a backup, a snapshot or an older copy restored over it): this refresh token was already spent here on {when}, and the tokens that replaced it were saved then; put back the newer pool if you have it, else log in again"
             )
         } else if self.store == here {
             format!(
-                "not refreshed: this pool holds the same login under {} too, which refreshed it on {when} (a refresh token works once); remove {email} (one login is one account), or log in again under it",
+                "this pool holds the same login under {} too, which refreshed it on {when} (a refresh token works once); remove {email} (one login is one account), or log in again under it",
                 self.email
             )
         } else {
             format!(
-                "not refreshed: this login was refreshed through the pool at {} on {when}, which holds it now (a refresh token works once: presenting it again here would get it refused, and could log that pool out too); use that pool, or log in again here",
+                "this login was refreshed through the pool at {} on {when}, which holds it now (a refresh token works once: presenting it again here would get it refused, and could log that pool out too); use that pool, or log in again here",
                 self.store
             )
-        }
+        };
+        format!("{NOT_REFRESHED}{why}")
     }
 }
 
