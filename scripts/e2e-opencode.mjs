@@ -309,7 +309,7 @@ try {
   );
   check(
     "its tool_result lists both accounts, alice rate-limited with time left",
-    toolResults.some((t) => /alice@example\.com[^\\]*rate-limited, [^\\]*left \(until/.test(t) && /bob@example\.com/.test(t)),
+    toolResults.some((t) => /alice@example\.com[^\\]*rate-limited, usable again in [^\\]*\(at [^\\]*UTC\)/.test(t) && /bob@example\.com/.test(t)),
     toolResults.join("\n---\n").slice(0, 1500),
   );
 
