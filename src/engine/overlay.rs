@@ -37,6 +37,17 @@ type Scope = Option<String>;
 /// Until when (epoch ms), since when the store holds it, and when it was decided.
 type Cooling = (i64, Option<Instant>, Decided);
 
+/// Whether this process's copy of a cooldown still counts: once the store has held it a while,
+/// the store is the truth (a `reset-cooldowns` may have cleared it there).
+fn ours(stored: &Option<Instant>) -> bool {
+    stored.is_none_or(|at| at.elapsed() < STORED_GRACE)
+}
+
+/// Whether a cooldown is worth keeping at `now`: not over, and still this process's to say.
+fn still_counts((until, stored, _): &Cooling, now: i64) -> bool {
+    *until > now && ours(stored)
+}
+
 /// When a cooldown was decided, by the wall clock (epoch ms) and by the monotonic one.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Decided(i64, Instant);
@@ -157,8 +168,7 @@ impl Overlay {
         if let Some((t, stored, _)) = cooling.get(&key) {
             // Only while this process's copy counts: once the store is the truth (a
             // `reset-cooldowns` may have cleared it), a later cooldown is news.
-            let ours = stored.is_none_or(|at| at.elapsed() < STORED_GRACE);
-            let same = if ours { SAME_COOLDOWN_MS } else { 0 };
+            let same = if ours(stored) { SAME_COOLDOWN_MS } else { 0 };
             if t.saturating_add(same) >= until {
                 return false;
             }
@@ -167,9 +177,7 @@ impl Overlay {
         // is served: while every answer is a refusal, nothing is served.
         if cooling.len() >= SWEEP_COOLING_PAST {
             let now = crate::account::now_ms();
-            cooling.retain(|_, (t, stored, _)| {
-                *t > now && stored.is_none_or(|at| at.elapsed() < STORED_GRACE)
-            });
+            cooling.retain(|_, c| still_counts(c, now));
         }
         cooling.insert(key.clone(), (until, None, Decided::now()));
         if key.1.is_some() {
@@ -204,7 +212,7 @@ impl Overlay {
         let get = |scope: Option<&str>| {
             cooling
                 .get(&(email.to_string(), scope.map(str::to_string)))
-                .filter(|(_, stored, _)| stored.is_none_or(|at| at.elapsed() < STORED_GRACE))
+                .filter(|(_, stored, _)| ours(stored))
                 .map(|(t, _, decided)| t.saturating_sub(decided.clock_set_back()))
         };
         get(None)
@@ -344,9 +352,7 @@ impl Overlay {
         if let Some(s) = session {
             lock(&self.sessions).insert(s, email, sent_at);
         }
-        lock(&self.cooling).retain(|_, (t, stored, _)| {
-            *t > now && stored.is_none_or(|at| at.elapsed() < STORED_GRACE)
-        });
+        lock(&self.cooling).retain(|_, c| still_counts(c, now));
         *lock(&self.all_cooling) = None;
         *lock(&self.holding) = None;
     }
