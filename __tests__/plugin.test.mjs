@@ -317,9 +317,22 @@ test("every account cooling: OpenCode is given no wait past a minute (it sleeps 
     assert.match(
       body.error.message,
       new RegExp(
-        `every account is rate-limited; the first one \\(cool-${wait}-[ab]@example\\.com\\) is usable again in ${said} \\(at (\\w{3} \\d+ \\w{3} )?\\d\\d:\\d\\d UTC\\)$`,
+        `every account is rate-limited; the first one \\(cool-${wait}-[ab]@example\\.com\\) is usable again in ${said} \\(at (\\w{3} \\d+ \\w{3} )?\\d\\d:\\d\\d UTC\\); set OAUTH_POOL_HOLD_MAX_MS to have requests wait instead$`,
       ),
     );
+    if (wait === 3600) {
+      // Holding set, but shorter than the wait: the message says why this request did not wait.
+      const old = process.env.OAUTH_POOL_HOLD_MAX_MS;
+      process.env.OAUTH_POOL_HOLD_MAX_MS = "60000";
+      try {
+        const short = await fetch(`${mock.url}/v1/messages`, messagesRequest());
+        assert.equal(short.status, 429);
+        assert.match((await short.json()).error.message, /UTC\); that is longer than requests wait \(OAUTH_POOL_HOLD_MAX_MS\)$/);
+      } finally {
+        if (old === undefined) delete process.env.OAUTH_POOL_HOLD_MAX_MS;
+        else process.env.OAUTH_POOL_HOLD_MAX_MS = old;
+      }
+    }
     const asked = mock.requests.length;
     const again = await fetch(`${mock.url}/v1/messages`, messagesRequest());
     assert.equal(again.status, 429);

@@ -890,8 +890,15 @@ impl Exchange {
                     message,
                 }));
             }
+            // Holding is the answer for headless work that would rather wait than fail; say so,
+            // since a 429 is where its user learns the pool is out.
+            let holding = if crate::settings::millis(crate::config::var::HOLD_MAX_MS).is_zero() {
+                "; set OAUTH_POOL_HOLD_MAX_MS to have requests wait instead"
+            } else {
+                "; that is longer than requests wait (OAUTH_POOL_HOLD_MAX_MS)"
+            };
             let message = format!(
-                "anthropic-pool: every account is rate-limited{models}; the first one ({email}) is usable again {}",
+                "anthropic-pool: every account is rate-limited{models}; the first one ({email}) is usable again {}{holding}",
                 crate::wait::until(until, now)
             );
             if self.engine.overlay.first_all_cooling(&email, until) {
