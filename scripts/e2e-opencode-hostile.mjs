@@ -143,6 +143,19 @@ function startRun(name, prompt, { runEnv = env } = {}) {
   return { child, done, stderr: () => stderr };
 }
 
+/**
+ * The next request of `kind` matching `predicate` that reaches the mock while `run` goes on; a
+ * run that ends first (or is killed at its 60 s) fails the scenario instead of waiting for good.
+ */
+function arrival(run, kind, predicate) {
+  return Promise.race([
+    mock.waitFor(kind, predicate),
+    run.done.then((r) => {
+      throw new Error(`opencode run ended before its ${kind} request reached the mock: ${outcome(r)}`);
+    }),
+  ]);
+}
+
 /** What the person reads: the error line `opencode run` prints, else the end of its output. */
 const said = (r) => (/^Error: (.*)$/m.exec(r.stderr.replace(/\x1b\[[0-9;]*m/g, ""))?.[1] ?? `${r.stdout.slice(-300)}${r.stderr.slice(-600)}`).trim();
 /** The host or the addon died rather than ended: a Rust panic, Bun's crash report, a fatal signal. */
@@ -356,7 +369,7 @@ try {
   const slow = { text: "a b c d e f g h i j", delayMs: 150 };
   mock.scriptAll([slow, slow]);
   const streaming = startRun("rewritten", "say hi");
-  await mock.waitFor("api", (r) => r.path.startsWith("/v1/messages"));
+  await arrival(streaming, "api", (r) => r.path.startsWith("/v1/messages"));
   await sleep(300);
   await lib.setPriority("rae@example.com", 7, poolFile);
   const edited = readPool();
@@ -401,7 +414,7 @@ try {
         { text: "a b c d e f g h i j k l", delayMs: 400 },
       ]);
     const r = startRun(`${sig}-${when}`, "say hi");
-    await (when === "mid-refresh" ? mock.waitFor("token", (t) => t.grant === "refresh_token") : mock.waitFor("api", (t) => t.path.startsWith("/v1/messages")));
+    await (when === "mid-refresh" ? arrival(r, "token", (t) => t.grant === "refresh_token") : arrival(r, "api", (t) => t.path.startsWith("/v1/messages")));
     await sleep(when === "mid-refresh" ? 300 : 1000);
     r.child.kill(sig);
     const ended = await r.done;
