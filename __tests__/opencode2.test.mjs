@@ -223,6 +223,36 @@ test("usage of answers the host reads through the hooks is counted per account a
   await handle.unload();
 });
 
+test("a 429 whose body breaks off or goes silent is judged by its head: the account rests and the request moves on", async () => {
+  // The host's fetch carries the bytes: a 429 cut mid-body failed the judging ("could not finish
+  // this request") and the host got the broken 429; one gone silent held the request until the
+  // host's own timeout. Either way the account was left to be asked again.
+  for (const [name, cut] of [
+    ["cut", { resetAfterBytes: 10 }],
+    ["silent", { thenHang: true }],
+  ]) {
+    const { host, handle, path } = await started();
+    const emails = [`${name}1@x.test`, `${name}2@x.test`];
+    for (const email of emails) await login(host, email);
+    const first = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+    const served = textOf(await first.text()).replace("Hello from ", "");
+    const other = emails.find((e) => e !== served);
+    const head = { ...rateLimitHeaders({ retryAfter: 600 }), "content-type": "application/json" };
+    mock.script(served, [{ status: 429, headers: head, raw: ['{"type":"error","error":'], ...cut }]);
+    mock.clearRequests();
+    const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+    assert.equal(res.status, 200, name);
+    assert.equal(textOf(await res.text()), `Hello from ${other}`);
+    assert.deepEqual(
+      mock.requests.filter((r) => r.path.startsWith("/v1/messages")).map((r) => r.email),
+      [served, other],
+    );
+    await flushPool(path);
+    assert.equal(readPool(path).anthropic.find((a) => a.email === served).status, "rate-limited", name);
+    await handle.unload();
+  }
+});
+
 test("every account cooling: one pool 429 with retry-after, nothing upstream, and the host waits exactly that long", async () => {
   const { host, handle, sleeps } = await started();
   await login(host, "c1@x.test");

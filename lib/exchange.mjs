@@ -63,13 +63,15 @@ export function nextStep(ex) {
 
 /**
  * The first `limit` bytes of a body, read from a clone: the answer itself stays unread. With
- * `partial`, a read that breaks off (or is cut for silence) resolves the bytes that came before.
+ * `partial`, a read that breaks off (or is cut for silence) resolves the bytes that came before;
+ * `patienceMs` cuts it after that long.
  */
-export async function peek(response, limit = PEEK_LIMIT, partial = false) {
+export async function peek(response, limit = PEEK_LIMIT, partial = false, patienceMs = 0) {
   const reader = response.clone().body?.getReader();
   if (!reader) return undefined;
   const parts = [];
   let size = 0;
+  const timer = partial && patienceMs > 0 ? setTimeout(() => reader.cancel().catch(() => {}), patienceMs) : null;
   try {
     while (size < limit) {
       const { done, value } = await reader.read();
@@ -80,9 +82,20 @@ export async function peek(response, limit = PEEK_LIMIT, partial = false) {
   } catch (err) {
     if (!partial) throw err;
   } finally {
+    clearTimeout(timer);
     reader.cancel().catch(() => {});
   }
   return Buffer.concat(parts).subarray(0, limit);
+}
+
+/**
+ * The body's start for a verdict: an answer whose head decides (a 429) is judged on what came
+ * once its body breaks off or stays silent for the engine's patience (a failover waiting on the
+ * host's own timeout, minutes, is no failover), as the transports do.
+ */
+function peekForVerdict(response) {
+  const p = statusPolicy();
+  return p.headDecides.has(response.status) ? peek(response, undefined, true, p.headDecidesPatienceMs) : peek(response);
 }
 
 let policy = null;
@@ -141,11 +154,12 @@ function judged(ex, status, headers, body) {
 /**
  * What the engine makes of an answer: "retry", "deliver", or "deliver-tap" (deliver, and show
  * the body to `ex.observe` as it passes: it carries usage). `peekBody(response)` reads the start
- * of a body the engine needs to see (a 400); by default from a clone. The verdict itself when
- * the engine can tell at once (the usual case: the caller need not wait a turn), else a promise
- * of it.
+ * of a body the engine needs to see (a 400); by default from a clone, and for an answer whose head
+ * decides (a 429) whatever came before its body broke off or the caller left: the account still
+ * rests. The verdict itself when the engine can tell at once (the usual case: the caller need
+ * not wait a turn), else a promise of it.
  */
-export function judgeAnswer(ex, response, peekBody = peek, lines = undefined) {
+export function judgeAnswer(ex, response, peekBody = peekForVerdict, lines = undefined) {
   const p = statusPolicy();
   if (!p.needsBody.has(response.status)) return judged(ex, response.status, lines ?? headerLines(response, p), undefined);
   return peekBody(response).then((body) => judged(ex, response.status, lines ?? headerLines(response, p), body));

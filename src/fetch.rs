@@ -173,7 +173,17 @@ async fn serve(
                 // rate limit. Cut or gone silent, it still rests the account and moves the
                 // request on: failing the request with NETWORK lost the failover and left the
                 // account to be picked again.
-                Err(e) if head_decides && !matches!(e, Error::Aborted) => {
+                Err(Error::Aborted) if head_decides => {
+                    // The caller left, but the account's 429 stands: it rests, or the next request
+                    // asks it again (the runtime transport judges what came the same way).
+                    let settled = CancellationToken::new();
+                    let judged = ex.judge(status, response.headers(), Some(&start), None, &settled);
+                    if let Err(e) = judged.await {
+                        tracing::debug!(error = %e, "an aborted 429 could not be judged");
+                    }
+                    return Err(Error::Aborted);
+                }
+                Err(e) if head_decides => {
                     tracing::debug!(error = %e, "a 429 whose body broke off: judged by its head");
                     cut = Some(e);
                     Some((start, false))

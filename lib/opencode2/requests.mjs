@@ -395,6 +395,11 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       for (;;) {
         verdict = await judgeAnswer(ex, response);
         if (verdict !== "retry") break;
+        // The host gave the request up while its answer was judged: nothing to move on.
+        if (hostSignal(extra, event.request)?.aborted) {
+          verdict = "deliver";
+          break;
+        }
         const step = await nextStep(ex);
         if (step.kind === "answer") {
           await dropped(response, opening);
@@ -423,7 +428,8 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       if (opening) response = replayed(response, opening);
       event.response = verdict === "deliver-tap" ? tapUsage(response, ex) : response;
     } catch (err) {
-      log("error", `the pool could not finish this request: ${codeOf(err)} ${scrubbed(err?.message ?? err)}`);
+      // A request the host gave up is no failure of ours to report.
+      if (!hostSignal(extra, event.request)?.aborted) log("error", `the pool could not finish this request: ${codeOf(err)} ${scrubbed(err?.message ?? err)}`);
     } finally {
       if (state.token) unanswered.unregister(state.token);
       state.stopListening?.();
