@@ -219,16 +219,18 @@ try {
     `exit ${r1.code}${r1.timedOut ? " (timed out)" : ""}\nstdout: ${r1.stdout.slice(-500)}\n${pluginLoadError(r1.stderr) ?? r1.stderr.slice(-1500)}`,
   );
   // The embedded V2 core calls setup() as it boots, beside the run: a quick run may end before it
-  // does (one run in two on a loaded machine), so when the first run shows no line, a second run
-  // is kept going for two seconds (its answer held back by the mock) to leave the core time.
+  // does (one run in two on a loaded machine), so when the first run shows no line, more runs
+  // are kept going longer each (their answer held back by the mock: 2, 5, then 10 s) to leave
+  // the core time (2 s was not always enough with two e2e runs on the machine).
   const stoodAside = (stderr) => /\[oauth-pool\] setup: registration-only context \(OpenCode 1\.18\)/.test(stderr);
   let setupLogs = r1.stderr;
   let setupNote = "";
-  if (!stoodAside(setupLogs)) {
-    await control("script", { responses: [{ headersDelayMs: 2000 }] });
+  for (const heldMs of [2000, 5000, 10_000]) {
+    if (stoodAside(setupLogs)) break;
+    await control("script", { responses: [{ headersDelayMs: heldMs }] });
     setupLogs = (await opencodeRun("say hi again", { OAUTH_POOL_LOG: "oauth_pool=debug" })).stderr;
     await newRequests();
-    setupNote = " (seen on a slower second run)";
+    setupNote = ` (seen on a run held ${heldMs / 1000} s)`;
   }
   check(
     `setup() ran on the 1.18 registration-only context and stood aside (server() serves)${stoodAside(setupLogs) ? setupNote : ""}`,
