@@ -245,10 +245,22 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
         notice: Some(super::metrics::notice()),
     };
     // The upstream call is cancelled when the client goes away (hyper drops this future) or the
-    // gateway closes for good.
+    // gateway closes for good. It runs as a task of its own, so that a client leaving ends it
+    // through the token, at a point where what came is still judged (a 429 whose head came
+    // rests its account, as the library's fetch does), rather than where it stood.
     let cancel = state.closing.child_token();
     let _guard = cancel.clone().drop_guard();
-    let (result, events) = fetch::pool_fetch(&state.engine, request, &cancel).await;
+    let served = crate::runtime::spawn_boxed({
+        let (engine, cancel) = (state.engine.clone(), cancel.clone());
+        async move { fetch::pool_fetch(&engine, request, &cancel).await }
+    });
+    let Ok((result, events)) = served.await else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "anthropic-pool: the request failed inside the pool",
+        );
+    };
     state.metrics.ttfb.observe(started.elapsed().as_secs_f64());
     match result {
         Ok(mut answer) => {
