@@ -30,6 +30,14 @@ const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
 /// How long a writer waits for the lock. Holders keep it for a read-modify-write only (the
 /// token HTTP call is under a per-account lock), so this is generous.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a file that does not parse is read again before it is refused as corrupt. Another
+/// program writing it in place (an editor's save, `jq … > pool.json`, `cp`, a sync tool) leaves
+/// it empty or cut short for a moment: a request, or a write of ours, that met that moment failed
+/// with `POOL_CORRUPT` (four requests in five, measured, with a file rewritten every 10 ms).
+/// Such a write takes milliseconds; one still unfinished past this is a file left bad.
+pub const SETTLE_LIMIT: Duration = Duration::from_millis(500);
+/// How often a file that does not parse is read again within `SETTLE_LIMIT`.
+const SETTLE_STEP: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone)]
 pub struct FileStore {
@@ -37,6 +45,9 @@ pub struct FileStore {
     /// Changes in the file's directory as the kernel reports them (Linux).
     #[cfg(target_os = "linux")]
     watch: std::sync::Arc<std::sync::Mutex<super::watch::DirWatch>>,
+    /// The stamp of a file that stayed unparsable for a whole `SETTLE_LIMIT`: read again
+    /// unchanged, it is refused at once (a file left bad costs each request no wait).
+    left_bad: std::sync::Arc<std::sync::Mutex<Option<FileStamp>>>,
 }
 
 /// What identifies one generation of the file cheaply, to skip re-parsing an unchanged file.
@@ -54,6 +65,7 @@ impl FileStore {
             path: path.into(),
             #[cfg(target_os = "linux")]
             watch: Default::default(),
+            left_bad: Default::default(),
         }
     }
 
@@ -213,28 +225,74 @@ impl FileStore {
         Ok(self.read_as(false)?.map(|(p, _)| p))
     }
 
+    /// `read_once`, again while the file does not parse and is not known to be left so, up to
+    /// `SETTLE_LIMIT`: what another program is midway through writing in place is waited for.
     fn read_as(&self, tighten: bool) -> Result<Option<(Pool, FileStamp)>> {
-        let Some((file, meta)) = self.open_checked()? else {
+        let started = Instant::now();
+        loop {
+            let (err, stamp) = match self.read_once(tighten) {
+                Ok(read) => {
+                    *super::lock(&self.left_bad) = None;
+                    return Ok(read);
+                }
+                Err(Unread::Failed(e)) => return Err(e),
+                Err(Unread::Unparsable(e, stamp)) => (e, stamp),
+            };
+            let mut left_bad = super::lock(&self.left_bad);
+            if *left_bad == Some(stamp) {
+                return Err(err);
+            }
+            if started.elapsed() >= SETTLE_LIMIT {
+                tracing::warn!(path = %self.path.display(), "the pool file does not parse, and did not settle within {} ms", SETTLE_LIMIT.as_millis());
+                *left_bad = Some(stamp);
+                return Err(err);
+            }
+            drop(left_bad);
+            std::thread::sleep(SETTLE_STEP);
+        }
+    }
+
+    fn read_once(&self, tighten: bool) -> std::result::Result<Option<(Pool, FileStamp)>, Unread> {
+        let Some((file, meta)) = self.open_checked().map_err(Unread::Failed)? else {
             return Ok(None);
         };
         let path = &self.path;
         if meta.len() > MAX_FILE_BYTES {
-            return Err(self.corrupt(format!("it is {} bytes, far beyond any pool", meta.len())));
+            return Err(Unread::Failed(self.corrupt(format!(
+                "it is {} bytes, far beyond any pool",
+                meta.len()
+            ))));
         }
         let bytes = match fsread::read_capped(&file, MAX_FILE_BYTES) {
             Ok(b) => b,
             Err(ReadError::TooLarge(n)) => {
-                return Err(self.corrupt(format!("it grew beyond {n} bytes while being read")))
+                return Err(Unread::Failed(
+                    self.corrupt(format!("it grew beyond {n} bytes while being read")),
+                ))
             }
             Err(e) => {
-                return Err(Error::io(
+                return Err(Unread::Failed(Error::io(
                     path,
                     "read",
                     std::io::Error::other(e.to_string()),
-                ))
+                )))
             }
         };
-        let pool = Pool::parse(&bytes).map_err(|reason| self.corrupt(reason))?;
+        let pool = match Pool::parse(&bytes) {
+            Ok(pool) => pool,
+            // A file of a later format is whole: nothing to wait for.
+            Err(reason) if reason.contains(crate::pool::NEWER_FORMAT) => {
+                return Err(Unread::Failed(self.corrupt(reason)))
+            }
+            Err(reason) => {
+                // As it is now, after the read: a writer that went on meanwhile changed it.
+                let stamp = file
+                    .metadata()
+                    .map(|m| stamp_of(&m))
+                    .unwrap_or(stamp_of(&meta));
+                return Err(Unread::Unparsable(self.corrupt(reason), stamp));
+            }
+        };
         // Only once it is known to be a pool: a path pointed at some other file of this user's
         // (`--path /etc/passwd` as root) must leave that file as it was.
         if tighten {
@@ -435,8 +493,16 @@ impl FileStore {
         ));
         if fs::hard_link(&self.path, &staging).is_err() {
             // Filesystems without hard links: copy into a private temp instead.
+            // A copy is of the bytes there now, which another program writing the file in place
+            // may have left cut short: such a copy would replace a good backup with a bad one.
+            let bytes = zeroize::Zeroizing::new(fs::read(&self.path)?);
+            if Pool::parse(&bytes).is_err() {
+                return Err(std::io::Error::other(
+                    "the file changed while it was copied; the earlier backup stays",
+                ));
+            }
             let mut tmp = temp_in(dir, &self.path).map_err(std::io::Error::other)?;
-            tmp.write_all(&fs::read(&self.path)?)?;
+            tmp.write_all(&bytes)?;
             tmp.as_file().sync_all()?;
             tmp.persist(&bak).map_err(|e| e.error)?;
             return Ok(());
@@ -447,6 +513,14 @@ impl FileStore {
         let _ = fs::remove_file(&staging);
         renamed
     }
+}
+
+/// Why one read of the pool file gave no pool.
+enum Unread {
+    /// Refused for good: not ours, unreadable, too large, of a later format.
+    Failed(Error),
+    /// Its content does not parse: maybe a write in place under way (the file's stamp then).
+    Unparsable(Error, FileStamp),
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -1117,6 +1191,47 @@ mod tests {
         fs::write(store.path(), original).unwrap();
         store.update(|_| Ok(())).unwrap();
         assert_eq!(fs::read(store.path()).unwrap(), original);
+    }
+
+    /// Another program writing the file in place leaves it cut short for a moment: a read (and
+    /// a write's re-read) waits for the rest, and a file left so is refused once the wait ends,
+    /// then at once while it stays as it is.
+    #[test]
+    fn a_file_cut_short_for_a_moment_is_waited_for() {
+        let (_d, store) = tmp_store();
+        store
+            .update(|p| {
+                p.upsert(Account::new_api_key("a@x", "k".into(), 1));
+                Ok(())
+            })
+            .unwrap();
+        let whole = fs::read(store.path()).unwrap();
+        fs::write(store.path(), &whole[..whole.len() / 2]).unwrap();
+        let writer = {
+            let (path, whole) = (store.path().to_path_buf(), whole.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let mut f = OpenOptions::new().write(true).open(path).unwrap();
+                f.write_all(&whole).unwrap();
+            })
+        };
+        store
+            .update(|p| {
+                p.upsert(Account::new_api_key("b@x", "k".into(), 1));
+                Ok(())
+            })
+            .unwrap();
+        writer.join().unwrap();
+        assert!(store.load().unwrap().find("a@x").is_some());
+        let bak = Pool::parse(&fs::read(store.backup_path()).unwrap()).unwrap();
+        assert!(bak.find("a@x").is_some(), "the backup is the whole file");
+        fs::write(store.path(), b"{").unwrap();
+        let started = Instant::now();
+        assert_eq!(store.load().unwrap_err().code(), "POOL_CORRUPT");
+        assert!(started.elapsed() >= SETTLE_LIMIT);
+        assert_eq!(store.load().unwrap_err().code(), "POOL_CORRUPT");
+        fs::write(store.path(), &whole).unwrap();
+        assert!(store.load().unwrap().find("a@x").is_some());
     }
 
     #[test]

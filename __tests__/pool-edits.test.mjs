@@ -1,0 +1,206 @@
+// The pool file written by someone else, not atomically, while the pool uses it: an editor that
+// saves in place (truncate, then write), `jq … > pool.json`, `cp other.json pool.json`, a sync
+// tool, the file deleted and made again, or something else put at its path. A request that meets
+// the file midway through such a write must not fail, no write of the pool's may lose what the
+// file holds (a refresh's new tokens least of all: a refresh token works once), a completed edit
+// is what the running process uses and keeps, and anything else at the path is a coded error
+// that leaves nothing lost and passes once the file is back.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import {
+  closeSync,
+  copyFileSync,
+  existsSync,
+  ftruncateSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmdirSync,
+  symlinkSync,
+  unlinkSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createPoolFetch, flushPool, poolStatus } from "../index.mjs";
+import { account, body, jsonHeaders, messagesUrl, oauthEntry, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
+
+const REWRITER = fileURLToPath(new URL("./helpers/pool-rewriter.mjs", import.meta.url));
+const mock = useMock();
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** One request; its status, or the error's code when it was refused. */
+async function ask(f) {
+  try {
+    const res = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+    await res.text();
+    return { status: res.status, account: res.poolAccount };
+  } catch (e) {
+    return { status: e.code ?? String(e), message: e.message };
+  }
+}
+
+/** The other program, in a process of its own; resolves when it has done all its rounds. */
+function rewriter(path, rounds, pauseMs, mode) {
+  const child = spawn(process.execPath, [REWRITER, path, String(rounds), String(pauseMs), mode], { stdio: ["ignore", "pipe", "inherit"] });
+  let out = "";
+  child.stdout.on("data", (d) => (out += d));
+  return new Promise((resolve, reject) => {
+    child.on("error", reject);
+    child.on("close", (code) => (code === 0 && out.includes(`done ${rounds}`) ? resolve() : reject(new Error(`rewriter ended with ${code}: ${out}`))));
+  });
+}
+
+const parses = (file) => {
+  JSON.parse(readFileSync(file, "utf8"));
+  return true;
+};
+
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: requests while another program rewrites the pool file in place (cut at any byte, empty, in chunks) all succeed`, async () => {
+    const emails = [`${transport}-edit-a@x.test`, `${transport}-edit-b@x.test`];
+    const path = await seedPool(mock, emails);
+    const f = createPoolFetch({ path, transport });
+    const failures = [];
+    let served = 0;
+    for (const mode of ["cut", "empty", "chunks"]) {
+      let writing = true;
+      const other = rewriter(path, 60, 12, mode).finally(() => (writing = false));
+      // Three requests at a time, for as long as the other program writes.
+      const loops = Array.from({ length: 3 }, async () => {
+        while (writing) {
+          const r = await ask(f);
+          if (r.status === 200) served++;
+          else failures.push({ mode, ...r });
+        }
+      });
+      await other;
+      await Promise.all(loops);
+    }
+    assert.deepEqual(failures.slice(0, 5), [], `${failures.length} of ${failures.length + served} requests failed`);
+    assert.ok(served > 0);
+    await flushPool(path);
+    // Nothing of the file was lost, and the backup is a whole pool too.
+    for (const email of emails) assert.equal(account(path, email).refresh, mock.tokens(email).refresh, email);
+    assert.ok(parses(`${path}.bak`));
+  });
+}
+
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: a refresh whose answer comes while the file is cut short saves its new tokens in it once the write completes`, async () => {
+    const email = `${transport}-cut-refresh@x.test`;
+    const path = await seedPool(mock, [email], { expired: [email] });
+    const spent = account(path, email).refresh;
+    let answer;
+    mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (answer = r)) });
+    const arrived = mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const request = ask(createPoolFetch({ path, transport }));
+    await arrived;
+    // The token endpoint has taken the refresh token; before its answer, another program starts
+    // writing the file in place, and finishes it a moment after the refresh wants to save.
+    const content = readFileSync(path);
+    const fd = openSync(path, "r+");
+    ftruncateSync(fd, 0);
+    writeSync(fd, content, 0, Math.floor(content.length / 2), 0);
+    answer();
+    await sleep(150);
+    writeSync(fd, content, Math.floor(content.length / 2), content.length - Math.floor(content.length / 2), Math.floor(content.length / 2));
+    closeSync(fd);
+    const r = await request;
+    assert.equal(r.status, 200, r.message);
+    // Saved when the request ended, not held in memory for a later retry (a process that ends
+    // now keeps them only by its exit's flush).
+    const saved = account(path, email);
+    assert.notEqual(saved.refresh, spent, "the new refresh token is in the file");
+    assert.equal(saved.refresh, mock.tokens(email).refresh);
+    const status = await poolStatus(path);
+    assert.deepEqual(status.runtime?.unsavedTokens ?? [], []);
+    assert.ok(parses(`${path}.bak`));
+    assert.equal(mock.stats().perFamily[email].reuse, 0);
+  });
+}
+
+test("an in-place edit that completes is what the running process serves with, and its bookkeeping keeps it", async () => {
+  const emails = ["kept-edit-a@x.test", "kept-edit-b@x.test"];
+  const path = await seedPool(mock, emails);
+  const f = createPoolFetch({ path });
+  const first = (await ask(f)).account;
+  const other = emails.find((e) => e !== first);
+  // The person turns off the account in use, raises the other's priority and adds one above
+  // both, saving in place.
+  const pool = readPool(path);
+  pool.anthropic.find((a) => a.email === first).enabled = false;
+  pool.anthropic.find((a) => a.email === other).priority = 10;
+  pool.anthropic.push(oauthEntry(mock, "kept-edit-c@x.test", { priority: 20 }));
+  writeFileSync(path, JSON.stringify(pool, null, 2));
+  for (let i = 0; i < 5; i++) assert.equal((await ask(f)).account, "kept-edit-c@x.test");
+  await flushPool(path);
+  assert.equal(account(path, first).enabled, false, "the edit was not written over");
+  assert.equal(account(path, other).priority, 10);
+  assert.ok(account(path, "kept-edit-c@x.test").lastUsed, "bookkeeping landed on the added account");
+  // Then removes it again, in place: it is not used, nor brought back by a write.
+  const without = readPool(path);
+  without.anthropic = without.anthropic.filter((a) => a.email !== "kept-edit-c@x.test");
+  writeFileSync(path, JSON.stringify(without, null, 2));
+  for (let i = 0; i < 5; i++) assert.equal((await ask(f)).account, other);
+  await flushPool(path);
+  assert.equal(account(path, "kept-edit-c@x.test"), undefined);
+  assert.equal(account(path, first).enabled, false);
+  assert.equal(account(path, other).priority, 10);
+});
+
+test("a file left cut short is POOL_CORRUPT (after the short wait), pointing at the backup; repaired, it serves again", async () => {
+  const path = await seedPool(mock, ["left-bad@x.test"]);
+  const f = createPoolFetch({ path });
+  assert.equal((await ask(f)).status, 200);
+  await flushPool(path); // a .bak of a whole pool is beside it
+  const whole = readFileSync(path);
+  writeFileSync(path, whole.subarray(0, 40));
+  for (let i = 0; i < 3; i++) {
+    const r = await ask(f);
+    assert.equal(r.status, "POOL_CORRUPT", r.message);
+    assert.match(r.message, /\.bak/);
+  }
+  assert.deepEqual(readFileSync(path), whole.subarray(0, 40), "a file refused is never written over");
+  writeFileSync(path, whole);
+  assert.equal((await ask(f)).status, 200);
+});
+
+test("the pool file deleted, or replaced by a directory, a symlink or a FIFO mid-run: coded errors, nothing written over it, served again once it is back", async () => {
+  const emails = ["moved-a@x.test", "moved-b@x.test"];
+  const path = await seedPool(mock, emails);
+  const dir = dirname(path);
+  const f = createPoolFetch({ path });
+  assert.equal((await ask(f)).status, 200);
+  const aside = join(dir, "..", "aside.json");
+  renameSync(path, aside);
+  const gone = await ask(f);
+  assert.equal(gone.status, "POOL_NO_ACCOUNT", gone.message);
+  await flushPool(path);
+  assert.ok(!existsSync(path), "no pool file made in its absence");
+  const others = [
+    ["a directory", () => mkdirSync(path), () => rmdirSync(path)],
+    ["a symlink", () => symlinkSync(aside, path), () => unlinkSync(path)],
+    ...(process.platform === "win32" ? [] : [["a FIFO", () => execFileSync("mkfifo", [path]), () => unlinkSync(path)]]),
+  ];
+  for (const [what, put, take] of others) {
+    put();
+    const r = await ask(f);
+    assert.equal(r.status, "POOL_INSECURE", `${what}: ${r.message}`);
+    await flushPool(path).catch(() => {});
+    take();
+  }
+  assert.deepEqual(
+    readdirSync(dir).filter((n) => n.startsWith("oauth-pool.json.bak-")),
+    [],
+    "no backup moved aside: no file was made anew",
+  );
+  copyFileSync(aside, path);
+  for (let i = 0; i < 4; i++) assert.equal((await ask(f)).status, 200);
+  await flushPool(path);
+  for (const email of emails) assert.equal(account(path, email).refresh, mock.tokens(email).refresh);
+});
