@@ -204,3 +204,32 @@ test("the pool file deleted, or replaced by a directory, a symlink or a FIFO mid
   await flushPool(path);
   for (const email of emails) assert.equal(account(path, email).refresh, mock.tokens(email).refresh);
 });
+
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: a refresh whose answer comes while the file is gone for a moment keeps its new tokens and saves them once it is back`, async () => {
+    // A sync tool or `git checkout` replaces the file by deleting it first: the refresh's write
+    // found no file, took the account as removed and dropped the new tokens, leaving the file
+    // (once back) with the refresh token the endpoint had just spent.
+    const email = `${transport}-gone-refresh@x.test`;
+    const path = await seedPool(mock, [email], { expired: [email] });
+    const spent = account(path, email).refresh;
+    let answer;
+    mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (answer = r)) });
+    const arrived = mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const request = ask(createPoolFetch({ path, transport }));
+    await arrived;
+    const aside = `${path}.away`;
+    renameSync(path, aside);
+    answer();
+    const r = await request;
+    assert.equal(r.status, 200, r.message);
+    renameSync(aside, path);
+    // Saved by the retry of unsaved tokens (every 5 s) or the flush.
+    await flushPool(path);
+    const deadline = Date.now() + 15_000;
+    while (account(path, email).refresh === spent && Date.now() < deadline) await sleep(100);
+    assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the new refresh token is in the file");
+    assert.deepEqual((await poolStatus(path)).runtime?.unsavedTokens ?? [], []);
+    assert.equal(mock.stats().perFamily[email].reuse, 0);
+  });
+}

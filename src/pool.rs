@@ -119,6 +119,10 @@ pub struct Pool {
     pub version: Option<Value>,
     pub anthropic: Vec<Entry>,
     pub extra: Map<String, Value>,
+    /// Handed to a change in place of a pool file that is not there (never written to one): a
+    /// change that misses an account cannot tell a removal from a file deleted for a moment (a
+    /// sync tool, `git checkout`, an editor replacing it), and must not drop new tokens for it.
+    pub file_missing: bool,
 }
 
 impl Pool {
@@ -158,6 +162,7 @@ impl Pool {
             version,
             anthropic,
             extra: map,
+            file_missing: false,
         })
     }
 

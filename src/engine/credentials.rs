@@ -13,6 +13,7 @@
 //! server already rotated).
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -216,6 +217,10 @@ impl Credentials {
 /// refresh token that was spent, or already ours). Returns the emails written.
 pub fn apply_unsaved(pool: &mut Pool, tokens: &[UnsavedTokens]) -> Vec<String> {
     let mut written = Vec::new();
+    // No file at all is no removal: they wait for it to come back.
+    if pool.file_missing {
+        return written;
+    }
     for t in tokens {
         match pool.find_mut(&t.email) {
             Some(a)
@@ -579,10 +584,22 @@ impl Engine {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let who = email.to_string();
                 let (a2, r2, spent) = (access.clone(), refresh.clone(), presented.clone());
+                let store_path = self.store.path().map(Path::to_path_buf).unwrap_or_default();
                 let writing = self.write(move |pool| {
                     // An account removed meanwhile stays removed. One logged in again meanwhile
                     // (the CLI does not wait for a refresh under way) keeps its new login: these
-                    // tokens continue the family it replaced.
+                    // tokens continue the family it replaced. A file gone for a moment removed
+                    // nothing: they are kept unsaved until it is back (the spent token in it).
+                    if pool.file_missing {
+                        return Err(Error::io(
+                            store_path,
+                            "save the new tokens",
+                            std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                "the pool file is not there (deleted, or being replaced)",
+                            ),
+                        ));
+                    }
                     Ok(match pool.find_mut(&who) {
                         Some(a) if a.refresh.as_ref() == Some(&spent) => {
                             set_tokens(a, &a2, &r2, expires);

@@ -196,6 +196,7 @@ impl FileStore {
         let current = self.read()?;
         let existed = current.is_some();
         let mut pool = current.map(|(p, _)| p).unwrap_or_default();
+        pool.file_missing = !existed;
         let before = zeroize::Zeroizing::new(pool.to_bytes());
         let held = addresses(&pool);
         let out = change(&mut pool)?;
