@@ -45,14 +45,21 @@ async function runCommand(spec, positionals, options, out) {
 }
 
 // Output that could not be written (a full disk, a closed descriptor) is a failure, not a
-// quiet success; a reader that stopped early (`oauth-pool list | head -1`) is not.
+// quiet success; a reader that stopped early (`oauth-pool list | head -1`) is not. Its end is
+// not ours either: the command still finishes (a write it began lands) and exits with its own
+// code, so that `doctor | head -1` under `set -o pipefail` still sees doctor's 3 and a refused
+// refresh its 1; what the reader did not take is dropped. stderr that cannot be written (its
+// reader gone too) is dropped: there is nowhere left to say so, and Node would otherwise die
+// of an unhandled 'error' event with exit 1, whatever the command's outcome.
 let outputFailed = null;
+let readerGone = false;
+process.stdout.on("error", (e) => {
+  if (e.code === "EPIPE") readerGone = true;
+  else if (!readerGone) outputFailed ??= e;
+});
+process.stderr.on("error", () => {});
 
 async function main(argv) {
-  process.stdout.on("error", (e) => {
-    if (e.code === "EPIPE") process.exit(0);
-    outputFailed ??= e;
-  });
   let parsed;
   try {
     parsed = parseCommandLine(argv, commandOptions);
@@ -107,8 +114,11 @@ function exit(code) {
       process.exit(code);
     });
   };
-  process.stdout.write("", done);
-  process.stderr.write("", done);
+  // A stream that already failed may never call back again (Bun): nothing of it is waited for.
+  if (readerGone || outputFailed || process.stdout.destroyed) done();
+  else process.stdout.write("", done);
+  if (process.stderr.destroyed) done();
+  else process.stderr.write("", done);
 }
 
 main(process.argv.slice(2)).then(exit, (e) => {

@@ -142,6 +142,8 @@ async function add({ lib, options, path, out }) {
     `Open this URL in a browser, log in${mode === "console" ? " to the Anthropic Console" : " with the Claude account to add"}, and paste the code it shows:`,
   );
   out.result({ url: pkce.url }, pkce.url);
+  // Nobody can log in with a URL that was never shown, and a code read then would be a guess.
+  if (!(await out.delivered())) throw new UsageError("add prints the login URL on stdout, and stdout could not take it (closed or full): no login was started");
   const line = await readLine({ prompt: "code: " });
   if (line === null) throw new UsageError("add reads the pasted code from stdin, and stdin closed before a line came");
   const r = await lib.addAccount(line.trim(), { verifier: pkce.verifier, state: pkce.state }, path);

@@ -49,18 +49,37 @@ export function table(rows) {
 }
 
 export function makeOutput(json, { stdout = process.stdout, stderr = process.stderr } = {}) {
+  // Each write's own callback says whether it landed: Bun calls a later write's back first.
+  let written = Promise.resolve();
+  let failed = false;
+  const write = (s) => {
+    const landed = new Promise((resolve) =>
+      stdout.write(s, (err) => {
+        if (err) failed = true;
+        resolve();
+      }),
+    );
+    written = written.then(() => landed);
+  };
   return {
     json,
     /** A result: JSON on one line, or text for a person (composed by the caller with `text`). */
     result(value, body) {
-      stdout.write(json ? `${JSON.stringify(value)}\n` : body.endsWith("\n") ? body : `${body}\n`);
+      write(json ? `${JSON.stringify(value)}\n` : body.endsWith("\n") ? body : `${body}\n`);
     },
     /** Guidance for a person, on stderr so stdout stays the result; silent with --json. */
     note(body) {
       if (!json) stderr.write(`${body}\n`);
     },
+    /**
+     * Resolves whether everything written to stdout so far was delivered: false once a write
+     * failed (its reader left, a full disk), for a command whose next step is pointless then.
+     */
+    delivered() {
+      return written.then(() => !failed);
+    },
     error(code, message) {
-      if (json) stdout.write(`${JSON.stringify({ error: { code, message } })}\n`);
+      if (json) write(`${JSON.stringify({ error: { code, message } })}\n`);
       else stderr.write(`error [${printable(code)}]: ${printable(message)}\n`);
     },
   };

@@ -1,0 +1,187 @@
+// The `oauth-pool` CLI used from scripts and pipes: a reader of its stdout or stderr that goes
+// away early, stdout that cannot take the login URL, and a signal while `refresh` holds new
+// tokens it has not written yet. Real child processes against a temporary pool and HOME and the
+// loopback mock of Anthropic; under `bun test` the CLI itself runs under Bun.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
+import { oauthEntry } from "./helpers/pool-env.mjs";
+import { savePool } from "../index.mjs";
+
+const CLI = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "oauth-pool.mjs");
+const posix = process.platform !== "win32";
+const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-cli-pipes-"));
+const home = join(tmp, "home");
+mkdirSync(home, { recursive: true });
+
+let mock;
+before(async () => {
+  mock = await startMockAnthropic();
+});
+after(async () => {
+  await mock?.close();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+let seq = 0;
+const freshPath = () => join(tmp, `case-${++seq}`, "oauth-pool.json");
+
+function childEnv(path) {
+  const env = { ...process.env, HOME: home, USERPROFILE: home, OAUTH_POOL_PATH: path, OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url };
+  for (const k of ["OAUTH_POOL_LOG", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]) delete env[k];
+  return env;
+}
+
+/**
+ * Runs the CLI with the reader of stdout (`gone: "stdout"`) or of stderr (`"stderr"`) gone
+ * before the CLI writes anything: the parent closes its end of the pipe at once, and the CLI
+ * loads its addon before its first write. The other stream is captured.
+ */
+function runWithReaderGone(args, { path, gone, stdin = "ignore" }) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: childEnv(path), stdio: [stdin, "pipe", "pipe"] });
+    const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+    child[gone].destroy();
+    const kept = gone === "stdout" ? child.stderr : child.stdout;
+    let text = "";
+    kept.setEncoding("utf8");
+    kept.on("data", (d) => (text += d));
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? signal, text });
+    });
+  });
+}
+
+async function seed(path, emails) {
+  const anthropic = emails.map((email) => oauthEntry(mock, email));
+  await savePool({ version: 1, anthropic }, path);
+  return anthropic;
+}
+
+/** What a crash of the runtime over an unhandled stream error would have printed. */
+const CRASH = /Unhandled|EPIPE|ERR_STREAM|at .*:\d+:\d+|unexpected failure/;
+
+test("stdout's reader gone early: silent, and the exit code is still the command's own", { skip: !posix && "POSIX pipes" }, async () => {
+  const path = freshPath();
+  await seed(path, ["pipe@x.test"]);
+
+  const list = await runWithReaderGone(["list"], { path, gone: "stdout" });
+  assert.equal(list.code, 0, list.text);
+  assert.equal(list.text, "", "nothing said about a reader that stopped early");
+
+  // A refused command still exits 1 (before: 0 as soon as the first write failed), so a script
+  // with `set -o pipefail` (`oauth-pool refresh a@x --json | jq …`) sees the failure.
+  const refused = await runWithReaderGone(["refresh", "nobody@x.test", "--json"], { path, gone: "stdout" });
+  assert.equal(refused.code, 1, refused.text);
+  assert.doesNotMatch(refused.text, CRASH);
+
+  // doctor's 3 survives `doctor | head -1`.
+  chmodSync(path, 0o644);
+  const doctor = await runWithReaderGone(["doctor"], { path, gone: "stdout" });
+  assert.equal(doctor.code, 3, doctor.text);
+  assert.doesNotMatch(doctor.text, CRASH);
+
+  // A change whose summary nobody reads is made whole: the file holds it, no temp file is left.
+  const changed = await runWithReaderGone(["priority", "pipe@x.test", "7"], { path, gone: "stdout" });
+  assert.equal(changed.code, 0, changed.text);
+  assert.equal(JSON.parse(readFileSync(path, "utf8")).anthropic[0].priority, 7);
+  assert.deepEqual(
+    readdirSync(dirname(path)).filter((f) => !/^oauth-pool\.json(\.bak|\.lock)?$/.test(f)),
+    [],
+    "only the pool file, its backup and its lock",
+  );
+});
+
+test("stderr's reader gone early: the exit code is still the command's own, no crash", { skip: !posix && "POSIX pipes" }, async () => {
+  const path = freshPath();
+  // A usage error is said on stderr only: exit 2, not Node's 1 for an unhandled 'error' event.
+  const usage = await runWithReaderGone(["list", "--nope"], { path, gone: "stderr" });
+  assert.equal(usage.code, 2);
+  assert.equal(usage.text, "");
+  const missing = await runWithReaderGone(["remove", "nobody@x.test"], { path, gone: "stderr" });
+  assert.equal(missing.code, 1);
+  // add's guidance goes to stderr first; with nobody reading it the login still starts and ends
+  // on stdin's end (exit 2, USAGE), after printing the URL on stdout.
+  const add = await runWithReaderGone(["add"], { path, gone: "stderr", stdin: "ignore" });
+  assert.equal(add.code, 2);
+  assert.match(add.text, /oauth\/authorize\?/);
+  assert.ok(!existsSync(path), "nothing written");
+});
+
+test("add with stdout that cannot take the login URL: USAGE, exit 2, nothing read or exchanged", { skip: !posix && "POSIX pipes" }, async () => {
+  const path = freshPath();
+  const exchanges = mock.stats().exchangeCalls;
+  // A reader that left: in text and JSON (whose error has nowhere to go: the exit code says it).
+  const text = await runWithReaderGone(["add"], { path, gone: "stdout", stdin: "pipe" });
+  assert.equal(text.code, 2, text.text);
+  assert.match(text.text, /error \[USAGE\]: add prints the login URL on stdout, and stdout could not take it/);
+  assert.doesNotMatch(text.text, CRASH);
+  const json = await runWithReaderGone(["add", "--json"], { path, gone: "stdout", stdin: "pipe" });
+  assert.equal(json.code, 2, json.text);
+  assert.equal(json.text, "");
+
+  // A full disk: before, add went on to read stdin and sent what it found to the token endpoint.
+  if (existsSync("/dev/full")) {
+    const full = openSync("/dev/full", "w");
+    try {
+      const r = spawnSync(process.execPath, [CLI, "add"], {
+        env: childEnv(path),
+        input: "pasted-code#pasted-state\n",
+        stdio: ["pipe", full, "pipe"],
+        encoding: "utf8",
+        timeout: 30_000,
+      });
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, /stdout could not take it/);
+    } finally {
+      closeSync(full);
+    }
+  }
+  assert.equal(mock.stats().exchangeCalls, exchanges, "no code was sent");
+  assert.ok(!existsSync(path), "nothing written");
+});
+
+// The lock is held by `flock(1)` (util-linux), the way another writer of the pool would hold it.
+const flock = process.platform === "linux" && spawnSync("flock", ["--version"]).status === 0;
+
+test("SIGTERM and SIGINT to `refresh` after the token endpoint answered: the new tokens land, no lock stays", {
+  skip: !flock && "needs flock(1) on Linux",
+}, async () => {
+  for (const signal of ["SIGTERM", "SIGINT"]) {
+    const path = freshPath();
+    await seed(path, ["sig@x.test"]);
+    let answer;
+    mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (answer = r)) });
+    const child = spawn(process.execPath, [CLI, "refresh", "sig@x.test"], { env: childEnv(path), stdio: ["ignore", "pipe", "pipe"] });
+    const closed = new Promise((r) => child.on("close", (code, sig) => r(code ?? sig)));
+    child.stdout.resume();
+    child.stderr.resume();
+    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    // Another writer holds the pool's write lock, so the answered refresh waits to be written.
+    const holder = spawn("flock", ["-o", `${path}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
+    const holderGone = new Promise((r) => holder.on("exit", r));
+    for (let i = 0; i < 100 && !readFileSync("/proc/locks", "utf8").includes(`${holder.pid} `); i++) await new Promise((r) => setTimeout(r, 20));
+    answer();
+    await new Promise((r) => setTimeout(r, 300));
+    child.kill(signal);
+    await new Promise((r) => setTimeout(r, 300));
+    holder.stdin.end();
+    await holderGone;
+    const ended = await closed;
+    assert.ok(ended === signal || ended === 0, `${signal}: ended by ${ended}`);
+    const stored = JSON.parse(readFileSync(path, "utf8")).anthropic[0];
+    assert.equal(stored.refresh, mock.tokens("sig@x.test").refresh, `${signal}: the refreshed login was written before the end`);
+    // Nothing blocks the next command: it reads the new token and needs no refresh.
+    const calls = mock.stats().refreshCalls;
+    const next = spawnSync(process.execPath, [CLI, "list", "--json"], { env: childEnv(path), encoding: "utf8", timeout: 30_000 });
+    assert.equal(next.status, 0, next.stderr);
+    assert.equal(mock.stats().refreshCalls, calls);
+  }
+});
