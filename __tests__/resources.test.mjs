@@ -194,3 +194,157 @@ test("through a relay (OAUTH_POOL_API_URL) that passes on the API's answers as w
     await gw.close(1000);
   }
 });
+
+// Messages that refer to a file in their body (a document's or an image's `source` of type
+// `file`, a `container_upload`): the API answers them with a 404 on any account but the one
+// that holds the file. Before, such a message went where the conversation was: after a 429
+// moved the pool off the file's account, the caller got the other account's 404.
+const document = (id) => ({ type: "document", source: { type: "file", file_id: id } });
+const aboutFile = (id, extra = {}) =>
+  JSON.stringify({
+    model: "claude-sonnet-4-5",
+    max_tokens: 64,
+    messages: [{ role: "user", content: [document(id), { type: "text", text: "summarize" }] }],
+    ...extra,
+  });
+
+for (const transport of ["native", "runtime"]) {
+  for (const shape of ["text", "bytes"]) {
+    test(`a message about a file made through the pool goes to the file's account although it rests; the conversation's other messages stay where they went (${transport}, ${shape} body)`, async () => {
+      const path = await seedPool(mock, [`m1-${transport}-${shape}@x.test`, `m2-${transport}-${shape}@x.test`]);
+      const f = createPoolFetch({ path, transport });
+      const { id, holder, other } = await fileThenFailover(f, path);
+      const send = (url, text) => f(url, { method: "POST", headers: jsonHeaders, body: shape === "text" ? text : new TextEncoder().encode(text) });
+
+      mock.clearRequests();
+      const about = await send(messagesUrl(mock), aboutFile(id));
+      assert.equal(about.status, 200, "not the other account's 404");
+      assert.equal(about.poolAccount, holder);
+      await about.text();
+      const counted = await send(`${mock.url}/v1/messages/count_tokens`, aboutFile(id));
+      assert.equal(counted.status, 200);
+      await counted.text();
+      const batch = await send(`${mock.url}/v1/messages/batches`, JSON.stringify({ requests: [{ custom_id: "one", params: JSON.parse(aboutFile(id)) }] }));
+      assert.equal(batch.status, 200);
+      await batch.text();
+      const plain = await send(messagesUrl(mock), body());
+      assert.equal(plain.poolAccount, other, "a message without a file goes where the conversation goes");
+      await plain.text();
+      // Text that merely says "file_id", or names the id, is no reference to a file.
+      const said = await send(messagesUrl(mock), body({ messages: [{ role: "user", content: `what is "file_id": "${id}"?` }] }));
+      assert.equal(said.poolAccount, other);
+      await said.text();
+      assert.deepEqual(upstream(), [
+        ["POST", "/v1/messages", holder, 200],
+        ["POST", "/v1/messages/count_tokens", holder, 200],
+        ["POST", "/v1/messages/batches", holder, 200],
+        ["POST", "/v1/messages", other, 200],
+        ["POST", "/v1/messages", other, 200],
+      ]);
+      await flushPool(path);
+      assert.equal(account(path, holder).status, "rate-limited", "its cooldown stands");
+    });
+  }
+}
+
+for (const transport of ["native", "runtime"]) {
+  test(`a message about a file whose account answers 429 is not sent to an account that cannot see the file: the pool's 429 says whose file it is (${transport})`, async () => {
+    const path = await seedPool(mock, [`h1-${transport}@x.test`, `h2-${transport}@x.test`, `h3-${transport}@x.test`]);
+    const f = createPoolFetch({ path, transport });
+    const { id, holder } = await fileThenFailover(f, path);
+    mock.clearRequests();
+    mock.script(holder, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 3600 }) }]);
+    const refused = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: aboutFile(id) });
+    assert.equal(refused.status, 429, "not another account's 404");
+    assert.equal(refused.headers.get("x-oauth-pool"), "holder-cooling");
+    assert.ok(Number(refused.headers.get("retry-after")) > 3000, refused.headers.get("retry-after"));
+    const { error } = await refused.json();
+    assert.match(error.message, new RegExp(`${id} is ${holder.replace(/[.]/g, "\\.")}'s`));
+    assert.deepEqual(upstream(), [["POST", "/v1/messages", holder, 429]], "asked of the file's account only");
+    // The same for a request whose path names the file (it collected the others' 404s before).
+    mock.clearRequests();
+    mock.script(holder, [{ path: `/v1/files/${id}/content`, status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+    const read = await f(`${mock.url}/v1/files/${id}/content`, { headers: jsonHeaders });
+    assert.equal(read.status, 429);
+    assert.equal(read.headers.get("x-oauth-pool"), "holder-cooling");
+    await read.text();
+    assert.deepEqual(upstream(), [["GET", "/v1/files/file_ID/content", holder, 429]]);
+  });
+}
+
+for (const transport of ["native", "runtime"]) {
+  test(`a message about a file another client made is found by asking: the account in use answers 404, the next one has it, and gets such messages first from then on (${transport})`, async () => {
+    const [first, second] = [`e1-${transport}@x.test`, `e2-${transport}@x.test`];
+    const path = await seedPool(mock, [first, second]);
+    await lib.setPriority(first, 5, path);
+    const f = createPoolFetch({ path, transport });
+    const id = mock.makeFile(second, "made elsewhere");
+    mock.clearRequests();
+    const found = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: aboutFile(id) });
+    assert.equal(found.status, 200);
+    assert.equal(found.poolAccount, second);
+    await found.text();
+    const again = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: aboutFile(id) });
+    assert.equal(again.poolAccount, second);
+    await again.text();
+    const missing = mock.makeFile("nobody@x.test", "nobody's");
+    const lost = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: aboutFile(missing) });
+    assert.equal(lost.status, 404, "a file no account sees: the last 404 is the answer");
+    await lost.text();
+    assert.deepEqual(upstream().slice(0, 3), [
+      ["POST", "/v1/messages", first, 404],
+      ["POST", "/v1/messages", second, 200],
+      ["POST", "/v1/messages", second, 200],
+    ]);
+    assert.equal(mock.requests.length, 5, "the unknown file was asked of each account once");
+    await flushPool(path);
+    for (const email of [first, second]) assert.equal(account(path, email).rateLimitUntil ?? null, null, "nobody benched");
+  });
+}
+
+test("a many-megabyte message about a file goes to the file's account (the body is searched, not copied, before any parse)", async () => {
+  const path = await seedPool(mock, ["big1@x.test", "big2@x.test"]);
+  const f = createPoolFetch({ path });
+  const { id, holder } = await fileThenFailover(f, path);
+  mock.clearRequests();
+  const text = "lorem ipsum ".repeat(500_000);
+  const big = JSON.stringify({
+    model: "claude-sonnet-4-5",
+    max_tokens: 8,
+    messages: [{ role: "user", content: [{ type: "text", text }, document(id)] }],
+  });
+  assert.ok(big.length > 5_000_000);
+  const got = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: big });
+  assert.equal(got.status, 200);
+  assert.equal(got.poolAccount, holder);
+  await got.text();
+  assert.deepEqual(upstream(), [["POST", "/v1/messages", holder, 200]]);
+});
+
+test("the Anthropic SDK through the gateway: a message about a file uploaded through it goes to the file's account after a failover moved the conversation", async () => {
+  const path = await seedPool(mock, ["g1@x.test", "g2@x.test"]);
+  await lib.setPriority("g1@x.test", 5, path);
+  const gw = await lib.serve({ port: 0, path });
+  try {
+    const client = new Anthropic({ apiKey: KEY, baseURL: gw.url, maxRetries: 0 });
+    const uploaded = await client.beta.files.upload({ file: new File(["some text"], "notes.txt", { type: "text/plain" }) });
+    assert.match(uploaded.id, /^file_/);
+    mock.script("g1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 3600 }) }]);
+    const moved = await client.messages.create({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] });
+    assert.equal(moved.content[0].text, "Hello from g2@x.test");
+    mock.clearRequests();
+    const about = await client.beta.messages.create({
+      model: "claude-sonnet-4-5",
+      max_tokens: 8,
+      betas: ["files-api-2025-04-14"],
+      messages: [{ role: "user", content: [document(uploaded.id), { type: "text", text: "summarize" }] }],
+    });
+    assert.equal(about.content[0].text, "Hello from g1@x.test");
+    assert.deepEqual(
+      mock.requests.map((r) => [r.path.split("?")[0], r.email, r.status]),
+      [["/v1/messages", "g1@x.test", 200]],
+    );
+  } finally {
+    await gw.close(1000);
+  }
+});

@@ -31,7 +31,18 @@ export function openExchange({ path, url, headers, model: named, body, listener 
   const start = body.length > BODY_START ? body.slice(0, BODY_START) : body;
   const ex = new NativeExchange(path ?? undefined, url, lines, model, undefined, start, listener ?? undefined);
   if (start !== body && ex.modelUnknown) ex.readModel(body);
+  // Bytes were shown to the constructor; a text is shown whole only when the engine asks.
+  if (ex.wantsBody()) ex.readBody(body);
   return ex;
+}
+
+/**
+ * Shows the engine the request body after an answer of `status` when it asks (a 404 to a
+ * message that may refer to a file another account holds: src/engine/files.rs). A body this
+ * driver does not hold (a stream) is not shown.
+ */
+export function showBodyAfter(ex, status, body) {
+  if (status === 404 && (typeof body === "string" || ArrayBuffer.isView(body)) && ex.wantsBody(status)) ex.readBody(body);
 }
 
 /** A synchronous native call; under Bun a failed one may return its Error instead of throwing. */

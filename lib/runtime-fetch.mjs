@@ -24,6 +24,7 @@ import {
   judgeAnswer,
   nextStep,
   openExchange,
+  showBodyAfter,
   peek,
   poolAnswer,
   readOpening,
@@ -482,6 +483,7 @@ export async function runtimeFetch(parts, { path, onEvents, listener }) {
           throw err?.code === "NETWORK" ? err : networkError(failure(err));
         }
       }
+      showBodyAfter(ex, response.status, parts.body);
       let verdict;
       try {
         // A 429 says what it is in its head (its body only tells a spend limit): cut or gone

@@ -107,6 +107,9 @@ pub async fn pool_fetch(
         .with_model(model)
         .with_url(url.path());
     let mut ex = engine.exchange(meta);
+    if let Some(body) = req.body.as_deref().filter(|_| ex.wants_body(None)) {
+        ex.read_body(body);
+    }
     if let Some(notice) = req.notice {
         ex.tell_at_once(notice);
     }
@@ -156,6 +159,9 @@ async fn serve(
         )
         .await?;
         let status = response.status().as_u16();
+        if let Some(body) = body.as_deref().filter(|_| ex.wants_body(Some(status))) {
+            ex.read_body(body);
+        }
         // What stopped the read of a 429's body, which is judged without the rest of it.
         let mut cut = None;
         let peek = if verdict::needs_body(status) {

@@ -743,6 +743,11 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       record.status = step.status;
       return respondMessage(req, res, step, {});
     }
+    const missing = fileNotSeen(parseOrNull(bodyText), auth.email);
+    if (missing) {
+      record.status = 404;
+      return sendJson(res, 404, apiErrorBody(404, `File not found: ${missing}`));
+    }
     record.status = 200;
     sendJson(res, 200, { input_tokens: Math.max(1, Math.ceil(bodyText.length / 4)) });
   }
@@ -772,8 +777,45 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       inputTokens: Math.max(1, Math.ceil(bodyText.length / 4)),
     };
     const step = nextScriptStep(auth.email);
+    const missing = step.status || step.hang ? null : fileNotSeen(parsed, auth.email);
+    if (missing) {
+      record.status = 404;
+      return sendJson(res, 404, apiErrorBody(404, `File not found: ${missing}`));
+    }
     record.status = step.hang ? "hang" : (step.status ?? 200);
     await respondMessage(req, res, step, ctx);
+  }
+
+  function parseOrNull(text) {
+    try {
+      return JSON.parse(text);
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * The first file a request body refers to (a `source` of type `file`, a `container_upload`)
+   * that `email`'s account cannot see: the API answers such a message with a 404
+   * not_found_error.
+   */
+  function fileNotSeen(value, email) {
+    if (Array.isArray(value)) {
+      for (const v of value) {
+        const missing = fileNotSeen(v, email);
+        if (missing) return missing;
+      }
+      return null;
+    }
+    if (value === null || typeof value !== "object") return null;
+    if ((value.type === "file" || value.type === "container_upload") && typeof value.file_id === "string") {
+      if (resources.get(value.file_id)?.owner !== email) return value.file_id;
+    }
+    for (const v of Object.values(value)) {
+      const missing = fileNotSeen(v, email);
+      if (missing) return missing;
+    }
+    return null;
   }
 
   function handleProfile(res, auth) {
@@ -827,6 +869,11 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       if (req.method === "GET") {
         const data = [...resources].filter(([, r]) => r.owner === auth.email && r.type === type).map(([id]) => ({ id, type }));
         return sendJson(res, 200, { data, has_more: false });
+      }
+      const missing = files ? null : fileNotSeen(parseOrNull(text), auth.email);
+      if (missing) {
+        record.status = 404;
+        return sendJson(res, 404, apiErrorBody(404, `File not found: ${missing}`));
       }
       // An id of the API's shape: a kind, `_`, then letters and digits.
       const id = `${prefix}01${randomBytes(16).toString("hex")}`;

@@ -246,10 +246,12 @@ export const LONGEST_HOST_WAIT_S = 60;
  * to a minute is kept (OpenCode waits and the request goes through by itself); a longer one is
  * answered with `retry-after: 0`: OpenCode's retries come back here at once and get the same
  * answer, nothing is sent upstream, and the person reads the pool's message (which account is
- * usable again when) within a second.
+ * usable again when) within a second. The same for its 429 for a request that only one account
+ * can serve (`holder-cooling`: a file or a batch that account holds, and that account cooling).
  */
 export function waitOpenCodeCanBear(res) {
-  if (res?.status !== 429 || res.headers?.get?.("x-oauth-pool") !== "all-accounts-cooling") return res;
+  const pool = res?.headers?.get?.("x-oauth-pool");
+  if (res?.status !== 429 || (pool !== "all-accounts-cooling" && pool !== "holder-cooling")) return res;
   const secs = Number(res.headers.get("retry-after"));
   if (!(secs > LONGEST_HOST_WAIT_S)) return res;
   const headers = new Headers(res.headers);

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{BufferSlice, PromiseRaw};
+use napi::bindgen_prelude::{BufferSlice, Either, PromiseRaw};
 use napi::Env;
 use napi_derive::napi;
 use reqwest::header::HeaderMap;
@@ -168,6 +168,9 @@ impl NativeExchange {
             .and_then(|engine| {
                 check_origin(url.as_deref(), &*config::api()?)?;
                 let mut exchange = engine.exchange(meta);
+                if let Some(body) = body.as_deref().filter(|_| exchange.wants_body(None)) {
+                    exchange.read_body(body);
+                }
                 if let Some(listener) = listener {
                     exchange.tell_at_once(listener.notice());
                 }
@@ -197,6 +200,31 @@ impl NativeExchange {
     pub fn read_model(&self, body: String) {
         if let Ok(Ok(mut ex)) = self.inner.as_ref().map(|m| m.try_lock()) {
             ex.learn_model(model_in(body.as_bytes()));
+        }
+    }
+
+    /// Whether the engine is to be shown the whole request body (`readBody`): before it is
+    /// first sent (no `answered`), when this process knows which account holds some file, or
+    /// after an answer of status `answered` (a 404 to a message that may refer to a file made
+    /// elsewhere). Bytes handed to the constructor were shown already.
+    #[napi(js_name = "wantsBody", catch_unwind)]
+    pub fn wants_body(&self, answered: Option<u32>) -> bool {
+        let answered = answered.map(|s| u16::try_from(s).unwrap_or(0));
+        match self.inner.as_ref().map(|m| m.try_lock()) {
+            Ok(Ok(ex)) => ex.wants_body(answered),
+            _ => false,
+        }
+    }
+
+    /// Reads the file a Messages body refers to (`Exchange::read_body`); the body is looked at
+    /// during the call only.
+    #[napi(js_name = "readBody", catch_unwind)]
+    pub fn read_body(&self, body: Either<String, BufferSlice>) {
+        if let Ok(Ok(mut ex)) = self.inner.as_ref().map(|m| m.try_lock()) {
+            match &body {
+                Either::A(text) => ex.read_body(text.as_bytes()),
+                Either::B(bytes) => ex.read_body(bytes),
+            }
         }
     }
 

@@ -96,6 +96,12 @@ pub struct Exchange {
     reopening: Option<super::ReopenGuard>,
     /// Where what cannot wait for the request's end is told (a hold beginning), if anywhere.
     notice: Option<super::events::Notice>,
+    /// The body was read for the files it refers to (`read_body`).
+    body_read: bool,
+    /// The account known to hold what the request needs answered it 429: no other account can
+    /// see that, so the request waits for this one (the pool's 429, or a hold) instead of
+    /// collecting the others' 404s.
+    bound: Option<String>,
 }
 
 impl Exchange {
@@ -120,6 +126,34 @@ impl Exchange {
             held: false,
             reopening: None,
             notice: None,
+            body_read: false,
+            bound: None,
+        }
+    }
+
+    /// Whether the driver is to hand the request's body to `read_body` now: a Messages body
+    /// not read yet, before it is first sent (`answered` None) once this process knows which
+    /// account holds some file (until then it costs nothing), and after a 404 (`answered`
+    /// Some(404)): a file made elsewhere, which another account may hold. A body the driver
+    /// does not hold whole (a stream) is not read.
+    pub fn wants_body(&self, answered: Option<u16>) -> bool {
+        self.meta.may_refer
+            && !self.body_read
+            && match answered {
+                None => self.engine.overlay.knows_files(),
+                Some(status) => status == 404,
+            }
+    }
+
+    /// Reads the file the request's body refers to (`files::referred`): the request goes to
+    /// the account known to hold it, even one resting; one not known is asked of the account in
+    /// use, then of the next on its 404, and learned from the one that serves it.
+    pub fn read_body(&mut self, body: &[u8]) {
+        self.body_read = true;
+        let overlay = &self.engine.overlay;
+        self.meta.file = super::files::referred(body, |id| overlay.holder(id).is_some());
+        if let Some(file) = &self.meta.file {
+            tracing::debug!(file = %file, "the request refers to a file");
         }
     }
 
@@ -473,6 +507,11 @@ impl Exchange {
     /// The account to try next, passing over those in `passed`.
     fn choose_from(&self, pool: &Pool, passed: &HashSet<String>) -> Option<String> {
         let now = now_ms();
+        if let Some(bound) = &self.bound {
+            let a = pool.find(bound)?;
+            return (!passed.contains(bound) && self.blocked(a, now) != super::Blocked::Out)
+                .then(|| bound.clone());
+        }
         if let Some(holder) = self.known_holder(pool, passed, now) {
             return Some(holder);
         }
@@ -510,7 +549,7 @@ impl Exchange {
     /// rests. A cooldown rests what an account sends to the model; what it holds is still its
     /// own to hand out.
     fn resting_holder(&self, pool: &Pool, passed: &HashSet<String>, now: i64) -> Option<String> {
-        self.meta.resource.as_ref()?;
+        self.meta.names()?;
         pool.accounts()
             .find(|a| !passed.contains(&a.email) && self.blocked(a, now) != super::Blocked::Out)
             .map(|a| a.email.clone())
@@ -518,7 +557,7 @@ impl Exchange {
 
     /// The account known to hold the resource the request names, when it can be asked.
     fn known_holder(&self, pool: &Pool, passed: &HashSet<String>, now: i64) -> Option<String> {
-        let holder = self.engine.overlay.holder(self.meta.resource.as_deref()?)?;
+        let holder = self.engine.overlay.holder(self.meta.names()?)?;
         let a = pool.find(&holder)?;
         (!passed.contains(&holder) && self.blocked(a, now) != super::Blocked::Out).then_some(holder)
     }
@@ -547,7 +586,7 @@ impl Exchange {
         // A 404 to a request naming a resource (a file, a batch) may be another account's to
         // answer, while one that has not been asked is left.
         let elsewhere = status == 404
-            && self.meta.resource.is_some()
+            && self.meta.names().is_some()
             && match self.engine.snapshot().await {
                 Ok(pool) => self.another_could_serve(&pool, &email),
                 Err(_) => false,
@@ -624,7 +663,7 @@ impl Exchange {
         };
         // Which accounts are left to ask needs the pool: `judge()` reads it when it is not at hand.
         let elsewhere = status == 404
-            && self.meta.resource.is_some()
+            && self.meta.names().is_some()
             && self.another_could_serve(&*self.engine.snapshot_now()?, email);
         let (decision, limits, now) =
             self.decide(status, headers, body, said, email, credential, elsewhere);
@@ -726,6 +765,13 @@ impl Exchange {
                 }
                 let told = self.engine.rest(&email, &cooldown, &why);
                 self.events.push(told);
+                let holder = self
+                    .meta
+                    .names()
+                    .and_then(|id| self.engine.overlay.holder(id));
+                if holder.as_deref() == Some(email.as_str()) {
+                    self.bound = holder;
+                }
                 self.move_on(email, why);
                 Verdict::Retry
             }
@@ -808,14 +854,22 @@ impl Exchange {
                     self.engine.overlay.holds(id, email, sent_at);
                 }
             }
-            // Nor does one to an endpoint with limits of its own (counting tokens, making a
-            // batch): served by another account after a throttle there, the conversation stays
-            // where its prompt cache is.
-            None if self.meta.endpoint.is_some() => {}
-            None => self
-                .engine
-                .overlay
-                .served(email, self.meta.session.as_deref(), now, sent_at),
+            None => {
+                // A message about a file: the account that served it holds the file.
+                if let Some(file) = self.meta.file.as_deref() {
+                    if (200..300).contains(&self.status) {
+                        self.engine.overlay.holds(file, email, sent_at);
+                    }
+                }
+                // One to an endpoint with limits of its own (counting tokens, making a batch)
+                // says nothing of the conversation either: served by another account after a
+                // throttle there, the conversation stays where its prompt cache is.
+                if self.meta.endpoint.is_none() {
+                    self.engine
+                        .overlay
+                        .served(email, self.meta.session.as_deref(), now, sent_at);
+                }
+            }
         }
         if !limits.windows.is_empty() {
             self.engine.overlay.note_windows(email, &limits.windows);
@@ -836,8 +890,12 @@ impl Exchange {
         }
         let now = now_ms();
         let family = self.family.as_deref();
+        // Bound to the account holding what the request needs, only its wait counts.
+        let counts =
+            |a: &crate::account::Account| self.bound.as_ref().is_none_or(|b| *b == a.email);
         let soonest = pool
             .accounts()
+            .filter(|a| counts(a))
             .filter_map(|a| match self.blocked(a, now) {
                 super::Blocked::Until(t) => Some((t, a.email.clone())),
                 _ => None,
@@ -849,7 +907,7 @@ impl Exchange {
         // usable in 30 s).
         let soonest = soonest.map(|cooling| {
             pool.accounts()
-                .filter(|a| self.tried.contains(&a.email))
+                .filter(|a| self.tried.contains(&a.email) && counts(a))
                 .filter_map(|a| {
                     let until = self.engine.token_wait(pool, a, now)?;
                     Some((until, a.email.clone()))
@@ -879,11 +937,23 @@ impl Exchange {
                 .filter(|_| scoped)
                 .map(|f| format!(" for {}", super::limits::scope_text(f)))
                 .unwrap_or_default();
+            // Bound: what the request needs is that account's alone (its path's resource, or
+            // the file its body refers to); the others could only answer 404.
+            let needs = self
+                .bound
+                .is_some()
+                .then(|| self.meta.names().unwrap_or("what this request needs"));
             if hold {
-                let message = format!(
-                    "anthropic-pool: every account is rate-limited{models}; requests wait for the first one ({email}), usable again {} (OAUTH_POOL_HOLD_MAX_MS)",
-                    crate::wait::until(until, now)
-                );
+                let message = match needs {
+                    Some(id) => format!(
+                        "anthropic-pool: {id} is {email}'s, which is rate-limited{models}; requests for it wait for that account, usable again {} (OAUTH_POOL_HOLD_MAX_MS)",
+                        crate::wait::until(until, now)
+                    ),
+                    None => format!(
+                        "anthropic-pool: every account is rate-limited{models}; requests wait for the first one ({email}), usable again {} (OAUTH_POOL_HOLD_MAX_MS)",
+                        crate::wait::until(until, now)
+                    ),
+                };
                 return Ok(Exhausted::Wait(Held {
                     until,
                     email,
@@ -897,11 +967,17 @@ impl Exchange {
             } else {
                 "; that is longer than requests wait (OAUTH_POOL_HOLD_MAX_MS)"
             };
-            let message = format!(
-                "anthropic-pool: every account is rate-limited{models}; the first one ({email}) is usable again {}{holding}",
-                crate::wait::until(until, now)
-            );
-            if self.engine.overlay.first_all_cooling(&email, until) {
+            let message = match needs {
+                Some(id) => format!(
+                    "anthropic-pool: {id} is {email}'s (no other account can see it), and {email} is rate-limited{models}: usable again {}{holding}",
+                    crate::wait::until(until, now)
+                ),
+                None => format!(
+                    "anthropic-pool: every account is rate-limited{models}; the first one ({email}) is usable again {}{holding}",
+                    crate::wait::until(until, now)
+                ),
+            };
+            if needs.is_none() && self.engine.overlay.first_all_cooling(&email, until) {
                 tracing::info!(first = %email, until = %iso_time(until), "every account is cooling");
                 self.events
                     .push(Event::new("all-cooling", Some(&email), &message).until(until));
@@ -910,13 +986,18 @@ impl Exchange {
                 "type": "error",
                 "error": { "type": "rate_limit_error", "message": message }
             });
+            let why = if needs.is_some() {
+                "holder-cooling"
+            } else {
+                "all-accounts-cooling"
+            };
             return Ok(Exhausted::Answer(Step::Answer(Synthetic {
                 status: 429,
                 status_text: "Too Many Requests",
                 headers: vec![
                     ("content-type".into(), "application/json".into()),
                     ("retry-after".into(), secs.to_string()),
-                    ("x-oauth-pool".into(), "all-accounts-cooling".into()),
+                    ("x-oauth-pool".into(), why.into()),
                 ],
                 body: Bytes::from(body.to_string()),
             })));

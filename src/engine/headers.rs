@@ -26,6 +26,11 @@ pub struct RequestMeta {
     /// The id of an account's own resource the request's path names (`file_...`,
     /// `msgbatch_...`): only the account that made it holds it.
     pub resource: Option<String>,
+    /// A file a Messages request refers to in its body (`files::referred`), once the body was
+    /// read for it (`Exchange::read_body`): the request goes where that file lives.
+    pub file: Option<String>,
+    /// The request's path is one whose body may refer to files (`files::may_refer`).
+    pub may_refer: bool,
     /// The API's limits of its own the path falls under, when they are not the messages'
     /// (`limits::endpoint_limits`): a throttle there rests only that on the account.
     pub endpoint: Option<&'static str>,
@@ -82,6 +87,8 @@ impl RequestMeta {
             parent: find("x-parent-session-id"),
             model: None,
             resource: None,
+            file: None,
+            may_refer: false,
             endpoint: None,
         }
     }
@@ -91,8 +98,15 @@ impl RequestMeta {
     pub fn with_url(mut self, url: &str) -> Self {
         let path = path_of(url);
         self.resource = resource_in_path(path);
+        self.may_refer = super::files::may_refer(path);
         self.endpoint = super::limits::endpoint_limits(path);
         self
+    }
+
+    /// The id of an account's own resource the request needs: the one its path names, else
+    /// the file its body refers to.
+    pub fn names(&self) -> Option<&str> {
+        self.resource.as_deref().or(self.file.as_deref())
     }
 
     /// The model a request names, when it can be one: a caller's text becomes a key of the

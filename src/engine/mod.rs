@@ -16,6 +16,7 @@ pub mod bookkeeping;
 pub mod credentials;
 pub mod events;
 pub mod exchange;
+pub mod files;
 pub mod headers;
 pub mod limits;
 #[cfg(test)]

@@ -1152,9 +1152,13 @@ impl World {
                             .find(|(k, _)| k.eq_ignore_ascii_case(name))
                             .map(|(_, v)| v.clone())
                     };
+                    // A request for what one account holds, after that account's 429 here:
+                    // no other account can see it, so the pool answers for that one alone.
+                    let bound = get("x-oauth-pool").as_deref() == Some("holder-cooling");
                     check!(
-                        get("x-oauth-pool").as_deref() == Some("all-accounts-cooling"),
-                        "the pool's 429 says x-oauth-pool: all-accounts-cooling: {:?}",
+                        get("x-oauth-pool").as_deref() == Some("all-accounts-cooling")
+                            || (bound && resource && !limited.is_empty()),
+                        "the pool's 429 says x-oauth-pool: all-accounts-cooling (or holder-cooling after the holder's 429): {:?}",
                         s.headers
                     );
                     let secs: i64 = get("retry-after")
@@ -1169,8 +1173,10 @@ impl World {
                         (1..=most).contains(&secs),
                         "the pool's 429 says retry-after {secs} s: not within 1 s to 8 days and the jitter"
                     );
-                    self.nobody_left(&sent, family, endpoint, "answered for the pool")
-                        .await?;
+                    if !bound {
+                        self.nobody_left(&sent, family, endpoint, "answered for the pool")
+                            .await?;
+                    }
                     let mut cooling = false;
                     for email in &self.emails {
                         let b = self.blocked(email, family, endpoint).await;
@@ -1184,6 +1190,10 @@ impl World {
                     // wait ends: the pool's wait is no longer.
                     let now = now_ms();
                     for i in 0..n {
+                        // Bound to the holder, only its wait is the request's.
+                        if bound && !limited.contains(&self.emails[i]) {
+                            continue;
+                        }
                         // Not one that also cools: that one serves when both are over.
                         let free =
                             self.blocked(&self.emails[i], family, endpoint).await == Blocked::No;

@@ -102,6 +102,9 @@ pub struct Overlay {
     sessions: Mutex<Pins>,
     /// resource id (a file, a batch) -> the account found holding it.
     holders: Mutex<Pins>,
+    /// Some file's holder was learned: from then on Messages bodies are looked into for the
+    /// files they refer to (before, that costs nothing: `Exchange::wants_body`).
+    knows_files: std::sync::atomic::AtomicBool,
     /// email -> the windows answers reported (the store has them a second later).
     windows: Mutex<HashMap<String, Vec<Window>>>,
     /// The last "every account cools" reported: (soonest account, until). One report per change.
@@ -335,6 +338,15 @@ impl Overlay {
     /// for what comes next (the sticky account and the session's stay as they are).
     pub fn holds(&self, id: &str, email: &str, sent_at: i64) {
         lock(&self.holders).insert(id, email, sent_at);
+        if id.starts_with("file_") {
+            self.knows_files
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this process ever learned which account holds a file.
+    pub fn knows_files(&self) -> bool {
+        self.knows_files.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The account that served a request sent at `sent_at` becomes sticky (and the session's)
