@@ -302,24 +302,25 @@ for (const transport of ["native", "runtime"]) {
   });
 }
 
-test("a many-megabyte message about a file goes to the file's account (the body is searched, not copied, before any parse)", async () => {
-  const path = await seedPool(mock, ["big1@x.test", "big2@x.test"]);
-  const f = createPoolFetch({ path });
-  const { id, holder } = await fileThenFailover(f, path);
-  mock.clearRequests();
-  const text = "lorem ipsum ".repeat(500_000);
-  const big = JSON.stringify({
-    model: "claude-sonnet-4-5",
-    max_tokens: 8,
-    messages: [{ role: "user", content: [{ type: "text", text }, document(id)] }],
+for (const transport of ["native", "runtime"])
+  test(`${transport}: a many-megabyte message about a file goes to the file's account (the body is searched, not copied, before any parse)`, async () => {
+    const path = await seedPool(mock, [`${transport}-big1@x.test`, `${transport}-big2@x.test`]);
+    const f = createPoolFetch({ path, transport });
+    const { id, holder } = await fileThenFailover(f, path);
+    mock.clearRequests();
+    const text = "lorem ipsum ".repeat(500_000);
+    const big = JSON.stringify({
+      model: "claude-sonnet-4-5",
+      max_tokens: 8,
+      messages: [{ role: "user", content: [{ type: "text", text }, document(id)] }],
+    });
+    assert.ok(big.length > 5_000_000);
+    const got = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: big });
+    assert.equal(got.status, 200);
+    assert.equal(got.poolAccount, holder);
+    await got.text();
+    assert.deepEqual(upstream(), [["POST", "/v1/messages", holder, 200]]);
   });
-  assert.ok(big.length > 5_000_000);
-  const got = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: big });
-  assert.equal(got.status, 200);
-  assert.equal(got.poolAccount, holder);
-  await got.text();
-  assert.deepEqual(upstream(), [["POST", "/v1/messages", holder, 200]]);
-});
 
 test("the Anthropic SDK through the gateway: a message about a file uploaded through it goes to the file's account after a failover moved the conversation", async () => {
   const path = await seedPool(mock, ["g1@x.test", "g2@x.test"]);

@@ -29,10 +29,11 @@ export function openExchange({ path, url, headers, model: named, body, listener 
   const { NativeExchange } = nativeBinding();
   if (typeof body !== "string") return new NativeExchange(path ?? undefined, url, lines, model, body ?? undefined, undefined, listener ?? undefined);
   const start = body.length > BODY_START ? body.slice(0, BODY_START) : body;
-  const ex = new NativeExchange(path ?? undefined, url, lines, model, undefined, start, listener ?? undefined);
-  if (start !== body && ex.modelUnknown) ex.readModel(body);
-  // Bytes were shown to the constructor; a text is shown whole only when the engine asks.
-  if (ex.wantsBody()) ex.readBody(body);
+  const whole = start === body;
+  const ex = new NativeExchange(path ?? undefined, url, lines, model, undefined, start, listener ?? undefined, whole);
+  // Bytes and a short text were shown whole to the constructor; a long text only when the
+  // engine asks.
+  if (!whole && ex.wantsText) ex.readText(body);
   return ex;
 }
 

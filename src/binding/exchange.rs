@@ -141,11 +141,13 @@ impl NativeExchange {
     /// - `model`: the model asked for (scoped windows, model cooldowns, usage), else read from
     ///   the top level of `body` (bytes, looked at during the call only) or of `bodyStart` (the
     ///   start of a text body: encoding all of a large one cost more than the request's whole
-    ///   decision; when the model is not in it, `modelUnknown` says so and `readModel` takes
+    ///   decision; when the engine wants more of it, `wantsText` says so and `readText` takes
     ///   the whole text);
     /// - `listener`: the driver's `EventListener`, told at once what cannot wait for the
-    ///   request's end (a hold beginning).
+    ///   request's end (a hold beginning);
+    /// - `startIsWhole`: `bodyStart` is all of the text (a short body: no `readText` needed).
     #[napi(constructor, catch_unwind)]
+    #[allow(clippy::too_many_arguments)] // by position on purpose (above)
     pub fn new(
         path: Option<String>,
         url: Option<String>,
@@ -154,6 +156,7 @@ impl NativeExchange {
         body: Option<BufferSlice>,
         body_start: Option<String>,
         listener: Option<&EventListener>,
+        start_is_whole: Option<bool>,
     ) -> Self {
         let pairs = || header_lines(&headers);
         let model = model
@@ -168,7 +171,15 @@ impl NativeExchange {
             .and_then(|engine| {
                 check_origin(url.as_deref(), &*config::api()?)?;
                 let mut exchange = engine.exchange(meta);
-                if let Some(body) = body.as_deref().filter(|_| exchange.wants_body(None)) {
+                let whole_text = body_start
+                    .as_deref()
+                    .filter(|_| start_is_whole == Some(true))
+                    .map(str::as_bytes);
+                if let Some(body) = body
+                    .as_deref()
+                    .or(whole_text)
+                    .filter(|_| exchange.wants_body(None))
+                {
                     exchange.read_body(body);
                 }
                 if let Some(listener) = listener {
@@ -195,11 +206,28 @@ impl NativeExchange {
         }
     }
 
-    /// Reads the model asked for from the whole text of the request body.
-    #[napi(js_name = "readModel", catch_unwind)]
-    pub fn read_model(&self, body: String) {
+    /// Whether the engine wants the whole text of a body it was shown the start of: the model
+    /// asked for was not in it, or this process knows which account holds some file (one
+    /// question for both: a long text is the usual request, and each is a crossing).
+    #[napi(getter, js_name = "wantsText", catch_unwind)]
+    pub fn wants_text(&self) -> bool {
+        match self.inner.as_ref().map(|m| m.try_lock()) {
+            Ok(Ok(ex)) => !ex.knows_model() || ex.wants_body(None),
+            _ => false,
+        }
+    }
+
+    /// Reads from the whole text of the request body what `wantsText` asked for: the model, the
+    /// file it refers to.
+    #[napi(js_name = "readText", catch_unwind)]
+    pub fn read_text(&self, body: String) {
         if let Ok(Ok(mut ex)) = self.inner.as_ref().map(|m| m.try_lock()) {
-            ex.learn_model(model_in(body.as_bytes()));
+            if !ex.knows_model() {
+                ex.learn_model(model_in(body.as_bytes()));
+            }
+            if ex.wants_body(None) {
+                ex.read_body(body.as_bytes());
+            }
         }
     }
 
