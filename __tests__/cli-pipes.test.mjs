@@ -185,3 +185,46 @@ test("SIGTERM and SIGINT to `refresh` after the token endpoint answered: the new
     assert.equal(mock.stats().refreshCalls, calls);
   }
 });
+
+test("SIGTERM and SIGINT to `add` after the token endpoint answered the code: the new login lands, no lock stays", {
+  skip: !flock && "needs flock(1) on Linux",
+}, async () => {
+  // The code is spent once the endpoint answers: a signal then ended the CLI at once and the
+  // person's login was for nothing (a refresh's tokens were already waited for).
+  for (const signal of ["SIGTERM", "SIGINT"]) {
+    const path = freshPath();
+    const email = `add-${signal.toLowerCase()}@x.test`;
+    await seed(path, ["other@x.test"]);
+    let answer;
+    mock.setTokenMode({ grant: "authorization_code", until: new Promise((r) => (answer = r)) });
+    const child = spawn(process.execPath, [CLI, "add"], { env: childEnv(path), stdio: ["pipe", "pipe", "pipe"] });
+    const closed = new Promise((r) => child.on("close", (code, sig) => r(code ?? sig)));
+    child.stderr.resume();
+    let out = "";
+    const url = await new Promise((resolve) =>
+      child.stdout.on("data", (d) => {
+        out += d;
+        const found = out.match(/https?:\/\/\S+/);
+        if (found) resolve(found[0]);
+      }),
+    );
+    const arrived = mock.waitFor("token", (r) => r.grant === "authorization_code");
+    child.stdin.write(`${mock.approve(url, email)}\n`);
+    await arrived;
+    const holder = spawn("flock", ["-o", `${path}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
+    const holderGone = new Promise((r) => holder.on("exit", r));
+    for (let i = 0; i < 100 && !readFileSync("/proc/locks", "utf8").includes(`${holder.pid} `); i++) await new Promise((r) => setTimeout(r, 20));
+    answer();
+    await new Promise((r) => setTimeout(r, 300));
+    child.kill(signal);
+    await new Promise((r) => setTimeout(r, 300));
+    holder.stdin.end();
+    await holderGone;
+    const ended = await closed;
+    assert.ok(ended === signal || ended === 0, `${signal}: ended by ${ended}`);
+    const stored = JSON.parse(readFileSync(path, "utf8")).anthropic.find((a) => a.email === email);
+    assert.equal(stored?.refresh, mock.tokens(email).refresh, `${signal}: the new login was written before the end`);
+    const next = spawnSync(process.execPath, [CLI, "list", "--json"], { env: childEnv(path), encoding: "utf8", timeout: 30_000 });
+    assert.equal(next.status, 0, next.stderr);
+  }
+});

@@ -35,16 +35,18 @@ use crate::store::{RefreshLock, REFRESH_LOCK_TIMEOUT};
 /// is its file's read and write) before it goes on without it.
 const JOURNAL_PATIENCE: Duration = Duration::from_secs(5);
 
-/// Refreshes whose new tokens are not written yet, in the whole process: the refresh token each
-/// presented is spent, and the only copy of its successor is in this process's memory until the
-/// write lands. A host that exits meanwhile loses the login (`settle_unwritten`).
+/// Refreshes (and logins) whose new tokens are not written yet, in the whole process: the
+/// refresh token (or code) each presented is spent, and the only copy of its successor is in
+/// this process's memory until the write lands. A host that exits meanwhile loses the login
+/// (`settle_unwritten`).
 static UNWRITTEN: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
 
-/// One refresh from presenting its token to writing the answer.
-struct Unwritten;
+/// One refresh, or one login's code exchange, from presenting its token or code to writing the
+/// answer.
+pub struct Unwritten;
 
 impl Unwritten {
-    fn begin() -> Unwritten {
+    pub fn begin() -> Unwritten {
         *lock(&UNWRITTEN.0) += 1;
         Unwritten
     }
