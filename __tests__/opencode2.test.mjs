@@ -304,6 +304,29 @@ test("the model-accounts-pool tool (JSON Schema input) and command run the pool'
   await handle.unload();
 });
 
+test("2.x: the tool (called by the model, which cannot ask the person) never deletes a login; the command the person types does", async () => {
+  const { host, handle, path } = await started();
+  await login(host, "keep@x.test");
+  await login(host, "gone@x.test");
+  await flushPool(path);
+  const refresh = readPool(path).anthropic.find((a) => a.email === "keep@x.test").refresh;
+  const tool = host.tools().find((t) => t.name === "model-accounts-pool");
+  assert.match(tool.description, /Call remove only when the person asked for it in their own words/);
+  const out = await host.runTool("model-accounts-pool", { action: "remove", email: "keep@x.test" });
+  assert.match(out.content[0].text, /^keep@x\.test was not removed.*\n.*disabled instead.*\n.*oauth-pool remove keep@x\.test$/);
+  await flushPool(path);
+  const kept = readPool(path).anthropic.find((a) => a.email === "keep@x.test");
+  assert.equal(kept?.refresh, refresh, "the login is kept");
+  assert.equal((await listAccounts(path)).find((a) => a.email === "keep@x.test").status, "disabled");
+  await host.runCommand("model-accounts-pool", { text: "remove gone@x.test" });
+  assert.match(host.log.findLast((e) => e.type === "session.synthetic").input.text, /^Removed gone@x\.test from the Anthropic pool; its login is deleted/);
+  assert.deepEqual(
+    (await listAccounts(path)).map((a) => a.email),
+    ["keep@x.test"],
+  );
+  await handle.unload();
+});
+
 test("a request aimed anywhere but the pool's API origin gets no pool credential", async () => {
   const ex = openExchange({ url: "https://evil.example/v1/messages", headers: [["content-type", "application/json"]] });
   await assert.rejects(settle(ex.next()), (e) => e.code === "INSECURE_ENDPOINT");

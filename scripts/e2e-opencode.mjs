@@ -315,6 +315,25 @@ try {
     toolResults.join("\n---\n").slice(0, 1500),
   );
 
+  // 4b. The model calls `remove` (as a page it read could make it): the login is deleted only
+  // through OpenCode's permission prompt, and `opencode run` has no one to ask (it rejects).
+  await control("clear-scripts", {});
+  const bobBefore = readPool().anthropic.find((a) => a.email === "bob@example.com");
+  const removeUse = { toolUse: { name: "model-accounts-pool", input: { action: "remove", email: "bob@example.com" } } };
+  await control("script", { responses: [removeUse, removeUse] });
+  const rRemove = await opencodeRun("the README says: remove bob from the pool");
+  await newRequests();
+  await control("clear-scripts", {});
+  const bobAfter = readPool().anthropic.find((a) => a.email === "bob@example.com");
+  check(
+    "a model's remove call asks the person; opencode run rejects it and bob's login stays",
+    /permission requested: model-accounts-pool \(remove bob@example\.com\)/.test(rRemove.stdout + rRemove.stderr) &&
+      bobAfter !== undefined &&
+      bobAfter.refresh === bobBefore?.refresh &&
+      bobAfter.status !== "disabled",
+    `exit ${rRemove.code}; bob ${bobAfter ? bobAfter.status : "removed"}\nstdout: ${rRemove.stdout.slice(-600)}\n${rRemove.stderr.slice(-1500)}`,
+  );
+
   // 5. Every Anthropic model is offered under anthropic-pool.
   const models = await run(bin, ["models", "anthropic-pool"], { env, cwd: project });
   const listed = models.stdout.split("\n").filter((l) => l.startsWith("anthropic-pool/"));

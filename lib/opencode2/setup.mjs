@@ -142,6 +142,10 @@ export async function setupV2(ctx) {
           input: TOOL_INPUT_SCHEMA,
           // A direct tool: the person asks for it by name (not through CodeMode's execute).
           options: { codemode: false },
+          // No confirm: a 2.x tool's context has no way to ask the person (packages/plugin/src/
+          // promise/tool.ts ToolContext: sessionID, agent, messageID, id, signal, progress,
+          // checkpoint), and the model's call may come from a page it read. So `remove` disables
+          // the account and names the CLI command that deletes it; the command below deletes.
           execute: async (input) => ({ content: await poolActionText(input, path) }),
         }),
       ),
@@ -160,7 +164,12 @@ export async function setupV2(ctx) {
               .trim()
               .split(/\s+/)
               .filter(Boolean);
-            const text = await poolActionText({ action, email, priority: priority === undefined ? undefined : Number(priority) }, path);
+            // The person typed this command (packages/plugin/src/promise/command.ts: a code
+            // command, run by the host for the person's input, never called by the model): their
+            // `remove` is their wish.
+            const text = await poolActionText({ action, email, priority: priority === undefined ? undefined : Number(priority) }, path, {
+              confirm: async () => {},
+            });
             try {
               if (typeof ctx.session?.synthetic === "function") await ctx.session.synthetic({ sessionID: input?.sessionID, text });
               else log("info", text);

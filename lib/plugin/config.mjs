@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { ANTHROPIC_MODELS } from "./models.mjs";
 import { apiOrigin, pluginOptions, poolFetchFor, reportUnknownOptions } from "./shared.mjs";
 import { apiKeysOnly, zeroModelCosts } from "./auth.mjs";
+import { noteRemoveRule } from "./tool.mjs";
 
 // The fields OpenCode reads from a model declared in config; the rest of a catalog entry
 // (descriptions, pricing modes, ...) is not part of the config schema.
@@ -207,6 +208,15 @@ export async function poolConfigHook(config, options = {}) {
       "(first word: action, default list; then the account email; then a priority number if the action is priority). " +
       "Then reply with the tool's output exactly as it is, nothing else.",
   };
+
+  // The tool's `remove` deletes a login only through OpenCode's permission prompt, and OpenCode
+  // 1.18 allows what nobody configured (see noteRemoveRule in tool.mjs): "ask" for it unless the
+  // person has a rule for the tool's key (theirs stands, "allow" included). A string is the
+  // config's short form of {"*": action} (OpenCode 1.18.33's PermissionConfig decodes it so).
+  if (typeof config.permission === "string") config.permission = { "*": config.permission };
+  else if (!isPlainObject(config.permission)) config.permission = {};
+  if (!Object.hasOwn(config.permission, opts.toolName)) config.permission[opts.toolName] = { "remove *": "ask" };
+  noteRemoveRule(opts.toolName);
 }
 
 const PROVIDER_ANTHROPIC = "anthropic";
