@@ -233,3 +233,30 @@ for (const transport of ["native", "runtime"]) {
     assert.equal(mock.stats().perFamily[email].reuse, 0);
   });
 }
+
+test("tokens kept while the file is gone are saved once it is back, however long it was gone, with nothing else written", async () => {
+  // The save of unsaved tokens was tried once, 5 s after the refresh: a file still gone then
+  // left them in memory (and the account's refresh lock held, other processes waiting on it)
+  // until this process happened to write something else.
+  const email = "long-gone-refresh@x.test";
+  const path = await seedPool(mock, [email], { expired: [email] });
+  const spent = account(path, email).refresh;
+  let answer;
+  mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (answer = r)) });
+  const arrived = mock.waitFor("token", (r) => r.grant === "refresh_token");
+  const request = ask(createPoolFetch({ path, transport: "native" }));
+  await arrived;
+  const aside = `${path}.away`;
+  renameSync(path, aside);
+  answer();
+  const r = await request;
+  assert.equal(r.status, 200, r.message);
+  // Past the first retry (5 s) and the request's own bookkeeping (about a second).
+  await sleep(8_000);
+  assert.equal(existsSync(path), false, "no pool file is made while it is gone");
+  renameSync(aside, path);
+  const deadline = Date.now() + 20_000;
+  while (account(path, email).refresh === spent && Date.now() < deadline) await sleep(100);
+  assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the new refresh token is in the file");
+  assert.deepEqual((await poolStatus(path)).runtime?.unsavedTokens ?? [], []);
+});

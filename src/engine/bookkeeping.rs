@@ -386,6 +386,13 @@ impl Engine {
         if batch.is_empty() && !self.credentials.has_unsaved() {
             return Ok(());
         }
+        // Tokens kept for a pool file that is gone wait for it with a look, not a write: a write
+        // makes the file's directory and lock file again (a `~/.aidevops` moved away on purpose
+        // came back), and saves nothing while there is no file to hold them.
+        if batch.is_empty() && self.file_gone() {
+            self.retry_later(super::credentials::UNSAVED_RETRY);
+            return Ok(());
+        }
         let mut result = self.write_batch(&batch).await;
         let mut batch = batch;
         if matches!(result, Err(crate::error::Error::PoolInvalid(_))) && !batch.usage.is_empty() {
@@ -404,6 +411,13 @@ impl Engine {
                 for ((email, scope), (until, _, _, _)) in &batch.cooldowns {
                     self.overlay.stored(email, scope.as_deref(), *until);
                 }
+                // Tokens still unsaved after a write that landed wait for a pool file that is
+                // gone (`apply_unsaved`): they are saved once it is back, whenever that is, not
+                // only if this process happens to write again (other processes wait on the
+                // account's refresh lock meanwhile).
+                if self.credentials.has_unsaved() {
+                    self.retry_later(super::credentials::UNSAVED_RETRY);
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not write to the pool; will try again");
@@ -418,6 +432,11 @@ impl Engine {
             }
         }
         result
+    }
+
+    /// The pool file is not there (a `stat`); never so for the fleet store.
+    fn file_gone(&self) -> bool {
+        matches!(self.store(), crate::store::Store::File(_)) && self.store().stamp_now().is_none()
     }
 
     async fn write_batch(self: &Arc<Self>, batch: &Pending) -> crate::error::Result<()> {

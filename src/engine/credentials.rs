@@ -77,8 +77,9 @@ pub fn settle_unwritten(limit: Duration) -> bool {
 pub const REFRESH_MARGIN_MS: i64 = 5 * 60 * 1000;
 /// After a token-endpoint failure without `retry-after`, wait this long before trying again.
 const TOKEN_BACKOFF_DEFAULT_MS: i64 = 30_000;
-/// How often unsaved tokens are tried again when nothing else writes.
-const UNSAVED_RETRY: Duration = Duration::from_secs(5);
+/// How often unsaved tokens are tried again when nothing else writes (and, while the pool file
+/// is gone, how often it is looked for).
+pub(crate) const UNSAVED_RETRY: Duration = Duration::from_secs(5);
 /// How long a refresh's request waits for the write of its new tokens before they are served
 /// from memory (kept with the refresh lock, and written as soon as the store lets us). A write
 /// takes milliseconds; what holds it longer is a writer that stopped with the pool's lock (an
