@@ -45,9 +45,18 @@ pub struct FileStore {
     /// Changes in the file's directory as the kernel reports them (Linux).
     #[cfg(target_os = "linux")]
     watch: std::sync::Arc<std::sync::Mutex<super::watch::DirWatch>>,
-    /// The stamp of a file that stayed unparsable for a whole `SETTLE_LIMIT`: read again
-    /// unchanged, it is refused at once (a file left bad costs each request no wait).
-    left_bad: std::sync::Arc<std::sync::Mutex<Option<FileStamp>>>,
+}
+
+/// The stamp of each file (by path) that stayed unparsable for a whole `SETTLE_LIMIT`: read
+/// again unchanged, it is refused at once (a file left bad costs each request no wait). Kept for
+/// the whole process, not per `FileStore`: each call of the API (`loadPool`, `listAccounts`,
+/// `poolStatus`) and each step of `doctor` opens a store of its own, and each waited the whole
+/// limit again for a file already known to be left bad.
+fn left_bad() -> &'static std::sync::Mutex<std::collections::HashMap<PathBuf, FileStamp>> {
+    static LEFT_BAD: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<PathBuf, FileStamp>>,
+    > = std::sync::OnceLock::new();
+    LEFT_BAD.get_or_init(Default::default)
 }
 
 /// What identifies one generation of the file cheaply, to skip re-parsing an unchanged file.
@@ -65,7 +74,6 @@ impl FileStore {
             path: path.into(),
             #[cfg(target_os = "linux")]
             watch: Default::default(),
-            left_bad: Default::default(),
         }
     }
 
@@ -233,19 +241,22 @@ impl FileStore {
         loop {
             let (err, stamp) = match self.read_once(tighten) {
                 Ok(read) => {
-                    *super::lock(&self.left_bad) = None;
+                    let mut left_bad = super::lock(left_bad());
+                    if !left_bad.is_empty() {
+                        left_bad.remove(&self.path);
+                    }
                     return Ok(read);
                 }
                 Err(Unread::Failed(e)) => return Err(e),
                 Err(Unread::Unparsable(e, stamp)) => (e, stamp),
             };
-            let mut left_bad = super::lock(&self.left_bad);
-            if *left_bad == Some(stamp) {
+            let mut left_bad = super::lock(left_bad());
+            if left_bad.get(&self.path) == Some(&stamp) {
                 return Err(err);
             }
             if started.elapsed() >= SETTLE_LIMIT {
                 tracing::warn!(path = %self.path.display(), "the pool file does not parse, and did not settle within {} ms", SETTLE_LIMIT.as_millis());
-                *left_bad = Some(stamp);
+                left_bad.insert(self.path.clone(), stamp);
                 return Err(err);
             }
             drop(left_bad);
@@ -1233,6 +1244,35 @@ mod tests {
         assert_eq!(store.load().unwrap_err().code(), "POOL_CORRUPT");
         fs::write(store.path(), &whole).unwrap();
         assert!(store.load().unwrap().find("a@x").is_some());
+    }
+
+    /// A file left bad is known so to the whole process: another store of the same path (each
+    /// call of the API, each step of `doctor` opens one) refuses it at once, as the first store
+    /// does, instead of waiting the whole limit again.
+    #[test]
+    fn a_file_left_bad_is_refused_at_once_by_every_store_of_its_path() {
+        let (_d, store) = tmp_store();
+        store
+            .update(|p| {
+                p.upsert(Account::new_api_key("a@x", "k".into(), 1));
+                Ok(())
+            })
+            .unwrap();
+        let whole = fs::read(store.path()).unwrap();
+        fs::write(store.path(), b"{").unwrap();
+        assert_eq!(store.load().unwrap_err().code(), "POOL_CORRUPT");
+        // Repaired well within the limit: a store that waited again would read it whole.
+        let repair = {
+            let (path, whole) = (store.path().to_path_buf(), whole.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(SETTLE_LIMIT / 2);
+                fs::write(path, whole).unwrap();
+            })
+        };
+        let another = FileStore::new(store.path());
+        assert_eq!(another.load().unwrap_err().code(), "POOL_CORRUPT");
+        repair.join().unwrap();
+        assert!(another.load().unwrap().find("a@x").is_some());
     }
 
     #[test]
