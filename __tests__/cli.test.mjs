@@ -195,6 +195,25 @@ test("list on a missing pool: empty, exit 0, nothing created", async () => {
   assert.ok(!existsSync(dirname(path)));
 });
 
+test("a pool file saved on Windows: a UTF-8 byte order mark is read past, UTF-16 is refused saying so", async () => {
+  // Notepad and PowerShell 5's `Set-Content -Encoding UTF8` start the file with a BOM: it was
+  // POOL_CORRUPT "expected value at line 1 column 1". PowerShell 5's `>` writes UTF-16.
+  const path = freshPath();
+  mkdirSync(dirname(path), { recursive: true });
+  const text = JSON.stringify({ anthropic: [{ email: "win@x.test", type: "api", key: `win-${"k".repeat(16)}` }] }, null, 2).replace(/\n/g, "\r\n");
+  writeFileSync(path, `\uFEFF${text}`, { mode: 0o600 });
+  const listed = await cli(["list", "--json"], { path });
+  assert.equal(listed.code, 0, listed.stderr);
+  assert.deepEqual(
+    JSON.parse(listed.stdout).accounts.map((a) => a.email),
+    ["win@x.test"],
+  );
+  writeFileSync(path, Buffer.from(`\uFEFF${text}`, "utf16le"), { mode: 0o600 });
+  const refused = await cli(["list"], { path });
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /POOL_CORRUPT.*UTF-16 text.*save it as UTF-8/);
+});
+
 test("--path wins over OAUTH_POOL_PATH", async () => {
   const envPath = freshPath();
   const flagPath = freshPath();

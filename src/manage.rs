@@ -463,7 +463,8 @@ pub fn import_claude_code(credentials: &Path, email: Option<&str>) -> Result<Tok
                 Error::InvalidArgument(format!("Claude Code credentials {shown} refused: {other}"))
             }
         })?;
-    let v: Value = serde_json::from_slice(&bytes)
+    let v: Value = crate::pool::json_text(&bytes)
+        .and_then(|text| serde_json::from_slice(text).map_err(|e| e.to_string()))
         .map_err(|e| Error::InvalidArgument(format!("{shown} is not JSON: {e}")))?;
     let o = v.get("claudeAiOauth").unwrap_or(&v);
     let s = |k: &str| o.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());

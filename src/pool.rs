@@ -114,6 +114,22 @@ impl Entry {
     }
 }
 
+/// The JSON text of a file a person may have saved on Windows: a UTF-8 byte order mark (Notepad,
+/// PowerShell 5's `Set-Content -Encoding UTF8`) is passed over, as RFC 8259 lets a reader do; it
+/// made the pool "not valid: expected value at line 1 column 1". UTF-16 (PowerShell 5's `>` and
+/// `Out-File`) is refused, saying so: it cannot be read as the UTF-8 that JSON files are.
+pub fn json_text(bytes: &[u8]) -> Result<&[u8], String> {
+    const UTF16: &str =
+        "it is UTF-16 text (as Windows PowerShell's `>` and Out-File write), not UTF-8: save it as UTF-8";
+    match bytes {
+        [0xEF, 0xBB, 0xBF, rest @ ..] => Ok(rest),
+        [0xFF, 0xFE, ..] | [0xFE, 0xFF, ..] => Err(UTF16.into()),
+        // No mark, but the first character's other byte is zero: `{` as UTF-16.
+        [0, c, ..] | [c, 0, ..] if *c != 0 => Err(UTF16.into()),
+        _ => Ok(bytes),
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Pool {
     pub version: Option<Value>,
@@ -170,7 +186,7 @@ impl Pool {
         // A parse into a tree keeps the last of two equal keys and drops the other silently:
         // "anthropic" twice, or "refresh" twice in an account, would lose what the first held
         // at the next write. Such a file is refused (and kept) like any other corrupt one.
-        Pool::from_value(crate::unique_keys::parse(bytes)?)
+        Pool::from_value(crate::unique_keys::parse(json_text(bytes)?)?)
     }
 
     pub fn to_value(&self) -> Value {
@@ -562,6 +578,31 @@ mod tests {
         assert!(out.get("version").is_none(), "version 1 is not written");
         let again = Pool::from_value(out.clone()).unwrap().to_value();
         assert_eq!(again, out);
+    }
+
+    #[test]
+    fn a_file_saved_on_windows_is_read_or_refused_saying_why() {
+        let text = br#"{"anthropic": [{"email": "bom@x", "access": "a"}]}"#;
+        let marked = [&b"\xEF\xBB\xBF"[..], text].concat();
+        assert!(Pool::parse(&marked).unwrap().find("bom@x").is_some());
+        let crlf = String::from_utf8_lossy(text).replace(' ', "\r\n");
+        assert!(Pool::parse(crlf.as_bytes())
+            .unwrap()
+            .find("bom@x")
+            .is_some());
+        let utf16: Vec<u8> = String::from_utf8_lossy(text)
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        for bytes in [[&[0xFF, 0xFE][..], &utf16].concat(), utf16.clone()] {
+            let why = Pool::parse(&bytes).unwrap_err();
+            assert!(
+                why.contains("UTF-16") && why.contains("save it as UTF-8"),
+                "{why}"
+            );
+        }
+        // A file of zeros (a write lost to a crash) is no UTF-16: it just does not parse.
+        assert!(!Pool::parse(&[0u8; 64]).unwrap_err().contains("UTF-16"));
     }
 
     #[test]

@@ -54,7 +54,8 @@ function readConfig(file) {
   try {
     const st = statSync(file);
     if (!st.isFile() || st.size > MAX_CONFIG_BYTES) return undefined;
-    return parseJsonc(readFileSync(file, "utf8"));
+    // A byte order mark (a file saved by a Windows editor) is no part of the JSON.
+    return parseJsonc(readFileSync(file, "utf8").replace(/^\uFEFF/, ""));
   } catch {
     return undefined;
   }
