@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import Anthropic from "@anthropic-ai/sdk";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
-import { useMock, seedPool, account, messagesUrl, jsonHeaders, body } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, messagesUrl, jsonHeaders, body, withEnv } from "./helpers/pool-env.mjs";
 
 const { createPoolFetch, flushPool } = lib;
 const KEY = "test-gateway-key-0123456789abcdef";
@@ -269,6 +269,59 @@ for (const transport of ["native", "runtime"]) {
     assert.equal(read.headers.get("x-oauth-pool"), "holder-cooling");
     await read.text();
     assert.deepEqual(upstream(), [["GET", "/v1/files/file_ID/content", holder, 429]]);
+  });
+}
+
+// Bound to the holder by its 429, the request waits for it alone; if it is then disabled, loses
+// its login or is removed, the pool said "no usable account" and listed every other account as
+// having "refused this request", though none was asked.
+for (const transport of ["native", "runtime"]) {
+  test(`a request bound to the account holding its file, which is then disabled, loses its login or is removed: POOL_NO_ACCOUNT says whose file it is and what to do, and no other account is asked (${transport})`, async () => {
+    await withEnv({ OAUTH_POOL_HOLD_MAX_MS: "30000", OAUTH_POOL_JITTER_MS: "0" }, async () => {
+      for (const how of ["login", "disable", "remove"]) {
+        const emails = [`b1-${how}-${transport}@x.test`, `b2-${how}-${transport}@x.test`, `b3-${how}-${transport}@x.test`];
+        const path = await seedPool(mock, emails);
+        const f = createPoolFetch({ path, transport });
+        const made = await f(`${mock.url}/v1/files`, { method: "POST", headers: jsonHeaders, body: "file bytes" });
+        const { id } = await made.json();
+        const holder = made.poolAccount;
+        await flushPool(path);
+        mock.clearRequests();
+        // A message about the file, or a read of it: each binds the request to the file's account.
+        const [url, init, at] =
+          how === "disable"
+            ? [`${mock.url}/v1/files/${id}/content`, { headers: jsonHeaders }, `/v1/files/${id}/content`]
+            : [messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: aboutFile(id) }, "/v1/messages"];
+        const limited = { path: at, status: 429, headers: { "retry-after": "2" } };
+        // A 401 after the wait, and again after a refresh: the login is refused.
+        const refused = { path: at, status: 401 };
+        mock.script(holder, how === "login" ? [limited, refused, refused] : [limited]);
+        const asked = mock.waitFor("api", (r) => r.email === holder);
+        const pending = f(url, init);
+        await asked;
+        if (how === "disable") await lib.setEnabled(holder, false, path);
+        if (how === "remove") await lib.removeAccount(holder, path);
+        const err = await pending.then(
+          (r) => assert.fail(`answered ${r.status}`),
+          (e) => e,
+        );
+        assert.equal(err.code, "POOL_NO_ACCOUNT");
+        const who = holder.replace(/[.]/g, "\\.");
+        assert.match(err.message, new RegExp(`^anthropic-pool: ${id} is held by ${who} \\(no other account can see it, so none was asked\\), and ${who} `));
+        const what = {
+          login: /needs a new login: log it in again with `opencode auth login` \(Anthropic Pool\) or `oauth-pool add`/,
+          disable: new RegExp(`is disabled: enable it \\(\`oauth-pool enable ${who}\` or the model-accounts-pool tool\\)`),
+          remove: /is no longer in the pool: log it in again/,
+        }[how];
+        assert.match(err.message, what);
+        assert.doesNotMatch(err.message, /refused this request/);
+        for (const other of emails.filter((e) => e !== holder)) assert.ok(!err.message.includes(other), `${other} was not asked, and is not named`);
+        assert.ok(
+          mock.requests.every((r) => r.email === holder),
+          `asked of the file's account only: ${JSON.stringify(mock.requests.map((r) => [r.email, r.status]))}`,
+        );
+      }
+    });
   });
 }
 

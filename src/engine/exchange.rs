@@ -445,6 +445,18 @@ impl Exchange {
             let Ok(pool) = self.engine.snapshot().await else {
                 continue;
             };
+            // Held for the account holding what the request needs, now disabled, refused or
+            // removed: no wait brings it back, and the request says so now, not at the end of
+            // the hold.
+            let holder_out = self.bound.as_ref().is_some_and(|b| {
+                pool.find(b)
+                    .is_none_or(|a| self.blocked(a, now_ms()) == super::Blocked::Out)
+            });
+            if holder_out {
+                self.hold_left = self.hold_left.saturating_sub(started.elapsed());
+                ended("the account it waited for cannot take it now", started);
+                return Ok(());
+            }
             let back: Vec<String> = self
                 .usable_now(&pool)
                 .into_iter()
@@ -1002,6 +1014,10 @@ impl Exchange {
                 body: Bytes::from(body.to_string()),
             })));
         }
+        // Bound: the others were never asked, and could only have answered 404.
+        if let Some(holder) = self.bound.clone() {
+            return Err(Error::NoUsableAccount(self.holder_out(pool, &holder, now)));
+        }
         let total = pool.accounts().count();
         let why = if total == 0 {
             format!(
@@ -1017,16 +1033,7 @@ impl Exchange {
                 .accounts()
                 .take(NAMED)
                 .map(|a| {
-                    let s = if self.blocked(a, now) == super::Blocked::No {
-                        match self.no_token.get(&a.email) {
-                            Some(why) => format!("no token: {why}"),
-                            None => "refused this request".to_string(),
-                        }
-                    } else if self.engine.overlay.is_refused(a) {
-                        "auth-error".to_string()
-                    } else {
-                        a.effective_status(now).as_str().to_string()
-                    };
+                    let s = self.state_of(a, now);
                     // A login the journal kept from being spent here lives elsewhere: its reason
                     // says where and what to do (a bare "auth-error … need a new login" sent a
                     // person to log in again while the login was alive in the other pool).
@@ -1066,6 +1073,49 @@ impl Exchange {
 }
 
 impl Exchange {
+    /// Why `a` did not serve this request, as the pool's "no usable account" says it.
+    fn state_of(&self, a: &crate::account::Account, now: i64) -> String {
+        if self.blocked(a, now) == super::Blocked::No {
+            match self.no_token.get(&a.email) {
+                Some(why) => format!("no token: {why}"),
+                None => "refused this request".to_string(),
+            }
+        } else if self.engine.overlay.is_refused(a) {
+            "auth-error".to_string()
+        } else {
+            a.effective_status(now).as_str().to_string()
+        }
+    }
+
+    /// The request needs what only `holder` holds (after its 429 here), and `holder` cannot
+    /// take it: disabled, in need of a new login, or gone from the pool. Said of that account
+    /// alone: the list of every account, the others "refused this request", sent a person
+    /// looking at accounts that were never asked.
+    fn holder_out(&self, pool: &Pool, holder: &str, now: i64) -> String {
+        let id = self.meta.names().unwrap_or("what this request needs");
+        let start = format!(
+            "anthropic-pool: {id} is held by {holder} (no other account can see it, so none was asked)"
+        );
+        let login = "with `opencode auth login` (Anthropic Pool) or `oauth-pool add`";
+        let Some(a) = pool.find(holder) else {
+            return format!(
+                "{start}, and {holder} is no longer in the pool: log it in again {login} to reach {id}"
+            );
+        };
+        match self.state_of(a, now).as_str() {
+            "disabled" => format!(
+                "{start}, and {holder} is disabled: enable it (`oauth-pool enable {holder}` or the model-accounts-pool tool) to reach {id}"
+            ),
+            "auth-error" => match self.login_elsewhere(a) {
+                Some(why) => format!("{start}, and {holder} is in auth-error: {why}"),
+                None => format!(
+                    "{start}, and {holder} needs a new login: log it in again {login} to reach {id}"
+                ),
+            },
+            s => format!("{start}, and {holder} could not take it ({s})"),
+        }
+    }
+
     /// Why `a`'s login is not here but in another pool (or this pool went back in time): what
     /// the journal said in this request, else what it said before (the account's `lastError`).
     fn login_elsewhere(&self, a: &crate::account::Account) -> Option<String> {
