@@ -604,6 +604,27 @@ test("tool remove with no one to ask (no ctx.ask, or no config hook to make it a
   assert.doesNotMatch(await composed.execute({ action: "disable", email: "alice@example.com" }, {}), /No account/, "with o'brien enabled");
 });
 
+test("tool remove with no one to ask, of an entry the file cannot read: says it cannot be disabled and names the CLI command for it ('#N' quoted)", async () => {
+  const path = freshPath();
+  const hooks = await plugin(path);
+  await login(hooks, "alice@example.com");
+  const file = JSON.parse(readFileSync(path, "utf8"));
+  file.anthropic.push({ note: "no email here" }, { email: "half@example.com", refresh: 5 });
+  writeFileSync(path, JSON.stringify(file));
+  const before = readFileSync(path, "utf8");
+  const byIndex = await createPoolTool({ client: fakeClient().client, directory: tmp, worktree: tmp }, { path }).execute({ action: "remove", email: "#1" }, {});
+  assert.match(byIndex, /^#1 was not removed/);
+  assert.match(byIndex, /\nIt cannot be disabled instead: the entry #1 is unreadable/);
+  // Before, the disable's failure was the whole answer: "fix it in the file or remove it", and no command.
+  assert.match(byIndex, /\nTo delete it, the person runs in a terminal: oauth-pool remove '#1'$/);
+  const byEmail = await createPoolTool({ client: fakeClient().client, directory: tmp, worktree: tmp }, { path }).execute(
+    { action: "remove", email: "half@example.com" },
+    {},
+  );
+  assert.match(byEmail, /\nTo delete it, the person runs in a terminal: oauth-pool remove half@example\.com$/);
+  assert.equal(readFileSync(path, "utf8"), before, "nothing changed");
+});
+
 test("no tool answer (it goes to the model's provider) carries a token or key of the pool file, whatever shape the file has", async () => {
   const path = freshPath();
   // Built at run time: no token-shaped literal in the source.

@@ -108,7 +108,14 @@ async function remove(email, path, confirm) {
   if (!confirm) {
     // Nobody can be asked: a model's call is no person's wish (a README or page the agent read
     // can ask for it), and deleting a login cannot be undone. Disabling can.
-    await pool.setEnabled(email, false, path);
+    const why = await disableOrWhyNot(email, path);
+    if (why) {
+      return [
+        `${email} was not removed: this tool deletes an entry only after the person agrees, and here no one can be asked.`,
+        `It cannot be disabled instead: ${why}. The pool does not use an entry it cannot read.`,
+        `To delete it, the person runs in a terminal: oauth-pool remove ${shellWord(email)}`,
+      ].join("\n");
+    }
     return [
       `${email} was not removed: this tool deletes a login only after the person agrees, and here no one can be asked.`,
       `It is disabled instead: the pool no longer uses it and its login is kept (\`enable ${email}\` undoes this).`,
@@ -122,6 +129,23 @@ async function remove(email, path, confirm) {
   }
   const n = await pool.removeAccount(email, path);
   return `Removed ${email} from the Anthropic pool${n > 1 ? ` (${n} entries)` : ""}; its login is deleted. ${known(await accountsOrNull(path))}`;
+}
+
+/**
+ * Disables `target`; null when done, or why not when it names an entry of the file that cannot
+ * be read (such an entry has no `enabled` to set: only removing it, or mending it, helps). Any
+ * other failure is thrown.
+ */
+async function disableOrWhyNot(target, path) {
+  try {
+    await pool.setEnabled(target, false, path);
+    return null;
+  } catch (err) {
+    if (err?.code !== "INVALID_ARGUMENT") throw err;
+    const accounts = await accountsOrNull(path);
+    if (!accounts?.some((a) => a.email === target && a.status === "invalid")) throw err;
+    return err.message;
+  }
 }
 
 /** After a disable: say so when no account is left enabled (every request would fail). */
