@@ -224,22 +224,27 @@ impl FileStore {
     }
 
     fn read(&self) -> Result<Option<(Pool, FileStamp)>> {
-        self.read_as(true)
+        self.read_settled()
     }
 
     /// Reads the pool as `load` does (this user's regular file, bounded), but leaves a wide
     /// mode as it is: for a look at a pool that is not the one in use (`doctor` comparing the
     /// logins of the pools on this machine), which must change nothing. None when missing.
+    /// A file that does not parse is not waited for: what is midway through being written is
+    /// no concern of a look (doctor waited `SETTLE_LIMIT` for each corrupt pool it looked at).
     pub fn peek(&self) -> Result<Option<Pool>> {
-        Ok(self.read_as(false)?.map(|(p, _)| p))
+        match self.read_once(false) {
+            Ok(read) => Ok(read.map(|(p, _)| p)),
+            Err(Unread::Failed(e) | Unread::Unparsable(e, _)) => Err(e),
+        }
     }
 
     /// `read_once`, again while the file does not parse and is not known to be left so, up to
     /// `SETTLE_LIMIT`: what another program is midway through writing in place is waited for.
-    fn read_as(&self, tighten: bool) -> Result<Option<(Pool, FileStamp)>> {
+    fn read_settled(&self) -> Result<Option<(Pool, FileStamp)>> {
         let started = Instant::now();
         loop {
-            let (err, stamp) = match self.read_once(tighten) {
+            let (err, stamp) = match self.read_once(true) {
                 Ok(read) => {
                     let mut left_bad = super::lock(left_bad());
                     if !left_bad.is_empty() {
@@ -1246,6 +1251,24 @@ mod tests {
         assert!(store.load().unwrap().find("a@x").is_some());
     }
 
+    /// A look at another pool (`peek`, doctor's comparison of logins) takes a file that does
+    /// not parse as it is: it is not read again for `SETTLE_LIMIT`, whose end would have marked
+    /// it left bad.
+    #[test]
+    fn a_peek_does_not_wait_for_a_file_that_does_not_parse() {
+        let (_d, store) = tmp_store();
+        fs::create_dir_all(store.path().parent().unwrap()).unwrap();
+        fs::write(store.path(), b"{").unwrap();
+        assert_eq!(store.peek().unwrap_err().code(), "POOL_CORRUPT");
+        assert!(
+            !super::super::lock(left_bad()).contains_key(store.path()),
+            "not waited for"
+        );
+        // The pool in use still waits, and then knows it left bad.
+        assert_eq!(store.load().unwrap_err().code(), "POOL_CORRUPT");
+        assert!(super::super::lock(left_bad()).contains_key(store.path()));
+    }
+
     /// A file left bad is known so to the whole process: another store of the same path (each
     /// call of the API, each step of `doctor` opens one) refuses it at once, as the first store
     /// does, instead of waiting the whole limit again.
@@ -1283,7 +1306,8 @@ mod tests {
             b"{\"anthropic\": [".to_vec(),
             Vec::new(),
             vec![0u8; 64],
-            b"\xEF\xBB\xBF{\"anthropic\": []}".to_vec(),
+            // UTF-16 (a byte order mark of UTF-8 is read past: `Pool::parse`).
+            b"\xFF\xFE{\0}\0".to_vec(),
             b"[]".to_vec(),
             b"42".to_vec(),
             b"{\"anthropic\": 5}".to_vec(),
