@@ -697,6 +697,19 @@ test("the config hook leaves the person's own permission rule for the tool as it
   const short = { permission: "allow" };
   await poolConfigHook(short, { path: freshPath() });
   assert.deepEqual(short.permission, { "*": "allow", [TOOL]: { "remove *": "ask" } }, "ours comes after their catch-all: the last matching rule wins");
+  // A deny (or ask) that reaches the tool stands. OpenCode hides a tool whose last matching rule
+  // denies "*"; ours after their "*": "deny" showed the tool again and made its remove a question.
+  for (const permission of ["deny", { "*": "deny" }, { "*": "ask", bash: "allow" }, { "model-*": { "*": "deny" } }, { "*": "deny", "*pool": "allow" }]) {
+    const theirs = { permission: structuredClone(permission) };
+    await poolConfigHook(theirs, { path: freshPath() });
+    assert.deepEqual(theirs.permission, typeof permission === "string" ? { "*": permission } : permission, JSON.stringify(permission));
+  }
+  // Rules that do not reach the tool, and shapes that are no rules, leave ours to add.
+  for (const permission of [{ bash: "deny", "other-*": "deny" }, { "*": { "*": "allow" } }, undefined, null, [], 5]) {
+    const theirs = { permission: structuredClone(permission) };
+    await poolConfigHook(theirs, { path: freshPath() });
+    assert.deepEqual(theirs.permission[TOOL], { "remove *": "ask" }, JSON.stringify(permission));
+  }
   assert.match((await plugin(freshPath())).tool[TOOL].description, /Call remove only when the person asked for it in their own words/);
 });
 

@@ -211,12 +211,42 @@ export async function poolConfigHook(config, options = {}) {
 
   // The tool's `remove` deletes a login only through OpenCode's permission prompt, and OpenCode
   // 1.18 allows what nobody configured (see noteRemoveRule in tool.mjs): "ask" for it unless the
-  // person has a rule for the tool's key (theirs stands, "allow" included). A string is the
-  // config's short form of {"*": action} (OpenCode 1.18.33's PermissionConfig decodes it so).
+  // person has a rule for the tool's key (theirs stands, "allow" included), or one that reaches
+  // it and does not allow (a "*": "deny" or "ask": ours, the last matching rule, would loosen
+  // it). A string is the config's short form of {"*": action} (OpenCode 1.18.33's
+  // PermissionConfig decodes it so).
   if (typeof config.permission === "string") config.permission = { "*": config.permission };
   else if (!isPlainObject(config.permission)) config.permission = {};
-  if (!Object.hasOwn(config.permission, opts.toolName)) config.permission[opts.toolName] = { "remove *": "ask" };
+  if (!personDecides(config.permission, opts.toolName)) config.permission[opts.toolName] = { "remove *": "ask" };
   noteRemoveRule(opts.toolName);
+}
+
+/**
+ * Whether the person's `permission` rules already say how far the tool `toolName` may go: a key
+ * that is its name, or any key reaching it (OpenCode's wildcards) with a rule that is not
+ * "allow". OpenCode takes the last matching rule, and hides a tool whose last rule is a "deny"
+ * for "*": ours, added after "*": "deny", showed the tool to the model again and turned the
+ * person's deny of its remove into a question. A catch-all "allow" is OpenCode's own default
+ * said again: ours still follows it.
+ */
+function personDecides(permission, toolName) {
+  return Object.entries(permission).some(([key, value]) => {
+    if (key === toolName) return true;
+    if (!wildcardMatch(toolName, key)) return false;
+    const actions = typeof value === "string" ? [value] : isPlainObject(value) ? Object.values(value) : [];
+    return actions.some((action) => action !== "allow");
+  });
+}
+
+/** OpenCode 1.18's Wildcard.match: `*` any run, `?` one character, a trailing " *" optional. */
+function wildcardMatch(text, pattern) {
+  let re = pattern
+    .replaceAll("\\", "/")
+    .replace(/[.+^${}()|[\]\\]/g, "\\$&")
+    .replace(/\*/g, ".*")
+    .replace(/\?/g, ".");
+  if (re.endsWith(" .*")) re = `${re.slice(0, -3)}( .*)?`;
+  return new RegExp(`^${re}$`, "s").test(text.replaceAll("\\", "/"));
 }
 
 const PROVIDER_ANTHROPIC = "anthropic";
