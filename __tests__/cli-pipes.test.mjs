@@ -151,6 +151,24 @@ test("add with stdout that cannot take the login URL: USAGE, exit 2, nothing rea
 // The lock is held by `flock(1)` (util-linux), the way another writer of the pool would hold it.
 const flock = process.platform === "linux" && spawnSync("flock", ["--version"]).status === 0;
 
+/**
+ * Another writer takes the pool's write lock (so the CLI's answered exchange waits to be
+ * written), the token endpoint's answer goes (`answer()`), the CLI gets `signal`, and the lock
+ * is let go: resolves how the CLI ended (its exit code or signal).
+ */
+async function signalledWhileLocked({ path, child, closed, answer, signal }) {
+  const holder = spawn("flock", ["-o", `${path}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
+  const holderGone = new Promise((r) => holder.on("exit", r));
+  for (let i = 0; i < 100 && !readFileSync("/proc/locks", "utf8").includes(`${holder.pid} `); i++) await new Promise((r) => setTimeout(r, 20));
+  answer();
+  await new Promise((r) => setTimeout(r, 300));
+  child.kill(signal);
+  await new Promise((r) => setTimeout(r, 300));
+  holder.stdin.end();
+  await holderGone;
+  return closed;
+}
+
 test("SIGTERM and SIGINT to `refresh` after the token endpoint answered: the new tokens land, no lock stays", {
   skip: !flock && "needs flock(1) on Linux",
 }, async () => {
@@ -164,17 +182,7 @@ test("SIGTERM and SIGINT to `refresh` after the token endpoint answered: the new
     child.stdout.resume();
     child.stderr.resume();
     await mock.waitFor("token", (r) => r.grant === "refresh_token");
-    // Another writer holds the pool's write lock, so the answered refresh waits to be written.
-    const holder = spawn("flock", ["-o", `${path}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
-    const holderGone = new Promise((r) => holder.on("exit", r));
-    for (let i = 0; i < 100 && !readFileSync("/proc/locks", "utf8").includes(`${holder.pid} `); i++) await new Promise((r) => setTimeout(r, 20));
-    answer();
-    await new Promise((r) => setTimeout(r, 300));
-    child.kill(signal);
-    await new Promise((r) => setTimeout(r, 300));
-    holder.stdin.end();
-    await holderGone;
-    const ended = await closed;
+    const ended = await signalledWhileLocked({ path, child, closed, answer, signal });
     assert.ok(ended === signal || ended === 0, `${signal}: ended by ${ended}`);
     const stored = JSON.parse(readFileSync(path, "utf8")).anthropic[0];
     assert.equal(stored.refresh, mock.tokens("sig@x.test").refresh, `${signal}: the refreshed login was written before the end`);
@@ -211,16 +219,7 @@ test("SIGTERM and SIGINT to `add` after the token endpoint answered the code: th
     const arrived = mock.waitFor("token", (r) => r.grant === "authorization_code");
     child.stdin.write(`${mock.approve(url, email)}\n`);
     await arrived;
-    const holder = spawn("flock", ["-o", `${path}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
-    const holderGone = new Promise((r) => holder.on("exit", r));
-    for (let i = 0; i < 100 && !readFileSync("/proc/locks", "utf8").includes(`${holder.pid} `); i++) await new Promise((r) => setTimeout(r, 20));
-    answer();
-    await new Promise((r) => setTimeout(r, 300));
-    child.kill(signal);
-    await new Promise((r) => setTimeout(r, 300));
-    holder.stdin.end();
-    await holderGone;
-    const ended = await closed;
+    const ended = await signalledWhileLocked({ path, child, closed, answer, signal });
     assert.ok(ended === signal || ended === 0, `${signal}: ended by ${ended}`);
     const stored = JSON.parse(readFileSync(path, "utf8")).anthropic.find((a) => a.email === email);
     assert.equal(stored?.refresh, mock.tokens(email).refresh, `${signal}: the new login was written before the end`);

@@ -55,6 +55,20 @@ function rewriter(path, rounds, pauseMs, mode) {
   });
 }
 
+/**
+ * A request that needs a refresh, sent once the token endpoint is set to hold its answer;
+ * resolves when the endpoint has taken the refresh token: `answer()` lets the answer go, and
+ * `request` is the request's outcome (`ask`).
+ */
+async function refreshHeldAtTheEndpoint(path, transport) {
+  let answer;
+  mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (answer = r)) });
+  const arrived = mock.waitFor("token", (r) => r.grant === "refresh_token");
+  const request = ask(createPoolFetch({ path, transport }));
+  await arrived;
+  return { answer, request };
+}
+
 const parses = (file) => {
   JSON.parse(readFileSync(file, "utf8"));
   return true;
@@ -95,11 +109,7 @@ for (const transport of ["native", "runtime"]) {
     const email = `${transport}-cut-refresh@x.test`;
     const path = await seedPool(mock, [email], { expired: [email] });
     const spent = account(path, email).refresh;
-    let answer;
-    mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (answer = r)) });
-    const arrived = mock.waitFor("token", (r) => r.grant === "refresh_token");
-    const request = ask(createPoolFetch({ path, transport }));
-    await arrived;
+    const { answer, request } = await refreshHeldAtTheEndpoint(path, transport);
     // The token endpoint has taken the refresh token; before its answer, another program starts
     // writing the file in place, and finishes it a moment after the refresh wants to save.
     const content = readFileSync(path);
@@ -213,11 +223,7 @@ for (const transport of ["native", "runtime"]) {
     const email = `${transport}-gone-refresh@x.test`;
     const path = await seedPool(mock, [email], { expired: [email] });
     const spent = account(path, email).refresh;
-    let answer;
-    mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (answer = r)) });
-    const arrived = mock.waitFor("token", (r) => r.grant === "refresh_token");
-    const request = ask(createPoolFetch({ path, transport }));
-    await arrived;
+    const { answer, request } = await refreshHeldAtTheEndpoint(path, transport);
     const aside = `${path}.away`;
     renameSync(path, aside);
     answer();
@@ -241,11 +247,7 @@ test("tokens kept while the file is gone are saved once it is back, however long
   const email = "long-gone-refresh@x.test";
   const path = await seedPool(mock, [email], { expired: [email] });
   const spent = account(path, email).refresh;
-  let answer;
-  mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (answer = r)) });
-  const arrived = mock.waitFor("token", (r) => r.grant === "refresh_token");
-  const request = ask(createPoolFetch({ path, transport: "native" }));
-  await arrived;
+  const { answer, request } = await refreshHeldAtTheEndpoint(path, "native");
   const aside = `${path}.away`;
   renameSync(path, aside);
   answer();

@@ -1213,9 +1213,9 @@ mod tests {
     /// Another program writing the file in place leaves it cut short for a moment: a read (and
     /// a write's re-read) waits for the rest, and a file left so is refused once the wait ends,
     /// then at once while it stays as it is.
-    #[test]
-    fn a_file_cut_short_for_a_moment_is_waited_for() {
-        let (_d, store) = tmp_store();
+    /// A store whose file holds account a@x, and the file's bytes.
+    fn store_holding_a() -> (tempfile::TempDir, FileStore, Vec<u8>) {
+        let (d, store) = tmp_store();
         store
             .update(|p| {
                 p.upsert(Account::new_api_key("a@x", "k".into(), 1));
@@ -1223,15 +1223,28 @@ mod tests {
             })
             .unwrap();
         let whole = fs::read(store.path()).unwrap();
+        (d, store, whole)
+    }
+
+    /// Another program finishing its write of `whole` in place over the file, `after` from now.
+    fn finish_write_later(
+        store: &FileStore,
+        whole: &[u8],
+        after: Duration,
+    ) -> std::thread::JoinHandle<()> {
+        let (path, whole) = (store.path().to_path_buf(), whole.to_vec());
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            let mut f = OpenOptions::new().write(true).open(path).unwrap();
+            f.write_all(&whole).unwrap();
+        })
+    }
+
+    #[test]
+    fn a_file_cut_short_for_a_moment_is_waited_for() {
+        let (_d, store, whole) = store_holding_a();
         fs::write(store.path(), &whole[..whole.len() / 2]).unwrap();
-        let writer = {
-            let (path, whole) = (store.path().to_path_buf(), whole.clone());
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(100));
-                let mut f = OpenOptions::new().write(true).open(path).unwrap();
-                f.write_all(&whole).unwrap();
-            })
-        };
+        let writer = finish_write_later(&store, &whole, Duration::from_millis(100));
         store
             .update(|p| {
                 p.upsert(Account::new_api_key("b@x", "k".into(), 1));
@@ -1274,24 +1287,11 @@ mod tests {
     /// does, instead of waiting the whole limit again.
     #[test]
     fn a_file_left_bad_is_refused_at_once_by_every_store_of_its_path() {
-        let (_d, store) = tmp_store();
-        store
-            .update(|p| {
-                p.upsert(Account::new_api_key("a@x", "k".into(), 1));
-                Ok(())
-            })
-            .unwrap();
-        let whole = fs::read(store.path()).unwrap();
+        let (_d, store, whole) = store_holding_a();
         fs::write(store.path(), b"{").unwrap();
         assert_eq!(store.load().unwrap_err().code(), "POOL_CORRUPT");
         // Repaired well within the limit: a store that waited again would read it whole.
-        let repair = {
-            let (path, whole) = (store.path().to_path_buf(), whole.clone());
-            std::thread::spawn(move || {
-                std::thread::sleep(SETTLE_LIMIT / 2);
-                fs::write(path, whole).unwrap();
-            })
-        };
+        let repair = finish_write_later(&store, &whole, SETTLE_LIMIT / 2);
         let another = FileStore::new(store.path());
         assert_eq!(another.load().unwrap_err().code(), "POOL_CORRUPT");
         repair.join().unwrap();
