@@ -5,37 +5,22 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { chmodSync, closeSync, existsSync, openSync, readFileSync, readdirSync } from "node:fs";
+import { dirname } from "node:path";
+import { CLI, cliSandbox } from "./helpers/cli-sandbox.mjs";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { oauthEntry } from "./helpers/pool-env.mjs";
 import { savePool } from "../index.mjs";
 
-const CLI = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "oauth-pool.mjs");
 const posix = process.platform !== "win32";
-const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-cli-pipes-"));
-const home = join(tmp, "home");
-mkdirSync(home, { recursive: true });
-
+const sandbox = cliSandbox("oauth-pool-cli-pipes-");
+const { freshPath } = sandbox;
 let mock;
 before(async () => {
   mock = await startMockAnthropic();
 });
-after(async () => {
-  await mock?.close();
-  rmSync(tmp, { recursive: true, force: true });
-});
-
-let seq = 0;
-const freshPath = () => join(tmp, `case-${++seq}`, "oauth-pool.json");
-
-function childEnv(path) {
-  const env = { ...process.env, HOME: home, USERPROFILE: home, OAUTH_POOL_PATH: path, OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url };
-  for (const k of ["OAUTH_POOL_LOG", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]) delete env[k];
-  return env;
-}
+after(() => mock?.close());
+const childEnv = (path) => sandbox.childEnv(path, { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url });
 
 /**
  * Runs the CLI with the reader of stdout (`gone: "stdout"`) or of stderr (`"stderr"`) gone

@@ -22,61 +22,23 @@ import {
   writeFileSync,
 } from "node:fs";
 import { createServer } from "node:net";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { CLI, cliSandbox } from "./helpers/cli-sandbox.mjs";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { oauthEntry } from "./helpers/pool-env.mjs";
 import { savePool } from "../index.mjs";
 import { displayWidth, printable, table } from "../lib/cli/output.mjs";
 import { parseCommandLine } from "../lib/cli/args.mjs";
 
-const CLI = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "oauth-pool.mjs");
 const PKG = JSON.parse(readFileSync(join(dirname(CLI), "..", "package.json"), "utf8"));
 const posix = process.platform !== "win32";
-const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-cli-"));
-const home = join(tmp, "home");
-mkdirSync(home, { recursive: true });
-
+const sandbox = cliSandbox("oauth-pool-cli-");
+const { tmp, home, freshPath, childEnv } = sandbox;
 let mock;
 before(async () => {
   mock = await startMockAnthropic();
 });
-after(async () => {
-  await mock?.close();
-  rmSync(tmp, { recursive: true, force: true });
-});
-
-let seq = 0;
-/** A fresh pool path in its own (not yet existing) directory. */
-const freshPath = () => join(tmp, `case-${++seq}`, "oauth-pool.json");
-
-// Settings of this machine that would change what the CLI reports (proxies show in doctor).
-const SCRUBBED = [
-  "OAUTH_POOL_LOG",
-  "OAUTH_POOL_SOFT_THRESHOLD",
-  "OAUTH_POOL_JITTER_MS",
-  "OAUTH_POOL_USAGE",
-  "OAUTH_POOL_TIMEOUT_MS",
-  "OAUTH_POOL_RESPONSE_TIMEOUT_MS",
-  "OAUTH_POOL_HOLD_MAX_MS",
-  "OAUTH_POOL_TOKEN_URL",
-  "OAUTH_POOL_API_URL",
-  "HTTPS_PROXY",
-  "https_proxy",
-  "HTTP_PROXY",
-  "http_proxy",
-  "ALL_PROXY",
-  "all_proxy",
-  "NO_PROXY",
-  "no_proxy",
-];
-
-function childEnv(path, extra = {}) {
-  const env = { ...process.env, HOME: home, USERPROFILE: home, OAUTH_POOL_PATH: path, ...extra };
-  for (const k of SCRUBBED) if (!(k in extra)) delete env[k];
-  return env;
-}
+after(() => mock?.close());
 
 /**
  * Runs the CLI. `input` is written to its stdin (then closed); `onStdout(text, child)` sees the
