@@ -955,15 +955,14 @@ impl Exchange {
                 .bound
                 .is_some()
                 .then(|| self.meta.names().unwrap_or("what this request needs"));
+            let when = crate::wait::until(until, now);
             if hold {
                 let message = match needs {
                     Some(id) => format!(
-                        "anthropic-pool: {id} is {email}'s, which is rate-limited{models}; requests for it wait for that account, usable again {} (OAUTH_POOL_HOLD_MAX_MS)",
-                        crate::wait::until(until, now)
+                        "anthropic-pool: {id} is {email}'s, which is rate-limited{models}; requests for it wait for that account, usable again {when} (OAUTH_POOL_HOLD_MAX_MS)"
                     ),
                     None => format!(
-                        "anthropic-pool: every account is rate-limited{models}; requests wait for the first one ({email}), usable again {} (OAUTH_POOL_HOLD_MAX_MS)",
-                        crate::wait::until(until, now)
+                        "anthropic-pool: every account is rate-limited{models}; requests wait for the first one ({email}), usable again {when} (OAUTH_POOL_HOLD_MAX_MS)"
                     ),
                 };
                 return Ok(Exhausted::Wait(Held {
@@ -981,12 +980,10 @@ impl Exchange {
             };
             let message = match needs {
                 Some(id) => format!(
-                    "anthropic-pool: {id} is {email}'s (no other account can see it), and {email} is rate-limited{models}: usable again {}{holding}",
-                    crate::wait::until(until, now)
+                    "anthropic-pool: {id} is {email}'s (no other account can see it), and {email} is rate-limited{models}: usable again {when}{holding}"
                 ),
                 None => format!(
-                    "anthropic-pool: every account is rate-limited{models}; the first one ({email}) is usable again {}{holding}",
-                    crate::wait::until(until, now)
+                    "anthropic-pool: every account is rate-limited{models}; the first one ({email}) is usable again {when}{holding}"
                 ),
             };
             if needs.is_none() && self.engine.overlay.first_all_cooling(&email, until) {
