@@ -534,6 +534,53 @@ test("SIGTERM with a stream in flight: the stream finishes, new connections are 
   await assert.rejects(fetch(`${url}/healthz`), "no longer listening");
 });
 
+// The info line as a hold began said "every account is cooling" also for a request held for the
+// one account holding the file it refers to, while the other account was usable.
+test("a request held for the account holding its file is logged as that, not as every account cooling", async () => {
+  const path = await seedPool(mock, ["gwfile1@x.test", "gwfile2@x.test"]);
+  await lib.setPriority("gwfile1@x.test", 5, path);
+  const child = spawn(process.execPath, [CLI, "serve", "--port", "0", "--path", path], {
+    env: { ...process.env, OAUTH_POOL_LOG: "oauth_pool=info", OAUTH_POOL_HOLD_MAX_MS: "300000", OAUTH_POOL_JITTER_MS: "0" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stderr.on("data", (d) => {
+    err += d;
+  });
+  try {
+    const url = await new Promise((resolve, reject) => {
+      child.stdout.on("data", (d) => {
+        out += d;
+        const m = /listening on (\S+)/.exec(out);
+        if (m) resolve(m[1]);
+      });
+      child.on("close", (code) => reject(new Error(`serve exited ${code}: ${out}${err}`)));
+    });
+    const made = await fetch(`${url}/v1/files`, { method: "POST", headers: { "x-api-key": KEY, "anthropic-version": "2023-06-01" }, body: "file bytes" });
+    assert.equal(made.status, 200);
+    const { id } = await made.json();
+    mock.script("gwfile1@x.test", [{ path: "/v1/messages", status: 429, headers: { "retry-after": "120" } }]);
+    const about = JSON.stringify({
+      model: "claude-sonnet-4-5",
+      max_tokens: 32,
+      messages: [{ role: "user", content: [{ type: "document", source: { type: "file", file_id: id } }, { type: "text", text: "summarize" }] }],
+    });
+    const pending = messages(url, { body: about });
+    const began = () => err.split("\n").filter((l) => /INFO.*holding/.test(l) && !/kind=/.test(l));
+    for (let i = 0; i < 100 && began().length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(began().length, 1, err);
+    assert.match(began()[0], /the account holding what requests need is cooling: holding them for it.*gwfile1@x\.test/);
+    assert.doesNotMatch(err, /every account is cooling/);
+    await lib.resetCooldowns(path);
+    const res = await pending;
+    assert.equal(res.status, 200);
+    assert.match(await res.text(), /Hello from gwfile1@x\.test/);
+  } finally {
+    child.kill("SIGTERM");
+  }
+});
+
 test("a hold is in the gateway's log as it begins and when it ends, once for every request held, the wait as a person reads it", async () => {
   const path = await seedPool(mock, ["gwhold@x.test"]);
   const pool = await lib.loadPool(path);

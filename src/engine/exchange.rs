@@ -398,11 +398,18 @@ impl Exchange {
         let wait = std::time::Duration::from_millis((until - now_ms()).max(0) as u64 + 5);
         let announced = self.engine.overlay.first_hold(&email, until);
         if announced {
+            // A request bound to the account holding what it needs waits for that account,
+            // whether or not the others are cooling too.
+            let why = if self.bound.is_some() {
+                "the account holding what requests need is cooling: holding them for it"
+            } else {
+                "every account is cooling: holding requests for the first one"
+            };
             tracing::info!(
                 first = %email,
                 until = %iso_time(until),
                 wait = %crate::wait::duration(until - now_ms()),
-                "every account is cooling: holding requests for the first one"
+                "{why}"
             );
             let event = Event::new("holding", Some(&email), &message).until(until);
             match &self.notice {
