@@ -503,22 +503,31 @@ test("the generated key: made once, 0600, beside the pool file; --show-key print
   assert.match(refused.stderr, /does not hold a key/);
 });
 
+/** `oauth-pool serve` in a child process: its URL once it listens, and what it logged so far. */
+async function serveChild(path, { args = [], env = {} } = {}) {
+  const child = spawn(process.execPath, [CLI, "serve", "--port", "0", "--path", path, ...args], {
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const served = { child, out: "", err: "" };
+  child.stderr.on("data", (d) => {
+    served.err += d;
+  });
+  served.url = await new Promise((resolve, reject) => {
+    child.stdout.on("data", (d) => {
+      served.out += d;
+      const m = /listening on (\S+)/.exec(served.out);
+      if (m) resolve(m[1]);
+    });
+    child.on("close", (code) => reject(new Error(`serve exited ${code}: ${served.out}${served.err}`)));
+  });
+  return served;
+}
+
 test("SIGTERM with a stream in flight: the stream finishes, new connections are refused, exit 0", async () => {
   const path = await seedPool(mock, ["term@x.test"]);
   mock.script("term@x.test", [{ sse: true, text: "t".repeat(600), deltaSize: 30, delayMs: 60 }]);
-  const child = spawn(process.execPath, [CLI, "serve", "--port", "0", "--path", path, "--drain-ms", "10000"], {
-    env: process.env,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  const url = await new Promise((resolve, reject) => {
-    child.stdout.on("data", (d) => {
-      out += d;
-      const m = /listening on (\S+)/.exec(out);
-      if (m) resolve(m[1]);
-    });
-    child.on("close", (code) => reject(new Error(`serve exited ${code}: ${out}`)));
-  });
+  const { child, url } = await serveChild(path, { args: ["--drain-ms", "10000"] });
   const exited = new Promise((resolve) => child.on("close", (code, signal) => resolve({ code, signal })));
   const res = await messages(url, { stream: true });
   const reader = res.body.getReader();
@@ -539,24 +548,9 @@ test("SIGTERM with a stream in flight: the stream finishes, new connections are 
 test("a request held for the account holding its file is logged as that, not as every account cooling", async () => {
   const path = await seedPool(mock, ["gwfile1@x.test", "gwfile2@x.test"]);
   await lib.setPriority("gwfile1@x.test", 5, path);
-  const child = spawn(process.execPath, [CLI, "serve", "--port", "0", "--path", path], {
-    env: { ...process.env, OAUTH_POOL_LOG: "oauth_pool=info", OAUTH_POOL_HOLD_MAX_MS: "300000", OAUTH_POOL_JITTER_MS: "0" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  let err = "";
-  child.stderr.on("data", (d) => {
-    err += d;
-  });
+  const served = await serveChild(path, { env: { OAUTH_POOL_LOG: "oauth_pool=info", OAUTH_POOL_HOLD_MAX_MS: "300000", OAUTH_POOL_JITTER_MS: "0" } });
+  const { child, url } = served;
   try {
-    const url = await new Promise((resolve, reject) => {
-      child.stdout.on("data", (d) => {
-        out += d;
-        const m = /listening on (\S+)/.exec(out);
-        if (m) resolve(m[1]);
-      });
-      child.on("close", (code) => reject(new Error(`serve exited ${code}: ${out}${err}`)));
-    });
     const made = await fetch(`${url}/v1/files`, { method: "POST", headers: { "x-api-key": KEY, "anthropic-version": "2023-06-01" }, body: "file bytes" });
     assert.equal(made.status, 200);
     const { id } = await made.json();
@@ -564,14 +558,22 @@ test("a request held for the account holding its file is logged as that, not as 
     const about = JSON.stringify({
       model: "claude-sonnet-4-5",
       max_tokens: 32,
-      messages: [{ role: "user", content: [{ type: "document", source: { type: "file", file_id: id } }, { type: "text", text: "summarize" }] }],
+      messages: [
+        {
+          role: "user",
+          content: [
+            { type: "document", source: { type: "file", file_id: id } },
+            { type: "text", text: "summarize" },
+          ],
+        },
+      ],
     });
     const pending = messages(url, { body: about });
-    const began = () => err.split("\n").filter((l) => /INFO.*holding/.test(l) && !/kind=/.test(l));
+    const began = () => served.err.split("\n").filter((l) => /INFO.*holding/.test(l) && !/kind=/.test(l));
     for (let i = 0; i < 100 && began().length === 0; i++) await new Promise((r) => setTimeout(r, 100));
-    assert.equal(began().length, 1, err);
+    assert.equal(began().length, 1, served.err);
     assert.match(began()[0], /the account holding what requests need is cooling: holding them for it.*gwfile1@x\.test/);
-    assert.doesNotMatch(err, /every account is cooling/);
+    assert.doesNotMatch(served.err, /every account is cooling/);
     await lib.resetCooldowns(path);
     const res = await pending;
     assert.equal(res.status, 200);
@@ -586,39 +588,24 @@ test("a hold is in the gateway's log as it begins and when it ends, once for eve
   const pool = await lib.loadPool(path);
   Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: Date.now() + 120_000 });
   await lib.savePool(pool, path);
-  const child = spawn(process.execPath, [CLI, "serve", "--port", "0", "--path", path], {
-    env: { ...process.env, OAUTH_POOL_LOG: "oauth_pool=info", OAUTH_POOL_HOLD_MAX_MS: "300000", OAUTH_POOL_JITTER_MS: "0" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  let err = "";
-  child.stderr.on("data", (d) => {
-    err += d;
-  });
+  const served = await serveChild(path, { env: { OAUTH_POOL_LOG: "oauth_pool=info", OAUTH_POOL_HOLD_MAX_MS: "300000", OAUTH_POOL_JITTER_MS: "0" } });
+  const { child, url } = served;
   try {
-    const url = await new Promise((resolve, reject) => {
-      child.stdout.on("data", (d) => {
-        out += d;
-        const m = /listening on (\S+)/.exec(out);
-        if (m) resolve(m[1]);
-      });
-      child.on("close", (code) => reject(new Error(`serve exited ${code}: ${out}${err}`)));
-    });
     const pending = [1, 2, 3].map(() => messages(url));
-    const waiting = () => err.split("\n").filter((l) => /requests wait for the first one \(gwhold@x\.test\)/.test(l));
+    const waiting = () => served.err.split("\n").filter((l) => /requests wait for the first one \(gwhold@x\.test\)/.test(l));
     for (let i = 0; i < 100 && waiting().length === 0; i++) await new Promise((r) => setTimeout(r, 100));
     await new Promise((r) => setTimeout(r, 1000));
-    assert.equal(waiting().length, 1, `one gateway line while three requests wait:\n${err}`);
+    assert.equal(waiting().length, 1, `one gateway line while three requests wait:\n${served.err}`);
     assert.match(waiting()[0], /kind="?holding"?.*usable again in (1 min \d+ s|2 min) \(at (\w{3} \d+ \w{3} )?\d\d:\d\d UTC\)/);
-    assert.equal(err.split("\n").filter((l) => /INFO.*holding requests for the first one/.test(l)).length, 1, err);
+    assert.equal(served.err.split("\n").filter((l) => /INFO.*holding requests for the first one/.test(l)).length, 1, served.err);
     await lib.resetCooldowns(path);
     for (const res of await Promise.all(pending)) {
       assert.equal(res.status, 200);
       await res.text();
     }
-    for (let i = 0; i < 50 && !/hold over/.test(err); i++) await new Promise((r) => setTimeout(r, 100));
-    assert.equal(err.split("\n").filter((l) => /INFO.*hold over: an account is usable/.test(l)).length, 1, err);
-    assert.doesNotMatch(err, /\d{3,} s\b/);
+    for (let i = 0; i < 50 && !/hold over/.test(served.err); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(served.err.split("\n").filter((l) => /INFO.*hold over: an account is usable/.test(l)).length, 1, served.err);
+    assert.doesNotMatch(served.err, /\d{3,} s\b/);
   } finally {
     child.kill("SIGTERM");
   }
