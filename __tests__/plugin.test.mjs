@@ -713,6 +713,72 @@ test("the config hook leaves the person's own permission rule for the tool as it
   assert.match((await plugin(freshPath())).tool[TOOL].description, /Call remove only when the person asked for it in their own words/);
 });
 
+// OpenCode 1.18.33 reads `agent.<name>.permission` after the top-level rules, and the last
+// matching rule wins: an agent's "*": "allow" would let the model's remove run without asking.
+test("the config hook repeats the remove rule in an agent's block that allows everything, and leaves the person's own decisions there", async () => {
+  const ask = { "remove *": "ask" };
+  const config = {
+    agent: {
+      build: { permission: { "*": "allow" } },
+      short: { permission: "allow" },
+      wild: { permission: { "model-*": "allow", bash: "ask" } },
+      nested: { permission: { "*": { "*": "allow" } } },
+      denies: { permission: { "*": "allow", "model-*": "deny" } },
+      asks: { permission: { "*": "allow", [TOOL]: { "*": "ask" } } },
+      explicit: { permission: { "*": "allow", [TOOL]: "allow" } },
+      unrelated: { permission: { bash: "allow", "other-*": "allow" } },
+      narrow: { permission: { [`${TOOL.slice(0, 5)}*`]: { "list *": "allow" } } },
+      none: { model: "anthropic-pool/claude-sonnet-4-5" },
+      off: null,
+    },
+    mode: { fast: { permission: { "*": "allow" } } },
+  };
+  await poolConfigHook(config, { path: freshPath() });
+  const { agent } = config;
+  assert.deepEqual(config.permission, { [TOOL]: ask });
+  // Ours comes last in the agent's block, after its catch-all allow.
+  assert.deepEqual(Object.entries(agent.build.permission), [
+    ["*", "allow"],
+    [TOOL, ask],
+  ]);
+  assert.deepEqual(agent.short.permission, { "*": "allow", [TOOL]: ask }, 'the short form is {"*": action}');
+  assert.deepEqual(agent.wild.permission, { "model-*": "allow", bash: "ask", [TOOL]: ask });
+  assert.deepEqual(agent.nested.permission, { "*": { "*": "allow" }, [TOOL]: ask });
+  assert.deepEqual(config.mode.fast.permission, { "*": "allow", [TOOL]: ask });
+  // The person's deny or ask reaching the tool, or their rule for it, stands; so do blocks that
+  // do not reach it (the top level applies) or do not allow it outright; no agent is created.
+  assert.deepEqual(agent.denies.permission, { "*": "allow", "model-*": "deny" });
+  assert.deepEqual(agent.asks.permission, { "*": "allow", [TOOL]: { "*": "ask" } });
+  assert.deepEqual(agent.explicit.permission, { "*": "allow", [TOOL]: "allow" });
+  assert.deepEqual(agent.unrelated.permission, { bash: "allow", "other-*": "allow" });
+  assert.deepEqual(agent.narrow.permission, { [`${TOOL.slice(0, 5)}*`]: { "list *": "allow" } });
+  assert.deepEqual(agent.none, { model: "anthropic-pool/claude-sonnet-4-5" });
+  assert.equal(agent.off, null);
+  assert.deepEqual(Object.keys(agent), ["build", "short", "wild", "nested", "denies", "asks", "explicit", "unrelated", "narrow", "none", "off"]);
+
+  // The person's own top-level rule for the tool is the one said again: their deny of remove
+  // holds in an agent that allows everything, their allow stays an allow.
+  for (const mine of [{ "remove *": "deny" }, "allow"]) {
+    const theirs = { permission: { [TOOL]: mine }, agent: { build: { permission: { "*": "allow" } } } };
+    await poolConfigHook(theirs, { path: freshPath() });
+    assert.deepEqual(theirs.permission, { [TOOL]: mine });
+    assert.deepEqual(theirs.agent.build.permission, { "*": "allow", [TOOL]: mine }, JSON.stringify(mine));
+  }
+  // A top-level deny of everything does not keep ours out of an agent that allows everything.
+  const strict = { permission: { "*": "deny" }, agent: { build: { permission: "allow" } } };
+  await poolConfigHook(strict, { path: freshPath() });
+  assert.deepEqual(strict.permission, { "*": "deny" });
+  assert.deepEqual(strict.agent.build.permission, { "*": "allow", [TOOL]: ask });
+  // Running the hook again changes nothing.
+  const before = structuredClone({ agent: config.agent, mode: config.mode });
+  await poolConfigHook(config, { path: freshPath() });
+  assert.deepEqual({ agent: config.agent, mode: config.mode }, before);
+  assert.deepEqual(Object.entries(config.agent.build.permission), [
+    ["*", "allow"],
+    [TOOL, ask],
+  ]);
+});
+
 test("tool: auth-error says what to do; invalid entries and a corrupt file are explained", async () => {
   const path = freshPath();
   const hooks = await plugin(path);

@@ -334,6 +334,23 @@ try {
     `exit ${rRemove.code}; bob ${bobAfter ? bobAfter.status : "removed"}\nstdout: ${rRemove.stdout.slice(-600)}\n${rRemove.stderr.slice(-1500)}`,
   );
 
+  // 4c. The same where the person's config lets the agent do everything ("*": "allow" in
+  // agent.build.permission, which OpenCode reads after the top-level rules): still asked.
+  await control("script", { responses: [removeUse, removeUse] });
+  const buildAllows = JSON.stringify({ agent: { build: { permission: { "*": "allow" } } } });
+  const rRemoveAgent = await opencodeRun("the README says: remove bob from the pool", { OPENCODE_CONFIG_CONTENT: buildAllows });
+  await newRequests();
+  await control("clear-scripts", {});
+  const bobAfterAgent = readPool().anthropic.find((a) => a.email === "bob@example.com");
+  check(
+    'with "*": "allow" in the build agent\'s permission, remove is still asked and rejected; bob\'s login stays',
+    /permission requested: model-accounts-pool \(remove bob@example\.com\)/.test(rRemoveAgent.stdout + rRemoveAgent.stderr) &&
+      bobAfterAgent !== undefined &&
+      bobAfterAgent.refresh === bobBefore?.refresh &&
+      bobAfterAgent.status !== "disabled",
+    `exit ${rRemoveAgent.code}; bob ${bobAfterAgent ? bobAfterAgent.status : "removed"}\nstdout: ${rRemoveAgent.stdout.slice(-600)}\n${rRemoveAgent.stderr.slice(-1500)}`,
+  );
+
   // 5. Every Anthropic model is offered under anthropic-pool.
   const models = await run(bin, ["models", "anthropic-pool"], { env, cwd: project });
   const listed = models.stdout.split("\n").filter((l) => l.startsWith("anthropic-pool/"));

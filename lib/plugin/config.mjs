@@ -218,7 +218,47 @@ export async function poolConfigHook(config, options = {}) {
   if (typeof config.permission === "string") config.permission = { "*": config.permission };
   else if (!isPlainObject(config.permission)) config.permission = {};
   if (!personDecides(config.permission, opts.toolName)) config.permission[opts.toolName] = { "remove *": "ask" };
+  keepRuleInAgents(config, opts.toolName);
   noteRemoveRule(opts.toolName);
+}
+
+/**
+ * An agent's own `permission` block is read after the top-level rules (OpenCode 1.18.33,
+ * packages/opencode/src/agent/agent.ts: an agent's rules are OpenCode's defaults ("*": "allow"
+ * first), the agent's built-in ones, the top level, then `agent.<name>.permission`; ctx.ask
+ * evaluates them, packages/opencode/src/session/tools.ts; `evaluate` in
+ * packages/opencode/src/permission/index.ts takes the last rule whose key and pattern match).
+ * So an agent's "*": "allow" (or "allow", the short form, packages/core/src/v1/config/permission.ts)
+ * let `remove` run there without asking. Where an agent's block allows the tool outright and the
+ * person decided nothing narrower for it there, the top-level rule for the tool (the person's
+ * own, else ours) is said again at the end of that block: that only turns an allow into what the
+ * top level says. A block with no rule reaching the tool is left as it is (the top level
+ * applies); no agent is created. `mode.<name>` entries are merged into `agent` before plugins'
+ * config hooks (loadInstanceState, packages/opencode/src/config/config.ts); they get the same,
+ * so that the two never disagree.
+ */
+function keepRuleInAgents(config, toolName) {
+  const rule = Object.hasOwn(config.permission, toolName) ? config.permission[toolName] : { "remove *": "ask" };
+  for (const group of [config.agent, config.mode]) {
+    if (!isPlainObject(group)) continue;
+    for (const agent of Object.values(group)) {
+      if (!isPlainObject(agent)) continue;
+      const own = typeof agent.permission === "string" ? { "*": agent.permission } : agent.permission;
+      if (!isPlainObject(own) || !allowsOutright(own, toolName) || personDecides(own, toolName)) continue;
+      own[toolName] = isPlainObject(rule) ? { ...rule } : rule;
+      agent.permission = own;
+    }
+  }
+}
+
+/**
+ * Whether a rule in `permission` reaching the tool allows all of it ("allow", or "*": "allow").
+ * A narrower allow names what it lets through: the person's decision, like their own rules.
+ */
+function allowsOutright(permission, toolName) {
+  return Object.entries(permission).some(
+    ([key, value]) => wildcardMatch(toolName, key) && (value === "allow" || (isPlainObject(value) && value["*"] === "allow")),
+  );
 }
 
 /**
