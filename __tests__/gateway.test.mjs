@@ -503,6 +503,36 @@ test("the generated key: made once, 0600, beside the pool file; --show-key print
   assert.match(refused.stderr, /does not hold a key/);
 });
 
+// What happened on the way was counted and logged only once the answer came back to the client:
+// a client gone meanwhile took the failover that had already moved its request with it.
+test("a client that leaves after its request failed over still has the failover counted in /metrics", async () => {
+  const { gw, path } = await gateway(["leave1@x.test", "leave2@x.test"]);
+  try {
+    await lib.setPriority("leave1@x.test", 5, path);
+    mock.script("leave1@x.test", [{ status: 429, headers: { "retry-after": "600" } }]);
+    mock.script("leave2@x.test", [{ hang: true }]);
+    const failovers = async () => {
+      const text = await (await fetch(`${gw.url}/metrics`, { headers: { "x-api-key": KEY } })).text();
+      return Number(/^oauth_pool_failovers_total (\d+)/m.exec(text)?.[1]);
+    };
+    assert.equal(await failovers(), 0);
+    const leaving = new AbortController();
+    const asked = mock.waitFor("api", (r) => r.email === "leave2@x.test");
+    const pending = messages(gw.url, { signal: leaving.signal }).catch((e) => e);
+    await asked;
+    leaving.abort();
+    assert.equal((await pending).name, "AbortError");
+    let seen = 0;
+    for (let i = 0; i < 50 && seen === 0; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      seen = await failovers();
+    }
+    assert.equal(seen, 1, "the failover from leave1 to leave2 is counted");
+  } finally {
+    await gw.close(1000);
+  }
+});
+
 /** `oauth-pool serve` in a child process: its URL once it listens, and what it logged so far. */
 async function serveChild(path, { args = [], env = {} } = {}) {
   const child = spawn(process.execPath, [CLI, "serve", "--port", "0", "--path", path, ...args], {

@@ -250,11 +250,21 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
     // rests its account, as the library's fetch does), rather than where it stood.
     let cancel = state.closing.child_token();
     let _guard = cancel.clone().drop_guard();
+    // What happened on the way (a failover, an account rested, a hold) is logged and counted
+    // there too: a client gone before its answer still left those in the pool.
     let served = crate::runtime::spawn_boxed({
         let (engine, cancel) = (state.engine.clone(), cancel.clone());
-        async move { fetch::pool_fetch(&engine, request, &cancel).await }
+        let failovers = state.metrics.failovers.clone();
+        async move {
+            let (result, events) = fetch::pool_fetch(&engine, request, &cancel).await;
+            match &result {
+                Ok(answer) => count_events(&failovers, &answer.events),
+                Err(_) => count_events(&failovers, &events),
+            }
+            result
+        }
     });
-    let Ok((result, events)) = served.await else {
+    let Ok(result) = served.await else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "api_error",
@@ -264,7 +274,6 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
     state.metrics.ttfb.observe(started.elapsed().as_secs_f64());
     match result {
         Ok(mut answer) => {
-            count_events(state, &answer.events);
             if let Some((apis, gateway)) = &results_here {
                 answer = match results_through_gateway(answer, apis, gateway, &cancel).await {
                     Ok(answer) => answer,
@@ -283,10 +292,7 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
                 Err(e) => failed(&e),
             }
         }
-        Err(e) => {
-            count_events(state, &events);
-            failed(&e)
-        }
+        Err(e) => failed(&e),
     }
 }
 

@@ -185,10 +185,10 @@ pub(super) async fn metrics(state: &State) -> Response<AnyBody> {
     res
 }
 
-pub(super) fn count_events(state: &State, events: &[Event]) {
+pub(super) fn count_events(failovers: &Counter, events: &[Event]) {
     for e in events {
         if e.kind == "failover" {
-            state.metrics.failovers.inc();
+            failovers.inc();
         }
         log_event(e);
     }
