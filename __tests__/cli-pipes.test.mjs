@@ -1,6 +1,6 @@
 // The `oauth-pool` CLI used from scripts and pipes: a reader of its stdout or stderr that goes
-// away early, stdout that cannot take the login URL, and a signal while `refresh` holds new
-// tokens it has not written yet. Real child processes against a temporary pool and HOME and the
+// away early, stdout that cannot take the login URL, a stdin that stays open and never sends the
+// code, and a signal while `refresh` holds new tokens it has not written yet. Real child processes against a temporary pool and HOME and the
 // loopback mock of Anthropic; under `bun test` the CLI itself runs under Bun.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -211,4 +211,71 @@ test("SIGTERM and SIGINT to `add` after the token endpoint answered the code: th
     const next = spawnSync(process.execPath, [CLI, "list", "--json"], { env: childEnv(path), encoding: "utf8", timeout: 30_000 });
     assert.equal(next.status, 0, next.stderr);
   }
+});
+
+/**
+ * Runs `add` with a stdin that stays open and never sends a line (`sleep 1d | oauth-pool add`, a
+ * job that forgot to pipe the code): resolves how it ended once it printed the login URL and
+ * `then(child)` ran. The 60 s guard only keeps a CLI that waits for ever from holding the suite.
+ */
+function addOnSilentStdin(path, args, then = () => {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, "add", ...args], { env: childEnv(path), stdio: ["pipe", "pipe", "pipe"] });
+    const guard = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    let stdout = "";
+    let stderr = "";
+    let shown = false;
+    child.stdout.setEncoding("utf8");
+    child.stderr.setEncoding("utf8");
+    child.stdout.on("data", (d) => {
+      stdout += d;
+      if (!shown && /oauth\/authorize\S*\n/.test(stdout)) {
+        shown = true;
+        then(child);
+      }
+    });
+    child.stderr.on("data", (d) => (stderr += d));
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      clearTimeout(guard);
+      child.stdin.destroy();
+      resolve({ ended: code ?? signal, shown, stdout, stderr });
+    });
+  });
+}
+
+test("add on a stdin that stays open and sends nothing: the wait is bounded, USAGE and exit 2 say the login link expired, nothing exchanged or written", async () => {
+  // It waited for ever: the login it started cannot outlive the authorization anyway.
+  const path = freshPath();
+  const exchanges = mock.stats().exchangeCalls;
+  const text = await addOnSilentStdin(path, ["--code-timeout-ms", "2000"]);
+  assert.equal(text.ended, 2, text.stderr);
+  assert.ok(text.shown, "the login URL was shown first");
+  assert.match(
+    text.stderr,
+    /^error \[USAGE\]: add waited 2 s for the pasted code on stdin and none came: the login link has expired, nothing was added; run `oauth-pool add` again$/m,
+  );
+  const json = await addOnSilentStdin(path, ["--json", "--code-timeout-ms", "2000"]);
+  assert.equal(json.ended, 2, json.stderr);
+  const docs = json.stdout
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l));
+  assert.equal(docs.length, 2, json.stdout);
+  assert.match(docs[0].url, /oauth\/authorize/);
+  assert.equal(docs[1].error.code, "USAGE");
+  assert.match(docs[1].error.message, /waited 2 s .* the login link has expired/);
+  assert.equal(json.stderr, "", "nothing but JSON in --json mode");
+  assert.equal(mock.stats().exchangeCalls, exchanges, "no code was sent");
+  assert.ok(!existsSync(dirname(path)), "nothing written, no directory made");
+});
+
+test("SIGINT while add waits for the code (no bound passed yet) ends it by the signal as before, nothing written", {
+  skip: !posix && "POSIX signals",
+}, async () => {
+  const path = freshPath();
+  const r = await addOnSilentStdin(path, [], (child) => child.kill("SIGINT"));
+  assert.ok(r.shown);
+  assert.ok(r.ended === "SIGINT" || r.ended === 130, `ended by ${r.ended}: ${r.stderr}`);
+  assert.ok(!existsSync(dirname(path)), "nothing written");
 });

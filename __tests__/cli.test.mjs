@@ -118,7 +118,7 @@ test("--version and --help answer without a pool, in text and JSON", async () =>
   ]) {
     const one = await cli(args, { path });
     assert.equal(one.code, 0, args.join(" "));
-    assert.match(one.stdout, /^usage: oauth-pool add \[--mode max\|console\]\n\n {2}print the login URL/, args.join(" "));
+    assert.match(one.stdout, /^usage: oauth-pool add \[--mode max\|console\] \[--code-timeout-ms <ms>\]\n\n {2}print the login URL/, args.join(" "));
     assert.doesNotMatch(one.stdout, /reset-cooldowns/, `${args.join(" ")}: only add's help`);
   }
   assert.match((await cli(["store", "init", "--help"], { path })).stdout, /^usage: oauth-pool store init \[<url>\]/);
@@ -942,6 +942,30 @@ test("import-claude-code on a terminal asks y/N first", { skip: !script && "need
     readPool(path).anthropic.map((a) => a.email),
     ["tty@x.test"],
   );
+});
+
+test("add on a terminal where nobody pastes the code: the same bound as a pipe, its error on a line of its own; Ctrl-C still ends it at once", {
+  skip: !script && "needs script(1) on Linux",
+}, async () => {
+  const path = freshPath();
+  const env = { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url };
+  const quote = (w) => `'${w.replace(/'/g, `'\\''`)}'`;
+  const onTerminal = (args, onStdout = () => {}) =>
+    cli(["-qec", [process.execPath, CLI, "add", ...args].map(quote).join(" "), "/dev/null"], { path, env, onStdout, command: ["script"] });
+  // The terminal stays open and silent (the helper keeps script's stdin open while onStdout is set).
+  const silent = await onTerminal(["--code-timeout-ms", "2000"]);
+  assert.equal(silent.code, 2, silent.stdout);
+  assert.match(silent.stdout, /code: \r?\nerror \[USAGE\]: add waited 2 s for the pasted code on stdin and none came: the login link has expired/);
+  // Ctrl-C typed at the prompt, the bound (15 min by default) far off.
+  let typed = false;
+  const interrupted = await onTerminal([], (stdout, child) => {
+    if (typed || !stdout.includes("code: ")) return;
+    typed = true;
+    child.stdin.write("\u0003");
+  });
+  assert.ok(typed, interrupted.stdout);
+  assert.equal(interrupted.code, 130, `ended by the interrupt: ${interrupted.stdout}`);
+  assert.ok(!existsSync(path), "nothing written");
 });
 
 test("add and add-key read one bounded line: endless input and a closed stdin are clear errors", async () => {

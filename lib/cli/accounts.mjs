@@ -10,9 +10,10 @@ import { resolve } from "node:path";
 // messages (src/wait.rs words them all).
 import { ago, duration, quotaText, restedText, servedText, usageLine, wait, waitAt, windowLine } from "../plugin/format.mjs";
 import { modelPrices } from "../plugin/prices.mjs";
+import { millisOption } from "./args.mjs";
 import { UsageError, cliError } from "./errors.mjs";
 import { table, text } from "./output.mjs";
-import { confirm, readLine } from "./stdin.mjs";
+import { TIMED_OUT, confirm, readLine } from "./stdin.mjs";
 
 // ---- how accounts read --------------------------------------------------------------------------
 
@@ -131,9 +132,18 @@ async function status({ lib, path, out }) {
   out.result(st, statusText(st, Date.now(), await modelPrices()));
 }
 
+// How long `add` waits for the pasted code. The login it started cannot outlive the
+// authorization: Anthropic does not say how long its login page and authorization code stay
+// good (OAuth's RFC 6749 recommends at most 10 minutes for a code), and the PKCE verifier lives
+// only in this process. 15 minutes leaves room for a slow login (single sign-on, a second factor,
+// a link by email) and the paste; a stdin that stays open and sends nothing (`sleep 1d | oauth-pool
+// add`, a script that forgot to pipe the code, a headless job) waited for ever.
+const CODE_WAIT_MS = 15 * 60_000;
+
 async function add({ lib, options, path, out }) {
   const mode = options.mode ?? "max";
   if (mode !== "max" && mode !== "console") throw new UsageError(text`--mode must be max or console, not ${mode}`);
+  const waitMs = millisOption(options["code-timeout-ms"], "code-timeout-ms", CODE_WAIT_MS);
   // A pool that cannot take the account says so before the user goes through a login for it.
   await lib.loadPool(path);
   const pkce = await lib.authorize({ mode });
@@ -144,8 +154,13 @@ async function add({ lib, options, path, out }) {
   out.result({ url: pkce.url }, pkce.url);
   // Nobody can log in with a URL that was never shown, and a code read then would be a guess.
   if (!(await out.delivered())) throw new UsageError("add prints the login URL on stdout, and stdout could not take it (closed or full): no login was started");
-  const line = await readLine({ prompt: "code: " });
+  const line = await readLine({ prompt: "code: ", timeoutMs: waitMs });
   if (line === null) throw new UsageError("add reads the pasted code from stdin, and stdin closed before a line came");
+  if (line === TIMED_OUT) {
+    throw new UsageError(
+      `add waited ${duration(waitMs)} for the pasted code on stdin and none came: the login link has expired, nothing was added; run \`oauth-pool add\` again`,
+    );
+  }
   const r = await lib.addAccount(line.trim(), { verifier: pkce.verifier, state: pkce.state }, path);
   out.result(r, text`${r.added ? "added" : "updated"} ${r.email}`);
 }
@@ -235,8 +250,8 @@ export const commands = [
   { name: "status", summary: "per-account state, cooldowns with time left, every window, reserve, usage", run: status },
   {
     name: "add",
-    options: { mode: { type: "string", placeholder: "max|console" } },
-    summary: "print the login URL, then read the pasted code from stdin",
+    options: { mode: { type: "string", placeholder: "max|console" }, "code-timeout-ms": { type: "string", placeholder: "<ms>" } },
+    summary: "print the login URL, then read the pasted code from stdin (waits at most\n15 min, or --code-timeout-ms: the login link expires)",
     run: add,
   },
   {

@@ -3,6 +3,7 @@
 // it refuses, a lenient second pass over the same words finds which one to name.
 import { parseArgs } from "node:util";
 import { UsageError } from "./errors.mjs";
+import { text } from "./output.mjs";
 
 /** Options every command takes. `placeholder` and `help` are for the usage text only. */
 export const GLOBAL_OPTIONS = {
@@ -102,4 +103,16 @@ export function checkArity(spec, positionals, options = {}) {
     .map(([name, o]) => ` --${name} ${o.placeholder ?? "<value>"}`)
     .join("");
   throw new UsageError(`usage: oauth-pool ${spec.name}${spec.args ? ` ${spec.args}` : ""}${required}${spec.argsHint ?? ""}`);
+}
+
+// The library's MAX_MILLIS (lib/api.mjs, not imported: `--help` answers without the addon).
+export const MAX_MILLIS = 2 ** 31 - 1;
+
+/** A `--<name>` option of whole milliseconds, 1 to MAX_MILLIS (a timer's range); `fallback` when not given. */
+export function millisOption(value, name, fallback) {
+  if (value === undefined) return fallback;
+  if (!/^\d+$/.test(value) || Number(value) === 0 || Number(value) > MAX_MILLIS) {
+    throw new UsageError(text`--${name} must be a whole number of milliseconds from 1 to ${MAX_MILLIS}, not ${value}`);
+  }
+  return Number(value);
 }

@@ -2,23 +2,13 @@
 // (the Anthropic SDKs, the AI SDK, Claude Code's ANTHROPIC_BASE_URL, OpenCode 2). It prints the
 // URL it listens on, runs until SIGINT or SIGTERM, then lets streams in flight finish (bounded)
 // and exits 0.
+import { millisOption } from "./args.mjs";
 import { UsageError } from "./errors.mjs";
 import { text } from "./output.mjs";
-
-// The library's MAX_MILLIS (lib/api.mjs, not imported: `--help` answers without the addon).
-const MAX_MILLIS = 2 ** 31 - 1;
 
 function port(value) {
   if (value === undefined) return 8787;
   if (!/^\d+$/.test(value) || Number(value) > 65535) throw new UsageError(text`--port must be a port number (0 picks a free one), not ${value}`);
-  return Number(value);
-}
-
-function millis(value, name, fallback) {
-  if (value === undefined) return fallback;
-  if (!/^\d+$/.test(value) || Number(value) === 0 || Number(value) > MAX_MILLIS) {
-    throw new UsageError(text`--${name} must be a whole number of milliseconds from 1 to ${MAX_MILLIS}, not ${value}`);
-  }
   return Number(value);
 }
 
@@ -29,7 +19,7 @@ async function serve({ lib, options, path, out }) {
     return;
   }
   if (Boolean(options["tls-cert"]) !== Boolean(options["tls-key"])) throw new UsageError("TLS needs both --tls-cert and --tls-key");
-  const drainMs = millis(options["drain-ms"], "drain-ms", 10_000);
+  const drainMs = millisOption(options["drain-ms"], "drain-ms", 10_000);
   const gateway = await lib.serve({
     host: options.host ?? "127.0.0.1",
     port: port(options.port),
@@ -37,7 +27,7 @@ async function serve({ lib, options, path, out }) {
     allowRemote: Boolean(options["allow-remote"]),
     tlsCert: options["tls-cert"],
     tlsKey: options["tls-key"],
-    headerTimeoutMs: millis(options["header-timeout-ms"], "header-timeout-ms", undefined),
+    headerTimeoutMs: millisOption(options["header-timeout-ms"], "header-timeout-ms", undefined),
   });
   out.result({ url: gateway.url }, `listening on ${gateway.url} (clients send the key from: oauth-pool serve --show-key)`);
   const signal = await new Promise((resolve) => {

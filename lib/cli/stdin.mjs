@@ -7,26 +7,33 @@ export const MAX_LINE_BYTES = 64 * 1024;
 
 const tooLong = () => new UsageError(`stdin held more than ${MAX_LINE_BYTES / 1024} KB without a line break: expected one short line (a pasted code or key)`);
 
+/** What `readLine` resolves with when no line came within its `timeoutMs`. */
+export const TIMED_OUT = Symbol("no line within the time allowed");
+
 /**
- * Resolves with the first line (without its \n or \r\n), or with null when stdin closed before
- * any byte came. Rejects with a UsageError past MAX_LINE_BYTES.
+ * Resolves with the first line (without its \n or \r\n), with null when stdin closed before
+ * any byte came, or with TIMED_OUT when `timeoutMs` passed first (a pipe or a terminal that
+ * stays open and sends nothing). Rejects with a UsageError past MAX_LINE_BYTES.
  */
-export async function readLine({ prompt, hidden = false, stdin = process.stdin, stderr = process.stderr } = {}) {
+export async function readLine({ prompt, hidden = false, timeoutMs, stdin = process.stdin, stderr = process.stderr } = {}) {
   if (stdin.isTTY) {
     if (prompt) stderr.write(prompt);
-    if (hidden && typeof stdin.setRawMode === "function") return readHidden(stdin, stderr);
+    if (hidden && typeof stdin.setRawMode === "function") return readHidden(stdin, stderr, timeoutMs);
   }
   return new Promise((resolve, reject) => {
     const chunks = [];
     let size = 0;
     let seen = false;
     const finish = (settle) => {
+      clearTimeout(timer);
       stdin.off("data", onData);
       stdin.off("end", onEnd);
       stdin.off("error", onError);
       stdin.pause();
       settle();
     };
+    // A person at a terminal gets the error on a line of its own, not after the prompt.
+    const timer = timeoutMs === undefined ? undefined : setTimeout(() => finish(() => resolve(timedOut(stdin, stderr))), timeoutMs);
     const line = (buf) => buf.toString("utf8").replace(/\r$/, "");
     const onData = (chunk) => {
       seen = true;
@@ -47,18 +54,31 @@ export async function readLine({ prompt, hidden = false, stdin = process.stdin, 
   });
 }
 
+function timedOut(stdin, stderr) {
+  if (stdin.isTTY) stderr.write("\n");
+  return TIMED_OUT;
+}
+
 /** A terminal with the echo off: the API key never shows on screen. */
-function readHidden(stdin, stderr) {
+function readHidden(stdin, stderr, timeoutMs) {
   return new Promise((resolve, reject) => {
     let buf = "";
     stdin.setRawMode(true);
     stdin.setEncoding("utf8");
     const stop = () => {
+      clearTimeout(timer);
       stdin.setRawMode(false);
       stdin.off("data", onData);
       stdin.pause();
       stderr.write("\n");
     };
+    const timer =
+      timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            stop();
+            resolve(TIMED_OUT);
+          }, timeoutMs);
     const onData = (chunk) => {
       for (const ch of chunk) {
         if (ch === "\r" || ch === "\n" || ch === "\u0004") {
