@@ -146,7 +146,7 @@ test("usage errors exit 2, in text and JSON", async () => {
   assert.ok(!existsSync(path));
 });
 
-test("list on a missing pool: empty, exit 0, nothing created", async () => {
+test("list and edits of accounts on a missing pool: empty or ACCOUNT_NOT_FOUND, nothing created", async () => {
   const path = freshPath();
   const r = await cli(["list"], { path });
   assert.equal(r.code, 0, r.stderr);
@@ -155,6 +155,20 @@ test("list on a missing pool: empty, exit 0, nothing created", async () => {
   assert.deepEqual(j, { path, accounts: [] });
   assert.ok(!existsSync(path));
   assert.ok(!existsSync(dirname(path)));
+  // Edits of accounts have nothing to edit: they made the directory and a lock file, and nothing else.
+  for (const args of [
+    ["remove", "a@x.test"],
+    ["disable", "a@x.test"],
+    ["enable", "a@x.test"],
+    ["priority", "a@x.test", "2"],
+    ["reserve", "a@x.test", "0.2"],
+  ]) {
+    const r = await cli(args, { path });
+    assert.equal(r.code, 1, `${args.join(" ")}: ${r.stderr}`);
+    assert.match(r.stderr, /^error \[ACCOUNT_NOT_FOUND\]: /, args.join(" "));
+  }
+  assert.equal((await cli(["reset-cooldowns"], { path })).code, 0);
+  assert.ok(!existsSync(dirname(path)), "no directory, no lock file");
 });
 
 test("a pool file saved on Windows: a UTF-8 byte order mark is read past, UTF-16 is refused saying so", async () => {

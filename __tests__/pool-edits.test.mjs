@@ -19,6 +19,7 @@ import {
   readFileSync,
   renameSync,
   rmdirSync,
+  rmSync,
   symlinkSync,
   unlinkSync,
   writeFileSync,
@@ -261,4 +262,54 @@ test("tokens kept while the file is gone are saved once it is back, however long
   while (account(path, email).refresh === spent && Date.now() < deadline) await sleep(100);
   assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the new refresh token is in the file");
   assert.deepEqual((await poolStatus(path)).runtime?.unsavedTokens ?? [], []);
+});
+
+test("the pool's directory removed while requests are in flight: their bookkeeping and a 429's cooldown make neither the directory nor a lock file again; the pool put back is served", async () => {
+  // `rm -rf ~/.aidevops` to start over, or a sync tool that takes the directory away for a
+  // moment: the write after each request (last use, usage, windows, a cooldown) took the
+  // store's lock, which made the directory (0700) and the lock file again, leaving a directory
+  // that held a lock file and nothing else.
+  const [first, second] = ["dir-gone-a@x.test", "dir-gone-b@x.test"];
+  const path = await seedPool(mock, [first, second]);
+  const dir = dirname(path);
+  const saved = readFileSync(path);
+  let open;
+  const held = new Promise((r) => (open = r));
+  mock.setUtilization(first, { fiveHour: 0.5 });
+  mock.script(first, [{ until: held }, { status: 429, headers: { "retry-after": "3600" }, until: held }]);
+  const f = createPoolFetch({ path });
+  let arrived = 0;
+  const both = mock.waitFor("api", (r) => r.email === first && ++arrived === 2);
+  const answers = [ask(f), ask(f)];
+  await both;
+  rmSync(dir, { recursive: true, force: true });
+  open();
+  // One is served by the first account; the other's 429 cools it and moves on: to the second
+  // account, or to a pool that is not there any more.
+  const done = await Promise.all(answers);
+  const served = done.filter((r) => r.status === 200);
+  assert.ok(
+    served.some((r) => r.account === first),
+    JSON.stringify(done),
+  );
+  assert.ok(
+    done.every((r) => (r.status === 200 && [first, second].includes(r.account)) || r.status === "POOL_NO_ACCOUNT"),
+    JSON.stringify(done),
+  );
+  // More requests while it is gone: refused with a code, nothing to write for them.
+  for (let i = 0; i < 3; i++) assert.equal((await ask(f)).status, "POOL_NO_ACCOUNT");
+  await flushPool(path);
+  // What the bookkeeping would still do on its own schedule.
+  await sleep(1_500);
+  assert.equal(existsSync(dir), false, `the directory was made again, holding: ${existsSync(dir) ? readdirSync(dir).join(", ") : ""}`);
+
+  // Put back (a restore from a copy): this process serves from it again and keeps its books there.
+  mkdirSync(dir, { mode: 0o700 });
+  writeFileSync(path, saved, { mode: 0o600 });
+  const back = await ask(f);
+  assert.equal(back.status, 200, back.message);
+  await flushPool(path);
+  const used = account(path, back.account);
+  assert.ok(used.lastUsed, "its last use is written into the file put back");
+  assert.equal(account(path, back.account).refresh, mock.tokens(back.account).refresh);
 });

@@ -320,7 +320,7 @@ pub async fn add_api_key(
 pub async fn remove(store: &Store, target: &str) -> Result<(usize, Vec<String>)> {
     let target = target.to_string();
     store
-        .update(move |pool| {
+        .update_existing(move |pool| {
             let emails = emails_of(pool, &target)?;
             Ok((pool.remove(&target)?, emails))
         })
@@ -359,7 +359,7 @@ fn each_account(pool: &mut Pool, target: &str, mut change: impl FnMut(&mut Accou
 pub async fn set_enabled(store: &Store, target: &str, enabled: bool) -> Result<Vec<String>> {
     let target = target.to_string();
     store
-        .update(move |pool| {
+        .update_existing(move |pool| {
             let emails = emails_of(pool, &target)?;
             each_account(pool, &target, |a| {
                 if enabled {
@@ -395,7 +395,7 @@ pub async fn set_enabled(store: &Store, target: &str, enabled: bool) -> Result<V
 pub async fn set_priority(store: &Store, target: &str, priority: i64) -> Result<()> {
     let target = target.to_string();
     store
-        .update(move |pool| each_account(pool, &target, |a| a.priority = Some(priority)))
+        .update_existing(move |pool| each_account(pool, &target, |a| a.priority = Some(priority)))
         .await
 }
 
@@ -408,7 +408,7 @@ pub async fn set_reserve(store: &Store, target: &str, fraction: f64) -> Result<(
     }
     let target = target.to_string();
     store
-        .update(move |pool| {
+        .update_existing(move |pool| {
             each_account(pool, &target, |a| {
                 if fraction == 0.0 {
                     a.extra.remove("reserve");
@@ -422,7 +422,7 @@ pub async fn set_reserve(store: &Store, target: &str, fraction: f64) -> Result<(
 
 pub async fn reset_cooldowns(store: &Store) -> Result<usize> {
     store
-        .update(|pool| {
+        .update_existing(|pool| {
             let mut changed = 0;
             let now = crate::account::now_ms();
             for a in pool.accounts_mut() {

@@ -384,7 +384,9 @@ impl Engine {
     }
 
     /// A locked read-modify-write of the store that also saves tokens an earlier refresh could
-    /// not write: every write of this process retries them.
+    /// not write: every write of this process retries them. The engine only updates accounts
+    /// the store holds: a pool file that is gone is not made again, nor its directory or lock
+    /// file (`Store::update_existing_written`).
     pub(crate) async fn write<T: Send + 'static>(
         self: &Arc<Self>,
         change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
@@ -392,7 +394,7 @@ impl Engine {
         let unsaved = self.credentials.unsaved_tokens();
         let result = self
             .store
-            .update_written(move |pool| {
+            .update_existing_written(move |pool| {
                 let written = credentials::apply_unsaved(pool, &unsaved);
                 change(pool).map(|t| (t, written))
             })

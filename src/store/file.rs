@@ -198,11 +198,45 @@ impl FileStore {
         &self,
         change: impl FnOnce(&mut Pool) -> Result<T>,
     ) -> Result<(T, Written<FileStamp>)> {
+        self.update_with(change, false)
+    }
+
+    /// `update_written` for a change that only updates what the file holds (the bookkeeping
+    /// after a request, a cooldown, a refresh's tokens, an edit of named accounts): a pool file
+    /// that is not there has nothing to update, and nothing is made for it. Taking the lock
+    /// made the directory (0700) and the lock file again: a `~/.aidevops` removed to start over,
+    /// or by a sync tool for a moment, came back holding a lock file and nothing else after the
+    /// next request's bookkeeping. The change still runs, on the empty pool a missing file reads
+    /// as (`file_missing`, so it keeps new tokens for the file's return), and says what it says
+    /// (an account not found, tokens not saved); the pool is made only by the changes that
+    /// create one on purpose (`update`, `save`: a login, an import, `savePool`).
+    pub fn update_existing<T>(
+        &self,
+        change: impl FnOnce(&mut Pool) -> Result<T>,
+    ) -> Result<(T, Written<FileStamp>)> {
+        self.update_with(change, true)
+    }
+
+    fn update_with<T>(
+        &self,
+        change: impl FnOnce(&mut Pool) -> Result<T>,
+        existing_only: bool,
+    ) -> Result<(T, Written<FileStamp>)> {
         self.check_writable()?;
-        let _lock = FileLock::acquire(&self.lock_path(), LOCK_TIMEOUT)?;
+        let lock = if existing_only {
+            self.lock_existing()?
+        } else {
+            Some(FileLock::acquire(&self.lock_path(), LOCK_TIMEOUT)?)
+        };
+        let Some(_lock) = lock else {
+            return Ok((change_nothing(change)?, Written::Unchanged));
+        };
         let _aidevops = LegacyLock::acquire(&self.path)?;
         let current = self.read()?;
         let existed = current.is_some();
+        if existing_only && !existed {
+            return Ok((change_nothing(change)?, Written::Unchanged));
+        }
         let mut pool = current.map(|(p, _)| p).unwrap_or_default();
         pool.file_missing = !existed;
         let before = zeroize::Zeroizing::new(pool.to_bytes());
@@ -221,6 +255,21 @@ impl FileStore {
             _ => Written::Unknown,
         };
         Ok((out, written))
+    }
+
+    /// The write lock for `update_existing`, making nothing that a pool file that is gone would
+    /// not have had: the lock file as it is, or one made beside a pool file that has none (a
+    /// file another program wrote, or whose lock file was deleted), never its directory. None:
+    /// there is no pool file to update (then or while the lock was sought).
+    fn lock_existing(&self) -> Result<Option<FileLock>> {
+        let path = self.lock_path();
+        if let Some(lock) = FileLock::acquire_making(&path, LOCK_TIMEOUT, Making::Nothing)? {
+            return Ok(Some(lock));
+        }
+        match fs::symlink_metadata(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            _ => FileLock::acquire_making(&path, LOCK_TIMEOUT, Making::File),
+        }
     }
 
     fn read(&self) -> Result<Option<(Pool, FileStamp)>> {
@@ -532,6 +581,21 @@ impl FileStore {
     }
 }
 
+/// `change` for a pool file that is not there (`FileStore::update_existing`): run on the empty
+/// pool such a file reads as, its answer kept and anything it changed there not written.
+fn change_nothing<T>(change: impl FnOnce(&mut Pool) -> Result<T>) -> Result<T> {
+    let mut pool = Pool {
+        file_missing: true,
+        ..Pool::default()
+    };
+    let before = zeroize::Zeroizing::new(pool.to_bytes());
+    let out = change(&mut pool)?;
+    if *zeroize::Zeroizing::new(pool.to_bytes()) != *before {
+        tracing::warn!("a change of accounts met no pool file, and made none");
+    }
+    Ok(out)
+}
+
 /// Why one read of the pool file gave no pool.
 enum Unread {
     /// Refused for good: not ours, unreadable, too large, of a later format.
@@ -735,6 +799,17 @@ pub(super) fn stamp_of(meta: &fs::Metadata) -> FileStamp {
     }
 }
 
+/// What taking a lock may make when it is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Making {
+    /// The directory (0700) and the lock file (0600).
+    DirAndFile,
+    /// The lock file, in a directory that is there.
+    File,
+    /// Nothing: only a lock file that is there is taken.
+    Nothing,
+}
+
 /// An exclusive advisory lock on a dedicated file, released on drop or when the process dies.
 /// Blocking: call it from a blocking thread, never from the JS thread or a tokio worker.
 #[derive(Debug)]
@@ -749,26 +824,53 @@ impl FileLock {
     /// be held alongside the one of the new file of that name; it is let go and the new one
     /// taken instead.
     pub fn acquire(path: &Path, timeout: Duration) -> Result<FileLock> {
+        Self::acquire_making(path, timeout, Making::DirAndFile)?.ok_or_else(|| {
+            Error::io(
+                path,
+                "open lock file",
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        })
+    }
+
+    /// `acquire`, making only what `making` allows when it is missing. None: the file (with
+    /// `Making::Nothing`) or its directory is not there.
+    fn acquire_making(path: &Path, timeout: Duration, making: Making) -> Result<Option<FileLock>> {
         let start = Instant::now();
         loop {
-            let lock = Self::acquire_once(path, timeout.saturating_sub(start.elapsed()))?;
+            let Some(lock) =
+                Self::acquire_once(path, timeout.saturating_sub(start.elapsed()), making)?
+            else {
+                return Ok(None);
+            };
             if names(path, &lock.file) {
-                return Ok(lock);
+                return Ok(Some(lock));
             }
         }
     }
 
-    fn acquire_once(path: &Path, timeout: Duration) -> Result<FileLock> {
-        create_private_dir(&parent_dir(path))?;
+    fn acquire_once(path: &Path, timeout: Duration, making: Making) -> Result<Option<FileLock>> {
+        if making == Making::DirAndFile {
+            create_private_dir(&parent_dir(path))?;
+        }
         let mut opts = OpenOptions::new();
-        opts.read(true).write(true).create(true).truncate(false);
+        opts.read(true)
+            .write(true)
+            .create(making != Making::Nothing)
+            .truncate(false);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY);
         }
-        let file = opts.open(path).map_err(|e| match e.raw_os_error() {
+        let file = match opts.open(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && making != Making::DirAndFile => {
+                return Ok(None)
+            }
+            opened => opened,
+        };
+        let file = file.map_err(|e| match e.raw_os_error() {
             #[cfg(unix)]
             Some(libc::ELOOP) => Error::PoolInsecure {
                 path: path.to_path_buf(),
@@ -804,7 +906,7 @@ impl FileLock {
         let mut pause = Duration::from_micros(200);
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(FileLock { file }),
+                Ok(()) => return Ok(Some(FileLock { file })),
                 Err(fs::TryLockError::WouldBlock) => {}
                 Err(fs::TryLockError::Error(e)) => return Err(Error::io(path, "lock", e)),
             }
@@ -1208,6 +1310,64 @@ mod tests {
         fs::write(store.path(), original).unwrap();
         store.update(|_| Ok(())).unwrap();
         assert_eq!(fs::read(store.path()).unwrap(), original);
+    }
+
+    /// The bookkeeping after a request (or a cooldown, a refresh's tokens, an edit of named
+    /// accounts) that met a pool directory removed meanwhile (`rm -rf ~/.aidevops` to start over,
+    /// a sync tool) took the lock, and taking it made the directory and the lock file again:
+    /// a directory holding a lock file and nothing else was left behind.
+    #[test]
+    fn an_update_of_accounts_makes_nothing_for_a_pool_that_is_gone() {
+        let (_d, store, whole) = store_holding_a();
+        let dir = store.path().parent().unwrap().to_path_buf();
+        let touch = |p: &mut Pool| {
+            let found = p.find_mut("a@x").map(|a| a.priority = Some(7)).is_some();
+            // What a change of accounts must not do for a file that is gone: it is not written.
+            p.extra.insert("_stray".into(), json!(1));
+            Ok((p.file_missing, found))
+        };
+        fs::remove_dir_all(&dir).unwrap();
+        let ((missing, found), written) = store.update_existing(touch).unwrap();
+        assert!(
+            missing && !found,
+            "the change ran on the empty pool of a missing file"
+        );
+        assert!(matches!(written, Written::Unchanged));
+        assert!(!dir.exists(), "the directory was made again");
+        let err = store
+            .update_existing(|p| p.remove("a@x").map(|_| ()))
+            .unwrap_err();
+        assert_eq!(err.code(), "ACCOUNT_NOT_FOUND", "the change's own answer");
+        assert!(!dir.exists());
+
+        // The directory is there, the pool file and its lock file are not: no lock file is made.
+        create_private_dir(&dir).unwrap();
+        store.update_existing(touch).unwrap();
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "nothing made in it");
+
+        // The file back, without its lock file (copied in, or written by another program): it is
+        // updated, and its lock file made beside it.
+        fs::write(store.path(), &whole).unwrap();
+        let ((missing, found), _) = store.update_existing(touch).unwrap();
+        assert!(!missing && found);
+        assert!(store.lock_path().exists());
+        assert_eq!(store.load().unwrap().find("a@x").unwrap().priority, Some(7));
+
+        // A pool made on purpose (a login, an import, `savePool`) still makes what it needs.
+        fs::remove_dir_all(&dir).unwrap();
+        store
+            .update(|p| {
+                p.upsert(Account::new_api_key("b@x", "k".into(), 1));
+                Ok(())
+            })
+            .unwrap();
+        assert!(store.load().unwrap().find("b@x").is_some());
+        #[cfg(unix)]
+        {
+            assert_eq!(mode(&dir), 0o700);
+            assert_eq!(mode(store.path()), 0o600);
+            assert_eq!(mode(&store.lock_path()), 0o600);
+        }
     }
 
     /// Another program writing the file in place leaves it cut short for a moment: a read (and

@@ -258,23 +258,49 @@ impl Store {
         }
     }
 
+    /// `update` for a change that only updates what the store holds: a pool file that is not
+    /// there is not made, nor its directory or lock file (`FileStore::update_existing`).
+    pub fn update_existing<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T>> + Send + '_ {
+        let written = self.update_written_boxed(Box::new(change), true);
+        async move { written.await.map(|(out, _)| out) }
+    }
+
     /// `update`, also saying what it left in the store (see `Written`): the file store knows
     /// the generation it wrote; the fleet store's is read again when needed.
     pub fn update_written<T: Send + 'static>(
         &self,
         change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
     ) -> impl std::future::Future<Output = Result<(T, Written<Stamp>)>> + Send + '_ {
-        self.update_written_boxed(Box::new(change))
+        self.update_written_boxed(Box::new(change), false)
+    }
+
+    /// `update_written` for a change that only updates what the store holds (`update_existing`).
+    pub fn update_existing_written<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<(T, Written<Stamp>)>> + Send + '_ {
+        self.update_written_boxed(Box::new(change), true)
     }
 
     async fn update_written_boxed<T: Send + 'static>(
         &self,
         change: Change<T>,
+        existing_only: bool,
     ) -> Result<(T, Written<Stamp>)> {
         match self {
             Store::File(f) => {
                 let f = f.clone();
-                let (out, written) = blocking(move || f.update_written(change)).await?;
+                let (out, written) = blocking(move || {
+                    if existing_only {
+                        f.update_existing(change)
+                    } else {
+                        f.update_written(change)
+                    }
+                })
+                .await?;
                 let written = match written {
                     Written::Generation(pool, stamp) => {
                         Written::Generation(pool, Stamp::File(stamp))
