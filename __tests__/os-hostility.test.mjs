@@ -195,6 +195,35 @@ test("a full disk: requests keep being served, writes fail with POOL_IO and leav
   }
 });
 
+test("refreshAccount (`oauth-pool refresh`) on a full disk: the unsaved tokens are an error with the write's code, not a quiet `kept`", async (t) => {
+  const disk = smallDisk();
+  if (disk.skip) return t.skip(disk.skip);
+  const { refreshAccount, flushPool } = await import("../index.mjs");
+  try {
+    const email = "full-refresh@x.test";
+    const path = join(disk.dir, "pool", "oauth-pool.json");
+    await seedPool(mock, [email], { path });
+    // The refresh lock is made before the disk fills: only the write of the new tokens fails.
+    await refreshAccount(email, path);
+    const before = readPool(path);
+    disk.fill();
+    // It resolved { outcome: "kept" }, and the CLI exited 0 saying it kept its token, while the
+    // stored refresh token was spent and the new one died with the process.
+    await assert.rejects(
+      refreshAccount(email, path),
+      (e) => e.code === "POOL_IO" && /could not be saved/.test(e.message) && /No space left/.test(e.message) && e.message.includes(email),
+    );
+    assert.equal(mock.stats().perFamily[email].refreshCalls, 2, "the refresh itself went through");
+    assert.deepEqual(readPool(path), before, "nothing was written");
+    disk.free();
+    await flushPool(path);
+    assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "this process saved them once it could");
+    assert.equal(mock.stats().perFamily[email].reuse, 0);
+  } finally {
+    disk.close();
+  }
+});
+
 /**
  * Makes `dir` read-only for this process and returns the undo: a read-only remount of a tmpfs
  * as root (root writes through any mode bits), its mode bits otherwise.

@@ -77,6 +77,14 @@ pub enum Error {
     /// The fleet store's rows are not as its schema says: refused like a corrupt pool file.
     #[error("{0}")]
     StoreCorrupt(String),
+    /// `refreshAccount` spent the refresh token, and the write of its successor failed: reported
+    /// with the write's own code, since the refresh alone did not make the account durable.
+    #[error("{email} was refreshed, but its new tokens could not be saved ({reason}): the refresh token in the pool is spent, and only this process holds the new one (it retries the save while it runs). Fix that now: once this process ends with them unsaved, the account needs a new login")]
+    TokensUnsaved {
+        email: String,
+        reason: String,
+        code: &'static str,
+    },
 }
 
 impl Error {
@@ -103,6 +111,7 @@ impl Error {
             Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Error::StoreKey(_) => "STORE_KEY",
             Error::StoreCorrupt(_) => "POOL_CORRUPT",
+            Error::TokensUnsaved { code, .. } => code,
         }
     }
 

@@ -115,6 +115,8 @@ struct Unsaved {
     /// The refresh token that was spent to get these: the stored one, until the write lands.
     presented: Secret,
     error: String,
+    /// The failed write's `err.code`, for a caller that asked for this refresh.
+    code: &'static str,
     since: i64,
     _lock: RefreshLock,
 }
@@ -143,8 +145,8 @@ pub struct Credentials {
 }
 
 /// What `refresh_now` did: `refreshed` (this process spent the token), `adopted` (another
-/// process had refreshed meanwhile), or `kept` (the token endpoint refused for now and the
-/// current access token is still good).
+/// process had refreshed meanwhile), or `kept` (the stored refresh token is unchanged: the token
+/// endpoint handed the same one back, or none). New tokens that could not be saved are an error.
 pub struct RefreshReport {
     pub email: String,
     pub expires: Option<i64>,
@@ -165,6 +167,13 @@ impl Credentials {
         let u = unsaved.get(email)?;
         (u.expires - REFRESH_MARGIN_MS > now_ms() && rejected != Some(&u.access))
             .then(|| u.access.clone())
+    }
+
+    /// Why `access`, this account's newest token, is not in the store yet (and the write's code).
+    fn unsaved_because(&self, email: &str, access: &Secret) -> Option<(String, &'static str)> {
+        let unsaved = lock(&self.unsaved);
+        let u = unsaved.get(email).filter(|u| &u.access == access)?;
+        Some((u.error.clone(), u.code))
     }
 
     pub fn has_unsaved(&self) -> bool {
@@ -360,6 +369,15 @@ impl Engine {
                 &mut events,
             )
             .await?;
+        // "kept" said the token endpoint had nothing new while the pool's refresh token was in
+        // fact spent and its successor lost with this process (a CLI ends right after).
+        if let Some((reason, code)) = self.credentials.unsaved_because(&email, &access) {
+            return Err(Error::TokensUnsaved {
+                email,
+                reason,
+                code,
+            });
+        }
         let after = self.store.load().await?;
         let now = after.find(&email);
         let spent = now.and_then(|a| a.refresh.clone()) != before;
@@ -639,7 +657,7 @@ impl Engine {
                     return Ok(login);
                 }
                 if let Err(e) = write {
-                    let why = e.to_string();
+                    let (why, code) = (e.to_string(), e.code());
                     tracing::warn!(account = %email, error = %why, "refreshed, but could not save the new tokens; keeping them (and the refresh lock) until they can be written");
                     events.push(Event::new(
                         "tokens-unsaved",
@@ -656,6 +674,7 @@ impl Engine {
                             expires,
                             presented,
                             error: why,
+                            code,
                             since: now_ms(),
                             _lock: refresh_lock,
                         },
