@@ -1190,7 +1190,9 @@ test("serve on a port already in use: exit 1 with what to do, in text and JSON",
     assert.equal(r.code, 1, r.stdout);
     assert.match(
       r.stderr,
-      new RegExp(`error \\[INVALID_ARGUMENT\\]: cannot listen on 127\\.0\\.0\\.1:${port}: .*choose another port \\(--port 0 picks a free one\\)`),
+      new RegExp(
+        `error \\[INVALID_ARGUMENT\\]: cannot listen on 127\\.0\\.0\\.1:${port}: .*choose another port \\(0 picks a free one: \`--port 0\`, or \`port: 0\` in serve\\(\\)\\)`,
+      ),
     );
     const j = json(await cli(["serve", "--port", String(port), "--json"], { path }));
     assert.equal(j.error.code, "INVALID_ARGUMENT");

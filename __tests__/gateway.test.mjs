@@ -398,8 +398,20 @@ test("a gateway key nobody could present or that anybody could guess is refused 
 
 test("loopback only by default: another address needs --allow-remote and TLS; with TLS it serves https", async () => {
   const path = tempPoolPath();
-  await assert.rejects(lib.serve({ host: "0.0.0.0", port: 0, path }), (e) => e.code === "INVALID_ARGUMENT" && /allow-remote/.test(e.message));
-  await assert.rejects(lib.serve({ host: "0.0.0.0", port: 0, path, allowRemote: true }), (e) => e.code === "INVALID_ARGUMENT" && /tls-cert/.test(e.message));
+  // The library's caller reads its own option names (the messages named only the CLI's flags,
+  // which serve() does not take), the CLI's user the flags.
+  await assert.rejects(
+    lib.serve({ host: "0.0.0.0", port: 0, path }),
+    (e) => e.code === "INVALID_ARGUMENT" && /\ballowRemote\b/.test(e.message) && /--allow-remote/.test(e.message),
+  );
+  await assert.rejects(
+    lib.serve({ host: "0.0.0.0", port: 0, path, allowRemote: true }),
+    (e) => e.code === "INVALID_ARGUMENT" && /\btlsCert\b/.test(e.message) && /\btlsKey\b/.test(e.message) && /--tls-cert/.test(e.message),
+  );
+  await assert.rejects(
+    lib.serve({ port: 0, path, tlsCert: "/nowhere/cert.pem" }),
+    (e) => e.code === "INVALID_ARGUMENT" && /\btlsKey\b/.test(e.message) && /--tls-key/.test(e.message),
+  );
   const dir = mkdtempSync(join(tmpdir(), "oauth-pool-gw-tls-"));
   const r = spawnSync(
     "openssl",

@@ -130,7 +130,7 @@ async fn start(options: Option<ServeOptions>) -> JsResult<Gateway> {
         (None, None) => None,
         _ => {
             return Err(js_error(Error::InvalidArgument(
-                "TLS needs both --tls-cert and --tls-key".into(),
+                "TLS needs both tlsCert and tlsKey (`--tls-cert` and `--tls-key`)".into(),
             )))
         }
     };

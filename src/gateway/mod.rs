@@ -139,10 +139,10 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
 fn listen_failure(host: &str, port: u16, e: &std::io::Error) -> String {
     let hint = match e.kind() {
         std::io::ErrorKind::AddrInUse => {
-            "; another program (another `oauth-pool serve`?) listens there: stop it, or choose another port (--port 0 picks a free one)"
+            "; another program (another `oauth-pool serve`?) listens there: stop it, or choose another port (0 picks a free one: `--port 0`, or `port: 0` in serve())"
         }
         std::io::ErrorKind::PermissionDenied if port < 1024 => {
-            "; ports below 1024 need privileges: choose a port from 1024 up (--port 0 picks a free one)"
+            "; ports below 1024 need privileges: choose a port from 1024 up (0 picks a free one: `--port 0`, or `port: 0` in serve())"
         }
         std::io::ErrorKind::AddrNotAvailable => "; no interface of this machine has that address",
         _ => "",
@@ -156,13 +156,13 @@ fn listen_failure(host: &str, port: u16, e: &std::io::Error) -> String {
 pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
     if !is_loopback_host(&opts.host) && !opts.allow_remote {
         return Err(Error::InvalidArgument(format!(
-            "{} is not a loopback address: listening for other hosts needs --allow-remote (and TLS)",
+            "{} is not a loopback address: listening for other hosts needs allowRemote and TLS (`--allow-remote`, `--tls-cert` and `--tls-key` on the command line)",
             opts.host
         )));
     }
     if !is_loopback_host(&opts.host) && opts.tls.is_none() {
         return Err(Error::InvalidArgument(
-            "--allow-remote needs --tls-cert and --tls-key: the gateway key would cross the network in clear text".into(),
+            "allowRemote (`--allow-remote`) needs TLS, tlsCert and tlsKey (`--tls-cert` and `--tls-key`): the gateway key would cross the network in clear text".into(),
         ));
     }
     let acceptor = match &opts.tls {
