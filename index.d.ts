@@ -256,7 +256,13 @@ export interface PoolFetchOptions {
   transport?: "auto" | "native" | "runtime";
 }
 
-export type PoolFetch = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
+/** The pool fetch's answer: a real `Response`, plus the account that served it. */
+export interface PoolResponse extends Response {
+  /** The email of the account that served it; null for the pool's own 429 (every account cooling) or a URL off the API origin. */
+  readonly poolAccount: string | null;
+  clone(): PoolResponse;
+}
+export type PoolFetch = (input: string | URL | Request, init?: RequestInit) => Promise<PoolResponse>;
 export function createPoolFetch(options?: PoolFetchOptions): PoolFetch;
 
 // OpenCode plugin building blocks (types from @opencode-ai/plugin, an optional peer: hosts have it)

@@ -45,6 +45,9 @@ async function library(): Promise<void> {
   const fetch = createPoolFetch({ onEvent: (e) => events.push(e), transport: "runtime" });
   const res = await fetch("https://api.anthropic.com/v1/messages", { method: "POST", body: "{}" });
   void (res.status + 1);
+  // The README's example reads which account served it, on the answer and on its clone.
+  const served: string | null = res.poolAccount ?? res.clone().poolAccount;
+  served?.toLowerCase();
   await setReserve("a@example.com", 0.2);
   accounts[0]?.windows?.filter((w) => w.scope === "opus").map((w) => w.utilization ?? 0);
   accounts[0]?.usage?.today.byModel["claude-opus-4-1"]?.cacheRead.toFixed();
