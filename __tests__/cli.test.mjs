@@ -126,7 +126,38 @@ test("--version and --help answer without a pool, in text and JSON", async () =>
   const unknown = await cli(["help", "frobnicate"], { path });
   assert.equal(unknown.code, 2, "help for no such command is a usage error");
   assert.match(unknown.stderr, /unknown command frobnicate/);
+  // A group's word alone is the help of its commands (`oauth-pool store` names them; `help
+  // store` said "unknown command store", `store --help` gave the whole usage).
+  for (const args of [
+    ["help", "store"],
+    ["store", "--help"],
+  ]) {
+    const group = await cli(args, { path });
+    assert.equal(group.code, 0, `${args.join(" ")}: ${group.stderr}`);
+    assert.match(group.stdout, /^usage: oauth-pool store init \[<url>\]/m, args.join(" "));
+    assert.match(group.stdout, /^usage: oauth-pool store copy --from/m, args.join(" "));
+    assert.doesNotMatch(group.stdout, /reset-cooldowns/, `${args.join(" ")}: only the group's help`);
+  }
   assert.ok(!existsSync(path), "nothing was written");
+});
+
+test("each command's help says what its own options do (the synopsis alone named them)", async () => {
+  const path = freshPath();
+  const { COMMANDS } = await import("../lib/cli/commands.mjs");
+  for (const [name, spec] of COMMANDS) {
+    const options = Object.entries(spec.options ?? {});
+    if (options.length === 0) continue;
+    const r = await cli([...name.split(" "), "--help"], { path });
+    assert.equal(r.code, 0, `${name} --help: ${r.stderr}`);
+    const own = r.stdout.split("\noptions:\n")[1]?.split("\noptions (every command):")[0];
+    assert.ok(own, `${name} --help has a section for its own options`);
+    for (const [option, o] of options) {
+      assert.ok(typeof o.help === "string" && o.help.length > 0, `${name} --${option} has a help text`);
+      assert.match(own, new RegExp(`^ {2}--${option}\\b.* {2,}\\S`, "m"), `${name} --help describes --${option}`);
+    }
+  }
+  const top = await cli(["--help"], { path });
+  assert.match(top.stdout, /^ {2}help \[<command>\] +this text, or one command's/m, "the usage names help <command>");
 });
 
 test("usage errors exit 2, in text and JSON", async () => {

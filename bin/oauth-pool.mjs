@@ -10,7 +10,7 @@
 // where `ps` and shell history would show them), and library messages never carry one.
 import { readFileSync } from "node:fs";
 import { checkArity, parseCommandLine } from "../lib/cli/args.mjs";
-import { COMMANDS, commandHelp, commandOptions, subcommands, usage } from "../lib/cli/commands.mjs";
+import { COMMANDS, commandHelp, commandOptions, groupHelp, subcommands, usage } from "../lib/cli/commands.mjs";
 import { EXIT, UsageError } from "../lib/cli/errors.mjs";
 import { loadLibrary } from "../lib/cli/library.mjs";
 import { makeOutput } from "../lib/cli/output.mjs";
@@ -78,11 +78,13 @@ async function main(argv) {
     // One command's help when one is named (`add --help`, `help add`), else everything.
     const named = command === "help" ? positionals.join(" ") : command;
     const spec = COMMANDS.get(named);
-    if (command === "help" && named && !spec) {
+    // A group's word alone (`help store`, `store --help`): the help of each of its commands.
+    const group = spec || !named ? null : groupHelp(named);
+    if (command === "help" && named && !spec && !group) {
       out.error("USAGE", `unknown command ${named} (oauth-pool --help)`);
       return EXIT.USAGE;
     }
-    const text = spec ? commandHelp(spec) : usage(PKG.version);
+    const text = spec ? commandHelp(spec) : (group ?? usage(PKG.version));
     out.result({ usage: text }, text);
     return EXIT.OK;
   }

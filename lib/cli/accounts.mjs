@@ -250,13 +250,16 @@ export const commands = [
   { name: "status", summary: "per-account state, cooldowns with time left, every window, reserve, usage", run: status },
   {
     name: "add",
-    options: { mode: { type: "string", placeholder: "max|console" }, "code-timeout-ms": { type: "string", placeholder: "<ms>" } },
-    summary: "print the login URL, then read the pasted code from stdin (waits at most\n15 min, or --code-timeout-ms: the login link expires)",
+    options: {
+      mode: { type: "string", placeholder: "max|console", help: "max (default): a Claude Pro/Max login; console: an Anthropic Console login" },
+      "code-timeout-ms": { type: "string", placeholder: "<ms>", help: "how long to wait for the pasted code (default 15 min: the login link expires)" },
+    },
+    summary: "print the login URL, then read the pasted code from stdin (waits at most 15 min)",
     run: add,
   },
   {
     name: "add-key",
-    options: { email: EMAIL },
+    options: { email: { ...EMAIL, help: "the member's name (default: api-key-<fingerprint>; a key already\nin the pool keeps its name)" } },
     argsHint: " (the key is read from stdin: an argument would show in ps and shell history)",
     summary: "read a Console API key from stdin (never from the command line)",
     run: addKey,
@@ -280,7 +283,11 @@ export const commands = [
   },
   {
     name: "import-claude-code",
-    options: { email: EMAIL, credentials: { type: "string", placeholder: "<file>" }, yes: { type: "boolean" } },
+    options: {
+      email: { ...EMAIL, help: "the account's name (default: the login's own email)" },
+      credentials: { type: "string", placeholder: "<file>", help: "Claude Code's credentials file (default: ~/.claude/.credentials.json)" },
+      yes: { type: "boolean", help: "import without asking (needed without a terminal, and with --json)" },
+    },
     summary: "copy a Claude Code login (~/.claude/.credentials.json), which then stays\nshared with Claude Code: asks first, --yes skips the question",
     run: importClaudeCode,
   },

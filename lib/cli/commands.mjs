@@ -35,31 +35,43 @@ function helpLine(left, summary) {
   return [...head, ...rest.map((l) => `${indent}${l}`)].join("\n");
 }
 
-const globalOptions = () =>
-  Object.entries(GLOBAL_OPTIONS).map(([name, o]) => helpLine(o.short ? `-${o.short}, ${optionSynopsis(name, o)}` : optionSynopsis(name, o), o.help));
+const optionLines = (options) =>
+  Object.entries(options).map(([name, o]) => helpLine(o.short ? `-${o.short}, ${optionSynopsis(name, o)}` : optionSynopsis(name, o), o.help));
 
 /** The help of one command (`oauth-pool <command> --help`, `oauth-pool help <command>`). */
 export function commandHelp(c) {
   const what = [...c.summary.split("\n"), ...(c.argsHint ? [c.argsHint.trim()] : [])].map((l) => `  ${l}`);
+  // Its own options with what each does: the synopsis alone left `--drain-ms` to guesswork.
+  const own = Object.keys(c.options ?? {}).length ? `\noptions:\n${optionLines(c.options).join("\n")}\n` : "";
   return `usage: oauth-pool ${synopsis(c)}
 
 ${what.join("\n")}
-
+${own}
 options (every command):
-${globalOptions().join("\n")}
+${optionLines(GLOBAL_OPTIONS).join("\n")}
 `;
+}
+
+/**
+ * The help of a group of two-word commands (`oauth-pool help store`, `oauth-pool store --help`):
+ * each one's, where `oauth-pool store` alone names them. Null when `word` is no group.
+ */
+export function groupHelp(word) {
+  const names = subcommands(word);
+  if (names.length === 0) return null;
+  return names.map((name) => commandHelp(COMMANDS.get(`${word} ${name}`))).join("\n");
 }
 
 export function usage(version) {
   const commands = [...COMMANDS.values()].map((c) => helpLine(synopsis(c), c.summary));
-  const options = globalOptions();
+  const options = optionLines(GLOBAL_OPTIONS);
   return `oauth-pool ${version}: manage the opencode-oauth-pool account pool
 
 usage: oauth-pool <command> [options]
 
 commands:
 ${commands.join("\n")}
-${helpLine("help", "this text")}
+${helpLine("help [<command>]", "this text, or one command's (also: oauth-pool <command> --help)")}
 
 options (every command):
 ${options.join("\n")}

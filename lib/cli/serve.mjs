@@ -43,14 +43,14 @@ export const commands = [
   {
     name: "serve",
     options: {
-      host: { type: "string", placeholder: "<addr>" },
-      port: { type: "string", placeholder: "<n>" },
-      "show-key": { type: "boolean" },
-      "allow-remote": { type: "boolean" },
-      "tls-cert": { type: "string", placeholder: "<file>" },
-      "tls-key": { type: "string", placeholder: "<file>" },
-      "drain-ms": { type: "string", placeholder: "<ms>" },
-      "header-timeout-ms": { type: "string", placeholder: "<ms>" },
+      host: { type: "string", placeholder: "<addr>", help: "the address to listen on (default 127.0.0.1; another needs\n--allow-remote and TLS)" },
+      port: { type: "string", placeholder: "<n>", help: "the port (default 8787; 0 picks a free one)" },
+      "show-key": { type: "boolean", help: "print the key clients send, and exit" },
+      "allow-remote": { type: "boolean", help: "listen on an address other hosts reach (needs --tls-cert and --tls-key)" },
+      "tls-cert": { type: "string", placeholder: "<file>", help: "PEM certificate (chain): serve https" },
+      "tls-key": { type: "string", placeholder: "<file>", help: "PEM private key of --tls-cert" },
+      "drain-ms": { type: "string", placeholder: "<ms>", help: "on SIGINT or SIGTERM, how long streams in flight may finish\n(default 10000)" },
+      "header-timeout-ms": { type: "string", placeholder: "<ms>", help: "how long a client may take to send its request's headers\n(default 10000)" },
     },
     summary:
       "run the pool gateway: an Anthropic-compatible endpoint (default 127.0.0.1:8787,\n--port 0 picks one) for any client; --show-key prints the key clients send",

@@ -34,6 +34,8 @@ async function copy({ lib, options, out }) {
 }
 
 const LOCATION = { type: "string", placeholder: "<file|url>", required: true };
+const FROM = { ...LOCATION, help: "the pool to copy: a file path or a postgres:// URL" };
+const TO = { ...LOCATION, help: "where it goes (replacing what it held): a file path or a postgres:// URL" };
 
 export const commands = [
   {
@@ -45,7 +47,7 @@ export const commands = [
   },
   {
     name: "store copy",
-    options: { from: LOCATION, to: LOCATION },
+    options: { from: FROM, to: TO },
     summary: "copy a whole pool between a file and a postgres:// store, every field kept",
     run: copy,
   },
