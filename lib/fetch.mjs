@@ -247,7 +247,7 @@ function bodyStream(res, signal, done) {
  */
 export function createPoolFetch(options = {}) {
   if (options !== undefined && options !== null && (typeof options !== "object" || Array.isArray(options))) {
-    throw invalidArgument("createPoolFetch takes an options object { path?, onEvent?, transport? }");
+    throw invalidArgument("createPoolFetch takes an options object { path?, provider?, onEvent?, transport? }");
   }
   knownOptions("createPoolFetch's options", options ?? {}, ["path", "provider", "onEvent", "transport"]);
   const { path, provider, onEvent, transport } = options ?? {};
