@@ -3,7 +3,7 @@
 // pasted after logging in, the request's headers and body, and the host's own parts.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { tempPoolPath, useMock } from "./helpers/pool-env.mjs";
@@ -93,4 +93,196 @@ test("From the opencode-aidevops plugin: the composed host declares the provider
       else process.env[k] = v;
     }
   }
+});
+
+// ---- the README's tables against the code: drift a reader would meet first ----------------------
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const source = (file) => readFileSync(`${ROOT}${file}`, "utf8");
+const CONTRACT_PATH = "/work/shared/CONTRACT.md";
+
+/** The text of `## <section>` up to the next `## ` heading. */
+function section(name) {
+  const at = README.indexOf(`\n## ${name}\n`);
+  assert.ok(at >= 0, `README has a section ${name}`);
+  const end = README.indexOf("\n## ", at + 4);
+  return README.slice(at, end < 0 ? undefined : end);
+}
+
+/** The first cells of a section's table rows (`| first | ... |`), from the row after `header`. */
+function firstCells(text, header) {
+  const at = text.indexOf(header);
+  assert.ok(at >= 0, `the table headed ${header}`);
+  const rows = [];
+  for (const line of text.slice(at).split("\n").slice(2)) {
+    if (!line.startsWith("|")) break;
+    rows.push(line.slice(1, line.indexOf(" | ", 1)).trim());
+  }
+  return rows;
+}
+
+const ticked = (cell) => [...cell.matchAll(/`([^`]+)`/g)].map((m) => m[1].replaceAll("\\|", "|"));
+
+test("CLI: every command in the README's table is the CLI's own synopsis, and every command of the CLI is in the table", async () => {
+  const { COMMANDS, commandHelp } = await import("../lib/cli/commands.mjs");
+  const documented = firstCells(section("CLI"), "| command | does |").flatMap(ticked);
+  const names = [...COMMANDS.keys()].sort((a, b) => b.length - a.length);
+  const seen = new Set();
+  for (const synopsis of documented) {
+    const name = names.find((n) => synopsis === n || synopsis.startsWith(`${n} `));
+    assert.ok(name, `the README documents a command the CLI does not have: oauth-pool ${synopsis}`);
+    seen.add(name);
+    const real = commandHelp(COMMANDS.get(name)).split("\n")[0].replace("usage: oauth-pool ", "");
+    assert.equal(synopsis, real, `the README's synopsis of ${name} is the CLI's`);
+  }
+  assert.deepEqual(
+    names.filter((n) => !seen.has(n)),
+    [],
+    "every command of the CLI has a row in the README",
+  );
+  // The names the contract fixes (CLI names fixed by issues) are there, flags included.
+  const serve = COMMANDS.get("serve");
+  for (const flag of ["host", "port", "show-key", "allow-remote", "tls-cert", "tls-key"]) assert.ok(serve.options[flag], `serve --${flag}`);
+  assert.deepEqual(Object.keys(COMMANDS.get("store copy").options).sort(), ["from", "to"]);
+  assert.equal(COMMANDS.get("reserve").args, "<email> <fraction>");
+  assert.ok(COMMANDS.has("store init"));
+});
+
+test("CLI: every `oauth-pool <command>` a message or the README tells a person to run is a command of the CLI", async () => {
+  const { COMMANDS, subcommands } = await import("../lib/cli/commands.mjs");
+  const files = [
+    ...["src", "lib"].flatMap((dir) =>
+      readdirSync(`${ROOT}${dir}`, { recursive: true })
+        .filter((f) => /\.(rs|mjs)$/.test(f))
+        .map((f) => `${dir}/${f}`),
+    ),
+    "README.md",
+    "plugin.mjs",
+  ];
+  const named = new Set();
+  for (const file of files) {
+    // As a person is told it: in backquotes, or after "with:" / "run:" in a message.
+    for (const m of source(file).matchAll(/(?:`|(?:with|run|use): )oauth-pool ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?/g)) {
+      const [, first, second] = m;
+      if (first.startsWith("-")) continue;
+      const name = second && COMMANDS.has(`${first} ${second}`) ? `${first} ${second}` : first;
+      // `oauth-pool store --help`: a group's word alone is a command line too.
+      assert.ok(
+        COMMANDS.has(name) || name === "help" || subcommands(name).length > 0,
+        `${file} tells a person to run oauth-pool ${name}, which the CLI does not have`,
+      );
+      named.add(name);
+    }
+  }
+  assert.ok(named.size >= 10, `found the commands named (${[...named].join(", ")})`);
+});
+
+test("Error codes: the README's table, index.d.ts, the code that raises them and the contract agree", () => {
+  const table = firstCells(section("Error codes"), "| code | when |").flatMap(ticked);
+  const typed = [...source("index.d.ts").matchAll(/^ {2}\| "([A-Z_]+)"/gm)].map((m) => m[1]);
+  assert.deepEqual([...table].sort(), [...typed].sort(), "index.d.ts's ErrorCode is the README's table");
+  // Raised: the Rust error's code() strings, and the codes the JavaScript library sets itself.
+  const codeFn = source("src/error.rs").match(/pub fn code\(&self\)[\s\S]*?\n {4}\}\n/);
+  assert.ok(codeFn, "src/error.rs has code()");
+  const raised = new Set([...codeFn[0].matchAll(/"([A-Z][A-Z_]+)"/g)].map((m) => m[1]));
+  for (const file of readdirSync(`${ROOT}lib`, { recursive: true }).filter((f) => f.endsWith(".mjs") && !f.startsWith("cli"))) {
+    for (const m of source(`lib/${file}`).matchAll(/\bcode = "([A-Z][A-Z_]+)"/g)) raised.add(m[1]);
+  }
+  assert.deepEqual(
+    [...raised].filter((c) => !table.includes(c)),
+    [],
+    "every code the library raises is in the README's table",
+  );
+  // ABORT_ERR is the pool's own word for an abort; the rejection is the signal's reason (fetch's).
+  assert.deepEqual(
+    table.filter((c) => !raised.has(c) && c !== "ABORT_ERR"),
+    [],
+    "every code in the table is raised somewhere",
+  );
+  // The CLI's own two, named under the table.
+  assert.match(section("Error codes"), /The CLI adds `USAGE` \(exit 2\) and `CANCELLED`/);
+});
+
+test("Error codes: every code the contract fixes is in the README's table", { skip: !existsSync(CONTRACT_PATH) && "no contract here" }, () => {
+  const table = new Set(firstCells(section("Error codes"), "| code | when |").flatMap(ticked));
+  const contract = readFileSync(CONTRACT_PATH, "utf8");
+  const fixed = new Set(
+    [...contract.matchAll(/`([A-Z][A-Z_]{3,})`/g)].map((m) => m[1]).filter((c) => !/^(OAUTH_POOL_|HTTPS?_PROXY|NO_PROXY|ANTHROPIC_MODELS$)/.test(c)),
+  );
+  assert.deepEqual(
+    [...fixed].filter((c) => !table.has(c)),
+    [],
+  );
+});
+
+test("Configuration: the README's variables are the ones the pool reads, with the defaults it applies", () => {
+  const cells = firstCells(section("Configuration"), "| variable | default | meaning |");
+  const documented = new Set(cells.flatMap(ticked));
+  // Every variable the addon reads goes through src/config.rs's list (HOME is the system's).
+  const read = [...source("src/config.rs").matchAll(/^ {8}[A-Z_]+ = "([A-Za-z_]+)";$/gm)].map((m) => m[1]).filter((v) => !["HOME", "USERPROFILE"].includes(v));
+  assert.ok(read.length > 15, "found src/config.rs's list");
+  assert.deepEqual(
+    read.filter((v) => !documented.has(v) && !documented.has(v.toUpperCase())),
+    [],
+    "every variable the addon reads is documented",
+  );
+  const jsRead = source("lib/plugin/config.mjs");
+  assert.deepEqual(
+    [...documented].filter((v) => !read.includes(v) && !jsRead.includes(`env.${v}`)),
+    [],
+    "every documented variable is read",
+  );
+  // The settings' defaults as src/settings.rs applies them.
+  const settings = source("src/settings.rs");
+  const names = Object.fromEntries([...source("src/config.rs").matchAll(/^ {8}([A-Z_]+) = "([A-Za-z_]+)";$/gm)].map((m) => [m[1], m[2]]));
+  const rows = Object.fromEntries(
+    README.slice(README.indexOf("| variable | default | meaning |"))
+      .split("\n")
+      .filter((l) => l.startsWith("| `OAUTH_POOL_"))
+      .map((l) => l.split(" | ").map((c) => c.replace(/^\| /, "")))
+      .map(([v, d]) => [v.replaceAll("`", ""), d]),
+  );
+  let checked = 0;
+  for (const m of settings.matchAll(/variable: var::([A-Z_]+),\s*rule: Rule::(\w+)[^,]*,\s*default: ([\d._]+),/g)) {
+    const [, constant, rule, value] = m;
+    const variable = names[constant];
+    const shown = rows[variable];
+    assert.ok(shown, `${variable} has a row`);
+    const number = Number(value.replaceAll("_", ""));
+    if (rule === "OffSwitch") assert.match(shown, /^on\b/, `${variable}: on by default`);
+    else assert.equal(Number(/`([\d.]+)`/.exec(shown)?.[1]), number, `${variable}'s default is ${number}`);
+    checked++;
+  }
+  assert.equal(checked, 6, "every setting of src/settings.rs was compared");
+});
+
+test("Library: the README's table names every export, index.d.ts types each one", async () => {
+  const library = section("Library");
+  const names = new Set(firstCells(library, "| export | does |").flatMap((cell) => ticked(cell).map((t) => /^[A-Za-z_]+/.exec(t)?.[0])));
+  const exports = Object.keys(await import(INDEX));
+  assert.deepEqual(
+    exports.filter((k) => !names.has(k)),
+    [],
+    "every export has a row",
+  );
+  assert.deepEqual(
+    [...names].filter((n) => !exports.includes(n)),
+    [],
+    "every row is an export",
+  );
+  const dts = source("index.d.ts");
+  assert.deepEqual(
+    exports.filter((k) => !new RegExp(`export (?:function|const) ${k}\\b`).test(dts)),
+    [],
+    "every export is typed",
+  );
+  // createPoolFetch's options as documented are the ones it takes (and types).
+  const documented = /`createPoolFetch\(\{ ([^}]*) \}\)`/.exec(library)?.[1];
+  assert.ok(documented, "the README gives createPoolFetch's options");
+  const options = documented.split(",").map((o) => o.trim().replace(/\?$/, ""));
+  const fetchSource = source("lib/fetch.mjs");
+  const taken = /knownOptions\("createPoolFetch's options", [^,]+, \[([^\]]+)\]\)/.exec(fetchSource)?.[1].match(/[a-zA-Z]+/g);
+  assert.deepEqual([...options].sort(), [...taken].sort());
+  const typed = /export interface PoolFetchOptions \{([\s\S]*?)\n\}/.exec(dts)?.[1];
+  for (const o of options) assert.match(typed, new RegExp(`\\n {2}${o}\\?:`), `PoolFetchOptions types ${o}`);
 });
