@@ -195,7 +195,7 @@ test("a full disk: requests keep being served, writes fail with POOL_IO and leav
   }
 });
 
-test("refreshAccount (`oauth-pool refresh`) on a full disk: the unsaved tokens are an error with the write's code, not a quiet `kept`", async (t) => {
+test("refreshAccount (`oauth-pool refresh`) on a full disk: refused before the token is spent; new tokens the disk could not take meanwhile are an error with the write's code, not a quiet `kept`", async (t) => {
   const disk = smallDisk();
   if (disk.skip) return t.skip(disk.skip);
   const { refreshAccount, flushPool } = await import("../index.mjs");
@@ -203,17 +203,32 @@ test("refreshAccount (`oauth-pool refresh`) on a full disk: the unsaved tokens a
     const email = "full-refresh@x.test";
     const path = join(disk.dir, "pool", "oauth-pool.json");
     await seedPool(mock, [email], { path });
-    // The refresh lock is made before the disk fills: only the write of the new tokens fails.
+    // The refresh lock is made before the disk fills: only the writes of new tokens can fail.
     await refreshAccount(email, path);
     const before = readPool(path);
+    const calls = () => mock.stats().perFamily[email].refreshCalls;
     disk.fill();
-    // It resolved { outcome: "kept" }, and the CLI exited 0 saying it kept its token, while the
-    // stored refresh token was spent and the new one died with the process.
+    // It spent the stored refresh token and could not save the new one: a CLI ending right after
+    // took the login with it.
     await assert.rejects(
       refreshAccount(email, path),
+      (e) => e.code === "POOL_IO" && /nothing was refreshed/.test(e.message) && /No space left/.test(e.message),
+    );
+    assert.equal(calls(), 1, "the token endpoint was not asked");
+    assert.deepEqual(readPool(path), before, "nothing was written");
+    disk.free();
+    // The disk fills while the token endpoint answers: the new tokens cannot be saved. It resolved
+    // { outcome: "kept" }, and the CLI exited 0 saying it kept its token.
+    mock.setTokenMode({ grant: "refresh_token", delayMs: 300, times: 1 });
+    const arrived = mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const refreshing = refreshAccount(email, path);
+    await arrived;
+    disk.fill();
+    await assert.rejects(
+      refreshing,
       (e) => e.code === "POOL_IO" && /could not be saved/.test(e.message) && /No space left/.test(e.message) && e.message.includes(email),
     );
-    assert.equal(mock.stats().perFamily[email].refreshCalls, 2, "the refresh itself went through");
+    assert.equal(calls(), 2, "the refresh itself went through");
     assert.deepEqual(readPool(path), before, "nothing was written");
     disk.free();
     await flushPool(path);

@@ -358,6 +358,9 @@ impl Engine {
         }
         let email = account.email.clone();
         let before = account.refresh.clone();
+        // Asked for, not needed by a request: nothing is waiting on a token that could not be
+        // saved, and a process that ends (the CLI does at once) would take the new one with it.
+        self.store.try_write_room().await?;
         let mut events = Vec::new();
         let never = CancellationToken::new();
         let access = self

@@ -406,6 +406,37 @@ impl FileStore {
         Ok(Some((file, meta)))
     }
 
+    /// Whether the pool file's next write has room, tried before something that cannot be
+    /// undone (a refresh token spent on request): a temp file as large as the file plus a
+    /// margin for new tokens is written, synced and removed. A full disk, a quota or a
+    /// read-only mount then costs nothing: the refresh is not made, and its token stays good.
+    /// A pool file that is not there has nothing to lose (no refresh token to spend).
+    pub fn try_write_room(&self) -> Result<()> {
+        const MARGIN: u64 = 8 * 1024;
+        let Ok(meta) = fs::symlink_metadata(&self.path) else {
+            return Ok(());
+        };
+        let dir = parent_dir(&self.path);
+        let trial = || -> std::io::Result<()> {
+            let mut tmp = temp_in(&dir, &self.path).map_err(std::io::Error::other)?;
+            let zeros = [0u8; 16 * 1024];
+            let mut left = meta.len() + MARGIN;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                tmp.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
+            tmp.as_file().sync_all()
+        };
+        trial().map_err(|e| {
+            Error::io(
+                &self.path,
+                "a trial write before refreshing (nothing was refreshed: the stored refresh token is unspent)",
+                e,
+            )
+        })
+    }
+
     /// What a writer asks before it makes anything (a lock file, a temp, the directory): that
     /// the file is one it would read, or, when there is none yet, that one it makes there would
     /// not shut the directory's owner out (`check_maker`).
@@ -1374,6 +1405,29 @@ mod tests {
     /// a write's re-read) waits for the rest, and a file left so is refused once the wait ends,
     /// then at once while it stays as it is.
     /// A store whose file holds account a@x, and the file's bytes.
+    /// The trial write before a refresh asked for leaves nothing behind and changes nothing; a
+    /// pool with no file has nothing to try.
+    #[test]
+    fn a_trial_write_leaves_the_directory_as_it_was() {
+        let (_d, store) = tmp_store();
+        store.try_write_room().unwrap();
+        assert!(!store.path().parent().unwrap().exists(), "nothing made");
+        let (_d, store, whole) = store_holding_a();
+        let dir = store.path().parent().unwrap().to_path_buf();
+        let names = |d: &Path| {
+            let mut n: Vec<_> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            n.sort();
+            n
+        };
+        let listed = names(&dir);
+        store.try_write_room().unwrap();
+        assert_eq!(names(&dir), listed);
+        assert_eq!(fs::read(store.path()).unwrap(), whole);
+    }
+
     fn store_holding_a() -> (tempfile::TempDir, FileStore, Vec<u8>) {
         let (d, store) = tmp_store();
         store

@@ -341,6 +341,18 @@ impl Store {
         }
     }
 
+    /// Whether the store's next write has room (`FileStore::try_write_room`); the fleet store
+    /// has no disk of ours to fill.
+    pub async fn try_write_room(&self) -> Result<()> {
+        match self {
+            Store::File(f) => {
+                let f = f.clone();
+                blocking(move || f.try_write_room()).await
+            }
+            Store::Postgres(_) => Ok(()),
+        }
+    }
+
     /// Whether another process is spending this account's refresh token right now (or holds
     /// new tokens it could not save yet).
     pub async fn refresh_lock_held(&self, email: &str) -> bool {
