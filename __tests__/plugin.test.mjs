@@ -535,6 +535,108 @@ function askingContext(answer) {
   };
 }
 
+// OpenCode 1.18.33's permission rules, written out from its source (the pinned binary the e2e
+// runs has the same code), so that tests see what the plugin's rules do there:
+// - packages/opencode/src/util/wildcard.ts `match`: `*` any run, `?` one character, a trailing
+//   " *" optional;
+// - packages/opencode/src/permission/index.ts: `fromConfig` (a string is {"*": action}),
+//   `evaluate` (the last rule whose key matches the permission and whose pattern matches; none:
+//   "ask"), `disabled` (a tool is hidden from an agent when the last rule whose key matches the
+//   tool's name is a "deny" for "*"; `resolveTools` in packages/opencode/src/session/llm/request.ts
+//   leaves such tools out of the model's request), `ask` (per pattern: "deny" fails, "allow"
+//   passes, else the person is asked);
+// - packages/opencode/src/agent/agent.ts: an agent's rules are the defaults, its built-in
+//   rules, the top-level `permission`, then its own `agent.<name>.permission`;
+//   packages/opencode/src/session/tools.ts: ctx.ask evaluates that list.
+const oc = {
+  match(text, pattern) {
+    let re = pattern
+      .replaceAll("\\", "/")
+      .replace(/[.+^${}()|[\]\\]/g, "\\$&")
+      .replace(/\*/g, ".*")
+      .replace(/\?/g, ".");
+    if (re.endsWith(" .*")) re = `${re.slice(0, -3)}( .*)?`;
+    return new RegExp(`^${re}$`, "s").test(text.replaceAll("\\", "/"));
+  },
+  fromConfig(permission) {
+    const block = typeof permission === "string" ? { "*": permission } : (permission ?? {});
+    return Object.entries(block).flatMap(([key, value]) =>
+      typeof value === "string"
+        ? [{ permission: key, pattern: "*", action: value }]
+        : Object.entries(value).map(([pattern, action]) => ({ permission: key, pattern, action })),
+    );
+  },
+  DEFAULTS: {
+    "*": "allow",
+    doom_loop: "ask",
+    external_directory: { "*": "ask" },
+    question: "deny",
+    plan_enter: "deny",
+    plan_exit: "deny",
+    read: { "*": "allow", "*.env": "ask", "*.env.*": "ask", "*.env.example": "allow" },
+  },
+  BUILT_IN: {
+    build: { question: "allow", plan_enter: "allow" },
+    plan: { question: "allow", plan_exit: "allow", edit: { "*": "deny" } },
+    general: { todowrite: "deny" },
+    explore: {
+      "*": "deny",
+      grep: "allow",
+      glob: "allow",
+      list: "allow",
+      bash: "allow",
+      webfetch: "allow",
+      websearch: "allow",
+      read: "allow",
+      external_directory: { "*": "ask" },
+    },
+    compaction: { "*": "deny" },
+    title: { "*": "deny" },
+    summary: { "*": "deny" },
+  },
+  rules(config, agent) {
+    return [this.DEFAULTS, this.BUILT_IN[agent], config.permission, config.agent?.[agent]?.permission].flatMap((block) => this.fromConfig(block));
+  },
+  evaluate(permission, pattern, rules) {
+    return rules.findLast((r) => this.match(permission, r.permission) && this.match(pattern, r.pattern)) ?? { action: "ask" };
+  },
+  hidden(tool, rules) {
+    const last = rules.findLast((r) => this.match(tool, r.permission));
+    return last?.pattern === "*" && last.action === "deny";
+  },
+  /** A ToolContext for `agent` whose ask() is OpenCode's on `config`; `answer` is the person's. */
+  context(config, agent, answer) {
+    const questions = [];
+    const inputs = [];
+    const ctx = {
+      sessionID: "ses_1",
+      messageID: "msg_1",
+      agent,
+      directory: tmp,
+      worktree: tmp,
+      abort: new AbortController().signal,
+      metadata() {},
+      ask: async (input) => {
+        inputs.push(input);
+        const rules = this.rules(config, agent);
+        const actions = input.patterns.map((p) => this.evaluate(input.permission, p, rules).action);
+        if (actions.includes("deny"))
+          throw Object.assign(new Error("The user has specified a rule which prevents you from using this specific tool call."), {
+            name: "PermissionDeniedError",
+          });
+        if (actions.every((a) => a === "allow")) return;
+        questions.push([input.permission, ...input.patterns]);
+        if (answer !== "once")
+          throw Object.assign(new Error("The user rejected permission to use this specific tool call."), { name: "PermissionRejectedError" });
+      },
+    };
+    return { ctx, questions, inputs };
+  },
+};
+
+const AGENTS = ["build", "plan", "general", "explore", "compaction", "title", "summary", "mine"];
+const REMOVE_KEY = `${TOOL}-remove`;
+
 const refreshOf = (path, email) => JSON.parse(readFileSync(path, "utf8")).anthropic.find((a) => a.email === email)?.refresh;
 
 test("tool remove deletes a login only once the person agrees in OpenCode's permission prompt; refused, nothing changes", async () => {
@@ -543,22 +645,27 @@ test("tool remove deletes a login only once the person agrees in OpenCode's perm
   // OpenCode runs the config hook before any tool: it sets the rule that makes ask() ask.
   const config = {};
   await hooks.config(config);
-  assert.deepEqual(config.permission, { [TOOL]: { "remove *": "ask" } });
+  assert.deepEqual(config.permission, { [REMOVE_KEY]: "ask" });
   await login(hooks, "alice@example.com");
   await login(hooks, "bob@example.com");
   const kept = refreshOf(path, "alice@example.com");
 
-  const no = askingContext("reject");
+  const no = oc.context(config, "build", "reject");
   await assert.rejects(hooks.tool[TOOL].execute({ action: "remove", email: "alice@example.com" }, no.ctx), /rejected permission/);
-  assert.deepEqual(no.asked, [
-    { permission: TOOL, patterns: ["remove alice@example.com"], always: [], metadata: { action: "remove", email: "alice@example.com" } },
+  // Under the tool's name first (the person's rules for it; none here, so OpenCode allows), then
+  // under the dedicated key, whose "ask" asks.
+  const metadata = { action: "remove", email: "alice@example.com" };
+  assert.deepEqual(no.inputs, [
+    { permission: TOOL, patterns: ["remove alice@example.com"], always: [], metadata },
+    { permission: REMOVE_KEY, patterns: ["alice@example.com"], always: [], metadata },
   ]);
+  assert.deepEqual(no.questions, [[REMOVE_KEY, "alice@example.com"]]);
   assert.equal(refreshOf(path, "alice@example.com"), kept, "the login is still there");
   assert.equal((await lib.listAccounts(path)).find((a) => a.email === "alice@example.com").status, "idle", "and in use");
 
-  const yes = askingContext("once");
+  const yes = oc.context(config, "build", "once");
   const text = await hooks.tool[TOOL].execute({ action: "remove", email: "alice@example.com" }, yes.ctx);
-  assert.equal(yes.asked.length, 1);
+  assert.equal(yes.questions.length, 1);
   assert.match(text, /^Removed alice@example\.com from the Anthropic pool; its login is deleted\. Accounts in the pool: bob@example\.com\./);
   assert.deepEqual(
     (await lib.listAccounts(path)).map((a) => a.email),
@@ -690,33 +797,56 @@ test("no tool answer (it goes to the model's provider) carries a token or key of
   for (const a of answers) for (const s of secrets) assert.ok(!a.includes(s), `an answer quotes a secret:\n${a}`);
 });
 
-test("the config hook leaves the person's own permission rule for the tool as it is", async () => {
-  const mine = { permission: { [TOOL]: "allow", bash: "ask" } };
-  await poolConfigHook(mine, { path: freshPath() });
-  assert.deepEqual(mine.permission, { [TOOL]: "allow", bash: "ask" });
-  const short = { permission: "allow" };
-  await poolConfigHook(short, { path: freshPath() });
-  assert.deepEqual(short.permission, { "*": "allow", [TOOL]: { "remove *": "ask" } }, "ours comes after their catch-all: the last matching rule wins");
-  // A deny (or ask) that reaches the tool stands. OpenCode hides a tool whose last matching rule
-  // denies "*"; ours after their "*": "deny" showed the tool again and made its remove a question.
-  for (const permission of ["deny", { "*": "deny" }, { "*": "ask", bash: "allow" }, { "model-*": { "*": "deny" } }, { "*": "deny", "*pool": "allow" }]) {
-    const theirs = { permission: structuredClone(permission) };
-    await poolConfigHook(theirs, { path: freshPath() });
-    assert.deepEqual(theirs.permission, typeof permission === "string" ? { "*": permission } : permission, JSON.stringify(permission));
+test("the config hook gives remove's dedicated key its rule after the person's rules, and leaves theirs as they are", async () => {
+  const hooked = async (permission) => {
+    const config = { permission: structuredClone(permission) };
+    await poolConfigHook(config, { path: freshPath() });
+    return config.permission;
+  };
+  assert.deepEqual(await hooked({ [TOOL]: "allow", bash: "ask" }), { [TOOL]: "allow", bash: "ask", [REMOVE_KEY]: "allow" });
+  assert.deepEqual(Object.entries(await hooked("allow")), [
+    ["*", "allow"],
+    [REMOVE_KEY, "ask"],
+  ]);
+  // Their rules decide every remove (for the tool's name, or reaching it and not allowing): ours
+  // is "allow", so that their answer stands and no second question follows theirs.
+  for (const permission of [
+    "deny",
+    { "*": "deny" },
+    { "*": "ask", bash: "allow" },
+    { "model-*": { "*": "deny" } },
+    { "*": "deny", "*pool": "allow" },
+    { [TOOL]: { "remove *": "deny" } },
+    { [TOOL]: { "*": "ask" } },
+  ]) {
+    const theirs = typeof permission === "string" ? { "*": permission } : permission;
+    assert.deepEqual(Object.entries(await hooked(permission)), [...Object.entries(theirs), [REMOVE_KEY, "allow"]], JSON.stringify(permission));
   }
-  // Rules that do not reach the tool, and shapes that are no rules, leave ours to add.
-  for (const permission of [{ bash: "deny", "other-*": "deny" }, { "*": { "*": "allow" } }, undefined, null, [], 5]) {
-    const theirs = { permission: structuredClone(permission) };
-    await poolConfigHook(theirs, { path: freshPath() });
-    assert.deepEqual(theirs.permission[TOOL], { "remove *": "ask" }, JSON.stringify(permission));
+  // Rules that do not reach the tool, or do not decide every remove, and shapes that are no rules.
+  for (const permission of [
+    { bash: "deny", "other-*": "deny" },
+    { "*": { "*": "allow" } },
+    { [TOOL]: { "list *": "allow" } },
+    { [TOOL]: { "remove alice@*": "allow" } },
+    { "*": { "rm *": "deny" } },
+    undefined,
+    null,
+    [],
+    5,
+  ]) {
+    assert.equal((await hooked(permission))[REMOVE_KEY], "ask", JSON.stringify(permission));
+  }
+  // The person's own rule for the dedicated key stands; nothing is added.
+  for (const permission of [{ [REMOVE_KEY]: "deny" }, { [REMOVE_KEY]: { "*": "ask", "alice@example.com": "allow" } }, { [`${TOOL}-*`]: "allow" }]) {
+    assert.deepEqual(await hooked(permission), permission, JSON.stringify(permission));
   }
   assert.match((await plugin(freshPath())).tool[TOOL].description, /Call remove only when the person asked for it in their own words/);
 });
 
 // OpenCode 1.18.33 reads `agent.<name>.permission` after the top-level rules, and the last
-// matching rule wins: an agent's "*": "allow" would let the model's remove run without asking.
-test("the config hook repeats the remove rule in an agent's block that allows everything, and leaves the person's own decisions there", async () => {
-  const ask = { "remove *": "ask" };
+// matching rule wins: an agent's "*": "allow" would let the model's remove run without asking,
+// and an agent's own rule for the tool would be followed by the top-level question.
+test("the config hook says the remove rule again in an agent's block that allows everything, and lets an agent's own decision stand alone", async () => {
   const config = {
     agent: {
       build: { permission: { "*": "allow" } },
@@ -726,6 +856,7 @@ test("the config hook repeats the remove rule in an agent's block that allows ev
       denies: { permission: { "*": "allow", "model-*": "deny" } },
       asks: { permission: { "*": "allow", [TOOL]: { "*": "ask" } } },
       explicit: { permission: { "*": "allow", [TOOL]: "allow" } },
+      theirs: { permission: { "*": "allow", [REMOVE_KEY]: "deny" } },
       unrelated: { permission: { bash: "allow", "other-*": "allow" } },
       narrow: { permission: { [`${TOOL.slice(0, 5)}*`]: { "list *": "allow" } } },
       none: { model: "anthropic-pool/claude-sonnet-4-5" },
@@ -735,48 +866,163 @@ test("the config hook repeats the remove rule in an agent's block that allows ev
   };
   await poolConfigHook(config, { path: freshPath() });
   const { agent } = config;
-  assert.deepEqual(config.permission, { [TOOL]: ask });
+  assert.deepEqual(config.permission, { [REMOVE_KEY]: "ask" });
   // Ours comes last in the agent's block, after its catch-all allow.
   assert.deepEqual(Object.entries(agent.build.permission), [
     ["*", "allow"],
-    [TOOL, ask],
+    [REMOVE_KEY, "ask"],
   ]);
-  assert.deepEqual(agent.short.permission, { "*": "allow", [TOOL]: ask }, 'the short form is {"*": action}');
-  assert.deepEqual(agent.wild.permission, { "model-*": "allow", bash: "ask", [TOOL]: ask });
-  assert.deepEqual(agent.nested.permission, { "*": { "*": "allow" }, [TOOL]: ask });
-  assert.deepEqual(config.mode.fast.permission, { "*": "allow", [TOOL]: ask });
-  // The person's deny or ask reaching the tool, or their rule for it, stands; so do blocks that
-  // do not reach it (the top level applies) or do not allow it outright; no agent is created.
-  assert.deepEqual(agent.denies.permission, { "*": "allow", "model-*": "deny" });
-  assert.deepEqual(agent.asks.permission, { "*": "allow", [TOOL]: { "*": "ask" } });
-  assert.deepEqual(agent.explicit.permission, { "*": "allow", [TOOL]: "allow" });
+  assert.deepEqual(agent.short.permission, { "*": "allow", [REMOVE_KEY]: "ask" }, 'the short form is {"*": action}');
+  assert.deepEqual(agent.wild.permission, { "model-*": "allow", bash: "ask", [REMOVE_KEY]: "ask" });
+  assert.deepEqual(agent.nested.permission, { "*": { "*": "allow" }, [REMOVE_KEY]: "ask" });
+  assert.deepEqual(config.mode.fast.permission, { "*": "allow", [REMOVE_KEY]: "ask" });
+  // The block's own decision for the tool stands alone: the dedicated key allows after it.
+  assert.deepEqual(agent.denies.permission, { "*": "allow", "model-*": "deny", [REMOVE_KEY]: "allow" });
+  assert.deepEqual(agent.asks.permission, { "*": "allow", [TOOL]: { "*": "ask" }, [REMOVE_KEY]: "allow" });
+  assert.deepEqual(agent.explicit.permission, { "*": "allow", [TOOL]: "allow", [REMOVE_KEY]: "allow" });
+  // The person's rule for the dedicated key stands; blocks that do not reach the tool (the top
+  // level applies) or do not allow it outright are left alone; no agent is created.
+  assert.deepEqual(agent.theirs.permission, { "*": "allow", [REMOVE_KEY]: "deny" });
   assert.deepEqual(agent.unrelated.permission, { bash: "allow", "other-*": "allow" });
   assert.deepEqual(agent.narrow.permission, { [`${TOOL.slice(0, 5)}*`]: { "list *": "allow" } });
   assert.deepEqual(agent.none, { model: "anthropic-pool/claude-sonnet-4-5" });
   assert.equal(agent.off, null);
-  assert.deepEqual(Object.keys(agent), ["build", "short", "wild", "nested", "denies", "asks", "explicit", "unrelated", "narrow", "none", "off"]);
+  assert.deepEqual(Object.keys(agent), ["build", "short", "wild", "nested", "denies", "asks", "explicit", "theirs", "unrelated", "narrow", "none", "off"]);
 
-  // The person's own top-level rule for the tool is the one said again: their deny of remove
-  // holds in an agent that allows everything, their allow stays an allow.
-  for (const mine of [{ "remove *": "deny" }, "allow"]) {
+  // The person's own top-level rule for the tool is said again: their deny of remove holds in an
+  // agent that allows everything, their allow stays an allow; a rule of theirs that does not
+  // decide remove leaves ours to ask.
+  for (const [mine, ours] of [
+    [{ "remove *": "deny" }, "allow"],
+    ["allow", "allow"],
+    [{ "list *": "allow" }, "ask"],
+  ]) {
     const theirs = { permission: { [TOOL]: mine }, agent: { build: { permission: { "*": "allow" } } } };
     await poolConfigHook(theirs, { path: freshPath() });
-    assert.deepEqual(theirs.permission, { [TOOL]: mine });
-    assert.deepEqual(theirs.agent.build.permission, { "*": "allow", [TOOL]: mine }, JSON.stringify(mine));
+    assert.deepEqual(theirs.permission, { [TOOL]: mine, [REMOVE_KEY]: ours });
+    assert.deepEqual(theirs.agent.build.permission, { "*": "allow", [TOOL]: mine, [REMOVE_KEY]: ours }, JSON.stringify(mine));
   }
   // A top-level deny of everything does not keep ours out of an agent that allows everything.
   const strict = { permission: { "*": "deny" }, agent: { build: { permission: "allow" } } };
   await poolConfigHook(strict, { path: freshPath() });
-  assert.deepEqual(strict.permission, { "*": "deny" });
-  assert.deepEqual(strict.agent.build.permission, { "*": "allow", [TOOL]: ask });
+  assert.deepEqual(strict.permission, { "*": "deny", [REMOVE_KEY]: "allow" });
+  assert.deepEqual(strict.agent.build.permission, { "*": "allow", [REMOVE_KEY]: "ask" });
+  // The person's top-level rule for the dedicated key is said again where a block's rule would
+  // override it, and not replaced by ours.
+  const keyed = {
+    permission: { [REMOVE_KEY]: "deny" },
+    agent: {
+      build: { permission: { "*": "allow" } },
+      asks: { permission: { "*": "ask" } },
+      named: { permission: { [TOOL]: { "remove *": "ask" } } },
+    },
+  };
+  await poolConfigHook(keyed, { path: freshPath() });
+  assert.deepEqual(keyed.permission, { [REMOVE_KEY]: "deny" });
+  assert.deepEqual(keyed.agent.build.permission, { "*": "allow", [REMOVE_KEY]: "deny" });
+  assert.deepEqual(keyed.agent.asks.permission, { "*": "ask", [REMOVE_KEY]: "deny" });
+  assert.deepEqual(keyed.agent.named.permission, { [TOOL]: { "remove *": "ask" } });
   // Running the hook again changes nothing.
-  const before = structuredClone({ agent: config.agent, mode: config.mode });
-  await poolConfigHook(config, { path: freshPath() });
-  assert.deepEqual({ agent: config.agent, mode: config.mode }, before);
+  for (const c of [config, keyed, strict]) {
+    const before = structuredClone({ permission: c.permission, agent: c.agent, mode: c.mode });
+    await poolConfigHook(c, { path: freshPath() });
+    assert.deepEqual({ permission: c.permission, agent: c.agent, mode: c.mode }, before);
+  }
   assert.deepEqual(Object.entries(config.agent.build.permission), [
     ["*", "allow"],
-    [TOOL, ask],
+    [REMOVE_KEY, "ask"],
   ]);
+});
+
+// OpenCode hides a tool from an agent when the last rule whose key matches the tool's name denies
+// "*". explore, compaction, title and summary deny "*" among their built-in rules; a rule of the
+// plugin's keyed on the tool's name, read after theirs, showed the tool to them again (explore,
+// a subagent that reads untrusted files, could then disable accounts unasked).
+test("the plugin's rules change no agent's view of the tool: explore, compaction, title and summary do not see it unless the person's rules show it", async () => {
+  const configs = [
+    {},
+    { permission: "allow" },
+    { permission: { "*": "deny" } },
+    { permission: { "*": "ask", bash: "allow" } },
+    { permission: { [TOOL]: { "remove *": "deny" } } },
+    { permission: { [TOOL]: { "remove *": "deny" } }, agent: { build: { permission: { "*": "allow" } } } },
+    { permission: { [TOOL]: "deny" } },
+    { permission: { [TOOL]: { "list *": "allow" } } },
+    { permission: { [REMOVE_KEY]: "allow" } },
+    { agent: { build: { permission: { "*": "allow" } }, explore: { permission: { "*": "allow" } }, mine: { permission: { "*": "deny" } } } },
+    { agent: { explore: { permission: { [TOOL]: "allow" } }, title: { permission: { [TOOL]: { "*": "ask" } } } } },
+    { permission: { "*": "deny" }, agent: { build: { permission: "allow" } } },
+  ];
+  for (const config of configs) {
+    const without = structuredClone(config);
+    await poolConfigHook(config, { path: freshPath() });
+    for (const agent of AGENTS) {
+      const shown = !oc.hidden(TOOL, oc.rules(config, agent));
+      assert.equal(
+        shown,
+        !oc.hidden(TOOL, oc.rules(without, agent)),
+        `${agent}, with ${JSON.stringify(without)}: ${JSON.stringify({ permission: config.permission, agent: config.agent })}`,
+      );
+    }
+  }
+  const config = {};
+  await poolConfigHook(config, { path: freshPath() });
+  for (const agent of ["explore", "compaction", "title", "summary"]) assert.ok(oc.hidden(TOOL, oc.rules(config, agent)), agent);
+  for (const agent of ["build", "plan", "general", "mine"]) assert.ok(!oc.hidden(TOOL, oc.rules(config, agent)), agent);
+});
+
+test("remove asks once where the person's rules say nothing of it, and does what their rules for the tool's name or for the dedicated key say", async () => {
+  const email = "alice@example.com";
+  const asked = [[REMOVE_KEY, email]];
+  const theirs = [[TOOL, `remove ${email}`]];
+  const allows = { "*": "allow" };
+  // [case, config, agent, the person's answer, outcome, questions]
+  const cases = [
+    ["no rule", {}, "build", "reject", "rejected", asked],
+    ["no rule, agreed", {}, "build", "once", "removed", asked],
+    ["a subagent", {}, "general", "reject", "rejected", asked],
+    ["an agent allowing everything", { agent: { build: { permission: allows } } }, "build", "reject", "rejected", asked],
+    ["a catch-all allow", { permission: "allow" }, "build", "reject", "rejected", asked],
+    ["their rule for other actions", { permission: { [TOOL]: { "list *": "allow" } } }, "build", "reject", "rejected", asked],
+    ["their deny", { permission: { [TOOL]: { "remove *": "deny" } } }, "build", "once", "denied", []],
+    [
+      "their deny, an agent allowing everything",
+      { permission: { [TOOL]: { "remove *": "deny" } }, agent: { build: { permission: "allow" } } },
+      "build",
+      "once",
+      "denied",
+      [],
+    ],
+    ["their allow", { permission: { [TOOL]: { "remove *": "allow" } } }, "build", "reject", "removed", []],
+    ["their ask", { permission: { [TOOL]: { "remove *": "ask" } } }, "build", "once", "removed", theirs],
+    ["their ask for everything", { permission: { "*": "ask" } }, "build", "once", "removed", theirs],
+    ["an agent's ask", { agent: { build: { permission: { [TOOL]: { "remove *": "ask" } } } } }, "build", "once", "removed", theirs],
+    ["an agent's allow", { agent: { build: { permission: { [TOOL]: { "remove *": "allow" } } } } }, "build", "reject", "removed", []],
+    ["the dedicated key allowed", { permission: { [REMOVE_KEY]: "allow" } }, "build", "reject", "removed", []],
+    [
+      "the dedicated key denied, an agent allowing everything",
+      { permission: { [REMOVE_KEY]: "deny" }, agent: { build: { permission: allows } } },
+      "build",
+      "once",
+      "denied",
+      [],
+    ],
+  ];
+  for (const [what, theirConfig, agent, answer, outcome, questions] of cases) {
+    const config = structuredClone(theirConfig);
+    const path = freshPath();
+    const hooks = await plugin(path);
+    await hooks.config(config);
+    await login(hooks, email);
+    assert.ok(!oc.hidden(TOOL, oc.rules(config, agent)), what);
+    const person = oc.context(config, agent, answer);
+    const got = await hooks.tool[TOOL].execute({ action: "remove", email }, person.ctx).then(
+      (text) => (/^Removed alice@example\.com/.test(text) ? "removed" : text),
+      (err) => ({ PermissionDeniedError: "denied", PermissionRejectedError: "rejected" })[err.name] ?? String(err),
+    );
+    assert.deepEqual({ outcome: got, questions: person.questions }, { outcome, questions }, what);
+    assert.equal((await lib.listAccounts(path)).length, outcome === "removed" ? 0 : 1, what);
+  }
 });
 
 test("tool: auth-error says what to do; invalid entries and a corrupt file are explained", async () => {

@@ -3,8 +3,9 @@
 // Anthropic: logins through `opencode serve`'s OAuth routes add two accounts to the pool,
 // `opencode run` streams the mock's answer with the pool's bearer tokens, a 429 on one account
 // fails over to the other, a scripted call of the `model-accounts-pool` tool is executed by
-// OpenCode and its result goes back to the model, the models are mirrored under
-// `anthropic-pool`, and the provider works with no auth.json entry at all.
+// OpenCode and its result goes back to the model, its `remove` is asked (and rejected), the
+// explore agent is not shown it, the models are mirrored under `anthropic-pool`, and the
+// provider works with no auth.json entry at all.
 //
 //   node scripts/e2e-opencode.mjs
 //
@@ -153,8 +154,8 @@ async function newRequests() {
 }
 
 let runs = 0;
-async function opencodeRun(prompt, extraEnv = {}) {
-  const r = await run(bin, ["run", "--print-logs", "--model", `anthropic-pool/${MODEL}`, prompt], {
+async function opencodeRun(prompt, extraEnv = {}, extraArgs = []) {
+  const r = await run(bin, ["run", "--print-logs", "--model", `anthropic-pool/${MODEL}`, ...extraArgs, prompt], {
     env: { ...env, ...extraEnv },
     cwd: project,
   });
@@ -316,7 +317,9 @@ try {
   );
 
   // 4b. The model calls `remove` (as a page it read could make it): the login is deleted only
-  // through OpenCode's permission prompt, and `opencode run` has no one to ask (it rejects).
+  // through OpenCode's permission prompt, and `opencode run` has no one to ask (it rejects). The
+  // question is asked under the dedicated key `model-accounts-pool-remove` (nobody configured
+  // the tool's name, so OpenCode lets the first ask, under it, through).
   await control("clear-scripts", {});
   const bobBefore = readPool().anthropic.find((a) => a.email === "bob@example.com");
   const removeUse = { toolUse: { name: "model-accounts-pool", input: { action: "remove", email: "bob@example.com" } } };
@@ -327,7 +330,7 @@ try {
   const bobAfter = readPool().anthropic.find((a) => a.email === "bob@example.com");
   check(
     "a model's remove call asks the person; opencode run rejects it and bob's login stays",
-    /permission requested: model-accounts-pool \(remove bob@example\.com\)/.test(rRemove.stdout + rRemove.stderr) &&
+    /permission requested: model-accounts-pool-remove \(bob@example\.com\)/.test(rRemove.stdout + rRemove.stderr) &&
       bobAfter !== undefined &&
       bobAfter.refresh === bobBefore?.refresh &&
       bobAfter.status !== "disabled",
@@ -344,11 +347,33 @@ try {
   const bobAfterAgent = readPool().anthropic.find((a) => a.email === "bob@example.com");
   check(
     'with "*": "allow" in the build agent\'s permission, remove is still asked and rejected; bob\'s login stays',
-    /permission requested: model-accounts-pool \(remove bob@example\.com\)/.test(rRemoveAgent.stdout + rRemoveAgent.stderr) &&
+    /permission requested: model-accounts-pool-remove \(bob@example\.com\)/.test(rRemoveAgent.stdout + rRemoveAgent.stderr) &&
       bobAfterAgent !== undefined &&
       bobAfterAgent.refresh === bobBefore?.refresh &&
       bobAfterAgent.status !== "disabled",
     `exit ${rRemoveAgent.code}; bob ${bobAfterAgent ? bobAfterAgent.status : "removed"}\nstdout: ${rRemoveAgent.stdout.slice(-600)}\n${rRemoveAgent.stderr.slice(-1500)}`,
+  );
+
+  // 4d. The explore agent (a subagent reading untrusted files) is not shown the tool: its
+  // built-in rules deny "*", and OpenCode leaves a tool out of the model's request when the last
+  // rule whose key matches the tool's name denies "*" (a rule of the plugin's keyed on the tool's
+  // name, read after that deny, put the tool back there). `opencode run --agent` refuses a
+  // subagent, so explore is made a primary agent here; its rules stay its own.
+  const toolsOf = (request) => {
+    try {
+      return (JSON.parse(request.body).tools ?? []).map((t) => t.name);
+    } catch {
+      return [];
+    }
+  };
+  const exploreConfig = JSON.stringify({ agent: { explore: { mode: "primary" } } });
+  const rExplore = await opencodeRun("where are the sources?", { OPENCODE_CONFIG_CONTENT: exploreConfig }, ["--agent", "explore"]);
+  const reqExplore = await newRequests();
+  const exploreTools = reqExplore.map(toolsOf).filter((names) => names.includes("read"));
+  check(
+    "the explore agent's requests carry its tools but not model-accounts-pool",
+    rExplore.code === 0 && exploreTools.length > 0 && !exploreTools.some((names) => names.includes("model-accounts-pool")),
+    `exit ${rExplore.code}; tools per request: ${JSON.stringify(reqExplore.map(toolsOf))}\nstdout: ${rExplore.stdout.slice(-400)}\n${rExplore.stderr.slice(-1200)}`,
   );
 
   // 5. Every Anthropic model is offered under anthropic-pool.

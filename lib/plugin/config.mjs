@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { ANTHROPIC_MODELS } from "./models.mjs";
 import { apiOrigin, pluginOptions, poolFetchFor, reportUnknownOptions } from "./shared.mjs";
 import { apiKeysOnly, zeroModelCosts } from "./auth.mjs";
-import { noteRemoveRule } from "./tool.mjs";
+import { noteRemoveRule, removePermission } from "./tool.mjs";
 
 // The fields OpenCode reads from a model declared in config; the rest of a catalog entry
 // (descriptions, pricing modes, ...) is not part of the config schema.
@@ -210,15 +210,25 @@ export async function poolConfigHook(config, options = {}) {
   };
 
   // The tool's `remove` deletes a login only through OpenCode's permission prompt, and OpenCode
-  // 1.18 allows what nobody configured (see noteRemoveRule in tool.mjs): "ask" for it unless the
-  // person has a rule for the tool's key (theirs stands, "allow" included), or one that reaches
-  // it and does not allow (a "*": "deny" or "ask": ours, the last matching rule, would loosen
-  // it). A string is the config's short form of {"*": action} (OpenCode 1.18.33's
-  // PermissionConfig decodes it so).
+  // 1.18 allows what nobody configured (see consentThrough in tool.mjs): it asks under the tool's
+  // name (the person's rules for the tool), then under `<toolName>-remove`, a key of its own whose
+  // rule is ours. Ours could not be keyed on the tool's name: OpenCode hides a tool from an agent
+  // when the last rule whose key matches the tool's name denies "*" (`disabled`,
+  // packages/opencode/src/permission/index.ts), and a rule of ours for that name, read after the
+  // "*": "deny" of the explore, compaction, title and summary agents (agent.ts), showed the tool
+  // there, its other actions running unasked. The dedicated key does not match the tool's name
+  // (a name is [A-Za-z0-9_-], no wildcard, and the key is longer), so the tool is shown where the
+  // person's and OpenCode's rules show it, as with no rule of ours. Its rule: "ask", unless the person's rules decide every
+  // remove (their rule for the tool's name, or one reaching it that does not allow): then
+  // "allow", so that their answer stands and no second question follows theirs. A rule of the
+  // person's for the dedicated key stands as it is. A string is the config's short form of
+  // {"*": action} (OpenCode 1.18.33's PermissionConfig decodes it so).
   if (typeof config.permission === "string") config.permission = { "*": config.permission };
   else if (!isPlainObject(config.permission)) config.permission = {};
-  if (!personDecides(config.permission, opts.toolName)) config.permission[opts.toolName] = { "remove *": "ask" };
-  keepRuleInAgents(config, opts.toolName);
+  const removeKey = removePermission(opts.toolName);
+  const theirsForKey = ownsRemoveKey(config.permission, opts.toolName);
+  if (!theirsForKey) config.permission[removeKey] = personDecides(config.permission, opts.toolName) ? "allow" : "ask";
+  keepRuleInAgents(config, opts.toolName, theirsForKey);
   noteRemoveRule(opts.toolName);
 }
 
@@ -229,26 +239,54 @@ export async function poolConfigHook(config, options = {}) {
  * evaluates them, packages/opencode/src/session/tools.ts; `evaluate` in
  * packages/opencode/src/permission/index.ts takes the last rule whose key and pattern match).
  * So an agent's "*": "allow" (or "allow", the short form, packages/core/src/v1/config/permission.ts)
- * let `remove` run there without asking. Where an agent's block allows the tool outright and the
- * person decided nothing narrower for it there, the top-level rule for the tool (the person's
- * own, else ours) is said again at the end of that block: that only turns an allow into what the
- * top level says. A block with no rule reaching the tool is left as it is (the top level
- * applies); no agent is created. `mode.<name>` entries are merged into `agent` before plugins'
- * config hooks (loadInstanceState, packages/opencode/src/config/config.ts); they get the same,
- * so that the two never disagree.
+ * let `remove` run there without asking, and an agent's own rule deciding remove would be
+ * followed by the top-level question under the dedicated key. So, in a block that decides
+ * remove, the dedicated key is "allow" (the block's answer stands); in one that allows the tool
+ * outright and decides nothing narrower, what the top level says is said again at its end: the
+ * person's top-level rule for the tool's name, and the dedicated key's rule ("allow" after their
+ * rule for the name if that decides remove, else "ask"). A rule of the person's for the dedicated
+ * key stands: a block that has one is left as it is, and one at the top level is said again, not
+ * replaced by ours, where a block's rule would override it. A block with no rule reaching the
+ * tool is left as it is (the top level applies); no agent is created. `mode.<name>` entries are
+ * merged into `agent` before plugins' config hooks (loadInstanceState,
+ * packages/opencode/src/config/config.ts); they get the same, so that the two never disagree.
  */
-function keepRuleInAgents(config, toolName) {
-  const rule = Object.hasOwn(config.permission, toolName) ? config.permission[toolName] : { "remove *": "ask" };
+function keepRuleInAgents(config, toolName, theirsForKey) {
+  const top = config.permission;
+  const removeKey = removePermission(toolName);
   for (const group of [config.agent, config.mode]) {
     if (!isPlainObject(group)) continue;
     for (const agent of Object.values(group)) {
       if (!isPlainObject(agent)) continue;
       const own = typeof agent.permission === "string" ? { "*": agent.permission } : agent.permission;
-      if (!isPlainObject(own) || !allowsOutright(own, toolName) || personDecides(own, toolName)) continue;
-      own[toolName] = isPlainObject(rule) ? { ...rule } : rule;
+      if (!isPlainObject(own) || ownsRemoveKey(own, toolName)) continue;
+      const decides = personDecides(own, toolName);
+      if (!decides && !allowsOutright(own, toolName)) continue;
+      if (theirsForKey && decides && !reaches(own, removeKey)) continue;
+      if (!decides && Object.hasOwn(top, toolName)) own[toolName] = copyRule(top[toolName]);
+      if (theirsForKey) {
+        for (const key of Object.keys(top)) if (onlyRemoveKey(key, toolName)) own[key] = copyRule(top[key]);
+      } else {
+        own[removeKey] = personDecides(own, toolName) ? "allow" : "ask";
+      }
       agent.permission = own;
     }
   }
+}
+
+const copyRule = (rule) => (isPlainObject(rule) ? { ...rule } : rule);
+
+/** A key that reaches the dedicated remove key and not the tool's name: the person's rule for it. */
+function onlyRemoveKey(key, toolName) {
+  return wildcardMatch(removePermission(toolName), key) && !wildcardMatch(toolName, key);
+}
+
+function ownsRemoveKey(permission, toolName) {
+  return Object.keys(permission).some((key) => onlyRemoveKey(key, toolName));
+}
+
+function reaches(permission, name) {
+  return Object.keys(permission).some((key) => wildcardMatch(name, key));
 }
 
 /**
@@ -261,20 +299,24 @@ function allowsOutright(permission, toolName) {
   );
 }
 
+// What the tool asks under its name: `remove <email>` (tool.mjs). A pattern matching both covers
+// every email; one naming some accounts ("remove alice@*") leaves the others undecided.
+const REMOVE_PROBES = ["remove someone@example.com", "remove x"];
+const coversRemove = (pattern) => REMOVE_PROBES.every((text) => wildcardMatch(text, pattern));
+
 /**
- * Whether the person's `permission` rules already say how far the tool `toolName` may go: a key
- * that is its name, or any key reaching it (OpenCode's wildcards) with a rule that is not
- * "allow". OpenCode takes the last matching rule, and hides a tool whose last rule is a "deny"
- * for "*": ours, added after "*": "deny", showed the tool to the model again and turned the
- * person's deny of its remove into a question. A catch-all "allow" is OpenCode's own default
- * said again: ours still follows it.
+ * Whether the person's `permission` rules answer every `remove` the tool asks under its name:
+ * a rule for its name (a string, or a pattern covering every remove, "allow" included), or one
+ * for a key reaching it (OpenCode's wildcards) that covers every remove and does not allow. A
+ * catch-all "allow" is OpenCode's own default said again: ours still follows it.
  */
 function personDecides(permission, toolName) {
   return Object.entries(permission).some(([key, value]) => {
-    if (key === toolName) return true;
     if (!wildcardMatch(toolName, key)) return false;
-    const actions = typeof value === "string" ? [value] : isPlainObject(value) ? Object.values(value) : [];
-    return actions.some((action) => action !== "allow");
+    const named = key === toolName;
+    if (typeof value === "string") return named || value !== "allow";
+    if (!isPlainObject(value)) return false;
+    return Object.entries(value).some(([pattern, action]) => coversRemove(pattern) && (named || action !== "allow"));
   });
 }
 

@@ -226,10 +226,21 @@ export const TOOL_DESCRIPTION = `Manage the Anthropic account pool behind the an
 // OpenCode 1.18 grants every permission nobody configured: its agents start from
 // `{"*": "allow", doom_loop: "ask", ...}` (packages/opencode/src/agent/agent.ts, the same in the
 // 1.18.33 binary), so ctx.ask() alone resolves at once, asking no one. The config hook
-// (poolConfigHook) sets `permission[toolName] = {"remove *": "ask"}` unless the person configured
-// that key; it records here the tool names whose rule is in place. A tool whose config hook never
-// ran (a plugin composing createPoolTool alone) cannot know that ask() asks: it disables instead.
+// (poolConfigHook) gives the dedicated key `<toolName>-remove` (removePermission) a rule: "ask",
+// or "allow" where the person's own rules for the tool's name decide remove, unless the person
+// has a rule for that key. It records here the tool names whose rules are in place. A tool whose
+// config hook never ran (a plugin composing createPoolTool alone) cannot know that ask() asks:
+// it disables instead.
 const askRuleFor = new Set();
+
+/**
+ * The permission key the tool's remove asks under after the tool's own name. It does not match
+ * the tool's name (toolName is [A-Za-z0-9_-], no wildcard, and this is longer), so its rules never
+ * decide which agents see the tool.
+ */
+export function removePermission(toolName) {
+  return `${toolName}-remove`;
+}
 
 /** The config hook put (or found the person's) permission rule for `toolName`'s remove. */
 export function noteRemoveRule(toolName) {
@@ -244,12 +255,20 @@ export function noteRemoveRule(toolName) {
  * and `opencode run` rejects it ("permission requested: ...; auto-rejecting",
  * packages/opencode/src/cli/cmd/run.ts) unless started with --auto. A rejection throws, and we let
  * OpenCode's error through: the session stops as it does for its own tools.
+ * Two asks, under two keys. First the tool's name with `remove <email>`: the person's rules for
+ * the tool (a deny fails here, their "ask" asks here; with none, OpenCode's default allows).
+ * Then `<toolName>-remove` with `<email>`: the plugin's "ask" when the person's rules decided
+ * nothing for remove, else "allow", so one question at most (unless the person gave that key a
+ * rule of their own too). The plugin's rule is not keyed on the tool's name: rules under that key
+ * also decide which agents see the tool (config.mjs).
  * `always: []`: an "Always allow" answer is not remembered for the project; each removal asks.
  */
 function consentThrough(ctx, toolName) {
   if (typeof ctx?.ask !== "function" || !askRuleFor.has(toolName)) return undefined;
   return async (email) => {
-    await ctx.ask({ permission: toolName, patterns: [`remove ${email}`], always: [], metadata: { action: "remove", email } });
+    const metadata = { action: "remove", email };
+    await ctx.ask({ permission: toolName, patterns: [`remove ${email}`], always: [], metadata });
+    await ctx.ask({ permission: removePermission(toolName), patterns: [email], always: [], metadata });
   };
 }
 
