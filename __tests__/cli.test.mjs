@@ -864,7 +864,7 @@ test("unreadable entries: list and status show them, remove by email or '#<index
 
   const byIndex = await cli(["remove", "#2", "--json"], { path });
   assert.equal(byIndex.code, 0, byIndex.stdout);
-  assert.deepEqual(json(byIndex), { email: "#2", removed: 1 });
+  assert.deepEqual(json(byIndex), { email: "#2", removed: 1, was: "an unreadable entry" });
   const byEmail = await cli(["remove", "half@x.test"], { path });
   assert.equal(byEmail.code, 0, byEmail.stderr);
   assert.match(byEmail.stdout, /removed half@x\.test/);
@@ -873,6 +873,11 @@ test("unreadable entries: list and status show them, remove by email or '#<index
     ["good@x.test"],
   );
   assert.doesNotMatch((await cli(["list"], { path })).stdout, /unreadable/);
+  // Removed by its place, an entry is named: "removed #0" said nothing of whose login went.
+  const first = await cli(["remove", "#0"], { path });
+  assert.equal(first.code, 0, first.stderr);
+  assert.match(first.stdout, /^removed #0 \(good@x\.test\)$/m);
+  assert.deepEqual(readPool(path).anthropic, []);
 });
 
 test("status and doctor report emails that differ only in case", async () => {

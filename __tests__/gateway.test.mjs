@@ -585,6 +585,24 @@ test("SIGTERM with a stream in flight: the stream finishes, new connections are 
   await assert.rejects(fetch(`${url}/healthz`), "no longer listening");
 });
 
+// `--drain-ms 0` (cut streams at once, as the library's close(0)) was refused: "from 1".
+test("serve --drain-ms 0: a stream in flight is cut at SIGTERM, and the gateway exits 0 at once", async () => {
+  const path = await seedPool(mock, ["nodrain@x.test"]);
+  mock.script("nodrain@x.test", [{ sse: true, text: "d".repeat(600), deltaSize: 30, delayMs: 200 }]);
+  const { child, url } = await serveChild(path, { args: ["--drain-ms", "0"] });
+  const exited = new Promise((resolve) => child.on("close", (code, signal) => resolve({ code, signal })));
+  const res = await messages(url, { stream: true });
+  const reader = res.body.getReader();
+  await reader.read();
+  child.kill("SIGTERM");
+  assert.deepEqual(await exited, { code: 0, signal: null });
+  await assert.rejects(
+    (async () => {
+      for (;;) if ((await reader.read()).done) throw new Error("the stream ended whole");
+    })(),
+  );
+});
+
 // The info line as a hold began said "every account is cooling" also for a request held for the
 // one account holding the file it refers to, while the other account was usable.
 test("a request held for the account holding its file is logged as that, not as every account cooling", async () => {

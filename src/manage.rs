@@ -314,9 +314,8 @@ pub async fn add_api_key(
 }
 
 /// Removes what `target` names: an email (exact match first; a case-only clash is refused as
-/// ambiguous), also of an unreadable entry, or `#N` for the N-th entry.
-/// Removes what `target` names: how many entries, and the emails of the accounts among them
-/// (what the engine forgets about them).
+/// ambiguous), also of an unreadable entry, or `#N` for the N-th entry. Answers how many entries
+/// went, and the emails of the accounts among them (what the engine forgets about them).
 pub async fn remove(store: &Store, target: &str) -> Result<(usize, Vec<String>)> {
     let target = target.to_string();
     store

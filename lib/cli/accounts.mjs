@@ -176,8 +176,19 @@ async function addKey({ lib, options, path, out }) {
 }
 
 async function remove({ lib, args: [target], path, out }) {
+  // `#N` names an entry by its place: say whose it was, since the place alone tells a person
+  // nothing once it is gone.
+  const was = /^#\d+$/.test(target) ? entryEmail(await lib.loadPool(path), Number(target.slice(1))) : undefined;
   const removed = await lib.removeAccount(target, path);
-  out.result({ email: target, removed }, text`removed ${target}${removed > 1 ? ` (${removed} entries)` : ""}`);
+  const what = was ? text`${target} (${was})` : text`${target}`;
+  out.result({ email: target, removed, ...(was ? { was } : {}) }, `removed ${what}${removed > 1 ? ` (${removed} entries)` : ""}`);
+}
+
+/** The email of the pool's entry at `index`, or what it is when it has none. */
+function entryEmail(pool, index) {
+  const entry = pool?.anthropic?.[index];
+  if (entry === undefined) return undefined;
+  return typeof entry?.email === "string" && entry.email ? entry.email : "an unreadable entry";
 }
 
 function setEnabled(enabled) {

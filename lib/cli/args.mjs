@@ -108,11 +108,11 @@ export function checkArity(spec, positionals, options = {}) {
 // The library's MAX_MILLIS (lib/api.mjs, not imported: `--help` answers without the addon).
 export const MAX_MILLIS = 2 ** 31 - 1;
 
-/** A `--<name>` option of whole milliseconds, 1 to MAX_MILLIS (a timer's range); `fallback` when not given. */
-export function millisOption(value, name, fallback) {
+/** A `--<name>` option of whole milliseconds, `min` to MAX_MILLIS (a timer's range); `fallback` when not given. */
+export function millisOption(value, name, fallback, min = 1) {
   if (value === undefined) return fallback;
-  if (!/^\d+$/.test(value) || Number(value) === 0 || Number(value) > MAX_MILLIS) {
-    throw new UsageError(text`--${name} must be a whole number of milliseconds from 1 to ${MAX_MILLIS}, not ${value}`);
+  if (!/^\d+$/.test(value) || Number(value) < min || Number(value) > MAX_MILLIS) {
+    throw new UsageError(text`--${name} must be a whole number of milliseconds from ${min} to ${MAX_MILLIS}, not ${value}`);
   }
   return Number(value);
 }

@@ -19,7 +19,8 @@ async function serve({ lib, options, path, out }) {
     return;
   }
   if (Boolean(options["tls-cert"]) !== Boolean(options["tls-key"])) throw new UsageError("TLS needs both --tls-cert and --tls-key");
-  const drainMs = millisOption(options["drain-ms"], "drain-ms", 10_000);
+  // 0: streams in flight are cut at once (the library's close(0)).
+  const drainMs = millisOption(options["drain-ms"], "drain-ms", 10_000, 0);
   const gateway = await lib.serve({
     host: options.host ?? "127.0.0.1",
     port: port(options.port),
@@ -49,7 +50,11 @@ export const commands = [
       "allow-remote": { type: "boolean", help: "listen on an address other hosts reach (needs --tls-cert and --tls-key)" },
       "tls-cert": { type: "string", placeholder: "<file>", help: "PEM certificate (chain): serve https" },
       "tls-key": { type: "string", placeholder: "<file>", help: "PEM private key of --tls-cert" },
-      "drain-ms": { type: "string", placeholder: "<ms>", help: "on SIGINT or SIGTERM, how long streams in flight may finish\n(default 10000)" },
+      "drain-ms": {
+        type: "string",
+        placeholder: "<ms>",
+        help: "on SIGINT or SIGTERM, how long streams in flight may finish\n(default 10000; 0 cuts them at once)",
+      },
       "header-timeout-ms": { type: "string", placeholder: "<ms>", help: "how long a client may take to send its request's headers\n(default 10000)" },
     },
     summary:
