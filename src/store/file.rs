@@ -381,7 +381,7 @@ impl FileStore {
             Err(ReadError::NotFound) => return Ok(None),
             Err(ReadError::Symlink) => {
                 return Err(insecure(
-                    "it is a symbolic link; point OAUTH_POOL_PATH at the real file instead".into(),
+                    "it is a symbolic link; give the real file's path instead (OAUTH_POOL_PATH, --path or the plugin's path option, whichever named this one)".into(),
                 ))
             }
             Err(ReadError::NotRegular(kind)) => {
