@@ -250,6 +250,31 @@ for (const transport of ["native", "runtime"]) {
     assert.deepEqual(headersOf(mock.requests[0]), { "x-a": "1", "content-type": "text/x-request" });
   });
 
+  test(`${transport}: an init's null signal or body: the Request's signal goes, its body stays, as fetch takes them`, async () => {
+    // The pool took `signal: null` as not given (an aborted Request's signal still failed the
+    // request) and `body: null` as no body (the Request's body was dropped); the fetch standard,
+    // and Node's fetch, replace a Request's body only with a body, and its signal with any.
+    const email = `${transport}-request-nulls@x.test`;
+    const path = await seedPool(mock, [email]);
+    const f = createPoolFetch({ path, transport });
+    const url = `${mock.url}/v1/messages/count_tokens`;
+    const gone = new AbortController();
+    gone.abort(new Error("the Request's own signal"));
+    const request = () => new Request(url, { method: "POST", body: "from the request", signal: gone.signal });
+
+    mock.clearRequests();
+    const res = await f(request(), { signal: null, body: null });
+    assert.equal(res.status, 200);
+    await res.arrayBuffer();
+    assert.equal(mock.requests[0].body, "from the request");
+    // Without the init's null, the Request's signal stands.
+    await assert.rejects(f(request()), (e) => e === gone.signal.reason);
+    // A Request whose body was read is still refused: a null body does not stand in for it.
+    const read = request();
+    await read.text();
+    await assert.rejects(f(read, { signal: null, body: null }), (e) => e.code === "INVALID_ARGUMENT" && /already read/.test(e.message));
+  });
+
   test(`${transport}: headers as pairs, a Headers or a record; a Latin-1 value goes as one byte a character, as fetch sends it`, async () => {
     const email = `${transport}-headers@x.test`;
     const path = await seedPool(mock, [email]);

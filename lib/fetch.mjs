@@ -76,7 +76,8 @@ async function requestParts(input, init) {
   } catch (err) {
     throw invalidArgument(`headers are not valid: ${err?.message ?? err}`);
   }
-  const signal = init.signal ?? (isRequest ? input.signal : undefined);
+  // An init's signal replaces a Request's, null included (no signal), as fetch takes it.
+  const signal = init.signal !== undefined ? init.signal : isRequest ? input.signal : undefined;
   // Any AbortSignal, also one of another realm or a polyfill: what is used of it.
   if (
     signal !== undefined &&
@@ -85,13 +86,16 @@ async function requestParts(input, init) {
   ) {
     throw invalidArgument("signal must be an AbortSignal");
   }
-  const source = init.body !== undefined ? init.body : isRequest ? input.body : null;
+  // Only a body replaces a Request's: an init's null body keeps it, as fetch takes it (the
+  // fetch standard, and Node's; Bun's drops it).
+  const initBody = init.body ?? null;
+  const source = initBody !== null ? initBody : isRequest ? input.body : null;
   let body;
-  if (source !== null && source !== undefined && (method === "GET" || method === "HEAD")) {
+  if (source !== null && (method === "GET" || method === "HEAD")) {
     throw invalidArgument(`a ${method} request cannot have a body`);
   }
-  if (init.body === undefined && isRequest && input.bodyUsed) throw invalidArgument("the Request's body was already read");
-  if (source !== null && source !== undefined) {
+  if (initBody === null && isRequest && input.bodyUsed) throw invalidArgument("the Request's body was already read");
+  if (source !== null) {
     if (typeof source === "string") {
       // Kept as text: the runtime's fetch encodes it itself, and the Rust client's request is
       // encoded straight into its bytes (Buffer.from and a copy cost two passes over it).
