@@ -80,6 +80,29 @@ for (const transport of ["native", "runtime"]) {
   });
 }
 
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: a dozen requests at once on one signal print no memory-leak warning, as fetch's do not`, async () => {
+    // Node warns (MaxListenersExceededWarning on stderr: "Possible EventTarget memory leak") at
+    // the 11th abort listener on one signal; its fetch lifts a signal still at that limit before
+    // it listens. The pool listened without it: 11 requests on a session's signal (one listener
+    // each, two on the runtime transport) printed the warning, leak or none.
+    const path = await seedPool(mock, [`${transport}-shared-signal@x.test`]);
+    const f = createPoolFetch({ path, transport });
+    const warnings = [];
+    const onWarning = (w) => warnings.push(`${w.name}: ${w.message}`);
+    process.on("warning", onWarning);
+    try {
+      const { signal } = new AbortController();
+      const answers = await Promise.all(Array.from({ length: 12 }, () => post(f, { stream: true }, { signal })));
+      await Promise.all(answers.map((res) => res.text()));
+      await sleep(50);
+    } finally {
+      process.off("warning", onWarning);
+    }
+    assert.deepEqual(warnings, []);
+  });
+}
+
 test("runtime: an abort that lands while the engine chooses the account sends nothing", async () => {
   // The runtime transport checked the signal before asking the engine, then listened for its
   // abort when sending: an abort in between (the engine's `next` awaited: a store read, a

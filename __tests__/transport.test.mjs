@@ -203,6 +203,40 @@ for (const transport of ["native", "runtime"]) {
     }
   });
 
+  test(`${transport}: an abort whose reason is null rejects with null, as fetch does, waiting for the head and mid-body`, async () => {
+    // The runtime transport took a null reason for none, and rejected with an AbortError.
+    const email = `${transport}-null-reason@x.test`;
+    const path = await seedPool(mock, [email]);
+    const f = createPoolFetch({ path, transport });
+    let open;
+    const held = new Promise((r) => (open = r));
+    mock.script(email, [{ until: held }, { sse: true, text: "n".repeat(400), chunkSize: 8, delayMs: 20 }]);
+    const outcome = (promise) =>
+      promise.then(
+        () => "resolved",
+        (e) => e,
+      );
+    try {
+      const early = new AbortController();
+      const arrived = mock.waitFor("api");
+      const pending = post(f, {}, { signal: early.signal });
+      await arrived;
+      early.abort(null);
+      assert.equal(await outcome(pending), null, "waiting for the head");
+    } finally {
+      open();
+    }
+    const mid = new AbortController();
+    const res = await post(f, { stream: true }, { signal: mid.signal });
+    const reader = res.body.getReader();
+    assert.equal((await reader.read()).done, false);
+    mid.abort(null);
+    const read = (async () => {
+      for (;;) if ((await reader.read()).done) return "ended";
+    })();
+    assert.equal(await outcome(read), null, "mid-body");
+  });
+
   test(`${transport}: an answer cut mid-body is NETWORK, read whole or while the engine reads a 400`, async () => {
     // The runtime transport reads small answers (and the start of a 400) itself: a reset there
     // surfaced as the runtime's own error ("terminated", ECONNRESET) without a code.

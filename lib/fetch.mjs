@@ -8,18 +8,13 @@ import { scrubbed, settle, toPoolError } from "./errors.mjs";
 import { invalidArgument, knownOptions } from "./api.mjs";
 import { described, isApiUrl, runtimeCarries, runtimeFetch } from "./runtime-fetch.mjs";
 import { eventListener } from "./exchange.mjs";
+import { abortError, listenAbort } from "./signal.mjs";
 
 const TRANSPORTS = new Set(["auto", "native", "runtime"]);
 
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
 const REDIRECT_STATUS = new Set([301, 302, 303, 307, 308]);
 const REDIRECT_MODES = new Set(["follow", "error", "manual"]);
-
-function abortError(signal) {
-  const reason = signal?.reason;
-  if (reason !== undefined) return reason;
-  return new DOMException("The operation was aborted.", "AbortError");
-}
 
 // A method is an HTTP token; fetch refuses these three outright.
 const METHOD_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
@@ -144,7 +139,7 @@ async function readWhole(stream, signal, copy) {
     ? new Promise((_, reject) => {
         onAbort = () => reject(abortError(signal));
         if (signal.aborted) onAbort();
-        else signal.addEventListener?.("abort", onAbort, { once: true });
+        else listenAbort(signal, onAbort);
       })
     : null;
   try {
@@ -305,7 +300,7 @@ async function nativeFetch(parts, path, notify, listener) {
   const { signal } = parts;
   const controller = new native.FetchController(listener);
   const onAbort = () => controller.abort();
-  signal?.addEventListener?.("abort", onAbort, { once: true });
+  if (signal) listenAbort(signal, onAbort);
   const detach = () => signal?.removeEventListener?.("abort", onAbort);
   let res;
   try {

@@ -17,6 +17,7 @@ import { connect as connectTcp, isIP } from "node:net";
 import { connect as connectTls } from "node:tls";
 import { envGeneration, nativeBinding, proxyConfigured } from "./native.mjs";
 import { scrubbed, toPoolError } from "./errors.mjs";
+import { abortError, listenAbort } from "./signal.mjs";
 import {
   asBuffer,
   engineReadsHeader,
@@ -83,8 +84,6 @@ function failure(err) {
   if (!cause || message.includes(cause)) return message;
   return message === "fetch failed" ? cause : `${message} (${cause})`;
 }
-
-const abortError = (signal) => signal?.reason ?? new DOMException("The operation was aborted.", "AbortError");
 
 // A delivered body the caller drops unread: its watchdog and upstream stream go with it.
 const abandoned = new FinalizationRegistry((stop) => stop());
@@ -163,7 +162,7 @@ async function send(parts, headers, signal, timeoutMs) {
   if (signal?.aborted) throw abortError(signal);
   const controller = new AbortController();
   const onAbort = () => controller.abort(abortError(signal));
-  signal?.addEventListener?.("abort", onAbort, { once: true });
+  if (signal) listenAbort(signal, onAbort);
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
@@ -446,7 +445,7 @@ export async function runtimeFetch(parts, { path, onEvents, listener }) {
   const { signal } = parts;
   const ex = openExchange({ path, url: parts.url, headers: parts.headers, body: parts.body, listener });
   const onAbort = () => ex.abort();
-  signal?.addEventListener?.("abort", onAbort, { once: true });
+  if (signal) listenAbort(signal, onAbort);
   const { timeoutMs } = current();
   let delivered = false;
   try {
