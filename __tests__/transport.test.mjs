@@ -4,6 +4,7 @@
 // differ in code between the two against both, under whichever runtime runs it.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { copyFileSync, readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Worker } from "node:worker_threads";
@@ -341,6 +342,31 @@ for (const transport of ["native", "runtime"]) {
     }
   });
 }
+
+test("runtime under Bun: a head slower than Bun's own idle timer waits for OAUTH_POOL_RESPONSE_TIMEOUT_MS", {
+  skip: typeof Bun === "undefined" && "Bun's fetch's idle timer",
+}, async () => {
+  // Bun's fetch cuts a request silent for its idle timer (5 minutes unless told otherwise), and
+  // the runtime transport did not tell it: a non-streamed answer that took longer than that to
+  // come (a long generation) failed with NETWORK ("The operation timed out.") however long
+  // OAUTH_POOL_RESPONSE_TIMEOUT_MS allowed. The timer is shortened here, in a child Bun, to
+  // 1 s (Bun's sockets time out in 4 s ticks: it cuts after about 8 s).
+  const path = await seedPool(mock, ["bun-idle@x.test"]);
+  mock.script("bun-idle@x.test", [{ headersDelayMs: 12_000 }]);
+  const worker = new URL("./helpers/pool-worker.mjs", import.meta.url).pathname;
+  const child = spawn(process.execPath, [worker, path, mock.url, "1"], {
+    env: { ...process.env, BUN_CONFIG_HTTP_IDLE_TIMEOUT: "1", OAUTH_POOL_RESPONSE_TIMEOUT_MS: "60000" },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  let out = "";
+  child.stdout.on("data", (d) => {
+    out += d;
+  });
+  await new Promise((resolve) => child.on("close", resolve));
+  const [result] = JSON.parse(out.trim().split("\n").at(-1));
+  assert.equal(result.status, 200, JSON.stringify(result));
+  assert.equal(result.account, "bun-idle@x.test");
+});
 
 test("a server that does not speak HTTP, or speaks it badly, is NETWORK with what went wrong, on both transports", async () => {
   const answers = {

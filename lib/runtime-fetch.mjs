@@ -184,7 +184,11 @@ async function send(parts, headers, signal, timeoutMs) {
       : null;
   const release = () => signal?.removeEventListener?.("abort", onAbort);
   try {
-    const response = await fetch(parts.url, { method: parts.method, headers, body: parts.body, redirect: "manual", signal: controller.signal });
+    // `timeout: false`: Bun's fetch has an idle timer of its own, 5 minutes unless told, which
+    // cut a request whose head or body kept silent that long whatever
+    // OAUTH_POOL_RESPONSE_TIMEOUT_MS allowed (OpenCode passes `timeout: false` to the pool's
+    // fetch for the same reason). The pool's own timers bound the wait; other runtimes ignore it.
+    const response = await fetch(parts.url, { method: parts.method, headers, body: parts.body, redirect: "manual", signal: controller.signal, timeout: false });
     return { response, controller, release };
   } catch (err) {
     release();
