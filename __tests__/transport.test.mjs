@@ -204,6 +204,33 @@ for (const transport of ["native", "runtime"]) {
     }
   });
 
+  test(`${transport}: a small answer and a 400's start, arriving piece by piece, are cut by silence, not by how long they take`, async () => {
+    // The runtime transport read an answer announced small (and the start of a 400, which the
+    // engine reads) under one timer for the whole read: one still arriving, never silent for
+    // long, was cut once the limit had passed since its head, as "no data for ..." (the Rust
+    // client's limit, and the streamed body's, is between chunks).
+    const email = `${transport}-trickle@x.test`;
+    const path = await seedPool(mock, [email]);
+    const f = createPoolFetch({ path, transport });
+    const limit = 1000;
+    process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = String(limit);
+    try {
+      const json = JSON.stringify({ type: "error", error: { type: "invalid_request_error", message: "t".repeat(800) } });
+      const pieces = Array.from({ length: 8 }, (_, i) => json.slice((i * json.length) / 8, ((i + 1) * json.length) / 8));
+      for (const status of [200, 400]) {
+        const head = { "content-type": "application/json", "content-length": String(json.length) };
+        mock.script(email, [{ status, raw: pieces, delayMs: 300, headers: head }]);
+        const started = Date.now();
+        const res = await post(f);
+        assert.equal(res.status, status);
+        assert.equal(await res.text(), json, `${status}: whole`);
+        assert.ok(Date.now() - started > limit * 1.5, `${status}: it took longer than the limit to arrive (${Date.now() - started} ms)`);
+      }
+    } finally {
+      delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
+    }
+  });
+
   test(`${transport}: an abort whose reason is null rejects with null, as fetch does, waiting for the head and mid-body`, async () => {
     // The runtime transport took a null reason for none, and rejected with an AbortError.
     const email = `${transport}-null-reason@x.test`;

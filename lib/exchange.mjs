@@ -76,9 +76,9 @@ export function nextStep(ex) {
 /**
  * The first `limit` bytes of a body, read from a clone: the answer itself stays unread. With
  * `partial`, a read that breaks off (or is cut for silence) resolves the bytes that came before;
- * `patienceMs` cuts it after that long.
+ * `patienceMs` cuts it after that long. `heard()` is told of each chunk as it comes.
  */
-export async function peek(response, limit = PEEK_LIMIT, partial = false, patienceMs = 0) {
+export async function peek(response, limit = PEEK_LIMIT, partial = false, patienceMs = 0, heard = undefined) {
   const reader = response.clone().body?.getReader();
   if (!reader) return undefined;
   const parts = [];
@@ -88,6 +88,7 @@ export async function peek(response, limit = PEEK_LIMIT, partial = false, patien
     while (size < limit) {
       const { done, value } = await reader.read();
       if (done) break;
+      heard?.();
       parts.push(value);
       size += value.byteLength;
     }

@@ -290,20 +290,22 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done, opening
 }
 
 /**
- * `reading` (a read of the answer's body, or of a clone of it), cut with NETWORK ("no data for
- * ...") when it takes longer than the silence limit: the timer aborts the attempt, which fails
- * the read. (A race against a second promise cost Bun about 6 µs a request.) A read that fails
- * otherwise (the connection reset mid-body) is NETWORK too, as a stream's is; a caller's abort
- * stays the caller's reason.
+ * `read(heard)` (a read of the answer's body, or of a clone of it, calling `heard()` as each
+ * chunk comes), cut with NETWORK ("no data for ...") when no chunk has come for the silence
+ * limit: the timer, restarted by each chunk, aborts the attempt, which fails the read. (A race
+ * against a second promise cost Bun about 6 µs a request.) A read that fails otherwise (the
+ * connection reset mid-body) is NETWORK too, as a stream's is; a caller's abort stays the
+ * caller's reason. One timer for the whole read cut a small answer still arriving, piece by
+ * piece, once the limit had passed since its head (the Rust client's limit is between chunks).
  */
-async function withinSilence(reading, timeoutMs, controller) {
+async function withinSilence(read, timeoutMs, controller) {
   let silent = false;
   const timer = setTimeout(() => {
     silent = true;
     controller.abort();
   }, timeoutMs);
   try {
-    return await reading;
+    return await read(() => timer.refresh());
   } catch (err) {
     if (silent) throw networkError(`no data for ${timeoutMs} ms`);
     if (controller.signal.aborted || err?.code === "NETWORK") throw err;
@@ -311,6 +313,21 @@ async function withinSilence(reading, timeoutMs, controller) {
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** The whole body, `heard()` told of each chunk as it comes. */
+async function readBody(body, heard) {
+  const reader = body.getReader();
+  const parts = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    heard();
+    parts.push(value);
+    size += value.byteLength;
+  }
+  return parts.length === 1 ? parts[0] : Buffer.concat(parts, size);
 }
 
 // The codings the runtime's fetch takes off a body itself, keeping the header as sent: Node's
@@ -498,7 +515,11 @@ export async function runtimeFetch(parts, { path, onEvents, listener }) {
           response,
           (r) => {
             const patience = headDecidesPatience(r.status);
-            return withinSilence(peek(r, undefined, patience !== null), patience === null ? timeoutMs : Math.min(timeoutMs, patience), controller);
+            return withinSilence(
+              (heard) => peek(r, undefined, patience !== null, 0, heard),
+              patience === null ? timeoutMs : Math.min(timeoutMs, patience),
+              controller,
+            );
           },
           head.lines,
         );
@@ -532,7 +553,7 @@ export async function runtimeFetch(parts, { path, onEvents, listener }) {
       if (isWhole(head)) {
         let bytes;
         try {
-          bytes = new Uint8Array(await withinSilence(response.arrayBuffer(), timeoutMs, controller));
+          bytes = await withinSilence((heard) => readBody(response.body, heard), timeoutMs, controller);
         } catch (err) {
           throw signal?.aborted ? abortError(signal) : err;
         } finally {
