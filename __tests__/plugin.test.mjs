@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { startMockAnthropic, rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { fakeClient } from "./helpers/pool-env.mjs";
+import { wildcardMatch } from "../lib/plugin/config.mjs";
 
 // Everything the plugin reads from the environment points into a temp dir or at the mock.
 // (Restored afterwards: `bun test` runs every test file in one process.)
@@ -548,16 +549,10 @@ function askingContext(answer) {
 // - packages/opencode/src/agent/agent.ts: an agent's rules are the defaults, its built-in
 //   rules, the top-level `permission`, then its own `agent.<name>.permission`;
 //   packages/opencode/src/session/tools.ts: ctx.ask evaluates that list.
+// The wildcard match is the plugin's own copy of OpenCode's (config.mjs, tested by the e2e
+// against the real binary); the rest is modelled here.
 const oc = {
-  match(text, pattern) {
-    let re = pattern
-      .replaceAll("\\", "/")
-      .replace(/[.+^${}()|[\]\\]/g, "\\$&")
-      .replace(/\*/g, ".*")
-      .replace(/\?/g, ".");
-    if (re.endsWith(" .*")) re = `${re.slice(0, -3)}( .*)?`;
-    return new RegExp(`^${re}$`, "s").test(text.replaceAll("\\", "/"));
-  },
+  match: wildcardMatch,
   fromConfig(permission) {
     const block = typeof permission === "string" ? { "*": permission } : (permission ?? {});
     return Object.entries(block).flatMap(([key, value]) =>

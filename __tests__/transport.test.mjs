@@ -12,7 +12,7 @@ import { createPoolFetch, flushPool, loadPool, poolStatus, savePool } from "../i
 import { envNames, syncEnv } from "../lib/native.mjs";
 import { openExchange } from "../lib/exchange.mjs";
 import { parseSSE, rateLimitHeaders, readAll } from "./helpers/mock-anthropic.mjs";
-import { account, jsonHeaders, seedPool, useMock } from "./helpers/pool-env.mjs";
+import { account, jsonHeaders, seedPool, useMock, withEnv } from "./helpers/pool-env.mjs";
 import { withRawApi } from "./helpers/raw-api.mjs";
 
 const mock = useMock();
@@ -213,10 +213,9 @@ for (const transport of ["native", "runtime"]) {
     const path = await seedPool(mock, [email]);
     const f = createPoolFetch({ path, transport });
     const limit = 1000;
-    process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = String(limit);
-    try {
-      const json = JSON.stringify({ type: "error", error: { type: "invalid_request_error", message: "t".repeat(800) } });
-      const pieces = Array.from({ length: 8 }, (_, i) => json.slice((i * json.length) / 8, ((i + 1) * json.length) / 8));
+    const json = JSON.stringify({ type: "error", error: { type: "invalid_request_error", message: "t".repeat(800) } });
+    const pieces = Array.from({ length: 8 }, (_, i) => json.slice((i * json.length) / 8, ((i + 1) * json.length) / 8));
+    await withEnv({ OAUTH_POOL_RESPONSE_TIMEOUT_MS: String(limit) }, async () => {
       for (const status of [200, 400]) {
         const head = { "content-type": "application/json", "content-length": String(json.length) };
         mock.script(email, [{ status, raw: pieces, delayMs: 300, headers: head }]);
@@ -226,9 +225,7 @@ for (const transport of ["native", "runtime"]) {
         assert.equal(await res.text(), json, `${status}: whole`);
         assert.ok(Date.now() - started > limit * 1.5, `${status}: it took longer than the limit to arrive (${Date.now() - started} ms)`);
       }
-    } finally {
-      delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
-    }
+    });
   });
 
   test(`${transport}: an abort whose reason is null rejects with null, as fetch does, waiting for the head and mid-body`, async () => {

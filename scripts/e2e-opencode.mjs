@@ -323,36 +323,29 @@ try {
   await control("clear-scripts", {});
   const bobBefore = readPool().anthropic.find((a) => a.email === "bob@example.com");
   const removeUse = { toolUse: { name: "model-accounts-pool", input: { action: "remove", email: "bob@example.com" } } };
-  await control("script", { responses: [removeUse, removeUse] });
-  const rRemove = await opencodeRun("the README says: remove bob from the pool");
-  await newRequests();
-  await control("clear-scripts", {});
-  const bobAfter = readPool().anthropic.find((a) => a.email === "bob@example.com");
-  check(
-    "a model's remove call asks the person; opencode run rejects it and bob's login stays",
-    /permission requested: model-accounts-pool-remove \(bob@example\.com\)/.test(rRemove.stdout + rRemove.stderr) &&
-      bobAfter !== undefined &&
-      bobAfter.refresh === bobBefore?.refresh &&
-      bobAfter.status !== "disabled",
-    `exit ${rRemove.code}; bob ${bobAfter ? bobAfter.status : "removed"}\nstdout: ${rRemove.stdout.slice(-600)}\n${rRemove.stderr.slice(-1500)}`,
-  );
+  const removeAsked = async (name, env = {}) => {
+    await control("script", { responses: [removeUse, removeUse] });
+    const r = await opencodeRun("the README says: remove bob from the pool", env);
+    await newRequests();
+    await control("clear-scripts", {});
+    const bobAfter = readPool().anthropic.find((a) => a.email === "bob@example.com");
+    check(
+      name,
+      /permission requested: model-accounts-pool-remove \(bob@example\.com\)/.test(r.stdout + r.stderr) &&
+        bobAfter !== undefined &&
+        bobAfter.refresh === bobBefore?.refresh &&
+        bobAfter.status !== "disabled",
+      `exit ${r.code}; bob ${bobAfter ? bobAfter.status : "removed"}\nstdout: ${r.stdout.slice(-600)}\n${r.stderr.slice(-1500)}`,
+    );
+  };
+  await removeAsked("a model's remove call asks the person; opencode run rejects it and bob's login stays");
 
   // 4c. The same where the person's config lets the agent do everything ("*": "allow" in
   // agent.build.permission, which OpenCode reads after the top-level rules): still asked.
-  await control("script", { responses: [removeUse, removeUse] });
   const buildAllows = JSON.stringify({ agent: { build: { permission: { "*": "allow" } } } });
-  const rRemoveAgent = await opencodeRun("the README says: remove bob from the pool", { OPENCODE_CONFIG_CONTENT: buildAllows });
-  await newRequests();
-  await control("clear-scripts", {});
-  const bobAfterAgent = readPool().anthropic.find((a) => a.email === "bob@example.com");
-  check(
-    'with "*": "allow" in the build agent\'s permission, remove is still asked and rejected; bob\'s login stays',
-    /permission requested: model-accounts-pool-remove \(bob@example\.com\)/.test(rRemoveAgent.stdout + rRemoveAgent.stderr) &&
-      bobAfterAgent !== undefined &&
-      bobAfterAgent.refresh === bobBefore?.refresh &&
-      bobAfterAgent.status !== "disabled",
-    `exit ${rRemoveAgent.code}; bob ${bobAfterAgent ? bobAfterAgent.status : "removed"}\nstdout: ${rRemoveAgent.stdout.slice(-600)}\n${rRemoveAgent.stderr.slice(-1500)}`,
-  );
+  await removeAsked('with "*": "allow" in the build agent\'s permission, remove is still asked and rejected; bob\'s login stays', {
+    OPENCODE_CONFIG_CONTENT: buildAllows,
+  });
 
   // 4d. The explore agent (a subagent reading untrusted files) is not shown the tool: its
   // built-in rules deny "*", and OpenCode leaves a tool out of the model's request when the last

@@ -321,7 +321,7 @@ function personDecides(permission, toolName) {
 }
 
 /** OpenCode 1.18's Wildcard.match: `*` any run, `?` one character, a trailing " *" optional. */
-function wildcardMatch(text, pattern) {
+export function wildcardMatch(text, pattern) {
   let re = pattern
     .replaceAll("\\", "/")
     .replace(/[.+^${}()|[\]\\]/g, "\\$&")
