@@ -10,6 +10,7 @@ import { settle } from "../lib/errors.mjs";
 import { openExchange } from "../lib/exchange.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
 import { countedSignal, poolListener, useMock, tempPoolPath, readPool, seedPool } from "./helpers/pool-env.mjs";
+import { LOGIN_HINT } from "../lib/plugin/shared.mjs";
 import { createHost, loadPlugin, g1Context, registrationsOf, ModelRequestError, reloadingHost, withLogLines } from "./helpers/opencode2-host.mjs";
 
 const mock = useMock();
@@ -301,6 +302,10 @@ test("the model-accounts-pool tool (JSON Schema input) and command run the pool'
   await host.runCommand("pool-accounts", { text: "status" });
   const shown = host.log.find((e) => e.type === "session.synthetic");
   assert.match(shown.input.text, /Anthropic pool/);
+  // The person who typed the command sees its output (a synthetic message without a
+  // description is hidden from the transcript).
+  assert.equal(shown.shown, true, JSON.stringify(shown.input));
+  assert.equal(shown.input.description, shown.input.text);
   await handle.unload();
 });
 
@@ -605,10 +610,10 @@ test("on a host that gives hooks no signal, the request's own signal ends what t
   const path = await seedPool(mock, ["nosig3@x.test"]);
   const old = process.env.OAUTH_POOL_HOLD_MAX_MS;
   try {
-    // The only account cools for a minute, then holding is turned on: the pool would wait for
-    // it inside http.request. The hook gets no signal; the Request it is handed carries the
-    // caller's.
-    mock.script("nosig3@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 60, fiveHourReset: Math.floor(Date.now() / 1000) + 60 }) }]);
+    // The only account cools for 20 s, then holding is turned on: the pool would wait for it
+    // inside http.request (a wait under HOST_HOLD_MS). The hook gets no signal; the Request it
+    // is handed carries the caller's.
+    mock.script("nosig3@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 20, fiveHourReset: Math.floor(Date.now() / 1000) + 20 }) }]);
     const host = createHost({ sleep: async () => {}, random: () => 0.5, hookSignal: false, requestSignal: true });
     const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
     await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).catch(() => {});
@@ -661,7 +666,8 @@ test("on a host that gives hooks no signal (fromPromise), failover and the pool'
 test("a hold is said in OpenCode's log as it begins, not when the held request ends", async () => {
   const path = await seedPool(mock, ["v2hold@x.test"]);
   const pool = readPool(path);
-  Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: Date.now() + 120_000 });
+  // Under HOST_HOLD_MS with the reopening spread: held inside the hook.
+  Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: Date.now() + 30_000 });
   await lib.savePool(pool, path);
   const old = process.env.OAUTH_POOL_HOLD_MAX_MS;
   process.env.OAUTH_POOL_HOLD_MAX_MS = "300000";
@@ -674,7 +680,7 @@ test("a hold is said in OpenCode's log as it begins, not when the held request e
       for (let i = 0; i < 100 && held().length === 0; i++) await new Promise((r) => setTimeout(r, 100));
       await new Promise((r) => setTimeout(r, 1000));
       assert.equal(held().length, 1, `one line while three requests wait: ${lines.join("\n")}`);
-      assert.match(held()[0], /warn: .*usable again in (1 min \d+ s|2 min( \d+ s)?) \(at (\w{3} \d+ \w{3} )?\d\d:\d\d UTC\)/);
+      assert.match(held()[0], /warn: .*usable again in \d+ s \(at (\w{3} \d+ \w{3} )?\d\d:\d\d UTC\)/);
       await lib.resetCooldowns(path);
       await Promise.all(pending);
       await handle.unload();
@@ -684,4 +690,90 @@ test("a hold is said in OpenCode's log as it begins, not when the held request e
     if (old === undefined) delete process.env.OAUTH_POOL_HOLD_MAX_MS;
     else process.env.OAUTH_POOL_HOLD_MAX_MS = old;
   }
+});
+
+test("holding a wait longer than OpenCode 2 lets a request go unanswered: the host waits it out between its retries, never cut by its header timeout", async () => {
+  // 2.x runs the http hooks and the send under the route's header timeout (5 minutes by
+  // default; 3 s here) and retries a timeout at most three times: a hold inside a hook past it
+  // was cut, held again by each retry, and the session ended with "Timed out waiting for
+  // response headers". A wait longer than the pool holds inside a hook (HOST_HOLD_MS) is the
+  // host's: the pool's 429, and the retry hook has the host wait exactly that long, also past
+  // its 15-minute cap when holding covers the wait.
+  const old = process.env.OAUTH_POOL_HOLD_MAX_MS;
+  process.env.OAUTH_POOL_HOLD_MAX_MS = String(60 * 60_000);
+  const path = await seedPool(mock, ["longhold@x.test"]);
+  try {
+    for (const coolMs of [120_000, 40 * 60_000]) {
+      const pool = readPool(path);
+      Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: Date.now() + coolMs });
+      await lib.savePool(pool, path);
+      const sleeps = [];
+      // The host's wait passes at once here: the cooldown is over when it asks again.
+      const host = createHost({ random: () => 0.5, headerTimeoutMs: 3000, sleep: async (ms) => void sleeps.push(ms) || (await lib.resetCooldowns(path)) });
+      const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+      await withLogLines(async (lines) => {
+        const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+        assert.equal(res.status, 200);
+        assert.equal(textOf(await res.text()), "Hello from longhold@x.test");
+        assert.deepEqual(
+          host.log.filter((e) => e.type === "http.header-timeout"),
+          [],
+          "no attempt outlived the host's header timeout",
+        );
+        assert.equal(sleeps.length, 1, `one wait, the host's: ${sleeps}`);
+        assert.ok(sleeps[0] >= coolMs - 5000 && sleeps[0] <= coolMs + 15_000, `the host waited ${sleeps[0]} ms for a ${coolMs} ms cooldown`);
+        const errors = host.log.filter((e) => e.type === "model.error").map((e) => e.error);
+        assert.equal(errors.length, 1);
+        assert.equal(errors[0].status, 429);
+        assert.match(errors[0].message, /requests wait for the first one \(longhold@x\.test\), usable again in .*\(OAUTH_POOL_HOLD_MAX_MS\)/);
+        assert.equal(lines.filter((l) => /requests wait for the first one \(longhold@x\.test\)/.test(l)).length, 1, lines.join("\n"));
+      });
+      await handle.unload();
+    }
+  } finally {
+    if (old === undefined) delete process.env.OAUTH_POOL_HOLD_MAX_MS;
+    else process.env.OAUTH_POOL_HOLD_MAX_MS = old;
+    await lib.resetCooldowns(path);
+  }
+});
+
+test("an account that needs a new login is marked needs_auth on its connection, also one the person labelled otherwise", async () => {
+  const { host, handle, path } = await started();
+  // Logged in under a label of the person's own (2.x /connect/oauth takes one; a connection
+  // can be renamed later too), then another account under its email.
+  const attempt = await host.oauthConnect({ integrationID: "anthropic-pool", methodID: "claude-max", label: "work account" });
+  await host.oauthComplete({ integrationID: "anthropic-pool", attemptID: attempt.attemptID, code: mock.approve(attempt.url, "relabel1@x.test") });
+  await login(host, "relabel2@x.test");
+  assert.deepEqual(
+    host
+      .connections("anthropic-pool")
+      .map((c) => c.label)
+      .sort(),
+    ["relabel2@x.test", "work account"],
+  );
+  // Both logins revoked at Anthropic: each answers 401 and its refresh is refused.
+  mock.revoke("relabel1@x.test", { family: true });
+  mock.revoke("relabel2@x.test", { family: true });
+  await withLogLines(async () => {
+    await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).catch(() => {});
+    await flushPool(path);
+    assert.deepEqual(
+      readPool(path)
+        .anthropic.map((a) => a.status)
+        .sort(),
+      ["auth-error", "auth-error"],
+    );
+    const marked = () => host.connections("anthropic-pool").filter((c) => c.status?.status === "needs_auth");
+    for (let i = 0; i < 50 && marked().length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(
+      marked()
+        .map((c) => [c.label, c.status.message])
+        .sort(),
+      [
+        ["relabel2@x.test", `relabel2@x.test needs a new login: ${LOGIN_HINT}`],
+        ["work account", `relabel1@x.test needs a new login: ${LOGIN_HINT}`],
+      ],
+    );
+  });
+  await handle.unload();
 });

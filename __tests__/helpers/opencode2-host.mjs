@@ -244,6 +244,12 @@ export function createHost({
   // `HttpClientRequest.toWeb(req, { signal })` can give it one; model-request.ts (cited
   // snapshot) calls `toWeb(req)` without, so by default it never aborts.
   requestSignal = false,
+  // packages/ai/src/route/transport/http.ts: the http middleware (the http.request hooks, the
+  // send and the http.response hooks) runs under `headerTimeout` (DEFAULT_HTTP_TIMEOUT_MS, 5
+  // minutes, unless the model's settings say otherwise). Past it the attempt is interrupted (its
+  // fetch and the signal a hook was given are aborted; a promise hook's own promise runs on) and
+  // fails as a Transport timeout, "Timed out waiting for response headers".
+  headerTimeoutMs = 300_000,
 } = {}) {
   const entries = []; // everything that happened, for assertions
   const record = (type, data = {}) => {
@@ -777,7 +783,14 @@ export function createHost({
       session: {
         hook: hook("session"),
         prompt: async (input) => void record("session.prompt", { input }),
-        synthetic: async (input) => void record("session.synthetic", { input }),
+        // session.synthetic (packages/protocol `session.synthetic`: { id?, text, description?,
+        // metadata?, delivery?, resume? }): `text` joins the model's context as a user message
+        // (packages/core session/runner to-llm-message.ts `case "synthetic"`); a person sees a
+        // row only for one with a description (the clients' session sync counts a synthetic
+        // message as a row when `description?.trim()`; third-party plugins: "without it the TUI
+        // hides the message").
+        synthetic: async (input) =>
+          void record("session.synthetic", { input, shown: typeof input?.description === "string" && input.description.trim() !== "" }),
       },
       shell: { hook: hook("shell") },
       skill: stub("skill"),
@@ -980,6 +993,24 @@ export function createHost({
   // request.clone() -> send -> new Response(stream, {status, headers}) -> http.response (may replace
   // event.response; event.request is the same, still-unread Request).
   async function sendOnce({ scope, url, headers, bodyText, signal, attempt }) {
+    const interrupt = new AbortController();
+    const attemptSignal = signal ? AbortSignal.any([signal, interrupt.signal]) : interrupt.signal;
+    let timer;
+    const timedOut = new Promise((_, reject) => {
+      timer = setTimeout(() => {
+        interrupt.abort();
+        record("http.header-timeout", { attempt, ms: headerTimeoutMs });
+        reject(Object.assign(new Error("Timed out waiting for response headers"), { name: "TimeoutError" }));
+      }, headerTimeoutMs);
+    });
+    timedOut.catch(() => {});
+    try {
+      return await Promise.race([middleware({ scope, url, headers, bodyText, signal: attemptSignal, attempt }), timedOut]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  async function middleware({ scope, url, headers, bodyText, signal, attempt }) {
     const providerID = scope.model.providerID;
     if (!hasHook("session", "http.request", providerID) && !hasHook("session", "http.response", providerID)) {
       record("http.send", { attempt, url, headers: { ...headers }, hooked: false });

@@ -8,7 +8,8 @@
 //                  adopted and retried once; when every account cools, the answer is the pool's
 //                  own 429 with the real `retry-after`.
 //   retry:         the host's backoff must not stack on the pool's: a pool 429 is retried after
-//                  exactly its `retry-after` (or not at all past the host's 15-minute cap).
+//                  exactly its `retry-after` (or not at all past the host's 15-minute cap, unless
+//                  OAUTH_POOL_HOLD_MAX_MS covers the wait: the host then waits it out).
 // Wiring read in anomalyco/opencode packages/core/src/session/model-request.ts (http middleware)
 // and session/runner/retry.ts. A hook that throws is a defect in 2.x (no retry, no message), so
 // every hook here catches everything and leaves the host's request or answer as it was.
@@ -19,6 +20,16 @@ import { scrubbed } from "../errors.mjs";
 /** The host caps one retry delay at 15 minutes (retry.ts); past that, say so instead of waiting. */
 const HOST_RETRY_CAP_MS = 15 * 60_000;
 /**
+ * The longest the pool holds a request inside a hook (OAUTH_POOL_HOLD_MAX_MS). The host gives a
+ * request's http hooks and its send together 5 minutes for the answer's head
+ * (packages/ai/src/route/transport/http.ts `headerTimeout`, DEFAULT_HTTP_TIMEOUT_MS), then
+ * retries it as a timeout, at most three times: a longer hold was cut, held again by each retry,
+ * and the session ended with "Timed out waiting for response headers" however long holding
+ * allowed. A longer wait is the host's: the pool answers its 429 (`hostWaits`) and the `retry`
+ * hook below has the host wait exactly that long before it asks again.
+ */
+export const HOST_HOLD_MS = 60_000;
+/**
  * The pool's own 429s remembered for the host's next `retry` of their session, at most this many.
  * A session whose host never asks (it gave up after its tenth retry, or was aborted first) kept
  * its entry for the life of the process; an entry is also dropped once its retry time is a
@@ -27,7 +38,7 @@ const HOST_RETRY_CAP_MS = 15 * 60_000;
 export const POOL_ANSWERS_KEPT = 1000;
 const POOL_ANSWER_GRACE_MS = 60_000;
 /**
- * sessionID -> { retryAfterMs, at } of the pool's last own 429, shared like `placed` below: the
+ * sessionID -> { retryAfterMs, at, hostWaits } of the pool's last own 429, shared like `placed` below: the
  * answer is given by the setup that placed the request, the `retry` that follows is heard by
  * whichever setup is registered then. Each setup's own map lost it across a config reload,
  * and the host then waited its capped 15 minutes where the pool had said not to retry.
@@ -325,6 +336,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       syncEnv();
       const model = typeof event.model?.id === "string" ? event.model.id : undefined;
       ex = openExchange({ path, url: request.url, headers: request.headers, model, listener: listen() });
+      ex.holdAtMost(HOST_HOLD_MS);
       const signal = hostSignal(extra, request);
       stopListening = abortOnSignal(signal, ex);
       // Watched through a token that only the in-flight entry holds, not the Request: V8
@@ -447,7 +459,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       if (poolAnswers.size < POOL_ANSWERS_KEPT && now - own.at <= own.retryAfterMs + POOL_ANSWER_GRACE_MS) break;
       poolAnswers.delete(id);
     }
-    poolAnswers.set(sessionID, { retryAfterMs: seconds * 1000, at: now });
+    poolAnswers.set(sessionID, { retryAfterMs: seconds * 1000, at: now, hostWaits: answer.hostWaits === true });
   }
 
   const onRetry = async (event) => {
@@ -460,7 +472,9 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       // not retried; a host past its tenth retry) is not that one: it was retried at once.
       if (since > own.retryAfterMs + POOL_ANSWER_GRACE_MS) return;
       const wait = Math.max(0, own.retryAfterMs - since);
-      event.decision = wait > HOST_RETRY_CAP_MS ? { retry: false } : { retry: true, delay: wait };
+      // A wait that holding covers is waited out whatever its length (the host takes a hook's
+      // delay as it is: retry.ts caps only the delay it reads from `retry-after` itself).
+      event.decision = wait > HOST_RETRY_CAP_MS && !own.hostWaits ? { retry: false } : { retry: true, delay: wait };
     } catch (err) {
       log("error", `retry decision failed: ${scrubbed(err?.message ?? err)}`);
     }

@@ -21,12 +21,14 @@ function makeLog() {
   };
 }
 
-/** Accounts that need a login show as connections that need auth, where the host has one. */
-async function markNeedsAuth(ctx, email, message, log) {
+/**
+ * Accounts that need a login show as connections that need auth, where the host has one: the
+ * account's placeholder found as a login finds it (its label, else the email it carries: a
+ * connection the person labelled otherwise, at its login or since, was never marked).
+ */
+async function markNeedsAuth(ctx, existing, email, message, log) {
   try {
-    const got = await ctx.integration.get?.({ integrationID: INTEGRATION_ID });
-    const info = got?.data ?? got;
-    const conn = info?.connections?.find((c) => c.label === email);
+    const conn = await existing?.find(email);
     if (conn) await ctx.integration.connection.status({ integrationID: INTEGRATION_ID, connection: conn, status: { status: "needs_auth", message } });
   } catch (err) {
     log("warn", `could not mark ${email} as needing a login: ${err?.message ?? err}`);
@@ -62,7 +64,7 @@ function hostConnections(ctx) {
 }
 
 /** Failovers and accounts needing attention: one line per kind and accounts per 30 s. */
-function makeNotifier(ctx, log) {
+function makeNotifier(ctx, existing, log) {
   const last = new Map();
   return (events) => {
     for (const e of events) {
@@ -74,7 +76,7 @@ function makeNotifier(ctx, log) {
       const level = e.kind === "failover" || e.kind === "rate-limited" ? "info" : "warn";
       log(level, String(e.message ?? e.kind));
       if (e.kind === "auth-error" && e.email)
-        markNeedsAuth(ctx, e.email, e.apiKey ? `${e.email}: ${KEY_HINT}` : `${e.email} needs a new login: ${LOGIN_HINT}`, log);
+        markNeedsAuth(ctx, existing, e.email, e.apiKey ? `${e.email}: ${KEY_HINT}` : `${e.email} needs a new login: ${LOGIN_HINT}`, log);
     }
   };
 }
@@ -108,9 +110,9 @@ export async function setupV2(ctx) {
     }
   };
 
+  const existing = hostConnections(ctx);
   await part("integration.transform (logins)", async () => {
-    if (typeof ctx.integration?.transform === "function")
-      keep(await ctx.integration.transform(integrationTransform({ path, log, existing: hostConnections(ctx) })));
+    if (typeof ctx.integration?.transform === "function") keep(await ctx.integration.transform(integrationTransform({ path, log, existing })));
     else skipped("integration.transform (logins)");
   });
 
@@ -118,7 +120,7 @@ export async function setupV2(ctx) {
   // be offered (they would go out with no credential of ours).
   let served = false;
   await part("session.hook (the pool's request hooks)", async () => {
-    for (const r of await registerRequestHooks(ctx, { providerID, path, log, notify: makeNotifier(ctx, log) })) keep(r);
+    for (const r of await registerRequestHooks(ctx, { providerID, path, log, notify: makeNotifier(ctx, existing, log) })) keep(r);
     served = true;
   });
 
@@ -171,7 +173,9 @@ export async function setupV2(ctx) {
               confirm: async () => {},
             });
             try {
-              if (typeof ctx.session?.synthetic === "function") await ctx.session.synthetic({ sessionID: input?.sessionID, text });
+              // The text joins the model's context; the description is what the person sees (a
+              // synthetic message without one is not shown in the transcript).
+              if (typeof ctx.session?.synthetic === "function") await ctx.session.synthetic({ sessionID: input?.sessionID, text, description: text });
               else log("info", text);
             } catch (err) {
               log("warn", `could not show the command's output: ${err?.message ?? err}`);

@@ -84,7 +84,7 @@ fn header_lines(text: &str) -> impl Iterator<Item = (&str, &str)> + Clone {
 }
 
 /// A step as the driver reads it: `{ kind: "send", account, headers: [[name, value]] }` or
-/// `{ kind: "answer", status, statusText, headers, body }`. Serialized straight from the engine's
+/// `{ kind: "answer", status, statusText, headers, body, hostWaits }`. Serialized straight from the engine's
 /// step (no intermediate JSON tree: the synchronous path sends it as text on every request).
 #[derive(serde::Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -99,6 +99,9 @@ enum StepOut<'a> {
         status_text: &'a str,
         headers: &'a [(String, String)],
         body: std::borrow::Cow<'a, str>,
+        /// The wait is the host's to make (see `holdAtMost`).
+        #[serde(rename = "hostWaits")]
+        host_waits: bool,
     },
 }
 
@@ -118,6 +121,7 @@ impl<'a> StepOut<'a> {
                 status_text: s.status_text,
                 headers: &s.headers,
                 body: String::from_utf8_lossy(&s.body),
+                host_waits: s.host_waits,
             },
         }
     }
@@ -256,6 +260,17 @@ impl NativeExchange {
         }
     }
 
+    /// Holds this request at most `ms` at once (`Exchange::cap_hold`): for a host that gives up
+    /// on a request whose answer has not begun by then and sends it again itself (OpenCode 2).
+    /// A longer wait that `OAUTH_POOL_HOLD_MAX_MS` covers is answered by `next()` with the
+    /// pool's 429 and `hostWaits: true`: the host is to wait its `retry-after` and ask again.
+    #[napi(js_name = "holdAtMost", catch_unwind)]
+    pub fn hold_at_most(&self, ms: u32) {
+        if let Ok(Ok(mut ex)) = self.inner.as_ref().map(|m| m.try_lock()) {
+            ex.cap_hold(std::time::Duration::from_millis(u64::from(ms)));
+        }
+    }
+
     fn exchange(&self) -> JsResult<&Arc<tokio::sync::Mutex<Exchange>>> {
         self.inner
             .as_ref()
@@ -263,7 +278,7 @@ impl NativeExchange {
     }
 
     /// `{ kind: "send", account, headers }` (the full header list to send) or
-    /// `{ kind: "answer", status, statusText, headers, body }` (the pool answers itself).
+    /// `{ kind: "answer", status, statusText, headers, body, hostWaits }` (the pool answers itself).
     #[napi(ts_return_type = "Promise<any>")]
     pub fn next<'env>(&self, env: &'env Env) -> JsResult<PromiseRaw<'env, Value>> {
         let exchange = self.exchange().cloned();

@@ -52,6 +52,9 @@ pub struct Synthetic {
     pub status_text: &'static str,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// Holding covers this wait, but it is longer than the driver lets a request be held at
+    /// once (`Exchange::cap_hold`): the caller is to wait it out and ask again.
+    pub host_waits: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +73,9 @@ pub struct Exchange {
     family: Option<String>,
     /// How long this request may still wait for a cooling account (`OAUTH_POOL_HOLD_MAX_MS`).
     hold_left: std::time::Duration,
+    /// The longest one hold may last, set by a driver whose host gives up on a request that
+    /// has no answer by then (`cap_hold`).
+    hold_cap: Option<std::time::Duration>,
     tried: HashSet<String>,
     refreshed: HashSet<String>,
     retry_same: Option<String>,
@@ -112,6 +118,7 @@ impl Exchange {
             meta,
             family,
             hold_left: crate::settings::millis(crate::config::var::HOLD_MAX_MS),
+            hold_cap: None,
             tried: HashSet::new(),
             refreshed: HashSet::new(),
             retry_same: None,
@@ -161,6 +168,16 @@ impl Exchange {
     /// last hours). Without it, that is told with the request's other events, at its end.
     pub fn tell_at_once(&mut self, notice: super::events::Notice) {
         self.notice = Some(notice);
+    }
+
+    /// Holds this request at most `cap` at once. For a driver whose host stops waiting for an
+    /// answer after a while and sends the request again (OpenCode 2 gives its http hooks and
+    /// the send 5 minutes for the answer's head, then retries on its own): a hold past that was
+    /// cut by the host, held again by its retry, and the session ended with the host's timeout.
+    /// A longer wait that holding covers is answered with the pool's 429 instead, marked
+    /// `host_waits`, with the holding message: the host waits it out and asks again.
+    pub fn cap_hold(&mut self, cap: std::time::Duration) {
+        self.hold_cap = Some(cap);
     }
 
     /// The model asked for, learnt after the exchange began (a driver that read it from the
@@ -396,27 +413,8 @@ impl Exchange {
             message,
         } = held;
         let wait = std::time::Duration::from_millis((until - now_ms()).max(0) as u64 + 5);
-        let announced = self.engine.overlay.first_hold(&email, until);
-        if announced {
-            // A request bound to the account holding what it needs waits for that account,
-            // whether or not the others are cooling too.
-            let why = if self.bound.is_some() {
-                "the account holding what requests need is cooling: holding them for it"
-            } else {
-                "every account is cooling: holding requests for the first one"
-            };
-            tracing::info!(
-                first = %email,
-                until = %iso_time(until),
-                wait = %crate::wait::duration(until - now_ms()),
-                "{why}"
-            );
-            let event = Event::new("holding", Some(&email), &message).until(until);
-            match &self.notice {
-                Some(tell) => tell(event),
-                None => self.events.push(event),
-            }
-        } else {
+        let announced = self.announce_hold(&email, until, &message);
+        if !announced {
             tracing::debug!(
                 wait_ms = wait.as_millis() as u64,
                 "holding the request for a cooling account"
@@ -492,6 +490,34 @@ impl Exchange {
         }
         self.held = true;
         Ok(())
+    }
+
+    /// Says a hold for `email`'s cooldown (until `until`) begins, once per cooldown (no storms):
+    /// a log line and a `holding` event, told at once where the driver set a notice. Whether
+    /// this one said it.
+    fn announce_hold(&mut self, email: &str, until: i64, message: &str) -> bool {
+        if !self.engine.overlay.first_hold(email, until) {
+            return false;
+        }
+        // A request bound to the account holding what it needs waits for that account,
+        // whether or not the others are cooling too.
+        let why = if self.bound.is_some() {
+            "the account holding what requests need is cooling: holding them for it"
+        } else {
+            "every account is cooling: holding requests for the first one"
+        };
+        tracing::info!(
+            first = %email,
+            until = %iso_time(until),
+            wait = %crate::wait::duration(until - now_ms()),
+            "{why}"
+        );
+        let event = Event::new("holding", Some(email), message).until(until);
+        match &self.notice {
+            Some(tell) => tell(event),
+            None => self.events.push(event),
+        }
+        true
     }
 
     /// The accounts that could serve this request now, whatever it tried.
@@ -972,6 +998,15 @@ impl Exchange {
                         "anthropic-pool: every account is rate-limited{models}; requests wait for the first one ({email}), usable again {when} (OAUTH_POOL_HOLD_MAX_MS)"
                     ),
                 };
+                if self.hold_cap.is_some_and(|cap| wait > cap) {
+                    let why = if needs.is_some() {
+                        "holder-cooling"
+                    } else {
+                        "all-accounts-cooling"
+                    };
+                    self.announce_hold(&email, until, &message);
+                    return Ok(Exhausted::Answer(pool_429(message, secs, why, true)));
+                }
                 return Ok(Exhausted::Wait(Held {
                     until,
                     email,
@@ -998,25 +1033,12 @@ impl Exchange {
                 self.events
                     .push(Event::new("all-cooling", Some(&email), &message).until(until));
             }
-            let body = serde_json::json!({
-                "type": "error",
-                "error": { "type": "rate_limit_error", "message": message }
-            });
             let why = if needs.is_some() {
                 "holder-cooling"
             } else {
                 "all-accounts-cooling"
             };
-            return Ok(Exhausted::Answer(Step::Answer(Synthetic {
-                status: 429,
-                status_text: "Too Many Requests",
-                headers: vec![
-                    ("content-type".into(), "application/json".into()),
-                    ("retry-after".into(), secs.to_string()),
-                    ("x-oauth-pool".into(), why.into()),
-                ],
-                body: Bytes::from(body.to_string()),
-            })));
+            return Ok(Exhausted::Answer(pool_429(message, secs, why, false)));
         }
         // Bound: the others were never asked, and could only have answered 404.
         if let Some(holder) = self.bound.clone() {
@@ -1163,6 +1185,25 @@ fn sending_time() -> i64 {
             Err(seen) => last = seen,
         }
     }
+}
+
+/// The pool's own 429: the wait in whole seconds (`retry-after`) and the message a person reads.
+fn pool_429(message: String, secs: i64, why: &str, host_waits: bool) -> Step {
+    let body = serde_json::json!({
+        "type": "error",
+        "error": { "type": "rate_limit_error", "message": message }
+    });
+    Step::Answer(Synthetic {
+        status: 429,
+        status_text: "Too Many Requests",
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("retry-after".into(), secs.to_string()),
+            ("x-oauth-pool".into(), why.into()),
+        ],
+        body: Bytes::from(body.to_string()),
+        host_waits,
+    })
 }
 
 enum Exhausted {
