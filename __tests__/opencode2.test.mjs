@@ -777,3 +777,53 @@ test("an account that needs a new login is marked needs_auth on its connection, 
   });
   await handle.unload();
 });
+
+test("a model the config names under an alias of its own is counted, and its model windows kept, under the API's model id", async () => {
+  // 2.x hands the http hooks the catalog's model id; the request carries the API's (Model.Info
+  // `modelID`, packages/core/src/model-resolver.ts "may differ from the catalog id").
+  const path = await seedPool(mock, ["alias1@x.test"]);
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  await host.start({
+    id: "config",
+    kind: "setup",
+    plugin: {
+      id: "config",
+      setup: (ctx) =>
+        ctx.provider.transform((e) =>
+          e.models.update("anthropic-pool", "fast", (m) => {
+            m.modelID = "claude-haiku-4-5";
+          }),
+        ),
+    },
+  });
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  mock.script("alias1@x.test", [{ sse: true, usage: { input_tokens: 5, output_tokens: 2 } }]);
+  mock.clearRequests();
+  const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "fast", body });
+  assert.equal(textOf(await res.text()), "Hello from alias1@x.test");
+  assert.equal(JSON.parse(mock.requests.find((r) => r.path.startsWith("/v1/messages"))?.body ?? "{}").model, "claude-haiku-4-5", "the API's id went upstream");
+  await flushPool(path);
+  const { poolStatus } = await import("../index.mjs");
+  const byModel = (await poolStatus(path)).accounts[0].usage.today.byModel;
+  assert.deepEqual(Object.keys(byModel), ["claude-haiku-4-5"]);
+  assert.equal(byModel["claude-haiku-4-5"].input, 5);
+
+  // An account whose haiku models cool (a 7d window of their own) is not asked for `fast`.
+  const second = await seedPool(mock, ["alias2@x.test", "alias3@x.test"], { path: path.replace(/\.json$/, "-2.json") });
+  const pool = readPool(second);
+  pool.anthropic[0].modelCooldowns = { haiku: Date.now() + 3_600_000 };
+  await lib.savePool(pool, second);
+  await handle.unload();
+  const again = await host.start(loadPlugin(pluginModule, { options: { path: second } }));
+  mock.clearRequests();
+  for (let i = 0; i < 3; i++) {
+    const r = await host.modelRequest({ providerID: "anthropic-pool", modelID: "fast", body });
+    assert.equal(textOf(await r.text()), "Hello from alias3@x.test");
+  }
+  assert.deepEqual(
+    mock.requests.filter((r) => r.path.startsWith("/v1/messages")).map((r) => r.email),
+    ["alias3@x.test", "alias3@x.test", "alias3@x.test"],
+    "the account cooling for haiku was not asked",
+  );
+  await again.unload();
+});

@@ -171,9 +171,11 @@ function zeroCosts(model) {
 /**
  * The provider: linked to the integration, on the native Anthropic route (the host sends; our
  * http hooks set each request's account), with the host's Anthropic models mirrored. Settings
- * the user gave `anthropic-pool` in the host's config win.
+ * the user gave `anthropic-pool` in the host's config win. `wireModels` (a Map, filled anew at
+ * each fold) learns each model whose API id differs from its catalog id (a config alias such as
+ * `fast` for `claude-haiku-4-5`): the request hooks are told the catalog id alone.
  */
-export function providerTransform({ providerID, apiKeysOnly }) {
+export function providerTransform({ providerID, apiKeysOnly, wireModels }) {
   return (editor) => {
     const existing = editor.get(providerID);
     const anthropic = editor.get("anthropic");
@@ -212,6 +214,8 @@ export function providerTransform({ providerID, apiKeysOnly }) {
     // by the CLI or on 1.18; only an explicit "disabled" is kept.
     if (info.activation !== "disabled") info.activation = "enabled";
     if (!info.name || info.name === providerID) info.name = ours.name;
+    wireModels?.clear();
+    for (const m of models.values()) if (typeof m.modelID === "string" && m.modelID && m.modelID !== m.id) wireModels?.set(m.id, m.modelID);
     editor.add({ info, models: [...models.values()] });
   };
 }

@@ -312,9 +312,10 @@ async function localRequest(request, answer) {
 
 /**
  * Registers the three hooks, scoped to `providerID`. `notify(events)` hears failovers and
- * accounts needing attention; `log(level, message)` writes one line.
+ * accounts needing attention; `log(level, message)` writes one line; `wireModels` maps a catalog
+ * model id to the API's where they differ (`providerTransform`).
  */
-export async function registerRequestHooks(ctx, { providerID, path, notify, log, fetch = globalThis.fetch }) {
+export async function registerRequestHooks(ctx, { providerID, path, notify, log, wireModels, fetch = globalThis.fetch }) {
   // A hold beginning is told at once, not when the held request ends (hours later).
   let listener;
   const listen = () => {
@@ -334,7 +335,12 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
     let stopListening;
     try {
       syncEnv();
-      const model = typeof event.model?.id === "string" ? event.model.id : undefined;
+      // The hook is told the catalog's id (packages/core/src/model-resolver.ts: the request
+      // carries the API's, "which may differ from the catalog id"): a config alias (`fast` for
+      // `claude-haiku-4-5`) was counted under its own name, and its family unknown to the
+      // model-scoped windows (a `7d_sonnet` cooldown did not keep `my-big` off that account).
+      const named = typeof event.model?.id === "string" ? event.model.id : undefined;
+      const model = named === undefined ? undefined : (wireModels?.get(named) ?? named);
       ex = openExchange({ path, url: request.url, headers: request.headers, model, listener: listen() });
       ex.holdAtMost(HOST_HOLD_MS);
       const signal = hostSignal(extra, request);

@@ -119,8 +119,9 @@ export async function setupV2(ctx) {
   // The hooks before the provider: a provider whose requests cannot go through the pool must not
   // be offered (they would go out with no credential of ours).
   let served = false;
+  const wireModels = new Map();
   await part("session.hook (the pool's request hooks)", async () => {
-    for (const r of await registerRequestHooks(ctx, { providerID, path, log, notify: makeNotifier(ctx, existing, log) })) keep(r);
+    for (const r of await registerRequestHooks(ctx, { providerID, path, log, wireModels, notify: makeNotifier(ctx, existing, log) })) keep(r);
     served = true;
   });
 
@@ -130,7 +131,7 @@ export async function setupV2(ctx) {
     else if (providerID === "anthropic") log("info", "serving OpenCode's own anthropic provider through the pool");
     else if (typeof ctx.provider?.transform === "function") {
       const keysOnly = await apiKeysOnly(path);
-      keep(await ctx.provider.transform(providerTransform({ providerID, apiKeysOnly: keysOnly })));
+      keep(await ctx.provider.transform(providerTransform({ providerID, apiKeysOnly: keysOnly, wireModels })));
     } else skipped("provider.transform (the anthropic-pool provider)");
   });
 
