@@ -827,3 +827,30 @@ test("a model the config names under an alias of its own is counted, and its mod
   );
   await again.unload();
 });
+
+test("the retry on another account is sent as the host sends its own: without the runtime's idle timeout (Bun's 5 minutes)", async () => {
+  // packages/ai/src/route/transport/http.ts gives its fetch `timeout: false`, so that only the
+  // host's own deadlines (headerTimeout, chunkTimeout) bound an answer; Bun's fetch otherwise
+  // cuts one silent for 5 minutes. The resend after a 429 is the runtime's fetch too.
+  const inits = [];
+  const original = globalThis.fetch;
+  globalThis.fetch = (input, init) => {
+    inits.push(init);
+    return original(input, init);
+  };
+  try {
+    const path = await seedPool(mock, ["idle1@x.test", "idle2@x.test"]);
+    const host = createHost({ sleep: async () => {}, random: () => 0.5, fetch: original });
+    const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+    mock.script("idle1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+    mock.script("idle2@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+    const first = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).catch((e) => e);
+    assert.equal(first?.error?.status, 429, "both accounts refused: the pool's own 429");
+    assert.equal(inits.length, 1, "one resend, on the second account");
+    assert.equal(inits[0].timeout, false);
+    await handle.unload();
+    await lib.resetCooldowns(path);
+  } finally {
+    globalThis.fetch = original;
+  }
+});

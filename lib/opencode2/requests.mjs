@@ -431,7 +431,10 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         let next;
         try {
           const headers = resendHeaders(event.request, state.placedWith, step.headers);
-          next = await fetch(withHeaders(event.request.clone(), headers), { signal: hostSignal(extra, event.request) });
+          // `timeout: false` as the host's own sends (packages/ai/src/route/transport/http.ts):
+          // under Bun, whose fetch otherwise cuts an answer silent for 5 minutes whatever the
+          // host's chunkTimeout says; the host's deadlines bound this answer as they bound its own.
+          next = await fetch(withHeaders(event.request.clone(), headers), { signal: hostSignal(extra, event.request), timeout: false });
         } catch (err) {
           // The host gave the request up: the resend ended with it, and nobody reads the answer.
           if (!hostSignal(extra, event.request)?.aborted)
