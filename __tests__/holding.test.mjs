@@ -174,3 +174,39 @@ for (const transport of ["native", "runtime"]) {
     }
   });
 }
+
+// OpenCode 1.18 wraps the provider's fetch with a 5-minute header timeout and retries a timeout
+// itself (a few times, then the session fails): a hold past that was cut, held again by each
+// retry, and the run failed however long OAUTH_POOL_HOLD_MAX_MS allowed. The plugin's fetch
+// holds at most a minute; a longer wait that holding covers is answered at once with the pool's
+// 429 and its real retry-after, which OpenCode 1.18 sits out before it asks again.
+test("OpenCode 1.18's provider fetch holds at most a minute: a longer wait holding covers is the pool's 429 with its real retry-after, for OpenCode to sit out", async () => {
+  const { poolFetchFor } = await import("../lib/plugin/shared.mjs");
+  const path = await poolWith(["oc118@x.test"]);
+  const f = poolFetchFor({}, { path });
+  mock.clearRequests();
+  let timer;
+  const res = await Promise.race([
+    ask(f),
+    new Promise((r) => {
+      timer = setTimeout(() => r(null), 15_000);
+    }),
+  ]);
+  clearTimeout(timer);
+  assert.ok(res, "answered at once, not held for the 2-minute cooldown");
+  assert.equal(res.status, 429);
+  assert.equal(res.headers.get("x-oauth-pool"), "all-accounts-cooling");
+  assert.equal(res.headers.get("x-oauth-pool-host-waits"), "true");
+  const wait = Number(res.headers.get("retry-after"));
+  assert.ok(wait > 60 && wait <= COOLING_MS / 1000, `the real wait, not 0: ${wait}`);
+  assert.match((await res.json()).error.message, /requests wait for the first one \(oc118@x\.test\)/);
+  assert.equal(mock.requests.length, 0, "nothing upstream");
+
+  // A wait under a minute is held inside the fetch, as before.
+  const pool = readPool(path);
+  pool.anthropic[0].rateLimitUntil = Date.now() + 2_000;
+  await lib.savePool(pool, path);
+  const held = await ask(f);
+  assert.equal(held.status, 200);
+  await held.text();
+});

@@ -343,7 +343,7 @@ test("every account cooling: OpenCode is given no wait past a minute (it sleeps 
   }
 });
 
-test("a hold shows one toast as it begins, while the requests wait: which account, in how long, at what time", async () => {
+test("a hold shows one toast as it begins: which account, in how long, at what time (a 3-hour wait is OpenCode's to sit out: the pool's 429 at once, its real retry-after)", async () => {
   const path = freshPath();
   const { client, toasts, logs } = fakeClient();
   const hooks = await plugin(path, client);
@@ -365,12 +365,14 @@ test("a hold shows one toast as it begins, while the requests wait: which accoun
       /every account is rate-limited; requests wait for the first one \(held@example\.com\), usable again in (3 h [01] min|2 h 59 min) \(at (\w{3} \d+ \w{3} )?\d\d:\d\d UTC\)/,
     );
     assert.ok(logs.some((l) => l.level === "warn" && l.message === toasts[0].message));
-    await lib.resetCooldowns(path);
+    // Longer than the plugin's fetch holds inside OpenCode's header timeout: each is answered.
     for (const res of await Promise.all(pending)) {
-      assert.equal(res.status, 200);
+      assert.equal(res.status, 429);
+      assert.equal(res.headers.get("x-oauth-pool-host-waits"), "true");
+      assert.ok(Number(res.headers.get("retry-after")) > 3 * 3600 - 120, res.headers.get("retry-after"));
       await res.text();
     }
-    assert.equal(toasts.length, 1, "nothing more when the hold ends");
+    assert.equal(toasts.length, 1, "one toast for the three");
   } finally {
     await lib.resetCooldowns(path);
     if (old === undefined) delete process.env.OAUTH_POOL_HOLD_MAX_MS;

@@ -6,6 +6,18 @@
 import { native, nativeBinding } from "./native.mjs";
 import { settle, toPoolError } from "./errors.mjs";
 
+/**
+ * The longest the pool holds a request (OAUTH_POOL_HOLD_MAX_MS) inside an OpenCode host. Both
+ * generations give a provider request 5 minutes for its answer's head and then retry it as a
+ * timeout: OpenCode 1.18 wraps the provider's fetch with `headerTimeout` (300000 unless the
+ * provider's options say otherwise; `ProviderHeaderTimeoutError`, retryable, in the 1.18.33
+ * binary), OpenCode 2 its http hooks and send (packages/ai/src/route/transport/http.ts). A
+ * longer hold was cut, held again by each retry, and the session failed with the host's
+ * timeout however long holding allowed. A longer wait is the host's: the pool answers its 429
+ * (`hostWaits`, `x-oauth-pool-host-waits`), and the host sits out its `retry-after`.
+ */
+export const HOST_HOLD_MS = 60_000;
+
 /** How much of a 400 the engine reads to tell a third-party refusal from a bad request. */
 export const PEEK_LIMIT = 256 * 1024;
 

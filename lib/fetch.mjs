@@ -245,6 +245,16 @@ function bodyStream(res, signal, done) {
  * @param {{ path?: string, provider?: "anthropic", onEvent?: (e: object) => void, transport?: "auto" | "native" | "runtime" }} [options]
  */
 export function createPoolFetch(options = {}) {
+  return poolFetchWith(options);
+}
+
+/**
+ * `createPoolFetch`, with what a host's own plugin sets: `holdAtMostMs`, the longest one hold
+ * may last for a host that gives up on an answer whose head has not come by then (a longer wait
+ * that holding covers is the pool's 429, marked `x-oauth-pool-host-waits`, for the host to sit
+ * out its `retry-after`).
+ */
+export function poolFetchWith(options = {}, { holdAtMostMs } = {}) {
   if (options !== undefined && options !== null && (typeof options !== "object" || Array.isArray(options))) {
     throw invalidArgument("createPoolFetch takes an options object { path?, provider?, onEvent?, transport? }");
   }
@@ -283,8 +293,8 @@ export function createPoolFetch(options = {}) {
     syncEnv();
     const response =
       runtimeCarries(carrier) && isApiUrl(parts.url)
-        ? await runtimeFetch(parts, { path, onEvents: typeof onEvent === "function" ? notify : undefined, listener: listen() })
-        : await nativeFetch(parts, path, notify, listen());
+        ? await runtimeFetch(parts, { path, onEvents: typeof onEvent === "function" ? notify : undefined, listener: listen(), holdAtMostMs })
+        : await nativeFetch(parts, path, notify, listen(), holdAtMostMs);
     // Neither transport follows a redirect; one the caller said it does not take fails as
     // fetch fails it.
     if (parts.redirect === "error" && REDIRECT_STATUS.has(response.status)) {
@@ -296,7 +306,7 @@ export function createPoolFetch(options = {}) {
 }
 
 /** `parts` served with the Rust client carrying the bytes. */
-async function nativeFetch(parts, path, notify, listener) {
+async function nativeFetch(parts, path, notify, listener, holdAtMostMs) {
   const { signal } = parts;
   const controller = new native.FetchController(listener);
   const onAbort = () => controller.abort();
@@ -311,6 +321,7 @@ async function nativeFetch(parts, path, notify, listener) {
         headers: parts.headers,
         body: parts.body,
         path: path ?? undefined,
+        holdAtMostMs,
       }),
     );
   } catch (err) {

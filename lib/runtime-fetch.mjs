@@ -462,9 +462,10 @@ function isWhole({ length, coding, type }) {
  * hears failovers and account changes when the request ends, `listener` (`eventListener`) what
  * cannot wait until then.
  */
-export async function runtimeFetch(parts, { path, onEvents, listener }) {
+export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMostMs }) {
   const { signal } = parts;
   const ex = openExchange({ path, url: parts.url, headers: parts.headers, body: parts.body, listener });
+  if (holdAtMostMs !== undefined) ex.holdAtMost(holdAtMostMs);
   const onAbort = () => ex.abort();
   if (signal) listenAbort(signal, onAbort);
   const { timeoutMs } = current();

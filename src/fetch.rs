@@ -26,6 +26,9 @@ pub struct OutgoingRequest {
     pub body: Option<Bytes>,
     /// Hears at once what cannot wait for the answer (a hold beginning), if anything does.
     pub notice: Option<Notice>,
+    /// The longest one hold may last (`Exchange::cap_hold`), for a host that gives up on an
+    /// answer whose head has not come by then.
+    pub hold_cap: Option<std::time::Duration>,
 }
 
 pub enum Body {
@@ -112,6 +115,9 @@ pub async fn pool_fetch(
     }
     if let Some(notice) = req.notice {
         ex.tell_at_once(notice);
+    }
+    if let Some(cap) = req.hold_cap {
+        ex.cap_hold(cap);
     }
     let result = serve(&mut ex, method, url, &base, req.body, cancel).await;
     let events = ex.take_events();

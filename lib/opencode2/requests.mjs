@@ -14,21 +14,22 @@
 // and session/runner/retry.ts. A hook that throws is a defect in 2.x (no retry, no message), so
 // every hook here catches everything and leaves the host's request or answer as it was.
 import { nativeBinding, syncEnv } from "../native.mjs";
-import { eventListener, judgeAnswer, nextStep, openExchange, poolAnswer, readOpening, readsOpening, takeEvents, usageFeed } from "../exchange.mjs";
+import {
+  HOST_HOLD_MS,
+  eventListener,
+  judgeAnswer,
+  nextStep,
+  openExchange,
+  poolAnswer,
+  readOpening,
+  readsOpening,
+  takeEvents,
+  usageFeed,
+} from "../exchange.mjs";
 import { scrubbed } from "../errors.mjs";
 
 /** The host caps one retry delay at 15 minutes (retry.ts); past that, say so instead of waiting. */
 const HOST_RETRY_CAP_MS = 15 * 60_000;
-/**
- * The longest the pool holds a request inside a hook (OAUTH_POOL_HOLD_MAX_MS). The host gives a
- * request's http hooks and its send together 5 minutes for the answer's head
- * (packages/ai/src/route/transport/http.ts `headerTimeout`, DEFAULT_HTTP_TIMEOUT_MS), then
- * retries it as a timeout, at most three times: a longer hold was cut, held again by each retry,
- * and the session ended with "Timed out waiting for response headers" however long holding
- * allowed. A longer wait is the host's: the pool answers its 429 (`hostWaits`) and the `retry`
- * hook below has the host wait exactly that long before it asks again.
- */
-export const HOST_HOLD_MS = 60_000;
 /**
  * The pool's own 429s remembered for the host's next `retry` of their session, at most this many.
  * A session whose host never asks (it gave up after its tenth retry, or was aborted first) kept
@@ -342,6 +343,9 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       const named = typeof event.model?.id === "string" ? event.model.id : undefined;
       const model = named === undefined ? undefined : (wireModels?.get(named) ?? named);
       ex = openExchange({ path, url: request.url, headers: request.headers, model, listener: listen() });
+      // The host gives http.request, the send and http.response 5 minutes together, then
+      // retries as a timeout at most three times ("Timed out waiting for response headers");
+      // the `retry` hook below has it wait a longer hold's time exactly (HOST_HOLD_MS).
       ex.holdAtMost(HOST_HOLD_MS);
       const signal = hostSignal(extra, request);
       stopListening = abortOnSignal(signal, ex);

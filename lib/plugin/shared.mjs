@@ -3,7 +3,8 @@
 import { homedir, userInfo } from "node:os";
 import { isAbsolute, join } from "node:path";
 import * as api from "../api.mjs";
-import { createPoolFetch } from "../fetch.mjs";
+import { HOST_HOLD_MS } from "../exchange.mjs";
+import { poolFetchWith } from "../fetch.mjs";
 import { syncEnv } from "../native.mjs";
 import { isApiUrl } from "../runtime-fetch.mjs";
 import { scrubbed } from "../errors.mjs";
@@ -248,10 +249,14 @@ export const LONGEST_HOST_WAIT_S = 60;
  * answer, nothing is sent upstream, and the person reads the pool's message (which account is
  * usable again when) within a second. The same for its 429 for a request that only one account
  * can serve (`holder-cooling`: a file or a batch that account holds, and that account cooling).
+ * A wait that holding (OAUTH_POOL_HOLD_MAX_MS) covers but that is longer than the pool holds a
+ * request inside OpenCode (HOST_HOLD_MS, `x-oauth-pool-host-waits`) keeps its `retry-after`:
+ * OpenCode sits it out and asks again, as holding asked.
  */
 export function waitOpenCodeCanBear(res) {
   const pool = res?.headers?.get?.("x-oauth-pool");
   if (res?.status !== 429 || (pool !== "all-accounts-cooling" && pool !== "holder-cooling")) return res;
+  if (res.headers.get("x-oauth-pool-host-waits") === "true") return res;
   const secs = Number(res.headers.get("retry-after"));
   if (!(secs > LONGEST_HOST_WAIT_S)) return res;
   const headers = new Headers(res.headers);
@@ -268,7 +273,8 @@ const hosts = new WeakMap();
 export function poolFetchFor(input, options) {
   const o = pluginOptions(options);
   if (o.fetch) return o.fetch;
-  const make = () => apiOriginOnly(createPoolFetch({ path: o.path, onEvent: createNotifier(input?.client) }), o.provider);
+  // Held at most HOST_HOLD_MS inside OpenCode's header timeout; a longer wait is OpenCode's own.
+  const make = () => apiOriginOnly(poolFetchWith({ path: o.path, onEvent: createNotifier(input?.client) }, { holdAtMostMs: HOST_HOLD_MS }), o.provider);
   if (!input || typeof input !== "object") return make();
   let shared = hosts.get(input);
   if (!shared) {

@@ -24,6 +24,9 @@ pub struct FetchRequest {
     /// caller may reuse it while the request, or its retry on the next account, is sent).
     pub body: Option<Either<String, Buffer>>,
     pub path: Option<String>,
+    /// The longest one hold may last, for a host that gives up on an answer whose head has not
+    /// come by then (OpenCode's plugin fetch); a longer wait is the pool's 429, `hostWaits`.
+    pub hold_at_most_ms: Option<u32>,
 }
 
 /// One request in flight: `send()` it, `abort()` it from an AbortSignal at any time.
@@ -88,6 +91,9 @@ impl FetchController {
                 Either::B(bytes) => Bytes::copy_from_slice(&bytes),
             }),
             notice: self.notice.clone(),
+            hold_cap: request
+                .hold_at_most_ms
+                .map(|ms| std::time::Duration::from_millis(u64::from(ms))),
         };
         promise(env, async move {
             let engine = engine_for(path.as_deref()).map_err(js_error)?;

@@ -1193,18 +1193,28 @@ fn pool_429(message: String, secs: i64, why: &str, host_waits: bool) -> Step {
         "type": "error",
         "error": { "type": "rate_limit_error", "message": message }
     });
+    let mut headers = vec![
+        ("content-type".into(), "application/json".into()),
+        ("retry-after".into(), secs.to_string()),
+        ("x-oauth-pool".into(), why.into()),
+    ];
+    // Said on the answer too, for a driver that hands the host a Response (OpenCode 1.18's
+    // provider fetch): its `retry-after` is a wait holding covers, to be sat out, not cut short.
+    if host_waits {
+        headers.push((HOST_WAITS_HEADER.into(), "true".into()));
+    }
     Step::Answer(Synthetic {
         status: 429,
         status_text: "Too Many Requests",
-        headers: vec![
-            ("content-type".into(), "application/json".into()),
-            ("retry-after".into(), secs.to_string()),
-            ("x-oauth-pool".into(), why.into()),
-        ],
+        headers,
         body: Bytes::from(body.to_string()),
         host_waits,
     })
 }
+
+/// Marks the pool's 429 for a wait that holding covers but that is longer than the driver lets
+/// one hold last (`Exchange::cap_hold`): the host is to wait the `retry-after`, then ask again.
+const HOST_WAITS_HEADER: &str = "x-oauth-pool-host-waits";
 
 enum Exhausted {
     Wait(Held),

@@ -243,6 +243,7 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
         body: (!body.is_empty()).then_some(body),
         // A hold may last hours: its log line comes when it begins, not with the answer.
         notice: Some(super::metrics::notice()),
+        hold_cap: None,
     };
     // The upstream call is cancelled when the client goes away (hyper drops this future) or the
     // gateway closes for good. It runs as a task of its own, so that a client leaving ends it
