@@ -465,7 +465,7 @@ test("doctor on a healthy pool: exit 0, every check ok, JSON shape", async () =>
   assert.ok(Array.isArray(j.checks) && j.checks.length > 5);
   for (const c of j.checks) {
     assert.equal(typeof c.name, "string");
-    assert.ok(["ok", "warn", "problem"].includes(c.level), c.level);
+    assert.ok(["ok", "info", "warn", "problem"].includes(c.level), c.level);
     assert.equal(typeof c.message, "string");
   }
   const names = new Set(j.checks.map((c) => c.name));

@@ -126,7 +126,9 @@ test("doctor, the plugin's toasts and logs, and OpenCode 2's setup quote no secr
     ...cleanEnv(),
     HOME: home,
     XDG_CONFIG_HOME: join(home, ".config"),
-    OPENCODE_CONFIG_CONTENT: JSON.stringify({ provider: { x: { options: { apiKey: s.contentKey } } }, plugin: ["opencode-oauth-pool"] }),
+    // Another plugin there: an entry of ours would replace the project's (OpenCode keeps the last
+    // entry of a name), and the project's options would not be read.
+    OPENCODE_CONFIG_CONTENT: JSON.stringify({ provider: { x: { options: { apiKey: s.contentKey } } }, plugin: ["another-plugin"] }),
     HTTPS_PROXY: `http://user:${s.proxyPassword}@127.0.0.1:9`,
     OAUTH_POOL_TOKEN_URL: `https://${s.urlUser}@tokens.invalid/oauth/token?key=${s.urlQuery}`,
     OAUTH_POOL_API_URL: `http://user:${s.apiPassword}@127.0.0.1:1`,
@@ -181,7 +183,7 @@ test("doctor, the plugin's toasts and logs, and OpenCode 2's setup quote no secr
   );
   const report = JSON.parse(json.out.trim().split("\n").at(-1));
   const checks = (name) => report.checks.filter((c) => c.name === name);
-  assert.equal(checks("plugin options").length, 3, JSON.stringify(report.checks));
+  assert.equal(checks("plugin options").length, 2, JSON.stringify(report.checks));
   assert.ok(checks("plugin options").some((c) => c.level === "problem" && /plugin option provider must be a name .*got an object/.test(c.message)));
   assert.ok(checks("plugin options").some((c) => c.level === "problem" && /plugin option toolName .*got "Bearer \[redacted\]"/.test(c.message)));
   assert.equal(checks("endpoint").length, 2);

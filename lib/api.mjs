@@ -208,6 +208,12 @@ export function envVariables() {
   return [...sync(native.envNames()).all];
 }
 
+/**
+ * Whether each endpoint answers (`oauth-pool doctor --online`): one request without a
+ * credential to each, through the client and proxy its requests use, at most 8 s.
+ */
+export const probeEndpoints = wrap(() => native.probeEndpoints());
+
 /** Each numeric or switch setting that is set, with whether its text was taken as written. */
 export function checkSettings() {
   return sync(native.checkSettings());

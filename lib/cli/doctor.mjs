@@ -7,7 +7,7 @@
 // the exit code 3. Messages keep emails and reasons as they are (JSON escapes them); the text
 // report escapes each message whole, which is safe because a message is one line of ours.
 import { lstatSync, readFileSync, readdirSync, statSync } from "node:fs";
-import { basename, join } from "node:path";
+import { basename, isAbsolute, join } from "node:path";
 import { wait } from "../plugin/format.mjs";
 import { EXIT } from "./errors.mjs";
 import { printable } from "./output.mjs";
@@ -68,6 +68,18 @@ function lockHolders(file) {
     holders.push({ pid, kind: m[1], access: m[2], command: command || null });
   }
   return holders;
+}
+
+/** Linux only: whether `pid` is stopped (SIGSTOP, Ctrl-Z, a debugger): state T or t in /proc. */
+function isStopped(pid) {
+  if (process.platform !== "linux") return false;
+  try {
+    // "pid (comm) S ...": comm may hold spaces and parentheses, the state follows the last ")".
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return /^[Tt]$/.test(stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3));
+  } catch {
+    return false;
+  }
 }
 
 function withTimeout(promise, ms) {
@@ -186,10 +198,29 @@ async function checkAccounts(lib, path, r) {
   for (const u of st.unsavedTokens ?? []) {
     r.add("unsaved tokens", "warn", `${u.email}: new tokens could not be written (${u.error})`, { email: u.email });
   }
-  if (st.counts.total > 0 && st.counts.usable === 0) {
-    const back = st.soonestReset ? ` (the soonest is back ${wait(st.soonestReset)})` : "";
-    r.add("accounts", "warn", `no account is usable right now${back}`);
+  if (st.counts.total === 0) return noAccount(r);
+  if (st.counts.usable > 0) return;
+  const disabled = st.accounts.filter((a) => a.status === "disabled");
+  if (disabled.length === st.counts.total) {
+    // Nothing will come back by itself: only a person enables an account again.
+    return r.add(
+      "accounts",
+      "warn",
+      `every account is disabled, so every request fails (POOL_NO_ACCOUNT): enable one with: oauth-pool enable ${shellWord(disabled[0].email)}`,
+    );
   }
+  const back = st.soonestReset ? ` (the soonest is back ${wait(st.soonestReset)})` : "";
+  const also = disabled.length ? `; ${disabled.length} disabled (oauth-pool enable ${shellWord(disabled[0].email)})` : "";
+  r.add("accounts", "warn", `no account is usable right now${back}${also}`);
+}
+
+/** A pool with no account: every request fails, and nothing here says why unless this does. */
+function noAccount(r) {
+  r.add(
+    "accounts",
+    "warn",
+    "the pool has no account, so every request fails (POOL_NO_ACCOUNT): add a Claude Pro/Max login with: oauth-pool add (or opencode auth login -> Anthropic Pool), or a Console API key with: oauth-pool add-key",
+  );
 }
 
 /**
@@ -243,11 +274,17 @@ async function checkLock(lib, path, files, probe, r) {
   const res = await withTimeout(lib.removeAccount(LOCK_PROBE_EMAIL, path), LOCK_PROBE_MS);
   if (res.timedOut) {
     const who = holders?.length ? `; held by ${holders.map((h) => `pid ${h.pid}${h.command ? ` (${h.command})` : ""}`).join(", ")}` : "";
+    const stopped = (holders ?? []).filter((h) => isStopped(h.pid)).map((h) => h.pid);
+    const fix = stopped.length
+      ? `; pid ${stopped.join(", ")} is stopped (suspended, as Ctrl-Z does) and keeps the lock until it runs: resume it (fg in its shell, or kill -CONT ${stopped.join(" ")}) or end it`
+      : holders?.length
+        ? `; if that process is stuck, end it (kill ${holders.map((h) => h.pid).join(" ")})`
+        : "";
     return r.add(
       "lock",
       "problem",
-      `${name} has been held by another process for more than ${LOCK_PROBE_MS / 1000} s${who}: writes wait (POOL_BUSY after 60 s)`,
-      { holders },
+      `${name} has been held by another process for more than ${LOCK_PROBE_MS / 1000} s${who}: writes wait (POOL_BUSY after 60 s)${fix}`,
+      { holders, stopped },
     );
   }
   if (res.error && res.error.code !== "ACCOUNT_NOT_FOUND")
@@ -409,6 +446,36 @@ function checkEndpointsAndProxies(lib, r) {
   }
 }
 
+/**
+ * `--online`: whether each endpoint answers, asked of the library (the client, proxy and
+ * trusted roots requests use). No credential is sent and nothing of the pool is read.
+ */
+async function checkReach(lib, r) {
+  let rows;
+  try {
+    rows = await lib.probeEndpoints();
+  } catch (e) {
+    return r.add("reach", "problem", `cannot check the endpoints: ${e.message}`, { code: e.code });
+  }
+  for (const e of rows) {
+    // An endpoint the pool refuses is reported above; there is nothing to ask.
+    if (!e.url) continue;
+    const via = e.proxy ? ` via proxy ${e.proxy}` : "";
+    const details = { variable: e.variable, url: e.url, proxy: e.proxy ?? null, reached: e.reached };
+    if (e.reached) {
+      r.add("reach", "ok", `${e.url} answers${via} (HTTP ${e.status}, ${e.ms} ms)`, { ...details, status: e.status });
+      continue;
+    }
+    const set = process.env[e.variable]?.trim() ? `${e.variable}, ` : "";
+    const fix = e.proxy
+      ? `check the proxy ${e.proxy} and the network`
+      : /\bdns\b|resolve|lookup/i.test(e.message)
+        ? `the host name does not resolve: check ${set}the network and its DNS`
+        : `check ${set}the network, and HTTPS_PROXY if this network reaches the Internet through a proxy`;
+    r.add("reach", "problem", `${e.url} does not answer${via}: ${e.message}; requests fail with ${e.code} (${fix})`, { ...details, code: e.code });
+  }
+}
+
 function checkSettings(lib, r) {
   for (const s of rowsOf(r, "setting", "the settings", () => lib.checkSettings())) {
     const details = { variable: s.variable, value: s.value };
@@ -437,34 +504,9 @@ function checkVariables(r, known) {
   }
 }
 
-/**
- * The options OpenCode's configuration files give this plugin, read by the plugin's own rules:
- * one it refuses stops the plugin from loading (a problem), one it does not know is ignored (a
- * warning: a misspelt `path` means the default pool).
- */
-async function checkPluginOptions(r) {
-  const [{ opencodeConfigs, poolPluginEntries }, { pluginOptions, unknownOptions, unknownOptionsMessage }] = await Promise.all([
-    import("./opencode-config.mjs"),
-    import("../plugin/shared.mjs"),
-  ]);
-  for (const { file, spec, options } of poolPluginEntries(opencodeConfigs())) {
-    const where = `${file} (${spec})`;
-    const details = { file, spec };
-    try {
-      pluginOptions(options);
-    } catch (e) {
-      r.add("plugin options", "problem", `${where}: ${e.message}: OpenCode does not load the plugin`, { ...details, code: e.code });
-      continue;
-    }
-    const unknown = unknownOptions(options);
-    if (unknown.length) r.add("plugin options", "warn", `${where}: ${unknownOptionsMessage(unknown)}`, { ...details, unknown });
-    else r.add("plugin options", "ok", `${where}: ${options === undefined ? "no options" : "options taken as written"}`, details);
-  }
-}
-
 // ---- the command --------------------------------------------------------------------------------
 
-export async function diagnose(lib, path) {
+export async function diagnose(lib, path, { online = false } = {}) {
   const r = report();
   if (!checkNative(lib, r)) return { path: null, checks: r.checks };
   let files;
@@ -476,11 +518,22 @@ export async function diagnose(lib, path) {
   }
   const from = `(from ${SOURCES[files.source] ?? files.source})`;
   r.add("path", "ok", files.kind === "file" ? `pool file ${files.path} ${from}` : `fleet store ${files.location} ${from}`);
+  const given = files.source === "OAUTH_POOL_PATH" ? process.env.OAUTH_POOL_PATH?.trim() : null;
+  if (given && !isAbsolute(given) && !given.startsWith("~")) {
+    // Each process anchors it to its own working directory: OpenCode in another project, the
+    // CLI elsewhere, each has a pool of its own.
+    r.add(
+      "path",
+      "warn",
+      `OAUTH_POOL_PATH=${given} is a relative path: each process takes it from the directory it runs in (here ${files.path}), so OpenCode in another directory uses another pool; give the whole path: OAUTH_POOL_PATH=${files.path}`,
+    );
+  }
   if (files.kind === "file") {
     checkDirectory(files, r);
     const usable = checkFile(files, r) === "usable";
     const exists = lstatOrNull(files.path) !== null;
     const parses = exists && (await checkParse(lib, path, files, r));
+    if (!exists) noAccount(r);
     if (parses) {
       await checkAccounts(lib, path, r);
       await checkLoginsElsewhere(lib, path, r);
@@ -497,9 +550,12 @@ export async function diagnose(lib, path) {
     }
   }
   checkEndpointsAndProxies(lib, r);
+  if (online) await checkReach(lib, r);
   checkSettings(lib, r);
   checkVariables(r, lib.envVariables());
-  await checkPluginOptions(r);
+  // Loaded here, not with the CLI: it brings the plugin's modules, which no other command needs.
+  const { checkOpencode } = await import("./doctor-opencode.mjs");
+  await checkOpencode(lib, files, r);
   return { path: files.path ?? files.location, files, checks: r.checks };
 }
 
@@ -508,12 +564,14 @@ const MARK = { ok: "ok  ", info: "info", warn: "warn", problem: "FAIL" };
 export function doctorText({ checks }) {
   const count = (level) => checks.filter((c) => c.level === level).length;
   const lines = checks.map((c) => `${MARK[c.level]}  ${c.name.padEnd(15)} ${printable(c.message)}`);
-  lines.push(`doctor: ${count("problem")} problem(s), ${count("warn")} warning(s)`);
+  // The endpoints are judged by their URLs alone unless asked: say how to ask.
+  const asked = checks.some((c) => c.name === "reach");
+  lines.push(`doctor: ${count("problem")} problem(s), ${count("warn")} warning(s)${asked ? "" : " (endpoints not contacted: --online asks them)"}`);
   return lines.join("\n");
 }
 
-async function doctor({ lib, path, out }) {
-  const result = await diagnose(lib, path);
+async function doctor({ lib, path, options, out }) {
+  const result = await diagnose(lib, path, { online: options.online === true });
   const ok = !result.checks.some((c) => c.level === "problem");
   out.result({ ok, ...result }, doctorText(result));
   return ok ? EXIT.OK : EXIT.PROBLEMS;
@@ -522,7 +580,11 @@ async function doctor({ lib, path, out }) {
 export const commands = [
   {
     name: "doctor",
-    summary: "check permissions, lock, backups, temp files (or the fleet store: reach,\nschema, key), accounts, endpoints, proxies, settings",
+    summary:
+      "check permissions, lock, backups, temp files (or the fleet store: reach,\nschema, key), accounts, endpoints, proxies, settings, and OpenCode's\nconfig (the plugin listed, its pool, provider and models, its installed copy)",
+    options: {
+      online: { type: "boolean", help: "also ask each endpoint whether it answers (one request without a\ncredential to each, at most 8 s)" },
+    },
     run: doctor,
   },
 ];

@@ -1,16 +1,29 @@
 // For `oauth-pool doctor`: the OpenCode configuration files that load this plugin, and the
 // options each gives it. OpenCode reads JSON with comments and trailing commas (JSONC) from its
 // global directory, `OPENCODE_CONFIG`, `OPENCODE_CONFIG_CONTENT` and the project's directories
-// up to the repository's root; a file that does not parse is OpenCode's to report, not ours.
+// up to the repository's root; a file that does not parse stops OpenCode from starting, so it
+// is reported as such.
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join, resolve } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 // Far above any real config; a path that names something huge must not fill memory.
 const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
 
-/** JSONC as JSON: comments out (strings kept as they are), then trailing commas. */
+/**
+ * JSONC as JSON: comments and trailing commas become spaces (strings kept as they are), so a
+ * position JSON.parse reports is the same in the text as written. Empty text is `{}`, as
+ * OpenCode takes an empty file.
+ */
 export function parseJsonc(text) {
+  if (text.trim() === "") return {};
+  return JSON.parse(jsoncAsJson(text));
+}
+
+const blank = (s) => s.replace(/[^\n]/g, " ");
+
+function jsoncAsJson(text) {
   let out = "";
   let i = 0;
   while (i < text.length) {
@@ -21,11 +34,15 @@ export function parseJsonc(text) {
       out += text.slice(i, j + 1);
       i = j + 1;
     } else if (c === "/" && text[i + 1] === "/") {
-      while (i < text.length && text[i] !== "\n") i++;
+      const end = text.indexOf("\n", i);
+      const stop = end === -1 ? text.length : end;
+      out += blank(text.slice(i, stop));
+      i = stop;
     } else if (c === "/" && text[i + 1] === "*") {
       const end = text.indexOf("*/", i + 2);
-      i = end === -1 ? text.length : end + 2;
-      out += " ";
+      const stop = end === -1 ? text.length : end + 2;
+      out += blank(text.slice(i, stop));
+      i = stop;
     } else {
       out += c;
       i++;
@@ -44,57 +61,187 @@ export function parseJsonc(text) {
     } else if (c === ",") {
       let j = k + 1;
       while (j < out.length && /\s/.test(out[j])) j++;
-      if (out[j] !== "}" && out[j] !== "]") json += c;
+      json += out[j] !== "}" && out[j] !== "]" ? c : " ";
     } else json += c;
   }
-  return JSON.parse(json);
+  return json;
 }
 
-function readConfig(file) {
+/**
+ * Why `text` is no JSONC, with the line and column where the runtime says so (Node names the
+ * position; Bun does not, and then none is given).
+ */
+function whyNotJsonc(text, err) {
+  const m = /position (\d+)/.exec(err?.message ?? "");
+  const what = String(err?.message ?? err)
+    .replace(/ in JSON at position \d+.*$/s, "")
+    .replace(/^JSON Parse error: /, "");
+  if (!m) return what;
+  const before = text.slice(0, Number(m[1]));
+  const line = before.split("\n").length;
+  const column = before.length - before.lastIndexOf("\n");
+  return `${what} at line ${line}, column ${column}`;
+}
+
+/**
+ * What OpenCode does to a config's text before it parses it: `{env:NAME}` becomes the variable's
+ * value, `{file:path}` the file's text. A file's text is not read here: an empty string stands
+ * for it (these stand inside strings), so only the shape is judged.
+ */
+function substituted(text, env) {
+  return text.replace(/\{env:([^}]+)\}/g, (_, name) => env[name] ?? "").replace(/\{file:[^}]+\}/g, "");
+}
+
+/** `{ config }`, `{ error }` when it does not parse, or undefined when there is no such file. */
+function readConfig(file, env) {
+  let text;
   try {
     const st = statSync(file);
     if (!st.isFile() || st.size > MAX_CONFIG_BYTES) return undefined;
     // A byte order mark (a file saved by a Windows editor) is no part of the JSON.
-    return parseJsonc(readFileSync(file, "utf8").replace(/^\uFEFF/, ""));
+    text = substituted(readFileSync(file, "utf8").replace(/^\uFEFF/, ""), env);
   } catch {
     return undefined;
+  }
+  try {
+    return { config: parseJsonc(text) };
+  } catch (e) {
+    return { error: whyNotJsonc(text, e) };
   }
 }
 
 /** The configuration files OpenCode reads here, global first, as `{ file, config }`. */
 export function opencodeConfigs(env = process.env, cwd = process.cwd()) {
+  return readOpencodeConfigs(env, cwd).configs;
+}
+
+/** The global configuration directory of OpenCode (`$XDG_CONFIG_HOME/opencode`). */
+export function opencodeConfigDir(env = process.env) {
+  return join(env.XDG_CONFIG_HOME || join(env.HOME || homedir(), ".config"), "opencode");
+}
+
+/** Where an administrator's settings go, read last (OpenCode's "managed" configuration). */
+function managedConfigDir(env) {
+  if (env.OPENCODE_TEST_MANAGED_CONFIG_DIR) return env.OPENCODE_TEST_MANAGED_CONFIG_DIR;
+  if (process.platform === "darwin") return "/Library/Application Support/opencode";
+  if (process.platform === "win32") return join(env.ProgramData || "C:\\ProgramData", "opencode");
+  return "/etc/opencode";
+}
+
+/**
+ * The configuration files OpenCode reads here, in its order (OpenCode 1.18's config loading):
+ * `configs` as `{ file, config }`, `broken` as `{ file, error }` for those that do not parse
+ * (OpenCode refuses to start then).
+ */
+export function readOpencodeConfigs(env = process.env, cwd = process.cwd()) {
   const files = [];
-  const global = join(env.XDG_CONFIG_HOME || join(env.HOME || homedir(), ".config"), "opencode");
+  const global = opencodeConfigDir(env);
   for (const name of ["config.json", "opencode.json", "opencode.jsonc"]) files.push(join(global, name));
   if (env.OPENCODE_CONFIG) files.push(resolve(cwd, env.OPENCODE_CONFIG));
-  // The project's files, nearest last, up to the repository's root (or the file system's).
-  const project = [];
+  const projectOff = /^(1|true)$/i.test(env.OPENCODE_DISABLE_PROJECT_CONFIG ?? "");
+  // The project's directories, the working directory first, up to the repository's root.
+  const dirs = [];
   for (let dir = resolve(cwd); ; dir = dirname(dir)) {
-    for (const name of ["opencode.jsonc", "opencode.json", ".opencode/opencode.jsonc", ".opencode/opencode.json"]) project.unshift(join(dir, name));
+    dirs.push(dir);
     if (existsSync(join(dir, ".git")) || dirname(dir) === dir) break;
   }
-  files.push(...project);
-  const found = [];
+  if (!projectOff) {
+    // The project's files, nearest last.
+    for (const dir of [...dirs].reverse()) files.push(join(dir, "opencode.jsonc"), join(dir, "opencode.json"));
+  }
+  // Then the `.opencode` directories (the project's unless that is off, the home's) and
+  // OPENCODE_CONFIG_DIR.
+  const extra = [...(projectOff ? [] : dirs.map((d) => join(d, ".opencode"))), join(env.HOME || homedir(), ".opencode")];
+  if (env.OPENCODE_CONFIG_DIR) extra.push(env.OPENCODE_CONFIG_DIR);
+  for (const dir of extra) files.push(join(dir, "opencode.json"), join(dir, "opencode.jsonc"));
+  const configs = [];
+  const broken = [];
   for (const file of [...new Set(files)]) {
-    const config = readConfig(file);
-    if (config !== undefined) found.push({ file, config });
+    const read = readConfig(file, env);
+    if (read?.error !== undefined) broken.push({ file, error: read.error });
+    else if (read) configs.push({ file, config: read.config });
   }
   if (env.OPENCODE_CONFIG_CONTENT) {
+    const text = substituted(env.OPENCODE_CONFIG_CONTENT, env);
     try {
-      found.push({ file: "OPENCODE_CONFIG_CONTENT", config: parseJsonc(env.OPENCODE_CONFIG_CONTENT) });
-    } catch {}
+      configs.push({ file: "OPENCODE_CONFIG_CONTENT", config: parseJsonc(text) });
+    } catch (e) {
+      broken.push({ file: "OPENCODE_CONFIG_CONTENT", error: whyNotJsonc(text, e) });
+    }
   }
-  return found;
+  for (const name of ["opencode.json", "opencode.jsonc"]) {
+    const file = join(managedConfigDir(env), name);
+    const read = readConfig(file, env);
+    if (read?.error !== undefined) broken.push({ file, error: read.error });
+    else if (read) configs.push({ file, config: read.config });
+  }
+  return { configs, broken };
 }
 
 const OURS = /(^|[/@:])opencode-oauth-pool(@[^/]*)?($|\/)|oauth-pool[^/]*\/plugin\.mjs$/;
+const PACKAGE = "opencode-oauth-pool";
+
+/** A spec OpenCode takes as a file of its own (`file://`, an absolute path, `./`, `../`). */
+export const isLocalSpec = (spec) => /^(file:|\.|\/|[A-Za-z]:[\\/])/.test(spec);
 
 /**
- * Each entry of a config that loads this plugin: `{ file, spec, options }` (options undefined
- * when none are given). OpenCode 1.18's `plugin: [spec | [spec, options]]` and OpenCode 2's
- * `plugins: [spec | { package, options }]`.
+ * The file or directory a local spec names, relative ones from the config file's directory
+ * (`OPENCODE_CONFIG_CONTENT`'s from the working directory), as OpenCode resolves them.
  */
-export function poolPluginEntries(configs) {
+export function localSpecPath(spec, file, cwd = process.cwd()) {
+  if (spec.startsWith("file:")) {
+    try {
+      return fileURLToPath(spec);
+    } catch {
+      return null;
+    }
+  }
+  return resolve(file === "OPENCODE_CONFIG_CONTENT" ? cwd : dirname(file), spec);
+}
+
+/**
+ * The name under which OpenCode 1.18 keeps one entry per plugin (config `deduplicatePluginOrigins`,
+ * later entries win): a local one's file URL, an npm one's package name without its version.
+ */
+export function pluginIdentity(spec, file, cwd = process.cwd()) {
+  if (isLocalSpec(spec)) {
+    const path = localSpecPath(spec, file, cwd);
+    return path === null ? spec : pathToFileURL(path).href;
+  }
+  const alias = /^[^@/]+@npm:(.+)$/.exec(spec);
+  const bare = alias ? alias[1] : spec;
+  const at = bare.indexOf("@", bare.startsWith("@") ? 1 : 0);
+  return at === -1 ? bare : bare.slice(0, at);
+}
+
+/** The directory of the package a local spec names (the file's own, or the directory itself). */
+export function localPackageDir(spec, file, cwd = process.cwd()) {
+  const path = localSpecPath(spec, file, cwd);
+  if (path === null) return null;
+  try {
+    return statSync(path).isDirectory() ? path : dirname(path);
+  } catch {
+    return null;
+  }
+}
+
+/** Whether a local spec names this package: its package.json says so (a checkout named anyhow). */
+function namesThisPackage(spec, file, cwd) {
+  const dir = localPackageDir(spec, file, cwd);
+  if (dir === null) return false;
+  try {
+    return JSON.parse(readFileSync(join(dir, "package.json"), "utf8"))?.name === PACKAGE;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Every plugin entry of the configs, in the order OpenCode reads them: `{ file, key, spec,
+ * options, ours }`, `key` "plugin" (OpenCode 1.x: `spec | [spec, options]`) or "plugins"
+ * (OpenCode 2: `spec | { package, options }`), `options` undefined when none are given.
+ */
+export function pluginEntries(configs, cwd = process.cwd()) {
   const entries = [];
   for (const { file, config } of configs) {
     if (!config || typeof config !== "object") continue;
@@ -107,9 +254,38 @@ export function poolPluginEntries(configs) {
         if (typeof item === "string") spec = item;
         else if (Array.isArray(item)) [spec, options] = item;
         else if (item && typeof item === "object") ({ package: spec, options } = item);
-        if (typeof spec === "string" && OURS.test(spec)) entries.push({ file, spec, options });
+        if (typeof spec !== "string" || spec.trim() === "") continue;
+        const ours = OURS.test(spec) || (isLocalSpec(spec) && namesThisPackage(spec, file, cwd));
+        entries.push({ file, key, spec, options, ours });
       }
     }
   }
   return entries;
+}
+
+/** Each entry of a config that loads this plugin: `{ file, spec, options }`, both generations' keys. */
+export function poolPluginEntries(configs, cwd = process.cwd()) {
+  return pluginEntries(configs, cwd)
+    .filter((e) => e.ours)
+    .map(({ file, spec, options }) => ({ file, spec, options }));
+}
+
+/**
+ * What OpenCode 1.x loads of the `plugin` entries: one per identity, the last one read
+ * (`kept`), and for each one dropped, the entry that replaced it (`replaced`: `{ entry, by }`).
+ */
+export function loadedPlugins(entries, cwd = process.cwd()) {
+  const byIdentity = new Map();
+  for (const e of entries.filter((x) => x.key === "plugin")) {
+    const id = pluginIdentity(e.spec, e.file, cwd);
+    byIdentity.set(id, [...(byIdentity.get(id) ?? []), e]);
+  }
+  const kept = [];
+  const replaced = [];
+  for (const group of byIdentity.values()) {
+    const last = group.at(-1);
+    kept.push(last);
+    for (const e of group.slice(0, -1)) replaced.push({ entry: e, by: last });
+  }
+  return { kept, replaced };
 }

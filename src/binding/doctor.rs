@@ -137,3 +137,75 @@ pub fn check_endpoints() -> Value {
     .collect();
     Value::Array(rows)
 }
+
+/// How long `oauth-pool doctor --online` waits for each endpoint's answer (both are asked at
+/// once): a live server answers in well under a second, even far away.
+const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Whether each endpoint answers, through the client, proxy and trusted roots its requests use:
+/// one request that carries no credential (a HEAD of the API's origin, a GET of the token
+/// endpoint); any HTTP answer counts. `[{ variable, url, proxy, reached, status?, ms?, code?,
+/// message? }]`. Nothing of the pool is read, so no token can go anywhere.
+#[napi(js_name = "probeEndpoints", ts_return_type = "Promise<any>")]
+pub fn probe_endpoints(env: &Env) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        let token = probe(
+            config::var::TOKEN_URL,
+            config::token_url(),
+            http::token_client,
+            reqwest::Method::GET,
+        );
+        let api = probe(
+            config::var::API_URL,
+            config::api_url(),
+            http::api_client,
+            reqwest::Method::HEAD,
+        );
+        let (token, api) = tokio::join!(token, api);
+        Ok(Value::Array(vec![token, api]))
+    })
+}
+
+async fn probe(
+    variable: config::Var,
+    url: crate::error::Result<url::Url>,
+    client: fn() -> crate::error::Result<reqwest::Client>,
+    method: reqwest::Method,
+) -> Value {
+    let var = variable.name();
+    let refused = |e: crate::error::Error| {
+        json!({
+            "variable": var,
+            "reached": false,
+            "code": e.code(),
+            "message": crate::secret::scrub_message(&e.to_string()),
+        })
+    };
+    let url = match url.and_then(|u| http::check_proxy(&u).map(|()| u)) {
+        Ok(u) => u,
+        Err(e) => return refused(e),
+    };
+    let client = match client() {
+        Ok(c) => c,
+        Err(e) => return refused(e),
+    };
+    let shown = shown_url(url.as_str());
+    let proxy = http::proxy_for(&url, &config::env).map(|p| shown_url(p.as_str()));
+    let started = std::time::Instant::now();
+    let sent = http::timeout_while_running(PROBE_LIMIT, client.request(method, url).send()).await;
+    let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match sent {
+        Some(Ok(res)) => json!({
+            "variable": var, "url": shown, "proxy": proxy, "reached": true,
+            "status": res.status().as_u16(), "ms": ms,
+        }),
+        Some(Err(e)) => json!({
+            "variable": var, "url": shown, "proxy": proxy, "reached": false, "code": "NETWORK",
+            "message": crate::secret::scrub_message(&http::describe(&e)),
+        }),
+        None => json!({
+            "variable": var, "url": shown, "proxy": proxy, "reached": false, "code": "NETWORK",
+            "message": format!("no answer within {} s", PROBE_LIMIT.as_secs()),
+        }),
+    }
+}

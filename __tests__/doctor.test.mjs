@@ -1,0 +1,462 @@
+// `oauth-pool doctor` on the setups that go wrong for real users of OpenCode: a config that does
+// not parse (and JSONC that does), the plugin not listed, listed under OpenCode 2's key or twice,
+// a provider hidden or pointed elsewhere, a model of OpenCode's own `anthropic` provider or one
+// the pool does not offer, the pool OpenCode's plugin would use, OpenCode's installed copy
+// without its native binary, an empty or all-disabled pool, a lock held by a stopped process,
+// and `--online` asking the endpoints (bounded). Each case runs the CLI as a child with its own
+// HOME, XDG directories, pool and project directory (never the real ~/.aidevops or
+// ~/.config/opencode); endpoints are the loopback mock or loopback servers of the test, and
+// without `--online` doctor sends nothing anywhere. Runs under `node --test` and `bun test`.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { savePool } from "../index.mjs";
+import { platformTriple } from "../lib/platform.mjs";
+import { CLI } from "./helpers/cli-sandbox.mjs";
+import { freePort } from "./helpers/net.mjs";
+import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
+import { oauthEntry } from "./helpers/pool-env.mjs";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
+const PKG = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8"));
+const TRIPLE = platformTriple();
+const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-doctor-"));
+let mock;
+before(async () => {
+  mock = await startMockAnthropic();
+});
+after(async () => {
+  await mock?.close();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+// What of this machine's environment would change what doctor reports.
+const SCRUBBED = /^(oauth_pool_|https?_proxy$|all_proxy$|no_proxy$|opencode_|xdg_)/i;
+
+/** A user of their own: HOME, XDG config and cache, a project (a git root) and a pool path. */
+function user() {
+  const dir = mkdtempSync(join(tmp, "user-"));
+  const home = join(dir, "home");
+  const box = {
+    dir,
+    home,
+    global: join(home, ".config", "opencode"),
+    cache: join(home, ".cache"),
+    project: join(dir, "project"),
+    pool: join(dir, "pool", "oauth-pool.json"),
+  };
+  for (const d of [box.global, box.cache, join(box.project, ".git")]) mkdirSync(d, { recursive: true });
+  return box;
+}
+
+const write = (file, text) => {
+  mkdirSync(dirname(file), { recursive: true });
+  writeFileSync(file, typeof text === "string" ? text : JSON.stringify(text));
+};
+
+async function seed(box, entries) {
+  await savePool({ version: 1, anthropic: entries.map(({ email, ...extra }) => oauthEntry(mock, email, extra)) }, box.pool);
+}
+
+/** `oauth-pool doctor --json` as that user, in their project: exit code, checks, and the text. */
+async function doctor(box, { env = {}, args = [], cwd = box.project, text = false } = {}) {
+  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !SCRUBBED.test(k)));
+  const childEnv = {
+    ...base,
+    HOME: box.home,
+    USERPROFILE: box.home,
+    XDG_CONFIG_HOME: join(box.home, ".config"),
+    XDG_CACHE_HOME: box.cache,
+    OAUTH_POOL_PATH: box.pool,
+    OAUTH_POOL_API_URL: mock.url,
+    OAUTH_POOL_TOKEN_URL: mock.tokenUrl,
+    PWD: cwd,
+    ...env,
+  };
+  for (const [k, v] of Object.entries(childEnv)) if (v === undefined) delete childEnv[k];
+  const run = (args) =>
+    new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, [CLI, "doctor", ...args], { env: childEnv, cwd, stdio: ["ignore", "pipe", "pipe"] });
+      let stdout = "";
+      let stderr = "";
+      const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+      child.stdout.setEncoding("utf8").on("data", (d) => (stdout += d));
+      child.stderr.setEncoding("utf8").on("data", (d) => (stderr += d));
+      child.on("error", reject);
+      child.on("close", (code, signal) => {
+        clearTimeout(timer);
+        resolve({ code: code ?? signal, stdout, stderr });
+      });
+    });
+  const r = await run(["--json", ...args]);
+  const doc = JSON.parse(r.stdout.trim().split("\n").at(-1));
+  const out = {
+    code: r.code,
+    checks: doc.checks,
+    named: (name) => doc.checks.filter((c) => c.name === name),
+    shown: JSON.stringify(
+      doc.checks.filter((c) => c.level !== "ok"),
+      null,
+      1,
+    ),
+  };
+  if (text) out.text = (await run(args)).stdout;
+  return out;
+}
+
+const PLUGIN = ["opencode-oauth-pool"];
+const parserSaysWhere = (() => {
+  try {
+    JSON.parse("{ 1");
+  } catch (e) {
+    return /position/.test(e.message);
+  }
+})();
+
+test("doctor: an OpenCode config that does not parse is a problem naming the line; comments, trailing commas, an empty file and {env:} are read", async () => {
+  const box = user();
+  await seed(box, [{ email: "parse@x.test" }]);
+  write(
+    join(box.global, "opencode.jsonc"),
+    `{
+  // the pool, "quoted" in a comment, and a URL: http://example.invalid/x
+  "plugin": ["opencode-oauth-pool",], /* a block comment */
+  "provider": { "anthropic-pool": { "options": { "baseURL": "{env:POOL_BASE}" } } },
+}`,
+  );
+  write(join(box.project, "opencode.json"), "");
+  const env = { POOL_BASE: `${mock.url}/v1` };
+  const fine = await doctor(box, { env });
+  assert.deepEqual(fine.named("opencode config"), [], fine.shown);
+  assert.deepEqual(fine.named("provider"), [], "the {env:} baseURL is the pool's own");
+  assert.equal(fine.named("opencode plugin")[0]?.level, "ok", fine.shown);
+  assert.equal(fine.code, 0, fine.shown);
+
+  // A missing comma: OpenCode 1.18 refuses to start ("Config file at … is not valid JSON(C)").
+  write(join(box.project, ".opencode", "opencode.json"), '{ "plugin": ["opencode-oauth-pool"]\n  "model": "x" }');
+  const broken = await doctor(box, { env, text: true });
+  assert.equal(broken.code, 3, broken.shown);
+  const [problem] = broken.named("opencode config");
+  assert.equal(problem?.level, "problem", broken.shown);
+  assert.match(problem.message, /\.opencode\/opencode\.json is not valid JSON with comments .*OpenCode refuses to start/);
+  // Node names the place; Bun's JSON.parse does not say where (the CLI runs on this runtime).
+  if (parserSaysWhere) assert.match(problem.message, /line 2, column 3/);
+  assert.match(broken.text, /^FAIL {2}opencode config /m);
+
+  const content = await doctor(box, { env: { ...env, OPENCODE_CONFIG_CONTENT: '{"plugin": [' } });
+  assert.ok(
+    content.named("opencode config").some((c) => c.file === "OPENCODE_CONFIG_CONTENT"),
+    content.shown,
+  );
+});
+
+test("doctor: the plugin not listed, listed only under OpenCode 2's `plugins`, loaded twice under two names, an entry a later one replaces", async () => {
+  const box = user();
+  await seed(box, [{ email: "listed@x.test" }]);
+  // Another plugin only: OpenCode offers no anthropic-pool provider.
+  write(join(box.global, "opencode.json"), { plugin: ["some-other-plugin"] });
+  let d = await doctor(box);
+  let [c] = d.named("opencode plugin");
+  assert.equal(c?.level, "warn", d.shown);
+  assert.match(c.message, /no OpenCode config here lists the plugin .*add "plugin": \["opencode-oauth-pool"\] to .*opencode\.json/);
+
+  // A host plugin that composes the pool (opencode-aidevops) is not called missing.
+  write(join(box.global, "opencode.json"), { plugin: ["opencode-aidevops@1.2.3"] });
+  d = await doctor(box);
+  [c] = d.named("opencode plugin");
+  assert.equal(c?.level, "info", d.shown);
+  assert.match(c.message, /opencode-aidevops@1\.2\.3 .* may load the pool itself/);
+
+  // OpenCode 1.x reads `plugin`; `plugins` alone loads nothing there.
+  write(join(box.global, "opencode.json"), { plugins: PLUGIN });
+  d = await doctor(box);
+  [c] = d.named("opencode plugin");
+  assert.equal(c?.level, "warn", d.shown);
+  assert.match(c.message, /under "plugins", OpenCode 2's key: OpenCode 1\.x reads only "plugin"/);
+  write(join(box.global, "opencode.json"), { plugin: PLUGIN, plugins: PLUGIN });
+  assert.equal((await doctor(box)).named("opencode plugin")[0]?.level, "ok");
+
+  // The global entry is replaced by the project's (same package): its options do not apply.
+  // A checkout named by a file URL is another name: two copies load.
+  write(join(box.global, "opencode.json"), { plugin: [["opencode-oauth-pool", { path: box.pool }]] });
+  write(join(box.project, "opencode.json"), { plugin: [`opencode-oauth-pool@${PKG.version}`, pathToFileURL(join(ROOT, "plugin.mjs")).href] });
+  d = await doctor(box);
+  const notUsed = d.named("plugin options").find((x) => x.file === join(box.global, "opencode.json"));
+  assert.equal(notUsed?.level, "info", d.shown);
+  assert.match(notUsed.message, /not used: OpenCode keeps one entry per plugin, the last it reads, which is .*project\/opencode\.json \(opencode-oauth-pool@/);
+  [c] = d.named("opencode plugin");
+  assert.equal(c?.level, "warn", d.shown);
+  assert.match(c.message, /OpenCode loads the plugin 2 times, under different names: .*keep one entry/);
+});
+
+test("doctor: a provider OpenCode hides, a baseURL off the pool's API or without /v1, another SDK package", async () => {
+  const box = user();
+  await seed(box, [{ email: "provider@x.test" }]);
+  const file = join(box.global, "opencode.json");
+  const problems = async (config) => {
+    write(file, { plugin: PLUGIN, ...config });
+    const d = await doctor(box);
+    return { d, rows: d.named("provider") };
+  };
+
+  let { d, rows } = await problems({ disabled_providers: ["anthropic-pool"] });
+  assert.equal(d.code, 3, d.shown);
+  assert.match(rows[0]?.message ?? "", /"disabled_providers" lists "anthropic-pool": OpenCode hides the pool's provider .*remove it from that list/);
+  ({ rows } = await problems({ enabled_providers: ["anthropic", "openai"] }));
+  assert.match(rows[0]?.message ?? "", /"enabled_providers" leaves out "anthropic-pool".*add "anthropic-pool" to it/);
+
+  const setting = (baseURL, npm) => ({ provider: { "anthropic-pool": { ...(npm ? { npm } : {}), options: { baseURL } } } });
+  ({ d, rows } = await problems(setting("https://api.anthropic.com/v1")));
+  assert.equal(rows[0]?.level, "problem", d.shown);
+  assert.match(rows[0].message, /baseURL is https:\/\/api\.anthropic\.com, not the pool's API origin .*INSECURE_ENDPOINT.*remove options\.baseURL/);
+  ({ rows } = await problems(setting(mock.url)));
+  assert.match(rows[0]?.message ?? "", /OpenCode sends to .*\/messages, which the API does not serve \(404/);
+  ({ d, rows } = await problems(setting(`${mock.url}/v1/`)));
+  assert.deepEqual(rows, [], "the pool's own base URL is fine");
+  ({ rows } = await problems(setting(`${mock.url}/v1`, "@ai-sdk/openai-compatible")));
+  assert.equal(rows[0]?.level, "warn");
+  assert.match(rows[0].message, /npm is "@ai-sdk\/openai-compatible".*remove "npm"/);
+  ({ rows } = await problems(setting(`${mock.url}/v1`, "@ai-sdk/anthropic")));
+  assert.deepEqual(rows, []);
+
+  // With `provider: "anthropic"` the pool serves OpenCode's own provider: anthropic-pool is not
+  // expected, and anthropic/... models are the pool's.
+  write(file, { plugin: [["opencode-oauth-pool", { provider: "anthropic" }]], disabled_providers: ["anthropic-pool"], model: "anthropic/claude-sonnet-4-5" });
+  d = await doctor(box);
+  assert.deepEqual(d.named("provider"), [], d.shown);
+  assert.deepEqual(d.named("model setting"), [], d.shown);
+});
+
+test("doctor: a model of OpenCode's own anthropic provider warns, one the pool does not offer is a problem; the catalog cache decides what it offers", async () => {
+  const box = user();
+  await seed(box, [{ email: "models@x.test" }]);
+  write(join(box.global, "opencode.json"), {
+    plugin: PLUGIN,
+    model: "anthropic-pool/claude-sonnet-9",
+    small_model: "anthropic/claude-haiku-4-5",
+    agent: { build: { model: "anthropic-pool/claude-sonnet-4-5" }, plan: { model: "anthropic/claude-opus-4-5" } },
+  });
+  let d = await doctor(box);
+  const rows = d.named("model setting");
+  const missing = rows.find((r) => r.key === "model");
+  assert.equal(missing?.level, "problem", d.shown);
+  assert.match(missing.message, /the pool's provider has no model "claude-sonnet-9" \(OpenCode: "Model not found"\); it has claude-sonnet-/);
+  for (const key of ["small_model", "agent.plan.model"]) {
+    const own = rows.find((r) => r.key === key);
+    assert.equal(own?.level, "warn", d.shown);
+    assert.match(own.message, /is OpenCode's own Anthropic provider: the pool serves none of its requests .*write "anthropic-pool\/claude-/);
+  }
+  assert.ok(!rows.some((r) => r.key === "agent.build.model"), "a model the pool offers is fine");
+  assert.match(d.named("models")[0]?.message ?? "", /catalog cache .*models\.json does not exist .*built-in table/);
+
+  // OpenCode's catalog cache knows the model: the pool mirrors it.
+  const cache = join(box.cache, "opencode", "models.json");
+  write(cache, { anthropic: { models: { "claude-sonnet-9": { name: "Claude Sonnet 9" } } } });
+  d = await doctor(box);
+  assert.ok(!d.named("model setting").some((r) => r.key === "model"), d.shown);
+  assert.match(d.named("models")[0]?.message ?? "", /^1 Anthropic model from OpenCode's catalog cache/);
+  // One the person declared under the provider is offered too.
+  write(cache, "{ not json");
+  write(join(box.global, "opencode.json"), {
+    plugin: PLUGIN,
+    model: "anthropic-pool/claude-sonnet-9",
+    provider: { "anthropic-pool": { models: { "claude-sonnet-9": { name: "mine" } } } },
+  });
+  d = await doctor(box);
+  assert.deepEqual(d.named("model setting"), [], d.shown);
+  assert.equal(d.named("models")[0]?.level, "warn");
+  assert.match(d.named("models")[0].message, /does not parse: .*delete the file/);
+});
+
+test("doctor: the pool OpenCode's plugin uses: its path option, OAUTH_POOL_PATH set in this shell only, a relative OAUTH_POOL_PATH", async () => {
+  const box = user();
+  await seed(box, [{ email: "where@x.test" }]);
+  const other = join(box.dir, "elsewhere", "pool.json");
+  write(join(box.global, "opencode.json"), { plugin: [["opencode-oauth-pool", { path: other }]] });
+  let d = await doctor(box);
+  let [c] = d.named("opencode pool");
+  assert.equal(c?.level, "warn", d.shown);
+  assert.ok(c.message.includes(`OpenCode's plugin uses ${other}`) && c.message.includes(`oauth-pool doctor --path ${other}`), c.message);
+
+  write(join(box.global, "opencode.json"), { plugin: [["opencode-oauth-pool", { path: box.pool }]] });
+  assert.equal((await doctor(box)).named("opencode pool")[0]?.level, "ok");
+
+  // No path option: OpenCode started without this shell's OAUTH_POOL_PATH uses the default.
+  write(join(box.global, "opencode.json"), { plugin: PLUGIN });
+  d = await doctor(box);
+  [c] = d.named("opencode pool");
+  assert.equal(c?.level, "info", d.shown);
+  const fallback = join(box.home, ".aidevops", "oauth-pool.json");
+  assert.ok(c.message.includes(`it uses ${fallback}`), c.message);
+  write(fallback, { anthropic: [] });
+  [c] = (await doctor(box)).named("opencode pool");
+  assert.equal(c?.level, "warn");
+  assert.match(c.message, /which exists too: two pools; to make it the same everywhere, give the plugin \["opencode-oauth-pool", \{ "path": /);
+
+  // A relative OAUTH_POOL_PATH is a pool per working directory.
+  d = await doctor(box, { env: { OAUTH_POOL_PATH: "pool.json" } });
+  const relative = d.named("path").find((x) => x.level === "warn");
+  assert.match(relative?.message ?? "", /OAUTH_POOL_PATH=pool\.json is a relative path: .*give the whole path: OAUTH_POOL_PATH=\//, d.shown);
+});
+
+test("doctor: OpenCode's installed copy of the plugin without its native binary is a problem, an older one is named, a local plugin that is not there is a problem", async () => {
+  const box = user();
+  await seed(box, [{ email: "copy@x.test" }]);
+  write(join(box.global, "opencode.json"), { plugin: PLUGIN });
+  let [c] = (await doctor(box)).named("plugin install");
+  assert.equal(c?.level, "info");
+  assert.match(c.message, /OpenCode has not installed opencode-oauth-pool yet/);
+
+  // Where OpenCode 1.18 installs it: <cache>/opencode/packages/<spec>/node_modules/<name>.
+  const root = join(box.cache, "opencode", "packages", "opencode-oauth-pool");
+  const modules = join(root, "node_modules");
+  write(join(modules, "opencode-oauth-pool", "package.json"), { name: "opencode-oauth-pool", version: "0.0.1" });
+  let d = await doctor(box);
+  [c] = d.named("plugin install");
+  assert.equal(c?.level, "problem", d.shown);
+  assert.equal(d.code, 3);
+  assert.ok(c.message.includes(`has no native binary for ${TRIPLE}`) && c.message.includes(`rm -rf ${root}`), c.message);
+
+  const platform = join(modules, `opencode-oauth-pool-${TRIPLE}`);
+  const manifest = JSON.parse(readFileSync(join(ROOT, "npm", TRIPLE, "package.json"), "utf8"));
+  write(join(platform, "package.json"), manifest);
+  write(join(platform, manifest.main), "version https://git-lfs.github.com/spec/v1\n");
+  if (process.platform === "linux") {
+    [c] = (await doctor(box)).named("plugin install");
+    assert.equal(c?.level, "problem");
+    assert.match(c.message, /cannot load its native binary .*a text file/);
+  }
+  const built = join(ROOT, `oauth-pool.${TRIPLE}.node`);
+  if (existsSync(built)) {
+    rmSync(join(platform, manifest.main));
+    symlinkSync(built, join(platform, manifest.main));
+    d = await doctor(box);
+    [c] = d.named("plugin install");
+    assert.equal(c?.level, "info", d.shown);
+    assert.ok(c.message.includes(`OpenCode runs opencode-oauth-pool 0.0.1`) && c.message.includes(`rm -rf ${root}`), c.message);
+  }
+
+  // A file URL whose directory is named like ours is ours even when it is gone.
+  write(join(box.global, "opencode.json"), { plugin: [pathToFileURL(join(box.dir, "opencode-oauth-pool", "plugin.mjs")).href] });
+  [c] = (await doctor(box)).named("plugin install");
+  assert.equal(c?.level, "problem");
+  assert.match(c.message, /opencode-oauth-pool\/plugin\.mjs, which does not exist: OpenCode cannot load it/);
+});
+
+test("doctor: an empty pool and a pool whose accounts are all disabled say so, with the command that fixes it", async () => {
+  const box = user();
+  let [c] = (await doctor(box)).named("accounts");
+  assert.equal(c?.level, "warn", "no pool file yet");
+  assert.match(c.message, /the pool has no account, so every request fails \(POOL_NO_ACCOUNT\): add .*oauth-pool add/);
+  await savePool({ version: 1, anthropic: [] }, box.pool);
+  [c] = (await doctor(box)).named("accounts");
+  assert.match(c?.message ?? "", /the pool has no account/);
+
+  await seed(box, [
+    { email: "off1@x.test", status: "disabled", enabled: false },
+    { email: "off2@x.test", status: "disabled", enabled: false },
+  ]);
+  [c] = (await doctor(box)).named("accounts");
+  assert.equal(c?.level, "warn");
+  assert.match(c.message, /every account is disabled, so every request fails .*oauth-pool enable off1@x\.test/);
+});
+
+// The lock is held by `flock(1)` (util-linux), stopped as Ctrl-Z stops a job.
+const flock = process.platform === "linux" && spawnSync("flock", ["--version"]).status === 0;
+test("doctor names a write lock's holder that is stopped, and how to resume it", { skip: !flock && "needs flock(1) on Linux" }, async () => {
+  const box = user();
+  await seed(box, [{ email: "stopped@x.test" }]);
+  const holder = spawn("flock", ["-o", `${box.pool}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
+  const gone = new Promise((r) => holder.on("exit", r));
+  try {
+    for (let i = 0; i < 100 && !readFileSync("/proc/locks", "utf8").includes(`${holder.pid} `); i++) await new Promise((r) => setTimeout(r, 20));
+    process.kill(holder.pid, "SIGSTOP");
+    const d = await doctor(box);
+    const [lock] = d.named("lock");
+    assert.equal(lock?.level, "problem", d.shown);
+    assert.deepEqual(lock.stopped, [holder.pid]);
+    assert.ok(lock.message.includes(`pid ${holder.pid} is stopped`) && lock.message.includes(`kill -CONT ${holder.pid}`), lock.message);
+  } finally {
+    process.kill(holder.pid, "SIGCONT");
+    holder.stdin.end();
+    await gone;
+  }
+});
+
+test("doctor --online asks each endpoint whether it answers, bounded; without it nothing is contacted", async () => {
+  const box = user();
+  await seed(box, [{ email: "online@x.test" }]);
+  // A server that takes the connection and never answers (a dead load balancer).
+  const sockets = new Set();
+  const silent = createServer((s) => sockets.add(s));
+  await new Promise((r) => silent.listen(0, "127.0.0.1", r));
+  const silentUrl = `http://127.0.0.1:${silent.address().port}`;
+  try {
+    let d = await doctor(box, { env: { OAUTH_POOL_API_URL: silentUrl }, text: true });
+    assert.deepEqual(d.named("reach"), []);
+    assert.equal(sockets.size, 0, "doctor without --online sends nothing");
+    assert.match(d.text, /endpoints not contacted: --online asks them/);
+
+    d = await doctor(box, { args: ["--online"] });
+    const ok = d.named("reach");
+    assert.equal(ok.length, 2, d.shown);
+    assert.ok(
+      ok.every((c) => c.level === "ok" && c.reached === true && typeof c.status === "number"),
+      JSON.stringify(ok),
+    );
+
+    const refused = `http://127.0.0.1:${await freePort()}`;
+    d = await doctor(box, { args: ["--online"], env: { OAUTH_POOL_API_URL: refused } });
+    let [api] = d.named("reach").filter((c) => c.variable === "OAUTH_POOL_API_URL");
+    assert.equal(api?.level, "problem", d.shown);
+    assert.equal(d.code, 3);
+    assert.match(api.message, /does not answer: could not connect .*requests fail with NETWORK \(check OAUTH_POOL_API_URL, the network/);
+
+    d = await doctor(box, { args: ["--online"], env: { OAUTH_POOL_API_URL: silentUrl } });
+    [api] = d.named("reach").filter((c) => c.variable === "OAUTH_POOL_API_URL");
+    assert.equal(api?.level, "problem", d.shown);
+    assert.match(api.message, /does not answer: no answer within 8 s/);
+    assert.equal(sockets.size, 1, "one request, no retry");
+
+    // Through a proxy that is not there: the proxy is named (the request goes only to it).
+    d = await doctor(box, { args: ["--online"], env: { OAUTH_POOL_API_URL: "https://api.example.invalid", HTTPS_PROXY: refused } });
+    [api] = d.named("reach").filter((c) => c.variable === "OAUTH_POOL_API_URL");
+    assert.equal(api?.level, "problem", d.shown);
+    assert.ok(api.message.includes(`via proxy ${refused}/`) && api.message.includes("check the proxy"), api.message);
+  } finally {
+    for (const s of sockets) s.destroy();
+    await new Promise((r) => silent.close(r));
+  }
+});
+
+test("doctor quotes no secret a person put in OpenCode's config: a baseURL's password or key, a token as a package or a model", async () => {
+  const box = user();
+  await seed(box, [{ email: "quiet@x.test" }]);
+  const plain = () => `c${randomBytes(12).toString("hex")}`;
+  const token = () => [["sk", "ant", "api03"].join("-"), randomBytes(18).toString("hex")].join("-");
+  const s = { password: plain(), query: plain(), elsewhere: plain(), npm: token(), model: token() };
+  const file = join(box.global, "opencode.json");
+  const api = new URL(mock.url);
+  for (const baseURL of [
+    `https://user:${s.elsewhere}@api.example.invalid/v1?key=${s.query}`,
+    `http://user:${s.password}@${api.host}/anthropic?key=${s.query}`,
+  ]) {
+    write(file, {
+      plugin: PLUGIN,
+      model: `anthropic-pool/${s.model}`,
+      small_model: `anthropic/${s.model}`,
+      provider: { "anthropic-pool": { npm: s.npm, options: { baseURL } } },
+    });
+    const d = await doctor(box, { text: true });
+    assert.equal(d.named("provider").length, 2, d.shown);
+    assert.equal(d.named("model setting").length, 2, d.shown);
+    const out = JSON.stringify(d.checks) + d.text;
+    for (const [name, secret] of Object.entries(s)) assert.ok(!out.includes(secret) && !out.includes(secret.slice(-16)), `${name} is quoted`);
+  }
+});
