@@ -74,7 +74,7 @@ function checkBroken(broken, r) {
     r.add(
       "opencode config",
       "problem",
-      `${file} is not valid JSON with comments (${error}): OpenCode refuses to start with it ("Config file at … is not valid JSON(C)"); fix that line`,
+      `${file} is not valid JSON with comments (${error}): OpenCode refuses to start with it ("Config file at … is not valid JSON(C)"); ${/ at line \d+/.test(error) ? "fix that line" : "fix it (opencode debug config shows where)"}`,
       { file },
     );
   }
