@@ -5,17 +5,15 @@
 // behaviour without a word. Runs under `node --test` and `bun test` (the CLI then runs under Bun).
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { addApiKey, createPoolFetch, listAccounts, loadPool, OAuthPoolPlugin, poolConfigHook, serve } from "../index.mjs";
 import { fakeClient, jsonHeaders, seedPool, tempPoolPath, useMock, withEnv } from "./helpers/pool-env.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
+import { runCli } from "./helpers/cli-sandbox.mjs";
 
 const mock = useMock();
-const CLI = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "oauth-pool.mjs");
 const pluginModule = await import("../plugin.mjs");
 const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-config-"));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -37,19 +35,7 @@ function cli(args, { env = {}, cwd = tmp } = {}) {
   const home = join(tmp, "home");
   mkdirSync(home, { recursive: true });
   const childEnv = { ...base, HOME: home, USERPROFILE: home, XDG_CONFIG_HOME: join(home, ".config"), ...env };
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: childEnv, cwd, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
-    child.stdout.setEncoding("utf8").on("data", (d) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d) => (stderr += d));
-    child.on("error", reject);
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? signal, stdout, stderr });
-    });
-  });
+  return runCli(args, { env: childEnv, cwd });
 }
 
 /** doctor --json's checks named `name`. */

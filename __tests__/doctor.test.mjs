@@ -18,7 +18,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { savePool } from "../index.mjs";
 import { platformTriple } from "../lib/platform.mjs";
-import { CLI } from "./helpers/cli-sandbox.mjs";
+import { runCli } from "./helpers/cli-sandbox.mjs";
 import { freePort } from "./helpers/net.mjs";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { oauthEntry } from "./helpers/pool-env.mjs";
@@ -80,20 +80,7 @@ async function doctor(box, { env = {}, args = [], cwd = box.project, text = fals
     ...env,
   };
   for (const [k, v] of Object.entries(childEnv)) if (v === undefined) delete childEnv[k];
-  const run = (args) =>
-    new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, [CLI, "doctor", ...args], { env: childEnv, cwd, stdio: ["ignore", "pipe", "pipe"] });
-      let stdout = "";
-      let stderr = "";
-      const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
-      child.stdout.setEncoding("utf8").on("data", (d) => (stdout += d));
-      child.stderr.setEncoding("utf8").on("data", (d) => (stderr += d));
-      child.on("error", reject);
-      child.on("close", (code, signal) => {
-        clearTimeout(timer);
-        resolve({ code: code ?? signal, stdout, stderr });
-      });
-    });
+  const run = (args) => runCli(["doctor", ...args], { env: childEnv, cwd });
   const r = await run(["--json", ...args]);
   const doc = JSON.parse(r.stdout.trim().split("\n").at(-1));
   const out = {

@@ -40,6 +40,13 @@ async function login(host, email) {
   return host.oauthComplete({ integrationID: "anthropic-pool", attemptID: attempt.attemptID, code: paste });
 }
 
+/** A host plugin standing for OpenCode 2's config plugin: its provider `transform` runs first. */
+const configPlugin = (transform) => ({
+  id: "config",
+  kind: "setup",
+  plugin: { id: "config", setup: (ctx) => ctx.provider.transform(transform) },
+});
+
 test("the default export decodes as 2.x does, and setup stands aside on a 1.18 (registration-only) context", async () => {
   const loaded = loadPlugin(pluginModule);
   assert.equal(loaded.id, "oauth-pool");
@@ -371,11 +378,7 @@ test("a provider named in the host's config stays listed with every model before
   // The host's config plugin runs before ours: a config entry for anthropic-pool goes through
   // the provider editor's update(), which starts from Provider.Info.empty(id)
   // (packages/core/src/config/plugin/provider.ts, packages/core/src/provider.ts `entry`).
-  const configured = (edit) => ({
-    id: "config",
-    kind: "setup",
-    plugin: { id: "config", setup: (ctx) => ctx.provider.transform((e) => e.update("anthropic-pool", edit)) },
-  });
+  const configured = (edit) => configPlugin((e) => e.update("anthropic-pool", edit));
   const host = createHost({ sleep: async () => {}, random: () => 0.5 });
   await host.start(
     configured((p) => {
@@ -411,29 +414,23 @@ test("a config override of one anthropic-pool model is merged over the mirrored 
   // (packages/core/src/provider.ts, packages/schema/src/model.ts); only the configured fields
   // differ from that default.
   const host = createHost({ sleep: async () => {}, random: () => 0.5 });
-  await host.start({
-    id: "config",
-    kind: "setup",
-    plugin: {
-      id: "config",
-      setup: (ctx) =>
-        ctx.provider.transform((e) => {
-          e.models.update("anthropic-pool", "claude-sonnet-4-5", (m) => {
-            m.limit = { ...m.limit, output: 1000 };
-          });
-          e.models.update("anthropic-pool", "claude-haiku-4-5", (m) => {
-            m.name = "My Haiku";
-            m.headers = { "x-from-config": "1" };
-          });
-          e.models.update("anthropic-pool", "claude-opus-4-1", (m) => {
-            m.enabled = false;
-          });
-          e.models.update("anthropic-pool", "claude-own-9", (m) => {
-            m.name = "Own model";
-          });
-        }),
-    },
-  });
+  await host.start(
+    configPlugin((e) => {
+      e.models.update("anthropic-pool", "claude-sonnet-4-5", (m) => {
+        m.limit = { ...m.limit, output: 1000 };
+      });
+      e.models.update("anthropic-pool", "claude-haiku-4-5", (m) => {
+        m.name = "My Haiku";
+        m.headers = { "x-from-config": "1" };
+      });
+      e.models.update("anthropic-pool", "claude-opus-4-1", (m) => {
+        m.enabled = false;
+      });
+      e.models.update("anthropic-pool", "claude-own-9", (m) => {
+        m.name = "Own model";
+      });
+    }),
+  );
   const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
   const mirrored = host.provider("anthropic").models;
   const models = host.provider("anthropic-pool").models;
@@ -783,19 +780,13 @@ test("a model the config names under an alias of its own is counted, and its mod
   // `modelID`, packages/core/src/model-resolver.ts "may differ from the catalog id").
   const path = await seedPool(mock, ["alias1@x.test"]);
   const host = createHost({ sleep: async () => {}, random: () => 0.5 });
-  await host.start({
-    id: "config",
-    kind: "setup",
-    plugin: {
-      id: "config",
-      setup: (ctx) =>
-        ctx.provider.transform((e) =>
-          e.models.update("anthropic-pool", "fast", (m) => {
-            m.modelID = "claude-haiku-4-5";
-          }),
-        ),
-    },
-  });
+  await host.start(
+    configPlugin((e) =>
+      e.models.update("anthropic-pool", "fast", (m) => {
+        m.modelID = "claude-haiku-4-5";
+      }),
+    ),
+  );
   const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
   mock.script("alias1@x.test", [{ sse: true, usage: { input_tokens: 5, output_tokens: 2 } }]);
   mock.clearRequests();

@@ -4,6 +4,7 @@
 // test sets them). Each file starts its own mock (Node runs the file's `before` hooks without
 // waiting for one registered here).
 import { after } from "node:test";
+import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -51,4 +52,24 @@ export function cliSandbox(prefix) {
       return env;
     },
   };
+}
+
+/**
+ * Runs the CLI with `args` in a child (`env` its whole environment, `cwd` its directory), killed
+ * after a minute: its exit code (or the signal that ended it), stdout and stderr.
+ */
+export function runCli(args, { env, cwd } = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env, cwd, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    child.stdout.setEncoding("utf8").on("data", (d) => (stdout += d));
+    child.stderr.setEncoding("utf8").on("data", (d) => (stderr += d));
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? signal, stdout, stderr });
+    });
+  });
 }
