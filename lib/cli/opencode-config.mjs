@@ -110,11 +110,6 @@ function readConfig(file, env) {
   }
 }
 
-/** The configuration files OpenCode reads here, global first, as `{ file, config }`. */
-export function opencodeConfigs(env = process.env, cwd = process.cwd()) {
-  return readOpencodeConfigs(env, cwd).configs;
-}
-
 /** The global configuration directory of OpenCode (`$XDG_CONFIG_HOME/opencode`). */
 export function opencodeConfigDir(env = process.env) {
   return join(env.XDG_CONFIG_HOME || join(env.HOME || homedir(), ".config"), "opencode");
@@ -261,13 +256,6 @@ export function pluginEntries(configs, cwd = process.cwd()) {
     }
   }
   return entries;
-}
-
-/** Each entry of a config that loads this plugin: `{ file, spec, options }`, both generations' keys. */
-export function poolPluginEntries(configs, cwd = process.cwd()) {
-  return pluginEntries(configs, cwd)
-    .filter((e) => e.ours)
-    .map(({ file, spec, options }) => ({ file, spec, options }));
 }
 
 /**
