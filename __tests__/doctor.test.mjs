@@ -82,6 +82,7 @@ async function doctor(box, { env = {}, args = [], cwd = box.project, text = fals
   for (const [k, v] of Object.entries(childEnv)) if (v === undefined) delete childEnv[k];
   const run = (args) => runCli(["doctor", ...args], { env: childEnv, cwd });
   const r = await run(["--json", ...args]);
+  assert.notEqual(r.code, "SIGKILL", "doctor did not finish within a minute");
   const doc = JSON.parse(r.stdout.trim().split("\n").at(-1));
   const out = {
     code: r.code,
@@ -446,4 +447,44 @@ test("doctor quotes no secret a person put in OpenCode's config: a baseURL's pas
     const out = JSON.stringify(d.checks) + d.text;
     for (const [name, secret] of Object.entries(s)) assert.ok(!out.includes(secret) && !out.includes(secret.slice(-16)), `${name} is quoted`);
   }
+});
+
+// mkfifo(1) makes the FIFO: a file of that name that a plain read waits on for ever.
+const mkfifo = process.platform !== "win32" && spawnSync("mkfifo", ["--version"]).status === 0;
+test("doctor reads OpenCode's files bounded: a FIFO or a device where a config, the catalog cache, a plugin file, a package.json or the binary is expected does not hang it", {
+  skip: !mkfifo && "needs mkfifo(1)",
+}, async () => {
+  const fifo = (file) => {
+    mkdirSync(dirname(file), { recursive: true });
+    assert.equal(spawnSync("mkfifo", [file]).status, 0);
+  };
+  const box = user();
+  await seed(box, [{ email: "fifo@x.test" }]);
+  // The global config, OPENCODE_CONFIG and the catalog cache are FIFOs or a device; the
+  // project's config lists the plugin; OpenCode's installed copy has a FIFO for its package.json.
+  fifo(join(box.global, "opencode.json"));
+  write(join(box.project, "opencode.json"), { plugin: PLUGIN, model: "anthropic-pool/claude-sonnet-9" });
+  fifo(join(box.cache, "opencode", "models.json"));
+  fifo(join(box.cache, "opencode", "packages", "opencode-oauth-pool", "node_modules", "opencode-oauth-pool", "package.json"));
+  let d = await doctor(box, { env: { OPENCODE_CONFIG: "/dev/zero" } });
+  assert.equal(d.named("opencode plugin")[0]?.level, "ok", d.shown);
+  assert.match(d.named("models")[0]?.message ?? "", /catalog cache .* does not parse/, d.shown);
+  let [c] = d.named("plugin install");
+  assert.equal(c?.level, "problem", d.shown);
+  assert.match(c.message, /has a package\.json that is not a regular file/);
+
+  // The plugin not listed: OpenCode's plugin directories are looked through for a wrapper.
+  write(join(box.project, "opencode.json"), {});
+  fifo(join(box.global, "plugin", "wrapper.js"));
+  symlinkSync("/dev/zero", join(box.global, "plugin", "zero.js"));
+  d = await doctor(box);
+  assert.equal(d.named("opencode plugin")[0]?.level, "warn", d.shown);
+
+  // A local copy whose native binary is a FIFO.
+  const local = join(box.dir, "opencode-oauth-pool");
+  fifo(join(local, `oauth-pool.${TRIPLE}.node`));
+  write(join(box.project, "opencode.json"), { plugin: [local] });
+  [c] = (await doctor(box)).named("plugin install");
+  assert.equal(c?.level, "problem");
+  assert.match(c.message, /cannot load its native binary .*not a regular file/);
 });

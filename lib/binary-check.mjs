@@ -5,7 +5,7 @@
 // headers costs a few hundred bytes; a file they describe as longer than it is, or built for
 // another machine, is refused here with a reason a person can act on. Anything this does not
 // understand is left to dlopen, which gives its own error: only a clear defect is refused.
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 
 // e_machine for each Node architecture (ELF spec; the names are what `file` prints).
 const MACHINES = {
@@ -50,12 +50,15 @@ export function unloadableReason(path, { platform = process.platform, arch = pro
   if (!ELF_PLATFORMS.has(platform)) return null;
   let fd;
   try {
-    fd = openSync(path, "r");
+    // Not blocking: a FIFO named like the binary would wait for a writer (dlopen's too).
+    fd = openSync(path, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
   } catch {
     return null;
   }
   try {
-    const size = fstatSync(fd).size;
+    const st = fstatSync(fd);
+    if (!st.isFile()) return "not a regular file (a FIFO, a device or a directory), not a library";
+    const size = st.size;
     const head = Buffer.alloc(Math.min(HEAD, size));
     const got = readSync(fd, head, 0, head.length, 0);
     const h = head.subarray(0, got);

@@ -4,17 +4,28 @@
 // API, another SDK, a model of OpenCode's own `anthropic` provider or one the pool does not
 // offer), and whether OpenCode's installed copy of the plugin has its native binary. The
 // plugin's own rules are asked (its options, its provider entry, its models), never re-derived.
-// Nothing here writes, and every read is of a small local file.
-import { lstatSync, readFileSync, readdirSync, statSync } from "node:fs";
+// Nothing here writes, and every read is of a small local file, bounded and never waiting on a
+// FIFO or a device named like one (readRegularFile).
+import { lstatSync, readFileSync, readdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import { homedir } from "node:os";
 import { isAbsolute, join } from "node:path";
 import { unloadableReason } from "../binary-check.mjs";
 import { scrubbed } from "../errors.mjs";
 import { ANTHROPIC_MODELS } from "../plugin/models.mjs";
-import { apiBaseURL, cachedAnthropicModels, isPlaceholderEntry, mergeUserWins, modelsCachePath, usableEntry } from "../plugin/config.mjs";
+import {
+  MAX_CATALOG_BYTES,
+  apiBaseURL,
+  cachedAnthropicModels,
+  isPlaceholderEntry,
+  mergeUserWins,
+  modelsCachePath,
+  readRegularFile,
+  usableEntry,
+} from "../plugin/config.mjs";
 import { apiOrigin, pluginOptions, unknownOptions, unknownOptionsMessage } from "../plugin/shared.mjs";
 import {
+  MAX_MANIFEST_BYTES,
   isLocalSpec,
   loadedPlugins,
   localPackageDir,
@@ -108,7 +119,7 @@ function checkOptions(entries, replaced, r) {
 }
 
 /** Plugin files OpenCode loads from its plugin directories that mention this package (a wrapper). */
-function wrapperFiles(configs) {
+async function wrapperFiles(configs) {
   const dirs = new Set([join(opencodeConfigDir(), "plugin"), join(opencodeConfigDir(), "plugins")]);
   for (const sub of ["plugin", "plugins"]) {
     dirs.add(join(process.cwd(), ".opencode", sub));
@@ -128,10 +139,8 @@ function wrapperFiles(configs) {
       continue;
     }
     for (const n of names.slice(0, 50)) {
-      try {
-        const file = join(dir, n);
-        if (statSync(file).size <= MAX_PLUGIN_FILE && readFileSync(file, "utf8").includes(PACKAGE)) found.push(file);
-      } catch {}
+      const file = join(dir, n);
+      if ((await readRegularFile(file, MAX_PLUGIN_FILE))?.includes(PACKAGE)) found.push(file);
     }
   }
   return found;
@@ -141,13 +150,13 @@ function wrapperFiles(configs) {
  * Whether OpenCode loads the plugin at all, once, and under the key it reads. Returns the
  * entries it loads (null when none).
  */
-function checkLoaded(configs, broken, entries, r) {
+async function checkLoaded(configs, broken, entries, r) {
   const ours = entries.filter((e) => e.ours);
   const { kept, replaced } = loadedPlugins(entries);
   checkOptions(ours, replaced, r);
   const global = join(opencodeConfigDir(), "opencode.json");
   if (ours.length === 0) {
-    const via = [...entries.filter((e) => /aidevops/i.test(e.spec)).map((e) => `${e.spec} (${e.file})`), ...wrapperFiles(configs)];
+    const via = [...entries.filter((e) => /aidevops/i.test(e.spec)).map((e) => `${e.spec} (${e.file})`), ...(await wrapperFiles(configs))];
     if (via.length) {
       r.add("opencode plugin", "info", `no OpenCode config lists ${PACKAGE}; ${via.join(", ")} may load the pool itself`, { via });
     } else if (broken.length) {
@@ -336,8 +345,11 @@ async function checkCatalog(r) {
   }
   let parses = false;
   try {
-    JSON.parse(readFileSync(file, "utf8"));
-    parses = true;
+    const text = await readRegularFile(file, MAX_CATALOG_BYTES);
+    if (text !== null) {
+      JSON.parse(text);
+      parses = true;
+    }
   } catch {}
   r.add(
     "models",
@@ -423,7 +435,7 @@ function binaryOf(dir, triple) {
   return reason ? { file, reason } : { file };
 }
 
-function checkInstalled(lib, loaded, r) {
+async function checkInstalled(lib, loaded, r) {
   let triple;
   try {
     triple = lib.platformTriple();
@@ -460,6 +472,19 @@ function checkInstalled(lib, loaded, r) {
         continue;
       }
     }
+    // Read, bounded, before anything resolves from the directory (Node's resolver reads a
+    // package.json whole, and waits on a FIFO named so).
+    const manifestFile = join(dir, "package.json");
+    const manifest = exists(manifestFile) ? await readRegularFile(manifestFile, MAX_MANIFEST_BYTES) : undefined;
+    if (manifest === null) {
+      r.add(
+        "plugin install",
+        "problem",
+        `OpenCode's copy of the plugin (${dir}) has a package.json that is not a regular file of at most ${MAX_MANIFEST_BYTES / 1024 / 1024} MB: no copy of the package; ${remove}`,
+        { spec: e.spec, dir },
+      );
+      continue;
+    }
     const bin = binaryOf(dir, triple);
     if (bin.missing || bin.reason) {
       r.add(
@@ -474,7 +499,7 @@ function checkInstalled(lib, loaded, r) {
     }
     let version = null;
     try {
-      version = JSON.parse(readFileSync(join(dir, "package.json"), "utf8")).version ?? null;
+      version = JSON.parse(manifest ?? "null")?.version ?? null;
     } catch {}
     if (!local && version && VERSION && version !== VERSION) {
       const pinned = pluginIdentity(e.spec, e.file) !== e.spec;
@@ -496,10 +521,10 @@ function checkInstalled(lib, loaded, r) {
 // ---- all of it ----------------------------------------------------------------------------------
 
 export async function checkOpencode(lib, files, r) {
-  const { configs, broken } = readOpencodeConfigs();
+  const { configs, broken } = await readOpencodeConfigs();
   checkBroken(broken, r);
-  const entries = pluginEntries(configs);
-  const loaded = checkLoaded(configs, broken, entries, r);
+  const entries = await pluginEntries(configs);
+  const loaded = await checkLoaded(configs, broken, entries, r);
   // Not loaded by a config of ours (maybe by a host plugin, with options we cannot see): what
   // the rest would judge depends on those options.
   if (loaded === null) return;
@@ -528,5 +553,5 @@ export async function checkOpencode(lib, files, r) {
   }
   // OpenCode 2 installs its plugins elsewhere: only 1.x's copies are looked at.
   const v1 = loaded.filter((e) => e.key === "plugin");
-  checkInstalled(lib, v1, r);
+  await checkInstalled(lib, v1, r);
 }

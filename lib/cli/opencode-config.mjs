@@ -3,10 +3,11 @@
 // global directory, `OPENCODE_CONFIG`, `OPENCODE_CONFIG_CONTENT` and the project's directories
 // up to the repository's root; a file that does not parse stops OpenCode from starting, so it
 // is reported as such.
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { readRegularFile } from "../plugin/config.mjs";
 
 // Far above any real config; a path that names something huge must not fill memory.
 const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
@@ -92,17 +93,15 @@ function substituted(text, env) {
   return text.replace(/\{env:([^}]+)\}/g, (_, name) => env[name] ?? "").replace(/\{file:[^}]+\}/g, "");
 }
 
-/** `{ config }`, `{ error }` when it does not parse, or undefined when there is no such file. */
-function readConfig(file, env) {
-  let text;
-  try {
-    const st = statSync(file);
-    if (!st.isFile() || st.size > MAX_CONFIG_BYTES) return undefined;
-    // A byte order mark (a file saved by a Windows editor) is no part of the JSON.
-    text = substituted(readFileSync(file, "utf8").replace(/^\uFEFF/, ""), env);
-  } catch {
-    return undefined;
-  }
+/**
+ * `{ config }`, `{ error }` when it does not parse, or undefined when there is no such regular
+ * file (a FIFO or a device named so is not waited on, nor read without end).
+ */
+async function readConfig(file, env) {
+  const raw = await readRegularFile(file, MAX_CONFIG_BYTES);
+  if (raw === null) return undefined;
+  // A byte order mark (a file saved by a Windows editor) is no part of the JSON.
+  const text = substituted(raw.replace(/^\uFEFF/, ""), env);
   try {
     return { config: parseJsonc(text) };
   } catch (e) {
@@ -128,7 +127,7 @@ function managedConfigDir(env) {
  * `configs` as `{ file, config }`, `broken` as `{ file, error }` for those that do not parse
  * (OpenCode refuses to start then).
  */
-export function readOpencodeConfigs(env = process.env, cwd = process.cwd()) {
+export async function readOpencodeConfigs(env = process.env, cwd = process.cwd()) {
   const files = [];
   const global = opencodeConfigDir(env);
   for (const name of ["config.json", "opencode.json", "opencode.jsonc"]) files.push(join(global, name));
@@ -152,7 +151,7 @@ export function readOpencodeConfigs(env = process.env, cwd = process.cwd()) {
   const configs = [];
   const broken = [];
   for (const file of [...new Set(files)]) {
-    const read = readConfig(file, env);
+    const read = await readConfig(file, env);
     if (read?.error !== undefined) broken.push({ file, error: read.error });
     else if (read) configs.push({ file, config: read.config });
   }
@@ -166,7 +165,7 @@ export function readOpencodeConfigs(env = process.env, cwd = process.cwd()) {
   }
   for (const name of ["opencode.json", "opencode.jsonc"]) {
     const file = join(managedConfigDir(env), name);
-    const read = readConfig(file, env);
+    const read = await readConfig(file, env);
     if (read?.error !== undefined) broken.push({ file, error: read.error });
     else if (read) configs.push({ file, config: read.config });
   }
@@ -220,12 +219,15 @@ export function localPackageDir(spec, file, cwd = process.cwd()) {
   }
 }
 
+// A package.json is a few KB; one far larger is no manifest of ours.
+export const MAX_MANIFEST_BYTES = 1024 * 1024;
+
 /** Whether a local spec names this package: its package.json says so (a checkout named anyhow). */
-function namesThisPackage(spec, file, cwd) {
+async function namesThisPackage(spec, file, cwd) {
   const dir = localPackageDir(spec, file, cwd);
   if (dir === null) return false;
   try {
-    return JSON.parse(readFileSync(join(dir, "package.json"), "utf8"))?.name === PACKAGE;
+    return JSON.parse((await readRegularFile(join(dir, "package.json"), MAX_MANIFEST_BYTES)) ?? "null")?.name === PACKAGE;
   } catch {
     return false;
   }
@@ -236,7 +238,7 @@ function namesThisPackage(spec, file, cwd) {
  * options, ours }`, `key` "plugin" (OpenCode 1.x: `spec | [spec, options]`) or "plugins"
  * (OpenCode 2: `spec | { package, options }`), `options` undefined when none are given.
  */
-export function pluginEntries(configs, cwd = process.cwd()) {
+export async function pluginEntries(configs, cwd = process.cwd()) {
   const entries = [];
   for (const { file, config } of configs) {
     if (!config || typeof config !== "object") continue;
@@ -250,7 +252,7 @@ export function pluginEntries(configs, cwd = process.cwd()) {
         else if (Array.isArray(item)) [spec, options] = item;
         else if (item && typeof item === "object") ({ package: spec, options } = item);
         if (typeof spec !== "string" || spec.trim() === "") continue;
-        const ours = OURS.test(spec) || (isLocalSpec(spec) && namesThisPackage(spec, file, cwd));
+        const ours = OURS.test(spec) || (isLocalSpec(spec) && (await namesThisPackage(spec, file, cwd)));
         entries.push({ file, key, spec, options, ours });
       }
     }

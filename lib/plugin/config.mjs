@@ -42,7 +42,7 @@ export function modelsCachePath(env = process.env) {
 
 // OpenCode's whole catalog is a few MB; a path that is a FIFO or a device must not hang or fill
 // memory (the path comes from the environment).
-const MAX_CATALOG_BYTES = 64 * 1024 * 1024;
+export const MAX_CATALOG_BYTES = 64 * 1024 * 1024;
 
 /** A regular file's text, at most `cap` bytes, opened without blocking; null otherwise. */
 export async function readRegularFile(file, cap) {
