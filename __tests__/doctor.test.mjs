@@ -449,6 +449,21 @@ test("doctor quotes no secret a person put in OpenCode's config: a baseURL's pas
   }
 });
 
+test("doctor quotes no key a plugin spec carries: a URL's password, a token as its user", async () => {
+  const box = user();
+  await seed(box, [{ email: "spec@x.test" }]);
+  const plain = () => `c${randomBytes(12).toString("hex")}`;
+  const token = () => [["sk", "ant", "api03"].join("-"), randomBytes(18).toString("hex")].join("-");
+  const s = { password: plain(), user: token() };
+  write(join(box.global, "opencode.json"), {
+    plugin: [`https://x:${s.password}@example.invalid/opencode-oauth-pool`, `https://${s.user}@example.invalid/opencode-oauth-pool/`],
+  });
+  const d = await doctor(box, { text: true });
+  assert.ok(d.named("opencode plugin").length > 0, d.shown);
+  const out = JSON.stringify(d.checks) + d.text;
+  for (const [name, secret] of Object.entries(s)) assert.ok(!out.includes(secret) && !out.includes(secret.slice(-16)), `${name} is quoted: ${out}`);
+});
+
 // mkfifo(1) makes the FIFO: a file of that name that a plain read waits on for ever.
 const mkfifo = process.platform !== "win32" && spawnSync("mkfifo", ["--version"]).status === 0;
 test("doctor reads OpenCode's files bounded: a FIFO or a device where a config, the catalog cache, a plugin file, a package.json or the binary is expected does not hang it", {

@@ -417,7 +417,9 @@ function installedDir(spec) {
   // OpenCode replaces the characters Windows refuses in a file name.
   const safe = process.platform === "win32" ? spec.replace(/[<>:"|?*\u0000-\u001f]/g, "_") : spec;
   const root = join(cache, "opencode", "packages", safe);
-  return { root, dir: join(root, "node_modules", PACKAGE) };
+  // The same place as a message names it: a URL's password in the spec is not shown.
+  const shown = join(cache, "opencode", "packages", scrubbed(safe));
+  return { root, shown, dir: join(root, "node_modules", PACKAGE) };
 }
 
 /** The native binary a copy of the package at `dir` would load, or why there is none. */
@@ -435,7 +437,7 @@ function binaryOf(dir, triple) {
   return reason ? { file, reason } : { file };
 }
 
-async function checkInstalled(lib, loaded, r) {
+async function checkInstalled(lib, loaded, report) {
   let triple;
   try {
     triple = lib.platformTriple();
@@ -443,6 +445,10 @@ async function checkInstalled(lib, loaded, r) {
     return;
   }
   for (const e of loaded) {
+    // An npm copy's directory is named after the spec as written: a URL's password is in it.
+    const { root, shown } = installedDir(e.spec);
+    const hide = (text) => (isLocalSpec(e.spec) || typeof text !== "string" ? text : text.replaceAll(root, shown));
+    const r = { add: (name, level, message, extra) => report.add(name, level, hide(message), extra && { ...extra, dir: hide(extra.dir) }) };
     const local = isLocalSpec(e.spec);
     let dir;
     let remove;
@@ -520,7 +526,19 @@ async function checkInstalled(lib, loaded, r) {
 
 // ---- all of it ----------------------------------------------------------------------------------
 
-export async function checkOpencode(lib, files, r) {
+/**
+ * `report` for what is said here: each message and quoted detail scrubbed (a URL's password,
+ * query and fragment, token shapes), since a plugin spec a person wrote may be a URL carrying a
+ * key, and it is quoted as written in most of these messages.
+ */
+function scrubbing(report) {
+  const shown = (v) => (typeof v === "string" ? scrubbed(v) : Array.isArray(v) ? v.map(shown) : v);
+  const details = (extra) => extra && Object.fromEntries(Object.entries(extra).map(([k, v]) => [k, shown(v)]));
+  return { ...report, add: (name, level, message, extra) => report.add(name, level, scrubbed(message), details(extra)) };
+}
+
+export async function checkOpencode(lib, files, report) {
+  const r = scrubbing(report);
   const { configs, broken } = await readOpencodeConfigs();
   checkBroken(broken, r);
   const entries = await pluginEntries(configs);
