@@ -1401,10 +1401,6 @@ mod tests {
         }
     }
 
-    /// Another program writing the file in place leaves it cut short for a moment: a read (and
-    /// a write's re-read) waits for the rest, and a file left so is refused once the wait ends,
-    /// then at once while it stays as it is.
-    /// A store whose file holds account a@x, and the file's bytes.
     /// The trial write before a refresh asked for leaves nothing behind and changes nothing; a
     /// pool with no file has nothing to try.
     #[test]
@@ -1428,6 +1424,7 @@ mod tests {
         assert_eq!(fs::read(store.path()).unwrap(), whole);
     }
 
+    /// A store whose file holds account a@x, and the file's bytes.
     fn store_holding_a() -> (tempfile::TempDir, FileStore, Vec<u8>) {
         let (d, store) = tmp_store();
         store
@@ -1454,6 +1451,9 @@ mod tests {
         })
     }
 
+    /// Another program writing the file in place leaves it cut short for a moment: a read (and
+    /// a write's re-read) waits for the rest, and a file left so is refused once the wait ends,
+    /// then at once while it stays as it is.
     #[test]
     fn a_file_cut_short_for_a_moment_is_waited_for() {
         let (_d, store, whole) = store_holding_a();
