@@ -722,9 +722,10 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
   }
 
   /** The next scripted answer for `email` at `path`: a step names its path (`path`), else it is
-   * for /v1/messages. */
-  function nextScriptStep(email, path = "/v1/messages") {
-    const fits = (step) => (step.path ?? "/v1/messages") === path;
+   * for /v1/messages; a step naming a `model` answers only requests for a model starting with it
+   * (a host's side requests, such as OpenCode's session title, come in any order). */
+  function nextScriptStep(email, path = "/v1/messages", model = null) {
+    const fits = (step) => (step.path ?? "/v1/messages") === path && (step.model === undefined || (model ?? "").startsWith(step.model));
     for (const queue of [scripts.get(email), scriptAllQueue]) {
       const at = queue?.findIndex(fits) ?? -1;
       if (at >= 0) return queue.splice(at, 1)[0];
@@ -776,7 +777,7 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       model: typeof parsed.model === "string" ? parsed.model : DEFAULT_MODEL,
       inputTokens: Math.max(1, Math.ceil(bodyText.length / 4)),
     };
-    const step = nextScriptStep(auth.email);
+    const step = nextScriptStep(auth.email, "/v1/messages", typeof parsed.model === "string" ? parsed.model : null);
     const missing = step.status || step.hang ? null : fileNotSeen(parsed, auth.email);
     if (missing) {
       record.status = 404;
