@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -234,6 +234,42 @@ test("refreshAccount (`oauth-pool refresh`) on a full disk: refused before the t
     await flushPool(path);
     assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "this process saved them once it could");
     assert.equal(mock.stats().perFamily[email].reuse, 0);
+  } finally {
+    disk.close();
+  }
+});
+
+test("addAccount (`oauth-pool add`, OpenCode's login) on a full disk: refused before the one-time code is spent, which still logs in once there is room", async (t) => {
+  const disk = smallDisk();
+  if (disk.skip) return t.skip(disk.skip);
+  const { addAccount, authorize } = await import("../index.mjs");
+  try {
+    const path = join(disk.dir, "pool", "oauth-pool.json");
+    const grants = () => mock.tokenRequests.filter((r) => r.grant === "authorization_code").length;
+    const tryAdd = async (email, { pool }) => {
+      if (pool) await seedPool(mock, ["full-held@x.test"], { path });
+      else mkdirSync(join(disk.dir, "pool"), { recursive: true });
+      const before = pool ? readPool(path) : null;
+      const pkce = await authorize();
+      const paste = mock.approve(pkce.url, email, { expiresIn: 3600 });
+      const spent = grants();
+      disk.fill();
+      // The code was exchanged first: the login's tokens had nowhere to go, and the code (single
+      // use) was gone with them.
+      await assert.rejects(
+        addAccount(paste, pkce, path),
+        (e) => e.code === "POOL_IO" && /code was not spent/.test(e.message) && /No space left/.test(e.message),
+      );
+      assert.equal(grants(), spent, "the token endpoint was not asked");
+      if (pool) assert.deepEqual(readPool(path), before, "nothing was written");
+      else assert.equal(existsSync(path), false);
+      disk.free();
+      assert.deepEqual(await addAccount(paste, pkce, path), { email, added: true });
+      assert.equal(account(path, email).refresh, mock.tokens(email).refresh);
+      rmSync(join(disk.dir, "pool"), { recursive: true, force: true });
+    };
+    await tryAdd("full-add@x.test", { pool: true });
+    await tryAdd("full-first@x.test", { pool: false });
   } finally {
     disk.close();
   }

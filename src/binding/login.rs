@@ -90,6 +90,12 @@ pub fn add_account(
         // found before the code is spent: after it, the new login's tokens had nowhere to go
         // and the user's login was for nothing.
         store.load().await.map_err(js_error)?;
+        // Likewise a disk that cannot take the login (full, a quota, read-only): the code is
+        // single-use, and the person would log in again anyway.
+        store
+            .try_write_room(crate::store::Trial::Login)
+            .await
+            .map_err(js_error)?;
         // A Ctrl-C or `kill` once the code is spent waits for the new login to be written, as
         // for a refresh's tokens (the person had to log in again).
         let _unwritten = crate::engine::credentials::Unwritten::begin();

@@ -29,7 +29,7 @@ use crate::oauth;
 use crate::pool::Pool;
 use crate::secret::Secret;
 use crate::store::journal::{self, Claim, Journal};
-use crate::store::{RefreshLock, REFRESH_LOCK_TIMEOUT};
+use crate::store::{RefreshLock, Trial, REFRESH_LOCK_TIMEOUT};
 
 /// How long a refresh waits on the refresh journal (its lock waits at most 2 s of this; the rest
 /// is its file's read and write) before it goes on without it.
@@ -360,7 +360,7 @@ impl Engine {
         let before = account.refresh.clone();
         // Asked for, not needed by a request: nothing is waiting on a token that could not be
         // saved, and a process that ends (the CLI does at once) would take the new one with it.
-        self.store.try_write_room().await?;
+        self.store.try_write_room(Trial::Refresh).await?;
         let mut events = Vec::new();
         let never = CancellationToken::new();
         let access = self

@@ -407,20 +407,23 @@ impl FileStore {
     }
 
     /// Whether the pool file's next write has room, tried before something that cannot be
-    /// undone (a refresh token spent on request): a temp file as large as the file plus a
-    /// margin for new tokens is written, synced and removed. A full disk, a quota or a
-    /// read-only mount then costs nothing: the refresh is not made, and its token stays good.
-    /// A pool file that is not there has nothing to lose (no refresh token to spend).
-    pub fn try_write_room(&self) -> Result<()> {
+    /// undone (a refresh token spent on request, a login's one-time code): a temp file as large
+    /// as the file plus a margin for new tokens is written, synced and removed. A full disk, a
+    /// quota or a read-only mount then costs nothing: the refresh or the exchange is not made.
+    /// A pool file that is not there has no refresh token to spend; a login for a pool to be
+    /// made is tried in its directory when that is there (nothing is made for a trial).
+    pub fn try_write_room(&self, before: Trial) -> Result<()> {
         const MARGIN: u64 = 8 * 1024;
-        let Ok(meta) = fs::symlink_metadata(&self.path) else {
-            return Ok(());
-        };
         let dir = parent_dir(&self.path);
+        let size = match fs::symlink_metadata(&self.path) {
+            Ok(meta) => meta.len(),
+            Err(_) if before == Trial::Login && dir.is_dir() => 0,
+            Err(_) => return Ok(()),
+        };
         let trial = || -> std::io::Result<()> {
             let mut tmp = temp_in(&dir, &self.path).map_err(std::io::Error::other)?;
             let zeros = [0u8; 16 * 1024];
-            let mut left = meta.len() + MARGIN;
+            let mut left = size + MARGIN;
             while left > 0 {
                 let n = left.min(zeros.len() as u64) as usize;
                 tmp.write_all(&zeros[..n])?;
@@ -429,11 +432,15 @@ impl FileStore {
             tmp.as_file().sync_all()
         };
         trial().map_err(|e| {
-            Error::io(
-                &self.path,
-                "a trial write before refreshing (nothing was refreshed: the stored refresh token is unspent)",
-                e,
-            )
+            let what = match before {
+                Trial::Refresh => {
+                    "a trial write before refreshing (nothing was refreshed: the stored refresh token is unspent)"
+                }
+                Trial::Login => {
+                    "a trial write before exchanging the login's code (the code was not spent: fix the disk and log in again)"
+                }
+            };
+            Error::io(&self.path, what, e)
         })
     }
 
@@ -639,6 +646,13 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);
     path.with_file_name(name)
+}
+
+/// What a trial write comes before (`FileStore::try_write_room`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trial {
+    Refresh,
+    Login,
 }
 
 pub(super) fn parent_dir(path: &Path) -> PathBuf {
@@ -1406,7 +1420,8 @@ mod tests {
     #[test]
     fn a_trial_write_leaves_the_directory_as_it_was() {
         let (_d, store) = tmp_store();
-        store.try_write_room().unwrap();
+        store.try_write_room(Trial::Refresh).unwrap();
+        store.try_write_room(Trial::Login).unwrap();
         assert!(!store.path().parent().unwrap().exists(), "nothing made");
         let (_d, store, whole) = store_holding_a();
         let dir = store.path().parent().unwrap().to_path_buf();
@@ -1419,9 +1434,14 @@ mod tests {
             n
         };
         let listed = names(&dir);
-        store.try_write_room().unwrap();
+        store.try_write_room(Trial::Refresh).unwrap();
         assert_eq!(names(&dir), listed);
         assert_eq!(fs::read(store.path()).unwrap(), whole);
+        // A login for a pool to be made is tried in its directory, and leaves it as it was.
+        fs::remove_file(store.path()).unwrap();
+        let listed = names(&dir);
+        store.try_write_room(Trial::Login).unwrap();
+        assert_eq!(names(&dir), listed);
     }
 
     /// A store whose file holds account a@x, and the file's bytes.

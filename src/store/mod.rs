@@ -22,7 +22,7 @@ mod watch;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{FileLock, FileStamp, FileStore};
+pub use file::{FileLock, FileStamp, FileStore, Trial};
 pub use postgres::PgStore;
 use std::sync::Arc;
 
@@ -343,11 +343,11 @@ impl Store {
 
     /// Whether the store's next write has room (`FileStore::try_write_room`); the fleet store
     /// has no disk of ours to fill.
-    pub async fn try_write_room(&self) -> Result<()> {
+    pub async fn try_write_room(&self, before: Trial) -> Result<()> {
         match self {
             Store::File(f) => {
                 let f = f.clone();
-                blocking(move || f.try_write_room()).await
+                blocking(move || f.try_write_room(before)).await
             }
             Store::Postgres(_) => Ok(()),
         }
