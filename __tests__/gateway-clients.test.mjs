@@ -602,3 +602,120 @@ test("the key: either x-api-key or a bearer may carry it (the Python SDK with AN
     await gw.close(1000);
   }
 });
+
+/**
+ * A raw client that sends `bytes` and then half-closes (`socket.end()`: shutdown(SHUT_WR), as
+ * `nc -N`, some proxies and scripted clients do), reading on until the gateway closes.
+ */
+function halfClosed(url, bytes, { waitMs = 20_000 } = {}) {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve) => {
+    const socket = connect({ port: Number(port), host: hostname, allowHalfOpen: true });
+    let data = "";
+    socket.on("data", (d) => (data += d.toString("latin1")));
+    socket.on("connect", () => socket.end(bytes));
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve({ data, closed: false });
+    }, waitMs);
+    socket.on("close", () => {
+      clearTimeout(timer);
+      resolve({ data, closed: true });
+    });
+    socket.on("error", () => {});
+  });
+}
+
+test("a client that half-closes after its whole request gets the answer in full, streamed or held; one that closes while held still cancels the upstream at once", async () => {
+  // The end of the client's input was taken for the client leaving: hyper dropped the request
+  // and the upstream call with it, and the client read an empty, closed connection.
+  const gw = await gateway(["half@x.test"]);
+  try {
+    // A streamed answer, its events spread out so that it is still running after the end.
+    mock.script("half@x.test", [{ sse: true, text: "s".repeat(200), deltaSize: 10, delayMs: 20 }]);
+    const streamed = await halfClosed(gw.url, post("/v1/messages", STREAM_BODY));
+    assert.ok(streamed.closed, "the gateway closes once the answer is out");
+    const finals = answers(streamed.data).filter((a) => a.status >= 200);
+    assert.equal(finals.length, 1, streamed.data.slice(0, 300));
+    assert.equal(finals[0].status, 200);
+    assert.equal(deltas(finals[0].body), "s".repeat(200));
+    assert.equal(answers(streamed.data).rest, "");
+
+    // A held answer: upstream answers only a second after the client's end.
+    let open;
+    const gate = new Promise((r) => (open = r));
+    mock.script("half@x.test", [{ until: gate, text: "held answer" }]);
+    const asked = mock.waitFor("api", (r) => r.email === "half@x.test");
+    const held = halfClosed(gw.url, post("/v1/messages"));
+    await asked;
+    await new Promise((r) => setTimeout(r, 1000));
+    open();
+    const h = await held;
+    assert.ok(h.closed);
+    const all = answers(h.data);
+    for (const interim of all.filter((a) => a.status < 200)) assert.equal(interim.status, 100, "only a 100 before the answer");
+    const [answer] = all.filter((a) => a.status >= 200);
+    assert.equal(answer?.status, 200, h.data.slice(0, 300));
+    assert.equal(JSON.parse(answer.body).content[0].text, "held answer");
+
+    // A request body never finished before the end: a 400 at once, nothing upstream.
+    mock.clearRequests();
+    const cut = post("/v1/messages");
+    const short = await halfClosed(gw.url, cut.slice(0, cut.length - 5), { waitMs: 10_000 });
+    assert.ok(short.closed, "answered and closed well before the body timeout");
+    coded(
+      answers(short.data).find((a) => a.status >= 200),
+      400,
+      "invalid_request_error",
+    );
+    assert.equal(upstream().length, 0);
+
+    // A client that closes its socket (not half) while its answer is held: the upstream call is
+    // cancelled at once, the answer never waited for.
+    mock.script("half@x.test", [{ hang: true }]);
+    const arrived = mock.waitFor("api", (r) => r.email === "half@x.test");
+    const closed = mock.waitFor("closed", (r) => r.email === "half@x.test");
+    const { hostname, port } = new URL(gw.url);
+    const gone = connect(Number(port), hostname);
+    gone.on("error", () => {});
+    gone.on("connect", () => gone.write(post("/v1/messages")));
+    await arrived;
+    gone.destroy();
+    const upstreamClosed = await Promise.race([closed.then(() => "closed"), new Promise((r) => setTimeout(() => r("still open after 5 s"), 5000))]);
+    assert.equal(upstreamClosed, "closed");
+
+    // Half-closed first and closed after: still seen as gone once the gateway has a byte for it.
+    mock.script("half@x.test", [{ sse: true, text: "t".repeat(2000), deltaSize: 10, delayMs: 50 }]);
+    const closedToo = mock.waitFor("closed", (r) => r.email === "half@x.test");
+    const later = connect({ port: Number(port), host: hostname, allowHalfOpen: true });
+    later.on("error", () => {});
+    later.on("connect", () => later.end(post("/v1/messages", STREAM_BODY)));
+    await new Promise((r) => later.once("data", r));
+    later.destroy();
+    const streamClosed = await Promise.race([closedToo.then(() => "closed"), new Promise((r) => setTimeout(() => r("still open after 5 s"), 5000))]);
+    assert.equal(streamClosed, "closed");
+  } finally {
+    mock.clearScripts();
+    await gw.close(1000);
+  }
+});
+
+test("a header value with bytes past ASCII (UTF-8 text, legal as obs-text) goes upstream as its bytes, not dropped", async () => {
+  // The value was dropped unless it was visible ASCII: the request went on without the header.
+  const gw = await gateway(["bytes@x.test"]);
+  try {
+    mock.clearRequests();
+    const r = await raw(gw.url, [Buffer.from(post("/v1/messages", BODY, ["x-title: café ☕", "Connection: close"]), "utf8")]);
+    assert.equal(answers(r.data)[0]?.status, 200);
+    const [sent] = upstream();
+    const value = sent.headers["x-title"];
+    assert.ok(value !== undefined, "the header went upstream");
+    // The server reads obs-text as Latin-1 (Node) or as UTF-8 (Bun): the bytes are the same.
+    assert.ok(
+      [Buffer.from(value, "latin1"), Buffer.from(value, "utf8")].some((b) => b.equals(Buffer.from("café ☕"))),
+      JSON.stringify(value),
+    );
+  } finally {
+    await gw.close(1000);
+  }
+});

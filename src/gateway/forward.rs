@@ -13,7 +13,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::metrics::count_events;
-use super::{error, error_closing, full, AnyBody, State, MAX_BODY};
+use super::{error, error_closing, full, AnyBody, ClientInput, State, MAX_BODY};
 use crate::echo::Redactor;
 use crate::engine::usage::UsageTap;
 use crate::engine::UsageSink;
@@ -39,14 +39,18 @@ pub(super) fn is_api_path(path: &str) -> bool {
     })
 }
 
-/// The request's headers as the pool's driver takes them (values that are not text dropped).
+/// The request's headers as the pool's driver takes them: a value one character a byte
+/// (`fetch::byte_string`), which the driver sends back as those bytes. A value with a byte past
+/// ASCII (a title or a user agent in UTF-8 or Latin-1, legal as obs-text) was dropped, and the
+/// request went upstream without that header.
 fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter_map(|(k, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (k.as_str().to_string(), v.to_string()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                crate::fetch::byte_string(v.as_bytes()),
+            )
         })
         .collect()
 }
@@ -79,9 +83,16 @@ fn busy() -> Response<AnyBody> {
     res
 }
 
-pub(super) async fn linger(body: &mut Incoming, mut seen: usize) {
+pub(super) async fn linger(body: &mut Incoming, mut seen: usize, input: Option<&ClientInput>) {
     let draining = async {
-        while let Some(Ok(frame)) = body.frame().await {
+        loop {
+            let frame = tokio::select! {
+                biased;
+                frame = body.frame() => frame,
+                // Nothing more will come: the client half-closed without finishing its body.
+                () = ClientInput::done(input) => break,
+            };
+            let Some(Ok(frame)) = frame else { break };
             seen += frame.data_ref().map_or(0, |d| d.len());
             if seen > LINGER_BYTES {
                 break;
@@ -108,11 +119,20 @@ async fn read_body(
     body: &mut Incoming,
     declared: Option<usize>,
     budget: &Arc<Semaphore>,
+    input: Option<&ClientInput>,
 ) -> BodyRead {
     let mut out = bytes::BytesMut::new();
     let mut share: Option<OwnedSemaphorePermit> = None;
     let mut counted = 0usize;
-    while let Some(frame) = body.frame().await {
+    loop {
+        // What hyper read before the client's input ended comes first; a body still short
+        // of its end then never will be finished.
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            () = ClientInput::done(input) => return BodyRead::BrokeOff,
+        };
+        let Some(frame) = frame else { break };
         let Ok(frame) = frame else {
             return BodyRead::BrokeOff;
         };
@@ -123,7 +143,7 @@ async fn read_body(
         if len > MAX_BODY {
             drop(out);
             drop(share);
-            linger(body, len).await;
+            linger(body, len, input).await;
             return BodyRead::TooLarge;
         }
         let held = match declared {
@@ -148,7 +168,7 @@ async fn read_body(
                 Err(_) => {
                     drop(out);
                     drop(share);
-                    linger(body, len).await;
+                    linger(body, len, input).await;
                     return BodyRead::Busy;
                 }
             }
@@ -170,10 +190,12 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
     let declared = declared.and_then(|n| usize::try_from(n).ok());
     // Refused by its length alone, a body the client has not sent yet is never asked for.
     let waits = super::expects_continue(&req);
+    let input = req.extensions().get::<ClientInput>().cloned();
+    let input = input.as_ref();
     let (parts, mut incoming) = req.into_parts();
     if declared_too_large {
         if !waits {
-            linger(&mut incoming, 0).await;
+            linger(&mut incoming, 0, input).await;
         }
         return too_large();
     }
@@ -216,7 +238,7 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
     let method = parts.method.as_str().to_string();
     let head_only = parts.method == hyper::Method::HEAD;
     let headers = header_pairs(&parts.headers);
-    let read = read_body(&mut incoming, declared, &state.bodies);
+    let read = read_body(&mut incoming, declared, &state.bodies, input);
     let (body, _share) = match tokio::time::timeout(state.body_timeout, read).await {
         Err(_) => {
             return error(

@@ -43,6 +43,7 @@ use crate::secret::Secret;
 use crate::store::Store;
 
 mod forward;
+mod half_close;
 mod key;
 mod metrics;
 
@@ -315,10 +316,29 @@ async fn accept_loop(
             .header_read_timeout(header_timeout)
             .max_buf_size(MAX_HEADERS);
         let state = state.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(req, state).await) }
-        });
+        let exchange = Arc::new(half_close::Exchange::default());
+        let service = {
+            let exchange = exchange.clone();
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                let state = state.clone();
+                let exchange = exchange.clone();
+                exchange.begin(req.version() >= hyper::Version::HTTP_11);
+                req.extensions_mut().insert(ClientInput(exchange.clone()));
+                async move {
+                    let response = handle(req, state).await;
+                    exchange.answered();
+                    let finished = half_close::Finished(exchange);
+                    // The exchange is over when hyper lets go of the answer's body.
+                    Ok::<_, Infallible>(response.map(|body| {
+                        body.map_frame(move |frame| {
+                            let _ = &finished;
+                            frame
+                        })
+                        .boxed_unsync()
+                    }))
+                }
+            })
+        };
         let tls = acceptor.clone();
         let watcher = graceful.watcher();
         let cut = cut.clone();
@@ -334,6 +354,7 @@ async fn accept_loop(
                 None => Either::Left(stream),
             };
             let stream = WriteStall::new(stream, crate::http::response_timeout());
+            let stream = half_close::HalfClose::new(stream, exchange);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = watcher.watch(conn) => {}
@@ -434,6 +455,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.watch(cx, poll)
+    }
+}
+
+impl<S: half_close::PeerReset> half_close::PeerReset for WriteStall<S> {
+    fn take_error(&self) -> io::Result<Option<io::Error>> {
+        self.inner.take_error()
+    }
+}
+
+/// The exchange a request belongs to, in its extensions: whether its client's input has ended.
+#[derive(Clone)]
+pub(super) struct ClientInput(Arc<half_close::Exchange>);
+
+impl ClientInput {
+    /// Resolves once the client has sent all it will (its input ended); never without one.
+    pub(super) async fn done(this: Option<&ClientInput>) {
+        match this {
+            Some(c) => c.0.client_done().await,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -559,9 +600,10 @@ async fn refuse(req: Request<Incoming>, mut response: Response<AnyBody>) -> Resp
         );
         return response;
     }
+    let input = req.extensions().get::<ClientInput>().cloned();
     let mut body = req.into_body();
     if !hyper::body::Body::is_end_stream(&body) {
-        forward::linger(&mut body, 0).await;
+        forward::linger(&mut body, 0, input.as_ref()).await;
     }
     response
 }
