@@ -223,6 +223,38 @@ test("a read-only database: valid tokens keep serving, writes are STORE_UNAVAILA
   assert.equal(await f.sql("SELECT position, entry::text FROM oauth_pool_entries ORDER BY position"), before, "nothing was written or lost");
 });
 
+test("a newer version's schema migrated in while a host runs: it writes nothing over it and spends no refresh token, and serves valid tokens", async () => {
+  const f = await fleet([oauthEntry("valid@hostile.test", { priority: 5 }), oauthEntry("stale@hostile.test", { expired: true })]);
+  const stored = async () => [await f.sql("SELECT position, entry::text FROM oauth_pool_entries ORDER BY position"), await f.sql("SELECT name, value FROM oauth_pool_meta ORDER BY name")];
+  const host = startHostProcess(f.a);
+  try {
+    await host.ready;
+    assert.equal((await host.ask("fetch")).value?.status, 200);
+    assert.equal((await host.ask("flush")).ok, true);
+    // What `store init` of an upgraded host leaves: a later schema number (its tables and
+    // rows as that version has them, which this one does not know how to write).
+    await f.sql("UPDATE oauth_pool_meta SET value = '2' WHERE name = 'schema'");
+    const before = await stored();
+    const served = await host.ask("fetch");
+    assert.equal(served.value?.status, 200, JSON.stringify(served));
+    await host.ask("flush");
+    const refresh = await host.ask("refresh stale@hostile.test");
+    assert.equal(refresh.code, "STORE_UNAVAILABLE", JSON.stringify(refresh));
+    assert.match(refresh.message, /schema 2, newer than this version knows \(1\): upgrade/);
+    assert.equal(mock.stats().perFamily["stale@hostile.test"].refreshCalls, 0, "no token spent whose successor could not be saved");
+    await sleep(1_500);
+    await host.ask("flush");
+    assert.deepEqual(await stored(), before, "nothing written over the newer schema's rows");
+    // Back to a schema it knows (the upgrade undone): the usage it kept is written.
+    await f.sql("UPDATE oauth_pool_meta SET value = '1' WHERE name = 'schema'");
+    await host.ask("flush");
+    const written = await until("SELECT value FROM oauth_pool_meta WHERE name = 'generation'", (g) => g !== before[1].match(/generation\|(\d+)/)[1] + "\n", { db: f.db.name });
+    assert.ok(Number(written) > 0, written);
+  } finally {
+    await host.close();
+  }
+});
+
 /** The advisory lock key of an account's refresh (src/store/postgres.rs, `account_lock`). */
 function accountLock(email) {
   const digest = createHash("sha256").update(email.trim().toLowerCase()).digest();

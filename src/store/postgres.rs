@@ -320,6 +320,17 @@ impl PgStore {
         ))
     }
 
+    /// A schema a newer version made (`store init` of an upgraded host). Checked by every read,
+    /// write and refresh lock, not only when a process first uses the store: an OpenCode
+    /// session started before another host's upgrade wrote its own format over the newer one's
+    /// rows (every row is deleted and written again).
+    fn newer_schema(&self, version: i64) -> Error {
+        Error::StoreUnavailable(format!(
+            "{} has schema {version}, newer than this version knows ({SCHEMA_VERSION}): upgrade opencode-oauth-pool (OpenCode sessions started before the upgrade too); nothing was changed",
+            self.shown
+        ))
+    }
+
     async fn reader(&self) -> Result<Arc<Client>> {
         let mut slot = self.reader.lock().await;
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
@@ -542,21 +553,27 @@ impl PgStore {
                     )));
                 }
                 if version > SCHEMA_VERSION {
-                    return Err(Error::StoreUnavailable(format!(
-                        "{} has schema {version}, newer than this version knows ({SCHEMA_VERSION}): upgrade opencode-oauth-pool",
-                        self.shown
-                    )));
+                    return Err(self.newer_schema(version.into()));
                 }
                 let c = self.reader().await?;
                 let row = self
                     .bounded("the key check", async {
-                        c.query_typed_opt("SELECT value FROM oauth_pool_meta WHERE name = 'key_check'", &[])
-                            .await
-                            .map_err(unavailable)
+                        c.query_typed_opt(
+                            "SELECT value FROM oauth_pool_meta WHERE name = 'key_check'",
+                            &[],
+                        )
+                        .await
+                        .map_err(unavailable)
                     })
                     .await?
-                    .ok_or_else(|| Error::StoreKey("the store has no key check: run `oauth-pool store init`".into()))?;
-                self.key.open("key_check", &column::<String>(&row, 0)?).map(|_| ())
+                    .ok_or_else(|| {
+                        Error::StoreKey(
+                            "the store has no key check: run `oauth-pool store init`".into(),
+                        )
+                    })?;
+                self.key
+                    .open("key_check", &column::<String>(&row, 0)?)
+                    .map(|_| ())
             })
             .await
             .map(|_| ())
@@ -643,7 +660,8 @@ impl PgStore {
                 c.query_typed(
                     "SELECT 'e', position::text, entry FROM oauth_pool_entries
                      UNION ALL SELECT 't', name, value FROM oauth_pool_top
-                     UNION ALL SELECT 'g', value, 'null'::jsonb FROM oauth_pool_meta WHERE name = 'generation'",
+                     UNION ALL SELECT 'g', value, 'null'::jsonb FROM oauth_pool_meta WHERE name = 'generation'
+                     UNION ALL SELECT 's', value, 'null'::jsonb FROM oauth_pool_meta WHERE name = 'schema'",
                     &[],
                 )
                 .await
@@ -665,10 +683,21 @@ impl PgStore {
 
     /// The pool the rows of a read hold: entries ("e", by position), top-level sections ("t"),
     /// and the generation ("g", 0 when the read did not ask for it), all opened with our key.
+    /// A schema ("s") newer than ours is refused before anything is opened.
     fn rows_to_pool(&self, rows: Vec<tokio_postgres::Row>) -> Result<(Pool, i64)> {
         let mut entries: Vec<(i32, Value)> = Vec::new();
         let mut all = Map::new();
         let mut generation = 0;
+        for r in &rows {
+            let kind: &str = column(r, 0)?;
+            if kind == "s" {
+                let version: String = column(r, 1)?;
+                match version.trim().parse::<i64>() {
+                    Ok(v) if v > i64::from(SCHEMA_VERSION) => return Err(self.newer_schema(v)),
+                    _ => {}
+                }
+            }
+        }
         for r in rows {
             let kind: &str = column(&r, 0)?;
             let name: String = column(&r, 1)?;
@@ -682,7 +711,8 @@ impl PgStore {
                     let opened = self.key.open_section(&name, value)?;
                     all.insert(name, opened);
                 }
-                _ => generation = name.parse().unwrap_or(0),
+                "g" => generation = name.parse().unwrap_or(0),
+                _ => {}
             }
         }
         entries.sort_by_key(|(p, _)| *p);
@@ -733,7 +763,8 @@ impl PgStore {
         let rows = client
             .query_typed(
                 "SELECT 'e', position::text, entry FROM oauth_pool_entries
-                 UNION ALL SELECT 't', name, value FROM oauth_pool_top",
+                 UNION ALL SELECT 't', name, value FROM oauth_pool_top
+                 UNION ALL SELECT 's', value, 'null'::jsonb FROM oauth_pool_meta WHERE name = 'schema'",
                 &[],
             )
             .await
@@ -840,7 +871,8 @@ impl PgStore {
         // in the same round trip: a refresh token is not spent when its successor cannot be saved.
         let sql = format!(
             "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0;
-             SELECT pg_try_advisory_xact_lock({REFRESH_LOCK}, {id}), current_setting('transaction_read_only');"
+             SELECT pg_try_advisory_xact_lock({REFRESH_LOCK}, {id}), current_setting('transaction_read_only'),
+               (SELECT value FROM oauth_pool_meta WHERE name = 'schema');"
         );
         let deadline = Instant::now() + timeout;
         let mut pause = LOCK_RETRY_FIRST;
@@ -854,6 +886,14 @@ impl PgStore {
                 SimpleQueryMessage::Row(r) => Some((r.get(0) == Some("t"), r.get(1) == Some("on"))),
                 _ => None,
             });
+            // Nor is one spent when a newer version's schema would refuse its successor.
+            let schema = answer.iter().find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(2).and_then(|v| v.trim().parse::<i64>().ok()),
+                _ => None,
+            });
+            if let Some(v) = schema.filter(|v| *v > i64::from(SCHEMA_VERSION)) {
+                return Err(self.newer_schema(v));
+            }
             if row.is_some_and(|(_, read_only)| read_only) {
                 return Err(Error::StoreUnavailable(format!(
                     "{} is read-only (default_transaction_read_only, or a standby): no token is refreshed while the new one could not be saved",
