@@ -288,3 +288,24 @@ test("OAUTH_POOL_STORE with its scheme in upper case is the store, as postgres:/
     });
   }
 });
+
+test("a fleet store URL's password never shows: one with a raw ? in it, or the URL pasted with a space before it to store init", async () => {
+  // The connection-string parser takes the user part up to the first @, so `pw?x` is the
+  // password, and doctor showed it whole; with a space before it the URL was parsed as
+  // key=value pairs, and store init's refusal named the first "key": the URL up to its `=`.
+  const secret = ["Zq7", "pw"].join("");
+  const key = "ab".repeat(32);
+  const cases = [
+    ["doctor", "--json", "--path", `postgres://pool:${secret}?x@127.0.0.1:1/pool`],
+    ["list", "--json", "--path", `postgres://pool:${secret}?x@127.0.0.1:1/pool`],
+    ["store", "init", "--json", ` postgres://pool:${secret}@127.0.0.1:1/pool?sslmode=disable`],
+    ["store", "init", "--json", `POSTGRES://pool:${secret}@127.0.0.1:1/pool?sslmode=disable`],
+  ];
+  for (const args of cases) {
+    const r = await cli(args, { env: { OAUTH_POOL_STORE_KEY: key } });
+    const said = r.stdout + r.stderr;
+    assert.ok(!said.includes(secret), `${args.join(" ")}: ${said}`);
+    // Taken as the URL it is: the connection was tried (port 1 refuses at once).
+    assert.match(said, /STORE_UNAVAILABLE|cannot reach/, `${args.join(" ")}: ${said}`);
+  }
+});

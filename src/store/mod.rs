@@ -141,15 +141,7 @@ impl Store {
     /// A file path or a postgres:// URL.
     pub fn open(location: &str) -> Result<Store> {
         if is_database(location) {
-            // A scheme is case-insensitive (RFC 3986), and `is_database` takes any case: the
-            // connection-string parser takes only lower case, and `POSTGRES://…` was refused
-            // as "invalid connection string: unexpected EOF".
-            let location = location.trim();
-            let url = match location.split_once("://") {
-                Some((scheme, rest)) => format!("{}://{rest}", scheme.to_ascii_lowercase()),
-                None => location.to_string(),
-            };
-            return Ok(Store::Postgres(Arc::new(PgStore::open(&url)?)));
+            return Ok(Store::Postgres(Arc::new(PgStore::open(location)?)));
         }
         Ok(Store::File(FileStore::new(crate::config::pool_path(
             Some(location),

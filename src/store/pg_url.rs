@@ -15,22 +15,33 @@ use crate::secret::scrub_tokens;
 /// `***`, the rest as written. Read by hand rather than by a URL parser, which refuses what libpq
 /// takes (several hosts, no host, a socket path in `host=`), so every store URL shows.
 pub fn redact(url: &str) -> String {
-    let (address, query) = match url.split_once('?') {
+    let (head, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let address_end = rest.find('?').unwrap_or(rest.len());
+    // Up to the last `@` before the query is the user part, even past a `/`: a password written
+    // with a raw `/` or `@` in it must not show (a database name with `@` in it shows cut
+    // instead). tokio-postgres reads the user part up to the first `@` of the whole URL, so a
+    // password with a raw `?` in it is the user part too (it showed whole: the query began in it).
+    let in_address = rest[..address_end].rfind('@');
+    let first = rest.find('@').filter(|&at| rest[..at].contains(':'));
+    let (mut shown, after) = match in_address.max(first) {
+        Some(at) => {
+            let user = &rest[..at];
+            let shown = match user.split_once(':') {
+                Some((name, _)) => format!("{head}{name}:***@"),
+                None => format!("{head}{user}@"),
+            };
+            (shown, &rest[at + 1..])
+        }
+        None => (head, rest),
+    };
+    let (address, query) = match after.split_once('?') {
         Some((a, q)) => (a, Some(q)),
-        None => (url, None),
+        None => (after, None),
     };
-    let mut shown = match address.split_once("://") {
-        // Up to the last `@` is the user part, even past a `/`: a password written with a raw
-        // `/` in it must not show (a database name with `@` in it shows cut instead).
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((user, after)) => match user.split_once(':') {
-                Some((name, _)) => format!("{scheme}://{name}:***@{after}"),
-                None => format!("{scheme}://{user}@{after}"),
-            },
-            None => format!("{scheme}://{rest}"),
-        },
-        None => address.to_string(),
-    };
+    shown.push_str(address);
     if let Some(query) = query {
         let pairs: Vec<String> = query
             .split('&')
@@ -211,6 +222,19 @@ mod tests {
             "a password holding @ or :"
         );
         assert_eq!(redact("postgres://u:pa/ss@h/db"), "postgres://u:***@h/db");
+        // tokio-postgres takes the user part up to the first `@`: this connects with `pa?ss`.
+        assert_eq!(
+            redact("postgres://u:pa?ss@h/db?sslmode=disable"),
+            "postgres://u:***@h/db?sslmode=disable"
+        );
+        assert_eq!(
+            redact("postgres://u@h/db?application_name=a@b&password=secret"),
+            "postgres://u@h/db?application_name=a@b&password=***"
+        );
+        assert_eq!(
+            redact("postgres://h/db?password=sec@ret"),
+            "postgres://h/db?password=***"
+        );
     }
 
     #[test]

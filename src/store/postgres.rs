@@ -148,7 +148,7 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-/// A connection URL with any password replaced.
+/// A digest of a connection URL (see `PgStore::identity`): no password shows in it.
 fn identity_of(url: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(url.trim().as_bytes())
@@ -215,8 +215,23 @@ impl std::fmt::Debug for PgRefreshLock {
     }
 }
 
+/// The URL as the connection-string parser takes it. A scheme is case-insensitive (RFC 3986),
+/// and `is_database` takes any case and surrounding spaces: the parser takes only a lower-case
+/// scheme at the very start, and read anything else as `key=value` pairs, refused naming the
+/// first key: `POSTGRES://…` as "unexpected EOF", and ` postgres://u:pw@h/db?sslmode=…` (a
+/// pasted URL, to `store init`) as "unknown option `postgres://u:pw@h/db?sslmode`", the
+/// password in the message.
+fn normalized(url: &str) -> String {
+    let url = url.trim();
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{}://{rest}", scheme.to_ascii_lowercase()),
+        None => url.to_string(),
+    }
+}
+
 impl PgStore {
     pub fn open(url: &str) -> Result<PgStore> {
+        let url = &normalized(url);
         let (config, roots) = parse(url).map_err(|e| {
             Error::InvalidArgument(scrub_tokens(&format!(
                 "the fleet store URL is not a PostgreSQL URL this store can use ({e})"
@@ -246,6 +261,7 @@ impl PgStore {
     }
 
     fn open_without_key(url: &str) -> Result<PgStore> {
+        let url = &normalized(url);
         let (config, roots) = parse(url).map_err(|e| {
             Error::InvalidArgument(scrub_tokens(&format!(
                 "not a PostgreSQL URL this store can use ({e})"
