@@ -229,6 +229,69 @@ test("a 429 rejecting a scoped window of a name that is no model family rests th
   await lib.resetCooldowns(path);
 });
 
+test("a throttle of a sonnet request while the account's opus week is spent rests for the throttle, not for opus's week", async () => {
+  // An answer carries every window of the account: the opus window's `rejected` comes with a
+  // sonnet request's 10 s throttle too. Taken for its reason, sonnet rested there 3 days.
+  const email = "opus-spent@x.test";
+  const path = await seedPool(mock, [email]);
+  const p = "anthropic-ratelimit-unified";
+  const opusReset = String(Math.floor(Date.now() / 1000) + 3 * 86400);
+  mock.script(email, [
+    {
+      status: 429,
+      headers: {
+        "retry-after": "2",
+        [`${p}-7d_opus-status`]: "rejected",
+        [`${p}-7d_opus-utilization`]: "1.0",
+        [`${p}-7d_opus-reset`]: opusReset,
+        [`${p}-5h-status`]: "allowed",
+      },
+    },
+  ]);
+  const res = await ask(createPoolFetch({ path }), "claude-sonnet-4-5");
+  assert.equal(res.status, 429, "the only account: the pool's own 429");
+  await res.text();
+  // The throttle's 2 s plus at most the reopening spread (10 s by default).
+  assert.ok(Number(res.headers.get("retry-after")) <= 60, `retry-after ${res.headers.get("retry-after")}`);
+  await flushPool(path);
+  const a = account(path, email);
+  assert.equal(a.modelCooldowns?.sonnet, undefined, JSON.stringify(a.modelCooldowns));
+  assert.ok(a.rateLimitUntil > Date.now() && a.rateLimitUntil < Date.now() + 60_000, `${a.rateLimitUntil - Date.now()} ms`);
+  const st = await poolStatus(path);
+  assert.deepEqual(st.accounts[0].modelCooldowns, {});
+  await lib.resetCooldowns(path);
+});
+
+test("a 429 whose overall rejection is claimed by the 5-hour window (no window's own status) rests the whole account, not only the model asked for", async () => {
+  const email = "claim@x.test";
+  const path = await seedPool(mock, [email]);
+  const p = "anthropic-ratelimit-unified";
+  mock.script(email, [
+    {
+      status: 429,
+      headers: {
+        [`${p}-status`]: "rejected",
+        [`${p}-reset`]: String(Math.floor(Date.now() / 1000) + 3600),
+        [`${p}-representative-claim`]: "five_hour",
+      },
+    },
+  ]);
+  const f = createPoolFetch({ path });
+  const sonnet = await ask(f, "claude-sonnet-4-5");
+  assert.equal(sonnet.status, 429);
+  await sonnet.text();
+  mock.clearRequests();
+  // Every model is out until the 5-hour window resets: opus is not sent there to be refused.
+  const opus = await ask(f, "claude-opus-4-1");
+  assert.equal(opus.status, 429, "the pool's own 429");
+  await opus.text();
+  assert.equal(mock.requests.length, 0, "nothing sent upstream");
+  assert.ok(Number(opus.headers.get("retry-after")) >= 3500, opus.headers.get("retry-after"));
+  await flushPool(path);
+  assert.ok(account(path, email).rateLimitUntil > Date.now() + 3_500_000);
+  await lib.resetCooldowns(path);
+});
+
 test("a machine clock an hour off (WSL after sleep): a window's cooldown still ends at its reset, read by the answer's Date", async () => {
   for (const [label, offsetSec] of [
     ["slow", 3600],

@@ -469,7 +469,9 @@ impl Cooldown {
 /// - Rejected windows that are all model-scoped (`7d_sonnet`), or a unified status `rejected`
 ///   while no account-wide window is, rest only the request's model family on this account
 ///   (the window's scope when the request named no model): a quota for one model never benches
-///   the others.
+///   the others. Another model family's window is no reason for this request's 429, and the
+///   unified status is the representative claim's window's: an account-wide claim rests the
+///   account, another model's claim is not this request's.
 /// - Otherwise it is a throttle: `retry-after`, or 5 s, for the whole account, or for the
 ///   request's `endpoint` alone when that has limits of its own (`endpoint_limits`).
 ///
@@ -486,13 +488,23 @@ pub fn cooldown_for_429(
     let retry_at = limits
         .retry_after_ms
         .map(|d| now_ms.saturating_add(d.max(MIN_REST_MS)));
-    let mut rejected: Vec<&Window> = limits.windows.iter().filter(|w| w.rejected()).collect();
+    // An answer carries every window the account has: another model's exhausted quota (a
+    // `7d_opus` rejected for days) comes with a sonnet request's throttle too, and taken for its
+    // reason it rested sonnet on the account until opus's weekly reset.
+    let relevant = |w: &&Window| !w.scope().is_some_and(|s| another_models(s, family));
+    let mut rejected: Vec<&Window> = limits
+        .windows
+        .iter()
+        .filter(|w| w.rejected())
+        .filter(relevant)
+        .collect();
     // Some exhausted-window answers carry no per-window status, only utilization past 100 %.
     if rejected.is_empty() {
         rejected = limits
             .windows
             .iter()
             .filter(|w| w.utilization.is_some_and(|u| u >= 1.0))
+            .filter(relevant)
             .collect();
     }
     let cap = |until: i64| until.min(now_ms + MAX_COOLDOWN_MS);
@@ -502,18 +514,33 @@ pub fn cooldown_for_429(
             .filter_map(|w| w.reset.filter(|r| *r > now_ms).map(|r| (r, w.name.clone())))
             .max_by_key(|(r, _)| *r)
     };
-    let overall_hard = limits.status.as_deref().is_some_and(is_hard);
+    // The overall status is about the window the representative claim names: when that is
+    // another model's, it says nothing about this request; when it is an account-wide one
+    // (`five_hour`), the whole account is out, whatever model the request named.
+    let claim = limits
+        .representative_claim
+        .as_deref()
+        .and_then(claimed_window);
+    let claim_scope = claim.as_deref().map(|c| c.split_once('_').map(|(_, s)| s));
+    let overall_hard = limits.status.as_deref().is_some_and(is_hard)
+        && !claim_scope
+            .flatten()
+            .is_some_and(|s| another_models(s, family));
+    let overall_account_wide = overall_hard && claim_scope == Some(None);
     let account_wide: Vec<&Window> = rejected
         .iter()
         .copied()
         .filter(|w| w.scope().is_none())
         .collect();
-    if !account_wide.is_empty() || (overall_hard && rejected.is_empty() && family.is_none()) {
+    if !account_wide.is_empty()
+        || (overall_hard && rejected.is_empty() && (family.is_none() || overall_account_wide))
+    {
         // The overall reset first: on a tie the named window (e.g. `5h`) wins, which says more.
         let mut candidates: Vec<(i64, String)> = Vec::new();
         if overall_hard {
             if let Some(r) = limits.reset.filter(|r| *r > now_ms) {
-                candidates.push((r, "unified".to_string()));
+                let name = claim.filter(|_| overall_account_wide);
+                candidates.push((r, name.unwrap_or_else(|| "unified".to_string())));
             }
         }
         candidates.extend(latest(&account_wide));
@@ -567,6 +594,32 @@ pub fn cooldown_for_429(
         kind: CooldownKind::Burst,
         scope: endpoint.map(str::to_string),
     }
+}
+
+/// Whether a window's `scope` is the quota of a model family other than the request's: a
+/// family's name (`opus`, as `model_family` makes them), not the request's. A scope that is
+/// no family's name (`oauth_apps`, a name new tomorrow) may be what refused any request.
+fn another_models(scope: &str, family: Option<&str>) -> bool {
+    family.is_some_and(|f| {
+        !scope.eq_ignore_ascii_case(f)
+            && model_family(scope).is_some_and(|m| m.eq_ignore_ascii_case(scope))
+    })
+}
+
+/// The window a `representative-claim` names, as the windows' headers name it: `five_hour` ->
+/// `5h`, `seven_day` -> `7d`, `seven_day_opus` -> `7d_opus`. None for any other claim.
+fn claimed_window(claim: &str) -> Option<String> {
+    let claim = claim.trim().to_ascii_lowercase();
+    [("five_hour", "5h"), ("seven_day", "7d")]
+        .iter()
+        .find_map(|(long, short)| {
+            let rest = claim.strip_prefix(long)?;
+            match rest.strip_prefix('_') {
+                Some(scope) if !scope.is_empty() => Some(format!("{short}_{scope}")),
+                _ if rest.is_empty() => Some((*short).to_string()),
+                _ => None,
+            }
+        })
 }
 
 /// A spend limit rests the whole account until the month turns (UTC; a later `retry-after` wins),
@@ -1195,6 +1248,114 @@ pub(crate) mod tests {
             now(),
         );
         assert_eq!(cooldown_for_429(&l, NOW, Some("sonnet"), None).scope, None);
+    }
+
+    /// Every answer carries every window the account has: a sonnet request throttled while the
+    /// account's opus week is spent brought `7d_opus: rejected` along, and sonnet rested on the
+    /// account until opus's reset, days, for a 10 s throttle.
+    #[test]
+    fn another_models_spent_quota_does_not_rest_the_model_asked_for() {
+        let opus_reset = (NOW / 1000 + 3 * 86_400).to_string();
+        let opus_out = [
+            ("anthropic-ratelimit-unified-7d_opus-status", "rejected"),
+            ("anthropic-ratelimit-unified-7d_opus-utilization", "1.0"),
+            (
+                "anthropic-ratelimit-unified-7d_opus-reset",
+                opus_reset.as_str(),
+            ),
+            ("anthropic-ratelimit-unified-5h-status", "allowed"),
+        ];
+        let with = |more: &[(&'static str, &'static str)]| {
+            let mut lines = opus_out.to_vec();
+            lines.extend_from_slice(more);
+            Limits::from_headers(&headers(&lines), now())
+        };
+        for limits in [
+            with(&[("retry-after", "10")]),
+            with(&[
+                ("retry-after", "10"),
+                ("anthropic-ratelimit-unified-status", "rejected"),
+                (
+                    "anthropic-ratelimit-unified-representative-claim",
+                    "seven_day_opus",
+                ),
+            ]),
+        ] {
+            let c = cooldown_for_429(&limits, NOW, Some("sonnet"), None);
+            assert_eq!(
+                (c.kind, c.scope, c.until),
+                (CooldownKind::Burst, None, NOW + 10_000),
+                "a throttle, not opus's week"
+            );
+        }
+        // With only utilization said (no statuses), the same.
+        let util = Limits::from_headers(
+            &headers(&[
+                ("anthropic-ratelimit-unified-7d_opus-utilization", "1.0"),
+                ("anthropic-ratelimit-unified-7d_opus-reset", &opus_reset),
+            ]),
+            now(),
+        );
+        let c = cooldown_for_429(&util, NOW, Some("sonnet"), None);
+        assert_eq!(
+            (c.kind, c.until),
+            (CooldownKind::Burst, NOW + BURST_DEFAULT_MS)
+        );
+        // The opus request it refuses rests opus until then, as before; so does one that named
+        // no model (the window's own scope is all there is to go by), and a window whose scope
+        // names no model family still rests the model asked for.
+        let limits = with(&[("retry-after", "10")]);
+        for family in [Some("opus"), None] {
+            let c = cooldown_for_429(&limits, NOW, family, None);
+            assert_eq!(
+                (c.scope.as_deref(), c.until),
+                (Some("opus"), NOW + 3 * 86_400_000),
+                "{family:?}"
+            );
+        }
+        assert!(!another_models("oauth_apps", Some("sonnet")));
+        assert!(!another_models("Sonnet", Some("sonnet")));
+        assert!(another_models("Opus", Some("sonnet")));
+        assert!(!another_models("opus", None));
+    }
+
+    /// The overall status with the representative claim and no window's status: `five_hour` is
+    /// the account's 5-hour window, spent for every model (it rested only the model asked for,
+    /// and each other model was refused once more before it rested too).
+    #[test]
+    fn an_overall_rejection_claimed_by_an_account_wide_window_rests_the_account() {
+        let reset = (NOW / 1000 + 3600).to_string();
+        let said = |claim: &'static str| {
+            Limits::from_headers(
+                &headers(&[
+                    ("anthropic-ratelimit-unified-status", "rejected"),
+                    ("anthropic-ratelimit-unified-reset", &reset),
+                    ("anthropic-ratelimit-unified-representative-claim", claim),
+                ]),
+                now(),
+            )
+        };
+        for (claim, name) in [("five_hour", "5h"), ("seven_day", "7d")] {
+            let c = cooldown_for_429(&said(claim), NOW, Some("sonnet"), None);
+            assert_eq!(
+                (c.kind, c.scope, c.until),
+                (CooldownKind::Window(name.into()), None, NOW + 3_600_000),
+                "{claim}"
+            );
+        }
+        // A model's claim, or one of no known shape, rests the model asked for, as before.
+        for claim in ["seven_day_sonnet", "overage", "weekly"] {
+            let c = cooldown_for_429(&said(claim), NOW, Some("sonnet"), None);
+            assert_eq!(
+                (c.scope.as_deref(), c.until),
+                (Some("sonnet"), NOW + 3_600_000),
+                "{claim}"
+            );
+        }
+        assert_eq!(claimed_window("seven_day_opus").as_deref(), Some("7d_opus"));
+        assert_eq!(claimed_window(" Five_Hour ").as_deref(), Some("5h"));
+        assert_eq!(claimed_window("five_hours"), None);
+        assert_eq!(claimed_window("seven_day_"), None);
     }
 
     #[test]
