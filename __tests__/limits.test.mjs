@@ -7,6 +7,7 @@ import { watch } from "node:fs";
 import { basename, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
+import { statusText } from "../lib/cli/accounts.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
 import { useMock, seedPool, account, readPool, messagesUrl, jsonHeaders, withEnv } from "./helpers/pool-env.mjs";
 
@@ -290,6 +291,39 @@ test("a 429 whose overall rejection is claimed by the 5-hour window (no window's
   await flushPool(path);
   assert.ok(account(path, email).rateLimitUntil > Date.now() + 3_500_000);
   await lib.resetCooldowns(path);
+});
+
+for (const transport of ["native", "runtime"]) {
+  test(`a retry-after said twice with values that disagree (a proxy adding its own) rests the longer, on either transport (${transport})`, async () => {
+    // Node's fetch joins them ("30, 600"): read as garbage, the account rested 5 s; the other
+    // transport took the first, 30 s.
+    const email = `twice-${transport}@x.test`;
+    const path = await seedPool(mock, [email]);
+    mock.script(email, [{ status: 429, headers: { "retry-after": ["30", "600"] } }]);
+    const res = await ask(createPoolFetch({ path, transport }), "claude-sonnet-4-5");
+    assert.equal(res.status, 429);
+    await res.text();
+    await flushPool(path);
+    const left = account(path, email).rateLimitUntil - Date.now();
+    assert.ok(left > 590_000 && left <= 600_000, `rests ${left} ms`);
+    await lib.resetCooldowns(path);
+  });
+}
+
+test("a window's use said as an absurd number is not kept: status shows no Infinity%", async () => {
+  const email = "absurd-use@x.test";
+  const path = await seedPool(mock, [email]);
+  mock.script(email, [{ status: 200, headers: { "anthropic-ratelimit-unified-5h-utilization": "1e308" } }]);
+  const res = await ask(createPoolFetch({ path }), "claude-sonnet-4-5");
+  assert.equal(res.status, 200);
+  await res.text();
+  await flushPool(path);
+  const st = await poolStatus(path);
+  const w = st.accounts[0].windows.find((x) => x.name === "5h");
+  assert.equal(w.utilization, null, JSON.stringify(w));
+  const shown = statusText(st, Date.now(), null);
+  assert.doesNotMatch(shown, /Infinity|NaN|e\+/, shown);
+  assert.match(shown, /5h \[-+\] \?/, shown);
 });
 
 test("a machine clock an hour off (WSL after sleep): a window's cooldown still ends at its reset, read by the answer's Date", async () => {

@@ -264,12 +264,16 @@ pub struct Limits {
 
 const WINDOW_FIELDS: &[&str] = &["surpassed-threshold", "utilization", "status", "reset"];
 
+/// The most a window's use is read as (1,000 %): a spent window says a little over 1.0, and a
+/// number past this is no window's (`1e308` was kept, and `status` showed `Infinity%`).
+const MAX_FRACTION: f64 = 10.0;
+
 fn fraction(value: &str) -> Option<f64> {
     value
         .trim()
         .parse::<f64>()
         .ok()
-        .filter(|u| u.is_finite() && *u >= 0.0)
+        .filter(|u| (0.0..=MAX_FRACTION).contains(u))
 }
 
 /// A header value as text we keep: short, printable, and nothing shaped like a token. It is
@@ -283,6 +287,49 @@ fn short(value: &str) -> String {
         .take(64)
         .collect();
     crate::secret::scrub_tokens(&kept)
+}
+
+/// The values of a header said more than once, as a runtime's `Headers` joins them ("30, 600"),
+/// each on its own (a value said once is among them). An HTTP date holds a comma of its own
+/// after its weekday: each piece is also tried with the next one. At most 16 pieces are read.
+fn listed(value: &str) -> impl Iterator<Item = String> + '_ {
+    let pieces: Vec<&str> = value.split(',').take(16).collect();
+    let pairs: Vec<String> = pieces
+        .windows(2)
+        .map(|p| format!("{},{}", p[0], p[1]))
+        .collect();
+    let whole = (pieces.len() == 1).then(|| value.to_string());
+    whole
+        .into_iter()
+        .chain(
+            pieces
+                .into_iter()
+                .filter(|_| value.contains(','))
+                .map(str::to_string),
+        )
+        .chain(pairs)
+}
+
+/// A status said more than once, or after another: a hard one (`rejected`) over any soft one,
+/// else the last said. Two answers in one cannot both be true, and the one that refuses is what
+/// a 429 is judged by.
+fn severest(known: Option<String>, value: &str) -> Option<String> {
+    let said: Vec<String> = value
+        .split(',')
+        .map(short)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let hard = said.iter().find(|v| is_hard(v)).cloned();
+    let fresh = hard.clone().or_else(|| said.last().cloned());
+    match known {
+        Some(k) if is_hard(&k) && hard.is_none() => Some(k),
+        known => fresh.or(known),
+    }
+}
+
+/// A reset said more than once: the latest.
+fn latest_reset(known: Option<i64>, value: &str) -> Option<i64> {
+    value.split(',').filter_map(parse_reset).chain(known).max()
 }
 
 /// Below this, a `Date` header and the local clock are taken to agree: `Date` has whole seconds,
@@ -346,10 +393,21 @@ impl Limits {
 
     /// The limits as the server stated them, its epoch times as they are.
     fn as_stated(headers: &HeaderMap, now: SystemTime) -> Limits {
-        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let retry_after = get("retry-after-ms")
-            .and_then(parse_retry_after_ms)
-            .or_else(|| get("retry-after").and_then(|v| parse_retry_after(v, now)))
+        // Said more than once (a proxy adding its own), the longest wait is the server's word:
+        // Node's `Headers` hands the values over joined ("30, 600") and the other transport one
+        // by one, and a joined pair, read as garbage, rested the account 5 s where the other
+        // transport rested it 30.
+        let longest = |name: &str, parse: &dyn Fn(&str) -> Option<Duration>| {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(listed)
+                .filter_map(|v| parse(&v))
+                .max()
+        };
+        let retry_after = longest("retry-after-ms", &parse_retry_after_ms)
+            .or_else(|| longest("retry-after", &|v| parse_retry_after(v, now)))
             .map(|d| d.as_millis().min(i64::MAX as u128) as i64);
         let mut limits = Limits {
             retry_after_ms: retry_after,
@@ -361,8 +419,8 @@ impl Limits {
             };
             let Ok(value) = value.to_str() else { continue };
             match rest {
-                "status" => limits.status = Some(short(value)),
-                "reset" => limits.reset = parse_reset(value),
+                "status" => limits.status = severest(limits.status.take(), value),
+                "reset" => limits.reset = latest_reset(limits.reset, value),
                 "representative-claim" => limits.representative_claim = Some(short(value)),
                 "fallback-percentage" | "fallback" => {}
                 "overage-status" => limits.overage.status = Some(short(value)),
@@ -384,11 +442,17 @@ impl Limits {
                     let Some(w) = limits.window_mut(window) else {
                         continue;
                     };
+                    let most = |known: Option<f64>| {
+                        listed(value)
+                            .filter_map(|v| fraction(&v))
+                            .chain(known)
+                            .max_by(f64::total_cmp)
+                    };
                     match field {
-                        "status" => w.status = Some(short(value)),
-                        "reset" => w.reset = parse_reset(value),
-                        "utilization" => w.utilization = fraction(value),
-                        _ => w.surpassed_threshold = fraction(value),
+                        "status" => w.status = severest(w.status.take(), value),
+                        "reset" => w.reset = latest_reset(w.reset, value),
+                        "utilization" => w.utilization = most(w.utilization),
+                        _ => w.surpassed_threshold = most(w.surpassed_threshold),
                     }
                 }
             }
@@ -860,6 +924,84 @@ pub(crate) mod tests {
         assert_eq!(l.retry_after_ms, Some(9000));
     }
 
+    /// A header said twice with values that disagree (a proxy adding its own): the same reading
+    /// whether the values come one by one (the Rust transport) or joined by Node's `Headers`
+    /// ("30, 600", the runtime transport), and the one that rests longer. Joined, the pair was
+    /// garbage: a 5 s rest where the other transport rested 30 s, and a window `rejected,
+    /// allowed` was not rejected.
+    #[test]
+    fn a_header_said_twice_reads_the_same_joined_or_apart_and_the_longer_wait_wins() {
+        let reset = NOW / 1000 + 3600;
+        let (early, late) = (reset.to_string(), (reset + 600).to_string());
+        let in_90 = httpdate::fmt_http_date(now() + Duration::from_secs(90));
+        let in_900 = httpdate::fmt_http_date(now() + Duration::from_secs(900));
+        let twice: &[(&str, [&str; 2])] = &[
+            ("retry-after", ["30", "600"]),
+            (
+                "anthropic-ratelimit-unified-5h-status",
+                ["rejected", "allowed"],
+            ),
+            ("anthropic-ratelimit-unified-5h-reset", [&late, &early]),
+            (
+                "anthropic-ratelimit-unified-5h-utilization",
+                ["1.02", "0.4"],
+            ),
+            (
+                "anthropic-ratelimit-unified-status",
+                ["allowed", "rejected"],
+            ),
+        ];
+        let apart = {
+            let mut h = HeaderMap::new();
+            for (name, values) in twice {
+                for v in values {
+                    h.append(
+                        HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                        HeaderValue::from_str(v).unwrap(),
+                    );
+                }
+            }
+            Limits::from_headers(&h, now())
+        };
+        let joined: Vec<(&str, String)> = twice
+            .iter()
+            .map(|(name, values)| (*name, values.join(", ")))
+            .collect();
+        let joined: Vec<(&str, &str)> = joined.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let joined = Limits::from_headers(&headers(&joined), now());
+        for l in [&apart, &joined] {
+            assert_eq!(l.retry_after_ms, Some(600_000));
+            assert_eq!(l.status.as_deref(), Some("rejected"));
+            let w = l.window("5h").unwrap();
+            assert_eq!(
+                (w.status.as_deref(), w.reset, w.utilization),
+                (Some("rejected"), Some((reset + 600) * 1000), Some(1.02))
+            );
+            let c = cooldown_for_429(l, NOW, None, None);
+            assert_eq!(c.until, NOW + 4_200_000);
+        }
+        // HTTP dates hold a comma of their own.
+        let dates = format!("{in_900}, {in_90}");
+        for value in [dates.as_str(), in_900.as_str()] {
+            let l = Limits::from_headers(&headers(&[("retry-after", value)]), now());
+            assert_eq!(l.retry_after_ms, Some(900_000), "{value}");
+        }
+        let l = Limits::from_headers(&headers(&[("retry-after", "soon, 45")]), now());
+        assert_eq!(l.retry_after_ms, Some(45_000));
+        let l = Limits::from_headers(&headers(&[("retry-after-ms", "1500, 800")]), now());
+        assert_eq!(l.retry_after_ms, Some(1_500));
+        // A soft status after a hard one in a later header of the same answer keeps the hard.
+        assert_eq!(
+            severest(Some("rejected".into()), "allowed").as_deref(),
+            Some("rejected")
+        );
+        assert_eq!(
+            severest(Some("allowed".into()), "allowed_warning").as_deref(),
+            Some("allowed_warning")
+        );
+        assert_eq!(severest(None, " , ").as_deref(), None);
+    }
+
     /// A machine whose clock is off (WSL after sleep, a restored VM): the server's epoch times
     /// are moved onto the local clock by the answer's `Date`.
     #[test]
@@ -1082,6 +1224,13 @@ pub(crate) mod tests {
         );
         assert_eq!(l.window("5h").unwrap().utilization, Some(0.93));
         assert_eq!(l.window("7d").unwrap().utilization, None);
+        for garbage in ["1e308", "inf", "NaN", "-0.1", "11"] {
+            let l = Limits::from_headers(
+                &headers(&[("anthropic-ratelimit-unified-5h-utilization", garbage)]),
+                now(),
+            );
+            assert_eq!(l.window("5h").unwrap().utilization, None, "{garbage}");
+        }
         assert_eq!(
             cooldown_for_429(&l, NOW, None, None).kind,
             CooldownKind::Burst
