@@ -225,7 +225,10 @@ test("a read-only database: valid tokens keep serving, writes are STORE_UNAVAILA
 
 test("a newer version's schema migrated in while a host runs: it writes nothing over it and spends no refresh token, and serves valid tokens", async () => {
   const f = await fleet([oauthEntry("valid@hostile.test", { priority: 5 }), oauthEntry("stale@hostile.test", { expired: true })]);
-  const stored = async () => [await f.sql("SELECT position, entry::text FROM oauth_pool_entries ORDER BY position"), await f.sql("SELECT name, value FROM oauth_pool_meta ORDER BY name")];
+  const stored = async () => [
+    await f.sql("SELECT position, entry::text FROM oauth_pool_entries ORDER BY position"),
+    await f.sql("SELECT name, value FROM oauth_pool_meta ORDER BY name"),
+  ];
   const host = startHostProcess(f.a);
   try {
     await host.ready;
@@ -248,7 +251,9 @@ test("a newer version's schema migrated in while a host runs: it writes nothing 
     // Back to a schema it knows (the upgrade undone): the usage it kept is written.
     await f.sql("UPDATE oauth_pool_meta SET value = '1' WHERE name = 'schema'");
     await host.ask("flush");
-    const written = await until("SELECT value FROM oauth_pool_meta WHERE name = 'generation'", (g) => g !== before[1].match(/generation\|(\d+)/)[1] + "\n", { db: f.db.name });
+    const written = await until("SELECT value FROM oauth_pool_meta WHERE name = 'generation'", (g) => g !== `${before[1].match(/generation\|(\d+)/)[1]}\n`, {
+      db: f.db.name,
+    });
     assert.ok(Number(written) > 0, written);
   } finally {
     await host.close();
