@@ -223,6 +223,49 @@ test("a read-only database: valid tokens keep serving, writes are STORE_UNAVAILA
   assert.equal(await f.sql("SELECT position, entry::text FROM oauth_pool_entries ORDER BY position"), before, "nothing was written or lost");
 });
 
+test("a write the server refuses, the server then silent: the CLI ends with the refusal within seconds, not when TCP gives up", async () => {
+  const f = await fleet([oauthEntry("refused@hostile.test")]);
+  // The refusal: a trigger on the rows every write rewrites.
+  await f.sql(`CREATE FUNCTION refuse_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'write refused by the test trigger'; END $$;
+    CREATE TRIGGER refuse_write BEFORE INSERT OR UPDATE OR DELETE ON oauth_pool_entries FOR EACH STATEMENT EXECUTE FUNCTION refuse_write();`);
+  // A relay in front of the server: a connection that has carried the refusal passes nothing
+  // more either way (the server gone silent right after its answer).
+  const { createServer, connect } = await import("node:net");
+  const relay = createServer((client) => {
+    const upstream = connect(pg.port, "127.0.0.1");
+    let mute = false;
+    client.on("data", (d) => mute || upstream.write(d));
+    upstream.on("data", (d) => {
+      if (mute) return;
+      client.write(d);
+      if (d.includes("write refused by the test trigger")) mute = true;
+    });
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    for (const s of [client, upstream]) {
+      s.on("error", end);
+      s.on("close", end);
+    }
+  });
+  await new Promise((r) => relay.listen(0, "127.0.0.1", r));
+  try {
+    const host = makeHost("relayed", f.db.url.replace(`:${pg.port}/`, `:${relay.address().port}/`));
+    const started = Date.now();
+    // It waited on the ROLLBACK after the refusal, with the pool's writer lock held, until TCP
+    // gave up on the connection (about 15 minutes).
+    const write = await Promise.race([cliJson(host, "priority", "refused@hostile.test", "3"), sleep(25_000).then(() => null)]);
+    assert.ok(write, "the CLI had not ended after 25 s");
+    assert.equal(write.code, 1, write.stdout + write.stderr);
+    assert.equal(write.err?.code, "STORE_UNAVAILABLE", write.stdout);
+    assert.match(write.err.message, /write refused by the test trigger/);
+    assert.ok(Date.now() - started < 20_000, `${Date.now() - started} ms`);
+  } finally {
+    relay.close();
+  }
+});
+
 test("a newer version's schema migrated in while a host runs: it writes nothing over it and spends no refresh token, and serves valid tokens", async () => {
   const f = await fleet([oauthEntry("valid@hostile.test", { priority: 5 }), oauthEntry("stale@hostile.test", { expired: true })]);
   const stored = async () => [

@@ -67,6 +67,8 @@ const FRESH_FOR: Duration = Duration::from_millis(250);
 /// The check of the generation before a request, connecting included, is given this long: past
 /// it, the request is served from the last pool read rather than waiting for the store.
 const STAMP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the ROLLBACK after a failed write is waited for (`rolled_back`).
+const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// After a failed check, requests do not ask again for this long (the store is down or mute:
 /// without it, every request waited out the timeouts again).
 const STAMP_BACKOFF: Duration = Duration::from_secs(5);
@@ -171,6 +173,17 @@ pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     text
+}
+
+/// Whether a failed transaction was rolled back within `ROLLBACK_TIMEOUT`. Its error is the
+/// caller's answer: a server gone silent just after it (the ROLLBACK unanswered until TCP gave
+/// up, about 15 minutes) held the pool's writer lock and the caller's write meanwhile. A
+/// connection not rolled back is not used again (dropped, the server rolls it back itself).
+async fn rolled_back(client: &Client) -> bool {
+    matches!(
+        tokio::time::timeout(ROLLBACK_TIMEOUT, client.batch_execute("ROLLBACK")).await,
+        Ok(Ok(()))
+    )
 }
 
 fn unavailable(e: impl std::error::Error + 'static) -> Error {
@@ -548,10 +561,7 @@ impl PgStore {
         let result = tokio::time::timeout(QUERY_TIMEOUT, work)
             .await
             .map_err(|_| self.silent("the schema setup"))?;
-        if result.is_err() {
-            let _ = client.batch_execute("ROLLBACK").await;
-        }
-        if !client.is_closed() {
+        if (result.is_ok() || rolled_back(&client).await) && !client.is_closed() {
             *guard = Some(client);
         }
         result
@@ -753,10 +763,7 @@ impl PgStore {
         let result = tokio::time::timeout(QUERY_TIMEOUT, self.update_on(&client, change, offset))
             .await
             .map_err(|_| self.silent("a write of the pool"))?;
-        if result.is_err() {
-            let _ = client.batch_execute("ROLLBACK").await;
-        }
-        if !client.is_closed() {
+        if (result.is_ok() || rolled_back(&client).await) && !client.is_closed() {
             *guard = Some(client);
         }
         result
