@@ -12,7 +12,15 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
-import { CLI, cliJson, oauthEntry as entryOf, seedStore as seedFrom, startHostProcess as startHost, storedPool as storedFrom } from "./helpers/fleet-kit.mjs";
+import {
+  CLI,
+  cliJson,
+  oauthEntry as entryOf,
+  seedStore as seedFrom,
+  startHostProcess as startHost,
+  startRelay,
+  storedPool as storedFrom,
+} from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
 
 // The advisory lock classes of src/store/postgres.rs: the pool's writes, an account's refresh.
@@ -228,30 +236,10 @@ test("a write the server refuses, the server then silent: the CLI ends with the 
   // The refusal: a trigger on the rows every write rewrites.
   await f.sql(`CREATE FUNCTION refuse_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'write refused by the test trigger'; END $$;
     CREATE TRIGGER refuse_write BEFORE INSERT OR UPDATE OR DELETE ON oauth_pool_entries FOR EACH STATEMENT EXECUTE FUNCTION refuse_write();`);
-  // A relay in front of the server: a connection that has carried the refusal passes nothing
-  // more either way (the server gone silent right after its answer).
-  const { createServer, connect } = await import("node:net");
-  const relay = createServer((client) => {
-    const upstream = connect(pg.port, "127.0.0.1");
-    let mute = false;
-    client.on("data", (d) => mute || upstream.write(d));
-    upstream.on("data", (d) => {
-      if (mute) return;
-      client.write(d);
-      if (d.includes("write refused by the test trigger")) mute = true;
-    });
-    const end = () => {
-      client.destroy();
-      upstream.destroy();
-    };
-    for (const s of [client, upstream]) {
-      s.on("error", end);
-      s.on("close", end);
-    }
-  });
-  await new Promise((r) => relay.listen(0, "127.0.0.1", r));
+  // The server silent right after its refusal: that connection passes nothing more either way.
+  const relay = await startRelay(pg.port, { muteAfter: "write refused by the test trigger" });
   try {
-    const host = makeHost("relayed", f.db.url.replace(`:${pg.port}/`, `:${relay.address().port}/`));
+    const host = makeHost("relayed", f.db.url.replace(`:${pg.port}/`, `:${relay.port}/`));
     const started = Date.now();
     // It waited on the ROLLBACK after the refusal, with the pool's writer lock held, until TCP
     // gave up on the connection (about 15 minutes).

@@ -17,6 +17,7 @@ import {
   runNode,
   seedStore as seedFrom,
   startHostProcess as startHost,
+  startRelay,
   storedPool as storedFrom,
 } from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
@@ -420,29 +421,13 @@ test("PostgreSQL stopped mid-run: valid tokens keep serving, a refresh is STORE_
 
 test("a database that stops answering costs a request a few seconds at most, and the next ones nothing", { timeout: 120_000 }, async () => {
   await seedStore(hostA, { anthropic: [oauthEntry("mute@fleet.test")] });
-  // A relay in front of PostgreSQL that can go silent: connections stay open, nothing passes.
-  const { createServer, connect } = await import("node:net");
-  let mute = false;
-  const proxy = createServer((client) => {
-    const upstream = connect(Number(new URL(pg.url).port), "127.0.0.1");
-    client.on("data", (d) => mute || upstream.write(d));
-    upstream.on("data", (d) => mute || client.write(d));
-    const end = () => {
-      client.destroy();
-      upstream.destroy();
-    };
-    for (const s of [client, upstream]) {
-      s.on("error", end);
-      s.on("close", end);
-    }
-  });
-  await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
-  const url = pg.url.replace(`:${new URL(pg.url).port}/`, `:${proxy.address().port}/`);
+  const relay = await startRelay(Number(new URL(pg.url).port));
+  const url = pg.url.replace(`:${new URL(pg.url).port}/`, `:${relay.port}/`);
   const host = startHostProcess(hostA, url);
   try {
     await host.ready;
     assert.equal((await host.ask("fetch")).value.status, 200);
-    mute = true;
+    relay.mute(true);
     await new Promise((r) => setTimeout(r, 300)); // past the 250 ms the generation is trusted
     const times = [];
     for (let i = 0; i < 4; i++) {
@@ -457,9 +442,9 @@ test("a database that stops answering costs a request a few seconds at most, and
       `the next ones are served from the last read at once (${times})`,
     );
   } finally {
-    mute = false;
+    relay.mute(false);
     await host.close();
-    proxy.close();
+    relay.close();
   }
 });
 

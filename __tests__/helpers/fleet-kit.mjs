@@ -2,6 +2,7 @@
 // host process answering commands, and a store seeded from a pool file. A host is
 // `{ env }`: its own HOME and key file, the shared store.
 import { spawn } from "node:child_process";
+import { connect, createServer } from "node:net";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -80,3 +81,39 @@ export async function storedPool(host, store) {
 }
 
 export { oauthEntry } from "./pool-env.mjs";
+
+/**
+ * A relay on loopback in front of the server at `port` that can go silent (connections stay
+ * open, nothing passes either way): every connection on `mute(true)`, or one connection once
+ * the server has sent it bytes holding `muteAfter` (a server silent right after that answer).
+ */
+export async function startRelay(port, { muteAfter } = {}) {
+  let muted = false;
+  const server = createServer((client) => {
+    const upstream = connect(port, "127.0.0.1");
+    let mine = false;
+    const silent = () => muted || mine;
+    client.on("data", (d) => silent() || upstream.write(d));
+    upstream.on("data", (d) => {
+      if (silent()) return;
+      client.write(d);
+      if (muteAfter && d.includes(muteAfter)) mine = true;
+    });
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    for (const s of [client, upstream]) {
+      s.on("error", end);
+      s.on("close", end);
+    }
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    port: server.address().port,
+    mute(on) {
+      muted = on;
+    },
+    close: () => server.close(),
+  };
+}
