@@ -9,8 +9,8 @@ import { listAccounts, flushPool } from "../index.mjs";
 import { settle } from "../lib/errors.mjs";
 import { openExchange } from "../lib/exchange.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
-import { countedSignal, poolListener, useMock, tempPoolPath, readPool, seedPool } from "./helpers/pool-env.mjs";
-import { LOGIN_HINT } from "../lib/plugin/shared.mjs";
+import { countedSignal, oauthEntry, poolListener, useMock, tempPoolPath, readPool, seedPool } from "./helpers/pool-env.mjs";
+import { HINTS } from "../lib/plugin/format.mjs";
 import { createHost, loadPlugin, g1Context, registrationsOf, ModelRequestError, reloadingHost, withLogLines } from "./helpers/opencode2-host.mjs";
 
 const mock = useMock();
@@ -313,6 +313,30 @@ test("the model-accounts-pool tool (JSON Schema input) and command run the pool'
   // description is hidden from the transcript).
   assert.equal(shown.shown, true, JSON.stringify(shown.input));
   assert.equal(shown.input.description, shown.input.text);
+  await handle.unload();
+});
+
+test("2.x: the tool and the command say how to log in as OpenCode 2 does (its connect flow, or the CLI), never 1.18's `opencode auth login`", async () => {
+  const { host, handle, path } = await started();
+  const text = async (action) => (await host.runTool("model-accounts-pool", { action })).content[0].text;
+  const empty = await text("list");
+  assert.match(empty, /no accounts yet\. Add one: `\/connect` -> Anthropic Pool \(or `oauth-pool add` in a terminal\)/);
+  // An account whose login was refused (its tokens kept), and a Console key refused.
+  const pool = { version: 1, anthropic: [{ ...oauthEntry(mock, "gone@x.test"), status: "auth-error" }] };
+  await lib.savePool(pool, path);
+  await lib.addApiKey("k-refused-0123456789", { email: "team-key", path });
+  const saved = readPool(path);
+  saved.anthropic.find((a) => a.email === "team-key").status = "auth-error";
+  await lib.savePool(saved, path);
+  const listed = await text("list");
+  const status = await text("status");
+  await host.runCommand("model-accounts-pool", { text: "list" });
+  const typed = host.log.filter((e) => e.type === "session.synthetic").at(-1).input.text;
+  for (const out of [listed, status, typed]) {
+    assert.match(out, /gone@x\.test.*needs a new login: log in again with `\/connect` -> Anthropic Pool -> Claude Pro\/Max, or `oauth-pool add`/);
+    assert.match(out, /team-key.*`\/connect` -> Anthropic Pool -> Console API key/);
+    assert.doesNotMatch(out, /opencode auth login/);
+  }
   await handle.unload();
 });
 
@@ -767,8 +791,8 @@ test("an account that needs a new login is marked needs_auth on its connection, 
         .map((c) => [c.label, c.status.message])
         .sort(),
       [
-        ["relabel2@x.test", `relabel2@x.test needs a new login: ${LOGIN_HINT}`],
-        ["work account", `relabel1@x.test needs a new login: ${LOGIN_HINT}`],
+        ["relabel2@x.test", `relabel2@x.test needs a new login: ${HINTS.v2.login}`],
+        ["work account", `relabel1@x.test needs a new login: ${HINTS.v2.login}`],
       ],
     );
   });

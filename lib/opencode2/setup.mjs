@@ -4,7 +4,8 @@
 // the V2 API moved during 2.0.x, and a missing feature must never take the host down.
 import { printable } from "../printable.mjs";
 import { scrubbed } from "../errors.mjs";
-import { pluginOptions, unknownOptions, unknownOptionsMessage, KEY_HINT, LOGIN_HINT } from "../plugin/shared.mjs";
+import { HINTS } from "../plugin/format.mjs";
+import { pluginOptions, unknownOptions, unknownOptionsMessage } from "../plugin/shared.mjs";
 import { poolActionText, TOOL_DESCRIPTION, TOOL_INPUT_SCHEMA } from "../plugin/tool.mjs";
 import { apiKeysOnly } from "../plugin/auth.mjs";
 import { INTEGRATION_ID, integrationTransform, providerTransform } from "./catalog.mjs";
@@ -76,7 +77,7 @@ function makeNotifier(ctx, existing, log) {
       const level = e.kind === "failover" || e.kind === "rate-limited" ? "info" : "warn";
       log(level, String(e.message ?? e.kind));
       if (e.kind === "auth-error" && e.email)
-        markNeedsAuth(ctx, existing, e.email, e.apiKey ? `${e.email}: ${KEY_HINT}` : `${e.email} needs a new login: ${LOGIN_HINT}`, log);
+        markNeedsAuth(ctx, existing, e.email, e.apiKey ? `${e.email}: ${HINTS.v2.key}` : `${e.email} needs a new login: ${HINTS.v2.login}`, log);
     }
   };
 }
@@ -149,7 +150,7 @@ export async function setupV2(ctx) {
           // promise/tool.ts ToolContext: sessionID, agent, messageID, id, signal, progress,
           // checkpoint), and the model's call may come from a page it read. So `remove` disables
           // the account and names the CLI command that deletes it; the command below deletes.
-          execute: async (input) => ({ content: await poolActionText(input, path) }),
+          execute: async (input) => ({ content: await poolActionText(input, path, { host: "v2" }) }),
         }),
       ),
     );
@@ -172,6 +173,7 @@ export async function setupV2(ctx) {
             // `remove` is their wish.
             const text = await poolActionText({ action, email, priority: priority === undefined ? undefined : Number(priority) }, path, {
               confirm: async () => {},
+              host: "v2",
             });
             try {
               // The text joins the model's context; the description is what the person sees (a

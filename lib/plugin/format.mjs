@@ -10,6 +10,20 @@ export const LOGIN_HINT = "run `opencode auth login` -> Anthropic Pool";
 /** What mends a refused Console key: a working key under the account's name. */
 export const KEY_HINT = "add a working key under its name: `oauth-pool add-key --email <name>`, or `opencode auth login` -> Anthropic Pool -> Console API key";
 
+/**
+ * How a person logs in, by host: OpenCode 1.18's `opencode auth login`; OpenCode 2's connect
+ * flow (its integrations, where 2.x marks the connection that needs a login), and the CLI, which
+ * every host has.
+ */
+export const HINTS = {
+  v1: { login: LOGIN_HINT, key: KEY_HINT, add: LOGIN_HINT },
+  v2: {
+    login: "log in again with `/connect` -> Anthropic Pool -> Claude Pro/Max, or `oauth-pool add`",
+    key: "add a working key under its name: `oauth-pool add-key --email <name>`, or `/connect` -> Anthropic Pool -> Console API key",
+    add: "`/connect` -> Anthropic Pool (or `oauth-pool add` in a terminal)",
+  },
+};
+
 const words = (at, now) => nativeBinding().waitWords(Number(at), Number(now));
 
 /** 4_320_000 -> "1 h 12 min"; 17_000 -> "17 s": rounded up, never said shorter than it is. */
@@ -63,12 +77,12 @@ export function ago(iso, now = Date.now()) {
   return `${duration(now - t)} ago`;
 }
 
-export function statusText(a, now = Date.now()) {
+export function statusText(a, now = Date.now(), hints = HINTS.v1) {
   switch (a.status) {
     case "rate-limited":
       return a.rateLimitUntil ? `rate-limited, usable again ${wait(a.rateLimitUntil, now)}` : "rate-limited";
     case "auth-error":
-      return a.type === "api" ? `auth-error: the key was refused; ${KEY_HINT}` : `auth-error: needs a new login: ${LOGIN_HINT}`;
+      return a.type === "api" ? `auth-error: the key was refused; ${hints.key}` : `auth-error: needs a new login: ${hints.login}`;
     case "disabled":
       return "disabled (enable it with action enable)";
     case "invalid":
@@ -152,9 +166,9 @@ export function usageLine(label, summary, prices) {
   return `${label}: ${countsText(summary.total)}${cost == null ? "" : ` (≈ $${cost.toFixed(2)} at API prices)`}`;
 }
 
-export function accountLine(a, i, now = Date.now()) {
+export function accountLine(a, i, now = Date.now(), hints = HINTS.v1) {
   const parts = [
-    `${i + 1}. ${a.email} [${a.type === "api" ? "API key" : "Claude login"}] ${statusText(a, now)}`,
+    `${i + 1}. ${a.email} [${a.type === "api" ? "API key" : "Claude login"}] ${statusText(a, now, hints)}`,
     `priority ${a.priority ?? 0}`,
     a.lastUsed ? `last used ${ago(a.lastUsed, now)}` : "never used",
   ];

@@ -5,8 +5,8 @@
 // library is imported: it costs more to load (tens of ms cold under Node) than everything else
 // here, and library-only and CLI users never need it.
 import { createRequire } from "node:module";
-import { LOGIN_HINT, pool, pluginOptions, reportUnknownOptions } from "./shared.mjs";
-import { accountLine, ago, clock, quotaText, restedText, servedText, statusText, usageLine, wait, waitAt, windowsText } from "./format.mjs";
+import { pool, pluginOptions, reportUnknownOptions } from "./shared.mjs";
+import { accountLine, ago, clock, HINTS, quotaText, restedText, servedText, statusText, usageLine, wait, waitAt, windowsText } from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
 import { printableLines } from "../printable.mjs";
 
@@ -22,11 +22,12 @@ const USAGE = [
   "reset-cooldowns: forget every rate-limit cooldown now",
 ];
 
-const EMPTY = `The Anthropic pool has no accounts yet. Add one: ${LOGIN_HINT} -> "Claude Pro/Max (add account to pool)" (or "Console API key (add to pool)").`;
+const empty = (hints) =>
+  `The Anthropic pool has no accounts yet. Add one: ${hints.add} -> "Claude Pro/Max (add account to pool)" (or "Console API key (add to pool)").`;
 
-function known(accounts) {
+function known(accounts, hints) {
   if (!accounts) return "";
-  return accounts.length ? `Accounts in the pool: ${accounts.map((a) => a.email).join(", ")}.` : EMPTY;
+  return accounts.length ? `Accounts in the pool: ${accounts.map((a) => a.email).join(", ")}.` : empty(hints);
 }
 
 /** The accounts for a hint, or null when the pool cannot be read (the caller's error says why). */
@@ -38,21 +39,21 @@ async function accountsOrNull(path) {
   }
 }
 
-async function list(path, now) {
+async function list(path, now, hints) {
   const accounts = await pool.listAccounts(path);
-  if (!accounts.length) return EMPTY;
+  if (!accounts.length) return empty(hints);
   const usable = accounts.filter((a) => a.status === "active" || a.status === "idle").length;
   return [
     `Anthropic pool: ${accounts.length} account${accounts.length === 1 ? "" : "s"}, ${usable} usable now.`,
-    ...accounts.map((a, i) => accountLine(a, i, now)),
+    ...accounts.map((a, i) => accountLine(a, i, now, hints)),
   ].join("\n");
 }
 
-async function status(path, now) {
+async function status(path, now, hints) {
   const s = await pool.poolStatus(path);
   const c = s.counts ?? {};
   const lines = [`Anthropic pool (${s.path})`];
-  if (!c.total && !s.invalid?.length) return `${lines[0]}\n${EMPTY}`;
+  if (!c.total && !s.invalid?.length) return `${lines[0]}\n${empty(hints)}`;
   const by = ["active", "idle", "rate-limited", "auth-error", "disabled"]
     .filter((k) => c[k])
     .map((k) => `${c[k]} ${k}`)
@@ -72,7 +73,7 @@ async function status(path, now) {
     const prices = await modelPrices();
     lines.push("Per account:");
     for (const a of s.accounts) {
-      lines.push(`  ${a.email}: ${statusText(a, now)}`);
+      lines.push(`  ${a.email}: ${statusText(a, now, hints)}`);
       lines.push(`    windows: ${windowsText(a.windows, now, "; ") ?? quotaText(a.quota, now) ?? "none seen yet"}`);
       if (a.reserve) lines.push(`    reserve: ${Math.round(a.reserve * 100)}% of every window kept for its owner`);
       for (const [key, until] of Object.entries(a.modelCooldowns ?? {}))
@@ -87,8 +88,8 @@ async function status(path, now) {
   return lines.join("\n");
 }
 
-async function needEmail(action, path, extra = "") {
-  return `The ${action} action needs \`email\`: the account to ${action}${extra}. ${known(await accountsOrNull(path))}`.trim();
+async function needEmail(action, path, hints, extra = "") {
+  return `The ${action} action needs \`email\`: the account to ${action}${extra}. ${known(await accountsOrNull(path), hints)}`.trim();
 }
 
 /** `value` as one shell word a person can paste (emails come from the model or the file). */
@@ -104,7 +105,7 @@ class NotAgreed extends Error {
   }
 }
 
-async function remove(email, path, confirm) {
+async function remove(email, path, confirm, hints) {
   if (!confirm) {
     // Nobody can be asked: a model's call is no person's wish (a README or page the agent read
     // can ask for it), and deleting a login cannot be undone. Disabling can.
@@ -128,7 +129,7 @@ async function remove(email, path, confirm) {
     throw new NotAgreed(err);
   }
   const n = await pool.removeAccount(email, path);
-  return `Removed ${email} from the Anthropic pool${n > 1 ? ` (${n} entries)` : ""}; its login is deleted. ${known(await accountsOrNull(path))}`;
+  return `Removed ${email} from the Anthropic pool${n > 1 ? ` (${n} entries)` : ""}; its login is deleted. ${known(await accountsOrNull(path), hints)}`;
 }
 
 /**
@@ -155,7 +156,7 @@ async function noneLeft(path) {
   return " No account of the pool is enabled now: requests through it fail until one is enabled again (enable <email>, or `oauth-pool enable <email>` in a terminal).";
 }
 
-async function run(args, path, confirm) {
+async function run(args, path, confirm, hints) {
   const action = String(args?.action ?? "list")
     .trim()
     .toLowerCase();
@@ -164,24 +165,24 @@ async function run(args, path, confirm) {
   switch (action) {
     case "list":
       await pool.flushPool(path);
-      return list(path, now);
+      return list(path, now, hints);
     case "status":
       await pool.flushPool(path);
-      return status(path, now);
+      return status(path, now, hints);
     case "remove": {
-      if (!email) return needEmail("remove", path);
-      return remove(email, path, confirm);
+      if (!email) return needEmail("remove", path, hints);
+      return remove(email, path, confirm, hints);
     }
     case "enable":
     case "disable": {
-      if (!email) return needEmail(action, path);
+      if (!email) return needEmail(action, path, hints);
       await pool.setEnabled(email, action === "enable", path);
       return action === "enable"
         ? `Enabled ${email}: the pool uses it again.`
         : `Disabled ${email}: the pool will not use it until you enable it (its login or key is kept).${await noneLeft(path)}`;
     }
     case "priority": {
-      if (!email) return needEmail("priority", path, " and `priority`, a whole number (higher is tried first)");
+      if (!email) return needEmail("priority", path, hints, " and `priority`, a whole number (higher is tried first)");
       const n = Number(args?.priority);
       if (args?.priority === undefined || args?.priority === null || !Number.isInteger(n)) {
         return `The priority action needs \`priority\`: a whole number, higher is tried first (default 0). Example: priority ${email} 10.`;
@@ -203,19 +204,21 @@ async function run(args, path, confirm) {
  * window names come from the file or a server); failures become text too. `confirm(email)` is how
  * a `remove` gets the person's consent: it resolves when they agreed and throws otherwise (that
  * error is the one thing thrown from here). Without it `remove` deletes nothing: it disables.
- * @param {{ confirm?: (email: string) => Promise<void> }} [how]
+ * `host` "v2" words how to log in as OpenCode 2 does (its connect flow).
+ * @param {{ confirm?: (email: string) => Promise<void>, host?: "v1" | "v2" }} [how]
  */
 export async function poolActionText(args, path, how = {}) {
-  return printableLines(await actionText(args, path, typeof how?.confirm === "function" ? how.confirm : null));
+  const hints = HINTS[how?.host] ?? HINTS.v1;
+  return printableLines(await actionText(args, path, typeof how?.confirm === "function" ? how.confirm : null, hints));
 }
 
-async function actionText(args, path, confirm) {
+async function actionText(args, path, confirm, hints) {
   try {
-    return await run(args, path, confirm);
+    return await run(args, path, confirm, hints);
   } catch (err) {
     if (err instanceof NotAgreed) throw err.cause;
     if (err?.code === "ACCOUNT_NOT_FOUND") {
-      return `No account "${args?.email ?? ""}" in the Anthropic pool. ${known(await accountsOrNull(path))}`;
+      return `No account "${args?.email ?? ""}" in the Anthropic pool. ${known(await accountsOrNull(path), hints)}`;
     }
     return `The Anthropic pool could not do that${err?.code ? ` (${err.code})` : ""}: ${err?.message ?? err}`;
   }
