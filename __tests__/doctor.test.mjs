@@ -355,6 +355,30 @@ test("doctor: an empty pool and a pool whose accounts are all disabled say so, w
   assert.match(c.message, /every account is disabled, so every request fails .*oauth-pool enable off1@x\.test/);
 });
 
+test("doctor: a pool directory that can never be made (HOME or a part of the path is a file) is a problem, not a pool that does not exist yet", async () => {
+  const box = user();
+  // A HOME that is a regular file: the default pool lives under it, and every command fails.
+  const fileHome = join(box.dir, "home-file");
+  writeFileSync(fileHome, "");
+  let d = await doctor(box, { env: { HOME: fileHome, USERPROFILE: fileHome, OAUTH_POOL_PATH: undefined } });
+  let [c] = d.named("directory");
+  assert.equal(c?.level, "problem", d.shown);
+  assert.match(
+    c.message,
+    /\.aidevops cannot be created: .*home-file is not a directory \(every command fails with POOL_IO; fix HOME, or set OAUTH_POOL_PATH\)/,
+  );
+  assert.equal(d.code, 3);
+  assert.deepEqual(d.named("file"), [], "no 'does not exist yet' for a file that cannot be");
+  assert.equal(d.named("accounts").length, 0);
+
+  // OAUTH_POOL_PATH through a regular file, several levels below it.
+  d = await doctor(box, { env: { OAUTH_POOL_PATH: join(fileHome, "a", "b", "oauth-pool.json") } });
+  [c] = d.named("directory");
+  assert.equal(c?.level, "problem", d.shown);
+  assert.match(c.message, /home-file is not a directory .*point OAUTH_POOL_PATH elsewhere/);
+  assert.equal(d.code, 3);
+});
+
 // The lock is held by `flock(1)` (util-linux), stopped as Ctrl-Z stops a job.
 const flock = process.platform === "linux" && spawnSync("flock", ["--version"]).status === 0;
 test("doctor names a write lock's holder that is stopped, and how to resume it", { skip: !flock && "needs flock(1) on Linux" }, async () => {

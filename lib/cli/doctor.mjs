@@ -7,7 +7,7 @@
 // the exit code 3. Messages keep emails and reasons as they are (JSON escapes them); the text
 // report escapes each message whole, which is safe because a message is one line of ours.
 import { lstatSync, readFileSync, readdirSync, statSync } from "node:fs";
-import { basename, isAbsolute, join } from "node:path";
+import { basename, dirname, isAbsolute, join } from "node:path";
 import { wait } from "../plugin/format.mjs";
 import { EXIT } from "./errors.mjs";
 import { printable } from "./output.mjs";
@@ -108,10 +108,37 @@ function checkNative(lib, r) {
   }
 }
 
+/**
+ * The nearest of `dir`'s ancestors that exists, when it is no directory (a HOME that is a file,
+ * a path through a regular file): the pool's directory can then never be made. Null otherwise.
+ */
+function blockingAncestor(dir) {
+  for (let p = dirname(dir); ; p = dirname(p)) {
+    let st;
+    try {
+      st = statSync(p);
+    } catch (e) {
+      // Not there (keep climbing) or below a file (the file is found further up).
+      if (e.code !== "ENOENT" && e.code !== "ENOTDIR") return null;
+    }
+    if (st) return st.isDirectory() ? null : p;
+    if (dirname(p) === p) return null;
+  }
+}
+
 function checkDirectory(files, r) {
   const dir = files.directory;
   const st = lstatOrNull(dir);
-  if (!st) return r.add("directory", "ok", `${dir} does not exist yet (created 0700 by the first write)`);
+  if (!st) {
+    // ENOTDIR reads like "not there yet" too, and every command then fails with POOL_IO.
+    const blocker = blockingAncestor(dir);
+    if (blocker) {
+      const mend = files.source === "default" ? "fix HOME, or set OAUTH_POOL_PATH" : `point ${SOURCES[files.source] ?? files.source} elsewhere`;
+      r.add("directory", "problem", `${dir} cannot be created: ${blocker} is not a directory (every command fails with POOL_IO; ${mend})`);
+      return "blocked";
+    }
+    return r.add("directory", "ok", `${dir} does not exist yet (created 0700 by the first write)`);
+  }
   if (st.isSymbolicLink()) {
     const target = statSync(dir, { throwIfNoEntry: false });
     return target?.isDirectory()
@@ -529,11 +556,11 @@ export async function diagnose(lib, path, { online = false } = {}) {
     );
   }
   if (files.kind === "file") {
-    checkDirectory(files, r);
-    const usable = checkFile(files, r) === "usable";
+    const blocked = checkDirectory(files, r) === "blocked";
+    const usable = !blocked && checkFile(files, r) === "usable";
     const exists = lstatOrNull(files.path) !== null;
     const parses = exists && (await checkParse(lib, path, files, r));
-    if (!exists) noAccount(r);
+    if (!exists && !blocked) noAccount(r);
     if (parses) {
       await checkAccounts(lib, path, r);
       await checkLoginsElsewhere(lib, path, r);
