@@ -123,6 +123,11 @@ test("--version and --help answer without a pool, in text and JSON", async () =>
   }
   assert.match((await cli(["store", "init", "--help"], { path })).stdout, /^usage: oauth-pool store init \[<url>\]/);
   assert.match((await cli(["help", "store", "init"], { path })).stdout, /^usage: oauth-pool store init/);
+  // The usage lists `help [<command>]` among the commands: its help is the usage (it was
+  // "unknown command help", exit 2).
+  const helpHelp = await cli(["help", "help"], { path });
+  assert.equal(helpHelp.code, 0, helpHelp.stderr);
+  assert.match(helpHelp.stdout, /^oauth-pool .*: manage the opencode-oauth-pool account pool\n/);
   const unknown = await cli(["help", "frobnicate"], { path });
   assert.equal(unknown.code, 2, "help for no such command is a usage error");
   assert.match(unknown.stderr, /unknown command frobnicate/);
@@ -1134,6 +1139,11 @@ test("options go anywhere, negative numbers stay values, and usage errors name t
     [["list", "-x"], /list does not take -x/],
     [["add-key", "sk-ant-oops"], /the key is read from stdin/],
     [["priority", "n@x.test", "-1.5"], /priority must be an integer, not -1\.5/],
+    // Number-like words stay values too, for the command to say what is wrong with them (a
+    // -1e3 was "priority does not take -1"); a letter of a word is named with its word.
+    [["priority", "n@x.test", "-1e3"], /priority must be an integer, not -1e3/],
+    [["reserve", "n@x.test", "-.5"], /reserve takes a fraction from 0 to 1 .*, not -\.5/],
+    [["priority", "n@x.test", "-Infinity"], /priority does not take -I \(in -Infinity\)/],
   ];
   for (const [args, message] of cases) {
     const u = await cli(args, { path });
@@ -1151,6 +1161,8 @@ test("parseCommandLine: per-command options, two-word commands, negative numbers
   };
   const parse = (...argv) => parseCommandLine(argv, (name) => registry[name]);
   assert.deepEqual(parse("priority", "a@x", "-1", "--json"), { command: "priority", positionals: ["a@x", "-1"], options: { json: true } });
+  assert.deepEqual(parse("priority", "a@x", "-1e3").positionals, ["a@x", "-1e3"]);
+  assert.deepEqual(parse("priority", "a@x", "-0x10").positionals, ["a@x", "-0x10"]);
   assert.deepEqual(parse("--path", "/p", "store", "copy", "--from", "file", "--to=keychain"), {
     command: "store copy",
     positionals: [],

@@ -76,7 +76,9 @@ async function main(argv) {
   }
   if (options.help || command === "help") {
     // One command's help when one is named (`add --help`, `help add`), else everything.
-    const named = command === "help" ? positionals.join(" ") : command;
+    // `help help` (the usage lists `help [<command>]` among the commands): the usage itself.
+    const asked = command === "help" ? positionals.join(" ") : command;
+    const named = asked === "help" ? undefined : asked;
     const spec = COMMANDS.get(named);
     // A group's word alone (`help store`, `store --help`): the help of each of its commands.
     const group = spec || !named ? null : groupHelp(named);

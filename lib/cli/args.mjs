@@ -19,8 +19,10 @@ export const GLOBAL_OPTIONS = {
 
 // parseArgs reads `-1` as the short option "1". A NUL cannot occur in an argv string, so it
 // marks a negative number as a plain word for the parser and comes off afterwards
-// (`priority a@x -1`, `--email -1` both keep their -1).
-const NEGATIVE = /^-\d+(?:\.\d+)?$/;
+// (`priority a@x -1`, `--email -1` both keep their -1). Anything number-like counts (`-1e3`,
+// `-.5`, `-0x10`): no option is a digit, and the command that reads the value says what is
+// wrong with it (it said "priority does not take -1" of a -1e3).
+const NEGATIVE = /^-\.?\d/;
 const MARK = "\u0000";
 const protect = (arg) => (NEGATIVE.test(arg) ? MARK + arg : arg);
 const unprotect = (value) => (typeof value === "string" && value.startsWith(MARK) ? value.slice(1) : value);
@@ -51,7 +53,12 @@ function explain(args, options, command, known, err) {
   for (const t of lenient(args, options)) {
     if (t.kind !== "option") continue;
     const o = options[t.name];
-    if (!o) return known ? `${command} does not take ${t.rawName}` : `unknown option ${t.rawName}`;
+    if (!o) {
+      // One letter of a word like -Infinity: name the word, which is what the user wrote.
+      const word = args[t.index];
+      const what = word !== t.rawName && !word.startsWith("--") ? `${t.rawName} (in ${word})` : t.rawName;
+      return known ? `${command} does not take ${what}` : `unknown option ${what}`;
+    }
     if (o.type === "string" && t.value === undefined) return `${t.rawName} needs a value`;
     if (o.type === "string" && !t.inlineValue && t.value.startsWith("-")) {
       return `${t.rawName} needs a value (write ${t.rawName}=<value> for one that starts with -)`;
