@@ -22,7 +22,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { createServer } from "node:net";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { CLI, cliSandbox } from "./helpers/cli-sandbox.mjs";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { oauthEntry } from "./helpers/pool-env.mjs";
@@ -1213,6 +1213,21 @@ test("store copy between files keeps every entry; a source file that does not ex
   assert.ok(!existsSync(typo), "nothing is created at the source");
   const j = json(await cli(["store", "copy", "--from", typo, "--to", to, "--json"], { path: to }));
   assert.equal(j.error.code, "POOL_IO");
+
+  // One file named twice (`./d//f`, a linked directory) is no second pool: it said "its login is
+  // now in both ... then move <the pool> away", which moved the only copy of the pool.
+  const login = freshPath();
+  await seed(login, [{ email: "one@x.test" }]);
+  const link = join(tmp, `link-${Date.now()}`);
+  symlinkSync(dirname(login), link);
+  for (const other of [`${dirname(login)}/./${basename(login)}`, join(link, basename(login))]) {
+    const same = await cli(["store", "copy", "--from", login, "--to", other], { path: login });
+    assert.equal(same.code, 0, same.stderr);
+    assert.match(same.stdout, /^copied 1 entry from .* \(the same file\)\n$/, other);
+    assert.doesNotMatch(same.stdout, /now in both|move .* away/, other);
+  }
+  const elsewhere = await cli(["store", "copy", "--from", login, "--to", freshPath()], { path: login });
+  assert.match(elsewhere.stdout, /its login is now in both/, "two files still get the warning");
 });
 
 test("add-key: a key pasted with the quotes of a shell line or a JSON file around it is the key", async () => {

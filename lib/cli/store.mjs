@@ -1,6 +1,7 @@
 // `oauth-pool store init` and `oauth-pool store copy`: the fleet store (PostgreSQL). Init
 // creates or migrates the schema and ties the store to its key; copy moves a whole pool between
 // a file and a database in either direction, every field kept.
+import { realpathSync } from "node:fs";
 import { UsageError } from "./errors.mjs";
 import { text } from "./output.mjs";
 
@@ -21,12 +22,28 @@ async function init({ lib, args, path, out }) {
   out.result(r, text`${r.location}: schema version ${r.schema}; ${key}`);
 }
 
+/**
+ * Whether two of copyStore's locations are one pool file under two spellings (`p.json` and
+ * `./dir/../p.json`, a directory reached through a link): a URL is never a file here.
+ */
+function sameFile(a, b) {
+  if (a === b) return true;
+  try {
+    return realpathSync(a) === realpathSync(b);
+  } catch {
+    return false;
+  }
+}
+
 async function copy({ lib, options, out }) {
   const r = await lib.copyStore(options.from, options.to);
   let said = text`copied ${r.entries} entr${r.entries === 1 ? "y" : "ies"} from ${r.from} to ${r.to}`;
   // A refresh token works once: two stores holding one login each spend it on their own, and
   // the second one's refresh is refused (and may log the first out). Say so where it is done.
-  if (r.logins > 0 && r.from !== r.to) {
+  // Not of one file named twice: "move <from> away" would move the only copy of the pool.
+  const same = sameFile(r.from, r.to);
+  if (same) said += " (the same file)";
+  if (r.logins > 0 && !same) {
     const logins = r.logins === 1 ? "its login is" : `its ${r.logins} logins are`;
     said += `\n${text`${logins} now in both: a refresh token works once, so use only ${r.to} from now on. Restart every OpenCode, gateway and script still using ${r.from} (one started before OAUTH_POOL_STORE or OAUTH_POOL_PATH changed keeps it), then move ${r.from} away. A pool that finds a login already refreshed through the other does not refresh it, and says where it lives.`}`;
   }
