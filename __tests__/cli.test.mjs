@@ -1152,6 +1152,23 @@ test("options go anywhere, negative numbers stay values, and usage errors name t
   }
 });
 
+test("a reserve reads as set: to a tenth of a percent where needed, some never 0 %, less than all never 100 %", async () => {
+  // 0.004 read "reaches 100 %" and "0% of every window kept"; 0.999 the other way round.
+  const path = freshPath();
+  await seed(path, [{ email: "r@x.test" }]);
+  for (const [fraction, line, kept] of [
+    ["0.2", "80 %", "20%"],
+    ["0.004", "99.6 %", "0.4%"],
+    ["0.999", "0.1 %", "99.9%"],
+    ["0.0001", "99.9 %", "0.1%"],
+    ["0.125", "87.5 %", "12.5%"],
+  ]) {
+    const set = await cli(["reserve", "r@x.test", fraction], { path });
+    assert.equal(set.stdout, `r@x.test: the pool stops using it once any window reaches ${line}\n`, fraction);
+    assert.match((await cli(["status"], { path })).stdout, new RegExp(`^ {4}reserve {2}${kept.replace(".", "\\.")} of every window kept`, "m"), fraction);
+  }
+});
+
 test("parseCommandLine: per-command options, two-word commands, negative numbers (no child process)", () => {
   const registry = {
     priority: {},

@@ -18,6 +18,18 @@ import { TIMED_OUT, confirm, readLine } from "./stdin.mjs";
 // ---- how accounts read --------------------------------------------------------------------------
 
 const isUnreadable = (a) => a.status === "invalid";
+
+/**
+ * A share of a window in percent, to a tenth where needed: a reserve of 0.004 read "0% kept" and
+ * "stops once a window reaches 100 %", one of 0.999 the other way round. Some is never 0, less
+ * than all never 100.
+ */
+export function percent(fraction) {
+  const p = fraction * 100;
+  const tenth = Math.round(p * 10) / 10;
+  if (p > 0 && p < 100) return String(Math.min(99.9, Math.max(0.1, tenth)));
+  return String(tenth);
+}
 const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
 
 function stateText(a, now) {
@@ -72,7 +84,7 @@ function accountLines(a, now, prices) {
     const windows = quotaText(a.quota, now);
     if (windows) lines.push(`    quota    ${windows}`);
   }
-  if (a.reserve) lines.push(`    reserve  ${Math.round(a.reserve * 100)}% of every window kept for its owner`);
+  if (a.reserve) lines.push(`    reserve  ${percent(a.reserve)}% of every window kept for its owner`);
   for (const [key, until] of Object.entries(a.modelCooldowns ?? {})) {
     lines.push(text`    cooling  ${restedText(key)} until ${waitAt(until, now)}; ${servedText(key)} serve`);
   }
@@ -225,7 +237,7 @@ async function reserve({ lib, args: [email, fraction], path, out }) {
   await lib.setReserve(email, value, path);
   out.result(
     { email, reserve: value },
-    value ? text`${email}: the pool stops using it once any window reaches ${Math.round((1 - value) * 100)} %` : text`${email}: no reserve`,
+    value ? text`${email}: the pool stops using it once any window reaches ${percent(1 - value)} %` : text`${email}: no reserve`,
   );
 }
 
