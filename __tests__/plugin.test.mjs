@@ -343,6 +343,17 @@ test("every account cooling: OpenCode is given no wait past a minute (it sleeps 
   }
 });
 
+test("the tool reads a reserve as set: to a tenth of a percent where needed (0.004 read 0%), in list and status", async () => {
+  const path = freshPath();
+  const { client } = fakeClient();
+  const hooks = await plugin(path, client);
+  await login(hooks, "reserved@example.com");
+  await lib.setReserve("reserved@example.com", 0.004, path);
+  const { poolActionText } = await import("../lib/plugin/tool.mjs");
+  assert.match(await poolActionText({ action: "list" }, path), /reserve 0\.4%/);
+  assert.match(await poolActionText({ action: "status" }, path), /reserve: 0\.4% of every window kept/);
+});
+
 test("a hold shows one toast as it begins: which account, in how long, at what time (a 3-hour wait is OpenCode's to sit out: the pool's 429 at once, its real retry-after)", async () => {
   const path = freshPath();
   const { client, toasts, logs } = fakeClient();

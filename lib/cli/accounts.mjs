@@ -8,7 +8,7 @@
 import { resolve } from "node:path";
 // Waits, "ago" and quota windows read the same here as in the OpenCode tool and the addon's own
 // messages (src/wait.rs words them all).
-import { ago, duration, quotaText, restedText, servedText, usageLine, wait, waitAt, windowLine } from "../plugin/format.mjs";
+import { ago, duration, percent, quotaText, restedText, servedText, usageLine, wait, waitAt, windowLine } from "../plugin/format.mjs";
 import { modelPrices } from "../plugin/prices.mjs";
 import { millisOption } from "./args.mjs";
 import { UsageError, cliError } from "./errors.mjs";
@@ -19,17 +19,6 @@ import { TIMED_OUT, confirm, readLine } from "./stdin.mjs";
 
 const isUnreadable = (a) => a.status === "invalid";
 
-/**
- * A share of a window in percent, to a tenth where needed: a reserve of 0.004 read "0% kept" and
- * "stops once a window reaches 100 %", one of 0.999 the other way round. Some is never 0, less
- * than all never 100.
- */
-export function percent(fraction) {
-  const p = fraction * 100;
-  const tenth = Math.round(p * 10) / 10;
-  if (p > 0 && p < 100) return String(Math.min(99.9, Math.max(0.1, tenth)));
-  return String(tenth);
-}
 const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
 
 function stateText(a, now) {

@@ -69,6 +69,18 @@ export function servedText(key) {
   return endpointRest(key) === undefined ? "other models" : "messages";
 }
 
+/**
+ * A share of a window in percent, to a tenth where needed: a reserve of 0.004 read "0% kept" and
+ * "stops once a window reaches 100 %", one of 0.999 the other way round. Some is never 0, less
+ * than all never 100.
+ */
+export function percent(fraction) {
+  const p = fraction * 100;
+  const tenth = Math.round(p * 10) / 10;
+  if (p > 0 && p < 100) return String(Math.min(99.9, Math.max(0.1, tenth)));
+  return String(tenth);
+}
+
 /** "5 min ago", "just now", "never". */
 export function ago(iso, now = Date.now()) {
   const t = typeof iso === "number" ? iso : Date.parse(iso ?? "");
@@ -174,7 +186,7 @@ export function accountLine(a, i, now = Date.now(), hints = HINTS.v1) {
   ];
   const windows = windowsText(a.windows, now, ", ") ?? quotaText(a.quota, now);
   if (windows) parts.push(windows);
-  if (a.reserve) parts.push(`reserve ${Math.round(a.reserve * 100)}%`);
+  if (a.reserve) parts.push(`reserve ${percent(a.reserve)}%`);
   for (const [key, until] of Object.entries(a.modelCooldowns ?? {})) parts.push(`${restedText(key)} cooling until ${waitAt(until, now)}`);
   if (a.lastError && a.status !== "idle" && a.status !== "active") parts.push(`last problem: ${a.lastError}`);
   return parts.join(" · ");

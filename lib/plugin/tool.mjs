@@ -6,7 +6,7 @@
 // here, and library-only and CLI users never need it.
 import { createRequire } from "node:module";
 import { pool, pluginOptions, reportUnknownOptions } from "./shared.mjs";
-import { accountLine, ago, clock, HINTS, quotaText, restedText, servedText, statusText, usageLine, wait, waitAt, windowsText } from "./format.mjs";
+import { accountLine, ago, clock, HINTS, percent, quotaText, restedText, servedText, statusText, usageLine, wait, waitAt, windowsText } from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
 import { printableLines } from "../printable.mjs";
 
@@ -75,7 +75,7 @@ async function status(path, now, hints) {
     for (const a of s.accounts) {
       lines.push(`  ${a.email}: ${statusText(a, now, hints)}`);
       lines.push(`    windows: ${windowsText(a.windows, now, "; ") ?? quotaText(a.quota, now) ?? "none seen yet"}`);
-      if (a.reserve) lines.push(`    reserve: ${Math.round(a.reserve * 100)}% of every window kept for its owner`);
+      if (a.reserve) lines.push(`    reserve: ${percent(a.reserve)}% of every window kept for its owner`);
       for (const [key, until] of Object.entries(a.modelCooldowns ?? {}))
         lines.push(`    ${restedText(key)} cooling until ${waitAt(until, now)}; ${servedText(key)} serve`);
       for (const u of [usageLine("today", a.usage?.today, prices), usageLine("this 5h window", a.usage?.window, prices)].filter(Boolean))
