@@ -171,8 +171,11 @@ pub fn status(pool: &Pool, location: &str, now: i64) -> Value {
         .invalid_entries()
         .map(|(i, r)| json!({"index": i, "email": pool.anthropic[i].email(), "reason": r}))
         .collect();
+    // When the next account comes back: a disabled one or one needing a login does not, whatever
+    // its cooldown says.
     let soonest = pool
         .accounts()
+        .filter(|a| a.effective_status(now) == Status::RateLimited)
         .filter_map(|a| a.cooldown_until(now).filter(|t| *t > now))
         .min();
     json!({
@@ -624,6 +627,12 @@ mod tests {
             })
             .await
             .unwrap();
+        let soonest = |pool: &Pool| status(pool, "", now_ms())["soonestReset"].as_i64();
+        assert!(soonest(&store.load().await.unwrap()).is_some());
+        // A disabled account is not coming back when its cooldown ends.
+        set_enabled(&store, "a@x", false).await.unwrap();
+        assert_eq!(soonest(&store.load().await.unwrap()), None);
+        set_enabled(&store, "a@x", true).await.unwrap();
         assert_eq!(reset_cooldowns(&store).await.unwrap(), 1);
         assert_eq!(
             store.load().await.unwrap().find("a@x").unwrap().status,
