@@ -28,8 +28,10 @@ impl Status {
         }
     }
 
+    /// Read as a person may write it by hand (`"Disabled"`, `" disabled "`): read exactly, a
+    /// disabled account in another case was served as idle.
     pub fn parse(s: &str) -> Option<Status> {
-        Some(match s {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
             "active" => Status::Active,
             "idle" => Status::Idle,
             "rate-limited" => Status::RateLimited,
@@ -65,7 +67,11 @@ pub struct Account {
     /// Epoch milliseconds; always written, `null` when not cooling.
     #[serde(default, deserialize_with = "epoch_ms")]
     pub rate_limit_until: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "whole_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub priority: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
@@ -123,6 +129,29 @@ fn epoch_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
             kind_of(&other)
         ))),
     }
+}
+
+/// A whole number as JSON allows it to be written: `1.0`, `1e2`, `-0` (Python's `json`, a hand
+/// edit) are the integers they say; as an `i64` field they made the whole account unreadable.
+/// A fraction is refused: no integer says what it meant.
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::{Error, Unexpected};
+    const EXPECTED: &str = "a whole number";
+    let v = Option::<Value>::deserialize(d)?;
+    let unexpected = match &v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => return Ok(Some(i)),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.007e15 => return Ok(Some(f as i64)),
+            (None, Some(f)) => Unexpected::Float(f),
+            (None, None) => Unexpected::Other("a number out of range"),
+        },
+        Some(Value::Bool(b)) => Unexpected::Bool(*b),
+        Some(Value::String(s)) => Unexpected::Str(s),
+        Some(Value::Array(_)) => Unexpected::Seq,
+        Some(Value::Object(_)) => Unexpected::Map,
+    };
+    Err(D::Error::invalid_type(unexpected, &EXPECTED))
 }
 
 /// An epoch from the file: milliseconds, or seconds when below 1e12 (see `epoch_ms`).

@@ -413,7 +413,7 @@ pub async fn set_reserve(store: &Store, target: &str, fraction: f64) -> Result<(
         .update_existing(move |pool| {
             each_account(pool, &target, |a| {
                 if fraction == 0.0 {
-                    a.extra.remove("reserve");
+                    a.extra.shift_remove("reserve");
                 } else {
                     a.extra.insert("reserve".into(), json!(fraction));
                 }
@@ -439,14 +439,14 @@ pub async fn reset_cooldowns(store: &Store) -> Result<usize> {
                 a.count_cooldown_reset();
                 if cooling {
                     a.clear_cooldown();
-                    a.extra.remove("modelCooldowns");
+                    a.extra.shift_remove("modelCooldowns");
                     if a.status_enum() == Some(Status::RateLimited) {
                         a.status = Status::Idle.as_str().into();
                     }
                     changed += 1;
                 }
-                a.extra.remove("refreshBackoffUntil");
-                a.extra.remove("cooldownsSetAt");
+                a.extra.shift_remove("refreshBackoffUntil");
+                a.extra.shift_remove("cooldownsSetAt");
             }
             Ok(changed)
         })

@@ -73,6 +73,36 @@ impl Entry {
         }
     }
 
+    /// The entries of the `anthropic` array. An entry whose email a readable entry before it
+    /// already has is kept as it is and reported, never served: everything the pool does for an
+    /// account (choose it, refresh it, record its use) names it by email and lands on the first,
+    /// so the second was never served, and when the first was disabled, refused or cooling the
+    /// second's turn sent the first's credential.
+    fn all_from_values(items: Vec<Value>) -> Vec<Entry> {
+        let mut seen: std::collections::HashMap<String, usize> = Default::default();
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                let earlier = raw
+                    .get("email")
+                    .and_then(Value::as_str)
+                    .and_then(|e| seen.get(e));
+                if let Some(first) = earlier {
+                    let reason = format!(
+                        "a second entry for this email (entry #{first} is the account): remove one of them (`remove '#{i}'` removes this one)"
+                    );
+                    return Entry::Invalid { raw, reason };
+                }
+                let entry = Entry::from_value(raw);
+                if let Entry::Valid(a) = &entry {
+                    seen.insert(a.email.clone(), i);
+                }
+                entry
+            })
+            .collect()
+    }
+
     fn from_value(raw: Value) -> Entry {
         let problem = match &raw {
             Value::Object(map) => match map.get("email") {
@@ -135,6 +165,8 @@ pub struct Pool {
     pub version: Option<Value>,
     pub anthropic: Vec<Entry>,
     pub extra: Map<String, Value>,
+    /// How many of `extra`'s keys come before `anthropic` in the file.
+    pub anthropic_at: usize,
     /// Handed to a change in place of a pool file that is not there (never written to one): a
     /// change that misses an account cannot tell a removal from a file deleted for a moment (a
     /// sync tool, `git checkout`, an editor replacing it), and must not drop new tokens for it.
@@ -151,9 +183,17 @@ impl Pool {
                 kind_of(&value)
             ));
         };
+        // Where the other writers' sections stand around ours: a file that begins with
+        // `openai` (aidevops writes the providers in the order they were first logged in) is
+        // written back so, not with `anthropic` moved to the top.
+        let anthropic_at = map
+            .keys()
+            .filter(|k| *k != "version")
+            .position(|k| k == "anthropic")
+            .unwrap_or(0);
         let anthropic = match map.shift_remove("anthropic") {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items.into_iter().map(Entry::from_value).collect(),
+            Some(Value::Array(items)) => Entry::all_from_values(items),
             Some(other) => {
                 return Err(format!(
                     "\"anthropic\" is {}, not an array",
@@ -178,6 +218,7 @@ impl Pool {
             version,
             anthropic,
             extra: map,
+            anthropic_at,
             file_missing: false,
         })
     }
@@ -206,9 +247,17 @@ impl Pool {
             .iter()
             .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
             .collect();
-        map.insert("anthropic".into(), Value::Array(entries));
-        for (k, v) in &self.extra {
+        let mut entries = Some(Value::Array(entries));
+        for (i, (k, v)) in self.extra.iter().enumerate() {
+            if i == self.anthropic_at {
+                if let Some(entries) = entries.take() {
+                    map.insert("anthropic".into(), entries);
+                }
+            }
             map.insert(k.clone(), v.clone());
+        }
+        if let Some(entries) = entries {
+            map.insert("anthropic".into(), entries);
         }
         Value::Object(map)
     }
@@ -458,14 +507,14 @@ impl Pool {
                 existing.access = incoming.access;
                 existing.expires = incoming.expires;
                 // The token endpoint's wait was about the replaced refresh token.
-                existing.extra.remove("refreshBackoffUntil");
+                existing.extra.shift_remove("refreshBackoffUntil");
             }
             if incoming.key.is_some() {
                 existing.key = incoming.key;
             }
             existing.clear_cooldown();
-            existing.extra.remove("modelCooldowns");
-            existing.extra.remove("authErrorToken");
+            existing.extra.shift_remove("modelCooldowns");
+            existing.extra.shift_remove("authErrorToken");
             if matches!(
                 existing.status_enum(),
                 Some(Status::AuthError) | Some(Status::RateLimited) | None
@@ -755,6 +804,113 @@ mod tests {
         assert_eq!(pool.remove("#1").unwrap(), 1);
         assert_eq!(pool.anthropic.len(), 1);
         assert!(!pool.upsert(Account::new_api_key("ann@x", "k".into(), now)));
+    }
+
+    #[test]
+    fn a_second_entry_for_an_email_is_kept_and_reported_never_served() {
+        let raw = json!({"anthropic": [
+            {"email": "dup@x", "refresh": "r1", "enabled": false, "zeta": 1, "expires": 1711234567},
+            {"email": "dup@x", "type": "api", "key": "k2", "expires": 1711234567, "alpha": [1]},
+            {"email": "Dup@x", "refresh": "r3"},
+            {"email": "late@x", "priority": "high"},
+            {"email": "late@x", "refresh": "r4"},
+            {"email": "late@x", "refresh": "r5"},
+        ]});
+        let pool = Pool::from_value(raw.clone()).unwrap();
+        let Entry::Invalid { raw: kept, reason } = &pool.anthropic[1] else {
+            panic!("the second dup@x is not an account of its own");
+        };
+        assert_eq!(kept, &raw["anthropic"][1], "kept as it was written");
+        assert!(reason.contains("#0") && reason.contains("'#1'"), "{reason}");
+        let a = pool.find("dup@x").unwrap();
+        assert_eq!(a.refresh.as_ref().unwrap().expose(), "r1");
+        assert!(!a.is_enabled(), "the first stays what it is: disabled");
+        assert!(
+            matches!(pool.anthropic[2], Entry::Valid(_)),
+            "another case is another account"
+        );
+        // The first readable entry is the account, whatever unreadable one came before.
+        assert!(matches!(pool.anthropic[3], Entry::Invalid { .. }));
+        assert!(matches!(pool.anthropic[4], Entry::Valid(_)));
+        assert!(matches!(pool.anthropic[5], Entry::Invalid { .. }));
+        let written = pool.to_value();
+        for i in [1, 3, 5] {
+            assert_eq!(
+                written["anthropic"][i], raw["anthropic"][i],
+                "written back as read"
+            );
+        }
+        assert_eq!(
+            Pool::from_caller(raw).unwrap_err().code(),
+            "POOL_INVALID",
+            "savePool refuses it"
+        );
+    }
+
+    #[test]
+    fn the_sections_of_other_writers_keep_their_order() {
+        let raw = json!({"openai": [{"a": 1}], "_pending": {"b": 2}, "anthropic": [], "cursor": [], "_z": 0});
+        let pool = Pool::from_value(raw.clone()).unwrap();
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&pool.to_value()), keys(&raw));
+        let mut with_failover = Pool::from_value(
+            json!({"anthropic": [], "lastFailover": {}, "openai": [], "cursor": [], "google": []}),
+        )
+        .unwrap();
+        with_failover.extra.shift_remove("lastFailover");
+        assert_eq!(
+            keys(&with_failover.to_value()),
+            ["anthropic", "openai", "cursor", "google"]
+        );
+        let versioned = json!({"version": 2, "openai": [], "anthropic": []});
+        assert!(Pool::from_value(versioned).is_err());
+        let v0 = json!({"openai": [], "version": 0, "anthropic": [], "cursor": []});
+        assert_eq!(
+            keys(&Pool::from_value(v0).unwrap().to_value()),
+            ["version", "openai", "anthropic", "cursor"]
+        );
+        let none = json!({"openai": [], "cursor": []});
+        assert_eq!(
+            keys(&Pool::from_value(none).unwrap().to_value()),
+            ["anthropic", "openai", "cursor"]
+        );
+    }
+
+    #[test]
+    fn whole_numbers_in_any_json_spelling_and_statuses_in_any_case() {
+        let pool = Pool::parse(
+            br#"{"anthropic": [
+                {"email": "a@x", "priority": 1.0},
+                {"email": "b@x", "priority": 1e2},
+                {"email": "c@x", "priority": -0},
+                {"email": "d@x", "priority": 2.5},
+                {"email": "e@x", "priority": 1e300},
+                {"email": "f@x", "status": " Disabled "},
+                {"email": "g@x", "status": "AUTH-ERROR"},
+                {"email": "h@x", "status": "billing-error"}
+            ]}"#,
+        )
+        .unwrap();
+        let priority = |e: &str| pool.find(e).map(|a| a.priority);
+        assert_eq!(priority("a@x"), Some(Some(1)));
+        assert_eq!(priority("b@x"), Some(Some(100)));
+        assert_eq!(priority("c@x"), Some(Some(0)));
+        for fraction in [3, 4] {
+            let Entry::Invalid { reason, .. } = &pool.anthropic[fraction] else {
+                panic!("no integer says what {fraction} meant");
+            };
+            assert!(reason.contains("expected a whole number"), "{reason}");
+        }
+        let status = |e: &str| pool.find(e).unwrap().status_enum();
+        assert_eq!(status("f@x"), Some(Status::Disabled));
+        assert!(!pool.find("f@x").unwrap().is_enabled());
+        assert_eq!(status("g@x"), Some(Status::AuthError));
+        assert_eq!(status("h@x"), None, "unknown: usable, as before");
+        assert_eq!(
+            pool.find("f@x").unwrap().status,
+            " Disabled ",
+            "kept as written"
+        );
     }
 
     #[test]

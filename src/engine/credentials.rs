@@ -253,10 +253,10 @@ fn set_tokens(a: &mut Account, access: &Secret, refresh: &Secret, expires: i64) 
     a.access = Some(access.clone());
     a.refresh = Some(refresh.clone());
     a.expires = Some(expires);
-    a.extra.remove("refreshBackoffUntil");
+    a.extra.shift_remove("refreshBackoffUntil");
     if a.status_enum() == Some(Status::AuthError) {
         a.status = Status::Idle.as_str().into();
-        a.extra.remove("authErrorToken");
+        a.extra.shift_remove("authErrorToken");
     }
 }
 

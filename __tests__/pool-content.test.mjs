@@ -1,0 +1,122 @@
+// What other writers leave in the pool file (the opencode-aidevops plugin and its shell helpers,
+// a hand edit, Python's json): one email twice, numbers JSON spells its own ways, a status in
+// another case, their sections around ours. Each is read as it says, or kept and reported.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { writeFileSync, mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import * as lib from "../index.mjs";
+import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
+import { useMock, tempPoolPath, readPool, oauthEntry, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+
+const mock = useMock();
+
+function writeRaw(text) {
+  const path = tempPoolPath();
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  writeFileSync(path, text, { mode: 0o600 });
+  return path;
+}
+
+async function send(f) {
+  const res = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  await res.text();
+  return res;
+}
+
+test("one email in two entries: the second is kept and reported, and a disabled first one's token is never sent in its turn", async () => {
+  // The first entry's tokens are family A's, the second's family B's; the mock tells them apart.
+  const first = { ...oauthEntry(mock, "content-dup-a@x.test"), email: "content-dup@x.test", enabled: false };
+  const second = { ...oauthEntry(mock, "content-dup-b@x.test"), email: "content-dup@x.test", priority: 5, theirs: { n: 1 } };
+  const other = oauthEntry(mock, "content-other@x.test");
+  const path = writeRaw(JSON.stringify({ anthropic: [first, second, other] }, null, 2));
+  const f = lib.createPoolFetch({ path });
+  mock.clearRequests();
+  const res = await send(f);
+  assert.deepEqual(
+    mock.requests.map((r) => r.email),
+    ["content-other@x.test"],
+    "the disabled entry's credential was sent as the second entry's turn",
+  );
+  assert.equal(res.status, 200);
+  assert.equal(res.poolAccount, "content-other@x.test");
+  const listed = await lib.listAccounts(path);
+  assert.equal(listed[1].status, "invalid", JSON.stringify(listed[1]));
+  assert.equal(listed[1].email, "content-dup@x.test");
+  assert.match(listed[1].lastError, /second entry for this email.*#0/);
+  await lib.setPriority("content-other@x.test", 2, path);
+  await lib.flushPool(path);
+  const after = readPool(path);
+  assert.deepEqual(after.anthropic[1], second, "kept as it was written");
+  assert.equal(after.anthropic[0].refresh, first.refresh);
+  assert.equal(after.anthropic[0].enabled, false);
+  // Named by its index, it goes; the account stays.
+  assert.equal(await lib.removeAccount("#1", path), 1);
+  assert.equal(readPool(path).anthropic[0].refresh, first.refresh);
+});
+
+test("numbers written as 1.0, 1e2 or -0 are the whole numbers they say, and a status in another case is read", async () => {
+  const low = oauthEntry(mock, "content-low@x.test");
+  const high = oauthEntry(mock, "content-high@x.test");
+  const zero = oauthEntry(mock, "content-zero@x.test");
+  const off = oauthEntry(mock, "content-off@x.test");
+  const entry = (e, fields) =>
+    `{"email":${JSON.stringify(e.email)},"refresh":${JSON.stringify(e.refresh)},"access":${JSON.stringify(e.access)},"expires":${e.expires}${fields}}`;
+  const path = writeRaw(
+    `{"anthropic":[${[
+      entry(low, `,"priority":1.0,"status":"idle"`),
+      entry(high, `,"priority":1e2,"rateLimitUntil":null`),
+      entry(zero, `,"priority":-0`),
+      entry(off, `,"priority":1000,"status":"Disabled"`),
+    ].join(",")}]}\n`,
+  );
+  const listed = Object.fromEntries((await lib.listAccounts(path)).map((a) => [a.email, a]));
+  assert.deepEqual(
+    Object.values(listed).map((a) => [a.email, a.status, a.priority]),
+    [
+      ["content-low@x.test", "idle", 1],
+      ["content-high@x.test", "idle", 100],
+      ["content-zero@x.test", "idle", 0],
+      ["content-off@x.test", "disabled", 1000],
+    ],
+  );
+  const f = lib.createPoolFetch({ path });
+  mock.clearRequests();
+  const res = await send(f);
+  assert.equal(res.poolAccount, "content-high@x.test", "the highest priority of those enabled");
+  assert.deepEqual(
+    mock.requests.map((r) => r.email),
+    ["content-high@x.test"],
+  );
+  await lib.setEnabled("content-off@x.test", true, path);
+  assert.equal(readPool(path).anthropic[3].status, "idle", "enabled again");
+});
+
+test("other writers' sections keep their place in the file through our writes, and so do their fields in an account", async () => {
+  const a = oauthEntry(mock, "content-order-a@x.test");
+  const b = oauthEntry(mock, "content-order-b@x.test", { expired: true });
+  Object.assign(b, { refreshBackoffUntil: Date.now() - 60_000, authRefreshFailures: 0, zz: 1 });
+  const raw = {
+    openai: [{ email: "o@x.test", refresh: "fake-openai-refresh" }],
+    _pending_anthropic: { added: "2026-08-21T09:05:00.000Z" },
+    anthropic: [a, b],
+    lastFailover: { at: Date.now() - 1000, from: "x", to: "y", reason: "old" },
+    cursor: [],
+    google: [{ id: 1 }],
+  };
+  const path = writeRaw(JSON.stringify(raw, null, 2));
+  await lib.setPriority("content-order-a@x.test", 3, path);
+  assert.deepEqual(Object.keys(readPool(path)), Object.keys(raw));
+  // A failover from a to b (b's token refreshed on the way) moves the old lastFailover.
+  mock.script("content-order-a@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+  const res = await send(lib.createPoolFetch({ path }));
+  assert.equal(res.poolAccount, "content-order-b@x.test");
+  await lib.flushPool(path);
+  const after = readPool(path);
+  assert.deepEqual(Object.keys(after), ["openai", "_pending_anthropic", "anthropic", "cursor", "google", "_oauthPool"]);
+  assert.deepEqual(after.openai, raw.openai);
+  assert.deepEqual(after.google, raw.google);
+  const fields = Object.keys(after.anthropic[1]);
+  assert.ok(!fields.includes("refreshBackoffUntil"), "spent with the refresh");
+  assert.ok(fields.indexOf("authRefreshFailures") < fields.indexOf("zz"), fields.join());
+});
