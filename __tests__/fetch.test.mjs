@@ -547,6 +547,40 @@ test("requests to other hosts never carry a pool credential", async () => {
   assert.equal(mock.requests.at(-1).auth, null);
 });
 
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: a request to another origin goes with the caller's own headers, its credential and session included, as fetch sends them`, async () => {
+    // The API's rules were applied to every URL: the caller's `authorization`, `x-api-key`
+    // and session headers never reached its own server.
+    const path = await seedPool(mock, [`${transport}-elsewhere@x.test`]);
+    const poolFetch = createPoolFetch({ path, transport });
+    const other = mock.url.replace("127.0.0.1", "localhost");
+    const given = {
+      authorization: "Bearer callers-own",
+      "x-api-key": "callers-key",
+      "x-session-affinity": "s-1",
+      "x-parent-session-id": "p-1",
+      "x-opencode-project": "proj",
+      "content-type": "application/json",
+      "x-a": "1",
+    };
+    const seen = async (f) => {
+      mock.clearRequests();
+      const res = await f(`${other}/v1/messages`, { method: "POST", headers: given, body: body() });
+      await res.arrayBuffer();
+      const { headers } = mock.requests.at(-1);
+      return Object.fromEntries(Object.keys(given).map((name) => [name, headers[name]]));
+    };
+    try {
+      const expected = await seen(fetch);
+      assert.deepEqual(expected, given);
+      assert.deepEqual(await seen(poolFetch), expected);
+    } finally {
+      // Later tests look for session headers among the mock's requests: these went elsewhere.
+      mock.clearRequests();
+    }
+  });
+}
+
 test("an empty pool and a pool of dead accounts give a clear typed error", async () => {
   const path = await seedPool(mock, []);
   const poolFetch = createPoolFetch({ path });

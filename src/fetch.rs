@@ -89,16 +89,22 @@ pub async fn pool_fetch(
         }
     };
     let pairs = || req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    let base = headers::forwardable(pairs());
     let api = match config::api() {
         Ok(a) => a,
         Err(e) => return (Err(e), Vec::new()),
     };
     if !config::same_origin(&url, &api.url) {
-        // Not Anthropic's API: a plain fetch, never with a pool credential.
-        let result = send(method, url, base, req.body, cancel)
-            .await
-            .map(|r| answer(r, None, Vec::new()));
+        // Not Anthropic's API: a plain fetch with the caller's headers, its own credential
+        // included, never with a pool credential.
+        let result = send(
+            method,
+            url,
+            headers::passed_through(pairs()),
+            req.body,
+            cancel,
+        )
+        .await
+        .map(|r| answer(r, None, Vec::new()));
         return (result, Vec::new());
     }
 
@@ -106,6 +112,7 @@ pub async fn pool_fetch(
         .body
         .as_deref()
         .and_then(|b| top_level_string(b, "model", b.len()));
+    let base = headers::forwardable(pairs());
     let meta = RequestMeta::from_headers(pairs())
         .with_model(model)
         .with_url(url.path());

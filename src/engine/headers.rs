@@ -36,9 +36,9 @@ pub struct RequestMeta {
     pub endpoint: Option<&'static str>,
 }
 
-/// Request headers never forwarded upstream: credentials (the pool sets its own), hop-by-hop
-/// and length headers (the client sets them), encoding (the client negotiates and decodes), and
-/// OpenCode's session headers (the pool's to read, nobody else's business), under their 1.x names
+/// Request headers never forwarded upstream to the API: credentials (the pool sets its own),
+/// hop-by-hop and length headers (the client sets them), encoding (the client negotiates and
+/// decodes), and OpenCode's session headers (the pool's to read, nobody else's business), under their 1.x names
 /// and the ones OpenCode 2 adds (`session/model-request.ts`): a session's or a project's id sent
 /// with every account the pool uses would tie those accounts together upstream. OpenCode's
 /// client name and user-agent go on: they name the program, not the person.
@@ -167,6 +167,38 @@ pub fn is_resource_id(segment: &str) -> bool {
 /// The caller's headers as they may go upstream: without `DROPPED`, nor any header its
 /// `Connection` header names (those are for the hop to us, RFC 9110 7.6.1).
 pub fn forwardable<'a>(headers: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> HeaderMap {
+    kept(headers, DROPPED)
+}
+
+/// Of `DROPPED`, what the client settles on any request: the hop's, the framing and the
+/// encoding. The rest (the caller's own credential, its session headers) are the pool's
+/// business only on the API: a request to another origin is the caller's, and a caller's
+/// `authorization` to its own server was dropped.
+const CLIENT_OWNED: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "content-length",
+    "transfer-encoding",
+    "accept-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "proxy-authorization",
+    "proxy-connection",
+];
+
+/// The caller's headers for a request to another origin than the API's (never with a pool
+/// credential): all of them but what the client settles itself (`CLIENT_OWNED`).
+pub fn passed_through<'a>(headers: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> HeaderMap {
+    kept(headers, CLIENT_OWNED)
+}
+
+fn kept<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    dropped: &[&str],
+) -> HeaderMap {
     let hop_by_hop: Vec<String> = headers
         .clone()
         .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
@@ -177,7 +209,7 @@ pub fn forwardable<'a>(headers: impl Iterator<Item = (&'a str, &'a str)> + Clone
     let mut map = HeaderMap::new();
     for (k, v) in headers {
         let lower = k.to_ascii_lowercase();
-        if DROPPED.contains(&lower.as_str()) || hop_by_hop.contains(&lower) {
+        if dropped.contains(&lower.as_str()) || hop_by_hop.contains(&lower) {
             continue;
         }
         if let (Ok(name), Some(value)) = (HeaderName::from_bytes(lower.as_bytes()), latin1(v)) {
@@ -285,6 +317,32 @@ pub fn with_credential(base: &HeaderMap, credential: &Credential) -> Result<Head
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_origin_gets_the_callers_own_credential_and_session_but_not_the_hops() {
+        let caller = [
+            ("Authorization", "Bearer callers-own"),
+            ("x-api-key", "callers-key"),
+            ("x-session-affinity", "s1"),
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("accept-encoding", "identity"),
+            ("content-length", "9"),
+            ("x-a", "1"),
+        ];
+        let map = passed_through(caller.iter().copied());
+        let names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["authorization", "x-api-key", "x-session-affinity", "x-a"]
+        );
+        assert_eq!(map["authorization"], "Bearer callers-own");
+        // The API's: none of the caller's credential nor its session goes.
+        let api = forwardable(caller.iter().copied());
+        let names: Vec<&str> = api.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-a"]);
+        assert!(CLIENT_OWNED.iter().all(|h| DROPPED.contains(h)));
+    }
 
     #[test]
     fn a_value_goes_one_byte_a_character_as_fetch_sends_it() {
