@@ -252,18 +252,23 @@ test("1,000 accounts, duplicates, unknown statuses and wrong types: load what is
   }));
   anthropic.push({ email: "bulk1@x.test", refresh: "dup", access: "dup", status: "idle", rateLimitUntil: null });
   anthropic.push({ email: 42 }, { email: "badtype@x.test", expires: "tomorrow" }, "not an object");
-  await savePool({ anthropic: anthropic.slice(0, 1001) }, path);
+  // savePool refuses what a hand or another writer may leave: the second entry of an email, and
+  // entries that are not accounts.
+  await savePool({ anthropic: anthropic.slice(0, 1000) }, path);
   const raw = JSON.parse(readFileSync(path, "utf8"));
-  raw.anthropic.push(...anthropic.slice(1001));
+  raw.anthropic.push(...anthropic.slice(1000));
   writeFileSync(path, JSON.stringify(raw));
   const before = readFileSync(path);
   const mtime = statSync(path).mtimeMs;
   const pool = await loadPool(path);
   assert.equal(pool.anthropic.length, 1004, "every entry kept, readable or not");
   const status = await poolStatus(path);
-  assert.equal(status.counts.total, 1001);
-  assert.equal(status.invalid.length, 3);
+  assert.equal(status.counts.total, 1000);
+  assert.equal(status.invalid.length, 4);
   assert.ok(status.invalid.every((x) => typeof x.reason === "string" && x.reason.length > 0));
+  // The second bulk1 is never served in the first's place (its credential is not the account's).
+  assert.match(status.invalid[0].reason, /a second entry for this email \(entry #1 is the account\)/);
+  assert.equal(status.accounts.find((a) => a.email === "bulk1@x.test")?.status, "idle");
   assert.deepEqual(readFileSync(path), before);
   assert.equal(statSync(path).mtimeMs, mtime);
 });
