@@ -284,9 +284,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HalfClose<S> {
         std::task::ready!(this.poll_probe(cx))?;
         let poll = Pin::new(&mut this.inner).poll_flush(cx);
         if let Poll::Ready(Ok(())) = poll {
-            this.unflushed = false;
-            // An end of input kept back until the answer was out may be hyper's now.
-            if this.kept {
+            let flushed = std::mem::replace(&mut this.unflushed, false);
+            // An end of input kept back until the answer was out may be hyper's now, and a probe
+            // put off may go. Only bytes just flushed change that: hyper flushes on every turn
+            // of its loop, after its read, and a wake then would poll the connection again at
+            // once, for as long as the request is held.
+            if flushed && this.kept {
                 if let Some(w) = this.exchange.flags().reader.take() {
                     w.wake();
                 }
@@ -299,5 +302,113 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HalfClose<S> {
         let this = &mut *self;
         std::task::ready!(this.poll_probe(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    /// A client that half-closed at once: every read is the end, every write taken whole.
+    #[derive(Default)]
+    struct HalfClosed {
+        written: Vec<u8>,
+    }
+
+    impl AsyncRead for HalfClosed {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for HalfClosed {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.written.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl PeerReset for HalfClosed {
+        fn take_error(&self) -> io::Result<Option<io::Error>> {
+            Ok(None)
+        }
+    }
+
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_request_of_a_half_closed_client_is_not_polled_again_and_again() {
+        let exchange = Arc::new(Exchange::default());
+        let mut conn = HalfClose::new(HalfClosed::default(), exchange.clone());
+        exchange.begin(true);
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut space = [0u8; 64];
+        // hyper's loop, turn after turn while the answer is held: read, (nothing to write), flush.
+        for _ in 0..3 {
+            let mut buf = ReadBuf::new(&mut space);
+            assert!(Pin::new(&mut conn)
+                .poll_read(&mut cx, &mut buf)
+                .is_pending());
+            assert!(matches!(
+                Pin::new(&mut conn).poll_flush(&mut cx),
+                Poll::Ready(Ok(()))
+            ));
+        }
+        assert_eq!(conn.inner.written, PROBE, "one probe, nothing else");
+        // A flush with nothing written woke the connection at once: it spun while held.
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+
+        // The answer goes out; once it is flushed, the end kept back is hyper's.
+        exchange.answered();
+        assert!(matches!(
+            Pin::new(&mut conn).poll_write(&mut cx, b"HTTP/1.1 200 OK\r\n\r\n"),
+            Poll::Ready(Ok(_))
+        ));
+        exchange.finish();
+        let woken = wakes.0.load(Ordering::SeqCst);
+        let mut buf = ReadBuf::new(&mut space);
+        assert!(Pin::new(&mut conn)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending());
+        assert!(matches!(
+            Pin::new(&mut conn).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            woken + 1,
+            "the flush wakes the read"
+        );
+        let mut buf = ReadBuf::new(&mut space);
+        assert!(matches!(
+            Pin::new(&mut conn).poll_read(&mut cx, &mut buf),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(buf.filled().is_empty());
     }
 }
