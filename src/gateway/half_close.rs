@@ -27,10 +27,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The interim answer that asks whether a client whose input ended is still there.
 const PROBE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-/// How soon after the probe the socket is first checked for a reset; the checks then double up
-/// to `CHECK_MAX` (a reset on loopback comes within microseconds, across a network within a
-/// round trip).
-const CHECK_FIRST: Duration = Duration::from_millis(10);
+/// How long after the probe the socket is checked for a reset at every turn of the connection's
+/// task: a client that went away (the common case, an abort) answers within microseconds on one
+/// machine and a request it left is cancelled before it goes further, as when an end of input
+/// ended the exchange. Then the checks are a timer's, from `CHECK_FIRST` doubling up to
+/// `CHECK_MAX` (across a network a reset takes a round trip).
+const CHECK_AT_ONCE: Duration = Duration::from_micros(500);
+const CHECK_FIRST: Duration = Duration::from_millis(1);
 const CHECK_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
@@ -146,6 +149,8 @@ pub(super) struct HalfClose<S> {
     unflushed: bool,
     check: Option<Pin<Box<tokio::time::Sleep>>>,
     every: Duration,
+    /// Until when the socket is checked at every turn (`CHECK_AT_ONCE` from the probe's end).
+    at_once_until: Option<std::time::Instant>,
 }
 
 impl<S> HalfClose<S> {
@@ -159,6 +164,7 @@ impl<S> HalfClose<S> {
             unflushed: false,
             check: None,
             every: CHECK_FIRST,
+            at_once_until: None,
         }
     }
 }
@@ -234,6 +240,21 @@ impl<S: AsyncRead + AsyncWrite + PeerReset + Unpin> AsyncRead for HalfClose<S> {
             }
             if let Poll::Ready(Err(e)) = this.poll_probe(cx) {
                 return Poll::Ready(Err(e));
+            }
+            // No probe sent (an HTTP/1.0 client, or one put off until hyper's bytes are out):
+            // no reset can come to look for, and the waker left above is woken by the answer's
+            // end or by the flush the probe waits for.
+            if this.probed.is_none() {
+                return Poll::Pending;
+            }
+            if this.probed == Some(PROBE.len()) {
+                let until = *this
+                    .at_once_until
+                    .get_or_insert_with(|| std::time::Instant::now() + CHECK_AT_ONCE);
+                if std::time::Instant::now() < until {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
             }
             let every = this.every;
             let check = this
@@ -368,6 +389,18 @@ mod tests {
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
         let mut space = [0u8; 64];
+        // The probe, then a turn at once while a reset may come back within microseconds.
+        let mut buf = ReadBuf::new(&mut space);
+        assert!(Pin::new(&mut conn)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending());
+        assert!(wakes.0.load(Ordering::SeqCst) > 0, "looked again at once");
+        std::thread::sleep(CHECK_AT_ONCE * 2);
+        let mut buf = ReadBuf::new(&mut space);
+        assert!(Pin::new(&mut conn)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending());
+        let at_once = wakes.0.load(Ordering::SeqCst);
         // hyper's loop, turn after turn while the answer is held: read, (nothing to write), flush.
         for _ in 0..3 {
             let mut buf = ReadBuf::new(&mut space);
@@ -381,7 +414,7 @@ mod tests {
         }
         assert_eq!(conn.inner.written, PROBE, "one probe, nothing else");
         // A flush with nothing written woke the connection at once: it spun while held.
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), at_once);
 
         // The answer goes out; once it is flushed, the end kept back is hyper's.
         exchange.answered();
