@@ -320,7 +320,10 @@ test("2.x: the tool and the command say how to log in as OpenCode 2 does (its co
   const { host, handle, path } = await started();
   const text = async (action) => (await host.runTool("model-accounts-pool", { action })).content[0].text;
   const empty = await text("list");
-  assert.match(empty, /no accounts yet\. Add one: `\/connect` -> Anthropic Pool \(or `oauth-pool add` in a terminal\)/);
+  assert.match(
+    empty,
+    /no accounts yet\. Add one: `\/connect` -> Anthropic Pool -> "Claude Pro\/Max \(add account to pool\)".* In a terminal: `oauth-pool add`\.$/,
+  );
   // An account whose login was refused (its tokens kept), and a Console key refused.
   const pool = { version: 1, anthropic: [{ ...oauthEntry(mock, "gone@x.test"), status: "auth-error" }] };
   await lib.savePool(pool, path);

@@ -31,14 +31,16 @@ impl Status {
     /// Read as a person may write it by hand (`"Disabled"`, `" disabled "`): read exactly, a
     /// disabled account in another case was served as idle.
     pub fn parse(s: &str) -> Option<Status> {
-        Some(match s.trim().to_ascii_lowercase().as_str() {
-            "active" => Status::Active,
-            "idle" => Status::Idle,
-            "rate-limited" => Status::RateLimited,
-            "auth-error" => Status::AuthError,
-            "disabled" => Status::Disabled,
-            _ => return None,
-        })
+        let s = s.trim();
+        [
+            Status::Active,
+            Status::Idle,
+            Status::RateLimited,
+            Status::AuthError,
+            Status::Disabled,
+        ]
+        .into_iter()
+        .find(|status| status.as_str().eq_ignore_ascii_case(s))
     }
 }
 

@@ -365,6 +365,17 @@ impl Pool {
         })
     }
 
+    /// Removes a top-level section of the file, `anthropic` staying where it stood among the
+    /// others (a section before it gone, it was written one place late).
+    pub fn remove_section(&mut self, key: &str) -> Option<Value> {
+        let at = self.extra.keys().position(|k| k == key)?;
+        let value = self.extra.shift_remove(key)?;
+        if at < self.anthropic_at {
+            self.anthropic_at -= 1;
+        }
+        Some(value)
+    }
+
     pub fn accounts_mut(&mut self) -> impl Iterator<Item = &mut Account> {
         self.anthropic.iter_mut().filter_map(|e| match e {
             Entry::Valid(a) => Some(a.as_mut()),
@@ -857,11 +868,18 @@ mod tests {
             json!({"anthropic": [], "lastFailover": {}, "openai": [], "cursor": [], "google": []}),
         )
         .unwrap();
-        with_failover.extra.shift_remove("lastFailover");
+        with_failover.remove_section("lastFailover");
         assert_eq!(
             keys(&with_failover.to_value()),
             ["anthropic", "openai", "cursor", "google"]
         );
+        // A section before ours gone: ours stays between the same neighbours.
+        let mut before = Pool::from_value(
+            json!({"lastFailover": {}, "openai": [], "anthropic": [], "cursor": []}),
+        )
+        .unwrap();
+        before.remove_section("lastFailover");
+        assert_eq!(keys(&before.to_value()), ["openai", "anthropic", "cursor"]);
         let versioned = json!({"version": 2, "openai": [], "anthropic": []});
         assert!(Pool::from_value(versioned).is_err());
         let v0 = json!({"openai": [], "version": 0, "anthropic": [], "cursor": []});

@@ -16,11 +16,12 @@ export const KEY_HINT = "add a working key under its name: `oauth-pool add-key -
  * every host has.
  */
 export const HINTS = {
-  v1: { login: LOGIN_HINT, key: KEY_HINT, add: LOGIN_HINT },
+  v1: { login: LOGIN_HINT, key: KEY_HINT, add: LOGIN_HINT, alsoAdd: "" },
   v2: {
     login: "log in again with `/connect` -> Anthropic Pool -> Claude Pro/Max, or `oauth-pool add`",
     key: "add a working key under its name: `oauth-pool add-key --email <name>`, or `/connect` -> Anthropic Pool -> Console API key",
-    add: "`/connect` -> Anthropic Pool (or `oauth-pool add` in a terminal)",
+    add: "`/connect` -> Anthropic Pool",
+    alsoAdd: " In a terminal: `oauth-pool add`.",
   },
 };
 

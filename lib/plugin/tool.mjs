@@ -23,7 +23,7 @@ const USAGE = [
 ];
 
 const empty = (hints) =>
-  `The Anthropic pool has no accounts yet. Add one: ${hints.add} -> "Claude Pro/Max (add account to pool)" (or "Console API key (add to pool)").`;
+  `The Anthropic pool has no accounts yet. Add one: ${hints.add} -> "Claude Pro/Max (add account to pool)" (or "Console API key (add to pool)").${hints.alsoAdd}`;
 
 function known(accounts, hints) {
   if (!accounts) return "";

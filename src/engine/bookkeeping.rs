@@ -763,7 +763,7 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
         }
     }
     if let Some(f) = &batch.last_failover {
-        pool.extra.shift_remove("lastFailover");
+        pool.remove_section("lastFailover");
         let meta = pool
             .extra
             .entry(crate::manage::META_KEY)

@@ -292,22 +292,17 @@ fn short(value: &str) -> String {
 /// The values of a header said more than once, as a runtime's `Headers` joins them ("30, 600"),
 /// each on its own (a value said once is among them). An HTTP date holds a comma of its own
 /// after its weekday: each piece is also tried with the next one. At most 16 pieces are read.
-fn listed(value: &str) -> impl Iterator<Item = String> + '_ {
-    let pieces: Vec<&str> = value.split(',').take(16).collect();
-    let pairs: Vec<String> = pieces
+fn listed(value: &str) -> impl Iterator<Item = std::borrow::Cow<'_, str>> + '_ {
+    let pieces: Vec<&str> = if value.contains(',') {
+        value.split(',').take(16).collect()
+    } else {
+        vec![value]
+    };
+    let pairs: Vec<std::borrow::Cow<'_, str>> = pieces
         .windows(2)
-        .map(|p| format!("{},{}", p[0], p[1]))
+        .map(|p| format!("{},{}", p[0], p[1]).into())
         .collect();
-    let whole = (pieces.len() == 1).then(|| value.to_string());
-    whole
-        .into_iter()
-        .chain(
-            pieces
-                .into_iter()
-                .filter(|_| value.contains(','))
-                .map(str::to_string),
-        )
-        .chain(pairs)
+    pieces.into_iter().map(Into::into).chain(pairs)
 }
 
 /// A status said more than once, or after another: a hard one (`rejected`) over any soft one,
