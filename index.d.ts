@@ -169,8 +169,12 @@ export function addAccount(input: string, pkce: { verifier: string; state: strin
 export function addApiKey(key: string, options?: { email?: string; path?: string }): Promise<{ email: string; added: boolean }>;
 /** Removes the account(s) with this email; resolves how many were removed. */
 export function removeAccount(email: string, path?: string): Promise<number>;
-export function setEnabled(email: string, enabled: boolean, path?: string): Promise<void>;
-export function setPriority(email: string, priority: number, path?: string): Promise<void>;
+/**
+ * The next three resolve to the emails changed, as the pool file spells them (`email` may be
+ * `#N`, or differ in case or surrounding spaces).
+ */
+export function setEnabled(email: string, enabled: boolean, path?: string): Promise<string[]>;
+export function setPriority(email: string, priority: number, path?: string): Promise<string[]>;
 /** Clears every cooldown (and rate-limited status); resolves how many accounts changed. */
 export function resetCooldowns(path?: string): Promise<number>;
 /**
@@ -179,7 +183,7 @@ export function resetCooldowns(path?: string): Promise<number>;
  */
 export function refreshAccount(email: string, path?: string): Promise<{ email: string; outcome: "refreshed" | "adopted" | "kept"; expires: number | null }>;
 /** Keeps that share (0 to 1) of every window for the account's owner; 0 clears it. */
-export function setReserve(email: string, fraction: number, path?: string): Promise<void>;
+export function setReserve(email: string, fraction: number, path?: string): Promise<string[]>;
 /** Writes this process's pending bookkeeping (cooldowns, last use, quota) now. */
 export function flushPool(path?: string): Promise<void>;
 /** The version of the native addon. */

@@ -303,6 +303,20 @@ test("enable, disable, priority and remove change the file; unknown emails are A
   assert.deepEqual(json(r), { email: "b@x.test", priority: -3 });
   assert.equal(acct("b@x.test").priority, -3);
 
+  // Whom a change named, as the file spells it: `#1` or a differently cased email typed. It
+  // echoed what was typed: "disabled #1" told a person nothing of whom.
+  r = await cli(["disable", "#1"], { path });
+  assert.equal(r.stdout.trim(), "disabled b@x.test (#1)");
+  assert.equal(acct("b@x.test").enabled, false);
+  r = await cli(["enable", "B@X.test", "--json"], { path });
+  assert.deepEqual(json(r), { email: "b@x.test", enabled: true });
+  r = await cli(["priority", "B@X.TEST", "2"], { path });
+  assert.equal(r.stdout.trim(), "priority of b@x.test (B@X.TEST) is now 2");
+  r = await cli(["reserve", "#0", "0.25"], { path });
+  assert.equal(r.stdout.trim(), "a@x.test (#0): the pool stops using it once any window reaches 75 %");
+  r = await cli(["reserve", "a@x.test", "0"], { path });
+  assert.equal(r.stdout.trim(), "a@x.test: no reserve");
+
   for (const args of [
     ["disable", "nobody@x.test"],
     ["enable", "nobody@x.test"],

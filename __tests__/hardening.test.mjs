@@ -176,7 +176,10 @@ test("malformed rate-limit headers give sane cooldowns", async () => {
   const cases = [
     [{ "retry-after": "garbage" }, 1_000, 6_000],
     [{ "retry-after": "-5" }, 1_000, 6_000],
-    [{ "retry-after": "99999999999" }, 1_000, 6_000],
+    // A wait past any sane one is a long wait, capped as every rest is (8 days), as a date that
+    // far ahead and a window's reset 400 days off are: it was read as no wait at all (5 s).
+    [{ "retry-after": "99999999999" }, 7 * 86400_000, 8 * 86400_000 + 5000],
+    [{ "retry-after": String(40 * 86400) }, 7 * 86400_000, 8 * 86400_000 + 5000],
     [
       {
         "retry-after": "1",

@@ -492,7 +492,8 @@ test("tool actions: list, remove, enable, disable, priority and their help texts
   assert.match(await run({ action: "disable", email: "bob@example.com" }), /Disabled bob@example\.com/);
   assert.match(await run({ action: "list" }), /bob@example\.com \[Claude login\] disabled/);
   assert.match(await run({ action: "status" }), /2 total, 1 usable \(1 idle, 1 disabled\)/);
-  assert.match(await run({ action: "enable", email: "BOB@example.com" }), /Enabled BOB@example\.com/);
+  // Named as the pool file spells it, beside what the model typed.
+  assert.match(await run({ action: "enable", email: "BOB@example.com" }), /^Enabled bob@example\.com \(BOB@example\.com\): /);
   assert.doesNotMatch(await run({ action: "list" }), /disabled/);
 
   assert.match(await run({ action: "priority", email: "bob@example.com", priority: 7 }), /Priority of bob@example\.com is now 7/);

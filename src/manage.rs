@@ -341,12 +341,21 @@ fn emails_of(pool: &Pool, target: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The readable accounts `target` names, for changes that need one.
-fn each_account(pool: &mut Pool, target: &str, mut change: impl FnMut(&mut Account)) -> Result<()> {
+/// The readable accounts `target` names, for changes that need one; their emails as stored
+/// (a target may be `#N`, or differ in case or spaces), for the caller to say whom it changed.
+fn each_account(
+    pool: &mut Pool,
+    target: &str,
+    mut change: impl FnMut(&mut Account),
+) -> Result<Vec<String>> {
     let indexes = pool.resolve(target)?;
+    let mut emails = Vec::with_capacity(indexes.len());
     for i in indexes {
         match &mut pool.anthropic[i] {
-            Entry::Valid(a) => change(a),
+            Entry::Valid(a) => {
+                change(a);
+                emails.push(a.email.clone());
+            }
             Entry::Invalid { reason, .. } => {
                 return Err(Error::InvalidArgument(format!(
                     "the entry {target} is unreadable ({reason}): fix it in the file or remove it"
@@ -354,7 +363,7 @@ fn each_account(pool: &mut Pool, target: &str, mut change: impl FnMut(&mut Accou
             }
         }
     }
-    Ok(())
+    Ok(emails)
 }
 
 /// Enables or disables what `target` names; the emails of the accounts changed.
@@ -362,7 +371,6 @@ pub async fn set_enabled(store: &Store, target: &str, enabled: bool) -> Result<V
     let target = target.to_string();
     store
         .update_existing(move |pool| {
-            let emails = emails_of(pool, &target)?;
             each_account(pool, &target, |a| {
                 if enabled {
                     a.enabled = None;
@@ -388,21 +396,21 @@ pub async fn set_enabled(store: &Store, target: &str, enabled: bool) -> Result<V
                     a.enabled = Some(false);
                     a.status = Status::Disabled.as_str().into();
                 }
-            })?;
-            Ok(emails)
+            })
         })
         .await
 }
 
-pub async fn set_priority(store: &Store, target: &str, priority: i64) -> Result<()> {
+/// The emails of the accounts changed, as for `set_enabled`.
+pub async fn set_priority(store: &Store, target: &str, priority: i64) -> Result<Vec<String>> {
     let target = target.to_string();
     store
         .update_existing(move |pool| each_account(pool, &target, |a| a.priority = Some(priority)))
         .await
 }
 
-/// Keeps `fraction` of every window for the account's owner (0 clears it).
-pub async fn set_reserve(store: &Store, target: &str, fraction: f64) -> Result<()> {
+/// Keeps `fraction` of every window for the account's owner (0 clears it); the emails changed.
+pub async fn set_reserve(store: &Store, target: &str, fraction: f64) -> Result<Vec<String>> {
     if !fraction.is_finite() || !(0.0..=1.0).contains(&fraction) {
         return Err(Error::InvalidArgument(format!(
             "a reserve is a fraction from 0 to 1 (0.2 keeps 20 % of every window), got {fraction}"

@@ -29,34 +29,44 @@ pub fn duration(ms: i64) -> String {
 }
 
 /// The UTC clock time of `at` (epoch ms), with the day when it is not `now`'s: "14:32 UTC",
-/// "Tue 2 Dec 14:32 UTC". UTC everywhere, the CLI on a person's own terminal too: the engine
+/// "Tue 2 Dec 14:32 UTC", and the year when it is half a year or more away ("Fri 31 Dec 9999
+/// 23:59 UTC": a cooldown another writer set years ahead read as this December's). UTC everywhere, the CLI on a person's own terminal too: the engine
 /// does not know the reader's zone (a gateway's client, a log read elsewhere), and a time that
 /// a toast, a 429 and `status` each give is then the same time written the same way. The
 /// seconds are left out (the duration beside it carries them for short waits).
 pub fn clock(at: i64, now: i64) -> String {
+    // The time of day of the date said: a time past what a date can say is taken at its end.
+    let at = at.min(LAST_MS);
     let day = |ms: i64| ms.div_euclid(86_400_000);
     let minute = at.rem_euclid(86_400_000) / 60_000;
     let hm = format!("{:02}:{:02} UTC", minute / 60, minute % 60);
     if day(at) == day(now) {
         return hm;
     }
-    format!("{} {hm}", weekday_date_month(at))
+    const HALF_A_YEAR_MS: i64 = 183 * 86_400_000;
+    let (date, year) = weekday_date_month_year(at);
+    if at.abs_diff(now) >= HALF_A_YEAR_MS as u64 {
+        return format!("{date} {year} {hm}");
+    }
+    format!("{date} {hm}")
 }
 
-/// "Tue 2 Dec" of `at` (epoch ms, UTC), from httpdate's calendar ("Tue, 02 Dec 2025 14:32:10
-/// GMT"); times outside what an HTTP date can say are taken at its ends.
-fn weekday_date_month(at: i64) -> String {
-    const LAST_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+const LAST_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+
+/// "Tue 2 Dec" and "2025" of `at` (epoch ms, UTC), from httpdate's calendar ("Tue, 02 Dec 2025
+/// 14:32:10 GMT"); times outside what an HTTP date can say are taken at its ends.
+fn weekday_date_month_year(at: i64) -> (String, String) {
     let ms = at.clamp(0, LAST_MS) as u64;
     let text =
         httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
     let part = |r: std::ops::Range<usize>| text.get(r).unwrap_or_default();
-    format!(
+    let date = format!(
         "{} {} {}",
         part(0..3),
         part(5..7).trim_start_matches('0'),
         part(8..11)
-    )
+    );
+    (date, part(12..16).to_string())
 }
 
 /// "in 5 h 0 min (at 14:32 UTC)": how long from `now` until `until`, and when.
@@ -105,9 +115,20 @@ mod tests {
         assert_eq!(clock(at, at - 3_600_000), "14:32 UTC");
         assert_eq!(clock(at, at - 86_400_000), "Mon 1 Dec 14:32 UTC");
         assert_eq!(clock(0, 1), "00:00 UTC");
-        assert_eq!(clock(951_782_400_000, 0), "Tue 29 Feb 00:00 UTC");
+        assert_eq!(clock(951_782_400_000, 0), "Tue 29 Feb 2000 00:00 UTC");
+        assert_eq!(
+            clock(951_782_400_000, 951_782_400_000 - 86_400_000),
+            "Tue 29 Feb 00:00 UTC"
+        );
         assert_eq!(clock(-86_400_000 * 3, 0), "Thu 1 Jan 00:00 UTC");
-        assert!(clock(i64::MAX, 0).starts_with("Fri 31 Dec"));
+        assert_eq!(clock(i64::MAX, 0), "Fri 31 Dec 9999 23:59 UTC");
+        let year = 365 * 86_400_000;
+        assert_eq!(clock(at, at - year), "Mon 1 Dec 2025 14:32 UTC");
+        assert_eq!(
+            clock(at, at + year / 2 + 86_400_000),
+            "Mon 1 Dec 2025 14:32 UTC"
+        );
+        assert_eq!(clock(at, at - 100 * 86_400_000), "Mon 1 Dec 14:32 UTC");
         assert_eq!(until(at, at - 17_999_000), "in 5 h 0 min (at 14:32 UTC)");
         assert_eq!(super::at(at, at - 17_000), "14:32 UTC (in 17 s)");
     }

@@ -37,7 +37,7 @@ async function library(): Promise<void> {
   status.unsavedTokens.map((u) => u.since + 1);
   const accounts = await listAccounts();
   accounts.filter((a) => a.status === "invalid").map((a) => a.index);
-  await setPriority("a@example.com", 3);
+  (await setPriority("a@example.com", 3)).map((email) => email.toLowerCase());
   await addApiKey("fake-key", { email: "k@example.com" });
   const refreshed = await refreshAccount("a@example.com");
   if (refreshed.outcome === "adopted") refreshed.expires?.toFixed();

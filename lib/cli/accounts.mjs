@@ -8,11 +8,11 @@
 import { resolve } from "node:path";
 // Waits, "ago" and quota windows read the same here as in the OpenCode tool and the addon's own
 // messages (src/wait.rs words them all).
-import { ago, duration, percent, quotaText, restedText, servedText, usageLine, wait, waitAt, windowLine } from "../plugin/format.mjs";
+import { ago, duration, percent, quotaText, restedText, servedText, usageLine, wait, waitAt, whomChanged, windowLine } from "../plugin/format.mjs";
 import { modelPrices } from "../plugin/prices.mjs";
 import { millisOption } from "./args.mjs";
 import { UsageError, cliError } from "./errors.mjs";
-import { table, text } from "./output.mjs";
+import { printable, table, text } from "./output.mjs";
 import { TIMED_OUT, confirm, readLine } from "./stdin.mjs";
 
 // ---- how accounts read --------------------------------------------------------------------------
@@ -192,18 +192,23 @@ function entryEmail(pool, index) {
   return typeof entry?.email === "string" && entry.email ? entry.email : "an unreadable entry";
 }
 
+/** Whom a change named: the stored spelling for --json, and for a person beside what was typed. */
+function changed(emails, target) {
+  return { email: emails.join(", ") || target, shown: printable(whomChanged(emails, target)) };
+}
+
 function setEnabled(enabled) {
-  return async ({ lib, args: [email], path, out }) => {
-    await lib.setEnabled(email, enabled, path);
-    out.result({ email, enabled }, text`${enabled ? "enabled" : "disabled"} ${email}`);
+  return async ({ lib, args: [target], path, out }) => {
+    const { email, shown } = changed(await lib.setEnabled(target, enabled, path), target);
+    out.result({ email, enabled }, `${enabled ? "enabled" : "disabled"} ${shown}`);
   };
 }
 
 async function priority({ lib, args: [email, n], path, out }) {
   if (!/^-?\d+$/.test(n) || !Number.isSafeInteger(Number(n))) throw new UsageError(text`priority must be an integer, not ${n}`);
   const value = Number(n);
-  await lib.setPriority(email, value, path);
-  out.result({ email, priority: value }, text`priority of ${email} is now ${value}`);
+  const { email: stored, shown } = changed(await lib.setPriority(email, value, path), email);
+  out.result({ email: stored, priority: value }, `priority of ${shown} is now ${value}`);
 }
 
 async function refresh({ lib, args: [email], path, out }) {
@@ -223,10 +228,10 @@ async function reserve({ lib, args: [email, fraction], path, out }) {
   if (!/^(0|1|0?\.\d+|1\.0*)$/.test(fraction) || !(value >= 0 && value <= 1)) {
     throw new UsageError(text`reserve takes a fraction from 0 to 1 (0.2 keeps 20 % of every window), not ${fraction}`);
   }
-  await lib.setReserve(email, value, path);
+  const { email: stored, shown } = changed(await lib.setReserve(email, value, path), email);
   out.result(
-    { email, reserve: value },
-    value ? text`${email}: the pool stops using it once any window reaches ${percent(1 - value)} %` : text`${email}: no reserve`,
+    { email: stored, reserve: value },
+    value ? `${shown}: the pool stops using it once any window reaches ${percent(1 - value)} %` : `${shown}: no reserve`,
   );
 }
 

@@ -25,6 +25,15 @@ export const HINTS = {
   },
 };
 
+/**
+ * Whom a change named, as the pool file spells it, beside what was typed when that differs
+ * (`#2`, `ALICE@X`, a space around it): "alice@x (#2)". `emails` is what the change resolved to.
+ */
+export function whomChanged(emails, typed) {
+  const names = emails.join(", ") || typed;
+  return names === typed ? names : `${names} (${typed})`;
+}
+
 const words = (at, now) => nativeBinding().waitWords(Number(at), Number(now));
 
 /** 4_320_000 -> "1 h 12 min"; 17_000 -> "17 s": rounded up, never said shorter than it is. */

@@ -6,7 +6,22 @@
 // here, and library-only and CLI users never need it.
 import { createRequire } from "node:module";
 import { pool, pluginOptions, reportUnknownOptions } from "./shared.mjs";
-import { accountLine, ago, clock, HINTS, percent, quotaText, restedText, servedText, statusText, usageLine, wait, waitAt, windowsText } from "./format.mjs";
+import {
+  accountLine,
+  ago,
+  clock,
+  HINTS,
+  whomChanged,
+  percent,
+  quotaText,
+  restedText,
+  servedText,
+  statusText,
+  usageLine,
+  wait,
+  waitAt,
+  windowsText,
+} from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
 import { printableLines } from "../printable.mjs";
 
@@ -176,10 +191,10 @@ async function run(args, path, confirm, hints) {
     case "enable":
     case "disable": {
       if (!email) return needEmail(action, path, hints);
-      await pool.setEnabled(email, action === "enable", path);
+      const who = whomChanged(await pool.setEnabled(email, action === "enable", path), email);
       return action === "enable"
-        ? `Enabled ${email}: the pool uses it again.`
-        : `Disabled ${email}: the pool will not use it until you enable it (its login or key is kept).${await noneLeft(path)}`;
+        ? `Enabled ${who}: the pool uses it again.`
+        : `Disabled ${who}: the pool will not use it until you enable it (its login or key is kept).${await noneLeft(path)}`;
     }
     case "priority": {
       if (!email) return needEmail("priority", path, hints, " and `priority`, a whole number (higher is tried first)");
@@ -187,8 +202,8 @@ async function run(args, path, confirm, hints) {
       if (args?.priority === undefined || args?.priority === null || !Number.isInteger(n)) {
         return `The priority action needs \`priority\`: a whole number, higher is tried first (default 0). Example: priority ${email} 10.`;
       }
-      await pool.setPriority(email, n, path);
-      return `Priority of ${email} is now ${n} (higher is tried first).`;
+      const who = whomChanged(await pool.setPriority(email, n, path), email);
+      return `Priority of ${who} is now ${n} (higher is tried first).`;
     }
     case "reset-cooldowns": {
       const n = await pool.resetCooldowns(path);

@@ -80,13 +80,15 @@ pub fn remove_account(
     })
 }
 
-#[napi(js_name = "setEnabled", ts_return_type = "Promise<void>")]
+// These three answer the emails they changed, as stored: the CLI says whom `#2` or `ALICE@X`
+// named rather than echoing what was typed.
+#[napi(js_name = "setEnabled", ts_return_type = "Promise<string[]>")]
 pub fn set_enabled(
     env: &Env,
     email: String,
     enabled: bool,
     path: Option<String>,
-) -> JsResult<PromiseRaw<'_, ()>> {
+) -> JsResult<PromiseRaw<'_, Vec<String>>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
         let changed = manage::set_enabled(&store, &email, enabled)
@@ -96,17 +98,17 @@ pub fn set_enabled(
         for email in &changed {
             engine.forget(email);
         }
-        Ok(())
+        Ok(changed)
     })
 }
 
-#[napi(js_name = "setPriority", ts_return_type = "Promise<void>")]
+#[napi(js_name = "setPriority", ts_return_type = "Promise<string[]>")]
 pub fn set_priority(
     env: &Env,
     email: String,
     priority: i64,
     path: Option<String>,
-) -> JsResult<PromiseRaw<'_, ()>> {
+) -> JsResult<PromiseRaw<'_, Vec<String>>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
         manage::set_priority(&store, &email, priority)
@@ -115,13 +117,13 @@ pub fn set_priority(
     })
 }
 
-#[napi(js_name = "setReserve", ts_return_type = "Promise<void>")]
+#[napi(js_name = "setReserve", ts_return_type = "Promise<string[]>")]
 pub fn set_reserve(
     env: &Env,
     email: String,
     fraction: f64,
     path: Option<String>,
-) -> JsResult<PromiseRaw<'_, ()>> {
+) -> JsResult<PromiseRaw<'_, Vec<String>>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
         manage::set_reserve(&store, &email, fraction)

@@ -39,29 +39,35 @@ const HARD_STATUSES: &[&str] = &[
     "payment_required",
 ];
 
-/// `retry-after` as delta-seconds (fractions allowed) or an HTTP date. Garbage, negatives and
-/// absurd values give None (the caller falls back to its default); never panics or overflows.
+/// The longest wait a `retry-after` is read as; every rest is capped shorter still
+/// (`MAX_COOLDOWN_MS`), so this only keeps the arithmetic finite.
+const RETRY_AFTER_CEILING_SECS: f64 = 30.0 * 24.0 * 3600.0;
+
+/// `retry-after` as delta-seconds (fractions allowed) or an HTTP date. Garbage and negatives
+/// give None (the caller falls back to its default); a number past 30 days is read as 30 days,
+/// as a date that far ahead is: a server asking for a long wait was taken as saying nothing, and
+/// the account asked again after the 5 s default, while 29 days rested it the 8-day cap. Never
+/// panics or overflows.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
     if v.is_empty() {
         return None;
     }
     if let Ok(secs) = v.parse::<f64>() {
-        if !secs.is_finite() || !(0.0..=30.0 * 24.0 * 3600.0).contains(&secs) {
-            return None;
-        }
-        return Some(Duration::from_secs_f64(secs));
+        return seconds_capped(secs);
     }
     let at = httpdate::parse_http_date(v).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 pub fn parse_retry_after_ms(value: &str) -> Option<Duration> {
-    let ms = value.trim().parse::<f64>().ok()?;
-    if !ms.is_finite() || !(0.0..=30.0 * 24.0 * 3600.0 * 1000.0).contains(&ms) {
-        return None;
-    }
-    Some(Duration::from_secs_f64(ms / 1000.0))
+    seconds_capped(value.trim().parse::<f64>().ok()? / 1000.0)
+}
+
+fn seconds_capped(secs: f64) -> Option<Duration> {
+    // `inf` parses as a number too: a server's garbage, not a wait.
+    (secs.is_finite() && secs >= 0.0)
+        .then(|| Duration::from_secs_f64(secs.min(RETRY_AFTER_CEILING_SECS)))
 }
 
 /// A reset time: epoch seconds (or milliseconds), or an RFC 3339 date. Epoch ms out.
@@ -898,7 +904,14 @@ pub(crate) mod tests {
         assert_eq!(secs(""), None);
         assert_eq!(secs("abc"), None);
         assert_eq!(secs("NaN"), None);
-        assert_eq!(secs("99999999999"), None);
+        let thirty_days = 30 * 24 * 3600 * 1000;
+        assert_eq!(secs("99999999999"), Some(thirty_days));
+        assert_eq!(secs("3456000"), Some(thirty_days), "40 days");
+        assert_eq!(secs("inf"), None);
+        assert_eq!(
+            parse_retry_after_ms("1e300").map(|d| d.as_millis()),
+            Some(thirty_days)
+        );
         let future = httpdate::fmt_http_date(n + Duration::from_secs(90));
         assert_eq!(secs(&future), Some(90_000));
         let past = httpdate::fmt_http_date(n - Duration::from_secs(90));
