@@ -5,9 +5,9 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { connect } from "node:net";
 import { request as httpsRequest } from "node:https";
-import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import Anthropic from "@anthropic-ai/sdk";
 import { createAnthropic } from "@ai-sdk/anthropic";
@@ -96,6 +96,67 @@ test("the Anthropic SDK and the AI SDK talk to the pool through the gateway, acr
     assert.equal(deltas(curl.out), "Hello from sdk2@x.test");
   } finally {
     await gw.close(1000);
+  }
+});
+
+test("a failure that asking again cannot fix (no account, every login refused, a corrupt pool file) is not retried by the SDKs that honour x-should-retry; the error carries the pool's code and message", async () => {
+  const revoked = await seedPool(mock, ["gone@x.test"], { expired: ["gone@x.test"] });
+  mock.revoke("gone@x.test", { family: true });
+  const corrupt = tempPoolPath();
+  mkdirSync(dirname(corrupt), { recursive: true });
+  writeFileSync(corrupt, '{"anthropic":[', { mode: 0o600 });
+  const cases = [
+    { what: "an empty pool", path: tempPoolPath(), status: 503, code: "POOL_NO_ACCOUNT", said: /^anthropic-pool has no accounts in / },
+    {
+      what: "every login refused",
+      path: revoked,
+      status: 503,
+      code: "POOL_NO_ACCOUNT",
+      said: /gone@x\.test \(auth-error\)\. Accounts in auth-error need a new login/,
+    },
+    { what: "a corrupt pool file", path: corrupt, status: 500, code: "POOL_CORRUPT", said: /^anthropic-pool: pool file .+ is not valid: .+left untouched/ },
+  ];
+  for (const c of cases) {
+    const gw = await lib.serve({ port: 0, path: c.path });
+    try {
+      mock.clearRequests();
+      let asked = 0;
+      const counting = (input, init) => {
+        asked++;
+        return fetch(input, init);
+      };
+      // The SDK's own defaults: two retries of a 5xx, unless the server says not to.
+      const client = new Anthropic({ apiKey: KEY, baseURL: gw.url, fetch: counting });
+      const err = await client.messages.create({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }).then(
+        () => assert.fail(`${c.what}: served`),
+        (e) => e,
+      );
+      assert.ok(err instanceof Anthropic.APIError, `${c.what}: ${err}`);
+      assert.equal(asked, 1, `${c.what}: the SDK asked once, not again to be told the same`);
+      assert.equal(err.status, c.status, c.what);
+      assert.equal(err.headers.get("x-oauth-pool-error"), c.code, c.what);
+      assert.equal(err.headers.get("x-should-retry"), "false", c.what);
+      assert.equal(err.error?.type, "error", `${c.what}: Anthropic's error shape`);
+      assert.match(err.error.error.message, c.said, c.what);
+
+      // The AI SDK retries by status alone (x-should-retry is not read): what it shows is still
+      // the pool's message.
+      const anthropic = createAnthropic({ baseURL: `${gw.url}/v1`, apiKey: KEY });
+      const failure = await generateText({ model: anthropic("claude-sonnet-4-5"), prompt: "hi", maxRetries: 0 }).then(
+        () => assert.fail(`${c.what}: served by the AI SDK`),
+        (e) => e,
+      );
+      assert.equal(failure.statusCode, c.status, c.what);
+      assert.match(failure.message, c.said, c.what);
+      assert.equal(failure.responseHeaders["x-oauth-pool-error"], c.code, c.what);
+      assert.deepEqual(
+        mock.requests.map((r) => r.path),
+        [],
+        `${c.what}: nothing upstream`,
+      );
+    } finally {
+      await gw.close();
+    }
   }
 });
 

@@ -343,6 +343,23 @@ fn failed(e: &Error) -> Response<AnyBody> {
     if let Ok(v) = hyper::header::HeaderValue::from_str(e.code()) {
         res.headers_mut().insert("x-oauth-pool-error", v);
     }
+    // A 5xx is retried by the SDKs, and these are not fixed by asking again a second later (a
+    // pool with nothing usable, a broken or refused pool file, a refused endpoint): the
+    // Anthropic SDK asked three times before its user read why. The same codes as OpenCode 2's
+    // local answer (lib/opencode2/requests.mjs `refusal`).
+    if matches!(
+        e.code(),
+        "POOL_NO_ACCOUNT"
+            | "POOL_CORRUPT"
+            | "POOL_INSECURE"
+            | "INSECURE_ENDPOINT"
+            | "INVALID_ARGUMENT"
+    ) {
+        res.headers_mut().insert(
+            "x-should-retry",
+            hyper::header::HeaderValue::from_static("false"),
+        );
+    }
     res
 }
 
