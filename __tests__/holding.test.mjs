@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import Anthropic from "@anthropic-ai/sdk";
 import * as lib from "../index.mjs";
 import { jsonHeaders, messagesUrl, oauthEntry, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
 
@@ -210,3 +211,47 @@ test("OpenCode 1.18's provider fetch holds at most a minute: a longer wait holdi
   assert.equal(held.status, 200);
   await held.text();
 });
+
+// The Anthropic SDK gives each attempt a timeout (10 minutes by default, said upstream as
+// `x-stainless-timeout`), then aborts it and sends the request again, to be held again: a hold
+// longer than that ended, after the SDK's retries, in "Request timed out" and not a word of the
+// pool's wait. Half the client's timeout is held; a longer wait is the pool's 429 with its real
+// retry-after, which the SDK sleeps before it asks again.
+for (const via of ["native", "runtime", "gateway"]) {
+  test(`the Anthropic SDK's timeout bounds a hold: a longer wait is the pool's 429, which the SDK sleeps, then it is served (${via})`, async () => {
+    const email = `sdk-${via}@x.test`;
+    const path = await poolWith([email]);
+    const pool = readPool(path);
+    pool.anthropic[0].rateLimitUntil = Date.now() + 8_000;
+    await lib.savePool(pool, path);
+    const gw = via === "gateway" ? await lib.serve({ port: 0, path }) : null;
+    try {
+      const inner = gw ? fetch : lib.createPoolFetch({ path, transport: via });
+      const answers = [];
+      const counting = async (input, init) => {
+        const res = await inner(input, init);
+        answers.push({ status: res.status, hostWaits: res.headers.get("x-oauth-pool-host-waits"), retryAfter: Number(res.headers.get("retry-after")) });
+        return res;
+      };
+      mock.clearRequests();
+      // Each attempt 2 s: a second of it may be held, and the wait is 8 s.
+      const client = new Anthropic({
+        apiKey: gw ? lib.gatewayKey(path) : "unused",
+        baseURL: gw ? gw.url : mock.url,
+        fetch: counting,
+        timeout: 2_000,
+        maxRetries: 1,
+      });
+      const msg = await client.messages.create({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] });
+      assert.equal(msg.content[0].text, `Hello from ${email}`);
+      assert.equal(answers.length, 2, JSON.stringify(answers));
+      assert.equal(answers[0].status, 429);
+      assert.equal(answers[0].hostWaits, "true", "a wait holding covers, for the client to sit out");
+      assert.ok(answers[0].retryAfter >= 7 && answers[0].retryAfter <= 8, `the real wait: ${answers[0].retryAfter}`);
+      assert.equal(answers[1].status, 200);
+      assert.equal(mock.requests.length, 1, "one request upstream, once the account was usable");
+    } finally {
+      await gw?.close();
+    }
+  });
+}

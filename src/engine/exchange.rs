@@ -113,12 +113,18 @@ pub struct Exchange {
 impl Exchange {
     pub fn new(engine: Arc<Engine>, meta: RequestMeta) -> Exchange {
         let family = meta.model.as_deref().and_then(super::limits::model_family);
+        // A client that says how long it waits for an answer (the Anthropic SDKs) aborts a hold
+        // past that and sends the request again, to be held again: after its retries it said
+        // "Request timed out" and nothing of the pool's wait. Half of it is held; a longer wait
+        // is the pool's 429 with its `retry-after`, which the SDK sleeps before asking again,
+        // and the other half is left for the answer itself.
+        let hold_cap = meta.client_timeout.map(|t| t / 2);
         Exchange {
             engine,
             meta,
             family,
             hold_left: crate::settings::millis(crate::config::var::HOLD_MAX_MS),
-            hold_cap: None,
+            hold_cap,
             tried: HashSet::new(),
             refreshed: HashSet::new(),
             retry_same: None,
@@ -177,7 +183,8 @@ impl Exchange {
     /// A longer wait that holding covers is answered with the pool's 429 instead, marked
     /// `host_waits`, with the holding message: the host waits it out and asks again.
     pub fn cap_hold(&mut self, cap: std::time::Duration) {
-        self.hold_cap = Some(cap);
+        // The client's own limit (`Exchange::new`) stands when it is the shorter.
+        self.hold_cap = Some(self.hold_cap.map_or(cap, |c| c.min(cap)));
     }
 
     /// The model asked for, learnt after the exchange began (a driver that read it from the

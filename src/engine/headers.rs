@@ -14,6 +14,9 @@ pub const MAX_MODEL_LEN: usize = 128;
 /// OpenCode's ids are about 30 characters.
 pub const MAX_SESSION_ID_LEN: usize = 256;
 
+/// A year in seconds: a longer client timeout is taken as a year.
+const YEAR_S: f64 = 365.0 * 86_400.0;
+
 /// What the engine reads from a request to place it.
 #[derive(Debug, Default, Clone)]
 pub struct RequestMeta {
@@ -34,6 +37,9 @@ pub struct RequestMeta {
     /// The API's limits of its own the path falls under, when they are not the messages'
     /// (`limits::endpoint_limits`): a throttle there rests only that on the account.
     pub endpoint: Option<&'static str>,
+    /// How long the client waits for an answer before it gives up and sends the request again,
+    /// as the Anthropic SDKs say it (`x-stainless-timeout`, seconds): a hold past it is cut.
+    pub client_timeout: Option<std::time::Duration>,
 }
 
 /// Request headers the client settles on any request, never the caller's to send: hop-by-hop
@@ -95,6 +101,11 @@ impl RequestMeta {
             file: None,
             may_refer: false,
             endpoint: None,
+            client_timeout: find("x-stainless-timeout")
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                // Past a year it bounds nothing a hold does (holds end within 8 days).
+                .and_then(|s| std::time::Duration::try_from_secs_f64(s.min(YEAR_S)).ok()),
         }
     }
 
@@ -422,6 +433,21 @@ mod tests {
         );
         assert_eq!(meta.session, None);
         assert_eq!(meta.parent.as_deref(), Some(fits.as_str()));
+    }
+
+    #[test]
+    fn the_sdks_timeout_is_read_as_seconds_and_nonsense_is_no_timeout() {
+        let t = |v: &str| RequestMeta::from_headers([("X-Stainless-Timeout", v)].into_iter());
+        let secs = |v: &str| t(v).client_timeout.map(|d| d.as_secs_f64());
+        assert_eq!(secs("600"), Some(600.0));
+        assert_eq!(secs(" 2.5 "), Some(2.5));
+        assert_eq!(secs("0"), Some(0.0));
+        assert_eq!(secs("1e300"), Some(YEAR_S));
+        for nonsense in ["-1", "NaN", "inf", "ten", ""] {
+            assert_eq!(secs(nonsense), None, "{nonsense:?}");
+        }
+        let none = RequestMeta::from_headers(std::iter::empty());
+        assert_eq!(none.client_timeout, None);
     }
 
     #[test]
