@@ -10,6 +10,9 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import Anthropic from "@anthropic-ai/sdk";
+import { createAnthropic } from "@ai-sdk/anthropic";
+import { generateText } from "ai";
 import * as lib from "../index.mjs";
 import * as pluginModule from "../plugin.mjs";
 import { CLI, runNode } from "./helpers/fleet-kit.mjs";
@@ -225,4 +228,26 @@ test("a hand-edited row of the fleet store names the account, and does not doubt
   } finally {
     await pg.close();
   }
+});
+
+test("the pool fetch's refusal behind the SDKs: the Anthropic SDK's connection error holds it as its cause, the AI SDK shows it as it is", async () => {
+  const path = tempPoolPath();
+  const poolFetch = lib.createPoolFetch({ path });
+  let asked = 0;
+  const counting = (input, init) => {
+    asked++;
+    return poolFetch(input, init);
+  };
+  const client = new Anthropic({ apiKey: "unused", baseURL: mock.url, fetch: counting });
+  const err = await rejection(client.messages.create({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }));
+  assert.ok(err instanceof Anthropic.APIConnectionError, String(err));
+  assert.equal(asked, 3, "a failed fetch is asked twice more by the SDK");
+  assert.equal(err.cause?.code, "POOL_NO_ACCOUNT");
+  assertReadable(err.cause.message, "the SDK's cause");
+  assert.match(err.cause.message, /^anthropic-pool has no accounts in /);
+
+  const anthropic = createAnthropic({ baseURL: `${mock.url}/v1`, apiKey: "unused", fetch: poolFetch });
+  const failure = await rejection(generateText({ model: anthropic("claude-sonnet-4-5"), prompt: "hi" }));
+  assert.equal(failure.code, "POOL_NO_ACCOUNT");
+  assert.equal(failure.message, err.cause.message);
 });
