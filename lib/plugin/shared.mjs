@@ -235,8 +235,8 @@ function apiOriginOnly(fetch, provider) {
 }
 
 /**
- * The longest every-account-cooling wait OpenCode is asked to sit out: the Anthropic SDK's own
- * limit for honouring a `retry-after`.
+ * The longest every-account-cooling wait OpenCode is asked to sit out: long enough for a short
+ * throttle to pass by itself, short enough that a person is not left looking at a silent prompt.
  */
 export const LONGEST_HOST_WAIT_S = 60;
 
