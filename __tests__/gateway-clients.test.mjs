@@ -709,6 +709,105 @@ test("a client that half-closes after its whole request gets the answer in full,
   }
 });
 
+/**
+ * A raw client on its own socket: `bytes` written, then its side half-closed (`half`) or left
+ * open. `data` is what it has read so far; `closed` resolves when the socket closes.
+ */
+function rawClient(url, bytes, { half }) {
+  const { hostname, port } = new URL(url);
+  const socket = connect({ port: Number(port), host: hostname, allowHalfOpen: true });
+  const client = { data: "", closed: new Promise((r) => socket.on("close", r)), destroy: () => socket.destroy() };
+  socket.on("data", (d) => (client.data += d.toString("latin1")));
+  socket.on("error", () => {});
+  socket.on("connect", () => (half ? socket.end(bytes) : socket.write(bytes)));
+  return client;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+test("a client that half-closes, takes the first 100 and closes later while its answer is held cancels the upstream call; waiting costs no CPU", async () => {
+  // One 100 Continue was sent per connection: a client that closed after it (socat closes half a
+  // second after its input ends, a relay when its own client goes) answered nothing more, and
+  // the held request went on upstream until its answer came, hours for a hold.
+  const gw = await gateway(["later@x.test"]);
+  try {
+    mock.script("later@x.test", [{ hang: true }]);
+    const arrived = mock.waitFor("api", (r) => r.email === "later@x.test");
+    const closed = mock.waitFor("closed", (r) => r.email === "later@x.test");
+    const client = rawClient(gw.url, post("/v1/messages"), { half: true });
+    await arrived;
+    // Held for a while, half-closed and still reading: probes (at once, then 1 s, 3 s, 7 s
+    // after), and nearly no CPU (a spinning probe took a whole core, about as much CPU time as
+    // time passed). It closes between the second probe and the third.
+    const cpu = process.cpuUsage();
+    const wall = performance.now();
+    await sleep(1500);
+    const { user, system } = process.cpuUsage(cpu);
+    const spent = (user + system) / 1000;
+    const passed = performance.now() - wall;
+    assert.ok(spent < passed / 4, `${Math.round(spent)} ms of CPU in ${Math.round(passed)} ms of a held request`);
+    const read = client.data;
+    client.destroy();
+    assert.equal(await closedWithin5s(closed), "closed");
+    const interim = answers(read);
+    assert.ok(interim.length >= 1, "the probe came");
+    assert.deepEqual(
+      interim.map((a) => a.status),
+      interim.map(() => 100),
+      "only 100 Continue while held",
+    );
+    assert.equal(interim.rest, "");
+  } finally {
+    mock.clearScripts();
+    await gw.close(1000);
+  }
+});
+
+test("HTTP/1.0: a client that half-closes after its request gets its answer, with nothing before it; one that aborts, or half-closes and closes later, while its answer is held cancels the upstream call", async () => {
+  // An HTTP/1.0 client may be sent no 100 Continue, so it got no probe at all: one that went
+  // away (nginx speaks HTTP/1.0 to what it proxies to, and closes when its own client aborts)
+  // left its request going on upstream until the answer came.
+  const gw = await gateway(["ten@x.test"]);
+  const old = request(
+    "POST /v1/messages HTTP/1.0",
+    [`x-api-key: ${KEY}`, "content-type: application/json", `content-length: ${Buffer.byteLength(BODY)}`],
+    BODY,
+  );
+  try {
+    let open;
+    const gate = new Promise((r) => (open = r));
+    mock.script("ten@x.test", [{ until: gate, text: "held for 1.0" }]);
+    const asked = mock.waitFor("api", (r) => r.email === "ten@x.test");
+    const half = rawClient(gw.url, old, { half: true });
+    await asked;
+    await sleep(1500);
+    open();
+    await half.closed;
+    assert.match(half.data, /^HTTP\/1\.0 200 /, "the answer first: no interim answer, no stray byte");
+    const [a, ...more] = answers(half.data);
+    assert.equal(JSON.parse(a.body).content[0].text, "held for 1.0");
+    assert.equal(more.length, 0);
+
+    for (const [name, halfFirst] of [
+      ["an abort", false],
+      ["a half-close, then a close", true],
+    ]) {
+      mock.script("ten@x.test", [{ hang: true }]);
+      const arrived = mock.waitFor("api", (r) => r.email === "ten@x.test");
+      const closed = mock.waitFor("closed", (r) => r.email === "ten@x.test");
+      const client = rawClient(gw.url, old, { half: halfFirst });
+      await arrived;
+      if (halfFirst) await sleep(1500);
+      client.destroy();
+      assert.equal(await closedWithin5s(closed), "closed", name);
+      assert.equal(client.data, "", `${name}: nothing was read before the answer`);
+    }
+  } finally {
+    mock.clearScripts();
+    await gw.close(1000);
+  }
+});
+
 test("a header value with bytes past ASCII (UTF-8 text, legal as obs-text) goes upstream as its bytes, not dropped", async () => {
   // The value was dropped unless it was visible ASCII: the request went on without the header.
   const gw = await gateway(["bytes@x.test"]);

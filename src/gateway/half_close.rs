@@ -1,5 +1,5 @@
 //! A client that half-closes its connection after a whole request (`shutdown(SHUT_WR)`: `nc -N`,
-//! some proxies and scripted clients) is answered, and one that goes away is still let go at once.
+//! socat, some proxies and scripted clients) is answered, and one that goes away is still let go.
 //!
 //! Both look the same when they happen: the end of the client's input (a FIN). hyper reads that
 //! end during an exchange as the client leaving and drops the request, which cancelled the
@@ -9,11 +9,18 @@
 //!
 //! So the end of input met while a request waits for its answer is kept from hyper until the
 //! answer is out, and whether the client is still there is asked the one way TCP can tell: a
-//! client that closed its socket answers bytes sent to it with a reset, one that half-closed
-//! takes them. The bytes are an interim `100 Continue` (which HTTP/1.1 clients take before any
-//! answer, RFC 9110 15.2), then the answer's own. A reset seen is the read's error: hyper ends
-//! the connection, and the request's upstream call is cancelled with it. An end met once the
-//! answer is being written is the client leaving, as before (see `poll_read`).
+//! socket its client closed answers bytes sent to it with a reset, one that is only half-closed
+//! takes them. The question is asked again while the answer is held, because a client that
+//! half-closed may close later (socat does half a second after its input ends, a relay when its
+//! own client goes), and nothing comes from a closed socket unless something is sent to it.
+//! The bytes: to an HTTP/1.1 client an interim `100 Continue`, which it takes before any answer,
+//! as many as come (RFC 9110 15.2). An HTTP/1.0 client may be sent no interim answer; on this
+//! machine it is sent one byte of TCP urgent data, which its system keeps out of what the client
+//! reads and a closed socket answers with a reset like any byte (from another machine it gets
+//! nothing: a middlebox may clear the urgent flag, RFC 6093 5, and the byte would land in the
+//! answer). A reset seen is the read's error: hyper ends the connection, and the request's
+//! upstream call is cancelled with it. An end met once the answer is being written is the client
+//! leaving, as before (see `poll_read`).
 //! A request body the client never finished is its end: `client_done` tells the body's reader.
 
 use std::future::Future;
@@ -24,10 +31,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 /// The interim answer that asks whether a client whose input ended is still there.
 const PROBE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-/// How long after the probe the socket is checked for a reset at every turn of the connection's
+/// How long after a probe the socket is checked for a reset at every turn of the connection's
 /// task: a client that went away (the common case, an abort) answers within microseconds on one
 /// machine and a request it left is cancelled before it goes further, as when an end of input
 /// ended the exchange. Then the checks are a timer's, from `CHECK_FIRST` doubling up to
@@ -35,6 +43,12 @@ const PROBE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 const CHECK_AT_ONCE: Duration = Duration::from_micros(500);
 const CHECK_FIRST: Duration = Duration::from_millis(1);
 const CHECK_MAX: Duration = Duration::from_secs(1);
+/// The probe is sent again `PROBE_AGAIN` after the first, then at doubling intervals up to
+/// `PROBE_MAX`: a client that closes while its answer is held is let go within that, and one
+/// that waits an hour for its answer reads about 240 interim answers (a timer's wake every
+/// 15 s, nothing in between).
+const PROBE_AGAIN: Duration = Duration::from_secs(1);
+const PROBE_MAX: Duration = Duration::from_secs(15);
 
 #[derive(Default)]
 struct Flags {
@@ -108,20 +122,50 @@ impl Drop for Finished {
     }
 }
 
-/// A socket that can say whether the peer reset it.
+/// A socket that can say whether the peer reset it, and send it a byte it will not read.
 pub(super) trait PeerReset {
     fn take_error(&self) -> io::Result<Option<io::Error>>;
+
+    /// Sends the peer one byte of TCP urgent data if it is on this machine; `Ok(false)` when
+    /// nothing was sent (another machine, or a system without it here).
+    fn send_urgent(&self) -> io::Result<bool>;
 }
 
 impl PeerReset for tokio::net::TcpStream {
     fn take_error(&self) -> io::Result<Option<io::Error>> {
         tokio::net::TcpStream::take_error(self)
     }
+
+    #[cfg(unix)]
+    fn send_urgent(&self) -> io::Result<bool> {
+        if !self.peer_addr()?.ip().to_canonical().is_loopback() {
+            return Ok(false);
+        }
+        // A reset peer is an error here, not a SIGPIPE for the process that hosts the addon
+        // (elsewhere, as for every write on a socket, the host's ignored SIGPIPE is relied on).
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let flags = libc::MSG_OOB | libc::MSG_NOSIGNAL;
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let flags = libc::MSG_OOB;
+        socket2::SockRef::from(self)
+            .send_with_flags(&[0], flags)
+            .map(|n| n > 0)
+    }
+
+    #[cfg(not(unix))]
+    fn send_urgent(&self) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 impl<S: PeerReset> PeerReset for tokio_rustls::server::TlsStream<S> {
     fn take_error(&self) -> io::Result<Option<io::Error>> {
         self.get_ref().0.take_error()
+    }
+
+    /// Beside the TLS stream: the client's system keeps the byte out of what TLS reads.
+    fn send_urgent(&self) -> io::Result<bool> {
+        self.get_ref().0.send_urgent()
     }
 }
 
@@ -130,6 +174,13 @@ impl<L: PeerReset, R: PeerReset> PeerReset for tokio_util::either::Either<L, R> 
         match self {
             tokio_util::either::Either::Left(s) => s.take_error(),
             tokio_util::either::Either::Right(s) => s.take_error(),
+        }
+    }
+
+    fn send_urgent(&self) -> io::Result<bool> {
+        match self {
+            tokio_util::either::Either::Left(s) => s.send_urgent(),
+            tokio_util::either::Either::Right(s) => s.send_urgent(),
         }
     }
 }
@@ -141,16 +192,24 @@ pub(super) struct HalfClose<S> {
     /// The client's input ended.
     ended: bool,
     /// ... while its request waited for its answer: the end is kept from hyper until the answer
-    /// is out, and whether the client is still there asked with a probe.
+    /// is out, and whether the client is still there asked with probes.
     kept: bool,
-    /// Bytes of `PROBE` written; `None` until it is begun.
-    probed: Option<usize>,
+    /// Bytes of `PROBE` written of the one under way.
+    probe: Option<usize>,
+    /// When the next probe is due; `None` until the first is sent (it goes at once).
+    probe_at: Option<Instant>,
+    /// The wait after the next probe.
+    probe_every: Duration,
+    /// Urgent data cannot be sent to this client (see `PeerReset::send_urgent`).
+    no_urgent: bool,
     /// hyper handed over bytes that are not flushed yet: a probe now would go between them.
     unflushed: bool,
-    check: Option<Pin<Box<tokio::time::Sleep>>>,
-    every: Duration,
-    /// Until when the socket is checked at every turn (`CHECK_AT_ONCE` from the probe's end).
-    at_once_until: Option<std::time::Instant>,
+    /// Until when the socket is checked at every turn (`CHECK_AT_ONCE` from a probe's end).
+    at_once_until: Option<Instant>,
+    /// When the socket is checked next (`None` before any probe), and the wait after that.
+    check_at: Option<Instant>,
+    check_every: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> HalfClose<S> {
@@ -160,27 +219,49 @@ impl<S> HalfClose<S> {
             exchange,
             ended: false,
             kept: false,
-            probed: None,
+            probe: None,
+            probe_at: None,
+            probe_every: PROBE_AGAIN,
+            no_urgent: false,
             unflushed: false,
-            check: None,
-            every: CHECK_FIRST,
             at_once_until: None,
+            check_at: None,
+            check_every: CHECK_FIRST,
+            timer: None,
         }
+    }
+
+    /// A probe went out: the socket is looked at closely for a while, the next probe planned.
+    fn probed(&mut self) {
+        let now = Instant::now();
+        self.probe = None;
+        self.at_once_until = Some(now + CHECK_AT_ONCE);
+        self.check_every = CHECK_FIRST;
+        self.check_at = Some(now + CHECK_AT_ONCE + CHECK_FIRST);
+        self.probe_at = Some(now + self.probe_every);
+        self.probe_every = (self.probe_every * 2).min(PROBE_MAX);
+    }
+
+    /// Whether a probe may begin now if one is due: the answer is held, none of hyper's bytes
+    /// wait for a flush, no probe is under way, and this client can be asked.
+    fn may_probe(&self, held: bool, interim: bool) -> bool {
+        held && !self.unflushed && self.probe.is_none() && (interim || !self.no_urgent)
     }
 }
 
 impl<S: AsyncWrite + Unpin> HalfClose<S> {
     /// Writes what is left of a probe begun, then flushes it.
     fn poll_probe(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some(sent) = self.probed.filter(|&n| n < PROBE.len()) {
-            match Pin::new(&mut self.inner).poll_write(cx, &PROBE[sent..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.probed = Some(sent + n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-            if self.probed == Some(PROBE.len()) {
-                return Pin::new(&mut self.inner).poll_flush(cx);
+        while let Some(sent) = self.probe {
+            if sent < PROBE.len() {
+                match std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &PROBE[sent..])) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => self.probe = Some(sent + n),
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            } else {
+                std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+                self.probed();
             }
         }
         Poll::Ready(Ok(()))
@@ -221,7 +302,7 @@ impl<S: AsyncRead + AsyncWrite + PeerReset + Unpin> AsyncRead for HalfClose<S> {
             return Poll::Ready(Ok(()));
         }
         loop {
-            let may_probe = {
+            let (held, interim) = {
                 let mut f = this.exchange.flags();
                 // Between exchanges (or once the answer is all out) the end is hyper's: it
                 // closes the connection, as for any client done with it.
@@ -229,44 +310,64 @@ impl<S: AsyncRead + AsyncWrite + PeerReset + Unpin> AsyncRead for HalfClose<S> {
                     return Poll::Ready(Ok(()));
                 }
                 f.reader = Some(cx.waker().clone());
-                f.open && !f.answered && f.interim
+                (f.open && !f.answered, f.interim)
             };
             match this.inner.take_error() {
                 Ok(None) => {}
                 Ok(Some(e)) | Err(e) => return Poll::Ready(Err(e)),
             }
-            if this.probed.is_none() && may_probe && !this.unflushed {
-                this.probed = Some(0);
+            let now = Instant::now();
+            if this.may_probe(held, interim) && this.probe_at.is_none_or(|at| now >= at) {
+                if interim {
+                    this.probe = Some(0);
+                } else {
+                    match this.inner.send_urgent() {
+                        Ok(true) => this.probed(),
+                        Ok(false) => this.no_urgent = true,
+                        // The client's buffer is full of bytes it has not read: asked later.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            this.probe_at = Some(now + CHECK_MAX);
+                        }
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
             }
-            if let Poll::Ready(Err(e)) = this.poll_probe(cx) {
-                return Poll::Ready(Err(e));
-            }
-            // No probe sent (an HTTP/1.0 client, or one put off until hyper's bytes are out):
-            // no reset can come to look for, and the waker left above is woken by the answer's
-            // end or by the flush the probe waits for.
-            if this.probed.is_none() {
+            // A probe that cannot be written now wakes the connection when it can.
+            std::task::ready!(this.poll_probe(cx))?;
+            // No probe sent (an HTTP/1.0 client on another machine, or one put off until
+            // hyper's bytes are out): no reset can come to look for, and the waker left above
+            // is woken by the answer's end or by the flush the probe waits for.
+            let Some(mut check_at) = this.check_at else {
                 return Poll::Pending;
-            }
-            if this.probed == Some(PROBE.len()) {
-                let until = *this
-                    .at_once_until
-                    .get_or_insert_with(|| std::time::Instant::now() + CHECK_AT_ONCE);
-                if std::time::Instant::now() < until {
+            };
+            if let Some(until) = this.at_once_until {
+                if now < until {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
+                this.at_once_until = None;
             }
-            let every = this.every;
-            let check = this
-                .check
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
-            match check.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.every = (every * 2).min(CHECK_MAX);
-                    check
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + this.every);
+            // The socket was just checked: the next check is planned from here.
+            if check_at <= now {
+                this.check_every = (this.check_every * 2).min(CHECK_MAX);
+                check_at = now + this.check_every;
+                this.check_at = Some(check_at);
+            }
+            let mut wake_at = check_at;
+            if this.may_probe(held, interim) {
+                if let Some(at) = this.probe_at {
+                    wake_at = wake_at.min(at);
                 }
+            }
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake_at)));
+            if timer.deadline() != wake_at {
+                timer.as_mut().reset(wake_at);
+            }
+            match timer.as_mut().poll(cx) {
+                // A timer that has fired is made anew: polled again, it would be ready again.
+                Poll::Ready(()) => this.timer = None,
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -336,6 +437,17 @@ mod tests {
     #[derive(Default)]
     struct HalfClosed {
         written: Vec<u8>,
+        /// Bytes of urgent data sent to it.
+        urgent: AtomicUsize,
+        /// It closes its socket once it has been sent this many probes: from then on, as a
+        /// closed socket does, it answers with a reset.
+        closes_after: Option<usize>,
+    }
+
+    impl HalfClosed {
+        fn probes(&self) -> usize {
+            self.written.len() / PROBE.len() + self.urgent.load(Ordering::SeqCst)
+        }
     }
 
     impl AsyncRead for HalfClosed {
@@ -367,7 +479,15 @@ mod tests {
 
     impl PeerReset for HalfClosed {
         fn take_error(&self) -> io::Result<Option<io::Error>> {
-            Ok(None)
+            Ok(self
+                .closes_after
+                .is_some_and(|n| self.probes() >= n)
+                .then(|| io::ErrorKind::ConnectionReset.into()))
+        }
+
+        fn send_urgent(&self) -> io::Result<bool> {
+            self.urgent.fetch_add(1, Ordering::SeqCst);
+            Ok(true)
         }
     }
 
@@ -444,5 +564,71 @@ mod tests {
             read(&mut conn, &mut cx, &mut space),
             Poll::Ready(Ok(0))
         ));
+    }
+
+    /// hyper's turns on a connection whose answer is held, `elapsed` of paused time apart: each
+    /// a read (pending while held) and a flush.
+    async fn held_for(conn: &mut HalfClose<HalfClosed>, elapsed: Duration) -> io::Result<()> {
+        let waker = Waker::from(Arc::new(Wakes::default()));
+        let mut cx = Context::from_waker(&waker);
+        let mut space = [0u8; 64];
+        let step = Duration::from_millis(1);
+        let mut passed = Duration::ZERO;
+        while passed < elapsed {
+            match read(conn, &mut cx, &mut space) {
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(n)) => panic!("the end reached hyper while held ({n} bytes)"),
+                Poll::Pending => {}
+            }
+            assert!(matches!(
+                Pin::new(&mut *conn).poll_flush(&mut cx),
+                Poll::Ready(Ok(()))
+            ));
+            tokio::time::advance(step).await;
+            passed += step;
+        }
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_closed_client_is_asked_again_while_held_and_let_go_once_it_closed() {
+        // It half-closed, took the first probe, and closed its socket later: without a second
+        // probe nothing ever came back from it, and the held request went on upstream.
+        let exchange = Arc::new(Exchange::default());
+        let client = HalfClosed {
+            closes_after: Some(2),
+            ..HalfClosed::default()
+        };
+        let mut conn = HalfClose::new(client, exchange.clone());
+        exchange.begin(true);
+        held_for(&mut conn, Duration::from_millis(900))
+            .await
+            .expect("still there after one probe");
+        assert_eq!(conn.inner.written, PROBE, "one probe at once");
+        let err = held_for(&mut conn, Duration::from_secs(1))
+            .await
+            .expect_err("the reset that answered the second probe");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(conn.inner.written, [PROBE, PROBE].concat());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_come_at_doubling_intervals_and_an_http_1_0_client_gets_urgent_bytes_only() {
+        for http11 in [true, false] {
+            let exchange = Arc::new(Exchange::default());
+            let mut conn = HalfClose::new(HalfClosed::default(), exchange.clone());
+            exchange.begin(http11);
+            // At 0 s, then 1, 3, 7, 15, 30, 45 and 60 s.
+            held_for(&mut conn, Duration::from_millis(60_500))
+                .await
+                .unwrap();
+            assert_eq!(conn.inner.probes(), 8, "HTTP/1.1: {http11}");
+            let interim = conn.inner.written.len() / PROBE.len();
+            assert_eq!(interim, if http11 { 8 } else { 0 }, "HTTP/1.1: {http11}");
+            // Once the answer is being written, nothing goes between its bytes.
+            exchange.answered();
+            held_for(&mut conn, Duration::from_secs(30)).await.unwrap();
+            assert_eq!(conn.inner.probes(), 8);
+        }
     }
 }

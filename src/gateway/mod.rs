@@ -462,6 +462,10 @@ impl<S: half_close::PeerReset> half_close::PeerReset for WriteStall<S> {
     fn take_error(&self) -> io::Result<Option<io::Error>> {
         self.inner.take_error()
     }
+
+    fn send_urgent(&self) -> io::Result<bool> {
+        self.inner.send_urgent()
+    }
 }
 
 /// The exchange a request belongs to, in its extensions: whether its client's input has ended.
