@@ -325,6 +325,33 @@ test("HTTP/1.0: no Host needed, a streamed answer delimited by the close (never 
   }
 });
 
+test("HTTP/1.0 with Connection: keep-alive: an answer of known length keeps the connection; one the close ends does not say keep-alive", async () => {
+  // Every answer reached an HTTP/1.0 client without its length, ended by the close, and one that
+  // asked for keep-alive was told `connection: keep-alive` all the same: its next request on the
+  // connection went unanswered (ab -k took the answer for an empty one, its body for the next).
+  const gw = await gateway(["alive@x.test"]);
+  try {
+    const ten = (key, body) =>
+      request(
+        "POST /v1/messages HTTP/1.0",
+        [`x-api-key: ${key}`, "content-type: application/json", "Connection: keep-alive", `content-length: ${Buffer.byteLength(body)}`],
+        body,
+      );
+    const r = await raw(gw.url, [ten("wrong-key", BODY) + ten(KEY, STREAM_BODY)], { waitMs: 20_000 });
+    const [refused, streamed, ...more] = answers(r.data);
+    coded(refused, 401, "authentication_error");
+    assert.equal(refused.headers.connection, "keep-alive", "a length: the connection goes on");
+    assert.match(streamed?.statusLine ?? "", /^HTTP\/1\.0 200/, r.data.slice(0, 300));
+    assert.equal(streamed.headers["content-length"], undefined);
+    assert.notEqual(streamed.headers.connection, "keep-alive", "ended by the close, so not kept alive");
+    assert.equal(deltas(streamed.body), "Hello from alive@x.test");
+    assert.equal(more.length, 0);
+    assert.ok(r.closed, "the close ends the answer");
+  } finally {
+    await gw.close(1000);
+  }
+});
+
 test("OPTIONS (a browser's CORS preflight) is answered by the gateway, without a key and never upstream; it grants no CORS access", async () => {
   const gw = await gateway(["options@x.test"]);
   try {

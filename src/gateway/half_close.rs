@@ -113,12 +113,44 @@ impl Exchange {
     }
 }
 
-/// The answer's body, which tells the exchange when hyper is done with it.
-pub(super) struct Finished(pub(super) Arc<Exchange>);
+/// The answer's body, which tells the exchange when hyper is done with it (lets go of it). Its
+/// length passes through: a wrapper that hid it (`map_frame`) made every answer chunked, and to
+/// an HTTP/1.0 client ended by the close, which a client that asked for keep-alive was still
+/// told it had (its next request on the connection went unanswered).
+pub(super) struct Finishing<B> {
+    body: B,
+    exchange: Arc<Exchange>,
+}
 
-impl Drop for Finished {
+impl<B> Finishing<B> {
+    pub(super) fn new(body: B, exchange: Arc<Exchange>) -> Self {
+        Finishing { body, exchange }
+    }
+}
+
+impl<B> Drop for Finishing<B> {
     fn drop(&mut self) {
-        self.0.finish();
+        self.exchange.finish();
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Finishing<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -322,20 +322,26 @@ async fn accept_loop(
             hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let state = state.clone();
                 let exchange = exchange.clone();
-                exchange.begin(req.version() >= hyper::Version::HTTP_11);
+                let http11 = req.version() >= hyper::Version::HTTP_11;
+                exchange.begin(http11);
                 req.extensions_mut().insert(ClientInput(exchange.clone()));
                 async move {
-                    let response = handle(req, state).await;
+                    let mut response = handle(req, state).await;
+                    // An answer of unknown length reaches an HTTP/1.0 client ended by the close:
+                    // answered as HTTP/1.0, hyper says nothing of keep-alive (as an HTTP/1.1
+                    // answer it told a client that asked for it `connection: keep-alive`).
+                    if !http11
+                        && hyper::body::Body::size_hint(response.body())
+                            .exact()
+                            .is_none()
+                    {
+                        *response.version_mut() = hyper::Version::HTTP_10;
+                    }
                     exchange.answered();
-                    let finished = half_close::Finished(exchange);
                     // The exchange is over when hyper lets go of the answer's body.
-                    Ok::<_, Infallible>(response.map(|body| {
-                        body.map_frame(move |frame| {
-                            let _ = &finished;
-                            frame
-                        })
-                        .boxed_unsync()
-                    }))
+                    Ok::<_, Infallible>(
+                        response.map(|body| half_close::Finishing::new(body, exchange)),
+                    )
                 }
             })
         };
