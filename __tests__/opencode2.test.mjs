@@ -9,7 +9,7 @@ import { listAccounts, flushPool } from "../index.mjs";
 import { settle } from "../lib/errors.mjs";
 import { openExchange } from "../lib/exchange.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
-import { countedSignal, oauthEntry, poolListener, useMock, tempPoolPath, readPool, seedPool } from "./helpers/pool-env.mjs";
+import { countedSignal, oauthEntry, poolListener, useMock, tempPoolPath, readPool, seedPool, withEnv } from "./helpers/pool-env.mjs";
 import { HINTS } from "../lib/plugin/format.mjs";
 import { createHost, loadPlugin, g1Context, registrationsOf, ModelRequestError, reloadingHost, withLogLines } from "./helpers/opencode2-host.mjs";
 
@@ -577,6 +577,29 @@ test("a request the pool cannot place is answered at once with the reason, never
   assert.match(empty?.error?.message ?? "", /anthropic-pool has no accounts/);
   assert.equal(mock.requests.length, 0);
   await pool.handle.unload();
+});
+
+test("a fleet store that cannot be read without its key is answered at once, and the host does not retry it", async () => {
+  // STORE_KEY was answered without `x-should-retry: false`: OpenCode retried a store no retry
+  // can open (the gateway's 500 the same; src/error.rs lists what asking again cannot mend).
+  const home = tempPoolPath().replace(/[^/]+$/, "");
+  await withEnv({ HOME: home, OAUTH_POOL_STORE: "postgres://pool@127.0.0.1:9/pool", OAUTH_POOL_STORE_KEY: undefined, OAUTH_POOL_PATH: undefined }, async () => {
+    const sleeps = [];
+    const host = createHost({ sleep: async (ms) => void sleeps.push(ms), random: () => 0.5 });
+    const handle = await host.start(loadPlugin(pluginModule));
+    mock.clearRequests();
+    const failure = await withLogLines(() =>
+      host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).then(
+        () => null,
+        (e) => e,
+      ),
+    );
+    assert.ok(failure instanceof ModelRequestError, String(failure));
+    assert.match(failure.error.message, /no store key/);
+    assert.deepEqual(sleeps, [], "no host retries of a store without its key");
+    assert.equal(mock.requests.length, 0);
+    await handle.unload();
+  });
 });
 
 test("a request placed before a reload is finished by the plugin set up again: the pool's 429, not the local stand-in", async () => {

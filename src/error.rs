@@ -87,6 +87,16 @@ pub enum Error {
     },
 }
 
+/// The codes of `Error::asking_again_cannot_help`.
+pub const UNRETRIABLE_CODES: &[&str] = &[
+    "POOL_NO_ACCOUNT",
+    "POOL_CORRUPT",
+    "POOL_INSECURE",
+    "INSECURE_ENDPOINT",
+    "INVALID_ARGUMENT",
+    "STORE_KEY",
+];
+
 impl Error {
     /// The stable `err.code` string JavaScript callers switch on.
     pub fn code(&self) -> &'static str {
@@ -113,6 +123,14 @@ impl Error {
             Error::StoreCorrupt(_) => "POOL_CORRUPT",
             Error::TokensUnsaved { code, .. } => code,
         }
+    }
+
+    /// Whether asking again, a second or a minute later, cannot mend this failure: nothing in
+    /// the pool is usable, the pool file or store is broken, refused or unreadable without its
+    /// key, the endpoint is refused, the request itself is wrong. Answers for these tell the
+    /// SDKs not to retry (`x-should-retry: false`): the gateway's, and OpenCode 2's local one.
+    pub fn asking_again_cannot_help(code: &str) -> bool {
+        UNRETRIABLE_CODES.contains(&code)
     }
 
     pub(crate) fn io(

@@ -268,12 +268,12 @@ const placed = globalThis[PLACED];
  * the host shows; `x-should-retry: false` where retrying cannot help (packages/ai isRetryable
  * honours it).
  */
+let unretriable = null;
+
 function refusal(err) {
   const code = typeof err?.code === "string" ? err.code : "ERROR";
-  const [status, type, retry] =
-    code === "POOL_NO_ACCOUNT" || code === "INSECURE_ENDPOINT" || code === "INVALID_ARGUMENT" || code === "POOL_CORRUPT" || code === "POOL_INSECURE"
-      ? [503, "overloaded_error", "false"]
-      : [503, "api_error", undefined];
+  unretriable ??= new Set(nativeBinding().unretriableCodes());
+  const [status, type, retry] = unretriable.has(code) ? [503, "overloaded_error", "false"] : [503, "api_error", undefined];
   // Marked as the pool's once: its own messages may name it already ("anthropic-pool has no …").
   const text = scrubbed(err?.message ?? err);
   const message = text.startsWith("anthropic-pool") ? text : `anthropic-pool: ${text}`;

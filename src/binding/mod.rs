@@ -183,6 +183,13 @@ pub fn rest_scopes() -> Vec<RestScope> {
         .collect()
 }
 
+/// The error codes that asking again cannot mend (`Error::asking_again_cannot_help`), for
+/// OpenCode 2's local answer to say so as the gateway's does.
+#[napi(js_name = "unretriableCodes", catch_unwind)]
+pub fn unretriable_codes() -> Vec<&'static str> {
+    crate::error::UNRETRIABLE_CODES.to_vec()
+}
+
 /// A wait worded as every message of the addon words it (`crate::wait`), for the texts
 /// JavaScript writes (the CLI's `list`, `status` and `doctor`, the OpenCode tool): one wording
 /// and one rounding everywhere. `until` and `now` are epoch ms.

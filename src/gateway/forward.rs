@@ -343,18 +343,9 @@ fn failed(e: &Error) -> Response<AnyBody> {
     if let Ok(v) = hyper::header::HeaderValue::from_str(e.code()) {
         res.headers_mut().insert("x-oauth-pool-error", v);
     }
-    // A 5xx is retried by the SDKs, and these are not fixed by asking again a second later (a
-    // pool with nothing usable, a broken or refused pool file, a refused endpoint): the
-    // Anthropic SDK asked three times before its user read why. The same codes as OpenCode 2's
-    // local answer (lib/opencode2/requests.mjs `refusal`).
-    if matches!(
-        e.code(),
-        "POOL_NO_ACCOUNT"
-            | "POOL_CORRUPT"
-            | "POOL_INSECURE"
-            | "INSECURE_ENDPOINT"
-            | "INVALID_ARGUMENT"
-    ) {
+    // A 5xx is retried by the SDKs, and these are not fixed by asking again a second later:
+    // the Anthropic SDK asked three times before its user read why.
+    if Error::asking_again_cannot_help(e.code()) {
         res.headers_mut().insert(
             "x-should-retry",
             hyper::header::HeaderValue::from_static("false"),
@@ -593,6 +584,32 @@ fn stream_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store whose key is wrong or missing is not mended by asking again: its 500 went
+    /// without `x-should-retry: false`, and the SDKs asked three times before saying why.
+    #[test]
+    fn failures_asking_again_cannot_mend_say_so_and_others_do_not() {
+        let retry = |e: Error| {
+            let res = failed(&e);
+            let said = res
+                .headers()
+                .get("x-should-retry")
+                .map(|v| v.to_str().unwrap().to_string());
+            (res.status().as_u16(), said)
+        };
+        let no = Some("false".to_string());
+        assert_eq!(
+            retry(Error::StoreKey("wrong key".into())),
+            (500, no.clone())
+        );
+        assert_eq!(
+            retry(Error::NoUsableAccount("none".into())),
+            (503, no.clone())
+        );
+        assert_eq!(retry(Error::InvalidArgument("bad".into())), (400, no));
+        assert_eq!(retry(Error::StoreUnavailable("down".into())), (500, None));
+        assert_eq!(retry(Error::Aborted), (503, None));
+    }
 
     #[test]
     fn a_batch_answer_names_the_gateway_where_it_named_the_api() {
