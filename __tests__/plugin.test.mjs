@@ -354,6 +354,63 @@ test("the tool reads a reserve as set: to a tenth of a percent where needed (0.0
   assert.match(await poolActionText({ action: "status" }, path), /reserve: 0\.4% of every window kept/);
 });
 
+test("the tool's list and status stay short with 300 accounts: those needing a look shown, the rest counted, any one reachable by email", async () => {
+  // The tool's text goes into the model's context: a pool of 300 accounts made a list of 100 KB
+  // and a status of 115 KB (more with windows, cooldowns and problems), growing with every account.
+  const path = freshPath();
+  const now = Date.now();
+  const entry = (i, extra = {}) => ({
+    email: `member-${String(i).padStart(3, "0")}@example.com`,
+    refresh: `r-${i}`,
+    access: `a-${i}`,
+    expires: now + 3_600_000,
+    added: new Date(now).toISOString(),
+    lastUsed: new Date(now - i * 60_000).toISOString(),
+    status: "idle",
+    rateLimitUntil: null,
+    lastError: "x".repeat(5000),
+    ...extra,
+  });
+  const anthropic = Array.from({ length: 300 }, (_, i) => entry(i));
+  // Those that need a look are last in the file: shown all the same.
+  anthropic[297] = entry(297, { status: "rate-limited", rateLimitUntil: now + 3_600_000 });
+  anthropic[298] = entry(298, { status: "auth-error" });
+  anthropic[299] = entry(299, { enabled: false });
+  await lib.savePool({ version: 1, anthropic }, path);
+  const { poolActionText, ACCOUNTS_SHOWN } = await import("../lib/plugin/tool.mjs");
+  const list = await poolActionText({ action: "list" }, path);
+  const status = await poolActionText({ action: "status" }, path);
+  for (const [name, text] of [
+    ["list", list],
+    ["status", status],
+  ]) {
+    assert.ok(text.length < 24_000, `${name}: ${text.length} characters`);
+    assert.match(text, /member-297@example\.com.*rate-limited/, name);
+    assert.match(text, /member-298@example\.com.*auth-error/, name);
+    assert.match(text, /member-299@example\.com.*disabled/, name);
+    assert.match(text, new RegExp(`${300 - ACCOUNTS_SHOWN} more accounts not shown \\(${300 - ACCOUNTS_SHOWN} idle\\): ask with \`email\``), name);
+    assert.doesNotMatch(text, /member-150@example\.com/, name);
+  }
+  assert.equal(list.split("\n").filter((l) => /^\d+\. member-/.test(l)).length, ACCOUNTS_SHOWN);
+  assert.match(list, /^1\. member-000@example\.com /m, "the first in the file among them");
+  assert.match(list, /^300\. member-299@example\.com /m, "numbered by their place in the file");
+  assert.ok(!list.includes("x".repeat(400)), "a long problem is cut");
+  // Any account is reachable by name, with its place in the file.
+  assert.match(
+    await poolActionText({ action: "list", email: "MEMBER-150@example.com" }, path),
+    /^Anthropic pool: 300 accounts, 297 usable now\.\n151\. member-150@example\.com \[Claude login\] idle/,
+  );
+  const one = await poolActionText({ action: "status", email: "member-150@example.com" }, path);
+  assert.match(one, /Per account:\n {2}member-150@example\.com: idle/);
+  assert.doesNotMatch(one, /member-151|not shown/);
+  // An unknown name, here and in the other actions' hints: a few accounts named, the rest counted.
+  for (const action of ["list", "status", "enable"]) {
+    const text = await poolActionText({ action, email: "nobody@example.com" }, path);
+    assert.match(text, /No account "nobody@example\.com".*Accounts in the pool: member-000@example\.com, .*member-019@example\.com and 280 more\./s, action);
+    assert.ok(text.length < 4000, `${action}: ${text.length} characters`);
+  }
+});
+
 test("a hold shows one toast as it begins: which account, in how long, at what time (a 3-hour wait is OpenCode's to sit out: the pool's 429 at once, its real retry-after)", async () => {
   const path = freshPath();
   const { client, toasts, logs } = fakeClient();

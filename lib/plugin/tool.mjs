@@ -28,8 +28,8 @@ import { printableLines } from "../printable.mjs";
 export const ACTIONS = ["list", "status", "remove", "enable", "disable", "priority", "reset-cooldowns"];
 
 const USAGE = [
-  "list: every account with its status, priority, last use and quota",
-  "status: counts, soonest reset, last failover, quota per account",
+  "list [email]: every account (or the one named) with its status, priority, last use and quota",
+  "status [email]: counts, soonest reset, last failover, quota per account (or of the one named)",
   "remove <email>: take an account out of the pool and delete its login (only once the person agrees in OpenCode's permission prompt; where no one can be asked the account is disabled instead, and the person deletes it with `oauth-pool remove <email>` in a terminal)",
   "enable <email>: use a disabled account again",
   "disable <email>: stop using an account but keep its login",
@@ -40,10 +40,55 @@ const USAGE = [
 const empty = (hints) =>
   `The Anthropic pool has no accounts yet. Add one: ${hints.add} -> "Claude Pro/Max (add account to pool)" (or "Console API key (add to pool)").${hints.alsoAdd}`;
 
+// The tool's text goes into a model's context (OpenCode 2's command output too, which no host
+// truncates): a pool of 300 accounts made a `list` of 160 KB and a `status` of 170 KB. Past these,
+// the rest is counted, not shown: the accounts that need a look first, then the others in file
+// order; one named with `email` is shown whatever its place.
+export const ACCOUNTS_SHOWN = 40;
+const EMAILS_NAMED = 20;
+const PROBLEM_CHARS = 300;
+
+/** `emails` joined, the first `EMAILS_NAMED` of them and how many more. */
+function named(emails) {
+  const more = emails.length - EMAILS_NAMED;
+  return more > 0 ? `${emails.slice(0, EMAILS_NAMED).join(", ")} and ${more} more` : emails.join(", ");
+}
+
 function known(accounts, hints) {
   if (!accounts) return "";
-  return accounts.length ? `Accounts in the pool: ${accounts.map((a) => a.email).join(", ")}.` : empty(hints);
+  return accounts.length ? `Accounts in the pool: ${named(accounts.map((a) => a.email))}.` : empty(hints);
 }
+
+const usable = (a) => a.status === "idle" || a.status === "active";
+
+/**
+ * Which of `accounts` to show, as `[account, index]` in file order: every one when they are few,
+ * else the first `ACCOUNTS_SHOWN`, those that are not idle or active first. Also what the rest
+ * are ("12 idle, 3 rate-limited"), and how many.
+ */
+function shown(accounts) {
+  const all = accounts.map((a, i) => [a, i]);
+  if (all.length <= ACCOUNTS_SHOWN) return { picked: all, left: 0, rest: "" };
+  const picked = [...all.filter(([a]) => !usable(a)), ...all.filter(([a]) => usable(a))].slice(0, ACCOUNTS_SHOWN).sort((x, y) => x[1] - y[1]);
+  const taken = new Set(picked.map(([, i]) => i));
+  const by = new Map();
+  for (const [a, i] of all) if (!taken.has(i)) by.set(a.status, (by.get(a.status) ?? 0) + 1);
+  const rest = [...by].map(([status, n]) => `${n} ${status}`).join(", ");
+  return { picked, left: all.length - picked.length, rest };
+}
+
+function notShown({ left, rest }) {
+  if (!left) return [];
+  return [
+    `${left} more account${left === 1 ? "" : "s"} not shown (${rest}): ask with \`email\` for one of them; \`oauth-pool list\` in a terminal shows every one.`,
+  ];
+}
+
+/** Whether `a` is the account `email` names (in any case). */
+const isNamed = (a, email) => String(a.email).toLowerCase() === email.toLowerCase();
+
+const problemCut = (a) =>
+  typeof a.lastError === "string" && a.lastError.length > PROBLEM_CHARS ? { ...a, lastError: `${a.lastError.slice(0, PROBLEM_CHARS)}…` } : a;
 
 /** The accounts for a hint, or null when the pool cannot be read (the caller's error says why). */
 async function accountsOrNull(path) {
@@ -54,17 +99,20 @@ async function accountsOrNull(path) {
   }
 }
 
-async function list(path, now, hints) {
+async function list(path, now, hints, email) {
   const accounts = await pool.listAccounts(path);
   if (!accounts.length) return empty(hints);
-  const usable = accounts.filter((a) => a.status === "active" || a.status === "idle").length;
-  return [
-    `Anthropic pool: ${accounts.length} account${accounts.length === 1 ? "" : "s"}, ${usable} usable now.`,
-    ...accounts.map((a, i) => accountLine(a, i, now, hints)),
-  ].join("\n");
+  const usableNow = accounts.filter(usable).length;
+  const head = `Anthropic pool: ${accounts.length} account${accounts.length === 1 ? "" : "s"}, ${usableNow} usable now.`;
+  if (email) {
+    const lines = accounts.map((a, i) => (isNamed(a, email) ? accountLine(problemCut(a), i, now, hints) : null)).filter(Boolean);
+    return lines.length ? [head, ...lines].join("\n") : `${head} No account "${email}" in it. ${known(accounts, hints)}`;
+  }
+  const view = shown(accounts);
+  return [head, ...view.picked.map(([a, i]) => accountLine(problemCut(a), i, now, hints)), ...notShown(view)].join("\n");
 }
 
-async function status(path, now, hints) {
+async function status(path, now, hints, email) {
   const s = await pool.poolStatus(path);
   const c = s.counts ?? {};
   const lines = [`Anthropic pool (${s.path})`];
@@ -76,7 +124,7 @@ async function status(path, now, hints) {
   lines.push(`Accounts: ${c.total ?? 0} total, ${c.usable ?? 0} usable${by ? ` (${by})` : ""}.`);
   if (s.soonestReset) {
     const who = s.accounts.filter((a) => a.rateLimitUntil === s.soonestReset).map((a) => a.email);
-    lines.push(`Soonest reset: ${wait(s.soonestReset, now)}${who.length ? `, ${who.join(", ")}` : ""}.`);
+    lines.push(`Soonest reset: ${wait(s.soonestReset, now)}${who.length ? `, ${named(who)}` : ""}.`);
   } else {
     lines.push("Soonest reset: no account is cooling down.");
   }
@@ -84,10 +132,12 @@ async function status(path, now, hints) {
   lines.push(
     f ? `Last failover: ${ago(f.at, now)} (${clock(f.at, now)}), ${f.from} -> ${f.to ?? "no other account"}: ${f.reason}.` : "Last failover: none recorded.",
   );
-  if (s.accounts.length) {
+  const view = email ? { picked: s.accounts.filter((a) => isNamed(a, email)).map((a) => [a]), left: 0 } : shown(s.accounts);
+  if (email && !view.picked.length) lines.push(`No account "${email}" in the pool. ${known(s.accounts, hints)}`);
+  if (view.picked.length) {
     const prices = await modelPrices();
     lines.push("Per account:");
-    for (const a of s.accounts) {
+    for (const [a] of view.picked) {
       lines.push(`  ${a.email}: ${statusText(a, now, hints)}`);
       lines.push(`    windows: ${windowsText(a.windows, now, "; ") ?? quotaText(a.quota, now) ?? "none seen yet"}`);
       if (a.reserve) lines.push(`    reserve: ${percent(a.reserve)}% of every window kept for its owner`);
@@ -96,9 +146,12 @@ async function status(path, now, hints) {
       for (const u of [usageLine("today", a.usage?.today, prices), usageLine("this 5h window", a.usage?.window, prices)].filter(Boolean))
         lines.push(`    ${u}`);
     }
+    lines.push(...notShown(view));
   }
   if (s.invalid?.length) {
-    lines.push(`Invalid entries (kept in the file as they are): ${s.invalid.map((e) => `#${e.index}: ${e.reason}`).join("; ")}.`);
+    const invalid = s.invalid.slice(0, EMAILS_NAMED).map((e) => `#${e.index}: ${e.reason}`);
+    const more = s.invalid.length - invalid.length;
+    lines.push(`Invalid entries (kept in the file as they are): ${invalid.join("; ")}${more > 0 ? `; and ${more} more` : ""}.`);
   }
   return lines.join("\n");
 }
@@ -180,10 +233,10 @@ async function run(args, path, confirm, hints) {
   switch (action) {
     case "list":
       await pool.flushPool(path);
-      return list(path, now, hints);
+      return list(path, now, hints, email);
     case "status":
       await pool.flushPool(path);
-      return status(path, now, hints);
+      return status(path, now, hints, email);
     case "remove": {
       if (!email) return needEmail("remove", path, hints);
       return remove(email, path, confirm, hints);
@@ -295,7 +348,7 @@ export const TOOL_INPUT_SCHEMA = Object.freeze({
   type: "object",
   properties: {
     action: { type: "string", enum: ACTIONS, description: "What to do" },
-    email: { type: "string", description: "The account's email (remove, enable, disable, priority)" },
+    email: { type: "string", description: "The account's email (remove, enable, disable, priority; list and status show it alone)" },
     priority: { type: "integer", description: "The new priority for action priority; higher is tried first" },
   },
   required: ["action"],
@@ -312,7 +365,7 @@ export function createPoolTool(input, options) {
     description: TOOL_DESCRIPTION,
     args: {
       action: z.enum(ACTIONS).describe("What to do"),
-      email: z.string().optional().describe("The account's email (remove, enable, disable, priority)"),
+      email: z.string().optional().describe("The account's email (remove, enable, disable, priority; list and status show it alone)"),
       priority: z.number().int().optional().describe("The new priority for action priority; higher is tried first"),
     },
     async execute(args, ctx) {
