@@ -427,6 +427,8 @@ impl Account {
     /// written before windows were generic keep `quota.fiveHour` / `quota.sevenDay`).
     pub fn windows(&self) -> Vec<crate::engine::limits::Window> {
         use crate::engine::limits::Window;
+        #[cfg(test)]
+        WINDOW_READS.with(|n| n.set(n.get() + 1));
         if let Some(map) = self.stored_windows() {
             return map
                 .iter()
@@ -716,6 +718,13 @@ pub(crate) fn wall_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How often this thread read an account's windows (`Account::windows`): the work a choice
+    /// of account costs grows with it.
+    pub(crate) static WINDOW_READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 #[cfg(not(test))]
