@@ -103,6 +103,37 @@ for (const transport of ["native", "runtime"]) {
   });
 }
 
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: a pool fetch made with an onEvent and dropped is collected, with what its onEvent holds`, async () => {
+    // The listener a fetch with an onEvent hands its requests calls back through a native
+    // thread-safe function, which holds its callback as a GC root; the callback held the
+    // fetch's `notify`, whose scope held the listener: a cycle through a root. Every such fetch,
+    // its onEvent and all that held, stayed for the life of the process (a host or a script
+    // making a fetch per request or per session: 20,000 of them, 90 MB, and each request slower
+    // than the last).
+    const path = await seedPool(mock, [`${transport}-dropped-fetch@x.test`]);
+    const collected = new Set();
+    const watch = new FinalizationRegistry((i) => collected.add(i));
+    const N = 12;
+    const make = async (i) => {
+      // What a caller's onEvent holds (a client, a session): it must go with the fetch.
+      const held = { i };
+      const f = createPoolFetch({ path, transport, onEvent: () => held });
+      watch.register(held, i);
+      const res = await post(f);
+      assert.equal(res.status, 200);
+      await res.text();
+    };
+    for (let i = 0; i < N; i++) await make(i);
+    const gc = collector();
+    for (let i = 0; i < 50 && collected.size < N; i++) {
+      gc();
+      await sleep(20);
+    }
+    assert.ok(collected.size >= N - 1, `${collected.size} of ${N} dropped fetches collected`);
+  });
+}
+
 test("runtime: an abort that lands while the engine chooses the account sends nothing", async () => {
   // The runtime transport checked the signal before asking the engine, then listened for its
   // abort when sending: an abort in between (the engine's `next` awaited: a store read, a
@@ -166,6 +197,45 @@ test("OpenCode 2 hooks: the pool's own 429s kept for the host's retry stay bound
   await hooks.retry(newest);
   assert.notEqual(newest.decision, proposed, "a recent session still gets the pool's retry-after");
   assert.equal(newest.decision.retry, true);
+});
+
+test("OpenCode 2 hooks: a setup the host drops is collected, with the host's context its notices use", async () => {
+  // The request hooks' event listener kept its notify (which, as the setup's does, holds the
+  // host's context) from a native GC root, and that context holds the hooks, which hold the
+  // listener: each setup a host unloaded (an instance disposed, a plugin reloaded) stayed, with
+  // the host's context, for the life of the process.
+  const path = await seedPool(mock, ["v2-dropped-setup@x.test"]);
+  const collected = new Set();
+  const watch = new FinalizationRegistry((i) => collected.add(i));
+  const N = 6;
+  const setup = async (i) => {
+    const hooks = {};
+    const ctx = {
+      session: {
+        hook: async (name, handler) => {
+          hooks[name] = handler;
+        },
+      },
+    };
+    watch.register(ctx, i);
+    const notify = (events) => ctx.session && events;
+    await registerRequestHooks(ctx, { providerID: "anthropic-pool", path, notify, log: () => {} });
+    const body = JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 1, messages: [] });
+    const sent = { request: new Request(`${mock.url}/v1/messages`, { method: "POST", headers: jsonHeaders, body }), model: { id: "claude-sonnet-4-5" } };
+    await hooks["http.request"](sent, {});
+    const res = await fetch(sent.request);
+    const answered = { request: sent.request, response: res, sessionID: `ses_dropped_${i}` };
+    await hooks["http.response"](answered, {});
+    assert.equal(answered.response.status, 200);
+    await answered.response.text();
+  };
+  for (let i = 0; i < N; i++) await setup(i);
+  const gc = collector();
+  for (let i = 0; i < 50 && collected.size < N; i++) {
+    gc();
+    await sleep(20);
+  }
+  assert.ok(collected.size >= N - 1, `${collected.size} of ${N} dropped setups collected`);
 });
 
 test("OpenCode 2 hooks: a send that fails leaves no listener on the host's signal once the host drops it", async () => {

@@ -283,14 +283,19 @@ export function poolAnswer(step) {
 /**
  * What the engine tells at once, while a request goes on (a hold beginning: it may last hours,
  * and the events that travel with the answer arrive only when it ends): one per pool fetch or
- * setup, handed to each request it drives. `notify(events)` hears each such event alone.
+ * setup, handed to each request it drives. `notify(events)` hears each such event alone; the
+ * caller keeps `notify` alive for as long as it uses the listener (both in one scope).
  */
 export function eventListener(notify) {
   const { EventListener } = nativeBinding();
+  // The native side holds the callback as a GC root (a thread-safe function) for as long as the
+  // listener lives, and `notify`'s scope holds the listener: a callback holding `notify` kept
+  // every pool fetch or setup made with one, and all it held, for the life of the process.
+  const weak = new WeakRef(notify);
   return new EventListener((json) => {
     // Called from the addon's queue: whatever fails here must not become an uncaught error.
     try {
-      notify([JSON.parse(json)]);
+      weak.deref()?.([JSON.parse(json)]);
     } catch {}
   });
 }
