@@ -203,6 +203,7 @@ export interface ServeOptions {
   tlsCert?: string;
   tlsKey?: string;
   headerTimeoutMs?: number;
+  /** How long a request body may go without a byte before it is answered 408 (60 s). */
   bodyTimeoutMs?: number;
   maxConnections?: number;
 }

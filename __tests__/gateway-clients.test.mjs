@@ -854,3 +854,51 @@ test("a header value with bytes past ASCII (UTF-8 text, legal as obs-text) goes 
     await gw.close(1000);
   }
 });
+
+test("a request body that keeps arriving is read past the body timeout; one that goes silent for it gets 408 naming the wait", async () => {
+  // The body timeout was a total: a large upload still arriving over a slow link was cut with
+  // a 408 once the timeout had passed since the head, however steadily its bytes came.
+  const path = await seedPool(mock, ["slow-body@x.test"]);
+  const gateway = await lib.serve({ port: 0, path, bodyTimeoutMs: 600 });
+  try {
+    const pieces = 8;
+    const size = Math.ceil(BODY.length / pieces);
+    const { hostname, port } = new URL(gateway.url);
+    const steady = await new Promise((resolve) => {
+      const socket = connect(Number(port), hostname);
+      let data = "";
+      socket.on("data", (d) => {
+        data += d.toString("latin1");
+      });
+      socket.on("error", () => {});
+      socket.on("connect", async () => {
+        const whole = post("/v1/messages");
+        const headEnd = whole.indexOf("\r\n\r\n") + 4;
+        socket.write(whole.slice(0, headEnd));
+        // 8 pieces 250 ms apart: 2 s in all, never 600 ms without a byte.
+        for (let i = 0; i < pieces; i++) {
+          await new Promise((r) => setTimeout(r, 250));
+          socket.write(whole.slice(headEnd + i * size, headEnd + (i + 1) * size));
+        }
+      });
+      const done = setInterval(() => {
+        if (/\r\n\r\n[\s\S]*"type":"message"/.test(data) || /^HTTP\/1\.1 4/.test(data)) {
+          clearInterval(done);
+          socket.destroy();
+          resolve(data);
+        }
+      }, 20);
+    });
+    assert.match(steady, /^HTTP\/1\.1 200 /, steady.slice(0, 300));
+
+    const started = Date.now();
+    const whole = post("/v1/messages");
+    const stalled = await raw(gateway.url, [whole.slice(0, whole.indexOf("\r\n\r\n") + 4 + 5)], { waitMs: 5000 });
+    const [answer] = answers(stalled.data);
+    assert.equal(answer?.status, 408, stalled.data.slice(0, 300));
+    assert.match(answer.body, /no byte of the request body came for 1 s/);
+    assert.ok(Date.now() - started < 4000);
+  } finally {
+    await gateway.close(0);
+  }
+});
