@@ -591,6 +591,40 @@ test("an empty pool and a pool of dead accounts give a clear typed error", async
   await assert.rejects(post(poolFetch), (e) => e.code === "POOL_NO_ACCOUNT" && /dead@x\.test \(auth-error\)/.test(e.message));
 });
 
+test("an entry with no token, or an API-key entry whose key is under another name, is passed over and said as such, not as idle", async () => {
+  const path = await seedPool(mock, ["has-token@x.test"]);
+  const pool = await loadPool(path);
+  const now = new Date().toISOString();
+  const tokenless = { email: "tokenless@x.test", added: now, lastUsed: null, status: "idle", rateLimitUntil: null, priority: 9 };
+  // `apiKey` is no field of the pool's: the entry has no key.
+  const keyless = { email: "keyless@x.test", type: "api", apiKey: "misplaced", added: now, lastUsed: null, status: "idle", rateLimitUntil: null, priority: 9 };
+  pool.anthropic.unshift(tokenless, keyless);
+  await savePool(pool, path);
+  mock.clearRequests();
+  const res = await post(createPoolFetch({ path }));
+  assert.equal(res.status, 200);
+  assert.equal(res.poolAccount, "has-token@x.test");
+  await res.text();
+  assert.deepEqual(
+    mock.requests.map((r) => r.email),
+    ["has-token@x.test"],
+    "nothing sent without a credential",
+  );
+  // With only those left, the refusal names what each lacks and what to do. It said
+  // "tokenless@x.test (idle), keyless@x.test (idle)": idle is usable, and nothing told why not.
+  pool.anthropic = pool.anthropic.filter((a) => a.email !== "has-token@x.test");
+  await savePool(pool, path);
+  await assert.rejects(post(createPoolFetch({ path })), (e) => {
+    assert.equal(e.code, "POOL_NO_ACCOUNT");
+    assert.match(e.message, /tokenless@x\.test \(no token\), keyless@x\.test \(no key\)\. /);
+    assert.match(e.message, /One with no token needs a login \(`opencode auth login` or `oauth-pool add`\)/);
+    assert.match(e.message, /an API-key entry with no `key` needs one \(`oauth-pool add-key --email <email>`\)/);
+    assert.doesNotMatch(e.message, /idle/);
+    return true;
+  });
+  assert.equal(mock.requests.length, 1, "still nothing sent");
+});
+
 test("the Vercel AI SDK streams through the pool fetch", async () => {
   const { streamText } = await import("ai");
   const { createAnthropic } = await import("@ai-sdk/anthropic");

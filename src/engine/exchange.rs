@@ -1097,7 +1097,8 @@ impl Exchange {
             // Named up to a point: a message is read by a person (a file of 100,000 entries made
             // it 25 MB).
             const NAMED: usize = 12;
-            let (mut auth_error, mut disabled) = (false, false);
+            let (mut auth_error, mut disabled, mut no_login, mut no_key) =
+                (false, false, false, false);
             let mut states: Vec<String> = pool
                 .accounts()
                 .take(NAMED)
@@ -1113,6 +1114,8 @@ impl Exchange {
                     }
                     auth_error |= s == "auth-error";
                     disabled |= s == "disabled";
+                    no_login |= s == "no token";
+                    no_key |= s == "no key";
                     format!("{} ({s})", a.email)
                 })
                 .collect();
@@ -1122,15 +1125,24 @@ impl Exchange {
             // Only the advice that fits: a token endpoint that is down is no reason to log in.
             let mut advice = Vec::new();
             if auth_error || total > NAMED {
-                advice.push("Accounts in auth-error need a new login (`opencode auth login` or `oauth-pool add`)");
+                advice.push("accounts in auth-error need a new login (`opencode auth login` or `oauth-pool add`)");
             }
             if disabled || total > NAMED {
                 advice.push("disabled ones can be enabled with `oauth-pool enable <email>` or the model-accounts-pool tool");
             }
-            let advice = if advice.is_empty() {
-                String::new()
-            } else {
-                format!(". {}", advice.join("; "))
+            if no_login {
+                advice.push(
+                    "one with no token needs a login (`opencode auth login` or `oauth-pool add`)",
+                );
+            }
+            if no_key {
+                advice.push("an API-key entry with no `key` needs one (`oauth-pool add-key --email <email>`)");
+            }
+            let advice = advice.join("; ");
+            let mut first = advice.chars();
+            let advice = match first.next() {
+                Some(c) => format!(". {}{}", c.to_ascii_uppercase(), first.as_str()),
+                None => String::new(),
             };
             format!(
                 "anthropic-pool has no usable account: {}{advice}",
@@ -1151,6 +1163,10 @@ impl Exchange {
             }
         } else if self.engine.overlay.is_refused(a) {
             "auth-error".to_string()
+        } else if a.is_enabled() && !a.auth_error_is_ours() && !a.has_credential() {
+            // Its status says `idle` (usable), and the sentence said so of an account that was
+            // never sent anything: an entry with no token, or a key written under another name.
+            if a.is_api_key() { "no key" } else { "no token" }.to_string()
         } else {
             a.effective_status(now).as_str().to_string()
         }
