@@ -56,7 +56,7 @@ test("a 429 of a model's scoped window cools only that model on that account; ot
 });
 
 for (const transport of ["native", "runtime"]) {
-  test(`a throttle of token counting or message batches (limits of their own) moves that request on and rests only that: messages stay on the account (${transport})`, async () => {
+  test(`a throttle of token counting, message batches or the Files API (limits of their own) moves that request on and rests only that: messages stay on the account (${transport})`, async () => {
     const [first, second] = [`ct1-${transport}@x.test`, `ct2-${transport}@x.test`];
     const path = await seedPool(mock, [first, second]);
     const f = createPoolFetch({ path, transport });
@@ -67,6 +67,7 @@ for (const transport of ["native", "runtime"]) {
       // A throttle: no window is exhausted (one that were would be the account's).
       { path: "/v1/messages/count_tokens", status: 429, headers: { "retry-after": "600" } },
       { path: "/v1/messages/batches", status: 429, headers: { "retry-after": "600" } },
+      { path: "/v1/files", status: 429, headers: { "retry-after": "600" } },
     ]);
     mock.clearRequests();
     const count = await f(`${mock.url}/v1/messages/count_tokens`, {
@@ -81,6 +82,10 @@ for (const transport of ["native", "runtime"]) {
     assert.equal(batch.status, 200);
     assert.equal(batch.poolAccount, second);
     await batch.text();
+    const upload = await f(`${mock.url}/v1/files`, { method: "POST", headers: jsonHeaders, body: "file bytes" });
+    assert.equal(upload.status, 200);
+    assert.equal(upload.poolAccount, second);
+    await upload.text();
     // The messages stay where they were (its prompt cache): neither the throttle nor the
     // other account's answer moved them.
     const next = await ask(f, "claude-sonnet-4-5");
@@ -94,6 +99,8 @@ for (const transport of ["native", "runtime"]) {
         ["/v1/messages/count_tokens", second, 200],
         ["/v1/messages/batches", first, 429],
         ["/v1/messages/batches", second, 200],
+        ["/v1/files", first, 429],
+        ["/v1/files", second, 200],
         ["/v1/messages", first, 200],
       ],
     );
@@ -103,6 +110,7 @@ for (const transport of ["native", "runtime"]) {
     assert.notEqual(a.status, "rate-limited");
     assert.ok(a.modelCooldowns.count_tokens > Date.now() + 500_000, JSON.stringify(a.modelCooldowns));
     assert.ok(a.modelCooldowns.message_batches > Date.now() + 500_000, JSON.stringify(a.modelCooldowns));
+    assert.ok(a.modelCooldowns.files_api > Date.now() + 500_000, JSON.stringify(a.modelCooldowns));
     // Token counting on the first account rests (another process too): it goes to the second
     // without asking the first.
     mock.clearRequests();
@@ -124,6 +132,7 @@ for (const transport of ["native", "runtime"]) {
     const shown = await runCli(["status", "--path", path]);
     assert.match(shown.out, /cooling +token counting until .*; messages serve/, shown.out + shown.err);
     assert.match(shown.out, /cooling +message batches until/);
+    assert.match(shown.out, /cooling +files until/);
   });
 }
 
@@ -326,30 +335,36 @@ test("a window's use said as an absurd number is not kept: status shows no Infin
   assert.match(shown, /5h \[-+\] \?/, shown);
 });
 
-test("a machine clock an hour off (WSL after sleep): a window's cooldown still ends at its reset, read by the answer's Date", async () => {
-  for (const [label, offsetSec] of [
-    ["slow", 3600],
-    ["fast", -3600],
-  ]) {
-    const email = `clock-${label}@x.test`;
-    const path = await seedPool(mock, [email]);
-    const serverNow = Math.floor(Date.now() / 1000) + offsetSec;
-    const headers = {
-      ...rateLimitHeaders({ fiveHourReset: serverNow + 600 }),
-      date: new Date(serverNow * 1000).toUTCString(),
-    };
-    mock.script(email, [{ status: 429, headers }]);
-    const res = await ask(createPoolFetch({ path }), "claude-sonnet-4-5");
-    assert.equal(res.status, 429, "the only account is exhausted: the pool's own 429");
-    await res.text();
-    const retryAfter = Number(res.headers.get("retry-after"));
-    assert.ok(retryAfter >= 590 && retryAfter <= 610, `${label} clock: retry-after ${retryAfter}, the reset is 10 minutes away`);
-    await flushPool(path);
-    const left = account(path, email).rateLimitUntil - Date.now();
-    // Unread, a slow clock benched the account 70 minutes and a fast one 5 seconds.
-    assert.ok(left > 590_000 && left < 610_000, `${label} clock: rests ${left} ms, the reset is 10 minutes away`);
-  }
-});
+for (const transport of ["native", "runtime"]) {
+  test(`a machine clock an hour off (WSL after sleep): a window's cooldown still ends at its reset, read by the answer's Date; a Date a month off is ignored (${transport})`, async () => {
+    for (const [label, offsetSec, heeded] of [
+      ["slow", 3600, true],
+      ["fast", -3600, true],
+      // Further off than any window (8 days): no clock is that wrong; the answer's Date is.
+      ["a month behind", -30 * 86_400, false],
+      ["a month ahead", 30 * 86_400, false],
+    ]) {
+      const email = `clock-${label.replace(/ /g, "-")}-${transport}@x.test`;
+      const path = await seedPool(mock, [email]);
+      const serverNow = Math.floor(Date.now() / 1000) + offsetSec;
+      const resetOn = heeded ? serverNow : Math.floor(Date.now() / 1000);
+      const headers = {
+        ...rateLimitHeaders({ fiveHourReset: resetOn + 600 }),
+        date: new Date(serverNow * 1000).toUTCString(),
+      };
+      mock.script(email, [{ status: 429, headers }]);
+      const res = await ask(createPoolFetch({ path, transport }), "claude-sonnet-4-5");
+      assert.equal(res.status, 429, "the only account is exhausted: the pool's own 429");
+      await res.text();
+      const retryAfter = Number(res.headers.get("retry-after"));
+      assert.ok(retryAfter >= 590 && retryAfter <= 610, `${label}: retry-after ${retryAfter}, the reset is 10 minutes away`);
+      await flushPool(path);
+      const left = account(path, email).rateLimitUntil - Date.now();
+      // Unread, a slow clock benched the account 70 minutes and a fast one 5 seconds.
+      assert.ok(left > 590_000 && left < 610_000, `${label}: rests ${left} ms, the reset is 10 minutes away`);
+    }
+  });
+}
 
 test("a Console key's monthly spend limit (429 enforced_spend_limit_reached) rests the key until the month turns, not seconds", async () => {
   const key = `fake-console-key-spend-${Date.now()}`;
@@ -498,6 +513,38 @@ test("a reserve stops use at its line (set with the CLI); reserved accounts coun
   assert.equal((await runCli(["reserve", "res1@x.test", "1.5", "--path", path])).code, 2);
 });
 
+test("a window whose reset has passed has started over: status reads it 0 % with no reset, and a reserve past its line in it no longer holds the account", async () => {
+  const email = "rolled@x.test";
+  const path = await seedPool(mock, [email]);
+  const pool = readPool(path);
+  const now = Date.now();
+  const heard = now - 3_600_000;
+  Object.assign(pool.anthropic[0], {
+    reserve: 0.2,
+    limits: {
+      updatedAt: heard,
+      windows: {
+        "5h": { updatedAt: heard, status: "allowed", reset: now - 60_000, utilization: 0.95 },
+        "7d": { updatedAt: heard, status: "allowed", reset: now + 86_400_000, utilization: 0.5 },
+      },
+    },
+  });
+  await lib.savePool(pool, path);
+  const windows = Object.fromEntries((await poolStatus(path)).accounts[0].windows.map((w) => [w.name, w]));
+  assert.equal(windows["5h"].utilization, 0, JSON.stringify(windows));
+  assert.equal(windows["5h"].resetsAt, null);
+  assert.equal(windows["7d"].utilization, 0.5);
+  const cli = await runCli(["status", "--path", path]);
+  assert.match(cli.out, /5h \[-{10}\] 0%\n/, cli.out);
+  assert.match(cli.out, /7d \[#####-----\] 50% resets in/);
+  // 95 % was past the 80 % line, in a window that has reset since: the account serves.
+  mock.clearRequests();
+  const res = await ask(createPoolFetch({ path }), "claude-sonnet-4-5");
+  assert.equal(res.status, 200);
+  assert.equal(res.poolAccount, email);
+  await res.text();
+});
+
 test("20 processes waiting on one cooldown reopen spread over the jitter, none before it ends", async () => {
   const path = await seedPool(mock, ["herd@x.test"]);
   const until = Date.now() + 2000;
@@ -519,6 +566,39 @@ test("20 processes waiting on one cooldown reopen spread over the jitter, none b
   const spread = Math.max(...firsts) - Math.min(...firsts);
   assert.ok(spread >= 1000, `reopenings spread over ${spread} ms, not all at once`);
   assert.ok(Math.max(...firsts) <= until + 3000 + 1500, "within the jitter (plus polling)");
+});
+
+// The spread is each process's own, keyed by the cooldown's end: a process that wrote the file
+// as the cooldown ended and cleared it there would open the account at once for every other
+// process still inside its share of the spread, all in the same moment.
+test("a cooldown that has passed stays in the pool file until the reopening spread is over, then goes", async () => {
+  const [cooled, other] = ["spread1@x.test", "spread2@x.test"];
+  const path = await seedPool(mock, [cooled, other]);
+  const pool = readPool(path);
+  const until = Date.now() - 1500;
+  Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: until });
+  pool.anthropic[1].priority = 5;
+  await lib.savePool(pool, path);
+  await withEnv({ OAUTH_POOL_JITTER_MS: "10000" }, async () => {
+    const f = createPoolFetch({ path });
+    const res = await ask(f, "claude-sonnet-4-5");
+    assert.equal(res.poolAccount, other);
+    await res.text();
+    await flushPool(path);
+    const kept = account(path, cooled);
+    assert.equal(kept.rateLimitUntil, until, "passed 1.5 s ago, inside the 10 s spread: kept for the other processes");
+    assert.equal(kept.status, "rate-limited");
+    // Past the spread, the next write clears it.
+    const later = readPool(path);
+    later.anthropic.find((a) => a.email === cooled).rateLimitUntil = Date.now() - 11_000;
+    await lib.savePool(later, path);
+    const again = await ask(f, "claude-sonnet-4-5");
+    await again.text();
+    await flushPool(path);
+    const cleared = account(path, cooled);
+    assert.equal(cleared.rateLimitUntil ?? null, null);
+    assert.equal(cleared.status, "idle");
+  });
 });
 
 test("holding (opt-in) waits for the soonest account instead of answering 429; an abort ends the hold at once", async () => {
@@ -563,6 +643,37 @@ test("no storms: while everything is limited, one all-cooling event per cooldown
   }
   assert.equal(events.filter((e) => e.kind === "all-cooling").length, 1, JSON.stringify(events.map((e) => e.kind)));
   assert.equal(events.filter((e) => e.kind === "rate-limited").length, 2, "one per account per cooldown");
+});
+
+test("no storms, but each cooldown told: an account that refuses again after its wait is a new all-cooling notice", async () => {
+  const email = "again@x.test";
+  const path = await seedPool(mock, [email]);
+  await withEnv({ OAUTH_POOL_JITTER_MS: "0" }, async () => {
+    const events = [];
+    const f = createPoolFetch({ path, onEvent: (e) => events.push(e) });
+    const round = async () => {
+      mock.script(email, [{ status: 429, headers: { "retry-after": "1" } }]);
+      for (let i = 0; i < 3; i++) {
+        const res = await ask(f, "claude-sonnet-4-5");
+        assert.equal(res.status, 429);
+        await res.text();
+      }
+    };
+    await round();
+    assert.deepEqual(
+      events.map((e) => e.kind),
+      ["rate-limited", "all-cooling"],
+    );
+    await new Promise((r) => setTimeout(r, 1200));
+    await round();
+    assert.deepEqual(
+      events.map((e) => e.kind),
+      ["rate-limited", "all-cooling", "rate-limited", "all-cooling"],
+      "the second cooldown is told too",
+    );
+    const [first, second] = events.filter((e) => e.kind === "all-cooling");
+    assert.ok(second.until > first.until, `${second.until} after ${first.until}`);
+  });
 });
 
 test("requests in flight refused together by bare 429s make one cooldown, written once, not once per answer", async () => {

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import Anthropic from "@anthropic-ai/sdk";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
-import { useMock, seedPool, account, messagesUrl, jsonHeaders, body, withEnv } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, readPool, messagesUrl, jsonHeaders, body, withEnv } from "./helpers/pool-env.mjs";
 
 const { createPoolFetch, flushPool } = lib;
 const KEY = "test-gateway-key-0123456789abcdef";
@@ -353,6 +353,47 @@ for (const transport of ["native", "runtime"]) {
     assert.equal(mock.requests.length, 5, "the unknown file was asked of each account once");
     await flushPool(path);
     for (const email of [first, second]) assert.equal(account(path, email).rateLimitUntil ?? null, null, "nobody benched");
+  });
+}
+
+// A 404 is looked past to every account not yet asked, resting ones too: a cooldown rests what an
+// account sends to the model, and the file another client made there is still its own to give.
+for (const transport of ["native", "runtime"]) {
+  test(`a file made elsewhere on an account that rests is found by asking past the 404s, by its path and by a message about it; its rest stands (${transport})`, async () => {
+    const [first, second, resting] = [`z1-${transport}@x.test`, `z2-${transport}@x.test`, `z3-${transport}@x.test`];
+    const path = await seedPool(mock, [first, second, resting]);
+    const pool = readPool(path);
+    pool.anthropic[0].priority = 5;
+    const until = Date.now() + 3_600_000;
+    Object.assign(pool.anthropic[2], { status: "rate-limited", rateLimitUntil: until });
+    await lib.savePool(pool, path);
+    const f = createPoolFetch({ path, transport });
+    const byPath = mock.makeFile(resting, "kept by a resting account");
+    const byMessage = mock.makeFile(resting, "another one");
+    mock.clearRequests();
+    const got = await f(`${mock.url}/v1/files/${byPath}/content`, { headers: jsonHeaders });
+    assert.equal(got.status, 200, "not the last 404");
+    assert.equal(await got.text(), "kept by a resting account");
+    assert.equal(got.poolAccount, resting);
+    const said = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: aboutFile(byMessage) });
+    assert.equal(said.status, 200);
+    assert.equal(said.poolAccount, resting);
+    await said.text();
+    assert.deepEqual(upstream(), [
+      ["GET", "/v1/files/file_ID/content", first, 404],
+      ["GET", "/v1/files/file_ID/content", second, 404],
+      ["GET", "/v1/files/file_ID/content", resting, 200],
+      ["POST", "/v1/messages", first, 404],
+      ["POST", "/v1/messages", second, 404],
+      ["POST", "/v1/messages", resting, 200],
+    ]);
+    await flushPool(path);
+    assert.equal(account(path, resting).rateLimitUntil, until, "its rest is as it was");
+    for (const email of [first, second]) assert.equal(account(path, email).rateLimitUntil ?? null, null, "nobody benched");
+    // The conversation's other messages do not go to the resting account.
+    const plain = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+    assert.notEqual(plain.poolAccount, resting);
+    await plain.text();
   });
 }
 
