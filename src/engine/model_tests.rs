@@ -633,13 +633,13 @@ fn exhausts_something(q: &Quota) -> bool {
 }
 
 /// The wait a `retry-after` says, as the engine can read it (ms; a date loses up to a second to
-/// its whole seconds); None when it cannot be read.
+/// its whole seconds; a number past 30 days is read as 30 days); None when it cannot be read.
 fn retry_after_wait(r: &RetryAfter) -> Option<i64> {
     const MOST: i64 = 30 * DAY_S * 1000;
     match r {
-        RetryAfter::Secs(s) => Some(s * 1000).filter(|ms| *ms <= MOST),
+        RetryAfter::Secs(s) => Some((s * 1000).min(MOST)),
         RetryAfter::Date(s) => Some((s * 1000 - 1000).max(0)),
-        RetryAfter::Millis(ms) => Some(*ms).filter(|ms| *ms <= MOST),
+        RetryAfter::Millis(ms) => Some((*ms).min(MOST)),
         RetryAfter::Garbage => None,
     }
 }
