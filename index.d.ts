@@ -96,6 +96,11 @@ export interface AccountSummary {
   expires: number | null;
   /** Last problem seen with this account, for people (never a token). */
   lastError: string | null;
+  /**
+   * Whether the entry holds what a request is sent with (a token, or a key under `key`): one
+   * without is never used, whatever its status says.
+   */
+  credential?: boolean;
   /** Share of every window kept for the account's owner (above 0, at most 1); null: none. */
   reserve?: number | null;
   /**

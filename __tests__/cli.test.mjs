@@ -29,6 +29,7 @@ import { oauthEntry } from "./helpers/pool-env.mjs";
 import { savePool } from "../index.mjs";
 import { displayWidth, printable, table } from "../lib/cli/output.mjs";
 import { parseCommandLine } from "../lib/cli/args.mjs";
+import { HINTS, accountLine } from "../lib/plugin/format.mjs";
 
 const PKG = JSON.parse(readFileSync(join(dirname(CLI), "..", "package.json"), "utf8"));
 const posix = process.platform !== "win32";
@@ -341,6 +342,37 @@ test("enable, disable, priority and remove change the file; unknown emails are A
     ["b@x.test"],
   );
   assertNoSecret(r, secrets);
+});
+
+test("list and status say an entry with nothing to send is never used (no token, or a key under another name), not plain idle", async () => {
+  const path = freshPath();
+  const added = "2026-01-01T00:00:00.000Z";
+  const anthropic = [
+    { email: "tokenless@x.test", added, lastUsed: null, status: "idle", rateLimitUntil: null },
+    { type: "api", email: "keyless@x.test", apiKey: "sk-under-another-name", added, lastUsed: null, status: "idle", rateLimitUntil: null },
+  ];
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  writeFileSync(path, JSON.stringify({ version: 1, anthropic }), { mode: 0o600 });
+  const list = await cli(["list"], { path });
+  assert.equal(list.code, 0, list.stderr);
+  assert.match(list.stdout, /tokenless@x\.test +oauth +idle, but no token \(log in again: oauth-pool add\)/);
+  assert.match(list.stdout, /keyless@x\.test +api +idle, but no key \(oauth-pool add-key --email <email>\)/);
+  const status = await cli(["status"], { path });
+  assert.match(status.stdout, /0 usable now/);
+  assert.match(status.stdout, /status +idle, but no token/);
+  const listed = json(await cli(["list", "--json"], { path })).accounts;
+  assert.deepEqual(
+    listed.map((a) => [a.status, a.credential]),
+    [
+      ["idle", false],
+      ["idle", false],
+    ],
+    "the status the contract fixes stays; `credential` says what is missing",
+  );
+  assert.ok(!list.stdout.includes("sk-under-another-name"));
+  // The OpenCode tool's wording of the same, with its host's login hint.
+  assert.match(accountLine(listed[0], 0), /idle, but no token: run `opencode auth login`/);
+  assert.match(accountLine(listed[1], 1, Date.now(), HINTS.v2), /idle, but no key: add a working key under its name/);
 });
 
 test("status shows cooldowns with time left and 5h/7d quota; reset-cooldowns clears them", async () => {

@@ -47,6 +47,7 @@ pub fn summary(a: &Account, now: i64) -> Value {
         "lastUsed": a.last_used,
         "expires": a.expires,
         "lastError": a.extra.get("lastError").and_then(Value::as_str),
+        "credential": a.has_credential(),
         "windows": windows.iter().map(|w| window_view(w, now)).collect::<Vec<_>>(),
         "quota": legacy_quota(&windows, a),
         "usage": usage_view(a, now),

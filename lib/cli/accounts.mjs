@@ -25,6 +25,9 @@ function stateText(a, now) {
   if (isUnreadable(a)) return "unreadable";
   if (a.status === "rate-limited" && a.rateLimitUntil) return `rate-limited, usable again ${wait(a.rateLimitUntil, now)}`;
   if (!a.enabled && a.status !== "disabled") return `${a.status} (disabled)`;
+  // Never used, whatever its status reads: tokens never written, a key under another name.
+  if (a.credential === false)
+    return a.type === "api" ? `${a.status}, but no key (oauth-pool add-key --email <email>)` : `${a.status}, but no token (log in again: oauth-pool add)`;
   return a.status;
 }
 

@@ -110,6 +110,9 @@ export function statusText(a, now = Date.now(), hints = HINTS.v1) {
     case "invalid":
       return "invalid entry";
     default:
+      // An entry with nothing to send (tokens never written, a key under another name than
+      // `key`) is never used: said so, not as the usable `idle` its status reads.
+      if (a.credential === false) return a.type === "api" ? `${a.status}, but no key: ${hints.key}` : `${a.status}, but no token: ${hints.login}`;
       return a.status;
   }
 }
