@@ -26,7 +26,7 @@ import { basename, dirname, join } from "node:path";
 import { CLI, cliSandbox } from "./helpers/cli-sandbox.mjs";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { oauthEntry } from "./helpers/pool-env.mjs";
-import { savePool } from "../index.mjs";
+import { createPoolTool, savePool } from "../index.mjs";
 import { displayWidth, printable, table } from "../lib/cli/output.mjs";
 import { parseCommandLine } from "../lib/cli/args.mjs";
 import { HINTS, accountLine } from "../lib/plugin/format.mjs";
@@ -370,7 +370,9 @@ test("list and status say an entry with nothing to send is never used (no token,
     "the status the contract fixes stays; `credential` says what is missing",
   );
   assert.ok(!list.stdout.includes("sk-under-another-name"));
-  // The OpenCode tool's wording of the same, with its host's login hint.
+  // The OpenCode tool's wording of the same, with its host's login hint, and its count.
+  const toolList = await createPoolTool({}, { path }).execute({ action: "list" }, {});
+  assert.match(toolList, /^Anthropic pool: 2 accounts, 0 usable now\./);
   assert.match(accountLine(listed[0], 0), /idle, but no token: run `opencode auth login`/);
   assert.match(accountLine(listed[1], 1, Date.now(), HINTS.v2), /idle, but no key: add a working key under its name/);
 });

@@ -59,7 +59,8 @@ function known(accounts, hints) {
   return accounts.length ? `Accounts in the pool: ${named(accounts.map((a) => a.email))}.` : empty(hints);
 }
 
-const usable = (a) => a.status === "idle" || a.status === "active";
+// An entry with nothing to send reads `idle` and is never used: it needs a look.
+const usable = (a) => (a.status === "idle" || a.status === "active") && a.credential !== false;
 
 /**
  * Which of `accounts` to show, as `[account, index]` in file order: every one when they are few,
