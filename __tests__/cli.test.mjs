@@ -733,6 +733,27 @@ test("add: prints the authorize URL, reads the pasted code, adds the account (lo
   );
 });
 
+test("add and add-key: a paste wrapped by a terminal in bracketed-paste mode, or carrying zero-width characters, is the code or key", async () => {
+  // A terminal a crashed program left in bracketed-paste mode wraps what is pasted in ESC[200~ and
+  // ESC[201~; a page can add zero-width spaces and a byte order mark. Both were "malformed".
+  const path = freshPath();
+  const wrapped = await addThroughMock(path, "wrapped@x.test", { tamper: (p) => `\x1b[200~${p}\x1b[201~` });
+  assert.equal(wrapped.code, 0, wrapped.stdout + wrapped.stderr);
+  assert.equal(readPool(path).anthropic[0].refresh, mock.tokens("wrapped@x.test").refresh);
+  const invisible = await addThroughMock(path, "invisible@x.test", { tamper: (p) => `\ufeff${p.replace("#", "\u200b#")}\u200d` });
+  assert.equal(invisible.code, 0, invisible.stdout + invisible.stderr);
+  const key = await cli(["add-key", "--email", "k@x.test", "--json"], { path, input: `\x1b[200~${API_KEY}\u200b\x1b[201~\n` });
+  assert.equal(key.code, 0, key.stdout + key.stderr);
+  assert.deepEqual(
+    readPool(path).anthropic.map((a) => [a.email, a.key ?? a.refresh]),
+    [
+      ["wrapped@x.test", mock.tokens("wrapped@x.test").refresh],
+      ["invisible@x.test", mock.tokens("invisible@x.test").refresh],
+      ["k@x.test", API_KEY],
+    ],
+  );
+});
+
 test("add: a code with another login's state is OAUTH_STATE_MISMATCH, exit 1, nothing written", async () => {
   const path = freshPath();
   const exchanges = mock.stats().exchangeCalls;

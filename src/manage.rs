@@ -247,6 +247,7 @@ pub async fn add_api_key(
 ) -> Result<(String, bool)> {
     // A key copied out of a shell line or a JSON file keeps its quotes; no key holds one, and
     // kept they made a member that every request sent with `"` around its key (a 401 each time).
+    let key = Secret::new(crate::secret::without_paste_noise(key.expose()));
     let trimmed = key
         .expose()
         .trim()

@@ -80,6 +80,22 @@ const REDACTED: &str = "[redacted]";
 /// A run this long shared with a presented secret is that secret (or a piece of it) echoed back.
 const ECHO_MIN: usize = 12;
 
+/// What a paste brings along that is not part of a code or key: a terminal left in bracketed-paste
+/// mode (by a program that ended without turning it off) wraps the text in `ESC [200~` and
+/// `ESC [201~`, and text copied from a web page can carry zero-width spaces, joiners or a byte
+/// order mark. None of them can be in a token (visible ASCII only), and kept, they made a good
+/// code or key "malformed" with nothing on screen to say why.
+pub fn without_paste_noise(text: &str) -> std::borrow::Cow<'_, str> {
+    const MARKERS: [&str; 2] = ["\u{1b}[200~", "\u{1b}[201~"];
+    let invisible = |c: char| matches!(c, '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}');
+    if !text.contains(invisible) && !MARKERS.iter().any(|m| text.contains(m)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = text.replace(MARKERS[0], "").replace(MARKERS[1], "");
+    out.retain(|c| !invisible(c));
+    std::borrow::Cow::Owned(out)
+}
+
 fn token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '+' | '/' | '=')
 }

@@ -19,6 +19,7 @@ pub struct Pasted {
 const MAX_PASTE: usize = 16 * 1024;
 
 pub fn parse_pasted(input: &str) -> Result<Pasted> {
+    let input = crate::secret::without_paste_noise(input);
     let input = input.trim().trim_matches(|c| c == '"' || c == '\'');
     if input.is_empty() {
         return Err(Error::OAuthBadInput("nothing was pasted".into()));
@@ -193,6 +194,20 @@ mod tests {
             assert_eq!(parse_pasted(&bad).unwrap_err().code(), "OAUTH_BAD_INPUT");
         }
         assert!(parse_pasted(&format!("{}#st", "x".repeat(4000))).is_ok());
+        // A terminal in bracketed-paste mode, or a code copied off a page with zero-width spaces.
+        for pasted in [
+            "\u{1b}[200~abc#st\u{1b}[201~",
+            "\u{feff}abc\u{200b}#st\u{200d}",
+            "\u{1b}[200~https://platform.claude.com/oauth/code/callback?code=abc&state=st\u{1b}[201~",
+        ] {
+            let p = parse_pasted(pasted).unwrap();
+            assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
+        }
+        // Another escape sequence is still refused: only the paste markers are taken off.
+        assert_eq!(
+            parse_pasted("\u{1b}[Aabc#st").unwrap_err().code(),
+            "OAUTH_BAD_INPUT"
+        );
         // The login URL pasted back, whole or as its query; the code with more text after it.
         for bad in [
             "https://claude.ai/oauth/authorize?code=true&client_id=c&response_type=code&code_challenge=x&code_challenge_method=S256&state=st",
