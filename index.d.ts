@@ -12,8 +12,8 @@ export interface Account {
   refresh?: string;
   access?: string;
   key?: string;
-  /** Access-token expiry, epoch milliseconds. */
-  expires?: number;
+  /** Access-token expiry, epoch milliseconds; null when none is known (a Console API key, an entry written without one). */
+  expires?: number | null;
   /** ISO-8601. */
   added?: string;
   /** ISO-8601. */
@@ -28,6 +28,10 @@ export interface Account {
 
 export interface Pool {
   version?: number;
+  /**
+   * An entry the pool cannot read (no email, a field of the wrong type) is kept verbatim, of
+   * whatever shape it has: `listAccounts` shows it with status "invalid" and its `index`.
+   */
   anthropic: Account[];
   [extra: string]: unknown;
 }
@@ -116,12 +120,24 @@ export interface AccountSummary {
     window: (UsageCounts & { resetsAt: number }) | null;
     last30Days: UsageCounts;
   } | null;
-  /** Passive quota from response headers, when seen. Utilization is a fraction (1 = 100 %). */
+  /**
+   * The 5-hour and 7-day windows from response headers, when either was seen (the other is then
+   * null). Utilization is a fraction (1 = 100 %). `windows` has every window.
+   */
   quota: {
-    fiveHour?: { utilization: number | null; resetsAt: number | null };
-    sevenDay?: { utilization: number | null; resetsAt: number | null };
-    updatedAt?: number;
+    fiveHour: QuotaWindow | null;
+    sevenDay: QuotaWindow | null;
+    /** Epoch ms when the windows were last read, or null. */
+    updatedAt: number | null;
   } | null;
+}
+
+export interface QuotaWindow {
+  utilization: number | null;
+  /** Epoch ms. */
+  resetsAt: number | null;
+  /** As the API said it (`allowed`, `allowed_warning`, `rejected`), or null. */
+  status: string | null;
 }
 
 export interface UsageWindow {
@@ -186,7 +202,16 @@ export function resetCooldowns(path?: string): Promise<number>;
  * Refreshes one account now under the pool's lock protocol. `adopted`: another process refreshed
  * meanwhile and its token was taken instead of spending the refresh token again.
  */
-export function refreshAccount(email: string, path?: string): Promise<{ email: string; outcome: "refreshed" | "adopted" | "kept"; expires: number | null }>;
+export function refreshAccount(
+  email: string,
+  path?: string,
+): Promise<{
+  email: string;
+  outcome: "refreshed" | "adopted" | "kept";
+  expires: number | null;
+  /** What happened on the way (e.g. `tokens-unsaved`). */
+  events: PoolEvent[];
+}>;
 /** Keeps that share (0 to 1) of every window for the account's owner; 0 clears it. */
 export function setReserve(email: string, fraction: number, path?: string): Promise<string[]>;
 /** Writes this process's pending bookkeeping (cooldowns, last use, quota) now. */
@@ -272,6 +297,11 @@ export interface PoolResponse extends Response {
   readonly poolAccount: string | null;
   clone(): PoolResponse;
 }
+/**
+ * Rejects as fetch does: with the signal's reason when aborted (by default a `DOMException` named
+ * `AbortError`, whose `code` is the number 20), a `TypeError` with `code` "NETWORK" when the API
+ * cannot be reached; otherwise with a `PoolError` (`POOL_NO_ACCOUNT`, `INVALID_ARGUMENT`, ...).
+ */
 export type PoolFetch = (input: string | URL | Request, init?: RequestInit) => Promise<PoolResponse>;
 export function createPoolFetch(options?: PoolFetchOptions): PoolFetch;
 

@@ -41,6 +41,13 @@ async function library(): Promise<void> {
   await addApiKey("fake-key", { email: "k@example.com" });
   const refreshed = await refreshAccount("a@example.com");
   if (refreshed.outcome === "adopted") refreshed.expires?.toFixed();
+  refreshed.events.filter((e) => e.kind === "tokens-unsaved");
+  // An API key's entry has no expiry: null, not a number.
+  const expiry: number | null | undefined = pool.anthropic[0]?.expires;
+  void expiry;
+  // Either window may be missing (null) when the other was seen.
+  const quota = accounts[0]?.quota;
+  if (quota) void [quota.fiveHour?.status ?? "unknown", quota.sevenDay === null, quota.updatedAt ?? 0];
   const events: PoolEvent[] = [];
   const fetch = createPoolFetch({ onEvent: (e) => events.push(e), transport: "runtime" });
   const res = await fetch("https://api.anthropic.com/v1/messages", { method: "POST", body: "{}" });
