@@ -172,6 +172,20 @@ test("every value the library resolves fits the type index.d.ts declares for it"
   assert.deepEqual(problems, [], `values that do not fit index.d.ts:\n${problems.join("\n")}`);
 });
 
+test("a pool file's own lastFailover section of another shape is not reported as a failover", async () => {
+  for (const theirs of [{}, "yesterday", { at: "2024-01-01", from: 3 }]) {
+    const path = writeRaw({ anthropic: [oauthEntry(mock, "lf@declared.test")], lastFailover: theirs });
+    const status = await lib.poolStatus(path);
+    assert.equal(status.lastFailover, null, JSON.stringify(theirs));
+    const text = await lib.createPoolTool({ client: fakeClient().client }, { path }).execute({ action: "status" }, {});
+    assert.match(text, /Last failover: none recorded/);
+    assert.doesNotMatch(text, /undefined/);
+  }
+  const ours = { at: Date.now() - 1000, from: "a@declared.test", reason: "429" };
+  const path = writeRaw({ anthropic: [], _oauthPool: { lastFailover: ours } });
+  assert.deepEqual((await lib.poolStatus(path)).lastFailover, { ...ours, to: null });
+});
+
 test("functions declared async return a promise also for wrong arguments, and sync ones do not", async () => {
   const checks = [["the exports", "Required<Record<keyof typeof P, true>>", Object.fromEntries(Object.keys(lib).map((k) => [k, true]))]];
   const codes = [];

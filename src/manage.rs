@@ -203,13 +203,25 @@ pub fn status(pool: &Pool, location: &str, now: i64) -> Value {
 /// `_`-prefixed key, which other tools sharing the file (aidevops) skip.
 pub const META_KEY: &str = "_oauthPool";
 
-/// The last failover this machine recorded (older files kept it at the top level).
+/// The last failover this machine recorded (older files kept it at the top level). A section of
+/// that name is the file's, kept verbatim: one not of the recorded shape (another writer's, a
+/// hand edit) is no failover, rather than handed on as `{}` or a string that status then showed
+/// as "undefined -> no other account: undefined".
 pub fn last_failover(pool: &Pool) -> Option<Value> {
+    let recorded = |v: &&Value| {
+        v.get("at").is_some_and(Value::is_number)
+            && v.get("from").is_some_and(Value::is_string)
+            && v.get("to").is_none_or(|t| t.is_string() || t.is_null())
+            && v.get("reason").is_some_and(Value::is_string)
+    };
     pool.extra
         .get(META_KEY)
         .and_then(|m| m.get("lastFailover"))
-        .or_else(|| pool.extra.get("lastFailover"))
-        .cloned()
+        .filter(recorded)
+        .or_else(|| pool.extra.get("lastFailover").filter(recorded))
+        .map(|f| {
+            json!({ "at": f["at"], "from": f["from"], "to": f.get("to").cloned().unwrap_or(Value::Null), "reason": f["reason"] })
+        })
 }
 
 /// Adds an OAuth account from a completed login; the same email again updates its tokens.
@@ -510,6 +522,29 @@ pub fn import_claude_code(credentials: &Path, email: Option<&str>) -> Result<Tok
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_last_failover_section_not_of_the_recorded_shape_is_none() {
+        let of = |v: Value| last_failover(&Pool::from_value(v).unwrap());
+        for other in [
+            json!({}),
+            json!("yesterday"),
+            json!({"at": "2024", "from": 3}),
+        ] {
+            assert_eq!(
+                of(json!({"anthropic": [], "lastFailover": other})),
+                None,
+                "{other}"
+            );
+        }
+        let ours = json!({"at": 1, "from": "a@x", "to": null, "reason": "429"});
+        assert_eq!(
+            of(json!({"anthropic": [], "_oauthPool": {"lastFailover": {}}, "lastFailover": ours})),
+            Some(ours.clone())
+        );
+        let without_to = json!({"anthropic": [], "_oauthPool": {"lastFailover": {"at": 1, "from": "a@x", "reason": "429"}}});
+        assert_eq!(of(without_to), Some(ours));
+    }
 
     #[tokio::test]
     async fn disable_then_enable_keeps_an_auth_error_of_the_same_credential() {
