@@ -710,6 +710,36 @@ test("on a host that gives hooks no signal (fromPromise), failover and the pool'
   await handle.unload();
 });
 
+test("a 429 cascade through many accounts is one failover line in OpenCode's log, and one for their rests, not a line per account", async () => {
+  const emails = ["v2c1", "v2c2", "v2c3", "v2c4"].map((n) => `${n}@x.test`);
+  const path = tempPoolPath();
+  await lib.savePool({ version: 1, anthropic: emails.map((email, i) => oauthEntry(mock, email, { priority: 40 - i * 10 })) }, path);
+  const refusal = { status: 429, headers: rateLimitHeaders({ retryAfter: 120, fiveHourReset: Math.floor(Date.now() / 1000) + 3600 }) };
+  for (const email of emails.slice(0, 3)) mock.script(email, [refusal]);
+  try {
+    await withLogLines(async (lines) => {
+      const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+      const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+      const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+      assert.equal(res.status, 200);
+      await res.text();
+      await handle.unload();
+      const about = lines.filter((l) => /v2c\d@x\.test/.test(l));
+      assert.deepEqual(
+        about.filter((l) => /turned this request away|moved to/.test(l)),
+        [
+          "[oauth-pool] info: 3 accounts turned this request away in turn, so it moved to v2c4@x.test: v2c1@x.test, v2c2@x.test and v2c3@x.test (5h window exhausted)",
+        ],
+        about.join("\n"),
+      );
+      assert.equal(about.length, 2, about.join("\n"));
+      assert.match(about.find((l) => !/turned/.test(l)) ?? "", /^\[oauth-pool\] info: 3 accounts rest: v2c1@x\.test: 5h window exhausted until /);
+    });
+  } finally {
+    await lib.resetCooldowns(path);
+  }
+});
+
 test("a hold is said in OpenCode's log as it begins, not when the held request ends", async () => {
   const path = await seedPool(mock, ["v2hold@x.test"]);
   const pool = readPool(path);

@@ -24,7 +24,8 @@ mkdirSync(process.env.HOME, { recursive: true });
 const lib = await import("../index.mjs");
 const pluginModule = await import("../plugin.mjs");
 const { OAuthPoolPlugin, poolAuthHook, createPoolTool, poolConfigHook, ANTHROPIC_MODELS } = lib;
-const { createNotifier } = await import("../lib/plugin/shared.mjs");
+const sharedModule = await import("../lib/plugin/shared.mjs");
+const { createNotifier } = sharedModule;
 
 const TOOL = "model-accounts-pool";
 let mock;
@@ -409,6 +410,60 @@ test("the tool's list and status stay short with 300 accounts: those needing a l
     assert.match(text, /No account "nobody@example\.com".*Accounts in the pool: member-000@example\.com, .*member-019@example\.com and 280 more\./s, action);
     assert.ok(text.length < 4000, `${action}: ${text.length} characters`);
   }
+});
+
+test("a 429 cascade through many accounts is one toast saying what happened, not one per account; every account cooling is one toast too", async () => {
+  const { oauthEntry } = await import("./helpers/pool-env.mjs");
+  const emails = ["c1", "c2", "c3", "c4", "c5"].map((n) => `${n}@cascade.test`);
+  const seeded = async (path) => lib.savePool({ version: 1, anthropic: emails.map((email, i) => oauthEntry(mock, email, { priority: 50 - i * 10 })) }, path);
+  const refusal = { status: 429, headers: rateLimitHeaders({ retryAfter: 120, fiveHourReset: Math.floor(Date.now() / 1000) + 3600 }) };
+
+  // Four refuse in turn, the fifth serves.
+  let path = freshPath();
+  await seeded(path);
+  for (const email of emails.slice(0, 4)) mock.script(email, [refusal]);
+  let { client, toasts, logs } = fakeClient();
+  let hooks = await plugin(path, client);
+  let { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });
+  let res = await fetch(`${mock.url}/v1/messages`, messagesRequest());
+  assert.match(await res.text(), /Hello from c5@cascade\.test/);
+  assert.equal(toasts.length, 1, JSON.stringify(toasts, null, 1));
+  assert.equal(toasts[0].variant, "warning");
+  assert.equal(
+    toasts[0].message,
+    "4 accounts turned this request away in turn, so it moved to c5@cascade.test: c1@cascade.test, c2@cascade.test, c3@cascade.test and 1 more (5h window exhausted)",
+  );
+  assert.equal(logs.filter((l) => l.level === "warn").length, 1, JSON.stringify(logs));
+
+  // All five refuse: the pool's own 429, and one toast saying when the first is back.
+  path = freshPath();
+  await seeded(path);
+  for (const email of emails) mock.script(email, [refusal]);
+  ({ client, toasts, logs } = fakeClient());
+  hooks = await plugin(path, client);
+  ({ fetch } = await hooks.auth.loader(async () => ({}), { models: {} }));
+  res = await fetch(`${mock.url}/v1/messages`, messagesRequest());
+  assert.equal(res.status, 429);
+  await res.text();
+  assert.equal(toasts.length, 1, JSON.stringify(toasts, null, 1));
+  assert.match(toasts[0].message, /^anthropic-pool: every account is rate-limited; the first one \(c\d@cascade\.test\) is usable again in /);
+  await lib.resetCooldowns(path);
+});
+
+test("the notices' memory of what it told is bounded, and still holds back a repeat", () => {
+  const { recentlyTold } = sharedModule;
+  let now = 0;
+  const recent = recentlyTold({ ms: 30_000, now: () => now, max: 64 });
+  for (let i = 0; i < 10_000; i++) {
+    assert.equal(recent.fresh(`failover:a${i}@x->b@x`), true);
+    now += 1;
+  }
+  assert.ok(recent.size <= 64, `${recent.size} keys kept`);
+  assert.equal(recent.fresh("failover:a9999@x->b@x"), false, "the latest is still held back");
+  // Nothing told within the window: the ones told are forgotten as the next comes.
+  now += 60_000;
+  recent.fresh("failover:z@x->b@x");
+  assert.equal(recent.size, 1);
 });
 
 test("a hold shows one toast as it begins: which account, in how long, at what time (a 3-hour wait is OpenCode's to sit out: the pool's 429 at once, its real retry-after)", async () => {

@@ -252,9 +252,10 @@ export function createPoolFetch(options = {}) {
  * `createPoolFetch`, with what a host's own plugin sets: `holdAtMostMs`, the longest one hold
  * may last for a host that gives up on an answer whose head has not come by then (a longer wait
  * that holding covers is the pool's 429, marked `x-oauth-pool-host-waits`, for the host to sit
- * out its `retry-after`).
+ * out its `retry-after`); `onEvents(events)`, which hears a request's events together instead of
+ * `onEvent` one by one (a cascade through many accounts is then one notice).
  */
-export function poolFetchWith(options = {}, { holdAtMostMs } = {}) {
+export function poolFetchWith(options = {}, { holdAtMostMs, onEvents } = {}) {
   if (options !== undefined && options !== null && (typeof options !== "object" || Array.isArray(options))) {
     throw invalidArgument("createPoolFetch takes an options object { path?, provider?, onEvent?, transport? }");
   }
@@ -268,6 +269,12 @@ export function poolFetchWith(options = {}, { holdAtMostMs } = {}) {
   const carrier = transport ?? "auto";
   const notify = (events) => {
     if (typeof onEvent !== "function") return;
+    if (typeof onEvents === "function") {
+      try {
+        onEvents(events);
+      } catch {}
+      return;
+    }
     for (const event of events) {
       try {
         onEvent(event);

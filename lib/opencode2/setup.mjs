@@ -5,7 +5,7 @@
 import { printable } from "../printable.mjs";
 import { scrubbed } from "../errors.mjs";
 import { HINTS } from "../plugin/format.mjs";
-import { pluginOptions, unknownOptions, unknownOptionsMessage } from "../plugin/shared.mjs";
+import { noticesOf, pluginOptions, recentlyTold, unknownOptions, unknownOptionsMessage } from "../plugin/shared.mjs";
 import { poolActionText, TOOL_DESCRIPTION, TOOL_INPUT_SCHEMA } from "../plugin/tool.mjs";
 import { apiKeysOnly } from "../plugin/auth.mjs";
 import { INTEGRATION_ID, integrationTransform, providerTransform } from "./catalog.mjs";
@@ -64,20 +64,31 @@ function hostConnections(ctx) {
   };
 }
 
-/** Failovers and accounts needing attention: one line per kind and accounts per 30 s. */
+/**
+ * Failovers and accounts needing attention: one line per kind and accounts per 30 s, and one
+ * for a request that went through many accounts in turn (`noticesOf`). What no person is told
+ * of in 1.18 (an account resting, a token refreshed) is a line of its own here, as it was: this
+ * is the host's log, and a cascade's rests are one line too.
+ */
 function makeNotifier(ctx, existing, log) {
-  const last = new Map();
+  const recent = recentlyTold({ ms: NOTICE_DEBOUNCE_MS });
+  const fresh = (key) => recent.fresh(key);
   return (events) => {
-    for (const e of events) {
-      if (!e || typeof e !== "object") continue;
-      const key = `${e.kind}:${e.email ?? ""}->${e.to ?? ""}`;
-      const now = Date.now();
-      if (now - (last.get(key) ?? -Infinity) < NOTICE_DEBOUNCE_MS) continue;
-      last.set(key, now);
-      const level = e.kind === "failover" || e.kind === "rate-limited" ? "info" : "warn";
-      log(level, String(e.message ?? e.kind));
-      if (e.kind === "auth-error" && e.email)
+    const { told, quiet } = noticesOf(events, fresh);
+    for (const { kind, message, events: about } of told) {
+      log(kind === "failover" ? "info" : "warn", message);
+      if (kind !== "auth-error") continue;
+      for (const e of about)
         markNeedsAuth(ctx, existing, e.email, e.apiKey ? `${e.email}: ${HINTS.v2.key}` : `${e.email} needs a new login: ${HINTS.v2.login}`, log);
+    }
+    // A failover is quiet only beside every account cooling, which says where it led.
+    const said = quiet.filter((e) => e.kind !== "failover" && fresh(`${e.kind}:${e.email ?? ""}->${e.to ?? ""}`));
+    const rests = said.filter((e) => e.kind === "rate-limited");
+    for (const e of said) if (rests.length < 2 || e.kind !== "rate-limited") log(e.kind === "rate-limited" ? "info" : "warn", String(e.message ?? e.kind));
+    if (rests.length >= 2) {
+      const shown = rests.slice(0, 3).map((e) => String(e.message ?? e.kind));
+      const more = rests.length > shown.length ? `; and ${rests.length - shown.length} more` : "";
+      log("info", `${rests.length} accounts rest: ${shown.join("; ")}${more}`);
     }
   };
 }

@@ -170,30 +170,144 @@ const NOTICE = {
   "third-party-refused": "error",
 };
 
+/** The events that say an account turned a request away. */
+const TURNED_AWAY = new Set(["rate-limited", "auth-error", "unavailable"]);
+
+/** How many accounts a combined notice names before it counts the rest. */
+const NAMED_IN_NOTICE = 3;
+
+/**
+ * What was told lately, by key: `fresh(key)` says whether it may be told again now (and notes
+ * it). Bounded: keys told more than `ms` ago go as new ones come, and past `max` the oldest go
+ * too (a 300-account pool's failover pairs alone are 90,000 keys, kept for the process's life).
+ */
+export function recentlyTold({ ms = 30_000, now = Date.now, max = 512 } = {}) {
+  const last = new Map();
+  return {
+    fresh(key) {
+      const t = now();
+      const at = last.get(key);
+      if (at !== undefined && t - at < ms && t >= at) return false;
+      // Re-inserted, so the map stays in the order things were told: the oldest come first.
+      last.delete(key);
+      last.set(key, t);
+      for (const [k, told] of last) {
+        if (last.size <= max && t - told < ms && t >= told) break;
+        last.delete(k);
+      }
+      return true;
+    },
+    get size() {
+      return last.size;
+    },
+  };
+}
+
+/** `a@x, b@x, c@x and 4 more`: a list a person reads, however many there are. */
+function named(emails) {
+  const shown = emails.slice(0, NAMED_IN_NOTICE);
+  const rest = emails.length - shown.length;
+  if (rest > 0) return `${shown.join(", ")} and ${rest} more`;
+  return shown.length > 1 ? `${shown.slice(0, -1).join(", ")} and ${shown.at(-1)}` : (shown[0] ?? "");
+}
+
+/** Why a failover left its account, as the engine words it: "<from> <why>; this request moved to <to>". */
+function failoverReason(e) {
+  const message = String(e.message ?? "");
+  const [head, tail] = [`${e.email} `, `; this request moved to ${e.to}`];
+  return message.startsWith(head) && message.endsWith(tail) ? message.slice(head.length, message.length - tail.length) : undefined;
+}
+
+/**
+ * One request's failovers as one notice: the accounts that turned it away in turn, grouped by
+ * why, and where it went (or that it found none, when the last one turned it away too).
+ */
+function cascadeMessage(failovers, batch) {
+  const last = failovers.at(-1).to;
+  // The account it moved to last turned it away as well: it ended with no account.
+  const lastRefused = batch.slice(batch.indexOf(failovers.at(-1)) + 1).some((e) => e.email === last && TURNED_AWAY.has(e.kind));
+  const from = failovers.map((e) => e.email);
+  if (lastRefused && !from.includes(last)) from.push(last);
+  const reasons = new Map();
+  for (const e of failovers) {
+    const why = failoverReason(e) ?? "";
+    if (!reasons.has(why)) reasons.set(why, []);
+    reasons.get(why).push(e.email);
+  }
+  const groups = [...reasons].slice(0, NAMED_IN_NOTICE).map(([why, emails]) => (why ? `${named(emails)} (${why})` : named(emails)));
+  if (reasons.size > NAMED_IN_NOTICE) groups.push(`${reasons.size - NAMED_IN_NOTICE} more reasons`);
+  const where = lastRefused ? `then ${last} too` : `so it moved to ${last}`;
+  return `${new Set(from).size} accounts turned this request away in turn, ${where}: ${groups.join("; ")}`;
+}
+
+/**
+ * One request's events (`batch`, in the order they happened) as a person is to hear them: what
+ * `fresh` lets through (the debounce), with a cascade through many accounts (each turning the
+ * same request away in turn) said once, not once per account. Every account cooling, said in
+ * the same batch, says it all, and the failovers that led there are not repeated. `hints` are
+ * what mends an account: `{ login, key }`, or none to tell the events as they are.
+ * Returns `{ told: [{ kind, message, events }], quiet: events no person is told about }`.
+ */
+export function noticesOf(batch, fresh, hints) {
+  const events = batch.filter((e) => e && typeof e === "object");
+  const everyCooling = events.some((e) => e.kind === "all-cooling" || e.kind === "holding");
+  const told = [];
+  const quiet = [];
+  const failovers = [];
+  const authErrors = [];
+  for (const e of events) {
+    if (!NOTICE[e.kind] || (e.kind === "failover" && everyCooling)) {
+      quiet.push(e);
+      continue;
+    }
+    if (!fresh(`${e.kind}:${e.email ?? ""}->${e.to ?? ""}`)) continue;
+    if (e.kind === "failover") failovers.push(e);
+    else if (e.kind === "auth-error" && e.email) authErrors.push(e);
+    else told.push({ kind: e.kind, message: String(e.message ?? e.kind), events: [e] });
+  }
+  if (failovers.length === 1) told.unshift({ kind: "failover", message: String(failovers[0].message ?? "failover"), events: failovers });
+  else if (failovers.length > 1) told.unshift({ kind: "failover", message: cascadeMessage(failovers, events), events: failovers });
+  for (const apiKey of [false, true]) {
+    const these = authErrors.filter((e) => Boolean(e.apiKey) === apiKey);
+    if (these.length === 0) continue;
+    const hint = hints ? `; ${apiKey ? hints.key : hints.login}` : "";
+    const message =
+      these.length === 1
+        ? String(these[0].message ?? "auth-error")
+        : apiKey
+          ? `the API refused the keys of ${these.length} accounts: ${named(these.map((e) => e.email))}`
+          : `${these.length} accounts need a new login: ${named(these.map((e) => e.email))}`;
+    told.push({ kind: "auth-error", message: message + hint, events: these });
+  }
+  return { told, quiet };
+}
+
 /**
  * The fetch's `onEvent`: a person hears about failovers and accounts needing attention once
  * per `debounceMs` for the same accounts (a busy session fails over many requests at once).
- * Messages come from the native side, which never puts a token in them.
+ * Messages come from the native side, which never puts a token in them. Its `events(batch)`
+ * hears one request's events together (what the plugin's own fetch calls): a cascade through
+ * many accounts is one toast.
  */
 export function createNotifier(client, { debounceMs = 30_000, now = Date.now } = {}) {
-  const last = new Map();
-  return function onEvent(event) {
-    if (!event || typeof event !== "object") return;
-    const variant = NOTICE[event.kind];
-    if (!variant) {
-      log(client, "debug", String(event.message ?? event.kind), { kind: event.kind });
-      return;
+  const recent = recentlyTold({ ms: debounceMs, now });
+  const events = (batch) => {
+    const { told, quiet } = noticesOf(Array.isArray(batch) ? batch : [], (key) => recent.fresh(key), { login: LOGIN_HINT, key: KEY_HINT });
+    for (const e of quiet) log(client, "debug", String(e.message ?? e.kind), { kind: e.kind });
+    for (const { kind, message, events: about } of told) {
+      const variant = NOTICE[kind];
+      toast(client, variant, message);
+      const extra = { kind, from: about[0].email, to: about.at(-1).to };
+      if (about.length > 1) extra.accounts = about.length;
+      log(client, variant === "error" ? "error" : "warn", message, extra);
     }
-    const key = `${event.kind}:${event.email ?? ""}->${event.to ?? ""}`;
-    const t = now();
-    if (t - (last.get(key) ?? -Infinity) < debounceMs) return;
-    last.set(key, t);
-    let message = String(event.message ?? event.kind);
-    // The engine's message names the account and what happened; the toast adds how to mend it.
-    if (event.kind === "auth-error" && event.email) message += `; ${event.apiKey ? KEY_HINT : LOGIN_HINT}`;
-    toast(client, variant, message);
-    log(client, variant === "error" ? "error" : "warn", message, { kind: event.kind, from: event.email, to: event.to });
   };
+  return Object.assign(
+    function onEvent(event) {
+      events([event]);
+    },
+    { events },
+  );
 }
 
 function requestUrl(input) {
@@ -274,7 +388,10 @@ export function poolFetchFor(input, options) {
   const o = pluginOptions(options);
   if (o.fetch) return o.fetch;
   // Held at most HOST_HOLD_MS inside OpenCode's header timeout; a longer wait is OpenCode's own.
-  const make = () => apiOriginOnly(poolFetchWith({ path: o.path, onEvent: createNotifier(input?.client) }, { holdAtMostMs: HOST_HOLD_MS }), o.provider);
+  const make = () => {
+    const notifier = createNotifier(input?.client);
+    return apiOriginOnly(poolFetchWith({ path: o.path, onEvent: notifier }, { holdAtMostMs: HOST_HOLD_MS, onEvents: notifier.events }), o.provider);
+  };
   if (!input || typeof input !== "object") return make();
   let shared = hosts.get(input);
   if (!shared) {
