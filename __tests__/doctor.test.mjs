@@ -355,6 +355,36 @@ test("doctor: an empty pool and a pool whose accounts are all disabled say so, w
   assert.match(c.message, /every account is disabled, so every request fails .*oauth-pool enable off1@x\.test/);
 });
 
+test("doctor: entries with nothing to send (tokens never written, a Console key under another field) are named with what each needs, not only 'no account usable'", async () => {
+  const box = user();
+  await savePool(
+    {
+      version: 1,
+      anthropic: [
+        { email: "nolog@x.test", status: "idle", added: new Date().toISOString() },
+        { email: "keyed@x.test", type: "api", status: "idle", apiKey: "sk-ant-api03-doctor-misplaced-0123456789" },
+      ],
+    },
+    box.pool,
+  );
+  const d = await doctor(box, { text: true });
+  const accounts = d.named("account").map((c) => c.message);
+  assert.ok(
+    accounts.some((m) => /^nolog@x\.test has no token .*log in again with: oauth-pool add/.test(m)),
+    d.shown,
+  );
+  assert.ok(
+    accounts.some((m) =>
+      /^keyed@x\.test is an API-key account, but its key is under "apiKey", which is not read .*oauth-pool add-key --email keyed@x\.test/.test(m),
+    ),
+    d.shown,
+  );
+  const [c] = d.named("accounts");
+  assert.equal(c?.level, "warn");
+  assert.match(c.message, /^no account is usable: all 2 have no token or key to send, so every request fails/);
+  assert.doesNotMatch(d.shown + d.text, /sk-ant-api03-doctor-misplaced/);
+});
+
 test("doctor: a pool directory that can never be made (HOME or a part of the path is a file) is a problem, not a pool that does not exist yet", async () => {
   const box = user();
   // A HOME that is a regular file: the default pool lives under it, and every command fails.

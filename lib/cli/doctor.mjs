@@ -214,6 +214,29 @@ async function checkAccounts(lib, path, r) {
       r.add("account", "warn", `entry #${a.index} (${a.email}): ${a.lastError}; remove it with: oauth-pool remove '#${a.index}'`, { index: a.index });
     }
   }
+  // Entries with nothing to send are never used, whatever status they read (as list and the
+  // tool say): doctor said only "no account is usable" when every entry was one.
+  const empty = st.accounts.filter((a) => a.credential === false && !["auth-error", "disabled", "invalid"].includes(a.status) && a.enabled !== false);
+  const misplaced = empty.some((a) => a.type === "api") ? await keyFields(lib, path) : new Map();
+  for (const a of empty) {
+    const email = shellWord(a.email);
+    if (a.type !== "api") {
+      r.add(
+        "account",
+        "warn",
+        `${a.email} has no token (its login was never saved, or was cut short), so it is never used: log in again with: oauth-pool add (or opencode auth login -> Anthropic Pool)`,
+        {
+          email: a.email,
+        },
+      );
+      continue;
+    }
+    const field = misplaced.get(a.email);
+    const where = field ? `its key is under ${JSON.stringify(printable(field))}, which is not read (the pool reads "key")` : "no key is stored for it";
+    r.add("account", "warn", `${a.email} is an API-key account, but ${where}, so it is never used: add the key with: oauth-pool add-key --email ${email}`, {
+      email: a.email,
+    });
+  }
   for (const group of st.caseClashes ?? []) {
     r.add("case clash", "warn", `${group.join(", ")} differ only in case: commands that name one need its exact spelling; remove the one you do not use`, {
       emails: group,
@@ -238,7 +261,33 @@ async function checkAccounts(lib, path, r) {
   }
   const back = st.soonestReset ? ` (the soonest is back ${wait(st.soonestReset)})` : "";
   const also = disabled.length ? `; ${disabled.length} disabled (oauth-pool enable ${shellWord(disabled[0].email)})` : "";
-  r.add("accounts", "warn", `no account is usable right now${back}${also}`);
+  if (empty.length === st.counts.total - disabled.length) {
+    // Nothing comes back by itself here either: every one needs a login or a key.
+    return r.add(
+      "accounts",
+      "warn",
+      `no account is usable: ${empty.length === 1 ? "the only one has" : `all ${empty.length} have`} no token or key to send, so every request fails (see above for what each needs)${also}`,
+    );
+  }
+  const none = empty.length ? `; ${empty.length} with no token or key (see above)` : "";
+  r.add("accounts", "warn", `no account is usable right now${back}${also}${none}`);
+}
+
+/**
+ * API-key entries whose key is under another field than `key` (a hand-edited file, another
+ * tool's shape): email -> that field's name, never its value.
+ */
+async function keyFields(lib, path) {
+  const found = new Map();
+  try {
+    const pool = await lib.loadPool(path);
+    for (const e of pool.anthropic ?? []) {
+      if (e?.type !== "api" || typeof e.email !== "string" || (typeof e.key === "string" && e.key)) continue;
+      const field = Object.keys(e).find((k) => k !== "key" && /key|token|secret/i.test(k) && typeof e[k] === "string" && e[k].length > 0);
+      if (field) found.set(e.email, field.slice(0, 64));
+    }
+  } catch {}
+  return found;
 }
 
 /** A pool with no account: every request fails, and nothing here says why unless this does. */
