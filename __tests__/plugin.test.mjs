@@ -450,6 +450,24 @@ test("a 429 cascade through many accounts is one toast saying what happened, not
   await lib.resetCooldowns(path);
 });
 
+test("every login of a request's cascade refused: one toast naming them and what mends them, not a failover and a login toast per account", async () => {
+  const { oauthEntry } = await import("./helpers/pool-env.mjs");
+  const emails = ["r1", "r2", "r3", "r4"].map((n) => `${n}@revoked.test`);
+  const path = freshPath();
+  await lib.savePool({ version: 1, anthropic: emails.map((email, i) => oauthEntry(mock, email, { priority: 40 - i * 10 })) }, path);
+  for (const email of emails) mock.revoke(email, { family: true });
+  const { client, toasts } = fakeClient();
+  const hooks = await plugin(path, client);
+  const { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });
+  for (let i = 0; i < 2; i++) {
+    await assert.rejects(fetch(`${mock.url}/v1/messages`, messagesRequest()), (e) => e.code === "POOL_NO_ACCOUNT" && /need a new login/.test(e.message));
+  }
+  assert.deepEqual(
+    toasts.map((t) => t.message),
+    ["4 accounts need a new login: r1@revoked.test, r2@revoked.test, r3@revoked.test and 1 more; run `opencode auth login` -> Anthropic Pool"],
+  );
+});
+
 test("the notices' memory of what it told is bounded, and still holds back a repeat", () => {
   const { recentlyTold } = sharedModule;
   let now = 0;

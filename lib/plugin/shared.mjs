@@ -220,24 +220,31 @@ function failoverReason(e) {
 
 /**
  * One request's failovers as one notice: the accounts that turned it away in turn, grouped by
- * why, and where it went (or that it found none, when the last one turned it away too).
+ * why, and where it went (or that none took it, when the last one turned it away too). Those in
+ * `covered` (told in a notice of their own that says what mends them) are left out, and with
+ * them all, nothing is said.
  */
-function cascadeMessage(failovers, batch) {
-  const last = failovers.at(-1).to;
+function cascadeMessage(failovers, batch, covered) {
+  const final = failovers.at(-1);
+  const last = final.to;
   // The account it moved to last turned it away as well: it ended with no account.
-  const lastRefused = batch.slice(batch.indexOf(failovers.at(-1)) + 1).some((e) => e.email === last && TURNED_AWAY.has(e.kind));
-  const from = failovers.map((e) => e.email);
-  if (lastRefused && !from.includes(last)) from.push(last);
+  const lastRefused = batch.slice(batch.indexOf(final) + 1).some((e) => e.email === last && TURNED_AWAY.has(e.kind));
+  const shown = failovers.filter((e) => !covered.has(e.email));
+  const from = new Set(shown.map((e) => e.email));
+  if (lastRefused && !covered.has(last)) from.add(last);
+  if (from.size === 0) return undefined;
+  if (shown.length === 1 && from.size === 1) return String(shown[0].message ?? "failover");
   const reasons = new Map();
-  for (const e of failovers) {
+  for (const e of shown) {
     const why = failoverReason(e) ?? "";
     if (!reasons.has(why)) reasons.set(why, []);
     reasons.get(why).push(e.email);
   }
   const groups = [...reasons].slice(0, NAMED_IN_NOTICE).map(([why, emails]) => (why ? `${named(emails)} (${why})` : named(emails)));
   if (reasons.size > NAMED_IN_NOTICE) groups.push(`${reasons.size - NAMED_IN_NOTICE} more reasons`);
-  const where = lastRefused ? `then ${last} too` : `so it moved to ${last}`;
-  return `${new Set(from).size} accounts turned this request away in turn, ${where}: ${groups.join("; ")}`;
+  const where = lastRefused ? `none took it (the last was ${last})` : `so it moved to ${last}`;
+  const count = from.size === 1 ? "1 account" : `${from.size} accounts`;
+  return `${count} turned this request away in turn, ${where}${groups.length ? `: ${groups.join("; ")}` : ""}`;
 }
 
 /**
@@ -266,7 +273,11 @@ export function noticesOf(batch, fresh, hints) {
     else told.push({ kind: e.kind, message: String(e.message ?? e.kind), events: [e] });
   }
   if (failovers.length === 1) told.unshift({ kind: "failover", message: String(failovers[0].message ?? "failover"), events: failovers });
-  else if (failovers.length > 1) told.unshift({ kind: "failover", message: cascadeMessage(failovers, events), events: failovers });
+  else if (failovers.length > 1) {
+    // Accounts needing a login are named in that notice, with what mends them.
+    const message = cascadeMessage(failovers, events, new Set(authErrors.map((e) => e.email)));
+    if (message) told.unshift({ kind: "failover", message, events: failovers });
+  }
   for (const apiKey of [false, true]) {
     const these = authErrors.filter((e) => Boolean(e.apiKey) === apiKey);
     if (these.length === 0) continue;
