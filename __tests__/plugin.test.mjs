@@ -562,6 +562,37 @@ test("failover notices are debounced per account pair for 30 s", () => {
   })(ev("a@x", "b@x"));
 });
 
+test("what the pool answers for itself and OpenCode shows as it is (its 429, no usable account) is printable, whatever the file's emails hold", async () => {
+  const { oauthEntry } = await import("./helpers/pool-env.mjs");
+  const evil = "ev\u001b]0;pwned\u0007\u001b[2J\u202eil@x.test";
+  const unsafe = /[\u0000-\u001f\u007f-\u009f\u202e]/;
+  for (const [entry, expect] of [
+    [{ status: "rate-limited", rateLimitUntil: Date.now() + 3600_000 }, 429],
+    [{ status: "disabled", enabled: false }, "POOL_NO_ACCOUNT"],
+  ]) {
+    const path = freshPath();
+    await lib.savePool({ version: 1, anthropic: [oauthEntry(mock, evil, entry)] }, path);
+    const hooks = await plugin(path);
+    const { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });
+    for (const transport of ["auto", "native", "runtime"]) {
+      const direct = lib.createPoolFetch({ path, transport });
+      for (const f of transport === "auto" ? [fetch, direct] : [direct]) {
+        let said;
+        try {
+          const res = await f(`${mock.url}/v1/messages`, messagesRequest());
+          assert.equal(res.status, expect, transport);
+          said = JSON.parse(await res.text()).error.message;
+        } catch (err) {
+          assert.equal(err.code, expect, `${transport}: ${err.message}`);
+          said = err.message;
+        }
+        assert.doesNotMatch(said, unsafe, `${transport}: ${JSON.stringify(said)}`);
+        assert.match(said, /ev\\x1b\]0;pwned\\x07\\x1b\[2J\\u202eil@x\.test/, transport);
+      }
+    }
+  }
+});
+
 test("text from the file or a server reaches the tool's output, toasts and log lines printable", async () => {
   const dir = mkdtempSync(join(tmpdir(), "oauth-pool-printable-"));
   const path = join(dir, "oauth-pool.json");
@@ -583,7 +614,7 @@ test("text from the file or a server reaches the tool's output, toasts and log l
     }
     const { client, toasts, logs } = fakeClient();
     createNotifier(client)({ kind: "failover", email: evil, to: "b@x", message: `${evil} rate limited; moved to b@x` });
-    for (const text of [...toasts.map((t) => t.message), ...logs.map((l) => l.message)]) {
+    for (const text of [...toasts.map((t) => t.message), ...logs.map((l) => l.message), ...logs.map((l) => Object.values(l.extra ?? {}).join(" "))]) {
       assert.doesNotMatch(text, /[\u0000-\u001f\u202e]/, JSON.stringify(text));
     }
     assert.equal(toasts.length, 1);

@@ -26,6 +26,7 @@ pub mod logging;
 pub mod manage;
 pub mod oauth;
 pub mod pool;
+pub mod printable;
 pub mod runtime;
 pub mod secret;
 pub mod settings;

@@ -308,7 +308,9 @@ export function createNotifier(client, { debounceMs = 30_000, now = Date.now } =
     for (const { kind, message, events: about } of told) {
       const variant = NOTICE[kind];
       toast(client, variant, message);
-      const extra = { kind, from: about[0].email, to: about.at(-1).to };
+      // OpenCode's log prints these as they are, beside the message.
+      const [from, to] = [about[0].email, about.at(-1).to].map((v) => (v === undefined ? undefined : printable(v)));
+      const extra = { kind, from, to };
       if (about.length > 1) extra.accounts = about.length;
       log(client, variant === "error" ? "error" : "warn", message, extra);
     }

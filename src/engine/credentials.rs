@@ -322,7 +322,11 @@ impl Engine {
                 .clone()
                 .filter(|k| !k.is_empty())
                 .map(Credential::ApiKey)
-                .ok_or_else(|| Error::NoUsableAccount(format!("{email} has no API key")));
+                .ok_or_else(|| {
+                    Error::NoUsableAccount(crate::printable::printable(&format!(
+                        "{email} has no API key"
+                    )))
+                });
         }
         if let Some(access) = self.credentials.unsaved_access(email, None) {
             return Ok(Credential::Bearer(access));

@@ -26,6 +26,7 @@ use super::Engine;
 use crate::account::{iso_time, now_ms};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
+use crate::printable::printable;
 use crate::store::{REFRESH_LOCK_BRIEF, REFRESH_LOCK_TIMEOUT};
 
 /// How often a held request looks at the store for an account usable before its cooldown said:
@@ -1085,7 +1086,9 @@ impl Exchange {
         }
         // Bound: the others were never asked, and could only have answered 404.
         if let Some(holder) = self.bound.clone() {
-            return Err(Error::NoUsableAccount(self.holder_out(pool, &holder, now)));
+            return Err(Error::NoUsableAccount(printable(
+                &self.holder_out(pool, &holder, now),
+            )));
         }
         let total = pool.accounts().count();
         let why = if total == 0 {
@@ -1149,7 +1152,8 @@ impl Exchange {
                 states.join(", ")
             )
         };
-        Err(Error::NoUsableAccount(why))
+        // Emails and reasons from the file: OpenCode shows this message as it is.
+        Err(Error::NoUsableAccount(printable(&why)))
     }
 }
 
@@ -1250,7 +1254,7 @@ fn sending_time() -> i64 {
 fn pool_429(message: String, secs: i64, why: &str, host_waits: bool) -> Step {
     let body = serde_json::json!({
         "type": "error",
-        "error": { "type": "rate_limit_error", "message": message }
+        "error": { "type": "rate_limit_error", "message": printable(&message) }
     });
     let mut headers = vec![
         ("content-type".into(), "application/json".into()),

@@ -1,0 +1,60 @@
+//! Text from the pool file or a server (emails, reasons) in what the pool answers for itself:
+//! its 429 and its "no usable account". OpenCode shows those messages in its TUI, a gateway
+//! client in a terminal, so an email holding ESC could rewrite the screen and a bidi override
+//! make `a@x` read as another. The same rule as `lib/printable.mjs` (the CLI, tool text, toasts).
+
+use std::fmt::Write;
+
+/// `text` with every character that could move the cursor or reorder the line as a visible
+/// escape (`\x1b`, `\n`, `\u202e`); a backslash stays, so escaping twice changes nothing.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        match ch {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => {
+                let code = c as u32;
+                let _ = if code < 0x100 {
+                    write!(out, "\\x{code:02x}")
+                } else {
+                    write!(out, "\\u{code:04x}")
+                };
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// C0, DEL, C1, the line and paragraph separators, and the bidi controls (embeddings,
+/// overrides, isolates, and the marks that reorder what follows them).
+fn unsafe_char(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x00..=0x1f
+            | 0x7f..=0x9f
+            | 0x061c
+            | 0x200e
+            | 0x200f
+            | 0x2028
+            | 0x2029
+            | 0x202a..=0x202e
+            | 0x2066..=0x2069
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_and_bidi_characters_become_visible_escapes() {
+        assert_eq!(
+            printable("ev\u{1b}]0;x\u{7}\u{202e}il@x\nnext\\path é"),
+            "ev\\x1b]0;x\\x07\\u202eil@x\\nnext\\path é"
+        );
+        assert_eq!(printable(&printable("a\u{1b}b")), "a\\x1bb");
+    }
+}
