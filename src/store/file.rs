@@ -250,7 +250,9 @@ impl FileStore {
         if removes_accounts(&held, &pool) {
             remove_refresh_locks(self, &pool);
         }
-        let written = match (stamp, Pool::parse(&after)) {
+        // What a read of the bytes just written would give, without reading them back: a parse
+        // of a pool with a month of usage is most of what a bookkeeping write costs.
+        let written = match (stamp, pool.into_read()) {
             (Some(stamp), Ok(pool)) => Written::Generation(pool, stamp),
             _ => Written::Unknown,
         };
@@ -1238,6 +1240,26 @@ mod tests {
         let ((), again) = store.update_written(|_| Ok(())).unwrap();
         assert!(matches!(again, Written::Unchanged), "{again:?}");
         assert_eq!(Some(stamp), store.stamp(), "nothing was rewritten");
+        // A change a read does not take as it stands in memory: an expiry past what a read
+        // accepts makes the entry unreadable, in the generation kept as in the file.
+        let ((), written) = store
+            .update_written(|p| {
+                p.find_mut("a@x").unwrap().expires = Some(5_000_000_000_000_000);
+                Ok(())
+            })
+            .unwrap();
+        let Written::Generation(pool, _) = written else {
+            panic!("a changed pool is written: {written:?}");
+        };
+        let read = store.load().unwrap();
+        assert_eq!(pool.to_bytes(), read.to_bytes());
+        let unreadable = |p: &Pool| {
+            p.invalid_entries()
+                .map(|(i, r)| (i, r.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(unreadable(&pool), unreadable(&read));
+        assert_eq!(unreadable(&pool).len(), 1);
     }
 
     #[test]
