@@ -250,7 +250,7 @@ impl Exchange {
             }
             let pool = self.engine.snapshot().await?;
             self.engine.settle_clock_if_stepped(&pool);
-            let email = match self.retry_same.take() {
+            let email = match self.retry_target(&pool) {
                 Some(e) => e,
                 None => match self.choose(&pool) {
                     Some(e) => e,
@@ -312,8 +312,10 @@ impl Exchange {
     pub fn try_next(&mut self, base: &HeaderMap) -> Option<Result<Step>> {
         let pool = self.engine.snapshot_now()?;
         self.engine.settle_clock_if_stepped(&pool);
+        // One that may no longer take the retry is `next()`'s to move on from.
         let email = match self.retry_same.clone() {
-            Some(e) => e,
+            Some(e) if self.may_retry_on(&pool, &e) => e,
+            Some(_) => return None,
             None => match self.choose(&pool) {
                 Some(e) => e,
                 None => {
@@ -335,6 +337,32 @@ impl Exchange {
         self.retry_same = None;
         self.announce_move(&email);
         Some(Ok(self.attempt(email, credential, headers)))
+    }
+
+    /// The account a 401 brought a new token for, when it may still take the retry. While its
+    /// token was adopted or refreshed, another request's 429 may have rested it (or a person
+    /// disabled it): the retry then goes to the next account, as after its own 429, instead of
+    /// into the limit just found.
+    fn retry_target(&mut self, pool: &Pool) -> Option<String> {
+        let email = self.retry_same.take()?;
+        if self.may_retry_on(pool, &email) {
+            return Some(email);
+        }
+        tracing::debug!(account = %email, "rests since its 401: the retry goes elsewhere");
+        self.tried.insert(email.clone());
+        self.moved_from = Some((email, "got a new token after a 401, but rests since".into()));
+        None
+    }
+
+    /// Whether `email` may still take the retry after its 401: what any choice of it needs (a
+    /// resting account still answers for what it holds).
+    fn may_retry_on(&self, pool: &Pool, email: &str) -> bool {
+        pool.find(email)
+            .is_some_and(|a| match self.blocked(a, now_ms()) {
+                super::Blocked::No => true,
+                super::Blocked::Until(_) => self.meta.names().is_some(),
+                super::Blocked::Out => false,
+            })
     }
 
     /// Reports the move of this request away from the account it left, now that it has a new one.
@@ -1311,6 +1339,79 @@ mod tests {
     use super::*;
     use crate::account::{Account, WINDOW_READS};
     use crate::store::Store;
+
+    fn two_logins(now: i64) -> Pool {
+        let mut pool = Pool::default();
+        for (i, email) in ["a@x", "b@x"].iter().enumerate() {
+            let mut a = Account::new_oauth(
+                email,
+                format!("access-{i}").into(),
+                format!("refresh-{i}").into(),
+                now + 3_600_000,
+                now,
+            );
+            // a@x first: the first choice of every request.
+            a.priority = Some(if i == 0 { 1 } else { 0 });
+            pool.upsert(a);
+        }
+        pool
+    }
+
+    /// Two requests on one account: one gets a 401 and adopts the token another process
+    /// refreshed meanwhile, the other a 429 exhausting the account's 5-hour window. The retry
+    /// after the 401 was sent to the account that had just been found exhausted (its 429 came,
+    /// and the account rested again), though another account was free.
+    #[test]
+    fn the_retry_after_a_401_does_not_go_to_an_account_that_rests_since() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::file(dir.path().join("pool.json"));
+            let now = now_ms();
+            store.save(two_logins(now)).await.unwrap();
+            let engine = Engine::for_store(store.clone());
+            let cancel = CancellationToken::new();
+            let mut first = engine.exchange(RequestMeta::default());
+            let mut second = engine.exchange(RequestMeta::default());
+            for ex in [&mut first, &mut second] {
+                let Ok(Step::Send(attempt)) = ex.next(&HeaderMap::new(), &cancel).await else {
+                    panic!("nothing sent");
+                };
+                assert_eq!(attempt.email, "a@x");
+            }
+            // Another process refreshed a@x's token.
+            let mut pool = store.load().await.unwrap();
+            pool.find_mut("a@x").unwrap().access = Some("access-new".to_string().into());
+            store.save(pool).await.unwrap();
+            let mut exhausted = HeaderMap::new();
+            exhausted.insert(
+                "anthropic-ratelimit-unified-5h-status",
+                HeaderValue::from_static("rejected"),
+            );
+            let reset = ((now + 3_600_000) / 1000).to_string();
+            exhausted.insert(
+                "anthropic-ratelimit-unified-5h-reset",
+                HeaderValue::from_str(&reset).unwrap(),
+            );
+            let verdict = second
+                .judge(429, &exhausted, Some(b"{}"), None, &cancel)
+                .await
+                .unwrap();
+            assert_eq!(verdict, Verdict::Retry);
+            let verdict = first
+                .judge(401, &HeaderMap::new(), None, None, &cancel)
+                .await
+                .unwrap();
+            assert_eq!(verdict, Verdict::Retry);
+            let Ok(Step::Send(attempt)) = first.next(&HeaderMap::new(), &cancel).await else {
+                panic!("nothing sent");
+            };
+            assert_eq!(attempt.email, "b@x", "sent to the account that rests");
+        });
+    }
 
     /// A file no account holds, asked through a pool of many: each account is asked once, and
     /// the accounts are ranked (each one's windows read) for the first choice only, not again
