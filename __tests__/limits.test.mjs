@@ -806,6 +806,39 @@ test("reset-cooldowns from another process (the CLI) reopens the accounts in a r
   await lib.resetCooldowns(path);
 });
 
+test("reset-cooldowns from a shell while the account is still limited: its next 429 rests it again, and the pool answers for it", async () => {
+  const path = await seedPool(mock, ["again1@x.test"]);
+  await withEnv({ OAUTH_POOL_JITTER_MS: "0" }, async () => {
+    // The 5-hour window is spent: every refusal says the same reset.
+    const limited = { status: 429, headers: rateLimitHeaders({ fiveHourReset: Math.floor(Date.now() / 1000) + 3600 }) };
+    mock.script("again1@x.test", [limited, limited, limited, limited]);
+    const f = createPoolFetch({ path });
+    const first = await ask(f, "claude-sonnet-4-5");
+    assert.equal(first.status, 429);
+    await first.text();
+    await flushPool(path);
+    // The store is the truth of that rest a second after its write.
+    await new Promise((r) => setTimeout(r, 1500));
+    // Too early: the window has not reset yet.
+    const reset = await runCli(["reset-cooldowns", "--path", path]);
+    assert.equal(reset.code, 0, reset.err);
+    mock.clearRequests();
+    const again = await ask(f, "claude-sonnet-4-5");
+    assert.equal(again.status, 429, 'the pool\'s own 429 with the wait, not POOL_NO_ACCOUNT (the account "refused this request")');
+    assert.equal(again.headers.get("x-oauth-pool"), "all-accounts-cooling");
+    assert.ok(Number(again.headers.get("retry-after")) > 3000, again.headers.get("retry-after"));
+    await again.text();
+    assert.equal(mock.requests.length, 1, "asked once, and refused");
+    const third = await ask(f, "claude-sonnet-4-5");
+    assert.equal(third.status, 429);
+    await third.text();
+    assert.equal(mock.requests.length, 1, "the rest holds: nothing more went upstream");
+    await flushPool(path);
+    assert.ok(account(path, "again1@x.test").rateLimitUntil > Date.now() + 3_000_000, "written again, for other processes");
+  });
+  await lib.resetCooldowns(path);
+});
+
 test("requests in flight when a 429 lands: each moves once, the late 200 from the limited account does not reopen it", async () => {
   const path = await seedPool(mock, ["fly1@x.test", "fly2@x.test"]);
   await lib.setPriority("fly1@x.test", 5, path);

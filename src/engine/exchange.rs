@@ -1413,6 +1413,69 @@ mod tests {
         });
     }
 
+    /// `reset-cooldowns` run from a shell (another process) while the only account is still
+    /// limited: its next 429 says the same reset as the cooldown that was lifted. That was taken
+    /// for no news (this process had decided it already), so it was neither kept nor written:
+    /// every request went to the account again, met the limit again, and ended in "no usable
+    /// account" (the account "refused this request") instead of the pool's 429 and its wait,
+    /// until the lifted cooldown's time had passed; and other processes never learnt it.
+    #[test]
+    fn a_limit_met_again_after_a_reset_from_another_process_rests_the_account_again() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::file(dir.path().join("pool.json"));
+            let now = now_ms();
+            let mut pool = two_logins(now);
+            pool.remove("b@x").unwrap();
+            store.save(pool).await.unwrap();
+            let engine = Engine::for_store(store.clone());
+            let cancel = CancellationToken::new();
+            let mut exhausted = HeaderMap::new();
+            exhausted.insert(
+                "anthropic-ratelimit-unified-5h-status",
+                HeaderValue::from_static("rejected"),
+            );
+            let reset = ((now + 3_600_000) / 1000).to_string();
+            exhausted.insert(
+                "anthropic-ratelimit-unified-5h-reset",
+                HeaderValue::from_str(&reset).unwrap(),
+            );
+            let limited = |mut ex: Exchange| {
+                let (engine, exhausted, cancel) = (engine.clone(), exhausted.clone(), &cancel);
+                async move {
+                    let Ok(Step::Send(attempt)) = ex.next(&HeaderMap::new(), cancel).await else {
+                        panic!("nothing sent");
+                    };
+                    assert_eq!(attempt.email, "a@x");
+                    let verdict = ex.judge(429, &exhausted, Some(b"{}"), None, cancel).await;
+                    assert_eq!(verdict.unwrap(), Verdict::Retry);
+                    engine.flush().await.unwrap();
+                    ex.next(&HeaderMap::new(), cancel).await
+                }
+            };
+            let first = limited(engine.exchange(RequestMeta::default())).await;
+            assert!(matches!(first, Ok(Step::Answer(_))), "the pool's 429");
+            // The store holds the cooldown, and is its truth from a moment later on.
+            tokio::time::sleep(Duration::from_millis(1_200)).await;
+            crate::manage::reset_cooldowns(&store).await.unwrap();
+            let again = limited(engine.exchange(RequestMeta::default())).await;
+            assert!(
+                matches!(again, Ok(Step::Answer(_))),
+                "the pool's 429, not: {:?}",
+                again.err()
+            );
+            let stored = store.load().await.unwrap();
+            assert!(
+                stored.find("a@x").unwrap().cooling_at(now_ms()),
+                "the store holds the rest again"
+            );
+        });
+    }
+
     /// A file no account holds, asked through a pool of many: each account is asked once, and
     /// the accounts are ranked (each one's windows read) for the first choice only, not again
     /// after every 404 (twice per 404: 2 x 60 x 60 reads here, 430 ms of CPU with 300 accounts).

@@ -169,10 +169,11 @@ impl Overlay {
         let mut cooling = lock(&self.cooling);
         let key = (email.to_string(), scope.map(str::to_string));
         if let Some((t, stored, _)) = cooling.get(&key) {
-            // Only while this process's copy counts: once the store is the truth (a
-            // `reset-cooldowns` may have cleared it), a later cooldown is news.
-            let same = if ours(stored) { SAME_COOLDOWN_MS } else { 0 };
-            if t.saturating_add(same) >= until {
+            // Only while this process's copy counts: once the store is the truth, any cooldown
+            // is news. A `reset-cooldowns` from another process may have cleared it there, and
+            // the account refusing again says the same reset: taken for the copy already known,
+            // it was neither kept here nor written, and the account was asked on every request.
+            if ours(stored) && t.saturating_add(SAME_COOLDOWN_MS) >= until {
                 return false;
             }
         }
@@ -557,6 +558,11 @@ mod tests {
         std::thread::sleep(STORED_GRACE + Duration::from_millis(20));
         assert_eq!(o.cooling_until("a@x", Some("sonnet"), 0), None);
         assert_eq!(o.cooling_until("b@x", None, 0), Some(2_900));
+        // The store may have lost it since (a `reset-cooldowns` from a shell): the same rest
+        // decided again is news, kept here and written again.
+        assert!(o.cool("a@x", Some("sonnet"), 500));
+        assert_eq!(o.cooling_until("a@x", Some("sonnet"), 0), Some(500));
+        lock(&o.cooling).remove(&("a@x".to_string(), Some("sonnet".to_string())));
         o.served("c@x", None, 0, 0);
         assert_eq!(lock(&o.cooling).len(), 1, "forgotten entries are swept");
     }
