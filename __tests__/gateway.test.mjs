@@ -657,6 +657,34 @@ for (const drain of [10_000, 0]) {
   });
 }
 
+// A request held for a cooling account (OAUTH_POOL_HOLD_MAX_MS) waited out the drain time on a
+// stop and was then cut unanswered: a client saw its connection drop ("other side closed")
+// instead of the pool's 429, whose retry-after says when to ask the restarted gateway again.
+test("SIGTERM while a request is held for a cooling account: it is answered with the pool's 429 and its retry-after, not cut when the drain time ends", async () => {
+  const path = await seedPool(mock, ["gwstop@x.test"]);
+  const pool = await lib.loadPool(path);
+  Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: Date.now() + 120_000 });
+  await lib.savePool(pool, path);
+  const served = await serveChild(path, {
+    args: ["--drain-ms", "3000"],
+    env: { OAUTH_POOL_LOG: "oauth_pool=info", OAUTH_POOL_HOLD_MAX_MS: "300000", OAUTH_POOL_JITTER_MS: "0" },
+  });
+  const { child, url } = served;
+  const exited = new Promise((resolve) => child.on("close", (code, signal) => resolve({ code, signal })));
+  mock.clearRequests();
+  const pending = messages(url);
+  for (let i = 0; i < 100 && !/requests wait for the first one \(gwstop@x\.test\)/.test(served.err); i++) await new Promise((r) => setTimeout(r, 100));
+  assert.match(served.err, /requests wait for the first one/, "the request is held");
+  child.kill("SIGTERM");
+  const res = await pending;
+  assert.equal(res.status, 429);
+  const retryAfter = Number(res.headers.get("retry-after"));
+  assert.ok(retryAfter > 60 && retryAfter <= 120, `retry-after ${retryAfter}`);
+  assert.match((await res.json()).error.message, /every account is rate-limited.*gwstop@x\.test.*the pool gateway is stopping/);
+  assert.deepEqual(await exited, { code: 0, signal: null });
+  assert.equal(mock.requests.length, 0, "nothing went upstream");
+});
+
 // The info line as a hold began said "every account is cooling" also for a request held for the
 // one account holding the file it refers to, while the other account was usable.
 test("a request held for the account holding its file is logged as that, not as every account cooling", async () => {

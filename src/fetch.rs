@@ -29,6 +29,8 @@ pub struct OutgoingRequest {
     /// The longest one hold may last (`Exchange::cap_hold`), for a host that gives up on an
     /// answer whose head has not come by then.
     pub hold_cap: Option<std::time::Duration>,
+    /// Ends any hold when it fires (`Exchange::release_holds_on`): the driver is stopping.
+    pub release: Option<CancellationToken>,
 }
 
 pub enum Body {
@@ -125,6 +127,9 @@ pub async fn pool_fetch(
     }
     if let Some(cap) = req.hold_cap {
         ex.cap_hold(cap);
+    }
+    if let Some(release) = req.release {
+        ex.release_holds_on(release);
     }
     let result = serve(&mut ex, method, url, &base, req.body, cancel).await;
     let events = ex.take_events();

@@ -94,6 +94,7 @@ impl FetchController {
             hold_cap: request
                 .hold_at_most_ms
                 .map(|ms| std::time::Duration::from_millis(u64::from(ms))),
+            release: None,
         };
         promise(env, async move {
             let engine = engine_for(path.as_deref()).map_err(js_error)?;

@@ -112,6 +112,8 @@ pub struct Exchange {
     /// An account answered 404 for what the request names: the pool is looking for the one
     /// that holds it (`next_to_ask`).
     searching: bool,
+    /// Fired when the driver stops (`release_holds_on`): the request is held no longer.
+    release: Option<CancellationToken>,
 }
 
 impl Exchange {
@@ -146,6 +148,7 @@ impl Exchange {
             body_read: false,
             bound: None,
             searching: false,
+            release: None,
         }
     }
 
@@ -190,6 +193,17 @@ impl Exchange {
     pub fn cap_hold(&mut self, cap: std::time::Duration) {
         // The client's own limit (`Exchange::new`) stands when it is the shorter.
         self.hold_cap = Some(self.hold_cap.map_or(cap, |c| c.min(cap)));
+    }
+
+    /// Holds this request no longer once `release` fires: it gets the answer it would have had
+    /// without holding (the pool's 429 and its `retry-after`). For a driver that stops (the
+    /// gateway on SIGTERM): a held request waited out the drain time and was cut unanswered.
+    pub fn release_holds_on(&mut self, release: CancellationToken) {
+        self.release = Some(release);
+    }
+
+    fn released(&self) -> bool {
+        self.release.as_ref().is_some_and(|r| r.is_cancelled())
     }
 
     /// The model asked for, learnt after the exchange began (a driver that read it from the
@@ -473,6 +487,7 @@ impl Exchange {
         let usable_before: HashSet<String> = self.usable_now(pool);
         let started = tokio::time::Instant::now();
         let deadline = started + wait;
+        let release = self.release.clone().unwrap_or_default();
         let woke = loop {
             let next = deadline.min(tokio::time::Instant::now() + HOLD_RECHECK);
             tokio::select! {
@@ -480,6 +495,11 @@ impl Exchange {
                 _ = cancel.cancelled() => {
                     ended("this request was aborted (any other held requests wait on)", started);
                     return Err(Error::Aborted);
+                }
+                _ = release.cancelled() => {
+                    self.hold_left = std::time::Duration::ZERO;
+                    ended("the gateway is stopping; held requests get the pool's 429", started);
+                    return Ok(());
                 }
                 _ = tokio::time::sleep_until(next) => {}
             }
@@ -1035,7 +1055,7 @@ impl Exchange {
         });
         if let Some((until, email)) = soonest {
             let wait = std::time::Duration::from_millis((until - now).max(0) as u64);
-            let hold = !self.hold_left.is_zero() && wait <= self.hold_left;
+            let hold = !self.hold_left.is_zero() && wait <= self.hold_left && !self.released();
             let secs = ((until - now) as f64 / 1000.0).ceil().max(1.0) as i64;
             // Say "for sonnet models" ("for token counting") only when other requests would
             // still be served.
@@ -1087,7 +1107,9 @@ impl Exchange {
             }
             // Holding is the answer for headless work that would rather wait than fail; say so,
             // since a 429 is where its user learns the pool is out.
-            let holding = if crate::settings::millis(crate::config::var::HOLD_MAX_MS).is_zero() {
+            let holding = if self.released() {
+                "; the pool gateway is stopping, so it is not held"
+            } else if crate::settings::millis(crate::config::var::HOLD_MAX_MS).is_zero() {
                 "; set OAUTH_POOL_HOLD_MAX_MS to have requests wait instead"
             } else {
                 "; that is longer than requests wait (OAUTH_POOL_HOLD_MAX_MS)"

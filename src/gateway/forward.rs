@@ -287,6 +287,7 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
         // A hold may last hours: its log line comes when it begins, not with the answer.
         notice: Some(super::metrics::notice()),
         hold_cap: None,
+        release: Some(state.stopping.clone()),
     };
     // The upstream call is cancelled when the client goes away (hyper drops this future) or the
     // gateway closes for good. It runs as a task of its own, so that a client leaving ends it

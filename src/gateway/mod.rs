@@ -81,6 +81,8 @@ struct State {
     pub(super) bodies: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the gateway closes: requests waiting for an upstream answer give up.
     pub(super) closing: CancellationToken,
+    /// Cancelled when the close begins: held requests are answered then, not cut at its end.
+    pub(super) stopping: CancellationToken,
     /// `http` or `https`: how clients reach the gateway.
     pub(super) scheme: &'static str,
 }
@@ -183,6 +185,7 @@ pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
         .local_addr()
         .map_err(|e| Error::InvalidArgument(format!("no local address: {e}")))?;
     let closing = CancellationToken::new();
+    let shutdown = CancellationToken::new();
     let state = Arc::new(State {
         engine: Engine::for_store(opts.store),
         key: opts.key,
@@ -190,9 +193,9 @@ pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
         body_timeout: opts.body_timeout,
         bodies: Arc::new(tokio::sync::Semaphore::new(BODIES_HELD)),
         closing: closing.clone(),
+        stopping: shutdown.clone(),
         scheme: if opts.tls.is_some() { "https" } else { "http" },
     });
-    let shutdown = CancellationToken::new();
     let drain = Arc::new(std::sync::Mutex::new(Duration::from_secs(10)));
     let engine = state.engine.clone();
     let task = crate::runtime::spawn_boxed(accept_loop(
