@@ -628,9 +628,15 @@ async function serveChild(path, { args = [], env = {} } = {}) {
 }
 
 // `--drain-ms 0` (cut streams at once, as the library's close(0)) was refused: "from 1".
-for (const drain of [10_000, 0]) {
-  test(`SIGTERM with a stream in flight, --drain-ms ${drain}: the stream ${drain ? "finishes" : "is cut at once"}, new connections are refused, exit 0`, async () => {
-    const email = `term${drain}@x.test`;
+// SIGHUP (the terminal or ssh session the gateway ran in closing) killed it on the spot: streams
+// in flight cut, the last bookkeeping never written.
+for (const [signal, drain] of [
+  ["SIGTERM", 10_000],
+  ["SIGTERM", 0],
+  ["SIGHUP", 10_000],
+]) {
+  test(`${signal} with a stream in flight, --drain-ms ${drain}: the stream ${drain ? "finishes" : "is cut at once"}, new connections are refused, exit 0`, async () => {
+    const email = `${signal.toLowerCase()}${drain}@x.test`;
     const path = await seedPool(mock, [email]);
     mock.script(email, [{ sse: true, text: "t".repeat(600), deltaSize: 30, delayMs: drain ? 60 : 200 }]);
     const { child, url } = await serveChild(path, { args: ["--drain-ms", String(drain)] });
@@ -638,7 +644,7 @@ for (const drain of [10_000, 0]) {
     const res = await messages(url, { stream: true });
     const reader = res.body.getReader();
     let text = new TextDecoder().decode((await reader.read()).value);
-    child.kill("SIGTERM");
+    child.kill(signal);
     const rest = (async () => {
       for (;;) {
         const { done, value } = await reader.read();

@@ -1,6 +1,6 @@
 // `oauth-pool serve`: the pool gateway, an Anthropic-compatible endpoint any client can point at
 // (the Anthropic SDKs, the AI SDK, Claude Code's ANTHROPIC_BASE_URL, OpenCode 2). It prints the
-// URL it listens on, runs until SIGINT or SIGTERM, then lets streams in flight finish (bounded)
+// URL it listens on, runs until SIGINT, SIGTERM or SIGHUP, then lets streams in flight finish (bounded)
 // and exits 0.
 import { millisOption } from "./args.mjs";
 import { UsageError } from "./errors.mjs";
@@ -31,9 +31,10 @@ async function serve({ lib, options, path, out }) {
     headerTimeoutMs: millisOption(options["header-timeout-ms"], "header-timeout-ms", undefined),
   });
   out.result({ url: gateway.url }, `listening on ${gateway.url} (clients send the key from: oauth-pool serve --show-key)`);
+  // SIGHUP too (the terminal or ssh session it ran in closed): by Node's default it died on the
+  // spot, streams in flight cut and the last bookkeeping lost.
   const signal = await new Promise((resolve) => {
-    process.once("SIGINT", () => resolve("SIGINT"));
-    process.once("SIGTERM", () => resolve("SIGTERM"));
+    for (const name of ["SIGINT", "SIGTERM", "SIGHUP"]) process.once(name, () => resolve(name));
   });
   out.note(`${signal}: finishing the streams in flight (at most ${drainMs} ms), then stopping`);
   await gateway.close(drainMs);
@@ -53,7 +54,7 @@ export const commands = [
       "drain-ms": {
         type: "string",
         placeholder: "<ms>",
-        help: "on SIGINT or SIGTERM, how long streams in flight may finish\n(default 10000; 0 cuts them at once)",
+        help: "on SIGINT, SIGTERM or SIGHUP, how long streams in flight may finish\n(default 10000; 0 cuts them at once)",
       },
       "header-timeout-ms": { type: "string", placeholder: "<ms>", help: "how long a client may take to send its request's headers\n(default 10000)" },
     },
