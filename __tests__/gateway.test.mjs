@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { connect } from "node:net";
 import { request as httpsRequest } from "node:https";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -689,6 +689,48 @@ test("SIGTERM while a request is held for a cooling account: it is answered with
   assert.match((await res.json()).error.message, /every account is rate-limited.*gwstop@x\.test.*the pool gateway is stopping/);
   assert.deepEqual(await exited, { code: 0, signal: null });
   assert.equal(mock.requests.length, 0, "nothing went upstream");
+});
+
+// A supervisor that stopped reading the gateway's stderr (its pipe full of log lines) kept it
+// from exiting on SIGTERM: the stop was done, but the exit waited for good for its last notes
+// to be taken, until the supervisor's SIGKILL.
+test("SIGTERM stops the gateway with exit 0 even when nobody reads its stderr any more (a full pipe)", async () => {
+  const path = await seedPool(mock, ["gwpipe@x.test"]);
+  // stderr is a FIFO nobody reads (opened read-write: never a broken pipe, only a full one).
+  const fifo = join(mkdtempSync(join(tmpdir(), "oauth-pool-fifo-")), "stderr");
+  assert.equal(spawnSync("mkfifo", [fifo]).status, 0);
+  const stderr = openSync(fifo, "r+");
+  const child = spawn(process.execPath, [CLI, "serve", "--port", "0", "--path", path], {
+    env: { ...process.env, OAUTH_POOL_LOG: "trace" },
+    stdio: ["ignore", "pipe", stderr],
+  });
+  closeSync(stderr);
+  const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
+  let out = "";
+  const url = await new Promise((resolve) => {
+    child.stdout.on("data", (d) => {
+      out += d;
+      const m = /listening on (\S+)/.exec(out);
+      if (m) resolve(m[1]);
+    });
+  });
+  // About 600 bytes of log a request: far past what a pipe holds (64 KB on Linux).
+  for (let i = 0; i < 400; i++) {
+    const res = await messages(url);
+    assert.equal(res.status, 200, "the gateway serves on while its log is not read");
+    await res.text();
+  }
+  child.kill("SIGTERM");
+  let timer;
+  const stuck = new Promise((resolve) => {
+    timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      resolve("still running a minute after SIGTERM");
+    }, 60_000);
+  });
+  const outcome = await Promise.race([exited, stuck]);
+  clearTimeout(timer);
+  assert.deepEqual(outcome, { code: 0, signal: null });
 });
 
 // The info line as a hold began said "every account is cooling" also for a request held for the

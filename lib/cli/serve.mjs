@@ -3,8 +3,10 @@
 // URL it listens on, runs until SIGINT, SIGTERM or SIGHUP, then lets streams in flight finish (bounded)
 // and exits 0.
 import { millisOption } from "./args.mjs";
-import { UsageError } from "./errors.mjs";
+import { EXIT, UsageError } from "./errors.mjs";
 import { text } from "./output.mjs";
+
+const OUTPUT_WAIT_MS = 2000;
 
 function port(value) {
   if (value === undefined) return 8787;
@@ -39,6 +41,9 @@ async function serve({ lib, options, path, out }) {
   out.note(`${signal}: finishing the streams in flight (at most ${drainMs} ms), then stopping`);
   await gateway.close(drainMs);
   out.note("stopped");
+  // A reader that no longer takes our output (a supervisor's full pipe) cannot hold the stop:
+  // the exit waits for it that long, then what it did not take is dropped. It waited for good.
+  setTimeout(() => process.exit(EXIT.OK), OUTPUT_WAIT_MS).unref();
 }
 
 export const commands = [
