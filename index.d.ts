@@ -239,6 +239,8 @@ export interface ServeOptions {
 }
 export interface Gateway {
   url: string;
+  /** The gateway key file this start made (no key was there yet), or null: clients need the new key. */
+  keyCreated: string | null;
   /** Stops accepting, lets streams in flight finish (at most `drainMs`, default 10 s), then stops. */
   close(drainMs?: number): Promise<void>;
   /** Lets the process exit while the gateway runs. */

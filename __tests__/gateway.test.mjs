@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { connect } from "node:net";
 import { request as httpsRequest } from "node:https";
-import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -619,13 +619,36 @@ async function serveChild(path, { args = [], env = {} } = {}) {
   served.url = await new Promise((resolve, reject) => {
     child.stdout.on("data", (d) => {
       served.out += d;
-      const m = /listening on (\S+)/.exec(served.out);
+      const m = /listening on (\S+)/.exec(served.out) ?? /"url":"([^"]+)"/.exec(served.out);
       if (m) resolve(m[1]);
     });
     child.on("close", (code) => reject(new Error(`serve exited ${code}: ${served.out}${served.err}`)));
   });
   return served;
 }
+
+test("a start that makes the gateway key says where (a pool file moved without its key file, whose clients hold the old key), and the next start says nothing", async () => {
+  const path = await seedPool(mock, ["keyless@x.test"]);
+  const stop = async (served) => {
+    const closed = new Promise((resolve) => served.child.on("close", resolve));
+    served.child.kill("SIGTERM");
+    return closed;
+  };
+  const made = `${path}.gateway-key`;
+  // Without OAUTH_POOL_GATEWAY_KEY, the key is the file beside the pool, made on first start.
+  const first = await serveChild(path, { env: { OAUTH_POOL_GATEWAY_KEY: "" } });
+  assert.equal(await stop(first), 0);
+  assert.ok(existsSync(made));
+  assert.ok(first.err.includes(`made a new gateway key in ${made}: clients need it`), first.err);
+  const again = await serveChild(path, { env: { OAUTH_POOL_GATEWAY_KEY: "" } });
+  assert.equal(await stop(again), 0);
+  assert.doesNotMatch(again.err, /made a new gateway key/);
+  // --json: the same, in the result.
+  rmSync(made);
+  const json = await serveChild(path, { args: ["--json"], env: { OAUTH_POOL_GATEWAY_KEY: "" } });
+  assert.equal(await stop(json), 0);
+  assert.deepEqual(JSON.parse(json.out.split("\n")[0]), { url: json.url, keyCreated: made });
+});
 
 // `--drain-ms 0` (cut streams at once, as the library's close(0)) was refused: "from 1".
 // SIGHUP (the terminal or ssh session the gateway ran in closing) killed it on the spot: streams

@@ -268,6 +268,7 @@ export const serve = wrap(async (options) => {
   const alive = setInterval(() => {}, 2 ** 31 - 1);
   return {
     url: gateway.url,
+    keyCreated: gateway.keyCreated ?? null,
     async close(drainMs) {
       if (drainMs !== undefined && drainMs !== null && (!Number.isInteger(drainMs) || drainMs < 0 || drainMs > MAX_MILLIS)) {
         throw invalidArgument(`drainMs must be a whole number of milliseconds from 0 to ${MAX_MILLIS}, got ${shown(drainMs)}`);

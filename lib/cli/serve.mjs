@@ -32,7 +32,11 @@ async function serve({ lib, options, path, out }) {
     tlsKey: options["tls-key"],
     headerTimeoutMs: millisOption(options["header-timeout-ms"], "header-timeout-ms", undefined),
   });
-  out.result({ url: gateway.url }, `listening on ${gateway.url} (clients send the key from: oauth-pool serve --show-key)`);
+  out.result({ url: gateway.url, keyCreated: gateway.keyCreated }, `listening on ${gateway.url} (clients send the key from: oauth-pool serve --show-key)`);
+  // A key no client holds yet (the first start, or a pool file moved without its key file):
+  // clients with an older key are refused, and would be told nothing else.
+  if (gateway.keyCreated)
+    out.note(text`made a new gateway key in ${gateway.keyCreated}: clients need it (oauth-pool serve --show-key); one holding an older key is refused`);
   // SIGHUP too (the terminal or ssh session it ran in closed): by Node's default it died on the
   // spot, streams in flight cut and the last bookkeeping lost.
   const signal = await new Promise((resolve) => {

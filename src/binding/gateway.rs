@@ -28,6 +28,8 @@ pub struct ServeOptions {
 #[napi]
 pub struct NativeGateway {
     inner: Arc<Gateway>,
+    /// The key file this start made (`gateway::gateway_key`), for the CLI to say so.
+    key_created: Option<String>,
     /// The environment's hook's hold on it, let go of by `close` (the hook itself is a few bytes
     /// until the environment goes): a closed gateway kept its engine and directory watch alive.
     owned: Arc<Mutex<Owned>>,
@@ -38,6 +40,12 @@ impl NativeGateway {
     #[napi(getter)]
     pub fn url(&self) -> String {
         self.inner.url()
+    }
+
+    /// The gateway key file this start made, or null: clients holding an older key are refused.
+    #[napi(getter, js_name = "keyCreated")]
+    pub fn key_created(&self) -> Option<String> {
+        self.key_created.clone()
     }
 
     /// Stops accepting; streams in flight get `drainMs` (default 10 s) to finish.
@@ -86,7 +94,8 @@ pub fn serve<'env>(
         }
     })?;
     promise(env, async move {
-        let gateway = Arc::new(start(options).await?);
+        let (gateway, key_created) = start(options).await?;
+        let gateway = Arc::new(gateway);
         let mut o = owned.lock().unwrap_or_else(PoisonError::into_inner);
         if o.gone {
             drop(o);
@@ -97,6 +106,7 @@ pub fn serve<'env>(
         drop(o);
         Ok(NativeGateway {
             inner: gateway,
+            key_created: key_created.map(|p| p.display().to_string()),
             owned,
         })
     })
@@ -109,7 +119,7 @@ fn stop(gateway: Arc<Gateway>) {
     let _ = crate::runtime::spawn(async move { gateway.close(Duration::ZERO).await });
 }
 
-async fn start(options: Option<ServeOptions>) -> JsResult<Gateway> {
+async fn start(options: Option<ServeOptions>) -> JsResult<(Gateway, Option<std::path::PathBuf>)> {
     let o = options.unwrap_or(ServeOptions {
         host: None,
         port: None,
@@ -122,7 +132,7 @@ async fn start(options: Option<ServeOptions>) -> JsResult<Gateway> {
         max_connections: None,
     });
     let store = store_for(o.path.as_deref()).map_err(js_error)?;
-    let key = gateway::gateway_key(&store).map_err(js_error)?;
+    let (key, key_created) = gateway::gateway_key(&store).map_err(js_error)?;
     let port = u16::try_from(o.port.unwrap_or(8787))
         .map_err(|_| js_error(Error::InvalidArgument("port must be 0 to 65535".into())))?;
     let tls = match (o.tls_cert, o.tls_key) {
@@ -149,7 +159,8 @@ async fn start(options: Option<ServeOptions>) -> JsResult<Gateway> {
         ),
         max_connections: o.max_connections.unwrap_or(512).max(1) as usize,
     };
-    gateway::start(opts).await.map_err(js_error)
+    let gateway = gateway::start(opts).await.map_err(js_error)?;
+    Ok((gateway, key_created))
 }
 
 /// The gateway key clients must present (generated on first use), for `serve --show-key`.
@@ -157,6 +168,6 @@ async fn start(options: Option<ServeOptions>) -> JsResult<Gateway> {
 pub fn gateway_key(path: Option<String>) -> JsResult<String> {
     let store = store_for(path.as_deref()).map_err(js_error)?;
     gateway::gateway_key(&store)
-        .map(|k| k.expose().to_string())
+        .map(|(k, _)| k.expose().to_string())
         .map_err(js_error)
 }

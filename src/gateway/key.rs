@@ -21,8 +21,10 @@ fn usable(key: &Secret) -> bool {
 
 /// The key clients must present: `OAUTH_POOL_GATEWAY_KEY`, else a key generated once into a
 /// 0600 file beside the pool file (`<pool>.gateway-key`), read bounded like any file we did not
-/// just write.
-pub fn gateway_key(store: &Store) -> Result<Secret> {
+/// just write. With it, the file this call made, if it made one: a gateway started on a pool
+/// file moved without its key file (or with another `--path`) has a key no client holds yet,
+/// and its clients, refused, were told nothing of why.
+pub fn gateway_key(store: &Store) -> Result<(Secret, Option<PathBuf>)> {
     if let Some(k) = config::env(config::var::GATEWAY_KEY).filter(|k| !k.trim().is_empty()) {
         let key = Secret::new(k.trim());
         if !usable(&key) {
@@ -31,11 +33,11 @@ pub fn gateway_key(store: &Store) -> Result<Secret> {
                 config::var::GATEWAY_KEY.name()
             )));
         }
-        return Ok(key);
+        return Ok((key, None));
     }
     let path = key_path(store)?;
     match read_key(&path)? {
-        Some(key) => Ok(key),
+        Some(key) => Ok((key, None)),
         None => create_key(&path),
     }
 }
@@ -73,7 +75,9 @@ fn key_path(store: &Store) -> Result<PathBuf> {
     Ok(pool.with_file_name(name))
 }
 
-fn create_key(path: &Path) -> Result<Secret> {
+/// A new key in `path`, and `path` when it is this call's (another process may link its key
+/// first: that one is read and was not made here).
+fn create_key(path: &Path) -> Result<(Secret, Option<PathBuf>)> {
     let mut raw = [0u8; 32];
     getrandom::fill(&mut raw)
         .map_err(|e| Error::InvalidArgument(format!("no OS randomness: {e}")))?;
@@ -110,9 +114,9 @@ fn create_key(path: &Path) -> Result<Secret> {
     let linked = written.and_then(|_| std::fs::hard_link(&temp, path));
     let _ = std::fs::remove_file(&temp);
     match linked {
-        Ok(()) => Ok(key),
+        Ok(()) => Ok((key, Some(path.to_path_buf()))),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            read_key(path)?.ok_or_else(|| {
+            read_key(path)?.map(|key| (key, None)).ok_or_else(|| {
                 Error::InvalidArgument(format!("the gateway key file {} vanished", path.display()))
             })
         }
@@ -160,8 +164,12 @@ mod tests {
             .path()
             .join("new-home")
             .join("oauth-pool.json.gateway-key");
-        let made = create_key(&fresh).unwrap();
+        let (made, created) = create_key(&fresh).unwrap();
         assert_eq!(read_key(&fresh).unwrap().unwrap().expose(), made.expose());
+        assert_eq!(created.as_deref(), Some(fresh.as_path()), "made here");
+        // Made by another process first: read, and not said to be made here.
+        let (again, created) = create_key(&fresh).unwrap();
+        assert_eq!((again.expose(), created), (made.expose(), None));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
