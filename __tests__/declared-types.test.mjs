@@ -47,8 +47,8 @@ async function busyPool() {
       oauthEntry(mock, "sonnet@declared.test", { priority: 9 }),
       { ...oauthEntry(mock, "off@declared.test"), enabled: false, status: "disabled" },
       { ...oauthEntry(mock, "login@declared.test"), status: "auth-error" },
-      { email: "cool@declared.test", refresh: "r", access: "a", expires: now + 3_600_000, status: "rate-limited", rateLimitUntil: now + 600_000 },
-      { email: "bare@declared.test", refresh: "r", access: "a" },
+      { email: "cool@declared.test", refresh: "r-declared-cool", access: "a", expires: now + 3_600_000, status: "rate-limited", rateLimitUntil: now + 600_000 },
+      { email: "bare@declared.test", refresh: "r-declared-bare", access: "a" },
       { email: "key@declared.test", type: "api", key: "sk-ant-api03-declared-types-key", status: "idle", rateLimitUntil: null },
       { email: "nokey@declared.test", type: "api", apiKey: "under another name", status: "idle", rateLimitUntil: null },
       // Unreadable, kept verbatim.
@@ -139,7 +139,14 @@ test("every value the library resolves fits the type index.d.ts declares for it"
   );
   const cooling = writeRaw({
     anthropic: [
-      { email: "c@declared.test", refresh: "r", access: "a", expires: Date.now() + 1e7, status: "rate-limited", rateLimitUntil: Date.now() + 60_000 },
+      {
+        email: "c@declared.test",
+        refresh: "r-declared-c",
+        access: "a",
+        expires: Date.now() + 1e7,
+        status: "rate-limited",
+        rateLimitUntil: Date.now() + 60_000,
+      },
     ],
   });
   const own429 = await lib.createPoolFetch({ path: cooling })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });

@@ -586,7 +586,7 @@ test("an empty pool and a pool of dead accounts give a clear typed error", async
   const poolFetch = createPoolFetch({ path });
   await assert.rejects(post(poolFetch), (e) => e.code === "POOL_NO_ACCOUNT" && /no accounts/.test(e.message));
   const pool = await loadPool(path);
-  pool.anthropic.push({ email: "dead@x.test", refresh: "r", access: "a", expires: 1, status: "auth-error", rateLimitUntil: null });
+  pool.anthropic.push({ email: "dead@x.test", refresh: "r-dead-fetch-test", access: "a", expires: 1, status: "auth-error", rateLimitUntil: null });
   await savePool(pool, path);
   await assert.rejects(post(poolFetch), (e) => e.code === "POOL_NO_ACCOUNT" && /dead@x\.test \(auth-error\)/.test(e.message));
 });

@@ -197,6 +197,25 @@ test("a token endpoint that hands the same refresh token back: refreshing again 
   }
 });
 
+test("a login the token endpoint refused in one pool: a copy of it is told so at once, not that its token is still being refreshed", async () => {
+  // The refused refresh stayed in the journal as presented and never saved: for two minutes a
+  // copy of the pool (another path, a test's fixture) was answered "its token is still being
+  // refreshed (waited 75 s)", though nothing was under way and nothing had waited.
+  const m = machine();
+  const a = newPath();
+  const b = newPath();
+  const dead = { ...login("refused@two.test"), refresh: "refused-refresh-token-two-places", access: "refused-access" };
+  writePool(a, [dead]);
+  mkdirSync(join(b, ".."), { recursive: true });
+  copyFileSync(a, b);
+  for (const place of [a, b]) {
+    const r = await request(m, place);
+    assert.equal(r.error, "POOL_NO_ACCOUNT", JSON.stringify(r));
+    assert.match(r.message, /refused@two\.test \(auth-error\)\. Accounts in auth-error need a new login/, `${place === a ? "first" : "copy"}: ${r.message}`);
+    assert.equal(entry(place, "refused@two.test").status, "auth-error");
+  }
+});
+
 const FLOCK = ["/usr/bin/flock", "/bin/flock"].find((p) => existsSync(p));
 
 test("tokens saved late (the pool was locked by a stopped writer): the journal learns the token they replaced is spent, and a copy of the pool does not present it", {

@@ -158,16 +158,18 @@ pub async fn refresh(refresh: &Secret) -> Result<Tokens> {
 /// connection formed: nothing was sent, so no answer was lost, and a second try at an endpoint
 /// that refused the handshake or never finished it only doubled the wait (20 s, not 10, before
 /// a request on an expired token failed).
-pub async fn refresh_once_more_if_lost(token: &Secret) -> Result<Tokens> {
+/// With the answer, whether it is the second attempt's: a refusal then may be of a token the
+/// lost first answer had already replaced (spent, its successor unknown).
+pub async fn refresh_once_more_if_lost(token: &Secret) -> (Result<Tokens>, bool) {
     match refresh(token).await {
         Err(Error::Network {
             never_connected: false,
             ..
         }) => {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            refresh(token).await
+            (refresh(token).await, true)
         }
-        other => other,
+        other => (other, false),
     }
 }
 

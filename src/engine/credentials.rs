@@ -599,7 +599,8 @@ impl Engine {
         }
         tracing::debug!(account = %email, token = %presented.fingerprint(), "refreshing access token");
         let _unwritten = Unwritten::begin();
-        match oauth::refresh_once_more_if_lost(&presented).await {
+        let (answer, asked_twice) = oauth::refresh_once_more_if_lost(&presented).await;
+        match answer {
             Ok(tokens) => {
                 let (access, refresh, expires) = (
                     tokens.access.clone(),
@@ -700,6 +701,18 @@ impl Engine {
                 if let Some(access) = newer.and_then(|a| fresh_access(a, now_ms())) {
                     self.invalidate();
                     return Ok(access);
+                }
+                // Refused at the first asking, the token was not spent by it: the journal lets it
+                // go, so that another store holding it (a copy of the pool) is told its own
+                // refusal now, instead of "still being refreshed" until the in-flight time
+                // passed. Refused at the second, the first's lost answer may have spent it.
+                if let (false, Some(j), Some(here)) = (asked_twice, journal, here) {
+                    let who = email.to_string();
+                    let releasing = crate::store::blocking(move || {
+                        j.released(&tag, &here, &who, now_ms());
+                        Ok(())
+                    });
+                    let _ = tokio::time::timeout(JOURNAL_PATIENCE, releasing).await;
                 }
                 lock(&self.credentials.refused).insert(email.to_string(), presented.clone());
                 let why = format!("refresh token rejected ({reason}): log in again");

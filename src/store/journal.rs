@@ -243,8 +243,9 @@ impl Journal {
         });
     }
 
-    /// The token endpoint answered `token` with the same refresh token (it does not rotate):
-    /// it is not spent, and another store presenting it is no reuse.
+    /// The token endpoint answered `token` with the same refresh token (it does not rotate), or
+    /// refused it at the first asking: it is not spent by this store, and another store
+    /// presenting it is no reuse.
     pub fn released(&self, token: &str, store: &str, email: &str, now: i64) {
         self.change(now, |book| {
             let before = book.refreshes.len();
