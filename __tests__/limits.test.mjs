@@ -839,6 +839,44 @@ test("reset-cooldowns from a shell while the account is still limited: its next 
   await lib.resetCooldowns(path);
 });
 
+for (const from of ["in-process", "shell"]) {
+  test(`reset-cooldowns (${from}) while every account is still limited: the same cooldown met again is told again, once`, async () => {
+    const email = `told-${from}@x.test`;
+    const path = await seedPool(mock, [email]);
+    await withEnv({ OAUTH_POOL_JITTER_MS: "0" }, async () => {
+      // The 5-hour window is spent: every refusal says the same reset, so the cooldown met
+      // after the reset ends when the one before did.
+      const limited = { status: 429, headers: rateLimitHeaders({ fiveHourReset: Math.floor(Date.now() / 1000) + 3600 }) };
+      mock.script(email, [limited, limited, limited]);
+      const events = [];
+      const f = createPoolFetch({ path, onEvent: (e) => events.push(e) });
+      const refused = async () => {
+        const res = await ask(f, "claude-sonnet-4-5");
+        assert.equal(res.status, 429);
+        assert.equal(res.headers.get("x-oauth-pool"), "all-accounts-cooling");
+        await res.text();
+      };
+      await refused();
+      assert.equal(events.filter((e) => e.kind === "all-cooling").length, 1, JSON.stringify(events.map((e) => e.kind)));
+      await flushPool(path);
+      // The store is the truth of that rest a second after its write.
+      await new Promise((r) => setTimeout(r, 1500));
+      if (from === "shell") {
+        const reset = await runCli(["reset-cooldowns", "--path", path]);
+        assert.equal(reset.code, 0, reset.err);
+      } else {
+        await lib.resetCooldowns(path);
+      }
+      await refused();
+      await refused();
+      const told = events.filter((e) => e.kind === "all-cooling");
+      assert.equal(told.length, 2, `the cooldown after the reset is told, once: ${JSON.stringify(events.map((e) => e.kind))}`);
+      assert.equal(told[1].until, told[0].until, "the same cooldown");
+    });
+    await lib.resetCooldowns(path);
+  });
+}
+
 test("requests in flight when a 429 lands: each moves once, the late 200 from the limited account does not reopen it", async () => {
   const path = await seedPool(mock, ["fly1@x.test", "fly2@x.test"]);
   await lib.setPriority("fly1@x.test", 5, path);

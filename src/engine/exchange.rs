@@ -467,7 +467,7 @@ impl Exchange {
             message,
         } = held;
         let wait = std::time::Duration::from_millis((until - now_ms()).max(0) as u64 + 5);
-        let announced = self.announce_hold(&email, until, &message);
+        let announced = self.announce_hold(pool, &email, until, &message);
         if !announced {
             tracing::debug!(
                 wait_ms = wait.as_millis() as u64,
@@ -555,8 +555,9 @@ impl Exchange {
     /// Says a hold for `email`'s cooldown (until `until`) begins, once per cooldown (no storms):
     /// a log line and a `holding` event, told at once where the driver set a notice. Whether
     /// this one said it.
-    fn announce_hold(&mut self, email: &str, until: i64, message: &str) -> bool {
-        if !self.engine.overlay.first_hold(email, until) {
+    fn announce_hold(&mut self, pool: &Pool, email: &str, until: i64, message: &str) -> bool {
+        let resets = pool.find(email).map_or(0, |a| a.cooldown_resets());
+        if !self.engine.overlay.first_hold(email, until, resets) {
             return false;
         }
         // A request bound to the account holding what it needs waits for that account,
@@ -1096,7 +1097,7 @@ impl Exchange {
                     } else {
                         "all-accounts-cooling"
                     };
-                    self.announce_hold(&email, until, &message);
+                    self.announce_hold(pool, &email, until, &message);
                     return Ok(Exhausted::Answer(pool_429(message, secs, why, true)));
                 }
                 return Ok(Exhausted::Wait(Held {
@@ -1122,7 +1123,8 @@ impl Exchange {
                     "anthropic-pool: every account is rate-limited{models}; the first one ({email}) is usable again {when}{holding}"
                 ),
             };
-            if needs.is_none() && self.engine.overlay.first_all_cooling(&email, until) {
+            let resets = pool.find(&email).map_or(0, |a| a.cooldown_resets());
+            if needs.is_none() && self.engine.overlay.first_all_cooling(&email, until, resets) {
                 tracing::info!(first = %email, until = %iso_time(until), "every account is cooling");
                 self.events
                     .push(Event::new("all-cooling", Some(&email), &message).until(until));

@@ -107,11 +107,33 @@ pub struct Overlay {
     knows_files: std::sync::atomic::AtomicBool,
     /// email -> the windows answers reported (the store has them a second later).
     windows: Mutex<HashMap<String, Vec<Window>>>,
-    /// The last "every account cools" reported: (soonest account, until). One report per change.
-    all_cooling: Mutex<Option<(String, i64)>>,
-    /// The last hold announced: (the account awaited, until). One notice per cooldown, however
-    /// many requests wait.
-    holding: Mutex<Option<(String, i64)>>,
+    /// The last "every account cools" reported. One report per change.
+    all_cooling: Mutex<Option<Told>>,
+    /// The last hold announced. One notice per cooldown, however many requests wait.
+    holding: Mutex<Option<Told>>,
+}
+
+/// A cooldown told: the account, until when, and its `reset-cooldowns` count then. A reset
+/// since (from a shell too) makes the same cooldown met again news: its user was told the
+/// accounts were back, and heard nothing when they were all cooling again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Told {
+    email: String,
+    until: i64,
+    resets: u64,
+}
+
+/// Whether `fresh` is news after `last`, which it replaces unless it judged by an older read
+/// of the pool (a reset count lower than one already seen).
+fn first_told(last: &mut Option<Told>, fresh: Told) -> bool {
+    match last.as_ref() {
+        Some(l) if l.email == fresh.email && fresh.resets < l.resets => false,
+        Some(l) if *l == fresh => false,
+        _ => {
+            *last = Some(fresh);
+            true
+        }
+    }
 }
 
 /// A rest after a 401: the refused credential's tag, until when, and the account's
@@ -247,20 +269,25 @@ impl Overlay {
 
     /// Whether "every account cools, the first is back at `until`" is news (one report, not one
     /// per request: a peer wrote a 489 MB log cycling limited accounts).
-    pub fn first_all_cooling(&self, email: &str, until: i64) -> bool {
-        let mut last = lock(&self.all_cooling);
-        let news = last.as_ref() != Some(&(email.to_string(), until));
-        *last = Some((email.to_string(), until));
-        news
+    /// `resets`: `email`'s `reset-cooldowns` count in the pool the request judged by.
+    pub fn first_all_cooling(&self, email: &str, until: i64, resets: u64) -> bool {
+        let told = Told {
+            email: email.to_string(),
+            until,
+            resets,
+        };
+        first_told(&mut lock(&self.all_cooling), told)
     }
 
     /// Whether a hold for `email` until `until` is news (`first_all_cooling`'s twin for held
     /// requests: fifty held requests make one notice).
-    pub fn first_hold(&self, email: &str, until: i64) -> bool {
-        let mut last = lock(&self.holding);
-        let news = last.as_ref() != Some(&(email.to_string(), until));
-        *last = Some((email.to_string(), until));
-        news
+    pub fn first_hold(&self, email: &str, until: i64, resets: u64) -> bool {
+        let told = Told {
+            email: email.to_string(),
+            until,
+            resets,
+        };
+        first_told(&mut lock(&self.holding), told)
     }
 
     pub fn refuse(&self, email: &str, tag: Option<String>) {
@@ -375,6 +402,8 @@ impl Overlay {
         lock(&self.cooling).clear();
         lock(&self.refused).clear();
         lock(&self.resting).clear();
+        *lock(&self.all_cooling) = None;
+        *lock(&self.holding) = None;
     }
 
     /// Forgets what this process knew of accounts the pool no longer has: a process that sees
@@ -410,6 +439,36 @@ mod tests {
         assert!(!o.is_refused(&a));
         a.refresh = Some("r1".into());
         assert!(!o.is_refused(&a), "the mark is gone, not hidden");
+    }
+
+    /// `reset-cooldowns` told its user every account was back: the same cooldown met again
+    /// is told again (once), whether the reset ran here or in a shell (its count then higher).
+    #[test]
+    fn a_cooldown_met_again_after_a_reset_is_told_again_once() {
+        let o = Overlay::default();
+        assert!(o.first_all_cooling("a@x", 500, 0));
+        assert!(!o.first_all_cooling("a@x", 500, 0), "once per cooldown");
+        assert!(o.first_hold("a@x", 500, 0));
+        assert!(!o.first_hold("a@x", 500, 0));
+        o.clear();
+        assert!(o.first_all_cooling("a@x", 500, 0), "after a reset here");
+        assert!(o.first_hold("a@x", 500, 0), "after a reset here");
+        assert!(!o.first_all_cooling("a@x", 500, 0));
+        assert!(
+            o.first_all_cooling("a@x", 500, 1),
+            "after a reset from a shell"
+        );
+        assert!(o.first_hold("a@x", 500, 1), "after a reset from a shell");
+        assert!(!o.first_all_cooling("a@x", 500, 1));
+        assert!(
+            !o.first_all_cooling("a@x", 500, 0),
+            "a request that read the pool before the reset is no news"
+        );
+        assert!(!o.first_all_cooling("a@x", 500, 1), "nor one after it");
+        assert!(
+            o.first_all_cooling("b@x", 500, 0),
+            "another account's count is its own"
+        );
     }
 
     fn rest(tag: Option<String>, until: i64) -> Rest {
