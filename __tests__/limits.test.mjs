@@ -319,6 +319,35 @@ for (const transport of ["native", "runtime"]) {
   });
 }
 
+for (const transport of ["native", "runtime"]) {
+  test(`a representative claim said twice (a proxy duplicating headers) reads the same on either transport: the account-wide one rests the account (${transport})`, async () => {
+    // Node's fetch joined them ("five_hour, seven_day_opus": no claim, so a sonnet request
+    // rested sonnet alone); the other transport kept the last (opus's: a 5 s throttle).
+    const email = `claim-twice-${transport}@x.test`;
+    const path = await seedPool(mock, [email]);
+    const p = "anthropic-ratelimit-unified";
+    const headers = {
+      [`${p}-status`]: "rejected",
+      [`${p}-reset`]: String(Math.floor(Date.now() / 1000) + 3600),
+      [`${p}-representative-claim`]: ["five_hour", "seven_day_opus"],
+    };
+    mock.script(email, [{ status: 429, headers }]);
+    const f = createPoolFetch({ path, transport });
+    const res = await ask(f, "claude-sonnet-4-5");
+    assert.equal(res.status, 429);
+    await res.text();
+    await flushPool(path);
+    const a = account(path, email);
+    assert.ok(a.rateLimitUntil > Date.now() + 3_500_000, `the whole account rests for the hour: ${JSON.stringify(a)}`);
+    mock.clearRequests();
+    const opus = await ask(f, "claude-opus-4-1");
+    assert.equal(opus.status, 429, "every model: the pool's own 429");
+    await opus.text();
+    assert.equal(mock.requests.length, 0, "nothing sent upstream");
+    await lib.resetCooldowns(path);
+  });
+}
+
 test("a window's use said as an absurd number is not kept: status shows no Infinity%", async () => {
   const email = "absurd-use@x.test";
   const path = await seedPool(mock, [email]);

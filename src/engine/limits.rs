@@ -422,7 +422,10 @@ impl Limits {
             match rest {
                 "status" => limits.status = severest(limits.status.take(), value),
                 "reset" => limits.reset = latest_reset(limits.reset, value),
-                "representative-claim" => limits.representative_claim = Some(short(value)),
+                "representative-claim" => {
+                    limits.representative_claim =
+                        widest_claim(limits.representative_claim.take(), value)
+                }
                 "fallback-percentage" | "fallback" => {}
                 "overage-status" => limits.overage.status = Some(short(value)),
                 "overage-reset" => limits.overage.reset = parse_reset(value),
@@ -525,6 +528,29 @@ impl Cooldown {
             None => what,
         }
     }
+}
+
+/// A representative claim said more than once (a proxy duplicating headers; Node's `Headers`
+/// joins them, "five_hour, seven_day_opus", which named no window): the one that holds back the
+/// most requests, as a hard status wins over a soft one. An account-wide window over a model's,
+/// the longer window over the shorter, a window over a claim that names none; else the last.
+fn widest_claim(known: Option<String>, value: &str) -> Option<String> {
+    let reach = |claim: &str| match claimed_window(claim) {
+        Some(w) => match w.split_once('_') {
+            None if w == "7d" => 4,
+            None => 3,
+            Some(("7d", _)) => 2,
+            Some(_) => 1,
+        },
+        None => 0,
+    };
+    known
+        .into_iter()
+        .chain(value.split(',').map(short).filter(|c| !c.is_empty()))
+        .fold(None, |widest: Option<String>, c| match widest {
+            Some(w) if reach(&w) > reach(&c) => Some(w),
+            _ => Some(c),
+        })
 }
 
 /// The 429 policy: how long the account rests, and for which models.
@@ -958,6 +984,10 @@ pub(crate) mod tests {
                 "anthropic-ratelimit-unified-status",
                 ["allowed", "rejected"],
             ),
+            (
+                "anthropic-ratelimit-unified-representative-claim",
+                ["five_hour", "seven_day_opus"],
+            ),
         ];
         let apart = {
             let mut h = HeaderMap::new();
@@ -980,6 +1010,7 @@ pub(crate) mod tests {
         for l in [&apart, &joined] {
             assert_eq!(l.retry_after_ms, Some(600_000));
             assert_eq!(l.status.as_deref(), Some("rejected"));
+            assert_eq!(l.representative_claim.as_deref(), Some("five_hour"));
             let w = l.window("5h").unwrap();
             assert_eq!(
                 (w.status.as_deref(), w.reset, w.utilization),
@@ -998,6 +1029,17 @@ pub(crate) mod tests {
         assert_eq!(l.retry_after_ms, Some(45_000));
         let l = Limits::from_headers(&headers(&[("retry-after-ms", "1500, 800")]), now());
         assert_eq!(l.retry_after_ms, Some(1_500));
+        // Claims: the one holding back the most requests, else the last said.
+        for (said, read) in [
+            ("seven_day_opus, five_hour", "five_hour"),
+            ("five_hour, seven_day", "seven_day"),
+            ("five_hour_opus, seven_day_sonnet", "seven_day_sonnet"),
+            ("seven_day_opus, something_new", "seven_day_opus"),
+            ("something_new, other_new", "other_new"),
+            ("five_hour, ", "five_hour"),
+        ] {
+            assert_eq!(widest_claim(None, said).as_deref(), Some(read), "{said}");
+        }
         // A soft status after a hard one in a later header of the same answer keeps the hard.
         assert_eq!(
             severest(Some("rejected".into()), "allowed").as_deref(),
