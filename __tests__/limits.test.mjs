@@ -516,6 +516,49 @@ test("a model's scoped window counts only for that model's requests", async () =
   await opus.text();
 });
 
+test("a scoped window whose name is no model family (7d_oauth_apps) limits every request for the soft threshold and a reserve, as for the 429 policy; 7d_opus_4 is opus's", async () => {
+  const pair = async (tag) => {
+    const emails = [`${tag}1@x.test`, `${tag}2@x.test`];
+    const path = await seedPool(mock, emails);
+    await lib.setPriority(emails[0], 5, path);
+    const f = createPoolFetch({ path });
+    const session = { ...jsonHeaders, "x-session-affinity": `ses_${tag}` };
+    const on = async (model) => {
+      const r = await ask(f, model, {}, { headers: session });
+      assert.equal(r.status, 200);
+      await r.text();
+      return r.poolAccount;
+    };
+    return { emails, path, on };
+  };
+  // A model's window with a version in its name is that model's.
+  {
+    const { emails, on } = await pair("nfo");
+    mock.setUtilization(emails[0], { scoped: { "7d_opus_4": 0.97 } });
+    assert.equal(await on("claude-sonnet-4-5"), emails[0]); // learns the window
+    assert.equal(await on("claude-sonnet-4-5"), emails[0], "opus's window does not limit sonnet");
+    assert.equal(await on("claude-opus-4-1"), emails[1], "past 90 % of 7d_opus_4, it yields for opus");
+  }
+  // A window the pool cannot tie to a model family: past the soft threshold, every request moves.
+  {
+    const { emails, on } = await pair("nfa");
+    mock.setUtilization(emails[0], { scoped: { "7d_oauth_apps": 0.97 } });
+    assert.equal(await on("claude-sonnet-4-5"), emails[0]); // learns the window
+    assert.equal(await on("claude-sonnet-4-5"), emails[1], "past 90 % of 7d_oauth_apps, sonnet moves too");
+  }
+  // A reserve's line in it holds the account back for any model.
+  {
+    const { emails, path, on } = await pair("nfr");
+    const set = await runCli(["reserve", emails[0], "0.2", "--path", path]);
+    assert.equal(set.code, 0, set.err);
+    mock.setUtilization(emails[0], { scoped: { "7d_oauth_apps": 0.85 } });
+    assert.equal(await on("claude-sonnet-4-5"), emails[0], "not known to be past the line yet");
+    for (const model of ["claude-sonnet-4-5", "claude-haiku-4-5"]) {
+      assert.equal(await on(model), emails[1], `85 % of 7d_oauth_apps is past the 80 % line for ${model}`);
+    }
+  }
+});
+
 test("a reserve stops use at its line (set with the CLI); reserved accounts count as cooling", async () => {
   const path = await seedPool(mock, ["res1@x.test", "res2@x.test"]);
   await lib.setPriority("res1@x.test", 5, path);

@@ -131,11 +131,20 @@ impl Window {
             .filter(|s| !s.is_empty())
     }
 
-    /// Whether this window limits a request for `family` (account-wide windows limit all).
+    /// The model family a scoped window is that family's quota of, if its name says one
+    /// (`7d_sonnet`, `7d_opus_4`); None for account-wide windows and for a scope that is no
+    /// family's (`7d_oauth_apps`).
+    pub fn family(&self) -> Option<String> {
+        self.scope().and_then(scope_family)
+    }
+
+    /// Whether this window limits a request for `family`: a family's window limits that
+    /// family's requests; any other (account-wide, or a scope the pool cannot tie to a family,
+    /// such as `7d_oauth_apps`) limits every request of the account, as the 429 policy reads it.
     pub fn applies_to(&self, family: Option<&str>) -> bool {
-        match self.scope() {
+        match self.family() {
             None => true,
-            Some(s) => family.is_some_and(|f| f.eq_ignore_ascii_case(s)),
+            Some(s) => family.is_some_and(|f| f.eq_ignore_ascii_case(&s)),
         }
     }
 
@@ -191,6 +200,20 @@ pub fn model_family(model: &str) -> Option<String> {
         .filter(|p| !p.is_empty() && *p != "claude" && *p != "anthropic")
         .find(|p| p.chars().all(|c| c.is_ascii_alphabetic()) && p.len() > 2 && *p != "latest")
         .map(str::to_string)
+}
+
+/// The model family a window's scope names: a family's name (as `model_family` makes them),
+/// alone or followed by a version (`opus_4`, `opus_4_1` -> `opus`). None for a scope with other
+/// words in it (`oauth_apps`): nothing ties it to one family.
+fn scope_family(scope: &str) -> Option<String> {
+    let scope = scope.trim().to_ascii_lowercase();
+    let mut words = scope
+        .split(['-', '_', '.', ' ', '/'])
+        .filter(|p| !p.is_empty() && *p != "claude" && *p != "anthropic");
+    let family = words.next()?;
+    let named = family.chars().all(|c| c.is_ascii_alphabetic()) && family.len() > 2;
+    let versions = words.all(|p| p.chars().all(|c| c.is_ascii_digit()));
+    (named && versions && family != "latest").then(|| family.to_string())
 }
 
 /// Token counting's own limits (`/v1/messages/count_tokens`).
@@ -648,10 +671,12 @@ pub fn cooldown_for_429(
         // family (`7d_oauth_apps`, a name new tomorrow), and resting that one rested nothing,
         // so the refused model was sent to this account again on every request. A request
         // that names no model (a file, a batch) rests its endpoint, for the same reason.
-        let scoped_family = family
-            .or(endpoint)
-            .map(str::to_string)
-            .or_else(|| rejected.iter().find_map(|w| w.scope()).map(str::to_string));
+        // Naming neither, the window's family (`7d_opus_4` rests `opus`), else its scope.
+        let scoped_family = family.or(endpoint).map(str::to_string).or_else(|| {
+            rejected
+                .iter()
+                .find_map(|w| w.family().or_else(|| w.scope().map(str::to_string)))
+        });
         let (reset, claim) = latest(&rejected)
             .or_else(|| {
                 limits
@@ -691,10 +716,7 @@ pub fn cooldown_for_429(
 /// family's name (`opus`, as `model_family` makes them), not the request's. A scope that is
 /// no family's name (`oauth_apps`, a name new tomorrow) may be what refused any request.
 fn another_models(scope: &str, family: Option<&str>) -> bool {
-    family.is_some_and(|f| {
-        !scope.eq_ignore_ascii_case(f)
-            && model_family(scope).is_some_and(|m| m.eq_ignore_ascii_case(scope))
-    })
+    family.is_some_and(|f| scope_family(scope).is_some_and(|m| !m.eq_ignore_ascii_case(f)))
 }
 
 /// The window a `representative-claim` names, as the windows' headers name it: `five_hour` ->
@@ -1352,6 +1374,24 @@ pub(crate) mod tests {
         assert_eq!(scoped.surpassed_threshold, Some(0.9));
         assert_eq!(scoped.scope(), Some("sonnet"));
         assert!(scoped.applies_to(Some("sonnet")) && !scoped.applies_to(Some("opus")));
+        // A scope the pool cannot tie to a family limits every request, as the 429 policy
+        // reads it; a family's name with a version is that family's.
+        let named = |name: &str| Window {
+            name: name.into(),
+            ..Window::default()
+        };
+        let apps = named("7d_oauth_apps");
+        assert_eq!(apps.family(), None);
+        assert!(apps.applies_to(Some("sonnet")) && apps.applies_to(None));
+        let opus_4 = named("7d_opus_4");
+        assert_eq!(opus_4.family().as_deref(), Some("opus"));
+        assert!(opus_4.applies_to(Some("opus")) && !opus_4.applies_to(Some("sonnet")));
+        assert!(!opus_4.applies_to(None));
+        assert_eq!(
+            named("7d_claude_opus_4_1").family().as_deref(),
+            Some("opus")
+        );
+        assert_eq!(named("5h").family(), None);
         assert_eq!(l.window("12h_fable").unwrap().scope(), Some("fable"));
         assert_eq!(l.windows.len(), 2, "overage and claims are not windows");
         assert_eq!(l.overage.disabled_reason.as_deref(), Some("out_of_credits"));
@@ -1487,6 +1527,24 @@ pub(crate) mod tests {
                 "a throttle, not opus's week"
             );
         }
+        // A family's window with a version in its name (`7d_opus_4`) is that family's too;
+        // an opus request refused by it rests opus.
+        let opus_4 = Limits::from_headers(
+            &headers(&[
+                ("retry-after", "10"),
+                ("anthropic-ratelimit-unified-7d_opus_4-status", "rejected"),
+                ("anthropic-ratelimit-unified-7d_opus_4-reset", &opus_reset),
+            ]),
+            now(),
+        );
+        let c = cooldown_for_429(&opus_4, NOW, Some("sonnet"), None);
+        assert_eq!((c.kind, c.scope), (CooldownKind::Burst, None), "7d_opus_4");
+        let c = cooldown_for_429(&opus_4, NOW, None, None);
+        assert_eq!(
+            c.scope.as_deref(),
+            Some("opus"),
+            "no model named: the window's family"
+        );
         // With only utilization said (no statuses), the same.
         let util = Limits::from_headers(
             &headers(&[

@@ -132,7 +132,14 @@ struct WindowSaid {
 
 fn window() -> impl Strategy<Value = WindowSaid> {
     (
-        prop::sample::select(vec!["5h", "7d", "7d_sonnet", "7d_opus"]),
+        prop::sample::select(vec![
+            "5h",
+            "7d",
+            "7d_sonnet",
+            "7d_opus",
+            "7d_opus_4",
+            "7d_oauth_apps",
+        ]),
         prop::option::of(said()),
         prop::option::of(0u8..=120),
         prop::option::of(reset_in()),
