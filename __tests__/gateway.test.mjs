@@ -650,6 +650,41 @@ test("a start that makes the gateway key says where (a pool file moved without i
   assert.deepEqual(JSON.parse(json.out.split("\n")[0]), { url: json.url, keyCreated: made });
 });
 
+// The gateway's log said each account of a cascade on its own line (and the engine's own line
+// for each hop besides), where the OpenCode plugin says it once.
+for (const json of [false, true]) {
+  test(`a request turned away by several accounts in turn is one line in the gateway's log, each hop a debug line${json ? " (--json: stdout stays one JSON document per line)" : ""}`, async () => {
+    for (const level of ["info", "debug"]) {
+      const emails = [1, 2, 3].map((i) => `gwc${i}-${level}-${json}@x.test`);
+      const path = await seedPool(mock, emails);
+      await lib.setPriority(emails[0], 9, path);
+      await lib.setPriority(emails[1], 5, path);
+      for (const e of emails.slice(0, 2)) mock.script(e, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+      const served = await serveChild(path, { args: json ? ["--json"] : [], env: { OAUTH_POOL_LOG: `oauth_pool=${level}`, OAUTH_POOL_JITTER_MS: "0" } });
+      const { child, url } = served;
+      try {
+        const res = await messages(url);
+        assert.equal(res.status, 200);
+        assert.match(await res.text(), new RegExp(`Hello from ${emails[2]}`));
+        await new Promise((r) => setTimeout(r, 200));
+        const lines = served.err.split("\n");
+        const info = lines.filter((l) => /\bINFO\b/.test(l) && /failover|turned this request away/.test(l));
+        assert.equal(info.length, 1, `one line at info for the cascade:\n${served.err}`);
+        assert.match(info[0], new RegExp(`2 accounts turned this request away in turn, so it moved to ${emails[2]}.*${emails[0]}.*${emails[1]}`));
+        assert.match(info[0], /accounts=2/);
+        const hops = lines.filter((l) => /\bDEBUG\b/.test(l) && /kind="?failover"?/.test(l));
+        assert.equal(hops.length, level === "debug" ? 2 : 0, `every hop at debug, for machines:\n${served.err}`);
+        for (const l of served.out.split("\n").filter(Boolean)) {
+          if (json) assert.doesNotThrow(() => JSON.parse(l), l);
+        }
+      } finally {
+        child.kill("SIGTERM");
+      }
+      await lib.resetCooldowns(path);
+    }
+  });
+}
+
 // `--drain-ms 0` (cut streams at once, as the library's close(0)) was refused: "from 1".
 // SIGHUP (the terminal or ssh session the gateway ran in closing) killed it on the spot: streams
 // in flight cut, the last bookkeeping never written.

@@ -399,7 +399,8 @@ impl Exchange {
         let (f, t, r) = (from.clone(), email.to_string(), reason.clone());
         self.engine
             .note(false, move |p| p.failover(&f, Some(&t), &r, now_ms()));
-        tracing::info!(from = %from, to = %email, reason = %reason, "failover");
+        // Debug: the event is each driver's to tell (the gateway's log says a cascade once).
+        tracing::debug!(from = %from, to = %email, reason = %reason, "failover");
     }
 
     fn attempt(&mut self, email: String, credential: Credential, headers: HeaderMap) -> Step {

@@ -186,16 +186,124 @@ pub(super) async fn metrics(state: &State) -> Response<AnyBody> {
 }
 
 pub(super) fn count_events(failovers: &Counter, events: &[Event]) {
-    for e in events {
-        if e.kind == "failover" {
-            failovers.inc();
-        }
-        log_event(e);
+    for _ in events.iter().filter(|e| e.kind == "failover") {
+        failovers.inc();
     }
+    log_events(events);
 }
 
 fn log_event(e: &Event) {
     tracing::info!(kind = e.kind, message = %e.message, "gateway");
+}
+
+/// How many accounts a cascade's line names before it counts the rest (the plugin's notice
+/// names as many).
+const NAMED_IN_LINE: usize = 3;
+
+/// One request's events as the gateway's log says them, as the OpenCode plugin tells them
+/// (`noticesOf`): a cascade through several accounts, each turning the request away in turn,
+/// is one line (it was one line per account, besides the engine's own for each hop); the
+/// failovers that ended with every account cooling are that line's to say. Each hop is still
+/// a line at debug, with every event's fields, for whoever reads the log by machine.
+fn log_events(events: &[Event]) {
+    let failovers: Vec<&Event> = events.iter().filter(|e| e.kind == "failover").collect();
+    let every_cooling = events
+        .iter()
+        .any(|e| e.kind == "all-cooling" || e.kind == "holding");
+    let one_line = failovers.len() > 1 && !every_cooling;
+    if one_line {
+        tracing::info!(
+            kind = "failover",
+            accounts = failovers.len(),
+            message = %cascade(&failovers, events),
+            "gateway"
+        );
+    }
+    for e in events {
+        if e.kind == "failover" && (one_line || every_cooling) {
+            tracing::debug!(kind = e.kind, message = %e.message, "gateway");
+        } else {
+            log_event(e);
+        }
+    }
+}
+
+/// A cascade as one sentence: the accounts that turned the request away, grouped by why, and
+/// where it went (or that none took it, when the last turned it away too).
+fn cascade(failovers: &[&Event], events: &[Event]) -> String {
+    let Some(last) = failovers.last().and_then(|e| e.to.clone()) else {
+        return String::new();
+    };
+    let after_last_move = events
+        .iter()
+        .rposition(|e| e.kind == "failover")
+        .map_or(events.len(), |i| i + 1);
+    let last_refused = events[after_last_move..].iter().any(|e| {
+        e.email.as_deref() == Some(last.as_str())
+            && matches!(e.kind, "rate-limited" | "auth-error" | "unavailable")
+    });
+    let mut reasons: Vec<(String, Vec<String>)> = Vec::new();
+    for e in failovers {
+        let from = e.email.clone().unwrap_or_default();
+        let why = e
+            .message
+            .strip_prefix(&format!("{from} "))
+            .and_then(|m| {
+                m.strip_suffix(&format!(
+                    "; this request moved to {}",
+                    e.to.as_deref().unwrap_or_default()
+                ))
+            })
+            .unwrap_or_default()
+            .to_string();
+        match reasons.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, emails)) if !emails.contains(&from) => emails.push(from),
+            Some(_) => {}
+            None => reasons.push((why, vec![from])),
+        }
+    }
+    let mut accounts: Vec<&str> = reasons
+        .iter()
+        .flat_map(|(_, e)| e.iter().map(String::as_str))
+        .collect();
+    if last_refused {
+        accounts.push(&last);
+    }
+    accounts.sort_unstable();
+    accounts.dedup();
+    let mut groups: Vec<String> = reasons
+        .iter()
+        .take(NAMED_IN_LINE)
+        .map(|(why, emails)| match why.is_empty() {
+            true => named(emails),
+            false => format!("{} ({why})", named(emails)),
+        })
+        .collect();
+    if reasons.len() > NAMED_IN_LINE {
+        groups.push(format!("{} more reasons", reasons.len() - NAMED_IN_LINE));
+    }
+    let whither = if last_refused {
+        format!("none took it (the last was {last})")
+    } else {
+        format!("so it moved to {last}")
+    };
+    format!(
+        "{} accounts turned this request away in turn, {whither}: {}",
+        accounts.len(),
+        groups.join("; ")
+    )
+}
+
+/// `a, b and c`; past `NAMED_IN_LINE`, `a, b, c and 2 more`.
+fn named(emails: &[String]) -> String {
+    let shown = &emails[..emails.len().min(NAMED_IN_LINE)];
+    let rest = emails.len() - shown.len();
+    match (shown, rest) {
+        (_, r) if r > 0 => format!("{} and {r} more", shown.join(", ")),
+        ([one], _) => one.clone(),
+        ([init @ .., last], _) => format!("{} and {last}", init.join(", ")),
+        ([], _) => String::new(),
+    }
 }
 
 /// What the gateway's log says at once, while the request goes on (a hold beginning: it may
@@ -207,6 +315,40 @@ pub(super) fn notice() -> crate::engine::Notice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn moved(from: &str, why: &str, to: &str) -> Event {
+        Event::new(
+            "failover",
+            Some(from),
+            format!("{from} {why}; this request moved to {to}"),
+        )
+        .to(to)
+    }
+
+    /// A cascade is one sentence in the gateway's log, as the plugin's notice says it.
+    #[test]
+    fn a_cascade_is_one_sentence() {
+        let events = [
+            Event::new("rate-limited", Some("a@x"), "a@x: 5h window exhausted"),
+            moved("a@x", "5h window exhausted", "b@x"),
+            moved("b@x", "5h window exhausted", "c@x"),
+            moved("c@x", "answered 529", "d@x"),
+        ];
+        let failovers: Vec<&Event> = events.iter().filter(|e| e.kind == "failover").collect();
+        assert_eq!(
+            cascade(&failovers, &events),
+            "3 accounts turned this request away in turn, so it moved to d@x: a@x and b@x (5h window exhausted); c@x (answered 529)"
+        );
+        let mut ended = events.to_vec();
+        ended.push(Event::new("rate-limited", Some("d@x"), "d@x: limited"));
+        let failovers: Vec<&Event> = ended.iter().filter(|e| e.kind == "failover").collect();
+        assert!(cascade(&failovers, &ended).starts_with(
+            "4 accounts turned this request away in turn, none took it (the last was d@x)"
+        ));
+        let many: Vec<String> = (1..=5).map(|i| format!("{i}@x")).collect();
+        assert_eq!(named(&many), "1@x, 2@x, 3@x and 2 more");
+        assert_eq!(named(&many[..2]), "1@x and 2@x");
+    }
 
     #[test]
     fn hostile_label_values_stay_inside_their_label() {
