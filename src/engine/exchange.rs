@@ -1365,6 +1365,21 @@ mod tests {
     use crate::account::{Account, WINDOW_READS};
     use crate::store::Store;
 
+    /// A 429's headers: the 5-hour window rejected, reset in an hour.
+    fn five_hours_exhausted(now: i64) -> HeaderMap {
+        let mut exhausted = HeaderMap::new();
+        exhausted.insert(
+            "anthropic-ratelimit-unified-5h-status",
+            HeaderValue::from_static("rejected"),
+        );
+        let reset = ((now + 3_600_000) / 1000).to_string();
+        exhausted.insert(
+            "anthropic-ratelimit-unified-5h-reset",
+            HeaderValue::from_str(&reset).unwrap(),
+        );
+        exhausted
+    }
+
     fn two_logins(now: i64) -> Pool {
         let mut pool = Pool::default();
         for (i, email) in ["a@x", "b@x"].iter().enumerate() {
@@ -1386,56 +1401,41 @@ mod tests {
     /// refreshed meanwhile, the other a 429 exhausting the account's 5-hour window. The retry
     /// after the 401 was sent to the account that had just been found exhausted (its 429 came,
     /// and the account rested again), though another account was free.
-    #[test]
-    fn the_retry_after_a_401_does_not_go_to_an_account_that_rests_since() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::file(dir.path().join("pool.json"));
-            let now = now_ms();
-            store.save(two_logins(now)).await.unwrap();
-            let engine = Engine::for_store(store.clone());
-            let cancel = CancellationToken::new();
-            let mut first = engine.exchange(RequestMeta::default());
-            let mut second = engine.exchange(RequestMeta::default());
-            for ex in [&mut first, &mut second] {
-                let Ok(Step::Send(attempt)) = ex.next(&HeaderMap::new(), &cancel).await else {
-                    panic!("nothing sent");
-                };
-                assert_eq!(attempt.email, "a@x");
-            }
-            // Another process refreshed a@x's token.
-            let mut pool = store.load().await.unwrap();
-            pool.find_mut("a@x").unwrap().access = Some("access-new".to_string().into());
-            store.save(pool).await.unwrap();
-            let mut exhausted = HeaderMap::new();
-            exhausted.insert(
-                "anthropic-ratelimit-unified-5h-status",
-                HeaderValue::from_static("rejected"),
-            );
-            let reset = ((now + 3_600_000) / 1000).to_string();
-            exhausted.insert(
-                "anthropic-ratelimit-unified-5h-reset",
-                HeaderValue::from_str(&reset).unwrap(),
-            );
-            let verdict = second
-                .judge(429, &exhausted, Some(b"{}"), None, &cancel)
-                .await
-                .unwrap();
-            assert_eq!(verdict, Verdict::Retry);
-            let verdict = first
-                .judge(401, &HeaderMap::new(), None, None, &cancel)
-                .await
-                .unwrap();
-            assert_eq!(verdict, Verdict::Retry);
-            let Ok(Step::Send(attempt)) = first.next(&HeaderMap::new(), &cancel).await else {
+    #[tokio::test]
+    async fn the_retry_after_a_401_does_not_go_to_an_account_that_rests_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::file(dir.path().join("pool.json"));
+        let now = now_ms();
+        store.save(two_logins(now)).await.unwrap();
+        let engine = Engine::for_store(store.clone());
+        let cancel = CancellationToken::new();
+        let mut first = engine.exchange(RequestMeta::default());
+        let mut second = engine.exchange(RequestMeta::default());
+        for ex in [&mut first, &mut second] {
+            let Ok(Step::Send(attempt)) = ex.next(&HeaderMap::new(), &cancel).await else {
                 panic!("nothing sent");
             };
-            assert_eq!(attempt.email, "b@x", "sent to the account that rests");
-        });
+            assert_eq!(attempt.email, "a@x");
+        }
+        // Another process refreshed a@x's token.
+        let mut pool = store.load().await.unwrap();
+        pool.find_mut("a@x").unwrap().access = Some("access-new".to_string().into());
+        store.save(pool).await.unwrap();
+        let exhausted = five_hours_exhausted(now);
+        let verdict = second
+            .judge(429, &exhausted, Some(b"{}"), None, &cancel)
+            .await
+            .unwrap();
+        assert_eq!(verdict, Verdict::Retry);
+        let verdict = first
+            .judge(401, &HeaderMap::new(), None, None, &cancel)
+            .await
+            .unwrap();
+        assert_eq!(verdict, Verdict::Retry);
+        let Ok(Step::Send(attempt)) = first.next(&HeaderMap::new(), &cancel).await else {
+            panic!("nothing sent");
+        };
+        assert_eq!(attempt.email, "b@x", "sent to the account that rests");
     }
 
     /// `reset-cooldowns` run from a shell (another process) while the only account is still
@@ -1444,61 +1444,46 @@ mod tests {
     /// every request went to the account again, met the limit again, and ended in "no usable
     /// account" (the account "refused this request") instead of the pool's 429 and its wait,
     /// until the lifted cooldown's time had passed; and other processes never learnt it.
-    #[test]
-    fn a_limit_met_again_after_a_reset_from_another_process_rests_the_account_again() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::file(dir.path().join("pool.json"));
-            let now = now_ms();
-            let mut pool = two_logins(now);
-            pool.remove("b@x").unwrap();
-            store.save(pool).await.unwrap();
-            let engine = Engine::for_store(store.clone());
-            let cancel = CancellationToken::new();
-            let mut exhausted = HeaderMap::new();
-            exhausted.insert(
-                "anthropic-ratelimit-unified-5h-status",
-                HeaderValue::from_static("rejected"),
-            );
-            let reset = ((now + 3_600_000) / 1000).to_string();
-            exhausted.insert(
-                "anthropic-ratelimit-unified-5h-reset",
-                HeaderValue::from_str(&reset).unwrap(),
-            );
-            let limited = |mut ex: Exchange| {
-                let (engine, exhausted, cancel) = (engine.clone(), exhausted.clone(), &cancel);
-                async move {
-                    let Ok(Step::Send(attempt)) = ex.next(&HeaderMap::new(), cancel).await else {
-                        panic!("nothing sent");
-                    };
-                    assert_eq!(attempt.email, "a@x");
-                    let verdict = ex.judge(429, &exhausted, Some(b"{}"), None, cancel).await;
-                    assert_eq!(verdict.unwrap(), Verdict::Retry);
-                    engine.flush().await.unwrap();
-                    ex.next(&HeaderMap::new(), cancel).await
-                }
-            };
-            let first = limited(engine.exchange(RequestMeta::default())).await;
-            assert!(matches!(first, Ok(Step::Answer(_))), "the pool's 429");
-            // The store holds the cooldown, and is its truth from a moment later on.
-            tokio::time::sleep(Duration::from_millis(1_200)).await;
-            crate::manage::reset_cooldowns(&store).await.unwrap();
-            let again = limited(engine.exchange(RequestMeta::default())).await;
-            assert!(
-                matches!(again, Ok(Step::Answer(_))),
-                "the pool's 429, not: {:?}",
-                again.err()
-            );
-            let stored = store.load().await.unwrap();
-            assert!(
-                stored.find("a@x").unwrap().cooling_at(now_ms()),
-                "the store holds the rest again"
-            );
-        });
+    #[tokio::test]
+    async fn a_limit_met_again_after_a_reset_from_another_process_rests_the_account_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::file(dir.path().join("pool.json"));
+        let now = now_ms();
+        let mut pool = two_logins(now);
+        pool.remove("b@x").unwrap();
+        store.save(pool).await.unwrap();
+        let engine = Engine::for_store(store.clone());
+        let cancel = CancellationToken::new();
+        let exhausted = five_hours_exhausted(now);
+        let limited = |mut ex: Exchange| {
+            let (engine, exhausted, cancel) = (engine.clone(), exhausted.clone(), &cancel);
+            async move {
+                let Ok(Step::Send(attempt)) = ex.next(&HeaderMap::new(), cancel).await else {
+                    panic!("nothing sent");
+                };
+                assert_eq!(attempt.email, "a@x");
+                let verdict = ex.judge(429, &exhausted, Some(b"{}"), None, cancel).await;
+                assert_eq!(verdict.unwrap(), Verdict::Retry);
+                engine.flush().await.unwrap();
+                ex.next(&HeaderMap::new(), cancel).await
+            }
+        };
+        let first = limited(engine.exchange(RequestMeta::default())).await;
+        assert!(matches!(first, Ok(Step::Answer(_))), "the pool's 429");
+        // The store holds the cooldown, and is its truth from a moment later on.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        crate::manage::reset_cooldowns(&store).await.unwrap();
+        let again = limited(engine.exchange(RequestMeta::default())).await;
+        assert!(
+            matches!(again, Ok(Step::Answer(_))),
+            "the pool's 429, not: {:?}",
+            again.err()
+        );
+        let stored = store.load().await.unwrap();
+        assert!(
+            stored.find("a@x").unwrap().cooling_at(now_ms()),
+            "the store holds the rest again"
+        );
     }
 
     /// A file no account holds, asked through a pool of many: each account is asked once, and
