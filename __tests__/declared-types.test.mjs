@@ -38,7 +38,7 @@ const rejection = (promise) =>
 /** A pool with every kind of entry, used for a while so that windows, usage and cooldowns are set. */
 async function busyPool() {
   const now = Date.now();
-  mock.addApiKey("sk-ant-api03-declared-types-key", "key@declared.test");
+  mock.addApiKey("fake-console-key-declared-types", "key@declared.test");
   const path = writeRaw({
     version: 1,
     anthropic: [
@@ -49,7 +49,7 @@ async function busyPool() {
       { ...oauthEntry(mock, "login@declared.test"), status: "auth-error" },
       { email: "cool@declared.test", refresh: "r-declared-cool", access: "a", expires: now + 3_600_000, status: "rate-limited", rateLimitUntil: now + 600_000 },
       { email: "bare@declared.test", refresh: "r-declared-bare", access: "a" },
-      { email: "key@declared.test", type: "api", key: "sk-ant-api03-declared-types-key", status: "idle", rateLimitUntil: null },
+      { email: "key@declared.test", type: "api", key: "fake-console-key-declared-types", status: "idle", rateLimitUntil: null },
       { email: "nokey@declared.test", type: "api", apiKey: "under another name", status: "idle", rateLimitUntil: null },
       // Unreadable, kept verbatim.
       { nothing: 1 },
@@ -110,7 +110,7 @@ test("every value the library resolves fits the type index.d.ts declares for it"
   check("addAccount", result("addAccount"), await lib.addAccount(mock.approve(login.url, "added@declared.test"), login, path));
   check("refresh", result("refresh"), await lib.refresh(mock.addAccount("refreshed@declared.test").refresh));
   check("refreshAccount", result("refreshAccount"), await lib.refreshAccount("served@declared.test", path));
-  check("addApiKey", result("addApiKey"), await lib.addApiKey("sk-ant-api03-declared-other", { path }));
+  check("addApiKey", result("addApiKey"), await lib.addApiKey("fake-console-key-declared-other", { path }));
   check("setEnabled", result("setEnabled"), await lib.setEnabled("off@declared.test", true, path));
   check("setPriority", result("setPriority"), await lib.setPriority("#6", 1, path));
   check("setReserve", result("setReserve"), await lib.setReserve("served@declared.test", 0.25, path));

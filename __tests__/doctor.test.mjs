@@ -362,7 +362,7 @@ test("doctor: entries with nothing to send (tokens never written, a Console key 
       version: 1,
       anthropic: [
         { email: "nolog@x.test", status: "idle", added: new Date().toISOString() },
-        { email: "keyed@x.test", type: "api", status: "idle", apiKey: "sk-ant-api03-doctor-misplaced-0123456789" },
+        { email: "keyed@x.test", type: "api", status: "idle", apiKey: "fake-console-key-doctor-misplaced-0123456789" },
       ],
     },
     box.pool,
@@ -382,7 +382,7 @@ test("doctor: entries with nothing to send (tokens never written, a Console key 
   const [c] = d.named("accounts");
   assert.equal(c?.level, "warn");
   assert.match(c.message, /^no account is usable: all 2 have no token or key to send, so every request fails/);
-  assert.doesNotMatch(d.shown + d.text, /sk-ant-api03-doctor-misplaced/);
+  assert.doesNotMatch(d.shown + d.text, /doctor-misplaced/);
 });
 
 test("doctor: a pool directory that can never be made (HOME or a part of the path is a file) is a problem, not a pool that does not exist yet", async () => {
