@@ -216,6 +216,33 @@ test("a login the token endpoint refused in one pool: a copy of it is told so at
   }
 });
 
+test("a copy of the pool asked while the first refreshes the same login: told another pool is refreshing it right now, not that it waited", async () => {
+  // Answered "its token is still being refreshed (waited 75 s)": nothing had waited.
+  const m = machine();
+  const a = newPath();
+  const b = newPath();
+  writePool(a, [login("inflight@two.test")]);
+  mkdirSync(join(b, ".."), { recursive: true });
+  copyFileSync(a, b);
+  let answer;
+  mock.setTokenMode({ grant: "refresh_token", times: 1, until: new Promise((resolve) => (answer = resolve)) });
+  const presented = mock.waitFor("token", (r) => r.grant === "refresh_token");
+  const first = request(m, a);
+  try {
+    await presented;
+    const second = await request(m, b);
+    assert.equal(second.error, "POOL_BUSY", JSON.stringify(second));
+    assert.ok(second.message.includes(`inflight@two.test: another pool on this machine (${a}) is refreshing this login right now`), second.message);
+    assert.doesNotMatch(second.message, /waited/);
+  } finally {
+    answer();
+  }
+  assert.equal((await first).status, 200);
+  // Its refresh done, the copy is told where the login lives, and presents nothing.
+  assert.match((await request(m, b)).message, /refreshed through the pool at/);
+  assertLoginAlive("inflight@two.test");
+});
+
 const FLOCK = ["/usr/bin/flock", "/bin/flock"].find((p) => existsSync(p));
 
 test("tokens saved late (the pool was locked by a stopped writer): the journal learns the token they replaced is spent, and a copy of the pool does not present it", {

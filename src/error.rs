@@ -26,6 +26,10 @@ pub enum Error {
     PoolBusy { path: PathBuf, seconds: u64 },
     #[error("{email}: its token is still being refreshed (waited {seconds} s)")]
     RefreshBusy { email: String, seconds: u64 },
+    /// The refresh journal says another store on this machine presented the token moments ago
+    /// and has not saved its successor yet: nothing was waited for here.
+    #[error("{email}: another pool on this machine ({store}) is refreshing this login right now; the next request will know how it went")]
+    RefreshElsewhere { email: String, store: String },
     #[error("no account with email {0} in the pool")]
     AccountNotFound(String),
     #[error("{0}")]
@@ -105,7 +109,9 @@ impl Error {
             Error::PoolInsecure { .. } => "POOL_INSECURE",
             Error::PoolInvalid(_) => "POOL_INVALID",
             Error::PoolIo { .. } => "POOL_IO",
-            Error::PoolBusy { .. } | Error::RefreshBusy { .. } => "POOL_BUSY",
+            Error::PoolBusy { .. } | Error::RefreshBusy { .. } | Error::RefreshElsewhere { .. } => {
+                "POOL_BUSY"
+            }
             Error::AccountNotFound(_) => "ACCOUNT_NOT_FOUND",
             Error::NoUsableAccount(_) => "POOL_NO_ACCOUNT",
             Error::OAuthStateMismatch(_) => "OAUTH_STATE_MISMATCH",

@@ -586,9 +586,9 @@ impl Engine {
             }
             Some(Claim::InFlight { store }) => {
                 tracing::info!(account = %email, other = %store, "another pool on this machine is refreshing this login right now; not presenting it here");
-                let busy = Error::RefreshBusy {
+                let busy = Error::RefreshElsewhere {
                     email: email.to_string(),
-                    seconds: patience.as_secs(),
+                    store,
                 };
                 return serve_old_or(&account, rejected, busy);
             }

@@ -442,6 +442,7 @@ impl Exchange {
                 | Error::PoolIo { .. }
                 | Error::PoolBusy { .. }
                 | Error::RefreshBusy { .. }
+                | Error::RefreshElsewhere { .. }
                 | Error::PoolCorrupt { .. }
                 | Error::PoolInsecure { .. }
         ) {
