@@ -63,6 +63,15 @@ function newPath(name = "oauth-pool.json") {
   return join(mkdtempSync(join(tmpdir(), "oauth-pool-place-")), "pool", name);
 }
 
+/** A pool of `entries` at a new path and a byte-for-byte copy of it at another: `[a, b]`. */
+function poolAndCopy(entries) {
+  const [a, b] = [newPath(), newPath()];
+  writePool(a, entries);
+  mkdirSync(join(b, ".."), { recursive: true });
+  copyFileSync(a, b);
+  return [a, b];
+}
+
 const entry = (path, email) => JSON.parse(readFileSync(path, "utf8")).anthropic.find((a) => a.email === email);
 
 /** Makes the stored access tokens of `path` expired, as hours passing would. */
@@ -90,11 +99,7 @@ function assertLoginAlive(email) {
 
 test("a pool file copied to a second path: the copy does not spend the login the first refreshed, and says where it lives", async () => {
   const m = machine();
-  const a = newPath();
-  const b = newPath();
-  writePool(a, [login("copied@two.test")]);
-  mkdirSync(join(b, ".."), { recursive: true });
-  copyFileSync(a, b);
+  const [a, b] = poolAndCopy([login("copied@two.test")]);
 
   assert.equal((await request(m, a)).status, 200, "the first pool refreshes and serves");
   const second = await request(m, b);
@@ -175,12 +180,8 @@ test("the same login twice in one pool: the second entry does not spend what the
 
 test("a token endpoint that hands the same refresh token back: refreshing again is no reuse, and another pool may use it", async () => {
   const m = machine();
-  const a = newPath();
-  const b = newPath();
   const l = login("static@two.test");
-  writePool(a, [l]);
-  mkdirSync(join(b, ".."), { recursive: true });
-  copyFileSync(a, b);
+  const [a, b] = poolAndCopy([l]);
   // A server that does not rotate: the same refresh token comes back (as an endpoint that sends
   // none, which keeps it, would), so presenting it again is no reuse.
   const unrotated = { status: 200, body: { access_token: l.access, refresh_token: l.refresh, expires_in: 3600 }, grant: "refresh_token" };
@@ -202,12 +203,8 @@ test("a login the token endpoint refused in one pool: a copy of it is told so at
   // copy of the pool (another path, a test's fixture) was answered "its token is still being
   // refreshed (waited 75 s)", though nothing was under way and nothing had waited.
   const m = machine();
-  const a = newPath();
-  const b = newPath();
   const dead = { ...login("refused@two.test"), refresh: "refused-refresh-token-two-places", access: "refused-access" };
-  writePool(a, [dead]);
-  mkdirSync(join(b, ".."), { recursive: true });
-  copyFileSync(a, b);
+  const [a, b] = poolAndCopy([dead]);
   for (const place of [a, b]) {
     const r = await request(m, place);
     assert.equal(r.error, "POOL_NO_ACCOUNT", JSON.stringify(r));
@@ -219,11 +216,7 @@ test("a login the token endpoint refused in one pool: a copy of it is told so at
 test("a copy of the pool asked while the first refreshes the same login: told another pool is refreshing it right now, not that it waited", async () => {
   // Answered "its token is still being refreshed (waited 75 s)": nothing had waited.
   const m = machine();
-  const a = newPath();
-  const b = newPath();
-  writePool(a, [login("inflight@two.test")]);
-  mkdirSync(join(b, ".."), { recursive: true });
-  copyFileSync(a, b);
+  const [a, b] = poolAndCopy([login("inflight@two.test")]);
   let answer;
   mock.setTokenMode({ grant: "refresh_token", times: 1, until: new Promise((resolve) => (answer = resolve)) });
   const presented = mock.waitFor("token", (r) => r.grant === "refresh_token");
@@ -253,11 +246,7 @@ test("tokens saved late (the pool was locked by a stopped writer): the journal l
   // stayed "presented, never saved", which blocks no other pool once 2 minutes have passed.
   const m = machine();
   const email = "late@two.test";
-  const a = newPath();
-  const b = newPath();
-  writePool(a, [login(email)]);
-  mkdirSync(join(b, ".."), { recursive: true });
-  copyFileSync(a, b);
+  const [a, b] = poolAndCopy([login(email)]);
   const saved = Object.fromEntries(["HOME", "USERPROFILE", "OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL"].map((k) => [k, process.env[k]]));
   Object.assign(process.env, { HOME: m.home, USERPROFILE: m.home, OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url });
   const holder = spawn(FLOCK, ["--no-fork", "-x", `${a}.lock`, "sh", "-c", "echo held; exec sleep 14"], { stdio: ["ignore", "pipe", "inherit"] });

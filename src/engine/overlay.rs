@@ -125,7 +125,13 @@ struct Told {
 
 /// Whether `fresh` is news after `last`, which it replaces unless it judged by an older read
 /// of the pool (a reset count lower than one already seen).
-fn first_told(last: &mut Option<Told>, fresh: Told) -> bool {
+fn first_told(last: &Mutex<Option<Told>>, email: &str, until: i64, resets: u64) -> bool {
+    let fresh = Told {
+        email: email.to_string(),
+        until,
+        resets,
+    };
+    let mut last = lock(last);
     match last.as_ref() {
         Some(l) if l.email == fresh.email && fresh.resets < l.resets => false,
         Some(l) if *l == fresh => false,
@@ -271,23 +277,13 @@ impl Overlay {
     /// per request: a peer wrote a 489 MB log cycling limited accounts).
     /// `resets`: `email`'s `reset-cooldowns` count in the pool the request judged by.
     pub fn first_all_cooling(&self, email: &str, until: i64, resets: u64) -> bool {
-        let told = Told {
-            email: email.to_string(),
-            until,
-            resets,
-        };
-        first_told(&mut lock(&self.all_cooling), told)
+        first_told(&self.all_cooling, email, until, resets)
     }
 
     /// Whether a hold for `email` until `until` is news (`first_all_cooling`'s twin for held
     /// requests: fifty held requests make one notice).
     pub fn first_hold(&self, email: &str, until: i64, resets: u64) -> bool {
-        let told = Told {
-            email: email.to_string(),
-            until,
-            resets,
-        };
-        first_told(&mut lock(&self.holding), told)
+        first_told(&self.holding, email, until, resets)
     }
 
     pub fn refuse(&self, email: &str, tag: Option<String>) {
