@@ -9,7 +9,7 @@
 // Each test has its own HOME: the journal is per user and machine (~/.aidevops).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -305,6 +305,27 @@ test("a broken journal never stops a refresh: it is moved aside and a new one st
   assert.equal((await request(m, a)).status, 200);
   assert.equal(readFileSync(`${journal}.corrupt`, "utf8"), "{ half a journal");
   assert.equal(JSON.parse(readFileSync(journal, "utf8")).refreshes.length, 1);
+});
+
+test("temp files of journal writes a crash interrupted (a year of reboots and killed processes) are removed by the next refresh", async () => {
+  const m = machine();
+  const a = newPath();
+  writePool(a, [login("crashed@two.test")]);
+  const dir = join(m.home, ".aidevops");
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  // What a writer killed between its temp file and the rename leaves: the temp, cut short. One
+  // a week for a year; the journal is rewritten whole on each refresh, so each is its size.
+  const cut = `{"version":1,"refreshes":[${'{"token":"0123456789abcdef0123456789abcdef","store":"/home/u/.aidevops/oauth-pool.json","email":"a@b.c","at":1,"saved":true},'.repeat(900)}`;
+  const orphans = Array.from({ length: 52 }, (_, i) => `.oauth-pool-refreshes.json.${i.toString(36).padStart(6, "q")}.tmp`);
+  for (const name of orphans) writeFileSync(join(dir, name), cut, { mode: 0o600 });
+  // Not the journal's: left as they are.
+  writeFileSync(join(dir, "notes.tmp"), "mine");
+
+  assert.equal((await request(m, a)).status, 200);
+  const left = readdirSync(dir).filter((f) => f.startsWith(".oauth-pool-refreshes.json.") && f.endsWith(".tmp"));
+  assert.deepEqual(left, [], "the journal's orphaned temp files are swept");
+  assert.equal(readFileSync(join(dir, "notes.tmp"), "utf8"), "mine");
+  assert.equal(JSON.parse(readFileSync(join(dir, "oauth-pool-refreshes.json"), "utf8")).refreshes.length, 1);
 });
 
 test("store copy to PostgreSQL: it says the logins are in both, and the database's processes do not spend what the file's refreshed", async (t) => {

@@ -694,7 +694,8 @@ fn random_suffix() -> String {
 
 /// Temp files of ours left by a writer that died mid-write. We hold the lock, and writers only
 /// create temps under it, so every such file is an orphan. They hold tokens: remove them.
-fn remove_orphaned_temps(path: &Path) {
+/// The refresh journal's writer calls it too, under the journal's lock, for its own temps.
+pub(super) fn remove_orphaned_temps(path: &Path) {
     let dir = parent_dir(path);
     let prefix = temp_prefix(path);
     let Ok(entries) = fs::read_dir(&dir) else {

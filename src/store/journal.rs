@@ -22,7 +22,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::file::{check_maker, check_owner, parent_dir, persist, sync_dir, temp_in, FileLock};
+use super::file::{
+    check_maker, check_owner, parent_dir, persist, remove_orphaned_temps, sync_dir, temp_in,
+    FileLock,
+};
 use crate::account::iso_time;
 use crate::error::{Error, Result};
 use crate::fsread::{self, ReadError};
@@ -341,6 +344,10 @@ impl Journal {
         let bytes = serde_json::to_vec(book)
             .map_err(|e| Error::InvalidArgument(format!("journal: {e}")))?;
         let dir = parent_dir(&self.path);
+        // Every refresh rewrites the journal whole through a temp file: one that a crash or a
+        // reboot cut short stayed for good, a copy of the journal each, since nothing else
+        // removes them. Its writers make temps only under the lock held here.
+        remove_orphaned_temps(&self.path);
         let mut tmp = temp_in(&dir, &self.path)?;
         use std::io::Write;
         tmp.write_all(&bytes)
