@@ -5,7 +5,7 @@
 // behaviour without a word. Runs under `node --test` and `bun test` (the CLI then runs under Bun).
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { addApiKey, createPoolFetch, listAccounts, loadPool, OAuthPoolPlugin, poolConfigHook, serve } from "../index.mjs";
@@ -131,6 +131,32 @@ test("a pool path in another user's home (~name) is refused by the variable, the
   assert.equal(JSON.parse(r.stdout).error.code, "INVALID_ARGUMENT");
   // The plugin option says the same (shared.mjs poolPath).
   await assert.rejects(OAuthPoolPlugin({ client: fakeClient().client }, { path: "~nobody-here/pool.json" }), (e) => e.code === "INVALID_ARGUMENT");
+});
+
+test("a pool path that is the refresh journal's file is refused, by the variable, the library and the CLI: its first refresh replaced every account with the journal", async () => {
+  const home = join(tmp, "journal-home");
+  mkdirSync(join(home, ".aidevops"), { recursive: true });
+  // Spelt through another directory, as a symlinked or relative path would be.
+  const path = join(home, "elsewhere", "..", ".aidevops", "oauth-pool-refreshes.json");
+  mkdirSync(join(home, "elsewhere"), { recursive: true });
+  await seedPool(mock, ["journal@x.test"], { expired: ["journal@x.test"], path });
+  const before = readFileSync(path, "utf8");
+  const refreshesBefore = mock.stats().perFamily["journal@x.test"].refreshCalls;
+  const refused = (e) => e.code === "INVALID_ARGUMENT" && /refresh journal's file/.test(e.message);
+  await withEnv({ HOME: home, OAUTH_POOL_PATH: path, OAUTH_POOL_STORE: undefined }, async () => {
+    const poolFetch = createPoolFetch();
+    await assert.rejects(post(poolFetch), refused);
+    await assert.rejects(listAccounts(), refused);
+  });
+  await withEnv({ HOME: home }, async () => {
+    await assert.rejects(loadPool(path), refused);
+    await assert.rejects(loadPool(`${path}.lock`), refused);
+  });
+  const r = await cli(["list", "--json"], { env: { HOME: home, OAUTH_POOL_PATH: path } });
+  assert.equal(r.code, 1, r.stdout);
+  assert.equal(JSON.parse(r.stdout).error.code, "INVALID_ARGUMENT");
+  assert.equal(readFileSync(path, "utf8"), before, "the pool is as it was");
+  assert.equal(mock.stats().perFamily["journal@x.test"].refreshCalls, refreshesBefore, "its token was not presented");
 });
 
 test("OAUTH_POOL_API_URL with spaces around it, or blank, gives OpenCode the baseURL the addon uses", async () => {

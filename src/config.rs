@@ -223,7 +223,7 @@ pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
         expand_home(p.trim(), whose)
     };
     if let Some(p) = explicit {
-        return usable(p, "the pool path");
+        return usable(p, "the pool path").and_then(not_the_journal);
     }
     match std::env::var(var::POOL_PATH.name()) {
         Err(std::env::VarError::NotUnicode(_)) if env(var::POOL_PATH).is_none() => {
@@ -236,7 +236,7 @@ pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
     }
     // Empty is unset, as a shell's `OAUTH_POOL_PATH=` means it.
     if let Some(p) = env(var::POOL_PATH).filter(|p| !p.is_empty()) {
-        return usable(&p, var::POOL_PATH.name());
+        return usable(&p, var::POOL_PATH.name()).and_then(not_the_journal);
     }
     let home = home_dir().ok_or_else(|| {
         Error::InvalidArgument(
@@ -245,6 +245,21 @@ pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
         )
     })?;
     Ok(home.join(".aidevops").join("oauth-pool.json"))
+}
+
+/// The refresh journal (`~/.aidevops/oauth-pool-refreshes.json`, its lock and the copy of a
+/// broken one) is rewritten whole by every refresh: a pool kept at one of those paths was
+/// replaced by the journal at its first refresh, every account lost.
+fn not_the_journal(path: PathBuf) -> Result<PathBuf> {
+    match home_dir() {
+        Some(home) if crate::store::journal::is_its_file(&path, &home) => {
+            Err(Error::InvalidArgument(format!(
+                "the pool path {} is the refresh journal's file, which every refresh rewrites: keep the pool in a file of its own (the default is ~/.aidevops/oauth-pool.json)",
+                path.display()
+            )))
+        }
+        _ => Ok(path),
+    }
 }
 
 pub fn home_dir() -> Option<PathBuf> {

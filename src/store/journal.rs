@@ -135,6 +135,27 @@ pub struct Journal {
     path: PathBuf,
 }
 
+/// Whether `path` is one of the files the journal of the user whose home is `home` writes or
+/// moves (the journal, its lock, the copy of a broken one), however the directory is spelt.
+pub fn is_its_file(path: &Path, home: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let ours = [
+        FILE_NAME.to_string(),
+        format!("{FILE_NAME}.lock"),
+        format!("{FILE_NAME}.corrupt"),
+    ];
+    if !ours.iter().any(|n| n == name) {
+        return false;
+    }
+    let dir = home.join(".aidevops");
+    match (path.parent().map(fs::canonicalize), fs::canonicalize(&dir)) {
+        (Some(Ok(a)), Ok(b)) => a == b,
+        _ => path.parent() == Some(dir.as_path()),
+    }
+}
+
 impl Journal {
     /// This user's journal, `~/.aidevops/oauth-pool-refreshes.json`; None without a home.
     pub fn for_user() -> Option<Journal> {
@@ -562,6 +583,34 @@ mod tests {
         assert_eq!(j.stores(2), ["postgres://u@db/pool", "/a"]);
         fs::write(&j.path, b"{ not json").unwrap();
         assert!(j.stores(10).is_empty(), "an unusable journal lists nothing");
+    }
+
+    #[test]
+    fn its_files_are_known_however_the_directory_is_spelt() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        fs::create_dir_all(home.join(".aidevops")).unwrap();
+        fs::create_dir_all(home.join("elsewhere")).unwrap();
+        let spelt = home.join("elsewhere").join("..").join(".aidevops");
+        for name in [
+            FILE_NAME,
+            "oauth-pool-refreshes.json.lock",
+            "oauth-pool-refreshes.json.corrupt",
+        ] {
+            assert!(is_its_file(&home.join(".aidevops").join(name), &home));
+            assert!(is_its_file(&spelt.join(name), &home), "{name}");
+        }
+        assert!(!is_its_file(
+            &home.join(".aidevops").join("oauth-pool.json"),
+            &home
+        ));
+        assert!(!is_its_file(&home.join("elsewhere").join(FILE_NAME), &home));
+        // Not made yet: the directory is compared as written.
+        let other = dir.path().join("other");
+        assert!(is_its_file(
+            &other.join(".aidevops").join(FILE_NAME),
+            &other
+        ));
     }
 
     #[test]
