@@ -371,3 +371,99 @@ test("file descriptors exhausted at every step: each failure carries a code, not
   assert.equal(readPool(path).anthropic.length, 2);
   assert.equal(readPool(`${path}.bak`).anthropic.length, 2);
 });
+
+const THREAD_STARVED = here("./helpers/thread-starved.mjs");
+const CC = ["/usr/bin/cc", "/usr/bin/gcc", "/usr/local/bin/cc"].find((p) => existsSync(p));
+const noThreadsSkip =
+  (process.platform !== "linux" && "the thread shim is for glibc's pthread_create") || (!CC && "no C compiler (cc) to build the thread shim");
+
+/** Builds the pthread_create shim (helpers/no-threads.c) into a temp dir: its path. */
+function threadShim() {
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-no-threads-"));
+  const lib = join(dir, "no-threads.so");
+  execFileSync(CC, ["-shared", "-fPIC", "-O2", "-o", lib, here("./helpers/no-threads.c"), "-ldl"]);
+  return { lib, flag: join(dir, "refused") };
+}
+
+/** Runs thread-starved.mjs in `phase` with the shim preloaded: its report, and its stderr. */
+async function starvedOfThreads(phase, path, email, { onToken } = {}) {
+  const { lib, flag } = threadShim();
+  const env = { ...process.env, LD_PRELOAD: lib, THREADS_REFUSED_WHILE: flag };
+  if (onToken) mock.waitFor("token", (r) => r.grant === "refresh_token").then(() => onToken(flag));
+  const { code, out, err } = await run([THREAD_STARVED, phase, path, mock.url, email], env).done;
+  assert.equal(code, 0, err.slice(-800));
+  return { report: JSON.parse(out.trim().split("\n").at(-1)), err };
+}
+
+/** What a starved run must show: coded failures, no panic, everything working afterwards. */
+function assertStarvedWell({ report, err }, path, email) {
+  const { starved, after } = report;
+  const uncoded = Object.entries(starved).filter(([, c]) => !("ok" in c) && !CODES.has(c.code));
+  assert.deepEqual(uncoded, [], "every failure has a contract code");
+  assert.doesNotMatch(err, /panicked at/, "no panic reaches the host's terminal");
+  assert.deepEqual(
+    after,
+    { request: { ok: 200 }, load: { ok: 2 }, list: { ok: 2 }, refresh: { ok: "refreshed" }, gateway: { ok: 401 }, flush: { ok: null } },
+    "with threads back, every entry point works",
+  );
+  const fam = mock.stats().perFamily[email];
+  assert.equal(fam.reuse, 0, "no refresh token presented twice");
+  assert.equal(fam.revoked, false);
+  assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the refreshed tokens are in the file");
+  assert.equal(readPool(path).anthropic.length, 2);
+  // A lock held in the process shows in `after` (its refresh and flush take the locks); the
+  // aidevops lock directory and temp files would outlive it.
+  assert.deepEqual(
+    readdirSync(join(path, "..")).filter((n) => n.endsWith(".lock.d") || n.includes("tmp")),
+    [],
+    "no lock directory or temp file left behind",
+  );
+}
+
+test("no thread to be had (a container at its pids limit) before the pool's runtime started: every entry point fails with a code, and works once threads can be made", {
+  skip: noThreadsSkip,
+}, async () => {
+  const [email, other] = ["threads-cold@x.test", "threads-cold-b@x.test"];
+  const path = await seedPool(mock, [email, other], { expired: [email] });
+  const run = await starvedOfThreads("cold", path, email);
+  assert.ok(
+    Object.values(run.report.starved).some((c) => c.code === "POOL_IO"),
+    `the shortage was felt: ${JSON.stringify(run.report.starved)}`,
+  );
+  assertStarvedWell(run, path, email);
+});
+
+test("no thread to be had once the runtime runs and its file threads went idle: every entry point fails with a code, and works once threads can be made", {
+  skip: noThreadsSkip,
+}, async () => {
+  const [email, other] = ["threads-warm@x.test", "threads-warm-b@x.test"];
+  const path = await seedPool(mock, [email, other], { expired: [email] });
+  const run = await starvedOfThreads("warm", path, email);
+  assert.ok(
+    Object.values(run.report.starved).some((c) => c.code === "POOL_IO"),
+    `the shortage was felt: ${JSON.stringify(run.report.starved)}`,
+  );
+  assertStarvedWell(run, path, email);
+});
+
+test("no thread to be had when a refresh's answer comes: the new tokens are kept and saved once threads can be made, not lost with the spent token", {
+  // Bun starts threads of its own while the answer is awaited, and aborts when it cannot.
+  skip: noThreadsSkip || (process.versions.bun && "Bun itself aborts when refused a thread mid-request"),
+}, async () => {
+  const email = "threads-mid-refresh@x.test";
+  const path = await seedPool(mock, [email], { expired: [email] });
+  // The answer comes after the blocking thread that took the refresh lock has idled out (5 s);
+  // threads are refused from the moment the call arrives, so the write of the new tokens finds
+  // none.
+  mock.setTokenMode({ grant: "refresh_token", delayMs: 6500, times: 1 });
+  const { report, err } = await starvedOfThreads("mid-refresh", path, email, { onToken: (flag) => writeFileSync(flag, "") });
+  assert.doesNotMatch(err, /panicked at/, "no panic reaches the host's terminal");
+  const { starved, after } = report;
+  assert.ok("ok" in starved.request || CODES.has(starved.request.code), `coded: ${JSON.stringify(starved.request)}`);
+  assert.deepEqual(after, { request: { ok: 200 }, flush: { ok: null } }, `with threads back, the pool works: ${JSON.stringify(report)}`);
+  const fam = mock.stats().perFamily[email];
+  assert.equal(fam.refreshCalls, 1, "the token was refreshed once");
+  assert.equal(fam.reuse, 0, "the spent refresh token was not presented again");
+  assert.equal(fam.revoked, false);
+  assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the new tokens are in the file");
+});

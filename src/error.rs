@@ -22,6 +22,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The OS refused the thread the pool's file work runs on: the machine's or container's
+    /// limit on processes and threads. Local I/O, said with its code.
+    #[error("no thread could be started for the pool's file work ({0}): the limit on processes and threads (a container's pids limit, systemd's TasksMax) is reached; the next call tries again")]
+    NoThread(String),
     #[error("pool file {path} is locked by another process for more than {seconds} s")]
     PoolBusy { path: PathBuf, seconds: u64 },
     #[error("{email}: its token is still being refreshed (waited {seconds} s)")]
@@ -108,7 +112,7 @@ impl Error {
             Error::PoolCorrupt { .. } => "POOL_CORRUPT",
             Error::PoolInsecure { .. } => "POOL_INSECURE",
             Error::PoolInvalid(_) => "POOL_INVALID",
-            Error::PoolIo { .. } => "POOL_IO",
+            Error::PoolIo { .. } | Error::NoThread(_) => "POOL_IO",
             Error::PoolBusy { .. } | Error::RefreshBusy { .. } | Error::RefreshElsewhere { .. } => {
                 "POOL_BUSY"
             }

@@ -31,9 +31,11 @@
 //! `async-runtime` feature; the adapter is `binding::runtime`); the engine's background writes
 //! come here too, also when recorded on the JavaScript thread, where no runtime is current.
 
+use std::cell::Cell;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
 use std::time::Duration;
 
 use tokio::runtime::{Builder, Handle, Runtime};
@@ -89,16 +91,50 @@ pub fn runtime() -> Result<Arc<Runtime>, String> {
     if let Some(rt) = slot.as_ref() {
         return Ok(rt.clone());
     }
-    let rt = Builder::new_multi_thread()
+    let mut builder = Builder::new_multi_thread();
+    builder
         .worker_threads(WORKERS)
         .thread_name("oauth-pool")
         .thread_keep_alive(BLOCKING_KEEP_ALIVE)
-        .enable_all()
-        .build()
+        .enable_all();
+    let rt = starting_thread(|| builder.build())
+        .and_then(|built| built.map_err(|e| e.to_string()))
         .map_err(|e| format!("could not start the async runtime: {e}"))?;
     let rt = Arc::new(rt);
     *slot = Some(rt.clone());
     Ok(rt)
+}
+
+thread_local! {
+    /// Set while this thread is in `starting_thread`: the panic hook stays quiet for it.
+    static STARTING: Cell<bool> = const { Cell::new(false) };
+}
+static QUIET_HOOK: Once = Once::new();
+
+/// Runs `start`, a tokio call that may need a new thread (building the runtime starts its
+/// worker; `spawn_blocking` a blocking thread when none is idle). tokio panics when the OS
+/// refuses one (a container at its pids limit, systemd's TasksMax): that panic is returned here
+/// as the OS's reason, and not printed into the host's terminal, since the caller reports it
+/// with a code. Panics elsewhere, on any thread, still reach the host's hook.
+pub fn starting_thread<R>(start: impl FnOnce() -> R) -> Result<R, String> {
+    QUIET_HOOK.call_once(|| {
+        let host = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !STARTING.with(Cell::get) {
+                host(info);
+            }
+        }));
+    });
+    STARTING.with(|s| s.set(true));
+    let started = std::panic::catch_unwind(AssertUnwindSafe(start));
+    STARTING.with(|s| s.set(false));
+    started.map_err(|payload| {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "no thread could be started".into())
+    })
 }
 
 /// Stops the runtime, waiting a bounded time for its threads (none of ours may run once the

@@ -440,6 +440,7 @@ impl Exchange {
             e,
             Error::StoreUnavailable(_)
                 | Error::PoolIo { .. }
+                | Error::NoThread(_)
                 | Error::PoolBusy { .. }
                 | Error::RefreshBusy { .. }
                 | Error::RefreshElsewhere { .. }

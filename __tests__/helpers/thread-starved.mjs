@@ -1,0 +1,87 @@
+// Runs with a pthread_create shim preloaded (threads.test.mjs): while the file named by
+// THREADS_REFUSED_WHILE exists, every new thread fails with EAGAIN, as in a container at its
+// pids limit. Calls each entry point of the pool with no thread to be had, then again once
+// threads can be made. Prints one JSON line: what each call gave ({ ok } or { code, message }).
+//   node thread-starved.mjs <phase> <poolPath> <apiUrl> <email>
+// phase "cold": nothing of the addon has started yet; "warm": the runtime runs, and the
+// starvation begins once its blocking threads have gone idle and exited; "mid-refresh": one
+// request whose refresh the test starves (it creates the file when the refresh call arrives).
+import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { createPoolFetch, flushPool, listAccounts, loadPool, refreshAccount, serve } from "../../index.mjs";
+
+const [phase, path, apiUrl, email] = process.argv.slice(2);
+const flag = process.env.THREADS_REFUSED_WHILE;
+// Node's own thread pool starts with its first asynchronous file call, and Bun's HTTP client
+// thread with its first fetch: started now, before the shortage, so that what is starved is the
+// addon, not the JavaScript runtime (which aborts without them).
+await readFile(path);
+await (await fetch(`${apiUrl}/__mock/none`).catch(() => null))?.text();
+
+const addonThreads = () =>
+  readdirSync("/proc/self/task").filter((tid) => {
+    try {
+      return readFileSync(`/proc/self/task/${tid}/comm`, "utf8").trim() === "oauth-pool";
+    } catch {
+      return false;
+    }
+  }).length;
+
+const f = createPoolFetch({ path, transport: "native" });
+const ask = async (url = `${apiUrl}/v1/messages`, headers = {}) => {
+  const r = await f(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", "anthropic-version": "2023-06-01", ...headers },
+    body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+  });
+  await r.text();
+  return r.status;
+};
+const outcome = async (fn) => {
+  try {
+    return { ok: (await fn()) ?? null };
+  } catch (e) {
+    return { code: e?.code ?? null, message: String(e?.message ?? e).slice(0, 300) };
+  }
+};
+const throughGateway = async () => {
+  const gw = await serve({ port: 0, path });
+  try {
+    const r = await fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    await r.text();
+    return r.status;
+  } finally {
+    await gw.close(0);
+  }
+};
+const entries = {
+  request: () => ask(),
+  load: async () => (await loadPool(path)).anthropic.length,
+  list: async () => (await listAccounts(path)).length,
+  refresh: async () => (await refreshAccount(email, path)).outcome,
+  gateway: throughGateway,
+};
+
+if (phase === "mid-refresh") {
+  const starved = { request: await outcome(() => ask()) };
+  rmSync(flag, { force: true });
+  const after = { request: await outcome(() => ask()), flush: await outcome(() => flushPool(path)) };
+  process.stdout.write(`${JSON.stringify({ starved, after })}\n`);
+  process.exit(0);
+}
+if (phase === "warm") {
+  await outcome(() => ask());
+  await flushPool(path);
+  // Blocking threads exit after 5 s without work.
+  const deadline = Date.now() + 30_000;
+  while (addonThreads() > 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+}
+const starved = {};
+writeFileSync(flag, "");
+for (const [what, fn] of Object.entries(entries)) starved[what] = await outcome(fn);
+rmSync(flag);
+const after = {};
+for (const [what, fn] of Object.entries(entries)) after[what] = await outcome(fn);
+after.flush = await outcome(() => flushPool(path));
+process.stdout.write(`${JSON.stringify({ starved, after })}\n`);
+process.exit(0);
