@@ -1,4 +1,4 @@
-// Runs with a pthread_create shim preloaded (threads.test.mjs): while the file named by
+// Runs with a pthread_create shim preloaded (os-hostility.test.mjs): while the file named by
 // THREADS_REFUSED_WHILE exists, every new thread fails with EAGAIN, as in a container at its
 // pids limit. Calls each entry point of the pool with no thread to be had, then again once
 // threads can be made. Prints one JSON line: what each call gave ({ ok } or { code, message }).
