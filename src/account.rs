@@ -694,6 +694,15 @@ pub fn iso_time(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// `iso_time` to the second, for a time a person reads in a message. Milliseconds tell a person
+/// nothing there, and a host reads the message too: OpenCode 1.18 retries, silently for about a
+/// minute, any failure whose text holds 429, 500, 502, 503, 504 or 524 anywhere, and 6 in 1000
+/// millisecond values are one of those.
+pub fn iso_time_seconds(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 pub fn parse_iso_ms(s: &str) -> Option<i64> {
     let t = humantime::parse_rfc3339_weak(s.trim()).ok()?;
     let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
@@ -952,5 +961,6 @@ mod tests {
         let ms = 1_711_234_567_123;
         assert_eq!(iso_time(ms), "2024-03-23T22:56:07.123Z");
         assert_eq!(parse_iso_ms(&iso_time(ms)), Some(ms));
+        assert_eq!(iso_time_seconds(1_711_234_567_503), "2024-03-23T22:56:07Z");
     }
 }

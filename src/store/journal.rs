@@ -26,7 +26,7 @@ use super::file::{
     check_maker, check_owner, parent_dir, persist, remove_orphaned_temps, sync_dir, temp_in,
     FileLock,
 };
-use crate::account::iso_time;
+use crate::account::iso_time_seconds;
 use crate::error::{Error, Result};
 use crate::fsread::{self, ReadError};
 use crate::secret::Secret;
@@ -86,7 +86,7 @@ impl Spent {
     /// What a person reads on the account (`lastError`, the toast, `status`): where the live
     /// login is, and what to do. `here` is the store about to present the token.
     pub fn explain(&self, email: &str, here: &str) -> String {
-        let when = iso_time(self.at);
+        let when = iso_time_seconds(self.at);
         let why = if self.restored {
             format!(
                 "{here} was put back to an earlier state (a backup, a snapshot or an older copy restored over it): this refresh token was already spent here on {when}, and the tokens that replaced it were saved then; put back the newer pool if you have it, else log in again"
