@@ -386,11 +386,11 @@ function threadShim() {
 }
 
 /** Runs thread-starved.mjs in `phase` with the shim preloaded: its report, and its stderr. */
-async function starvedOfThreads(phase, path, email, { onToken } = {}) {
+async function starvedOfThreads(phase, path, email, { onToken, apiUrl = mock.url } = {}) {
   const { lib, flag } = threadShim();
-  const env = { ...process.env, LD_PRELOAD: lib, THREADS_REFUSED_WHILE: flag };
+  const env = { ...process.env, LD_PRELOAD: lib, THREADS_REFUSED_WHILE: flag, OAUTH_POOL_API_URL: apiUrl };
   if (onToken) mock.waitFor("token", (r) => r.grant === "refresh_token").then(() => onToken(flag));
-  const { code, out, err } = await run([THREAD_STARVED, phase, path, mock.url, email], env).done;
+  const { code, out, err } = await run([THREAD_STARVED, phase, path, apiUrl, email], env).done;
   assert.equal(code, 0, err.slice(-800));
   return { report: JSON.parse(out.trim().split("\n").at(-1)), err };
 }
@@ -466,4 +466,18 @@ test("no thread to be had when a refresh's answer comes: the new tokens are kept
   assert.equal(fam.reuse, 0, "the spent refresh token was not presented again");
   assert.equal(fam.revoked, false);
   assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the new tokens are in the file");
+});
+
+test("no thread to be had when a request must look up the API's host name: a NETWORK error saying so, not a panic, and the next request is served", {
+  skip: noThreadsSkip,
+}, async () => {
+  const email = "threads-lookup@x.test";
+  const path = await seedPool(mock, [email]);
+  // `localhost` is looked up (getaddrinfo on a blocking thread); an address is not.
+  const apiUrl = mock.url.replace("127.0.0.1", "localhost");
+  const { report, err } = await starvedOfThreads("lookup", path, email, { apiUrl });
+  assert.doesNotMatch(err, /panicked at/, "no panic reaches the host's terminal");
+  assert.equal(report.starved.request.code, "NETWORK", JSON.stringify(report));
+  assert.match(report.starved.request.message, /no thread could be started/);
+  assert.deepEqual(report.after, { request: { ok: 200 } });
 });

@@ -22,9 +22,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The OS refused the thread the pool's file work runs on: the machine's or container's
-    /// limit on processes and threads. Local I/O, said with its code.
-    #[error("no thread could be started for the pool's file work ({0}): the limit on processes and threads (a container's pids limit, systemd's TasksMax) is reached; the next call tries again")]
+    /// The OS refused the thread the pool's file work (or a host name lookup) runs on: the
+    /// machine's or container's limit on processes and threads. Local I/O, said with its code.
+    #[error("no thread could be started for the pool's file work or a host name lookup ({0}): the limit on processes and threads (a container's pids limit, systemd's TasksMax) is reached; the next call tries again")]
     NoThread(String),
     #[error("pool file {path} is locked by another process for more than {seconds} s")]
     PoolBusy { path: PathBuf, seconds: u64 },

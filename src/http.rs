@@ -41,12 +41,35 @@ fn build(
         // answer was lost to a NETWORK error.
         .http1_allow_obsolete_multiline_headers_in_responses(true)
         .proxy(reqwest::Proxy::custom(|url| proxy_for(url, &config::env)))
-        .tls_certs_merge(extra_roots());
+        .tls_certs_merge(extra_roots())
+        .dns_resolver(Lookup);
     configure(builder).build().map_err(|e| Error::Network {
         what: "HTTP client setup",
         detail: e.to_string(),
         never_connected: false,
     })
+}
+
+/// Host names looked up as reqwest's own resolver does (`getaddrinfo` on a blocking thread),
+/// with the thread's start checked: reqwest's resolver panicked when the OS refused the thread
+/// (a container at its pids limit), and the request failed without a code, the panic printed
+/// into the host's terminal. Now it is a `NETWORK` error saying so.
+struct Lookup;
+
+impl reqwest::dns::Resolve for Lookup {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            use std::net::ToSocketAddrs;
+            let lookup = Box::new(move || (host.as_str(), 0).to_socket_addrs());
+            match crate::runtime::blocking(lookup).await {
+                Ok(Ok(addrs)) => Ok(Box::new(addrs) as reqwest::dns::Addrs),
+                Ok(Err(e)) => Err(e.into()),
+                Err(crate::runtime::NotRun::NoThread(why)) => Err(Error::NoThread(why).into()),
+                Err(crate::runtime::NotRun::Lost) => Err("the host name lookup stopped".into()),
+            }
+        })
+    }
 }
 
 /// A client built on first use, and built anew when the machine slept since it was last used.

@@ -137,6 +137,47 @@ pub fn starting_thread<R>(start: impl FnOnce() -> R) -> Result<R, String> {
     })
 }
 
+/// Why work given to `blocking` did not run.
+#[derive(Debug)]
+pub enum NotRun {
+    /// No blocking thread was idle and the OS refused a new one (the reason).
+    NoThread(String),
+    /// It panicked, or the runtime stopped first.
+    Lost,
+}
+
+/// Runs `work` on tokio's blocking pool (from inside the runtime): its result, or why it did not
+/// run. Whoever takes the work runs it: a blocking thread, or nobody once the caller was told no
+/// thread could be made. tokio queues the work before it finds that no thread can run it, and
+/// the next blocking thread would run it then: a write the caller was told had failed (a
+/// `savePool` of an old pool over newer tokens), a lookup nobody waits for.
+pub async fn blocking<T: Send + 'static>(work: Box<dyn FnOnce() -> T + Send>) -> Result<T, NotRun> {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    start_blocking(Box::new(move || {
+        let _ = answer.send(work());
+    }))?;
+    answered.await.map_err(|_| NotRun::Lost)
+}
+
+/// `blocking`'s start, compiled once for every result type (tokio's task code included).
+fn start_blocking(job: Box<dyn FnOnce() + Send>) -> Result<(), NotRun> {
+    type Slot = Mutex<Option<Box<dyn FnOnce() + Send>>>;
+    let take = |slot: &Slot| slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let slot: Arc<Slot> = Arc::new(Mutex::new(Some(job)));
+    let queued = {
+        let slot = slot.clone();
+        move || {
+            if let Some(job) = take(&slot) {
+                job();
+            }
+        }
+    };
+    match starting_thread(|| drop(tokio::task::spawn_blocking(queued))) {
+        Err(why) if take(&slot).is_some() => Err(NotRun::NoThread(why)),
+        _ => Ok(()),
+    }
+}
+
 /// Stops the runtime, waiting a bounded time for its threads (none of ours may run once the
 /// host unloads the addon). A later task starts a new one.
 pub fn shutdown() {

@@ -5,7 +5,8 @@
 //   node thread-starved.mjs <phase> <poolPath> <apiUrl> <email>
 // phase "cold": nothing of the addon has started yet; "warm": the runtime runs, and the
 // starvation begins once its blocking threads have gone idle and exited; "mid-refresh": one
-// request whose refresh the test starves (it creates the file when the refresh call arrives).
+// request whose refresh the test starves (it creates the file when the refresh call arrives);
+// "lookup": a request to an API named by a host name (`apiUrl`), starved then not.
 import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { createPoolFetch, flushPool, listAccounts, loadPool, refreshAccount, serve } from "../../index.mjs";
@@ -66,6 +67,22 @@ if (phase === "mid-refresh") {
   const starved = { request: await outcome(() => ask()) };
   rmSync(flag, { force: true });
   const after = { request: await outcome(() => ask()), flush: await outcome(() => flushPool(path)) };
+  process.stdout.write(`${JSON.stringify({ starved, after })}\n`);
+  process.exit(0);
+}
+if (phase === "lookup") {
+  // One request (the pool read, the host looked up), then the blocking threads go idle and the
+  // mock closes the idle connection (its keep-alive is 5 s): the next request has no
+  // connection to reuse and must look the host up again.
+  const warm = await outcome(() => ask());
+  const closed = Date.now() + 6_000;
+  const deadline = Date.now() + 30_000;
+  while ((addonThreads() > 1 || Date.now() < closed) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  if (warm.ok !== 200) throw new Error(`the first request failed: ${JSON.stringify(warm)}`);
+  writeFileSync(flag, "");
+  const starved = { request: await outcome(() => ask()) };
+  rmSync(flag);
+  const after = { request: await outcome(() => ask()) };
   process.stdout.write(`${JSON.stringify({ starved, after })}\n`);
   process.exit(0);
 }

@@ -110,31 +110,13 @@ pub async fn blocking<T: Send + 'static>(
     };
     // Boxed: tokio's task code is compiled once per result type, not once per caller.
     let f: Box<dyn FnOnce() -> Result<T> + Send> = Box::new(crate::config::in_caller_env(f));
-    // Whoever takes the work runs it: the blocking thread, or nobody once the caller was told
-    // no thread could be made. tokio queues the work before it finds that no thread can run it,
-    // and the next blocking thread would run it then: a write the caller was told had failed
-    // (a `savePool` of an old pool over newer tokens).
-    let work = Arc::new(std::sync::Mutex::new(Some(f)));
-    let (answer, answered) = tokio::sync::oneshot::channel();
-    let queued = {
-        let work = work.clone();
-        move || {
-            if let Some(f) = lock(&work).take() {
-                let _ = answer.send(f());
-            }
-        }
-    };
-    if let Err(why) = crate::runtime::starting_thread(|| drop(tokio::task::spawn_blocking(queued)))
-    {
-        if lock(&work).take().is_some() {
-            return Err(Error::NoThread(why));
-        }
-    }
-    answered.await.map_err(|_| {
-        Error::InvalidArgument(
+    match crate::runtime::blocking(f).await {
+        Ok(result) => result,
+        Err(crate::runtime::NotRun::NoThread(why)) => Err(Error::NoThread(why)),
+        Err(crate::runtime::NotRun::Lost) => Err(Error::InvalidArgument(
             "background task failed (it panicked, or the runtime stopped)".into(),
-        )
-    })?
+        )),
+    }
 }
 
 impl Store {
