@@ -272,6 +272,44 @@ test("a throttle of a sonnet request while the account's opus week is spent rest
   await lib.resetCooldowns(path);
 });
 
+for (const transport of ["native", "runtime"]) {
+  test(`a throttle beside a window that says allowed at 100 %, or beside an overall rejection whose reset is another model's window, rests for the throttle (${transport})`, async () => {
+    // The window's own "allowed" lost to its use (1.0: reached, or drawing on extra usage),
+    // and the account rested until the 5-hour reset; the overall "rejected" with no claim,
+    // its reset opus's, rested sonnet until opus's weekly reset.
+    const p = "anthropic-ratelimit-unified";
+    const inHours = (h) => String(Math.floor(Date.now() / 1000) + h * 3600);
+    const answers = {
+      "allowed at 100 %": {
+        [`${p}-5h-status`]: "allowed",
+        [`${p}-5h-utilization`]: "1.0",
+        [`${p}-5h-reset`]: inHours(4),
+        [`${p}-overage-in-use`]: "true",
+      },
+      "no claim, opus's reset": {
+        [`${p}-status`]: "rejected",
+        [`${p}-reset`]: inHours(72),
+        [`${p}-7d_opus-status`]: "rejected",
+        [`${p}-7d_opus-reset`]: inHours(72),
+        [`${p}-5h-status`]: "allowed",
+      },
+    };
+    for (const [what, headers] of Object.entries(answers)) {
+      const email = `soft-${what.replace(/[^a-z]+/g, "-")}-${transport}@x.test`;
+      const path = await seedPool(mock, [email]);
+      mock.script(email, [{ status: 429, headers: { "retry-after": "2", ...headers } }]);
+      const res = await ask(createPoolFetch({ path, transport }), "claude-sonnet-4-5");
+      assert.equal(res.status, 429, what);
+      await res.text();
+      await flushPool(path);
+      const a = account(path, email);
+      assert.equal(a.modelCooldowns?.sonnet, undefined, `${what}: ${JSON.stringify(a.modelCooldowns)}`);
+      assert.ok(a.rateLimitUntil > Date.now() && a.rateLimitUntil < Date.now() + 60_000, `${what}: rests ${a.rateLimitUntil - Date.now()} ms`);
+      await lib.resetCooldowns(path);
+    }
+  });
+}
+
 test("a 429 whose overall rejection is claimed by the 5-hour window (no window's own status) rests the whole account, not only the model asked for", async () => {
   const email = "claim@x.test";
   const path = await seedPool(mock, [email]);

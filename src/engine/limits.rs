@@ -31,6 +31,7 @@ const BURST_DEFAULT_MS: i64 = 5_000;
 /// The least a 429's `retry-after` rests anything: what refused a request a moment ago is not
 /// asked again within the same second.
 const MIN_REST_MS: i64 = 1_000;
+const SOFT_STATUSES: &[&str] = &["allowed", "allowed_warning", "queueing_soft"];
 const HARD_STATUSES: &[&str] = &[
     "rejected",
     "rate_limited",
@@ -123,6 +124,14 @@ impl Window {
         self.status.as_deref().is_some_and(is_hard)
     }
 
+    /// Exhausted by what its use reads (100 % or more), unless the window says it is allowed
+    /// (a soft status): at 100 % (reached, not surpassed, or drawing on extra usage) such a
+    /// window is allowed, and a 429 beside it is a throttle; read as spent, it rested the account
+    /// until the window's reset.
+    fn spent_by_use(&self) -> bool {
+        !self.status.as_deref().is_some_and(is_soft) && self.utilization.is_some_and(|u| u >= 1.0)
+    }
+
     /// The model family a window is limited to: `7d_sonnet` -> `sonnet`; `5h`, `7d` -> None.
     pub fn scope(&self) -> Option<&str> {
         self.name
@@ -188,6 +197,10 @@ fn lenient_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::
 
 fn is_hard(status: &str) -> bool {
     HARD_STATUSES.contains(&status.trim().to_ascii_lowercase().as_str())
+}
+
+fn is_soft(status: &str) -> bool {
+    SOFT_STATUSES.contains(&status.trim().to_ascii_lowercase().as_str())
 }
 
 /// The family of a model id, which scoped windows and cooldowns are keyed by:
@@ -617,7 +630,7 @@ pub fn cooldown_for_429(
         rejected = limits
             .windows
             .iter()
-            .filter(|w| w.utilization.is_some_and(|u| u >= 1.0))
+            .filter(|w| w.spent_by_use())
             .filter(relevant)
             .collect();
     }
@@ -639,7 +652,8 @@ pub fn cooldown_for_429(
     let overall_hard = limits.status.as_deref().is_some_and(is_hard)
         && !claim_scope
             .flatten()
-            .is_some_and(|s| another_models(s, family));
+            .is_some_and(|s| another_models(s, family))
+        && !(claim.is_none() && overall_is_another_models(limits, family));
     let overall_account_wide = overall_hard && claim_scope == Some(None);
     let account_wide: Vec<&Window> = rejected
         .iter()
@@ -710,6 +724,29 @@ pub fn cooldown_for_429(
         kind: CooldownKind::Burst,
         scope: endpoint.map(str::to_string),
     }
+}
+
+/// Whether the overall status, said with no representative claim, is about another model
+/// family's window: the exhausted windows whose period ends when the overall `-reset` says are
+/// all another model's. A sonnet request refused beside opus's spent week (overall `rejected`,
+/// its reset opus's, no claim) rested sonnet there until opus's reset, days, where the same
+/// answer with its claim (`seven_day_opus`) rested as the throttle it is.
+fn overall_is_another_models(limits: &Limits, family: Option<&str>) -> bool {
+    let Some(reset) = limits.reset else {
+        return false;
+    };
+    let mut ending_then = limits
+        .windows
+        .iter()
+        .filter(|w| w.rejected() || w.spent_by_use())
+        .filter(|w| {
+            w.reset.is_some_and(|r| {
+                !later_period(Some(r), Some(reset)) && !later_period(Some(reset), Some(r))
+            })
+        })
+        .peekable();
+    ending_then.peek().is_some()
+        && ending_then.all(|w| w.scope().is_some_and(|s| another_models(s, family)))
 }
 
 /// Whether a window's `scope` is the quota of a model family other than the request's: a
@@ -1574,6 +1611,114 @@ pub(crate) mod tests {
         assert!(!another_models("Sonnet", Some("sonnet")));
         assert!(another_models("Opus", Some("sonnet")));
         assert!(!another_models("opus", None));
+    }
+
+    /// A window that says it is allowed is allowed, however full its use reads: at 100 %
+    /// (reached, not surpassed) or drawing on extra usage, a throttle's 429 beside it rested the
+    /// account (or the model) until the window's reset, hours, for a 10 s throttle. The
+    /// utilization fallback is for windows that say no status, or none a soft one.
+    #[test]
+    fn a_window_that_says_allowed_is_not_spent_by_its_use() {
+        let reset = (NOW / 1000 + 4 * 3600).to_string();
+        let said = |window: &'static str, status: Option<&'static str>, used: &'static str| {
+            let status_name = format!("anthropic-ratelimit-unified-{window}-status");
+            let used_name = format!("anthropic-ratelimit-unified-{window}-utilization");
+            let reset_name = format!("anthropic-ratelimit-unified-{window}-reset");
+            let mut lines = vec![
+                ("retry-after".to_string(), "10".to_string()),
+                (used_name, used.to_string()),
+                (reset_name, reset.clone()),
+                (
+                    "anthropic-ratelimit-unified-overage-in-use".to_string(),
+                    "true".to_string(),
+                ),
+            ];
+            if let Some(s) = status {
+                lines.push((status_name, s.to_string()));
+            }
+            let pairs: Vec<(&str, &str)> = lines
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            Limits::from_headers(&headers(&pairs), now())
+        };
+        for window in ["5h", "7d_sonnet"] {
+            for status in ["allowed", "allowed_warning", "queueing_soft", " Allowed "] {
+                for used in ["1.0", "1.07"] {
+                    let c = cooldown_for_429(
+                        &said(window, Some(status), used),
+                        NOW,
+                        Some("sonnet"),
+                        None,
+                    );
+                    assert_eq!(
+                        (c.kind, c.scope, c.until),
+                        (CooldownKind::Burst, None, NOW + 10_000),
+                        "{window} {status} at {used}"
+                    );
+                }
+            }
+            // No status, or one that is no soft one: its use is all there is to go by.
+            for status in [None, Some("exhausted")] {
+                let c = cooldown_for_429(&said(window, status, "1.0"), NOW, Some("sonnet"), None);
+                assert_eq!(
+                    (c.kind, c.until),
+                    (CooldownKind::Window(window.into()), NOW + 4 * 3_600_000),
+                    "{window} {status:?}"
+                );
+            }
+        }
+    }
+
+    /// The overall status `rejected` said with no representative claim, beside another model's
+    /// spent window only: when the overall reset is that window's, the status is that window's
+    /// (as with the claim `seven_day_opus`), and a sonnet request's 429 is a throttle; it rested
+    /// sonnet until opus's weekly reset. An overall reset no such window ends then is still a
+    /// refusal of the model asked for, until that reset.
+    #[test]
+    fn an_overall_rejection_with_no_claim_whose_reset_is_another_models_window_is_not_this_requests(
+    ) {
+        let opus_reset = (NOW / 1000 + 3 * 86_400).to_string();
+        let two_hours = (NOW / 1000 + 7_200).to_string();
+        let answer = |overall_reset: &str, opus: (&'static str, &'static str)| {
+            Limits::from_headers(
+                &headers(&[
+                    ("retry-after", "10"),
+                    ("anthropic-ratelimit-unified-status", "rejected"),
+                    ("anthropic-ratelimit-unified-reset", overall_reset),
+                    opus,
+                    ("anthropic-ratelimit-unified-7d_opus-reset", &opus_reset),
+                    ("anthropic-ratelimit-unified-5h-status", "allowed"),
+                    ("anthropic-ratelimit-unified-5h-utilization", "0.3"),
+                ]),
+                now(),
+            )
+        };
+        for opus in [
+            ("anthropic-ratelimit-unified-7d_opus-status", "rejected"),
+            ("anthropic-ratelimit-unified-7d_opus-utilization", "1.0"),
+        ] {
+            let theirs = answer(&opus_reset, opus);
+            let c = cooldown_for_429(&theirs, NOW, Some("sonnet"), None);
+            assert_eq!(
+                (c.kind, c.scope, c.until),
+                (CooldownKind::Burst, None, NOW + 10_000),
+                "{opus:?}: a throttle, not opus's week"
+            );
+            // The opus request it refused rests opus until then, as before.
+            let c = cooldown_for_429(&theirs, NOW, Some("opus"), None);
+            assert_eq!(
+                (c.scope.as_deref(), c.until),
+                (Some("opus"), NOW + 3 * 86_400_000)
+            );
+            // Another reset than opus's: something else refused sonnet, until then.
+            let c = cooldown_for_429(&answer(&two_hours, opus), NOW, Some("sonnet"), None);
+            assert_eq!(
+                (c.scope.as_deref(), c.until),
+                (Some("sonnet"), NOW + 7_200_000),
+                "{opus:?}"
+            );
+        }
     }
 
     /// The overall status with the representative claim and no window's status: `five_hour` is

@@ -630,12 +630,16 @@ fn put_quota(headers: &mut HeaderMap, q: &Quota, now_s: i64) {
     }
 }
 
-/// Whether a 429's unified headers say a window (or the whole quota) is exhausted, rather than a
-/// throttle.
+/// Whether a 429's unified headers may say a window (or the whole quota) is exhausted, rather
+/// than a throttle: a window's use of 100 % or more counts unless it says it is allowed. (An
+/// overall rejection always counts here, though it is a throttle when its reset is another
+/// model's window's: this only bounds when a rest is over.)
 fn exhausts_something(q: &Quota) -> bool {
     matches!(q.status, Some(Said::Rejected))
         || q.windows.iter().any(|w| {
-            matches!(w.said, Some(Said::Rejected)) || w.utilization.is_some_and(|u| u >= 100)
+            matches!(w.said, Some(Said::Rejected))
+                || (!matches!(w.said, Some(Said::Allowed | Said::Warning))
+                    && w.utilization.is_some_and(|u| u >= 100))
         })
 }
 
