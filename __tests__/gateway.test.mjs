@@ -685,6 +685,36 @@ for (const json of [false, true]) {
   });
 }
 
+// The gateway's log said each cooldown twice at info: the engine's line and the gateway's copy
+// of the same `rate-limited` event (account, reason, until).
+test("a cooldown is one line at info in the gateway's log, its wait as a person reads it; the event's copy is at debug", async () => {
+  for (const level of ["info", "debug"]) {
+    const emails = [1, 2].map((i) => `gwrest${i}-${level}@x.test`);
+    const path = await seedPool(mock, emails);
+    await lib.setPriority(emails[0], 9, path);
+    mock.script(emails[0], [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+    const served = await serveChild(path, { env: { OAUTH_POOL_LOG: `oauth_pool=${level}`, OAUTH_POOL_JITTER_MS: "0" } });
+    try {
+      const res = await messages(served.url);
+      assert.equal(res.status, 200);
+      await res.text();
+      await new Promise((r) => setTimeout(r, 200));
+      const lines = served.err.split("\n");
+      const said = (at) => lines.filter((l) => at.test(l) && l.includes(emails[0]) && /rate.limited/.test(l));
+      const info = said(/\bINFO\b/);
+      assert.equal(info.length, 1, `one line at info for the cooldown:\n${served.err}`);
+      assert.match(info[0], /5h window exhausted/);
+      assert.match(info[0], /in 1 h 0 min \(at \d\d:\d\d UTC\)/);
+      assert.equal(said(/\bDEBUG\b/).length, level === "debug" ? 1 : 0, `the event at debug:\n${served.err}`);
+      // The failover says where the request went: a line of its own.
+      assert.equal(lines.filter((l) => /\bINFO\b/.test(l) && /kind="?failover"?/.test(l)).length, 1, served.err);
+    } finally {
+      served.child.kill("SIGTERM");
+    }
+    await lib.resetCooldowns(path);
+  }
+});
+
 // `--drain-ms 0` (cut streams at once, as the library's close(0)) was refused: "from 1".
 // SIGHUP (the terminal or ssh session the gateway ran in closing) killed it on the spot: streams
 // in flight cut, the last bookkeeping never written.

@@ -265,7 +265,15 @@ impl Engine {
         why: &str,
     ) -> Event {
         let until = cooldown.until;
-        tracing::info!(account = %email, until = %crate::account::iso_time(until), why = %why, "rate limited");
+        // The one line at info a cooldown makes in the log (the gateway keeps its copy of the
+        // event at debug), so it says the wait as a person reads it too.
+        tracing::info!(
+            account = %email,
+            until = %crate::account::iso_time(until),
+            why = %why,
+            "rate limited, usable again {}",
+            crate::wait::until(until, now_ms())
+        );
         let scope = cooldown.scope.clone();
         if self.overlay.cool(email, scope.as_deref(), until) {
             let resets = self

@@ -204,7 +204,9 @@ const NAMED_IN_LINE: usize = 3;
 /// (`noticesOf`): a cascade through several accounts, each turning the request away in turn,
 /// is one line (it was one line per account, besides the engine's own for each hop); the
 /// failovers that ended with every account cooling are that line's to say. Each hop is still
-/// a line at debug, with every event's fields, for whoever reads the log by machine.
+/// a line at debug, with every event's fields, for whoever reads the log by machine. A
+/// cooldown is the engine's line at info (`Engine::rest`); its event here is at debug, where
+/// it made a second info line saying the same.
 fn log_events(events: &[Event]) {
     let failovers: Vec<&Event> = events.iter().filter(|e| e.kind == "failover").collect();
     let every_cooling = events
@@ -220,7 +222,7 @@ fn log_events(events: &[Event]) {
         );
     }
     for e in events {
-        if e.kind == "failover" && (one_line || every_cooling) {
+        if (e.kind == "failover" && (one_line || every_cooling)) || e.kind == "rate-limited" {
             tracing::debug!(kind = e.kind, message = %e.message, "gateway");
         } else {
             log_event(e);
