@@ -463,11 +463,25 @@ impl Limits {
                         widest_claim(limits.representative_claim.take(), value)
                 }
                 "fallback-percentage" | "fallback" => {}
-                "overage-status" => limits.overage.status = Some(short(value)),
-                "overage-reset" => limits.overage.reset = parse_reset(value),
-                "overage-disabled-reason" => limits.overage.disabled_reason = Some(short(value)),
+                // Said twice, read as the windows' fields are: joined, the pair was kept as one
+                // word ("rejected, allowed") and its reset lost; apart, the last one counted.
+                "overage-status" => {
+                    limits.overage.status = severest(limits.overage.status.take(), value)
+                }
+                "overage-reset" => limits.overage.reset = latest_reset(limits.overage.reset, value),
+                "overage-disabled-reason" => {
+                    limits.overage.disabled_reason = value
+                        .split(',')
+                        .map(short)
+                        .rev()
+                        .find(|v| !v.is_empty())
+                        .or(limits.overage.disabled_reason.take())
+                }
                 "overage-in-use" => {
-                    limits.overage.in_use = Some(value.trim().eq_ignore_ascii_case("true"))
+                    let said = value
+                        .split(',')
+                        .any(|v| v.trim().eq_ignore_ascii_case("true"));
+                    limits.overage.in_use = Some(limits.overage.in_use == Some(true) || said)
                 }
                 _ if rest.starts_with("overage-") => {}
                 _ => {
@@ -1047,6 +1061,19 @@ pub(crate) mod tests {
                 "anthropic-ratelimit-unified-representative-claim",
                 ["five_hour", "seven_day_opus"],
             ),
+            (
+                "anthropic-ratelimit-unified-overage-status",
+                ["rejected", "allowed"],
+            ),
+            ("anthropic-ratelimit-unified-overage-reset", [&late, &early]),
+            (
+                "anthropic-ratelimit-unified-overage-disabled-reason",
+                ["out_of_credits", "org_level_disabled"],
+            ),
+            (
+                "anthropic-ratelimit-unified-overage-in-use",
+                ["true", "false"],
+            ),
         ];
         let apart = {
             let mut h = HeaderMap::new();
@@ -1077,6 +1104,15 @@ pub(crate) mod tests {
             );
             let c = cooldown_for_429(l, NOW, None, None);
             assert_eq!(c.until, NOW + 4_200_000);
+            assert_eq!(
+                l.overage,
+                Overage {
+                    status: Some("rejected".into()),
+                    reset: Some((reset + 600) * 1000),
+                    disabled_reason: Some("org_level_disabled".into()),
+                    in_use: Some(true),
+                }
+            );
         }
         // HTTP dates hold a comma of their own.
         let dates = format!("{in_900}, {in_90}");
