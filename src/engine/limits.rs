@@ -609,7 +609,8 @@ fn widest_claim(known: Option<String>, value: &str) -> Option<String> {
 ///   until the latest such reset.
 /// - Rejected windows that are all model-scoped (`7d_sonnet`), or a unified status `rejected`
 ///   while no account-wide window is, rest only the request's model family on this account
-///   (the window's scope when the request named no model): a quota for one model never benches
+///   (the window's family when the request named none, and the whole account when the window
+///   names no family either, such as `7d_oauth_apps`): a quota for one model never benches
 ///   the others. Another model family's window is no reason for this request's 429, and the
 ///   unified status is the representative claim's window's: an account-wide claim rests the
 ///   account, another model's claim is not this request's.
@@ -699,12 +700,13 @@ pub fn cooldown_for_429(
         // family (`7d_oauth_apps`, a name new tomorrow), and resting that one rested nothing,
         // so the refused model was sent to this account again on every request. A request
         // that names no model (a file, a batch) rests its endpoint, for the same reason.
-        // Naming neither, the window's family (`7d_opus_4` rests `opus`), else its scope.
-        let scoped_family = family.or(endpoint).map(str::to_string).or_else(|| {
-            rejected
-                .iter()
-                .find_map(|w| w.family().or_else(|| w.scope().map(str::to_string)))
-        });
+        // Naming neither, the window's family (`7d_opus_4` rests `opus`); a window that names
+        // no family (`7d_oauth_apps`) rests the account below: resting its scope rested nothing
+        // such a request is asked under, and the next one went to this account again.
+        let scoped_family = family
+            .or(endpoint)
+            .map(str::to_string)
+            .or_else(|| rejected.iter().find_map(|w| w.family()));
         let (reset, claim) = latest(&rejected)
             .or_else(|| {
                 limits
@@ -721,13 +723,11 @@ pub fn cooldown_for_429(
         } else {
             now_ms + BURST_DEFAULT_MS
         };
-        if scoped_family.is_some() {
-            return Cooldown {
-                until: cap(until),
-                kind: CooldownKind::Window(claim),
-                scope: scoped_family,
-            };
-        }
+        return Cooldown {
+            until: cap(until),
+            kind: CooldownKind::Window(claim),
+            scope: scoped_family,
+        };
     }
     let wait = limits
         .retry_after_ms
@@ -1546,9 +1546,10 @@ pub(crate) mod tests {
             (c.scope.as_deref(), c.until),
             (Some("sonnet"), NOW + BURST_DEFAULT_MS)
         );
-        // Without a model in the request, the window's own scope is all there is to go by.
+        // Without a model in the request, a window naming no family rests the account (its
+        // scope is no family any request is asked under).
         let c = cooldown_for_429(&l, NOW, None, None);
-        assert_eq!(c.scope.as_deref(), Some("oauth_apps"));
+        assert_eq!((c.scope, c.until), (None, NOW + 86_400_000));
         // An account-wide window beats a scoped one.
         let l = Limits::from_headers(
             &headers(&[
@@ -1647,6 +1648,54 @@ pub(crate) mod tests {
         assert!(!another_models("Sonnet", Some("sonnet")));
         assert!(another_models("Opus", Some("sonnet")));
         assert!(!another_models("opus", None));
+    }
+
+    /// A request naming no model family (a model id the pool cannot place) refused by a window
+    /// that names none either (`7d_oauth_apps`): the window's scope rested, which no request is
+    /// asked under, and the next such request went to the account again, refused again. The
+    /// account rests until the window's reset (a throttle's while without one).
+    #[test]
+    fn a_window_naming_no_family_refusing_a_request_naming_none_rests_the_account() {
+        let reset = (NOW / 1000 + 3 * 86_400).to_string();
+        let with_reset = Limits::from_headers(
+            &headers(&[
+                (
+                    "anthropic-ratelimit-unified-7d_oauth_apps-status",
+                    "rejected",
+                ),
+                ("anthropic-ratelimit-unified-7d_oauth_apps-reset", &reset),
+            ]),
+            now(),
+        );
+        let c = cooldown_for_429(&with_reset, NOW, None, None);
+        assert_eq!(
+            (c.scope, c.until),
+            (None, NOW + 3 * 86_400_000),
+            "the account, until the window's reset"
+        );
+        let without = Limits::from_headers(
+            &headers(&[(
+                "anthropic-ratelimit-unified-7d_oauth_apps-status",
+                "rejected",
+            )]),
+            now(),
+        );
+        let c = cooldown_for_429(&without, NOW, None, None);
+        assert_eq!((c.scope, c.until), (None, NOW + BURST_DEFAULT_MS));
+        // A family asked for still rests only that family; a window naming one, that family.
+        let c = cooldown_for_429(&with_reset, NOW, Some("sonnet"), None);
+        assert_eq!(c.scope.as_deref(), Some("sonnet"));
+        let opus = Limits::from_headers(
+            &headers(&[
+                ("anthropic-ratelimit-unified-7d_opus_4-status", "rejected"),
+                ("anthropic-ratelimit-unified-7d_opus_4-reset", &reset),
+            ]),
+            now(),
+        );
+        assert_eq!(
+            cooldown_for_429(&opus, NOW, None, None).scope.as_deref(),
+            Some("opus")
+        );
     }
 
     /// A window that says it is allowed is allowed, however full its use reads: at 100 %

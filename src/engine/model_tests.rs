@@ -1374,8 +1374,8 @@ impl World {
                     spend_limit,
                 } => {
                     limited.insert(email.clone());
-                    // A request that names no model rests the model-scoped window it was
-                    // refused by (README: "the window's scope when the request named no model").
+                    // A request that names no model family rests the family of the window
+                    // it was refused by, or the account when that window names none.
                     let held = self.held_until(&email, family, endpoint).await;
                     check!(
                         held > now_ms(),
