@@ -10,7 +10,9 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, wri
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { cliJson, storedPool } from "./helpers/fleet-kit.mjs";
 import { useMock, seedPool, account, readPool } from "./helpers/pool-env.mjs";
+import { startPostgres } from "./helpers/postgres.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const POLLER = here("./helpers/pool-poller.mjs");
@@ -386,9 +388,9 @@ function threadShim() {
 }
 
 /** Runs thread-starved.mjs in `phase` with the shim preloaded: its report, and its stderr. */
-async function starvedOfThreads(phase, path, email, { onToken, apiUrl = mock.url } = {}) {
+async function starvedOfThreads(phase, path, email, { onToken, apiUrl = mock.url, env: base = process.env } = {}) {
   const { lib, flag } = threadShim();
-  const env = { ...process.env, LD_PRELOAD: lib, THREADS_REFUSED_WHILE: flag, OAUTH_POOL_API_URL: apiUrl };
+  const env = { ...base, LD_PRELOAD: lib, THREADS_REFUSED_WHILE: flag, OAUTH_POOL_API_URL: apiUrl };
   if (onToken) mock.waitFor("token", (r) => r.grant === "refresh_token").then(() => onToken(flag));
   const { code, out, err } = await run([THREAD_STARVED, phase, path, apiUrl, email], env).done;
   assert.equal(code, 0, err.slice(-800));
@@ -480,4 +482,42 @@ test("no thread to be had when a request must look up the API's host name: a NET
   assert.equal(report.starved.request.code, "NETWORK", JSON.stringify(report));
   assert.match(report.starved.request.message, /no thread could be started/);
   assert.deepEqual(report.after, { request: { ok: 200 } });
+});
+
+test("no thread to be had when the fleet store is connected to by a host name: STORE_UNAVAILABLE saying so, not a panic, and every entry point works once threads can be made", {
+  skip: noThreadsSkip,
+}, async () => {
+  const pg = await startPostgres();
+  try {
+    const [email, other] = ["threads-fleet@x.test", "threads-fleet-b@x.test"];
+    const file = await seedPool(mock, [email, other], { expired: [email] });
+    // `localhost` is looked up (tokio's lookup_host: a blocking thread); an address is not. The
+    // refresh lock is held on a connection of its own, so a warm process still connects anew.
+    const store = pg.url.replace("127.0.0.1", "localhost");
+    const home = mkdtempSync(join(tmpdir(), "oauth-pool-threads-fleet-"));
+    const host = {
+      env: { ...process.env, HOME: home, USERPROFILE: home, OAUTH_POOL_STORE: store, OAUTH_POOL_STORE_KEY: Buffer.alloc(32, 7).toString("base64") },
+    };
+    assert.equal((await cliJson(host, "store", "init")).code, 0);
+    assert.equal((await cliJson(host, "store", "copy", "--from", file, "--to", store)).code, 0);
+    const { report, err } = await starvedOfThreads("warm", store, email, { env: host.env });
+    const { starved, after } = report;
+    assert.doesNotMatch(err, /panicked at/, "no panic reaches the host's terminal");
+    const uncoded = Object.entries(starved).filter(([, c]) => !("ok" in c) && !CODES.has(c.code) && c.code !== "STORE_UNAVAILABLE");
+    assert.deepEqual(uncoded, [], `every failure has a contract code: ${JSON.stringify(starved)}`);
+    assert.equal(starved.refresh.code, "STORE_UNAVAILABLE", JSON.stringify(starved));
+    assert.match(starved.refresh.message, /no thread could be started/);
+    assert.deepEqual(
+      after,
+      { request: { ok: 200 }, load: { ok: 2 }, list: { ok: 2 }, refresh: { ok: "refreshed" }, gateway: { ok: 401 }, flush: { ok: null } },
+      "with threads back, every entry point works",
+    );
+    const fam = mock.stats().perFamily[email];
+    assert.equal(fam.reuse, 0, "no refresh token presented twice");
+    assert.equal(fam.revoked, false);
+    const kept = (await storedPool(host, store)).anthropic.find((a) => a.email === email);
+    assert.equal(kept.refresh, mock.tokens(email).refresh, "the refreshed tokens are in the store");
+  } finally {
+    await pg.close();
+  }
 });

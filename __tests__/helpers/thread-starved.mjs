@@ -3,6 +3,7 @@
 // pids limit. Calls each entry point of the pool with no thread to be had, then again once
 // threads can be made. Prints one JSON line: what each call gave ({ ok } or { code, message }).
 //   node thread-starved.mjs <phase> <poolPath> <apiUrl> <email>
+// (<poolPath> may be a fleet store's postgres:// URL.)
 // phase "cold": nothing of the addon has started yet; "warm": the runtime runs, and the
 // starvation begins once its blocking threads have gone idle and exited; "mid-refresh": one
 // request whose refresh the test starves (it creates the file when the refresh call arrives);
@@ -16,7 +17,7 @@ const flag = process.env.THREADS_REFUSED_WHILE;
 // Node's own thread pool starts with its first asynchronous file call, and Bun's HTTP client
 // thread with its first fetch: started now, before the shortage, so that what is starved is the
 // addon, not the JavaScript runtime (which aborts without them).
-await readFile(path);
+await readFile(new URL(import.meta.url));
 await (await fetch(`${apiUrl}/__mock/none`).catch(() => null))?.text();
 
 const addonThreads = () =>

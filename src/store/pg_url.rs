@@ -195,9 +195,122 @@ pub(super) fn no_tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// `config` with every host name looked up here, each address given as a `hostaddr` beside its
+/// name (kept for TLS's certificate check); `None` when no name needs a lookup, a `hostaddr` is
+/// given, or a Unix socket is among the hosts (a `hostaddr` beside it would be reached over TCP).
+/// tokio-postgres looks names up with tokio's `lookup_host`, whose blocking thread panicked when
+/// the OS refused it (a container at its pids limit): the connection failed with the panic
+/// printed into the host's terminal, not as STORE_UNAVAILABLE. Here the thread's start is checked.
+pub(super) async fn looked_up(config: &Config) -> Result<Option<Config>> {
+    use std::net::{IpAddr, ToSocketAddrs};
+    use tokio_postgres::config::Host;
+    let hosts = config.get_hosts();
+    let named = |h: &Host| matches!(h, Host::Tcp(name) if name.parse::<IpAddr>().is_err());
+    if !config.get_hostaddrs().is_empty()
+        || !hosts.iter().any(named)
+        || hosts.iter().any(|h| !matches!(h, Host::Tcp(_)))
+    {
+        return Ok(None);
+    }
+    let ports = config.get_ports();
+    let mut found = Vec::new();
+    let mut failed = None;
+    for (i, host) in hosts.iter().enumerate() {
+        let Host::Tcp(name) = host else { continue };
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            found.push((name.as_str(), ip, port));
+            continue;
+        }
+        let asked = name.clone();
+        let lookup = Box::new(move || {
+            (asked.as_str(), port)
+                .to_socket_addrs()
+                .map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<_>>())
+        });
+        match crate::runtime::blocking(lookup).await {
+            Ok(Ok(ips)) => found.extend(ips.into_iter().map(|ip| (name.as_str(), ip, port))),
+            // As tokio-postgres says it; the next host is tried, as it tries it.
+            Ok(Err(e)) => failed = Some(format!("error connecting to server: {e}")),
+            Err(crate::runtime::NotRun::NoThread(why)) => {
+                return Err(Error::StoreUnavailable(Error::NoThread(why).to_string()))
+            }
+            Err(crate::runtime::NotRun::Lost) => {
+                return Err(Error::StoreUnavailable(format!(
+                    "the lookup of {name} stopped"
+                )))
+            }
+        }
+    }
+    if found.is_empty() {
+        return Err(Error::StoreUnavailable(failed.unwrap_or_else(|| {
+            "error connecting to server: could not resolve any addresses".into()
+        })));
+    }
+    Ok(Some(with_hosts(config, &found)))
+}
+
+/// `config` with its hosts replaced by `hosts` (name, address, port).
+fn with_hosts(config: &Config, hosts: &[(&str, std::net::IpAddr, u16)]) -> Config {
+    let mut out = Config::new();
+    if let Some(user) = config.get_user() {
+        out.user(user);
+    }
+    if let Some(password) = config.get_password() {
+        out.password(password);
+    }
+    if let Some(dbname) = config.get_dbname() {
+        out.dbname(dbname);
+    }
+    if let Some(options) = config.get_options() {
+        out.options(options);
+    }
+    if let Some(name) = config.get_application_name() {
+        out.application_name(name);
+    }
+    if let Some(t) = config.get_connect_timeout() {
+        out.connect_timeout(*t);
+    }
+    if let Some(t) = config.get_tcp_user_timeout() {
+        out.tcp_user_timeout(*t);
+    }
+    if let Some(t) = config.get_keepalives_interval() {
+        out.keepalives_interval(t);
+    }
+    if let Some(n) = config.get_keepalives_retries() {
+        out.keepalives_retries(n);
+    }
+    out.ssl_mode(config.get_ssl_mode())
+        .ssl_negotiation(config.get_ssl_negotiation())
+        .keepalives(config.get_keepalives())
+        .keepalives_idle(config.get_keepalives_idle())
+        .target_session_attrs(config.get_target_session_attrs())
+        .channel_binding(config.get_channel_binding())
+        .load_balance_hosts(config.get_load_balance_hosts());
+    for &(name, ip, port) in hosts {
+        out.host(name).hostaddr(ip).port(port);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hosts are replaced and nothing else of the URL is lost on the way.
+    #[test]
+    fn hosts_given_their_addresses_keep_every_other_setting() {
+        let url = "postgres://u:pw@db1.example:6001,db2.example:6002/app?options=-c%20x%3D1&application_name=fleet&sslmode=require&sslnegotiation=direct&connect_timeout=3&tcp_user_timeout=4000&keepalives=0&keepalives_idle=5&keepalives_interval=6&keepalives_retries=7&target_session_attrs=read-write&channel_binding=require&load_balance_hosts=random";
+        let config = url.parse::<Config>().unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let hosts = [
+            ("db1.example", ip("10.0.0.1"), 6001),
+            ("db2.example", ip("10.0.0.2"), 6002),
+        ];
+        let mut expected = config.clone();
+        expected.hostaddr(ip("10.0.0.1")).hostaddr(ip("10.0.0.2"));
+        assert_eq!(with_hosts(&config, &hosts), expected);
+    }
 
     #[test]
     fn passwords_never_show() {

@@ -30,7 +30,7 @@ use tokio_postgres::{Client, Config, SimpleQueryMessage};
 
 use super::crypto::{SealKey, CHECK};
 use super::lock;
-use super::pg_url::{no_tls, parse, redact, tls, wants_tls};
+use super::pg_url::{looked_up, no_tls, parse, redact, tls, wants_tls};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 use crate::secret::scrub_tokens;
@@ -309,16 +309,18 @@ impl PgStore {
             // One connector type either way (tokio-postgres' connection code is compiled per
             // connector: 50 KB of the .node for a second one): plain text is `sslmode=disable`,
             // under which the connector is never asked.
-            let (config, tls) = if wants_tls(&self.config) {
+            let addressed = looked_up(&self.config).await?;
+            let base = addressed.as_ref().unwrap_or(&self.config);
+            let (config, tls) = if wants_tls(base) {
                 (None, tls(self.roots.as_deref())?)
             } else {
-                let mut plain = self.config.clone();
+                let mut plain = base.clone();
                 plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
                 (Some(plain), no_tls()?)
             };
             let (client, conn) = config
                 .as_ref()
-                .unwrap_or(&self.config)
+                .unwrap_or(base)
                 .connect(tls)
                 .await
                 .map_err(unavailable)?;
