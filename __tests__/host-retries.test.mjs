@@ -130,3 +130,21 @@ test("a provider pointed off the pool's API origin: said in words OpenCode does 
   const err = await assertNotRetried(fetch, "INSECURE_ENDPOINT", { url: `${elsewhere}/v1/messages` });
   assert.equal(openCodeRetries(ours(err.message).split(elsewhere).join("<there>")), null);
 });
+
+test("OAUTH_POOL_API_URL set to plain http off loopback: the plugin's fetch says why the addon refuses it, not that the origin is not itself", async () => {
+  const path = freshPath();
+  await writePool(path, [oauthEntry(mock, "plain@retry.test")]);
+  // The message said "http://api.example.test is not the pool's API origin (http://api.example.test)".
+  const plain = "http://api.example.test";
+  const api = process.env.OAUTH_POOL_API_URL;
+  process.env.OAUTH_POOL_API_URL = plain;
+  try {
+    const refused = await assertNotRetried(await pluginFetch(path), "INSECURE_ENDPOINT", {
+      url: `${plain}/v1/messages`,
+      says: /refused: plain http is allowed only to a loopback host/,
+    });
+    assert.equal(openCodeRetries(ours(refused.message).split(plain).join("<there>")), null);
+  } finally {
+    process.env.OAUTH_POOL_API_URL = api;
+  }
+});

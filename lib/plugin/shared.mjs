@@ -330,6 +330,20 @@ function requestUrl(input) {
 }
 
 /**
+ * Whether `url` is on `api`'s origin as written. An OAUTH_POOL_API_URL the addon refuses (plain
+ * http off loopback) is on no origin it accepts: its requests go on to the pool's fetch, which
+ * says why it is refused, where this check said "<origin> is not the pool's API origin (<the
+ * same origin>)".
+ */
+function sameOrigin(url, api) {
+  try {
+    return new URL(url).origin === new URL(api).origin;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * The provider's fetch, for the pool's API origin only. A `baseURL` elsewhere in opencode.json
  * (a proxy, a typo) gets no credential of ours; sent on as the host built it, the person saw
  * only that server's refusal ("invalid bearer token", "x-api-key header is required") and no
@@ -342,12 +356,12 @@ function apiOriginOnly(fetch, provider) {
     const url = requestUrl(input);
     if (typeof url === "string" && /^https?:\/\//i.test(url)) {
       syncEnv();
-      if (!isApiUrl(url)) {
+      const api = apiOrigin();
+      if (!isApiUrl(url) && !sameOrigin(url, api)) {
         let origin = "that origin";
         try {
           origin = new URL(url).origin;
         } catch {}
-        const api = apiOrigin();
         const [there, ours] = [scrubbed(origin), scrubbed(api)];
         const err = new Error(
           `Anthropic pool: ${there} is not the pool's API origin (${ours}), so no account of the pool serves it; nothing was sent. ` +
