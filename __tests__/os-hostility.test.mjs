@@ -6,13 +6,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { cliJson, storedPool } from "./helpers/fleet-kit.mjs";
 import { useMock, seedPool, account, readPool } from "./helpers/pool-env.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
+import { keptLogin, loginSpoiledMidway } from "./helpers/login-midway.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const POLLER = here("./helpers/pool-poller.mjs");
@@ -277,6 +278,41 @@ test("addAccount (`oauth-pool add`, OpenCode's login) on a full disk: refused be
   }
 });
 
+test("addAccount whose write fails after the code was spent (the disk filled during the token call): the login is kept by the process and written once there is room", async (t) => {
+  const disk = smallDisk();
+  if (disk.skip) return t.skip(disk.skip);
+  try {
+    const email = "full-mid-login@x.test";
+    const path = join(disk.dir, "pool", "oauth-pool.json");
+    await seedPool(mock, ["full-mid-held@x.test"], { path });
+    const before = readPool(path);
+    // The tokens had nowhere to go, and the code (single use) was gone with them.
+    const adding = loginSpoiledMidway(mock, path, email, () => disk.fill());
+    await assert.rejects(adding, keptLogin("POOL_IO", email, /No space left/));
+    assert.deepEqual(readPool(path), before, "nothing was written");
+    disk.free();
+    await until("the kept login to be written", () => readPool(path).anthropic.some((a) => a.email === email));
+    assert.equal(account(path, email).refresh, mock.tokens(email).refresh);
+    assert.equal(readPool(path).anthropic.length, 2);
+  } finally {
+    disk.close();
+  }
+});
+
+test("addAccount whose pool file was replaced by one that does not parse during the token call: the file is kept as it is, and the login is written once the file is mended", async () => {
+  const email = "corrupt-mid-login@x.test";
+  const path = await seedPool(mock, ["corrupt-mid-held@x.test"]);
+  const before = readPool(path);
+  const broken = '{"anthropic": [ {"email": "half-written';
+  const adding = loginSpoiledMidway(mock, path, email, () => writeFileSync(path, broken));
+  await assert.rejects(adding, keptLogin("POOL_CORRUPT", email, /not valid/));
+  assert.equal(readFileSync(path, "utf8"), broken, "the unreadable file was not overwritten");
+  writeFileSync(path, JSON.stringify(before));
+  await until("the kept login to be written", () => readPool(path).anthropic.some((a) => a.email === email));
+  assert.equal(account(path, email).refresh, mock.tokens(email).refresh);
+  assert.equal(readPool(path).anthropic.length, 2);
+});
+
 /**
  * Makes `dir` read-only for this process and returns the undo: a read-only remount of a tmpfs
  * as root (root writes through any mode bits), its mode bits otherwise.
@@ -388,10 +424,10 @@ function threadShim() {
 }
 
 /** Runs thread-starved.mjs in `phase` with the shim preloaded: its report, and its stderr. */
-async function starvedOfThreads(phase, path, email, { onToken, apiUrl = mock.url, env: base = process.env } = {}) {
+async function starvedOfThreads(phase, path, email, { onToken, grant = "refresh_token", apiUrl = mock.url, env: base = process.env } = {}) {
   const { lib, flag } = threadShim();
   const env = { ...base, LD_PRELOAD: lib, THREADS_REFUSED_WHILE: flag, OAUTH_POOL_API_URL: apiUrl };
-  if (onToken) mock.waitFor("token", (r) => r.grant === "refresh_token").then(() => onToken(flag));
+  if (onToken) mock.waitFor("token", (r) => r.grant === grant).then(() => onToken(flag));
   const { code, out, err } = await run([THREAD_STARVED, phase, path, apiUrl, email], env).done;
   assert.equal(code, 0, err.slice(-800));
   return { report: JSON.parse(out.trim().split("\n").at(-1)), err };
@@ -468,6 +504,26 @@ test("no thread to be had when a refresh's answer comes: the new tokens are kept
   assert.equal(fam.reuse, 0, "the spent refresh token was not presented again");
   assert.equal(fam.revoked, false);
   assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the new tokens are in the file");
+});
+
+test("no thread to be had when a login's token call answers: the login is kept by the process and written once threads can be made, with no advice to redo it now", {
+  skip: noThreadsSkip || (process.versions.bun && "Bun itself aborts when refused a thread mid-request"),
+}, async () => {
+  const email = "threads-mid-login@x.test";
+  const path = await seedPool(mock, ["threads-mid-login-held@x.test"]);
+  const { authorize } = await import("../index.mjs");
+  const pkce = await authorize();
+  const paste = mock.approve(pkce.url, email, { expiresIn: 3600 });
+  // As for a refresh: the answer comes once the blocking thread of the checks before the call
+  // has idled out (5 s), and threads are refused from the moment the call arrives.
+  mock.setTokenMode({ grant: "authorization_code", delayMs: 6500, times: 1 });
+  const env = { ...process.env, LOGIN_PASTE: paste, LOGIN_VERIFIER: pkce.verifier, LOGIN_STATE: pkce.state };
+  const { report, err } = await starvedOfThreads("login", path, email, { grant: "authorization_code", env, onToken: (flag) => writeFileSync(flag, "") });
+  assert.doesNotMatch(err, /panicked at/, "no panic reaches the host's terminal");
+  // It said "the next call tries again": no call can, the code is spent.
+  assert.ok(keptLogin("POOL_IO", email, /no thread could be started/)(report.starved.login), JSON.stringify(report));
+  assert.deepEqual(report.after, { landed: true }, "the login was written once threads could be made");
+  assert.equal(account(path, email).refresh, mock.tokens(email).refresh);
 });
 
 test("no thread to be had when a request must look up the API's host name: a NETWORK error saying so, not a panic, and the next request is served", {

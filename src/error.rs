@@ -93,6 +93,14 @@ pub enum Error {
         reason: String,
         code: &'static str,
     },
+    /// A login whose code was spent and whose account could not be written: reported with the
+    /// write's own code, like `TokensUnsaved`.
+    #[error("logged in as {email}, but the account could not be written to the pool ({reason}). The login code is spent, and only this process holds the new login: it writes it as soon as the pool can take it, trying every few seconds while it runs. Fix that now: once this process ends with it unwritten, the account needs a new login")]
+    LoginUnsaved {
+        email: String,
+        reason: String,
+        code: &'static str,
+    },
 }
 
 /// The codes of `Error::asking_again_cannot_help`.
@@ -131,7 +139,7 @@ impl Error {
             Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Error::StoreKey(_) => "STORE_KEY",
             Error::StoreCorrupt(_) => "POOL_CORRUPT",
-            Error::TokensUnsaved { code, .. } => code,
+            Error::TokensUnsaved { code, .. } | Error::LoginUnsaved { code, .. } => code,
         }
     }
 

@@ -226,9 +226,99 @@ pub fn last_failover(pool: &Pool) -> Option<Value> {
 
 /// Adds an OAuth account from a completed login; the same email again updates its tokens.
 pub async fn add_oauth(store: &Store, tokens: &Tokens) -> Result<(String, bool)> {
+    let email = login_email(tokens);
+    let account = Account::new_oauth(
+        &email,
+        tokens.access.clone(),
+        tokens.refresh.clone(),
+        tokens.expires,
+        now_ms(),
+    );
+    let added = store.update(move |pool| Ok(pool.upsert(account))).await?;
+    Ok((email, added))
+}
+
+/// Logins of this process whose write failed after their code was spent, by store and email:
+/// the number of the latest, so that an older one still waiting never overwrites a newer login.
+static KEPT_LOGINS: std::sync::Mutex<Option<std::collections::HashMap<(String, String), u64>>> =
+    std::sync::Mutex::new(None);
+
+/// Numbers this login as the latest of its account in `store` (a newer one supersedes any kept).
+fn latest_login(store: &Store, email: &str) -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    crate::store::lock(&KEPT_LOGINS)
+        .get_or_insert_with(Default::default)
+        .insert((store.key(), email.to_string()), n);
+    n
+}
+
+fn is_latest_login(store: &Store, email: &str, n: u64) -> bool {
+    crate::store::lock(&KEPT_LOGINS)
+        .as_ref()
+        .and_then(|m| m.get(&(store.key(), email.to_string())))
+        == Some(&n)
+}
+
+/// `add_oauth` for a login whose code is spent: a write that fails does not drop its tokens (the
+/// person would have to log in again). The process keeps them and tries the write again until it
+/// lands, for as long as it runs, and the error says so under the write's own code. `unwritten`
+/// goes with the tokens, so that an exit waits a little for them.
+pub async fn add_oauth_kept(
+    store: &Store,
+    tokens: Tokens,
+    unwritten: crate::engine::credentials::Unwritten,
+) -> Result<(String, bool)> {
+    let email = login_email(&tokens);
+    let n = latest_login(store, &email);
+    let e = match add_oauth(store, &tokens).await {
+        Ok(done) => return Ok(done),
+        Err(e) => e,
+    };
+    let code = e.code();
+    // A shortage of threads is said without its "the next call tries again": a new call cannot
+    // log this login in again, its code is spent.
+    let reason = match &e {
+        Error::NoThread(why) => format!("no thread could be started for the pool's file work ({why}): the limit on processes and threads is reached"),
+        other => other.to_string(),
+    };
+    tracing::warn!(account = %email, error = %reason, "a login could not be written; kept in memory and tried again");
+    let (kept, account) = (store.clone(), email.clone());
+    let retrying = async move {
+        let _unwritten = unwritten;
+        loop {
+            tokio::time::sleep(crate::engine::credentials::UNSAVED_RETRY).await;
+            if !is_latest_login(&kept, &account, n) {
+                return;
+            }
+            match add_oauth(&kept, &tokens).await {
+                Ok(_) => {
+                    tracing::info!(account = %account, "wrote the login that could not be written before");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(account = %account, error = %e, "the kept login still cannot be written")
+                }
+            }
+        }
+    };
+    if let Err(why) = crate::runtime::spawn(retrying) {
+        // Nothing keeps the tokens: the error must not say that anything does.
+        tracing::warn!(%why, "the login could not be kept for another write");
+        return Err(e);
+    }
+    Err(Error::LoginUnsaved {
+        email,
+        reason,
+        code,
+    })
+}
+
+/// The name a login goes under.
+fn login_email(tokens: &Tokens) -> String {
     // The server's word for the email is held to what names an account; otherwise the login
     // is kept under a name of ours (the tokens are what matter, and the user can rename it).
-    let email = tokens
+    tokens
         .email
         .as_deref()
         .map(str::trim)
@@ -240,16 +330,7 @@ pub async fn add_oauth(store: &Store, tokens: &Tokens) -> Result<(String, bool)>
             ok
         })
         .map(str::to_string)
-        .unwrap_or_else(|| format!("unknown-{}@anthropic-pool", tokens.refresh.fingerprint()));
-    let account = Account::new_oauth(
-        &email,
-        tokens.access.clone(),
-        tokens.refresh.clone(),
-        tokens.expires,
-        now_ms(),
-    );
-    let added = store.update(move |pool| Ok(pool.upsert(account))).await?;
-    Ok((email, added))
+        .unwrap_or_else(|| format!("unknown-{}@anthropic-pool", tokens.refresh.fingerprint()))
 }
 
 pub async fn add_api_key(

@@ -7,10 +7,12 @@
 // phase "cold": nothing of the addon has started yet; "warm": the runtime runs, and the
 // starvation begins once its blocking threads have gone idle and exited; "mid-refresh": one
 // request whose refresh the test starves (it creates the file when the refresh call arrives);
-// "lookup": a request to an API named by a host name (`apiUrl`), starved then not.
+// "lookup": a request to an API named by a host name (`apiUrl`), starved then not; "login": one
+// addAccount of the paste in LOGIN_PASTE (pkce in LOGIN_VERIFIER, LOGIN_STATE), starved by the
+// test when its token call arrives, then up to 30 s for the login to reach the pool file.
 import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { createPoolFetch, flushPool, listAccounts, loadPool, refreshAccount, serve } from "../../index.mjs";
+import { addAccount, createPoolFetch, flushPool, listAccounts, loadPool, refreshAccount, serve } from "../../index.mjs";
 
 const [phase, path, apiUrl, email] = process.argv.slice(2);
 const flag = process.env.THREADS_REFUSED_WHILE;
@@ -43,7 +45,7 @@ const outcome = async (fn) => {
   try {
     return { ok: (await fn()) ?? null };
   } catch (e) {
-    return { code: e?.code ?? null, message: String(e?.message ?? e).slice(0, 300) };
+    return { code: e?.code ?? null, message: String(e?.message ?? e).slice(0, 600) };
   }
 };
 const throughGateway = async () => {
@@ -69,6 +71,16 @@ if (phase === "mid-refresh") {
   rmSync(flag, { force: true });
   const after = { request: await outcome(() => ask()), flush: await outcome(() => flushPool(path)) };
   process.stdout.write(`${JSON.stringify({ starved, after })}\n`);
+  process.exit(0);
+}
+if (phase === "login") {
+  const { LOGIN_PASTE, LOGIN_VERIFIER, LOGIN_STATE } = process.env;
+  const starved = { login: await outcome(() => addAccount(LOGIN_PASTE, { verifier: LOGIN_VERIFIER, state: LOGIN_STATE }, path)) };
+  rmSync(flag, { force: true });
+  const landed = async () => (await loadPool(path)).anthropic.some((a) => a.email === email);
+  const deadline = Date.now() + 30_000;
+  while (!(await landed()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  process.stdout.write(`${JSON.stringify({ starved, after: { landed: await landed() } })}\n`);
   process.exit(0);
 }
 if (phase === "lookup") {

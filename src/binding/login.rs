@@ -98,11 +98,13 @@ pub fn add_account(
             .map_err(js_error)?;
         // A Ctrl-C or `kill` once the code is spent waits for the new login to be written, as
         // for a refresh's tokens (the person had to log in again).
-        let _unwritten = crate::engine::credentials::Unwritten::begin();
+        let unwritten = crate::engine::credentials::Unwritten::begin();
         let tokens = oauth::exchange(&input, &pkce.verifier, &pkce.state)
             .await
             .map_err(js_error)?;
-        let (email, added) = manage::add_oauth(&store, &tokens).await.map_err(js_error)?;
+        let (email, added) = manage::add_oauth_kept(&store, tokens, unwritten)
+            .await
+            .map_err(js_error)?;
         Ok(json!({ "email": email, "added": added }))
     })
 }
