@@ -5,19 +5,10 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { keptLogin, loginSpoiledMidway } from "./helpers/login-midway.mjs";
-import { useMock, seedPool, account, readPool } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, readPool, until } from "./helpers/pool-env.mjs";
 
 const mock = useMock();
 const FLOCK = ["/usr/bin/flock", "/bin/flock"].find((p) => existsSync(p));
-const pause = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what, check, ms = 20_000) {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await pause(10);
-  }
-}
 
 test("addAccount whose write finds the pool's lock held past its wait by a stopped writer: the login is kept by the process and written once the lock is free", {
   skip: !FLOCK && "util-linux's flock is not installed",

@@ -6,25 +6,11 @@
 //   node fd-starved.mjs <poolPath> <apiUrl>
 import { closeSync, openSync } from "node:fs";
 import { createPoolFetch, flushPool, loadPool, savePool } from "../../index.mjs";
+import { asker, outcome } from "./starved-calls.mjs";
 
 const [path, apiUrl] = process.argv.slice(2);
 const f = createPoolFetch({ path });
-const ask = async () => {
-  const r = await f(`${apiUrl}/v1/messages`, {
-    method: "POST",
-    headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
-    body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
-  });
-  await r.text();
-  return r.status;
-};
-const outcome = async (fn) => {
-  try {
-    return { ok: (await fn()) ?? null };
-  } catch (e) {
-    return { code: e?.code ?? null, message: String(e?.message ?? e).slice(0, 300) };
-  }
-};
+const ask = asker(f, apiUrl);
 
 const calls = [];
 for (let spare = 0; spare <= 14; spare++) {

@@ -194,6 +194,17 @@ export function countedSignal(counts = (type) => type === "abort") {
 /** The pool's abort listeners are the functions named `onAbort`. */
 export const poolListener = (type, listener) => type === "abort" && listener?.name === "onAbort";
 
+export const pause = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Resolves once `check()` holds, polling every 10 ms; throws naming `what` after `ms`. */
+export async function until(what, check, ms = 20_000) {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await pause(10);
+  }
+}
+
 /** Runs `fn` with `vars` set in process.env (undefined: removed), then puts them back. */
 export async function withEnv(vars, fn) {
   const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));

@@ -13,6 +13,7 @@
 import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { addAccount, createPoolFetch, flushPool, listAccounts, loadPool, refreshAccount, serve } from "../../index.mjs";
+import { asker, outcome } from "./starved-calls.mjs";
 
 const [phase, path, apiUrl, email] = process.argv.slice(2);
 const flag = process.env.THREADS_REFUSED_WHILE;
@@ -32,22 +33,7 @@ const addonThreads = () =>
   }).length;
 
 const f = createPoolFetch({ path, transport: "native" });
-const ask = async (url = `${apiUrl}/v1/messages`, headers = {}) => {
-  const r = await f(url, {
-    method: "POST",
-    headers: { "content-type": "application/json", "anthropic-version": "2023-06-01", ...headers },
-    body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
-  });
-  await r.text();
-  return r.status;
-};
-const outcome = async (fn) => {
-  try {
-    return { ok: (await fn()) ?? null };
-  } catch (e) {
-    return { code: e?.code ?? null, message: String(e?.message ?? e).slice(0, 600) };
-  }
-};
+const ask = asker(f, apiUrl);
 const throughGateway = async () => {
   const gw = await serve({ port: 0, path });
   try {
