@@ -24,7 +24,7 @@ pub enum Error {
     },
     /// The OS refused the thread the pool's file work (or a host name lookup) runs on: the
     /// machine's or container's limit on processes and threads. Local I/O, said with its code.
-    #[error("no thread could be started for the pool's file work or a host name lookup ({0}): the limit on processes and threads (a container's pids limit, systemd's TasksMax) is reached; the next call tries again")]
+    #[error("{}; the next call tries again", no_thread(.0))]
     NoThread(String),
     #[error("pool file {path} is locked by another process for more than {seconds} s")]
     PoolBusy { path: PathBuf, seconds: u64 },
@@ -112,6 +112,12 @@ pub const UNRETRIABLE_CODES: &[&str] = &[
     "INVALID_ARGUMENT",
     "STORE_KEY",
 ];
+
+/// What `Error::NoThread` says apart from its advice, which a login whose code is spent cannot
+/// follow.
+pub fn no_thread(why: &str) -> String {
+    format!("no thread could be started for the pool's file work or a host name lookup ({why}): the limit on processes and threads (a container's pids limit, systemd's TasksMax) is reached")
+}
 
 impl Error {
     /// The stable `err.code` string JavaScript callers switch on.

@@ -240,24 +240,20 @@ pub async fn add_oauth(store: &Store, tokens: &Tokens) -> Result<(String, bool)>
 
 /// Logins of this process whose write failed after their code was spent, by store and email:
 /// the number of the latest, so that an older one still waiting never overwrites a newer login.
-static KEPT_LOGINS: std::sync::Mutex<Option<std::collections::HashMap<(String, String), u64>>> =
-    std::sync::Mutex::new(None);
+static KEPT_LOGINS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
+> = std::sync::LazyLock::new(Default::default);
 
 /// Numbers this login as the latest of its account in `store` (a newer one supersedes any kept).
 fn latest_login(store: &Store, email: &str) -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    crate::store::lock(&KEPT_LOGINS)
-        .get_or_insert_with(Default::default)
-        .insert((store.key(), email.to_string()), n);
+    crate::store::lock(&KEPT_LOGINS).insert((store.key(), email.to_string()), n);
     n
 }
 
 fn is_latest_login(store: &Store, email: &str, n: u64) -> bool {
-    crate::store::lock(&KEPT_LOGINS)
-        .as_ref()
-        .and_then(|m| m.get(&(store.key(), email.to_string())))
-        == Some(&n)
+    crate::store::lock(&KEPT_LOGINS).get(&(store.key(), email.to_string())) == Some(&n)
 }
 
 /// `add_oauth` for a login whose code is spent: a write that fails does not drop its tokens (the
@@ -279,7 +275,7 @@ pub async fn add_oauth_kept(
     // A shortage of threads is said without its "the next call tries again": a new call cannot
     // log this login in again, its code is spent.
     let reason = match &e {
-        Error::NoThread(why) => format!("no thread could be started for the pool's file work ({why}): the limit on processes and threads is reached"),
+        Error::NoThread(why) => crate::error::no_thread(why),
         other => other.to_string(),
     };
     tracing::warn!(account = %email, error = %reason, "a login could not be written; kept in memory and tried again");
