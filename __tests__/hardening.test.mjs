@@ -1,14 +1,16 @@
 // Faults, bad input and passive quota tracking (issue 6), through the real addon.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { basename, dirname } from "node:path";
+import { spawn } from "node:child_process";
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import { createHash } from "node:crypto";
 import { createPoolFetch, loadPool, savePool, poolStatus, flushPool, setEnabled, refreshAccount, removeAccount } from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { useMock, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath } from "./helpers/pool-env.mjs";
 
 const mock = useMock();
+const FLOCK = ["/usr/bin/flock", "/bin/flock"].find((p) => existsSync(p));
 
 const post = (f, init = {}) => f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(), ...init });
 const setPriority = async (path, email, priority) => {
@@ -304,4 +306,41 @@ test("a removed account's refresh lock file goes with it (and those left by earl
   assert.deepEqual(locks(), [lockOf("stay@x.test")]);
   // The account that stayed refreshes as before.
   assert.equal((await refreshAccount("stay@x.test", path)).email, "stay@x.test");
+});
+
+test("refresh lock files of accounts another program removed or renamed go with the pool's next write; one a process holds stays until it is let go", {
+  skip: !FLOCK && "util-linux's flock is not installed",
+}, async () => {
+  const emails = ["kept@x.test", "dropped@x.test", "renamed@x.test", "busy@x.test"];
+  const path = await seedPool(mock, emails, { expired: emails });
+  const lockOf = (email) => `${basename(path)}.${createHash("sha256").update(email.toLowerCase()).digest("hex").slice(0, 12)}.refresh.lock`;
+  const locks = () =>
+    readdirSync(dirname(path))
+      .filter((n) => n.endsWith(".refresh.lock"))
+      .sort();
+  for (const email of emails) assert.equal((await refreshAccount(email, path)).outcome, "refreshed");
+  assert.equal(locks().length, 4);
+  // Another program (the aidevops plugin, an editor, jq) drops two and renames one: no write of
+  // the pool's removed an account, and their files stayed for good.
+  const pool = readPool(path);
+  pool.anthropic = pool.anthropic.filter((a) => a.email !== "dropped@x.test" && a.email !== "busy@x.test");
+  pool.anthropic.find((a) => a.email === "renamed@x.test").email = "new-name@x.test";
+  writeFileSync(path, JSON.stringify(pool), { mode: 0o600 });
+  // A process still holds the lock of one of them (a refresh of it under way).
+  const holder = spawn(FLOCK, ["--no-fork", "-x", join(dirname(path), lockOf("busy@x.test")), "sh", "-c", "echo held; exec sleep 600"], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  try {
+    await new Promise((resolve, reject) => {
+      holder.stdout.once("data", resolve);
+      holder.once("error", reject);
+    });
+    await setEnabled("kept@x.test", false, path);
+    assert.deepEqual(locks(), [lockOf("kept@x.test"), lockOf("busy@x.test")].sort(), "a held one is never removed");
+  } finally {
+    holder.kill("SIGKILL");
+  }
+  await new Promise((resolve) => (holder.exitCode !== null || holder.signalCode !== null ? resolve() : holder.once("exit", resolve)));
+  await setEnabled("kept@x.test", true, path);
+  assert.deepEqual(locks(), [lockOf("kept@x.test")]);
 });

@@ -179,9 +179,7 @@ impl FileStore {
             &zeroize::Zeroizing::new(pool.to_bytes()),
             previous.is_some(),
         )?;
-        if previous.is_some_and(|(stored, _)| removes_accounts(&addresses(&stored), &pool)) {
-            remove_refresh_locks(self, &pool);
-        }
+        remove_refresh_locks(self, &pool);
         Ok(())
     }
 
@@ -240,16 +238,13 @@ impl FileStore {
         let mut pool = current.map(|(p, _)| p).unwrap_or_default();
         pool.file_missing = !existed;
         let before = zeroize::Zeroizing::new(pool.to_bytes());
-        let held = addresses(&pool);
         let out = change(&mut pool)?;
         let after = zeroize::Zeroizing::new(pool.to_bytes());
         if after == before {
             return Ok((out, Written::Unchanged));
         }
         let stamp = self.write_locked(&after, existed)?;
-        if removes_accounts(&held, &pool) {
-            remove_refresh_locks(self, &pool);
-        }
+        remove_refresh_locks(self, &pool);
         // What a read of the bytes just written would give, without reading them back: a parse
         // of a pool with a month of usage is most of what a bookkeeping write costs.
         let written = match (stamp, pool.into_read()) {
@@ -988,11 +983,14 @@ fn names(path: &Path, file: &File) -> bool {
 }
 
 /// The accounts' refresh lock files beside `pool_path` that no account of `pool` uses: those of
-/// removed accounts. Each is removed only while this process holds its lock and its name still
-/// names the file locked: a refresh under way keeps its file (it is removed with a later
-/// removal), and a process that had opened it to wait finds, once it holds it, that the name is
-/// gone, and locks the file made anew instead (`FileLock::acquire`). Without this a pool used for
-/// years kept one file for every account it ever held.
+/// removed or renamed accounts. Run after every write, not only after one that removes an
+/// account: accounts removed by another program (the aidevops plugin, an editor, `jq`) left
+/// their files for good, since no write of ours ever removed anything. The look costs one
+/// listing of the directory, as the temp files' sweep does. Each is removed only while this
+/// process holds its lock and its name still names the file locked: a refresh under way keeps
+/// its file (removed by a later write), and a process that had opened it to wait finds, once it
+/// holds it, that the name is gone, and locks the file made anew instead (`FileLock::acquire`).
+/// Without this a pool used for years kept one file for every account it ever held.
 fn remove_refresh_locks(store: &FileStore, pool: &Pool) {
     let dir = parent_dir(&store.path);
     let kept: std::collections::HashSet<PathBuf> = pool
@@ -1027,18 +1025,6 @@ fn remove_refresh_locks(store: &FileStore, pool: &Pool) {
             let _ = file.unlock();
         }
     }
-}
-
-/// The addresses of `pool`'s accounts as the refresh locks are named by them.
-fn addresses(pool: &Pool) -> std::collections::HashSet<String> {
-    pool.accounts()
-        .map(|a| crate::account::normalize_email(&a.email))
-        .collect()
-}
-
-/// Whether an account of `before` is not in `after`.
-fn removes_accounts(before: &std::collections::HashSet<String>, after: &Pool) -> bool {
-    !before.is_subset(&addresses(after))
 }
 
 impl Drop for FileLock {
