@@ -5,16 +5,16 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { connect } from "node:net";
 import { request as httpsRequest } from "node:https";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import Anthropic from "@anthropic-ai/sdk";
 import { createAnthropic } from "@ai-sdk/anthropic";
 import { generateText, streamText } from "ai";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
-import { useMock, seedPool, tempPoolPath } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, tempPoolPath, until } from "./helpers/pool-env.mjs";
 
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
 const KEY = "test-gateway-key-0123456789abcdef";
@@ -574,6 +574,55 @@ test("the generated key: made once, 0600, beside the pool file; --show-key print
   const refused = spawnSync(process.execPath, [CLI, "serve", "--show-key", "--path", path], { env, encoding: "utf8" });
   assert.equal(refused.status, 1);
   assert.match(refused.stderr, /does not hold a key/);
+});
+
+const STRACE = ["/usr/bin/strace", "/bin/strace"].find((p) => existsSync(p));
+const canTrace = STRACE && spawnSync(STRACE, ["-o", "/dev/null", "true"]).status === 0;
+
+// Killed between writing its key under a temp name and putting it in place, a gateway left that
+// temp (holding a key) for good; and since it was named by the pid, the next gateway given that
+// pid (a container's, started as the same pid each time) failed to start: "the gateway key file
+// vanished" (src/gateway/key.rs's unit test meets that pid).
+test("a gateway killed (kill -9) while making its key: the next start makes it, and the temp it left goes once stale", {
+  skip: !canTrace && "strace cannot trace here (not installed, or ptrace refused)",
+}, async () => {
+  const path = await seedPool(mock, ["killed-key@x.test"]);
+  const env = { ...process.env };
+  delete env.OAUTH_POOL_GATEWAY_KEY;
+  const dir = dirname(path);
+  const temps = () => readdirSync(dir).filter((n) => n.startsWith(`${basename(path)}.gateway-key.`) && n.endsWith(".tmp"));
+  // The key's fsync is held for a minute (strace delays the call): written under its temp name,
+  // not yet in place, when the kill comes.
+  const maker = spawn(
+    STRACE,
+    ["-f", "-o", "/dev/null", "-e", "trace=fsync", "-e", "inject=fsync:delay_enter=60000000", process.execPath, CLI, "serve", "--show-key", "--path", path],
+    {
+      env,
+      detached: true,
+      stdio: "ignore",
+    },
+  );
+  const ended = new Promise((resolve) => maker.once("exit", resolve));
+  try {
+    await until("the key to be written under its temp name", () => temps().some((n) => statSync(join(dir, n)).size > 0));
+  } finally {
+    process.kill(-maker.pid, "SIGKILL");
+  }
+  await ended;
+  assert.equal(existsSync(`${path}.gateway-key`), false, "killed before the key was in place");
+  const left = temps();
+  assert.equal(left.length, 1);
+  const start = () => spawnSync(process.execPath, [CLI, "serve", "--show-key", "--path", path], { env, encoding: "utf8" });
+  const first = start();
+  assert.equal(first.status, 0, first.stderr);
+  // Minutes young, it may be a live maker's: left.
+  assert.deepEqual(temps(), left);
+  const stale = new Date(Date.now() - 11 * 60 * 1000);
+  utimesSync(join(dir, left[0]), stale, stale);
+  const next = start();
+  assert.equal(next.status, 0, next.stderr);
+  assert.equal(next.stdout.trim(), first.stdout.trim(), "the key made by the first start");
+  assert.deepEqual(temps(), []);
 });
 
 // What happened on the way was counted and logged only once the answer came back to the client:

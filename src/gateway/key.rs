@@ -36,6 +36,7 @@ pub fn gateway_key(store: &Store) -> Result<(Secret, Option<PathBuf>)> {
         return Ok((key, None));
     }
     let path = key_path(store)?;
+    crate::store::file::remove_stale_temps(&path);
     match read_key(&path)? {
         Some(key) => Ok((key, None)),
         None => create_key(&path),
@@ -94,25 +95,10 @@ fn create_key(path: &Path) -> Result<(Secret, Option<PathBuf>)> {
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));
     crate::store::file::create_private_dir(dir)?;
-    // Written whole under a name of its own, then linked into place: another process never
-    // reads a key file that is still empty, and if one links its key first, that key wins.
-    let mut temp = path.as_os_str().to_os_string();
-    temp.push(format!(".{}.tmp", std::process::id()));
-    let temp = PathBuf::from(temp);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
-    }
-    let written = opts.open(&temp).and_then(|mut f| {
-        use std::io::Write;
-        f.write_all(key.expose().as_bytes())
-            .and_then(|_| f.sync_all())
-    });
-    let linked = written.and_then(|_| std::fs::hard_link(&temp, path));
-    let _ = std::fs::remove_file(&temp);
+    // Written whole under a name of its own, then renamed into place only if there is none:
+    // another process never reads a key file that is still empty, and if one makes its key
+    // first, that key wins.
+    let linked = crate::store::file::create_whole(path, key.expose().as_bytes());
     match linked {
         Ok(()) => Ok((key, Some(path.to_path_buf()))),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -127,6 +113,48 @@ fn create_key(path: &Path) -> Result<(Secret, Option<PathBuf>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_temp_left_by_a_maker_killed_midway_neither_blocks_the_next_nor_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("oauth-pool.json.gateway-key");
+        // What a maker killed between its write and its link left (named by its pid, as
+        // earlier versions named it), met by a maker given the same pid: a container's gateway
+        // starts as the same pid each time. Its exclusive create failed ("vanished") for ever.
+        let mut left = path.as_os_str().to_os_string();
+        left.push(format!(".{}.tmp", std::process::id()));
+        std::fs::write(&left, "oauth-pool-gw-left-by-a-killed-maker").unwrap();
+        let (made, created) = create_key(&path).unwrap();
+        assert_eq!(created.as_deref(), Some(path.as_path()));
+        assert_eq!(read_key(&path).unwrap().unwrap().expose(), made.expose());
+        // Young, it may be a live maker's: kept. Past `STALE_TEMP`, the next start removes it.
+        crate::store::file::remove_stale_temps(&path);
+        assert!(std::path::Path::new(&left).exists());
+        let old = std::time::SystemTime::now() - crate::store::file::STALE_TEMP;
+        std::fs::File::options()
+            .write(true)
+            .open(&left)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let other = dir.path().join("other.json.gateway-key.1.tmp");
+        std::fs::write(&other, "not ours").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&other)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        crate::store::file::remove_stale_temps(&path);
+        assert!(!std::path::Path::new(&left).exists());
+        assert!(other.exists(), "another pool's is not this one's to remove");
+        assert!(path.exists());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
 
     #[test]
     fn a_key_file_must_hold_a_key_and_is_kept_private() {

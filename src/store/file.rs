@@ -681,6 +681,69 @@ pub(super) fn temp_in(dir: &Path, path: &Path) -> Result<tempfile::NamedTempFile
         .map_err(|e| Error::io(dir, "create temp file", e))
 }
 
+/// Makes `path` holding `bytes` (0600), whole or not at all: written and synced under a temp
+/// name of its own (`<name>.<random>.tmp`), then renamed into place only if nothing is there
+/// (`AlreadyExists` then, and the temp is removed). A reader never sees it empty or cut short,
+/// and two makers never share a temp name: one named by the maker's pid, left by a maker
+/// killed mid-write, was met again by the next maker given that pid (a container's gateway,
+/// started as the same pid each time), whose exclusive create then failed for ever.
+pub(crate) fn create_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = parent_dir(path);
+    let mut builder = tempfile::Builder::new();
+    let prefix = format!(
+        "{}.",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(fs::Permissions::from_mode(0o600));
+    }
+    let mut tmp = builder.tempfile_in(&dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist_noclobber(path).map_err(|e| e.error)?;
+    sync_dir(&dir);
+    Ok(())
+}
+
+/// How old a temp file of `create_whole` is before it counts as left by a maker that died
+/// (kill -9, a power cut) between its write and its rename: a live maker takes milliseconds.
+pub(crate) const STALE_TEMP: Duration = Duration::from_secs(10 * 60);
+
+/// Removes the temp files `create_whole` (and earlier versions, which named them by pid) left
+/// beside `path` when killed mid-write, once `STALE_TEMP` old: they hold a key nobody uses,
+/// and nothing else ever removed them. No lock covers a maker, so a younger one may be a live
+/// maker's and is left.
+pub(crate) fn remove_stale_temps(path: &Path) {
+    let prefix = format!(
+        "{}.",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let Ok(entries) = fs::read_dir(parent_dir(path)) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(&prefix) && name.ends_with(".tmp")) {
+            continue;
+        }
+        let stale = entry.metadata().is_ok_and(|m| {
+            m.is_file()
+                && m.modified()
+                    .ok()
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|age| age >= STALE_TEMP)
+        });
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn random_suffix() -> String {
     let mut b = [0u8; 6];
     let _ = getrandom::fill(&mut b);
