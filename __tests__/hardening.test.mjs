@@ -308,6 +308,20 @@ test("a removed account's refresh lock file goes with it (and those left by earl
   assert.equal((await refreshAccount("stay@x.test", path)).email, "stay@x.test");
 });
 
+test("a write removes only its own pool's leftover temp files, not those of another pool named like it plus a suffix", async () => {
+  const path = await seedPool(mock, ["own-temps@x.test"]);
+  const dir = dirname(path);
+  // What a writer of `<pool>.work` has under way (its temp, under its own lock), and what a
+  // writer of this pool killed midway left.
+  const theirs = join(dir, `.${basename(path)}.work.Ab12Cd.tmp`);
+  const ours = join(dir, `.${basename(path)}.Ef34Gh.tmp`);
+  writeFileSync(theirs, "{}", { mode: 0o600 });
+  writeFileSync(ours, "{}", { mode: 0o600 });
+  await setEnabled("own-temps@x.test", false, path);
+  assert.equal(existsSync(ours), false, "this pool's leftover goes");
+  assert.equal(existsSync(theirs), true, "the other pool's temp was removed mid-write");
+});
+
 test("refresh lock files of accounts another program removed or renamed go with the pool's next write; one a process holds stays until it is let go", {
   skip: !FLOCK && "util-linux's flock is not installed",
 }, async () => {

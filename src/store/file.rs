@@ -753,6 +753,10 @@ fn random_suffix() -> String {
 /// Temp files of ours left by a writer that died mid-write. We hold the lock, and writers only
 /// create temps under it, so every such file is an orphan. They hold tokens: remove them.
 /// The refresh journal's writer calls it too, under the journal's lock, for its own temps.
+/// Ours are `.<name>.<random>.tmp`, the random part without a dot: another pool in the same
+/// directory whose name begins with this one's and a dot (`oauth-pool.json.work` beside
+/// `oauth-pool.json`) has temps that begin with this prefix too, made under its own lock, not
+/// ours; removing a live one failed that pool's write.
 pub(super) fn remove_orphaned_temps(path: &Path) {
     let dir = parent_dir(path);
     let prefix = temp_prefix(path);
@@ -762,7 +766,11 @@ pub(super) fn remove_orphaned_temps(path: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if !(name.starts_with(&prefix) && name.ends_with(".tmp")) {
+        let ours = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .is_some_and(|random| !random.contains('.'));
+        if !ours {
             continue;
         }
         let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
@@ -1765,6 +1773,27 @@ mod tests {
             .unwrap();
         assert!(!dir.join(".oauth-pool.json.abc123.tmp").exists());
         assert!(dir.join("other.tmp").exists());
+    }
+
+    #[test]
+    fn a_write_leaves_the_temp_of_another_pool_whose_name_begins_with_this_one_s() {
+        let (_d, store) = tmp_store();
+        let dir = store.path().parent().unwrap().to_path_buf();
+        let work = FileStore::new(dir.join("oauth-pool.json.work"));
+        work.save(&Pool::default()).unwrap();
+        // That pool's writer, at work under its own lock, not this pool's.
+        let mut live = temp_in(&dir, work.path()).unwrap();
+        live.write_all(b"{\"anthropic\": []}").unwrap();
+        assert!(live
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&temp_prefix(store.path())));
+        store.save(&Pool::default()).unwrap();
+        assert!(live.path().exists(), "another pool's live temp was removed");
+        persist(live, work.path()).unwrap();
+        assert!(work.load().is_ok());
     }
 
     #[test]
