@@ -77,9 +77,20 @@ impl SealKey {
         let path = key_file().ok_or_else(|| {
             Error::StoreKey("no OAUTH_POOL_STORE_KEY and no home directory for a key file".into())
         })?;
+        SealKey::from_key_file(&path)
+    }
+
+    fn from_key_file(path: &std::path::Path) -> Result<SealKey> {
         // Held to the gateway key file's rules: this user's, a regular file, made 0600 once it
         // is known to hold a key (this one opens every token of the fleet).
-        match fsread::read_own_key(&path, 4096) {
+        match fsread::read_own_key(path, 4096) {
+            Ok(Some(found)) if found.bytes.iter().all(u8::is_ascii_whitespace) => {
+                // Nothing can have been sealed with a key never written: safe to make anew.
+                Err(Error::StoreKey(format!(
+                    "{} is empty: a `store init` of an earlier version stopped before it wrote the key. Remove it and run `oauth-pool store init` again",
+                    path.display()
+                )))
+            }
             Ok(Some(found)) => {
                 let text = String::from_utf8_lossy(&found.bytes);
                 let key = parse_key(&text).ok_or_else(|| {
@@ -88,7 +99,7 @@ impl SealKey {
                         path.display()
                     ))
                 })?;
-                found.keep_private(&path);
+                found.keep_private(path);
                 SealKey::from_bytes(&key, &path.display().to_string())
             }
             Ok(None) => Err(Error::StoreKey(format!(
@@ -103,11 +114,18 @@ impl SealKey {
     pub fn create_file() -> Result<(SealKey, PathBuf)> {
         let path = key_file()
             .ok_or_else(|| Error::StoreKey("no home directory for the key file".into()))?;
+        Ok((SealKey::create_at(&path)?, path))
+    }
+
+    /// The key file is made whole or not at all (written under a temp name, then renamed into
+    /// place if there is none): made in place, a `store init` killed between the create and
+    /// the write left an empty key that every host then refused, and that init would not replace.
+    fn create_at(path: &std::path::Path) -> Result<SealKey> {
         let mut raw = Zeroizing::new([0u8; 32]);
         getrandom::fill(raw.as_mut())
             .map_err(|e| Error::StoreKey(format!("no OS randomness: {e}")))?;
-        let text = Zeroizing::new(STANDARD.encode(raw.as_ref()));
-        crate::store::file::check_maker(&path).map_err(|why| {
+        let text = Zeroizing::new(format!("{}\n", STANDARD.encode(raw.as_ref())));
+        crate::store::file::check_maker(path).map_err(|why| {
             Error::StoreKey(format!(
                 "the key file {} cannot be made: {why}",
                 path.display()
@@ -116,25 +134,10 @@ impl SealKey {
         if let Some(dir) = path.parent() {
             crate::store::file::create_private_dir(dir)?;
         }
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
-        }
-        let mut f = opts
-            .open(&path)
-            .map_err(|e| Error::io(&path, "create key file", e))?;
-        use std::io::Write;
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.write_all(b"\n"))
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(&path, "write key file", e))?;
-        Ok((
-            SealKey::from_bytes(raw.as_ref(), &path.display().to_string())?,
-            path,
-        ))
+        crate::store::file::remove_stale_temps(path);
+        crate::store::file::create_whole(path, text.as_bytes())
+            .map_err(|e| Error::io(path, "create key file", e))?;
+        SealKey::from_bytes(raw.as_ref(), &path.display().to_string())
     }
 
     /// `enc:v1:` + base64(nonce || ciphertext || tag).
@@ -313,6 +316,32 @@ pub fn is_sealed(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_file_is_made_whole_and_an_empty_one_is_said_to_be_safe_to_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("oauth-pool-store.key");
+        std::fs::write(&path, "").unwrap();
+        let e = SealKey::from_key_file(&path).err().unwrap().to_string();
+        assert!(e.contains("is empty") && e.contains("Remove it"), "{e}");
+        assert!(
+            SealKey::create_at(&path).is_err(),
+            "an existing key file is never replaced"
+        );
+        std::fs::remove_file(&path).unwrap();
+        let made = SealKey::create_at(&path).unwrap();
+        let read = SealKey::from_key_file(&path).unwrap();
+        let sealed = made.seal("a@x\0refresh", "fake-token").unwrap();
+        assert_eq!(&*read.open("a@x\0refresh", &sealed).unwrap(), "fake-token");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "nothing beside the key");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
 
     fn key(byte: u8) -> SealKey {
         SealKey::from_bytes(&[byte; 32], "test").unwrap()
