@@ -5,7 +5,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { chmodSync, closeSync, existsSync, openSync, readFileSync, readdirSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, openSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { CLI, cliSandbox } from "./helpers/cli-sandbox.mjs";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
@@ -278,4 +278,95 @@ test("SIGINT while add waits for the code (no bound passed yet) ends it by the s
   assert.ok(r.shown);
   assert.ok(r.ended === "SIGINT" || r.ended === 130, `ended by ${r.ended}: ${r.stderr}`);
   assert.ok(!existsSync(dirname(path)), "nothing written");
+});
+
+/**
+ * Runs `add` up to its token call, which is held while `spoil()` makes the pool's write fail
+ * (the code is spent by then), then lets the answer go: resolves the child once it said on
+ * stderr what it holds (`said`), with how it ends (`closed`) and its output so far (`output()`).
+ */
+async function addSpoiledMidway(path, email, spoil) {
+  let answer;
+  mock.setTokenMode({ grant: "authorization_code", until: new Promise((r) => (answer = r)), times: 1 });
+  const child = spawn(process.execPath, [CLI, "add"], { env: childEnv(path), stdio: ["pipe", "pipe", "pipe"] });
+  const guard = setTimeout(() => child.kill("SIGKILL"), 60_000);
+  const closed = new Promise((r) =>
+    child.on("close", (code, sig) => {
+      clearTimeout(guard);
+      r(code ?? sig);
+    }),
+  );
+  let stdout = "";
+  let stderr = "";
+  child.stdout.setEncoding("utf8");
+  child.stderr.setEncoding("utf8");
+  const url = await new Promise((resolve) =>
+    child.stdout.on("data", (d) => {
+      stdout += d;
+      const found = stdout.match(/https?:\/\/\S+/);
+      if (found) resolve(found[0]);
+    }),
+  );
+  const arrived = mock.waitFor("token", (r) => r.grant === "authorization_code");
+  child.stdin.write(`${mock.approve(url, email)}\n`);
+  await arrived;
+  await spoil();
+  answer();
+  // Said, or ended without saying it (the old CLI: the error, then the end).
+  const said = new Promise((resolve) =>
+    child.stderr.on("data", (d) => {
+      stderr += d;
+      if (/holds the login/.test(stderr)) resolve();
+    }),
+  );
+  await Promise.race([said, closed]);
+  return { child, closed, output: () => ({ stdout, stderr }) };
+}
+
+const BROKEN = "{ this is not JSON";
+
+test("add whose pool file was replaced by one that does not parse once the code was spent: it stays, says it holds the login and why, and ends with `added` when the file is put back", async () => {
+  const path = freshPath();
+  const email = "kept-by-cli@x.test";
+  await seed(path, ["other@x.test"]);
+  const good = readFileSync(path);
+  const { child, closed, output } = await addSpoiledMidway(path, email, () => writeFileSync(path, BROKEN));
+  assert.equal(child.exitCode, null, `the CLI stayed with the login (ended: ${JSON.stringify(output())})`);
+  assert.equal(child.signalCode, null);
+  assert.match(output().stderr, /logged in as kept-by-cli@x\.test/);
+  assert.match(output().stderr, /oauth-pool\.json is not valid/, "it says why the pool cannot take the login");
+  assert.match(output().stderr, /Ctrl-C\) loses the login/);
+  assert.equal(readFileSync(path, "utf8"), BROKEN, "the file that does not parse is never overwritten");
+  writeFileSync(path, good);
+  assert.equal(await closed, 0, output().stderr);
+  assert.match(output().stdout, /^added kept-by-cli@x\.test$/m);
+  const stored = JSON.parse(readFileSync(path, "utf8")).anthropic;
+  assert.equal(stored.find((a) => a.email === email)?.refresh, mock.tokens(email).refresh, "the login was written");
+  assert.ok(
+    stored.some((a) => a.email === "other@x.test"),
+    "the other account is still there",
+  );
+});
+
+test("SIGINT and SIGTERM to add holding a login it cannot write: it says the login is lost and ends non-zero, the pool untouched", {
+  skip: !posix && "POSIX signals",
+}, async () => {
+  for (const [signal, code] of [
+    ["SIGINT", 130],
+    ["SIGTERM", 143],
+  ]) {
+    const path = freshPath();
+    const email = `kept-${signal.toLowerCase()}@x.test`;
+    await seed(path, ["other@x.test"]);
+    const { child, closed, output } = await addSpoiledMidway(path, email, () => writeFileSync(path, BROKEN));
+    assert.equal(child.exitCode, null, `${signal}: the CLI stayed with the login (ended: ${JSON.stringify(output())})`);
+    child.kill(signal);
+    assert.equal(await closed, code, `${signal}: ${output().stderr}`);
+    assert.match(
+      output().stderr,
+      new RegExp(`error \\[POOL_CORRUPT\\]: stopped by ${signal}: the login of ${email.replace(/\./g, "\\.")} was never written \\(.+\\) and is lost`),
+    );
+    assert.doesNotMatch(output().stdout, /added/);
+    assert.equal(readFileSync(path, "utf8"), BROKEN, `${signal}: the file was left as it was`);
+  }
 });

@@ -4,8 +4,10 @@
 // keep the library's codes. The commands live in ../lib/cli/ (commands.mjs lists them).
 //
 // Exit codes: 0 ok, 1 the library refused (`error [CODE]: message`), 2 usage error,
-// 3 `doctor` found problems. With --json, stdout carries exactly one JSON document per line
-// (errors too: {"error":{"code","message"}}), so scripts read stdout and switch on the exit code.
+// 3 `doctor` found problems, 128 + a signal's number when `add`, holding a login it could not
+// write yet, was stopped by that signal. With --json, stdout carries exactly one JSON document
+// per line (errors too: {"error":{"code","message"}}), so scripts read stdout and switch on the
+// exit code.
 // Secrets never reach the output: summaries hold none, API keys come from stdin (never argv,
 // where `ps` and shell history would show them), and library messages never carry one.
 import { readFileSync } from "node:fs";
@@ -40,7 +42,8 @@ async function runCommand(spec, positionals, options, out) {
       return EXIT.USAGE;
     }
     out.error(e?.code ?? "ERROR", e?.message ?? String(e));
-    return EXIT.ERROR;
+    // A command ended by a signal it caught says so the shell's way (128 + the signal's number).
+    return Number.isInteger(e?.exitCode) ? e.exitCode : EXIT.ERROR;
   }
 }
 

@@ -238,22 +238,81 @@ pub async fn add_oauth(store: &Store, tokens: &Tokens) -> Result<(String, bool)>
     Ok((email, added))
 }
 
-/// Logins of this process whose write failed after their code was spent, by store and email:
-/// the number of the latest, so that an older one still waiting never overwrites a newer login.
+/// A login of this process whose write failed after its code was spent.
+struct KeptLogin {
+    /// The number of the latest login of its account: an older one still waiting never
+    /// overwrites a newer login.
+    n: u64,
+    /// When its write first failed (epoch ms), and why the last try failed; `None` while the
+    /// first write is under way.
+    failed: Option<(i64, String)>,
+}
+
+/// Logins of this process by store and email (see `KeptLogin`).
 static KEPT_LOGINS: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
+    std::sync::Mutex<std::collections::HashMap<(String, String), KeptLogin>>,
 > = std::sync::LazyLock::new(Default::default);
+
+/// Wakes the kept logins' retries when they are given up (`abandon_kept_logins`).
+static ABANDONED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Numbers this login as the latest of its account in `store` (a newer one supersedes any kept).
 fn latest_login(store: &Store, email: &str) -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    crate::store::lock(&KEPT_LOGINS).insert((store.key(), email.to_string()), n);
+    let kept = KeptLogin { n, failed: None };
+    crate::store::lock(&KEPT_LOGINS).insert((store.key(), email.to_string()), kept);
     n
 }
 
 fn is_latest_login(store: &Store, email: &str, n: u64) -> bool {
-    crate::store::lock(&KEPT_LOGINS).get(&(store.key(), email.to_string())) == Some(&n)
+    crate::store::lock(&KEPT_LOGINS)
+        .get(&(store.key(), email.to_string()))
+        .is_some_and(|k| k.n == n)
+}
+
+/// Records how the latest try of login `n` went: written (it is no longer kept), or the reason
+/// it still is not.
+fn login_tried(store: &Store, email: &str, n: u64, failure: Option<String>) {
+    let mut kept = crate::store::lock(&KEPT_LOGINS);
+    let key = (store.key(), email.to_string());
+    match (kept.get_mut(&key), failure) {
+        (Some(k), Some(reason)) if k.n == n => {
+            let since = k.failed.as_ref().map_or_else(now_ms, |(since, _)| *since);
+            k.failed = Some((since, reason));
+        }
+        (Some(k), None) if k.n == n => {
+            kept.remove(&key);
+        }
+        _ => {}
+    }
+}
+
+/// The logins this process holds unwritten for `store` (`None`: for every store): email, since
+/// when (epoch ms) and why the last write failed.
+pub fn kept_logins(store: Option<&Store>) -> Vec<(String, i64, String)> {
+    let key = store.map(Store::key);
+    crate::store::lock(&KEPT_LOGINS)
+        .iter()
+        .filter(|((s, _), _)| key.as_ref().is_none_or(|k| k == s))
+        .filter_map(|((_, email), k)| {
+            let (since, reason) = k.failed.as_ref()?;
+            Some((email.clone(), *since, reason.clone()))
+        })
+        .collect()
+}
+
+/// Gives up every login kept unwritten: a process about to end on purpose (the CLI, told to stop)
+/// has said the login is lost, and its exit must not wait for them, nor write one afterwards.
+/// Returns how many were given up.
+pub fn abandon_kept_logins() -> usize {
+    let mut kept = crate::store::lock(&KEPT_LOGINS);
+    let before = kept.len();
+    kept.retain(|_, k| k.failed.is_none());
+    let given_up = before - kept.len();
+    drop(kept);
+    ABANDONED.notify_waiters();
+    given_up
 }
 
 /// `add_oauth` for a login whose code is spent: a write that fails does not drop its tokens (the
@@ -268,32 +327,41 @@ pub async fn add_oauth_kept(
     let email = login_email(&tokens);
     let n = latest_login(store, &email);
     let e = match add_oauth(store, &tokens).await {
-        Ok(done) => return Ok(done),
+        Ok(done) => {
+            login_tried(store, &email, n, None);
+            return Ok(done);
+        }
         Err(e) => e,
     };
     let code = e.code();
-    // A shortage of threads is said without its "the next call tries again": a new call cannot
-    // log this login in again, its code is spent.
-    let reason = match &e {
-        Error::NoThread(why) => crate::error::no_thread(why),
-        other => other.to_string(),
-    };
+    let reason = unwritten_reason(&e);
     tracing::warn!(account = %email, error = %reason, "a login could not be written; kept in memory and tried again");
+    login_tried(store, &email, n, Some(reason.clone()));
     let (kept, account) = (store.clone(), email.clone());
     let retrying = async move {
         let _unwritten = unwritten;
         loop {
-            tokio::time::sleep(crate::engine::credentials::UNSAVED_RETRY).await;
+            let abandoned = ABANDONED.notified();
+            tokio::select! {
+                () = tokio::time::sleep(crate::engine::credentials::UNSAVED_RETRY) => {}
+                () = abandoned => {}
+            }
             if !is_latest_login(&kept, &account, n) {
                 return;
             }
             match add_oauth(&kept, &tokens).await {
                 Ok(_) => {
                     tracing::info!(account = %account, "wrote the login that could not be written before");
+                    login_tried(&kept, &account, n, None);
                     return;
                 }
                 Err(e) => {
-                    tracing::debug!(account = %account, error = %e, "the kept login still cannot be written")
+                    tracing::debug!(account = %account, error = %e, "the kept login still cannot be written");
+                    login_tried(&kept, &account, n, Some(unwritten_reason(&e)));
+                    // Given up while this write was tried: no wait for the next try.
+                    if !is_latest_login(&kept, &account, n) {
+                        return;
+                    }
                 }
             }
         }
@@ -301,6 +369,7 @@ pub async fn add_oauth_kept(
     if let Err(why) = crate::runtime::spawn(retrying) {
         // Nothing keeps the tokens: the error must not say that anything does.
         tracing::warn!(%why, "the login could not be kept for another write");
+        login_tried(store, &email, n, None);
         return Err(e);
     }
     Err(Error::LoginUnsaved {
@@ -308,6 +377,15 @@ pub async fn add_oauth_kept(
         reason,
         code,
     })
+}
+
+/// Why a login's write failed, as said to the person: a shortage of threads without its "the next
+/// call tries again" (a new call cannot log this login in again, its code is spent).
+fn unwritten_reason(e: &Error) -> String {
+    match e {
+        Error::NoThread(why) => crate::error::no_thread(why),
+        other => other.to_string(),
+    }
 }
 
 /// The name a login goes under.

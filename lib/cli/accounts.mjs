@@ -5,11 +5,13 @@
 // positionals' synopsis ("<email> <n>"; it also fixes how many are accepted), `options` are
 // parseArgs specs plus `placeholder`/`help` for the usage text, and `run` gets
 // { lib, args, options, path, out } and returns an exit code (or nothing for 0).
+import { constants as osConstants } from "node:os";
 import { resolve } from "node:path";
 // Waits, "ago" and quota windows read the same here as in the OpenCode tool and the addon's own
 // messages (src/wait.rs words them all).
 import { ago, duration, percent, quotaText, restedText, servedText, usageLine, wait, waitAt, whomChanged, windowLine } from "../plugin/format.mjs";
 import { modelPrices } from "../plugin/prices.mjs";
+import { native } from "../native.mjs";
 import { millisOption } from "./args.mjs";
 import { UsageError, cliError } from "./errors.mjs";
 import { printable, table, text } from "./output.mjs";
@@ -149,7 +151,7 @@ async function add({ lib, options, path, out }) {
   if (mode !== "max" && mode !== "console") throw new UsageError(text`--mode must be max or console, not ${mode}`);
   const waitMs = millisOption(options["code-timeout-ms"], "code-timeout-ms", CODE_WAIT_MS);
   // A pool that cannot take the account says so before the user goes through a login for it.
-  await lib.loadPool(path);
+  const before = await lib.loadPool(path);
   const pkce = await lib.authorize({ mode });
   // The URL goes to stdout alone on its line (so a script can pick it up); the guidance to stderr.
   out.note(
@@ -165,8 +167,66 @@ async function add({ lib, options, path, out }) {
       `add waited ${duration(waitMs)} for the pasted code on stdin and none came: the login link has expired, nothing was added; run \`oauth-pool add\` again`,
     );
   }
-  const r = await lib.addAccount(line.trim(), { verifier: pkce.verifier, state: pkce.state }, path);
+  const r = await lib.addAccount(line.trim(), { verifier: pkce.verifier, state: pkce.state }, path).catch((e) => keptLoginWritten(e, before, out));
   out.result(r, text`${r.added ? "added" : "updated"} ${r.email}`);
+}
+
+// How often `add` looks whether the login it holds was written (the addon tries every 5 s).
+const KEPT_POLL_MS = 250;
+
+/**
+ * `addAccount` failed after the code was spent, and the addon holds the login, retrying its
+ * write every 5 s for as long as the process runs (src/manage.rs `add_oauth_kept`): ending here
+ * threw away the login the person had just made. The command stays, says why, and resolves like
+ * `addAccount` once the write lands; a signal gives the login up and ends the command saying so.
+ * Any other failure is `err` as it was.
+ */
+async function keptLoginWritten(err, before, out) {
+  const [login] = native.keptLogins();
+  if (!login) throw err;
+  const { email } = login;
+  const added = !before?.anthropic?.some((a) => a?.email === email);
+  out.note(
+    text`logged in as ${email}, but the pool cannot take the login yet (${login.error}). This command holds the login and writes it as soon as the pool can, trying every 5 s: fix that and leave it running. Ending it (Ctrl-C) loses the login.`,
+  );
+  let said = login.error;
+  let stop;
+  const stopped = new Promise((resolve) => (stop = resolve));
+  const signals = ["SIGINT", "SIGTERM", "SIGHUP"];
+  const holding = () => native.keptLogins().find((k) => k.email === email);
+  // Given up in the listener itself, first in line: the addon's own listener (lib/native.mjs),
+  // next in this same emit, waits up to 5 s for a login still held.
+  const listeners = signals.map((signal) => [
+    signal,
+    () => {
+      const still = holding();
+      if (still) native.abandonKeptLogins();
+      stop({ signal, still });
+    },
+  ]);
+  for (const [signal, listener] of listeners) (process.prependListener ?? process.on).call(process, signal, listener);
+  try {
+    for (;;) {
+      const ended = await Promise.race([stopped, new Promise((r) => setTimeout(r, KEPT_POLL_MS))]);
+      const still = ended ? ended.still : holding();
+      if (!still) return { email, added };
+      if (ended) {
+        throw Object.assign(
+          cliError(
+            err.code ?? "ERROR",
+            text`stopped by ${ended.signal}: the login of ${email} was never written (${still.error}) and is lost; log in again with oauth-pool add once the pool can take it`,
+          ),
+          { exitCode: 128 + (osConstants.signals[ended.signal] ?? 0) },
+        );
+      }
+      if (still.error !== said) {
+        said = still.error;
+        out.note(text`still holding the login of ${email}: ${said}`);
+      }
+    }
+  } finally {
+    for (const [signal, listener] of listeners) process.removeListener(signal, listener);
+  }
 }
 
 async function addKey({ lib, options, path, out }) {

@@ -109,6 +109,36 @@ pub fn add_account(
     })
 }
 
+/// A login this process holds because its write failed after the code was spent.
+#[napi(object)]
+pub struct KeptLogin {
+    pub email: String,
+    /// When its write first failed (epoch ms).
+    pub since: f64,
+    /// Why the last try to write it failed.
+    pub error: String,
+}
+
+/// The logins this process holds unwritten, every store's: the CLI's `add` waits on them.
+#[napi(js_name = "keptLogins", catch_unwind)]
+pub fn kept_logins() -> Vec<KeptLogin> {
+    manage::kept_logins(None)
+        .into_iter()
+        .map(|(email, since, error)| KeptLogin {
+            email,
+            since: since as f64,
+            error,
+        })
+        .collect()
+}
+
+/// Gives up the logins this process holds unwritten (the CLI told to stop has said they are
+/// lost): its exit then does not wait for them. Returns how many were given up.
+#[napi(js_name = "abandonKeptLogins", catch_unwind)]
+pub fn abandon_kept_logins() -> u32 {
+    u32::try_from(manage::abandon_kept_logins()).unwrap_or(u32::MAX)
+}
+
 #[napi(object)]
 pub struct ApiKeyOptions {
     pub email: Option<String>,
