@@ -6,6 +6,8 @@ import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { keptLogin, loginSpoiledMidway } from "./helpers/login-midway.mjs";
 import { useMock, seedPool, account, readPool, until } from "./helpers/pool-env.mjs";
+import { poolStatus } from "../index.mjs";
+import { poolActionText } from "../lib/plugin/tool.mjs";
 
 const mock = useMock();
 const FLOCK = ["/usr/bin/flock", "/bin/flock"].find((p) => existsSync(p));
@@ -27,6 +29,10 @@ test("addAccount whose write finds the pool's lock held past its wait by a stopp
     });
     await assert.rejects(adding, keptLogin("POOL_BUSY", email, /locked by another process/));
     assert.equal(account(path, email), undefined, "nothing was written under another's lock");
+    // While it waits, the process's own status says so (nothing but the first error did).
+    const held = (await poolStatus(path)).unsavedTokens.find((u) => u.email === email);
+    assert.match(held?.error ?? "", /locked by another process/);
+    assert.match(await poolActionText({ action: "status" }, path), new RegExp(`Not written yet: new tokens of ${email.replace(/\./g, "\\.")} \\(since`));
   } finally {
     holder?.kill("SIGKILL");
   }

@@ -154,6 +154,13 @@ async function status(path, now, hints, email) {
     const more = s.invalid.length - invalid.length;
     lines.push(`Invalid entries (kept in the file as they are): ${invalid.join("; ")}${more > 0 ? `; and ${more} more` : ""}.`);
   }
+  // A login or a refresh whose tokens could not be written lives only in this process until a
+  // retry lands: past the first error, nothing else said it was waiting.
+  for (const u of (s.unsavedTokens ?? []).slice(0, EMAILS_NAMED)) {
+    lines.push(
+      `Not written yet: new tokens of ${u.email} (since ${ago(u.since, now)}: ${u.error}). Only this process holds them and retries every few seconds; they are lost if it ends first.`,
+    );
+  }
   return lines.join("\n");
 }
 

@@ -1,7 +1,7 @@
 //! The pool from JavaScript: load, save, account changes, status.
 
 use napi_derive::napi;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use napi::bindgen_prelude::PromiseRaw;
 use napi::Env;
@@ -48,6 +48,7 @@ pub fn pool_status(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, V
         let pool = store.load().await.map_err(js_error)?;
         let now = now_ms();
         let mut status = manage::status(&pool, &store.describe(), now);
+        let kept_in = store.clone();
         let engine = Engine::for_store(store);
         // "Usable" as the engine will choose: reserves and refusals included, which the stored
         // fields alone do not say.
@@ -56,6 +57,13 @@ pub fn pool_status(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, V
         let runtime = engine.runtime_status(&pool).await;
         if let (Value::Object(s), Value::Object(r)) = (&mut status, runtime) {
             s.extend(r);
+        }
+        // A login whose write failed after its code was spent is new tokens only this process
+        // holds, like a refresh's that could not be saved.
+        if let Some(Value::Array(unsaved)) = status.get_mut("unsavedTokens") {
+            for (email, since, error) in manage::kept_logins(Some(&kept_in)) {
+                unsaved.push(json!({ "email": email, "since": since, "error": error }));
+            }
         }
         Ok(status)
     })
