@@ -6,10 +6,11 @@ import { createServer } from "node:http";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { inspect } from "node:util";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
-import { useMock, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath, withEnv } from "./helpers/pool-env.mjs";
 
 const { createPoolFetch, flushPool, poolStatus, savePool, loadPool } = lib;
 const INDEX = fileURLToPath(new URL("../index.mjs", import.meta.url));
@@ -496,5 +497,102 @@ test("17: a pool path given blank, or an OAUTH_POOL_PATH blank or not UTF-8, is 
   } finally {
     if (saved === undefined) delete process.env.OAUTH_POOL_PATH;
     else process.env.OAUTH_POOL_PATH = saved;
+  }
+});
+
+// ---- 18. no credential of any kind follows a redirect ------------------------------------------
+// Test 1 covers an API key on the default transport. A bearer on either transport, the refresh
+// token and a login's code in a token endpoint's body, and the bearer of the profile call go to
+// other clients (reqwest's policy, the runtime's `redirect: "manual"`): each must stop at the 3xx.
+test("18: a bearer (both transports), a refresh token, a login's code and verifier and the profile call never follow a redirect", async () => {
+  const seen = [];
+  const listen = async (handler) => {
+    const server = createServer((req, res) => {
+      let text = "";
+      req.on("data", (c) => (text += c));
+      req.on("end", () => handler(req, res, text));
+    });
+    await new Promise((r) => server.listen(0, "127.0.0.1", r));
+    return { server, origin: `http://127.0.0.1:${server.address().port}` };
+  };
+  const elsewhere = await listen((req, res, text) => {
+    seen.push({ url: req.url, auth: req.headers.authorization, key: req.headers["x-api-key"], text });
+    res.setHeader("content-type", "application/json");
+    res.end(JSON.stringify({ access_token: "x", refresh_token: "y", expires_in: 3600, account: { email_address: "thief@x.test" } }));
+  });
+  const to = (tag) => `${elsewhere.origin}/${tag}`;
+  // A token endpoint and an API origin that send every request on to `elsewhere`, except the
+  // token endpoint's answer to a login, which holds no email: the profile call follows it.
+  let tokenStatus = 307;
+  const hits = { token: 0, profile: 0 };
+  const tokenRedirector = await listen((_req, res, text) => {
+    hits.token++;
+    if (tokenStatus === 200) {
+      res.setHeader("content-type", "application/json");
+      res.end(JSON.stringify({ access_token: "fake-access-for-profile-0123456789", refresh_token: "fake-refresh-for-profile-0123456789", expires_in: 3600 }));
+      return;
+    }
+    res.writeHead(tokenStatus, { location: to(`token?${text.length}`) });
+    res.end();
+  });
+  const apiRedirector = await listen((req, res) => {
+    if (req.url.includes("/profile")) hits.profile++;
+    res.writeHead(302, { location: to(`profile${req.url}`) });
+    res.end();
+  });
+  const leaks = (err, secrets) => {
+    const whole = `${inspect(err, { showHidden: true, depth: 6 })} ${err?.stack ?? ""} ${JSON.stringify(err)}`;
+    return secrets.filter((s) => whole.includes(s));
+  };
+  try {
+    const path = await seedPool(mock, ["moved@x.test"]);
+    for (const transport of ["native", "runtime"]) {
+      const f = createPoolFetch({ path, transport });
+      for (const status of [301, 302, 303, 307, 308]) {
+        const location = to(`${transport}-${status}`);
+        mock.script("moved@x.test", [{ status, headers: { location }, body: "" }]);
+        const res = await post(f);
+        assert.equal(res.status, status, transport);
+        assert.equal(res.headers.get("location"), location, transport);
+        await res.text();
+      }
+    }
+    const key = "fake-console-key-redirect-runtime-0123456789";
+    const keyPath = await seedKey("key-runtime@x.test", key);
+    mock.script("key-runtime@x.test", [{ status: 307, headers: { location: to("runtime-key") }, body: "" }]);
+    const moved = await post(createPoolFetch({ path: keyPath, transport: "runtime" }));
+    assert.equal(moved.status, 307);
+    await moved.text();
+
+    await withEnv({ OAUTH_POOL_TOKEN_URL: `${tokenRedirector.origin}/v1/oauth/token`, OAUTH_POOL_API_URL: apiRedirector.origin }, async () => {
+      for (const status of [302, 307, 308]) {
+        tokenStatus = status;
+        const spent = `fake-refresh-redirected-${status}-0123456789`;
+        const err = await lib.refresh(spent).then(
+          () => assert.fail("a redirect is no token response"),
+          (e) => e,
+        );
+        assert.equal(err.code, "OAUTH_HTTP", `${status}: ${err.message}`);
+        assert.deepEqual(leaks(err, [spent]), [], `${status}: the refused refresh quotes no token`);
+        const a = await lib.authorize();
+        const code = `fake-code-redirected-${status}-0123456789`;
+        const lost = await lib.exchange(`${code}#${a.state}`, { verifier: a.verifier, state: a.state }).then(
+          () => assert.fail("a redirect is no token response"),
+          (e) => e,
+        );
+        assert.equal(lost.code, "OAUTH_HTTP", `${status}: ${lost.message}`);
+        assert.deepEqual(leaks(lost, [code, a.verifier]), [], `${status}: the refused login quotes no code or verifier`);
+      }
+      tokenStatus = 200;
+      const a = await lib.authorize();
+      const profileLost = await lib.exchange(`fake-code-profile-0123456789#${a.state}`, { verifier: a.verifier, state: a.state }).catch((e) => e);
+      assert.ok(!(profileLost instanceof Error) || !leaks(profileLost, ["fake-access-for-profile-0123456789"]).length, String(profileLost?.message));
+      assert.notEqual(profileLost?.email, "thief@x.test", "the email of a redirect's target is not taken");
+    });
+    // Each redirect was met (so the test saw the path it means), and none was followed.
+    assert.deepEqual(hits, { token: 7, profile: 1 });
+    assert.deepEqual(seen, [], "nothing reached the other origin");
+  } finally {
+    for (const s of [elsewhere, tokenRedirector, apiRedirector]) s.server.close();
   }
 });
