@@ -447,3 +447,38 @@ test("a URL with a password, or a token as its user, is not repeated by the pool
   );
   assertNoCanary({ errors: JSON.stringify(errors) }, s);
 });
+
+test("a caller's key that fetch options cannot carry (a line break in it) is not repeated by the pool fetch's INVALID_ARGUMENT", async () => {
+  // Node's Headers quoted the refused value whole in its message, and the pool fetch passed it
+  // on: a key read with a line break in it reached the error a host logs. Bun names only the header.
+  const path = await seedPool(mock, ["options@x.test"]);
+  const s = { plain: canary(), bearer: canary(), nul: canary(), redirect: tokenCanary(), method: tokenCanary(), stream: tokenCanary() };
+  const failing = new ReadableStream({
+    pull(controller) {
+      controller.error(new Error(`read failed for ${s.stream}`));
+    },
+  });
+  const errors = [];
+  for (const transport of ["native", "runtime"]) {
+    const f = lib.createPoolFetch({ path, transport });
+    for (const init of [
+      { headers: { "x-api-key": `${s.plain}\nnext` } },
+      { headers: { authorization: `Bearer ${s.bearer}\r\nx-more: 1` } },
+      { headers: [["x-api-key", `${s.nul}\0`]] },
+      { redirect: s.redirect },
+      { method: `${s.method} x` },
+      ...(transport === "native" ? [{ body: failing, duplex: "half" }] : []),
+    ]) {
+      const err = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(), ...init }).then(
+        (r) => ({ status: r.status }),
+        (e) => ({ code: e?.code, message: e?.message, stack: e?.stack }),
+      );
+      errors.push(err);
+    }
+  }
+  assert.ok(
+    errors.every((e) => e.code === "INVALID_ARGUMENT"),
+    JSON.stringify(errors),
+  );
+  assertNoCanary({ errors: JSON.stringify(errors) }, s);
+});

@@ -58,10 +58,11 @@ async function requestParts(input, init) {
     throw invalidArgument(`method must be a string such as "POST", got ${typeof init.method}`);
   }
   const method = (init.method ?? (isRequest ? input.method : "GET")).toUpperCase();
-  if (!METHOD_TOKEN.test(method)) throw invalidArgument(`not an HTTP method: ${JSON.stringify(method)}`);
+  // Quoted as given (upper case would hide a token's shape from the scrub).
+  if (!METHOD_TOKEN.test(method)) throw invalidArgument(`not an HTTP method: ${scrubbed(JSON.stringify(init.method ?? input.method))}`);
   if (FORBIDDEN_METHODS.has(method)) throw invalidArgument(`fetch does not send ${method} requests`);
   const redirect = init.redirect ?? (isRequest ? input.redirect : "follow");
-  if (!REDIRECT_MODES.has(redirect)) throw invalidArgument(`redirect must be "follow", "error" or "manual", got ${JSON.stringify(String(redirect))}`);
+  if (!REDIRECT_MODES.has(redirect)) throw invalidArgument(`redirect must be "follow", "error" or "manual", got ${scrubbed(JSON.stringify(String(redirect)))}`);
   // Nothing here checks an answer against it: refused rather than ignored, as the caller asked.
   if ((init.integrity ?? (isRequest ? input.integrity : "")) !== "") throw invalidArgument("integrity is not checked by the pool fetch: leave it out");
   let headers;
@@ -69,7 +70,11 @@ async function requestParts(input, init) {
     // An init's headers replace a Request's, as fetch takes them.
     headers = new Headers(isRequest && init.headers === undefined ? input.headers : init.headers);
   } catch (err) {
-    throw invalidArgument(`headers are not valid: ${err?.message ?? err}`);
+    // Node's message quotes the refused value whole: a key with a line break in it was repeated
+    // into an error that hosts log. The value is left out, and the rest scrubbed as any text of
+    // the runtime's is.
+    const why = String(err?.message ?? err).replace(/"[\s\S]*" is an invalid header value/, "a value is not a valid header value");
+    throw invalidArgument(`headers are not valid: ${scrubbed(why)}`);
   }
   // An init's signal replaces a Request's, null included (no signal), as fetch takes it.
   const signal = init.signal !== undefined ? init.signal : isRequest ? input.signal : undefined;
@@ -109,7 +114,7 @@ async function requestParts(input, init) {
         wrapped = new Response(source);
       } catch (err) {
         // A stream already locked or read.
-        throw invalidArgument(`the request body cannot be sent: ${err?.message ?? err}`);
+        throw invalidArgument(`the request body cannot be sent: ${scrubbed(err?.message ?? err)}`);
       }
       const type = wrapped.headers.get("content-type");
       if (type && !headers.has("content-type")) headers.set("content-type", type);
@@ -160,7 +165,7 @@ async function readWhole(stream, signal, copy) {
   } catch (err) {
     reader.cancel(err).catch(() => {});
     if (signal?.aborted) throw abortError(signal);
-    throw invalidArgument(`the request body could not be read: ${err?.message ?? err}`);
+    throw invalidArgument(`the request body could not be read: ${scrubbed(err?.message ?? err)}`);
   } finally {
     if (onAbort) signal.removeEventListener?.("abort", onAbort);
   }
