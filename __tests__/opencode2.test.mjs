@@ -925,3 +925,119 @@ test("the retry on another account is sent as the host sends its own: without th
     globalThis.fetch = original;
   }
 });
+
+test("2.x: a plugin option of the wrong type is one error line and nothing set up; a value pasted there is not quoted", async () => {
+  // README: "one of the wrong type logs `[oauth-pool] error: … the pool is not set up`". Each
+  // class of wrong value: a path that is no string, a name with spaces, a provider's block (its
+  // key with it) pasted as the provider's name, a fetch that is no function.
+  const secret = ["sk", "ant", "api03", "pasted", "0123456789abcdef"].join("-");
+  for (const options of [{ path: 5 }, { toolName: "pool accounts" }, { provider: { apiKey: secret } }, { fetch: "https://proxy.example" }]) {
+    await withLogLines(async (lines) => {
+      const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+      const handle = await host.start(loadPlugin(pluginModule, { options }));
+      const said = JSON.stringify(options);
+      const errors = lines.filter((l) => /^\[oauth-pool\] error: .*the pool is not set up$/.test(l));
+      assert.equal(errors.length, 1, `${said}: ${lines.join("\n")}`);
+      assert.ok(!lines.join("\n").includes(secret), "a key pasted into the options reached OpenCode's log");
+      assert.deepEqual(host.hooks(), [], said);
+      assert.ok(!host.providers().some((p) => p.id === "anthropic-pool"), said);
+      assert.deepEqual([host.tools().length, host.commands().length], [0, 0], said);
+      await handle.unload();
+    });
+  }
+});
+
+test("2.x: a pool of API keys alone keeps the models' prices and sends each request with its key, no Bearer", async () => {
+  // README: models "at zero cost unless the pool holds only API keys"; the request hook gives
+  // "Bearer plus the OAuth beta, or `x-api-key`".
+  const path = tempPoolPath();
+  const key = "fake-console-key-v2only-0123456789";
+  mock.addApiKey(key, "keyonly@x.test");
+  await lib.addApiKey(key, { email: "keyonly@x.test", path });
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  const mirrored = host.provider("anthropic").models;
+  for (const m of host.models("anthropic-pool")) assert.deepEqual(m.cost, mirrored.get(m.id).cost, `${m.id}: an API key is billed per token`);
+  mock.clearRequests();
+  const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+  assert.equal(res.status, 200);
+  await res.text();
+  const [sent] = mock.requests.filter((r) => r.path.startsWith("/v1/messages"));
+  assert.equal(sent.headers["x-api-key"], key);
+  assert.equal(sent.headers.authorization, undefined);
+  await handle.unload();
+});
+
+test("2.x: a request the pool cannot place (a pool file it may not read, a baseURL off its API origin) is refused at once, sent nowhere", async () => {
+  // README: "(no account, a pool file it cannot read, a `baseURL` off the pool's API origin) is
+  // not sent as the host built it …: it is answered at once with the reason".
+  const { createServer } = await import("node:http");
+  const elsewhere = [];
+  const server = createServer((req, res) => {
+    elsewhere.push({ url: req.url, headers: req.headers });
+    req.resume();
+    res.writeHead(200, { "content-type": "application/json" }).end("{}");
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const other = `http://127.0.0.1:${server.address().port}`;
+  const { mkdtempSync, writeFileSync, readFileSync, symlinkSync } = await import("node:fs");
+  const { join } = await import("node:path");
+  const { tmpdir } = await import("node:os");
+  const ask = async ({ path, baseURL }) => {
+    const sleeps = [];
+    const host = createHost({ sleep: async (ms) => void sleeps.push(ms), random: () => 0.5 });
+    // The person's config for anthropic-pool, which the pool's provider keeps (its settings win).
+    if (baseURL)
+      await host.start(
+        configPlugin((e) =>
+          e.update("anthropic-pool", (p) => {
+            p.settings = { baseURL };
+          }),
+        ),
+      );
+    const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+    mock.clearRequests();
+    const failure = await withLogLines(() =>
+      host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).then(
+        () => null,
+        (e) => e,
+      ),
+    );
+    await handle.unload();
+    return { failure, sleeps, upstream: mock.requests.length };
+  };
+  try {
+    const good = await seedPool(mock, ["origin1@x.test"]);
+    // Another origin: another port on the same host; the pool's host and port on another scheme.
+    // (A URL with userinfo never gets this far: the runtime's Request refuses it.)
+    for (const baseURL of [`${other}/v1`, `${mock.url.replace("http://", "https://")}/v1`, `${mock.url.replace("127.0.0.1", "localhost")}/v1`]) {
+      const url = new URL(baseURL);
+      const { failure, sleeps, upstream } = await ask({ path: good, baseURL });
+      assert.ok(failure instanceof ModelRequestError, `${baseURL}: ${failure}`);
+      assert.match(failure.error.message, /^anthropic-pool: endpoint .* refused: it is not the pool's API origin/, baseURL);
+      assert.deepEqual(sleeps, [], `${baseURL}: retried although asking again cannot help`);
+      assert.equal(upstream, 0, baseURL);
+      assert.deepEqual(elsewhere, [], `${url.origin} got a request`);
+    }
+
+    const dir = mkdtempSync(join(tmpdir(), "oauth-pool-v2-unreadable-"));
+    const corrupt = join(dir, "corrupt.json");
+    writeFileSync(corrupt, '{"anthropic": [ {"email": ', { mode: 0o600 });
+    const linked = join(dir, "linked.json");
+    symlinkSync(good, linked);
+    for (const [path, reason] of [
+      [corrupt, /POOL_CORRUPT|corrupt|not valid JSON|cannot be read/i],
+      [linked, /POOL_INSECURE|symlink|symbolic link/i],
+    ]) {
+      const before = readFileSync(path);
+      const { failure, sleeps, upstream } = await ask({ path });
+      assert.ok(failure instanceof ModelRequestError, `${path}: ${failure}`);
+      assert.match(failure.error.message, reason, failure.error.message);
+      assert.deepEqual(sleeps, [], `${path}: retried although asking again cannot help`);
+      assert.equal(upstream, 0);
+      assert.deepEqual(readFileSync(path), before, "the pool file left byte for byte");
+    }
+  } finally {
+    server.close();
+  }
+});
