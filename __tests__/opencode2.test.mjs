@@ -1041,3 +1041,20 @@ test("2.x: a request the pool cannot place (a pool file it may not read, a baseU
     server.close();
   }
 });
+
+test("2.x: the command's remove of an entry named by its place ('#N') says whose login it deleted", async () => {
+  // `#N` is the entry's place in the file, counted from 0; `list` numbers its lines from 1. A
+  // person who typed `remove #1` for the first line deleted the second account's login, and was
+  // told only "Removed #1".
+  const path = await seedPool(mock, ["place0@x.test", "place1@x.test"]);
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  await host.runCommand("model-accounts-pool", { text: "remove #1" });
+  const said = host.log.findLast((e) => e.type === "session.synthetic").input.text;
+  assert.match(said, /^Removed #1 \(place1@x\.test\) from the Anthropic pool; its login is deleted/);
+  assert.deepEqual(
+    (await listAccounts(path)).map((a) => a.email),
+    ["place0@x.test"],
+  );
+  await handle.unload();
+});

@@ -204,8 +204,29 @@ async function remove(email, path, confirm, hints) {
   } catch (err) {
     throw new NotAgreed(err);
   }
+  const was = await placeHolder(email, path);
   const n = await pool.removeAccount(email, path);
-  return `Removed ${email} from the Anthropic pool${n > 1 ? ` (${n} entries)` : ""}; its login is deleted. ${known(await accountsOrNull(path), hints)}`;
+  const what = was ? `${email} (${was})` : email;
+  return `Removed ${what} from the Anthropic pool${n > 1 ? ` (${n} entries)` : ""}; its login is deleted. ${known(await accountsOrNull(path), hints)}`;
+}
+
+/**
+ * Whose entry `#N` names (its place in the file, from 0), as the CLI's remove says it: the place
+ * alone tells a person nothing once the entry is gone, and `list` numbers its lines from 1, so
+ * `remove #1` typed for the first line deletes the second. Undefined for an email (an exact one,
+ * even one spelled `#N` in an old file, is matched first) or when the file cannot be read.
+ */
+async function placeHolder(target, path) {
+  if (!/^#\d+$/.test(target)) return undefined;
+  try {
+    const entries = (await pool.loadPool(path))?.anthropic ?? [];
+    if (entries.some((e) => e?.email === target)) return undefined;
+    const entry = entries[Number(target.slice(1))];
+    if (entry === undefined) return undefined;
+    return typeof entry?.email === "string" && entry.email ? entry.email : "an unreadable entry";
+  } catch {
+    return undefined;
+  }
 }
 
 /**
