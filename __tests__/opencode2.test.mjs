@@ -304,6 +304,8 @@ test("the model-accounts-pool tool (JSON Schema input) and command run the pool'
   const tool = host.tools().find((t) => t.name === "pool-accounts");
   assert.ok(tool, JSON.stringify(host.log.filter((e) => e.type === "tool.rejected")));
   assert.equal(tool.input.type, "object");
+  // A direct tool, not one reached through CodeMode's execute (which the harness does not emulate).
+  assert.equal(tool.options?.codemode, false);
   const listed = await host.runTool("pool-accounts", { action: "list" });
   assert.match(listed.content[0].text, /t1@x\.test/);
   await host.runCommand("pool-accounts", { text: "status" });
