@@ -3,8 +3,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { watch } from "node:fs";
-import { basename, dirname } from "node:path";
+import { mkdirSync, mkdtempSync, watch, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { statusText } from "../lib/cli/accounts.mjs";
@@ -870,6 +871,33 @@ test("usage per account and model matches what the answers reported: JSON, strea
   assert.match(cli.out, /usage\s+today: 2 requests, 31 in, 16 out, 9 cache read, 5 cache write/);
 });
 
+test("usage over 30 days counts the last 30 days only, also for an account idle since; status prices the tokens from OpenCode's models cache", async () => {
+  const email = "idle30@x.test";
+  const path = await seedPool(mock, [email]);
+  const pool = readPool(path);
+  const now = Date.now();
+  const day = (ago) => new Date(now - ago * 86_400_000).toISOString().slice(0, 10);
+  const counts = (requests, input, output) => ({ "claude-sonnet-4-5": { requests, input, output, cacheRead: 0, cacheWrite: 0 } });
+  // Written by the last answers this account had: nothing since prunes its older days.
+  pool.anthropic[0].usage = {
+    days: { [day(0)]: counts(3, 1_000_000, 100_000), [day(10)]: counts(2, 10, 10), [day(40)]: counts(7, 500, 500), [day(59)]: counts(4, 5, 5) },
+    windows: { [String(now + 7_200_000)]: counts(1, 10, 10) },
+  };
+  await lib.savePool(pool, path);
+  const usage = (await poolStatus(path)).accounts[0].usage;
+  assert.equal(usage.today.total.requests, 3);
+  assert.equal(usage.window.total.requests, 1);
+  assert.equal(usage.last30Days.total.requests, 5, "days 40 and 59 ago are not of the last 30");
+  const cache = mkdtempSync(join(tmpdir(), "oauth-pool-prices-"));
+  mkdirSync(join(cache, "opencode"));
+  const price = { input: 3, output: 15, cache_read: 0.3, cache_write: 3.75 };
+  writeFileSync(join(cache, "opencode", "models.json"), JSON.stringify({ anthropic: { models: { "claude-sonnet-4-5": { cost: price } } } }));
+  const cli = await runCli(["status", "--path", path], { XDG_CACHE_HOME: cache });
+  // 1M input at $3 and 100k output at $15 per million tokens.
+  assert.match(cli.out, /usage\s+today: 3 requests, 1\.0M in, 100k out \(≈ \$4\.50 at API prices\)/, cli.out);
+  assert.match(cli.out, /30 days: 5 requests/, cli.out);
+});
+
 test("reset-cooldowns from another process (the CLI) reopens the accounts in a running process, model cooldowns too", async () => {
   const path = await seedPool(mock, ["rc1@x.test", "rc2@x.test"]);
   await withEnv({ OAUTH_POOL_JITTER_MS: "0" }, async () => {
@@ -1099,9 +1127,9 @@ test("new processes take the highest priority, then the least recently used: one
 
 // ---- helpers --------------------------------------------------------------------------------
 
-function runCli(args) {
+function runCli(args, env = {}) {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: process.env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     let err = "";
     child.stdout.on("data", (d) => (out += d));

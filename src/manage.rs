@@ -105,10 +105,16 @@ fn usage_view(a: &Account, now: i64) -> Value {
         json!({ "total": total, "byModel": by_model })
     };
     let today = crate::engine::bookkeeping::day_of(now);
+    let first = crate::engine::bookkeeping::first_usage_day(now);
     let days: Vec<&Value> = u
         .get("days")
         .and_then(Value::as_object)
-        .map(|d| d.values().collect())
+        .map(|d| {
+            d.iter()
+                .filter(|(day, _)| day.as_str() >= first.as_str())
+                .map(|(_, v)| v)
+                .collect()
+        })
         .unwrap_or_default();
     let windows = u.get("windows").and_then(Value::as_object);
     let current = windows.and_then(|w| {

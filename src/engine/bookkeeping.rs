@@ -643,7 +643,7 @@ fn add_usage(a: &mut crate::account::Account, batch: &HashMap<UsageKey, Counts>,
         add("days", day.clone(), model, c);
         add("windows", window.to_string(), model, c);
     }
-    let oldest_day = day_of(now - USAGE_DAYS * DAY_MS);
+    let oldest_day = first_usage_day(now);
     if let Some(days) = u.get_mut("days").and_then(Value::as_object_mut) {
         days.retain(|d, _| d.as_str() >= oldest_day.as_str());
     }
@@ -659,6 +659,13 @@ fn add_usage(a: &mut crate::account::Account, batch: &HashMap<UsageKey, Counts>,
             windows.retain(|w, _| w.parse::<i64>().is_ok_and(|t| t >= oldest_kept));
         }
     }
+}
+
+/// The oldest day of usage kept (`USAGE_DAYS` before today): what the file keeps and what
+/// `last30Days` sums. Older days leave the file only when the account is counted again, so an
+/// account idle for weeks still holds them, and the sum read them as this month's.
+pub fn first_usage_day(now: i64) -> String {
+    day_of(now - USAGE_DAYS * DAY_MS)
 }
 
 /// The bucket a window's usage goes to: one already kept for the same period (its reset within
