@@ -624,6 +624,26 @@ test("a reserve stops use at its line (set with the CLI); reserved accounts coun
   assert.equal((await runCli(["reserve", "res1@x.test", "1.5", "--path", path])).code, 2);
 });
 
+test("a reserve's line holds at its percent: 0.7 stops use at 30 %, not past it (1 - 0.7 is 0.30000000000000004 in floating point)", async () => {
+  const email = "res70@x.test";
+  const path = await seedPool(mock, [email]);
+  const pool = readPool(path);
+  const now = Date.now();
+  const reset = now + 1_800_000;
+  Object.assign(pool.anthropic[0], {
+    reserve: 0.7,
+    limits: { updatedAt: now, windows: { "5h": { updatedAt: now, status: "allowed", reset, utilization: 0.3 } } },
+  });
+  await lib.savePool(pool, path);
+  mock.clearRequests();
+  const res = await ask(createPoolFetch({ path }), "claude-sonnet-4-5");
+  assert.equal(res.status, 429, "the only account is held back at its line");
+  await res.text();
+  assert.equal(mock.requests.filter((r) => r.path.startsWith("/v1/messages")).length, 0, "nothing was sent upstream");
+  const wait = Number(res.headers.get("retry-after"));
+  assert.ok(wait >= 1790 && wait <= 1800 + 11, `until the window resets (${wait} s)`);
+});
+
 test("a window whose reset has passed has started over: status reads it 0 % with no reset, and a reserve past its line in it no longer holds the account", async () => {
   const email = "rolled@x.test";
   const path = await seedPool(mock, [email]);

@@ -270,6 +270,13 @@ pub fn scope_text(scope: &str) -> String {
     }
 }
 
+/// Whether a window used to `utilization` has reached the line a `reserve` (both fractions)
+/// draws at `1 - reserve`. Within a millionth: `1.0 - 0.7` is 0.30000000000000004 in floating
+/// point, and a reserve of 0.7 let the account be chosen with its window at 30 %.
+pub fn past_reserve_line(utilization: f64, reserve: f64) -> bool {
+    utilization >= 1.0 - reserve - 1e-6
+}
+
 /// The extra-usage state an answer reported (`-overage-*`).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -1234,6 +1241,27 @@ pub(crate) mod tests {
         let early = ms("2027-02-03T10:00:00.000Z");
         let c = cooldown_for_spend_limit(&Limits::default(), early);
         assert_eq!(c.until, early + MAX_COOLDOWN_MS, "at most 8 days at a time");
+    }
+
+    #[test]
+    fn a_reserve_line_is_reached_at_its_percent_whatever_the_floating_point() {
+        for (reserve, line) in [
+            (0.2, 0.8),
+            (0.7, 0.3),
+            (0.9, 0.1),
+            (0.35, 0.65),
+            (0.01, 0.99),
+        ] {
+            assert!(past_reserve_line(line, reserve), "{reserve} at {line}");
+            assert!(
+                !past_reserve_line(line - 0.001, reserve),
+                "{reserve} below {line}"
+            );
+        }
+        assert!(
+            past_reserve_line(0.0, 1.0),
+            "a reserve of all holds the account at 0 %"
+        );
     }
 
     #[test]

@@ -503,7 +503,10 @@ impl Engine {
             self.windows(a)
                 .iter()
                 .filter(|w| w.applies_to(family) && w.reset.is_some_and(|t| t > now))
-                .filter(|w| w.utilization.is_some_and(|u| u >= 1.0 - r))
+                .filter(|w| {
+                    w.utilization
+                        .is_some_and(|u| limits::past_reserve_line(u, r))
+                })
                 .filter_map(|w| w.reset)
                 .max()
         });
