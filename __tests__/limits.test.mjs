@@ -644,6 +644,22 @@ test("a reserve's line holds at its percent: 0.7 stops use at 30 %, not past it 
   assert.ok(wait >= 1790 && wait <= 1800 + 11, `until the window resets (${wait} s)`);
 });
 
+test("a window's reset said as a date with an offset (+02:00) is that instant: a rejected window rests until it, not 5 s", async () => {
+  const [a, b] = ["offset1@x.test", "offset2@x.test"];
+  const path = await seedPool(mock, [a, b]);
+  await lib.setPriority(a, 5, path);
+  const reset = Math.floor(Date.now() / 1000) * 1000 + 3 * 3_600_000;
+  // The same instant two hours east of UTC: "...T14:00:00+02:00" is 12:00 UTC.
+  const east = new Date(reset + 2 * 3_600_000).toISOString().replace(/\.\d+Z$/, "+02:00");
+  const p = "anthropic-ratelimit-unified";
+  mock.script(a, [{ status: 429, headers: { [`${p}-status`]: "rejected", [`${p}-5h-status`]: "rejected", [`${p}-5h-reset`]: east } }]);
+  const res = await ask(createPoolFetch({ path }), "claude-sonnet-4-5");
+  assert.equal(res.poolAccount, b, "the request moved on");
+  await res.text();
+  await flushPool(path);
+  assert.equal(account(path, a).rateLimitUntil, reset, `rests until ${east}`);
+});
+
 test("a window whose reset has passed has started over: status reads it 0 % with no reset, and a reserve past its line in it no longer holds the account", async () => {
   const email = "rolled@x.test";
   const path = await seedPool(mock, [email]);

@@ -81,10 +81,38 @@ pub fn parse_reset(value: &str) -> Option<i64> {
         let ms = if n < 1e12 { n * 1000.0 } else { n };
         return (ms < 1e15).then_some(ms as i64);
     }
-    let t = humantime::parse_rfc3339_weak(v).ok()?;
-    t.duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
+    let ms = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+    };
+    if let Ok(t) = humantime::parse_rfc3339_weak(v) {
+        return ms(t);
+    }
+    // An offset other than `Z` (`+02:00`), which humantime refuses: the reset was lost, and a
+    // rejected window with no reset rested the account 5 s instead of until it resets.
+    let (stamp, offset) = v.split_at_checked(v.len().checked_sub(6)?)?;
+    let bytes = offset.as_bytes();
+    let sign = match bytes.first() {
+        Some(b'+') => 1,
+        Some(b'-') => -1,
+        _ => return None,
+    };
+    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = offset.get(r)?;
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    if bytes.get(3) != Some(&b':') {
+        return None;
+    }
+    let (hours, minutes) = (digits(1..3)?, digits(4..6)?);
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    let local = ms(humantime::parse_rfc3339_weak(stamp).ok()?)?;
+    local.checked_sub(sign * (hours * 60 + minutes) * 60_000)
 }
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -1241,6 +1269,25 @@ pub(crate) mod tests {
         let early = ms("2027-02-03T10:00:00.000Z");
         let c = cooldown_for_spend_limit(&Limits::default(), early);
         assert_eq!(c.until, early + MAX_COOLDOWN_MS, "at most 8 days at a time");
+    }
+
+    #[test]
+    fn a_reset_with_an_offset_is_the_same_instant_in_utc() {
+        let utc = parse_reset("2026-12-01T12:00:00Z");
+        assert!(utc.is_some());
+        assert_eq!(parse_reset("2026-12-01T14:00:00+02:00"), utc);
+        assert_eq!(parse_reset("2026-12-01T06:30:00-05:30"), utc);
+        assert_eq!(parse_reset("2026-12-01T12:00:00.000+00:00"), utc);
+        for garbage in [
+            "2026-12-01T14:00:00+24:00",
+            "2026-12-01T14:00:00+0200",
+            "2026-12-01T14:00:00*02:00",
+            "+02:00",
+            "x+02:00",
+            "2026-12-01T14:00:00+aa:00",
+        ] {
+            assert_eq!(parse_reset(garbage), None, "{garbage}");
+        }
     }
 
     #[test]
