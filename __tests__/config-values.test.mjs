@@ -81,6 +81,9 @@ test("doctor: a number of milliseconds past the longest timer says what applies;
   assert.match(by.OAUTH_POOL_LOG.message, /names no target of the pool.*oauth_pool=debug/);
   const bad = await doctorChecks("setting", { env: { OAUTH_POOL_LOG: "oauth_pool=verbose" } });
   assert.match(bad.checks.find((c) => c.variable === "OAUTH_POOL_LOG").message, /not a filter.*oauth_pool=info applies/);
+  // The README's "at most 60 s": a longer spread is taken as 60 s, said so.
+  const spread = await doctorChecks("setting", { env: { OAUTH_POOL_JITTER_MS: "90000" } });
+  assert.match(spread.checks.find((c) => c.variable === "OAUTH_POOL_JITTER_MS")?.message ?? "", /90000 is over the most, 60000: 60000 applies/);
   const good = await doctorChecks("setting", { env: { OAUTH_POOL_LOG: "oauth_pool=debug", OAUTH_POOL_JITTER_MS: " 500 " } });
   assert.deepEqual(good.checks.map((c) => [c.variable, c.level]).sort(), [
     ["OAUTH_POOL_JITTER_MS", "ok"],

@@ -162,5 +162,8 @@ mod tests {
             "a@x"
         );
         assert_eq!(choose(&cs, &none, &pref(None, None)).unwrap().email, "d@x");
+        // Priority first: the soonest reset only orders accounts of one priority.
+        cs[0].priority = 1;
+        assert_eq!(choose(&cs, &none, &pref(None, None)).unwrap().email, "a@x");
     }
 }
