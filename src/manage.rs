@@ -97,7 +97,9 @@ fn usage_view(a: &Account, now: i64) -> Value {
         let mut by_model: std::collections::BTreeMap<String, Counts> = Default::default();
         for b in buckets {
             for (model, c) in b.as_object().into_iter().flatten() {
-                let c: Counts = serde_json::from_value(c.clone()).unwrap_or_default();
+                // Field by field, as the bookkeeping reads them: one count the struct would not
+                // take (`57.0`) made every count of the model 0 here.
+                let c = c.as_object().map(Counts::from_stored).unwrap_or_default();
                 total.add(&c);
                 by_model.entry(model.clone()).or_default().add(&c);
             }
@@ -683,6 +685,32 @@ pub fn import_claude_code(credentials: &Path, email: Option<&str>) -> Result<Tok
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_counts_written_as_whole_floats_or_odd_are_read_one_by_one() {
+        let now = now_ms();
+        let today = crate::engine::bookkeeping::day_of(now);
+        let pool = Pool::from_value(json!({"anthropic": [{
+            "type": "oauth", "email": "a@x", "access": "a", "refresh": "r", "expires": now,
+            "usage": {"days": {today.clone(): {
+                "claude-sonnet-4-5": {"requests": 57.0, "input": 1000, "output": "ten"},
+                "claude-opus-4-1": {"requests": 2, "input": 1.5},
+            }}},
+        }]}))
+        .unwrap();
+        let view = &list(&pool, now)[0]["usage"]["today"];
+        assert_eq!(
+            view["byModel"]["claude-sonnet-4-5"]["requests"], 57,
+            "{view}"
+        );
+        assert_eq!(
+            view["byModel"]["claude-sonnet-4-5"]["input"], 1000,
+            "{view}"
+        );
+        assert_eq!(view["byModel"]["claude-sonnet-4-5"]["output"], 0, "{view}");
+        assert_eq!(view["byModel"]["claude-opus-4-1"]["requests"], 2, "{view}");
+        assert_eq!(view["total"]["requests"], 59, "{view}");
+    }
 
     #[test]
     fn a_last_failover_section_not_of_the_recorded_shape_is_none() {

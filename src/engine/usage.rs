@@ -40,8 +40,20 @@ impl Counts {
 
     /// The counts kept in the pool file (`{ requests, input, output, cacheRead, cacheWrite }`);
     /// a missing or unreadable count is 0.
+    /// A count written as `57.0` (a program that rewrote the file through JavaScript's numbers)
+    /// is 57: read as 0, the next count written over it dropped what it held.
     pub fn from_stored(kept: &serde_json::Map<String, Value>) -> Counts {
-        let n = |k: &str| kept.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let n = |k: &str| {
+            kept.get(k)
+                .and_then(|v| {
+                    v.as_u64().or_else(|| {
+                        v.as_f64()
+                            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= MAX_TOTAL as f64)
+                            .map(|f| f as u64)
+                    })
+                })
+                .map_or(0, |n| n.min(MAX_TOTAL))
+        };
         Counts {
             requests: n("requests"),
             input: n("input"),
