@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { addApiKey, createPoolFetch, listAccounts, loadPool, OAuthPoolPlugin, poolConfigHook, serve } from "../index.mjs";
+import { addApiKey, authorize, createPoolFetch, listAccounts, loadPool, OAuthPoolPlugin, poolConfigHook, serve } from "../index.mjs";
 import { fakeClient, jsonHeaders, seedPool, tempPoolPath, useMock, withEnv } from "./helpers/pool-env.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
 import { runCli } from "./helpers/cli-sandbox.mjs";
@@ -237,6 +237,15 @@ test("an option a library function does not take is refused, naming it and the o
   const res = await post(createPoolFetch({ path, transport: null, provider: null, onEvent: null }));
   assert.equal(res.status, 200);
   await res.text();
+  // serve took a null number or switch for a wrong one: INVALID_ARGUMENT "headerTimeoutMs must be a whole number".
+  await withEnv({ OAUTH_POOL_GATEWAY_KEY: "gateway-key-for-tests-only" }, async () => {
+    const nulls = { host: null, allowRemote: null, tlsCert: null, tlsKey: null, headerTimeoutMs: null, bodyTimeoutMs: null, maxConnections: null };
+    const gateway = await serve({ port: 0, path, ...nulls });
+    assert.match(gateway.url, /^http:\/\/127\.0\.0\.1:\d+$/);
+    await gateway.close(null);
+  });
+  assert.equal((await addApiKey("fake-console-key-config-nulls-0123456789", { email: null, path })).added, true);
+  assert.ok((await authorize({ mode: null })).url);
 });
 
 test("OpenCode 1.18: a plugin option no part reads is named once in a toast and OpenCode's log, with the options there are", async () => {

@@ -40,11 +40,15 @@ export function requiredString(name, value) {
   return value;
 }
 
+/**
+ * An options object, its null members left out: null is "not given" for every option alike
+ * (`serve({ headerTimeoutMs: null })` was refused as not a whole number).
+ */
 function optionalObject(name, value, keys) {
   if (value === undefined || value === null) return {};
   if (typeof value !== "object" || Array.isArray(value)) throw invalidArgument(`${name} must be an object, got ${shown(value)}`);
   if (keys) knownOptions(name, value, keys);
-  return value;
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== null));
 }
 
 /**
