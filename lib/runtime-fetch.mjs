@@ -361,6 +361,15 @@ function withoutSecret(text, secret) {
 }
 
 /**
+ * The server's reason phrase as the Rust client gives it: empty when it holds anything but
+ * printable ASCII (httparse's rule). Node's fetch reads it as UTF-8, and a character past U+00FF
+ * made `new Response` throw: the whole answer was lost to a TypeError without a code.
+ */
+function reasonPhrase(text, secret) {
+  return /[^\t\x20-\x7e]/.test(text) ? "" : withoutSecret(text, secret);
+}
+
+/**
  * The answer's head, read in one pass over its headers (each pass and each lookup in a
  * `Headers` costs Bun a few microseconds between round trips): the lines the engine judges
  * (`judgeAnswer`), the framing and coding headers, and the headers handed over. Those drop
@@ -537,7 +546,7 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
       delivered = true;
       const tap = verdict === "deliver-tap";
       const { status } = response;
-      const statusText = withoutSecret(response.statusText, secret);
+      const statusText = reasonPhrase(response.statusText, secret);
       if (NULL_BODY_STATUS.has(response.status) || parts.method === "HEAD" || !response.body) {
         release();
         if (tap) ex.finishUsage();
