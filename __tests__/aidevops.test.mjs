@@ -11,6 +11,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { makeAidevopsHost } from "./helpers/aidevops-host.mjs";
+import { runCli } from "./helpers/cli-sandbox.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { useMock, seedPool, tempPoolPath, readPool, account, messagesUrl, body, jsonHeaders, fakeClient } from "./helpers/pool-env.mjs";
 
@@ -38,6 +39,20 @@ for (const order of ["ours-first", "ours-last"]) {
     assert.equal(Object.keys(config.provider.anthropic.models).length, 6, "aidevops's own providers are untouched");
     assert.ok(hooks.tool["pool-accounts"], "the tool under its new name");
     assert.match(config.command["pool-accounts"].template, /Call the pool-accounts tool once/);
+    // The renamed tool's remove asks under its name, then under the key the composed config hook
+    // gave a rule (the README's composition); refused, the login stays.
+    assert.equal(config.permission["pool-accounts-remove"], "ask");
+    const asked = [];
+    const refuse = {
+      ask: async ({ permission }) => {
+        asked.push(permission);
+        if (permission === "pool-accounts-remove") throw new Error("the person said no");
+      },
+    };
+    await assert.rejects(hooks.tool["pool-accounts"].execute({ action: "remove", email: "ad2@x.test" }, refuse), /said no/);
+    assert.deepEqual(asked, ["pool-accounts", "pool-accounts-remove"]);
+    const kept = (await lib.listAccounts(path)).find((a) => a.email === "ad2@x.test");
+    assert.ok(kept && kept.status !== "disabled", JSON.stringify(kept));
     const loaded = await hooks.auth.loader(async () => ({ type: "oauth" }), { models: {} });
     assert.equal(loaded.fetch, provider.options.fetch, "one fetch for the loader and the config-declared provider");
     mock.script("ad1@x.test", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 60 }) }]);
@@ -198,6 +213,37 @@ test("oauth-pool refresh from 5 processes at once: one refresh, the others adopt
   assert.equal(fam.reuse, 0);
   assert.equal(fam.revoked, false);
   assert.equal(account(path, "shell@x.test").refresh, mock.tokens("shell@x.test").refresh);
+});
+
+test("oauth-pool refresh --json: `kept` when the token endpoint hands back the same refresh token or none; a refusal exits 1 with the stored tokens as they were", async () => {
+  const path = await seedPool(mock, ["kept@x.test"]);
+  const stored = account(path, "kept@x.test");
+  const refresh = async () => {
+    const r = await runCli(["refresh", "kept@x.test", "--json", "--path", path], { env: process.env });
+    return { ...r, json: r.code === 0 ? JSON.parse(r.stdout) : null };
+  };
+  for (const [i, handedBack] of [
+    [1, undefined],
+    [2, stored.refresh],
+  ].entries()) {
+    const access = `fake-access-kept-${handedBack ? "same" : "none"}-0123456789`;
+    mock.setTokenMode({ grant: "refresh_token", status: 200, body: { access_token: access, refresh_token: handedBack, expires_in: 3600 } });
+    const r = await refresh();
+    assert.equal(r.code, 0, `${i}: ${r.stdout} ${r.stderr}`);
+    assert.deepEqual(Object.keys(r.json).sort(), ["email", "expires", "outcome"]);
+    assert.equal(r.json.outcome, "kept", r.stdout);
+    assert.equal(typeof r.json.expires, "number");
+    assert.equal(account(path, "kept@x.test").refresh, stored.refresh, "the stored refresh token stands");
+    assert.equal(account(path, "kept@x.test").access, access, "the new access token is taken");
+  }
+  const before = account(path, "kept@x.test");
+  mock.setTokenMode({ grant: "refresh_token", status: 503 });
+  const refused = await refresh();
+  mock.setTokenMode(null);
+  assert.equal(refused.code, 1, refused.stdout);
+  assert.match(`${refused.stdout}${refused.stderr}`, /OAUTH_HTTP/);
+  const after = account(path, "kept@x.test");
+  assert.deepEqual([after.refresh, after.access, after.expires], [before.refresh, before.access, before.expires]);
 });
 
 test("the package's own files never leave aidevops's pool file without its sections", async () => {

@@ -230,6 +230,14 @@ test("an option a library function does not take is refused, naming it and the o
     (e) =>
       e.code === "INVALID_ARGUMENT" && e.message.includes(`"${key}"`) && known.every((k) => e.message.includes(k));
   assert.throws(() => createPoolFetch({ pth: "/x/pool.json" }), named("pth", "path", "provider", "onEvent", "transport"));
+  // Only "anthropic" is pooled (the README): another provider, or a wrong-typed option, is refused at once.
+  for (const wrong of [{ provider: "openai" }, { provider: "Anthropic" }, { path: 5 }, { onEvent: "log" }, "pool.json"]) {
+    assert.throws(
+      () => createPoolFetch(wrong),
+      (e) => e.code === "INVALID_ARGUMENT",
+      JSON.stringify(wrong),
+    );
+  }
   await assert.rejects(serve({ prot: 0 }), named("prot", "port", "host"));
   await assert.rejects(addApiKey("fake-console-key-config-0123456789", { emial: "a@x.test" }), named("emial", "email", "path"));
   // null is "not given", for every option alike.

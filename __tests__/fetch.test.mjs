@@ -543,6 +543,7 @@ test("requests to other hosts never carry a pool credential", async () => {
   mock.clearRequests();
   const res = await poolFetch(`${other}/v1/messages`, { method: "POST", headers: jsonHeaders, body: body() });
   assert.equal(res.status, 401);
+  assert.equal(res.poolAccount, null, "no account served it (index.d.ts)");
   await res.text();
   assert.equal(mock.requests.at(-1).auth, null);
 });
