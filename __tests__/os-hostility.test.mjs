@@ -537,24 +537,47 @@ test("no thread to be had when the fleet store is connected to by a host name: S
   const pg = await startPostgres();
   try {
     const [email, other] = ["threads-fleet@x.test", "threads-fleet-b@x.test"];
-    const file = await seedPool(mock, [email, other], { expired: [email] });
     // `localhost` is looked up (tokio's lookup_host: a blocking thread); an address is not. The
     // refresh lock is held on a connection of its own, so a warm process still connects anew.
-    const store = pg.url.replace("127.0.0.1", "localhost");
-    const home = mkdtempSync(join(tmpdir(), "oauth-pool-threads-fleet-"));
-    const host = {
-      env: { ...process.env, HOME: home, USERPROFILE: home, OAUTH_POOL_STORE: store, OAUTH_POOL_STORE_KEY: Buffer.alloc(32, 7).toString("base64") },
-    };
-    assert.equal((await cliJson(host, "store", "init")).code, 0);
-    assert.equal((await cliJson(host, "store", "copy", "--from", file, "--to", store)).code, 0);
-    const run = await starvedOfThreads("warm", store, email, { env: host.env });
+    const run = await starvedFleet(pg.url.replace("127.0.0.1", "localhost"), email, other);
     const { starved } = run.report;
     assert.equal(starved.refresh.code, "STORE_UNAVAILABLE", JSON.stringify(starved));
     assert.match(starved.refresh.message, /no thread could be started/);
-    assertStarvedCoded(run, email, new Set([...CODES, "STORE_UNAVAILABLE"]));
-    const kept = (await storedPool(host, store)).anthropic.find((a) => a.email === email);
-    assert.equal(kept.refresh, mock.tokens(email).refresh, "the refreshed tokens are in the store");
   } finally {
     await pg.close();
   }
 });
+
+test("no thread to be had when the fleet store's hosts are a Unix socket directory and a host name: no panic, every failure coded, and every entry point works once threads can be made", {
+  skip: noThreadsSkip,
+}, async () => {
+  const pg = await startPostgres();
+  try {
+    const [email, other] = ["threads-fleet-mixed@x.test", "threads-fleet-mixed-b@x.test"];
+    // libpq's way of saying "this machine's server, else over the network": the name, tried
+    // first here, must be looked up.
+    const store = `postgres://postgres@localhost:${pg.port},${encodeURIComponent(pg.dir)}:${pg.port}/postgres`;
+    await starvedFleet(store, email, other);
+  } finally {
+    await pg.close();
+  }
+});
+
+/**
+ * Runs the "warm" phase against the fleet store `store` (seeded with `email`, expired, and
+ * `other`), and checks what every starved run must show, with the refreshed tokens in the store.
+ */
+async function starvedFleet(store, email, other) {
+  const file = await seedPool(mock, [email, other], { expired: [email] });
+  const home = mkdtempSync(join(tmpdir(), "oauth-pool-threads-fleet-"));
+  const host = {
+    env: { ...process.env, HOME: home, USERPROFILE: home, OAUTH_POOL_STORE: store, OAUTH_POOL_STORE_KEY: Buffer.alloc(32, 7).toString("base64") },
+  };
+  assert.equal((await cliJson(host, "store", "init")).code, 0);
+  assert.equal((await cliJson(host, "store", "copy", "--from", file, "--to", store)).code, 0);
+  const run = await starvedOfThreads("warm", store, email, { env: host.env });
+  assertStarvedCoded(run, email, new Set([...CODES, "STORE_UNAVAILABLE"]));
+  const kept = (await storedPool(host, store)).anthropic.find((a) => a.email === email);
+  assert.equal(kept.refresh, mock.tokens(email).refresh, "the refreshed tokens are in the store");
+  return run;
+}

@@ -250,8 +250,63 @@ pub(super) async fn looked_up(config: &Config) -> Result<Option<Config>> {
     Ok(Some(with_hosts(config, &found)))
 }
 
+/// The hosts of a URL that mixes Unix socket directories and host names (libpq's "this
+/// machine's server, else over the network"), a config each, in the order they are tried;
+/// `None` for any other URL. `looked_up` cannot address such a URL's names (a `hostaddr` beside
+/// a socket would be reached over TCP), so tokio-postgres looked them up itself, on a blocking
+/// thread whose refusal panicked: a pool call failed uncoded, its panic printed into the host's
+/// terminal. Connected to one by one, each name is looked up by `looked_up`.
+pub(super) fn one_per_host(config: &Config) -> Option<Vec<Config>> {
+    use std::net::IpAddr;
+    use tokio_postgres::config::{Host, LoadBalanceHosts};
+    let hosts = config.get_hosts();
+    let ports = config.get_ports();
+    let named = hosts
+        .iter()
+        .any(|h| matches!(h, Host::Tcp(name) if name.parse::<IpAddr>().is_err()));
+    let socket = hosts.iter().any(|h| !matches!(h, Host::Tcp(_)));
+    // Ports that do not fit the hosts are tokio-postgres' own error to give.
+    if !config.get_hostaddrs().is_empty()
+        || !named
+        || !socket
+        || (ports.len() > 1 && ports.len() != hosts.len())
+    {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..hosts.len()).collect();
+    if config.get_load_balance_hosts() == LoadBalanceHosts::Random {
+        // Fisher-Yates; the order as written if no random number can be had.
+        for i in (1..order.len()).rev() {
+            if let Ok(r) = getrandom::u32() {
+                order.swap(i, r as usize % (i + 1));
+            }
+        }
+    }
+    let one = |i: usize| {
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        rehosted(config, |out| {
+            match &hosts[i] {
+                Host::Tcp(name) => out.host(name),
+                #[cfg(unix)]
+                Host::Unix(path) => out.host_path(path),
+            }
+            .port(port);
+        })
+    };
+    Some(order.into_iter().map(one).collect())
+}
+
 /// `config` with its hosts replaced by `hosts` (name, address, port).
 fn with_hosts(config: &Config, hosts: &[(&str, std::net::IpAddr, u16)]) -> Config {
+    rehosted(config, |out| {
+        for &(name, ip, port) in hosts {
+            out.host(name).hostaddr(ip).port(port);
+        }
+    })
+}
+
+/// `config` with no host, port or address, then those `add` gives it.
+fn rehosted(config: &Config, add: impl FnOnce(&mut Config)) -> Config {
     let mut out = Config::new();
     if let Some(user) = config.get_user() {
         out.user(user);
@@ -287,9 +342,7 @@ fn with_hosts(config: &Config, hosts: &[(&str, std::net::IpAddr, u16)]) -> Confi
         .target_session_attrs(config.get_target_session_attrs())
         .channel_binding(config.get_channel_binding())
         .load_balance_hosts(config.get_load_balance_hosts());
-    for &(name, ip, port) in hosts {
-        out.host(name).hostaddr(ip).port(port);
-    }
+    add(&mut out);
     out
 }
 
@@ -310,6 +363,64 @@ mod tests {
         let mut expected = config.clone();
         expected.hostaddr(ip("10.0.0.1")).hostaddr(ip("10.0.0.2"));
         assert_eq!(with_hosts(&config, &hosts), expected);
+    }
+
+    /// A socket directory beside a host name: one config per host, in order, each with its own
+    /// port and every other setting; any other URL is connected to as it is.
+    #[cfg(unix)]
+    #[test]
+    fn a_socket_beside_a_host_name_is_tried_host_by_host() {
+        let url = "postgres://u:pw@db.example:6001,%2Frun%2Fpg:6002,10.0.0.9:6003/app?application_name=fleet&target_session_attrs=read-write&connect_timeout=3";
+        let config = url.parse::<Config>().unwrap();
+        let one = |host: &str, port| {
+            let mut c = rehosted(&config, |_| {});
+            if host.starts_with('/') {
+                c.host_path(host);
+            } else {
+                c.host(host);
+            }
+            c.port(port);
+            c
+        };
+        let each = one_per_host(&config).unwrap();
+        assert_eq!(
+            each,
+            [
+                one("db.example", 6001),
+                one("/run/pg", 6002),
+                one("10.0.0.9", 6003)
+            ]
+        );
+        assert_eq!(each[1].get_application_name(), Some("fleet"));
+        // One port for all.
+        let shared = "host=db.example,/run/pg port=6001 user=u dbname=app"
+            .parse::<Config>()
+            .unwrap();
+        let ports: Vec<_> = one_per_host(&shared)
+            .unwrap()
+            .iter()
+            .map(|c| c.get_ports().to_vec())
+            .collect();
+        assert_eq!(ports, [vec![6001], vec![6001]]);
+        // Shuffled when asked, every host once.
+        let random = format!("{url}&load_balance_hosts=random")
+            .parse::<Config>()
+            .unwrap();
+        let mut ports: Vec<_> = one_per_host(&random)
+            .unwrap()
+            .iter()
+            .map(|c| c.get_ports()[0])
+            .collect();
+        ports.sort_unstable();
+        assert_eq!(ports, [6001, 6002, 6003]);
+        for whole in [
+            "postgres://u@db.example,db2.example/app",
+            "postgres://u@%2Frun%2Fpg,10.0.0.9/app",
+            "postgres://u@db.example,%2Frun%2Fpg/app?hostaddr=10.0.0.1,10.0.0.2",
+        ] {
+            let config = whole.parse::<Config>().unwrap();
+            assert_eq!(one_per_host(&config), None, "{whole}");
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ use tokio_postgres::{Client, Config, SimpleQueryMessage};
 
 use super::crypto::{SealKey, CHECK};
 use super::lock;
-use super::pg_url::{looked_up, no_tls, parse, redact, tls, wants_tls};
+use super::pg_url::{looked_up, no_tls, one_per_host, parse, redact, tls, wants_tls};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 use crate::secret::scrub_tokens;
@@ -306,34 +306,50 @@ impl PgStore {
 
     async fn connect(&self) -> Result<Client> {
         let connecting = async {
-            // One connector type either way (tokio-postgres' connection code is compiled per
-            // connector: 50 KB of the .node for a second one): plain text is `sslmode=disable`,
-            // under which the connector is never asked.
-            let addressed = looked_up(&self.config).await?;
-            let base = addressed.as_ref().unwrap_or(&self.config);
-            let (config, tls) = if wants_tls(base) {
-                (None, tls(self.roots.as_deref())?)
-            } else {
-                let mut plain = base.clone();
-                plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                (Some(plain), no_tls()?)
+            let Some(hosts) = one_per_host(&self.config) else {
+                return self.connect_to(&self.config).await;
             };
-            let (client, conn) = config
-                .as_ref()
-                .unwrap_or(base)
-                .connect(tls)
-                .await
-                .map_err(unavailable)?;
-            crate::runtime::spawn_boxed(async move {
-                let _ = conn.await;
-            });
-            Ok::<_, Error>(client)
+            // As tokio-postgres tries them: the next host when one fails, the last one's error.
+            let mut failed = None;
+            for config in &hosts {
+                match self.connect_to(config).await {
+                    Ok(client) => return Ok(client),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            Err(failed.unwrap_or_else(|| Error::StoreUnavailable("no host to connect to".into())))
         };
         tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| {
                 Error::StoreUnavailable(format!("no answer from {} within 10 s", self.shown))
             })?
+    }
+
+    /// One connection by `config`, its host names looked up first (`looked_up`).
+    async fn connect_to(&self, config: &Config) -> Result<Client> {
+        // One connector type either way (tokio-postgres' connection code is compiled per
+        // connector: 50 KB of the .node for a second one): plain text is `sslmode=disable`,
+        // under which the connector is never asked.
+        let addressed = looked_up(config).await?;
+        let base = addressed.as_ref().unwrap_or(config);
+        let (config, tls) = if wants_tls(base) {
+            (None, tls(self.roots.as_deref())?)
+        } else {
+            let mut plain = base.clone();
+            plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            (Some(plain), no_tls()?)
+        };
+        let (client, conn) = config
+            .as_ref()
+            .unwrap_or(base)
+            .connect(tls)
+            .await
+            .map_err(unavailable)?;
+        crate::runtime::spawn_boxed(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
     }
 
     /// `work`, bounded by `QUERY_TIMEOUT`.
