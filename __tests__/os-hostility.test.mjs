@@ -5,9 +5,10 @@
 // skipped with the reason.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
+import { spawn, spawnSync, execFileSync } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { lookup } from "node:dns/promises";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { cliJson, storedPool } from "./helpers/fleet-kit.mjs";
@@ -529,6 +530,27 @@ test("no thread to be had when a request must look up the API's host name: a NET
   assert.equal(report.starved.request.code, "NETWORK", JSON.stringify(report));
   assert.match(report.starved.request.message, /no thread could be started/);
   assert.deepEqual(report.after, { request: { ok: 200 } });
+});
+
+test("no thread to be had when serve() must look up the host name it listens on: POOL_IO saying so, not a panic, and it starts once threads can be made", {
+  skip: noThreadsSkip,
+}, async (t) => {
+  // A name other than `localhost` (which is listened on as 127.0.0.1 without a lookup): this
+  // machine's own, which listens for other hosts, so with TLS.
+  const name = hostname();
+  const found = await lookup(name).catch(() => null);
+  if (!found) return t.skip(`this machine's name ${name} does not resolve`);
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-threads-serve-"));
+  const selfSigned = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"];
+  const r = spawnSync("openssl", [...selfSigned, "-keyout", "key.pem", "-out", "cert.pem", "-subj", `/CN=${name}`], { cwd: dir });
+  if (r.status !== 0) return t.skip("no openssl to make the gateway's certificate");
+  const path = await seedPool(mock, ["threads-serve@x.test"]);
+  const env = { ...process.env, TLS_CERT: join(dir, "cert.pem"), TLS_KEY: join(dir, "key.pem") };
+  const { report, err } = await starvedOfThreads("serve-by-name", path, "threads-serve@x.test", { apiUrl: name, env });
+  assert.doesNotMatch(err, /panicked at/, "no panic reaches the host's terminal");
+  assert.equal(report.starved.serve.code, "POOL_IO", JSON.stringify(report));
+  assert.match(report.starved.serve.message, /no thread could be started/);
+  assert.deepEqual(report.after, { serve: { ok: "https:" } });
 });
 
 test("no thread to be had when the fleet store is connected to by a host name: STORE_UNAVAILABLE saying so, not a panic, and every entry point works once threads can be made", {

@@ -7,7 +7,8 @@
 // phase "cold": nothing of the addon has started yet; "warm": the runtime runs, and the
 // starvation begins once its blocking threads have gone idle and exited; "mid-refresh": one
 // request whose refresh the test starves (it creates the file when the refresh call arrives);
-// "lookup": a request to an API named by a host name (`apiUrl`), starved then not; "login": one
+// "lookup": a request to an API named by a host name (`apiUrl`), starved then not;
+// "serve-by-name": serve() on the host name given as `apiUrl`, starved then not; "login": one
 // addAccount of the paste in LOGIN_PASTE (pkce in LOGIN_VERIFIER, LOGIN_STATE), starved by the
 // test when its token call arrives, then up to 30 s for the login to reach the pool file.
 import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -82,6 +83,25 @@ if (phase === "lookup") {
   const starved = { request: await outcome(() => ask()) };
   rmSync(flag);
   const after = { request: await outcome(() => ask()) };
+  process.stdout.write(`${JSON.stringify({ starved, after })}\n`);
+  process.exit(0);
+}
+if (phase === "serve-by-name") {
+  // serve() on a host name (TLS_CERT, TLS_KEY its certificate), starved once the runtime runs
+  // and its blocking threads went idle: the name's lookup needs one.
+  const options = { host: apiUrl, port: 0, path, allowRemote: true, tlsCert: process.env.TLS_CERT, tlsKey: process.env.TLS_KEY };
+  const started = async () => {
+    const gw = await serve(options);
+    await gw.close(0);
+    return new URL(gw.url).protocol;
+  };
+  await listAccounts(path);
+  const deadline = Date.now() + 30_000;
+  while (addonThreads() > 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  writeFileSync(flag, "");
+  const starved = { serve: await outcome(started) };
+  rmSync(flag);
+  const after = { serve: await outcome(started) };
   process.stdout.write(`${JSON.stringify({ starved, after })}\n`);
   process.exit(0);
 }

@@ -153,6 +153,35 @@ fn listen_failure(host: &str, port: u16, e: &std::io::Error) -> String {
     format!("cannot listen on {host}:{port}: {e}{hint}")
 }
 
+enum Listen {
+    NoThread(String),
+    Failed(io::Error),
+}
+
+/// The addresses `host` names, a host name looked up as tokio's `bind` would (`getaddrinfo` on a
+/// blocking thread), with the thread's start checked: tokio panicked when the OS refused it (a
+/// container at its pids limit), and `serve` failed without a code, the panic printed into the
+/// host's terminal.
+async fn listen_addresses(host: &str, port: u16) -> std::result::Result<Vec<SocketAddr>, Listen> {
+    use std::net::ToSocketAddrs;
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let asked = host.to_string();
+    let lookup = Box::new(move || {
+        (asked.as_str(), port)
+            .to_socket_addrs()
+            .map(Iterator::collect::<Vec<_>>)
+    });
+    match crate::runtime::blocking(lookup).await {
+        Ok(found) => found.map_err(Listen::Failed),
+        Err(crate::runtime::NotRun::NoThread(why)) => Err(Listen::NoThread(why)),
+        Err(crate::runtime::NotRun::Lost) => Err(Listen::Failed(io::Error::other(
+            "the host name lookup stopped",
+        ))),
+    }
+}
+
 /// Starts listening. Refuses a non-loopback address without `allow_remote`, and `allow_remote`
 /// without TLS: the gateway hands out the pool's accounts to whoever holds the key, and a key
 /// must not cross a network in clear text.
@@ -178,7 +207,13 @@ pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
     } else {
         host
     };
-    let listener = TcpListener::bind((host, opts.port))
+    let addrs = listen_addresses(host, opts.port)
+        .await
+        .map_err(|e| match e {
+            Listen::NoThread(why) => Error::NoThread(why),
+            Listen::Failed(e) => Error::InvalidArgument(listen_failure(&opts.host, opts.port, &e)),
+        })?;
+    let listener = TcpListener::bind(&addrs[..])
         .await
         .map_err(|e| Error::InvalidArgument(listen_failure(&opts.host, opts.port, &e)))?;
     let addr = listener
