@@ -389,6 +389,11 @@ test("status shows cooldowns with time left and 5h/7d quota; reset-cooldowns cle
       modelCooldowns: { sonnet: now + 2 * 3_600_000 },
     },
     { email: "ok@x.test", quota: { fiveHour: { utilization: 0.42, resetsAt: now + 3_600_000 }, updatedAt: now } },
+    // Still served: neither reads as spent, nor as untouched.
+    {
+      email: "edge@x.test",
+      quota: { fiveHour: { utilization: 0.996, resetsAt: now + 3_600_000 }, sevenDay: { utilization: 0.004, resetsAt: now + 86_400_000 }, updatedAt: now },
+    },
   ]);
 
   // Waits read as the addon's own messages word them (src/wait.rs): rounded up, in UTC with
@@ -401,6 +406,8 @@ test("status shows cooldowns with time left and 5h/7d quota; reset-cooldowns cle
   assert.match(r.stdout, /cool@x\.test/);
   assert.match(r.stdout, new RegExp(`status   rate-limited, usable again ${inWait(42, now + 42 * 60_000)}\n`));
   assert.match(r.stdout, new RegExp(`5h \\[##########\\] 101% resets ${inWait(42, now + 42 * 60_000)}`));
+  assert.match(r.stdout, /5h \[#########-\] 99% resets/);
+  assert.match(r.stdout, /7d \[----------\] 1% resets/);
   assert.match(r.stdout, /7d \[####------\] 35% resets in (2 d 23 h|3 d 0 h) \(at \w{3} \d+ \w{3} \d\d:\d\d UTC\)/);
   assert.match(r.stdout, new RegExp(`5h \\[####------\\] 42% resets in (59 min \\d+ s|1 h 0 min) \\(at (\\w{3} \\d+ \\w{3} )?${utc(now + 3_600_000)}\\)`));
   assert.match(r.stdout, new RegExp(`soonest reset: ${inWait(42, now + 42 * 60_000)}`));
@@ -409,7 +416,7 @@ test("status shows cooldowns with time left and 5h/7d quota; reset-cooldowns cle
     new RegExp(`cooling  sonnet models until (\\w{3} \\d+ \\w{3} )?${utc(now + 2 * 3_600_000)} \\(in (1 h 59 min|2 h 0 min)\\); other models serve`),
   );
   assert.doesNotMatch(r.stdout, /\d+m left|until \d{4}-/, "no second wording");
-  assert.match(r.stdout, /1 usable/);
+  assert.match(r.stdout, /2 usable/);
   const listed = await cli(["list"], { path, env });
   assert.match(listed.stdout, new RegExp(`cool@x\\.test +oauth +rate-limited, usable again ${inWait(42, now + 42 * 60_000)}`));
   assertNoSecret(
@@ -419,9 +426,9 @@ test("status shows cooldowns with time left and 5h/7d quota; reset-cooldowns cle
 
   const j = json(await cli(["status", "--json"], { path }));
   assert.equal(j.path, path);
-  assert.equal(j.counts.total, 2);
+  assert.equal(j.counts.total, 3);
   assert.equal(j.counts["rate-limited"], 1);
-  assert.equal(j.counts.usable, 1);
+  assert.equal(j.counts.usable, 2);
   assert.equal(j.soonestReset, now + 42 * 60_000);
   const cool = j.accounts.find((a) => a.email === "cool@x.test");
   assert.equal(cool.status, "rate-limited");

@@ -91,6 +91,16 @@ export function percent(fraction) {
   return String(tenth);
 }
 
+/**
+ * A window's use in whole percent, as a person reads it: "100%" only once it is spent and "0%"
+ * only when nothing is used (rounded, 99.6 % read "100%" beside an account still served).
+ */
+function wholePercent(fraction) {
+  const p = Math.round(fraction * 100);
+  if (fraction > 0 && fraction < 1) return `${Math.min(99, Math.max(1, p))}%`;
+  return `${p}%`;
+}
+
 /** "5 min ago", "just now", "never". */
 export function ago(iso, now = Date.now()) {
   const t = typeof iso === "number" ? iso : Date.parse(iso ?? "");
@@ -119,7 +129,7 @@ export function statusText(a, now = Date.now(), hints = HINTS.v1) {
 
 function windowText(label, w, now) {
   if (!w || (w.utilization == null && w.resetsAt == null)) return null;
-  const pct = w.utilization == null ? "?" : `${Math.round(w.utilization * 100)}%`;
+  const pct = w.utilization == null ? "?" : wholePercent(w.utilization);
   return w.resetsAt ? `${label} ${pct} resets ${wait(w.resetsAt, now)}` : `${label} ${pct}`;
 }
 
@@ -132,13 +142,14 @@ export function quotaText(quota, now = Date.now()) {
 const BAR = 10;
 /** "[######----]": a window's use at a glance (over 100 % stays full). */
 export function bar(fraction) {
-  const filled = Math.max(0, Math.min(BAR, Math.round((fraction ?? 0) * BAR)));
+  // Full only once spent, as the figure beside it says.
+  const filled = Math.max(0, Math.min(fraction < 1 ? BAR - 1 : BAR, Math.round((fraction ?? 0) * BAR)));
   return `[${"#".repeat(filled)}${"-".repeat(BAR - filled)}]`;
 }
 
 /** One window: "7d_sonnet [#########-] 93% resets in 2 d 4 h (at Tue 1 Dec 12:00 UTC)". */
 export function windowLine(w, now = Date.now()) {
-  const pct = w.utilization == null ? "?" : `${Math.round(w.utilization * 100)}%`;
+  const pct = w.utilization == null ? "?" : wholePercent(w.utilization);
   const reset = w.resetsAt ? ` resets ${wait(w.resetsAt, now)}` : "";
   return `${w.name} ${bar(w.utilization)} ${pct}${reset}`;
 }
