@@ -120,3 +120,21 @@ test("other writers' sections keep their place in the file through our writes, a
   assert.ok(!fields.includes("refreshBackoffUntil"), "spent with the refresh");
   assert.ok(fields.indexOf("authRefreshFailures") < fields.indexOf("zz"), fields.join());
 });
+
+test("a top-level lastFailover of another writer's shape is left where it is by a failover; ours goes under _oauthPool", async () => {
+  for (const theirs of ["yesterday", { at: "2026-08-21", by: "aidevops" }, { note: "kept" }]) {
+    const tag = Math.random().toString(36).slice(2, 8);
+    const a = oauthEntry(mock, `content-lf-a-${tag}@x.test`);
+    const b = oauthEntry(mock, `content-lf-b-${tag}@x.test`);
+    const path = writeRaw(JSON.stringify({ anthropic: [a, b], lastFailover: theirs, cursor: [] }));
+    mock.script(a.email, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+    const res = await send(lib.createPoolFetch({ path }));
+    assert.equal(res.poolAccount, b.email);
+    await lib.flushPool(path);
+    const after = readPool(path);
+    assert.deepEqual(after.lastFailover, theirs, "another writer's section is kept as it was");
+    assert.deepEqual(Object.keys(after).slice(0, 3), ["anthropic", "lastFailover", "cursor"]);
+    assert.equal(after._oauthPool.lastFailover.from, a.email);
+    assert.equal(after._oauthPool.lastFailover.to, b.email);
+  }
+});

@@ -211,22 +211,29 @@ pub fn status(pool: &Pool, location: &str, now: i64) -> Value {
 /// `_`-prefixed key, which other tools sharing the file (aidevops) skip.
 pub const META_KEY: &str = "_oauthPool";
 
+/// Whether a `lastFailover` is of the shape this pool records: only such a top-level section is
+/// ours (an older version's) to move under `_oauthPool`; any other is another writer's.
+pub fn is_recorded_failover(v: &Value) -> bool {
+    v.get("at").is_some_and(Value::is_number)
+        && v.get("from").is_some_and(Value::is_string)
+        && v.get("to").is_none_or(|t| t.is_string() || t.is_null())
+        && v.get("reason").is_some_and(Value::is_string)
+}
+
 /// The last failover this machine recorded (older files kept it at the top level). A section of
 /// that name is the file's, kept verbatim: one not of the recorded shape (another writer's, a
 /// hand edit) is no failover, rather than handed on as `{}` or a string that status then showed
 /// as "undefined -> no other account: undefined".
 pub fn last_failover(pool: &Pool) -> Option<Value> {
-    let recorded = |v: &&Value| {
-        v.get("at").is_some_and(Value::is_number)
-            && v.get("from").is_some_and(Value::is_string)
-            && v.get("to").is_none_or(|t| t.is_string() || t.is_null())
-            && v.get("reason").is_some_and(Value::is_string)
-    };
     pool.extra
         .get(META_KEY)
         .and_then(|m| m.get("lastFailover"))
-        .filter(recorded)
-        .or_else(|| pool.extra.get("lastFailover").filter(recorded))
+        .filter(|v| is_recorded_failover(v))
+        .or_else(|| {
+            pool.extra
+                .get("lastFailover")
+                .filter(|v| is_recorded_failover(v))
+        })
         .map(|f| {
             json!({ "at": f["at"], "from": f["from"], "to": f.get("to").cloned().unwrap_or(Value::Null), "reason": f["reason"] })
         })

@@ -770,7 +770,15 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
         }
     }
     if let Some(f) = &batch.last_failover {
-        pool.remove_section("lastFailover");
+        // An older version kept its record at the top level; a section of that name in another
+        // shape is another writer's and stays, as every field the pool does not own.
+        if pool
+            .extra
+            .get("lastFailover")
+            .is_some_and(crate::manage::is_recorded_failover)
+        {
+            pool.remove_section("lastFailover");
+        }
         let meta = pool
             .extra
             .entry(crate::manage::META_KEY)
