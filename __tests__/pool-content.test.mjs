@@ -3,7 +3,7 @@
 // another case, their sections around ours. Each is read as it says, or kept and reported.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { writeFileSync, mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
@@ -137,4 +137,24 @@ test("a top-level lastFailover of another writer's shape is left where it is by 
     assert.equal(after._oauthPool.lastFailover.from, a.email);
     assert.equal(after._oauthPool.lastFailover.to, b.email);
   }
+});
+
+test("numbers in other writers' fields: 64-bit integers come back exact through a write, beyond them and exponent forms as doubles", async () => {
+  const a = oauthEntry(mock, "content-numbers@x.test");
+  const entry = JSON.stringify({ ...a, past53: 1 }).replace('"past53":1', '"past53":9007199254740993,"u64":18446744073709551615,"i64":-9223372036854775808');
+  const top = '"counter":12345678901234567890,"beyond":18446744073709551616,"below":-9223372036854775809,"exp":1e2';
+  const path = writeRaw(`{"anthropic":[${entry}],${top}}`);
+  await lib.setPriority(a.email, 2, path);
+  const text = readFileSync(path, "utf8").replace(/\s+/g, "");
+  for (const kept of ['"past53":9007199254740993', '"u64":18446744073709551615', '"i64":-9223372036854775808', '"counter":12345678901234567890']) {
+    assert.ok(text.includes(kept), `${kept} kept exact: ${text}`);
+  }
+  for (const [k, v] of [
+    ["beyond", 2 ** 64],
+    ["below", -(2 ** 63)],
+    ["exp", 100],
+  ]) {
+    assert.equal(JSON.parse(text)[k], v, k);
+  }
+  assert.ok(text.includes('"exp":100.0'), text);
 });
