@@ -218,6 +218,22 @@ test("umask 000 and 077: a new pool directory is 0700 and every file in it 0600 
   }
 });
 
+test("a pool file of mode 0400 is replaced by a write (the new file 0600), and one left wider is tightened before its .bak is made", {
+  skip: !posix && "no modes here",
+}, async () => {
+  const { setPriority } = await import("../index.mjs");
+  for (const wide of [0o400, 0o644, 0o606]) {
+    const path = await seedPool(mock, [`mode-${wide.toString(8)}@x.test`]);
+    const before = readFileSync(path);
+    chmodSync(path, wide);
+    await setPriority(`mode-${wide.toString(8)}@x.test`, 2, path);
+    assert.equal(mode(path), 0o600, `pool file once ${wide.toString(8)}`);
+    assert.equal(mode(`${path}.bak`) & 0o077, 0, `its .bak, once ${wide.toString(8)}, is readable by no one else`);
+    assert.deepEqual(readFileSync(`${path}.bak`), before, "the .bak is the previous generation");
+    assert.equal(JSON.parse(readFileSync(path, "utf8")).anthropic[0].priority, 2);
+  }
+});
+
 test("a read-only bind of the pool file: a valid token keeps serving, writes fail with POOL_IO, and the file keeps every byte", async (t) => {
   if (process.platform !== "linux" || !isRoot) return t.skip("a bind mount needs root on Linux");
   const { createPoolFetch, savePool, removeAccount, loadPool } = await import("../index.mjs");

@@ -3,7 +3,7 @@
 // another case, their sections around ours. Each is read as it says, or kept and reported.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
@@ -157,4 +157,17 @@ test("numbers in other writers' fields: 64-bit integers come back exact through 
     assert.equal(JSON.parse(text)[k], v, k);
   }
   assert.ok(text.includes('"exp":100.0'), text);
+});
+
+test("a pool file past 32 MB (a dump or log written over it) is refused with POOL_CORRUPT and kept as it is, by reads, writes and requests", async () => {
+  const a = oauthEntry(mock, "content-huge@x.test");
+  const path = writeRaw(JSON.stringify({ anthropic: [a] }));
+  truncateSync(path, 33 * 1024 * 1024);
+  const before = statSync(path);
+  await assert.rejects(lib.loadPool(path), (e) => e.code === "POOL_CORRUPT" && /bytes/.test(e.message));
+  await assert.rejects(lib.setPriority(a.email, 2, path), (e) => e.code === "POOL_CORRUPT");
+  await assert.rejects(send(lib.createPoolFetch({ path })), (e) => e.code === "POOL_CORRUPT");
+  const after = statSync(path);
+  assert.deepEqual([after.size, after.mtimeMs, after.ino], [before.size, before.mtimeMs, before.ino]);
+  assert.ok(!existsSync(`${path}.bak`), "no .bak made from it");
 });
