@@ -171,3 +171,25 @@ test("a pool file past 32 MB (a dump or log written over it) is refused with POO
   assert.deepEqual([after.size, after.mtimeMs, after.ino], [before.size, before.mtimeMs, before.ino]);
   assert.ok(!existsSync(`${path}.bak`), "no .bak made from it");
 });
+
+test("a message another JavaScript writer cut inside an emoji (a lone surrogate escape) does not make the whole pool unreadable", async () => {
+  const a = oauthEntry(mock, "content-cut-a@x.test");
+  const b = oauthEntry(mock, "content-cut-b@x.test");
+  // What JSON.stringify writes for a string sliced between the two halves of a character pair.
+  const theirs = { ...b, lastError: "quota 😀".slice(0, 7), note: "\udc00 ok" };
+  const path = writeRaw(JSON.stringify({ anthropic: [a, theirs], openai: [] }));
+  assert.match(readFileSync(path, "utf8"), /\\ud83d"/);
+  const pool = await lib.loadPool(path);
+  assert.deepEqual(
+    pool.anthropic.map((x) => x.email),
+    [a.email, b.email],
+  );
+  assert.equal(pool.anthropic[1].lastError, "quota \ufffd");
+  const res = await send(lib.createPoolFetch({ path }));
+  assert.equal(res.status, 200);
+  await lib.setPriority(b.email, 2, path);
+  const after = readPool(path);
+  assert.equal(after.anthropic[1].lastError, "quota \ufffd", "read as a UTF-8 encoder writes it");
+  assert.equal(after.anthropic[1].note, "\ufffd ok");
+  assert.equal(after.anthropic[1].refresh, b.refresh, "its tokens kept");
+});

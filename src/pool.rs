@@ -218,6 +218,55 @@ pub fn json_text(bytes: &[u8]) -> Result<&[u8], String> {
     }
 }
 
+/// JavaScript writes a string cut inside a character pair (`"quota 😀".slice(0, 7)`, a message
+/// shortened by another tool sharing the file) as a lone surrogate escape, `"\ud83d"`, which
+/// `JSON.parse` and Python read and serde_json refuses: one such field anywhere made the whole
+/// pool unreadable. `text` with each lone `\uD800`-`\uDFFF` escape in a string read as `\ufffd`,
+/// as a UTF-8 encoder (Node's `Buffer`, `TextEncoder`) writes one; `None` when there is none.
+/// The replacement has the same length, so positions in a later parse error stay the file's.
+fn lone_surrogates_replaced(text: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    let surrogate_at = |i: usize| -> Option<u16> {
+        if text.get(i..i + 2)? != b"\\u" {
+            return None;
+        }
+        let hex = std::str::from_utf8(text.get(i + 2..i + 6)?).ok()?;
+        u16::from_str_radix(hex, 16)
+            .ok()
+            .filter(|u| (0xD800..=0xDFFF).contains(u))
+    };
+    let mut out: Option<zeroize::Zeroizing<Vec<u8>>> = None;
+    let (mut i, mut copied, mut in_string) = (0, 0, false);
+    while let Some(&b) = text.get(i) {
+        match b {
+            b'"' => {
+                in_string = !in_string;
+                i += 1;
+            }
+            b'\\' if in_string => match surrogate_at(i) {
+                Some(0xD800..=0xDBFF)
+                    if surrogate_at(i + 6).is_some_and(|low| (0xDC00..=0xDFFF).contains(&low)) =>
+                {
+                    i += 12
+                }
+                Some(_) => {
+                    let buf = out.get_or_insert_with(|| {
+                        zeroize::Zeroizing::new(Vec::with_capacity(text.len()))
+                    });
+                    buf.extend_from_slice(text.get(copied..i).unwrap_or_default());
+                    buf.extend_from_slice(b"\\ufffd");
+                    i += 6;
+                    copied = i;
+                }
+                None => i += 2,
+            },
+            _ => i += 1,
+        }
+    }
+    let mut buf = out?;
+    buf.extend_from_slice(text.get(copied..).unwrap_or_default());
+    Some(buf)
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Pool {
     pub version: Option<Value>,
@@ -285,7 +334,11 @@ impl Pool {
         // A parse into a tree keeps the last of two equal keys and drops the other silently:
         // "anthropic" twice, or "refresh" twice in an account, would lose what the first held
         // at the next write. Such a file is refused (and kept) like any other corrupt one.
-        Pool::from_value(crate::unique_keys::parse(json_text(bytes)?)?)
+        let text = json_text(bytes)?;
+        match lone_surrogates_replaced(text) {
+            Some(mended) => Pool::from_value(crate::unique_keys::parse(&mended)?),
+            None => Pool::from_value(crate::unique_keys::parse(text)?),
+        }
     }
 
     /// The version written back: `version: 1` says nothing (it is the only version) and
@@ -773,6 +826,21 @@ mod tests {
         ] {
             assert_eq!(Pool::from_caller(bad).unwrap_err().code(), "POOL_INVALID");
         }
+    }
+
+    #[test]
+    fn a_string_javascript_cut_inside_a_character_pair_is_read() {
+        let cut = br#"{"anthropic": [{"email": "a@x", "lastError": "quota \ud83d", "note": "\uDE00 \\ud83d \ud83d\ude00"}], "x": "\ud800\ud800"}"#;
+        let pool = Pool::parse(cut).unwrap();
+        let a = pool.find("a@x").unwrap();
+        assert_eq!(a.extra["lastError"], json!("quota \u{fffd}"));
+        // An escaped backslash is no escape; a whole pair stays the character it is.
+        assert_eq!(a.extra["note"], json!("\u{fffd} \\ud83d \u{1f600}"));
+        assert_eq!(pool.extra["x"], json!("\u{fffd}\u{fffd}"));
+        // Outside a string it is no string's, and the error says where, as before.
+        let err = Pool::parse(br#"{"anthropic": [], "x": \ud800}"#).unwrap_err();
+        assert!(err.contains("column 24"), "{err}");
+        assert!(lone_surrogates_replaced(br#"{"a": "\u00e9 \ud83d\ude00"}"#).is_none());
     }
 
     #[test]
