@@ -266,6 +266,7 @@ test("add-key reads the key from stdin, stores it 0600, never prints it; an argu
   const arg = await cli(["add-key", API_KEY], { path });
   assert.equal(arg.code, 2);
   assert.match(arg.stderr, /stdin/);
+  assertNoSecret(arg, [API_KEY]);
   const empty = await cli(["add-key"], { path, input: "" });
   assert.equal(empty.code, 2);
   const bad = await cli(["add-key", "--json"], { path, input: "short\n" });
@@ -1073,6 +1074,38 @@ test("import-claude-code on a terminal asks y/N first", { skip: !script && "need
     readPool(path).anthropic.map((a) => a.email),
     ["tty@x.test"],
   );
+});
+
+test("add-key on a terminal: a key pasted as soon as the prompt shows is not echoed, and is stored", {
+  skip: !script && "needs script(1) on Linux",
+}, async () => {
+  // The prompt was drawn before the echo went off: a key pasted the moment it showed was echoed
+  // (on screen, in the scrollback) whenever the CLI lost the CPU between the two. Several
+  // terminals at once make that likely; none may show its key.
+  const path = freshPath();
+  const quote = (w) => `'${w.replace(/'/g, `'\\''`)}'`;
+  const session = async (i) => {
+    const key = `${API_KEY}-tty-${i}`;
+    const line = [process.execPath, CLI, "add-key", "--email", `tty-${i}@x.test`].map(quote).join(" ");
+    let typed = false;
+    const r = await cli(["-qec", line, "/dev/null"], {
+      path,
+      command: ["script"],
+      onStdout(stdout, child) {
+        if (typed || !stdout.includes("API key: ")) return;
+        typed = true;
+        child.stdin.write(`${key}\r`);
+      },
+    });
+    assert.ok(typed, r.stdout);
+    assert.equal(r.code, 0, r.stdout);
+    assert.match(r.stdout, new RegExp(`added tty-${i}@x\\.test \\(API key\\)`));
+    assertNoSecret(r, [key.slice(0, 20)]);
+    return key;
+  };
+  const keys = await Promise.all(Array.from({ length: 12 }, (_, i) => session(i)));
+  const stored = new Map(readPool(path).anthropic.map((a) => [a.email, a.key]));
+  assert.deepEqual(keys.map((_, i) => stored.get(`tty-${i}@x.test`)), keys);
 });
 
 test("add on a terminal where nobody pastes the code: the same bound as a pipe, its error on a line of its own; Ctrl-C still ends it at once", {

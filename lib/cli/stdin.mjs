@@ -17,8 +17,8 @@ export const TIMED_OUT = Symbol("no line within the time allowed");
  */
 export async function readLine({ prompt, hidden = false, timeoutMs, stdin = process.stdin, stderr = process.stderr } = {}) {
   if (stdin.isTTY) {
+    if (hidden && typeof stdin.setRawMode === "function") return readHidden(stdin, stderr, timeoutMs, prompt);
     if (prompt) stderr.write(prompt);
-    if (hidden && typeof stdin.setRawMode === "function") return readHidden(stdin, stderr, timeoutMs);
   }
   return new Promise((resolve, reject) => {
     const chunks = [];
@@ -60,10 +60,13 @@ function timedOut(stdin, stderr) {
 }
 
 /** A terminal with the echo off: the API key never shows on screen. */
-function readHidden(stdin, stderr, timeoutMs) {
+function readHidden(stdin, stderr, timeoutMs, prompt) {
   return new Promise((resolve, reject) => {
     let buf = "";
+    // The echo goes off before the prompt shows: a key pasted as the prompt appeared was echoed
+    // when this process lost the CPU between the two (a loaded machine, a paste by a script).
     stdin.setRawMode(true);
+    if (prompt) stderr.write(prompt);
     stdin.setEncoding("utf8");
     const stop = () => {
       clearTimeout(timer);
