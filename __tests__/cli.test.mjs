@@ -1369,6 +1369,28 @@ test("add-key: a key pasted with the quotes of a shell line or a JSON file aroun
   assert.equal(readPool(path).anthropic.length, 1);
 });
 
+test("add and add-key: a code or key in backticks or typographic quotes is the code or key, alike", async () => {
+  // Copied out of Markdown (`...`) or a chat app or editor that curls quotes (“...”): the
+  // key took backticks but not curly quotes, and a code took neither ("malformed").
+  const path = freshPath();
+  const quotes = [
+    ["`", "`"],
+    ["\u201c", "\u201d"],
+    ["\u2018", "\u2019"],
+    ["\u00ab ", " \u00bb"],
+  ];
+  for (const [i, [open, close]] of quotes.entries()) {
+    const email = `quoted-${i}@x.test`;
+    const login = await addThroughMock(path, email, { tamper: (p) => ` ${open}${p}${close}` });
+    assert.equal(login.code, 0, `${open}code${close}: ${login.stdout}${login.stderr}`);
+    assert.equal(readPool(path).anthropic.find((a) => a.email === email)?.refresh, mock.tokens(email).refresh);
+    const key = `${API_KEY}-${i}`;
+    const r = await cli(["add-key", "--email", `key-${i}@x.test`, "--json"], { path, input: `${open}${key}${close}\n` });
+    assert.equal(r.code, 0, `${open}key${close}: ${r.stdout}`);
+    assert.equal(readPool(path).anthropic.find((a) => a.email === `key-${i}@x.test`)?.key, key);
+  }
+});
+
 test("serve on a port already in use: exit 1 with what to do, in text and JSON", async () => {
   const busy = createServer();
   await new Promise((resolve) => busy.listen(0, "127.0.0.1", resolve));

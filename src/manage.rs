@@ -429,18 +429,12 @@ pub async fn add_api_key(
 ) -> Result<(String, bool)> {
     // A key copied out of a shell line or a JSON file keeps its quotes; no key holds one, and
     // kept they made a member that every request sent with `"` around its key (a 401 each time).
-    let key = Secret::new(crate::secret::without_paste_noise(key.expose()));
-    let trimmed = key
-        .expose()
-        .trim()
-        .trim_matches(|c| c == '"' || c == '\'' || c == '`')
-        .trim();
-    if trimmed.len() < 8 || !Secret::new(trimmed).is_token_shaped() {
+    let secret = Secret::new(crate::secret::unwrapped_paste(key.expose()));
+    if secret.expose().len() < 8 || !secret.is_token_shaped() {
         return Err(Error::InvalidArgument(
             "that does not look like an API key (expected something like sk-ant-api03-...)".into(),
         ));
     }
-    let secret = Secret::new(trimmed);
     let given = email.is_some_and(|e| !e.trim().is_empty());
     let email = email
         .map(str::trim)

@@ -96,6 +96,27 @@ pub fn without_paste_noise(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Quote marks a code or key is copied with: those of a shell line, a JSON file or Markdown,
+/// and the typographic ones an editor or a chat app turns them into. No token holds one.
+const PASTE_QUOTES: &[char] = &[
+    '"', '\'', '`', '\u{201c}', '\u{201d}', '\u{201e}', '\u{2018}', '\u{2019}', '\u{201a}',
+    '\u{00ab}', '\u{00bb}',
+];
+
+/// A pasted code or key as meant, the same for both: the paste noise out, then the spaces and
+/// quote marks around it off, however they nest (`" 'abc' "`).
+pub fn unwrapped_paste(text: &str) -> String {
+    let text = without_paste_noise(text);
+    let mut inner = text.trim();
+    loop {
+        let next = inner.trim_matches(PASTE_QUOTES).trim();
+        if next.len() == inner.len() {
+            return inner.to_string();
+        }
+        inner = next;
+    }
+}
+
 fn token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '+' | '/' | '=')
 }

@@ -19,8 +19,8 @@ pub struct Pasted {
 const MAX_PASTE: usize = 16 * 1024;
 
 pub fn parse_pasted(input: &str) -> Result<Pasted> {
-    let input = crate::secret::without_paste_noise(input);
-    let input = input.trim().trim_matches(|c| c == '"' || c == '\'');
+    let input = crate::secret::unwrapped_paste(input);
+    let input = input.as_str();
     if input.is_empty() {
         return Err(Error::OAuthBadInput("nothing was pasted".into()));
     }
@@ -199,6 +199,12 @@ mod tests {
             "\u{1b}[200~abc#st\u{1b}[201~",
             "\u{feff}abc\u{200b}#st\u{200d}",
             "\u{1b}[200~https://platform.claude.com/oauth/code/callback?code=abc&state=st\u{1b}[201~",
+            // Quotes around it, as an API key may have them: Markdown's, typographic, nested.
+            "`abc#st`",
+            "\u{201c}abc#st\u{201d}",
+            " \u{2018}abc#st\u{2019} ",
+            "\u{ab} abc#st \u{bb}",
+            "\" 'abc#st' \"",
         ] {
             let p = parse_pasted(pasted).unwrap();
             assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
