@@ -1105,7 +1105,10 @@ test("add-key on a terminal: a key pasted as soon as the prompt shows is not ech
   };
   const keys = await Promise.all(Array.from({ length: 12 }, (_, i) => session(i)));
   const stored = new Map(readPool(path).anthropic.map((a) => [a.email, a.key]));
-  assert.deepEqual(keys.map((_, i) => stored.get(`tty-${i}@x.test`)), keys);
+  assert.deepEqual(
+    keys.map((_, i) => stored.get(`tty-${i}@x.test`)),
+    keys,
+  );
 });
 
 test("add on a terminal where nobody pastes the code: the same bound as a pipe, its error on a line of its own; Ctrl-C still ends it at once", {

@@ -385,6 +385,28 @@ test("doctor: entries with nothing to send (tokens never written, a Console key 
   assert.doesNotMatch(d.shown + d.text, /doctor-misplaced/);
 });
 
+test("doctor: a reserve written by hand as a percent, a string or past 1 is named as not read, with the command that sets it", async () => {
+  const box = user();
+  await seed(box, [
+    { email: "pct@x.test", reserve: 20 },
+    { email: "str@x.test", reserve: "0.2" },
+    { email: "neg@x.test", reserve: -1 },
+    { email: "ok@x.test", reserve: 0.2 },
+    { email: "none@x.test", reserve: 0 },
+  ]);
+  const d = await doctor(box, { text: true });
+  const said = d.named("account").map((c) => c.message);
+  const about = (email) => said.filter((m) => m.startsWith(`${email}: its reserve`));
+  assert.match(
+    about("pct@x.test")[0] ?? "",
+    /its reserve 20 is not a share from 0 to 1 .*used to its limits; set it with: oauth-pool reserve pct@x\.test 0\.2$/,
+    d.shown,
+  );
+  assert.match(about("str@x.test")[0] ?? "", /its reserve "0\.2" is not .*oauth-pool reserve str@x\.test 0\.2$/, d.shown);
+  assert.match(about("neg@x.test")[0] ?? "", /oauth-pool reserve neg@x\.test <share from 0 to 1>$/, d.shown);
+  assert.deepEqual([...about("ok@x.test"), ...about("none@x.test")], [], d.shown);
+});
+
 test("doctor: a pool directory that can never be made (HOME or a part of the path is a file) is a problem, not a pool that does not exist yet", async () => {
   const box = user();
   // A HOME that is a regular file: the default pool lives under it, and every command fails.

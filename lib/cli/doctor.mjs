@@ -214,6 +214,7 @@ async function checkAccounts(lib, path, r) {
       r.add("account", "warn", `entry #${a.index} (${a.email}): ${a.lastError}; remove it with: oauth-pool remove '#${a.index}'`, { index: a.index });
     }
   }
+  await checkReserves(lib, path, r);
   // Entries with nothing to send are never used, whatever status they read (as list and the
   // tool say): doctor said only "no account is usable" when every entry was one.
   const empty = st.accounts.filter((a) => a.credential === false && !["auth-error", "disabled", "invalid"].includes(a.status) && a.enabled !== false);
@@ -288,6 +289,33 @@ async function keyFields(lib, path) {
     }
   } catch {}
   return found;
+}
+
+/**
+ * A `reserve` written by hand as a percent (20), a string ("0.2") or past 1 is not read, and the
+ * account was used to its limits with nothing saying so: the share its owner meant to keep was
+ * spent. `oauth-pool reserve` refuses such values; a hand edit does not.
+ */
+async function checkReserves(lib, path, r) {
+  let entries;
+  try {
+    entries = (await lib.loadPool(path)).anthropic ?? [];
+  } catch {
+    return;
+  }
+  for (const e of entries) {
+    if (e === null || typeof e !== "object" || e.reserve === undefined || e.reserve === null || typeof e.email !== "string") continue;
+    const v = e.reserve;
+    if (typeof v === "number" && Number.isFinite(v) && v >= 0 && v <= 1) continue;
+    const meant = typeof v === "number" && v > 1 && v <= 100 ? v / 100 : typeof v === "string" && Number(v) >= 0 && Number(v) <= 1 ? Number(v) : null;
+    const fix = meant === null ? `oauth-pool reserve ${shellWord(e.email)} <share from 0 to 1>` : `oauth-pool reserve ${shellWord(e.email)} ${meant}`;
+    r.add(
+      "account",
+      "warn",
+      `${e.email}: its reserve ${printable(JSON.stringify(v).slice(0, 40))} is not a share from 0 to 1 (0.2 keeps 20 % of every window), so it is not read and the account is used to its limits; set it with: ${fix}`,
+      { email: e.email },
+    );
+  }
 }
 
 /** A pool with no account: every request fails, and nothing here says why unless this does. */
