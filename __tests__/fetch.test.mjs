@@ -217,6 +217,62 @@ test("a dead refresh token marks the account auth-error (tokens kept) and rotate
   assert.equal(mock.stats().perFamily["d1@x.test"].refreshCalls, 1, "presented once, never looped");
 });
 
+// README, "How a request is served": "401 for an API key: the credential is refused:
+// auth-error tied to that credential (tokens kept), next account". A key has no refresh: one
+// 401 refuses it, nothing goes to the token endpoint, and the key is never presented again.
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: a 401 on an API key refuses that key at once (kept, no refresh, no retry on it) and the next account serves`, async () => {
+    const keyed = `refused-key-${transport}`;
+    const oauth = `after-key-${transport}@x.test`;
+    const path = await seedPool(mock, [oauth]);
+    const pool = readPool(path);
+    // A key the mock does not know: its 401 is "invalid x-api-key".
+    const key = `fake-console-key-unknown-${transport}`;
+    pool.anthropic.unshift({
+      email: keyed,
+      type: "api",
+      key,
+      expires: null,
+      added: new Date().toISOString(),
+      status: "idle",
+      rateLimitUntil: null,
+      priority: 9,
+    });
+    await savePool(pool, path);
+    const events = [];
+    const poolFetch = createPoolFetch({ path, transport, onEvent: (e) => events.push(e) });
+    mock.clearRequests();
+    const tokenCalls = mock.tokenRequests.length;
+    const res = await post(poolFetch);
+    assert.equal(res.status, 200);
+    assert.equal(res.poolAccount, oauth);
+    await res.text();
+    assert.deepEqual(
+      mock.requests.map((r) => r.auth),
+      ["api-key", "bearer"],
+      "the key once, then the next account",
+    );
+    assert.equal(mock.tokenRequests.length, tokenCalls, "a key is not refreshed");
+    await flushPool(path);
+    const after = account(path, keyed);
+    assert.equal(after.status, "auth-error");
+    assert.equal(after.key, key, "the refused key is kept");
+    assert.ok(
+      events.some((e) => e.kind === "auth-error" && e.email === keyed),
+      JSON.stringify(events.map((e) => e.kind)),
+    );
+    mock.clearRequests();
+    const again = await post(poolFetch);
+    assert.equal(again.poolAccount, oauth);
+    await again.text();
+    assert.deepEqual(
+      mock.requests.map((r) => r.auth),
+      ["bearer"],
+      "the refused key is not presented again",
+    );
+  });
+}
+
 // A token endpoint that takes the refresh and does not answer (an outage, a stalled proxy) held
 // the request for the whole token call, 30 s and once more after a lost answer, though another
 // account could have served it at once.
