@@ -191,6 +191,42 @@ test("OAUTH_POOL_API_URL with spaces around it, or blank, gives OpenCode the bas
   });
 });
 
+// README, Configuration: OAUTH_POOL_GATEWAY_KEY is "at least 16 visible ASCII characters, else
+// INVALID_ARGUMENT", and blank is unset (a key generated beside the pool). A key a client could
+// not present (a space, a tab, a non-ASCII letter) or could guess (too short) must not start a
+// gateway nobody can use, and the refusal must not repeat the key.
+test("OAUTH_POOL_GATEWAY_KEY too short or not visible ASCII is INVALID_ARGUMENT without the key in it; blank generates one; spaces around it are dropped", async () => {
+  const refused = ["fifteen-chars-k", "has a space in-the-middle", "tab\tinside-the-key-text", "caf\u00e9-key-with-accent"];
+  for (const key of refused) {
+    const path = tempPoolPath();
+    await withEnv({ OAUTH_POOL_GATEWAY_KEY: key }, async () => {
+      await assert.rejects(
+        serve({ port: 0, path }),
+        (e) => e.code === "INVALID_ARGUMENT" && /OAUTH_POOL_GATEWAY_KEY must be at least 16 visible ASCII/.test(e.message) && !e.message.includes(key.trim()),
+        JSON.stringify(key),
+      );
+    });
+    assert.throws(() => readFileSync(`${path}.gateway-key`), { code: "ENOENT" }, "no key file made for a refused key");
+  }
+  for (const [key, generated] of [
+    ["   ", true],
+    ["  sixteen-chars-ky  ", false],
+  ]) {
+    const path = tempPoolPath();
+    await withEnv({ OAUTH_POOL_GATEWAY_KEY: key }, async () => {
+      const gateway = await serve({ port: 0, path });
+      await gateway.close(0);
+    });
+    let made = true;
+    try {
+      readFileSync(`${path}.gateway-key`);
+    } catch {
+      made = false;
+    }
+    assert.equal(made, generated, JSON.stringify(key));
+  }
+});
+
 test("serve and close refuse numbers the addon would wrap (2^32 ms became 100 ms); the CLI flags say so too", async () => {
   const path = tempPoolPath();
   await withEnv({ OAUTH_POOL_GATEWAY_KEY: "gateway-key-for-tests-only" }, async () => {
