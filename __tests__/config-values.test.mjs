@@ -60,6 +60,22 @@ test("a response timeout past the longest JavaScript timer is its longest, not a
   }
 });
 
+// README, Configuration: "a value the rule does not take falls back to the default and the pool
+// keeps working". A timeout of 0, a negative one, one with a unit or none at all, given to a
+// transport's timer as written, would fail every request at once.
+test("a response timeout the rule does not take (0, negative, with a unit, not a number) is the default on both transports: requests are served", async () => {
+  const path = await seedPool(mock, ["untaken@x.test"]);
+  for (const value of ["0", "-1", "5s", "1.5", "0x10", "soon"]) {
+    await withEnv({ OAUTH_POOL_RESPONSE_TIMEOUT_MS: value, OAUTH_POOL_TIMEOUT_MS: value }, async () => {
+      for (const transport of ["native", "runtime"]) {
+        const res = await post(createPoolFetch({ path, transport }));
+        assert.equal(res.status, 200, `${transport}, ${value}`);
+        await res.text();
+      }
+    });
+  }
+});
+
 test("doctor: a number of milliseconds past the longest timer says what applies; blank is unset; OAUTH_POOL_LOG that logs nothing of the pool is named", async () => {
   const env = {
     OAUTH_POOL_RESPONSE_TIMEOUT_MS: "3000000000",
