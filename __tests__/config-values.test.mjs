@@ -377,6 +377,28 @@ test("doctor reads the plugin's options in OpenCode's config files: an unknown o
   }
 });
 
+// README, Configuration: OAUTH_POOL_STORE is "postgres://... : anything else is refused". A
+// file path there (a person taking it for the pool file's variable) or another database's URL
+// must not quietly serve from the default pool file, and the refusal repeats no password.
+test("OAUTH_POOL_STORE naming a file or another database is INVALID_ARGUMENT, for the library and a request, its password not repeated; the pool file is not used", async () => {
+  const path = await seedPool(mock, ["not-the-store@x.test"]);
+  const before = readFileSync(path, "utf8");
+  for (const store of [
+    path,
+    "mysql://u:hunter2-store-secret@127.0.0.1/db",
+    "sqlite:///tmp/pool.db",
+    "http://127.0.0.1:5432/pool",
+    "postgres:/missing-slashes",
+  ]) {
+    await withEnv({ OAUTH_POOL_PATH: path, OAUTH_POOL_STORE: store }, async () => {
+      const refused = (e) => e.code === "INVALID_ARGUMENT" && /OAUTH_POOL_STORE takes a postgres:\/\/ URL/.test(e.message) && !e.message.includes("hunter2");
+      await assert.rejects(listAccounts(), refused, store);
+      await assert.rejects(post(createPoolFetch()), refused, store);
+    });
+  }
+  assert.equal(readFileSync(path, "utf8"), before, "the pool file is untouched");
+});
+
 test("OAUTH_POOL_STORE with its scheme in upper case is the store, as postgres:// is (the scheme is case-insensitive)", async () => {
   // Port 1 on loopback refuses at once: reaching the connect is what shows the URL was taken.
   const key = "ab".repeat(32);
