@@ -718,6 +718,43 @@ test("session affinity: sessions keep their account, subagents inherit their par
   assert.ok(mock.requests.every((r) => r.headers["x-session-affinity"] === undefined && r.headers["x-parent-session-id"] === undefined));
 });
 
+// README, "How a request is served", step 3: the caller's headers go upstream minus credentials,
+// hop-by-hop ones (`expect` too), length, `accept-encoding` and session headers. Each class, as a
+// caller of the library can send it: a wrong length or an `expect` forwarded broke the request,
+// a proxy's credential or a session id would leave for the API.
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: the hop's, length, encoding, credential and session headers stay here; the rest go upstream`, async () => {
+    const path = await seedPool(mock, [`hops-${transport}@x.test`]);
+    const poolFetch = createPoolFetch({ path, transport });
+    mock.clearRequests();
+    const headers = {
+      ...jsonHeaders,
+      expect: "100-continue",
+      "content-length": "3",
+      "transfer-encoding": "chunked",
+      "accept-encoding": "br",
+      te: "trailers",
+      connection: "keep-alive, x-hop",
+      "x-hop": "named by connection",
+      "proxy-authorization": "Basic cHJveHk6c2VjcmV0",
+      authorization: "Bearer caller-own-token",
+      "x-session-id": "ses_hops",
+      "x-opencode-project": "prj_hops",
+      "x-kept": "yes",
+    };
+    const res = await post(poolFetch, {}, { headers });
+    assert.equal(res.status, 200);
+    await res.text();
+    const sent = mock.requests.at(-1).headers;
+    assert.equal(sent["x-kept"], "yes");
+    for (const name of ["expect", "te", "x-hop", "proxy-authorization", "x-session-id", "x-opencode-project"]) assert.equal(sent[name], undefined, name);
+    assert.notEqual(sent["content-length"], "3", "the length is the body's");
+    assert.notEqual(sent["accept-encoding"], "br", "the client's own");
+    assert.equal(sent["transfer-encoding"] === "chunked" && sent["content-length"] !== undefined, false);
+    assert.ok(!JSON.stringify(sent).includes("caller-own-token"), "the pool's credential, not the caller's");
+  });
+}
+
 test("content encoding stays truthful: a gzip answer arrives decoded, without content-encoding", async () => {
   const { createServer } = await import("node:http");
   const { gzipSync } = await import("node:zlib");
