@@ -159,6 +159,42 @@ test("a token inside its refresh margin while the token endpoint fails: the stil
   }
 });
 
+// README, "How a request is served", step 2: a transient failure "sets a shared backoff
+// (`refreshBackoffUntil`, from `retry-after`, else 30 s)". The test above gives a retry-after;
+// each transient kind here gives none: a 5xx, a 429, a reset connection.
+test("a transient refresh failure without retry-after (5xx, 429, reset) backs off 30 s, shared in the file; the still-valid token serves meanwhile", async () => {
+  for (const [kind, mode] of [
+    ["500", { status: 500 }],
+    ["429", { status: 429 }],
+    ["reset", { reset: true }],
+  ]) {
+    const email = `default-backoff-${kind}@x.test`;
+    const path = await seedPool(mock, [email]);
+    const pool = readPool(path);
+    pool.anthropic[0].expires = Date.now() + 120_000; // inside the 5-minute margin, still valid
+    await savePool(pool, path);
+    mock.setTokenMode({ ...mode, grant: "refresh_token", times: Infinity });
+    try {
+      const f = createPoolFetch({ path });
+      const before = Date.now();
+      for (let i = 0; i < 2; i++) {
+        const r = await ask(f);
+        assert.equal(r.status, 200, kind);
+        assert.equal(r.poolAccount, email);
+        await r.text();
+      }
+      // A reset may have lost an answer: the contract's one immediate retry with the same token.
+      assert.equal(refreshCalls(email), kind === "reset" ? 2 : 1, `${kind}: presented once (a reset: twice), then left alone`);
+      await flushPool(path);
+      const a = account(path, email);
+      assert.ok(a.refreshBackoffUntil >= before + 30_000 && a.refreshBackoffUntil <= Date.now() + 30_000, `${kind}: ${a.refreshBackoffUntil - before} ms`);
+      assert.notEqual(a.status, "auth-error", kind);
+    } finally {
+      mock.setTokenMode(null);
+    }
+  }
+});
+
 test("an account marked auth-error by a wrong token endpoint's 404 comes back with `oauth-pool refresh` once the endpoint is right", async () => {
   const email = "moved@x.test";
   const path = await seedPool(mock, [email], { expired: [email] });
