@@ -680,6 +680,32 @@ mod tests {
         );
     }
 
+    /// The README's bounds, from the side a user meets: a session keeps its account through
+    /// 5,000 newer sessions (the bound test above holds only the last one and the first gone,
+    /// and kept passing with a bound of a few), and a pin quiet for 6 h pins nothing.
+    #[test]
+    fn a_pin_outlives_5000_newer_sessions_and_not_six_quiet_hours() {
+        let o = Overlay::default();
+        o.served("a@x", Some("ses_first"), 0, 0);
+        for i in 0..5_000 {
+            o.served("b@x", Some(&format!("ses_{i}")), 0, 0);
+        }
+        assert_eq!(o.pinned(Some("ses_first"), None).as_deref(), Some("a@x"));
+        assert_eq!(
+            o.pinned(Some("ses_sub"), Some("ses_first")).as_deref(),
+            Some("a@x"),
+            "a subagent still inherits it"
+        );
+        // An Instant 6 h back exists once the monotonic clock has run that long (any CI host).
+        if let Some(quiet) = Instant::now().checked_sub(SESSION_TTL + Duration::from_secs(1)) {
+            lock(&o.sessions)
+                .recent
+                .insert("ses_quiet".into(), ("c@x".into(), quiet, 0));
+            assert_eq!(o.pinned(Some("ses_quiet"), None), None);
+            assert_eq!(o.pinned(Some("ses_sub"), Some("ses_quiet")), None);
+        }
+    }
+
     #[test]
     fn rests_decided_while_nothing_is_served_stay_bounded() {
         let o = Overlay::default();
