@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { connect } from "node:net";
+import { connect, createServer } from "node:net";
 import { request as httpsRequest } from "node:https";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -14,7 +14,8 @@ import { createAnthropic } from "@ai-sdk/anthropic";
 import { generateText, streamText } from "ai";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
-import { account, oauthEntry, useMock, seedPool, tempPoolPath, until } from "./helpers/pool-env.mjs";
+import { withRawApi } from "./helpers/raw-api.mjs";
+import { account, oauthEntry, useMock, seedPool, tempPoolPath, until, withEnv } from "./helpers/pool-env.mjs";
 
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
 const KEY = "test-gateway-key-0123456789abcdef";
@@ -158,6 +159,69 @@ test("a failure that asking again cannot fix (no account, every login refused, a
       await gw.close();
     }
   }
+});
+
+// The other side of that list: an API origin the pool refuses to send to is as final, and a
+// network failure upstream is the 502 the SDKs retry (a `false` there would end a blip at once).
+test("an insecure API origin is a final 500 INSECURE_ENDPOINT (x-should-retry: false); an upstream that refuses connections is a 502 NETWORK the SDK retries", async () => {
+  const closed = createServer();
+  await new Promise((resolve) => closed.listen(0, "127.0.0.1", resolve));
+  const deadPort = closed.address().port;
+  await new Promise((resolve) => closed.close(resolve));
+  const path = await seedPool(mock, ["origin@x.test"]);
+  for (const c of [
+    { what: "an http:// origin off loopback", api: "http://api.example.test", status: 500, code: "INSECURE_ENDPOINT", final: true },
+    { what: "an upstream refusing connections", api: `http://127.0.0.1:${deadPort}`, status: 502, code: "NETWORK", final: false },
+  ]) {
+    // The gateway serves under the environment it was started in.
+    await withEnv({ OAUTH_POOL_API_URL: c.api }, async () => {
+      const gw = await lib.serve({ port: 0, path });
+      try {
+        let asked = 0;
+        const counting = (input, init) => {
+          asked++;
+          return fetch(input, init);
+        };
+        const client = new Anthropic({ apiKey: KEY, baseURL: gw.url, fetch: counting, maxRetries: 1 });
+        const err = await client.messages.create({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }).then(
+          () => assert.fail(`${c.what}: served`),
+          (e) => e,
+        );
+        assert.equal(err.status, c.status, `${c.what}: ${err}`);
+        assert.equal(err.headers.get("x-oauth-pool-error"), c.code, c.what);
+        assert.equal(err.headers.get("x-should-retry"), c.final ? "false" : null, c.what);
+        assert.equal(err.error?.type, "error", `${c.what}: Anthropic's error shape`);
+        assert.equal(asked, c.final ? 1 : 2, `${c.what}: asked again only when that can help`);
+      } finally {
+        await gw.close(0);
+      }
+    });
+  }
+});
+
+test("a batch answer that breaks off upstream is the pool's coded 502 NETWORK, as any other answer's (it went out uncoded)", async () => {
+  const path = await seedPool(mock, ["batch-cut@x.test"]);
+  await withRawApi(
+    (socket) => {
+      socket.write("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 4000\r\n\r\n");
+      socket.end('{"id":"msgbatch_1","results_url":"https://api.anthropic.com/v1/messages/batches/msgbatch_1/res');
+    },
+    async () => {
+      const gw = await lib.serve({ port: 0, path });
+      try {
+        for (const where of ["/v1/messages/batches/msgbatch_1", "/v1/models"]) {
+          const res = await fetch(`${gw.url}${where}`, { headers: { "x-api-key": KEY } });
+          const text = await res.text();
+          assert.equal(res.status, 502, `${where}: ${text}`);
+          assert.equal(res.headers.get("x-oauth-pool-error"), "NETWORK", where);
+          assert.equal(res.headers.get("x-should-retry"), null, `${where}: asking again may help`);
+          assert.equal(JSON.parse(text).error.type, "api_error", where);
+        }
+      } finally {
+        await gw.close(0);
+      }
+    },
+  );
 });
 
 test("no key or a wrong key: 401 in Anthropic's shape and nothing upstream; /healthz needs none, /metrics does", async () => {

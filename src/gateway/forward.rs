@@ -213,12 +213,20 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
     }
     let api = match config::api() {
         Ok(a) => a,
+        // The pool's own failure (an API origin it refuses), coded and final as any other: it
+        // went out uncoded, without `x-should-retry: false`, and the SDKs asked three times.
+        // Answered before the body is read, it reads the body first, as a refusal by the head.
         Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "api_error",
-                &e.to_string(),
-            )
+            let mut res = failed(&e);
+            if waits {
+                res.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            } else {
+                linger(&mut incoming, 0, input).await;
+            }
+            return res;
         }
     };
     let target = format!(
@@ -322,9 +330,8 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
             if let Some((apis, gateway)) = &results_here {
                 answer = match results_through_gateway(answer, apis, gateway, &cancel).await {
                     Ok(answer) => answer,
-                    Err(e) => {
-                        return error(StatusCode::BAD_GATEWAY, "api_error", &pool_says(&e));
-                    }
+                    // Coded as the pool's failures are (it went out without its code).
+                    Err(e) => return failed(&e),
                 };
             }
             let begun = if head_only {
