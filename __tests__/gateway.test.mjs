@@ -138,6 +138,7 @@ test("a failure that asking again cannot fix (no account, every login refused, a
       assert.equal(err.headers.get("x-oauth-pool-error"), c.code, c.what);
       assert.equal(err.headers.get("x-should-retry"), "false", c.what);
       assert.equal(err.error?.type, "error", `${c.what}: Anthropic's error shape`);
+      assert.equal(err.error.error.type, c.status === 503 ? "overloaded_error" : "api_error", `${c.what}: no usable account is overloaded_error`);
       assert.match(err.error.error.message, c.said, c.what);
 
       // The AI SDK retries by status alone (x-should-retry is not read): what it shows is still
@@ -680,6 +681,36 @@ const canTrace = STRACE && spawnSync(STRACE, ["-o", "/dev/null", "true"]).status
 // temp (holding a key) for good; and since it was named by the pid, the next gateway given that
 // pid (a container's, started as the same pid each time) failed to start: "the gateway key file
 // vanished" (src/gateway/key.rs's unit test meets that pid).
+// "Several gateways may serve one pool file (each on its own port, one key file)" and "the port
+// is free again at once after a stop" (a supervisor's restart) had no test.
+test("two gateways started at once on one pool file share one generated key, one of them saying it made it; a closed gateway's port is taken again at once", async () => {
+  const path = await seedPool(mock, ["shared@x.test"]);
+  await withEnv({ OAUTH_POOL_GATEWAY_KEY: undefined }, async () => {
+    const both = await Promise.all([lib.serve({ port: 0, path }), lib.serve({ port: 0, path })]);
+    let port;
+    try {
+      const key = readFileSync(`${path}.gateway-key`, "utf8").trim();
+      assert.deepEqual(both.map((g) => g.keyCreated).sort(), [`${path}.gateway-key`, null].sort(), "exactly one made the key");
+      for (const g of both) {
+        const res = await messages(g.url, { headers: { "x-api-key": key } });
+        assert.equal(res.status, 200, `${g.url} takes the one key`);
+        await res.text();
+      }
+      port = Number(new URL(both[0].url).port);
+    } finally {
+      await Promise.all(both.map((g) => g.close(0)));
+    }
+    // The connection the request above left is closed by the gateway (TIME_WAIT on its side).
+    const again = await lib.serve({ port, path });
+    try {
+      assert.equal(again.url, `http://127.0.0.1:${port}`);
+      assert.equal(again.keyCreated, null, "the key file is kept");
+    } finally {
+      await again.close(0);
+    }
+  });
+});
+
 test("a gateway killed (kill -9) while making its key: the next start makes it, and the temp it left goes once stale", {
   skip: !canTrace && "strace cannot trace here (not installed, or ptrace refused)",
 }, async () => {
@@ -833,6 +864,30 @@ for (const json of [false, true]) {
 
 // The gateway's log said each cooldown twice at info: the engine's line and the gateway's copy
 // of the same `rate-limited` event (account, reason, until).
+// "Its log is off unless OAUTH_POOL_LOG is set: at info a request served plainly writes nothing,
+// at debug about a line a request, never a secret" had no test of its own.
+test("the gateway's log: nothing unless OAUTH_POOL_LOG is set, nothing at info for a request served plainly, a line or so at debug; never a token or the key", async () => {
+  for (const level of [undefined, "oauth_pool=info", "oauth_pool=debug"]) {
+    const email = `quiet-${level ?? "off"}@x.test`.replace(/[=_]/g, "-");
+    const path = await seedPool(mock, [email]);
+    const { access, refresh } = account(path, email);
+    const served = await serveChild(path, { env: { OAUTH_POOL_JITTER_MS: "0", OAUTH_POOL_LOG: level ?? "" } });
+    const exited = new Promise((resolve) => served.child.on("close", resolve));
+    try {
+      const res = await messages(served.url);
+      assert.equal(res.status, 200);
+      await res.text();
+    } finally {
+      served.child.kill("SIGTERM");
+    }
+    assert.equal(await exited, 0);
+    const logged = served.err.split("\n").filter((l) => /\b(TRACE|DEBUG|INFO|WARN|ERROR)\b/.test(l));
+    if (level === "oauth_pool=debug") assert.ok(logged.length >= 1 && logged.length <= 6, `a line or so for the request:\n${served.err}`);
+    else assert.deepEqual(logged, [], `${level ?? "OAUTH_POOL_LOG unset"}: nothing logged`);
+    for (const secret of [access, refresh, KEY]) assert.ok(!served.err.includes(secret) && !served.out.includes(secret), `${level}: no secret in the output`);
+  }
+});
+
 test("a cooldown is one line at info in the gateway's log, its wait as a person reads it; the event's copy is at debug", async () => {
   for (const level of ["info", "debug"]) {
     const emails = [1, 2].map((i) => `gwrest${i}-${level}@x.test`);
