@@ -214,11 +214,16 @@ async function checkAccounts(lib, path, r) {
       r.add("account", "warn", `entry #${a.index} (${a.email}): ${a.lastError}; remove it with: oauth-pool remove '#${a.index}'`, { index: a.index });
     }
   }
-  await checkReserves(lib, path, r);
+  // The entries as stored, read once: what the status does not carry (a field it does not read).
+  const entries = await lib.loadPool(path).then(
+    (pool) => pool.anthropic ?? [],
+    () => [],
+  );
+  checkReserves(entries, r);
   // Entries with nothing to send are never used, whatever status they read (as list and the
   // tool say): doctor said only "no account is usable" when every entry was one.
   const empty = st.accounts.filter((a) => a.credential === false && !["auth-error", "disabled", "invalid"].includes(a.status) && a.enabled !== false);
-  const misplaced = empty.some((a) => a.type === "api") ? await keyFields(lib, path) : new Map();
+  const misplaced = keyFields(entries);
   for (const a of empty) {
     const email = shellWord(a.email);
     if (a.type !== "api") {
@@ -278,16 +283,13 @@ async function checkAccounts(lib, path, r) {
  * API-key entries whose key is under another field than `key` (a hand-edited file, another
  * tool's shape): email -> that field's name, never its value.
  */
-async function keyFields(lib, path) {
+function keyFields(entries) {
   const found = new Map();
-  try {
-    const pool = await lib.loadPool(path);
-    for (const e of pool.anthropic ?? []) {
-      if (e?.type !== "api" || typeof e.email !== "string" || (typeof e.key === "string" && e.key)) continue;
-      const field = Object.keys(e).find((k) => k !== "key" && /key|token|secret/i.test(k) && typeof e[k] === "string" && e[k].length > 0);
-      if (field) found.set(e.email, field.slice(0, 64));
-    }
-  } catch {}
+  for (const e of entries) {
+    if (e?.type !== "api" || typeof e.email !== "string" || (typeof e.key === "string" && e.key)) continue;
+    const field = Object.keys(e).find((k) => k !== "key" && /key|token|secret/i.test(k) && typeof e[k] === "string" && e[k].length > 0);
+    if (field) found.set(e.email, field.slice(0, 64));
+  }
   return found;
 }
 
@@ -296,13 +298,7 @@ async function keyFields(lib, path) {
  * account was used to its limits with nothing saying so: the share its owner meant to keep was
  * spent. `oauth-pool reserve` refuses such values; a hand edit does not.
  */
-async function checkReserves(lib, path, r) {
-  let entries;
-  try {
-    entries = (await lib.loadPool(path)).anthropic ?? [];
-  } catch {
-    return;
-  }
+function checkReserves(entries, r) {
   for (const e of entries) {
     if (e === null || typeof e !== "object" || e.reserve === undefined || e.reserve === null || typeof e.email !== "string") continue;
     const v = e.reserve;
