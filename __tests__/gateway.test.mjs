@@ -240,6 +240,9 @@ test("no key or a wrong key: 401 in Anthropic's shape and nothing upstream; /hea
     assert.equal(mock.requests.length, 1, "only the authorized request went upstream");
     const health = await fetch(`${gw.url}/healthz`);
     assert.deepEqual(await health.json(), { ok: true, accounts: 1, usable: 1 });
+    const head = await fetch(`${gw.url}/healthz`, { method: "HEAD" });
+    assert.equal(head.status, 200, "HEAD too, as uptime monitors check");
+    assert.equal(await head.text(), "");
     assert.equal((await fetch(`${gw.url}/metrics`)).status, 401);
     const metrics = await (await fetch(`${gw.url}/metrics`, { headers: { "x-api-key": KEY } })).text();
     assert.match(metrics, /oauth_pool_requests_total\{status="401"\} 5/, "four wrong keys and the unkeyed /metrics");

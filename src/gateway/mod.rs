@@ -781,7 +781,8 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> 
         refuse(req, response).await
     } else if req.method() == Method::OPTIONS {
         refuse(req, options()).await
-    } else if req.method() == Method::GET && path == "/healthz" {
+    } else if matches!(*req.method(), Method::GET | Method::HEAD) && path == "/healthz" {
+        // HEAD as well: uptime monitors check with it, and got the 401 for a missing key.
         refuse(req, metrics::health(&state).await).await
     } else if let refused @ (Auth::Refused | Auth::Twice) = authorized(&req, &state.key) {
         let message = if refused == Auth::Twice {
