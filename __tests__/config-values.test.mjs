@@ -212,7 +212,13 @@ test("OAUTH_POOL_API_URL with spaces around it, or blank, gives OpenCode the bas
 // not present (a space, a tab, a non-ASCII letter) or could guess (too short) must not start a
 // gateway nobody can use, and the refusal must not repeat the key.
 test("OAUTH_POOL_GATEWAY_KEY too short or not visible ASCII is INVALID_ARGUMENT without the key in it; blank generates one; spaces around it are dropped", async () => {
-  const refused = ["fifteen-chars-k", "has a space in-the-middle", "tab\tinside-the-key-text", "caf\u00e9-key-with-accent"];
+  const refused = [
+    "fifteen-chars-k",
+    "has a space in-the-middle",
+    "tab\tinside-the-key-text",
+    "caf\u00e9-key-with-accent",
+    "\u00a0no-break-spaces-around\u00a0",
+  ];
   for (const key of refused) {
     const path = tempPoolPath();
     await withEnv({ OAUTH_POOL_GATEWAY_KEY: key }, async () => {

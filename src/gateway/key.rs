@@ -25,8 +25,10 @@ fn usable(key: &Secret) -> bool {
 /// file moved without its key file (or with another `--path`) has a key no client holds yet,
 /// and its clients, refused, were told nothing of why.
 pub fn gateway_key(store: &Store) -> Result<(Secret, Option<PathBuf>)> {
-    if let Some(k) = config::env(config::var::GATEWAY_KEY).filter(|k| !k.trim().is_empty()) {
-        let key = Secret::new(k.trim());
+    // ASCII blanks only: a key padded with no-break spaces (copied off a page) was taken without
+    // them, while a client sending the value as written was refused.
+    if let Some(k) = config::env(config::var::GATEWAY_KEY).filter(|k| !k.trim_ascii().is_empty()) {
+        let key = Secret::new(k.trim_ascii());
         if !usable(&key) {
             return Err(Error::InvalidArgument(format!(
                 "{} must be at least {KEY_MIN} visible ASCII characters (no spaces or control characters): a client could not present it, or could guess it",
@@ -55,7 +57,7 @@ fn read_key(path: &Path) -> Result<Option<Secret>> {
     let Some(found) = fsread::read_own_key(path, KEY_FILE_MAX).map_err(refused)? else {
         return Ok(None);
     };
-    let key = Secret::new(String::from_utf8_lossy(&found.bytes).trim());
+    let key = Secret::new(String::from_utf8_lossy(&found.bytes).trim_ascii());
     if !usable(&key) {
         return Err(refused(format!(
             "it does not hold a key (at least {KEY_MIN} visible ASCII characters): remove it to make a new one"
