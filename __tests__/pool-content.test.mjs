@@ -193,3 +193,15 @@ test("a message another JavaScript writer cut inside an emoji (a lone surrogate 
   assert.equal(after.anthropic[1].note, "\ufffd ok");
   assert.equal(after.anthropic[1].refresh, b.refresh, "its tokens kept");
 });
+
+test("an expires written in seconds is read once as milliseconds, and a tiny one stays what it was through every write", async () => {
+  const tiny = { ...oauthEntry(mock, "content-tiny@x.test"), expires: 5, rateLimitUntil: 7 };
+  const seconds = { ...oauthEntry(mock, "content-seconds@x.test"), expires: 1_700_000_000 };
+  const path = writeRaw(JSON.stringify({ anthropic: [tiny, seconds] }));
+  for (let i = 0; i < 3; i++) await lib.savePool(await lib.loadPool(path), path);
+  const [a, b] = readPool(path).anthropic;
+  // Read as seconds each time, 5 became 5e12 in two round trips: a spent token good until 2128.
+  assert.equal(a.expires, 5);
+  assert.equal(a.rateLimitUntil, 7);
+  assert.equal(b.expires, 1_700_000_000_000);
+});

@@ -106,9 +106,8 @@ fn idle_status() -> String {
     Status::Idle.as_str().to_string()
 }
 
-/// Accepts integers and floats (JavaScript writes `Date.now() + x * 1000`), and reads values
-/// below 1e12 as seconds: a shell helper once wrote seconds, and "expired in 1970" would make
-/// every such account look dead.
+/// Accepts integers and floats (JavaScript writes `Date.now() + x * 1000`), and reads seconds
+/// as `seconds_as_ms` does.
 fn epoch_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     let v = Option::<Value>::deserialize(d)?;
     match v {
@@ -120,7 +119,7 @@ fn epoch_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
             if !f.is_finite() || f < 0.0 {
                 return Err(serde::de::Error::custom("epoch out of range"));
             }
-            let ms = if f < 1e12 { f * 1000.0 } else { f };
+            let ms = seconds_as_ms(f);
             if ms > 1e15 {
                 return Err(serde::de::Error::custom("epoch out of range"));
             }
@@ -156,11 +155,24 @@ fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error
     Err(D::Error::invalid_type(unexpected, &EXPECTED))
 }
 
-/// An epoch from the file: milliseconds, or seconds when below 1e12 (see `epoch_ms`).
+/// An epoch from the file in milliseconds, seconds read as `seconds_as_ms` does.
 fn epoch_ms_of(v: &Value) -> Option<i64> {
     let f = v.as_f64().filter(|f| f.is_finite() && *f >= 0.0)?;
-    let ms = if f < 1e12 { f * 1000.0 } else { f };
+    let ms = seconds_as_ms(f);
     (ms <= 1e15).then_some(ms as i64)
+}
+
+/// An epoch from 1e9 to 1e12 is seconds (September 2001 to the year 33658; as milliseconds it
+/// would be January 1970 to 2001): a shell helper once wrote seconds, and "expired in 1970" would
+/// make every such account look dead. Below 1e9 it is long past in either unit and is taken as it
+/// is, so that the milliseconds the pool writes back read as the same time: read as seconds, an
+/// `expires` of 5 grew a thousandfold at each write until the spent token looked good until 2128.
+fn seconds_as_ms(f: f64) -> f64 {
+    if (1e9..1e12).contains(&f) {
+        f * 1000.0
+    } else {
+        f
+    }
 }
 
 /// Epoch milliseconds as the pool writes them (at least 1e12: 2001 on); seconds, zeros and
@@ -774,6 +786,47 @@ pub(crate) mod test_clock {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn epochs_read_back_as_the_same_time_after_each_write() {
+        let read = |expires: Value| -> Value {
+            let a: Account = serde_json::from_value(json!({
+                "type": "oauth", "email": "a@x", "refresh": "r", "access": "a",
+                "expires": expires, "rateLimitUntil": expires
+            }))
+            .unwrap();
+            serde_json::to_value(&a).unwrap()
+        };
+        // Seconds, as a shell helper wrote them: milliseconds once, then kept.
+        assert_eq!(
+            read(json!(1_700_000_000))["expires"],
+            json!(1_700_000_000_000i64)
+        );
+        assert_eq!(
+            read(json!(1_700_000_000.5))["expires"],
+            json!(1_700_000_000_500i64)
+        );
+        for written in [json!(0), json!(5), json!(999_999_999), json!(1_700_000_000)] {
+            let once = read(written.clone());
+            let mut again = once.clone();
+            for _ in 0..3 {
+                again = read(again["expires"].clone());
+            }
+            assert_eq!(
+                again["expires"], once["expires"],
+                "{written}: moved at a write"
+            );
+            assert_eq!(
+                read(once["rateLimitUntil"].clone())["rateLimitUntil"],
+                once["rateLimitUntil"]
+            );
+            let ms = once["expires"].as_i64().unwrap();
+            assert!(
+                !(1_000_000_000..1_000_000_000_000).contains(&ms),
+                "{written}: {ms}"
+            );
+        }
+    }
 
     #[test]
     fn effective_status_clears_past_cooldowns() {
