@@ -312,9 +312,13 @@ impl Pool {
         // A later format is refused, never read and written back as this one: the versions of
         // the package run side by side for days (an OpenCode session keeps the copy it started
         // with), and this build would drop or undo what it cannot know the newer one means.
+        // A number written as a string ("2", by a hand or a shell helper) says the same.
         if let Some(n) = version
             .as_ref()
-            .and_then(Value::as_f64)
+            .and_then(|v| {
+                v.as_f64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse::<f64>().ok()))
+            })
             .filter(|n| *n > POOL_VERSION as f64)
         {
             return Err(format!(
@@ -845,11 +849,18 @@ mod tests {
 
     #[test]
     fn a_later_format_is_refused_and_this_one_read() {
-        for later in [json!(2), json!(1.5), json!(10)] {
+        for later in [json!(2), json!(1.5), json!(10), json!("2"), json!(" 3 ")] {
             let why = Pool::from_value(json!({"version": later, "anthropic": []})).unwrap_err();
             assert!(why.contains(NEWER_FORMAT), "{why}");
         }
-        for this in [json!(1), json!(1.0), json!(0), json!("1"), json!(null)] {
+        for this in [
+            json!(1),
+            json!(1.0),
+            json!(0),
+            json!("1"),
+            json!("x"),
+            json!(null),
+        ] {
             let pool = Pool::from_value(json!({"version": this, "anthropic": []})).unwrap();
             assert_eq!(pool.version, Some(this));
         }
