@@ -139,11 +139,16 @@ test("a bare 429 is a short burst cooldown, not a long bench", async () => {
   const path = await seedPool(mock, ["b1@x.test", "b2@x.test"]);
   mock.script("b1@x.test", [{ status: 429, headers: { "retry-after": "2" } }]);
   const poolFetch = createPoolFetch({ path });
+  const sent = Date.now();
   const res = await post(poolFetch);
   assert.equal(res.poolAccount, "b2@x.test");
   await res.text();
   await flushPool(path);
   const until = account(path, "b1@x.test").rateLimitUntil;
+  // Rested its `retry-after` (a null rest, or none, would pass the bound below alone)...
+  assert.equal(typeof until, "number", `rateLimitUntil ${until}`);
+  assert.ok(until >= sent + 2000, `rested ${until - sent} ms from the request, less than its retry-after of 2 s`);
+  // ...and no more: a burst, not a window's bench.
   assert.ok(until - Date.now() <= 2500, `cooling ${until - Date.now()} ms`);
 });
 

@@ -95,7 +95,26 @@ test("token endpoint faults are typed, clear, and never leak the body", async ()
   mock.setTokenMode({ status: 500 });
   await assert.rejects(refresh(t.refresh), (e) => e.code === "OAUTH_HTTP" && e.status === 500);
   mock.setTokenMode({ html: true });
-  await assert.rejects(refresh(t.refresh), (e) => e.code === "OAUTH_HTTP" && /not JSON \(text\/html\)/.test(e.message));
+  await assert.rejects(
+    refresh(t.refresh),
+    (e) => e.code === "OAUTH_HTTP" && /not JSON \(text\/html\)/.test(e.message) && !/cloudflare|<html|Bad Gateway/i.test(e.message),
+  );
+  // Of a JSON error only its code and description are said, and never the token it echoes; the
+  // rest of the body (what a server may add about the request) is not shown.
+  const told = (e) => `${e.message} ${JSON.stringify(e)} ${e.stack}`;
+  for (const status of [400, 500]) {
+    mock.setTokenMode({
+      status,
+      body: { error: "server_error", error_description: `could not use ${t.refresh}`, request: { refresh_token: t.refresh, debug: "body-only-canary" } },
+    });
+    await assert.rejects(refresh(t.refresh), (e) => {
+      assert.equal(e.code, "OAUTH_HTTP", `${status}`);
+      assert.match(e.message, /server_error: could not use/, `${status}`);
+      assert.ok(!told(e).includes(t.refresh), `${status}: the refresh token in ${told(e)}`);
+      assert.ok(!told(e).includes("body-only-canary"), `${status}: the body's other fields in ${e.message}`);
+      return true;
+    });
+  }
   mock.setTokenMode({ reset: true });
   await assert.rejects(refresh(t.refresh), (e) => e.code === "NETWORK");
   // None of the failures above spent the token: it still works.
