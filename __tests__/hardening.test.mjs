@@ -5,11 +5,13 @@ import { spawn } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { createHash } from "node:crypto";
+import { fileURLToPath } from "node:url";
 import { createPoolFetch, loadPool, savePool, poolStatus, flushPool, setEnabled, refreshAccount, removeAccount } from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
-import { useMock, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath, runWorkersTogether } from "./helpers/pool-env.mjs";
 
 const mock = useMock();
+const WORKER = fileURLToPath(new URL("./helpers/pool-worker.mjs", import.meta.url));
 const FLOCK = ["/usr/bin/flock", "/bin/flock"].find((p) => existsSync(p));
 
 const post = (f, init = {}) => f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(), ...init });
@@ -50,6 +52,14 @@ test("a token-endpoint 429 sets a shared backoff: no process hammers it", async 
   const second = await createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
   await second.text();
   assert.equal(mock.stats().refreshCalls, calls, "no second call during the backoff");
+  // Shared: another process, which knows the backoff only from the file, does not ask either.
+  const [other] = await runWorkersTogether(WORKER, 1, [path, mock.url, "2"]);
+  assert.equal(other.code, 0);
+  assert.deepEqual(
+    JSON.parse(other.out).map((r) => r.account),
+    ["tb2@x.test", "tb2@x.test"],
+  );
+  assert.equal(mock.stats().refreshCalls, calls, "no call from another process during the backoff");
 });
 
 test("a 429 storm on every account: one attempt per account, then one synthetic 429", async () => {
