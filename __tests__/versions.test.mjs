@@ -165,4 +165,19 @@ test("the previous release's pool file: its cooldowns are honoured, and this ver
   assert.ok(by(alice).modelCooldowns.sonnet > Date.now(), "its model rest");
   assert.ok(by(bob).rateLimitUntil > Date.now(), "its cooldown");
   assert.equal(written.version, undefined);
+  // Its own fields: each account's, what it had counted (usage only grows) and when it was added.
+  for (const was of pool.anthropic) {
+    const is = by(was.email);
+    assert.deepEqual(
+      Object.keys(was).filter((k) => !(k in is)),
+      [],
+      `${was.email}: the previous release's fields are all there`,
+    );
+    assert.equal(is.added, was.added, `${was.email}: added`);
+    for (const [day, models] of Object.entries(was.usage.days))
+      for (const [model, counts] of Object.entries(models))
+        for (const [k, n] of Object.entries(counts))
+          if (k !== "zzLater")
+            assert.ok(is.usage.days[day]?.[model]?.[k] >= n, `${was.email} ${day} ${model} ${k}: ${is.usage.days[day]?.[model]?.[k]} < ${n}`);
+  }
 });
