@@ -574,11 +574,14 @@ test("what fetch refuses, the pool refuses with INVALID_ARGUMENT before anything
       "a used Request": [used],
       "a method that is not a token": [url, { method: "GE T" }],
       CONNECT: [url, { method: "CONNECT" }],
+      "a forbidden method in lower case": [url, { method: "trace" }],
       "a data: URL": ["data:text/plain,hello"],
       "a file: URL": ["file:///etc/passwd"],
       "a user name and password in the URL": [withCredentials, { method: "POST", headers: jsonHeaders, body: body() }],
       "a signal that is not one": [url, { method: "POST", headers: jsonHeaders, body: body(), signal: {} }],
       "a GET with a body": [url, { method: "GET", body: "x" }],
+      "a HEAD with a body": [url, { method: "head", body: "x" }],
+      "a user name alone in the URL (a token put there)": [url.replace("://", "://secret@"), { method: "POST", headers: jsonHeaders, body: body() }],
       // The mock's own (fake) access token of this account, passed by mistake as the URL.
       "a token where the URL goes": [readPool(path).anthropic[0].access],
     };
