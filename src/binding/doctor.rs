@@ -14,7 +14,11 @@ use crate::{config, http};
 /// The logins of the pool at `path` that are also in another pool file this user's refresh
 /// journal has seen on this machine, or twice in this pool (`store::elsewhere`): `[{ email,
 /// store, there }]`, `store` null for the pool itself. Names and paths only, never a token.
-#[napi(js_name = "loginsElsewhere", ts_return_type = "Promise<any>")]
+#[napi(
+    js_name = "loginsElsewhere",
+    ts_return_type = "Promise<any>",
+    catch_unwind
+)]
 pub fn logins_elsewhere(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
     promise(env, async move {
         let pool_store = store_for(path.as_deref()).map_err(js_error)?;
@@ -146,7 +150,11 @@ const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(8);
 /// one request that carries no credential (a HEAD of the API's origin, a GET of the token
 /// endpoint); any HTTP answer counts. `[{ variable, url, proxy, reached, status?, ms?, code?,
 /// message? }]`. Nothing of the pool is read, so no token can go anywhere.
-#[napi(js_name = "probeEndpoints", ts_return_type = "Promise<any>")]
+#[napi(
+    js_name = "probeEndpoints",
+    ts_return_type = "Promise<any>",
+    catch_unwind
+)]
 pub fn probe_endpoints(env: &Env) -> JsResult<PromiseRaw<'_, Value>> {
     promise(env, async move {
         let token = probe(

@@ -279,7 +279,7 @@ impl NativeExchange {
 
     /// `{ kind: "send", account, headers }` (the full header list to send) or
     /// `{ kind: "answer", status, statusText, headers, body, hostWaits }` (the pool answers itself).
-    #[napi(ts_return_type = "Promise<any>")]
+    #[napi(ts_return_type = "Promise<any>", catch_unwind)]
     pub fn next<'env>(&self, env: &'env Env) -> JsResult<PromiseRaw<'env, Value>> {
         let exchange = self.exchange().cloned();
         let base = self.base.clone();
@@ -317,7 +317,7 @@ impl NativeExchange {
     /// made this object goes (a worker terminated mid-request), Node-API frees the object
     /// whatever is still running, and a task that borrowed it read freed memory (the host
     /// crashed, or every later call hung). The body is copied for the same reason.
-    #[napi(ts_return_type = "Promise<string>")]
+    #[napi(ts_return_type = "Promise<string>", catch_unwind)]
     pub fn judge<'env>(
         &self,
         env: &'env Env,

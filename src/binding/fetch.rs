@@ -73,7 +73,7 @@ impl FetchController {
     /// borrows nothing of `self`: when the environment that made this object goes (a worker
     /// terminated mid-request), Node-API frees the object whatever is still running, and a
     /// task that borrowed it read freed memory (the host crashed, or every later call hung).
-    #[napi(ts_return_type = "Promise<NativeResponse>")]
+    #[napi(ts_return_type = "Promise<NativeResponse>", catch_unwind)]
     pub fn send<'env>(
         &self,
         env: &'env Env,
@@ -161,40 +161,40 @@ pub struct NativeResponse {
 
 #[napi]
 impl NativeResponse {
-    #[napi(getter)]
+    #[napi(getter, catch_unwind)]
     pub fn status(&self) -> u32 {
         self.status
     }
 
-    #[napi(getter, js_name = "statusText")]
+    #[napi(getter, js_name = "statusText", catch_unwind)]
     pub fn status_text(&self) -> String {
         self.status_text.clone()
     }
 
-    #[napi(getter)]
+    #[napi(getter, catch_unwind)]
     pub fn headers(&self) -> Vec<Vec<String>> {
         self.headers.clone()
     }
 
-    #[napi(getter)]
+    #[napi(getter, catch_unwind)]
     pub fn account(&self) -> Option<String> {
         self.account.clone()
     }
 
-    #[napi(getter)]
+    #[napi(getter, catch_unwind)]
     pub fn events(&self) -> String {
         self.events.clone()
     }
 
     /// Set (as "[CODE] message") when the request failed after producing events.
-    #[napi(getter)]
+    #[napi(getter, catch_unwind)]
     pub fn failure(&self) -> Option<String> {
         self.failure.clone()
     }
 
     /// The next bytes of the body, or null at its end. Rejects with ABORT_ERR once aborted.
     /// The task borrows nothing of `self` (see `FetchController::send`).
-    #[napi(ts_return_type = "Promise<Buffer | null>")]
+    #[napi(ts_return_type = "Promise<Buffer | null>", catch_unwind)]
     pub fn next<'env>(&self, env: &'env Env) -> JsResult<PromiseRaw<'env, Option<JsBytes>>> {
         let body = self.body.clone();
         let cancel = self.cancel.clone();
@@ -213,7 +213,7 @@ impl NativeResponse {
     }
 
     /// Stops reading: the upstream connection is closed, not returned to the pool.
-    #[napi(ts_return_type = "Promise<void>")]
+    #[napi(ts_return_type = "Promise<void>", catch_unwind)]
     pub fn cancel<'env>(&self, env: &'env Env) -> JsResult<PromiseRaw<'env, ()>> {
         self.cancel.cancel();
         let body = self.body.clone();

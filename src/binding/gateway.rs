@@ -37,19 +37,19 @@ pub struct NativeGateway {
 
 #[napi]
 impl NativeGateway {
-    #[napi(getter)]
+    #[napi(getter, catch_unwind)]
     pub fn url(&self) -> String {
         self.inner.url()
     }
 
     /// The gateway key file this start made, or null: clients holding an older key are refused.
-    #[napi(getter, js_name = "keyCreated")]
+    #[napi(getter, js_name = "keyCreated", catch_unwind)]
     pub fn key_created(&self) -> Option<String> {
         self.key_created.clone()
     }
 
     /// Stops accepting; streams in flight get `drainMs` (default 10 s) to finish.
-    #[napi(ts_return_type = "Promise<void>")]
+    #[napi(ts_return_type = "Promise<void>", catch_unwind)]
     pub fn close<'env>(
         &self,
         env: &'env Env,
@@ -77,7 +77,7 @@ struct Owned {
     gateway: Option<Arc<Gateway>>,
 }
 
-#[napi(ts_return_type = "Promise<NativeGateway>")]
+#[napi(ts_return_type = "Promise<NativeGateway>", catch_unwind)]
 pub fn serve<'env>(
     env: &'env Env,
     options: Option<ServeOptions>,

@@ -42,7 +42,7 @@ pub struct Pkce {
     pub state: String,
 }
 
-#[napi(ts_return_type = "Promise<any>")]
+#[napi(ts_return_type = "Promise<any>", catch_unwind)]
 pub fn exchange(env: &Env, input: String, pkce: Pkce) -> JsResult<PromiseRaw<'_, Value>> {
     promise(env, async move {
         logging::init();
@@ -58,7 +58,7 @@ pub fn exchange(env: &Env, input: String, pkce: Pkce) -> JsResult<PromiseRaw<'_,
     })
 }
 
-#[napi(ts_return_type = "Promise<any>")]
+#[napi(ts_return_type = "Promise<any>", catch_unwind)]
 pub fn refresh(env: &Env, refresh_token: String) -> JsResult<PromiseRaw<'_, Value>> {
     promise(env, async move {
         logging::init();
@@ -77,7 +77,7 @@ pub fn refresh(env: &Env, refresh_token: String) -> JsResult<PromiseRaw<'_, Valu
     })
 }
 
-#[napi(js_name = "addAccount", ts_return_type = "Promise<any>")]
+#[napi(js_name = "addAccount", ts_return_type = "Promise<any>", catch_unwind)]
 pub fn add_account(
     env: &Env,
     input: String,
@@ -145,7 +145,7 @@ pub struct ApiKeyOptions {
     pub path: Option<String>,
 }
 
-#[napi(js_name = "addApiKey", ts_return_type = "Promise<any>")]
+#[napi(js_name = "addApiKey", ts_return_type = "Promise<any>", catch_unwind)]
 pub fn add_api_key(
     env: &Env,
     key: String,
@@ -169,7 +169,11 @@ pub struct ImportOptions {
     pub path: Option<String>,
 }
 
-#[napi(js_name = "importClaudeCode", ts_return_type = "Promise<any>")]
+#[napi(
+    js_name = "importClaudeCode",
+    ts_return_type = "Promise<any>",
+    catch_unwind
+)]
 pub fn import_claude_code(
     env: &Env,
     options: Option<ImportOptions>,

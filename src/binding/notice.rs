@@ -22,7 +22,7 @@ pub struct EventListener {
 
 #[napi]
 impl EventListener {
-    #[napi(constructor)]
+    #[napi(constructor, catch_unwind)]
     pub fn new(callback: Callback) -> Self {
         EventListener {
             callback: Arc::new(callback),

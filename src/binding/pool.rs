@@ -12,7 +12,7 @@ use crate::engine::Engine;
 use crate::manage;
 use crate::pool::Pool;
 
-#[napi(js_name = "loadPool", ts_return_type = "Promise<any>")]
+#[napi(js_name = "loadPool", ts_return_type = "Promise<any>", catch_unwind)]
 pub fn load_pool(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
@@ -21,7 +21,7 @@ pub fn load_pool(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Val
     })
 }
 
-#[napi(js_name = "savePool", ts_return_type = "Promise<void>")]
+#[napi(js_name = "savePool", ts_return_type = "Promise<void>", catch_unwind)]
 pub fn save_pool(env: &Env, pool: Value, path: Option<String>) -> JsResult<PromiseRaw<'_, ()>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
@@ -32,7 +32,11 @@ pub fn save_pool(env: &Env, pool: Value, path: Option<String>) -> JsResult<Promi
     })
 }
 
-#[napi(js_name = "listAccounts", ts_return_type = "Promise<any>")]
+#[napi(
+    js_name = "listAccounts",
+    ts_return_type = "Promise<any>",
+    catch_unwind
+)]
 pub fn list_accounts(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
@@ -41,7 +45,7 @@ pub fn list_accounts(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_,
     })
 }
 
-#[napi(js_name = "poolStatus", ts_return_type = "Promise<any>")]
+#[napi(js_name = "poolStatus", ts_return_type = "Promise<any>", catch_unwind)]
 pub fn pool_status(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
@@ -69,7 +73,11 @@ pub fn pool_status(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, V
     })
 }
 
-#[napi(js_name = "removeAccount", ts_return_type = "Promise<number>")]
+#[napi(
+    js_name = "removeAccount",
+    ts_return_type = "Promise<number>",
+    catch_unwind
+)]
 pub fn remove_account(
     env: &Env,
     email: String,
@@ -90,7 +98,11 @@ pub fn remove_account(
 
 // These three answer the emails they changed, as stored: the CLI says whom `#2` or `ALICE@X`
 // named rather than echoing what was typed.
-#[napi(js_name = "setEnabled", ts_return_type = "Promise<string[]>")]
+#[napi(
+    js_name = "setEnabled",
+    ts_return_type = "Promise<string[]>",
+    catch_unwind
+)]
 pub fn set_enabled(
     env: &Env,
     email: String,
@@ -110,7 +122,11 @@ pub fn set_enabled(
     })
 }
 
-#[napi(js_name = "setPriority", ts_return_type = "Promise<string[]>")]
+#[napi(
+    js_name = "setPriority",
+    ts_return_type = "Promise<string[]>",
+    catch_unwind
+)]
 pub fn set_priority(
     env: &Env,
     email: String,
@@ -125,7 +141,11 @@ pub fn set_priority(
     })
 }
 
-#[napi(js_name = "setReserve", ts_return_type = "Promise<string[]>")]
+#[napi(
+    js_name = "setReserve",
+    ts_return_type = "Promise<string[]>",
+    catch_unwind
+)]
 pub fn set_reserve(
     env: &Env,
     email: String,
@@ -140,7 +160,11 @@ pub fn set_reserve(
     })
 }
 
-#[napi(js_name = "resetCooldowns", ts_return_type = "Promise<number>")]
+#[napi(
+    js_name = "resetCooldowns",
+    ts_return_type = "Promise<number>",
+    catch_unwind
+)]
 pub fn reset_cooldowns(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, u32>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
@@ -152,7 +176,7 @@ pub fn reset_cooldowns(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'
 
 /// Writes this process's pending bookkeeping (cooldowns, last use, quota) now, and returns once
 /// every earlier write has finished.
-#[napi(js_name = "flushPool", ts_return_type = "Promise<void>")]
+#[napi(js_name = "flushPool", ts_return_type = "Promise<void>", catch_unwind)]
 pub fn flush_pool(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, ()>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
@@ -169,7 +193,11 @@ pub fn flush_before_exit() -> u32 {
 }
 
 /// `oauth-pool refresh <email>`: refreshes one account under the pool's lock protocol.
-#[napi(js_name = "refreshAccount", ts_return_type = "Promise<any>")]
+#[napi(
+    js_name = "refreshAccount",
+    ts_return_type = "Promise<any>",
+    catch_unwind
+)]
 pub fn refresh_account(
     env: &Env,
     email: String,

@@ -31,7 +31,7 @@ fn database_location(explicit: Option<String>) -> Result<String, Error> {
 
 /// Creates or migrates the schema and records the key's check value. Without
 /// `OAUTH_POOL_STORE_KEY` or a key file, a key file is created (0600) and named in the answer.
-#[napi(js_name = "storeInit", ts_return_type = "Promise<any>")]
+#[napi(js_name = "storeInit", ts_return_type = "Promise<any>", catch_unwind)]
 pub fn store_init(env: &Env, location: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
     promise(env, async move {
         logging::init();
@@ -63,7 +63,7 @@ pub fn store_init(env: &Env, location: Option<String>) -> JsResult<PromiseRaw<'_
 
 /// Copies a whole pool from one store to another (file or postgres://, either way), every
 /// field and unreadable entry included.
-#[napi(js_name = "copyStore", ts_return_type = "Promise<any>")]
+#[napi(js_name = "copyStore", ts_return_type = "Promise<any>", catch_unwind)]
 pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_, Value>> {
     promise(env, async move {
         logging::init();
@@ -96,7 +96,7 @@ pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_
 }
 
 /// For `doctor`: can the store be reached, is its schema current, does the key open it.
-#[napi(js_name = "storeCheck", ts_return_type = "Promise<any>")]
+#[napi(js_name = "storeCheck", ts_return_type = "Promise<any>", catch_unwind)]
 pub fn store_check(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
     promise(env, async move {
         logging::init();
