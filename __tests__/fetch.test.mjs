@@ -2,6 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { renameSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { createPoolFetch, loadPool, savePool, flushPool, resetCooldowns } from "../index.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
@@ -167,7 +168,10 @@ test("401 after another client rotated the token: the newer token in the file is
   const fresh = mock.rotate("a1@x.test"); // the old access token is now dead
   const pool = readPool(path);
   pool.anthropic[0] = { ...pool.anthropic[0], access: fresh.access, refresh: fresh.refresh, expires: fresh.expires };
-  await savePool(pool, path);
+  // Written as another process writes it (a rename over the file): savePool from this process
+  // would tell its engine directly, which another process cannot.
+  writeFileSync(`${path}.other`, JSON.stringify(pool), { mode: 0o600 });
+  renameSync(`${path}.other`, path);
   const before = mock.stats().refreshCalls;
   mock.clearRequests();
   release();
