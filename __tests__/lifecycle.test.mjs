@@ -427,11 +427,21 @@ for (const how of ["exit", "end"]) {
 // The pool's write lock held by another process (`flock(1)`, as below) keeps the refreshed
 // tokens from being written at once: the window a signal must not cut.
 const flockHere = process.platform === "linux" && spawnSync("flock", ["--version"]).status === 0;
-for (const how of ["signal", "handled"]) {
-  test(`a host ${how === "signal" ? "with no listener of its own killed by SIGTERM" : "whose own SIGTERM listener quits"} between its refresh's answer and the new tokens' write keeps the login`, {
+// Every signal the pool listens for, with no listener of the host's (`kill`, Ctrl-C, a closed
+// terminal); a host listener that quits; and one that went on at a first SIGTERM, after which
+// the pool listens again for the next.
+const SIGNALLED = [
+  ["signal", "SIGTERM", "with no listener of its own killed by SIGTERM"],
+  ["signal", "SIGINT", "with no listener of its own killed by SIGINT (Ctrl-C)"],
+  ["signal", "SIGHUP", "with no listener of its own killed by SIGHUP (its terminal closed)"],
+  ["handled", "SIGTERM", "whose own SIGTERM listener quits"],
+  ["again", "SIGTERM", "whose own listener went on at a first SIGTERM, killed by a second one"],
+];
+for (const [how, signal, host] of SIGNALLED) {
+  test(`a host ${host} between its refresh's answer and the new tokens' write keeps the login`, {
     skip: !flockHere && "needs flock(1) on Linux",
   }, async () => {
-    const email = `term-${how}@x.test`;
+    const email = `term-${how}-${signal.toLowerCase()}@x.test`;
     const path = await poolOf([email], { expired: [email] });
     const before = account(path, email).refresh;
     const g = gate();
@@ -451,12 +461,13 @@ for (const how of ["signal", "handled"]) {
       g.open();
       while (mock.tokens(email).refresh === before) await new Promise((r) => setTimeout(r, 10));
       await new Promise((r) => setTimeout(r, 200));
-      child.kill("SIGTERM");
+      child.kill(signal);
       await new Promise((r) => setTimeout(r, 300));
       holder.stdin.end();
       const ended = await closed;
-      if (how === "signal") assert.deepEqual(ended, { code: null, signal: "SIGTERM" }, `ends by the signal, as it would have: ${out}${err}`);
-      else {
+      if (how !== "handled") assert.deepEqual(ended, { code: null, signal }, `ends by the signal, as it would have: ${out}${err}`);
+      if (how === "again") assert.match(out, /host goes on/);
+      else if (how === "handled") {
         assert.equal(ended.code, 7, `the host's own listener decides: ${out}${err}`);
         assert.match(out, /host quits/);
       }

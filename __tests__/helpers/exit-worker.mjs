@@ -3,17 +3,33 @@
 // "exiting" and ends the way hosts do: `exit` calls process.exit (OpenCode on quit), `end` lets
 // the event loop run dry (a script). `signal`: never aborts nor ends, the test signals it, and
 // there is no listener of the host's; `handled`: the same, with a host listener for SIGTERM that
-// says so and calls process.exit(7).
-//   node exit-worker.mjs <poolPath> <apiUrl> exit|end|signal|handled
-import { createPoolFetch } from "../../index.mjs";
+// says so and calls process.exit(7); `again`: a host listener for one SIGTERM that goes on (a
+// server's drain), sent before the request, so that the test's SIGTERM is the second one.
+//   node exit-worker.mjs <poolPath> <apiUrl> exit|end|signal|handled|again
+import { createPoolFetch, loadPool } from "../../index.mjs";
 
 const [path, apiUrl, how] = process.argv.slice(2);
-const signalled = how === "signal" || how === "handled";
+const signalled = how === "signal" || how === "handled" || how === "again";
 if (how === "handled") {
   process.on("SIGTERM", () => {
     process.stdout.write("host quits\n");
     process.exit(7);
   });
+}
+if (how === "again") {
+  // The addon loaded first: the pool listens before the host does, as once a request was made.
+  await loadPool(path);
+  const heard = new Promise((resolve) =>
+    process.once("SIGTERM", () => {
+      process.stdout.write("host goes on\n");
+      resolve();
+    }),
+  );
+  // A signal's watcher does not keep the event loop alive: a timer does, until it is heard.
+  const alive = setInterval(() => {}, 60_000);
+  process.kill(process.pid, "SIGTERM");
+  await heard;
+  clearInterval(alive);
 }
 const f = createPoolFetch({ path });
 const abort = new AbortController();
