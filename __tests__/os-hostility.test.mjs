@@ -393,6 +393,10 @@ test("file descriptors exhausted at every step: each failure carries a code, not
   assert.deepEqual(uncoded, [], "every failure has a contract code");
   const shortage = calls.filter((c) => c.code);
   assert.ok(shortage.length > 0, "the shortage was felt");
+  // The two accounts are valid: a request the shortage stopped is the store's failure, never
+  // every account cooling (a 429) nor no account (log in again), as it was once answered.
+  const misread = calls.filter((c) => c.what === "request" && (("ok" in c && c.ok !== 200) || c.code === "POOL_NO_ACCOUNT"));
+  assert.deepEqual(misread, [], "a request the shortage stopped is told so");
   assert.deepEqual(after, { request: { ok: 200 }, flush: { ok: null } }, `with descriptors back, the pool works: ${JSON.stringify(after)}`);
   const fam = mock.stats().perFamily[first];
   assert.equal(fam.reuse, 0);
