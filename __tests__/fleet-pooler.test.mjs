@@ -129,7 +129,8 @@ for (const mode of MODES) {
 
   test(`${mode} pooling: loadPool and savePool, and eight CLI writers at once lose no change`, async () => {
     const { hostA, hostB } = fleet();
-    const emails = Array.from({ length: 8 }, (_, i) => `w${i}-${mode}@pooled.test`);
+    // One account for the library's write, eight for the CLI writers, all at once.
+    const emails = Array.from({ length: 9 }, (_, i) => `w${i}-${mode}@pooled.test`);
     await seedStore(fleet(), { anthropic: emails.map((e) => oauthEntry(e)) });
     const loaded = await library(hostA, "return (await lib.loadPool()).anthropic.map((a) => a.email);");
     assert.deepEqual(loaded, emails);
@@ -140,7 +141,7 @@ for (const mode of MODES) {
     const stored = await storedPool(fleet());
     assert.deepEqual(
       stored.anthropic.map((a) => a.priority),
-      [9, 1, 2, 3, 4, 5, 6, 7],
+      [9, 1, 2, 3, 4, 5, 6, 7, 8],
     );
   });
 
