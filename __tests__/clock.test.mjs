@@ -217,6 +217,40 @@ test("a clock stepped back two hours does not hold a token endpoint's one-second
   }
 });
 
+test("a hold through a clock step of two hours, back or forward: served when the server's wait is over", { skip }, async () => {
+  // Holding waits on the monotonic clock with a budget: a step back must not stretch the wait to
+  // hours (past the hold's budget: the pool's 429), nor a step forward make it loop.
+  for (const step of [-2 * 3600, 2 * 3600]) {
+    const email = `held-${step < 0 ? "back" : "ahead"}@clock.test`;
+    const path = await seedPool(mock, [email]);
+    mock.script(email, [{ status: 429, headers: { "retry-after": "2" } }]);
+    const worker = clockedWorker(path, mock.url, { OAUTH_POOL_JITTER_MS: "0", OAUTH_POOL_HOLD_MAX_MS: "30000" });
+    try {
+      await worker.ready;
+      const refused = mock.waitFor("api", (r) => r.email === email);
+      const started = Date.now();
+      const answer = worker.ask({ op: "fetch" });
+      await refused;
+      // Refused, then held: the only account rests for the server's 2 s.
+      await new Promise((r) => setTimeout(r, 500));
+      worker.shift(step);
+      const res = await answer;
+      const took = Date.now() - started;
+      assert.equal(res.status, 200, `step ${step} s: ${JSON.stringify(res)}`);
+      assert.equal(res.account, email);
+      assert.ok(took < 15_000, `step ${step} s: held ${took} ms for a 2 s wait (the hold's budget is 30 s)`);
+      const sent = mock.requests.filter((r) => r.email === email);
+      assert.deepEqual(
+        sent.map((r) => r.status),
+        [429, 200],
+        "held, then sent once more",
+      );
+    } finally {
+      await worker.close();
+    }
+  }
+});
+
 test("a token a clock stepped back makes look valid for hours gets its 401 and one refresh", { skip }, async () => {
   const email = "looks-valid@clock.test";
   // The server's token dies in a second; the pool's clock is two hours behind, so to the pool
