@@ -251,12 +251,16 @@ test("tokens kept while the file is gone are saved once it is back, however long
   const { answer, request } = await refreshHeldAtTheEndpoint(path, "native");
   const aside = `${path}.away`;
   renameSync(path, aside);
+  // Its lock file gone too (`rm oauth-pool.json*`): the looks for the file make none again.
+  unlinkSync(`${path}.lock`);
+  const left = readdirSync(dirname(path)).sort();
   answer();
   const r = await request;
   assert.equal(r.status, 200, r.message);
   // Past the first retry (5 s) and the request's own bookkeeping (about a second).
   await sleep(8_000);
   assert.equal(existsSync(path), false, "no pool file is made while it is gone");
+  assert.deepEqual(readdirSync(dirname(path)).sort(), left, "nothing is made beside it either (a lock file)");
   renameSync(aside, path);
   const deadline = Date.now() + 20_000;
   while (account(path, email).refresh === spent && Date.now() < deadline) await sleep(100);
