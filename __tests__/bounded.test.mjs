@@ -70,7 +70,7 @@ for (const transport of ["native", "runtime"]) {
   });
 }
 
-test("gateway: keep-alive connections left idle after their answer are closed within the header timeout, so idle clients cannot hold every slot", async () => {
+test("gateway: clients that connect and send nothing, and keep-alive connections left idle after their answer, are closed within the header timeout, so idle clients cannot hold every slot", async () => {
   // A client that keeps its connection after an answer and never sends again (an SDK's pool, a
   // script that stopped) holds a connection slot and a descriptor: a gateway that kept them
   // until the client left would refuse everyone once the cap (or the descriptor limit) was
@@ -95,7 +95,18 @@ test("gateway: keep-alive connections left idle after their answer are closed wi
       });
       setTimeout(() => reject(new Error(`no answer: ${data}`)), 10_000);
     });
+  /** A connection that never sends a byte (a port scanner, a client that hung): when it closed. */
+  const silent = () =>
+    new Promise((resolve) => {
+      const s = connect(port, "127.0.0.1");
+      s.on("error", () => {});
+      s.on("close", () => resolve(Date.now()));
+    });
   try {
+    const opened = Date.now();
+    const silentClosed = await Promise.race([Promise.all(Array.from({ length: 4 }, silent)), new Promise((r) => setTimeout(() => r(null), 8000))]);
+    assert.ok(silentClosed, "the gateway closes connections that send nothing");
+    assert.ok(Math.max(...silentClosed) - opened < 5000, `closed ${Math.max(...silentClosed) - opened} ms after they opened (header timeout 500 ms)`);
     const idle = await Promise.all(Array.from({ length: 4 }, askAndStay));
     for (const { data } of idle) assert.match(data, /^HTTP\/1\.1 200/);
     const answered = Date.now();
