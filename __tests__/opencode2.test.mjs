@@ -298,6 +298,28 @@ test("every account cooling: one pool 429 with retry-after, nothing upstream, an
   await handle.unload();
 });
 
+test("every account cooling for a second: the host waits the pool's retry-after, not its own longer backoff, and is served", async () => {
+  // 2.x's backoff starts at 2 s and takes retry-after only as a floor: a pool 429 saying 1 s
+  // would be waited 2 s (and 4, 8 s as it goes on) without the retry hook.
+  const path = tempPoolPath();
+  const sleeps = [];
+  const host = createHost({ sleep: async (ms) => void sleeps.push(ms) || (await new Promise((r) => setTimeout(r, ms))), random: () => 0.5 });
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  await login(host, "brief@x.test");
+  mock.script("brief@x.test", [{ status: 429, headers: { "retry-after": "1" } }]);
+  try {
+    await withEnv({ OAUTH_POOL_JITTER_MS: "0" }, async () => {
+      const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+      assert.equal(res.status, 200);
+      assert.equal(textOf(await res.text()), "Hello from brief@x.test");
+    });
+    assert.ok(sleeps.length >= 1 && sleeps.every((ms) => ms <= 1000), `the host waited ${sleeps.join(", ")} ms for a 1 s retry-after`);
+  } finally {
+    await handle.unload();
+    await lib.resetCooldowns(path);
+  }
+});
+
 test("the model-accounts-pool tool (JSON Schema input) and command run the pool's actions", async () => {
   const { host, handle } = await started({ toolName: "pool-accounts" });
   await login(host, "t1@x.test");
