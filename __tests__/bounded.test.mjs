@@ -7,7 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { statSync } from "node:fs";
 import { connect } from "node:net";
-import { createPoolFetch, flushPool, serve } from "../index.mjs";
+import { createPoolFetch, flushPool, removeAccount, serve, setPriority } from "../index.mjs";
 import { jsonHeaders, messagesUrl, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
 
 const KEY = "test-gateway-key-0123456789abcdef";
@@ -118,6 +118,51 @@ test("gateway: clients that connect and send nothing, and keep-alive connections
     const next = await askAndStay();
     assert.match(next.data, /^HTTP\/1\.1 200/);
     next.s.destroy();
+  } finally {
+    await gw.close(0);
+  }
+});
+
+test("gateway: /metrics labels only the accounts' current windows, however many window names the server makes up", async () => {
+  // Window names come from the API's headers: a server (or a proxy) naming a new window per
+  // answer must not add a series per answer to /metrics, nor its series outlive an account
+  // removed from the pool.
+  const [gone, kept] = ["win-gone@x.test", "win-kept@x.test"];
+  const path = await seedPool(mock, [gone, kept]);
+  await setPriority(gone, 5, path);
+  const gw = await serve({ port: 0, path });
+  const metrics = async () => (await fetch(`${gw.url}/metrics`, { headers: { "x-api-key": KEY } })).text();
+  const series = (text, email) => text.split("\n").filter((l) => l.startsWith(`oauth_pool_window_utilization{account="${email}",`));
+  const served = async () => {
+    const r = await fetch(`${gw.url}/v1/messages`, {
+      method: "POST",
+      headers: { ...jsonHeaders, "x-api-key": KEY },
+      body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+    });
+    assert.equal(r.status, 200);
+    await r.text();
+  };
+  try {
+    await served();
+    assert.ok(series(await metrics(), gone).length > 0, "the account in use has its windows");
+    await removeAccount(gone, path);
+    const reset = String(Math.floor(Date.now() / 1000) + 3600);
+    const p = "anthropic-ratelimit-unified";
+    const names = [...Array.from({ length: 40 }, (_, i) => `made_up_${family(i)}`), "w".repeat(41)];
+    mock.script(
+      kept,
+      names.map((name) => ({ headers: { [`${p}-${name}-utilization`]: "0.5", [`${p}-${name}-reset`]: reset } })),
+    );
+    for (let i = 0; i < names.length; i++) await served();
+    const text = await metrics();
+    assert.deepEqual(series(text, gone), [], "a removed account's windows go");
+    const shown = series(text, kept);
+    assert.ok(shown.length > 0 && shown.length <= 16, `${shown.length} window series for one account`);
+    assert.ok(
+      shown.some((l) => l.includes(`window="made_up_${family(39)}"`)),
+      "the window heard last is there",
+    );
+    assert.ok(!shown.some((l) => l.includes("w".repeat(41))), "a window name over 40 bytes is no window");
   } finally {
     await gw.close(0);
   }
