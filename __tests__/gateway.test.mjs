@@ -5,7 +5,20 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { connect, createServer } from "node:net";
 import { request as httpsRequest } from "node:https";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -635,6 +648,23 @@ test("loopback only by default: another address needs --allow-remote and TLS; wi
     // handshake, so every one held a descriptor and a task (1,000 at once: 1,000 descriptors).
     // At most 64 are refused at once now; the others are closed unanswered.
     const fds = () => readdirSync("/proc/self/fd").length;
+    // The gateway's own side of the flood: sockets of this process whose local port is its port
+    // (the clients' ends have theirs), the listener aside.
+    const gwPort = Number(new URL(gw.url).port);
+    const gatewaySockets = () => {
+      const mine = new Set();
+      for (const fd of readdirSync("/proc/self/fd")) {
+        try {
+          const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
+          if (m) mine.add(m[1]);
+        } catch {}
+      }
+      return readFileSync("/proc/net/tcp", "utf8")
+        .split("\n")
+        .slice(1)
+        .map((l) => l.trim().split(/\s+/))
+        .filter((c) => c.length > 9 && Number.parseInt(c[1].split(":")[1], 16) === gwPort && c[3] !== "0A" && mine.has(c[9])).length;
+    };
     const before = fds();
     const N = 300;
     const flood = Array.from({ length: N }, () => {
@@ -645,12 +675,17 @@ test("loopback only by default: another address needs --allow-remote and TLS; wi
     idle.push(...flood);
     await Promise.all(flood.map((s) => new Promise((r) => (s.connecting ? s.on("connect", r).on("close", r) : r()))));
     let peak = fds();
+    let gatewayPeak = gatewaySockets();
     for (let i = 0; i < 50; i++) {
       await new Promise((r) => setTimeout(r, 10));
       peak = Math.max(peak, fds());
+      gatewayPeak = Math.max(gatewayPeak, gatewaySockets());
     }
     // Our own N ends at most, the gateway's 64 refusals, and a margin for the rest of the process.
     assert.ok(peak - before <= N + 64 + 100, `${peak - before} descriptors more during a flood of ${N} connections`);
+    // The gateway's: its 2 connections (the idle ones) and at most 64 refusals at once (and a
+    // few more accepted past them in the moment before they are closed unanswered).
+    assert.ok(gatewayPeak <= 2 + 64 + 4, `the gateway held ${gatewayPeak} sockets during a flood of ${N} connections`);
   } finally {
     for (const s of idle) s.destroy();
     await gw.close(1000);
