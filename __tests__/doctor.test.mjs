@@ -431,6 +431,30 @@ test("doctor: a pool directory that can never be made (HOME or a part of the pat
   assert.equal(d.code, 3);
 });
 
+// The Troubleshooting section sends people to doctor; on a pool directory behind a symbolic
+// link that loops it ended with `error [ELOOP]` (a code of no table) and checked nothing.
+test("doctor: a pool directory that is a symbolic link looping or leading nowhere, or a path through a loop, is a problem it reports, not a crash", {
+  skip: process.platform === "win32" && "symbolic links need privileges on Windows",
+}, async () => {
+  const box = user();
+  const loop = join(box.dir, "loop");
+  symlinkSync(loop, loop);
+  const dangling = join(box.dir, "dangling");
+  symlinkSync(join(box.dir, "nothing-here"), dangling);
+  for (const [dir, why] of [
+    [loop, /loop is a symbolic link to nothing usable/],
+    [dangling, /dangling is a symbolic link to nothing usable/],
+    [join(loop, "sub"), /sub cannot be created: .*loop is a symbolic link that loops/],
+  ]) {
+    const d = await doctor(box, { env: { OAUTH_POOL_PATH: join(dir, "oauth-pool.json") } });
+    const [c] = d.named("directory");
+    assert.equal(c?.level, "problem", `${dir}: ${d.shown}`);
+    assert.match(c.message, why);
+    assert.equal(d.code, 3);
+    assert.deepEqual([...d.named("file"), ...d.named("accounts")], [], `${dir}: no pool that merely does not exist yet`);
+  }
+});
+
 // The lock is held by `flock(1)` (util-linux), stopped as Ctrl-Z stops a job.
 const flock = process.platform === "linux" && spawnSync("flock", ["--version"]).status === 0;
 test("doctor names a write lock's holder that is stopped, and how to resume it", { skip: !flock && "needs flock(1) on Linux" }, async () => {

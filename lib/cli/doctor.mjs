@@ -26,11 +26,13 @@ const octal = (st) => `0${(st.mode & 0o777).toString(8).padStart(3, "0")}`;
 const othersCanAccess = (st) => posix && (st.mode & 0o077) !== 0;
 const notMine = (st) => posix && myUid !== null && st.uid !== myUid;
 
+// A path through a symbolic link that loops reaches nothing, as one that is not there: doctor
+// ended on it (`error [ELOOP]`) instead of saying so (checkDirectory does).
 function lstatOrNull(p) {
   try {
     return lstatSync(p);
   } catch (e) {
-    if (e.code === "ENOENT" || e.code === "ENOTDIR") return null;
+    if (e.code === "ENOENT" || e.code === "ENOTDIR" || e.code === "ELOOP") return null;
     throw e;
   }
 }
@@ -118,10 +120,11 @@ function blockingAncestor(dir) {
     try {
       st = statSync(p);
     } catch (e) {
+      if (e.code === "ELOOP" && lstatOrNull(p)?.isSymbolicLink()) return { at: p, why: "is a symbolic link that loops" };
       // Not there (keep climbing) or below a file (the file is found further up).
-      if (e.code !== "ENOENT" && e.code !== "ENOTDIR") return null;
+      if (e.code !== "ENOENT" && e.code !== "ENOTDIR" && e.code !== "ELOOP") return null;
     }
-    if (st) return st.isDirectory() ? null : p;
+    if (st) return st.isDirectory() ? null : { at: p, why: "is not a directory" };
     if (dirname(p) === p) return null;
   }
 }
@@ -134,16 +137,19 @@ function checkDirectory(files, r) {
     const blocker = blockingAncestor(dir);
     if (blocker) {
       const mend = files.source === "default" ? "fix HOME, or set OAUTH_POOL_PATH" : `point ${SOURCES[files.source] ?? files.source} elsewhere`;
-      r.add("directory", "problem", `${dir} cannot be created: ${blocker} is not a directory (every command fails with POOL_IO; ${mend})`);
+      r.add("directory", "problem", `${dir} cannot be created: ${blocker.at} ${blocker.why} (every command fails with POOL_IO; ${mend})`);
       return "blocked";
     }
     return r.add("directory", "ok", `${dir} does not exist yet (created 0700 by the first write)`);
   }
   if (st.isSymbolicLink()) {
-    const target = statSync(dir, { throwIfNoEntry: false });
-    return target?.isDirectory()
-      ? r.add("directory", "warn", `${dir} is a symbolic link to a directory: check that it is yours and private`)
-      : r.add("directory", "problem", `${dir} is a symbolic link to nothing usable`);
+    let target = null;
+    try {
+      target = statSync(dir);
+    } catch {}
+    if (target?.isDirectory()) return r.add("directory", "warn", `${dir} is a symbolic link to a directory: check that it is yours and private`);
+    r.add("directory", "problem", `${dir} is a symbolic link to nothing usable (no pool can be written there: POOL_IO)`);
+    return "blocked";
   }
   if (!st.isDirectory()) return r.add("directory", "problem", `${dir} is not a directory`);
   // Writable by others without the sticky bit, they can delete or replace the pool file: the
