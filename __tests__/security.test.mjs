@@ -294,6 +294,8 @@ test("9: refreshed tokens that cannot be written keep the refresh lock, are repo
   );
   const other = JSON.parse(cli(["status", "--json", "--path", path]).out);
   assert.deepEqual(other.refreshLocked, ["us@x.test"], "other processes see the refresh lock held");
+  // What the README's Troubleshooting tells a person to look for in another process.
+  assert.match(cli(["status", "--path", path]).out, /^refresh under way \(its lock is held\): us@x\.test$/m);
   const again = await post(f);
   assert.equal(again.status, 200);
   await again.text();
