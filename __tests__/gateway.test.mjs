@@ -712,6 +712,34 @@ test("the generated key: made once, 0600, beside the pool file; --show-key print
   assert.match(refused.stderr, /does not hold a key/);
 });
 
+// Troubleshooting ("Gateway answers 401"): OAUTH_POOL_GATEWAY_KEY, when set, replaces the key
+// file for `serve` and `--show-key` alike. Only the generated key's --show-key had a test: one
+// that printed the file's key while the gateway took the variable's would send a person to
+// configure every client with a key that is refused.
+test("OAUTH_POOL_GATEWAY_KEY replaces the key file: --show-key prints it, the gateway takes it and refuses the file's key", async () => {
+  const path = await seedPool(mock, ["envkey@x.test"]);
+  const env = { ...process.env };
+  delete env.OAUTH_POOL_GATEWAY_KEY;
+  const show = (extra) => spawnSync(process.execPath, [CLI, "serve", "--show-key", "--path", path], { env: { ...env, ...extra }, encoding: "utf8" });
+  const fileKey = show({}).stdout.trim();
+  assert.match(fileKey, /^oauth-pool-gw-/, "a key file exists beside the pool");
+  const shown = show({ OAUTH_POOL_GATEWAY_KEY: KEY });
+  assert.equal(shown.status, 0, shown.stderr);
+  assert.equal(shown.stdout.trim(), KEY, "--show-key prints the variable's key, not the file's");
+  const gw = await lib.serve({ port: 0, path }); // OAUTH_POOL_GATEWAY_KEY = KEY here
+  try {
+    const taken = await messages(gw.url);
+    assert.equal(taken.status, 200);
+    await taken.text();
+    const refused = await messages(gw.url, { headers: { "x-api-key": fileKey } });
+    assert.equal(refused.status, 401, "the file's key is not taken while the variable is set");
+    await refused.text();
+  } finally {
+    await gw.close(0);
+  }
+  assert.equal(readFileSync(`${path}.gateway-key`, "utf8").trim(), fileKey, "the key file is left as it was");
+});
+
 const STRACE = ["/usr/bin/strace", "/bin/strace"].find((p) => existsSync(p));
 const canTrace = STRACE && spawnSync(STRACE, ["-o", "/dev/null", "true"]).status === 0;
 

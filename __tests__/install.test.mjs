@@ -128,6 +128,23 @@ test("native addons disabled (--no-addons): a coded error saying so, not advice 
   assert.doesNotMatch(r.out.message, /Install the optional package/);
 });
 
+// Troubleshooting names Node's permission model as the other way addons are disabled: its refusal
+// must read as that too (not "install the package"), and --allow-addons must lift it.
+const flags = typeof Bun === "undefined" ? process.allowedNodeEnvironmentFlags : new Set();
+const permission = ["--permission", "--experimental-permission"].find((f) => flags.has(f));
+test("Node's permission model without --allow-addons: the same coded error; with it, the binary loads", {
+  skip: !(permission && flags.has("--allow-addons")) && "no permission model in this runtime",
+}, async () => {
+  const { dir } = install(good());
+  const allowed = [permission, "--allow-fs-read=*", "--allow-fs-write=*", "--allow-worker", "--allow-child-process", "--no-warnings"];
+  const r = await run(dir, allowed);
+  assertRefused(r, /native addons are disabled in this process .*--allow-addons/);
+  assert.doesNotMatch(r.out.message, /Install the optional package/);
+  const loaded = await run(dir, [...allowed, "--allow-addons"]);
+  assert.equal(loaded.status, 0, loaded.stderr);
+  assert.equal(loaded.out.loaded, true, JSON.stringify(loaded.out));
+});
+
 test("the installed binary, also through a symlinked (pnpm-like) package directory, loads", async () => {
   const { dir, platform } = install(good());
   const plain = await run(dir);

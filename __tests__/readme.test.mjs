@@ -312,3 +312,83 @@ test("Reliability: every entry point of the addon not an `async fn` is #[napi(ca
   assert.ok(entries >= 40, `found the entry points (${entries})`);
   assert.deepEqual(unguarded, []);
 });
+
+// "Two commands": the README shows what `npm run demo` prints; nothing ran the demo, and a change
+// to an event's wording or to the demo left the README showing output it no longer gives.
+test("Two commands: `npm run demo` prints what the README shows (times aside), and exits 0", async () => {
+  const { spawnSync } = await import("node:child_process");
+  const { mkdtempSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const at = README.indexOf("`npm run demo` prints");
+  assert.ok(at >= 0, "the README says what the demo prints");
+  const shown = /```\n([\s\S]*?)```/.exec(README.slice(at))?.[1];
+  assert.ok(shown, "the demo's output block");
+  // The demo makes its throwaway pool under the temp directory: this one, removed after.
+  const scratch = mkdtempSync(join(tmpdir(), "oauth-pool-demo-test-"));
+  try {
+    const env = { ...process.env, HOME: scratch, TMPDIR: scratch };
+    for (const k of ["OAUTH_POOL_PATH", "OAUTH_POOL_LOG", "OAUTH_POOL_STORE", "OAUTH_POOL_HOLD_MAX_MS"]) delete env[k];
+    const run = spawnSync(process.execPath, [fileURLToPath(new URL("../scripts/demo.mjs", import.meta.url))], { env, encoding: "utf8", timeout: 30_000 });
+    assert.equal(run.status, 0, `${run.stdout}\n${run.stderr}`);
+    // The README's lines in order; `...` stands for lines left out; times, dates, the "last
+    // used" stamps and how many chunks the stream came in (the runtime's and the scheduler's
+    // doing) vary.
+    const literal = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    const pattern = shown
+      .trimEnd()
+      .split("\n")
+      .map((line) =>
+        line === "..."
+          ? "(?:.*\\n)*?"
+          : `${literal(line)
+              .replace(/\d\d:\d\d UTC \\\(in \d+ h \d+ min\\\)/g, "(?:\\w{3} \\d+ \\w{3} )?\\d\\d:\\d\\d UTC \\(in (?:1 h 59 min|2 h 0 min)\\)")
+              .replace(/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\\\.\d{3}Z/g, "\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z")
+              .replace(/last used \\\.\\\.\\\.$/, "last used \\S+")
+              .replace(/, \d+ chunks streamed/, ", \\d+ chunks streamed")}\\n`,
+      )
+      .join("");
+    assert.match(run.stdout, new RegExp(pattern), `the README's demo output, against:\n${run.stdout}`);
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+});
+
+// "Install": the table of prebuilt packages is what a user installs by hand when NATIVE_MISSING
+// names one. Each row must be a package this project publishes (npm/<triple>, listed in
+// optionalDependencies, built for a napi target), and each package must say which machine it is
+// for (npm installs only the one that fits by `os`, `cpu` and, on Linux, `libc`).
+test("Install: the README's prebuilt packages are the optional dependencies, one per napi target, each fenced to its machine", async () => {
+  const { readdirSync } = await import("node:fs");
+  const pkg = JSON.parse(source("package.json"));
+  const cells = section("Install")
+    .split("\n")
+    .filter((l) => /^\| .* \| .*`.*\|$/.test(l))
+    .flatMap((l) => ticked(l.split(" | ")[1]));
+  const documented = cells.map((c) => (c.startsWith("-") ? `${pkg.name}${c}` : c)).sort();
+  const optional = Object.keys(pkg.optionalDependencies).sort();
+  assert.deepEqual(documented, optional, "the README's table is the optional dependencies");
+  const dirs = readdirSync(`${ROOT}npm`).sort();
+  assert.deepEqual(
+    dirs.map((d) => `${pkg.name}-${d}`),
+    optional,
+    "one npm/<triple> per optional dependency",
+  );
+  assert.equal(pkg.napi.targets.length, dirs.length, "one napi target per platform package");
+  const arch = { x64: "x86_64", arm64: "aarch64" };
+  for (const d of dirs) {
+    const manifest = JSON.parse(source(`npm/${d}/package.json`));
+    const [os, cpu, abi] = d.split("-");
+    assert.equal(manifest.name, `${pkg.name}-${d}`);
+    assert.equal(manifest.version, pkg.optionalDependencies[manifest.name], `${d}: the version the package asks for`);
+    assert.deepEqual([manifest.os, manifest.cpu], [[os], [cpu]], `${d}: os and cpu`);
+    if (os === "linux") assert.deepEqual(manifest.libc, [abi === "musl" ? "musl" : "glibc"], `${d}: libc`);
+    assert.equal(manifest.main, `${pkg.napi.binaryName}.${d}.node`, `${d}: the binary lib/native.mjs resolves`);
+    assert.ok(
+      pkg.napi.targets.some(
+        (t) => t.startsWith(`${arch[cpu]}-`) && t.includes(os === "win32" ? "windows-msvc" : os === "darwin" ? "apple-darwin" : `linux-${abi}`),
+      ),
+      `${d}: built by a napi target`,
+    );
+  }
+});
