@@ -502,6 +502,31 @@ test("17: a pool path given blank, or an OAUTH_POOL_PATH blank or not UTF-8, is 
   }
 });
 
+// A path with a NUL in it names no file: it was POOL_IO ("open failed", as for a failing disk),
+// the NUL itself in the message, from every function that takes a path and from the plugin.
+test("17b: a pool path (or Claude Code credentials path) holding a NUL is INVALID_ARGUMENT, from every function that takes one", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-nul-"));
+  const bad = join(dir, "pool\0.json");
+  const good = join(dir, "good.json");
+  writeFileSync(good, JSON.stringify({ anthropic: [] }));
+  const calls = [
+    ["loadPool", () => loadPool(bad)],
+    ["savePool", () => savePool({ anthropic: [] }, bad)],
+    ["listAccounts", () => lib.listAccounts(bad)],
+    ["copyStore from", () => lib.copyStore(bad, good)],
+    ["copyStore to", () => lib.copyStore(good, bad)],
+    ["the pool fetch", () => post(createPoolFetch({ path: bad }))],
+    ["importClaudeCode", () => lib.importClaudeCode({ credentialsPath: join(dir, "creds\0.json"), email: "c@x.test", path: good })],
+  ];
+  for (const [what, call] of calls) {
+    await assert.rejects(call(), (e) => e.code === "INVALID_ARGUMENT" && /holds a NUL character/.test(e.message) && !e.message.includes("\0"), what);
+  }
+  const plugin = (await import("../plugin.mjs")).default;
+  const hooks = await plugin.server({ client: {} }, { path: bad });
+  assert.match(await hooks.tool["model-accounts-pool"].execute({ action: "list" }), /INVALID_ARGUMENT/);
+  assert.deepEqual(JSON.parse(readFileSync(good, "utf8")), { anthropic: [] }, "nothing was written anywhere");
+});
+
 // ---- 18. no credential of any kind follows a redirect ------------------------------------------
 // Test 1 covers an API key on the default transport. A bearer on either transport, the refresh
 // token and a login's code in a token endpoint's body, and the bearer of the profile call go to

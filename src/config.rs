@@ -220,6 +220,13 @@ pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
                 "{whose} is not valid UTF-8 (or holds U+FFFD): give the path in UTF-8"
             )));
         }
+        // No file can be named with a NUL: the OS's refusal came back as POOL_IO ("open
+        // failed"), as if the disk had failed, with the NUL itself in the message.
+        if p.contains('\0') {
+            return Err(Error::InvalidArgument(format!(
+                "{whose} holds a NUL character, which no file name can: give the path without it"
+            )));
+        }
         expand_home(p.trim(), whose)
     };
     if let Some(p) = explicit {

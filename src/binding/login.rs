@@ -184,6 +184,12 @@ pub fn import_claude_code(
             .unwrap_or((None, None, None));
         let store = store_for(path.as_deref()).map_err(js_error)?;
         let creds = match creds {
+            // As for a pool path (`config::pool_path`): the OS's refusal read as POOL_IO.
+            Some(c) if c.contains('\0') => {
+                return Err(js_error(Error::InvalidArgument(
+                    "the Claude Code credentials path holds a NUL character, which no file name can: give the path without it".into(),
+                )))
+            }
             Some(c) => std::path::PathBuf::from(c),
             None => config::home_dir()
                 .ok_or_else(|| js_error(Error::InvalidArgument("no home directory".into())))?
