@@ -172,6 +172,32 @@ test("an existing Claude Code login can be imported", async () => {
   assert.equal((await loadPool(path)).anthropic[0].refresh, t.refresh);
 });
 
+// INVALID_ARGUMENT covers "a refresh token ... that is not visible ASCII of at most 4,096 bytes";
+// `refresh()` and the token endpoint's answers are held to that, a Claude Code credentials file
+// was not: its tokens were stored as they were, and the account then failed every request.
+test("a Claude Code credentials file whose tokens are not tokens is INVALID_ARGUMENT, nothing imported, no token in the message", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "claude-"));
+  const creds = join(dir, ".credentials.json");
+  const path = tempPoolPath();
+  const good = "sk-ant-ort01-importable-0123456789";
+  for (const [field, bad] of [
+    ["accessToken", "sk-ant-oat01-with a-space"],
+    ["refreshToken", "sk-ant-ort01-bell\u0007x"],
+    ["refreshToken", "sk-ant-ort01-line\nbreak"],
+    ["accessToken", `sk-ant-oat01-caf\u00e9-token`],
+    ["refreshToken", `sk-ant-ort01-${"r".repeat(5000)}`],
+  ]) {
+    const tokens = { accessToken: "sk-ant-oat01-importable-0123456789", refreshToken: good, expiresAt: Date.now() + 3_600_000, [field]: bad };
+    writeFileSync(creds, JSON.stringify({ claudeAiOauth: tokens }));
+    await assert.rejects(
+      importClaudeCode({ credentialsPath: creds, email: "cc-bad@x.test", path }),
+      (e) => e.code === "INVALID_ARGUMENT" && e.message.includes(`claudeAiOauth.${field} that is not a token`) && !e.message.includes(bad.slice(13, 20)),
+      JSON.stringify(bad.slice(0, 40)),
+    );
+  }
+  assert.deepEqual((await loadPool(path)).anthropic, [], "nothing was imported");
+});
+
 test("the wrong thing pasted or passed (a NUL, megabytes, a non-ASCII code) is refused before any token call", async () => {
   const pkce = await authorize();
   const path = tempPoolPath();

@@ -662,6 +662,17 @@ pub fn import_claude_code(credentials: &Path, email: Option<&str>) -> Result<Tok
     let refresh = s("refreshToken").ok_or_else(|| {
         Error::InvalidArgument(format!("{shown} holds no claudeAiOauth.refreshToken"))
     })?;
+    // Held to what a token endpoint's answer is held to (`oauth::parse_token_response`): a value
+    // no header can carry (a space, a control character, megabytes) was stored, and then failed
+    // every request of the account.
+    for (name, token) in [("accessToken", access), ("refreshToken", refresh)] {
+        if !Secret::new(token).is_token_shaped() {
+            return Err(Error::InvalidArgument(format!(
+                "{shown} holds a claudeAiOauth.{name} that is not a token (visible ASCII, at most {} characters): nothing was imported",
+                crate::secret::MAX_TOKEN_LEN
+            )));
+        }
+    }
     let expires = o.get("expiresAt").and_then(Value::as_i64).unwrap_or(0);
     let email = email
         .map(crate::account::normalize_email)
