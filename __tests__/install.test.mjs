@@ -145,6 +145,33 @@ test("Node's permission model without --allow-addons: the same coded error; with
   assert.equal(loaded.out.loaded, true, JSON.stringify(loaded.out));
 });
 
+// "Nothing is written next to the package (a read-only node_modules is fine)": as root a
+// read-only mode proves nothing, so every entry of node_modules is compared before and after the
+// library, the plugin and the CLI (a login written, the gateway key made) were used from it.
+test("using the installed package (library, plugin, CLI) writes nothing into node_modules", async () => {
+  const { readdirSync, lstatSync } = await import("node:fs");
+  const { spawnSync } = await import("node:child_process");
+  const { dir } = install(good());
+  const modules = join(dir, "node_modules");
+  const tree = () =>
+    readdirSync(modules, { recursive: true })
+      .sort()
+      .map((name) => {
+        const st = lstatSync(join(modules, name));
+        return `${name} ${st.size} ${st.mtimeMs}`;
+      });
+  const before = tree();
+  const used = await run(dir);
+  assert.equal(used.out?.loaded, true, JSON.stringify(used.out));
+  const env = { ...process.env, OAUTH_POOL_PATH: join(dir, "pool.json"), OAUTH_POOL_GATEWAY_KEY: "" };
+  const cli = join(modules, "opencode-oauth-pool", "bin", "oauth-pool.mjs");
+  for (const args of [["add-key", "--email", "ro@x.test"], ["list"], ["serve", "--show-key"], ["--version"]]) {
+    const r = spawnSync(process.execPath, [cli, ...args], { cwd: dir, env, input: "sk-ant-api03-readonly-node-modules-0123456789\n", encoding: "utf8" });
+    assert.equal(r.status, 0, `${args.join(" ")}: ${r.stderr}`);
+  }
+  assert.deepEqual(tree(), before, "node_modules is as it was installed");
+});
+
 test("the installed binary, also through a symlinked (pnpm-like) package directory, loads", async () => {
   const { dir, platform } = install(good());
   const plain = await run(dir);
