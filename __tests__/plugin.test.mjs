@@ -1195,6 +1195,52 @@ test("remove asks once where the person's rules say nothing of it, and does what
   }
 });
 
+test("a person's rule for one account's removal holds however the model names it (#N, another case)", async () => {
+  // remove resolves `#N` and an email in another case (src/pool.rs `resolve`); OpenCode matches
+  // a rule's pattern as written. Asked with the target alone, `remove #1` passed a deny for bob.
+  const bob = "bob@example.com";
+  const cases = [
+    ["a deny under the dedicated key", { permission: { [REMOVE_KEY]: { "*": "allow", [bob]: "deny" } } }],
+    ["a deny under the tool's name", { permission: { [TOOL]: { "remove *": "allow", [`remove ${bob}`]: "deny" } } }],
+  ];
+  for (const [what, theirConfig] of cases) {
+    const config = structuredClone(theirConfig);
+    const path = freshPath();
+    const hooks = await plugin(path);
+    await hooks.config(config);
+    await login(hooks, "alice@example.com");
+    await login(hooks, bob);
+    for (const target of ["#1", "BOB@example.com", "Bob@Example.com"]) {
+      const person = oc.context(config, "build", "once");
+      await assert.rejects(
+        hooks.tool[TOOL].execute({ action: "remove", email: target }, person.ctx),
+        (err) => err.name === "PermissionDeniedError",
+        `${what}: remove ${target}`,
+      );
+      assert.ok(refreshOf(path, bob), `${what}: remove ${target} kept bob's login`);
+    }
+    // The other account goes as their rule allows, named either way.
+    const person = oc.context(config, "build", "reject");
+    assert.match(await hooks.tool[TOOL].execute({ action: "remove", email: "#0" }, person.ctx), /^Removed #0 \(alice@example\.com\)/);
+    assert.deepEqual(person.questions, []);
+    assert.deepEqual(
+      (await lib.listAccounts(path)).map((a) => a.email),
+      [bob],
+    );
+  }
+  // An allow for one account does not let another through under its index.
+  const config = { permission: { [REMOVE_KEY]: { "*": "ask", "alice@example.com": "allow" } } };
+  const path = freshPath();
+  const hooks = await plugin(path);
+  await hooks.config(config);
+  await login(hooks, "alice@example.com");
+  await login(hooks, bob);
+  const person = oc.context(config, "build", "reject");
+  await assert.rejects(hooks.tool[TOOL].execute({ action: "remove", email: "#1" }, person.ctx), (err) => err.name === "PermissionRejectedError");
+  assert.deepEqual(person.questions, [[REMOVE_KEY, "#1", bob]]);
+  assert.equal((await lib.listAccounts(path)).length, 2);
+});
+
 test("tool: auth-error says what to do; invalid entries and a corrupt file are explained", async () => {
   const path = freshPath();
   const hooks = await plugin(path);

@@ -199,10 +199,17 @@ async function remove(email, path, confirm, hints) {
       `To delete its login for good, the person runs in a terminal: oauth-pool remove ${shellWord(email)}`,
     ].join("\n");
   }
+  const asked = await accountsNamed(email, path);
   try {
-    await confirm(email);
+    await confirm(email, asked);
   } catch (err) {
     throw new NotAgreed(err);
+  }
+  // The file changed while the person was asked (`#1` is now another entry): what they agreed to
+  // is not what would go.
+  const now = await accountsNamed(email, path);
+  if (now.some((e) => !asked.includes(e))) {
+    return `${email} was not removed: the pool changed while you were asked, and it now names ${now.join(", ")}. Ask again to remove it.`;
   }
   const was = await placeHolder(email, path);
   const n = await pool.removeAccount(email, path);
@@ -227,6 +234,35 @@ async function placeHolder(target, path) {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The stored emails of the entries `target` may name, as remove resolves it (src/pool.rs
+ * `resolve`: an exact email, else `#N`, else the email in another case), those that differ
+ * from `target` as written. Each is asked about with it: a person's rule for one account
+ * ("bob@example.com": "deny") matches its email as written in the rule, and `remove #1` or
+ * `remove BOB@example.com` passed it by and deleted that login. A superset is fine: every
+ * pattern asked must be allowed, so more of them only ask more.
+ */
+async function accountsNamed(target, path) {
+  let entries;
+  try {
+    entries = (await pool.loadPool(path))?.anthropic;
+  } catch {
+    return [];
+  }
+  if (!Array.isArray(entries)) return [];
+  const emailOf = (e) => (typeof e?.email === "string" ? e.email.trim() : "");
+  const named = new Set();
+  const index = /^#(\d+)$/.exec(target);
+  if (index) {
+    const email = emailOf(entries[Number(index[1])]);
+    if (email) named.add(email);
+  }
+  const key = target.toLowerCase();
+  for (const e of entries) if (emailOf(e).toLowerCase() === key) named.add(emailOf(e));
+  named.delete(target);
+  return [...named];
 }
 
 /**
@@ -298,11 +334,11 @@ async function run(args, path, confirm, hints) {
 
 /**
  * Runs one pool action and returns text for a person, every line printable (emails, reasons and
- * window names come from the file or a server); failures become text too. `confirm(email)` is how
+ * window names come from the file or a server); failures become text too. `confirm(email, accounts)` is how
  * a `remove` gets the person's consent: it resolves when they agreed and throws otherwise (that
  * error is the one thing thrown from here). Without it `remove` deletes nothing: it disables.
  * `host` "v2" words how to log in as OpenCode 2 does (its connect flow).
- * @param {{ confirm?: (email: string) => Promise<void>, host?: "v1" | "v2" }} [how]
+ * @param {{ confirm?: (email: string, accounts: string[]) => Promise<void>, host?: "v1" | "v2" }} [how]
  */
 export async function poolActionText(args, path, how = {}) {
   const hints = HINTS[how?.host] ?? HINTS.v1;
@@ -360,15 +396,18 @@ export function noteRemoveRule(toolName) {
  * Then `<toolName>-remove` with `<email>`: the plugin's "ask" when the person's rules decided
  * nothing for remove, else "allow", so one question at most (unless the person gave that key a
  * rule of their own too). The plugin's rule is not keyed on the tool's name: rules under that key
- * also decide which agents see the tool (config.mjs).
+ * also decide which agents see the tool (config.mjs). Each ask names the target as given and the
+ * stored emails of the entries it names (`accountsNamed`), so a rule for one account holds
+ * however the model spells it.
  * `always: []`: an "Always allow" answer is not remembered for the project; each removal asks.
  */
 function consentThrough(ctx, toolName) {
   if (typeof ctx?.ask !== "function" || !askRuleFor.has(toolName)) return undefined;
-  return async (email) => {
-    const metadata = { action: "remove", email };
-    await ctx.ask({ permission: toolName, patterns: [`remove ${email}`], always: [], metadata });
-    await ctx.ask({ permission: removePermission(toolName), patterns: [email], always: [], metadata });
+  return async (email, accounts = []) => {
+    const named = [email, ...accounts];
+    const metadata = accounts.length ? { action: "remove", email, accounts } : { action: "remove", email };
+    await ctx.ask({ permission: toolName, patterns: named.map((e) => `remove ${e}`), always: [], metadata });
+    await ctx.ask({ permission: removePermission(toolName), patterns: named, always: [], metadata });
   };
 }
 
