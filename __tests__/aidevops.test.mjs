@@ -86,6 +86,20 @@ test('provider "anthropic": the pool serves OpenCode\'s own provider through the
   assert.equal(typeof config.provider.anthropic.options.fetch, "function");
   const loaded = await hooks.auth.loader(async () => ({}), { models: {} });
   assert.equal(loaded.fetch, config.provider.anthropic.options.fetch);
+  // OpenCode sends to options.baseURL, else to its catalog's URL for anthropic (the SDK's
+  // api.anthropic.com): without ours there, OAUTH_POOL_API_URL (here the mock) was never the
+  // provider's, and every request was refused as off the pool's origin.
+  assert.equal(config.provider.anthropic.options.baseURL, `${mock.url}/v1`);
+  const res = await config.provider.anthropic.options.fetch(`${config.provider.anthropic.options.baseURL}/messages`, {
+    method: "POST",
+    headers: jsonHeaders,
+    body: body(),
+  });
+  assert.equal(res.poolAccount, "own@x.test");
+  await res.text();
+  const theirs = { provider: { anthropic: { options: { baseURL: "https://elsewhere.example/v1" } } } };
+  await hooks.config(theirs);
+  assert.equal(theirs.provider.anthropic.options.baseURL, "https://elsewhere.example/v1", "the user's baseURL wins");
   await assert.rejects(lib.OAuthPoolPlugin(input, { toolName: "has spaces" }), (e) => e.code === "INVALID_ARGUMENT");
 });
 

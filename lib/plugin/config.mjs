@@ -175,10 +175,12 @@ export async function poolConfigHook(config, options = {}) {
   const fetch = poolFetchFor(options?.input, options);
   config.provider = isPlainObject(config.provider) ? config.provider : {};
   if (opts.provider === PROVIDER_ANTHROPIC) {
-    // OpenCode's catalog already declares the models; the pool only brings its fetch (used
-    // even without an auth.json entry) and a placeholder key.
+    // OpenCode's catalog already declares the models; the pool brings its fetch (used even
+    // without an auth.json entry), a placeholder key and its API origin: without a baseURL here
+    // OpenCode sends to the catalog's (api.anthropic.com), and with OAUTH_POOL_API_URL set
+    // elsewhere every request was refused as off the pool's origin.
     const user = usableEntry(config.provider.anthropic);
-    config.provider.anthropic = mergeUserWins({ options: { apiKey: "", fetch } }, user);
+    config.provider.anthropic = mergeUserWins({ options: { baseURL: apiBaseURL(), apiKey: "", fetch } }, user);
   } else {
     const models = (await cachedAnthropicModels()) ?? structuredClone(ANTHROPIC_MODELS);
     // A pool of Console API keys only is billed per token: keep the catalog's prices then.
