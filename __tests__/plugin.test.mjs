@@ -183,8 +183,21 @@ test("the API-key method adds a type api member", async () => {
   assert.equal(seen.auth, "api-key");
   assert.equal(seen.email, "console@example.com");
 
-  const bad = await (await method.authorize({ key: "short", label: "" })).callback();
-  assert.deepEqual(bad, { type: "failed" });
+  // OpenCode says only "failed": the reason, with its code, is beside it (README, OpenCode 1.18).
+  const { client, toasts } = fakeClient();
+  const refusing = await plugin(path, client);
+  await login(refusing, "login@example.com");
+  const tokens = refreshOf(path, "login@example.com");
+  for (const [key, label, reason] of [
+    ["short", "", /^Adding the API key failed: INVALID_ARGUMENT: that does not look like an API key/],
+    ["fake-console-key-named-as-login", "login@example.com", /^Adding the API key failed: INVALID_ARGUMENT: login@example\.com is an OAuth login/],
+  ]) {
+    const bad = await (await refusing.auth.methods[1].authorize({ key, label })).callback();
+    assert.deepEqual(bad, { type: "failed" });
+    assert.match(toasts.at(-1)?.message ?? "", reason);
+    assert.doesNotMatch(toasts.at(-1).message, /fake-console-key|short/);
+  }
+  assert.equal(refreshOf(path, "login@example.com"), tokens, "the login under that name keeps its tokens");
 });
 
 // ------------------------------------------------------------------------------------------------
