@@ -1492,6 +1492,43 @@ test("config drops what cannot be the user's settings (a non-function fetch, opt
   assert.equal(typeof odd.provider.anthropic.options.fetch, "function");
 });
 
+test("your own options.apiKey (or an auth.json key OpenCode hands the SDK) is never sent: each request carries its account's credential", async () => {
+  const path = freshPath();
+  const hooks = await plugin(path);
+  await login(hooks, "own-key-oauth@example.com");
+  mock.addApiKey("fake-console-key-own-key-member", "own-key-api@example.com");
+  const config = { provider: { "anthropic-pool": { options: { apiKey: "sk-ant-api03-the-users-own-key" } } } };
+  await hooks.config(config);
+  const { fetch, baseURL, apiKey } = config.provider["anthropic-pool"].options;
+  assert.equal(apiKey, "sk-ant-api03-the-users-own-key", "their setting stays in the config");
+  // As the AI SDK sends a provider's apiKey (x-api-key), or a bearer set in headers.
+  const theirs = [{ "x-api-key": apiKey }, { authorization: `Bearer ${apiKey}` }];
+  const seen = async () => {
+    const out = [];
+    for (const h of theirs) {
+      const res = await fetch(`${baseURL}/messages`, { ...messagesRequest(), headers: { ...messagesRequest().headers, ...h } });
+      assert.equal(res.status, 200);
+      await res.text();
+      const r = mock.requests.at(-1);
+      assert.doesNotMatch(JSON.stringify(r.headers), /the-users-own-key/);
+      out.push([r.auth, r.email]);
+    }
+    return out;
+  };
+  assert.deepEqual(await seen(), [
+    ["bearer", "own-key-oauth@example.com"],
+    ["bearer", "own-key-oauth@example.com"],
+  ]);
+  assert.equal(bearerOf(mock.requests.at(-1)), mock.tokens("own-key-oauth@example.com").access);
+  await lib.removeAccount("own-key-oauth@example.com", path);
+  await lib.addApiKey("fake-console-key-own-key-member", { email: "own-key-api@example.com", path });
+  assert.deepEqual(await seen(), [
+    ["api-key", "own-key-api@example.com"],
+    ["api-key", "own-key-api@example.com"],
+  ]);
+  assert.equal(mock.requests.at(-1).headers["x-api-key"], "fake-console-key-own-key-member");
+});
+
 test("a baseURL off the pool's API origin is refused (INSECURE_ENDPOINT) before anything is sent", async () => {
   const { createServer } = await import("node:http");
   const seen = [];
