@@ -12,13 +12,14 @@ import { wildcardMatch } from "../lib/plugin/config.mjs";
 
 // Everything the plugin reads from the environment points into a temp dir or at the mock.
 // (Restored afterwards: `bun test` runs every test file in one process.)
-const ENV_KEYS = ["HOME", "XDG_CACHE_HOME", "OAUTH_POOL_PATH", "OPENCODE_MODELS_PATH", "OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL"];
+const ENV_KEYS = ["HOME", "XDG_CACHE_HOME", "OAUTH_POOL_PATH", "OPENCODE_MODELS_PATH", "OPENCODE_MODELS_URL", "OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL"];
 const savedEnv = Object.fromEntries(ENV_KEYS.map((k) => [k, process.env[k]]));
 const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-plugin-"));
 process.env.HOME = join(tmp, "home");
 process.env.XDG_CACHE_HOME = join(tmp, "cache");
 process.env.OAUTH_POOL_PATH = join(tmp, "default-pool.json");
 delete process.env.OPENCODE_MODELS_PATH;
+delete process.env.OPENCODE_MODELS_URL;
 mkdirSync(process.env.HOME, { recursive: true });
 
 const lib = await import("../index.mjs");
@@ -1374,6 +1375,31 @@ test("config honours OPENCODE_MODELS_PATH and keeps catalog prices for a pool of
     assert.deepEqual(models["claude-test-9"].cost, { input: 7, output: 35, cache_read: 0.7, cache_write: 8 });
   } finally {
     delete process.env.OPENCODE_MODELS_PATH;
+  }
+});
+
+test("with OPENCODE_MODELS_URL, config mirrors the cache OpenCode keeps for that catalog (models-<sha1 of the URL>.json)", async () => {
+  // What OpenCode 1.18.33 writes under XDG_CACHE_HOME/opencode when OPENCODE_MODELS_URL is set
+  // (seen with the real binary); a models.json beside it is another catalog's, or a stale one.
+  const url = "http://127.0.0.1:9/models-mirror";
+  const { createHash } = await import("node:crypto");
+  const mirror = join(process.env.XDG_CACHE_HOME, "opencode", `models-${createHash("sha1").update(url).digest("hex")}.json`);
+  plantCache({ "claude-mirror-1": { id: "claude-mirror-1", name: "Claude Mirror 1", cost: { input: 1, output: 2 } } }, mirror);
+  plantCache(CACHED);
+  process.env.OPENCODE_MODELS_URL = url;
+  try {
+    const config = {};
+    await poolConfigHook(config, { path: freshPath() });
+    assert.deepEqual(Object.keys(config.provider["anthropic-pool"].models), ["claude-mirror-1"]);
+    // OpenCode's own catalog's URL is its models.json.
+    process.env.OPENCODE_MODELS_URL = "https://models.opencode.ai";
+    const own = {};
+    await poolConfigHook(own, { path: freshPath() });
+    assert.deepEqual(Object.keys(own.provider["anthropic-pool"].models).sort(), ["claude-sonnet-4-5", "claude-test-9"]);
+  } finally {
+    delete process.env.OPENCODE_MODELS_URL;
+    rmSync(mirror, { force: true });
+    rmSync(cacheFile(), { force: true });
   }
 });
 

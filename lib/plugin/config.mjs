@@ -2,6 +2,7 @@
 // knows, unless the user already said otherwise in opencode.json (their values win). Runs before
 // OpenCode reads providers; it must not call the OpenCode client (provider state waits on plugin
 // init, so that would deadlock).
+import { createHash } from "node:crypto";
 import { open } from "node:fs/promises";
 import { constants } from "node:fs";
 import { homedir } from "node:os";
@@ -33,11 +34,21 @@ const MODEL_FIELDS = [
   "provider",
 ];
 
-/** Where OpenCode keeps its models.dev catalog cache. */
+/** The catalog OpenCode 1.18 fetches when OPENCODE_MODELS_URL is not set. */
+const DEFAULT_MODELS_URL = "https://models.opencode.ai";
+
+/**
+ * Where OpenCode keeps its models.dev catalog cache. With OPENCODE_MODELS_URL (a mirror, an
+ * offline setup) OpenCode 1.18.33 caches it as `models-<sha1 of the URL>.json`
+ * (packages/opencode/src/provider/models.ts): read as `models.json`, the models OpenCode listed
+ * were not the ones mirrored (a stale catalog, or only the built-in table).
+ */
 export function modelsCachePath(env = process.env) {
   if (env.OPENCODE_MODELS_PATH) return env.OPENCODE_MODELS_PATH;
   const cache = env.XDG_CACHE_HOME || join(homedir(), ".cache");
-  return join(cache, "opencode", "models.json");
+  const source = env.OPENCODE_MODELS_URL || DEFAULT_MODELS_URL;
+  const name = source === DEFAULT_MODELS_URL ? "models.json" : `models-${createHash("sha1").update(source).digest("hex")}.json`;
+  return join(cache, "opencode", name);
 }
 
 // OpenCode's whole catalog is a few MB; a path that is a FIFO or a device must not hang or fill
