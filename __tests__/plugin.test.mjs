@@ -1631,6 +1631,29 @@ test("plugin option path: ~/ and ~<this user>/ are the home directory, another u
   }
 });
 
+test("a plugin option of the wrong type fails the plugin's load with INVALID_ARGUMENT naming the option; null and empty are the defaults", async () => {
+  // OpenCode 1.18 logs "failed to load plugin ... <message>" and starts without the plugin.
+  for (const [options, said] of [
+    [{ path: 123 }, /^plugin option path must be a string$/],
+    [{ path: { file: "p.json" } }, /^plugin option path must be a string$/],
+    [{ provider: {} }, /^plugin option provider must be a name of letters, digits, - and _, got an object$/],
+    [{ provider: 5 }, /^plugin option provider must be a name .*got a number$/],
+    [{ provider: "anthropic pool" }, /^plugin option provider must be a name .*got "anthropic pool"$/],
+    [{ toolName: ["pool"] }, /^plugin option toolName must be a name .*got a list$/],
+    [{ toolName: true }, /^plugin option toolName must be a name .*got a boolean$/],
+    [{ fetch: "https://proxy.example" }, /^plugin option fetch must be a function$/],
+  ]) {
+    await assert.rejects(
+      () => OAuthPoolPlugin({ client: fakeClient().client }, options),
+      (err) => err.code === "INVALID_ARGUMENT" && said.test(err.message),
+      JSON.stringify(options),
+    );
+  }
+  const hooks = await OAuthPoolPlugin({ client: fakeClient().client }, { path: null, toolName: "", provider: null, fetch: null });
+  assert.equal(hooks.auth.provider, "anthropic-pool");
+  assert.deepEqual(Object.keys(hooks.tool), [TOOL]);
+});
+
 test("without a path option the pool is OAUTH_POOL_PATH", async () => {
   rmSync(process.env.OAUTH_POOL_PATH, { force: true });
   const hooks = await OAuthPoolPlugin({ client: fakeClient().client });
