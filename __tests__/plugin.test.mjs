@@ -234,6 +234,28 @@ test("the loader zeroes costs and returns { apiKey: '', fetch } serving with the
   assert.equal(seen.headers["x-api-key"], undefined);
 });
 
+test("a price you set in opencode.json stays yours: the loader zeroes the catalog's costs, not your own", async () => {
+  // OpenCode 1.18 hands the loader its provider with the config's models merged in.
+  for (const provider of ["anthropic-pool", "anthropic"]) {
+    const path = freshPath();
+    const hooks = await OAuthPoolPlugin({ client: fakeClient().client }, { path, provider });
+    await login(hooks, `priced-${provider}@example.com`);
+    const config = { provider: { [provider]: { models: { "claude-sonnet-4-5": { cost: { input: 3, output: 15 } }, "claude-mine": { name: "Mine" } } } } };
+    await hooks.config(config);
+    const database = {
+      models: {
+        "claude-sonnet-4-5": { cost: { input: 3, output: 15, cache: { read: 0, write: 0 } } },
+        "claude-haiku-4-5": { cost: { input: 1, output: 5, cache: { read: 0.1, write: 1.25 } } },
+        "claude-mine": { cost: { input: 2, output: 4, cache: { read: 0, write: 0 } } },
+      },
+    };
+    await hooks.auth.loader(async () => undefined, database);
+    assert.deepEqual(database.models["claude-sonnet-4-5"].cost, { input: 3, output: 15, cache: { read: 0, write: 0 } }, provider);
+    assert.deepEqual(database.models["claude-haiku-4-5"].cost, { input: 0, output: 0, cache: { read: 0, write: 0 } }, provider);
+    assert.deepEqual(database.models["claude-mine"].cost, { input: 0, output: 0, cache: { read: 0, write: 0 } }, `${provider}: no price of theirs`);
+  }
+});
+
 test("the loader takes whatever models the host passes without throwing (frozen, self-referring, not an object)", async () => {
   const hooks = await plugin(freshPath());
   const frozen = Object.freeze({ cost: Object.freeze({ input: 3, output: 15 }) });

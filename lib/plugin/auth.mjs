@@ -24,12 +24,31 @@ function failed(client, what, err) {
   return { type: "failed" };
 }
 
+// The models whose `cost` the person set in opencode.json, by host input and provider id, as the
+// config hook found them: the loader leaves those as they are.
+const costsOfTheirs = new WeakMap();
+
 /**
- * Zeroes every number under each model's `cost` (subscription requests are not billed per token).
+ * Notes the model ids of `entry` (the person's provider entry) that carry a `cost`. OpenCode 1.18
+ * hands the loader its provider with the config's models merged in, and the loader zeroed every
+ * cost there: a price the person set ("your settings win") read 0 once they had logged in.
+ */
+export function noteTheirCosts(input, providerID, entry) {
+  if (!input || typeof input !== "object") return;
+  const models = entry?.models && typeof entry.models === "object" ? entry.models : {};
+  const ids = Object.keys(models).filter((id) => models[id] && typeof models[id] === "object" && models[id].cost !== undefined);
+  const byProvider = costsOfTheirs.get(input) ?? new Map();
+  byProvider.set(providerID, new Set(ids));
+  costsOfTheirs.set(input, byProvider);
+}
+
+/**
+ * Zeroes every number under each model's `cost` (subscription requests are not billed per token),
+ * but those of the models in `keep` (the person's own prices).
  * The models are the host's: a cost it froze keeps its prices and one that refers to itself is
  * walked once, rather than the loader throwing (a throwing hook can stop OpenCode 1.18 starting).
  */
-export function zeroModelCosts(models) {
+export function zeroModelCosts(models, keep = new Set()) {
   const seen = new WeakSet();
   const zero = (cost) => {
     if (seen.has(cost)) return;
@@ -43,7 +62,7 @@ export function zeroModelCosts(models) {
     }
   };
   if (!models || typeof models !== "object") return;
-  for (const m of Object.values(models)) if (m?.cost && typeof m.cost === "object") zero(m.cost);
+  for (const [id, m] of Object.entries(models)) if (!keep.has(id) && m?.cost && typeof m.cost === "object") zero(m.cost);
 }
 
 /** True when the pool holds accounts and every one is a Console API key (billed per token). */
@@ -68,7 +87,7 @@ export function poolAuthHook(input, options) {
 
     async loader(_getAuth, provider) {
       // Tokens are never read here: the fetch reads the pool for every request.
-      if (!(await apiKeysOnly(path))) zeroModelCosts(provider?.models);
+      if (!(await apiKeysOnly(path))) zeroModelCosts(provider?.models, costsOfTheirs.get(input)?.get(providerID));
       fetch ??= poolFetchFor(input, options);
       return { apiKey: "", fetch };
     },

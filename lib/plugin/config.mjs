@@ -9,7 +9,7 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { ANTHROPIC_MODELS } from "./models.mjs";
 import { apiOrigin, pluginOptions, poolFetchFor, reportUnknownOptions } from "./shared.mjs";
-import { apiKeysOnly, zeroModelCosts } from "./auth.mjs";
+import { apiKeysOnly, noteTheirCosts, zeroModelCosts } from "./auth.mjs";
 import { noteRemoveRule, removePermission } from "./tool.mjs";
 
 // The fields OpenCode reads from a model declared in config; the rest of a catalog entry
@@ -191,6 +191,7 @@ export async function poolConfigHook(config, options = {}) {
     // OpenCode sends to the catalog's (api.anthropic.com), and with OAUTH_POOL_API_URL set
     // elsewhere every request was refused as off the pool's origin.
     const user = usableEntry(config.provider.anthropic);
+    noteTheirCosts(options?.input, opts.provider, user);
     config.provider.anthropic = mergeUserWins({ options: { baseURL: apiBaseURL(), apiKey: "", fetch } }, user);
   } else {
     const models = (await cachedAnthropicModels()) ?? structuredClone(ANTHROPIC_MODELS);
@@ -209,6 +210,7 @@ export async function poolConfigHook(config, options = {}) {
       models,
     };
     const existing = withoutPlaceholder(usableEntry(config.provider[opts.provider]));
+    noteTheirCosts(options?.input, opts.provider, existing);
     config.provider[opts.provider] = guardModels(mergeUserWins(ours, existing));
   }
 
