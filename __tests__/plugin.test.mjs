@@ -185,19 +185,25 @@ test("the API-key method adds a type api member", async () => {
   assert.equal(seen.email, "console@example.com");
 
   // OpenCode says only "failed": the reason, with its code, is beside it (README, OpenCode 1.18).
-  const { client, toasts } = fakeClient();
+  const { client, toasts, logs } = fakeClient();
   const refusing = await plugin(path, client);
   await login(refusing, "login@example.com");
   const tokens = refreshOf(path, "login@example.com");
   for (const [key, label, reason] of [
     ["short", "", /^Adding the API key failed: INVALID_ARGUMENT: that does not look like an API key/],
     ["fake-console-key-named-as-login", "login@example.com", /^Adding the API key failed: INVALID_ARGUMENT: login@example\.com is an OAuth login/],
+    // The key pasted into the name prompt too: as a name it was in OpenCode's log, every list and
+    // the tool's answers (which go to the model's provider).
+    ["fake-console-key-named-as-itself", "fake-console-key-named-as-itself", /^Adding the API key failed: INVALID_ARGUMENT: that name holds the key/],
+    ["fake-console-key-named-with-it", "sk-ant-api03-pasted-in-the-name-0123", /^Adding the API key failed: INVALID_ARGUMENT: that name holds the key/],
   ]) {
     const bad = await (await refusing.auth.methods[1].authorize({ key, label })).callback();
     assert.deepEqual(bad, { type: "failed" });
     assert.match(toasts.at(-1)?.message ?? "", reason);
-    assert.doesNotMatch(toasts.at(-1).message, /fake-console-key|short/);
+    assert.doesNotMatch(toasts.at(-1).message, /fake-console-key|short|sk-ant-api03-pasted/);
   }
+  assert.deepEqual((await lib.listAccounts(path)).map((a) => a.email).sort(), ["console@example.com", "login@example.com"]);
+  assert.doesNotMatch(JSON.stringify(logs), /fake-console-key|sk-ant-api03-pasted/);
   assert.equal(refreshOf(path, "login@example.com"), tokens, "the login under that name keeps its tokens");
 });
 

@@ -446,6 +446,14 @@ pub async fn add_api_key(
             "that email cannot name an account: at most 254 characters, no control or invisible characters, and not starting with #".into(),
         ));
     }
+    // A name is shown everywhere a key never is: lists, logs, toasts, and the OpenCode tool's
+    // answers, which go to the model's provider. The key pasted into the name prompt as well
+    // (OpenCode's login asks for both in a row) made it all of those.
+    if given && crate::secret::scrub(&email, &[&secret]) != email {
+        return Err(Error::InvalidArgument(
+            "that name holds the key, a piece of it or another credential (sk-ant-...): a name is shown in lists, logs and the tool's answers; give an email or a label".into(),
+        ));
+    }
     let account = Account::new_api_key(&email, secret, now_ms());
     let named = email.clone();
     let (email, added) = store
@@ -843,6 +851,24 @@ mod tests {
             let e = add_api_key(&store, &key, Some(bad)).await.unwrap_err();
             assert_eq!(e.code(), "INVALID_ARGUMENT", "{bad:?}");
         }
+        // The key (or a credential) as its own name would be shown wherever names are.
+        let real = Secret::new("sk-ant-api03-FAKEnameKEY0123456789abcdefghij-AA");
+        for bad in [
+            real.expose().to_string(),
+            format!("  {}  ", real.expose()),
+            format!("team {}", &real.expose()[10..30]),
+            "sk-ant-oat01-another-credential-0123456789".to_string(),
+        ] {
+            let e = add_api_key(&store, &real, Some(&bad)).await.unwrap_err();
+            assert_eq!(e.code(), "INVALID_ARGUMENT", "{bad:?}");
+            assert!(!e.to_string().contains(&real.expose()[13..]), "{e}");
+        }
+        assert!(store
+            .load()
+            .await
+            .unwrap()
+            .accounts()
+            .all(|a| !a.email.contains("FAKEnameKEY")));
         // A login whose email the server made unusable is kept under a name of ours.
         let odd = Tokens {
             email: Some("x\u{1b}[2J@x".into()),
