@@ -1009,6 +1009,28 @@ test("no tool answer (it goes to the model's provider) carries a token or key of
   for (const a of answers) for (const s of secrets) assert.ok(!a.includes(s), `an answer quotes a secret:\n${a}`);
 });
 
+test("an entry named with its own key (written before names were checked) is not quoted in any tool answer", async () => {
+  const key = `sk-ant-api03-${"N".repeat(40)}-named-as-itself`;
+  const path = freshPath();
+  await lib.savePool(
+    { version: 1, anthropic: [{ email: key, type: "api", key, status: "idle", added: new Date().toISOString(), lastUsed: null, rateLimitUntil: null }] },
+    path,
+  );
+  const tool = createPoolTool({}, { path });
+  for (const args of [
+    { action: "list" },
+    { action: "status" },
+    { action: "list", email: "nobody@example.com" },
+    { action: "disable", email: key },
+    { action: "remove", email: key },
+    { action: "priority", email: "#0", priority: 1 },
+  ]) {
+    const text = await tool.execute(args, {});
+    assert.ok(!text.includes(key.slice(13, 40)), `${args.action}: ${text}`);
+  }
+  assert.equal((await lib.listAccounts(path)).length, 1, "the entry is kept (disabled, not removed)");
+});
+
 test("the config hook gives remove's dedicated key its rule after the person's rules, and leaves theirs as they are", async () => {
   const hooked = async (permission) => {
     const config = { permission: structuredClone(permission) };

@@ -24,6 +24,7 @@ import {
 } from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
 import { printableLines } from "../printable.mjs";
+import { nativeBinding } from "../native.mjs";
 
 export const ACTIONS = ["list", "status", "remove", "enable", "disable", "priority", "reset-cooldowns"];
 
@@ -342,7 +343,22 @@ async function run(args, path, confirm, hints) {
  */
 export async function poolActionText(args, path, how = {}) {
   const hints = HINTS[how?.host] ?? HINTS.v1;
-  return printableLines(await actionText(args, path, typeof how?.confirm === "function" ? how.confirm : null, hints));
+  return printableLines(withoutCredentials(await actionText(args, path, typeof how?.confirm === "function" ? how.confirm : null, hints)));
+}
+
+/**
+ * The answer with every credential-shaped run (`sk-ant-...`) and URL password or query left out
+ * (the addon's `scrubMessage`). The answer goes to the model's provider, and a name is the file's
+ * to say: an entry named with its own key (a key pasted into the name prompt, before names were
+ * checked) was quoted in every list. Without the addon nothing of the pool was read, and the
+ * answer (what to install) stays as it is.
+ */
+function withoutCredentials(text) {
+  try {
+    return nativeBinding().scrubMessage(String(text));
+  } catch {
+    return text;
+  }
 }
 
 async function actionText(args, path, confirm, hints) {
