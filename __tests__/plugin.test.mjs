@@ -573,6 +573,22 @@ test("an auth-error toast says what mends it: a login for a login, a working key
   assert.match(toasts[1].message, /^key@x: the API refused the key \(401\); add a working key under its name: `oauth-pool add-key --email <name>`/);
 });
 
+test("notices naming an account whose name holds a credential (a key named with itself) say it scrubbed, in the toast and the log", () => {
+  const key = `sk-ant-api03-${"M".repeat(40)}-named-as-itself`;
+  const { client, toasts, logs } = fakeClient();
+  const notify = createNotifier(client);
+  const moved = (email) => ({ kind: "failover", email, to: "last@x.test", message: `[redacted] 5h window exhausted; this request moved to last@x.test` });
+  notify.events([moved(key), moved("second@x.test")]);
+  notify.events([
+    { kind: "auth-error", email: key, apiKey: true, message: "[redacted]: the API refused its key" },
+    { kind: "auth-error", email: "other@x.test", apiKey: true, message: "other@x.test: the API refused its key" },
+  ]);
+  assert.equal(toasts.length, 2, JSON.stringify(toasts));
+  assert.match(toasts[0].message, /^2 accounts turned this request away in turn/);
+  const said = JSON.stringify({ toasts, logs });
+  assert.ok(!said.includes(key.slice(13, 40)), said);
+});
+
 test("failover notices are debounced per account pair for 30 s", () => {
   let now = 1_000_000;
   const { client, toasts, logs } = fakeClient();

@@ -290,7 +290,10 @@ export function noticesOf(batch, fresh, hints) {
           : `${these.length} accounts need a new login: ${named(these.map((e) => e.email))}`;
     told.push({ kind: "auth-error", message: message + hint, events: these });
   }
-  return { told, quiet };
+  // The notices that name several accounts are put together here from the events' emails, and
+  // a name is the file's to say: one holding a credential (a Console key named with its own key)
+  // is scrubbed as the addon scrubs its own messages.
+  return { told: told.map((t) => ({ ...t, message: scrubbed(t.message) })), quiet };
 }
 
 /**
@@ -304,12 +307,12 @@ export function createNotifier(client, { debounceMs = 30_000, now = Date.now } =
   const recent = recentlyTold({ ms: debounceMs, now });
   const events = (batch) => {
     const { told, quiet } = noticesOf(Array.isArray(batch) ? batch : [], (key) => recent.fresh(key), { login: LOGIN_HINT, key: KEY_HINT });
-    for (const e of quiet) log(client, "debug", String(e.message ?? e.kind), { kind: e.kind });
+    for (const e of quiet) log(client, "debug", scrubbed(String(e.message ?? e.kind)), { kind: e.kind });
     for (const { kind, message, events: about } of told) {
       const variant = NOTICE[kind];
       toast(client, variant, message);
-      // OpenCode's log prints these as they are, beside the message.
-      const [from, to] = [about[0].email, about.at(-1).to].map((v) => (v === undefined ? undefined : printable(v)));
+      // OpenCode's log prints these as they are, beside the message (scrubbed as noticesOf's).
+      const [from, to] = [about[0].email, about.at(-1).to].map((v) => (v === undefined ? undefined : printable(scrubbed(v))));
       const extra = { kind, from, to };
       if (about.length > 1) extra.accounts = about.length;
       log(client, variant === "error" ? "error" : "warn", message, extra);
