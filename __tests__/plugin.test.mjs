@@ -1720,6 +1720,18 @@ test("a plugin option of the wrong type fails the plugin's load with INVALID_ARG
   assert.deepEqual(Object.keys(hooks.tool), [TOOL]);
 });
 
+test("plugin option fetch: the host's own fetch serves the loader and the declared provider", async () => {
+  const path = freshPath();
+  const own = lib.createPoolFetch({ path });
+  for (const provider of ["anthropic-pool", "anthropic"]) {
+    const hooks = await OAuthPoolPlugin({ client: fakeClient().client }, { path, provider, fetch: own });
+    const config = {};
+    await hooks.config(config);
+    assert.equal(config.provider[provider].options.fetch, own, provider);
+    assert.equal((await hooks.auth.loader(async () => undefined, { models: {} })).fetch, own, provider);
+  }
+});
+
 test("without a path option the pool is OAUTH_POOL_PATH", async () => {
   rmSync(process.env.OAUTH_POOL_PATH, { force: true });
   const hooks = await OAuthPoolPlugin({ client: fakeClient().client });
