@@ -110,6 +110,25 @@ test("store init creates the schema and a 0600 key file; a second host shares th
   assert.ok(doctor.json.checks.some((c) => c.name === "store key" && c.level === "ok"));
 });
 
+test("store init on a host without the key of a store made elsewhere says to copy it and creates no key", async () => {
+  // `list` there said to run `store init`, which made a new key that could never open the store
+  // and left it as the host's key file, blamed by every later call.
+  const newcomer = makeHost("newcomer");
+  const told = await cliJson(newcomer, "list");
+  assert.equal(told.err?.code, "STORE_KEY", told.stdout);
+  assert.match(told.err.message, /copy the key file/);
+  const init = await cliJson(newcomer, "store", "init");
+  assert.equal(init.code, 1, init.stdout);
+  assert.equal(init.err?.code, "STORE_KEY", init.stdout);
+  assert.match(init.err.message, /initialized with a key this host does not have: copy the key file/);
+  assert.equal(existsSync(join(newcomer.home, ...KEY_FILE)), false);
+  mkdirSync(join(newcomer.home, ".aidevops"), { recursive: true, mode: 0o700 });
+  copyFileSync(join(hostA.home, ...KEY_FILE), join(newcomer.home, ...KEY_FILE));
+  const again = await cliJson(newcomer, "store", "init");
+  assert.equal(again.code, 0, again.stdout);
+  assert.equal(again.json.keyCreated, null);
+});
+
 // libfaketime moves this process's clock (time of day only) the way a host without NTP drifts.
 const FAKETIME_LIB = ["x86_64-linux-gnu", "aarch64-linux-gnu"].map((arch) => `/usr/lib/${arch}/faketime/libfaketime.so.1`).find((p) => existsSync(p));
 

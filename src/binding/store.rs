@@ -43,7 +43,17 @@ pub fn store_init(env: &Env, location: Option<String>) -> JsResult<PromiseRaw<'_
                 // or a connection that fails (TLS, auth) leaves no key behind.
                 let probe = SealKey::from_bytes(&[0u8; 32], "none").map_err(js_error)?;
                 let reach = PgStore::with_key(&location, probe).map_err(js_error)?;
-                reach.schema_version().await.map_err(js_error)?;
+                // A store initialized elsewhere opens only with the key it was made with: a new
+                // one made here could never open it, and stayed behind as this host's key file.
+                if reach.has_key_check().await.map_err(js_error)? {
+                    let file = crate::store::crypto::key_file()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "this host's key file".into());
+                    return Err(js_error(Error::StoreKey(format!(
+                        "{} was initialized with a key this host does not have: copy the key file of a host that uses it to {file} (0600), or set OAUTH_POOL_STORE_KEY to the same key, then run store init again; no key was created",
+                        reach.shown()
+                    ))));
+                }
                 let (k, path) = SealKey::create_file().map_err(js_error)?;
                 (k, Some(path.display().to_string()))
             }

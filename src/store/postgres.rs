@@ -465,6 +465,25 @@ impl PgStore {
         .await
     }
 
+    /// Whether the store already holds a key's check value: it was initialized (on another host,
+    /// or here with a key since lost), and only that key opens it.
+    pub async fn has_key_check(&self) -> Result<bool> {
+        if self.schema_version().await? == 0 {
+            return Ok(false);
+        }
+        let c = self.reader().await?;
+        self.bounded("the key check", async {
+            c.query_typed_opt(
+                "SELECT 1 FROM oauth_pool_meta WHERE name = 'key_check'",
+                &[],
+            )
+            .await
+            .map(|row| row.is_some())
+            .map_err(unavailable)
+        })
+        .await
+    }
+
     /// Creates or migrates the schema, and records (or checks) the key.
     pub async fn init(&self) -> Result<i32> {
         let mut guard = self.writer.lock().await;
