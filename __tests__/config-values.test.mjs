@@ -5,7 +5,7 @@
 // behaviour without a word. Runs under `node --test` and `bun test` (the CLI then runs under Bun).
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { addApiKey, authorize, createPoolFetch, listAccounts, loadPool, OAuthPoolPlugin, poolConfigHook, serve } from "../index.mjs";
@@ -403,6 +403,31 @@ test("OAUTH_POOL_STORE naming a file or another database is INVALID_ARGUMENT, fo
     });
   }
   assert.equal(readFileSync(path, "utf8"), before, "the pool file is untouched");
+});
+
+// README, The fleet store: the URL may be given "as --path, a plugin's path, a library path".
+// Mistyped there (pg://, postgress://, postgres:/), it was taken as a relative file path: reads
+// showed an empty pool, and `store copy --to` wrote every token into ./postgress:/u@host/db,
+// then said to use only that from now on and to move the source away.
+test("a pool path written as a URL that is not postgres:// is INVALID_ARGUMENT, its password not repeated, and no file is made", async () => {
+  const source = await seedPool(mock, ["copied@x.test"]);
+  const cwd = mkdtempSync(join(tmp, "url-path-"));
+  for (const url of [
+    "pg://u:hunter2-path-secret@127.0.0.1/db",
+    "postgress://u@127.0.0.1:1/db",
+    "postgres:/127.0.0.1/db",
+    "mysql://u@127.0.0.1/db",
+    "file:///tmp/pool.json",
+  ]) {
+    const refused = (e) => e.code === "INVALID_ARGUMENT" && /looks like a URL/.test(e.message) && !e.message.includes("hunter2");
+    await assert.rejects(listAccounts(url), refused, url);
+    await withEnv({ OAUTH_POOL_PATH: url }, () => assert.rejects(listAccounts(), refused, `OAUTH_POOL_PATH=${url}`));
+    const r = await cli(["store", "copy", "--json", "--from", source, "--to", url], { cwd });
+    assert.equal(r.code, 1, r.stdout);
+    const error = JSON.parse(r.stdout.trim().split("\n").at(-1)).error;
+    assert.ok(refused(error), r.stdout);
+  }
+  assert.deepEqual(readdirSync(cwd), [], "nothing was written beside the working directory");
 });
 
 test("OAUTH_POOL_STORE with its scheme in upper case is the store, as postgres:// is (the scheme is case-insensitive)", async () => {

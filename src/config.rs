@@ -227,6 +227,14 @@ pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
                 "{whose} holds a NUL character, which no file name can: give the path without it"
             )));
         }
+        // A fleet store URL mistyped (`pg://`, `postgress://`, `postgres:/`) was a relative
+        // file path: an empty pool read, and a `store copy --to` wrote every token under
+        // `./postgress:/`. Only the scheme is repeated: the rest may hold a password.
+        if let Some(scheme) = url_scheme(p.trim()) {
+            return Err(Error::InvalidArgument(format!(
+                "{whose} looks like a URL ({scheme}:/...), not a file path: the fleet store is a postgres:// (or postgresql://) URL, the pool file a path"
+            )));
+        }
         expand_home(p.trim(), whose)
     };
     if let Some(p) = explicit {
@@ -291,6 +299,17 @@ fn usable_home(home: String) -> Option<PathBuf> {
 /// rather than taken as a directory named `~name` under the working directory, where the pool
 /// file, tokens and all, went before. The path comes trimmed: a space pasted around it made it
 /// relative, a file named " /path " under the working directory.
+/// The scheme of a path that begins as a URL does (`scheme:/`); a scheme of two characters or
+/// more, so that a Windows drive (`C:/`) is a path.
+fn url_scheme(p: &str) -> Option<&str> {
+    let (scheme, rest) = p.split_once(':')?;
+    let mut chars = scheme.chars();
+    let is_scheme = scheme.len() >= 2
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    (is_scheme && rest.starts_with('/')).then_some(scheme)
+}
+
 fn expand_home(p: &str, whose: &str) -> Result<PathBuf> {
     if let Some(rest) = p.strip_prefix("~/") {
         // Without a home, `~/x` was taken as a directory named `~` under the working directory.
@@ -448,6 +467,19 @@ mod tests {
             let err = pool_path(Some(p)).unwrap_err();
             assert_eq!(err.code(), "INVALID_ARGUMENT", "{p}");
             assert!(err.to_string().contains("only ~/"), "{err}");
+        }
+        for p in [
+            "pg://u:pw@h/db",
+            " postgress://h/db",
+            "postgres:/h/db",
+            "file:///p.json",
+        ] {
+            let err = pool_path(Some(p)).unwrap_err();
+            assert!(err.to_string().contains("looks like a URL"), "{err}");
+            assert!(!err.to_string().contains("pw@"), "{err}");
+        }
+        for p in ["C:/pool/p.json", "pool:v2.json", "./x:/p.json"] {
+            assert!(pool_path(Some(p)).is_ok(), "{p}");
         }
     }
 
