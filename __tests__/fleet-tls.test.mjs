@@ -226,10 +226,17 @@ test("without the CA: STORE_UNAVAILABLE naming the certificate problem; nothing 
 });
 
 test("a certificate for another host name is refused, by address or by name; with its name (and hostaddr) it works", async () => {
-  for (const name of ["127.0.0.1", "localhost"]) {
-    const host = makeHost(urlOf(wrongPg, "", name), { SSL_CERT_FILE: ca });
+  // sslmode=require too: libpq's would take any certificate there, this store checks it as verify-full.
+  for (const [name, query] of [
+    ["127.0.0.1", ""],
+    ["localhost", ""],
+    ["localhost", "sslmode=require"],
+  ]) {
+    const host = makeHost(urlOf(wrongPg, query, name), { SSL_CERT_FILE: ca });
     assertRefused(await cliJson(host, "store", "init"), new RegExp(`not valid for name "${name.replaceAll(".", "\\.")}".*db\\.invalid`));
   }
+  assertRefused(await cliJson(makeHost(urlOf(tlsPg, "sslmode=require", "localhost", "untouched")), "store", "init"), /UnknownIssuer/);
+  await schemaless(tlsPg, "untouched");
   await schemaless(wrongPg);
   // The name checked is the URL's host, the address connected to is hostaddr's.
   const named = makeHost(urlOf(wrongPg, "hostaddr=127.0.0.1&sslmode=verify-full", "db.invalid"), { SSL_CERT_FILE: ca });

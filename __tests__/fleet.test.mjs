@@ -129,6 +129,16 @@ test("store init on a host without the key of a store made elsewhere says to cop
   assert.equal(again.json.keyCreated, null);
 });
 
+test("a URL to the server's Unix socket is used without TLS whatever its sslmode says, as libpq does", async () => {
+  // This server has no TLS: a TLS attempt over the socket would be refused by it.
+  for (const mode of ["require", "verify-full"]) {
+    const url = `postgres://postgres@/postgres?host=${encodeURIComponent(pg.dir)}&port=${pg.port}&sslmode=${mode}`;
+    const r = await cliJson(hostA, "list", "--path", url);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.ok(Array.isArray(r.json.accounts), r.stdout);
+  }
+});
+
 // libfaketime moves this process's clock (time of day only) the way a host without NTP drifts.
 const FAKETIME_LIB = ["x86_64-linux-gnu", "aarch64-linux-gnu"].map((arch) => `/usr/lib/${arch}/faketime/libfaketime.so.1`).find((p) => existsSync(p));
 
@@ -432,7 +442,11 @@ test("PostgreSQL stopped mid-run: valid tokens keep serving, a refresh is STORE_
     const stale = stored.anthropic.find((a) => a.email === "stale@fleet.test");
     assert.equal(stale.refresh, mock.tokens("stale@fleet.test").refresh, "the new tokens were written");
     const valid = stored.anthropic.find((a) => a.email === "valid@fleet.test");
-    assert.ok(valid.lastUsed, "bookkeeping from the outage caught up");
+    // One request before the outage, three during it, one after: none of their counts lost.
+    const requests = Object.values(valid.usage?.days ?? {})
+      .flatMap((day) => Object.values(day))
+      .reduce((n, m) => n + m.requests, 0);
+    assert.equal(requests, 5, `bookkeeping from the outage caught up: ${JSON.stringify(valid.usage)}`);
   } finally {
     await host.close();
   }
@@ -550,6 +564,11 @@ test("store init refuses a schema newer than it knows, and a write restores a mi
     assert.equal(init.code, 1, init.stdout);
     assert.match(init.err.message, /schema 2, newer than this version knows/);
     assert.equal(await pg.sql("SELECT value FROM oauth_pool_meta WHERE name = 'schema'"), "2\n", "nothing was changed");
+    const doctor = await cliJson(hostA, "doctor");
+    assert.equal(doctor.code, 3, doctor.stdout);
+    const store = doctor.json.checks.find((c) => c.name === "store");
+    assert.equal(store?.level, "problem", JSON.stringify(doctor.json.checks));
+    assert.match(store.message, /schema 2, newer than this version knows \(1\): upgrade/);
   } finally {
     await pg.sql(`UPDATE oauth_pool_meta SET value = '1' WHERE name = 'schema'`);
   }
