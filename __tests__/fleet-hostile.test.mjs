@@ -8,7 +8,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync } from "node:fs";
+import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
@@ -137,6 +137,37 @@ function psqlSession(db) {
 
 const pidsHolding = (klass, db) =>
   `SELECT string_agg(pid::text, ',') FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = ${klass} AND database = (SELECT oid FROM pg_database WHERE datname = '${db}')`;
+
+test("store init on two new hosts at once, on a new database: one key wins, and the other host keeps no key that cannot open the store", async () => {
+  // A deployment running init on every host: both found no key in the store and made a key file,
+  // the first to take the schema's lock sealed the check with its own, and the other's key stayed
+  // as its key file, refused by every later call on that host.
+  const db = await freshDatabase();
+  const hosts = ["one", "two"].map((name) => {
+    const host = makeHost(name, db.url);
+    delete host.env.OAUTH_POOL_STORE_KEY;
+    return host;
+  });
+  const gate = psqlSession(db.name);
+  try {
+    // Both inits made their key and wait at the schema's lock, held here.
+    await gate.run(`BEGIN; SELECT pg_advisory_xact_lock(${WRITE_LOCK_CLASS}, 1);`);
+    const inits = hosts.map((host) => cliJson(host, "store", "init"));
+    await until(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = ${WRITE_LOCK_CLASS}`, (o) => o.trim() === "2");
+    await gate.run("COMMIT;");
+    const results = await Promise.all(inits);
+    const winner = results.findIndex((r) => r.code === 0);
+    assert.ok(winner >= 0, results.map((r) => r.stdout).join("\n"));
+    const lost = results[1 - winner];
+    assert.equal(lost.code, 1, lost.stdout);
+    assert.equal(lost.err?.code, "STORE_KEY", lost.stdout);
+    assert.match(lost.err.message, /copy the key file/);
+    assert.equal(existsSync(join(hosts[1 - winner].home, ".aidevops", "oauth-pool-store.key")), false, "no key of its own left");
+    assert.equal(existsSync(join(hosts[winner].home, ".aidevops", "oauth-pool-store.key")), true);
+  } finally {
+    await gate.close();
+  }
+});
 
 test("a refresh slower than the DBA's idle_in_transaction_session_timeout keeps its lock: the token is presented once", async () => {
   const email = "slow@hostile.test";

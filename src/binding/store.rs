@@ -29,6 +29,16 @@ fn database_location(explicit: Option<String>) -> Result<String, Error> {
     Ok(location)
 }
 
+/// A store initialized with a key this host does not have, on a host that has none.
+fn keyed_elsewhere(shown: &str) -> Error {
+    let file = crate::store::crypto::key_file()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "this host's key file".into());
+    Error::StoreKey(format!(
+        "{shown} was initialized with a key this host does not have: copy the key file of a host that uses it to {file} (0600), or set OAUTH_POOL_STORE_KEY to the same key, then run store init again; no key was created"
+    ))
+}
+
 /// Creates or migrates the schema and records the key's check value. Without
 /// `OAUTH_POOL_STORE_KEY` or a key file, a key file is created (0600) and named in the answer.
 #[napi(js_name = "storeInit", ts_return_type = "Promise<any>", catch_unwind)]
@@ -46,13 +56,7 @@ pub fn store_init(env: &Env, location: Option<String>) -> JsResult<PromiseRaw<'_
                 // A store initialized elsewhere opens only with the key it was made with: a new
                 // one made here could never open it, and stayed behind as this host's key file.
                 if reach.has_key_check().await.map_err(js_error)? {
-                    let file = crate::store::crypto::key_file()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "this host's key file".into());
-                    return Err(js_error(Error::StoreKey(format!(
-                        "{} was initialized with a key this host does not have: copy the key file of a host that uses it to {file} (0600), or set OAUTH_POOL_STORE_KEY to the same key, then run store init again; no key was created",
-                        reach.shown()
-                    ))));
+                    return Err(js_error(keyed_elsewhere(reach.shown())));
                 }
                 let (k, path) = SealKey::create_file().map_err(js_error)?;
                 (k, Some(path.display().to_string()))
@@ -61,7 +65,21 @@ pub fn store_init(env: &Env, location: Option<String>) -> JsResult<PromiseRaw<'_
         };
         let source = key.source.clone();
         let pg = PgStore::with_key(&location, key).map_err(js_error)?;
-        let schema = pg.init().await.map_err(js_error)?;
+        let schema = match pg.init().await {
+            Ok(schema) => schema,
+            // Another host's init, run at the same moment, sealed the check with its key first:
+            // nothing was sealed with the one made here, which would only be refused from now on.
+            Err(Error::StoreKey(_)) if created.is_some() => {
+                if let Some(path) = created {
+                    let _ = store::blocking(move || {
+                        std::fs::remove_file(&path).map_err(|e| Error::io(&path, "remove", e))
+                    })
+                    .await;
+                }
+                return Err(js_error(keyed_elsewhere(pg.shown())));
+            }
+            Err(e) => return Err(js_error(e)),
+        };
         Ok(json!({
             "location": pg.shown(),
             "schema": schema,
