@@ -231,6 +231,10 @@ test("store copy: file -> PostgreSQL -> file keeps every field, and pg_dump hold
         modelCooldowns: { opus: { until: 1900000000000, reason: "7d_opus" } },
         usage: { days: { "2026-11-28": { "claude-opus-4-1": { requests: 2, input: 10, output: 20, cacheRead: 0, cacheWrite: 0 } } } },
         custom: { nested: [1, 2.5, { a: null }], text: "ünïcödé ✓" },
+        // Secrets under names the pool does not read (a hand edit, another tool's shape): they
+        // were stored in the clear.
+        accessToken: "at-SECRET-other-0001",
+        client_secret: "SECRET-client-0001",
       },
       {
         email: "key@fleet.test",
@@ -242,6 +246,7 @@ test("store copy: file -> PostgreSQL -> file keeps every field, and pg_dump hold
         rateLimitUntil: null,
         priority: -1,
         enabled: false,
+        apiKey: "SECRET-apikey-0001",
       },
       { email: 42, refresh: "rt-SECRET-unreadable-0001", note: "an entry the pool cannot read is kept as it is" },
     ],

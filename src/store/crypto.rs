@@ -211,6 +211,21 @@ impl SealKey {
 /// The fields of an account entry that hold a token or a key.
 const SECRET_FIELDS: &[&str] = &["access", "refresh", "key"];
 
+/// Another field of an account entry that is sealed when it holds text: a key or token a person
+/// put under a name the pool does not read (`apiKey`, `accessToken`, `client_secret`) was stored
+/// in the clear, in every dump. Such a field may be plain in a row (written before this, or by a
+/// host of an earlier version), and is then read as it is. The pool's own `authErrorToken` is a
+/// fingerprint, read by every version as written.
+fn is_other_secret(field: &str) -> bool {
+    if SECRET_FIELDS.contains(&field) || matches!(field, "email" | "authErrorToken") {
+        return false;
+    }
+    let f = field.to_ascii_lowercase();
+    ["key", "token", "secret", "password"]
+        .iter()
+        .any(|w| f.contains(w))
+}
+
 /// How the fleet store seals a pool: each secret field of an account on its own, and every
 /// top-level section other than the accounts whole.
 impl SealKey {
@@ -219,10 +234,11 @@ impl SealKey {
         format!("{email}\0{field}")
     }
 
-    /// Applies `change` to each secret field of an entry (with the entry's email), in place.
+    /// Applies `change` to each secret field of an entry (with the entry's email, and whether
+    /// it is one of `SECRET_FIELDS`), in place.
     fn map_secrets(
         mut entry: Value,
-        mut change: impl FnMut(&str, &str, &str) -> Result<String>,
+        mut change: impl FnMut(&str, &str, &str, bool) -> Result<String>,
     ) -> Result<Value> {
         let email = entry
             .get("email")
@@ -230,10 +246,15 @@ impl SealKey {
             .unwrap_or("")
             .to_string();
         if let Some(map) = entry.as_object_mut() {
-            for f in SECRET_FIELDS {
-                if let Some(Value::String(value)) = map.get(*f) {
-                    let changed = change(&email, f, value)?;
-                    map.insert((*f).into(), Value::String(changed));
+            let others: Vec<String> = map.keys().filter(|f| is_other_secret(f)).cloned().collect();
+            let fields = SECRET_FIELDS
+                .iter()
+                .map(|f| (f.to_string(), true))
+                .chain(others.into_iter().map(|f| (f, false)));
+            for (f, core) in fields {
+                if let Some(Value::String(value)) = map.get(&f) {
+                    let changed = change(&email, &f, value, core)?;
+                    map.insert(f, Value::String(changed));
                 }
             }
         }
@@ -262,7 +283,10 @@ impl SealKey {
     }
 
     fn open_entry_or(&self, entry: Value, refused: impl Fn(&str, &str) -> Error) -> Result<Value> {
-        Self::map_secrets(entry, |email, field, sealed| {
+        Self::map_secrets(entry, |email, field, sealed, core| {
+            if !core && !is_sealed(sealed) {
+                return Ok(sealed.to_string());
+            }
             // Every token this store writes is sealed: a plain one was put there by someone
             // without the key, and is not used.
             if !is_sealed(sealed) {
@@ -278,7 +302,7 @@ impl SealKey {
 
     /// An account entry with its secret fields sealed.
     pub fn seal_entry(&self, entry: Value) -> Result<Value> {
-        Self::map_secrets(entry, |email, field, plain| {
+        Self::map_secrets(entry, |email, field, plain, _| {
             self.seal(&Self::aad(email, field), plain)
         })
     }
@@ -389,6 +413,16 @@ mod tests {
         moved["email"] = "b@x".into();
         assert!(k.open_entry(moved).is_err());
         assert!(k.open_entry(entry).is_err());
+        // A key under a name the pool does not read is sealed too, and read plain as written
+        // before; the pool's own fingerprint is left as it is.
+        let other = serde_json::json!({"email": "a@x", "type": "api", "apiKey": "SENTINEL-1",
+            "client_secret": "SENTINEL-2", "authErrorToken": "fp", "note": "n", "keys": 3});
+        let sealed = k.seal_entry(other.clone()).unwrap();
+        assert!(!sealed.to_string().contains("SENTINEL"), "{sealed}");
+        assert_eq!(sealed["authErrorToken"], "fp");
+        assert_eq!(sealed["note"], "n");
+        assert_eq!(k.open_entry(sealed).unwrap(), other);
+        assert_eq!(k.open_entry(other.clone()).unwrap(), other);
         let section = serde_json::json!([{"token": "t"}]);
         let sealed = k.seal_section("openai", &section).unwrap();
         assert_eq!(k.open_section("openai", sealed.clone()).unwrap(), section);
