@@ -661,7 +661,6 @@ impl Account {
         self.priority.unwrap_or(0)
     }
 
-    /// `lastUsed` as epoch milliseconds (0 when never used or unreadable).
     /// A short tag of the credential in use (refresh token, else access token; the key for API
     /// members): an auth-error belongs to the credential that failed, and a new login, with new
     /// tokens, clears it.
@@ -677,6 +676,7 @@ impl Account {
         secret.filter(|s| !s.is_empty()).map(Secret::fingerprint)
     }
 
+    /// `lastUsed` as epoch milliseconds (0 when never used or unreadable).
     pub fn last_used_ms(&self) -> i64 {
         self.last_used
             .as_deref()
