@@ -260,7 +260,15 @@ export function storeInit(location?: string): Promise<{ location: string; schema
 export function copyStore(
   from: string,
   to: string,
-): Promise<{ from: string; to: string; entries: number /** OAuth logins copied: each is now in both stores (use only one). */; logins: number }>;
+): Promise<{
+  from: string;
+  to: string;
+  entries: number;
+  /** OAuth logins copied: each is now in both stores (use only one). */
+  logins: number;
+  /** Names of the accounts `to` held that `from` holds neither by name nor by credential: gone from `to`. */
+  replaced: string[];
+}>;
 
 export interface PoolEvent {
   /**

@@ -1324,9 +1324,22 @@ test("store copy between files keeps every entry; a source file that does not ex
   const from = freshPath();
   const to = freshPath();
   await seed(from, [{ email: "copied@x.test" }]);
-  await seed(to, [{ email: "kept@x.test" }]);
+  await seed(to, [{ email: "kept@x.test" }, { email: "copied@x.test" }]);
+  // The destination's own login of another account is gone after the copy: named, with where it
+  // can still be had. One of the same name (an older or newer token of one login) is not named.
+  const losing = await cli(["store", "copy", "--from", from, "--to", to], { path: to });
+  assert.equal(losing.code, 0, losing.stderr);
+  assert.match(
+    losing.stdout,
+    /held a login or key that .* does not, now gone from it \(its \.bak keeps it until its next write\): kept@x\.test\. Log it in again/,
+  );
+  assert.ok(
+    readPool(`${to}.bak`).anthropic.some((a) => a.email === "kept@x.test"),
+    "the .bak holds it",
+  );
   const copied = json(await cli(["store", "copy", "--from", from, "--to", to, "--json"], { path: to }));
   assert.equal(copied.entries, 1);
+  assert.deepEqual(copied.replaced, [], "copied again, nothing of the destination's is lost");
   assert.deepEqual(
     readPool(to).anthropic.map((a) => a.email),
     ["copied@x.test"],

@@ -368,6 +368,13 @@ test("store copy to PostgreSQL: it says the logins are in both, and the database
     assert.match(copy.stdout, /its login is now in both: a refresh token works once, so use only postgres:\/\/.* from now on/);
     assert.ok(copy.stdout.includes(`then move ${file} away`), copy.stdout);
     assert.equal((await cliJson(m, "store", "copy", "--from", file, "--to", pg.url)).json.logins, 1);
+    // A second host's file copied over the store, as the README brings the first one in, drops
+    // the first host's login: named, not silently.
+    const second = newPath();
+    writePool(second, [login("second-host@two.test")]);
+    const over = await runNode([CLI, "store", "copy", "--from", second, "--to", pg.url], m.env);
+    assert.match(over.stdout, /held a login or key that .* does not, now gone from it: fleet@two\.test\. Log it in again/);
+    assert.deepEqual((await cliJson(m, "store", "copy", "--from", file, "--to", pg.url)).json.replaced, ["second-host@two.test"]);
 
     // An OpenCode started before OAUTH_POOL_STORE was set refreshes through the file.
     assert.equal((await request(m, file)).status, 200);

@@ -47,6 +47,12 @@ async function copy({ lib, options, out }) {
     const logins = r.logins === 1 ? "its login is" : `its ${r.logins} logins are`;
     said += `\n${text`${logins} now in both: a refresh token works once, so use only ${r.to} from now on. Restart every OpenCode, gateway and script still using ${r.from} (one started before OAUTH_POOL_STORE or OAUTH_POOL_PATH changed keeps it), then move ${r.from} away. A pool that finds a login already refreshed through the other does not refresh it, and says where it lives.`}`;
   }
+  if (r.replaced?.length) {
+    const n = r.replaced.length;
+    const held = n === 1 ? "a login or key" : `${n} logins or keys`;
+    const where = /^postgres(ql)?:/i.test(r.to) ? "" : ` (its .bak keeps ${n === 1 ? "it" : "them"} until its next write)`;
+    said += `\n${text`${r.to} held ${held} that ${r.from} does not, now gone from it${where}: ${r.replaced.join(", ")}. Log ${n === 1 ? "it" : "them"} in again there (oauth-pool add), or copy the other way first when ${n === 1 ? "it was" : "they were"} meant to stay.`}`;
+  }
   out.result(r, said);
 }
 

@@ -6,8 +6,12 @@ use serde_json::{json, Value};
 use napi::bindgen_prelude::PromiseRaw;
 use napi::Env;
 
+use std::collections::HashSet;
+
 use super::{js_error, promise, JsResult};
+use crate::account::Account;
 use crate::error::Error;
+use crate::pool::Pool;
 use crate::store::crypto::SealKey;
 use crate::store::{self, PgStore, Store};
 use crate::{config, logging};
@@ -110,6 +114,11 @@ pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_
                 ),
             )));
         }
+        // What cannot be read there is left for the write to judge, as before.
+        let replaced = match target.load().await {
+            Ok(there) => replaced_logins(&pool, &there),
+            Err(_) => Vec::new(),
+        };
         let entries = pool.anthropic.len();
         // Each is now in both stores: the CLI says which one to keep using.
         let logins = pool
@@ -118,9 +127,32 @@ pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_
             .count();
         target.save(pool).await.map_err(js_error)?;
         Ok(
-            json!({ "from": source.describe(), "to": target.describe(), "entries": entries, "logins": logins }),
+            json!({ "from": source.describe(), "to": target.describe(), "entries": entries, "logins": logins, "replaced": replaced }),
         )
     })
+}
+
+/// A copy replaces what `to` held: the accounts there that `from` holds neither under their
+/// name nor with their credential are gone from it (another host's logins in a fleet store a
+/// second host's file was copied over). Named, so that the person knows to log them in again
+/// (or to take them from the destination's `.bak`, for a file).
+fn replaced_logins(pool: &Pool, there: &Pool) -> Vec<String> {
+    let tags: HashSet<String> = pool
+        .accounts()
+        .filter_map(Account::credential_tag)
+        .collect();
+    let names: HashSet<String> = pool
+        .accounts()
+        .map(|a| crate::account::normalize_email(&a.email))
+        .collect();
+    there
+        .accounts()
+        .filter(|a| {
+            a.credential_tag().is_some_and(|t| !tags.contains(&t))
+                && !names.contains(&crate::account::normalize_email(&a.email))
+        })
+        .map(|a| a.email.clone())
+        .collect()
 }
 
 /// For `doctor`: can the store be reached, is its schema current, does the key open it.
