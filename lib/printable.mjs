@@ -1,7 +1,11 @@
 // Text from the pool file or a server (emails, lastError, reasons, window names) is untrusted
 // wherever a person reads it: an email holding a newline could fake a line, one holding ESC
 // could rewrite the terminal, a bidi override could make `a@x` read as something else. The CLI,
-// the plugins' tool text, toasts and log lines all go through printable().
+// the plugins' tool text, toasts and log lines all go through printable(). A name is the file's
+// to say and can hold a credential (a key pasted as its own name before names were checked, a
+// hand edit, another program's file): printable() leaves out `sk-ant-` runs too, by the addon's
+// rule (`secret::scrub_tokens`, also in the addon's own messages and log lines).
+import { nativeBinding } from "./native.mjs";
 
 // C0, DEL, C1, the line/paragraph separators, and the bidi controls (embeddings, overrides,
 // isolates, and the invisible marks LRM/RLM/ALM that reorder what follows them).
@@ -15,12 +19,25 @@ function escapeChar(ch) {
 }
 
 /**
+ * `text` with every credential-shaped run (`sk-ant-...`) as `[redacted]`. Without the addon
+ * nothing of the pool was read, and the text stays as it is.
+ */
+export function withoutCredentials(text) {
+  if (!text.includes("sk-ant-")) return text;
+  try {
+    return nativeBinding().scrubTokens(text);
+  } catch {
+    return text;
+  }
+}
+
+/**
  * `value` as text that cannot move the cursor or reorder the line: unsafe characters become
- * visible escapes (`\x1b`, `\n`, `\u202e`). A backslash stays as it is (Windows paths stay
- * readable), so escaping twice changes nothing.
+ * visible escapes (`\x1b`, `\n`, `\u202e`), credential-shaped runs `[redacted]`. A backslash
+ * stays as it is (Windows paths stay readable), so escaping twice changes nothing.
  */
 export function printable(value) {
-  return String(value ?? "").replace(UNSAFE, escapeChar);
+  return withoutCredentials(String(value ?? "")).replace(UNSAFE, escapeChar);
 }
 
 /** Text of several lines, each made printable (the line breaks themselves kept). */

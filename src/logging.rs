@@ -1,6 +1,8 @@
 //! `tracing` output, off unless `OAUTH_POOL_LOG` is set (e.g. `oauth_pool=debug`). Lines go to
 //! stderr and never carry a secret: secrets are `Secret`s, whose Debug is redacted, and
-//! authorization headers are marked sensitive.
+//! authorization headers are marked sensitive. Names of the pool file are logged as they are
+//! written, and one can hold a credential (a key pasted as its own name, a hand edit): every
+//! line is scrubbed of token shapes on its way out (`ScrubbedStderr`).
 
 use std::sync::Once;
 
@@ -34,6 +36,22 @@ pub fn filter_warning(filter: &str) -> Option<String> {
     })
 }
 
+/// stderr, each line with its `sk-ant-` runs as `[redacted]` (`secret::scrub_tokens`). The fmt
+/// layer hands over a whole line per write, so a token is never split across two.
+struct ScrubbedStderr;
+
+impl std::io::Write for ScrubbedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let line = crate::secret::scrub_tokens(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(line.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -51,7 +69,7 @@ pub fn init() {
         let _ = tracing_subscriber::registry()
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
+                    .with_writer(|| ScrubbedStderr)
                     .with_ansi(false)
                     .with_target(true),
             )

@@ -2,12 +2,17 @@
 //! its 429 and its "no usable account". OpenCode shows those messages in its TUI, a gateway
 //! client in a terminal, so an email holding ESC could rewrite the screen and a bidi override
 //! make `a@x` read as another. The same rule as `lib/printable.mjs` (the CLI, tool text, toasts).
+//! A name is the file's to say, and one can hold a credential (a key pasted into the name prompt
+//! before names were checked, a hand edit, another program's file): token shapes are scrubbed
+//! first (`secret::scrub_tokens`), so the account is still told by the rest of its name.
 
 use std::fmt::Write;
 
 /// `text` with every character that could move the cursor or reorder the line as a visible
-/// escape (`\x1b`, `\n`, `\u202e`); a backslash stays, so escaping twice changes nothing.
+/// escape (`\x1b`, `\n`, `\u202e`), and every `sk-ant-` run as `[redacted]`; a backslash stays,
+/// so escaping twice changes nothing.
 pub fn printable(text: &str) -> String {
+    let text = crate::secret::scrub_tokens(text);
     let mut out = String::with_capacity(text.len());
     for ch in text.chars() {
         match ch {

@@ -15,6 +15,7 @@ import { native } from "../native.mjs";
 import { millisOption } from "./args.mjs";
 import { UsageError, cliError } from "./errors.mjs";
 import { printable, table, text } from "./output.mjs";
+import { withoutCredentials } from "../printable.mjs";
 import { TIMED_OUT, confirm, readLine } from "./stdin.mjs";
 
 // ---- how accounts read --------------------------------------------------------------------------
@@ -36,6 +37,14 @@ function stateText(a, now) {
 /** How to remove an unreadable entry: by its index, which names exactly that entry. */
 const removeHint = (a) => text`oauth-pool remove '#${a.index}'`;
 
+/**
+ * An account's name as a row shows it: one holding a credential (a key pasted as its own name,
+ * written before names were checked) is shown without it (printable()), so with its index too,
+ * which every command takes (`oauth-pool remove '#2'`). `i` is its place in the file: the
+ * summaries come in file order.
+ */
+const rowName = (a, i) => (withoutCredentials(String(a.email ?? "")) === String(a.email ?? "") ? a.email : `${a.email} (#${i})`);
+
 /** An unreadable entry's name plus its index, once when the name is the index itself. */
 const entryLabel = (a) => (a.email === `#${a.index}` ? text`#${a.index}` : text`#${a.index} ${a.email}`);
 
@@ -54,13 +63,13 @@ function unreadableNotes(accounts) {
 export function listText(path, accounts, now) {
   if (accounts.length === 0) return text`no accounts in ${path} (add one with: oauth-pool add)`;
   const rows = [["EMAIL", "TYPE", "STATUS", "PRIORITY", "LAST USED"]];
-  for (const a of accounts) {
-    rows.push(isUnreadable(a) ? [a.email, "?", "unreadable", "-", "-"] : [a.email, a.type, stateText(a, now), a.priority, ago(a.lastUsed, now)]);
+  for (const [i, a] of accounts.entries()) {
+    rows.push(isUnreadable(a) ? [a.email, "?", "unreadable", "-", "-"] : [rowName(a, i), a.type, stateText(a, now), a.priority, ago(a.lastUsed, now)]);
   }
   return [table(rows), ...unreadableNotes(accounts)].join("\n");
 }
 
-function accountLines(a, now, prices) {
+function accountLines(a, i, now, prices) {
   if (isUnreadable(a)) {
     return [
       text`  ${a.email} (unreadable entry #${a.index})`,
@@ -68,7 +77,7 @@ function accountLines(a, now, prices) {
       text`    problem  ${a.lastError ?? "unreadable"}`,
     ];
   }
-  const lines = [text`  ${a.email} (${a.type}${a.priority ? `, priority ${a.priority}` : ""})`];
+  const lines = [text`  ${rowName(a, i)} (${a.type}${a.priority ? `, priority ${a.priority}` : ""})`];
   lines.push(text`    status   ${stateText(a, now)}`);
   if (a.windows?.length) {
     const seen = typeof a.quota?.updatedAt === "number" ? ` (seen ${ago(a.quota.updatedAt, now)})` : "";
@@ -120,7 +129,7 @@ export function statusText(st, now, prices) {
   const c = st.counts;
   const bad = c.invalid ? `, ${plural(c.invalid, "unreadable entry", "unreadable entries")}` : "";
   const lines = [text`pool ${st.path}: ${c.total} account(s), ${c.usable} usable now${bad}`];
-  for (const a of st.accounts) lines.push(...accountLines(a, now, prices));
+  for (const [i, a] of st.accounts.entries()) lines.push(...accountLines(a, i, now, prices));
   lines.push(...poolLines(st, now));
   return lines.join("\n");
 }

@@ -11,6 +11,7 @@ import { basename, dirname, isAbsolute, join } from "node:path";
 import { wait } from "../plugin/format.mjs";
 import { EXIT } from "./errors.mjs";
 import { printable } from "./output.mjs";
+import { withoutCredentials } from "../printable.mjs";
 
 // How long doctor waits for the pool's write lock before calling it stuck. Writers hold it for
 // a read-modify-write of a small file (milliseconds), never across a network call.
@@ -41,7 +42,9 @@ function report() {
   const checks = [];
   return {
     checks,
-    add: (name, level, message, extra) => checks.push({ name, level, message, ...extra }),
+    // A message is prose for a person in --json too (its fields carry the names as data), and
+    // an account's name can hold a credential.
+    add: (name, level, message, extra) => checks.push({ name, level, message: withoutCredentials(message), ...extra }),
     failed: (name) => checks.some((c) => c.name === name && c.level === "problem"),
   };
 }

@@ -30,7 +30,13 @@ function makeLog() {
 async function markNeedsAuth(ctx, existing, email, message, log) {
   try {
     const conn = await existing?.find(email);
-    if (conn) await ctx.integration.connection.status({ integrationID: INTEGRATION_ID, connection: conn, status: { status: "needs_auth", message } });
+    // The host shows the message beside the connection: printable, and no credential a name holds.
+    if (conn)
+      await ctx.integration.connection.status({
+        integrationID: INTEGRATION_ID,
+        connection: conn,
+        status: { status: "needs_auth", message: printable(message) },
+      });
   } catch (err) {
     log("warn", `could not mark ${email} as needing a login: ${err?.message ?? err}`);
   }

@@ -74,14 +74,18 @@ impl napi::bindgen_prelude::ToNapiValue for JsBytes {
 }
 
 /// Errors cross as `[CODE] message` (async napi functions cannot carry a custom status);
-/// lib/errors.mjs turns the prefix back into `err.code`.
+/// lib/errors.mjs turns the prefix back into `err.code`. A message can quote an account's name,
+/// which is the pool file's to say and can hold a credential: token shapes are scrubbed.
 pub fn js_error(e: Error) -> napi::Error {
     let prefix = match &e {
         Error::OAuthHttp { status, .. } => format!("[{} {status}]", e.code()),
         Error::RefreshBackoff { .. } => format!("[{} 429]", e.code()),
         _ => format!("[{}]", e.code()),
     };
-    napi::Error::from_reason(format!("{prefix} {e}"))
+    napi::Error::from_reason(format!(
+        "{prefix} {}",
+        crate::secret::scrub_tokens(&e.to_string())
+    ))
 }
 
 pub type JsResult<T> = napi::Result<T>;
@@ -222,6 +226,13 @@ pub fn wait_words(until: f64, now: f64) -> WaitWords {
 #[napi(js_name = "scrubMessage", catch_unwind)]
 pub fn scrub_message(text: String) -> String {
     crate::secret::scrub_message(&text)
+}
+
+/// Text about to be shown that can quote a name of the pool file (the CLI's text, the plugins'
+/// answers): `sk-ant-` runs scrubbed (`secret::scrub_tokens`), URLs kept whole (a login's link).
+#[napi(js_name = "scrubTokens", catch_unwind)]
+pub fn scrub_tokens(text: String) -> String {
+    crate::secret::scrub_tokens(&text)
 }
 
 /// Hands over the JavaScript runtime's view of the variables the pool reads (`envNames().all`).

@@ -351,7 +351,8 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
 /// The pool's message, marked as the pool's (a client shows it among the API's): once, as a
 /// message that names the pool already ("anthropic-pool has no accounts in …") reads.
 fn pool_says(e: &Error) -> String {
-    let message = e.to_string();
+    // It can quote a name of the pool file, which can hold a credential.
+    let message = crate::secret::scrub_tokens(&e.to_string());
     if message.starts_with("anthropic-pool") {
         message
     } else {

@@ -120,8 +120,10 @@ pub(super) async fn health(state: &State) -> Response<AnyBody> {
 /// A label value as OpenMetrics text must carry it: the encoder writes values as they are, and
 /// an account's email (from a profile endpoint, or a hand-edited file) or a window's name (from
 /// an answer's headers) holding a quote or a line break would end the label early or start a
-/// series of its own. Other control characters have no escape there and are replaced.
+/// series of its own. Other control characters have no escape there and are replaced. A name
+/// holding a credential is exported without it: a scrape is kept and shown well beyond the pool.
 fn label_value(raw: &str) -> String {
+    let raw = crate::secret::scrub_tokens(raw);
     let mut out = String::with_capacity(raw.len());
     for c in raw.chars() {
         match c {

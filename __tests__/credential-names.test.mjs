@@ -1,0 +1,194 @@
+// An account's name is the pool file's to say, and one can hold a credential: a Console key
+// named with itself (the key pasted into both prompts, before names were checked), a team
+// label with a token in it, a hand edit, another program's file. Every surface that shows a
+// name to a person, a log, a model or a client shows it without the credential, and the
+// account stays one a person can act on (by its `#N`). Names are written straight to the
+// file here, as such files were. Credentials are made at run time (no token-shaped literal).
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as lib from "../index.mjs";
+import * as pluginModule from "../plugin.mjs";
+import { createHost, loadPlugin, withLogLines } from "./helpers/opencode2-host.mjs";
+import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
+import { body, oauthEntry, tempPoolPath, useMock } from "./helpers/pool-env.mjs";
+
+const mock = useMock();
+const here = dirname(fileURLToPath(import.meta.url));
+const CLI = join(here, "..", "bin", "oauth-pool.mjs");
+const DRIVER = join(here, "helpers", "secret-driver.mjs");
+const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-names-"));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+const credential = (kind) => [["sk", "ant", kind].join("-"), randomBytes(18).toString("hex")].join("-");
+
+/** A pool whose first entry is a login named `team <token>` and whose second a key named with itself. */
+async function poolOfCredentialNames({ enabled = true } = {}) {
+  const token = credential("oat01");
+  const key = credential("api03");
+  const login = `team ${token}`;
+  mock.addApiKey(key, key);
+  const path = tempPoolPath();
+  const anthropic = [
+    { ...oauthEntry(mock, login), priority: 9, ...(enabled ? {} : { enabled: false }) },
+    { email: key, type: "api", key, status: "idle", rateLimitUntil: null, priority: 1, ...(enabled ? {} : { enabled: false }) },
+  ];
+  await lib.savePool({ version: 1, anthropic }, path);
+  return { path, login, key, secrets: [token, key, token.slice(-16), key.slice(-16)] };
+}
+
+function assertNone(places, secrets) {
+  const found = [];
+  for (const [where, text] of Object.entries(places)) {
+    for (const s of secrets) if (text.includes(s)) found.push(`${where}: …${text.slice(Math.max(0, text.indexOf(s) - 120), text.indexOf(s) + 20)}…`);
+  }
+  assert.deepEqual(found, [], found.join("\n\n"));
+}
+
+function run(args, { env = {}, input } = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { env: { ...process.env, ...env }, cwd: tmp, stdio: ["pipe", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    const timer = setTimeout(() => child.kill("SIGKILL"), 90_000);
+    child.stdout.setEncoding("utf8").on("data", (d) => {
+      out += d;
+      input?.(out, child);
+    });
+    child.stderr.setEncoding("utf8").on("data", (d) => (err += d));
+    child.on("error", reject);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, out, err });
+    });
+    if (!input) child.stdin.end();
+  });
+}
+
+test("the CLI's list, status and doctor show a name holding a credential without it, with the #N its commands take", async () => {
+  const { path, key, secrets } = await poolOfCredentialNames();
+  // doctor names a Console key entry whose key is missing; the key is still in its name.
+  const pool = await lib.loadPool(path);
+  delete pool.anthropic[1].key;
+  await lib.savePool(pool, path);
+  const views = {};
+  for (const args of [["list"], ["status"], ["doctor"], ["doctor", "--json"]]) {
+    const r = await run([CLI, ...args, "--path", path], { env: { OAUTH_POOL_LOG: "oauth_pool=trace" } });
+    // doctor --json: its messages are prose for a person; its fields (email) data, as list --json's.
+    views[args.join(" ")] =
+      args[1] === "--json"
+        ? JSON.parse(r.out.trim().split("\n").at(-1))
+            .checks.map((c) => c.message)
+            .join("\n") + r.err
+        : r.out + r.err;
+  }
+  assertNone(views, secrets);
+  assert.match(views.list, /team \[redacted\] \(#0\)/, views.list);
+  assert.match(views.list, /\[redacted\] \(#1\)/, views.list);
+  assert.match(views.status, /team \[redacted\] \(#0\) \(oauth/, views.status);
+  assert.match(views.doctor, /\[redacted\] is an API-key account, but no key is stored for it/, views.doctor);
+  // The index the list shows is one its commands take.
+  const disabled = await run([CLI, "disable", "#1", "--path", path]);
+  assert.equal(disabled.code, 0, disabled.err);
+  assertNone({ "disable #1": disabled.out + disabled.err }, secrets);
+  assert.equal((await lib.listAccounts(path))[1].enabled, false);
+  // --json is data for scripts, which act on the exact name (and own the file that holds it).
+  const json = await run([CLI, "list", "--json", "--path", path]);
+  assert.equal(JSON.parse(json.out).accounts[1].email, key);
+});
+
+test("the pool's own POOL_NO_ACCOUNT names accounts whose names hold a credential without it", async () => {
+  const { path, secrets } = await poolOfCredentialNames({ enabled: false });
+  const f = lib.createPoolFetch({ path });
+  const err = await f(`${mock.url}/v1/messages`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
+    body: body(),
+  }).then(
+    () => assert.fail("no account is usable"),
+    (e) => e,
+  );
+  assert.equal(err.code, "POOL_NO_ACCOUNT");
+  assertNone({ message: err.message }, secrets);
+  assert.match(err.message, /team \[redacted\] \(disabled\), \[redacted\] \(disabled\)/);
+});
+
+test("the gateway's answers, its own 429, its /metrics labels and the log show names holding a credential without it", async () => {
+  const { path, login, key, secrets } = await poolOfCredentialNames();
+  const gatewayKey = randomBytes(24).toString("hex");
+  // The login's 429 moves the first request to the key (a failover line naming both, a window
+  // for /metrics); the key's own 429 then leaves every account cooling: the pool answers 429.
+  mock.script(login, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+  mock.script(key, [{ status: 200 }, { status: 429, headers: { "retry-after": "600" } }]);
+  const told = [];
+  const r = await run([DRIVER, "serve", path], {
+    env: { OAUTH_POOL_LOG: "oauth_pool=trace", OAUTH_POOL_GATEWAY_KEY: gatewayKey },
+    input: (out, child) => {
+      if (told.length || !out.includes("\n")) return;
+      const { url } = JSON.parse(out.split("\n")[0]);
+      told.push(
+        (async () => {
+          const answers = [];
+          for (let i = 0; i < 3; i++) {
+            const res = await fetch(`${url}/v1/messages`, {
+              method: "POST",
+              headers: { "content-type": "application/json", "anthropic-version": "2023-06-01", "x-api-key": gatewayKey },
+              body: body(),
+            });
+            answers.push({ status: res.status, text: await res.text() });
+          }
+          const metrics = await (await fetch(`${url}/metrics`, { headers: { "x-api-key": gatewayKey } })).text();
+          child.stdin.end();
+          return { answers, metrics };
+        })(),
+      );
+    },
+  });
+  assert.equal(r.code, 0, r.err.slice(-2000));
+  const { answers, metrics } = await told[0];
+  assert.deepEqual(
+    answers.map((a) => a.status),
+    [200, 429, 429],
+    JSON.stringify(answers),
+  );
+  assertNone({ "the log": r.err, answers: JSON.stringify(answers), metrics }, secrets);
+  assert.match(answers[2].text, /\(team \[redacted\]\)|\(\[redacted\]\)/, answers[2].text);
+  assert.match(metrics, /account="team \[redacted\]",window="5h"/, metrics);
+  assert.match(r.err, /\[redacted\]/, "the log did name the accounts");
+});
+
+test("OpenCode 2: a connection's needs-login text and the log lines name an account whose name holds a credential without it", async () => {
+  const path = tempPoolPath();
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  const name = `team ${credential("oat01")}`;
+  // The person labelled the connection so; the pool file names the account so too (by hand).
+  const attempt = await host.oauthConnect({ integrationID: "anthropic-pool", methodID: "claude-max", label: name });
+  await host.oauthComplete({ integrationID: "anthropic-pool", attemptID: attempt.attemptID, code: mock.approve(attempt.url, "named1@x.test") });
+  await lib.flushPool(path);
+  const pool = await lib.loadPool(path);
+  pool.anthropic[0].email = name;
+  await lib.savePool(pool, path);
+  mock.revoke("named1@x.test", { family: true });
+  const lines = await withLogLines(async (lines) => {
+    await host
+      .modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body: { messages: [{ role: "user", content: "hi" }] } })
+      .catch(() => {});
+    await lib.flushPool(path);
+    const marked = () => host.connections("anthropic-pool").filter((c) => c.status?.status === "needs_auth");
+    for (let i = 0; i < 50 && marked().length < 1; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(marked().length, 1, "the account was marked");
+    return [...lines, ...marked().map((c) => c.status.message)];
+  });
+  assertNone({ "the host's log and the connection's status": lines.join("\n") }, [name.slice(5), name.slice(-16)]);
+  assert.ok(
+    lines.some((l) => l.startsWith("team [redacted] needs a new login")),
+    lines.join("\n"),
+  );
+  await handle.unload();
+});
