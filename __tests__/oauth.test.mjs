@@ -79,6 +79,21 @@ test("an email the server gives that cannot name an account is not returned", as
   assert.equal(t.email ?? null, null);
 });
 
+test("an email the server gives that holds a credential is not returned, and its login goes under a name of the pool's", async () => {
+  const name = `team ${["sk", "ant", "oat01", "0123456789abcdef0123"].join("-")}`;
+  const a = await authorize();
+  const t = await exchange(mock.approve(a.url, name), { verifier: a.verifier, state: a.state });
+  assert.equal(t.email ?? null, null);
+  const path = tempPoolPath();
+  const b = await authorize();
+  const r = await addAccount(mock.approve(b.url, name), b, path);
+  assert.match(r.email, /^unknown-[0-9a-f]+@anthropic-pool$/);
+  assert.deepEqual(
+    (await listAccounts(path)).map((x) => x.email),
+    [r.email],
+  );
+});
+
 test("refresh rotates; presenting the spent token again is invalid_grant and revokes the family", async () => {
   const t0 = mock.addAccount("rot@x.test");
   const t1 = await refresh(t0.refresh);

@@ -697,6 +697,13 @@ pub fn acceptable_email(email: &str) -> bool {
         && !email.chars().any(|c| c.is_control() || invisible(c))
 }
 
+/// A name a token endpoint or its profile gives a login, taken when it names an account and holds
+/// no credential (`team sk-ant-...`): a name is shown where a token never is (lists, logs, the
+/// tool's answers); otherwise the login goes under a name of the pool's.
+pub fn acceptable_server_email(email: &str) -> bool {
+    acceptable_email(email) && crate::secret::scrub_tokens(email) == email
+}
+
 pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
 }

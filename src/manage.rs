@@ -412,7 +412,7 @@ fn login_email(tokens: &Tokens) -> String {
         .as_deref()
         .map(str::trim)
         .filter(|e| {
-            let ok = crate::account::acceptable_email(e);
+            let ok = crate::account::acceptable_server_email(e);
             if !ok && !e.is_empty() {
                 tracing::warn!("the token endpoint's email for this login is not usable as a name; kept under a generated one");
             }

@@ -125,7 +125,7 @@ pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens
     let mut tokens = parse_token_response(&value, None)?;
     // The server's word for the email is held to what names an account (`exchange()` returns
     // it to callers as it is; `add_oauth` stores it).
-    let usable = |e: &String| crate::account::acceptable_email(e.trim());
+    let usable = |e: &String| crate::account::acceptable_server_email(e.trim());
     tokens.email = tokens.email.filter(usable);
     if tokens.email.is_none() {
         tokens.email = profile_email(&tokens.access)
