@@ -6,12 +6,12 @@
 // skipped with the reason elsewhere.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFile, execFileSync, spawnSync } from "node:child_process";
 import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { useMock, seedPool, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, oauthEntry, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
 
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
 const posix = process.platform !== "win32";
@@ -215,6 +215,48 @@ test("umask 000 and 077: a new pool directory is 0700 and every file in it 0600 
     assert.equal(cli(["serve", "--show-key"], { uid, umask, env }).code, 0);
     assert.equal(mode(join(base, "made")), 0o700, `umask ${umask}: directory`);
     for (const suffix of ["", ".bak", ".lock", ".gateway-key"]) assert.equal(mode(`${path}${suffix}`), 0o600, `umask ${umask}: pool.json${suffix}`);
+  }
+});
+
+test("umask 0277 and 0377 (the owner's own bits taken): the pool, an add, a request with a refresh, a refresh, list and the gateway all work, directories 0700 and files 0600", {
+  // Root reads and writes whatever the mode: only another uid meets what a user does.
+  skip: (!posix && "no umask here") || (isRoot && !hasSetpriv && "running as another uid needs util-linux's setpriv"),
+}, async () => {
+  const worker = fileURLToPath(new URL("./helpers/umask-worker.mjs", import.meta.url));
+  for (const umask of ["0277", "0377"]) {
+    const base = scratch();
+    const uid = isRoot ? USER : undefined;
+    const home = uid === undefined ? join(base, "home") : homeOf(base, uid);
+    if (uid === undefined) mkdirSync(home, { mode: 0o755 });
+    const email = `umask-${umask}@x.test`;
+    const entries = [oauthEntry(mock, email, { expired: true })];
+    const env = { HOME: home, OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url };
+    let argv = [process.execPath, worker, JSON.stringify({ entries, messagesUrl: messagesUrl(mock), email })];
+    argv = ["sh", "-c", `umask ${umask} && exec "$@"`, "sh", ...argv];
+    if (uid !== undefined) argv = ["setpriv", `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", ...argv];
+    // Not spawnSync: the mock answering the worker runs in this process.
+    const r = await new Promise((resolve) => {
+      execFile(
+        argv[0],
+        argv.slice(1),
+        { env: { PATH: process.env.PATH, BUN_RUNTIME_TRANSPILER_CACHE_PATH: "0", ...env }, timeout: 60_000 },
+        (error, stdout, stderr) => resolve({ status: error ? (error.code ?? error.signal) : 0, stdout, stderr }),
+      );
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const steps = JSON.parse(r.stdout.trim().split("\n").at(-1));
+    assert.deepEqual(steps, { save: "ok", add: true, fetch: 200, refresh: "refreshed", gateway: "key made" }, `umask ${umask}`);
+    const list = cli(["list", "--json"], { uid, umask, env });
+    assert.equal(list.code, 0, `umask ${umask}: list: ${list.err}`);
+    assert.match(list.out, new RegExp(email));
+    const dir = join(home, ".aidevops");
+    const made = tree(dir);
+    for (const name of ["oauth-pool.json", "oauth-pool.json.bak", "oauth-pool.json.lock", "oauth-pool.json.gateway-key", "oauth-pool-refreshes.json"]) {
+      assert.ok(join(dir, name) in made, `umask ${umask}: ${name} was made`);
+    }
+    for (const [p, { mode: m, bytes }] of Object.entries(made)) {
+      assert.equal(m, bytes === null ? "700" : "600", `umask ${umask}: ${p}`);
+    }
   }
 });
 

@@ -676,9 +676,26 @@ pub(super) fn temp_in(dir: &Path, path: &Path) -> Result<tempfile::NamedTempFile
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(fs::Permissions::from_mode(0o600));
     }
-    builder
+    let tmp = builder
         .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, "create temp file", e))
+        .map_err(|e| Error::io(dir, "create temp file", e))?;
+    owner_read_write(tmp.as_file()).map_err(|e| Error::io(tmp.path(), "set mode 0600", e))?;
+    Ok(tmp)
+}
+
+/// The mode given at create is cut by the umask: under 0277 a file made 0600 is 0400, and the
+/// next writer's open of it fails. fchmod is not cut.
+pub(crate) fn owner_read_write(file: &File) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        Ok(())
+    }
 }
 
 /// Makes `path` holding `bytes` (0600), whole or not at all: written and synced under a temp
@@ -701,6 +718,7 @@ pub(crate) fn create_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         builder.permissions(fs::Permissions::from_mode(0o600));
     }
     let mut tmp = builder.tempfile_in(&dir)?;
+    owner_read_write(tmp.as_file())?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist_noclobber(path).map_err(|e| e.error)?;
@@ -814,21 +832,52 @@ pub(super) fn sync_dir(dir: &Path) {
     let _ = dir;
 }
 
-/// The directory (and any missing parent) made 0700: it holds tokens and keys.
+/// The directory (and any missing parent) made 0700: it holds tokens and keys. Each one made
+/// is set 0700 before the next is made in it: the mode given to mkdir is cut by the umask, and
+/// under 0277 a directory made 0700 was 0500, which nothing could then be written in.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.as_os_str().is_empty() && fs::symlink_metadata(at).is_err() {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
     let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder
-        .create(dir)
-        .map_err(|e| Error::io(dir, "create directory", e))
+    for made in missing.into_iter().rev() {
+        match builder.create(made) {
+            Ok(()) => set_private_dir_mode(made)?,
+            // Made by another process in the meantime: theirs, and made the same way.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && made.is_dir() => {}
+            Err(e) => return Err(Error::io(made, "create directory", e)),
+        }
+    }
+    Ok(())
+}
+
+/// chmod is not cut by the umask, as the mode given to mkdir is.
+pub(crate) fn set_private_dir_mode(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(dir, "set mode 0700 on directory", e))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 pub(super) fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<()> {
@@ -1015,6 +1064,16 @@ impl FileLock {
                 path: path.to_path_buf(),
                 reason: "the lock file is not a regular file".into(),
             });
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Just made under a umask that took the owner's bits (0277): the next open for
+            // writing would be refused.
+            if meta.permissions().mode() & 0o600 != 0o600 && fsread::foreign_owner(&meta).is_none()
+            {
+                owner_read_write(&file).map_err(|e| Error::io(path, "set mode 0600", e))?;
+            }
         }
         let start = Instant::now();
         let mut pause = Duration::from_micros(200);

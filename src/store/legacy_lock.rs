@@ -174,7 +174,16 @@ fn make_private_dir(dir: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder.create(dir)
+    builder.create(dir)?;
+    // The mode given to mkdir is cut by the umask (0500 under 0277, and the owner file could
+    // not be made in it); chmod's is not. Made, it is held: a failed chmod costs only the
+    // owner file, as a failed write of it does.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
 }
 
 /// The owner record the aidevops plugin writes and reads: our pid, and now in epoch ms.
@@ -195,7 +204,9 @@ fn write_owner(dir: &Path, owner: &str) -> std::io::Result<()> {
         opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     }
     let path = dir.join("owner");
-    let written = opts.open(&path)?.write_all(owner.as_bytes());
+    let mut file = opts.open(&path)?;
+    let written =
+        crate::store::file::owner_read_write(&file).and_then(|()| file.write_all(owner.as_bytes()));
     if written.is_err() {
         // A short owner file (a full disk) would outlive our hold of the directory, and every
         // writer, ours and the aidevops plugin's, would wait out the stale limit on a lock that
