@@ -251,3 +251,70 @@ test("the pool fetch's refusal behind the SDKs: the Anthropic SDK's connection e
   assert.equal(failure.code, "POOL_NO_ACCOUNT");
   assert.equal(failure.message, err.cause.message);
 });
+
+/** A PostgreSQL server that answers every login with an error whose text is `text`. */
+async function hostilePostgres(text) {
+  const { createServer } = await import("node:net");
+  const server = createServer((socket) => {
+    socket.on("error", () => {});
+    socket.on("data", (chunk) => {
+      // SSLRequest and GSSENCRequest (8 bytes, a code and no more): "not here", then the startup.
+      if (chunk.length === 8 && [80877103, 80877104].includes(chunk.readInt32BE(4))) return socket.write("N");
+      const fields = Buffer.concat([Buffer.from(`SFATAL\0VFATAL\0CXX000\0M${text}\0`), Buffer.from([0])]);
+      const head = Buffer.alloc(5);
+      head.write("E");
+      head.writeInt32BE(fields.length + 4, 1);
+      socket.end(Buffer.concat([head, fields]));
+    });
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return server;
+}
+
+test("outside text of any length (an email, a server's error, a pasted code, a value given) is cut in an error message, which still names what was wrong", async () => {
+  const huge = (tag) => `${tag}${"q".repeat(100_000)}`;
+  const bounded = (err, code, what, named) => {
+    assert.equal(err.code, code, `${what}: ${err.message.slice(0, 300)}`);
+    assertReadable(err.message, what);
+    assert.ok(err.message.length < 1024, `${what}: ${err.message.length} characters`);
+    assert.match(err.message, named, what);
+    assert.match(err.message, /characters cut/, `${what}: says it was cut`);
+  };
+
+  const path = tempPoolPath();
+  await lib.savePool({ version: 1, anthropic: [oauthEntry(mock, "kept@x.test")] }, path);
+  bounded(
+    await rejection(lib.removeAccount(huge("nobody@"), path)),
+    "ACCOUNT_NOT_FOUND",
+    "removeAccount",
+    /^no account with email nobody@q+…\[\d+ of 100007 characters cut\]…q+ in the pool$/,
+  );
+
+  const server = await hostilePostgres(huge("relation is gone: "));
+  try {
+    const err = await rejection(lib.storeInit(`postgres://pool@127.0.0.1:${server.address().port}/pool`));
+    bounded(err, "STORE_UNAVAILABLE", "a PostgreSQL server's error", /relation is gone: q+…/);
+  } finally {
+    server.close();
+  }
+
+  const expired = await expiredPool("refused@x.test");
+  // A token answer over 64 KB is refused as such: one a little shorter is read.
+  mock.setTokenMode({ status: 400, body: { error: "invalid_grant", error_description: `refresh token revoked: ${"q".repeat(60_000)}` } });
+  try {
+    const err = await rejection(lib.refreshAccount("refused@x.test", expired));
+    assert.equal(err.code, "OAUTH_INVALID_GRANT");
+    assertReadable(err.message, "the token endpoint's error_description");
+    assert.ok(err.message.length < 1024, `error_description: ${err.message.length} characters`);
+    assert.match(err.message, /refresh token revoked/);
+  } finally {
+    mock.setTokenMode(null);
+  }
+
+  const started = await lib.authorize();
+  const paste = await rejection(lib.exchange(huge("not-a-code-"), started));
+  assertReadable(paste.message, "a pasted code");
+  assert.ok(paste.message.length < 1024, `a pasted code: ${paste.message.length} characters`);
+
+  bounded(await rejection(lib.serve({ host: huge("no-such-host-"), port: 0 })), "INVALID_ARGUMENT", "serve's host", /no-such-host-q+…/);
+});

@@ -1,21 +1,29 @@
 //! The one error type of the crate. Every variant maps to a stable `err.code` string from the
 //! public contract; messages never carry a secret (tokens, codes, verifiers).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::printable::{bounded, bounded_message};
+
+/// A path in a message: one from the environment (`OAUTH_POOL_PATH`) can be as long as the
+/// variable.
+fn shown(path: &Path) -> String {
+    bounded(&path.display().to_string())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("pool file {path} is not valid: {reason}. It was left untouched; {hint}")]
+    #[error("pool file {} is not valid: {}. It was left untouched; {}", shown(.path), bounded(.reason), bounded(.hint))]
     PoolCorrupt {
         path: PathBuf,
         reason: String,
         hint: String,
     },
-    #[error("pool file {path} refused: {reason}")]
+    #[error("pool file {} refused: {}", shown(.path), bounded(.reason))]
     PoolInsecure { path: PathBuf, reason: String },
-    #[error("pool is not valid: {0}")]
+    #[error("pool is not valid: {}", bounded_message(.0))]
     PoolInvalid(String),
-    #[error("pool file {path}: {action} failed: {source}")]
+    #[error("pool file {}: {action} failed: {}", shown(.path), bounded(&.source.to_string()))]
     PoolIo {
         path: PathBuf,
         action: &'static str,
@@ -26,33 +34,33 @@ pub enum Error {
     /// machine's or container's limit on processes and threads. Local I/O, said with its code.
     #[error("{}; the next call tries again", no_thread(.0))]
     NoThread(String),
-    #[error("pool file {path} is locked by another process for more than {seconds} s")]
+    #[error("pool file {} is locked by another process for more than {seconds} s", shown(.path))]
     PoolBusy { path: PathBuf, seconds: u64 },
-    #[error("{email}: its token is still being refreshed (waited {seconds} s)")]
+    #[error("{}: its token is still being refreshed (waited {seconds} s)", bounded(.email))]
     RefreshBusy { email: String, seconds: u64 },
     /// The refresh journal says another store on this machine presented the token moments ago
     /// and has not saved its successor yet: nothing was waited for here.
-    #[error("{email}: another pool on this machine ({store}) is refreshing this login right now; the next request will know how it went")]
+    #[error("{}: another pool on this machine ({}) is refreshing this login right now; the next request will know how it went", bounded(.email), bounded(.store))]
     RefreshElsewhere { email: String, store: String },
-    #[error("no account with email {0} in the pool")]
+    #[error("no account with email {} in the pool", bounded(.0))]
     AccountNotFound(String),
     #[error("{0}")]
     NoUsableAccount(String),
-    #[error("{0}")]
+    #[error("{}", bounded_message(.0))]
     OAuthStateMismatch(String),
-    #[error("the pasted input holds no authorization code: {0}")]
+    #[error("the pasted input holds no authorization code: {}", bounded(.0))]
     OAuthBadInput(String),
-    #[error("refresh token rejected by the token endpoint ({0}); the account needs a new login")]
+    #[error("refresh token rejected by the token endpoint ({}); the account needs a new login", bounded(.0))]
     OAuthInvalidGrant(String),
     /// A refresh token not presented because the refresh journal knows it spent: the login lives
     /// in another store (or this one went back in time). The same code as a refused token: the
     /// account needs the live login or a new one.
-    #[error("{0}")]
+    #[error("{}", bounded_message(.0))]
     LoginElsewhere(String),
     /// The same contract code as a dead refresh token, about a login code instead.
-    #[error("the login code was refused by the token endpoint ({0}): a code works once and for a few minutes; start the login again")]
+    #[error("the login code was refused by the token endpoint ({}): a code works once and for a few minutes; start the login again", bounded(.0))]
     OAuthCodeRefused(String),
-    #[error("token endpoint answered HTTP {status}: {detail}")]
+    #[error("token endpoint answered HTTP {status}: {}", bounded(.detail))]
     OAuthHttp {
         status: u16,
         detail: String,
@@ -64,7 +72,7 @@ pub enum Error {
     /// it may have said nothing (a network failure, a 503 without `retry-after`).
     #[error("not refreshed before {until}: the last refresh failed, and the token endpoint is left alone until then; try again then, or run `oauth-pool reset-cooldowns` to try now")]
     RefreshBackoff { until: String, retry_after: u64 },
-    #[error("network error talking to {what}: {detail}")]
+    #[error("network error talking to {what}: {}", bounded(.detail))]
     Network {
         what: &'static str,
         detail: String,
@@ -72,22 +80,22 @@ pub enum Error {
         /// handshake): nothing of the request was sent, so no answer can have been lost.
         never_connected: bool,
     },
-    #[error("endpoint {url} refused: {reason}")]
+    #[error("endpoint {} refused: {}", bounded(.url), bounded(.reason))]
     InsecureEndpoint { url: String, reason: String },
     #[error("request aborted")]
     Aborted,
-    #[error("{0}")]
+    #[error("{}", bounded_message(.0))]
     InvalidArgument(String),
-    #[error("the pool's store cannot be reached ({0}); a running pool keeps serving with the tokens it holds and retries its writes")]
+    #[error("the pool's store cannot be reached ({}); a running pool keeps serving with the tokens it holds and retries its writes", bounded(.0))]
     StoreUnavailable(String),
-    #[error("{0}")]
+    #[error("{}", bounded_message(.0))]
     StoreKey(String),
     /// The fleet store's rows are not as its schema says: refused like a corrupt pool file.
-    #[error("{0}")]
+    #[error("{}", bounded_message(.0))]
     StoreCorrupt(String),
     /// `refreshAccount` spent the refresh token, and the write of its successor failed: reported
     /// with the write's own code, since the refresh alone did not make the account durable.
-    #[error("{email} was refreshed, but its new tokens could not be saved ({reason}): the refresh token in the pool is spent, and only this process holds the new one (it retries the save while it runs). Fix that now: once this process ends with them unsaved, the account needs a new login")]
+    #[error("{} was refreshed, but its new tokens could not be saved ({}): the refresh token in the pool is spent, and only this process holds the new one (it retries the save while it runs). Fix that now: once this process ends with them unsaved, the account needs a new login", bounded(.email), bounded(.reason))]
     TokensUnsaved {
         email: String,
         reason: String,
@@ -95,7 +103,7 @@ pub enum Error {
     },
     /// A login whose code was spent and whose account could not be written: reported with the
     /// write's own code, like `TokensUnsaved`.
-    #[error("logged in as {email}, but the account could not be written to the pool ({reason}). The login code is spent, and only this process holds the new login: it writes it as soon as the pool can take it, trying every few seconds while it runs. Fix that now: once this process ends with it unwritten, the account needs a new login")]
+    #[error("logged in as {}, but the account could not be written to the pool ({}). The login code is spent, and only this process holds the new login: it writes it as soon as the pool can take it, trying every few seconds while it runs. Fix that now: once this process ends with it unwritten, the account needs a new login", bounded(.email), bounded(.reason))]
     LoginUnsaved {
         email: String,
         reason: String,

@@ -33,6 +33,36 @@ pub fn printable(text: &str) -> String {
     out
 }
 
+/// `text` made printable and, when longer than about 480 characters, cut in the middle:
+/// its start says what it is and its end is where a message of ours puts its advice. The cut
+/// says how long the whole was. For what an error message quotes (an email, a server's reason):
+/// a 100 KB email came back whole in `ACCOUNT_NOT_FOUND`, a hostile server's 100 KB error text
+/// whole in `STORE_UNAVAILABLE`.
+pub fn bounded(text: &str) -> String {
+    cut(text, 300, 140)
+}
+
+/// A whole message that may quote outside text anywhere in it (`INVALID_ARGUMENT`,
+/// `STORE_KEY`): `bounded`, with room for the longest of our own sentences.
+pub fn bounded_message(text: &str) -> String {
+    cut(text, 600, 240)
+}
+
+fn cut(text: &str, head: usize, tail: usize) -> String {
+    let shown = printable(text);
+    let count = shown.chars().count();
+    // Room for the note of the cut itself: text that fits with it is left whole.
+    if count <= head + tail + 40 {
+        return shown;
+    }
+    let start: String = shown.chars().take(head).collect();
+    let end: String = shown.chars().skip(count - tail).collect();
+    format!(
+        "{start}…[{} of {count} characters cut]…{end}",
+        count - head - tail
+    )
+}
+
 /// C0, DEL, C1, the line and paragraph separators, and the bidi controls (embeddings,
 /// overrides, isolates, and the marks that reorder what follows them).
 fn unsafe_char(c: char) -> bool {
@@ -52,7 +82,7 @@ fn unsafe_char(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::printable;
+    use super::{bounded, printable};
 
     #[test]
     fn control_and_bidi_characters_become_visible_escapes() {
@@ -61,5 +91,19 @@ mod tests {
             "ev\\x1b]0;x\\x07\\u202eil@x\\nnext\\path é"
         );
         assert_eq!(printable(&printable("a\u{1b}b")), "a\\x1bb");
+    }
+
+    #[test]
+    fn bounded_text_keeps_its_ends_and_says_how_long_it_was() {
+        assert_eq!(bounded("a@x\u{1b}"), "a@x\\x1b");
+        let long = format!("start{}end", "é".repeat(100_000));
+        let shown = bounded(&long);
+        assert!(shown.chars().count() < 520, "{}", shown.len());
+        assert!(shown.starts_with("startéé") && shown.ends_with("éééend"));
+        assert!(
+            shown.contains("[99568 of 100008 characters cut]"),
+            "{shown}"
+        );
+        assert_eq!(bounded(&shown), shown);
     }
 }
