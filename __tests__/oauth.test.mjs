@@ -210,6 +210,17 @@ test("a Claude Code credentials file whose tokens are not tokens is INVALID_ARGU
       JSON.stringify(bad.slice(0, 40)),
     );
   }
+  // A name given that holds a credential was put aside for a name of the pool's: refused, as
+  // addApiKey refuses one, without quoting it.
+  writeFileSync(
+    creds,
+    JSON.stringify({ claudeAiOauth: { accessToken: "sk-ant-oat01-importable-0123456789", refreshToken: good, expiresAt: Date.now() + 3_600_000 } }),
+  );
+  const named = ["sk", "ant", "api03", "named-import-0123456789"].join("-");
+  await assert.rejects(
+    importClaudeCode({ credentialsPath: creds, email: `team ${named}`, path }),
+    (e) => e.code === "INVALID_ARGUMENT" && /holds a credential/.test(e.message) && !e.message.includes("named-import"),
+  );
   assert.deepEqual((await loadPool(path)).anthropic, [], "nothing was imported");
 });
 

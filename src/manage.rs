@@ -682,6 +682,13 @@ pub fn import_claude_code(credentials: &Path, email: Option<&str>) -> Result<Tok
         }
     }
     let expires = o.get("expiresAt").and_then(Value::as_i64).unwrap_or(0);
+    // A name given for the login is refused as `add_api_key` refuses one: it was put aside for a
+    // name of the pool's, and the person did not get the name they gave.
+    if email.is_some_and(|e| crate::secret::scrub_tokens(e) != e) {
+        return Err(Error::InvalidArgument(
+            "that name holds a credential (sk-ant-...): a name is shown in lists, logs and the tool's answers; give an email or a label: nothing was imported".into(),
+        ));
+    }
     let email = email
         .map(crate::account::normalize_email)
         .or_else(|| s("email").map(str::to_string));
