@@ -159,6 +159,20 @@ test("numbers in other writers' fields: 64-bit integers come back exact through 
   assert.ok(text.includes('"exp":100.0'), text);
 });
 
+test("loadPool gives integers past 2^53 as numbers, as JSON.parse does: the pool can be printed and saved back", async () => {
+  const a = oauthEntry(mock, "content-bigint@x.test");
+  const entry = JSON.stringify({ ...a, past53: 1 }).replace('"past53":1', '"past53":9007199254740993,"u64":18446744073709551615,"i64":-9223372036854775808');
+  const raw = `{"version":1,"anthropic":[${entry}],"counter":12345678901234567890,"nested":{"list":[18446744073709551615]}}`;
+  const path = writeRaw(raw);
+  const parsed = JSON.parse(raw);
+  const numbers = (p) => [p.anthropic[0].past53, p.anthropic[0].u64, p.anthropic[0].i64, p.counter, p.nested.list[0]];
+  const pool = await lib.loadPool(path);
+  assert.deepEqual(numbers(pool), numbers(parsed), "the values JSON.parse reads, nothing a BigInt");
+  assert.doesNotThrow(() => JSON.stringify(pool), "a loaded pool can be printed");
+  await lib.savePool(pool, path);
+  assert.deepEqual(numbers(await lib.loadPool(path)), numbers(parsed), "saved back as loaded");
+});
+
 test("a pool file past 32 MB (a dump or log written over it) is refused with POOL_CORRUPT and kept as it is, by reads, writes and requests", async () => {
   const a = oauthEntry(mock, "content-huge@x.test");
   const path = writeRaw(JSON.stringify({ anthropic: [a] }));

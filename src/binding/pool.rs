@@ -17,8 +17,33 @@ pub fn load_pool(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Val
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
         let pool = store.load().await.map_err(js_error)?;
-        Ok(pool.into_value())
+        Ok(as_javascript_numbers(pool.into_value()))
     })
+}
+
+/// Integers past 2^53 as the nearest JavaScript number, as `JSON.parse` reads them: handed over
+/// as they are they became BigInts, which `JSON.stringify` throws on and `savePool` refuses, so
+/// a pool holding one (another program's field) could not be saved back. The file itself keeps
+/// the exact value until JavaScript writes the pool.
+fn as_javascript_numbers(value: Value) -> Value {
+    const SAFE: u64 = (1 << 53) - 1;
+    match value {
+        Value::Number(n)
+            if n.as_u64().is_some_and(|v| v > SAFE)
+                || n.as_i64().is_some_and(|v| v < -(SAFE as i64)) =>
+        {
+            n.as_f64()
+                .and_then(serde_json::Number::from_f64)
+                .map_or(Value::Null, Value::Number)
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(as_javascript_numbers).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, as_javascript_numbers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 #[napi(js_name = "savePool", ts_return_type = "Promise<void>", catch_unwind)]
