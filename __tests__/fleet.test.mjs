@@ -561,6 +561,34 @@ test("both plugin generations on the fleet store: an OpenCode 2 login lands in P
   );
 });
 
+test("a schema value that is not a version is refused as it is: not read as no schema, and store init does not migrate over it", async () => {
+  await seedStore(hostA, { anthropic: [oauthEntry("unreadable-schema@fleet.test")] });
+  for (const value of ["2.0", "v1", "0", ""]) {
+    await pg.sql(`UPDATE oauth_pool_meta SET value = '${value}' WHERE name = 'schema'`);
+    try {
+      const list = await cliJson(hostA, "list");
+      assert.equal(list.err?.code, "STORE_UNAVAILABLE", `${value}: ${list.stdout}`);
+      assert.match(list.err.message, /schema value this version cannot read/, value);
+      assert.doesNotMatch(list.err.message, /store init/, `${value}: init would write over it`);
+      const init = await cliJson(hostA, "store", "init");
+      assert.equal(init.code, 1, `${value}: ${init.stdout}`);
+      assert.match(init.err.message, /schema value this version cannot read/, value);
+      assert.equal(await pg.sql("SELECT value FROM oauth_pool_meta WHERE name = 'schema'"), `${value}\n`, `${value}: nothing was changed`);
+      const doctor = await cliJson(hostA, "doctor");
+      const store = doctor.json.checks.find((c) => c.name === "store");
+      assert.equal(store?.level, "problem", JSON.stringify(doctor.json.checks));
+      assert.match(store.message, /schema value this version cannot read/, value);
+      assert.doesNotMatch(store.message, /cannot reach|no pool schema yet/, value);
+    } finally {
+      await pg.sql(`UPDATE oauth_pool_meta SET value = '1' WHERE name = 'schema'`);
+    }
+  }
+  assert.deepEqual(
+    (await cliJson(hostA, "list")).json.accounts.map((a) => a.email),
+    ["unreadable-schema@fleet.test"],
+  );
+});
+
 test("store init refuses a schema newer than it knows, and a write restores a missing generation", async () => {
   await seedStore(hostA, { anthropic: [oauthEntry("schema@fleet.test")] });
   await pg.sql(`UPDATE oauth_pool_meta SET value = '2' WHERE name = 'schema'`);

@@ -474,6 +474,8 @@ async function checkStore(lib, path, r) {
     return r.add("store", "problem", e.message, { code: e.code });
   }
   if (!s.reachable) return r.add("store", "problem", `cannot reach ${s.location ?? "the store"}: ${s.message}`, { code: s.code });
+  // Reached, but its schema row is not a version (edited by hand): said as it is, not as "no schema".
+  if (s.schema === undefined) return r.add("store", "problem", s.message, { code: s.code });
   const init = "run: oauth-pool store init";
   if (s.schema === 0) return r.add("store", "problem", `${s.location} has no pool schema yet (${init})`);
   if (s.schema < s.expectedSchema)

@@ -169,18 +169,26 @@ pub fn store_check(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, V
         let Store::Postgres(pg) = &store else {
             return Ok(json!({ "ok": true, "kind": "file", "location": store.describe() }));
         };
-        let schema = match pg.schema_version().await {
-            Ok(v) => v,
+        let schema = match pg.schema_text().await {
+            Ok(text) => text.map(|t| pg.schema_number(&t)).transpose(),
             Err(e) => {
                 return Ok(
                     json!({ "ok": false, "kind": "postgres", "location": pg.shown(), "reachable": false, "code": e.code(), "message": e.to_string() }),
                 )
             }
         };
+        let schema = match schema {
+            Ok(v) => v.unwrap_or(0),
+            Err(e) => {
+                return Ok(
+                    json!({ "ok": false, "kind": "postgres", "location": pg.shown(), "reachable": true, "code": e.code(), "message": e.to_string() }),
+                )
+            }
+        };
         let key = pg.check_key().await;
         let clock = pg.clock_offset().await.ok();
         Ok(json!({
-            "ok": key.is_ok() && schema == store::postgres::SCHEMA_VERSION,
+            "ok": key.is_ok() && schema == i64::from(store::postgres::SCHEMA_VERSION),
             "kind": "postgres",
             "location": pg.shown(),
             "reachable": true,

@@ -378,6 +378,20 @@ impl PgStore {
         ))
     }
 
+    /// The schema row's value as a version. One this version cannot read (edited by hand, or a
+    /// format of a later version's) is refused as it is, never taken for "no schema yet": `store
+    /// init` would migrate over it and write its own number, and a host would be told to run it.
+    pub fn schema_number(&self, text: &str) -> Result<i64> {
+        match text.trim().parse::<i64>() {
+            Ok(v) if v >= 1 => Ok(v),
+            _ => Err(Error::StoreUnavailable(format!(
+                "{} has a schema value this version cannot read ({}, the row 'schema' of oauth_pool_meta); nothing was changed: set it back to the schema's number ({SCHEMA_VERSION} for this version's) if you know it, or ask whoever edited it",
+                self.shown,
+                crate::printable::bounded(&format!("{text:?}"))
+            ))),
+        }
+    }
+
     async fn reader(&self) -> Result<Arc<Client>> {
         let mut slot = self.reader.lock().await;
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
@@ -442,7 +456,15 @@ impl PgStore {
     }
 
     /// The schema version the database has (0: not initialized).
-    pub async fn schema_version(&self) -> Result<i32> {
+    pub async fn schema_version(&self) -> Result<i64> {
+        match self.schema_text().await? {
+            Some(text) => self.schema_number(&text),
+            None => Ok(0),
+        }
+    }
+
+    /// The schema row's value as written (None: not initialized).
+    pub async fn schema_text(&self) -> Result<Option<String>> {
         let c = self.reader().await?;
         self.bounded("the schema check", async {
             let exists = c
@@ -450,7 +472,7 @@ impl PgStore {
                 .await
                 .map_err(unavailable)?;
             if !column::<bool>(&exists, 0)? {
-                return Ok(0);
+                return Ok(None);
             }
             let row = c
                 .query_typed_opt(
@@ -459,8 +481,7 @@ impl PgStore {
                 )
                 .await
                 .map_err(unavailable)?;
-            let text = row.map(|r| column::<String>(&r, 0)).transpose()?;
-            Ok(text.and_then(|t| t.parse().ok()).unwrap_or(0))
+            row.map(|r| column::<String>(&r, 0)).transpose()
         })
         .await
     }
@@ -530,7 +551,7 @@ impl PgStore {
                     .await
                     .map_err(unavailable)?;
             }
-            let current: i32 = client
+            let current = match client
                 .query_typed_opt(
                     "SELECT value FROM oauth_pool_meta WHERE name = 'schema'",
                     &[],
@@ -539,15 +560,17 @@ impl PgStore {
                 .map_err(unavailable)?
                 .map(|r| column::<String>(&r, 0))
                 .transpose()?
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0);
-            if current > SCHEMA_VERSION {
+            {
+                Some(text) => self.schema_number(&text)?,
+                None => 0,
+            };
+            if current > i64::from(SCHEMA_VERSION) {
                 return Err(Error::StoreUnavailable(format!(
                     "{} has schema {current}, newer than this version knows ({SCHEMA_VERSION}): upgrade opencode-oauth-pool; nothing was changed",
                     self.shown
                 )));
             }
-            for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| i64::from(*v) > current) {
                 client.batch_execute(sql).await.map_err(unavailable)?;
                 client
                     .execute_typed(
@@ -615,8 +638,8 @@ impl PgStore {
                         self.shown
                     )));
                 }
-                if version > SCHEMA_VERSION {
-                    return Err(self.newer_schema(version.into()));
+                if version > i64::from(SCHEMA_VERSION) {
+                    return Err(self.newer_schema(version));
                 }
                 let c = self.reader().await?;
                 let row = self
@@ -755,9 +778,9 @@ impl PgStore {
             let kind: &str = column(r, 0)?;
             if kind == "s" {
                 let version: String = column(r, 1)?;
-                match version.trim().parse::<i64>() {
-                    Ok(v) if v > i64::from(SCHEMA_VERSION) => return Err(self.newer_schema(v)),
-                    _ => {}
+                let v = self.schema_number(&version)?;
+                if v > i64::from(SCHEMA_VERSION) {
+                    return Err(self.newer_schema(v));
                 }
             }
         }
@@ -948,10 +971,13 @@ impl PgStore {
             });
             // Nor is one spent when a newer version's schema would refuse its successor.
             let schema = answer.iter().find_map(|m| match m {
-                SimpleQueryMessage::Row(r) => r.get(2).and_then(|v| v.trim().parse::<i64>().ok()),
+                SimpleQueryMessage::Row(r) => r.get(2).map(|v| self.schema_number(v)),
                 _ => None,
             });
-            if let Some(v) = schema.filter(|v| *v > i64::from(SCHEMA_VERSION)) {
+            if let Some(v) = schema
+                .transpose()?
+                .filter(|v| *v > i64::from(SCHEMA_VERSION))
+            {
                 return Err(self.newer_schema(v));
             }
             if row.is_some_and(|(_, read_only)| read_only) {
