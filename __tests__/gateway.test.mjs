@@ -893,6 +893,35 @@ test("a start that makes the gateway key says where (a pool file moved without i
   assert.deepEqual(JSON.parse(json.out.split("\n")[0]), { url: json.url, keyCreated: made });
 });
 
+test("a start that is refused makes no key file, so the start that works says it made one (clients were never told of the key a refused start made)", async () => {
+  const path = await seedPool(mock, ["refused-start@x.test"]);
+  const made = `${path}.gateway-key`;
+  const taken = createServer();
+  await new Promise((resolve) => taken.listen(0, "127.0.0.1", resolve));
+  try {
+    await withEnv({ OAUTH_POOL_GATEWAY_KEY: undefined }, async () => {
+      const refusals = [
+        { port: taken.address().port },
+        { port: 0, host: "0.0.0.0" },
+        { port: 0, tlsCert: join(dirname(path), "absent-cert.pem") },
+        { port: 0, tlsCert: join(dirname(path), "absent-cert.pem"), tlsKey: join(dirname(path), "absent-key.pem") },
+      ];
+      for (const options of refusals) {
+        await assert.rejects(lib.serve({ path, ...options }), (e) => e.code === "INVALID_ARGUMENT", JSON.stringify(options));
+        assert.ok(!existsSync(made), `no key file after a refused start: ${JSON.stringify(options)}`);
+      }
+      const gw = await lib.serve({ port: 0, path });
+      try {
+        assert.equal(gw.keyCreated, made, "the start that works says it made the key");
+      } finally {
+        await gw.close(0);
+      }
+    });
+  } finally {
+    taken.close();
+  }
+});
+
 // The gateway's log said each account of a cascade on its own line (and the engine's own line
 // for each hop besides), where the OpenCode plugin says it once.
 for (const json of [false, true]) {

@@ -94,8 +94,7 @@ pub fn serve<'env>(
         }
     })?;
     promise(env, async move {
-        let (gateway, key_created) = start(options).await?;
-        let gateway = Arc::new(gateway);
+        let gateway = Arc::new(start(options).await?);
         let mut o = owned.lock().unwrap_or_else(PoisonError::into_inner);
         if o.gone {
             drop(o);
@@ -105,8 +104,8 @@ pub fn serve<'env>(
         o.gateway = Some(gateway.clone());
         drop(o);
         Ok(NativeGateway {
+            key_created: gateway.key_created().map(|p| p.display().to_string()),
             inner: gateway,
-            key_created: key_created.map(|p| p.display().to_string()),
             owned,
         })
     })
@@ -119,7 +118,7 @@ fn stop(gateway: Arc<Gateway>) {
     let _ = crate::runtime::spawn(async move { gateway.close(Duration::ZERO).await });
 }
 
-async fn start(options: Option<ServeOptions>) -> JsResult<(Gateway, Option<std::path::PathBuf>)> {
+async fn start(options: Option<ServeOptions>) -> JsResult<Gateway> {
     let o = options.unwrap_or(ServeOptions {
         host: None,
         port: None,
@@ -132,7 +131,6 @@ async fn start(options: Option<ServeOptions>) -> JsResult<(Gateway, Option<std::
         max_connections: None,
     });
     let store = store_for(o.path.as_deref()).map_err(js_error)?;
-    let (key, key_created) = gateway::gateway_key(&store).map_err(js_error)?;
     let port = u16::try_from(o.port.unwrap_or(8787))
         .map_err(|_| js_error(Error::InvalidArgument("port must be 0 to 65535".into())))?;
     let tls = match (o.tls_cert, o.tls_key) {
@@ -150,7 +148,6 @@ async fn start(options: Option<ServeOptions>) -> JsResult<(Gateway, Option<std::
         allow_remote: o.allow_remote.unwrap_or(false),
         tls,
         store,
-        key,
         header_timeout: Duration::from_millis(
             u64::from(o.header_timeout_ms.unwrap_or(10_000)).max(100),
         ),
@@ -159,8 +156,7 @@ async fn start(options: Option<ServeOptions>) -> JsResult<(Gateway, Option<std::
         ),
         max_connections: o.max_connections.unwrap_or(512).max(1) as usize,
     };
-    let gateway = gateway::start(opts).await.map_err(js_error)?;
-    Ok((gateway, key_created))
+    gateway::start(opts).await.map_err(js_error)
 }
 
 /// The gateway key clients must present (generated on first use), for `serve --show-key`.

@@ -66,7 +66,6 @@ pub struct GatewayOptions {
     pub allow_remote: bool,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub store: Store,
-    pub key: Secret,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
@@ -89,6 +88,8 @@ struct State {
 
 pub struct Gateway {
     addr: SocketAddr,
+    /// The key file this start made, for the caller to say so.
+    key_created: Option<PathBuf>,
     tls: bool,
     shutdown: CancellationToken,
     drained: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -219,11 +220,15 @@ pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::InvalidArgument(format!("no local address: {e}")))?;
+    // Made only once every refusal is past (options, TLS files, the address taken): a key file
+    // made by a refused start was then not named by the start that worked, so nobody was told
+    // clients need it.
+    let (key, key_created) = gateway_key(&opts.store)?;
     let closing = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let state = Arc::new(State {
         engine: Engine::for_store(opts.store),
-        key: opts.key,
+        key,
         metrics: metrics::Metrics::new(),
         body_timeout: opts.body_timeout,
         bodies: Arc::new(tokio::sync::Semaphore::new(BODIES_HELD)),
@@ -244,6 +249,7 @@ pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
     ));
     Ok(Gateway {
         addr,
+        key_created,
         tls: opts.tls.is_some(),
         shutdown,
         drained: tokio::sync::Mutex::new(Some(task)),
@@ -253,6 +259,10 @@ pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
 }
 
 impl Gateway {
+    pub fn key_created(&self) -> Option<&Path> {
+        self.key_created.as_deref()
+    }
+
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         match self.addr.ip() {
