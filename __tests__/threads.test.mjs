@@ -5,13 +5,15 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, renameSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { seedPool, useMock } from "./helpers/pool-env.mjs";
+import { pause, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
 
 const mock = useMock();
 const probe = join(dirname(fileURLToPath(import.meta.url)), "helpers", "thread-probe.mjs");
+const idleProbe = join(dirname(fileURLToPath(import.meta.url)), "helpers", "idle-probe.mjs");
 
 test("threads start with the first request, not with the import, and the blocking one leaves when idle", { skip: !existsSync("/proc/self/task") }, async () => {
   const path = await seedPool(mock, ["threads@x.test"]);
@@ -31,4 +33,42 @@ test("threads start with the first request, not with the import, and the blockin
   );
   assert.ok(seen.afterRequest >= 1 && seen.afterRequest <= 2, `after one request: ${seen.afterRequest} addon threads (one worker, at most one blocking)`);
   assert.equal(seen.idle, 1, "idle: only the worker is left");
+});
+
+test("idle after a request, the addon's threads take no CPU and are not woken, while another process rewrites the pool file", {
+  skip: !existsSync("/proc/self/task"),
+}, async () => {
+  const path = await seedPool(mock, ["idle-cpu@x.test"]);
+  const child = spawn(process.execPath, [idleProbe, path, mock.url], { stdio: ["pipe", "pipe", "pipe"] });
+  let err = "";
+  child.stderr.on("data", (d) => (err += d));
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  const next = async () => {
+    const { value, done } = await lines.next();
+    assert.ok(!done, `the probe ended early: ${err}`);
+    return JSON.parse(value);
+  };
+  const idle = await next();
+  assert.equal(idle.status, 200);
+  assert.ok(Object.keys(idle.threads).length >= 1, "the request started the addon's worker");
+  // Rewritten as another process's writer does (a temp file renamed over it), about twice a
+  // second for two seconds: the watch on the directory sees each, and nobody reads it.
+  for (let i = 0; i < 5; i++) {
+    const pool = readPool(path);
+    pool.anthropic[0].lastUsed = Date.now();
+    writeFileSync(`${path}.other-writer`, JSON.stringify(pool, null, 2), { mode: 0o600 });
+    renameSync(`${path}.other-writer`, path);
+    await pause(450);
+  }
+  child.stdin.write("go\n");
+  const after = await next();
+  child.stdin.end();
+  await new Promise((resolve) => child.on("exit", resolve));
+  for (const [tid, was] of Object.entries(idle.threads)) {
+    const now = after.threads[tid];
+    if (!now) continue; // a blocking thread that left (its exit is not a wake-up of the pool's)
+    assert.deepEqual(now, was, `addon thread ${tid} ran while idle: ${JSON.stringify({ was, now })}`);
+  }
+  const born = Object.keys(after.threads).filter((tid) => !(tid in idle.threads));
+  assert.deepEqual(born, [], "no addon thread started while idle");
 });
