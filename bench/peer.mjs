@@ -22,7 +22,8 @@ const base = memory();
 let send;
 if (impl === "pool") {
   const { createPoolFetch } = await import("../index.mjs");
-  send = createPoolFetch({ path: poolPath });
+  // The transport --transport names, as the footprint and client runs take it.
+  send = createPoolFetch({ path: poolPath, ...(process.env.BENCH_TRANSPORT ? { transport: process.env.BENCH_TRANSPORT } : {}) });
 } else {
   send = globalThis.fetch.bind(globalThis);
 }

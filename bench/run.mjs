@@ -52,7 +52,8 @@ if (args.transport) env.BENCH_TRANSPORT = args.transport;
 /** A bench script of its own (it starts its own servers and processes); one JSON line out. */
 function script(name) {
   console.error(`running ${name}...`);
-  const r = spawnSync(process.execPath, [join(root, "bench", name)], { env: process.env, encoding: "utf8", maxBuffer: 1 << 20 });
+  const own = { ...process.env, ...(args.transport ? { BENCH_TRANSPORT: args.transport } : {}) };
+  const r = spawnSync(process.execPath, [join(root, "bench", name)], { env: own, encoding: "utf8", maxBuffer: 1 << 20 });
   if (r.status !== 0) throw new Error(`${name} failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split("\n").at(-1));
 }

@@ -15,7 +15,7 @@ const [mode, server, poolPath] = process.argv.slice(2);
 
 if (mode === "client") {
   const { createPoolFetch } = await import("../index.mjs");
-  const poolFetch = createPoolFetch({ path: poolPath });
+  const poolFetch = createPoolFetch({ path: poolPath, ...(process.env.BENCH_TRANSPORT ? { transport: process.env.BENCH_TRANSPORT } : {}) });
   const now = () => performance.timeOrigin + performance.now();
   const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const decoder = new TextDecoder();
