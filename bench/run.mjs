@@ -19,18 +19,43 @@ import { createInterface } from "node:readline";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const args = Object.fromEntries(
   process.argv.slice(2).map((a) => {
-    const [k, v = "true"] = a.replace(/^--/, "").split("=");
-    return [k, v];
+    const at = a.indexOf("=");
+    return at < 0 ? [a.replace(/^--/, ""), "true"] : [a.slice(0, at).replace(/^--/, ""), a.slice(at + 1)];
   }),
 );
+/** A mistyped option measured nothing and printed empty tables: refused before anything runs. */
+function refuse(why) {
+  console.error(`bench/run.mjs: ${why}`);
+  process.exit(2);
+}
+const known = { busy: null, runtimes: ["node", "bun"], suites: ["all", "rss", "footprint", "import", "gateway", "usage"] };
+Object.assign(known, { parts: ["all", "throughput", "latency", "sse", "failover", "concurrent"], transport: ["auto", "native", "runtime"] });
+Object.assign(known, { "idle-ms": null, peers: null, out: null });
+for (const [k, v] of Object.entries(args)) {
+  if (!(k in known))
+    refuse(
+      `unknown option --${k} (options: ${Object.keys(known)
+        .map((o) => `--${o}`)
+        .join(" ")})`,
+    );
+  const bad = known[k]?.length && v.split(",").filter((x) => !known[k].includes(x));
+  if (bad?.length) refuse(`--${k}: ${bad.join(", ")} is not one of ${known[k].join(", ")}`);
+}
+if (args.busy !== undefined && args.busy !== "true") refuse("--busy takes no value");
+const whole = (name, dflt, least) => {
+  const n = Number(args[name] ?? dflt);
+  if (!Number.isInteger(n) || n < least) refuse(`--${name}: ${args[name]} is not a whole number of at least ${least}`);
+  return n;
+};
 const busy = args.busy === "true";
 const allRuntimes = { node: process.execPath, bun: join(root, "node_modules", ".bin", "bun") };
 const runtimes = Object.fromEntries((args.runtimes ?? "node,bun").split(",").map((r) => [r, allRuntimes[r]]));
 const suites = new Set((args.suites ?? "all,rss,footprint,import,gateway,usage").split(","));
-const idleMs = Number(args["idle-ms"] ?? 15000);
+// The footprint's idle CPU is counted from 2 s after the request (bench/footprint.mjs).
+const idleMs = whole("idle-ms", 15000, 3000);
 const parts = args.parts ?? "all";
 const outFile = args.out ?? join(root, "bench", "last-run.json");
-const peerCount = Number(args.peers ?? 8);
+const peerCount = whole("peers", 8, 1);
 
 const server = spawn(process.execPath, [join(root, "__tests__/helpers/mock-anthropic.mjs")], { stdio: ["pipe", "pipe", "inherit"] });
 const { url } = await new Promise((resolve) => createInterface({ input: server.stdout }).once("line", (l) => resolve(JSON.parse(l))));
