@@ -33,6 +33,12 @@ test("threads start with the first request, not with the import, and the blockin
   );
   assert.ok(seen.afterRequest >= 1 && seen.afterRequest <= 2, `after one request: ${seen.afterRequest} addon threads (one worker, at most one blocking)`);
   assert.equal(seen.idle, 1, "idle: only the worker is left");
+  if (typeof Bun === "undefined") {
+    // Node starts no thread of its own for this (the README's footprint: +2 after a request,
+    // +1 idle), so every thread added is the addon's: one it did not name would show here.
+    assert.equal(seen.allAfterRequest - seen.allBeforeImport, seen.afterRequest, "threads added by the request are the addon's named ones");
+    assert.equal(seen.allIdle - seen.allBeforeImport, 1, "idle: one thread more than before the import");
+  }
 });
 
 test("idle after a request, the addon's threads take no CPU and are not woken, while another process rewrites the pool file", {

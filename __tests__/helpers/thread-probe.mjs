@@ -18,7 +18,10 @@ function addonThreads() {
   return n;
 }
 
-const out = { beforeImport: addonThreads() };
+/** Every thread of the process, the runtime's own included. */
+const allThreads = () => readdirSync("/proc/self/task").length;
+
+const out = { beforeImport: addonThreads(), allBeforeImport: allThreads() };
 const { createPoolFetch, nativeVersion } = await import("../../index.mjs");
 nativeVersion(); // loads the .node
 out.loaded = addonThreads();
@@ -32,10 +35,12 @@ const res = await poolFetch(`${apiUrl}/v1/messages`, {
 out.status = res.status;
 await res.text();
 out.afterRequest = addonThreads();
+out.allAfterRequest = allThreads();
 // Blocking threads (file I/O) exit after 5 s without work; the last bookkeeping write comes
 // about a second after the answer.
 const deadline = Date.now() + 20_000;
 while (addonThreads() > 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250));
 out.idle = addonThreads();
+out.allIdle = allThreads();
 console.log(JSON.stringify(out));
 process.exit(0);
