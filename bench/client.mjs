@@ -15,8 +15,14 @@ const now = () => performance.timeOrigin + performance.now();
 const MB = 1024 * 1024;
 
 let reads = 0; // reads that returned bytes, for the average batch a read hands over
-async function drain(res) {
+/** The answer, when it is the 200 asked for: a pool error answered fast is not a fast request. */
+async function ok(res) {
   if (res.status !== 200) throw new Error(`status ${res.status}: ${(await res.text()).slice(0, 300)}`);
+  return res;
+}
+
+async function drain(res) {
+  await ok(res);
   let bytes = 0;
   const reader = res.body.getReader();
   for (;;) {
@@ -121,13 +127,15 @@ async function throughput() {
 
 async function latency() {
   const out = { pool: [], native: [] };
-  for (const name of ["pool", "native"]) for (let i = 0; i < 200; i++) await (await impls[name](`${server}/bench/small`)).text();
+  for (const name of ["pool", "native"]) for (let i = 0; i < 200; i++) await (await ok(await impls[name](`${server}/bench/small`))).text();
   for (let round = 0; round < 10; round++) {
     for (const name of order(round)) {
       for (let i = 0; i < 200; i++) {
         const t0 = now();
-        await (await impls[name](`${server}/bench/small`)).text();
+        const res = await impls[name](`${server}/bench/small`);
+        await res.text();
         out[name].push(now() - t0);
+        if (res.status !== 200) throw new Error(`${name}: status ${res.status}`);
       }
     }
   }
@@ -144,7 +152,7 @@ async function sseDelay() {
   const decoder = new TextDecoder();
   for (let round = 0; round < 4; round++) {
     for (const name of order(round)) {
-      const res = await impls[name](`${server}/bench/sse?events=150&intervalMs=3`);
+      const res = await ok(await impls[name](`${server}/bench/sse?events=150&intervalMs=3`));
       const reader = res.body.getReader();
       let buf = "";
       for (;;) {
@@ -191,6 +199,7 @@ async function failover() {
     sticky = res.poolAccount;
     await new Promise((r) => setTimeout(r, 1100)); // the burst cooldown of the other account
   }
+  if (!gaps.length) throw new Error("failover: no 429 was followed by a retry on another account");
   return { p50: median(gaps), max: Math.max(...gaps), samples: gaps.length };
 }
 

@@ -22,6 +22,7 @@ if (mode === "client") {
   const delays = [];
   for (let round = 0; round < 4; round++) {
     const res = await poolFetch(`${server}/v1/bench/sse?events=150&intervalMs=3`);
+    if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
     let buf = "";
     for await (const value of res.body) {
       const arrived = now();
@@ -38,6 +39,7 @@ if (mode === "client") {
     const t0 = now();
     let bytes = 0;
     const res = await poolFetch(`${server}/v1/bench/sse?events=20000&pad=2000`);
+    if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
     for await (const value of res.body) bytes += value.byteLength;
     rates.push(bytes / 1024 / 1024 / ((now() - t0) / 1000));
   }
