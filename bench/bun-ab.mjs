@@ -29,11 +29,27 @@ const argv = process.argv.slice(2);
 const opt = (name, dflt) => argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3) ?? dflt;
 const variantSpecs = argv.filter((a) => a.startsWith("--variant=")).map((a) => a.slice(10));
 if (!variantSpecs.length) variantSpecs.push(`current:.:${join(root, `oauth-pool.${triple}.node`)}`);
-const rounds = Number(opt("rounds", 30));
-const perRound = Number(opt("per-round", 200));
-const warmup = Number(opt("warmup", 300));
+/** A mistyped option is refused before anything is loaded (it failed midway, or measured nothing). */
+function refuse(why) {
+  console.error(`bench/bun-ab.mjs: ${why}`);
+  process.exit(2);
+}
+for (const a of argv) {
+  const name = /^--([a-z-]+)=/.exec(a)?.[1];
+  if (!["variant", "rounds", "per-round", "warmup", "shapes", "copies"].includes(name ?? "")) refuse(`unknown argument ${a}`);
+}
+const whole = (name, dflt, least) => {
+  const n = Number(opt(name, dflt));
+  if (!Number.isInteger(n) || n < least) refuse(`--${name}: ${opt(name, dflt)} is not a whole number of at least ${least}`);
+  return n;
+};
+const rounds = whole("rounds", 30, 1);
+const perRound = whole("per-round", 200, 1);
+const warmup = whole("warmup", 300, 0);
 const shapes = opt("shapes", "get,post").split(",");
-const copies = Number(opt("copies", 2));
+for (const shape of shapes) if (!["get", "post"].includes(shape)) refuse(`--shapes: ${shape} is not get or post`);
+const copies = whole("copies", 2, 1);
+for (const spec of variantSpecs) if (!/^[^:#/]+(:[^:]*(:.+)?)?$/.test(spec)) refuse(`--variant=${spec}: give <label>:<git rev>:<addon.node>`);
 
 const scratch = mkdtempSync(join(tmpdir(), "oauth-pool-bun-ab-"));
 /** A copy of the package's JavaScript at `rev` with `addon` as its local build. */
@@ -69,9 +85,10 @@ for (let c = 0; c < copies; c++) {
 loads.unshift([variantSpecs[0], -1]);
 for (const [spec, c] of loads) {
   const [variant, rev = ".", addon = join(root, `oauth-pool.${triple}.node`)] = spec.split(":");
-  const label = copies > 1 ? `${variant}#${c + 1}` : variant;
+  // The unmeasured first copy has a label, and so a pool file and accounts, of its own.
+  const label = c < 0 ? "unmeasured" : copies > 1 ? `${variant}#${c + 1}` : variant;
   variantOf[label] = variant;
-  const dir = materialize(c < 0 ? "unmeasured" : label, rev, addon);
+  const dir = materialize(label, rev, addon);
   const mod = await import(pathToFileURL(join(dir, "index.mjs")).href);
   const poolPath = join(scratch, `${label}-pool.json`);
   // One pool file per variant, with accounts of its own: variants never share a store.
