@@ -14,9 +14,21 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
     let value = UniqueKeys
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            let said = e.to_string();
+            // serde_json's words for its depth limit read as if the JSON itself were broken.
+            match said.strip_prefix("recursion limit exceeded") {
+                Some(at) => format!(
+                    "its arrays and objects nest more than {DEPTH_READ} deep{at}, deeper than this version reads"
+                ),
+                None => said,
+            }
+        })?;
     Ok(value)
 }
+
+/// serde_json's limit on nesting, which keeps a hostile file from exhausting the stack.
+const DEPTH_READ: usize = 128;
 
 /// `Err` with serde_json's position when some object in `bytes` names a key twice (or `bytes`
 /// is not JSON).
@@ -110,6 +122,19 @@ mod tests {
         assert!(check(b"[1, \"two\", true, null, 2.5]").is_ok());
     }
 
+    /// A file nested past the limit is said to be that, not to be broken JSON.
+    #[test]
+    fn nesting_past_the_limit_is_said_as_such() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let said = check(deep.as_bytes()).unwrap_err();
+        assert!(
+            said.starts_with("its arrays and objects nest more than 128 deep at line 1 column"),
+            "{said}"
+        );
+        let within = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(check(within.as_bytes()).is_ok());
+    }
+
     /// The tree is the one serde_json's own parse gives, and so are its refusals.
     #[test]
     fn the_tree_and_the_errors_are_serde_json_s() {
@@ -136,10 +161,20 @@ mod tests {
                 );
             }
         }
+        // serde_json's limit is ours, at the same place.
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-        assert_eq!(
-            parse(deep.as_bytes()),
-            serde_json::from_slice::<Value>(deep.as_bytes()).map_err(|e| e.to_string())
+        let theirs = serde_json::from_slice::<Value>(deep.as_bytes()).unwrap_err();
+        let ours = parse(deep.as_bytes()).unwrap_err();
+        assert!(
+            theirs.to_string().starts_with("recursion limit exceeded"),
+            "{theirs}"
+        );
+        assert!(
+            ours.ends_with(&format!(
+                "deep at line 1 column {}, deeper than this version reads",
+                theirs.column()
+            )),
+            "{ours}"
         );
     }
 }
