@@ -207,6 +207,38 @@ test("OAUTH_POOL_API_URL with spaces around it, or blank, gives OpenCode the bas
   });
 });
 
+// README, Configuration: OAUTH_POOL_API_URL is "scheme, host and port only". OpenCode's provider
+// gets `<it>/v1`: a query or a fragment (even a bare `?`) ended every request's path there
+// (`…/?x=1/v1/messages`, a 404 at `/`) and a user name or password was refused by fetch, while
+// doctor called each ok. Each is refused where requests read it, and doctor says so.
+test("OAUTH_POOL_API_URL with a query, a fragment or a user name is refused with INSECURE_ENDPOINT naming it, by a request and by doctor, its password not repeated", async () => {
+  const path = await seedPool(mock, ["origin@x.test"]);
+  const host = new URL(mock.url).host;
+  const before = mock.requests.length;
+  for (const value of [`${mock.url}/?x=1`, `${mock.url}?`, `${mock.url}#v1`, `http://user:hunter2@${host}`]) {
+    await withEnv({ OAUTH_POOL_API_URL: value }, async () => {
+      const c = {};
+      await poolConfigHook(c, { path });
+      const { baseURL, fetch } = c.provider["anthropic-pool"].options;
+      await assert.rejects(
+        post((url, init) => fetch(url.replace(`${mock.url}/v1`, baseURL), init)),
+        (e) => /^(INSECURE_ENDPOINT|INVALID_ARGUMENT)$/.test(e.code) && !e.message.includes("hunter2"),
+        value,
+      );
+      if (!value.includes("@")) {
+        await assert.rejects(post(createPoolFetch({ path })), (e) => e.code === "INSECURE_ENDPOINT" && /OAUTH_POOL_API_URL/.test(e.message), value);
+      }
+    });
+  }
+  assert.equal(mock.requests.length, before, "nothing was sent");
+  const { code, checks } = await doctorChecks("endpoint", { env: { OAUTH_POOL_API_URL: `http://user:hunter2@${host}/?x=1` } });
+  assert.equal(code, 3);
+  const api = checks.find((c) => c.variable === "OAUTH_POOL_API_URL");
+  assert.equal(api?.level, "problem", JSON.stringify(checks));
+  assert.match(api.message, /user name or password.*INSECURE_ENDPOINT/);
+  assert.doesNotMatch(JSON.stringify(checks), /hunter2|x=1/);
+});
+
 // README, Configuration: OAUTH_POOL_GATEWAY_KEY is "at least 16 visible ASCII characters, else
 // INVALID_ARGUMENT", and blank is unset (a key generated beside the pool). A key a client could
 // not present (a space, a tab, a non-ASCII letter) or could guess (too short) must not start a

@@ -105,17 +105,19 @@ pub fn check_settings() -> Value {
 #[napi(js_name = "checkEndpoints", catch_unwind)]
 pub fn check_endpoints() -> Value {
     let rows: Vec<Value> = [
-        (config::var::TOKEN_URL, config::DEFAULT_TOKEN_URL),
-        (config::var::API_URL, config::DEFAULT_API_URL),
+        (
+            config::var::TOKEN_URL,
+            config::token_url as fn() -> crate::error::Result<url::Url>,
+        ),
+        (config::var::API_URL, config::api_url),
     ]
     .into_iter()
-    .map(|(variable, default)| {
+    .map(|(variable, read)| {
         let var = variable.name();
         let set = config::env(variable).filter(|v| !v.trim().is_empty());
-        let raw = set.clone().unwrap_or_else(|| default.to_string());
         let shown_value = set.as_deref().map(shown_url);
-        let parsed = config::parse_endpoint(raw.trim())
-            .and_then(|url| http::check_proxy(&url).map(|()| url));
+        // The rule requests go by, not another that could call ok what they refuse.
+        let parsed = read().and_then(|url| http::check_proxy(&url).map(|()| url));
         match parsed {
             Ok(url) => {
                 let proxy = http::proxy_for(&url, &config::env).map(|p| shown_url(p.as_str()));
