@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { spawnSync } from "node:child_process";
 import { addApiKey, authorize, createPoolFetch, listAccounts, loadPool, OAuthPoolPlugin, poolConfigHook, serve } from "../index.mjs";
 import { fakeClient, jsonHeaders, seedPool, tempPoolPath, useMock, withEnv } from "./helpers/pool-env.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
@@ -237,6 +238,53 @@ test("OAUTH_POOL_API_URL with a query, a fragment or a user name is refused with
   assert.equal(api?.level, "problem", JSON.stringify(checks));
   assert.match(api.message, /user name or password.*INSECURE_ENDPOINT/);
   assert.doesNotMatch(JSON.stringify(checks), /hunter2|x=1/);
+});
+
+// README, Configuration: NODE_EXTRA_CA_CERTS and SSL_CERT_FILE are "extra trusted roots (PEM) for
+// the Rust client ... read when the first client is built". A path that is not a PEM file (a
+// directory, a file of something else, nothing) is skipped. On Linux the TLS library also reads
+// SSL_CERT_FILE itself, with a plain read: a FIFO no one writes held every request (and doctor)
+// for ever, /dev/zero filled memory until the process died. Those are refused, coded. Node reads
+// NODE_EXTRA_CA_CERTS itself at its start, so the FIFO and the device go in SSL_CERT_FILE.
+test("SSL_CERT_FILE naming a FIFO or a device is INVALID_ARGUMENT, not a hang or memory filled; a directory, a file that is not PEM or nothing is skipped and requests are answered", {
+  skip: process.platform !== "linux" && "the TLS library reads SSL_CERT_FILE itself on Linux",
+}, async () => {
+  const dir = mkdtempSync(join(tmp, "ca-"));
+  const fifo = join(dir, "fifo.pem");
+  const made = spawnSync("mkfifo", [fifo]);
+  assert.equal(made.status, 0, String(made.stderr));
+  const notPem = join(dir, "ca.pem");
+  writeFileSync(notPem, "not a certificate\n");
+  const online = async (extra, sslCertFile) => {
+    const env = { OAUTH_POOL_API_URL: mock.url, OAUTH_POOL_TOKEN_URL: mock.tokenUrl, NODE_EXTRA_CA_CERTS: extra, SSL_CERT_FILE: sslCertFile };
+    const { code, stdout } = await cli(["doctor", "--online", "--json", "--path", join(tmp, "doctor", "pool.json")], { env });
+    const reach = JSON.parse(stdout.trim().split("\n").at(-1)).checks.filter((c) => c.name === "reach");
+    assert.equal(reach.length, 2, `${sslCertFile}: ${stdout}`);
+    return { code, reach };
+  };
+  for (const [extra, sslCertFile, kind] of [
+    [dir, fifo, "a FIFO"],
+    [notPem, "/dev/zero", "a character device"],
+  ]) {
+    const { code, reach } = await online(extra, sslCertFile);
+    assert.equal(code, 3);
+    for (const c of reach) {
+      assert.equal(c.level, "problem", JSON.stringify(c));
+      assert.equal(c.code, "INVALID_ARGUMENT");
+      assert.ok(c.message.includes(`SSL_CERT_FILE (${sslCertFile}) is ${kind}`), c.message);
+    }
+  }
+  for (const [extra, sslCertFile] of [
+    [dir, notPem],
+    [join(dir, "missing.pem"), dir],
+    [notPem, join(dir, "missing", "ca.pem")],
+  ]) {
+    const { reach } = await online(extra, sslCertFile);
+    assert.ok(
+      reach.every((c) => c.level === "ok" && c.reached),
+      `${extra} / ${sslCertFile}: ${JSON.stringify(reach)}`,
+    );
+  }
 });
 
 // README, Configuration: OAUTH_POOL_GATEWAY_KEY is "at least 16 visible ASCII characters, else

@@ -32,7 +32,7 @@ impl std::fmt::Display for ReadError {
     }
 }
 
-fn kind_of(ft: &std::fs::FileType) -> &'static str {
+pub fn kind_of(ft: &std::fs::FileType) -> &'static str {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileTypeExt;

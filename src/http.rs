@@ -33,6 +33,7 @@ fn build(
     configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
 ) -> Result<reqwest::Client> {
     install_crypto();
+    check_system_cert_file()?;
     let builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
@@ -202,6 +203,42 @@ fn extra_roots() -> Vec<reqwest::Certificate> {
         .iter()
         .filter_map(|der| reqwest::Certificate::from_der(der).ok())
         .collect()
+}
+
+/// Refuses an `SSL_CERT_FILE` that the TLS library's platform verifier would read to no end.
+/// On Linux (and the Unixes but Apple's) that verifier reads the file the process's environment
+/// names itself, with a plain read, whenever a client is set up: a FIFO no one writes held the
+/// setup, and every request with it, for ever; `/dev/zero` filled memory until the process died.
+/// A path that does not exist, or a directory, it skips at once.
+pub fn check_system_cert_file() -> Result<()> {
+    match unusable_system_cert_file() {
+        Some(what) => Err(Error::InvalidArgument(what)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]
+fn unusable_system_cert_file() -> Option<String> {
+    let path = std::path::PathBuf::from(std::env::var_os(var::SSL_CERT_FILE.name())?);
+    let meta = std::fs::metadata(&path).ok()?;
+    let what = if meta.is_dir() {
+        return None;
+    } else if !meta.is_file() {
+        crate::fsread::kind_of(&meta.file_type()).to_string()
+    } else if meta.len() > MAX_CA_FILE {
+        format!("larger than {MAX_CA_FILE} bytes")
+    } else {
+        return None;
+    };
+    Some(format!(
+        "SSL_CERT_FILE ({}) is {what}, not a file of PEM certificates: the TLS library reads it whole, and would wait for ever or fill memory; nothing was sent. Correct or unset SSL_CERT_FILE",
+        path.display()
+    ))
+}
+
+#[cfg(not(all(unix, not(target_vendor = "apple"), not(target_os = "android"))))]
+fn unusable_system_cert_file() -> Option<String> {
+    None
 }
 
 /// The extra trusted roots as DER (also for the fleet store's TLS).

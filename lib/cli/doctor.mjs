@@ -573,6 +573,10 @@ async function checkReach(lib, r) {
     if (!e.url) continue;
     const via = e.proxy ? ` via proxy ${e.proxy}` : "";
     const details = { variable: e.variable, url: e.url, proxy: e.proxy ?? null, reached: e.reached };
+    if (e.setup) {
+      r.add("reach", "problem", `${e.url}: no client could be set up to ask it: ${e.message}; requests fail with ${e.code}`, { ...details, code: e.code });
+      continue;
+    }
     if (e.reached) {
       r.add("reach", "ok", `${e.url} answers${via} (HTTP ${e.status}, ${e.ms} ms)`, { ...details, status: e.status });
       continue;

@@ -195,11 +195,18 @@ async fn probe(
         Ok(u) => u,
         Err(e) => return refused(e),
     };
+    let shown = shown_url(url.as_str());
     let client = match client() {
         Ok(c) => c,
-        Err(e) => return refused(e),
+        // No client could be set up (an SSL_CERT_FILE the TLS library would read for ever):
+        // unlike a refused endpoint, nothing above reports it.
+        Err(e) => {
+            return json!({
+                "variable": var, "url": shown, "reached": false, "setup": true, "code": e.code(),
+                "message": crate::secret::scrub_message(&e.to_string()),
+            })
+        }
     };
-    let shown = shown_url(url.as_str());
     let proxy = http::proxy_for(&url, &config::env).map(|p| shown_url(p.as_str()));
     let started = std::time::Instant::now();
     let sent = http::timeout_while_running(PROBE_LIMIT, client.request(method, url).send()).await;

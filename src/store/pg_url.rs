@@ -159,6 +159,7 @@ pub(super) fn tls(
             .map_err(|e| setup(&e))?
         }
         None => {
+            crate::http::check_system_cert_file()?;
             let extra = crate::http::extra_root_ders();
             Arc::new(
                 if extra.is_empty() {
