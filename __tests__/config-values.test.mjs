@@ -138,6 +138,23 @@ test("a pool path with spaces around it is the path, not a file named so under t
   assert.match(r.stdout, /spaced@x\.test/);
 });
 
+// README, Configuration: "Blank is unset (the default, no warning), as for every variable of the
+// pool (`OAUTH_POOL_PATH=` too; one of spaces only is INVALID_ARGUMENT)". A shell's
+// `OAUTH_POOL_PATH=` handed over as "" (Bun hands over what process.env holds) is the default pool.
+test("OAUTH_POOL_PATH set empty is the default pool, as if unset; spaces only are INVALID_ARGUMENT", async () => {
+  const home = mkdtempSync(join(tmp, "home-"));
+  await seedPool(mock, ["default@x.test"], { path: join(home, ".aidevops", "oauth-pool.json") });
+  await withEnv({ HOME: home, USERPROFILE: home, OAUTH_POOL_PATH: "", OAUTH_POOL_STORE: undefined }, async () => {
+    assert.deepEqual(
+      (await listAccounts()).map((a) => a.email ?? a.name),
+      ["default@x.test"],
+    );
+  });
+  await withEnv({ HOME: home, USERPROFILE: home, OAUTH_POOL_PATH: " \t ", OAUTH_POOL_STORE: undefined }, async () => {
+    await assert.rejects(listAccounts(), (e) => e.code === "INVALID_ARGUMENT" && /OAUTH_POOL_PATH is blank/.test(e.message));
+  });
+});
+
 test("a pool path in another user's home (~name) is refused by the variable, the library and the CLI, as by the plugin option", async () => {
   const refused = (e) => e.code === "INVALID_ARGUMENT" && /only ~\/ \(your home\) is expanded/.test(e.message);
   await assert.rejects(loadPool("~nobody-here/pool.json"), refused);
