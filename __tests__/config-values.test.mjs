@@ -275,17 +275,19 @@ test("SSL_CERT_FILE naming a FIFO or a device is INVALID_ARGUMENT, not a hang or
   const online = async (extra, sslCertFile) => {
     const env = { OAUTH_POOL_API_URL: mock.url, OAUTH_POOL_TOKEN_URL: mock.tokenUrl, NODE_EXTRA_CA_CERTS: extra, SSL_CERT_FILE: sslCertFile };
     const { code, stdout } = await cli(["doctor", "--online", "--json", "--path", join(tmp, "doctor", "pool.json")], { env });
-    const reach = JSON.parse(stdout.trim().split("\n").at(-1)).checks.filter((c) => c.name === "reach");
+    const { checks } = JSON.parse(stdout.trim().split("\n").at(-1));
+    const reach = checks.filter((c) => c.name === "reach");
     assert.equal(reach.length, 2, `${sslCertFile}: ${stdout}`);
-    return { code, reach };
+    return { code, reach, endpoints: checks.filter((c) => c.name === "endpoint") };
   };
   for (const [extra, sslCertFile, kind] of [
     [dir, fifo, "a FIFO"],
     [notPem, "/dev/zero", "a character device"],
   ]) {
-    const { code, reach } = await online(extra, sslCertFile);
+    const { code, reach, endpoints } = await online(extra, sslCertFile);
     assert.equal(code, 3);
-    for (const c of reach) {
+    assert.equal(endpoints.length, 2);
+    for (const c of [...reach, ...endpoints]) {
       assert.equal(c.level, "problem", JSON.stringify(c));
       assert.equal(c.code, "INVALID_ARGUMENT");
       assert.ok(c.message.includes(`SSL_CERT_FILE (${sslCertFile}) is ${kind}`), c.message);

@@ -117,7 +117,11 @@ pub fn check_endpoints() -> Value {
         let set = config::env(variable).filter(|v| !v.trim().is_empty());
         let shown_value = set.as_deref().map(shown_url);
         // The rule requests go by, not another that could call ok what they refuse.
-        let parsed = read().and_then(|url| http::check_proxy(&url).map(|()| url));
+        // An SSL_CERT_FILE no client can be set up with fails every request as surely as a
+        // refused endpoint: said here too, not only by `--online`.
+        let parsed = read()
+            .and_then(|url| http::check_proxy(&url).map(|()| url))
+            .and_then(|url| http::check_system_cert_file().map(|()| url));
         match parsed {
             Ok(url) => {
                 let proxy = http::proxy_for(&url, &config::env).map(|p| shown_url(p.as_str()));
