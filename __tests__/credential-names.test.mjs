@@ -8,7 +8,7 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -191,4 +191,90 @@ test("OpenCode 2: a connection's needs-login text and the log lines name an acco
     lines.join("\n"),
   );
   await handle.unload();
+});
+
+/** Every `oauth-pool ...` command `text` suggests, up to the end of its clause. */
+const suggested = (text) => [...text.matchAll(/oauth-pool [^\n;()]*/g)].map((m) => m[0].trim());
+
+test("doctor's suggested commands name an account whose name holds a credential by its #N, and each runs", async () => {
+  const { path, secrets } = await poolOfCredentialNames();
+  const pool = await lib.loadPool(path);
+  // A reserve written as a percent, a key that is not stored, and the login twice (its copy
+  // named with a credential too): each has a command to fix it.
+  pool.anthropic.push({ ...pool.anthropic[0], email: `ops ${credential("oat01")}` });
+  pool.anthropic[0].reserve = 20;
+  delete pool.anthropic[1].key;
+  await lib.savePool(pool, path);
+  secrets.push(pool.anthropic[2].email.slice(4));
+  const doctor = await run([CLI, "doctor", "--path", path]);
+  assertNone({ doctor: doctor.out + doctor.err }, secrets);
+  const commands = suggested(doctor.out);
+  assert.ok(commands.length > 0, doctor.out);
+  const naming = commands.filter((c) => /^oauth-pool (remove|enable|reserve)\b/.test(c));
+  for (const c of naming) assert.doesNotMatch(c, /redacted/, `a suggestion that cannot be run: ${c}\n${doctor.out}`);
+  assert.ok(naming.includes("oauth-pool reserve '#0' 0.2"), doctor.out);
+  assert.ok(
+    naming.some((c) => /^oauth-pool remove '#[02]'$/.test(c)),
+    doctor.out,
+  );
+  // add-key refuses a name holding a credential: the key goes in under a new name instead.
+  assert.match(doctor.out, /oauth-pool remove '#1', then oauth-pool add-key --email <a name>/, doctor.out);
+  // What doctor suggests does what it says.
+  const reserve = await run([CLI, "reserve", "#0", "0.2", "--path", path]);
+  assert.equal(reserve.code, 0, reserve.err);
+  assert.equal((await lib.loadPool(path)).anthropic[0].reserve, 0.2);
+  // Every account disabled: doctor says which to enable, by its place.
+  for (const place of ["#0", "#1", "#2"]) await lib.setEnabled(place, false, path);
+  const off = await run([CLI, "doctor", "--path", path]);
+  assertNone({ doctor: off.out + off.err }, secrets);
+  const enable = suggested(off.out).find((c) => c.startsWith("oauth-pool enable"));
+  assert.equal(enable, "oauth-pool enable '#0'", off.out);
+  const enabled = await run([CLI, "enable", "#0", "--path", path]);
+  assert.equal(enabled.code, 0, enabled.err);
+  assert.equal((await lib.listAccounts(path))[0].enabled, true);
+});
+
+test("the OpenCode 1.18 tool's list and status show a name holding a credential with the #N its actions take", async () => {
+  const { path, secrets } = await poolOfCredentialNames();
+  const tool = lib.createPoolTool({}, { path });
+  const answers = {};
+  for (const action of ["list", "status"]) answers[action] = await tool.execute({ action }, {});
+  answers.unknown = await tool.execute({ action: "enable", email: "nobody@x.test" }, {});
+  assertNone(answers, secrets);
+  assert.match(answers.list, /^1\. team \[redacted\] \(#0\) \[Claude login\]/m, answers.list);
+  assert.match(answers.list, /^2\. \[redacted\] \(#1\) \[API key\]/m, answers.list);
+  assert.match(answers.status, /^ {2}team \[redacted\] \(#0\): /m, answers.status);
+  assert.match(answers.status, /^ {2}\[redacted\] \(#1\): /m, answers.status);
+  assert.match(answers.unknown, /Accounts in the pool: team \[redacted\] \(#0\), \[redacted\] \(#1\)\./, answers.unknown);
+  // The #N shown is the one the tool's actions take.
+  const disabled = await tool.execute({ action: "disable", email: "#1" }, {});
+  assert.match(disabled, /^Disabled \[redacted\] \(#1\)/, disabled);
+  assert.equal((await lib.listAccounts(path))[1].enabled, false);
+});
+
+test("a remove the tool cannot ask about names the account to remove in a terminal by its #N when its name holds a credential", async () => {
+  const { path, key, secrets } = await poolOfCredentialNames();
+  // The exact name, as a model that read the file might pass it.
+  const answer = await lib.createPoolTool({}, { path }).execute({ action: "remove", email: key }, {});
+  assertNone({ answer }, secrets);
+  assert.match(answer, /the person runs in a terminal: oauth-pool remove '#1'$/m, answer);
+  assert.match(answer, /`enable #1` undoes this/, answer);
+  assert.equal((await lib.listAccounts(path))[1].enabled, false, "disabled instead");
+});
+
+test("the tool's answers are scrubbed by the shared rule of lib/printable.mjs: credentials and URL queries left out", async () => {
+  const { withoutSecrets } = await import("../lib/printable.mjs");
+  const { path, secrets } = await poolOfCredentialNames();
+  const pool = await lib.loadPool(path);
+  const query = randomBytes(8).toString("hex");
+  pool.anthropic[0].status = "auth-error";
+  pool.anthropic[0].lastError = `refused at https://auth.example.test/cb?code=${query}`;
+  await lib.savePool(pool, path);
+  const list = await lib.createPoolTool({}, { path }).execute({ action: "list" }, {});
+  assertNone({ list }, [...secrets, query]);
+  assert.match(list, /refused at https:\/\/auth\.example\.test\/cb/, list);
+  assert.equal(withoutSecrets(`a https://h.test/p?k=${query} b`).includes(query), false);
+  // One rule: the tool has no scrubber of its own to drift from the shared one.
+  const source = readFileSync(join(here, "..", "lib", "plugin", "tool.mjs"), "utf8");
+  assert.doesNotMatch(source, /scrubMessage|scrubTokens|nativeBinding/);
 });

@@ -18,17 +18,47 @@ function escapeChar(ch) {
   return code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u${code.toString(16).padStart(4, "0")}`;
 }
 
+/** `text` through the addon's scrubber `name`; as it is without the addon. */
+function scrubbedBy(name, text) {
+  try {
+    return nativeBinding()[name](text);
+  } catch {
+    return text;
+  }
+}
+
 /**
  * `text` with every credential-shaped run (`sk-ant-...`) as `[redacted]`. Without the addon
  * nothing of the pool was read, and the text stays as it is.
  */
 export function withoutCredentials(text) {
-  if (!text.includes("sk-ant-")) return text;
-  try {
-    return nativeBinding().scrubTokens(text);
-  } catch {
-    return text;
-  }
+  return text.includes("sk-ant-") ? scrubbedBy("scrubTokens", text) : text;
+}
+
+/**
+ * `text` as withoutCredentials leaves it, and every URL in it without its password, query and
+ * fragment, where keys and signatures travel (the addon's `scrubMessage`): for text that leaves
+ * the machine, such as the tools' answers, which go to the model's provider. Without the addon
+ * nothing of the pool was read, and the text stays as it is.
+ */
+export function withoutSecrets(text) {
+  return scrubbedBy("scrubMessage", String(text));
+}
+
+/** Whether `name` holds a credential-shaped run, and so is shown without it. */
+export function holdsCredential(name) {
+  const text = String(name ?? "");
+  return withoutCredentials(text) !== text;
+}
+
+/**
+ * An account's name as a list shows it: one holding a credential is shown without it, so with
+ * its place in the file (`team [redacted] (#2)`, from 0), the `#N` every command that names an
+ * account takes in place of its name. `index` is the entry's place among all of the file's
+ * (unreadable ones counted).
+ */
+export function placedName(name, index) {
+  return holdsCredential(name) ? `${name} (#${index})` : name;
 }
 
 /**

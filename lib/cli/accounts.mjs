@@ -15,7 +15,7 @@ import { native } from "../native.mjs";
 import { millisOption } from "./args.mjs";
 import { UsageError, cliError } from "./errors.mjs";
 import { printable, table, text } from "./output.mjs";
-import { withoutCredentials } from "../printable.mjs";
+import { placedName } from "../printable.mjs";
 import { TIMED_OUT, confirm, readLine } from "./stdin.mjs";
 
 // ---- how accounts read --------------------------------------------------------------------------
@@ -43,7 +43,7 @@ const removeHint = (a) => text`oauth-pool remove '#${a.index}'`;
  * which every command takes (`oauth-pool remove '#2'`). `i` is its place in the file: the
  * summaries come in file order.
  */
-const rowName = (a, i) => (withoutCredentials(String(a.email ?? "")) === String(a.email ?? "") ? a.email : `${a.email} (#${i})`);
+const rowName = (a, i) => placedName(a.email, i);
 
 /** An unreadable entry's name plus its index, once when the name is the index itself. */
 const entryLabel = (a) => (a.email === `#${a.index}` ? text`#${a.index}` : text`#${a.index} ${a.email}`);

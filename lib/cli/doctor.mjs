@@ -11,7 +11,7 @@ import { basename, dirname, isAbsolute, join } from "node:path";
 import { wait } from "../plugin/format.mjs";
 import { EXIT } from "./errors.mjs";
 import { printable } from "./output.mjs";
-import { withoutCredentials } from "../printable.mjs";
+import { holdsCredential, withoutCredentials } from "../printable.mjs";
 
 // How long doctor waits for the pool's write lock before calling it stuck. Writers hold it for
 // a read-modify-write of a small file (milliseconds), never across a network call.
@@ -199,6 +199,25 @@ async function checkParse(lib, path, files, r) {
 /** `s` as one word of a shell line: as it is when plain, else in single quotes. */
 const shellWord = (s) => (/^[\w@.+:=-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`);
 
+/**
+ * How a suggested command names the account `email` at `index` (its place in the file, from 0):
+ * its email as one shell word, or, where the name holds a credential (the message shows it
+ * `[redacted]`, a command no one can run), its place `'#N'`, as `list` shows it beside the
+ * name, which every command naming an account takes. An email otherwise, not always the place:
+ * it still names the account once another is removed, when the place then names another.
+ */
+const accountWord = (email, index) => shellWord(holdsCredential(email) ? `#${index}` : email);
+
+/**
+ * How to put a key under an API-key account's name. A name holding a credential is refused by
+ * add-key (and `#N` is no name to give one), so the account is replaced: removed by its place,
+ * then the key added under a name of the person's choosing.
+ */
+function keyFix(email, index) {
+  if (!holdsCredential(email)) return `oauth-pool add-key --email ${shellWord(email)}`;
+  return `oauth-pool remove ${accountWord(email, index)}, then oauth-pool add-key --email <a name> (its name holds a credential, which add-key refuses in a name)`;
+}
+
 /** Accounts worth a look: not failures of the file, so warnings and notes only. */
 async function checkAccounts(lib, path, r) {
   let st;
@@ -207,7 +226,7 @@ async function checkAccounts(lib, path, r) {
   } catch (e) {
     return r.add("accounts", "problem", e.message, { code: e.code });
   }
-  for (const a of st.accounts) {
+  for (const [index, a] of st.accounts.entries()) {
     if (a.status === "auth-error") {
       const why = `auth-error${a.lastError ? `: ${a.lastError}` : ""}`;
       // A refused key is replaced with add-key under its name; `add` (a login) cannot fix it.
@@ -215,7 +234,7 @@ async function checkAccounts(lib, path, r) {
         "account",
         "warn",
         a.type === "api"
-          ? `${a.email}: its API key was refused (${why}): add a working one with: oauth-pool add-key --email ${shellWord(a.email)}`
+          ? `${a.email}: its API key was refused (${why}): add a working one with: ${keyFix(a.email, index)}`
           : `${a.email} needs a new login (${why}): oauth-pool add`,
       );
     }
@@ -234,7 +253,6 @@ async function checkAccounts(lib, path, r) {
   const empty = st.accounts.filter((a) => a.credential === false && !["auth-error", "disabled", "invalid"].includes(a.status) && a.enabled !== false);
   const misplaced = keyFields(entries);
   for (const a of empty) {
-    const email = shellWord(a.email);
     if (a.type !== "api") {
       r.add(
         "account",
@@ -248,9 +266,14 @@ async function checkAccounts(lib, path, r) {
     }
     const field = misplaced.get(a.email);
     const where = field ? `its key is under ${JSON.stringify(printable(field))}, which is not read (the pool reads "key")` : "no key is stored for it";
-    r.add("account", "warn", `${a.email} is an API-key account, but ${where}, so it is never used: add the key with: oauth-pool add-key --email ${email}`, {
-      email: a.email,
-    });
+    r.add(
+      "account",
+      "warn",
+      `${a.email} is an API-key account, but ${where}, so it is never used: add the key with: ${keyFix(a.email, st.accounts.indexOf(a))}`,
+      {
+        email: a.email,
+      },
+    );
   }
   for (const group of st.caseClashes ?? []) {
     r.add("case clash", "warn", `${group.join(", ")} differ only in case: commands that name one need its exact spelling; remove the one you do not use`, {
@@ -271,11 +294,11 @@ async function checkAccounts(lib, path, r) {
     return r.add(
       "accounts",
       "warn",
-      `every account is disabled, so every request fails (POOL_NO_ACCOUNT): enable one with: oauth-pool enable ${shellWord(disabled[0].email)}`,
+      `every account is disabled, so every request fails (POOL_NO_ACCOUNT): enable one with: oauth-pool enable ${accountWord(disabled[0].email, st.accounts.indexOf(disabled[0]))}`,
     );
   }
   const back = st.soonestReset ? ` (the soonest is back ${wait(st.soonestReset)})` : "";
-  const also = disabled.length ? `; ${disabled.length} disabled (oauth-pool enable ${shellWord(disabled[0].email)})` : "";
+  const also = disabled.length ? `; ${disabled.length} disabled (oauth-pool enable ${accountWord(disabled[0].email, st.accounts.indexOf(disabled[0]))})` : "";
   if (empty.length === st.counts.total - disabled.length) {
     // Nothing comes back by itself here either: every one needs a login or a key.
     return r.add(
@@ -308,12 +331,13 @@ function keyFields(entries) {
  * spent. `oauth-pool reserve` refuses such values; a hand edit does not.
  */
 function checkReserves(entries, r) {
-  for (const e of entries) {
+  for (const [index, e] of entries.entries()) {
     if (e === null || typeof e !== "object" || e.reserve === undefined || e.reserve === null || typeof e.email !== "string") continue;
     const v = e.reserve;
     if (typeof v === "number" && Number.isFinite(v) && v >= 0 && v <= 1) continue;
     const meant = typeof v === "number" && v > 1 && v <= 100 ? v / 100 : typeof v === "string" && Number(v) >= 0 && Number(v) <= 1 ? Number(v) : null;
-    const fix = meant === null ? `oauth-pool reserve ${shellWord(e.email)} <share from 0 to 1>` : `oauth-pool reserve ${shellWord(e.email)} ${meant}`;
+    const who = accountWord(e.email, index);
+    const fix = meant === null ? `oauth-pool reserve ${who} <share from 0 to 1>` : `oauth-pool reserve ${who} ${meant}`;
     r.add(
       "account",
       "warn",
@@ -345,12 +369,23 @@ async function checkLoginsElsewhere(lib, path, r) {
     return r.add("same login", "info", `could not compare the logins with the other pools of this machine: ${e.message}`, { code: e.code });
   }
   const why = "a refresh token works once";
+  // Read only when a name to suggest holds a credential: its place is what a command takes.
+  let entries;
+  const word = async (email) => {
+    if (!holdsCredential(email)) return shellWord(email);
+    entries ??= await lib.loadPool(path).then(
+      (pool) => pool.anthropic ?? [],
+      () => [],
+    );
+    const index = entries.findIndex((e) => e?.email === email);
+    return index < 0 ? shellWord(email) : accountWord(email, index);
+  };
   for (const s of found) {
     if (s.store === null) {
       r.add(
         "same login",
         "warn",
-        `${s.email} and ${s.there} are one login (the same refresh token): ${why}; keep one of them (remove the other with: oauth-pool remove ${shellWord(s.there)}) or they will log each other out`,
+        `${s.email} and ${s.there} are one login (the same refresh token): ${why}; keep one of them (remove the other with: oauth-pool remove ${await word(s.there)}) or they will log each other out`,
         { email: s.email, there: s.there, store: null },
       );
       continue;

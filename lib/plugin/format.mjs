@@ -5,6 +5,7 @@
 // a cooldown rests.
 
 import { nativeBinding } from "../native.mjs";
+import { placedName } from "../printable.mjs";
 
 export const LOGIN_HINT = "run `opencode auth login` -> Anthropic Pool";
 /** What mends a refused Console key: a working key under the account's name. */
@@ -204,7 +205,7 @@ export function usageLine(label, summary, prices) {
 
 export function accountLine(a, i, now = Date.now(), hints = HINTS.v1) {
   const parts = [
-    `${i + 1}. ${a.email} [${a.type === "api" ? "API key" : "Claude login"}] ${statusText(a, now, hints)}`,
+    `${i + 1}. ${placedName(a.email, i)} [${a.type === "api" ? "API key" : "Claude login"}] ${statusText(a, now, hints)}`,
     `priority ${a.priority ?? 0}`,
     a.lastUsed ? `last used ${ago(a.lastUsed, now)}` : "never used",
   ];

@@ -23,8 +23,7 @@ import {
   windowsText,
 } from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
-import { printableLines } from "../printable.mjs";
-import { nativeBinding } from "../native.mjs";
+import { holdsCredential, placedName, printableLines, withoutSecrets } from "../printable.mjs";
 
 export const ACTIONS = ["list", "status", "remove", "enable", "disable", "priority", "reset-cooldowns"];
 
@@ -57,7 +56,7 @@ function named(emails) {
 
 function known(accounts, hints) {
   if (!accounts) return "";
-  return accounts.length ? `Accounts in the pool: ${named(accounts.map((a) => a.email))}.` : empty(hints);
+  return accounts.length ? `Accounts in the pool: ${named(accounts.map((a, i) => placedName(a.email, i)))}.` : empty(hints);
 }
 
 // An entry with nothing to send reads `idle` and is never used: it needs a look.
@@ -125,7 +124,7 @@ async function status(path, now, hints, email) {
     .join(", ");
   lines.push(`Accounts: ${c.total ?? 0} total, ${c.usable ?? 0} usable${by ? ` (${by})` : ""}.`);
   if (s.soonestReset) {
-    const who = s.accounts.filter((a) => a.rateLimitUntil === s.soonestReset).map((a) => a.email);
+    const who = s.accounts.map((a, i) => (a.rateLimitUntil === s.soonestReset ? placedName(a.email, i) : null)).filter((w) => w !== null);
     lines.push(`Soonest reset: ${wait(s.soonestReset, now)}${who.length ? `, ${named(who)}` : ""}.`);
   } else {
     lines.push("Soonest reset: no account is cooling down.");
@@ -134,13 +133,13 @@ async function status(path, now, hints, email) {
   lines.push(
     f ? `Last failover: ${ago(f.at, now)} (${clock(f.at, now)}), ${f.from} -> ${f.to ?? "no other account"}: ${f.reason}.` : "Last failover: none recorded.",
   );
-  const view = email ? { picked: s.accounts.filter((a) => isNamed(a, email)).map((a) => [a]), left: 0 } : shown(s.accounts);
+  const view = email ? { picked: s.accounts.map((a, i) => [a, i]).filter(([a]) => isNamed(a, email)), left: 0 } : shown(s.accounts);
   if (email && !view.picked.length) lines.push(`No account "${email}" in the pool. ${known(s.accounts, hints)}`);
   if (view.picked.length) {
     const prices = await modelPrices();
     lines.push("Per account:");
-    for (const [a] of view.picked) {
-      lines.push(`  ${a.email}: ${statusText(a, now, hints)}`);
+    for (const [a, i] of view.picked) {
+      lines.push(`  ${placedName(a.email, i)}: ${statusText(a, now, hints)}`);
       lines.push(`    windows: ${windowsText(a.windows, now, "; ") ?? quotaText(a.quota, now) ?? "none seen yet"}`);
       if (a.reserve) lines.push(`    reserve: ${percent(a.reserve)}% of every window kept for its owner`);
       for (const [key, until] of Object.entries(a.modelCooldowns ?? {}))
@@ -174,6 +173,21 @@ function shellWord(value) {
   return /^[A-Za-z0-9@._+%=:,-]+$/.test(value) ? value : `'${value.replace(/'/g, "'\\''")}'`;
 }
 
+/**
+ * How a command names the entry `target` names: as given, or, when it holds a credential (shown
+ * `[redacted]`: a command the person cannot run), the place `#N` of the entry of exactly that
+ * name, which every command takes.
+ */
+async function commandTarget(target, path) {
+  if (!holdsCredential(target)) return target;
+  try {
+    const at = ((await pool.loadPool(path))?.anthropic ?? []).findIndex((e) => e?.email === target);
+    return at >= 0 ? `#${at}` : target;
+  } catch {
+    return target;
+  }
+}
+
 /** ctx.ask refused (the person said no, a rule denies, or no one could answer): OpenCode's error goes back as it is. */
 class NotAgreed extends Error {
   constructor(cause) {
@@ -187,17 +201,18 @@ async function remove(email, path, confirm, hints) {
     // Nobody can be asked: a model's call is no person's wish (a README or page the agent read
     // can ask for it), and deleting a login cannot be undone. Disabling can.
     const why = await disableOrWhyNot(email, path);
+    const target = await commandTarget(email, path);
     if (why) {
       return [
         `${email} was not removed: this tool deletes an entry only after the person agrees, and here no one can be asked.`,
         `It cannot be disabled instead: ${why}. The pool does not use an entry it cannot read.`,
-        `To delete it, the person runs in a terminal: oauth-pool remove ${shellWord(email)}`,
+        `To delete it, the person runs in a terminal: oauth-pool remove ${shellWord(target)}`,
       ].join("\n");
     }
     return [
       `${email} was not removed: this tool deletes a login only after the person agrees, and here no one can be asked.`,
-      `It is disabled instead: the pool no longer uses it and its login is kept (\`enable ${email}\` undoes this).`,
-      `To delete its login for good, the person runs in a terminal: oauth-pool remove ${shellWord(email)}`,
+      `It is disabled instead: the pool no longer uses it and its login is kept (\`enable ${target}\` undoes this).`,
+      `To delete its login for good, the person runs in a terminal: oauth-pool remove ${shellWord(target)}`,
     ].join("\n");
   }
   const asked = await accountsNamed(email, path);
@@ -343,22 +358,10 @@ async function run(args, path, confirm, hints) {
  */
 export async function poolActionText(args, path, how = {}) {
   const hints = HINTS[how?.host] ?? HINTS.v1;
-  return printableLines(withoutCredentials(await actionText(args, path, typeof how?.confirm === "function" ? how.confirm : null, hints)));
-}
-
-/**
- * The answer with every credential-shaped run (`sk-ant-...`) and URL password or query left out
- * (the addon's `scrubMessage`). The answer goes to the model's provider, and a name is the file's
- * to say: an entry named with its own key (a key pasted into the name prompt, before names were
- * checked) was quoted in every list. Without the addon nothing of the pool was read, and the
- * answer (what to install) stays as it is.
- */
-function withoutCredentials(text) {
-  try {
-    return nativeBinding().scrubMessage(String(text));
-  } catch {
-    return text;
-  }
+  // The answer goes to the model's provider, and a name is the file's to say: an entry named
+  // with its own key (a key pasted into the name prompt, before names were checked) was quoted
+  // in every list.
+  return printableLines(withoutSecrets(await actionText(args, path, typeof how?.confirm === "function" ? how.confirm : null, hints)));
 }
 
 async function actionText(args, path, confirm, hints) {
