@@ -16,7 +16,7 @@ import * as lib from "../index.mjs";
 import * as pluginModule from "../plugin.mjs";
 import { createHost, loadPlugin, withLogLines } from "./helpers/opencode2-host.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
-import { body, oauthEntry, tempPoolPath, useMock } from "./helpers/pool-env.mjs";
+import { body, oauthEntry, tempPoolPath, useMock, withEnv } from "./helpers/pool-env.mjs";
 
 const mock = useMock();
 const here = dirname(fileURLToPath(import.meta.url));
@@ -158,7 +158,7 @@ test("the gateway's answers, its own 429, its /metrics labels and the log show n
   );
   assertNone({ "the log": r.err, answers: JSON.stringify(answers), metrics }, secrets);
   assert.match(answers[2].text, /\(team \[redacted\]\)|\(\[redacted\]\)/, answers[2].text);
-  assert.match(metrics, /account="team \[redacted\]",window="5h"/, metrics);
+  assert.match(metrics, /account="team \[redacted\] \(#0\)",window="5h"/, metrics);
   assert.match(r.err, /\[redacted\]/, "the log did name the accounts");
 });
 
@@ -277,4 +277,35 @@ test("the tool's answers are scrubbed by the shared rule of lib/printable.mjs: c
   // One rule: the tool has no scrubber of its own to drift from the shared one.
   const source = readFileSync(join(here, "..", "lib", "plugin", "tool.mjs"), "utf8");
   assert.doesNotMatch(source, /scrubMessage|scrubTokens|nativeBinding/);
+});
+
+test("the gateway's /metrics gives two accounts whose names are both a credential two series, each labelled by its #N", async () => {
+  const first = credential("api03");
+  const second = credential("api03");
+  mock.addApiKey(first, first);
+  mock.addApiKey(second, second);
+  const path = tempPoolPath();
+  const entry = (key, priority) => ({ email: key, type: "api", key, status: "idle", rateLimitUntil: null, priority });
+  await lib.savePool({ version: 1, anthropic: [entry(first, 9), entry(second, 1)] }, path);
+  // The first's 429 moves the request to the second: a window seen for each.
+  mock.script(first, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+  const gatewayKey = randomBytes(24).toString("hex");
+  await withEnv({ OAUTH_POOL_GATEWAY_KEY: gatewayKey }, async () => {
+    const gw = await lib.serve({ port: 0, path });
+    try {
+      const res = await fetch(`${gw.url}/v1/messages`, {
+        method: "POST",
+        headers: { "content-type": "application/json", "anthropic-version": "2023-06-01", "x-api-key": gatewayKey },
+        body: body(),
+      });
+      assert.equal(res.status, 200);
+      await res.text();
+      const metrics = await (await fetch(`${gw.url}/metrics`, { headers: { "x-api-key": gatewayKey } })).text();
+      assertNone({ metrics }, [first.slice(-16), second.slice(-16), first, second]);
+      const series = metrics.split("\n").filter((l) => l.startsWith("oauth_pool_window_utilization{") && l.includes('window="5h"'));
+      assert.deepEqual(series.map((l) => /account="([^"]*)"/.exec(l)[1]).sort(), ["[redacted] (#0)", "[redacted] (#1)"], metrics);
+    } finally {
+      await gw.close(0);
+    }
+  });
 });

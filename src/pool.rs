@@ -498,6 +498,18 @@ impl Pool {
         })
     }
 
+    /// The accounts with their place in the file's list (from 0): the `#N` by which the CLI
+    /// and the tools name an entry, unreadable entries counted.
+    pub fn accounts_placed(&self) -> impl Iterator<Item = (usize, &Account)> {
+        self.anthropic
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e {
+                Entry::Valid(a) => Some((i, a.as_ref())),
+                Entry::Invalid { .. } => None,
+            })
+    }
+
     /// Removes a top-level section of the file, `anthropic` staying where it stood among the
     /// others (a section before it gone, it was written one place late).
     pub fn remove_section(&mut self, key: &str) -> Option<Value> {

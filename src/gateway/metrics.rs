@@ -137,6 +137,20 @@ fn label_value(raw: &str) -> String {
     out
 }
 
+/// An account's label: its name, or, where the name holds a credential (left out), that name
+/// with the account's place in the file, as `oauth-pool list` shows it (`team [redacted] (#2)`).
+/// Two such accounts shared the label `[redacted]`: one series, the last account's value. The
+/// place says nothing of the credential (a hash of the name would let a scrape confirm a
+/// guessed key), and it is the `#N` every command takes.
+fn account_label(email: &str, place: usize) -> String {
+    let shown = label_value(email);
+    if crate::secret::scrub_tokens(email) == email {
+        shown
+    } else {
+        format!("{shown} (#{place})")
+    }
+}
+
 pub(super) async fn metrics(state: &State) -> Response<AnyBody> {
     let now = now_ms();
     let m = &state.metrics;
@@ -153,7 +167,8 @@ pub(super) async fn metrics(state: &State) -> Response<AnyBody> {
         m.cooling.set(cooling as i64);
         // Accounts removed since the last scrape stop being exported.
         m.windows.clear();
-        for a in pool.accounts() {
+        for (place, a) in pool.accounts_placed() {
+            let account = account_label(&a.email, place);
             for w in state.engine.windows(a) {
                 let u = if w.reset.is_some_and(|r| r <= now) {
                     0.0
@@ -162,7 +177,7 @@ pub(super) async fn metrics(state: &State) -> Response<AnyBody> {
                 };
                 m.windows
                     .get_or_create(&WindowLabel {
-                        account: label_value(&a.email),
+                        account: account.clone(),
                         window: label_value(&w.name),
                     })
                     .set(u);
@@ -352,6 +367,38 @@ mod tests {
         let many: Vec<String> = (1..=5).map(|i| format!("{i}@x")).collect();
         assert_eq!(named(&many), "1@x, 2@x, 3@x and 2 more");
         assert_eq!(named(&many[..2]), "1@x and 2@x");
+    }
+
+    /// Two accounts named with a credential each are two series, each named by its place.
+    #[test]
+    fn accounts_named_with_a_credential_are_told_apart_by_their_place() {
+        let token = ["sk", "ant", "oat01", "0123456789abcdef0123"].join("-");
+        let key = ["sk", "ant", "api03", "fedcba9876543210fedc"].join("-");
+        let mut registry = Registry::default();
+        let windows = Family::<WindowLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register("w", "windows", windows.clone());
+        for (place, name, u) in [(0, token.as_str(), 0.25), (3, key.as_str(), 0.75)] {
+            windows
+                .get_or_create(&WindowLabel {
+                    account: account_label(name, place),
+                    window: label_value("5h"),
+                })
+                .set(u);
+        }
+        assert_eq!(account_label("a@x.test", 4), "a@x.test");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let mut series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        series.sort_unstable();
+        assert_eq!(
+            series,
+            [
+                "w{account=\"[redacted] (#0)\",window=\"5h\"} 0.25",
+                "w{account=\"[redacted] (#3)\",window=\"5h\"} 0.75"
+            ],
+            "{text}"
+        );
+        assert!(!text.contains("0123456789abcdef") && !text.contains("fedcba98765"));
     }
 
     #[test]
