@@ -7,7 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, execFileSync, spawnSync } from "node:child_process";
-import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -258,6 +258,108 @@ test("umask 0277 and 0377 (the owner's own bits taken): the pool, an add, a requ
       assert.equal(m, bytes === null ? "700" : "600", `umask ${umask}: ${p}`);
     }
   }
+});
+
+/** The umask worker (helpers/umask-worker.mjs) as `uid` when given, under `umask`: its steps. */
+async function umaskWorker({ uid, umask, env, email }) {
+  const worker = fileURLToPath(new URL("./helpers/umask-worker.mjs", import.meta.url));
+  const entries = [oauthEntry(mock, email, { expired: true })];
+  let argv = [process.execPath, worker, JSON.stringify({ entries, messagesUrl: messagesUrl(mock), email })];
+  argv = ["sh", "-c", `umask ${umask} && exec "$@"`, "sh", ...argv];
+  if (uid !== undefined) argv = ["setpriv", `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", ...argv];
+  // Not spawnSync: the mock answering the worker runs in this process.
+  const r = await new Promise((resolve) => {
+    execFile(
+      argv[0],
+      argv.slice(1),
+      { env: { PATH: process.env.PATH, BUN_RUNTIME_TRANSPILER_CACHE_PATH: "0", ...env }, timeout: 60_000 },
+      (error, stdout, stderr) => resolve({ status: error ? (error.code ?? error.signal) : 0, stdout, stderr }),
+    );
+  });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout.trim().split("\n").at(-1));
+}
+
+test("a pool directory left 0500 and lock files left 0400 by an older build (umask 0277) are this user's again: every write works after the upgrade, the directory 0700, the locks 0600", {
+  // Root reads and writes whatever the mode: only another uid meets what a user does.
+  skip: (!posix && "no modes here") || (isRoot && !hasSetpriv && "running as another uid needs util-linux's setpriv"),
+}, async () => {
+  const base = scratch();
+  const uid = isRoot ? USER : undefined;
+  const home = uid === undefined ? join(base, "home") : homeOf(base, uid);
+  if (uid === undefined) mkdirSync(home, { mode: 0o755 });
+  const env = { HOME: home, OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url };
+  const dir = join(home, ".aidevops");
+  // Everything made once (the pool, its .bak and lock, an account's refresh lock, the refresh
+  // journal and its lock, the gateway key), then left as a build that did not set modes after
+  // making them left it under umask 0277: directories 0500, files 0400.
+  const first = await umaskWorker({ uid, umask: "077", env, email: "old-build@x.test" });
+  assert.deepEqual(
+    Object.values(first).filter((v) => String(v).startsWith("failed")),
+    [],
+    JSON.stringify(first),
+  );
+  const made = Object.keys(tree(dir));
+  const locks = made.filter((p) => p.endsWith(".lock"));
+  assert.ok(locks.some((p) => p.endsWith(".refresh.lock")) && locks.includes(join(dir, "oauth-pool.json.lock")), made.join("\n"));
+  for (const p of made) chmodSync(p, lstatSync(p).isDirectory() ? 0o500 : 0o400);
+  const steps = await umaskWorker({ uid, umask: "077", env, email: "upgraded@x.test" });
+  assert.deepEqual(
+    Object.values(steps).filter((v) => String(v).startsWith("failed")),
+    [],
+    JSON.stringify(steps),
+  );
+  assert.equal(steps.fetch, 200);
+  assert.equal(steps.refresh, "refreshed");
+  const list = cli(["list", "--json"], { uid, umask: "077", env });
+  assert.equal(list.code, 0, list.err);
+  assert.match(list.out, /upgraded@x\.test/);
+  assert.equal(mode(dir), 0o700, "the pool's directory");
+  for (const p of locks.filter((p) => existsSync(p))) assert.equal(mode(p), 0o600, p);
+  for (const [p, { uid: owner }] of Object.entries(tree(dir))) assert.equal(owner, uid ?? process.getuid(), `${p} is still the user's`);
+});
+
+test("a directory or lock file at 0500/0400 that is not the user's own, or is reached through a symbolic link, keeps its mode", {
+  skip: (!posix && "no modes here") || asOthers,
+}, () => {
+  const base = scratch();
+  const home = homeOf(base, USER);
+  const env = { HOME: home };
+  // The pool's directory a link to one of the user's, left 0500: the link is not followed.
+  const real = join(home, "real");
+  mkdirSync(real, { mode: 0o500 });
+  chmodSync(real, 0o500);
+  chownSync(real, USER, USER);
+  symlinkSync(real, join(home, "linked"));
+  const viaLink = cli(["add-key", "--email", "a@x.test"], {
+    uid: USER,
+    env: { ...env, OAUTH_POOL_PATH: join(home, "linked", "pool.json") },
+    input: `${fakeKey("a")}\n`,
+  });
+  assert.notEqual(viaLink.code, 0, "nothing can be written in it");
+  assert.equal(mode(real), 0o500, "the directory behind the link keeps its mode");
+  // A lock file of root's (0400) beside the user's pool, and one that is a link to a file of the user's.
+  const pool = join(home, "pools");
+  mkdirSync(pool, { mode: 0o700 });
+  chownSync(pool, USER, USER);
+  const path = join(pool, "pool.json");
+  writeFileSync(`${path}.lock`, "");
+  chmodSync(`${path}.lock`, 0o400);
+  const rootsLock = cli(["add-key", "--email", "b@x.test"], { uid: USER, env: { ...env, OAUTH_POOL_PATH: path }, input: `${fakeKey("b")}\n` });
+  assert.notEqual(rootsLock.code, 0);
+  assert.match(rootsLock.err, /owned by uid 0/);
+  assert.equal(mode(`${path}.lock`), 0o400, "root's lock keeps its mode");
+  assert.equal(lstatSync(`${path}.lock`).uid, 0);
+  const target = join(home, "target");
+  writeFileSync(target, "");
+  chmodSync(target, 0o400);
+  chownSync(target, USER, USER);
+  const linked = join(pool, "other.json");
+  symlinkSync(target, `${linked}.lock`);
+  const viaLinkedLock = cli(["add-key", "--email", "c@x.test"], { uid: USER, env: { ...env, OAUTH_POOL_PATH: linked }, input: `${fakeKey("c")}\n` });
+  assert.notEqual(viaLinkedLock.code, 0);
+  assert.match(viaLinkedLock.err, /symbolic link/);
+  assert.equal(mode(target), 0o400, "the file behind a linked lock keeps its mode");
 });
 
 test("a pool file of mode 0400 is replaced by a write (the new file 0600), and one left wider is tightened before its .bak is made", {

@@ -837,6 +837,7 @@ pub(super) fn sync_dir(dir: &Path) {
 /// under 0277 a directory made 0700 was 0500, which nothing could then be written in.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
+        restore_owner_dir_bits(dir);
         return Ok(());
     }
     let mut missing = Vec::new();
@@ -863,6 +864,76 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A directory of this user's that an older build made under a umask taking the owner's own
+/// bits (0277 made it 0500): nothing could be written in it, and every write of the pool failed
+/// with "Permission denied" after an upgrade, though the build now sets modes as it makes them.
+/// The owner's bits are given back (0500 becomes 0700); the others' are left as they are, since
+/// the directory may be one the person keeps for more than the pool (their home). Only through
+/// a descriptor of the directory itself (no symbolic link followed, checked after opening), and
+/// only one this user owns; anything else stays as it is, and the write says what it meets.
+fn restore_owner_dir_bits(dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let lacks_owner_bits = |m: &fs::Metadata| m.permissions().mode() & 0o700 != 0o700;
+        match fs::symlink_metadata(dir) {
+            Ok(m) if m.is_dir() && lacks_owner_bits(&m) && fsread::foreign_owner(&m).is_none() => {}
+            _ => return,
+        }
+        let Ok(opened) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NOCTTY)
+            .open(dir)
+        else {
+            return;
+        };
+        let Ok(meta) = opened.metadata() else {
+            return;
+        };
+        if meta.is_dir() && lacks_owner_bits(&meta) && fsread::foreign_owner(&meta).is_none() {
+            let mode = (meta.permissions().mode() & 0o7777) | 0o700;
+            match opened.set_permissions(fs::Permissions::from_mode(mode)) {
+                Ok(()) => {
+                    tracing::info!(path = %dir.display(), "gave the pool's directory its owner's permissions back (left without them by an older build under a restrictive umask)")
+                }
+                Err(e) => {
+                    tracing::debug!(path = %dir.display(), error = %e, "could not give the pool's directory its owner's permissions back")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+/// A lock file of this user's left 0400 by an older build under a umask taking the owner's own
+/// bits (0277): opening it for writing is refused, and every write failed with "Permission
+/// denied" after an upgrade. Set back to 0600 (it holds no secret; 0600 is what is made now)
+/// through a read-only descriptor of the file itself (no symbolic link followed), only when it is
+/// a regular file this user owns. Whether it was.
+#[cfg(unix)]
+fn restore_lock_mode(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    else {
+        return false;
+    };
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    if !meta.is_file() || fsread::foreign_owner(&meta).is_some() {
+        return false;
+    }
+    let restored = owner_read_write(&file).is_ok();
+    if restored {
+        tracing::info!(path = %path.display(), "set a lock file left unwritable by an older build back to 0600");
+    }
+    restored
 }
 
 /// chmod is not cut by the umask, as the mode given to mkdir is.
@@ -1015,6 +1086,10 @@ impl FileLock {
     fn acquire_once(path: &Path, timeout: Duration, making: Making) -> Result<Option<FileLock>> {
         if making == Making::DirAndFile {
             create_private_dir(&parent_dir(path))?;
+        } else {
+            // The aidevops lock (a directory made beside the pool) and the write that follow
+            // need it writable too.
+            restore_owner_dir_bits(&parent_dir(path));
         }
         let mut opts = OpenOptions::new();
         opts.read(true)
@@ -1027,7 +1102,15 @@ impl FileLock {
             opts.mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY);
         }
-        let file = match opts.open(path) {
+        let file = opts.open(path);
+        #[cfg(unix)]
+        let file = match file {
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) && restore_lock_mode(path) => {
+                opts.open(path)
+            }
+            opened => opened,
+        };
+        let file = match file {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && making != Making::DirAndFile => {
                 return Ok(None)
             }
