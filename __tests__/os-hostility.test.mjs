@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync, execFileSync } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { lookup } from "node:dns/promises";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -151,6 +151,7 @@ test("a full disk: requests keep being served, writes fail with POOL_IO and leav
   try {
     const [first, second] = ["full-a@x.test", "full-b@x.test"];
     const path = join(disk.dir, "pool", "oauth-pool.json");
+    if (!isRoot) linkedDir(join(disk.dir, "pool"));
     await seedPool(mock, [first, second], { expired: [second], path });
     const f = createPoolFetch({ path });
     const ask = async () => {
@@ -307,15 +308,25 @@ test("addAccount whose pool file was replaced by one that does not parse during 
 
 /**
  * Makes `dir` read-only for this process and returns the undo: a read-only remount of a tmpfs
- * as root (root writes through any mode bits), its mode bits otherwise.
+ * as root (root writes through any mode bits), otherwise the mode bits of the directory `dir`
+ * links to (`linkedDir`). Not of `dir` itself: a directory of this user's own left 0500 (what
+ * an older build made under umask 0277) is given its owner's bits back by the next write, and
+ * one behind a symbolic link is not.
  */
 function readOnly(disk, dir) {
   if (isRoot) {
     execFileSync("mount", ["-o", "remount,ro", disk.dir], { stdio: "ignore" });
     return () => execFileSync("mount", ["-o", "remount,rw", disk.dir], { stdio: "ignore" });
   }
-  chmodSync(dir, 0o500);
-  return () => chmodSync(dir, 0o700);
+  const real = realpathSync(dir);
+  chmodSync(real, 0o500);
+  return () => chmodSync(real, 0o700);
+}
+
+/** `dir` made as a symbolic link to a directory of its own (see readOnly). */
+function linkedDir(dir) {
+  mkdirSync(`${dir}.real`, { mode: 0o700 });
+  symlinkSync(`${dir}.real`, dir);
 }
 
 test("a read-only pool directory: valid tokens keep serving, an account that needs a refresh is POOL_IO (not a 429 or a login to redo), and it serves once writable", async (t) => {
@@ -327,6 +338,7 @@ test("a read-only pool directory: valid tokens keep serving, an account that nee
   try {
     const [first, second] = ["ro-a@x.test", "ro-b@x.test"];
     const path = join(disk.dir, "pool", "oauth-pool.json");
+    if (!isRoot) linkedDir(join(disk.dir, "pool"));
     await seedPool(mock, [first, second], { expired: [second], path });
     const f = createPoolFetch({ path });
     const ask = () =>
