@@ -309,3 +309,29 @@ test("the gateway's /metrics gives two accounts whose names are both a credentia
     }
   });
 });
+
+test("a request bound to the account holding its file, which is then disabled, says to enable it by its #N when its name holds a credential", async () => {
+  const { path, secrets } = await poolOfCredentialNames();
+  await withEnv({ OAUTH_POOL_HOLD_MAX_MS: "30000", OAUTH_POOL_JITTER_MS: "0" }, async () => {
+    const f = lib.createPoolFetch({ path });
+    const headers = { "content-type": "application/json", "anthropic-version": "2023-06-01" };
+    const made = await f(`${mock.url}/v1/files`, { method: "POST", headers, body: "file bytes" });
+    const { id } = await made.json();
+    const holder = made.poolAccount;
+    const place = (await lib.listAccounts(path)).findIndex((a) => a.email === holder);
+    await lib.flushPool(path);
+    const at = `/v1/files/${id}/content`;
+    mock.script(holder, [{ path: at, status: 429, headers: { "retry-after": "2" } }]);
+    const asked = mock.waitFor("api", (r) => r.email === holder);
+    const pending = f(`${mock.url}${at}`, { headers }).then(
+      (r) => new Error(`answered ${r.status}`),
+      (e) => e,
+    );
+    await asked;
+    await lib.setEnabled(`#${place}`, false, path);
+    const err = await pending;
+    assert.equal(err.code, "POOL_NO_ACCOUNT", err.message);
+    assertNone({ message: err.message }, secrets);
+    assert.match(err.message, new RegExp(`is disabled: enable it \\(\`oauth-pool enable '#${place}'\` or the model-accounts-pool tool\\)`), err.message);
+  });
+});

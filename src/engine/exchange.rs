@@ -1212,6 +1212,18 @@ impl Exchange {
     }
 }
 
+/// How a command this message suggests names `a`: its email, or, when the name holds a
+/// credential (every message shows it `[redacted]`, a command no one can run), its place in the
+/// file, `'#N'` as `oauth-pool list` shows it, which every command naming an account takes.
+fn command_target(pool: &Pool, a: &crate::account::Account) -> String {
+    if crate::secret::scrub_tokens(&a.email) == a.email {
+        return a.email.clone();
+    }
+    pool.accounts_placed()
+        .find(|(_, b)| std::ptr::eq(*b, a))
+        .map_or_else(|| a.email.clone(), |(place, _)| format!("'#{place}'"))
+}
+
 impl Exchange {
     /// Why `a` did not serve this request, as the pool's "no usable account" says it.
     fn state_of(&self, a: &crate::account::Account, now: i64) -> String {
@@ -1248,7 +1260,8 @@ impl Exchange {
         };
         match self.state_of(a, now).as_str() {
             "disabled" => format!(
-                "{start}, and {holder} is disabled: enable it (`oauth-pool enable {holder}` or the model-accounts-pool tool) to reach {id}"
+                "{start}, and {holder} is disabled: enable it (`oauth-pool enable {}` or the model-accounts-pool tool) to reach {id}",
+                command_target(pool, a)
             ),
             "auth-error" => match self.login_elsewhere(a) {
                 Some(why) => format!("{start}, and {holder} is in auth-error: {why}"),
