@@ -162,6 +162,10 @@ test("the API-key method adds a type api member", async () => {
   assert.equal(method.prompts[0].key, "key");
   assert.equal(method.prompts[0].validate("has space in it"), "Paste the whole key (no spaces)");
   assert.equal(method.prompts[0].validate("fake-console-key-abcdef"), undefined);
+  // Quotes around a key with spaces inside them are taken off, as `oauth-pool add-key` does.
+  for (const wrapped of ["\u00ab fake-console-key-abcdef \u00bb", '" fake-console-key-abcdef "', "` fake-console-key-abcdef `"]) {
+    assert.equal(method.prompts[0].validate(wrapped), undefined, wrapped);
+  }
 
   mock.addApiKey("fake-console-key-plugin-test", "console@example.com");
   const started = await method.authorize({ key: " fake-console-key-plugin-test ", label: "console@example.com" });
@@ -174,6 +178,10 @@ test("the API-key method adds a type api member", async () => {
     accounts.map((a) => [a.email, a.type]),
     [["console@example.com", "api"]],
   );
+  const quoted = await method.authorize({ key: "\u00ab fake-console-key-plugin-quoted \u00bb", label: "quoted@example.com" });
+  assert.equal((await quoted.callback()).type, "success");
+  assert.equal((await lib.loadPool(path)).anthropic.find((a) => a.email === "quoted@example.com")?.key, "fake-console-key-plugin-quoted");
+  await lib.removeAccount("quoted@example.com", path);
 
   // Served with the key through the loader's fetch.
   const { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });

@@ -126,7 +126,10 @@ export function poolAuthHook(input, options) {
             type: "text",
             key: "key",
             message: "Paste a Console API key (sk-ant-api03-...)",
-            validate: (value) => (/^\s*\S{8,}\s*$/.test(value ?? "") ? undefined : "Paste the whole key (no spaces)"),
+            // What a paste brings along (quotes with spaces inside them, « ... ») is the native
+            // side's to take off, as for `oauth-pool add-key`: refused here, such a key could not
+            // be added in OpenCode at all.
+            validate: (value) => (/\S{8,}/.test(value ?? "") ? undefined : "Paste the whole key (no spaces)"),
           },
           {
             type: "text",
