@@ -267,6 +267,14 @@ test("the package's own files never leave aidevops's pool file without its secti
   await lib.setPriority("alice@aidevops.test", 3, path);
   const after = readPool(path);
   assert.deepEqual(Object.keys(after).sort(), Object.keys(raw).sort());
+  // Read as it is and written back: the one field changed, every other of theirs as it was (an
+  // account may gain the contract's `rateLimitUntil: null`).
+  raw.anthropic[0].priority = 3;
+  assert.deepEqual({ ...after, anthropic: null }, { ...raw, anthropic: null });
+  assert.deepEqual(
+    after.anthropic.map(({ rateLimitUntil, ...theirs }) => [rateLimitUntil ?? null, theirs]),
+    raw.anthropic.map(({ rateLimitUntil, ...theirs }) => [rateLimitUntil ?? null, theirs]),
+  );
 });
 
 test("the aidevops plugin's own writer and ours on one file: its mkdir lock is honoured, nothing of either is lost", async () => {
