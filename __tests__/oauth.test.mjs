@@ -72,6 +72,25 @@ test("a login's code is sent once: the same paste again is refused without a cal
   );
 });
 
+test("the same paste submitted twice at once is sent once: the account is added, the second says the first is under way", async () => {
+  const a = await authorize();
+  const paste = mock.approve(a.url, "double@x.test");
+  const path = tempPoolPath();
+  const calls = mock.stats().tokenCalls;
+  const both = await Promise.allSettled([addAccount(paste, a, path), addAccount(paste, a, path)]);
+  const added = both.filter((r) => r.status === "fulfilled");
+  const refused = both.filter((r) => r.status === "rejected").map((r) => r.reason);
+  assert.deepEqual(
+    added.map((r) => r.value.email),
+    ["double@x.test"],
+    refused.map((e) => e.message).join(),
+  );
+  assert.equal(refused.length, 1);
+  assert.equal(refused[0].code, "OAUTH_BAD_INPUT");
+  assert.match(refused[0].message, /pasted twice/);
+  assert.equal(mock.stats().tokenCalls - calls, 1, "the code went to the token endpoint once");
+});
+
 test("an email the server gives that cannot name an account is not returned", async () => {
   const a = await authorize();
   const paste = mock.approve(a.url, "bad\u001b[2J\u202eemail@x.test");
@@ -176,6 +195,28 @@ test("addAccount adds, a second login adds a second account, the same email upda
   assert.ok(!shown.includes("sk-ant-") && !shown.includes("fake-console-key-test-123"), "no secret in the listing");
 });
 
+test("a Console key is one member: again without a name it renews its holder, under another name it is refused naming the holder", async () => {
+  const path = tempPoolPath();
+  const key = "fake-console-key-one-member-0123456789";
+  assert.deepEqual(await addApiKey(key, { email: "holder@x.test", path }), { email: "holder@x.test", added: true });
+  for (const [pasted, name] of [
+    [key, "other@x.test"],
+    [` "${key}" `, "other@x.test"],
+    [`\u201c${key}\u201d`, "third"],
+  ]) {
+    await assert.rejects(
+      addApiKey(pasted, { email: name, path }),
+      (e) => e.code === "INVALID_ARGUMENT" && /holder@x\.test/.test(e.message) && !e.message.includes(key),
+      `${JSON.stringify(pasted)} as ${name}`,
+    );
+  }
+  assert.deepEqual(await addApiKey(`'${key}'`, { path }), { email: "holder@x.test", added: false });
+  assert.deepEqual(
+    (await loadPool(path)).anthropic.map((a) => [a.email, a.key]),
+    [["holder@x.test", key]],
+  );
+});
+
 test("an existing Claude Code login can be imported", async () => {
   const t = mock.addAccount("cc@x.test");
   const dir = mkdtempSync(join(tmpdir(), "claude-"));
@@ -259,6 +300,32 @@ test("the login URL pasted back, or the code with more text after it, says what 
   assert.equal(mock.stats().tokenCalls, calls, "nothing reached the token endpoint");
   // The right paste still works afterwards: the attempt was not spent.
   assert.equal((await exchange(paste, pkce)).email, "pasteback@x.test");
+});
+
+test("the code pasted twice, or a refused login's callback, says so with no token call; the callback as a mail app hands it over is the code", async () => {
+  // Both were answered as another login's state or "no code found", and the person started the
+  // login again; a link in <...> or with its scheme in capitals was "no code found" too.
+  const pkce = await authorize();
+  const paste = mock.approve(pkce.url, "twice-pasted@x.test");
+  const url = callbackUrlFromPaste(paste);
+  const calls = mock.stats().tokenCalls;
+  for (const [pasted, message] of [
+    [`${paste}${paste}`, /pasted twice\?\): paste the code once/],
+    [`${paste}\n${paste}`, /pasted twice/],
+    [`${paste} ${paste}`, /pasted twice/],
+    [`${url.replace(/code=[^&]*/, "error=access_denied&error_description=The%20user%20said%20no")}`, /not completed \(access_denied\).*start the login again/],
+  ]) {
+    await assert.rejects(
+      exchange(pasted, pkce),
+      (e) => e.code === "OAUTH_BAD_INPUT" && message.test(e.message) && !/said no/.test(e.message),
+      pasted.slice(-30),
+    );
+  }
+  assert.equal(mock.stats().tokenCalls, calls, "nothing reached the token endpoint");
+  assert.equal((await exchange(`<${url}>`, pkce)).email, "twice-pasted@x.test");
+  const again = await authorize();
+  const upper = callbackUrlFromPaste(mock.approve(again.url, "upper@x.test")).replace("https://", "HTTPS://");
+  assert.equal((await exchange(upper, again)).email, "upper@x.test");
 });
 
 test("addAccount into a pool that cannot take the account refuses before the code is spent", async () => {

@@ -104,13 +104,7 @@ pub struct Tokens {
 pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens> {
     let pasted = parse_pasted(input)?;
     check_state(&pasted, state)?;
-    if completed_logins().contains(state) {
-        // A code works once: a host or a person trying the same paste again gets this at once,
-        // not a second call that the token endpoint refuses (or, worse, a second account).
-        return Err(Error::OAuthBadInput(
-            "this login was completed already: start a new one to add another account".into(),
-        ));
-    }
+    let sending = completed_logins().sending(state)?;
     let body = json!({
         "grant_type": "authorization_code",
         "code": pasted.code.expose(),
@@ -121,7 +115,7 @@ pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens
     });
     let (verifier, state) = (Secret::new(verifier), Secret::new(state));
     let value = token_call(body, Grant::Code, &[&pasted.code, &verifier, &state]).await?;
-    completed_logins().add(state.expose());
+    sending.completed();
     let mut tokens = parse_token_response(&value, None)?;
     // The server's word for the email is held to what names an account (`exchange()` returns
     // it to callers as it is; `add_oauth` stores it).

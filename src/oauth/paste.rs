@@ -20,7 +20,11 @@ const MAX_PASTE: usize = 16 * 1024;
 
 pub fn parse_pasted(input: &str) -> Result<Pasted> {
     let input = crate::secret::unwrapped_paste(input);
-    let input = input.as_str();
+    // A mail or chat app hands a link over as `<https://...>`.
+    let input = input
+        .strip_prefix('<')
+        .and_then(|i| i.strip_suffix('>'))
+        .map_or(input.as_str(), str::trim);
     if input.is_empty() {
         return Err(Error::OAuthBadInput("nothing was pasted".into()));
     }
@@ -33,10 +37,13 @@ pub fn parse_pasted(input: &str) -> Result<Pasted> {
     let from_query = |query: &str| {
         let mut code = None;
         let mut state = None;
+        let mut refused = None;
         for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
             match k.as_ref() {
                 "code" => code = Some(Secret::new(v.into_owned())),
                 "state" => state = Some(Secret::new(v.into_owned())),
+                // The callback of a login that was refused or cancelled (RFC 6749 4.1.2.1).
+                "error" => refused = Some(v.into_owned()),
                 // The login URL itself pasted back (it holds `code=true` and this attempt's
                 // state): its "code" went to the token endpoint and came back as a refused
                 // code, which told the user nothing of what to paste instead.
@@ -48,9 +55,26 @@ pub fn parse_pasted(input: &str) -> Result<Pasted> {
                 _ => {}
             }
         }
+        if code.is_none() {
+            if let Some(error) = refused {
+                // Its code is an OAuth error code; anything else there is not repeated.
+                let shown = Some(error)
+                    .filter(|e| (1..=64).contains(&e.len()))
+                    .filter(|e| e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+                    .map_or(String::new(), |e| format!(" ({e})"));
+                return Err(Error::OAuthBadInput(format!(
+                    "the login was not completed{shown}: the pasted address is the page's refusal, not a code; start the login again"
+                )));
+            }
+        }
         Ok((code, state))
     };
-    let (code, state) = if input.starts_with("http://") || input.starts_with("https://") {
+    let scheme = |s: &str| {
+        input
+            .get(..s.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(s))
+    };
+    let (code, state) = if scheme("http://") || scheme("https://") {
         let url = Url::parse(input)
             .map_err(|_| Error::OAuthBadInput("the pasted URL does not parse".into()))?;
         let (code, mut state) = from_query(url.query().unwrap_or(""))?;
@@ -91,6 +115,13 @@ pub fn parse_pasted(input: &str) -> Result<Pasted> {
             "the authorization code is empty or malformed".into(),
         ));
     }
+    // The code pasted twice (`code#statecode#state`, or on two lines) read as a foreign state
+    // and was answered "start the login again", when pasting it once would have done.
+    if state.as_ref().is_some_and(|s| s.expose().contains('#')) {
+        return Err(Error::OAuthBadInput(
+            "the pasted text holds more than one code (pasted twice?): paste the code once".into(),
+        ));
+    }
     // Text after the code (`code#state and more`) read as a foreign state and was answered
     // "start the login again", when the code itself was good.
     if state
@@ -122,8 +153,36 @@ pub fn check_state(pasted: &Pasted, expected: &str) -> Result<()> {
     Ok(())
 }
 
-/// The logins (by a digest of their state) whose code the token endpoint already took.
-pub(super) struct CompletedLogins(std::sync::Mutex<std::collections::VecDeque<[u8; 32]>>);
+/// The logins (by a digest of their state) whose code the token endpoint already took, and
+/// those whose code is on its way there.
+#[derive(Default)]
+pub(super) struct CompletedLogins {
+    done: std::sync::Mutex<std::collections::VecDeque<[u8; 32]>>,
+    sending: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+}
+
+/// A login's code on its way to the token endpoint: while it lives, the same login pasted again
+/// is refused without a call. Dropped without `completed`, the login may be tried again.
+pub(super) struct Sending<'a> {
+    logins: &'a CompletedLogins,
+    digest: [u8; 32],
+}
+
+impl Sending<'_> {
+    pub(super) fn completed(self) {
+        self.logins.remember(self.digest);
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.logins
+            .sending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.digest);
+    }
+}
 
 impl CompletedLogins {
     /// A process completes a handful of logins; the last few dozen are remembered.
@@ -134,26 +193,59 @@ impl CompletedLogins {
         Sha256::digest(state.as_bytes()).into()
     }
 
-    pub(super) fn contains(&self, state: &str) -> bool {
+    #[cfg(test)]
+    fn contains(&self, state: &str) -> bool {
         let d = Self::digest(state);
-        self.0
+        self.done
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&d)
     }
 
-    pub(super) fn add(&self, state: &str) {
-        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= Self::KEPT {
-            seen.pop_front();
+    fn remember(&self, digest: [u8; 32]) {
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        if done.len() >= Self::KEPT {
+            done.pop_front();
         }
-        seen.push_back(Self::digest(state));
+        done.push_back(digest);
+    }
+
+    /// Claims the login for one call to the token endpoint. A code works once: a login completed
+    /// already is refused at once, not with a second call that the token endpoint refuses (or,
+    /// worse, a second account). So is one whose code is on its way now: a double submit or a
+    /// host retrying its callback sent the code twice, the token endpoint refused the second as
+    /// spent, and the person, told to start again, did not know the first had added the account.
+    pub(super) fn sending(&self, state: &str) -> Result<Sending<'_>> {
+        let digest = Self::digest(state);
+        // Held while `done` is read: a login is in `sending` until after it is in `done`.
+        let mut sending = self.sending.lock().unwrap_or_else(|p| p.into_inner());
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        if done.contains(&digest) {
+            return Err(Error::OAuthBadInput(
+                "this login was completed already: start a new one to add another account".into(),
+            ));
+        }
+        drop(done);
+        if !sending.insert(digest) {
+            return Err(Error::OAuthBadInput(
+                "this login is being completed already (the same code was pasted twice): wait for the first to finish".into(),
+            ));
+        }
+        Ok(Sending {
+            logins: self,
+            digest,
+        })
+    }
+
+    #[cfg(test)]
+    fn add(&self, state: &str) {
+        self.remember(Self::digest(state));
     }
 }
 
 pub(super) fn completed_logins() -> &'static CompletedLogins {
     static LOGINS: std::sync::OnceLock<CompletedLogins> = std::sync::OnceLock::new();
-    LOGINS.get_or_init(|| CompletedLogins(Default::default()))
+    LOGINS.get_or_init(CompletedLogins::default)
 }
 
 #[cfg(test)]
@@ -214,6 +306,30 @@ mod tests {
             parse_pasted("\u{1b}[Aabc#st").unwrap_err().code(),
             "OAUTH_BAD_INPUT"
         );
+        // The callback URL as a mail or chat app hands it over, or with its scheme in capitals.
+        for pasted in [
+            "<https://platform.claude.com/oauth/code/callback?code=abc&state=st>",
+            "HTTPS://platform.claude.com/oauth/code/callback?code=abc&state=st",
+        ] {
+            let p = parse_pasted(pasted).unwrap();
+            assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
+        }
+        // The code pasted twice: said so, not taken for another login's state.
+        for bad in ["abc#stabc#st", "abc#st\nabc#st", "abc#st abc#st"] {
+            let e = parse_pasted(bad).unwrap_err();
+            assert_eq!(e.code(), "OAUTH_BAD_INPUT", "{bad}");
+            assert!(e.to_string().contains("pasted twice"), "{bad}: {e}");
+        }
+        // The callback of a refused login: its error code said, nothing else of it.
+        let e = parse_pasted("https://platform.claude.com/oauth/code/callback?error=access_denied&error_description=Nope%20x&state=st").unwrap_err();
+        assert_eq!(e.code(), "OAUTH_BAD_INPUT");
+        assert!(
+            e.to_string().contains("not completed (access_denied)"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("Nope"), "{e}");
+        let e = parse_pasted("error=%3Cscript%3E&state=st").unwrap_err();
+        assert!(e.to_string().contains("not completed: "), "{e}");
         // The login URL pasted back, whole or as its query; the code with more text after it.
         for bad in [
             "https://claude.ai/oauth/authorize?code=true&client_id=c&response_type=code&code_challenge=x&code_challenge_method=S256&state=st",
@@ -226,7 +342,7 @@ mod tests {
 
     #[test]
     fn a_completed_login_is_remembered_by_its_state() {
-        let logins = CompletedLogins(Default::default());
+        let logins = CompletedLogins::default();
         assert!(!logins.contains("state-1"));
         logins.add("state-1");
         assert!(logins.contains("state-1"));
@@ -237,6 +353,20 @@ mod tests {
             !logins.contains("state-1"),
             "only the last few dozen are kept"
         );
+    }
+
+    #[test]
+    fn a_login_is_sent_once_at_a_time() {
+        let logins = CompletedLogins::default();
+        let first = logins.sending("state-1").unwrap();
+        assert!(logins.sending("state-1").is_err(), "the same login again");
+        assert!(logins.sending("state-2").is_ok(), "another login");
+        drop(first);
+        // Refused by the token endpoint (or lost on the way): the login may be tried again.
+        let again = logins.sending("state-1").unwrap();
+        again.completed();
+        let e = logins.sending("state-1").err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("completed already")));
     }
 
     #[test]
