@@ -77,11 +77,23 @@ test("the same paste submitted twice at once is sent once: the account is added,
   const paste = mock.approve(a.url, "double@x.test");
   const path = tempPoolPath();
   const calls = mock.stats().tokenCalls;
-  const both = await Promise.allSettled([addAccount(paste, a, path), addAccount(paste, a, path)]);
-  const added = both.filter((r) => r.status === "fulfilled");
-  const refused = both.filter((r) => r.status === "rejected").map((r) => r.reason);
+  // The token endpoint holds its answer until the second paste is refused or has arrived too.
+  let release;
+  mock.setTokenMode({ grant: "authorization_code", until: new Promise((r) => (release = r)) });
+  const settled = [];
+  const both = [addAccount(paste, a, path), addAccount(paste, a, path)].map((p) =>
+    p.then(
+      (v) => settled.push(v),
+      (e) => settled.push(e),
+    ),
+  );
+  while (settled.length === 0 && mock.stats().tokenCalls - calls < 2) await new Promise((r) => setTimeout(r, 10));
+  release();
+  await Promise.all(both);
+  mock.setTokenMode(null);
+  const refused = settled.filter((r) => r instanceof Error);
   assert.deepEqual(
-    added.map((r) => r.value.email),
+    settled.filter((r) => !(r instanceof Error)).map((r) => r.email),
     ["double@x.test"],
     refused.map((e) => e.message).join(),
   );
@@ -89,6 +101,15 @@ test("the same paste submitted twice at once is sent once: the account is added,
   assert.equal(refused[0].code, "OAUTH_BAD_INPUT");
   assert.match(refused[0].message, /pasted twice/);
   assert.equal(mock.stats().tokenCalls - calls, 1, "the code went to the token endpoint once");
+});
+
+test("a login whose token call meets an HTML error page is OAUTH_HTTP without the page, and the same paste then logs in", async () => {
+  const a = await authorize();
+  const paste = mock.approve(a.url, "html-page@x.test");
+  const path = tempPoolPath();
+  mock.setTokenMode({ grant: "authorization_code", html: true, status: 502 });
+  await assert.rejects(addAccount(paste, a, path), (e) => e.code === "OAUTH_HTTP" && e.status === 502 && !/cloudflare|<html|Bad Gateway/i.test(e.message));
+  assert.deepEqual(await addAccount(paste, a, path), { email: "html-page@x.test", added: true });
 });
 
 test("an email the server gives that cannot name an account is not returned", async () => {
