@@ -103,6 +103,22 @@ test("the same paste submitted twice at once is sent once: the account is added,
   assert.equal(mock.stats().tokenCalls - calls, 1, "the code went to the token endpoint once");
 });
 
+test("a verifier authorize() cannot have made is INVALID_ARGUMENT with no token call, and the code still logs in", async () => {
+  const a = await authorize();
+  const paste = mock.approve(a.url, "verifier@x.test");
+  const path = tempPoolPath();
+  const calls = mock.stats().tokenCalls;
+  for (const verifier of ["", "short", `${a.verifier} `, "\u00fc".repeat(43), "x".repeat(129), `${a.verifier.slice(0, 42)}\n`]) {
+    await assert.rejects(
+      addAccount(paste, { verifier, state: a.state }, path),
+      (e) => e.code === "INVALID_ARGUMENT" && /verifier/.test(e.message) && !e.message.includes(a.verifier.slice(0, 12)),
+      JSON.stringify(verifier),
+    );
+  }
+  assert.equal(mock.stats().tokenCalls, calls, "nothing reached the token endpoint");
+  assert.deepEqual(await addAccount(paste, a, path), { email: "verifier@x.test", added: true });
+});
+
 test("a login whose token call meets an HTML error page is OAUTH_HTTP without the page, and the same paste then logs in", async () => {
   const a = await authorize();
   const paste = mock.approve(a.url, "html-page@x.test");

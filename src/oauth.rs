@@ -104,6 +104,14 @@ pub struct Tokens {
 pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens> {
     let pasted = parse_pasted(input)?;
     check_state(&pasted, state)?;
+    // A verifier `authorize()` made is 43 characters of RFC 7636's unreserved set. Any other
+    // cannot match the login's challenge: its call was refused, and it spent the single-use code.
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+    if !(43..=128).contains(&verifier.len()) || !verifier.bytes().all(unreserved) {
+        return Err(Error::InvalidArgument(
+            "the verifier is not one authorize() makes (43 to 128 of A-Z a-z 0-9 - . _ ~): pass the { verifier, state } of the login the code belongs to; the code was not sent".into(),
+        ));
+    }
     let sending = completed_logins().sending(state)?;
     let body = json!({
         "grant_type": "authorization_code",
