@@ -212,17 +212,22 @@ test("plain http to a non-loopback token endpoint is refused", async () => {
 
 test("addAccount adds, a second login adds a second account, the same email updates", async () => {
   const path = tempPoolPath();
-  for (const email of ["one@x.test", "two@x.test", "one@x.test"]) {
+  for (const [email, as] of [
+    ["one@x.test", "one@x.test"],
+    ["two@x.test", "two@x.test"],
+    // The same account in another case renews the entry, and is reported under its name.
+    ["ONE@x.test", "one@x.test"],
+  ]) {
     const a = await authorize();
     const r = await addAccount(mock.approve(a.url, email), a, path);
-    assert.equal(r.email, email);
+    assert.equal(r.email, as);
   }
   const pool = await loadPool(path);
   assert.deepEqual(
     pool.anthropic.map((x) => x.email),
     ["one@x.test", "two@x.test"],
   );
-  assert.equal(pool.anthropic[0].access, mock.tokens("one@x.test").access);
+  assert.equal(pool.anthropic[0].access, mock.tokens("ONE@x.test").access);
   assert.equal(mode(path), 0o600);
   const key = await addApiKey("fake-console-key-test-123", { email: "team@x.test", path });
   assert.deepEqual(key, { email: "team@x.test", added: true });
@@ -248,6 +253,7 @@ test("a Console key is one member: again without a name it renews its holder, un
     );
   }
   assert.deepEqual(await addApiKey(`'${key}'`, { path }), { email: "holder@x.test", added: false });
+  assert.deepEqual(await addApiKey(key, { email: "HOLDER@x.test", path }), { email: "holder@x.test", added: false });
   assert.deepEqual(
     (await loadPool(path)).anthropic.map((a) => [a.email, a.key]),
     [["holder@x.test", key]],

@@ -249,8 +249,19 @@ pub async fn add_oauth(store: &Store, tokens: &Tokens) -> Result<(String, bool)>
         tokens.expires,
         now_ms(),
     );
-    let added = store.update(move |pool| Ok(pool.upsert(account))).await?;
-    Ok((email, added))
+    store
+        .update(move |pool| {
+            let added = pool.upsert(account);
+            Ok((stored_name(pool, email), added))
+        })
+        .await
+}
+
+/// The name an entry `email` names is stored under: the login or key given again in another
+/// case renews that entry, and was reported under the name as given (`updated ALICE@...` for
+/// an account every list shows as `alice@...`).
+fn stored_name(pool: &Pool, email: String) -> String {
+    pool.find(&email).map_or(email, |a| a.email.clone())
 }
 
 /// A login of this process whose write failed after its code was spent.
@@ -496,7 +507,7 @@ pub async fn add_api_key(
             }
             let email = account.email.clone();
             let added = pool.upsert(account);
-            Ok((email, added))
+            Ok((stored_name(pool, email), added))
         })
         .await?;
     Ok((email, added))
