@@ -5,8 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync, rmSync, symlinkSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, symlinkSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
@@ -14,6 +13,7 @@ import { makeAidevopsHost } from "./helpers/aidevops-host.mjs";
 import { runCli } from "./helpers/cli-sandbox.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { useMock, seedPool, tempPoolPath, readPool, account, messagesUrl, body, jsonHeaders, fakeClient } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const CLI = join(ROOT, "bin", "oauth-pool.mjs");
@@ -175,7 +175,7 @@ test("a foreign auth-error whose refresh token is dead becomes final (ours), tok
 });
 
 test("importing the package with no native binary never throws; the first call says what to install", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-nobinary-"));
+  const dir = tempDir("oauth-pool-nobinary-");
   try {
     for (const p of ["index.mjs", "plugin.mjs", "package.json", "lib"]) cpSync(join(ROOT, p), join(dir, p), { recursive: true });
     // The dependencies, but no binary: no local build next to this copy, no platform package.

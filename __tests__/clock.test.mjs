@@ -6,14 +6,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { useMock, seedPool, account, readPool, oauthEntry } from "./helpers/pool-env.mjs";
 import { savePool } from "../index.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const WORKER = fileURLToPath(new URL("./helpers/clock-worker.mjs", import.meta.url));
 const FAKETIME_LIB = ["x86_64-linux-gnu", "aarch64-linux-gnu"].map((arch) => `/usr/lib/${arch}/faketime/libfaketime.so.1`).find((p) => existsSync(p));
@@ -22,7 +22,7 @@ const mock = useMock();
 
 /** A process using the pool whose wall clock is `shift(seconds)` away from the real one. */
 function clockedWorker(path, apiUrl, env = {}) {
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-clock-"));
+  const dir = tempDir("oauth-pool-clock-");
   const clockFile = join(dir, "faketime");
   const shift = (seconds) => writeFileSync(clockFile, `${seconds >= 0 ? "+" : ""}${seconds}\n`);
   shift(0);

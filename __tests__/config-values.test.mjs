@@ -6,17 +6,17 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 import { addApiKey, authorize, createPoolFetch, listAccounts, loadPool, OAuthPoolPlugin, poolConfigHook, serve } from "../index.mjs";
 import { fakeClient, jsonHeaders, seedPool, tempPoolPath, useMock, withEnv } from "./helpers/pool-env.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
 import { runCli } from "./helpers/cli-sandbox.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const mock = useMock();
 const pluginModule = await import("../plugin.mjs");
-const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-config-"));
+const tmp = tempDir("oauth-pool-config-");
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
 const MAX_TIMER_MS = 2 ** 31 - 1;

@@ -7,8 +7,7 @@
 // Runs under Node and Bun.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import * as lib from "../index.mjs";
@@ -18,6 +17,7 @@ import { makeAidevopsHost } from "./helpers/aidevops-host.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
 import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders, fakeClient, tempPoolPath } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const TRIPLE = platformTriple();
@@ -39,7 +39,7 @@ after(() => {
  * Resolves with the copy's library, plugin module and native loader.
  */
 async function installCopy(binary) {
-  const home = mkdtempSync(join(tmpdir(), "oauth-pool-copy-"));
+  const home = tempDir("oauth-pool-copy-");
   made.push(home);
   const pkg = join(home, "node_modules", "opencode-oauth-pool");
   mkdirSync(pkg, { recursive: true });
@@ -260,7 +260,7 @@ test("fields a newer copy writes (the file, accounts, their usage and limits) ar
 test("two copies of the JavaScript on one addon: each hands over its own environment, however the other changed it", async () => {
   const c = await installCopy("shared");
   assert.equal(c.native.nativeBinding(), nativeBinding(), "one addon, two copies of the JavaScript");
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-copies-env-"));
+  const dir = tempDir("oauth-pool-copies-env-");
   made.push(dir);
   const [one, two] = [join(dir, "one.json"), join(dir, "two.json")];
   await lib.addApiKey("fake-copy-key-one-0123456789", { email: "in-one@x.test", path: one });

@@ -8,8 +8,7 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
@@ -17,12 +16,13 @@ import * as pluginModule from "../plugin.mjs";
 import { createHost, loadPlugin, withLogLines } from "./helpers/opencode2-host.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { body, oauthEntry, tempPoolPath, useMock, withEnv } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const mock = useMock();
 const here = dirname(fileURLToPath(import.meta.url));
 const CLI = join(here, "..", "bin", "oauth-pool.mjs");
 const DRIVER = join(here, "helpers", "secret-driver.mjs");
-const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-names-"));
+const tmp = tempDir("oauth-pool-names-");
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
 const credential = (kind) => [["sk", "ant", kind].join("-"), randomBytes(18).toString("hex")].join("-");

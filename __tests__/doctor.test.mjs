@@ -13,7 +13,6 @@ import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { savePool } from "../index.mjs";
@@ -22,11 +21,12 @@ import { runCli } from "./helpers/cli-sandbox.mjs";
 import { freePort } from "./helpers/net.mjs";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { oauthEntry } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const PKG = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8"));
 const TRIPLE = platformTriple();
-const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-doctor-"));
+const tmp = tempDir("oauth-pool-doctor-");
 let mock;
 before(async () => {
   mock = await startMockAnthropic();

@@ -8,8 +8,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import {
@@ -22,6 +21,7 @@ import {
   storedPool as storedFrom,
 } from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 // The advisory lock classes of src/store/postgres.rs: the pool's writes, an account's refresh.
 const WRITE_LOCK_CLASS = 0x6f617070;
@@ -55,7 +55,7 @@ async function freshDatabase({ owner = ROLE } = {}) {
 }
 
 function makeHost(name, url, extra = {}) {
-  const home = mkdtempSync(join(tmpdir(), `oauth-pool-hostile-${name}-`));
+  const home = tempDir(`oauth-pool-hostile-${name}-`);
   const env = {
     ...process.env,
     HOME: home,

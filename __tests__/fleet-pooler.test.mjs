@@ -8,8 +8,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { rateLimitHeaders, startMockAnthropic } from "./helpers/mock-anthropic.mjs";
@@ -23,6 +22,7 @@ import {
   storedPool as storedFrom,
 } from "./helpers/fleet-kit.mjs";
 import { startPgBouncer, startPostgres } from "./helpers/postgres.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const INDEX = here("../index.mjs");
@@ -35,7 +35,7 @@ let mock;
 const fleets = {};
 
 function makeHost(name, store, extra = {}) {
-  const home = mkdtempSync(join(tmpdir(), `oauth-pool-pooled-${name}-`));
+  const home = tempDir(`oauth-pool-pooled-${name}-`);
   const env = {
     ...process.env,
     HOME: home,

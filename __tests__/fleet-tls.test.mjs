@@ -5,14 +5,14 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { seedPool } from "./helpers/pool-env.mjs";
 import { cliJson } from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const KEY = Buffer.alloc(32, 7).toString("base64");
@@ -64,7 +64,7 @@ const urlOf = (pg, query = "", host = "127.0.0.1", db = "postgres", user = "post
 
 /** A host: its own HOME, the shared key, the mock; no trusted extra CA unless `extra` says. */
 function makeHost(store, extra = {}) {
-  const home = mkdtempSync(join(tmpdir(), "oauth-pool-tls-host-"));
+  const home = tempDir("oauth-pool-tls-host-");
   const env = {
     ...process.env,
     HOME: home,
@@ -134,7 +134,7 @@ function assertRefused(r, why) {
 }
 
 before(async () => {
-  dir = mkdtempSync(join(tmpdir(), "oauth-pool-tls-ca-"));
+  dir = tempDir("oauth-pool-tls-ca-");
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
   openssl(
     "req",

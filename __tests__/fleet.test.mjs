@@ -4,8 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseSSE, rateLimitHeaders, startMockAnthropic } from "./helpers/mock-anthropic.mjs";
@@ -21,6 +20,7 @@ import {
   storedPool as storedFrom,
 } from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const CLI = here("../bin/oauth-pool.mjs");
@@ -35,7 +35,7 @@ let hostB;
 
 /** A host: its own HOME (and so its own key file), the shared database, the shared mock. */
 function makeHost(name, extra = {}) {
-  const home = mkdtempSync(join(tmpdir(), `oauth-pool-host-${name}-`));
+  const home = tempDir(`oauth-pool-host-${name}-`);
   const env = {
     ...process.env,
     HOME: home,

@@ -6,13 +6,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { writeFileSync, mkdtempSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { connect } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as lib from "../index.mjs";
 import { parseSSE } from "./helpers/mock-anthropic.mjs";
 import { useMock, seedPool } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const KEY = "test-gateway-key-0123456789abcdef";
 const mock = useMock({ env: { OAUTH_POOL_GATEWAY_KEY: KEY } });
@@ -195,7 +195,7 @@ test("Expect: 100-continue: the body follows the 100 and is answered; a wrong ke
     assert.equal(upstream().length, 0, "nothing refused went upstream");
 
     // curl itself, told to wait for the 100: it uploads nothing of a refused 5 MB body.
-    const dir = mkdtempSync(join(tmpdir(), "oauth-pool-expect-"));
+    const dir = tempDir("oauth-pool-expect-");
     writeFileSync(
       join(dir, "body.json"),
       JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "x".repeat(5 * 1024 * 1024) }] }),

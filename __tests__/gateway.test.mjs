@@ -5,21 +5,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { connect, createServer } from "node:net";
 import { request as httpsRequest } from "node:https";
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  rmSync,
-  statSync,
-  utimesSync,
-  writeFileSync,
-} from "node:fs";
-import { tmpdir } from "node:os";
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import Anthropic from "@anthropic-ai/sdk";
@@ -29,6 +15,7 @@ import * as lib from "../index.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
 import { withRawApi } from "./helpers/raw-api.mjs";
 import { account, oauthEntry, useMock, seedPool, tempPoolPath, until, withEnv } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
 const KEY = "test-gateway-key-0123456789abcdef";
@@ -587,7 +574,7 @@ test("loopback only by default: another address needs --allow-remote and TLS; wi
     lib.serve({ port: 0, path, tlsCert: "/nowhere/cert.pem" }),
     (e) => e.code === "INVALID_ARGUMENT" && /\btlsKey\b/.test(e.message) && /--tls-key/.test(e.message),
   );
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-gw-tls-"));
+  const dir = tempDir("oauth-pool-gw-tls-");
   const r = spawnSync(
     "openssl",
     [
@@ -1106,7 +1093,7 @@ test("SIGTERM while a request is held for a cooling account: it is answered with
 test("SIGTERM stops the gateway with exit 0 even when nobody reads its stderr any more (a full pipe)", async () => {
   const path = await seedPool(mock, ["gwpipe@x.test"]);
   // stderr is a FIFO nobody reads (opened read-write: never a broken pipe, only a full one).
-  const fifo = join(mkdtempSync(join(tmpdir(), "oauth-pool-fifo-")), "stderr");
+  const fifo = join(tempDir("oauth-pool-fifo-"), "stderr");
   assert.equal(spawnSync("mkfifo", [fifo]).status, 0);
   const stderr = openSync(fifo, "r+");
   const child = spawn(process.execPath, [CLI, "serve", "--port", "0", "--path", path], {

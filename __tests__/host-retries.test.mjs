@@ -6,16 +6,16 @@
 // since only the pool's words around it are ours to choose.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fakeClient, oauthEntry, useMock } from "./helpers/pool-env.mjs";
 import { openCodeRetries } from "./helpers/opencode-retry.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const mock = useMock();
 const lib = await import("../index.mjs");
 
-const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-host-retries-"));
+const tmp = tempDir("oauth-pool-host-retries-");
 after(() => rmSync(tmp, { recursive: true, force: true }));
 let seq = 0;
 const freshPath = () => join(tmp, `p${++seq}`, "pool.json");

@@ -9,12 +9,12 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { unloadableReason } from "../lib/binary-check.mjs";
 import { platformTriple } from "../lib/platform.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const TRIPLE = platformTriple();
@@ -29,7 +29,7 @@ after(() => {
 
 /** A project with the package installed and `node_modules/<platform package>/<binary>` = `contents`. */
 function install(contents) {
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-install-"));
+  const dir = tempDir("oauth-pool-install-");
   made.push(dir);
   const pkg = join(dir, "node_modules", "opencode-oauth-pool");
   mkdirSync(pkg, { recursive: true });
@@ -198,7 +198,7 @@ test("the installed binary, also through a symlinked (pnpm-like) package directo
 test("the binary check passes this build and every cut of it, and leaves what it cannot read to the loader", { skip: !elf }, () => {
   assert.equal(unloadableReason(BINARY), null);
   const size = statSync(BINARY).size;
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-cut-"));
+  const dir = tempDir("oauth-pool-cut-");
   made.push(dir);
   const whole = good();
   const cut = join(dir, "cut.node");

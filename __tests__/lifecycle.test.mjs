@@ -6,17 +6,17 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createPoolFetch, flushPool, savePool } from "../index.mjs";
 import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
 const EXIT_WORKER = fileURLToPath(new URL("./helpers/exit-worker.mjs", import.meta.url));
 const MANY_WORKER = fileURLToPath(new URL("./helpers/many-worker.mjs", import.meta.url));
-const HOME = mkdtempSync(join(tmpdir(), "oauth-pool-lifecycle-home-"));
+const HOME = tempDir("oauth-pool-lifecycle-home-");
 const mock = useMock();
 
 const ask = (f, extra) => f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(extra) });
@@ -500,7 +500,7 @@ test("the signal listener changes nothing else: an idle host ends by SIGTERM, SI
          await r.text(); ${host === "after" ? "lastOut();" : ""} setInterval(() => {}, 60000); console.log("ready");`
       : `setInterval(() => {}, 60000); console.log("ready");`;
   const run = async (withPool, signal, ignoreInt, host) => {
-    const dir = mkdtempSync(join(tmpdir(), "oauth-pool-signal-"));
+    const dir = tempDir("oauth-pool-signal-");
     const file = join(dir, "host.mjs");
     writeFileSync(file, script(withPool, host));
     const command = `${ignoreInt ? "trap '' INT; " : ""}exec "$0" "$1"`;

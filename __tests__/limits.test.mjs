@@ -3,14 +3,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, watch, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, watch, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { statusText } from "../lib/cli/accounts.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
 import { useMock, seedPool, account, readPool, messagesUrl, jsonHeaders, withEnv } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const { createPoolFetch, flushPool, poolStatus } = lib;
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
@@ -924,7 +924,7 @@ test("usage over 30 days counts the last 30 days only, also for an account idle 
   assert.equal(usage.today.total.requests, 3);
   assert.equal(usage.window.total.requests, 1);
   assert.equal(usage.last30Days.total.requests, 5, "days 40 and 59 ago are not of the last 30");
-  const cache = mkdtempSync(join(tmpdir(), "oauth-pool-prices-"));
+  const cache = tempDir("oauth-pool-prices-");
   mkdirSync(join(cache, "opencode"));
   const price = { input: 3, output: 15, cache_read: 0.3, cache_write: 3.75 };
   writeFileSync(join(cache, "opencode", "models.json"), JSON.stringify({ anthropic: { models: { "claude-sonnet-4-5": { cost: price } } } }));

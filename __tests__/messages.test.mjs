@@ -7,8 +7,7 @@
 // Runs under `node --test` and `bun test`.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Anthropic from "@anthropic-ai/sdk";
 import { createAnthropic } from "@ai-sdk/anthropic";
@@ -19,6 +18,7 @@ import { CLI, runNode } from "./helpers/fleet-kit.mjs";
 import { createHost, loadPlugin, ModelRequestError } from "./helpers/opencode2-host.mjs";
 import { body, jsonHeaders, messagesUrl, oauthEntry, tempPoolPath, useMock } from "./helpers/pool-env.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const GATEWAY_KEY = "messages-test-gateway-key-0123";
 const mock = useMock({ env: { OAUTH_POOL_GATEWAY_KEY: GATEWAY_KEY } });
@@ -176,7 +176,7 @@ test("an empty pool reads the same on the library, the gateway (body and header)
 });
 
 test("a pool file problem names the file on the library, the CLI and the gateway", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-messages-"));
+  const dir = tempDir("oauth-pool-messages-");
   const path = join(dir, "pool.json");
   writeFileSync(path, '{"anthropic":[', { mode: 0o600 });
   const err = await rejection(lib.loadPool(path));
@@ -207,7 +207,7 @@ test("a hand-edited row of the fleet store names the account, and does not doubt
     return;
   }
   try {
-    const home = mkdtempSync(join(tmpdir(), "oauth-pool-messages-home-"));
+    const home = tempDir("oauth-pool-messages-home-");
     const env = { HOME: home, OAUTH_POOL_STORE: pg.url, OAUTH_POOL_STORE_KEY: Buffer.alloc(32, 3).toString("base64") };
     assert.equal((await cli(["store", "init"], env)).code, 0);
     const file = join(home, "seed.json");

@@ -10,11 +10,11 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { createServer as createNetServer, connect } from "node:net";
 import { createServer as createTlsServer } from "node:tls";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startEnv, seedPool, readPool } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const INDEX = fileURLToPath(new URL("../index.mjs", import.meta.url));
 // A child still running this long was not bounded (the test gives up on it).
@@ -93,7 +93,7 @@ function tlsToMock(options) {
 
 before(async () => {
   mock = await startEnv();
-  dir = mkdtempSync(join(tmpdir(), "oauth-pool-net-"));
+  dir = tempDir("oauth-pool-net-");
   writeFileSync(
     join(dir, "ca.cnf"),
     "[ca]\ndefault_ca=d\n[d]\ndatabase=index.txt\nnew_certs_dir=.\nserial=serial\ndefault_md=sha256\npolicy=p\nunique_subject=no\ncertificate=ca.pem\nprivate_key=ca.key\n[p]\ncommonName=supplied\n",
@@ -542,7 +542,7 @@ early("a fleet store that cannot be reached is STORE_UNAVAILABLE in bounded time
   ];
   const results = await Promise.all(
     cases.map(async (c) => {
-      const home = mkdtempSync(join(tmpdir(), "oauth-pool-net-store-"));
+      const home = tempDir("oauth-pool-net-store-");
       const env = {
         HOME: home,
         OAUTH_POOL_PATH: join(home, "pool.json"),

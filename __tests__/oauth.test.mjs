@@ -4,9 +4,9 @@ import assert from "node:assert/strict";
 import { authorize, exchange, refresh, addAccount, addApiKey, loadPool, importClaudeCode, listAccounts } from "../index.mjs";
 import { callbackUrlFromPaste } from "./helpers/mock-anthropic.mjs";
 import { useMock, tempPoolPath, mode } from "./helpers/pool-env.mjs";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { tempDir } from "./helpers/temp.mjs";
 
 const mock = useMock();
 
@@ -262,7 +262,7 @@ test("a Console key is one member: again without a name it renews its holder, un
 
 test("an existing Claude Code login can be imported", async () => {
   const t = mock.addAccount("cc@x.test");
-  const dir = mkdtempSync(join(tmpdir(), "claude-"));
+  const dir = tempDir("claude-");
   const creds = join(dir, ".credentials.json");
   writeFileSync(creds, JSON.stringify({ claudeAiOauth: { accessToken: t.access, refreshToken: t.refresh, expiresAt: t.expires, scopes: [] } }));
   const path = tempPoolPath();
@@ -275,7 +275,7 @@ test("an existing Claude Code login can be imported", async () => {
 // `refresh()` and the token endpoint's answers are held to that, a Claude Code credentials file
 // was not: its tokens were stored as they were, and the account then failed every request.
 test("a Claude Code credentials file whose tokens are not tokens is INVALID_ARGUMENT, nothing imported, no token in the message", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "claude-"));
+  const dir = tempDir("claude-");
   const creds = join(dir, ".credentials.json");
   const path = tempPoolPath();
   const good = "sk-ant-ort01-importable-0123456789";
@@ -374,7 +374,7 @@ test("the code pasted twice, or a refused login's callback, says so with no toke
 test("addAccount into a pool that cannot take the account refuses before the code is spent", async () => {
   // The code went to the token endpoint first: the new login's tokens were then dropped by the
   // write, and the user's login was for nothing.
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-corrupt-"));
+  const dir = tempDir("oauth-pool-corrupt-");
   const path = join(dir, "pool.json");
   writeFileSync(path, "{ not json", { mode: 0o600 });
   const pkce = await authorize();

@@ -12,6 +12,7 @@ import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
 import { countedSignal, oauthEntry, poolListener, useMock, tempPoolPath, readPool, seedPool, withEnv } from "./helpers/pool-env.mjs";
 import { HINTS } from "../lib/plugin/format.mjs";
 import { createHost, loadPlugin, g1Context, registrationsOf, ModelRequestError, reloadingHost, withLogLines } from "./helpers/opencode2-host.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const mock = useMock();
 
@@ -1004,9 +1005,8 @@ test("2.x: a request the pool cannot place (a pool file it may not read, a baseU
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   const other = `http://127.0.0.1:${server.address().port}`;
-  const { mkdtempSync, writeFileSync, readFileSync, symlinkSync } = await import("node:fs");
+  const { writeFileSync, readFileSync, symlinkSync } = await import("node:fs");
   const { join } = await import("node:path");
-  const { tmpdir } = await import("node:os");
   const ask = async ({ path, baseURL }) => {
     const sleeps = [];
     const host = createHost({ sleep: async (ms) => void sleeps.push(ms), random: () => 0.5 });
@@ -1044,7 +1044,7 @@ test("2.x: a request the pool cannot place (a pool file it may not read, a baseU
       assert.deepEqual(elsewhere, [], `${url.origin} got a request`);
     }
 
-    const dir = mkdtempSync(join(tmpdir(), "oauth-pool-v2-unreadable-"));
+    const dir = tempDir("oauth-pool-v2-unreadable-");
     const corrupt = join(dir, "corrupt.json");
     writeFileSync(corrupt, '{"anthropic": [ {"email": ', { mode: 0o600 });
     const linked = join(dir, "linked.json");

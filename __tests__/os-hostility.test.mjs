@@ -6,15 +6,16 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync, execFileSync } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { lookup } from "node:dns/promises";
-import { hostname, tmpdir } from "node:os";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { cliJson, storedPool } from "./helpers/fleet-kit.mjs";
 import { useMock, seedPool, account, readPool, pause, until } from "./helpers/pool-env.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
 import { keptLogin, loginSpoiledMidway } from "./helpers/login-midway.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const POLLER = here("./helpers/pool-poller.mjs");
@@ -114,7 +115,7 @@ test("a writer stopped with the pool's lock (an OpenCode suspended mid-write): a
 /** A small tmpfs of our own (root only), or the reason there is none. */
 function smallDisk() {
   if (!isRoot || process.platform !== "linux") return { skip: "a tmpfs mount needs root on Linux" };
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-full-"));
+  const dir = tempDir("oauth-pool-full-");
   try {
     execFileSync("mount", ["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", dir], { stdio: "ignore" });
   } catch {
@@ -330,7 +331,7 @@ function linkedDir(dir) {
 }
 
 test("a read-only pool directory: valid tokens keep serving, an account that needs a refresh is POOL_IO (not a 429 or a login to redo), and it serves once writable", async (t) => {
-  const disk = isRoot ? smallDisk() : { dir: mkdtempSync(join(tmpdir(), "oauth-pool-ro-")), close() {} };
+  const disk = isRoot ? smallDisk() : { dir: tempDir("oauth-pool-ro-"), close() {} };
   if (disk.skip) return t.skip(disk.skip);
   if (process.platform === "win32") return t.skip("no read-only directories here");
   const { createPoolFetch, flushPool } = await import("../index.mjs");
@@ -425,7 +426,7 @@ const noThreadsSkip =
 
 /** Builds the pthread_create shim (helpers/no-threads.c) into a temp dir: its path. */
 function threadShim() {
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-no-threads-"));
+  const dir = tempDir("oauth-pool-no-threads-");
   const lib = join(dir, "no-threads.so");
   execFileSync(CC, ["-shared", "-fPIC", "-O2", "-o", lib, here("./helpers/no-threads.c"), "-ldl"]);
   return { lib, flag: join(dir, "refused") };
@@ -556,7 +557,7 @@ test("no thread to be had when serve() must look up the host name it listens on:
   const name = hostname();
   const found = await lookup(name).catch(() => null);
   if (!found) return t.skip(`this machine's name ${name} does not resolve`);
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-threads-serve-"));
+  const dir = tempDir("oauth-pool-threads-serve-");
   const selfSigned = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"];
   const r = spawnSync("openssl", [...selfSigned, "-keyout", "key.pem", "-out", "cert.pem", "-subj", `/CN=${name}`], { cwd: dir });
   if (r.status !== 0) return t.skip("no openssl to make the gateway's certificate");
@@ -607,7 +608,7 @@ test("no thread to be had when the fleet store's hosts are a Unix socket directo
  */
 async function starvedFleet(store, email, other) {
   const file = await seedPool(mock, [email, other], { expired: [email] });
-  const home = mkdtempSync(join(tmpdir(), "oauth-pool-threads-fleet-"));
+  const home = tempDir("oauth-pool-threads-fleet-");
   const host = {
     env: { ...process.env, HOME: home, USERPROFILE: home, OAUTH_POOL_STORE: store, OAUTH_POOL_STORE_KEY: Buffer.alloc(32, 7).toString("base64") },
   };

@@ -7,11 +7,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, execFileSync, spawnSync } from "node:child_process";
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { useMock, seedPool, oauthEntry, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
 const posix = process.platform !== "win32";
@@ -34,7 +34,7 @@ const fakeKey = (tag) => `fake-key-${tag}-${"x".repeat(12)}`;
 
 /** A scratch directory every uid can pass through; each case makes its homes in it. */
 function scratch() {
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-own-"));
+  const dir = tempDir("oauth-pool-own-");
   chmodSync(dir, 0o755);
   return dir;
 }
@@ -195,7 +195,7 @@ test("the plugin's path option ~/… under a home that is no absolute path: INVA
       assert.match(message, /home directory|absolute/);
     }
   }
-  const home = mkdtempSync(join(tmpdir(), "oauth-pool-home-"));
+  const home = tempDir("oauth-pool-home-");
   assert.deepEqual(run(home)[0], ["~/pool.json", join(home, "pool.json")], "a home that is absolute is expanded");
 });
 

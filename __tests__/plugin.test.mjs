@@ -2,19 +2,19 @@
 // mock of Anthropic. Runs under `node --test` and `bun test`.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { startMockAnthropic, rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { fakeClient } from "./helpers/pool-env.mjs";
 import { wildcardMatch } from "../lib/plugin/config.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 // Everything the plugin reads from the environment points into a temp dir or at the mock.
 // (Restored afterwards: `bun test` runs every test file in one process.)
 const ENV_KEYS = ["HOME", "XDG_CACHE_HOME", "OAUTH_POOL_PATH", "OPENCODE_MODELS_PATH", "OPENCODE_MODELS_URL", "OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL"];
 const savedEnv = Object.fromEntries(ENV_KEYS.map((k) => [k, process.env[k]]));
-const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-plugin-"));
+const tmp = tempDir("oauth-pool-plugin-");
 process.env.HOME = join(tmp, "home");
 process.env.XDG_CACHE_HOME = join(tmp, "cache");
 process.env.OAUTH_POOL_PATH = join(tmp, "default-pool.json");
@@ -660,7 +660,7 @@ test("what the pool answers for itself and OpenCode shows as it is (its 429, no 
 });
 
 test("text from the file or a server reaches the tool's output, toasts and log lines printable", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-printable-"));
+  const dir = tempDir("oauth-pool-printable-");
   const path = join(dir, "oauth-pool.json");
   const evil = "evil\u001b]0;pwned\u0007\u001b[2J\u202e@x.test";
   writeFileSync(

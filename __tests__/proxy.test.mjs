@@ -7,11 +7,11 @@ import { spawn, spawnSync } from "node:child_process";
 import { createServer } from "node:http";
 import { connect } from "node:net";
 import { createServer as createTlsServer } from "node:tls";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startEnv, seedPool } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const INDEX = fileURLToPath(new URL("../index.mjs", import.meta.url));
 const HOST = "api.anthropic.test";
@@ -29,7 +29,7 @@ function openssl(args) {
 
 before(async () => {
   mock = await startEnv();
-  dir = mkdtempSync(join(tmpdir(), "oauth-pool-tls-"));
+  dir = tempDir("oauth-pool-tls-");
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
   openssl(["req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=oauth-pool test CA"]);
   openssl(["req", ...ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", `/CN=${HOST}`]);

@@ -7,6 +7,7 @@ import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { tempPoolPath, useMock } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const mock = useMock();
 const INDEX = new URL("../index.mjs", import.meta.url).href;
@@ -317,15 +318,13 @@ test("Reliability: every entry point of the addon not an `async fn` is #[napi(ca
 // to an event's wording or to the demo left the README showing output it no longer gives.
 test("Two commands: `npm run demo` prints what the README shows (times aside), and exits 0", async () => {
   const { spawnSync } = await import("node:child_process");
-  const { mkdtempSync, rmSync } = await import("node:fs");
-  const { tmpdir } = await import("node:os");
-  const { join } = await import("node:path");
+  const { rmSync } = await import("node:fs");
   const at = README.indexOf("`npm run demo` prints");
   assert.ok(at >= 0, "the README says what the demo prints");
   const shown = /```\n([\s\S]*?)```/.exec(README.slice(at))?.[1];
   assert.ok(shown, "the demo's output block");
   // The demo makes its throwaway pool under the temp directory: this one, removed after.
-  const scratch = mkdtempSync(join(tmpdir(), "oauth-pool-demo-test-"));
+  const scratch = tempDir("oauth-pool-demo-test-");
   try {
     const env = { ...process.env, HOME: scratch, TMPDIR: scratch };
     for (const k of ["OAUTH_POOL_PATH", "OAUTH_POOL_LOG", "OAUTH_POOL_STORE", "OAUTH_POOL_HOLD_MAX_MS"]) delete env[k];

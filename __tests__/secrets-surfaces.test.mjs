@@ -8,21 +8,21 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
 import { account, fakeClient, messagesUrl, body, jsonHeaders, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const mock = useMock();
 const here = dirname(fileURLToPath(import.meta.url));
 const CLI = join(here, "..", "bin", "oauth-pool.mjs");
 const DRIVER = join(here, "helpers", "secret-driver.mjs");
 const pluginModule = await import("../plugin.mjs");
-const tmp = mkdtempSync(join(tmpdir(), "oauth-pool-surfaces-"));
+const tmp = tempDir("oauth-pool-surfaces-");
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
 const TRACE = "oauth_pool=trace,reqwest=trace,hyper=trace";

@@ -3,14 +3,14 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { createServer } from "node:http";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { inspect } from "node:util";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { useMock, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath, withEnv } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const { createPoolFetch, flushPool, poolStatus, savePool, loadPool } = lib;
 const INDEX = fileURLToPath(new URL("../index.mjs", import.meta.url));
@@ -101,7 +101,7 @@ test("2: a token endpoint that echoes the refresh token: scrubbed from errors, e
 // ---- 3. files that hang or fill memory -------------------------------------------------------
 
 test("3: credentials, pool and .bak paths that are FIFOs or devices answer at once with a code", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-fifo-"));
+  const dir = tempDir("oauth-pool-fifo-");
   const fifo = join(dir, "creds.fifo");
   assert.equal(spawnSync("mkfifo", [fifo]).status, 0);
   const path = join(dir, "pool.json");
@@ -505,7 +505,7 @@ test("17: a pool path given blank, or an OAUTH_POOL_PATH blank or not UTF-8, is 
 // A path with a NUL in it names no file: it was POOL_IO ("open failed", as for a failing disk),
 // the NUL itself in the message, from every function that takes a path and from the plugin.
 test("17b: a pool path (or Claude Code credentials path) holding a NUL is INVALID_ARGUMENT, from every function that takes one", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-nul-"));
+  const dir = tempDir("oauth-pool-nul-");
   const bad = join(dir, "pool\0.json");
   const good = join(dir, "good.json");
   writeFileSync(good, JSON.stringify({ anthropic: [] }));

@@ -9,8 +9,7 @@
 // Each test has its own HOME: the journal is per user and machine (~/.aidevops).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { spawn } from "node:child_process";
@@ -18,6 +17,7 @@ import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { CLI, cliJson, runNode } from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
 import { openCodeRetries } from "./helpers/opencode-retry.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const WORKER = fileURLToPath(new URL("./helpers/pool-worker.mjs", import.meta.url));
 const JOURNAL = [".aidevops", "oauth-pool-refreshes.json"];
@@ -32,7 +32,7 @@ after(async () => {
 
 /** A person's machine: its own HOME (and journal), the mock's endpoints. */
 function machine() {
-  const home = mkdtempSync(join(tmpdir(), "oauth-pool-two-places-"));
+  const home = tempDir("oauth-pool-two-places-");
   const env = { ...process.env, HOME: home, USERPROFILE: home, OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url };
   delete env.OAUTH_POOL_PATH;
   delete env.OAUTH_POOL_STORE;
@@ -61,7 +61,7 @@ function writePool(path, anthropic) {
 }
 
 function newPath(name = "oauth-pool.json") {
-  return join(mkdtempSync(join(tmpdir(), "oauth-pool-place-")), "pool", name);
+  return join(tempDir("oauth-pool-place-"), "pool", name);
 }
 
 /** A pool of `entries` at a new path and a byte-for-byte copy of it at another: `[a, b]`. */

@@ -6,16 +6,15 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { createPoolFetch, flushPool, loadPool, savePool } from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { useMock, tempPoolPath, readPool, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
 
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
-const home = mkdtempSync(join(tmpdir(), "oauth-pool-versions-"));
+const home = tempDir("oauth-pool-versions-");
 const mock = useMock({ env: { OAUTH_POOL_JITTER_MS: "0" } });
 
 function cli(path, ...args) {

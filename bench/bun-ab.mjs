@@ -17,11 +17,11 @@
 // Prints, per shape, each variant's and Bun's fetch's median (all requests) and median of the
 // round medians, and the ratio of each to Bun's fetch; one JSON line at the end.
 import { spawn, spawnSync } from "node:child_process";
-import { cpSync, copyFileSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpSync, copyFileSync, mkdirSync, rmSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { createInterface } from "node:readline";
+import { tempDir } from "../__tests__/helpers/temp.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const triple = "linux-x64-gnu";
@@ -51,7 +51,7 @@ for (const shape of shapes) if (!["get", "post"].includes(shape)) refuse(`--shap
 const copies = whole("copies", 2, 1);
 for (const spec of variantSpecs) if (!/^[^:#/]+(:[^:]*(:.+)?)?$/.test(spec)) refuse(`--variant=${spec}: give <label>:<git rev>:<addon.node>`);
 
-const scratch = mkdtempSync(join(tmpdir(), "oauth-pool-bun-ab-"));
+const scratch = tempDir("oauth-pool-bun-ab-");
 /** A copy of the package's JavaScript at `rev` with `addon` as its local build. */
 function materialize(label, rev, addon) {
   const dir = join(scratch, label);

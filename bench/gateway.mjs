@@ -5,11 +5,10 @@
 // Prints one JSON line with the figures.
 //   node bench/gateway.mjs
 import { spawn } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { tempDir } from "../__tests__/helpers/temp.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const MB = 1024 * 1024;
@@ -18,7 +17,7 @@ const now = () => performance.now();
 const pct = (xs, p) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))];
 const firstLine = (stream) => new Promise((resolve) => createInterface({ input: stream }).once("line", resolve));
 
-const home = mkdtempSync(join(tmpdir(), "oauth-pool-bench-gw-"));
+const home = tempDir("oauth-pool-bench-gw-");
 const mock = spawn(process.execPath, [join(root, "__tests__/helpers/mock-anthropic.mjs")], { stdio: ["pipe", "pipe", "inherit"] });
 const { url: mockUrl } = JSON.parse(await firstLine(mock.stdout));
 const env = {

@@ -10,11 +10,12 @@
 //            --out=<file.json>      (default bench/last-run.json, which records the last run,
 //                                    plain or busy)
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { cpus, tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
+import { cpus } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
+import { tempDir } from "../__tests__/helpers/temp.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const args = Object.fromEntries(
@@ -62,7 +63,7 @@ const { url } = await new Promise((resolve) => createInterface({ input: server.s
 
 process.env.OAUTH_POOL_API_URL = url;
 process.env.OAUTH_POOL_TOKEN_URL = `${url}/v1/oauth/token`;
-const poolPath = join(mkdtempSync(join(tmpdir(), "oauth-pool-bench-")), "oauth-pool.json");
+const poolPath = join(tempDir("oauth-pool-bench-"), "oauth-pool.json");
 const { savePool } = await import("../index.mjs");
 const anthropic = [];
 for (const email of ["bench-a@example.com", "bench-b@example.com"]) {

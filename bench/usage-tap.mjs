@@ -4,11 +4,10 @@
 // Prints one JSON line.
 //   node bench/usage-tap.mjs
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { tempDir } from "../__tests__/helpers/temp.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const [mode, server, poolPath] = process.argv.slice(2);
@@ -49,7 +48,7 @@ if (mode === "client") {
 
 const mock = spawn(process.execPath, [join(root, "__tests__/helpers/mock-anthropic.mjs")], { stdio: ["pipe", "pipe", "inherit"] });
 const { url } = JSON.parse(await new Promise((resolve) => createInterface({ input: mock.stdout }).once("line", resolve)));
-const home = mkdtempSync(join(tmpdir(), "oauth-pool-bench-usage-"));
+const home = tempDir("oauth-pool-bench-usage-");
 const env = { ...process.env, HOME: home, OAUTH_POOL_API_URL: url, OAUTH_POOL_TOKEN_URL: `${url}/v1/oauth/token` };
 Object.assign(process.env, env);
 const path = join(home, "pool.json");

@@ -3,15 +3,14 @@
 // throwaway pool, two accounts added through the real login flow (authorize -> the "user"
 // approves -> exchange), and a streamed request that hits a 429 on the first account and is
 // served by the second, without the caller seeing the 429.
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startMockAnthropic, rateLimitHeaders } from "../__tests__/helpers/mock-anthropic.mjs";
+import { tempDir } from "../__tests__/helpers/temp.mjs";
 
 const mock = await startMockAnthropic();
 process.env.OAUTH_POOL_TOKEN_URL = mock.tokenUrl;
 process.env.OAUTH_POOL_API_URL = mock.url;
-const path = join(mkdtempSync(join(tmpdir(), "oauth-pool-demo-")), "oauth-pool.json");
+const path = join(tempDir("oauth-pool-demo-"), "oauth-pool.json");
 process.env.OAUTH_POOL_PATH = path;
 const pool = await import("../index.mjs");
 

@@ -2,15 +2,14 @@
 // `npm run soak`: the concurrency and crash tests at a larger scale than `npm test` runs them.
 //   OAUTH_POOL_SOAK_PROCS (default 40), OAUTH_POOL_SOAK_REQUESTS (200), POOL_KILL_ROUNDS (1000)
 import { spawnSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ensureBuilt } from "./ensure-built.mjs";
+import { tempDir } from "../__tests__/helpers/temp.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 ensureBuilt();
-const home = mkdtempSync(join(tmpdir(), "oauth-pool-soak-"));
+const home = tempDir("oauth-pool-soak-");
 const env = {
   ...process.env,
   HOME: home,

@@ -5,10 +5,10 @@
 // waiting for one registered here).
 import { after } from "node:test";
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { tempDir } from "./temp.mjs";
 
 export const CLI = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "bin", "oauth-pool.mjs");
 
@@ -37,7 +37,7 @@ const SCRUBBED = [
  * directory; `childEnv(path, extra)` the environment of a CLI child on that pool.
  */
 export function cliSandbox(prefix) {
-  const tmp = mkdtempSync(join(tmpdir(), prefix));
+  const tmp = tempDir(prefix);
   const home = join(tmp, "home");
   mkdirSync(home, { recursive: true });
   after(() => rmSync(tmp, { recursive: true, force: true }));

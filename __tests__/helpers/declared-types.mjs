@@ -4,10 +4,10 @@
 // string where it says number, a field the type does not declare). The usage file under
 // __tests__/types/ checks how the types are used; this checks that they tell the truth.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { tempDir } from "./temp.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const tsc = join(root, "node_modules", "typescript", "bin", "tsc");
@@ -37,7 +37,7 @@ export function literal(value) {
  * compiler's complaints, each prefixed with the check's name; none when every value fits.
  */
 export function typeMismatches(checks) {
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-declared-"));
+  const dir = tempDir("oauth-pool-declared-");
   try {
     const head = [`import type * as P from ${JSON.stringify(join(root, "index.js"))};`, "export {};"];
     const lines = checks.map(([, type, value], i) => `const check${i}: ${type} = ${literal(value)}; void check${i};`);

@@ -3,10 +3,10 @@
 // `{ env }`: its own HOME and key file, the shared store.
 import { spawn } from "node:child_process";
 import { connect, createServer } from "node:net";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { tempDir } from "./temp.mjs";
 
 export const CLI = fileURLToPath(new URL("../../bin/oauth-pool.mjs", import.meta.url));
 const HOST = fileURLToPath(new URL("./fleet-host.mjs", import.meta.url));
@@ -65,7 +65,7 @@ export function startHostProcess(host, store, mockUrl) {
 
 /** Writes `pool` as a person would have it (0600) and copies it into `store` as `host`. */
 export async function seedStore(host, store, pool) {
-  const file = join(mkdtempSync(join(tmpdir(), "oauth-pool-seed-")), "pool.json");
+  const file = join(tempDir("oauth-pool-seed-"), "pool.json");
   writeFileSync(file, JSON.stringify(pool, null, 2), { mode: 0o600 });
   const r = await cliJson(host, "store", "copy", "--from", file, "--to", store);
   if (r.code !== 0) throw new Error(`store copy exited ${r.code}: ${r.stdout}${r.stderr}`);
@@ -74,7 +74,7 @@ export async function seedStore(host, store, pool) {
 
 /** The pool in `store`, copied out to a file as `host` and read. */
 export async function storedPool(host, store) {
-  const file = join(mkdtempSync(join(tmpdir(), "oauth-pool-out-")), "pool.json");
+  const file = join(tempDir("oauth-pool-out-"), "pool.json");
   const r = await cliJson(host, "store", "copy", "--from", store, "--to", file);
   if (r.code !== 0) throw new Error(`store copy exited ${r.code}: ${r.stdout}${r.stderr}`);
   return JSON.parse(readFileSync(file, "utf8"));

@@ -1,17 +1,18 @@
 // Shared set-up for tests that run the real addon against the loopback mock: a temp HOME and
 // pool file per test, endpoints pointed at the mock, and helpers to seed accounts.
 import { after, before } from "node:test";
-import { mkdtempSync, readFileSync, statSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startMockAnthropic } from "./mock-anthropic.mjs";
 import { savePool } from "../../index.mjs";
+import { tempDir } from "./temp.mjs";
 
 // No test may touch the real ~/.aidevops (the pool, its journal of refreshes, the store key).
 // `npm test` gives every step a throwaway HOME; a test file run on its own gets one here, before
 // its body runs (anything it or the addon derives from the home then lands in the temp dir).
 if (!(process.env.HOME ?? "").startsWith(tmpdir())) {
-  process.env.HOME = mkdtempSync(join(tmpdir(), "oauth-pool-test-home-"));
+  process.env.HOME = tempDir("oauth-pool-test-home-");
   process.env.USERPROFILE = process.env.HOME;
 }
 
@@ -63,7 +64,7 @@ export function useMock({ env = {}, options } = {}) {
 }
 
 export function tempPoolPath() {
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-"));
+  const dir = tempDir("oauth-pool-");
   return join(dir, "pool", "oauth-pool.json");
 }
 

@@ -5,12 +5,12 @@
 //   startPostgres({ tls: { cert, key }, hba })  cert and key as PEM text: TLS on (the key copied
 //   0600 and owned by the server's user, as PostgreSQL demands); hba: the pg_hba.conf lines for
 //   TCP (e.g. "hostssl all all 127.0.0.1/32 trust" admits TLS only). Local socket stays trust.
-import { spawn } from "node:child_process";
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { spawn, spawnSync } from "node:child_process";
+import { chownSync, existsSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { connect } from "node:net";
 import { freePort } from "./net.mjs";
+import { atExit, tempDir } from "./temp.mjs";
 
 // Debian keeps every server binary (initdb, pg_ctl, psql, pg_dump) in one versioned directory;
 // PATH may hold only a few of them as symlinks, so that directory wins.
@@ -50,9 +50,17 @@ async function uidOf(user) {
 export async function startPostgres({ tls, hba } = {}) {
   const bin = findBin();
   if (!bin) throw new Error("PostgreSQL's initdb was not found (install Debian's postgresql package; .ci/run does)");
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-pg-"));
+  const dir = tempDir("oauth-pool-pg-");
   const data = join(dir, "data");
   const user = process.getuid?.() === 0 ? "postgres" : undefined;
+  // A test file that ends (or dies) without close(): the server must not outlive it, nor hold
+  // the directory the exit handler removes.
+  atExit(() => {
+    if (!existsSync(join(data, "postmaster.pid"))) return;
+    const stop = [join(bin, "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"];
+    const [file, ...args] = user ? ["runuser", "-u", user, "--", ...stop] : stop;
+    spawnSync(file, args, { stdio: "ignore", timeout: 30_000 });
+  });
   if (user) {
     const [uid, gid] = await uidOf(user);
     chownSync(dir, uid, gid);
@@ -119,7 +127,7 @@ function accepts(port) {
 export async function startPgBouncer({ target, mode = "transaction", poolSize = 2 } = {}) {
   const bin = findPgBouncer();
   if (!bin) throw new Error("pgbouncer was not found: install it (Debian: apt-get install --no-install-recommends pgbouncer; .ci/run does)");
-  const dir = mkdtempSync(join(tmpdir(), "oauth-pool-pgbouncer-"));
+  const dir = tempDir("oauth-pool-pgbouncer-");
   const user = process.getuid?.() === 0 ? "postgres" : undefined;
   if (user) chownSync(dir, ...(await uidOf(user)));
   const port = await freePort();
@@ -166,6 +174,7 @@ export async function startPgBouncer({ target, mode = "transaction", poolSize = 
     c.kill("SIGTERM");
     await c.exited;
   };
+  atExit(() => child?.kill("SIGKILL"));
   await start();
   return {
     url: `postgres://postgres@127.0.0.1:${port}/postgres`,
