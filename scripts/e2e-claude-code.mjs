@@ -108,7 +108,9 @@ const dir = mkdtempSync(join(tmpdir(), "oauth-pool-e2e-cc-"));
 const home = join(dir, "home");
 const project = join(dir, "project");
 const logs = join(dir, "logs");
-for (const d of [home, project, logs]) mkdirSync(d, { recursive: true });
+// Claude Code's own temp files (claude-XXXX dirs, its shell snapshots) go with `dir`.
+const tmp = join(dir, "tmp");
+for (const d of [home, project, logs, tmp]) mkdirSync(d, { recursive: true });
 const poolFile = join(dir, "pool", "oauth-pool.json");
 const KEY = `e2e-gateway-key-${randomBytes(16).toString("hex")}`;
 
@@ -153,6 +155,7 @@ const baseEnv = {
   LANG: "C.UTF-8",
   TERM: "dumb",
   HOME: home,
+  TMPDIR: tmp,
   XDG_CONFIG_HOME: join(home, ".config"),
   XDG_CACHE_HOME: join(home, ".cache"),
   XDG_DATA_HOME: join(home, ".local", "share"),

@@ -111,21 +111,24 @@ export function run(cmd, args, { env, cwd, timeoutMs }) {
 
 /**
  * A place for OpenCode under `dir`, kept offline (reference/opencode.md "Keeping it offline"):
- * a project, a home and XDG directories of its own. `envFor(mockUrl, extra)` is the environment
+ * a project, a home, a temp dir and XDG directories of its own (what OpenCode and its Bun leave in
+ * the temp dir goes with `dir`). `envFor(mockUrl, extra)` is the environment
  * that points OpenCode at them, at `mockUrl` for models, and at a registry that refuses at once
  * (OpenCode installs @opencode-ai/plugin into its config dir at start), with `extra` added.
  */
 export function offlineOpencode(dir) {
   const project = join(dir, "project");
   const home = join(dir, "home");
+  const tmp = join(dir, "tmp");
   const xdg = Object.fromEntries(["data", "config", "cache", "state"].map((k) => [k, join(dir, "xdg", k)]));
-  for (const d of [project, home, ...Object.values(xdg)]) mkdirSync(d, { recursive: true });
+  for (const d of [project, home, tmp, ...Object.values(xdg)]) mkdirSync(d, { recursive: true });
   const envFor = (mockUrl, extra = {}) => ({
     PATH: process.env.PATH,
     LANG: "C.UTF-8",
     TERM: "dumb",
     PWD: project,
     HOME: home,
+    TMPDIR: tmp,
     XDG_DATA_HOME: xdg.data,
     XDG_CONFIG_HOME: xdg.config,
     XDG_CACHE_HOME: xdg.cache,

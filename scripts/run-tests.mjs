@@ -2,40 +2,66 @@
 // `npm test`: everything, from a fresh clone. Installs and builds what is missing, then runs
 // the Rust checks and tests, the JavaScript tests under Node and under Bun (OpenCode's runtime),
 // the packaging test and the end-to-end runs of the real OpenCode and Claude Code. Stops at the
-// first failing step.
+// first failing step, or at the first step that leaves anything in its temp directory.
 //   OAUTH_POOL_TEST_QUICK=1   skip the packaging test and the OpenCode (plain and hostile) and Claude Code e2e (local iteration)
 import { spawnSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { removeTree } from "../__tests__/helpers/temp.mjs";
 import { ensureBuilt } from "./ensure-built.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const quick = process.env.OAUTH_POOL_TEST_QUICK === "1";
-// No test may touch the real ~/.aidevops: every step runs with a throwaway HOME.
-const home = mkdtempSync(join(tmpdir(), "oauth-pool-test-home-"));
-const env = {
+// Each step runs with a temp directory of its own (TMPDIR) that must be empty when the step
+// ends, so that no run of the tests fills /tmp: what a step leaves there fails the run, named,
+// and is removed. The name is short: PostgreSQL's Unix socket lives under it, and such a path
+// must stay under 108 bytes.
+// 0755 and the steps' dirs 1777, as /tmp is: a test's server runs as `postgres`, some tests as
+// another uid, and they reach or make their own dirs there.
+const scratch = mkdtempSync(join(tmpdir(), "otp-"));
+chmodSync(scratch, 0o755);
+process.on("exit", () => removeTree(scratch));
+const base = {
   ...process.env,
-  HOME: home,
-  USERPROFILE: home,
-  OAUTH_POOL_PATH: join(home, ".aidevops", "oauth-pool.json"),
-  CARGO_HOME: process.env.CARGO_HOME ?? join(process.env.HOME ?? home, ".cargo"),
-  RUSTUP_HOME: process.env.RUSTUP_HOME ?? join(process.env.HOME ?? home, ".rustup"),
+  CARGO_HOME: process.env.CARGO_HOME ?? join(process.env.HOME ?? scratch, ".cargo"),
+  RUSTUP_HOME: process.env.RUSTUP_HOME ?? join(process.env.HOME ?? scratch, ".rustup"),
 };
-delete env.OAUTH_POOL_LOG;
+delete base.OAUTH_POOL_LOG;
 
 const timings = [];
+let steps = 0;
 function step(name, cmd, args) {
   const started = Date.now();
   console.log(`\n=== ${name}: ${cmd} ${args.join(" ")}`);
+  const tmp = join(scratch, String(++steps));
+  mkdirSync(tmp);
+  chmodSync(tmp, 0o1777);
+  // No test may touch the real ~/.aidevops: every step runs with a throwaway HOME (inside its
+  // temp dir, where the test helpers take it as theirs rather than make one per file).
+  const home = join(tmp, "home");
+  mkdirSync(home, { mode: 0o700 });
+  const env = {
+    ...base,
+    TMPDIR: tmp,
+    TMP: tmp,
+    TEMP: tmp,
+    HOME: home,
+    USERPROFILE: home,
+    OAUTH_POOL_PATH: join(home, ".aidevops", "oauth-pool.json"),
+  };
   const r = spawnSync(cmd, args, { cwd: root, stdio: "inherit", env });
   const secs = ((Date.now() - started) / 1000).toFixed(1);
   timings.push(`${name} ${secs}s`);
-  if (r.status !== 0) {
-    console.error(`\n*** ${name} failed (exit ${r.status ?? r.signal}) after ${secs}s`);
-    process.exit(r.status || 1);
+  const left = readdirSync(tmp).filter((n) => n !== "home");
+  removeTree(tmp);
+  if (left.length > 0) {
+    const shown = left.slice(0, 20).join(", ") + (left.length > 20 ? `, and ${left.length - 20} more` : "");
+    console.error(`\n*** ${name} left ${left.length} entries in its temp dir (removed now): ${shown}`);
   }
+  if (r.status !== 0) console.error(`\n*** ${name} failed (exit ${r.status ?? r.signal}) after ${secs}s`);
+  if (r.status !== 0 || left.length > 0) process.exit(r.status || 1);
 }
 
 const t0 = Date.now();
