@@ -6,7 +6,7 @@
 //   OAUTH_POOL_TEST_QUICK=1   skip the packaging test and the OpenCode (plain and hostile) and Claude Code e2e (local iteration)
 import { spawnSync } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, readdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { constants, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { removeTree } from "../__tests__/helpers/temp.mjs";
@@ -23,6 +23,8 @@ const quick = process.env.OAUTH_POOL_TEST_QUICK === "1";
 const scratch = mkdtempSync(join(tmpdir(), "otp-"));
 chmodSync(scratch, 0o755);
 process.on("exit", () => removeTree(scratch));
+// Ctrl-C or a kill ends the run through the exit handler above rather than past it.
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) process.on(sig, () => process.exit(128 + constants.signals[sig]));
 const base = {
   ...process.env,
   CARGO_HOME: process.env.CARGO_HOME ?? join(process.env.HOME ?? scratch, ".cargo"),
