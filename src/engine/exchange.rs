@@ -1451,6 +1451,10 @@ mod tests {
             panic!("nothing sent");
         };
         assert_eq!(attempt.email, "b@x", "sent to the account that rests");
+        // The engine's deferred write of the cooldown must land before the temp dir goes: it
+        // raced the removal, and the dir stayed in the temp directory with the pool in it.
+        drop((first, second));
+        engine.flush().await.unwrap();
     }
 
     /// `reset-cooldowns` run from a shell (another process) while the only account is still
@@ -1499,6 +1503,7 @@ mod tests {
             stored.find("a@x").unwrap().cooling_at(now_ms()),
             "the store holds the rest again"
         );
+        engine.flush().await.unwrap();
     }
 
     /// A file no account holds, asked through a pool of many: each account is asked once, and
@@ -1556,6 +1561,8 @@ mod tests {
             assert_eq!(asked.len(), N, "every account is asked once");
             let reads = WINDOW_READS.with(|n| n.get());
             assert!(reads <= 3 * N, "{reads} reads of an account's windows");
+            drop(ex);
+            engine.flush().await.unwrap();
         });
     }
 }
