@@ -30,7 +30,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { rateLimitHeaders, startMockAnthropic } from "../__tests__/helpers/mock-anthropic.mjs";
-import { checks, installPinned, run as runChild, skip } from "./e2e-kit.mjs";
+import { checks, installPinned, run as runChild, skip, versionOf } from "./e2e-kit.mjs";
 
 const CLAUDE_CODE_VERSION = "2.1.332";
 const SCRIPT = fileURLToPath(import.meta.url);
@@ -60,7 +60,7 @@ function ensureClaudeCode() {
     pkg,
     version: CLAUDE_CODE_VERSION,
     bin: join(CACHE, "node_modules", ...pkg.split("/"), process.platform === "win32" ? "claude.exe" : "claude"),
-    versionOf: (bin) => spawnSync(bin, ["--version"], { encoding: "utf8", timeout: 30_000 }).stdout?.trim().split(" ")[0],
+    versionOf: (bin) => versionOf(bin)?.split(" ")[0],
   });
 }
 

@@ -4,6 +4,7 @@
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { tempDir } from "../__tests__/helpers/temp.mjs";
 
 /** Checks printed as they pass or fail; `finish` prints the summary line and exits. */
 export function checks() {
@@ -59,6 +60,11 @@ export function installPinned({ script, cache, pkg, version, bin, versionOf, tim
   const installed = versionOf(bin);
   if (installed !== version) skip(script, `installed ${pkg} reports version ${JSON.stringify(installed)}, expected ${version}`);
   return bin;
+}
+
+/** What `bin --version` prints, run with a temp dir of its own: OpenCode leaves `$TMPDIR/opencode`. */
+export function versionOf(bin) {
+  return spawnSync(bin, ["--version"], { encoding: "utf8", timeout: 30_000, env: { ...process.env, TMPDIR: tempDir("oauth-pool-version-") } }).stdout?.trim();
 }
 
 /** Every child still running is killed when the script exits, however it exits. */
@@ -163,7 +169,7 @@ export function ensureOpencode(script, root) {
     pkg,
     version: OPENCODE_VERSION,
     bin: join(cache, "node_modules", pkg, "bin", process.platform === "win32" ? "opencode.exe" : "opencode"),
-    versionOf: (bin) => spawnSync(bin, ["--version"], { encoding: "utf8", timeout: 30_000 }).stdout?.trim(),
+    versionOf,
     timeoutMs: 180_000,
   });
 }
