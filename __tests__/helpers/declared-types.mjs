@@ -59,7 +59,10 @@ export function typeMismatches(checks) {
         files: ["values.ts"],
       }),
     );
-    const r = spawnSync(process.execPath, [tsc, "-p", dir, "--pretty", "false"], { encoding: "utf8", cwd: root });
+    // tsc turns on the runtime's module compile cache, which Bun (not Node 20) makes in the temp
+    // directory: kept in this one, it goes with it.
+    const env = { ...process.env, TMPDIR: dir, NODE_COMPILE_CACHE: join(dir, "compile-cache") };
+    const r = spawnSync(process.execPath, [tsc, "-p", dir, "--pretty", "false"], { encoding: "utf8", cwd: root, env });
     const out = `${r.stdout}${r.stderr}`;
     if (r.status === 0) return [];
     const found = [];
