@@ -271,6 +271,25 @@ test("an existing Claude Code login can be imported", async () => {
   assert.equal((await loadPool(path)).anthropic[0].refresh, t.refresh);
 });
 
+test("one Claude Code login imported again under another name stays one member: a name given is refused naming the holder, none renews the holder", async () => {
+  const t = mock.addAccount("cc-twice@x.test");
+  const creds = join(tempDir("claude-"), ".credentials.json");
+  writeFileSync(creds, JSON.stringify({ claudeAiOauth: { accessToken: t.access, refreshToken: t.refresh, expiresAt: t.expires, scopes: [] } }));
+  const path = tempPoolPath();
+  assert.deepEqual(await importClaudeCode({ credentialsPath: creds, email: "work", path }), { email: "work", added: true });
+  await assert.rejects(
+    importClaudeCode({ credentialsPath: creds, email: "team", path }),
+    (e) => e.code === "INVALID_ARGUMENT" && /already in the pool as work: remove work first/.test(e.message) && !e.message.includes(t.refresh),
+  );
+  assert.deepEqual(await importClaudeCode({ credentialsPath: creds, path }), { email: "work", added: false }, "without a name: the holder, renewed");
+  assert.deepEqual(await importClaudeCode({ credentialsPath: creds, email: "WORK", path }), { email: "work", added: false });
+  assert.deepEqual(
+    (await loadPool(path)).anthropic.map((a) => [a.email, a.refresh]),
+    [["work", t.refresh]],
+    "one member holds the token family",
+  );
+});
+
 // INVALID_ARGUMENT covers "a refresh token ... that is not visible ASCII of at most 4,096 bytes";
 // `refresh()` and the token endpoint's answers are held to that, a Claude Code credentials file
 // was not: its tokens were stored as they were, and the account then failed every request.

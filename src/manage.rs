@@ -257,6 +257,56 @@ pub async fn add_oauth(store: &Store, tokens: &Tokens) -> Result<(String, bool)>
         .await
 }
 
+/// A login imported from Claude Code's file: as `add_oauth`, but one login is one member. The
+/// same file imported under a second name (`--email work`, then `--email team`, or once without
+/// a name) made two members of one token family, each spending the refresh token the other then
+/// had to adopt. The login already in the pool keeps its name; a name the person gave for it is
+/// refused, as `add_api_key` refuses a key held under another name.
+pub async fn add_imported(
+    store: &Store,
+    tokens: &Tokens,
+    name_given: bool,
+) -> Result<(String, bool)> {
+    let email = login_email(tokens);
+    let mut account = Account::new_oauth(
+        &email,
+        tokens.access.clone(),
+        tokens.refresh.clone(),
+        tokens.expires,
+        now_ms(),
+    );
+    let refresh = tokens.refresh.clone();
+    store
+        .update(move |pool| {
+            let normalize = crate::account::normalize_email;
+            let holder = pool
+                .accounts()
+                .find(|a| {
+                    !a.is_api_key()
+                        && a.refresh.as_ref().is_some_and(|r| {
+                            subtle::ConstantTimeEq::ct_eq(
+                                r.expose().as_bytes(),
+                                refresh.expose().as_bytes(),
+                            )
+                            .into()
+                        })
+                })
+                .map(|a| a.email.clone());
+            if let Some(holder) = holder.filter(|h| normalize(h) != normalize(&account.email)) {
+                if name_given {
+                    return Err(Error::InvalidArgument(format!(
+                        "that login is already in the pool as {holder}: remove {holder} first to import it under another name; nothing was imported"
+                    )));
+                }
+                account.email = holder;
+            }
+            let email = account.email.clone();
+            let added = pool.upsert(account);
+            Ok((stored_name(pool, email), added))
+        })
+        .await
+}
+
 /// The name an entry `email` names is stored under: the login or key given again in another
 /// case renews that entry, and was reported under the name as given (`updated ALICE@...` for
 /// an account every list shows as `alice@...`).

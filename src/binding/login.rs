@@ -196,6 +196,7 @@ pub fn import_claude_code(
                 .join(".claude")
                 .join(".credentials.json"),
         };
+        let name_given = email.is_some();
         let mut tokens =
             crate::store::blocking(move || manage::import_claude_code(&creds, email.as_deref()))
                 .await
@@ -203,7 +204,9 @@ pub fn import_claude_code(
         if tokens.email.is_none() {
             tokens.email = oauth::profile_email(&tokens.access).await.ok().flatten();
         }
-        let (email, added) = manage::add_oauth(&store, &tokens).await.map_err(js_error)?;
+        let (email, added) = manage::add_imported(&store, &tokens, name_given)
+            .await
+            .map_err(js_error)?;
         Ok(json!({ "email": email, "added": added }))
     })
 }
