@@ -222,29 +222,14 @@ test("umask 0277 and 0377 (the owner's own bits taken): the pool, an add, a requ
   // Root reads and writes whatever the mode: only another uid meets what a user does.
   skip: (!posix && "no umask here") || (isRoot && !hasSetpriv && "running as another uid needs util-linux's setpriv"),
 }, async () => {
-  const worker = fileURLToPath(new URL("./helpers/umask-worker.mjs", import.meta.url));
   for (const umask of ["0277", "0377"]) {
     const base = scratch();
     const uid = isRoot ? USER : undefined;
     const home = uid === undefined ? join(base, "home") : homeOf(base, uid);
     if (uid === undefined) mkdirSync(home, { mode: 0o755 });
     const email = `umask-${umask}@x.test`;
-    const entries = [oauthEntry(mock, email, { expired: true })];
     const env = { HOME: home, OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url };
-    let argv = [process.execPath, worker, JSON.stringify({ entries, messagesUrl: messagesUrl(mock), email })];
-    argv = ["sh", "-c", `umask ${umask} && exec "$@"`, "sh", ...argv];
-    if (uid !== undefined) argv = ["setpriv", `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", ...argv];
-    // Not spawnSync: the mock answering the worker runs in this process.
-    const r = await new Promise((resolve) => {
-      execFile(
-        argv[0],
-        argv.slice(1),
-        { env: { PATH: process.env.PATH, BUN_RUNTIME_TRANSPILER_CACHE_PATH: "0", ...env }, timeout: 60_000 },
-        (error, stdout, stderr) => resolve({ status: error ? (error.code ?? error.signal) : 0, stdout, stderr }),
-      );
-    });
-    assert.equal(r.status, 0, r.stderr);
-    const steps = JSON.parse(r.stdout.trim().split("\n").at(-1));
+    const steps = await umaskWorker({ uid, umask, env, email });
     assert.deepEqual(steps, { save: "ok", add: true, fetch: 200, refresh: "refreshed", gateway: "key made" }, `umask ${umask}`);
     const list = cli(["list", "--json"], { uid, umask, env });
     assert.equal(list.code, 0, `umask ${umask}: list: ${list.err}`);

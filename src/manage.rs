@@ -279,19 +279,9 @@ pub async fn add_imported(
     store
         .update(move |pool| {
             let normalize = crate::account::normalize_email;
-            let holder = pool
-                .accounts()
-                .find(|a| {
-                    !a.is_api_key()
-                        && a.refresh.as_ref().is_some_and(|r| {
-                            subtle::ConstantTimeEq::ct_eq(
-                                r.expose().as_bytes(),
-                                refresh.expose().as_bytes(),
-                            )
-                            .into()
-                        })
-                })
-                .map(|a| a.email.clone());
+            let holder = holder_of(pool, &refresh, |a| {
+                (!a.is_api_key()).then_some(a.refresh.as_ref()).flatten()
+            });
             if let Some(holder) = holder.filter(|h| normalize(h) != normalize(&account.email)) {
                 if name_given {
                     return Err(Error::InvalidArgument(format!(
@@ -305,6 +295,22 @@ pub async fn add_imported(
             Ok((stored_name(pool, email), added))
         })
         .await
+}
+
+/// The name of the account whose credential (`held` of it) is `secret`, compared in constant time.
+fn holder_of(
+    pool: &Pool,
+    secret: &Secret,
+    held: impl Fn(&Account) -> Option<&Secret>,
+) -> Option<String> {
+    pool.accounts()
+        .find(|a| {
+            held(a).is_some_and(|h| {
+                subtle::ConstantTimeEq::ct_eq(h.expose().as_bytes(), secret.expose().as_bytes())
+                    .into()
+            })
+        })
+        .map(|a| a.email.clone())
 }
 
 /// The name an entry `email` names is stored under: the login or key given again in another
@@ -532,19 +538,9 @@ pub async fn add_api_key(
             }
             // One key is one limit: a second member holding it would only fail over to the
             // same refusal. The key already in the pool keeps its name.
-            let holder = pool
-                .accounts()
-                .find(|a| {
-                    a.is_api_key()
-                        && a.key.as_ref().is_some_and(|k| {
-                            subtle::ConstantTimeEq::ct_eq(
-                                k.expose().as_bytes(),
-                                account.key.as_ref().map_or(&[][..], |n| n.expose().as_bytes()),
-                            )
-                            .into()
-                        })
-                })
-                .map(|a| a.email.clone());
+            let holder = account.key.as_ref().and_then(|key| {
+                holder_of(pool, key, |a| a.is_api_key().then_some(a.key.as_ref()).flatten())
+            });
             let mut account = account;
             let normalize = crate::account::normalize_email;
             if let Some(holder) = holder.filter(|h| normalize(h) != normalize(&named)) {
