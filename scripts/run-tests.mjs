@@ -4,8 +4,8 @@
 // the packaging test and the end-to-end runs of the real OpenCode and Claude Code. Stops at the
 // first failing step, or at the first step that leaves anything in its temp directory.
 //   OAUTH_POOL_TEST_QUICK=1   skip the packaging test and the OpenCode (plain and hostile) and Claude Code e2e (local iteration)
-import { spawnSync } from "node:child_process";
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { constants, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -23,8 +23,60 @@ const quick = process.env.OAUTH_POOL_TEST_QUICK === "1";
 const scratch = mkdtempSync(join(tmpdir(), "otp-"));
 chmodSync(scratch, 0o755);
 process.on("exit", () => removeTree(scratch));
-// Ctrl-C or a kill ends the run through the exit handler above rather than past it.
-for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) process.on(sig, () => process.exit(128 + constants.signals[sig]));
+// Ctrl-C or a kill ends the run through the exit handler above rather than past it. Ctrl-C
+// reaches the terminal's whole process group; a kill of this process alone is passed on to the
+// running step and everything it started (found through /proc: the step stays in this process
+// group, so a kill of the group, as CI's timeout sends, still reaches all of it), and the run
+// ends once the step has; one that has not stopped ten seconds later is killed.
+let running = null;
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.on(sig, () => {
+    const code = 128 + constants.signals[sig];
+    if (!running) process.exit(code);
+    if (running.stopping) return;
+    running.stopping = code;
+    signalTree(running.child.pid, sig);
+    setTimeout(() => running && signalTree(running.child.pid, "SIGKILL"), 10_000).unref();
+  });
+}
+function signalTree(pid, sig) {
+  for (const each of [pid, ...descendants(pid)]) {
+    try {
+      process.kill(each, sig);
+    } catch {
+      // gone already
+    }
+  }
+}
+function descendants(pid) {
+  const children = new Map();
+  let names = [];
+  try {
+    names = readdirSync("/proc").filter((n) => /^\d+$/.test(n));
+  } catch {
+    return [];
+  }
+  for (const name of names) {
+    try {
+      // The parent is the second field after the command name, which may hold spaces or ")".
+      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+      const parent = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (!children.has(parent)) children.set(parent, []);
+      children.get(parent).push(Number(name));
+    } catch {
+      // ended while we looked
+    }
+  }
+  const found = [];
+  const queue = [pid];
+  while (queue.length > 0) {
+    for (const child of children.get(queue.shift()) ?? []) {
+      found.push(child);
+      queue.push(child);
+    }
+  }
+  return found;
+}
 const base = {
   ...process.env,
   CARGO_HOME: process.env.CARGO_HOME ?? join(process.env.HOME ?? scratch, ".cargo"),
@@ -34,7 +86,7 @@ delete base.OAUTH_POOL_LOG;
 
 const timings = [];
 let steps = 0;
-function step(name, cmd, args) {
+async function step(name, cmd, args) {
   const started = Date.now();
   console.log(`\n=== ${name}: ${cmd} ${args.join(" ")}`);
   const tmp = join(scratch, String(++steps));
@@ -53,7 +105,14 @@ function step(name, cmd, args) {
     USERPROFILE: home,
     OAUTH_POOL_PATH: join(home, ".aidevops", "oauth-pool.json"),
   };
-  const r = spawnSync(cmd, args, { cwd: root, stdio: "inherit", env });
+  const child = spawn(cmd, args, { cwd: root, stdio: "inherit", env });
+  running = { child, stopping: null };
+  const r = await new Promise((resolve) => {
+    child.on("error", (error) => resolve({ status: null, signal: error.code }));
+    child.on("exit", (status, signal) => resolve({ status, signal }));
+  });
+  const stopping = running.stopping;
+  running = null;
   const secs = ((Date.now() - started) / 1000).toFixed(1);
   timings.push(`${name} ${secs}s`);
   const left = readdirSync(tmp).filter((n) => n !== "home");
@@ -62,24 +121,25 @@ function step(name, cmd, args) {
     const shown = left.slice(0, 20).join(", ") + (left.length > 20 ? `, and ${left.length - 20} more` : "");
     console.error(`\n*** ${name} left ${left.length} entries in its temp dir (removed now): ${shown}`);
   }
+  if (stopping) process.exit(stopping);
   if (r.status !== 0) console.error(`\n*** ${name} failed (exit ${r.status ?? r.signal}) after ${secs}s`);
   if (r.status !== 0 || left.length > 0) process.exit(r.status || 1);
 }
 
 const t0 = Date.now();
 ensureBuilt();
-step("rustfmt", "cargo", ["fmt", "--check"]);
-step("clippy", "cargo", ["clippy", "--all-targets", "--", "-D", "warnings"]);
-step("cargo test", "cargo", ["test"]);
-step("js lint+format", join(root, "node_modules", ".bin", "biome"), ["ci", "--reporter=summary", "."]);
-step("types", process.execPath, [join(root, "node_modules", "typescript", "bin", "tsc"), "-p", "__tests__/types/tsconfig.json"]);
-step("node tests", process.execPath, ["--test", "--test-concurrency=1", "__tests__/"]);
-step("bun tests", join(root, "node_modules", ".bin", "bun"), ["test", "--timeout", "120000", "__tests__/"]);
-step("workflow lint", process.execPath, ["scripts/lint-workflow.mjs"]);
+await step("rustfmt", "cargo", ["fmt", "--check"]);
+await step("clippy", "cargo", ["clippy", "--all-targets", "--", "-D", "warnings"]);
+await step("cargo test", "cargo", ["test"]);
+await step("js lint+format", join(root, "node_modules", ".bin", "biome"), ["ci", "--reporter=summary", "."]);
+await step("types", process.execPath, [join(root, "node_modules", "typescript", "bin", "tsc"), "-p", "__tests__/types/tsconfig.json"]);
+await step("node tests", process.execPath, ["--test", "--test-concurrency=1", "__tests__/"]);
+await step("bun tests", join(root, "node_modules", ".bin", "bun"), ["test", "--timeout", "120000", "__tests__/"]);
+await step("workflow lint", process.execPath, ["scripts/lint-workflow.mjs"]);
 if (!quick) {
-  step("pack test", process.execPath, ["scripts/pack-test.mjs"]);
-  step("opencode e2e", process.execPath, ["scripts/e2e-opencode.mjs"]);
-  step("opencode hostile e2e", process.execPath, ["scripts/e2e-opencode-hostile.mjs"]);
-  step("claude code e2e", process.execPath, ["scripts/e2e-claude-code.mjs"]);
+  await step("pack test", process.execPath, ["scripts/pack-test.mjs"]);
+  await step("opencode e2e", process.execPath, ["scripts/e2e-opencode.mjs"]);
+  await step("opencode hostile e2e", process.execPath, ["scripts/e2e-opencode-hostile.mjs"]);
+  await step("claude code e2e", process.execPath, ["scripts/e2e-claude-code.mjs"]);
 }
 console.log(`\nall steps passed in ${((Date.now() - t0) / 1000).toFixed(0)}s: ${timings.join(", ")}`);
