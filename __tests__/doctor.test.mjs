@@ -183,6 +183,16 @@ test("doctor: the plugin not listed, listed only under OpenCode 2's `plugins`, l
   assert.match(c.message, /OpenCode loads the plugin 2 times, under different names: .*keep one entry/);
 });
 
+test("doctor: plugin options that are not an object (a pool path as a string) are a problem OpenCode does not load, not options taken as written", async () => {
+  const box = user();
+  await seed(box, [{ email: "options@x.test" }]);
+  write(join(box.global, "opencode.json"), { plugin: [["opencode-oauth-pool", box.pool]] });
+  const d = await doctor(box);
+  const [row] = d.named("plugin options");
+  assert.equal(row?.level, "problem", d.shown);
+  assert.match(row.message, /plugin options must be an object .*got ".*": OpenCode does not load the plugin/);
+});
+
 test("doctor: a provider OpenCode hides, a baseURL off the pool's API or without /v1, another SDK package", async () => {
   const box = user();
   await seed(box, [{ email: "provider@x.test" }]);

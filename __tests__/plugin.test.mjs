@@ -1728,6 +1728,23 @@ test("a plugin option of the wrong type fails the plugin's load with INVALID_ARG
   assert.deepEqual(Object.keys(hooks.tool), [TOOL]);
 });
 
+test("plugin options that are not an object (a pool path as a string, a list) fail the load with INVALID_ARGUMENT, from every part", async () => {
+  // Dropped without a word, they left the default pool serving in place of the one named.
+  const input = { client: fakeClient().client };
+  for (const [options, said] of [
+    ["~/work-pool.json", /got "~\/work-pool\.json"$/],
+    [[{ path: "p.json" }], /got a list$/],
+    [5, /got a number$/],
+    [true, /got a boolean$/],
+  ]) {
+    const refused = (err) => err.code === "INVALID_ARGUMENT" && /^plugin options must be an object/.test(err.message) && said.test(err.message);
+    await assert.rejects(OAuthPoolPlugin(input, options), refused, JSON.stringify(options));
+    assert.throws(() => poolAuthHook(input, options), refused);
+    assert.throws(() => createPoolTool(input, options), refused);
+    await assert.rejects(poolConfigHook({}, options), refused);
+  }
+});
+
 test("plugin option fetch: the host's own fetch serves the loader and the declared provider", async () => {
   const path = freshPath();
   const own = lib.createPoolFetch({ path });

@@ -60,7 +60,12 @@ export function reportUnknownOptions(input, options, also = []) {
  * to use instead of the host's shared one). Wrong types are refused at once (INVALID_ARGUMENT).
  */
 export function pluginOptions(options) {
-  const o = options && typeof options === "object" ? options : {};
+  // Options given as something else (a pool path as a string, a list) were dropped without a
+  // word, and the default pool served in their place.
+  if (options !== undefined && options !== null && (typeof options !== "object" || Array.isArray(options))) {
+    throw api.invalidArgument(`plugin options must be an object such as { "path": "..." }, got ${shownOption(options)}`);
+  }
+  const o = options ?? {};
   const name = (key, fallback, pattern) => {
     const v = o[key];
     if (v === undefined || v === null || v === "") return fallback;
