@@ -58,6 +58,26 @@ test("streams a Messages answer with the pool's bearer and the oauth beta merged
   assert.equal(res.poolAccount, "s1@x.test");
 });
 
+test("the caller's betas go once each, the oauth beta once in any case, whatever the header's spelling or repeats", async () => {
+  const path = await seedPool(mock, ["bt@x.test"]);
+  const poolFetch = createPoolFetch({ path });
+  const sentBetas = async (...lines) => {
+    const headers = new Headers(jsonHeaders);
+    for (const line of lines) headers.append(...line);
+    mock.clearRequests();
+    const res = await poolFetch(messagesUrl(mock), { method: "POST", headers, body: body() });
+    assert.equal(res.status, 200);
+    await res.text();
+    return mock.requests.at(-1).headers["anthropic-beta"].split(",");
+  };
+  // Names in any case, values spaced, split over two header lines, a beta repeated apart.
+  assert.deepEqual(await sentBetas(["Anthropic-Beta", " a-1 ,b-2"], ["ANTHROPIC-BETA", "a-1, c-3"]), ["oauth-2025-04-20", "a-1", "b-2", "c-3"]);
+  // The caller's own oauth beta, in another case: sent once, as the API spells it, where it stood.
+  assert.deepEqual(await sentBetas(["anthropic-beta", "a-1, OAuth-2025-04-20"], ["anthropic-beta", "oauth-2025-04-20"]), ["a-1", "oauth-2025-04-20"]);
+  // Empty pieces are no beta.
+  assert.deepEqual(await sentBetas(["anthropic-beta", " , ,"]), ["oauth-2025-04-20"]);
+});
+
 test("a 429 moves the same request to the next account and the cooldown lands in the file", async () => {
   const path = await seedPool(mock, ["r1@x.test", "r2@x.test"]);
   const reset = Math.floor(Date.now() / 1000) + 7999;

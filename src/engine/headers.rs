@@ -288,18 +288,31 @@ pub fn with_credential(base: &HeaderMap, credential: &Credential) -> Result<Head
                 HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(bad)?;
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
-            let mut betas: Vec<String> = headers
+            // The caller's betas once each, where they stand; the OAuth beta, in whatever case
+            // the caller wrote it, is sent once as the API spells it (a caller's
+            // `OAuth-2025-04-20` went beside a second copy, and a repeat not next to its twin
+            // went twice).
+            let mut betas: Vec<String> = Vec::new();
+            for beta in headers
                 .get_all("anthropic-beta")
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
-                .map(|s| s.trim().to_string())
+                .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .collect();
+            {
+                let beta = if beta.eq_ignore_ascii_case(OAUTH_BETA) {
+                    OAUTH_BETA
+                } else {
+                    beta
+                };
+                if !betas.iter().any(|b| b == beta) {
+                    betas.push(beta.to_string());
+                }
+            }
             if !betas.iter().any(|b| b == OAUTH_BETA) {
                 betas.insert(0, OAUTH_BETA.to_string());
             }
-            betas.dedup();
             headers.remove("anthropic-beta");
             let merged = HeaderValue::from_str(&betas.join(","))
                 .map_err(|_| Error::InvalidArgument("bad anthropic-beta header".into()))?;
