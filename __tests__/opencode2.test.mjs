@@ -954,9 +954,17 @@ test("the retry on another account is sent as the host sends its own: without th
 test("2.x: a plugin option of the wrong type is one error line and nothing set up; a value pasted there is not quoted", async () => {
   // README: "one of the wrong type logs `[oauth-pool] error: … the pool is not set up`". Each
   // class of wrong value: a path that is no string, a name with spaces, a provider's block (its
-  // key with it) pasted as the provider's name, a fetch that is no function.
+  // key with it) pasted as the provider's name, a fetch that is no function; options that are no
+  // object (a pool path given as the options, a list), which set up the default pool.
   const secret = ["sk", "ant", "api03", "pasted", "0123456789abcdef"].join("-");
-  for (const options of [{ path: 5 }, { toolName: "pool accounts" }, { provider: { apiKey: secret } }, { fetch: "https://proxy.example" }]) {
+  for (const options of [
+    { path: 5 },
+    { toolName: "pool accounts" },
+    { provider: { apiKey: secret } },
+    { fetch: "https://proxy.example" },
+    "~/work-pool.json",
+    [{ path: "p.json" }],
+  ]) {
     await withLogLines(async (lines) => {
       const host = createHost({ sleep: async () => {}, random: () => 0.5 });
       const handle = await host.start(loadPlugin(pluginModule, { options }));
