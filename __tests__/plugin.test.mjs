@@ -1745,6 +1745,29 @@ test("plugin options that are not an object (a pool path as a string, a list) fa
   }
 });
 
+test("a plugin input or a config that is not an object is INVALID_ARGUMENT from every part, in a sentence; none at all is no toasts", async () => {
+  // Each part took a number, a string or a list as its host's input, and the config hook did
+  // nothing at all with a config that was none.
+  const sentence = (err) => err.code === "INVALID_ARGUMENT" && !/\ba (undefined|object)\b/.test(err.message);
+  for (const input of [5, "client", [fakeClient().client], true]) {
+    const refused = (err) => sentence(err) && /^the plugin input must be OpenCode's plugin input object/.test(err.message);
+    await assert.rejects(OAuthPoolPlugin(input), refused, JSON.stringify(input));
+    assert.throws(() => poolAuthHook(input), refused);
+    assert.throws(() => createPoolTool(input), refused);
+    await assert.rejects(poolConfigHook({}, { input }), refused);
+  }
+  for (const config of [undefined, null, "x", 5, []]) {
+    await assert.rejects(
+      poolConfigHook(config),
+      (err) => sentence(err) && /^the config hook takes OpenCode's config object, got /.test(err.message),
+      String(config),
+    );
+  }
+  const hooks = await OAuthPoolPlugin(undefined, { path: freshPath() });
+  assert.equal(hooks.auth.provider, "anthropic-pool");
+  assert.match(await hooks.tool[TOOL].execute({ action: "list" }, {}), /no accounts yet/);
+});
+
 test("plugin option fetch: the host's own fetch serves the loader and the declared provider", async () => {
   const path = freshPath();
   const own = lib.createPoolFetch({ path });

@@ -5,7 +5,7 @@
 import { poolAuthHook } from "./plugin/auth.mjs";
 import { poolConfigHook } from "./plugin/config.mjs";
 import { createPoolTool } from "./plugin/tool.mjs";
-import { pluginOptions } from "./plugin/shared.mjs";
+import { pluginInput, pluginOptions } from "./plugin/shared.mjs";
 
 export { ANTHROPIC_MODELS } from "./plugin/models.mjs";
 export { poolAuthHook, poolConfigHook, createPoolTool };
@@ -16,6 +16,7 @@ export { poolAuthHook, poolConfigHook, createPoolTool };
  *   `["opencode-oauth-pool/plugin", { path }]` in opencode.json
  */
 export async function OAuthPoolPlugin(input, options) {
+  pluginInput(input);
   const { toolName } = pluginOptions(options);
   return {
     auth: poolAuthHook(input, options),

@@ -1,7 +1,7 @@
 // The `auth` hook of the `anthropic-pool` provider. Logging in adds an account to the pool (the
 // tokens stay in the native side and the pool file); OpenCode's own auth.json only gets a
 // placeholder, so that its loader runs. The loader hands OpenCode the rotating fetch.
-import { pool, pluginOptions, poolFetchFor, log, toast, reportUnknownOptions } from "./shared.mjs";
+import { pool, pluginInput, pluginOptions, poolFetchFor, log, toast, reportUnknownOptions } from "./shared.mjs";
 
 /** What OpenCode stores in auth.json for this provider: no secret, never expires. */
 const PLACEHOLDER = Object.freeze({
@@ -76,7 +76,7 @@ export async function apiKeysOnly(path) {
 }
 
 export function poolAuthHook(input, options) {
-  const client = input?.client;
+  const client = pluginInput(input)?.client;
   const { path, provider: providerID } = pluginOptions(options);
   reportUnknownOptions(input, options);
   let fetch;

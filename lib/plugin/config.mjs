@@ -8,7 +8,8 @@ import { constants } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { ANTHROPIC_MODELS } from "./models.mjs";
-import { apiOrigin, pluginOptions, poolFetchFor, reportUnknownOptions } from "./shared.mjs";
+import { apiOrigin, pluginInput, pluginOptions, poolFetchFor, reportUnknownOptions } from "./shared.mjs";
+import { invalidArgument } from "../api.mjs";
 import { apiKeysOnly, noteTheirCosts, zeroModelCosts } from "./auth.mjs";
 import { noteRemoveRule, removePermission } from "./tool.mjs";
 
@@ -180,8 +181,15 @@ function guardModels(entry) {
  * shares the host's fetch and notices with the auth loader.
  */
 export async function poolConfigHook(config, options = {}) {
-  if (!config || typeof config !== "object") return;
+  // What is in the config is the person's, taken or dropped without a throw (see below); the
+  // config itself is always OpenCode's object, and anything else a caller's mistake.
+  if (!config || typeof config !== "object" || Array.isArray(config)) {
+    throw invalidArgument(
+      `the config hook takes OpenCode's config object, got ${config === undefined ? "nothing" : config === null ? "null" : Array.isArray(config) ? "a list" : `a ${typeof config}`}`,
+    );
+  }
   const opts = pluginOptions(options);
+  pluginInput(options?.input);
   reportUnknownOptions(options?.input, options, ["input"]);
   const fetch = poolFetchFor(options?.input, options);
   config.provider = isPlainObject(config.provider) ? config.provider : {};

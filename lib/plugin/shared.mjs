@@ -54,6 +54,17 @@ export function reportUnknownOptions(input, options, also = []) {
 }
 
 /**
+ * The host's plugin input as the parts take it: OpenCode's object, or none (no toasts, no log
+ * lines). Anything else is a caller's mistake, refused as every export refuses one.
+ */
+export function pluginInput(input) {
+  if (input !== undefined && input !== null && (typeof input !== "object" || Array.isArray(input))) {
+    throw api.invalidArgument(`the plugin input must be OpenCode's plugin input object ({ client, ... }), got ${shownOption(input)}`);
+  }
+  return input;
+}
+
+/**
  * The plugin options every part takes (`OAuthPoolPlugin(input, options)` and the parts):
  * `path` (the pool file), `toolName` (the management tool and its command), `provider`
  * (`anthropic-pool`, or `anthropic` to serve OpenCode's own provider), `fetch` (a pool fetch

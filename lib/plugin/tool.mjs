@@ -5,7 +5,7 @@
 // library is imported: it costs more to load (tens of ms cold under Node) than everything else
 // here, and library-only and CLI users never need it.
 import { createRequire } from "node:module";
-import { pool, pluginOptions, reportUnknownOptions } from "./shared.mjs";
+import { pool, pluginInput, pluginOptions, reportUnknownOptions } from "./shared.mjs";
 import {
   accountLine,
   ago,
@@ -445,6 +445,7 @@ export const TOOL_INPUT_SCHEMA = Object.freeze({
 const require = createRequire(import.meta.url);
 
 export function createPoolTool(input, options) {
+  pluginInput(input);
   const { path, toolName } = pluginOptions(options);
   reportUnknownOptions(input, options);
   const { z } = require("zod");
