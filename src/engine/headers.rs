@@ -293,6 +293,8 @@ pub fn with_credential(base: &HeaderMap, credential: &Credential) -> Result<Head
             // `OAuth-2025-04-20` went beside a second copy, and a repeat not next to its twin
             // went twice).
             let mut betas: Vec<String> = Vec::new();
+            // A set, so that a header of many thousands of pieces costs linear time.
+            let mut seen = std::collections::HashSet::new();
             for beta in headers
                 .get_all("anthropic-beta")
                 .iter()
@@ -306,7 +308,7 @@ pub fn with_credential(base: &HeaderMap, credential: &Credential) -> Result<Head
                 } else {
                     beta
                 };
-                if !betas.iter().any(|b| b == beta) {
+                if seen.insert(beta) {
                     betas.push(beta.to_string());
                 }
             }
