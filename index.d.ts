@@ -79,7 +79,11 @@ export interface TokenSet {
   /** Epoch milliseconds. */
   expires: number;
 }
-export function exchange(input: string, pkce: { verifier: string; state: string }): Promise<TokenSet & { email: string }>;
+/**
+ * `email`: from the token response, else from the profile endpoint; null when neither gives one
+ * that can name an account (the tokens are still handed back: the code is spent).
+ */
+export function exchange(input: string, pkce: { verifier: string; state: string }): Promise<TokenSet & { email: string | null }>;
 export function refresh(refreshToken: string): Promise<TokenSet>;
 
 /** An account as shown to people: no secrets. Unreadable entries have status "invalid". */

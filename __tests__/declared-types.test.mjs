@@ -106,6 +106,12 @@ test("every value the library resolves fits the type index.d.ts declares for it"
   const pkce = await lib.authorize({ mode: "console" });
   check("authorize console", "P.AuthorizeResult", pkce);
   check("exchange", result("exchange"), await lib.exchange(mock.approve(pkce.url, "exchanged@declared.test"), pkce));
+  // A server's email that cannot name an account (control characters), from the token response
+  // and the profile alike: the tokens come back without one.
+  const nameless = await lib.authorize();
+  const unnamed = await lib.exchange(mock.approve(nameless.url, "bad\u001b[2Jname@declared.test"), nameless);
+  assert.equal(unnamed.email, null);
+  check("exchange, no email that names an account", result("exchange"), unnamed);
   const login = await lib.authorize();
   check("addAccount", result("addAccount"), await lib.addAccount(mock.approve(login.url, "added@declared.test"), login, path));
   check("refresh", result("refresh"), await lib.refresh(mock.addAccount("refreshed@declared.test").refresh));
