@@ -1,7 +1,7 @@
 // OAuth through the real addon against the strict mock token endpoint (issue 3).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { authorize, exchange, refresh, addAccount, addApiKey, loadPool, importClaudeCode, listAccounts } from "../index.mjs";
+import { authorize, exchange, refresh, addAccount, addApiKey, loadPool, savePool, importClaudeCode, listAccounts } from "../index.mjs";
 import { callbackUrlFromPaste } from "./helpers/mock-anthropic.mjs";
 import { useMock, tempPoolPath, mode } from "./helpers/pool-env.mjs";
 import { writeFileSync } from "node:fs";
@@ -22,6 +22,44 @@ test("authorize: PKCE S256 with a separate random state", async () => {
   const c = await authorize({ mode: "console" });
   assert.equal(new URL(c.url).host, "platform.claude.com");
   await assert.rejects(authorize({ mode: "nope" }), (e) => e.code === "INVALID_ARGUMENT");
+});
+
+test("the contract's shapes: exactly these keys, expires in epoch ms, every rejection an Error with its code", async () => {
+  // CONTRACT.md "Native functions": what each resolves to, no more (a key added by mistake
+  // could carry a secret to a caller that prints the object), and a coded Error for bad input.
+  const keys = (o) => Object.keys(o).sort();
+  const missing = join(tempDir("oauth-pool-shapes-"), "none", "pool.json");
+  assert.deepEqual(await loadPool(missing), { anthropic: [] });
+  assert.equal(await savePool({ anthropic: [] }, missing), undefined);
+  const a = await authorize();
+  assert.deepEqual(keys(a), ["state", "url", "verifier"]);
+  assert.ok([a.url, a.state, a.verifier].every((v) => typeof v === "string" && v.length > 0));
+  const before = Date.now();
+  const t = await exchange(mock.approve(a.url, "shapes@x.test", { expiresIn: 3600 }), a);
+  assert.deepEqual(keys(t), ["access", "email", "expires", "refresh"]);
+  assert.equal(t.email, "shapes@x.test");
+  // Milliseconds: this login's tokens live an hour (seconds would read as January 1970).
+  assert.ok(Number.isInteger(t.expires) && t.expires >= before + 3_500_000 && t.expires <= Date.now() + 3_700_000, String(t.expires));
+  const r = await refresh(t.refresh);
+  assert.deepEqual(keys(r), ["access", "expires", "refresh"]);
+  assert.ok(Number.isInteger(r.expires) && r.expires >= before + 3_500_000 && r.expires <= Date.now() + 3_700_000, String(r.expires));
+  const coded = (code) => (e) => e instanceof Error && e.code === code && typeof e.message === "string" && e.message.length > 0;
+  for (const [what, call, code] of [
+    ["loadPool(5)", () => loadPool(5), "INVALID_ARGUMENT"],
+    ["savePool()", () => savePool(), "POOL_INVALID"],
+    ["savePool({ anthropic: [{}] })", () => savePool({ anthropic: [{}] }, missing), "POOL_INVALID"],
+    ["savePool(pool, 5)", () => savePool({ anthropic: [] }, 5), "INVALID_ARGUMENT"],
+    ["authorize('max')", () => authorize("max"), "INVALID_ARGUMENT"],
+    ["authorize({ mode: 'pro' })", () => authorize({ mode: "pro" }), "INVALID_ARGUMENT"],
+    ["exchange()", () => exchange(), "INVALID_ARGUMENT"],
+    ["exchange(code)", () => exchange("c#s"), "INVALID_ARGUMENT"],
+    ["exchange(code, { verifier })", () => exchange("c#s", { verifier: a.verifier }), "INVALID_ARGUMENT"],
+    ["refresh()", () => refresh(), "INVALID_ARGUMENT"],
+    ["refresh(42)", () => refresh(42), "INVALID_ARGUMENT"],
+  ]) {
+    await assert.rejects(call(), coded(code), what);
+  }
+  assert.deepEqual(await loadPool(missing), { anthropic: [] }, "nothing was written by the refusals");
 });
 
 test("exchange accepts code#state, the callback URL and a query string", async () => {
