@@ -357,6 +357,43 @@ test("11: wrong argument types reject with INVALID_ARGUMENT and a sentence", asy
   );
 });
 
+test("11b: a credential passed where another argument goes (arguments swapped, a key as an option's name) is not repeated by INVALID_ARGUMENT", async () => {
+  // `addApiKey("me@x.test", key)` said "addApiKey's options must be an object, got
+  // "sk-ant-api03-<27 characters of the key>..."", and an option named by a token repeated all
+  // of it: the message goes to logs and toasts.
+  const key = `sk-ant-api03-${"K3yMaterial".repeat(8)}`;
+  const token = `sk-ant-ort01-${"T0kenMaterial".repeat(7)}`;
+  const calls = [
+    ["addApiKey(email, key)", () => lib.addApiKey("me@x.test", key), /options must be an object/],
+    ["authorize(token)", () => lib.authorize(token), /options must be an object/],
+    ["authorize({ mode: token })", () => lib.authorize({ mode: token }), /mode must be/],
+    ["setEnabled(email, token)", () => lib.setEnabled("a@x.test", token), /enabled must be/],
+    ["setPriority(email, token)", () => lib.setPriority("a@x.test", token), /priority must be/],
+    ["setReserve(email, key)", () => lib.setReserve("a@x.test", key), /a reserve is a fraction/],
+    ["importClaudeCode(token)", () => lib.importClaudeCode(token), /options must be an object/],
+    ["serve({ port: key })", () => lib.serve({ port: key }), /port must be/],
+    ["authorize({ [token]: 1 })", () => lib.authorize({ [token]: 1 }), /no option/],
+    ["addApiKey(key, { [key]: 1 })", () => lib.addApiKey(key, { [key]: 1 }), /no option/],
+    ["createPoolFetch({ [token]: 1 })", () => lib.createPoolFetch({ [token]: 1 }), /no option/],
+    ["createPoolFetch({ transport: key })", () => lib.createPoolFetch({ transport: key }), /transport must be/],
+  ];
+  for (const [what, call, says] of calls) {
+    let err;
+    try {
+      await call();
+    } catch (e) {
+      err = e;
+    }
+    assert.equal(err?.code, "INVALID_ARGUMENT", what);
+    assert.match(err.message, says, what);
+    for (const secret of [key, token]) {
+      for (let i = "sk-ant-".length; i + 12 <= secret.length; i += 6) {
+        assert.ok(!err.message.includes(secret.slice(i, i + 12)), `${what}: a piece of the credential in ${err.message}`);
+      }
+    }
+  }
+});
+
 // ---- 13. emails that differ only in case ------------------------------------------------------
 
 test("13: accounts whose emails differ only in case are two accounts: served, changed and removed exactly", async () => {

@@ -2,7 +2,7 @@
 // INVALID_ARGUMENT and a sentence, never napi's `StringExpected`), then calls Rust, and every
 // rejection carries `err.code`. One set of wrappers, used by index.mjs, the plugin and the CLI.
 import { native } from "./native.mjs";
-import { settle, toPoolError, wrap } from "./errors.mjs";
+import { scrubbed, settle, toPoolError, wrap } from "./errors.mjs";
 
 /** A synchronous native call: napi-rs can return the Error instead of throwing it. */
 function sync(value) {
@@ -16,15 +16,22 @@ export function invalidArgument(message) {
   return err;
 }
 
-function shown(value) {
+/**
+ * A wrong value as a message quotes it. A string is scrubbed of token shapes before it is cut: a
+ * key or token handed in the wrong place (`addApiKey(email, key)`, arguments swapped) was quoted
+ * for 40 characters, 27 of them the secret's.
+ */
+export function shown(value) {
   if (value === null) return "null";
   if (Array.isArray(value)) return "an array";
   if (value instanceof Date) return "a Date";
-  if (typeof value === "string") return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}...` : value);
+  if (typeof value === "string") return JSON.stringify(cut(scrubbed(value), 40));
   if (typeof value === "number" || typeof value === "boolean" || typeof value === "bigint") return String(value);
   if (value === undefined) return "nothing";
   return typeof value === "object" ? "an object" : `a ${typeof value}`;
 }
+
+const cut = (text, most) => (text.length > most ? `${text.slice(0, most)}...` : text);
 
 const isPlainObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v) && Object.getPrototypeOf(v) === Object.prototype;
 
@@ -58,7 +65,7 @@ function optionalObject(name, value, keys) {
 export function knownOptions(what, options, keys) {
   for (const k of Object.keys(options)) {
     if (!keys.includes(k)) {
-      throw invalidArgument(`${what}: no option ${JSON.stringify(k.slice(0, 64))} (the options: ${keys.join(", ")})`);
+      throw invalidArgument(`${what}: no option ${JSON.stringify(cut(scrubbed(k), 64))} (the options: ${keys.join(", ")})`);
     }
   }
 }

@@ -5,7 +5,7 @@
 // arguments into a plain request for either.
 import { native, syncEnv } from "./native.mjs";
 import { scrubbed, settle, toPoolError } from "./errors.mjs";
-import { invalidArgument, knownOptions } from "./api.mjs";
+import { invalidArgument, knownOptions, shown } from "./api.mjs";
 import { described, isApiUrl, runtimeCarries, runtimeFetch } from "./runtime-fetch.mjs";
 import { eventListener } from "./exchange.mjs";
 import { abortError, listenAbort } from "./signal.mjs";
@@ -269,8 +269,7 @@ export function poolFetchWith(options = {}, { holdAtMostMs, onEvents } = {}) {
   if (path !== undefined && path !== null && typeof path !== "string") throw invalidArgument("path must be a string");
   if (onEvent !== undefined && onEvent !== null && typeof onEvent !== "function") throw invalidArgument("onEvent must be a function");
   // null is "not given", as for every other option.
-  if (transport != null && !TRANSPORTS.has(transport))
-    throw invalidArgument(`transport must be "auto", "native" or "runtime", got ${JSON.stringify(transport)}`);
+  if (transport != null && !TRANSPORTS.has(transport)) throw invalidArgument(`transport must be "auto", "native" or "runtime", got ${shown(transport)}`);
   const carrier = transport ?? "auto";
   const notify = (events) => {
     if (typeof onEvent !== "function") return;
