@@ -58,6 +58,26 @@ test("OAUTH_POOL_LOG=oauth_pool=debug names the account each request was sent to
   assert.equal(log.match(/sending the request account=logged@x\.test/g)?.length, 2, log);
 });
 
+test("OAUTH_POOL_LOG is read at call time: set after the first call it logs, removed it stops", async () => {
+  // It was read once, at the process's first call: a host that turned the log on later to look
+  // into a problem saw nothing (CONTRACT.md: configuration is read at call time).
+  const path = await seedPool(mock, ["later@x.test"]);
+  const script = fileURLToPath(new URL("./helpers/log-later.mjs", import.meta.url));
+  const env = { ...process.env };
+  delete env.OAUTH_POOL_LOG;
+  const { out, err } = await new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [script, path, mock.url, "oauth_pool=debug"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stderr.on("data", (d) => (err += d));
+    child.on("error", reject);
+    child.on("close", (code) => (code === 0 ? resolve({ out, err }) : reject(new Error(`exit ${code}: ${err}`))));
+  });
+  assert.deepEqual(JSON.parse(out), ["later@x.test", "later@x.test", "later@x.test"]);
+  assert.equal(err.match(/sending the request account=later@x\.test/g)?.length, 1, `only the second request's line:\n${err}`);
+});
+
 test("error messages carry no code, verifier or token", async () => {
   const a = await authorize();
   const sentinelCode = "SENTINEL-CODE-abcdef123456";

@@ -4,9 +4,10 @@
 //! written, and one can hold a credential (a key pasted as its own name, a hand edit): every
 //! line is scrubbed of token shapes on its way out (`ScrubbedStderr`).
 
-use std::sync::Once;
+use std::sync::Mutex;
 
 use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::{reload, Registry};
 
 /// Where the pool's own lines are logged (its crate's name).
 const TARGET: &str = "oauth_pool";
@@ -52,30 +53,61 @@ impl std::io::Write for ScrubbedStderr {
     }
 }
 
+/// The filter in force and the handle that changes it; `None` until a call first finds
+/// `OAUTH_POOL_LOG` set (until then no subscriber is installed, and logging costs nothing).
+struct Installed {
+    /// The variable's value the filter was made from (blank: nothing is logged).
+    from: String,
+    handle: reload::Handle<Targets, Registry>,
+}
+
+static INSTALLED: Mutex<Option<Installed>> = Mutex::new(None);
+
+/// The filter `OAUTH_POOL_LOG` asks for: what it says, `oauth_pool=info` when it does not parse,
+/// nothing at all when blank.
+fn targets_of(filter: &str) -> Targets {
+    if filter.trim().is_empty() {
+        return Targets::new();
+    }
+    parse(filter).unwrap_or_else(|_| Targets::new().with_target(TARGET, tracing::Level::INFO))
+}
+
+/// Applies `OAUTH_POOL_LOG` as the calling environment has it now. Read at call time as the
+/// contract says: read once, at the process's first call, a filter set (or changed, or
+/// removed) after it was never applied, and a host that turned logging on to look into a
+/// problem saw nothing. The process has one filter, the one the latest call found.
 pub fn init() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let Some(filter) = crate::config::env(crate::config::var::LOG) else {
-            return;
-        };
-        if filter.trim().is_empty() {
-            return;
+    let filter = crate::config::env(crate::config::var::LOG).unwrap_or_default();
+    let mut installed = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
+    match installed.as_mut() {
+        Some(now) if now.from == filter => {}
+        Some(now) => {
+            // A subscriber gone (none is ever dropped) leaves nothing to change.
+            let _ = now.handle.reload(targets_of(&filter));
+            now.from = filter;
         }
-        use tracing_subscriber::layer::SubscriberExt;
-        use tracing_subscriber::util::SubscriberInitExt;
-        let targets = parse(&filter).unwrap_or_else(|_| {
-            tracing_subscriber::filter::Targets::new().with_target(TARGET, tracing::Level::INFO)
-        });
-        let _ = tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(|| ScrubbedStderr)
-                    .with_ansi(false)
-                    .with_target(true),
-            )
-            .with(targets)
-            .try_init();
-    });
+        None if filter.trim().is_empty() => {}
+        None => {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            let (targets, handle) = reload::Layer::new(targets_of(&filter));
+            let set = tracing_subscriber::registry()
+                .with(targets)
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(|| ScrubbedStderr)
+                        .with_ansi(false)
+                        .with_target(true),
+                )
+                .try_init();
+            if set.is_ok() {
+                *installed = Some(Installed {
+                    from: filter,
+                    handle,
+                });
+            }
+        }
+    }
 }
 
 #[cfg(test)]
