@@ -19,8 +19,11 @@ export interface Account {
   /** ISO-8601. */
   lastUsed?: string;
   status: AccountStatus;
-  /** Epoch milliseconds, or null when not cooling. */
-  rateLimitUntil: number | null;
+  /**
+   * Epoch milliseconds, or null when not cooling. Absent from an entry another writer made
+   * without it (the JavaScript predecessor writes `cooldownUntil` instead), until the pool writes it.
+   */
+  rateLimitUntil?: number | null;
   priority?: number;
   enabled?: boolean;
   [extra: string]: unknown;

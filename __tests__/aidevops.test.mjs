@@ -157,6 +157,18 @@ test("a pool file in aidevops HEAD's shape: cooldownUntil is honoured, a foreign
   void by;
 });
 
+test("a pool file the JavaScript predecessor wrote loads unchanged: loadPool gives back what the file says, and the file stays as it was", async () => {
+  // CONTRACT.md "Pool file": such files "must load unchanged". The predecessor writes
+  // `cooldownUntil` and no `rateLimitUntil`: loadPool added `rateLimitUntil: null` to every
+  // account, bob's among them, whose file says he is rate-limited until 2100.
+  const path = tempPoolPath();
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  const bytes = readFileSync(new URL("./fixtures/aidevops-pool.json", import.meta.url));
+  writeFileSync(path, bytes, { mode: 0o600 });
+  assert.deepEqual(await lib.loadPool(path), JSON.parse(bytes));
+  assert.deepEqual(readFileSync(path), bytes, "a read leaves the file byte for byte");
+});
+
 test("a foreign auth-error whose refresh token is dead becomes final (ours), tokens kept", async () => {
   const { path, raw } = aidevopsPool();
   raw.anthropic = raw.anthropic.filter((a) => a.email === "carol@aidevops.test");

@@ -79,6 +79,19 @@ pub struct Account {
     pub enabled: Option<bool>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// The fields the pool fills with a default that the entry did not have when it was read.
+    #[serde(skip)]
+    pub unstated: Unstated,
+}
+
+/// Which of `expires` and `rateLimitUntil` (fields every account the pool writes has, `null`
+/// for none) an entry was read without: `loadPool` hands it back without them while they are
+/// still none, so that a file of the JavaScript predecessor, which writes `cooldownUntil` and no
+/// `rateLimitUntil`, loads unchanged. (A `status` left out reads as the `idle` it means.)
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unstated {
+    pub expires: bool,
+    pub rate_limit_until: bool,
 }
 
 /// `cooldownsSetAt`: when, by this machine's clock, the account's cooldown and backoff ends were
@@ -267,6 +280,7 @@ impl Account {
             priority: None,
             enabled: None,
             extra: Map::new(),
+            unstated: Unstated::default(),
         }
     }
 

@@ -154,8 +154,13 @@ impl Entry {
             .filter(|(k, _)| Account::NAMED.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let unstated = crate::account::Unstated {
+            expires: !named.contains_key("expires"),
+            rate_limit_until: !named.contains_key("rateLimitUntil"),
+        };
         match serde_json::from_value::<Account>(Value::Object(named)) {
             Ok(mut a) => {
+                a.unstated = unstated;
                 a.extra = map
                     .into_iter()
                     .filter(|(k, _)| !Account::NAMED.contains(&k.as_str()))
@@ -380,6 +385,40 @@ impl Pool {
             map.insert("anthropic".into(), entries);
         }
         Value::Object(map)
+    }
+
+    /// The pool as `loadPool` hands it over: `into_value`'s tree, each account without the
+    /// fields it was read without (`Unstated`) while they are still none. The file's own
+    /// accounts always get them, as every account the pool writes has them.
+    pub fn into_loaded_value(self) -> Value {
+        let unstated: Vec<_> = self
+            .anthropic
+            .iter()
+            .map(|e| match e {
+                Entry::Valid(a) => Some(a.unstated),
+                Entry::Invalid { .. } => None,
+            })
+            .collect();
+        let mut value = self.into_value();
+        let entries = value
+            .get_mut("anthropic")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten();
+        for (entry, unstated) in entries.zip(unstated) {
+            let (Some(u), Some(entry)) = (unstated, entry.as_object_mut()) else {
+                continue;
+            };
+            for (absent, key) in [
+                (u.expires, "expires"),
+                (u.rate_limit_until, "rateLimitUntil"),
+            ] {
+                if absent && entry.get(key) == Some(&Value::Null) {
+                    entry.shift_remove(key);
+                }
+            }
+        }
+        value
     }
 
     /// The file's bytes: `into_value`'s tree pretty-printed, with a final newline, written
@@ -783,6 +822,46 @@ mod tests {
         assert!(out.get("version").is_none(), "version 1 is not written");
         let again = Pool::from_value(out.clone()).unwrap().to_value();
         assert_eq!(again, out);
+    }
+
+    #[test]
+    fn a_predecessor_entry_loads_as_its_file_says_and_is_written_whole() {
+        // The JavaScript predecessor writes `cooldownUntil`, never `rateLimitUntil`; an entry
+        // may lack `expires` too. A `null` the file says stays.
+        let file = json!({"anthropic": [
+            {"email": "a@x", "refresh": "r", "access": "a", "expires": 1711234567000u64,
+             "status": "rate-limited", "cooldownUntil": 4102444800000u64},
+            {"email": "b@x", "refresh": "r", "status": "idle"},
+            {"email": "c@x", "refresh": "r", "expires": null, "status": "idle", "rateLimitUntil": null}
+        ]});
+        let pool = Pool::from_value(file.clone()).unwrap();
+        assert_eq!(pool.clone().into_loaded_value(), file);
+        // What the pool writes has every field of an account.
+        let written = pool.clone().into_value();
+        for entry in written["anthropic"].as_array().unwrap() {
+            for key in ["expires", "status", "rateLimitUntil"] {
+                assert!(entry.get(key).is_some(), "{key} in {entry}");
+            }
+        }
+        // A default the pool set since it was read is no longer what the file said: shown.
+        let mut changed = pool;
+        if let Some(Entry::Valid(a)) = changed.anthropic.get_mut(1) {
+            a.rate_limit_until = Some(4102444800000);
+            a.status = "rate-limited".into();
+        }
+        let loaded = changed.into_loaded_value();
+        assert_eq!(
+            loaded["anthropic"][1]["rateLimitUntil"],
+            json!(4102444800000u64)
+        );
+        assert_eq!(loaded["anthropic"][1]["status"], json!("rate-limited"));
+        // A status left out is the idle it means.
+        let bare = Pool::from_value(json!({"anthropic": [{"email": "d@x"}]})).unwrap();
+        assert_eq!(
+            bare.into_loaded_value()["anthropic"][0],
+            json!({"email": "d@x", "status": "idle"})
+        );
+        assert!(loaded["anthropic"][1].get("expires").is_none());
     }
 
     #[test]

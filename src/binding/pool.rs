@@ -17,7 +17,7 @@ pub fn load_pool(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Val
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
         let pool = store.load().await.map_err(js_error)?;
-        Ok(as_javascript_numbers(pool.into_value()))
+        Ok(as_javascript_numbers(pool.into_loaded_value()))
     })
 }
 
