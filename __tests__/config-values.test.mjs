@@ -141,6 +141,37 @@ test("a pool path with spaces around it is the path, not a file named so under t
 // README, Configuration: "Blank is unset (the default, no warning), as for every variable of the
 // pool (`OAUTH_POOL_PATH=` too; one of spaces only is INVALID_ARGUMENT)". A shell's
 // `OAUTH_POOL_PATH=` handed over as "" (Bun hands over what process.env holds) is the default pool.
+test("every variable of the contract's table set empty, after the import, is its default", async () => {
+  // A shell's `VAR=` or a service file's empty line hands over "": each is unset, read at the
+  // call (CONTRACT.md "Configuration"), not a blank endpoint, key, store or filter.
+  const home = tempDir("oauth-pool-empty-vars-");
+  const blank = ["PATH", "TOKEN_URL", "API_URL", "LOG", "HOLD_MAX_MS", "STORE", "STORE_KEY", "GATEWAY_KEY"];
+  await withEnv({ HOME: home, USERPROFILE: home, ...Object.fromEntries(blank.map((v) => [`OAUTH_POOL_${v}`, ""])) }, async () => {
+    const api = await import("../lib/api.mjs");
+    const endpoints = Object.fromEntries(api.checkEndpoints().map((e) => [e.variable, e]));
+    assert.equal(endpoints.OAUTH_POOL_TOKEN_URL.effective, "https://platform.claude.com/v1/oauth/token");
+    assert.equal(endpoints.OAUTH_POOL_API_URL.effective, "https://api.anthropic.com/");
+    assert.ok(
+      Object.values(endpoints).every((e) => e.ok && e.proxy === null),
+      JSON.stringify(endpoints),
+    );
+    assert.deepEqual(api.checkSettings(), [], "no setting is set");
+    await addApiKey("fake-console-key-empty-vars", { email: "empty@x.test" });
+    const file = join(home, ".aidevops", "oauth-pool.json");
+    assert.deepEqual(
+      JSON.parse(readFileSync(file, "utf8")).anthropic.map((a) => a.email),
+      ["empty@x.test"],
+      "the default pool file, not a store",
+    );
+    assert.deepEqual(
+      (await loadPool()).anthropic.map((a) => a.email),
+      ["empty@x.test"],
+    );
+    const key = api.gatewayKey();
+    assert.ok(key.length >= 32, "a key is generated, not the blank one");
+  });
+});
+
 test("OAUTH_POOL_PATH set empty is the default pool, as if unset; spaces only are INVALID_ARGUMENT", async () => {
   const home = mkdtempSync(join(tmp, "home-"));
   await seedPool(mock, ["default@x.test"], { path: join(home, ".aidevops", "oauth-pool.json") });
