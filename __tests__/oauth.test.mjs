@@ -3,8 +3,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { authorize, exchange, refresh, addAccount, addApiKey, loadPool, savePool, importClaudeCode, listAccounts } from "../index.mjs";
 import { callbackUrlFromPaste } from "./helpers/mock-anthropic.mjs";
-import { useMock, tempPoolPath, mode } from "./helpers/pool-env.mjs";
+import { useMock, tempPoolPath, mode, withEnv } from "./helpers/pool-env.mjs";
 import { writeFileSync } from "node:fs";
+import { createServer } from "node:http";
 import { join } from "node:path";
 import { tempDir } from "./helpers/temp.mjs";
 
@@ -80,6 +81,28 @@ test("the email comes from the profile when the token response has none", async 
   const t = await exchange(paste, { verifier: a.verifier, state: a.state });
   assert.equal(t.email, "profile@x.test");
   assert.ok(mock.stats().profileCalls >= 1);
+});
+
+test("the email's fallback asks GET <OAUTH_POOL_API_URL>/api/oauth/profile, read at the call, not the token endpoint's origin", async () => {
+  // The mock serves both on one origin: only an API origin of its own tells them apart.
+  const seen = [];
+  const api = createServer((req, res) => {
+    seen.push({ method: req.method, url: req.url, authorization: req.headers.authorization });
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(JSON.stringify({ account: { email: "from-api-origin@x.test" } }));
+  });
+  await new Promise((r) => api.listen(0, "127.0.0.1", r));
+  try {
+    const a = await authorize();
+    const paste = mock.approve(a.url, "token-origin@x.test", { includeEmail: false });
+    const before = mock.stats().profileCalls;
+    const t = await withEnv({ OAUTH_POOL_API_URL: `http://127.0.0.1:${api.address().port}` }, () => exchange(paste, a));
+    assert.equal(t.email, "from-api-origin@x.test");
+    assert.deepEqual(seen, [{ method: "GET", url: "/api/oauth/profile", authorization: `Bearer ${t.access}` }]);
+    assert.equal(mock.stats().profileCalls, before, "the token endpoint's origin was not asked");
+  } finally {
+    api.close();
+  }
 });
 
 test("state mismatch fails before any request; a wrong verifier is invalid_grant", async () => {
