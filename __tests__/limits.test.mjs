@@ -1192,3 +1192,70 @@ function runPoller(path, model, { once = false, jitterMs, deadlineMs = 10_000 } 
     });
   });
 }
+
+// OpenCode #49653 (the subscription-window headers dropped on the way to the client, which
+// reads them to show use): through both transports and the gateway, the answer that serves the
+// request brings its own window headers, not those of the account that refused it before.
+test("the subscription-window headers of the answer that served reach the caller after a failover: both transports and the gateway", async () => {
+  const key = "test-gateway-key-window-headers-0123456789";
+  for (const via of ["native", "runtime", "gateway"]) {
+    const [refused, serving] = [`wh-a-${via}@x.test`, `wh-b-${via}@x.test`];
+    const path = await seedPool(mock, [refused, serving]);
+    await lib.setPriority(refused, 5, path);
+    mock.setUtilization(serving, { fiveHour: 0.42, sevenDay: 0.77 });
+    mock.script(refused, [{ status: 429, headers: { "retry-after": "30", "anthropic-ratelimit-unified-5h-utilization": "0.99" } }]);
+    const body = JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] });
+    let res;
+    let gw;
+    if (via === "gateway") {
+      gw = await withEnv({ OAUTH_POOL_GATEWAY_KEY: key }, () => lib.serve({ port: 0, path }));
+      res = await fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { ...jsonHeaders, "x-api-key": key }, body });
+    } else {
+      res = await createPoolFetch({ path, transport: via })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body });
+    }
+    try {
+      assert.equal(res.status, 200, via);
+      assert.match(await res.text(), new RegExp(`Hello from ${serving}`), via);
+      const p = "anthropic-ratelimit-unified";
+      assert.equal(res.headers.get(`${p}-5h-utilization`), "0.42", `${via}: the serving account's 5h use`);
+      assert.equal(res.headers.get(`${p}-7d-utilization`), "0.77", via);
+      assert.equal(res.headers.get(`${p}-status`), "allowed", via);
+      assert.equal(res.headers.get(`${p}-representative-claim`), "five_hour", via);
+      assert.match(res.headers.get(`${p}-5h-reset`) ?? "", /^\d+$/, via);
+    } finally {
+      await gw?.close(500);
+    }
+  }
+});
+
+// aidevops #15322 (cooldowns that had passed were not normalized, so every account looked
+// exhausted), Hermes #84711 (a stored cooldown outlived what the server said): a file in which
+// every account still says `rate-limited`, its end passed, absent, or only aidevops's
+// `cooldownUntil` (passed), is served at once, with no pool 429 and nothing held.
+test("every account left `rate-limited` in the file with its cooldown over or unsaid: served at once, and shown as usable", async () => {
+  const emails = ["lapsed-a@x.test", "lapsed-b@x.test", "lapsed-c@x.test"];
+  const path = await seedPool(mock, emails);
+  const pool = readPool(path);
+  const past = Date.now() - 3_600_000;
+  Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: past });
+  Object.assign(pool.anthropic[1], { status: "rate-limited", rateLimitUntil: null });
+  Object.assign(pool.anthropic[2], { status: "rate-limited", rateLimitUntil: null, cooldownUntil: past });
+  writeFileSync(path, JSON.stringify(pool), { mode: 0o600 });
+  const listed = await lib.listAccounts(path);
+  assert.deepEqual(
+    listed.map((a) => [a.email, a.status]),
+    emails.map((e) => [e, "idle"]),
+  );
+  assert.equal((await poolStatus(path)).counts.usable, 3);
+  // One request per account: each disabled in turn after serving, so the next must be chosen.
+  const f = createPoolFetch({ path });
+  const served = [];
+  for (let i = 0; i < emails.length; i++) {
+    const res = await ask(f, "claude-sonnet-4-5");
+    assert.equal(res.status, 200, `request ${i}: ${res.headers.get("x-oauth-pool")}`);
+    served.push(res.poolAccount);
+    await res.text();
+    await lib.setEnabled(res.poolAccount, false, path);
+  }
+  assert.deepEqual(served.toSorted(), emails);
+});

@@ -105,6 +105,44 @@ test("the email's fallback asks GET <OAUTH_POOL_API_URL>/api/oauth/profile, read
   }
 });
 
+// better-ccflare #135 (a usage call's 429 logged the user out): the profile call is the only
+// API call a login makes, after the code is spent. Whatever it meets, the login's tokens are
+// kept, under a name of the pool's when no email came.
+test("a login whose profile call fails (429, a 5xx page, 401, no email, a dropped connection) is kept with its tokens", async () => {
+  const answers = {
+    429: (res) =>
+      res
+        .writeHead(429, { "content-type": "application/json", "retry-after": "3600" })
+        .end('{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'),
+    502: (res) => res.writeHead(502, { "content-type": "text/html" }).end("<html>Bad Gateway</html>"),
+    401: (res) =>
+      res.writeHead(401, { "content-type": "application/json" }).end('{"type":"error","error":{"type":"authentication_error","message":"invalid"}}'),
+    "no email": (res) => res.writeHead(200, { "content-type": "application/json" }).end('{"account":{"uuid":"u"}}'),
+    dropped: (res) => res.socket.destroy(),
+  };
+  let answer;
+  const profile = createServer((_req, res) => answer(res));
+  await new Promise((r) => profile.listen(0, "127.0.0.1", r));
+  try {
+    await withEnv({ OAUTH_POOL_API_URL: `http://127.0.0.1:${profile.address().port}` }, async () => {
+      for (const [name, fn] of Object.entries(answers)) {
+        answer = fn;
+        const email = `no-email-${name.replace(" ", "-")}@x.test`;
+        const a = await authorize();
+        const path = tempPoolPath();
+        const added = await addAccount(mock.approve(a.url, email, { includeEmail: false }), a, path);
+        assert.match(added.email, /^unknown-[0-9a-f]+@anthropic-pool$/, name);
+        assert.equal(added.added, true, name);
+        const [stored] = (await loadPool(path)).anthropic;
+        assert.equal(stored.refresh, mock.tokens(email).refresh, `${name}: the login's refresh token is in the pool`);
+        assert.equal(stored.access, mock.tokens(email).access, name);
+      }
+    });
+  } finally {
+    profile.close();
+  }
+});
+
 test("state mismatch fails before any request; a wrong verifier is invalid_grant", async () => {
   const a = await authorize();
   const paste = mock.approve(a.url, "st@x.test");

@@ -7,19 +7,20 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { addAccount, authorize, createPoolFetch, flushPool, loadPool, savePool } from "../index.mjs";
-import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders, withEnv } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders, withEnv, runWorkersTogether } from "./helpers/pool-env.mjs";
 
 const POLLER = fileURLToPath(new URL("./helpers/pool-poller.mjs", import.meta.url));
+const WORKER = fileURLToPath(new URL("./helpers/pool-worker.mjs", import.meta.url));
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
 const mock = useMock();
 
 const ask = (f) => f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
 const refreshCalls = (email) => mock.stats().perFamily[email]?.refreshCalls ?? 0;
 
-/** Two accounts; the first, preferred, has an expired token. */
-async function expiredFirst(tag) {
+/** Two accounts; the first, preferred, has an expired token (unless `expired` is false). */
+async function expiredFirst(tag, { expired = true } = {}) {
   const [first, second] = [`${tag}-a@x.test`, `${tag}-b@x.test`];
-  const path = await seedPool(mock, [first, second], { expired: [first] });
+  const path = await seedPool(mock, [first, second], { expired: expired ? [first] : [] });
   const pool = readPool(path);
   pool.anthropic.find((a) => a.email === first).priority = 5;
   await savePool(pool, path);
@@ -244,4 +245,67 @@ test("a second 401 that arrives after the account's owner logged in again marks 
   assert.equal(next.status, 200);
   assert.equal(next.poolAccount, email, "and this process uses it");
   await next.text();
+});
+
+// Claude Code #54443, #24317; Teak #381: the server refuses an access token before the expiry
+// the client has for it (revoked early), and every session using it meets the 401 at once.
+// Each one that refreshed on its own presented the refresh token the first had just spent: the
+// login was revoked and every session logged out. Here the five requests of one process and
+// three processes meet it together: one refresh, each request retried once with its successor
+// on the same account, the login alive and not marked.
+test("an access token refused before its expiry, met at once by five requests and by three processes: one refresh each time, no reuse, all served by the account", async () => {
+  const held = (email, count) => {
+    let release;
+    const gate = new Promise((r) => (release = r));
+    mock.script(
+      email,
+      Array.from({ length: count }, () => ({ status: 401, until: gate })),
+    );
+    let seen = 0;
+    const arrived = mock.waitFor("api", (r) => r.email === email && ++seen === count);
+    return { arrived, release };
+  };
+  const check = async (path, email, answers, refreshesBefore) => {
+    for (const [status, served] of answers) assert.deepEqual([status, served], [200, email]);
+    await flushPool(path);
+    const family = mock.stats().perFamily[email];
+    assert.equal(family.refreshCalls, refreshesBefore + 1, "one refresh for all of them");
+    assert.equal(family.reuse, 0);
+    assert.equal(family.revoked, false, "the login is alive");
+    const stored = account(path, email);
+    assert.notEqual(stored.status, "auth-error");
+    assert.equal(stored.refresh, mock.tokens(email).refresh, "the successor is in the file");
+  };
+
+  // One process, five requests.
+  const one = await expiredFirst("early401", { expired: false });
+  const f = createPoolFetch({ path: one.path });
+  let gate = held(one.first, 5);
+  const pending = Array.from({ length: 5 }, () => ask(f));
+  await gate.arrived;
+  mock.revoke(one.first);
+  let before = refreshCalls(one.first);
+  gate.release();
+  const answers = [];
+  for (const res of await Promise.all(pending)) {
+    answers.push([res.status, res.poolAccount]);
+    await res.text();
+  }
+  await check(one.path, one.first, answers, before);
+
+  // Three processes, one request each.
+  const three = await expiredFirst("early401procs", { expired: false });
+  gate = held(three.first, 3);
+  const running = runWorkersTogether(WORKER, 3, [three.path, mock.url, "1"]);
+  await gate.arrived;
+  mock.revoke(three.first);
+  before = refreshCalls(three.first);
+  gate.release();
+  const results = await running;
+  const served = results.flatMap((r) => {
+    assert.equal(r.code, 0);
+    return JSON.parse(r.out).map((x) => [x.status, x.account]);
+  });
+  assert.equal(served.length, 3);
+  await check(three.path, three.first, served, before);
 });
