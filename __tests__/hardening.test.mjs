@@ -36,6 +36,46 @@ test("token rotated then the answer lost: one more try with the same token, then
   assert.ok(a.refresh && a.access, "tokens kept");
 });
 
+// The successor of a rotated refresh token must never be thrown away: the server has spent
+// the one presented. RFC 6749 makes `expires_in` only RECOMMENDED; a refresh answer with new
+// tokens whose lifetime was missing or said another way (a string, 0, negative, null, past any
+// sane one) was refused whole as a bad answer, its new refresh token dropped and the spent one
+// kept: the next refresh presented it, and the login was revoked (Claude Code #90688, a
+// rotation's answer lost, in another form).
+test("a refresh answer with new tokens whose expires_in is missing or odd: the new tokens are kept and serve, and the spent one is never presented again", async () => {
+  const shapes = {
+    missing: (b) => ({ ...b, expires_in: undefined }),
+    null: (b) => ({ ...b, expires_in: null }),
+    string: (b) => ({ ...b, expires_in: String(b.expires_in) }),
+    zero: (b) => ({ ...b, expires_in: 0 }),
+    negative: (b) => ({ ...b, expires_in: -5 }),
+    huge: (b) => ({ ...b, expires_in: 1e12 }),
+    words: (b) => ({ ...b, expires_in: "eight hours" }),
+  };
+  for (const [shape, reshape] of Object.entries(shapes)) {
+    const [first, second] = [`odd-life-${shape}@x.test`, `odd-life-${shape}-b@x.test`];
+    const path = await seedPool(mock, [first, second], { expired: [first] });
+    await setPriority(path, first, 5);
+    mock.setTokenMode({ grant: "refresh_token", reshape });
+    const res = await post(createPoolFetch({ path }));
+    assert.equal(res.status, 200, shape);
+    assert.equal(res.poolAccount, first, `${shape}: served with the new tokens`);
+    await res.text();
+    await flushPool(path);
+    const stored = account(path, first);
+    assert.equal(stored.refresh, mock.tokens(first).refresh, `${shape}: the successor is in the file, not the spent token`);
+    assert.ok(stored.expires > Date.now() + 10 * 60_000, `${shape}: a lifetime to serve with (${stored.expires - Date.now()} ms)`);
+    assert.ok(stored.expires <= Date.now() + 366 * 86400_000, shape);
+    assert.notEqual(stored.status, "auth-error", shape);
+    // The next refresh presents the successor: the login lives on.
+    await refreshAccount(first, path);
+    const family = mock.stats().perFamily[first];
+    assert.equal(family.reuse, 0, `${shape}: ${JSON.stringify(family)}`);
+    assert.equal(family.revoked, false, shape);
+    assert.equal(family.refreshCalls, 2, shape);
+  }
+});
+
 test("a token-endpoint 429 sets a shared backoff: no process hammers it", async () => {
   const path = await seedPool(mock, ["tb1@x.test", "tb2@x.test"], { expired: ["tb1@x.test"] });
   await setPriority(path, "tb1@x.test", 5);

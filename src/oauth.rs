@@ -361,6 +361,8 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>> {
 
 /// The longest token lifetime believed (seconds).
 const MAX_LIFETIME_SECS: f64 = 365.0 * 24.0 * 3600.0;
+/// The access token's lifetime when a token response does not say it usably.
+const UNSAID_LIFETIME_SECS: f64 = 3600.0;
 
 fn parse_token_response(v: &Value, previous_refresh: Option<&Secret>) -> Result<Tokens> {
     let bad = |what: &str| Error::OAuthHttp {
@@ -393,13 +395,25 @@ fn parse_token_response(v: &Value, previous_refresh: Option<&Secret>) -> Result<
         ));
     }
     // A lifetime past a year is taken as a year: refreshing early costs one call, and a server
-    // that claims decades would otherwise never be asked again before a 401.
-    let expires_in = v
-        .get("expires_in")
-        .and_then(Value::as_f64)
-        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-        .ok_or_else(|| bad("has no valid expires_in"))?
-        .min(MAX_LIFETIME_SECS);
+    // that claims decades would otherwise never be asked again before a 401. One not said, or
+    // said as no positive number, is an hour: RFC 6749 only recommends `expires_in`, and
+    // refusing the answer threw away the successor of the refresh token the server had just
+    // spent (the next refresh presented the spent one and the login was revoked). A token that
+    // ends sooner meets its 401, which adopts or refreshes once.
+    let said = match v.get("expires_in") {
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    let expires_in = match said.filter(|s| s.is_finite() && *s > 0.0) {
+        Some(s) => s.min(MAX_LIFETIME_SECS),
+        None => {
+            tracing::warn!(
+                "the token endpoint gave no usable expires_in; the access token is taken to last an hour"
+            );
+            UNSAID_LIFETIME_SECS
+        }
+    };
     let email = v
         .get("account")
         .and_then(|a| a.get("email_address").or_else(|| a.get("email")))
@@ -508,11 +522,29 @@ mod tests {
         .unwrap();
         assert_eq!(t.refresh.expose(), "r0");
         assert!(t.expires > now_ms() + 3_500_000);
-        assert!(parse_token_response(&json!({"access_token": "a1"}), Some(&old)).is_err());
-        assert!(
-            parse_token_response(&json!({"access_token": "a1", "expires_in": -1}), Some(&old))
-                .is_err()
-        );
+        // A lifetime not said, or said as no positive number, is an hour; one said as a number
+        // in a string is that number. The answer is never refused for it: its refresh token
+        // may be the successor of the one just spent.
+        let hour = |t: &Tokens| (t.expires - now_ms() - 3_600_000).abs() < 5_000;
+        for odd in [
+            json!({"access_token": "a1", "refresh_token": "r1"}),
+            json!({"access_token": "a1", "refresh_token": "r1", "expires_in": null}),
+            json!({"access_token": "a1", "refresh_token": "r1", "expires_in": -1}),
+            json!({"access_token": "a1", "refresh_token": "r1", "expires_in": 0}),
+            json!({"access_token": "a1", "refresh_token": "r1", "expires_in": "NaN"}),
+            json!({"access_token": "a1", "refresh_token": "r1", "expires_in": "eight hours"}),
+            json!({"access_token": "a1", "refresh_token": "r1", "expires_in": [3600]}),
+        ] {
+            let t = parse_token_response(&odd, Some(&old)).unwrap();
+            assert_eq!(t.refresh.expose(), "r1", "{odd}");
+            assert!(hour(&t), "{odd}: {}", t.expires - now_ms());
+        }
+        let t = parse_token_response(
+            &json!({"access_token": "a1", "expires_in": " 28800 "}),
+            Some(&old),
+        )
+        .unwrap();
+        assert!((t.expires - now_ms() - 28_800_000).abs() < 5_000);
         assert!(parse_token_response(&json!({"expires_in": 5}), Some(&old)).is_err());
         assert!(
             parse_token_response(&json!({"access_token": "a", "expires_in": 5}), None).is_err()
@@ -541,12 +573,15 @@ mod tests {
                 .is_err()
         );
         // Decades are taken as a year.
-        let t = parse_token_response(
-            &json!({"access_token": "a", "expires_in": 999_999_999}),
-            Some(&old),
-        )
-        .unwrap();
-        assert!(t.expires <= now_ms() + 366 * 24 * 3_600_000);
+        for decades in [json!(999_999_999), json!(1e12), json!("1e300")] {
+            let t = parse_token_response(
+                &json!({"access_token": "a", "expires_in": decades}),
+                Some(&old),
+            )
+            .unwrap();
+            assert!(t.expires <= now_ms() + 366 * 24 * 3_600_000);
+            assert!(t.expires >= now_ms() + 364 * 24 * 3_600_000);
+        }
     }
 
     proptest::proptest! {

@@ -474,6 +474,9 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     else if (grant === "refresh_token") result = grantRefreshToken(body, fam);
     else result = { status: 400, body: { error: "unsupported_grant_type" }, reject: `grant ${grant}` };
     record.reject = result.reject ?? null;
+    // `reshape`: the body of a successful grant as a server shaped otherwise sends it (its
+    // rotation committed all the same).
+    if (mode?.reshape && result.status === 200) result = { ...result, body: mode.reshape(result.body) };
     // When the rotation's request arrived, and whether its client was still there to hear the answer.
     const spent = fam && result.status === 200 ? fam.consumed.get(body.refresh_token) : null;
     if (spent && spent.requestedAt === undefined) {
@@ -1155,7 +1158,8 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
      * Token-endpoint faults for the next calls, replacing any queued ones. Accepts a mode, an
      * array of modes (a queue), or { mode, times }. Each mode applies `times` calls (default 1;
      * Infinity or -1 = until cleared) and may be limited to one `grant`; `until` (a promise, in
-     * process only) holds the answer until it resolves. null clears.
+     * process only) holds the answer until it resolves; `reshape(body)` (in process only) gives
+     * the body a granted call answers with. null clears.
      */
     setTokenMode(modes) {
       const list = modes == null ? [] : Array.isArray(modes) ? modes : [modes];
