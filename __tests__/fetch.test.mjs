@@ -680,6 +680,41 @@ test("an empty pool and a pool of dead accounts give a clear typed error", async
   await assert.rejects(post(poolFetch), (e) => e.code === "POOL_NO_ACCOUNT" && /dead@x\.test \(auth-error\)/.test(e.message));
 });
 
+// aidevops v1 sent the request as the caller gave it, with no credential, when no account was
+// usable (reference-spec bug 6). On either transport, a pool with nothing usable is
+// POOL_NO_ACCOUNT, and nothing reaches the API, with or without a credential.
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: no usable account (none, all disabled, every login refused): POOL_NO_ACCOUNT and nothing sent upstream`, async () => {
+    const path = await seedPool(mock, ["nothing-a@x.test", "nothing-b@x.test"]);
+    const full = await loadPool(path);
+    const states = {
+      none: [],
+      disabled: full.anthropic.map((a) => ({ ...a, enabled: false })),
+    };
+    mock.clearRequests();
+    const before = mock.stats().unauthenticated;
+    for (const [state, anthropic] of Object.entries(states)) {
+      await savePool({ ...full, anthropic }, path);
+      const f = createPoolFetch({ path, transport });
+      await assert.rejects(post(f), (e) => e.code === "POOL_NO_ACCOUNT", state);
+    }
+    // Logins the token endpoint refuses: each refresh token is presented once, then never again.
+    mock.revoke("nothing-a@x.test", { family: true });
+    mock.revoke("nothing-b@x.test", { family: true });
+    const dead = full.anthropic.map((a) => ({ ...a, expires: Date.now() - 1000 }));
+    await savePool({ ...full, anthropic: dead }, path);
+    const f = createPoolFetch({ path, transport });
+    await assert.rejects(post(f), (e) => e.code === "POOL_NO_ACCOUNT", "logins refused at the token endpoint");
+    await assert.rejects(post(f), (e) => e.code === "POOL_NO_ACCOUNT", "asked again");
+    assert.deepEqual(
+      mock.requests.map((r) => `${r.method} ${r.path}`),
+      [],
+      "nothing sent upstream",
+    );
+    assert.equal(mock.stats().unauthenticated, before, "no request without a credential");
+  });
+}
+
 test("an entry with no token, or an API-key entry whose key is under another name, is passed over and said as such, not as idle", async () => {
   const path = await seedPool(mock, ["has-token@x.test"]);
   const pool = await loadPool(path);
