@@ -599,6 +599,7 @@ impl Engine {
         }
         tracing::debug!(account = %email, token = %presented.fingerprint(), "refreshing access token");
         let _unwritten = Unwritten::begin();
+        let room = self.store.hold_write_room().await;
         let (answer, asked_twice) = oauth::refresh_once_more_if_lost(&presented).await;
         match answer {
             Ok(tokens) => {
@@ -614,7 +615,7 @@ impl Engine {
                 let who = email.to_string();
                 let (a2, r2, spent) = (access.clone(), refresh.clone(), presented.clone());
                 let store_path = self.store.path().map(Path::to_path_buf).unwrap_or_default();
-                let writing = self.write(move |pool| {
+                let change = move |pool: &mut Pool| {
                     // An account removed meanwhile stays removed. One logged in again meanwhile
                     // (the CLI does not wait for a refresh under way) keeps its new login: these
                     // tokens continue the family it replaced. A file gone for a moment removed
@@ -637,12 +638,25 @@ impl Engine {
                         Some(a) => fresh_access(a, now_ms()),
                         None => None,
                     })
-                });
+                };
                 // A write given up on may still land: the tokens are the same, and the retry
                 // of unsaved tokens takes them as already written (`apply_unsaved`).
-                let write = tokio::time::timeout(REFRESH_WRITE_PATIENCE, writing)
-                    .await
-                    .unwrap_or_else(|_| Err(self.write_too_slow()));
+                let mut write =
+                    tokio::time::timeout(REFRESH_WRITE_PATIENCE, self.write(change.clone()))
+                        .await
+                        .unwrap_or_else(|_| Err(self.write_too_slow()));
+                // The disk filled during the call: the room held for this write is let go and
+                // the write tried once more in it, before the tokens are left to this process.
+                if let (Err(_), Some(room)) = (&write, room) {
+                    let _ = crate::store::blocking(move || {
+                        drop(room);
+                        Ok(())
+                    })
+                    .await;
+                    write = tokio::time::timeout(REFRESH_WRITE_PATIENCE, self.write(change))
+                        .await
+                        .unwrap_or_else(|_| Err(self.write_too_slow()));
+                }
                 self.overlay.clear_refused(email);
                 if let (Ok(_), Some(j), Some(here)) = (&write, journal, here) {
                     let who = email.to_string();

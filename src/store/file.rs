@@ -410,7 +410,6 @@ impl FileStore {
     /// A pool file that is not there has no refresh token to spend; a login for a pool to be
     /// made is tried in its directory when that is there (nothing is made for a trial).
     pub fn try_write_room(&self, before: Trial) -> Result<()> {
-        const MARGIN: u64 = 8 * 1024;
         let dir = parent_dir(&self.path);
         let size = match fs::symlink_metadata(&self.path) {
             Ok(meta) => meta.len(),
@@ -418,15 +417,8 @@ impl FileStore {
             Err(_) => return Ok(()),
         };
         let trial = || -> std::io::Result<()> {
-            let mut tmp = temp_in(&dir, &self.path).map_err(std::io::Error::other)?;
-            let zeros = [0u8; 16 * 1024];
-            let mut left = size + MARGIN;
-            while left > 0 {
-                let n = left.min(zeros.len() as u64) as usize;
-                tmp.write_all(&zeros[..n])?;
-                left -= n as u64;
-            }
-            tmp.as_file().sync_all()
+            let tmp = temp_in(&dir, &self.path).map_err(std::io::Error::other)?;
+            fill_zeros(tmp.as_file(), size)
         };
         trial().map_err(|e| {
             let what = match before {
@@ -439,6 +431,19 @@ impl FileStore {
             };
             Error::io(&self.path, what, e)
         })
+    }
+
+    /// Room for the pool file's next write, held while a refresh token is being spent: a disk
+    /// that fills during the token call (another program's log, a download) left the new tokens
+    /// with nowhere to go, held only by a process that might end before the disk is freed, and
+    /// the login went with it. Dropping it frees as much as the write takes. An unnamed file
+    /// (nothing to see or leave behind, gone with the process); `None` when there is no room
+    /// to hold or no file to write, and the refresh goes on as before.
+    pub fn hold_write_room(&self) -> Option<Room> {
+        let size = fs::symlink_metadata(&self.path).ok()?.len();
+        let file = tempfile::tempfile_in(parent_dir(&self.path)).ok()?;
+        fill_zeros(&file, size).ok()?;
+        Some(Room(file))
     }
 
     /// What a writer asks before it makes anything (a lock file, a temp, the directory): that
@@ -643,6 +648,23 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);
     path.with_file_name(name)
+}
+
+/// Room on the pool file's disk held for its next write (`FileStore::hold_write_room`).
+pub struct Room(#[allow(dead_code)] File);
+
+/// Writes and syncs the pool file's size plus a margin for new tokens in zeros: blocks a write
+/// of the file would take, made the file's own.
+fn fill_zeros(mut file: &File, size: u64) -> std::io::Result<()> {
+    const MARGIN: u64 = 8 * 1024;
+    let zeros = [0u8; 16 * 1024];
+    let mut left = size + MARGIN;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    file.sync_all()
 }
 
 /// What a trial write comes before (`FileStore::try_write_room`).

@@ -22,7 +22,7 @@ mod watch;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{FileLock, FileStamp, FileStore, Trial};
+pub use file::{FileLock, FileStamp, FileStore, Room, Trial};
 pub use postgres::PgStore;
 use std::sync::Arc;
 
@@ -346,6 +346,21 @@ impl Store {
                 blocking(move || f.try_write_room(before)).await
             }
             Store::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// Room held for the next write while a refresh token is spent
+    /// (`FileStore::hold_write_room`); the fleet store has no disk of ours to fill.
+    pub async fn hold_write_room(&self) -> Option<Room> {
+        match self {
+            Store::File(f) => {
+                let f = f.clone();
+                blocking(move || Ok(f.hold_write_room()))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            Store::Postgres(_) => None,
         }
     }
 
