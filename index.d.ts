@@ -275,6 +275,8 @@ export function copyStore(
   logins: number;
   /** Names of the accounts `to` held that `from` holds neither by name nor by credential: gone from `to`. */
   replaced: string[];
+  /** Where those were kept first when `to` is a postgres:// store (a 0600 pool file beside `from`, else beside the configured pool file); null when nothing was replaced or `to` is a file (its `.bak` keeps them). */
+  kept: string | null;
 }>;
 
 export interface PoolEvent {

@@ -278,6 +278,40 @@ test("store copy: file -> PostgreSQL -> file keeps every field, and pg_dump hold
   );
 });
 
+test("store copy over PostgreSQL accounts the source does not hold: they are kept first in a 0600 pool file beside the source, named, and usable from it", async () => {
+  // A file destination keeps them in its .bak; the database kept nothing, and they were gone.
+  const first = await seedStore(hostA, { anthropic: [oauthEntry("replaced-a@fleet.test"), oauthEntry("replaced-b@fleet.test")] });
+  const held = (await storedPool(hostA)).anthropic;
+  const second = join(tempDir("oauth-pool-second-"), "pool.json");
+  writeFileSync(second, JSON.stringify({ anthropic: [oauthEntry("replacing@fleet.test")] }), { mode: 0o600 });
+  const over = await cliJson(hostA, "store", "copy", "--from", second, "--to", pg.url);
+  assert.equal(over.code, 0, over.stderr);
+  assert.deepEqual(over.json.replaced, ["replaced-a@fleet.test", "replaced-b@fleet.test"]);
+  const kept = over.json.kept;
+  assert.ok(kept?.startsWith(`${second}.replaced-`), `kept beside the source: ${kept}`);
+  assert.equal(statSync(kept).mode & 0o777, 0o600);
+  assert.deepEqual(JSON.parse(readFileSync(kept, "utf8")), { anthropic: held }, "every field of the replaced accounts, tokens included");
+  assert.deepEqual(
+    (await storedPool(hostA)).anthropic.map((a) => a.email),
+    ["replacing@fleet.test"],
+  );
+  const list = await cliJson(hostA, "list", "--path", kept);
+  assert.deepEqual(
+    list.json.accounts.map((a) => a.email),
+    ["replaced-a@fleet.test", "replaced-b@fleet.test"],
+  );
+  // The text names the file, and no token.
+  const back = await run(CLI, ["store", "copy", "--from", first, "--to", pg.url], hostA.env);
+  assert.equal(back.code, 0, back.stderr);
+  const named = back.stdout.match(/kept in (\S+), 0600/)?.[1];
+  assert.ok(named?.startsWith(`${first}.replaced-`), back.stdout);
+  assert.match(back.stdout, /: replacing@fleet\.test\./);
+  assert.equal(JSON.parse(readFileSync(named, "utf8")).anthropic[0].email, "replacing@fleet.test");
+  for (const a of [...held, ...JSON.parse(readFileSync(named, "utf8")).anthropic]) {
+    assert.ok(!back.stdout.includes(a.refresh) && !over.stdout.includes(a.refresh), "no token in the output");
+  }
+});
+
 test("a wrong key is STORE_KEY for reads, writes, copies and init, and no row changes", async () => {
   await seedStore(hostA, { anthropic: [oauthEntry("keyed@fleet.test")] });
   const rowsBefore = await rows();

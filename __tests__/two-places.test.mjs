@@ -373,7 +373,7 @@ test("store copy to PostgreSQL: it says the logins are in both, and the database
     const second = newPath();
     writePool(second, [login("second-host@two.test")]);
     const over = await runNode([CLI, "store", "copy", "--from", second, "--to", pg.url], m.env);
-    assert.match(over.stdout, /held a login or key that .* does not, now gone from it: fleet@two\.test\. Log it in again/);
+    assert.match(over.stdout, /held a login or key that .* does not, now gone from it \(kept in .*\): fleet@two\.test\. Log it in again/);
     assert.deepEqual((await cliJson(m, "store", "copy", "--from", file, "--to", pg.url)).json.replaced, ["second-host@two.test"]);
 
     // An OpenCode started before OAUTH_POOL_STORE was set refreshes through the file.

@@ -50,7 +50,13 @@ async function copy({ lib, options, out }) {
   if (r.replaced?.length) {
     const n = r.replaced.length;
     const held = n === 1 ? "a login or key" : `${n} logins or keys`;
-    const where = /^postgres(ql)?:/i.test(r.to) ? "" : ` (its .bak keeps ${n === 1 ? "it" : "them"} until its next write)`;
+    const them = n === 1 ? "it" : "them";
+    // The fleet store keeps no .bak: the copy wrote them to a pool file of their own first.
+    const where = r.kept
+      ? ` (kept in ${r.kept}, 0600, a pool file holding only ${them}: delete it once ${n === 1 ? "it is" : "they are"} not needed)`
+      : /^postgres(ql)?:/i.test(r.to)
+        ? ""
+        : ` (its .bak keeps ${them} until its next write)`;
     said += `\n${text`${r.to} held ${held} that ${r.from} does not, now gone from it${where}: ${r.replaced.join(", ")}. Log ${n === 1 ? "it" : "them"} in again there (oauth-pool add), or copy the other way first when ${n === 1 ? "it was" : "they were"} meant to stay.`}`;
   }
   out.result(r, said);

@@ -115,9 +115,19 @@ pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_
             )));
         }
         // What cannot be read there is left for the write to judge, as before.
-        let replaced = match target.load().await {
-            Ok(there) => replaced_logins(&pool, &there),
-            Err(_) => Vec::new(),
+        let (replaced, there) = match target.load().await {
+            Ok(there) => (replaced_logins(&pool, &there), Some(there)),
+            Err(_) => (Vec::new(), None),
+        };
+        // A file keeps what it held in its `.bak`; the fleet store keeps nothing, and the
+        // replaced logins were gone for good. Kept first: not kept, nothing is replaced.
+        let kept = match (&there, target.path()) {
+            (Some(there), None) if !replaced.is_empty() => Some(
+                keep_replaced(there, &replaced, source.path())
+                    .await
+                    .map_err(js_error)?,
+            ),
+            _ => None,
         };
         let entries = pool.anthropic.len();
         // Each is now in both stores: the CLI says which one to keep using.
@@ -125,11 +135,78 @@ pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_
             .accounts()
             .filter(|a| !a.is_api_key() && a.refresh.as_ref().is_some_and(|r| !r.is_empty()))
             .count();
-        target.save(pool).await.map_err(js_error)?;
+        if let Err(e) = target.save(pool).await {
+            // Nothing was replaced: a kept copy would be a second place for those logins.
+            if let Some(kept) = kept {
+                let _ = store::blocking(move || {
+                    let _ = std::fs::remove_file(kept);
+                    Ok(())
+                })
+                .await;
+            }
+            return Err(js_error(e));
+        }
+        let kept = kept.map(|k| k.display().to_string());
         Ok(
-            json!({ "from": source.describe(), "to": target.describe(), "entries": entries, "logins": logins, "replaced": replaced }),
+            json!({ "from": source.describe(), "to": target.describe(), "entries": entries, "logins": logins, "replaced": replaced, "kept": kept }),
         )
     })
+}
+
+/// Writes the entries of `there` that a copy replaces into a pool file of their own (0600,
+/// never over another file), beside `beside` (the `--from` file) or else beside the configured
+/// pool file: `<pool>.replaced-<UTC time>`. It is a pool file: `OAUTH_POOL_PATH` set to it, or
+/// `store copy --from` it, uses them again.
+async fn keep_replaced(
+    there: &Pool,
+    replaced: &[String],
+    beside: Option<&std::path::Path>,
+) -> Result<std::path::PathBuf, Error> {
+    let kept = Pool {
+        anthropic: there
+            .anthropic
+            .iter()
+            .filter(|e| e.email().is_some_and(|m| replaced.iter().any(|r| r == m)))
+            .cloned()
+            .collect(),
+        ..Pool::default()
+    };
+    let bytes = zeroize::Zeroizing::new(kept.to_bytes());
+    let pool_path = match beside {
+        Some(p) => p.to_path_buf(),
+        None => config::pool_path(None)?,
+    };
+    store::blocking(move || {
+        let dir = match pool_path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        crate::store::file::create_private_dir(&dir)?;
+        let name = pool_path.file_name().unwrap_or_default().to_string_lossy();
+        let time: String = crate::account::iso_time(crate::account::now_ms())
+            .chars()
+            .filter(|c| !matches!(c, '-' | ':'))
+            .collect();
+        let mut n = 0;
+        loop {
+            let path = match n {
+                0 => dir.join(format!("{name}.replaced-{time}")),
+                n => dir.join(format!("{name}.replaced-{time}-{n}")),
+            };
+            match crate::store::file::create_whole(&path, &bytes) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                Err(e) => {
+                    return Err(Error::io(
+                        path,
+                        "keep the accounts the copy would replace (nothing was copied)",
+                        e,
+                    ))
+                }
+                Ok(()) => return Ok(path),
+            }
+        }
+    })
+    .await
 }
 
 /// A copy replaces what `to` held: the accounts there that `from` holds neither under their
