@@ -112,7 +112,11 @@ pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens
             "the verifier is not one authorize() makes (43 to 128 of A-Z a-z 0-9 - . _ ~): pass the { verifier, state } of the login the code belongs to; the code was not sent".into(),
         ));
     }
-    let sending = completed_logins().sending(state)?;
+    // The same login pasted again while its code is on its way gets that call's login.
+    let sending = match completed_logins().sending(state).await? {
+        Ok(sending) => sending,
+        Err(tokens) => return Ok(tokens),
+    };
     let body = json!({
         "grant_type": "authorization_code",
         "code": pasted.code.expose(),
@@ -123,7 +127,7 @@ pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens
     });
     let (verifier, state) = (Secret::new(verifier), Secret::new(state));
     let value = token_call(body, Grant::Code, &[&pasted.code, &verifier, &state]).await?;
-    sending.completed();
+    let completed = sending.completed();
     let mut tokens = parse_token_response(&value, None)?;
     // The server's word for the email is held to what names an account (`exchange()` returns
     // it to callers as it is; `add_oauth` stores it).
@@ -136,6 +140,7 @@ pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens
             .flatten()
             .filter(usable);
     }
+    completed.share(&tokens);
     Ok(tokens)
 }
 

@@ -5,6 +5,7 @@
 use subtle::ConstantTimeEq;
 use url::Url;
 
+use super::Tokens;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 
@@ -15,16 +16,28 @@ pub struct Pasted {
     pub state: Option<Secret>,
 }
 
+/// What a sentence or a mail app puts around a code or a link pasted out of it: brackets,
+/// quote marks, and the punctuation after it.
+const OPENERS: &[char] = &[
+    '<', '(', '[', '{', '"', '\'', '`', '\u{201c}', '\u{201e}', '\u{2018}', '\u{201a}', '\u{00ab}',
+];
+const CLOSERS: &[char] = &[
+    '>', ')', ']', '}', '"', '\'', '`', '\u{201d}', '\u{2019}', '\u{00bb}', '.', ',', ';', ':',
+    '!', '?', '\u{2026}',
+];
+
 /// The most text taken as a paste: a callback URL with its query is well under this.
 const MAX_PASTE: usize = 16 * 1024;
 
 pub fn parse_pasted(input: &str) -> Result<Pasted> {
     let input = crate::secret::unwrapped_paste(input);
-    // A mail or chat app hands a link over as `<https://...>`.
+    // A mail or chat app hands a link over as `<https://...>`; one copied out of a sentence
+    // brings its punctuation (`...#state.`, `(...#state),`). Neither a code nor a state (URL-safe
+    // base64) ends with any of it, and taken into the state it read as another login's ("start
+    // the login again") though the code was good.
     let input = input
-        .strip_prefix('<')
-        .and_then(|i| i.strip_suffix('>'))
-        .map_or(input.as_str(), str::trim);
+        .trim_start_matches(|c: char| OPENERS.contains(&c) || c.is_whitespace())
+        .trim_end_matches(|c: char| CLOSERS.contains(&c) || c.is_whitespace());
     if input.is_empty() {
         return Err(Error::OAuthBadInput("nothing was pasted".into()));
     }
@@ -154,23 +167,44 @@ pub fn check_state(pasted: &Pasted, expected: &str) -> Result<()> {
 }
 
 /// The logins (by a digest of their state) whose code the token endpoint already took, and
-/// those whose code is on its way there.
+/// those whose code is on its way there (with what their outcome is handed to).
 #[derive(Default)]
 pub(super) struct CompletedLogins {
     done: std::sync::Mutex<std::collections::VecDeque<[u8; 32]>>,
-    sending: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    sending: std::sync::Mutex<std::collections::HashMap<[u8; 32], Outcome>>,
 }
 
+/// A login's tokens once its call has them; `None` until then.
+type Outcome = tokio::sync::watch::Receiver<Option<Tokens>>;
+
 /// A login's code on its way to the token endpoint: while it lives, the same login pasted again
-/// is refused without a call. Dropped without `completed`, the login may be tried again.
+/// waits for it without a call. Dropped without `completed`, the login may be tried again.
 pub(super) struct Sending<'a> {
     logins: &'a CompletedLogins,
     digest: [u8; 32],
+    outcome: tokio::sync::watch::Sender<Option<Tokens>>,
 }
 
-impl Sending<'_> {
-    pub(super) fn completed(self) {
+/// What a login pasted now does: send its code, or wait for the same login sent already.
+pub(super) enum Claim<'a> {
+    Send(Sending<'a>),
+    Wait(Outcome),
+}
+
+impl<'a> Sending<'a> {
+    /// The token endpoint took the code: the login is not sent again.
+    pub(super) fn completed(self) -> Completed<'a> {
         self.logins.remember(self.digest);
+        Completed(self)
+    }
+}
+
+/// A login whose code was taken: its tokens, once read, go to the pastes that waited for it.
+pub(super) struct Completed<'a>(Sending<'a>);
+
+impl Completed<'_> {
+    pub(super) fn share(self, tokens: &Tokens) {
+        self.0.outcome.send_replace(Some(tokens.clone()));
     }
 }
 
@@ -212,10 +246,12 @@ impl CompletedLogins {
 
     /// Claims the login for one call to the token endpoint. A code works once: a login completed
     /// already is refused at once, not with a second call that the token endpoint refuses (or,
-    /// worse, a second account). So is one whose code is on its way now: a double submit or a
-    /// host retrying its callback sent the code twice, the token endpoint refused the second as
-    /// spent, and the person, told to start again, did not know the first had added the account.
-    pub(super) fn sending(&self, state: &str) -> Result<Sending<'_>> {
+    /// worse, a second account). One whose code is on its way now is waited for (`Claim::Wait`):
+    /// a double submit or a host retrying its callback sent the code twice, the token endpoint
+    /// refused the second as spent, and the person, told to start again, did not know the first
+    /// had added the account; refused without a call, the second still showed a failure to a
+    /// host that shows the last answer.
+    pub(super) fn claim(&self, state: &str) -> Result<Claim<'_>> {
         let digest = Self::digest(state);
         // Held while `done` is read: a login is in `sending` until after it is in `done`.
         let mut sending = self.sending.lock().unwrap_or_else(|p| p.into_inner());
@@ -226,15 +262,36 @@ impl CompletedLogins {
             ));
         }
         drop(done);
-        if !sending.insert(digest) {
-            return Err(Error::OAuthBadInput(
-                "this login is being completed already (the same code was pasted twice): wait for the first to finish".into(),
-            ));
+        if let Some(outcome) = sending.get(&digest) {
+            return Ok(Claim::Wait(outcome.clone()));
         }
-        Ok(Sending {
+        let (outcome, waiting) = tokio::sync::watch::channel(None);
+        sending.insert(digest, waiting);
+        Ok(Claim::Send(Sending {
             logins: self,
             digest,
-        })
+            outcome,
+        }))
+    }
+
+    /// `claim`, waiting out the same login sent already: its tokens when it got them, else (its
+    /// call failed, the code maybe unspent) the claim to send it now, as a paste after it would.
+    pub(super) async fn sending(
+        &self,
+        state: &str,
+    ) -> Result<std::result::Result<Sending<'_>, Tokens>> {
+        loop {
+            match self.claim(state)? {
+                Claim::Send(sending) => return Ok(Ok(sending)),
+                Claim::Wait(mut outcome) => {
+                    if let Ok(tokens) = outcome.wait_for(Option::is_some).await {
+                        if let Some(tokens) = tokens.clone() {
+                            return Ok(Err(tokens));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[cfg(test)]
@@ -314,6 +371,28 @@ mod tests {
             let p = parse_pasted(pasted).unwrap();
             assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
         }
+        // Copied out of a sentence: its punctuation and brackets are not the state's.
+        for pasted in [
+            "abc#st.",
+            "abc#st,",
+            "(abc#st)",
+            "(abc#st).",
+            "abc#st\").",
+            "abc#st!?",
+            "abc#st\u{2026}",
+            "abc#st\u{201d}.",
+            "<https://platform.claude.com/oauth/code/callback?code=abc&state=st>.",
+            "https://platform.claude.com/oauth/code/callback?code=abc&state=st.",
+            "https://platform.claude.com/oauth/code/callback?code=abc#st);",
+            "?code=abc&state=st:",
+        ] {
+            let p = parse_pasted(pasted).unwrap();
+            assert_eq!(
+                (p.code.expose(), p.state.unwrap().expose()),
+                ("abc", "st"),
+                "{pasted}"
+            );
+        }
         // The code pasted twice: said so, not taken for another login's state.
         for bad in ["abc#stabc#st", "abc#st\nabc#st", "abc#st abc#st"] {
             let e = parse_pasted(bad).unwrap_err();
@@ -358,14 +437,22 @@ mod tests {
     #[test]
     fn a_login_is_sent_once_at_a_time() {
         let logins = CompletedLogins::default();
-        let first = logins.sending("state-1").unwrap();
-        assert!(logins.sending("state-1").is_err(), "the same login again");
-        assert!(logins.sending("state-2").is_ok(), "another login");
+        let sends = |state| matches!(logins.claim(state), Ok(Claim::Send(_)));
+        let Ok(Claim::Send(first)) = logins.claim("state-1") else {
+            panic!("the first claim sends")
+        };
+        assert!(
+            matches!(logins.claim("state-1"), Ok(Claim::Wait(_))),
+            "the same login again waits"
+        );
+        assert!(sends("state-2"), "another login");
         drop(first);
         // Refused by the token endpoint (or lost on the way): the login may be tried again.
-        let again = logins.sending("state-1").unwrap();
+        let Ok(Claim::Send(again)) = logins.claim("state-1") else {
+            panic!("sent again")
+        };
         again.completed();
-        let e = logins.sending("state-1").err().map(|e| e.to_string());
+        let e = logins.claim("state-1").err().map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("completed already")));
     }
 
