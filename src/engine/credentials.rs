@@ -647,15 +647,24 @@ impl Engine {
                         .unwrap_or_else(|_| Err(self.write_too_slow()));
                 // The disk filled during the call: the room held for this write is let go and
                 // the write tried once more in it, before the tokens are left to this process.
-                if let (Err(_), Some(room)) = (&write, room) {
-                    let _ = crate::store::blocking(move || {
-                        drop(room);
-                        Ok(())
-                    })
-                    .await;
-                    write = tokio::time::timeout(REFRESH_WRITE_PATIENCE, self.write(change))
-                        .await
-                        .unwrap_or_else(|_| Err(self.write_too_slow()));
+                // Only then: another failure (a lock held, a broken file) would wait twice.
+                let no_room = |e: &Error| {
+                    matches!(e, Error::PoolIo { source, .. } if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                    ))
+                };
+                if let (Err(e), Some(room)) = (&write, room) {
+                    if no_room(e) {
+                        let _ = crate::store::blocking(move || {
+                            drop(room);
+                            Ok(())
+                        })
+                        .await;
+                        write = tokio::time::timeout(REFRESH_WRITE_PATIENCE, self.write(change))
+                            .await
+                            .unwrap_or_else(|_| Err(self.write_too_slow()));
+                    }
                 }
                 self.overlay.clear_refused(email);
                 if let (Ok(_), Some(j), Some(here)) = (&write, journal, here) {

@@ -253,8 +253,12 @@ impl CompletedLogins {
     /// host that shows the last answer.
     pub(super) fn claim(&self, state: &str) -> Result<Claim<'_>> {
         let digest = Self::digest(state);
-        // Held while `done` is read: a login is in `sending` until after it is in `done`.
+        // Held while `done` is read: a login is in `sending` until after it is in `done`. One
+        // still there is waited for, done or not: its email is being read.
         let mut sending = self.sending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(outcome) = sending.get(&digest) {
+            return Ok(Claim::Wait(outcome.clone()));
+        }
         let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
         if done.contains(&digest) {
             return Err(Error::OAuthBadInput(
@@ -262,9 +266,6 @@ impl CompletedLogins {
             ));
         }
         drop(done);
-        if let Some(outcome) = sending.get(&digest) {
-            return Ok(Claim::Wait(outcome.clone()));
-        }
         let (outcome, waiting) = tokio::sync::watch::channel(None);
         sending.insert(digest, waiting);
         Ok(Claim::Send(Sending {
