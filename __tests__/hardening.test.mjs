@@ -6,7 +6,7 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "
 import { basename, dirname, join } from "node:path";
 import { createHash } from "node:crypto";
 import { fileURLToPath } from "node:url";
-import { createPoolFetch, loadPool, savePool, poolStatus, flushPool, setEnabled, refreshAccount, removeAccount } from "../index.mjs";
+import { createPoolFetch, loadPool, savePool, poolStatus, flushPool, setEnabled, refreshAccount, removeAccount, resetCooldowns } from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { useMock, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath, runWorkersTogether } from "./helpers/pool-env.mjs";
 
@@ -73,6 +73,43 @@ test("a refresh answer with new tokens whose expires_in is missing or odd: the n
     assert.equal(family.reuse, 0, `${shape}: ${JSON.stringify(family)}`);
     assert.equal(family.revoked, false, shape);
     assert.equal(family.refreshCalls, 2, shape);
+  }
+});
+
+// An unusable expires_in is taken as an hour (above); an unusable access token cannot be.
+test("a refresh answered 200 with a new refresh token and the rest unusable keeps that token: the login lives, the endpoint rests, the next refresh presents it", async () => {
+  const edits = {
+    "no access_token": { access_token: undefined },
+    "an access_token no header can carry": { access_token: "at\r\nx-injected: 1" },
+  };
+  const emails = Object.keys(edits).map((_, i) => `rotated${i}@x.test`);
+  const path = await seedPool(mock, [...emails, "spare@x.test"], { expired: emails });
+  for (const [i, [what, edit]] of Object.entries(edits).entries()) {
+    const email = emails[i];
+    const before = account(path, email);
+    mock.setTokenMode({ grant: "refresh_token", edit });
+    await assert.rejects(refreshAccount(email, path), (e) => {
+      assert.equal(e.code, "OAUTH_HTTP", `${what}: ${e.message}`);
+      assert.ok(!e.message.includes(mock.tokens(email).refresh), `${what}: no token in the message`);
+      return true;
+    });
+    const a = account(path, email);
+    assert.equal(a.refresh, mock.tokens(email).refresh, `${what}: the new refresh token is in the file`);
+    assert.deepEqual([a.access, a.expires], [before.access, before.expires], `${what}: the access token stays as it was`);
+    assert.notEqual(a.status, "auth-error", what);
+    assert.ok(a.refreshBackoffUntil > Date.now(), `${what}: the endpoint rests as after any failed refresh`);
+  }
+  // A request meanwhile is served by the account that can serve it.
+  const res = await post(createPoolFetch({ path }));
+  assert.equal(res.status, 200);
+  assert.equal(res.poolAccount, "spare@x.test");
+  await res.text();
+  await resetCooldowns(path);
+  for (const email of emails) {
+    assert.equal((await refreshAccount(email, path)).outcome, "refreshed", email);
+    const fam = mock.stats().perFamily[email];
+    assert.deepEqual({ reuse: fam.reuse, revoked: fam.revoked }, { reuse: 0, revoked: false }, email);
+    assert.equal(account(path, email).refresh, mock.tokens(email).refresh, email);
   }
 });
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::printable::{bounded, bounded_message};
+use crate::secret::Secret;
 
 /// A path in a message: one from the environment (`OAUTH_POOL_PATH`) can be as long as the
 /// variable.
@@ -67,6 +68,11 @@ pub enum Error {
         /// Seconds the endpoint asked us to wait (429 `retry-after`), when given.
         retry_after: Option<u64>,
     },
+    /// A refresh the endpoint answered with a new refresh token and nothing else usable (no valid
+    /// access token or lifetime): the presented token is spent, and `refresh` is the login now.
+    /// Said as the endpoint's unusable 200; the token never reaches the message.
+    #[error("token endpoint answered HTTP 200: {}", bounded(.detail))]
+    OAuthRotatedUnusable { refresh: Secret, detail: String },
     /// A refresh not tried because an earlier one failed: the token endpoint is left alone until
     /// `until`. Reported as `OAUTH_HTTP` 429 with the wait, but not as the endpoint's answer:
     /// it may have said nothing (a network failure, a 503 without `retry-after`).
@@ -145,7 +151,9 @@ impl Error {
             Error::OAuthInvalidGrant(_) | Error::OAuthCodeRefused(_) | Error::LoginElsewhere(_) => {
                 "OAUTH_INVALID_GRANT"
             }
-            Error::OAuthHttp { .. } | Error::RefreshBackoff { .. } => "OAUTH_HTTP",
+            Error::OAuthHttp { .. }
+            | Error::OAuthRotatedUnusable { .. }
+            | Error::RefreshBackoff { .. } => "OAUTH_HTTP",
             Error::Network { .. } => "NETWORK",
             Error::InsecureEndpoint { .. } => "INSECURE_ENDPOINT",
             Error::Aborted => "ABORT_ERR",

@@ -375,19 +375,6 @@ fn parse_token_response(v: &Value, previous_refresh: Option<&Secret>) -> Result<
         detail: format!("token response {what}"),
         retry_after: None,
     };
-    // A value no header can carry (a NUL, a line break, 60 KB) would be stored and then fail
-    // every request of the account: refused here, like a response without one.
-    let access = v
-        .get("access_token")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| bad("has no access_token"))?;
-    let access = Secret::new(access);
-    if !access.is_token_shaped() {
-        return Err(bad(
-            "has an access_token that is not a token (not visible ASCII, or too long)",
-        ));
-    }
     let refresh = match v.get("refresh_token").and_then(Value::as_str) {
         Some(r) if !r.is_empty() => Secret::new(r),
         _ => previous_refresh
@@ -398,6 +385,44 @@ fn parse_token_response(v: &Value, previous_refresh: Option<&Secret>) -> Result<
         return Err(bad(
             "has a refresh_token that is not a token (not visible ASCII, or too long)",
         ));
+    }
+    match access_and_expiry(v) {
+        Ok((access, expires)) => Ok(Tokens {
+            access,
+            refresh,
+            expires,
+            email: v
+                .get("account")
+                .and_then(|a| a.get("email_address").or_else(|| a.get("email")))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .filter(|s| !s.is_empty()),
+        }),
+        // The endpoint rotated the refresh token (the presented one is spent now) and the rest
+        // cannot be used: its successor is the login, and dropping it with the answer lost the
+        // login (the next refresh presented the spent token).
+        Err(what) if previous_refresh.is_some_and(|p| *p != refresh) => {
+            Err(Error::OAuthRotatedUnusable {
+                refresh,
+                detail: format!("token response {what}"),
+            })
+        }
+        Err(what) => Err(bad(what)),
+    }
+}
+
+/// The access token and its expiry (epoch ms) of a token response, or what is wrong with them.
+fn access_and_expiry(v: &Value) -> std::result::Result<(Secret, i64), &'static str> {
+    // A value no header can carry (a NUL, a line break, 60 KB) would be stored and then fail
+    // every request of the account: refused here, like a response without one.
+    let access = v
+        .get("access_token")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or("has no access_token")?;
+    let access = Secret::new(access);
+    if !access.is_token_shaped() {
+        return Err("has an access_token that is not a token (not visible ASCII, or too long)");
     }
     // A lifetime past a year is taken as a year: refreshing early costs one call, and a server
     // that claims decades would otherwise never be asked again before a 401. One not said, or
@@ -419,18 +444,7 @@ fn parse_token_response(v: &Value, previous_refresh: Option<&Secret>) -> Result<
             UNSAID_LIFETIME_SECS
         }
     };
-    let email = v
-        .get("account")
-        .and_then(|a| a.get("email_address").or_else(|| a.get("email")))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .filter(|s| !s.is_empty());
-    Ok(Tokens {
-        access,
-        refresh,
-        expires: now_ms() + (expires_in * 1000.0) as i64,
-        email,
-    })
+    Ok((access, now_ms() + (expires_in * 1000.0) as i64))
 }
 
 /// `GET {api}/api/oauth/profile`: the account's email when the token response lacks it.
@@ -577,6 +591,21 @@ mod tests {
             parse_token_response(&json!({"access_token": long, "expires_in": 5}), Some(&old))
                 .is_err()
         );
+        // A new refresh token beside an unusable rest is handed back (the old one is spent);
+        // the old one handed back, or none, is a plain unusable answer.
+        for rest in [json!({}), json!({"access_token": "a\nb", "expires_in": 5})] {
+            let mut v = rest.clone();
+            v["refresh_token"] = json!("r1");
+            match parse_token_response(&v, Some(&old)) {
+                Err(Error::OAuthRotatedUnusable { refresh, .. }) => {
+                    assert_eq!(refresh.expose(), "r1")
+                }
+                other => panic!("{rest}: {other:?}"),
+            }
+            v["refresh_token"] = json!("r0");
+            let e = parse_token_response(&v, Some(&old)).unwrap_err();
+            assert!(matches!(e, Error::OAuthHttp { .. }), "{rest}: {e:?}");
+        }
         // Decades are taken as a year.
         for decades in [json!(999_999_999), json!(1e12), json!("1e300")] {
             let t = parse_token_response(

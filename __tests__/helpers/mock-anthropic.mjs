@@ -491,6 +491,12 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       }
       return dropConnection(req, res); // the rotation above is committed
     }
+    // `edit`: the grant is carried out (a refresh rotates) and its answer altered: keys set to
+    // undefined are dropped, others replaced. A server that rotates and then says something off.
+    if (mode?.edit && result.status === 200) {
+      result.body = { ...result.body, ...mode.edit };
+      for (const [k, v] of Object.entries(mode.edit)) if (v === undefined) delete result.body[k];
+    }
     record.status = result.status;
     res.writeHead(result.status, { "content-type": "application/json", "request-id": requestId() });
     res.end(JSON.stringify(result.body));
@@ -1159,7 +1165,7 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
      * array of modes (a queue), or { mode, times }. Each mode applies `times` calls (default 1;
      * Infinity or -1 = until cleared) and may be limited to one `grant`; `until` (a promise, in
      * process only) holds the answer until it resolves; `reshape(body)` (in process only) gives
-     * the body a granted call answers with. null clears.
+     * the body a granted call answers with; `edit` alters a successful answer. null clears.
      */
     setTokenMode(modes) {
       const list = modes == null ? [] : Array.isArray(modes) ? modes : [modes];

@@ -79,6 +79,7 @@ impl napi::bindgen_prelude::ToNapiValue for JsBytes {
 pub fn js_error(e: Error) -> napi::Error {
     let prefix = match &e {
         Error::OAuthHttp { status, .. } => format!("[{} {status}]", e.code()),
+        Error::OAuthRotatedUnusable { .. } => format!("[{} 200]", e.code()),
         Error::RefreshBackoff { .. } => format!("[{} 429]", e.code()),
         _ => format!("[{}]", e.code()),
     };

@@ -601,14 +601,39 @@ impl Engine {
         let _unwritten = Unwritten::begin();
         let room = self.store.hold_write_room().await;
         let (answer, asked_twice) = oauth::refresh_once_more_if_lost(&presented).await;
+        // A new refresh token with nothing else usable is saved like any rotation (the presented
+        // token is spent), beside the access token the account had; the request is then served
+        // as after a failed refresh, and the endpoint rests as after one.
+        let answer = match answer {
+            Err(Error::OAuthRotatedUnusable { refresh, detail }) => {
+                let tokens = oauth::Tokens {
+                    access: account.access.clone().unwrap_or_default(),
+                    refresh,
+                    expires: account.expires.unwrap_or(0),
+                    email: None,
+                };
+                let failed = Error::OAuthHttp {
+                    status: 200,
+                    detail,
+                    retry_after: None,
+                };
+                Ok((tokens, Some(failed)))
+            }
+            other => other.map(|tokens| (tokens, None)),
+        };
         match answer {
-            Ok(tokens) => {
+            Ok((tokens, unusable)) => {
                 let (access, refresh, expires) = (
                     tokens.access.clone(),
                     tokens.refresh.clone(),
                     tokens.expires,
                 );
-                *lock(&self.credentials.last_issued) = Some(access.clone());
+                let backoff = unusable
+                    .as_ref()
+                    .map(|e| now_ms().saturating_add(backoff_ms(e)));
+                if unusable.is_none() {
+                    *lock(&self.credentials.last_issued) = Some(access.clone());
+                }
                 self.credentials
                     .refreshes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -632,7 +657,13 @@ impl Engine {
                     }
                     Ok(match pool.find_mut(&who) {
                         Some(a) if a.refresh.as_ref() == Some(&spent) => {
+                            let kept = (a.access.clone(), a.expires);
                             set_tokens(a, &a2, &r2, expires);
+                            if let Some(until) = backoff {
+                                // Only the refresh token is new: the access token stays as it was.
+                                (a.access, a.expires) = kept;
+                                a.set_refresh_backoff(until, now_ms());
+                            }
                             None
                         }
                         Some(a) => fresh_access(a, now_ms()),
@@ -712,7 +743,10 @@ impl Engine {
                     );
                     self.retry_later(UNSAVED_RETRY);
                 }
-                Ok(access)
+                match unusable {
+                    Some(e) => serve_old_or(&account, rejected, e),
+                    None => Ok(access),
+                }
             }
             Err(Error::OAuthInvalidGrant(reason)) => {
                 // Someone outside our lock may have rotated it: adopt a newer token if the store
