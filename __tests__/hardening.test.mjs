@@ -76,6 +76,26 @@ test("a refresh answer with new tokens whose expires_in is missing or odd: the n
   }
 });
 
+test("token rotated then the answer lost, at an endpoint with a reuse grace window: the one retry gets the new tokens, which are saved and serve", async (t) => {
+  const path = await seedPool(mock, ["grace1@x.test", "grace2@x.test"], { expired: ["grace1@x.test"] });
+  await setPriority(path, "grace1@x.test", 5);
+  mock.setReuseGrace(10_000);
+  t.after(() => mock.setReuseGrace(0));
+  mock.setTokenMode({ commitThenDrop: true, grant: "refresh_token" });
+  const graceBefore = mock.stats().graceHits;
+  const res = await post(createPoolFetch({ path }));
+  assert.equal(res.status, 200);
+  assert.equal(res.poolAccount, "grace1@x.test", "served by the account whose answer was lost");
+  await res.text();
+  const fam = mock.stats().perFamily["grace1@x.test"];
+  assert.deepEqual({ calls: fam.refreshCalls, reuse: fam.reuse, revoked: fam.revoked }, { calls: 2, reuse: 0, revoked: false });
+  assert.equal(mock.stats().graceHits, graceBefore + 1);
+  await flushPool(path);
+  const a = account(path, "grace1@x.test");
+  assert.equal(a.refresh, mock.tokens("grace1@x.test").refresh, "the tokens the retry got are saved");
+  assert.notEqual(a.status, "auth-error");
+});
+
 // An unusable expires_in is taken as an hour (above); an unusable access token cannot be.
 test("a refresh answered 200 with a new refresh token and the rest unusable keeps that token: the login lives, the endpoint rests, the next refresh presents it", async () => {
   const edits = {

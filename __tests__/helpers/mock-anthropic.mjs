@@ -1176,6 +1176,11 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
       });
     },
 
+    /** Sets the reuse grace window (ms) of a running mock; 0 turns it off. */
+    setReuseGrace(ms) {
+      reuseGraceMs = ms;
+    },
+
     /** Queues /v1/messages answers for one account (consumed in order, then the default); a step
      * with a `path` answers a request to that path instead (token counting, files, batches). */
     script(email, responses) {
