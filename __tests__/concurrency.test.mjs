@@ -49,7 +49,7 @@ test(`${PROCS} processes x ${REQUESTS} requests on a just-expired account: one r
   assert.equal(mode(path), 0o600);
 });
 
-test("a process killed while it holds the refresh lock does not block the next one", async () => {
+test("a process killed while it holds the refresh lock does not block the next one, though a child it started meanwhile lives on", async (t) => {
   const path = await seedPool(mock, ["killed@x.test"], { expired: ["killed@x.test"] });
   mock.setTokenMode({ hang: true, grant: "refresh_token" });
   // The victim's refresh call arriving at the token endpoint is the signal that it holds the
@@ -57,8 +57,26 @@ test("a process killed while it holds the refresh lock does not block the next o
   const refreshing = mock.waitFor("token", (r) => r.grant === "refresh_token");
   const victim = run("./helpers/pool-worker.mjs", [path, mock.url, "1"]);
   await refreshing;
+  // A child started while the lock is held must not inherit it (close-on-exec), or the lock
+  // stays held for as long as the child runs.
+  victim.child.kill("SIGUSR2");
+  const inheritor = await new Promise((resolve, reject) => {
+    let seen = "";
+    victim.child.stdout.on("data", (d) => {
+      seen += d;
+      const m = /child (\d+)/.exec(seen);
+      if (m) resolve(Number(m[1]));
+    });
+    victim.child.on("close", () => reject(new Error("the victim ended before starting its child")));
+  });
+  t.after(() => {
+    try {
+      process.kill(inheritor, "SIGKILL");
+    } catch {}
+  });
   victim.child.kill("SIGKILL");
   await victim.done;
+  process.kill(inheritor, 0); // still running
   mock.setTokenMode(null);
   const started = Date.now();
   const next = run("./helpers/pool-worker.mjs", [path, mock.url, "1"]);

@@ -3,11 +3,19 @@
 //   node pool-worker.mjs <poolPath> <apiUrl> <count> [barrier]
 // With `barrier`, it prints "ready" once loaded and waits for a line on stdin before sending,
 // so a test starts every worker at the same moment (a real signal, not a clock guess).
+import { spawn } from "node:child_process";
 import { createPoolFetch } from "../../index.mjs";
 
 const [path, apiUrl, countArg, barrier] = process.argv.slice(2);
 const count = Number(countArg ?? 1);
 const poolFetch = createPoolFetch({ path });
+// SIGUSR2: start a child now that outlives us (a host's shell command started while one of our
+// requests holds a lock) and print "child <pid>".
+process.on("SIGUSR2", () => {
+  const child = spawn("sleep", ["30"], { stdio: "ignore", detached: true });
+  child.unref();
+  process.stdout.write(`child ${child.pid}\n`);
+});
 if (barrier === "barrier") {
   process.stdout.write("ready\n");
   await new Promise((resolve) => {

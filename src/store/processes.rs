@@ -15,14 +15,24 @@ fn counter(pool: &Pool) -> i64 {
     pool.extra.get("n").and_then(|v| v.as_i64()).unwrap_or(0)
 }
 
-/// Holder entry: takes the store's write lock, says so on stdout, and keeps it until killed.
+/// Holder entry: takes the store's write lock, starts a child that outlives it (as a host's
+/// shell command would), says so on stdout with the child's pid, and keeps the lock until killed.
 #[test]
+// The child is never waited for: it outlives this process, which is killed.
+#[allow(clippy::zombie_processes)]
 fn lock_holder_entry() {
     let Ok(path) = std::env::var("POOL_HOLD_LOCK") else {
         return;
     };
     let _held = FileLock::acquire(Path::new(&path), Duration::from_secs(5)).unwrap();
-    println!("held");
+    let child = Command::new("sleep")
+        .arg("30")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    println!("held {}", child.id());
     use std::io::Write;
     std::io::stdout().flush().unwrap();
     loop {
@@ -182,10 +192,20 @@ fn a_killed_lock_holder_frees_the_lock_at_once() {
         line.clear();
         use std::io::BufRead;
         assert!(out.read_line(&mut line).unwrap() > 0, "holder ended early");
-        if line.trim_end().ends_with("held") {
+        // libtest prints the test's name on the same line before the test's own output.
+        if line.contains("held ") {
             break;
         }
     }
+    // The holder's child lives on after the holder is killed: had it inherited the lock's
+    // descriptor (no close-on-exec), the lock stayed held until the child ended.
+    let inheritor: libc::pid_t = line
+        .trim_end()
+        .rsplit("held ")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let busy = FileLock::acquire(&lock, Duration::from_millis(50)).unwrap_err();
     assert_eq!(busy.code(), "POOL_BUSY", "the lock is really held");
     holder.kill().unwrap();
@@ -197,9 +217,8 @@ fn a_killed_lock_holder_frees_the_lock_at_once() {
             Ok(())
         })
         .unwrap();
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "waited {:?}",
-        start.elapsed()
-    );
+    let waited = start.elapsed();
+    // SAFETY: a plain kill(2) of the child the holder started, which is still running.
+    unsafe { libc::kill(inheritor, libc::SIGKILL) };
+    assert!(waited < Duration::from_secs(1), "waited {waited:?}");
 }
