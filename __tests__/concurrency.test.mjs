@@ -87,3 +87,21 @@ test("a process killed while it holds the refresh lock does not block the next o
   assert.ok(elapsed < 3000, `the next process took ${elapsed} ms`);
   assert.equal(mock.stats().perFamily["killed@x.test"].reuse, 0);
 });
+
+test("6 processes meeting a 401 on a token their clocks call valid: one forced refresh between them, the others adopt it; no reuse, all served", async () => {
+  const path = await seedPool(mock, ["revoked@x.test"]);
+  mock.revoke("revoked@x.test"); // the access token dies early; the refresh token still works
+  const results = await runWorkersTogether(here("./helpers/pool-worker.mjs"), 6, [path, mock.url, "2"]);
+  const served = results.flatMap((r) => {
+    assert.equal(r.code, 0);
+    return JSON.parse(r.out);
+  });
+  assert.deepEqual(
+    served.map((r) => r.status),
+    Array(12).fill(200),
+    JSON.stringify(served.filter((r) => r.status !== 200).slice(0, 2)),
+  );
+  const fam = mock.stats().perFamily["revoked@x.test"];
+  assert.deepEqual({ refreshCalls: fam.refreshCalls, reuse: fam.reuse, revoked: fam.revoked }, { refreshCalls: 1, reuse: 0, revoked: false });
+  assert.equal(account(path, "revoked@x.test").refresh, mock.tokens("revoked@x.test").refresh);
+});
