@@ -111,6 +111,44 @@ test("another process stuck refreshing an account: a request moves to another ac
   }
 });
 
+// A script that reads the pool, edits it and saves it back while OpenCode (another process)
+// adds a login in between: the save replaced the pool with a copy that never held the new
+// login, and it was gone. Accounts the copy held and removed stay removed.
+test("savePool of a copy read before another process added a login keeps that login; what the copy removed stays removed", async () => {
+  const path = await seedPool(mock, ["kept@x.test", "dropped@x.test"]);
+  const copy = await loadPool(path);
+  const added = await new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, "add-key", "--email", "meanwhile@x.test", "--json"], {
+      env: { ...process.env, OAUTH_POOL_PATH: path },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+    });
+    child.stderr.on("data", (d) => {
+      out += d;
+    });
+    child.on("error", reject);
+    child.on("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`add-key exit ${code}: ${out}`))));
+    child.stdin.end("fake-console-key-meanwhile-for-tests-only\n");
+  });
+  assert.match(added, /meanwhile@x\.test/);
+  copy.anthropic = copy.anthropic.filter((a) => a.email !== "dropped@x.test");
+  copy.anthropic[0].priority = 4;
+  await savePool(copy, path);
+  const emails = readPool(path).anthropic.map((a) => a.email);
+  assert.deepEqual(emails.sort(), ["kept@x.test", "meanwhile@x.test"], "the login added meanwhile is kept, the one removed is gone");
+  assert.equal(account(path, "kept@x.test").priority, 4, "the copy's change is written");
+  assert.equal(account(path, "meanwhile@x.test").type, "api");
+  // A pool built by hand (no read behind it) replaces what is there, as before.
+  await savePool({ anthropic: copy.anthropic.filter((a) => a.email === "kept@x.test") }, path);
+  assert.deepEqual(
+    readPool(path).anthropic.map((a) => a.email),
+    ["kept@x.test"],
+  );
+});
+
 test("savePool of a copy read before a refresh keeps the newer tokens instead of writing back the spent one", async () => {
   const path = await seedPool(mock, ["stale@x.test"], { expired: ["stale@x.test"] });
   const copy = await loadPool(path); // e.g. a script that changes a priority

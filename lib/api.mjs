@@ -108,7 +108,19 @@ function poolInvalid(message) {
   return err;
 }
 
-export const loadPool = wrap((path) => native.loadPool(pathArg(path)));
+// When `loadPool` read the pool it gave, kept on that object out of sight (a symbol, not
+// enumerable: not in JSON.stringify, a spread or a deep comparison): `savePool` of it keeps the
+// accounts added since, which the copy cannot have meant to remove (a login another process
+// added between a script's load and its save was lost).
+const READ_AT = Symbol("opencode-oauth-pool read at");
+
+export const loadPool = wrap(async (path) => {
+  const where = pathArg(path);
+  const readAt = Date.now();
+  const pool = await native.loadPool(where);
+  if (pool !== null && typeof pool === "object") Object.defineProperty(pool, READ_AT, { value: readAt });
+  return pool;
+});
 
 export const savePool = wrap((pool, path) => {
   const where = pathArg(path);
@@ -118,7 +130,7 @@ export const savePool = wrap((pool, path) => {
     );
   }
   checkJson(pool, "pool");
-  return native.savePool(pool, where);
+  return native.savePool(pool, where, pool[READ_AT]);
 });
 
 export const authorize = wrap(async (options) => {

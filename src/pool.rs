@@ -509,6 +509,31 @@ impl Pool {
         kept
     }
 
+    /// The accounts of `stored` (the pool as it is now) added after `since` (epoch ms: when the
+    /// copy being saved was read; one added in that same millisecond is in the copy) that the copy does not hold, added to it: a login another
+    /// process added meanwhile. The copy cannot have meant to remove an account it never saw,
+    /// and replacing the pool with it lost that login. An `added` later than a minute from now
+    /// (a clock set wrong, a hand edit) is no sign of that, and such an account stays removable.
+    /// Returns their names.
+    pub fn keep_added_since(&mut self, stored: &Pool, since: i64) -> Vec<String> {
+        let until = crate::account::now_ms().saturating_add(60_000);
+        let added: Vec<Account> = stored
+            .accounts()
+            .filter(|s| self.find(&s.email).is_none())
+            .filter(|s| {
+                s.added
+                    .as_deref()
+                    .and_then(crate::account::parse_iso_ms)
+                    .is_some_and(|at| at > since && at <= until)
+            })
+            .cloned()
+            .collect();
+        let names = added.iter().map(|a| a.email.clone()).collect();
+        self.anthropic
+            .extend(added.into_iter().map(|a| Entry::Valid(Box::new(a))));
+        names
+    }
+
     /// Moves every time of day the pool keeps by `delta` ms (`Account::shift_times`, and the
     /// last failover's time); unreadable entries and other sections are left as they are.
     pub fn shift_times(&mut self, delta: i64) {
@@ -785,6 +810,40 @@ mod tests {
         assert_eq!(
             fresh
                 .find("a@x.test")
+                .unwrap()
+                .refresh
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "r3"
+        );
+    }
+
+    #[test]
+    fn a_copy_saved_back_keeps_the_logins_added_since_it_was_read() {
+        let now = crate::account::now_ms();
+        let at = |ms: i64| crate::account::iso_time(ms);
+        let stored = Pool::from_value(json!({ "anthropic": [
+            { "email": "old@x.test", "refresh": "r1", "added": at(now - 86_400_000) },
+            { "email": "removed@x.test", "refresh": "r2", "added": at(now - 60_000) },
+            { "email": "new@x.test", "refresh": "r3", "added": at(now - 1_000) },
+            { "email": "future@x.test", "refresh": "r4", "added": at(now + 86_400_000) },
+            { "email": "undated@x.test", "refresh": "r5" },
+        ]}))
+        .unwrap();
+        // Read 30 s ago, with old@ and removed@; removed@ taken out on purpose.
+        let mut copy = Pool::from_value(json!({ "anthropic": [
+            { "email": "old@x.test", "refresh": "r1", "added": at(now - 86_400_000) },
+        ]}))
+        .unwrap();
+        assert_eq!(
+            copy.keep_added_since(&stored, now - 30_000),
+            vec!["new@x.test".to_string()]
+        );
+        let names: Vec<_> = copy.accounts().map(|a| a.email.as_str()).collect();
+        assert_eq!(names, ["old@x.test", "new@x.test"]);
+        assert_eq!(
+            copy.find("new@x.test")
                 .unwrap()
                 .refresh
                 .as_ref()

@@ -46,12 +46,20 @@ fn as_javascript_numbers(value: Value) -> Value {
     }
 }
 
+/// `read_at`: when `loadPool` read the copy given (epoch ms), which index.mjs keeps on the pool
+/// object it returned; accounts added since are kept.
 #[napi(js_name = "savePool", ts_return_type = "Promise<void>", catch_unwind)]
-pub fn save_pool(env: &Env, pool: Value, path: Option<String>) -> JsResult<PromiseRaw<'_, ()>> {
+pub fn save_pool(
+    env: &Env,
+    pool: Value,
+    path: Option<String>,
+    read_at: Option<f64>,
+) -> JsResult<PromiseRaw<'_, ()>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
         let pool = Pool::from_caller(pool).map_err(js_error)?;
-        store.save(pool).await.map_err(js_error)?;
+        let read_at = read_at.filter(|t| t.is_finite()).map(|t| t as i64);
+        store.save_read_at(pool, read_at).await.map_err(js_error)?;
         Engine::for_store(store).reset_memory();
         Ok(())
     })

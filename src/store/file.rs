@@ -163,6 +163,12 @@ impl FileStore {
 
     /// Replaces the whole pool (the `savePool` semantics), under the lock.
     pub fn save(&self, pool: &Pool) -> Result<()> {
+        self.save_read_at(pool, None)
+    }
+
+    /// `save` of a copy read at `read_at` (epoch ms; `None`: replace whatever is there): accounts
+    /// added since are kept (`Pool::keep_added_since`).
+    pub fn save_read_at(&self, pool: &Pool, read_at: Option<i64>) -> Result<()> {
         self.check_writable()?;
         let _lock = FileLock::acquire(&self.lock_path(), LOCK_TIMEOUT)?;
         let _aidevops = LegacyLock::acquire(&self.path)?;
@@ -173,6 +179,11 @@ impl FileStore {
         if let Some((stored, _)) = &previous {
             for email in pool.keep_newer_state(stored) {
                 tracing::info!(account = %email, "kept the stored tokens: newer than those saved");
+            }
+            if let Some(read_at) = read_at {
+                for email in pool.keep_added_since(stored, read_at) {
+                    tracing::info!(account = %email, "kept an account added since the copy was read");
+                }
             }
         }
         self.write_locked(

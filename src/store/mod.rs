@@ -310,14 +310,20 @@ impl Store {
         }
     }
 
-    /// Replaces the whole pool (`savePool`).
+    /// Replaces the whole pool (`store copy`).
     pub async fn save(&self, pool: Pool) -> Result<()> {
+        self.save_read_at(pool, None).await
+    }
+
+    /// Replaces the whole pool with a copy read at `read_at` (epoch ms; `savePool` of a pool
+    /// `loadPool` gave): accounts added since are kept (`Pool::keep_added_since`).
+    pub async fn save_read_at(&self, pool: Pool, read_at: Option<i64>) -> Result<()> {
         match self {
             Store::File(f) => {
                 let f = f.clone();
-                blocking(move || f.save(&pool)).await
+                blocking(move || f.save_read_at(&pool, read_at)).await
             }
-            Store::Postgres(p) => p.save(pool).await,
+            Store::Postgres(p) => p.save(pool, read_at).await,
         }
     }
 

@@ -928,10 +928,15 @@ impl PgStore {
     /// Replaces the whole pool (`savePool`, `store copy`).
     /// Replaces the whole pool, keeping tokens newer than those given and what else a stale copy missed
     /// (`Pool::keep_newer_state`).
-    pub async fn save(&self, mut pool: Pool) -> Result<()> {
+    pub async fn save(&self, mut pool: Pool, read_at: Option<i64>) -> Result<()> {
         self.update(move |stored| {
             for email in pool.keep_newer_state(stored) {
                 tracing::info!(account = %email, "kept the stored tokens: newer than those saved");
+            }
+            if let Some(read_at) = read_at {
+                for email in pool.keep_added_since(stored, read_at) {
+                    tracing::info!(account = %email, "kept an account added since the copy was read");
+                }
             }
             *stored = pool;
             Ok(())
