@@ -16,6 +16,7 @@ import { useMock, seedPool, account, readPool, pause, until } from "./helpers/po
 import { startPostgres } from "./helpers/postgres.mjs";
 import { keptLogin, loginSpoiledMidway } from "./helpers/login-midway.mjs";
 import { tempDir } from "./helpers/temp.mjs";
+import { CLI } from "./helpers/cli-sandbox.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const POLLER = here("./helpers/pool-poller.mjs");
@@ -25,8 +26,8 @@ const mock = useMock();
 const canStop = process.platform !== "win32";
 const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
 
-function run(args, env) {
-  const child = spawn(process.execPath, args, { env, stdio: ["ignore", "pipe", "pipe"] });
+function run(args, env, command = process.execPath) {
+  const child = spawn(command, args, { env, stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   let err = "";
   child.stdout.on("data", (d) => (out += d));
@@ -643,3 +644,70 @@ async function starvedFleet(store, email, other) {
   assert.equal(kept.refresh, mock.tokens(email).refresh, "the refreshed tokens are in the store");
   return run;
 }
+
+const STRACE = ["/usr/bin/strace", "/bin/strace"].find((p) => existsSync(p));
+const canTrace = STRACE && spawnSync(STRACE, ["-o", "/dev/null", "true"]).status === 0;
+
+// Guards what a power cut or a second process depends on and no test checked, since nothing a
+// test can read afterwards tells a durable write from one still in the page cache: the refresh
+// lock is taken before the pool is read again and the token endpoint called, and let go only
+// once the new tokens are durable: a temp file made 0600 with O_EXCL, fsynced, renamed over the
+// pool (never the pool opened for writing: a truncate in place is what corrupted the SDKs'
+// caches), the directory fsynced, all under the pool's lock. The system calls, in order, as
+// strace sees them (`write` is not traced: no token in the trace).
+test("a refresh's new tokens are durable before its lock is let go: re-read under the refresh lock, then temp 0600 with O_EXCL, fsync, rename, fsync of the directory, under the pool's lock", {
+  skip: !canTrace && "strace cannot trace here (not installed, or ptrace refused)",
+}, async () => {
+  const email = "durable@x.test";
+  const path = await seedPool(mock, [email], { expired: [email] });
+  const dir = join(path, "..");
+  const trace = join(dir, "..", "trace.txt");
+  const calls = "trace=openat,open,creat,flock,fcntl,fsync,fdatasync,rename,renameat,renameat2,linkat,connect";
+  const env = { ...process.env, OAUTH_POOL_PATH: path };
+  // Not spawnSync: the mock answers from this process's event loop.
+  const { code, err } = await run([...["-f", "-y", "-qq", "-o", trace, "-e", calls], process.execPath, CLI, "refresh", email, "--path", path], env, STRACE)
+    .done;
+  assert.equal(code, 0, err);
+  assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the new tokens are in the file");
+  const port = new URL(mock.tokenUrl).port;
+  // Each call as `name(args`, the thread's id taken off; a call another thread interrupted
+  // shows here as its first half, which is where it was made.
+  const lines = readFileSync(trace, "utf8")
+    .split("\n")
+    .map((l) => l.replace(/^\d+ +/, ""))
+    .filter((l) => !l.startsWith("<..."));
+  const at = (what, test, from = 0) => {
+    const i = lines.findIndex((l, n) => n >= from && test(l));
+    assert.ok(i >= 0, `${what} (after line ${from}) in:\n${lines.filter((l) => l.includes(dir) || l.includes(port)).join("\n")}`);
+    return i;
+  };
+  const lockOf = (l, file, op) => l.startsWith("flock(") && l.includes(file) && l.includes(op);
+  const refreshLock = at("the refresh lock taken", (l) => lockOf(l, ".refresh.lock>", "LOCK_EX") && !/= -1/.test(l));
+  const reread = at("the pool read again under it", (l) => l.startsWith("openat(") && l.includes(`"${path}"`), refreshLock);
+  const call = at("the token endpoint called", (l) => l.startsWith("connect(") && l.includes(`htons(${port})`), reread);
+  const poolLock = at("the pool's lock taken", (l) => lockOf(l, `${path}.lock>`, "LOCK_EX") && !/= -1/.test(l), call);
+  const temp = at(
+    "the temp file made with O_EXCL, 0600",
+    (l) => /^openat\(.*\/\.oauth-pool\.json\.[^/"]*\.tmp", [^)]*O_CREAT[^)]*O_EXCL[^)]*, 0600\)/.test(l),
+    poolLock,
+  );
+  const tempName = /"([^"]+)"/.exec(lines[temp].slice(lines[temp].indexOf(", ")))[1];
+  const synced = at("the temp file fsynced", (l) => /^f(data)?sync\(/.test(l) && l.includes(`<${tempName}>`), temp);
+  const renamed = at("the temp renamed over the pool", (l) => /^rename(at2?)?\(/.test(l) && l.includes(`"${tempName}"`) && l.includes(`"${path}"`), synced);
+  const dirSynced = at("the directory fsynced", (l) => /^fsync\(/.test(l) && l.includes(`<${dir}>`), renamed);
+  at("the pool's lock let go", (l) => lockOf(l, `${path}.lock>`, "LOCK_UN"), dirSynced);
+  at("the refresh lock let go", (l) => lockOf(l, ".refresh.lock>", "LOCK_UN"), dirSynced);
+  assert.equal(
+    lines.slice(refreshLock, dirSynced).some((l) => lockOf(l, ".refresh.lock>", "LOCK_UN")),
+    false,
+    "the refresh lock was held throughout",
+  );
+  const inPlace = lines.filter((l) => /^(openat|open|creat)\(/.test(l) && l.includes(`"${path}"`) && /O_WRONLY|O_RDWR|O_TRUNC|O_APPEND|^creat/.test(l));
+  assert.deepEqual(inPlace, [], "the pool file is never opened for writing");
+  assert.deepEqual(
+    lines.filter((l) => l.startsWith("fcntl(") && /F_SETLKW?|F_OFD_SETLK/.test(l)),
+    [],
+    "no POSIX record lock (closing any descriptor of the file drops one)",
+  );
+  assert.equal(mock.stats().perFamily[email].reuse, 0);
+});
