@@ -613,3 +613,44 @@ test("doctor reads OpenCode's files bounded: a FIFO or a device where a config, 
   assert.equal(c?.level, "problem");
   assert.match(c.message, /cannot load its native binary .*not a regular file/);
 });
+
+const CC = ["/usr/bin/cc", "/usr/bin/gcc", "/usr/local/bin/cc"].find((p) => existsSync(p));
+
+// The pool's locks are flock(2), which other machines sharing a network mount may not see
+// (NFS emulates it with byte-range locks, `local_lock` makes it local; SMB, 9p and FUSE vary):
+// two machines refreshing one login there log each other out. Doctor said nothing of where the
+// pool lived. No test machine mounts NFS: a preloaded statfs shim (helpers/fake-fs-type.c)
+// reports the pool directory's file system type as each one does.
+test("doctor: a pool on a file system other machines share (NFS, SMB, 9p, FUSE) is a warning naming it and what to do; a local disk is not", {
+  skip: (process.platform !== "linux" && "statfs f_type is Linux's") || (!CC && "no C compiler (cc) to build the statfs shim"),
+}, async () => {
+  const shim = join(tempDir("oauth-pool-fs-type-"), "fake-fs-type.so");
+  spawnSync(CC, ["-shared", "-fPIC", "-O2", "-o", shim, join(ROOT, "__tests__", "helpers", "fake-fs-type.c"), "-ldl"]);
+  assert.ok(existsSync(shim), "the statfs shim was built");
+  const box = user();
+  await seed(box, [{ email: "shared-fs@x.test" }]);
+  const dir = dirname(box.pool);
+  const on = (type) => doctor(box, { env: { LD_PRELOAD: shim, FAKE_FS_TYPE_UNDER: dir, FAKE_FS_TYPE: type } });
+  for (const [type, kind] of [
+    ["0x6969", /NFS/],
+    ["0xff534d42", /SMB/],
+    ["0x01021997", /9p/],
+    ["0x65735546", /FUSE/],
+  ]) {
+    const d = await on(type);
+    const [c] = d.named("file system");
+    assert.equal(c?.level, "warn", `${type}: ${d.shown}`);
+    assert.match(c.message, kind);
+    assert.ok(c.message.startsWith(dir), c.message);
+    assert.match(
+      c.message,
+      /other machines .* log each other out; keep the pool on a local disk \(OAUTH_POOL_PATH\), or share it .* fleet store \(OAUTH_POOL_STORE\)/,
+    );
+    assert.equal(d.code, 0, "a warning, not a problem");
+  }
+  for (const local of ["0xef53", "0x01021994", "0x58465342"]) {
+    const d = await on(local);
+    assert.deepEqual(d.named("file system"), [], `${local} (ext4, tmpfs, xfs) is a local disk`);
+  }
+  assert.deepEqual((await doctor(box)).named("file system"), [], "this machine's own disk");
+});
