@@ -198,6 +198,30 @@ test("a token inside its refresh margin while the token endpoint fails: the stil
   }
 });
 
+// README, "How a request is served", step 2: "refreshed 5 minutes ahead of expiry" (the AWS and
+// Anthropic SDKs' windows are 5 min and 2 min). The test above shows a token 2 minutes from its
+// end is refreshed; nothing showed where the line is: a margin grown to hours spends refresh
+// tokens on every request, one shrunk to seconds sends tokens that die in flight.
+test("the refresh margin is 5 minutes: a token 6.5 minutes from its end is sent as it is, one 4.5 minutes from it is refreshed first", async () => {
+  for (const [email, left, refreshed] of [
+    ["margin-far@x.test", 390_000, false],
+    ["margin-near@x.test", 270_000, true],
+  ]) {
+    const path = await seedPool(mock, [email]);
+    const pool = readPool(path);
+    pool.anthropic[0].expires = Date.now() + left;
+    const stored = pool.anthropic[0].access;
+    await savePool(pool, path);
+    const r = await ask(createPoolFetch({ path }));
+    assert.equal(r.status, 200);
+    assert.equal(r.poolAccount, email);
+    await r.text();
+    assert.equal(refreshCalls(email), refreshed ? 1 : 0, `${left / 60_000} minutes left`);
+    await flushPool(path);
+    assert.equal(account(path, email).access !== stored, refreshed, `${left / 60_000} minutes left: the token sent`);
+  }
+});
+
 // README, "How a request is served", step 2: a transient failure "sets a shared backoff
 // (`refreshBackoffUntil`, from `retry-after`, else 30 s)". The test above gives a retry-after;
 // each transient kind here gives none: a 5xx, a 429, a reset connection.
