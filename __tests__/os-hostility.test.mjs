@@ -704,6 +704,12 @@ test("a refresh's new tokens are durable before its lock is let go: re-read unde
   );
   const inPlace = lines.filter((l) => /^(openat|open|creat)\(/.test(l) && l.includes(`"${path}"`) && /O_WRONLY|O_RDWR|O_TRUNC|O_APPEND|^creat/.test(l));
   assert.deepEqual(inPlace, [], "the pool file is never opened for writing");
+  // A lock on the file a write renames over is a lock on an orphaned inode once it is replaced.
+  assert.deepEqual(
+    lines.filter((l) => l.startsWith("flock(") && l.includes(`<${path}>`)),
+    [],
+    "the pool file itself is never locked (its lock file is)",
+  );
   assert.deepEqual(
     lines.filter((l) => l.startsWith("fcntl(") && /F_SETLKW?|F_OFD_SETLK/.test(l)),
     [],
