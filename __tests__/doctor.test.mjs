@@ -653,4 +653,9 @@ test("doctor: a pool on a file system other machines share (NFS, SMB, 9p, FUSE) 
     assert.deepEqual(d.named("file system"), [], `${local} (ext4, tmpfs, xfs) is a local disk`);
   }
   assert.deepEqual((await doctor(box)).named("file system"), [], "this machine's own disk");
+  // Before the first login made the pool's directory: judged by the nearest one there.
+  const fresh = user();
+  const d = await doctor(fresh, { env: { LD_PRELOAD: shim, FAKE_FS_TYPE_UNDER: fresh.dir, FAKE_FS_TYPE: "0x6969" } });
+  assert.equal(existsSync(dirname(fresh.pool)), false);
+  assert.match(d.named("file system")[0]?.message ?? d.shown, /^\S+ would be on NFS: /);
 });

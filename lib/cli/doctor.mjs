@@ -143,7 +143,8 @@ function checkDirectory(files, r) {
       r.add("directory", "problem", `${dir} cannot be created: ${blocker.at} ${blocker.why} (every command fails with POOL_IO; ${mend})`);
       return "blocked";
     }
-    return r.add("directory", "ok", `${dir} does not exist yet (created 0700 by the first write)`);
+    r.add("directory", "ok", `${dir} does not exist yet (created 0700 by the first write)`);
+    return checkFileSystem(dir, r);
   }
   if (st.isSymbolicLink()) {
     let target = null;
@@ -183,20 +184,26 @@ const SHARED_FILE_SYSTEMS = new Map([
   [0x65735546, "FUSE (sshfs, a cloud drive, a VM's shared folder)"],
 ]);
 
+/** A directory not made yet is judged by the nearest one above it that is there. */
 function checkFileSystem(dir, r) {
   if (process.platform !== "linux") return;
-  let type;
-  try {
-    type = statfsSync(dir).type >>> 0;
-  } catch {
-    return;
+  let type = null;
+  let at = dir;
+  for (;;) {
+    try {
+      type = statfsSync(at).type >>> 0;
+      break;
+    } catch (e) {
+      if (e.code !== "ENOENT" || dirname(at) === at) return;
+      at = dirname(at);
+    }
   }
   const kind = SHARED_FILE_SYSTEMS.get(type);
   if (!kind) return;
   r.add(
     "file system",
     "warn",
-    `${dir} is on ${kind}: the pool's locks may not keep out processes on other machines that share it, and two machines refreshing one login log each other out; keep the pool on a local disk (OAUTH_POOL_PATH), or share it between machines through the fleet store (OAUTH_POOL_STORE)`,
+    `${dir} ${at === dir ? "is" : "would be"} on ${kind}: the pool's locks may not keep out processes on other machines that share it, and two machines refreshing one login log each other out; keep the pool on a local disk (OAUTH_POOL_PATH), or share it between machines through the fleet store (OAUTH_POOL_STORE)`,
     { fileSystem: kind },
   );
 }
