@@ -5,6 +5,7 @@ import { authorize, exchange, refresh, addAccount, addApiKey, loadPool, savePool
 import { callbackUrlFromPaste } from "./helpers/mock-anthropic.mjs";
 import { useMock, tempPoolPath, mode, withEnv } from "./helpers/pool-env.mjs";
 import { writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
 import { createServer } from "node:http";
 import { join } from "node:path";
 import { tempDir } from "./helpers/temp.mjs";
@@ -23,6 +24,27 @@ test("authorize: PKCE S256 with a separate random state", async () => {
   const c = await authorize({ mode: "console" });
   assert.equal(new URL(c.url).host, "platform.claude.com");
   await assert.rejects(authorize({ mode: "nope" }), (e) => e.code === "INVALID_ARGUMENT");
+});
+
+// anchors.md (b), checked against the literal values there rather than the Rust constants
+// (a test comparing the URL with `CLIENT_ID` passes whatever `CLIENT_ID` says): Claude Code's
+// public client id, the 2026 redirect URI and scopes, the parameters in the order the official
+// client sends them, and the S256 challenge of the verifier.
+test("the login URL is Anthropic's, byte for byte: client id, redirect URI, scopes, parameter order, S256 challenge", async () => {
+  const fixed =
+    "code=true&client_id=9d1c250a-e61b-44d9-88ed-5944d1962f5e&response_type=code" +
+    "&redirect_uri=https%3A%2F%2Fplatform.claude.com%2Foauth%2Fcode%2Fcallback" +
+    "&scope=org%3Acreate_api_key+user%3Aprofile+user%3Ainference+user%3Asessions%3Aclaude_code+user%3Amcp_servers+user%3Afile_upload";
+  for (const [mode, base] of [
+    [undefined, "https://claude.ai/oauth/authorize"],
+    ["max", "https://claude.ai/oauth/authorize"],
+    ["console", "https://platform.claude.com/oauth/authorize"],
+  ]) {
+    const a = await authorize(mode ? { mode } : undefined);
+    const challenge = createHash("sha256").update(a.verifier).digest("base64url");
+    assert.equal(a.url, `${base}?${fixed}&code_challenge=${challenge}&code_challenge_method=S256&state=${a.state}`, String(mode));
+    assert.match(a.state, /^[A-Za-z0-9_-]{43}$/, "state needs no escaping: it is the URL's own");
+  }
 });
 
 test("the contract's shapes: exactly these keys, expires in epoch ms, every rejection an Error with its code", async () => {

@@ -15,6 +15,8 @@ import { tempDir } from "./helpers/temp.mjs";
 
 const INDEX = fileURLToPath(new URL("../index.mjs", import.meta.url));
 const HOST = "api.anthropic.test";
+// The real endpoints, reached here only through the CONNECT proxy below, whose TLS is ours.
+const ANTHROPIC_HOSTS = ["platform.claude.com", "api.anthropic.com"];
 
 let mock;
 let tls;
@@ -33,7 +35,10 @@ before(async () => {
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
   openssl(["req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=oauth-pool test CA"]);
   openssl(["req", ...ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", `/CN=${HOST}`]);
-  writeFileSync(join(dir, "leaf.ext"), `subjectAltName=DNS:${HOST}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`);
+  writeFileSync(
+    join(dir, "leaf.ext"),
+    `subjectAltName=DNS:${HOST},${ANTHROPIC_HOSTS.map((h) => `DNS:${h}`).join(",")}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`,
+  );
   openssl([
     "x509",
     "-req",
@@ -63,7 +68,7 @@ before(async () => {
   proxy = createServer((_req, res) => res.writeHead(405).end());
   proxy.on("connect", (req, client) => {
     connects.push({ target: req.url, auth: req.headers["proxy-authorization"] ?? null });
-    if (req.url !== `${HOST}:443`) return client.end("HTTP/1.1 403 Forbidden\r\n\r\n");
+    if (![HOST, ...ANTHROPIC_HOSTS].some((h) => req.url === `${h}:443`)) return client.end("HTTP/1.1 403 Forbidden\r\n\r\n");
     const upstream = connect(tls.address().port, "127.0.0.1", () => {
       client.write("HTTP/1.1 200 Connection Established\r\n\r\n");
       upstream.pipe(client).pipe(upstream);
@@ -164,4 +169,82 @@ test("15: a proxy setting that names no usable proxy refuses the request instead
     assert.match(result.message, /HTTPS_PROXY is not a proxy this client can use/);
     assert.equal(connects.length, before);
   }
+});
+
+// anchors.md (b): with no endpoint variable set, the login, the profile, the refresh and a
+// request go to Anthropic's own endpoints (the token endpoint moved to platform.claude.com in
+// 2026), each shaped as the maintained clients send it: JSON bodies of exactly the OAuth fields,
+// and no header a browser or another client would add (Bun's fetch sent Origin, Referer and
+// Sec-Fetch-*, which the token endpoint throttles: aidevops #5371). Every other test points the
+// pool at the mock by variable, so only this one sees the defaults.
+test("the defaults are Anthropic's endpoints, and the token, profile and Messages requests are exactly the documented shapes", async () => {
+  const pool = join(tempDir("oauth-pool-defaults-"), "pool.json");
+  const script = `
+    const { authorize, exchange, refresh, savePool, createPoolFetch, flushPool } = await import(${JSON.stringify(INDEX)});
+    const a = await authorize();
+    const approved = await fetch(${JSON.stringify(`${mock.url}/__mock/approve`)}, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ url: a.url, email: "defaults@x.test", includeEmail: false }),
+    }).then((r) => r.json());
+    const login = await exchange(approved.paste, a);
+    const t = await refresh(login.refresh);
+    const now = new Date().toISOString();
+    await savePool({ anthropic: [{ email: login.email, refresh: t.refresh, access: t.access, expires: t.expires, added: now, lastUsed: now, status: "idle", rateLimitUntil: null }] });
+    const res = await createPoolFetch()("https://api.anthropic.com/v1/messages", {
+      method: "POST",
+      headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
+      body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+    });
+    console.log(JSON.stringify({ email: login.email, status: res.status, text: await res.text() }));
+    await flushPool();
+  `;
+  const env = { ...process.env, OAUTH_POOL_PATH: pool, HTTPS_PROXY: `http://127.0.0.1:${proxy.address().port}`, NO_PROXY: "127.0.0.1,localhost" };
+  delete env.OAUTH_POOL_TOKEN_URL;
+  delete env.OAUTH_POOL_API_URL;
+  env.NODE_EXTRA_CA_CERTS = join(dir, "ca.pem");
+  mock.clearRequests();
+  connects.length = 0;
+  const out = await new Promise((resolve) => {
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], { env, stdio: ["ignore", "pipe", "pipe"] });
+    let text = "";
+    child.stdout.on("data", (d) => (text += d));
+    child.stderr.on("data", (d) => (text += d));
+    child.on("close", () => resolve(text));
+  });
+  const result = JSON.parse(out.trim().split("\n").at(-1) || "{}");
+  assert.equal(result.status, 200, out);
+  assert.match(result.text, /Hello from defaults@x\.test/);
+  assert.deepEqual([...new Set(connects.map((c) => c.target))].sort(), ["api.anthropic.com:443", "platform.claude.com:443"]);
+
+  const CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
+  const sentHeaders = ["accept", "accept-encoding", "content-length", "content-type", "host", "user-agent"];
+  const [code, renewal] = mock.tokenRequests;
+  assert.deepEqual(
+    mock.tokenRequests.map((r) => r.grant),
+    ["authorization_code", "refresh_token"],
+  );
+  for (const call of [code, renewal]) {
+    assert.deepEqual(Object.keys(call.headers).sort(), sentHeaders, JSON.stringify(call.headers));
+    assert.equal(call.headers.host, "platform.claude.com");
+    assert.equal(call.headers["content-type"], "application/json");
+    assert.equal(call.headers.accept, "application/json");
+    assert.match(call.headers["user-agent"], /^opencode-oauth-pool\/\d+\.\d+\.\d+$/);
+  }
+  assert.deepEqual(Object.keys(code.body).sort(), ["client_id", "code", "code_verifier", "grant_type", "redirect_uri", "state"]);
+  assert.equal(code.body.grant_type, "authorization_code");
+  assert.equal(code.body.client_id, CLIENT_ID);
+  assert.equal(code.body.redirect_uri, "https://platform.claude.com/oauth/code/callback");
+  assert.notEqual(code.body.state, code.body.code_verifier);
+  assert.deepEqual(Object.keys(renewal.body).sort(), ["client_id", "grant_type", "refresh_token"]);
+  assert.deepEqual([renewal.body.grant_type, renewal.body.client_id], ["refresh_token", CLIENT_ID]);
+
+  const [profile, message] = mock.requests;
+  assert.equal(mock.requests.length, 2);
+  assert.deepEqual([profile.method, profile.path, profile.headers.host], ["GET", "/api/oauth/profile", "api.anthropic.com"]);
+  assert.deepEqual(Object.keys(profile.headers).sort(), ["accept", "accept-encoding", "anthropic-beta", "authorization", "host", "user-agent"]);
+  assert.equal(profile.headers["anthropic-beta"], "oauth-2025-04-20");
+  assert.match(profile.headers["user-agent"], /^opencode-oauth-pool\//);
+  assert.deepEqual([message.method, message.path, message.headers.host, message.email], ["POST", "/v1/messages", "api.anthropic.com", "defaults@x.test"]);
+  assert.equal(message.headers["anthropic-beta"], "oauth-2025-04-20");
 });
