@@ -173,6 +173,28 @@ test("a bare 429 is a short burst cooldown, not a long bench", async () => {
   assert.ok(until - Date.now() <= 2500, `cooling ${until - Date.now()} ms`);
 });
 
+// anchors.md "reference-spec bugs" 5: aidevops v1 read an HTTP-date `Retry-After` as NaN and
+// offered the account again at once. Each of the three forms rests the account as long as it says.
+test("a Retry-After as an HTTP date, as seconds or as retry-after-ms rests the account that long, not at once", async () => {
+  for (const [form, headers, secs] of [
+    ["date", { "retry-after": new Date(Date.now() + 600_000).toUTCString() }, 600],
+    ["seconds", { "retry-after": "420" }, 420],
+    ["ms", { "retry-after-ms": "300000" }, 300],
+  ]) {
+    const [a, b] = [`ra-${form}-1@x.test`, `ra-${form}-2@x.test`];
+    const path = await seedPool(mock, [a, b]);
+    mock.script(a, [{ status: 429, headers }]);
+    const poolFetch = createPoolFetch({ path });
+    const res = await post(poolFetch);
+    assert.equal(res.poolAccount, b, form);
+    await res.text();
+    await flushPool(path);
+    const rest = account(path, a).rateLimitUntil - Date.now();
+    assert.equal(account(path, a).status, "rate-limited", form);
+    assert.ok(rest > (secs - 5) * 1000 && rest <= secs * 1000 + 1000, `${form}: rests ${rest} ms, said ${secs} s`);
+  }
+});
+
 test("401 after another client rotated the token: the newer token in the file is adopted, no refresh", async () => {
   const path = await seedPool(mock, ["a1@x.test"]);
   const poolFetch = createPoolFetch({ path });
