@@ -876,57 +876,61 @@ test("content encoding stays truthful: a gzip answer arrives decoded, without co
 // pool does none of it: upstream gets the caller's own request with only the credential, the
 // OAuth beta and (when the caller named none) its own user-agent, and the caller gets the answer's
 // bytes as they came.
-test("what reaches the API is the caller's request plus only the bearer and the OAuth beta, and the answer comes back unrewritten", async () => {
-  const path = await seedPool(mock, ["wire@x.test"]);
-  const poolFetch = createPoolFetch({ path });
-  const sent = JSON.stringify({
-    model: "claude-sonnet-4-5",
-    max_tokens: 64,
-    stream: true,
-    system: [{ type: "text", text: "You are OpenCode, the opencode agent." }],
-    tools: [{ name: "read", description: "opencode tool", input_schema: { type: "object" } }],
-    messages: [{ role: "user", content: [{ type: "tool_result", tool_use_id: "t1", content: "OpenCode" }] }],
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: what reaches the API is the caller's request plus only the bearer and the OAuth beta, and the answer comes back unrewritten`, async () => {
+    const path = await seedPool(mock, ["wire@x.test"]);
+    const poolFetch = createPoolFetch({ path, transport });
+    const sent = JSON.stringify({
+      model: "claude-sonnet-4-5",
+      max_tokens: 64,
+      stream: true,
+      system: [{ type: "text", text: "You are OpenCode, the opencode agent." }],
+      tools: [{ name: "read", description: "opencode tool", input_schema: { type: "object" } }],
+      messages: [{ role: "user", content: [{ type: "tool_result", tool_use_id: "t1", content: "OpenCode" }] }],
+    });
+    // A tool_use named like the peers' prefix, its name split across two chunks.
+    const answer = [
+      'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t2","name":"mcp_',
+      'read","input":{}}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n',
+    ];
+    // What any HTTP client adds of its own (and Bun's fetch a `connection`, left out below).
+    const hop = ["accept", "accept-encoding", "content-length", "host"];
+    // Node's own fetch adds these two whatever it is told (README, "Known limits"); Bun's adds none.
+    if (transport === "runtime" && !process.versions.bun) hop.push("accept-language", "sec-fetch-mode");
+    for (const [caller, ua] of [
+      [{}, /^opencode-oauth-pool\/\d/],
+      [{ "user-agent": "opencode/1.18.33" }, /^opencode\/1\.18\.33$/],
+    ]) {
+      mock.script("wire@x.test", [{ raw: answer, headers: { "content-type": "text/event-stream" } }]);
+      mock.clearRequests();
+      const headers = {
+        "content-type": "application/json",
+        "anthropic-version": "2023-06-01",
+        "x-api-key": "callers-placeholder",
+        "x-session-affinity": "ses_wire",
+        "x-session-id": "ses_wire",
+        "x-parent-session-id": "ses_parent",
+        "x-custom-trace": "t-1",
+        ...caller,
+      };
+      const res = await poolFetch(`${mock.url}/v1/messages`, { method: "POST", headers, body: sent });
+      assert.equal(res.status, 200);
+      assert.equal(await res.text(), answer.join(""), "the answer's bytes as they came: no tool name un-prefixed");
+      assert.equal(mock.requests.length, 1);
+      const seen = mock.requests[0];
+      assert.equal(seen.path, "/v1/messages", "no ?beta=true added");
+      assert.equal(seen.body, sent, "the body byte for byte: no system prompt, no tool prefix");
+      assert.deepEqual(
+        Object.keys(seen.headers)
+          .filter((h) => h !== "connection")
+          .sort(),
+        ["anthropic-beta", "anthropic-version", "authorization", "content-type", "user-agent", "x-custom-trace", ...hop].sort(),
+        "no header of another client's, no session id upstream, nothing else added",
+      );
+      assert.equal(seen.headers.authorization, `Bearer ${mock.tokens("wire@x.test").access}`);
+      assert.equal(seen.headers["anthropic-beta"], "oauth-2025-04-20");
+      assert.match(seen.headers["user-agent"], ua);
+      assert.ok(!/claude-cli|claude-code/i.test(seen.headers["user-agent"]));
+    }
   });
-  // A tool_use named like the peers' prefix, its name split across two chunks.
-  const answer = [
-    'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t2","name":"mcp_',
-    'read","input":{}}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n',
-  ];
-  // Transport: what any HTTP client says (Bun's node:http server also shows a `connection`).
-  const transport = ["accept", "accept-encoding", "content-length", "host"];
-  for (const [caller, ua] of [
-    [{}, /^opencode-oauth-pool\/\d/],
-    [{ "user-agent": "opencode/1.18.33" }, /^opencode\/1\.18\.33$/],
-  ]) {
-    mock.script("wire@x.test", [{ raw: answer, headers: { "content-type": "text/event-stream" } }]);
-    mock.clearRequests();
-    const headers = {
-      "content-type": "application/json",
-      "anthropic-version": "2023-06-01",
-      "x-api-key": "callers-placeholder",
-      "x-session-affinity": "ses_wire",
-      "x-session-id": "ses_wire",
-      "x-parent-session-id": "ses_parent",
-      "x-custom-trace": "t-1",
-      ...caller,
-    };
-    const res = await poolFetch(`${mock.url}/v1/messages`, { method: "POST", headers, body: sent });
-    assert.equal(res.status, 200);
-    assert.equal(await res.text(), answer.join(""), "the answer's bytes as they came: no tool name un-prefixed");
-    assert.equal(mock.requests.length, 1);
-    const seen = mock.requests[0];
-    assert.equal(seen.path, "/v1/messages", "no ?beta=true added");
-    assert.equal(seen.body, sent, "the body byte for byte: no system prompt, no tool prefix");
-    assert.deepEqual(
-      Object.keys(seen.headers)
-        .filter((h) => h !== "connection")
-        .sort(),
-      ["anthropic-beta", "anthropic-version", "authorization", "content-type", "user-agent", "x-custom-trace", ...transport].sort(),
-      "no header of another client's, no session id upstream, nothing else added",
-    );
-    assert.equal(seen.headers.authorization, `Bearer ${mock.tokens("wire@x.test").access}`);
-    assert.equal(seen.headers["anthropic-beta"], "oauth-2025-04-20");
-    assert.match(seen.headers["user-agent"], ua);
-    assert.ok(!/claude-cli|claude-code/i.test(seen.headers["user-agent"]));
-  }
-});
+}
