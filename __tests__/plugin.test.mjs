@@ -341,6 +341,43 @@ test("a 429 on the first account fails over to the second and the user is told o
   assert.doesNotMatch(await tool.execute({ action: "list" }, {}), /rate-limited/);
 });
 
+// anchors.md section 0: Anthropic's 400 for third-party use of a subscription is said plainly
+// (one error toast, a log line) and never looped on: no other account is tried (every
+// subscription would say the same), none is benched, and the answer reaches OpenCode to show.
+test("a third-party refusal: OpenCode gets the 400 as sent, one plain error toast, no other account tried, nobody benched", async () => {
+  const path = freshPath();
+  const { client, toasts, logs } = fakeClient();
+  const hooks = await plugin(path, client);
+  await login(hooks, "tp-a@example.com");
+  await login(hooks, "tp-b@example.com");
+  const refusal = {
+    type: "error",
+    error: { type: "invalid_request_error", message: "You're out of extra usage. Add more at claude.ai/settings/usage and keep going." },
+  };
+  mock.scriptAll([
+    { status: 400, body: refusal },
+    { status: 400, body: refusal },
+  ]);
+  const { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });
+  const sent = mock.requests.length;
+  for (let i = 0; i < 2; i++) {
+    const res = await fetch(`${mock.url}/v1/messages`, messagesRequest());
+    assert.equal(res.status, 400);
+    assert.deepEqual(await res.json(), refusal, "the answer as Anthropic sent it");
+  }
+  mock.clearScripts();
+  assert.equal(mock.requests.length - sent, 2, "one upstream request per request: no account tried after the refusal");
+  assert.equal(toasts.length, 1, JSON.stringify(toasts));
+  assert.equal(toasts[0].variant, "error");
+  assert.match(toasts[0].message, /tp-[ab]@example\.com: Anthropic refused this subscription for third-party apps/);
+  assert.ok(logs.some((l) => /third-party/.test(l.message)));
+  const accounts = await lib.listAccounts(path);
+  assert.ok(
+    accounts.every((a) => !["rate-limited", "auth-error", "disabled"].includes(a.status)),
+    JSON.stringify(accounts.map((a) => a.status)),
+  );
+});
+
 test("every account cooling: OpenCode is given no wait past a minute (it sleeps retry-after whole), a shorter one as it is", async () => {
   // OpenCode 1.18 sleeps a 429's retry-after however long (up to 5 times) before it says a word:
   // with every account cooling for an hour, `opencode run` sat silent for that hour.
