@@ -713,6 +713,11 @@ test("add: prints the authorize URL, reads the pasted code, adds the account (lo
   assert.equal(url.searchParams.get("code_challenge_method"), "S256");
   assert.ok(url.searchParams.get("state"));
   assert.match(r.stdout, /added alice@x\.test/);
+  // A subscription login is an opt-in told what Anthropic's terms say (anchors.md section 0).
+  assert.match(
+    r.stderr,
+    /Anthropic's terms reserve Pro\/Max logins for Claude Code and claude\.ai; a Console API key is the sanctioned way .*`oauth-pool add-key` adds one/,
+  );
   const stored = readPool(path).anthropic;
   assert.equal(stored.length, 1);
   const t = mock.tokens("alice@x.test");
@@ -733,6 +738,7 @@ test("add: prints the authorize URL, reads the pasted code, adds the account (lo
 
   const console = await addThroughMock(path, "bob@x.test", { args: ["--mode", "console"] });
   assert.equal(console.code, 0, console.stderr);
+  assert.doesNotMatch(console.stderr, /terms reserve/, "a Console login is the sanctioned path");
   assert.deepEqual(
     readPool(path)
       .anthropic.map((a) => a.email)

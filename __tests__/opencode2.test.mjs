@@ -37,6 +37,7 @@ async function started(options = {}) {
 async function login(host, email) {
   const attempt = await host.oauthConnect({ integrationID: "anthropic-pool", methodID: "claude-max" });
   assert.equal(attempt.mode, "code");
+  assert.match(attempt.instructions, /Anthropic's terms reserve Pro\/Max logins for Claude Code and claude\.ai; a Console API key is the sanctioned way/);
   const paste = mock.approve(attempt.url, email);
   return host.oauthComplete({ integrationID: "anthropic-pool", attemptID: attempt.attemptID, code: paste });
 }

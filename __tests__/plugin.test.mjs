@@ -105,6 +105,7 @@ test("two logins add two accounts; the same email again updates it; auth.json ge
   const first = await hooks.auth.methods[0].authorize();
   assert.match(first.url, /^https:\/\/claude\.ai\/oauth\/authorize\?/);
   assert.ok(first.instructions.length > 0);
+  assert.match(first.instructions, /Anthropic's terms reserve Pro\/Max logins for Claude Code and claude\.ai; a Console API key is the sanctioned way/);
 
   const results = [await first.callback(mock.approve(first.url, "one@example.com"))];
   results.push(await login(hooks, "two@example.com"));

@@ -9,7 +9,20 @@ import { constants as osConstants } from "node:os";
 import { resolve } from "node:path";
 // Waits, "ago" and quota windows read the same here as in the OpenCode tool and the addon's own
 // messages (src/wait.rs words them all).
-import { ago, duration, percent, quotaText, restedText, servedText, usageLine, wait, waitAt, whomChanged, windowLine } from "../plugin/format.mjs";
+import {
+  SUBSCRIPTION_TERMS,
+  ago,
+  duration,
+  percent,
+  quotaText,
+  restedText,
+  servedText,
+  usageLine,
+  wait,
+  waitAt,
+  whomChanged,
+  windowLine,
+} from "../plugin/format.mjs";
 import { modelPrices } from "../plugin/prices.mjs";
 import { native } from "../native.mjs";
 import { millisOption } from "./args.mjs";
@@ -163,6 +176,7 @@ async function add({ lib, options, path, out }) {
   const before = await lib.loadPool(path);
   const pkce = await lib.authorize({ mode });
   // The URL goes to stdout alone on its line (so a script can pick it up); the guidance to stderr.
+  if (mode === "max") out.note(`${SUBSCRIPTION_TERMS} (\`oauth-pool add-key\` adds one.)`);
   out.note(
     `Open this URL in a browser, log in${mode === "console" ? " to the Anthropic Console" : " with the Claude account to add"}, and paste the code it shows:`,
   );

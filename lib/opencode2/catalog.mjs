@@ -7,6 +7,7 @@
 import * as api from "../api.mjs";
 import { ANTHROPIC_MODELS } from "../plugin/models.mjs";
 import { apiBaseURL } from "../plugin/config.mjs";
+import { SUBSCRIPTION_TERMS } from "../plugin/format.mjs";
 
 export const INTEGRATION_ID = "anthropic-pool";
 export const NATIVE_ANTHROPIC = "@opencode/ai/providers/anthropic";
@@ -67,7 +68,8 @@ export function integrationTransform({ path, log, existing }) {
           url,
           instructions:
             "Sign in with the Claude account to add, then paste the code shown (code#state). " +
-            "Each login adds one account to the pool; the same email again refreshes it.",
+            "Each login adds one account to the pool; the same email again refreshes it. " +
+            SUBSCRIPTION_TERMS,
           callback: async (code) => {
             const { email, added } = await api.addAccount(code, { verifier, state }, path);
             log("info", `${added ? "added" : "updated"} ${email} in the Anthropic pool`);

@@ -2,6 +2,7 @@
 // tokens stay in the native side and the pool file); OpenCode's own auth.json only gets a
 // placeholder, so that its loader runs. The loader hands OpenCode the rotating fetch.
 import { pool, pluginInput, pluginOptions, poolFetchFor, log, toast, reportUnknownOptions } from "./shared.mjs";
+import { SUBSCRIPTION_TERMS } from "./format.mjs";
 
 /** What OpenCode stores in auth.json for this provider: no secret, never expires. */
 const PLACEHOLDER = Object.freeze({
@@ -102,7 +103,8 @@ export function poolAuthHook(input, options) {
             url,
             instructions:
               "Sign in with the Claude account to add, then paste the code shown (code#state). " +
-              "Each login adds one account to the pool; the same email again refreshes it.",
+              "Each login adds one account to the pool; the same email again refreshes it. " +
+              SUBSCRIPTION_TERMS,
             method: "code",
             async callback(code) {
               try {

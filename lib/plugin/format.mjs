@@ -8,6 +8,14 @@ import { nativeBinding } from "../native.mjs";
 import { placedName } from "../printable.mjs";
 
 export const LOGIN_HINT = "run `opencode auth login` -> Anthropic Pool";
+/**
+ * Said where a Pro/Max login begins (anchors.md section 0: OAuth is an opt-in with a warning):
+ * Anthropic's consumer terms keep subscription logins to its own apps; Console keys are the
+ * sanctioned path, and the pool takes them as members.
+ */
+export const SUBSCRIPTION_TERMS =
+  "Anthropic's terms reserve Pro/Max logins for Claude Code and claude.ai; a Console API key is the sanctioned way to use Claude from other tools.";
+
 /** What mends a refused Console key: a working key under the account's name. */
 export const KEY_HINT = "add a working key under its name: `oauth-pool add-key --email <name>`, or `opencode auth login` -> Anthropic Pool -> Console API key";
 
