@@ -6,7 +6,7 @@
 // Each check is { name, level: ok|info|warn|problem, message, ...details }; any problem makes
 // the exit code 3. Messages keep emails and reasons as they are (JSON escapes them); the text
 // report escapes each message whole, which is safe because a message is one line of ours.
-import { lstatSync, readFileSync, readdirSync, statSync, statfsSync } from "node:fs";
+import { lstatSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join } from "node:path";
 import { wait } from "../plugin/format.mjs";
 import { EXIT } from "./errors.mjs";
@@ -143,8 +143,7 @@ function checkDirectory(files, r) {
       r.add("directory", "problem", `${dir} cannot be created: ${blocker.at} ${blocker.why} (every command fails with POOL_IO; ${mend})`);
       return "blocked";
     }
-    r.add("directory", "ok", `${dir} does not exist yet (created 0700 by the first write)`);
-    return checkFileSystem(dir, r);
+    return r.add("directory", "ok", `${dir} does not exist yet (created 0700 by the first write)`);
   }
   if (st.isSymbolicLink()) {
     let target = null;
@@ -163,49 +162,6 @@ function checkDirectory(files, r) {
   else if (othersCanAccess(st)) r.add("directory", "problem", `${dir} is ${octal(st)}: others can list it (fix: chmod 700 ${dir})`);
   else r.add("directory", "ok", `${dir}${posix ? ` is ${octal(st)}` : " exists"}`);
   if (notMine(st)) r.add("directory owner", "problem", `${dir} belongs to uid ${st.uid}, not to you (uid ${myUid})`);
-  checkFileSystem(dir, r);
-}
-
-// Linux's statfs(2) f_type of the file systems other machines can share. The pool's locks are
-// flock(2): on NFS it is emulated with byte-range locks (a server without them, or the
-// `local_lock` mount option, makes it local to each client), and SMB, 9p and FUSE mounts vary.
-// Two machines that refresh one login through such a share present its refresh token twice,
-// and both are logged out (reliability reference, A10).
-const SHARED_FILE_SYSTEMS = new Map([
-  [0x6969, "NFS"],
-  [0x517b, "SMB"],
-  [0xff534d42, "SMB (CIFS)"],
-  [0xfe534d42, "SMB"],
-  [0x73757245, "Coda"],
-  [0x5346414f, "AFS"],
-  [0x6b414653, "AFS"],
-  [0x00c36400, "Ceph"],
-  [0x01021997, "9p (a VM's or WSL's shared folder)"],
-  [0x65735546, "FUSE (sshfs, a cloud drive, a VM's shared folder)"],
-]);
-
-/** A directory not made yet is judged by the nearest one above it that is there. */
-function checkFileSystem(dir, r) {
-  if (process.platform !== "linux") return;
-  let type = null;
-  let at = dir;
-  for (;;) {
-    try {
-      type = statfsSync(at).type >>> 0;
-      break;
-    } catch (e) {
-      if (e.code !== "ENOENT" || dirname(at) === at) return;
-      at = dirname(at);
-    }
-  }
-  const kind = SHARED_FILE_SYSTEMS.get(type);
-  if (!kind) return;
-  r.add(
-    "file system",
-    "warn",
-    `${dir} ${at === dir ? "is" : "would be"} on ${kind}: the pool's locks may not keep out processes on other machines that share it, and two machines refreshing one login log each other out; keep the pool on a local disk (OAUTH_POOL_PATH), or share it between machines through the fleet store (OAUTH_POOL_STORE)`,
-    { fileSystem: kind },
-  );
 }
 
 /** Inspected before the library reads the file, because reading tightens a wide mode. */
