@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
-import { addApiKey, authorize, createPoolFetch, listAccounts, loadPool, OAuthPoolPlugin, poolConfigHook, serve } from "../index.mjs";
+import { addApiKey, authorize, createPoolFetch, listAccounts, loadPool, OAuthPoolPlugin, poolConfigHook, refresh, serve } from "../index.mjs";
 import { fakeClient, jsonHeaders, seedPool, tempPoolPath, useMock, withEnv } from "./helpers/pool-env.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
 import { runCli } from "./helpers/cli-sandbox.mjs";
@@ -286,6 +286,37 @@ test("OAUTH_POOL_API_URL with a query, a fragment or a user name is refused with
   assert.equal(api?.level, "problem", JSON.stringify(checks));
   assert.match(api.message, /user name or password.*INSECURE_ENDPOINT/);
   assert.doesNotMatch(JSON.stringify(checks), /hunter2|x=1/);
+});
+
+// README, Configuration: OAUTH_POOL_TOKEN_URL follows the API URL's rule. A user name or password
+// in it went to the token endpoint as a Basic authorization header with every exchange and
+// refresh, and a query went along; doctor called it ok. Each is refused before anything is sent.
+test("OAUTH_POOL_TOKEN_URL with a user name, a password, a query or a fragment is refused with INSECURE_ENDPOINT naming it, nothing sent, by refresh and by doctor", async () => {
+  const { host, pathname } = new URL(mock.tokenUrl);
+  const before = mock.tokenRequests.length;
+  for (const value of [
+    `http://user:hunter2@${host}${pathname}`,
+    `http://hunter2@${host}${pathname}`,
+    `http://:hunter2@${host}${pathname}`,
+    `${mock.tokenUrl}?client_secret=hunter2`,
+    `${mock.tokenUrl}?`,
+    `${mock.tokenUrl}#hunter2`,
+  ]) {
+    await withEnv({ OAUTH_POOL_TOKEN_URL: value }, async () => {
+      await assert.rejects(
+        refresh("rt-not-sent"),
+        (e) => e.code === "INSECURE_ENDPOINT" && /OAUTH_POOL_TOKEN_URL/.test(e.message) && !e.message.includes("hunter2"),
+        value,
+      );
+    });
+  }
+  assert.equal(mock.tokenRequests.length, before, "nothing was sent to the token endpoint");
+  const { code, checks } = await doctorChecks("endpoint", { env: { OAUTH_POOL_TOKEN_URL: `http://user:hunter2@${host}${pathname}` } });
+  assert.equal(code, 3);
+  const token = checks.find((c) => c.variable === "OAUTH_POOL_TOKEN_URL");
+  assert.equal(token?.level, "problem", JSON.stringify(checks));
+  assert.match(token.message, /user name or password.*INSECURE_ENDPOINT/);
+  assert.doesNotMatch(JSON.stringify(checks), /hunter2/);
 });
 
 // README, Configuration: NODE_EXTRA_CA_CERTS and SSL_CERT_FILE are "extra trusted roots (PEM) for

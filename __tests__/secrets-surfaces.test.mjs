@@ -187,7 +187,13 @@ test("doctor, the plugin's toasts and logs, and OpenCode 2's setup quote no secr
   assert.ok(checks("plugin options").some((c) => c.level === "problem" && /plugin option provider must be a name .*got an object/.test(c.message)));
   assert.ok(checks("plugin options").some((c) => c.level === "problem" && /plugin option toolName .*got "Bearer \[redacted\]"/.test(c.message)));
   assert.equal(checks("endpoint").length, 2);
-  assert.ok(checks("endpoint").some((c) => /OAUTH_POOL_TOKEN_URL=https:\/\/\*\*\*@tokens\.invalid\/oauth\/token,/.test(c.message)));
+  // Refused (a user name or a query has no place in it), the refusal quoting neither.
+  assert.ok(
+    checks("endpoint").some(
+      (c) => c.level === "problem" && /OAUTH_POOL_TOKEN_URL: endpoint https:\/\/\*\*\*@tokens\.invalid\/oauth\/token.* refused/.test(c.message),
+    ),
+    JSON.stringify(checks("endpoint")),
+  );
   assert.ok(checks("setting").some((c) => /OAUTH_POOL_SOFT_THRESHOLD/.test(c.message)));
   assert.ok(checks("variable").some((c) => /OAUTH_POOL_GATEWAY_KYE/.test(c.message)));
 });

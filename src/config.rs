@@ -334,22 +334,36 @@ fn expand_home(p: &str, whose: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// `OAUTH_POOL_TOKEN_URL` is the token endpoint itself (a path is part of it). A user name or
+/// password in it went to that endpoint as a Basic authorization header with every exchange and
+/// refresh, and a query was sent along too: the same rule as the API URL's.
 pub fn token_url() -> Result<Url> {
-    endpoint(var::TOKEN_URL, DEFAULT_TOKEN_URL, Ok)
+    endpoint(var::TOKEN_URL, DEFAULT_TOKEN_URL, |url| {
+        plain(
+            url,
+            "it names the token endpoint (scheme, host, port and path only)",
+        )
+    })
 }
 
 /// The API origin (no trailing slash, no `/v1`).
 pub fn api_url() -> Result<Url> {
-    endpoint(var::API_URL, DEFAULT_API_URL, origin_only)
+    endpoint(var::API_URL, DEFAULT_API_URL, |url| {
+        plain(
+            url,
+            "it names the API's origin (scheme, host and port only)",
+        )
+    })
 }
 
+/// The one rule of every endpoint variable: no user name or password, query or fragment.
 /// `OAUTH_POOL_API_URL` names an origin, and OpenCode's provider gets `<it>/v1` as its
 /// `baseURL`: a query or a fragment in it (even a bare `?`) ended every OpenCode request's path
 /// there (`…/?x=1/v1/messages`, a 404 at `/`), and a user name or password went into OpenCode's
 /// provider config, where fetch refuses such a URL. Doctor called either ok.
-fn origin_only(url: Url) -> Result<Url> {
+fn plain(url: Url, what_it_names: &str) -> Result<Url> {
     let extra = if !url.username().is_empty() || url.password().is_some() {
-        "a user name or password"
+        "a user name or password (sent as a Basic authorization header)"
     } else if url.query().is_some() {
         "a query (?)"
     } else if url.fragment().is_some() {
@@ -360,7 +374,7 @@ fn origin_only(url: Url) -> Result<Url> {
     Err(Error::InsecureEndpoint {
         url: crate::secret::scrub_message(url.as_str()),
         reason: format!(
-            "it names the API's origin (scheme, host and port only), and this one has {extra}: OpenCode's requests to <it>/v1 would not reach the API"
+            "{what_it_names}, and this one has {extra}: requests would not go where you meant, or would carry what is in it"
         ),
     })
 }
@@ -534,7 +548,7 @@ mod tests {
 
     #[test]
     fn the_api_url_is_an_origin_without_user_query_or_fragment() {
-        let url = |raw: &str| parse_endpoint(raw).and_then(origin_only);
+        let url = |raw: &str| parse_endpoint(raw).and_then(|u| plain(u, "the API"));
         for ok in [
             "https://api.anthropic.com",
             "https://api.anthropic.com/",
