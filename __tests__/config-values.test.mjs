@@ -5,7 +5,7 @@
 // behaviour without a word. Runs under `node --test` and `bun test` (the CLI then runs under Bun).
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 import { addApiKey, authorize, createPoolFetch, listAccounts, loadPool, OAuthPoolPlugin, poolConfigHook, refresh, serve } from "../index.mjs";
@@ -365,6 +365,52 @@ test("SSL_CERT_FILE naming a FIFO or a device is INVALID_ARGUMENT, not a hang or
       reach.every((c) => c.level === "ok" && c.reached),
       `${extra} / ${sslCertFile}: ${JSON.stringify(reach)}`,
     );
+  }
+});
+
+// README, Configuration: the TLS library also reads every regular file of SSL_CERT_DIR itself,
+// a line at a time: a huge file there (a disk image, a sparse file of zeros, a symlink to one)
+// was read into memory whole. Such a file is refused, coded and named; the FIFOs, devices and
+// files that are not PEM it skips are skipped, and requests are answered.
+test("a file in SSL_CERT_DIR larger than a CA bundle, or a symlink to one, is INVALID_ARGUMENT naming it; a FIFO, a device or a file that is not PEM there is skipped", {
+  skip: process.platform !== "linux" && "the TLS library reads SSL_CERT_DIR itself on Linux",
+}, async () => {
+  const online = async (sslCertDir) => {
+    const env = { OAUTH_POOL_API_URL: mock.url, OAUTH_POOL_TOKEN_URL: mock.tokenUrl, SSL_CERT_DIR: sslCertDir };
+    const { code, stdout } = await cli(["doctor", "--online", "--json", "--path", join(tmp, "doctor", "pool.json")], { env });
+    const { checks } = JSON.parse(stdout.trim().split("\n").at(-1));
+    return { code, checks: checks.filter((c) => c.name === "reach" || c.name === "endpoint") };
+  };
+  const skipped = mkdtempSync(join(tmp, "certdir-"));
+  assert.equal(spawnSync("mkfifo", [join(skipped, "fifo.pem")]).status, 0);
+  symlinkSync("/dev/zero", join(skipped, "zero.pem"));
+  writeFileSync(join(skipped, "notes.pem"), "not a certificate\n");
+  const answered = await online(skipped);
+  assert.equal(answered.checks.length, 4, JSON.stringify(answered.checks));
+  assert.ok(
+    answered.checks.every((c) => (c.name === "reach" ? c.level === "ok" && c.reached : c.level !== "problem")),
+    JSON.stringify(answered.checks),
+  );
+
+  // Sparse: no disk is used, and the library would read it as one line of zeros.
+  const elsewhere = mkdtempSync(join(tmp, "big-"));
+  const image = join(elsewhere, "disk.img");
+  writeFileSync(image, "");
+  truncateSync(image, 64 * 1024 * 1024);
+  const linked = mkdtempSync(join(tmp, "certdir-"));
+  symlinkSync(image, join(linked, "0a1b2c3d.0"));
+  for (const [dir, named] of [
+    [`${skipped}:${elsewhere}`, image],
+    [linked, join(linked, "0a1b2c3d.0")],
+  ]) {
+    const { code, checks } = await online(dir);
+    assert.equal(code, 3);
+    assert.equal(checks.length, 4, JSON.stringify(checks));
+    for (const c of checks) {
+      assert.equal(c.level, "problem", JSON.stringify(c));
+      assert.equal(c.code, "INVALID_ARGUMENT");
+      assert.ok(c.message.includes(`${named} in SSL_CERT_DIR is larger than`), c.message);
+    }
   }
 });
 

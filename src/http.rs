@@ -205,11 +205,14 @@ fn extra_roots() -> Vec<reqwest::Certificate> {
         .collect()
 }
 
-/// Refuses an `SSL_CERT_FILE` that the TLS library's platform verifier would read to no end.
-/// On Linux (and the Unixes but Apple's) that verifier reads the file the process's environment
-/// names itself, with a plain read, whenever a client is set up: a FIFO no one writes held the
-/// setup, and every request with it, for ever; `/dev/zero` filled memory until the process died.
-/// A path that does not exist, or a directory, it skips at once.
+/// Refuses an `SSL_CERT_FILE`, or a file in an `SSL_CERT_DIR`, that the TLS library's platform
+/// verifier would read to no end. On Linux (and the Unixes but Apple's) that verifier reads what
+/// the process's environment names itself, with a plain read, whenever a client is set up: a
+/// FIFO no one writes held the setup, and every request with it, for ever; `/dev/zero` filled
+/// memory until the process died. A path that does not exist, or a directory, it skips at once;
+/// in a directory it reads every regular file (a symlink followed), whole lines at a time, so a
+/// huge one (a disk image, a sparse file of zeros) filled memory the same way. It skips a
+/// directory's FIFOs and devices itself.
 pub fn check_system_cert_file() -> Result<()> {
     match unusable_system_cert_file() {
         Some(what) => Err(Error::InvalidArgument(what)),
@@ -219,21 +222,49 @@ pub fn check_system_cert_file() -> Result<()> {
 
 #[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]
 fn unusable_system_cert_file() -> Option<String> {
-    let path = std::path::PathBuf::from(std::env::var_os(var::SSL_CERT_FILE.name())?);
-    let meta = std::fs::metadata(&path).ok()?;
-    let what = if meta.is_dir() {
-        return None;
-    } else if !meta.is_file() {
-        crate::fsread::kind_of(&meta.file_type()).to_string()
-    } else if meta.len() > MAX_CA_FILE {
-        format!("larger than {MAX_CA_FILE} bytes")
-    } else {
-        return None;
-    };
-    Some(format!(
-        "SSL_CERT_FILE ({}) is {what}, not a file of PEM certificates: the TLS library reads it whole, and would wait for ever or fill memory; nothing was sent. Correct or unset SSL_CERT_FILE",
-        path.display()
-    ))
+    if let Some(path) = std::env::var_os(var::SSL_CERT_FILE.name()).map(std::path::PathBuf::from) {
+        if let Some(what) = std::fs::metadata(&path).ok().and_then(|meta| {
+            if meta.is_dir() {
+                None
+            } else if !meta.is_file() {
+                Some(crate::fsread::kind_of(&meta.file_type()).to_string())
+            } else {
+                too_large(meta.len())
+            }
+        }) {
+            return Some(format!(
+                "SSL_CERT_FILE ({}) is {what}, not a file of PEM certificates: the TLS library reads it whole, and would wait for ever or fill memory; nothing was sent. Correct or unset SSL_CERT_FILE",
+                path.display()
+            ));
+        }
+    }
+    let dirs = std::env::var_os("SSL_CERT_DIR")?;
+    for dir in std::env::split_paths(&dirs) {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(what) = std::fs::metadata(&path)
+                .ok()
+                .filter(std::fs::Metadata::is_file)
+                .and_then(|meta| too_large(meta.len()))
+            else {
+                continue;
+            };
+            return Some(format!(
+                "{} in SSL_CERT_DIR is {what}, not a file of PEM certificates: the TLS library reads every file there, and would fill memory; nothing was sent. Move it out of {}, or correct or unset SSL_CERT_DIR",
+                path.display(),
+                dir.display()
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]
+fn too_large(len: u64) -> Option<String> {
+    (len > MAX_CA_FILE).then(|| format!("larger than {MAX_CA_FILE} bytes"))
 }
 
 #[cfg(not(all(unix, not(target_vendor = "apple"), not(target_os = "android"))))]
