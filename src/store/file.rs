@@ -709,9 +709,12 @@ pub(super) fn temp_in(dir: &Path, path: &Path) -> Result<tempfile::NamedTempFile
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(fs::Permissions::from_mode(0o600));
     }
-    let tmp = builder
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, "create temp file", e))?;
+    let tmp = builder.tempfile_in(dir).map_err(|e| {
+        // A directory made read-only on purpose is said as such (`refuse_unwritable_dir`).
+        refuse_unwritable_dir(dir)
+            .err()
+            .unwrap_or_else(|| Error::io(dir, "create temp file", e))
+    })?;
     owner_read_write(tmp.as_file()).map_err(|e| Error::io(tmp.path(), "set mode 0600", e))?;
     Ok(tmp)
 }
@@ -870,8 +873,7 @@ pub(super) fn sync_dir(dir: &Path) {
 /// under 0277 a directory made 0700 was 0500, which nothing could then be written in.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
-        restore_owner_dir_bits(dir);
-        return Ok(());
+        return refuse_unwritable_dir(dir);
     }
     let mut missing = Vec::new();
     let mut at = dir;
@@ -899,46 +901,49 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A directory of this user's that an older build made under a umask taking the owner's own
-/// bits (0277 made it 0500): nothing could be written in it, and every write of the pool failed
-/// with "Permission denied" after an upgrade, though the build now sets modes as it makes them.
-/// The owner's bits are given back (0500 becomes 0700); the others' are left as they are, since
-/// the directory may be one the person keeps for more than the pool (their home). Only through
-/// a descriptor of the directory itself (no symbolic link followed, checked after opening), and
-/// only one this user owns; anything else stays as it is, and the write says what it meets.
-fn restore_owner_dir_bits(dir: &Path) {
+/// A directory this process may not write in (its owner took the write bit away: `chmod 0500`,
+/// `chmod -R u-w`) is left as it is: that is how a person keeps the pool from being changed.
+/// Giving the owner's bits back (which an earlier build did, for directories an older build had
+/// left 0500 under umask 0277) undid their chmod at the next request. The write is refused
+/// before anything is made or spent, naming the directory and what to do; reads go on.
+fn refuse_unwritable_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let lacks_owner_bits = |m: &fs::Metadata| m.permissions().mode() & 0o700 != 0o700;
-        match fs::symlink_metadata(dir) {
-            Ok(m) if m.is_dir() && lacks_owner_bits(&m) && fsread::foreign_owner(&m).is_none() => {}
-            _ => return,
-        }
-        let Ok(opened) = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NOCTTY)
-            .open(dir)
-        else {
-            return;
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(c_path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+            return Ok(());
         };
-        let Ok(meta) = opened.metadata() else {
-            return;
-        };
-        if meta.is_dir() && lacks_owner_bits(&meta) && fsread::foreign_owner(&meta).is_none() {
-            let mode = (meta.permissions().mode() & 0o7777) | 0o700;
-            match opened.set_permissions(fs::Permissions::from_mode(mode)) {
-                Ok(()) => {
-                    tracing::info!(path = %dir.display(), "gave the pool's directory its owner's permissions back (left without them by an older build under a restrictive umask)")
-                }
-                Err(e) => {
-                    tracing::debug!(path = %dir.display(), error = %e, "could not give the pool's directory its owner's permissions back")
-                }
-            }
+        // SAFETY: `c_path` is a NUL-terminated path that outlives the call; faccessat only reads it.
+        let allowed = unsafe {
+            libc::faccessat(
+                libc::AT_FDCWD,
+                c_path.as_ptr(),
+                libc::W_OK | libc::X_OK,
+                libc::AT_EACCESS,
+            )
+        } == 0;
+        if allowed || std::io::Error::last_os_error().raw_os_error() != Some(libc::EACCES) {
+            return Ok(());
         }
+        let mode = fs::metadata(dir).map_or(0, |m| m.permissions().mode() & 0o7777);
+        Err(Error::io(
+            dir,
+            "write in the pool's directory",
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "it is mode {mode:04o}, which does not let this user write in it; nothing was changed (if that was not on purpose: chmod u+w {}; or set OAUTH_POOL_PATH to a file in a directory you can write)",
+                    dir.display()
+                ),
+            ),
+        ))
     }
     #[cfg(not(unix))]
-    let _ = dir;
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 /// A lock file of this user's left 0400 by an older build under a umask taking the owner's own
@@ -1121,8 +1126,8 @@ impl FileLock {
             create_private_dir(&parent_dir(path))?;
         } else {
             // The aidevops lock (a directory made beside the pool) and the write that follow
-            // need it writable too.
-            restore_owner_dir_bits(&parent_dir(path));
+            // need it writable too: said before a lock file is made or its mode touched.
+            refuse_unwritable_dir(&parent_dir(path))?;
         }
         let mut opts = OpenOptions::new();
         opts.read(true)
