@@ -680,6 +680,8 @@ export async function diagnose(lib, path, { online = false } = {}) {
   }
   if (files.kind === "file") {
     const blocked = checkDirectory(files, r) === "blocked";
+    // NFS, SMB, FUSE and the like: the pool's file locks may not exclude another machine.
+    if (files.weakLocks) r.add("filesystem", "warn", files.weakLocks.advice, { filesystem: files.weakLocks.filesystem });
     const usable = !blocked && checkFile(files, r) === "usable";
     const exists = lstatOrNull(files.path) !== null;
     const parses = exists && (await checkParse(lib, path, files, r));

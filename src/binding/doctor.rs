@@ -61,6 +61,11 @@ pub fn pool_files(path: Option<String>) -> JsResult<Value> {
                 "tempSuffix": temp_suffix,
                 "refreshLockSuffix": ".refresh.lock",
                 "source": source(path.as_deref()),
+                // Set when the directory's file system may not lock across machines.
+                "weakLocks": f.path().parent().and_then(store::netfs::weak_locks_at).map(|kind| json!({
+                    "filesystem": kind,
+                    "advice": f.path().parent().map(|d| store::netfs::advice(d, kind)),
+                })),
             })
         }
         Store::Postgres(p) => json!({

@@ -461,6 +461,7 @@ impl FileStore {
     /// the file is one it would read, or, when there is none yet, that one it makes there would
     /// not shut the directory's owner out (`check_maker`).
     fn check_writable(&self) -> Result<()> {
+        super::netfs::warn_once(&self.path);
         if self.open_checked()?.is_none() {
             check_maker(&self.path).map_err(|reason| Error::PoolInsecure {
                 path: self.path.clone(),

@@ -12,6 +12,7 @@ pub mod elsewhere;
 pub mod file;
 pub mod journal;
 mod legacy_lock;
+pub mod netfs;
 mod pg_url;
 pub mod postgres;
 #[cfg(test)]
