@@ -14,9 +14,9 @@ import { fileURLToPath } from "node:url";
 import { useMock, seedPool, account, readPool, oauthEntry } from "./helpers/pool-env.mjs";
 import { savePool } from "../index.mjs";
 import { tempDir } from "./helpers/temp.mjs";
+import { FAKETIME_LIB, faketimeFiles, forgetFaketimeOnExit } from "./helpers/faketime.mjs";
 
 const WORKER = fileURLToPath(new URL("./helpers/clock-worker.mjs", import.meta.url));
-const FAKETIME_LIB = ["x86_64-linux-gnu", "aarch64-linux-gnu"].map((arch) => `/usr/lib/${arch}/faketime/libfaketime.so.1`).find((p) => existsSync(p));
 const skip = !FAKETIME_LIB && "libfaketime is not installed (.ci/run installs it)";
 const mock = useMock();
 
@@ -37,6 +37,7 @@ function clockedWorker(path, apiUrl, env = {}) {
     },
     stdio: ["pipe", "pipe", "pipe"],
   });
+  forgetFaketimeOnExit(child);
   let stderr = "";
   child.stderr.on("data", (d) => (stderr += d));
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
@@ -57,6 +58,11 @@ function clockedWorker(path, apiUrl, env = {}) {
     async close() {
       child.stdin.end(`${JSON.stringify({ op: "exit" })}\n`);
       await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once("close", resolve)));
+      assert.deepEqual(
+        faketimeFiles(child.pid).filter((f) => existsSync(f)),
+        [],
+        "libfaketime's files in /dev/shm are gone",
+      );
     },
     get stderr() {
       return stderr;

@@ -21,6 +21,7 @@ import {
 } from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
 import { tempDir } from "./helpers/temp.mjs";
+import { FAKETIME_LIB } from "./helpers/faketime.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const CLI = here("../bin/oauth-pool.mjs");
@@ -139,8 +140,8 @@ test("a URL to the server's Unix socket is used without TLS whatever its sslmode
   }
 });
 
-// libfaketime moves this process's clock (time of day only) the way a host without NTP drifts.
-const FAKETIME_LIB = ["x86_64-linux-gnu", "aarch64-linux-gnu"].map((arch) => `/usr/lib/${arch}/faketime/libfaketime.so.1`).find((p) => existsSync(p));
+// libfaketime moves this process's clock (time of day only) the way a host without NTP drifts
+// (FAKETIME_LIB, helpers/faketime.mjs).
 
 test("doctor reports a host clock that is off from the store's database server", {
   skip: !FAKETIME_LIB && "libfaketime is not installed (.ci/run installs it)",

@@ -7,6 +7,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { tempDir } from "./temp.mjs";
+import { forgetFaketimeOnExit } from "./faketime.mjs";
 
 export const CLI = fileURLToPath(new URL("../../bin/oauth-pool.mjs", import.meta.url));
 const HOST = fileURLToPath(new URL("./fleet-host.mjs", import.meta.url));
@@ -14,6 +15,7 @@ const HOST = fileURLToPath(new URL("./fleet-host.mjs", import.meta.url));
 /** A process of this runtime with `args`; resolves `{ code, signal, stdout, stderr }`. */
 export function runNode(args, env, { input } = {}) {
   const child = spawn(process.execPath, args, { env, stdio: ["pipe", "pipe", "pipe"] });
+  forgetFaketimeOnExit(child);
   let stdout = "";
   let stderr = "";
   child.stdout.on("data", (d) => (stdout += d));
@@ -36,6 +38,7 @@ export async function cliJson(host, ...args) {
 /** A long-lived process of a host, answering one JSON line per command (helpers/fleet-host.mjs). */
 export function startHostProcess(host, store, mockUrl) {
   const child = spawn(process.execPath, [HOST, store, mockUrl], { env: host.env, stdio: ["pipe", "pipe", "inherit"] });
+  forgetFaketimeOnExit(child);
   const waiting = [];
   let buffer = "";
   child.stdout.on("data", (d) => {
