@@ -341,7 +341,7 @@ pub fn token_url() -> Result<Url> {
     endpoint(var::TOKEN_URL, DEFAULT_TOKEN_URL, |url| {
         plain(
             url,
-            "it names the token endpoint (scheme, host, port and path only)",
+            "it names the token endpoint (scheme, host, port and path only: a user name or password would go to it as Basic authorization with every login and refresh)",
         )
     })
 }
@@ -363,7 +363,7 @@ pub fn api_url() -> Result<Url> {
 /// provider config, where fetch refuses such a URL. Doctor called either ok.
 fn plain(url: Url, what_it_names: &str) -> Result<Url> {
     let extra = if !url.username().is_empty() || url.password().is_some() {
-        "a user name or password (sent as a Basic authorization header)"
+        "a user name or password"
     } else if url.query().is_some() {
         "a query (?)"
     } else if url.fragment().is_some() {
