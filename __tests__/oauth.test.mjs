@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { authorize, exchange, refresh, addAccount, addApiKey, loadPool, savePool, importClaudeCode, listAccounts } from "../index.mjs";
 import { callbackUrlFromPaste } from "./helpers/mock-anthropic.mjs";
 import { useMock, tempPoolPath, mode, withEnv } from "./helpers/pool-env.mjs";
+import { createHash } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { createServer } from "node:http";
@@ -21,6 +22,16 @@ test("authorize: PKCE S256 with a separate random state", async () => {
   assert.notEqual(a.state, a.verifier);
   assert.match(a.verifier, /^[A-Za-z0-9_-]{43,128}$/);
   assert.ok(!a.url.includes(a.verifier));
+  // What claude.ai checks, written out here rather than read from the addon's own constants
+  // (the Rust test compares with those, and a changed one passed it): the public PKCE client of
+  // OpenCode's own Anthropic login (no secret), its redirect, and the challenge computed here.
+  assert.equal(url.searchParams.get("client_id"), "9d1c250a-e61b-44d9-88ed-5944d1962f5e");
+  assert.equal(url.searchParams.get("response_type"), "code");
+  assert.equal(url.searchParams.get("code"), "true");
+  assert.equal(url.searchParams.get("redirect_uri"), "https://platform.claude.com/oauth/code/callback");
+  const scopes = url.searchParams.get("scope").split(" ");
+  for (const needed of ["user:inference", "user:profile"]) assert.ok(scopes.includes(needed), `scope ${needed}: ${scopes.join(" ")}`);
+  assert.equal(url.searchParams.get("code_challenge"), createHash("sha256").update(a.verifier).digest("base64url"));
   const c = await authorize({ mode: "console" });
   assert.equal(new URL(c.url).host, "platform.claude.com");
   await assert.rejects(authorize({ mode: "nope" }), (e) => e.code === "INVALID_ARGUMENT");
