@@ -108,6 +108,35 @@ test("a pool file that cannot be read as a pool: said in words OpenCode does not
   await assertNotRetried(await pluginFetch(path), "POOL_CORRUPT", { says: /cp / });
 });
 
+test("a pool file whose entries cannot be read says so and names them, never that the pool has no accounts to add", async () => {
+  const key = "sk-ant-api03-entry-named-with-its-key-0123456789";
+  const readable = oauthEntry(mock, "fine@retry.test");
+  // The shapes a hand edit or another writer leaves: a field of the wrong type (an ISO date
+  // for epoch milliseconds, a number for an ISO date), no email, not an object, an email that
+  // is a key.
+  const unreadable = [
+    { ...readable, email: "iso@retry.test", rateLimitUntil: "2026-12-01T00:00:00Z" },
+    { ...readable, email: "stamp@retry.test", lastUsed: Date.now() },
+    { ...readable, email: undefined },
+    "an entry",
+    { ...readable, email: key, expires: "soon" },
+  ];
+  const emails = ["iso@retry.test", "stamp@retry.test"];
+  const path = freshPath();
+  writeRaw(path, JSON.stringify({ anthropic: unreadable }));
+  const err = await assertNotRetried(await pluginFetch(path), "POOL_NO_ACCOUNT", { emails });
+  // It said "has no accounts in <path>: add one", with five entries in the file.
+  assert.doesNotMatch(err.message, /has no accounts/);
+  assert.match(err.message, /its 5 entries \(iso@retry\.test, stamp@retry\.test, '#2', '#3', '#4'\) cannot be read; `oauth-pool list` says why/);
+  assert.ok(!err.message.includes(key), err.message);
+
+  // Beside accounts that cannot serve, the unreadable ones are named too.
+  const mixed = freshPath();
+  writeRaw(mixed, JSON.stringify({ anthropic: [{ ...oauthEntry(mock, "off@retry.test"), enabled: false, status: "disabled" }, unreadable[0]] }));
+  const also = await assertNotRetried(await pluginFetch(mixed), "POOL_NO_ACCOUNT", { emails: [...emails, "off@retry.test"] });
+  assert.match(also.message, /off@retry\.test \(disabled\)[\s\S]*its 1 entry \(iso@retry\.test\) cannot be read/);
+});
+
 test("a pool file refused (a symbolic link) and a credential the file holds that cannot be sent: said in words OpenCode does not retry", async () => {
   const real = freshPath();
   await writePool(real, [oauthEntry(mock, "linked@retry.test")]);

@@ -1146,7 +1146,16 @@ impl Exchange {
             )));
         }
         let total = pool.accounts().count();
-        let why = if total == 0 {
+        let unreadable = unreadable_entries(pool);
+        let why = if total == 0 && !unreadable.is_empty() {
+            // Entries, none of them readable: "has no accounts, add one" sent the person to log
+            // in again while the file showed them their accounts.
+            format!(
+                "anthropic-pool has no usable account in {}: its {} cannot be read; `oauth-pool list` says why for each: fix or remove them (`oauth-pool remove '#N'`), or add an account with `opencode auth login` (Anthropic Pool) or `oauth-pool add`",
+                self.engine.store().describe(),
+                unreadable
+            )
+        } else if total == 0 {
             format!(
                 "anthropic-pool has no accounts in {}: add one with `opencode auth login` (Anthropic Pool) or `oauth-pool add`",
                 self.engine.store().describe()
@@ -1203,13 +1212,41 @@ impl Exchange {
                 None => String::new(),
             };
             format!(
-                "anthropic-pool has no usable account: {}{advice}",
-                states.join(", ")
+                "anthropic-pool has no usable account: {}{advice}{}",
+                states.join(", "),
+                if unreadable.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its {unreadable} cannot be read (`oauth-pool list` says why)")
+                }
             )
         };
         // Emails and reasons from the file: OpenCode shows this message as it is.
         Err(Error::NoUsableAccount(printable(&why)))
     }
+}
+
+/// The store's entries the pool cannot read, as "2 entries (a@x, '#3')" (empty when there are
+/// none): each named by its email, or by its place when it has none or the name holds a credential.
+fn unreadable_entries(pool: &Pool) -> String {
+    const NAMED: usize = 12;
+    let count = pool.invalid_entries().count();
+    if count == 0 {
+        return String::new();
+    }
+    let mut names: Vec<String> = pool
+        .invalid_entries()
+        .take(NAMED)
+        .map(|(i, _)| match pool.anthropic[i].email() {
+            Some(e) if !e.trim().is_empty() && crate::secret::scrub_tokens(e) == e => e.to_string(),
+            _ => format!("'#{i}'"),
+        })
+        .collect();
+    if count > NAMED {
+        names.push(format!("and {} more", count - NAMED));
+    }
+    let entries = if count == 1 { "entry" } else { "entries" };
+    format!("{count} {entries} ({})", names.join(", "))
 }
 
 /// How a command this message suggests names `a`: its email, or, when the name holds a
