@@ -326,7 +326,9 @@ async function run(kind, phaseName, reason) {
       };
       next = () => fetch(`${gateway.url}/v1/messages`, { method: "POST", headers, body: body() });
     } else {
-      host = createHost({ sleep: async () => {}, random: () => 0.5 });
+      // A host that hands its hooks the session's signal: OpenCode 2's promise adapter does not
+      // (README, Aborts under OpenCode 2.x), and there these phases are not heard.
+      host = createHost({ sleep: async () => {}, random: () => 0.5, hookSignal: true });
       handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
       const ask = (extra, s) =>
         host.modelRequest({

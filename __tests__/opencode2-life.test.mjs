@@ -157,7 +157,8 @@ test("a 429 long after a pool 429 the host never retried (a title request) gets 
 
 test("the host giving up in the middle of a retry on another account ends it quietly, with nothing left listening", async () => {
   const path = await seedPool(mock, ["life-r1@x.test", "life-r2@x.test"]);
-  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  // A host that hands hooks a signal (OpenCode 2 does not: README, Aborts under OpenCode 2.x).
+  const host = createHost({ sleep: async () => {}, random: () => 0.5, hookSignal: true });
   const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
   const { controller, listeners } = countedSignal(poolListener);
   try {

@@ -238,8 +238,11 @@ export function createHost({
   // How a hook callback is called. packages/plugin/src/promise/adapter.ts `fromPromise` (the
   // Effect core running a promise plugin) calls `callback(event)` alone; the promise-side host
   // of packages/plugin/src/effect/adapter.ts calls `(event, invocation)` with
-  // `invocation.signal`. `false` emulates the former: a plugin then never hears an abort.
-  hookSignal = true,
+  // `invocation.signal`. `false` (the default) emulates the former, which is how OpenCode 2 runs
+  // a `{ id, setup }` plugin (packages/core/src/plugin/module.ts -> fromPromise): a plugin then
+  // never hears an abort. `true` is a host that passes one; tests of what the pool does with a
+  // signal say so.
+  hookSignal = false,
   // Whether the web Request handed to `http.request` carries the caller's signal. Effect's
   // `HttpClientRequest.toWeb(req, { signal })` can give it one; model-request.ts (cited
   // snapshot) calls `toWeb(req)` without, so by default it never aborts.
