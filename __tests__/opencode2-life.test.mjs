@@ -187,6 +187,34 @@ test("the host giving up in the middle of a retry on another account ends it qui
   }
 });
 
+// OpenCode 2 hands its hooks no signal (packages/plugin/src/promise/adapter.ts calls
+// `callback(event)`), so nothing but the pool's own limit ends a retry whose account never
+// answers: it held the host's request for ever (the resend is sent with `timeout: false`).
+test("a retry on another account that never answers is cut at OAUTH_POOL_RESPONSE_TIMEOUT_MS on a host that gives hooks no signal: the host gets the first answer", async () => {
+  const path = await seedPool(mock, ["life-h1@x.test", "life-h2@x.test"]);
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = "400";
+  try {
+    await withLogLines(async (lines) => {
+      mock.scriptAll([{ status: 429, headers: rateLimitHeaders({ retryAfter: 60 }) }, { hang: true }]);
+      const from = mock.requests.length;
+      const outcome = await within(15_000, settled(ask(host)), "still waiting");
+      assert.notEqual(outcome, "still waiting", "the host's request was held by a silent retry");
+      assert.ok(upstream(from).length >= 2, "the retry on the other account went out");
+      assert.ok(
+        lines.some((l) => /warn: .*the retry on another account failed; the host gets the first answer: NETWORK no response headers within 400 ms/.test(l)),
+        lines.join("\n"),
+      );
+    });
+  } finally {
+    delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
+    mock.clearScripts();
+    await handle.unload();
+    await resetCooldowns(path);
+  }
+});
+
 test("the plugin disposed and set up again during a stream's opening: its rate limit still moves the request, answered once", async () => {
   const path = await seedPool(mock, ["life-d1@x.test", "life-d2@x.test"]);
   const pool = readPool(path);

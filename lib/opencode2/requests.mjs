@@ -159,6 +159,34 @@ function abortOnSignal(signal, ex) {
  */
 const hostSignal = (extra, request) => extra?.signal ?? request?.signal;
 
+/**
+ * The retry of a refused request on another account. `timeout: false` as the host's own sends
+ * (packages/ai/src/route/transport/http.ts): under Bun, whose fetch otherwise cuts an answer
+ * silent for 5 minutes whatever the host's chunkTimeout says; the host's deadlines bound the
+ * answer's body as they bound its own. Its head is ours to bound: OpenCode 2 hands its hooks no
+ * signal, so a resend to an account that never answered held the host's request for ever;
+ * after `OAUTH_POOL_RESPONSE_TIMEOUT_MS` it is cut and the host gets the first answer.
+ */
+async function resend(request, signal) {
+  const controller = new AbortController();
+  const limitMs = nativeBinding().responseTimeoutMs();
+  let late = false;
+  const timer = setTimeout(() => {
+    late = true;
+    controller.abort();
+  }, limitMs);
+  // Joined, not listened to: the host's abort must also end the body, which outlives this call.
+  const joined = signal ? AbortSignal.any([signal, controller.signal]) : controller.signal;
+  try {
+    return await fetch(request, { signal: joined, timeout: false });
+  } catch (err) {
+    if (late) throw Object.assign(new Error(`no response headers within ${limitMs} ms`), { code: "NETWORK" });
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** A failure's code for a log line: the pool's (a string), else its name (a DOMException's `code` is a number). */
 const codeOf = (err) => (typeof err?.code === "string" ? err.code : (err?.name ?? "ERROR"));
 
@@ -435,10 +463,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         let next;
         try {
           const headers = resendHeaders(event.request, state.placedWith, step.headers);
-          // `timeout: false` as the host's own sends (packages/ai/src/route/transport/http.ts):
-          // under Bun, whose fetch otherwise cuts an answer silent for 5 minutes whatever the
-          // host's chunkTimeout says; the host's deadlines bound this answer as they bound its own.
-          next = await fetch(withHeaders(event.request.clone(), headers), { signal: hostSignal(extra, event.request), timeout: false });
+          next = await resend(withHeaders(event.request.clone(), headers), hostSignal(extra, event.request));
         } catch (err) {
           // The host gave the request up: the resend ended with it, and nobody reads the answer.
           if (!hostSignal(extra, event.request)?.aborted)
