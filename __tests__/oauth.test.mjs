@@ -4,7 +4,6 @@ import assert from "node:assert/strict";
 import { authorize, exchange, refresh, addAccount, addApiKey, loadPool, savePool, importClaudeCode, listAccounts } from "../index.mjs";
 import { callbackUrlFromPaste } from "./helpers/mock-anthropic.mjs";
 import { useMock, tempPoolPath, mode, withEnv } from "./helpers/pool-env.mjs";
-import { createHash } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { createServer } from "node:http";

@@ -167,7 +167,7 @@ const hostSignal = (extra, request) => extra?.signal ?? request?.signal;
  * signal, so a resend to an account that never answered held the host's request for ever;
  * after `OAUTH_POOL_RESPONSE_TIMEOUT_MS` it is cut and the host gets the first answer.
  */
-async function resend(request, signal) {
+async function resend(fetch, request, signal) {
   const controller = new AbortController();
   const limitMs = nativeBinding().responseTimeoutMs();
   let late = false;
@@ -463,7 +463,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         let next;
         try {
           const headers = resendHeaders(event.request, state.placedWith, step.headers);
-          next = await resend(withHeaders(event.request.clone(), headers), hostSignal(extra, event.request));
+          next = await resend(fetch, withHeaders(event.request.clone(), headers), hostSignal(extra, event.request));
         } catch (err) {
           // The host gave the request up: the resend ended with it, and nobody reads the answer.
           if (!hostSignal(extra, event.request)?.aborted)
