@@ -149,6 +149,54 @@ test("savePool of a copy read before another process added a login keeps that lo
   );
 });
 
+/** Runs the CLI on `path` to its end; resolves its output, rejects on a non-zero exit. */
+function cliOn(path, args, input = "") {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, OAUTH_POOL_PATH: path }, stdio: ["pipe", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+    });
+    child.stderr.on("data", (d) => {
+      out += d;
+    });
+    child.on("error", reject);
+    child.on("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`${args[0]} exit ${code}: ${out}`))));
+    child.stdin.end(input);
+  });
+}
+
+// The mirror of the above: `oauth-pool remove` (or OpenCode's remove) takes an account out
+// between a script's loadPool and its savePool; the save wrote the removed account back, with
+// its tokens. What the copy holds as it was read stays removed; an account whose credentials the
+// copy changed (a token the file never had: the script refreshed it) is kept, never lost.
+test("savePool of a copy read before another process removed an account keeps it removed, unless the copy holds new credentials for it", async () => {
+  const path = await seedPool(mock, ["stays@x.test", "gone@x.test", "edited@x.test", "renewed@x.test"]);
+  const copy = await loadPool(path);
+  for (const email of ["gone@x.test", "edited@x.test", "renewed@x.test"]) await cliOn(path, ["remove", email, "--json"]);
+  assert.deepEqual(
+    readPool(path).anthropic.map((a) => a.email),
+    ["stays@x.test"],
+  );
+  const find = (email) => copy.anthropic.find((a) => a.email === email);
+  find("stays@x.test").priority = 3;
+  find("edited@x.test").priority = 7; // a setting changed, its credentials as read
+  Object.assign(find("renewed@x.test"), { refresh: "renewed-by-the-script", access: "renewed-access", expires: Date.now() + 3_600_000 });
+  await savePool(copy, path);
+  assert.deepEqual(
+    readPool(path)
+      .anthropic.map((a) => a.email)
+      .sort(),
+    ["renewed@x.test", "stays@x.test"],
+    "the accounts removed meanwhile stay removed; the one holding a token the file never had is kept",
+  );
+  assert.equal(account(path, "stays@x.test").priority, 3);
+  assert.equal(account(path, "renewed@x.test").refresh, "renewed-by-the-script");
+  // A pool built by hand replaces what is there, removed accounts in it written back as before.
+  await savePool({ anthropic: [...copy.anthropic] }, path);
+  assert.equal(readPool(path).anthropic.length, 4);
+});
+
 test("savePool of a copy read before a refresh keeps the newer tokens instead of writing back the spent one", async () => {
   const path = await seedPool(mock, ["stale@x.test"], { expired: ["stale@x.test"] });
   const copy = await loadPool(path); // e.g. a script that changes a priority

@@ -108,17 +108,35 @@ function poolInvalid(message) {
   return err;
 }
 
-// When `loadPool` read the pool it gave, kept on that object out of sight (a symbol, not
-// enumerable: not in JSON.stringify, a spread or a deep comparison): `savePool` of it keeps the
-// accounts added since, which the copy cannot have meant to remove (a login another process
-// added between a script's load and its save was lost).
+// When `loadPool` read the pool it gave, and the names and credentials of its accounts then,
+// kept on that object out of sight (symbols, not enumerable: not in JSON.stringify, a spread or
+// a deep comparison): `savePool` of it keeps the accounts added since, which the copy cannot
+// have meant to remove (a login another process added between a script's load and its save was
+// lost), and leaves out those removed since that it still holds as read (a removed account came
+// back with the save).
 const READ_AT = Symbol("opencode-oauth-pool read at");
+const HELD = Symbol("opencode-oauth-pool accounts as read");
+
+function heldAsRead(pool) {
+  if (!Array.isArray(pool.anthropic)) return undefined;
+  const anthropic = [];
+  for (const a of pool.anthropic) {
+    if (!isPlainObject(a) || typeof a.email !== "string") continue;
+    const held = { email: a.email };
+    for (const k of ["refresh", "access", "key"]) if (typeof a[k] === "string") held[k] = a[k];
+    anthropic.push(held);
+  }
+  return { anthropic };
+}
 
 export const loadPool = wrap(async (path) => {
   const where = pathArg(path);
   const readAt = Date.now();
   const pool = await native.loadPool(where);
-  if (pool !== null && typeof pool === "object") Object.defineProperty(pool, READ_AT, { value: readAt });
+  if (pool !== null && typeof pool === "object") {
+    Object.defineProperty(pool, READ_AT, { value: readAt });
+    Object.defineProperty(pool, HELD, { value: heldAsRead(pool) });
+  }
   return pool;
 });
 
@@ -130,7 +148,7 @@ export const savePool = wrap((pool, path) => {
     );
   }
   checkJson(pool, "pool");
-  return native.savePool(pool, where, pool[READ_AT]);
+  return native.savePool(pool, where, pool[READ_AT], pool[HELD]);
 });
 
 export const authorize = wrap(async (options) => {

@@ -272,6 +272,32 @@ fn lone_surrogates_replaced(text: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> 
     Some(buf)
 }
 
+/// What `savePool` knows of the copy it is given when `loadPool` gave it: when it was read
+/// (epoch ms) and its accounts' names and credentials as read. Both `None`: a pool built by
+/// hand, which replaces what is there.
+#[derive(Debug, Clone, Default)]
+pub struct ReadCopy {
+    pub at: Option<i64>,
+    pub held: Option<Pool>,
+}
+
+impl ReadCopy {
+    /// Into `copy`, before it replaces `stored`: the accounts added since it was read
+    /// (`Pool::keep_added_since`), out of it those removed since (`Pool::drop_removed_since`).
+    pub fn reconcile(&self, copy: &mut Pool, stored: &Pool) {
+        if let Some(at) = self.at {
+            for email in copy.keep_added_since(stored, at) {
+                tracing::info!(account = %email, "kept an account added since the copy was read");
+            }
+        }
+        if let Some(held) = &self.held {
+            for email in copy.drop_removed_since(stored, held) {
+                tracing::info!(account = %email, "left out an account removed since the copy was read");
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Pool {
     pub version: Option<Value>,
@@ -532,6 +558,36 @@ impl Pool {
         self.anthropic
             .extend(added.into_iter().map(|a| Entry::Valid(Box::new(a))));
         names
+    }
+
+    /// The accounts of the copy that it held when it was read (`held`: its accounts as read),
+    /// that `stored` (the pool as it is now) holds no more, and whose credentials the copy still
+    /// holds as read, taken out of the copy: another process removed them since, and saving the
+    /// copy brought a removed account back. One whose refresh token, access token or key the
+    /// copy changed holds a credential the file never had (the script refreshed it, a new key)
+    /// and stays: dropping it would lose that credential. An entry of that name still stored,
+    /// even one made unreadable since, is no removal. Returns the names taken out.
+    pub fn drop_removed_since(&mut self, stored: &Pool, held: &Pool) -> Vec<String> {
+        let mut dropped = Vec::new();
+        self.anthropic.retain(|e| {
+            let Entry::Valid(a) = e else {
+                return true;
+            };
+            let as_read = held
+                .find(&a.email)
+                .is_some_and(|h| h.refresh == a.refresh && h.access == a.access && h.key == a.key);
+            let name = normalize_email(&a.email);
+            let removed = as_read
+                && !stored
+                    .anthropic
+                    .iter()
+                    .any(|s| s.email().map(normalize_email).as_deref() == Some(name.as_str()));
+            if removed {
+                dropped.push(a.email.clone());
+            }
+            !removed
+        });
+        dropped
     }
 
     /// Moves every time of day the pool keeps by `delta` ms (`Account::shift_times`, and the
@@ -844,6 +900,51 @@ mod tests {
         assert_eq!(names, ["old@x.test", "new@x.test"]);
         let kept = copy.find("new@x.test").and_then(|a| a.refresh.as_ref());
         assert_eq!(kept.map(|r| r.expose()), Some("r3"));
+    }
+
+    #[test]
+    fn a_copy_saved_back_leaves_out_what_was_removed_since_unless_it_holds_new_credentials() {
+        let stored = Pool::from_value(json!({ "anthropic": [
+            { "email": "stays@x.test", "refresh": "r1" },
+            { "email": "spoiled@x.test", "refresh": 7 },
+        ]}))
+        .unwrap();
+        let held = Pool::from_value(json!({ "anthropic": [
+            { "email": "stays@x.test", "refresh": "r1" },
+            { "email": "spoiled@x.test", "refresh": "r6" },
+            { "email": "gone@x.test", "refresh": "r2", "access": "a2" },
+            { "email": "renewed@x.test", "refresh": "r3" },
+            { "email": "keyed@x.test", "type": "api", "key": "k4" },
+        ]}))
+        .unwrap();
+        let mut copy = Pool::from_value(json!({ "anthropic": [
+            { "email": "stays@x.test", "refresh": "r1", "priority": 2 },
+            { "email": "Gone@X.test", "refresh": "r2", "access": "a2", "priority": 5 },
+            { "email": "renewed@x.test", "refresh": "r3-new" },
+            { "email": "keyed@x.test", "type": "api", "key": "k4-new" },
+            { "email": "by-hand@x.test", "refresh": "r5" },
+            { "email": "spoiled@x.test", "refresh": "r6" },
+        ]}))
+        .unwrap();
+        assert!(
+            stored.find("spoiled@x.test").is_none(),
+            "unreadable in the store"
+        );
+        assert_eq!(
+            copy.drop_removed_since(&stored, &held),
+            vec!["Gone@X.test".to_string()]
+        );
+        let names: Vec<_> = copy.accounts().map(|a| a.email.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "stays@x.test",
+                "renewed@x.test",
+                "keyed@x.test",
+                "by-hand@x.test",
+                "spoiled@x.test"
+            ]
+        );
     }
 
     fn legacy() -> Value {

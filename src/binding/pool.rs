@@ -10,7 +10,7 @@ use super::{js_error, promise, store_for, JsResult};
 use crate::account::now_ms;
 use crate::engine::Engine;
 use crate::manage;
-use crate::pool::Pool;
+use crate::pool::{Pool, ReadCopy};
 
 #[napi(js_name = "loadPool", ts_return_type = "Promise<any>", catch_unwind)]
 pub fn load_pool(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
@@ -46,20 +46,26 @@ fn as_javascript_numbers(value: Value) -> Value {
     }
 }
 
-/// `read_at`: when `loadPool` read the copy given (epoch ms), which index.mjs keeps on the pool
-/// object it returned; accounts added since are kept.
+/// `read_at`: when `loadPool` read the copy given (epoch ms), and `held`: its accounts' names
+/// and credentials as read (`{ anthropic: [...] }`), which index.mjs keeps on the pool object it
+/// returned; accounts added since are kept, those removed since stay out.
 #[napi(js_name = "savePool", ts_return_type = "Promise<void>", catch_unwind)]
 pub fn save_pool(
     env: &Env,
     pool: Value,
     path: Option<String>,
     read_at: Option<f64>,
+    held: Option<Value>,
 ) -> JsResult<PromiseRaw<'_, ()>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
         let pool = Pool::from_caller(pool).map_err(js_error)?;
-        let read_at = read_at.filter(|t| t.is_finite()).map(|t| t as i64);
-        store.save_read_at(pool, read_at).await.map_err(js_error)?;
+        let read = ReadCopy {
+            at: read_at.filter(|t| t.is_finite()).map(|t| t as i64),
+            // Made by index.mjs from what loadPool gave; unreadable, nothing is left out.
+            held: held.and_then(|h| Pool::from_value(h).ok()),
+        };
+        store.save_read_at(pool, read).await.map_err(js_error)?;
         Engine::for_store(store).reset_memory();
         Ok(())
     })

@@ -23,7 +23,7 @@ use super::legacy_lock::LegacyLock;
 use super::Written;
 use crate::error::{Error, Result};
 use crate::fsread::{self, ReadError};
-use crate::pool::Pool;
+use crate::pool::{Pool, ReadCopy};
 
 /// The largest pool file we read: a thousand accounts take well under 2 MB.
 const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
@@ -163,12 +163,13 @@ impl FileStore {
 
     /// Replaces the whole pool (the `savePool` semantics), under the lock.
     pub fn save(&self, pool: &Pool) -> Result<()> {
-        self.save_read_at(pool, None)
+        self.save_read_at(pool, &ReadCopy::default())
     }
 
-    /// `save` of a copy read at `read_at` (epoch ms; `None`: replace whatever is there): accounts
-    /// added since are kept (`Pool::keep_added_since`).
-    pub fn save_read_at(&self, pool: &Pool, read_at: Option<i64>) -> Result<()> {
+    /// `save` of a copy `loadPool` gave (`ReadCopy::default()`: replace whatever is there):
+    /// accounts added since it was read are kept, those removed since stay out
+    /// (`ReadCopy::reconcile`).
+    pub fn save_read_at(&self, pool: &Pool, read: &ReadCopy) -> Result<()> {
         self.check_writable()?;
         let _lock = FileLock::acquire(&self.lock_path(), LOCK_TIMEOUT)?;
         let _aidevops = LegacyLock::acquire(&self.path)?;
@@ -180,11 +181,7 @@ impl FileStore {
             for email in pool.keep_newer_state(stored) {
                 tracing::info!(account = %email, "kept the stored tokens: newer than those saved");
             }
-            if let Some(read_at) = read_at {
-                for email in pool.keep_added_since(stored, read_at) {
-                    tracing::info!(account = %email, "kept an account added since the copy was read");
-                }
-            }
+            read.reconcile(&mut pool, stored);
         }
         self.write_locked(
             &zeroize::Zeroizing::new(pool.to_bytes()),

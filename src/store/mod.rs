@@ -28,7 +28,7 @@ pub use postgres::PgStore;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::pool::Pool;
+use crate::pool::{Pool, ReadCopy};
 
 /// A change to the pool, made under the store's write lock.
 type Change<T> = Box<dyn FnOnce(&mut Pool) -> Result<T> + Send>;
@@ -313,18 +313,18 @@ impl Store {
 
     /// Replaces the whole pool (`store copy`).
     pub async fn save(&self, pool: Pool) -> Result<()> {
-        self.save_read_at(pool, None).await
+        self.save_read_at(pool, ReadCopy::default()).await
     }
 
-    /// Replaces the whole pool with a copy read at `read_at` (epoch ms; `savePool` of a pool
-    /// `loadPool` gave): accounts added since are kept (`Pool::keep_added_since`).
-    pub async fn save_read_at(&self, pool: Pool, read_at: Option<i64>) -> Result<()> {
+    /// Replaces the whole pool with a copy `loadPool` gave (`savePool`): accounts added since it
+    /// was read are kept, those removed since stay out (`ReadCopy::reconcile`).
+    pub async fn save_read_at(&self, pool: Pool, read: ReadCopy) -> Result<()> {
         match self {
             Store::File(f) => {
                 let f = f.clone();
-                blocking(move || f.save_read_at(&pool, read_at)).await
+                blocking(move || f.save_read_at(&pool, &read)).await
             }
-            Store::Postgres(p) => p.save(pool, read_at).await,
+            Store::Postgres(p) => p.save(pool, read).await,
         }
     }
 

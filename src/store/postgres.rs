@@ -32,7 +32,7 @@ use super::crypto::{SealKey, CHECK};
 use super::lock;
 use super::pg_url::{looked_up, no_tls, one_per_host, parse, redact, tls, wants_tls};
 use crate::error::{Error, Result};
-use crate::pool::Pool;
+use crate::pool::{Pool, ReadCopy};
 use crate::secret::scrub_tokens;
 
 /// The schema, as numbered migrations; `store init` brings a database up to the last one.
@@ -928,16 +928,12 @@ impl PgStore {
     /// Replaces the whole pool (`savePool`, `store copy`).
     /// Replaces the whole pool, keeping tokens newer than those given and what else a stale copy missed
     /// (`Pool::keep_newer_state`).
-    pub async fn save(&self, mut pool: Pool, read_at: Option<i64>) -> Result<()> {
+    pub async fn save(&self, mut pool: Pool, read: ReadCopy) -> Result<()> {
         self.update(move |stored| {
             for email in pool.keep_newer_state(stored) {
                 tracing::info!(account = %email, "kept the stored tokens: newer than those saved");
             }
-            if let Some(read_at) = read_at {
-                for email in pool.keep_added_since(stored, read_at) {
-                    tracing::info!(account = %email, "kept an account added since the copy was read");
-                }
-            }
+            read.reconcile(&mut pool, stored);
             *stored = pool;
             Ok(())
         })
