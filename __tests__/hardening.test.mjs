@@ -6,12 +6,13 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "
 import { basename, dirname, join } from "node:path";
 import { createHash } from "node:crypto";
 import { fileURLToPath } from "node:url";
-import { createPoolFetch, loadPool, savePool, poolStatus, flushPool, setEnabled, refreshAccount, removeAccount, resetCooldowns } from "../index.mjs";
+import { createPoolFetch, loadPool, savePool, poolStatus, flushPool, setEnabled, refresh, refreshAccount, removeAccount, resetCooldowns } from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { useMock, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath, runWorkersTogether } from "./helpers/pool-env.mjs";
 
 const mock = useMock();
 const WORKER = fileURLToPath(new URL("./helpers/pool-worker.mjs", import.meta.url));
+const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
 const FLOCK = ["/usr/bin/flock", "/bin/flock"].find((p) => existsSync(p));
 
 const post = (f, init = {}) => f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(), ...init });
@@ -131,6 +132,46 @@ test("a refresh answered 200 with a new refresh token and the rest unusable keep
     assert.deepEqual({ reuse: fam.reuse, revoked: fam.revoked }, { reuse: 0, revoked: false }, email);
     assert.equal(account(path, email).refresh, mock.tokens(email).refresh, email);
   }
+});
+
+// The same answer met by the `refresh(token)` export, which has no pool to keep the new token
+// in: it rejected with OAUTH_HTTP, the caller's token spent and its successor gone with the
+// answer (the login lost). It asks once more at once with the successor and gives that answer;
+// unusable again, it gives the newest refresh token with no access token, expired, to refresh
+// with. `oauth-pool refresh` goes the pool's way and keeps the token in the file.
+test("refresh(token) answered 200 with a new refresh token and the rest unusable: asks once more with that token; the caller is never left without the live token", async () => {
+  const [once, twice, cli] = ["export-once@x.test", "export-twice@x.test", "export-cli@x.test"];
+  const path = await seedPool(mock, [once, twice, cli]);
+  const family = (email) => mock.stats().perFamily[email];
+  mock.setTokenMode({ grant: "refresh_token", edit: { access_token: undefined } });
+  const r = await refresh(account(path, once).refresh);
+  assert.deepEqual([r.access, r.refresh], [mock.tokens(once).access, mock.tokens(once).refresh], "the second answer's tokens");
+  assert.ok(r.expires > Date.now() + 10 * 60_000);
+  assert.deepEqual([family(once).refreshCalls, family(once).reuse], [2, 0]);
+
+  mock.setTokenMode({ grant: "refresh_token", edit: { access_token: undefined }, times: 2 });
+  const r2 = await refresh(account(path, twice).refresh);
+  assert.deepEqual(r2, { access: "", refresh: mock.tokens(twice).refresh, expires: 0 }, "the live token, as expired");
+  const r3 = await refresh(r2.refresh);
+  assert.equal(r3.refresh, mock.tokens(twice).refresh, "the token given lives");
+  assert.deepEqual([family(twice).reuse, family(twice).revoked], [0, false]);
+
+  mock.setTokenMode({ grant: "refresh_token", edit: { access_token: undefined } });
+  const out = await new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, "refresh", cli], { env: { ...process.env, OAUTH_POOL_PATH: path } });
+    let text = "";
+    child.stdout.on("data", (d) => {
+      text += d;
+    });
+    child.stderr.on("data", (d) => {
+      text += d;
+    });
+    child.on("exit", (code) => resolve({ code, text }));
+  });
+  assert.notEqual(out.code, 0, out.text);
+  assert.match(out.text, /OAUTH_HTTP/);
+  assert.ok(!out.text.includes(mock.tokens(cli).refresh), "no token in the output");
+  assert.equal(account(path, cli).refresh, mock.tokens(cli).refresh, "the CLI kept the new token in the pool");
 });
 
 test("a token-endpoint 429 sets a shared backoff: no process hammers it", async () => {

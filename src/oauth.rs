@@ -159,6 +159,31 @@ pub async fn refresh(refresh: &Secret) -> Result<Tokens> {
     parse_token_response(&value, Some(refresh))
 }
 
+/// `refresh` for a caller with no pool to keep a rotated token in (the `refresh(token)` export):
+/// an answer with a new refresh token and nothing else usable (the presented one spent, the
+/// successor the login now) is followed at once by one refresh with that successor, whose usable
+/// answer is given. Failing that, the newest live refresh token is given with no access token and
+/// `expires` 0, to be refreshed before use: rejecting lost the login, and no secret may ride in
+/// an error. A refusal of the successor (`invalid_grant`) leaves nothing to keep and is the error.
+pub async fn refresh_keeping_successor(token: &Secret) -> Result<Tokens> {
+    let successor = match refresh(token).await {
+        Err(Error::OAuthRotatedUnusable { refresh, .. }) => refresh,
+        other => return other,
+    };
+    let live = match refresh_once_more_if_lost(&successor).await.0 {
+        Ok(tokens) => return Ok(tokens),
+        Err(Error::OAuthRotatedUnusable { refresh, .. }) => refresh,
+        Err(e @ Error::OAuthInvalidGrant(_)) => return Err(e),
+        Err(_) => successor,
+    };
+    Ok(Tokens {
+        access: Secret::new(""),
+        refresh: live,
+        expires: 0,
+        email: None,
+    })
+}
+
 /// `refresh`, and once more with the same token when the first answer was lost to the network
 /// (the request may not have arrived, or the server rotated the token and the answer never came
 /// back: a second try settles it, success or invalid_grant). Never a loop. Not when no

@@ -68,7 +68,9 @@ pub fn refresh(env: &Env, refresh_token: String) -> JsResult<PromiseRaw<'_, Valu
                 "that is not a refresh token (visible ASCII, at most 4096 characters)".into(),
             )));
         }
-        let t = oauth::refresh(&token).await.map_err(js_error)?;
+        let t = oauth::refresh_keeping_successor(&token)
+            .await
+            .map_err(js_error)?;
         Ok(json!({
             "access": t.access.expose(),
             "refresh": t.refresh.expose(),
