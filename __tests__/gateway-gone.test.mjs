@@ -223,6 +223,41 @@ test("a request held while every account cools, whose client goes away, frees it
   }
 });
 
+// hyper reads no further while a pipelined request's bytes wait in its buffer, and a held
+// request writes nothing: a client that pipelined a second request behind one held for a cooling
+// account and then went away kept its connection slot (and the held request, which went
+// upstream once the account was back) until the hold ended, up to OAUTH_POOL_HOLD_MAX_MS.
+test("a held request with a pipelined one behind it, whose client goes away, frees its slot and never goes upstream", async () => {
+  process.env.OAUTH_POOL_HOLD_MAX_MS = "300000";
+  const { gw, path } = await gateway(["piped-held@x.test"], { maxConnections: 1 });
+  try {
+    const pool = await lib.loadPool(path);
+    Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: Date.now() + 120_000 });
+    await lib.savePool(pool, path);
+    mock.clearRequests();
+    for (const leave of ["destroy", "end"]) {
+      const c = client(gw.url, post() + post(), { allowHalfOpen: true });
+      await sleep(500);
+      assert.equal(c.data().replaceAll("HTTP/1.1 100 Continue\r\n\r\n", ""), "", "held: no answer yet");
+      c.socket[leave]();
+      if (leave === "end") {
+        // Half-closed, it still waits for its answers; it is let go when it closes.
+        await sleep(500);
+        assert.equal(c.socket.destroyed, false, "a half-closed client is not cut");
+        c.socket.destroy();
+      }
+      await c.closed;
+      assert.ok(await slotFree(gw.url), `${leave}: the held client's connection slot (the only one) is given back`);
+    }
+    await lib.resetCooldowns(path);
+    await sleep(1000);
+    assert.equal(mock.requests.filter((r) => r.path.startsWith("/v1/")).length, 0, "the requests that left never go upstream");
+  } finally {
+    delete process.env.OAUTH_POOL_HOLD_MAX_MS;
+    await gw.close(1000);
+  }
+});
+
 test("a streaming client that went away with a pipelined request behind its first still has its upstream request cut", async () => {
   // hyper reads no further while a next request's bytes wait in its buffer, so the client's
   // end is not read: it is seen when a write to it fails, which a streamed answer soon makes.

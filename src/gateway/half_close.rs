@@ -242,6 +242,15 @@ pub(super) struct HalfClose<S> {
     check_at: Option<Instant>,
     check_every: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes read ahead of hyper while a request waits for its answer (see `poll_ahead`), given
+    /// to hyper before anything else.
+    ahead: Vec<u8>,
+    /// hyper's last read waits on the socket: it sees the end itself, nothing is read ahead.
+    parked: bool,
+    /// The end of input was found reading ahead and hyper has not come to it yet: it is kept
+    /// from hyper (and from the body's reader: hyper may hold bytes of the body before it), and
+    /// hyper may not read, so the probes are driven from its flushes.
+    ended_ahead: bool,
 }
 
 impl<S> HalfClose<S> {
@@ -260,6 +269,9 @@ impl<S> HalfClose<S> {
             check_at: None,
             check_every: CHECK_FIRST,
             timer: None,
+            ahead: Vec::new(),
+            parked: false,
+            ended_ahead: false,
         }
     }
 
@@ -300,39 +312,61 @@ impl<S: AsyncWrite + Unpin> HalfClose<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + PeerReset + Unpin> AsyncRead for HalfClose<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if !this.ended {
-            let before = buf.filled().len();
-            match Pin::new(&mut this.inner).poll_read(cx, buf) {
-                Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
-                    this.ended = true;
-                    let waiting = {
-                        let mut f = this.exchange.flags();
-                        f.ended = true;
-                        f.open && !f.answered
-                    };
-                    this.exchange.ended.notify_waiters();
-                    // Once the answer is being written the end is hyper's, the client gone, as
-                    // before: a client half-closes as it finishes its request, long before its
-                    // answer's head, and an answer whose upstream has gone silent has no byte
-                    // to ask a client with.
-                    if !waiting {
-                        return Poll::Ready(Ok(()));
-                    }
-                    this.kept = true;
+/// The most read ahead of hyper (`poll_ahead`): a client that pipelined more than that behind a
+/// held request is seen gone only when its answer is written, as before.
+const AHEAD_MAX: usize = 64 * 1024;
+
+impl<S: AsyncRead + AsyncWrite + PeerReset + Unpin> HalfClose<S> {
+    /// The client's input ended: whether the end is kept from hyper (a request waits for its
+    /// answer) or is hyper's now.
+    fn input_ended(&mut self) -> bool {
+        self.ended = true;
+        let waiting = {
+            let mut f = self.exchange.flags();
+            f.ended = true;
+            f.open && !f.answered
+        };
+        self.exchange.ended.notify_waiters();
+        // Once the answer is being written the end is hyper's, the client gone, as before: a
+        // client half-closes as it finishes its request, long before its answer's head, and an
+        // answer whose upstream has gone silent has no byte to ask a client with.
+        self.kept = waiting;
+        waiting
+    }
+
+    /// While a request waits for its answer, reads what the client sends on, for hyper to take
+    /// later: hyper reads no further while a pipelined request's bytes wait in its buffer, so
+    /// the end of a client that pipelined and went away was never read, and a request held for
+    /// a cooling account kept its upstream slot until the hold ended (nothing is written to it
+    /// to fail meanwhile). hyper flushes on every turn of its loop, which is when this is done;
+    /// the read's waker is the connection's. A reset is the client gone; an end is kept as any.
+    fn poll_ahead(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let waiting = {
+            let f = self.exchange.flags();
+            f.open && !f.answered
+        };
+        while waiting && !self.parked && !self.ended && self.ahead.len() < AHEAD_MAX {
+            let mut chunk = [0u8; 4096];
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    self.ended = true;
+                    self.ended_ahead = true;
+                    self.kept = true;
                 }
-                other => return other,
+                Poll::Ready(Ok(())) => self.ahead.extend_from_slice(buf.filled()),
             }
         }
-        if !this.kept {
-            return Poll::Ready(Ok(()));
-        }
+        Ok(())
+    }
+
+    /// An end of input kept from hyper while a request waits: the probes, and the checks for a
+    /// reset. Ready with `Ok` once the end is hyper's, with the reset's error once the client is
+    /// seen gone.
+    fn poll_kept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         loop {
             let (held, interim) = {
                 let mut f = this.exchange.flags();
@@ -406,7 +440,46 @@ impl<S: AsyncRead + AsyncWrite + PeerReset + Unpin> AsyncRead for HalfClose<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for HalfClose<S> {
+impl<S: AsyncRead + AsyncWrite + PeerReset + Unpin> AsyncRead for HalfClose<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.ahead.is_empty() {
+            let n = this.ahead.len().min(buf.remaining());
+            buf.put_slice(&this.ahead[..n]);
+            this.ahead.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        if this.ended_ahead {
+            // hyper comes to the end read ahead: from here it is as if hyper had read it.
+            this.ended_ahead = false;
+            if !this.input_ended() {
+                return Poll::Ready(Ok(()));
+            }
+        } else if !this.ended {
+            let before = buf.filled().len();
+            let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+            this.parked = read.is_pending();
+            match read {
+                Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                    if !this.input_ended() {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                other => return other,
+            }
+        }
+        if !this.kept {
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_kept(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + PeerReset + Unpin> AsyncWrite for HalfClose<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -435,6 +508,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HalfClose<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        // hyper may not read while a request waits (a pipelined one in its buffer): the end of
+        // the client's input is looked for here, and a kept one asked about.
+        this.poll_ahead(cx)?;
+        if this.ended_ahead && this.kept {
+            if let Poll::Ready(Err(e)) = this.poll_kept(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
         std::task::ready!(this.poll_probe(cx))?;
         let poll = Pin::new(&mut this.inner).poll_flush(cx);
         if let Poll::Ready(Ok(())) = poll {
@@ -465,9 +546,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::Wake;
 
-    /// A client that half-closed at once: every read is the end, every write taken whole.
+    /// A client that half-closed at once: every read is the end (after `unread`, what it sent
+    /// before), every write taken whole.
     #[derive(Default)]
     struct HalfClosed {
+        unread: Vec<u8>,
         written: Vec<u8>,
         /// Bytes of urgent data sent to it.
         urgent: AtomicUsize,
@@ -484,10 +567,13 @@ mod tests {
 
     impl AsyncRead for HalfClosed {
         fn poll_read(
-            self: Pin<&mut Self>,
+            mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
-            _: &mut ReadBuf<'_>,
+            buf: &mut ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.drain(..n);
             Poll::Ready(Ok(()))
         }
     }
@@ -596,6 +682,46 @@ mod tests {
             read(&mut conn, &mut cx, &mut space),
             Poll::Ready(Ok(0))
         ));
+    }
+
+    /// hyper reads no further while a pipelined request waits in its buffer: only its flushes
+    /// come. What the client sent on is read ahead for hyper, and the end behind it is asked
+    /// about from the flushes, but kept from the body's reader until hyper comes to it (hyper may
+    /// hold bytes of the open request's body before it).
+    #[tokio::test]
+    async fn the_end_behind_a_pipelined_request_is_read_ahead_and_asked_about() {
+        let next = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        let waker = Waker::from(Arc::new(Wakes::default()));
+        let mut cx = Context::from_waker(&waker);
+        for closes in [true, false] {
+            let exchange = Arc::new(Exchange::default());
+            let client = HalfClosed {
+                unread: next.clone(),
+                closes_after: closes.then_some(1),
+                ..HalfClosed::default()
+            };
+            let mut conn = HalfClose::new(client, exchange.clone());
+            exchange.begin(true);
+            let flushed = Pin::new(&mut conn).poll_flush(&mut cx);
+            assert!(matches!(flushed, Poll::Ready(Ok(()))), "{flushed:?}");
+            assert_eq!(conn.ahead, next, "read ahead for hyper");
+            assert_eq!(conn.inner.written, PROBE, "the end asked about");
+            assert!(!exchange.flags().ended, "the body's reader is not told yet");
+            if closes {
+                // The client closed: the probe met a reset, which the next flush sees.
+                let gone = Pin::new(&mut conn).poll_flush(&mut cx);
+                assert!(matches!(gone, Poll::Ready(Err(_))), "{gone:?}");
+                continue;
+            }
+            // hyper reads the pipelined request, then comes to the end: held, it is kept.
+            let mut space = [0u8; 64];
+            assert!(
+                matches!(read(&mut conn, &mut cx, &mut space), Poll::Ready(Ok(n)) if n == next.len())
+            );
+            assert_eq!(&space[..next.len()], &next[..]);
+            assert!(read(&mut conn, &mut cx, &mut space).is_pending());
+            assert!(exchange.flags().ended, "told once hyper came to it");
+        }
     }
 
     /// hyper's turns on a connection whose answer is held, `elapsed` of paused time apart: each
