@@ -189,14 +189,19 @@ test("a client that stops reading with its socket open is not cut, and the gatew
   }
 });
 
+/** The only account of the pool at `path` cools for two minutes; the mock forgets what it saw. */
+async function coolTwoMinutes(path) {
+  const pool = await lib.loadPool(path);
+  Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: Date.now() + 120_000 });
+  await lib.savePool(pool, path);
+  mock.clearRequests();
+}
+
 test("a request held while every account cools, whose client goes away, frees its slot and never goes upstream", async () => {
   process.env.OAUTH_POOL_HOLD_MAX_MS = "300000";
   const { gw, path } = await gateway(["cooling@x.test"], { maxConnections: 1 });
   try {
-    const pool = await lib.loadPool(path);
-    Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: Date.now() + 120_000 });
-    await lib.savePool(pool, path);
-    mock.clearRequests();
+    await coolTwoMinutes(path);
     for (const leave of ["destroy", "end"]) {
       const c = client(gw.url, post(), { allowHalfOpen: true });
       await sleep(1000);
@@ -231,10 +236,7 @@ test("a held request with a pipelined one behind it, whose client goes away, fre
   process.env.OAUTH_POOL_HOLD_MAX_MS = "300000";
   const { gw, path } = await gateway(["piped-held@x.test"], { maxConnections: 1 });
   try {
-    const pool = await lib.loadPool(path);
-    Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: Date.now() + 120_000 });
-    await lib.savePool(pool, path);
-    mock.clearRequests();
+    await coolTwoMinutes(path);
     for (const leave of ["destroy", "end"]) {
       const c = client(gw.url, post() + post(), { allowHalfOpen: true });
       await sleep(500);

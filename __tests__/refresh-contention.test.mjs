@@ -117,22 +117,7 @@ test("another process stuck refreshing an account: a request moves to another ac
 test("savePool of a copy read before another process added a login keeps that login; what the copy removed stays removed", async () => {
   const path = await seedPool(mock, ["kept@x.test", "dropped@x.test"]);
   const copy = await loadPool(path);
-  const added = await new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, "add-key", "--email", "meanwhile@x.test", "--json"], {
-      env: { ...process.env, OAUTH_POOL_PATH: path },
-      stdio: ["pipe", "pipe", "pipe"],
-    });
-    let out = "";
-    child.stdout.on("data", (d) => {
-      out += d;
-    });
-    child.stderr.on("data", (d) => {
-      out += d;
-    });
-    child.on("error", reject);
-    child.on("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`add-key exit ${code}: ${out}`))));
-    child.stdin.end("fake-console-key-meanwhile-for-tests-only\n");
-  });
+  const added = await cliOn(path, ["add-key", "--email", "meanwhile@x.test", "--json"], "fake-console-key-meanwhile-for-tests-only\n");
   assert.match(added, /meanwhile@x\.test/);
   copy.anthropic = copy.anthropic.filter((a) => a.email !== "dropped@x.test");
   copy.anthropic[0].priority = 4;
