@@ -477,9 +477,17 @@ test("the tool's list and status stay short with 300 accounts: those needing a l
     assert.match(text, /member-297@example\.com.*rate-limited/, name);
     assert.match(text, /member-298@example\.com.*auth-error/, name);
     assert.match(text, /member-299@example\.com.*disabled/, name);
-    assert.match(text, new RegExp(`${300 - ACCOUNTS_SHOWN} more accounts not shown \\(${300 - ACCOUNTS_SHOWN} idle\\): ask with \`email\``), name);
-    assert.doesNotMatch(text, /member-150@example\.com/, name);
   }
+  // Past those shown, status counts the rest and list names every one with its status.
+  assert.match(status, new RegExp(`${300 - ACCOUNTS_SHOWN} more accounts not shown \\(${300 - ACCOUNTS_SHOWN} idle\\): ask with \`email\``));
+  assert.doesNotMatch(status, /member-150@example\.com/);
+  assert.match(
+    list,
+    new RegExp(
+      `\\n${300 - ACCOUNTS_SHOWN} more accounts, by status \\(ask with \`email\` for one's details\\): idle: member-\\d{3}@example\\.com, .*member-150@example\\.com, `,
+    ),
+  );
+  for (let i = 0; i < 300; i++) assert.ok(list.includes(`member-${String(i).padStart(3, "0")}@example.com`), `list names account ${i}`);
   assert.equal(list.split("\n").filter((l) => /^\d+\. member-/.test(l)).length, ACCOUNTS_SHOWN);
   assert.match(list, /^1\. member-000@example\.com /m, "the first in the file among them");
   assert.match(list, /^300\. member-299@example\.com /m, "numbered by their place in the file");
