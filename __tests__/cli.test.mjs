@@ -672,19 +672,26 @@ test("doctor: leftover temp files warn; a plain-http endpoint off loopback is a 
   assert.match(bad[0].message, /OAUTH_POOL_API_URL.*INSECURE_ENDPOINT/);
   const scheme = await cli(["doctor"], { path, env: { OAUTH_POOL_TOKEN_URL: "ftp://127.0.0.1/x" } });
   assert.equal(scheme.code, 3);
-  // A proxy setting no client could use is a problem, not "direct"; URLs are shown without
-  // their password or query.
+  // A proxy setting no client could use is a problem, not "direct".
+  const proxied = await cli(["doctor", "--json"], {
+    path,
+    env: { OAUTH_POOL_API_URL: "https://api.example.test", OAUTH_POOL_TOKEN_URL: "https://example.test/token", HTTPS_PROXY: "socks5://127.0.0.1:1080" },
+  });
+  assert.equal(proxied.code, 3, proxied.stdout);
+  let problems = json(proxied).checks.filter((c) => c.name === "endpoint" && c.level === "problem");
+  assert.equal(problems.length, 2, JSON.stringify(problems));
+  for (const p of problems) assert.match(p.message, /HTTPS_PROXY is not a proxy this client can use/);
+  // An endpoint URL holding a password or a query is refused, shown without them.
   const env = {
     OAUTH_POOL_API_URL: "https://api.example.test/?key=abc",
     OAUTH_POOL_TOKEN_URL: "https://u:secretpw@example.test/token",
     HTTPS_PROXY: "socks5://127.0.0.1:1080",
   };
-  const proxied = await cli(["doctor", "--json"], { path, env });
-  assert.equal(proxied.code, 3, proxied.stdout);
-  const problems = json(proxied).checks.filter((c) => c.name === "endpoint" && c.level === "problem");
-  assert.equal(problems.length, 2, JSON.stringify(problems));
-  assert.match(problems[0].message, /HTTPS_PROXY is not a proxy this client can use/);
-  assert.doesNotMatch(proxied.stdout, /secretpw|key=abc/);
+  const leaky = await cli(["doctor", "--json"], { path, env });
+  assert.equal(leaky.code, 3, leaky.stdout);
+  problems = json(leaky).checks.filter((c) => c.name === "endpoint" && c.level === "problem");
+  assert.deepEqual(problems.map((p) => p.message.split(":")[0]).sort(), ["OAUTH_POOL_API_URL", "OAUTH_POOL_TOKEN_URL"], JSON.stringify(problems));
+  assert.doesNotMatch(leaky.stdout, /secretpw|key=abc/);
 });
 
 /** Runs `oauth-pool add`, approves the URL it prints at the mock as `email`, pastes the code. */
