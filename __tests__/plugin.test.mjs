@@ -508,6 +508,37 @@ test("the tool's list and status stay short with 300 accounts: those needing a l
   }
 });
 
+test("the tool's list and status bound a name no login made (a hand edit of 10 KB): its start and its place, every account still named, no credential in it", async () => {
+  // Names the pool takes are at most 254 characters; the file's own may be anything. The list
+  // names every account past the 40 shown: 300 names of 10 KB made it 3 MB of a model's context.
+  const path = freshPath();
+  const now = Date.now();
+  const long = (i) => `member-${String(i).padStart(3, "0")}-${"n".repeat(10_000)}@example.com`;
+  const anthropic = Array.from({ length: 300 }, (_, i) => ({ email: long(i), refresh: `r-${i}`, access: `a-${i}`, expires: now + 3_600_000 }));
+  // A credential past the cut, and one before it, in names listed by status and shown in full.
+  const secret = `sk-ant-api03-${"S".repeat(40)}`;
+  anthropic[5].email = `${"k".repeat(240)}${secret}-tail`;
+  anthropic[250].email = `${"k".repeat(240)}${secret}-tail`;
+  anthropic[251].email = `${secret}${"k".repeat(400)}`;
+  writeFileSync(path, JSON.stringify({ version: 1, anthropic }), { mode: 0o600 });
+  const { poolActionText } = await import("../lib/plugin/tool.mjs");
+  const list = await poolActionText({ action: "list" }, path);
+  const status = await poolActionText({ action: "status" }, path);
+  for (const [name, text] of [
+    ["list", list],
+    ["status", status],
+  ]) {
+    assert.ok(text.length < 120_000, `${name}: ${text.length} characters`);
+    assert.doesNotMatch(text, /sk-ant-|SSSSSSSSSS/, name);
+  }
+  for (let i = 0; i < 300; i++) {
+    if (i === 5 || i === 250 || i === 251) continue;
+    assert.ok(list.includes(`member-${String(i).padStart(3, "0")}-nnnn`), `list names account ${i}`);
+    assert.ok(list.includes(`… (#${i})`), `list gives account ${i}'s place`);
+  }
+  for (const i of [5, 250, 251]) assert.ok(list.includes(` (#${i})`), `list gives account ${i}'s place`);
+});
+
 test("a 429 cascade through many accounts is one toast saying what happened, not one per account; every account cooling is one toast too", async () => {
   const { oauthEntry } = await import("./helpers/pool-env.mjs");
   const emails = ["c1", "c2", "c3", "c4", "c5"].map((n) => `${n}@cascade.test`);

@@ -51,13 +51,24 @@ export function holdsCredential(name) {
   return withoutCredentials(text) !== text;
 }
 
+/** The longest name the pool takes (an address's limit, src/account.rs). */
+const NAME_SHOWN = 254;
+
 /**
  * An account's name as a list shows it: one holding a credential is shown without it, so with
  * its place in the file (`team [redacted] (#2)`, from 0), the `#N` every command that names an
- * account takes in place of its name. `index` is the entry's place among all of the file's
+ * account takes in place of its name. One longer than a name the pool takes is shown by its
+ * start and its place. `index` is the entry's place among all of the file's
  * (unreadable ones counted).
  */
 export function placedName(name, index) {
+  const text = String(name ?? "");
+  // Only a hand edit or another program makes a longer one: 300 names of 10 KB made the tool's
+  // list 3 MB of a model's context. Cut after the credentials are out, so none is cut in half.
+  if (text.length > NAME_SHOWN)
+    return `${withoutCredentials(text)
+      .slice(0, NAME_SHOWN)
+      .replace(/[\ud800-\udbff]$/, "")}… (#${index})`;
   return holdsCredential(name) ? `${name} (#${index})` : name;
 }
 
