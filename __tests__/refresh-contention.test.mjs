@@ -182,6 +182,21 @@ test("savePool of a copy read before another process removed an account keeps it
   assert.equal(readPool(path).anthropic.length, 4);
 });
 
+// What a copy held as read speaks of the pool it was read from. Saved to another (a script
+// moving a pool to a new place, over one there), every account of the copy was "removed since"
+// from that one and left out: the save wrote an empty pool.
+test("savePool of a copy loadPool read from one pool, saved to another, writes its accounts there", async () => {
+  const from = await seedPool(mock, ["moved-1@x.test", "moved-2@x.test"]);
+  const to = await seedPool(mock, ["there@x.test"]);
+  const copy = await loadPool(from);
+  await savePool(copy, to);
+  assert.deepEqual(
+    readPool(to).anthropic.map((a) => a.email),
+    ["moved-1@x.test", "moved-2@x.test"],
+  );
+  assert.equal(account(to, "moved-2@x.test").refresh, account(from, "moved-2@x.test").refresh);
+});
+
 test("savePool of a copy read before a refresh keeps the newer tokens instead of writing back the spent one", async () => {
   const path = await seedPool(mock, ["stale@x.test"], { expired: ["stale@x.test"] });
   const copy = await loadPool(path); // e.g. a script that changes a priority

@@ -1,6 +1,8 @@
 // The library's functions: each validates its arguments (a wrong type rejects with
 // INVALID_ARGUMENT and a sentence, never napi's `StringExpected`), then calls Rust, and every
 // rejection carries `err.code`. One set of wrappers, used by index.mjs, the plugin and the CLI.
+import { homedir } from "node:os";
+import { resolve } from "node:path";
 import { native } from "./native.mjs";
 import { scrubbed, settle, toPoolError, wrap } from "./errors.mjs";
 
@@ -116,6 +118,13 @@ function poolInvalid(message) {
 // back with the save).
 const READ_AT = Symbol("opencode-oauth-pool read at");
 const HELD = Symbol("opencode-oauth-pool accounts as read");
+// What was read says what was removed from that pool only: a copy saved to another (a pool moved
+// to a new place, over one there) left out every account it held, and wrote an empty pool.
+const READ_FROM = Symbol("opencode-oauth-pool read from");
+
+/** The pool `where` names, as JavaScript can tell: a path resolved, else what the addon reads to choose one. */
+const poolNamed = (where) =>
+  where === undefined ? ["env", process.env.OAUTH_POOL_STORE, process.env.OAUTH_POOL_PATH, homedir()].join("\0") : `path\0${resolve(where)}`;
 
 function heldAsRead(pool) {
   if (!Array.isArray(pool.anthropic)) return undefined;
@@ -136,6 +145,7 @@ export const loadPool = wrap(async (path) => {
   if (pool !== null && typeof pool === "object") {
     Object.defineProperty(pool, READ_AT, { value: readAt });
     Object.defineProperty(pool, HELD, { value: heldAsRead(pool) });
+    Object.defineProperty(pool, READ_FROM, { value: poolNamed(where) });
   }
   return pool;
 });
@@ -148,7 +158,7 @@ export const savePool = wrap((pool, path) => {
     );
   }
   checkJson(pool, "pool");
-  return native.savePool(pool, where, pool[READ_AT], pool[HELD]);
+  return native.savePool(pool, where, pool[READ_AT], pool[READ_FROM] === poolNamed(where) ? pool[HELD] : undefined);
 });
 
 export const authorize = wrap(async (options) => {
