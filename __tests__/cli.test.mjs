@@ -725,6 +725,7 @@ test("add: prints the authorize URL, reads the pasted code, adds the account (lo
     r.stderr,
     /Anthropic's terms reserve Pro\/Max logins for Claude Code and claude\.ai; a Console API key is the sanctioned way .*`oauth-pool add-key` adds one/,
   );
+  assert.equal(r.stderr.split("terms reserve").length - 1, 1, "said once per login");
   const stored = readPool(path).anthropic;
   assert.equal(stored.length, 1);
   const t = mock.tokens("alice@x.test");
