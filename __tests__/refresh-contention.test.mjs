@@ -197,6 +197,34 @@ test("savePool of a copy loadPool read from one pool, saved to another, writes i
   assert.equal(account(to, "moved-2@x.test").refresh, account(from, "moved-2@x.test").refresh);
 });
 
+// A script's loadPool, edit, savePool while another process changed an account's credentials:
+// `oauth-pool refresh` of a login whose entry says no expiry (an older writer's, or one written
+// by hand), or `oauth-pool add-key` giving an API-key account its new key. The copy holds that
+// account's credentials as it read them, so what is stored now is newer: the save wrote the spent
+// refresh token back (the next refresh got the login revoked) and the replaced key.
+test("savePool of a copy read before another process refreshed an account or replaced its key keeps what that process wrote", async () => {
+  const path = await seedPool(mock, ["unstated@x.test"]);
+  const seeded = readPool(path);
+  delete seeded.anthropic[0].expires;
+  await savePool(seeded, path);
+  const [oldKey, newKey] = ["old", "new"].map((k) => `fake-console-key-${k}-for-tests-only`);
+  await cliOn(path, ["add-key", "--email", "keyed@x.test", "--json"], `${oldKey}\n`);
+  const copy = await loadPool(path);
+  assert.equal(copy.anthropic[0].expires ?? null, null, "the entry says no expiry");
+  const refreshed = JSON.parse((await cliOn(path, ["refresh", "unstated@x.test", "--json"])).trim().split("\n").at(-1));
+  assert.equal(refreshed.outcome, "refreshed");
+  const live = account(path, "unstated@x.test").refresh;
+  await cliOn(path, ["add-key", "--email", "keyed@x.test", "--json"], `${newKey}\n`);
+  assert.equal(account(path, "keyed@x.test").key, newKey);
+  for (const a of copy.anthropic) a.priority = 2;
+  await savePool(copy, path);
+  const saved = account(path, "unstated@x.test");
+  assert.equal(saved.priority, 2, "the copy's change is written");
+  assert.equal(saved.refresh, live, "the refresh token another process got stays, not the spent one");
+  assert.equal(account(path, "keyed@x.test").key, newKey, "the key given meanwhile stays");
+  assert.equal(account(path, "keyed@x.test").priority, 2);
+});
+
 test("savePool of a copy read before a refresh keeps the newer tokens instead of writing back the spent one", async () => {
   const path = await seedPool(mock, ["stale@x.test"], { expired: ["stale@x.test"] });
   const copy = await loadPool(path); // e.g. a script that changes a priority

@@ -291,6 +291,9 @@ impl ReadCopy {
             }
         }
         if let Some(held) = &self.held {
+            for email in copy.keep_credentials_changed_since(stored, held) {
+                tracing::info!(account = %email, "kept the stored credentials: changed since the copy was read");
+            }
             for email in copy.drop_removed_since(stored, held) {
                 tracing::info!(account = %email, "left out an account removed since the copy was read");
             }
@@ -558,6 +561,40 @@ impl Pool {
         self.anthropic
             .extend(added.into_iter().map(|a| Entry::Valid(Box::new(a))));
         names
+    }
+
+    /// For each account of the copy whose tokens (or key) are still as it read them (`held`),
+    /// those `stored` holds now when they differ: another process changed them since (a refresh,
+    /// a login again, a new key), and the copy's are older. `keep_newer_state` tells that by the
+    /// expiry alone, which an entry may not state (an older writer's, one written by hand): the
+    /// spent refresh token was written back and the login lost, and a key replaced meanwhile
+    /// came back. Credentials the copy changed itself are its own and stay. Returns the names.
+    pub fn keep_credentials_changed_since(&mut self, stored: &Pool, held: &Pool) -> Vec<String> {
+        let mut kept = Vec::new();
+        for a in self.accounts_mut() {
+            let (Some(s), Some(h)) = (stored.find(&a.email), held.find(&a.email)) else {
+                continue;
+            };
+            let mut changed = false;
+            let tokens_as_read = a.refresh == h.refresh && a.access == h.access;
+            if tokens_as_read
+                && s.refresh.is_some()
+                && (s.refresh != a.refresh || s.access != a.access)
+            {
+                a.refresh = s.refresh.clone();
+                a.access = s.access.clone();
+                a.expires = s.expires;
+                changed = true;
+            }
+            if a.key == h.key && s.key.is_some() && s.key != a.key {
+                a.key = s.key.clone();
+                changed = true;
+            }
+            if changed {
+                kept.push(a.email.clone());
+            }
+        }
+        kept
     }
 
     /// The accounts of the copy that it held when it was read (`held`: its accounts as read),
@@ -900,6 +937,43 @@ mod tests {
         assert_eq!(names, ["old@x.test", "new@x.test"]);
         let kept = copy.find("new@x.test").and_then(|a| a.refresh.as_ref());
         assert_eq!(kept.map(|r| r.expose()), Some("r3"));
+    }
+
+    #[test]
+    fn a_copy_saved_back_takes_credentials_changed_since_unless_it_changed_them_itself() {
+        let held = Pool::from_value(json!({ "anthropic": [
+            { "email": "refreshed@x.test", "refresh": "r1", "access": "a1" },
+            { "email": "renewed@x.test", "refresh": "r2", "access": "a2" },
+            { "email": "keyed@x.test", "type": "api", "key": "k1" },
+            { "email": "same@x.test", "refresh": "r3", "access": "a3" },
+        ]}))
+        .unwrap();
+        let stored = Pool::from_value(json!({ "anthropic": [
+            { "email": "refreshed@x.test", "refresh": "r1-next", "access": "a1-next", "expires": 9 },
+            { "email": "renewed@x.test", "refresh": "r2-other", "access": "a2-other" },
+            { "email": "keyed@x.test", "type": "api", "key": "k2" },
+            { "email": "same@x.test", "refresh": "r3", "access": "a3" },
+        ]}))
+        .unwrap();
+        let mut copy = Pool::from_value(json!({ "anthropic": [
+            { "email": "refreshed@x.test", "refresh": "r1", "access": "a1", "priority": 2 },
+            { "email": "renewed@x.test", "refresh": "r2-mine", "access": "a2-mine" },
+            { "email": "keyed@x.test", "type": "api", "key": "k1" },
+            { "email": "same@x.test", "refresh": "r3", "access": "a3" },
+        ]}))
+        .unwrap();
+        assert_eq!(
+            copy.keep_credentials_changed_since(&stored, &held),
+            ["refreshed@x.test", "keyed@x.test"]
+        );
+        let a = copy.find("refreshed@x.test").unwrap();
+        assert_eq!(a.refresh.as_ref().map(|r| r.expose()), Some("r1-next"));
+        assert_eq!(a.access.as_ref().map(|r| r.expose()), Some("a1-next"));
+        assert_eq!((a.expires, a.priority), (Some(9), Some(2)));
+        let mine = copy.find("renewed@x.test").unwrap();
+        assert_eq!(mine.refresh.as_ref().map(|r| r.expose()), Some("r2-mine"));
+        let keyed = copy.find("keyed@x.test").unwrap();
+        assert_eq!(keyed.key.as_ref().map(|k| k.expose()), Some("k2"));
     }
 
     #[test]
