@@ -260,6 +260,41 @@ test("a held request with a pipelined one behind it, whose client goes away, fre
   }
 });
 
+// The connection reads ahead of hyper while a request is held (up to 64 KB, for the end of a
+// client that pipelined and left): a client that stays gets each pipelined request whole and in
+// order, bodies past that bound too, whether it keeps its socket open or half-closes it.
+test("a large held request with a large pipelined one behind it: a client that stays gets both answered, each body upstream whole and in order", async () => {
+  process.env.OAUTH_POOL_HOLD_MAX_MS = "300000";
+  const { gw, path } = await gateway(["piped-stays@x.test"]);
+  try {
+    for (const leave of ["open", "end"]) {
+      await coolTwoMinutes(path);
+      const big = Array.from({ length: 30_000 }, (_, i) => `${leave}${i}`).join(" ");
+      const asking = (content) => JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content }] });
+      const c = client(gw.url, post(asking(`first ${big}`)) + post(asking(big)), { allowHalfOpen: true });
+      await sleep(500);
+      if (leave === "end") c.socket.end();
+      await sleep(300);
+      assert.equal(c.data().replaceAll("HTTP/1.1 100 Continue\r\n\r\n", ""), "", "held: no answer yet");
+      await lib.resetCooldowns(path);
+      for (let i = 0; i < 50 && (c.data().match(/HTTP\/1\.1 200/g) ?? []).length < 2; i++) await sleep(100);
+      assert.equal((c.data().match(/HTTP\/1\.1 200/g) ?? []).length, 2, `${leave}: both answered`);
+      const sent = mock.requests.filter((r) => r.path.startsWith("/v1/"));
+      assert.equal(sent.length, 2, `${leave}: each request upstream once`);
+      assert.deepEqual(
+        sent.map((r) => JSON.parse(r.body).messages[0].content),
+        [`first ${big}`, big],
+        `${leave}: each body whole, in order`,
+      );
+      c.socket.destroy();
+      await c.closed;
+    }
+  } finally {
+    delete process.env.OAUTH_POOL_HOLD_MAX_MS;
+    await gw.close(1000);
+  }
+});
+
 test("a streaming client that went away with a pipelined request behind its first still has its upstream request cut", async () => {
   // hyper reads no further while a next request's bytes wait in its buffer, so the client's
   // end is not read: it is seen when a write to it fails, which a streamed answer soon makes.
