@@ -315,20 +315,24 @@ test("store copy over PostgreSQL accounts the source does not hold: they are kep
 
 // savePool of a copy read before another process removed an account wrote the account back;
 // on the fleet store as on the file, it stays removed unless the copy holds new credentials.
+// One whose tokens another writer changed meanwhile (its entry stating no expiry) keeps them.
 test("savePool of a copy read before an account was removed from the store keeps it removed, unless the copy holds new credentials for it", async () => {
   const emails = ["stays", "gone", "renewed"].map((n) => `${n}-rm@fleet.test`);
   const entries = emails.map((e) => oauthEntry(e));
+  delete entries[0].expires;
   await seedStore(hostA, { anthropic: entries });
   const code = `const lib = await import(${JSON.stringify(here("../index.mjs"))});
 const copy = await lib.loadPool();
 for (const e of ${JSON.stringify(emails.slice(1))}) await lib.removeAccount(e);
+const now = (await lib.loadPool()).anthropic.map((a) => ({ ...a, refresh: "refreshed-elsewhere" }));
+await lib.savePool({ anthropic: now });
 copy.anthropic.find((a) => a.email === ${JSON.stringify(emails[2])}).refresh = "renewed-by-the-script";
 await lib.savePool(copy);
 process.stdout.write(JSON.stringify((await lib.loadPool()).anthropic.map((a) => [a.email, a.refresh])));`;
   const r = await run("--input-type=module", ["-e", code], hostA.env);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout), [
-    [emails[0], entries[0].refresh],
+    [emails[0], "refreshed-elsewhere"],
     [emails[2], "renewed-by-the-script"],
   ]);
 });
