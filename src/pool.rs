@@ -568,7 +568,8 @@ impl Pool {
     /// a login again, a new key), and the copy's are older. `keep_newer_state` tells that by the
     /// expiry alone, which an entry may not state (an older writer's, one written by hand): the
     /// spent refresh token was written back and the login lost, and a key replaced meanwhile
-    /// came back. Credentials the copy changed itself are its own and stay. Returns the names.
+    /// came back. Credentials the copy changed itself are its own and stay, and so do tokens
+    /// the stored ones are said to expire before. Returns the names.
     pub fn keep_credentials_changed_since(&mut self, stored: &Pool, held: &Pool) -> Vec<String> {
         let mut kept = Vec::new();
         for a in self.accounts_mut() {
@@ -577,7 +578,11 @@ impl Pool {
             };
             let mut changed = false;
             let tokens_as_read = a.refresh == h.refresh && a.access == h.access;
+            // Stored tokens that end sooner are an older file put back (a sync tool, an
+            // editor's undo), not a refresh: the copy's stay.
+            let older = matches!((s.expires, a.expires), (Some(s), Some(a)) if s < a);
             if tokens_as_read
+                && !older
                 && s.refresh.is_some()
                 && (s.refresh != a.refresh || s.access != a.access)
             {
@@ -946,6 +951,7 @@ mod tests {
             { "email": "renewed@x.test", "refresh": "r2", "access": "a2" },
             { "email": "keyed@x.test", "type": "api", "key": "k1" },
             { "email": "same@x.test", "refresh": "r3", "access": "a3" },
+            { "email": "restored@x.test", "refresh": "r4", "access": "a4", "expires": 20 },
         ]}))
         .unwrap();
         let stored = Pool::from_value(json!({ "anthropic": [
@@ -953,6 +959,7 @@ mod tests {
             { "email": "renewed@x.test", "refresh": "r2-other", "access": "a2-other" },
             { "email": "keyed@x.test", "type": "api", "key": "k2" },
             { "email": "same@x.test", "refresh": "r3", "access": "a3" },
+            { "email": "restored@x.test", "refresh": "r4-before", "access": "a4-before", "expires": 10 },
         ]}))
         .unwrap();
         let mut copy = Pool::from_value(json!({ "anthropic": [
@@ -960,6 +967,7 @@ mod tests {
             { "email": "renewed@x.test", "refresh": "r2-mine", "access": "a2-mine" },
             { "email": "keyed@x.test", "type": "api", "key": "k1" },
             { "email": "same@x.test", "refresh": "r3", "access": "a3" },
+            { "email": "restored@x.test", "refresh": "r4", "access": "a4", "expires": 20 },
         ]}))
         .unwrap();
         assert_eq!(
@@ -974,6 +982,8 @@ mod tests {
         assert_eq!(mine.refresh.as_ref().map(|r| r.expose()), Some("r2-mine"));
         let keyed = copy.find("keyed@x.test").unwrap();
         assert_eq!(keyed.key.as_ref().map(|k| k.expose()), Some("k2"));
+        let restored = copy.find("restored@x.test").unwrap();
+        assert_eq!(restored.refresh.as_ref().map(|r| r.expose()), Some("r4"));
     }
 
     #[test]
