@@ -21,6 +21,18 @@ const METHOD_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const FORBIDDEN_METHODS = new Set(["CONNECT", "TRACE", "TRACK"]);
 
 /**
+ * What fetch itself refuses it rejects with a TypeError, and callers tell a bad call from a
+ * failed one by that class (as the runtime's fetch gives it): the pool's refusals of a fetch
+ * call are TypeErrors too, carrying the contract's INVALID_ARGUMENT code. A plain Error here
+ * was read as something else than fetch's refusal of the same arguments.
+ */
+function refused(message) {
+  const err = new TypeError(message);
+  err.code = "INVALID_ARGUMENT";
+  return err;
+}
+
+/**
  * Refuses what fetch itself refuses about a URL, before anything is decided or sent: a scheme
  * other than http(s), and a user name or password in it (a credential the caller did not mean
  * to send, and one the pool's own would be mixed with).
@@ -38,33 +50,33 @@ function checkUrl(url) {
   } catch {
     // A user name and password in it are not repeated (a space in the host made it invalid).
     const shown = url.split(/[?#]/)[0].replace(/\/\/.*@/s, "//[redacted]@");
-    throw invalidArgument(`not an absolute URL: ${scrubbed(shown.slice(0, 200))}`);
+    throw refused(`not an absolute URL: ${scrubbed(shown.slice(0, 200))}`);
   }
-  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") throw invalidArgument(`only http and https URLs are fetched, not ${parsed.protocol}`);
-  if (parsed.username || parsed.password) throw invalidArgument("a URL with a user name or password in it is refused, as fetch refuses it");
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") throw refused(`only http and https URLs are fetched, not ${parsed.protocol}`);
+  if (parsed.username || parsed.password) throw refused("a URL with a user name or password in it is refused, as fetch refuses it");
 }
 
 const isArrayBuffer = (v) => v instanceof ArrayBuffer || (typeof SharedArrayBuffer === "function" && v instanceof SharedArrayBuffer);
 
 async function requestParts(input, init) {
-  if (typeof init !== "object" || Array.isArray(init)) throw invalidArgument(`fetch options must be an object, got ${typeof init}`);
+  if (typeof init !== "object" || Array.isArray(init)) throw refused(`fetch options must be an object, got ${typeof init}`);
   const isRequest = typeof Request !== "undefined" && input instanceof Request;
   if (!isRequest && typeof input !== "string" && !(input instanceof URL)) {
-    throw invalidArgument(`fetch takes a URL string, a URL or a Request, got ${input === null ? "null" : typeof input}`);
+    throw refused(`fetch takes a URL string, a URL or a Request, got ${input === null ? "null" : typeof input}`);
   }
   const url = isRequest ? input.url : input instanceof URL ? input.href : input;
   checkUrl(url);
   if (init.method !== undefined && typeof init.method !== "string") {
-    throw invalidArgument(`method must be a string such as "POST", got ${typeof init.method}`);
+    throw refused(`method must be a string such as "POST", got ${typeof init.method}`);
   }
   const method = (init.method ?? (isRequest ? input.method : "GET")).toUpperCase();
   // Quoted as given (upper case would hide a token's shape from the scrub).
-  if (!METHOD_TOKEN.test(method)) throw invalidArgument(`not an HTTP method: ${scrubbed(JSON.stringify(init.method ?? input.method))}`);
-  if (FORBIDDEN_METHODS.has(method)) throw invalidArgument(`fetch does not send ${method} requests`);
+  if (!METHOD_TOKEN.test(method)) throw refused(`not an HTTP method: ${scrubbed(JSON.stringify(init.method ?? input.method))}`);
+  if (FORBIDDEN_METHODS.has(method)) throw refused(`fetch does not send ${method} requests`);
   const redirect = init.redirect ?? (isRequest ? input.redirect : "follow");
-  if (!REDIRECT_MODES.has(redirect)) throw invalidArgument(`redirect must be "follow", "error" or "manual", got ${scrubbed(JSON.stringify(String(redirect)))}`);
+  if (!REDIRECT_MODES.has(redirect)) throw refused(`redirect must be "follow", "error" or "manual", got ${scrubbed(JSON.stringify(String(redirect)))}`);
   // Nothing here checks an answer against it: refused rather than ignored, as the caller asked.
-  if ((init.integrity ?? (isRequest ? input.integrity : "")) !== "") throw invalidArgument("integrity is not checked by the pool fetch: leave it out");
+  if ((init.integrity ?? (isRequest ? input.integrity : "")) !== "") throw refused("integrity is not checked by the pool fetch: leave it out");
   let headers;
   try {
     // An init's headers replace a Request's, as fetch takes them.
@@ -74,7 +86,7 @@ async function requestParts(input, init) {
     // into an error that hosts log. The value is left out, and the rest scrubbed as any text of
     // the runtime's is.
     const why = String(err?.message ?? err).replace(/"[\s\S]*" is an invalid header value/, "a value is not a valid header value");
-    throw invalidArgument(`headers are not valid: ${scrubbed(why)}`);
+    throw refused(`headers are not valid: ${scrubbed(why)}`);
   }
   // An init's signal replaces a Request's, null included (no signal), as fetch takes it.
   const signal = init.signal !== undefined ? init.signal : isRequest ? input.signal : undefined;
@@ -84,7 +96,7 @@ async function requestParts(input, init) {
     signal !== null &&
     (typeof signal !== "object" || typeof signal.aborted !== "boolean" || typeof signal.addEventListener !== "function")
   ) {
-    throw invalidArgument("signal must be an AbortSignal");
+    throw refused("signal must be an AbortSignal");
   }
   // Only a body replaces a Request's: an init's null body keeps it, as fetch takes it (the
   // fetch standard, and Node's; Bun's drops it).
@@ -92,9 +104,9 @@ async function requestParts(input, init) {
   const source = initBody !== null ? initBody : isRequest ? input.body : null;
   let body;
   if (source !== null && (method === "GET" || method === "HEAD")) {
-    throw invalidArgument(`a ${method} request cannot have a body`);
+    throw refused(`a ${method} request cannot have a body`);
   }
-  if (initBody === null && isRequest && input.bodyUsed) throw invalidArgument("the Request's body was already read");
+  if (initBody === null && isRequest && input.bodyUsed) throw refused("the Request's body was already read");
   if (source !== null) {
     if (typeof source === "string") {
       // Kept as text: the runtime's fetch encodes it itself, and the Rust client's request is
@@ -114,7 +126,7 @@ async function requestParts(input, init) {
         wrapped = new Response(source);
       } catch (err) {
         // A stream already locked or read.
-        throw invalidArgument(`the request body cannot be sent: ${scrubbed(err?.message ?? err)}`);
+        throw refused(`the request body cannot be sent: ${scrubbed(err?.message ?? err)}`);
       }
       const type = wrapped.headers.get("content-type");
       if (type && !headers.has("content-type")) headers.set("content-type", type);
@@ -165,7 +177,7 @@ async function readWhole(stream, signal, copy) {
   } catch (err) {
     reader.cancel(err).catch(() => {});
     if (signal?.aborted) throw abortError(signal);
-    throw invalidArgument(`the request body could not be read: ${scrubbed(err?.message ?? err)}`);
+    throw refused(`the request body could not be read: ${scrubbed(err?.message ?? err)}`);
   } finally {
     if (onAbort) signal.removeEventListener?.("abort", onAbort);
   }
@@ -302,10 +314,17 @@ export function poolFetchWith(options = {}, { holdAtMostMs, onEvents } = {}) {
     const parts = await requestParts(input, init ?? {});
     if (parts.signal?.aborted) throw abortError(parts.signal);
     syncEnv();
-    const response =
-      runtimeCarries(carrier) && isApiUrl(parts.url)
-        ? await runtimeFetch(parts, { path, onEvents: typeof onEvent === "function" ? notify : undefined, listener: listen(), holdAtMostMs })
-        : await nativeFetch(parts, path, notify, listen(), holdAtMostMs);
+    let response;
+    try {
+      response =
+        runtimeCarries(carrier) && isApiUrl(parts.url)
+          ? await runtimeFetch(parts, { path, onEvents: typeof onEvent === "function" ? notify : undefined, listener: listen(), holdAtMostMs })
+          : await nativeFetch(parts, path, notify, listen(), holdAtMostMs);
+    } catch (err) {
+      // What the engine refuses of the call (a URL it cannot parse, such as "http://") is a
+      // refusal of fetch's arguments as the ones above are.
+      throw err?.code === "INVALID_ARGUMENT" && !(err instanceof TypeError) ? refused(err.message) : err;
+    }
     // Neither transport follows a redirect; one the caller said it does not take fails as
     // fetch fails it.
     if (parts.redirect === "error" && REDIRECT_STATUS.has(response.status)) {
