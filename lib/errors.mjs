@@ -15,8 +15,9 @@ export function toPoolError(err) {
   if (code === "ABORT_ERR") {
     out = new DOMException("The operation was aborted.", "AbortError");
   } else if (code === "NETWORK") {
-    // What WHATWG fetch rejects with on network failure.
-    out = new TypeError(`fetch failed: ${message}`);
+    // What WHATWG fetch rejects with on network failure, with what went wrong as its cause, as
+    // Node's and Bun's fetch give it.
+    out = new TypeError(`fetch failed: ${message}`, { cause: networkCause(message) });
   } else {
     out = new Error(message);
   }
@@ -25,6 +26,31 @@ export function toPoolError(err) {
   } catch {}
   if (status) out.status = Number(status);
   return out;
+}
+
+// The system's name for a failure the detail states. Callers decide from it whether a network
+// failure may pass on a retry: the AI SDK (provider-utils `handleFetchError`) makes a fetch
+// rejection its retryable "Cannot connect to API" only when its message is exactly "fetch
+// failed" or a cause in its chain has one of these codes (ECONNREFUSED, ECONNRESET, ETIMEDOUT,
+// EPIPE). Without it, a refused or reset connection through the pool was thrown at the
+// caller on the first try, where the runtime's own fetch was retried.
+const ERRNO = [
+  [/connection refused|econnrefused/i, "ECONNREFUSED"],
+  [/connection reset|econnreset/i, "ECONNRESET"],
+  [/broken pipe|epipe/i, "EPIPE"],
+  [/timed out|no (?:data|response headers) (?:for|within) \d+ ms|etimedout/i, "ETIMEDOUT"],
+];
+
+/**
+ * The `cause` of a NETWORK error: an Error saying what went wrong (`detail`, already scrubbed),
+ * with `code` when given (the runtime's own, from its fetch's error) or when the detail names
+ * a system error.
+ */
+export function networkCause(detail, code = undefined) {
+  const cause = new Error(detail);
+  const named = typeof code === "string" && code !== "" ? code : ERRNO.find(([pattern]) => pattern.test(detail))?.[1];
+  if (named) cause.code = named;
+  return cause;
 }
 
 /**

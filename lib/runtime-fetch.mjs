@@ -16,7 +16,7 @@
 import { connect as connectTcp, isIP } from "node:net";
 import { connect as connectTls } from "node:tls";
 import { envGeneration, nativeBinding, proxyConfigured } from "./native.mjs";
-import { scrubbed, toPoolError } from "./errors.mjs";
+import { networkCause, scrubbed, toPoolError } from "./errors.mjs";
 import { abortError, listenAbort } from "./signal.mjs";
 import {
   asBuffer,
@@ -70,8 +70,23 @@ export function runtimeCarries(transport = "auto") {
   return typeof process?.versions?.bun === "string" && !proxyConfigured();
 }
 
-function networkError(detail) {
-  return toPoolError(new Error(`[NETWORK] network error talking to the API: ${detail}`));
+function networkError(detail, from = undefined) {
+  const err = toPoolError(new Error(`[NETWORK] network error talking to the API: ${detail}`));
+  // The runtime's own code for what happened (Node's ECONNREFUSED on the cause, Bun's
+  // ConnectionRefused on the error), which callers read to tell a failure worth retrying.
+  const code = systemCode(from);
+  if (code) err.cause = networkCause(err.cause?.message ?? detail, code);
+  return err;
+}
+
+/** The first string `code` along `err`'s cause chain. */
+function systemCode(err) {
+  const seen = new Set();
+  for (let e = err; e && typeof e === "object" && !seen.has(e); e = e.cause) {
+    seen.add(e);
+    if (typeof e.code === "string" && e.code !== "" && e.code !== "NETWORK") return e.code;
+  }
+  return undefined;
 }
 
 /**
@@ -195,7 +210,7 @@ async function send(parts, headers, signal, timeoutMs) {
     if (signal?.aborted) throw abortError(signal);
     if (timedOut) throw networkError(`no response headers within ${timeoutMs} ms`);
     if (unreached) throw networkError(unreached);
-    throw networkError(failure(err));
+    throw networkError(failure(err), err);
   } finally {
     settled = true;
     clearTimeout(timer);
@@ -260,7 +275,7 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done, opening
         } catch (err) {
           finish();
           if (signal?.aborted) out.error(abortError(signal));
-          else out.error(stalled ? networkError(`no data for ${timeoutMs} ms`) : networkError(failure(err)));
+          else out.error(stalled ? networkError(`no data for ${timeoutMs} ms`) : networkError(failure(err), err));
           return;
         } finally {
           waiting = false;
@@ -309,7 +324,7 @@ async function withinSilence(read, timeoutMs, controller) {
   } catch (err) {
     if (silent) throw networkError(`no data for ${timeoutMs} ms`);
     if (controller.signal.aborted || err?.code === "NETWORK") throw err;
-    throw networkError(failure(err));
+    throw networkError(failure(err), err);
   } finally {
     clearTimeout(timer);
   }
@@ -510,7 +525,7 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
           release();
           reader.cancel().catch(() => {});
           if (signal?.aborted) throw abortError(signal);
-          throw err?.code === "NETWORK" ? err : networkError(failure(err));
+          throw err?.code === "NETWORK" ? err : networkError(failure(err), err);
         }
       }
       showBodyAfter(ex, response.status, parts.body);
