@@ -455,7 +455,8 @@ async function typedBlob() {
 
 /**
  * What a fetch Response says about itself (`url`, parsed when first read, what its clones say,
- * and under Bun its blob's type), plus the account that served it.
+ * its `type` as the runtime's fetch gives it, and under Bun its blob's type), plus the account
+ * that served it.
  */
 export function described(response, url, account) {
   let shown;
@@ -465,6 +466,8 @@ export function described(response, url, account) {
     clone: { value: keptClone, configurable: true, writable: true },
   };
   if (BUN) own.blob = { value: typedBlob, configurable: true, writable: true };
+  // Node's fetch answers are "basic" (a Response made here is "default"); Bun's say "default".
+  else own.type = { value: "basic", configurable: true };
   return Object.defineProperties(response, own);
 }
 
