@@ -11,7 +11,7 @@ import { createServer } from "node:http";
 import { createServer as createNetServer } from "node:net";
 import { gzipSync } from "node:zlib";
 import { APICallError } from "@ai-sdk/provider";
-import { postJsonToApi } from "@ai-sdk/provider-utils";
+import { createEventSourceResponseHandler, jsonSchema, postJsonToApi } from "@ai-sdk/provider-utils";
 import { createPoolFetch, savePool } from "../index.mjs";
 import { tempPoolPath } from "./helpers/pool-env.mjs";
 
@@ -36,6 +36,10 @@ const INTENDED = {
   // keep-alive) is not handed over: the Response re-frames the body (CONTRACT; src/fetch.rs
   // DROPPED_FROM_ANSWER). `date` is the server's clock.
   framingHeaders: "content-length, transfer-encoding, connection, keep-alive and date of the answer",
+  // A body the client decoded (gzip) comes without `content-encoding`: Node's fetch keeps the
+  // header on the decoded bytes, and a caller relaying the answer decoded it twice
+  // (transport.test.mjs). Compared without that header.
+  decodedEncoding: "no content-encoding on a body handed over decoded",
   // An error's message says what the pool saw, in its words (and carries `code`); its class and
   // name are what is compared.
   errorMessages: "error messages (class, name and identity are compared)",
@@ -475,8 +479,8 @@ test("answers: gzip is decoded, with and without a length", async () => {
     await differential(async (f) => {
       const res = await f(u(s), { headers: keyed() });
       const out = await read(res, "text");
-      // Node's fetch keeps `content-encoding: gzip` on the body it decoded; the pool drops it
-      // (a relay would decode twice: INTENDED.framingHeaders' reason, transport.test.mjs).
+      // INTENDED.decodedEncoding: Node's fetch keeps `content-encoding: gzip` on the body it
+      // decoded; the pool drops it.
       out.headers = out.headers.filter(([n]) => n !== "content-encoding");
       return out;
     });
@@ -552,6 +556,31 @@ test("errors: a refused connection, and one reset before the head, are TypeError
       const sdk = await differential((f) => throughAiSdk(f, `${origin}/v1/messages`));
       assert.deepEqual(sdk, { APICallError: true, isRetryable: true }, `${kind}: the runtime's own fetch`);
     });
+  }
+});
+
+/** How the AI SDK takes a body that breaks off while it streams it (its event-stream handler). */
+async function streamThroughAiSdk(f, url) {
+  try {
+    const { value } = await postJsonToApi({
+      url,
+      headers: keyed(),
+      body: { model: "m" },
+      fetch: f,
+      successfulResponseHandler: createEventSourceResponseHandler(jsonSchema({})),
+      failedResponseHandler: async () => ({ value: new Error("failed") }),
+    });
+    const reader = value.getReader();
+    for (;;) if ((await reader.read()).done) return { ended: true };
+  } catch (err) {
+    return { APICallError: APICallError.isInstance(err), isRetryable: err?.isRetryable };
+  }
+}
+
+test("errors: a body reset, or cut short of its length, while the AI SDK streams it is an error it retries", async () => {
+  for (const s of ["reset", "short"]) {
+    const sdk = await differential((f) => streamThroughAiSdk(f, u(s)));
+    assert.deepEqual(sdk, { APICallError: true, isRetryable: true }, `${s}: the runtime's own fetch`);
   }
 });
 

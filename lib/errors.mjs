@@ -36,7 +36,12 @@ export function toPoolError(err) {
 // caller on the first try, where the runtime's own fetch was retried.
 const ERRNO = [
   [/connection refused|econnrefused/i, "ECONNREFUSED"],
-  [/connection reset|econnreset/i, "ECONNRESET"],
+  // A connection the server closed before its answer was whole is a reset to the caller, as
+  // Node's http client names it (ECONNRESET, "socket hang up").
+  [
+    /connection reset|econnreset|connection closed before message completed|end of file before message length reached|connection dropped while reading/i,
+    "ECONNRESET",
+  ],
   [/broken pipe|epipe/i, "EPIPE"],
   [/timed out|no (?:data|response headers) (?:for|within) \d+ ms|etimedout/i, "ETIMEDOUT"],
 ];
