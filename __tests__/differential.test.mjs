@@ -464,6 +464,47 @@ test("answers: every reader (text, json, arrayBuffer, blob, formData, bytes), cl
   });
 });
 
+test("answers: the body as a stream: chunk types, async iteration", async () => {
+  for (const s of ["json", "trickle"]) {
+    await differential(async (f) => {
+      heldHead = Promise.resolve();
+      const res = await f(u(s), { headers: keyed() });
+      const kinds = new Set();
+      let text = "";
+      for await (const chunk of res.body) {
+        kinds.add(Object.getPrototypeOf(chunk).constructor.name);
+        text += new TextDecoder().decode(chunk);
+      }
+      return { kinds: [...kinds], text, used: res.bodyUsed };
+    });
+  }
+});
+
+// Not fixed: Node's fetch gives a byte stream (a BYOB reader works), the pool's Rust transport
+// a default stream (getReader({ mode: "byob" }) is a TypeError). A byte stream's enqueue
+// transfers the chunk's buffer, and the chunks here are views over the addon's Buffers: the
+// change needs its own care and measurement. Under Bun both refuse alike.
+test("answers: a BYOB reader of the body", { todo: "the pool's body is no byte stream under Node" }, async () => {
+  for (const s of ["json", "trickle"]) {
+    await differential(async (f) => {
+      heldHead = Promise.resolve();
+      const res = await f(u(s), { headers: keyed() });
+      const byob = await settled(
+        (async () => {
+          const reader = res.body.getReader({ mode: "byob" });
+          let text = "";
+          for (;;) {
+            const { done, value } = await reader.read(new Uint8Array(64));
+            if (done) return text;
+            text += new TextDecoder().decode(value);
+          }
+        })(),
+      );
+      return { byob };
+    });
+  }
+});
+
 test("answers: 204, 304 and HEAD have no body", async () => {
   await differential(async (f) => read(await f(u("204"), { headers: keyed() }), "text"));
   await differential(async (f) => read(await f(u("304"), { headers: keyed() }), "text"));
