@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { createServer as createNetServer } from "node:net";
 import { gzipSync } from "node:zlib";
+import Anthropic from "@anthropic-ai/sdk";
 import { APICallError } from "@ai-sdk/provider";
 import { createEventSourceResponseHandler, jsonSchema, postJsonToApi } from "@ai-sdk/provider-utils";
 import { createPoolFetch, savePool } from "../index.mjs";
@@ -49,6 +50,8 @@ const INTENDED = {
   // A small answer announced with its length is read whole before the call resolves (one
   // crossing instead of a stream): a body cut short fails the fetch() call itself with the
   // TypeError, not the read after it. Either way the caller gets a TypeError and no body.
+  // The Anthropic SDK then says APIConnectionError (and retries, when it may) instead of
+  // throwing the body read's TypeError.
   wholeSmallBody: "a small announced body cut short fails the call, not the later read",
   // Where the runtime's fetch departs from the fetch standard, the pool follows the standard on
   // both runtimes: Bun's fetch sends a string body without `content-type` (the pool:
@@ -77,7 +80,8 @@ const server = createServer(async (req, res) => {
   const chunks = [];
   for await (const c of req) chunks.push(c);
   const body = Buffer.concat(chunks);
-  if (req.headers["x-api-key"] !== KEY) {
+  // The key as x-api-key, or as the Anthropic SDK sends it (a bearer).
+  if (req.headers["x-api-key"] !== KEY && req.headers.authorization !== `Bearer ${KEY}`) {
     res.writeHead(401, { "content-type": "application/json" });
     res.end(JSON.stringify({ type: "error", error: { type: "authentication_error", message: "wrong key" } }));
     return;
@@ -625,17 +629,58 @@ test("errors: a body reset, or cut short of its length, while the AI SDK streams
   }
 });
 
-test("errors: an invalid URL, a non-http scheme, a URL with credentials are TypeErrors", async () => {
-  for (const url of ["not a url", "http://", "ftp://127.0.0.1/x"]) await refusedAlike((f) => f(url, { headers: keyed() }));
-  // Bun's fetch reads a file, and sends the URL's credential as basic auth (INTENDED.standard).
-  for (const url of ["file:///etc/hostname", `${API.replace("//", "//user:pw@")}/v1/x?s=echo`]) await refusedAlike((f) => f(url, { headers: keyed() }), true);
-});
-
 class Reason {
   constructor(why) {
     this.why = why;
   }
 }
+
+/** What the Anthropic SDK makes of a call (no retries of its own): the error's class, or the answer. */
+async function throughAnthropicSdk(f, baseURL, { signal, path = "/v1/messages" } = {}) {
+  const client = new Anthropic({ apiKey: KEY, baseURL, fetch: f, maxRetries: 0 });
+  try {
+    const msg = await client.post(path, { body: { model: "m", max_tokens: 1, messages: [] }, signal });
+    return { answered: typeof msg };
+  } catch (err) {
+    return { error: err?.constructor?.name, status: err?.status };
+  }
+}
+
+test("errors: the Anthropic SDK tells a refused connection, a reset, a cut body and an abort alike", async () => {
+  for (const kind of ["refused", "reset"]) {
+    await withBrokenOrigin(kind, async (origin) => {
+      const out = await differential((f) => throughAnthropicSdk(f, origin));
+      assert.deepEqual(out, { error: "APIConnectionError", status: undefined }, kind);
+    });
+  }
+  // INTENDED.wholeSmallBody: the Anthropic SDK gets fetch's failure (its APIConnectionError, which
+  // it retries) where Node's and Bun's fetch fail its read of the body (a bare TypeError).
+  assert.deepEqual(await throughAnthropicSdk(direct, API, { path: "/v1/x?s=short" }), { error: "TypeError", status: undefined });
+  for (const [transport, f] of Object.entries(fetchers)) {
+    assert.deepEqual(await throughAnthropicSdk(f, API, { path: "/v1/x?s=short" }), { error: "APIConnectionError", status: undefined }, transport);
+  }
+  await differential((f) => throughAnthropicSdk(f, API, { path: "/v1/x?s=badjson" }));
+  await differential((f) => {
+    const c = new AbortController();
+    c.abort(new Reason("sdk"));
+    return throughAnthropicSdk(f, API, { signal: c.signal, path: "/v1/x?s=json" });
+  });
+  await differential(async (f) => {
+    let release;
+    heldHead = new Promise((r) => (release = r));
+    const c = new AbortController();
+    setTimeout(() => c.abort(new Reason("sdk waiting")), 150);
+    const out = await throughAnthropicSdk(f, API, { signal: c.signal, path: "/v1/x?s=held" });
+    release();
+    return out;
+  });
+});
+
+test("errors: an invalid URL, a non-http scheme, a URL with credentials are TypeErrors", async () => {
+  for (const url of ["not a url", "http://", "ftp://127.0.0.1/x"]) await refusedAlike((f) => f(url, { headers: keyed() }));
+  // Bun's fetch reads a file, and sends the URL's credential as basic auth (INTENDED.standard).
+  for (const url of ["file:///etc/hostname", `${API.replace("//", "//user:pw@")}/v1/x?s=echo`]) await refusedAlike((f) => f(url, { headers: keyed() }), true);
+});
 
 test("errors: an abort before the call, while the head is awaited, mid-body, after the end, with a custom reason", async () => {
   // Before: the reason itself.
