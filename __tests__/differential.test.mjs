@@ -67,6 +67,12 @@ const INTENDED = {
 
 const BUN = typeof Bun !== "undefined";
 
+class Reason {
+  constructor(why) {
+    this.why = why;
+  }
+}
+
 const KEY = `sk-ant-api03-${"d".repeat(86)}AA`;
 const FRAMING = new Set(["content-length", "transfer-encoding", "connection", "keep-alive", "date"]);
 const CLIENT_HEADERS = new Set(["user-agent", "accept", "accept-language", "accept-encoding", "sec-fetch-mode", "connection", "host", "keep-alive"]);
@@ -324,6 +330,50 @@ test("inputs: a URL string, a URL object and a Request (with body, headers, sign
   await differential((f) =>
     sent(f, new Request(u("echo"), { method: "POST", headers: keyed({ "x-from": "request" }), body: "request body", signal: new AbortController().signal })),
   );
+});
+
+test("inputs: URLs as fetch normalizes them (scheme case, dot segments, spaces, non-ASCII query)", async () => {
+  const port = new URL(API).port;
+  for (const url of [
+    `HTTP://127.0.0.1:${port}/v1/x?s=echo`,
+    `http://127.0.0.1:${port}/v1/./y/../x?s=echo`,
+    `http://127.0.0.1:${port}/v1/x a?s=echo&q=a b`,
+    `http://127.0.0.1:${port}/v1/x?s=echo&q=é€`,
+    `http://127.0.0.1:${port}/v1/x?s=echo#only-here`,
+  ]) {
+    await differential(async (f) => {
+      const res = await settled(f(url, { headers: keyed() }));
+      if (res.error) return res;
+      return { url: BUN ? res.value.url.split("#")[0] : res.value.url, seen: (await echoed(res.value)).path };
+    });
+  }
+});
+
+test("inputs: a Request's own signal aborting while the head is awaited; an init's null signal in place of an aborted one", async () => {
+  await differential(async (f) => {
+    let release;
+    heldHead = new Promise((r) => (release = r));
+    const reason = new Reason("request's, waiting");
+    const c = new AbortController();
+    const p = settled(f(new Request(u("held"), { headers: keyed(), signal: c.signal })), reason);
+    setTimeout(() => c.abort(reason), 150);
+    const out = await p;
+    release();
+    return out;
+  });
+  await differential(async (f) => {
+    const c = new AbortController();
+    c.abort(new Reason("replaced"));
+    return sent(f, new Request(u("echo"), { method: "POST", headers: keyed(), body: "kept", signal: c.signal }), { signal: null });
+  });
+  // A timeout signal: its reason, a TimeoutError.
+  await differential(async (f) => {
+    let release;
+    heldHead = new Promise((r) => (release = r));
+    const out = await settled(f(u("held"), { headers: keyed(), signal: AbortSignal.timeout(100) }));
+    release();
+    return out;
+  });
 });
 
 test("inputs: an init overrides a Request's method, headers and body", async () => {
@@ -628,12 +678,6 @@ test("errors: a body reset, or cut short of its length, while the AI SDK streams
     assert.deepEqual(sdk, { APICallError: true, isRetryable: true }, `${s}: the runtime's own fetch`);
   }
 });
-
-class Reason {
-  constructor(why) {
-    this.why = why;
-  }
-}
 
 /** What the Anthropic SDK makes of a call (no retries of its own): the error's class, or the answer. */
 async function throughAnthropicSdk(f, baseURL, { signal, path = "/v1/messages" } = {}) {
