@@ -41,6 +41,10 @@ const INTENDED = {
   // header on the decoded bytes, and a caller relaying the answer decoded it twice
   // (transport.test.mjs). Compared without that header.
   decodedEncoding: "no content-encoding on a body handed over decoded",
+  // Under Node, the headers of fetch's answer are immutable (a `set` throws a TypeError); a
+  // Response made in JavaScript cannot be given that guard. What works on fetch's answer works
+  // on the pool's.
+  mutableHeaders: "under Node, an answer's headers take a set",
   // An error's message says what the pool saw, in its words (and carries `code`); its class and
   // name are what is compared.
   errorMessages: "error messages (class, name and identity are compared)",
@@ -61,7 +65,8 @@ const INTENDED = {
   // fetch also sends a method that is no HTTP token ("BAD METHOD") as a GET, reads a local
   // file for a `file:` URL, turns a user name and password in the URL into basic auth, and
   // sends `content-length: 0` on a DELETE without a body: the pool refuses the first three
-  // (with the TypeError fetch gives) and sends no length for no body.
+  // (with the TypeError fetch gives) and sends no length for no body. Node 20's fetch fails on
+  // an interim 100 Continue the request did not ask for; the pool passes it over.
   standard: "where Bun's or Node 20's fetch departs from the fetch standard, the pool keeps to it",
 };
 
@@ -180,6 +185,17 @@ const server = createServer(async (req, res) => {
       res.write("first;");
       await heldHead;
       res.end("last");
+      return;
+    case "early":
+      // Interim answers before the final one: 100 Continue and 103 Early Hints.
+      res.writeContinue();
+      res.writeEarlyHints?.({ link: "</style.css>; rel=preload; as=style" });
+      res.writeHead(200, { "content-type": "text/plain" });
+      res.end("after the hints");
+      return;
+    case "big":
+      res.writeHead(200, { "content-type": "application/octet-stream" });
+      res.end(Buffer.alloc(3 * 1024 * 1024, 7));
       return;
     case "redirect":
       res.writeHead(302, { location: "/v1/x?s=echo", "content-type": "text/plain" });
@@ -555,6 +571,40 @@ test("answers: a BYOB reader of the body", { todo: "the pool's body is no byte s
         })(),
       );
       return { byob };
+    });
+  }
+});
+
+test("answers: interim 1xx answers are passed over; a large body, sent or answered, arrives whole; under Bun an answer's headers take a set alike", async () => {
+  // INTENDED.standard: Node 20's fetch fails on an unasked-for 100 Continue ("fetch failed"); the
+  // standard, Bun and the pool pass interim answers over.
+  // (Under Node the runtime transport is Node's fetch carrying the bytes, and fails alike.)
+  const early = async (f) => {
+    const res = await settled(f(u("early"), { headers: keyed() }));
+    return res.error ? res : read(res.value, "text");
+  };
+  if (BUN) await differential(early);
+  else {
+    assert.deepEqual(await early(fetchers.runtime), await early(direct), "runtime, as Node's fetch");
+    const out = await early(fetchers.native);
+    assert.deepEqual([out.status, out.value], [200, { value: "after the hints" }], "native");
+  }
+  await differential(async (f) => {
+    const res = await f(u("big"), { headers: keyed() });
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    return { size: bytes.length, all: bytes.every((b) => b === 7) };
+  });
+  await differential(async (f) => {
+    const big = "x".repeat(2 * 1024 * 1024);
+    const out = await sent(f, u("echo"), { method: "POST", headers: keyed(), body: big });
+    return { ok: out.value?.body === big, headers: out.value?.headers };
+  });
+  // INTENDED.mutableHeaders (Node only: Bun's fetch answers' headers take a set too).
+  if (BUN) {
+    await differential(async (f) => {
+      const res = await f(u("json"), { headers: keyed() });
+      await res.text();
+      return { set: await settled((async () => res.headers.set("x-mine", "1"))()) };
     });
   }
 });
