@@ -319,7 +319,9 @@ export interface PoolResponse extends Response {
 /**
  * Rejects as fetch does: with the signal's reason when aborted (by default a `DOMException` named
  * `AbortError`, whose `code` is the number 20), a `TypeError` with `code` "NETWORK" when the API
- * cannot be reached; otherwise with a `PoolError` (`POOL_NO_ACCOUNT`, `INVALID_ARGUMENT`, ...).
+ * cannot be reached (its `cause` says what went wrong, with the system's `code` such as
+ * "ECONNREFUSED" when known), a `TypeError` with `code` "INVALID_ARGUMENT" for what fetch itself
+ * refuses (a bad URL, method, header or body); otherwise with a `PoolError` (`POOL_NO_ACCOUNT`, ...).
  */
 export type PoolFetch = (input: string | URL | Request, init?: RequestInit) => Promise<PoolResponse>;
 export function createPoolFetch(options?: PoolFetchOptions): PoolFetch;
