@@ -632,11 +632,24 @@ test("answers: gzip is decoded, with and without a length", async () => {
   }
 });
 
-test("answers: a redirect, asked with redirect: manual, is handed over as it came (INTENDED.redirects)", async () => {
+test("answers: a redirect, asked with redirect: manual, is handed over as it came; with error, a TypeError; followed by fetch only (INTENDED.redirects)", async () => {
   await differential(async (f) => {
     const out = await read(await f(u("redirect"), { headers: keyed(), redirect: "manual" }), "text");
     return out;
   });
+  await differential((f) => settled(f(u("redirect"), { headers: keyed(), redirect: "error" })));
+  // The default, "follow": fetch follows it, the pool hands over the 3xx.
+  const followed = await direct(u("redirect"), { headers: keyed() });
+  assert.deepEqual([followed.status, followed.redirected], [200, true]);
+  await followed.text();
+  for (const [transport, f] of Object.entries(fetchers)) {
+    const res = await f(u("redirect"), { headers: keyed() });
+    assert.deepEqual(
+      [res.status, res.redirected, res.headers.get("location"), await res.text()],
+      [302, false, "/v1/x?s=echo", "moved"],
+      `${transport}: ${INTENDED.redirects}`,
+    );
+  }
 });
 
 // ---------------------------------------------------------------------------------------------
