@@ -433,6 +433,10 @@ test("inputs: bodies as string, Uint8Array, ArrayBuffer, DataView, Blob, FormDat
     const out = await differential((f) => sent(f, u("echo"), { method: "POST", headers: keyed(), body: make() }));
     assert.ok(out.value, `${name}: sent`);
     if (name === "FormData") assert.equal(out.value.boundaryInBody, true, "the multipart boundary in the content-type is the body's");
+    // The same body inside a Request (its type, a FormData's boundary, set by the Request).
+    const inside = await differential((f) => sent(f, new Request(u("echo"), { method: "POST", headers: keyed(), body: make() })));
+    assert.ok(inside.value, `${name} in a Request: sent`);
+    if (name === "FormData") assert.equal(inside.value.boundaryInBody, true, "in a Request: the boundary is the body's");
   }
 });
 
