@@ -216,6 +216,8 @@ server.on("connection", (s) => {
 });
 await new Promise((r) => server.listen(0, "127.0.0.1", r));
 const API = `http://127.0.0.1:${server.address().port}`;
+// Put back after this file's tests: under Bun, test files share one process.
+const savedEnv = { OAUTH_POOL_API_URL: process.env.OAUTH_POOL_API_URL, OAUTH_POOL_TOKEN_URL: process.env.OAUTH_POOL_TOKEN_URL };
 process.env.OAUTH_POOL_API_URL = API;
 process.env.OAUTH_POOL_TOKEN_URL = `${API}/v1/oauth/token`;
 
@@ -237,6 +239,10 @@ const fetchers = {
 after(() => {
   server.close();
   for (const s of sockets) s.destroy();
+  for (const [name, value] of Object.entries(savedEnv)) {
+    if (value === undefined) delete process.env[name];
+    else process.env[name] = value;
+  }
 });
 
 // ---------------------------------------------------------------------------------------------
