@@ -539,6 +539,35 @@ test("the tool's list and status bound a name no login made (a hand edit of 10 K
   for (const i of [5, 250, 251]) assert.ok(list.includes(` (#${i})`), `list gives account ${i}'s place`);
 });
 
+test("the tool's list by status reads each name as one: a name holding a comma, a semicolon, a colon or a quote is quoted, the others as they are", async () => {
+  // The names past those shown are joined with ", " and grouped by status with "; ": an account
+  // named `a, b` read as two accounts, `x; disabled: y` as a second group.
+  const path = freshPath();
+  const now = Date.now();
+  const odd = ["a, b", "x; disabled: y", 'say "hi"', "back\\slash, too", " spaced"];
+  const names = Array.from({ length: 45 }, (_, i) => `member-${String(i).padStart(2, "0")}@example.com`);
+  names.splice(40, odd.length, ...odd);
+  const anthropic = names.map((email, i) => ({ email, refresh: `r-${i}`, access: `a-${i}`, expires: now + 3_600_000, status: "idle", rateLimitUntil: null }));
+  writeFileSync(path, JSON.stringify({ version: 1, anthropic }), { mode: 0o600 });
+  const { poolActionText, ACCOUNTS_SHOWN } = await import("../lib/plugin/tool.mjs");
+  assert.equal(ACCOUNTS_SHOWN, 40);
+  const list = await poolActionText({ action: "list" }, path);
+  const line = list.split("\n").find((l) => l.startsWith("5 more accounts, by status"));
+  assert.equal(
+    line,
+    '5 more accounts, by status (ask with `email` for one\'s details): idle: "a, b", "x; disabled: y", "say \\"hi\\"", "back\\\\slash, too", " spaced".',
+    list,
+  );
+  // Told apart the same way where a name unknown to the pool lists those it holds.
+  const hint = await poolActionText({ action: "list", email: "nobody@example.com" }, path);
+  assert.match(hint, /Accounts in the pool: member-00@example\.com, .*member-19@example\.com and 25 more\./);
+  writeFileSync(path, JSON.stringify({ version: 1, anthropic: anthropic.slice(39) }), { mode: 0o600 });
+  assert.match(
+    await poolActionText({ action: "enable", email: "nobody@example.com" }, path),
+    /Accounts in the pool: member-39@example\.com, "a, b", "x; disabled: y", "say \\"hi\\"", "back\\\\slash, too", " spaced"\./,
+  );
+});
+
 test("a 429 cascade through many accounts is one toast saying what happened, not one per account; every account cooling is one toast too", async () => {
   const { oauthEntry } = await import("./helpers/pool-env.mjs");
   const emails = ["c1", "c2", "c3", "c4", "c5"].map((n) => `${n}@cascade.test`);

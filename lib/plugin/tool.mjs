@@ -48,6 +48,23 @@ export const ACCOUNTS_SHOWN = 40;
 const EMAILS_NAMED = 20;
 const PROBLEM_CHARS = 300;
 
+/**
+ * A name as one item of a list joined with ", " and grouped with "; ": in double quotes (a quote
+ * or backslash in it escaped) when it holds either separator, a colon (a group's `status:`), a
+ * quote, or starts or ends with a space, so `a, b` reads as one name, not two; else as it is.
+ * `index` is its place in the file, as placedName takes it.
+ */
+function listedName(name, index) {
+  const shown = placedName(name, index);
+  const text = String(name ?? "");
+  if (!/[,;:"]|^\s|\s$|^$/.test(text)) return shown;
+  // placedName's `(#N)` stays outside the quotes: it is not part of the name.
+  const place = ` (#${index})`;
+  const bare = shown.endsWith(place) && shown !== text ? shown.slice(0, -place.length) : shown;
+  const quoted = `"${bare.replace(/["\\]/g, "\\$&")}"`;
+  return bare === shown ? quoted : `${quoted}${place}`;
+}
+
 /** `emails` joined, the first `EMAILS_NAMED` of them and how many more. */
 function named(emails) {
   const more = emails.length - EMAILS_NAMED;
@@ -56,7 +73,7 @@ function named(emails) {
 
 function known(accounts, hints) {
   if (!accounts) return "";
-  return accounts.length ? `Accounts in the pool: ${named(accounts.map((a, i) => placedName(a.email, i)))}.` : empty(hints);
+  return accounts.length ? `Accounts in the pool: ${named(accounts.map((a, i) => listedName(a.email, i)))}.` : empty(hints);
 }
 
 // An entry with nothing to send reads `idle` and is never used: it needs a look.
@@ -124,7 +141,7 @@ function namedByStatus(accounts, { picked, left }) {
   accounts.forEach((a, i) => {
     if (taken.has(i)) return;
     if (!by.has(a.status)) by.set(a.status, []);
-    by.get(a.status).push(placedName(a.email, i));
+    by.get(a.status).push(listedName(a.email, i));
   });
   const groups = [...by].map(([state, names]) => `${state}: ${names.join(", ")}`).join("; ");
   return [`${left} more account${left === 1 ? "" : "s"}, by status (ask with \`email\` for one's details): ${groups}.`];
@@ -141,7 +158,7 @@ async function status(path, now, hints, email) {
     .join(", ");
   lines.push(`Accounts: ${c.total ?? 0} total, ${c.usable ?? 0} usable${by ? ` (${by})` : ""}.`);
   if (s.soonestReset) {
-    const who = s.accounts.map((a, i) => (a.rateLimitUntil === s.soonestReset ? placedName(a.email, i) : null)).filter((w) => w !== null);
+    const who = s.accounts.map((a, i) => (a.rateLimitUntil === s.soonestReset ? listedName(a.email, i) : null)).filter((w) => w !== null);
     lines.push(`Soonest reset: ${wait(s.soonestReset, now)}${who.length ? `, ${named(who)}` : ""}.`);
   } else {
     lines.push("Soonest reset: no account is cooling down.");
