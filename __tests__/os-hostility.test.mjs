@@ -6,10 +6,23 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync, execFileSync } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  accessSync,
+  chmodSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { lookup } from "node:dns/promises";
 import { hostname } from "node:os";
-import { join } from "node:path";
+import { delimiter, isAbsolute, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { cliJson, storedPool } from "./helpers/fleet-kit.mjs";
 import { useMock, seedPool, account, readPool, pause, until } from "./helpers/pool-env.mjs";
@@ -645,7 +658,22 @@ async function starvedFleet(store, email, other) {
   return run;
 }
 
-const STRACE = ["/usr/bin/strace", "/bin/strace"].find((p) => existsSync(p));
+// Found on PATH, as .ci/run looks for it (`command -v strace`): CI on a machine with
+// /usr/local/bin/strace runs this test, not skips it.
+const onPath = (name) =>
+  (process.env.PATH ?? "")
+    .split(delimiter)
+    .filter((dir) => isAbsolute(dir))
+    .map((dir) => join(dir, name))
+    .find((p) => {
+      try {
+        accessSync(p, constants.X_OK);
+        return statSync(p).isFile();
+      } catch {
+        return false;
+      }
+    });
+const STRACE = onPath("strace");
 const canTrace = STRACE && spawnSync(STRACE, ["-o", "/dev/null", "true"]).status === 0;
 
 // Guards what a power cut or a second process depends on and no test checked, since nothing a
