@@ -167,7 +167,8 @@ test("a full disk: requests keep being served, writes fail with POOL_IO and leav
     const [first, second] = ["full-a@x.test", "full-b@x.test"];
     const path = join(disk.dir, "pool", "oauth-pool.json");
     if (!isRoot) linkedDir(join(disk.dir, "pool"));
-    await seedPool(mock, [first, second], { expired: [second], path });
+    // The second's token is valid: on a full disk no refresh token is spent (the next test).
+    await seedPool(mock, [first, second], { path });
     const f = createPoolFetch({ path });
     const ask = async () => {
       const r = await f(`${mock.url}/v1/messages`, {
@@ -182,8 +183,8 @@ test("a full disk: requests keep being served, writes fail with POOL_IO and leav
     await flushPool(path);
     const before = readPool(path);
     disk.fill();
-    // The first account is rate-limited: the request moves to the second, whose token must be
-    // refreshed and cannot be written.
+    // The first account is rate-limited: the request moves to the second, and the cooldown
+    // cannot be written.
     mock.script(first, [{ status: 429, headers: { "retry-after": "3600" } }]);
     const moved = await ask();
     assert.equal(moved.status, 200);
@@ -192,15 +193,83 @@ test("a full disk: requests keep being served, writes fail with POOL_IO and leav
     await assert.rejects(flushPool(path), (e) => e.code === "POOL_IO");
     assert.equal(existsSync(`${path}.lock.d`), false, "a failed write left the aidevops lock behind: every writer waits 10 s on it");
     assert.deepEqual(readPool(path), before, "the file is as it was");
-    assert.equal((await ask()).status, 200, "still served from the unsaved tokens");
+    assert.equal((await ask()).status, 200, "still served");
     disk.free();
     await flushPool(path);
     const fam = mock.stats().perFamily[second];
     assert.equal(fam.reuse, 0);
-    assert.equal(account(path, second).refresh, mock.tokens(second).refresh, "the unsaved tokens were written");
+    assert.equal(account(path, second).refresh, mock.tokens(second).refresh);
     assert.equal(account(path, first).status, "rate-limited", "the cooldown was written");
     assert.deepEqual(readPool(`${path}.bak`).anthropic.length, 2);
     assert.equal(existsSync(`${path}.lock.d`), false);
+  } finally {
+    disk.close();
+  }
+});
+
+test("a full disk when a request's token is due for a refresh: no refresh token is spent (its successor could not be saved); a valid old token serves, else the request moves on, and with no account left it is POOL_IO saying nothing was spent", async (t) => {
+  const disk = smallDisk();
+  if (disk.skip) return t.skip(disk.skip);
+  const { createPoolFetch, flushPool, refreshAccount, savePool } = await import("../index.mjs");
+  try {
+    // `stale` is tried first and its token has expired; `soon`'s expires in 2 minutes (inside
+    // the refresh margin, still valid); `lone`, in a pool of its own, has expired.
+    const [stale, soon, lone] = ["full-due-stale@x.test", "full-due-soon@x.test", "full-due-lone@x.test"];
+    const path = join(disk.dir, "pool", "oauth-pool.json");
+    const lonePath = join(disk.dir, "lone", "oauth-pool.json");
+    await seedPool(mock, [stale, soon], { path });
+    await seedPool(mock, [lone], { path: lonePath });
+    // Their refresh locks are made before the disk fills (as after any earlier refresh).
+    for (const [email, p] of [
+      [stale, path],
+      [soon, path],
+      [lone, lonePath],
+    ])
+      await refreshAccount(email, p);
+    const due = (p, changes) => {
+      const pool = readPool(p);
+      for (const a of pool.anthropic) Object.assign(a, changes[a.email]);
+      return savePool(pool, p);
+    };
+    await due(path, { [stale]: { expires: Date.now() - 1000, priority: 10 }, [soon]: { expires: Date.now() + 120_000 } });
+    await due(lonePath, { [lone]: { expires: Date.now() - 1000 } });
+    const calls = (email) => mock.stats().perFamily[email].refreshCalls;
+    const [before, loneBefore] = [readPool(path), readPool(lonePath)];
+    const ask = async (p) => {
+      const r = await createPoolFetch({ path: p })(`${mock.url}/v1/messages`, {
+        method: "POST",
+        headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
+        body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+      });
+      await r.text();
+      return r;
+    };
+    disk.fill();
+    // Each refresh token was spent and its successor kept only in this process's memory: OpenCode
+    // quitting before the disk was freed took the login with it.
+    const served = await ask(path);
+    assert.equal(served.status, 200);
+    assert.equal(served.poolAccount, soon, "the old, still valid token serves; the expired account is passed over");
+    assert.equal(calls(stale), 1, "the expired account's refresh token was not presented");
+    assert.equal(calls(soon), 1, "the due account's refresh token was not presented");
+    await assert.rejects(ask(lonePath), (e) => e.code === "POOL_IO" && /nothing was refreshed/.test(e.message) && /No space left/.test(e.message));
+    assert.equal(calls(lone), 1, "the only account's refresh token was not presented");
+    assert.deepEqual(
+      readPool(path).anthropic.map((a) => a.refresh),
+      before.anthropic.map((a) => a.refresh),
+    );
+    assert.deepEqual(
+      readPool(lonePath).anthropic.map((a) => a.refresh),
+      loneBefore.anthropic.map((a) => a.refresh),
+    );
+    disk.free();
+    // With room again, the refresh is made and saved.
+    const after = await ask(lonePath);
+    assert.equal(after.status, 200);
+    assert.equal(calls(lone), 2);
+    await flushPool(lonePath);
+    assert.equal(account(lonePath, lone).refresh, mock.tokens(lone).refresh, "the new tokens are in the file");
+    for (const email of [stale, soon, lone]) assert.equal(mock.stats().perFamily[email].reuse, 0);
   } finally {
     disk.close();
   }

@@ -546,6 +546,18 @@ impl Engine {
                 "refused already for this token: log in again".into(),
             ));
         }
+        // Room for the new tokens' write, held through the token call. A disk with none (full,
+        // over quota, read-only) could not save them: the successor of the spent token would live
+        // only in this process, and go with it (OpenCode quitting before the disk is freed).
+        // Nothing is spent then, as `refresh_now` refuses: the old access token serves while it
+        // lasts, else the request moves on as after a failed refresh.
+        let room = match self.store.hold_write_room().await {
+            Ok(room) => room,
+            Err(e) => {
+                tracing::warn!(account = %email, error = %e, "no room on disk for new tokens; not refreshing");
+                return serve_old_or(&account, rejected, e);
+            }
+        };
         // The same login in another store on this machine, or this store put back in time:
         // the journal knows the token spent, and presenting it would cost the live login too.
         let journal = Journal::for_user();
@@ -599,7 +611,6 @@ impl Engine {
         }
         tracing::debug!(account = %email, token = %presented.fingerprint(), "refreshing access token");
         let _unwritten = Unwritten::begin();
-        let room = self.store.hold_write_room().await;
         let (answer, asked_twice) = oauth::refresh_once_more_if_lost(&presented).await;
         // A new refresh token with nothing else usable is saved like any rotation (the presented
         // token is spent), beside the access token the account had; the request is then served

@@ -445,13 +445,27 @@ impl FileStore {
     /// that fills during the token call (another program's log, a download) left the new tokens
     /// with nowhere to go, held only by a process that might end before the disk is freed, and
     /// the login went with it. Dropping it frees as much as the write takes. An unnamed file
-    /// (nothing to see or leave behind, gone with the process); `None` when there is no room
-    /// to hold or no file to write, and the refresh goes on as before.
-    pub fn hold_write_room(&self) -> Option<Room> {
-        let size = fs::symlink_metadata(&self.path).ok()?.len();
-        let file = tempfile::tempfile_in(parent_dir(&self.path)).ok()?;
-        fill_zeros(&file, size).ok()?;
-        Some(Room(file))
+    /// (nothing to see or leave behind, gone with the process).
+    ///
+    /// `Err` (`POOL_IO`) when the disk has no room for it (full, over quota, mounted read-only):
+    /// the new tokens could not be saved either, so the refresh token must not be spent. `None`
+    /// when there is no file to write (nothing to refresh from it) or the hold failed otherwise,
+    /// and the refresh goes on as before.
+    pub fn hold_write_room(&self) -> Result<Option<Room>> {
+        let Ok(meta) = fs::symlink_metadata(&self.path) else {
+            return Ok(None);
+        };
+        let held = tempfile::tempfile_in(parent_dir(&self.path))
+            .and_then(|file| fill_zeros(&file, meta.len()).map(|()| Room(file)));
+        match held {
+            Ok(room) => Ok(Some(room)),
+            Err(e) if no_room(&e) => Err(Error::io(
+                &self.path,
+                "holding room for the new tokens before refreshing (nothing was refreshed: the stored refresh token is unspent; free disk space)",
+                e,
+            )),
+            Err(_) => Ok(None),
+        }
     }
 
     /// What a writer asks before it makes anything (a lock file, a temp, the directory): that
@@ -661,6 +675,15 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 
 /// Room on the pool file's disk held for its next write (`FileStore::hold_write_room`).
 pub struct Room(#[allow(dead_code)] File);
+
+/// Whether `e` says the disk has no room for a write: full, over quota, or mounted read-only.
+pub(crate) fn no_room(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::ReadOnlyFilesystem
+    )
+}
 
 /// Writes and syncs the pool file's size plus a margin for new tokens in zeros: blocks a write
 /// of the file would take, made the file's own.

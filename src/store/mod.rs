@@ -357,17 +357,20 @@ impl Store {
     }
 
     /// Room held for the next write while a refresh token is spent
-    /// (`FileStore::hold_write_room`); the fleet store has no disk of ours to fill.
-    pub async fn hold_write_room(&self) -> Option<Room> {
+    /// (`FileStore::hold_write_room`): `Err` when the disk has no room for it, and the token
+    /// must not be spent. The fleet store has no disk of ours to fill.
+    pub async fn hold_write_room(&self) -> Result<Option<Room>> {
         match self {
             Store::File(f) => {
                 let f = f.clone();
-                blocking(move || Ok(f.hold_write_room()))
-                    .await
-                    .ok()
-                    .flatten()
+                match blocking(move || f.hold_write_room()).await {
+                    Err(e @ Error::PoolIo { .. }) => Err(e),
+                    // No thread for it: the refresh goes on without the room, as it did.
+                    Err(_) => Ok(None),
+                    held => held,
+                }
             }
-            Store::Postgres(_) => None,
+            Store::Postgres(_) => Ok(None),
         }
     }
 
