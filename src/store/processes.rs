@@ -222,3 +222,91 @@ fn a_killed_lock_holder_frees_the_lock_at_once() {
     unsafe { libc::kill(inheritor, libc::SIGKILL) };
     assert!(waited < Duration::from_secs(1), "waited {waited:?}");
 }
+
+/// Starts a process of ours that takes the lock at `path` (`lock_holder_entry`); it prints
+/// `held <pid>` once it holds it, or ends failing after 5 s without it.
+#[cfg(unix)]
+fn spawn_holder(path: &Path) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "store::processes::lock_holder_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("POOL_HOLD_LOCK", path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The holder's own line once it holds the lock; `None` when it ended without it.
+#[cfg(unix)]
+fn held_line(holder: &mut Child) -> Option<String> {
+    use std::io::BufRead;
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if out.read_line(&mut line).unwrap() == 0 {
+            return None;
+        }
+        if line.contains("held ") {
+            return Some(line);
+        }
+    }
+}
+
+/// Kills a holder and the child it started (its `held <pid>` line).
+#[cfg(unix)]
+fn end_holder(mut holder: Child, line: &str) {
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    if let Some(pid) = line
+        .trim_end()
+        .rsplit("held ")
+        .next()
+        .and_then(|p| p.parse::<libc::pid_t>().ok())
+    {
+        // SAFETY: a plain kill(2) of the sleep the holder started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// A refresh lock file removed by hand while one process holds it and another waits on it:
+/// the waiter, once the holder lets go, must not count the removed file's lock as the lock (a
+/// third process would make the file anew, lock it too, and both would spend one refresh token).
+/// It holds the file the name now names, and a third process is kept out until it lets go.
+#[cfg(unix)]
+#[test]
+fn a_lock_file_removed_while_held_and_waited_on_still_excludes_across_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oauth-pool.json.0123456789ab.refresh.lock");
+    let mut first = spawn_holder(&path);
+    let first_line = held_line(&mut first).expect("the first holder took the lock");
+    let waiting = {
+        let path = path.clone();
+        std::thread::spawn(move || FileLock::acquire(&path, Duration::from_secs(60)).unwrap())
+    };
+    // The waiter has opened the file by now (it polls its lock), and the file goes.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::remove_file(&path).unwrap();
+    end_holder(first, &first_line);
+    let waiter = waiting.join().unwrap();
+    assert!(
+        path.exists(),
+        "the waiter locked the file made anew at the path"
+    );
+    let mut third = spawn_holder(&path);
+    assert_eq!(
+        held_line(&mut third),
+        None,
+        "a third process took the lock while the waiter held it"
+    );
+    assert!(!third.wait().unwrap().success());
+    drop(waiter);
+    let mut fourth = spawn_holder(&path);
+    let line = held_line(&mut fourth).expect("the lock is free once the waiter lets go");
+    end_holder(fourth, &line);
+}
