@@ -630,6 +630,42 @@ test("the key: either x-api-key or a bearer may carry it (the Python SDK with AN
   }
 });
 
+test("the gateway key anywhere else in a request never goes upstream: a header of another name holding it is left out, a URL holding it is refused", async () => {
+  const gw = await gateway(["elsewhere@x.test"]);
+  try {
+    mock.clearRequests();
+    // Besides x-api-key, in headers of the client's own (a custom header, an Azure-style
+    // api-key, a cookie): served, those headers left out, the others passed on.
+    const r = await raw(gw.url, [
+      post("/v1/messages", BODY, [`x-auth-token: ${KEY}`, `api-key: ${KEY}`, `cookie: a=b; gw=${KEY}`, "x-note: kept", "Connection: close"]),
+    ]);
+    assert.equal(answers(r.data)[0]?.status, 200, r.data.slice(0, 80));
+    const [sent] = upstream();
+    assert.equal(sent.headers["x-note"], "kept");
+    for (const name of ["x-auth-token", "api-key", "cookie"]) assert.equal(sent.headers[name], undefined, name);
+    assert.ok(!JSON.stringify(sent.headers).includes(KEY), "the key is in no header upstream");
+
+    // In the URL (the query, as clients that take a key there send it; percent-encoded; the
+    // path): the URL goes upstream as it is, so the request is refused, nothing sent.
+    mock.clearRequests();
+    const encoded = [...KEY].map((c) => `%${c.charCodeAt(0).toString(16)}`).join("");
+    for (const target of [`/v1/messages?key=${KEY}`, `/v1/messages?beta=true&api_key=${encoded}`, `/v1/messages/${KEY}`]) {
+      const r = await raw(gw.url, [post(target, BODY, ["Connection: close"])]);
+      coded(answers(r.data)[0], 400, "invalid_request_error");
+    }
+    assert.equal(upstream().length, 0, "nothing upstream");
+    // Only where the key is: a query without it still passes unchanged.
+    const ok = await raw(gw.url, [post("/v1/messages?beta=true", BODY, ["Connection: close"])]);
+    assert.equal(answers(ok.data)[0]?.status, 200);
+    assert.deepEqual(
+      upstream().map((q) => q.path),
+      ["/v1/messages?beta=true"],
+    );
+  } finally {
+    await gw.close(1000);
+  }
+});
+
 /**
  * A raw client that sends `bytes` and then half-closes (`socket.end()`: shutdown(SHUT_WR), as
  * `nc -N`, some proxies and scripted clients do), reading on until the gateway closes.

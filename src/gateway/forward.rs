@@ -39,13 +39,37 @@ pub(super) fn is_api_path(path: &str) -> bool {
     })
 }
 
+/// Whether the request's target (path or query, as sent or percent-decoded once, as the API
+/// would read it) holds the gateway key. Such a request is refused: the target goes upstream as
+/// it is, and a client that sent the key in its query (`?key=`, as some clients take a key) as
+/// well as in its header had the pool's gateway key sent to the API and written in its logs.
+pub(super) fn target_holds_key(uri: &hyper::Uri, key: &crate::secret::Secret) -> bool {
+    let key = key.expose().as_bytes();
+    let Some(target) = uri.path_and_query().map(|p| p.as_str().as_bytes()) else {
+        return false;
+    };
+    let decoded: Vec<u8> = percent_encoding::percent_decode(target).collect();
+    contains(target, key) || contains(&decoded, key)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && memchr::memmem::find(haystack, needle).is_some()
+}
+
 /// The request's headers as the pool's driver takes them: a value one character a byte
 /// (`fetch::byte_string`), which the driver sends back as those bytes. A value with a byte past
 /// ASCII (a title or a user agent in UTF-8 or Latin-1, legal as obs-text) was dropped, and the
 /// request went upstream without that header.
-fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+///
+/// A header that holds the gateway key is left out, whatever its name: the key is the
+/// gateway's, and only `x-api-key` and `Authorization` were kept from going upstream, so a key
+/// a client also sent in a header of its own (`x-auth-token`, `api-key`, a cookie) reached the
+/// API beside the pool's credential.
+fn header_pairs(headers: &hyper::HeaderMap, key: &crate::secret::Secret) -> Vec<(String, String)> {
+    let key = key.expose().as_bytes();
     headers
         .iter()
+        .filter(|(_, v)| !contains(v.as_bytes(), key))
         .map(|(k, v)| {
             (
                 k.as_str().to_string(),
@@ -257,7 +281,7 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
     });
     let method = parts.method.as_str().to_string();
     let head_only = parts.method == hyper::Method::HEAD;
-    let headers = header_pairs(&parts.headers);
+    let headers = header_pairs(&parts.headers, &state.key);
     let read = read_body(
         &mut incoming,
         declared,
@@ -687,6 +711,37 @@ mod tests {
         for host in ["evil.test/x?", "a@b", "a b", "a#b", ""] {
             assert_eq!(at("/v1/messages/batches", Some(host)), None, "{host}");
         }
+    }
+
+    #[test]
+    fn the_gateway_key_in_a_target_as_sent_or_percent_encoded_is_found() {
+        let key = crate::secret::Secret::new("oauth-pool-gw-0123456789abcdef");
+        let holds = |target: &str| target_holds_key(&target.parse().unwrap(), &key);
+        assert!(holds("/v1/models?key=oauth-pool-gw-0123456789abcdef"));
+        assert!(holds("/v1/models?key=%6Fauth-pool-gw-0123456789abcdef&x=1"));
+        assert!(holds("/v1/oauth-pool-gw-0123456789abcdef/messages"));
+        assert!(!holds("/v1/models?key=oauth-pool-gw-0123456789abcde"));
+        assert!(!holds("/v1/messages?beta=true"));
+    }
+
+    #[test]
+    fn a_header_holding_the_gateway_key_is_not_passed_on() {
+        let key = crate::secret::Secret::new("oauth-pool-gw-0123456789abcdef");
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(
+            "x-auth-token",
+            "oauth-pool-gw-0123456789abcdef".parse().unwrap(),
+        );
+        headers.insert(
+            "cookie",
+            "a=b; gw=oauth-pool-gw-0123456789abcdef".parse().unwrap(),
+        );
+        headers.insert("anthropic-version", "2023-06-01".parse().unwrap());
+        let names: Vec<String> = header_pairs(&headers, &key)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(names, ["anthropic-version"]);
     }
 
     #[test]

@@ -815,6 +815,13 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> 
         );
         let response = with_allow(response, StatusCode::METHOD_NOT_ALLOWED);
         refuse(req, response).await
+    } else if forward::is_api_path(&path) && forward::target_holds_key(req.uri(), &state.key) {
+        let response = error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "the request's URL holds the pool gateway's key, and the URL goes upstream to the API as it is: send the key as x-api-key or Authorization: Bearer only",
+        );
+        refuse(req, response).await
     } else if forward::is_api_path(&path) {
         forward::forward(req, &state).await
     } else {
