@@ -666,6 +666,24 @@ test("the gateway key anywhere else in a request never goes upstream: a header o
   }
 });
 
+test("/metrics answers HEAD as GET, without the body (it was a 404); with the key only", async () => {
+  const gw = await gateway(["head@x.test"]);
+  try {
+    const get = await raw(gw.url, [request("GET /metrics HTTP/1.1", ["Host: 127.0.0.1", `x-api-key: ${KEY}`, "Connection: close"])]);
+    const [g] = answers(get.data);
+    assert.equal(g?.status, 200, g?.statusLine);
+    const head = await raw(gw.url, [request("HEAD /metrics HTTP/1.1", ["Host: 127.0.0.1", `x-api-key: ${KEY}`, "Connection: close"])]);
+    const [h] = answers(head.data, { head: true });
+    assert.equal(h?.status, 200, h?.statusLine);
+    assert.equal(h.headers["content-type"], g.headers["content-type"]);
+    assert.equal(answers(head.data, { head: true }).rest, "", "no body after the head");
+    const unkeyed = await raw(gw.url, [request("HEAD /metrics HTTP/1.1", ["Host: 127.0.0.1", "Connection: close"])]);
+    assert.equal(answers(unkeyed.data, { head: true })[0]?.status, 401);
+  } finally {
+    await gw.close(1000);
+  }
+});
+
 /**
  * A raw client that sends `bytes` and then half-closes (`socket.end()`: shutdown(SHUT_WR), as
  * `nc -N`, some proxies and scripted clients do), reading on until the gateway closes.

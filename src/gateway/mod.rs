@@ -805,7 +805,8 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> 
             error(StatusCode::UNAUTHORIZED, "authentication_error", message),
         )
         .await
-    } else if req.method() == Method::GET && path == "/metrics" {
+    } else if matches!(*req.method(), Method::GET | Method::HEAD) && path == "/metrics" {
+        // HEAD as well, answered as GET without the body (RFC 9110 9.3.2): it was a 404.
         refuse(req, metrics::metrics(&state).await).await
     } else if forward::is_api_path(&path) && !is_forwarded_method(req.method()) {
         let response = error(
