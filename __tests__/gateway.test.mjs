@@ -431,6 +431,70 @@ test("hostile clients: oversized bodies, slow headers, huge headers, garbage, to
   }
 });
 
+test("near its open file limit (ulimit -n) the gateway turns a new connection away at once, and a client it serves keeps being served; the log says so once, not every 50 ms", async () => {
+  const path = await seedPool(mock, ["fds@x.test"]);
+  const BODY = JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] });
+  const served = await serveChild(path, { nofile: 128, env: { OAUTH_POOL_LOG: "oauth_pool=warn" } });
+  const { port } = new URL(served.url);
+  const ask = (extra = []) =>
+    `POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: ${KEY}\r\ncontent-type: application/json\r\n${extra.join("")}content-length: ${BODY.length}\r\n\r\n${BODY}`;
+  // A client with its connection open before the flood.
+  const kept = connect(Number(port), "127.0.0.1");
+  let keptData = "";
+  kept.on("data", (d) => (keptData += d));
+  kept.on("error", () => {});
+  const flood = [];
+  try {
+    kept.write(ask());
+    await until("the first answer", () => /\r\n\r\n\{/.test(keptData) && keptData.endsWith("}"));
+    assert.match(keptData, /^HTTP\/1\.1 200/);
+    // Three hundred connections that never send: more than the 128 descriptors.
+    for (let i = 0; i < 300; i++) {
+      const s = connect(Number(port), "127.0.0.1");
+      s.on("error", () => {});
+      flood.push(s);
+    }
+    await Promise.all(
+      flood.map(
+        (s) =>
+          new Promise((r) => {
+            s.once("connect", r);
+            s.once("close", r);
+          }),
+      ),
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    // A new client is told at once (a 503 it may read, or the close), not left in the backlog
+    // until the idle ones time out; its descriptor was not taken from those being served.
+    const fresh = await raw(served.url, [ask()], { waitMs: 3000 });
+    assert.ok(fresh.closed && fresh.ms < 2000, `answered or closed at once (${fresh.ms} ms, closed ${fresh.closed})`);
+    assert.ok(fresh.data === "" || /^HTTP\/1\.1 503 [\s\S]*"overloaded_error"/.test(fresh.data), fresh.data.slice(0, 200));
+    // The client being served still is, its pool file and upstream opened as they need.
+    keptData = "";
+    kept.write(ask());
+    await until("the second answer", () => /\r\n\r\n\{/.test(keptData) && keptData.endsWith("}"), 10_000);
+    assert.match(keptData, /^HTTP\/1\.1 200/, keptData.slice(0, 300));
+    for (const s of flood) s.destroy();
+    // Once the flood is gone, new clients are served again.
+    let again;
+    for (let i = 0; i < 50 && again?.status !== 200; i++) {
+      again = await messages(served.url).catch(() => null);
+      await again?.text();
+      if (again?.status !== 200) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(again?.status, 200);
+    const warned = served.err.split("\n").filter((l) => l.includes("WARN"));
+    assert.ok(warned.length >= 1 && warned.length <= 3, `one line for the shortage, not one every 50 ms:\n${warned.slice(0, 5).join("\n")}`);
+    assert.ok(!served.err.includes(KEY));
+  } finally {
+    kept.destroy();
+    for (const s of flood) s.destroy();
+    const closed = new Promise((r) => served.child.on("close", r));
+    served.child.kill("SIGTERM");
+    await closed;
+  }
+});
+
 test("request bodies held at once are bounded: past 256 MB of them a request gets 503 with retry-after, and the share comes back", async () => {
   // Each body is kept until its answer came (for a resend on failover). Bodies under the 32 MB
   // limit, many at once, were all held: 512 connections could hold 16 GB.
@@ -837,11 +901,14 @@ test("a client that leaves after its request failed over still has the failover 
 });
 
 /** `oauth-pool serve` in a child process: its URL once it listens, and what it logged so far. */
-async function serveChild(path, { args = [], env = {} } = {}) {
-  const child = spawn(process.execPath, [CLI, "serve", "--port", "0", "--path", path, ...args], {
-    env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+async function serveChild(path, { args = [], env = {}, nofile } = {}) {
+  const argv = [CLI, "serve", "--port", "0", "--path", path, ...args];
+  const options = { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] };
+  // `nofile`: the open file limit (`ulimit -n` sets the soft and the hard one) of a shell that
+  // then becomes the gateway.
+  const child = nofile
+    ? spawn("sh", ["-c", `ulimit -n ${nofile} && exec "$0" "$@"`, process.execPath, ...argv], options)
+    : spawn(process.execPath, argv, options);
   const served = { child, out: "", err: "" };
   child.stderr.on("data", (d) => {
     served.err += d;

@@ -313,6 +313,7 @@ async fn accept_loop(
     let cut = CancellationToken::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS));
+    let mut short = Shortage::default();
     loop {
         let (stream, _peer) = tokio::select! {
             biased;
@@ -320,12 +321,24 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "gateway: accept failed");
+                    short.warn(&e.to_string());
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        if near_fd_limit(&stream) {
+            // Served, it would take the descriptors the requests in flight need (their pool
+            // file, their upstream connection): those failed with POOL_IO or NETWORK, and new
+            // clients waited unanswered in the backlog. Answered at once (in plain text; a TLS
+            // one would need its handshake) and closed, its descriptor never held.
+            short.warn("the process is near its open file limit (ulimit -n)");
+            if acceptor.is_none() {
+                refuse_at_once(&stream);
+            }
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             // Over the cap: a short, final answer instead of an unbounded queue; in TLS, as
@@ -536,13 +549,87 @@ impl ClientInput {
     }
 }
 
+/// Descriptors kept free, below the process's limit, for what a connection needs besides its own
+/// (its upstream connection, the pool file, its lock and temp file) and for the host's own.
+#[cfg(unix)]
+const FD_HEADROOM: libc::rlim_t = 32;
+
+/// Whether a connection just accepted took one of the process's last `FD_HEADROOM` descriptors.
+/// A new descriptor is the lowest free one, so every one below it is open. The connection cap
+/// (512 by default) does not bound descriptors where the limit is low (`ulimit -n 256`, a
+/// container's): a flood of idle connections took them all.
+#[cfg(unix)]
+fn near_fd_limit(stream: &tokio::net::TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return false;
+    }
+    libc::rlim_t::try_from(stream.as_raw_fd())
+        .is_ok_and(|fd| fd.saturating_add(FD_HEADROOM) >= limit.rlim_cur)
+}
+
+#[cfg(not(unix))]
+fn near_fd_limit(_stream: &tokio::net::TcpStream) -> bool {
+    false
+}
+
+/// The 503 written without waiting (it fits in a fresh socket's buffer) after what the client
+/// sent so far was taken (a close on unread bytes resets the connection, and the client may
+/// lose the answer).
+fn refuse_at_once(stream: &tokio::net::TcpStream) {
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        if !matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
+    let _ = stream.try_write(&busy_answer());
+}
+
+/// Accepting failed or was turned down for want of descriptors: said once, then at most once
+/// every `SHORTAGE_EVERY` with how many more there were (at every failed accept, 20 lines a
+/// second filled the log while the shortage lasted).
+#[derive(Default)]
+struct Shortage {
+    said: Option<tokio::time::Instant>,
+    since: u64,
+}
+
+const SHORTAGE_EVERY: Duration = Duration::from_secs(10);
+
+impl Shortage {
+    fn warn(&mut self, why: &str) {
+        let now = tokio::time::Instant::now();
+        if self
+            .said
+            .is_some_and(|at| now.duration_since(at) < SHORTAGE_EVERY)
+        {
+            self.since += 1;
+            return;
+        }
+        tracing::warn!(
+            more_since_last = self.since,
+            "gateway: a connection was not served: {why}"
+        );
+        self.said = Some(now);
+        self.since = 0;
+    }
+}
+
 /// How long a refused connection is given to take its 503 (and, in TLS, its handshake).
 const REFUSAL_TIME: Duration = Duration::from_secs(2);
 /// Connections being refused at once (past the connection cap).
 const REFUSALS: usize = 64;
 
-async fn refuse_busy(mut stream: impl tokio::io::AsyncWrite + Unpin) {
-    use tokio::io::AsyncWriteExt;
+/// The 503 a connection turned away for want of room gets, head and body.
+fn busy_answer() -> Vec<u8> {
     let body = error_body(
         "overloaded_error",
         "the pool gateway has too many connections; retry shortly",
@@ -551,9 +638,13 @@ async fn refuse_busy(mut stream: impl tokio::io::AsyncWrite + Unpin) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
+    [head.as_bytes(), &body].concat()
+}
+
+async fn refuse_busy(mut stream: impl tokio::io::AsyncWrite + Unpin) {
+    use tokio::io::AsyncWriteExt;
     let _ = tokio::time::timeout(REFUSAL_TIME, async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&body).await?;
+        stream.write_all(&busy_answer()).await?;
         stream.shutdown().await
     })
     .await;
