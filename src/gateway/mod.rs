@@ -582,16 +582,28 @@ fn near_fd_limit(_stream: &tokio::net::TcpStream) -> bool {
 
 /// The 503 written without waiting (it fits in a fresh socket's buffer) after what the client
 /// sent so far was taken (a close on unread bytes resets the connection, and the client may
-/// lose the answer).
+/// lose the answer). Straight on the socket: tokio's `try_read` and `try_write` wait for the
+/// readiness its driver has not seen yet on a socket just accepted.
+#[cfg(unix)]
 fn refuse_at_once(stream: &tokio::net::TcpStream) {
+    use std::io::Read;
+    let socket = socket2::SockRef::from(stream);
     let mut sink = [0u8; 4096];
     for _ in 0..16 {
-        if !matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {
+        if !matches!((&*socket).read(&mut sink), Ok(n) if n > 0) {
             break;
         }
     }
-    let _ = stream.try_write(&busy_answer());
+    // A peer gone is an error here, not a SIGPIPE for the host (as in `half_close`).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let flags = libc::MSG_NOSIGNAL;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let flags = 0;
+    let _ = socket.send_with_flags(&busy_answer(), flags);
 }
+
+#[cfg(not(unix))]
+fn refuse_at_once(_stream: &tokio::net::TcpStream) {}
 
 /// Accepting failed or was turned down for want of descriptors: said once, then at most once
 /// every `SHORTAGE_EVERY` with how many more there were (at every failed accept, 20 lines a
