@@ -666,7 +666,7 @@ test("the gateway key anywhere else in a request never goes upstream: a header o
   }
 });
 
-test("/metrics answers HEAD as GET, without the body (it was a 404); with the key only", async () => {
+test("/metrics answers HEAD as GET, without the body (it was a 404); with the key only; other methods on /metrics and /healthz get 405", async () => {
   const gw = await gateway(["head@x.test"]);
   try {
     const get = await raw(gw.url, [request("GET /metrics HTTP/1.1", ["Host: 127.0.0.1", `x-api-key: ${KEY}`, "Connection: close"])]);
@@ -679,6 +679,16 @@ test("/metrics answers HEAD as GET, without the body (it was a 404); with the ke
     assert.equal(answers(head.data, { head: true }).rest, "", "no body after the head");
     const unkeyed = await raw(gw.url, [request("HEAD /metrics HTTP/1.1", ["Host: 127.0.0.1", "Connection: close"])]);
     assert.equal(answers(unkeyed.data, { head: true })[0]?.status, 401);
+    // Another method on the gateway's own pages is 405 naming GET and HEAD (it was a 404 whose
+    // message named these very paths).
+    mock.clearRequests();
+    for (const line of ["POST /metrics HTTP/1.1", "DELETE /healthz HTTP/1.1", "PUT /metrics HTTP/1.1"]) {
+      const r = await raw(gw.url, [request(line, ["Host: 127.0.0.1", `x-api-key: ${KEY}`, "content-length: 2", "Connection: close"], "{}")]);
+      const [a] = answers(r.data);
+      coded(a, 405, "invalid_request_error");
+      assert.equal(a.headers.allow, "GET, HEAD", line);
+    }
+    assert.equal(mock.requests.length, 0, "nothing upstream");
   } finally {
     await gw.close(1000);
   }

@@ -911,6 +911,19 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> 
     } else if matches!(*req.method(), Method::GET | Method::HEAD) && path == "/metrics" {
         // HEAD as well, answered as GET without the body (RFC 9110 9.3.2): it was a 404.
         refuse(req, metrics::metrics(&state).await).await
+    } else if path == "/healthz" || path == "/metrics" {
+        // Another method on the gateway's own pages: 405 naming the ones they take, as RFC
+        // 9110 15.5.6 says (it was a 404 saying the gateway serves these very paths).
+        let mut response = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "/healthz and /metrics answer GET and HEAD only",
+        );
+        response.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        refuse(req, response).await
     } else if forward::is_api_path(&path) && !is_forwarded_method(req.method()) {
         let response = error(
             StatusCode::METHOD_NOT_ALLOWED,
