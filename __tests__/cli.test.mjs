@@ -1125,6 +1125,41 @@ test("add-key on a terminal: a key pasted as soon as the prompt shows is not ech
   );
 });
 
+test("add-key on a terminal ended by a signal at its hidden prompt gives the terminal back with its echo on", {
+  skip: !script && "needs script(1) on Linux",
+}, async () => {
+  // The prompt puts the terminal in raw mode (no echo). A `kill`, a closed ssh session or a
+  // Ctrl-C sent by another process ended the CLI there and left it so: the shell it returned to
+  // showed nothing typed until `stty sane`. The shell below runs `stty -a` on that terminal after.
+  const path = freshPath();
+  const quote = (w) => `'${w.replace(/'/g, `'\\''`)}'`;
+  const cmd = [process.execPath, CLI, "add-key"].map(quote).join(" ");
+  const line = `${cmd} </dev/tty & echo "pid=$!"; wait $!; echo "rc=$?"; stty -a`;
+  for (const [signal, number] of [
+    ["SIGTERM", 15],
+    ["SIGINT", 2],
+    ["SIGHUP", 1],
+  ]) {
+    let sent = false;
+    const r = await cli(["-qec", `sh -c ${quote(line)}`, "/dev/null"], {
+      path,
+      command: ["script"],
+      onStdout(stdout) {
+        const pid = stdout.match(/pid=(\d+)/)?.[1];
+        if (sent || !pid || !stdout.includes("API key: ")) return;
+        sent = true;
+        process.kill(Number(pid), signal);
+      },
+    });
+    assert.ok(sent, r.stdout);
+    assert.match(r.stdout, new RegExp(`rc=${128 + number}\\b`), `${signal} ends it as that signal does: ${r.stdout}`);
+    const settings = r.stdout.slice(r.stdout.indexOf("rc="));
+    assert.match(settings, /(^|[\s;])echo([\s;]|$)/m, `${signal}: the echo is back on: ${settings}`);
+    assert.match(settings, /(^|[\s;])icanon([\s;]|$)/m, `${signal}: line editing is back: ${settings}`);
+    assert.ok(!existsSync(path), "nothing written");
+  }
+});
+
 test("add on a terminal where nobody pastes the code: the same bound as a pipe, its error on a line of its own; Ctrl-C still ends it at once", {
   skip: !script && "needs script(1) on Linux",
 }, async () => {

@@ -59,18 +59,33 @@ function timedOut(stdin, stderr) {
   return TIMED_OUT;
 }
 
+// The signals that end a process waiting at a prompt (`kill`, a closed terminal, Ctrl-C sent
+// by another process: in raw mode the key itself is read as a character, below).
+const ENDING_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"];
+
 /** A terminal with the echo off: the API key never shows on screen. */
 function readHidden(stdin, stderr, timeoutMs, prompt) {
   return new Promise((resolve, reject) => {
     let buf = "";
+    // A signal ended the process with the terminal still raw: the shell it returned to showed
+    // nothing typed (echo off, no line editing) until `stty sane`. The terminal is given back
+    // first, then the process ends by that signal as it would have.
+    const onSignal = (signal) => {
+      stop();
+      process.kill(process.pid, signal);
+    };
     // The echo goes off before the prompt shows: a key pasted as the prompt appeared was echoed
     // when this process lost the CPU between the two (a loaded machine, a paste by a script).
     stdin.setRawMode(true);
+    for (const signal of ENDING_SIGNALS) process.on(signal, onSignal);
     if (prompt) stderr.write(prompt);
     stdin.setEncoding("utf8");
     const stop = () => {
       clearTimeout(timer);
-      stdin.setRawMode(false);
+      for (const signal of ENDING_SIGNALS) process.removeListener(signal, onSignal);
+      try {
+        stdin.setRawMode(false);
+      } catch {}
       stdin.off("data", onData);
       stdin.pause();
       stderr.write("\n");
