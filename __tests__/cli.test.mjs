@@ -789,6 +789,25 @@ test("add: a code with another login's state is OAUTH_STATE_MISMATCH, exit 1, no
   assert.match(empty.stderr, /error \[OAUTH_BAD_INPUT\]/);
 });
 
+test("add with a token endpoint the pool refuses says so before the login URL: INSECURE_ENDPOINT, exit 1, no login started", async () => {
+  // The URL was printed and the code read first: the person logged in in a browser, pasted the
+  // code, and only then heard that OAUTH_POOL_TOKEN_URL was refused; that login was for nothing.
+  const path = freshPath();
+  for (const tokenUrl of ["platform.claude.com/v1/oauth/token", "http://192.0.2.1/v1/oauth/token"]) {
+    for (const args of [["add"], ["add", "--json"]]) {
+      const r = await cli(args, { path, input: "some-code#some-state\n", env: { OAUTH_POOL_TOKEN_URL: tokenUrl, OAUTH_POOL_API_URL: mock.url } });
+      assert.equal(r.code, 1, r.stdout + r.stderr);
+      assert.doesNotMatch(r.stdout, /oauth\/authorize/, "no login URL shown");
+      const said = args.includes("--json") ? json(r).error : { code: r.stderr.match(/error \[(\w+)\]/)?.[1], message: r.stderr };
+      assert.equal(said.code, "INSECURE_ENDPOINT", r.stdout + r.stderr);
+      assert.match(said.message, /OAUTH_POOL_TOKEN_URL/);
+      assert.match(said.message, /no login was started/);
+      assert.doesNotMatch(r.stderr, /code: |Open this URL/);
+    }
+  }
+  assert.ok(!existsSync(path), "nothing written");
+});
+
 test("import-claude-code copies a Claude Code login into the pool without printing it", async () => {
   const path = freshPath();
   const t = mock.addAccount("cc@x.test");

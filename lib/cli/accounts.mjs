@@ -174,6 +174,10 @@ async function add({ lib, options, path, out }) {
   const waitMs = millisOption(options["code-timeout-ms"], "code-timeout-ms", CODE_WAIT_MS);
   // A pool that cannot take the account says so before the user goes through a login for it.
   const before = await lib.loadPool(path);
+  // So does a token endpoint the pool refuses (a typo, plain http off loopback): the code was
+  // read first, and the login made in the browser for it was lost to INSECURE_ENDPOINT.
+  const refused = lib.checkEndpoints().find((e) => e.variable === "OAUTH_POOL_TOKEN_URL" && !e.ok);
+  if (refused) throw cliError(refused.code ?? "INSECURE_ENDPOINT", text`${refused.message}; no login was started`);
   const pkce = await lib.authorize({ mode });
   // The URL goes to stdout alone on its line (so a script can pick it up); the guidance to stderr.
   if (mode === "max") out.note(`${SUBSCRIPTION_TERMS} (\`oauth-pool add-key\` adds one.)`);
