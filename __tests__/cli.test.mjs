@@ -1235,6 +1235,33 @@ test("add and add-key read one bounded line: endless input and a closed stdin ar
   assert.ok(!existsSync(path), "nothing written");
 });
 
+test("add and add-key on a stdin that cannot be read (opened for writing only, a directory): USAGE, exit 2, not the runtime's EBADF", {
+  skip: !posix && "POSIX descriptors",
+}, async () => {
+  // `oauth-pool add-key 0>key.txt` (a typo for <) gave `error [EBADF]: bad file descriptor`,
+  // exit 1: a code no script knows, saying nothing of stdin. Bun said EISDIR of a directory.
+  const path = freshPath();
+  const env = { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url };
+  const writeOnly = openSync(join(tmp, "write-only.txt"), "w");
+  const dir = openSync(tmp, "r");
+  try {
+    for (const stdin of [writeOnly, dir]) {
+      for (const args of [["add-key"], ["add"], ["add-key", "--json"]]) {
+        const r = await cli(args, { path, env, stdin });
+        assert.equal(r.code, 2, `${args}: ${r.stdout}${r.stderr}`);
+        const error = args.includes("--json") ? json(r).error : { code: r.stderr.match(/error \[(\w+)\]/)?.[1], message: r.stderr };
+        assert.equal(error.code, "USAGE", r.stdout + r.stderr);
+        assert.match(error.message, /stdin/);
+        assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
+      }
+    }
+  } finally {
+    closeSync(writeOnly);
+    closeSync(dir);
+  }
+  assert.ok(!existsSync(path), "nothing written");
+});
+
 test("doctor takes the pool's files and the endpoint rule from the library, and names each endpoint's proxy", async () => {
   const path = freshPath();
   await seed(path, [{ email: "p@x.test" }]);

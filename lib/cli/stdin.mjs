@@ -7,6 +7,10 @@ export const MAX_LINE_BYTES = 64 * 1024;
 
 const tooLong = () => new UsageError(`stdin held more than ${MAX_LINE_BYTES / 1024} KB without a line break: expected one short line (a pasted code or key)`);
 
+// A stdin that cannot be read (opened for writing only, a directory): how the CLI was called,
+// so a usage error. It was the runtime's own code (EBADF, EISDIR), which no script knows.
+const unreadable = (e) => new UsageError(`stdin cannot be read (${e?.code ?? e?.message ?? e}): expected one short line (a pasted code or key)`);
+
 /** What `readLine` resolves with when no line came within its `timeoutMs`. */
 export const TIMED_OUT = Symbol("no line within the time allowed");
 
@@ -46,11 +50,17 @@ export async function readLine({ prompt, hidden = false, timeoutMs, stdin = proc
       chunks.push(buf);
     };
     const onEnd = () => finish(() => resolve(seen ? line(Buffer.concat(chunks)) : null));
-    const onError = (e) => finish(() => reject(e));
-    stdin.on("data", onData);
-    stdin.on("end", onEnd);
-    stdin.on("error", onError);
-    stdin.resume();
+    const onError = (e) => finish(() => reject(unreadable(e)));
+    // Bun throws as the 'data' listener goes on, not in an 'error' event, for a stdin it
+    // cannot read (a directory).
+    try {
+      stdin.on("end", onEnd);
+      stdin.on("error", onError);
+      stdin.on("data", onData);
+      stdin.resume();
+    } catch (e) {
+      onError(e);
+    }
   });
 }
 
