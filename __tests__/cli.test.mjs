@@ -1179,6 +1179,38 @@ test("add-key on a terminal ended by a signal at its hidden prompt gives the ter
   }
 });
 
+test("add-key on a terminal whose shell ignores SIGHUP (trap '' HUP): a hangup leaves it waiting where the runtime keeps the ignore (Bun)", {
+  skip: !script && "needs script(1) on Linux",
+}, async () => {
+  // The listener that gives the terminal back on a signal must not make an ignored one end the
+  // process. Node resets every signal to its default as it starts, so there the hangup ends it.
+  const path = freshPath();
+  const quote = (w) => `'${w.replace(/'/g, `'\\''`)}'`;
+  const cmd = [process.execPath, CLI, "add-key"].map(quote).join(" ");
+  const line = `trap '' HUP; ${cmd} </dev/tty & echo "pid=$!"; wait $!; echo "rc=$?"; stty -a`;
+  let sent = false;
+  const r = await cli(["-qec", `sh -c ${quote(line)}`, "/dev/null"], {
+    path,
+    command: ["script"],
+    onStdout(stdout) {
+      const pid = Number(stdout.match(/pid=(\d+)/)?.[1]);
+      if (sent || !pid || !stdout.includes("API key: ")) return;
+      sent = true;
+      process.kill(pid, "SIGHUP");
+      setTimeout(() => {
+        try {
+          process.kill(pid, "SIGTERM");
+        } catch {}
+      }, 1000);
+    },
+  });
+  assert.ok(sent, r.stdout);
+  const keepsIgnore = typeof Bun !== "undefined";
+  assert.match(r.stdout, keepsIgnore ? /rc=143\b/ : /rc=(129|143)\b/, `the hangup was ${keepsIgnore ? "ignored" : "default"}: ${r.stdout}`);
+  assert.match(r.stdout.slice(r.stdout.indexOf("rc=")), /(^|[\s;])echo([\s;]|$)/m, "the echo is back on");
+  assert.ok(!existsSync(path), "nothing written");
+});
+
 test("add on a terminal where nobody pastes the code: the same bound as a pipe, its error on a line of its own; Ctrl-C still ends it at once", {
   skip: !script && "needs script(1) on Linux",
 }, async () => {

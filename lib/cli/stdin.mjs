@@ -1,6 +1,7 @@
 // One line from stdin: a pipe, a file, or a terminal with the echo on or off. Bounded, because
 // `oauth-pool add-key < /dev/zero` must end with an error, not grow until memory runs out; a
 // pasted code or an API key is a few hundred bytes.
+import { nativeBinding } from "../native.mjs";
 import { UsageError } from "./errors.mjs";
 
 export const MAX_LINE_BYTES = 64 * 1024;
@@ -70,8 +71,18 @@ function timedOut(stdin, stderr) {
 }
 
 // The signals that end a process waiting at a prompt (`kill`, a closed terminal, Ctrl-C sent
-// by another process: in raw mode the key itself is read as a character, below).
+// by another process: in raw mode the key itself is read as a character, below). One the
+// process ignores (`trap '' HUP`) stays ignored: a listener would make it end the process.
 const ENDING_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"];
+function endingSignals() {
+  return ENDING_SIGNALS.filter((signal) => {
+    try {
+      return nativeBinding().signalIgnored?.(signal) !== true;
+    } catch {
+      return true;
+    }
+  });
+}
 
 /** A terminal with the echo off: the API key never shows on screen. */
 function readHidden(stdin, stderr, timeoutMs, prompt) {
@@ -86,13 +97,14 @@ function readHidden(stdin, stderr, timeoutMs, prompt) {
     };
     // The echo goes off before the prompt shows: a key pasted as the prompt appeared was echoed
     // when this process lost the CPU between the two (a loaded machine, a paste by a script).
+    const signals = endingSignals();
     stdin.setRawMode(true);
-    for (const signal of ENDING_SIGNALS) process.on(signal, onSignal);
+    for (const signal of signals) process.on(signal, onSignal);
     if (prompt) stderr.write(prompt);
     stdin.setEncoding("utf8");
     const stop = () => {
       clearTimeout(timer);
-      for (const signal of ENDING_SIGNALS) process.removeListener(signal, onSignal);
+      for (const signal of signals) process.removeListener(signal, onSignal);
       try {
         stdin.setRawMode(false);
       } catch {}
