@@ -1267,6 +1267,20 @@ test("add and add-key read one bounded line: endless input and a closed stdin ar
   assert.ok(!existsSync(path), "nothing written");
 });
 
+test("add-key with text that is no key says what a key looks like, not \"[redacted]\"", async () => {
+  // The example in the message was shaped like a token, and every message is scrubbed of those on
+  // its way out: it read "expected something like [redacted]".
+  const path = freshPath();
+  for (const input of ["not a key\n", "short\n"]) {
+    const r = await cli(["add-key"], { path, input });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /^error \[INVALID_ARGUMENT\]: that does not look like an API key/);
+    assert.match(r.stderr, /sk-ant-api\b/);
+    assert.doesNotMatch(r.stderr, /redacted/);
+  }
+  assert.ok(!existsSync(path), "nothing written");
+});
+
 test("add and add-key on a stdin that cannot be read (opened for writing only, a directory): USAGE, exit 2, not the runtime's EBADF", {
   skip: !posix && "POSIX descriptors",
 }, async () => {

@@ -499,7 +499,9 @@ pub async fn add_api_key(
     let secret = Secret::new(crate::secret::unwrapped_paste(key.expose()));
     if secret.expose().len() < 8 || !secret.is_token_shaped() {
         return Err(Error::InvalidArgument(
-            "that does not look like an API key (expected something like sk-ant-api03-...)".into(),
+            // Kept short of a token's shape: every message leaves the process through the
+            // scrubber, which showed `sk-ant-api03-...` as "[redacted]".
+            "that does not look like an API key (a Console API key starts with sk-ant-api)".into(),
         ));
     }
     let given = email.is_some_and(|e| !e.trim().is_empty());
