@@ -808,6 +808,37 @@ test("add with a token endpoint the pool refuses says so before the login URL: I
   assert.ok(!existsSync(path), "nothing written");
 });
 
+test("add for a pool whose directory cannot be made (a read-only mount, a parent not ours): POOL_IO before the code is sent, no login spent or held", {
+  skip: !posix && "POSIX modes and mounts",
+}, async (t) => {
+  // The trial write that keeps a login's code unspent when the pool cannot take it was made only
+  // in a directory already there: for one still to be made, the code was exchanged, and the
+  // login held by the CLI until it was stopped, then lost.
+  const isRoot = process.getuid?.() === 0;
+  const parent = mkdtempSync(join(tmp, "unmakeable-"));
+  let undo;
+  if (isRoot) {
+    if (spawnSync("mount", ["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", parent]).status !== 0) return t.skip("mount is not allowed here");
+    spawnSync("mount", ["-o", "remount,ro", parent]);
+    undo = () => spawnSync("umount", ["-l", parent]);
+  } else {
+    chmodSync(parent, 0o500);
+    undo = () => chmodSync(parent, 0o700);
+  }
+  try {
+    const path = join(parent, "pool", "oauth-pool.json");
+    const exchanges = mock.stats().exchangeCalls;
+    const r = await addThroughMock(path, "unmakeable@x.test");
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    assert.match(r.stderr, /error \[POOL_IO\]: .*the code was not spent/);
+    assert.doesNotMatch(r.stderr, /holds the login/);
+    assert.equal(mock.stats().exchangeCalls, exchanges, "the code was not sent");
+    assert.ok(!existsSync(path));
+  } finally {
+    undo();
+  }
+});
+
 test("import-claude-code copies a Claude Code login into the pool without printing it", async () => {
   const path = freshPath();
   const t = mock.addAccount("cc@x.test");

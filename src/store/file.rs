@@ -416,12 +416,18 @@ impl FileStore {
     /// as the file plus a margin for new tokens is written, synced and removed. A full disk, a
     /// quota or a read-only mount then costs nothing: the refresh or the exchange is not made.
     /// A pool file that is not there has no refresh token to spend; a login for a pool to be
-    /// made is tried in its directory when that is there (nothing is made for a trial).
+    /// made is tried in its directory, or when that is not there yet in the nearest directory
+    /// above it, where the first write makes it (nothing is made for a trial). Skipped there, a
+    /// directory that cannot be made (a read-only mount, a parent not ours) lost the login:
+    /// its code spent, its tokens with nowhere to go.
     pub fn try_write_room(&self, before: Trial) -> Result<()> {
         let dir = parent_dir(&self.path);
-        let size = match fs::symlink_metadata(&self.path) {
-            Ok(meta) => meta.len(),
-            Err(_) if before == Trial::Login && dir.is_dir() => 0,
+        let (dir, size) = match fs::symlink_metadata(&self.path) {
+            Ok(meta) => (dir, meta.len()),
+            Err(_) if before == Trial::Login => match nearest_dir(&dir) {
+                Some(dir) => (dir, 0),
+                None => return Ok(()),
+            },
             Err(_) => return Ok(()),
         };
         let trial = || -> std::io::Result<()> {
@@ -697,6 +703,20 @@ fn fill_zeros(mut file: &File, size: u64) -> std::io::Result<()> {
         left -= n as u64;
     }
     file.sync_all()
+}
+
+/// `dir` when it is a directory, else the nearest of its ancestors that is one; `None` when the
+/// first that exists is something else (a path through a file: the write fails anyway).
+fn nearest_dir(dir: &Path) -> Option<PathBuf> {
+    let mut at = Some(dir);
+    while let Some(p) = at {
+        match fs::metadata(p) {
+            Ok(meta) if meta.is_dir() => return Some(p.to_path_buf()),
+            Ok(_) => return None,
+            Err(_) => at = p.parent().filter(|q| !q.as_os_str().is_empty()),
+        }
+    }
+    None
 }
 
 /// What a trial write comes before (`FileStore::try_write_room`).
@@ -1722,6 +1742,10 @@ mod tests {
         fs::remove_file(store.path()).unwrap();
         let listed = names(&dir);
         store.try_write_room(Trial::Login).unwrap();
+        assert_eq!(names(&dir), listed);
+        // One whose directory is not there yet, in the directory above: nothing made or left.
+        let deeper = FileStore::new(dir.join("not-yet").join("deeper").join("oauth-pool.json"));
+        deeper.try_write_room(Trial::Login).unwrap();
         assert_eq!(names(&dir), listed);
     }
 
