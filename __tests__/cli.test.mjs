@@ -1298,7 +1298,7 @@ test("add and add-key read one bounded line: endless input and a closed stdin ar
   assert.ok(!existsSync(path), "nothing written");
 });
 
-test("add-key with text that is no key says what a key looks like, not \"[redacted]\"", async () => {
+test('add-key with text that is no key says what a key looks like, not "[redacted]"', async () => {
   // The example in the message was shaped like a token, and every message is scrubbed of those on
   // its way out: it read "expected something like [redacted]".
   const path = freshPath();
