@@ -1601,6 +1601,49 @@ test("serve on a port already in use: exit 1 with what to do, in text and JSON",
   }
 });
 
+test("serve started ignoring SIGHUP (nohup, trap '' HUP) keeps serving through a hangup where the runtime keeps the ignore (Bun); SIGTERM still stops it", {
+  skip: !posix && "POSIX signals",
+}, async () => {
+  // Its listener for SIGHUP (the terminal closing, for a gateway run in one) stopped a gateway
+  // the user had started with nohup to outlive the ssh session. Node sets every signal back to
+  // its default as it starts (nohup does not hold there), so under Node a hangup still stops it.
+  const path = freshPath();
+  await seed(path, [{ email: "hup@x.test" }]);
+  const child = spawn("sh", ["-c", `trap '' HUP; exec "$0" "$@"`, process.execPath, CLI, "serve", "--port", "0", "--drain-ms", "0"], {
+    env: childEnv(path, { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url }),
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const closed = new Promise((resolve) => child.on("close", (code, signal) => resolve(code ?? signal)));
+  const guard = setTimeout(() => child.kill("SIGKILL"), 60_000);
+  try {
+    let out = "";
+    const url = await new Promise((resolve, reject) => {
+      child.stdout.setEncoding("utf8").on("data", (d) => {
+        out += d;
+        const m = /listening on (\S+)/.exec(out);
+        if (m) resolve(m[1]);
+      });
+      child.on("close", () => reject(new Error(`serve ended: ${out}`)));
+    });
+    child.stderr.resume();
+    // Its listeners go on just after the URL is printed: a hangup sent before them proves nothing.
+    assert.equal((await fetch(`${url}/healthz`)).status, 200);
+    await new Promise((r) => setTimeout(r, 500));
+    child.kill("SIGHUP");
+    const keepsIgnore = typeof Bun !== "undefined";
+    const early = await Promise.race([closed, new Promise((r) => setTimeout(() => r("running"), 1500))]);
+    if (keepsIgnore) {
+      assert.equal(early, "running", "the ignored hangup left the gateway serving");
+      assert.equal((await fetch(`${url}/healthz`)).status, 200);
+      child.kill("SIGTERM");
+    } else if (early === "running") child.kill("SIGTERM");
+    assert.equal(await closed, 0);
+  } finally {
+    clearTimeout(guard);
+    child.kill("SIGKILL");
+  }
+});
+
 test("list: names in CJK or with emoji keep the table's columns in line (terminal columns, not UTF-16 units)", async () => {
   assert.equal(displayWidth("abc"), 3);
   assert.equal(displayWidth("张三"), 4);

@@ -5,6 +5,7 @@
 import { millisOption } from "./args.mjs";
 import { EXIT, UsageError } from "./errors.mjs";
 import { text } from "./output.mjs";
+import { endingSignals } from "./signals.mjs";
 
 const OUTPUT_WAIT_MS = 2000;
 
@@ -39,8 +40,10 @@ async function serve({ lib, options, path, out }) {
     out.note(text`made a new gateway key in ${gateway.keyCreated}: clients need it (oauth-pool serve --show-key); one holding an older key is refused`);
   // SIGHUP too (the terminal or ssh session it ran in closed): by Node's default it died on the
   // spot, streams in flight cut and the last bookkeeping lost.
+  // Not one the process ignores: `nohup oauth-pool serve &` (under Bun, which keeps the ignore)
+  // stopped when the ssh session it was started from closed.
   const signal = await new Promise((resolve) => {
-    for (const name of ["SIGINT", "SIGTERM", "SIGHUP"]) process.once(name, () => resolve(name));
+    for (const name of endingSignals()) process.once(name, () => resolve(name));
   });
   out.note(`${signal}: finishing the streams in flight (at most ${drainMs} ms), then stopping`);
   await gateway.close(drainMs);

@@ -1,8 +1,8 @@
 // One line from stdin: a pipe, a file, or a terminal with the echo on or off. Bounded, because
 // `oauth-pool add-key < /dev/zero` must end with an error, not grow until memory runs out; a
 // pasted code or an API key is a few hundred bytes.
-import { nativeBinding } from "../native.mjs";
 import { UsageError } from "./errors.mjs";
+import { endingSignals } from "./signals.mjs";
 
 export const MAX_LINE_BYTES = 64 * 1024;
 
@@ -68,20 +68,6 @@ export async function readLine({ prompt, hidden = false, timeoutMs, stdin = proc
 function timedOut(stdin, stderr) {
   if (stdin.isTTY) stderr.write("\n");
   return TIMED_OUT;
-}
-
-// The signals that end a process waiting at a prompt (`kill`, a closed terminal, Ctrl-C sent
-// by another process: in raw mode the key itself is read as a character, below). One the
-// process ignores (`trap '' HUP`) stays ignored: a listener would make it end the process.
-const ENDING_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"];
-function endingSignals() {
-  return ENDING_SIGNALS.filter((signal) => {
-    try {
-      return nativeBinding().signalIgnored?.(signal) !== true;
-    } catch {
-      return true;
-    }
-  });
 }
 
 /** A terminal with the echo off: the API key never shows on screen. */
