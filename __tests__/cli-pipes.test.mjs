@@ -285,10 +285,12 @@ test("SIGINT while add waits for the code (no bound passed yet) ends it by the s
  * (the code is spent by then), then lets the answer go: resolves the child once it said on
  * stderr what it holds (`said`), with how it ends (`closed`) and its output so far (`output()`).
  */
-async function addSpoiledMidway(path, email, spoil) {
+async function addSpoiledMidway(path, email, spoil, { ignoreHangup = false } = {}) {
   let answer;
   mock.setTokenMode({ grant: "authorization_code", until: new Promise((r) => (answer = r)), times: 1 });
-  const child = spawn(process.execPath, [CLI, "add"], { env: childEnv(path), stdio: ["pipe", "pipe", "pipe"] });
+  // `ignoreHangup`: started the way nohup or `trap '' HUP` starts it.
+  const command = ignoreHangup ? ["sh", "-c", `trap '' HUP; exec "$0" "$@"`, process.execPath] : [process.execPath];
+  const child = spawn(command[0], [...command.slice(1), CLI, "add"], { env: childEnv(path), stdio: ["pipe", "pipe", "pipe"] });
   const guard = setTimeout(() => child.kill("SIGKILL"), 60_000);
   const closed = new Promise((r) =>
     child.on("close", (code, sig) => {
@@ -369,4 +371,29 @@ test("SIGINT and SIGTERM to add holding a login it cannot write: it says the log
     assert.doesNotMatch(output().stdout, /added/);
     assert.equal(readFileSync(path, "utf8"), BROKEN, `${signal}: the file was left as it was`);
   }
+});
+
+test("add holding a login, started ignoring SIGHUP (nohup): a hangup leaves it holding where the runtime keeps the ignore (Bun), and the login lands", {
+  skip: !posix && "POSIX signals",
+}, async () => {
+  // Its listener gave the login up on a hangup the user had asked to ignore. Node sets every
+  // signal back to its default as it starts, so there the hangup ends it, saying the login is lost.
+  const path = freshPath();
+  const email = "kept-nohup@x.test";
+  await seed(path, ["other@x.test"]);
+  const good = readFileSync(path);
+  const { child, closed, output } = await addSpoiledMidway(path, email, () => writeFileSync(path, BROKEN), { ignoreHangup: true });
+  assert.equal(child.exitCode, null, `the CLI stayed with the login (ended: ${JSON.stringify(output())})`);
+  child.kill("SIGHUP");
+  const early = await Promise.race([closed, new Promise((r) => setTimeout(() => r("holding"), 1500))]);
+  if (typeof Bun === "undefined") {
+    assert.equal(early === "holding" ? await closed : early, 129, output().stderr);
+    assert.match(output().stderr, /stopped by SIGHUP/);
+    return;
+  }
+  assert.equal(early, "holding", `the ignored hangup left the login held: ${output().stderr}`);
+  writeFileSync(path, good);
+  assert.equal(await closed, 0, output().stderr);
+  assert.match(output().stdout, /^added kept-nohup@x\.test$/m);
+  assert.equal(JSON.parse(readFileSync(path, "utf8")).anthropic.find((a) => a.email === email)?.refresh, mock.tokens(email).refresh);
 });

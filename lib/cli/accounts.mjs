@@ -29,6 +29,7 @@ import { millisOption } from "./args.mjs";
 import { UsageError, cliError } from "./errors.mjs";
 import { printable, table, text } from "./output.mjs";
 import { placedName } from "../printable.mjs";
+import { endingSignals } from "./signals.mjs";
 import { TIMED_OUT, confirm, readLine } from "./stdin.mjs";
 
 // ---- how accounts read --------------------------------------------------------------------------
@@ -219,7 +220,8 @@ async function keptLoginWritten(err, before, out) {
   let said = login.error;
   let stop;
   const stopped = new Promise((resolve) => (stop = resolve));
-  const signals = ["SIGINT", "SIGTERM", "SIGHUP"];
+  // Not one the process ignores (nohup under Bun): that gave the login up on a hangup.
+  const signals = endingSignals();
   const holding = () => native.keptLogins().find((k) => k.email === email);
   // Given up in the listener itself, first in line: the addon's own listener (lib/native.mjs),
   // next in this same emit, waits up to 5 s for a login still held.
