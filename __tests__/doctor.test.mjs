@@ -11,7 +11,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -439,6 +439,40 @@ test("doctor: a pool directory that can never be made (HOME or a part of the pat
   assert.equal(c?.level, "problem", d.shown);
   assert.match(c.message, /home-file is not a directory .*point OAUTH_POOL_PATH elsewhere/);
   assert.equal(d.code, 3);
+});
+
+test("doctor: a pool directory that cannot be made where it would go (a read-only mount, a directory not ours) is a problem, not a pool that does not exist yet", {
+  skip: process.platform === "win32" && "POSIX modes and mounts",
+}, async (t) => {
+  // It said "does not exist yet (created 0700 by the first write)", and every write (add,
+  // add-key, the first refresh) then failed with POOL_IO.
+  const box = user();
+  const parent = mkdtempSync(join(box.dir, "unmakeable-"));
+  let undo;
+  if (process.getuid?.() === 0) {
+    if (spawnSync("mount", ["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", parent]).status !== 0) return t.skip("mount is not allowed here");
+    spawnSync("mount", ["-o", "remount,ro", parent]);
+    undo = () => spawnSync("umount", ["-l", parent]);
+  } else {
+    chmodSync(parent, 0o500);
+    undo = () => chmodSync(parent, 0o700);
+  }
+  try {
+    const d = await doctor(box, { env: { OAUTH_POOL_PATH: join(parent, "pool", "oauth-pool.json") } });
+    const [c] = d.named("directory");
+    assert.equal(c?.level, "problem", d.shown);
+    assert.match(
+      c.message,
+      /pool cannot be created: .*unmakeable-\S* (is on a read-only file system|cannot be written in \(EACCES\)) \(every command fails with POOL_IO; point OAUTH_POOL_PATH elsewhere\)/,
+    );
+    assert.equal(d.code, 3);
+    assert.deepEqual(d.named("file"), [], "no 'does not exist yet' for a file that cannot be");
+  } finally {
+    undo();
+  }
+  // A directory that can be made is still one that does not exist yet.
+  const d = await doctor(box, { env: { OAUTH_POOL_PATH: join(parent, "pool", "oauth-pool.json") } });
+  assert.equal(d.named("directory")[0]?.level, "ok", d.shown);
 });
 
 // The Troubleshooting section sends people to doctor; on a pool directory behind a symbolic

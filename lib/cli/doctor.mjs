@@ -6,7 +6,7 @@
 // Each check is { name, level: ok|info|warn|problem, message, ...details }; any problem makes
 // the exit code 3. Messages keep emails and reasons as they are (JSON escapes them); the text
 // report escapes each message whole, which is safe because a message is one line of ours.
-import { lstatSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { accessSync, constants as fsConstants, lstatSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join } from "node:path";
 import { wait } from "../plugin/format.mjs";
 import { EXIT } from "./errors.mjs";
@@ -115,7 +115,9 @@ function checkNative(lib, r) {
 
 /**
  * The nearest of `dir`'s ancestors that exists, when it is no directory (a HOME that is a file,
- * a path through a regular file): the pool's directory can then never be made. Null otherwise.
+ * a path through a regular file) or one this process cannot make a directory in (a read-only
+ * mount, another user's): the pool's directory can then never be made, and every write fails
+ * with POOL_IO (it read "does not exist yet"). Null otherwise.
  */
 function blockingAncestor(dir) {
   for (let p = dirname(dir); ; p = dirname(p)) {
@@ -127,7 +129,15 @@ function blockingAncestor(dir) {
       // Not there (keep climbing) or below a file (the file is found further up).
       if (e.code !== "ENOENT" && e.code !== "ENOTDIR" && e.code !== "ELOOP") return null;
     }
-    if (st) return st.isDirectory() ? null : { at: p, why: "is not a directory" };
+    if (st && !st.isDirectory()) return { at: p, why: "is not a directory" };
+    if (st) {
+      try {
+        accessSync(p, fsConstants.W_OK | fsConstants.X_OK);
+        return null;
+      } catch (e) {
+        return { at: p, why: e.code === "EROFS" ? "is on a read-only file system" : `cannot be written in (${e.code ?? e.message})` };
+      }
+    }
     if (dirname(p) === p) return null;
   }
 }
