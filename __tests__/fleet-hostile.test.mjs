@@ -652,3 +652,39 @@ test("rows edited by hand: an entry of the wrong shape is listed as invalid and 
     ["keep@hostile.test", "edit@hostile.test"],
   );
 });
+
+test("a host whose refresh lock the database ends while its token is at the token endpoint (a DBA, a restart, a pooler dropping the server connection): another host that takes the lock waits for that host's tokens instead of presenting the token too", async () => {
+  const email = "cut@hostile.test";
+  const f = await fleet([oauthEntry(email, { expired: true })]);
+  let release;
+  mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (release = r)) });
+  const onA = startHostProcess(f.a);
+  const onB = startHostProcess(f.b);
+  try {
+    await Promise.all([onA.ready, onB.ready]);
+    const first = onA.ask("fetch");
+    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const lockPid = (await until(pidsHolding(REFRESH_LOCK_CLASS, f.db.name), (o) => o.trim() !== "")).trim();
+    await pg.sql(`SELECT pg_terminate_backend(${lockPid})`);
+    await until(pidsHolding(REFRESH_LOCK_CLASS, f.db.name), (o) => o.trim() === "");
+    // Host B finds the lock free and the stored token unchanged: it must not present it, but
+    // wait for host A's tokens (A lives: its claim on the token beats).
+    const meanwhile = onB.ask("fetch");
+    await until(pidsHolding(REFRESH_LOCK_CLASS, f.db.name), (o) => o.trim() !== "");
+    await sleep(4000);
+    assert.equal(mock.stats().perFamily[email].refreshCalls, 1, "host B presented the token that is out");
+    release();
+    const woken = await first;
+    assert.equal(woken.value?.status, 200, JSON.stringify(woken));
+    const adopted = await meanwhile;
+    assert.equal(adopted.value?.status, 200, JSON.stringify(adopted));
+    assert.equal((await storedPool(f.b)).anthropic[0].refresh, mock.tokens(email).refresh, "host A's new tokens are stored");
+    const fam = mock.stats().perFamily[email];
+    assert.equal(fam.refreshCalls, 1);
+    assert.equal(fam.reuse, 0);
+  } finally {
+    mock.setTokenMode(null);
+    release?.();
+    await Promise.all([onA.close(), onB.close()]);
+  }
+});

@@ -43,6 +43,11 @@ pub enum Error {
     /// and has not saved its successor yet: nothing was waited for here.
     #[error("{}: another pool on this machine ({}) is refreshing this login right now; the next request will know how it went", bounded(.email), bounded(.store))]
     RefreshElsewhere { email: String, store: String },
+    /// The fleet store holds another process's claim on the refresh token, made moments ago
+    /// (its refresh lock was lost while the token was out: a restart, a DBA, a pooler): the
+    /// token is not presented a second time.
+    #[error("{}: another process of the fleet store {} is refreshing this login right now; the next request will use what it gets", bounded(.email), bounded(.store))]
+    RefreshClaimed { email: String, store: String },
     #[error("no account with email {} in the pool", bounded(.0))]
     AccountNotFound(String),
     #[error("{0}")]
@@ -141,9 +146,10 @@ impl Error {
             Error::PoolInsecure { .. } => "POOL_INSECURE",
             Error::PoolInvalid(_) => "POOL_INVALID",
             Error::PoolIo { .. } | Error::NoThread(_) => "POOL_IO",
-            Error::PoolBusy { .. } | Error::RefreshBusy { .. } | Error::RefreshElsewhere { .. } => {
-                "POOL_BUSY"
-            }
+            Error::PoolBusy { .. }
+            | Error::RefreshBusy { .. }
+            | Error::RefreshElsewhere { .. }
+            | Error::RefreshClaimed { .. } => "POOL_BUSY",
             Error::AccountNotFound(_) => "ACCOUNT_NOT_FOUND",
             Error::NoUsableAccount(_) => "POOL_NO_ACCOUNT",
             Error::OAuthStateMismatch(_) => "OAUTH_STATE_MISMATCH",

@@ -34,6 +34,9 @@ use crate::store::{RefreshLock, Trial, REFRESH_LOCK_TIMEOUT};
 /// How long a refresh waits on the refresh journal (its lock waits at most 2 s of this; the rest
 /// is its file's read and write) before it goes on without it.
 const JOURNAL_PATIENCE: Duration = Duration::from_secs(5);
+/// How often a refresh that found its token claimed by another process of the fleet store looks
+/// again (for that process's tokens, or its claim gone stale).
+const CLAIM_POLL: Duration = Duration::from_millis(250);
 
 /// Refreshes (and logins) whose new tokens are not written yet, in the whole process: the
 /// refresh token (or code) each presented is spent, and the only copy of its successor is in
@@ -119,6 +122,8 @@ struct Unsaved {
     code: &'static str,
     since: i64,
     _lock: RefreshLock,
+    /// The fleet store's claim on the spent token, kept beating until these are written.
+    _claim: Option<crate::store::postgres::ClaimBeat>,
 }
 
 /// What a write must carry for one account's unsaved tokens.
@@ -609,6 +614,51 @@ impl Engine {
         if let Err(e) = refresh_lock.confirm().await {
             return serve_old_or(&account, rejected, e);
         }
+        // The lock may yet be lost while the token is out (the fleet store's session ended): the
+        // claim, committed first, keeps the next holder from presenting the same token.
+        // While its holder lives (its claim beats), this waits for what it gets, up to
+        // `patience`; a holder gone (its claim no longer beating) leaves the token to us.
+        let claim_tag = tag.clone();
+        let mut told = false;
+        loop {
+            match self.store.claim_refresh(email, &claim_tag).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => return serve_old_or(&account, rejected, e),
+            }
+            if !told {
+                tracing::info!(account = %email, "another process of the fleet store has this refresh token out; waiting for its tokens instead of presenting it too");
+                told = true;
+            }
+            let busy = || Error::RefreshClaimed {
+                email: email.to_string(),
+                store: self.store.describe(),
+            };
+            if started.elapsed() + CLAIM_POLL >= patience {
+                return serve_old_or(&account, rejected, busy());
+            }
+            tokio::time::sleep(CLAIM_POLL).await;
+            let now = self.store.load().await?;
+            match now.find(email) {
+                Some(a) if a.refresh.as_ref() != Some(&presented) => {
+                    if let Some(access) = usable_now(a) {
+                        tracing::debug!(account = %email, "adopted a token another process refreshed");
+                        self.invalidate();
+                        return Ok(access);
+                    }
+                    return serve_old_or(&account, rejected, busy());
+                }
+                Some(_) => {}
+                None => return Err(Error::AccountNotFound(email.to_string())),
+            }
+        }
+        if told {
+            if let Err(e) = refresh_lock.confirm().await {
+                self.store.release_refresh(email, &claim_tag).await;
+                return serve_old_or(&account, rejected, e);
+            }
+        }
+        let claim_beat = self.store.keep_claim(email, &claim_tag);
         tracing::debug!(account = %email, token = %presented.fingerprint(), "refreshing access token");
         let _unwritten = Unwritten::begin();
         let (answer, asked_twice) = oauth::refresh_once_more_if_lost(&presented).await;
@@ -709,6 +759,9 @@ impl Engine {
                     }
                 }
                 self.overlay.clear_refused(email);
+                if write.is_ok() && refresh == presented {
+                    self.store.release_refresh(email, &claim_tag).await;
+                }
                 if let (Ok(_), Some(j), Some(here)) = (&write, journal, here) {
                     let who = email.to_string();
                     // A token endpoint that hands the same refresh token back (or none, which
@@ -750,6 +803,7 @@ impl Engine {
                             code,
                             since: now_ms(),
                             _lock: refresh_lock,
+                            _claim: claim_beat,
                         },
                     );
                     self.retry_later(UNSAVED_RETRY);
@@ -760,6 +814,9 @@ impl Engine {
                 }
             }
             Err(Error::OAuthInvalidGrant(reason)) => {
+                if !asked_twice {
+                    self.store.release_refresh(email, &claim_tag).await;
+                }
                 // Someone outside our lock may have rotated it: adopt a newer token if the store
                 // has one, otherwise the account needs a new login. Tokens are never deleted.
                 let reread = self.store.load().await?;
@@ -794,8 +851,26 @@ impl Engine {
             }
             // Nothing was sent (the endpoint's URL is not one we send to): no rest for the
             // endpoint, so a corrected setting is used at once.
-            Err(e @ Error::InsecureEndpoint { .. }) => serve_old_or(&account, rejected, e),
+            Err(e @ Error::InsecureEndpoint { .. }) => {
+                self.store.release_refresh(email, &claim_tag).await;
+                serve_old_or(&account, rejected, e)
+            }
             Err(e) => {
+                // Refused by the endpoint, or never sent: not spent, and another host may present
+                // it once the rest is over. A lost answer may have spent it: the claim stands.
+                let unspent = matches!(
+                    &e,
+                    Error::OAuthHttp { status, .. } if *status >= 400
+                ) || matches!(
+                    &e,
+                    Error::Network {
+                        never_connected: true,
+                        ..
+                    }
+                );
+                if unspent {
+                    self.store.release_refresh(email, &claim_tag).await;
+                }
                 // Written before the locks go: the next in line (in this process or another)
                 // re-reads and must find it, or it presents the same token again.
                 let until = now_ms().saturating_add(backoff_ms(&e));

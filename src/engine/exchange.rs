@@ -444,6 +444,7 @@ impl Exchange {
                 | Error::PoolBusy { .. }
                 | Error::RefreshBusy { .. }
                 | Error::RefreshElsewhere { .. }
+                | Error::RefreshClaimed { .. }
                 | Error::PoolCorrupt { .. }
                 | Error::PoolInsecure { .. }
         ) {

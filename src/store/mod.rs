@@ -374,6 +374,31 @@ impl Store {
         }
     }
 
+    /// Claims the refresh token tagged `tag` of `email` before it is presented
+    /// (`PgStore::claim_refresh`): false when another process of the fleet store has it out.
+    /// The file's refresh lock is the kernel's, held until its holder dies: nothing to claim.
+    pub async fn claim_refresh(&self, email: &str, tag: &str) -> Result<bool> {
+        match self {
+            Store::File(_) => Ok(true),
+            Store::Postgres(p) => p.claim_refresh(email, tag).await,
+        }
+    }
+
+    /// Keeps this process's claim alive while its guard lives (`PgStore::keep_claim`).
+    pub fn keep_claim(&self, email: &str, tag: &str) -> Option<postgres::ClaimBeat> {
+        match self {
+            Store::File(_) => None,
+            Store::Postgres(p) => Some(p.keep_claim(email, tag)),
+        }
+    }
+
+    /// Lets go of a claim (`PgStore::release_refresh`) once the token is known not spent.
+    pub async fn release_refresh(&self, email: &str, tag: &str) {
+        if let Store::Postgres(p) = self {
+            p.release_refresh(email, tag).await;
+        }
+    }
+
     /// Whether another process is spending this account's refresh token right now (or holds
     /// new tokens it could not save yet).
     pub async fn refresh_lock_held(&self, email: &str) -> bool {

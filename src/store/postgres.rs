@@ -1005,6 +1005,101 @@ impl PgStore {
         }
     }
 
+    /// Claims the refresh token tagged `tag` (`journal::tag`) of `email` for this process, in a
+    /// row of its own committed before the token is presented; false when another process
+    /// claimed the same token and beat less than `CLAIM_MS` ago by the database's clock, and has
+    /// not let it go. The refresh lock alone did not keep a token from being presented twice: a lock
+    /// whose session ends while the token is out (a restart, a DBA's terminate, a pooler
+    /// dropping its server connection) let the next host in, which found the token still stored
+    /// and presented it too; the rotation the first then got spent the login.
+    pub async fn claim_refresh(&self, email: &str, tag: &str) -> Result<bool> {
+        let c = self.reader().await?;
+        let name = claim_name(email);
+        let value = format!("{tag} {}", claimant());
+        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] = [
+            (&name, Type::TEXT),
+            (&value, Type::TEXT),
+            (&CLAIM_MS, Type::INT8),
+        ];
+        // Taken over when it is another token's, this process's own, unreadable, or older
+        // (or, a clock stepped back, newer) than the claim time.
+        let rows = self
+            .bounded("a refresh claim", async {
+                c.query_typed(
+                    "INSERT INTO oauth_pool_meta AS m (name, value)
+                     VALUES ($1, $2 || ' ' || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text)
+                     ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value
+                     WHERE split_part(m.value, ' ', 1) <> split_part(EXCLUDED.value, ' ', 1)
+                        OR split_part(m.value, ' ', 2) = split_part(EXCLUDED.value, ' ', 2)
+                        OR CASE WHEN split_part(m.value, ' ', 3) ~ '^[0-9]{1,18}$'
+                           THEN abs(split_part(EXCLUDED.value, ' ', 3)::bigint - split_part(m.value, ' ', 3)::bigint) >= $3
+                           ELSE true END
+                     RETURNING 1",
+                    &params,
+                )
+                .await
+                .map_err(unavailable)
+            })
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Renews this process's claim on the token tagged `tag` every `CLAIM_BEAT` until the
+    /// guard is dropped: other hosts wait while this one lives, though its refresh lock is gone.
+    pub fn keep_claim(self: &Arc<Self>, email: &str, tag: &str) -> ClaimBeat {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (me, name, value, until) = (
+            self.clone(),
+            claim_name(email),
+            format!("{tag} {}", claimant()),
+            stop.clone(),
+        );
+        let beating = async move {
+            loop {
+                tokio::select! {
+                    () = until.cancelled() => return,
+                    () = tokio::time::sleep(CLAIM_BEAT) => {}
+                }
+                let Ok(c) = me.reader().await else {
+                    continue;
+                };
+                let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+                    [(&name, Type::TEXT), (&value, Type::TEXT)];
+                let renewing = c.execute_typed(
+                    "UPDATE oauth_pool_meta
+                     SET value = $2 || ' ' || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text
+                     WHERE name = $1 AND split_part(value, ' ', 1) || ' ' || split_part(value, ' ', 2) = $2",
+                    &params,
+                );
+                tokio::select! {
+                    () = until.cancelled() => return,
+                    _ = tokio::time::timeout(QUERY_TIMEOUT, renewing) => {}
+                }
+            }
+        };
+        let _ = crate::runtime::spawn(beating);
+        ClaimBeat(stop)
+    }
+
+    /// Lets go of this process's claim on the token tagged `tag`: the token endpoint answered
+    /// that it is not spent (it refused it, failed, or handed it back), and another host may
+    /// present it at once. Best effort: a claim no longer beating stands `CLAIM_MS` at most.
+    pub async fn release_refresh(&self, email: &str, tag: &str) {
+        let Ok(c) = self.reader().await else {
+            return;
+        };
+        let name = claim_name(email);
+        let value = format!("{tag} {}", claimant());
+        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+            [(&name, Type::TEXT), (&value, Type::TEXT)];
+        let deleting = c.execute_typed(
+            "DELETE FROM oauth_pool_meta WHERE name = $1
+             AND split_part(value, ' ', 1) || ' ' || split_part(value, ' ', 2) = $2",
+            &params,
+        );
+        let _ = tokio::time::timeout(QUERY_TIMEOUT, deleting).await;
+    }
+
     pub async fn refresh_lock_held(&self, email: &str) -> bool {
         let Ok(c) = self.reader().await else {
             return false;
@@ -1023,6 +1118,40 @@ impl PgStore {
             Ok(Ok(r)) if r.try_get::<_, i64>(0).is_ok_and(|n| n > 0)
         )
     }
+}
+
+/// How long another process's claim on a refresh token stands past its last beat
+/// (`PgStore::claim_refresh`): its holder beats every `CLAIM_BEAT` while the token is out and
+/// while its successor waits to be written, so a claim this old is a holder gone (SIGKILL, a
+/// crash, a host cut off), whose token the next host may present at once.
+const CLAIM_MS: i64 = 2_500;
+/// How often a holder renews its claim (`PgStore::keep_claim`).
+const CLAIM_BEAT: Duration = Duration::from_millis(500);
+
+/// Keeps a refresh claim alive (`PgStore::keep_claim`) until dropped.
+#[derive(Debug)]
+pub struct ClaimBeat(tokio_util::sync::CancellationToken);
+
+impl Drop for ClaimBeat {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// The `oauth_pool_meta` row of an account's refresh claim.
+fn claim_name(email: &str) -> String {
+    format!("refresh-claim:{}", crate::account::normalize_email(email))
+}
+
+/// This process in refresh claims: random, made once.
+fn claimant() -> &'static str {
+    static ME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ME.get_or_init(|| {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        let random: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        format!("{}-{random}", std::process::id())
+    })
 }
 
 fn next_pause(pause: Duration) -> Duration {
