@@ -9,7 +9,7 @@
 // Each test has its own HOME: the journal is per user and machine (~/.aidevops).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { spawn } from "node:child_process";
@@ -180,6 +180,38 @@ test("a pool put back to an earlier state (a snapshot restored): its spent token
   Object.assign(pool.anthropic[0], { refresh: fresh.refresh, access: fresh.access, expires: Date.now() - 1000 });
   writeFileSync(a, JSON.stringify(pool));
   assert.equal((await request(m, a)).status, 200);
+});
+
+test("a pool put back to an earlier state while a refresh's token call is out (a sync tool, a snapshot restored): the new tokens are written over the older entry, not dropped with the login", async () => {
+  const m = machine();
+  const email = "restored-midway@two.test";
+  const a = newPath();
+  writePool(a, [login(email)]);
+  const snapshot = `${a}.snapshot`;
+  copyFileSync(a, snapshot);
+  assert.equal((await request(m, a)).status, 200);
+  expire(a);
+  let release;
+  mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (release = r)) });
+  try {
+    const arrived = mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const running = runNode([WORKER, a, mock.url, "1"], m.env);
+    await arrived;
+    // The older copy goes back whole, as a sync tool or a restore puts a file: renamed over it.
+    copyFileSync(snapshot, `${a}.incoming`);
+    renameSync(`${a}.incoming`, a);
+    release();
+    const r = await running;
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout.trim().split("\n").at(-1))[0].status, 200);
+  } finally {
+    mock.setTokenMode(null);
+    release?.();
+  }
+  assert.equal(entry(a, email).refresh, mock.tokens(email).refresh, "the new tokens are in the pool file");
+  expire(a);
+  assert.equal((await request(m, a)).status, 200, "the login lives on");
+  assertLoginAlive(email);
 });
 
 test("the same login twice in one pool: the second entry does not spend what the first refreshed, and says to remove it", async () => {

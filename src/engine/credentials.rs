@@ -701,6 +701,12 @@ impl Engine {
                 let who = email.to_string();
                 let (a2, r2, spent) = (access.clone(), refresh.clone(), presented.clone());
                 let store_path = self.store.path().map(Path::to_path_buf).unwrap_or_default();
+                // The entry as read under the lock ends at `read_expires`: one that holds another
+                // token said to end before it is an older state of the pool put back meanwhile (a
+                // sync tool, a snapshot restored, an editor's undo), whose token was spent before
+                // ours; these tokens continue its login. Dropping them lost the login with them.
+                let read_expires = account.expires;
+                let put_back = move |a: &Account| matches!((a.expires, read_expires), (Some(then), Some(read)) if then < read);
                 let change = move |pool: &mut Pool| {
                     // An account removed meanwhile stays removed. One logged in again meanwhile
                     // (the CLI does not wait for a refresh under way) keeps its new login: these
@@ -717,7 +723,7 @@ impl Engine {
                         ));
                     }
                     Ok(match pool.find_mut(&who) {
-                        Some(a) if a.refresh.as_ref() == Some(&spent) => {
+                        Some(a) if a.refresh.as_ref() == Some(&spent) || put_back(a) => {
                             let kept = (a.access.clone(), a.expires);
                             set_tokens(a, &a2, &r2, expires);
                             if let Some(until) = backoff {
