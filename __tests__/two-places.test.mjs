@@ -9,7 +9,7 @@
 // Each test has its own HOME: the journal is per user and machine (~/.aidevops).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { spawn } from "node:child_process";
@@ -211,6 +211,38 @@ test("a pool put back to an earlier state while a refresh's token call is out (a
   assert.equal(entry(a, email).refresh, mock.tokens(email).refresh, "the new tokens are in the pool file");
   expire(a);
   assert.equal((await request(m, a)).status, 200, "the login lives on");
+  assertLoginAlive(email);
+});
+
+test("the refresh lock file removed while a refresh's token call is out (a clean-up of lock files): another process does not present the same token, and the login lives on", async () => {
+  const m = machine();
+  const email = "unlocked@two.test";
+  const a = newPath();
+  writePool(a, [login(email)]);
+  let release;
+  mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (release = r)) });
+  let second;
+  try {
+    const arrived = mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const running = runNode([WORKER, a, mock.url, "1"], m.env);
+    await arrived;
+    const dir = join(a, "..");
+    const locks = readdirSync(dir).filter((n) => n.endsWith(".refresh.lock"));
+    assert.equal(locks.length, 1, `one refresh lock file: ${readdirSync(dir)}`);
+    for (const n of locks) rmSync(join(dir, n));
+    second = await runNode([WORKER, a, mock.url, "1"], m.env);
+    assert.equal(family(email).refreshCalls, 1, `the second process presented the token that is out: ${second.stdout}`);
+    release();
+    const r = await running;
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout.trim().split("\n").at(-1))[0].status, 200);
+  } finally {
+    mock.setTokenMode(null);
+    release?.();
+  }
+  assert.equal(second.code, 0, second.stderr);
+  assert.equal(entry(a, email).refresh, mock.tokens(email).refresh, "the new tokens are in the pool file");
+  assert.equal((await request(m, a)).status, 200);
   assertLoginAlive(email);
 });
 

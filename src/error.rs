@@ -43,10 +43,10 @@ pub enum Error {
     /// and has not saved its successor yet: nothing was waited for here.
     #[error("{}: another pool on this machine ({}) is refreshing this login right now; the next request will know how it went", bounded(.email), bounded(.store))]
     RefreshElsewhere { email: String, store: String },
-    /// The fleet store holds another process's claim on the refresh token, made moments ago
-    /// (its refresh lock was lost while the token was out: a restart, a DBA, a pooler): the
-    /// token is not presented a second time.
-    #[error("{}: another process of the fleet store {} is refreshing this login right now; the next request will use what it gets", bounded(.email), bounded(.store))]
+    /// Another process of the same store has the refresh token out (its refresh lock was lost
+    /// meanwhile: the fleet store's session ended, the lock file was removed): the token is not
+    /// presented a second time.
+    #[error("{}: another process using {} is refreshing this login right now; the next request will use what it gets", bounded(.email), bounded(.store))]
     RefreshClaimed { email: String, store: String },
     #[error("no account with email {} in the pool", bounded(.0))]
     AccountNotFound(String),

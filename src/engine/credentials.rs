@@ -601,6 +601,14 @@ impl Engine {
                 ));
                 return Err(Error::LoginElsewhere(format!("{email}: {why}")));
             }
+            Some(Claim::InFlight { store }) if Some(&store) == here.as_ref() => {
+                tracing::info!(account = %email, "another process of this pool has this refresh token out (its refresh lock file was removed meanwhile); not presenting it here");
+                let busy = Error::RefreshClaimed {
+                    email: email.to_string(),
+                    store,
+                };
+                return serve_old_or(&account, rejected, busy);
+            }
             Some(Claim::InFlight { store }) => {
                 tracing::info!(account = %email, other = %store, "another pool on this machine is refreshing this login right now; not presenting it here");
                 let busy = Error::RefreshElsewhere {
@@ -876,6 +884,16 @@ impl Engine {
                 );
                 if unspent {
                     self.store.release_refresh(email, &claim_tag).await;
+                    // Nor does the journal hold it as out: another process of this pool (which
+                    // finds it in flight while this one lives) presents it once the rest is over.
+                    if let (Some(j), Some(here)) = (journal, here) {
+                        let who = email.to_string();
+                        let releasing = crate::store::blocking(move || {
+                            j.released(&tag, &here, &who, now_ms());
+                            Ok(())
+                        });
+                        let _ = tokio::time::timeout(JOURNAL_PATIENCE, releasing).await;
+                    }
                 }
                 // Written before the locks go: the next in line (in this process or another)
                 // re-reads and must find it, or it presents the same token again.

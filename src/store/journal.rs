@@ -58,6 +58,11 @@ struct Entry {
     /// Whether the tokens that replaced it were saved in that store.
     #[serde(default)]
     saved: bool,
+    /// The process that presented it: another process of the same store finds it in flight
+    /// while that process lives (its refresh lock file was removed meanwhile, by a clean-up of
+    /// lock files or a directory put back, and the lock no longer kept the next one out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Default, Debug)]
@@ -200,7 +205,11 @@ impl Journal {
                 // made its presentation look to be in the future, and the token was left to it
                 // until the clock caught up (hours), though that refresh had long ended.
                 let age = now.saturating_sub(e.at);
-                if !me(e) && age > -IN_FLIGHT_MS && age < IN_FLIGHT_MS {
+                let recent = age > -IN_FLIGHT_MS && age < IN_FLIGHT_MS;
+                let other_process = e.pid.is_some_and(|p| {
+                    p != std::process::id() && super::legacy_lock::is_alive(p.into())
+                });
+                if recent && (!me(e) || other_process) {
                     return (
                         false,
                         Claim::InFlight {
@@ -216,6 +225,7 @@ impl Journal {
                 email: email.to_string(),
                 at: now,
                 saved: false,
+                pid: Some(std::process::id()),
             });
             (true, Claim::Go)
         });
@@ -261,6 +271,7 @@ impl Journal {
                     email: email.to_string(),
                     at: now,
                     saved: true,
+                    pid: None,
                 }),
             }
             (true, ())
@@ -420,6 +431,42 @@ mod tests {
     const NOW: i64 = 1_800_000_000_000;
 
     #[test]
+    fn a_token_another_live_process_of_the_same_store_has_out_is_in_flight() {
+        let (_d, j) = journal();
+        let out = |pid: u32| Book {
+            version: 1,
+            refreshes: vec![Entry {
+                token: "t1".into(),
+                store: "/a/pool.json".into(),
+                email: "x@y".into(),
+                at: NOW,
+                saved: false,
+                pid: Some(pid),
+            }],
+        };
+        fs::create_dir_all(j.path.parent().unwrap()).unwrap();
+        // pid 1 lives as long as the machine does.
+        j.write(&out(1)).unwrap();
+        assert_eq!(
+            j.claim("t1", "/a/pool.json", "x@y", NOW + 1000),
+            Claim::InFlight {
+                store: "/a/pool.json".into()
+            }
+        );
+        // Gone (no such pid): its token is this process's to present.
+        j.write(&out(u32::MAX >> 2)).unwrap();
+        assert_eq!(j.claim("t1", "/a/pool.json", "x@y", NOW + 1000), Claim::Go);
+        // This process's own: presented again after its own failure.
+        assert_eq!(j.claim("t1", "/a/pool.json", "x@y", NOW + 2000), Claim::Go);
+        // Long ago: whoever it was is done with it.
+        j.write(&out(1)).unwrap();
+        assert_eq!(
+            j.claim("t1", "/a/pool.json", "x@y", NOW + IN_FLIGHT_MS),
+            Claim::Go
+        );
+    }
+
+    #[test]
     fn a_token_spent_and_saved_elsewhere_is_not_presented_again() {
         let (_d, j) = journal();
         assert_eq!(j.claim("t1", "/a/pool.json", "x@y", NOW), Claim::Go);
@@ -532,6 +579,7 @@ mod tests {
             email: "x".into(),
             at: NOW - i as i64,
             saved: true,
+            pid: None,
         };
         let mut book = Book {
             version: 1,

@@ -271,7 +271,7 @@ fn dir_older_than_limit(meta: &fs::Metadata, now: SystemTime) -> bool {
 }
 
 /// Whether a process `pid` exists (one of another user counts: it exists).
-fn is_alive(pid: i64) -> bool {
+pub(super) fn is_alive(pid: i64) -> bool {
     #[cfg(unix)]
     {
         let Ok(pid) = libc::pid_t::try_from(pid) else {
