@@ -688,3 +688,37 @@ test("a host whose refresh lock the database ends while its token is at the toke
     await Promise.all([onA.close(), onB.close()]);
   }
 });
+
+test("PostgreSQL restarted while a host's token is at the token endpoint (down longer than a claim stands): the next host to reach the server waits for that host's tokens instead of presenting the token too", async () => {
+  const email = "restart@hostile.test";
+  const f = await fleet([oauthEntry(email, { expired: true })]);
+  let release;
+  mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (release = r)) });
+  const onA = startHostProcess(f.a);
+  const onB = startHostProcess(f.b);
+  try {
+    await Promise.all([onA.ready, onB.ready]);
+    const first = onA.ask("fetch");
+    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    await pg.stop();
+    // Longer than a claim stands past its last beat: no host could beat meanwhile.
+    await sleep(4000);
+    await pg.start();
+    const meanwhile = onB.ask("fetch");
+    await until(pidsHolding(REFRESH_LOCK_CLASS, f.db.name), (o) => o.trim() !== "");
+    await sleep(4000);
+    assert.equal(mock.stats().perFamily[email].refreshCalls, 1, "host B presented the token that is out");
+    release();
+    const woken = await first;
+    assert.equal(woken.value?.status, 200, JSON.stringify(woken));
+    const adopted = await meanwhile;
+    assert.equal(adopted.value?.status, 200, JSON.stringify(adopted));
+    const fam = mock.stats().perFamily[email];
+    assert.equal(fam.refreshCalls, 1);
+    assert.equal(fam.reuse, 0);
+  } finally {
+    mock.setTokenMode(null);
+    release?.();
+    await Promise.all([onA.close(), onB.close()]);
+  }
+});

@@ -1022,7 +1022,10 @@ impl PgStore {
             (&CLAIM_MS, Type::INT8),
         ];
         // Taken over when it is another token's, this process's own, unreadable, or older
-        // (or, a clock stepped back, newer) than the claim time.
+        // (or, a clock stepped back, newer) than the claim time. A beat is counted from the
+        // server's start at the earliest: while it was down (a restart) no holder could beat,
+        // and a claim the holder renews as soon as it is back was taken over by the first host
+        // to reach the server, which presented the token that was out.
         let rows = self
             .bounded("a refresh claim", async {
                 c.query_typed(
@@ -1032,7 +1035,8 @@ impl PgStore {
                      WHERE split_part(m.value, ' ', 1) <> split_part(EXCLUDED.value, ' ', 1)
                         OR split_part(m.value, ' ', 2) = split_part(EXCLUDED.value, ' ', 2)
                         OR CASE WHEN split_part(m.value, ' ', 3) ~ '^[0-9]{1,18}$'
-                           THEN abs(split_part(EXCLUDED.value, ' ', 3)::bigint - split_part(m.value, ' ', 3)::bigint) >= $3
+                           THEN abs(split_part(EXCLUDED.value, ' ', 3)::bigint - greatest(split_part(m.value, ' ', 3)::bigint,
+                                floor(extract(epoch FROM pg_postmaster_start_time()) * 1000)::bigint)) >= $3
                            ELSE true END
                      RETURNING 1",
                     &params,
