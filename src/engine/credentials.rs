@@ -126,6 +126,39 @@ struct Unsaved {
     _claim: Option<crate::store::postgres::ClaimBeat>,
 }
 
+/// A journal entry made for a refresh token not presented yet: a refresh that ends before its
+/// token call (its lock lost, the fleet store's claim not granted, the request dropped) lets it
+/// go, or other processes of the store would find the token in flight (`POOL_BUSY`) for up to
+/// two minutes for a presentation that never happened.
+struct NotPresented {
+    /// The journal, the token's tag, the store's journal id and the account.
+    entry: Option<(Journal, String, String, String)>,
+}
+
+impl NotPresented {
+    /// The token is going out: the entry stands until the refresh's outcome is known.
+    fn presented(mut self) {
+        self.entry = None;
+    }
+}
+
+impl Drop for NotPresented {
+    fn drop(&mut self) {
+        if let Some((journal, tag, here, email)) = self.entry.take() {
+            let releasing = crate::store::blocking(move || {
+                journal.released(&tag, &here, &email, now_ms());
+                Ok(())
+            });
+            let spawned = crate::runtime::spawn(async move {
+                let _ = tokio::time::timeout(JOURNAL_PATIENCE, releasing).await;
+            });
+            if let Err(why) = spawned {
+                tracing::warn!(error = %why, "the refresh journal's entry for a token not presented stays until it is two minutes old");
+            }
+        }
+    }
+}
+
 /// What a write must carry for one account's unsaved tokens.
 #[derive(Clone)]
 pub struct UnsavedTokens {
@@ -619,6 +652,12 @@ impl Engine {
             }
             Some(Claim::Go) | None => {}
         }
+        let not_presented = NotPresented {
+            entry: journal
+                .clone()
+                .zip(here.clone())
+                .map(|(j, h)| (j, tag.clone(), h, email.to_string())),
+        };
         if let Err(e) = refresh_lock.confirm().await {
             return serve_old_or(&account, rejected, e);
         }
@@ -667,6 +706,7 @@ impl Engine {
             }
         }
         let claim_beat = self.store.keep_claim(email, &claim_tag);
+        not_presented.presented();
         tracing::debug!(account = %email, token = %presented.fingerprint(), "refreshing access token");
         let _unwritten = Unwritten::begin();
         let (answer, asked_twice) = oauth::refresh_once_more_if_lost(&presented).await;
@@ -867,6 +907,14 @@ impl Engine {
             // endpoint, so a corrected setting is used at once.
             Err(e @ Error::InsecureEndpoint { .. }) => {
                 self.store.release_refresh(email, &claim_tag).await;
+                if let (Some(j), Some(here)) = (journal, here) {
+                    let who = email.to_string();
+                    let releasing = crate::store::blocking(move || {
+                        j.released(&tag, &here, &who, now_ms());
+                        Ok(())
+                    });
+                    let _ = tokio::time::timeout(JOURNAL_PATIENCE, releasing).await;
+                }
                 serve_old_or(&account, rejected, e)
             }
             Err(e) => {
@@ -987,5 +1035,67 @@ fn serve_old_or(account: &Account, rejected: Option<&Secret>, err: Error) -> Res
     match (&account.access, account.expires) {
         (Some(a), Some(exp)) if exp > now_ms() + 10_000 && rejected != Some(a) => Ok(a.clone()),
         _ => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Claims `t1` for store /b until the journal answers `want` (the release runs on a
+    /// blocking thread), for at most five seconds.
+    fn claim_from_b_becomes(journal: &Journal, want: &Claim) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if &journal.claim("t1", "/b/pool.json", "x@y", now_ms()) == want {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn a_journal_entry_for_a_token_never_presented_is_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::at(dir.path().join("home").join("refreshes.json"));
+        std::fs::create_dir_all(dir.path().join("home")).unwrap();
+        let in_flight = Claim::InFlight {
+            store: "/a/pool.json".into(),
+        };
+        // A runtime of the test's own: the addon's is process-wide, and another test checks
+        // that nothing built it before its first task.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+
+        // Presented: the entry stands for whoever asks next.
+        assert_eq!(
+            journal.claim("t1", "/a/pool.json", "x@y", now_ms()),
+            Claim::Go
+        );
+        let entry = || {
+            Some((
+                journal.clone(),
+                "t1".into(),
+                "/a/pool.json".into(),
+                "x@y".into(),
+            ))
+        };
+        let going = NotPresented { entry: entry() };
+        runtime.block_on(async move { going.presented() });
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            journal.claim("t1", "/b/pool.json", "x@y", now_ms()),
+            in_flight
+        );
+
+        // Ended before the token call (a lock lost, a claim not granted, the request dropped):
+        // the entry goes, and another store may present the token it never spent.
+        let ended = NotPresented { entry: entry() };
+        runtime.block_on(async move { drop(ended) });
+        assert!(claim_from_b_becomes(&journal, &Claim::Go));
     }
 }
