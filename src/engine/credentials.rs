@@ -126,6 +126,25 @@ struct Unsaved {
     _claim: Option<crate::store::postgres::ClaimBeat>,
 }
 
+/// Lets the journal's entry for a token that was not spent go, before the locks do: the next
+/// in line (another process of this store, which finds it in flight while this one lives)
+/// presents it then.
+async fn released_in_journal(
+    journal: Option<Journal>,
+    here: Option<String>,
+    tag: String,
+    email: &str,
+) {
+    if let (Some(j), Some(here)) = (journal, here) {
+        let who = email.to_string();
+        let releasing = crate::store::blocking(move || {
+            j.released(&tag, &here, &who, now_ms());
+            Ok(())
+        });
+        let _ = tokio::time::timeout(JOURNAL_PATIENCE, releasing).await;
+    }
+}
+
 /// A journal entry made for a refresh token not presented yet: a refresh that ends before its
 /// token call (its lock lost, the fleet store's claim not granted, the request dropped) lets it
 /// go, or other processes of the store would find the token in flight (`POOL_BUSY`) for up to
@@ -907,14 +926,7 @@ impl Engine {
             // endpoint, so a corrected setting is used at once.
             Err(e @ Error::InsecureEndpoint { .. }) => {
                 self.store.release_refresh(email, &claim_tag).await;
-                if let (Some(j), Some(here)) = (journal, here) {
-                    let who = email.to_string();
-                    let releasing = crate::store::blocking(move || {
-                        j.released(&tag, &here, &who, now_ms());
-                        Ok(())
-                    });
-                    let _ = tokio::time::timeout(JOURNAL_PATIENCE, releasing).await;
-                }
+                released_in_journal(journal, here, tag, email).await;
                 serve_old_or(&account, rejected, e)
             }
             Err(e) => {
@@ -934,14 +946,7 @@ impl Engine {
                     self.store.release_refresh(email, &claim_tag).await;
                     // Nor does the journal hold it as out: another process of this pool (which
                     // finds it in flight while this one lives) presents it once the rest is over.
-                    if let (Some(j), Some(here)) = (journal, here) {
-                        let who = email.to_string();
-                        let releasing = crate::store::blocking(move || {
-                            j.released(&tag, &here, &who, now_ms());
-                            Ok(())
-                        });
-                        let _ = tokio::time::timeout(JOURNAL_PATIENCE, releasing).await;
-                    }
+                    released_in_journal(journal, here, tag, email).await;
                 }
                 // Written before the locks go: the next in line (in this process or another)
                 // re-reads and must find it, or it presents the same token again.
