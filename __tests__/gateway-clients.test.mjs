@@ -630,6 +630,46 @@ test("the key: either x-api-key or a bearer may carry it (the Python SDK with AN
   }
 });
 
+test("the client's address, a proxy's account of the hop and cookies stay at the gateway: they went to the API with every account's credential", async () => {
+  const gw = await gateway(["proxied@x.test"]);
+  // What nginx, Caddy, Cloudflare or a corporate proxy in front of the gateway adds, and a cookie.
+  const identifying = {
+    "X-Forwarded-For": "203.0.113.7, 10.0.0.2",
+    "X-Forwarded-Host": "pool.example",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Port": "443",
+    Forwarded: "for=203.0.113.7;host=pool.example;proto=https",
+    "X-Real-IP": "203.0.113.7",
+    Via: "1.1 proxy.example",
+    "True-Client-IP": "203.0.113.7",
+    "CF-Connecting-IP": "203.0.113.7",
+    "X-Client-IP": "203.0.113.7",
+    Cookie: "sid=person-0123",
+  };
+  try {
+    mock.clearRequests();
+    const r = await raw(gw.url, [
+      post("/v1/messages", BODY, [
+        ...Object.entries(identifying).map(([k, v]) => `${k}: ${v}`),
+        "anthropic-version: 2023-06-01",
+        "x-note: kept",
+        "Connection: close",
+      ]),
+    ]);
+    assert.equal(answers(r.data)[0]?.status, 200, r.data.slice(0, 80));
+    const [sent] = upstream();
+    assert.equal(sent.headers["x-note"], "kept");
+    assert.equal(sent.headers["anthropic-version"], "2023-06-01");
+    assert.match(sent.headers.authorization, /^Bearer sk-ant-oat01-mock-/);
+    const leaked = Object.keys(identifying).filter((name) => sent.headers[name.toLowerCase()] !== undefined);
+    assert.deepEqual(leaked, [], "none of these went upstream");
+    const values = JSON.stringify(sent.headers);
+    assert.ok(!values.includes("203.0.113.7") && !values.includes("person-0123"), values);
+  } finally {
+    await gw.close(1000);
+  }
+});
+
 test("the gateway key anywhere else in a request never goes upstream: a header of another name holding it is left out, a URL holding it is refused", async () => {
   const gw = await gateway(["elsewhere@x.test"]);
   try {

@@ -65,8 +65,11 @@ const CLIENT_OWNED: &[&str] = &[
 /// (the pool sets its own) and OpenCode's session headers (the pool's to read, nobody else's
 /// business), under their 1.x names and the ones OpenCode 2 adds (`session/model-request.ts`): a
 /// session's or a project's id sent with every account the pool uses would tie those accounts
-/// together upstream. OpenCode's client name and user-agent go on: they name the program, not
-/// the person. A request to another origin is the caller's, and keeps them.
+/// together upstream. So are the client's address and a proxy's account of the hop (a reverse
+/// proxy in front of the gateway adds them) and cookies: the same address sent with every
+/// account ties them together just as well, and names the person. OpenCode's client name and
+/// user-agent go on: they name the program, not the person. A request to another origin is the
+/// caller's, and keeps them.
 const API_ONLY: &[&str] = &[
     "authorization",
     "x-api-key",
@@ -77,7 +80,22 @@ const API_ONLY: &[&str] = &[
     "x-opencode-parent-session-id",
     "x-opencode-session",
     "x-opencode-project",
+    "forwarded",
+    "via",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "cookie",
 ];
+
+/// Prefixes of request headers `API_ONLY` leaves out as well: `x-forwarded-for`, `-host`,
+/// `-proto`, `-port`, `-server`, `-prefix`, whatever a proxy adds under that family.
+const API_ONLY_PREFIXES: &[&str] = &["x-forwarded-"];
 
 impl RequestMeta {
     pub fn from_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Self {
@@ -184,19 +202,20 @@ pub fn is_resource_id(segment: &str) -> bool {
 /// `API_ONLY`, nor any header its `Connection` header names (those are for the hop to us, RFC
 /// 9110 7.6.1).
 pub fn forwardable<'a>(headers: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> HeaderMap {
-    kept(headers, &[CLIENT_OWNED, API_ONLY])
+    kept(headers, &[CLIENT_OWNED, API_ONLY], API_ONLY_PREFIXES)
 }
 
 /// The caller's headers for a request to another origin than the API's (never with a pool
 /// credential): all of them but what the client settles itself (`CLIENT_OWNED`); a caller's
 /// `authorization` to its own server was dropped.
 pub fn passed_through<'a>(headers: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> HeaderMap {
-    kept(headers, &[CLIENT_OWNED])
+    kept(headers, &[CLIENT_OWNED], &[])
 }
 
 fn kept<'a>(
     headers: impl Iterator<Item = (&'a str, &'a str)> + Clone,
     dropped: &[&[&str]],
+    dropped_prefixes: &[&str],
 ) -> HeaderMap {
     let hop_by_hop: Vec<String> = headers
         .clone()
@@ -208,7 +227,9 @@ fn kept<'a>(
     let mut map = HeaderMap::new();
     for (k, v) in headers {
         let lower = k.to_ascii_lowercase();
-        if dropped.iter().any(|list| list.contains(&lower.as_str())) || hop_by_hop.contains(&lower)
+        if dropped.iter().any(|list| list.contains(&lower.as_str()))
+            || dropped_prefixes.iter().any(|p| lower.starts_with(p))
+            || hop_by_hop.contains(&lower)
         {
             continue;
         }
@@ -494,6 +515,32 @@ mod tests {
         let mut kept = base.keys().map(|k| k.as_str()).collect::<Vec<_>>();
         kept.sort_unstable();
         assert_eq!(kept, ["user-agent", "x-opencode-client"]);
+    }
+
+    #[test]
+    fn the_clients_address_a_proxys_hop_and_cookies_stay_here_and_go_to_another_origin() {
+        let caller = pairs(&[
+            ("X-Forwarded-For", "203.0.113.7, 10.0.0.2"),
+            ("x-forwarded-host", "pool.example"),
+            ("X-Forwarded-Proto", "https"),
+            ("x-forwarded-port", "443"),
+            ("Forwarded", "for=203.0.113.7;proto=https"),
+            ("X-Real-IP", "203.0.113.7"),
+            ("Via", "1.1 nginx"),
+            ("True-Client-IP", "203.0.113.7"),
+            ("CF-Connecting-IP", "203.0.113.7"),
+            ("X-Client-IP", "203.0.113.7"),
+            ("Cookie", "sid=abc"),
+            ("anthropic-version", "2023-06-01"),
+            ("x-forwarded", "a header of its own"),
+        ]);
+        let api = forwardable(caller.iter().copied());
+        assert_eq!(
+            api.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["anthropic-version", "x-forwarded"]
+        );
+        let elsewhere = passed_through(caller.iter().copied());
+        assert_eq!(elsewhere.len(), caller.len());
     }
 
     #[test]
