@@ -516,6 +516,144 @@ test("smuggling shapes get a refusal or the framing RFC 9112 settles, never an a
   }
 });
 
+test("request framing, each shape followed by a request whose body is a request: served as one request with its body whole, or refused with the connection closed; no request is read from another's bytes, and an absolute-form target's host is used nowhere", async () => {
+  const gw = await gateway(["frames@x.test"]);
+  const { port } = new URL(gw.url);
+  const head = ["Host: 127.0.0.1", `x-api-key: ${KEY}`, "content-type: application/json"];
+  const size = BODY.length.toString(16);
+  const chunked = (chunks) => request("POST /v1/messages HTTP/1.1", [...head, "Transfer-Encoding: chunked"], chunks);
+  const sized = (target, lines = head) => request(`POST ${target} HTTP/1.1`, [...lines, `Content-Length: ${BODY.length}`], BODY);
+  // What a proxy in front sends next on the same connection: a request whose body is one more
+  // request. Read where the body ends, it is one request upstream; read anywhere else, the
+  // inner one is seen.
+  const inner = request("GET /v1/models?smuggled=1 HTTP/1.1", ["Host: 127.0.0.1", `x-api-key: ${KEY}`, "Connection: close"]);
+  const next = request("POST /v1/messages/count_tokens HTTP/1.1", [...head, `Content-Length: ${inner.length}`, "Connection: close"], inner);
+  const both = [
+    ["POST", "/v1/messages", BODY],
+    ["POST", "/v1/messages/count_tokens", inner],
+  ];
+  const first = [["POST", "/v1/messages", BODY]];
+  try {
+    // served: the two requests, each as sent. closed: the first served and the connection closed
+    // with its answer (what follows never read). A status: refused so, nothing upstream, closed.
+    for (const [name, bytes, expect] of [
+      [
+        "Content-Length beside Transfer-Encoding: chunked",
+        request("POST /v1/messages HTTP/1.1", [...head, "Content-Length: 4", "Transfer-Encoding: chunked"], `${size}\r\n${BODY}\r\n0\r\n\r\n`),
+        "closed",
+      ],
+      ["two different Content-Lengths", request("POST /v1/messages HTTP/1.1", [...head, `Content-Length: ${BODY.length}`, "Content-Length: 4"], BODY), 400],
+      ["a Content-Length in hex", request("POST /v1/messages HTTP/1.1", [...head, `Content-Length: 0x${size}`], BODY), 400],
+      ["a Content-Length with leading zeros", request("POST /v1/messages HTTP/1.1", [...head, `Content-Length: 000${BODY.length}`], BODY), "served"],
+      [
+        "Transfer-Encoding: chunked, identity",
+        request("POST /v1/messages HTTP/1.1", [...head, "Transfer-Encoding: chunked, identity"], `${size}\r\n${BODY}\r\n0\r\n\r\n`),
+        400,
+      ],
+      [
+        "Transfer-Encoding: gzip, chunked",
+        request("POST /v1/messages HTTP/1.1", [...head, "Transfer-Encoding: gzip, chunked"], `${size}\r\n${BODY}\r\n0\r\n\r\n`),
+        501,
+      ],
+      [
+        "Transfer-Encoding: chunked;q=1",
+        request("POST /v1/messages HTTP/1.1", [...head, "Transfer-Encoding: chunked;q=1"], `${size}\r\n${BODY}\r\n0\r\n\r\n`),
+        400,
+      ],
+      // Whitespace after the size, and extensions, as RFC 9112 7.1.1 reads them (BWS): the size.
+      ["a chunk size followed by a space", chunked(`${size} \r\n${BODY}\r\n0\r\n\r\n`), "served"],
+      ["a chunk size followed by a tab", chunked(`${size}\t\r\n${BODY}\r\n0\r\n\r\n`), "served"],
+      ["a chunk extension", chunked(`${size};x=y\r\n${BODY}\r\n0\r\n\r\n`), "served"],
+      ["a chunk extension after whitespace", chunked(`${size} ; x = "y z"\r\n${BODY}\r\n0;last\r\n\r\n`), "served"],
+      ["a space before the chunk size", chunked(` ${size}\r\n${BODY}\r\n0\r\n\r\n`), 400],
+      ["a chunk size with 0x", chunked(`0x${size}\r\n${BODY}\r\n0\r\n\r\n`), 400],
+      ["a chunk longer than its size", chunked(`${(BODY.length - 3).toString(16)}\r\n${BODY}\r\n0\r\n\r\n`), 400],
+      ["a bare LF after a chunk size", chunked(`${size}\n${BODY}\r\n0\r\n\r\n`), 400],
+      ["a bare LF after a chunk's data", chunked(`${size}\r\n${BODY}\n0\r\n\r\n`), 400],
+      ["a bare LF after the last chunk's size", chunked(`${size}\r\n${BODY}\r\n0\n\r\n`), 400],
+      // hyper read on to the next CRLF CRLF: the next request's head went as trailers, its body
+      // was served as a request.
+      ["a bare LF as the body's last line", chunked(`${size}\r\n${BODY}\r\n0\r\n\n`), 400],
+      ["a bare LF ending a trailer", chunked(`${size}\r\n${BODY}\r\n0\r\nx-t: 1\n\r\n`), "closed"],
+      ["a trailer", chunked(`${size}\r\n${BODY}\r\n0\r\nx-t: 1\r\n\r\n`), "closed"],
+      [
+        "an obs-fold in Transfer-Encoding",
+        request("POST /v1/messages HTTP/1.1", [...head, "Transfer-Encoding:", " chunked"], `${size}\r\n${BODY}\r\n0\r\n\r\n`),
+        400,
+      ],
+      ["bare LF line ends in the head", sized("/v1/messages").replaceAll("\r\n", "\n"), "served"],
+      ["an empty line before the request line", `\r\n${sized("/v1/messages")}`, "served"],
+      // Served by its path, at the API's origin: the target's host is not where it goes.
+      ["an absolute-form target elsewhere", sized("http://evil.example/v1/messages"), "served"],
+      ["an absolute-form https target with a port", sized("https://evil.example:444/v1/messages"), "served"],
+      ["an absolute-form target with user info", sized("http://user:pw@evil.example/v1/messages"), "served"],
+      ["an absolute-form target and Host elsewhere", sized("http://evil.example/v1/messages", ["Host: evil.example", ...head.slice(1)]), "served"],
+      ["an absolute-form target for this gateway", sized(`http://127.0.0.1:${port}/v1/messages`), "served"],
+    ]) {
+      mock.clearRequests();
+      const r = await raw(gw.url, [bytes + next]);
+      const got = answers(r.data);
+      const sent = upstream().map((q) => [q.method, q.path, q.body]);
+      const seen = `${name}: ${JSON.stringify(got.map((a) => a.status))}, closed ${r.closed}, upstream ${JSON.stringify(sent.map(([m, p]) => `${m} ${p}`))}`;
+      if (expect === "served") {
+        assert.equal(got[0]?.status, 200, seen);
+        assert.equal(got.length, 2, seen);
+        assert.deepEqual(sent, both, seen);
+      } else if (expect === "closed") {
+        assert.deepEqual(
+          got.map((a) => a.status),
+          [200],
+          seen,
+        );
+        assert.equal(got[0].headers.connection, "close", seen);
+        assert.deepEqual(sent, first, seen);
+      } else {
+        assert.deepEqual(
+          got.map((a) => a.status),
+          [expect],
+          seen,
+        );
+        // hyper's own 400 has no body; the gateway's is coded.
+        if (got[0].body) coded(got[0], expect, "invalid_request_error");
+        assert.deepEqual(sent, [], seen);
+      }
+      assert.ok(r.closed, `${seen}: the connection is closed`);
+      for (const q of upstream()) {
+        assert.equal(q.headers.host, new URL(mock.url).host, name);
+        assert.ok(!JSON.stringify(q.headers).includes("evil.example"), `${name}: ${JSON.stringify(q.headers)}`);
+      }
+    }
+
+    // A batch's results_url names the gateway by the Host the client sent, never by the host of
+    // an absolute-form target (a key sent there would go elsewhere).
+    const batch = JSON.stringify({ requests: [{ custom_id: "a", params: JSON.parse(BODY) }] });
+    const r = await raw(gw.url, [
+      request("POST http://evil.example/v1/messages/batches HTTP/1.1", [...head, `Content-Length: ${batch.length}`, "Connection: close"], batch),
+    ]);
+    const [a] = answers(r.data);
+    assert.equal(a?.status, 200, r.data.slice(0, 200));
+    assert.match(JSON.parse(a.body).results_url ?? "", /^http:\/\/127\.0\.0\.1\/v1\/messages\/batches\//);
+    assert.ok(!a.body.includes("evil.example"), a.body);
+
+    // CONNECT's authority form (and one sent with another method) names no /v1/ path: 404,
+    // nothing upstream, and the request behind it is read where it begins.
+    for (const line of ["CONNECT api.anthropic.com:443 HTTP/1.1", "GET api.anthropic.com:443 HTTP/1.1"]) {
+      mock.clearRequests();
+      const r = await raw(gw.url, [request(line, ["Host: api.anthropic.com:443", `x-api-key: ${KEY}`]) + next]);
+      const got = answers(r.data);
+      assert.equal(got[0]?.status, 404, `${line}: ${r.data.slice(0, 200)}`);
+      coded(got[0], 404, "not_found_error");
+      assert.deepEqual(
+        upstream().map((q) => [q.method, q.path, q.body]),
+        [both[1]],
+        line,
+      );
+    }
+  } finally {
+    await gw.close(1000);
+  }
+});
+
 test("Host: an HTTP/1.1 request without one, with two, or with one that is no host gets 400 (RFC 9112 3.2); HTTP/1.0 needs none", async () => {
   const gw = await gateway(["host@x.test"]);
   try {

@@ -128,7 +128,14 @@ pub(super) async fn linger(body: &mut Incoming, mut seen: usize, input: Option<&
 
 enum BodyRead {
     /// The body, and its share of `BODIES_HELD` (given back when both are dropped).
-    Whole(Bytes, Option<OwnedSemaphorePermit>),
+    Whole {
+        body: Bytes,
+        share: Option<OwnedSemaphorePermit>,
+        /// It ended with a trailer section (see `read_body`).
+        trailed: bool,
+    },
+    /// Its trailer section held lines that are no fields (see `read_body`).
+    Misframed,
     TooLarge,
     /// Taking it would pass `BODIES_HELD`.
     Busy,
@@ -146,6 +153,12 @@ enum BodyRead {
 /// as a total, a large upload still arriving steadily over a slow link (a fleet's client in
 /// another place: 32 MB of images at 1 Mbit/s takes four minutes) was cut at 60 s with a 408.
 /// A client that trickles holds no more than the bytes it sent, counted against the budget.
+///
+/// A trailer section is read by hyper to its first CRLF CRLF, a bare LF inside a line: a proxy
+/// in front that ends the section at a bare LF (`0\r\n\n`) sends its next request, and hyper
+/// took that request's head as trailers and read its body as a request of its own. A section
+/// that held no field is only that shape, and is refused; after any other, the connection is
+/// closed with the answer, so that nothing read past an end seen two ways is taken as a request.
 async fn read_body(
     body: &mut Incoming,
     declared: Option<usize>,
@@ -156,6 +169,7 @@ async fn read_body(
     let mut out = bytes::BytesMut::new();
     let mut share: Option<OwnedSemaphorePermit> = None;
     let mut counted = 0usize;
+    let mut trailed = false;
     let silence = tokio::time::sleep(idle);
     tokio::pin!(silence);
     loop {
@@ -173,6 +187,10 @@ async fn read_body(
             return BodyRead::BrokeOff;
         };
         let Some(data) = frame.data_ref() else {
+            if frame.trailers_ref().is_some_and(hyper::HeaderMap::is_empty) {
+                return BodyRead::Misframed;
+            }
+            trailed |= frame.is_trailers();
             continue;
         };
         let len = out.len() + data.len();
@@ -212,7 +230,11 @@ async fn read_body(
         }
         out.extend_from_slice(data);
     }
-    BodyRead::Whole(out.freeze(), share)
+    BodyRead::Whole {
+        body: out.freeze(),
+        share,
+        trailed,
+    }
 }
 
 pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<AnyBody> {
@@ -289,7 +311,7 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
         input,
         state.body_timeout,
     );
-    let (body, _share) = match read.await {
+    let (body, _share, trailed) = match read.await {
         BodyRead::Stalled => {
             return error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -309,7 +331,18 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
                 "the request body broke off",
             )
         }
-        BodyRead::Whole(b, share) => (b, share),
+        BodyRead::Misframed => {
+            return error_closing(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "the request's chunked body ends with a bare LF where CRLF belongs (its last chunk or trailer section): where it ends is read two ways",
+            )
+        }
+        BodyRead::Whole {
+            body,
+            share,
+            trailed,
+        } => (body, share, trailed),
     };
     let request = OutgoingRequest {
         url: target,
@@ -349,25 +382,40 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
         );
     };
     state.metrics.ttfb.observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(mut answer) => {
-            if let Some((apis, gateway)) = &results_here {
-                answer = match results_through_gateway(answer, apis, gateway, &cancel).await {
-                    Ok(answer) => answer,
-                    // Coded as the pool's failures are (it went out without its code).
-                    Err(e) => return failed(&e),
-                };
-            }
-            let begun = if head_only {
-                Ok(answer)
-            } else {
-                body_begun(answer, &cancel).await
-            };
-            match begun {
-                Ok(answer) => respond(answer),
-                Err(e) => failed(&e),
-            }
-        }
+    let mut response = match result {
+        Ok(answer) => answered(answer, results_here.as_ref(), head_only, &cancel).await,
+        Err(e) => failed(&e),
+    };
+    if trailed {
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
+/// The client's answer from upstream's: batch URLs pointed at the gateway, its body begun.
+async fn answered(
+    mut answer: fetch::Answer,
+    results_here: Option<&(Vec<String>, String)>,
+    head_only: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Response<AnyBody> {
+    if let Some((apis, gateway)) = results_here {
+        answer = match results_through_gateway(answer, apis, gateway, cancel).await {
+            Ok(answer) => answer,
+            // Coded as the pool's failures are (it went out without its code).
+            Err(e) => return failed(&e),
+        };
+    }
+    let begun = if head_only {
+        Ok(answer)
+    } else {
+        body_begun(answer, cancel).await
+    };
+    match begun {
+        Ok(answer) => respond(answer),
         Err(e) => failed(&e),
     }
 }
