@@ -576,6 +576,17 @@ test("request framing, each shape followed by a request whose body is a request:
       ["a bare LF as the body's last line", chunked(`${size}\r\n${BODY}\r\n0\r\n\n`), 400],
       ["a bare LF ending a trailer", chunked(`${size}\r\n${BODY}\r\n0\r\nx-t: 1\n\r\n`), "closed"],
       ["a trailer", chunked(`${size}\r\n${BODY}\r\n0\r\nx-t: 1\r\n\r\n`), "closed"],
+      // Refused by its head, the body read and dropped: the same.
+      [
+        "a bare LF ending a trailer, the key wrong",
+        request("POST /v1/messages HTTP/1.1", ["Host: 127.0.0.1", "x-api-key: wrong", "Transfer-Encoding: chunked"], `${size}\r\n${BODY}\r\n0\r\nx-t: 1\n\r\n`),
+        401,
+      ],
+      [
+        "a bare LF as the body's last line, a path elsewhere",
+        request("POST /v2/messages HTTP/1.1", [...head, "Transfer-Encoding: chunked"], `${size}\r\n${BODY}\r\n0\r\n\n`),
+        404,
+      ],
       [
         "an obs-fold in Transfer-Encoding",
         request("POST /v1/messages HTTP/1.1", [...head, "Transfer-Encoding:", " chunked"], `${size}\r\n${BODY}\r\n0\r\n\r\n`),
@@ -614,7 +625,8 @@ test("request framing, each shape followed by a request whose body is a request:
           seen,
         );
         // hyper's own 400 has no body; the gateway's is coded.
-        if (got[0].body) coded(got[0], expect, "invalid_request_error");
+        const type = { 401: "authentication_error", 404: "not_found_error" }[expect] ?? "invalid_request_error";
+        if (got[0].body) coded(got[0], expect, type);
         assert.deepEqual(sent, [], seen);
       }
       assert.ok(r.closed, `${seen}: the connection is closed`);

@@ -107,7 +107,14 @@ fn busy() -> Response<AnyBody> {
     res
 }
 
-pub(super) async fn linger(body: &mut Incoming, mut seen: usize, input: Option<&ClientInput>) {
+/// Whether the body ended with a trailer section: the connection is then closed with the answer
+/// (see `read_body`).
+pub(super) async fn linger(
+    body: &mut Incoming,
+    mut seen: usize,
+    input: Option<&ClientInput>,
+) -> bool {
+    let mut trailed = false;
     let draining = async {
         loop {
             let frame = tokio::select! {
@@ -117,6 +124,7 @@ pub(super) async fn linger(body: &mut Incoming, mut seen: usize, input: Option<&
                 () = ClientInput::done(input) => break,
             };
             let Some(Ok(frame)) = frame else { break };
+            trailed |= frame.is_trailers();
             seen += frame.data_ref().map_or(0, |d| d.len());
             if seen > LINGER_BYTES {
                 break;
@@ -124,6 +132,7 @@ pub(super) async fn linger(body: &mut Incoming, mut seen: usize, input: Option<&
         }
     };
     let _ = tokio::time::timeout(LINGER_FOR, draining).await;
+    trailed
 }
 
 enum BodyRead {
@@ -264,13 +273,12 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
         // Answered before the body is read, it reads the body first, as a refusal by the head.
         Err(e) => {
             let mut res = failed(&e);
-            if waits {
+            // Unread, or ended with trailers (see `read_body`): nothing after it is read.
+            if waits || linger(&mut incoming, 0, input).await {
                 res.headers_mut().insert(
                     hyper::header::CONNECTION,
                     hyper::header::HeaderValue::from_static("close"),
                 );
-            } else {
-                linger(&mut incoming, 0, input).await;
             }
             return res;
         }

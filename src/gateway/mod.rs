@@ -763,8 +763,14 @@ async fn refuse(req: Request<Incoming>, mut response: Response<AnyBody>) -> Resp
     }
     let input = req.extensions().get::<ClientInput>().cloned();
     let mut body = req.into_body();
-    if !hyper::body::Body::is_end_stream(&body) {
-        forward::linger(&mut body, 0, input.as_ref()).await;
+    if !hyper::body::Body::is_end_stream(&body)
+        && forward::linger(&mut body, 0, input.as_ref()).await
+    {
+        // What follows a trailer section may have been read as trailers (see `forward::read_body`).
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
     }
     response
 }
