@@ -692,6 +692,44 @@ for (const transport of ["native", "runtime"]) {
   });
 }
 
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: the client's address, a proxy's account of the hop and cookies stay off the API, and go to another origin as fetch sends them`, async () => {
+    const path = await seedPool(mock, [`${transport}-proxied@x.test`]);
+    const poolFetch = createPoolFetch({ path, transport });
+    const given = {
+      "x-forwarded-for": "203.0.113.7",
+      "x-forwarded-host": "pool.example",
+      "x-forwarded-proto": "https",
+      forwarded: "for=203.0.113.7",
+      "x-real-ip": "203.0.113.7",
+      "true-client-ip": "203.0.113.7",
+      "cf-connecting-ip": "203.0.113.7",
+      "x-client-ip": "203.0.113.7",
+      cookie: "sid=person-0123",
+      "content-type": "application/json",
+      "x-a": "1",
+    };
+    const seen = async (f, url) => {
+      mock.clearRequests();
+      const res = await f(url, { method: "POST", headers: given, body: body() });
+      await res.arrayBuffer();
+      const { headers } = mock.requests.at(-1);
+      return Object.fromEntries(Object.keys(given).map((name) => [name, headers[name]]));
+    };
+    try {
+      const api = await seen(poolFetch, `${mock.url}/v1/messages`);
+      assert.deepEqual(
+        Object.keys(api).filter((name) => api[name] !== undefined),
+        ["content-type", "x-a"],
+      );
+      const other = `${mock.url.replace("127.0.0.1", "localhost")}/v1/messages`;
+      assert.deepEqual(await seen(poolFetch, other), await seen(fetch, other));
+    } finally {
+      mock.clearRequests();
+    }
+  });
+}
+
 test("an empty pool and a pool of dead accounts give a clear typed error", async () => {
   const path = await seedPool(mock, []);
   const poolFetch = createPoolFetch({ path });
