@@ -174,6 +174,11 @@ const server = createServer(async (req, res) => {
       res.writeHead(200, { "content-type": "text/plain" });
       res.write("partial", () => setTimeout(() => res.socket?.resetAndDestroy?.() ?? res.socket?.destroy(), 50));
       return;
+    case "cut":
+      // A chunked body that ends without its last chunk: the server closes its side cleanly.
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write("event: ping\ndata: {}\n\n", () => setTimeout(() => res.socket?.end(), 50));
+      return;
     case "held":
       await heldHead;
       res.writeHead(200, { "content-type": "text/plain" });
@@ -665,8 +670,8 @@ test("answers: a redirect, asked with redirect: manual, is handed over as it cam
 // ---------------------------------------------------------------------------------------------
 // Errors.
 
-test("errors: a body announced larger than sent, and a reset mid-body, fail the read with a TypeError", async () => {
-  for (const s of ["short", "reset"]) {
+test("errors: a body announced larger than sent, a reset mid-body and a chunked body cut short fail the read with a TypeError", async () => {
+  for (const s of ["short", "reset", "cut"]) {
     await differential(async (f) => {
       // INTENDED.wholeSmallBody: where the TypeError comes (the call or the read) is not compared.
       const res = await settled(f(u(s), { headers: keyed() }));
@@ -745,8 +750,8 @@ async function streamThroughAiSdk(f, url) {
   }
 }
 
-test("errors: a body reset, or cut short of its length, while the AI SDK streams it is an error it retries", async () => {
-  for (const s of ["reset", "short"]) {
+test("errors: a body reset, cut short of its length, or cut before its last chunk, while the AI SDK streams it is an error it retries", async () => {
+  for (const s of ["reset", "short", "cut"]) {
     const sdk = await differential((f) => streamThroughAiSdk(f, u(s)));
     assert.deepEqual(sdk, { APICallError: true, isRetryable: true }, `${s}: the runtime's own fetch`);
   }

@@ -37,9 +37,11 @@ export function toPoolError(err) {
 const ERRNO = [
   [/connection refused|econnrefused/i, "ECONNREFUSED"],
   // A connection the server closed before its answer was whole is a reset to the caller, as
-  // Node's http client names it (ECONNRESET, "socket hang up").
+  // Node's http client names it (ECONNRESET, "socket hang up"). A chunked body whose last chunk
+  // never came (hyper: "unexpected EOF during chunk size line") is one too: without a code the AI
+  // SDK threw it on the first try, where it retries Node's fetch ("terminated", UND_ERR_SOCKET).
   [
-    /connection reset|econnreset|connection closed before message completed|end of file before message length reached|connection dropped while reading/i,
+    /connection reset|econnreset|connection closed before message completed|end of file before message length reached|unexpected eof|connection dropped while reading/i,
     "ECONNRESET",
   ],
   [/broken pipe|epipe/i, "EPIPE"],
