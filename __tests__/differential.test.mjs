@@ -86,6 +86,7 @@ const CLIENT_HEADERS = new Set(["user-agent", "accept", "accept-language", "acce
 // The API, played on loopback.
 
 let heldHead = null; // a promise the "held" answer waits on before its head
+let endlessClosed = 0; // "endless" answers whose connection closed
 const sockets = new Set();
 const server = createServer(async (req, res) => {
   const chunks = [];
@@ -179,6 +180,16 @@ const server = createServer(async (req, res) => {
       res.writeHead(200, { "content-type": "text/event-stream" });
       res.write("event: ping\ndata: {}\n\n", () => setTimeout(() => res.socket?.end(), 50));
       return;
+    case "endless": {
+      // A chunk every 20 ms until the client goes: its connection's close is counted.
+      res.writeHead(200, { "content-type": "text/plain" });
+      const timer = setInterval(() => res.write("more;"), 20);
+      res.on("close", () => {
+        clearInterval(timer);
+        endlessClosed++;
+      });
+      return;
+    }
     case "held":
       await heldHead;
       res.writeHead(200, { "content-type": "text/plain" });
@@ -589,6 +600,48 @@ test("answers: a BYOB reader of the body", async () => {
       return { byob, used: res.bodyUsed };
     });
   }
+});
+
+test("answers: the body through pipeTo and tee; text() after a partial read; a cancel mid-stream closes the server's connection", async () => {
+  await differential(async (f) => {
+    heldHead = Promise.resolve();
+    const res = await f(u("trickle"), { headers: keyed() });
+    let text = "";
+    await res.body.pipeTo(
+      new WritableStream({
+        write(chunk) {
+          text += new TextDecoder().decode(chunk);
+        },
+      }),
+    );
+    return { text, used: res.bodyUsed };
+  });
+  await differential(async (f) => {
+    const res = await f(u("big"), { headers: keyed() });
+    const [a, b] = res.body.tee();
+    const [x, y] = await Promise.all([new Response(a).arrayBuffer(), new Response(b).arrayBuffer()]);
+    return { sizes: [x.byteLength, y.byteLength], same: Buffer.from(x).equals(Buffer.from(y)), locked: res.body.locked };
+  });
+  await differential(async (f) => {
+    heldHead = Promise.resolve();
+    const res = await f(u("trickle"), { headers: keyed() });
+    const reader = res.body.getReader();
+    await reader.read();
+    reader.releaseLock();
+    return { text: await settled(res.text()), used: res.bodyUsed };
+  });
+  await differential(async (f) => {
+    const before = endlessClosed;
+    const res = await f(u("endless"), { headers: keyed() });
+    const reader = res.body.getReader();
+    const first = (await reader.read()).done;
+    await reader.cancel();
+    // Closed by the cancel, not by whatever else ends an abandoned body later (the pool's Rust
+    // body, left uncancelled, held the connection for about 8 s here).
+    const until = Date.now() + 3_000;
+    while (endlessClosed === before && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    return { first, closed: endlessClosed > before };
+  });
 });
 
 test("answers: interim 1xx answers are passed over; a large body, sent or answered, arrives whole; under Bun an answer's headers take a set alike", async () => {
