@@ -514,31 +514,41 @@ test("request bodies held at once are bounded: past 256 MB of them a request get
     mock.clearRequests();
     mock.scriptAll(Array.from({ length: n }, () => ({ until: gate })));
     const refused = [];
+    // A refused upload still being sent when the gateway closes (it reads on for 5 s after its
+    // 503, then closes: a machine under load sends 30 MB slower) fails with a reset instead of
+    // the 503: refused too, only the answer was lost. Not counted, the wait below never ended.
+    const cut = [];
     const sent = Array.from({ length: n }, () =>
-      fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { "x-api-key": KEY, "content-type": "application/json" }, body }).then(async (res) => {
-        if (res.status === 503) refused.push({ retryAfter: res.headers.get("retry-after"), type: (await res.json()).error.type });
-        else await res.arrayBuffer();
-        return res.status;
-      }),
+      fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { "x-api-key": KEY, "content-type": "application/json" }, body }).then(
+        async (res) => {
+          if (res.status === 503) refused.push({ retryAfter: res.headers.get("retry-after"), type: (await res.json()).error.type });
+          else await res.arrayBuffer();
+          return res.status;
+        },
+        (e) => {
+          cut.push(e);
+          return "cut";
+        },
+      ),
     );
     // Every request either waits upstream with its body held, or was refused.
-    while (upstream() + refused.length < n) await new Promise((r) => setTimeout(r, 50));
+    while (upstream() + refused.length + cut.length < n) await new Promise((r) => setTimeout(r, 50));
     const through = upstream();
     release();
     const statuses = await Promise.all(sent);
     mock.clearScripts();
     mock.clearRequests();
-    return { through, refused, statuses };
+    return { through, refused, cut, statuses };
   }
   try {
     const first = await round(12);
     assert.ok(first.through >= 1 && first.through <= 8, `${first.through} bodies of 30 MB held at once`);
-    assert.equal(first.refused.length, 12 - first.through);
+    assert.equal(first.refused.length + first.cut.length, 12 - first.through);
     for (const r of first.refused) assert.deepEqual(r, { retryAfter: "1", type: "overloaded_error" });
     assert.equal(first.statuses.filter((s) => s === 200).length, first.through, "the ones let through are answered");
     // What they held was given back: 8 at once fit again.
     const second = await round(8);
-    assert.equal(second.through, 8, `${second.refused.length} refused after the first round ended`);
+    assert.equal(second.through, 8, `${second.refused.length + second.cut.length} refused after the first round ended`);
   } finally {
     await gw.close(1000);
   }
