@@ -789,6 +789,45 @@ test("add: a code with another login's state is OAUTH_STATE_MISMATCH, exit 1, no
   assert.match(empty.stderr, /error \[OAUTH_BAD_INPUT\]/);
 });
 
+test("add: a pasted code holding a NUL, another control character or bytes that are no UTF-8 is OAUTH_BAD_INPUT, nothing sent", async () => {
+  // Read from a file or a pipe, a stray byte after the state was answered OAUTH_STATE_MISMATCH
+  // ("belongs to a different login attempt: start the login again"), and a new login spoiled by
+  // the same byte got the same answer.
+  const path = freshPath();
+  const env = { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url };
+  const exchanges = mock.stats().exchangeCalls;
+  const spoil = [
+    (p) => Buffer.from(`${p}\0\n`),
+    (p) => Buffer.from(`${p.replace("#", "#\u0000")}\n`),
+    (p) => Buffer.from(`${p}\x1b\n`),
+    (p) => Buffer.from(`${p}\x7f\n`),
+    (p) => Buffer.concat([Buffer.from(p), Buffer.from([0xff, 0xfe]), Buffer.from("\n")]),
+    (p) => Buffer.from(`https://platform.claude.com/oauth/code/callback?code=${p.split("#")[0]}&state=${p.split("#")[1]}%00\n`),
+  ];
+  for (const [i, bytes] of spoil.entries()) {
+    for (const args of [["add"], ["add", "--json"]]) {
+      let sent = false;
+      const r = await cli(args, {
+        path,
+        env,
+        onStdout(stdout, child) {
+          if (sent) return;
+          const line = stdout.split("\n").find((l) => l.includes("oauth/authorize"));
+          if (!line || !stdout.includes("\n")) return;
+          sent = true;
+          child.stdin.end(bytes(mock.approve(line.startsWith("{") ? JSON.parse(line).url : line.trim(), "stray@x.test")));
+        },
+      });
+      assert.equal(r.code, 1, `case ${i} ${args}: ${r.stdout}${r.stderr}`);
+      const error = args.includes("--json") ? jsonLines(r).at(-1).error : { code: r.stderr.match(/error \[(\w+)\]/)?.[1], message: r.stderr };
+      assert.equal(error.code, "OAUTH_BAD_INPUT", `case ${i} ${args}: ${r.stdout}${r.stderr}`);
+      assert.match(error.message, /not a code from the login page|malformed/, `case ${i}`);
+    }
+  }
+  assert.equal(mock.stats().exchangeCalls, exchanges, "nothing sent to the token endpoint");
+  assert.ok(!existsSync(path), "nothing written");
+});
+
 test("add with a token endpoint the pool refuses says so before the login URL: INSECURE_ENDPOINT, exit 1, no login started", async () => {
   // The URL was printed and the code read first: the person logged in in a browser, pasted the
   // code, and only then heard that OAUTH_POOL_TOKEN_URL was refused; that login was for nothing.

@@ -145,6 +145,18 @@ pub fn parse_pasted(input: &str) -> Result<Pasted> {
             "the pasted text holds more than the code (a space after it): paste only the code the page shows".into(),
         ));
     }
+    // A state is URL-safe text too. One holding a NUL, another control character or U+FFFD
+    // (bytes that were no UTF-8, read from a file or a pipe) is no login page's: it was answered
+    // "belongs to a different login attempt, start again", which sent the person through a new
+    // login that the same stray byte would spoil again.
+    if state
+        .as_ref()
+        .is_some_and(|s| !s.is_empty() && !s.is_token_shaped())
+    {
+        return Err(Error::OAuthBadInput(
+            "that is not a code from the login page: the pasted text holds a control character, or bytes that are not text; paste only the code the page shows".into(),
+        ));
+    }
     Ok(Pasted {
         code,
         state: state.filter(|s| !s.is_empty()),
@@ -392,6 +404,26 @@ mod tests {
                 (p.code.expose(), p.state.unwrap().expose()),
                 ("abc", "st"),
                 "{pasted}"
+            );
+        }
+        // A stray byte in the state (a NUL, an escape, bytes that were no UTF-8, also as a
+        // callback URL's percent-escape): the wrong text pasted, not another login's state.
+        for bad in [
+            "abc#st\0",
+            "abc#s\0t",
+            "abc#st\u{1b}",
+            "abc#st\u{7f}",
+            "abc#st\u{fffd}",
+            "abc#st\u{e9}",
+            "https://platform.claude.com/oauth/code/callback?code=abc&state=s%00t",
+            "https://platform.claude.com/oauth/code/callback?code=abc&state=s%FFt",
+            "?code=abc&state=s%1Bt",
+        ] {
+            let e = parse_pasted(bad).unwrap_err();
+            assert_eq!(e.code(), "OAUTH_BAD_INPUT", "{bad:?}");
+            assert!(
+                e.to_string().contains("not a code from the login page"),
+                "{bad:?}: {e}"
             );
         }
         // The code pasted twice: said so, not taken for another login's state.
