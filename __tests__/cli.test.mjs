@@ -183,6 +183,40 @@ test("usage errors exit 2, in text and JSON", async () => {
   assert.ok(!existsSync(path));
 });
 
+test("usage errors repeat at most the start of what was typed, escaped: a 100 KB argument does not come back whole", async () => {
+  // Each of these echoed the whole argument: 100 KB in one line of stderr or one JSON document.
+  const path = freshPath();
+  const long = `${"x".repeat(100_000)}\x1b[2J\u202e`;
+  const cases = [
+    [long],
+    ["help", long],
+    ["list", `--${long}`],
+    ["list", `-V${long}`],
+    ["add", "--mode", long],
+    ["add", "--code-timeout-ms", long],
+    ["priority", "a@x.test", long],
+    ["reserve", "a@x.test", long],
+    ["serve", "--port", long],
+  ];
+  for (const args of cases) {
+    for (const mode of [[], ["--json"]]) {
+      const r = await cli([...args, ...mode], { path, input: "" });
+      const shown = args.map((a) => (a.length > 40 ? `<${a.length} chars>` : a)).join(" ");
+      assert.equal(r.code, 2, `${shown}: ${r.stderr.slice(0, 300)}`);
+      const error = mode.length ? json(r).error : { code: r.stderr.match(/^error \[(\w+)\]/)?.[1], message: r.stderr };
+      assert.equal(error.code, "USAGE", shown);
+      assert.ok(error.message.length < 600, `${shown}: ${error.message.length} characters of message`);
+      assert.match(error.message, /x{20}… \(100\d{3} characters\)/, shown);
+      assert.doesNotMatch(r.stderr + r.stdout, /\x1b|\u202e/, shown);
+    }
+  }
+  // Short, it is repeated whole, its control characters escaped.
+  const escaped = await cli(["list", "--no\x1b[31mpe"], { path });
+  assert.equal(escaped.code, 2);
+  assert.match(escaped.stderr, /list does not take --no\\x1b\[31mpe/);
+  assert.ok(!existsSync(path));
+});
+
 test("list and edits of accounts on a missing pool: empty or ACCOUNT_NOT_FOUND, nothing created", async () => {
   const path = freshPath();
   const r = await cli(["list"], { path });

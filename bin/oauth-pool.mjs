@@ -15,7 +15,7 @@ import { checkArity, parseCommandLine } from "../lib/cli/args.mjs";
 import { COMMANDS, commandHelp, commandOptions, groupHelp, subcommands, usage } from "../lib/cli/commands.mjs";
 import { EXIT, UsageError } from "../lib/cli/errors.mjs";
 import { loadLibrary } from "../lib/cli/library.mjs";
-import { makeOutput } from "../lib/cli/output.mjs";
+import { echoed, makeOutput } from "../lib/cli/output.mjs";
 
 const PKG = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
 
@@ -86,7 +86,7 @@ async function main(argv) {
     // A group's word alone (`help store`, `store --help`): the help of each of its commands.
     const group = spec || !named ? null : groupHelp(named);
     if (command === "help" && named && !spec && !group) {
-      out.error("USAGE", `unknown command ${named} (oauth-pool --help)`);
+      out.error("USAGE", `unknown command ${echoed(named)} (oauth-pool --help)`);
       return EXIT.USAGE;
     }
     const text = spec ? commandHelp(spec) : (group ?? usage(PKG.version));
@@ -101,7 +101,10 @@ async function main(argv) {
   const spec = COMMANDS.get(command);
   if (!spec) {
     const group = subcommands(command);
-    out.error("USAGE", group.length ? `${command} needs one of: ${group.join(", ")} (oauth-pool --help)` : `unknown command ${command} (oauth-pool --help)`);
+    out.error(
+      "USAGE",
+      group.length ? `${command} needs one of: ${group.join(", ")} (oauth-pool --help)` : `unknown command ${echoed(command)} (oauth-pool --help)`,
+    );
     return EXIT.USAGE;
   }
   return runCommand(spec, positionals, options, out);

@@ -27,7 +27,7 @@ import { modelPrices } from "../plugin/prices.mjs";
 import { native } from "../native.mjs";
 import { millisOption } from "./args.mjs";
 import { UsageError, cliError } from "./errors.mjs";
-import { printable, table, text } from "./output.mjs";
+import { echo, printable, table, text } from "./output.mjs";
 import { placedName } from "../printable.mjs";
 import { endingSignals } from "./signals.mjs";
 import { TIMED_OUT, confirm, readLine } from "./stdin.mjs";
@@ -171,7 +171,7 @@ const CODE_WAIT_MS = 15 * 60_000;
 
 async function add({ lib, options, path, out }) {
   const mode = options.mode ?? "max";
-  if (mode !== "max" && mode !== "console") throw new UsageError(text`--mode must be max or console, not ${mode}`);
+  if (mode !== "max" && mode !== "console") throw new UsageError(echo`--mode must be max or console, not ${mode}`);
   const waitMs = millisOption(options["code-timeout-ms"], "code-timeout-ms", CODE_WAIT_MS);
   // A pool that cannot take the account says so before the user goes through a login for it.
   const before = await lib.loadPool(path);
@@ -297,7 +297,7 @@ function setEnabled(enabled) {
 }
 
 async function priority({ lib, args: [email, n], path, out }) {
-  if (!/^-?\d+$/.test(n) || !Number.isSafeInteger(Number(n))) throw new UsageError(text`priority must be an integer, not ${n}`);
+  if (!/^-?\d+$/.test(n) || !Number.isSafeInteger(Number(n))) throw new UsageError(echo`priority must be an integer, not ${n}`);
   const value = Number(n);
   const { email: stored, shown } = changed(await lib.setPriority(email, value, path), email);
   out.result({ email: stored, priority: value }, `priority of ${shown} is now ${value}`);
@@ -318,7 +318,7 @@ async function refresh({ lib, args: [email], path, out }) {
 async function reserve({ lib, args: [email, fraction], path, out }) {
   const value = Number(fraction);
   if (!/^(0|1|0?\.\d+|1\.0*)$/.test(fraction) || !(value >= 0 && value <= 1)) {
-    throw new UsageError(text`reserve takes a fraction from 0 to 1 (0.2 keeps 20 % of every window), not ${fraction}`);
+    throw new UsageError(echo`reserve takes a fraction from 0 to 1 (0.2 keeps 20 % of every window), not ${fraction}`);
   }
   const { email: stored, shown } = changed(await lib.setReserve(email, value, path), email);
   out.result(

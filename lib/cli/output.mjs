@@ -17,6 +17,29 @@ export function text(strings, ...values) {
   return out;
 }
 
+// The most of one word of the command line a usage error repeats: enough to recognise it. A
+// whole 100 KB argument (a file's content pasted as a value, a runaway `$(...)`) came back
+// whole, in one line of stderr or one JSON document.
+const ECHOED = 80;
+
+/** What the user typed, as a message repeats it: printable(), only its start when long. */
+export function echoed(value) {
+  const s = String(value ?? "");
+  if (s.length <= ECHOED) return printable(s);
+  // Cut before escaping, so no escape is cut in half; never half of a surrogate pair.
+  const start = s.slice(0, ECHOED).replace(/[\ud800-\udbff]$/, "");
+  return `${printable(start)}… (${s.length} characters)`;
+}
+
+/** `text` for messages that repeat what the user typed: every interpolated value through echoed(). */
+export function echo(strings, ...values) {
+  let out = strings[0];
+  values.forEach((v, i) => {
+    out += echoed(v) + strings[i + 1];
+  });
+  return out;
+}
+
 // Characters a terminal draws two columns wide: East Asian wide and fullwidth forms, and emoji
 // presentation (the ranges wcwidth() gives 2). Marks drawn on the character before them take none.
 const WIDE =

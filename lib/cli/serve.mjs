@@ -4,14 +4,14 @@
 // and exits 0.
 import { millisOption } from "./args.mjs";
 import { EXIT, UsageError } from "./errors.mjs";
-import { text } from "./output.mjs";
+import { echo, text } from "./output.mjs";
 import { endingSignals } from "./signals.mjs";
 
 const OUTPUT_WAIT_MS = 2000;
 
 function port(value) {
   if (value === undefined) return 8787;
-  if (!/^\d+$/.test(value) || Number(value) > 65535) throw new UsageError(text`--port must be a port number (0 picks a free one), not ${value}`);
+  if (!/^\d+$/.test(value) || Number(value) > 65535) throw new UsageError(echo`--port must be a port number (0 picks a free one), not ${value}`);
   return Number(value);
 }
 

@@ -3,13 +3,13 @@
 // a file and a database in either direction, every field kept.
 import { realpathSync } from "node:fs";
 import { UsageError } from "./errors.mjs";
-import { text } from "./output.mjs";
+import { echo, text } from "./output.mjs";
 
 async function init({ lib, args, path, out }) {
   // `--path` names the store for every other command, so it names the one to init too (it was
   // ignored here, and the command asked for a URL it had been given).
   if (args[0] !== undefined && path !== undefined && args[0] !== path) {
-    throw new UsageError(text`store init names its store once: ${args[0]} or --path ${path}, not both`);
+    throw new UsageError(echo`store init names its store once: ${args[0]} or --path ${path}, not both`);
   }
   const location = args[0] ?? path;
   if (!location?.trim() && !process.env.OAUTH_POOL_STORE?.trim()) {
