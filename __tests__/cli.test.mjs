@@ -197,6 +197,7 @@ test("usage errors repeat at most the start of what was typed, escaped: a 100 KB
     ["priority", "a@x.test", long],
     ["reserve", "a@x.test", long],
     ["serve", "--port", long],
+    ["add-key", "--email", long, "--email", "b@x.test"],
   ];
   for (const args of cases) {
     for (const mode of [[], ["--json"]]) {
@@ -215,6 +216,27 @@ test("usage errors repeat at most the start of what was typed, escaped: a 100 KB
   assert.equal(escaped.code, 2);
   assert.match(escaped.stderr, /list does not take --no\\x1b\[31mpe/);
   assert.ok(!existsSync(path));
+});
+
+test("an option of a value given twice with two values is a usage error naming it, not the last one taken", async () => {
+  // `--email a --email b` added the key as b without a word, `--path x ... --path y` used y.
+  const path = freshPath();
+  const other = freshPath();
+  const key = await cli(["add-key", "--email", "a@x.test", "--email", "b@x.test"], { path, input: `${API_KEY}\n` });
+  assert.equal(key.code, 2, key.stderr);
+  assert.match(key.stderr, /^error \[USAGE\]: --email was given twice \(a@x\.test, then b@x\.test\): give it once/);
+  assert.ok(!existsSync(path), "nothing added");
+  const where = await cli(["--path", path, "list", "--json", "--path", other], { path });
+  assert.equal(where.code, 2, where.stdout);
+  assert.equal(json(where).error.code, "USAGE");
+  assert.match(json(where).error.message, /--path was given twice/);
+  const mode = await cli(["add", "--mode", "max", "--mode=console"], { path, input: "" });
+  assert.equal(mode.code, 2, mode.stderr);
+  assert.match(mode.stderr, /--mode was given twice \(max, then console\)/);
+  // A flag twice, or the same value twice, says one thing: taken.
+  const same = await cli(["add-key", "--json", "--json", "--email", "k@x.test", "--email=k@x.test"], { path, input: `${API_KEY}\n` });
+  assert.equal(same.code, 0, same.stdout + same.stderr);
+  assert.deepEqual(json(same), { email: "k@x.test", added: true });
 });
 
 test("list and edits of accounts on a missing pool: empty or ACCOUNT_NOT_FOUND, nothing created", async () => {

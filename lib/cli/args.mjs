@@ -81,6 +81,23 @@ function refuseLongGroups(args) {
 }
 
 /**
+ * An option of a value given twice with two values (`--email a --email b`, a script's default
+ * before the user's own): the parser kept the last one without a word, and the command acted on
+ * an account or a store the other value named. The same value twice, or a flag twice, says one
+ * thing and passes.
+ */
+function refuseRepeats(tokens) {
+  const seen = new Map();
+  for (const t of tokens) {
+    if (t.kind !== "option" || t.value === undefined) continue;
+    const value = unprotect(t.value);
+    const first = seen.get(t.name);
+    if (first === undefined) seen.set(t.name, value);
+    else if (first !== value) throw new UsageError(echo`--${t.name} was given twice (${first}, then ${value}): give it once`);
+  }
+}
+
+/**
  * Splits argv into { command, positionals, options }. `commandOptions(name)` gives the options
  * of a known command (undefined for an unknown one, which then takes only the global options).
  */
@@ -92,11 +109,12 @@ export function parseCommandLine(argv, commandOptions) {
   const options = { ...GLOBAL_OPTIONS, ...own };
   let parsed;
   try {
-    parsed = parseArgs({ args, options: parserConfig(options), strict: true, allowPositionals: true });
+    parsed = parseArgs({ args, options: parserConfig(options), strict: true, allowPositionals: true, tokens: true });
   } catch (err) {
     if (!String(err?.code).startsWith("ERR_PARSE_ARGS")) throw err;
     throw new UsageError(explain(args, options, command, own !== undefined, err));
   }
+  refuseRepeats(parsed.tokens);
   const values = {};
   for (const [name, value] of Object.entries(parsed.values)) {
     if (value === "") throw new UsageError(`--${name} needs a value`);
