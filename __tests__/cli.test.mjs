@@ -15,7 +15,9 @@ import {
   openSync,
   readFileSync,
   readdirSync,
+  readlinkSync,
   realpathSync,
+  renameSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -1119,6 +1121,64 @@ test("unreadable entries: list and status show them, remove by email or '#<index
   assert.equal(first.code, 0, first.stderr);
   assert.match(first.stdout, /^removed #0 \(good@x\.test\)$/m);
   assert.deepEqual(readPool(path).anthropic, []);
+});
+
+test("remove '#N' while another process removes an entry before it: the entry read at that place goes, or nothing", {
+  skip: !flock && "needs flock(1) on Linux",
+}, async () => {
+  // The CLI read the place, then removed it under the pool's lock: an entry before it removed in
+  // between moved the next one to that place, and that one went, reported as the one read.
+  for (const gone of ["first", "target"]) {
+    const path = freshPath();
+    writeRawPool(path, [
+      { email: "ann@x.test", type: "api", key: API_KEY },
+      { email: "bob@x.test", type: "api", key: API_KEY },
+      { email: "cat@x.test", type: "api", key: API_KEY },
+    ]);
+    // Another writer holds the pool's lock: the CLI reads the pool (reads take no lock), then waits
+    // for the lock to remove, with the lock file open, which is how the test knows it got there.
+    const holder = spawn("flock", ["-o", `${path}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
+    const holderGone = new Promise((r) => holder.on("exit", r));
+    for (let i = 0; i < 250 && !readFileSync("/proc/locks", "utf8").includes(`${holder.pid} `); i++) await new Promise((r) => setTimeout(r, 20));
+    const child = spawn(process.execPath, [CLI, "remove", "#1", "--json"], { env: childEnv(path), stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (d) => (stdout += d));
+    child.stderr.setEncoding("utf8").on("data", (d) => (stderr += d));
+    const closed = new Promise((r) => child.on("close", (code, signal) => r(code ?? signal)));
+    const waiting = () => {
+      try {
+        return readdirSync(`/proc/${child.pid}/fd`).some((fd) => {
+          try {
+            return readlinkSync(`/proc/${child.pid}/fd/${fd}`) === `${path}.lock`;
+          } catch {
+            return false;
+          }
+        });
+      } catch {
+        return false;
+      }
+    };
+    for (let i = 0; i < 1500 && !waiting(); i++) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(waiting(), `the CLI waits for the lock: ${stderr}`);
+    // The other writer's change: ann (before #1) or bob (#1 itself) removed, written whole.
+    const left = gone === "first" ? ["bob@x.test", "cat@x.test"] : ["ann@x.test", "cat@x.test"];
+    writeFileSync(`${path}.tmp-other`, JSON.stringify({ version: 1, anthropic: left.map((email) => ({ email, type: "api", key: API_KEY })) }), { mode: 0o600 });
+    renameSync(`${path}.tmp-other`, path);
+    holder.stdin.end();
+    await holderGone;
+    const code = await closed;
+    const emails = readPool(path).anthropic.map((a) => a.email);
+    if (gone === "first") {
+      assert.equal(code, 0, stdout + stderr);
+      assert.deepEqual(json({ stdout }), { email: "#1", removed: 1, was: "bob@x.test" });
+      assert.deepEqual(emails, ["cat@x.test"], "bob went, whom #1 named when read; cat stays");
+    } else {
+      assert.equal(code, 1, stdout + stderr);
+      assert.equal(json({ stdout }).error.code, "ACCOUNT_NOT_FOUND");
+      assert.deepEqual(emails, ["ann@x.test", "cat@x.test"], "bob was gone already; nobody else went");
+    }
+  }
 });
 
 test("status and doctor report emails that differ only in case", async () => {

@@ -269,19 +269,41 @@ async function addKey({ lib, options, path, out }) {
 }
 
 async function remove({ lib, args: [target], path, out }) {
+  const pool = /^#\d+$/.test(target) ? await lib.loadPool(path) : undefined;
+  // An account named `#0` is that account (the library's rule): no place is read then.
+  const byPlace = pool !== undefined && !entryNames(pool).some((e) => e.trim() === target);
+  const index = Number(target.slice(1));
   // `#N` names an entry by its place: say whose it was, since the place alone tells a person
   // nothing once it is gone.
-  const was = /^#\d+$/.test(target) ? entryEmail(await lib.loadPool(path), Number(target.slice(1))) : undefined;
-  const removed = await lib.removeAccount(target, path);
+  const was = byPlace ? entryEmail(pool, index) : undefined;
+  // The place is read here and the entry removed later, under the pool's lock: another process
+  // removing an entry before it in between moved another one to that place, which went instead
+  // (and was reported as the one read). Named by its email, when that names it alone, it goes
+  // wherever it is now, or, gone already, nothing goes (ACCOUNT_NOT_FOUND).
+  const removed = await lib.removeAccount((byPlace && soleEmail(pool, index)) || target, path);
   const what = was ? text`${target} (${was})` : text`${target}`;
   out.result({ email: target, removed, ...(was ? { was } : {}) }, `removed ${what}${removed > 1 ? ` (${removed} entries)` : ""}`);
 }
+
+/** The emails of the pool's entries that have one. */
+const entryNames = (pool) => (pool?.anthropic ?? []).map((e) => e?.email).filter((e) => typeof e === "string");
 
 /** The email of the pool's entry at `index`, or what it is when it has none. */
 function entryEmail(pool, index) {
   const entry = pool?.anthropic?.[index];
   if (entry === undefined) return undefined;
   return typeof entry?.email === "string" && entry.email ? entry.email : "an unreadable entry";
+}
+
+/**
+ * The email of the entry at `index` when no other entry has it, nor one differing from it only
+ * in case or spaces (the library's looser match): removing by it removes that entry alone.
+ */
+function soleEmail(pool, index) {
+  const email = pool?.anthropic?.[index]?.email;
+  if (typeof email !== "string" || !email.trim()) return undefined;
+  const key = email.trim().toLowerCase();
+  return entryNames(pool).filter((e) => e.trim().toLowerCase() === key).length === 1 ? email : undefined;
 }
 
 /** Whom a change named: the stored spelling for --json, and for a person beside what was typed. */
