@@ -11,7 +11,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -646,6 +646,38 @@ test("doctor reads OpenCode's files bounded: a FIFO or a device where a config, 
   [c] = (await doctor(box)).named("plugin install");
   assert.equal(c?.level, "problem");
   assert.match(c.message, /cannot load its native binary .*not a regular file/);
+});
+
+test("doctor: OPENCODE_CONFIG naming a FIFO, a device, a directory or a file past 4 MB is a warning naming it, read neither whole nor waited on", {
+  skip: !mkfifo && "needs mkfifo(1)",
+}, async () => {
+  // Each was passed over without a word, and doctor's account of the plugin left it out.
+  const box = user();
+  await seed(box, [{ email: "unread@x.test" }]);
+  const fifo = join(box.dir, "fifo.json");
+  assert.equal(spawnSync("mkfifo", [fifo]).status, 0);
+  const dir = join(box.dir, "dir.json");
+  mkdirSync(dir);
+  // Sparse: 5 MB of size, no 5 MB written.
+  const huge = join(box.dir, "huge.json");
+  writeFileSync(huge, "");
+  truncateSync(huge, 5 * 1024 * 1024);
+  for (const [file, what] of [
+    [fifo, /a FIFO/],
+    ["/dev/zero", /a device/],
+    [dir, /a directory/],
+    [huge, /5242880 bytes/],
+  ]) {
+    const d = await doctor(box, { env: { OPENCODE_CONFIG: file } });
+    const [c] = d.named("opencode config");
+    assert.equal(c?.level, "warn", `${file}: ${d.shown}`);
+    assert.equal(c.file, file);
+    assert.match(c.message, what);
+    assert.match(c.message, /left unread .*at most 4 MB\): what doctor says of the plugin leaves it out/);
+  }
+  // Nothing there is nothing to say.
+  const d = await doctor(box, { env: { OPENCODE_CONFIG: join(box.dir, "missing.json") } });
+  assert.deepEqual(d.named("opencode config"), [], d.shown);
 });
 
 const CC = ["/usr/bin/cc", "/usr/bin/gcc", "/usr/local/bin/cc"].find((p) => existsSync(p));

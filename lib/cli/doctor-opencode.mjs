@@ -33,6 +33,7 @@ import {
   opencodeConfigDir,
   pluginEntries,
   pluginIdentity,
+  MAX_CONFIG_MB,
   readOpencodeConfigs,
 } from "./opencode-config.mjs";
 
@@ -86,6 +87,19 @@ function checkBroken(broken, r) {
       "opencode config",
       "problem",
       `${file} is not valid JSON with comments (${error}): OpenCode refuses to start with it ("Config file at … is not valid JSON(C)"); ${/ at line \d+/.test(error) ? "fix that line" : "fix it (opencode debug config shows where)"}`,
+      { file },
+    );
+  }
+}
+
+// A config path that holds a FIFO, a device, a directory or a huge file was passed over without
+// a word (OPENCODE_CONFIG=/dev/zero), and what doctor then said of the plugin left it out.
+function checkUnread(unread, r) {
+  for (const { file, what } of unread) {
+    r.add(
+      "opencode config",
+      "warn",
+      `${file} is left unread (${what}; a config is a regular file of at most ${MAX_CONFIG_MB} MB): what doctor says of the plugin leaves it out`,
       { file },
     );
   }
@@ -539,8 +553,9 @@ function scrubbing(report) {
 
 export async function checkOpencode(lib, files, report) {
   const r = scrubbing(report);
-  const { configs, broken } = await readOpencodeConfigs();
+  const { configs, broken, unread } = await readOpencodeConfigs();
   checkBroken(broken, r);
+  checkUnread(unread, r);
   const entries = await pluginEntries(configs);
   const loaded = await checkLoaded(configs, broken, entries, r);
   // Not loaded by a config of ours (maybe by a host plugin, with options we cannot see): what

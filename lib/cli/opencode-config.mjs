@@ -4,6 +4,7 @@
 // up to the repository's root; a file that does not parse stops OpenCode from starting, so it
 // is reported as such.
 import { existsSync, statSync } from "node:fs";
+import { stat } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -93,13 +94,37 @@ function substituted(text, env) {
   return text.replace(/\{env:([^}]+)\}/g, (_, name) => env[name] ?? "").replace(/\{file:[^}]+\}/g, "");
 }
 
+/** The most of a config file doctor reads, for its words. */
+export const MAX_CONFIG_MB = MAX_CONFIG_BYTES / 1024 / 1024;
+
+/** What a path that is there but no file doctor reads is, in a few words; null for a file it reads. */
+async function unreadable(file) {
+  let st;
+  try {
+    // stat, not open: opening a FIFO waits for a writer.
+    st = await stat(file);
+  } catch (e) {
+    return e?.code === "ENOENT" || e?.code === "ENOTDIR" ? null : `a path that cannot be read (${e?.code ?? e})`;
+  }
+  if (st.isFile()) return st.size > MAX_CONFIG_BYTES ? `${st.size} bytes` : null;
+  if (st.isDirectory()) return "a directory";
+  if (st.isFIFO()) return "a FIFO";
+  if (st.isCharacterDevice() || st.isBlockDevice()) return "a device";
+  if (st.isSocket()) return "a socket";
+  return "not a regular file";
+}
+
 /**
- * `{ config }`, `{ error }` when it does not parse, or undefined when there is no such regular
- * file (a FIFO or a device named so is not waited on, nor read without end).
+ * `{ config }`, `{ error }` when it does not parse, `{ unread }` (what it is) when something is
+ * there that is not read (a FIFO or a device is not waited on, nor read without end; a
+ * directory; a file past MAX_CONFIG_BYTES), or undefined when there is nothing there.
  */
 async function readConfig(file, env) {
   const raw = await readRegularFile(file, MAX_CONFIG_BYTES);
-  if (raw === null) return undefined;
+  if (raw === null) {
+    const why = await unreadable(file);
+    return why ? { unread: why } : undefined;
+  }
   // A byte order mark (a file saved by a Windows editor) is no part of the JSON.
   const text = substituted(raw.replace(/^\uFEFF/, ""), env);
   try {
@@ -125,7 +150,8 @@ function managedConfigDir(env) {
 /**
  * The configuration files OpenCode reads here, in its order (OpenCode 1.18's config loading):
  * `configs` as `{ file, config }`, `broken` as `{ file, error }` for those that do not parse
- * (OpenCode refuses to start then).
+ * (OpenCode refuses to start then), `unread` as `{ file, what }` for those that are there but
+ * are no file doctor reads.
  */
 export async function readOpencodeConfigs(env = process.env, cwd = process.cwd()) {
   const files = [];
@@ -150,11 +176,13 @@ export async function readOpencodeConfigs(env = process.env, cwd = process.cwd()
   for (const dir of extra) files.push(join(dir, "opencode.json"), join(dir, "opencode.jsonc"));
   const configs = [];
   const broken = [];
-  for (const file of [...new Set(files)]) {
-    const read = await readConfig(file, env);
+  const unread = [];
+  const take = (file, read) => {
     if (read?.error !== undefined) broken.push({ file, error: read.error });
+    else if (read?.unread !== undefined) unread.push({ file, what: read.unread });
     else if (read) configs.push({ file, config: read.config });
-  }
+  };
+  for (const file of [...new Set(files)]) take(file, await readConfig(file, env));
   if (env.OPENCODE_CONFIG_CONTENT) {
     const text = substituted(env.OPENCODE_CONFIG_CONTENT, env);
     try {
@@ -165,11 +193,9 @@ export async function readOpencodeConfigs(env = process.env, cwd = process.cwd()
   }
   for (const name of ["opencode.json", "opencode.jsonc"]) {
     const file = join(managedConfigDir(env), name);
-    const read = await readConfig(file, env);
-    if (read?.error !== undefined) broken.push({ file, error: read.error });
-    else if (read) configs.push({ file, config: read.config });
+    take(file, await readConfig(file, env));
   }
-  return { configs, broken };
+  return { configs, broken, unread };
 }
 
 const OURS = /(^|[/@:])opencode-oauth-pool(@[^/]*)?($|\/)|oauth-pool[^/]*\/plugin\.mjs$/;
