@@ -397,3 +397,49 @@ test("add holding a login, started ignoring SIGHUP (nohup): a hangup leaves it h
   assert.match(output().stdout, /^added kept-nohup@x\.test$/m);
   assert.equal(JSON.parse(readFileSync(path, "utf8")).anthropic.find((a) => a.email === email)?.refresh, mock.tokens(email).refresh);
 });
+
+/**
+ * Runs the CLI with a writer on its stdin that never stops (`yes | oauth-pool add-key`,
+ * `cat /dev/zero | ...`): `chunk` written again and again until the CLI exits. Resolves how it
+ * ended and what it printed.
+ */
+function runWithEndlessStdin(args, { path, chunk }) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: childEnv(path), stdio: ["pipe", "pipe", "pipe"] });
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    let stdout = "";
+    let stderr = "";
+    let ended = false;
+    child.stdout.setEncoding("utf8").on("data", (d) => (stdout += d));
+    child.stderr.setEncoding("utf8").on("data", (d) => (stderr += d));
+    // The CLI stops reading and exits: the writer's EPIPE is the end of it, not a failure.
+    child.stdin.on("error", () => {});
+    const pump = () => {
+      while (!ended && child.stdin.write(chunk));
+      if (!ended) child.stdin.once("drain", pump);
+    };
+    pump();
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      ended = true;
+      clearTimeout(timer);
+      resolve({ code: code ?? signal, stdout, stderr });
+    });
+  });
+}
+
+test("add-key and add on a stdin that never ends: bytes without a line break end at 64 KB (USAGE), endless lines take the first", async () => {
+  // A guard: stdin is read a line at a time up to a bound (lib/cli/stdin.mjs), from a pipe as
+  // from a file.
+  const path = freshPath();
+  for (const args of [["add-key"], ["add-key", "--json"], ["add"]]) {
+    const r = await runWithEndlessStdin(args, { path, chunk: Buffer.alloc(16 * 1024, 0) });
+    assert.equal(r.code, 2, `${args}: ${r.stderr}`);
+    const message = args.includes("--json") ? JSON.parse(r.stdout.trim().split("\n").at(-1)).error.message : r.stderr;
+    assert.match(message, /stdin held more than 64 KB without a line break/);
+  }
+  const lines = await runWithEndlessStdin(["add-key"], { path, chunk: "y\n".repeat(4096) });
+  assert.equal(lines.code, 1, lines.stderr);
+  assert.match(lines.stderr, /^error \[INVALID_ARGUMENT\]: that does not look like an API key/);
+  assert.ok(!existsSync(path), "nothing written");
+});
