@@ -722,3 +722,50 @@ test("PostgreSQL restarted while a host's token is at the token endpoint (down l
     await Promise.all([onA.close(), onB.close()]);
   }
 });
+
+test("a host whose connection to the store is kept busy while its token is at the token endpoint (a query waiting on a lock) keeps its refresh claim: another host waits for its tokens instead of presenting the token too", async () => {
+  const email = "beat@hostile.test";
+  const busy = "busy@hostile.test";
+  const f = await fleet([oauthEntry(email, { expired: true }), oauthEntry(busy, { expired: true })]);
+  // A session holds the key of `busy`'s claim row uncommitted: host A's claim on it waits there,
+  // on the connection its other queries share.
+  const holder = psqlSession(f.db.name);
+  let release;
+  mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (release = r)) });
+  const onA = startHostProcess(f.a);
+  const onB = startHostProcess(f.b);
+  try {
+    await Promise.all([onA.ready, onB.ready]);
+    await holder.run(`BEGIN; INSERT INTO oauth_pool_meta (name, value) VALUES ('refresh-claim:${busy}', 'held elsewhere 0');`);
+    const first = (await onA.ask(`start refresh ${email}`)).value;
+    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const lockPid = (await until(pidsHolding(REFRESH_LOCK_CLASS, f.db.name), (o) => o.trim() !== "")).trim();
+    await pg.sql(`SELECT pg_terminate_backend(${lockPid})`);
+    await until(pidsHolding(REFRESH_LOCK_CLASS, f.db.name), (o) => o.trim() === "");
+    const stuck = (await onA.ask(`start refresh ${busy}`)).value;
+    const waiting = `SELECT count(*) FROM pg_stat_activity WHERE datname = '${f.db.name}' AND usename = '${ROLE}' AND wait_event_type = 'Lock'`;
+    await until(waiting, (o) => o.trim() === "1");
+    // Longer than a claim stands past its last beat.
+    await sleep(3500);
+    const meanwhile = onB.ask(`refresh ${email}`);
+    await until(pidsHolding(REFRESH_LOCK_CLASS, f.db.name), (o) => o.trim() !== "");
+    await sleep(3000);
+    assert.equal(mock.stats().perFamily[email].refreshCalls, 1, "host B presented the token that is out");
+    await holder.run("ROLLBACK;");
+    release();
+    const woken = await onA.ask(`join ${first}`);
+    assert.equal(woken.ok, true, JSON.stringify(woken));
+    const adopted = await meanwhile;
+    assert.equal(adopted.ok, true, JSON.stringify(adopted));
+    await onA.ask(`join ${stuck}`);
+    const fam = mock.stats().perFamily[email];
+    assert.equal(fam.refreshCalls, 1);
+    assert.equal(fam.reuse, 0);
+    assert.equal(fam.revoked, false);
+  } finally {
+    mock.setTokenMode(null);
+    release?.();
+    await holder.close();
+    await Promise.all([onA.close(), onB.close()]);
+  }
+});

@@ -4,6 +4,8 @@
 //   refresh <email>  refreshAccount under the store's lock protocol
 //   flush            flushPool
 //   status           poolStatus
+//   start <command>  starts <command> without waiting for it: answers its number at once
+//   join <number>    the answer of a command started so
 // Each command answers one JSON line on stdout: { ok, ... } or { ok: false, code, message }.
 //   node fleet-host.mjs <store> <apiUrl>
 import { createInterface } from "node:readline";
@@ -25,7 +27,14 @@ const commands = {
   refresh: (email) => refreshAccount(email, store),
   flush: () => flushPool(store),
   status: () => poolStatus(store),
+  start(name, ...args) {
+    const number = started.length;
+    started.push(Promise.resolve().then(() => commands[name](...args)));
+    return number;
+  },
+  join: (number) => started[Number(number)],
 };
+const started = [];
 
 process.stdout.write(`${JSON.stringify({ ready: true })}\n`);
 for await (const line of createInterface({ input: process.stdin })) {

@@ -724,7 +724,17 @@ impl Engine {
                 return serve_old_or(&account, rejected, e);
             }
         }
-        let claim_beat = self.store.keep_claim(email, &claim_tag);
+        // On a connection of its own, and checked to still stand: a claim taken over meanwhile
+        // (its answer late past `CLAIM_MS`) is another host's token out.
+        let claim_beat = match self.store.keep_claim(email, &claim_tag).await {
+            Ok(beat) => beat,
+            Err(e) => {
+                if !matches!(e, Error::RefreshClaimed { .. }) {
+                    self.store.release_refresh(email, &claim_tag).await;
+                }
+                return serve_old_or(&account, rejected, e);
+            }
+        };
         not_presented.presented();
         tracing::debug!(account = %email, token = %presented.fingerprint(), "refreshing access token");
         let _unwritten = Unwritten::begin();

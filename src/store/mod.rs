@@ -384,11 +384,19 @@ impl Store {
         }
     }
 
-    /// Keeps this process's claim alive while its guard lives (`PgStore::keep_claim`).
-    pub fn keep_claim(&self, email: &str, tag: &str) -> Option<postgres::ClaimBeat> {
+    /// Keeps this process's claim alive while its guard lives (`PgStore::keep_claim`), once it
+    /// has checked that the claim still stands: `RefreshClaimed` (POOL_BUSY) when another host
+    /// took it over, and the token is not to be presented.
+    pub async fn keep_claim(&self, email: &str, tag: &str) -> Result<Option<postgres::ClaimBeat>> {
         match self {
-            Store::File(_) => None,
-            Store::Postgres(p) => Some(p.keep_claim(email, tag)),
+            Store::File(_) => Ok(None),
+            Store::Postgres(p) => match p.keep_claim(email, tag).await? {
+                Some(beat) => Ok(Some(beat)),
+                None => Err(Error::RefreshClaimed {
+                    email: email.to_string(),
+                    store: self.describe(),
+                }),
+            },
         }
     }
 

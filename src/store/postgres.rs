@@ -1050,39 +1050,54 @@ impl PgStore {
 
     /// Renews this process's claim on the token tagged `tag` every `CLAIM_BEAT` until the
     /// guard is dropped: other hosts wait while this one lives, though its refresh lock is gone.
-    pub fn keep_claim(self: &Arc<Self>, email: &str, tag: &str) -> ClaimBeat {
+    /// The beats go on a connection of their own, made here and closed with the guard: on the
+    /// shared reader they queued behind whatever else it carried (a large pool's load, a query
+    /// waiting on a lock, a reconnection, a pooler's queue), the claim aged past `CLAIM_MS`, and
+    /// another host presented the token still out, revoking the login's family. The first beat
+    /// is made here and its row count read: `None` when the claim is no longer this process's
+    /// (another host took it over), and the token must not be presented.
+    pub async fn keep_claim(self: &Arc<Self>, email: &str, tag: &str) -> Result<Option<ClaimBeat>> {
+        let client = self.connect().await?;
+        let (name, value) = (claim_name(email), format!("{tag} {}", claimant()));
+        let held = self
+            .bounded("a refresh claim", renew_claim(&client, &name, &value))
+            .await?;
+        if !held {
+            return Ok(None);
+        }
         let stop = tokio_util::sync::CancellationToken::new();
-        let (me, name, value, until) = (
-            self.clone(),
-            claim_name(email),
-            format!("{tag} {}", claimant()),
-            stop.clone(),
-        );
+        let (me, who, until) = (self.clone(), email.to_string(), stop.clone());
         let beating = async move {
+            let mut client = Some(client);
             loop {
                 tokio::select! {
                     () = until.cancelled() => return,
                     () = tokio::time::sleep(CLAIM_BEAT) => {}
                 }
-                let Ok(c) = me.reader().await else {
+                // A connection ended (a restart, a DBA) is made again: the claim is renewed as
+                // soon as the server is back.
+                if client.as_ref().is_none_or(Client::is_closed) {
+                    tokio::select! {
+                        () = until.cancelled() => return,
+                        made = me.connect() => client = made.ok(),
+                    }
+                }
+                let Some(c) = client.as_ref() else {
                     continue;
                 };
-                let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
-                    [(&name, Type::TEXT), (&value, Type::TEXT)];
-                let renewing = c.execute_typed(
-                    "UPDATE oauth_pool_meta
-                     SET value = $2 || ' ' || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text
-                     WHERE name = $1 AND split_part(value, ' ', 1) || ' ' || split_part(value, ' ', 2) = $2",
-                    &params,
-                );
                 tokio::select! {
                     () = until.cancelled() => return,
-                    _ = tokio::time::timeout(QUERY_TIMEOUT, renewing) => {}
+                    renewed = tokio::time::timeout(QUERY_TIMEOUT, renew_claim(c, &name, &value)) => {
+                        if matches!(renewed, Ok(Ok(false))) {
+                            tracing::warn!(account = %who, "another host took over this process's refresh claim while its token was out (its beats were late); the login may need a new one if both presented it");
+                            return;
+                        }
+                    }
                 }
             }
         };
         let _ = crate::runtime::spawn(beating);
-        ClaimBeat(stop)
+        Ok(Some(ClaimBeat(stop)))
     }
 
     /// Lets go of this process's claim on the token tagged `tag`: the token endpoint answered
@@ -1131,6 +1146,24 @@ impl PgStore {
 const CLAIM_MS: i64 = 2_500;
 /// How often a holder renews its claim (`PgStore::keep_claim`).
 const CLAIM_BEAT: Duration = Duration::from_millis(500);
+
+/// Renews the claim named `name` if it is still `value`'s (this process's, on this token):
+/// whether it was.
+async fn renew_claim(client: &Client, name: &str, value: &str) -> Result<bool> {
+    let (name, value) = (name.to_string(), value.to_string());
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+        [(&name, Type::TEXT), (&value, Type::TEXT)];
+    let renewed = client
+        .execute_typed(
+            "UPDATE oauth_pool_meta
+             SET value = $2 || ' ' || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text
+             WHERE name = $1 AND split_part(value, ' ', 1) || ' ' || split_part(value, ' ', 2) = $2",
+            &params,
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok(renewed > 0)
+}
 
 /// Keeps a refresh claim alive (`PgStore::keep_claim`) until dropped.
 #[derive(Debug)]
