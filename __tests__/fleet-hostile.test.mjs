@@ -769,3 +769,24 @@ test("a host whose connection to the store is kept busy while its token is at th
     await Promise.all([onA.close(), onB.close()]);
   }
 });
+
+test("an account removed from the fleet store takes its refresh claim row with it: the meta table does not keep a row for every account it ever held", async () => {
+  const gone = "gone@hostile.test";
+  const stays = "stays@hostile.test";
+  const f = await fleet([oauthEntry(gone, { expired: true }), oauthEntry(stays, { expired: true })]);
+  for (const email of [gone, stays]) {
+    const refreshed = await cliJson(f.a, "refresh", email);
+    assert.equal(refreshed.json?.outcome, "refreshed", refreshed.stdout + refreshed.stderr);
+  }
+  const claims = () => f.sql("SELECT string_agg(name, ',' ORDER BY name) FROM oauth_pool_meta WHERE name LIKE 'refresh-claim:%'");
+  assert.equal(await claims(), `refresh-claim:${gone},refresh-claim:${stays}\n`, "a refresh leaves its claim row");
+  // And a row an earlier version left, of an account removed back then.
+  await f.sql("INSERT INTO oauth_pool_meta (name, value) VALUES ('refresh-claim:old@hostile.test', 'x y 0')");
+  const removed = await cliJson(f.b, "remove", gone);
+  assert.equal(removed.code, 0, removed.stdout + removed.stderr);
+  assert.equal(await claims(), `refresh-claim:${stays}\n`);
+  assert.deepEqual(
+    (await storedPool(f.a)).anthropic.map((a) => a.email),
+    [stays],
+  );
+});

@@ -855,6 +855,7 @@ impl PgStore {
         let (mut pool, _) = self.rows_to_pool(rows)?;
         pool.shift_times(-offset);
         let before = pool.to_bytes();
+        let had = claim_names(&pool);
         let out = change(&mut pool)?;
         if pool.to_bytes() == before {
             client.batch_execute("COMMIT").await.map_err(unavailable)?;
@@ -864,6 +865,10 @@ impl PgStore {
         self.write_rows(client, &pool).await?;
         client.batch_execute("COMMIT").await.map_err(unavailable)?;
         *lock(&self.generation) = None;
+        let now = claim_names(&pool);
+        if had.iter().any(|name| !now.contains(name)) {
+            sweep_claims(client, &now).await;
+        }
         Ok(out)
     }
 
@@ -1146,6 +1151,35 @@ impl PgStore {
 const CLAIM_MS: i64 = 2_500;
 /// How often a holder renews its claim (`PgStore::keep_claim`).
 const CLAIM_BEAT: Duration = Duration::from_millis(500);
+
+/// The refresh claim rows of the pool's accounts.
+fn claim_names(pool: &Pool) -> std::collections::HashSet<String> {
+    pool.anthropic
+        .iter()
+        .filter_map(crate::pool::Entry::email)
+        .map(claim_name)
+        .collect()
+}
+
+/// Deletes the refresh claims of accounts no longer in the pool (removed, or renamed), and any
+/// an earlier version left behind: nothing else deleted them, and the meta table kept a row for
+/// every account the fleet ever held. After the write's commit and best effort: a role granted
+/// no DELETE on `oauth_pool_meta` still writes (a few rows left behind, as before).
+async fn sweep_claims(client: &Client, kept: &std::collections::HashSet<String>) {
+    let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] =
+        [(&kept, Type::TEXT_ARRAY)];
+    let sweeping = client.execute_typed(
+        "DELETE FROM oauth_pool_meta WHERE name LIKE 'refresh-claim:%' AND name <> ALL($1::text[])",
+        &params,
+    );
+    let left = match tokio::time::timeout(QUERY_TIMEOUT, sweeping).await {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => scrub_tokens(&describe(&e)),
+        Err(_) => "no answer".to_string(),
+    };
+    tracing::debug!(error = %left, "the refresh claims of removed accounts were left");
+}
 
 /// Renews the claim named `name` if it is still `value`'s (this process's, on this token):
 /// whether it was.
