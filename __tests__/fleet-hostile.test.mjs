@@ -790,3 +790,26 @@ test("an account removed from the fleet store takes its refresh claim row with i
     [stays],
   );
 });
+
+test("a role granted only SELECT on the tables: a write and a refresh are STORE_UNAVAILABLE naming the table and the privileges the role needs, and no token is spent", async () => {
+  const email = "readonly-role@hostile.test";
+  const db = await freshDatabase({ owner: "postgres" });
+  const dba = makeHost("dba", db.url.replace(`${ROLE}@`, "postgres@"));
+  assert.equal((await cliJson(dba, "store", "init")).code, 0);
+  await seedFrom(dba, dba.url, { anthropic: [oauthEntry(email, { expired: true })] });
+  await pg.sql(`GRANT SELECT ON ALL TABLES IN SCHEMA public TO ${ROLE}`, db.name);
+  const app = makeHost("app", db.url);
+  const listed = await cliJson(app, "list");
+  assert.equal(listed.code, 0, listed.stdout + listed.stderr);
+  const needs =
+    /permission denied for table oauth_pool_\w+ \(the role is missing a privilege the fleet store needs: SELECT, INSERT, UPDATE and DELETE on the tables oauth_pool_entries, oauth_pool_top and oauth_pool_meta/;
+  const disabled = await cliJson(app, "disable", email);
+  assert.equal(disabled.code, 1, disabled.stdout);
+  assert.equal(disabled.err.code, "STORE_UNAVAILABLE");
+  assert.match(disabled.err.message, needs);
+  const refreshed = await cliJson(app, "refresh", email);
+  assert.equal(refreshed.code, 1, refreshed.stdout);
+  assert.equal(refreshed.err.code, "STORE_UNAVAILABLE");
+  assert.match(refreshed.err.message, needs);
+  assert.equal(mock.stats().perFamily[email]?.refreshCalls ?? 0, 0, "no token presented that could not be claimed");
+});

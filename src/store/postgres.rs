@@ -187,8 +187,20 @@ async fn rolled_back(client: &Client) -> bool {
 }
 
 fn unavailable(e: impl std::error::Error + 'static) -> Error {
-    Error::StoreUnavailable(scrub_tokens(&describe(&e)))
+    let mut text = describe(&e);
+    // PostgreSQL names the table or schema, not what the role must be granted on it.
+    let refused = (&e as &(dyn std::error::Error + 'static))
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::code)
+        == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
+    if refused {
+        text.push_str(&format!(" (the role is missing a privilege the fleet store needs: {NEEDED_GRANTS}; see README, The fleet store, Grants)"));
+    }
+    Error::StoreUnavailable(scrub_tokens(&text))
 }
+
+/// What a fleet store's role must be granted, as the error for a missing one says.
+const NEEDED_GRANTS: &str = "SELECT, INSERT, UPDATE and DELETE on the tables oauth_pool_entries, oauth_pool_top and oauth_pool_meta, and CREATE on the schema for `store init` to make them";
 
 /// The advisory lock key of one account's refresh: a hash of its lower-cased email.
 fn account_lock(email: &str) -> i32 {
