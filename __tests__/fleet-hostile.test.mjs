@@ -813,3 +813,24 @@ test("a role granted only SELECT on the tables: a write and a refresh are STORE_
   assert.match(refreshed.err.message, needs);
   assert.equal(mock.stats().perFamily[email]?.refreshCalls ?? 0, 0, "no token presented that could not be claimed");
 });
+
+test("a host whose refresh claim another host took over between its grant and the token call does not present the token: POOL_BUSY", async () => {
+  const email = "overtaken@hostile.test";
+  const f = await fleet([oauthEntry(email, { expired: true })]);
+  // The claim row as another host leaves it when it takes the claim over right after this one's
+  // was granted (this one's answer late): the same token, another claimant, beating now.
+  await f.sql(`CREATE FUNCTION overtake() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      NEW.value := split_part(NEW.value, ' ', 1) || ' other-host ' || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text;
+      RETURN NEW;
+    END $$;
+    CREATE TRIGGER overtake BEFORE INSERT ON oauth_pool_meta FOR EACH ROW
+      WHEN (NEW.name LIKE 'refresh-claim:%') EXECUTE FUNCTION overtake();`);
+  const refused = await cliJson(f.a, "refresh", email);
+  assert.equal(mock.stats().perFamily[email]?.refreshCalls ?? 0, 0, "the token was presented though another host holds its claim");
+  assert.equal(refused.code, 1, refused.stdout + refused.stderr);
+  assert.equal(refused.err.code, "POOL_BUSY", refused.stdout);
+  await f.sql("DROP TRIGGER overtake ON oauth_pool_meta; DELETE FROM oauth_pool_meta WHERE name LIKE 'refresh-claim:%'");
+  const refreshed = await cliJson(f.a, "refresh", email);
+  assert.equal(refreshed.json?.outcome, "refreshed", refreshed.stdout + refreshed.stderr);
+});
