@@ -780,11 +780,19 @@ test("an account removed from the fleet store takes its refresh claim row with i
   }
   const claims = () => f.sql("SELECT string_agg(name, ',' ORDER BY name) FROM oauth_pool_meta WHERE name LIKE 'refresh-claim:%'");
   assert.equal(await claims(), `refresh-claim:${gone},refresh-claim:${stays}\n`, "a refresh leaves its claim row");
-  // And a row an earlier version left, of an account removed back then.
+  // Claims last renewed long ago (those refreshes ended), and a row an earlier version left, of
+  // an account removed back then.
+  await f.sql("UPDATE oauth_pool_meta SET value = split_part(value, ' ', 1) || ' ' || split_part(value, ' ', 2) || ' 1000' WHERE name LIKE 'refresh-claim:%'");
   await f.sql("INSERT INTO oauth_pool_meta (name, value) VALUES ('refresh-claim:old@hostile.test', 'x y 0')");
+  // A claim renewed just now of an account this host does not hold: another host added it after
+  // the write read the pool and has its token out. Its claim stays, or a third host could take
+  // the token over and present it too.
+  await f.sql(
+    "INSERT INTO oauth_pool_meta (name, value) VALUES ('refresh-claim:new@hostile.test', 'x other-host ' || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text)",
+  );
   const removed = await cliJson(f.b, "remove", gone);
   assert.equal(removed.code, 0, removed.stdout + removed.stderr);
-  assert.equal(await claims(), `refresh-claim:${stays}\n`);
+  assert.equal(await claims(), `refresh-claim:new@hostile.test,refresh-claim:${stays}\n`);
   assert.deepEqual(
     (await storedPool(f.a)).anthropic.map((a) => a.email),
     [stays],

@@ -1176,13 +1176,19 @@ fn claim_names(pool: &Pool) -> std::collections::HashSet<String> {
 /// Deletes the refresh claims of accounts no longer in the pool (removed, or renamed), and any
 /// an earlier version left behind: nothing else deleted them, and the meta table kept a row for
 /// every account the fleet ever held. After the write's commit and best effort: a role granted
-/// no DELETE on `oauth_pool_meta` still writes (a few rows left behind, as before).
+/// no DELETE on `oauth_pool_meta` still writes (a few rows left behind, as before). A claim
+/// renewed within `CLAIM_MS` stays: the write's lock is gone by now, and another host may have
+/// added the account since and have its token out under that claim (deleting it let a third
+/// host present the same token).
 async fn sweep_claims(client: &Client, kept: &std::collections::HashSet<String>) {
     let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
-    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] =
-        [(&kept, Type::TEXT_ARRAY)];
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+        [(&kept, Type::TEXT_ARRAY), (&CLAIM_MS, Type::INT8)];
     let sweeping = client.execute_typed(
-        "DELETE FROM oauth_pool_meta WHERE name LIKE 'refresh-claim:%' AND name <> ALL($1::text[])",
+        "DELETE FROM oauth_pool_meta WHERE name LIKE 'refresh-claim:%' AND name <> ALL($1::text[])
+         AND NOT (split_part(value, ' ', 3) ~ '^[0-9]{1,18}$'
+                  AND abs(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                          - split_part(value, ' ', 3)::bigint) < $2)",
         &params,
     );
     let left = match tokio::time::timeout(QUERY_TIMEOUT, sweeping).await {
