@@ -187,13 +187,6 @@ async function readWhole(stream, signal, copy) {
 // Chunks arrive as JavaScript-owned Buffers; hand the stream a plain view of each.
 const toChunk = (chunk) => new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
 
-// Under Node, the body is a byte stream, as Node's fetch gives it: a caller's BYOB reader
-// (`getReader({ mode: "byob" })`) was refused with a TypeError that Node's fetch does not throw.
-// Its enqueue transfers the chunk's memory, which is the chunk's alone: each crosses as a Buffer
-// of its own (src/binding/mod.rs JsBytes, napi_create_buffer, never Node's shared pool). Bun's
-// fetch gives no byte stream (its BYOB reader is refused alike), nor does the pool's under Bun.
-const STREAM_TYPE = typeof Bun === "undefined" ? "bytes" : undefined;
-
 // A body that came whole. Node's Response makes a Uint8Array body a byte stream over its own
 // copy: for a small answer, measured in place, 29 µs to build and 18 µs to read, against 12 and
 // 10 for a plain stream holding the one chunk. Bun reads a Uint8Array body without any stream
@@ -202,7 +195,6 @@ const wholeBody =
   typeof Bun === "undefined"
     ? (bytes) =>
         new ReadableStream({
-          type: STREAM_TYPE,
           start(controller) {
             controller.enqueue(bytes);
             controller.close();
@@ -227,16 +219,12 @@ function bodyStream(res, signal, done) {
   };
   const stream = new ReadableStream(
     {
-      type: STREAM_TYPE,
       async pull(controller) {
         try {
           const chunk = await settle(res.next());
           if (chunk === null || chunk === undefined) {
             finish();
             controller.close();
-            // A BYOB read waiting when the body ends resolves as done only once its view is
-            // given back (the streams standard): without this, it waited forever.
-            controller.byobRequest?.respond(0);
           } else {
             controller.enqueue(toChunk(chunk));
           }

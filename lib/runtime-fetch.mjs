@@ -100,15 +100,6 @@ function failure(err) {
   return message === "fetch failed" ? cause : `${message} (${cause})`;
 }
 
-// Under Node, the body is a byte stream, as Node's fetch gives it (a caller's BYOB reader was
-// refused); Bun's fetch gives none. A byte stream's enqueue transfers the chunk's memory: a chunk
-// that is a view into a larger buffer goes as a copy (Node's fetch hands over chunks of their
-// own, so that is the rare case), so nothing else in that buffer is taken from under its owner.
-const STREAM_TYPE = typeof Bun === "undefined" ? "bytes" : undefined;
-const owned = STREAM_TYPE
-  ? (chunk) => (chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength ? chunk : new Uint8Array(chunk))
-  : (chunk) => chunk;
-
 // A delivered body the caller drops unread: its watchdog and upstream stream go with it.
 const abandoned = new FinalizationRegistry((stop) => stop());
 
@@ -268,12 +259,11 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done, opening
   };
   const stream = new ReadableStream(
     {
-      type: STREAM_TYPE,
       async pull(out) {
         if (ahead) {
           for (const chunk of ahead) {
             usage?.add(chunk);
-            out.enqueue(owned(chunk));
+            out.enqueue(chunk);
           }
           ahead = null;
           return;
@@ -294,13 +284,10 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done, opening
         if (next.done) {
           finish();
           out.close();
-          // A BYOB read waiting when the body ends resolves as done only once its view is given
-          // back (the streams standard).
-          out.byobRequest?.respond(0);
           return;
         }
         usage?.add(next.value);
-        out.enqueue(owned(next.value));
+        out.enqueue(next.value);
       },
       cancel(reason) {
         finish();
