@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { renameSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { createPoolFetch, loadPool, savePool, flushPool, resetCooldowns } from "../index.mjs";
+import { createPoolFetch, loadPool, savePool, flushPool, resetCooldowns, setEnabled } from "../index.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
 import { useMock, seedPool, account, readPool, mode, messagesUrl, body, jsonHeaders, runWorkersTogether } from "./helpers/pool-env.mjs";
 
@@ -452,6 +452,61 @@ test("a third-party refusal (400) is passed through, reported, and not retried e
   assert.match((await res.json()).error.message, /Third-party/);
   assert.equal(mock.requests.length, 1);
   assert.ok(events.some((e) => e.kind === "third-party-refused"));
+});
+
+test("a subscription's third-party refusal in a pool with a Console key: delivered, not retried, and the next requests go to the key (until reset-cooldowns)", async () => {
+  // Before, the sticky subscription was chosen for every request and every one was refused:
+  // the key the person added for this never served.
+  const path = await seedPool(mock, ["tp-sub@x.test"]);
+  const key = "fake-console-key-third-party-next";
+  mock.addApiKey(key, "tp-key@x.test");
+  const pool = readPool(path);
+  pool.anthropic[0].priority = 5;
+  pool.anthropic.push({
+    email: "tp-key@x.test",
+    type: "api",
+    key,
+    expires: null,
+    added: new Date().toISOString(),
+    status: "idle",
+    rateLimitUntil: null,
+    priority: 0,
+  });
+  await savePool(pool, path);
+  const refusal = {
+    status: 400,
+    body: { type: "error", error: { type: "invalid_request_error", message: "Third-party apps now draw from your extra usage, not your plan limits." } },
+  };
+  mock.script("tp-sub@x.test", [refusal, refusal]);
+  const events = [];
+  const poolFetch = createPoolFetch({ path, onEvent: (e) => events.push(e) });
+  mock.clearRequests();
+  const first = await post(poolFetch);
+  assert.equal(first.status, 400, "the refusal is delivered");
+  await first.text();
+  assert.deepEqual(
+    mock.requests.map((r) => r.email),
+    ["tp-sub@x.test"],
+    "not retried on the key",
+  );
+  const told = events.find((e) => e.kind === "third-party-refused");
+  assert.ok(told, "reported");
+  assert.match(told.message, /next hour's requests go to the pool's Console keys/);
+  for (let i = 0; i < 3; i++) {
+    const next = await post(poolFetch);
+    assert.equal(next.status, 200);
+    assert.equal(next.poolAccount, "tp-key@x.test");
+    await next.text();
+  }
+  assert.equal(mock.requests.filter((r) => r.email === "tp-sub@x.test").length, 1, "the subscription was not asked again");
+  // reset-cooldowns lifts the rest: with the key disabled, the subscription is asked again (it
+  // is refused again, and delivered) instead of every account resting.
+  await resetCooldowns(path);
+  await setEnabled("tp-key@x.test", false, path);
+  const again = await post(poolFetch);
+  assert.equal(again.poolAccount, "tp-sub@x.test");
+  assert.equal(again.status, 400);
+  await again.text();
 });
 
 test("abort before sending and in the middle of a stream", async () => {

@@ -114,6 +114,9 @@ pub struct Exchange {
     searching: bool,
     /// Fired when the driver stops (`release_holds_on`): the request is held no longer.
     release: Option<CancellationToken>,
+    /// A subscription's third-party refusal sent this process's next requests to the pool's
+    /// Console keys (`keys_instead`): said in its event.
+    keys_instead: bool,
 }
 
 impl Exchange {
@@ -149,6 +152,7 @@ impl Exchange {
             bound: None,
             searching: false,
             release: None,
+            keys_instead: false,
         }
     }
 
@@ -785,8 +789,40 @@ impl Exchange {
                 self.move_on(email, "was refused (401)".into());
                 Ok(Verdict::Retry)
             }
+            Decision::DeliverThirdPartyRefusal => {
+                if let Ok(pool) = self.engine.snapshot().await {
+                    self.keys_instead = self.keys_instead(&pool, &credential, now);
+                }
+                Ok(self.settle(decision, email, &limits, now, said.is_some()))
+            }
             other => Ok(self.settle(other, email, &limits, now, said.is_some())),
         }
+    }
+
+    /// After a subscription's third-party refusal, when the pool holds a Console key this
+    /// request could use: every subscription rests in this process for
+    /// `verdict::THIRD_PARTY_REST_MS` (the refused answer itself is delivered, not retried), so
+    /// that the next requests go to the keys. Whether it did. `reset-cooldowns` lifts the rest.
+    fn keys_instead(&self, pool: &Pool, refused: &Credential, now: i64) -> bool {
+        if !matches!(refused, Credential::Bearer(_)) {
+            return false;
+        }
+        let key_usable = pool
+            .accounts()
+            .any(|a| a.is_api_key() && self.blocked(a, now) != super::Blocked::Out);
+        if !key_usable {
+            return false;
+        }
+        let until = now.saturating_add(verdict::THIRD_PARTY_REST_MS);
+        for a in pool.accounts().filter(|a| !a.is_api_key()) {
+            let rest = super::overlay::Rest {
+                tag: None,
+                until,
+                resets: Some(a.cooldown_resets()),
+            };
+            self.engine.overlay.rest(&a.email, rest);
+        }
+        true
     }
 
     /// `judge()` when the answer means no I/O (delivered, or a 429 that moves the request on);
@@ -810,6 +846,12 @@ impl Exchange {
             self.decide(status, headers, body, said, email, credential, elsewhere);
         match decision {
             Decision::RefreshAndRetry | Decision::RefusedAndMove => None,
+            Decision::DeliverThirdPartyRefusal => {
+                let pool = self.engine.snapshot_now()?;
+                let (email, credential) = (email.clone(), credential.clone());
+                self.keys_instead = self.keys_instead(&pool, &credential, now);
+                Some(self.settle(decision, email, &limits, now, said.is_some()))
+            }
             other => Some(self.settle(other, email.clone(), &limits, now, said.is_some())),
         }
     }
@@ -883,10 +925,15 @@ impl Exchange {
             }
             Decision::DeliverThirdPartyRefusal => {
                 tracing::warn!(account = %email, "third-party use refused by Anthropic");
+                let next = if self.keys_instead {
+                    "; the next hour's requests go to the pool's Console keys (`oauth-pool reset-cooldowns` tries the subscriptions again)"
+                } else {
+                    ""
+                };
                 self.events.push(Event::new(
                     "third-party-refused",
                     Some(&email),
-                    format!("{email}: Anthropic refused this subscription for third-party apps (the 400 says usage is billed as extra usage); not retried on other accounts"),
+                    format!("{email}: Anthropic refused this subscription for third-party apps (the 400 says usage is billed as extra usage); not retried on other accounts{next}"),
                 ));
                 let who = email.clone();
                 self.engine.note(false, move |p| {

@@ -1359,6 +1359,14 @@ impl World {
                 }
             };
             let failed = self.sync()?;
+            // A subscription's third-party refusal with a key the pool can use (`keys_instead`).
+            let keys_instead = login
+                && matches!(reply, Reply::BadRequest { third_party: true })
+                && (0..self.emails.len()).any(|j| {
+                    self.members[j].api_key
+                        && self.enabled[j]
+                        && !self.refused.contains(&self.emails[j])
+                });
             let verdict = judged.map_err(|e| {
                 TestCaseError::fail(format!("judging a {status} failed: {} ({e})", e.code()))
             })?;
@@ -1420,6 +1428,21 @@ impl World {
                         );
                     }
                 }
+                Reply::BadRequest { third_party: true } if keys_instead => {
+                    // Delivered, not retried; the next requests go to the keys for an hour.
+                    for (j, other) in self.emails.clone().iter().enumerate() {
+                        if self.members[j].api_key {
+                            continue;
+                        }
+                        let held = self.held_until(other, family, endpoint).await;
+                        check!(
+                            held >= now + verdict::THIRD_PARTY_REST_MS - SAME_COOLDOWN_MS,
+                            "{email}'s third-party refusal, with a key in the pool, left the subscription {other} to be chosen again"
+                        );
+                        self.free_at[j] =
+                            self.free_at[j].max(now_ms() + verdict::THIRD_PARTY_REST_MS);
+                    }
+                }
                 Reply::Unauthorized { .. } => {
                     // A key's 401, or a login's second in this request, refuses it for good.
                     let again = !unauthorized.insert(email.clone());
@@ -1465,14 +1488,15 @@ impl World {
                 status != 429,
                 "a 429 from {email} was delivered, not failed over"
             );
-            let benchless = matches!(
-                reply,
-                Reply::BadRequest { .. }
-                    | Reply::NotFound
-                    | Reply::Overloaded
-                    | Reply::ServerError(_)
-                    | Reply::Stream(Streamed::OpeningOverloaded)
-            );
+            let benchless = !keys_instead
+                && matches!(
+                    reply,
+                    Reply::BadRequest { .. }
+                        | Reply::NotFound
+                        | Reply::Overloaded
+                        | Reply::ServerError(_)
+                        | Reply::Stream(Streamed::OpeningOverloaded)
+                );
             if let Reply::Stream(kind) = reply {
                 // Delivered: the caller reads the stream once, the opening first; nothing of it
                 // is sent again. The tap reads it as it passes and judges its end.

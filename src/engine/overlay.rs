@@ -142,8 +142,9 @@ fn first_told(last: &Mutex<Option<Told>>, email: &str, until: i64, resets: u64) 
     }
 }
 
-/// A rest after a 401: the refused credential's tag, until when, and the account's
-/// `reset-cooldowns` count when it was decided (`None`: not known, no reset lifts it).
+/// A rest after a 401 (or after a third-party refusal, with no tag): the refused credential's
+/// tag, until when, and the account's `reset-cooldowns` count when it was decided (`None`: not
+/// known, no reset lifts it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rest {
     pub tag: Option<String>,

@@ -8,7 +8,7 @@
 //! | 429 whose body says `enforced_spend_limit_reached` | the key's monthly spend limit: rest the account until the month turns (at most 8 days at a time), move on |
 //! | 401, OAuth, first time for this account | adopt a newer token or refresh, retry on the same account |
 //! | 401 again, or 401 for an API key | the credential is refused: mark it (tied to that credential), move on |
-//! | 400 saying third-party apps draw from extra usage | deliver it, report it, do not rotate (every subscription would say the same) |
+//! | 400 saying third-party apps draw from extra usage | deliver it, report it, do not rotate (every subscription would say the same); with a Console key the pool can use, every subscription rests in this process for `THIRD_PARTY_REST_MS`, so that the next requests go to the keys |
 //! | 404 to a request naming a file, a batch (any account's own resource) while another account is left to ask | not this account's: ask the next one, nobody is benched (the last 404 is delivered) |
 //! | anything else (2xx, an event stream's `overloaded_error`, 3xx, other 4xx, 529, 5xx) | deliver it as it is; nobody is benched |
 
@@ -48,6 +48,12 @@ pub const DECISIVE: [u16; 4] = [400, 401, 404, 429];
 pub fn needs_body(status: u16) -> bool {
     status == 400 || status == 429
 }
+
+/// How long, after a subscription's third-party refusal, a process sends its requests to the
+/// pool's Console keys instead of its subscriptions (when it has a key it can use). Without it
+/// the sticky subscription was chosen again for every request and every one was refused, the
+/// key never asked; after it, one request finds out whether the refusal still stands.
+pub const THIRD_PARTY_REST_MS: i64 = 60 * 60 * 1000;
 
 /// How much of a 400 or a 429 is read to tell a third-party refusal from a bad request, or a
 /// spend limit from a rate limit.
