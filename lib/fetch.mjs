@@ -184,8 +184,20 @@ async function readWhole(stream, signal, copy) {
   return Buffer.concat(parts, size);
 }
 
-// Chunks arrive as JavaScript-owned Buffers; hand the stream a plain view of each.
-const toChunk = (chunk) => new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+// Under Node, the body is a byte stream, as Node's fetch gives it: a caller's BYOB reader
+// (`getReader({ mode: "byob" })`) was refused with a TypeError that Node's fetch does not throw.
+// Bun's fetch gives no byte stream (its BYOB reader is refused alike), nor does the pool's under
+// Bun. A byte stream refuses an empty chunk (an empty body enqueued one, and the answer failed
+// with ERR_INVALID_STATE), so none is ever enqueued; and its enqueue transfers the chunk's
+// memory, so a chunk is handed over only when that memory is the chunk's alone (each crosses as
+// a Buffer of its own, src/binding/mod.rs JsBytes; anything else goes as a copy).
+const STREAM_TYPE = typeof Bun === "undefined" ? "bytes" : undefined;
+
+// A plain view of a chunk (they arrive as JavaScript-owned Buffers), which a byte stream may take.
+const toChunk = STREAM_TYPE
+  ? (chunk) =>
+      chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength ? new Uint8Array(chunk.buffer, 0, chunk.byteLength) : new Uint8Array(chunk)
+  : (chunk) => new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
 
 // A body that came whole. Node's Response makes a Uint8Array body a byte stream over its own
 // copy: for a small answer, measured in place, 29 µs to build and 18 µs to read, against 12 and
@@ -195,8 +207,9 @@ const wholeBody =
   typeof Bun === "undefined"
     ? (bytes) =>
         new ReadableStream({
+          type: STREAM_TYPE,
           start(controller) {
-            controller.enqueue(bytes);
+            if (bytes.byteLength > 0) controller.enqueue(bytes);
             controller.close();
           },
         })
@@ -219,12 +232,20 @@ function bodyStream(res, signal, done) {
   };
   const stream = new ReadableStream(
     {
+      type: STREAM_TYPE,
       async pull(controller) {
         try {
-          const chunk = await settle(res.next());
+          let chunk;
+          // An empty chunk is skipped, not enqueued: a pull that enqueued nothing is not
+          // called again for the read waiting on it.
+          do chunk = await settle(res.next());
+          while (chunk?.byteLength === 0);
           if (chunk === null || chunk === undefined) {
             finish();
             controller.close();
+            // A BYOB read waiting when the body ends resolves as done only once its view is
+            // given back (the streams standard): without this, it waited forever.
+            controller.byobRequest?.respond(0);
           } else {
             controller.enqueue(toChunk(chunk));
           }

@@ -100,6 +100,16 @@ function failure(err) {
   return message === "fetch failed" ? cause : `${message} (${cause})`;
 }
 
+// Under Node, the body is a byte stream, as Node's fetch gives it (a caller's BYOB reader was
+// refused); Bun's fetch gives none. A byte stream refuses an empty chunk (none is enqueued), and
+// its enqueue transfers the chunk's memory: a chunk that is a view into a larger buffer goes as
+// a copy (Node's fetch hands over chunks of their own, so that is the rare case), so nothing else
+// in that buffer is taken from under its owner. The usage tap copies what it keeps first.
+const STREAM_TYPE = typeof Bun === "undefined" ? "bytes" : undefined;
+const owned = STREAM_TYPE
+  ? (chunk) => (chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength ? chunk : new Uint8Array(chunk))
+  : (chunk) => chunk;
+
 // A delivered body the caller drops unread: its watchdog and upstream stream go with it.
 const abandoned = new FinalizationRegistry((stop) => stop());
 
@@ -259,35 +269,49 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done, opening
   };
   const stream = new ReadableStream(
     {
+      type: STREAM_TYPE,
       async pull(out) {
         if (ahead) {
-          for (const chunk of ahead) {
-            usage?.add(chunk);
-            out.enqueue(chunk);
-          }
+          const parts = ahead;
           ahead = null;
+          let given = false;
+          for (const chunk of parts) {
+            usage?.add(chunk);
+            if (chunk.byteLength === 0) continue;
+            out.enqueue(owned(chunk));
+            given = true;
+          }
+          if (given) return;
+        }
+        // Until a chunk with bytes in it, or the end: a pull that enqueued nothing is not called
+        // again for the read waiting on it.
+        for (;;) {
+          waiting = true;
+          let next;
+          try {
+            next = await reader.read();
+          } catch (err) {
+            finish();
+            if (signal?.aborted) out.error(abortError(signal));
+            else out.error(stalled ? networkError(`no data for ${timeoutMs} ms`) : networkError(failure(err), err));
+            return;
+          } finally {
+            waiting = false;
+          }
+          reads++;
+          if (next.done) {
+            finish();
+            out.close();
+            // A BYOB read waiting when the body ends resolves as done only once its view is given
+            // back (the streams standard).
+            out.byobRequest?.respond(0);
+            return;
+          }
+          usage?.add(next.value);
+          if (next.value.byteLength === 0) continue;
+          out.enqueue(owned(next.value));
           return;
         }
-        waiting = true;
-        let next;
-        try {
-          next = await reader.read();
-        } catch (err) {
-          finish();
-          if (signal?.aborted) out.error(abortError(signal));
-          else out.error(stalled ? networkError(`no data for ${timeoutMs} ms`) : networkError(failure(err), err));
-          return;
-        } finally {
-          waiting = false;
-        }
-        reads++;
-        if (next.done) {
-          finish();
-          out.close();
-          return;
-        }
-        usage?.add(next.value);
-        out.enqueue(next.value);
       },
       cancel(reason) {
         finish();
