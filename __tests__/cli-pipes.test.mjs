@@ -270,6 +270,43 @@ test("add on a stdin that stays open and sends nothing: the wait is bounded, USA
   assert.ok(!existsSync(dirname(path)), "nothing written, no directory made");
 });
 
+test("add-key on a stdin that stays open and sends nothing: the wait is bounded as add's, USAGE and exit 2, nothing written", async () => {
+  // It waited for ever (`sleep 1d | oauth-pool add-key`): the pipe never sent a line nor closed.
+  const path = freshPath();
+  const run = (args) =>
+    new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, [CLI, "add-key", ...args], { env: childEnv(path), stdio: ["pipe", "pipe", "pipe"] });
+      // Only keeps a CLI that waits for ever from holding the suite.
+      const guard = setTimeout(() => child.kill("SIGKILL"), 60_000);
+      let stdout = "";
+      let stderr = "";
+      child.stdout.setEncoding("utf8");
+      child.stderr.setEncoding("utf8");
+      child.stdout.on("data", (d) => (stdout += d));
+      child.stderr.on("data", (d) => (stderr += d));
+      child.on("error", reject);
+      child.on("close", (code, signal) => {
+        clearTimeout(guard);
+        child.stdin.destroy();
+        resolve({ ended: code ?? signal, stdout, stderr });
+      });
+    });
+  const text = await run(["--email", "key@x.test", "--code-timeout-ms", "2000"]);
+  assert.equal(text.ended, 2, text.stderr);
+  assert.match(text.stderr, /^error \[USAGE\]: add-key waited 2 s for the API key on stdin and none came: nothing was added; run `oauth-pool add-key` again$/m);
+  const json = await run(["--json", "--code-timeout-ms", "2000"]);
+  assert.equal(json.ended, 2, json.stderr);
+  const doc = JSON.parse(json.stdout.trim());
+  assert.equal(doc.error.code, "USAGE");
+  assert.match(doc.error.message, /waited 2 s for the API key/);
+  assert.equal(json.stderr, "", "nothing but JSON in --json mode");
+  assert.ok(!existsSync(dirname(path)), "nothing written, no directory made");
+  // The option is checked as add checks it, before anything is read.
+  const bad = await run(["--code-timeout-ms", "soon"]);
+  assert.equal(bad.ended, 2, bad.stderr);
+  assert.match(bad.stderr, /^error \[USAGE\]: --code-timeout-ms must be a whole number of milliseconds/m);
+});
+
 test("SIGINT while add waits for the code (no bound passed yet) ends it by the signal as before, nothing written", {
   skip: !posix && "POSIX signals",
 }, async () => {

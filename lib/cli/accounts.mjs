@@ -258,10 +258,17 @@ async function keptLoginWritten(err, before, out) {
   }
 }
 
+// How long `add-key` waits for the key: the same bound and option as `add`, though no login
+// expires here. A stdin that stays open and sends nothing (`sleep 1d | oauth-pool add-key`, a job
+// whose secret store never answered) kept the command, and the pool's caller, waiting for ever.
 async function addKey({ lib, options, path, out }) {
+  const waitMs = millisOption(options["code-timeout-ms"], "code-timeout-ms", CODE_WAIT_MS);
   await lib.loadPool(path);
   if (process.stdin.isTTY) out.note("Paste the Console API key (input hidden), then Enter.");
-  const line = await readLine({ prompt: "API key: ", hidden: true });
+  const line = await readLine({ prompt: "API key: ", hidden: true, timeoutMs: waitMs });
+  if (line === TIMED_OUT) {
+    throw new UsageError(`add-key waited ${duration(waitMs)} for the API key on stdin and none came: nothing was added; run \`oauth-pool add-key\` again`);
+  }
   const key = line?.trim();
   if (!key) throw new UsageError(`add-key reads the API key from stdin, and stdin ${line === null ? "closed with nothing on it" : "held an empty line"}`);
   const r = await lib.addApiKey(key, { email: options.email, path });
@@ -390,9 +397,12 @@ export const commands = [
   },
   {
     name: "add-key",
-    options: { email: { ...EMAIL, help: "the member's name (default: api-key-<fingerprint>; a key already\nin the pool keeps its name)" } },
+    options: {
+      email: { ...EMAIL, help: "the member's name (default: api-key-<fingerprint>; a key already\nin the pool keeps its name)" },
+      "code-timeout-ms": { type: "string", placeholder: "<ms>", help: "how long to wait for the key on stdin (default 15 min, as add)" },
+    },
     argsHint: " (the key is read from stdin: an argument would show in ps and shell history)",
-    summary: "read a Console API key from stdin (never from the command line)",
+    summary: "read a Console API key from stdin (never from the command line; waits at most 15 min)",
     run: addKey,
   },
   { name: "remove", args: "<email>", summary: "remove an account, or an unreadable entry by email or '#<index>'", run: remove },
