@@ -842,3 +842,32 @@ test("a host whose refresh claim another host took over between its grant and th
   const refreshed = await cliJson(f.a, "refresh", email);
   assert.equal(refreshed.json?.outcome, "refreshed", refreshed.stdout + refreshed.stderr);
 });
+
+test("a host whose first token call lost its answer does not present the token again once another host took its claim over meanwhile: POOL_BUSY", async () => {
+  const email = "overtaken-after-loss@hostile.test";
+  const f = await fleet([oauthEntry(email, { expired: true })]);
+  // The first call is held until the claim is taken over, then its rotation commits and its
+  // answer is lost (the connection dropped): the token is spent, and this host does not know it.
+  let answer;
+  mock.setTokenMode({ grant: "refresh_token", commitThenDrop: true, until: new Promise((r) => (answer = r)), times: 1 });
+  try {
+    const arrived = mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const refreshing = cliJson(f.a, "refresh", email);
+    await arrived;
+    // The claim row as another host leaves it when it takes the claim over while this one's
+    // answer is out (its beats late): the same token, another claimant, beating now.
+    await f.sql(`UPDATE oauth_pool_meta
+      SET value = split_part(value, ' ', 1) || ' other-host ' || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text
+      WHERE name = 'refresh-claim:${email}'`);
+    answer();
+    const refused = await refreshing;
+    assert.equal(mock.stats().perFamily[email].refreshCalls, 1, "the token went out again though another host holds its claim");
+    assert.equal(refused.code, 1, refused.stdout + refused.stderr);
+    assert.equal(refused.err.code, "POOL_BUSY", refused.stdout);
+    // The other host's claim stands as it left it.
+    assert.match(await f.sql(`SELECT value FROM oauth_pool_meta WHERE name = 'refresh-claim:${email}'`), / other-host \d+\n$/);
+  } finally {
+    mock.setTokenMode(null);
+    answer?.();
+  }
+});

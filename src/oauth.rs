@@ -193,12 +193,29 @@ pub async fn refresh_keeping_successor(token: &Secret) -> Result<Tokens> {
 /// With the answer, whether it is the second attempt's: a refusal then may be of a token the
 /// lost first answer had already replaced (spent, its successor unknown).
 pub async fn refresh_once_more_if_lost(token: &Secret) -> (Result<Tokens>, bool) {
+    refresh_once_more_if_lost_and(token, || async { Ok(()) }).await
+}
+
+/// `refresh_once_more_if_lost`, where `may_ask_again` is asked right before the second try: its
+/// error is the answer, the token not presented again (a fleet host whose claim on the token was
+/// taken over while the first answer was out).
+pub async fn refresh_once_more_if_lost_and<F, Fut>(
+    token: &Secret,
+    may_ask_again: F,
+) -> (Result<Tokens>, bool)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     match refresh(token).await {
         Err(Error::Network {
             never_connected: false,
             ..
         }) => {
             tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Err(e) = may_ask_again().await {
+                return (Err(e), false);
+            }
             (refresh(token).await, true)
         }
         other => (other, false),
@@ -508,6 +525,43 @@ pub async fn profile_email(access: &Secret) -> Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_lost_answer_is_asked_again_only_when_the_caller_still_may() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let _endpoint = fake_token_endpoint::register(
+            "lost-answer-",
+            Arc::new(move |_| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Err(Error::Network {
+                    what: "token",
+                    detail: "the answer was lost".into(),
+                    never_connected: false,
+                })
+            }),
+        );
+        let token = Secret::new("lost-answer-1");
+        let (answer, twice) = refresh_once_more_if_lost_and(&token, || async {
+            Err(Error::StoreUnavailable(
+                "the claim could not be checked".into(),
+            ))
+        })
+        .await;
+        assert!(matches!(answer, Err(Error::StoreUnavailable(_))));
+        assert!(!twice);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "presented again though the caller may not"
+        );
+        let (answer, twice) = refresh_once_more_if_lost_and(&token, || async { Ok(()) }).await;
+        assert!(matches!(answer, Err(Error::Network { .. })));
+        assert!(twice);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn rfc7636_appendix_b_vector() {

@@ -738,7 +738,16 @@ impl Engine {
         not_presented.presented();
         tracing::debug!(account = %email, token = %presented.fingerprint(), "refreshing access token");
         let _unwritten = Unwritten::begin();
-        let (answer, asked_twice) = oauth::refresh_once_more_if_lost(&presented).await;
+        // Its first answer lost, the token goes out again only while the claim still stands.
+        let (answer, asked_twice) = oauth::refresh_once_more_if_lost_and(&presented, || {
+            self.store.claim_stands(email, claim_beat.as_ref())
+        })
+        .await;
+        // The claim was lost while the first answer was out: the token may be spent, and
+        // another host has it out. Nothing is released or rested; that host's tokens come.
+        if let Err(e @ (Error::RefreshClaimed { .. } | Error::StoreUnavailable(_))) = answer {
+            return serve_old_or(&account, rejected, e);
+        }
         // A new refresh token with nothing else usable is saved like any rotation (the presented
         // token is spent), beside the access token the account had; the request is then served
         // as after a failed refresh, and the endpoint rests as after one.

@@ -400,6 +400,23 @@ impl Store {
         }
     }
 
+    /// Whether the claim `beat` keeps still stands, checked on its own connection right before
+    /// the token goes out again: `RefreshClaimed` (POOL_BUSY) when another host took it over.
+    /// No claim (the file store) always stands.
+    pub async fn claim_stands(
+        &self,
+        email: &str,
+        beat: Option<&postgres::ClaimBeat>,
+    ) -> Result<()> {
+        match beat {
+            Some(b) if !b.renew_now().await? => Err(Error::RefreshClaimed {
+                email: email.to_string(),
+                store: self.describe(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Lets go of a claim (`PgStore::release_refresh`) once the token is known not spent.
     pub async fn release_refresh(&self, email: &str, tag: &str) {
         if let Store::Postgres(p) = self {

@@ -1083,23 +1083,34 @@ impl PgStore {
             return Ok(None);
         }
         let stop = tokio_util::sync::CancellationToken::new();
-        let (me, who, until) = (self.clone(), email.to_string(), stop.clone());
+        let client = Arc::new(tokio::sync::Mutex::new(Some(client)));
+        let beat = ClaimBeat {
+            stop: stop.clone(),
+            client: client.clone(),
+            store: self.clone(),
+            name: name.clone(),
+            value: value.clone(),
+        };
+        let (me, who, until) = (self.clone(), email.to_string(), stop);
         let beating = async move {
-            let mut client = Some(client);
             loop {
                 tokio::select! {
                     () = until.cancelled() => return,
                     () = tokio::time::sleep(CLAIM_BEAT) => {}
                 }
+                let mut slot = tokio::select! {
+                    () = until.cancelled() => return,
+                    slot = client.lock() => slot,
+                };
                 // A connection ended (a restart, a DBA) is made again: the claim is renewed as
                 // soon as the server is back.
-                if client.as_ref().is_none_or(Client::is_closed) {
+                if slot.as_ref().is_none_or(Client::is_closed) {
                     tokio::select! {
                         () = until.cancelled() => return,
-                        made = me.connect() => client = made.ok(),
+                        made = me.connect() => *slot = made.ok(),
                     }
                 }
-                let Some(c) = client.as_ref() else {
+                let Some(c) = slot.as_ref() else {
                     continue;
                 };
                 tokio::select! {
@@ -1114,7 +1125,7 @@ impl PgStore {
             }
         };
         let _ = crate::runtime::spawn(beating);
-        Ok(Some(ClaimBeat(stop)))
+        Ok(Some(beat))
     }
 
     /// Lets go of this process's claim on the token tagged `tag`: the token endpoint answered
@@ -1218,12 +1229,48 @@ async fn renew_claim(client: &Client, name: &str, value: &str) -> Result<bool> {
 }
 
 /// Keeps a refresh claim alive (`PgStore::keep_claim`) until dropped.
-#[derive(Debug)]
-pub struct ClaimBeat(tokio_util::sync::CancellationToken);
+pub struct ClaimBeat {
+    stop: tokio_util::sync::CancellationToken,
+    /// The beats' own connection, shared with `renew_now`.
+    client: Arc<tokio::sync::Mutex<Option<Client>>>,
+    store: Arc<PgStore>,
+    name: String,
+    value: String,
+}
+
+impl ClaimBeat {
+    /// Renews the claim now, on the beats' own connection: whether it still stands. Asked again
+    /// before the token goes out a second time (its first answer lost): the first presentation
+    /// was checked, and a claim taken over while that answer was out (this host's beats late)
+    /// is another host's token out, which this one then presented too.
+    pub async fn renew_now(&self) -> Result<bool> {
+        let store = &self.store;
+        store
+            .bounded("a refresh claim", async {
+                let mut slot = self.client.lock().await;
+                if slot.as_ref().is_none_or(Client::is_closed) {
+                    *slot = Some(store.connect().await?);
+                }
+                match slot.as_ref() {
+                    Some(c) => renew_claim(c, &self.name, &self.value).await,
+                    None => Ok(false),
+                }
+            })
+            .await
+    }
+}
+
+impl std::fmt::Debug for ClaimBeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimBeat")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
 
 impl Drop for ClaimBeat {
     fn drop(&mut self) {
-        self.0.cancel();
+        self.stop.cancel();
     }
 }
 
