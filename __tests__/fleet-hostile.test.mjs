@@ -871,3 +871,45 @@ test("a host whose first token call lost its answer does not present the token a
     answer?.();
   }
 });
+
+/** The pool's rows as text, to see that nothing was written. */
+const poolRows = (db) =>
+  pg.sql(
+    "SELECT concat_ws('|', (SELECT string_agg(position || entry::text, ',' ORDER BY position) FROM oauth_pool_entries), (SELECT string_agg(name || value::text, ',' ORDER BY name) FROM oauth_pool_top), (SELECT string_agg(name || value, ',' ORDER BY name) FROM oauth_pool_meta))",
+    db,
+  );
+
+test("doctor names the privileges a store's role lacks to write, without writing: a role granted only SELECT passed doctor and failed at its first refresh", async () => {
+  const email = "doctor-grants@hostile.test";
+  const db = await freshDatabase({ owner: "postgres" });
+  const dba = makeHost("dba", db.url.replace(`${ROLE}@`, "postgres@"));
+  assert.equal((await cliJson(dba, "store", "init")).code, 0);
+  await seedFrom(dba, dba.url, { anthropic: [oauthEntry(email, { expired: true })] });
+  const grants = (doctor) => doctor.json?.checks?.find((c) => c.name === "store grants");
+  // The owner may do everything.
+  const owner = await cliJson(dba, "doctor");
+  assert.equal(grants(owner)?.level, "ok", JSON.stringify(owner.json?.checks));
+  await pg.sql(`GRANT SELECT ON ALL TABLES IN SCHEMA public TO ${ROLE}`, db.name);
+  // One table short of DELETE alone: each table is named with what it lacks.
+  await pg.sql(`GRANT INSERT, UPDATE ON oauth_pool_meta TO ${ROLE}`, db.name);
+  const app = makeHost("app", db.url);
+  const before = await poolRows(db.name);
+  const doctor = await cliJson(app, "doctor");
+  assert.equal(doctor.code, 3, doctor.stdout + doctor.stderr);
+  const check = grants(doctor);
+  assert.equal(check?.level, "problem", JSON.stringify(doctor.json?.checks));
+  assert.match(
+    check.message,
+    /^the role lacks INSERT, UPDATE, DELETE on oauth_pool_entries; INSERT, UPDATE, DELETE on oauth_pool_top; DELETE on oauth_pool_meta: .*GRANT SELECT, INSERT, UPDATE, DELETE ON oauth_pool_entries, oauth_pool_top, oauth_pool_meta TO/,
+  );
+  assert.deepEqual(check.missing, [
+    { table: "oauth_pool_entries", privileges: ["INSERT", "UPDATE", "DELETE"] },
+    { table: "oauth_pool_top", privileges: ["INSERT", "UPDATE", "DELETE"] },
+    { table: "oauth_pool_meta", privileges: ["DELETE"] },
+  ]);
+  assert.equal(await poolRows(db.name), before, "doctor wrote nothing");
+  // Granted what it lacked, the role passes.
+  await pg.sql(`GRANT SELECT, INSERT, UPDATE, DELETE ON oauth_pool_entries, oauth_pool_top, oauth_pool_meta TO ${ROLE}`, db.name);
+  const mended = await cliJson(app, "doctor");
+  assert.equal(grants(mended)?.level, "ok", JSON.stringify(mended.json?.checks));
+});

@@ -530,7 +530,26 @@ async function checkStore(lib, path, r) {
   r.add("store", "ok", `${s.location} is reachable, schema version ${s.schema}`);
   if (s.key === "ok") r.add("store key", "ok", "this host's store key opens the stored tokens");
   else r.add("store key", "problem", `${s.key}; nothing is read or written until the key matches`, { code: s.code });
+  checkGrants(s, r);
   checkClock(s, r);
+}
+
+/**
+ * What the store's role may do on the pool's tables, asked without writing: a role granted
+ * SELECT alone passed doctor, served `list`, and failed at the first refresh (STORE_UNAVAILABLE,
+ * the token not presented) or change.
+ */
+function checkGrants(s, r) {
+  const missing = s.missingPrivileges;
+  if (!Array.isArray(missing)) return r.add("store grants", "warn", "could not ask which privileges the role has on the pool's tables");
+  if (missing.length === 0) return r.add("store grants", "ok", "the role may read and write the pool's tables");
+  const lacks = missing.map((m) => `${m.privileges.join(", ")} on ${m.table}`).join("; ");
+  r.add(
+    "store grants",
+    "problem",
+    `the role lacks ${lacks}: it reads the pool but cannot change it nor refresh a token; as the tables' owner run: GRANT SELECT, INSERT, UPDATE, DELETE ON oauth_pool_entries, oauth_pool_top, oauth_pool_meta TO <role> (README: The fleet store, Grants)`,
+    { missing },
+  );
 }
 
 /** The engine moves Anthropic's resets onto this host's clock when they differ by more. */
@@ -743,7 +762,7 @@ export const commands = [
   {
     name: "doctor",
     summary:
-      "check permissions, lock, backups, temp files (or the fleet store: reach,\nschema, key), accounts, endpoints, proxies, settings, and OpenCode's\nconfig (the plugin listed, its pool, provider and models, its installed copy)",
+      "check permissions, lock, backups, temp files (or the fleet store: reach,\nschema, key, grants), accounts, endpoints, proxies, settings, and OpenCode's\nconfig (the plugin listed, its pool, provider and models, its installed copy)",
     options: {
       online: { type: "boolean", help: "also ask each endpoint whether it answers (one request without a\ncredential to each, at most 8 s)" },
     },

@@ -263,9 +263,17 @@ pub fn store_check(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, V
             }
         };
         let key = pg.check_key().await;
+        // Null when it could not be asked: the reach and key checks say why.
+        let missing = pg.missing_privileges().await.ok().map(|tables| {
+            tables
+                .into_iter()
+                .map(|(table, privileges)| json!({ "table": table, "privileges": privileges }))
+                .collect::<Vec<_>>()
+        });
         let clock = pg.clock_offset().await.ok();
         Ok(json!({
-            "ok": key.is_ok() && schema == i64::from(store::postgres::SCHEMA_VERSION),
+            "ok": key.is_ok() && schema == i64::from(store::postgres::SCHEMA_VERSION)
+                && missing.as_ref().is_some_and(Vec::is_empty),
             "kind": "postgres",
             "location": pg.shown(),
             "reachable": true,
@@ -273,6 +281,7 @@ pub fn store_check(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, V
             "expectedSchema": store::postgres::SCHEMA_VERSION,
             "key": key.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
             "code": key.err().map(|e| e.code()),
+            "missingPrivileges": missing,
             "clockOffsetMs": clock.map(|(offset, _)| offset),
             "clockRoundTripMs": clock.map(|(_, rtt)| rtt),
         }))

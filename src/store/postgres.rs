@@ -677,6 +677,31 @@ impl PgStore {
             .map(|_| ())
     }
 
+    /// For `doctor`: the privileges on the pool's tables this role lacks, table by table in the
+    /// order `NEEDED_GRANTS` names them, asked of `has_table_privilege` so that nothing is
+    /// written. A role with SELECT alone read the pool (`list`, `doctor`) and failed only at the
+    /// first write or refresh. A table not there is left to the schema check.
+    pub async fn missing_privileges(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let c = self.reader().await?;
+        let rows = self
+            .bounded("the privilege check", async {
+                c.query_typed(
+                    "SELECT t, array_agg(p ORDER BY po)
+                     FROM unnest(ARRAY['oauth_pool_entries', 'oauth_pool_top', 'oauth_pool_meta']) WITH ORDINALITY AS tables(t, o),
+                          unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) WITH ORDINALITY AS privileges(p, po)
+                     WHERE to_regclass(t) IS NOT NULL AND NOT has_table_privilege(to_regclass(t), p)
+                     GROUP BY t, o ORDER BY o",
+                    &[],
+                )
+                .await
+                .map_err(unavailable)
+            })
+            .await?;
+        rows.iter()
+            .map(|row| Ok((column::<String>(row, 0)?, column::<Vec<String>>(row, 1)?)))
+            .collect()
+    }
+
     /// The key check, for `doctor`: Ok when this process's key opens the store.
     pub async fn check_key(&self) -> Result<()> {
         self.ready().await
