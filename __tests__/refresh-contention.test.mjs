@@ -8,6 +8,7 @@ import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { addAccount, authorize, createPoolFetch, flushPool, loadPool, savePool } from "../index.mjs";
 import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders, withEnv, runWorkersTogether } from "./helpers/pool-env.mjs";
+import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 
 const POLLER = fileURLToPath(new URL("./helpers/pool-poller.mjs", import.meta.url));
 const WORKER = fileURLToPath(new URL("./helpers/pool-worker.mjs", import.meta.url));
@@ -180,6 +181,44 @@ test("savePool of a copy read before another process removed an account keeps it
   // A pool built by hand replaces what is there, removed accounts in it written back as before.
   await savePool({ anthropic: [...copy.anthropic] }, path);
   assert.equal(readPool(path).anthropic.length, 4);
+});
+
+// A script's loadPool, one edit, savePool, while other processes go on writing: a 429 recorded a
+// cooldown, a request its last use, `oauth-pool disable` took an account out of use. The copy
+// held every other field as it read them and the save wrote them all back: the cooled account
+// went straight back into its limit, the disabled one back into use. What the copy holds as read
+// now takes what was written since; what the copy changed is written.
+test("savePool of a copy read before other processes wrote a cooldown, a last use and a disable keeps them, and writes the copy's own change", async () => {
+  const [limited, served, disabled] = ["limited@x.test", "served@x.test", "disabled@x.test"];
+  const path = await seedPool(mock, [limited, served, disabled]);
+  const seeded = readPool(path);
+  seeded.anthropic.find((a) => a.email === limited).priority = 5;
+  seeded.anthropic.find((a) => a.email === served).priority = 4;
+  await savePool(seeded, path);
+  const copy = await loadPool(path);
+  mock.script(limited, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) }]);
+  const answer = await ask(createPoolFetch({ path }));
+  assert.equal(answer.status, 200);
+  assert.equal(answer.poolAccount, served);
+  await answer.text();
+  await flushPool(path);
+  await cliOn(path, ["disable", disabled, "--json"]);
+  const before = readPool(path);
+  const cooled = before.anthropic.find((a) => a.email === limited);
+  assert.ok(cooled.rateLimitUntil > Date.now(), "the 429's cooldown is in the file");
+  const used = before.anthropic.find((a) => a.email === served).lastUsed;
+  assert.ok(used, "the request's last use is in the file");
+  copy.anthropic.find((a) => a.email === served).priority = 7;
+  await savePool(copy, path);
+  assert.equal(account(path, served).priority, 7, "the copy's change is written");
+  assert.equal(account(path, served).lastUsed, used, "the last use written meanwhile stays");
+  assert.equal(account(path, limited).rateLimitUntil, cooled.rateLimitUntil, "the cooldown written meanwhile stays");
+  assert.equal(account(path, limited).status, cooled.status);
+  assert.equal(account(path, disabled).enabled, false, "the disable made meanwhile stays");
+  // The next request honours both: the cooled and the disabled account are passed over.
+  const next = await ask(createPoolFetch({ path }));
+  assert.equal(next.poolAccount, served);
+  await next.text();
 });
 
 // What a copy held as read speaks of the pool it was read from. Saved to another (a script

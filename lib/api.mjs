@@ -110,12 +110,12 @@ function poolInvalid(message) {
   return err;
 }
 
-// When `loadPool` read the pool it gave, and the names and credentials of its accounts then,
+// When `loadPool` read the pool it gave, and its accounts as they were then,
 // kept on that object out of sight (symbols, not enumerable: not in JSON.stringify, a spread or
 // a deep comparison): `savePool` of it keeps the accounts added since, which the copy cannot
 // have meant to remove (a login another process added between a script's load and its save was
-// lost), and leaves out those removed since that it still holds as read (a removed account came
-// back with the save).
+// lost), leaves out those removed since that it still holds as read (a removed account came
+// back with the save), and takes what other writers changed since in a field it holds as read.
 const READ_AT = Symbol("opencode-oauth-pool read at");
 const HELD = Symbol("opencode-oauth-pool accounts as read");
 // What was read says what was removed from that pool only: a copy saved to another (a pool moved
@@ -128,13 +128,10 @@ const poolNamed = (where) =>
 
 function heldAsRead(pool) {
   if (!Array.isArray(pool.anthropic)) return undefined;
-  const anthropic = [];
-  for (const a of pool.anthropic) {
-    if (!isPlainObject(a) || typeof a.email !== "string") continue;
-    const held = { email: a.email };
-    for (const k of ["refresh", "access", "key"]) if (typeof a[k] === "string") held[k] = a[k];
-    anthropic.push(held);
-  }
+  // Whole accounts, not their names and credentials alone: a field the copy still holds as read
+  // takes what another writer put there since (a cooldown, a `disable`), where the copy's stale
+  // value undid it.
+  const anthropic = pool.anthropic.filter((a) => isPlainObject(a) && typeof a.email === "string").map((a) => structuredClone(a));
   return { anthropic };
 }
 

@@ -273,8 +273,8 @@ fn lone_surrogates_replaced(text: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> 
 }
 
 /// What `savePool` knows of the copy it is given when `loadPool` gave it: when it was read
-/// (epoch ms) and its accounts' names and credentials as read. Both `None`: a pool built by
-/// hand, which replaces what is there.
+/// (epoch ms) and its accounts as read. Both `None`: a pool built by hand, which replaces what
+/// is there.
 #[derive(Debug, Clone, Default)]
 pub struct ReadCopy {
     pub at: Option<i64>,
@@ -283,7 +283,9 @@ pub struct ReadCopy {
 
 impl ReadCopy {
     /// Into `copy`, before it replaces `stored`: the accounts added since it was read
-    /// (`Pool::keep_added_since`), out of it those removed since (`Pool::drop_removed_since`).
+    /// (`Pool::keep_added_since`), what other writers changed since in what the copy holds as
+    /// read (`Pool::keep_credentials_changed_since`, `Pool::keep_fields_changed_since`), and out
+    /// of it the accounts removed since (`Pool::drop_removed_since`).
     pub fn reconcile(&self, copy: &mut Pool, stored: &Pool) {
         if let Some(at) = self.at {
             for email in copy.keep_added_since(stored, at) {
@@ -293,6 +295,9 @@ impl ReadCopy {
         if let Some(held) = &self.held {
             for email in copy.keep_credentials_changed_since(stored, held) {
                 tracing::info!(account = %email, "kept the stored credentials: changed since the copy was read");
+            }
+            for email in copy.keep_fields_changed_since(stored, held) {
+                tracing::info!(account = %email, "kept the stored settings and state the copy held as read: changed since");
             }
             for email in copy.drop_removed_since(stored, held) {
                 tracing::info!(account = %email, "left out an account removed since the copy was read");
@@ -593,6 +598,57 @@ impl Pool {
             }
             if a.key == h.key && s.key.is_some() && s.key != a.key {
                 a.key = s.key.clone();
+                changed = true;
+            }
+            if changed {
+                kept.push(a.email.clone());
+            }
+        }
+        kept
+    }
+
+    /// The copy's accounts, each field the copy holds as it was read (`held`) that another
+    /// writer changed since in `stored` taken from `stored`: a script's `loadPool`, one edit,
+    /// `savePool` wrote back every other field as it read them, undoing a cooldown another
+    /// process recorded meanwhile (its next request went straight back into the limit), a
+    /// `disable`, a priority, the last use and the usage other processes wrote. A field both
+    /// changed keeps the copy's: it is the change the save was made for. Credentials are
+    /// `keep_credentials_changed_since`'s and the name is the account's; an account the copy
+    /// holds that was not read or is not stored is left alone. Returns the names changed.
+    pub fn keep_fields_changed_since(&mut self, stored: &Pool, held: &Pool) -> Vec<String> {
+        fn take<T: PartialEq + Clone>(mine: &mut T, read: &T, now: &T) -> bool {
+            let theirs = *mine == *read && *now != *read;
+            if theirs {
+                *mine = now.clone();
+            }
+            theirs
+        }
+        let mut kept = Vec::new();
+        for a in self.accounts_mut() {
+            let (Some(s), Some(h)) = (stored.find(&a.email), held.find(&a.email)) else {
+                continue;
+            };
+            let mut changed = take(&mut a.kind, &h.kind, &s.kind);
+            changed |= take(&mut a.added, &h.added, &s.added);
+            changed |= take(&mut a.last_used, &h.last_used, &s.last_used);
+            changed |= take(&mut a.status, &h.status, &s.status);
+            changed |= take(
+                &mut a.rate_limit_until,
+                &h.rate_limit_until,
+                &s.rate_limit_until,
+            );
+            changed |= take(&mut a.priority, &h.priority, &s.priority);
+            changed |= take(&mut a.enabled, &h.enabled, &s.enabled);
+            let names: Vec<String> = h.extra.keys().chain(s.extra.keys()).cloned().collect();
+            for name in names {
+                let (read, now) = (h.extra.get(&name), s.extra.get(&name));
+                if a.extra.get(&name) != read || now == read {
+                    continue;
+                }
+                match now {
+                    Some(v) => a.extra.insert(name, v.clone()),
+                    None => a.extra.shift_remove(&name),
+                };
                 changed = true;
             }
             if changed {
@@ -984,6 +1040,66 @@ mod tests {
         assert_eq!(keyed.key.as_ref().map(|k| k.expose()), Some("k2"));
         let restored = copy.find("restored@x.test").unwrap();
         assert_eq!(restored.refresh.as_ref().map(|r| r.expose()), Some("r4"));
+    }
+
+    #[test]
+    fn a_copy_saved_back_takes_the_fields_others_changed_since_and_keeps_its_own_changes() {
+        let held = Pool::from_value(json!({ "anthropic": [
+            { "email": "edited@x.test", "refresh": "r1", "priority": 1, "status": "idle",
+              "rateLimitUntil": null, "lastUsed": "2026-12-01T00:00:00Z", "usage": { "n": 1 } },
+            { "email": "untouched@x.test", "refresh": "r2", "reserve": 0.2 },
+            { "email": "both@x.test", "refresh": "r3", "priority": 1 },
+        ]}))
+        .unwrap();
+        let stored = Pool::from_value(json!({ "anthropic": [
+            { "email": "edited@x.test", "refresh": "r1", "priority": 1, "status": "rate_limited",
+              "rateLimitUntil": 9_000, "cooldownsSetAt": 8_000,
+              "lastUsed": "2026-12-02T00:00:00Z", "usage": { "n": 2 } },
+            { "email": "untouched@x.test", "refresh": "r2", "enabled": false },
+            { "email": "both@x.test", "refresh": "r3", "priority": 5 },
+            { "email": "unread@x.test", "refresh": "r4", "priority": 9 },
+        ]}))
+        .unwrap();
+        let mut copy = Pool::from_value(json!({ "anthropic": [
+            { "email": "edited@x.test", "refresh": "r1", "priority": 3, "status": "idle",
+              "rateLimitUntil": null, "lastUsed": "2026-12-01T00:00:00Z", "usage": { "n": 1 } },
+            { "email": "untouched@x.test", "refresh": "r2", "reserve": 0.2 },
+            { "email": "both@x.test", "refresh": "r3", "priority": 2 },
+            { "email": "unread@x.test", "refresh": "r4", "priority": 1 },
+        ]}))
+        .unwrap();
+        assert_eq!(
+            copy.keep_fields_changed_since(&stored, &held),
+            ["edited@x.test", "untouched@x.test"]
+        );
+        let edited = copy.find("edited@x.test").unwrap();
+        assert_eq!(edited.priority, Some(3), "the copy's own change stays");
+        assert_eq!(edited.status, "rate_limited");
+        assert_eq!(edited.rate_limit_until, Some(9_000));
+        assert_eq!(edited.last_used.as_deref(), Some("2026-12-02T00:00:00Z"));
+        assert_eq!(edited.extra.get("cooldownsSetAt"), Some(&json!(8_000)));
+        assert_eq!(edited.extra.get("usage"), Some(&json!({ "n": 2 })));
+        let untouched = copy.find("untouched@x.test").unwrap();
+        assert_eq!(
+            untouched.enabled,
+            Some(false),
+            "a disable made meanwhile stays"
+        );
+        assert_eq!(
+            untouched.extra.get("reserve"),
+            None,
+            "a field removed meanwhile stays removed"
+        );
+        assert_eq!(
+            copy.find("both@x.test").unwrap().priority,
+            Some(2),
+            "both changed it: the copy's"
+        );
+        assert_eq!(
+            copy.find("unread@x.test").unwrap().priority,
+            Some(1),
+            "not read: the copy's"
+        );
     }
 
     #[test]

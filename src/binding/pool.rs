@@ -46,9 +46,10 @@ fn as_javascript_numbers(value: Value) -> Value {
     }
 }
 
-/// `read_at`: when `loadPool` read the copy given (epoch ms), and `held`: its accounts' names
-/// and credentials as read (`{ anthropic: [...] }`), which index.mjs keeps on the pool object it
-/// returned; accounts added since are kept, those removed since stay out.
+/// `read_at`: when `loadPool` read the copy given (epoch ms), and `held`: its accounts as read
+/// (`{ anthropic: [...] }`), which index.mjs keeps on the pool object it returned; accounts
+/// added since are kept, those removed since stay out, fields changed since that the copy holds
+/// as read take the stored values.
 #[napi(js_name = "savePool", ts_return_type = "Promise<void>", catch_unwind)]
 pub fn save_pool(
     env: &Env,
