@@ -509,6 +509,57 @@ test("a subscription's third-party refusal in a pool with a Console key: deliver
   await again.text();
 });
 
+test("after a third-party refusal sent requests to the pool's Console key, a key refused or disabled later hands them back to the subscriptions at once", async () => {
+  // Before, the subscriptions went on resting for the hour after their refusal, with no key
+  // left to serve: every request failed where a subscription could still answer.
+  const refusal = {
+    status: 400,
+    body: { type: "error", error: { type: "invalid_request_error", message: "Third-party apps now draw from your extra usage, not your plan limits." } },
+  };
+  for (const end of ["refused", "disabled"]) {
+    const sub = `tp-${end}-sub@x.test`;
+    const keyName = `tp-${end}-key@x.test`;
+    const path = await seedPool(mock, [sub]);
+    const key = `fake-console-key-later-${end}`;
+    // The refused key is one the API does not know (401); the disabled one works.
+    if (end === "disabled") mock.addApiKey(key, keyName);
+    const pool = readPool(path);
+    pool.anthropic[0].priority = 5;
+    pool.anthropic.push({
+      email: keyName,
+      type: "api",
+      key,
+      expires: null,
+      added: new Date().toISOString(),
+      status: "idle",
+      rateLimitUntil: null,
+      priority: 0,
+    });
+    await savePool(pool, path);
+    mock.script(sub, [refusal]);
+    const poolFetch = createPoolFetch({ path });
+    const first = await post(poolFetch);
+    assert.equal(first.status, 400, "the refusal is delivered");
+    await first.text();
+    if (end === "disabled") {
+      const viaKey = await post(poolFetch);
+      assert.equal(viaKey.poolAccount, keyName, "the key serves the next request");
+      await viaKey.text();
+      await setEnabled(keyName, false, path);
+    }
+    mock.clearRequests();
+    const next = await post(poolFetch);
+    assert.equal(next.status, 200, `${end}: the subscription answers`);
+    assert.equal(next.poolAccount, sub);
+    await next.text();
+    assert.deepEqual(
+      mock.requests.map((r) => r.email),
+      end === "refused" ? [null, sub] : [sub],
+      end === "refused" ? "the key's 401, then the subscription, in the same request" : "straight to the subscription",
+    );
+  }
+});
+
 test("abort before sending and in the middle of a stream", async () => {
   const path = await seedPool(mock, ["ab@x.test"]);
   const poolFetch = createPoolFetch({ path });

@@ -268,6 +268,7 @@ impl Exchange {
             }
             let pool = self.engine.snapshot().await?;
             self.engine.settle_clock_if_stepped(&pool);
+            self.lift_rests_for_keys_if_none_left(&pool);
             let email = match self.retry_target(&pool) {
                 Some(e) => e,
                 None => match self.choose(&pool) {
@@ -330,6 +331,7 @@ impl Exchange {
     pub fn try_next(&mut self, base: &HeaderMap) -> Option<Result<Step>> {
         let pool = self.engine.snapshot_now()?;
         self.engine.settle_clock_if_stepped(&pool);
+        self.lift_rests_for_keys_if_none_left(&pool);
         // One that may no longer take the retry is `next()`'s to move on from.
         let email = match self.retry_same.clone() {
             Some(e) if self.may_retry_on(&pool, &e) => e,
@@ -819,10 +821,31 @@ impl Exchange {
                 tag: None,
                 until,
                 resets: Some(a.cooldown_resets()),
+                for_keys: true,
             };
             self.engine.overlay.rest(&a.email, rest);
         }
         true
+    }
+
+    /// The subscriptions rest after a third-party refusal so that requests go to the pool's
+    /// Console keys (`keys_instead`); once no key can serve (refused, disabled, removed), the
+    /// rest is lifted: every account rested for the rest of the hour and each request failed,
+    /// where a subscription's answer (its refusal, delivered, or a reply) was still to be had.
+    fn lift_rests_for_keys_if_none_left(&self, pool: &Pool) {
+        if !self.engine.overlay.rests_for_keys() {
+            return;
+        }
+        let now = now_ms();
+        let key_left = pool
+            .accounts()
+            .any(|a| a.is_api_key() && self.blocked(a, now) != super::Blocked::Out);
+        if key_left {
+            return;
+        }
+        for email in self.engine.overlay.lift_rests_for_keys() {
+            tracing::info!(account = %email, "no Console key left to serve: the subscription is asked again");
+        }
     }
 
     /// `judge()` when the answer means no I/O (delivered, or a 429 that moves the request on);
@@ -984,7 +1007,12 @@ impl Exchange {
         e: &Error,
     ) {
         let until = now_ms().saturating_add(super::credentials::backoff_ms(e));
-        let rest = super::overlay::Rest { tag, until, resets };
+        let rest = super::overlay::Rest {
+            tag,
+            until,
+            resets,
+            for_keys: false,
+        };
         self.engine.overlay.rest(email, rest);
         let why = format!(
             "401 from the API and no new token yet ({e}); tried again {}",

@@ -143,13 +143,15 @@ fn first_told(last: &Mutex<Option<Told>>, email: &str, until: i64, resets: u64) 
 }
 
 /// A rest after a 401 (or after a third-party refusal, with no tag): the refused credential's
-/// tag, until when, and the account's `reset-cooldowns` count when it was decided (`None`: not
-/// known, no reset lifts it).
+/// tag, until when, the account's `reset-cooldowns` count when it was decided (`None`: not
+/// known, no reset lifts it), and whether it is there to send requests to the pool's Console
+/// keys (a third-party refusal's), which ends with the last key that could serve.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rest {
     pub tag: Option<String>,
     pub until: i64,
     pub resets: Option<u64>,
+    pub for_keys: bool,
 }
 
 /// A session's account, its last request, and when the request that pinned it was sent.
@@ -309,7 +311,9 @@ impl Overlay {
     pub fn rest(&self, email: &str, rest: Rest) {
         let mut resting = lock(&self.resting);
         match resting.get_mut(email) {
-            Some(r) if r.tag == rest.tag && r.resets == rest.resets => {
+            Some(r)
+                if r.tag == rest.tag && r.resets == rest.resets && r.for_keys == rest.for_keys =>
+            {
                 r.until = r.until.max(rest.until)
             }
             _ => {
@@ -333,6 +337,23 @@ impl Overlay {
         }
         resting.remove(&a.email);
         None
+    }
+
+    /// Whether an account rests so that requests go to the pool's Console keys.
+    pub fn rests_for_keys(&self) -> bool {
+        lock(&self.resting).values().any(|r| r.for_keys)
+    }
+
+    /// Ends the rests that send requests to the pool's Console keys: the accounts lifted.
+    pub fn lift_rests_for_keys(&self) -> Vec<String> {
+        let mut lifted = Vec::new();
+        lock(&self.resting).retain(|email, r| {
+            if r.for_keys {
+                lifted.push(email.clone());
+            }
+            !r.for_keys
+        });
+        lifted
     }
 
     pub fn clear_refused(&self, email: &str) {
@@ -473,6 +494,7 @@ mod tests {
             tag,
             until,
             resets: Some(0),
+            for_keys: false,
         }
     }
 
@@ -501,6 +523,27 @@ mod tests {
         assert_eq!(o.resting_until(&a, 100), None);
     }
 
+    #[test]
+    fn the_rests_sending_requests_to_the_keys_are_lifted_alone() {
+        let o = Overlay::default();
+        let a = Account::new_oauth("a@x", "a1".into(), "r1".into(), 0, 0);
+        let b = Account::new_oauth("b@x", "b1".into(), "r1".into(), 0, 0);
+        assert!(!o.rests_for_keys());
+        o.rest(
+            "a@x",
+            Rest {
+                for_keys: true,
+                ..rest(None, 900)
+            },
+        );
+        o.rest("b@x", rest(b.credential_tag(), 900));
+        assert!(o.rests_for_keys());
+        assert_eq!(o.lift_rests_for_keys(), ["a@x"]);
+        assert!(!o.rests_for_keys());
+        assert_eq!(o.resting_until(&a, 100), None);
+        assert_eq!(o.resting_until(&b, 100), Some(900), "a 401's rest stays");
+    }
+
     /// `reset-cooldowns` run by another process reaches a rest this process keeps on its own;
     /// a rest decided after the reset (its count already read) is not lifted by it.
     #[test]
@@ -517,6 +560,7 @@ mod tests {
             tag: a.credential_tag(),
             until: 900,
             resets: Some(a.cooldown_resets()),
+            for_keys: false,
         };
         o.rest("a@x", decided_after);
         assert_eq!(
@@ -538,6 +582,7 @@ mod tests {
                 tag: None,
                 until: 900,
                 resets: None,
+                for_keys: false,
             },
         );
         let mut b = Account::new_oauth("b@x", "b1".into(), "r1".into(), 0, 0);

@@ -8,7 +8,7 @@
 //! | 429 whose body says `enforced_spend_limit_reached` | the key's monthly spend limit: rest the account until the month turns (at most 8 days at a time), move on |
 //! | 401, OAuth, first time for this account | adopt a newer token or refresh, retry on the same account |
 //! | 401 again, or 401 for an API key | the credential is refused: mark it (tied to that credential), move on |
-//! | 400 saying third-party apps draw from extra usage | deliver it, report it, do not rotate (every subscription would say the same); with a Console key the pool can use, every subscription rests in this process for `THIRD_PARTY_REST_MS`, so that the next requests go to the keys |
+//! | 400 saying third-party apps draw from extra usage | deliver it, report it, do not rotate (every subscription would say the same); with a Console key the pool can use, every subscription rests in this process for `THIRD_PARTY_REST_MS`, so that the next requests go to the keys, until no key is left that can serve |
 //! | 404 to a request naming a file, a batch (any account's own resource) while another account is left to ask | not this account's: ask the next one, nobody is benched (the last 404 is delivered) |
 //! | anything else (2xx, an event stream's `overloaded_error`, 3xx, other 4xx, 529, 5xx) | deliver it as it is; nobody is benched |
 
