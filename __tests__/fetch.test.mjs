@@ -11,6 +11,17 @@ import { useMock, seedPool, account, readPool, mode, messagesUrl, body, jsonHead
 const mock = useMock();
 
 const post = (poolFetch, extra = {}, init = {}) => poolFetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(extra), ...init });
+// A Console API key member as the pool file holds one.
+const keyEntry = (email, key, priority) => ({
+  email,
+  type: "api",
+  key,
+  expires: null,
+  added: new Date().toISOString(),
+  status: "idle",
+  rateLimitUntil: null,
+  priority,
+});
 
 const deltaText = (sse) =>
   parseSSE(sse)
@@ -279,16 +290,7 @@ for (const transport of ["native", "runtime"]) {
     const pool = readPool(path);
     // A key the mock does not know: its 401 is "invalid x-api-key".
     const key = `fake-console-key-unknown-${transport}`;
-    pool.anthropic.unshift({
-      email: keyed,
-      type: "api",
-      key,
-      expires: null,
-      added: new Date().toISOString(),
-      status: "idle",
-      rateLimitUntil: null,
-      priority: 9,
-    });
+    pool.anthropic.unshift(keyEntry(keyed, key, 9));
     await savePool(pool, path);
     const events = [];
     const poolFetch = createPoolFetch({ path, transport, onEvent: (e) => events.push(e) });
@@ -462,16 +464,7 @@ test("a subscription's third-party refusal in a pool with a Console key: deliver
   mock.addApiKey(key, "tp-key@x.test");
   const pool = readPool(path);
   pool.anthropic[0].priority = 5;
-  pool.anthropic.push({
-    email: "tp-key@x.test",
-    type: "api",
-    key,
-    expires: null,
-    added: new Date().toISOString(),
-    status: "idle",
-    rateLimitUntil: null,
-    priority: 0,
-  });
+  pool.anthropic.push(keyEntry("tp-key@x.test", key, 0));
   await savePool(pool, path);
   const refusal = {
     status: 400,
@@ -525,16 +518,7 @@ test("after a third-party refusal sent requests to the pool's Console key, a key
     if (end === "disabled") mock.addApiKey(key, keyName);
     const pool = readPool(path);
     pool.anthropic[0].priority = 5;
-    pool.anthropic.push({
-      email: keyName,
-      type: "api",
-      key,
-      expires: null,
-      added: new Date().toISOString(),
-      status: "idle",
-      rateLimitUntil: null,
-      priority: 0,
-    });
+    pool.anthropic.push(keyEntry(keyName, key, 0));
     await savePool(pool, path);
     mock.script(sub, [refusal]);
     const poolFetch = createPoolFetch({ path });
