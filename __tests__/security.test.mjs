@@ -394,6 +394,58 @@ test("11b: a credential passed where another argument goes (arguments swapped, a
   }
 });
 
+test("11c: a pool no file can hold (holes, nesting past what a read takes, 2^32 - 1 items) is refused with a code, fast, and what is stored stays", async () => {
+  // A hole went to the addon and came back as napi's "InvalidArg"; 100,000 levels overflowed the
+  // stack (a RangeError, no code); an array of length 2^32 - 1 was walked for minutes under Node,
+  // and under Bun the addon asked for 300 GB and the process aborted.
+  const path = tempPoolPath();
+  const kept = { version: 1, anthropic: [{ email: "kept@x.test", type: "api", key: "sk-ant-api03-kept" }] };
+  await lib.savePool(kept, path);
+  const stored = readFileSync(path, "utf8");
+  const nested = (levels) => {
+    const root = {};
+    let o = root;
+    for (let i = 0; i < levels; i++) o = o.x = {};
+    return root;
+  };
+  const endless = [];
+  endless.length = 2 ** 32 - 1;
+  const secretName = `sk-ant-api03-${"S3cretMaterial".repeat(7)}`;
+  const holed = [];
+  holed[1] = kept.anthropic[0];
+  const cases = [
+    ["a hole", { anthropic: holed }, "INVALID_ARGUMENT", /pool\.anthropic\[0\] is undefined \(or a hole\)/],
+    ["an undefined item", { anthropic: [{ ...kept.anthropic[0], list: [1, undefined] }] }, "INVALID_ARGUMENT", /pool\.anthropic\[0\]\.list\[1\] is undefined/],
+    ["100,000 levels", { anthropic: [{ ...kept.anthropic[0], deep: nested(100_000) }] }, "POOL_INVALID", /nested more than 100 levels deep/],
+    ["2^32 - 1 items", { anthropic: endless }, "POOL_INVALID", /has 4294967295 items, more than a pool file can hold/],
+    ["a token as a key's name", { anthropic: [{ ...kept.anthropic[0], [secretName]: Number.NaN }] }, "INVALID_ARGUMENT", /pool\.anthropic\[0\]\.\S+ is NaN/],
+  ];
+  for (const [what, pool, code, message] of cases) {
+    await assert.rejects(
+      (async () => lib.savePool(pool, path))(),
+      (e) => {
+        assert.equal(e.code, code, `${what}: ${e.message}`);
+        assert.match(e.message, message, what);
+        assert.ok(e.message.length < 400, `${what}: a short message`);
+        assert.ok(!e.message.includes("S3cretMaterial"), `${what}: no credential repeated`);
+        return true;
+      },
+      what,
+    );
+    assert.equal(readFileSync(path, "utf8"), stored, `${what}: the pool file is as it was`);
+  }
+  // As deep as a pool file is read back, it is written and read.
+  const deepest = { anthropic: [{ ...kept.anthropic[0], deep: nested(96) }] };
+  await lib.savePool(deepest, path);
+  let o = (await lib.loadPool(path)).anthropic[0].deep;
+  let levels = 0;
+  while (o.x) {
+    o = o.x;
+    levels++;
+  }
+  assert.equal(levels, 96);
+});
+
 // ---- 13. emails that differ only in case ------------------------------------------------------
 
 test("13: accounts whose emails differ only in case are two accounts: served, changed and removed exactly", async () => {

@@ -76,31 +76,67 @@ function pathArg(path) {
   return optionalString("path", path);
 }
 
+// How deep a pool may nest: the reader refuses past 128 levels (serde_json's limit), so a deeper
+// pool was written and could never be read again; and one of 100,000 levels overflowed the
+// stack here, a RangeError with no code.
+const MAX_DEPTH = 100;
+// Every value takes at least two bytes of the file, and a read takes 32 MB: more values than this
+// cannot make a pool file. An array given a length of 2^32 - 1 (holes, no memory) was walked
+// for minutes under Node, and under Bun the addon asked for 300 GB and the process aborted.
+const MAX_VALUES = 16 * 1024 * 1024;
+
 /**
- * A pool handed to savePool must be plain JSON: NaN, Infinity, functions, symbols, BigInts and
- * cycles cannot be stored and are refused rather than silently turned into null.
+ * Where in the pool a value is, for a message: built only when one is thrown (a pool of many
+ * accounts was walked building a string per value), each key scrubbed and cut (a key may be a
+ * token pasted in the wrong place, or a megabyte long), the whole cut from its start.
  */
-function checkJson(value, where, seen = new Set()) {
+function placeOf(at) {
+  const steps = [];
+  for (let s = at; s; s = s.up) steps.push(typeof s.step === "number" ? `[${s.step}]` : s.up ? `.${cut(scrubbed(s.step), 40)}` : s.step);
+  const place = steps.reverse().join("");
+  return place.length > 200 ? `${place.slice(0, 200)}...` : place;
+}
+
+/**
+ * A pool handed to savePool must be plain JSON: NaN, Infinity, functions, symbols, BigInts,
+ * cycles and array holes cannot be stored and are refused rather than silently turned into
+ * null; a pool nested deeper or holding more values than a pool file can is refused too.
+ */
+function checkJson(value, at, seen = new Set(), depth = 0, count = { values: 0 }) {
+  if (++count.values > MAX_VALUES) throw poolInvalid(`${placeOf(at)}: the pool holds more than the ${MAX_VALUES} values a pool file can; nothing was written`);
   switch (typeof value) {
     case "string":
     case "boolean":
       return;
     case "number":
-      if (!Number.isFinite(value)) throw invalidArgument(`${where} is ${value}: a pool holds finite numbers only`);
+      if (!Number.isFinite(value)) throw invalidArgument(`${placeOf(at)} is ${value}: a pool holds finite numbers only`);
       return;
     case "object":
       if (value === null) return;
-      if (seen.has(value)) throw invalidArgument(`${where} refers back to itself: a pool must be plain JSON`);
+      if (seen.has(value)) throw invalidArgument(`${placeOf(at)} refers back to itself: a pool must be plain JSON`);
+      if (depth >= MAX_DEPTH) {
+        throw poolInvalid(`${placeOf(at)} is nested more than ${MAX_DEPTH} levels deep, more than a pool file can be read with; nothing was written`);
+      }
       seen.add(value);
-      if (Array.isArray(value)) for (const [i, v] of value.entries()) checkJson(v, `${where}[${i}]`, seen);
-      else if (isPlainObject(value)) for (const [k, v] of Object.entries(value)) checkJson(v, `${where}.${k}`, seen);
-      else throw invalidArgument(`${where} is ${shown(value)}: a pool must be plain JSON`);
+      if (Array.isArray(value)) {
+        if (value.length > MAX_VALUES - count.values) {
+          throw poolInvalid(`${placeOf(at)} has ${value.length} items, more than a pool file can hold; nothing was written`);
+        }
+        for (let i = 0; i < value.length; i++) {
+          const item = { up: at, step: i };
+          // JSON has no undefined in an array: a hole or an undefined item.
+          if (value[i] === undefined) throw invalidArgument(`${placeOf(item)} is undefined (or a hole): a pool must be plain JSON`);
+          checkJson(value[i], item, seen, depth + 1, count);
+        }
+      } else if (isPlainObject(value)) {
+        for (const [k, v] of Object.entries(value)) checkJson(v, { up: at, step: k }, seen, depth + 1, count);
+      } else throw invalidArgument(`${placeOf(at)} is ${shown(value)}: a pool must be plain JSON`);
       seen.delete(value);
       return;
     case "undefined":
       return;
     default:
-      throw invalidArgument(`${where} is ${shown(value)}: a pool must be plain JSON`);
+      throw invalidArgument(`${placeOf(at)} is ${shown(value)}: a pool must be plain JSON`);
   }
 }
 
@@ -154,7 +190,7 @@ export const savePool = wrap((pool, path) => {
       `a pool is an object with an "anthropic" array of accounts (use [] for none), got ${isPlainObject(pool) ? "an object without it" : shown(pool)}; nothing was written`,
     );
   }
-  checkJson(pool, "pool");
+  checkJson(pool, { step: "pool" });
   return native.savePool(pool, where, pool[READ_AT], pool[READ_FROM] === poolNamed(where) ? pool[HELD] : undefined);
 });
 
