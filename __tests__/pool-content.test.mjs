@@ -173,6 +173,31 @@ test("loadPool gives integers past 2^53 as numbers, as JSON.parse does: the pool
   assert.deepEqual(numbers(await lib.loadPool(path)), numbers(parsed), "saved back as loaded");
 });
 
+test('a "__proto__" key in the pool file stays a key: loadPool gives plain accounts, savePool takes them back and keeps it', async () => {
+  // Set on the objects the addon built, it became the account's prototype: the account looked as
+  // if it held the fields under it, was no plain object, and savePool refused the pool just loaded.
+  const a = oauthEntry(mock, "content-proto@x.test");
+  const ownProto = (o) => Object.getOwnPropertyDescriptor(o, "__proto__")?.value;
+  const entry = JSON.stringify(a).replace(/}$/, ',"__proto__":{"enabled":false,"priority":99}}');
+  const raw = `{"version":1,"anthropic":[${entry}],"__proto__":{"anthropic":[]}}`;
+  const path = writeRaw(raw);
+  const pool = await lib.loadPool(path);
+  const loaded = pool.anthropic[0];
+  assert.equal(Object.getPrototypeOf(loaded), Object.prototype, "a plain account");
+  assert.equal(Object.getPrototypeOf(pool), Object.prototype, "a plain pool");
+  assert.deepEqual(ownProto(loaded), { enabled: false, priority: 99 }, "an own key, as JSON.parse gives it");
+  assert.equal(loaded.enabled, undefined, "nothing inherited from it");
+  assert.equal(loaded.priority, a.priority);
+  loaded.priority = 4;
+  await lib.savePool(pool, path);
+  const stored = JSON.parse(readFileSync(path, "utf8"));
+  assert.deepEqual(ownProto(stored.anthropic[0]), { enabled: false, priority: 99 }, "kept in the file");
+  assert.deepEqual(ownProto(stored), { anthropic: [] });
+  assert.equal(stored.anthropic[0].priority, 4, "the change written");
+  const accounts = await lib.listAccounts(path);
+  assert.equal(accounts.find((x) => x.email === "content-proto@x.test")?.enabled, true, "the account is not disabled by it");
+});
+
 test("a pool file past 32 MB (a dump or log written over it) is refused with POOL_CORRUPT and kept as it is, by reads, writes and requests", async () => {
   const a = oauthEntry(mock, "content-huge@x.test");
   const path = writeRaw(JSON.stringify({ anthropic: [a] }));

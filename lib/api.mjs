@@ -101,40 +101,50 @@ function placeOf(at) {
  * A pool handed to savePool must be plain JSON: NaN, Infinity, functions, symbols, BigInts,
  * cycles and array holes cannot be stored and are refused rather than silently turned into
  * null; a pool nested deeper or holding more values than a pool file can is refused too.
+ * Returns the copy the addon is given, each value read once: a getter read again by the addon
+ * may answer otherwise than it did here. Its objects have no prototype, so that an own
+ * `__proto__` key stays a key.
  */
-function checkJson(value, at, seen = new Set(), depth = 0, count = { values: 0 }) {
+function plainJson(value, at, seen = new Set(), depth = 0, count = { values: 0 }) {
   if (++count.values > MAX_VALUES) throw poolInvalid(`${placeOf(at)}: the pool holds more than the ${MAX_VALUES} values a pool file can; nothing was written`);
   switch (typeof value) {
     case "string":
     case "boolean":
-      return;
+    case "undefined":
+      return value;
     case "number":
       if (!Number.isFinite(value)) throw invalidArgument(`${placeOf(at)} is ${value}: a pool holds finite numbers only`);
-      return;
-    case "object":
-      if (value === null) return;
+      return value;
+    case "object": {
+      if (value === null) return null;
       if (seen.has(value)) throw invalidArgument(`${placeOf(at)} refers back to itself: a pool must be plain JSON`);
       if (depth >= MAX_DEPTH) {
         throw poolInvalid(`${placeOf(at)} is nested more than ${MAX_DEPTH} levels deep, more than a pool file can be read with; nothing was written`);
       }
       seen.add(value);
+      let copy;
       if (Array.isArray(value)) {
-        if (value.length > MAX_VALUES - count.values) {
-          throw poolInvalid(`${placeOf(at)} has ${value.length} items, more than a pool file can hold; nothing was written`);
+        const length = value.length;
+        if (length > MAX_VALUES - count.values) {
+          throw poolInvalid(`${placeOf(at)} has ${length} items, more than a pool file can hold; nothing was written`);
         }
-        for (let i = 0; i < value.length; i++) {
-          const item = { up: at, step: i };
+        copy = new Array(length);
+        for (let i = 0; i < length; i++) {
+          const item = value[i];
           // JSON has no undefined in an array: a hole or an undefined item.
-          if (value[i] === undefined) throw invalidArgument(`${placeOf(item)} is undefined (or a hole): a pool must be plain JSON`);
-          checkJson(value[i], item, seen, depth + 1, count);
+          if (item === undefined) throw invalidArgument(`${placeOf({ up: at, step: i })} is undefined (or a hole): a pool must be plain JSON`);
+          copy[i] = plainJson(item, { up: at, step: i }, seen, depth + 1, count);
         }
       } else if (isPlainObject(value)) {
-        for (const [k, v] of Object.entries(value)) checkJson(v, { up: at, step: k }, seen, depth + 1, count);
+        copy = Object.create(null);
+        for (const [k, v] of Object.entries(value)) {
+          const plain = plainJson(v, { up: at, step: k }, seen, depth + 1, count);
+          if (plain !== undefined) copy[k] = plain;
+        }
       } else throw invalidArgument(`${placeOf(at)} is ${shown(value)}: a pool must be plain JSON`);
       seen.delete(value);
-      return;
-    case "undefined":
-      return;
+      return copy;
+    }
     default:
       throw invalidArgument(`${placeOf(at)} is ${shown(value)}: a pool must be plain JSON`);
   }
@@ -174,7 +184,7 @@ function heldAsRead(pool) {
 export const loadPool = wrap(async (path) => {
   const where = pathArg(path);
   const readAt = Date.now();
-  const pool = await native.loadPool(where);
+  const pool = JSON.parse(await native.loadPool(where));
   if (pool !== null && typeof pool === "object") {
     Object.defineProperty(pool, READ_AT, { value: readAt });
     Object.defineProperty(pool, HELD, { value: heldAsRead(pool) });
@@ -185,13 +195,23 @@ export const loadPool = wrap(async (path) => {
 
 export const savePool = wrap((pool, path) => {
   const where = pathArg(path);
-  if (!isPlainObject(pool) || !Array.isArray(pool.anthropic)) {
-    throw poolInvalid(
-      `a pool is an object with an "anthropic" array of accounts (use [] for none), got ${isPlainObject(pool) ? "an object without it" : shown(pool)}; nothing was written`,
-    );
+  let plain;
+  try {
+    const anthropic = isPlainObject(pool) ? pool.anthropic : undefined;
+    if (!Array.isArray(anthropic)) {
+      throw poolInvalid(
+        `a pool is an object with an "anthropic" array of accounts (use [] for none), got ${isPlainObject(pool) ? "an object without it" : shown(pool)}; nothing was written`,
+      );
+    }
+    plain = plainJson(pool, { step: "pool" });
+  } catch (e) {
+    if (e?.code) throw e;
+    // The pool's own code threw (a getter, a Proxy's trap): what it said, coded, as its cause.
+    const err = invalidArgument(`the pool could not be read (${cut(scrubbed(e?.message ?? e), 120)}); nothing was written`);
+    err.cause = e;
+    throw err;
   }
-  checkJson(pool, { step: "pool" });
-  return native.savePool(pool, where, pool[READ_AT], pool[READ_FROM] === poolNamed(where) ? pool[HELD] : undefined);
+  return native.savePool(plain, where, pool[READ_AT], pool[READ_FROM] === poolNamed(where) ? pool[HELD] : undefined);
 });
 
 export const authorize = wrap(async (options) => {

@@ -12,38 +12,20 @@ use crate::engine::Engine;
 use crate::manage;
 use crate::pool::{Pool, ReadCopy};
 
-#[napi(js_name = "loadPool", ts_return_type = "Promise<any>", catch_unwind)]
-pub fn load_pool(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
+/// The pool as JSON text, which index.mjs hands to `JSON.parse`: numbers as `JSON.parse` reads
+/// them (an integer past 2^53 as the nearest number: as a napi value it became a BigInt, which
+/// `JSON.stringify` throws on and `savePool` refuses, while the file keeps it exact until
+/// JavaScript writes the pool), and an own `"__proto__"` key an own key (set on a napi object,
+/// it became the account's prototype: the account was no plain object, and `savePool` refused
+/// the pool it had just loaded).
+#[napi(js_name = "loadPool", ts_return_type = "Promise<string>", catch_unwind)]
+pub fn load_pool(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, String>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
         let pool = store.load().await.map_err(js_error)?;
-        Ok(as_javascript_numbers(pool.into_loaded_value()))
+        serde_json::to_string(&pool.into_loaded_value())
+            .map_err(|e| js_error(crate::error::Error::PoolInvalid(e.to_string())))
     })
-}
-
-/// Integers past 2^53 as the nearest JavaScript number, as `JSON.parse` reads them: handed over
-/// as they are they became BigInts, which `JSON.stringify` throws on and `savePool` refuses, so
-/// a pool holding one (another program's field) could not be saved back. The file itself keeps
-/// the exact value until JavaScript writes the pool.
-fn as_javascript_numbers(value: Value) -> Value {
-    const SAFE: u64 = (1 << 53) - 1;
-    match value {
-        Value::Number(n)
-            if n.as_u64().is_some_and(|v| v > SAFE)
-                || n.as_i64().is_some_and(|v| v < -(SAFE as i64)) =>
-        {
-            n.as_f64()
-                .and_then(serde_json::Number::from_f64)
-                .map_or(Value::Null, Value::Number)
-        }
-        Value::Array(items) => Value::Array(items.into_iter().map(as_javascript_numbers).collect()),
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (k, as_javascript_numbers(v)))
-                .collect(),
-        ),
-        other => other,
-    }
 }
 
 /// `read_at`: when `loadPool` read the copy given (epoch ms), and `held`: its accounts as read
