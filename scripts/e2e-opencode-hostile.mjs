@@ -177,7 +177,21 @@ const said = (r) => (/^Error: (.*)$/m.exec(r.stderr.replace(/\x1b\[[0-9;]*m/g, "
 const crashed = (r) =>
   ["SIGSEGV", "SIGBUS", "SIGILL", "SIGABRT", "SIGKILL"].includes(r.signal) ||
   /panicked at|panic\(|Segmentation fault|Bun has crashed|Illegal instruction|Bus error|Abort(ed)? trap/i.test(r.stderr);
-const outcome = (r) => `exit ${r.code ?? r.signal}${r.timedOut ? " (killed: timed out)" : ""} after ${r.ms} ms; said: ${said(r).slice(0, 400)}`;
+/**
+ * Why a run failed, when its error line alone does not say: OpenCode's catch-all ("Unexpected
+ * error") prints the error itself on the lines after it, and its log's ERROR lines name where it
+ * was thrown. A rare failure is then readable from the check's output alone (the run's home goes).
+ */
+function failure(r) {
+  if (r.code === 0 || r.code === null) return "";
+  const lines = r.stderr.replace(/\x1b\[[0-9;]*m/g, "").split("\n");
+  const at = lines.findIndex((l) => l.startsWith("Error: "));
+  const after = at < 0 ? [] : lines.slice(at + 1, at + 6).filter((l) => l.trim());
+  const errors = lines.filter((l) => /level=ERROR/.test(l)).slice(-3);
+  const text = [...after, ...errors].join("\n").slice(0, 1500);
+  return text ? `\n       ${text.split("\n").join("\n       ")}` : "";
+}
+const outcome = (r) => `exit ${r.code ?? r.signal}${r.timedOut ? " (killed: timed out)" : ""} after ${r.ms} ms; said: ${said(r).slice(0, 400)}${failure(r)}`;
 
 /** No `*.lock` file is held: the library takes the pool's write lock and an account's refresh. */
 async function nothingLocked(email) {
