@@ -198,6 +198,32 @@ fn quota() -> impl Strategy<Value = Quota> {
         })
 }
 
+#[test]
+fn a_third_party_refusals_rest_ends_once_no_key_can_serve() {
+    // After a subscription's third-party refusal the subscriptions rest for an hour so that the
+    // pool's Console keys serve. With the key then disabled, or refused by its 401, every
+    // account stayed out for the rest of that hour and each request got the pool's 429, where
+    // the subscription's own answer was still to be had.
+    let subscription = Member {
+        priority: Some(2),
+        ..login(30 * DAY_S)
+    };
+    let key = Member {
+        api_key: true,
+        ..login(0)
+    };
+    let refused = plain_request(vec![Reply::BadRequest { third_party: true }]);
+    for key_gone in [
+        Op::Enable(1, false),
+        plain_request(vec![Reply::Unauthorized { elsewhere: false }]),
+    ] {
+        let ops = vec![refused.clone(), key_gone, plain_request(Vec::new())];
+        if let Err(e) = run(vec![subscription.clone(), key.clone()], ops) {
+            panic!("{e}");
+        }
+    }
+}
+
 /// The event stream a 200 carries.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Streamed {
@@ -576,6 +602,9 @@ struct World {
     /// Per account: by when every rest decided for it so far is over (then it serves again,
     /// unless disabled or refused).
     free_at: Vec<i64>,
+    /// Per subscription: by when the rest of a third-party refusal is over, which holds it back
+    /// only while a Console key can serve instead (once none can, the next attempt lifts it).
+    for_keys_until: Vec<i64>,
     /// email -> when answers with usage were delivered from it: each is counted once in its
     /// `usage` (for 30 days).
     served: HashMap<String, Vec<i64>>,
@@ -821,6 +850,7 @@ impl World {
             retry_after_rests: HashMap::new(),
             token_rests: HashMap::new(),
             free_at: vec![0; n],
+            for_keys_until: vec![0; n],
             made: 0,
         })
     }
@@ -1439,8 +1469,8 @@ impl World {
                             held >= now + verdict::THIRD_PARTY_REST_MS - SAME_COOLDOWN_MS,
                             "{email}'s third-party refusal, with a key in the pool, left the subscription {other} to be chosen again"
                         );
-                        self.free_at[j] =
-                            self.free_at[j].max(now_ms() + verdict::THIRD_PARTY_REST_MS);
+                        self.for_keys_until[j] =
+                            self.for_keys_until[j].max(now_ms() + verdict::THIRD_PARTY_REST_MS);
                     }
                 }
                 Reply::Unauthorized { .. } => {
@@ -1594,17 +1624,45 @@ impl World {
                 b != Blocked::No,
                 "the pool {how} while {email} (not tried) could serve"
             );
+            check!(
+                !self.free_by_model(i, now_ms()),
+                "the pool {how} while {email} (not tried), by every rest decided for it, could serve ({b:?})"
+            );
         }
         Ok(())
+    }
+
+    /// Whether some Console key may still serve: enabled and never refused.
+    fn key_usable(&self) -> bool {
+        (0..self.emails.len()).any(|j| {
+            self.members[j].api_key && self.enabled[j] && !self.refused.contains(&self.emails[j])
+        })
+    }
+
+    /// Whether every rest decided for account `i` is over by `now` (with the reopening spread):
+    /// a third-party refusal's rest only counts while a Console key can serve instead.
+    fn free_by_model(&self, i: usize, now: i64) -> bool {
+        let margin = super::jitter_max() + 2_000;
+        let for_keys = if self.key_usable() {
+            self.for_keys_until[i]
+        } else {
+            0
+        };
+        self.enabled[i]
+            && !self.refused.contains(&self.emails[i])
+            && now > self.free_at[i].max(for_keys) + margin
     }
 
     /// Time passed: every rest decided so far that has run out lets its account serve again.
     async fn passed(&self) -> Checked {
         let now = now_ms();
         for (i, email) in self.emails.iter().enumerate() {
+            // A third-party refusal's rest is lifted by an attempt, not by time: until the next
+            // request it holds however many keys are left.
+            let until = self.free_at[i].max(self.for_keys_until[i]);
             if !self.enabled[i]
                 || self.refused.contains(email)
-                || now <= self.free_at[i] + super::jitter_max() + 2_000
+                || now <= until + super::jitter_max() + 2_000
             {
                 continue;
             }
@@ -1759,6 +1817,7 @@ impl World {
                 self.said_rests.clear();
                 self.retry_after_rests.clear();
                 self.token_rests.clear();
+                self.for_keys_until.fill(0);
                 // The token endpoint's waits go too: the next refresh asks it again.
                 crate::store::lock(&self.server).wait_until.fill(0);
                 for (i, email) in self.emails.iter().enumerate() {
