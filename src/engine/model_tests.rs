@@ -198,32 +198,6 @@ fn quota() -> impl Strategy<Value = Quota> {
         })
 }
 
-#[test]
-fn a_third_party_refusals_rest_ends_once_no_key_can_serve() {
-    // After a subscription's third-party refusal the subscriptions rest for an hour so that the
-    // pool's Console keys serve. With the key then disabled, or refused by its 401, every
-    // account stayed out for the rest of that hour and each request got the pool's 429, where
-    // the subscription's own answer was still to be had.
-    let subscription = Member {
-        priority: Some(2),
-        ..login(30 * DAY_S)
-    };
-    let key = Member {
-        api_key: true,
-        ..login(0)
-    };
-    let refused = plain_request(vec![Reply::BadRequest { third_party: true }]);
-    for key_gone in [
-        Op::Enable(1, false),
-        plain_request(vec![Reply::Unauthorized { elsewhere: false }]),
-    ] {
-        let ops = vec![refused.clone(), key_gone, plain_request(Vec::new())];
-        if let Err(e) = run(vec![subscription.clone(), key.clone()], ops) {
-            panic!("{e}");
-        }
-    }
-}
-
 /// The event stream a 200 carries.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Streamed {
@@ -2128,6 +2102,79 @@ fn disabling_one_account_does_not_lift_anothers_rest_after_a_401() {
         plain_request(Vec::new()),
     ];
     if let Err(e) = run(vec![first, login(30 * DAY_S)], ops) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn a_third_party_refusals_rest_ends_once_no_key_can_serve() {
+    // After a subscription's third-party refusal the subscriptions rest for an hour so that the
+    // pool's Console keys serve. With the key then disabled, or refused by its 401, every
+    // account stayed out for the rest of that hour and each request got the pool's 429, where
+    // the subscription's own answer was still to be had.
+    let subscription = Member {
+        priority: Some(2),
+        ..login(30 * DAY_S)
+    };
+    let key = Member {
+        api_key: true,
+        ..login(0)
+    };
+    let refused = plain_request(vec![Reply::BadRequest { third_party: true }]);
+    for key_gone in [
+        Op::Enable(1, false),
+        plain_request(vec![Reply::Unauthorized { elsewhere: false }]),
+    ] {
+        let ops = vec![refused.clone(), key_gone, plain_request(Vec::new())];
+        if let Err(e) = run(vec![subscription.clone(), key.clone()], ops) {
+            panic!("{e}");
+        }
+    }
+}
+
+#[test]
+fn a_third_party_refusals_rest_does_not_replace_a_401s() {
+    // A login refused with a 401 the token endpoint could not answer for now rests for the
+    // endpoint's wait; another login's third-party refusal in the same request then rested every
+    // subscription for the keys, and that rest replaced the 401's. Once the key was disabled and
+    // the keys' rest lifted, the refused token was sent again before the endpoint's wait ended.
+    let first = Member {
+        priority: Some(3),
+        ..login(30 * DAY_S)
+    };
+    let second = Member {
+        priority: Some(2),
+        ..login(30 * DAY_S)
+    };
+    let key = Member {
+        api_key: true,
+        ..login(0)
+    };
+    let ops = vec![
+        Op::Request {
+            model: Some("claude-sonnet-4-5".into()),
+            path: Path::Messages,
+            session: None,
+            replies: vec![
+                Reply::Unauthorized { elsewhere: false },
+                Reply::BadRequest { third_party: true },
+            ],
+            token: vec![TokenAnswer::Status(503)],
+            sync: false,
+        },
+        Op::Enable(2, false),
+        // The second login, which served last, is asked first; its 429 moves the request on.
+        plain_request(vec![Reply::TooMany {
+            retry_after: Some(RetryAfter::Secs(60)),
+            quota: Quota {
+                status: None,
+                reset_in: None,
+                windows: Vec::new(),
+            },
+            spend_limit: false,
+        }]),
+    ];
+    if let Err(e) = run(vec![first, second, key], ops) {
         panic!("{e}");
     }
 }

@@ -93,10 +93,13 @@ pub struct Overlay {
     /// email -> tag of the credential that was refused. A new login brings a new credential,
     /// whose tag differs: the mark then no longer applies, in this process or any other.
     refused: Mutex<HashMap<String, Option<String>>>,
-    /// email -> the rest after a 401 that no new token answered. Tied to the credential like a
-    /// refusal (a login since then is not resting), and to the account's `reset-cooldowns`
-    /// count (a reset since then, from any process, lifts it).
-    resting: Mutex<HashMap<String, Rest>>,
+    /// (email, `Rest::for_keys`) -> the rest after a 401 that no new token answered, or after a
+    /// third-party refusal. Tied to the credential like a refusal (a login since then is not
+    /// resting), and to the account's `reset-cooldowns` count (a reset since then, from any
+    /// process, lifts it). The two kinds are kept apart: one replacing the other lost a 401's
+    /// rest to a third-party refusal's, and lifting that (no key left) sent the refused token
+    /// again before the token endpoint's wait was over.
+    resting: Mutex<HashMap<(String, bool), Rest>>,
     /// The account that served the request sent last, and when that was sent.
     sticky: Mutex<Option<(String, i64)>>,
     sessions: Mutex<Pins>,
@@ -310,14 +313,13 @@ impl Overlay {
     /// (`None`: whatever it holds) and no `reset-cooldowns` ran since `rest.resets`.
     pub fn rest(&self, email: &str, rest: Rest) {
         let mut resting = lock(&self.resting);
-        match resting.get_mut(email) {
-            Some(r)
-                if r.tag == rest.tag && r.resets == rest.resets && r.for_keys == rest.for_keys =>
-            {
+        let key = (email.to_string(), rest.for_keys);
+        match resting.get_mut(&key) {
+            Some(r) if r.tag == rest.tag && r.resets == rest.resets => {
                 r.until = r.until.max(rest.until)
             }
             _ => {
-                resting.insert(email.to_string(), rest);
+                resting.insert(key, rest);
             }
         }
     }
@@ -327,31 +329,38 @@ impl Overlay {
     /// account resting here for the token endpoint's whole wait, up to ten minutes).
     pub fn resting_until(&self, a: &Account, now: i64) -> Option<i64> {
         let mut resting = lock(&self.resting);
-        let r = resting.get(&a.email)?;
-        let same_credential = r.tag.is_none() || r.tag == a.credential_tag();
-        // Greater, not different: a request still judging by a pool read before the rest was
-        // decided sees the count before it, and that is no reset.
-        let no_reset_since = r.resets.is_none_or(|n| a.cooldown_resets() <= n);
-        if r.until > now && same_credential && no_reset_since {
-            return Some(r.until);
+        let mut until = None;
+        for for_keys in [false, true] {
+            let key = (a.email.clone(), for_keys);
+            let Some(r) = resting.get(&key) else {
+                continue;
+            };
+            let same_credential = r.tag.is_none() || r.tag == a.credential_tag();
+            // Greater, not different: a request still judging by a pool read before the rest
+            // was decided sees the count before it, and that is no reset.
+            let no_reset_since = r.resets.is_none_or(|n| a.cooldown_resets() <= n);
+            if r.until > now && same_credential && no_reset_since {
+                until = until.max(Some(r.until));
+            } else {
+                resting.remove(&key);
+            }
         }
-        resting.remove(&a.email);
-        None
+        until
     }
 
     /// Whether an account rests so that requests go to the pool's Console keys.
     pub fn rests_for_keys(&self) -> bool {
-        lock(&self.resting).values().any(|r| r.for_keys)
+        lock(&self.resting).keys().any(|(_, for_keys)| *for_keys)
     }
 
     /// Ends the rests that send requests to the pool's Console keys: the accounts lifted.
     pub fn lift_rests_for_keys(&self) -> Vec<String> {
         let mut lifted = Vec::new();
-        lock(&self.resting).retain(|email, r| {
-            if r.for_keys {
+        lock(&self.resting).retain(|(email, for_keys), _| {
+            if *for_keys {
                 lifted.push(email.clone());
             }
-            !r.for_keys
+            !*for_keys
         });
         lifted
     }
@@ -430,7 +439,7 @@ impl Overlay {
     pub fn keep_only(&self, present: &std::collections::HashSet<&str>) {
         lock(&self.cooling).retain(|(e, _), _| present.contains(e.as_str()));
         lock(&self.refused).retain(|e, _| present.contains(e.as_str()));
-        lock(&self.resting).retain(|e, _| present.contains(e.as_str()));
+        lock(&self.resting).retain(|(e, _), _| present.contains(e.as_str()));
         lock(&self.windows).retain(|e, _| present.contains(e.as_str()));
     }
 
@@ -438,7 +447,7 @@ impl Overlay {
     pub fn forget(&self, email: &str) {
         lock(&self.cooling).retain(|(e, _), _| e != email);
         lock(&self.refused).remove(email);
-        lock(&self.resting).remove(email);
+        lock(&self.resting).retain(|(e, _), _| e != email);
     }
 }
 
@@ -542,6 +551,23 @@ mod tests {
         assert!(!o.rests_for_keys());
         assert_eq!(o.resting_until(&a, 100), None);
         assert_eq!(o.resting_until(&b, 100), Some(900), "a 401's rest stays");
+        // Both on one account: the later end holds it, and lifting the keys' leaves the 401's.
+        o.rest(
+            "b@x",
+            Rest {
+                for_keys: true,
+                ..rest(None, 2000)
+            },
+        );
+        assert_eq!(o.resting_until(&b, 100), Some(2000));
+        assert_eq!(o.lift_rests_for_keys(), ["b@x"]);
+        assert_eq!(
+            o.resting_until(&b, 100),
+            Some(900),
+            "the 401's rest was not replaced"
+        );
+        o.forget("b@x");
+        assert_eq!(o.resting_until(&b, 100), None);
     }
 
     /// `reset-cooldowns` run by another process reaches a rest this process keeps on its own;
