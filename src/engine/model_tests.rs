@@ -1150,6 +1150,8 @@ impl World {
         let mut sent: HashMap<String, usize> = HashMap::new();
         let mut limited: HashSet<String> = HashSet::new();
         let mut unauthorized: HashSet<String> = HashSet::new();
+        // Accounts that answered this request's file or batch with a 404: not theirs.
+        let mut not_found: HashSet<String> = HashSet::new();
         let mut attempts = 0usize;
         loop {
             let step = match sync.then(|| ex.try_next(&base)).flatten() {
@@ -1218,6 +1220,26 @@ impl World {
                                 secs <= wait + spread,
                                 "the pool's 429 says retry-after {secs} s while {} is usable in {wait} s (the token endpoint's wait)",
                                 self.emails[i]
+                            );
+                        }
+                    }
+                    // Nor longer than the soonest account that may hold what the request names
+                    // serves again, by every rest the model saw decided (a client told to wait
+                    // longer stalls while one could serve).
+                    if !bound {
+                        let soonest = (0..n)
+                            .filter(|&i| {
+                                self.enabled[i]
+                                    && !self.refused.contains(&self.emails[i])
+                                    && !not_found.contains(&self.emails[i])
+                            })
+                            .map(|i| self.free_by_model_at(i))
+                            .min();
+                        if let Some(t) = soonest {
+                            let wait = (t - now).max(0) / 1000 + 1;
+                            check!(
+                                secs <= wait + spread,
+                                "the pool's 429 says retry-after {secs} s while every rest decided for an account ends in {wait} s"
                             );
                         }
                     }
@@ -1481,6 +1503,9 @@ impl World {
                 "a 401 from {email} was delivered"
             );
             if verdict == Verdict::Retry {
+                if matches!(reply, Reply::NotFound) {
+                    not_found.insert(email.clone());
+                }
                 check!(
                     matches!(status, 401 | 429 | 404)
                         || matches!(reply, Reply::Stream(Streamed::OpeningLimit)),
@@ -1613,18 +1638,23 @@ impl World {
         })
     }
 
-    /// Whether every rest decided for account `i` is over by `now` (with the reopening spread):
-    /// a third-party refusal's rest only counts while a Console key can serve instead.
+    /// Whether every rest decided for account `i` is over by `now` (with the reopening spread).
     fn free_by_model(&self, i: usize, now: i64) -> bool {
         let margin = super::jitter_max() + 2_000;
+        self.enabled[i]
+            && !self.refused.contains(&self.emails[i])
+            && now > self.free_by_model_at(i) + margin
+    }
+
+    /// When every rest decided for account `i` is over: a third-party refusal's rest only
+    /// counts while a Console key can serve instead.
+    fn free_by_model_at(&self, i: usize) -> i64 {
         let for_keys = if self.key_usable() {
             self.for_keys_until[i]
         } else {
             0
         };
-        self.enabled[i]
-            && !self.refused.contains(&self.emails[i])
-            && now > self.free_at[i].max(for_keys) + margin
+        self.free_at[i].max(for_keys)
     }
 
     /// Time passed: every rest decided so far that has run out lets its account serve again.
