@@ -579,6 +579,9 @@ struct World {
     /// Per subscription: by when the rest of a third-party refusal is over, which holds it back
     /// only while a Console key can serve instead (once none can, the next attempt lifts it).
     for_keys_until: Vec<i64>,
+    /// (email, until) of each 429 with a `retry-after` in this step: the rest it decided is
+    /// shared through the file, so that other processes leave the account alone as long.
+    to_share: Vec<(String, i64)>,
     /// email -> when answers with usage were delivered from it: each is counted once in its
     /// `usage` (for 30 days).
     served: HashMap<String, Vec<i64>>,
@@ -825,6 +828,7 @@ impl World {
             token_rests: HashMap::new(),
             free_at: vec![0; n],
             for_keys_until: vec![0; n],
+            to_share: Vec::new(),
             made: 0,
         })
     }
@@ -1425,6 +1429,7 @@ impl World {
                             "{email}'s 429 said wait {wait} ms and it rests {} ms",
                             held - now
                         );
+                        self.to_share.push((email.clone(), least));
                         let named_scope = quota.windows.iter().any(|w| w.name.contains('_'));
                         if family.is_some() || endpoint.is_some() || !named_scope {
                             let key = (email.clone(), family.map(str::to_string), endpoint);
@@ -1775,6 +1780,21 @@ impl World {
                     }
                 }
             }
+            let shared = rests
+                .iter()
+                .filter(|(field, _)| field != "refreshBackoffUntil")
+                .map(|(_, t)| *t)
+                .max()
+                .unwrap_or(0);
+            for (_, least) in self.to_share.iter().filter(|(e, _)| *e == a.email) {
+                check!(
+                    shared >= *least,
+                    "{}'s 429 rested it {} s more, and the file says so for {} s: other processes go back to it early",
+                    a.email,
+                    (least - upto) / 1000,
+                    (shared - upto).max(0) / 1000
+                );
+            }
             for (field, t) in rests {
                 let key = (a.email.clone(), field.clone());
                 if self.rests.get(&key) == Some(&t) {
@@ -1795,6 +1815,7 @@ impl World {
                 self.rests.insert(key, t);
             }
         }
+        self.to_share.clear();
         Ok(())
     }
 
