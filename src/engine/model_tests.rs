@@ -1437,6 +1437,24 @@ impl World {
                             *t = (*t).max(least);
                         }
                     }
+                    // A rejected account-wide window rests the whole account until its reset
+                    // (said in whole seconds; 8 days at most), in the file too.
+                    for w in &quota.windows {
+                        let (Some(Said::Rejected), Some(r)) = (w.said, w.reset_in) else {
+                            continue;
+                        };
+                        if w.name.contains('_') || r <= 1 {
+                            continue;
+                        }
+                        let least = now + (r * 1000).min(MAX_REST_MS) - SAME_COOLDOWN_MS - 1000;
+                        check!(
+                            held >= least,
+                            "{email}'s 429 said its {} window is spent for {r} s and it rests {} ms",
+                            w.name,
+                            held - now
+                        );
+                        self.to_share.push((email.clone(), least));
+                    }
                     let throttle = !exhausts_something(quota) && !spend_limit;
                     self.free_at[i] = self.free_at[i].max(if throttle {
                         now_ms() + wait.unwrap_or(BURST_MS).clamp(MIN_REST_MS, MAX_REST_MS)
