@@ -1617,13 +1617,29 @@ impl World {
                     self.deliver_json(ex, &a.email, Path::Messages);
                 }
                 Ok(Step::Answer(s)) => {
-                    check!(s.status == 429, "the pool's own answer is a {}", s.status)
+                    check!(s.status == 429, "the pool's own answer is a {}", s.status);
+                    self.nobody_left(
+                        &HashMap::new(),
+                        Some("sonnet"),
+                        None,
+                        "answered for the pool (at once)",
+                    )
+                    .await?;
                 }
-                Err(e) => check!(
-                    e.code() == "POOL_NO_ACCOUNT",
-                    "a request failed with {} ({e})",
-                    e.code()
-                ),
+                Err(e) => {
+                    check!(
+                        e.code() == "POOL_NO_ACCOUNT",
+                        "a request failed with {} ({e})",
+                        e.code()
+                    );
+                    self.nobody_left(
+                        &HashMap::new(),
+                        Some("sonnet"),
+                        None,
+                        "said no account (at once)",
+                    )
+                    .await?;
+                }
             }
         }
         self.sync().map(drop)
