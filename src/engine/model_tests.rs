@@ -325,7 +325,9 @@ enum Op {
     },
     /// Requests sent at the same moment, each answered with a plain 200.
     Together(u8, Vec<TokenAnswer>),
-    ResetCooldowns,
+    /// `reset-cooldowns`: in this process (`true`: the binding also clears the engine's memory),
+    /// or from another (the CLI while OpenCode runs: this process learns it from the store).
+    ResetCooldowns(bool),
     Priority(usize, i64),
     Enable(usize, bool),
     /// Another process (this plugin's, or aidevops's `cooldownUntil`) writes that account `.0`
@@ -370,7 +372,7 @@ fn op(trouble: u32) -> impl Strategy<Value = Op> {
             }),
         1 => (2u8..5, prop::collection::vec(token_answer(trouble), 0..2))
             .prop_map(|(n, token)| Op::Together(n, token)),
-        1 => Just(Op::ResetCooldowns),
+        1 => any::<bool>().prop_map(Op::ResetCooldowns),
         1 => (0usize..5, 0i64..3).prop_map(|(i, p)| Op::Priority(i, p)),
         trouble => (0usize..5, any::<bool>()).prop_map(|(i, on)| Op::Enable(i, on)),
         1 => (
@@ -1670,6 +1672,22 @@ impl World {
         Ok(())
     }
 
+    /// Whether every account that may serve (enabled, not refused, not a reserve) is free for
+    /// every kind of request.
+    async fn all_free(&self) -> bool {
+        for (i, email) in self.emails.iter().enumerate() {
+            if !self.enabled[i] || self.refused.contains(email) || self.members[i].reserve {
+                continue;
+            }
+            for (family, endpoint) in SCOPES {
+                if self.blocked(email, family, endpoint).await != Blocked::No {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     /// Whether some Console key may still serve: enabled and never refused.
     fn key_usable(&self) -> bool {
         (0..self.emails.len()).any(|j| {
@@ -1868,26 +1886,42 @@ impl World {
                     .await?;
             }
             Op::Together(n, token) => self.together(*n, token).await?,
-            Op::ResetCooldowns => {
+            Op::ResetCooldowns(here) => {
                 crate::manage::reset_cooldowns(&self.store)
                     .await
                     .map_err(fail)?;
-                self.engine.reset_memory();
+                if *here {
+                    self.engine.reset_memory();
+                }
                 self.said_rests.clear();
                 self.retry_after_rests.clear();
                 self.token_rests.clear();
                 self.for_keys_until.fill(0);
                 // The token endpoint's waits go too: the next refresh asks it again.
                 crate::store::lock(&self.server).wait_until.fill(0);
+                // From another process it reaches this one within a second: what this process
+                // decided itself counts until the store has held it that long.
+                let patience = super::overlay::STORED_GRACE + std::time::Duration::from_millis(200);
+                let started = std::time::Instant::now();
+                while !*here && started.elapsed() < patience && !self.all_free().await {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
                 for (i, email) in self.emails.iter().enumerate() {
                     if !self.enabled[i] || self.refused.contains(email) || self.members[i].reserve {
                         continue;
                     }
-                    let b = self.blocked(email, None, None).await;
-                    check!(
-                        b == Blocked::No,
-                        "{email} is still held back after reset-cooldowns: {b:?}"
-                    );
+                    for (family, endpoint) in SCOPES {
+                        let b = self.blocked(email, family, endpoint).await;
+                        check!(
+                            b == Blocked::No,
+                            "{email} is still held back for {family:?}/{endpoint:?} after reset-cooldowns ({}): {b:?}, {} ms from now",
+                            if *here { "here" } else { "from another process" },
+                            match b {
+                                Blocked::Until(t) => t - now_ms(),
+                                _ => 0,
+                            }
+                        );
+                    }
                 }
             }
             Op::Priority(i, p) => {

@@ -13,7 +13,7 @@ use crate::account::Account;
 const SESSION_TTL: Duration = Duration::from_secs(6 * 3600);
 /// How long a cooldown this process decided still counts here after the store holds it: a
 /// request that read the pool just before the write must not see the account open.
-const STORED_GRACE: Duration = Duration::from_secs(1);
+pub(super) const STORED_GRACE: Duration = Duration::from_secs(1);
 /// A cooldown ending at most this long after one already known is that one: the requests in
 /// flight on an account when it starts refusing are refused together, each bare 429 (or one with
 /// the same `retry-after`) counted from its own arrival, a few ms after the last. Each was news
