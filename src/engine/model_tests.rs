@@ -329,7 +329,10 @@ enum Op {
     /// or from another (the CLI while OpenCode runs: this process learns it from the store).
     ResetCooldowns(bool),
     Priority(usize, i64),
-    Enable(usize, bool),
+    /// `enable`/`disable` of an account: in this process (`true`: as the binding's
+    /// `setEnabled`, which also forgets what this process decided about it), or from another
+    /// (the CLI: this process learns it from the store at its next request).
+    Enable(usize, bool, bool),
     /// Another process (this plugin's, or aidevops's `cooldownUntil`) writes that account `.0`
     /// rests for `.3` seconds, for the model family `.1` only when given.
     ElseRests(usize, Option<&'static str>, bool, u16),
@@ -374,7 +377,8 @@ fn op(trouble: u32) -> impl Strategy<Value = Op> {
             .prop_map(|(n, token)| Op::Together(n, token)),
         1 => any::<bool>().prop_map(Op::ResetCooldowns),
         1 => (0usize..5, 0i64..3).prop_map(|(i, p)| Op::Priority(i, p)),
-        trouble => (0usize..5, any::<bool>()).prop_map(|(i, on)| Op::Enable(i, on)),
+        trouble => (0usize..5, any::<bool>(), any::<bool>())
+            .prop_map(|(i, on, here)| Op::Enable(i, on, here)),
         1 => (
             0usize..5,
             prop::sample::select(vec![None, Some("sonnet"), Some("opus")]),
@@ -1931,14 +1935,16 @@ impl World {
                         .map_err(fail)?;
                 }
             }
-            Op::Enable(i, on) => {
+            Op::Enable(i, on, here) => {
                 if let Some(email) = self.emails.get(*i).cloned() {
                     crate::manage::set_enabled(&self.store, &email, *on)
                         .await
                         .map_err(fail)?;
-                    // As the binding's `setEnabled` does.
-                    self.engine.forget(&email);
-                    self.token_rests.remove(&email);
+                    if *here {
+                        // As the binding's `setEnabled` does.
+                        self.engine.forget(&email);
+                        self.token_rests.remove(&email);
+                    }
                     self.enabled[*i] = *on;
                 }
             }
@@ -2217,7 +2223,7 @@ fn disabling_one_account_does_not_lift_anothers_rest_after_a_401() {
             token: vec![TokenAnswer::Status(503)],
             sync: false,
         },
-        Op::Enable(1, false),
+        Op::Enable(1, false, true),
         plain_request(Vec::new()),
     ];
     if let Err(e) = run(vec![first, login(30 * DAY_S)], ops) {
@@ -2228,9 +2234,9 @@ fn disabling_one_account_does_not_lift_anothers_rest_after_a_401() {
 #[test]
 fn a_third_party_refusals_rest_ends_once_no_key_can_serve() {
     // After a subscription's third-party refusal the subscriptions rest for an hour so that the
-    // pool's Console keys serve. With the key then disabled, or refused by its 401, every
-    // account stayed out for the rest of that hour and each request got the pool's 429, where
-    // the subscription's own answer was still to be had.
+    // pool's Console keys serve. With the key then disabled (in the process, or from the CLI),
+    // or refused by its 401, every account stayed out for the rest of that hour and each
+    // request got the pool's 429, where the subscription's own answer was still to be had.
     let subscription = Member {
         priority: Some(2),
         ..login(30 * DAY_S)
@@ -2241,7 +2247,8 @@ fn a_third_party_refusals_rest_ends_once_no_key_can_serve() {
     };
     let refused = plain_request(vec![Reply::BadRequest { third_party: true }]);
     for key_gone in [
-        Op::Enable(1, false),
+        Op::Enable(1, false, true),
+        Op::Enable(1, false, false),
         plain_request(vec![Reply::Unauthorized { elsewhere: false }]),
     ] {
         let ops = vec![refused.clone(), key_gone, plain_request(Vec::new())];
@@ -2281,7 +2288,7 @@ fn a_third_party_refusals_rest_does_not_replace_a_401s() {
             token: vec![TokenAnswer::Status(503)],
             sync: false,
         },
-        Op::Enable(2, false),
+        Op::Enable(2, false, true),
         // The second login, which served last, is asked first; its 429 moves the request on.
         plain_request(vec![Reply::TooMany {
             retry_after: Some(RetryAfter::Secs(60)),
