@@ -2050,13 +2050,26 @@ proptest! {
 }
 
 fn plain_request(replies: Vec<Reply>) -> Op {
+    refreshing_request(replies, Vec::new())
+}
+
+/// A Messages request for sonnet whose refreshes the token endpoint answers as `token` says.
+fn refreshing_request(replies: Vec<Reply>, token: Vec<TokenAnswer>) -> Op {
     Op::Request {
         model: Some("claude-sonnet-4-5".into()),
         path: Path::Messages,
         session: None,
         replies,
-        token: Vec::new(),
+        token,
         sync: false,
+    }
+}
+
+/// A Console API key member.
+fn api_key() -> Member {
+    Member {
+        api_key: true,
+        ..login(0)
     }
 }
 
@@ -2109,14 +2122,7 @@ fn an_answer_lost_on_the_way_back_is_asked_once_more_and_settled() {
     // and the login is dead (kept, never presented again); when it had not, it is refreshed.
     for arrived in [false, true] {
         let ops = vec![
-            Op::Request {
-                model: Some("claude-sonnet-4-5".into()),
-                path: Path::Messages,
-                session: None,
-                replies: Vec::new(),
-                token: vec![TokenAnswer::Lost { arrived }],
-                sync: false,
-            },
+            refreshing_request(Vec::new(), vec![TokenAnswer::Lost { arrived }]),
             plain_request(Vec::new()),
             Op::Pass(9 * 3600),
             plain_request(Vec::new()),
@@ -2137,14 +2143,7 @@ fn a_token_endpoints_wait_rests_a_login_at_most_eight_days() {
         (-60, Vec::new()),
     ] {
         let ops = vec![
-            Op::Request {
-                model: Some("claude-sonnet-4-5".into()),
-                path: Path::Messages,
-                session: None,
-                replies,
-                token: vec![TokenAnswer::Wait(9 * DAY_S as u64)],
-                sync: false,
-            },
+            refreshing_request(replies, vec![TokenAnswer::Wait(9 * DAY_S as u64)]),
             Op::Pass(8 * DAY_S + 30),
             plain_request(Vec::new()),
         ];
@@ -2171,10 +2170,7 @@ fn the_pools_429_waits_no_longer_than_a_login_the_token_endpoint_lets_refresh_so
     // Found by the model: an expired login whose refresh the token endpoint put off for 30 s
     // (a 503), and a key resting an hour: the pool answered 429 with retry-after 3600, an hour
     // in which the client did not come back, while the login was usable in 30 s.
-    let key = Member {
-        api_key: true,
-        ..login(0)
-    };
+    let key = api_key();
     for token in [TokenAnswer::Status(503), TokenAnswer::Network] {
         let too_many = Reply::TooMany {
             retry_after: Some(RetryAfter::Secs(3600)),
@@ -2186,14 +2182,7 @@ fn the_pools_429_waits_no_longer_than_a_login_the_token_endpoint_lets_refresh_so
             spend_limit: false,
         };
         let ops = vec![
-            Op::Request {
-                model: Some("claude-sonnet-4-5".into()),
-                path: Path::Messages,
-                session: None,
-                replies: vec![too_many],
-                token: vec![token],
-                sync: false,
-            },
+            refreshing_request(vec![too_many], vec![token]),
             plain_request(Vec::new()),
             Op::Pass(31 + super::jitter_max() / 1000),
             plain_request(Vec::new()),
@@ -2215,14 +2204,10 @@ fn disabling_one_account_does_not_lift_anothers_rest_after_a_401() {
         ..login(30 * DAY_S)
     };
     let ops = vec![
-        Op::Request {
-            model: Some("claude-sonnet-4-5".into()),
-            path: Path::Messages,
-            session: None,
-            replies: vec![Reply::Unauthorized { elsewhere: false }],
-            token: vec![TokenAnswer::Status(503)],
-            sync: false,
-        },
+        refreshing_request(
+            vec![Reply::Unauthorized { elsewhere: false }],
+            vec![TokenAnswer::Status(503)],
+        ),
         Op::Enable(1, false, true),
         plain_request(Vec::new()),
     ];
@@ -2241,10 +2226,7 @@ fn a_third_party_refusals_rest_ends_once_no_key_can_serve() {
         priority: Some(2),
         ..login(30 * DAY_S)
     };
-    let key = Member {
-        api_key: true,
-        ..login(0)
-    };
+    let key = api_key();
     let refused = plain_request(vec![Reply::BadRequest { third_party: true }]);
     for key_gone in [
         Op::Enable(1, false, true),
@@ -2272,22 +2254,15 @@ fn a_third_party_refusals_rest_does_not_replace_a_401s() {
         priority: Some(2),
         ..login(30 * DAY_S)
     };
-    let key = Member {
-        api_key: true,
-        ..login(0)
-    };
+    let key = api_key();
     let ops = vec![
-        Op::Request {
-            model: Some("claude-sonnet-4-5".into()),
-            path: Path::Messages,
-            session: None,
-            replies: vec![
+        refreshing_request(
+            vec![
                 Reply::Unauthorized { elsewhere: false },
                 Reply::BadRequest { third_party: true },
             ],
-            token: vec![TokenAnswer::Status(503)],
-            sync: false,
-        },
+            vec![TokenAnswer::Status(503)],
+        ),
         Op::Enable(2, false, true),
         // The second login, which served last, is asked first; its 429 moves the request on.
         plain_request(vec![Reply::TooMany {
