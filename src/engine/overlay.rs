@@ -93,13 +93,11 @@ pub struct Overlay {
     /// email -> tag of the credential that was refused. A new login brings a new credential,
     /// whose tag differs: the mark then no longer applies, in this process or any other.
     refused: Mutex<HashMap<String, Option<String>>>,
-    /// (email, `Rest::for_keys`) -> the rest after a 401 that no new token answered, or after a
+    /// email -> the rest after a 401 that no new token answered, and the one after a
     /// third-party refusal. Tied to the credential like a refusal (a login since then is not
     /// resting), and to the account's `reset-cooldowns` count (a reset since then, from any
-    /// process, lifts it). The two kinds are kept apart: one replacing the other lost a 401's
-    /// rest to a third-party refusal's, and lifting that (no key left) sent the refused token
-    /// again before the token endpoint's wait was over.
-    resting: Mutex<HashMap<(String, bool), Rest>>,
+    /// process, lifts it).
+    resting: Mutex<HashMap<String, Rests>>,
     /// The account that served the request sent last, and when that was sent.
     sticky: Mutex<Option<(String, i64)>>,
     sessions: Mutex<Pins>,
@@ -155,6 +153,26 @@ pub struct Rest {
     pub until: i64,
     pub resets: Option<u64>,
     pub for_keys: bool,
+}
+
+/// An account's rests, one of each kind (`Rest::for_keys`), kept apart: one replacing the other
+/// lost a 401's rest to a third-party refusal's, and once that was lifted (no key left) the
+/// refused token was sent again before the token endpoint's wait was over.
+#[derive(Default)]
+struct Rests([Option<Rest>; 2]);
+
+impl Rests {
+    fn slot(&mut self, for_keys: bool) -> &mut Option<Rest> {
+        &mut self.0[usize::from(for_keys)]
+    }
+
+    fn has(&self, for_keys: bool) -> bool {
+        self.0[usize::from(for_keys)].is_some()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
 }
 
 /// A session's account, its last request, and when the request that pinned it was sent.
@@ -313,14 +331,15 @@ impl Overlay {
     /// (`None`: whatever it holds) and no `reset-cooldowns` ran since `rest.resets`.
     pub fn rest(&self, email: &str, rest: Rest) {
         let mut resting = lock(&self.resting);
-        let key = (email.to_string(), rest.for_keys);
-        match resting.get_mut(&key) {
+        let slot = resting
+            .entry(email.to_string())
+            .or_default()
+            .slot(rest.for_keys);
+        match slot {
             Some(r) if r.tag == rest.tag && r.resets == rest.resets => {
                 r.until = r.until.max(rest.until)
             }
-            _ => {
-                resting.insert(key, rest);
-            }
+            _ => *slot = Some(rest),
         }
     }
 
@@ -329,10 +348,10 @@ impl Overlay {
     /// account resting here for the token endpoint's whole wait, up to ten minutes).
     pub fn resting_until(&self, a: &Account, now: i64) -> Option<i64> {
         let mut resting = lock(&self.resting);
+        let rests = resting.get_mut(&a.email)?;
         let mut until = None;
-        for for_keys in [false, true] {
-            let key = (a.email.clone(), for_keys);
-            let Some(r) = resting.get(&key) else {
+        for slot in &mut rests.0 {
+            let Some(r) = slot.as_ref() else {
                 continue;
             };
             let same_credential = r.tag.is_none() || r.tag == a.credential_tag();
@@ -342,25 +361,28 @@ impl Overlay {
             if r.until > now && same_credential && no_reset_since {
                 until = until.max(Some(r.until));
             } else {
-                resting.remove(&key);
+                *slot = None;
             }
+        }
+        if rests.is_empty() {
+            resting.remove(&a.email);
         }
         until
     }
 
     /// Whether an account rests so that requests go to the pool's Console keys.
     pub fn rests_for_keys(&self) -> bool {
-        lock(&self.resting).keys().any(|(_, for_keys)| *for_keys)
+        lock(&self.resting).values().any(|r| r.has(true))
     }
 
     /// Ends the rests that send requests to the pool's Console keys: the accounts lifted.
     pub fn lift_rests_for_keys(&self) -> Vec<String> {
         let mut lifted = Vec::new();
-        lock(&self.resting).retain(|(email, for_keys), _| {
-            if *for_keys {
+        lock(&self.resting).retain(|email, r| {
+            if r.slot(true).take().is_some() {
                 lifted.push(email.clone());
             }
-            !*for_keys
+            !r.is_empty()
         });
         lifted
     }
@@ -439,7 +461,7 @@ impl Overlay {
     pub fn keep_only(&self, present: &std::collections::HashSet<&str>) {
         lock(&self.cooling).retain(|(e, _), _| present.contains(e.as_str()));
         lock(&self.refused).retain(|e, _| present.contains(e.as_str()));
-        lock(&self.resting).retain(|(e, _), _| present.contains(e.as_str()));
+        lock(&self.resting).retain(|e, _| present.contains(e.as_str()));
         lock(&self.windows).retain(|e, _| present.contains(e.as_str()));
     }
 
@@ -447,7 +469,7 @@ impl Overlay {
     pub fn forget(&self, email: &str) {
         lock(&self.cooling).retain(|(e, _), _| e != email);
         lock(&self.refused).remove(email);
-        lock(&self.resting).retain(|(e, _), _| e != email);
+        lock(&self.resting).remove(email);
     }
 }
 
