@@ -1444,9 +1444,16 @@ impl World {
                         }
                     }
                     // A rejected account-wide window rests the whole account until its reset
-                    // (said in whole seconds; 8 days at most), in the file too.
-                    for w in &quota.windows {
-                        let (Some(Said::Rejected), Some(r)) = (w.said, w.reset_in) else {
+                    // (said in whole seconds; 8 days at most), in the file too. A window named
+                    // twice is one header each: the last status and the last reset said.
+                    for (k, w) in quota.windows.iter().enumerate() {
+                        if quota.windows[k + 1..].iter().any(|v| v.name == w.name) {
+                            continue;
+                        }
+                        let named = || quota.windows.iter().filter(|v| v.name == w.name);
+                        let said = named().filter_map(|v| v.said).next_back();
+                        let reset = named().filter_map(|v| v.reset_in).next_back();
+                        let (Some(Said::Rejected), Some(r)) = (said, reset) else {
                             continue;
                         };
                         if w.name.contains('_') || r <= 1 {
