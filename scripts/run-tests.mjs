@@ -11,6 +11,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { removeTree } from "../__tests__/helpers/temp.mjs";
 import { ensureBuilt } from "./ensure-built.mjs";
+import { failureRecap } from "./failure-recap.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const quick = process.env.OAUTH_POOL_TEST_QUICK === "1";
@@ -86,6 +87,10 @@ delete base.OAUTH_POOL_LOG;
 
 const timings = [];
 let steps = 0;
+// A failed test's report scrolls far above the end of a long run, and CI may keep only the end
+// of what was printed: the test steps' failures are printed again once the step ends.
+const recapped = new Set(["node tests", "bun tests"]);
+
 async function step(name, cmd, args) {
   const started = Date.now();
   console.log(`\n=== ${name}: ${cmd} ${args.join(" ")}`);
@@ -105,12 +110,26 @@ async function step(name, cmd, args) {
     USERPROFILE: home,
     OAUTH_POOL_PATH: join(home, ".aidevops", "oauth-pool.json"),
   };
-  const child = spawn(cmd, args, { cwd: root, stdio: "inherit", env });
+  // Node reports its tests on stdout, Bun on stderr; each is read line by line on its own.
+  const recap = recapped.has(name) ? { stdout: failureRecap(), stderr: failureRecap() } : null;
+  const child = spawn(cmd, args, { cwd: root, stdio: recap ? ["inherit", "pipe", "pipe"] : "inherit", env });
+  // The pipes may still hold the step's last lines when it exits.
+  const closed = recap ? new Promise((resolve) => child.on("close", resolve)) : null;
+  if (recap) {
+    for (const which of ["stdout", "stderr"]) {
+      child[which].on("data", (chunk) => {
+        process[which].write(chunk);
+        recap[which].feed(chunk);
+      });
+    }
+  }
   running = { child, stopping: null };
   const r = await new Promise((resolve) => {
     child.on("error", (error) => resolve({ status: null, signal: error.code }));
     child.on("exit", (status, signal) => resolve({ status, signal }));
   });
+  // A process the step left behind may hold its pipes open: the wait for them is short.
+  if (closed) await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 5_000).unref())]);
   const stopping = running.stopping;
   running = null;
   const secs = ((Date.now() - started) / 1000).toFixed(1);
@@ -122,6 +141,12 @@ async function step(name, cmd, args) {
     console.error(`\n*** ${name} left ${left.length} entries in its temp dir (removed now): ${shown}`);
   }
   if (stopping) process.exit(stopping);
+  if (r.status !== 0 && recap) {
+    for (const which of ["stdout", "stderr"]) {
+      const text = recap[which].text();
+      if (text) console.error(`\n*** ${name}: its failures, again (from its ${which}):\n${text}`);
+    }
+  }
   if (r.status !== 0) console.error(`\n*** ${name} failed (exit ${r.status ?? r.signal}) after ${secs}s`);
   if (r.status !== 0 || left.length > 0) process.exit(r.status || 1);
 }
