@@ -446,6 +446,33 @@ test("11c: a pool no file can hold (holes, nesting past what a read takes, 2^32 
   assert.equal(levels, 96);
 });
 
+test("11d: a pool of objects without a prototype (Object.create(null), as parsers and merges make them) is data and is saved; a Map or a class's instance is refused by its name", async () => {
+  // Such a pool was refused: "a pool is an object ..., got an object".
+  const path = tempPoolPath();
+  const bare = (fields) => Object.assign(Object.create(null), fields);
+  const pool = bare({ version: 1, anthropic: [bare({ email: "bare@x.test", type: "api", key: "sk-ant-api03-bare", extra: bare({ kept: true }) })] });
+  await lib.savePool(pool, path);
+  const back = await lib.loadPool(path);
+  assert.equal(back.anthropic[0].email, "bare@x.test");
+  assert.deepEqual({ ...back.anthropic[0].extra }, { kept: true });
+  const stored = readFileSync(path, "utf8");
+  class Accounts {}
+  const cases = [
+    ["a Map", new Map([["anthropic", []]]), /got a Map;/],
+    ["a class's instance", Object.assign(new Accounts(), { anthropic: [] }), /got an Accounts;/],
+    ["a Map inside", { anthropic: [{ email: "m@x.test", extra: new Map() }] }, /pool\.anthropic\[0\]\.extra is a Map: a pool must be plain JSON/],
+    ["a Date inside", { anthropic: [{ email: "d@x.test", when: new Date(0) }] }, /is a Date: a pool must be plain JSON/],
+  ];
+  for (const [what, value, message] of cases) {
+    await assert.rejects(
+      (async () => lib.savePool(value, path))(),
+      (e) => ["INVALID_ARGUMENT", "POOL_INVALID"].includes(e.code) && message.test(e.message),
+      what,
+    );
+    assert.equal(readFileSync(path, "utf8"), stored, `${what}: the pool file is as it was`);
+  }
+});
+
 // ---- 13. emails that differ only in case ------------------------------------------------------
 
 test("13: accounts whose emails differ only in case are two accounts: served, changed and removed exactly", async () => {

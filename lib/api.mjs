@@ -30,12 +30,33 @@ export function shown(value) {
   if (typeof value === "string") return JSON.stringify(cut(scrubbed(value), 40));
   if (typeof value === "number" || typeof value === "boolean" || typeof value === "bigint") return String(value);
   if (value === undefined) return "nothing";
-  return typeof value === "object" ? "an object" : `a ${typeof value}`;
+  return typeof value === "object" ? objectKind(value) : `a ${typeof value}`;
+}
+
+// "a Map", "a Foo": what a refused object is, when it is not a plain one. Its class's name only
+// when it reads as one (a name can be set to anything), and nothing a Proxy's trap throws.
+function objectKind(value) {
+  let name;
+  try {
+    const proto = Object.getPrototypeOf(value);
+    if (proto === Object.prototype || proto === null) return "an object";
+    name = proto.constructor?.name;
+  } catch {
+    return "an object";
+  }
+  if (typeof name !== "string" || !/^[A-Za-z_$][\w$]{0,39}$/.test(name)) return "an object";
+  return `${/^[AEIOU]/.test(name) ? "an" : "a"} ${name}`;
 }
 
 const cut = (text, most) => (text.length > most ? `${text.slice(0, most)}...` : text);
 
-const isPlainObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v) && Object.getPrototypeOf(v) === Object.prototype;
+// An object literal, or one without a prototype (`Object.create(null)`, as some parsers and
+// merges make them): data, as JSON has it.
+const isPlainObject = (v) => {
+  if (v === null || typeof v !== "object" || Array.isArray(v)) return false;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+};
 
 /** An optional string argument (undefined/null mean "not given"). */
 export function optionalString(name, value) {
