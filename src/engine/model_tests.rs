@@ -604,6 +604,12 @@ macro_rules! check {
 
 type Checked<T = ()> = Result<T, TestCaseError>;
 
+/// How long after its rest ends an account may still be held: the reopening spread, and two
+/// seconds for the engine's clock against the model's.
+fn reopening_margin() -> i64 {
+    super::jitter_max() + 2_000
+}
+
 fn header(headers: &mut HeaderMap, name: &str, value: &str) {
     if let (Ok(n), Ok(v)) = (
         HeaderName::from_bytes(name.as_bytes()),
@@ -1683,20 +1689,27 @@ impl World {
         Ok(())
     }
 
-    /// Whether every account that may serve (enabled, not refused, not a reserve) is free for
-    /// every kind of request.
-    async fn all_free(&self) -> bool {
+    /// The first account that may serve (enabled, not refused, not a reserve) but is held back
+    /// for some kind of request, with that kind and how; None when all are free for all.
+    async fn first_held(
+        &self,
+    ) -> Option<(
+        String,
+        (Option<&'static str>, Option<&'static str>),
+        Blocked,
+    )> {
         for (i, email) in self.emails.iter().enumerate() {
             if !self.enabled[i] || self.refused.contains(email) || self.members[i].reserve {
                 continue;
             }
-            for (family, endpoint) in SCOPES {
-                if self.blocked(email, family, endpoint).await != Blocked::No {
-                    return false;
+            for scope in SCOPES {
+                let b = self.blocked(email, scope.0, scope.1).await;
+                if b != Blocked::No {
+                    return Some((email.clone(), scope, b));
                 }
             }
         }
-        true
+        None
     }
 
     /// Whether some Console key may still serve: enabled and never refused.
@@ -1708,10 +1721,9 @@ impl World {
 
     /// Whether every rest decided for account `i` is over by `now` (with the reopening spread).
     fn free_by_model(&self, i: usize, now: i64) -> bool {
-        let margin = super::jitter_max() + 2_000;
         self.enabled[i]
             && !self.refused.contains(&self.emails[i])
-            && now > self.free_by_model_at(i) + margin
+            && now > self.free_by_model_at(i) + reopening_margin()
     }
 
     /// When every rest decided for account `i` is over: a third-party refusal's rest only
@@ -1732,9 +1744,7 @@ impl World {
             // A third-party refusal's rest is lifted by an attempt, not by time: until the next
             // request it holds however many keys are left.
             let until = self.free_at[i].max(self.for_keys_until[i]);
-            if !self.enabled[i]
-                || self.refused.contains(email)
-                || now <= until + super::jitter_max() + 2_000
+            if !self.enabled[i] || self.refused.contains(email) || now <= until + reopening_margin()
             {
                 continue;
             }
@@ -1914,25 +1924,20 @@ impl World {
                 // decided itself counts until the store has held it that long.
                 let patience = super::overlay::STORED_GRACE + std::time::Duration::from_millis(200);
                 let started = std::time::Instant::now();
-                while !*here && started.elapsed() < patience && !self.all_free().await {
+                let mut held = self.first_held().await;
+                while !*here && held.is_some() && started.elapsed() < patience {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    held = self.first_held().await;
                 }
-                for (i, email) in self.emails.iter().enumerate() {
-                    if !self.enabled[i] || self.refused.contains(email) || self.members[i].reserve {
-                        continue;
-                    }
-                    for (family, endpoint) in SCOPES {
-                        let b = self.blocked(email, family, endpoint).await;
-                        check!(
-                            b == Blocked::No,
-                            "{email} is still held back for {family:?}/{endpoint:?} after reset-cooldowns ({}): {b:?}, {} ms from now",
-                            if *here { "here" } else { "from another process" },
-                            match b {
-                                Blocked::Until(t) => t - now_ms(),
-                                _ => 0,
-                            }
-                        );
-                    }
+                if let Some((email, (family, endpoint), b)) = held {
+                    return Err(TestCaseError::fail(format!(
+                        "{email} is still held back for {family:?}/{endpoint:?} after reset-cooldowns ({}): {b:?}, {} ms from now",
+                        if *here { "here" } else { "from another process" },
+                        match b {
+                            Blocked::Until(t) => t - now_ms(),
+                            _ => 0,
+                        }
+                    )));
                 }
             }
             Op::Priority(i, p) => {
