@@ -322,6 +322,9 @@ enum Op {
         token: Vec<TokenAnswer>,
         /// Driven as OpenCode 2's hooks do (`try_next`/`try_judge` first), else as the fetch.
         sync: bool,
+        /// Another process (the CLI) removes the account of this attempt (counted from 0)
+        /// while its answer is on the way.
+        remove_at: Option<u8>,
     },
     /// Requests sent at the same moment, each answered with a plain 200.
     Together(u8, Vec<TokenAnswer>),
@@ -338,8 +341,12 @@ enum Op {
     ElseRests(usize, Option<&'static str>, bool, u16),
     /// Another process refreshed the login: new tokens in the file.
     ElseRefreshed(usize),
-    /// A person logs in again (or adds a new key) under that name.
+    /// A person logs in again (or adds a new key) under that name; a removed account comes
+    /// back, at the end of the file.
     Relogin(usize),
+    /// `remove` of an account: in this process (`true`: as the binding's `removeAccount`, which
+    /// also forgets what this process decided about it), or from another (the CLI).
+    Remove(usize, bool),
     /// The clock moves on this many seconds.
     Pass(i64),
     /// A real pause, in ms: reorders what the engine does in the background.
@@ -363,15 +370,17 @@ fn op(trouble: u32) -> impl Strategy<Value = Op> {
             prop::option::of(0u8..3),
             prop::collection::vec(reply(trouble), 0..4),
             prop::collection::vec(token_answer(trouble), 0..3),
-            any::<bool>()
+            any::<bool>(),
+            prop::option::weighted(0.04, 0u8..3)
         )
-            .prop_map(|(model, path, session, replies, token, sync)| Op::Request {
+            .prop_map(|(model, path, session, replies, token, sync, remove_at)| Op::Request {
                 model,
                 path,
                 session,
                 replies,
                 token,
-                sync
+                sync,
+                remove_at
             }),
         1 => (2u8..5, prop::collection::vec(token_answer(trouble), 0..2))
             .prop_map(|(n, token)| Op::Together(n, token)),
@@ -386,7 +395,11 @@ fn op(trouble: u32) -> impl Strategy<Value = Op> {
             30u16..3600
         )
             .prop_map(|(i, family, theirs, secs)| Op::ElseRests(i, family, theirs, secs)),
-        1 => (0usize..5).prop_map(Op::ElseRefreshed),
+        // (One arm for two: past ten arms, proptest refuses the weight 0 of a calm run.)
+        2 => prop_oneof![
+            (0usize..5).prop_map(Op::ElseRefreshed),
+            (0usize..5, any::<bool>()).prop_map(|(i, here)| Op::Remove(i, here)),
+        ],
         trouble => (0usize..5).prop_map(Op::Relogin),
         4 => prop_oneof![
             1i64..60,
@@ -563,6 +576,10 @@ struct World {
     members: Vec<Member>,
     creds: Vec<Cred>,
     enabled: Vec<bool>,
+    /// Accounts removed (and not added again since): never sent again, gone from the file.
+    removed: Vec<bool>,
+    /// The accounts in the file, in its order: an account added again comes last.
+    order: Vec<usize>,
     /// Accounts whose credential the engine refused (a 401, a dead login): never sent again
     /// until a new login.
     refused: HashSet<String>,
@@ -830,6 +847,8 @@ impl World {
             members,
             creds,
             enabled,
+            removed: vec![false; n],
+            order: (0..n).collect(),
             refused: HashSet::new(),
             files: Vec::new(),
             batches: Vec::new(),
@@ -920,6 +939,40 @@ impl World {
     }
 
     /// Another process refreshed the login: new tokens in the file (its old refresh token spent).
+    /// Account `i` removed, from this process or another: the file loses it, and nothing it
+    /// served is counted any more.
+    async fn remove(&mut self, i: usize, here: bool) -> Checked {
+        let email = self.emails[i].clone();
+        let (n, emails) = crate::manage::remove(&self.store, &email)
+            .await
+            .map_err(fail)?;
+        check!(
+            n == 1 && emails == [email.clone()],
+            "removing {email} removed {n} entries ({emails:?})"
+        );
+        if here {
+            // As the binding's `removeAccount` does.
+            self.engine.forget(&email);
+        }
+        self.removed[i] = true;
+        self.enabled[i] = false;
+        self.order.retain(|&j| j != i);
+        self.served.remove(&email);
+        Ok(())
+    }
+
+    /// Account `i`'s email, while it is in the pool.
+    fn present(&self, i: usize) -> Option<&String> {
+        self.emails.get(i).filter(|_| !self.removed[i])
+    }
+
+    fn is_removed(&self, email: &str) -> bool {
+        self.emails
+            .iter()
+            .position(|e| e == email)
+            .is_some_and(|i| self.removed[i])
+    }
+
     async fn else_refreshed(&mut self, i: usize) -> Checked {
         if !matches!(self.creds[i], Cred::Login { .. }) || self.refused.contains(&self.emails[i]) {
             return Ok(());
@@ -989,6 +1042,12 @@ impl World {
             })
             .await
             .map_err(fail)?;
+        // A removed account is added again, last, enabled.
+        if self.removed[i] {
+            self.removed[i] = false;
+            self.enabled[i] = true;
+            self.order.push(i);
+        }
         // A new login lifts what rested the old one: its refusal, and its cooldowns.
         self.refused.remove(&email);
         self.token_rests.remove(&email);
@@ -1028,6 +1087,7 @@ impl World {
         resource: bool,
     ) -> Checked {
         let i = self.index(email)?;
+        check!(!self.removed[i], "{email} was removed and was sent");
         check!(self.enabled[i], "{email} is disabled and was sent");
         check!(
             !self.refused.contains(email),
@@ -1108,7 +1168,7 @@ impl World {
             let mut tap = UsageTap::new(false);
             tap.observe(body.to_string().as_bytes());
             sink.record(&mut tap);
-            if super::usage::enabled() {
+            if super::usage::enabled() && !self.is_removed(email) {
                 self.served
                     .entry(email.to_string())
                     .or_default()
@@ -1131,10 +1191,11 @@ impl World {
         replies: &[Reply],
         token: &[TokenAnswer],
         sync: bool,
+        remove_at: Option<u8>,
     ) -> Checked {
         crate::store::lock(&self.server).script = token.iter().copied().collect();
         let result = self
-            .request_inner(model, path, session, replies, sync)
+            .request_inner(model, path, session, replies, sync, remove_at)
             .await;
         crate::store::lock(&self.server).script.clear();
         result?;
@@ -1148,6 +1209,7 @@ impl World {
         session: Option<u8>,
         replies: &[Reply],
         sync: bool,
+        remove_at: Option<u8>,
     ) -> Checked {
         let url = self.path_text(path);
         let mut meta = RequestMeta::default()
@@ -1313,6 +1375,9 @@ impl World {
                 && !unauthorized.contains(&email)
             {
                 self.else_refreshed(i).await?;
+            }
+            if remove_at.is_some_and(|k| usize::from(k) + 1 == attempts) && !self.removed[i] {
+                self.remove(i, false).await?;
             }
             let before = self.blocked(&email, family, endpoint).await;
             let before_messages = self.blocked(&email, family, None).await;
@@ -1577,7 +1642,7 @@ impl World {
                 }
                 if let Some(sink) = ex.usage_sink().filter(|s| s.wanted(true)) {
                     sink.record(&mut tap);
-                    if super::usage::enabled() {
+                    if super::usage::enabled() && !self.removed[i] {
                         self.served.entry(email.clone()).or_default().push(now_ms());
                     }
                 }
@@ -1787,12 +1852,17 @@ impl World {
             stored
                 .iter()
                 .map(|a| a.email.as_str())
-                .eq(self.emails.iter().map(String::as_str)),
-            "the accounts changed: {:?}",
-            stored.iter().map(|a| &a.email).collect::<Vec<_>>()
+                .eq(self.order.iter().map(|&i| self.emails[i].as_str())),
+            "the accounts changed: {:?}, not {:?}",
+            stored.iter().map(|a| &a.email).collect::<Vec<_>>(),
+            self.order
+                .iter()
+                .map(|&i| &self.emails[i])
+                .collect::<Vec<_>>()
         );
         let upto = now_ms();
-        for (a, cred) in stored.iter().zip(&self.creds) {
+        let creds: Vec<&Cred> = self.order.iter().map(|&i| &self.creds[i]).collect();
+        for (a, cred) in stored.iter().zip(creds) {
             let secret = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_string());
             let same = match cred {
                 Cred::Login {
@@ -1902,9 +1972,18 @@ impl World {
                 replies,
                 token,
                 sync,
+                remove_at,
             } => {
-                self.request(model.as_deref(), *path, *session, replies, token, *sync)
-                    .await?;
+                self.request(
+                    model.as_deref(),
+                    *path,
+                    *session,
+                    replies,
+                    token,
+                    *sync,
+                    *remove_at,
+                )
+                .await?;
             }
             Op::Together(n, token) => self.together(*n, token).await?,
             Op::ResetCooldowns(here) => {
@@ -1941,14 +2020,14 @@ impl World {
                 }
             }
             Op::Priority(i, p) => {
-                if let Some(email) = self.emails.get(*i) {
+                if let Some(email) = self.present(*i) {
                     crate::manage::set_priority(&self.store, email, *p)
                         .await
                         .map_err(fail)?;
                 }
             }
             Op::Enable(i, on, here) => {
-                if let Some(email) = self.emails.get(*i).cloned() {
+                if let Some(email) = self.present(*i).cloned() {
                     crate::manage::set_enabled(&self.store, &email, *on)
                         .await
                         .map_err(fail)?;
@@ -1961,7 +2040,7 @@ impl World {
                 }
             }
             Op::ElseRests(i, family, theirs, secs) => {
-                if let Some(email) = self.emails.get(*i).cloned() {
+                if let Some(email) = self.present(*i).cloned() {
                     let until = now_ms() + i64::from(*secs) * 1000;
                     let (who, family, theirs) = (email.clone(), *family, *theirs);
                     self.store
@@ -1990,13 +2069,18 @@ impl World {
                 }
             }
             Op::ElseRefreshed(i) => {
-                if *i < self.emails.len() {
+                if self.present(*i).is_some() {
                     self.else_refreshed(*i).await?;
                 }
             }
             Op::Relogin(i) => {
                 if *i < self.emails.len() {
                     self.relogin(*i).await?;
+                }
+            }
+            Op::Remove(i, here) => {
+                if self.present(*i).is_some() {
+                    self.remove(*i, *here).await?;
                 }
             }
             Op::Pass(secs) => {
@@ -2074,6 +2158,7 @@ fn refreshing_request(replies: Vec<Reply>, token: Vec<TokenAnswer>) -> Op {
         replies,
         token,
         sync: false,
+        remove_at: None,
     }
 }
 
@@ -2289,5 +2374,69 @@ fn a_third_party_refusals_rest_does_not_replace_a_401s() {
     ];
     if let Err(e) = run(vec![first, second, key], ops) {
         panic!("{e}");
+    }
+}
+
+#[test]
+fn an_account_removed_while_its_answer_is_on_the_way_is_gone_for_good() {
+    // The CLI removes the account a request was sent to before its answer comes: its 429, its
+    // 401 (and the refresh it calls for), its usage and its cooldowns must not bring it back
+    // into the file, and no later attempt may go to it. Logged in again, it comes back last.
+    let members = || {
+        vec![
+            Member {
+                priority: Some(3),
+                ..login(30 * DAY_S)
+            },
+            Member {
+                priority: Some(2),
+                ..login(30 * DAY_S)
+            },
+            Member {
+                priority: Some(1),
+                ..login(30 * DAY_S)
+            },
+        ]
+    };
+    let removing = |replies: Vec<Reply>| Op::Request {
+        model: Some("claude-sonnet-4-5".into()),
+        path: Path::Messages,
+        session: None,
+        replies,
+        token: Vec::new(),
+        sync: false,
+        remove_at: Some(0),
+    };
+    let too_many = Reply::TooMany {
+        retry_after: Some(RetryAfter::Secs(60)),
+        quota: Quota {
+            status: None,
+            reset_in: None,
+            windows: Vec::new(),
+        },
+        spend_limit: false,
+    };
+    for first in [
+        too_many,
+        Reply::Unauthorized { elsewhere: false },
+        Reply::Unauthorized { elsewhere: true },
+        Reply::Ok(Quota {
+            status: None,
+            reset_in: Some(3600),
+            windows: Vec::new(),
+        }),
+        Reply::Stream(Streamed::LateLimit),
+    ] {
+        let ops = vec![
+            removing(vec![first.clone()]),
+            plain_request(Vec::new()),
+            Op::Relogin(0),
+            plain_request(Vec::new()),
+            Op::Remove(1, true),
+            plain_request(Vec::new()),
+        ];
+        if let Err(e) = run(members(), ops) {
+            panic!("{first:?}: {e}");
+        }
     }
 }
