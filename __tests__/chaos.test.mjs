@@ -274,15 +274,17 @@ test(`chaos: ${WORKERS} worker processes, a manager, faults and SIGKILLs for ${D
   // --- refresh tokens: presented at most once, plus one retry after a lost answer ------------------
   // A reuse is legitimate only when the answer of the rotation that spent that token was lost:
   // thrown away by the mock (commit-then-drop: one more try, then auth-error), or meant for a
-  // worker SIGKILLed while its refresh was in flight (from the request's arrival to 300 ms
+  // worker SIGKILLed while its refresh was in flight (from the request's arrival to a second
   // after the answer: killed before it could write the new tokens).
   const excused = [];
   for (const email of oauth) {
     const fam = stats.perFamily[email];
     for (const reuse of fam.reuseLog) {
       // The mock and the killer share this event loop: a request a worker sent just before its
-      // SIGKILL may be read a moment after it.
-      const killedAfter = kills.some((k) => k >= reuse.requestedAt - 250 && k <= reuse.rotatedAt + 300);
+      // SIGKILL may be read a moment after it. After the answer, the worker still takes the
+      // pool's lock (four workers and a manager want it) and writes: on a busy machine that
+      // took longer than 300 ms.
+      const killedAfter = kills.some((k) => k >= reuse.requestedAt - 250 && k <= reuse.rotatedAt + 1000);
       if (reuse.lost || killedAfter) excused.push({ email, ...reuse, killedAfter });
       else
         assert.fail(

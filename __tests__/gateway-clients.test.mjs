@@ -1113,9 +1113,11 @@ test("a request body that keeps arriving is read past the body timeout; one that
   // The body timeout was a total: a large upload still arriving over a slow link was cut with
   // a 408 once the timeout had passed since the head, however steadily its bytes came.
   const path = await seedPool(mock, ["slow-body@x.test"]);
-  const gateway = await lib.serve({ port: 0, path, bodyTimeoutMs: 600 });
+  // Pieces come a quarter of the timeout apart: a busy machine's timers running late must not
+  // make a silence of it.
+  const gateway = await lib.serve({ port: 0, path, bodyTimeoutMs: 1000 });
   try {
-    const pieces = 8;
+    const pieces = 10;
     const size = Math.ceil(BODY.length / pieces);
     const { hostname, port } = new URL(gateway.url);
     const steady = await new Promise((resolve) => {
@@ -1129,7 +1131,7 @@ test("a request body that keeps arriving is read past the body timeout; one that
         const whole = post("/v1/messages");
         const headEnd = whole.indexOf("\r\n\r\n") + 4;
         socket.write(whole.slice(0, headEnd));
-        // 8 pieces 250 ms apart: 2 s in all, never 600 ms without a byte.
+        // 10 pieces 250 ms apart: 2.5 s in all, never 1 s without a byte.
         for (let i = 0; i < pieces; i++) {
           await new Promise((r) => setTimeout(r, 250));
           socket.write(whole.slice(headEnd + i * size, headEnd + (i + 1) * size));

@@ -799,7 +799,8 @@ test("no storms, but each cooldown told: an account that refuses again after its
     const events = [];
     const f = createPoolFetch({ path, onEvent: (e) => events.push(e) });
     const round = async () => {
-      mock.script(email, [{ status: 429, headers: { "retry-after": "1" } }]);
+      // Three seconds: the round's other two asks must come within it, on a busy machine too.
+      mock.script(email, [{ status: 429, headers: { "retry-after": "3" } }]);
       for (let i = 0; i < 3; i++) {
         const res = await ask(f, "claude-sonnet-4-5");
         assert.equal(res.status, 429);
@@ -811,7 +812,7 @@ test("no storms, but each cooldown told: an account that refuses again after its
       events.map((e) => e.kind),
       ["rate-limited", "all-cooling"],
     );
-    await new Promise((r) => setTimeout(r, 1200));
+    await new Promise((r) => setTimeout(r, 3200));
     await round();
     assert.deepEqual(
       events.map((e) => e.kind),

@@ -155,7 +155,9 @@ for (const transport of ["native", "runtime"]) {
     const email = `${transport}-chunked@x.test`;
     const path = await seedPool(mock, [email]);
     const f = createPoolFetch({ path, transport });
-    process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = "400";
+    // Each piece comes well within the limit (a stalled event loop here delays the mock's
+    // writes too), the whole well past it.
+    process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = "800";
     try {
       mock.script(email, [{ sse: true, text: "q".repeat(1200), chunkSize: 120, delayMs: 150, headers: { "content-type": "application/json" } }]);
       const started = Date.now();
@@ -163,8 +165,10 @@ for (const transport of ["native", "runtime"]) {
       assert.equal(res.headers.get("content-length"), null);
       const headersMs = Date.now() - started;
       const { reads, text } = await readAll(res.body);
-      assert.ok(Date.now() - started > 1000, "the body took longer than the silence limit, in pieces");
-      assert.ok(headersMs < 1000, `the answer was handed over before its body ended (${headersMs} ms)`);
+      const total = Date.now() - started;
+      assert.ok(total > 1000, "the body took longer than the silence limit, in pieces");
+      // Its pieces come 150 ms apart, ten of them after the head.
+      assert.ok(headersMs < total - 500, `the answer was handed over before its body ended (${headersMs} ms of ${total})`);
       assert.ok(reads > 3, `${reads} reads`);
       assert.ok(
         parseSSE(text).some((e) => e.event === "message_stop"),
@@ -187,6 +191,9 @@ for (const transport of ["native", "runtime"]) {
     try {
       // The first write holds the opening and the first content: the silence is the body's.
       mock.script(email, [{ sse: true, text: "v".repeat(4000), chunkSize: 1000, delayMs: 60_000 }]);
+      // The silence began between these two: measured from the first, it is never shorter than
+      // it was, and from the second never longer (a busy machine hands the first chunk over late).
+      const sentAt = Date.now();
       const res = await post(f, { stream: true });
       const reader = res.body.getReader();
       assert.equal((await reader.read()).done, false);
@@ -197,8 +204,10 @@ for (const transport of ["native", "runtime"]) {
         })(),
         (e) => e.code === "NETWORK" && /no data for 1000 ms/.test(e.message),
       );
-      const quiet = Date.now() - quietFrom;
-      assert.ok(quiet >= limit - 50 && quiet < limit * 1.5, `cut after ${quiet} ms of silence (limit ${limit})`);
+      const cutAt = Date.now();
+      const quiet = cutAt - quietFrom;
+      assert.ok(cutAt - sentAt >= limit - 50, `cut ${cutAt - sentAt} ms after the request was sent (limit ${limit})`);
+      assert.ok(quiet < limit * 1.5, `cut after ${quiet} ms of silence (limit ${limit})`);
     } finally {
       delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
     }
