@@ -533,9 +533,11 @@ test("a database that stops answering costs a request a few seconds at most, and
       times.push(Date.now() - started);
       assert.equal(r.value?.status, 200, JSON.stringify(r));
     }
-    assert.ok(times[0] < 5000, `the first waits out the check, no more (${times})`);
+    // The check gives up after 3 s: the bounds leave room for a busy machine, and the next
+    // ones' stays well under a second wait of it.
+    assert.ok(times[0] < 6000, `the first waits out the check, no more (${times})`);
     assert.ok(
-      times.slice(1).every((t) => t < 1000),
+      times.slice(1).every((t) => t < 2000),
       `the next ones are served from the last read at once (${times})`,
     );
   } finally {

@@ -1024,6 +1024,9 @@ for (const json of [false, true]) {
         const res = await messages(url);
         assert.equal(res.status, 200);
         assert.match(await res.text(), new RegExp(`Hello from ${emails[2]}`));
+        // The child's log comes through a pipe, as it comes: its lines are waited for, then a
+        // moment more for any line too many.
+        await until("the cascade's line in the log", () => /turned this request away/.test(served.err), 10_000).catch(() => {});
         await new Promise((r) => setTimeout(r, 200));
         const lines = served.err.split("\n");
         const info = lines.filter((l) => /\bINFO\b/.test(l) && /failover|turned this request away/.test(l));
@@ -1080,6 +1083,13 @@ test("a cooldown is one line at info in the gateway's log, its wait as a person 
       const res = await messages(served.url);
       assert.equal(res.status, 200);
       await res.text();
+      // The child's log comes through a pipe, as it comes: its lines are waited for, then a
+      // moment more for any line too many.
+      await until(
+        "the cooldown's and the failover's lines in the log",
+        () => /rate.limited/.test(served.err) && /kind="?failover"?/.test(served.err),
+        10_000,
+      ).catch(() => {});
       await new Promise((r) => setTimeout(r, 200));
       const lines = served.err.split("\n");
       const said = (at) => lines.filter((l) => at.test(l) && l.includes(emails[0]) && /rate.limited/.test(l));
