@@ -2162,6 +2162,19 @@ fn refreshing_request(replies: Vec<Reply>, token: Vec<TokenAnswer>) -> Op {
     }
 }
 
+/// A 429 with a `retry-after` and nothing else: no window, no spend limit.
+fn bare_429(secs: i64) -> Reply {
+    Reply::TooMany {
+        retry_after: Some(RetryAfter::Secs(secs)),
+        quota: Quota {
+            status: None,
+            reset_in: None,
+            windows: Vec::new(),
+        },
+        spend_limit: false,
+    }
+}
+
 /// A Console API key member.
 fn api_key() -> Member {
     Member {
@@ -2269,15 +2282,7 @@ fn the_pools_429_waits_no_longer_than_a_login_the_token_endpoint_lets_refresh_so
     // in which the client did not come back, while the login was usable in 30 s.
     let key = api_key();
     for token in [TokenAnswer::Status(503), TokenAnswer::Network] {
-        let too_many = Reply::TooMany {
-            retry_after: Some(RetryAfter::Secs(3600)),
-            quota: Quota {
-                status: None,
-                reset_in: None,
-                windows: Vec::new(),
-            },
-            spend_limit: false,
-        };
+        let too_many = bare_429(3600);
         let ops = vec![
             refreshing_request(vec![too_many], vec![token]),
             plain_request(Vec::new()),
@@ -2362,15 +2367,7 @@ fn a_third_party_refusals_rest_does_not_replace_a_401s() {
         ),
         Op::Enable(2, false, true),
         // The second login, which served last, is asked first; its 429 moves the request on.
-        plain_request(vec![Reply::TooMany {
-            retry_after: Some(RetryAfter::Secs(60)),
-            quota: Quota {
-                status: None,
-                reset_in: None,
-                windows: Vec::new(),
-            },
-            spend_limit: false,
-        }]),
+        plain_request(vec![bare_429(60)]),
     ];
     if let Err(e) = run(vec![first, second, key], ops) {
         panic!("{e}");
@@ -2398,24 +2395,14 @@ fn an_account_removed_while_its_answer_is_on_the_way_is_gone_for_good() {
             },
         ]
     };
-    let removing = |replies: Vec<Reply>| Op::Request {
-        model: Some("claude-sonnet-4-5".into()),
-        path: Path::Messages,
-        session: None,
-        replies,
-        token: Vec::new(),
-        sync: false,
-        remove_at: Some(0),
+    let removing = |replies: Vec<Reply>| {
+        let mut op = plain_request(replies);
+        if let Op::Request { remove_at, .. } = &mut op {
+            *remove_at = Some(0);
+        }
+        op
     };
-    let too_many = Reply::TooMany {
-        retry_after: Some(RetryAfter::Secs(60)),
-        quota: Quota {
-            status: None,
-            reset_in: None,
-            windows: Vec::new(),
-        },
-        spend_limit: false,
-    };
+    let too_many = bare_429(60);
     for first in [
         too_many,
         Reply::Unauthorized { elsewhere: false },
