@@ -10,13 +10,13 @@
 // request on the same pool is served.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createPoolFetch, flushPool, savePool, serve } from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { body, countedSignal, jsonHeaders, poolListener, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
+import { holdLock } from "./helpers/flock.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
 import * as pluginModule from "../plugin.mjs";
 
@@ -63,21 +63,7 @@ async function otherProcessLock(path, email) {
   const tag = createHash("sha256").update(email.trim().toLowerCase()).digest("hex").slice(0, 12);
   const file = `${path}.${tag}.refresh.lock`;
   writeFileSync(file, "", { mode: 0o600 });
-  // -o: the lock is flock's own, not inherited by `sleep`, so ending flock lets it go.
-  const child = spawn("flock", ["-o", "-x", file, "sleep", "120"], { stdio: "ignore", detached: true });
-  const probe = () =>
-    new Promise((resolve) => {
-      const p = spawn("flock", ["-n", file, "true"], { stdio: "ignore" });
-      p.on("close", (code) => resolve(code !== 0));
-    });
-  for (let i = 0; i < 200 && !(await probe()); i++) await sleep(20);
-  return {
-    release: () => {
-      try {
-        process.kill(-child.pid, "SIGKILL");
-      } catch {}
-    },
-  };
+  return holdLock(file);
 }
 
 /** The answer is handed over and its body left unread: the abort must close its upstream. */

@@ -8,6 +8,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { chmodSync, closeSync, existsSync, openSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { CLI, cliSandbox } from "./helpers/cli-sandbox.mjs";
+import { flockAvailable, holdLock } from "./helpers/flock.mjs";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { oauthEntry } from "./helpers/pool-env.mjs";
 import { savePool } from "../index.mjs";
@@ -134,7 +135,7 @@ test("add with stdout that cannot take the login URL: USAGE, exit 2, nothing rea
 });
 
 // The lock is held by `flock(1)` (util-linux), the way another writer of the pool would hold it.
-const flock = process.platform === "linux" && spawnSync("flock", ["--version"]).status === 0;
+const flock = flockAvailable;
 
 /**
  * Another writer takes the pool's write lock (so the CLI's answered exchange waits to be
@@ -142,15 +143,12 @@ const flock = process.platform === "linux" && spawnSync("flock", ["--version"]).
  * is let go: resolves how the CLI ended (its exit code or signal).
  */
 async function signalledWhileLocked({ path, child, closed, answer, signal }) {
-  const holder = spawn("flock", ["-o", `${path}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
-  const holderGone = new Promise((r) => holder.on("exit", r));
-  for (let i = 0; i < 100 && !readFileSync("/proc/locks", "utf8").includes(`${holder.pid} `); i++) await new Promise((r) => setTimeout(r, 20));
+  const holder = await holdLock(`${path}.lock`);
   answer();
   await new Promise((r) => setTimeout(r, 300));
   child.kill(signal);
   await new Promise((r) => setTimeout(r, 300));
-  holder.stdin.end();
-  await holderGone;
+  await holder.release();
   return closed;
 }
 

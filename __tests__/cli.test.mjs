@@ -26,6 +26,7 @@ import {
 import { createServer } from "node:net";
 import { basename, dirname, join } from "node:path";
 import { CLI, cliSandbox } from "./helpers/cli-sandbox.mjs";
+import { flockAvailable, holdLock } from "./helpers/flock.mjs";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { oauthEntry } from "./helpers/pool-env.mjs";
 import { createPoolTool, savePool } from "../index.mjs";
@@ -990,16 +991,12 @@ test("doctor refuses a symlinked pool file like the library does", { skip: !posi
 });
 
 // The lock is held by `flock(1)` (util-linux) for longer than doctor's probe waits.
-const flock = process.platform === "linux" && spawnSync("flock", ["--version"]).status === 0;
+const flock = flockAvailable;
 test("doctor reports a write lock held too long, and who holds it", { skip: !flock && "needs flock(1) on Linux" }, async () => {
   const path = freshPath();
   await seed(path, [{ email: "l@x.test" }]);
-  // `-o`: the lock stays with flock itself, so closing cat's stdin ends both and frees it.
-  const holder = spawn("flock", ["-o", `${path}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
-  const holderGone = new Promise((r) => holder.on("exit", r));
+  const holder = await holdLock(`${path}.lock`);
   try {
-    // Wait until the kernel lists the lock.
-    for (let i = 0; i < 100 && !readFileSync("/proc/locks", "utf8").includes(`${holder.pid} `); i++) await new Promise((r) => setTimeout(r, 20));
     const started = Date.now();
     const r = await cli(["doctor", "--json"], { path });
     assert.equal(r.code, 3, r.stdout);
@@ -1012,8 +1009,7 @@ test("doctor reports a write lock held too long, and who holds it", { skip: !flo
       "names the holding process",
     );
   } finally {
-    holder.stdin.end();
-    await holderGone;
+    await holder.release();
   }
   const free = await cli(["doctor", "--json"], { path });
   assert.equal(free.code, 0, free.stdout);
@@ -1137,9 +1133,7 @@ test("remove '#N' while another process removes an entry before it: the entry re
     ]);
     // Another writer holds the pool's lock: the CLI reads the pool (reads take no lock), then waits
     // for the lock to remove, with the lock file open, which is how the test knows it got there.
-    const holder = spawn("flock", ["-o", `${path}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
-    const holderGone = new Promise((r) => holder.on("exit", r));
-    for (let i = 0; i < 250 && !readFileSync("/proc/locks", "utf8").includes(`${holder.pid} `); i++) await new Promise((r) => setTimeout(r, 20));
+    const holder = await holdLock(`${path}.lock`);
     const child = spawn(process.execPath, [CLI, "remove", "#1", "--json"], { env: childEnv(path), stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
@@ -1165,8 +1159,7 @@ test("remove '#N' while another process removes an entry before it: the entry re
     const left = gone === "first" ? ["bob@x.test", "cat@x.test"] : ["ann@x.test", "cat@x.test"];
     writeFileSync(`${path}.tmp-other`, JSON.stringify({ version: 1, anthropic: left.map((email) => ({ email, type: "api", key: API_KEY })) }), { mode: 0o600 });
     renameSync(`${path}.tmp-other`, path);
-    holder.stdin.end();
-    await holderGone;
+    await holder.release();
     const code = await closed;
     const emails = readPool(path).anthropic.map((a) => a.email);
     if (gone === "first") {
@@ -1208,10 +1201,8 @@ test("a held refresh lock shows in status and as info in doctor", { skip: !flock
   const path = freshPath();
   await seed(path, [{ email: "Busy@x.test" }, { email: "free@x.test" }]);
   const tag = createHash("sha256").update("busy@x.test").digest("hex").slice(0, 12);
-  const holder = spawn("flock", ["-o", `${path}.${tag}.refresh.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
-  const holderGone = new Promise((r) => holder.on("exit", r));
+  const holder = await holdLock(`${path}.${tag}.refresh.lock`);
   try {
-    for (let i = 0; i < 100 && !readFileSync("/proc/locks", "utf8").includes(`${holder.pid} `); i++) await new Promise((r) => setTimeout(r, 20));
     assert.deepEqual(json(await cli(["status", "--json"], { path })).refreshLocked, ["Busy@x.test"]);
     const status = await cli(["status"], { path });
     assert.match(status.stdout, /refresh under way \(its lock is held\): Busy@x\.test\n?$/);
@@ -1224,8 +1215,7 @@ test("a held refresh lock shows in status and as info in doctor", { skip: !flock
     );
     assert.match((await cli(["doctor"], { path })).stdout, /^info {2}refresh lock\s+Busy@x\.test/m);
   } finally {
-    holder.stdin.end();
-    await holderGone;
+    await holder.release();
   }
   const after = await cli(["status"], { path });
   assert.deepEqual(json(await cli(["status", "--json"], { path })).refreshLocked, []);

@@ -9,7 +9,7 @@
 // without `--online` doctor sends nothing anywhere. Runs under `node --test` and `bun test`.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
@@ -18,6 +18,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { savePool } from "../index.mjs";
 import { platformTriple } from "../lib/platform.mjs";
 import { runCli } from "./helpers/cli-sandbox.mjs";
+import { flockAvailable, holdLock } from "./helpers/flock.mjs";
 import { freePort } from "./helpers/net.mjs";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { oauthEntry } from "./helpers/pool-env.mjs";
@@ -500,14 +501,12 @@ test("doctor: a pool directory that is a symbolic link looping or leading nowher
 });
 
 // The lock is held by `flock(1)` (util-linux), stopped as Ctrl-Z stops a job.
-const flock = process.platform === "linux" && spawnSync("flock", ["--version"]).status === 0;
+const flock = flockAvailable;
 test("doctor names a write lock's holder that is stopped, and how to resume it", { skip: !flock && "needs flock(1) on Linux" }, async () => {
   const box = user();
   await seed(box, [{ email: "stopped@x.test" }]);
-  const holder = spawn("flock", ["-o", `${box.pool}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
-  const gone = new Promise((r) => holder.on("exit", r));
+  const holder = await holdLock(`${box.pool}.lock`);
   try {
-    for (let i = 0; i < 100 && !readFileSync("/proc/locks", "utf8").includes(`${holder.pid} `); i++) await new Promise((r) => setTimeout(r, 20));
     process.kill(holder.pid, "SIGSTOP");
     const d = await doctor(box);
     const [lock] = d.named("lock");
@@ -516,8 +515,7 @@ test("doctor names a write lock's holder that is stopped, and how to resume it",
     assert.ok(lock.message.includes(`pid ${holder.pid} is stopped`) && lock.message.includes(`kill -CONT ${holder.pid}`), lock.message);
   } finally {
     process.kill(holder.pid, "SIGCONT");
-    holder.stdin.end();
-    await gone;
+    await holder.release();
   }
 });
 

@@ -22,7 +22,10 @@ function recapOf(cmd, args, cwd) {
   // report to it instead of printing its own report.
   const env = { ...process.env, NO_COLOR: "1", FORCE_COLOR: "0" };
   delete env.NODE_TEST_CONTEXT;
-  const run = spawnSync(cmd, args, { cwd, encoding: "buffer", env });
+  // Bounded: Node's runner puts no limit of its own on a test, and a hung fixture would hold the
+  // whole step.
+  const run = spawnSync(cmd, args, { cwd, encoding: "buffer", env, timeout: 60_000, killSignal: "SIGKILL" });
+  assert.equal(run.error, undefined, `the fixture's run ends by itself: ${run.error}`);
   assert.notEqual(run.status, 0, "the fixture's run fails");
   const texts = [];
   for (const out of [run.stdout, run.stderr]) {

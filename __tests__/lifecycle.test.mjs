@@ -5,12 +5,13 @@
 // answer (or the token endpoint's) until the change has landed.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createPoolFetch, flushPool, savePool } from "../index.mjs";
 import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
+import { flockAvailable, holdLock } from "./helpers/flock.mjs";
 import { tempDir } from "./helpers/temp.mjs";
 
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
@@ -426,7 +427,7 @@ for (const how of ["exit", "end"]) {
 
 // The pool's write lock held by another process (`flock(1)`, as below) keeps the refreshed
 // tokens from being written at once: the window a signal must not cut.
-const flockHere = process.platform === "linux" && spawnSync("flock", ["--version"]).status === 0;
+const flockHere = flockAvailable;
 // Every signal the pool listens for, with no listener of the host's (`kill`, Ctrl-C, a closed
 // terminal); a host listener that quits; and one that went on at a first SIGTERM, after which
 // the pool listens again for the next.
@@ -455,15 +456,14 @@ for (const [how, signal, host] of SIGNALLED) {
       child.stderr.setEncoding("utf8").on("data", (d) => (err += d));
       const closed = new Promise((resolve) => child.on("close", (code, signal) => resolve({ code, signal })));
       await mock.waitFor("token", (r) => r.grant === "refresh_token");
-      holder = spawn("flock", ["-o", `${path}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
-      await new Promise((r) => setTimeout(r, 500));
+      holder = await holdLock(`${path}.lock`);
       // The token endpoint answers (the presented token is spent now); the write waits for the lock.
       g.open();
       while (mock.tokens(email).refresh === before) await new Promise((r) => setTimeout(r, 10));
       await new Promise((r) => setTimeout(r, 200));
       child.kill(signal);
       await new Promise((r) => setTimeout(r, 300));
-      holder.stdin.end();
+      await holder.release();
       const ended = await closed;
       if (how !== "handled") assert.deepEqual(ended, { code: null, signal }, `ends by the signal, as it would have: ${out}${err}`);
       if (how === "again") assert.match(out, /host goes on/);
@@ -478,7 +478,7 @@ for (const [how, signal, host] of SIGNALLED) {
       assert.equal(a.refresh, issued.refresh, "the rotated refresh token is in the file");
       assert.equal(a.access, issued.access);
     } finally {
-      holder?.stdin.end();
+      await holder?.release();
       mock.setTokenMode(null);
     }
   });
@@ -539,7 +539,7 @@ test("the signal listener changes nothing else: an idle host ends by SIGTERM, SI
 
 // The pool's write lock held by a process that is stopped (or stuck) for longer than a host
 // waits to end: `flock(1)` (util-linux) holds it, as in cli.test.mjs.
-const flock = process.platform === "linux" && spawnSync("flock", ["--version"]).status === 0;
+const flock = flockAvailable;
 for (const ending of ["drain", "exit"]) {
   test(`a host that ends (${ending === "exit" ? "process.exit" : "its event loop done"}) with bookkeeping unwritten while another process holds the pool's lock is not kept alive by the lock`, {
     skip: !flock && "needs flock(1) on Linux",
@@ -552,11 +552,8 @@ for (const ending of ["drain", "exit"]) {
     child.stderr.setEncoding("utf8").on("data", (d) => (err += d));
     const closed = new Promise((resolve) => child.on("close", (code) => resolve(code)));
     while (!out.includes("ready") && child.exitCode === null) await new Promise((r) => setTimeout(r, 20));
-    // `-o`: the lock stays with flock itself; closing cat's stdin ends both and frees it.
-    const holder = spawn("flock", ["-o", `${path}.lock`, "cat"], { stdio: ["pipe", "ignore", "ignore"] });
+    const holder = await holdLock(`${path}.lock`);
     try {
-      // A moment for flock to take the lock (it is free: nothing else writes this pool now).
-      await new Promise((r) => setTimeout(r, 500));
       const started = Date.now();
       child.stdin.end("go\n");
       assert.equal(await closed, 0, `${out}${err}`);
@@ -566,8 +563,7 @@ for (const ending of ["drain", "exit"]) {
       // event loop ran dry stayed alive until the lock's own 60 s timeout.
       assert.ok(took < 30_000, `the host took ${took} ms to end`);
     } finally {
-      holder.stdin.end();
-      await new Promise((r) => holder.on("close", r));
+      await holder.release();
     }
   });
 }
