@@ -13,8 +13,7 @@
 // rules): with a proxy variable set, `runtimeCarries` says no and the native transport is
 // used. Certificates are the runtime's: Bun trusts its roots plus NODE_EXTRA_CA_CERTS as set
 // when it started (the Rust client also reads SSL_CERT_FILE; OpenCode itself runs on Bun's).
-import { connect as connectTcp, isIP } from "node:net";
-import { connect as connectTls } from "node:tls";
+import { createRequire } from "node:module";
 import { envGeneration, nativeBinding, proxyConfigured } from "./native.mjs";
 import { networkCause, scrubbed, toPoolError } from "./errors.mjs";
 import { abortError, listenAbort } from "./signal.mjs";
@@ -124,6 +123,9 @@ const abandoned = new FinalizationRegistry((stop) => stop());
 // at once: fetch would have met that refusal on its own connect and failed then, so the request
 // is on a connection made before the origin began refusing new ones (a connection limit, a
 // listener gone), and its answer may still come.
+// node:net and node:tls are loaded for the probe only: under Bun, loading them at import paged in
+// about 1 MB of Bun's own code and heap in every process, for a probe few requests ever make.
+const require = createRequire(import.meta.url);
 const CONNECT_PATIENCE_MS = 10_000;
 const CONNECT_PROBE_MS = 5_000;
 const needsConnectBound = typeof process?.versions?.bun === "string";
@@ -158,6 +160,8 @@ function unreachable(url, ms, waited) {
     };
     const timer = setTimeout(() => done(`could not connect (no connection and TLS handshake within ${Math.round(waited / 1000)} s)`), ms);
     try {
+      const { connect: connectTcp, isIP } = require("node:net");
+      const { connect: connectTls } = require("node:tls");
       socket = secure
         ? connectTls({ host, port, servername: isIP(host) ? undefined : host, rejectUnauthorized: false, ALPNProtocols: ["http/1.1"] })
         : connectTcp({ host, port });

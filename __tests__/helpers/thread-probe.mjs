@@ -21,12 +21,20 @@ function addonThreads() {
 /** Every thread of the process, the runtime's own included. */
 const allThreads = () => readdirSync("/proc/self/task").length;
 
+// Node lists the built-in modules it has loaded (Bun does not).
+const builtinsBefore = new Set(process.moduleLoadList ?? []);
 const out = { beforeImport: addonThreads(), allBeforeImport: allThreads() };
 const { createPoolFetch, nativeVersion } = await import("../../index.mjs");
+await import("../../plugin.mjs");
 nativeVersion(); // loads the .node
 out.loaded = addonThreads();
 const poolFetch = createPoolFetch({ path, transport: "native" });
 out.created = addonThreads();
+// Before the request: under Node the first Response loads Node's fetch, and with it net, tls and
+// crypto.
+if (process.moduleLoadList) {
+  out.builtinsLoaded = process.moduleLoadList.filter((m) => !builtinsBefore.has(m) && /^NativeModule (?:net|tls|crypto|worker_threads)$/.test(m));
+}
 const res = await poolFetch(`${apiUrl}/v1/messages`, {
   method: "POST",
   headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },

@@ -2,7 +2,7 @@
 // knows, unless the user already said otherwise in opencode.json (their values win). Runs before
 // OpenCode reads providers; it must not call the OpenCode client (provider state waits on plugin
 // init, so that would deadlock).
-import { createHash } from "node:crypto";
+import { createRequire } from "node:module";
 import { open } from "node:fs/promises";
 import { constants } from "node:fs";
 import { homedir } from "node:os";
@@ -12,6 +12,8 @@ import { apiOrigin, pluginInput, pluginOptions, poolFetchFor, reportUnknownOptio
 import { invalidArgument } from "../api.mjs";
 import { apiKeysOnly, noteTheirCosts, zeroModelCosts } from "./auth.mjs";
 import { noteRemoveRule, removePermission } from "./tool.mjs";
+
+const require = createRequire(import.meta.url);
 
 // The fields OpenCode reads from a model declared in config; the rest of a catalog entry
 // (descriptions, pricing modes, ...) is not part of the config schema.
@@ -48,7 +50,9 @@ export function modelsCachePath(env = process.env) {
   if (env.OPENCODE_MODELS_PATH) return env.OPENCODE_MODELS_PATH;
   const cache = env.XDG_CACHE_HOME || join(homedir(), ".cache");
   const source = env.OPENCODE_MODELS_URL || DEFAULT_MODELS_URL;
-  const name = source === DEFAULT_MODELS_URL ? "models.json" : `models-${createHash("sha1").update(source).digest("hex")}.json`;
+  // node:crypto only here (a mirror named): loaded at import, it paged in about 1 MB of Bun's
+  // code and heap in every process.
+  const name = source === DEFAULT_MODELS_URL ? "models.json" : `models-${require("node:crypto").createHash("sha1").update(source).digest("hex")}.json`;
   return join(cache, "opencode", name);
 }
 
