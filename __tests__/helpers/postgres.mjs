@@ -6,7 +6,7 @@
 //   0600 and owned by the server's user, as PostgreSQL demands); hba: the pg_hba.conf lines for
 //   TCP (e.g. "hostssl all all 127.0.0.1/32 trust" admits TLS only). Local socket stays trust.
 import { spawn, spawnSync } from "node:child_process";
-import { chownSync, existsSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { chownSync, existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { connect } from "node:net";
 import { freePort } from "./net.mjs";
@@ -71,17 +71,36 @@ export async function startPostgres({ tls, hba } = {}) {
     writeFileSync(file, text, { mode });
     if (owner) chownSync(file, ...owner);
   };
-  const port = await freePort();
-  let opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off`;
+  let port;
+  let opts;
+  const settings = (p) => {
+    let o = `-p ${p} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off`;
+    if (tls) o += ` -c ssl=on -c ssl_cert_file=${join(dir, "server.crt")} -c ssl_key_file=${join(dir, "server.key")}`;
+    return o;
+  };
   if (tls) {
     own(join(dir, "server.crt"), tls.cert, 0o644);
     own(join(dir, "server.key"), tls.key, 0o600);
-    opts += ` -c ssl=on -c ssl_cert_file=${join(dir, "server.crt")} -c ssl_key_file=${join(dir, "server.key")}`;
   }
   if (hba) own(join(data, "pg_hba.conf"), `local all all trust\n${hba}\n`, 0o600);
   const ctl = (...args) => run(join(bin, "pg_ctl"), ["-D", data, ...args], { user });
   const start = () => ctl("-o", opts, "-l", join(dir, "log"), "-w", "-t", "60", "start");
-  await start();
+  // The port was free when asked, and another process (a test's server, a client's own end of a
+  // connection) may take it before the server binds it: then another port, a few times.
+  for (let attempt = 1; ; attempt++) {
+    port = await freePort();
+    opts = settings(port);
+    try {
+      await start();
+      break;
+    } catch (err) {
+      let log = "";
+      try {
+        log = readFileSync(join(dir, "log"), "utf8");
+      } catch {}
+      if (attempt >= 3 || !/could not bind|address already in use|could not create any TCP\/IP sockets/i.test(log)) throw err;
+    }
+  }
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
   return {
     url,
