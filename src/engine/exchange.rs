@@ -772,11 +772,18 @@ impl Exchange {
                         // The account's reset count as the store holds it now, after the failed
                         // refresh wrote its wait: a `reset-cooldowns` that ran before this rest
                         // is older news and must not lift it when it is read later.
-                        let resets = match self.engine.snapshot().await {
-                            Ok(pool) => pool.find(&email).map(|a| a.cooldown_resets()),
-                            Err(_) => None,
+                        let (present, resets) = match self.engine.snapshot().await {
+                            Ok(pool) => pool
+                                .find(&email)
+                                .map_or((false, None), |a| (true, Some(a.cooldown_resets()))),
+                            Err(_) => (true, None),
                         };
-                        self.rest_after_unauthorized(&email, tag, resets, &e);
+                        // An account removed meanwhile is not rested: nothing chooses it, and the
+                        // same address logged in again is a new login, which a rest tied to no
+                        // credential held back for the token endpoint's wait.
+                        if present {
+                            self.rest_after_unauthorized(&email, tag, resets, &e);
+                        }
                         self.move_on(email, "was refused (401) and has no new token yet".into());
                     }
                 }
