@@ -6,6 +6,7 @@ import { createServer } from "node:http";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { inspect } from "node:util";
+import { brotliCompressSync, deflateSync, gzipSync } from "node:zlib";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
@@ -561,6 +562,60 @@ test("15: a server echoing the presented token: no answer header carries it (bot
     assert.ok(!JSON.stringify([...res.headers]).includes(token));
     assert.ok(!text.includes(token), text);
     assert.deepEqual(JSON.parse(text), { echoed: "Bearer [redacted]", again: "[redacted]" });
+  } finally {
+    await gw.close(1000);
+    delete process.env.OAUTH_POOL_GATEWAY_KEY;
+  }
+});
+
+// A body the client did not decode (it asks for gzip, and undoes only that) could not be searched
+// for the credential: echoed compressed in another coding, the token reached the gateway's client,
+// whose fetch decodes them all.
+test("15b: a server echoing the token in a body coded br, deflate, x-gzip or as a list: the gateway refuses it, coded and final, and relays none of it", async () => {
+  const path = await seedPool(mock, ["coded@x.test"]);
+  const token = account(path, "coded@x.test").access;
+  const plain = JSON.stringify({ echoed: `Bearer ${token}` });
+  const key = "test-gateway-key-coded-0123456789";
+  process.env.OAUTH_POOL_GATEWAY_KEY = key;
+  const gw = await lib.serve({ port: 0, path });
+  const ask = () => fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { ...jsonHeaders, "x-api-key": key }, body: body() });
+  try {
+    const coded = [
+      ["br", brotliCompressSync(plain), "application/json"],
+      ["deflate", deflateSync(plain), "application/json"],
+      ["x-gzip", gzipSync(plain), "application/json"],
+      ["GZIP", gzipSync(plain), "application/json"],
+      ["gzip, br", brotliCompressSync(gzipSync(plain)), "application/json"],
+      ["br", brotliCompressSync(`event: message_start\ndata: ${plain}\n\n`), "text/event-stream"],
+    ];
+    for (const [coding, bytes, type] of coded) {
+      // Cut small, so that the refusal cannot depend on the whole body having come.
+      mock.script("coded@x.test", [{ status: 200, raw: bytes, chunkSize: 5, headers: { "content-type": type, "content-encoding": coding } }]);
+      const res = await ask();
+      const raw = Buffer.from(await res.arrayBuffer());
+      const what = `${coding} (${type})`;
+      assert.equal(res.status, 500, what);
+      assert.equal(res.headers.get("x-oauth-pool-error"), "INSECURE_ENDPOINT", what);
+      assert.equal(res.headers.get("x-should-retry"), "false", what);
+      assert.equal(res.headers.get("content-encoding"), null, what);
+      assert.ok(!raw.includes(token) && !raw.includes(bytes.subarray(0, 16)), `${what}: ${raw}`);
+      const { error } = JSON.parse(raw.toString());
+      assert.match(error.message, new RegExp(`content-encoding ${coding}, which the pool did not ask for`), what);
+    }
+    // gzip, which it asks for, is undone and searched as before; an empty body has nothing to hide.
+    mock.script("coded@x.test", [
+      { status: 200, raw: gzipSync(plain), chunkSize: 5, headers: { "content-type": "application/json", "content-encoding": "gzip" } },
+    ]);
+    let res = await ask();
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), { echoed: "Bearer [redacted]" });
+    for (const status of [200, 204]) {
+      mock.script("coded@x.test", [{ status, raw: [], headers: { "content-encoding": "br" } }]);
+      res = await ask();
+      assert.equal(res.status, status);
+      assert.equal(await res.text(), "");
+    }
+    assert.ok(!JSON.stringify(await poolStatus(path)).includes(token));
   } finally {
     await gw.close(1000);
     delete process.env.OAUTH_POOL_GATEWAY_KEY;

@@ -391,7 +391,10 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
     };
     state.metrics.ttfb.observe(started.elapsed().as_secs_f64());
     let mut response = match result {
-        Ok(answer) => answered(answer, results_here.as_ref(), head_only, &cancel).await,
+        Ok(answer) => {
+            let origin = api.url.origin().ascii_serialization();
+            answered(answer, &origin, results_here.as_ref(), head_only, &cancel).await
+        }
         Err(e) => failed(&e),
     };
     if trailed {
@@ -403,13 +406,75 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
     response
 }
 
+/// The content coding an answer's body is still in, when it names one other than `identity`.
+fn still_encoded(headers: &[(String, String)]) -> Option<String> {
+    let codings: Vec<&str> = headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("content-encoding"))
+        .flat_map(|(_, value)| value.split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    codings
+        .iter()
+        .any(|c| !c.eq_ignore_ascii_case("identity"))
+        .then(|| codings.join(", "))
+}
+
+/// Whether the answer's body is empty, read as far as its first byte to tell (an empty one is
+/// then held whole).
+async fn body_is_empty(
+    answer: &mut fetch::Answer,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> crate::error::Result<bool> {
+    let mut response = match std::mem::replace(&mut answer.body, Body::Full(Bytes::new())) {
+        Body::Full(b) => {
+            let empty = b.is_empty();
+            answer.body = Body::Full(b);
+            return Ok(empty);
+        }
+        Body::Peeked(start, response) if !start.is_empty() => {
+            answer.body = Body::Peeked(start, response);
+            return Ok(false);
+        }
+        Body::Peeked(_, response) | Body::Stream(response) => response,
+    };
+    let (start, whole) = fetch::peek(&mut response, 1, cancel).await?;
+    let empty = whole && start.is_empty();
+    answer.body = if whole {
+        Body::Full(start)
+    } else {
+        Body::Peeked(start, response)
+    };
+    Ok(empty)
+}
+
 /// The client's answer from upstream's: batch URLs pointed at the gateway, its body begun.
 async fn answered(
     mut answer: fetch::Answer,
+    origin: &str,
     results_here: Option<&(Vec<String>, String)>,
     head_only: bool,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Response<AnyBody> {
+    // A body still in a content coding (one the client neither asked for nor undid: it asks for
+    // gzip and undoes only that) cannot be searched for an echoed credential, nor its batch URLs
+    // pointed here: a server echoing the pool's token compressed with `br`, `deflate`, `x-gzip`
+    // handed it whole to a client that holds only the gateway's key, and that decodes them all.
+    if let Some(coding) = still_encoded(&answer.headers).filter(|_| !head_only) {
+        match body_is_empty(&mut answer, cancel).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return failed(&Error::InsecureEndpoint {
+                    url: origin.to_string(),
+                    reason: format!(
+                        "it answered in content-encoding {coding}, which the pool did not ask for (it asks for gzip, and undoes only that): the gateway cannot search such a body for an echoed credential, and does not relay it"
+                    ),
+                })
+            }
+            Err(e) => return failed(&e),
+        }
+    }
     if let Some((apis, gateway)) = results_here {
         answer = match results_through_gateway(answer, apis, gateway, cancel).await {
             Ok(answer) => answer,
@@ -694,6 +759,34 @@ fn stream_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_is_still_encoded_unless_every_coding_it_names_is_identity() {
+        let h = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(still_encoded(&h(&[("content-type", "text/plain")])), None);
+        assert_eq!(
+            still_encoded(&h(&[("Content-Encoding", " identity ,")])),
+            None
+        );
+        assert_eq!(
+            still_encoded(&h(&[("content-encoding", "br")])).as_deref(),
+            Some("br")
+        );
+        // Named twice, or in one list: every coding counts.
+        let both = h(&[
+            ("content-encoding", "identity"),
+            ("Content-Encoding", "x-gzip, IDENTITY"),
+        ]);
+        assert_eq!(
+            still_encoded(&both).as_deref(),
+            Some("identity, x-gzip, IDENTITY")
+        );
+    }
 
     /// A store whose key is wrong or missing is not mended by asking again: its 500 went
     /// without `x-should-retry: false`, and the SDKs asked three times before saying why.
