@@ -60,6 +60,63 @@ test("1: an API key never follows a redirect to another origin; the 3xx reaches 
   }
 });
 
+// The gateway's client follows a redirect itself, with the headers it sent the gateway: fetch drops
+// only Authorization on the way to another origin, so the gateway's key (x-api-key) and the prompt
+// went to wherever the upstream's Location pointed.
+test("1b: the gateway sends no client to another origin: an upstream redirect there is refused, coded; one on the API's origin leads back through the gateway", async () => {
+  const seen = [];
+  const elsewhere = createServer((req, res) => {
+    seen.push({ url: req.url, key: req.headers["x-api-key"], auth: req.headers.authorization });
+    res.end("stolen");
+  });
+  await new Promise((r) => elsewhere.listen(0, "127.0.0.1", r));
+  const path = await seedPool(mock, ["redirect@x.test"]);
+  const key = "test-gateway-key-redirect-0123456789";
+  process.env.OAUTH_POOL_GATEWAY_KEY = key;
+  const gw = await lib.serve({ port: 0, path });
+  const ask = (init = {}) => fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { ...jsonHeaders, "x-api-key": key }, body: body(), ...init });
+  const api = new URL(messagesUrl(mock)).origin;
+  const other = `127.0.0.1:${elsewhere.address().port}`;
+  try {
+    const away = [`http://${other}/v1/messages`, `//${other}/v1/messages`, `/\\${other}/v1/messages`, `${api}//${other}/v1/messages`, "http://[bad"];
+    for (const status of [301, 302, 303, 307, 308]) {
+      for (const location of away) {
+        mock.script("redirect@x.test", [{ status, headers: { location }, body: "" }]);
+        const res = await ask();
+        const what = `${status} to ${location}`;
+        assert.equal(res.status, 500, what);
+        assert.equal(res.headers.get("x-oauth-pool-error"), "INSECURE_ENDPOINT", what);
+        assert.equal(res.headers.get("x-should-retry"), "false", what);
+        assert.match((await res.json()).error.message, new RegExp(`answered ${status} sending the client to .*off the API's origin`), what);
+      }
+    }
+    assert.deepEqual(seen, [], "nothing reached the other origin");
+    // On the API's origin: made relative, so that the client comes back to the gateway.
+    for (const [location, here] of [
+      [`${api}/v1/messages/next?page=2#top`, "/v1/messages/next?page=2#top"],
+      ["/v1/files", "/v1/files"],
+      ["next", "/v1/next"],
+    ]) {
+      mock.script("redirect@x.test", [{ status: 307, headers: { location }, body: "" }]);
+      const res = await ask({ redirect: "manual" });
+      assert.equal(res.status, 307, location);
+      assert.equal(res.headers.get("location"), here, location);
+      await res.text();
+    }
+    // Not a redirect, nothing follows it: left as it came.
+    mock.script("redirect@x.test", [{ status: 201, headers: { location: `http://${other}/v1/x` }, body: "{}" }]);
+    const created = await ask();
+    assert.equal(created.status, 201);
+    assert.equal(created.headers.get("location"), `http://${other}/v1/x`);
+    await created.text();
+    assert.deepEqual(seen, []);
+  } finally {
+    await gw.close(1000);
+    delete process.env.OAUTH_POOL_GATEWAY_KEY;
+    elsewhere.close();
+  }
+});
+
 // ---- 2. secrets echoed by a server ----------------------------------------------------------
 
 test("2: a token endpoint that echoes the refresh token: scrubbed from errors, events, lastError, status and the CLI", async () => {

@@ -293,22 +293,24 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
             .unwrap_or("/")
     );
     // What the driver will send to, checked as it will be parsed: still under /v1/.
-    if !url::Url::parse(&target).is_ok_and(|u| is_api_path(u.path())) {
+    let Some(sent_to) = url::Url::parse(&target)
+        .ok()
+        .filter(|u| is_api_path(u.path()))
+    else {
         return error(
             StatusCode::NOT_FOUND,
             "not_found_error",
             "the pool gateway serves /v1/*, /healthz and /metrics",
         );
+    };
+    // The origins the API's answers may name as its own: a relay (`OAUTH_POOL_API_URL`) may pass
+    // them on as the API wrote them. The client must not take the gateway's key to either.
+    let mut apis = vec![api.url.origin().ascii_serialization()];
+    if apis[0] != crate::config::DEFAULT_API_URL {
+        apis.push(crate::config::DEFAULT_API_URL.to_string());
     }
-    let results_here = batch_answer(&parts, state.scheme).map(|gateway| {
-        // A relay (`OAUTH_POOL_API_URL`) may pass on the API's answers as the API wrote them,
-        // naming the API's own origin: the client must not take the gateway's key there either.
-        let mut apis = vec![api.url.origin().ascii_serialization()];
-        if apis[0] != crate::config::DEFAULT_API_URL {
-            apis.push(crate::config::DEFAULT_API_URL.to_string());
-        }
-        (apis, gateway)
-    });
+    let upstream = Upstream { sent_to, apis };
+    let results_here = batch_answer(&parts, state.scheme);
     let method = parts.method.as_str().to_string();
     let head_only = parts.method == hyper::Method::HEAD;
     let headers = header_pairs(&parts.headers, &state.key);
@@ -392,8 +394,14 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
     state.metrics.ttfb.observe(started.elapsed().as_secs_f64());
     let mut response = match result {
         Ok(answer) => {
-            let origin = api.url.origin().ascii_serialization();
-            answered(answer, &origin, results_here.as_ref(), head_only, &cancel).await
+            answered(
+                answer,
+                &upstream,
+                results_here.as_deref(),
+                head_only,
+                &cancel,
+            )
+            .await
         }
         Err(e) => failed(&e),
     };
@@ -404,6 +412,62 @@ pub(super) async fn forward(req: Request<Incoming>, state: &State) -> Response<A
         );
     }
     response
+}
+
+/// Where the request went upstream, and the origins that count as the API's.
+struct Upstream {
+    sent_to: url::Url,
+    apis: Vec<String>,
+}
+
+/// An answer's `Location` as the gateway's client may follow it. The client follows a redirect
+/// with the headers it sent the gateway, its key among them (fetch drops only `Authorization` on
+/// the way to another origin, not `x-api-key`), and sends its request body again. One on the API's
+/// origin is made relative, so that it leads back through the gateway. A redirect to any other
+/// origin (or one that does not parse) is refused: the client would have taken its key and its
+/// prompt there.
+fn location_through_gateway(
+    answer: &mut fetch::Answer,
+    upstream: &Upstream,
+) -> crate::error::Result<()> {
+    let redirect = (300..400).contains(&answer.status) && answer.status != 304;
+    for (name, value) in answer.headers.iter_mut() {
+        if !name.eq_ignore_ascii_case("location") {
+            continue;
+        }
+        let resolved = upstream
+            .sent_to
+            .join(value)
+            .ok()
+            .filter(|u| upstream.apis.contains(&u.origin().ascii_serialization()))
+            // A path that begins with `//` would read as another host once relative.
+            .filter(|u| !u.path().starts_with("//"));
+        match resolved {
+            Some(u) => {
+                let mut here = u.path().to_string();
+                if let Some(q) = u.query() {
+                    here.push('?');
+                    here.push_str(q);
+                }
+                if let Some(f) = u.fragment() {
+                    here.push('#');
+                    here.push_str(f);
+                }
+                *value = here;
+            }
+            None if redirect => {
+                return Err(Error::InsecureEndpoint {
+                    url: upstream.sent_to.origin().ascii_serialization(),
+                    reason: format!(
+                        "it answered {} sending the client to {value}, off the API's origin: the gateway sends no client elsewhere, where its key and its request would follow",
+                        answer.status
+                    ),
+                });
+            }
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 /// The content coding an answer's body is still in, when it names one other than `identity`.
@@ -452,11 +516,15 @@ async fn body_is_empty(
 /// The client's answer from upstream's: batch URLs pointed at the gateway, its body begun.
 async fn answered(
     mut answer: fetch::Answer,
-    origin: &str,
-    results_here: Option<&(Vec<String>, String)>,
+    upstream: &Upstream,
+    results_here: Option<&str>,
     head_only: bool,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Response<AnyBody> {
+    let origin = upstream.sent_to.origin().ascii_serialization();
+    if let Err(e) = location_through_gateway(&mut answer, upstream) {
+        return failed(&e);
+    }
     // A body still in a content coding (one the client neither asked for nor undid: it asks for
     // gzip and undoes only that) cannot be searched for an echoed credential, nor its batch URLs
     // pointed here: a server echoing the pool's token compressed with `br`, `deflate`, `x-gzip`
@@ -466,7 +534,7 @@ async fn answered(
             Ok(true) => {}
             Ok(false) => {
                 return failed(&Error::InsecureEndpoint {
-                    url: origin.to_string(),
+                    url: origin,
                     reason: format!(
                         "it answered in content-encoding {coding}, which the pool did not ask for (it asks for gzip, and undoes only that): the gateway cannot search such a body for an echoed credential, and does not relay it"
                     ),
@@ -475,8 +543,8 @@ async fn answered(
             Err(e) => return failed(&e),
         }
     }
-    if let Some((apis, gateway)) = results_here {
-        answer = match results_through_gateway(answer, apis, gateway, cancel).await {
+    if let Some(gateway) = results_here {
+        answer = match results_through_gateway(answer, &upstream.apis, gateway, cancel).await {
             Ok(answer) => answer,
             // Coded as the pool's failures are (it went out without its code).
             Err(e) => return failed(&e),
