@@ -275,7 +275,15 @@ impl Engine {
             crate::wait::until(until, now_ms())
         );
         let scope = cooldown.scope.clone();
-        if self.overlay.cool(email, scope.as_deref(), until) {
+        // The store's own rest of that scope as last read: whether it still holds ours.
+        let in_store = self.last_read().and_then(|p| {
+            let a = p.find(email)?;
+            match scope.as_deref() {
+                None => a.stored_cooldown_until(),
+                Some(s) => a.model_cooldown_until(s, now_ms()),
+            }
+        });
+        if self.overlay.cool(email, scope.as_deref(), until, in_store) {
             let resets = self
                 .last_read()
                 .and_then(|p| p.find(email).map(|a| a.cooldown_resets()));

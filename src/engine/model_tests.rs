@@ -2453,3 +2453,35 @@ fn an_account_removed_while_its_answer_is_on_the_way_is_gone_for_good() {
         }
     }
 }
+
+#[test]
+fn the_same_rest_met_again_after_a_new_login_lifted_it_is_written_again() {
+    // Found by the model: a spend limit rested the only account until the month turns (8 days
+    // at most), and the store held it. A new login lifted it there within the second this
+    // process's copy still counts, then a request for a batch (sent to an account that rests:
+    // what it holds is its own to hand out) met the same spend limit again. The rest ended the
+    // same, so it was taken for the copy already known: kept here but not written, and other
+    // processes went back to the account.
+    let spend = |retry_after: Option<RetryAfter>| Reply::TooMany {
+        retry_after,
+        quota: Quota {
+            status: None,
+            reset_in: None,
+            windows: Vec::new(),
+        },
+        spend_limit: true,
+    };
+    let batch = Op::Request {
+        model: Some("claude-sonnet-4-5".into()),
+        path: Path::BatchRead(0),
+        session: None,
+        replies: vec![spend(Some(RetryAfter::Secs(0)))],
+        token: Vec::new(),
+        sync: false,
+        remove_at: None,
+    };
+    let ops = vec![plain_request(vec![spend(None)]), Op::Relogin(0), batch];
+    if let Err(e) = run(vec![login(30 * DAY_S)], ops) {
+        panic!("{e}");
+    }
+}

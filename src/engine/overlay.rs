@@ -217,15 +217,28 @@ impl Pins {
 impl Overlay {
     /// Records a cooldown (of `scope`, a model family, or the whole account); false when it is
     /// no news: one known already ends no more than `SAME_COOLDOWN_MS` before it.
-    pub fn cool(&self, email: &str, scope: Option<&str>, until: i64) -> bool {
+    /// `in_store`: the store's own rest of that scope as last read (`None`: none there).
+    pub fn cool(
+        &self,
+        email: &str,
+        scope: Option<&str>,
+        until: i64,
+        in_store: Option<i64>,
+    ) -> bool {
         let mut cooling = lock(&self.cooling);
         let key = (email.to_string(), scope.map(str::to_string));
         if let Some((t, stored, _)) = cooling.get(&key) {
+            // A copy the store held and holds no longer was lifted there, by a new login or a
+            // `reset-cooldowns` from another process, in the second this process's copy still
+            // counts. The account refusing again says the same rest, and it was taken for the
+            // copy already known: not written, and other processes went back to it.
+            let lifted = stored.is_some()
+                && in_store.is_none_or(|s| s.saturating_add(SAME_COOLDOWN_MS) < *t);
             // Only while this process's copy counts: once the store is the truth, any cooldown
             // is news. A `reset-cooldowns` from another process may have cleared it there, and
             // the account refusing again says the same reset: taken for the copy already known,
             // it was neither kept here nor written, and the account was asked on every request.
-            if ours(stored) && t.saturating_add(SAME_COOLDOWN_MS) >= until {
+            if ours(stored) && !lifted && t.saturating_add(SAME_COOLDOWN_MS) >= until {
                 return false;
             }
         }
@@ -641,20 +654,20 @@ mod tests {
     #[test]
     fn cooldowns_only_move_forward_and_expire() {
         let o = Overlay::default();
-        assert!(o.cool("a@x", None, 100));
-        assert!(!o.cool("a@x", None, 50));
-        assert!(o.cool("a@x", None, 1_200));
+        assert!(o.cool("a@x", None, 100, None));
+        assert!(!o.cool("a@x", None, 50, None));
+        assert!(o.cool("a@x", None, 1_200, None));
         assert_eq!(o.cooling_until("a@x", None, 120), Some(1_200));
         assert_eq!(o.cooling_until("a@x", None, 1_200), None);
         // Refusals of requests in flight together, each counted from its own arrival: one.
-        assert!(o.cool("z@x", None, 5_000));
+        assert!(o.cool("z@x", None, 5_000, None));
         assert!(
-            !o.cool("z@x", None, 5_000 + SAME_COOLDOWN_MS),
+            !o.cool("z@x", None, 5_000 + SAME_COOLDOWN_MS, None),
             "the same burst"
         );
         assert_eq!(o.cooling_until("z@x", None, 0), Some(5_000));
-        assert!(o.cool("z@x", None, 6_001), "a longer one is news");
-        assert!(o.cool("a@x", Some("sonnet"), 1_300));
+        assert!(o.cool("z@x", None, 6_001, None), "a longer one is news");
+        assert!(o.cool("a@x", Some("sonnet"), 1_300, None));
         assert_eq!(o.cooling_until("a@x", Some("sonnet"), 1_250), Some(1_300));
         assert_eq!(
             o.cooling_until("a@x", Some("opus"), 1_250),
@@ -686,18 +699,18 @@ mod tests {
         let until = o.cooling_until("a@x", None, now).unwrap();
         assert!((until - (now + 60_000)).abs() < 1_000, "{}", until - now);
         // A clock that did not move: as decided.
-        assert!(o.cool("b@x", None, now + 60_000));
+        assert!(o.cool("b@x", None, now + 60_000, None));
         assert_eq!(o.cooling_until("b@x", None, now), Some(now + 60_000));
     }
 
     #[test]
     fn a_cooldown_the_store_holds_is_the_store_s_after_a_moment() {
         let o = Overlay::default();
-        assert!(o.cool("a@x", Some("sonnet"), 500));
-        assert!(o.cool("b@x", None, 500));
+        assert!(o.cool("a@x", Some("sonnet"), 500, None));
+        assert!(o.cool("b@x", None, 500, None));
         o.stored("a@x", Some("sonnet"), 500);
         // Longer than what was written: decided after the write, it stays this process's.
-        assert!(o.cool("b@x", None, 2_900));
+        assert!(o.cool("b@x", None, 2_900, None));
         o.stored("b@x", None, 500);
         assert_eq!(
             o.cooling_until("a@x", Some("sonnet"), 0),
@@ -707,9 +720,26 @@ mod tests {
         std::thread::sleep(STORED_GRACE + Duration::from_millis(20));
         assert_eq!(o.cooling_until("a@x", Some("sonnet"), 0), None);
         assert_eq!(o.cooling_until("b@x", None, 0), Some(2_900));
+        // Within that moment, a copy the store held and no longer holds (a new login, a
+        // `reset-cooldowns` from a shell) was lifted there: the same rest met again is news.
+        assert!(o.cool("c@x", None, 900, None));
+        o.stored("c@x", None, 900);
+        assert!(!o.cool("c@x", None, 900, Some(900)), "the store holds it");
+        assert!(!o.cool("c@x", None, 900, Some(2_000)), "or a later one");
+        assert!(o.cool("c@x", None, 900, None), "lifted there");
+        assert!(
+            !o.cool("c@x", None, 900, None),
+            "not stored again yet: a burst"
+        );
+        o.stored("c@x", None, 900);
+        assert!(
+            o.cool("c@x", None, 900, Some(-5_000)),
+            "an older one is not ours"
+        );
+        lock(&o.cooling).remove(&("c@x".to_string(), None));
         // The store may have lost it since (a `reset-cooldowns` from a shell): the same rest
         // decided again is news, kept here and written again.
-        assert!(o.cool("a@x", Some("sonnet"), 500));
+        assert!(o.cool("a@x", Some("sonnet"), 500, None));
         assert_eq!(o.cooling_until("a@x", Some("sonnet"), 0), Some(500));
         lock(&o.cooling).remove(&("a@x".to_string(), Some("sonnet".to_string())));
         o.served("c@x", None, 0, 0);
@@ -804,11 +834,11 @@ mod tests {
     fn rests_decided_while_nothing_is_served_stay_bounded() {
         let o = Overlay::default();
         let now = crate::account::now_ms();
-        o.cool("a@x", None, now + 60_000);
+        o.cool("a@x", None, now + 60_000, None);
         for i in 0..5_000 {
             // Passed ones go too, once there are many.
-            o.cool(&format!("b{i}@x"), None, now - 1);
-            assert!(o.cool("a@x", Some(&format!("fam{i}")), now + 3_600_000 + i));
+            o.cool(&format!("b{i}@x"), None, now - 1, None);
+            assert!(o.cool("a@x", Some(&format!("fam{i}")), now + 3_600_000 + i, None));
         }
         let cooling = lock(&o.cooling);
         let scoped = cooling.keys().filter(|(_, s)| s.is_some()).count();
@@ -837,11 +867,11 @@ mod tests {
         for i in 0..1_000 {
             let email = format!("gone{i}@x");
             o.note_windows(&email, &[w("5h"), w("7d")]);
-            o.cool(&email, Some("sonnet"), now + 60_000);
+            o.cool(&email, Some("sonnet"), now + 60_000, None);
             o.refuse(&email, None);
         }
         o.note_windows("kept@x", &[w("5h")]);
-        o.cool("kept@x", None, now + 60_000);
+        o.cool("kept@x", None, now + 60_000, None);
         o.keep_only(&["kept@x"].into_iter().collect());
         assert_eq!(lock(&o.windows).len(), 1);
         assert_eq!(lock(&o.cooling).len(), 1);
