@@ -33,15 +33,21 @@ function cli(args, env = {}) {
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
-// ---- 1. secrets never follow a redirect ------------------------------------------------------
-
-test("1: an API key never follows a redirect to another origin; the 3xx reaches the caller as it is", async () => {
+/** A server on another origin that records what reaches it: a test's secrets must not. */
+async function otherOrigin() {
   const seen = [];
-  const elsewhere = createServer((req, res) => {
+  const server = createServer((req, res) => {
     seen.push({ url: req.url, key: req.headers["x-api-key"], auth: req.headers.authorization });
     res.end("stolen");
   });
-  await new Promise((r) => elsewhere.listen(0, "127.0.0.1", r));
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { seen, server };
+}
+
+// ---- 1. secrets never follow a redirect ------------------------------------------------------
+
+test("1: an API key never follows a redirect to another origin; the 3xx reaches the caller as it is", async () => {
+  const { seen, server: elsewhere } = await otherOrigin();
   try {
     const key = "fake-console-key-redirect-0123456789";
     const path = await seedKey("key@x.test", key);
@@ -64,12 +70,7 @@ test("1: an API key never follows a redirect to another origin; the 3xx reaches 
 // only Authorization on the way to another origin, so the gateway's key (x-api-key) and the prompt
 // went to wherever the upstream's Location pointed.
 test("1b: the gateway sends no client to another origin: an upstream redirect there is refused, coded; one on the API's origin leads back through the gateway", async () => {
-  const seen = [];
-  const elsewhere = createServer((req, res) => {
-    seen.push({ url: req.url, key: req.headers["x-api-key"], auth: req.headers.authorization });
-    res.end("stolen");
-  });
-  await new Promise((r) => elsewhere.listen(0, "127.0.0.1", r));
+  const { seen, server: elsewhere } = await otherOrigin();
   const path = await seedPool(mock, ["redirect@x.test"]);
   const key = "test-gateway-key-redirect-0123456789";
   process.env.OAUTH_POOL_GATEWAY_KEY = key;
