@@ -4,6 +4,7 @@
 // the caller that a batch or a file it had made was gone.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { createServer } from "node:http";
 import Anthropic from "@anthropic-ai/sdk";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
@@ -192,6 +193,40 @@ test("through a relay (OAUTH_POOL_API_URL) that passes on the API's answers as w
   } finally {
     mock.setResultsOrigin(null);
     await gw.close(1000);
+  }
+});
+
+// The SDKs fetch a batch's results_url as it stands, with the headers they send the gateway: one
+// naming another origin took the gateway's key there.
+test("a batch answer naming its results on another origin is refused, coded, and nothing reaches that origin", async () => {
+  const path = await seedPool(mock, ["elsewhere1@x.test"]);
+  const seen = [];
+  const other = createServer((req, res) => {
+    seen.push({ url: req.url, key: req.headers["x-api-key"] });
+    res.end("{}");
+  });
+  await new Promise((r) => other.listen(0, "127.0.0.1", r));
+  const gw = await lib.serve({ port: 0, path });
+  mock.setResultsOrigin(`http://127.0.0.1:${other.address().port}`);
+  try {
+    const client = new Anthropic({ apiKey: KEY, baseURL: gw.url, maxRetries: 0 });
+    const request = { custom_id: "one", params: { model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] } };
+    const headers = { "x-api-key": KEY, "content-type": "application/json", "anthropic-version": "2023-06-01" };
+    const made = await fetch(`${gw.url}/v1/messages/batches`, { method: "POST", headers, body: JSON.stringify({ requests: [request] }) });
+    assert.equal(made.status, 500);
+    assert.equal(made.headers.get("x-oauth-pool-error"), "INSECURE_ENDPOINT");
+    assert.equal(made.headers.get("x-should-retry"), "false");
+    assert.match((await made.json()).error.message, /names the results at http:\/\/127\.0\.0\.1:\d+\/v1\/messages\/batches\/.*off the API's origin/);
+    await assert.rejects(client.messages.batches.create({ requests: [request] }), (e) => e.status === 500);
+    // The list names no results here; reading one batch, or its results, does.
+    const [{ id }] = (await client.messages.batches.list()).data;
+    await assert.rejects(client.messages.batches.retrieve(id), (e) => e.status === 500);
+    await assert.rejects(client.messages.batches.results(id), (e) => e.status === 500);
+    assert.deepEqual(seen, [], "nothing reached the other origin");
+  } finally {
+    mock.setResultsOrigin(null);
+    await gw.close(1000);
+    other.close();
   }
 });
 

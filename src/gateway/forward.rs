@@ -684,12 +684,55 @@ async fn results_through_gateway(
     };
     answer.body = match response {
         Some(r) if !whole => Body::Peeked(body, r),
-        _ => Body::Full(
-            apis.iter()
-                .fold(body, |body, api| point_at(&body, api, gateway)),
-        ),
+        _ => {
+            let body = apis
+                .iter()
+                .fold(body, |body, api| point_at(&body, api, gateway));
+            if let Some(elsewhere) = results_elsewhere(&body, gateway) {
+                return Err(Error::InsecureEndpoint {
+                    url: apis[0].clone(),
+                    reason: format!(
+                        "its answer about a batch names the results at {elsewhere}, off the API's origin: the client would fetch them there with the gateway's key"
+                    ),
+                });
+            }
+            Body::Full(body)
+        }
     };
     Ok(answer)
+}
+
+/// The first `results_url` of a batch answer that does not lead back to the gateway once
+/// `point_at` has run: the SDKs fetch it as it stands, with the gateway's key. A body that does
+/// not parse here is refused too, since a client's parser may still read a URL in it.
+fn results_elsewhere(body: &[u8], gateway: &str) -> Option<String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Some("a place this gateway cannot read (the answer is not JSON it parses)".into());
+    };
+    let here = format!("{gateway}/");
+    let mut left = vec![&value];
+    while let Some(v) = left.pop() {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match v {
+                        serde_json::Value::String(url)
+                            if k == "results_url" && !url.starts_with(&here) =>
+                        {
+                            return Some(url.clone());
+                        }
+                        _ => left.push(v),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => left.extend(a),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// `body` with every JSON string that starts with `api` + `/v1/` starting with `gateway` instead.
@@ -827,6 +870,21 @@ fn stream_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_answer_names_its_results_here_or_is_refused() {
+        let gw = "http://127.0.0.1:4000";
+        let here = br#"{"data":[{"results_url":"http://127.0.0.1:4000/v1/messages/batches/b/results"},{"results_url":null}]}"#;
+        assert_eq!(results_elsewhere(here, gw), None);
+        assert_eq!(results_elsewhere(b"  ", gw), None);
+        let away = br#"{"data":[{"id":"b","results_url":"http://127.0.0.1:40001/v1/x"}]}"#;
+        assert_eq!(
+            results_elsewhere(away, gw).as_deref(),
+            Some("http://127.0.0.1:40001/v1/x"),
+            "another port of the same host is another origin"
+        );
+        assert!(results_elsewhere(b"{\"results_url\":", gw).is_some());
+    }
 
     #[test]
     fn a_body_is_still_encoded_unless_every_coding_it_names_is_identity() {
