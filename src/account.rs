@@ -607,12 +607,17 @@ impl Account {
     /// When this account is usable again for models of `family` (`modelCooldowns`: a quota of
     /// one model family that left the others usable).
     pub fn model_cooldown_until(&self, family: &str, now: i64) -> Option<i64> {
+        self.stored_model_cooldown_until(family)
+            .map(|t| t.saturating_sub(self.clock_set_back(now)))
+    }
+
+    /// The rest of `family` as written, not adjusted for a clock stepped back since.
+    pub fn stored_model_cooldown_until(&self, family: &str) -> Option<i64> {
         self.extra
             .get("modelCooldowns")
             .and_then(|m| m.get(family))
             .and_then(epoch_ms_of)
             .filter(|t| *t > 0)
-            .map(|t| t.saturating_sub(self.clock_set_back(now)))
     }
 
     /// Rests `family` on this account until at least `until`; passed ones are dropped.

@@ -275,18 +275,16 @@ impl Engine {
             crate::wait::until(until, now_ms())
         );
         let scope = cooldown.scope.clone();
-        // The store's own rest of that scope as last read: whether it still holds ours.
-        let in_store = self.last_read().and_then(|p| {
-            let a = p.find(email)?;
-            match scope.as_deref() {
-                None => a.stored_cooldown_until(),
-                Some(s) => a.model_cooldown_until(s, now_ms()),
-            }
+        // The store's own rest of that scope as last read, as written (as ours is): whether it
+        // still holds ours.
+        let stored = self.last_read();
+        let stored = stored.as_ref().and_then(|p| p.find(email));
+        let in_store = stored.and_then(|a| match scope.as_deref() {
+            None => a.stored_cooldown_until(),
+            Some(s) => a.stored_model_cooldown_until(s),
         });
         if self.overlay.cool(email, scope.as_deref(), until, in_store) {
-            let resets = self
-                .last_read()
-                .and_then(|p| p.find(email).map(|a| a.cooldown_resets()));
+            let resets = stored.map(|a| a.cooldown_resets());
             let (who, w) = (email.to_string(), why.to_string());
             self.note(true, move |p| {
                 p.cooldown(&who, scope.as_deref(), until, &w, resets)

@@ -420,6 +420,13 @@ struct Upstream {
     apis: Vec<String>,
 }
 
+impl Upstream {
+    /// The API's origin, where the request went: what a refusal of its answer names.
+    fn origin(&self) -> String {
+        self.apis.first().cloned().unwrap_or_default()
+    }
+}
+
 /// An answer's `Location` as the gateway's client may follow it. The client follows a redirect
 /// with the headers it sent the gateway, its key among them (fetch drops only `Authorization` on
 /// the way to another origin, not `x-api-key`), and sends its request body again. One on the API's
@@ -457,7 +464,7 @@ fn location_through_gateway(
             }
             None if redirect => {
                 return Err(Error::InsecureEndpoint {
-                    url: upstream.sent_to.origin().ascii_serialization(),
+                    url: upstream.origin(),
                     reason: format!(
                         "it answered {} sending the client to {value}, off the API's origin: the gateway sends no client elsewhere, where its key and its request would follow",
                         answer.status
@@ -521,7 +528,6 @@ async fn answered(
     head_only: bool,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Response<AnyBody> {
-    let origin = upstream.sent_to.origin().ascii_serialization();
     if let Err(e) = location_through_gateway(&mut answer, upstream) {
         return failed(&e);
     }
@@ -534,7 +540,7 @@ async fn answered(
             Ok(true) => {}
             Ok(false) => {
                 return failed(&Error::InsecureEndpoint {
-                    url: origin,
+                    url: upstream.origin(),
                     reason: format!(
                         "it answered in content-encoding {coding}, which the pool did not ask for (it asks for gzip, and undoes only that): the gateway cannot search such a body for an echoed credential, and does not relay it"
                     ),
