@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { renameSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import Anthropic from "@anthropic-ai/sdk";
 import { createPoolFetch, loadPool, savePool, flushPool, resetCooldowns, setEnabled } from "../index.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
 import { useMock, seedPool, account, readPool, mode, messagesUrl, body, jsonHeaders, runWorkersTogether } from "./helpers/pool-env.mjs";
@@ -67,6 +68,18 @@ test("streams a Messages answer with the pool's bearer and the oauth beta merged
   assert.deepEqual(seen.headers["anthropic-beta"].split(","), ["oauth-2025-04-20", "interleaved-thinking-2025-05-14"]);
   assert.match(seen.headers["user-agent"], /^opencode-oauth-pool\//);
   assert.equal(res.poolAccount, "s1@x.test");
+});
+
+test("the Anthropic SDK as the README gives it (a placeholder apiKey): the account's bearer goes upstream, never the placeholder", async () => {
+  const path = await seedPool(mock, ["sdk@x.test"]);
+  const client = new Anthropic({ apiKey: "pool", baseURL: mock.url, fetch: createPoolFetch({ path }), maxRetries: 0 });
+  mock.clearRequests();
+  const message = await client.messages.create({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] });
+  assert.equal(message.type, "message");
+  const seen = mock.requests.at(-1);
+  assert.equal(seen.auth, "bearer");
+  assert.equal(seen.email, "sdk@x.test");
+  assert.equal(seen.headers["x-api-key"], undefined, "the placeholder went upstream");
 });
 
 test("the caller's betas go once each, the oauth beta once in any case, whatever the header's spelling or repeats", async () => {
