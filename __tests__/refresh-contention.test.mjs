@@ -135,6 +135,64 @@ test("savePool of a copy read before another process added a login keeps that lo
   );
 });
 
+// A login stamps `added` before it waits for the pool's lock: one whose write landed after a
+// script's loadPool said it was added before the read, and the save dropped it (its one-time
+// code already spent). Another writer's stamp may be anything (its clock, a hand edit): what the
+// copy read tells, not the time.
+test("savePool keeps a login written after the copy was read whose `added` says earlier, or nothing", async () => {
+  const path = await seedPool(mock, ["kept@x.test"]);
+  const copy = await loadPool(path);
+  const hourAgo = new Date(Date.now() - 3_600_000).toISOString();
+  const [stamped, undated] = (await seedPool(mock, ["stamped@x.test", "undated@x.test"]).then(readPool)).anthropic;
+  stamped.added = hourAgo;
+  delete undated.added;
+  // Another writer (a pool built by hand replaces what is there).
+  await savePool({ anthropic: [...readPool(path).anthropic, stamped, undated] }, path);
+  copy.anthropic[0].priority = 2;
+  await savePool(copy, path);
+  assert.deepEqual(
+    readPool(path).anthropic.map((a) => a.email),
+    ["kept@x.test", "stamped@x.test", "undated@x.test"],
+  );
+  assert.equal(account(path, "kept@x.test").priority, 2);
+  assert.equal(account(path, "stamped@x.test").refresh, stamped.refresh);
+});
+
+// Whether a copy goes back to the pool it was read from was told by how the path was spelt: read
+// through OAUTH_POOL_PATH and saved to that path by name (or read through a link, or a relative
+// path), the copy replaced the pool, and a `remove` and a `disable` made meanwhile were undone.
+test("savePool of a copy back to the pool it was read from, its path spelt another way, keeps what was done meanwhile", async () => {
+  const { symlinkSync } = await import("node:fs");
+  const { dirname, basename, relative, join } = await import("node:path");
+  for (const spelling of ["the variable, then the path", "the path, then the variable", "a linked directory", "a relative path"]) {
+    const path = await seedPool(mock, ["a@x.test", "b@x.test", "c@x.test"]);
+    let [readWith, saveWith] = [path, path];
+    if (spelling === "the variable, then the path") readWith = undefined;
+    if (spelling === "the path, then the variable") saveWith = undefined;
+    if (spelling === "a linked directory") {
+      // A pool file that is a link is refused; a directory reached through one is not.
+      const linked = `${dirname(path)}-link`;
+      symlinkSync(dirname(path), linked);
+      readWith = join(linked, basename(path));
+    }
+    if (spelling === "a relative path") saveWith = relative(process.cwd(), path);
+    await withEnv({ OAUTH_POOL_PATH: path }, async () => {
+      const copy = await loadPool(readWith);
+      await cliOn(path, ["disable", "b@x.test", "--json"]);
+      await cliOn(path, ["remove", "c@x.test", "--json"]);
+      copy.anthropic[0].priority = 2;
+      await savePool(copy, saveWith);
+    });
+    assert.deepEqual(
+      readPool(path).anthropic.map((a) => a.email),
+      ["a@x.test", "b@x.test"],
+      `${spelling}: the removed account came back`,
+    );
+    assert.equal(account(path, "b@x.test").enabled, false, `${spelling}: the disable was undone`);
+    assert.equal(account(path, "a@x.test").priority, 2, spelling);
+  }
+});
+
 /** Runs the CLI on `path` to its end; resolves its output, rejects on a non-zero exit. */
 function cliOn(path, args, input = "") {
   return new Promise((resolve, reject) => {

@@ -1,8 +1,6 @@
 // The library's functions: each validates its arguments (a wrong type rejects with
 // INVALID_ARGUMENT and a sentence, never napi's `StringExpected`), then calls Rust, and every
 // rejection carries `err.code`. One set of wrappers, used by index.mjs, the plugin and the CLI.
-import { homedir } from "node:os";
-import { resolve } from "node:path";
 import { native } from "./native.mjs";
 import { scrubbed, settle, toPoolError, wrap } from "./errors.mjs";
 
@@ -189,10 +187,6 @@ const HELD = Symbol("opencode-oauth-pool accounts as read");
 // to a new place, over one there) left out every account it held, and wrote an empty pool.
 const READ_FROM = Symbol("opencode-oauth-pool read from");
 
-/** The pool `where` names, as JavaScript can tell: a path resolved, else what the addon reads to choose one. */
-const poolNamed = (where) =>
-  where === undefined ? ["env", process.env.OAUTH_POOL_STORE, process.env.OAUTH_POOL_PATH, homedir()].join("\0") : `path\0${resolve(where)}`;
-
 function heldAsRead(pool) {
   if (!Array.isArray(pool.anthropic)) return undefined;
   // Whole accounts, not their names and credentials alone: a field the copy still holds as read
@@ -205,11 +199,14 @@ function heldAsRead(pool) {
 export const loadPool = wrap(async (path) => {
   const where = pathArg(path);
   const readAt = Date.now();
-  const pool = JSON.parse(await native.loadPool(where));
+  const loaded = await native.loadPool(where);
+  const pool = JSON.parse(loaded.text);
   if (pool !== null && typeof pool === "object") {
     Object.defineProperty(pool, READ_AT, { value: readAt });
     Object.defineProperty(pool, HELD, { value: heldAsRead(pool) });
-    Object.defineProperty(pool, READ_FROM, { value: poolNamed(where) });
+    // Which pool, as the addon names it (the file's real path): the same file reached through
+    // the variable, a relative path or a link is the same pool.
+    Object.defineProperty(pool, READ_FROM, { value: loaded.from });
   }
   return pool;
 });
@@ -232,7 +229,7 @@ export const savePool = wrap((pool, path) => {
     err.cause = e;
     throw err;
   }
-  return native.savePool(plain, where, pool[READ_AT], pool[READ_FROM] === poolNamed(where) ? pool[HELD] : undefined);
+  return native.savePool(plain, where, pool[READ_AT], pool[HELD], pool[READ_FROM]);
 });
 
 export const authorize = wrap(async (options) => {

@@ -287,7 +287,11 @@ impl ReadCopy {
     /// read (`Pool::keep_credentials_changed_since`, `Pool::keep_fields_changed_since`), and out
     /// of it the accounts removed since (`Pool::drop_removed_since`).
     pub fn reconcile(&self, copy: &mut Pool, stored: &Pool) {
-        if let Some(at) = self.at {
+        if let Some(held) = &self.held {
+            for email in copy.keep_not_read(stored, held) {
+                tracing::info!(account = %email, "kept an account added since the copy was read");
+            }
+        } else if let Some(at) = self.at {
             for email in copy.keep_added_since(stored, at) {
                 tracing::info!(account = %email, "kept an account added since the copy was read");
             }
@@ -560,6 +564,23 @@ impl Pool {
                     .and_then(crate::account::parse_iso_ms)
                     .is_some_and(|at| at > since && at <= until)
             })
+            .cloned()
+            .collect();
+        let names = added.iter().map(|a| a.email.clone()).collect();
+        self.anthropic
+            .extend(added.into_iter().map(|a| Entry::Valid(Box::new(a))));
+        names
+    }
+
+    /// The accounts of `stored` (the pool as it is now) that neither the copy nor what it read
+    /// (`held`) holds, added to it: added by another process after the copy was read. Told by
+    /// what was read, not by `added`: a login stamps `added` before it waits for the pool's lock,
+    /// so one whose write landed after a read begun later looked older than the read, and the
+    /// save dropped it (its one-time code already spent).
+    pub fn keep_not_read(&mut self, stored: &Pool, held: &Pool) -> Vec<String> {
+        let added: Vec<Account> = stored
+            .accounts()
+            .filter(|s| self.find(&s.email).is_none() && held.find(&s.email).is_none())
             .cloned()
             .collect();
         let names = added.iter().map(|a| a.email.clone()).collect();
@@ -998,6 +1019,37 @@ mod tests {
         assert_eq!(names, ["old@x.test", "new@x.test"]);
         let kept = copy.find("new@x.test").and_then(|a| a.refresh.as_ref());
         assert_eq!(kept.map(|r| r.expose()), Some("r3"));
+    }
+
+    #[test]
+    fn a_copy_saved_back_keeps_a_login_it_never_read_whatever_its_added_time() {
+        let now = crate::account::now_ms();
+        let at = |ms: i64| crate::account::iso_time(ms);
+        // A login stamped before the read began, written after it: not in what was read.
+        let stored = Pool::from_value(json!({ "anthropic": [
+            { "email": "old@x.test", "refresh": "r1", "added": at(now - 86_400_000) },
+            { "email": "late@x.test", "refresh": "r2", "added": at(now - 5_000) },
+            { "email": "undated@x.test", "refresh": "r3" },
+            { "email": "dropped@x.test", "refresh": "r4", "added": at(now - 1_000) },
+        ]}))
+        .unwrap();
+        let held = Pool::from_value(json!({ "anthropic": [
+            { "email": "old@x.test", "refresh": "r1", "added": at(now - 86_400_000) },
+            { "email": "dropped@x.test", "refresh": "r4", "added": at(now - 1_000) },
+        ]}))
+        .unwrap();
+        // The copy took dropped@ out on purpose.
+        let mut copy = Pool::from_value(json!({ "anthropic": [
+            { "email": "old@x.test", "refresh": "r1", "added": at(now - 86_400_000) },
+        ]}))
+        .unwrap();
+        let read = ReadCopy {
+            at: Some(now - 1_000),
+            held: Some(held),
+        };
+        read.reconcile(&mut copy, &stored);
+        let names: Vec<_> = copy.accounts().map(|a| a.email.as_str()).collect();
+        assert_eq!(names, ["old@x.test", "late@x.test", "undated@x.test"]);
     }
 
     #[test]

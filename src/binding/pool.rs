@@ -18,13 +18,28 @@ use crate::pool::{Pool, ReadCopy};
 /// JavaScript writes the pool), and an own `"__proto__"` key an own key (set on a napi object,
 /// it became the account's prototype: the account was no plain object, and `savePool` refused
 /// the pool it had just loaded).
-#[napi(js_name = "loadPool", ts_return_type = "Promise<string>", catch_unwind)]
-pub fn load_pool(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, String>> {
+/// `from`: which pool it was read from (`Store::identity`), which `savePool` is handed back.
+#[napi(object)]
+pub struct LoadedPool {
+    pub text: String,
+    pub from: String,
+}
+
+#[napi(
+    js_name = "loadPool",
+    ts_return_type = "Promise<LoadedPool>",
+    catch_unwind
+)]
+pub fn load_pool(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, LoadedPool>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
         let pool = store.load().await.map_err(js_error)?;
-        serde_json::to_string(&pool.into_loaded_value())
-            .map_err(|e| js_error(crate::error::Error::PoolInvalid(e.to_string())))
+        let text = serde_json::to_string(&pool.into_loaded_value())
+            .map_err(|e| js_error(crate::error::Error::PoolInvalid(e.to_string())))?;
+        Ok(LoadedPool {
+            text,
+            from: store.identity().await,
+        })
     })
 }
 
@@ -39,14 +54,23 @@ pub fn save_pool(
     path: Option<String>,
     read_at: Option<f64>,
     held: Option<Value>,
+    read_from: Option<String>,
 ) -> JsResult<PromiseRaw<'_, ()>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
         let pool = Pool::from_caller(pool).map_err(js_error)?;
+        // What was read says what was removed from that pool only, whichever way its path is
+        // spelt (the variable, a relative path, a link): saved to another, the copy replaces it.
+        let same_pool = match read_from {
+            Some(from) => from == store.identity().await,
+            None => false,
+        };
         let read = ReadCopy {
             at: read_at.filter(|t| t.is_finite()).map(|t| t as i64),
             // Made by index.mjs from what loadPool gave; unreadable, nothing is left out.
-            held: held.and_then(|h| Pool::from_value(h).ok()),
+            held: held
+                .filter(|_| same_pool)
+                .and_then(|h| Pool::from_value(h).ok()),
         };
         store.save_read_at(pool, read).await.map_err(js_error)?;
         Engine::for_store(store).reset_memory();

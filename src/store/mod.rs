@@ -182,6 +182,21 @@ impl Store {
         }
     }
 
+    /// Which pool this is, however its path was spelt (links and `..` resolved): a copy `loadPool`
+    /// read is saved back to the same pool when this is the same.
+    pub async fn identity(&self) -> String {
+        match self {
+            Store::File(f) => {
+                let path = f.path().to_path_buf();
+                let shown = path.display().to_string();
+                blocking(move || Ok(journal::file_identity(&path)))
+                    .await
+                    .unwrap_or(shown)
+            }
+            Store::Postgres(_) => self.key(),
+        }
+    }
+
     pub fn path(&self) -> Option<&Path> {
         match self {
             Store::File(f) => Some(f.path()),
