@@ -1,7 +1,7 @@
 // OAuth through the real addon against the strict mock token endpoint (issue 3).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { authorize, exchange, refresh, addAccount, addApiKey, loadPool, savePool, importClaudeCode, listAccounts } from "../index.mjs";
+import { authorize, exchange, refresh, addAccount, addApiKey, loadPool, savePool, importClaudeCode, listAccounts, refreshAccount } from "../index.mjs";
 import { callbackUrlFromPaste } from "./helpers/mock-anthropic.mjs";
 import { useMock, tempPoolPath, mode, withEnv } from "./helpers/pool-env.mjs";
 import { writeFileSync } from "node:fs";
@@ -422,6 +422,35 @@ test("an existing Claude Code login can be imported", async () => {
   const r = await importClaudeCode({ credentialsPath: creds, path });
   assert.deepEqual(r, { email: "cc@x.test", added: true });
   assert.equal((await loadPool(path)).anthropic[0].refresh, t.refresh);
+});
+
+// Imported, refreshed by the pool, Claude Code logged out since, imported again: the file's
+// tokens are the spent generation, and written over the live ones they lost the login in both
+// places. The refresh journal knows the token spent: refused, the live tokens kept.
+test("a Claude Code login imported again after the pool refreshed it is refused, and the pool keeps the live tokens", async () => {
+  const t = mock.addAccount("cc-again@x.test");
+  const creds = join(tempDir("claude-"), ".credentials.json");
+  writeFileSync(creds, JSON.stringify({ claudeAiOauth: { accessToken: t.access, refreshToken: t.refresh, expiresAt: t.expires, scopes: [] } }));
+  const path = tempPoolPath();
+  for (const named of [true, false]) {
+    const options = { credentialsPath: creds, path, ...(named ? { email: "cc-again@x.test" } : {}) };
+    if (named) assert.deepEqual(await importClaudeCode(options), { email: "cc-again@x.test", added: true });
+    if (named) assert.equal((await refreshAccount("cc-again@x.test", path)).outcome, "refreshed");
+    const live = (await loadPool(path)).anthropic[0];
+    assert.notEqual(live.refresh, t.refresh);
+    await assert.rejects(
+      importClaudeCode(options),
+      (e) =>
+        e.code === "OAUTH_INVALID_GRANT" &&
+        /already spent: the pool at .+ refreshed it as cc-again@x\.test on .+nothing was imported$/.test(e.message) &&
+        !e.message.includes(t.refresh),
+    );
+    assert.deepEqual(
+      (await loadPool(path)).anthropic.map((a) => [a.email, a.refresh]),
+      [["cc-again@x.test", live.refresh]],
+      "the live tokens stay",
+    );
+  }
 });
 
 test("one Claude Code login imported again under another name stays one member: a name given is refused naming the holder, none renews the holder", async () => {

@@ -322,6 +322,31 @@ test("savePool of a copy read before another process refreshed an account or rep
   assert.equal(account(path, "keyed@x.test").priority, 2);
 });
 
+// The tokens a refresh gets may expire sooner than the ones it spent: an earlier refresh ran with
+// the clock fast (NTP corrected it since), or the server gave a shorter lifetime. Told by the
+// expiries alone, the stale copy's spent token looked the newer, and the save wrote it back: the
+// next refresh found the pool "put back to an earlier state" and the login was lost. The refresh
+// journal knows the copy's token spent.
+test("savePool of a copy read before a refresh whose new tokens expire sooner keeps the live tokens", async () => {
+  const path = await seedPool(mock, ["sooner@x.test"]);
+  const seeded = readPool(path);
+  seeded.anthropic[0].expires = Date.now() + 11 * 3_600_000;
+  await savePool(seeded, path);
+  const copy = await loadPool(path);
+  const refreshed = JSON.parse((await cliOn(path, ["refresh", "sooner@x.test", "--json"])).trim().split("\n").at(-1));
+  assert.equal(refreshed.outcome, "refreshed");
+  const live = account(path, "sooner@x.test");
+  assert.ok(live.expires < seeded.anthropic[0].expires, "the live tokens expire sooner");
+  copy.anthropic[0].priority = 2;
+  await savePool(copy, path);
+  const saved = account(path, "sooner@x.test");
+  assert.equal(saved.refresh, live.refresh, "the spent refresh token was written back");
+  assert.equal(saved.expires, live.expires);
+  assert.equal(saved.priority, 2, "the copy's change is written");
+  const again = JSON.parse((await cliOn(path, ["refresh", "sooner@x.test", "--json"])).trim().split("\n").at(-1));
+  assert.equal(again.outcome, "refreshed");
+});
+
 test("savePool of a copy read before a refresh keeps the newer tokens instead of writing back the spent one", async () => {
   const path = await seedPool(mock, ["stale@x.test"], { expired: ["stale@x.test"] });
   const copy = await loadPool(path); // e.g. a script that changes a priority

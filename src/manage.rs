@@ -268,6 +268,22 @@ pub async fn add_imported(
     name_given: bool,
 ) -> Result<(String, bool)> {
     let email = login_email(tokens);
+    // Imported again after the pool refreshed that login (and Claude Code was logged out since),
+    // the file's tokens are the spent generation: written over the live ones, they lost the login
+    // in both places. The journal knows the token spent, and where its successor is.
+    let tag = crate::store::journal::tag(&tokens.refresh);
+    if let Some((_, spent)) = Store::spent_tokens(vec![(email.clone(), tag)])
+        .await
+        .into_iter()
+        .next()
+    {
+        return Err(Error::LoginElsewhere(format!(
+            "Claude Code's file holds a refresh token that was already spent: the pool at {} refreshed it as {} on {}, and keeps the tokens that replaced it (a refresh token works once). The file is older than that login: log in to Claude Code again to import a new one; nothing was imported",
+            spent.store,
+            spent.email,
+            crate::account::iso_time_seconds(spent.at)
+        )));
+    }
     let mut account = Account::new_oauth(
         &email,
         tokens.access.clone(),

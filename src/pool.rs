@@ -279,6 +279,10 @@ fn lone_surrogates_replaced(text: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> 
 pub struct ReadCopy {
     pub at: Option<i64>,
     pub held: Option<Pool>,
+    /// The copy's accounts whose refresh token this machine's journal records as spent, its
+    /// successor saved (`Store::spent_tokens`): whatever the expiries say, the stored tokens
+    /// are the live ones.
+    pub spent: Vec<String>,
 }
 
 impl ReadCopy {
@@ -514,13 +518,18 @@ impl Pool {
     ///   `authErrorToken`): written back as usable, the refused login would be tried again.
     ///
     /// Returns the accounts whose tokens were kept.
-    pub fn keep_newer_state(&mut self, stored: &Pool) -> Vec<String> {
+    /// `spent`: accounts whose refresh token the copy holds was spent, its successor saved (the
+    /// refresh journal): their stored tokens are the later generation whatever the expiries say
+    /// (a refresh while the clock ran fast, or a shorter lifetime, gave the live tokens the
+    /// earlier expiry, and the spent token was written back).
+    pub fn keep_newer_state(&mut self, stored: &Pool, spent: &[String]) -> Vec<String> {
         let mut kept = Vec::new();
         for a in self.accounts_mut() {
             let Some(s) = stored.find(&a.email) else {
                 continue;
             };
-            let newer = matches!((s.expires, a.expires), (Some(s), Some(a)) if s > a);
+            let newer = matches!((s.expires, a.expires), (Some(s), Some(a)) if s > a)
+                || spent.iter().any(|e| e == &a.email);
             let differs = s.refresh.is_some() && a.refresh.is_some() && s.refresh != a.refresh;
             if newer && differs {
                 a.access = s.access.clone();
@@ -940,6 +949,29 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_copy_holding_a_token_the_journal_knows_spent_takes_the_stored_ones_whatever_they_expire() {
+        const T: i64 = 1_800_000_000_000;
+        let pool = |refresh: &str, expires: i64| {
+            Pool::from_value(json!({ "anthropic": [
+                { "email": "a@x.test", "refresh": refresh, "access": format!("a-{refresh}"), "expires": expires },
+            ]}))
+            .unwrap()
+        };
+        // Refreshed while the clock ran fast, then again with it right: the live tokens expire
+        // sooner than the spent ones the copy holds.
+        let stored = pool("r2", T);
+        let mut copy = pool("r1", T + 3 * 3_600_000);
+        assert!(copy.clone().keep_newer_state(&stored, &[]).is_empty());
+        assert_eq!(
+            copy.keep_newer_state(&stored, &["a@x.test".to_string()]),
+            vec!["a@x.test".to_string()]
+        );
+        let a = copy.find("a@x.test").unwrap();
+        assert_eq!(a.refresh.as_ref().unwrap().expose(), "r2");
+        assert_eq!(a.expires, Some(T));
+    }
+
+    #[test]
     fn a_stale_copy_never_writes_back_spent_tokens() {
         const T: i64 = 1_800_000_000_000;
         let pool = |refresh: &str, expires: i64| {
@@ -954,7 +986,7 @@ mod tests {
         let mut stale = pool("r1", T + 1_000);
         stale.find_mut("b@x.test").unwrap().priority = Some(3);
         assert_eq!(
-            stale.keep_newer_state(&stored),
+            stale.keep_newer_state(&stored, &[]),
             vec!["A@x.test".to_string()]
         );
         let a = stale.find("a@x.test").unwrap();
@@ -969,11 +1001,11 @@ mod tests {
         let tag = b.credential_tag().unwrap();
         b.extra.insert("authErrorToken".into(), json!(tag));
         let mut stale = pool("r2", T + 2_000);
-        stale.keep_newer_state(&refused);
+        stale.keep_newer_state(&refused, &[]);
         assert_eq!(stale.find("b@x.test").unwrap().status, "auth-error");
         let mut relogged = pool("r2", T + 2_000);
         relogged.find_mut("b@x.test").unwrap().refresh = Some("rb-new".into());
-        relogged.keep_newer_state(&refused);
+        relogged.keep_newer_state(&refused, &[]);
         assert_eq!(
             relogged.find("b@x.test").unwrap().status,
             "idle",
@@ -981,7 +1013,7 @@ mod tests {
         );
         // A newer login saved over older stored tokens is the caller's to write.
         let mut fresh = pool("r3", T + 3_000);
-        assert!(fresh.keep_newer_state(&stored).is_empty());
+        assert!(fresh.keep_newer_state(&stored, &[]).is_empty());
         assert_eq!(
             fresh
                 .find("a@x.test")
@@ -1046,6 +1078,7 @@ mod tests {
         let read = ReadCopy {
             at: Some(now - 1_000),
             held: Some(held),
+            spent: Vec::new(),
         };
         read.reconcile(&mut copy, &stored);
         let names: Vec<_> = copy.accounts().map(|a| a.email.as_str()).collect();

@@ -71,6 +71,7 @@ pub fn save_pool(
             held: held
                 .filter(|_| same_pool)
                 .and_then(|h| Pool::from_value(h).ok()),
+            spent: Vec::new(),
         };
         store.save_read_at(pool, read).await.map_err(js_error)?;
         Engine::for_store(store).reset_memory();

@@ -178,7 +178,7 @@ impl FileStore {
         let previous = self.read()?;
         let mut pool = pool.clone();
         if let Some((stored, _)) = &previous {
-            for email in pool.keep_newer_state(stored) {
+            for email in pool.keep_newer_state(stored, &read.spent) {
                 tracing::info!(account = %email, "kept the stored tokens: newer than those saved");
             }
             read.reconcile(&mut pool, stored);

@@ -253,6 +253,28 @@ impl Journal {
         seen
     }
 
+    /// Of the refresh tokens tagged `tags`, those spent with their successor saved (in any store:
+    /// a token works once), each with where; read without the lock (every write replaces the
+    /// file whole), nothing when the journal is missing or unusable. Blocking.
+    pub fn spent_among(&self, tags: &[String]) -> Vec<(String, Spent)> {
+        let Ok(Some(book)) = self.read() else {
+            return Vec::new();
+        };
+        book.refreshes
+            .into_iter()
+            .filter(|e| e.saved && tags.contains(&e.token))
+            .map(|e| {
+                let spent = Spent {
+                    store: e.store,
+                    email: e.email,
+                    at: e.at,
+                    restored: false,
+                };
+                (e.token, spent)
+            })
+            .collect()
+    }
+
     /// The tokens that replaced `token` are saved in `store`: from now on nobody presents it.
     pub fn saved(&self, token: &str, store: &str, email: &str, now: i64) {
         self.change(now, |book| {

@@ -182,6 +182,31 @@ impl Store {
         }
     }
 
+    /// The refresh tokens among `tokens` (by account) that this machine's refresh journal
+    /// records as spent, their successors saved: `(account, where it was spent)`. Never one to
+    /// write back over the live login. Nothing without a journal, or when it does not answer
+    /// within a few seconds (a home on a file system that hangs).
+    pub async fn spent_tokens(tokens: Vec<(String, String)>) -> Vec<(String, journal::Spent)> {
+        let Some(j) = journal::Journal::for_user().filter(|_| !tokens.is_empty()) else {
+            return Vec::new();
+        };
+        let asking = blocking(move || {
+            let tags: Vec<String> = tokens.iter().map(|(_, t)| t.clone()).collect();
+            let spent = j.spent_among(&tags);
+            Ok(tokens
+                .into_iter()
+                .filter_map(|(email, tag)| {
+                    let (_, s) = spent.iter().find(|(t, _)| *t == tag)?;
+                    Some((email, s.clone()))
+                })
+                .collect())
+        });
+        match tokio::time::timeout(Duration::from_secs(5), asking).await {
+            Ok(Ok(spent)) => spent,
+            _ => Vec::new(),
+        }
+    }
+
     /// Which pool this is, however its path was spelt (links and `..` resolved): a copy `loadPool`
     /// read is saved back to the same pool when this is the same.
     pub async fn identity(&self) -> String {
@@ -333,7 +358,16 @@ impl Store {
 
     /// Replaces the whole pool with a copy `loadPool` gave (`savePool`): accounts added since it
     /// was read are kept, those removed since stay out (`ReadCopy::reconcile`).
-    pub async fn save_read_at(&self, pool: Pool, read: ReadCopy) -> Result<()> {
+    pub async fn save_read_at(&self, pool: Pool, mut read: ReadCopy) -> Result<()> {
+        let tokens = pool
+            .accounts()
+            .filter_map(|a| Some((a.email.clone(), journal::tag(a.refresh.as_ref()?))))
+            .collect();
+        read.spent = Self::spent_tokens(tokens)
+            .await
+            .into_iter()
+            .map(|(email, _)| email)
+            .collect();
         match self {
             Store::File(f) => {
                 let f = f.clone();

@@ -972,7 +972,7 @@ impl PgStore {
     /// (`Pool::keep_newer_state`).
     pub async fn save(&self, mut pool: Pool, read: ReadCopy) -> Result<()> {
         self.update(move |stored| {
-            for email in pool.keep_newer_state(stored) {
+            for email in pool.keep_newer_state(stored, &read.spent) {
                 tracing::info!(account = %email, "kept the stored tokens: newer than those saved");
             }
             read.reconcile(&mut pool, stored);
