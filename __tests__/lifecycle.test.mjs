@@ -9,7 +9,7 @@ import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { createPoolFetch, flushPool, savePool } from "../index.mjs";
+import { createPoolFetch, flushPool, refreshAccount, savePool } from "../index.mjs";
 import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders } from "./helpers/pool-env.mjs";
 import { flockAvailable, holdLock } from "./helpers/flock.mjs";
 import { tempDir } from "./helpers/temp.mjs";
@@ -160,6 +160,37 @@ test("an account removed while this process refreshes its token stays removed, t
     const next = await ask(f);
     assert.equal(next.poolAccount, stay);
     await next.text();
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
+
+// A rename is no removal: the entry that still holds the spent token is this login under its new
+// name, and dropping the refreshed tokens (as for a removed account) lost it.
+test("an account renamed while this process refreshes its token gets the refreshed tokens under its new name", async () => {
+  const [before, after, other] = ["renamed-refresh@x.test", "renamed-now@x.test", "renamed-refresh-b@x.test"];
+  const path = await poolOf([before, other], { expired: [before] });
+  try {
+    const spent = account(path, before).refresh;
+    const { f, answer, release } = await heldRefresh(path);
+    const renamed = readPool(path);
+    renamed.anthropic.find((a) => a.email === before).email = after;
+    await savePool(renamed, path);
+    release();
+    const r = await answer;
+    assert.equal(r.status, 200);
+    await r.text();
+    await flushPool(path);
+    const pool = readPool(path);
+    assert.deepEqual(pool.anthropic.map((a) => a.email).sort(), [other, after].sort());
+    const live = account(path, after);
+    assert.notEqual(live.refresh, spent, "the spent token is left in the file");
+    assert.ok(live.expires > Date.now(), "the refreshed tokens are written");
+    // They are the live generation: the next refresh of it is no reuse.
+    const again = await refreshAccount(after, path);
+    assert.equal(again.outcome, "refreshed");
+    assert.equal(mock.stats().perFamily[before].reuse, 0);
+    assert.equal(mock.stats().perFamily[before].revoked, false);
   } finally {
     mock.setTokenMode(null);
   }

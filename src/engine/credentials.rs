@@ -808,7 +808,15 @@ impl Engine {
                             ),
                         ));
                     }
-                    Ok(match pool.find_mut(&who) {
+                    // Renamed meanwhile (a hand edit, a script's `savePool`): the entry still
+                    // holding the spent token is this login, and dropping the tokens lost it.
+                    let holder = if pool.find(&who).is_some() {
+                        pool.find_mut(&who)
+                    } else {
+                        pool.accounts_mut()
+                            .find(|a| !a.is_api_key() && a.refresh.as_ref() == Some(&spent))
+                    };
+                    Ok(match holder {
                         Some(a) if a.refresh.as_ref() == Some(&spent) || put_back(a) => {
                             let kept = (a.access.clone(), a.expires);
                             set_tokens(a, &a2, &r2, expires);
