@@ -172,7 +172,7 @@ test("an account renamed while this process refreshes its token gets the refresh
   const path = await poolOf([before, other], { expired: [before] });
   try {
     const spent = account(path, before).refresh;
-    const { f, answer, release } = await heldRefresh(path);
+    const { answer, release } = await heldRefresh(path);
     const renamed = readPool(path);
     renamed.anthropic.find((a) => a.email === before).email = after;
     await savePool(renamed, path);
