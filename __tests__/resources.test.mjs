@@ -196,6 +196,42 @@ test("through a relay (OAUTH_POOL_API_URL) that passes on the API's answers as w
   }
 });
 
+// The check of where a batch names its results ran only on `application/json` up to 4 MB; the
+// SDK reads JSON out of a `+json` type too, and a bigger answer passed unchecked: either took
+// the gateway's key to another origin.
+test("a batch answer the gateway cannot check (a +json type, past 4 MB) naming its results elsewhere is refused, coded", async () => {
+  const path = await seedPool(mock, ["unchecked1@x.test"]);
+  const gw = await lib.serve({ port: 0, path });
+  const elsewhere = {
+    id: "msgbatch_x",
+    type: "message_batch",
+    processing_status: "ended",
+    results_url: "http://127.0.0.1:9/v1/messages/batches/msgbatch_x/results",
+  };
+  const cases = {
+    "+json": { body: elsewhere, headers: { "content-type": "application/vnd.anthropic+json" } },
+    "past 4 MB": { body: { ...elsewhere, padding: "p".repeat(4.5 * 1024 * 1024) } },
+    "a type with parameters, and past 4 MB": {
+      body: { ...elsewhere, padding: "p".repeat(4.5 * 1024 * 1024) },
+      headers: { "content-type": "application/json; charset=utf-8" },
+    },
+  };
+  try {
+    for (const [what, step] of Object.entries(cases)) {
+      mock.script("unchecked1@x.test", [{ path: "/v1/messages/batches/msgbatch_x", status: 200, ...step }]);
+      const headers = { "x-api-key": KEY, "anthropic-version": "2023-06-01" };
+      const answer = await fetch(`${gw.url}/v1/messages/batches/msgbatch_x`, { headers });
+      const text = await answer.text();
+      assert.equal(answer.status, 500, `${what}: ${text.slice(0, 200)}`);
+      assert.equal(answer.headers.get("x-oauth-pool-error"), "INSECURE_ENDPOINT", what);
+      assert.equal(answer.headers.get("x-should-retry"), "false", what);
+      assert.ok(!text.includes("padding"), `${what}: the answer's bytes were relayed`);
+    }
+  } finally {
+    await gw.close(1000);
+  }
+});
+
 // The SDKs fetch a batch's results_url as it stands, with the headers they send the gateway: one
 // naming another origin took the gateway's key there.
 test("a batch answer naming its results on another origin is refused, coded, and nothing reaches that origin", async () => {

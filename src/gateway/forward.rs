@@ -654,7 +654,7 @@ fn batch_answer(parts: &hyper::http::request::Parts, scheme: &str) -> Option<Str
 }
 
 /// The most of a batch answer read to point its `results_url` at the gateway (a page of a
-/// hundred batches is about 60 KB); a bigger one passes as it is.
+/// hundred batches is about 60 KB); a bigger one is refused, unchecked.
 const MAX_BATCH_ANSWER: usize = 4 * 1024 * 1024;
 
 /// A batch answer with the API's URLs in it (`"https://api.anthropic.com/v1/...`, or those of
@@ -666,13 +666,9 @@ async fn results_through_gateway(
     gateway: &str,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> crate::error::Result<fetch::Answer> {
-    let json = answer.headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("content-type")
-            && v.split(';')
-                .next()
-                .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
-    });
-    if !(200..300).contains(&answer.status) || !json {
+    // Whatever type the answer says it is: the SDKs read JSON out of more than
+    // `application/json` (a `+json` type, parameters), and then fetch the `results_url` in it.
+    if !(200..300).contains(&answer.status) {
         return Ok(answer);
     }
     let (start, mut response) = match std::mem::replace(&mut answer.body, Body::Full(Bytes::new()))
@@ -689,7 +685,15 @@ async fn results_through_gateway(
         }
     };
     answer.body = match response {
-        Some(r) if !whole => Body::Peeked(body, r),
+        Some(_) if !whole => {
+            return Err(Error::InsecureEndpoint {
+                url: apis[0].clone(),
+                reason: format!(
+                    "its answer about a batch is larger than {} MB, more than the gateway reads to check where it names the results (a page of a hundred batches is about 60 KB): it is not relayed",
+                    MAX_BATCH_ANSWER / (1024 * 1024)
+                ),
+            })
+        }
         _ => {
             let body = apis
                 .iter()
