@@ -13,7 +13,7 @@ import { createAnthropic } from "@ai-sdk/anthropic";
 import { generateText, streamText } from "ai";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
-import { withRawApi } from "./helpers/raw-api.mjs";
+import { throughPool, withRawApi } from "./helpers/raw-api.mjs";
 import { account, oauthEntry, useMock, seedPool, tempPoolPath, until, withEnv } from "./helpers/pool-env.mjs";
 import { tempDir } from "./helpers/temp.mjs";
 
@@ -220,6 +220,38 @@ test("a batch answer that breaks off upstream is the pool's coded 502 NETWORK, a
         }
       } finally {
         await gw.close(0);
+      }
+    },
+  );
+});
+
+// Hop-by-hop headers (RFC 9110 7.6.1) describe the upstream's connection to the pool: relayed,
+// the gateway told its client of an upgrade, trailers and connection options its own hop never
+// had. The library's native transport hands the same head over (the runtime's transport is the
+// runtime's fetch, which keeps them, as Node's does).
+test("an answer's hop-by-hop headers, and those its Connection names, stop at the pool: the gateway and the native transport pass the rest", async () => {
+  const path = await seedPool(mock, ["hops@x.test"]);
+  await withRawApi(
+    (socket) => {
+      const body = '{"ok":true}';
+      socket.end(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: x-hop, close\r\nx-hop: 1\r\nupgrade: h2c\r\n" +
+          `proxy-connection: keep-alive\r\ntrailer: x-sum\r\nte: trailers\r\nx-end: 1\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
+      );
+    },
+    async () => {
+      for (const kind of ["native", "gateway"]) {
+        const via = await throughPool(kind, path, { key: KEY });
+        try {
+          const res = await via.send({}, "/v1/models");
+          assert.equal(res.status, 200, kind);
+          assert.deepEqual(await res.json(), { ok: true }, kind);
+          for (const hop of ["x-hop", "upgrade", "proxy-connection", "trailer", "te"]) assert.equal(res.headers.get(hop), null, `${kind}: ${hop}`);
+          assert.equal(res.headers.get("x-end"), "1", kind);
+          assert.equal(res.headers.get("content-type"), "application/json", kind);
+        } finally {
+          await via.close();
+        }
       }
     },
   );

@@ -4,7 +4,7 @@
 // the caller that a batch or a file it had made was gone.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
+import { createServer, request as httpRequest } from "node:http";
 import Anthropic from "@anthropic-ai/sdk";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
@@ -196,10 +196,56 @@ test("through a relay (OAUTH_POOL_API_URL) that passes on the API's answers as w
   }
 });
 
+// Behind a reverse proxy that ends TLS (nginx forwarding `https://pool.example.com` to the
+// gateway's plain listener on loopback), the results URL was built from the listener's scheme:
+// `http://pool.example.com/...`, and the SDK took the gateway's key there in clear. The proxy
+// here is a plain relay on loopback, as nginx's leg to the gateway is.
+test("behind a reverse proxy that ends TLS, a batch's results_url keeps the client's https (X-Forwarded-Proto, Forwarded, or a public name asked from this machine); a direct client keeps http", async () => {
+  const path = await seedPool(mock, ["proxied@x.test"]);
+  const gw = await lib.serve({ port: 0, path });
+  const { port } = new URL(gw.url);
+  const made = (host, extra = {}) =>
+    new Promise((resolve, reject) => {
+      const body = JSON.stringify({ requests: [] });
+      const headers = {
+        host,
+        "x-api-key": KEY,
+        "content-type": "application/json",
+        "anthropic-version": "2023-06-01",
+        "content-length": Buffer.byteLength(body),
+        ...extra,
+      };
+      const req = httpRequest({ host: "127.0.0.1", port, method: "POST", path: "/v1/messages/batches", headers }, (res) => {
+        const parts = [];
+        res.on("data", (c) => parts.push(c));
+        res.on("end", () => resolve({ status: res.statusCode, batch: JSON.parse(Buffer.concat(parts).toString()) }));
+      });
+      req.on("error", reject);
+      req.end(body);
+    });
+  try {
+    const cases = [
+      ["pool.example.com", {}, "https://pool.example.com"],
+      ["pool.example.com:8443", { "x-forwarded-proto": "https" }, "https://pool.example.com:8443"],
+      ["pool.example.com", { forwarded: 'for=192.0.2.1;proto="https"' }, "https://pool.example.com"],
+      ["pool.example.com", { "x-forwarded-proto": "http" }, "http://pool.example.com"],
+      [`127.0.0.1:${port}`, {}, `http://127.0.0.1:${port}`],
+      [`localhost:${port}`, {}, `http://localhost:${port}`],
+    ];
+    for (const [host, extra, origin] of cases) {
+      const { status, batch } = await made(host, extra);
+      assert.equal(status, 200, host);
+      assert.equal(batch.results_url, `${origin}/v1/messages/batches/${batch.id}/results`, `${host} ${JSON.stringify(extra)}`);
+    }
+  } finally {
+    await gw.close(1000);
+  }
+});
+
 // The check of where a batch names its results ran only on `application/json` up to 4 MB; the
 // SDK reads JSON out of a `+json` type too, and a bigger answer passed unchecked: either took
 // the gateway's key to another origin.
-test("a batch answer the gateway cannot check (a +json type, past 4 MB) naming its results elsewhere is refused, coded", async () => {
+test("a batch answer the gateway cannot check (a +json type, past 4 MB) naming its results elsewhere is refused, coded, its quote of the URL without the credential and bounded", async () => {
   const path = await seedPool(mock, ["unchecked1@x.test"]);
   const gw = await lib.serve({ port: 0, path });
   const elsewhere = {
@@ -227,6 +273,27 @@ test("a batch answer the gateway cannot check (a +json type, past 4 MB) naming i
       assert.equal(answer.headers.get("x-should-retry"), "false", what);
       assert.ok(!text.includes("padding"), `${what}: the answer's bytes were relayed`);
     }
+    // The refusal quotes the URL, which is the upstream's text: the credential it was sent, echoed
+    // there in any shape, is taken out (it was scrubbed only in the shape of an `sk-ant-` token;
+    // a relay's own keys have others).
+    const token = "relay-key-of-no-known-shape-0123456789";
+    mock.addApiKey(token, "keyed@x.test");
+    const keyed = await seedPool(mock, []);
+    await lib.addApiKey(token, { email: "keyed@x.test", path: keyed });
+    const echoed = { ...elsewhere, results_url: `http://127.0.0.1:9/v1/results?t=${token}&${"q".repeat(5000)}` };
+    mock.script("keyed@x.test", [{ path: "/v1/messages/batches/msgbatch_x", status: 200, body: echoed }]);
+    const keyedGateway = await lib.serve({ port: 0, path: keyed });
+    let answer, text;
+    try {
+      answer = await fetch(`${keyedGateway.url}/v1/messages/batches/msgbatch_x`, { headers: { "x-api-key": KEY, "anthropic-version": "2023-06-01" } });
+      text = await answer.text();
+    } finally {
+      await keyedGateway.close(1000);
+    }
+    assert.equal(answer.status, 500, text.slice(0, 200));
+    const { message } = JSON.parse(text).error;
+    assert.ok(!text.includes(token) && message.includes("[redacted]"), message);
+    assert.ok(message.length < 1500, `the quote is bounded: ${message.length}`);
   } finally {
     await gw.close(1000);
   }

@@ -56,14 +56,20 @@ pub struct Answer {
     pub presented: Vec<crate::secret::Secret>,
 }
 
-/// Response headers that described the wire, not the body we hand over (re-framed). A
-/// `content-encoding` left on the answer is one the client did not decode (it removes the gzip
-/// it decodes, with the length): the bytes are handed over as sent, and must say so.
+/// Response headers that described the wire, not the body we hand over (re-framed), and the
+/// other hop-by-hop ones (RFC 9110 7.6.1; `trailer` announces fields a re-framed body does not
+/// carry), besides those the answer's `Connection` names: a gateway relayed them to its client
+/// as if they were about its own hop. A `content-encoding` left on the answer is one the client
+/// did not decode (`coding`): the bytes are handed over as sent, and must say so.
 const DROPPED_FROM_ANSWER: &[&str] = &[
     "content-length",
     "transfer-encoding",
     "connection",
     "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
 ];
 
 /// Serves one request. The events (failovers, cooldowns, auth errors) come back even when the
@@ -423,7 +429,7 @@ async fn send(
                 detail: format!("the answer's status {} is not a final HTTP status", r.status().as_u16()),
                 never_connected: false,
             }),
-            Ok(r) => r.map_err(|e| http::network_error("the API", &e)),
+            Ok(r) => r.map(crate::coding::decoded).map_err(|e| http::network_error("the API", &e)),
             Err(_) => Err(Error::Network {
                 what: "the API",
                 detail: format!("no response headers within {} ms", timeout.as_millis()),
@@ -443,10 +449,24 @@ fn head_of(response: &reqwest::Response) -> (String, Vec<(String, String)>) {
             .unwrap_or("")
             .to_string(),
     };
+    let named_by_connection: Vec<String> = response
+        .headers()
+        .get_all(reqwest::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
     let headers = response
         .headers()
         .iter()
-        .filter(|(k, _)| !DROPPED_FROM_ANSWER.contains(&k.as_str()))
+        .filter(|(k, _)| {
+            // Whatever `Connection` says, a coding the body is still in stays named: dropped, the
+            // gateway relayed a body it could not search as if it were plain.
+            let hop = *k != reqwest::header::CONTENT_ENCODING
+                && named_by_connection.iter().any(|n| n == k.as_str());
+            !DROPPED_FROM_ANSWER.contains(&k.as_str()) && !hop
+        })
         .map(|(k, v)| (k.as_str().to_string(), byte_string(v.as_bytes())))
         .collect();
     (status_text, headers)

@@ -36,6 +36,10 @@ fn build(
     check_system_cert_file()?;
     let builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
+        .default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::ACCEPT_ENCODING,
+            reqwest::header::HeaderValue::from_static(crate::coding::ACCEPTED),
+        )]))
         .redirect(reqwest::redirect::Policy::none())
         // A header folded over two lines (obs-fold) is one value with a space where the fold
         // was, as RFC 9112 5.2 has a user agent read it (Node's fetch does): refused, the whole
@@ -501,6 +505,18 @@ pub fn network_error(what: &'static str, err: &reqwest::Error) -> Error {
     }
 }
 
+/// Whether the body failed to decode (`coding`), not the connection under it.
+fn undecodable(err: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        if s.is::<crate::coding::Undecodable>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// A network failure, described without the URL's query (which could hold a code).
 pub fn describe(err: &reqwest::Error) -> String {
     // A connect that timed out is both: which step is what the reader needs (reqwest's own
@@ -515,9 +531,8 @@ pub fn describe(err: &reqwest::Error) -> String {
         "timed out"
     } else if err.is_connect() {
         NOT_CONNECTED
-    } else if err.is_decode() {
-        // Also a connection dropped under a compressed body: the detail says which.
-        "could not read or decode the answer's body"
+    } else if err.is_decode() || undecodable(err) {
+        "could not decode the answer's body"
     } else if err.is_body() {
         "connection dropped while reading the answer"
     } else if err.is_request() {

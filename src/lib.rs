@@ -14,6 +14,7 @@
 
 pub mod account;
 pub mod body;
+pub mod coding;
 pub mod config;
 pub mod echo;
 pub mod engine;

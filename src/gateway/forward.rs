@@ -477,19 +477,14 @@ fn location_through_gateway(
     Ok(())
 }
 
-/// The content coding an answer's body is still in, when it names one other than `identity`.
+/// The content codings an answer's body is still in, when it names one other than `identity`.
 fn still_encoded(headers: &[(String, String)]) -> Option<String> {
-    let codings: Vec<&str> = headers
+    let named = headers
         .iter()
         .filter(|(name, _)| name.eq_ignore_ascii_case("content-encoding"))
-        .flat_map(|(_, value)| value.split(','))
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
-    codings
-        .iter()
-        .any(|c| !c.eq_ignore_ascii_case("identity"))
-        .then(|| codings.join(", "))
+        .map(|(_, value)| value.as_str());
+    let codings = crate::coding::codings(named);
+    (!codings.is_empty()).then(|| codings.join(", "))
 }
 
 /// Whether the answer's body is empty, read as far as its first byte to tell (an empty one is
@@ -531,10 +526,10 @@ async fn answered(
     if let Err(e) = location_through_gateway(&mut answer, upstream) {
         return failed(&e);
     }
-    // A body still in a content coding (one the client neither asked for nor undid: it asks for
-    // gzip and undoes only that) cannot be searched for an echoed credential, nor its batch URLs
-    // pointed here: a server echoing the pool's token compressed with `br`, `deflate`, `x-gzip`
-    // handed it whole to a client that holds only the gateway's key, and that decodes them all.
+    // A body still in a content coding (`coding` undoes gzip only as a body's one coding) cannot
+    // be searched for an echoed credential, nor its batch URLs pointed here: a server echoing the
+    // pool's token compressed with `br`, `deflate`, or gzip twice handed it whole to a client
+    // that holds only the gateway's key, and that decodes them all.
     if let Some(coding) = still_encoded(&answer.headers).filter(|_| !head_only) {
         match body_is_empty(&mut answer, cancel).await {
             Ok(true) => {}
@@ -542,7 +537,7 @@ async fn answered(
                 return failed(&Error::InsecureEndpoint {
                     url: upstream.origin(),
                     reason: format!(
-                        "it answered in content-encoding {coding}, which the pool did not ask for (it asks for gzip, and undoes only that): the gateway cannot search such a body for an echoed credential, and does not relay it"
+                        "it answered in content-encoding {coding}, which the pool does not undo (it asks for gzip, and undoes it only as a body's one coding): the gateway cannot search such a body for an echoed credential, and does not relay it"
                     ),
                 })
             }
@@ -636,7 +631,7 @@ async fn body_begun(
 /// The gateway's own origin as this client reaches it, for an answer about message batches:
 /// those name where their results are (`results_url`, on the API's origin), and a client
 /// fetches that with the headers it sends the gateway, its key with them, straight to the API.
-fn batch_answer(parts: &hyper::http::request::Parts, scheme: &str) -> Option<String> {
+fn batch_answer(parts: &hyper::http::request::Parts, scheme: &'static str) -> Option<String> {
     let path = parts.uri.path();
     // The results themselves are the model's words, never rewritten.
     if !path.starts_with("/v1/messages/batches") || path.trim_end_matches('/').ends_with("/results")
@@ -650,7 +645,62 @@ fn batch_answer(parts: &hyper::http::request::Parts, scheme: &str) -> Option<Str
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+    let name = host.parse::<hyper::http::uri::Authority>().ok()?;
+    let scheme = client_scheme(parts, scheme, name.host());
     plain.then(|| format!("{scheme}://{host}"))
+}
+
+/// The scheme the client reached the gateway by, for the URLs it is sent back to with its key.
+/// Behind a reverse proxy that ends TLS (nginx, Caddy), the listener's `http` was the proxy's
+/// leg, not the client's: a results URL of `http://<public host>` had the SDK send the gateway's
+/// key in clear over the network. So a proxy's `X-Forwarded-Proto` (or `Forwarded: proto=`) is
+/// taken, and without one, a request from this machine for a name that is not loopback (a
+/// proxy here, forwarding a public name) is taken to have come over TLS: wrong, that URL fails
+/// to connect; the other way, it leaked the key.
+fn client_scheme(
+    parts: &hyper::http::request::Parts,
+    listener: &'static str,
+    host: &str,
+) -> &'static str {
+    if listener == "https" {
+        return "https";
+    }
+    if let Some(said) = forwarded_proto(&parts.headers) {
+        return said;
+    }
+    let from_here = parts
+        .extensions
+        .get::<super::Peer>()
+        .is_some_and(|peer| peer.0.ip().to_canonical().is_loopback());
+    if from_here && !super::is_loopback_host(host) {
+        "https"
+    } else {
+        listener
+    }
+}
+
+/// The scheme a proxy says the client used: the first (the client's own hop) of
+/// `X-Forwarded-Proto`, else of `Forwarded`'s `proto=`; None when neither says http or https.
+fn forwarded_proto(headers: &hyper::HeaderMap) -> Option<&'static str> {
+    let first = |name: &str| {
+        let value = headers.get(name)?.to_str().ok()?;
+        value.split(',').next().map(str::trim)
+    };
+    let said = first("x-forwarded-proto").or_else(|| {
+        first("forwarded")?.split(';').find_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            key.trim()
+                .eq_ignore_ascii_case("proto")
+                .then(|| value.trim().trim_matches('"'))
+        })
+    })?;
+    if said.eq_ignore_ascii_case("https") {
+        Some("https")
+    } else if said.eq_ignore_ascii_case("http") {
+        Some("http")
+    } else {
+        None
+    }
 }
 
 /// The most of a batch answer read to point its `results_url` at the gateway (a page of a
@@ -698,7 +748,10 @@ async fn results_through_gateway(
             let body = apis
                 .iter()
                 .fold(body, |body, api| point_at(&body, api, gateway));
-            if let Some(elsewhere) = results_elsewhere(&body, gateway) {
+            if let Some(mut elsewhere) = results_elsewhere(&body, gateway) {
+                // The URL is the upstream's text: it may quote the credential it was sent.
+                crate::echo::scrub_text(&mut elsewhere, &answer.presented);
+                let elsewhere = crate::printable::bounded(&elsewhere);
                 return Err(Error::InsecureEndpoint {
                     url: apis[0].clone(),
                     reason: format!(
@@ -913,15 +966,12 @@ mod tests {
             still_encoded(&h(&[("content-encoding", "br")])).as_deref(),
             Some("br")
         );
-        // Named twice, or in one list: every coding counts.
+        // Named twice, or in one list: every coding counts, and identity is none.
         let both = h(&[
             ("content-encoding", "identity"),
             ("Content-Encoding", "x-gzip, IDENTITY"),
         ]);
-        assert_eq!(
-            still_encoded(&both).as_deref(),
-            Some("identity, x-gzip, IDENTITY")
-        );
+        assert_eq!(still_encoded(&both).as_deref(), Some("x-gzip"));
     }
 
     /// A store whose key is wrong or missing is not mended by asking again: its 500 went
@@ -996,6 +1046,74 @@ mod tests {
         for host in ["evil.test/x?", "a@b", "a b", "a#b", ""] {
             assert_eq!(at("/v1/messages/batches", Some(host)), None, "{host}");
         }
+    }
+
+    #[test]
+    fn results_go_back_by_the_scheme_the_client_used_behind_a_proxy_that_ends_tls() {
+        let ask = |host: &str, peer: Option<&str>, said: &[(&str, &str)], listener| {
+            let mut b = hyper::Request::builder()
+                .uri("/v1/messages/batches")
+                .header("host", host);
+            for (name, value) in said {
+                b = b.header(*name, *value);
+            }
+            let (mut parts, ()) = b.body(()).unwrap().into_parts();
+            if let Some(peer) = peer {
+                parts
+                    .extensions
+                    .insert(super::super::Peer(peer.parse().unwrap()));
+            }
+            batch_answer(&parts, listener).unwrap()
+        };
+        let here = Some("127.0.0.1:50000");
+        let away = Some("192.0.2.7:50000");
+        // Direct: the listener's scheme.
+        assert_eq!(
+            ask("127.0.0.1:8787", here, &[], "http"),
+            "http://127.0.0.1:8787"
+        );
+        assert_eq!(
+            ask("localhost:8787", here, &[], "http"),
+            "http://localhost:8787"
+        );
+        assert_eq!(ask("gw.lan:8787", away, &[], "http"), "http://gw.lan:8787");
+        assert_eq!(ask("gw.lan", away, &[], "https"), "https://gw.lan");
+        // A proxy here forwarding a public name, saying nothing: taken to be TLS.
+        assert_eq!(
+            ask("pool.example.com", here, &[], "http"),
+            "https://pool.example.com"
+        );
+        assert_eq!(
+            ask("pool.example.com", Some("[::1]:5"), &[], "http"),
+            "https://pool.example.com"
+        );
+        // What a proxy says is taken, its first (the client's) hop; never below the listener's TLS.
+        let proto = |v| [("x-forwarded-proto", v)];
+        assert_eq!(
+            ask("gw.lan", away, &proto("https"), "http"),
+            "https://gw.lan"
+        );
+        assert_eq!(
+            ask("gw.lan", away, &proto("HTTPS, http"), "http"),
+            "https://gw.lan"
+        );
+        assert_eq!(
+            ask("pool.example.com", here, &proto("http"), "http"),
+            "http://pool.example.com"
+        );
+        assert_eq!(
+            ask("gw.lan", away, &proto("http"), "https"),
+            "https://gw.lan"
+        );
+        let forwarded = [(
+            "forwarded",
+            "for=192.0.2.1;Proto=\"https\";host=x, proto=http",
+        )];
+        assert_eq!(ask("gw.lan", away, &forwarded, "http"), "https://gw.lan");
+        assert_eq!(
+            ask("gw.lan", away, &proto("gopher"), "http"),
+            "http://gw.lan"
+        );
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub struct Gateway {
     pub(super) engine: Arc<Engine>,
 }
 
-fn is_loopback_host(host: &str) -> bool {
+pub(super) fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -315,7 +315,7 @@ async fn accept_loop(
     let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS));
     let mut short = Shortage::default();
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -386,6 +386,7 @@ async fn accept_loop(
                 let http11 = req.version() >= hyper::Version::HTTP_11;
                 exchange.begin(http11);
                 req.extensions_mut().insert(ClientInput(exchange.clone()));
+                req.extensions_mut().insert(Peer(peer));
                 async move {
                     let mut response = handle(req, state).await;
                     // An answer of unknown length reaches an HTTP/1.0 client ended by the close:
@@ -534,6 +535,10 @@ impl<S: half_close::PeerReset> half_close::PeerReset for WriteStall<S> {
         self.inner.send_urgent()
     }
 }
+
+/// The address a request came from, in its extensions.
+#[derive(Clone, Copy)]
+pub(super) struct Peer(pub(super) SocketAddr);
 
 /// The exchange a request belongs to, in its extensions: whether its client's input has ended.
 #[derive(Clone)]
