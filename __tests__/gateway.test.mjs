@@ -229,13 +229,14 @@ test("a batch answer that breaks off upstream is the pool's coded 502 NETWORK, a
 // the gateway told its client of an upgrade, trailers and connection options its own hop never
 // had. The library's native transport hands the same head over (the runtime's transport is the
 // runtime's fetch, which keeps them, as Node's does).
-test("an answer's hop-by-hop headers, and those its Connection names, stop at the pool: the gateway and the native transport pass the rest", async () => {
+test("an answer's hop-by-hop headers, and those its Connection names, stop at the pool, and the gateway keeps the API origin's alt-svc and cookies: the gateway and the native transport pass the rest", async () => {
   const path = await seedPool(mock, ["hops@x.test"]);
   await withRawApi(
     (socket) => {
       const body = '{"ok":true}';
       socket.end(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: x-hop, close\r\nx-hop: 1\r\nupgrade: h2c\r\n" +
+          "alt-svc: h3=\":443\"; ma=86400\r\nset-cookie: __cf_bm=account-bound; path=/; secure\r\n" +
           `proxy-connection: keep-alive\r\ntrailer: x-sum\r\nte: trailers\r\nx-end: 1\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
       );
     },
@@ -247,6 +248,9 @@ test("an answer's hop-by-hop headers, and those its Connection names, stop at th
           assert.equal(res.status, 200, kind);
           assert.deepEqual(await res.json(), { ok: true }, kind);
           for (const hop of ["x-hop", "upgrade", "proxy-connection", "trailer", "te"]) assert.equal(res.headers.get(hop), null, `${kind}: ${hop}`);
+          // The API origin's own (its HTTP/3, the serving account's cookies) are the library
+          // caller's, who owns the pool, and not the gateway's clients'.
+          for (const own of ["alt-svc", "set-cookie"]) assert.equal(res.headers.get(own) === null, kind === "gateway", `${kind}: ${own}`);
           assert.equal(res.headers.get("x-end"), "1", kind);
           assert.equal(res.headers.get("content-type"), "application/json", kind);
         } finally {

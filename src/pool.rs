@@ -564,21 +564,12 @@ impl Pool {
     /// Returns their names.
     pub fn keep_added_since(&mut self, stored: &Pool, since: i64) -> Vec<String> {
         let until = crate::account::now_ms().saturating_add(60_000);
-        let added: Vec<Account> = stored
-            .accounts()
-            .filter(|s| self.find(&s.email).is_none())
-            .filter(|s| {
-                s.added
-                    .as_deref()
-                    .and_then(crate::account::parse_iso_ms)
-                    .is_some_and(|at| at > since && at <= until)
-            })
-            .cloned()
-            .collect();
-        let names = added.iter().map(|a| a.email.clone()).collect();
-        self.anthropic
-            .extend(added.into_iter().map(|a| Entry::Valid(Box::new(a))));
-        names
+        self.keep_stored(stored, |s| {
+            s.added
+                .as_deref()
+                .and_then(crate::account::parse_iso_ms)
+                .is_some_and(|at| at > since && at <= until)
+        })
     }
 
     /// The accounts of `stored` (the pool as it is now) that neither the copy nor what it read
@@ -587,9 +578,14 @@ impl Pool {
     /// so one whose write landed after a read begun later looked older than the read, and the
     /// save dropped it (its one-time code already spent).
     pub fn keep_not_read(&mut self, stored: &Pool, held: &Pool) -> Vec<String> {
+        self.keep_stored(stored, |s| held.find(&s.email).is_none())
+    }
+
+    /// The accounts of `stored` this copy lacks that `keep` picks, added to it; their names.
+    fn keep_stored(&mut self, stored: &Pool, keep: impl Fn(&Account) -> bool) -> Vec<String> {
         let added: Vec<Account> = stored
             .accounts()
-            .filter(|s| self.find(&s.email).is_none() && held.find(&s.email).is_none())
+            .filter(|s| self.find(&s.email).is_none() && keep(s))
             .cloned()
             .collect();
         let names = added.iter().map(|a| a.email.clone()).collect();

@@ -816,6 +816,12 @@ fn point_at(body: &[u8], api: &str, gateway: &str) -> Bytes {
 
 /// The answer as the client gets it: status, headers, and the body streaming through the usage
 /// tap chunk by chunk, each chunk within the response timeout.
+/// Answer headers about the API's origin, not the gateway's, never relayed: `alt-svc` told the
+/// client the gateway served HTTP/3 where the API does, and `set-cookie` handed every client the
+/// cookies of the account that served it (the gateway sends no client's cookie upstream, so they
+/// did nothing but tie clients to accounts).
+const ORIGINS_OWN: &[&str] = &["alt-svc", "set-cookie"];
+
 fn respond(answer: fetch::Answer) -> Response<AnyBody> {
     let tap = answer
         .usage
@@ -846,6 +852,9 @@ fn respond(answer: fetch::Answer) -> Response<AnyBody> {
     let mut res = Response::new(body);
     *res.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     for (k, v) in &answer.headers {
+        if ORIGINS_OWN.iter().any(|own| k.eq_ignore_ascii_case(own)) {
+            continue;
+        }
         // A value is one character per byte (`fetch::byte_string`): its bytes go back as sent.
         let value = if v.is_ascii() {
             hyper::header::HeaderValue::from_str(v).ok()
