@@ -261,6 +261,28 @@ test("an answer's hop-by-hop headers, and those its Connection names, stop at th
   );
 });
 
+// A HEAD's content-length is the length a GET would get: it lost it on the way (the pool
+// re-frames a body and dropped every length), and the gateway's client read 0.
+test("a HEAD's content-length reaches the caller as the API gave it, through the gateway and the native transport", async () => {
+  const path = await seedPool(mock, ["head@x.test"]);
+  await withRawApi(
+    (socket) => socket.end("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1234\r\nconnection: close\r\n\r\n"),
+    async () => {
+      for (const kind of ["native", "gateway"]) {
+        const via = await throughPool(kind, path, { key: KEY });
+        try {
+          const res = await via.send({ method: "HEAD" }, "/v1/models");
+          assert.equal(res.status, 200, kind);
+          assert.equal(res.headers.get("content-length"), "1234", kind);
+          assert.equal(await res.text(), "", kind);
+        } finally {
+          await via.close();
+        }
+      }
+    },
+  );
+});
+
 test("no key or a wrong key: 401 in Anthropic's shape and nothing upstream; /healthz needs none, /metrics does", async () => {
   const { gw } = await gateway(["auth@x.test"]);
   try {

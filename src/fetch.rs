@@ -96,6 +96,7 @@ pub async fn pool_fetch(
             return (Err(e), Vec::new());
         }
     };
+    let head = method == reqwest::Method::HEAD;
     let pairs = || req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     let api = match config::api() {
         Ok(a) => a,
@@ -112,7 +113,7 @@ pub async fn pool_fetch(
             cancel,
         )
         .await
-        .map(|r| answer(r, None, Vec::new()));
+        .map(|r| answer(r, head, None, Vec::new()));
         return (result, Vec::new());
     }
 
@@ -156,6 +157,7 @@ async fn serve(
     body: Option<Bytes>,
     cancel: &CancellationToken,
 ) -> Result<Answer> {
+    let head = method == reqwest::Method::HEAD;
     loop {
         let attempt = match ex.next(base, cancel).await? {
             Step::Send(a) => a,
@@ -249,9 +251,9 @@ async fn serve(
                     |event_stream| ex.usage_sink().filter(|sink| sink.wanted(event_stream)),
                 );
                 let mut a = match (peek, opening) {
-                    (None, None) => answer(response, account, Vec::new()),
+                    (None, None) => answer(response, head, account, Vec::new()),
                     (_, Some(opening)) => {
-                        let mut a = answer(response, account, Vec::new());
+                        let mut a = answer(response, head, account, Vec::new());
                         a.body = match (a.body, opening.ended) {
                             (_, true) => Body::Full(opening.bytes),
                             (Body::Stream(r), false) => Body::Peeked(opening.bytes, r),
@@ -260,7 +262,7 @@ async fn serve(
                         a
                     }
                     (Some((start, whole)), None) => {
-                        let (status_text, headers) = head_of(&response);
+                        let (status_text, headers) = head_of(&response, head);
                         Answer {
                             status,
                             status_text,
@@ -439,7 +441,9 @@ async fn send(
     }
 }
 
-fn head_of(response: &reqwest::Response) -> (String, Vec<(String, String)>) {
+/// The answer's reason phrase and headers as handed over. A `HEAD`'s length is kept: it says how
+/// long the body a `GET` would get is (there is none to re-frame), as fetch gives it.
+fn head_of(response: &reqwest::Response, head: bool) -> (String, Vec<(String, String)>) {
     // The server's own reason phrase (hyper keeps it only when it is not the standard one).
     let status_text = match response.extensions().get::<hyper::ext::ReasonPhrase>() {
         Some(reason) => byte_string(reason.as_bytes()),
@@ -465,7 +469,8 @@ fn head_of(response: &reqwest::Response) -> (String, Vec<(String, String)>) {
             // gateway relayed a body it could not search as if it were plain.
             let hop = *k != reqwest::header::CONTENT_ENCODING
                 && named_by_connection.iter().any(|n| n == k.as_str());
-            !DROPPED_FROM_ANSWER.contains(&k.as_str()) && !hop
+            let length = head && *k == reqwest::header::CONTENT_LENGTH;
+            (length || !DROPPED_FROM_ANSWER.contains(&k.as_str())) && !hop
         })
         .map(|(k, v)| (k.as_str().to_string(), byte_string(v.as_bytes())))
         .collect();
@@ -489,8 +494,13 @@ pub fn byte_string_bytes(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn answer(response: reqwest::Response, account: Option<String>, events: Vec<Event>) -> Answer {
-    let (status_text, headers) = head_of(&response);
+fn answer(
+    response: reqwest::Response,
+    head: bool,
+    account: Option<String>,
+    events: Vec<Event>,
+) -> Answer {
+    let (status_text, headers) = head_of(&response, head);
     Answer {
         status: response.status().as_u16(),
         status_text,
