@@ -236,7 +236,7 @@ test("an answer's hop-by-hop headers, and those its Connection names, stop at th
       const body = '{"ok":true}';
       socket.end(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: x-hop, close\r\nx-hop: 1\r\nupgrade: h2c\r\n" +
-          "alt-svc: h3=\":443\"; ma=86400\r\nset-cookie: __cf_bm=account-bound; path=/; secure\r\n" +
+          'alt-svc: h3=":443"; ma=86400\r\nset-cookie: __cf_bm=account-bound; path=/; secure\r\n' +
           `proxy-connection: keep-alive\r\ntrailer: x-sum\r\nte: trailers\r\nx-end: 1\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
       );
     },
