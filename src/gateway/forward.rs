@@ -1059,7 +1059,7 @@ mod tests {
 
     #[test]
     fn results_go_back_by_the_scheme_the_client_used_behind_a_proxy_that_ends_tls() {
-        let ask = |host: &str, peer: Option<&str>, said: &[(&str, &str)], listener| {
+        let ask = |host: &str, peer: &str, said: &[(&str, &str)], listener| {
             let mut b = hyper::Request::builder()
                 .uri("/v1/messages/batches")
                 .header("host", host);
@@ -1067,62 +1067,72 @@ mod tests {
                 b = b.header(*name, *value);
             }
             let (mut parts, ()) = b.body(()).unwrap().into_parts();
-            if let Some(peer) = peer {
-                parts
-                    .extensions
-                    .insert(super::super::Peer(peer.parse().unwrap()));
-            }
+            parts
+                .extensions
+                .insert(super::super::Peer(peer.parse().unwrap()));
             batch_answer(&parts, listener).unwrap()
         };
-        let here = Some("127.0.0.1:50000");
-        let away = Some("192.0.2.7:50000");
-        // Direct: the listener's scheme.
-        assert_eq!(
-            ask("127.0.0.1:8787", here, &[], "http"),
-            "http://127.0.0.1:8787"
-        );
-        assert_eq!(
-            ask("localhost:8787", here, &[], "http"),
-            "http://localhost:8787"
-        );
-        assert_eq!(ask("gw.lan:8787", away, &[], "http"), "http://gw.lan:8787");
-        assert_eq!(ask("gw.lan", away, &[], "https"), "https://gw.lan");
-        // A proxy here forwarding a public name, saying nothing: taken to be TLS.
-        assert_eq!(
-            ask("pool.example.com", here, &[], "http"),
-            "https://pool.example.com"
-        );
-        assert_eq!(
-            ask("pool.example.com", Some("[::1]:5"), &[], "http"),
-            "https://pool.example.com"
-        );
-        // What a proxy says is taken, its first (the client's) hop; never below the listener's TLS.
-        let proto = |v| [("x-forwarded-proto", v)];
-        assert_eq!(
-            ask("gw.lan", away, &proto("https"), "http"),
-            "https://gw.lan"
-        );
-        assert_eq!(
-            ask("gw.lan", away, &proto("HTTPS, http"), "http"),
-            "https://gw.lan"
-        );
-        assert_eq!(
-            ask("pool.example.com", here, &proto("http"), "http"),
-            "http://pool.example.com"
-        );
-        assert_eq!(
-            ask("gw.lan", away, &proto("http"), "https"),
-            "https://gw.lan"
-        );
-        let forwarded = [(
+        let (here, away) = ("127.0.0.1:50000", "192.0.2.7:50000");
+        let xfp = |v| vec![("x-forwarded-proto", v)];
+        let forwarded = vec![(
             "forwarded",
             "for=192.0.2.1;Proto=\"https\";host=x, proto=http",
         )];
-        assert_eq!(ask("gw.lan", away, &forwarded, "http"), "https://gw.lan");
-        assert_eq!(
-            ask("gw.lan", away, &proto("gopher"), "http"),
-            "http://gw.lan"
-        );
+        let cases = [
+            // Direct: the listener's scheme.
+            (
+                "127.0.0.1:8787",
+                here,
+                vec![],
+                "http",
+                "http://127.0.0.1:8787",
+            ),
+            (
+                "localhost:8787",
+                here,
+                vec![],
+                "http",
+                "http://localhost:8787",
+            ),
+            ("gw.lan:8787", away, vec![], "http", "http://gw.lan:8787"),
+            ("gw.lan", away, vec![], "https", "https://gw.lan"),
+            // A proxy here forwarding a public name, saying nothing: taken to be TLS.
+            (
+                "pool.example.com",
+                here,
+                vec![],
+                "http",
+                "https://pool.example.com",
+            ),
+            (
+                "pool.example.com",
+                "[::1]:5",
+                vec![],
+                "http",
+                "https://pool.example.com",
+            ),
+            // What a proxy says is taken, its first (the client's) hop; never below the
+            // listener's TLS.
+            ("gw.lan", away, xfp("https"), "http", "https://gw.lan"),
+            ("gw.lan", away, xfp("HTTPS, http"), "http", "https://gw.lan"),
+            (
+                "pool.example.com",
+                here,
+                xfp("http"),
+                "http",
+                "http://pool.example.com",
+            ),
+            ("gw.lan", away, xfp("http"), "https", "https://gw.lan"),
+            ("gw.lan", away, forwarded, "http", "https://gw.lan"),
+            ("gw.lan", away, xfp("gopher"), "http", "http://gw.lan"),
+        ];
+        for (host, peer, said, listener, expected) in cases {
+            assert_eq!(
+                ask(host, peer, &said, listener),
+                expected,
+                "{host} {said:?}"
+            );
+        }
     }
 
     #[test]
