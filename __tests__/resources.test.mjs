@@ -5,6 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, request as httpRequest } from "node:http";
+import { connect } from "node:net";
 import Anthropic from "@anthropic-ai/sdk";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
@@ -200,7 +201,7 @@ test("through a relay (OAUTH_POOL_API_URL) that passes on the API's answers as w
 // gateway's plain listener on loopback), the results URL was built from the listener's scheme:
 // `http://pool.example.com/...`, and the SDK took the gateway's key there in clear. The proxy
 // here is a plain relay on loopback, as nginx's leg to the gateway is.
-test("behind a reverse proxy that ends TLS, a batch's results_url keeps the client's https (X-Forwarded-Proto, Forwarded, or a public name asked from this machine); a direct client keeps http", async () => {
+test("behind a reverse proxy that ends TLS, a batch's results_url keeps the client's https (X-Forwarded-Proto, Forwarded, or a public name asked from this machine) and host (X-Forwarded-Host); a direct client keeps http", async () => {
   const path = await seedPool(mock, ["proxied@x.test"]);
   const gw = await lib.serve({ port: 0, path });
   const { port } = new URL(gw.url);
@@ -231,11 +232,53 @@ test("behind a reverse proxy that ends TLS, a batch's results_url keeps the clie
       ["pool.example.com", { "x-forwarded-proto": "http" }, "http://pool.example.com"],
       [`127.0.0.1:${port}`, {}, `http://127.0.0.1:${port}`],
       [`localhost:${port}`, {}, `http://localhost:${port}`],
+      // nginx sends its upstream's address as Host unless told otherwise; the host the client
+      // asked for is then in X-Forwarded-Host.
+      [`127.0.0.1:${port}`, { "x-forwarded-host": "pool.example.com", "x-forwarded-proto": "https" }, "https://pool.example.com"],
     ];
     for (const [host, extra, origin] of cases) {
       const { status, batch } = await made(host, extra);
       assert.equal(status, 200, host);
       assert.equal(batch.results_url, `${origin}/v1/messages/batches/${batch.id}/results`, `${host} ${JSON.stringify(extra)}`);
+    }
+  } finally {
+    await gw.close(1000);
+  }
+});
+
+// Without a usable Host (HTTP/1.0 may send none; an empty one; one that is not a plain host
+// and port) the gateway had no origin of its own to point a batch's results at, and relayed the
+// answer unchecked: a results_url on the API's origin, or on any other, reached the client,
+// whose SDK takes the gateway's key there.
+test("a batch answer to a request naming no usable Host is refused, coded, not relayed unchecked", async () => {
+  const path = await seedPool(mock, ["nohost@x.test"]);
+  const gw = await lib.serve({ port: 0, path });
+  const { port } = new URL(gw.url);
+  const body = JSON.stringify({ requests: [] });
+  const ask = (firstLines) =>
+    new Promise((resolve, reject) => {
+      const socket = connect(Number(port), "127.0.0.1");
+      const parts = [];
+      socket.on("data", (c) => parts.push(c));
+      socket.on("end", () => resolve(Buffer.concat(parts).toString()));
+      socket.on("error", reject);
+      socket.end(
+        `${firstLines}x-api-key: ${KEY}\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\nconnection: close\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
+      );
+    });
+  try {
+    for (const first of [
+      "POST /v1/messages/batches HTTP/1.0\r\n",
+      "POST /v1/messages/batches HTTP/1.1\r\nhost:\r\n",
+      "POST /v1/messages/batches HTTP/1.1\r\nhost: gw~1\r\n",
+    ]) {
+      const answer = await ask(first);
+      const what = JSON.stringify(first);
+      // An interim 100 may come first (the gateway reads the body it was sent).
+      assert.match(answer, /^(HTTP\/1\.1 100 Continue\r\n\r\n)?HTTP\/1\.[01] 500 /, `${what}: ${answer.slice(0, 300)}`);
+      assert.match(answer, /x-oauth-pool-error: INSECURE_ENDPOINT/i, what);
+      assert.ok(!answer.includes('"results_url"'), `${what}: the answer was relayed`);
+      assert.match(answer, /names no host the gateway could point them at/, what);
     }
   } finally {
     await gw.close(1000);

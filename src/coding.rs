@@ -13,6 +13,8 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio::io::AsyncBufReadExt;
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use crate::error::{Error, Result};
+
 /// What the clients ask for, sent unless the request names its own.
 pub const ACCEPTED: &str = "gzip";
 
@@ -35,6 +37,30 @@ pub fn codings<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
 /// coding names are case-insensitive: RFC 9110 8.4.1).
 fn gzip_alone(codings: &[&str]) -> bool {
     matches!(codings, [one] if one.eq_ignore_ascii_case("gzip") || one.eq_ignore_ascii_case("x-gzip"))
+}
+
+/// The answer as it is handed on: refused when its framing names a transfer coding besides
+/// `chunked` (hyper undoes only the chunking), else `decoded`. Nothing asks for one (no `TE` is
+/// sent, RFC 9112 6.1): a body sent in `Transfer-Encoding: gzip` went on compressed, labelled
+/// plain, past the gateway's check of content codings, an echoed credential in it.
+pub fn received(response: reqwest::Response, what: &'static str) -> Result<reqwest::Response> {
+    let named = response
+        .headers()
+        .get_all(reqwest::header::TRANSFER_ENCODING)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("?"));
+    let framing = codings(named);
+    if framing.iter().any(|c| !c.eq_ignore_ascii_case("chunked")) {
+        return Err(Error::Network {
+            what,
+            detail: format!(
+                "the answer is framed in transfer-encoding {}, which nothing asked for (only chunked is read): its body cannot be handed on as sent",
+                crate::printable::bounded(&framing.join(", "))
+            ),
+            never_connected: false,
+        });
+    }
+    Ok(decoded(response))
 }
 
 /// The answer with its body decoded when gzip is its one coding (its `Content-Encoding` and
@@ -72,7 +98,11 @@ fn gunzip(
     let decoded = stream::once(opened)
         .map(|opened| match opened {
             Ok(Some(reader)) => {
-                let decoder = async_compression::tokio::bufread::GzipDecoder::new(reader);
+                let mut decoder = async_compression::tokio::bufread::GzipDecoder::new(reader);
+                // Members written one after another are one body (RFC 1952 2.2), as Node's
+                // fetch reads them: the decoder stopped at the first, and the rest was lost
+                // without an error.
+                decoder.multiple_members(true);
                 ReaderStream::with_capacity(decoder, DECODED_CHUNK)
                     .map_err(undecodable)
                     .boxed()
@@ -119,7 +149,7 @@ mod tests {
         reqwest::Response::from(response)
     }
 
-    async fn read(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    async fn read(mut response: reqwest::Response) -> std::result::Result<Vec<u8>, String> {
         let mut out = Vec::new();
         loop {
             match response.chunk().await {
@@ -173,6 +203,38 @@ mod tests {
         let failed = read(decoded(answer(&["gzip"], b"not gzip".to_vec()))).await;
         let message = failed.unwrap_err();
         assert!(message.contains("not valid gzip"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn members_one_after_another_are_one_body() {
+        let two = [gzip(b"first half, "), gzip(b"second half")].concat();
+        let whole = read(decoded(answer(&["gzip"], two))).await.unwrap();
+        assert_eq!(whole, b"first half, second half");
+    }
+
+    #[test]
+    fn a_transfer_coding_besides_chunked_is_refused() {
+        let framed = |codings: &[&str]| {
+            let mut builder = hyper::Response::builder().status(200);
+            for c in codings {
+                builder = builder.header("transfer-encoding", *c);
+            }
+            let response = reqwest::Response::from(builder.body(reqwest::Body::from("x")).unwrap());
+            received(response, "the API").map(|_| ())
+        };
+        assert!(framed(&[]).is_ok());
+        assert!(framed(&["chunked"]).is_ok());
+        assert!(framed(&[" Chunked "]).is_ok());
+        for refused in [
+            &["gzip, chunked"][..],
+            &["gzip"],
+            &["gzip", "chunked"],
+            &["x-custom"],
+        ] {
+            let e = framed(refused).unwrap_err();
+            assert_eq!(e.code(), "NETWORK", "{refused:?}");
+            assert!(e.to_string().contains("transfer-encoding"), "{e}");
+        }
     }
 
     #[tokio::test]

@@ -431,7 +431,9 @@ async fn send(
                 detail: format!("the answer's status {} is not a final HTTP status", r.status().as_u16()),
                 never_connected: false,
             }),
-            Ok(r) => r.map(crate::coding::decoded).map_err(|e| http::network_error("the API", &e)),
+            Ok(r) => r
+                .map_err(|e| http::network_error("the API", &e))
+                .and_then(|r| crate::coding::received(r, "the API")),
             Err(_) => Err(Error::Network {
                 what: "the API",
                 detail: format!("no response headers within {} ms", timeout.as_millis()),

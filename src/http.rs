@@ -531,8 +531,12 @@ pub fn describe(err: &reqwest::Error) -> String {
         "timed out"
     } else if err.is_connect() {
         NOT_CONNECTED
-    } else if err.is_decode() || undecodable(err) {
+    } else if undecodable(err) {
         "could not decode the answer's body"
+    } else if err.is_decode() {
+        // reqwest says so of any failure to read a body (a connection dropped under it too):
+        // the detail says which.
+        "could not read the answer's body"
     } else if err.is_body() {
         "connection dropped while reading the answer"
     } else if err.is_request() {

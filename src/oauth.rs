@@ -277,8 +277,8 @@ async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<
             .body(body.to_string())
             .send()
             .await
-            .map(crate::coding::decoded)
             .map_err(|e| http::network_error("the token endpoint", &e))?;
+        let response = crate::coding::received(response, "the token endpoint")?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -503,8 +503,8 @@ pub async fn profile_email(access: &Secret) -> Result<Option<String>> {
         .header("accept", "application/json")
         .send()
         .await
-        .map(crate::coding::decoded)
         .map_err(|e| http::network_error("the profile endpoint", &e))?;
+    let response = crate::coding::received(response, "the profile endpoint")?;
     let status = response.status().as_u16();
     let bytes = read_bounded(response).await?;
     if !(200..300).contains(&status) {

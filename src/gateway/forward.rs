@@ -631,6 +631,9 @@ async fn body_begun(
 /// The gateway's own origin as this client reaches it, for an answer about message batches:
 /// those name where their results are (`results_url`, on the API's origin), and a client
 /// fetches that with the headers it sends the gateway, its key with them, straight to the API.
+/// An empty origin when the request names none usable (no `Host`, as HTTP/1.0 may send, or one
+/// that is not a plain host and port): such an answer was relayed unchecked, and a
+/// `results_url` on another origin reached the client; now any is refused.
 fn batch_answer(parts: &hyper::http::request::Parts, scheme: &'static str) -> Option<String> {
     let path = parts.uri.path();
     // The results themselves are the model's words, never rewritten.
@@ -638,16 +641,31 @@ fn batch_answer(parts: &hyper::http::request::Parts, scheme: &'static str) -> Op
     {
         return None;
     }
-    let host = parts.headers.get(hyper::header::HOST)?.to_str().ok()?;
-    // Host and port only: nothing that would make the URL point anywhere else.
-    let plain = !host.is_empty()
+    // A proxy in front names the host the client asked for (nginx sends its upstream's address
+    // as `Host` unless told otherwise). A client naming one itself affects only its own answer.
+    let named = |name: &str| {
+        let value = parts.headers.get(name)?.to_str().ok()?;
+        value.split(',').next().map(str::trim)
+    };
+    let host = named("x-forwarded-host")
+        .filter(|h| plain_host(h))
+        .or_else(|| named("host"))
+        .filter(|h| plain_host(h));
+    let origin = host.and_then(|host| {
+        let name = host.parse::<hyper::http::uri::Authority>().ok()?;
+        let scheme = client_scheme(parts, scheme, name.host());
+        Some(format!("{scheme}://{host}"))
+    });
+    Some(origin.unwrap_or_default())
+}
+
+/// A host and port only: nothing that would make a URL built on it point anywhere else.
+fn plain_host(host: &str) -> bool {
+    !host.is_empty()
         && host.len() <= 255
         && host
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
-    let name = host.parse::<hyper::http::uri::Authority>().ok()?;
-    let scheme = client_scheme(parts, scheme, name.host());
-    plain.then(|| format!("{scheme}://{host}"))
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
 }
 
 /// The scheme the client reached the gateway by, for the URLs it is sent back to with its key.
@@ -745,18 +763,27 @@ async fn results_through_gateway(
             })
         }
         _ => {
-            let body = apis
-                .iter()
-                .fold(body, |body, api| point_at(&body, api, gateway));
+            let body = match gateway {
+                "" => body,
+                _ => apis
+                    .iter()
+                    .fold(body, |body, api| point_at(&body, api, gateway)),
+            };
             if let Some(mut elsewhere) = results_elsewhere(&body, gateway) {
                 // The URL is the upstream's text: it may quote the credential it was sent.
                 crate::echo::scrub_text(&mut elsewhere, &answer.presented);
                 let elsewhere = crate::printable::bounded(&elsewhere);
-                return Err(Error::InsecureEndpoint {
-                    url: apis[0].clone(),
-                    reason: format!(
+                let reason = match gateway {
+                    "" => format!(
+                        "its answer about a batch names the results at {elsewhere}, and the request names no host the gateway could point them at instead (no Host, or not a plain host and port): the client would fetch them there with the gateway's key"
+                    ),
+                    _ => format!(
                         "its answer about a batch names the results at {elsewhere}, off the API's origin: the client would fetch them there with the gateway's key"
                     ),
+                };
+                return Err(Error::InsecureEndpoint {
+                    url: apis[0].clone(),
+                    reason,
                 });
             }
             Body::Full(body)
@@ -783,7 +810,8 @@ fn results_elsewhere(body: &[u8], gateway: &str) -> Option<String> {
                 for (k, v) in m {
                     match v {
                         serde_json::Value::String(url)
-                            if k == "results_url" && !url.starts_with(&here) =>
+                            if k == "results_url"
+                                && (gateway.is_empty() || !url.starts_with(&here)) =>
                         {
                             return Some(url.clone());
                         }
@@ -1051,10 +1079,19 @@ mod tests {
             None,
             "the results are the model's words"
         );
-        assert_eq!(at("/v1/messages/batches", None), None);
-        for host in ["evil.test/x?", "a@b", "a b", "a#b", ""] {
-            assert_eq!(at("/v1/messages/batches", Some(host)), None, "{host}");
+        // None usable: no origin to point the results at, so any results_url is refused.
+        assert_eq!(at("/v1/messages/batches", None).as_deref(), Some(""));
+        for host in ["evil.test/x?", "a@b", "a b", "a#b", "gw~1", ""] {
+            assert_eq!(
+                at("/v1/messages/batches", Some(host)).as_deref(),
+                Some(""),
+                "{host}"
+            );
         }
+        let refused =
+            br#"{"results_url":"https://api.anthropic.com/v1/messages/batches/b/results"}"#;
+        assert!(results_elsewhere(refused, "").is_some());
+        assert!(results_elsewhere(br#"{"results_url":null}"#, "").is_none());
     }
 
     #[test]
@@ -1125,6 +1162,24 @@ mod tests {
             ("gw.lan", away, xfp("http"), "https", "https://gw.lan"),
             ("gw.lan", away, forwarded, "http", "https://gw.lan"),
             ("gw.lan", away, xfp("gopher"), "http", "http://gw.lan"),
+            // The host a proxy says the client asked for, when it is a plain one.
+            (
+                "127.0.0.1:8787",
+                here,
+                vec![
+                    ("x-forwarded-host", "pool.example.com"),
+                    ("x-forwarded-proto", "https"),
+                ],
+                "http",
+                "https://pool.example.com",
+            ),
+            (
+                "127.0.0.1:8787",
+                here,
+                vec![("x-forwarded-host", "evil.test/x?")],
+                "http",
+                "http://127.0.0.1:8787",
+            ),
         ];
         for (host, peer, said, listener, expected) in cases {
             assert_eq!(
