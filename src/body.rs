@@ -99,6 +99,22 @@ const MAX_BATCH: usize = 1024 * 1024;
 const READ_AHEAD_CHUNKS: usize = 8;
 /// Bodies of a known size up to this are read whole before the answer is handed over.
 pub(crate) const SMALL_BODY: u64 = 64 * 1024;
+/// The most of a small body sent compressed (`coding::coded_length`) read before the answer is
+/// handed over: its decoded size is unknown until it is read (a thousandfold at most), and one
+/// larger goes on as a stream.
+pub(crate) const SMALL_DECODED: usize = 1024 * 1024;
+
+/// How much of the body to read before the answer is handed over, for a small one (of a known
+/// size, or sent compressed in a small size): one more byte than it can be, to read its end.
+pub(crate) fn small_read(r: &reqwest::Response) -> Option<usize> {
+    let small = |n: &u64| *n <= SMALL_BODY;
+    match r.content_length().filter(small) {
+        Some(n) => usize::try_from(n).ok().map(|n| n + 1),
+        None => crate::coding::coded_length(r)
+            .filter(small)
+            .map(|_| SMALL_DECODED + 1),
+    }
+}
 
 pub enum ResponseBody {
     OnDemand(Box<reqwest::Response>),
@@ -140,6 +156,18 @@ impl ResponseBody {
         Ok(match body {
             fetch::Body::Stream(r) if r.content_length().is_some_and(|n| n <= SMALL_BODY) => {
                 ResponseBody::Full(read_small(r, cancel).await?)
+            }
+            // Sent compressed in a small size: read as far as a small body may decode to, so
+            // that one cut fails the request as a plain one does, not its read once handed over.
+            fetch::Body::Stream(mut r) if small_read(&r).is_some() => {
+                let (start, whole) = fetch::peek(&mut r, SMALL_DECODED + 1, cancel).await?;
+                let rest = match is_event_stream(&r) {
+                    _ if whole && start.is_empty() => return Ok(ResponseBody::Done),
+                    _ if whole => return Ok(ResponseBody::Full(start)),
+                    true => ResponseBody::OnDemand(Box::new(r)),
+                    false => ResponseBody::Bulk(Box::new(r)),
+                };
+                ResponseBody::Prefixed(start, Box::new(rest))
             }
             fetch::Body::Stream(r) if is_event_stream(&r) => ResponseBody::OnDemand(Box::new(r)),
             fetch::Body::Stream(r) => ResponseBody::Bulk(Box::new(r)),

@@ -76,9 +76,25 @@ pub fn decoded(response: reqwest::Response) -> reqwest::Response {
     }
     let (mut head, body) = hyper::http::Response::<reqwest::Body>::from(response).into_parts();
     head.headers.remove(reqwest::header::CONTENT_ENCODING);
-    head.headers.remove(reqwest::header::CONTENT_LENGTH);
+    let coded = head
+        .headers
+        .remove(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if let Some(n) = coded {
+        head.extensions.insert(CodedLength(n));
+    }
     let coded = http_body_util::BodyDataStream::new(body).map_err(io::Error::other);
     reqwest::Response::from(hyper::http::Response::from_parts(head, gunzip(coded)))
+}
+
+/// The length of the coded body a decoded answer came as (its `Content-Length`): a small one is
+/// read whole before the answer is handed on, as a small plain body is (`body::SMALL_BODY`).
+#[derive(Clone, Copy)]
+struct CodedLength(u64);
+
+/// How long the body of `response` was as sent, when it was decoded here and said so.
+pub fn coded_length(response: &reqwest::Response) -> Option<u64> {
+    response.extensions().get::<CodedLength>().map(|c| c.0)
 }
 
 /// A failure to decode the body itself (not of the connection under it).
@@ -175,9 +191,11 @@ mod tests {
     async fn gzip_alone_is_undone_and_its_coding_and_length_removed() {
         let plain = b"{\"a\":\"".iter().chain([b'x'; 300_000].iter()).copied();
         let plain: Vec<u8> = plain.chain(*b"\"}").collect();
-        let response = decoded(answer(&["gzip"], gzip(&plain)));
+        let coded = gzip(&plain);
+        let response = decoded(answer(&["gzip"], coded.clone()));
         assert!(response.headers().get("content-encoding").is_none());
         assert!(response.headers().get("content-length").is_none());
+        assert_eq!(coded_length(&response), Some(coded.len() as u64));
         assert_eq!(read(response).await.unwrap(), plain);
     }
 

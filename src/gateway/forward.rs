@@ -614,12 +614,9 @@ async fn body_begun(
             return Ok(answer);
         }
     };
-    let small = response
-        .content_length()
-        .filter(|&n| n <= crate::body::SMALL_BODY)
-        .and_then(|n| usize::try_from(n).ok());
     // A declared length bounds what hyper reads: asking one byte more reads it to its end.
-    let (start, whole) = fetch::peek(&mut response, small.map_or(1, |n| n + 1), cancel).await?;
+    let read = crate::body::small_read(&response).unwrap_or(1);
+    let (start, whole) = fetch::peek(&mut response, read, cancel).await?;
     answer.body = if whole {
         Body::Full(start)
     } else {
