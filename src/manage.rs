@@ -268,22 +268,7 @@ pub async fn add_imported(
     name_given: bool,
 ) -> Result<(String, bool)> {
     let email = login_email(tokens);
-    // Imported again after the pool refreshed that login (and Claude Code was logged out since),
-    // the file's tokens are the spent generation: written over the live ones, they lost the login
-    // in both places. The journal knows the token spent, and where its successor is.
     let tag = crate::store::journal::tag(&tokens.refresh);
-    if let Some((_, spent)) = Store::spent_tokens(vec![(email.clone(), tag)])
-        .await
-        .into_iter()
-        .next()
-    {
-        return Err(Error::LoginElsewhere(format!(
-            "Claude Code's file holds a refresh token that was already spent: the pool at {} refreshed it as {} on {}, and keeps the tokens that replaced it (a refresh token works once). The file is older than that login: log in to Claude Code again to import a new one; nothing was imported",
-            spent.store,
-            spent.email,
-            crate::account::iso_time_seconds(spent.at)
-        )));
-    }
     let mut account = Account::new_oauth(
         &email,
         tokens.access.clone(),
@@ -298,6 +283,20 @@ pub async fn add_imported(
             let holder = holder_of(pool, &refresh, |a| {
                 (!a.is_api_key()).then_some(a.refresh.as_ref()).flatten()
             });
+            // Imported again after the pool refreshed that login (and Claude Code was logged out
+            // since), the file's tokens are the spent generation: written over the live ones,
+            // they lost the login in both places. The journal knows the token spent (or out
+            // now), and where its successor is. Asked under the pool's lock: asked before it, a
+            // refresh whose write the import waited behind was not in it yet.
+            let spent = crate::store::spent_now(&[(account.email.clone(), tag)]);
+            if let (Some((_, spent)), None) = (spent.first(), &holder) {
+                return Err(Error::LoginElsewhere(format!(
+                    "Claude Code's file holds a refresh token that was already spent: the pool at {} refreshed it as {} on {}, and keeps the tokens that replaced it (a refresh token works once). The file is older than that login: log in to Claude Code again to import a new one; nothing was imported",
+                    spent.store,
+                    spent.email,
+                    crate::account::iso_time_seconds(spent.at)
+                )));
+            }
             if let Some(holder) = holder.filter(|h| normalize(h) != normalize(&account.email)) {
                 if name_given {
                     return Err(Error::InvalidArgument(format!(

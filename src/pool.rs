@@ -601,10 +601,28 @@ impl Pool {
     /// spent refresh token was written back and the login lost, and a key replaced meanwhile
     /// came back. Credentials the copy changed itself are its own and stay, and so do tokens
     /// the stored ones are said to expire before. Returns the names.
+    ///
+    /// An account the copy renamed is found by the tokens it was read with, under the name it
+    /// had: matched by name alone, it was neither stored nor read, and a refresh made meanwhile
+    /// under the old name was lost with the spent token written under the new one.
     pub fn keep_credentials_changed_since(&mut self, stored: &Pool, held: &Pool) -> Vec<String> {
+        let copy = self.clone();
         let mut kept = Vec::new();
         for a in self.accounts_mut() {
-            let (Some(s), Some(h)) = (stored.find(&a.email), held.find(&a.email)) else {
+            let pair = match (stored.find(&a.email), held.find(&a.email)) {
+                (Some(s), Some(h)) => Some((s, h)),
+                (None, None) => held
+                    .accounts()
+                    .find(|h| {
+                        !h.is_api_key()
+                            && h.refresh.is_some()
+                            && h.refresh == a.refresh
+                            && copy.find(&h.email).is_none()
+                    })
+                    .and_then(|h| Some((stored.find(&h.email)?, h))),
+                _ => None,
+            };
+            let Some((s, h)) = pair else {
                 continue;
             };
             let mut changed = false;
@@ -965,6 +983,36 @@ mod tests {
         let a = copy.find("a@x.test").unwrap();
         assert_eq!(a.refresh.as_ref().unwrap().expose(), "r2");
         assert_eq!(a.expires, Some(T));
+    }
+
+    #[test]
+    fn a_copy_that_renamed_an_account_takes_the_tokens_refreshed_under_its_old_name() {
+        let pool = |email: &str, refresh: &str| {
+            Pool::from_value(json!({ "anthropic": [
+                { "email": email, "refresh": refresh, "access": format!("a-{refresh}"), "expires": 5 },
+                { "email": "other@x.test", "refresh": "ro", "access": "ao", "expires": 5 },
+            ]}))
+            .unwrap()
+        };
+        let held = pool("a@x.test", "r1");
+        // Refreshed under the old name while the copy renamed it.
+        let mut stored = pool("a@x.test", "r2");
+        stored.find_mut("a@x.test").unwrap().expires = Some(6);
+        let mut copy = pool("b@x.test", "r1");
+        assert_eq!(
+            copy.keep_credentials_changed_since(&stored, &held),
+            ["b@x.test"]
+        );
+        let b = copy.find("b@x.test").unwrap();
+        assert_eq!(b.refresh.as_ref().unwrap().expose(), "r2");
+        assert_eq!(b.access.as_ref().unwrap().expose(), "a-r2");
+        // A copy that holds both names made a second entry, not a rename: each keeps its own.
+        let mut both = pool("b@x.test", "r1");
+        let a = Account::new_oauth("a@x.test", "a-r1".into(), "r1".into(), 5, 0);
+        both.anthropic.push(Entry::Valid(Box::new(a)));
+        both.keep_credentials_changed_since(&stored, &held);
+        let b = both.find("b@x.test").unwrap();
+        assert_eq!(b.refresh.as_ref().unwrap().expose(), "r1");
     }
 
     #[test]

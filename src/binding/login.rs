@@ -68,6 +68,19 @@ pub fn refresh(env: &Env, refresh_token: String) -> JsResult<PromiseRaw<'_, Valu
                 "that is not a refresh token (visible ASCII, at most 4096 characters)".into(),
             )));
         }
+        // A token this machine's pools presented (spent, its successor saved, or out now) is
+        // not presented again: at a strict endpoint a reuse revokes the whole login, the pool's
+        // live tokens with it.
+        let tag = crate::store::journal::tag(&token);
+        let spent = crate::store::Store::spent_tokens(vec![(String::new(), tag)]).await;
+        if let Some((_, spent)) = spent.first() {
+            return Err(js_error(Error::LoginElsewhere(format!(
+                "that refresh token was presented by the pool at {} for {} on {} (a refresh token works once): the pool holds the tokens that replace it; nothing was sent",
+                spent.store,
+                spent.email,
+                crate::account::iso_time_seconds(spent.at)
+            ))));
+        }
         let t = oauth::refresh_keeping_successor(&token)
             .await
             .map_err(js_error)?;

@@ -34,6 +34,10 @@ use crate::store::{RefreshLock, Trial, REFRESH_LOCK_TIMEOUT};
 /// How long a refresh waits on the refresh journal (its lock waits at most 2 s of this; the rest
 /// is its file's read and write) before it goes on without it.
 const JOURNAL_PATIENCE: Duration = Duration::from_secs(5);
+/// How long `refresh_now` (`oauth-pool refresh`) keeps trying to write new tokens it could not
+/// save before it reports them unsaved, and how often.
+const UNSAVED_PATIENCE: Duration = Duration::from_secs(60);
+const UNSAVED_LOOK: Duration = Duration::from_secs(1);
 /// How often a refresh that found its token claimed by another process of the fleet store looks
 /// again (for that process's tokens, or its claim gone stale).
 const CLAIM_POLL: Duration = Duration::from_millis(250);
@@ -291,7 +295,15 @@ pub fn apply_unsaved(pool: &mut Pool, tokens: &[UnsavedTokens]) -> Vec<String> {
         return written;
     }
     for t in tokens {
-        match pool.find_mut(&t.email) {
+        // Renamed meanwhile (a hand edit, a script's `savePool`): the entry still holding the
+        // spent token is this login, as for the refresh's own write.
+        let holder = match pool.find(&t.email) {
+            Some(_) => pool.find_mut(&t.email),
+            None => pool
+                .accounts_mut()
+                .find(|a| !a.is_api_key() && a.refresh.as_ref() == Some(&t.presented)),
+        };
+        match holder {
             Some(a)
                 if a.refresh.as_ref() == Some(&t.presented)
                     || a.refresh.as_ref() == Some(&t.refresh) =>
@@ -434,13 +446,22 @@ impl Engine {
             )
             .await?;
         // "kept" said the token endpoint had nothing new while the pool's refresh token was in
-        // fact spent and its successor lost with this process (a CLI ends right after).
-        if let Some((reason, code)) = self.credentials.unsaved_because(&email, &access) {
-            return Err(Error::TokensUnsaved {
-                email,
-                reason,
-                code,
-            });
+        // fact spent and its successor lost with this process (a CLI ends right after). The
+        // write is tried again for a while first: a writer holding the pool's lock past the
+        // refresh's patience (an OpenCode stopped with Ctrl-Z, let go on `fg`) left the CLI to
+        // end with the only copy of the new tokens.
+        let trying_until = tokio::time::Instant::now() + UNSAVED_PATIENCE;
+        while let Some((reason, code)) = self.credentials.unsaved_because(&email, &access) {
+            if tokio::time::Instant::now() >= trying_until {
+                return Err(Error::TokensUnsaved {
+                    email,
+                    reason,
+                    code,
+                });
+            }
+            tokio::time::sleep(UNSAVED_LOOK).await;
+            // Every write retries the unsaved tokens first; this one changes nothing else.
+            let _ = self.write(|_| Ok(())).await;
         }
         let after = self.store.load().await?;
         let now = after.find(&email);

@@ -178,7 +178,14 @@ impl FileStore {
         let previous = self.read()?;
         let mut pool = pool.clone();
         if let Some((stored, _)) = &previous {
-            for email in pool.keep_newer_state(stored, &read.spent) {
+            // Asked now, under the lock: asked before it, a refresh whose write this save waited
+            // behind was not in it yet, and its spent token was written back.
+            let spent: Vec<String> = super::spent_now(&super::refresh_tags(&pool))
+                .into_iter()
+                .map(|(email, _)| email)
+                .chain(read.spent.iter().cloned())
+                .collect();
+            for email in pool.keep_newer_state(stored, &spent) {
                 tracing::info!(account = %email, "kept the stored tokens: newer than those saved");
             }
             read.reconcile(&mut pool, stored);

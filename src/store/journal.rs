@@ -254,15 +254,22 @@ impl Journal {
     }
 
     /// Of the refresh tokens tagged `tags`, those spent with their successor saved (in any store:
-    /// a token works once), each with where; read without the lock (every write replaces the
-    /// file whole), nothing when the journal is missing or unusable. Blocking.
-    pub fn spent_among(&self, tags: &[String]) -> Vec<(String, Spent)> {
+    /// a token works once), and those presented within the last two minutes (a refresh out now,
+    /// or one that wrote its tokens and has not noted it yet: a write waiting for the pool's lock
+    /// behind it took the token for live, and wrote it back over its successor). Each with
+    /// where; read without the lock (every write replaces the file whole), nothing when the
+    /// journal is missing or unusable. Blocking.
+    pub fn spent_among(&self, tags: &[String], now: i64) -> Vec<(String, Spent)> {
         let Ok(Some(book)) = self.read() else {
             return Vec::new();
         };
+        let presented = |at: i64| {
+            let age = now.saturating_sub(at);
+            age > -IN_FLIGHT_MS && age < IN_FLIGHT_MS
+        };
         book.refreshes
             .into_iter()
-            .filter(|e| e.saved && tags.contains(&e.token))
+            .filter(|e| (e.saved || presented(e.at)) && tags.contains(&e.token))
             .map(|e| {
                 let spent = Spent {
                     store: e.store,

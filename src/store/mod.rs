@@ -85,6 +85,30 @@ impl RefreshLock {
 }
 
 /// Whether `location` names a PostgreSQL database rather than a file.
+/// `Store::spent_tokens`, on this thread: for a check made under the pool's lock, where a
+/// refresh that wrote its tokens before the lock was taken has its presentation in the journal.
+pub fn spent_now(tokens: &[(String, String)]) -> Vec<(String, journal::Spent)> {
+    let Some(j) = journal::Journal::for_user().filter(|_| !tokens.is_empty()) else {
+        return Vec::new();
+    };
+    let tags: Vec<String> = tokens.iter().map(|(_, t)| t.clone()).collect();
+    let spent = j.spent_among(&tags, crate::account::now_ms());
+    tokens
+        .iter()
+        .filter_map(|(email, tag)| {
+            let (_, s) = spent.iter().find(|(t, _)| t == tag)?;
+            Some((email.clone(), s.clone()))
+        })
+        .collect()
+}
+
+/// The copy's accounts and the tags of their refresh tokens, for `spent_now`.
+pub fn refresh_tags(pool: &Pool) -> Vec<(String, String)> {
+    pool.accounts()
+        .filter_map(|a| Some((a.email.clone(), journal::tag(a.refresh.as_ref()?))))
+        .collect()
+}
+
 pub fn is_database(location: &str) -> bool {
     let l = location.trim().to_ascii_lowercase();
     l.starts_with("postgres://") || l.starts_with("postgresql://")
@@ -187,20 +211,10 @@ impl Store {
     /// write back over the live login. Nothing without a journal, or when it does not answer
     /// within a few seconds (a home on a file system that hangs).
     pub async fn spent_tokens(tokens: Vec<(String, String)>) -> Vec<(String, journal::Spent)> {
-        let Some(j) = journal::Journal::for_user().filter(|_| !tokens.is_empty()) else {
+        if tokens.is_empty() {
             return Vec::new();
-        };
-        let asking = blocking(move || {
-            let tags: Vec<String> = tokens.iter().map(|(_, t)| t.clone()).collect();
-            let spent = j.spent_among(&tags);
-            Ok(tokens
-                .into_iter()
-                .filter_map(|(email, tag)| {
-                    let (_, s) = spent.iter().find(|(t, _)| *t == tag)?;
-                    Some((email, s.clone()))
-                })
-                .collect())
-        });
+        }
+        let asking = blocking(move || Ok(spent_now(&tokens)));
         match tokio::time::timeout(Duration::from_secs(5), asking).await {
             Ok(Ok(spent)) => spent,
             _ => Vec::new(),
@@ -359,21 +373,20 @@ impl Store {
     /// Replaces the whole pool with a copy `loadPool` gave (`savePool`): accounts added since it
     /// was read are kept, those removed since stay out (`ReadCopy::reconcile`).
     pub async fn save_read_at(&self, pool: Pool, mut read: ReadCopy) -> Result<()> {
-        let tokens = pool
-            .accounts()
-            .filter_map(|a| Some((a.email.clone(), journal::tag(a.refresh.as_ref()?))))
-            .collect();
-        read.spent = Self::spent_tokens(tokens)
-            .await
-            .into_iter()
-            .map(|(email, _)| email)
-            .collect();
         match self {
+            // The journal is asked under the file's lock (`FileStore::save_read_at`).
             Store::File(f) => {
                 let f = f.clone();
                 blocking(move || f.save_read_at(&pool, &read)).await
             }
-            Store::Postgres(p) => p.save(pool, read).await,
+            Store::Postgres(p) => {
+                read.spent = Self::spent_tokens(refresh_tags(&pool))
+                    .await
+                    .into_iter()
+                    .map(|(email, _)| email)
+                    .collect();
+                p.save(pool, read).await
+            }
         }
     }
 

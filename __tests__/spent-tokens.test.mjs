@@ -1,0 +1,181 @@
+// A refresh token works once: a write that puts a spent one back over its successor loses the
+// login, in the pool and at the token endpoint (the next refresh presents it, and a strict
+// endpoint revokes the whole family). Each case here is a way a review found it written back:
+// a rename between a script's read and its save, a save or an import waiting behind a refresh's
+// write that the machine's refresh journal had not noted yet, tokens that could not be saved at
+// first retried after a rename, `oauth-pool refresh` ending with the only copy of the new tokens,
+// and the `refresh()` export presenting a token the pool had spent.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as lib from "../index.mjs";
+import { flockAvailable, holdLock } from "./helpers/flock.mjs";
+import { account, body, jsonHeaders, messagesUrl, oauthEntry, readPool, tempPoolPath, useMock } from "./helpers/pool-env.mjs";
+import { tempDir } from "./helpers/temp.mjs";
+
+const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
+const mock = useMock();
+const pause = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function until(check, what, ms = 15_000) {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await pause(20);
+  }
+}
+
+/** A pool of one login, `email`, with `extra` over its entry. */
+async function poolOf(email, extra = {}) {
+  const path = tempPoolPath();
+  const entry = { ...oauthEntry(mock, email), ...extra };
+  await lib.savePool({ version: 1, anthropic: [entry] }, path);
+  return { path, entry };
+}
+
+/**
+ * Refreshes `email` through a request, and leaves its new tokens written to the pool but not yet
+ * noted in the refresh journal (its lock held meanwhile: the note waits behind it, as it does
+ * behind any other process noting a refresh). Returns the live refresh token and `release()`.
+ */
+async function refreshedNotNoted(email, path) {
+  let answer;
+  const held = new Promise((r) => (answer = r));
+  mock.setTokenMode({ until: held, grant: "refresh_token" });
+  const arrived = mock.waitFor("token");
+  const request = lib.createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  await arrived;
+  const journalDir = join(process.env.HOME, ".aidevops");
+  mkdirSync(journalDir, { recursive: true });
+  const journal = await holdLock(join(journalDir, "oauth-pool-refreshes.json.lock"));
+  answer();
+  const live = () => mock.tokens(email).refresh;
+  await until(() => account(path, email).refresh === live(), "the refresh's write");
+  return {
+    live: live(),
+    async release() {
+      await journal.release();
+      const res = await request;
+      assert.equal(res.status, 200);
+      await res.text();
+    },
+  };
+}
+
+test("a script that renamed an account (loadPool, edit, savePool) keeps the tokens a refresh wrote under the old name meanwhile", async () => {
+  const { path, entry } = await poolOf("old-name@x.test");
+  const copy = await lib.loadPool(path);
+  const r = await lib.refreshAccount("old-name@x.test", path);
+  assert.equal(r.outcome, "refreshed");
+  copy.anthropic[0].email = "new-name@x.test";
+  await lib.savePool(copy, path);
+  const live = mock.tokens("old-name@x.test").refresh;
+  assert.notEqual(live, entry.refresh);
+  assert.deepEqual(
+    readPool(path).anthropic.map((a) => [a.email, a.refresh === live ? "live" : a.refresh === entry.refresh ? "spent" : "other"]),
+    [["new-name@x.test", "live"]],
+  );
+  assert.equal((await lib.refreshAccount("new-name@x.test", path)).outcome, "refreshed");
+  assert.equal(mock.stats().perFamily["old-name@x.test"].revoked, false);
+});
+
+for (const copyKind of ["a plain copy", "a loadPool copy"]) {
+  test(`savePool of ${copyKind} after a refresh whose journal note is still to come keeps the new tokens, though they expire sooner`, {
+    skip: !flockAvailable,
+  }, async () => {
+    // The pool believed the access token good for 10 h (refreshed while the clock ran fast);
+    // the API refuses it, and the refresh's tokens last the mock's 8 h: sooner than the copy's.
+    const email = `sooner-${copyKind.split(" ")[1]}@x.test`;
+    const { path, entry } = await poolOf(email, { expires: Date.now() + 10 * 3600_000 });
+    mock.revoke(email);
+    const copy = copyKind === "a plain copy" ? readPool(path) : await lib.loadPool(path);
+    const refreshed = await refreshedNotNoted(email, path);
+    try {
+      copy.note = "edited by a script";
+      await lib.savePool(copy, path);
+      const stored = account(path, email).refresh;
+      assert.equal(stored === refreshed.live ? "live" : stored === entry.refresh ? "spent" : "other", "live");
+      assert.equal(readPool(path).note, "edited by a script", "the script's own change is saved");
+    } finally {
+      await refreshed.release();
+    }
+  });
+}
+
+test("import-claude-code of a file the pool refreshed a moment ago, its journal note still to come, is refused and the new tokens stay", {
+  skip: !flockAvailable,
+}, async () => {
+  const { path, entry } = await poolOf("imported@x.test", { expires: Date.now() - 1000 });
+  const credentialsPath = join(tempDir("claude-code-"), ".credentials.json");
+  writeFileSync(credentialsPath, JSON.stringify({ claudeAiOauth: { accessToken: entry.access, refreshToken: entry.refresh, expiresAt: Date.now() - 1000 } }), {
+    mode: 0o600,
+  });
+  const refreshed = await refreshedNotNoted("imported@x.test", path);
+  try {
+    await assert.rejects(
+      lib.importClaudeCode({ credentialsPath, email: "imported@x.test", path }),
+      (e) => e.code === "OAUTH_INVALID_GRANT" && /already spent/.test(e.message),
+    );
+    assert.equal(account(path, "imported@x.test").refresh, refreshed.live);
+  } finally {
+    await refreshed.release();
+  }
+});
+
+test("tokens a refresh could not save at first go to the account renamed meanwhile once the file can be written", async () => {
+  const { path, entry } = await poolOf("renamed-unsaved@x.test", { expires: Date.now() - 1000 });
+  let answer;
+  const held = new Promise((r) => (answer = r));
+  mock.setTokenMode({ until: held, grant: "refresh_token" });
+  const arrived = mock.waitFor("token");
+  const request = lib.createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  await arrived;
+  // A person's edit, saved half-way: the refresh cannot write, and keeps the tokens.
+  const good = readFileSync(path, "utf8");
+  writeFileSync(path, good.slice(0, 20));
+  answer();
+  const res = await request;
+  assert.equal(res.status, 200);
+  await res.text();
+  const live = mock.tokens("renamed-unsaved@x.test").refresh;
+  assert.notEqual(live, entry.refresh);
+  // The edit finished: the account renamed. The kept tokens are retried every 5 s.
+  const fixed = JSON.parse(good);
+  fixed.anthropic[0].email = "renamed-later@x.test";
+  writeFileSync(path, JSON.stringify(fixed, null, 2));
+  await until(() => account(path, "renamed-later@x.test")?.refresh === live, "the kept tokens written to the renamed account", 20_000);
+  assert.equal(mock.stats().perFamily["renamed-unsaved@x.test"].revoked, false);
+});
+
+test("oauth-pool refresh waits for a pool whose lock another writer holds past the refresh's patience, instead of ending with the only copy of the new tokens", {
+  skip: !flockAvailable,
+}, async () => {
+  const { path, entry } = await poolOf("cli-refresh@x.test");
+  // An OpenCode stopped (Ctrl-Z) while it held the pool's lock, let go 12 s later (`fg`).
+  const writer = await holdLock(`${path}.lock`);
+  const cli = spawn(process.execPath, [CLI, "refresh", "cli-refresh@x.test", "--path", path], { env: process.env, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  cli.stdout.on("data", (d) => (out += d));
+  cli.stderr.on("data", (d) => (out += d));
+  const ended = new Promise((r) => cli.on("exit", r));
+  await pause(12_000);
+  await writer.release();
+  assert.equal(await ended, 0, out);
+  assert.match(out, /cli-refresh@x\.test: refreshed/);
+  const live = mock.tokens("cli-refresh@x.test").refresh;
+  assert.notEqual(live, entry.refresh);
+  assert.equal(account(path, "cli-refresh@x.test").refresh, live);
+});
+
+test("the refresh() export does not present a refresh token the pool spent: OAUTH_INVALID_GRANT, nothing sent, the pool's login intact", async () => {
+  const { path, entry } = await poolOf("exported@x.test");
+  assert.equal((await lib.refreshAccount("exported@x.test", path)).outcome, "refreshed");
+  const calls = mock.stats().refreshCalls;
+  await assert.rejects(lib.refresh(entry.refresh), (e) => e.code === "OAUTH_INVALID_GRANT" && !e.message.includes(entry.refresh));
+  assert.equal(mock.stats().refreshCalls, calls, "nothing sent");
+  assert.equal(mock.stats().perFamily["exported@x.test"].revoked, false);
+  assert.equal((await lib.refreshAccount("exported@x.test", path)).outcome, "refreshed");
+});
