@@ -37,17 +37,26 @@ async function poolOf(email, extra = {}) {
 }
 
 /**
- * Refreshes `email` through a request, and leaves its new tokens written to the pool but not yet
- * noted in the refresh journal (its lock held meanwhile: the note waits behind it, as it does
- * behind any other process noting a refresh). Returns the live refresh token and `release()`.
+ * A request through the pool of `path` whose refresh is held at the token endpoint once it has
+ * arrived there: `answer()` lets the endpoint answer, `request` is the request's Response.
  */
-async function refreshedNotNoted(email, path) {
+async function refreshHeld(path) {
   let answer;
   const held = new Promise((r) => (answer = r));
   mock.setTokenMode({ until: held, grant: "refresh_token" });
   const arrived = mock.waitFor("token");
   const request = lib.createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
   await arrived;
+  return { answer, request };
+}
+
+/**
+ * Refreshes `email` through a request, and leaves its new tokens written to the pool but not yet
+ * noted in the refresh journal (its lock held meanwhile: the note waits behind it, as it does
+ * behind any other process noting a refresh). Returns the live refresh token and `release()`.
+ */
+async function refreshedNotNoted(email, path) {
+  const { answer, request } = await refreshHeld(path);
   const journalDir = join(process.env.HOME, ".aidevops");
   mkdirSync(journalDir, { recursive: true });
   const journal = await holdLock(join(journalDir, "oauth-pool-refreshes.json.lock"));
@@ -127,12 +136,7 @@ test("import-claude-code of a file the pool refreshed a moment ago, its journal 
 
 test("tokens a refresh could not save at first go to the account renamed meanwhile once the file can be written", async () => {
   const { path, entry } = await poolOf("renamed-unsaved@x.test", { expires: Date.now() - 1000 });
-  let answer;
-  const held = new Promise((r) => (answer = r));
-  mock.setTokenMode({ until: held, grant: "refresh_token" });
-  const arrived = mock.waitFor("token");
-  const request = lib.createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
-  await arrived;
+  const { answer, request } = await refreshHeld(path);
   // A person's edit, saved half-way: the refresh cannot write, and keeps the tokens.
   const good = readFileSync(path, "utf8");
   writeFileSync(path, good.slice(0, 20));
