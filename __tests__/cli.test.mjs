@@ -835,6 +835,15 @@ test("add and add-key: a paste wrapped by a terminal in bracketed-paste mode, or
   );
 });
 
+// Enter pressed before pasting: the blank line was taken for the code ("nothing was pasted"),
+// and the login it belonged to was lost with the process.
+test("add: blank lines before the pasted code are passed over, the code after them read", async () => {
+  const path = freshPath();
+  const r = await addThroughMock(path, "blank-first@x.test", { args: ["--json"], tamper: (p) => `\n \r\n\t\n${p}` });
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  assert.deepEqual(jsonLines(r).at(-1), { email: "blank-first@x.test", added: true });
+});
+
 test("add: a code with another login's state is OAUTH_STATE_MISMATCH, exit 1, nothing written", async () => {
   const path = freshPath();
   const exchanges = mock.stats().exchangeCalls;
@@ -1455,6 +1464,27 @@ test('add-key with text that is no key says what a key looks like, not "[redacte
     assert.doesNotMatch(r.stderr, /redacted/);
   }
   assert.ok(!existsSync(path), "nothing written");
+});
+
+// An OAuth token or an Admin key was taken for a key: the member sent it as `x-api-key` (a 401
+// each time), and a live refresh token pasted so sat where it could never refresh.
+test("add-key refuses an OAuth access or refresh token and an Admin key, saying what each is and what to do", async () => {
+  const path = freshPath();
+  const made = (kind) => `${["sk", "ant", kind].join("-")}-${"Z".repeat(40)}`; // no token-shaped literal
+  for (const [kind, said, next] of [
+    ["oat01", "an OAuth access token", /oauth-pool add/],
+    ["ort01", "an OAuth refresh token", /oauth-pool add/],
+    ["admin01", "an Admin API key", /API keys only/],
+  ]) {
+    const r = await cli(["add-key"], { path, input: `${made(kind)}\n` });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`^error \\[INVALID_ARGUMENT\\]: that is ${said}, not a Console API key`));
+    assert.match(r.stderr, next);
+    assert.ok(!r.stderr.includes("Z".repeat(40)), r.stderr);
+  }
+  assert.ok(!existsSync(path), "nothing written");
+  const key = await cli(["add-key", "--json"], { path, input: `${made("api03")}\n` });
+  assert.equal(key.code, 0, key.stderr);
 });
 
 test("add and add-key on a stdin that cannot be read (opened for writing only, a directory): USAGE, exit 2, not the runtime's EBADF", {

@@ -236,6 +236,11 @@ test("store copy: file -> PostgreSQL -> file keeps every field, and pg_dump hold
         // were stored in the clear.
         accessToken: "at-SECRET-other-0001",
         client_secret: "SECRET-client-0001",
+        // And under any name, found by what they hold: a token's text, or an object or a list
+        // holding a field named for a credential or a token's text (they were in the dump).
+        bearer: `${["sk", "ant", "oat01"].join("-")}-SECRET-bearer-0001`,
+        oauth: { refresh_token: "SECRET-nested-0001", scope: "user:inference" },
+        headers: [`Authorization: Bearer ${["sk", "ant", "oat01"].join("-")}-SECRET-inlist-0001`],
       },
       {
         email: "key@fleet.test",
@@ -264,7 +269,7 @@ test("store copy: file -> PostgreSQL -> file keeps every field, and pg_dump hold
   assert.match(dump, /max@fleet\.test/, "the dump is of the pool");
   assert.match(dump, /enc:v1:/);
   const secrets = JSON.stringify(pool).match(/[a-z-]*SECRET[\w-]*/g);
-  assert.ok(secrets.length >= 6);
+  assert.ok(secrets.length >= 9);
   for (const s of secrets) assert.ok(!dump.includes(s), `${s} is in the dump`);
 
   // The CLI reads it like a file: the unreadable entry listed, kept.

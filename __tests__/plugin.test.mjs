@@ -287,6 +287,40 @@ test("the loader takes whatever models the host passes without throwing (frozen,
   assert.equal(cyclic.cache.read, 0);
 });
 
+// The tool's list and status wrote this process's changes before reading, with no bound: a pool
+// whose lock another process held (an OpenCode stopped with Ctrl-Z) kept them two minutes and
+// failed them POOL_BUSY, though reading needs no lock.
+test("the tool lists the pool at once while another process holds its lock, saying this process's cooldown is not written yet", {
+  skip: process.platform !== "linux",
+}, async () => {
+  const { flockAvailable, holdLock } = await import("./helpers/flock.mjs");
+  if (!flockAvailable) return;
+  const path = freshPath();
+  const hooks = await plugin(path);
+  await login(hooks, "held-a@example.com");
+  await login(hooks, "held-b@example.com");
+  await lib.setPriority("held-a@example.com", 10, path);
+  const { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });
+  const writer = await holdLock(`${path}.lock`);
+  try {
+    mock.script("held-a@example.com", [{ status: 429, headers: rateLimitHeaders({ retryAfter: 120 }) }]);
+    const res = await fetch(`${mock.url}/v1/messages`, messagesRequest());
+    assert.match(await res.text(), /Hello from held-b@example\.com/);
+    for (const action of ["list", "status"]) {
+      const started = Date.now();
+      const out = await hooks.tool[TOOL].execute({ action }, {});
+      assert.ok(Date.now() - started < 10_000, `${action} took ${Date.now() - started} ms`);
+      assert.match(out, /held-a@example\.com/, action);
+      assert.match(out, /latest cooldowns and usage are not written yet/, action);
+    }
+  } finally {
+    await writer.release();
+  }
+  // Once the lock is let go, the cooldown is written and shown.
+  await lib.flushPool(path);
+  assert.match(await hooks.tool[TOOL].execute({ action: "list" }, {}), /held-a@example\.com \[Claude login\] rate-limited/);
+});
+
 test("a 429 on the first account fails over to the second and the user is told once", async () => {
   const path = freshPath();
   const { client, toasts, logs } = fakeClient();

@@ -504,6 +504,19 @@ fn login_email(tokens: &Tokens) -> String {
         .unwrap_or_else(|| format!("unknown-{}@anthropic-pool", tokens.refresh.fingerprint()))
 }
 
+/// What a pasted credential is when it is one of Anthropic's, but no API key.
+fn not_an_api_key(text: &str) -> Option<&'static str> {
+    let kind = text.strip_prefix("sk-ant-")?;
+    [
+        ("oat", "an OAuth access token"),
+        ("ort", "an OAuth refresh token"),
+        ("admin", "an Admin API key"),
+    ]
+    .iter()
+    .find(|(prefix, _)| kind.starts_with(prefix))
+    .map(|(_, what)| *what)
+}
+
 pub async fn add_api_key(
     store: &Store,
     key: &Secret,
@@ -518,6 +531,17 @@ pub async fn add_api_key(
             // scrubber, which showed `sk-ant-api03-...` as "[redacted]".
             "that does not look like an API key (a Console API key starts with sk-ant-api)".into(),
         ));
+    }
+    // An OAuth token or an Admin key is no API key: added as one, it went out as `x-api-key`, a
+    // 401 each time, and a live refresh token (Claude Code's) sat in a member that never refreshes.
+    if let Some(what) = not_an_api_key(secret.expose()) {
+        return Err(Error::InvalidArgument(format!(
+            "that is {what}, not a Console API key (which starts with sk-ant-api): {}; nothing was added",
+            match what {
+                "an Admin API key" => "the pool sends requests to the Messages API, which takes API keys only",
+                _ => "add the login with `oauth-pool add` (or `oauth-pool import-claude-code`)",
+            }
+        )));
     }
     let given = email.is_some_and(|e| !e.trim().is_empty());
     let email = email

@@ -188,7 +188,7 @@ async function add({ lib, options, path, out }) {
   out.result({ url: pkce.url }, pkce.url);
   // Nobody can log in with a URL that was never shown, and a code read then would be a guess.
   if (!(await out.delivered())) throw new UsageError("add prints the login URL on stdout, and stdout could not take it (closed or full): no login was started");
-  const line = await readLine({ prompt: "code: ", timeoutMs: waitMs });
+  const line = await readLine({ prompt: "code: ", timeoutMs: waitMs, skipBlank: true });
   if (line === null) throw new UsageError("add reads the pasted code from stdin, and stdin closed before a line came");
   if (line === TIMED_OUT) {
     throw new UsageError(

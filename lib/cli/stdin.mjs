@@ -20,7 +20,7 @@ export const TIMED_OUT = Symbol("no line within the time allowed");
  * any byte came, or with TIMED_OUT when `timeoutMs` passed first (a pipe or a terminal that
  * stays open and sends nothing). Rejects with a UsageError past MAX_LINE_BYTES.
  */
-export async function readLine({ prompt, hidden = false, timeoutMs, stdin = process.stdin, stderr = process.stderr } = {}) {
+export async function readLine({ prompt, hidden = false, timeoutMs, skipBlank = false, stdin = process.stdin, stderr = process.stderr } = {}) {
   if (stdin.isTTY) {
     if (hidden && typeof stdin.setRawMode === "function") return readHidden(stdin, stderr, timeoutMs, prompt);
     if (prompt) stderr.write(prompt);
@@ -42,9 +42,16 @@ export async function readLine({ prompt, hidden = false, timeoutMs, stdin = proc
     const line = (buf) => buf.toString("utf8").replace(/\r$/, "");
     const onData = (chunk) => {
       seen = true;
-      const buf = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
-      const nl = buf.indexOf(0x0a);
-      if (nl >= 0 && size + nl <= MAX_LINE_BYTES) return finish(() => resolve(line(Buffer.concat([...chunks, buf.subarray(0, nl)]))));
+      let buf = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
+      for (let nl = buf.indexOf(0x0a); nl >= 0 && size + nl <= MAX_LINE_BYTES; nl = buf.indexOf(0x0a)) {
+        const text = line(Buffer.concat([...chunks, buf.subarray(0, nl)]));
+        // `skipBlank`: a line of nothing (Enter pressed before pasting) is passed over, not taken
+        // for the answer.
+        if (!skipBlank || text.trim() !== "") return finish(() => resolve(text));
+        chunks.length = 0;
+        size = 0;
+        buf = buf.subarray(nl + 1);
+      }
       size += buf.length;
       // Checked before keeping the chunk: what was read so far is at most the limit plus one chunk.
       if (size > MAX_LINE_BYTES) return finish(() => reject(tooLong()));

@@ -339,6 +339,36 @@ async function noneLeft(path) {
   return " No account of the pool is enabled now: requests through it fail until one is enabled again (enable <email>, or `oauth-pool enable <email>` in a terminal).";
 }
 
+// How long list and status wait for this process's unwritten changes to be written first.
+const WRITE_FIRST_MS = 2000;
+
+/**
+ * Writes what this process has not written yet (a cooldown, usage) before the pool is read, so
+ * that the answer shows it; "" once written, else a line saying it is not. A pool it cannot
+ * write now (another process holding its lock: an OpenCode stopped with Ctrl-Z; a read-only
+ * directory) kept list and status waiting two minutes, or failed them, though reading it needs
+ * no lock: the write goes on behind, and the pool is shown as the file has it.
+ */
+async function writtenFirst(path) {
+  let timer;
+  const waited = new Promise((resolve) => {
+    timer = setTimeout(() => resolve({ code: "the pool is busy" }), WRITE_FIRST_MS);
+  });
+  try {
+    const failed = await Promise.race([
+      pool.flushPool(path).then(
+        () => null,
+        (e) => e ?? {},
+      ),
+      waited,
+    ]);
+    if (failed === null) return "";
+    return `\n(This process's latest cooldowns and usage are not written yet (${failed.code ?? "ERROR"}): shown as the pool file has them.)`;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 async function run(args, path, confirm, hints) {
   const action = String(args?.action ?? "list")
     .trim()
@@ -346,12 +376,14 @@ async function run(args, path, confirm, hints) {
   const email = typeof args?.email === "string" ? args.email.trim() : "";
   const now = Date.now();
   switch (action) {
-    case "list":
-      await pool.flushPool(path);
-      return list(path, now, hints, email);
-    case "status":
-      await pool.flushPool(path);
-      return status(path, now, hints, email);
+    case "list": {
+      const unwritten = await writtenFirst(path);
+      return `${await list(path, now, hints, email)}${unwritten}`;
+    }
+    case "status": {
+      const unwritten = await writtenFirst(path);
+      return `${await status(path, now, hints, email)}${unwritten}`;
+    }
     case "remove": {
       if (!email) return needEmail("remove", path, hints);
       return remove(email, path, confirm, hints);

@@ -226,6 +226,41 @@ fn is_other_secret(field: &str) -> bool {
         .any(|w| f.contains(w))
 }
 
+/// Another field of an account entry sealed whatever its name, for what it holds: a token's
+/// text (`"bearer": "sk-ant-oat01-…"`), or, in an object or a list, a field named for a
+/// credential (`"oauth": {"refresh_token": …}`) or a token's text at any depth. Those were
+/// stored in the clear, in every dump. A field holding neither (usage windows, `quota`, whose
+/// counters are `input_tokens`) stays readable.
+fn holds_secret(value: &Value) -> bool {
+    fn named_for_a_credential(name: &str) -> bool {
+        let n = name.to_ascii_lowercase();
+        [
+            "key",
+            "token",
+            "secret",
+            "password",
+            "authorization",
+            "bearer",
+            "credential",
+        ]
+        .iter()
+        .any(|w| n.ends_with(w))
+    }
+    match value {
+        Value::String(s) => s.contains("sk-ant-"),
+        Value::Array(items) => items.iter().any(holds_secret),
+        Value::Object(map) => map.iter().any(|(name, v)| {
+            (named_for_a_credential(name) && !matches!(v, Value::Null | Value::Bool(_)))
+                || holds_secret(v)
+        }),
+        _ => false,
+    }
+}
+
+/// What a field sealed for what it holds (`holds_secret`) that is not text is stored as: its
+/// JSON, sealed, after this mark (a plain sealed value opens to text).
+const SEALED_JSON: &str = "json:";
+
 /// How the fleet store seals a pool: each secret field of an account on its own, and every
 /// top-level section other than the accounts whole.
 impl SealKey {
@@ -246,16 +281,39 @@ impl SealKey {
             .unwrap_or("")
             .to_string();
         if let Some(map) = entry.as_object_mut() {
-            let others: Vec<String> = map.keys().filter(|f| is_other_secret(f)).cloned().collect();
+            let others: Vec<String> = map
+                .iter()
+                .filter(|(f, v)| {
+                    !SECRET_FIELDS.contains(&f.as_str())
+                        && !matches!(f.as_str(), "email" | "authErrorToken")
+                        && (is_other_secret(f)
+                            || holds_secret(v)
+                            || matches!(v, Value::String(s) if is_sealed(s)))
+                })
+                .map(|(f, _)| f.clone())
+                .collect();
             let fields = SECRET_FIELDS
                 .iter()
                 .map(|f| (f.to_string(), true))
                 .chain(others.into_iter().map(|f| (f, false)));
             for (f, core) in fields {
-                if let Some(Value::String(value)) = map.get(&f) {
-                    let changed = change(&email, &f, value, core)?;
-                    map.insert(f, Value::String(changed));
-                }
+                let changed = match map.get(&f) {
+                    Some(Value::String(value)) => change(&email, &f, value, core)?,
+                    // Not text: sealed as its JSON, after a mark that says to parse it back.
+                    Some(v) if !core && !v.is_null() => {
+                        let text = format!("{SEALED_JSON}{v}");
+                        change(&email, &f, &text, core)?
+                    }
+                    _ => continue,
+                };
+                // Opened, a value that was sealed as JSON is that JSON again.
+                let value = match changed.strip_prefix(SEALED_JSON) {
+                    Some(json) if !core => serde_json::from_str(json).map_err(|_| {
+                        Error::StoreKey(format!("the sealed {f} of {email:?} is damaged"))
+                    })?,
+                    _ => Value::String(changed),
+                };
+                map.insert(f, value);
             }
         }
         Ok(entry)
@@ -423,6 +481,23 @@ mod tests {
         assert_eq!(sealed["note"], "n");
         assert_eq!(k.open_entry(sealed).unwrap(), other);
         assert_eq!(k.open_entry(other.clone()).unwrap(), other);
+        // A credential under any name, found by what it holds: a token's text, or an object or
+        // list holding one or a field named for one; counters named `*_tokens` stay readable.
+        let held = serde_json::json!({"email": "a@x", "bearer": "sk-ant-oat01-SENTINEL-3",
+            "oauth": {"refresh_token": "SENTINEL-4", "scope": "x"},
+            "headers": ["Authorization: Bearer sk-ant-oat01-SENTINEL-5"],
+            "usage": {"input_tokens": 5, "output_tokens": 7}, "quota": {"fiveHour": {"utilization": 0.1}}});
+        let sealed = k.seal_entry(held.clone()).unwrap();
+        assert!(!sealed.to_string().contains("SENTINEL"), "{sealed}");
+        assert_eq!(sealed["usage"], held["usage"]);
+        assert_eq!(sealed["quota"], held["quota"]);
+        assert_eq!(k.open_entry(sealed.clone()).unwrap(), held);
+        let mut moved = sealed;
+        moved["email"] = "b@x".into();
+        assert!(
+            k.open_entry(moved).is_err(),
+            "bound to its account as any sealed value"
+        );
         let section = serde_json::json!([{"token": "t"}]);
         let sealed = k.seal_section("openai", &section).unwrap();
         assert_eq!(k.open_section("openai", sealed.clone()).unwrap(), section);
