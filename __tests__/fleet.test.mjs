@@ -454,6 +454,46 @@ test("a cooldown set on one host is honoured by a running process on the other w
   }
 });
 
+// The refresh lock and claim are an account's, by name: renamed while its refresh was out (a
+// script's loadPool, edit, savePool), the new name's were free, and a second host presented the
+// token that was out: the token endpoint revoked the whole login.
+test("an account renamed while a host refreshes it: another host does not present the token that is out, and the login lives", async () => {
+  await seedStore(hostA, { anthropic: [oauthEntry("before-rename@fleet.test", { expired: true })] });
+  let answer;
+  mock.setTokenMode({ until: new Promise((r) => (answer = r)), times: 1, grant: "refresh_token" });
+  const onA = startHostProcess(hostA);
+  const onB = startHostProcess(hostB);
+  try {
+    await onA.ready;
+    await onB.ready;
+    const arrived = mock.waitFor("token");
+    const first = await onA.ask("start fetch");
+    await arrived;
+    const index = fileURLToPath(new URL("../index.mjs", import.meta.url));
+    const rename = `import { loadPool, savePool } from ${JSON.stringify(index)};
+      const p = await loadPool(process.argv[1]); p.anthropic[0].email = "after-rename@fleet.test"; await savePool(p, process.argv[1]);`;
+    const renamed = await run("--input-type=module", ["-e", rename, pg.url], hostA.env);
+    assert.equal(renamed.code, 0, renamed.stderr);
+    const second = await onB.ask("start fetch");
+    await new Promise((r) => setTimeout(r, 1500));
+    answer();
+    const [a, b] = [await onA.ask(`join ${first.value}`), await onB.ask(`join ${second.value}`)];
+    assert.equal(a.value?.status, 200, JSON.stringify(a));
+    assert.equal(b.value?.status, 200, JSON.stringify(b));
+    const fam = mock.stats().perFamily["before-rename@fleet.test"];
+    assert.equal(fam.reuse, 0, "no token presented twice");
+    assert.equal(fam.revoked, false);
+    const stored = (await storedPool(hostB)).anthropic;
+    assert.deepEqual(
+      stored.map((e) => [e.email, e.refresh === mock.tokens("before-rename@fleet.test").refresh]),
+      [["after-rename@fleet.test", true]],
+    );
+  } finally {
+    await onA.close();
+    await onB.close();
+  }
+});
+
 test("a host SIGKILLed while it holds a refresh lock: the database releases it and another host refreshes at once", async () => {
   await seedStore(hostA, { anthropic: [oauthEntry("killed@fleet.test", { expired: true })] });
   mock.setTokenMode({ hang: true, grant: "refresh_token" });

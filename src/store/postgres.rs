@@ -1070,9 +1070,21 @@ impl PgStore {
         // to reach the server, which presented the token that was out.
         let rows = self
             .bounded("a refresh claim", async {
+                // Nor while another live claim holds the same token under another account's
+                // name: the account renamed while its refresh was out (a script's `savePool`), the
+                // refresh lock and claim of the new name were free, and a second host presented
+                // the token that was out, revoking the login.
                 c.query_typed(
                     "INSERT INTO oauth_pool_meta AS m (name, value)
-                     VALUES ($1, $2 || ' ' || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text)
+                     SELECT $1, $2 || ' ' || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text
+                     WHERE NOT EXISTS (
+                       SELECT 1 FROM oauth_pool_meta o
+                       WHERE o.name LIKE 'refresh-claim:%' AND o.name <> $1
+                         AND split_part(o.value, ' ', 1) = split_part($2, ' ', 1)
+                         AND split_part(o.value, ' ', 2) <> split_part($2, ' ', 2)
+                         AND split_part(o.value, ' ', 3) ~ '^[0-9]{1,18}$'
+                         AND abs(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint - greatest(split_part(o.value, ' ', 3)::bigint,
+                              floor(extract(epoch FROM pg_postmaster_start_time()) * 1000)::bigint)) < $3)
                      ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value
                      WHERE split_part(m.value, ' ', 1) <> split_part(EXCLUDED.value, ' ', 1)
                         OR split_part(m.value, ' ', 2) = split_part(EXCLUDED.value, ' ', 2)
