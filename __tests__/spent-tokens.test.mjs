@@ -56,13 +56,16 @@ async function refreshHeld(path) {
  * behind any other process noting a refresh). Returns the live refresh token and `release()`.
  */
 async function refreshedNotNoted(email, path) {
+  const presented = account(path, email).refresh;
   const { answer, request } = await refreshHeld(path);
   const journalDir = join(process.env.HOME, ".aidevops");
   mkdirSync(journalDir, { recursive: true });
   const journal = await holdLock(join(journalDir, "oauth-pool-refreshes.json.lock"));
   answer();
+  // The endpoint's answer given (the mock holds a new token) and written to the pool: before the
+  // answer, the file and the mock both held the presented token, which is no refresh written.
   const live = () => mock.tokens(email).refresh;
-  await until(() => account(path, email).refresh === live(), "the refresh's write");
+  await until(() => live() !== presented && account(path, email).refresh === live(), "the refresh's write");
   return {
     live: live(),
     async release() {
