@@ -10,11 +10,13 @@ import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import {
   CLI,
   cliJson,
   oauthEntry as entryOf,
+  runNode,
   seedStore as seedFrom,
   startHostProcess as startHost,
   startRelay,
@@ -98,42 +100,8 @@ async function until(sql, ok, { db = "postgres", ms = 20_000 } = {}) {
   }
 }
 
-/** A psql session left open, as a person leaves one: `run(sql)` resolves its output. */
-function psqlSession(db) {
-  const child = spawn("psql", ["-X", "-q", "-At", "-h", "127.0.0.1", "-p", String(pg.port), "-U", "postgres", db], {
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  let out = "";
-  let err = "";
-  let n = 0;
-  const waiting = new Map();
-  child.stdout.on("data", (d) => {
-    out += d;
-    for (const [mark, resolve] of waiting) {
-      const at = out.indexOf(`${mark}\n`);
-      if (at >= 0) {
-        waiting.delete(mark);
-        resolve(out.slice(0, at));
-        out = out.slice(at + mark.length + 1);
-      }
-    }
-  });
-  child.stderr.on("data", (d) => (err += d));
-  const exited = new Promise((r) => child.on("close", r));
-  return {
-    run(sql) {
-      const mark = `__done_${++n}`;
-      const done = new Promise((resolve) => waiting.set(mark, resolve));
-      child.stdin.write(`${sql}\n\\echo ${mark}\n`);
-      return done;
-    },
-    errors: () => err,
-    async close() {
-      child.stdin.end();
-      await exited;
-    },
-  };
-}
+/** A psql session on `db` kept open (helpers/postgres.mjs, `session`). */
+const psqlSession = (db) => pg.session(db);
 
 const pidsHolding = (klass, db) =>
   `SELECT string_agg(pid::text, ',') FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = ${klass} AND database = (SELECT oid FROM pg_database WHERE datname = '${db}')`;
@@ -321,6 +289,15 @@ test("a newer version's schema migrated in while a host runs: it writes nothing 
     await host.close();
   }
 });
+
+/**
+ * The meta row of the claim on a refresh token (src/store/postgres.rs, `claim_name`): named by the
+ * token's tag (src/store/journal.rs, `tag`), not by its account.
+ */
+function claimRow(refreshToken) {
+  const tag = createHash("sha256").update("oauth-pool refresh journal\0").update(refreshToken).digest("hex").slice(0, 32);
+  return `refresh-claim:${tag}`;
+}
 
 /** The advisory lock key of an account's refresh (src/store/postgres.rs, `account_lock`). */
 function accountLock(email) {
@@ -670,7 +647,8 @@ test("a host whose refresh lock the database ends while its token is at the toke
     // Host B finds the lock free and the stored token unchanged: it must not present it, but
     // wait for host A's tokens (A lives: its claim on the token beats).
     const meanwhile = onB.ask("fetch");
-    await until(pidsHolding(REFRESH_LOCK_CLASS, f.db.name), (o) => o.trim() !== "");
+    // Time for host B to take the lock, find the token claimed, and wait (it lets the lock go
+    // while it waits); had it presented the token, the counts below would show it.
     await sleep(4000);
     assert.equal(mock.stats().perFamily[email].refreshCalls, 1, "host B presented the token that is out");
     release();
@@ -705,7 +683,8 @@ test("PostgreSQL restarted while a host's token is at the token endpoint (down l
     await sleep(4000);
     await pg.start();
     const meanwhile = onB.ask("fetch");
-    await until(pidsHolding(REFRESH_LOCK_CLASS, f.db.name), (o) => o.trim() !== "");
+    // Time for host B to take the lock, find the token claimed, and wait (it lets the lock go
+    // while it waits); had it presented the token, the counts below would show it.
     await sleep(4000);
     assert.equal(mock.stats().perFamily[email].refreshCalls, 1, "host B presented the token that is out");
     release();
@@ -726,7 +705,8 @@ test("PostgreSQL restarted while a host's token is at the token endpoint (down l
 test("a host whose connection to the store is kept busy while its token is at the token endpoint (a query waiting on a lock) keeps its refresh claim: another host waits for its tokens instead of presenting the token too", async () => {
   const email = "beat@hostile.test";
   const busy = "busy@hostile.test";
-  const f = await fleet([oauthEntry(email, { expired: true }), oauthEntry(busy, { expired: true })]);
+  const busyEntry = oauthEntry(busy, { expired: true });
+  const f = await fleet([oauthEntry(email, { expired: true }), busyEntry]);
   // A session holds the key of `busy`'s claim row uncommitted: host A's claim on it waits there,
   // on the connection its other queries share.
   const holder = psqlSession(f.db.name);
@@ -736,7 +716,7 @@ test("a host whose connection to the store is kept busy while its token is at th
   const onB = startHostProcess(f.b);
   try {
     await Promise.all([onA.ready, onB.ready]);
-    await holder.run(`BEGIN; INSERT INTO oauth_pool_meta (name, value) VALUES ('refresh-claim:${busy}', 'held elsewhere 0');`);
+    await holder.run(`BEGIN; INSERT INTO oauth_pool_meta (name, value) VALUES ('${claimRow(busyEntry.refresh)}', 'held elsewhere 0');`);
     const first = (await onA.ask(`start refresh ${email}`)).value;
     await mock.waitFor("token", (r) => r.grant === "refresh_token");
     const lockPid = (await until(pidsHolding(REFRESH_LOCK_CLASS, f.db.name), (o) => o.trim() !== "")).trim();
@@ -770,32 +750,61 @@ test("a host whose connection to the store is kept busy while its token is at th
   }
 });
 
-test("an account removed from the fleet store takes its refresh claim row with it: the meta table does not keep a row for every account it ever held", async () => {
-  const gone = "gone@hostile.test";
-  const stays = "stays@hostile.test";
-  const f = await fleet([oauthEntry(gone, { expired: true }), oauthEntry(stays, { expired: true })]);
-  for (const email of [gone, stays]) {
-    const refreshed = await cliJson(f.a, "refresh", email);
-    assert.equal(refreshed.json?.outcome, "refreshed", refreshed.stdout + refreshed.stderr);
-  }
-  const claims = () => f.sql("SELECT string_agg(name, ',' ORDER BY name) FROM oauth_pool_meta WHERE name LIKE 'refresh-claim:%'");
-  assert.equal(await claims(), `refresh-claim:${gone},refresh-claim:${stays}\n`, "a refresh leaves its claim row");
-  // Claims last renewed long ago (those refreshes ended), and a row an earlier version left, of
-  // an account removed back then.
+test("refresh claims do not pile up in the meta table: the next refresh deletes those not renewed for a minute and those an earlier version left, and keeps a live one", async () => {
+  const first = oauthEntry("first@hostile.test", { expired: true });
+  const second = oauthEntry("second@hostile.test", { expired: true });
+  const f = await fleet([first, second]);
+  const claims = async () => (await f.sql("SELECT string_agg(name, ',') FROM oauth_pool_meta WHERE name LIKE 'refresh-claim:%'")).trim().split(",").sort();
+  const refreshed = await cliJson(f.a, "refresh", first.email);
+  assert.equal(refreshed.json?.outcome, "refreshed", refreshed.stdout + refreshed.stderr);
+  assert.deepEqual(await claims(), [claimRow(first.refresh)], "a refresh leaves its claim row, named by the token it presented");
+  // That claim last renewed long ago (its refresh ended), a row an earlier version left (named by
+  // its account), and one that cannot be read.
   await f.sql("UPDATE oauth_pool_meta SET value = split_part(value, ' ', 1) || ' ' || split_part(value, ' ', 2) || ' 1000' WHERE name LIKE 'refresh-claim:%'");
-  await f.sql("INSERT INTO oauth_pool_meta (name, value) VALUES ('refresh-claim:old@hostile.test', 'x y 0')");
-  // A claim renewed just now of an account this host does not hold: another host added it after
-  // the write read the pool and has its token out. Its claim stays, or a third host could take
-  // the token over and present it too.
+  await f.sql("INSERT INTO oauth_pool_meta (name, value) VALUES ('refresh-claim:old@hostile.test', 'x y 0'), ('refresh-claim:unreadable', 'x')");
+  // A claim renewed just now: another host has that token out. It stays, or a third host could
+  // take the token over and present it too.
+  const live = `refresh-claim:${"ab".repeat(16)}`;
   await f.sql(
-    "INSERT INTO oauth_pool_meta (name, value) VALUES ('refresh-claim:new@hostile.test', 'x other-host ' || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text)",
+    `INSERT INTO oauth_pool_meta (name, value) VALUES ('${live}', '${"ab".repeat(16)} other-host ' || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text)`,
   );
-  const removed = await cliJson(f.b, "remove", gone);
-  assert.equal(removed.code, 0, removed.stdout + removed.stderr);
-  assert.equal(await claims(), `refresh-claim:new@hostile.test,refresh-claim:${stays}\n`);
+  const next = await cliJson(f.b, "refresh", second.email);
+  assert.equal(next.json?.outcome, "refreshed", next.stdout + next.stderr);
+  assert.deepEqual(await claims(), [claimRow(second.refresh), live].sort());
+});
+
+test("an account renamed while two hosts refresh it, their claims made at the same moment under its two names: one row, and the token is presented once", async () => {
+  const entry = oauthEntry("twin-before@hostile.test", { expired: true });
+  const renamedTo = "twin-after@hostile.test";
+  const f = await fleet([entry]);
+  // Every claim's insert waits 3 s before it lands: host A's is not in yet when host B, which
+  // read the account under its new name (another account's refresh lock), makes its own.
+  await f.sql(`CREATE FUNCTION slow_claim() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(3); RETURN NEW; END $$;
+    CREATE TRIGGER slow_claim BEFORE INSERT ON oauth_pool_meta FOR EACH ROW
+      WHEN (NEW.name LIKE 'refresh-claim:%') EXECUTE FUNCTION slow_claim();`);
+  const sleeping = `SELECT count(*) FROM pg_stat_activity WHERE datname = '${f.db.name}' AND wait_event = 'PgSleep'`;
+  try {
+    const onA = cliJson(f.a, "refresh", entry.email);
+    await until(sleeping, (o) => o.trim() === "1");
+    const index = fileURLToPath(new URL("../index.mjs", import.meta.url));
+    const rename = `import { loadPool, savePool } from ${JSON.stringify(index)};
+      const p = await loadPool(process.argv[1]); p.anthropic[0].email = ${JSON.stringify(renamedTo)}; await savePool(p, process.argv[1]);`;
+    const renamed = await runNode(["--input-type=module", "-e", rename, f.db.url], f.b.env);
+    assert.equal(renamed.code, 0, renamed.stderr);
+    const onB = cliJson(f.b, "refresh", renamedTo);
+    const [a, b] = await Promise.all([onA, onB]);
+    const fam = mock.stats().perFamily[entry.email];
+    assert.equal(fam.refreshCalls, 1, "both hosts presented the token");
+    assert.equal(fam.reuse, 0);
+    assert.equal(fam.revoked, false);
+    assert.equal(a.json?.outcome, "refreshed", a.stdout + a.stderr);
+    assert.equal(b.json?.outcome, "adopted", b.stdout + b.stderr);
+  } finally {
+    await f.sql("DROP TRIGGER slow_claim ON oauth_pool_meta");
+  }
   assert.deepEqual(
-    (await storedPool(f.a)).anthropic.map((a) => a.email),
-    [stays],
+    (await storedPool(f.a)).anthropic.map((e) => [e.email, e.refresh === mock.tokens(entry.email).refresh]),
+    [[renamedTo, true]],
   );
 });
 
@@ -845,7 +854,8 @@ test("a host whose refresh claim another host took over between its grant and th
 
 test("a host whose first token call lost its answer does not present the token again once another host took its claim over meanwhile: POOL_BUSY", async () => {
   const email = "overtaken-after-loss@hostile.test";
-  const f = await fleet([oauthEntry(email, { expired: true })]);
+  const entry = oauthEntry(email, { expired: true });
+  const f = await fleet([entry]);
   // The first call is held until the claim is taken over, then its rotation commits and its
   // answer is lost (the connection dropped): the token is spent, and this host does not know it.
   let answer;
@@ -858,14 +868,14 @@ test("a host whose first token call lost its answer does not present the token a
     // answer is out (its beats late): the same token, another claimant, beating now.
     await f.sql(`UPDATE oauth_pool_meta
       SET value = split_part(value, ' ', 1) || ' other-host ' || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text
-      WHERE name = 'refresh-claim:${email}'`);
+      WHERE name = '${claimRow(entry.refresh)}'`);
     answer();
     const refused = await refreshing;
     assert.equal(mock.stats().perFamily[email].refreshCalls, 1, "the token went out again though another host holds its claim");
     assert.equal(refused.code, 1, refused.stdout + refused.stderr);
     assert.equal(refused.err.code, "POOL_BUSY", refused.stdout);
     // The other host's claim stands as it left it.
-    assert.match(await f.sql(`SELECT value FROM oauth_pool_meta WHERE name = 'refresh-claim:${email}'`), / other-host \d+\n$/);
+    assert.match(await f.sql(`SELECT value FROM oauth_pool_meta WHERE name = '${claimRow(entry.refresh)}'`), / other-host \d+\n$/);
   } finally {
     mock.setTokenMode(null);
     answer?.();

@@ -300,3 +300,30 @@ test("transaction pooling: a host SIGKILLed while it holds a refresh lock: the l
   assert.equal(mock.stats().perFamily[email].reuse, 0);
   assert.equal(await pg.sql(held, db), "0\n");
 });
+
+test("transaction pooling: more refreshes at once, on two hosts, than the pooler has server connections: each account is refreshed once, and none fails for want of a connection", {
+  timeout: 180_000,
+}, async () => {
+  const f = fleets.transaction;
+  const emails = ["crowd-1@pooled.test", "crowd-2@pooled.test", "crowd-3@pooled.test", "crowd-4@pooled.test"];
+  await seedStore(f, { anthropic: emails.map((e) => oauthEntry(e, { expired: true })) });
+  // A slow token endpoint: each refresh keeps its lock, and the server connection under it, that
+  // long. Re-reading and writing on another connection meanwhile, the refreshes waited for each
+  // other until every one failed STORE_UNAVAILABLE (the pooler has two).
+  mock.setTokenMode({ delayMs: 1000, times: emails.length, grant: "refresh_token" });
+  const refreshAll = (mine) =>
+    `return Promise.all(${JSON.stringify(mine)}.map((e) => lib.refreshAccount(e).then(() => "ok", (err) => err.code + ": " + err.message)))`;
+  try {
+    const [onA, onB] = await Promise.all([library(f.hostA, refreshAll(emails.slice(0, 2))), library(f.hostB, refreshAll(emails.slice(2)))]);
+    assert.deepEqual([...onA, ...onB], ["ok", "ok", "ok", "ok"]);
+  } finally {
+    mock.setTokenMode(null);
+  }
+  const stored = await storedPool(f);
+  for (const email of emails) {
+    const fam = mock.stats().perFamily[email];
+    assert.equal(fam.refreshCalls, 1, email);
+    assert.equal(fam.reuse, 0, email);
+    assert.equal(stored.anthropic.find((a) => a.email === email).refresh, mock.tokens(email).refresh, email);
+  }
+});

@@ -5,6 +5,11 @@
 //   startPostgres({ tls: { cert, key }, hba })  cert and key as PEM text: TLS on (the key copied
 //   0600 and owned by the server's user, as PostgreSQL demands); hba: the pg_hba.conf lines for
 //   TCP (e.g. "hostssl all all 127.0.0.1/32 trust" admits TLS only). Local socket stays trust.
+//   serverBin: a directory with another version's initdb, pg_ctl and postgres (PostgreSQL 17
+//   for its `transaction_timeout`, scripts/fetch-postgres.mjs); psql and pg_dump stay the
+//   installation's.
+//   `session(db)`: one psql session kept open, its statements run in turn (a transaction left
+//   open between them holds its locks).
 import { spawn, spawnSync } from "node:child_process";
 import { chownSync, existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -47,9 +52,10 @@ async function uidOf(user) {
   return [Number(out.trim()), Number(gid.trim())];
 }
 
-export async function startPostgres({ tls, hba } = {}) {
-  const bin = findBin();
-  if (!bin) throw new Error("PostgreSQL's initdb was not found (install Debian's postgresql package; .ci/run does)");
+export async function startPostgres({ tls, hba, serverBin } = {}) {
+  const clientBin = findBin();
+  if (!clientBin) throw new Error("PostgreSQL's initdb was not found (install Debian's postgresql package; .ci/run does)");
+  const bin = serverBin ?? clientBin;
   const dir = tempDir("oauth-pool-pg-");
   const data = join(dir, "data");
   const user = process.getuid?.() === 0 ? "postgres" : undefined;
@@ -108,13 +114,51 @@ export async function startPostgres({ tls, hba } = {}) {
     start,
     stop: () => ctl("-m", "fast", "-w", "stop"),
     /** pg_dump of the whole database, as text. */
-    dump: () => run(join(bin, "pg_dump"), ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "postgres"]),
+    dump: () => run(join(clientBin, "pg_dump"), ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "postgres"]),
     port,
     /** One SQL statement through psql, its output unaligned (in `db`, default postgres). */
-    sql: (query, db = "postgres") => run(join(bin, "psql"), ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-At", "-c", query, db]),
+    sql: (query, db = "postgres") => run(join(clientBin, "psql"), ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-At", "-c", query, db]),
+    session: (db) => psqlSession(join(clientBin, "psql"), port, db),
     async close() {
       await ctl("-m", "immediate", "-w", "stop").catch(() => {});
       rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A psql session on `db` kept open: `run(sql)` resolves with its output once it has run. */
+function psqlSession(psql, port, db) {
+  const child = spawn(psql, ["-X", "-q", "-At", "-h", "127.0.0.1", "-p", String(port), "-U", "postgres", db], {
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  let n = 0;
+  const waiting = new Map();
+  child.stdout.on("data", (d) => {
+    out += d;
+    for (const [mark, resolve] of waiting) {
+      const at = out.indexOf(`${mark}\n`);
+      if (at >= 0) {
+        waiting.delete(mark);
+        resolve(out.slice(0, at));
+        out = out.slice(at + mark.length + 1);
+      }
+    }
+  });
+  child.stderr.on("data", (d) => (err += d));
+  const exited = new Promise((r) => child.on("close", r));
+  return {
+    run(sql) {
+      const mark = `__done_${++n}`;
+      const done = new Promise((resolve) => waiting.set(mark, resolve));
+      child.stdin.write(`${sql}\n\\echo ${mark}\n`);
+      return done;
+    },
+    errors: () => err,
+    async close() {
+      child.stdin.end();
+      await exited;
     },
   };
 }

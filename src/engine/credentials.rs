@@ -149,6 +149,15 @@ async fn released_in_journal(
     }
 }
 
+/// The account `email` in `pool`, or, renamed since it was read (a script's `savePool`), the one
+/// that holds the refresh token `presented`: the same login, whose refresh goes on.
+fn holder_of<'p>(pool: &'p Pool, email: &str, presented: &Secret) -> Option<&'p Account> {
+    pool.find(email).or_else(|| {
+        pool.accounts()
+            .find(|a| !a.is_api_key() && a.refresh.as_ref() == Some(presented))
+    })
+}
+
 /// A journal entry made for a refresh token not presented yet: a refresh that ends before its
 /// token call (its lock lost, the fleet store's claim not granted, the request dropped) lets it
 /// go, or other processes of the store would find the token in flight (`POOL_BUSY`) for up to
@@ -593,7 +602,7 @@ impl Engine {
             }
             other => other?,
         };
-        let pool = self.store.load().await?;
+        let pool = self.store.load_under(&refresh_lock).await?;
         let account = pool
             .find(email)
             .ok_or_else(|| Error::AccountNotFound(email.to_string()))?
@@ -624,6 +633,100 @@ impl Engine {
                 "refused already for this token: log in again".into(),
             ));
         }
+        if let Err(e) = refresh_lock.confirm().await {
+            return serve_old_or(&account, rejected, e);
+        }
+        // The lock may yet be lost while the token is out (the fleet store's session ended): the
+        // claim, committed first, keeps the next holder from presenting the same token.
+        // While its holder lives (its claim beats), this waits for what it gets, up to
+        // `patience`; a holder gone (its claim no longer beating) leaves the token to us.
+        let claim_tag = journal::tag(&presented);
+        let mut told = false;
+        loop {
+            match self.store.claim_refresh(&claim_tag, &refresh_lock).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => return serve_old_or(&account, rejected, e),
+            }
+            if !told {
+                tracing::info!(account = %email, "another process of the fleet store has this refresh token out; waiting for its tokens instead of presenting it too");
+                told = true;
+            }
+            let busy = || Error::RefreshClaimed {
+                email: email.to_string(),
+                store: self.store.describe(),
+            };
+            if started.elapsed() + CLAIM_POLL >= patience {
+                return serve_old_or(&account, rejected, busy());
+            }
+            tokio::time::sleep(CLAIM_POLL).await;
+            let now = self.store.load().await?;
+            match holder_of(&now, email, &presented) {
+                Some(a) if a.refresh.as_ref() != Some(&presented) => {
+                    if let Some(access) = usable_now(a) {
+                        tracing::debug!(account = %email, "adopted a token another process refreshed");
+                        self.invalidate();
+                        return Ok(access);
+                    }
+                    return serve_old_or(&account, rejected, busy());
+                }
+                Some(_) => {}
+                None => return Err(Error::AccountNotFound(email.to_string())),
+            }
+        }
+        // The fleet store's claim ended the lock's transaction: the lock is taken again, to the
+        // write, and the pool read again under it. The token may have been rotated meanwhile
+        // (read before the claim was granted, as when another host's claim ran out while this one
+        // waited): it is presented only if still stored.
+        let left = patience.saturating_sub(started.elapsed());
+        let relocked = match self.store.relock(&refresh_lock, left).await {
+            Ok(again) => again,
+            Err(e) => {
+                self.store.release_refresh(&claim_tag).await;
+                let e = match e {
+                    Error::PoolBusy { .. } => Error::RefreshBusy {
+                        email: email.to_string(),
+                        seconds: patience.as_secs(),
+                    },
+                    other => other,
+                };
+                return serve_old_or(&account, rejected, e);
+            }
+        };
+        if relocked {
+            let now = match self.store.load_under(&refresh_lock).await {
+                Ok(pool) => pool,
+                Err(e) => {
+                    self.store.release_refresh(&claim_tag).await;
+                    return serve_old_or(&account, rejected, e);
+                }
+            };
+            match holder_of(&now, email, &presented) {
+                Some(a) if a.refresh.as_ref() == Some(&presented) => {}
+                Some(a) => {
+                    self.store.release_refresh(&claim_tag).await;
+                    if let Some(access) = usable_now(a) {
+                        tracing::debug!(account = %email, "adopted a token another process refreshed");
+                        self.invalidate();
+                        return Ok(access);
+                    }
+                    let busy = Error::RefreshClaimed {
+                        email: email.to_string(),
+                        store: self.store.describe(),
+                    };
+                    return serve_old_or(&account, rejected, busy);
+                }
+                None => {
+                    self.store.release_refresh(&claim_tag).await;
+                    return Err(Error::AccountNotFound(email.to_string()));
+                }
+            }
+        } else if told {
+            if let Err(e) = refresh_lock.confirm().await {
+                self.store.release_refresh(&claim_tag).await;
+                return serve_old_or(&account, rejected, e);
+            }
+        }
         // Room for the new tokens' write, held through the token call. A disk with none (full,
         // over quota, read-only) could not save them: the successor of the spent token would live
         // only in this process, and go with it (OpenCode quitting before the disk is freed).
@@ -633,6 +736,7 @@ impl Engine {
             Ok(room) => room,
             Err(e) => {
                 tracing::warn!(account = %email, error = %e, "no room on disk for new tokens; not refreshing");
+                self.store.release_refresh(&claim_tag).await;
                 return serve_old_or(&account, rejected, e);
             }
         };
@@ -672,6 +776,7 @@ impl Engine {
                     Some(email),
                     format!("{email} needs the live login: {why}"),
                 ));
+                self.store.release_refresh(&claim_tag).await;
                 return Err(Error::LoginElsewhere(format!("{email}: {why}")));
             }
             Some(Claim::InFlight { store }) if Some(&store) == here.as_ref() => {
@@ -680,6 +785,7 @@ impl Engine {
                     email: email.to_string(),
                     store,
                 };
+                self.store.release_refresh(&claim_tag).await;
                 return serve_old_or(&account, rejected, busy);
             }
             Some(Claim::InFlight { store }) => {
@@ -688,6 +794,7 @@ impl Engine {
                     email: email.to_string(),
                     store,
                 };
+                self.store.release_refresh(&claim_tag).await;
                 return serve_old_or(&account, rejected, busy);
             }
             Some(Claim::Go) | None => {}
@@ -698,60 +805,17 @@ impl Engine {
                 .zip(here.clone())
                 .map(|(j, h)| (j, tag.clone(), h, email.to_string())),
         };
-        if let Err(e) = refresh_lock.confirm().await {
-            return serve_old_or(&account, rejected, e);
-        }
-        // The lock may yet be lost while the token is out (the fleet store's session ended): the
-        // claim, committed first, keeps the next holder from presenting the same token.
-        // While its holder lives (its claim beats), this waits for what it gets, up to
-        // `patience`; a holder gone (its claim no longer beating) leaves the token to us.
-        let claim_tag = tag.clone();
-        let mut told = false;
-        loop {
-            match self.store.claim_refresh(email, &claim_tag).await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => return serve_old_or(&account, rejected, e),
-            }
-            if !told {
-                tracing::info!(account = %email, "another process of the fleet store has this refresh token out; waiting for its tokens instead of presenting it too");
-                told = true;
-            }
-            let busy = || Error::RefreshClaimed {
-                email: email.to_string(),
-                store: self.store.describe(),
-            };
-            if started.elapsed() + CLAIM_POLL >= patience {
-                return serve_old_or(&account, rejected, busy());
-            }
-            tokio::time::sleep(CLAIM_POLL).await;
-            let now = self.store.load().await?;
-            match now.find(email) {
-                Some(a) if a.refresh.as_ref() != Some(&presented) => {
-                    if let Some(access) = usable_now(a) {
-                        tracing::debug!(account = %email, "adopted a token another process refreshed");
-                        self.invalidate();
-                        return Ok(access);
-                    }
-                    return serve_old_or(&account, rejected, busy());
-                }
-                Some(_) => {}
-                None => return Err(Error::AccountNotFound(email.to_string())),
-            }
-        }
-        if told {
-            if let Err(e) = refresh_lock.confirm().await {
-                self.store.release_refresh(email, &claim_tag).await;
-                return serve_old_or(&account, rejected, e);
-            }
-        }
         // On a connection of its own, and checked to still stand: a claim taken over meanwhile
         // (its answer late past `CLAIM_MS`) is another host's token out.
-        let claim_beat = match self.store.keep_claim(email, &claim_tag).await {
+        let claim_beat = match self
+            .store
+            .keep_claim(email, &claim_tag, &refresh_lock)
+            .await
+        {
             Ok(beat) => beat,
             Err(e) => {
                 if !matches!(e, Error::RefreshClaimed { .. }) {
-                    self.store.release_refresh(email, &claim_tag).await;
+                    self.store.release_refresh(&claim_tag).await;
                 }
                 return serve_old_or(&account, rejected, e);
             }
@@ -854,10 +918,20 @@ impl Engine {
                 };
                 // A write given up on may still land: the tokens are the same, and the retry
                 // of unsaved tokens takes them as already written (`apply_unsaved`).
-                let mut write =
-                    tokio::time::timeout(REFRESH_WRITE_PATIENCE, self.write(change.clone()))
-                        .await
-                        .unwrap_or_else(|_| Err(self.write_too_slow()));
+                let mut write = tokio::time::timeout(
+                    REFRESH_WRITE_PATIENCE,
+                    self.write_under(Some(&refresh_lock), change.clone()),
+                )
+                .await
+                .unwrap_or_else(|_| Err(self.write_too_slow()));
+                // The fleet store's lock lost with its connection (a DBA, a restart) while the
+                // token was out: the claim still stands, and the write is made on another.
+                if write.is_err() && refresh_lock.is_fleet() {
+                    write =
+                        tokio::time::timeout(REFRESH_WRITE_PATIENCE, self.write(change.clone()))
+                            .await
+                            .unwrap_or_else(|_| Err(self.write_too_slow()));
+                }
                 // The disk filled during the call: the room held for this write is let go and
                 // the write tried once more in it, before the tokens are left to this process.
                 // Only then: another failure (a lock held, a broken file) would wait twice.
@@ -881,7 +955,7 @@ impl Engine {
                 }
                 self.overlay.clear_refused(email);
                 if write.is_ok() && refresh == presented {
-                    self.store.release_refresh(email, &claim_tag).await;
+                    self.store.release_refresh(&claim_tag).await;
                 }
                 if let (Ok(_), Some(j), Some(here)) = (&write, journal, here) {
                     let who = email.to_string();
@@ -936,11 +1010,14 @@ impl Engine {
             }
             Err(Error::OAuthInvalidGrant(reason)) => {
                 if !asked_twice {
-                    self.store.release_refresh(email, &claim_tag).await;
+                    self.store.release_refresh(&claim_tag).await;
                 }
                 // Someone outside our lock may have rotated it: adopt a newer token if the store
                 // has one, otherwise the account needs a new login. Tokens are never deleted.
-                let reread = self.store.load().await?;
+                let reread = match self.store.load_under(&refresh_lock).await {
+                    Ok(pool) => pool,
+                    Err(_) => self.store.load().await?,
+                };
                 let newer = reread
                     .find(email)
                     .filter(|a| a.refresh.as_ref() != Some(&presented));
@@ -973,7 +1050,7 @@ impl Engine {
             // Nothing was sent (the endpoint's URL is not one we send to): no rest for the
             // endpoint, so a corrected setting is used at once.
             Err(e @ Error::InsecureEndpoint { .. }) => {
-                self.store.release_refresh(email, &claim_tag).await;
+                self.store.release_refresh(&claim_tag).await;
                 released_in_journal(journal, here, tag, email).await;
                 serve_old_or(&account, rejected, e)
             }
@@ -991,7 +1068,7 @@ impl Engine {
                     }
                 );
                 if unspent {
-                    self.store.release_refresh(email, &claim_tag).await;
+                    self.store.release_refresh(&claim_tag).await;
                     // Nor does the journal hold it as out: another process of this pool (which
                     // finds it in flight while this one lives) presents it once the rest is over.
                     released_in_journal(journal, here, tag, email).await;
@@ -1000,18 +1077,20 @@ impl Engine {
                 // re-reads and must find it, or it presents the same token again.
                 let until = now_ms().saturating_add(backoff_ms(&e));
                 let (who, spent) = (email.to_string(), presented.clone());
-                let written = self
-                    .write(move |pool| {
-                        // A new login since then has its own refresh token, not yet refused.
-                        match pool.find_mut(&who) {
-                            Some(a) if a.refresh.as_ref() == Some(&spent) => {
-                                a.set_refresh_backoff(until, now_ms());
-                            }
-                            _ => {}
+                let rest = move |pool: &mut Pool| {
+                    // A new login since then has its own refresh token, not yet refused.
+                    match pool.find_mut(&who) {
+                        Some(a) if a.refresh.as_ref() == Some(&spent) => {
+                            a.set_refresh_backoff(until, now_ms());
                         }
-                        Ok(())
-                    })
-                    .await;
+                        _ => {}
+                    }
+                    Ok(())
+                };
+                let mut written = self.write_under(Some(&refresh_lock), rest.clone()).await;
+                if written.is_err() && refresh_lock.is_fleet() {
+                    written = self.write(rest).await;
+                }
                 if written.is_err() {
                     let (who, tag) = (email.to_string(), account.credential_tag());
                     self.note(true, move |p| p.refresh_backoff(&who, tag, until));

@@ -405,14 +405,25 @@ impl Engine {
         self: &Arc<Self>,
         change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.write_under(None, change).await
+    }
+
+    /// `write`, under an account's refresh lock when given: the fleet store writes in the lock's
+    /// own transaction, and commits it (`Store::update_under`).
+    pub(crate) async fn write_under<T: Send + 'static>(
+        self: &Arc<Self>,
+        held: Option<&crate::store::RefreshLock>,
+        change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let unsaved = self.credentials.unsaved_tokens();
-        let result = self
-            .store
-            .update_existing_written(move |pool| {
-                let written = credentials::apply_unsaved(pool, &unsaved);
-                change(pool).map(|t| (t, written))
-            })
-            .await;
+        let change = move |pool: &mut Pool| {
+            let written = credentials::apply_unsaved(pool, &unsaved);
+            change(pool).map(|t| (t, written))
+        };
+        let result = match held {
+            Some(lock) => self.store.update_under(lock, change).await,
+            None => self.store.update_existing_written(change).await,
+        };
         let ((t, written), stored) = match result {
             Ok(done) => done,
             Err(e) => {

@@ -82,6 +82,19 @@ impl RefreshLock {
             RefreshLock::Postgres(p) => p.confirm().await,
         }
     }
+
+    fn fleet(&self) -> Option<&postgres::PgRefreshLock> {
+        match self {
+            RefreshLock::File(_) => None,
+            RefreshLock::Postgres(p) => Some(p),
+        }
+    }
+
+    /// Whether this is the fleet store's lock, whose write may fail on its own connection and
+    /// then be made on the store's (`Store::update_under`).
+    pub fn is_fleet(&self) -> bool {
+        self.fleet().is_some()
+    }
 }
 
 /// Whether `location` names a PostgreSQL database rather than a file.
@@ -436,23 +449,69 @@ impl Store {
         }
     }
 
-    /// Claims the refresh token tagged `tag` of `email` before it is presented
+    /// Claims the refresh token tagged `tag` before it is presented
     /// (`PgStore::claim_refresh`): false when another process of the fleet store has it out.
     /// The file's refresh lock is the kernel's, held until its holder dies: nothing to claim.
-    pub async fn claim_refresh(&self, email: &str, tag: &str) -> Result<bool> {
+    /// Made in the fleet store's refresh lock's transaction, which it ends (`relock`).
+    pub async fn claim_refresh(&self, tag: &str, held: &RefreshLock) -> Result<bool> {
         match self {
             Store::File(_) => Ok(true),
-            Store::Postgres(p) => p.claim_refresh(email, tag).await,
+            Store::Postgres(p) => p.claim_refresh(tag, held.fleet()).await,
+        }
+    }
+
+    /// Takes the fleet store's refresh lock again once a claim ended its transaction
+    /// (`PgStore::retake_refresh_lock`): true when it did, and the pool must be read again under
+    /// it. A file's lock is held throughout.
+    pub async fn relock(&self, held: &RefreshLock, patience: Duration) -> Result<bool> {
+        match (self, held) {
+            (Store::Postgres(p), RefreshLock::Postgres(l)) if !l.is_held() => {
+                p.retake_refresh_lock(l, patience).await.map(|()| true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The pool as stored now, read under the account's refresh lock: on the lock's own
+    /// connection for the fleet store (see `PgRefreshLock`).
+    pub async fn load_under(&self, held: &RefreshLock) -> Result<Pool> {
+        match (self, held) {
+            (Store::Postgres(p), RefreshLock::Postgres(l)) if l.is_held() => p.load_locked(l).await,
+            _ => self.load().await,
+        }
+    }
+
+    /// `update_existing_written` under the account's refresh lock: for the fleet store, in the
+    /// lock's own transaction, which it commits (`PgStore::update_locked`).
+    pub fn update_under<'a, T: Send + 'static>(
+        &'a self,
+        held: &'a RefreshLock,
+        change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<(T, Written<Stamp>)>> + Send + 'a {
+        let change: Change<T> = Box::new(change);
+        async move {
+            match (self, held) {
+                (Store::Postgres(p), RefreshLock::Postgres(l)) if l.is_held() => p
+                    .update_locked(l, change)
+                    .await
+                    .map(|out| (out, Written::Unknown)),
+                _ => self.update_written_boxed(change, true).await,
+            }
         }
     }
 
     /// Keeps this process's claim alive while its guard lives (`PgStore::keep_claim`), once it
     /// has checked that the claim still stands: `RefreshClaimed` (POOL_BUSY) when another host
     /// took it over, and the token is not to be presented.
-    pub async fn keep_claim(&self, email: &str, tag: &str) -> Result<Option<postgres::ClaimBeat>> {
+    pub async fn keep_claim(
+        &self,
+        email: &str,
+        tag: &str,
+        held: &RefreshLock,
+    ) -> Result<Option<postgres::ClaimBeat>> {
         match self {
             Store::File(_) => Ok(None),
-            Store::Postgres(p) => match p.keep_claim(email, tag).await? {
+            Store::Postgres(p) => match p.keep_claim(email, tag, held.fleet()).await? {
                 Some(beat) => Ok(Some(beat)),
                 None => Err(Error::RefreshClaimed {
                     email: email.to_string(),
@@ -480,9 +539,9 @@ impl Store {
     }
 
     /// Lets go of a claim (`PgStore::release_refresh`) once the token is known not spent.
-    pub async fn release_refresh(&self, email: &str, tag: &str) {
+    pub async fn release_refresh(&self, tag: &str) {
         if let Store::Postgres(p) = self {
-            p.release_refresh(email, tag).await;
+            p.release_refresh(tag).await;
         }
     }
 

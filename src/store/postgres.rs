@@ -7,6 +7,9 @@
 //! - A refresh holds the account's own advisory lock, on a connection of its own, from the re-read
 //!   to the durable write (tried again while another host holds it, not waited for in the
 //!   database); the holder's death (SIGKILL, a cut cable) ends the connection and the lock with it.
+//!   The re-read, the claim on the token (`claim_refresh`, committed with the lock's first
+//!   transaction, the lock then taken again) and the write all go on that connection, so that a
+//!   refresh never waits for a second connection while its lock keeps one.
 //! - Tokens (`access`, `refresh`, `key`) and every other top-level section are sealed with the
 //!   store key (`crypto`): a dump holds no usable token. A wrong key is refused before anything
 //!   is read or written.
@@ -43,6 +46,10 @@ const MIGRATIONS: &[(i32, &str)] = &[(
      INSERT INTO oauth_pool_meta (name, value) VALUES ('generation', '0') ON CONFLICT (name) DO NOTHING;",
 )];
 pub const SCHEMA_VERSION: i32 = 1;
+/// The pool's rows, as a write re-reads them under its lock (`PgStore::rows_to_pool`).
+const POOL_ROWS: &str = "SELECT 'e', position::text, entry FROM oauth_pool_entries
+     UNION ALL SELECT 't', name, value FROM oauth_pool_top
+     UNION ALL SELECT 's', value, 'null'::jsonb FROM oauth_pool_meta WHERE name = 'schema'";
 /// Advisory lock classes: the pool's write lock, and one lock per account's refresh.
 const WRITE_LOCK: i32 = 0x6f61_7070; // "oapp"
 const REFRESH_LOCK: i32 = 0x6f61_7072; // "oapr"
@@ -55,8 +62,12 @@ const LOCK_RETRY_MAX: Duration = Duration::from_millis(250);
 /// (under a default of repeatable read or serializable the snapshot was taken before the wait,
 /// and every write queued behind another failed as a serialization error); and a wait for the
 /// lock as long as our own bound (a role's `statement_timeout` of a few seconds cancelled a write
-/// queued behind another host's).
-const WRITE_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '60s'; SET LOCAL statement_timeout = '60s';";
+/// queued behind another host's). PostgreSQL 17's `transaction_timeout` is turned off for it:
+/// changed inside a transaction, it can only be turned off, not lengthened, and the statement
+/// and lock timeouts (and the client's own, `QUERY_TIMEOUT`) bound the write. Older servers do
+/// not have the setting: it is set only on 17 and later.
+const WRITE_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '60s'; SET LOCAL statement_timeout = '60s';
+    SELECT CASE WHEN current_setting('server_version_num')::int >= 170000 THEN set_config('transaction_timeout', '0', true) END;";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one exchange with a connected database may take: past it, a server or network gone
 /// silent (TCP may take hours to notice) counts as the store being unavailable, so the engine
@@ -208,28 +219,112 @@ fn account_lock(email: &str) -> i32 {
     i32::from_le_bytes([digest[0], digest[1], digest[2], digest[3] & 0x7f])
 }
 
-/// An account's refresh lock, held by its own connection: dropped, the connection closes and
-/// the database releases the lock.
+/// An account's refresh lock: a transaction left open on a connection of its own, holding the
+/// account's advisory lock. Dropped, the connection closes and the database releases the lock.
+/// Whatever the refresh needs from the database while the lock is held (the re-read, the claim,
+/// the new tokens' write) goes on this connection: behind a pooler in transaction mode the open
+/// transaction keeps one of its few server connections, and as many refreshes at once as it has
+/// of them, each waiting for another connection to re-read or write, waited for each other until
+/// every one failed `STORE_UNAVAILABLE`.
 pub struct PgRefreshLock {
-    client: Client,
+    /// `None` once given up (a write cut short mid-transaction): the connection closes, and the
+    /// database rolls back what it held.
+    client: Mutex<Option<Arc<Client>>>,
+    id: i32,
+    /// Whether the lock's transaction is open (the claim ends it: `PgStore::claim_refresh`; the
+    /// write commits it: `PgStore::update_locked`).
+    held: std::sync::atomic::AtomicBool,
 }
 
 impl PgRefreshLock {
+    /// Whether the lock's transaction is open, the lock held, as far as this process knows.
+    pub fn is_held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_held(&self, held: bool) {
+        self.held.store(held, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The lock's connection, while it is open.
+    fn client(&self) -> Result<Arc<Client>> {
+        lock(&self.client)
+            .clone()
+            .filter(|c| !c.is_closed())
+            .ok_or_else(|| {
+                Error::StoreUnavailable(
+                    "the refresh lock was lost: its connection to the store closed".into(),
+                )
+            })
+    }
+
+    /// The lock's connection while the lock is held.
+    fn held_client(&self) -> Result<Arc<Client>> {
+        if !self.is_held() {
+            return Err(Error::StoreUnavailable(
+                "the refresh lock was lost: its transaction ended".into(),
+            ));
+        }
+        self.client()
+    }
+
+    /// Closes the connection: the database rolls back its transaction and lets go of its locks.
+    fn give_up(&self) {
+        self.set_held(false);
+        *lock(&self.client) = None;
+    }
+
+    /// An error on the lock's connection: the lock is lost with a connection that closed.
+    fn failed(&self, e: tokio_postgres::Error) -> Error {
+        let closed = lock(&self.client).as_ref().is_none_or(|c| c.is_closed());
+        if closed {
+            self.set_held(false);
+            return Error::StoreUnavailable(scrub_tokens(&format!(
+                "the refresh lock was lost: {}",
+                describe(&e)
+            )));
+        }
+        unavailable(e)
+    }
+
     /// Whether the lock is still held, asked just before the token is presented: a host frozen
     /// (a suspended laptop, SIGSTOP) while it held it may wake to find the database ended its
     /// session (a DBA, TCP keepalives) and another host refreshed meanwhile with the token it is
     /// about to present.
     pub async fn confirm(&self) -> Result<()> {
-        let asked = tokio::time::timeout(QUERY_TIMEOUT, self.client.simple_query("SELECT 1")).await;
+        let client = self.held_client()?;
+        let asked = tokio::time::timeout(QUERY_TIMEOUT, client.simple_query("SELECT 1")).await;
         match asked {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(Error::StoreUnavailable(scrub_tokens(&format!(
-                "the refresh lock was lost: {}",
-                describe(&e)
-            )))),
-            Err(_) => Err(Error::StoreUnavailable(
-                "the refresh lock did not answer".into(),
-            )),
+            Ok(Err(e)) => {
+                self.set_held(false);
+                Err(Error::StoreUnavailable(scrub_tokens(&format!(
+                    "the refresh lock was lost: {}",
+                    describe(&e)
+                ))))
+            }
+            Err(_) => {
+                self.give_up();
+                Err(Error::StoreUnavailable(
+                    "the refresh lock did not answer".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Gives up the lock's connection unless defused: work on it cut short (its caller's time ran
+/// out) leaves its transaction in a state nothing else may build on, holding the pool's write lock
+/// perhaps, which this process's next write would then wait for.
+struct UnlessFinished<'a> {
+    lock: &'a PgRefreshLock,
+    finished: bool,
+}
+
+impl Drop for UnlessFinished<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.lock.give_up();
         }
     }
 }
@@ -419,6 +514,10 @@ impl PgStore {
     /// moved by (`offset`), and what doctor reports.
     pub async fn clock_offset(&self) -> Result<(i64, i64)> {
         let c = self.reader().await?;
+        self.clock_offset_on(&c).await
+    }
+
+    async fn clock_offset_on(&self, c: &Client) -> Result<(i64, i64)> {
         self.bounded("the clock check", async {
             let mut best: Option<(i64, i64)> = None;
             for _ in 0..3 {
@@ -446,11 +545,20 @@ impl PgStore {
     /// What to add to this host's times to store them as the database server's (see `Clock`),
     /// measured again when the last measurement is a minute old or this host's clock jumped.
     async fn offset(&self) -> Result<i64> {
+        self.offset_on(None).await
+    }
+
+    /// `offset`, measured on `on` when given (a refresh lock's connection: no other is asked for
+    /// while it is held).
+    async fn offset_on(&self, on: Option<&Client>) -> Result<i64> {
         let known = *lock(&self.clock);
         if let Some(c) = known.filter(Clock::current) {
             return Ok(c.offset);
         }
-        let (measured, rtt) = self.clock_offset().await?;
+        let (measured, rtt) = match on {
+            Some(c) => self.clock_offset_on(c).await?,
+            None => self.clock_offset().await?,
+        };
         let used = known.map_or(0, |c| c.offset);
         let offset = next_offset(used, measured, rtt);
         if offset != used {
@@ -804,6 +912,27 @@ impl PgStore {
         Ok((pool, generation))
     }
 
+    /// The pool as stored now, read on the refresh lock's own connection while it is held.
+    pub async fn load_locked(&self, held: &PgRefreshLock) -> Result<Pool> {
+        let c = held.held_client()?;
+        let mut unless = UnlessFinished {
+            lock: held,
+            finished: false,
+        };
+        let offset = self.offset_on(Some(&c)).await?;
+        let rows = self
+            .bounded("a read of the pool", async {
+                c.query_typed(POOL_ROWS, &[])
+                    .await
+                    .map_err(|e| held.failed(e))
+            })
+            .await?;
+        unless.finished = true;
+        let (mut pool, _) = self.rows_to_pool(rows)?;
+        pool.shift_times(-offset);
+        Ok(pool)
+    }
+
     /// The pool the rows of a read hold: entries ("e", by position), top-level sections ("t"),
     /// and the generation ("g", 0 when the read did not ask for it), all opened with our key.
     /// A schema ("s") newer than ours is refused before anything is opened.
@@ -866,6 +995,35 @@ impl PgStore {
         result
     }
 
+    /// `update` in the refresh lock's own transaction, committing it: the new tokens are written
+    /// and the lock let go in one commit, with no other connection asked for while it is held.
+    /// The lock is let go whatever the outcome; a write that failed is for the caller to try
+    /// again on its own (`update`).
+    pub async fn update_locked<T>(
+        &self,
+        held: &PgRefreshLock,
+        change: impl FnOnce(&mut Pool) -> Result<T>,
+    ) -> Result<T> {
+        let client = held.held_client()?;
+        let mut unless = UnlessFinished {
+            lock: held,
+            finished: false,
+        };
+        let offset = self.offset_on(Some(&client)).await?;
+        let begin = format!(
+            "SET LOCAL lock_timeout = '60s'; SET LOCAL statement_timeout = '60s'; SELECT pg_advisory_xact_lock({WRITE_LOCK}, 0);"
+        );
+        let result = tokio::time::timeout(
+            QUERY_TIMEOUT,
+            self.update_in(&client, &begin, change, offset),
+        )
+        .await
+        .map_err(|_| self.silent("a write of the pool"))?;
+        unless.finished = result.is_ok() || rolled_back(&client).await;
+        held.set_held(false);
+        result
+    }
+
     /// `offset`: the one difference of clocks both ways (`Clock`), so that what the change
     /// leaves alone is written back exactly as it was read.
     async fn update_on<T>(
@@ -874,25 +1032,26 @@ impl PgStore {
         change: impl FnOnce(&mut Pool) -> Result<T>,
         offset: i64,
     ) -> Result<T> {
-        client
-            .batch_execute(&format!(
-                "{WRITE_BEGIN} SELECT pg_advisory_xact_lock({WRITE_LOCK}, 0);"
-            ))
-            .await
-            .map_err(unavailable)?;
+        let begin = format!("{WRITE_BEGIN} SELECT pg_advisory_xact_lock({WRITE_LOCK}, 0);");
+        self.update_in(client, &begin, change, offset).await
+    }
+
+    /// `update_on` in a transaction `begin` opens or goes on with.
+    async fn update_in<T>(
+        &self,
+        client: &Client,
+        begin: &str,
+        change: impl FnOnce(&mut Pool) -> Result<T>,
+        offset: i64,
+    ) -> Result<T> {
+        client.batch_execute(begin).await.map_err(unavailable)?;
         let rows = client
-            .query_typed(
-                "SELECT 'e', position::text, entry FROM oauth_pool_entries
-                 UNION ALL SELECT 't', name, value FROM oauth_pool_top
-                 UNION ALL SELECT 's', value, 'null'::jsonb FROM oauth_pool_meta WHERE name = 'schema'",
-                &[],
-            )
+            .query_typed(POOL_ROWS, &[])
             .await
             .map_err(unavailable)?;
         let (mut pool, _) = self.rows_to_pool(rows)?;
         pool.shift_times(-offset);
         let before = pool.to_bytes();
-        let had = claim_names(&pool);
         let out = change(&mut pool)?;
         if pool.to_bytes() == before {
             client.batch_execute("COMMIT").await.map_err(unavailable)?;
@@ -902,10 +1061,6 @@ impl PgStore {
         self.write_rows(client, &pool).await?;
         client.batch_execute("COMMIT").await.map_err(unavailable)?;
         *lock(&self.generation) = None;
-        let now = claim_names(&pool);
-        if had.iter().any(|name| !now.contains(name)) {
-            sweep_claims(client, &now).await;
-        }
         Ok(out)
     }
 
@@ -989,16 +1144,55 @@ impl PgStore {
     /// write with (every refresh stalled until the waiters' time ran out).
     pub async fn refresh_lock(&self, email: &str, timeout: Duration) -> Result<PgRefreshLock> {
         self.ready().await?;
-        let client = self.connect().await?;
+        let client = Arc::new(self.connect().await?);
         let id = account_lock(email);
+        self.take_refresh_lock(&client, id, timeout).await?;
+        Ok(PgRefreshLock {
+            client: Mutex::new(Some(client)),
+            id,
+            held: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    /// Takes the lock again on its own connection, after the claim ended its transaction: the
+    /// token is out under this process's claim from then on, and the lock, held again to the
+    /// write, keeps a host that froze with it out from being taken for one gone.
+    pub async fn retake_refresh_lock(&self, held: &PgRefreshLock, timeout: Duration) -> Result<()> {
+        let client = held.client()?;
+        let mut unless = UnlessFinished {
+            lock: held,
+            finished: false,
+        };
+        let taken = self.take_refresh_lock(&client, held.id, timeout).await;
+        unless.finished = true;
+        match taken {
+            Ok(()) => {
+                held.set_held(true);
+                Ok(())
+            }
+            Err(e) => {
+                held.give_up();
+                Err(e)
+            }
+        }
+    }
+
+    /// `pg_try_advisory_xact_lock` of `id` in a transaction begun on `client` and left open,
+    /// tried again while another host holds it.
+    async fn take_refresh_lock(&self, client: &Client, id: i32, timeout: Duration) -> Result<()> {
         // The lock's transaction sits idle while the token endpoint answers: a DBA's
-        // `idle_in_transaction_session_timeout` ended the session and the lock with it, and the
-        // next host presented the token already out. Whether the database takes writes is asked
+        // `idle_in_transaction_session_timeout` (or PostgreSQL 17's `transaction_timeout`, set
+        // only on a server that has it) ended the session and the lock with it, and the next
+        // host presented the token already out. Whether the database takes writes is asked
         // in the same round trip: a refresh token is not spent when its successor cannot be saved.
+        // Read committed, as a write's (`WRITE_BEGIN`), whatever the database's default: the
+        // re-read and the write on this connection see what others committed meanwhile.
         let sql = format!(
-            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0;
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL idle_in_transaction_session_timeout = 0;
              SELECT pg_try_advisory_xact_lock({REFRESH_LOCK}, {id}), current_setting('transaction_read_only'),
-               (SELECT value FROM oauth_pool_meta WHERE name = 'schema');"
+               (SELECT value FROM oauth_pool_meta WHERE name = 'schema'),
+               CASE WHEN current_setting('server_version_num')::int >= 170000
+                 THEN set_config('transaction_timeout', '0', true) END;"
         );
         let deadline = Instant::now() + timeout;
         let mut pause = LOCK_RETRY_FIRST;
@@ -1030,7 +1224,7 @@ impl PgStore {
                 )));
             }
             if row.is_some_and(|(granted, _)| granted) {
-                return Ok(PgRefreshLock { client });
+                return Ok(());
             }
             self.bounded("a refresh lock", async {
                 client.batch_execute("ROLLBACK").await.map_err(unavailable)
@@ -1047,16 +1241,29 @@ impl PgStore {
         }
     }
 
-    /// Claims the refresh token tagged `tag` (`journal::tag`) of `email` for this process, in a
+    /// Claims the refresh token tagged `tag` (`journal::tag`) for this process, in a
     /// row of its own committed before the token is presented; false when another process
     /// claimed the same token and beat less than `CLAIM_MS` ago by the database's clock, and has
     /// not let it go. The refresh lock alone did not keep a token from being presented twice: a lock
     /// whose session ends while the token is out (a restart, a DBA's terminate, a pooler
     /// dropping its server connection) let the next host in, which found the token still stored
     /// and presented it too; the rotation the first then got spent the login.
-    pub async fn claim_refresh(&self, email: &str, tag: &str) -> Result<bool> {
-        let c = self.reader().await?;
-        let name = claim_name(email);
+    ///
+    /// Made in the refresh lock's transaction when it is held (`held`), which ends with it: a
+    /// claim granted is committed, and the lock let go until `retake_refresh_lock`; one refused
+    /// leaves it let go while this process waits for the holder's tokens. No other connection is
+    /// asked for while the lock is held (see `PgRefreshLock`).
+    pub async fn claim_refresh(&self, tag: &str, held: Option<&PgRefreshLock>) -> Result<bool> {
+        let held = held.filter(|l| l.is_held());
+        let c = match held {
+            Some(l) => l.held_client()?,
+            None => self.reader().await?,
+        };
+        let mut unless = held.map(|lock| UnlessFinished {
+            lock,
+            finished: false,
+        });
+        let name = claim_name(tag);
         let value = format!("{tag} {}", claimant());
         let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] = [
             (&name, Type::TEXT),
@@ -1070,10 +1277,9 @@ impl PgStore {
         // to reach the server, which presented the token that was out.
         let rows = self
             .bounded("a refresh claim", async {
-                // Nor while another live claim holds the same token under another account's
-                // name: the account renamed while its refresh was out (a script's `savePool`), the
-                // refresh lock and claim of the new name were free, and a second host presented
-                // the token that was out, revoking the login.
+                // Nor while another live claim holds the same token under another name: the
+                // row an earlier version names by the account, whose hosts may share the store
+                // with this one's during an upgrade.
                 c.query_typed(
                     "INSERT INTO oauth_pool_meta AS m (name, value)
                      SELECT $1, $2 || ' ' || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text
@@ -1096,10 +1302,37 @@ impl PgStore {
                     &params,
                 )
                 .await
-                .map_err(unavailable)
+                .map_err(|e| match held {
+                    Some(l) => l.failed(e),
+                    None => unavailable(e),
+                })
             })
-            .await?;
-        Ok(!rows.is_empty())
+            .await;
+        let Some(l) = held else {
+            let granted = !rows?.is_empty();
+            if granted {
+                sweep_claims(&c, &name).await;
+            }
+            return Ok(granted);
+        };
+        // A claim that failed leaves the lock to nobody: the refresh ends, and the connection,
+        // perhaps still busy with it, is closed rather than waited for.
+        let granted = !rows?.is_empty();
+        let end = if granted { "COMMIT" } else { "ROLLBACK" };
+        let ended = self
+            .bounded("a refresh claim", async {
+                c.batch_execute(end).await.map_err(|e| l.failed(e))
+            })
+            .await;
+        l.set_held(false);
+        if let Some(u) = unless.as_mut() {
+            u.finished = ended.is_ok();
+        }
+        ended?;
+        if granted {
+            sweep_claims(&c, &name).await;
+        }
+        Ok(granted)
     }
 
     /// Renews this process's claim on the token tagged `tag` every `CLAIM_BEAT` until the
@@ -1110,17 +1343,49 @@ impl PgStore {
     /// another host presented the token still out, revoking the login's family. The first beat
     /// is made here and its row count read: `None` when the claim is no longer this process's
     /// (another host took it over), and the token must not be presented.
-    pub async fn keep_claim(self: &Arc<Self>, email: &str, tag: &str) -> Result<Option<ClaimBeat>> {
-        let client = self.connect().await?;
-        let (name, value) = (claim_name(email), format!("{tag} {}", claimant()));
-        let held = self
-            .bounded("a refresh claim", renew_claim(&client, &name, &value))
-            .await?;
-        if !held {
+    ///
+    /// While the refresh lock is held (`locked`), the claim is only read, on the lock's own
+    /// connection, and the beats' connection made by the first beat: no other connection is
+    /// waited for while the lock is held (see `PgRefreshLock`), and a claim row updated in the
+    /// lock's transaction would stay locked to it, holding up the beats and other hosts' claims.
+    pub async fn keep_claim(
+        self: &Arc<Self>,
+        email: &str,
+        tag: &str,
+        locked: Option<&PgRefreshLock>,
+    ) -> Result<Option<ClaimBeat>> {
+        let (name, value) = (claim_name(tag), format!("{tag} {}", claimant()));
+        let (client, stands) = match locked.filter(|l| l.is_held()) {
+            Some(l) => {
+                let c = l.held_client()?;
+                let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+                    [(&name, Type::TEXT), (&value, Type::TEXT)];
+                let rows = self
+                    .bounded("a refresh claim", async {
+                        c.query_typed(
+                            "SELECT 1 FROM oauth_pool_meta WHERE name = $1
+                             AND split_part(value, ' ', 1) || ' ' || split_part(value, ' ', 2) = $2",
+                            &params,
+                        )
+                        .await
+                        .map_err(|e| l.failed(e))
+                    })
+                    .await?;
+                (None, !rows.is_empty())
+            }
+            None => {
+                let client = self.connect().await?;
+                let stands = self
+                    .bounded("a refresh claim", renew_claim(&client, &name, &value))
+                    .await?;
+                (Some(client), stands)
+            }
+        };
+        if !stands {
             return Ok(None);
         }
         let stop = tokio_util::sync::CancellationToken::new();
-        let client = Arc::new(tokio::sync::Mutex::new(Some(client)));
+        let client = Arc::new(tokio::sync::Mutex::new(client));
         let beat = ClaimBeat {
             stop: stop.clone(),
             client: client.clone(),
@@ -1168,11 +1433,11 @@ impl PgStore {
     /// Lets go of this process's claim on the token tagged `tag`: the token endpoint answered
     /// that it is not spent (it refused it, failed, or handed it back), and another host may
     /// present it at once. Best effort: a claim no longer beating stands `CLAIM_MS` at most.
-    pub async fn release_refresh(&self, email: &str, tag: &str) {
+    pub async fn release_refresh(&self, tag: &str) {
         let Ok(c) = self.reader().await else {
             return;
         };
-        let name = claim_name(email);
+        let name = claim_name(tag);
         let value = format!("{tag} {}", claimant());
         let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
             [(&name, Type::TEXT), (&value, Type::TEXT)];
@@ -1209,34 +1474,31 @@ impl PgStore {
 /// while its successor waits to be written, so a claim this old is a holder gone (SIGKILL, a
 /// crash, a host cut off), whose token the next host may present at once.
 const CLAIM_MS: i64 = 2_500;
+/// How long after its last beat a claim row is deleted (`sweep_claims`).
+const CLAIM_SWEEP_MS: i64 = 60_000;
 /// How often a holder renews its claim (`PgStore::keep_claim`).
 const CLAIM_BEAT: Duration = Duration::from_millis(500);
 
-/// The refresh claim rows of the pool's accounts.
-fn claim_names(pool: &Pool) -> std::collections::HashSet<String> {
-    pool.anthropic
-        .iter()
-        .filter_map(crate::pool::Entry::email)
-        .map(claim_name)
-        .collect()
-}
-
-/// Deletes the refresh claims of accounts no longer in the pool (removed, or renamed), and any
-/// an earlier version left behind: nothing else deleted them, and the meta table kept a row for
-/// every account the fleet ever held. After the write's commit and best effort: a role granted
-/// no DELETE on `oauth_pool_meta` still writes (a few rows left behind, as before). A claim
-/// renewed within `CLAIM_MS` stays: the write's lock is gone by now, and another host may have
-/// added the account since and have its token out under that claim (deleting it let a third
-/// host present the same token).
-async fn sweep_claims(client: &Client, kept: &std::collections::HashSet<String>) {
-    let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
-    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
-        [(&kept, Type::TEXT_ARRAY), (&CLAIM_MS, Type::INT8)];
+/// Deletes the refresh claims (other than `mine`) not renewed for `CLAIM_SWEEP_MS`, and any
+/// that cannot be read: a claim row is one token's, and nothing else deletes one whose
+/// refresh ended, so the meta table kept a row for every token the fleet ever refreshed. Such a
+/// claim counts for nothing (`claim_refresh` takes one over past `CLAIM_MS`), unless the server
+/// started less than `CLAIM_MS` ago (its holder may not have beaten since): none is deleted
+/// then. Best effort, after the claim's commit: a role granted no DELETE on `oauth_pool_meta`
+/// still refreshes.
+async fn sweep_claims(client: &Client, mine: &str) {
+    let mine = mine.to_string();
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] = [
+        (&mine, Type::TEXT),
+        (&CLAIM_SWEEP_MS, Type::INT8),
+        (&CLAIM_MS, Type::INT8),
+    ];
     let sweeping = client.execute_typed(
-        "DELETE FROM oauth_pool_meta WHERE name LIKE 'refresh-claim:%' AND name <> ALL($1::text[])
+        "DELETE FROM oauth_pool_meta WHERE name LIKE 'refresh-claim:%' AND name <> $1
          AND NOT (split_part(value, ' ', 3) ~ '^[0-9]{1,18}$'
-                  AND abs(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
-                          - split_part(value, ' ', 3)::bigint) < $2)",
+                  AND (abs(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                           - split_part(value, ' ', 3)::bigint) < $2
+                       OR extract(epoch FROM clock_timestamp() - pg_postmaster_start_time()) * 1000 < $3))",
         &params,
     );
     let left = match tokio::time::timeout(QUERY_TIMEOUT, sweeping).await {
@@ -1244,7 +1506,7 @@ async fn sweep_claims(client: &Client, kept: &std::collections::HashSet<String>)
         Ok(Err(e)) => scrub_tokens(&describe(&e)),
         Err(_) => "no answer".to_string(),
     };
-    tracing::debug!(error = %left, "the refresh claims of removed accounts were left");
+    tracing::debug!(error = %left, "old refresh claims were left");
 }
 
 /// Renews the claim named `name` if it is still `value`'s (this process's, on this token):
@@ -1311,9 +1573,11 @@ impl Drop for ClaimBeat {
     }
 }
 
-/// The `oauth_pool_meta` row of an account's refresh claim.
-fn claim_name(email: &str) -> String {
-    format!("refresh-claim:{}", crate::account::normalize_email(email))
+/// The `oauth_pool_meta` row of the claim on the refresh token tagged `tag`: named by the token,
+/// not its account, so that two hosts that read it under two names (the account renamed
+/// meanwhile) claim the one row, and one of them is refused.
+fn claim_name(tag: &str) -> String {
+    format!("refresh-claim:{tag}")
 }
 
 /// This process in refresh claims: random, made once.
