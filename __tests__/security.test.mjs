@@ -626,6 +626,53 @@ test("15: a server echoing the presented token: no answer header carries it (bot
   }
 });
 
+// A server that echoes the request re-encoded (a debugging echo that answers the request in
+// base64, a header value in hex) hands the credential back in another shape, which a search for
+// the credential itself does not find.
+test("15c: a server echoing the token in base64 or hex: no answer header carries it (both transports), nor the gateway's body", async () => {
+  const path = await seedPool(mock, ["reshaped@x.test"]);
+  const token = account(path, "reshaped@x.test").access;
+  const line = (prefix) => `${prefix}${token}\r\n`;
+  const shapes = [
+    Buffer.from(line("authorization: Bearer ")).toString("base64"),
+    Buffer.from(line("x")).toString("base64url"),
+    Buffer.from(line("xy")).toString("base64"),
+    Buffer.from(line("")).toString("hex"),
+    Buffer.from(line("")).toString("hex").toUpperCase(),
+  ];
+  const pieces = (shape) => [shape.slice(8, 40), shape.slice(-40, -8)];
+  const echo = () => ({
+    status: 200,
+    body: { request: shapes },
+    headers: { "x-echo": shapes[0], "x-echo-hex": shapes[3] },
+    chunkSize: 7,
+    delayMs: 1,
+  });
+  for (const transport of ["native", "runtime"]) {
+    mock.script("reshaped@x.test", [echo()]);
+    const res = await post(createPoolFetch({ path, transport }));
+    assert.equal(res.status, 200);
+    const headers = JSON.stringify([...res.headers]);
+    for (const shape of [shapes[0], shapes[3]]) for (const piece of pieces(shape)) assert.ok(!headers.includes(piece), `${transport}: ${headers}`);
+    assert.match(res.headers.get("x-echo"), /\[redacted\]/, transport);
+    await res.text();
+  }
+  const key = "test-gateway-key-reshaped-0123456789";
+  process.env.OAUTH_POOL_GATEWAY_KEY = key;
+  const gw = await lib.serve({ port: 0, path });
+  try {
+    mock.script("reshaped@x.test", [echo()]);
+    const answer = await fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { ...jsonHeaders, "x-api-key": key }, body: body() });
+    const text = await answer.text();
+    assert.equal(answer.status, 200);
+    for (const shape of shapes) for (const piece of pieces(shape)) assert.ok(!text.includes(piece), `${shape}: ${text}`);
+    assert.equal(JSON.parse(text).request.length, shapes.length);
+  } finally {
+    await gw.close(1000);
+    delete process.env.OAUTH_POOL_GATEWAY_KEY;
+  }
+});
+
 // A body the client did not decode (it asks for gzip, and undoes it only as a body's one coding)
 // could not be searched for the credential: echoed compressed in another coding, or gzip twice in
 // two `Content-Encoding` lines (reqwest undid the first and dropped both names), the token reached

@@ -398,9 +398,39 @@ function presented(headers) {
   return null;
 }
 
+/** The last credential's forms (`echoForms`): one credential serves request after request. */
+let formsOf = { secret: null, forms: [] };
+
+/**
+ * The credential and the shapes a server echoing it may give it in, as the Rust driver looks
+ * for them (src/echo.rs, `reshaped`): base64 in either alphabet at each of the three places it
+ * can fall among a longer value's groups of three bytes, and hex. Each is the part of the
+ * encoding the credential alone decides. None for a value too short to be a credential.
+ */
+function echoForms(secret) {
+  if (!secret || secret.length < 16) return [];
+  if (formsOf.secret === secret) return formsOf.forms;
+  const bytes = Buffer.from(secret);
+  const forms = new Set([secret]);
+  for (let skip = 0; skip < 3; skip++) {
+    const rest = bytes.subarray(skip);
+    const whole = rest.subarray(0, rest.length - (rest.length % 3));
+    forms.add(whole.toString("base64"));
+    forms.add(whole.toString("base64url"));
+  }
+  const hex = bytes.toString("hex");
+  forms.add(hex);
+  forms.add(hex.toUpperCase());
+  formsOf = { secret, forms: [...forms].filter((f) => f.length >= 16) };
+  return formsOf.forms;
+}
+
 /** A text of the answer's head (a header value, the reason phrase) without the credential. */
-function withoutSecret(text, secret) {
-  return secret && secret.length >= 16 && text.includes(secret) ? text.split(secret).join("[redacted]") : text;
+function withoutSecret(text, forms) {
+  if (text.length < 16) return text;
+  let out = text;
+  for (const form of forms) if (out.includes(form)) out = out.split(form).join("[redacted]");
+  return out;
 }
 
 /**
@@ -408,8 +438,8 @@ function withoutSecret(text, secret) {
  * printable ASCII (httparse's rule). Node's fetch reads it as UTF-8, and a character past U+00FF
  * made `new Response` throw: the whole answer was lost to a TypeError without a code.
  */
-function reasonPhrase(text, secret) {
-  return /[^\t\x20-\x7e]/.test(text) ? "" : withoutSecret(text, secret);
+function reasonPhrase(text, forms) {
+  return /[^\t\x20-\x7e]/.test(text) ? "" : withoutSecret(text, forms);
 }
 
 /**
@@ -422,7 +452,7 @@ function reasonPhrase(text, secret) {
  * otherwise), as the Rust driver does (src/echo.rs). `content-encoding` is kept apart: it is
  * handed over only when the runtime did not decode the body.
  */
-function readHead(response, secret) {
+function readHead(response, forms) {
   let lines = "";
   let length = null;
   let type = null;
@@ -435,7 +465,7 @@ function readHead(response, secret) {
       continue;
     }
     if (name === "transfer-encoding" || name === "connection" || name === "keep-alive") continue;
-    const clean = withoutSecret(value, secret);
+    const clean = withoutSecret(value, forms);
     if (name === "content-encoding") {
       coding = clean;
       continue;
@@ -543,8 +573,8 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
         controller.abort();
         throw networkError(`the answer's status ${response.status} is not a final HTTP status`);
       }
-      const secret = presented(step.headers);
-      const head = readHead(response, secret);
+      const forms = echoForms(presented(step.headers));
+      const head = readHead(response, forms);
       // A 2xx event stream is judged on its opening too: a rate limit said there, before any
       // content, moves the request on as a 429 does (the engine reads it: `readOpening`).
       let opening = null;
@@ -592,7 +622,7 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
       delivered = true;
       const tap = verdict === "deliver-tap";
       const { status } = response;
-      const statusText = reasonPhrase(response.statusText, secret);
+      const statusText = reasonPhrase(response.statusText, forms);
       if (NULL_BODY_STATUS.has(response.status) || parts.method === "HEAD" || !response.body) {
         release();
         if (tap) ex.finishUsage();

@@ -32,18 +32,58 @@ pub fn presented(headers: &HeaderMap) -> Vec<Secret> {
         .collect()
 }
 
+/// The forms a server that echoes what it was sent may give a credential besides its own: in
+/// base64 (the standard and the URL alphabet, at each of the three places it can fall among a
+/// longer value's groups of three bytes: an echo of the whole request, a header re-encoded) and
+/// in hex. Each is the part of the encoding that the credential alone decides, so it is found
+/// inside any longer encoded text that holds the credential.
+fn reshaped(secret: &Secret) -> Vec<Secret> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    let bytes = secret.expose().as_bytes();
+    let mut forms = Vec::with_capacity(8);
+    for skip in 0..3.min(bytes.len()) {
+        let rest = &bytes[skip..];
+        let whole_groups = &rest[..rest.len() - rest.len() % 3];
+        forms.push(Secret::new(STANDARD_NO_PAD.encode(whole_groups)));
+        forms.push(Secret::new(URL_SAFE_NO_PAD.encode(whole_groups)));
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    forms.push(Secret::new(hex.to_ascii_uppercase()));
+    forms.push(Secret::new(hex));
+    forms
+}
+
+/// The presented credentials and their reshaped forms (`reshaped`) long enough not to match
+/// ordinary text, each once.
+fn with_forms(presented: &[Secret]) -> Vec<Secret> {
+    let mut all: Vec<Secret> = presented.to_vec();
+    for form in presented.iter().flat_map(reshaped) {
+        if form.expose().len() >= MIN_SECRET && !all.iter().any(|a| a.expose() == form.expose()) {
+            all.push(form);
+        }
+    }
+    all
+}
+
 /// Answer headers with any presented credential in a value scrubbed (`secret::scrub`).
 pub fn scrub_headers(headers: &mut [(String, String)], presented: &[Secret]) {
+    let forms = with_forms(presented);
     for (_, value) in headers.iter_mut() {
-        scrub_text(value, presented);
+        scrub_known(value, &forms);
     }
 }
 
 /// A text of the answer's head (a header value, the status line's reason phrase, which the
-/// caller is handed as the server wrote it) with any presented credential scrubbed.
+/// caller is handed as the server wrote it) with any presented credential scrubbed, in any of
+/// its reshaped forms too.
 pub fn scrub_text(text: &mut String, presented: &[Secret]) {
-    if presented.iter().any(|s| text.contains(s.expose())) {
-        let refs: Vec<&Secret> = presented.iter().collect();
+    scrub_known(text, &with_forms(presented));
+}
+
+fn scrub_known(text: &mut String, forms: &[Secret]) {
+    if forms.iter().any(|s| text.contains(s.expose())) {
+        let refs: Vec<&Secret> = forms.iter().collect();
         *text = secret::scrub(text, &refs);
     }
 }
@@ -59,7 +99,7 @@ pub struct Redactor {
 
 impl Redactor {
     pub fn new(presented: Vec<Secret>) -> Self {
-        let secrets = presented
+        let secrets = with_forms(&presented)
             .into_iter()
             .filter(|s| s.expose().len() >= MIN_SECRET)
             .collect();
@@ -198,6 +238,40 @@ mod tests {
         // Ended there, the held bytes come out at the end.
         let (out, _) = relay(&[b"data: fake-acc"]);
         assert_eq!(out, b"data: fake-acc");
+    }
+
+    #[test]
+    fn a_credential_echoed_in_base64_or_hex_is_replaced_wherever_it_falls() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        use base64::Engine as _;
+        for before in ["", "x", "xy", "Authorization: Bearer "] {
+            let echoed = format!("{before}{TOKEN}\r\n");
+            let hex: String = echoed.bytes().map(|b| format!("{b:02x}")).collect();
+            for encoded in [
+                STANDARD.encode(&echoed),
+                URL_SAFE.encode(&echoed),
+                hex.clone(),
+                hex.to_ascii_uppercase(),
+            ] {
+                let body = format!("{{\"request\":\"{encoded}\"}}");
+                for cut in [0, body.len() / 2, body.len() - 3] {
+                    let (a, b) = body.as_bytes().split_at(cut);
+                    let (out, _) = relay(&[a, b]);
+                    let out = String::from_utf8(out).unwrap();
+                    assert!(
+                        out.contains("[redacted]"),
+                        "{before:?} {encoded} cut {cut}: {out}"
+                    );
+                    assert!(!out.contains(&encoded), "{out}");
+                }
+                let mut header = encoded.clone();
+                scrub_text(&mut header, &[Secret::new(TOKEN)]);
+                assert!(header.contains("[redacted]"), "{header}");
+            }
+        }
+        // Ordinary encoded text passes as it was.
+        let (out, _) = relay(&[STANDARD.encode("an ordinary request body").as_bytes()]);
+        assert_eq!(out, STANDARD.encode("an ordinary request body").as_bytes());
     }
 
     #[test]
