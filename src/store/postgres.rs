@@ -1474,6 +1474,8 @@ impl PgStore {
 /// while its successor waits to be written, so a claim this old is a holder gone (SIGKILL, a
 /// crash, a host cut off), whose token the next host may present at once.
 const CLAIM_MS: i64 = 2_500;
+/// How long the sweep of old claims is waited for, between a claim and its token call.
+const SWEEP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long after its last beat a claim row is deleted (`sweep_claims`).
 const CLAIM_SWEEP_MS: i64 = 60_000;
 /// How often a holder renews its claim (`PgStore::keep_claim`).
@@ -1494,14 +1496,18 @@ async fn sweep_claims(client: &Client, mine: &str) {
         (&CLAIM_MS, Type::INT8),
     ];
     let sweeping = client.execute_typed(
-        "DELETE FROM oauth_pool_meta WHERE name LIKE 'refresh-claim:%' AND name <> $1
-         AND NOT (split_part(value, ' ', 3) ~ '^[0-9]{1,18}$'
-                  AND (abs(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
-                           - split_part(value, ' ', 3)::bigint) < $2
-                       OR extract(epoch FROM clock_timestamp() - pg_postmaster_start_time()) * 1000 < $3))",
+        // Rows another transaction holds are left for a later sweep, not waited for: this runs
+        // between a refresh's claim and its token call.
+        "DELETE FROM oauth_pool_meta WHERE name IN (
+           SELECT name FROM oauth_pool_meta WHERE name LIKE 'refresh-claim:%' AND name <> $1
+           AND NOT (split_part(value, ' ', 3) ~ '^[0-9]{1,18}$'
+                    AND (abs(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                             - split_part(value, ' ', 3)::bigint) < $2
+                         OR extract(epoch FROM clock_timestamp() - pg_postmaster_start_time()) * 1000 < $3))
+           FOR UPDATE SKIP LOCKED)",
         &params,
     );
-    let left = match tokio::time::timeout(QUERY_TIMEOUT, sweeping).await {
+    let left = match tokio::time::timeout(SWEEP_TIMEOUT, sweeping).await {
         Ok(Ok(_)) => return,
         Ok(Err(e)) => scrub_tokens(&describe(&e)),
         Err(_) => "no answer".to_string(),
