@@ -660,3 +660,135 @@ test("the caller's hop headers are the pool's to settle, alike on both transport
     assert.equal(sent.headers["content-length"], String(Buffer.byteLength(sent.body)), `${transport}: the body's own length`);
   }
 });
+
+test("the answer's own hop headers stay behind alike on both transports: a HEAD keeps its length; keep-alive, upgrade, te, trailer, proxy-connection and what Connection names are dropped", async () => {
+  // The runtime transport handed them all over (and a HEAD's length not at all), the Rust client
+  // none of them: a gateway or proxy relaying the Response told its client of a hop it never had.
+  const path = await seedPool(mock, ["answer-hop@x.test"]);
+  const hop = "connection: keep-alive, X-Named, content-encoding\r\nx-named: 1\r\nkeep-alive: timeout=5\r\nupgrade: h2c\r\nte: trailers\r\ntrailer: x-t\r\nproxy-connection: keep-alive\r\n";
+  await withRawApi(
+    (socket, first) => {
+      const isHead = first.toString("latin1").startsWith("HEAD ");
+      socket.end(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 17\r\n${hop}x-kept: yes\r\n\r\n${isHead ? "" : '{"ok":"yes-sir!"}'}`);
+    },
+    async (api) => {
+      for (const transport of ["native", "runtime"]) {
+        for (const method of ["HEAD", "POST"]) {
+          const what = `${transport}, ${method}`;
+          const res = await createPoolFetch({ path, transport })(`${api}/v1/messages`, { method, headers: jsonHeaders, body: method === "HEAD" ? undefined : "{}" });
+          assert.equal(res.status, 200, what);
+          assert.deepEqual(
+            [...res.headers].map(([n]) => n),
+            method === "HEAD" ? ["content-length", "content-type", "x-kept"] : ["content-type", "x-kept"],
+            what,
+          );
+          if (method === "HEAD") assert.equal(res.headers.get("content-length"), "17", what);
+          assert.equal(await res.text(), method === "HEAD" ? "" : '{"ok":"yes-sir!"}', what);
+        }
+      }
+    },
+  );
+});
+
+test("a body in a transfer coding besides chunked is refused alike on both transports (NETWORK), not handed over still coded and labelled as nothing", async () => {
+  // Nothing asks for one (no TE is sent). The runtime's fetch took off the chunking and handed over
+  // the gzip bytes under no label, past the gateway's check of codings and the echo scrubber.
+  const zlib = await import("node:zlib");
+  const path = await seedPool(mock, ["framing@x.test"]);
+  const zipped = zlib.gzipSync(Buffer.from('{"type":"message"}'));
+  let framing = "";
+  await withRawApi(
+    (socket) =>
+      socket.end(
+        Buffer.concat([
+          Buffer.from(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: ${framing}\r\n\r\n${zipped.length.toString(16)}\r\n`),
+          zipped,
+          Buffer.from("\r\n0\r\n\r\n"),
+        ]),
+      ),
+    async (api) => {
+      for (const sent of ["gzip, chunked", "gzip,chunked", "GZIP, Chunked", "chunked, gzip"]) {
+        framing = sent;
+        for (const transport of ["native", "runtime"]) {
+          await assert.rejects(
+            (async () => (await createPoolFetch({ path, transport })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" })).arrayBuffer())(),
+            // Bun's fetch refuses "chunked, gzip" itself (UnsupportedTransferEncoding).
+            (e) => e instanceof TypeError && e.code === "NETWORK" && /transfer-?encoding/i.test(e.message),
+            `${sent}, ${transport}`,
+          );
+        }
+      }
+      // Chunked alone, and with identity beside it, is read as ever.
+      for (const sent of ["chunked", "identity, chunked"]) {
+        framing = sent;
+        for (const transport of ["native", "runtime"]) {
+          const res = await createPoolFetch({ path, transport })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" });
+          assert.equal(res.status, 200, `${sent}, ${transport}`);
+          assert.ok(Buffer.from(await res.arrayBuffer()).equals(zipped), `${sent}, ${transport}: the body as sent`);
+        }
+      }
+    },
+  );
+});
+
+test("a list of content codings says what the body handed over is in, on both transports: decoded and unlabelled, or as sent and labelled", async () => {
+  // Bun's fetch decodes "gzip, identity" (it sets identity and empty entries aside) and the
+  // runtime transport left the label on the decoded bytes: a caller decoding by the label failed.
+  const zlib = await import("node:zlib");
+  const plain = Buffer.from(JSON.stringify({ type: "message", text: "listed".repeat(50) }));
+  const path = await seedPool(mock, ["coding-lists@x.test"]);
+  let coding = "";
+  let sent = Buffer.alloc(0);
+  await withRawApi(
+    (socket) =>
+      socket.end(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: ${coding}\r\ncontent-length: ${sent.length}\r\n\r\n`), sent])),
+    async (api) => {
+      for (const [list, layers] of [
+        ["gzip, identity", 1],
+        ["identity, gzip", 1],
+        ["gzip,", 1],
+        ["GZip, Identity", 1],
+        ["gzip, gzip", 2],
+        ["identity", 0],
+      ]) {
+        coding = list;
+        sent = plain;
+        for (let i = 0; i < layers; i++) sent = zlib.gzipSync(sent);
+        for (const transport of ["native", "runtime"]) {
+          const what = `${list}, ${transport}`;
+          const res = await createPoolFetch({ path, transport })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" });
+          const bytes = Buffer.from(await res.arrayBuffer());
+          const said = res.headers.get("content-encoding");
+          if (said === null) assert.ok(bytes.equals(plain), `${what}: unlabelled, so decoded`);
+          else {
+            assert.equal(said, list, what);
+            assert.ok(bytes.equals(sent), `${what}: labelled ${said}, so as sent`);
+          }
+        }
+      }
+    },
+  );
+});
+
+test("an abort with a falsy reason while an error answer's body is read rejects with that reason, on both transports", async () => {
+  // The runtime transport under Node rejected with an AbortError of Node's fetch for `abort(null)`
+  // and `abort(0)`: fetch rejects with the signal's reason, whatever it is.
+  const path = await seedPool(mock, ["falsy-abort@x.test"]);
+  await withRawApi(
+    (socket) => socket.write('HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"type":"error",'),
+    async (api) => {
+      for (const reason of [null, 0, "", false]) {
+        for (const transport of ["native", "runtime"]) {
+          const controller = new AbortController();
+          const timer = setTimeout(() => controller.abort(reason), 150);
+          await assert.rejects(
+            (async () => (await createPoolFetch({ path, transport })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}", signal: controller.signal })).text())(),
+            (e) => e === reason,
+            `${JSON.stringify(reason)}, ${transport}`,
+          );
+          clearTimeout(timer);
+        }
+      }
+    },
+  );
+});

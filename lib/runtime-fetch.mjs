@@ -34,6 +34,10 @@ import {
 } from "./exchange.mjs";
 
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
+// Headers about the hop the answer came over, not the body handed over, dropped as the Rust
+// client drops them (src/fetch.rs, DROPPED_FROM_ANSWER; `content-length`, `transfer-encoding`
+// and `connection` are read apart in `readHead`): a gateway relayed them as if about its own hop.
+const HOP_BY_HOP = new Set(["keep-alive", "proxy-connection", "upgrade", "te", "trailer"]);
 // A body announced this small and not an event stream is read whole before the Response is
 // handed over (what a caller of a JSON answer does anyway): no JavaScript stream per chunk.
 // Larger bodies stream: read whole, 1 MB answers cost Bun more than the stream wrapper does (64
@@ -379,14 +383,37 @@ async function readBody(body, heard) {
 const BUN = typeof Bun !== "undefined";
 const DECODED = new Set(BUN ? ["gzip", "x-gzip", "deflate", "br", "zstd"] : ["gzip", "x-gzip", "deflate", "br"]);
 
-/** Whether the runtime decoded a body sent with this `content-encoding`. */
-function runtimeDecoded(coding) {
-  const codings = coding
+/** The names in a list-valued header (`content-encoding`, `transfer-encoding`), lower-cased. */
+function listed(value) {
+  return value
     .toLowerCase()
     .split(",")
     .map((c) => c.trim());
-  if (BUN && codings.length !== 1) return false;
-  return codings.every((c) => DECODED.has(c));
+}
+
+/**
+ * Whether the runtime decoded a body sent with this `content-encoding`: Node's every listed
+ * coding (an empty entry or `identity` is one it does not know, and it leaves the list as sent),
+ * Bun's the one coding left once empty entries and `identity` are set aside (Bun 1.4: "gzip,
+ * identity" is decoded, "gzip, gzip" is not).
+ */
+function runtimeDecoded(coding) {
+  const codings = listed(coding);
+  if (!BUN) return codings.every((c) => DECODED.has(c));
+  const named = codings.filter((c) => c !== "" && c !== "identity");
+  return named.length === 1 && DECODED.has(named[0]);
+}
+
+/**
+ * Why an answer framed in this `transfer-encoding` is refused, or null: only `chunked` is read,
+ * as the Rust client reads it (src/coding.rs, `received`). Nothing asks for another (no `TE` is
+ * sent); the runtime's fetch takes off the chunking and hands over what is left, a body in gzip
+ * labelled as nothing, past the gateway's check of codings and the echo scrubber.
+ */
+function unreadFraming(framing) {
+  const named = listed(framing).filter((c) => c !== "" && c !== "identity");
+  if (named.every((c) => c === "chunked")) return null;
+  return `the answer is framed in transfer-encoding ${scrubbed(named.join(", ")).slice(0, 200)}, which nothing asked for (only chunked is read): its body cannot be handed on as sent`;
 }
 
 /** The credential an attempt presented, from the headers the engine gave it (lower-case names). */
@@ -457,6 +484,8 @@ function readHead(response, forms) {
   let length = null;
   let type = null;
   let coding = null;
+  let framing = null;
+  let named = null;
   const kept = [];
   for (const [name, value] of response.headers) {
     if (engineReadsHeader(name)) lines += `${name}:${value}\n`;
@@ -464,7 +493,15 @@ function readHead(response, forms) {
       length = value;
       continue;
     }
-    if (name === "transfer-encoding" || name === "connection" || name === "keep-alive") continue;
+    if (name === "transfer-encoding") {
+      framing = value;
+      continue;
+    }
+    if (name === "connection") {
+      named = value;
+      continue;
+    }
+    if (HOP_BY_HOP.has(name)) continue;
     const clean = withoutSecret(value, forms);
     if (name === "content-encoding") {
       coding = clean;
@@ -473,7 +510,10 @@ function readHead(response, forms) {
     if (name === "content-type") type = value;
     kept.push([name, clean]);
   }
-  return { lines, length, type, coding, kept };
+  // What `Connection` names was for this hop alone; a coding the body is still in stays named
+  // whatever it says (dropped, a relay would pass on coded bytes as plain).
+  const hop = named === null ? [] : listed(named).filter((n) => n !== "" && n !== "content-encoding");
+  return { lines, length, type, coding, framing, kept: hop.length ? kept.filter(([n]) => !hop.includes(n)) : kept };
 }
 
 /**
@@ -481,8 +521,9 @@ function readHead(response, forms) {
  * `decoded` (the runtime took it off the body: a caller relaying it would decode it again, and
  * the compressed length cut it short).
  */
-function handedOver(body, status, statusText, head, decoded) {
-  const headers = head.coding === null || decoded ? head.kept : [...head.kept, ["content-encoding", head.coding]];
+function handedOver(body, status, statusText, head, decoded, length = null) {
+  let headers = head.coding === null || decoded ? head.kept : [...head.kept, ["content-encoding", head.coding]];
+  if (length !== null) headers = [...headers, ["content-length", length]];
   return new Response(body, { status, statusText, headers });
 }
 
@@ -575,6 +616,12 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
       }
       const forms = echoForms(presented(step.headers));
       const head = readHead(response, forms);
+      const unread = head.framing === null ? null : unreadFraming(head.framing);
+      if (unread !== null) {
+        release();
+        controller.abort();
+        throw networkError(unread);
+      }
       // A 2xx event stream is judged on its opening too: a rate limit said there, before any
       // content, moves the request on as a 429 does (the engine reads it: `readOpening`).
       let opening = null;
@@ -612,6 +659,9 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
         if (verdict instanceof Promise) verdict = await verdict;
       } catch (err) {
         release();
+        // The caller's abort whatever the read failed with: a falsy reason (`abort(null)`) left
+        // Node's fetch failing the read with an AbortError of its own.
+        if (signal?.aborted) throw abortError(signal);
         throw err?.code === "ABORT_ERR" ? abortError(signal) : err;
       }
       if (verdict === "retry") {
@@ -626,8 +676,10 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
       if (NULL_BODY_STATUS.has(response.status) || parts.method === "HEAD" || !response.body) {
         release();
         if (tap) ex.finishUsage();
-        // Nothing was decoded: a HEAD's content-encoding still says what a GET would get.
-        return described(handedOver(null, status, statusText, head, false), parts.url, step.account ?? null);
+        // Nothing was decoded: a HEAD's content-encoding still says what a GET would get, and
+        // its length how long that body is (there is none to re-frame), as fetch gives it.
+        const length = parts.method === "HEAD" ? head.length : null;
+        return described(handedOver(null, status, statusText, head, false, length), parts.url, step.account ?? null);
       }
       const decoded = head.coding !== null && runtimeDecoded(head.coding);
       if (opening?.ended) {
