@@ -665,7 +665,8 @@ test("the answer's own hop headers stay behind alike on both transports: a HEAD 
   // The runtime transport handed them all over (and a HEAD's length not at all), the Rust client
   // none of them: a gateway or proxy relaying the Response told its client of a hop it never had.
   const path = await seedPool(mock, ["answer-hop@x.test"]);
-  const hop = "connection: keep-alive, X-Named, content-encoding\r\nx-named: 1\r\nkeep-alive: timeout=5\r\nupgrade: h2c\r\nte: trailers\r\ntrailer: x-t\r\nproxy-connection: keep-alive\r\n";
+  const hop =
+    "connection: keep-alive, X-Named, content-encoding\r\nx-named: 1\r\nkeep-alive: timeout=5\r\nupgrade: h2c\r\nte: trailers\r\ntrailer: x-t\r\nproxy-connection: keep-alive\r\n";
   await withRawApi(
     (socket, first) => {
       const isHead = first.toString("latin1").startsWith("HEAD ");
@@ -675,7 +676,11 @@ test("the answer's own hop headers stay behind alike on both transports: a HEAD 
       for (const transport of ["native", "runtime"]) {
         for (const method of ["HEAD", "POST"]) {
           const what = `${transport}, ${method}`;
-          const res = await createPoolFetch({ path, transport })(`${api}/v1/messages`, { method, headers: jsonHeaders, body: method === "HEAD" ? undefined : "{}" });
+          const res = await createPoolFetch({ path, transport })(`${api}/v1/messages`, {
+            method,
+            headers: jsonHeaders,
+            body: method === "HEAD" ? undefined : "{}",
+          });
           assert.equal(res.status, 200, what);
           assert.deepEqual(
             [...res.headers].map(([n]) => n),
@@ -711,7 +716,8 @@ test("a body in a transfer coding besides chunked is refused alike on both trans
         framing = sent;
         for (const transport of ["native", "runtime"]) {
           await assert.rejects(
-            (async () => (await createPoolFetch({ path, transport })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" })).arrayBuffer())(),
+            (async () =>
+              (await createPoolFetch({ path, transport })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" })).arrayBuffer())(),
             // Bun's fetch refuses "chunked, gzip" itself (UnsupportedTransferEncoding).
             (e) => e instanceof TypeError && e.code === "NETWORK" && /transfer-?encoding/i.test(e.message),
             `${sent}, ${transport}`,
@@ -741,7 +747,12 @@ test("a list of content codings says what the body handed over is in, on both tr
   let sent = Buffer.alloc(0);
   await withRawApi(
     (socket) =>
-      socket.end(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: ${coding}\r\ncontent-length: ${sent.length}\r\n\r\n`), sent])),
+      socket.end(
+        Buffer.concat([
+          Buffer.from(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: ${coding}\r\ncontent-length: ${sent.length}\r\n\r\n`),
+          sent,
+        ]),
+      ),
     async (api) => {
       for (const [list, layers] of [
         ["gzip, identity", 1],
@@ -782,7 +793,15 @@ test("an abort with a falsy reason while an error answer's body is read rejects 
           const controller = new AbortController();
           const timer = setTimeout(() => controller.abort(reason), 150);
           await assert.rejects(
-            (async () => (await createPoolFetch({ path, transport })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}", signal: controller.signal })).text())(),
+            (async () =>
+              (
+                await createPoolFetch({ path, transport })(`${api}/v1/messages`, {
+                  method: "POST",
+                  headers: jsonHeaders,
+                  body: "{}",
+                  signal: controller.signal,
+                })
+              ).text())(),
             (e) => e === reason,
             `${JSON.stringify(reason)}, ${transport}`,
           );
