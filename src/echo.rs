@@ -3,6 +3,9 @@
 //! one): the answer's headers are cleaned for every caller, and the gateway also cleans the
 //! bodies it relays, since its clients hold only the gateway's key, never the pool's tokens.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 use reqwest::header::{HeaderMap, AUTHORIZATION};
@@ -48,22 +51,41 @@ fn reshaped(secret: &Secret) -> Vec<Secret> {
         forms.push(Secret::new(STANDARD_NO_PAD.encode(whole_groups)));
         forms.push(Secret::new(URL_SAFE_NO_PAD.encode(whole_groups)));
     }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let hex: String = bytes
+        .iter()
+        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
+        .map(char::from)
+        .collect();
     forms.push(Secret::new(hex.to_ascii_uppercase()));
     forms.push(Secret::new(hex));
     forms
 }
 
+thread_local! {
+    /// The last credentials presented on this thread and their forms: one credential serves
+    /// request after request, and each answer's head is scrubbed with them.
+    static LAST_FORMS: RefCell<(Vec<Secret>, Rc<[Secret]>)> = RefCell::new((Vec::new(), Rc::from([])));
+}
+
 /// The presented credentials and their reshaped forms (`reshaped`) long enough not to match
 /// ordinary text, each once.
-fn with_forms(presented: &[Secret]) -> Vec<Secret> {
-    let mut all: Vec<Secret> = presented.to_vec();
-    for form in presented.iter().flat_map(reshaped) {
-        if form.expose().len() >= MIN_SECRET && !all.iter().any(|a| a.expose() == form.expose()) {
-            all.push(form);
+fn with_forms(presented: &[Secret]) -> Rc<[Secret]> {
+    LAST_FORMS.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0.as_slice() != presented {
+            let mut all: Vec<Secret> = presented.to_vec();
+            for form in presented.iter().flat_map(reshaped) {
+                if form.expose().len() >= MIN_SECRET
+                    && !all.iter().any(|a| a.expose() == form.expose())
+                {
+                    all.push(form);
+                }
+            }
+            *last = (presented.to_vec(), Rc::from(all));
         }
-    }
-    all
+        Rc::clone(&last.1)
+    })
 }
 
 /// Answer headers with any presented credential in a value scrubbed (`secret::scrub`).
@@ -100,8 +122,9 @@ pub struct Redactor {
 impl Redactor {
     pub fn new(presented: Vec<Secret>) -> Self {
         let secrets = with_forms(&presented)
-            .into_iter()
+            .iter()
             .filter(|s| s.expose().len() >= MIN_SECRET)
+            .cloned()
             .collect();
         Redactor {
             secrets,
@@ -272,6 +295,22 @@ mod tests {
         // Ordinary encoded text passes as it was.
         let (out, _) = relay(&[STANDARD.encode("an ordinary request body").as_bytes()]);
         assert_eq!(out, STANDARD.encode("an ordinary request body").as_bytes());
+    }
+
+    #[test]
+    fn the_forms_remembered_are_those_of_the_credential_presented_now() {
+        // The forms are kept from one answer to the next: a credential presented after another
+        // is looked for in its own forms, never in the last one's.
+        let other = "sk-ant-oat01-another-credential-of-the-pool";
+        let hex = |t: &str| -> String { t.bytes().map(|b| format!("{b:02x}")).collect() };
+        for (now, before) in [(TOKEN, other), (other, TOKEN), (TOKEN, other)] {
+            let mut text = format!("{} {}", hex(now), hex(before));
+            scrub_text(&mut text, &[Secret::new(now)]);
+            assert_eq!(text, format!("[redacted] {}", hex(before)), "{now}");
+        }
+        let mut text = format!("{} {}", hex(TOKEN), hex(other));
+        scrub_text(&mut text, &[Secret::new(TOKEN), Secret::new(other)]);
+        assert_eq!(text, "[redacted] [redacted]");
     }
 
     #[test]

@@ -559,6 +559,28 @@ impl Engine {
         }
     }
 
+    /// After another process rotated the refresh token this one was about to present: the access
+    /// token it got (`adopted`, when still usable), else the old one while it lasts, else
+    /// `RefreshClaimed` (the holder's tokens are not there yet, or already spent).
+    fn adopt_or_wait(
+        &self,
+        email: &str,
+        adopted: Option<Secret>,
+        account: &Account,
+        rejected: Option<&Secret>,
+    ) -> Result<Secret> {
+        if let Some(access) = adopted {
+            tracing::debug!(account = %email, "adopted a token another process refreshed");
+            self.invalidate();
+            return Ok(access);
+        }
+        let busy = Error::RefreshClaimed {
+            email: email.to_string(),
+            store: self.store.describe(),
+        };
+        serve_old_or(account, rejected, busy)
+    }
+
     async fn refresh_protocol(
         self: &Arc<Self>,
         email: &str,
@@ -652,23 +674,14 @@ impl Engine {
                 tracing::info!(account = %email, "another process of the fleet store has this refresh token out; waiting for its tokens instead of presenting it too");
                 told = true;
             }
-            let busy = || Error::RefreshClaimed {
-                email: email.to_string(),
-                store: self.store.describe(),
-            };
             if started.elapsed() + CLAIM_POLL >= patience {
-                return serve_old_or(&account, rejected, busy());
+                return self.adopt_or_wait(email, None, &account, rejected);
             }
             tokio::time::sleep(CLAIM_POLL).await;
             let now = self.store.load().await?;
             match holder_of(&now, email, &presented) {
                 Some(a) if a.refresh.as_ref() != Some(&presented) => {
-                    if let Some(access) = usable_now(a) {
-                        tracing::debug!(account = %email, "adopted a token another process refreshed");
-                        self.invalidate();
-                        return Ok(access);
-                    }
-                    return serve_old_or(&account, rejected, busy());
+                    return self.adopt_or_wait(email, usable_now(a), &account, rejected);
                 }
                 Some(_) => {}
                 None => return Err(Error::AccountNotFound(email.to_string())),
@@ -705,16 +718,7 @@ impl Engine {
                 Some(a) if a.refresh.as_ref() == Some(&presented) => {}
                 Some(a) => {
                     self.store.release_refresh(&claim_tag).await;
-                    if let Some(access) = usable_now(a) {
-                        tracing::debug!(account = %email, "adopted a token another process refreshed");
-                        self.invalidate();
-                        return Ok(access);
-                    }
-                    let busy = Error::RefreshClaimed {
-                        email: email.to_string(),
-                        store: self.store.describe(),
-                    };
-                    return serve_old_or(&account, rejected, busy);
+                    return self.adopt_or_wait(email, usable_now(a), &account, rejected);
                 }
                 None => {
                     self.store.release_refresh(&claim_tag).await;
