@@ -18,6 +18,7 @@ import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { body, countedSignal, jsonHeaders, poolListener, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
 import { holdLock } from "./helpers/flock.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
+import { throughPool, withRawApi } from "./helpers/raw-api.mjs";
 import * as pluginModule from "../plugin.mjs";
 
 const KEY = "test-gateway-key-0123456789abcdef";
@@ -416,4 +417,46 @@ for (const kind of KINDS) {
       test(`${kind}: an abort ${phaseName} (${reason} reason)`, { timeout: 60_000 }, () => run(kind, phaseName, reason));
     }
   }
+}
+
+// A body sent whole (a Buffer) is handed upstream a piece at a time: given up while it is still
+// uploading, the rest is not written. Hyper wrote a whole body it had been handed to its end,
+// 20 MB going upstream after the caller left. The API here reads nothing until the abort, then
+// everything it is sent until its connection closes: what it gets is what the sockets had taken
+// by then, not the body.
+for (const kind of ["native", "runtime", "gateway"]) {
+  test(`${kind}: an abort while a whole body is uploading stops the upload`, { timeout: 60_000 }, async () => {
+    const path = await seedPool(mock, [`upload-${kind}@x.test`]);
+    // Under the gateway's 32 MB limit on a request body.
+    const size = 30 << 20;
+    let received = 0;
+    let arrived;
+    const headArrived = new Promise((resolve) => (arrived = resolve));
+    let closed;
+    const connectionClosed = new Promise((resolve) => (closed = resolve));
+    await withRawApi(
+      (socket, first) => {
+        received += first.length;
+        socket.pause();
+        socket.on("data", (d) => (received += d.length));
+        socket.on("close", () => closed(received));
+        arrived(socket);
+      },
+      async () => {
+        const way = await throughPool(kind, path, { key: KEY });
+        try {
+          const controller = new AbortController();
+          const pending = way.send({ method: "POST", headers: jsonHeaders, body: Buffer.alloc(size, 97), signal: controller.signal });
+          const socket = await within(headArrived, 30_000, "the request's head upstream");
+          controller.abort();
+          await assert.rejects(pending, (e) => e.name === "AbortError");
+          socket.resume();
+          const total = await within(connectionClosed, 20_000, "the upstream connection closed after the abort");
+          assert.ok(total < size / 2, `${total} of ${size} bytes went upstream: the upload went on after the abort`);
+        } finally {
+          await way.close();
+        }
+      },
+    );
+  });
 }

@@ -17,6 +17,7 @@ use crate::engine::{
 };
 use crate::error::{Error, Result};
 use crate::http;
+use crate::upload::Upload;
 
 /// What JavaScript handed us.
 pub struct OutgoingRequest {
@@ -418,8 +419,12 @@ async fn send(
     if zero {
         builder = builder.header(reqwest::header::CONTENT_LENGTH, "0");
     }
-    if let Some(b) = body {
-        builder = builder.body(b);
+    match body {
+        Some(b) if !b.is_empty() => {
+            builder = builder.body(reqwest::Body::wrap(Upload::new(b, cancel.clone())));
+        }
+        Some(b) => builder = builder.body(b),
+        None => {}
     }
     let timeout = http::response_timeout();
     tokio::select! {

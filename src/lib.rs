@@ -33,6 +33,7 @@ pub mod secret;
 pub mod settings;
 pub mod store;
 pub mod unique_keys;
+pub mod upload;
 pub mod wait;
 
 pub mod binding;
