@@ -706,20 +706,22 @@ test("a body in a transfer coding besides chunked is refused alike on both trans
     (socket) =>
       socket.end(
         Buffer.concat([
-          Buffer.from(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: ${framing}\r\n\r\n${zipped.length.toString(16)}\r\n`),
+          Buffer.from(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: ${framing}\r\n\r\n${zipped.length.toString(16)}\r\n`, "latin1"),
           zipped,
           Buffer.from("\r\n0\r\n\r\n"),
         ]),
       ),
     async (api) => {
-      for (const sent of ["gzip, chunked", "gzip,chunked", "GZIP, Chunked", "chunked, gzip"]) {
+      // The last holds a C1 control (0x9b, a terminal's CSI), which Node's parser takes: the
+      // message quoting it shows it escaped, as the Rust client's does.
+      for (const sent of ["gzip, chunked", "gzip,chunked", "GZIP, Chunked", "chunked, gzip", "gzip\x9b31m, chunked"]) {
         framing = sent;
         for (const transport of ["native", "runtime"]) {
           await assert.rejects(
             (async () =>
               (await createPoolFetch({ path, transport })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}" })).arrayBuffer())(),
             // Bun's fetch refuses "chunked, gzip" itself (UnsupportedTransferEncoding).
-            (e) => e instanceof TypeError && e.code === "NETWORK" && /transfer-?encoding/i.test(e.message),
+            (e) => e instanceof TypeError && e.code === "NETWORK" && /transfer-?encoding/i.test(e.message) && !/[\x00-\x1f\x7f-\x9f]/.test(e.message),
             `${sent}, ${transport}`,
           );
         }

@@ -16,6 +16,7 @@
 import { createRequire } from "node:module";
 import { envGeneration, nativeBinding, proxyConfigured } from "./native.mjs";
 import { networkCause, scrubbed, toPoolError } from "./errors.mjs";
+import { printable } from "./printable.mjs";
 import { abortError, listenAbort } from "./signal.mjs";
 import {
   asBuffer,
@@ -397,10 +398,13 @@ function listed(value) {
  * Bun's the one coding left once empty entries and `identity` are set aside (Bun 1.4: "gzip,
  * identity" is decoded, "gzip, gzip" is not).
  */
+/** The codings of a list that do something: empty entries and `identity` set aside. */
+const applied = (codings) => codings.filter((c) => c !== "" && c !== "identity");
+
 function runtimeDecoded(coding) {
   const codings = listed(coding);
   if (!BUN) return codings.every((c) => DECODED.has(c));
-  const named = codings.filter((c) => c !== "" && c !== "identity");
+  const named = applied(codings);
   return named.length === 1 && DECODED.has(named[0]);
 }
 
@@ -411,9 +415,12 @@ function runtimeDecoded(coding) {
  * labelled as nothing, past the gateway's check of codings and the echo scrubber.
  */
 function unreadFraming(framing) {
-  const named = listed(framing).filter((c) => c !== "" && c !== "identity");
+  const named = applied(listed(framing));
   if (named.every((c) => c === "chunked")) return null;
-  return `the answer is framed in transfer-encoding ${scrubbed(named.join(", ")).slice(0, 200)}, which nothing asked for (only chunked is read): its body cannot be handed on as sent`;
+  // Made printable as the Rust client's message is (`printable::bounded`): Node's parser takes
+  // bytes past 0x7f in a value, and a C1 control (U+009B, a terminal's CSI) reached the message.
+  const shown = printable(scrubbed(named.join(", "))).slice(0, 200);
+  return `the answer is framed in transfer-encoding ${shown}, which nothing asked for (only chunked is read): its body cannot be handed on as sent`;
 }
 
 /** The credential an attempt presented, from the headers the engine gave it (lower-case names). */
@@ -452,6 +459,13 @@ function echoForms(secret) {
   return formsOf.forms;
 }
 
+/** The forms lower-cased, as a header's name comes: a name cannot be scrubbed, only dropped. */
+let namesOf = { forms: null, names: [] };
+function nameForms(forms) {
+  if (namesOf.forms !== forms) namesOf = { forms, names: [...new Set(forms.map((f) => f.toLowerCase()))] };
+  return namesOf.names;
+}
+
 /** A text of the answer's head (a header value, the reason phrase) without the credential. */
 function withoutSecret(text, forms) {
   if (text.length < 16) return text;
@@ -476,8 +490,9 @@ function reasonPhrase(text, forms) {
  * what described the wire, not the body handed over (the Response re-frames it), as the Rust
  * client does (src/fetch.rs, DROPPED_FROM_ANSWER), and any echo of the presented credential (a
  * server may send back what it was sent; the caller of the pool never holds its tokens
- * otherwise), as the Rust driver does (src/echo.rs). `content-encoding` is kept apart: it is
- * handed over only when the runtime did not decode the body.
+ * otherwise; a header named after it is dropped), as the Rust driver does (src/echo.rs).
+ * `content-encoding` is kept apart: it is handed over only when the runtime did not decode
+ * the body.
  */
 function readHead(response, forms) {
   let lines = "";
@@ -487,6 +502,7 @@ function readHead(response, forms) {
   let framing = null;
   let named = null;
   const kept = [];
+  const names = nameForms(forms);
   for (const [name, value] of response.headers) {
     if (engineReadsHeader(name)) lines += `${name}:${value}\n`;
     if (name === "content-length") {
@@ -502,6 +518,7 @@ function readHead(response, forms) {
       continue;
     }
     if (HOP_BY_HOP.has(name)) continue;
+    if (name.length >= 16 && names.some((f) => name.includes(f))) continue;
     const clean = withoutSecret(value, forms);
     if (name === "content-encoding") {
       coding = clean;

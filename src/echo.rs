@@ -89,11 +89,27 @@ fn with_forms(presented: &[Secret]) -> Rc<[Secret]> {
 }
 
 /// Answer headers with any presented credential in a value scrubbed (`secret::scrub`).
-pub fn scrub_headers(headers: &mut [(String, String)], presented: &[Secret]) {
+pub fn scrub_headers(headers: &mut Vec<(String, String)>, presented: &[Secret]) {
     let forms = with_forms(presented);
+    // A name cannot be rewritten (`[redacted]` is not a token): a header named after the
+    // credential is dropped. Names come lower-cased, so the credential is looked for in any case.
+    headers.retain(|(name, _)| {
+        !forms
+            .iter()
+            .any(|s| contains_ignoring_case(name.as_bytes(), s.expose().as_bytes()))
+    });
     for (_, value) in headers.iter_mut() {
         scrub_known(value, &forms);
     }
+}
+
+/// Whether `needle` is in `haystack`, ASCII case aside (a header name is lower-cased on its way).
+pub fn contains_ignoring_case(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && haystack.len() >= needle.len()
+        && haystack
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// A text of the answer's head (a header value, the status line's reason phrase, which the
@@ -333,5 +349,20 @@ mod tests {
         scrub_headers(&mut answer, &p);
         assert_eq!(answer[0].1, "Bearer [redacted]");
         assert_eq!(answer[1].1, "req_0123456789abcdef");
+    }
+
+    #[test]
+    fn a_header_named_after_the_credential_is_dropped() {
+        let p = vec![Secret::new(TOKEN)];
+        let hex: String = TOKEN.bytes().map(|b| format!("{b:02x}")).collect();
+        let mut answer = vec![
+            (format!("x-{}", TOKEN.to_ascii_lowercase()), "1".to_string()),
+            (format!("x-seen-{hex}"), "1".to_string()),
+            ("request-id".to_string(), "req_0123456789abcdef".to_string()),
+            ("x-fake-access-echo".to_string(), "1".to_string()),
+        ];
+        scrub_headers(&mut answer, &p);
+        let names: Vec<&str> = answer.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["request-id", "x-fake-access-echo"]);
     }
 }

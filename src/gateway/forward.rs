@@ -61,7 +61,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// ASCII (a title or a user agent in UTF-8 or Latin-1, legal as obs-text) was dropped, and the
 /// request went upstream without that header.
 ///
-/// A header that holds the gateway key is left out, whatever its name: the key is the
+/// A header that holds the gateway key, in its value or its name, is left out: the key is the
 /// gateway's, and only `x-api-key` and `Authorization` were kept from going upstream, so a key
 /// a client also sent in a header of its own (`x-auth-token`, `api-key`, a cookie) reached the
 /// API beside the pool's credential.
@@ -69,7 +69,10 @@ fn header_pairs(headers: &hyper::HeaderMap, key: &crate::secret::Secret) -> Vec<
     let key = key.expose().as_bytes();
     headers
         .iter()
-        .filter(|(_, v)| !contains(v.as_bytes(), key))
+        .filter(|(k, v)| {
+            !contains(v.as_bytes(), key)
+                && !crate::echo::contains_ignoring_case(k.as_str().as_bytes(), key)
+        })
         .map(|(k, v)| {
             (
                 k.as_str().to_string(),
@@ -1210,6 +1213,17 @@ mod tests {
             "cookie",
             "a=b; gw=oauth-pool-gw-0123456789abcdef".parse().unwrap(),
         );
+        headers.insert("anthropic-version", "2023-06-01".parse().unwrap());
+        headers.insert("x-oauth-pool-gw-0123456789abcdef", "1".parse().unwrap());
+        let names: Vec<String> = header_pairs(&headers, &key)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(names, ["anthropic-version"]);
+        // A name is lower-cased on its way in: a key in capitals is found there too.
+        let key = crate::secret::Secret::new("oauth-pool-GW-0123456789ABCDEF");
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("x-oauth-pool-gw-0123456789abcdef", "1".parse().unwrap());
         headers.insert("anthropic-version", "2023-06-01".parse().unwrap());
         let names: Vec<String> = header_pairs(&headers, &key)
             .into_iter()
