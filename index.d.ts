@@ -96,9 +96,18 @@ export interface AccountSummary {
   type: "oauth" | "api" | "unknown";
   /** The entry's position in the file, for unreadable entries. */
   index?: number;
-  /** Effective status now: a passed cooldown reads as "idle". */
+  /**
+   * Effective status now: a passed cooldown reads as "idle"; an OAuth account whose token needs
+   * a refresh the token endpoint asked to hold off (`tokenWaitUntil`) reads as "rate-limited".
+   */
   status: AccountStatus | "invalid";
+  /** When it can serve again (its cooldown or its token wait, the later), epoch ms; null: now. */
   rateLimitUntil: number | null;
+  /**
+   * Until when its token, which needs a refresh, is not refreshed: the token endpoint asked to be
+   * left alone after a failed refresh (`resetCooldowns` lifts it), epoch ms; null when not so.
+   */
+  tokenWaitUntil?: number | null;
   priority: number;
   enabled: boolean;
   added: string | null;

@@ -200,6 +200,49 @@ test("a token-endpoint 429 sets a shared backoff: no process hammers it", async 
   assert.equal(mock.stats().refreshCalls, calls, "no call from another process during the backoff");
 });
 
+// The wait keeps an account whose token needs a refresh from serving as surely as a cooldown:
+// list and status called it idle and usable ("1 usable now", "refreshed on next use") while
+// every request failed POOL_NO_ACCOUNT, and nothing pointed at reset-cooldowns.
+test("a token-endpoint wait reads as a rest in poolStatus and the CLI, with its end; reset-cooldowns lifts it", async () => {
+  const email = "tw1@x.test";
+  const path = await seedPool(mock, [email], { expired: [email] });
+  mock.setTokenMode({ status: 429, retryAfter: 600, grant: "refresh_token" });
+  const failed = await createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() }).then(
+    () => null,
+    (e) => e,
+  );
+  assert.equal(failed?.code, "POOL_NO_ACCOUNT");
+  await flushPool(path);
+  mock.setTokenMode(null);
+  const until = account(path, email).refreshBackoffUntil;
+  assert.ok(until > Date.now() + 500_000, "the wait is stored");
+  const st = await poolStatus(path);
+  const a = st.accounts.find((x) => x.email === email);
+  assert.equal(a.status, "rate-limited");
+  assert.equal(a.rateLimitUntil, until);
+  assert.equal(a.tokenWaitUntil, until);
+  assert.equal(st.counts.usable, 0);
+  assert.equal(st.counts["rate-limited"], 1);
+  assert.equal(st.soonestReset, until);
+  const cli = await new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, "status"], { env: { ...process.env, OAUTH_POOL_PATH: path } });
+    let text = "";
+    child.stdout.on("data", (d) => (text += d));
+    child.on("exit", () => resolve(text));
+  });
+  assert.match(cli, /0 usable now/);
+  assert.match(cli, /the token endpoint asked to wait before its token is refreshed, usable again in 1\d min/);
+  assert.match(cli, /oauth-pool reset-cooldowns/);
+  assert.doesNotMatch(cli, /refreshed on next use/);
+  assert.equal(await resetCooldowns(path), 1);
+  const after = await poolStatus(path);
+  assert.equal(after.accounts.find((x) => x.email === email).status, "idle");
+  assert.equal(after.counts.usable, 1);
+  const res = await createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  assert.equal(res.status, 200);
+  await res.text();
+});
+
 test("a 429 storm on every account: one attempt per account, then one synthetic 429", async () => {
   const emails = ["st1@x.test", "st2@x.test", "st3@x.test"];
   const path = await seedPool(mock, emails);

@@ -330,7 +330,9 @@ impl Account {
         }
         match self.status_enum() {
             Some(Status::AuthError) => Status::AuthError,
-            _ if self.cooling_at(now) => Status::RateLimited,
+            _ if self.cooling_at(now) || self.token_wait_until(now).is_some() => {
+                Status::RateLimited
+            }
             Some(Status::Active) => Status::Active,
             _ => Status::Idle,
         }
@@ -408,6 +410,25 @@ impl Account {
             .get("refreshBackoffUntil")
             .and_then(epoch_ms_of)
             .map(|t| t.saturating_sub(self.clock_set_back(now)))
+    }
+
+    /// Until when this account cannot serve because its access token needs a refresh and the
+    /// token endpoint asked to be left alone (`refreshBackoffUntil`); None when that is not so.
+    /// Every request meanwhile fails over or fails `POOL_NO_ACCOUNT`: it rests, whatever its
+    /// cooldown says (`reset-cooldowns` lifts it as one).
+    pub fn token_wait_until(&self, now: i64) -> Option<i64> {
+        if self.is_api_key() || crate::engine::credentials::fresh_access(self, now).is_some() {
+            return None;
+        }
+        self.refresh_backoff_until(now).filter(|t| *t > now)
+    }
+
+    /// When this account can serve again, as the clock reads `now`: the later of its cooldown
+    /// and its token wait; None when neither runs.
+    pub fn resting_until(&self, now: i64) -> Option<i64> {
+        self.cooldown_until(now)
+            .filter(|t| *t > now)
+            .max(self.token_wait_until(now))
     }
 
     pub fn set_refresh_backoff(&mut self, until: i64, now: i64) {
@@ -673,6 +694,7 @@ impl Account {
         self.is_enabled()
             && !self.auth_error_is_ours()
             && !self.cooling_at(now)
+            && self.token_wait_until(now).is_none()
             && self.has_credential()
     }
 
@@ -928,6 +950,33 @@ mod tests {
         // A clock a little behind (another host of a fleet store) changes nothing; nor one ahead.
         assert_eq!(a.clock_set_back(now - 100_000), 0);
         assert_eq!(a.cooldown_until(now + 3_600_000), Some(now + 60_000));
+    }
+
+    #[test]
+    fn a_token_endpoints_wait_rests_an_account_whose_token_needs_a_refresh() {
+        let now = 1_800_000_000_000i64;
+        let mut a = Account::new_oauth("a@x", "a".into(), "r".into(), now - 1_000, now);
+        a.set_refresh_backoff(now + 30_000, now);
+        assert_eq!(a.token_wait_until(now), Some(now + 30_000));
+        assert!(!a.usable_at(now));
+        assert_eq!(a.effective_status(now), Status::RateLimited);
+        assert_eq!(a.resting_until(now), Some(now + 30_000));
+        // A cooldown ending later is the later end.
+        a.cool_until(now + 60_000, now);
+        assert_eq!(a.resting_until(now), Some(now + 60_000));
+        a.clear_cooldown();
+        // Once the wait is over it is tried (and refreshed) again.
+        assert!(a.usable_at(now + 30_001));
+        assert_eq!(a.effective_status(now + 30_001), Status::Idle);
+        // A token that is still good serves whatever the token endpoint said.
+        a.expires = Some(now + 3_600_000);
+        assert_eq!(a.token_wait_until(now), None);
+        assert!(a.usable_at(now));
+        // A key is never refreshed.
+        let mut k = Account::new_api_key("k@x", "sk-ant-api03-x".into(), now);
+        k.extra
+            .insert("refreshBackoffUntil".into(), json!(now + 30_000));
+        assert!(k.usable_at(now));
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub fn summary(a: &Account, now: i64) -> Value {
         "email": a.email,
         "type": if a.is_api_key() { "api" } else { "oauth" },
         "status": a.effective_status(now).as_str(),
-        "rateLimitUntil": a.cooldown_until(now).filter(|t| *t > now),
+        "rateLimitUntil": a.resting_until(now),
+        // Why it rests when its cooldown does not say: the token endpoint's wait.
+        "tokenWaitUntil": a.token_wait_until(now),
         "modelCooldowns": model_cooldowns,
         "priority": a.priority(),
         "reserve": a.reserve(),
@@ -185,7 +187,7 @@ pub fn status(pool: &Pool, location: &str, now: i64) -> Value {
     let soonest = pool
         .accounts()
         .filter(|a| a.effective_status(now) == Status::RateLimited)
-        .filter_map(|a| a.cooldown_until(now).filter(|t| *t > now))
+        .filter_map(|a| a.resting_until(now))
         .min();
     json!({
         "path": location,

@@ -40,6 +40,10 @@ const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
 
 function stateText(a, now) {
   if (isUnreadable(a)) return "unreadable";
+  // Its token needs a refresh the token endpoint asked to hold off: nothing it could serve
+  // until then, though no cooldown was recorded (reset-cooldowns lifts this wait as well).
+  if (a.status === "rate-limited" && a.tokenWaitUntil && a.tokenWaitUntil >= (a.rateLimitUntil ?? 0))
+    return `rate-limited: the token endpoint asked to wait before its token is refreshed, usable again ${wait(a.rateLimitUntil, now)} (oauth-pool reset-cooldowns to try now)`;
   if (a.status === "rate-limited" && a.rateLimitUntil) return `rate-limited, usable again ${wait(a.rateLimitUntil, now)}`;
   if (!a.enabled && a.status !== "disabled") return `${a.status} (disabled)`;
   // Never used, whatever its status reads: tokens never written, a key under another name.
@@ -112,7 +116,8 @@ function accountLines(a, i, now, prices) {
   ].filter(Boolean);
   for (const [i, u] of usage.entries()) lines.push(`    ${i === 0 ? "usage   " : "        "} ${u}`);
   if (a.type === "oauth" && typeof a.expires === "number") {
-    lines.push(`    token    ${a.expires > now ? `valid for ${duration(a.expires - now)}` : "expired (refreshed on next use)"}`);
+    const refreshed = a.tokenWaitUntil ? `refreshed once the token endpoint's wait ends, ${wait(a.tokenWaitUntil, now)}` : "refreshed on next use";
+    lines.push(`    token    ${a.expires > now ? `valid for ${duration(a.expires - now)}` : `expired (${refreshed})`}`);
   }
   lines.push(`    used     ${ago(a.lastUsed, now)}`);
   if (a.lastError) lines.push(text`    problem  ${a.lastError}`);

@@ -103,7 +103,10 @@ pub fn pool_status(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, V
         let engine = Engine::for_store(store);
         // "Usable" as the engine will choose: reserves and refusals included, which the stored
         // fields alone do not say.
-        let usable = pool.accounts().filter(|a| engine.usable(a, now)).count();
+        let usable = pool
+            .accounts()
+            .filter(|a| engine.usable(&pool, a, now))
+            .count();
         status["counts"]["usable"] = usable.into();
         let runtime = engine.runtime_status(&pool).await;
         if let (Value::Object(s), Value::Object(r)) = (&mut status, runtime) {

@@ -557,9 +557,10 @@ impl Engine {
         }
     }
 
-    /// Whether `a` may serve a request now (any model), with what this process knows.
-    pub fn usable(&self, a: &Account, now: i64) -> bool {
-        self.blocked(a, None, now) == Blocked::No
+    /// Whether `a` may serve a request now (any model), with what this process knows: a token
+    /// that needs a refresh the token endpoint asked to hold off cannot serve either.
+    pub fn usable(&self, pool: &Pool, a: &Account, now: i64) -> bool {
+        self.blocked(a, None, now) == Blocked::No && self.token_wait(pool, a, now).is_none()
     }
 
     /// `reset-cooldowns`: forget what this process decided on its own.
