@@ -1,9 +1,21 @@
 // OAuth through the real addon against the strict mock token endpoint (issue 3).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { authorize, exchange, refresh, addAccount, addApiKey, loadPool, savePool, importClaudeCode, listAccounts, refreshAccount } from "../index.mjs";
+import {
+  authorize,
+  exchange,
+  refresh,
+  addAccount,
+  addApiKey,
+  createPoolFetch,
+  loadPool,
+  savePool,
+  importClaudeCode,
+  listAccounts,
+  refreshAccount,
+} from "../index.mjs";
 import { callbackUrlFromPaste } from "./helpers/mock-anthropic.mjs";
-import { useMock, tempPoolPath, mode, withEnv } from "./helpers/pool-env.mjs";
+import { body, jsonHeaders, messagesUrl, useMock, tempPoolPath, mode, withEnv } from "./helpers/pool-env.mjs";
 import { writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { createServer } from "node:http";
@@ -220,6 +232,37 @@ test("a login's code is sent once: the same paste again is refused without a cal
     exchange(wrong, { verifier: "y".repeat(43), state: b.state }),
     (e) => e.code === "OAUTH_INVALID_GRANT" && /login code was refused/.test(e.message),
   );
+});
+
+// The code is spent once the token endpoint takes it: an answer whose refresh token is good
+// and whose access token cannot be used still carries the login. Thrown away, the person had to
+// log in again, and pasting the code again was told the login was completed already.
+test("a login answered with a refresh token and an unusable access token is kept, and refreshed at its first use", async () => {
+  for (const [i, edit] of [{ access_token: undefined }, { access_token: "line\nbreak" }, { access_token: null }].entries()) {
+    const email = `kept-${i}@x.test`;
+    const a = await authorize();
+    const paste = mock.approve(a.url, email);
+    const path = tempPoolPath();
+    mock.setTokenMode({ grant: "authorization_code", edit });
+    const added = await addAccount(paste, a, path);
+    mock.setTokenMode(null);
+    assert.deepEqual(added, { email, added: true }, JSON.stringify(edit));
+    const [kept] = (await loadPool(path)).anthropic;
+    assert.equal(kept.refresh, mock.tokens(email).refresh, "the login's refresh token is stored");
+    assert.equal(kept.access, "");
+    assert.ok(!(kept.expires > Date.now()), "to be refreshed before use");
+    const refreshes = mock.stats().perFamily[email].refreshCalls;
+    const res = await createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+    assert.equal(res.status, 200);
+    await res.text();
+    assert.equal(mock.stats().perFamily[email].refreshCalls, refreshes + 1, "refreshed once, with the login's token");
+    assert.equal(mock.stats().perFamily[email].reuse, 0);
+  }
+  // No refresh token beside it: nothing to keep, the error says so.
+  const a = await authorize();
+  mock.setTokenMode({ grant: "authorization_code", edit: { access_token: undefined, refresh_token: undefined } });
+  await assert.rejects(addAccount(mock.approve(a.url, "nothing@x.test"), a, tempPoolPath()), (e) => e.code === "OAUTH_HTTP");
+  mock.setTokenMode(null);
 });
 
 test("the same paste submitted twice at once is sent once, and both get the login: a host showing the last answer shows it added", async () => {

@@ -128,12 +128,28 @@ pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens
     let (verifier, state) = (Secret::new(verifier), Secret::new(state));
     let value = token_call(body, Grant::Code, &[&pasted.code, &verifier, &state]).await?;
     let completed = sending.completed();
-    let mut tokens = parse_token_response(&value, None)?;
+    let mut tokens = match parse_token_response(&value, None) {
+        Ok(tokens) => tokens,
+        // The code is spent, and the answer's refresh token is the login: kept without an access
+        // token, it is refreshed before its first use (by the pool, under its lock and journal).
+        // Dropped with the answer, the person had to log in again, and pasting the code again
+        // was told the login was completed already.
+        Err(Error::OAuthRotatedUnusable { refresh, .. }) => {
+            tracing::warn!("the login's access token was unusable: kept its refresh token");
+            Tokens {
+                access: Secret::new(""),
+                refresh,
+                expires: 0,
+                email: answer_email(&value),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     // The server's word for the email is held to what names an account (`exchange()` returns
     // it to callers as it is; `add_oauth` stores it).
     let usable = |e: &String| crate::account::acceptable_server_email(e.trim());
     tokens.email = tokens.email.filter(usable);
-    if tokens.email.is_none() {
+    if tokens.email.is_none() && !tokens.access.is_empty() {
         tokens.email = profile_email(&tokens.access)
             .await
             .ok()
@@ -434,17 +450,13 @@ fn parse_token_response(v: &Value, previous_refresh: Option<&Secret>) -> Result<
             access,
             refresh,
             expires,
-            email: v
-                .get("account")
-                .and_then(|a| a.get("email_address").or_else(|| a.get("email")))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .filter(|s| !s.is_empty()),
+            email: answer_email(v),
         }),
-        // The endpoint rotated the refresh token (the presented one is spent now) and the rest
-        // cannot be used: its successor is the login, and dropping it with the answer lost the
-        // login (the next refresh presented the spent token).
-        Err(what) if previous_refresh.is_some_and(|p| *p != refresh) => {
+        // The endpoint rotated the refresh token (the presented one is spent now), or a login's
+        // code gave one (the code is spent), and the rest cannot be used: that refresh token is
+        // the login, and dropping it with the answer lost the login (the next refresh presented
+        // the spent token; a login had to be done again).
+        Err(what) if previous_refresh.is_none_or(|p| *p != refresh) => {
             Err(Error::OAuthRotatedUnusable {
                 refresh,
                 detail: format!("token response {what}"),
@@ -452,6 +464,15 @@ fn parse_token_response(v: &Value, previous_refresh: Option<&Secret>) -> Result<
         }
         Err(what) => Err(bad(what)),
     }
+}
+
+/// The email a token response names for its login, if any.
+fn answer_email(v: &Value) -> Option<String> {
+    v.get("account")
+        .and_then(|a| a.get("email_address").or_else(|| a.get("email")))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .filter(|s| !s.is_empty())
 }
 
 /// The access token and its expiry (epoch ms) of a token response, or what is wrong with them.
