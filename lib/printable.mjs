@@ -88,3 +88,12 @@ export function printableLines(value) {
     .map(printable)
     .join("\n");
 }
+
+/**
+ * `value` as one POSIX shell word a person can paste: as it is when it holds only characters no
+ * shell reads specially, else in single quotes. A path with a space, an email with a quote or a
+ * `#2` (a comment at the start of a word) broke the command it was put in.
+ */
+export function shellWord(value) {
+  return /^[A-Za-z0-9@._+%=:,/-]+$/.test(value) ? value : `'${value.replaceAll("'", "'\\''")}'`;
+}

@@ -11,7 +11,7 @@ import { basename, dirname, isAbsolute, join } from "node:path";
 import { wait } from "../plugin/format.mjs";
 import { EXIT } from "./errors.mjs";
 import { printable } from "./output.mjs";
-import { holdsCredential, withoutCredentials } from "../printable.mjs";
+import { holdsCredential, shellWord, withoutCredentials } from "../printable.mjs";
 
 // How long doctor waits for the pool's write lock before calling it stuck. Writers hold it for
 // a read-modify-write of a small file (milliseconds), never across a network call.
@@ -205,9 +205,6 @@ async function checkParse(lib, path, files, r) {
     return false;
   }
 }
-
-/** `s` as one word of a shell line: as it is when plain, else in single quotes. */
-const shellWord = (s) => (/^[\w@.+:=-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`);
 
 /**
  * How a suggested command names the account `email` at `index` (its place in the file, from 0):
@@ -458,11 +455,15 @@ async function checkBackup(lib, files, r) {
     const bak = await lib.loadPool(bakPath);
     const entries = bak.anthropic?.length ?? 0;
     if (entries > 0 && !lstatOrNull(files.path)) {
-      r.add("backup", "warn", `the pool file is missing, but ${name} holds ${entries} entries (restore it with: cp ${bakPath} ${files.path})`);
+      r.add(
+        "backup",
+        "warn",
+        `the pool file is missing, but ${name} holds ${entries} entries (restore it with: cp ${shellWord(bakPath)} ${shellWord(files.path)})`,
+      );
     } else {
       // Never over a pool of a later format: the newer version's writes (its logins) are in it.
       const later = r.checks.some((c) => c.name === "parse" && c.message.includes("written by a newer opencode-oauth-pool"));
-      const restore = r.failed("parse") && !later ? ` (restore it with: cp ${bakPath} ${files.path})` : "";
+      const restore = r.failed("parse") && !later ? ` (restore it with: cp ${shellWord(bakPath)} ${shellWord(files.path)})` : "";
       r.add("backup", "ok", `${name} parses: ${entries} entries${restore}`);
     }
   } catch (e) {
@@ -488,7 +489,7 @@ async function checkKeptBackups(lib, files, r) {
     r.add(
       "earlier backup",
       "warn",
-      `${f} (${entries}) was kept when the pool file was made anew after it went missing: copy back the accounts you need (it is a pool file: cp ${full} ${files.path}, or log them in again), then delete it: it holds tokens`,
+      `${f} (${entries}) was kept when the pool file was made anew after it went missing: copy back the accounts you need (it is a pool file: cp ${shellWord(full)} ${shellWord(files.path)}, or log them in again), then delete it: it holds tokens`,
     );
   }
 }

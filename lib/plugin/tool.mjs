@@ -23,7 +23,7 @@ import {
   windowsText,
 } from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
-import { holdsCredential, placedName, printableLines, withoutSecrets } from "../printable.mjs";
+import { holdsCredential, placedName, printableLines, shellWord, withoutSecrets } from "../printable.mjs";
 
 export const ACTIONS = ["list", "status", "remove", "enable", "disable", "priority", "reset-cooldowns"];
 
@@ -200,11 +200,6 @@ async function status(path, now, hints, email) {
 
 async function needEmail(action, path, hints, extra = "") {
   return `The ${action} action needs \`email\`: the account to ${action}${extra}. ${known(await accountsOrNull(path), hints)}`.trim();
-}
-
-/** `value` as one shell word a person can paste (emails come from the model or the file). */
-function shellWord(value) {
-  return /^[A-Za-z0-9@._+%=:,-]+$/.test(value) ? value : `'${value.replace(/'/g, "'\\''")}'`;
 }
 
 /**

@@ -510,8 +510,8 @@ impl FileStore {
             format!(
                 "the last good copy is {}: inspect both, then restore it with `cp {} {}`",
                 bak.display(),
-                bak.display(),
-                self.path.display()
+                shell_word(&bak.display().to_string()),
+                shell_word(&self.path.display().to_string())
             )
         } else {
             "fix it by hand or move it aside (no good .bak copy exists); the pool is not used until then"
@@ -1332,6 +1332,17 @@ impl Drop for FileLock {
     }
 }
 
+/// `text` as one POSIX shell word a person can paste: as it is when it holds only characters no
+/// shell reads specially, else in single quotes. A path with a space broke the `cp` it was put in.
+fn shell_word(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "@._+%=:,/-".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1929,6 +1940,26 @@ mod tests {
         fs::write(store.path(), b"{").unwrap();
         let msg = store.load().unwrap_err().to_string();
         assert!(msg.contains(".bak"), "{msg}");
+        assert!(
+            msg.contains(&format!(
+                "`cp {}.bak {}`",
+                store.path().display(),
+                store.path().display()
+            )),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_path_is_one_shell_word() {
+        assert_eq!(
+            shell_word("/home/a/.aidevops/pool.json"),
+            "/home/a/.aidevops/pool.json"
+        );
+        assert_eq!(shell_word("/home/a b/pool.json"), "'/home/a b/pool.json'");
+        assert_eq!(shell_word("/tmp/it's;rm"), "'/tmp/it'\\''s;rm'");
+        assert_eq!(shell_word("$HOME/p"), "'$HOME/p'");
+        assert_eq!(shell_word(""), "''");
     }
 
     /// Root (`sudo -E`, a root service) never makes a file where another user keeps their pool:
