@@ -82,7 +82,11 @@ test("a token endpoint that is down is said as such, not as a login problem, on 
   // The account and why it has no token; no advice to log in again (its login is fine).
   assert.match(err.message, /down@x\.test \(no token: token endpoint answered HTTP 503: overloaded_error: Overloaded\)/);
   assert.doesNotMatch(err.message, /refused this request|new login|auth-error/);
-  assert.equal((await lib.listAccounts(path))[0].status, "idle", "the account is not marked");
+  // Not marked for a login: it rests through the endpoint's wait (its token needs the refresh).
+  const [listed] = await lib.listAccounts(path);
+  assert.equal(listed.status, "rate-limited", "resting through the token endpoint's wait");
+  assert.ok(listed.tokenWaitUntil > Date.now() && listed.rateLimitUntil === listed.tokenWaitUntil);
+  assert.equal(JSON.parse(readFileSync(path, "utf8")).anthropic[0].status, "idle", "the account is not marked");
 
   // Asked again within the endpoint's rest: the wait, not an answer the endpoint never gave.
   const again = await rejection(post(lib.createPoolFetch({ path })));
