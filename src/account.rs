@@ -404,12 +404,13 @@ impl Account {
     }
 
     /// Until when the token endpoint is left alone for this account (`refreshBackoffUntil`), as
-    /// the clock reads `now`.
+    /// the clock reads `now`; None when no such wait runs at `now`.
     pub fn refresh_backoff_until(&self, now: i64) -> Option<i64> {
         self.extra
             .get("refreshBackoffUntil")
             .and_then(epoch_ms_of)
             .map(|t| t.saturating_sub(self.clock_set_back(now)))
+            .filter(|t| *t > now)
     }
 
     /// Until when this account cannot serve because its access token needs a refresh and the
@@ -420,7 +421,7 @@ impl Account {
         if self.is_api_key() || crate::engine::credentials::fresh_access(self, now).is_some() {
             return None;
         }
-        self.refresh_backoff_until(now).filter(|t| *t > now)
+        self.refresh_backoff_until(now)
     }
 
     /// When this account can serve again, as the clock reads `now`: the later of its cooldown

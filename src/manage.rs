@@ -727,7 +727,7 @@ pub async fn reset_cooldowns(store: &Store) -> Result<usize> {
                 let cooling = a.stored_cooldown_until().is_some()
                     || a.status_enum() == Some(Status::RateLimited)
                     || a.extra.contains_key("modelCooldowns")
-                    || a.refresh_backoff_until(now).is_some_and(|t| t > now);
+                    || a.refresh_backoff_until(now).is_some();
                 // Running processes keep rests of their own (after a 401 no new token answered)
                 // that the store does not hold: this tells them to lift them.
                 a.count_cooldown_reset();

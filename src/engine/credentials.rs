@@ -375,7 +375,7 @@ impl Engine {
         if a.is_api_key() || self.credential_now(pool, &a.email).is_some() {
             return None;
         }
-        a.refresh_backoff_until(now).filter(|t| *t > now)
+        a.refresh_backoff_until(now)
     }
 
     /// A credential for `email` (from the caller's snapshot), fresh enough to send. Refreshes
@@ -639,10 +639,7 @@ impl Engine {
             .clone()
             .filter(|r| !r.is_empty())
             .ok_or_else(|| Error::OAuthInvalidGrant("the account has no refresh token".into()))?;
-        let backoff = account
-            .refresh_backoff_until(now_ms())
-            .filter(|t| *t > now_ms());
-        if let Some(until) = backoff {
+        if let Some(until) = account.refresh_backoff_until(now_ms()) {
             let err = Error::RefreshBackoff {
                 until: crate::wait::at(until, now_ms()),
                 retry_after: ((until - now_ms()) / 1000).max(1) as u64,
