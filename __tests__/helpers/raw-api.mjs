@@ -1,7 +1,9 @@
 // The API origin played at the socket level, for answers no HTTP server library would write
 // (cut, lying, folded, stalled), and the three ways a caller reaches it through the pool: the
 // library's fetch on each transport and the gateway.
+import { readFile } from "node:fs/promises";
 import { createServer } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
 import { createPoolFetch, serve } from "../../index.mjs";
 
 /**
@@ -54,6 +56,11 @@ export async function withRawApi(reply, fn, { perRequest = false } = {}) {
  * fetch ("native", "runtime") or "gateway" (started here, with `key` as its key).
  * `send(init, route)` resolves the Response of `route` (default /v1/messages) on the API
  * origin as the environment names it at the call; `close()` stops a gateway.
+ * `clientConnections()` names a gateway's connections from clients now, and `dropped(those)`
+ * resolves once the gateway holds none of them: a gateway learns that a client left from its
+ * socket, after the client's fetch has already rejected, and drops the request with the
+ * connection. For the library's fetch, whose abort settles only once the pool gave the request
+ * up, both are at once.
  */
 export async function throughPool(kind, path, { key } = {}) {
   if (kind !== "gateway") {
@@ -61,11 +68,35 @@ export async function throughPool(kind, path, { key } = {}) {
     return {
       send: (init, route = "/v1/messages") => f(`${process.env.OAUTH_POOL_API_URL}${route}`, init),
       close: async () => {},
+      clientConnections: async () => [],
+      dropped: async () => {},
     };
   }
   const gw = await serve({ port: 0, path });
   return {
     send: (init, route = "/v1/messages") => fetch(`${gw.url}${route}`, { ...init, headers: { ...init.headers, "x-api-key": key } }),
     close: () => gw.close(1000),
+    clientConnections: () => connectionsOn(Number(new URL(gw.url).port)),
+    dropped: async (those) => {
+      // Where there is no table (not Linux) a second is given instead.
+      if (those === null) return sleep(1000);
+      while ((await connectionsOn(Number(new URL(gw.url).port)))?.some((c) => those.includes(c))) await sleep(5);
+    },
   };
+}
+
+/**
+ * The remote ends of the connections the system's TCP table shows on local `port`, but its
+ * listener and those in TIME_WAIT (let go already); `null` where there is no table.
+ */
+async function connectionsOn(port) {
+  const local = `:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  const tables = await Promise.all(["/proc/net/tcp", "/proc/net/tcp6"].map((f) => readFile(f, "latin1").catch(() => "")));
+  if (!tables.some(Boolean)) return null;
+  // Columns: sl, local address, remote address, state (0A listening, 06 TIME_WAIT).
+  return tables
+    .flatMap((t) => t.split("\n").slice(1))
+    .map((line) => line.trim().split(/\s+/))
+    .filter((cols) => cols[1]?.endsWith(local) && cols[3] !== "0A" && cols[3] !== "06")
+    .map((cols) => cols[2]);
 }
