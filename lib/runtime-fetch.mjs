@@ -16,11 +16,10 @@
 import { createRequire } from "node:module";
 import { envGeneration, nativeBinding, proxyConfigured } from "./native.mjs";
 import { networkCause, scrubbed, toPoolError } from "./errors.mjs";
-import { printable } from "./printable.mjs";
+import { echoForms, handedOver, presented, readHead, reasonPhrase, runtimeDecoded, unreadFraming } from "./answer-head.mjs";
 import { abortError, listenAbort } from "./signal.mjs";
 import {
   asBuffer,
-  engineReadsHeader,
   headDecidesPatience,
   judgeAnswer,
   nextStep,
@@ -35,10 +34,6 @@ import {
 } from "./exchange.mjs";
 
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
-// Headers about the hop the answer came over, not the body handed over, dropped as the Rust
-// client drops them (src/fetch.rs, DROPPED_FROM_ANSWER; `content-length`, `transfer-encoding`
-// and `connection` are read apart in `readHead`): a gateway relayed them as if about its own hop.
-const HOP_BY_HOP = new Set(["keep-alive", "proxy-connection", "upgrade", "te", "trailer"]);
 // A body announced this small and not an event stream is read whole before the Response is
 // handed over (what a caller of a JSON answer does anyway): no JavaScript stream per chunk.
 // Larger bodies stream: read whole, 1 MB answers cost Bun more than the stream wrapper does (64
@@ -378,172 +373,6 @@ async function readBody(body, heard) {
   return parts.length === 1 ? parts[0] : Buffer.concat(parts, size);
 }
 
-// The codings the runtime's fetch takes off a body itself, keeping the header as sent: Node's
-// (undici 6) decodes a list of gzip, deflate and br and leaves any other list as sent; Bun's
-// decodes one coding, zstd too, and leaves a list of two as sent.
-const BUN = typeof Bun !== "undefined";
-const DECODED = new Set(BUN ? ["gzip", "x-gzip", "deflate", "br", "zstd"] : ["gzip", "x-gzip", "deflate", "br"]);
-
-/** The names in a list-valued header (`content-encoding`, `transfer-encoding`), lower-cased. */
-function listed(value) {
-  return value
-    .toLowerCase()
-    .split(",")
-    .map((c) => c.trim());
-}
-
-/**
- * Whether the runtime decoded a body sent with this `content-encoding`: Node's every listed
- * coding (an empty entry or `identity` is one it does not know, and it leaves the list as sent),
- * Bun's the one coding left once empty entries and `identity` are set aside (Bun 1.4: "gzip,
- * identity" is decoded, "gzip, gzip" is not).
- */
-/** The codings of a list that do something: empty entries and `identity` set aside. */
-const applied = (codings) => codings.filter((c) => c !== "" && c !== "identity");
-
-function runtimeDecoded(coding) {
-  const codings = listed(coding);
-  if (!BUN) return codings.every((c) => DECODED.has(c));
-  const named = applied(codings);
-  return named.length === 1 && DECODED.has(named[0]);
-}
-
-/**
- * Why an answer framed in this `transfer-encoding` is refused, or null: only `chunked` is read,
- * as the Rust client reads it (src/coding.rs, `received`). Nothing asks for another (no `TE` is
- * sent); the runtime's fetch takes off the chunking and hands over what is left, a body in gzip
- * labelled as nothing, past the gateway's check of codings and the echo scrubber.
- */
-function unreadFraming(framing) {
-  const named = applied(listed(framing));
-  if (named.every((c) => c === "chunked")) return null;
-  // Made printable as the Rust client's message is (`printable::bounded`): Node's parser takes
-  // bytes past 0x7f in a value, and a C1 control (U+009B, a terminal's CSI) reached the message.
-  const shown = printable(scrubbed(named.join(", "))).slice(0, 200);
-  return `the answer is framed in transfer-encoding ${shown}, which nothing asked for (only chunked is read): its body cannot be handed on as sent`;
-}
-
-/** The credential an attempt presented, from the headers the engine gave it (lower-case names). */
-function presented(headers) {
-  for (const [name, value] of headers) {
-    if (name === "authorization") return value.startsWith("Bearer ") ? value.slice(7) : null;
-    if (name === "x-api-key") return value;
-  }
-  return null;
-}
-
-/** The last credential's forms (`echoForms`): one credential serves request after request. */
-let formsOf = { secret: null, forms: [] };
-
-/**
- * The credential and the shapes a server echoing it may give it in, as the Rust driver looks
- * for them (src/echo.rs, `reshaped`): base64 in either alphabet at each of the three places it
- * can fall among a longer value's groups of three bytes, and hex. Each is the part of the
- * encoding the credential alone decides. None for a value too short to be a credential.
- */
-function echoForms(secret) {
-  if (!secret || secret.length < 16) return [];
-  if (formsOf.secret === secret) return formsOf.forms;
-  const bytes = Buffer.from(secret);
-  const forms = new Set([secret]);
-  for (let skip = 0; skip < 3; skip++) {
-    const rest = bytes.subarray(skip);
-    const whole = rest.subarray(0, rest.length - (rest.length % 3));
-    forms.add(whole.toString("base64"));
-    forms.add(whole.toString("base64url"));
-  }
-  const hex = bytes.toString("hex");
-  forms.add(hex);
-  forms.add(hex.toUpperCase());
-  formsOf = { secret, forms: [...forms].filter((f) => f.length >= 16) };
-  return formsOf.forms;
-}
-
-/** The forms lower-cased, as a header's name comes: a name cannot be scrubbed, only dropped. */
-let namesOf = { forms: null, names: [] };
-function nameForms(forms) {
-  if (namesOf.forms !== forms) namesOf = { forms, names: [...new Set(forms.map((f) => f.toLowerCase()))] };
-  return namesOf.names;
-}
-
-/** A text of the answer's head (a header value, the reason phrase) without the credential. */
-function withoutSecret(text, forms) {
-  if (text.length < 16) return text;
-  let out = text;
-  for (const form of forms) if (out.includes(form)) out = out.split(form).join("[redacted]");
-  return out;
-}
-
-/**
- * The server's reason phrase as the Rust client gives it: empty when it holds anything but
- * printable ASCII (httparse's rule). Node's fetch reads it as UTF-8, and a character past U+00FF
- * made `new Response` throw: the whole answer was lost to a TypeError without a code.
- */
-function reasonPhrase(text, forms) {
-  return /[^\t\x20-\x7e]/.test(text) ? "" : withoutSecret(text, forms);
-}
-
-/**
- * The answer's head, read in one pass over its headers (each pass and each lookup in a
- * `Headers` costs Bun a few microseconds between round trips): the lines the engine judges
- * (`judgeAnswer`), the framing and coding headers, and the headers handed over. Those drop
- * what described the wire, not the body handed over (the Response re-frames it), as the Rust
- * client does (src/fetch.rs, DROPPED_FROM_ANSWER), and any echo of the presented credential (a
- * server may send back what it was sent; the caller of the pool never holds its tokens
- * otherwise; a header named after it is dropped), as the Rust driver does (src/echo.rs).
- * `content-encoding` is kept apart: it is handed over only when the runtime did not decode
- * the body.
- */
-function readHead(response, forms) {
-  let lines = "";
-  let length = null;
-  let type = null;
-  let coding = null;
-  let framing = null;
-  let named = null;
-  const kept = [];
-  const names = nameForms(forms);
-  for (const [name, value] of response.headers) {
-    if (engineReadsHeader(name)) lines += `${name}:${value}\n`;
-    if (name === "content-length") {
-      length = value;
-      continue;
-    }
-    if (name === "transfer-encoding") {
-      framing = value;
-      continue;
-    }
-    if (name === "connection") {
-      named = value;
-      continue;
-    }
-    if (HOP_BY_HOP.has(name)) continue;
-    if (name.length >= 16 && names.some((f) => name.includes(f))) continue;
-    const clean = withoutSecret(value, forms);
-    if (name === "content-encoding") {
-      coding = clean;
-      continue;
-    }
-    if (name === "content-type") type = value;
-    kept.push([name, clean]);
-  }
-  // What `Connection` names was for this hop alone; a coding the body is still in stays named
-  // whatever it says (dropped, a relay would pass on coded bytes as plain).
-  const hop = named === null ? [] : listed(named).filter((n) => n !== "" && n !== "content-encoding");
-  return { lines, length, type, coding, framing, kept: hop.length ? kept.filter(([n]) => !hop.includes(n)) : kept };
-}
-
-/**
- * The Response handed over, with the head `readHead` kept and its `content-encoding` unless
- * `decoded` (the runtime took it off the body: a caller relaying it would decode it again, and
- * the compressed length cut it short).
- */
-function handedOver(body, status, statusText, head, decoded, length = null) {
-  let headers = head.coding === null || decoded ? head.kept : [...head.kept, ["content-encoding", head.coding]];
-  if (length !== null) headers = [...headers, ["content-length", length]];
-  return new Response(body, { status, statusText, headers });
-}
-
 /** `url` as a fetch Response gives it: parsed (normalized) and without its fragment. */
 function answeredUrl(url) {
   try {
@@ -581,7 +410,7 @@ export function described(response, url, account) {
     poolAccount: { value: account, configurable: true },
     clone: { value: keptClone, configurable: true, writable: true },
   };
-  if (BUN) own.blob = { value: typedBlob, configurable: true, writable: true };
+  if (typeof Bun !== "undefined") own.blob = { value: typedBlob, configurable: true, writable: true };
   // Node's fetch answers are "basic" (a Response made here is "default"); Bun's say "default".
   else own.type = { value: "basic", configurable: true };
   return Object.defineProperties(response, own);
