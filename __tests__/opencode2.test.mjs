@@ -1091,3 +1091,29 @@ test("2.x: the command's remove of an entry named by its place ('#N') says whose
   );
   await handle.unload();
 });
+
+test("the cleanup setup returns disposes every registration, also when a host's dispose() returns nothing or throws", async () => {
+  // The published type says a Promise; `r.dispose().catch?.()` threw on the first that returned
+  // undefined, and the tool, the command and the other hooks stayed registered.
+  const disposed = [];
+  let made = 0;
+  const registration = (what) => {
+    const id = `${what}#${made++}`;
+    return {
+      dispose() {
+        disposed.push(id);
+        if (what === "tool") throw new Error("a host's own failure");
+      },
+    };
+  };
+  const ctx = {
+    options: { path: tempPoolPath() },
+    session: { hook: async (name) => registration(`session.${name}`) },
+    tool: { transform: async (edit) => (edit({ add() {} }), registration("tool")) },
+    command: { transform: async (edit) => (edit({ add() {} }), registration("command")) },
+  };
+  const cleanup = await pluginModule.default.setup(ctx);
+  assert.ok(made >= 3, `registered ${made}`);
+  await cleanup();
+  assert.equal(disposed.length, made, `disposed ${disposed.join(", ")}`);
+});

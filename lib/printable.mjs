@@ -78,7 +78,16 @@ export function placedName(name, index) {
  * stays as it is (Windows paths stay readable), so escaping twice changes nothing.
  */
 export function printable(value) {
-  return withoutCredentials(String(value ?? "")).replace(UNSAFE, escapeChar);
+  return controlsEscaped(withoutCredentials(String(value ?? "")));
+}
+
+/**
+ * `value` with printable()'s escapes and nothing else (a credential in it stays, for a caller
+ * that places names before it scrubs them): for a field put into text of several lines, where a
+ * line break in it would start a line of its own.
+ */
+export function controlsEscaped(value) {
+  return String(value ?? "").replace(UNSAFE, escapeChar);
 }
 
 /** Text of several lines, each made printable (the line breaks themselves kept). */

@@ -207,6 +207,11 @@ export async function setupV2(ctx) {
   });
 
   return async () => {
-    for (const r of cleanups.splice(0)) await r.dispose().catch?.(() => {});
+    // A host whose dispose() returns nothing (or throws) must not keep the other registrations.
+    for (const r of cleanups.splice(0)) {
+      try {
+        await r?.dispose?.();
+      } catch {}
+    }
   };
 }

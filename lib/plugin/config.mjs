@@ -221,20 +221,21 @@ export async function poolConfigHook(config, options = {}) {
       },
       models,
     };
-    const existing = withoutPlaceholder(usableEntry(config.provider[opts.provider]));
+    const existing = withoutPlaceholder(usableEntry(ownValue(config.provider, opts.provider)));
     noteTheirCosts(options?.input, opts.provider, existing);
-    config.provider[opts.provider] = guardModels(mergeUserWins(ours, existing));
+    setOwn(config.provider, opts.provider, guardModels(mergeUserWins(ours, existing)));
   }
 
   // `/<toolName> [action] [email] [n]` in the TUI runs the tool.
   config.command = isPlainObject(config.command) ? config.command : {};
-  config.command[opts.toolName] ??= {
-    description: "Anthropic pool: list accounts, status, remove/enable/disable, priority, reset cooldowns",
-    template:
-      `Call the ${opts.toolName} tool once. Arguments from the user: "$ARGUMENTS" ` +
-      "(first word: action, default list; then the account email; then a priority number if the action is priority). " +
-      "Then reply with the tool's output exactly as it is, nothing else.",
-  };
+  if (ownValue(config.command, opts.toolName) == null)
+    setOwn(config.command, opts.toolName, {
+      description: "Anthropic pool: list accounts, status, remove/enable/disable, priority, reset cooldowns",
+      template:
+        `Call the ${opts.toolName} tool once. Arguments from the user: "$ARGUMENTS" ` +
+        "(first word: action, default list; then the account email; then a priority number if the action is priority). " +
+        "Then reply with the tool's output exactly as it is, nothing else.",
+    });
 
   // The tool's `remove` deletes a login only through OpenCode's permission prompt, and OpenCode
   // 1.18 allows what nobody configured (see consentThrough in tool.mjs): it asks under the tool's
@@ -347,6 +348,17 @@ function personDecides(permission, toolName) {
   });
 }
 
+/**
+ * `obj[key]` when `obj` holds it itself: a name such as `constructor` or `__proto__` otherwise
+ * reads what every object inherits, and the tool's command or the provider was taken as there.
+ */
+const ownValue = (obj, key) => (Object.hasOwn(obj, key) ? obj[key] : undefined);
+
+/** Sets `obj[key]` as an own field, also for `__proto__` (an assignment would set the prototype). */
+function setOwn(obj, key, value) {
+  Object.defineProperty(obj, key, { value, writable: true, enumerable: true, configurable: true });
+}
+
 /** OpenCode 1.18's Wildcard.match: `*` any run, `?` one character, a trailing " *" optional. */
 export function wildcardMatch(text, pattern) {
   let re = pattern
@@ -355,6 +367,9 @@ export function wildcardMatch(text, pattern) {
     .replace(/\*/g, ".*")
     .replace(/\?/g, ".");
   if (re.endsWith(" .*")) re = `${re.slice(0, -3)}( .*)?`;
+  // A run of stars matches what one does; left as ".*.*.*…", a dozen of them backtracked for
+  // seconds against the texts tried here, and held up the config hook (OpenCode's start).
+  re = re.replace(/(?:\.\*){2,}/g, ".*");
   return new RegExp(`^${re}$`, "s").test(text.replaceAll("\\", "/"));
 }
 

@@ -23,7 +23,7 @@ import {
   windowsText,
 } from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
-import { holdsCredential, placedName, printableLines, shellWord, withoutSecrets } from "../printable.mjs";
+import { controlsEscaped, holdsCredential, placedName, printableLines, shellWord, withoutSecrets } from "../printable.mjs";
 
 export const ACTIONS = ["list", "status", "remove", "enable", "disable", "priority", "reset-cooldowns"];
 
@@ -102,8 +102,27 @@ function notShown({ left, rest }) {
   ];
 }
 
-/** Whether `a` is the account `email` names (in any case). */
-const isNamed = (a, email) => String(a.email).toLowerCase() === email.toLowerCase();
+/** Whether `a` (as `shownData` gives it) is the account `email` names (in any case). */
+const isNamed = (a, email) => String(a.email).toLowerCase() === controlsEscaped(email).toLowerCase();
+
+/** A name the caller asked for, as the answer quotes it: on one line, no longer than a name. */
+const echoed = (email) => {
+  const text = controlsEscaped(email);
+  return text.length > 254 ? `${text.slice(0, 254).replace(/[\ud800-\udbff]$/, "")}…` : text;
+};
+
+/**
+ * What the pool says, each text in it with its line breaks and other controls escaped: the tool's
+ * answer is lines joined, each made printable after, so a line break in a name, a last error or a
+ * failover's reason (the file's to say: another program's, a hand edit) started a line of its own,
+ * which could pass for an account or an instruction.
+ */
+function shownData(value) {
+  if (typeof value === "string") return controlsEscaped(value);
+  if (Array.isArray(value)) return value.map(shownData);
+  if (value && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [controlsEscaped(k), shownData(v)]));
+  return value;
+}
 
 const problemCut = (a) =>
   typeof a.lastError === "string" && a.lastError.length > PROBLEM_CHARS ? { ...a, lastError: `${a.lastError.slice(0, PROBLEM_CHARS)}…` } : a;
@@ -111,20 +130,20 @@ const problemCut = (a) =>
 /** The accounts for a hint, or null when the pool cannot be read (the caller's error says why). */
 async function accountsOrNull(path) {
   try {
-    return await pool.listAccounts(path);
+    return shownData(await pool.listAccounts(path));
   } catch {
     return null;
   }
 }
 
 async function list(path, now, hints, email) {
-  const accounts = await pool.listAccounts(path);
+  const accounts = shownData(await pool.listAccounts(path));
   if (!accounts.length) return empty(hints);
   const usableNow = accounts.filter(usable).length;
   const head = `Anthropic pool: ${accounts.length} account${accounts.length === 1 ? "" : "s"}, ${usableNow} usable now.`;
   if (email) {
     const lines = accounts.map((a, i) => (isNamed(a, email) ? accountLine(problemCut(a), i, now, hints) : null)).filter(Boolean);
-    return lines.length ? [head, ...lines].join("\n") : `${head} No account "${email}" in it. ${known(accounts, hints)}`;
+    return lines.length ? [head, ...lines].join("\n") : `${head} No account "${echoed(email)}" in it. ${known(accounts, hints)}`;
   }
   const view = shown(accounts);
   return [head, ...view.picked.map(([a, i]) => accountLine(problemCut(a), i, now, hints)), ...namedByStatus(accounts, view)].join("\n");
@@ -148,7 +167,7 @@ function namedByStatus(accounts, { picked, left }) {
 }
 
 async function status(path, now, hints, email) {
-  const s = await pool.poolStatus(path);
+  const s = shownData(await pool.poolStatus(path));
   const c = s.counts ?? {};
   const lines = [`Anthropic pool (${s.path})`];
   if (!c.total && !s.invalid?.length) return `${lines[0]}\n${empty(hints)}`;
@@ -168,7 +187,7 @@ async function status(path, now, hints, email) {
     f ? `Last failover: ${ago(f.at, now)} (${clock(f.at, now)}), ${f.from} -> ${f.to ?? "no other account"}: ${f.reason}.` : "Last failover: none recorded.",
   );
   const view = email ? { picked: s.accounts.map((a, i) => [a, i]).filter(([a]) => isNamed(a, email)), left: 0 } : shown(s.accounts);
-  if (email && !view.picked.length) lines.push(`No account "${email}" in the pool. ${known(s.accounts, hints)}`);
+  if (email && !view.picked.length) lines.push(`No account "${echoed(email)}" in the pool. ${known(s.accounts, hints)}`);
   if (view.picked.length) {
     const prices = await modelPrices();
     lines.push("Per account:");
