@@ -414,8 +414,14 @@ const SKEW_TOLERANCE_MS: i64 = 2_000;
 /// laptop's WSL after sleep, a VM restored from a snapshot) an exhausted 5-hour window would
 /// otherwise bench the account an hour past its reset, and a fast clock would retry it early.
 pub fn clock_skew_ms(headers: &HeaderMap, now: SystemTime) -> i64 {
-    let Some(date) = headers
-        .get(reqwest::header::DATE)
+    // Said twice (a proxy adding its own), `Date` says nothing the pool can go by: the first
+    // was taken here, and Node's `Headers` joins the two into a value no date parses, so the
+    // two transports read different clocks off one answer.
+    let mut dates = headers.get_all(reqwest::header::DATE).iter();
+    let (Some(date), None) = (dates.next(), dates.next()) else {
+        return 0;
+    };
+    let Some(date) = Some(date)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok())
     else {
@@ -705,13 +711,19 @@ pub fn cooldown_for_429(
             .is_some_and(|s| another_models(s, family))
         && !(claim.is_none() && overall_is_another_models(limits, family));
     let overall_account_wide = overall_hard && claim_scope == Some(None);
+    // A claim that names a model's quota (`seven_day_sonnet`) is that family's even when the
+    // refused request named no model (a file, the model list): it rested the whole account
+    // until the model's weekly reset, every other model of the account with it.
+    let claim_family = claim_scope.flatten().and_then(scope_family);
     let account_wide: Vec<&Window> = rejected
         .iter()
         .copied()
         .filter(|w| w.scope().is_none())
         .collect();
     if !account_wide.is_empty()
-        || (overall_hard && rejected.is_empty() && (family.is_none() || overall_account_wide))
+        || (overall_hard
+            && rejected.is_empty()
+            && (overall_account_wide || (family.is_none() && claim_family.is_none())))
     {
         // The overall reset first: on a tie the named window (e.g. `5h`) wins, which says more.
         let mut candidates: Vec<(i64, String)> = Vec::new();
@@ -735,13 +747,15 @@ pub fn cooldown_for_429(
         // family (`7d_oauth_apps`, a name new tomorrow), and resting that one rested nothing,
         // so the refused model was sent to this account again on every request. A request
         // that names no model (a file, a batch) rests its endpoint, for the same reason.
-        // Naming neither, the window's family (`7d_opus_4` rests `opus`); a window that names
-        // no family (`7d_oauth_apps`) rests the account below: resting its scope rested nothing
-        // such a request is asked under, and the next one went to this account again.
+        // Naming neither, the window's family (`7d_opus_4` rests `opus`), or the claim's when
+        // no window says; a window that names no family (`7d_oauth_apps`) rests the account
+        // below: resting its scope rested nothing such a request is asked under, and the next
+        // one went to this account again.
         let scoped_family = family
             .or(endpoint)
             .map(str::to_string)
-            .or_else(|| rejected.iter().find_map(|w| w.family()));
+            .or_else(|| rejected.iter().find_map(|w| w.family()))
+            .or(claim_family);
         let (reset, claim) = latest(&rejected)
             .or_else(|| {
                 limits
@@ -1249,6 +1263,21 @@ pub(crate) mod tests {
             ];
             let l = Limits::from_headers(&headers(&lines), local);
             assert_eq!(l.reset, Some((secs(local) + 600) * 1000), "{date}");
+        }
+        // `Date` said twice, one by one (the Rust transport) or joined (Node's `Headers`): the
+        // same reading, taken as it is. The first of the two was taken, an hour off.
+        let (ahead, even) = (
+            httpdate::fmt_http_date(local + hour),
+            httpdate::fmt_http_date(local),
+        );
+        let joined = format!("{ahead}, {even}");
+        for dates in [vec![ahead.as_str(), even.as_str()], vec![joined.as_str()]] {
+            let mut h = headers(&[("anthropic-ratelimit-unified-reset", reset.as_str())]);
+            for d in &dates {
+                h.append(reqwest::header::DATE, HeaderValue::from_str(d).unwrap());
+            }
+            let l = Limits::from_headers(&h, local);
+            assert_eq!(l.reset, Some((secs(local) + 600) * 1000), "{dates:?}");
         }
     }
 
@@ -1913,6 +1942,22 @@ pub(crate) mod tests {
                 (Some("sonnet"), NOW + 3_600_000),
                 "{claim}"
             );
+        }
+        // A request that names no model (the model list, a file) with a model's claim rests
+        // that model (or the request's endpoint, which has limits of its own), not the account.
+        for (endpoint, scope) in [(None, "sonnet"), (Some(FILES_API), FILES_API)] {
+            let c = cooldown_for_429(&said("seven_day_sonnet"), NOW, None, endpoint);
+            assert_eq!(
+                (c.scope.as_deref(), c.until),
+                (Some(scope), NOW + 3_600_000),
+                "{endpoint:?}"
+            );
+        }
+        // A claim of no known shape, or of a scope that is no family's, still rests the
+        // account for such a request.
+        for claim in ["overage", "seven_day_oauth_apps"] {
+            let c = cooldown_for_429(&said(claim), NOW, None, None);
+            assert_eq!((c.scope, c.until), (None, NOW + 3_600_000), "{claim}");
         }
         assert_eq!(claimed_window("seven_day_opus").as_deref(), Some("7d_opus"));
         assert_eq!(claimed_window(" Five_Hour ").as_deref(), Some("5h"));
