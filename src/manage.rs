@@ -50,8 +50,11 @@ pub fn summary(a: &Account, now: i64) -> Value {
         "expires": a.expires,
         "lastError": a.extra.get("lastError").and_then(Value::as_str),
         "credential": a.has_credential(),
+        // What the pool goes by, where `status` is what the file says: an `auth-error` another
+        // program wrote, for a credential the pool never saw refused, does not stop it.
+        "usable": a.usable_at(now),
         "windows": windows.iter().map(|w| window_view(w, now)).collect::<Vec<_>>(),
-        "quota": legacy_quota(&windows, a),
+        "quota": legacy_quota(&windows, a, now),
         "usage": usage_view(a, now),
     })
 }
@@ -68,12 +71,15 @@ fn window_view(w: &crate::engine::limits::Window, now: i64) -> Value {
     })
 }
 
-/// The 5h / 7d summary older readers know (`quota.fiveHour` / `quota.sevenDay`).
-fn legacy_quota(windows: &[crate::engine::limits::Window], a: &Account) -> Value {
+/// The 5h / 7d summary older readers know (`quota.fiveHour` / `quota.sevenDay`), read as
+/// `windows` is: a window whose reset has passed showed `rejected` there, at 100 %, after it had
+/// started over.
+fn legacy_quota(windows: &[crate::engine::limits::Window], a: &Account, now: i64) -> Value {
     let pick = |name: &str| {
-        windows.iter().find(|w| w.name == name).map(
-            |w| json!({ "utilization": w.utilization, "resetsAt": w.reset, "status": w.status }),
-        )
+        windows.iter().find(|w| w.name == name).map(|w| {
+            let seen = window_view(w, now);
+            json!({ "utilization": seen["utilization"], "resetsAt": seen["resetsAt"], "status": seen["status"] })
+        })
     };
     let (five, seven) = (pick("5h"), pick("7d"));
     if five.is_none() && seven.is_none() {
@@ -837,6 +843,33 @@ mod tests {
         assert_eq!(view["byModel"]["claude-sonnet-4-5"]["output"], 0, "{view}");
         assert_eq!(view["byModel"]["claude-opus-4-1"]["requests"], 2, "{view}");
         assert_eq!(view["total"]["requests"], 59, "{view}");
+    }
+
+    #[test]
+    fn the_legacy_quota_shows_a_window_whose_reset_passed_as_started_over() {
+        let now = now_ms();
+        let pool = Pool::from_value(json!({"anthropic": [{
+            "type": "oauth", "email": "a@x", "access": "a", "refresh": "r", "expires": now,
+            "limits": {"updatedAt": now - 7_200_000, "windows": {
+                "5h": {"status": "rejected", "utilization": 1.0, "reset": now - 60_000},
+                "7d": {"status": "allowed", "utilization": 0.5, "reset": now + 86_400_000},
+            }},
+        }]}))
+        .unwrap();
+        let view = &list(&pool, now)[0];
+        let five = &view["quota"]["fiveHour"];
+        assert_eq!(
+            (&five["status"], &five["utilization"], &five["resetsAt"]),
+            (&Value::Null, &json!(0.0), &Value::Null),
+            "{view}"
+        );
+        assert_eq!(five, &{
+            let w = &view["windows"][0];
+            json!({"utilization": w["utilization"], "resetsAt": w["resetsAt"], "status": w["status"]})
+        });
+        let seven = &view["quota"]["sevenDay"];
+        assert_eq!(seven["status"], "allowed", "{view}");
+        assert_eq!(seven["utilization"], 0.5, "{view}");
     }
 
     #[test]
