@@ -121,6 +121,12 @@ export interface AccountSummary {
    * without is never used, whatever its status says.
    */
   credential?: boolean;
+  /**
+   * Whether the pool would send a request with it now: enabled, with a credential, not cooling,
+   * and no `auth-error` of the pool's own for this credential (one another program wrote, such
+   * as the aidevops plugin, does not stop it). `poolStatus().counts.usable` counts these.
+   */
+  usable?: boolean;
   /** Share of every window kept for the account's owner (above 0, at most 1); null: none. */
   reserve?: number | null;
   /**

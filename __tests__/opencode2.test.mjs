@@ -1109,8 +1109,18 @@ test("the cleanup setup returns disposes every registration, also when a host's 
   const ctx = {
     options: { path: tempPoolPath() },
     session: { hook: async (name) => registration(`session.${name}`) },
-    tool: { transform: async (edit) => (edit({ add() {} }), registration("tool")) },
-    command: { transform: async (edit) => (edit({ add() {} }), registration("command")) },
+    tool: {
+      transform: async (edit) => {
+        edit({ add() {} });
+        return registration("tool");
+      },
+    },
+    command: {
+      transform: async (edit) => {
+        edit({ add() {} });
+        return registration("command");
+      },
+    },
   };
   const cleanup = await pluginModule.default.setup(ctx);
   assert.ok(made >= 3, `registered ${made}`);

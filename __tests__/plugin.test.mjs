@@ -527,10 +527,12 @@ test("the tool's list and status stay short with 300 accounts: those needing a l
   assert.match(list, /^1\. member-000@example\.com /m, "the first in the file among them");
   assert.match(list, /^300\. member-299@example\.com /m, "numbered by their place in the file");
   assert.ok(!list.includes("x".repeat(400)), "a long problem is cut");
-  // Any account is reachable by name, with its place in the file.
+  // Any account is reachable by name, with its place in the file. The auth-error (no mark of the
+  // pool's own) is usable, as status counts it.
+  assert.match(status, /300 total, 298 usable/);
   assert.match(
     await poolActionText({ action: "list", email: "MEMBER-150@example.com" }, path),
-    /^Anthropic pool: 300 accounts, 297 usable now\.\n151\. member-150@example\.com \[Claude login\] idle/,
+    /^Anthropic pool: 300 accounts, 298 usable now\.\n151\. member-150@example\.com \[Claude login\] idle/,
   );
   const one = await poolActionText({ action: "status", email: "member-150@example.com" }, path);
   assert.match(one, /Per account:\n {2}member-150@example\.com: idle/);
@@ -2014,5 +2016,60 @@ test("a permission rule of many stars in a row matches as one star does, without
   const run = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", timeout: 60_000 });
   assert.equal(run.signal, null, "the hook ended");
   assert.equal(run.status, 0, run.stderr);
-  assert.equal(JSON.parse(run.stdout)["*"]["*".repeat(20) + "Z"], "deny");
+  assert.equal(JSON.parse(run.stdout)["*"][`${"*".repeat(20)}Z`], "deny");
+});
+
+test("the tool's text of an account stays short whatever the file holds: windows and model cooldowns past eight are counted, each text cut", async () => {
+  // A file's own windows, model cooldowns and failover reason (a hand edit, another program) were
+  // all in the text: a status of 680 KB for the model to read.
+  const path = freshPath();
+  const now = Date.now();
+  const windows = {};
+  const modelCooldowns = {};
+  for (let i = 0; i < 50; i++) {
+    windows[`7d_${"w".repeat(2000)}${i}`] = { status: "allowed", utilization: i / 100, reset: now + 3_600_000 };
+    modelCooldowns[`${"m".repeat(1000)}${i}`] = now + 3_600_000;
+  }
+  const anthropic = [
+    {
+      email: "a@example.com",
+      type: "api",
+      key: "k-a-0123456789",
+      status: "auth-error",
+      rateLimitUntil: null,
+      lastError: "e".repeat(100_000),
+      limits: { updatedAt: now, windows },
+      modelCooldowns,
+    },
+  ];
+  const lastFailover = { at: now, from: "f".repeat(100_000), to: "t".repeat(100_000), reason: "r".repeat(200_000) };
+  writeFileSync(path, JSON.stringify({ version: 1, anthropic, _oauthPool: { lastFailover } }), { mode: 0o600 });
+  const { poolActionText } = await import("../lib/plugin/tool.mjs");
+  for (const action of ["list", "status"]) {
+    const text = await poolActionText({ action }, path);
+    assert.ok(text.length < 20_000, `${action}: ${text.length} characters`);
+    assert.match(text, /and 42 more\b/, action);
+    assert.match(text, /and 42 more models cooling/, action);
+    assert.match(text, /m{64}… models cooling until/, action);
+    // The fullest windows are the ones named.
+    assert.match(text, new RegExp(`w{200}.*… .*49%`), action);
+  }
+  const status = await poolActionText({ action: "status" }, path);
+  assert.match(status, /Last failover: .* f{300}… -> t{300}…: r{300}…\./);
+  const list = await poolActionText({ action: "list" }, path);
+  assert.match(list, /last problem: e{300}…/);
+});
+
+test("list counts as usable what status counts: an auth-error another program wrote, for a credential the pool never saw refused", async () => {
+  const path = freshPath();
+  const anthropic = [
+    // The aidevops plugin marks an account so; the pool still serves it (no mark of its own).
+    { email: "marked@example.com", type: "api", key: "k-marked-0123456789", status: "auth-error", rateLimitUntil: null },
+    { email: "idle@example.com", type: "api", key: "k-idle-0123456789", status: "idle", rateLimitUntil: null },
+    { email: "off@example.com", type: "api", key: "k-off-0123456789", status: "idle", enabled: false, rateLimitUntil: null },
+  ];
+  writeFileSync(path, JSON.stringify({ version: 1, anthropic }), { mode: 0o600 });
+  const { poolActionText } = await import("../lib/plugin/tool.mjs");
+  assert.match(await poolActionText({ action: "list" }, path), /^Anthropic pool: 3 accounts, 2 usable now\./);
+  assert.match(await poolActionText({ action: "status" }, path), /Accounts: 3 total, 2 usable/);
 });

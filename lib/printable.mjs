@@ -106,3 +106,8 @@ export function printableLines(value) {
 export function shellWord(value) {
   return /^[A-Za-z0-9@._+%=:,/-]+$/.test(value) ? value : `'${value.replaceAll("'", "'\\''")}'`;
 }
+
+/** `text` cut to `chars` characters, marked where it was cut (never inside a surrogate pair). */
+export function shortened(text, chars) {
+  return text.length > chars ? `${text.slice(0, chars).replace(/[\ud800-\udbff]$/, "")}…` : text;
+}

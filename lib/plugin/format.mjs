@@ -5,7 +5,7 @@
 // a cooldown rests.
 
 import { nativeBinding } from "../native.mjs";
-import { placedName } from "../printable.mjs";
+import { placedName, shortened } from "../printable.mjs";
 
 export const LOGIN_HINT = "run `opencode auth login` -> Anthropic Pool";
 /**
@@ -80,7 +80,8 @@ function endpointRest(key) {
 
 /** What a scoped cooldown (a key of `modelCooldowns`) rests, for a person: "sonnet models". */
 export function restedText(key) {
-  return endpointRest(key) ?? `${key} models`;
+  // A family is a word (`sonnet`); a key of the file's may be anything.
+  return endpointRest(key) ?? `${shortened(key, 64)} models`;
 }
 
 /** What the account still serves while `key` rests: "other models", "messages". */
@@ -163,11 +164,23 @@ export function windowLine(w, now = Date.now()) {
   return `${w.name} ${bar(w.utilization)} ${pct}${reset}`;
 }
 
-/** Every window seen for an account, fullest first; null when none was seen yet. */
+/**
+ * The most windows, and model cooldowns, of one account named: the rest are counted. An account
+ * has a handful; a file's own (a hand edit, another program) had thousands, all in the text the
+ * model reads.
+ */
+export const PIECES_SHOWN = 8;
+
+/** The first `PIECES_SHOWN` of `items`, and how many are left. */
+export function firstPieces(items) {
+  return { shown: items.slice(0, PIECES_SHOWN), more: Math.max(0, items.length - PIECES_SHOWN) };
+}
+
+/** The windows seen for an account, fullest first (the rest counted); null when none was seen yet. */
 export function windowsText(windows, now = Date.now(), separator = " · ") {
   if (!Array.isArray(windows) || !windows.length) return null;
-  const sorted = [...windows].sort((a, b) => (b.utilization ?? 0) - (a.utilization ?? 0));
-  return sorted.map((w) => windowLine(w, now)).join(separator);
+  const { shown, more } = firstPieces([...windows].sort((a, b) => (b.utilization ?? 0) - (a.utilization ?? 0)));
+  return [...shown.map((w) => windowLine(w, now)), ...(more ? [`and ${more} more`] : [])].join(separator);
 }
 
 const compact = (n) => (n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : n >= 1e4 ? `${Math.round(n / 1e3)}k` : String(n));
@@ -220,7 +233,9 @@ export function accountLine(a, i, now = Date.now(), hints = HINTS.v1) {
   const windows = windowsText(a.windows, now, ", ") ?? quotaText(a.quota, now);
   if (windows) parts.push(windows);
   if (a.reserve) parts.push(`reserve ${percent(a.reserve)}%`);
-  for (const [key, until] of Object.entries(a.modelCooldowns ?? {})) parts.push(`${restedText(key)} cooling until ${waitAt(until, now)}`);
+  const cooling = firstPieces(Object.entries(a.modelCooldowns ?? {}));
+  for (const [key, until] of cooling.shown) parts.push(`${restedText(key)} cooling until ${waitAt(until, now)}`);
+  if (cooling.more) parts.push(`and ${cooling.more} more model${cooling.more === 1 ? "" : "s"} cooling`);
   if (a.lastError && a.status !== "idle" && a.status !== "active") parts.push(`last problem: ${a.lastError}`);
   return parts.join(" · ");
 }

@@ -9,6 +9,7 @@ import { pool, pluginInput, pluginOptions, reportUnknownOptions } from "./shared
 import {
   accountLine,
   ago,
+  firstPieces,
   clock,
   HINTS,
   whomChanged,
@@ -23,7 +24,7 @@ import {
   windowsText,
 } from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
-import { controlsEscaped, holdsCredential, placedName, printableLines, shellWord, withoutSecrets } from "../printable.mjs";
+import { controlsEscaped, holdsCredential, placedName, printableLines, shellWord, shortened, withoutSecrets } from "../printable.mjs";
 
 export const ACTIONS = ["list", "status", "remove", "enable", "disable", "priority", "reset-cooldowns"];
 
@@ -46,6 +47,7 @@ const empty = (hints) =>
 // order; one named with `email` is shown whatever its place.
 export const ACCOUNTS_SHOWN = 40;
 const EMAILS_NAMED = 20;
+/** The most of one text of the file shown (a last error, a failover's reason, a window's name). */
 const PROBLEM_CHARS = 300;
 
 /**
@@ -76,18 +78,22 @@ function known(accounts, hints) {
   return accounts.length ? `Accounts in the pool: ${named(accounts.map((a, i) => listedName(a.email, i)))}.` : empty(hints);
 }
 
-// An entry with nothing to send reads `idle` and is never used: it needs a look.
-const usable = (a) => (a.status === "idle" || a.status === "active") && a.credential !== false;
+// An entry with nothing to send reads `idle` and is never used: it needs a look, as does any
+// status but idle and active.
+const looksFine = (a) => (a.status === "idle" || a.status === "active") && a.credential !== false;
+// What the pool goes by when it says (an `auth-error` another program wrote, for a credential the
+// pool never saw refused, is still used, and `status` counts it usable).
+const usable = (a) => (typeof a.usable === "boolean" ? a.usable : looksFine(a));
 
 /**
  * Which of `accounts` to show, as `[account, index]` in file order: every one when they are few,
- * else the first `ACCOUNTS_SHOWN`, those that are not idle or active first. Also what the rest
+ * else the first `ACCOUNTS_SHOWN`, those that need a look (`looksFine`) first. Also what the rest
  * are ("12 idle, 3 rate-limited"), and how many.
  */
 function shown(accounts) {
   const all = accounts.map((a, i) => [a, i]);
   if (all.length <= ACCOUNTS_SHOWN) return { picked: all, left: 0, rest: "" };
-  const picked = [...all.filter(([a]) => !usable(a)), ...all.filter(([a]) => usable(a))].slice(0, ACCOUNTS_SHOWN).sort((x, y) => x[1] - y[1]);
+  const picked = [...all.filter(([a]) => !looksFine(a)), ...all.filter(([a]) => looksFine(a))].slice(0, ACCOUNTS_SHOWN).sort((x, y) => x[1] - y[1]);
   const taken = new Set(picked.map(([, i]) => i));
   const by = new Map();
   for (const [a, i] of all) if (!taken.has(i)) by.set(a.status, (by.get(a.status) ?? 0) + 1);
@@ -106,26 +112,24 @@ function notShown({ left, rest }) {
 const isNamed = (a, email) => String(a.email).toLowerCase() === controlsEscaped(email).toLowerCase();
 
 /** A name the caller asked for, as the answer quotes it: on one line, no longer than a name. */
-const echoed = (email) => {
-  const text = controlsEscaped(email);
-  return text.length > 254 ? `${text.slice(0, 254).replace(/[\ud800-\udbff]$/, "")}…` : text;
-};
+const echoed = (email) => shortened(controlsEscaped(email), 254);
 
 /**
  * What the pool says, each text in it with its line breaks and other controls escaped: the tool's
  * answer is lines joined, each made printable after, so a line break in a name, a last error or a
  * failover's reason (the file's to say: another program's, a hand edit) started a line of its own,
- * which could pass for an account or an instruction.
+ * which could pass for an account or an instruction. Each text but an account's name and the
+ * pool's path is cut at `PROBLEM_CHARS` too: a failover's reason or a window's name of the file's
+ * made a status of 680 KB for the model to read.
  */
-function shownData(value) {
-  if (typeof value === "string") return controlsEscaped(value);
-  if (Array.isArray(value)) return value.map(shownData);
-  if (value && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [controlsEscaped(k), shownData(v)]));
+function shownData(value, key) {
+  if (typeof value === "string") return key === "email" || key === "path" ? controlsEscaped(value) : shortened(controlsEscaped(value), PROBLEM_CHARS);
+  if (Array.isArray(value)) return value.map((v) => shownData(v));
+  // A key is not cut here (two cut alike would be one): where one is shown (a model cooldown's),
+  // it is cut there.
+  if (value && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [controlsEscaped(k), shownData(v, k)]));
   return value;
 }
-
-const problemCut = (a) =>
-  typeof a.lastError === "string" && a.lastError.length > PROBLEM_CHARS ? { ...a, lastError: `${a.lastError.slice(0, PROBLEM_CHARS)}…` } : a;
 
 /** The accounts for a hint, or null when the pool cannot be read (the caller's error says why). */
 async function accountsOrNull(path) {
@@ -142,11 +146,11 @@ async function list(path, now, hints, email) {
   const usableNow = accounts.filter(usable).length;
   const head = `Anthropic pool: ${accounts.length} account${accounts.length === 1 ? "" : "s"}, ${usableNow} usable now.`;
   if (email) {
-    const lines = accounts.map((a, i) => (isNamed(a, email) ? accountLine(problemCut(a), i, now, hints) : null)).filter(Boolean);
+    const lines = accounts.map((a, i) => (isNamed(a, email) ? accountLine(a, i, now, hints) : null)).filter(Boolean);
     return lines.length ? [head, ...lines].join("\n") : `${head} No account "${echoed(email)}" in it. ${known(accounts, hints)}`;
   }
   const view = shown(accounts);
-  return [head, ...view.picked.map(([a, i]) => accountLine(problemCut(a), i, now, hints)), ...namedByStatus(accounts, view)].join("\n");
+  return [head, ...view.picked.map(([a, i]) => accountLine(a, i, now, hints)), ...namedByStatus(accounts, view)].join("\n");
 }
 
 /**
@@ -195,8 +199,9 @@ async function status(path, now, hints, email) {
       lines.push(`  ${placedName(a.email, i)}: ${statusText(a, now, hints)}`);
       lines.push(`    windows: ${windowsText(a.windows, now, "; ") ?? quotaText(a.quota, now) ?? "none seen yet"}`);
       if (a.reserve) lines.push(`    reserve: ${percent(a.reserve)}% of every window kept for its owner`);
-      for (const [key, until] of Object.entries(a.modelCooldowns ?? {}))
-        lines.push(`    ${restedText(key)} cooling until ${waitAt(until, now)}; ${servedText(key)} serve`);
+      const cooling = firstPieces(Object.entries(a.modelCooldowns ?? {}));
+      for (const [key, until] of cooling.shown) lines.push(`    ${restedText(key)} cooling until ${waitAt(until, now)}; ${servedText(key)} serve`);
+      if (cooling.more) lines.push(`    and ${cooling.more} more model${cooling.more === 1 ? "" : "s"} cooling`);
       for (const u of [usageLine("today", a.usage?.today, prices), usageLine("this 5h window", a.usage?.window, prices)].filter(Boolean))
         lines.push(`    ${u}`);
     }
