@@ -211,7 +211,7 @@ test("a 429 whose body is cut or goes silent still rests the account and moves t
   );
 });
 
-test("a 429 whose body keeps silent moves the request on within seconds, not after the response timeout", async () => {
+test("a 429 whose body keeps silent, or trickles, moves the request on within seconds, not after the response timeout", async () => {
   // Judged by its head after 5 s of silence (src/engine/verdict.rs HEAD_DECIDES_PATIENCE): it
   // waited the whole silence limit, 5 minutes by default, before failing over.
   const before = process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
@@ -226,6 +226,23 @@ test("a 429 whose body keeps silent moves the request on within seconds, not aft
         },
       },
       { kinds: ["native", "runtime"], bounded: false },
+    );
+    // Found by a review: a byte now and then restarted the wait, and a body trickling a byte
+    // every 0.4 s held the failover for as long as it went on (here 40 s; at a byte every 3 s
+    // with the defaults, days). The wait is for the whole body now.
+    await probe(
+      {
+        trickling: {
+          reply: (s, i) => {
+            if (i > 0) return s.write(OK);
+            s.write(`${head}content-length: 100\r\n\r\n{`);
+            const drip = setInterval(() => (s.destroyed ? clearInterval(drip) : s.write(" ")), 400);
+            s.on("close", () => clearInterval(drip));
+          },
+          expect: () => (o) => o.status === 200 && o.clean && o.body === '{"ok":1}' && o.ms < 30_000,
+        },
+      },
+      { bounded: false },
     );
   } finally {
     if (before === undefined) delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;

@@ -43,7 +43,7 @@ test("token rotated then the answer lost: one more try with the same token, then
 // sane one) was refused whole as a bad answer, its new refresh token dropped and the spent one
 // kept: the next refresh presented it, and the login was revoked (Claude Code #90688, a
 // rotation's answer lost, in another form).
-test("a refresh answer with new tokens whose expires_in is missing or odd: the new tokens are kept and serve, and the spent one is never presented again", async () => {
+test("a refresh answer with new tokens whose expires_in is missing or odd, or whose JSON only JavaScript reads: the new tokens are kept and serve, and the spent one is never presented again", async () => {
   const shapes = {
     missing: (b) => ({ ...b, expires_in: undefined }),
     null: (b) => ({ ...b, expires_in: null }),
@@ -52,12 +52,17 @@ test("a refresh answer with new tokens whose expires_in is missing or odd: the n
     negative: (b) => ({ ...b, expires_in: -5 }),
     huge: (b) => ({ ...b, expires_in: 1e12 }),
     words: (b) => ({ ...b, expires_in: "eight hours" }),
+    // Text JSON.parse reads and serde_json refused whole (found by a review): the lifetime past
+    // any double, a byte order mark, a lone surrogate escape in another field.
+    overflowing: { retext: (t) => t.replace(/"expires_in":\d+/, '"expires_in":1e400') },
+    marked: { retext: (t) => `\ufeff${t}` },
+    halfPair: { retext: (t) => t.replace('"scope":"', '"scope":"\\ud83d ') },
   };
   for (const [shape, reshape] of Object.entries(shapes)) {
     const [first, second] = [`odd-life-${shape}@x.test`, `odd-life-${shape}-b@x.test`];
     const path = await seedPool(mock, [first, second], { expired: [first] });
     await setPriority(path, first, 5);
-    mock.setTokenMode({ grant: "refresh_token", reshape });
+    mock.setTokenMode({ grant: "refresh_token", ...(typeof reshape === "function" ? { reshape } : reshape) });
     const res = await post(createPoolFetch({ path }));
     assert.equal(res.status, 200, shape);
     assert.equal(res.poolAccount, first, `${shape}: served with the new tokens`);

@@ -16,7 +16,7 @@ import {
 } from "../index.mjs";
 import { callbackUrlFromPaste } from "./helpers/mock-anthropic.mjs";
 import { body, jsonHeaders, messagesUrl, useMock, tempPoolPath, mode, withEnv } from "./helpers/pool-env.mjs";
-import { writeFileSync } from "node:fs";
+import { mkdirSync, rmdirSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { createServer } from "node:http";
 import { join } from "node:path";
@@ -629,4 +629,32 @@ test("addAccount into a pool that cannot take the account refuses before the cod
   // Fixed, the same paste adds the account.
   writeFileSync(path, '{ "anthropic": [] }');
   assert.deepEqual(await addAccount(paste, pkce, path), { email: "corrupt@x.test", added: true });
+});
+
+test("addAccount into a pool whose lock or directory the write would fail on refuses before the code is spent", async () => {
+  // Found by a review: the code went to the token endpoint, then the write failed on the lock (a
+  // directory, a FIFO, a link) or the directory (under a link to nothing), and the login lived
+  // only in the process.
+  const dir = tempDir("oauth-pool-lock-");
+  const path = join(dir, "pool.json");
+  writeFileSync(path, '{ "anthropic": [] }', { mode: 0o600 });
+  symlinkSync(join(dir, "gone"), join(dir, "dangling"));
+  const cases = [
+    ["a lock that is a directory", path, () => mkdirSync(`${path}.lock`), () => rmdirSync(`${path}.lock`)],
+    ["a lock that is a link", path, () => symlinkSync("/nonexistent", `${path}.lock`), () => unlinkSync(`${path}.lock`)],
+    ["a directory under a link to nothing", join(dir, "dangling", "pool.json"), () => {}, () => {}],
+  ];
+  for (const [what, at, make, undo] of cases) {
+    make();
+    const pkce = await authorize();
+    const paste = mock.approve(pkce.url, "locked@x.test");
+    const calls = mock.stats().tokenCalls;
+    await assert.rejects(addAccount(paste, pkce, at), (e) => e.code === "POOL_IO" || e.code === "POOL_INSECURE", what);
+    assert.equal(mock.stats().tokenCalls, calls, `${what}: the code was not sent`);
+    undo();
+  }
+  // A path that names a directory is no pool file.
+  await assert.rejects(addAccount("abc#def", await authorize(), `${dir}/`), (e) => e.code === "INVALID_ARGUMENT" && /names a directory/.test(e.message));
+  const pkce = await authorize();
+  assert.deepEqual(await addAccount(mock.approve(pkce.url, "locked@x.test"), pkce, path), { email: "locked@x.test", added: true });
 });

@@ -684,6 +684,51 @@ test("15c: a server echoing the token in base64 or hex: no answer header carries
   }
 });
 
+// Found by a review: the credentials to scrub were the last attempt's. After a failover, an
+// answer that echoed the first account's token (a proxy keeping the request's first headers, a
+// debugging echo) gave it to the caller: in hex or base64 in the headers, and as it is in the
+// gateway's body, which only the last account's token was looked for in.
+test("15d: after a failover, an answer echoing the token of the account that refused: no answer header carries it (both transports), nor the gateway's body", async () => {
+  // A pool of its own for each way through: a request sticks to the account that served the last.
+  const seeded = async (kind) => {
+    const [refused, served] = [`refused-${kind}@x.test`, `served-${kind}@x.test`];
+    const path = await seedPool(mock, [refused, served]);
+    await lib.setPriority(refused, 5, path);
+    const first = account(path, refused).access;
+    const hex = Buffer.from(first).toString("hex");
+    const b64 = Buffer.from(first).toString("base64");
+    mock.script(refused, [{ status: 429, headers: rateLimitHeaders({ retryAfter: 30 }) }]);
+    mock.script(served, [{ status: 200, body: { plain: first, hex, b64 }, headers: { "x-echo-hex": hex, "x-echo-b64": b64 } }]);
+    const pieces = [first.slice(-24), hex.slice(8, 40), hex.slice(-40, -8), b64.slice(8, 40), b64.slice(-40, -8)];
+    return { path, served, pieces };
+  };
+  for (const transport of ["native", "runtime"]) {
+    const { path, served, pieces } = await seeded(transport);
+    const res = await post(createPoolFetch({ path, transport }));
+    assert.equal(res.status, 200, transport);
+    assert.equal(res.poolAccount, served, transport);
+    const headers = JSON.stringify([...res.headers]);
+    for (const piece of pieces) assert.ok(!headers.includes(piece), `${transport}: ${headers}`);
+    assert.match(res.headers.get("x-echo-hex"), /\[redacted\]/, transport);
+    await res.text();
+  }
+  const key = "test-gateway-key-failover-echo-0123456789";
+  process.env.OAUTH_POOL_GATEWAY_KEY = key;
+  const { path, pieces } = await seeded("gateway");
+  const gw = await lib.serve({ port: 0, path });
+  try {
+    const answer = await fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { ...jsonHeaders, "x-api-key": key }, body: body() });
+    const text = await answer.text();
+    assert.equal(answer.status, 200);
+    const all = `${JSON.stringify([...answer.headers])}${text}`;
+    for (const piece of pieces) assert.ok(!all.includes(piece), `${piece}: ${all}`);
+    assert.deepEqual(Object.keys(JSON.parse(text)), ["plain", "hex", "b64"]);
+  } finally {
+    await gw.close(1000);
+    delete process.env.OAUTH_POOL_GATEWAY_KEY;
+  }
+});
+
 // A body the client did not decode (it asks for gzip, and undoes it only as a body's one coding)
 // could not be searched for the credential: echoed compressed in another coding, or gzip twice in
 // two `Content-Encoding` lines (reqwest undid the first and dropped both names), the token reached

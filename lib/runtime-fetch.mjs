@@ -442,6 +442,9 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
   if (signal) listenAbort(signal, onAbort);
   const { timeoutMs } = current();
   let delivered = false;
+  // The forms of every credential the request was sent with, over its attempts: an answer after
+  // a failover that echoed the first account's key re-encoded in a header kept it.
+  let forms = [];
   try {
     for (;;) {
       if (signal?.aborted) throw abortError(signal);
@@ -460,7 +463,8 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
         controller.abort();
         throw networkError(`the answer's status ${response.status} is not a final HTTP status`);
       }
-      const forms = echoForms(presented(step.headers));
+      const these = echoForms(presented(step.headers));
+      forms = forms.length === 0 || forms === these ? these : [...new Set([...forms, ...these])];
       const head = readHead(response, forms);
       const unread = head.framing === null ? null : unreadFraming(head.framing);
       if (unread !== null) {
@@ -494,8 +498,10 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
           response,
           (r) => {
             const patience = headDecidesPatience(r.status);
+            // A 429's body is waited for that long in all: a byte now and then does not restart
+            // the wait (one trickling a byte a second held the failover as long as it went on).
             return withinSilence(
-              (heard) => peek(r, undefined, patience !== null, 0, heard),
+              (heard) => peek(r, undefined, patience !== null, 0, patience === null ? heard : () => {}),
               patience === null ? timeoutMs : Math.min(timeoutMs, patience),
               controller,
             );

@@ -129,11 +129,13 @@ fn epoch_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
             let f = n
                 .as_f64()
                 .ok_or_else(|| serde::de::Error::custom("not a number"))?;
-            if !f.is_finite() || f < 0.0 {
+            // A negative time (`-1`, a writer's "none") is long past, as 0 is, and kept as
+            // written: refused, it made the whole entry unreadable and its account unused.
+            if !f.is_finite() {
                 return Err(serde::de::Error::custom("epoch out of range"));
             }
             let ms = seconds_as_ms(f);
-            if ms > 1e15 {
+            if ms.abs() > 1e15 {
                 return Err(serde::de::Error::custom("epoch out of range"));
             }
             Ok(Some(ms as i64))
@@ -855,7 +857,23 @@ mod tests {
             read(json!(1_700_000_000.5))["expires"],
             json!(1_700_000_000_500i64)
         );
-        for written in [json!(0), json!(5), json!(999_999_999), json!(1_700_000_000)] {
+        // A negative time (a writer's "none") is long past and kept as written: it made the
+        // entry unreadable (found by a review).
+        assert_eq!(read(json!(-1))["expires"], json!(-1));
+        let past: Account = serde_json::from_value(json!({
+            "type": "oauth", "email": "a@x", "refresh": "r", "access": "a",
+            "expires": -1, "rateLimitUntil": -1.5
+        }))
+        .unwrap();
+        assert_eq!(past.expires, Some(-1));
+        assert!(!past.cooling_at(0));
+        for written in [
+            json!(-1),
+            json!(0),
+            json!(5),
+            json!(999_999_999),
+            json!(1_700_000_000),
+        ] {
             let once = read(written.clone());
             let mut again = once.clone();
             for _ in 0..3 {

@@ -235,7 +235,20 @@ pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
                 "{whose} looks like a URL ({scheme}:/...), not a file path: the fleet store is a postgres:// (or postgresql://) URL, the pool file a path"
             )));
         }
-        expand_home(p.trim(), whose)
+        // A path that ends in `/`, `/.` or `/..` names a directory: read, it was an empty pool,
+        // and a login spent its code before the write failed ("rename failed").
+        let trimmed = p.trim();
+        if trimmed.ends_with('/')
+            || trimmed
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last == "." || last == "..")
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{whose} ends in `/`, `.` or `..`: it names a directory, not the pool file; give the file's path (such as ~/.aidevops/oauth-pool.json)"
+            )));
+        }
+        expand_home(trimmed, whose)
     };
     if let Some(p) = explicit {
         return usable(p, "the pool path").and_then(not_the_journal);
@@ -516,8 +529,28 @@ mod tests {
             assert!(err.to_string().contains("looks like a URL"), "{err}");
             assert!(!err.to_string().contains("pw@"), "{err}");
         }
-        for p in ["C:/pool/p.json", "pool:v2.json", "./x:/p.json"] {
+        for p in [
+            "C:/pool/p.json",
+            "pool:v2.json",
+            "./x:/p.json",
+            "./p.json",
+            "..p.json",
+        ] {
             assert!(pool_path(Some(p)).is_ok(), "{p}");
+        }
+        // A directory's name: read, an empty pool; a login's code was spent before its write
+        // failed.
+        for p in [
+            "/srv/pool/p.json/",
+            "/srv/pool/.",
+            "/srv/pool/..",
+            ".",
+            "..",
+            "~/ ",
+        ] {
+            let err = pool_path(Some(p)).unwrap_err();
+            assert_eq!(err.code(), "INVALID_ARGUMENT", "{p}");
+            assert!(err.to_string().contains("names a directory"), "{err}");
         }
     }
 

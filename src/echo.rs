@@ -88,6 +88,20 @@ fn with_forms(presented: &[Secret]) -> Rc<[Secret]> {
     })
 }
 
+/// `secret::scrub` of a server's text with the presented secrets and their reshaped forms
+/// (base64, hex): a token endpoint's error that quoted the refresh token in base64 came through
+/// to messages, `lastError` and the tool's answer.
+pub fn scrub_with_forms(text: &str, presented: &[&Secret]) -> String {
+    let mut all: Vec<Secret> = presented.iter().map(|s| (*s).clone()).collect();
+    for form in presented.iter().flat_map(|s| reshaped(s)) {
+        if form.expose().len() >= MIN_SECRET && !all.iter().any(|a| a.expose() == form.expose()) {
+            all.push(form);
+        }
+    }
+    let refs: Vec<&Secret> = all.iter().collect();
+    secret::scrub(text, &refs)
+}
+
 /// Answer headers with any presented credential in a value scrubbed (`secret::scrub`).
 pub fn scrub_headers(headers: &mut Vec<(String, String)>, presented: &[Secret]) {
     let forms = with_forms(presented);

@@ -159,6 +159,10 @@ async fn serve(
     cancel: &CancellationToken,
 ) -> Result<Answer> {
     let head = method == reqwest::Method::HEAD;
+    // Every credential this request was sent with, over its attempts: an answer after a
+    // failover that echoed the first account's key (in the body, or re-encoded in a header)
+    // was scrubbed of the last account's alone.
+    let mut presented: Vec<crate::secret::Secret> = Vec::new();
     loop {
         let attempt = match ex.next(base, cancel).await? {
             Step::Send(a) => a,
@@ -176,7 +180,11 @@ async fn serve(
                 })
             }
         };
-        let presented = crate::echo::presented(&attempt.headers);
+        for credential in crate::echo::presented(&attempt.headers) {
+            if !presented.iter().any(|p| p.expose() == credential.expose()) {
+                presented.push(credential);
+            }
+        }
         let mut response = send(
             method.clone(),
             url.clone(),
@@ -198,8 +206,17 @@ async fn serve(
             } else {
                 http::response_timeout()
             };
-            let (start, read) =
-                peek_partial(&mut response, verdict::PEEK_LIMIT, idle, cancel).await;
+            // A 429's body is waited for that long in all, not that long between its bytes:
+            // one that trickles a byte at a time held the failover for as long as it went on.
+            let whole_within = head_decides.then_some(idle);
+            let (start, read) = peek_partial(
+                &mut response,
+                verdict::PEEK_LIMIT,
+                idle,
+                whole_within,
+                cancel,
+            )
+            .await;
             match read {
                 Ok(whole) => Some((start, whole)),
                 // A 429 says what it is in its head; the body only tells a spend limit from a
@@ -362,24 +379,30 @@ pub(crate) async fn peek(
     limit: usize,
     cancel: &CancellationToken,
 ) -> Result<(Bytes, bool)> {
-    let (start, read) = peek_partial(response, limit, http::response_timeout(), cancel).await;
+    let (start, read) = peek_partial(response, limit, http::response_timeout(), None, cancel).await;
     read.map(|whole| (start, whole))
 }
 
 /// `peek`, keeping the bytes that came before a failure: the bytes, and whether they are the
-/// whole body or what stopped the read (a failure, or `idle` without data).
+/// whole body or what stopped the read (a failure, `idle` without data, or the body not all
+/// there `whole_within` after the read began).
 async fn peek_partial(
     response: &mut reqwest::Response,
     limit: usize,
     idle: Duration,
+    whole_within: Option<Duration>,
     cancel: &CancellationToken,
 ) -> (Bytes, Result<bool>) {
     let mut out = BytesMut::new();
+    let deadline = whole_within.map(|d| tokio::time::Instant::now() + d);
     while out.len() < limit {
+        let wait = deadline.map_or(idle, |at| {
+            idle.min(at.saturating_duration_since(tokio::time::Instant::now()))
+        });
         let chunk = tokio::select! {
             biased;
             _ = cancel.cancelled() => return (out.freeze(), Err(Error::Aborted)),
-            c = tokio::time::timeout(idle, response.chunk()) => c,
+            c = tokio::time::timeout(wait, response.chunk()) => c,
         };
         let failed = match chunk {
             Ok(Ok(Some(c))) => {
@@ -388,6 +411,10 @@ async fn peek_partial(
             }
             Ok(Ok(None)) => return (out.freeze(), Ok(true)),
             Ok(Err(e)) => http::describe(&e),
+            Err(_) if wait < idle => format!(
+                "the body not all there within {} ms",
+                whole_within.unwrap_or(idle).as_millis()
+            ),
             Err(_) => format!("no data for {} ms", idle.as_millis()),
         };
         let e = Error::Network {

@@ -13,9 +13,10 @@ use url::Url;
 
 use crate::account::now_ms;
 use crate::config;
+use crate::echo::scrub_with_forms;
 use crate::error::{Error, Result};
 use crate::http;
-use crate::secret::{scrub, Secret};
+use crate::secret::Secret;
 
 mod paste;
 use paste::completed_logins;
@@ -321,14 +322,16 @@ async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<
             never_connected: false,
         })??;
     drop(body);
-    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+    // Read as a JavaScript client reads it (a byte order mark, a lone surrogate, `1e400`): a
+    // 200 refused whole lost the rotated refresh token in it with the login.
+    let parsed: Option<Value> = crate::pool::value_read_leniently(&bytes);
 
     if (200..300).contains(&status) {
         return parsed
             .filter(Value::is_object)
             .ok_or_else(|| Error::OAuthHttp {
                 status,
-                detail: scrub(&not_json(&content_type), presented),
+                detail: scrub_with_forms(&not_json(&content_type), presented),
                 retry_after: None,
             });
     }
@@ -340,7 +343,7 @@ async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<
         (None, None) if parsed.is_none() => not_json(&content_type),
         (None, None) => "no error detail".into(),
     };
-    let summary = scrub(&summary, presented);
+    let summary = scrub_with_forms(&summary, presented);
     let dead_token = match code.as_deref() {
         Some("invalid_grant") | Some("invalid_refresh_token") | Some("refresh_token_reused") => {
             true
@@ -378,13 +381,14 @@ fn not_json(content_type: &str) -> String {
 }
 
 /// Only `error` / `error_description` (or Anthropic's `error.type` / `error.message`) are kept
-/// from an error body, cut short: bodies can echo what was sent. Control and bidi characters are
-/// dropped: the text ends up in messages a terminal or a toast shows (an ESC from the server
-/// could clear the screen or recolour what follows).
+/// from an error body, cut short: bodies can echo what was sent. Control, bidi and invisible
+/// characters are dropped: the text ends up in messages a terminal or a toast shows (an ESC
+/// from the server could clear the screen or recolour what follows), and a zero-width space
+/// between each character of an echoed token hid it from the scrub while it showed as itself.
 fn error_fields(v: &Value) -> (Option<String>, Option<String>) {
     let short = |s: &str| {
         s.chars()
-            .filter(|&c| !c.is_control() && !crate::secret::is_bidi_control(c))
+            .filter(|&c| !c.is_control() && !crate::secret::is_invisible(c))
             .take(200)
             .collect::<String>()
     };
@@ -746,9 +750,46 @@ mod tests {
         let v = json!({"error": "invalid_request",
                        "error_description": format!("malformed refresh_token '{}'", token.expose())});
         let (c, d) = error_fields(&v);
-        let summary = scrub(&format!("{}: {}", c.unwrap(), d.unwrap()), &[&token]);
+        let summary = scrub_with_forms(&format!("{}: {}", c.unwrap(), d.unwrap()), &[&token]);
         assert!(!summary.contains("SENTINEL"), "{summary}");
         assert!(summary.starts_with("invalid_request: malformed refresh_token"));
+    }
+
+    /// Found by a review: the token echoed with a zero-width space or a soft hyphen between its
+    /// characters (on screen, the token itself), or in base64 or hex, came through to the
+    /// error, `lastError` and the tool's answer.
+    #[test]
+    fn an_echo_hidden_by_invisible_characters_or_reencoded_is_scrubbed() {
+        use base64::Engine as _;
+        let token = Secret::new("sk-ant-ort01-SENTINEL-abcdefghijklmnop");
+        let spaced = |sep: &str| {
+            token
+                .expose()
+                .chars()
+                .map(String::from)
+                .collect::<Vec<_>>()
+                .join(sep)
+        };
+        let hex: String = token.expose().bytes().map(|b| format!("{b:02x}")).collect();
+        for echoed in [
+            spaced("\u{200b}"),
+            spaced("\u{00ad}"),
+            spaced("\u{2060}"),
+            base64::engine::general_purpose::STANDARD.encode(token.expose()),
+            hex,
+        ] {
+            let v = json!({"error": "invalid_grant", "error_description": format!("bad token {echoed}")});
+            let (c, d) = error_fields(&v);
+            let summary = scrub_with_forms(&format!("{}: {}", c.unwrap(), d.unwrap()), &[&token]);
+            // As it shows: what a screen shows of it, and the encodings as they are.
+            let shown: String = summary
+                .chars()
+                .filter(|c| !crate::secret::is_invisible(*c))
+                .collect();
+            assert!(!shown.contains("SENTINEL"), "{summary}");
+            assert!(!summary.contains(&echoed[..24]), "{summary}");
+            assert!(summary.contains("[redacted]"), "{summary}");
+        }
     }
 
     #[test]

@@ -272,6 +272,74 @@ fn lone_surrogates_replaced(text: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> 
     Some(buf)
 }
 
+/// A JSON value as JavaScript's `JSON.parse` reads it where serde_json would refuse it: past a
+/// UTF-8 byte order mark, with a lone surrogate escape read as U+FFFD (`lone_surrogates_replaced`)
+/// and a number too large for a double read as the largest one (`1e400`: `JSON.parse` gives
+/// `Infinity`). For a token endpoint's answer, whose refresh token is spent once it is sent: an
+/// answer a JavaScript client reads was refused whole, and the rotated token in it lost with
+/// the login. `None` when it is not JSON even so.
+pub fn value_read_leniently(bytes: &[u8]) -> Option<Value> {
+    let text = json_text(bytes).ok()?;
+    let replaced = lone_surrogates_replaced(text);
+    let text: &[u8] = replaced.as_ref().map_or(text, |v| v.as_slice());
+    match serde_json::from_slice(text) {
+        Ok(v) => Some(v),
+        Err(e) if e.is_syntax() || e.is_data() => {
+            serde_json::from_slice(&numbers_in_range(text)).ok()
+        }
+        Err(_) => None,
+    }
+}
+
+/// `text` with each number outside a string that a double cannot hold written as the largest
+/// one of its sign.
+fn numbers_in_range(text: &[u8]) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(text.len()));
+    let (mut i, mut in_string) = (0, false);
+    while let Some(&b) = text.get(i) {
+        if in_string {
+            out.push(b);
+            match b {
+                b'\\' => {
+                    if let Some(&next) = text.get(i + 1) {
+                        out.push(next);
+                    }
+                    i += 2;
+                    continue;
+                }
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+        } else if b == b'-' || b.is_ascii_digit() {
+            let end = text
+                .get(i..)
+                .unwrap_or_default()
+                .iter()
+                .position(|c| !matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                .map_or(text.len(), |n| i + n);
+            let number = text.get(i..end).unwrap_or_default();
+            match std::str::from_utf8(number)
+                .ok()
+                .and_then(|n| n.parse::<f64>().ok())
+            {
+                Some(f) if f.is_infinite() => out.extend_from_slice(if f < 0.0 {
+                    b"-1.7976931348623157e308"
+                } else {
+                    b"1.7976931348623157e308"
+                }),
+                _ => out.extend_from_slice(number),
+            }
+            i = end;
+        } else {
+            in_string = b == b'"';
+            out.push(b);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// What `savePool` knows of the copy it is given when `loadPool` gave it: when it was read
 /// (epoch ms) and its accounts as read. Both `None`: a pool built by hand, which replaces what
 /// is there.
@@ -1344,6 +1412,27 @@ mod tests {
             json!({"email": "d@x", "status": "idle"})
         );
         assert!(loaded["anthropic"][1].get("expires").is_none());
+    }
+
+    #[test]
+    fn a_value_javascript_reads_is_read_leniently() {
+        let read = |t: &[u8]| value_read_leniently(t);
+        let v =
+            read(br#"{"expires_in":1e400,"low":-2E+999,"s":"1e400 \" 9e999","n":[1.5,-0,3e2]}"#)
+                .unwrap();
+        assert_eq!(v["expires_in"], json!(f64::MAX));
+        assert_eq!(v["low"], json!(f64::MIN));
+        assert_eq!(
+            v["s"],
+            json!("1e400 \" 9e999"),
+            "a string's text is its own"
+        );
+        assert_eq!(v["n"], json!([1.5, -0.0, 300.0]));
+        let v = read(b"\xEF\xBB\xBF{\"a\":\"x \\ud83d\"}").unwrap();
+        assert_eq!(v["a"], json!("x \u{fffd}"));
+        for not_json in [&b"<html>"[..], b"", b"{\"a\":1e400", b"\xFF\xFE{}"] {
+            assert_eq!(read(not_json), None, "{not_json:?}");
+        }
     }
 
     #[test]

@@ -167,6 +167,19 @@ pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// The characters that show as nothing (zero-width spaces and joiners, a soft hyphen, a word
+/// joiner, a byte order mark, variation selectors, tags) beside the bidi controls: put between
+/// the characters of a secret a server echoes back, they hid it from every search for it, and
+/// the text still read as the secret on screen.
+pub fn is_invisible(c: char) -> bool {
+    is_bidi_control(c)
+        || matches!(c,
+            '\u{00ad}' | '\u{034f}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+            | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200d}' | '\u{2060}'..='\u{206f}'
+            | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}'
+            | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
+}
+
 /// `scrub` with no presented secrets: the backstop for text about to leave the process.
 pub fn scrub_tokens(text: &str) -> String {
     scrub(text, &[])

@@ -499,7 +499,10 @@ export async function startMockAnthropic({ port = 0, requireOAuthBeta = true, en
     }
     record.status = result.status;
     res.writeHead(result.status, { "content-type": "application/json", "request-id": requestId() });
-    res.end(JSON.stringify(result.body));
+    // `retext`: a successful grant's JSON text as a server writes it otherwise (a byte order mark,
+    // `1e400`, a lone surrogate escape: text JSON.parse reads).
+    const written = JSON.stringify(result.body);
+    res.end(mode?.retext && result.status === 200 ? mode.retext(written) : written);
     if (fam && grant === "refresh_token" && result.status === 200) {
       fam.answeredAt.push(Date.now());
       if (fam.answeredAt.length > 1000) fam.answeredAt.shift();

@@ -51,8 +51,17 @@ pub fn parse_pasted(input: &str) -> Result<Pasted> {
         let mut code = None;
         let mut state = None;
         let mut refused = None;
+        // Said twice, which one is meant is a guess: the last was sent (`code=A&code=B`), and
+        // only the last state checked (`state=OTHER&state=RIGHT` passed).
+        let twice = |what: &str| {
+            Error::OAuthBadInput(format!(
+                "the pasted address holds `{what}` twice: paste the address the login page ended on, once"
+            ))
+        };
         for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
             match k.as_ref() {
+                "code" if code.is_some() => return Err(twice("code")),
+                "state" if state.is_some() => return Err(twice("state")),
                 "code" => code = Some(Secret::new(v.into_owned())),
                 "state" => state = Some(Secret::new(v.into_owned())),
                 // The callback of a login that was refused or cancelled (RFC 6749 4.1.2.1).
@@ -431,6 +440,18 @@ mod tests {
             let e = parse_pasted(bad).unwrap_err();
             assert_eq!(e.code(), "OAUTH_BAD_INPUT", "{bad}");
             assert!(e.to_string().contains("pasted twice"), "{bad}: {e}");
+        }
+        // A callback whose code or state is said twice: which one is meant is not guessed
+        // (the last code was sent, and only the last state checked: found by a review).
+        for bad in [
+            "https://platform.claude.com/oauth/code/callback?code=AAAA&code=BBBB&state=st",
+            "https://platform.claude.com/oauth/code/callback?code=AAAA&state=OTHER&state=st",
+            "code=AAAA&state=st&state=st",
+        ] {
+            let e = parse_pasted(bad).unwrap_err();
+            assert_eq!(e.code(), "OAUTH_BAD_INPUT", "{bad}");
+            assert!(e.to_string().contains("twice"), "{bad}: {e}");
+            assert!(!e.to_string().contains("AAAA"), "{bad}: {e}");
         }
         // The callback of a refused login: its error code said, nothing else of it.
         let e = parse_pasted("https://platform.claude.com/oauth/code/callback?error=access_denied&error_description=Nope%20x&state=st").unwrap_err();

@@ -431,12 +431,27 @@ impl FileStore {
         let dir = parent_dir(&self.path);
         let (dir, size) = match fs::symlink_metadata(&self.path) {
             Ok(meta) => (dir, meta.len()),
-            Err(_) if before == Trial::Login => match nearest_dir(&dir) {
-                Some(dir) => (dir, 0),
-                None => return Ok(()),
+            Err(_) if before == Trial::Login => match directory_to_make(&dir) {
+                Ok(dir) => (dir, 0),
+                Err(e) => {
+                    return Err(Error::io(
+                        &self.path,
+                        "making the pool's directory, checked before exchanging the login's code (the code was not spent)",
+                        e,
+                    ))
+                }
             },
             Err(_) => return Ok(()),
         };
+        if before == Trial::Login {
+            // The lock the write takes: one that is a directory, a FIFO or a link failed the
+            // write after the code was spent, and the login lived only in this process. Held
+            // by another process, it is a lock all the same.
+            match FileLock::acquire_making(&self.lock_path(), Duration::ZERO, Making::Nothing) {
+                Ok(_) | Err(Error::PoolBusy { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let trial = || -> std::io::Result<()> {
             let tmp = temp_in(&dir, &self.path).map_err(std::io::Error::other)?;
             fill_zeros(tmp.as_file(), size)
@@ -599,6 +614,10 @@ impl FileStore {
             .unwrap_or_else(|| sibling(&self.path, &format!(".bak-{time}")));
         match fs::rename(&bak, &aside) {
             Ok(()) => {
+                // It holds logins, under a name of ours nothing removes: private, whatever mode
+                // the backup was left with (a 0644 one kept its mode).
+                #[cfg(unix)]
+                owner_only(&aside);
                 tracing::warn!(kept = %aside.display(), "the pool file was missing; the backup of the earlier one is kept aside")
             }
             Err(e) => {
@@ -712,18 +731,30 @@ fn fill_zeros(mut file: &File, size: u64) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// `dir` when it is a directory, else the nearest of its ancestors that is one; `None` when the
-/// first that exists is something else (a path through a file: the write fails anyway).
-fn nearest_dir(dir: &Path) -> Option<PathBuf> {
+/// `dir` when it is a directory, else the nearest of its ancestors that is one, under which the
+/// write makes the rest; an error when the first that is there is something else (a file, a
+/// link to nothing: the write could not make the directory).
+fn directory_to_make(dir: &Path) -> std::io::Result<PathBuf> {
     let mut at = Some(dir);
     while let Some(p) = at {
-        match fs::metadata(p) {
-            Ok(meta) if meta.is_dir() => return Some(p.to_path_buf()),
-            Ok(_) => return None,
-            Err(_) => at = p.parent().filter(|q| !q.as_os_str().is_empty()),
+        match (fs::symlink_metadata(p), fs::metadata(p)) {
+            (_, Ok(meta)) if meta.is_dir() => return Ok(p.to_path_buf()),
+            (Err(_), _) => at = p.parent().filter(|q| !q.as_os_str().is_empty()),
+            (Ok(link), Err(_)) if link.file_type().is_symlink() => {
+                return Err(std::io::Error::other(format!(
+                    "{} is a symbolic link to nothing",
+                    p.display()
+                )))
+            }
+            _ => {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a directory",
+                    p.display()
+                )))
+            }
         }
     }
-    None
+    Ok(PathBuf::from("."))
 }
 
 /// What a trial write comes before (`FileStore::try_write_room`).
@@ -996,11 +1027,21 @@ fn refuse_unwritable_dir(dir: &Path) -> Result<()> {
 
 /// A lock file of this user's left 0400 by an older build under a umask taking the owner's own
 /// bits (0277): opening it for writing is refused, and every write failed with "Permission
-/// denied" after an upgrade. Set back to 0600 (it holds no secret; 0600 is what is made now)
-/// through a read-only descriptor of the file itself (no symbolic link followed), only when it is
-/// a regular file this user owns. Whether it was.
+/// denied" after an upgrade. Set back to 0600 (it holds no secret; 0600 is what is made now).
+/// Whether it was.
 #[cfg(unix)]
 fn restore_lock_mode(path: &Path) -> bool {
+    let restored = owner_only(path);
+    if restored {
+        tracing::info!(path = %path.display(), "set a lock file left unwritable by an older build back to 0600");
+    }
+    restored
+}
+
+/// `path` made 0600 through a read-only descriptor of the file itself (no symbolic link
+/// followed), only when it is a regular file this user owns. Whether it was.
+#[cfg(unix)]
+fn owner_only(path: &Path) -> bool {
     use std::os::unix::fs::OpenOptionsExt;
     let Ok(file) = OpenOptions::new()
         .read(true)
@@ -1015,11 +1056,7 @@ fn restore_lock_mode(path: &Path) -> bool {
     if !meta.is_file() || fsread::foreign_owner(&meta).is_some() {
         return false;
     }
-    let restored = owner_read_write(&file).is_ok();
-    if restored {
-        tracing::info!(path = %path.display(), "set a lock file left unwritable by an older build back to 0600");
-    }
-    restored
+    owner_read_write(&file).is_ok()
 }
 
 /// chmod is not cut by the umask, as the mode given to mkdir is.
@@ -1626,9 +1663,22 @@ mod tests {
                 1,
             ));
             fs::write(store.backup_path(), other.to_bytes()).unwrap();
+            // Left readable by others (a copy, a restore): kept aside private all the same.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(store.backup_path(), fs::Permissions::from_mode(0o644))
+                    .unwrap();
+            }
             add(&format!("later{round}@x"));
         }
         assert_eq!(count(), 3, "each different backup is kept");
+        #[cfg(unix)]
+        for kept in fs::read_dir(dir).unwrap().flatten() {
+            if kept.file_name().to_string_lossy().contains(".json.bak-") {
+                assert_eq!(mode(&kept.path()), 0o600, "{:?}", kept.path());
+            }
+        }
     }
 
     #[test]
@@ -1765,6 +1815,60 @@ mod tests {
         let deeper = FileStore::new(dir.join("not-yet").join("deeper").join("oauth-pool.json"));
         deeper.try_write_room(Trial::Login).unwrap();
         assert_eq!(names(&dir), listed);
+    }
+
+    /// Found by a review: a login's trial passed, its code was spent, and the write failed on
+    /// the lock (a directory, a FIFO, a link) or on a directory it could not make (under a link
+    /// to nothing, or a file), and the login lived only in the process. Each is refused before
+    /// the code is sent now; a lock another process holds is a lock all the same.
+    #[cfg(unix)]
+    #[test]
+    fn a_login_trial_refuses_a_lock_or_a_directory_the_write_would_fail_on() {
+        let (_d, store, _) = store_holding_a();
+        let lock = store.lock_path();
+        let refused = |store: &FileStore, what: &str| {
+            let err = store.try_write_room(Trial::Login).unwrap_err();
+            assert!(
+                matches!(err.code(), "POOL_IO" | "POOL_INSECURE"),
+                "{what}: {err}"
+            );
+        };
+        for make in [
+            &(|p: &Path| fs::create_dir(p).unwrap()) as &dyn Fn(&Path),
+            &|p: &Path| {
+                let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            },
+            &|p: &Path| std::os::unix::fs::symlink("/nonexistent/elsewhere", p).unwrap(),
+        ] {
+            let _ = fs::remove_file(&lock);
+            let _ = fs::remove_dir(&lock);
+            make(&lock);
+            refused(&store, "lock");
+            // The refresh's trial does not look at the lock: its write waits for it as ever.
+            store.try_write_room(Trial::Refresh).unwrap();
+        }
+        let _ = fs::remove_file(&lock);
+        let _ = fs::remove_dir(&lock);
+        let held = FileLock::acquire(&lock, LOCK_TIMEOUT).unwrap();
+        store.try_write_room(Trial::Login).unwrap();
+        drop(held);
+        store.try_write_room(Trial::Login).unwrap();
+
+        let dir = store.path().parent().unwrap().to_path_buf();
+        std::os::unix::fs::symlink(dir.join("gone"), dir.join("dangling")).unwrap();
+        refused(
+            &FileStore::new(dir.join("dangling").join("oauth-pool.json")),
+            "a link to nothing",
+        );
+        refused(
+            &FileStore::new(dir.join("dangling").join("deeper").join("oauth-pool.json")),
+            "under a link to nothing",
+        );
+        refused(
+            &FileStore::new(store.path().join("oauth-pool.json")),
+            "under a file",
+        );
     }
 
     /// A store whose file holds account a@x, and the file's bytes.
