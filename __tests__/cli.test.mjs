@@ -242,6 +242,61 @@ test("an option of a value given twice with two values is a usage error naming i
   assert.deepEqual(json(same), { email: "k@x.test", added: true });
 });
 
+// Found by a review of the CLI: what a usage error repeats of the line is shown as the library
+// shows it (a store URL's password was printed whole), a key broken by a zero-width space or a
+// space came back from the break on, and a command quoted as one word ("store init") took the
+// URL after it for its own second word and went to OAUTH_POOL_STORE's store instead.
+test("what a usage error repeats holds no password or key, a key broken in two included; a two-word command quoted as one takes its own arguments", async () => {
+  const path = freshPath();
+  const url = "postgres://alice:S3cretPassw0rd@127.0.0.1:1/pool";
+  for (const args of [
+    ["list", "--path", url, "--path", path],
+    ["store", "init", url, "--path", path, "--json"],
+  ]) {
+    const r = await cli(args, { path });
+    assert.equal(r.code, 2, r.stderr);
+    assert.ok(!`${r.stdout}${r.stderr}`.includes("S3cretPassw0rd"), `${args}: ${r.stdout}${r.stderr}`);
+    assert.match(`${r.stdout}${r.stderr}`, /alice:\*\*\*@127\.0\.0\.1:1/, String(args));
+  }
+  const key = `${["sk", "ant", "api03"].join("-")}-${"Z".repeat(70)}-CCCCCCAA`;
+  for (const broken of [`${key.slice(0, 50)}\u200b${key.slice(50)}`, `${key.slice(0, 40)} ${key.slice(40)}`]) {
+    for (const args of [
+      ["remove", broken],
+      ["disable", broken, "--json"],
+    ]) {
+      const r = await cli(args, { path });
+      assert.notEqual(r.code, 0);
+      const said = `${r.stdout}${r.stderr}`;
+      assert.ok(!said.includes("ZZZZ") && !said.includes("CCCC"), `${args[0]}: ${said}`);
+    }
+  }
+  // Two stores on loopback that take a connection and close it: which one was asked.
+  const asked = { named: 0, env: 0 };
+  const listeners = await Promise.all(
+    Object.keys(asked).map(
+      (which) =>
+        new Promise((resolve) => {
+          const server = createServer((socket) => {
+            asked[which]++;
+            socket.destroy();
+          });
+          server.listen(0, "127.0.0.1", () => resolve([which, server]));
+        }),
+    ),
+  );
+  const port = Object.fromEntries(listeners.map(([which, server]) => [which, server.address().port]));
+  try {
+    const quoted = await cli(["store init", `postgres://named@127.0.0.1:${port.named}/db`, "--json"], {
+      path,
+      env: { OAUTH_POOL_STORE: `postgres://envstore@127.0.0.1:${port.env}/db` },
+    });
+    assert.notEqual(quoted.code, 0);
+    assert.ok(asked.named > 0 && asked.env === 0, `${JSON.stringify(asked)}: ${quoted.stdout}${quoted.stderr}`);
+  } finally {
+    for (const [, server] of listeners) server.close();
+  }
+});
+
 test("list and edits of accounts on a missing pool: empty or ACCOUNT_NOT_FOUND, nothing created", async () => {
   const path = freshPath();
   const r = await cli(["list"], { path });

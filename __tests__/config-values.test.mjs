@@ -418,20 +418,22 @@ test("a file in SSL_CERT_DIR larger than a CA bundle, or a symlink to one, is IN
 // INVALID_ARGUMENT", and blank is unset (a key generated beside the pool). A key a client could
 // not present (a space, a tab, a non-ASCII letter) or could guess (too short) must not start a
 // gateway nobody can use, and the refusal must not repeat the key.
-test("OAUTH_POOL_GATEWAY_KEY too short or not visible ASCII is INVALID_ARGUMENT without the key in it; blank generates one; spaces around it are dropped", async () => {
+test("OAUTH_POOL_GATEWAY_KEY too short, too long or not visible ASCII is INVALID_ARGUMENT without the key in it; blank generates one; spaces around it are dropped", async () => {
   const refused = [
     "fifteen-chars-k",
     "has a space in-the-middle",
     "tab\tinside-the-key-text",
     "caf\u00e9-key-with-accent",
     "\u00a0no-break-spaces-around\u00a0",
+    // Longer than any header value the pool takes: refused as too short, it was said to be.
+    "k".repeat(4097),
   ];
   for (const key of refused) {
     const path = tempPoolPath();
     await withEnv({ OAUTH_POOL_GATEWAY_KEY: key }, async () => {
       await assert.rejects(
         serve({ port: 0, path }),
-        (e) => e.code === "INVALID_ARGUMENT" && /OAUTH_POOL_GATEWAY_KEY must be at least 16 visible ASCII/.test(e.message) && !e.message.includes(key.trim()),
+        (e) => e.code === "INVALID_ARGUMENT" && /OAUTH_POOL_GATEWAY_KEY must be 16 to 4,096 visible ASCII/.test(e.message) && !e.message.includes(key.trim()),
         JSON.stringify(key),
       );
     });

@@ -753,6 +753,13 @@ test("loopback only by default: another address needs --allow-remote and TLS; wi
     { cwd: dir },
   );
   assert.equal(r.status, 0, String(r.stderr));
+  // A certificate file with no certificate in it is named as such, not as a pair that does not
+  // fit ("peer sent no certificates", rustls's words for a client).
+  writeFileSync(join(dir, "empty.pem"), "");
+  await assert.rejects(
+    lib.serve({ port: 0, path, tlsCert: join(dir, "empty.pem"), tlsKey: join(dir, "key.pem") }),
+    (e) => e.code === "INVALID_ARGUMENT" && /empty\.pem holds no PEM certificate/.test(e.message),
+  );
   const seeded = await seedPool(mock, ["tls@x.test"]);
   const gw = await lib.serve({
     host: "127.0.0.1",

@@ -137,29 +137,81 @@ pub fn scrub(text: &str, presented: &[&Secret]) -> String {
             out = out.replace(s, REDACTED);
         }
     }
-    let mut result = String::with_capacity(out.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, result: &mut String| {
-        if !run.is_empty() {
-            if looks_secret(run, &secrets) {
-                result.push_str(REDACTED);
-            } else {
-                result.push_str(run);
-            }
-            run.clear();
-        }
+    let mut runs = Runs {
+        secrets: &secrets,
+        result: String::with_capacity(out.len()),
+        run: String::new(),
+        cut_short: None,
+        gap: 0,
     };
     for c in out.chars() {
-        if token_char(c) {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut result);
-            result.push(c);
+        // Inside a run, an invisible character is part of it: put in a key (a zero-width space
+        // copied off a page), it let the rest of the key through as a run of its own.
+        if token_char(c) || (is_invisible(c) && !runs.run.is_empty()) {
+            runs.run.push(c);
+            continue;
         }
+        runs.flush();
+        if c.is_whitespace() || is_invisible(c) {
+            runs.gap += 1;
+        } else {
+            runs.cut_short = None;
+        }
+        runs.result.push(c);
     }
-    flush(&mut run, &mut result);
-    result
+    runs.flush();
+    runs.result
 }
+
+/// `scrub`'s walk over a text's runs of token characters.
+struct Runs<'a> {
+    secrets: &'a [&'a str],
+    result: String,
+    run: String,
+    /// What follows a credential cut short (`sk-ant-` and fewer characters than a whole one) by
+    /// a space or a line break is the rest of it: a key broken over two lines came back from its
+    /// second piece on. How much of one came so far.
+    cut_short: Option<usize>,
+    /// The spaces since the last run.
+    gap: usize,
+}
+
+impl Runs<'_> {
+    fn flush(&mut self) {
+        if self.run.is_empty() {
+            return;
+        }
+        // Judged without the invisible characters in it, kept as it came when it is no secret.
+        let bare: std::borrow::Cow<'_, str> = if self.run.chars().any(is_invisible) {
+            self.run
+                .chars()
+                .filter(|c| !is_invisible(*c))
+                .collect::<String>()
+                .into()
+        } else {
+            self.run.as_str().into()
+        };
+        let rest = self
+            .cut_short
+            .filter(|_| self.gap <= 2 && bare.len() >= 8 && !bare.contains('@'));
+        if rest.is_some() || looks_secret(&bare, self.secrets) {
+            let so_far = rest.unwrap_or(0) + bare.len();
+            self.cut_short = (rest.is_some() || bare.contains("sk-ant-"))
+                .then_some(so_far)
+                .filter(|n| *n < WHOLE_CREDENTIAL);
+            self.result.push_str(REDACTED);
+        } else {
+            self.cut_short = None;
+            self.result.push_str(&self.run);
+        }
+        self.run.clear();
+        self.gap = 0;
+    }
+}
+
+/// Shorter than this, a run with `sk-ant-` in it is a credential cut short (a whole key or
+/// token is over 100 characters).
+const WHOLE_CREDENTIAL: usize = 100;
 
 /// The invisible characters that reorder the text around them (marks, embeddings, overrides,
 /// isolates) or break its line: a name holding one can read as another.
@@ -236,6 +288,42 @@ fn looks_secret(run: &str, secrets: &[&str]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by a review: a key pasted with a zero-width space in it, or broken over lines, came
+    /// back in errors from the break on (only the run holding `sk-ant-` was taken out).
+    #[test]
+    fn a_credential_broken_by_an_invisible_character_or_a_line_is_taken_out_whole() {
+        let key = format!(
+            "{}-{}-CCCCCCAA",
+            ["sk", "ant", "api03"].join("-"),
+            "Z".repeat(80)
+        );
+        let (head, tail) = key.split_at(50);
+        for broken in [
+            format!("{head}\u{200b}{tail}"),
+            format!("{head}\u{00ad}{tail}"),
+            format!("{head} {tail}"),
+            format!("{head}\n{tail}"),
+            format!("{}\n{}\n{}", &key[..40], &key[40..80], &key[80..]),
+        ] {
+            let said = scrub_tokens(&format!("no account with email {broken} in the pool"));
+            assert!(!said.contains("ZZZZ") && !said.contains("CCCC"), "{said:?}");
+            assert!(
+                said.starts_with("no account with email [redacted]"),
+                "{said:?}"
+            );
+            assert!(said.ends_with(" in the pool"), "{said:?}");
+        }
+        // A whole one leaves what follows it alone, and so does text that is no credential.
+        let said = scrub_tokens(&format!("key {key} authentication_error_here"));
+        assert_eq!(said, "key [redacted] authentication_error_here");
+        let said = scrub_tokens(&format!("bad {} example@x.test and more", &key[..30]));
+        assert_eq!(said, "bad [redacted] example@x.test and more");
+        assert_eq!(
+            scrub_tokens("plain\u{200b}text stays\u{202e}"),
+            "plain\u{200b}text stays\u{202e}"
+        );
+    }
 
     #[test]
     fn scrub_removes_presented_secrets_pieces_and_token_shapes() {

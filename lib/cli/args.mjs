@@ -38,14 +38,15 @@ const lenient = (args, options) => parseArgs({ args, options: parserConfig(optio
 
 /**
  * The command: the first word that is neither an option nor a global option's value, or the
- * first two when they name a command together ("store init").
+ * first two when they name a command together ("store init"), and how many words it took (one
+ * word may name a two-word command: `"store init"` quoted).
  */
 function findCommand(args, commandOptions) {
   const [first, second] = lenient(args, GLOBAL_OPTIONS)
     .filter((t) => t.kind === "positional")
     .map((t) => unprotect(t.value));
   const pair = `${first} ${second}`;
-  return second !== undefined && commandOptions(pair) !== undefined ? pair : first;
+  return second !== undefined && commandOptions(pair) !== undefined ? { command: pair, words: 2 } : { command: first, words: first === undefined ? 0 : 1 };
 }
 
 /** Why strict parsing refused, in the words the CLI has always used. */
@@ -104,7 +105,7 @@ function refuseRepeats(tokens) {
 export function parseCommandLine(argv, commandOptions) {
   const args = argv.map(protect);
   refuseLongGroups(args);
-  const command = findCommand(args, commandOptions);
+  const { command, words } = findCommand(args, commandOptions);
   const own = command === undefined ? undefined : commandOptions(command);
   const options = { ...GLOBAL_OPTIONS, ...own };
   let parsed;
@@ -120,7 +121,8 @@ export function parseCommandLine(argv, commandOptions) {
     if (value === "") throw new UsageError(`--${name} needs a value`);
     values[name] = unprotect(value);
   }
-  const words = command === undefined ? 0 : command.split(" ").length;
+  // Counted from the words given: a command named in one word ("store init" quoted) took one,
+  // and the URL after it was dropped as if it had been the command's second word.
   return { command, positionals: parsed.positionals.slice(words).map(unprotect), options: values };
 }
 

@@ -4,7 +4,7 @@
 // could make `a@x` read as something else. JSON.stringify already escapes all of it; text mode
 // goes through printable() (lib/printable.mjs, shared with the plugins).
 
-import { printable } from "../printable.mjs";
+import { printable, withoutSecrets } from "../printable.mjs";
 
 export { printable };
 
@@ -22,9 +22,13 @@ export function text(strings, ...values) {
 // whole, in one line of stderr or one JSON document.
 const ECHOED = 80;
 
-/** What the user typed, as a message repeats it: printable(), only its start when long. */
+/**
+ * What the user typed, as a message repeats it: printable(), only its start when long, and a
+ * URL in it without its password, query and fragment (a fleet store's `postgres://` URL given
+ * twice came back with its password).
+ */
 export function echoed(value) {
-  const s = String(value ?? "");
+  const s = withoutSecrets(String(value ?? ""));
   if (s.length <= ECHOED) return printable(s);
   // Cut before escaping, so no escape is cut in half; never half of a surrogate pair.
   const start = s.slice(0, ECHOED).replace(/[\ud800-\udbff]$/, "");

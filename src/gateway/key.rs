@@ -31,7 +31,7 @@ pub fn gateway_key(store: &Store) -> Result<(Secret, Option<PathBuf>)> {
         let key = Secret::new(k.trim_ascii());
         if !usable(&key) {
             return Err(Error::InvalidArgument(format!(
-                "{} must be at least {KEY_MIN} visible ASCII characters (no spaces or control characters): a client could not present it, or could guess it",
+                "{} must be {KEY_MIN} to 4,096 visible ASCII characters (no spaces or control characters): a client could not present it, or could guess it",
                 config::var::GATEWAY_KEY.name()
             )));
         }

@@ -120,6 +120,14 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
                 cert.display()
             ))
         })?;
+    // Said of the pair ("do not fit together: peer sent no certificates"), a file holding no
+    // certificate (empty, another file named by mistake) was not named.
+    if certs.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "the TLS certificate {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            cert.display()
+        )));
+    }
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         Error::InvalidArgument(format!(
             "the TLS key {} is not a PEM private key: {e}",
