@@ -1676,8 +1676,16 @@ test("a reserve reads as set: to a tenth of a percent where needed, some never 0
     ["0.999", "0.1 %", "99.9%"],
     ["0.0001", "99.9 %", "0.1%"],
     ["0.125", "87.5 %", "12.5%"],
+    // Written with a trailing point, as Number reads it ("1." was taken and "0." refused).
+    ["0.", null, null],
+    ["1.", "0 %", "100%"],
   ]) {
     const set = await cli(["reserve", "r@x.test", fraction], { path });
+    assert.equal(set.code, 0, set.stderr);
+    if (line === null) {
+      assert.equal(set.stdout, "r@x.test: no reserve\n", fraction);
+      continue;
+    }
     assert.equal(set.stdout, `r@x.test: the pool stops using it once any window reaches ${line}\n`, fraction);
     assert.match((await cli(["status"], { path })).stdout, new RegExp(`^ {4}reserve {2}${kept.replace(".", "\\.")} of every window kept`, "m"), fraction);
   }
@@ -1706,6 +1714,12 @@ test("parseCommandLine: per-command options, two-word commands, negative numbers
   assert.throws(() => parse("serve", "--port"), /--port needs a value/);
   assert.throws(() => parse("serve", "--port", "--show-key"), /--port needs a value \(write --port=<value>/);
   assert.deepEqual(parse("-V"), { command: undefined, positionals: [], options: { version: true } });
+  // A command's own options before it: their values are not the command (`--port 0 serve` was
+  // "unknown command 0"), for two-word commands too; an unknown first word stays unknown.
+  assert.deepEqual(parse("--port", "0", "serve", "--show-key"), { command: "serve", positionals: [], options: { port: "0", "show-key": true } });
+  assert.deepEqual(parse("--from", "file", "store", "copy", "--to", "k"), { command: "store copy", positionals: [], options: { from: "file", to: "k" } });
+  assert.equal(parse("frobnicate", "serve").command, "frobnicate");
+  assert.throws(() => parse("--port", "0", "priority"), /unknown option --port/);
 });
 
 test("output that cannot be written is a failure (exit 1 and why), a reader that stops early is not", {

@@ -65,10 +65,7 @@ export function placedName(name, index) {
   const text = String(name ?? "");
   // Only a hand edit or another program makes a longer one: 300 names of 10 KB made the tool's
   // list 3 MB of a model's context. Cut after the credentials are out, so none is cut in half.
-  if (text.length > NAME_SHOWN)
-    return `${withoutCredentials(text)
-      .slice(0, NAME_SHOWN)
-      .replace(/[\ud800-\udbff]$/, "")}… (#${index})`;
+  if (text.length > NAME_SHOWN) return `${shortened(withoutCredentials(text), NAME_SHOWN)} (#${index})`;
   return holdsCredential(name) ? `${name} (#${index})` : name;
 }
 

@@ -351,7 +351,8 @@ async function refresh({ lib, args: [email], path, out }) {
 
 async function reserve({ lib, args: [email, fraction], path, out }) {
   const value = Number(fraction);
-  if (!/^(0|1|0?\.\d+|1\.0*)$/.test(fraction) || !(value >= 0 && value <= 1)) {
+  // "0." and "1." alike, as Number reads both.
+  if (!/^(0(\.\d*)?|\.\d+|1(\.0*)?)$/.test(fraction) || !(value >= 0 && value <= 1)) {
     throw new UsageError(echo`reserve takes a fraction from 0 to 1 (0.2 keeps 20 % of every window), not ${fraction}`);
   }
   const { email: stored, shown } = changed(await lib.setReserve(email, value, path), email);

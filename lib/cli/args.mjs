@@ -1,6 +1,6 @@
-// The command line: global options anywhere, the command's own options after the command, and
-// usage errors (exit 2) in our words. node:util's parseArgs (strict) decides what is valid; when
-// it refuses, a lenient second pass over the same words finds which one to name.
+// The command line: global options anywhere, the command's own options before or after the
+// command, and usage errors (exit 2) in our words. node:util's parseArgs (strict) decides what is
+// valid; when it refuses, a lenient second pass over the same words finds which one to name.
 import { parseArgs } from "node:util";
 import { UsageError } from "./errors.mjs";
 import { echo, echoed } from "./output.mjs";
@@ -37,16 +37,33 @@ function parserConfig(options) {
 const lenient = (args, options) => parseArgs({ args, options: parserConfig(options), strict: false, allowPositionals: true, tokens: true }).tokens;
 
 /**
- * The command: the first word that is neither an option nor a global option's value, or the
- * first two when they name a command together ("store init"), and how many words it took (one
- * word may name a two-word command: `"store init"` quoted).
+ * The command: the first word that is neither an option nor an option's value, or the first two
+ * when they name a command together ("store init"), and how many words it took (one word may
+ * name a two-word command: `"store init"` quoted). The command's own options may come before it
+ * (`--email a@x add-key`): a later word that names a command, and is the first word left once
+ * that command's options have taken their values, is the command.
  */
 function findCommand(args, commandOptions) {
-  const [first, second] = lenient(args, GLOBAL_OPTIONS)
-    .filter((t) => t.kind === "positional")
-    .map((t) => unprotect(t.value));
-  const pair = `${first} ${second}`;
-  return second !== undefined && commandOptions(pair) !== undefined ? { command: pair, words: 2 } : { command: first, words: first === undefined ? 0 : 1 };
+  const words = (options) =>
+    lenient(args, options)
+      .filter((t) => t.kind === "positional")
+      .map((t) => unprotect(t.value));
+  const named = ([first, second]) => {
+    const pair = `${first} ${second}`;
+    if (second !== undefined && commandOptions(pair) !== undefined) return { command: pair, words: 2 };
+    return { command: first, words: first === undefined ? 0 : 1 };
+  };
+  const plain = words(GLOBAL_OPTIONS);
+  const found = named(plain);
+  if (found.command === undefined || commandOptions(found.command) !== undefined) return found;
+  for (let i = 1; i < plain.length; i++) {
+    const candidate = named(plain.slice(i));
+    const own = commandOptions(candidate.command);
+    if (own === undefined) continue;
+    const left = named(words({ ...GLOBAL_OPTIONS, ...own }));
+    if (left.command === candidate.command) return left;
+  }
+  return found;
 }
 
 /** Why strict parsing refused, in the words the CLI has always used. */

@@ -4,7 +4,7 @@
 // could make `a@x` read as something else. JSON.stringify already escapes all of it; text mode
 // goes through printable() (lib/printable.mjs, shared with the plugins).
 
-import { printable, withoutSecrets } from "../printable.mjs";
+import { printable, shortened, withoutSecrets } from "../printable.mjs";
 
 export { printable };
 
@@ -30,9 +30,8 @@ const ECHOED = 80;
 export function echoed(value) {
   const s = withoutSecrets(String(value ?? ""));
   if (s.length <= ECHOED) return printable(s);
-  // Cut before escaping, so no escape is cut in half; never half of a surrogate pair.
-  const start = s.slice(0, ECHOED).replace(/[\ud800-\udbff]$/, "");
-  return `${printable(start)}… (${s.length} characters)`;
+  // Cut before escaping, so no escape is cut in half.
+  return `${printable(shortened(s, ECHOED))} (${s.length} characters)`;
 }
 
 /** `text` for messages that repeat what the user typed: every interpolated value through echoed(). */
