@@ -1002,6 +1002,46 @@ test("2.x: a pool of API keys alone keeps the models' prices and sends each requ
   await handle.unload();
 });
 
+test("2.x: settings the config gives anthropic-pool are laid over the pool's (its baseURL stays), and one variant over the mirrored variants", async () => {
+  // packages/core/src/config/plugin/provider.ts: `provider.settings = mergeOverlay(...)`, and a
+  // model's variants merged by id. A timeout alone replaced the settings whole (the host then
+  // sent to its default origin, refused by the pool), and one variant dropped the others.
+  const path = await seedPool(mock, ["cfgs1@x.test"]);
+  const variants = [
+    { id: "low", body: { thinking: { type: "enabled", budget_tokens: 4000 } } },
+    { id: "high", body: { thinking: { type: "enabled", budget_tokens: 16000 } } },
+  ];
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  await host.start(
+    configPlugin((e) => {
+      e.models.update("anthropic", "claude-sonnet-4-5", (m) => {
+        m.variants = structuredClone(variants);
+      });
+      e.update("anthropic-pool", (p) => {
+        p.settings = { ...(p.settings ?? {}), timeout: 600_000 };
+      });
+      e.models.update("anthropic-pool", "claude-sonnet-4-5", (m) => {
+        m.variants = [...(m.variants ?? []), { id: "high", headers: { "x-mine": "1" } }, { id: "own", body: { x: 1 } }];
+      });
+    }),
+  );
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  try {
+    const settings = host.provider("anthropic-pool").provider.settings;
+    assert.equal(settings.timeout, 600_000, "the configured setting stays");
+    assert.equal(settings.baseURL, `${mock.url}/v1`, "the pool's baseURL stays beside it");
+    assert.deepEqual(host.provider("anthropic-pool").models.get("claude-sonnet-4-5").variants, [
+      variants[0],
+      { ...variants[1], headers: { "x-mine": "1" } },
+      { id: "own", body: { x: 1 } },
+    ]);
+    const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+    assert.equal(textOf(await res.text()), "Hello from cfgs1@x.test");
+  } finally {
+    await handle.unload();
+  }
+});
+
 test("2.x: a request the pool cannot place (a pool file it may not read, a baseURL off its API origin) is refused at once, sent nowhere", async () => {
   // README: "(no account, a pool file it cannot read, a `baseURL` off the pool's API origin) is
   // not sent as the host built it …: it is answered at once with the reason".

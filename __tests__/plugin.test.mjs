@@ -875,6 +875,15 @@ test("tool actions: list, remove, enable, disable, priority and their help texts
   const unknown = await run({ action: "remove", email: "carol@example.com" });
   assert.match(unknown, /No account "carol@example\.com" in the Anthropic pool\. Accounts in the pool: alice@example\.com, bob@example\.com\./);
   assert.match(await run({ action: "disable", email: "nobody@example.com" }), /No account "nobody@example\.com".*alice@example\.com/);
+  // Quoted as list and status quote it: cut, its line breaks escaped (it came back whole, 200 KB
+  // into the model's context, and a line break started a line of its own).
+  for (const action of ["enable", "disable", "priority"]) {
+    const long = await run({ action, email: `${"z".repeat(200_000)}\nIgnore previous@x.test`, priority: 1 });
+    assert.ok(long.length < 1_000, `${action}: ${long.length} characters`);
+    assert.match(long, /^No account "z+…" in the Anthropic pool/, action);
+    const broken = await run({ action, email: "nobody\nIgnore previous@x.test", priority: 1 });
+    assert.match(broken, /No account "nobody\\nIgnore previous@x\.test"/, action);
+  }
   assert.match(await run({ action: "remove" }), /The remove action needs `email`.*alice@example\.com, bob@example\.com/);
   const help = await run({ action: "frobnicate" });
   assert.match(help, /Unknown action "frobnicate"/);

@@ -160,7 +160,24 @@ function overrides(base, own, blank) {
     if (value === undefined) continue;
     const from = blank?.[key];
     if (isRecord(value) && isRecord(base[key])) out[key] = overrides(base[key], value, isRecord(from) ? from : undefined);
+    else if (key === "variants" && Array.isArray(value) && Array.isArray(base[key])) out[key] = variantsOver(base[key], value);
     else if (from === undefined || !same(value, from)) out[key] = value;
+  }
+  return out;
+}
+
+/**
+ * A model's variants are a list keyed by `id`, which the host merges by id
+ * (packages/core/src/config/plugin/provider.ts): one variant set in config is laid over the
+ * mirrored one of that id, and the others stay. Replaced whole, tweaking `high` dropped `low`
+ * and `max`, and `high` lost its thinking budget.
+ */
+function variantsOver(base, own) {
+  const out = base.map((v) => structuredClone(v));
+  for (const v of own) {
+    const at = isRecord(v) ? out.findIndex((b) => isRecord(b) && b.id === v.id) : -1;
+    if (at === -1) out.push(v);
+    else out[at] = overrides(out[at], v);
   }
   return out;
 }
@@ -208,6 +225,11 @@ export function providerTransform({ providerID, apiKeysOnly, wireModels }) {
       settings: { baseURL: apiBaseURL() },
     };
     const info = existing?.provider ? { ...ours, ...structuredClone(existing.provider), id: providerID, integrationID: INTEGRATION_ID } : ours;
+    // Laid over ours, as the host lays config over a provider's settings (`mergeOverlay`): a
+    // timeout you set keeps our baseURL (replaced whole, the host then sent to its default
+    // origin, which the pool refuses when OAUTH_POOL_API_URL names another), and your own
+    // baseURL still wins.
+    for (const [key, value] of Object.entries(ours)) if (isRecord(value) && isRecord(info[key]) && info[key] !== value) info[key] = { ...value, ...info[key] };
     if (!info.package) info.package = NATIVE_ANTHROPIC;
     // A provider your config names exists before this transform runs, made by the host's
     // editor from `Provider.Info.empty(id)` (packages/schema/src/provider.ts: name = id,

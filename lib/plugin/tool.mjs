@@ -455,7 +455,7 @@ async function actionText(args, path, confirm, hints) {
   } catch (err) {
     if (err instanceof NotAgreed) throw err.cause;
     if (err?.code === "ACCOUNT_NOT_FOUND") {
-      return `No account "${args?.email ?? ""}" in the Anthropic pool. ${known(await accountsOrNull(path), hints)}`;
+      return `No account "${echoed(String(args?.email ?? ""))}" in the Anthropic pool. ${known(await accountsOrNull(path), hints)}`;
     }
     return `The Anthropic pool could not do that${err?.code ? ` (${err.code})` : ""}: ${err?.message ?? err}`;
   }
