@@ -262,12 +262,16 @@ test("tokens kept while the file is gone are saved once it is back, however long
   // Past the first retry (5 s) and the request's own bookkeeping (about a second).
   await sleep(8_000);
   assert.equal(existsSync(path), false, "no pool file is made while it is gone");
+  // A caller that asks is told the new tokens are only in this process (flushPool resolved, and
+  // a script that ended then lost the login without a word).
+  await assert.rejects(flushPool(path), (e) => e.code === "POOL_IO" && /long-gone-refresh@x\.test was refreshed, but its new tokens could not be saved/.test(e.message));
   assert.deepEqual(readdirSync(dirname(path)).sort(), left, "nothing is made beside it either (a lock file)");
   renameSync(aside, path);
   const deadline = Date.now() + 20_000;
   while (account(path, email).refresh === spent && Date.now() < deadline) await sleep(100);
   assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the new refresh token is in the file");
   assert.deepEqual((await poolStatus(path)).runtime?.unsavedTokens ?? [], []);
+  await flushPool(path);
 });
 
 test("the pool's directory removed while requests are in flight: their bookkeeping and a 429's cooldown make neither the directory nor a lock file again; the pool put back is served", async () => {

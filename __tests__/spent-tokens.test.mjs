@@ -8,8 +8,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { flockAvailable, holdLock } from "./helpers/flock.mjs";
@@ -77,22 +77,28 @@ async function refreshedNotNoted(email, path) {
   };
 }
 
-test("a script that renamed an account (loadPool, edit, savePool) keeps the tokens a refresh wrote under the old name meanwhile", async () => {
-  const { path, entry } = await poolOf("old-name@x.test");
-  const copy = await lib.loadPool(path);
-  const r = await lib.refreshAccount("old-name@x.test", path);
-  assert.equal(r.outcome, "refreshed");
-  copy.anthropic[0].email = "new-name@x.test";
-  await lib.savePool(copy, path);
-  const live = mock.tokens("old-name@x.test").refresh;
-  assert.notEqual(live, entry.refresh);
-  assert.deepEqual(
-    readPool(path).anthropic.map((a) => [a.email, a.refresh === live ? "live" : a.refresh === entry.refresh ? "spent" : "other"]),
-    [["new-name@x.test", "live"]],
-  );
-  assert.equal((await lib.refreshAccount("new-name@x.test", path)).outcome, "refreshed");
-  assert.equal(mock.stats().perFamily["old-name@x.test"].revoked, false);
-});
+for (const copyKind of ["loadPool", "a plain copy"]) {
+  test(`a script that renamed an account (${copyKind}, edit, savePool) keeps the tokens a refresh wrote under the old name meanwhile`, async () => {
+    // A plain copy (JSON.parse of the file) is known only by the journal, which names the
+    // account the token was spent under: found by its new name alone, the spent token went back.
+    const kind = copyKind === "loadPool" ? "" : "plain-";
+    const [before, after] = [`${kind}old-name@x.test`, `${kind}new-name@x.test`];
+    const { path, entry } = await poolOf(before);
+    const copy = copyKind === "loadPool" ? await lib.loadPool(path) : readPool(path);
+    const r = await lib.refreshAccount(before, path);
+    assert.equal(r.outcome, "refreshed");
+    copy.anthropic[0].email = after;
+    await lib.savePool(copy, path);
+    const live = mock.tokens(before).refresh;
+    assert.notEqual(live, entry.refresh);
+    assert.deepEqual(
+      readPool(path).anthropic.map((a) => [a.email, a.refresh === live ? "live" : a.refresh === entry.refresh ? "spent" : "other"]),
+      [[after, "live"]],
+    );
+    assert.equal((await lib.refreshAccount(after, path)).outcome, "refreshed");
+    assert.equal(mock.stats().perFamily[before].revoked, false);
+  });
+}
 
 for (const copyKind of ["a plain copy", "a loadPool copy"]) {
   test(`savePool of ${copyKind} after a refresh whose journal note is still to come keeps the new tokens, though they expire sooner`, {
@@ -135,6 +141,53 @@ test("import-claude-code of a file the pool refreshed a moment ago, its journal 
   } finally {
     await refreshed.release();
   }
+});
+
+test("an account renamed while its refresh token is out: another process needing it under the new name waits for that refresh instead of presenting the token too", async () => {
+  // The refresh lock was the account's name's: under the new name, another process took a lock
+  // nobody held and presented the same token whenever the machine's refresh journal could not
+  // be asked (here a HOME that is a file; also its lock held past 2 s), and the login was
+  // revoked. The token's own lock is held beside the name's.
+  const { path } = await poolOf("before-rename@x.test", { expires: Date.now() - 1000 });
+  const { answer, request } = await refreshHeld(path);
+  const copy = await lib.loadPool(path);
+  copy.anthropic[0].email = "after-rename@x.test";
+  await lib.savePool(copy, path);
+  const home = join(tempDir("home-is-a-file-"), "home");
+  writeFileSync(home, "");
+  const worker = fileURLToPath(new URL("./helpers/pool-worker.mjs", import.meta.url));
+  const other = spawn(process.execPath, [worker, path, mock.url, "1"], {
+    env: { ...process.env, HOME: home, OAUTH_POOL_LOG: "info" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  other.stdout.on("data", (d) => (out += d));
+  other.stderr.on("data", (d) => (err += d));
+  const ended = new Promise((r) => other.on("close", r));
+  try {
+    // Either it says it waits, or its refresh reaches the endpoint (the token presented twice).
+    const presentedAgain = mock.waitFor("token");
+    await Promise.race([until(() => /has this refresh token out; waiting/.test(err), "the other process to wait", 30_000), presentedAgain]);
+  } finally {
+    answer();
+  }
+  const res = await request;
+  assert.equal(res.status, 200);
+  await res.text();
+  assert.equal(await ended, 0, err);
+  assert.deepEqual(
+    JSON.parse(out.trim().split("\n").at(-1)).map((r) => [r.status, r.account]),
+    [[200, "after-rename@x.test"]],
+  );
+  const family = mock.stats().perFamily["before-rename@x.test"];
+  assert.deepEqual([family.reuse, family.revoked], [0, false], "the token presented once");
+  assert.equal(account(path, "after-rename@x.test").refresh, mock.tokens("before-rename@x.test").refresh);
+  assert.deepEqual(
+    readdirSync(dirname(path)).filter((n) => n.endsWith(".token.lock")),
+    [],
+    "the token's lock goes with its refresh",
+  );
 });
 
 test("tokens a refresh could not save at first go to the account renamed meanwhile once the file can be written", async () => {

@@ -349,8 +349,8 @@ pub struct ReadCopy {
     pub held: Option<Pool>,
     /// The copy's accounts whose refresh token this machine's journal records as spent, its
     /// successor saved (`Store::spent_tokens`): whatever the expiries say, the stored tokens
-    /// are the live ones.
-    pub spent: Vec<String>,
+    /// are the live ones. Each with the name it was spent under (the copy may have renamed it).
+    pub spent: Vec<(String, String)>,
 }
 
 impl ReadCopy {
@@ -587,17 +587,33 @@ impl Pool {
     ///
     /// Returns the accounts whose tokens were kept.
     /// `spent`: accounts whose refresh token the copy holds was spent, its successor saved (the
-    /// refresh journal): their stored tokens are the later generation whatever the expiries say
-    /// (a refresh while the clock ran fast, or a shorter lifetime, gave the live tokens the
-    /// earlier expiry, and the spent token was written back).
-    pub fn keep_newer_state(&mut self, stored: &Pool, spent: &[String]) -> Vec<String> {
+    /// refresh journal), each with the name it was spent under: their stored tokens are the
+    /// later generation whatever the expiries say (a refresh while the clock ran fast, or a
+    /// shorter lifetime, gave the live tokens the earlier expiry, and the spent token was
+    /// written back). An account the copy renamed is found under the name its token was spent
+    /// under, when the copy has no account of that name: found by its new name alone, a plain
+    /// copy (`JSON.parse` of the file) renamed while a refresh ran wrote the spent token back.
+    pub fn keep_newer_state(&mut self, stored: &Pool, spent: &[(String, String)]) -> Vec<String> {
+        let names: std::collections::HashSet<String> = self
+            .accounts()
+            .map(|a| crate::account::normalize_email(&a.email))
+            .collect();
         let mut kept = Vec::new();
         for a in self.accounts_mut() {
-            let Some(s) = stored.find(&a.email) else {
+            let spent_under = spent
+                .iter()
+                .find(|(copy, _)| copy == &a.email)
+                .map(|(_, under)| under);
+            let renamed = || {
+                let under = spent_under?;
+                let s = stored.find(under)?;
+                (!names.contains(&crate::account::normalize_email(&s.email))).then_some(s)
+            };
+            let Some(s) = stored.find(&a.email).or_else(renamed) else {
                 continue;
             };
             let newer = matches!((s.expires, a.expires), (Some(s), Some(a)) if s > a)
-                || spent.iter().any(|e| e == &a.email);
+                || spent_under.is_some();
             let differs = s.refresh.is_some() && a.refresh.is_some() && s.refresh != a.refresh;
             if newer && differs {
                 a.access = s.access.clone();
@@ -1045,12 +1061,25 @@ mod tests {
         let mut copy = pool("r1", T + 3 * 3_600_000);
         assert!(copy.clone().keep_newer_state(&stored, &[]).is_empty());
         assert_eq!(
-            copy.keep_newer_state(&stored, &["a@x.test".to_string()]),
+            copy.keep_newer_state(&stored, &[("a@x.test".to_string(), "a@x.test".to_string())]),
             vec!["a@x.test".to_string()]
         );
         let a = copy.find("a@x.test").unwrap();
         assert_eq!(a.refresh.as_ref().unwrap().expose(), "r2");
         assert_eq!(a.expires, Some(T));
+
+        // A plain copy that renamed it: found under the name the journal says its token was
+        // spent under, unless the copy has an account of that name (then it is not this one).
+        let mut renamed = pool("r1", T + 3 * 3_600_000);
+        renamed.find_mut("a@x.test").unwrap().email = "b@x.test".into();
+        let spent = [("b@x.test".to_string(), "A@x.test".to_string())];
+        assert_eq!(renamed.clone().keep_newer_state(&stored, &[]), Vec::<String>::new());
+        let mut both = renamed.clone();
+        both.anthropic.push(stored.anthropic[0].clone());
+        assert!(both.keep_newer_state(&stored, &spent).is_empty());
+        assert_eq!(renamed.keep_newer_state(&stored, &spent), vec!["b@x.test".to_string()]);
+        let b = renamed.find("b@x.test").unwrap();
+        assert_eq!(b.refresh.as_ref().unwrap().expose(), "r2");
     }
 
     #[test]

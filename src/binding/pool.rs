@@ -230,7 +230,10 @@ pub fn reset_cooldowns(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'
 pub fn flush_pool(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, ()>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
-        Engine::for_store(store).flush().await.map_err(js_error)
+        Engine::for_store(store)
+            .flush_asked()
+            .await
+            .map_err(js_error)
     })
 }
 

@@ -376,6 +376,18 @@ impl Engine {
         }
     }
 
+    /// `flush` for a caller that asked (`flushPool`): also an error while tokens a refresh got
+    /// are still only in this process, whatever the write did. A pool file deleted while a
+    /// refresh was out left them unwritable, and `flushPool` resolved: the caller ended and
+    /// the login with it, told nothing.
+    pub async fn flush_asked(self: &Arc<Self>) -> crate::error::Result<()> {
+        self.flush().await?;
+        match self.credentials.unsaved_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Writes everything pending now (and tokens a refresh could not save before), and returns
     /// once every earlier write has finished; the error when this one failed (what it held is
     /// kept for the next try).

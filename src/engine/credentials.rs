@@ -250,6 +250,18 @@ impl Credentials {
         !lock(&self.unsaved).is_empty()
     }
 
+    /// `TokensUnsaved` for the first account whose new tokens are still only in this process.
+    pub fn unsaved_error(&self) -> Option<Error> {
+        lock(&self.unsaved)
+            .iter()
+            .min_by_key(|(email, _)| email.as_str())
+            .map(|(email, u)| Error::TokensUnsaved {
+                email: email.clone(),
+                reason: u.error.clone(),
+                code: u.code,
+            })
+    }
+
     pub fn unsaved_tokens(&self) -> Vec<UnsavedTokens> {
         lock(&self.unsaved)
             .iter()
@@ -668,7 +680,7 @@ impl Engine {
                 Err(e) => return serve_old_or(&account, rejected, e),
             }
             if !told {
-                tracing::info!(account = %email, "another process of the fleet store has this refresh token out; waiting for its tokens instead of presenting it too");
+                tracing::info!(account = %email, "another process has this refresh token out; waiting for its tokens instead of presenting it too");
                 told = true;
             }
             if started.elapsed() + CLAIM_POLL >= patience {
@@ -703,7 +715,8 @@ impl Engine {
                 return serve_old_or(&account, rejected, e);
             }
         };
-        if relocked {
+        // A file's token lock taken after a wait: its holder may have rotated the token meanwhile.
+        if relocked || (told && !refresh_lock.is_fleet()) {
             let now = match self.store.load_under(&refresh_lock).await {
                 Ok(pool) => pool,
                 Err(e) => {

@@ -98,6 +98,24 @@ impl FileStore {
         sibling(&self.path, &format!(".{tag}.refresh.lock"))
     }
 
+    /// The lock held, beside the account's, while one refresh token is out: named by the
+    /// token's journal tag, so that a process that finds the same token under another name (the
+    /// account renamed while the token was out) waits for it instead of presenting it too.
+    pub fn token_lock_path(&self, tag: &str) -> PathBuf {
+        let short: String = tag.chars().take(12).collect();
+        sibling(&self.path, &format!(".{short}.token.lock"))
+    }
+
+    /// Takes the token's lock without waiting: None when another holder has it.
+    pub fn try_token_lock(&self, tag: &str) -> Result<Option<TokenLock>> {
+        let path = self.token_lock_path(tag);
+        match FileLock::acquire(&path, Duration::ZERO) {
+            Ok(lock) => Ok(Some(TokenLock { lock, path })),
+            Err(Error::PoolBusy { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Names of the temp files our writers create next to the pool (`<prefix>*<suffix>`).
     pub fn temp_pattern(&self) -> (String, &'static str) {
         (temp_prefix(&self.path), ".tmp")
@@ -180,9 +198,9 @@ impl FileStore {
         if let Some((stored, _)) = &previous {
             // Asked now, under the lock: asked before it, a refresh whose write this save waited
             // behind was not in it yet, and its spent token was written back.
-            let spent: Vec<String> = super::spent_now(&super::refresh_tags(&pool))
+            let spent: Vec<(String, String)> = super::spent_now(&super::refresh_tags(&pool))
                 .into_iter()
-                .map(|(email, _)| email)
+                .map(|(email, spent)| (email, spent.email))
                 .chain(read.spent.iter().cloned())
                 .collect();
             for email in pool.keep_newer_state(stored, &spent) {
@@ -1167,6 +1185,23 @@ enum Making {
     Nothing,
 }
 
+/// A refresh token's lock (`FileStore::try_token_lock`): its file goes with it, one per token
+/// generation would pile up otherwise. Removed while held, so that a process that opened it
+/// meanwhile finds its lock names no file and takes the new one (`FileLock::acquire`).
+#[derive(Debug)]
+pub struct TokenLock {
+    lock: FileLock,
+    path: PathBuf,
+}
+
+impl Drop for TokenLock {
+    fn drop(&mut self) {
+        if names(&self.path, &self.lock.file) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// An exclusive advisory lock on a dedicated file, released on drop or when the process dies.
 /// Blocking: call it from a blocking thread, never from the JS thread or a tokio worker.
 #[derive(Debug)]
@@ -1343,10 +1378,14 @@ fn remove_refresh_locks(store: &FileStore, pool: &Pool) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let is_refresh_lock = name
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(".refresh.lock"))
-            .is_some_and(|tag| tag.len() == 12 && tag.bytes().all(|b| b.is_ascii_hexdigit()));
+        // A token's lock left by a process that died holding it goes the same way.
+        let is_refresh_lock = name.strip_prefix(&prefix).is_some_and(|rest| {
+            [".refresh.lock", ".token.lock"].iter().any(|suffix| {
+                rest.strip_suffix(suffix).is_some_and(|tag| {
+                    tag.len() == 12 && tag.bytes().all(|b| b.is_ascii_hexdigit())
+                })
+            })
+        });
         let path = entry.path();
         if !is_refresh_lock || kept.contains(&path) {
             continue;
@@ -1396,6 +1435,21 @@ mod tests {
     fn mode(p: &Path) -> u32 {
         use std::os::unix::fs::PermissionsExt;
         fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_token_lock_is_held_once_and_its_file_goes_with_it() {
+        let (_d, store) = tmp_store();
+        store.save(&Pool::default()).unwrap();
+        let tag = "0123456789abcdef0123456789abcdef";
+        let first = store.try_token_lock(tag).unwrap().expect("free");
+        let path = store.token_lock_path(tag);
+        assert!(path.exists());
+        assert!(store.try_token_lock(tag).unwrap().is_none(), "held");
+        assert!(store.try_token_lock("fedcba9876543210").unwrap().is_some(), "another token's");
+        drop(first);
+        assert!(!path.exists(), "removed as it is let go");
+        assert!(store.try_token_lock(tag).unwrap().is_some());
     }
 
     #[test]

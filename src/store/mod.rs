@@ -69,7 +69,8 @@ pub enum Stamp {
 /// connection).
 #[derive(Debug)]
 pub enum RefreshLock {
-    File(FileLock),
+    /// The account's lock, and its refresh token's once claimed (`Store::claim_refresh`).
+    File(FileLock, std::sync::Mutex<Option<file::TokenLock>>),
     Postgres(postgres::PgRefreshLock),
 }
 
@@ -78,14 +79,14 @@ impl RefreshLock {
     /// it is dropped.
     pub async fn confirm(&self) -> Result<()> {
         match self {
-            RefreshLock::File(_) => Ok(()),
+            RefreshLock::File(..) => Ok(()),
             RefreshLock::Postgres(p) => p.confirm().await,
         }
     }
 
     fn fleet(&self) -> Option<&postgres::PgRefreshLock> {
         match self {
-            RefreshLock::File(_) => None,
+            RefreshLock::File(..) => None,
             RefreshLock::Postgres(p) => Some(p),
         }
     }
@@ -396,7 +397,7 @@ impl Store {
                 read.spent = Self::spent_tokens(refresh_tags(&pool))
                     .await
                     .into_iter()
-                    .map(|(email, _)| email)
+                    .map(|(email, spent)| (email, spent.email))
                     .collect();
                 p.save(pool, read).await
             }
@@ -410,7 +411,7 @@ impl Store {
             Store::File(f) => {
                 let path = f.refresh_lock_path(email);
                 let lock = blocking(move || FileLock::acquire(&path, patience)).await?;
-                Ok(RefreshLock::File(lock))
+                Ok(RefreshLock::File(lock, Default::default()))
             }
             Store::Postgres(p) => p
                 .refresh_lock(email, patience)
@@ -451,12 +452,31 @@ impl Store {
 
     /// Claims the refresh token tagged `tag` before it is presented
     /// (`PgStore::claim_refresh`): false when another process of the fleet store has it out.
-    /// The file's refresh lock is the kernel's, held until its holder dies: nothing to claim.
-    /// Made in the fleet store's refresh lock's transaction, which it ends (`relock`).
+    /// Made in the fleet store's refresh lock's transaction, which it ends (`relock`). For a
+    /// file, the token's own lock (`FileStore::try_token_lock`), held with the account's: false
+    /// while another process holds it.
     pub async fn claim_refresh(&self, tag: &str, held: &RefreshLock) -> Result<bool> {
-        match self {
-            Store::File(_) => Ok(true),
-            Store::Postgres(p) => p.claim_refresh(tag, held.fleet()).await,
+        match (self, held) {
+            // The account's lock is not enough: renamed while its token was out, the account's
+            // other name has a lock of its own, and a process needing it under that name
+            // presented the same token (the login revoked) whenever the journal could not tell.
+            (Store::File(f), RefreshLock::File(_, token)) => {
+                if token.lock().map(|t| t.is_some()).unwrap_or(false) {
+                    return Ok(true);
+                }
+                let (f, tag) = (f.clone(), tag.to_string());
+                match blocking(move || f.try_token_lock(&tag)).await? {
+                    Some(lock) => {
+                        if let Ok(mut held) = token.lock() {
+                            *held = Some(lock);
+                        }
+                        Ok(true)
+                    }
+                    None => Ok(false),
+                }
+            }
+            (Store::File(_), _) => Ok(true),
+            (Store::Postgres(p), _) => p.claim_refresh(tag, held.fleet()).await,
         }
     }
 
