@@ -264,7 +264,10 @@ test("tokens kept while the file is gone are saved once it is back, however long
   assert.equal(existsSync(path), false, "no pool file is made while it is gone");
   // A caller that asks is told the new tokens are only in this process (flushPool resolved, and
   // a script that ended then lost the login without a word).
-  await assert.rejects(flushPool(path), (e) => e.code === "POOL_IO" && /long-gone-refresh@x\.test was refreshed, but its new tokens could not be saved/.test(e.message));
+  await assert.rejects(
+    flushPool(path),
+    (e) => e.code === "POOL_IO" && /long-gone-refresh@x\.test was refreshed, but its new tokens could not be saved/.test(e.message),
+  );
   assert.deepEqual(readdirSync(dirname(path)).sort(), left, "nothing is made beside it either (a lock file)");
   renameSync(aside, path);
   const deadline = Date.now() + 20_000;
