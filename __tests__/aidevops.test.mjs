@@ -289,6 +289,35 @@ test("the package's own files never leave aidevops's pool file without its secti
   );
 });
 
+test("savePool of a loadPool copy takes the plugin's sections as stored when it holds them as read: its refreshed OpenAI login is not put back to the spent token", async () => {
+  // Only `anthropic` was reconciled: a script's load, one edit, save wrote back every other
+  // section as read, undoing what the plugin wrote meanwhile (a rotated OpenAI refresh token,
+  // its pending marks, a section it removed).
+  const path = await seedPool(mock, ["sections@x.test"]);
+  const start = readPool(path);
+  start.openai = [{ email: "erin@x.test", refresh: "openai-refresh-GEN1", expires: Date.now() + 3600_000 }];
+  start._pending_openai = { added: "2026-12-05T00:00:00.000Z" };
+  start.mine = { n: 1 };
+  writeFileSync(path, JSON.stringify(start, null, 2));
+  const copy = await lib.loadPool(path);
+  // The plugin, meanwhile: rotates its login, drops its pending mark, adds another.
+  const theirs = readPool(path);
+  theirs.openai[0].refresh = "openai-refresh-GEN2";
+  delete theirs._pending_openai;
+  theirs._pending_anthropic = { added: "2026-12-05T00:00:01.000Z" };
+  theirs.mine = { n: 2 };
+  writeFileSync(path, JSON.stringify(theirs, null, 2));
+  copy.anthropic[0].priority = 5;
+  copy.mine = { n: 3 };
+  await lib.savePool(copy, path);
+  const saved = readPool(path);
+  assert.equal(saved.openai[0].refresh, "openai-refresh-GEN2", "the plugin's rotated token stays");
+  assert.equal(saved._pending_openai, undefined, "a section removed since stays out");
+  assert.deepEqual(saved._pending_anthropic, theirs._pending_anthropic, "a section added since is kept");
+  assert.deepEqual(saved.mine, { n: 3 }, "a section the copy changed keeps the copy's");
+  assert.equal(saved.anthropic[0].priority, 5);
+});
+
 test("the aidevops plugin's own writer and ours on one file: its mkdir lock is honoured, nothing of either is lost", async () => {
   const path = await seedPool(mock, ["rot@x.test"]);
   const before = mock.stats().perFamily["rot@x.test"].refreshCalls;

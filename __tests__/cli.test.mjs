@@ -1719,6 +1719,10 @@ test("parseCommandLine: per-command options, two-word commands, negative numbers
   assert.deepEqual(parse("--port", "0", "serve", "--show-key"), { command: "serve", positionals: [], options: { port: "0", "show-key": true } });
   assert.deepEqual(parse("--from", "file", "store", "copy", "--to", "k"), { command: "store copy", positionals: [], options: { from: "file", to: "k" } });
   assert.equal(parse("frobnicate", "serve").command, "frobnicate");
+  // A value that names a command is a value when the command after it takes it so.
+  assert.deepEqual(parse("--to", "priority", "store", "copy").options, { to: "priority" });
+  assert.equal(parse("--to", "priority", "store", "copy").command, "store copy");
+  assert.equal(parse("priority", "serve").command, "priority");
   assert.throws(() => parse("--port", "0", "priority"), /unknown option --port/);
 });
 

@@ -465,6 +465,16 @@ test("an existing Claude Code login can be imported", async () => {
   const r = await importClaudeCode({ credentialsPath: creds, path });
   assert.deepEqual(r, { email: "cc@x.test", added: true });
   assert.equal((await loadPool(path)).anthropic[0].refresh, t.refresh);
+  // Its expiry as a float, a number as text, seconds or an ISO date is that time (each read as
+  // 0, expired: the first request refreshed at once, logging Claude Code out).
+  const at = Math.floor(t.expires / 1000) * 1000;
+  for (const expiresAt of [at + 0.5, String(at), at / 1000, new Date(at).toISOString()]) {
+    const other = mock.addAccount(`cc-expiry-${typeof expiresAt}-${String(expiresAt).length}@x.test`);
+    writeFileSync(creds, JSON.stringify({ claudeAiOauth: { accessToken: other.access, refreshToken: other.refresh, expiresAt, scopes: [] } }));
+    const into = tempPoolPath();
+    await importClaudeCode({ credentialsPath: creds, path: into });
+    assert.equal(Math.floor((await loadPool(into)).anthropic[0].expires / 1000) * 1000, at, String(expiresAt));
+  }
 });
 
 // Imported, refreshed by the pool, Claude Code logged out since, imported again: the file's

@@ -8,7 +8,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
@@ -188,6 +188,50 @@ test("an account renamed while its refresh token is out: another process needing
     [],
     "the token's lock goes with its refresh",
   );
+});
+
+test("tokens a process could not save before it ended are kept beside the pool (0600) and taken by the next process, never the spent token presented", async () => {
+  // The pool file deleted (a sync tool replacing it) while a refresh was out, and the process
+  // ended before it came back: the new tokens went with it, and the pool's refresh token was
+  // spent. They are kept in <pool>.unsaved-<pid>.json until a write takes them.
+  const email = "kept-beside@x.test";
+  const { path, entry } = await poolOf(email, { expires: Date.now() - 1000 });
+  let answer;
+  mock.setTokenMode({ until: new Promise((r) => (answer = r)), grant: "refresh_token" });
+  const arrived = mock.waitFor("token");
+  const code = `
+    const lib = await import(${JSON.stringify(new URL("../index.mjs", import.meta.url).href)});
+    const res = await lib.createPoolFetch({ path: process.argv[1] })(process.argv[2], { method: "POST", headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" }, body: "{}" });
+    await res.text();
+    const flushed = await lib.flushPool(process.argv[1]).then(() => "flushed", (e) => e.code);
+    process.stdout.write(JSON.stringify({ status: res.status, flushed }));`;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", code, path, messagesUrl(mock)], { env: process.env, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (d) => (out += d));
+  child.stderr.on("data", (d) => (err += d));
+  const ended = new Promise((r) => child.on("close", r));
+  await arrived;
+  const aside = `${path}.away`;
+  renameSync(path, aside);
+  answer();
+  assert.equal(await ended, 0, err);
+  assert.deepEqual(JSON.parse(out), { status: 200, flushed: "POOL_IO" }, "told the tokens are not in the pool");
+  const kept = `${path}.unsaved-${child.pid}.json`;
+  assert.equal(statSync(kept).mode & 0o777, 0o600);
+  const live = mock.tokens(email).refresh;
+  assert.notEqual(live, entry.refresh);
+  renameSync(aside, path);
+  assert.equal(account(path, email).refresh, entry.refresh, "the file back holds the spent token");
+  const before = mock.stats().perFamily[email].refreshCalls;
+  const res = await lib.createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  assert.equal(res.status, 200);
+  await res.text();
+  await lib.flushPool(path);
+  assert.equal(account(path, email).refresh, live, "the kept tokens written into the pool");
+  assert.equal(existsSync(kept), false, "and their file gone");
+  const family = mock.stats().perFamily[email];
+  assert.deepEqual([family.refreshCalls, family.reuse, family.revoked], [before, 0, false], "no token presented: the kept access token served");
 });
 
 test("tokens a refresh could not save at first go to the account renamed meanwhile once the file can be written", async () => {

@@ -193,7 +193,12 @@ function heldAsRead(pool) {
   // takes what another writer put there since (a cooldown, a `disable`), where the copy's stale
   // value undid it.
   const anthropic = pool.anthropic.filter((a) => isPlainObject(a) && typeof a.email === "string").map((a) => structuredClone(a));
-  return { anthropic };
+  // And the other writers' sections (the aidevops plugin's `openai`, its `_pending_*` marks): one
+  // the copy holds as read takes what is stored at the save (the plugin's refreshed OpenAI login
+  // went back to its spent token).
+  const sections = {};
+  for (const [key, value] of Object.entries(pool)) if (key !== "anthropic" && key !== "version") sections[key] = structuredClone(value);
+  return { ...sections, anthropic };
 }
 
 export const loadPool = wrap(async (path) => {

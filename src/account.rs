@@ -170,9 +170,19 @@ fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error
     Err(D::Error::invalid_type(unexpected, &EXPECTED))
 }
 
-/// An epoch from the file in milliseconds, seconds read as `seconds_as_ms` does.
-fn epoch_ms_of(v: &Value) -> Option<i64> {
-    let f = v.as_f64().filter(|f| f.is_finite() && *f >= 0.0)?;
+/// An epoch from the file in milliseconds, seconds read as `seconds_as_ms` does. A number
+/// written as text (`jq --arg`, a shell helper), or an ISO date, is that time: read as none, a
+/// `cooldownUntil` of "4102444800000" left the account served while it cooled.
+pub(crate) fn epoch_ms_of(v: &Value) -> Option<i64> {
+    let f = match v {
+        Value::String(text) => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .or_else(|| parse_iso_ms(text.trim()).map(|ms| ms as f64)),
+        other => other.as_f64(),
+    };
+    let f = f.filter(|f| f.is_finite() && *f >= 0.0)?;
     let ms = seconds_as_ms(f);
     (ms <= 1e15).then_some(ms as i64)
 }
@@ -355,7 +365,23 @@ impl Account {
             .get("cooldownUntil")
             .and_then(epoch_ms_of)
             .filter(|t| *t > 0);
-        self.rate_limit_until.max(theirs)
+        let ours = self.rate_limit_until.filter(|_| !self.reset_by_them());
+        ours.max(theirs)
+    }
+
+    /// Whether the aidevops plugin's own `reset-cooldowns` ran on the account since we cooled it:
+    /// it clears `cooldownUntil` and sets the status back, and knows nothing of `rateLimitUntil`.
+    /// Our cooldowns are mirrored into a `cooldownUntil` the entry carries (`cool_until`), so one
+    /// cleared while ours stands, the status no longer `rate-limited`, was cleared by them; the
+    /// account kept cooling for the full hour after their tool said it was cleared.
+    fn reset_by_them(&self) -> bool {
+        let cleared = self
+            .extra
+            .get("cooldownUntil")
+            .is_some_and(|v| epoch_ms_of(v).is_none_or(|t| t <= 0));
+        cleared
+            && self.rate_limit_until.is_some()
+            && self.status_enum() != Some(Status::RateLimited)
     }
 
     pub fn cooling_at(&self, now: i64) -> bool {
@@ -444,6 +470,9 @@ impl Account {
     /// carries aidevops's `cooldownUntil` gets it too, so its tools see our cooldowns.
     pub fn cool_until(&mut self, until: i64, now: i64) {
         self.settle_clock(now);
+        if self.reset_by_them() {
+            self.rate_limit_until = None;
+        }
         let merged = self.rate_limit_until.map_or(until, |t| t.max(until));
         self.rate_limit_until = Some(merged);
         if self.extra.contains_key("cooldownUntil") {
@@ -999,6 +1028,32 @@ mod tests {
     }
 
     #[test]
+    fn the_aidevops_plugins_own_reset_of_a_cooldown_we_mirrored_ends_ours_too() {
+        let now = 1_800_000_000_000i64;
+        let mut a = Account::new_oauth("a@x", "a".into(), "r".into(), now + 10_000_000, now);
+        a.extra.insert("cooldownUntil".into(), json!(null));
+        a.cool_until(now + 3_600_000, now);
+        a.status = "rate-limited".into();
+        assert_eq!(a.extra["cooldownUntil"], json!(now + 3_600_000));
+        // Their reset: cooldownUntil cleared, the status idle; rateLimitUntil untouched.
+        a.extra.insert("cooldownUntil".into(), json!(null));
+        assert!(
+            a.cooling_at(now),
+            "still rate-limited by its status: not their reset"
+        );
+        a.status = "idle".into();
+        assert!(!a.cooling_at(now));
+        assert_eq!(a.cooldown_until(now), None);
+        // A later cooldown of ours starts from it, not from the one they reset.
+        a.cool_until(now + 60_000, now);
+        assert_eq!(a.cooldown_until(now), Some(now + 60_000));
+        // An entry without their field is ours alone: no reset to read.
+        let mut b = Account::new_oauth("b@x", "a".into(), "r".into(), now + 10_000_000, now);
+        b.cool_until(now + 60_000, now);
+        assert!(b.cooling_at(now));
+    }
+
+    #[test]
     fn aidevops_cooldowns_and_foreign_auth_errors() {
         let now = 1_800_000_000_000i64;
         let mut a = Account::new_oauth("a@x", "a".into(), "r".into(), now + 10_000_000, now);
@@ -1019,10 +1074,18 @@ mod tests {
         a.clear_cooldown();
         assert!(!a.cooling_at(now));
         assert_eq!(a.extra["cooldownUntil"], Value::Null);
-        for zero in [json!(0), json!(null)] {
+        for zero in [json!(0), json!(null), json!("0"), json!("soon")] {
             a.extra.insert("cooldownUntil".into(), zero);
             assert_eq!(a.cooldown_until(now), None);
         }
+        a.extra
+            .insert("cooldownUntil".into(), json!((now + 60_000).to_string()));
+        assert_eq!(
+            a.cooldown_until(now),
+            Some(now + 60_000),
+            "a number as text"
+        );
+        a.extra.insert("cooldownUntil".into(), json!(null));
         // An auth-error someone else set: usable once its backoff is over, to be verified.
         a.status = "auth-error".into();
         assert!(a.auth_error_unverified() && a.usable_at(now));

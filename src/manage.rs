@@ -787,7 +787,13 @@ pub fn import_claude_code(credentials: &Path, email: Option<&str>) -> Result<Tok
             )));
         }
     }
-    let expires = o.get("expiresAt").and_then(Value::as_i64).unwrap_or(0);
+    // Read as the pool reads its own times (a float, a number as text, seconds, an ISO date):
+    // anything but a whole number read as 0, expired, and the first request refreshed at once,
+    // spending the token family Claude Code shares and logging it out.
+    let expires = o
+        .get("expiresAt")
+        .and_then(crate::account::epoch_ms_of)
+        .unwrap_or(0);
     // A name given for the login is refused as `add_api_key` refuses one: it was put aside for a
     // name of the pool's, and the person did not get the name they gave.
     if email.is_some_and(|e| crate::secret::scrub_tokens(e) != e) {

@@ -375,6 +375,9 @@ impl ReadCopy {
             for email in copy.keep_fields_changed_since(stored, held) {
                 tracing::info!(account = %email, "kept the stored settings and state the copy held as read: changed since");
             }
+            for section in copy.keep_sections_changed_since(stored, held) {
+                tracing::info!(%section, "kept another writer's section as stored: changed since the copy was read");
+            }
             for email in copy.drop_removed_since(stored, held) {
                 tracing::info!(account = %email, "left out an account removed since the copy was read");
             }
@@ -550,6 +553,13 @@ impl Pool {
         Pool::from_value(self.into_value())
     }
 
+    /// What a caller's copy held as read (`savePool`'s `held`), its numbers read as the copy's
+    /// are (`from_caller`): compared with the copy, a whole number that crossed as a float
+    /// differed from itself, and every section looked changed by the copy.
+    pub fn from_held(value: Value) -> Option<Pool> {
+        Pool::from_value(integral(value)).ok()
+    }
+
     /// Strict validation for pools handed to us by a caller (`savePool`): unlike a file on disk,
     /// a bad entry here is the caller's bug and is refused rather than kept.
     pub fn from_caller(value: Value) -> Result<Pool> {
@@ -604,12 +614,15 @@ impl Pool {
                 .iter()
                 .find(|(copy, _)| copy == &a.email)
                 .map(|(_, under)| under);
-            let renamed = || {
-                let under = spent_under?;
+            // Asked first: the copy may have given this login the name of another it took out
+            // (stored still under that name), whose tokens are not this login's.
+            let renamed = spent_under.and_then(|under| {
                 let s = stored.find(under)?;
-                (!names.contains(&crate::account::normalize_email(&s.email))).then_some(s)
-            };
-            let Some(s) = stored.find(&a.email).or_else(renamed) else {
+                let other = crate::account::normalize_email(&s.email)
+                    != crate::account::normalize_email(&a.email);
+                (other && !names.contains(&crate::account::normalize_email(&s.email))).then_some(s)
+            });
+            let Some(s) = renamed.or_else(|| stored.find(&a.email)) else {
                 continue;
             };
             let newer = matches!((s.expires, a.expires), (Some(s), Some(a)) if s > a)
@@ -731,6 +744,33 @@ impl Pool {
             if changed {
                 kept.push(a.email.clone());
             }
+        }
+        kept
+    }
+
+    /// The pool's other sections (another writer's: the aidevops plugin keeps `openai` and its
+    /// `_pending_*` markers beside `anthropic`) as `keep_fields_changed_since` treats an
+    /// account's fields: one the copy holds as read takes what is stored now (changed, added or
+    /// removed since), one the copy changed keeps the copy's. Replaced by the copy's stale value,
+    /// the plugin's refreshed OpenAI login went back to its spent token. Returns their names.
+    pub fn keep_sections_changed_since(&mut self, stored: &Pool, held: &Pool) -> Vec<String> {
+        let names: Vec<String> = held
+            .extra
+            .keys()
+            .chain(stored.extra.keys())
+            .cloned()
+            .collect();
+        let mut kept = Vec::new();
+        for name in names {
+            let (read, now) = (held.extra.get(&name), stored.extra.get(&name));
+            if self.extra.get(&name) != read || now == read || kept.contains(&name) {
+                continue;
+            }
+            match now {
+                Some(v) => self.extra.insert(name.clone(), v.clone()),
+                None => self.extra.shift_remove(&name),
+            };
+            kept.push(name);
         }
         kept
     }
@@ -1073,13 +1113,40 @@ mod tests {
         let mut renamed = pool("r1", T + 3 * 3_600_000);
         renamed.find_mut("a@x.test").unwrap().email = "b@x.test".into();
         let spent = [("b@x.test".to_string(), "A@x.test".to_string())];
-        assert_eq!(renamed.clone().keep_newer_state(&stored, &[]), Vec::<String>::new());
+        assert_eq!(
+            renamed.clone().keep_newer_state(&stored, &[]),
+            Vec::<String>::new()
+        );
         let mut both = renamed.clone();
         both.anthropic.push(stored.anthropic[0].clone());
         assert!(both.keep_newer_state(&stored, &spent).is_empty());
-        assert_eq!(renamed.keep_newer_state(&stored, &spent), vec!["b@x.test".to_string()]);
+        assert_eq!(
+            renamed.keep_newer_state(&stored, &spent),
+            vec!["b@x.test".to_string()]
+        );
         let b = renamed.find("b@x.test").unwrap();
         assert_eq!(b.refresh.as_ref().unwrap().expose(), "r2");
+
+        // Renamed onto the name of another login the copy took out, still stored under it: the
+        // tokens are this login's, found under the name they were spent under, not the other's.
+        let mut onto = pool("r1", T + 3 * 3_600_000);
+        onto.find_mut("a@x.test").unwrap().email = "other@x.test".into();
+        let mut with_other = stored.clone();
+        with_other.anthropic.push(
+            Pool::from_value(json!({ "anthropic": [
+                { "email": "other@x.test", "refresh": "other-r", "access": "other-a", "expires": T + 9 * 3_600_000 },
+            ]}))
+            .unwrap()
+            .anthropic
+            .remove(0),
+        );
+        let spent = [("other@x.test".to_string(), "a@x.test".to_string())];
+        assert_eq!(
+            onto.keep_newer_state(&with_other, &spent),
+            vec!["other@x.test".to_string()]
+        );
+        let o = onto.find("other@x.test").unwrap();
+        assert_eq!(o.refresh.as_ref().unwrap().expose(), "r2");
     }
 
     #[test]

@@ -40,8 +40,9 @@ const lenient = (args, options) => parseArgs({ args, options: parserConfig(optio
  * The command: the first word that is neither an option nor an option's value, or the first two
  * when they name a command together ("store init"), and how many words it took (one word may
  * name a two-word command: `"store init"` quoted). The command's own options may come before it
- * (`--email a@x add-key`): a later word that names a command, and is the first word left once
- * that command's options have taken their values, is the command.
+ * (`--email a@x add-key`): a later word is the command when it names one and is the first word
+ * once that command's options have taken their values (`--email add-key import-claude-code`
+ * is import-claude-code for the email "add-key").
  */
 function findCommand(args, commandOptions) {
   const words = (options) =>
@@ -53,17 +54,19 @@ function findCommand(args, commandOptions) {
     if (second !== undefined && commandOptions(pair) !== undefined) return { command: pair, words: 2 };
     return { command: first, words: first === undefined ? 0 : 1 };
   };
+  const stands = ({ command }) => {
+    if (command === undefined) return false;
+    const own = commandOptions(command);
+    return own !== undefined && named(words({ ...GLOBAL_OPTIONS, ...own })).command === command;
+  };
+  // A later word that stands is the command: everything before it is its options' values (the
+  // first word among them may name a command too, as in `--to list store copy`).
   const plain = words(GLOBAL_OPTIONS);
-  const found = named(plain);
-  if (found.command === undefined || commandOptions(found.command) !== undefined) return found;
   for (let i = 1; i < plain.length; i++) {
     const candidate = named(plain.slice(i));
-    const own = commandOptions(candidate.command);
-    if (own === undefined) continue;
-    const left = named(words({ ...GLOBAL_OPTIONS, ...own }));
-    if (left.command === candidate.command) return left;
+    if (stands(candidate)) return candidate;
   }
-  return found;
+  return named(plain);
 }
 
 /** Why strict parsing refused, in the words the CLI has always used. */

@@ -68,9 +68,7 @@ pub fn save_pool(
         let read = ReadCopy {
             at: read_at.filter(|t| t.is_finite()).map(|t| t as i64),
             // Made by index.mjs from what loadPool gave; unreadable, nothing is left out.
-            held: held
-                .filter(|_| same_pool)
-                .and_then(|h| Pool::from_value(h).ok()),
+            held: held.filter(|_| same_pool).and_then(Pool::from_held),
             spent: Vec::new(),
         };
         store.save_read_at(pool, read).await.map_err(js_error)?;

@@ -191,15 +191,8 @@ impl Drop for NotPresented {
     }
 }
 
-/// What a write must carry for one account's unsaved tokens.
-#[derive(Clone)]
-pub struct UnsavedTokens {
-    pub email: String,
-    access: Secret,
-    refresh: Secret,
-    expires: i64,
-    presented: Secret,
-}
+/// What a write must carry for one account's unsaved tokens (also as kept on disk).
+pub use crate::store::rescue::KeptTokens as UnsavedTokens;
 
 #[derive(Default)]
 pub struct Credentials {
@@ -636,7 +629,10 @@ impl Engine {
             }
             other => other?,
         };
-        let pool = self.store.load_under(&refresh_lock).await?;
+        let mut pool = self.store.load_under(&refresh_lock).await?;
+        // Tokens a process that ended could not write (`store::rescue`): their refresh token is
+        // the live one, the pool's is spent.
+        apply_unsaved(&mut pool, &self.kept_elsewhere().await.1);
         let account = pool
             .find(email)
             .ok_or_else(|| Error::AccountNotFound(email.to_string()))?
@@ -1015,6 +1011,7 @@ impl Engine {
                             _claim: claim_beat,
                         },
                     );
+                    self.keep_unsaved_on_disk().await;
                     self.retry_later(UNSAVED_RETRY);
                 }
                 match unusable {

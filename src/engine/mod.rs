@@ -27,6 +27,7 @@ pub mod usage;
 pub mod verdict;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{json, Value};
@@ -415,16 +416,21 @@ impl Engine {
         held: Option<&crate::store::RefreshLock>,
         change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let unsaved = self.credentials.unsaved_tokens();
+        // Those another process kept on disk first: tokens this one refreshed since continue
+        // theirs (their refresh token is the one it presented).
+        let (kept_files, mut unsaved) = self.kept_elsewhere().await;
+        let own = self.credentials.unsaved_tokens();
+        unsaved.extend(own.iter().cloned());
         let change = move |pool: &mut Pool| {
+            let took = !pool.file_missing;
             let written = credentials::apply_unsaved(pool, &unsaved);
-            change(pool).map(|t| (t, written))
+            change(pool).map(|t| (t, written, took))
         };
         let result = match held {
             Some(lock) => self.store.update_under(lock, change).await,
             None => self.store.update_existing_written(change).await,
         };
-        let ((t, written), stored) = match result {
+        let ((t, written, took), stored) = match result {
             Ok(done) => done,
             Err(e) => {
                 self.invalidate();
@@ -446,7 +452,46 @@ impl Engine {
         if !spent.is_empty() {
             self.journal_landed(spent);
         }
+        if took && (!kept_files.is_empty() || !own.is_empty()) {
+            let _ = crate::store::blocking(move || {
+                crate::store::rescue::remove(&kept_files);
+                Ok(())
+            })
+            .await;
+            self.keep_unsaved_on_disk().await;
+        }
         Ok(t)
+    }
+
+    /// The tokens processes kept on disk beside the pool file (`store::rescue`), and the files
+    /// that hold them; none for the fleet store, whose writes do not fail for a file.
+    pub(crate) async fn kept_elsewhere(&self) -> (Vec<PathBuf>, Vec<credentials::UnsavedTokens>) {
+        let Some(path) = self.store.path().map(Path::to_path_buf) else {
+            return (Vec::new(), Vec::new());
+        };
+        let found = crate::store::blocking(move || Ok(crate::store::rescue::found(&path)))
+            .await
+            .unwrap_or_default();
+        let files = found.iter().map(|(p, _)| p.clone()).collect();
+        (files, found.into_iter().flat_map(|(_, t)| t).collect())
+    }
+
+    /// This process's unsaved tokens kept on disk as they are now (`store::rescue`): written
+    /// when a refresh's tokens could not be, removed once none are left.
+    pub(crate) async fn keep_unsaved_on_disk(&self) {
+        let Some(path) = self.store.path().map(Path::to_path_buf) else {
+            return;
+        };
+        let tokens = self.credentials.unsaved_tokens();
+        let kept = crate::store::blocking(move || {
+            crate::store::rescue::keep(&path, &tokens).map_err(|e| {
+                crate::error::Error::io(&path, "keep the unsaved tokens beside the pool", e)
+            })
+        })
+        .await;
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "unsaved tokens could not be kept on disk: they live only in this process");
+        }
     }
 
     /// Runs `task` in the background: on the current runtime, or on the addon's when recorded

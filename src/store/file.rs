@@ -1446,7 +1446,10 @@ mod tests {
         let path = store.token_lock_path(tag);
         assert!(path.exists());
         assert!(store.try_token_lock(tag).unwrap().is_none(), "held");
-        assert!(store.try_token_lock("fedcba9876543210").unwrap().is_some(), "another token's");
+        assert!(
+            store.try_token_lock("fedcba9876543210").unwrap().is_some(),
+            "another token's"
+        );
         drop(first);
         assert!(!path.exists(), "removed as it is let go");
         assert!(store.try_token_lock(tag).unwrap().is_some());

@@ -17,6 +17,7 @@ mod pg_url;
 pub mod postgres;
 #[cfg(test)]
 mod processes;
+pub mod rescue;
 #[cfg(target_os = "linux")]
 mod watch;
 
