@@ -239,7 +239,8 @@ test("the refresh lock file removed while a refresh's token call is out (a clean
     waiting.stdout.on("data", (d) => (out += d));
     const ended = new Promise((r) => waiting.on("close", (code) => r(code)));
     const deadline = Date.now() + 20_000;
-    while (!/has this refresh token out; waiting/.test(said) && family(email).refreshCalls === 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    while (!/has this refresh token out; waiting/.test(said) && family(email).refreshCalls === 1 && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 20));
     assert.equal(family(email).refreshCalls, 1, `the second process presented the token that is out: ${said}`);
     assert.match(said, /has this refresh token out; waiting/);
     release();
