@@ -1150,6 +1150,41 @@ mod tests {
     }
 
     #[test]
+    fn other_writers_sections_held_as_read_take_what_is_stored() {
+        let pool = |v: Value| Pool::from_value(v).unwrap();
+        let held =
+            pool(json!({"anthropic": [], "openai": [{"refresh": "g1"}], "gone": 1, "mine": 1}));
+        let stored =
+            pool(json!({"anthropic": [], "openai": [{"refresh": "g2"}], "new": true, "mine": 2}));
+        let mut copy = pool(
+            json!({"anthropic": [], "openai": [{"refresh": "g1"}], "gone": 1, "mine": 3, "own": 4}),
+        );
+        let mut kept = copy.keep_sections_changed_since(&stored, &held);
+        kept.sort();
+        assert_eq!(kept, ["gone", "new", "openai"]);
+        assert_eq!(
+            copy.extra["openai"],
+            json!([{"refresh": "g2"}]),
+            "changed since: stored"
+        );
+        assert!(!copy.extra.contains_key("gone"), "removed since: out");
+        assert_eq!(copy.extra["new"], json!(true), "added since: kept");
+        assert_eq!(
+            copy.extra["mine"],
+            json!(3),
+            "changed by the copy: the copy's"
+        );
+        assert_eq!(copy.extra["own"], json!(4), "added by the copy: the copy's");
+        // A section the copy took out stays out, whatever became of it since.
+        let mut dropped = pool(json!({"anthropic": []}));
+        dropped.keep_sections_changed_since(&stored, &held);
+        assert!(!dropped.extra.contains_key("openai") && !dropped.extra.contains_key("mine"));
+        // Numbers that crossed as floats are the same numbers (`from_held`).
+        let floats = Pool::from_held(json!({"anthropic": [], "n": 5.0})).unwrap();
+        assert_eq!(floats.extra["n"], json!(5));
+    }
+
+    #[test]
     fn a_copy_that_renamed_an_account_takes_the_tokens_refreshed_under_its_old_name() {
         let pool = |email: &str, refresh: &str| {
             Pool::from_value(json!({ "anthropic": [
