@@ -277,10 +277,15 @@ impl Credentials {
 
     /// The tokens of these accounts are durable now: release their refresh locks. Returns,
     /// for the refresh journal, each account's refresh token that its saved tokens replaced.
-    pub fn saved(&self, emails: &[String]) -> Vec<(String, Secret)> {
+    /// `written` names each account with the refresh token the write carried: tokens refreshed
+    /// again since (kept unsaved, the write already under way) stay kept.
+    pub fn saved(&self, written: &[(String, Secret)]) -> Vec<(String, Secret)> {
         let mut unsaved = lock(&self.unsaved);
         let mut spent = Vec::new();
-        for e in emails {
+        for (e, refresh) in written {
+            if unsaved.get(e).is_some_and(|u| u.refresh != *refresh) {
+                continue;
+            }
             if let Some(u) = unsaved.remove(e) {
                 tracing::info!(account = %e, "saved the tokens that could not be written before");
                 if u.refresh != u.presented {
@@ -298,6 +303,81 @@ impl Credentials {
             .map(|(e, u)| (e.clone(), u.since, u.error.clone()))
             .collect()
     }
+}
+
+/// The files processes kept tokens in (`store::rescue`), as read.
+pub type KeptFiles = Vec<(std::path::PathBuf, Vec<UnsavedTokens>)>;
+
+/// What `apply_kept` did: each account whose kept tokens landed, with the refresh token they
+/// replaced (spent, for the refresh journal), and the files that may go (all theirs landed, held
+/// already, or of an account no longer in the pool).
+#[derive(Default)]
+pub struct KeptLanded {
+    pub spent: Vec<(String, Secret)>,
+    pub done: Vec<std::path::PathBuf>,
+}
+
+/// Writes the tokens processes kept on disk (`store::rescue`) into `pool`, each where its
+/// account still holds the refresh token spent for it. As often as one lands another may follow
+/// it: a chain of two (a process refreshed the tokens another kept, and could not write either)
+/// lands whole whatever order the files were read in; taken one pass in that order, the later
+/// link found the pool not holding its spent token yet, was dropped, and the earlier left the
+/// spent token of the later in the pool. Tokens the pool holds already change nothing (a
+/// refused login is not brought back by an old file). A file with tokens that fit nowhere yet
+/// stays: the pool may be an older state put back, which a later link continues.
+pub fn apply_kept(
+    pool: &mut Pool,
+    files: &[(std::path::PathBuf, Vec<UnsavedTokens>)],
+) -> KeptLanded {
+    let mut landed = KeptLanded::default();
+    if pool.file_missing {
+        return landed;
+    }
+    let mut left: Vec<&UnsavedTokens> = files.iter().flat_map(|(_, t)| t).collect();
+    loop {
+        let before = left.len();
+        left.retain(|t| {
+            let by_name = pool
+                .find(&t.email)
+                .is_some_and(|a| !a.is_api_key() && a.refresh.as_ref() == Some(&t.presented));
+            let holder = if by_name {
+                pool.find_mut(&t.email)
+            } else {
+                pool.accounts_mut()
+                    .find(|a| !a.is_api_key() && a.refresh.as_ref() == Some(&t.presented))
+            };
+            match holder {
+                Some(a) => {
+                    set_tokens(a, &t.access, &t.refresh, t.expires);
+                    landed.spent.push((a.email.clone(), t.presented.clone()));
+                    false
+                }
+                None => true,
+            }
+        });
+        if left.is_empty() || left.len() == before {
+            break;
+        }
+    }
+    let fits_nowhere = |t: &UnsavedTokens| {
+        let held = pool
+            .accounts()
+            .any(|a| a.refresh.as_ref() == Some(&t.refresh));
+        let gone = pool.find(&t.email).is_none()
+            && !pool
+                .accounts()
+                .any(|a| a.refresh.as_ref() == Some(&t.presented));
+        !held && !gone
+    };
+    for (path, tokens) in files {
+        if !tokens
+            .iter()
+            .any(|t| left.iter().any(|l| std::ptr::eq(*l, t)) && fits_nowhere(t))
+        {
+            landed.done.push(path.clone());
+        }
+    }
+    landed
 }
 
 /// Writes unsaved tokens into `pool` where they still belong (the account still holds the
@@ -632,7 +712,7 @@ impl Engine {
         let mut pool = self.store.load_under(&refresh_lock).await?;
         // Tokens a process that ended could not write (`store::rescue`): their refresh token is
         // the live one, the pool's is spent.
-        apply_unsaved(&mut pool, &self.kept_elsewhere().await.1);
+        let _ = apply_kept(&mut pool, &self.kept_elsewhere().await);
         let account = pool
             .find(email)
             .ok_or_else(|| Error::AccountNotFound(email.to_string()))?
@@ -1184,6 +1264,62 @@ fn serve_old_or(account: &Account, rejected: Option<&Secret>, err: Error) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_tokens_land_as_a_chain_whatever_order_they_come_in() {
+        let kept = |presented: &str, refresh: &str| UnsavedTokens {
+            email: "a@x".into(),
+            access: Secret::new(format!("access-{refresh}")),
+            refresh: Secret::new(refresh),
+            expires: 1_900_000_000_000,
+            presented: Secret::new(presented),
+        };
+        let pool = || {
+            Pool::from_value(serde_json::json!({"anthropic": [
+                {"email": "a@x", "refresh": "t0", "access": "old", "expires": 1,
+                 "status": "auth-error", "authErrorToken": "x"},
+            ]}))
+            .unwrap()
+        };
+        let file = |name: &str, t: UnsavedTokens| (std::path::PathBuf::from(name), vec![t]);
+        let chain = vec![file("f2", kept("t1", "t2")), file("f1", kept("t0", "t1"))];
+        let mut p = pool();
+        let landed = apply_kept(&mut p, &chain);
+        let a = p.find("a@x").unwrap();
+        assert_eq!(
+            a.refresh.as_ref().unwrap().expose(),
+            "t2",
+            "the chain's end"
+        );
+        let spent: Vec<&str> = landed.spent.iter().map(|(_, s)| s.expose()).collect();
+        assert_eq!(spent, ["t0", "t1"]);
+        assert_eq!(landed.done.len(), 2);
+        // Tokens the pool holds already change nothing (a refusal of them stays), and go.
+        let mut held = pool();
+        held.find_mut("a@x").unwrap().refresh = Some(Secret::new("t1"));
+        let landed = apply_kept(&mut held, &[file("f1", kept("t0", "t1"))]);
+        assert!(landed.spent.is_empty() && landed.done.len() == 1);
+        assert_eq!(held.find("a@x").unwrap().status, "auth-error");
+        // Tokens that fit nowhere yet (the pool put back before their chain) stay kept.
+        let mut back = pool();
+        let landed = apply_kept(&mut back, &[file("f2", kept("t1", "t2"))]);
+        assert!(landed.spent.is_empty() && landed.done.is_empty());
+        // Of an account no longer in the pool: they go.
+        let mut gone = pool();
+        gone.find_mut("a@x").unwrap().email = "b@x".into();
+        gone.find_mut("b@x").unwrap().refresh = Some(Secret::new("other"));
+        assert_eq!(
+            apply_kept(&mut gone, &[file("f2", kept("t1", "t2"))])
+                .done
+                .len(),
+            1
+        );
+        // A pool file that is not there takes nothing.
+        let mut missing = pool();
+        missing.file_missing = true;
+        let landed = apply_kept(&mut missing, &chain);
+        assert!(landed.spent.is_empty() && landed.done.is_empty());
+    }
 
     /// Claims `t1` for store /b until the journal answers `want` (the release runs on a
     /// blocking thread), for at most five seconds.

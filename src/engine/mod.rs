@@ -27,7 +27,7 @@ pub mod usage;
 pub mod verdict;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{json, Value};
@@ -416,21 +416,23 @@ impl Engine {
         held: Option<&crate::store::RefreshLock>,
         change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        // Those another process kept on disk first: tokens this one refreshed since continue
-        // theirs (their refresh token is the one it presented).
-        let (kept_files, mut unsaved) = self.kept_elsewhere().await;
+        // Those processes kept on disk first: tokens this one refreshed since continue theirs
+        // (their refresh token is the one it presented). Only this process's own are reported
+        // as written: another's file naming an account this one holds unsaved tokens of (taken
+        // again since) said nothing of those.
+        let kept = self.kept_elsewhere().await;
         let own = self.credentials.unsaved_tokens();
-        unsaved.extend(own.iter().cloned());
+        let carried = own.clone();
         let change = move |pool: &mut Pool| {
-            let took = !pool.file_missing;
-            let written = credentials::apply_unsaved(pool, &unsaved);
-            change(pool).map(|t| (t, written, took))
+            let landed = credentials::apply_kept(pool, &kept);
+            let written = credentials::apply_unsaved(pool, &carried);
+            change(pool).map(|t| (t, written, landed))
         };
         let result = match held {
             Some(lock) => self.store.update_under(lock, change).await,
             None => self.store.update_existing_written(change).await,
         };
-        let ((t, written, took), stored) = match result {
+        let ((t, written, landed), stored) = match result {
             Ok(done) => done,
             Err(e) => {
                 self.invalidate();
@@ -448,16 +450,26 @@ impl Engine {
             Written::Unchanged => {}
             Written::Unknown => self.invalidate(),
         }
-        let spent = self.credentials.saved(&written);
+        let written: Vec<(String, crate::secret::Secret)> = own
+            .iter()
+            .filter(|t| written.contains(&t.email))
+            .map(|t| (t.email.clone(), t.refresh.clone()))
+            .collect();
+        let mut spent = self.credentials.saved(&written);
+        // Kept tokens that landed spent theirs as surely: a pool put back to hold it is caught.
+        spent.extend(landed.spent);
         if !spent.is_empty() {
             self.journal_landed(spent);
         }
-        if took && (!kept_files.is_empty() || !own.is_empty()) {
+        if !landed.done.is_empty() {
+            let done = landed.done;
             let _ = crate::store::blocking(move || {
-                crate::store::rescue::remove(&kept_files);
+                crate::store::rescue::remove(&done);
                 Ok(())
             })
             .await;
+        }
+        if !own.is_empty() {
             self.keep_unsaved_on_disk().await;
         }
         Ok(t)
@@ -465,15 +477,13 @@ impl Engine {
 
     /// The tokens processes kept on disk beside the pool file (`store::rescue`), and the files
     /// that hold them; none for the fleet store, whose writes do not fail for a file.
-    pub(crate) async fn kept_elsewhere(&self) -> (Vec<PathBuf>, Vec<credentials::UnsavedTokens>) {
+    pub(crate) async fn kept_elsewhere(&self) -> credentials::KeptFiles {
         let Some(path) = self.store.path().map(Path::to_path_buf) else {
-            return (Vec::new(), Vec::new());
+            return Vec::new();
         };
-        let found = crate::store::blocking(move || Ok(crate::store::rescue::found(&path)))
+        crate::store::blocking(move || Ok(crate::store::rescue::found(&path)))
             .await
-            .unwrap_or_default();
-        let files = found.iter().map(|(p, _)| p.clone()).collect();
-        (files, found.into_iter().flat_map(|(_, t)| t).collect())
+            .unwrap_or_default()
     }
 
     /// This process's unsaved tokens kept on disk as they are now (`store::rescue`): written

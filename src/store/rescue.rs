@@ -4,8 +4,11 @@
 //! in the pool is spent by then: kept only in memory, the new tokens went with the process (an
 //! OpenCode closed, or killed, before the file was mended lost the login).
 //!
-//! A process rewrites its own file whenever the tokens it holds unsaved change, and every file
-//! store write reads all of them (`found`) and removes those it took (`remove`).
+//! A process never rewrites a file: each change of the tokens it holds unsaved is a new file
+//! (`<pool>.unsaved-<pid>-<nanos>.json`), and the ones it wrote before go once it is in place.
+//! Every file store write reads all of them (`found`) and removes exactly those it took
+//! (`remove`): rewritten in place, a file read by a write waiting for the pool's lock could gain
+//! tokens meanwhile that the write then removed unread.
 
 use std::fs;
 use std::io::Write;
@@ -29,7 +32,7 @@ pub struct KeptTokens {
 
 /// A file past this is no file of ours (a handful of accounts' tokens take a few KB).
 const MAX_BYTES: u64 = 256 * 1024;
-/// Files read at most per write: each is a process that ended with tokens unsaved.
+/// Files read at most per write: each is a change of a process's unsaved tokens not taken yet.
 const MAX_FILES: usize = 64;
 
 fn prefix(pool: &Path) -> String {
@@ -39,22 +42,44 @@ fn prefix(pool: &Path) -> String {
     )
 }
 
-/// This process's file beside `pool`.
-pub fn own_path(pool: &Path) -> PathBuf {
-    parent_dir(pool).join(format!("{}{}.json", prefix(pool), std::process::id()))
+/// The files this process wrote and has not removed yet: only these are its own to replace (a
+/// process gone may have had the same pid).
+static WRITTEN: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn written() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    WRITTEN.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Keeps `tokens` in this process's file (written whole, then renamed into place), or removes
-/// the file when there are none left.
+/// Keeps `tokens` in a new file of this process's (written whole, then renamed into place), and
+/// removes those it wrote before for `pool`; with none, only removes those.
 pub fn keep(pool: &Path, tokens: &[KeptTokens]) -> std::io::Result<()> {
-    let path = own_path(pool);
-    if tokens.is_empty() {
-        return match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
-    }
     let dir = parent_dir(pool);
+    let prefix = prefix(pool);
+    let mine = |p: &PathBuf| {
+        p.parent() == Some(dir.as_path())
+            && p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+    };
+    let before: Vec<PathBuf> = written().iter().filter(|p| mine(p)).cloned().collect();
+    if !tokens.is_empty() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let path = dir.join(format!("{prefix}{}-{nanos}.json", std::process::id()));
+        write_new(&dir, &prefix, &path, tokens)?;
+        written().push(path);
+    }
+    for old in &before {
+        match fs::remove_file(old) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => written().retain(|p| p != old),
+        }
+    }
+    Ok(())
+}
+
+fn write_new(dir: &Path, prefix: &str, path: &Path, tokens: &[KeptTokens]) -> std::io::Result<()> {
     let entries: Vec<Value> = tokens
         .iter()
         .map(|t| {
@@ -71,7 +96,7 @@ pub fn keep(pool: &Path, tokens: &[KeptTokens]) -> std::io::Result<()> {
         serde_json::to_vec(&json!({ "version": 1, "tokens": entries })).unwrap_or_default(),
     );
     // Not the pool's temp name: another process's clean-up of orphaned temps takes those.
-    let temp_prefix = format!(".{}{}.", prefix(pool), std::process::id());
+    let temp_prefix = format!(".{prefix}{}.", std::process::id());
     let mut builder = tempfile::Builder::new();
     builder.prefix(&temp_prefix).suffix(".tmp");
     #[cfg(unix)]
@@ -79,41 +104,49 @@ pub fn keep(pool: &Path, tokens: &[KeptTokens]) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(fs::Permissions::from_mode(0o600));
     }
-    let mut tmp = builder.tempfile_in(&dir)?;
+    let mut tmp = builder.tempfile_in(dir)?;
     tmp.write_all(&bytes)?;
     tmp.as_file().sync_all()?;
-    persist(tmp, &path).map_err(std::io::Error::other)?;
-    sync_dir(&dir);
+    persist(tmp, path).map_err(std::io::Error::other)?;
+    sync_dir(dir);
     Ok(())
 }
 
-/// Every kept file beside `pool` that reads as ours, with its tokens. A file that does not (a
-/// link, a FIFO, another user's, too large, not our JSON) is passed over and left as it is.
+/// Every kept file beside `pool` that reads as ours, with its tokens, the oldest first. A file
+/// that does not (a link, a FIFO, another user's, too large, not our JSON) is passed over and
+/// left as it is.
 pub fn found(pool: &Path) -> Vec<(PathBuf, Vec<KeptTokens>)> {
     let prefix = prefix(pool);
     let Ok(entries) = fs::read_dir(parent_dir(pool)) else {
         return Vec::new();
     };
-    let mut found = Vec::new();
+    let mut candidates = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         let ours = name
             .strip_prefix(&prefix)
             .and_then(|rest| rest.strip_suffix(".json"))
-            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
-        if !ours {
-            continue;
+            .and_then(|rest| rest.split_once('-'))
+            .is_some_and(|(pid, nanos)| {
+                [pid, nanos]
+                    .iter()
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            });
+        if ours {
+            candidates.push(entry.path());
         }
-        let path = entry.path();
+    }
+    // The oldest first, so that more than are read at once (a chain of refreshes no process
+    // could write) are taken from the chain's start.
+    candidates.sort_by_key(|p| fs::symlink_metadata(p).and_then(|m| m.modified()).ok());
+    let mut found = Vec::new();
+    for path in candidates.into_iter().take(MAX_FILES) {
         match read(&path) {
             Some(tokens) => found.push((path, tokens)),
             None => {
                 tracing::warn!(path = %path.display(), "a file of unsaved tokens that cannot be read is left as it is")
             }
-        }
-        if found.len() >= MAX_FILES {
-            break;
         }
     }
     found
@@ -178,20 +211,35 @@ mod tests {
     fn kept_tokens_are_found_again_and_go_when_none_are_left() {
         let dir = tempfile::tempdir().unwrap();
         let pool = dir.path().join("oauth-pool.json");
+        // Another process's, of a pid this one may share: never this one's to remove.
+        let other = dir.path().join(format!(
+            "oauth-pool.json.unsaved-{}-1.json",
+            std::process::id()
+        ));
+        fs::write(&other, r#"{"tokens":[]}"#).unwrap();
+        keep(&pool, &[tokens("a@x", 1)]).unwrap();
         keep(&pool, &[tokens("a@x", 1), tokens("b@x", 2)]).unwrap();
+        let all: Vec<_> = found(&pool)
+            .into_iter()
+            .filter(|(p, _)| *p != other)
+            .collect();
+        assert_eq!(
+            all.len(),
+            1,
+            "a new file for each change, the one before removed"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(own_path(&pool)).unwrap().permissions().mode();
+            let mode = fs::metadata(&all[0].0).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let all = found(&pool);
-        assert_eq!(all.len(), 1);
-        assert_eq!(all[0].0, own_path(&pool));
         let names: Vec<_> = all[0].1.iter().map(|t| t.email.as_str()).collect();
         assert_eq!(names, ["a@x", "b@x"]);
         assert_eq!(all[0].1[1].refresh.expose(), "refresh-2");
         keep(&pool, &[]).unwrap();
+        assert!(other.exists());
+        fs::remove_file(&other).unwrap();
         assert!(found(&pool).is_empty());
         assert!(
             fs::read_dir(dir.path()).unwrap().next().is_none(),
@@ -203,21 +251,24 @@ mod tests {
     fn files_that_are_not_ours_are_passed_over_and_left() {
         let dir = tempfile::tempdir().unwrap();
         let pool = dir.path().join("oauth-pool.json");
-        let broken = dir.path().join("oauth-pool.json.unsaved-12.json");
+        let broken = dir.path().join("oauth-pool.json.unsaved-12-1.json");
         fs::write(&broken, "{").unwrap();
-        fs::write(dir.path().join("oauth-pool.json.unsaved-x.json"), "{}").unwrap();
+        fs::write(dir.path().join("oauth-pool.json.unsaved-x-1.json"), "{}").unwrap();
         fs::write(
-            dir.path().join("oauth-pool.json.unsaved-13.json"),
+            dir.path().join("oauth-pool.json.unsaved-13-1.json"),
             vec![b' '; MAX_BYTES as usize + 1],
         )
         .unwrap();
         #[cfg(unix)]
         {
-            std::os::unix::fs::symlink(&broken, dir.path().join("oauth-pool.json.unsaved-14.json"))
-                .unwrap();
+            std::os::unix::fs::symlink(
+                &broken,
+                dir.path().join("oauth-pool.json.unsaved-14-1.json"),
+            )
+            .unwrap();
             let fifo = std::ffi::CString::new(
                 dir.path()
-                    .join("oauth-pool.json.unsaved-15.json")
+                    .join("oauth-pool.json.unsaved-15-1.json")
                     .to_string_lossy()
                     .as_bytes(),
             )
