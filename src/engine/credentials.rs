@@ -1092,6 +1092,11 @@ impl Engine {
                         },
                     );
                     self.keep_unsaved_on_disk().await;
+                    // Kept on disk (where a process after the same token reads them) before the
+                    // token's lock goes; the account's stays held with them.
+                    if let Some(u) = lock(&self.credentials.unsaved).get(email) {
+                        u._lock.let_token_go();
+                    }
                     self.retry_later(UNSAVED_RETRY);
                 }
                 match unusable {

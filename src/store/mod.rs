@@ -92,6 +92,18 @@ impl RefreshLock {
         }
     }
 
+    /// Lets the refresh token's own lock go (`Store::claim_refresh`), the account's kept: held
+    /// by tokens kept unsaved, it was one more descriptor for as long as they wait, and under a
+    /// descriptor shortage the runtime's next socket (Bun's fetch) found none and ended the
+    /// process. The kept tokens' file (`rescue`) tells another process of them meanwhile.
+    pub fn let_token_go(&self) {
+        if let RefreshLock::File(_, token) = self {
+            if let Ok(mut held) = token.lock() {
+                *held = None;
+            }
+        }
+    }
+
     /// Whether this is the fleet store's lock, whose write may fail on its own connection and
     /// then be made on the store's (`Store::update_under`).
     pub fn is_fleet(&self) -> bool {
@@ -466,14 +478,22 @@ impl Store {
                     return Ok(true);
                 }
                 let (f, tag) = (f.clone(), tag.to_string());
-                match blocking(move || f.try_token_lock(&tag)).await? {
-                    Some(lock) => {
+                match blocking(move || f.try_token_lock(&tag)).await {
+                    Ok(Some(lock)) => {
                         if let Ok(mut held) = token.lock() {
                             *held = Some(lock);
                         }
                         Ok(true)
                     }
-                    None => Ok(false),
+                    Ok(None) => Ok(false),
+                    // One that cannot be taken at all (no descriptor left, a directory in its
+                    // place) leaves the refresh to the account's lock and the journal, as
+                    // before it existed: refused, the request failed over, and the runtime
+                    // carrying that one (Bun) met the shortage itself and ended the process.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the refresh token's lock cannot be taken; refreshing under the account's lock alone");
+                        Ok(true)
+                    }
                 }
             }
             (Store::File(_), _) => Ok(true),
