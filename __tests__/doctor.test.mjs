@@ -65,8 +65,8 @@ async function seed(box, entries) {
   await savePool({ version: 1, anthropic: entries.map(({ email, ...extra }) => oauthEntry(mock, email, extra)) }, box.pool);
 }
 
-/** `oauth-pool doctor --json` as that user, in their project: exit code, checks, and the text. */
-async function doctor(box, { env = {}, args = [], cwd = box.project, text = false } = {}) {
+/** The environment of that user's CLI, in `cwd`. */
+function userEnv(box, env = {}, cwd = box.project) {
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !SCRUBBED.test(k)));
   const childEnv = {
     ...base,
@@ -81,6 +81,12 @@ async function doctor(box, { env = {}, args = [], cwd = box.project, text = fals
     ...env,
   };
   for (const [k, v] of Object.entries(childEnv)) if (v === undefined) delete childEnv[k];
+  return childEnv;
+}
+
+/** `oauth-pool doctor --json` as that user, in their project: exit code, checks, and the text. */
+async function doctor(box, { env = {}, args = [], cwd = box.project, text = false } = {}) {
+  const childEnv = userEnv(box, env, cwd);
   const run = (args) => runCli(["doctor", ...args], { env: childEnv, cwd });
   const r = await run(["--json", ...args]);
   assert.notEqual(r.code, "SIGKILL", "doctor did not finish within a minute");
@@ -722,4 +728,64 @@ test("doctor: a pool on a file system other machines share (NFS, SMB, 9p, FUSE) 
   const d = await doctor(fresh, { env: { LD_PRELOAD: shim, FAKE_FS_TYPE_UNDER: fresh.dir, FAKE_FS_TYPE: "0x6969" } });
   assert.equal(existsSync(dirname(fresh.pool)), false);
   assert.match(d.named("filesystem")[0]?.message ?? d.shown, /^\S+ is on NFS, /);
+});
+
+// A refresh whose new tokens could not be written (the pool file broken or gone meanwhile) keeps
+// them beside the pool, `<pool>.unsaved-<pid>-<n>.json`, until a write takes them; the pool's
+// refresh token is spent by then. Doctor said nothing of such a file, and `oauth-pool refresh`
+// adopted its tokens in memory, wrote nothing and said "kept", the spent token left in the pool.
+test("doctor: refreshed tokens kept beside the pool are named with what they are to it; oauth-pool refresh writes them without presenting a token", async () => {
+  const box = user();
+  await seed(box, [{ email: "kept@x.test", expired: true }, { email: "other@x.test" }]);
+  const pool = JSON.parse(readFileSync(box.pool, "utf8"));
+  const spent = pool.anthropic[0].refresh;
+  const live = `kept-live-${randomBytes(6).toString("hex")}`;
+  const ended = spawnSync(process.execPath, ["-e", ""]).pid;
+  const kept = (pid, n, tokens) => {
+    const file = join(dirname(box.pool), `oauth-pool.json.unsaved-${pid}-${n}.json`);
+    writeFileSync(file, JSON.stringify({ version: 1, tokens }), { mode: 0o600 });
+    return file;
+  };
+  const token = (email, presented, refresh) => ({ email, access: `access-of-${refresh}`, refresh, expires: Date.now() + 3_600_000, presented });
+  const waiting = kept(ended, 1, [token("kept@x.test", spent, live)]);
+  const unmatched = kept(process.pid, 2, [token("other@x.test", "a-token-the-pool-never-held", "an-older-generation")]);
+
+  const before = await doctor(box);
+  const found = before.named("unsaved tokens");
+  assert.equal(found.length, 2, before.shown);
+  const first = found.find((c) => c.file === waiting);
+  assert.equal(first?.level, "warn", before.shown);
+  assert.deepEqual(first.accounts, [{ email: "kept@x.test", state: "waiting" }]);
+  assert.equal(first.pid, ended);
+  assert.equal(first.running, false);
+  assert.match(first.message, /new tokens of kept@x\.test, whose refresh token in the pool is spent.*oauth-pool refresh kept@x\.test.*do not delete the file/);
+  assert.match(first.message, /which has ended/);
+  const second = found.find((c) => c.file === unmatched);
+  assert.deepEqual(second?.accounts, [{ email: "other@x.test", state: "unmatched" }], before.shown);
+  assert.equal(second.running, true);
+  assert.match(second.message, /fit no account/);
+  assert.doesNotMatch(before.shown, new RegExp(`${live}|${spent}|access-of-`), "names only, never a token");
+
+  const asked = mock.tokenRequests.length;
+  const r = await runCli(["refresh", "kept@x.test", "--json"], { env: userEnv(box), cwd: box.project });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(JSON.parse(r.stdout.trim().split("\n").at(-1)).outcome, "adopted", r.stdout);
+  assert.equal(mock.tokenRequests.length, asked, "the spent token was not presented, nor the kept one");
+  const after = JSON.parse(readFileSync(box.pool, "utf8"));
+  assert.equal(after.anthropic[0].refresh, live);
+  assert.equal(existsSync(waiting), false, "the file that landed is removed");
+  assert.equal(existsSync(unmatched), true, "tokens that fit nowhere are kept");
+
+  const later = await doctor(box);
+  assert.deepEqual(
+    later.named("unsaved tokens").map((c) => c.file),
+    [unmatched],
+    later.shown,
+  );
+  rmSync(unmatched);
+  const none = await doctor(box);
+  assert.deepEqual(
+    none.named("unsaved tokens").map((c) => [c.level, c.message]),
+    [["ok", "no refreshed tokens wait beside the pool"]],
+  );
 });

@@ -325,6 +325,12 @@ export function poolFiles(path) {
  */
 export const loginsElsewhere = wrap((path) => native.loginsElsewhere(pathArg(path)));
 
+/**
+ * The files of refreshed tokens processes could not write into the pool file, kept beside it:
+ * `[{ file, pid, running, writtenAt, accounts: [{ email, state }] }]`, names only.
+ */
+export const keptTokens = wrap((path) => native.keptTokens(pathArg(path)));
+
 /** Each endpoint with whether the pool accepts it and the proxy a request would use. */
 export function checkEndpoints() {
   return sync(native.checkEndpoints());

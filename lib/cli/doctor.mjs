@@ -11,7 +11,7 @@ import { basename, dirname, isAbsolute, join } from "node:path";
 import { wait } from "../plugin/format.mjs";
 import { EXIT } from "./errors.mjs";
 import { printable } from "./output.mjs";
-import { holdsCredential, shellWord, withoutCredentials } from "../printable.mjs";
+import { holdsCredential, shellWord, shortened, withoutCredentials } from "../printable.mjs";
 
 // How long doctor waits for the pool's write lock before calling it stuck. Writers hold it for
 // a read-modify-write of a small file (milliseconds), never across a network call.
@@ -494,6 +494,48 @@ async function checkKeptBackups(lib, files, r) {
   }
 }
 
+/**
+ * Refreshed tokens a process could not write into the pool (a broken or missing pool file, its
+ * lock held too long), kept beside it until a write takes them: while they wait, the pool holds
+ * the refresh token spent for them, and the file is the only copy of the live one.
+ */
+async function checkKeptTokens(lib, path, r) {
+  let files;
+  try {
+    files = await lib.keptTokens(path);
+  } catch (e) {
+    return r.add("unsaved tokens", "warn", `could not look for refreshed tokens kept beside the pool: ${e.message}`, { code: e.code });
+  }
+  if (files.length === 0) return r.add("unsaved tokens", "ok", "no refreshed tokens wait beside the pool");
+  for (const f of files) {
+    const name = basename(f.file);
+    const by = f.pid == null ? "" : f.running ? ` by pid ${f.pid}, which is running and retries the write` : ` by pid ${f.pid}, which has ended`;
+    const when = f.writtenAt == null ? "" : ` at ${new Date(f.writtenAt).toISOString()}`;
+    const of = (state) => f.accounts.filter((a) => a.state === state).map((a) => shortened(a.email, 80));
+    const waiting = of("waiting");
+    const parts = [];
+    if (waiting.length)
+      parts.push(
+        `new tokens of ${waiting.join(", ")}, whose refresh token in the pool is spent: the next write of any process takes them (to write them now: oauth-pool refresh ${shellWord(f.accounts.find((a) => a.state === "waiting").email)}); do not delete the file before then, it holds the only live login`,
+      );
+    const written = of("written");
+    if (written.length) parts.push(`tokens of ${written.join(", ")} that the pool holds already (the next write removes the file)`);
+    const gone = of("gone");
+    if (gone.length) parts.push(`tokens of ${gone.join(", ")}, no longer in the pool (the next write removes the file)`);
+    const unmatched = of("unmatched");
+    if (unmatched.length)
+      parts.push(
+        `tokens of ${unmatched.join(", ")} that fit no account: it holds other tokens now (logged in again since, or an older pool file put back); if it works, the file is not needed: delete it (it holds tokens)`,
+      );
+    r.add("unsaved tokens", waiting.length || unmatched.length ? "warn" : "ok", `${name}, written${when}${by}: ${parts.join("; ")}`, {
+      file: f.file,
+      pid: f.pid,
+      running: f.running,
+      accounts: f.accounts,
+    });
+  }
+}
+
 /** Temp files a writer that died mid-write left behind: they hold tokens. */
 function checkTemps(files, r) {
   let strays;
@@ -723,6 +765,7 @@ export async function diagnose(lib, path, { online = false } = {}) {
     await checkLock(lib, path, files, usable && parses, r);
     await checkBackup(lib, files, r);
     await checkKeptBackups(lib, files, r);
+    await checkKeptTokens(lib, path, r);
     checkTemps(files, r);
   } else {
     await checkStore(lib, path, r);

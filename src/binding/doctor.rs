@@ -76,6 +76,50 @@ pub fn pool_files(path: Option<String>) -> JsResult<Value> {
     })
 }
 
+/// The files of refreshed tokens processes could not write into the pool file, kept beside it
+/// (`store::rescue`): `[{ file, pid, running, writtenAt, accounts: [{ email, state }] }]`, the
+/// oldest first; `state` as `engine::credentials::kept_states` says. Names only, never a token.
+#[napi(js_name = "keptTokens", ts_return_type = "Promise<any>", catch_unwind)]
+pub fn kept_tokens(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
+    promise(env, async move {
+        let pool_store = store_for(path.as_deref()).map_err(js_error)?;
+        let Some(pool_path) = pool_store.path().map(std::path::Path::to_path_buf) else {
+            return Ok(Value::Array(Vec::new()));
+        };
+        let pool = pool_store.load().await.ok();
+        store::blocking(move || {
+            let files = store::rescue::found(&pool_path);
+            let states = crate::engine::credentials::kept_states(pool.as_ref(), &files);
+            Ok(Value::Array(
+                files
+                    .iter()
+                    .zip(states)
+                    .map(|((file, _), accounts)| {
+                        let writer = store::rescue::writer(file);
+                        let written_at = std::fs::symlink_metadata(file)
+                            .and_then(|m| m.modified())
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map(|d| d.as_millis() as i64);
+                        json!({
+                            "file": file.display().to_string(),
+                            "pid": writer.map(|w| w.0),
+                            "running": writer.is_some_and(|w| w.1),
+                            "writtenAt": written_at,
+                            "accounts": accounts
+                                .into_iter()
+                                .map(|(email, state)| json!({ "email": email, "state": state }))
+                                .collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect(),
+            ))
+        })
+        .await
+        .map_err(js_error)
+    })
+}
+
 fn source(explicit: Option<&str>) -> &'static str {
     if explicit.is_some_and(|p| !p.is_empty()) {
         "argument"

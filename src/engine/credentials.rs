@@ -380,6 +380,43 @@ pub fn apply_kept(
     landed
 }
 
+/// What each kept file's tokens are to `pool` (`oauth-pool doctor`): "waiting" (the pool holds
+/// the refresh token spent for them: the next write takes them), "written" (the pool holds them
+/// already: the next write removes the file), "gone" (their account is no longer in the pool)
+/// or "unmatched" (the account holds other tokens: logged in again since, or an older pool
+/// put back). With no pool to read (missing, or refused), every one is "waiting".
+pub fn kept_states(pool: Option<&Pool>, files: &KeptFiles) -> Vec<Vec<(String, &'static str)>> {
+    let landed = pool.filter(|p| !p.file_missing).map(|p| {
+        let mut trial = p.clone();
+        let landed = apply_kept(&mut trial, files);
+        (p, landed.spent)
+    });
+    files
+        .iter()
+        .map(|(_, tokens)| {
+            tokens
+                .iter()
+                .map(|t| {
+                    let state = match &landed {
+                        None => "waiting",
+                        Some((_, spent)) if spent.iter().any(|(_, s)| *s == t.presented) => {
+                            "waiting"
+                        }
+                        Some((p, _))
+                            if p.accounts().any(|a| a.refresh.as_ref() == Some(&t.refresh)) =>
+                        {
+                            "written"
+                        }
+                        Some((p, _)) if p.find(&t.email).is_none() => "gone",
+                        Some(_) => "unmatched",
+                    };
+                    (t.email.clone(), state)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Writes unsaved tokens into `pool` where they still belong (the account still holds the
 /// refresh token that was spent, or already ours). Returns the emails written.
 pub fn apply_unsaved(pool: &mut Pool, tokens: &[UnsavedTokens]) -> Vec<String> {
@@ -528,6 +565,13 @@ impl Engine {
         // Asked for, not needed by a request: nothing is waiting on a token that could not be
         // saved, and a process that ends (the CLI does at once) would take the new one with it.
         self.store.try_write_room(Trial::Refresh).await?;
+        // Tokens a process kept beside the pool (`store::rescue`) are written first: the pool's
+        // refresh token is spent for them, and only a write of some process takes them (this
+        // one's refresh adopted them, and the file stayed, with the pool still holding the spent
+        // token, and "kept" reported).
+        if !self.kept_elsewhere().await.is_empty() {
+            self.write(|_| Ok(())).await?;
+        }
         let mut events = Vec::new();
         let never = CancellationToken::new();
         let access = self
@@ -1094,8 +1138,15 @@ impl Engine {
                     self.keep_unsaved_on_disk().await;
                     // Kept on disk (where a process after the same token reads them) before the
                     // token's lock goes; the account's stays held with them.
-                    if let Some(u) = lock(&self.credentials.unsaved).get(email) {
-                        u._lock.let_token_go();
+                    let token_lock = lock(&self.credentials.unsaved)
+                        .get(email)
+                        .and_then(|u| u._lock.take_token_lock());
+                    if let Some(token_lock) = token_lock {
+                        let _ = crate::store::blocking(move || {
+                            drop(token_lock);
+                            Ok(())
+                        })
+                        .await;
                     }
                     self.retry_later(UNSAVED_RETRY);
                 }

@@ -92,15 +92,15 @@ impl RefreshLock {
         }
     }
 
-    /// Lets the refresh token's own lock go (`Store::claim_refresh`), the account's kept: held
+    /// Hands over the refresh token's own lock (`Store::claim_refresh`), the account's kept: held
     /// by tokens kept unsaved, it was one more descriptor for as long as they wait, and under a
     /// descriptor shortage the runtime's next socket (Bun's fetch) found none and ended the
-    /// process. The kept tokens' file (`rescue`) tells another process of them meanwhile.
-    pub fn let_token_go(&self) {
-        if let RefreshLock::File(_, token) = self {
-            if let Ok(mut held) = token.lock() {
-                *held = None;
-            }
+    /// process. The kept tokens' file (`rescue`) tells another process of them meanwhile. Its
+    /// file is removed when the lock returned is dropped: by the caller, outside its own locks.
+    pub fn take_token_lock(&self) -> Option<file::TokenLock> {
+        match self {
+            RefreshLock::File(_, token) => token.lock().ok().and_then(|mut held| held.take()),
+            RefreshLock::Postgres(_) => None,
         }
     }
 

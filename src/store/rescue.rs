@@ -15,6 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
+use sha2::Digest;
 
 use super::file::{parent_dir, persist, sync_dir};
 use crate::secret::Secret;
@@ -42,16 +43,18 @@ fn prefix(pool: &Path) -> String {
     )
 }
 
-/// The files this process wrote and has not removed yet: only these are its own to replace (a
-/// process gone may have had the same pid).
-static WRITTEN: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+/// The files this process wrote and has not removed yet, with a digest of what each holds: only
+/// these are its own to replace (a process gone may have had the same pid).
+static WRITTEN: std::sync::Mutex<Vec<(PathBuf, [u8; 32])>> = std::sync::Mutex::new(Vec::new());
 
-fn written() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+fn written() -> std::sync::MutexGuard<'static, Vec<(PathBuf, [u8; 32])>> {
     WRITTEN.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Keeps `tokens` in a new file of this process's (written whole, then renamed into place), and
-/// removes those it wrote before for `pool`; with none, only removes those.
+/// removes those it wrote before for `pool`; with none, only removes those. The same tokens as
+/// its file still in place say are not written again: each bookkeeping write made while the pool
+/// file was gone wrote one more file with nothing new in it.
 pub fn keep(pool: &Path, tokens: &[KeptTokens]) -> std::io::Result<()> {
     let dir = parent_dir(pool);
     let prefix = prefix(pool);
@@ -60,26 +63,34 @@ pub fn keep(pool: &Path, tokens: &[KeptTokens]) -> std::io::Result<()> {
             && p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
     };
-    let before: Vec<PathBuf> = written().iter().filter(|p| mine(p)).cloned().collect();
+    let before: Vec<(PathBuf, [u8; 32])> =
+        written().iter().filter(|(p, _)| mine(p)).cloned().collect();
     if !tokens.is_empty() {
+        let bytes = contents(tokens);
+        let digest: [u8; 32] = sha2::Sha256::digest(&*bytes).into();
+        let unchanged =
+            |(p, d): &(PathBuf, [u8; 32])| *d == digest && fs::symlink_metadata(p).is_ok();
+        if before.len() == 1 && before.iter().all(unchanged) {
+            return Ok(());
+        }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let path = dir.join(format!("{prefix}{}-{nanos}.json", std::process::id()));
-        write_new(&dir, &prefix, &path, tokens)?;
-        written().push(path);
+        write_new(&dir, &prefix, &path, &bytes)?;
+        written().push((path, digest));
     }
-    for old in &before {
+    for (old, _) in &before {
         match fs::remove_file(old) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => written().retain(|p| p != old),
+            _ => written().retain(|(p, _)| p != old),
         }
     }
     Ok(())
 }
 
-fn write_new(dir: &Path, prefix: &str, path: &Path, tokens: &[KeptTokens]) -> std::io::Result<()> {
+fn contents(tokens: &[KeptTokens]) -> zeroize::Zeroizing<Vec<u8>> {
     let entries: Vec<Value> = tokens
         .iter()
         .map(|t| {
@@ -92,9 +103,12 @@ fn write_new(dir: &Path, prefix: &str, path: &Path, tokens: &[KeptTokens]) -> st
             })
         })
         .collect();
-    let bytes = zeroize::Zeroizing::new(
+    zeroize::Zeroizing::new(
         serde_json::to_vec(&json!({ "version": 1, "tokens": entries })).unwrap_or_default(),
-    );
+    )
+}
+
+fn write_new(dir: &Path, prefix: &str, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // Not the pool's temp name: another process's clean-up of orphaned temps takes those.
     let temp_prefix = format!(".{prefix}{}.", std::process::id());
     let mut builder = tempfile::Builder::new();
@@ -105,7 +119,7 @@ fn write_new(dir: &Path, prefix: &str, path: &Path, tokens: &[KeptTokens]) -> st
         builder.permissions(fs::Permissions::from_mode(0o600));
     }
     let mut tmp = builder.tempfile_in(dir)?;
-    tmp.write_all(&bytes)?;
+    tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     persist(tmp, path).map_err(std::io::Error::other)?;
     sync_dir(dir);
@@ -182,6 +196,20 @@ fn read(path: &Path) -> Option<Vec<KeptTokens>> {
         .collect()
 }
 
+/// The process that wrote a kept file, by its name, and whether it is still running (it retries
+/// the write itself while it runs).
+pub fn writer(path: &Path) -> Option<(i64, bool)> {
+    let name = path.file_name()?.to_string_lossy();
+    let pid: i64 = name
+        .split(".unsaved-")
+        .last()?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()?;
+    Some((pid, super::legacy_lock::is_alive(pid)))
+}
+
 /// Removes the files whose tokens a write took.
 pub fn remove(paths: &[PathBuf]) {
     for path in paths {
@@ -245,6 +273,40 @@ mod tests {
             fs::read_dir(dir.path()).unwrap().next().is_none(),
             "no temp left"
         );
+    }
+
+    #[test]
+    fn the_same_tokens_are_not_written_again_while_their_file_is_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("oauth-pool.json");
+        let listed = || {
+            let mut names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            names.sort();
+            names
+        };
+        keep(&pool, &[tokens("a@x", 1)]).unwrap();
+        let first = listed();
+        assert_eq!(first.len(), 1);
+        for _ in 0..3 {
+            keep(&pool, &[tokens("a@x", 1)]).unwrap();
+        }
+        assert_eq!(listed(), first, "nothing new: the file stays as it was");
+        // Taken by another process's write: written again, since only it tells of them.
+        fs::remove_file(&first[0]).unwrap();
+        keep(&pool, &[tokens("a@x", 1)]).unwrap();
+        assert_eq!(listed().len(), 1);
+        assert_ne!(listed(), first);
+        let again = listed();
+        keep(&pool, &[tokens("a@x", 2)]).unwrap();
+        let changed = listed();
+        assert_eq!(changed.len(), 1);
+        assert_ne!(changed, again, "changed tokens are a new file");
+        assert_eq!(found(&pool)[0].1[0].refresh.expose(), "refresh-2");
+        keep(&pool, &[]).unwrap();
+        assert!(listed().is_empty());
     }
 
     #[test]
