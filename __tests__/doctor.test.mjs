@@ -789,3 +789,36 @@ test("doctor: refreshed tokens kept beside the pool are named with what they are
     [["ok", "no refreshed tokens wait beside the pool"]],
   );
 });
+
+// Only the engine's writes took kept tokens: `oauth-pool priority` (any CLI write) left the file
+// and the spent token in the pool, and `store copy` then carried the spent token into another
+// pool, whose refresh presented it (a review's reproduction).
+test("every write takes refreshed tokens kept beside the pool, a CLI's too, and store copy carries the live token", async () => {
+  const box = user();
+  await seed(box, [{ email: "cli@x.test", expired: true }]);
+  const spent = JSON.parse(readFileSync(box.pool, "utf8")).anthropic[0].refresh;
+  const keptFile = (n, presented, refresh) => {
+    const file = join(dirname(box.pool), `oauth-pool.json.unsaved-1-${n}.json`);
+    const token = { email: "cli@x.test", access: `access-of-${refresh}`, refresh, expires: Date.now() + 3_600_000, presented };
+    writeFileSync(file, JSON.stringify({ version: 1, tokens: [token] }), { mode: 0o600 });
+    return file;
+  };
+  const env = userEnv(box);
+  const live = `kept-live-${randomBytes(6).toString("hex")}`;
+  const first = keptFile(1, spent, live);
+  const set = await runCli(["priority", "cli@x.test", "3"], { env, cwd: box.project });
+  assert.equal(set.code, 0, set.stderr);
+  const after = JSON.parse(readFileSync(box.pool, "utf8")).anthropic[0];
+  assert.equal(after.refresh, live);
+  assert.equal(after.priority, 3);
+  assert.equal(existsSync(first), false);
+
+  const next = `kept-next-${randomBytes(6).toString("hex")}`;
+  const second = keptFile(2, live, next);
+  const elsewhere = join(box.dir, "elsewhere", "oauth-pool.json");
+  const copied = await runCli(["store", "copy", "--from", box.pool, "--to", elsewhere], { env, cwd: box.project });
+  assert.equal(copied.code, 0, copied.stderr);
+  assert.equal(JSON.parse(readFileSync(elsewhere, "utf8")).anthropic[0].refresh, next, "the live token, not the spent one");
+  assert.equal(JSON.parse(readFileSync(box.pool, "utf8")).anthropic[0].refresh, next);
+  assert.equal(existsSync(second), false);
+});

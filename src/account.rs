@@ -261,6 +261,19 @@ pub(crate) fn kind_of(v: &Value) -> &'static str {
 }
 
 impl Account {
+    /// A refresh's tokens in place of the account's: its token endpoint's wait goes, and a
+    /// refusal of the tokens it replaces with it.
+    pub fn set_tokens(&mut self, access: &Secret, refresh: &Secret, expires: i64) {
+        self.access = Some(access.clone());
+        self.refresh = Some(refresh.clone());
+        self.expires = Some(expires);
+        self.extra.shift_remove("refreshBackoffUntil");
+        if self.status_enum() == Some(Status::AuthError) {
+            self.status = Status::Idle.as_str().into();
+            self.extra.shift_remove("authErrorToken");
+        }
+    }
+
     /// The fields of an entry that have a field of their own here (all the rest is `extra`).
     pub(crate) const NAMED: [&'static str; 12] = [
         "email",

@@ -78,7 +78,7 @@ pub fn pool_files(path: Option<String>) -> JsResult<Value> {
 
 /// The files of refreshed tokens processes could not write into the pool file, kept beside it
 /// (`store::rescue`): `[{ file, pid, running, writtenAt, accounts: [{ email, state }] }]`, the
-/// oldest first; `state` as `engine::credentials::kept_states` says. Names only, never a token.
+/// oldest first; `state` as `store::rescue::kept_states` says. Names only, never a token.
 #[napi(js_name = "keptTokens", ts_return_type = "Promise<any>", catch_unwind)]
 pub fn kept_tokens(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, Value>> {
     promise(env, async move {
@@ -89,7 +89,7 @@ pub fn kept_tokens(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, V
         let pool = pool_store.load().await.ok();
         store::blocking(move || {
             let files = store::rescue::found(&pool_path);
-            let states = crate::engine::credentials::kept_states(pool.as_ref(), &files);
+            let states = store::rescue::kept_states(pool.as_ref(), &files);
             Ok(Value::Array(
                 files
                     .iter()

@@ -101,6 +101,17 @@ pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_
         logging::init();
         let source = Store::open(&from).map_err(js_error)?;
         let target = Store::open(&to).map_err(js_error)?;
+        // Tokens a process kept beside a source file (`store::rescue`) are written into it
+        // first: copied as it was, the pool's spent refresh token went along, and the copy
+        // presented it.
+        if let Some(path) = source.path().map(std::path::Path::to_path_buf) {
+            let kept = store::blocking(move || Ok(!store::rescue::found(&path).is_empty()))
+                .await
+                .unwrap_or(false);
+            if kept {
+                source.update_existing(|_| Ok(())).await.map_err(js_error)?;
+            }
+        }
         let (pool, stamp) = source.load_stamped().await.map_err(js_error)?;
         // A missing pool file reads as an empty pool everywhere else; copied, it would replace
         // every account at the destination with nothing (a mistyped `--from`).

@@ -23,7 +23,7 @@ use super::events::Event;
 use super::overlay::lock;
 use super::verdict::CredentialKind;
 use super::Engine;
-use crate::account::{now_ms, Account, Status};
+use crate::account::{now_ms, Account};
 use crate::error::{Error, Result};
 use crate::oauth;
 use crate::pool::Pool;
@@ -305,117 +305,7 @@ impl Credentials {
     }
 }
 
-/// The files processes kept tokens in (`store::rescue`), as read.
-pub type KeptFiles = Vec<(std::path::PathBuf, Vec<UnsavedTokens>)>;
-
-/// What `apply_kept` did: each account whose kept tokens landed, with the refresh token they
-/// replaced (spent, for the refresh journal), and the files that may go (all theirs landed, held
-/// already, or of an account no longer in the pool).
-#[derive(Default)]
-pub struct KeptLanded {
-    pub spent: Vec<(String, Secret)>,
-    pub done: Vec<std::path::PathBuf>,
-}
-
-/// Writes the tokens processes kept on disk (`store::rescue`) into `pool`, each where its
-/// account still holds the refresh token spent for it. As often as one lands another may follow
-/// it: a chain of two (a process refreshed the tokens another kept, and could not write either)
-/// lands whole whatever order the files were read in; taken one pass in that order, the later
-/// link found the pool not holding its spent token yet, was dropped, and the earlier left the
-/// spent token of the later in the pool. Tokens the pool holds already change nothing (a
-/// refused login is not brought back by an old file). A file with tokens that fit nowhere yet
-/// stays: the pool may be an older state put back, which a later link continues.
-pub fn apply_kept(
-    pool: &mut Pool,
-    files: &[(std::path::PathBuf, Vec<UnsavedTokens>)],
-) -> KeptLanded {
-    let mut landed = KeptLanded::default();
-    if pool.file_missing {
-        return landed;
-    }
-    let mut left: Vec<&UnsavedTokens> = files.iter().flat_map(|(_, t)| t).collect();
-    loop {
-        let before = left.len();
-        left.retain(|t| {
-            let by_name = pool
-                .find(&t.email)
-                .is_some_and(|a| !a.is_api_key() && a.refresh.as_ref() == Some(&t.presented));
-            let holder = if by_name {
-                pool.find_mut(&t.email)
-            } else {
-                pool.accounts_mut()
-                    .find(|a| !a.is_api_key() && a.refresh.as_ref() == Some(&t.presented))
-            };
-            match holder {
-                Some(a) => {
-                    set_tokens(a, &t.access, &t.refresh, t.expires);
-                    landed.spent.push((a.email.clone(), t.presented.clone()));
-                    false
-                }
-                None => true,
-            }
-        });
-        if left.is_empty() || left.len() == before {
-            break;
-        }
-    }
-    let fits_nowhere = |t: &UnsavedTokens| {
-        let held = pool
-            .accounts()
-            .any(|a| a.refresh.as_ref() == Some(&t.refresh));
-        let gone = pool.find(&t.email).is_none()
-            && !pool
-                .accounts()
-                .any(|a| a.refresh.as_ref() == Some(&t.presented));
-        !held && !gone
-    };
-    for (path, tokens) in files {
-        if !tokens
-            .iter()
-            .any(|t| left.iter().any(|l| std::ptr::eq(*l, t)) && fits_nowhere(t))
-        {
-            landed.done.push(path.clone());
-        }
-    }
-    landed
-}
-
-/// What each kept file's tokens are to `pool` (`oauth-pool doctor`): "waiting" (the pool holds
-/// the refresh token spent for them: the next write takes them), "written" (the pool holds them
-/// already: the next write removes the file), "gone" (their account is no longer in the pool)
-/// or "unmatched" (the account holds other tokens: logged in again since, or an older pool
-/// put back). With no pool to read (missing, or refused), every one is "waiting".
-pub fn kept_states(pool: Option<&Pool>, files: &KeptFiles) -> Vec<Vec<(String, &'static str)>> {
-    let landed = pool.filter(|p| !p.file_missing).map(|p| {
-        let mut trial = p.clone();
-        let landed = apply_kept(&mut trial, files);
-        (p, landed.spent)
-    });
-    files
-        .iter()
-        .map(|(_, tokens)| {
-            tokens
-                .iter()
-                .map(|t| {
-                    let state = match &landed {
-                        None => "waiting",
-                        Some((_, spent)) if spent.iter().any(|(_, s)| *s == t.presented) => {
-                            "waiting"
-                        }
-                        Some((p, _))
-                            if p.accounts().any(|a| a.refresh.as_ref() == Some(&t.refresh)) =>
-                        {
-                            "written"
-                        }
-                        Some((p, _)) if p.find(&t.email).is_none() => "gone",
-                        Some(_) => "unmatched",
-                    };
-                    (t.email.clone(), state)
-                })
-                .collect()
-        })
-        .collect()
-}
+pub use crate::store::rescue::{apply_kept, KeptFiles};
 
 /// Writes unsaved tokens into `pool` where they still belong (the account still holds the
 /// refresh token that was spent, or already ours). Returns the emails written.
@@ -439,7 +329,7 @@ pub fn apply_unsaved(pool: &mut Pool, tokens: &[UnsavedTokens]) -> Vec<String> {
                 if a.refresh.as_ref() == Some(&t.presented)
                     || a.refresh.as_ref() == Some(&t.refresh) =>
             {
-                set_tokens(a, &t.access, &t.refresh, t.expires);
+                a.set_tokens(&t.access, &t.refresh, t.expires);
                 written.push(t.email.clone());
             }
             // Removed, or logged in again meanwhile: those tokens are not wanted any more.
@@ -447,17 +337,6 @@ pub fn apply_unsaved(pool: &mut Pool, tokens: &[UnsavedTokens]) -> Vec<String> {
         }
     }
     written
-}
-
-fn set_tokens(a: &mut Account, access: &Secret, refresh: &Secret, expires: i64) {
-    a.access = Some(access.clone());
-    a.refresh = Some(refresh.clone());
-    a.expires = Some(expires);
-    a.extra.shift_remove("refreshBackoffUntil");
-    if a.status_enum() == Some(Status::AuthError) {
-        a.status = Status::Idle.as_str().into();
-        a.extra.shift_remove("authErrorToken");
-    }
 }
 
 /// The access token if it is present and not within the refresh margin of its expiry. An
@@ -1038,7 +917,7 @@ impl Engine {
                     Ok(match holder {
                         Some(a) if a.refresh.as_ref() == Some(&spent) || put_back(a) => {
                             let kept = (a.access.clone(), a.expires);
-                            set_tokens(a, &a2, &r2, expires);
+                            a.set_tokens(&a2, &r2, expires);
                             if let Some(until) = backoff {
                                 // Only the refresh token is new: the access token stays as it was.
                                 (a.access, a.expires) = kept;

@@ -416,23 +416,21 @@ impl Engine {
         held: Option<&crate::store::RefreshLock>,
         change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        // Those processes kept on disk first: tokens this one refreshed since continue theirs
-        // (their refresh token is the one it presented). Only this process's own are reported
-        // as written: another's file naming an account this one holds unsaved tokens of (taken
-        // again since) said nothing of those.
-        let kept = self.kept_elsewhere().await;
+        // Those processes kept on disk land first, as in every write of the file store (tokens
+        // this one refreshed since continue theirs: their refresh token is the one it
+        // presented). Only this process's own are reported as written: another's file naming
+        // an account this one holds unsaved tokens of (taken again since) said nothing of those.
         let own = self.credentials.unsaved_tokens();
         let carried = own.clone();
         let change = move |pool: &mut Pool| {
-            let landed = credentials::apply_kept(pool, &kept);
             let written = credentials::apply_unsaved(pool, &carried);
-            change(pool).map(|t| (t, written, landed))
+            change(pool).map(|t| (t, written))
         };
         let result = match held {
             Some(lock) => self.store.update_under(lock, change).await,
             None => self.store.update_existing_written(change).await,
         };
-        let ((t, written, landed), stored) = match result {
+        let ((t, written), stored) = match result {
             Ok(done) => done,
             Err(e) => {
                 self.invalidate();
@@ -455,19 +453,9 @@ impl Engine {
             .filter(|t| written.contains(&t.email))
             .map(|t| (t.email.clone(), t.refresh.clone()))
             .collect();
-        let mut spent = self.credentials.saved(&written);
-        // Kept tokens that landed spent theirs as surely: a pool put back to hold it is caught.
-        spent.extend(landed.spent);
+        let spent = self.credentials.saved(&written);
         if !spent.is_empty() {
             self.journal_landed(spent);
-        }
-        if !landed.done.is_empty() {
-            let done = landed.done;
-            let _ = crate::store::blocking(move || {
-                crate::store::rescue::remove(&done);
-                Ok(())
-            })
-            .await;
         }
         if !own.is_empty() {
             self.keep_unsaved_on_disk().await;

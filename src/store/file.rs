@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::legacy_lock::LegacyLock;
+use super::rescue;
 use super::Written;
 use crate::error::{Error, Result};
 use crate::fsread::{self, ReadError};
@@ -193,15 +194,30 @@ impl FileStore {
         let _aidevops = LegacyLock::acquire(&self.path)?;
         // Refuse to replace a file we would refuse to read: a symlink or a foreign file is
         // someone else's, and a corrupt one is evidence the user must look at.
-        let previous = self.read()?;
+        let mut previous = self.read()?;
         let mut pool = pool.clone();
-        if let Some((stored, _)) = &previous {
+        let mut landed = rescue::KeptLanded::default();
+        if let Some((stored, _)) = &mut previous {
+            // Tokens kept beside the pool are the stored state's: the copy's account still
+            // holding the token spent for them holds a spent token.
+            landed = self.land_kept(stored);
+            let kept_spent: Vec<(String, String)> = landed
+                .spent
+                .iter()
+                .flat_map(|(email, presented)| {
+                    pool.accounts()
+                        .filter(|a| a.refresh.as_ref() == Some(presented))
+                        .map(|a| (a.email.clone(), email.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
             // Asked now, under the lock: asked before it, a refresh whose write this save waited
             // behind was not in it yet, and its spent token was written back.
             let spent: Vec<(String, String)> = super::spent_now(&super::refresh_tags(&pool))
                 .into_iter()
                 .map(|(email, spent)| (email, spent.email))
                 .chain(read.spent.iter().cloned())
+                .chain(kept_spent)
                 .collect();
             for email in pool.keep_newer_state(stored, &spent) {
                 tracing::info!(account = %email, "kept the stored tokens: newer than those saved");
@@ -212,8 +228,41 @@ impl FileStore {
             &zeroize::Zeroizing::new(pool.to_bytes()),
             previous.is_some(),
         )?;
+        self.kept_landed(landed);
         remove_refresh_locks(self, &pool);
         Ok(())
+    }
+
+    /// Tokens processes kept beside the pool (`rescue`), put into `pool` as read under the lock:
+    /// every write takes them, whichever program asked for it (a login, `priority`, `savePool`,
+    /// a request's bookkeeping). Only the engine's did, and a pool written by the CLI and then
+    /// copied elsewhere (`store copy`) carried the spent token.
+    fn land_kept(&self, pool: &mut Pool) -> rescue::KeptLanded {
+        if pool.file_missing {
+            return rescue::KeptLanded::default();
+        }
+        let files = rescue::found(&self.path);
+        if files.is_empty() {
+            return rescue::KeptLanded::default();
+        }
+        rescue::apply_kept(pool, &files)
+    }
+
+    /// Once the write that took kept tokens is in place: their files go, and the tokens they
+    /// replaced are recorded as spent in the refresh journal (a pool put back holding one is
+    /// caught).
+    fn kept_landed(&self, landed: rescue::KeptLanded) {
+        rescue::remove(&landed.done);
+        if landed.spent.is_empty() {
+            return;
+        }
+        if let Some(j) = super::journal::Journal::for_user() {
+            let here = super::journal::file_identity(&self.path);
+            let now = crate::account::now_ms();
+            for (email, presented) in landed.spent {
+                j.saved(&super::journal::tag(&presented), &here, &email, now);
+            }
+        }
     }
 
     /// Locks, re-reads the file, applies `change`, and writes the result if it differs from
@@ -271,12 +320,14 @@ impl FileStore {
         let mut pool = current.map(|(p, _)| p).unwrap_or_default();
         pool.file_missing = !existed;
         let before = zeroize::Zeroizing::new(pool.to_bytes());
+        let landed = self.land_kept(&mut pool);
         let out = change(&mut pool)?;
         let after = zeroize::Zeroizing::new(pool.to_bytes());
         if after == before {
             return Ok((out, Written::Unchanged));
         }
         let stamp = self.write_locked(&after, existed)?;
+        self.kept_landed(landed);
         remove_refresh_locks(self, &pool);
         // What a read of the bytes just written would give, without reading them back: a parse
         // of a pool with a month of usage is most of what a bookkeeping write costs.
@@ -917,10 +968,24 @@ pub(super) fn remove_orphaned_temps(path: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let ours = name
+        let Some(rest) = name
             .strip_prefix(&prefix)
             .and_then(|rest| rest.strip_suffix(".tmp"))
-            .is_some_and(|random| !random.contains('.'));
+        else {
+            continue;
+        };
+        // The writer of kept tokens (`rescue`) makes its temps outside the pool's lock:
+        // `.<name>.unsaved-<pid>.<random>.tmp`, an orphan once its process is gone.
+        let kept_orphan = rest
+            .strip_prefix("unsaved-")
+            .and_then(|r| r.split_once('.'))
+            .is_some_and(|(pid, random)| {
+                !random.contains('.')
+                    && pid
+                        .parse::<i64>()
+                        .is_ok_and(|pid| !super::legacy_lock::is_alive(pid))
+            });
+        let ours = !rest.contains('.') || kept_orphan;
         if !ours {
             continue;
         }
@@ -2197,6 +2262,73 @@ mod tests {
             .unwrap();
         assert!(!dir.join(".oauth-pool.json.abc123.tmp").exists());
         assert!(dir.join("other.tmp").exists());
+    }
+
+    #[test]
+    fn a_kept_tokens_writer_s_temp_goes_once_its_process_is_gone() {
+        let (_d, store) = tmp_store();
+        store.save(&Pool::default()).unwrap();
+        let dir = store.path().parent().unwrap().to_path_buf();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let orphan = dir.join(format!(".oauth-pool.json.unsaved-{gone}.a1b2c3.tmp"));
+        let live = dir.join(format!(
+            ".oauth-pool.json.unsaved-{}.d4e5f6.tmp",
+            std::process::id()
+        ));
+        fs::write(&orphan, b"tokens").unwrap();
+        fs::write(&live, b"tokens").unwrap();
+        store.save(&Pool::default()).unwrap();
+        assert!(!orphan.exists(), "left by a writer that died mid-write");
+        assert!(live.exists(), "a running writer's, outside the pool's lock");
+    }
+
+    #[test]
+    fn every_write_takes_the_tokens_kept_beside_the_pool() {
+        let (_d, store) = tmp_store();
+        store
+            .update(|p| {
+                p.upsert(Account::new_oauth("a@x", "a0".into(), "t0".into(), 1, 1));
+                p.upsert(Account::new_oauth("b@x", "b0".into(), "u0".into(), 1, 1));
+                Ok(())
+            })
+            .unwrap();
+        let dir = store.path().parent().unwrap().to_path_buf();
+        let kept = |n: u32, email: &str, presented: &str, refresh: &str| {
+            let path = dir.join(format!("oauth-pool.json.unsaved-1-{n}.json"));
+            let tokens = json!({"version": 1, "tokens": [{
+                "email": email, "access": format!("access-{refresh}"), "refresh": refresh,
+                "expires": 1_900_000_000_000i64, "presented": presented,
+            }]});
+            fs::write(&path, tokens.to_string()).unwrap();
+            path
+        };
+        let refresh = |email: &str| {
+            store
+                .load()
+                .unwrap()
+                .find(email)
+                .and_then(|a| a.refresh.clone())
+                .map(|r| r.expose().to_string())
+        };
+        let waiting = kept(1, "a@x", "t0", "t1");
+        let unmatched = kept(2, "b@x", "a-token-never-held", "u9");
+        // A change of nothing (a CLI's `priority` of an account not there, say) writes them.
+        store.update(|_| Ok(())).unwrap();
+        assert_eq!(refresh("a@x").as_deref(), Some("t1"));
+        assert_eq!(refresh("b@x").as_deref(), Some("u0"));
+        assert!(!waiting.exists(), "landed: its file goes");
+        assert!(unmatched.exists(), "fits nowhere: kept");
+
+        // `savePool` of a copy read before the next kept tokens: the stored state is theirs,
+        // and the copy's token is the spent one.
+        let copy = store.load().unwrap();
+        let next = kept(3, "a@x", "t1", "t2");
+        store.save_read_at(&copy, &ReadCopy::default()).unwrap();
+        assert_eq!(refresh("a@x").as_deref(), Some("t2"));
+        assert!(!next.exists());
+        assert!(unmatched.exists());
     }
 
     #[test]

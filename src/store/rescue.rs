@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use sha2::Digest;
 
 use super::file::{parent_dir, persist, sync_dir};
+use crate::pool::Pool;
 use crate::secret::Secret;
 
 /// One account's tokens kept unsaved, and the refresh token spent for them (the one the pool
@@ -35,6 +36,8 @@ pub struct KeptTokens {
 const MAX_BYTES: u64 = 256 * 1024;
 /// Files read at most per write: each is a change of a process's unsaved tokens not taken yet.
 const MAX_FILES: usize = 64;
+/// Files named as ours looked at most per write, the newest first (each read is bounded).
+const MAX_LOOKED_AT: usize = 512;
 
 fn prefix(pool: &Path) -> String {
     format!(
@@ -151,18 +154,27 @@ pub fn found(pool: &Path) -> Vec<(PathBuf, Vec<KeptTokens>)> {
             candidates.push(entry.path());
         }
     }
-    // The oldest first, so that more than are read at once (a chain of refreshes no process
-    // could write) are taken from the chain's start.
-    candidates.sort_by_key(|p| fs::symlink_metadata(p).and_then(|m| m.modified()).ok());
+    // The newest read first, and only files that read as ours counted: 64 older ones that did
+    // not (junk under our name, or tokens of a login made again since, which fit nowhere and
+    // stay) took every place, and the newest, of the live token, went unread: the spent one
+    // was presented. Landing does not depend on the order (`apply_kept`); they are handed on
+    // oldest first.
+    candidates.sort_by_key(|p| {
+        std::cmp::Reverse(fs::symlink_metadata(p).and_then(|m| m.modified()).ok())
+    });
     let mut found = Vec::new();
-    for path in candidates.into_iter().take(MAX_FILES) {
+    for path in candidates.into_iter().take(MAX_LOOKED_AT) {
         match read(&path) {
             Some(tokens) => found.push((path, tokens)),
             None => {
                 tracing::warn!(path = %path.display(), "a file of unsaved tokens that cannot be read is left as it is")
             }
         }
+        if found.len() == MAX_FILES {
+            break;
+        }
     }
+    found.reverse();
     found
 }
 
@@ -192,6 +204,115 @@ fn read(path: &Path) -> Option<Vec<KeptTokens>> {
                 expires: t.get("expires")?.as_i64()?,
                 presented: text(t, "presented")?,
             })
+        })
+        .collect()
+}
+
+/// The files processes kept tokens in (`store::rescue`), as read.
+pub type KeptFiles = Vec<(std::path::PathBuf, Vec<KeptTokens>)>;
+
+/// What `apply_kept` did: each account whose kept tokens landed, with the refresh token they
+/// replaced (spent, for the refresh journal), and the files that may go (all theirs landed, held
+/// already, or of an account no longer in the pool).
+#[derive(Default)]
+pub struct KeptLanded {
+    pub spent: Vec<(String, Secret)>,
+    pub done: Vec<std::path::PathBuf>,
+}
+
+/// Writes the tokens processes kept on disk (`store::rescue`) into `pool`, each where its
+/// account still holds the refresh token spent for it. As often as one lands another may follow
+/// it: a chain of two (a process refreshed the tokens another kept, and could not write either)
+/// lands whole whatever order the files were read in; taken one pass in that order, the later
+/// link found the pool not holding its spent token yet, was dropped, and the earlier left the
+/// spent token of the later in the pool. Tokens the pool holds already change nothing (a
+/// refused login is not brought back by an old file). A file with tokens that fit nowhere yet
+/// stays: the pool may be an older state put back, which a later link continues.
+pub fn apply_kept(pool: &mut Pool, files: &[(std::path::PathBuf, Vec<KeptTokens>)]) -> KeptLanded {
+    let mut landed = KeptLanded::default();
+    if pool.file_missing {
+        return landed;
+    }
+    let mut left: Vec<&KeptTokens> = files.iter().flat_map(|(_, t)| t).collect();
+    loop {
+        let before = left.len();
+        left.retain(|t| {
+            let by_name = pool
+                .find(&t.email)
+                .is_some_and(|a| !a.is_api_key() && a.refresh.as_ref() == Some(&t.presented));
+            let holder = if by_name {
+                pool.find_mut(&t.email)
+            } else {
+                pool.accounts_mut()
+                    .find(|a| !a.is_api_key() && a.refresh.as_ref() == Some(&t.presented))
+            };
+            match holder {
+                Some(a) => {
+                    a.set_tokens(&t.access, &t.refresh, t.expires);
+                    landed.spent.push((a.email.clone(), t.presented.clone()));
+                    false
+                }
+                None => true,
+            }
+        });
+        if left.is_empty() || left.len() == before {
+            break;
+        }
+    }
+    let fits_nowhere = |t: &KeptTokens| {
+        let held = pool
+            .accounts()
+            .any(|a| a.refresh.as_ref() == Some(&t.refresh));
+        let gone = pool.find(&t.email).is_none()
+            && !pool
+                .accounts()
+                .any(|a| a.refresh.as_ref() == Some(&t.presented));
+        !held && !gone
+    };
+    for (path, tokens) in files {
+        if !tokens
+            .iter()
+            .any(|t| left.iter().any(|l| std::ptr::eq(*l, t)) && fits_nowhere(t))
+        {
+            landed.done.push(path.clone());
+        }
+    }
+    landed
+}
+
+/// What each kept file's tokens are to `pool` (`oauth-pool doctor`): "waiting" (the pool holds
+/// the refresh token spent for them: the next write takes them), "written" (the pool holds them
+/// already: the next write removes the file), "gone" (their account is no longer in the pool)
+/// or "unmatched" (the account holds other tokens: logged in again since, or an older pool
+/// put back). With no pool to read (missing, or refused), every one is "waiting".
+pub fn kept_states(pool: Option<&Pool>, files: &KeptFiles) -> Vec<Vec<(String, &'static str)>> {
+    let landed = pool.filter(|p| !p.file_missing).map(|p| {
+        let mut trial = p.clone();
+        let landed = apply_kept(&mut trial, files);
+        (p, landed.spent)
+    });
+    files
+        .iter()
+        .map(|(_, tokens)| {
+            tokens
+                .iter()
+                .map(|t| {
+                    let state = match &landed {
+                        None => "waiting",
+                        Some((_, spent)) if spent.iter().any(|(_, s)| *s == t.presented) => {
+                            "waiting"
+                        }
+                        Some((p, _))
+                            if p.accounts().any(|a| a.refresh.as_ref() == Some(&t.refresh)) =>
+                        {
+                            "written"
+                        }
+                        Some((p, _)) if p.find(&t.email).is_none() => "gone",
+                        Some(_) => "unmatched",
+                    };
+                    (t.email.clone(), state)
+                })
+                .collect()
         })
         .collect()
 }
@@ -307,6 +428,40 @@ mod tests {
         assert_eq!(found(&pool)[0].1[0].refresh.expose(), "refresh-2");
         keep(&pool, &[]).unwrap();
         assert!(listed().is_empty());
+    }
+
+    #[test]
+    fn the_newest_are_read_when_older_files_fill_every_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("oauth-pool.json");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for n in 0..MAX_FILES + 16 {
+            let path = dir
+                .path()
+                .join(format!("oauth-pool.json.unsaved-7-{n}.json"));
+            // Junk under our name, and tokens of a login made again since (they fit nowhere).
+            if n % 10 == 0 {
+                fs::write(&path, "not json").unwrap();
+            } else {
+                fs::write(
+                    &path,
+                    r#"{"tokens":[{"email":"a@x","access":"a","refresh":"r","expires":1,"presented":"p"}]}"#,
+                )
+                .unwrap();
+            }
+            let file = fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(old + std::time::Duration::from_secs(n as u64))
+                .unwrap();
+        }
+        keep(&pool, &[tokens("a@x", 9)]).unwrap();
+        let all = found(&pool);
+        assert_eq!(all.len(), MAX_FILES);
+        assert_eq!(
+            all.last().unwrap().1[0].refresh.expose(),
+            "refresh-9",
+            "the newest, handed on last"
+        );
+        keep(&pool, &[]).unwrap();
     }
 
     #[test]
