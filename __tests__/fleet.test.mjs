@@ -696,7 +696,11 @@ test("a schema value that is not a version is refused as it is: not read as no s
 });
 
 test("store init refuses a schema newer than it knows, and a write restores a missing generation", async () => {
-  await seedStore(hostA, { anthropic: [oauthEntry("schema@fleet.test")] });
+  // First, an entry with nothing sealed in it (no token yet), which opens with any key.
+  await seedStore(hostA, {
+    anthropic: [{ email: "no-token@fleet.test" }, oauthEntry("schema@fleet.test")],
+    openai: { note: "a section is sealed whole" },
+  });
   await pg.sql(`UPDATE oauth_pool_meta SET value = '2' WHERE name = 'schema'`);
   try {
     const init = await cliJson(hostA, "store", "init");
@@ -727,5 +731,13 @@ test("store init refuses a schema newer than it knows, and a write restores a mi
   assert.equal((await cliJson(hostA, "store", "init")).code, 0);
   assert.notEqual(await pg.sql("SELECT value FROM oauth_pool_meta WHERE name = 'key_check'"), "", "made again with the right key");
   assert.ok(check.length > 0);
+  // With no entry holding a token, a sealed section tells the key.
   await pg.sql(`DELETE FROM oauth_pool_entries`);
+  await pg.sql(`DELETE FROM oauth_pool_meta WHERE name = 'key_check'`);
+  const again = await cliJson(wrong, "store", "init");
+  assert.equal(again.err?.code, "STORE_KEY", again.stdout);
+  assert.match(again.err.message, /does not open with the key from OAUTH_POOL_STORE_KEY/);
+  assert.equal(await pg.sql("SELECT count(*) FROM oauth_pool_meta WHERE name = 'key_check'"), "0\n");
+  assert.equal((await cliJson(hostA, "store", "init")).code, 0);
+  await pg.sql(`DELETE FROM oauth_pool_top`);
 });

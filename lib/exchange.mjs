@@ -95,7 +95,8 @@ export async function peek(response, limit = PEEK_LIMIT, partial = false, patien
   if (!reader) return undefined;
   const parts = [];
   let size = 0;
-  const timer = partial && patienceMs > 0 ? setTimeout(() => reader.cancel().catch(() => {}), patienceMs) : null;
+  // Cut for patience, the read ends with what came (the answer itself is still whole: a clone).
+  const timer = patienceMs > 0 ? setTimeout(() => reader.cancel().catch(() => {}), patienceMs) : null;
   try {
     while (size < limit) {
       const { done, value } = await reader.read();
@@ -120,7 +121,7 @@ export async function peek(response, limit = PEEK_LIMIT, partial = false, patien
  */
 function peekForVerdict(response) {
   const p = statusPolicy();
-  return p.headDecides.has(response.status) ? peek(response, undefined, true, p.headDecidesPatienceMs) : peek(response);
+  return p.headDecides.has(response.status) ? peek(response, undefined, true, p.headDecidesPatienceMs) : peek(response, undefined, false, p.peekPatienceMs);
 }
 
 let policy = null;
@@ -135,6 +136,7 @@ function statusPolicy() {
       needsBody: new Set(p.needsBody),
       headDecides: new Set(p.headDecides),
       headDecidesPatienceMs: p.headDecidesPatienceMs,
+      peekPatienceMs: p.peekPatienceMs,
       headers: new Set(p.answerHeaders),
       prefixes: p.answerHeaderPrefixes,
     };
@@ -149,6 +151,11 @@ function statusPolicy() {
 export function headDecidesPatience(status) {
   const p = statusPolicy();
   return p.headDecides.has(status) ? p.headDecidesPatienceMs : null;
+}
+
+/** How long in all the start of a body the engine needs is read before it is judged on what came. */
+export function peekPatience() {
+  return statusPolicy().peekPatienceMs;
 }
 
 /** Whether the engine reads this answer header (names from a `Headers` are lower case). */

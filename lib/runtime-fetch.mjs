@@ -21,6 +21,7 @@ import { abortError, listenAbort } from "./signal.mjs";
 import {
   asBuffer,
   headDecidesPatience,
+  peekPatience,
   judgeAnswer,
   nextStep,
   openExchange,
@@ -501,7 +502,8 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
             // A 429's body is waited for that long in all: a byte now and then does not restart
             // the wait (one trickling a byte a second held the failover as long as it went on).
             return withinSilence(
-              (heard) => peek(r, undefined, patience !== null, 0, patience === null ? heard : () => {}),
+              // A 400's in all within `peekPatience()`, then delivered with the rest to follow.
+              (heard) => peek(r, undefined, patience !== null, patience === null ? peekPatience() : 0, patience === null ? heard : () => {}),
               patience === null ? timeoutMs : Math.min(timeoutMs, patience),
               controller,
             );

@@ -207,13 +207,19 @@ async fn serve(
                 http::response_timeout()
             };
             // A 429's body is waited for that long in all, not that long between its bytes:
-            // one that trickles a byte at a time held the failover for as long as it went on.
-            let whole_within = head_decides.then_some(idle);
+            // one that trickles a byte at a time held the failover for as long as it went on;
+            // a 400's, as long in all as `PEEK_PATIENCE`.
+            let whole_within = if head_decides {
+                idle
+            } else {
+                http::response_timeout().min(verdict::PEEK_PATIENCE)
+            };
+            let peek_started = tokio::time::Instant::now();
             let (start, read) = peek_partial(
                 &mut response,
                 verdict::PEEK_LIMIT,
                 idle,
-                whole_within,
+                Some(whole_within),
                 cancel,
             )
             .await;
@@ -236,6 +242,12 @@ async fn serve(
                 Err(e) if head_decides => {
                     tracing::debug!(error = %e, "a 429 whose body broke off: judged by its head");
                     cut = Some(e);
+                    Some((start, false))
+                }
+                // Not all there in time: judged on what came, and delivered with the rest of
+                // its body to follow (a body that broke off still fails the request).
+                Err(Error::Network { .. }) if peek_started.elapsed() >= whole_within => {
+                    tracing::debug!(status, "a body read past its patience: judged on its start");
                     Some((start, false))
                 }
                 Err(e) => return Err(e),

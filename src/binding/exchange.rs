@@ -441,6 +441,7 @@ impl NativeExchange {
             "needsBody": needs_body,
             "headDecides": head_decides,
             "headDecidesPatienceMs": crate::engine::verdict::HEAD_DECIDES_PATIENCE.as_millis() as u64,
+            "peekPatienceMs": crate::engine::verdict::PEEK_PATIENCE.as_millis() as u64,
             "answerHeaders": headers::ANSWER_HEADERS,
             "answerHeaderPrefixes": headers::ANSWER_HEADER_PREFIXES,
         })

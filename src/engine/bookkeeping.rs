@@ -766,10 +766,13 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
         }
     }
     // `active` is the account that served the latest-sent request; the one active before stays
-    // so when that one cannot be (it cools since: a late answer from before its 429).
+    // so when that one cannot be (it cools since: a late answer from before its 429, or its
+    // credential refused since). An `auth-error` another program wrote, for a credential the
+    // pool never saw refused, is served (`auth_error_is_ours`), and serving it ends the mark:
+    // it stayed `auth-error` in every view while it served, and `active` on one that did not.
     if let Some((active, _)) = &batch.active {
         let can_be = |a: &crate::account::Account| {
-            a.is_enabled() && a.status_enum() != Some(Status::AuthError) && !a.cooling_at(now)
+            a.is_enabled() && !a.auth_error_is_ours() && !a.cooling_at(now)
         };
         if pool.accounts().any(|a| &a.email == active && can_be(a)) {
             for a in pool.accounts_mut() {
@@ -1084,6 +1087,30 @@ mod tests {
         assert_eq!(pool.find("b@x").unwrap().status, "active");
         assert_eq!(pool.find("b@x").unwrap().rate_limit_until, None);
         assert_eq!(pool.find("b@x").unwrap().last_used_ms(), now);
+    }
+
+    #[test]
+    fn serving_ends_an_auth_error_another_program_wrote_and_not_ours() {
+        let now = now_ms();
+        let mut pool = pool_of(now);
+        // Written by another program: no `authErrorToken`, so the pool serves with it.
+        pool.find_mut("a@x").unwrap().status = "auth-error".into();
+        pool.find_mut("b@x").unwrap().status = "active".into();
+        let mut batch = Pending::default();
+        batch.served("a@x", now, now, None);
+        apply(&mut pool, &batch, now);
+        assert_eq!(pool.find("a@x").unwrap().status, "active");
+        assert_eq!(pool.find("b@x").unwrap().status, "idle");
+        // Ours (its credential refused): a late answer does not make it the active one.
+        let b = pool.find_mut("b@x").unwrap();
+        b.status = "auth-error".into();
+        let tag = b.credential_tag();
+        b.extra.insert("authErrorToken".into(), json!(tag));
+        let mut batch = Pending::default();
+        batch.served("b@x", now, now + 1, None);
+        apply(&mut pool, &batch, now);
+        assert_eq!(pool.find("b@x").unwrap().status, "auth-error");
+        assert_eq!(pool.find("a@x").unwrap().status, "active");
     }
 
     /// A 429 on a@x (request sent at 200) moved the work to b@x; then a request sent to a@x at

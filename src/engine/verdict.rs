@@ -71,6 +71,12 @@ pub fn head_decides(status: u16) -> bool {
 /// waiting on the response timeout (5 minutes by default) is no failover.
 pub const HEAD_DECIDES_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long in all the start of any body the engine needs (`needs_body`) is read before it is
+/// judged on what came: a 400 whose body trickled a byte now and then held the caller with no
+/// answer for hours (the read's timer restarts with each byte). A 400 then goes to the caller
+/// with what was read, and the rest of its body follows as it comes.
+pub const PEEK_PATIENCE: std::time::Duration = HEAD_DECIDES_PATIENCE;
+
 /// Whether the answer is judged on its event stream's opening (`usage::Opening`, read up to
 /// `usage::OPENING_LIMIT`, each read within the response timeout) as well as its head: a 2xx
 /// event stream, where Anthropic says a rate limit met after the head in an `error` event.

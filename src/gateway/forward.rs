@@ -554,6 +554,16 @@ async fn answered(
             Err(e) => return failed(&e),
         };
     }
+    let relayed = relayed_head_size(&answer);
+    if relayed > MAX_RELAYED_HEAD {
+        return failed(&Error::Network {
+            what: "the API",
+            detail: format!(
+                "its answer's head is {relayed} bytes, more than the {MAX_RELAYED_HEAD} the gateway relays (a client's HTTP parser refuses such a head: Node's fetch and the SDKs past 16 KB)"
+            ),
+            never_connected: false,
+        });
+    }
     let begun = if head_only {
         Ok(answer)
     } else {
@@ -849,6 +859,24 @@ fn point_at(body: &[u8], api: &str, gateway: &str) -> Bytes {
 /// cookies of the account that served it (the gateway sends no client's cookie upstream, so they
 /// did nothing but tie clients to accounts).
 const ORIGINS_OWN: &[&str] = &["alt-svc", "set-cookie"];
+
+/// The most of an answer's head the gateway relays: what Node's HTTP parser takes by default
+/// (its fetch, the SDKs, Claude Code). An API's head is a few KB; one past this reached the
+/// client as a 200 it could not read (curl ran out of memory on one of 120 KB).
+const MAX_RELAYED_HEAD: usize = 16 * 1024;
+
+/// The bytes the answer's head takes as relayed (`respond`): each line, its name, `: `, value
+/// and line end.
+fn relayed_head_size(answer: &fetch::Answer) -> usize {
+    answer
+        .headers
+        .iter()
+        .filter(|(k, _)| !ORIGINS_OWN.iter().any(|own| k.eq_ignore_ascii_case(own)))
+        .map(|(k, v)| k.len() + v.len() + 4)
+        .sum::<usize>()
+        + answer.status_text.len()
+        + 15
+}
 
 fn respond(answer: fetch::Answer) -> Response<AnyBody> {
     let tap = answer

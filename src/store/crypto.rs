@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 use crate::fsread;
 
 const PREFIX: &str = "enc:v1:";
+/// What every sealed value begins with (the store asks for one by it).
+pub(crate) const SEAL_PREFIX: &str = PREFIX;
 /// What the check value holds (sealed, in the store's meta table).
 pub const CHECK: &str = "opencode-oauth-pool key check";
 
@@ -260,6 +262,10 @@ fn holds_secret(value: &Value) -> bool {
 /// What a field sealed for what it holds (`holds_secret`) that is not text is stored as: its
 /// JSON, sealed, after this mark (a plain sealed value opens to text).
 const SEALED_JSON: &str = "json:";
+/// Text that begins with a mark is sealed after this one: a note that began "json:" opened as
+/// JSON, changed (`"json:[1,2]"` came back a list) or refused as damaged (every host locked
+/// out of the store by one hand-written field). NUL first: no text a person writes begins so.
+const SEALED_TEXT: &str = "\u{0}text:";
 
 /// How the fleet store seals a pool: each secret field of an account on its own, and every
 /// top-level section other than the accounts whole.
@@ -273,7 +279,7 @@ impl SealKey {
     /// it is one of `SECRET_FIELDS`), in place.
     fn map_secrets(
         mut entry: Value,
-        mut change: impl FnMut(&str, &str, &str, bool) -> Result<String>,
+        mut change: impl FnMut(&str, &str, &Value, bool) -> Result<Value>,
     ) -> Result<Value> {
         let email = entry
             .get("email")
@@ -298,25 +304,31 @@ impl SealKey {
                 .chain(others.into_iter().map(|f| (f, false)));
             for (f, core) in fields {
                 let changed = match map.get(&f) {
-                    Some(Value::String(value)) => change(&email, &f, value, core)?,
-                    // Not text: sealed as its JSON, after a mark that says to parse it back.
-                    Some(v) if !core && !v.is_null() => {
-                        let text = format!("{SEALED_JSON}{v}");
-                        change(&email, &f, &text, core)?
-                    }
+                    Some(v @ Value::String(_)) => change(&email, &f, v, core)?,
+                    Some(v) if !core && !v.is_null() => change(&email, &f, v, core)?,
                     _ => continue,
                 };
-                // Opened, a value that was sealed as JSON is that JSON again.
-                let value = match changed.strip_prefix(SEALED_JSON) {
-                    Some(json) if !core => serde_json::from_str(json).map_err(|_| {
-                        Error::StoreKey(format!("the sealed {f} of {email:?} is damaged"))
-                    })?,
-                    _ => Value::String(changed),
-                };
-                map.insert(f, value);
+                map.insert(f, changed);
             }
         }
         Ok(entry)
+    }
+
+    /// What a field's opened text stands for: JSON after `SEALED_JSON`, text after
+    /// `SEALED_TEXT`, else the text itself (a core field's always).
+    fn opened_value(opened: String, core: bool) -> Value {
+        if core {
+            return Value::String(opened);
+        }
+        if let Some(text) = opened.strip_prefix(SEALED_TEXT) {
+            return Value::String(text.to_string());
+        }
+        // A seal that opened holds what was sealed: what does not parse after the JSON mark
+        // was text, sealed so before text had its own mark, never damage.
+        let json = opened
+            .strip_prefix(SEALED_JSON)
+            .and_then(|json| serde_json::from_str(json).ok());
+        json.unwrap_or(Value::String(opened))
     }
 
     /// An account entry as stored, its secret fields opened, read once the store's key check
@@ -340,10 +352,27 @@ impl SealKey {
         })
     }
 
+    /// A sealed section opened only to learn whether this key is the store's (no key check).
+    pub fn open_section_checking_key(&self, name: &str, sealed: &str) -> Result<()> {
+        self.open_or(&Self::aad("", name), sealed, || {
+            Error::StoreKey(format!(
+                "a section in the store does not open with the key from {}: is it the key this store was made with?",
+                self.source
+            ))
+        })
+        .map(|_| ())
+    }
+
     fn open_entry_or(&self, entry: Value, refused: impl Fn(&str, &str) -> Error) -> Result<Value> {
-        Self::map_secrets(entry, |email, field, sealed, core| {
+        Self::map_secrets(entry, |email, field, value, core| {
+            // Not text (a field another program added beside ours): kept as it is.
+            let Value::String(sealed) = value else {
+                return Ok(value.clone());
+            };
+            // Plain text in a field sealed for its name: stored so by someone without the key,
+            // and read as it is, never as a mark.
             if !core && !is_sealed(sealed) {
-                return Ok(sealed.to_string());
+                return Ok(value.clone());
             }
             // Every token this store writes is sealed: a plain one was put there by someone
             // without the key, and is not used.
@@ -354,14 +383,23 @@ impl SealKey {
             }
             let opened =
                 self.open_or(&Self::aad(email, field), sealed, || refused(email, field))?;
-            Ok(opened.to_string())
+            Ok(Self::opened_value(opened.to_string(), core))
         })
     }
 
     /// An account entry with its secret fields sealed.
     pub fn seal_entry(&self, entry: Value) -> Result<Value> {
-        Self::map_secrets(entry, |email, field, plain, _| {
-            self.seal(&Self::aad(email, field), plain)
+        Self::map_secrets(entry, |email, field, value, core| {
+            let plain = match value {
+                Value::String(s)
+                    if !core && (s.starts_with(SEALED_JSON) || s.starts_with(SEALED_TEXT)) =>
+                {
+                    format!("{SEALED_TEXT}{s}")
+                }
+                Value::String(s) => s.clone(),
+                other => format!("{SEALED_JSON}{other}"),
+            };
+            Ok(Value::String(self.seal(&Self::aad(email, field), &plain)?))
         })
     }
 
@@ -454,6 +492,38 @@ mod tests {
         );
         assert_eq!(k.open("x", "plain").unwrap_err().code(), "STORE_KEY");
         assert!(k.open("x", "enc:v1:!!!").is_err());
+    }
+
+    #[test]
+    fn text_that_begins_like_a_mark_comes_back_as_written() {
+        let k = key(7);
+        let entry = serde_json::json!({"email": "a@x", "access": "at", "refresh": "rt",
+            "apiKeyHint": "json:[1,2]", "tokenNote": "json: ask Bob",
+            "secretMarked": "\u{0}text:x", "secretList": [1, 2], "secretText": "plain"});
+        let sealed = k.seal_entry(entry.clone()).unwrap();
+        for f in [
+            "apiKeyHint",
+            "tokenNote",
+            "secretMarked",
+            "secretList",
+            "secretText",
+        ] {
+            assert!(is_sealed(sealed[f].as_str().unwrap()), "{f}");
+        }
+        assert_eq!(k.open_entry(sealed).unwrap(), entry);
+        // As stores before the text mark hold them: a list sealed as JSON opens as the list.
+        let mut legacy = serde_json::json!({"email": "a@x", "access": "at", "refresh": "rt"});
+        legacy["access"] = k.seal("a@x\0access", "at").unwrap().into();
+        legacy["refresh"] = k.seal("a@x\0refresh", "rt").unwrap().into();
+        legacy["secretList"] = k.seal("a@x\0secretList", "json:[1,2]").unwrap().into();
+        // Text sealed unmarked then, which does not parse after the mark, is that text.
+        legacy["secretOld"] = k.seal("a@x\0secretOld", "json: ask Bob").unwrap().into();
+        // Plain text under a sealed name (written without the key) is read as it is.
+        legacy["tokenNote"] = "json: ask Bob".into();
+        let opened = k.open_entry(legacy).unwrap();
+        assert_eq!(opened["secretList"], serde_json::json!([1, 2]));
+        assert_eq!(opened["secretOld"], "json: ask Bob");
+        assert_eq!(opened["tokenNote"], "json: ask Bob");
     }
 
     #[test]

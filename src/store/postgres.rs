@@ -716,13 +716,41 @@ impl PgStore {
                     // A store that lost its check but holds entries gets one only for the key
                     // they were sealed with: another key's check would lock out every host
                     // that has the right one.
+                    // An entry that holds a sealed token, else a sealed section: any entry
+                    // would not do (one kept as unreadable, or with no token yet, opened with
+                    // every key, and a wrong key's check locked out every right one).
+                    let prefix = super::crypto::SEAL_PREFIX;
                     let sample = client
-                        .query_typed_opt("SELECT entry FROM oauth_pool_entries LIMIT 1", &[])
+                        .query_typed_opt(
+                            "SELECT entry FROM oauth_pool_entries
+                             WHERE left(entry->>'access', length($1)) = $1
+                                OR left(entry->>'refresh', length($1)) = $1
+                                OR left(entry->>'key', length($1)) = $1
+                             LIMIT 1",
+                            &[(&prefix, Type::TEXT)],
+                        )
                         .await
                         .map_err(unavailable)?;
                     if let Some(row) = sample {
                         self.key
                             .open_entry_checking_key(column::<Value>(&row, 0)?)?;
+                    } else {
+                        let section = client
+                            .query_typed_opt(
+                                "SELECT name, value #>> '{}' FROM oauth_pool_top
+                                 WHERE jsonb_typeof(value) = 'string'
+                                   AND left(value #>> '{}', length($1)) = $1
+                                 LIMIT 1",
+                                &[(&prefix, Type::TEXT)],
+                            )
+                            .await
+                            .map_err(unavailable)?;
+                        if let Some(row) = section {
+                            self.key.open_section_checking_key(
+                                &column::<String>(&row, 0)?,
+                                &column::<String>(&row, 1)?,
+                            )?;
+                        }
                     }
                     let sealed = self.key.seal("key_check", CHECK)?;
                     client
