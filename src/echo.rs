@@ -170,15 +170,63 @@ impl Redactor {
         if self.held.is_empty()
             && !self.holds_secret(&chunk)
             && self.secret_start_at_end(&chunk) == 0
+            && !wrapped(&chunk)
         {
             return chunk;
         }
         let mut data = std::mem::take(&mut self.held);
         data.extend_from_slice(&chunk);
         let mut out = self.replaced(&data);
-        let keep = self.secret_start_at_end(&out);
+        let mut keep = self.secret_start_at_end(&out);
+        if wrapped(&out) {
+            out = self.replaced_across_lines(&out);
+            keep = keep.max(self.wrapped_start_at_end(&out));
+        }
         self.held = out.split_off(out.len() - keep);
         out.freeze()
+    }
+
+    /// `replaced`, looking through the line breaks inside runs of a credential's characters: an
+    /// encoder's lines (MIME base64 breaks every 76 characters, PEM every 64) carried an echo
+    /// of the whole request past the search for one unbroken run.
+    fn replaced_across_lines(&self, data: &[u8]) -> BytesMut {
+        let (view, at) = unwrapped(data);
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for s in &self.secrets {
+            let needle = s.expose().as_bytes();
+            let mut from = 0;
+            while let Some(found) = memmem::find(&view[from..], needle) {
+                let start = from + found;
+                let end = start + needle.len();
+                spans.push((at[start], at[end - 1] + 1));
+                from = end;
+            }
+        }
+        if spans.is_empty() {
+            return BytesMut::from(data);
+        }
+        spans.sort_unstable();
+        let mut out = BytesMut::with_capacity(data.len());
+        let mut done = 0;
+        for (start, end) in spans {
+            if start >= done {
+                out.extend_from_slice(&data[done..start]);
+                out.extend_from_slice(REDACTED);
+            }
+            done = done.max(end);
+        }
+        out.extend_from_slice(&data[done..]);
+        out
+    }
+
+    /// `secret_start_at_end` through the line breaks of runs (`replaced_across_lines`): how many
+    /// of `data`'s last bytes, breaks included, are the start of a credential.
+    fn wrapped_start_at_end(&self, data: &[u8]) -> usize {
+        let (view, at) = unwrapped(data);
+        match self.secret_start_at_end(&view) {
+            0 => 0,
+            k => data.len() - at[view.len() - k],
+        }
     }
 
     /// What was held back when the body ends: the start of a credential that never finished.
@@ -229,6 +277,93 @@ impl Redactor {
         }
         out
     }
+}
+
+/// The characters of a credential and of its forms: a token's, base64's (both alphabets) and
+/// hex's.
+fn credential_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_' | b'.')
+}
+
+/// Whether a line end in `data` sits inside a run of a credential's characters (or ends `data`
+/// after one: the run may go on in the next chunk). An event stream's lines end in `}` and a
+/// blank line, and pass without a second look.
+fn wrapped(data: &[u8]) -> bool {
+    !joining_line_ends(data).is_empty()
+}
+
+/// How long the line end at `i` is: a line feed or a carriage return, or one as JSON writes it
+/// in a string (`\n`, `\r`: an echo of the request in a JSON field), a backslash that ends
+/// `data` perhaps the start of one; 0 where there is none.
+fn line_end_at(data: &[u8], i: usize) -> usize {
+    match (data[i], data.get(i + 1)) {
+        (b'\n' | b'\r', _) => 1,
+        (b'\\', Some(b'n' | b'r')) => 2,
+        (b'\\', None) => 1,
+        _ => 0,
+    }
+}
+
+/// The line ends of `data` that join two parts of one run, each `(start, end)`: one line end
+/// (a blank line ends whatever came before it: an event of an event stream, a paragraph) after
+/// at least `MIN_LINE` of a credential's characters (or after all of `data` before it: a line
+/// begun in the chunk before), and before another one or the end of `data`.
+fn joining_line_ends(data: &[u8]) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    let mut next = 0;
+    for i in memchr::memchr3_iter(b'\n', b'\r', b'\\', data) {
+        if i < next || line_end_at(data, i) == 0 {
+            continue;
+        }
+        let mut end = i;
+        let mut lines = 0;
+        while end < data.len() {
+            let n = line_end_at(data, end);
+            if n == 0 {
+                break;
+            }
+            if data[end] == b'\n' || (n == 2 && data[end + 1] == b'n') {
+                lines += 1;
+            }
+            end += n;
+        }
+        next = end;
+        let run = data[..i]
+            .iter()
+            .rev()
+            .take(MIN_LINE)
+            .take_while(|b| credential_byte(**b))
+            .count();
+        if lines <= 1
+            && i > 0
+            && (run >= MIN_LINE || run == i)
+            && data.get(end).is_none_or(|b| credential_byte(*b))
+        {
+            found.push((i, end));
+        }
+    }
+    found
+}
+
+/// The shortest line of an encoder that wraps (`joining_line_ends`): PEM's and MIME's are 64
+/// and 76.
+const MIN_LINE: usize = 16;
+
+/// `data` without the line ends that join runs (`joining_line_ends`), and where each byte left
+/// came from.
+fn unwrapped(data: &[u8]) -> (Vec<u8>, Vec<usize>) {
+    let mut view = Vec::with_capacity(data.len());
+    let mut at = Vec::with_capacity(data.len());
+    let mut from = 0;
+    for (start, end) in joining_line_ends(data)
+        .into_iter()
+        .chain([(data.len(), data.len())])
+    {
+        view.extend_from_slice(&data[from..start]);
+        at.extend(from..start);
+        from = end;
+    }
+    (view, at)
 }
 
 #[cfg(test)]
@@ -325,6 +460,50 @@ mod tests {
         // Ordinary encoded text passes as it was.
         let (out, _) = relay(&[STANDARD.encode("an ordinary request body").as_bytes()]);
         assert_eq!(out, STANDARD.encode("an ordinary request body").as_bytes());
+    }
+
+    #[test]
+    fn a_credential_echoed_in_base64_broken_into_lines_is_replaced() {
+        use base64::engine::general_purpose::STANDARD;
+        use base64::Engine as _;
+        let echoed = format!("POST /v1/messages HTTP/1.1\r\nauthorization: Bearer {TOKEN}\r\n\r\n");
+        let encoded = STANDARD.encode(&echoed);
+        for width in [76, 64, 20] {
+            for eol in ["\n", "\r\n", "\\n", "\\r\\n"] {
+                let lines: Vec<&str> = encoded
+                    .as_bytes()
+                    .chunks(width)
+                    .map(|c| std::str::from_utf8(c).unwrap())
+                    .collect();
+                let body = format!("{}{eol}", lines.join(eol));
+                for cut in [0, body.len() / 3, body.len() / 2, body.len() - 2] {
+                    let (a, b) = body.as_bytes().split_at(cut);
+                    let (out, _) = relay(&[a, b]);
+                    let out = String::from_utf8(out).unwrap();
+                    assert!(
+                        out.contains("[redacted]"),
+                        "{width} {eol:?} cut {cut}: {out}"
+                    );
+                    let joined: String = out
+                        .replace("\\r", "")
+                        .replace("\\n", "")
+                        .split(['\r', '\n'])
+                        .collect();
+                    let decoded = STANDARD
+                        .decode(joined.replace("[redacted]", ""))
+                        .unwrap_or_default();
+                    assert!(
+                        !String::from_utf8_lossy(&decoded).contains(&TOKEN[..20]),
+                        "{width} {eol:?} cut {cut}: {out}"
+                    );
+                }
+            }
+        }
+        // Lines of ordinary text pass as they were, and at once.
+        let text: &[&[u8]] = &[b"first line\nsecond line\n", b"third\n"];
+        let (out, passed) = relay(text);
+        assert_eq!(out, text.concat());
+        assert_eq!(&passed[0][..], text[0]);
     }
 
     #[test]
