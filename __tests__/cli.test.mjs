@@ -270,6 +270,19 @@ test("what a usage error repeats holds no password or key, a key broken in two i
       assert.ok(!said.includes("ZZZZ") && !said.includes("CCCC"), `${args[0]}: ${said}`);
     }
   }
+  // Split into two words by a space, the second piece is a value of its own: only a key's
+  // characters, no prefix (a review's find: priority and reserve repeated it whole).
+  const realistic = `${["sk", "ant", "api03"].join("-")}-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7cDe0fGh3iJk6lMn9oPq2rSt5uVw8xYz1aBc4dEf7gHi0jKl3mNo6pQr9sT-AAAAAAAA`;
+  for (const args of [
+    ["priority", realistic.slice(0, 30), realistic.slice(30)],
+    ["reserve", realistic.slice(0, 30), realistic.slice(30), "--json"],
+  ]) {
+    const r = await cli(args, { path });
+    assert.equal(r.code, 2, `${r.stdout}${r.stderr}`);
+    const said = `${r.stdout}${r.stderr}`;
+    assert.ok(!said.includes(realistic.slice(40, 60)), `${args[0]}: ${said}`);
+    assert.match(said, /\[redacted\]/);
+  }
   // Two stores on loopback that take a connection and close it: which one was asked.
   const asked = { named: 0, env: 0 };
   const listeners = await Promise.all(

@@ -22,13 +22,18 @@ export function text(strings, ...values) {
 // whole, in one line of stderr or one JSON document.
 const ECHOED = 80;
 
+// A long run of a key's characters, mixed case and digits, is a piece of a key whatever its
+// start: a key broken by a space into two words of the command line came back as its second
+// word, without the `sk-ant-` that marks one. Nothing a command takes looks so.
+const KEY_PIECE = /[A-Za-z0-9_-]{32,}/g;
+
 /**
  * What the user typed, as a message repeats it: printable(), only its start when long, and a
  * URL in it without its password, query and fragment (a fleet store's `postgres://` URL given
  * twice came back with its password).
  */
 export function echoed(value) {
-  const s = withoutSecrets(String(value ?? ""));
+  const s = withoutSecrets(String(value ?? "")).replace(KEY_PIECE, (run) => (/[a-z]/.test(run) && /[A-Z]/.test(run) && /\d/.test(run) ? "[redacted]" : run));
   if (s.length <= ECHOED) return printable(s);
   // Cut before escaping, so no escape is cut in half.
   return `${printable(shortened(s, ECHOED))} (${s.length} characters)`;
