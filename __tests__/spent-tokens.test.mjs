@@ -286,3 +286,26 @@ test("the refresh() export does not present a refresh token the pool spent: OAUT
   assert.equal(mock.stats().perFamily["exported@x.test"].revoked, false);
   assert.equal((await lib.refreshAccount("exported@x.test", path)).outcome, "refreshed");
 });
+
+// Found by a review: the export checked the journal but recorded nothing of its own, so a second
+// call, at once or later, presented the same token, and so did a pool holding it (its login
+// lost to `invalid_grant`, and at a strict endpoint the script's new tokens with it).
+test("a refresh token the refresh() export presented is presented by nobody after it: a second call, a concurrent one, or a pool holding it", async () => {
+  const { path, entry } = await poolOf("exported-first@x.test");
+  const calls = mock.stats().refreshCalls;
+  const [first, second] = await Promise.allSettled([lib.refresh(entry.refresh), lib.refresh(entry.refresh)]);
+  const got = [first, second].filter((r) => r.status === "fulfilled");
+  assert.equal(got.length, 1, JSON.stringify([first.reason?.message, second.reason?.message]));
+  const refused = [first, second].find((r) => r.status === "rejected").reason;
+  assert.equal(refused.code, "OAUTH_INVALID_GRANT");
+  assert.match(refused.message, /the library's refresh\(\)/);
+  assert.equal(mock.stats().refreshCalls, calls + 1, "presented once");
+  await assert.rejects(lib.refresh(entry.refresh), (e) => e.code === "OAUTH_INVALID_GRANT" && !e.message.includes(entry.refresh));
+  // The pool holding the token the script spent says so, and presents nothing.
+  await assert.rejects(
+    lib.refreshAccount("exported-first@x.test", path),
+    (e) => e.code === "OAUTH_INVALID_GRANT" && /the library's refresh\(\)/.test(e.message),
+  );
+  assert.equal(mock.stats().refreshCalls, calls + 1, "nothing more sent");
+  assert.equal(mock.stats().perFamily["exported-first@x.test"].revoked, false, "the script's new tokens live");
+});

@@ -177,11 +177,15 @@ impl Redactor {
         let mut data = std::mem::take(&mut self.held);
         data.extend_from_slice(&chunk);
         let mut out = self.replaced(&data);
-        let mut keep = self.secret_start_at_end(&out);
         if wrapped(&out) {
             out = self.replaced_across_lines(&out);
-            keep = keep.max(self.wrapped_start_at_end(&out));
         }
+        // Measured on what goes out: a replacement across lines can take in a tail measured
+        // before it (a credential whose end repeats its start), and `out` is shorter then.
+        let keep = self
+            .secret_start_at_end(&out)
+            .max(self.wrapped_start_at_end(&out))
+            .min(out.len());
         self.held = out.split_off(out.len() - keep);
         out.freeze()
     }
@@ -334,10 +338,18 @@ fn joining_line_ends(data: &[u8]) -> Vec<(usize, usize)> {
             .take(MIN_LINE)
             .take_while(|b| credential_byte(**b))
             .count();
+        // A field name after it (an event stream's `data:`, a header's `name:`) starts no
+        // encoder's line: colons are in none.
+        let next_run = data[end..]
+            .iter()
+            .take(MIN_LINE)
+            .position(|b| !credential_byte(*b));
+        let field_name = next_run.is_some_and(|n| data[end + n] == b':');
         if lines <= 1
             && i > 0
             && (run >= MIN_LINE || run == i)
             && data.get(end).is_none_or(|b| credential_byte(*b))
+            && !field_name
         {
             found.push((i, end));
         }
@@ -504,6 +516,25 @@ mod tests {
         let (out, passed) = relay(text);
         assert_eq!(out, text.concat());
         assert_eq!(&passed[0][..], text[0]);
+    }
+
+    #[test]
+    fn a_credential_whose_end_repeats_its_start_is_replaced_across_lines_whole() {
+        let key = "abcdefghabcdefghabcdefghabcdefgh";
+        let mut r = Redactor::new(vec![Secret::new(key)]);
+        for body in [
+            "abcdefghabcdefgh\nabcdefghabcdefgh",
+            "abcdefghabcdefgh\nabcdefghabcdefgh\n",
+        ] {
+            let mut out = r.pass(Bytes::copy_from_slice(body.as_bytes())).to_vec();
+            out.extend_from_slice(&r.finish());
+            let out = String::from_utf8(out).unwrap();
+            assert!(out.starts_with("[redacted]"), "{body:?}: {out:?}");
+            assert!(!out.contains("abcdefgh"), "{body:?}: {out:?}");
+        }
+        // An event stream's field names are not a wrapped run's next line.
+        let events = b"event: content_block_delta\ndata: {}\n\n";
+        assert!(!wrapped(events));
     }
 
     #[test]

@@ -212,14 +212,14 @@ async fn serve(
             let whole_within = if head_decides {
                 idle
             } else {
-                http::response_timeout().min(verdict::PEEK_PATIENCE)
+                idle.min(verdict::PEEK_PATIENCE)
             };
             let peek_started = tokio::time::Instant::now();
             let (start, read) = peek_partial(
                 &mut response,
                 verdict::PEEK_LIMIT,
                 idle,
-                Some(whole_within),
+                (head_decides || whole_within < idle).then_some(whole_within),
                 cancel,
             )
             .await;
@@ -245,8 +245,11 @@ async fn serve(
                     Some((start, false))
                 }
                 // Not all there in time: judged on what came, and delivered with the rest of
-                // its body to follow (a body that broke off still fails the request).
-                Err(Error::Network { .. }) if peek_started.elapsed() >= whole_within => {
+                // its body to follow. A body that broke off, or went silent for the response
+                // timeout itself (when that is the shorter), still fails the request.
+                Err(Error::Network { .. })
+                    if whole_within < idle && peek_started.elapsed() >= whole_within =>
+                {
                     tracing::debug!(status, "a body read past its patience: judged on its start");
                     Some((start, false))
                 }

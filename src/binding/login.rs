@@ -58,6 +58,9 @@ pub fn exchange(env: &Env, input: String, pkce: Pkce) -> JsResult<PromiseRaw<'_,
     })
 }
 
+/// The calls of the `refresh` export in this process, each its own name in the journal.
+static EXPORT_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 #[napi(ts_return_type = "Promise<any>", catch_unwind)]
 pub fn refresh(env: &Env, refresh_token: String) -> JsResult<PromiseRaw<'_, Value>> {
     promise(env, async move {
@@ -68,22 +71,57 @@ pub fn refresh(env: &Env, refresh_token: String) -> JsResult<PromiseRaw<'_, Valu
                 "that is not a refresh token (visible ASCII, at most 4096 characters)".into(),
             )));
         }
-        // A token this machine's pools presented (spent, its successor saved, or out now) is
-        // not presented again: at a strict endpoint a reuse revokes the whole login, the pool's
-        // live tokens with it.
+        // A token this machine presented (by a pool or by this export: spent, its successor
+        // saved, or out now) is not presented again: at a strict endpoint a reuse revokes the
+        // whole login, the live tokens with it. This call's presentation is recorded as well,
+        // under a name of its own: unrecorded, a second call (or a pool holding the token)
+        // presented it after it, and the pool's login was lost.
         let tag = crate::store::journal::tag(&token);
-        let spent = crate::store::Store::spent_tokens(vec![(String::new(), tag)]).await;
-        if let Some((_, spent)) = spent.first() {
-            return Err(js_error(Error::LoginElsewhere(format!(
-                "that refresh token was presented by the pool at {} for {} on {} (a refresh token works once): the pool holds the tokens that replace it; nothing was sent",
-                spent.store,
-                spent.email,
-                crate::account::iso_time_seconds(spent.at)
-            ))));
+        let me = format!(
+            "{} (process {}, call {})",
+            crate::store::journal::BY_EXPORT,
+            std::process::id(),
+            EXPORT_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let journal = crate::store::journal::Journal::for_user();
+        let claim = match journal.clone() {
+            Some(j) => {
+                let (tag, me) = (tag.clone(), me.clone());
+                crate::store::blocking(move || Ok(j.claim(&tag, &me, "", crate::account::now_ms())))
+                    .await
+                    .ok()
+            }
+            None => None,
+        };
+        match claim {
+            Some(crate::store::journal::Claim::Spent(spent)) => {
+                let by = if spent.store.starts_with(crate::store::journal::BY_EXPORT) {
+                    spent.store.clone()
+                } else {
+                    format!("the pool at {} for {}", spent.store, spent.email)
+                };
+                return Err(js_error(Error::LoginElsewhere(format!(
+                    "that refresh token was presented by {by} on {} (a refresh token works once): the tokens that replace it are there; nothing was sent",
+                    crate::account::iso_time_seconds(spent.at)
+                ))));
+            }
+            Some(crate::store::journal::Claim::InFlight { store }) => {
+                return Err(js_error(Error::LoginElsewhere(format!(
+                    "that refresh token is being presented right now by {store} (a refresh token works once); nothing was sent"
+                ))));
+            }
+            Some(crate::store::journal::Claim::Go) | None => {}
         }
         let t = oauth::refresh_keeping_successor(&token)
             .await
             .map_err(js_error)?;
+        if let Some(j) = journal {
+            let _ = crate::store::blocking(move || {
+                j.saved(&tag, &me, "", crate::account::now_ms());
+                Ok(())
+            })
+            .await;
+        }
         Ok(json!({
             "access": t.access.expose(),
             "refresh": t.refresh.expose(),

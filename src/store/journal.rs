@@ -96,6 +96,11 @@ impl Spent {
             format!(
                 "{here} was put back to an earlier state (a backup, a snapshot or an older copy restored over it): this refresh token was already spent here on {when}, and the tokens that replaced it were saved then; put back the newer pool if you have it, else log in again"
             )
+        } else if self.store.starts_with(BY_EXPORT) {
+            format!(
+                "its refresh token was presented by {} on {when} (a script's call; a refresh token works once, and the tokens that replaced it went to that script); log in again",
+                self.store
+            )
         } else if self.store == here {
             format!(
                 "this pool holds the same login under {} too, which refreshed it on {when} (a refresh token works once); remove {email} (one login is one account), or log in again under it",
@@ -110,6 +115,11 @@ impl Spent {
         format!("{NOT_REFRESHED}{why}")
     }
 }
+
+/// What the library's `refresh(token)` export is recorded as in the journal (with its process
+/// and call): it presents a token outside any pool, and a pool holding that token must not
+/// present it after it.
+pub const BY_EXPORT: &str = "the library's refresh()";
 
 /// What the journal says about presenting a token.
 #[derive(Debug, PartialEq)]
