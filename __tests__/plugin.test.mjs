@@ -2082,3 +2082,43 @@ test("list counts as usable what status counts: an auth-error another program wr
   assert.match(await poolActionText({ action: "list" }, path), /^Anthropic pool: 3 accounts, 2 usable now\./);
   assert.match(await poolActionText({ action: "status" }, path), /Accounts: 3 total, 2 usable/);
 });
+
+// Found by a review: the tool asked a person's rules with the accounts a remove target names as
+// a JavaScript copy of the addon's rule read it; `#+1`, or a name with a trailing U+0085, named
+// an account to the addon and nobody to the copy, and a deny rule for that account was passed
+// by. And an entry named with its own key of a shape not Anthropic's was quoted by `list`.
+test("the tool's remove asks with the account the addon resolves (#+1, a trailing U+0085), and no answer quotes a key of the pool file", async () => {
+  const { poolActionText } = await import("../lib/plugin/tool.mjs");
+  const dir = tempDir("oauth-pool-tool-named-");
+  const path = join(dir, "pool.json");
+  const key = "gwkey_0123456789abcdefSECRET";
+  await lib.savePool(
+    {
+      version: 1,
+      anthropic: [
+        { email: "alice@x.test", type: "api", key: "alice-key-0123456789abcdef" },
+        { email: "bob@x.test", type: "api", key: "bob-key-0123456789abcdef" },
+        { email: `team ${key}`, type: "api", key },
+      ],
+    },
+    path,
+  );
+  for (const target of ["#+1", "bob@x.test\u0085", "#1", "BOB@x.test"]) {
+    let asked;
+    const answer = await poolActionText({ action: "remove", email: target }, path, {
+      confirm: async (_email, accounts) => {
+        asked = accounts;
+        throw new Error("denied");
+      },
+    }).catch((e) => e.message);
+    assert.equal(answer, "denied", target);
+    assert.deepEqual(asked, ["bob@x.test"], JSON.stringify(target));
+  }
+  assert.equal(JSON.parse(readFileSync(path, "utf8")).anthropic.length, 3, "nothing removed");
+  for (const args of [{ action: "list" }, { action: "status" }, { action: "enable", email: "nobody" }, { action: `nope\n1. evil ${"x".repeat(2000)}` }]) {
+    const text = await poolActionText(args, path);
+    assert.ok(!text.includes("SECRET") && !text.includes(key.slice(0, 14)), `${args.action}: ${text}`);
+    assert.ok(text.length < 4000, `${args.action}: ${text.length}`);
+  }
+  rmSync(dir, { recursive: true, force: true });
+});

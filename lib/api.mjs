@@ -331,6 +331,9 @@ export const loginsElsewhere = wrap((path) => native.loginsElsewhere(pathArg(pat
  */
 export const keptTokens = wrap((path) => native.keptTokens(pathArg(path)));
 
+/** The stored emails of the entries `target` names, as `removeAccount` resolves it. */
+export const namedAccounts = wrap((target, path) => native.namedAccounts(requiredString("target", target), pathArg(path)));
+
 /** Each endpoint with whether the pool accepts it and the proxy a request would use. */
 export function checkEndpoints() {
   return sync(native.checkEndpoints());

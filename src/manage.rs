@@ -621,6 +621,22 @@ pub async fn remove(store: &Store, target: &str) -> Result<(usize, Vec<String>)>
         .await
 }
 
+/// The stored emails of every entry `target` names as remove, enable and priority resolve it
+/// (`Pool::resolve`), unreadable entries' too where they hold one: what a permission rule for
+/// one account is asked with. None when it names nothing (or several that differ in case,
+/// which those refuse).
+pub fn named(pool: &Pool, target: &str) -> Vec<String> {
+    pool.resolve(target)
+        .map(|found| {
+            found
+                .into_iter()
+                .filter_map(|i| pool.anthropic[i].email().map(|e| e.trim().to_string()))
+                .filter(|e| !e.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The emails of the readable accounts `target` names.
 fn emails_of(pool: &Pool, target: &str) -> Result<Vec<String>> {
     Ok(pool

@@ -314,22 +314,15 @@ async function placeHolder(target, path) {
  * pattern asked must be allowed, so more of them only ask more.
  */
 async function accountsNamed(target, path) {
-  let entries;
+  let named;
   try {
-    entries = (await pool.loadPool(path))?.anthropic;
+    // Asked of the addon, which resolves the target for remove itself: a copy of its rule here
+    // read `#+1`, or a name with a trailing U+0085, as naming nobody, and the rule for the
+    // account it named was never asked.
+    named = new Set(await pool.namedAccounts(target, path));
   } catch {
     return [];
   }
-  if (!Array.isArray(entries)) return [];
-  const emailOf = (e) => (typeof e?.email === "string" ? e.email.trim() : "");
-  const named = new Set();
-  const index = /^#(\d+)$/.exec(target);
-  if (index) {
-    const email = emailOf(entries[Number(index[1])]);
-    if (email) named.add(email);
-  }
-  const key = target.toLowerCase();
-  for (const e of entries) if (emailOf(e).toLowerCase() === key) named.add(emailOf(e));
   named.delete(target);
   return [...named];
 }
@@ -429,7 +422,7 @@ async function run(args, path, confirm, hints) {
       return n ? `Cleared the cooldown of ${n} account${n === 1 ? "" : "s"}.` : "No account was cooling down.";
     }
     default:
-      return `Unknown action "${args?.action}". Actions:\n${USAGE.map((u) => `- ${u}`).join("\n")}`;
+      return `Unknown action "${echoed(String(args?.action ?? ""))}". Actions:\n${USAGE.map((u) => `- ${u}`).join("\n")}`;
   }
 }
 
@@ -446,8 +439,36 @@ export async function poolActionText(args, path, how = {}) {
   // The answer goes to the model's provider, and a name is the file's to say: an entry named
   // with its own key (a key pasted into the name prompt, before names were checked) was quoted
   // in every list.
-  return printableLines(withoutSecrets(await actionText(args, path, typeof how?.confirm === "function" ? how.confirm : null, hints)));
+  const text = await actionText(args, path, typeof how?.confirm === "function" ? how.confirm : null, hints);
+  return printableLines(withoutSecrets(await withoutPoolSecrets(text, path)));
 }
+
+/**
+ * `text` without any run of a credential's characters that is, holds, or is a piece of a key or
+ * token of the pool file: withoutSecrets knows the shapes of Anthropic's credentials, and an
+ * entry named with its own key of another shape (`addApiKey` takes any key) was quoted by
+ * `list`, `status` and every hint that names the accounts.
+ */
+async function withoutPoolSecrets(text, path) {
+  let entries;
+  try {
+    entries = (await pool.loadPool(path))?.anthropic;
+  } catch {
+    return text;
+  }
+  const secrets = [];
+  for (const e of Array.isArray(entries) ? entries : []) {
+    for (const field of ["key", "access", "refresh"]) {
+      const value = e?.[field];
+      if (typeof value === "string" && value.length >= 8) secrets.push(value);
+    }
+  }
+  if (secrets.length === 0) return text;
+  return text.replace(CREDENTIAL_RUN, (run) => (secrets.some((s) => s.includes(run) || run.includes(s)) ? "[redacted]" : run));
+}
+
+/** A run of a credential's characters long enough to tell (a piece of one cut short included). */
+const CREDENTIAL_RUN = /[A-Za-z0-9_\-.+/=]{12,}/g;
 
 async function actionText(args, path, confirm, hints) {
   try {

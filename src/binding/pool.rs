@@ -208,6 +208,26 @@ pub fn set_reserve(
     })
 }
 
+/// The stored emails of the entries `target` names, as `removeAccount` would resolve it (the
+/// OpenCode tool asks a person's rules with them): `#+1`, or a name with a trailing U+0085,
+/// named an account to Rust and nobody to a JavaScript copy of the rule.
+#[napi(
+    js_name = "namedAccounts",
+    ts_return_type = "Promise<string[]>",
+    catch_unwind
+)]
+pub fn named_accounts(
+    env: &Env,
+    target: String,
+    path: Option<String>,
+) -> JsResult<PromiseRaw<'_, Vec<String>>> {
+    promise(env, async move {
+        let store = store_for(path.as_deref()).map_err(js_error)?;
+        let pool = store.load().await.map_err(js_error)?;
+        Ok(manage::named(&pool, &target))
+    })
+}
+
 #[napi(
     js_name = "resetCooldowns",
     ts_return_type = "Promise<number>",
