@@ -112,9 +112,33 @@ pub fn refresh(env: &Env, refresh_token: String) -> JsResult<PromiseRaw<'_, Valu
             }
             Some(crate::store::journal::Claim::Go) | None => {}
         }
-        let t = oauth::refresh_keeping_successor(&token)
-            .await
-            .map_err(js_error)?;
+        let t = match oauth::refresh_keeping_successor(&token).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Not presented (an endpoint refused by the pool's rule, no connection made),
+                // or refused at the first asking: not spent, and left to whoever asks next. A
+                // call kept "in flight" answered a second call about its own endpoint's
+                // refusal with another pool's name.
+                let not_spent = matches!(
+                    e.code(),
+                    "INSECURE_ENDPOINT" | "INVALID_ARGUMENT" | "OAUTH_INVALID_GRANT"
+                ) || matches!(
+                    e,
+                    Error::Network {
+                        never_connected: true,
+                        ..
+                    }
+                );
+                if let (true, Some(j)) = (not_spent, journal) {
+                    let _ = crate::store::blocking(move || {
+                        j.released(&tag, &me, "", crate::account::now_ms());
+                        Ok(())
+                    })
+                    .await;
+                }
+                return Err(js_error(e));
+            }
+        };
         if let Some(j) = journal {
             let _ = crate::store::blocking(move || {
                 j.saved(&tag, &me, "", crate::account::now_ms());
