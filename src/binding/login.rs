@@ -115,21 +115,10 @@ pub fn refresh(env: &Env, refresh_token: String) -> JsResult<PromiseRaw<'_, Valu
         let t = match oauth::refresh_keeping_successor(&token).await {
             Ok(t) => t,
             Err(e) => {
-                // Not presented (an endpoint refused by the pool's rule, no connection made),
-                // or refused at the first asking: not spent, and left to whoever asks next. A
-                // call kept "in flight" answered a second call about its own endpoint's
-                // refusal with another pool's name.
-                let not_spent = matches!(
-                    e.code(),
-                    "INSECURE_ENDPOINT" | "INVALID_ARGUMENT" | "OAUTH_INVALID_GRANT"
-                ) || matches!(
-                    e,
-                    Error::Network {
-                        never_connected: true,
-                        ..
-                    }
-                );
-                if let (true, Some(j)) = (not_spent, journal) {
+                // Any failure leaves the token to whoever asks next, as before this call
+                // recorded anything: only a success is known to have spent it (an answer
+                // lost on the way is the pool's own refresh to retry).
+                if let Some(j) = journal {
                     let _ = crate::store::blocking(move || {
                         j.released(&tag, &me, "", crate::account::now_ms());
                         Ok(())
