@@ -177,24 +177,28 @@ impl Redactor {
         let mut data = std::mem::take(&mut self.held);
         data.extend_from_slice(&chunk);
         let mut out = self.replaced(&data);
-        if wrapped(&out) {
-            out = self.replaced_across_lines(&out);
+        let mut ends = joining_line_ends(&out);
+        if !ends.is_empty() {
+            if let Some(replaced) = self.replaced_across_lines(&out, &ends) {
+                out = replaced;
+                ends = joining_line_ends(&out);
+            }
         }
         // Measured on what goes out: a replacement across lines can take in a tail measured
         // before it (a credential whose end repeats its start), and `out` is shorter then.
-        let keep = self
-            .secret_start_at_end(&out)
-            .max(self.wrapped_start_at_end(&out))
-            .min(out.len());
-        self.held = out.split_off(out.len() - keep);
+        let mut keep = self.secret_start_at_end(&out);
+        if !ends.is_empty() {
+            keep = keep.max(self.wrapped_start_at_end(&out, &ends));
+        }
+        self.held = out.split_off(out.len() - keep.min(out.len()));
         out.freeze()
     }
 
     /// `replaced`, looking through the line breaks inside runs of a credential's characters: an
     /// encoder's lines (MIME base64 breaks every 76 characters, PEM every 64) carried an echo
     /// of the whole request past the search for one unbroken run.
-    fn replaced_across_lines(&self, data: &[u8]) -> BytesMut {
-        let (view, at) = unwrapped(data);
+    fn replaced_across_lines(&self, data: &[u8], ends: &[(usize, usize)]) -> Option<BytesMut> {
+        let (view, at) = unwrapped(data, ends);
         let mut spans: Vec<(usize, usize)> = Vec::new();
         for s in &self.secrets {
             let needle = s.expose().as_bytes();
@@ -207,7 +211,7 @@ impl Redactor {
             }
         }
         if spans.is_empty() {
-            return BytesMut::from(data);
+            return None;
         }
         spans.sort_unstable();
         let mut out = BytesMut::with_capacity(data.len());
@@ -220,13 +224,13 @@ impl Redactor {
             done = done.max(end);
         }
         out.extend_from_slice(&data[done..]);
-        out
+        Some(out)
     }
 
     /// `secret_start_at_end` through the line breaks of runs (`replaced_across_lines`): how many
     /// of `data`'s last bytes, breaks included, are the start of a credential.
-    fn wrapped_start_at_end(&self, data: &[u8]) -> usize {
-        let (view, at) = unwrapped(data);
+    fn wrapped_start_at_end(&self, data: &[u8], ends: &[(usize, usize)]) -> usize {
+        let (view, at) = unwrapped(data, ends);
         match self.secret_start_at_end(&view) {
             0 => 0,
             k => data.len() - at[view.len() - k],
@@ -363,14 +367,11 @@ const MIN_LINE: usize = 16;
 
 /// `data` without the line ends that join runs (`joining_line_ends`), and where each byte left
 /// came from.
-fn unwrapped(data: &[u8]) -> (Vec<u8>, Vec<usize>) {
+fn unwrapped(data: &[u8], ends: &[(usize, usize)]) -> (Vec<u8>, Vec<usize>) {
     let mut view = Vec::with_capacity(data.len());
     let mut at = Vec::with_capacity(data.len());
     let mut from = 0;
-    for (start, end) in joining_line_ends(data)
-        .into_iter()
-        .chain([(data.len(), data.len())])
-    {
+    for &(start, end) in ends.iter().chain([&(data.len(), data.len())]) {
         view.extend_from_slice(&data[from..start]);
         at.extend(from..start);
         from = end;

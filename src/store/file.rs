@@ -324,6 +324,9 @@ impl FileStore {
         let out = change(&mut pool)?;
         let after = zeroize::Zeroizing::new(pool.to_bytes());
         if after == before {
+            // Nothing landed, but files of tokens the pool holds already (or of accounts gone)
+            // go: `doctor` says the next write removes them.
+            self.kept_landed(landed);
             return Ok((out, Written::Unchanged));
         }
         let stamp = self.write_locked(&after, existed)?;
