@@ -1494,6 +1494,25 @@ test("tool: auth-error says what to do; invalid entries and a corrupt file are e
     () => {},
   );
   assert.match(await run({ action: "list" }), /dead@example\.com \[Claude login\] auth-error: needs a new login: run `opencode auth login` -> Anthropic Pool/);
+  // Enabling it again does not make it serve: the answer says what still stands in the way (it
+  // said "the pool uses it again").
+  assert.match(await run({ action: "disable", email: "dead@example.com" }), /^Disabled dead@example\.com:/);
+  const enabled = await run({ action: "enable", email: "#0" });
+  assert.match(
+    enabled,
+    /^Enabled dead@example\.com \(#0\): the pool uses it again once it can serve \(dead@example\.com: auth-error: needs a new login: run `opencode auth login`/,
+  );
+  // A place names an account in list and status as in the other actions.
+  await login(hooks, "alive@example.com");
+  assert.match(await run({ action: "enable", email: "alive@example.com" }), /^Enabled alive@example\.com: the pool uses it again\.$/);
+  const one = await run({ action: "list", email: "#1" });
+  assert.match(one, /^2\. alive@example\.com \[Claude login\]/m);
+  assert.doesNotMatch(one, /dead@example\.com|No account/);
+  const st = await run({ action: "status", email: "#1" });
+  assert.match(st, /Per account:\n {2}alive@example\.com/);
+  assert.doesNotMatch(st, /dead@example\.com:|No account/);
+  assert.match(await run({ action: "list", email: "#7" }), /No account "#7" in it\./);
+  await lib.removeAccount("alive@example.com", path);
 
   const file = JSON.parse(readFileSync(path, "utf8"));
   file.anthropic.push({ note: "no email here" });

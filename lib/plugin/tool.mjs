@@ -108,8 +108,22 @@ function notShown({ left, rest }) {
   ];
 }
 
-/** Whether `a` (as `shownData` gives it) is the account `email` names (in any case). */
-const isNamed = (a, email) => String(a.email).toLowerCase() === controlsEscaped(email).toLowerCase();
+/**
+ * Which accounts (as `shownData` gives them) `email` names, as every other action resolves it
+ * (the addon's `namedAccounts`: an exact email, else `#N`, else the email in another case):
+ * `list #2` found nobody, though `remove #2` removed that account.
+ */
+async function namedIn(accounts, email, path) {
+  let names;
+  try {
+    names = new Set((await pool.namedAccounts(email, path)).map((n) => controlsEscaped(n)));
+  } catch {
+    names = new Set();
+  }
+  const place = /^#\d+$/.test(email) && !accounts.some((a) => a.email === email) ? Number(email.slice(1)) : -1;
+  const wanted = controlsEscaped(email).toLowerCase();
+  return (a, i) => (place >= 0 ? i === place : names.has(a.email) || String(a.email).toLowerCase() === wanted);
+}
 
 /** A name the caller asked for, as the answer quotes it: on one line, no longer than a name. */
 const echoed = (email) => shortened(controlsEscaped(email), 254);
@@ -146,7 +160,8 @@ async function list(path, now, hints, email) {
   const usableNow = accounts.filter(usable).length;
   const head = `Anthropic pool: ${accounts.length} account${accounts.length === 1 ? "" : "s"}, ${usableNow} usable now.`;
   if (email) {
-    const lines = accounts.map((a, i) => (isNamed(a, email) ? accountLine(a, i, now, hints) : null)).filter(Boolean);
+    const isNamed = await namedIn(accounts, email, path);
+    const lines = accounts.map((a, i) => (isNamed(a, i) ? accountLine(a, i, now, hints) : null)).filter(Boolean);
     return lines.length ? [head, ...lines].join("\n") : `${head} No account "${echoed(email)}" in it. ${known(accounts, hints)}`;
   }
   const view = shown(accounts);
@@ -190,7 +205,8 @@ async function status(path, now, hints, email) {
   lines.push(
     f ? `Last failover: ${ago(f.at, now)} (${clock(f.at, now)}), ${f.from} -> ${f.to ?? "no other account"}: ${f.reason}.` : "Last failover: none recorded.",
   );
-  const view = email ? { picked: s.accounts.map((a, i) => [a, i]).filter(([a]) => isNamed(a, email)), left: 0 } : shown(s.accounts);
+  const isNamed = email ? await namedIn(s.accounts, email, path) : null;
+  const view = email ? { picked: s.accounts.map((a, i) => [a, i]).filter(([a, i]) => isNamed(a, i)), left: 0 } : shown(s.accounts);
   if (email && !view.picked.length) lines.push(`No account "${echoed(email)}" in the pool. ${known(s.accounts, hints)}`);
   if (view.picked.length) {
     const prices = await modelPrices();
@@ -220,6 +236,21 @@ async function status(path, now, hints, email) {
     );
   }
   return lines.join("\n");
+}
+
+/**
+ * What enabling `emails` gives back: an account the pool itself found refused still needs a new
+ * login or key, and one cooling down waits for its reset; "the pool uses it again" was said of
+ * both.
+ */
+async function whenUsed(emails, path, now, hints) {
+  const accounts = await accountsOrNull(path);
+  const wanted = new Set(emails.map((e) => controlsEscaped(e)));
+  const these = (accounts ?? []).filter((a) => wanted.has(a.email));
+  const waiting = these.filter((a) => !usable(a));
+  if (!waiting.length) return "the pool uses it again.";
+  const what = waiting.map((a) => `${listedName(a.email, accounts.indexOf(a))}: ${statusText(a, now, hints)}`);
+  return `the pool uses it again once it can serve (${what.join("; ")}).`;
 }
 
 async function needEmail(action, path, hints, extra = "") {
@@ -403,9 +434,10 @@ async function run(args, path, confirm, hints) {
     case "enable":
     case "disable": {
       if (!email) return needEmail(action, path, hints);
-      const who = whomChanged(await pool.setEnabled(email, action === "enable", path), email);
+      const changed = await pool.setEnabled(email, action === "enable", path);
+      const who = whomChanged(changed, email);
       return action === "enable"
-        ? `Enabled ${who}: the pool uses it again.`
+        ? `Enabled ${who}: ${await whenUsed(changed, path, now, hints)}`
         : `Disabled ${who}: the pool will not use it until you enable it (its login or key is kept).${await noneLeft(path)}`;
     }
     case "priority": {
