@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import Anthropic from "@anthropic-ai/sdk";
 import { createPoolFetch, loadPool, savePool, flushPool, resetCooldowns, setEnabled } from "../index.mjs";
 import { rateLimitHeaders, parseSSE } from "./helpers/mock-anthropic.mjs";
-import { useMock, seedPool, account, readPool, mode, messagesUrl, body, jsonHeaders, runWorkersTogether } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, readPool, mode, messagesUrl, body, jsonHeaders, runWorkersTogether, tempPoolPath } from "./helpers/pool-env.mjs";
 
 const mock = useMock();
 
@@ -910,6 +910,29 @@ test("an entry with no token, or an API-key entry whose key is under another nam
     return true;
   });
   assert.equal(mock.requests.length, 1, "still nothing sent");
+});
+
+test("a refused key left alone in the pool: the refusal says to add a working key, not to log in (no login mends a key)", async () => {
+  const path = tempPoolPath();
+  await savePool({ version: 1, anthropic: [keyEntry("team-key", "fake-console-key-nobody-knows", 0)] }, path);
+  const f = createPoolFetch({ path });
+  const first = await post(f).then(
+    async (r) => {
+      await r.arrayBuffer();
+      return r.status;
+    },
+    (e) => e.code,
+  );
+  assert.ok(first === 401 || first === "POOL_NO_ACCOUNT", `the key refused: ${first}`);
+  await assert.rejects(post(f), (e) => {
+    assert.equal(e.code, "POOL_NO_ACCOUNT");
+    assert.match(
+      e.message,
+      /team-key \(auth-error\)\. API keys in auth-error were refused: add a working key under the same name \(`oauth-pool add-key --email <email>`\)/,
+    );
+    assert.doesNotMatch(e.message, /new login|oauth-pool add\b(?!-key)/);
+    return true;
+  });
 });
 
 test("the Vercel AI SDK streams through the pool fetch", async () => {

@@ -661,7 +661,7 @@ test("rows edited by hand: an entry of the wrong shape is listed as invalid and 
   }
   // The schema's row deleted: refused until init, which finds every entry where it was.
   await f.sql("DELETE FROM oauth_pool_meta WHERE name = 'schema'");
-  assert.match((await cliJson(f.a, "list")).err?.message ?? "", /run `oauth-pool store init`/);
+  assert.match((await cliJson(f.a, "list")).err?.message ?? "", /run `oauth-pool store init \S+`/);
   assert.equal((await cliJson(f.a, "store", "init")).code, 0);
   assert.deepEqual(
     (await cliJson(f.a, "list")).json.accounts.map((a) => a.email),

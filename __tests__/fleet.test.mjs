@@ -85,7 +85,10 @@ test("store init creates the schema and a 0600 key file; a second host shares th
   assert.match(before.err.message, /store init/);
   const keyed = await cliJson(makeHost("early", { OAUTH_POOL_STORE_KEY: Buffer.alloc(32, 1).toString("base64") }), "list");
   assert.equal(keyed.err.code, "STORE_UNAVAILABLE");
-  assert.match(keyed.err.message, /no pool schema yet: run `oauth-pool store init`/);
+  // The command names the store: bare, it is a usage error for a store chosen with --path.
+  const said = /no pool schema yet: run `oauth-pool store init ([^`]+)`/.exec(keyed.err.message);
+  assert.ok(said, keyed.err.message);
+  assert.equal(said[1], pg.url);
 
   const init = await cliJson(hostA, "store", "init");
   assert.equal(init.code, 0, init.stderr);

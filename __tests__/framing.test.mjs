@@ -254,44 +254,47 @@ test("a 429 whose body keeps silent, or trickles, moves the request on within se
 // silence timer restarted by each byte; one trickling a byte now and then held the caller with
 // no answer for hours. It is read for 5 s in all (src/engine/verdict.rs PEEK_PATIENCE), then
 // delivered with what came, the rest following as it comes; the gateway relays it the same way.
-test("a 400 whose body trickles is delivered within seconds, its start and then the rest as it comes", async () => {
+// A length of 64 KB or less (as a real 400 has) was then read whole by the runtime transport
+// after the 5 s, held until the last byte.
+test("a 400 whose body trickles is delivered within seconds, its start and then the rest as it comes, whatever length it announces", async () => {
   const before = process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
   process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = "120000";
   const start = '{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long"}}';
   const wrong = [];
   try {
-    await withRawApi(
-      (s) => {
-        s.write(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n${start}`);
-        const drip = setInterval(() => (s.destroyed ? clearInterval(drip) : s.write(" ")), 300);
-        s.on("close", () => clearInterval(drip));
-      },
-      async () => {
-        for (const kind of KINDS) {
-          const path = await seedPool(mock, [`${kind}-trickle-400@x.test`]);
-          const pool = await throughPool(kind, path, { key: KEY });
-          const started = Date.now();
-          const controller = new AbortController();
-          const guard = setTimeout(() => controller.abort(), 30_000);
-          try {
-            const res = await pool.send({ ...init, signal: controller.signal });
-            const ms = Date.now() - started;
-            if (res.status !== 400 || ms > 20_000) wrong.push(`${kind}: ${res.status} after ${ms} ms`);
-            // What came first, then more of the trickle.
-            const reader = res.body.getReader();
-            let text = "";
-            while (text.length < start.length + 3) text += Buffer.from((await reader.read()).value).toString("latin1");
-            if (!text.startsWith(start)) wrong.push(`${kind}: the body began ${JSON.stringify(text.slice(0, 40))}`);
-            await reader.cancel();
-          } catch (e) {
-            wrong.push(`${kind}: ${e.code ?? e.name} after ${Date.now() - started} ms`);
-          } finally {
-            clearTimeout(guard);
-            await pool.close();
+    for (const length of [100_000, 2_000])
+      await withRawApi(
+        (s) => {
+          s.write(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${length}\r\n\r\n${start}`);
+          const drip = setInterval(() => (s.destroyed ? clearInterval(drip) : s.write(" ")), 300);
+          s.on("close", () => clearInterval(drip));
+        },
+        async () => {
+          for (const kind of KINDS) {
+            const path = await seedPool(mock, [`${kind}-trickle-400-${length}@x.test`]);
+            const pool = await throughPool(kind, path, { key: KEY });
+            const started = Date.now();
+            const controller = new AbortController();
+            const guard = setTimeout(() => controller.abort(), 30_000);
+            try {
+              const res = await pool.send({ ...init, signal: controller.signal });
+              const ms = Date.now() - started;
+              if (res.status !== 400 || ms > 20_000) wrong.push(`${kind}, ${length}: ${res.status} after ${ms} ms`);
+              // What came first, then more of the trickle.
+              const reader = res.body.getReader();
+              let text = "";
+              while (text.length < start.length + 3) text += Buffer.from((await reader.read()).value).toString("latin1");
+              if (!text.startsWith(start)) wrong.push(`${kind}, ${length}: the body began ${JSON.stringify(text.slice(0, 40))}`);
+              await reader.cancel();
+            } catch (e) {
+              wrong.push(`${kind}, ${length}: ${e.code ?? e.name} after ${Date.now() - started} ms`);
+            } finally {
+              clearTimeout(guard);
+              await pool.close();
+            }
           }
-        }
-      },
-    );
+        },
+      );
   } finally {
     if (before === undefined) delete process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS;
     else process.env.OAUTH_POOL_RESPONSE_TIMEOUT_MS = before;

@@ -113,7 +113,7 @@ test("a failure that asking again cannot fix (no account, every login refused, a
       path: revoked,
       status: 503,
       code: "POOL_NO_ACCOUNT",
-      said: /gone@x\.test \(auth-error\)\. Accounts in auth-error need a new login/,
+      said: /gone@x\.test \(auth-error\)\. Logins in auth-error need a new login/,
     },
     { what: "a corrupt pool file", path: corrupt, status: 500, code: "POOL_CORRUPT", said: /^anthropic-pool: pool file .+ is not valid: .+left untouched/ },
   ];

@@ -458,6 +458,36 @@ test("a Console key is one member: again without a name it renews its holder, un
   );
 });
 
+// Found by a review: a shell or `.env` line was stored whole as the key (a 401 on every
+// request), and `CLAUDE_CODE_OAUTH_TOKEN=sk-ant-oat01-...` passed the refusal of OAuth tokens.
+test("a key pasted as its shell line is stored as its value; an OAuth token so pasted, or a key after other text, is refused", async () => {
+  const path = tempPoolPath();
+  const key = `sk-ant-api03-${"L".repeat(40)}`;
+  for (const [pasted, name] of [
+    [`ANTHROPIC_API_KEY=${key}`, "line@x.test"],
+    [`export ANTHROPIC_API_KEY="${key}"`, "line@x.test"],
+  ]) {
+    assert.deepEqual(await addApiKey(pasted, { email: name, path }), { email: "line@x.test", added: pasted.startsWith("ANTHROPIC") }, pasted);
+  }
+  const oat = `sk-ant-oat01-${"O".repeat(40)}`;
+  for (const [pasted, says] of [
+    [`CLAUDE_CODE_OAUTH_TOKEN=${oat}`, /an OAuth access token, not a Console API key/],
+    [`key:${key}`, /holds a key after other text: paste the key alone/],
+    [`Bearer ${key}`, /holds a key after other text/],
+    ["hunter2 hunter2", /does not look like an API key/],
+  ]) {
+    await assert.rejects(
+      addApiKey(pasted, { email: "refused@x.test", path }),
+      (e) => e.code === "INVALID_ARGUMENT" && says.test(e.message) && !e.message.includes(key.slice(14)) && !e.message.includes(oat.slice(14)),
+      pasted,
+    );
+  }
+  assert.deepEqual(
+    (await loadPool(path)).anthropic.map((a) => [a.email, a.key]),
+    [["line@x.test", key]],
+  );
+});
+
 test("an existing Claude Code login can be imported", async () => {
   const t = mock.addAccount("cc@x.test");
   const dir = tempDir("claude-");

@@ -13,7 +13,7 @@ import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { flockAvailable, holdLock } from "./helpers/flock.mjs";
-import { account, body, jsonHeaders, messagesUrl, oauthEntry, readPool, tempPoolPath, useMock } from "./helpers/pool-env.mjs";
+import { account, body, jsonHeaders, messagesUrl, oauthEntry, readPool, tempPoolPath, useMock, withEnv } from "./helpers/pool-env.mjs";
 import { tempDir } from "./helpers/temp.mjs";
 
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
@@ -308,4 +308,68 @@ test("a refresh token the refresh() export presented is presented by nobody afte
   );
   assert.equal(mock.stats().refreshCalls, calls + 1, "nothing more sent");
   assert.equal(mock.stats().perFamily["exported-first@x.test"].revoked, false, "the script's new tokens live");
+});
+
+/**
+ * A token endpoint of the test's own: `answer(refreshToken, n)` gives the JSON body of the n-th
+ * call (from 1), or `[status, body]`. Returns its URL, what was presented, and `close()`.
+ */
+async function tokenEndpoint(answer) {
+  const { createServer } = await import("node:http");
+  const presented = [];
+  const server = createServer((req, res) => {
+    let text = "";
+    req.on("data", (c) => (text += c));
+    req.on("end", () => {
+      const token = JSON.parse(text).refresh_token;
+      presented.push(token);
+      const given = answer(token, presented.length);
+      const [status, reply] = Array.isArray(given) ? given : [200, given];
+      res.writeHead(status, { "content-type": "application/json" });
+      res.end(JSON.stringify(reply));
+    });
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { url: `http://127.0.0.1:${server.address().port}/v1/oauth/token`, presented, close: () => server.close() };
+}
+
+// Found by a review: the export recorded every success as the token spent, though an endpoint
+// that hands the same refresh token back (or none, which keeps it) did not spend it: the next
+// call with the token it had just handed back was refused for 30 days, and a pool holding that
+// login was marked as needing a new login.
+test("the refresh() export records a token spent only when the endpoint named a successor: one handed back, or left out, is presented again", async () => {
+  const token = `sk-ant-ort01-${"k".repeat(8)}-${Date.now()}`;
+  for (const how of ["handed back", "left out"]) {
+    const endpoint = await tokenEndpoint((presented, n) => ({
+      access_token: `sk-ant-oat01-access-${n}`,
+      expires_in: 28_800,
+      ...(how === "handed back" ? { refresh_token: presented } : {}),
+    }));
+    try {
+      await withEnv({ OAUTH_POOL_TOKEN_URL: endpoint.url }, async () => {
+        const first = await lib.refresh(`${token}-${how === "left out" ? "b" : "a"}`);
+        assert.equal(first.refresh, `${token}-${how === "left out" ? "b" : "a"}`, how);
+        const second = await lib.refresh(first.refresh);
+        assert.equal(second.access, "sk-ant-oat01-access-2", `${how}: the same token again is presented`);
+      });
+      assert.equal(endpoint.presented.length, 2, how);
+    } finally {
+      endpoint.close();
+    }
+  }
+  // A rotation whose successor is then refused spent the token all the same: it is not
+  // presented a second time.
+  const rotated = `sk-ant-ort01-rotated-${Date.now()}`;
+  const endpoint = await tokenEndpoint((presented) =>
+    presented === rotated ? { refresh_token: `${rotated}-next` } : [400, { error: "invalid_grant", error_description: "refresh token revoked" }],
+  );
+  try {
+    await withEnv({ OAUTH_POOL_TOKEN_URL: endpoint.url }, async () => {
+      await assert.rejects(lib.refresh(rotated), (e) => e.code === "OAUTH_INVALID_GRANT");
+      await assert.rejects(lib.refresh(rotated), (e) => e.code === "OAUTH_INVALID_GRANT" && /the library's refresh\(\)/.test(e.message));
+    });
+    assert.deepEqual(endpoint.presented, [rotated, `${rotated}-next`], "the spent token presented once");
+  } finally {
+    endpoint.close();
+  }
 });

@@ -489,6 +489,8 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
       }
       showBodyAfter(ex, response.status, parts.body);
       let verdict;
+      // How much of the body the verdict's read saw (null: none was read).
+      let peeked = null;
       try {
         // A 429 says what it is in its head (its body only tells a spend limit): cut or gone
         // silent (for a few seconds, not the response timeout), it is judged by what came, so
@@ -503,7 +505,11 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
             // the wait (one trickling a byte a second held the failover as long as it went on).
             return withinSilence(
               // A 400's in all within `peekPatience()`, then delivered with the rest to follow.
-              (heard) => peek(r, undefined, patience !== null, patience === null ? peekPatience() : 0, patience === null ? heard : () => {}),
+              (heard) =>
+                peek(r, undefined, patience !== null, patience === null ? peekPatience() : 0, patience === null ? heard : () => {}).then((bytes) => {
+                  peeked = bytes?.byteLength ?? 0;
+                  return bytes;
+                }),
               patience === null ? timeoutMs : Math.min(timeoutMs, patience),
               controller,
             );
@@ -542,7 +548,10 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
         if (tap) ex.finishUsage(bytes);
         return described(handedOver(bytes, status, statusText, head, decoded), parts.url, step.account ?? null);
       }
-      if (isWhole(head)) {
+      // A body the verdict's read saw only part of within its patience streams: read whole, a
+      // 400 trickling a byte a second held the caller until its last byte (the native
+      // transport delivers it as the patience ends).
+      if (isWhole(head) && (peeked === null || peeked >= Number(head.length))) {
         let bytes;
         try {
           bytes = await withinSilence((heard) => readBody(response.body, heard), timeoutMs, controller);

@@ -790,8 +790,16 @@ pub fn acceptable_server_email(email: &str) -> bool {
     acceptable_email(email) && crate::secret::scrub_tokens(email) == email
 }
 
+/// A name as names are compared: trimmed, in lower case and in one Unicode normal form (NFC). A
+/// name typed decomposed (`u` and a combining diaeresis, as macOS and some pastes give `ü`) was
+/// no account, and a key already held under it was "in the pool as" a name that read the same.
 pub fn normalize_email(email: &str) -> String {
-    email.trim().to_lowercase()
+    let lower = email.trim().to_lowercase();
+    if lower.is_ascii() {
+        return lower;
+    }
+    use unicode_normalization::UnicodeNormalization;
+    lower.nfc().collect()
 }
 
 pub fn iso_time(ms: i64) -> String {
@@ -878,6 +886,18 @@ pub(crate) mod test_clock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_in_another_unicode_normal_form_or_case_are_one_name() {
+        let composed = "J\u{fc}rgen@x.test";
+        let decomposed = "Ju\u{308}rgen@x.test";
+        assert_eq!(normalize_email(decomposed), normalize_email(composed));
+        assert_eq!(
+            normalize_email(" J\u{dc}RGEN@X.test "),
+            normalize_email(composed)
+        );
+        assert_ne!(normalize_email("Jurgen@x.test"), normalize_email(composed));
+    }
     use serde_json::json;
 
     #[test]

@@ -512,6 +512,25 @@ fn login_email(tokens: &Tokens) -> String {
         .unwrap_or_else(|| format!("unknown-{}@anthropic-pool", tokens.refresh.fingerprint()))
 }
 
+/// The value of a shell or `.env` line (`ANTHROPIC_API_KEY=sk-ant-...`, with `export` and
+/// quotes) when it is one of Anthropic's credentials; anything else as it is. The whole line was
+/// stored as the key, and `CLAUDE_CODE_OAUTH_TOKEN=sk-ant-oat01-...` passed the refusal of
+/// OAuth tokens.
+fn assigned_value(text: &str) -> String {
+    let line = text.strip_prefix("export ").map_or(text, str::trim_start);
+    let Some((name, value)) = line.split_once('=') else {
+        return text.to_string();
+    };
+    let is_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let value = crate::secret::unwrapped_paste(value);
+    if is_name && value.starts_with("sk-ant-") {
+        value
+    } else {
+        text.to_string()
+    }
+}
+
 /// What a pasted credential is when it is one of Anthropic's, but no API key.
 fn not_an_api_key(text: &str) -> Option<&'static str> {
     let kind = text.strip_prefix("sk-ant-")?;
@@ -532,7 +551,16 @@ pub async fn add_api_key(
 ) -> Result<(String, bool)> {
     // A key copied out of a shell line or a JSON file keeps its quotes; no key holds one, and
     // kept they made a member that every request sent with `"` around its key (a 401 each time).
-    let secret = Secret::new(crate::secret::unwrapped_paste(key.expose()));
+    let secret = Secret::new(assigned_value(&crate::secret::unwrapped_paste(
+        key.expose(),
+    )));
+    // A key with text before it (`Bearer `, `"key":`, a stray word) was stored whole and sent
+    // as `x-api-key` with that text in front: a 401 each time, the member benched.
+    if secret.expose().find("sk-ant-").is_some_and(|at| at > 0) {
+        return Err(Error::InvalidArgument(
+            "that holds a key after other text: paste the key alone (a Console API key starts with sk-ant-api); nothing was added".into(),
+        ));
+    }
     if secret.expose().len() < 8 || !secret.is_token_shaped() {
         return Err(Error::InvalidArgument(
             // Kept short of a token's shape: every message leaves the process through the
@@ -840,6 +868,35 @@ pub fn import_claude_code(credentials: &Path, email: Option<&str>) -> Result<Tok
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pasted_shell_line_gives_its_value_when_that_is_an_anthropic_credential() {
+        let key = "sk-ant-api03-abcdefghijklmnop";
+        for line in [
+            format!("ANTHROPIC_API_KEY={key}"),
+            format!("export ANTHROPIC_API_KEY=\"{key}\""),
+            format!("export  _KEY_2='{key}'"),
+        ] {
+            assert_eq!(assigned_value(&line), key, "{line}");
+        }
+        assert_eq!(
+            not_an_api_key(&assigned_value(
+                "CLAUDE_CODE_OAUTH_TOKEN=sk-ant-oat01-abcdefgh"
+            )),
+            Some("an OAuth access token")
+        );
+        // Left as they are: a key holding `=` of its own, a name that is no shell name, a value
+        // that is none of Anthropic's.
+        for text in [
+            "fake-key=tail",
+            "2KEY=sk-ant-api03-x",
+            "A-B=sk-ant-api03-x",
+            "NAME=hunter2hunter2",
+            key,
+        ] {
+            assert_eq!(assigned_value(text), text);
+        }
+    }
 
     #[test]
     fn usage_counts_written_as_whole_floats_or_odd_are_read_one_by_one() {

@@ -182,23 +182,30 @@ pub async fn refresh(refresh: &Secret) -> Result<Tokens> {
 /// answer is given. Failing that, the newest live refresh token is given with no access token and
 /// `expires` 0, to be refreshed before use: rejecting lost the login, and no secret may ride in
 /// an error. A refusal of the successor (`invalid_grant`) leaves nothing to keep and is the error.
-pub async fn refresh_keeping_successor(token: &Secret) -> Result<Tokens> {
+/// With the answer, whether `token` was spent: the endpoint named a successor (a refusal of that
+/// successor included), which a token handed back as it was, or left out, is not.
+pub async fn refresh_keeping_successor(token: &Secret) -> (Result<Tokens>, bool) {
     let successor = match refresh(token).await {
         Err(Error::OAuthRotatedUnusable { refresh, .. }) => refresh,
-        other => return other,
+        Ok(tokens) => {
+            let spent = tokens.refresh != *token;
+            return (Ok(tokens), spent);
+        }
+        other => return (other, false),
     };
     let live = match refresh_once_more_if_lost(&successor).await.0 {
-        Ok(tokens) => return Ok(tokens),
+        Ok(tokens) => return (Ok(tokens), true),
         Err(Error::OAuthRotatedUnusable { refresh, .. }) => refresh,
-        Err(e @ Error::OAuthInvalidGrant(_)) => return Err(e),
+        Err(e @ Error::OAuthInvalidGrant(_)) => return (Err(e), true),
         Err(_) => successor,
     };
-    Ok(Tokens {
+    let tokens = Tokens {
         access: Secret::new(""),
         refresh: live,
         expires: 0,
         email: None,
-    })
+    };
+    (Ok(tokens), true)
 }
 
 /// `refresh`, and once more with the same token when the first answer was lost to the network

@@ -112,29 +112,25 @@ pub fn refresh(env: &Env, refresh_token: String) -> JsResult<PromiseRaw<'_, Valu
             }
             Some(crate::store::journal::Claim::Go) | None => {}
         }
-        let t = match oauth::refresh_keeping_successor(&token).await {
-            Ok(t) => t,
-            Err(e) => {
-                // Any failure leaves the token to whoever asks next, as before this call
-                // recorded anything: only a success is known to have spent it (an answer
-                // lost on the way is the pool's own refresh to retry).
-                if let Some(j) = journal {
-                    let _ = crate::store::blocking(move || {
-                        j.released(&tag, &me, "", crate::account::now_ms());
-                        Ok(())
-                    })
-                    .await;
-                }
-                return Err(js_error(e));
-            }
-        };
+        let (answer, spent) = oauth::refresh_keeping_successor(&token).await;
+        // Recorded spent only when the endpoint named a successor (its refusal included): a
+        // token handed back as it was, or left out of the answer, still works, and recorded it
+        // was refused to this caller and to the pool holding the same login for 30 days. Any
+        // other failure leaves it to whoever asks next, as before this call recorded anything
+        // (an answer lost on the way is the pool's own refresh to retry).
         if let Some(j) = journal {
             let _ = crate::store::blocking(move || {
-                j.saved(&tag, &me, "", crate::account::now_ms());
+                let now = crate::account::now_ms();
+                if spent {
+                    j.saved(&tag, &me, "", now);
+                } else {
+                    j.released(&tag, &me, "", now);
+                }
                 Ok(())
             })
             .await;
         }
+        let t = answer.map_err(js_error)?;
         Ok(json!({
             "access": t.access.expose(),
             "refresh": t.refresh.expose(),

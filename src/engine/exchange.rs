@@ -1247,8 +1247,8 @@ impl Exchange {
             // Named up to a point: a message is read by a person (a file of 100,000 entries made
             // it 25 MB).
             const NAMED: usize = 12;
-            let (mut auth_error, mut disabled, mut no_login, mut no_key) =
-                (false, false, false, false);
+            let (mut login_refused, mut key_refused, mut disabled, mut no_login, mut no_key) =
+                (false, false, false, false, false);
             let mut states: Vec<String> = pool
                 .accounts()
                 .take(NAMED)
@@ -1262,7 +1262,9 @@ impl Exchange {
                             return format!("{} (auth-error: {why})", a.email);
                         }
                     }
-                    auth_error |= s == "auth-error";
+                    // A refused key is mended by another key, not a login.
+                    login_refused |= s == "auth-error" && !a.is_api_key();
+                    key_refused |= s == "auth-error" && a.is_api_key();
                     disabled |= s == "disabled";
                     no_login |= s == "no token";
                     no_key |= s == "no key";
@@ -1274,8 +1276,11 @@ impl Exchange {
             }
             // Only the advice that fits: a token endpoint that is down is no reason to log in.
             let mut advice = Vec::new();
-            if auth_error || total > NAMED {
-                advice.push("accounts in auth-error need a new login (`opencode auth login` or `oauth-pool add`)");
+            if login_refused || total > NAMED {
+                advice.push("logins in auth-error need a new login (`opencode auth login` or `oauth-pool add`)");
+            }
+            if key_refused || total > NAMED {
+                advice.push("API keys in auth-error were refused: add a working key under the same name (`oauth-pool add-key --email <email>`)");
             }
             if disabled || total > NAMED {
                 advice.push("disabled ones can be enabled with `oauth-pool enable <email>` or the model-accounts-pool tool");

@@ -105,7 +105,7 @@ impl SealKey {
                 SealKey::from_bytes(&key, &path.display().to_string())
             }
             Ok(None) => Err(Error::StoreKey(format!(
-                "no store key: copy the key file of a host already using this store to {} (0600), or set OAUTH_POOL_STORE_KEY (the same on every host); for a new store, `oauth-pool store init` creates the file",
+                "no store key: copy the key file of a host already using this store to {} (0600), or set OAUTH_POOL_STORE_KEY (the same on every host); for a new store, `oauth-pool store init <its URL>` creates the file",
                 path.display()
             ))),
             Err(why) => Err(Error::StoreKey(format!("the key file {} refused: {why}", path.display()))),

@@ -1478,7 +1478,7 @@ impl Drop for FileLock {
 
 /// `text` as one POSIX shell word a person can paste: as it is when it holds only characters no
 /// shell reads specially, else in single quotes. A path with a space broke the `cp` it was put in.
-fn shell_word(text: &str) -> String {
+pub(crate) fn shell_word(text: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "@._+%=:,/-".contains(c);
     if !text.is_empty() && text.chars().all(plain) {
         text.to_string()

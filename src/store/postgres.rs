@@ -406,6 +406,17 @@ impl PgStore {
         &self.shown
     }
 
+    /// The `store init` a message tells a person to run, naming this store: the command alone
+    /// is a usage error when the store was chosen with `--path`.
+    fn init_command(&self) -> String {
+        let word = super::file::shell_word(&self.shown);
+        if self.shown.contains("***") {
+            format!("`oauth-pool store init {word}` (the password where `***` stands)")
+        } else {
+            format!("`oauth-pool store init {word}`")
+        }
+    }
+
     /// What tells this store from another (the registry of engines is keyed by it).
     pub fn identity(&self) -> &str {
         &self.identity
@@ -782,8 +793,9 @@ impl PgStore {
                 let version = self.schema_version().await?;
                 if version == 0 {
                     return Err(Error::StoreUnavailable(format!(
-                        "{} has no pool schema yet: run `oauth-pool store init`",
-                        self.shown
+                        "{} has no pool schema yet: run {}",
+                        self.shown,
+                        self.init_command()
                     )));
                 }
                 if version > i64::from(SCHEMA_VERSION) {
@@ -801,9 +813,10 @@ impl PgStore {
                     })
                     .await?
                     .ok_or_else(|| {
-                        Error::StoreKey(
-                            "the store has no key check: run `oauth-pool store init`".into(),
-                        )
+                        Error::StoreKey(format!(
+                            "the store has no key check: run {}",
+                            self.init_command()
+                        ))
                     })?;
                 self.key
                     .open("key_check", &column::<String>(&row, 0)?)
@@ -1680,6 +1693,23 @@ mod tests {
             serde_json::json!([{"email": "a@x.test"}]),
         );
         assert_eq!(assemble(fine).unwrap().anthropic.len(), 1);
+    }
+
+    #[test]
+    fn the_init_a_message_suggests_names_the_store_without_its_password() {
+        let plain = PgStore::open_without_key("postgres://u@127.0.0.1:5432/pool").unwrap();
+        assert_eq!(
+            plain.init_command(),
+            "`oauth-pool store init postgres://u@127.0.0.1:5432/pool`"
+        );
+        let secret = PgStore::open_without_key("postgres://u:hunter2@db/pool?sslmode=require")
+            .unwrap()
+            .init_command();
+        assert!(!secret.contains("hunter2"), "{secret}");
+        assert_eq!(
+            secret,
+            "`oauth-pool store init 'postgres://u:***@db/pool?sslmode=require'` (the password where `***` stands)"
+        );
     }
 
     #[test]
