@@ -116,6 +116,7 @@ test("logging in again keeps one placeholder per account in the host's store, an
   assert.equal(host.connections("anthropic-pool")[0].label, "again1@x.test", "the renewed account's connection is the active one");
   assert.ok(first, "connections were listed");
   assert.match(String(again?.message), /again1@x\.test.*renewed/, "the person is told the login renewed the account");
+  assert.equal(again?.code, "ALREADY_CONNECTED", "coded, as every error the pool throws");
   // The Console API key method: the same key (same label) again adds no second placeholder either.
   const key = "fake-console-key-again-0123456789";
   mock.addApiKey(key, "againkey@x.test");
@@ -923,6 +924,37 @@ test("a model the config names under an alias of its own is counted, and its mod
     "the account cooling for haiku was not asked",
   );
   await again.unload();
+
+  // The same with `provider: "anthropic"` (the host's own provider, served as it is): the alias
+  // was counted under its own name and sent to the account whose haiku window was spent.
+  const own = await seedPool(mock, ["alias4@x.test", "alias5@x.test"], { path: path.replace(/\.json$/, "-3.json") });
+  const cooling = readPool(own);
+  cooling.anthropic[0].modelCooldowns = { haiku: Date.now() + 3_600_000 };
+  await lib.savePool(cooling, own);
+  const hostOwn = createHost({ sleep: async () => {}, random: () => 0.5 });
+  await hostOwn.start(
+    configPlugin((e) => {
+      e.update("anthropic", (p) => {
+        p.settings = { baseURL: `${mock.url}/v1` };
+      });
+      e.models.update("anthropic", "fast", (m) => {
+        m.modelID = "claude-haiku-4-5";
+      });
+    }),
+  );
+  const served = await hostOwn.start(loadPlugin(pluginModule, { options: { path: own, provider: "anthropic" } }));
+  // The host lists its own provider once a login of its own exists; the pool's credential goes
+  // upstream, never this one.
+  hostOwn.connectKey("anthropic", `sk-ant-api03-${"u".repeat(40)}`, { label: "mine" });
+  mock.clearRequests();
+  for (let i = 0; i < 2; i++) {
+    const r = await hostOwn.modelRequest({ providerID: "anthropic", modelID: "fast", body });
+    assert.equal(textOf(await r.text()), "Hello from alias5@x.test");
+  }
+  await flushPool(own);
+  const counted = (await poolStatus(own)).accounts.map((a) => Object.keys(a.usage?.today?.byModel ?? {}));
+  assert.deepEqual(counted, [[], ["claude-haiku-4-5"]]);
+  await served.unload();
 });
 
 test("the retry on another account is sent as the host sends its own: without the runtime's idle timeout (Bun's 5 minutes)", async () => {

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { startMockAnthropic, rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
 import { fakeClient } from "./helpers/pool-env.mjs";
-import { wildcardMatch } from "../lib/plugin/config.mjs";
+import { apiBaseURL, wildcardMatch } from "../lib/plugin/config.mjs";
 import { tempDir } from "./helpers/temp.mjs";
 
 // Everything the plugin reads from the environment points into a temp dir or at the mock.
@@ -2140,4 +2140,15 @@ test("the tool's remove asks with the account the addon resolves (#+1, a trailin
     assert.ok(text.length < 4000, `${args.action}: ${text.length}`);
   }
   rmSync(dir, { recursive: true, force: true });
+});
+
+// Found by a review: the provider's baseURL was the variable whole, a relay's password in it
+// listed by OpenCode 2's provider and model views (and put whole in a session's error by Node's
+// Request), though the addon refuses such a URL with the password masked.
+test("the provider's baseURL leaves out a user name and password OAUTH_POOL_API_URL holds", () => {
+  assert.equal(apiBaseURL({ OAUTH_POOL_API_URL: "http://relay:S3CRET-pw@127.0.0.1:8080/" }), "http://127.0.0.1:8080/v1");
+  assert.equal(apiBaseURL({ OAUTH_POOL_API_URL: "https://user@api.example.test/base" }), "https://api.example.test/base/v1");
+  assert.equal(apiBaseURL({ OAUTH_POOL_API_URL: " https://api.anthropic.com " }), "https://api.anthropic.com/v1");
+  assert.equal(apiBaseURL({}), "https://api.anthropic.com/v1");
+  assert.equal(apiBaseURL({ OAUTH_POOL_API_URL: "not a url" }), "not a url/v1", "left for the addon's own error");
 });

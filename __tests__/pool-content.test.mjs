@@ -134,8 +134,8 @@ test("a top-level lastFailover of another writer's shape is left where it is by 
     const after = readPool(path);
     assert.deepEqual(after.lastFailover, theirs, "another writer's section is kept as it was");
     assert.deepEqual(Object.keys(after).slice(0, 3), ["anthropic", "lastFailover", "cursor"]);
-    assert.equal(after._oauthPool.lastFailover.from, a.email);
-    assert.equal(after._oauthPool.lastFailover.to, b.email);
+    assert.equal(after._oauthPool[0].lastFailover.from, a.email);
+    assert.equal(after._oauthPool[0].lastFailover.to, b.email);
   }
 });
 

@@ -307,7 +307,7 @@ test("a login the token endpoint refused in one pool: a copy of it is told so at
   for (const place of [a, b]) {
     const r = await request(m, place);
     assert.equal(r.error, "POOL_NO_ACCOUNT", JSON.stringify(r));
-    assert.match(r.message, /refused@two\.test \(auth-error\)\. Accounts in auth-error need a new login/, `${place === a ? "first" : "copy"}: ${r.message}`);
+    assert.match(r.message, /refused@two\.test \(auth-error\)\. Logins in auth-error need a new login/, `${place === a ? "first" : "copy"}: ${r.message}`);
     assert.equal(entry(place, "refused@two.test").status, "auth-error");
   }
 });

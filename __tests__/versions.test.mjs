@@ -108,7 +108,10 @@ function previousRelease() {
 /** Every `zzLater` field and where it sits. */
 function laterFields(v, at = "") {
   if (!v || typeof v !== "object") return [];
-  return Object.entries(v).flatMap(([k, x]) => (k === "zzLater" ? [`${at}/${k}=${JSON.stringify(x)}`] : laterFields(x, `${at}/${k}`)));
+  // The pool's own record (`_oauthPool`) is moved into a list of one object when written: what
+  // it held stays, one level down.
+  const path = (k) => (at === "/_oauthPool" && k === "0" ? at : `${at}/${k}`);
+  return Object.entries(v).flatMap(([k, x]) => (k === "zzLater" ? [`${at}/${k}=${JSON.stringify(x)}`] : laterFields(x, path(k))));
 }
 
 test("the previous release's pool file: its cooldowns are honoured, and this version's writes keep its fields and a later version's", async () => {

@@ -57,8 +57,13 @@ pub struct Account {
     pub access: Option<Secret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<Secret>,
-    /// Access-token expiry, epoch milliseconds.
-    #[serde(default, deserialize_with = "epoch_ms")]
+    /// Access-token expiry, epoch milliseconds. None is not written: aidevops's `check` reads
+    /// a missing one as 0 and failed on `null` (every API key this pool added had one).
+    #[serde(
+        default,
+        deserialize_with = "epoch_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub expires: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub added: Option<String>,
@@ -322,12 +327,19 @@ impl Account {
         Account {
             kind: Some("api".into()),
             key: Some(key),
+            // A key does not expire: no `expires` is written for it.
+            unstated: Unstated {
+                expires: true,
+                rate_limit_until: false,
+            },
             ..Account::blank(email, now)
         }
     }
 
     pub fn is_api_key(&self) -> bool {
-        self.kind.as_deref() == Some("api")
+        self.kind
+            .as_deref()
+            .is_some_and(|k| k.trim().eq_ignore_ascii_case("api"))
     }
 
     pub fn status_enum(&self) -> Option<Status> {
@@ -793,6 +805,13 @@ pub fn acceptable_server_email(email: &str) -> bool {
 /// A name as names are compared: trimmed, in lower case and in one Unicode normal form (NFC). A
 /// name typed decomposed (`u` and a combining diaeresis, as macOS and some pastes give `ü`) was
 /// no account, and a key already held under it was "in the pool as" a name that read the same.
+/// Whether an entry's `type` is one the pool serves: `oauth` or `api`, in any case and without
+/// surrounding spaces (a hand-written `"API"` key was sent as a login's bearer).
+pub fn known_kind(kind: &str) -> bool {
+    let kind = kind.trim();
+    kind.eq_ignore_ascii_case("oauth") || kind.eq_ignore_ascii_case("api")
+}
+
 pub fn normalize_email(email: &str) -> String {
     let lower = email.trim().to_lowercase();
     if lower.is_ascii() {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::account::{now_ms, Account, Status};
 use crate::error::{Error, Result};
@@ -219,6 +219,39 @@ pub fn status(pool: &Pool, location: &str, now: i64) -> Value {
 /// `_`-prefixed key, which other tools sharing the file (aidevops) skip.
 pub const META_KEY: &str = "_oauthPool";
 
+/// What the pool records about itself: the object under `_oauthPool`. Written as a list of that
+/// one object: aidevops's `reset-cooldowns` (all providers, its default) walks every top-level
+/// value as a list of accounts, and an object there (ours, after the first failover) made it fail
+/// where the person had been told to run it. An older file's bare object is read too.
+pub fn meta(pool: &Pool) -> Option<&Map<String, Value>> {
+    match pool.extra.get(META_KEY)? {
+        Value::Object(m) => Some(m),
+        Value::Array(items) => items.iter().find_map(Value::as_object),
+        _ => None,
+    }
+}
+
+/// `meta` to write into, made (or an older file's bare object moved into its list) as needed;
+/// a section of another shape (not ours) is replaced, as an unreadable record of ours.
+pub fn meta_mut(pool: &mut Pool) -> Option<&mut Map<String, Value>> {
+    let section = pool
+        .extra
+        .entry(META_KEY)
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !section.is_array() {
+        let kept = match std::mem::take(section) {
+            Value::Object(m) => vec![Value::Object(m)],
+            _ => Vec::new(),
+        };
+        *section = Value::Array(kept);
+    }
+    let items = section.as_array_mut()?;
+    if !items.iter().any(Value::is_object) {
+        items.push(Value::Object(Map::new()));
+    }
+    items.iter_mut().find_map(Value::as_object_mut)
+}
+
 /// Whether a `lastFailover` is of the shape this pool records: only such a top-level section is
 /// ours (an older version's) to move under `_oauthPool`; any other is another writer's.
 pub fn is_recorded_failover(v: &Value) -> bool {
@@ -233,8 +266,7 @@ pub fn is_recorded_failover(v: &Value) -> bool {
 /// hand edit) is no failover, rather than handed on as `{}` or a string that status then showed
 /// as "undefined -> no other account: undefined".
 pub fn last_failover(pool: &Pool) -> Option<Value> {
-    pool.extra
-        .get(META_KEY)
+    meta(pool)
         .and_then(|m| m.get("lastFailover"))
         .filter(|v| is_recorded_failover(v))
         .or_else(|| {
@@ -949,6 +981,39 @@ mod tests {
         let seven = &view["quota"]["sevenDay"];
         assert_eq!(seven["status"], "allowed", "{view}");
         assert_eq!(seven["utilization"], 0.5, "{view}");
+    }
+
+    #[test]
+    fn the_pool_s_own_record_is_written_as_a_list_of_one_object_and_read_in_either_form() {
+        let ours = json!({"at": 1, "from": "a@x", "to": null, "reason": "429"});
+        // An older file's bare object: read, and moved into the list when written, with what a
+        // later version kept beside it.
+        let mut pool = Pool::from_value(
+            json!({"anthropic": [], "_oauthPool": {"lastFailover": ours, "later": 5}}),
+        )
+        .unwrap();
+        assert_eq!(last_failover(&pool), Some(ours.clone()));
+        meta_mut(&mut pool).unwrap().insert("next".into(), json!(1));
+        assert_eq!(
+            pool.extra[META_KEY],
+            json!([{"lastFailover": ours, "later": 5, "next": 1}])
+        );
+        assert_eq!(last_failover(&pool), Some(ours.clone()));
+        // Made as a list; one of another shape is replaced.
+        for section in [None, Some(json!("x")), Some(json!([]))] {
+            let mut pool = Pool::from_value(json!({"anthropic": []})).unwrap();
+            if let Some(v) = section.clone() {
+                pool.extra.insert(META_KEY.into(), v);
+            }
+            meta_mut(&mut pool)
+                .unwrap()
+                .insert("lastFailover".into(), ours.clone());
+            assert_eq!(
+                pool.extra[META_KEY],
+                json!([{"lastFailover": ours}]),
+                "{section:?}"
+            );
+        }
     }
 
     #[test]

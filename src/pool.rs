@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::account::{kind_of, normalize_email, Account, Status};
 use crate::error::{Error, Result};
+use crate::secret::Secret;
 
 pub const POOL_VERSION: u64 = 1;
 
@@ -42,12 +43,28 @@ impl Serialize for Entry {
             // A field of `extra` that the account names too (no read makes one) is written
             // once, `extra`'s value in the named field's place, as a tree of the entry has it.
             Entry::Valid(a) if a.extra.keys().any(|k| Account::NAMED.contains(&k.as_str())) => {
-                serde_json::to_value(a)
-                    .map_err(serde::ser::Error::custom)?
-                    .serialize(s)
+                let mut value = serde_json::to_value(a).map_err(serde::ser::Error::custom)?;
+                stated_null(a, &mut value);
+                value.serialize(s)
+            }
+            // An `expires: null` the file said is written as it was (none is otherwise left out).
+            Entry::Valid(a) if a.expires.is_none() && !a.unstated.expires => {
+                let mut value = serde_json::to_value(a).map_err(serde::ser::Error::custom)?;
+                stated_null(a, &mut value);
+                value.serialize(s)
             }
             Entry::Valid(a) => a.serialize(s),
             Entry::Invalid { raw, .. } => raw.serialize(s),
+        }
+    }
+}
+
+/// `a`'s tree with the `expires: null` its file said: a none is not written (aidevops's `check`
+/// failed on a `null` one, which every API key this pool added had), but one the file holds stays.
+fn stated_null(a: &Account, value: &mut Value) {
+    if a.expires.is_none() && !a.unstated.expires {
+        if let Some(map) = value.as_object_mut() {
+            map.entry("expires").or_insert(Value::Null);
         }
     }
 }
@@ -85,7 +102,9 @@ impl Entry {
                 for (k, v) in extra {
                     map.insert(k, v);
                 }
-                Value::Object(map)
+                let mut value = Value::Object(map);
+                stated_null(&a, &mut value);
+                value
             }
             Entry::Invalid { raw, .. } => raw,
         }
@@ -138,6 +157,16 @@ impl Entry {
             },
             other => Some(format!("entry is {}, not an object", kind_of(other))),
         };
+        // A kind the pool does not know (another tool's `google-oauth`) is no login of ours: read
+        // as one, its access token went to the API as a bearer and its refresh token to the
+        // token endpoint.
+        let problem = problem.or_else(|| match raw.get("type") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) if crate::account::known_kind(t) => None,
+            Some(_) => Some(
+                "`type` is neither \"oauth\" nor \"api\": an entry of a kind the pool does not know is kept as it is and never sent".to_string(),
+            ),
+        });
         if let Some(reason) = problem {
             return Entry::Invalid { raw, reason };
         }
@@ -865,11 +894,12 @@ impl Pool {
         for a in self.accounts_mut() {
             a.shift_times(delta);
         }
-        let at = self
-            .extra
-            .get_mut(crate::manage::META_KEY)
-            .and_then(|m| m.get_mut("lastFailover"))
-            .and_then(|f| f.get_mut("at"));
+        let at = match self.extra.get_mut(crate::manage::META_KEY) {
+            Some(Value::Array(items)) => items.iter_mut().find(|v| v.is_object()),
+            other => other,
+        }
+        .and_then(|m| m.get_mut("lastFailover"))
+        .and_then(|f| f.get_mut("at"));
         if let Some(at) = at {
             if let Some(ms) = at.as_i64().filter(|ms| *ms >= 1_000_000_000_000) {
                 *at = Value::from(ms.saturating_add(delta));
@@ -911,6 +941,23 @@ impl Pool {
         self.anthropic.iter_mut().filter_map(|e| match e {
             Entry::Valid(a) => Some(a.as_mut()),
             Entry::Invalid { .. } => None,
+        })
+    }
+
+    /// Whether an entry kept unread (`invalid`) may be the login of `email` holding one of
+    /// `tokens`: one named so, or whose `refresh` is one of them. Such a login is not gone: a hand
+    /// edit that broke a field leaves it in the file, to be mended.
+    pub fn unreadable_may_be(&self, email: &str, tokens: &[&Secret]) -> bool {
+        let name = normalize_email(email);
+        self.anthropic.iter().any(|e| match e {
+            Entry::Invalid { raw, .. } => {
+                e.email().is_some_and(|n| normalize_email(n) == name)
+                    || raw
+                        .get("refresh")
+                        .and_then(Value::as_str)
+                        .is_some_and(|r| tokens.iter().any(|t| t.expose() == r))
+            }
+            Entry::Valid(_) => false,
         })
     }
 
@@ -1084,6 +1131,26 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_of_a_kind_the_pool_does_not_know_is_kept_unread_and_never_served() {
+        let raw = json!({"email": "g@x", "type": "google-oauth", "access": "ga", "refresh": "gr", "expires": 1});
+        let pool = Pool::from_value(json!({"anthropic": [
+            raw.clone(),
+            {"email": "k@x", "type": " API ", "key": "the-key-0123"},
+            {"email": "o@x", "type": "OAuth", "access": "a", "refresh": "r"},
+            {"email": "n@x", "type": null, "access": "a", "refresh": "r"},
+        ]}))
+        .unwrap();
+        assert!(pool.find("g@x").is_none());
+        let (at, why) = pool.invalid_entries().next().unwrap();
+        assert_eq!(at, 0);
+        assert!(why.contains("neither \"oauth\" nor \"api\""), "{why}");
+        assert!(pool.find("k@x").unwrap().is_api_key());
+        assert!(!pool.find("o@x").unwrap().is_api_key());
+        assert!(!pool.find("n@x").unwrap().is_api_key());
+        assert_eq!(pool.to_value()["anthropic"][0], raw, "kept as written");
+    }
     use serde_json::json;
 
     #[test]
@@ -1517,13 +1584,31 @@ mod tests {
         ]});
         let pool = Pool::from_value(file.clone()).unwrap();
         assert_eq!(pool.clone().into_loaded_value(), file);
-        // What the pool writes has every field of an account.
+        // What the pool writes has every field of an account, but an `expires` it has none of
+        // and the file did not say (aidevops's `check` failed on a `null` one).
         let written = pool.clone().into_value();
         for entry in written["anthropic"].as_array().unwrap() {
-            for key in ["expires", "status", "rateLimitUntil"] {
+            for key in ["status", "rateLimitUntil"] {
                 assert!(entry.get(key).is_some(), "{key} in {entry}");
             }
         }
+        let expires: Vec<Option<&Value>> = written["anthropic"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.get("expires"))
+            .collect();
+        assert_eq!(
+            expires,
+            [Some(&json!(1711234567000u64)), None, Some(&Value::Null)]
+        );
+        let bytes: Value = serde_json::from_slice(&pool.to_bytes()).unwrap();
+        assert_eq!(bytes, written, "the bytes written say the same");
+        let key = Account::new_api_key("k@x", Secret::new("the-key-0123"), 1);
+        let mut with_key = Pool::default();
+        with_key.upsert(key);
+        let bytes: Value = serde_json::from_slice(&with_key.to_bytes()).unwrap();
+        assert!(bytes["anthropic"][0].get("expires").is_none(), "{bytes}");
         // A default the pool set since it was read is no longer what the file said: shown.
         let mut changed = pool;
         if let Some(Entry::Valid(a)) = changed.anthropic.get_mut(1) {
@@ -2409,9 +2494,19 @@ mod tests {
             }
             map.insert("email".into(), Value::from(email));
             let raw = Value::Object(map);
-            let before = serde_json::from_value::<Account>(raw.clone())
-                .map(|a| serde_json::to_string(&a).unwrap())
-                .map_err(|e| without_quoted_values(&e.to_string()));
+            // A `type` the pool does not know is refused before the deserializer is asked.
+            let unknown_kind = match raw.get("type") {
+                None | Some(Value::Null) => false,
+                Some(Value::String(t)) => !crate::account::known_kind(t),
+                Some(_) => true,
+            };
+            let before = if unknown_kind {
+                Err("`type` is neither \"oauth\" nor \"api\": an entry of a kind the pool does not know is kept as it is and never sent".to_string())
+            } else {
+                serde_json::from_value::<Account>(raw.clone())
+                    .map(|a| serde_json::to_string(&a).unwrap())
+                    .map_err(|e| without_quoted_values(&e.to_string()))
+            };
             let now = match Entry::from_value(raw.clone()) {
                 Entry::Valid(a) => Ok(serde_json::to_string(&a).unwrap()),
                 Entry::Invalid { raw: kept, reason } => {

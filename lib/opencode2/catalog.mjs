@@ -46,7 +46,10 @@ async function renewed(existing, email, log) {
     log("warn", `could not look up the host's connection for ${email}: ${err?.message ?? err}`);
     if (!conn) return undefined;
   }
-  return new Error(`${email} was already connected: its login in the Anthropic pool is renewed, and its connection kept (no second one is added)`);
+  // Thrown to the host, which shows its message; coded as every error of the pool's is.
+  const told = new Error(`${email} was already connected: its login in the Anthropic pool is renewed, and its connection kept (no second one is added)`);
+  told.code = "ALREADY_CONNECTED";
+  return told;
 }
 
 /**
@@ -194,6 +197,21 @@ function zeroCosts(model) {
  * each fold) learns each model whose API id differs from its catalog id (a config alias such as
  * `fast` for `claude-haiku-4-5`): the request hooks are told the catalog id alone.
  */
+/**
+ * A transform that changes nothing and reads which of `providerID`'s models go to the API under
+ * another id (`wireModels`, as `providerTransform` fills it): with `provider: "anthropic"` the
+ * host's own provider is served as it is, and an alias (`fast` for `claude-haiku-4-5`) was
+ * counted under its own name and sent to an account whose haiku window was spent.
+ */
+export function aliasesOf(providerID, wireModels) {
+  return (editor) => {
+    wireModels.clear();
+    for (const m of editor.get(providerID)?.models?.values() ?? []) {
+      if (typeof m?.modelID === "string" && m.modelID && m.modelID !== m.id) wireModels.set(m.id, m.modelID);
+    }
+  };
+}
+
 export function providerTransform({ providerID, apiKeysOnly, wireModels }) {
   return (editor) => {
     const existing = editor.get(providerID);

@@ -8,7 +8,7 @@ import { HINTS } from "../plugin/format.mjs";
 import { noticesOf, pluginOptions, recentlyTold, unknownOptions, unknownOptionsMessage } from "../plugin/shared.mjs";
 import { poolActionText, TOOL_DESCRIPTION, TOOL_INPUT_SCHEMA } from "../plugin/tool.mjs";
 import { apiKeysOnly } from "../plugin/auth.mjs";
-import { INTEGRATION_ID, integrationTransform, providerTransform } from "./catalog.mjs";
+import { aliasesOf, INTEGRATION_ID, integrationTransform, providerTransform } from "./catalog.mjs";
 import { registerRequestHooks } from "./requests.mjs";
 
 const NOTICE_DEBOUNCE_MS = 30_000;
@@ -146,8 +146,10 @@ export async function setupV2(ctx) {
   // With `provider: "anthropic"` the host's own Anthropic provider is served as it is.
   await part("provider.transform (the anthropic-pool provider)", async () => {
     if (!served) log("warn", `the ${providerID} provider is not served: its requests could not go through the pool`);
-    else if (providerID === "anthropic") log("info", "serving OpenCode's own anthropic provider through the pool");
-    else if (typeof ctx.provider?.transform === "function") {
+    else if (providerID === "anthropic") {
+      log("info", "serving OpenCode's own anthropic provider through the pool");
+      if (typeof ctx.provider?.transform === "function") keep(await ctx.provider.transform(aliasesOf(providerID, wireModels)));
+    } else if (typeof ctx.provider?.transform === "function") {
       const keysOnly = await apiKeysOnly(path);
       keep(await ctx.provider.transform(providerTransform({ providerID, apiKeysOnly: keysOnly, wireModels })));
     } else skipped("provider.transform (the anthropic-pool provider)");

@@ -114,8 +114,22 @@ export function mergeUserWins(base, over) {
   return out;
 }
 
+/**
+ * The provider's `baseURL`, without a user name or password the variable may hold: the addon
+ * refuses such a URL (`INSECURE_ENDPOINT`, the password masked), but the host lists `baseURL`
+ * in its provider and model views, and Node's `Request` put it whole in the session's error.
+ */
 export function apiBaseURL(env = process.env) {
-  return `${apiOrigin(env)}/v1`;
+  const origin = apiOrigin(env);
+  try {
+    const url = new URL(origin);
+    if (url.username || url.password) {
+      url.username = "";
+      url.password = "";
+      return `${url.href.replace(/\/+$/, "")}/v1`;
+    }
+  } catch {}
+  return `${origin}/v1`;
 }
 
 /** A model OpenCode can send to Anthropic: its id (or the key it is declared under) is a Claude one. */

@@ -794,14 +794,7 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
         {
             pool.remove_section("lastFailover");
         }
-        let meta = pool
-            .extra
-            .entry(crate::manage::META_KEY)
-            .or_insert_with(|| json!({}));
-        if !meta.is_object() {
-            *meta = json!({});
-        }
-        if let Some(m) = meta.as_object_mut() {
+        if let Some(m) = crate::manage::meta_mut(pool) {
             m.insert("lastFailover".into(), f.clone());
         }
     }

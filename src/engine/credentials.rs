@@ -316,6 +316,7 @@ pub fn apply_unsaved(pool: &mut Pool, tokens: &[UnsavedTokens]) -> Vec<String> {
         return written;
     }
     for t in tokens {
+        let unread = pool.unreadable_may_be(&t.email, &[&t.presented, &t.refresh]);
         // Renamed meanwhile (a hand edit, a script's `savePool`): the entry still holding the
         // spent token is this login, as for the refresh's own write.
         let holder = match pool.find(&t.email) {
@@ -324,14 +325,22 @@ pub fn apply_unsaved(pool: &mut Pool, tokens: &[UnsavedTokens]) -> Vec<String> {
                 .accounts_mut()
                 .find(|a| !a.is_api_key() && a.refresh.as_ref() == Some(&t.presented)),
         };
+        // An older state of the pool put back meanwhile (a sync tool, a snapshot, an editor's
+        // undo) holds a token that ends before these: they continue its login, as the refresh's
+        // own write takes them. Dropped as "logged in again", they went from memory and disk.
+        let put_back = |a: &Account| !a.is_api_key() && a.expires.is_some_and(|e| e < t.expires);
         match holder {
             Some(a)
                 if a.refresh.as_ref() == Some(&t.presented)
-                    || a.refresh.as_ref() == Some(&t.refresh) =>
+                    || a.refresh.as_ref() == Some(&t.refresh)
+                    || put_back(a) =>
             {
                 a.set_tokens(&t.access, &t.refresh, t.expires);
                 written.push(t.email.clone());
             }
+            // An entry kept unread may be this login (a hand edit broke a field): they wait
+            // for it to be mended.
+            None if unread => {}
             // Removed, or logged in again meanwhile: those tokens are not wanted any more.
             _ => written.push(t.email.clone()),
         }
@@ -1235,10 +1244,90 @@ mod tests {
         let landed = apply_kept(&mut held, &[file("f1", kept("t0", "t1"))]);
         assert!(landed.spent.is_empty() && landed.done.len() == 1);
         assert_eq!(held.find("a@x").unwrap().status, "auth-error");
-        // Tokens that fit nowhere yet (the pool put back before their chain) stay kept.
+        // An older state of the pool put back (its token ends before theirs): they continue
+        // its login, and what it held and what they replaced are spent.
         let mut back = pool();
         let landed = apply_kept(&mut back, &[file("f2", kept("t1", "t2"))]);
+        assert_eq!(
+            back.find("a@x").unwrap().refresh.as_ref().unwrap().expose(),
+            "t2"
+        );
+        let spent: Vec<&str> = landed.spent.iter().map(|(_, s)| s.expose()).collect();
+        assert_eq!(spent, ["t1", "t0"]);
+        assert_eq!(landed.done.len(), 1);
+        // A chain over a put-back pool lands its end; the link it continues goes too.
+        let mut back = pool();
+        let landed = apply_kept(
+            &mut back,
+            &[file("f1", kept("t5", "t6")), file("f2", kept("t6", "t7"))],
+        );
+        assert_eq!(
+            back.find("a@x").unwrap().refresh.as_ref().unwrap().expose(),
+            "t7"
+        );
+        assert_eq!(landed.done.len(), 2);
+        // A login made again since (a token that ends later) keeps it; theirs fit nowhere and
+        // stay kept.
+        let mut again = pool();
+        let a = again.find_mut("a@x").unwrap();
+        (a.refresh, a.expires) = (Some(Secret::new("login")), Some(2_000_000_000_000));
+        let landed = apply_kept(&mut again, &[file("f2", kept("t1", "t2"))]);
+        assert_eq!(
+            again
+                .find("a@x")
+                .unwrap()
+                .refresh
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "login"
+        );
         assert!(landed.spent.is_empty() && landed.done.is_empty());
+        // A token endpoint that handed the same refresh token back did not spend it.
+        let mut same = pool();
+        let landed = apply_kept(&mut same, &[file("f0", kept("t0", "t0"))]);
+        assert_eq!(
+            same.find("a@x").unwrap().access.as_ref().unwrap().expose(),
+            "access-t0"
+        );
+        assert!(landed.spent.is_empty(), "the live token is not noted spent");
+        assert_eq!(landed.done.len(), 1);
+        // An entry kept unread under its name (a hand edit broke a field) is not gone: the file
+        // stays for it to be mended.
+        let mut unread = Pool::from_value(serde_json::json!({"anthropic": [
+            {"email": "a@x", "refresh": "t1", "priority": "high"},
+        ]}))
+        .unwrap();
+        assert!(unread.find("a@x").is_none());
+        let landed = apply_kept(&mut unread, &[file("f2", kept("t1", "t2"))]);
+        assert!(landed.done.is_empty());
+        let mut renamed_unread = Pool::from_value(serde_json::json!({"anthropic": [
+            {"email": "b@x", "refresh": "t1", "priority": "high"},
+        ]}))
+        .unwrap();
+        assert!(
+            apply_kept(&mut renamed_unread, &[file("f2", kept("t1", "t2"))])
+                .done
+                .is_empty()
+        );
+        assert_eq!(
+            apply_unsaved(&mut renamed_unread, &[kept("t1", "t2")]),
+            Vec::<String>::new(),
+            "the owning process keeps them too"
+        );
+        let mut older = pool();
+        assert_eq!(apply_unsaved(&mut older, &[kept("t1", "t2")]), ["a@x"]);
+        assert_eq!(
+            older
+                .find("a@x")
+                .unwrap()
+                .refresh
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "t2",
+            "landed on the pool put back"
+        );
         // Of an account no longer in the pool: they go.
         let mut gone = pool();
         gone.find_mut("a@x").unwrap().email = "b@x".into();

@@ -108,7 +108,13 @@ pub fn parse_pasted(input: &str) -> Result<Pasted> {
         }
         (code, state)
     } else if input.contains("code=") || (input.contains('=') && !input.contains('#')) {
-        from_query(input.trim_start_matches('?'))?
+        // The callback address without its scheme (`platform.claude.com/oauth/code/callback?
+        // code=…`, as some address bars copy it) is its query.
+        let query = match input.split_once('?') {
+            Some((address, query)) if !address.contains('=') => query,
+            _ => input,
+        };
+        from_query(query)?
     } else if let Some((code, state)) = input.split_once('#') {
         (
             Some(Secret::new(code.trim())),
@@ -134,7 +140,7 @@ pub fn parse_pasted(input: &str) -> Result<Pasted> {
     let code_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
     if !code.is_token_shaped() || !code.expose().bytes().all(code_char) {
         return Err(Error::OAuthBadInput(
-            "the authorization code is empty or malformed".into(),
+            "what reads as the code is empty or holds characters no code has (a space, a quote, a letter outside ASCII): paste the code as the page shows it".into(),
         ));
     }
     // The code pasted twice (`code#statecode#state`, or on two lines) read as a foreign state
@@ -337,6 +343,9 @@ mod tests {
         assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
         let p = parse_pasted("https://platform.claude.com/oauth/code/callback?code=abc&state=st")
             .unwrap();
+        assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
+        // Without its scheme, as some address bars copy it.
+        let p = parse_pasted("platform.claude.com/oauth/code/callback?code=abc&state=st").unwrap();
         assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
         let p = parse_pasted("?code=a%2Bc&state=st").unwrap();
         assert_eq!(p.code.expose(), "a+c");

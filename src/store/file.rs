@@ -2293,7 +2293,14 @@ mod tests {
         store
             .update(|p| {
                 p.upsert(Account::new_oauth("a@x", "a0".into(), "t0".into(), 1, 1));
-                p.upsert(Account::new_oauth("b@x", "b0".into(), "u0".into(), 1, 1));
+                // Logged in again since the tokens kept for it: its token ends after theirs.
+                p.upsert(Account::new_oauth(
+                    "b@x",
+                    "b0".into(),
+                    "u0".into(),
+                    2_000_000_000_000,
+                    1,
+                ));
                 Ok(())
             })
             .unwrap();

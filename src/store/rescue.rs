@@ -218,6 +218,8 @@ pub type KeptFiles = Vec<(std::path::PathBuf, Vec<KeptTokens>)>;
 #[derive(Default)]
 pub struct KeptLanded {
     pub spent: Vec<(String, Secret)>,
+    /// The refresh token of each kept set of tokens that landed.
+    pub taken: Vec<Secret>,
     pub done: Vec<std::path::PathBuf>,
 }
 
@@ -250,25 +252,67 @@ pub fn apply_kept(pool: &mut Pool, files: &[(std::path::PathBuf, Vec<KeptTokens>
             match holder {
                 Some(a) => {
                     a.set_tokens(&t.access, &t.refresh, t.expires);
-                    landed.spent.push((a.email.clone(), t.presented.clone()));
+                    spent_by(&mut landed, &a.email, t);
                     false
                 }
                 None => true,
             }
         });
-        if left.is_empty() || left.len() == before {
+        if left.is_empty() {
             break;
+        }
+        if left.len() == before {
+            // The newest kept tokens of an account holding an older token than theirs: an older
+            // state of the pool put back (a sync tool, a snapshot, an editor's undo), whose
+            // token was spent before theirs. They continue its login, as the refresh's own write
+            // takes them (`credentials`); left waiting, the next refresh presented the spent
+            // token. A login made again since holds a token that ends later, and keeps it.
+            let newest = left
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| {
+                    !left
+                        .iter()
+                        .any(|o| o.expires > t.expires && o.email == t.email)
+                })
+                .find(|(_, t)| {
+                    pool.find(&t.email).is_some_and(|a| {
+                        !a.is_api_key()
+                            && a.refresh.as_ref() != Some(&t.refresh)
+                            && a.expires.is_some_and(|e| e < t.expires)
+                    })
+                })
+                .map(|(i, _)| i);
+            let Some(i) = newest else { break };
+            let t = left.remove(i);
+            if let Some(a) = pool.find_mut(&t.email) {
+                // The older token it held was spent before theirs: a copy holding it is as old.
+                let older = a.refresh.replace(t.refresh.clone());
+                a.set_tokens(&t.access, &t.refresh, t.expires);
+                let email = a.email.clone();
+                spent_by(&mut landed, &email, t);
+                if let Some(older) = older.filter(|o| !o.is_empty()) {
+                    landed.spent.push((email, older));
+                }
+            }
         }
     }
     let fits_nowhere = |t: &KeptTokens| {
         let held = pool
             .accounts()
             .any(|a| a.refresh.as_ref() == Some(&t.refresh));
+        // A link of a chain another kept file continues: its refresh token was spent for them.
+        let continued = files
+            .iter()
+            .flat_map(|(_, tokens)| tokens)
+            .any(|o| o.presented == t.refresh && o.refresh != t.refresh);
+        // An entry kept unread may be its login (a hand edit broke a field): not gone.
         let gone = pool.find(&t.email).is_none()
             && !pool
                 .accounts()
-                .any(|a| a.refresh.as_ref() == Some(&t.presented));
-        !held && !gone
+                .any(|a| a.refresh.as_ref() == Some(&t.presented))
+            && !pool.unreadable_may_be(&t.email, &[&t.presented, &t.refresh]);
+        !held && !continued && !gone
     };
     for (path, tokens) in files {
         if !tokens
@@ -281,6 +325,16 @@ pub fn apply_kept(pool: &mut Pool, files: &[(std::path::PathBuf, Vec<KeptTokens>
     landed
 }
 
+/// Notes `t`'s presented token spent for `email`'s tokens: only when the endpoint named a
+/// successor. One that handed the same token back (or none, which keeps it) did not spend it, and
+/// noted spent it refused the live login.
+fn spent_by(landed: &mut KeptLanded, email: &str, t: &KeptTokens) {
+    landed.taken.push(t.refresh.clone());
+    if t.refresh != t.presented {
+        landed.spent.push((email.to_string(), t.presented.clone()));
+    }
+}
+
 /// What each kept file's tokens are to `pool` (`oauth-pool doctor`): "waiting" (the pool holds
 /// the refresh token spent for them: the next write takes them), "written" (the pool holds them
 /// already: the next write removes the file), "gone" (their account is no longer in the pool)
@@ -290,7 +344,7 @@ pub fn kept_states(pool: Option<&Pool>, files: &KeptFiles) -> Vec<Vec<(String, &
     let landed = pool.filter(|p| !p.file_missing).map(|p| {
         let mut trial = p.clone();
         let landed = apply_kept(&mut trial, files);
-        (p, landed.spent)
+        (p, landed.taken)
     });
     files
         .iter()
@@ -300,9 +354,7 @@ pub fn kept_states(pool: Option<&Pool>, files: &KeptFiles) -> Vec<Vec<(String, &
                 .map(|t| {
                     let state = match &landed {
                         None => "waiting",
-                        Some((_, spent)) if spent.iter().any(|(_, s)| *s == t.presented) => {
-                            "waiting"
-                        }
+                        Some((_, taken)) if taken.contains(&t.refresh) => "waiting",
                         Some((p, _))
                             if p.accounts().any(|a| a.refresh.as_ref() == Some(&t.refresh)) =>
                         {
