@@ -48,7 +48,7 @@ impl Serialize for Entry {
                 value.serialize(s)
             }
             // An `expires: null` the file said is written as it was (none is otherwise left out).
-            Entry::Valid(a) if a.expires.is_none() && !a.unstated.expires => {
+            Entry::Valid(a) if a.expires.is_none() && !a.unstated.expires && !a.is_api_key() => {
                 let mut value = serde_json::to_value(a).map_err(serde::ser::Error::custom)?;
                 stated_null(a, &mut value);
                 value.serialize(s)
@@ -62,7 +62,8 @@ impl Serialize for Entry {
 /// `a`'s tree with the `expires: null` its file said: a none is not written (aidevops's `check`
 /// failed on a `null` one, which every API key this pool added had), but one the file holds stays.
 fn stated_null(a: &Account, value: &mut Value) {
-    if a.expires.is_none() && !a.unstated.expires {
+    // A key never expires: its `null` (every key the previous release added has one) goes.
+    if a.expires.is_none() && !a.unstated.expires && !a.is_api_key() {
         if let Some(map) = value.as_object_mut() {
             map.entry("expires").or_insert(Value::Null);
         }
@@ -1609,6 +1610,16 @@ mod tests {
         with_key.upsert(key);
         let bytes: Value = serde_json::from_slice(&with_key.to_bytes()).unwrap();
         assert!(bytes["anthropic"][0].get("expires").is_none(), "{bytes}");
+        // A key the previous release wrote with `expires: null` is written without it.
+        let old_key = Pool::from_value(json!({"anthropic": [
+            {"email": "k@x", "type": "api", "key": "the-key-0123", "expires": null},
+        ]}))
+        .unwrap();
+        let bytes: Value = serde_json::from_slice(&old_key.to_bytes()).unwrap();
+        assert!(bytes["anthropic"][0].get("expires").is_none(), "{bytes}");
+        assert!(old_key.into_value()["anthropic"][0]
+            .get("expires")
+            .is_none());
         // A default the pool set since it was read is no longer what the file said: shown.
         let mut changed = pool;
         if let Some(Entry::Valid(a)) = changed.anthropic.get_mut(1) {

@@ -310,6 +310,15 @@ pub use crate::store::rescue::{apply_kept, KeptFiles};
 /// Writes unsaved tokens into `pool` where they still belong (the account still holds the
 /// refresh token that was spent, or already ours). Returns the emails written.
 pub fn apply_unsaved(pool: &mut Pool, tokens: &[UnsavedTokens]) -> Vec<String> {
+    apply_unsaved_with(pool, tokens, &crate::store::rescue::spent_in_journal)
+}
+
+/// `apply_unsaved`, asking `spent` whether a token an account holds is known spent.
+pub fn apply_unsaved_with(
+    pool: &mut Pool,
+    tokens: &[UnsavedTokens],
+    spent: &dyn Fn(&Secret) -> bool,
+) -> Vec<String> {
     let mut written = Vec::new();
     // No file at all is no removal: they wait for it to come back.
     if pool.file_missing {
@@ -326,9 +335,14 @@ pub fn apply_unsaved(pool: &mut Pool, tokens: &[UnsavedTokens]) -> Vec<String> {
                 .find(|a| !a.is_api_key() && a.refresh.as_ref() == Some(&t.presented)),
         };
         // An older state of the pool put back meanwhile (a sync tool, a snapshot, an editor's
-        // undo) holds a token that ends before these: they continue its login, as the refresh's
-        // own write takes them. Dropped as "logged in again", they went from memory and disk.
-        let put_back = |a: &Account| !a.is_api_key() && a.expires.is_some_and(|e| e < t.expires);
+        // undo) holds a token the journal knows spent (`rescue::spent_in_journal`): these
+        // continue its login. Dropped as "logged in again", they went from memory and disk. A
+        // login made since (never spent) keeps its place, however soon it ends.
+        let put_back = |a: &Account| {
+            !a.is_api_key()
+                && a.expires.is_some_and(|e| e < t.expires)
+                && a.refresh.as_ref().is_some_and(spent)
+        };
         match holder {
             Some(a)
                 if a.refresh.as_ref() == Some(&t.presented)
@@ -1244,10 +1258,15 @@ mod tests {
         let landed = apply_kept(&mut held, &[file("f1", kept("t0", "t1"))]);
         assert!(landed.spent.is_empty() && landed.done.len() == 1);
         assert_eq!(held.find("a@x").unwrap().status, "auth-error");
-        // An older state of the pool put back (its token ends before theirs): they continue
-        // its login, and what it held and what they replaced are spent.
+        // An older state of the pool put back (its token known spent, and ending before
+        // theirs): they continue its login, and what it held and what they replaced are spent.
+        let spent_t0 = |t: &Secret| t.expose() == "t0";
         let mut back = pool();
-        let landed = apply_kept(&mut back, &[file("f2", kept("t1", "t2"))]);
+        let landed = crate::store::rescue::apply_kept_with(
+            &mut back,
+            &[file("f2", kept("t1", "t2"))],
+            &spent_t0,
+        );
         assert_eq!(
             back.find("a@x").unwrap().refresh.as_ref().unwrap().expose(),
             "t2"
@@ -1257,15 +1276,53 @@ mod tests {
         assert_eq!(landed.done.len(), 1);
         // A chain over a put-back pool lands its end; the link it continues goes too.
         let mut back = pool();
-        let landed = apply_kept(
+        let landed = crate::store::rescue::apply_kept_with(
             &mut back,
             &[file("f1", kept("t5", "t6")), file("f2", kept("t6", "t7"))],
+            &spent_t0,
         );
         assert_eq!(
             back.find("a@x").unwrap().refresh.as_ref().unwrap().expose(),
             "t7"
         );
         assert_eq!(landed.done.len(), 2);
+        // A login made since that ends sooner (Claude Code's imported, one stored with
+        // `expires: 0`) but was never spent keeps its place, and is not noted spent.
+        let mut imported = pool();
+        imported.find_mut("a@x").unwrap().refresh = Some(Secret::new("imported"));
+        let landed = crate::store::rescue::apply_kept_with(
+            &mut imported,
+            &[file("f2", kept("t1", "t2"))],
+            &spent_t0,
+        );
+        assert_eq!(
+            imported
+                .find("a@x")
+                .unwrap()
+                .refresh
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "imported"
+        );
+        assert!(landed.spent.is_empty() && landed.done.is_empty());
+        let mut imported = pool();
+        imported.find_mut("a@x").unwrap().refresh = Some(Secret::new("imported"));
+        assert_eq!(
+            apply_unsaved_with(&mut imported, &[kept("t1", "t2")], &spent_t0),
+            ["a@x"],
+            "taken as logged in again"
+        );
+        assert_eq!(
+            imported
+                .find("a@x")
+                .unwrap()
+                .refresh
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "imported"
+        );
         // A login made again since (a token that ends later) keeps it; theirs fit nowhere and
         // stay kept.
         let mut again = pool();
@@ -1316,7 +1373,10 @@ mod tests {
             "the owning process keeps them too"
         );
         let mut older = pool();
-        assert_eq!(apply_unsaved(&mut older, &[kept("t1", "t2")]), ["a@x"]);
+        assert_eq!(
+            apply_unsaved_with(&mut older, &[kept("t1", "t2")], &spent_t0),
+            ["a@x"]
+        );
         assert_eq!(
             older
                 .find("a@x")

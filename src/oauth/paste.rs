@@ -143,6 +143,13 @@ pub fn parse_pasted(input: &str) -> Result<Pasted> {
             "what reads as the code is empty or holds characters no code has (a space, a quote, a letter outside ASCII): paste the code as the page shows it".into(),
         ));
     }
+    // A stray `#` after the state (a selection that took the next character) is no second code.
+    if let Some(s) = state.as_ref().filter(|s| s.expose().ends_with('#')) {
+        let trimmed = s.expose().trim_end_matches('#');
+        if !trimmed.contains('#') {
+            state = Some(Secret::new(trimmed));
+        }
+    }
     // The code pasted twice (`code#statecode#state`, or on two lines) read as a foreign state
     // and was answered "start the login again", when pasting it once would have done.
     if state.as_ref().is_some_and(|s| s.expose().contains('#')) {
@@ -344,6 +351,14 @@ mod tests {
         let p = parse_pasted("https://platform.claude.com/oauth/code/callback?code=abc&state=st")
             .unwrap();
         assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
+        // A stray `#` after the state.
+        let p = parse_pasted("abc#st#").unwrap();
+        assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));
+        assert_eq!(
+            parse_pasted("abc#st#abc#st").unwrap_err().code(),
+            "OAUTH_BAD_INPUT",
+            "pasted twice"
+        );
         // Without its scheme, as some address bars copy it.
         let p = parse_pasted("platform.claude.com/oauth/code/callback?code=abc&state=st").unwrap();
         assert_eq!((p.code.expose(), p.state.unwrap().expose()), ("abc", "st"));

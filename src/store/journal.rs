@@ -263,6 +263,15 @@ impl Journal {
         seen
     }
 
+    /// Whether the refresh token tagged `token` was spent with its successor saved (in any
+    /// store). Blocking; false when the journal is missing or unusable.
+    pub fn spent_and_saved(&self, token: &str) -> bool {
+        let Ok(Some(book)) = self.read() else {
+            return false;
+        };
+        book.refreshes.iter().any(|e| e.saved && e.token == token)
+    }
+
     /// Of the refresh tokens tagged `tags`, those spent with their successor saved (in any store:
     /// a token works once), and those presented within the last two minutes (a refresh out now,
     /// or one that wrote its tokens and has not noted it yet: a write waiting for the pool's lock

@@ -232,6 +232,25 @@ pub struct KeptLanded {
 /// refused login is not brought back by an old file). A file with tokens that fit nowhere yet
 /// stays: the pool may be an older state put back, which a later link continues.
 pub fn apply_kept(pool: &mut Pool, files: &[(std::path::PathBuf, Vec<KeptTokens>)]) -> KeptLanded {
+    apply_kept_with(pool, files, &spent_in_journal)
+}
+
+/// Whether the machine's refresh journal records `token` spent with its successor saved: a pool
+/// holding it is an older state of the file put back (a sync tool, a snapshot, an editor's undo,
+/// a writer that took no lock). Its `expires` alone is no evidence: a login made since may end
+/// sooner (Claude Code's imported, or one stored with `expires: 0` to refresh at first use),
+/// and such a login was overwritten and noted spent.
+pub fn spent_in_journal(token: &Secret) -> bool {
+    super::journal::Journal::for_user()
+        .is_some_and(|j| j.spent_and_saved(&super::journal::tag(token)))
+}
+
+/// `apply_kept`, asking `spent` whether a token an account holds is known spent.
+pub fn apply_kept_with(
+    pool: &mut Pool,
+    files: &[(std::path::PathBuf, Vec<KeptTokens>)],
+    spent: &dyn Fn(&Secret) -> bool,
+) -> KeptLanded {
     let mut landed = KeptLanded::default();
     if pool.file_missing {
         return landed;
@@ -262,11 +281,10 @@ pub fn apply_kept(pool: &mut Pool, files: &[(std::path::PathBuf, Vec<KeptTokens>
             break;
         }
         if left.len() == before {
-            // The newest kept tokens of an account holding an older token than theirs: an older
-            // state of the pool put back (a sync tool, a snapshot, an editor's undo), whose
-            // token was spent before theirs. They continue its login, as the refresh's own write
-            // takes them (`credentials`); left waiting, the next refresh presented the spent
-            // token. A login made again since holds a token that ends later, and keeps it.
+            // The newest kept tokens of an account holding a token the journal knows spent: an
+            // older state of the pool put back (`spent_in_journal`). They continue its login;
+            // left waiting, the account was refused ("put back to an earlier state"). A login
+            // made again since holds a token never spent, and keeps it, however soon it ends.
             let newest = left
                 .iter()
                 .enumerate()
@@ -280,6 +298,7 @@ pub fn apply_kept(pool: &mut Pool, files: &[(std::path::PathBuf, Vec<KeptTokens>
                         !a.is_api_key()
                             && a.refresh.as_ref() != Some(&t.refresh)
                             && a.expires.is_some_and(|e| e < t.expires)
+                            && a.refresh.as_ref().is_some_and(spent)
                     })
                 })
                 .map(|(i, _)| i);
