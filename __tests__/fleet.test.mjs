@@ -216,8 +216,9 @@ test("hosts whose clocks are ten minutes apart agree on when a 60 s cooldown end
 });
 
 test("store copy: file -> PostgreSQL -> file keeps every field, and pg_dump holds no token", async () => {
-  // The pool in the form the pool itself writes (`expires`, `status`, `rateLimitUntil` always
-  // present; `version: 1` never written, see src/pool.rs), so equality means nothing changed.
+  // The pool in the form the pool itself writes (`status`, `rateLimitUntil` always present,
+  // `expires` for a login; `version: 1` never written, see src/pool.rs), so equality means
+  // nothing changed.
   const pool = {
     anthropic: [
       {
@@ -249,7 +250,7 @@ test("store copy: file -> PostgreSQL -> file keeps every field, and pg_dump hold
         email: "key@fleet.test",
         type: "api",
         key: `${["sk", "ant", "api03"].join("-")}-SECRET-key-0001`, // made at run time: no token-shaped literal
-        expires: null,
+        // No `expires`: a key's none is not written (aidevops's `check` failed on `null`).
         added: "2026-02-01T00:00:00.000Z",
         status: "idle",
         rateLimitUntil: null,
