@@ -58,7 +58,8 @@ export type ErrorCode =
   | "INVALID_ARGUMENT"
   | "NATIVE_MISSING"
   | "STORE_UNAVAILABLE"
-  | "STORE_KEY";
+  | "STORE_KEY"
+  | "ALREADY_CONNECTED";
 
 export interface PoolError extends Error {
   code: ErrorCode;
