@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, symlinkSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync, rmSync, symlinkSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
@@ -367,4 +367,34 @@ test("the aidevops plugin's own writer and ours on one file: its mkdir lock is h
   assert.equal(account(path, "rot@x.test").refresh, mock.tokens("rot@x.test").refresh, "the file holds the live refresh token");
   assert.equal(fam.reuse, 0);
   assert.ok(!existsSync(`${path}.lock.d`), "no lock left behind");
+});
+
+test("a refresh undone by a writer that takes no lock (their bash manage commands) is written back, and the spent token never presented", async () => {
+  const path = await seedPool(mock, ["undone@x.test"], { expired: ["undone@x.test"] });
+  const f = lib.createPoolFetch({ path });
+  // Read as `oauth-pool-manage.sh set-priority` reads it, before our refresh lands.
+  const theirCopy = readPool(path);
+  const before = mock.stats().perFamily["undone@x.test"].refreshCalls;
+  const first = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  assert.equal(first.status, 200);
+  await first.text();
+  await lib.flushPool(path);
+  const live = mock.tokens("undone@x.test").refresh;
+  assert.equal(account(path, "undone@x.test").refresh, live);
+  // Their change, moved over the file under no lock: the spent token is back.
+  theirCopy.anthropic[0].priority = 7;
+  writeFileSync(`${path}.tmp-theirs`, JSON.stringify(theirCopy, null, 2), { mode: 0o600 });
+  renameSync(`${path}.tmp-theirs`, path);
+  assert.notEqual(account(path, "undone@x.test").refresh, live);
+  const second = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  assert.equal(second.status, 200, "served by the tokens the refresh saved");
+  await second.text();
+  await lib.flushPool(path);
+  const fam = mock.stats().perFamily["undone@x.test"];
+  assert.equal(fam.refreshCalls - before, 1, "one refresh");
+  assert.equal(fam.reuse, 0, "the spent token was not presented");
+  const after = account(path, "undone@x.test");
+  assert.equal(after.refresh, live, "the file holds the live refresh token again");
+  assert.equal(after.priority, 7, "their change is kept");
+  assert.notEqual(after.status, "auth-error");
 });

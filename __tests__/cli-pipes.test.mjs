@@ -320,12 +320,12 @@ test("SIGINT while add waits for the code (no bound passed yet) ends it by the s
  * (the code is spent by then), then lets the answer go: resolves the child once it said on
  * stderr what it holds (`said`), with how it ends (`closed`) and its output so far (`output()`).
  */
-async function addSpoiledMidway(path, email, spoil, { ignoreHangup = false } = {}) {
+async function addSpoiledMidway(path, email, spoil, { ignoreHangup = false, json = false } = {}) {
   let answer;
   mock.setTokenMode({ grant: "authorization_code", until: new Promise((r) => (answer = r)), times: 1 });
   // `ignoreHangup`: started the way nohup or `trap '' HUP` starts it.
   const command = ignoreHangup ? ["sh", "-c", `trap '' HUP; exec "$0" "$@"`, process.execPath] : [process.execPath];
-  const child = spawn(command[0], [...command.slice(1), CLI, "add"], { env: childEnv(path), stdio: ["pipe", "pipe", "pipe"] });
+  const child = spawn(command[0], [...command.slice(1), CLI, "add", ...(json ? ["--json"] : [])], { env: childEnv(path), stdio: ["pipe", "pipe", "pipe"] });
   const guard = setTimeout(() => child.kill("SIGKILL"), 60_000);
   const closed = new Promise((r) =>
     child.on("close", (code, sig) => {
@@ -340,8 +340,8 @@ async function addSpoiledMidway(path, email, spoil, { ignoreHangup = false } = {
   const url = await new Promise((resolve) =>
     child.stdout.on("data", (d) => {
       stdout += d;
-      const found = stdout.match(/https?:\/\/\S+/);
-      if (found) resolve(found[0]);
+      const found = json ? stdout.match(/"url":"([^"]+)"/) : stdout.match(/(https?:\/\/\S+)/);
+      if (found) resolve(found[1]);
     }),
   );
   const arrived = mock.waitFor("token", (r) => r.grant === "authorization_code");
@@ -350,12 +350,15 @@ async function addSpoiledMidway(path, email, spoil, { ignoreHangup = false } = {
   await spoil();
   answer();
   // Said, or ended without saying it (the old CLI: the error, then the end).
-  const said = new Promise((resolve) =>
+  const said = new Promise((resolve) => {
     child.stderr.on("data", (d) => {
       stderr += d;
       if (/holds the login/.test(stderr)) resolve();
-    }),
-  );
+    });
+    child.stdout.on("data", () => {
+      if (json && /"holding"/.test(stdout)) resolve();
+    });
+  });
   await Promise.race([said, closed]);
   return { child, closed, output: () => ({ stdout, stderr }) };
 }
@@ -383,6 +386,29 @@ test("add whose pool file was replaced by one that does not parse once the code 
     stored.some((a) => a.email === "other@x.test"),
     "the other account is still there",
   );
+});
+
+test("add --json holding a login it cannot write says so on stdout, a JSON line of its own (it printed the URL and then nothing for as long as it held it)", async () => {
+  const path = freshPath();
+  const email = "kept-json@x.test";
+  await seed(path, ["other@x.test"]);
+  const good = readFileSync(path);
+  const { child, closed, output } = await addSpoiledMidway(path, email, () => writeFileSync(path, BROKEN), { json: true });
+  assert.equal(child.exitCode, null, `the CLI stayed with the login (ended: ${JSON.stringify(output())})`);
+  const lines = output()
+    .stdout.trim()
+    .split("\n")
+    .map((l) => JSON.parse(l));
+  assert.ok(lines[0].url, "the URL first");
+  const holding = lines.find((l) => l.holding)?.holding;
+  assert.equal(holding?.email, email, output().stdout);
+  assert.equal(holding.code, "POOL_CORRUPT");
+  assert.match(holding.message, /holds the login/);
+  assert.equal(output().stderr, "", "stderr stays quiet with --json");
+  writeFileSync(path, good);
+  assert.equal(await closed, 0, output().stdout);
+  const last = JSON.parse(output().stdout.trim().split("\n").at(-1));
+  assert.deepEqual([last.email, last.added], [email, true], "then the result, once the login is written");
 });
 
 test("SIGINT and SIGTERM to add holding a login it cannot write: it says the login is lost and ends non-zero, the pool untouched", {

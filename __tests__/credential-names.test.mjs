@@ -241,8 +241,8 @@ test("the OpenCode 1.18 tool's list and status show a name holding a credential 
   for (const action of ["list", "status"]) answers[action] = await tool.execute({ action }, {});
   answers.unknown = await tool.execute({ action: "enable", email: "nobody@x.test" }, {});
   assertNone(answers, secrets);
-  assert.match(answers.list, /^1\. team \[redacted\] \(#0\) \[Claude login\]/m, answers.list);
-  assert.match(answers.list, /^2\. \[redacted\] \(#1\) \[API key\]/m, answers.list);
+  assert.match(answers.list, /^#0 team \[redacted\] \[Claude login\]/m, answers.list);
+  assert.match(answers.list, /^#1 \[redacted\] \[API key\]/m, answers.list);
   assert.match(answers.status, /^ {2}team \[redacted\] \(#0\): /m, answers.status);
   assert.match(answers.status, /^ {2}\[redacted\] \(#1\): /m, answers.status);
   assert.match(answers.unknown, /Accounts in the pool: team \[redacted\] \(#0\), \[redacted\] \(#1\)\./, answers.unknown);

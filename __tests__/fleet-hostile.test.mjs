@@ -8,7 +8,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
@@ -499,6 +499,27 @@ test("a role without CREATE on the schema: init says so, coded; once the DBA mad
   assert.equal(refreshed.json?.outcome, "refreshed", refreshed.stdout);
 });
 
+test("tables of the pool's names that are another program's, or the pool's dropped in part: init says the tables are not the pool's (POOL_CORRUPT), not that the store cannot be reached, and changes nothing", async () => {
+  const cases = [
+    ["CREATE TABLE oauth_pool_meta (id serial PRIMARY KEY, name text, value int)"],
+    ["CREATE TABLE oauth_pool_entries (id serial PRIMARY KEY, payload text)", "INSERT INTO oauth_pool_entries (payload) VALUES ('theirs')"],
+    ["CREATE TABLE oauth_pool_meta (name text PRIMARY KEY, value text NOT NULL)", "INSERT INTO oauth_pool_meta VALUES ('schema', '1')"],
+  ];
+  for (const statements of cases) {
+    const db = await freshDatabase();
+    // Made by the role itself, as another program of the same database user would.
+    for (const statement of statements) await pg.sql(`SET ROLE ${ROLE}; ${statement}`, db.name);
+    const before = await pg.sql("SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relname LIKE 'oauth_pool_%' AND relkind = 'r'", db.name);
+    const host = makeHost("foreign", db.url);
+    const init = await cliJson(host, "store", "init");
+    assert.equal(init.code, 1, init.stdout);
+    assert.equal(init.err?.code, "POOL_CORRUPT", `${statements[0]}: ${init.stdout}`);
+    assert.match(init.err.message, /the store's tables are not the pool's/);
+    const after = await pg.sql("SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relname LIKE 'oauth_pool_%' AND relkind = 'r'", db.name);
+    assert.equal(after, before, "nothing was created");
+  }
+});
+
 test("a search_path moved to another schema: the pool is not found, and init refuses to start a fresh one beside it", async () => {
   const f = await fleet([oauthEntry("path@hostile.test")]);
   await pg.sql(`CREATE SCHEMA other AUTHORIZATION ${ROLE}`, f.db.name);
@@ -738,6 +759,53 @@ test("PostgreSQL restarted while a host's token is at the token endpoint (down l
     mock.setTokenMode(null);
     release?.();
     await Promise.all([onA.close(), onB.close()]);
+  }
+});
+
+test("PostgreSQL lost while a host's token is at the token endpoint, and that host's process then ends: its new tokens are kept on the host, and the host's next process writes them to the store; the token is presented once", async () => {
+  const email = "lost@hostile.test";
+  const f = await fleet([oauthEntry(email, { expired: true })]);
+  let release;
+  mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (release = r)) });
+  const onA = startHostProcess(f.a);
+  let down = false;
+  const kept = () => {
+    const dir = join(f.a.home, ".aidevops");
+    return existsSync(dir) ? readdirSync(dir).filter((n) => n.startsWith("oauth-pool-store-") && n.includes(".unsaved-")) : [];
+  };
+  try {
+    await onA.ready;
+    const first = onA.ask("fetch");
+    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    await pg.stop();
+    down = true;
+    release();
+    // Served with the new tokens from memory; their write failed with the database gone.
+    const served = await first;
+    assert.equal(served.value?.status, 200, JSON.stringify(served));
+    await onA.close();
+    // They lived only in that process, and went with it: the next host to present the token
+    // it spent had the login revoked (found by a review).
+    assert.equal(kept().length, 1, "kept on the host, in ~/.aidevops");
+    await pg.start();
+    down = false;
+    const next = startHostProcess(f.a);
+    try {
+      await next.ready;
+      const again = await next.ask("fetch");
+      assert.equal(again.value?.status, 200, JSON.stringify(again));
+    } finally {
+      await next.close();
+    }
+    presentedOnce(email);
+    const stored = (await storedPool(f.a)).anthropic.find((a) => a.email === email);
+    assert.equal(stored.refresh, mock.tokens(email).refresh, "the store holds the live refresh token");
+    assert.deepEqual(kept(), [], "the kept file goes once its tokens are in the store");
+  } finally {
+    mock.setTokenMode(null);
+    release?.();
+    await onA.close();
+    if (down) await pg.start();
   }
 });
 

@@ -264,14 +264,20 @@ test("tokens kept while the file is gone are saved once it is back, however long
   assert.equal(existsSync(path), false, "no pool file is made while it is gone");
   // A caller that asks is told the new tokens are only in this process (flushPool resolved, and
   // a script that ended then lost the login without a word).
-  await assert.rejects(
-    flushPool(path),
-    (e) => e.code === "POOL_IO" && /long-gone-refresh@x\.test was refreshed, but its new tokens could not be saved/.test(e.message),
-  );
+  let told;
+  await assert.rejects(flushPool(path), (e) => {
+    told = e.message;
+    return e.code === "POOL_IO" && /long-gone-refresh@x\.test was refreshed, but its new tokens could not be saved/.test(e.message);
+  });
   // Nothing but the new tokens kept on disk beside it (store/rescue.rs): no lock file. The
   // refresh token's own lock went once they were kept (the account's stays held with them).
   const keptName = new RegExp(`^${basename(path).replaceAll(".", "\\.")}\\.unsaved-${process.pid}-\\d+\\.json$`);
   const kept = readdirSync(dirname(path)).filter((n) => keptName.test(n));
+  // The message names that file and says nothing is lost (it said the account needed a new
+  // login, and a user believing it logged in again for nothing, or deleted the file).
+  assert.ok(told.includes(join(dirname(path), kept[0])), told);
+  assert.match(told, /do not delete that file/);
+  assert.doesNotMatch(told, /needs a new login/);
   assert.equal(kept.length, 1, readdirSync(dirname(path)).join(", "));
   const before = left.filter((n) => !n.endsWith(".token.lock"));
   assert.deepEqual(readdirSync(dirname(path)).sort(), [...before, ...kept].sort(), "nothing else is made beside it (a lock file)");

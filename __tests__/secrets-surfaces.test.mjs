@@ -488,3 +488,38 @@ test("a caller's key that fetch options cannot carry (a line break in it) is not
   );
   assertNoCanary({ errors: JSON.stringify(errors) }, s);
 });
+
+test("a lastError another program wrote with a credential in it is scrubbed in listAccounts, poolStatus and the CLI's --json, as in its text", async () => {
+  const own = canary();
+  const shaped = ["sk", "ant", "ort01", randomBytes(30).toString("base64url")].join("-");
+  const path = join(tmp, "last-error", "oauth-pool.json");
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  const anthropic = [
+    {
+      email: "noted@x.test",
+      refresh: own,
+      access: canary(),
+      expires: Date.now() + 3_600_000,
+      status: "auth-error",
+      lastError: `refused: refresh_token=${own} (also ${shaped})`,
+    },
+  ];
+  writeFileSync(path, JSON.stringify({ version: 1, anthropic }), { mode: 0o600 });
+  const views = {
+    listAccounts: JSON.stringify(await lib.listAccounts(path)),
+    poolStatus: JSON.stringify(await lib.poolStatus(path)),
+  };
+  for (const command of ["list", "status"]) {
+    const child = spawn(process.execPath, [CLI, command, "--json", "--path", path], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stderr.on("data", (d) => (out += d));
+    await new Promise((resolve) => child.on("close", resolve));
+    views[`${command} --json`] = out;
+  }
+  for (const [name, text] of Object.entries(views)) {
+    assert.match(text, /refused: refresh_token=/, `${name} keeps the message`);
+    assert.ok(!text.includes(own), `${name}: the entry's own refresh token`);
+    assert.ok(!text.includes(shaped) && !text.includes(shaped.slice(-20)), `${name}: a token-shaped run`);
+  }
+});

@@ -354,13 +354,15 @@ try {
     `${refreshes().length} refreshes; ${shown(sent())}; ${JSON.stringify(entry("lee@example.com")?.status)}`,
   );
 
-  // 9. The token endpoint down while every token is expired.
+  // 9. The token endpoint down for an hour while every token is expired: the pool's 429 with
+  // that wait (past a minute, OpenCode is handed no wait: it retries at once, answered by the
+  // pool), so the run ends saying why.
   scene([account("ned@example.com", { expired: true }), account("oli@example.com", { expired: true })]);
-  mock.setTokenMode({ status: 503, times: -1 });
+  mock.setTokenMode({ status: 503, times: -1, retryAfter: HOUR });
   const down = await opencodeRun("token-down", "say hi");
   check(
     `the token endpoint down, every token expired: the run ends saying why (${down.ms} ms)`,
-    down.code === 1 && /no usable account: .*token endpoint|no usable account: .*not refreshed before/.test(said(down)),
+    down.code === 1 && /no account has a usable access token, and the token endpoint is not taking refreshes now/.test(said(down)),
     outcome(down),
   );
   check(
@@ -368,6 +370,18 @@ try {
     refreshes().length === 2 && sent().length === 0,
     `${refreshes().length} refreshes; ${shown(sent())}`,
   );
+
+  // 9b. The token endpoint down for a moment (its 503 asks for 2 s): OpenCode waits the pool's
+  // 429 out and the run is served. It ended with POOL_NO_ACCOUNT, which OpenCode does not retry.
+  scene([account("pat@example.com", { expired: true })]);
+  mock.setTokenMode({ status: 503, times: 1, retryAfter: 2 });
+  const blip = await opencodeRun("token-blip", "say hi");
+  check(
+    `the token endpoint down for 2 s, every token expired: the run waits and is served (${blip.ms} ms)`,
+    blip.code === 0 && /Hello from pat@example\.com/.test(blip.stdout),
+    outcome(blip),
+  );
+  check("  two refreshes, the second after the endpoint's wait", refreshes().length === 2, `${refreshes().length} refreshes`);
 
   // 10. An API key refused with 401 (revoked), a login beside it.
   scene([

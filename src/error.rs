@@ -106,11 +106,13 @@ pub enum Error {
     StoreCorrupt(String),
     /// `refreshAccount` spent the refresh token, and the write of its successor failed: reported
     /// with the write's own code, since the refresh alone did not make the account durable.
-    #[error("{} was refreshed, but its new tokens could not be saved ({}): the refresh token in the pool is spent, and only this process holds the new one (it retries the save while it runs). Fix that now: once this process ends with them unsaved, the account needs a new login", bounded(.email), bounded(.reason))]
+    #[error("{} was refreshed, but its new tokens could not be saved ({}): the refresh token in the pool is spent. {}", bounded(.email), bounded(.reason), unsaved_advice(.kept.as_deref()))]
     TokensUnsaved {
         email: String,
         reason: String,
         code: &'static str,
+        /// The file beside the pool (`store::rescue`) that holds them, when they could be kept.
+        kept: Option<String>,
     },
     /// A login whose code was spent and whose account could not be written: reported with the
     /// write's own code, like `TokensUnsaved`.
@@ -120,6 +122,19 @@ pub enum Error {
         reason: String,
         code: &'static str,
     },
+}
+
+/// What `TokensUnsaved` leaves the user to do: with the tokens kept on disk, nothing is lost
+/// (it said "the account needs a new login", and a user believing it logged in again for
+/// nothing, or deleted the kept file); with none, only this process holds them.
+fn unsaved_advice(kept: Option<&str>) -> String {
+    match kept {
+        Some(file) => format!(
+            "The new ones are kept in {} (0600), and the next write to the pool by a process or command of this package on this machine takes them (OpenCode's next request, `oauth-pool refresh` of the account, `priority`, `reset-cooldowns`; not a read such as `list`): fix what stopped the write, and do not delete that file",
+            bounded(file)
+        ),
+        None => "Only this process holds the new one (it retries the save while it runs). Fix that now: once this process ends with them unsaved, the account needs a new login".into(),
+    }
 }
 
 /// The codes of `Error::asking_again_cannot_help`.

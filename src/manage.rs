@@ -48,7 +48,13 @@ pub fn summary(a: &Account, now: i64) -> Value {
         "added": a.added,
         "lastUsed": a.last_used,
         "expires": a.expires,
-        "lastError": a.extra.get("lastError").and_then(Value::as_str),
+        // Free text another program (or a hand edit) may have written: its credentials, the
+        // entry's own first, are taken out as every other view of it does.
+        "lastError": a.extra.get("lastError").and_then(Value::as_str).map(|e| {
+            let own: Vec<&crate::secret::Secret> =
+                [&a.access, &a.refresh, &a.key].into_iter().flatten().collect();
+            crate::secret::scrub(e, &own)
+        }),
         "credential": a.has_credential(),
         // What the pool goes by, where `status` is what the file says: an `auth-error` another
         // program wrote, for a credential the pool never saw refused, does not stop it.

@@ -204,6 +204,9 @@ async function add({ lib, options, path, out }) {
   out.result(r, text`${r.added ? "added" : "updated"} ${r.email}`);
 }
 
+/** A write's failure with the random part of its temp file's name left out. */
+const withoutTempNames = (reason) => String(reason ?? "").replace(/[^\s()'"`]*\.tmp\b/g, "<temp>");
+
 // How often `add` looks whether the login it holds was written (the addon tries every 5 s).
 const KEPT_POLL_MS = 250;
 
@@ -219,7 +222,10 @@ async function keptLoginWritten(err, before, out) {
   if (!login) throw err;
   const { email } = login;
   const added = !before?.anthropic?.some((a) => a?.email === email);
-  out.note(
+  // With --json, a line of its own on stdout (as the URL's): notes are silent there, and a
+  // script saw the URL and then nothing, for as long as the command held the login.
+  const tell = (message) => (out.json ? out.result({ holding: { email, code: err.code ?? "ERROR", message } }) : out.note(message));
+  tell(
     text`logged in as ${email}, but the pool cannot take the login yet (${login.error}). This command holds the login and writes it as soon as the pool can, trying every 5 s: fix that and leave it running. Ending it (Ctrl-C) loses the login.`,
   );
   let said = login.error;
@@ -253,9 +259,11 @@ async function keptLoginWritten(err, before, out) {
           { exitCode: 128 + (osConstants.signals[ended.signal] ?? 0) },
         );
       }
-      if (still.error !== said) {
+      // The same reason told again only for another cause: a write's temp file has a new
+      // random name each time, and the line came back every 5 s.
+      if (withoutTempNames(still.error) !== withoutTempNames(said)) {
         said = still.error;
-        out.note(text`still holding the login of ${email}: ${said}`);
+        tell(text`still holding the login of ${email}: ${said}`);
       }
     }
   } finally {

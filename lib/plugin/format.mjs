@@ -224,9 +224,15 @@ export function usageLine(label, summary, prices) {
   return `${label}: ${countsText(summary.total)}${cost == null ? "" : ` (≈ $${cost.toFixed(2)} at API prices)`}`;
 }
 
+/**
+ * One account of `list`, led by the `#N` every action takes (its place in the file, from 0): it
+ * was numbered from 1, and `disable #2` took the account on the line numbered 3.
+ */
 export function accountLine(a, i, now = Date.now(), hints = HINTS.v1) {
+  const placed = placedName(a.email, i);
+  const name = placed.endsWith(` (#${i})`) ? placed.slice(0, -` (#${i})`.length) : placed;
   const parts = [
-    `${i + 1}. ${placedName(a.email, i)} [${a.type === "api" ? "API key" : "Claude login"}] ${statusText(a, now, hints)}`,
+    `#${i} ${name} [${a.type === "api" ? "API key" : "Claude login"}] ${statusText(a, now, hints)}`,
     `priority ${a.priority ?? 0}`,
     a.lastUsed ? `last used ${ago(a.lastUsed, now)}` : "never used",
   ];

@@ -36,6 +36,7 @@ const USAGE = [
   "disable <email>: stop using an account but keep its login",
   "priority <email> <n>: higher is tried first (default 0)",
   "reset-cooldowns: forget every rate-limit cooldown now",
+  "an account is named by its email, or by the #N `list` shows before it (its place in the pool, from #0)",
 ];
 
 const empty = (hints) =>
@@ -573,7 +574,10 @@ export const TOOL_INPUT_SCHEMA = Object.freeze({
   type: "object",
   properties: {
     action: { type: "string", enum: ACTIONS, description: "What to do" },
-    email: { type: "string", description: "The account's email (remove, enable, disable, priority; list and status show it alone)" },
+    email: {
+      type: "string",
+      description: "The account's email, or the #N list shows before it, counted from #0 (remove, enable, disable, priority; list and status show it alone)",
+    },
     priority: { type: "integer", description: "The new priority for action priority; higher is tried first" },
   },
   required: ["action"],

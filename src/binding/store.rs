@@ -101,10 +101,10 @@ pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_
         logging::init();
         let source = Store::open(&from).map_err(js_error)?;
         let target = Store::open(&to).map_err(js_error)?;
-        // Tokens a process kept beside a source file (`store::rescue`) are written into it
-        // first: copied as it was, the pool's spent refresh token went along, and the copy
-        // presented it.
-        if let Some(path) = source.path().map(std::path::Path::to_path_buf) {
+        // Tokens a process kept beside a source file (`store::rescue`), or on this host for a
+        // source fleet store, are written into it first: copied as it was, the pool's spent
+        // refresh token went along, and the copy presented it.
+        if let Some(path) = source.rescue_path() {
             let kept = store::blocking(move || Ok(!store::rescue::found(&path).is_empty()))
                 .await
                 .unwrap_or(false);

@@ -205,6 +205,20 @@ pub struct Credentials {
     /// email -> the refresh token the endpoint refused (`invalid_grant`): a request that waited
     /// on that refresh finds it here and does not present the dead token again.
     refused: Mutex<HashMap<String, Secret>>,
+    /// email -> the tokens this process saved last, with the refresh token they replaced. A
+    /// writer that takes no lock (aidevops's bash manage commands read the file, change it and
+    /// move a copy over it) can put the spent token back over them: every write of this process
+    /// puts these back in its place (`apply_successors`), where the login was lost before.
+    successors: Mutex<HashMap<String, UnsavedTokens>>,
+    /// The file this process's unsaved tokens are kept in beside the pool (`store::rescue`),
+    /// while there is one: what `TokensUnsaved` tells the user.
+    pub(crate) kept_file: Mutex<Option<std::path::PathBuf>>,
+    /// email -> what the token endpoint answered when this process's last refresh of it failed
+    /// in a way waiting mends (a 5xx, 429 or 408: the endpoint answered, and said later). Only
+    /// those waits are the pool's 429 when no account cools (`Exchange::exhausted`): a refusal
+    /// or an endpoint never reached (a wrong URL, a TLS failure) made a host retry for ever, its
+    /// cause unsaid. Another process's wait, whose cause this one does not know, is not.
+    passing_failures: Mutex<HashMap<String, String>>,
 }
 
 /// What `refresh_now` did: `refreshed` (this process spent the token), `adopted` (another
@@ -239,6 +253,18 @@ impl Credentials {
         Some((u.error.clone(), u.code))
     }
 
+    /// What the token endpoint answered, when this process saw `email`'s last refresh fail in a
+    /// way waiting mends.
+    pub fn passing_failure(&self, email: &str) -> Option<String> {
+        lock(&self.passing_failures).get(email).cloned()
+    }
+
+    fn kept_file_shown(&self) -> Option<String> {
+        lock(&self.kept_file)
+            .as_ref()
+            .map(|p| p.display().to_string())
+    }
+
     pub fn has_unsaved(&self) -> bool {
         !lock(&self.unsaved).is_empty()
     }
@@ -252,6 +278,7 @@ impl Credentials {
                 email: email.clone(),
                 reason: u.error.clone(),
                 code: u.code,
+                kept: self.kept_file_shown(),
             })
     }
 
@@ -280,20 +307,54 @@ impl Credentials {
     /// `written` names each account with the refresh token the write carried: tokens refreshed
     /// again since (kept unsaved, the write already under way) stay kept.
     pub fn saved(&self, written: &[(String, Secret)]) -> Vec<(String, Secret)> {
-        let mut unsaved = lock(&self.unsaved);
         let mut spent = Vec::new();
-        for (e, refresh) in written {
-            if unsaved.get(e).is_some_and(|u| u.refresh != *refresh) {
-                continue;
-            }
-            if let Some(u) = unsaved.remove(e) {
-                tracing::info!(account = %e, "saved the tokens that could not be written before");
-                if u.refresh != u.presented {
-                    spent.push((e.clone(), u.presented));
+        let mut landed = Vec::new();
+        {
+            let mut unsaved = lock(&self.unsaved);
+            for (e, refresh) in written {
+                if unsaved.get(e).is_some_and(|u| u.refresh != *refresh) {
+                    continue;
+                }
+                if let Some(u) = unsaved.remove(e) {
+                    tracing::info!(account = %e, "saved the tokens that could not be written before");
+                    if u.refresh != u.presented {
+                        spent.push((e.clone(), u.presented.clone()));
+                        landed.push(UnsavedTokens {
+                            email: e.clone(),
+                            access: u.access.clone(),
+                            refresh: u.refresh.clone(),
+                            expires: u.expires,
+                            presented: u.presented.clone(),
+                        });
+                    }
                 }
             }
         }
+        // Once `unsaved` is let go: `successors()` takes the two locks one at a time, and two
+        // writes of one process holding one each waited on each other for ever.
+        for t in landed {
+            self.saved_successor(t);
+        }
         spent
+    }
+
+    /// A refresh's tokens are in the store, in place of the refresh token they replaced.
+    fn saved_successor(&self, tokens: UnsavedTokens) {
+        lock(&self.successors).insert(tokens.email.clone(), tokens);
+    }
+
+    /// The tokens this process saved last for each account (`apply_successors`).
+    pub fn successors(&self) -> Vec<UnsavedTokens> {
+        let all: Vec<UnsavedTokens> = lock(&self.successors).values().cloned().collect();
+        if all.is_empty() {
+            return all;
+        }
+        // Tokens refreshed again since and not saved yet are newer: they are the ones put back.
+        // One lock at a time (`saved` takes them in the other order).
+        let unsaved = lock(&self.unsaved);
+        all.into_iter()
+            .filter(|t| !unsaved.contains_key(&t.email))
+            .collect()
     }
 
     /// For status: which accounts hold unsaved tokens, since when, and why.
@@ -306,6 +367,16 @@ impl Credentials {
 }
 
 pub use crate::store::rescue::{apply_kept, KeptFiles};
+
+/// The entry of `email`'s login: by its name, else the one still holding `spent`, the refresh
+/// token its newer tokens replaced (renamed meanwhile: a hand edit, a script's `savePool`).
+fn holder_mut<'a>(pool: &'a mut Pool, email: &str, spent: &Secret) -> Option<&'a mut Account> {
+    if pool.find(email).is_some() {
+        return pool.find_mut(email);
+    }
+    pool.accounts_mut()
+        .find(|a| !a.is_api_key() && a.refresh.as_ref() == Some(spent))
+}
 
 /// Writes unsaved tokens into `pool` where they still belong (the account still holds the
 /// refresh token that was spent, or already ours). Returns the emails written.
@@ -326,14 +397,7 @@ pub fn apply_unsaved_with(
     }
     for t in tokens {
         let unread = pool.unreadable_may_be(&t.email, &[&t.presented, &t.refresh]);
-        // Renamed meanwhile (a hand edit, a script's `savePool`): the entry still holding the
-        // spent token is this login, as for the refresh's own write.
-        let holder = match pool.find(&t.email) {
-            Some(_) => pool.find_mut(&t.email),
-            None => pool
-                .accounts_mut()
-                .find(|a| !a.is_api_key() && a.refresh.as_ref() == Some(&t.presented)),
-        };
+        let holder = holder_mut(pool, &t.email, &t.presented);
         // An older state of the pool put back meanwhile (a sync tool, a snapshot, an editor's
         // undo) holds a token the journal knows spent (`rescue::spent_in_journal`): these
         // continue its login. Dropped as "logged in again", they went from memory and disk. A
@@ -360,6 +424,48 @@ pub fn apply_unsaved_with(
         }
     }
     written
+}
+
+/// Puts back tokens this process saved (`Credentials::successors`) where an account holds the
+/// refresh token they replaced again: a lock-free writer's copy of the file, read before our
+/// write and moved over it after. The spent token would be refused at the next refresh, and the
+/// login lost with it. Returns the emails put back.
+pub fn apply_successors(pool: &mut Pool, successors: &[UnsavedTokens]) -> Vec<String> {
+    if successors.is_empty() {
+        return Vec::new();
+    }
+    apply_successors_with(pool, successors, &crate::store::rescue::spent_in_journal)
+}
+
+/// `apply_successors`, asking `spent` whether a refresh token is known spent.
+pub fn apply_successors_with(
+    pool: &mut Pool,
+    successors: &[UnsavedTokens],
+    spent: &dyn Fn(&Secret) -> bool,
+) -> Vec<String> {
+    let mut put = Vec::new();
+    if pool.file_missing {
+        return put;
+    }
+    for t in successors {
+        let Some(a) = holder_mut(pool, &t.email, &t.presented) else {
+            continue;
+        };
+        if a.is_api_key() || a.refresh.is_none() || a.refresh.as_ref() == Some(&t.refresh) {
+            continue;
+        }
+        // The very token these replaced, or an older one the journal knows spent (a copy read
+        // before an earlier refresh). A login made since holds a token never spent, and stays.
+        let back = a.refresh.as_ref() == Some(&t.presented)
+            || (a.expires.is_some_and(|e| e < t.expires) && a.refresh.as_ref().is_some_and(spent));
+        // Refreshed again since by another process: ours are spent too, and its are the login.
+        if back && !spent(&t.refresh) {
+            tracing::warn!(account = %a.email, "the pool file was put back to a refresh token this process had spent (a writer that takes no lock); writing the tokens that replaced it again");
+            a.set_tokens(&t.access, &t.refresh, t.expires);
+            put.push(a.email.clone());
+        }
+    }
+    put
 }
 
 /// The access token if it is present and not within the refresh margin of its expiry. An
@@ -454,9 +560,24 @@ impl Engine {
     /// used to refresh on their own, outside the pool's lock.
     pub async fn refresh_now(self: &Arc<Self>, email: &str) -> Result<RefreshReport> {
         let pool = self.store.load().await?;
-        let account = pool
-            .find(email)
-            .ok_or_else(|| Error::AccountNotFound(email.to_string()))?;
+        // Named as every other command names an account (`Pool::resolve`): its email, else its
+        // `#N`, else in another case. By its email as written only, an account whose name holds
+        // a credential (`list` shows `[redacted] (#0)`) could be refreshed only by typing it.
+        let found = pool.resolve(email)?;
+        let entry = found
+            .iter()
+            .map(|i| &pool.anthropic[*i])
+            .find(|e| matches!(e, crate::pool::Entry::Valid(_)))
+            .or_else(|| found.first().map(|i| &pool.anthropic[*i]));
+        let account = match entry {
+            Some(crate::pool::Entry::Valid(a)) => a,
+            Some(crate::pool::Entry::Invalid { reason, .. }) => {
+                return Err(Error::InvalidArgument(format!(
+                    "the entry {email} is unreadable ({reason}): fix it in the file or remove it"
+                )))
+            }
+            None => return Err(Error::AccountNotFound(email.to_string())),
+        };
         if account.is_api_key() {
             return Err(Error::InvalidArgument(format!(
                 "{email} is a Console API key: there is nothing to refresh"
@@ -497,6 +618,7 @@ impl Engine {
                     email,
                     reason,
                     code,
+                    kept: self.credentials.kept_file_shown(),
                 });
             }
             tokio::time::sleep(UNSAVED_LOOK).await;
@@ -659,6 +781,15 @@ impl Engine {
         // Tokens a process that ended could not write (`store::rescue`): their refresh token is
         // the live one, the pool's is spent.
         let _ = apply_kept(&mut pool, &self.kept_elsewhere().await);
+        // Ours, saved and then undone by a writer that takes no lock: written back at once (a
+        // process reading the spent token would be refused it, and an older release would
+        // present it), and taken from here if that write fails. The fleet store's lock holds
+        // the row this write would wait for; its next write under the lock puts them back.
+        if !apply_successors(&mut pool, &self.credentials.successors()).is_empty()
+            && !refresh_lock.is_fleet()
+        {
+            let _ = self.write(|_| Ok(())).await;
+        }
         let account = pool
             .find(email)
             .ok_or_else(|| Error::AccountNotFound(email.to_string()))?
@@ -929,15 +1060,9 @@ impl Engine {
                             ),
                         ));
                     }
-                    // Renamed meanwhile (a hand edit, a script's `savePool`): the entry still
-                    // holding the spent token is this login, and dropping the tokens lost it.
-                    let holder = if pool.find(&who).is_some() {
-                        pool.find_mut(&who)
-                    } else {
-                        pool.accounts_mut()
-                            .find(|a| !a.is_api_key() && a.refresh.as_ref() == Some(&spent))
-                    };
-                    Ok(match holder {
+                    // Renamed meanwhile, the entry still holding the spent token is this login,
+                    // and dropping the tokens lost it.
+                    Ok(match holder_mut(pool, &who, &spent) {
                         Some(a) if a.refresh.as_ref() == Some(&spent) || put_back(a) => {
                             let kept = (a.access.clone(), a.expires);
                             a.set_tokens(&a2, &r2, expires);
@@ -1007,6 +1132,15 @@ impl Engine {
                         Ok(())
                     });
                     let _ = tokio::time::timeout(JOURNAL_PATIENCE, noting).await;
+                }
+                if matches!(write, Ok(None)) && unusable.is_none() && refresh != presented {
+                    self.credentials.saved_successor(UnsavedTokens {
+                        email: email.to_string(),
+                        access: access.clone(),
+                        refresh: refresh.clone(),
+                        expires,
+                        presented: presented.clone(),
+                    });
                 }
                 if let Ok(Some(login)) = write {
                     tracing::debug!(account = %email, "logged in again during the refresh; the new login is used");
@@ -1122,6 +1256,14 @@ impl Engine {
                     // finds it in flight while this one lives) presents it once the rest is over.
                     released_in_journal(journal, here, tag, email).await;
                 }
+                let passing = matches!(&e, Error::OAuthHttp { status, .. }
+                    if *status >= 500 || matches!(status, 408 | 429));
+                if passing {
+                    let said: String = e.to_string().chars().take(300).collect();
+                    lock(&self.credentials.passing_failures).insert(email.to_string(), said);
+                } else {
+                    lock(&self.credentials.passing_failures).remove(email);
+                }
                 // Written before the locks go: the next in line (in this process or another)
                 // re-reads and must find it, or it presents the same token again.
                 let until = now_ms().saturating_add(backoff_ms(&e));
@@ -1222,6 +1364,147 @@ fn serve_old_or(account: &Account, rejected: Option<&Secret>, err: Error) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `successors()` (each write's start) and `saved()` (a write that landed unsaved tokens)
+    /// each took both of their locks, in opposite orders: two writes of one process at once
+    /// waited on each other for ever (found by a review).
+    #[test]
+    fn the_successors_and_the_unsaved_tokens_are_never_waited_on_together() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let creds = Arc::new(Credentials::default());
+        creds.saved_successor(UnsavedTokens {
+            email: "b@x".into(),
+            access: Secret::new("ab"),
+            refresh: Secret::new("rb2"),
+            expires: 1,
+            presented: Secret::new("rb1"),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (creds, stop) = (creds.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = creds.successors();
+                }
+            })
+        };
+        let writer = {
+            let (creds, stop) = (creds.clone(), stop.clone());
+            let path = dir.path().join("a.lock");
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let held =
+                        crate::store::FileLock::acquire(&path, Duration::from_secs(1)).unwrap();
+                    lock(&creds.unsaved).insert(
+                        "a@x".into(),
+                        Unsaved {
+                            access: Secret::new("aa"),
+                            refresh: Secret::new("ra2"),
+                            expires: 1,
+                            presented: Secret::new("ra1"),
+                            error: "x".into(),
+                            code: "POOL_IO",
+                            since: 0,
+                            _lock: RefreshLock::File(held, Default::default()),
+                            _claim: None,
+                        },
+                    );
+                    let _ = creds.saved(&[("a@x".to_string(), Secret::new("ra2"))]);
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !(reader.is_finished() && writer.is_finished()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "successors() and saved() waited on each other"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            creds.successors().len(),
+            2,
+            "the landed tokens are remembered too"
+        );
+    }
+
+    #[test]
+    fn saved_tokens_undone_by_a_lock_free_writer_are_put_back() {
+        let saved = |presented: &str, refresh: &str, expires: i64| UnsavedTokens {
+            email: "a@x".into(),
+            access: Secret::new(format!("access-{refresh}")),
+            refresh: Secret::new(refresh),
+            expires,
+            presented: Secret::new(presented),
+        };
+        let pool = |refresh: &str, expires: i64| {
+            Pool::from_value(serde_json::json!({"anthropic": [
+                {"email": "a@x", "refresh": refresh, "access": "old", "expires": expires,
+                 "status": "auth-error", "authErrorToken": "x", "priority": 3},
+            ]}))
+            .unwrap()
+        };
+        let refresh_of = |p: &Pool| p.find("a@x").unwrap().refresh.clone().unwrap();
+        let nothing_spent = |_: &Secret| false;
+        // The spent token back in the file: ours again, the refusal it drew cleared, the rest of
+        // the writer's change (here the priority) kept.
+        let mut back = pool("t1", 1_000);
+        assert_eq!(
+            apply_successors_with(&mut back, &[saved("t1", "t2", 2_000)], &nothing_spent),
+            ["a@x"]
+        );
+        let a = back.find("a@x").unwrap();
+        assert_eq!(refresh_of(&back).expose(), "t2");
+        assert_eq!(a.access.as_ref().unwrap().expose(), "access-t2");
+        assert_eq!(a.status, "idle");
+        assert_eq!(a.priority, Some(3));
+        // Renamed by the writer: the entry holding the spent token.
+        let mut renamed = Pool::from_value(serde_json::json!({"anthropic": [
+            {"email": "b@x", "refresh": "t1", "access": "old", "expires": 1_000},
+        ]}))
+        .unwrap();
+        assert_eq!(
+            apply_successors_with(&mut renamed, &[saved("t1", "t2", 2_000)], &nothing_spent),
+            ["b@x"]
+        );
+        // Ours in place, a login made since, or a token refreshed again by another process:
+        // nothing to put back.
+        for (refresh, expires) in [("t2", 2_000), ("login", 500), ("t3", 3_000)] {
+            let mut p = pool(refresh, expires);
+            assert!(
+                apply_successors_with(&mut p, &[saved("t1", "t2", 2_000)], &nothing_spent)
+                    .is_empty(),
+                "{refresh}"
+            );
+            assert_eq!(refresh_of(&p).expose(), refresh);
+        }
+        // An older token the journal knows spent, ending before ours: put back too.
+        let spent_t0 = |t: &Secret| t.expose() == "t0";
+        let mut older = pool("t0", 500);
+        assert_eq!(
+            apply_successors_with(&mut older, &[saved("t1", "t2", 2_000)], &spent_t0),
+            ["a@x"]
+        );
+        // Ours spent since by another process (it holds their successor): not put back.
+        let spent_t2 = |t: &Secret| t.expose() == "t2";
+        let mut spent_since = pool("t1", 1_000);
+        assert!(
+            apply_successors_with(&mut spent_since, &[saved("t1", "t2", 2_000)], &spent_t2)
+                .is_empty()
+        );
+        assert_eq!(refresh_of(&spent_since).expose(), "t1");
+        // A key under the name is not a login.
+        let mut key = Pool::from_value(serde_json::json!({"anthropic": [
+            {"email": "a@x", "type": "api", "key": "k"},
+        ]}))
+        .unwrap();
+        assert!(
+            apply_successors_with(&mut key, &[saved("t1", "t2", 2_000)], &nothing_spent).is_empty()
+        );
+    }
 
     #[test]
     fn kept_tokens_land_as_a_chain_whatever_order_they_come_in() {

@@ -1126,20 +1126,41 @@ impl Exchange {
             })
             .min_by_key(|(t, _)| *t);
         // A login that could not serve only because the token endpoint asked to be left alone
-        // serves again when that wait ends: when the pool answers for cooling accounts, its
-        // wait is no longer than that (it said the cooling account's 8 days while the login was
-        // usable in 30 s).
-        let soonest = soonest.map(|cooling| {
-            pool.accounts()
-                .filter(|a| self.tried.contains(&a.email) && counts(a))
-                .filter_map(|a| {
-                    let until = self.engine.token_wait(pool, a, now)?;
-                    Some((until, a.email.clone()))
-                })
-                .chain([cooling])
-                .min_by_key(|(t, _)| *t)
-                .unwrap_or_default()
-        });
+        // serves again when that wait ends: the pool's wait is no longer than that (it said the
+        // cooling account's 8 days while the login was usable in 30 s). With no account cooling
+        // at all, that wait is the answer too: an endpoint down for a moment while every access
+        // token had expired was POOL_NO_ACCOUNT, "no token", which a host does not retry.
+        // With none cooling, only a wait this process saw begin with an answer that says
+        // "later" (a 5xx, 429 or 408): a refusal, or an endpoint never reached, made a host
+        // retry the 429 for ever, its cause unsaid, where POOL_NO_ACCOUNT says it.
+        // Once the pool answers, its wait is the soonest of them all.
+        let only_token_waits = soonest.is_none();
+        let waits: Vec<(i64, String)> = pool
+            .accounts()
+            .filter(|a| self.tried.contains(&a.email) && counts(a))
+            .filter_map(|a| {
+                let until = self.engine.token_wait(pool, a, now)?;
+                Some((until, a.email.clone()))
+            })
+            .collect();
+        let answers = !only_token_waits
+            || waits
+                .iter()
+                .any(|(_, e)| self.engine.credentials.passing_failure(e).is_some());
+        let soonest = waits
+            .into_iter()
+            .chain(soonest)
+            .filter(|_| answers)
+            .min_by_key(|(t, _)| *t);
+        let endpoint_said = match (&soonest, only_token_waits) {
+            (Some((_, e)), true) => self
+                .engine
+                .credentials
+                .passing_failure(e)
+                .or_else(|| self.no_token.get(e).cloned())
+                .unwrap_or_else(|| "it failed, and is left alone a while".into()),
+            _ => String::new(),
+        };
         if let Some((until, email)) = soonest {
             let wait = std::time::Duration::from_millis((until - now).max(0) as u64);
             let hold = !self.hold_left.is_zero() && wait <= self.hold_left && !self.released();
@@ -1173,6 +1194,9 @@ impl Exchange {
                     Some(id) => format!(
                         "anthropic-pool: {id} is {email}'s, which is rate-limited{models}; requests for it wait for that account, usable again {when} (OAUTH_POOL_HOLD_MAX_MS)"
                     ),
+                    None if only_token_waits => format!(
+                        "anthropic-pool: no account has a usable access token, and the token endpoint is not taking refreshes now ({endpoint_said}); requests wait for the first login ({email}), refreshed again {when} (OAUTH_POOL_HOLD_MAX_MS)"
+                    ),
                     None => format!(
                         "anthropic-pool: every account is rate-limited{models}; requests wait for the first one ({email}), usable again {when} (OAUTH_POOL_HOLD_MAX_MS)"
                     ),
@@ -1204,6 +1228,9 @@ impl Exchange {
             let message = match needs {
                 Some(id) => format!(
                     "anthropic-pool: {id} is {email}'s (no other account can see it), and {email} is rate-limited{models}: usable again {when}{holding}"
+                ),
+                None if only_token_waits => format!(
+                    "anthropic-pool: no account has a usable access token, and the token endpoint is not taking refreshes now ({endpoint_said}); the first login ({email}) is refreshed again {when}{holding}"
                 ),
                 None => format!(
                     "anthropic-pool: every account is rate-limited{models}; the first one ({email}) is usable again {when}{holding}"

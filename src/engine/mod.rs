@@ -27,7 +27,7 @@ pub mod usage;
 pub mod verdict;
 
 use std::collections::HashMap;
-use std::path::Path;
+
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{json, Value};
@@ -39,6 +39,10 @@ use crate::pool::Pool;
 use crate::store::{Stamp, Store, Written};
 
 pub use credentials::Credential;
+
+/// What a write's change gives back, whatever its caller's type (`Engine::write_under`).
+type WriteOut = Box<dyn std::any::Any + Send>;
+type BoxedChange = Box<dyn FnOnce(&mut Pool) -> Result<WriteOut> + Send>;
 pub use events::{Event, Notice};
 pub use exchange::{Attempt, Exchange, Step, Synthetic, Verdict};
 pub use headers::RequestMeta;
@@ -416,14 +420,31 @@ impl Engine {
         held: Option<&crate::store::RefreshLock>,
         change: impl FnOnce(&mut Pool) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        // One body for every caller's change (each closure is a type of its own, and the body,
+        // instantiated for each, was most of what a fix to it cost the `.node`).
+        let boxed: BoxedChange =
+            Box::new(move |pool: &mut Pool| change(pool).map(|t| Box::new(t) as WriteOut));
+        let out = self.write_boxed(held, boxed).await?;
+        out.downcast::<T>()
+            .map(|t| *t)
+            .map_err(|_| Error::PoolInvalid("a write's result was of another type".into()))
+    }
+
+    async fn write_boxed(
+        self: &Arc<Self>,
+        held: Option<&crate::store::RefreshLock>,
+        change: BoxedChange,
+    ) -> Result<WriteOut> {
         // Those processes kept on disk land first, as in every write of the file store (tokens
         // this one refreshed since continue theirs: their refresh token is the one it
         // presented). Only this process's own are reported as written: another's file naming
         // an account this one holds unsaved tokens of (taken again since) said nothing of those.
         let own = self.credentials.unsaved_tokens();
         let carried = own.clone();
+        let successors = self.credentials.successors();
         let change = move |pool: &mut Pool| {
             let written = credentials::apply_unsaved(pool, &carried);
+            credentials::apply_successors(pool, &successors);
             change(pool).map(|t| (t, written))
         };
         let result = match held {
@@ -464,9 +485,10 @@ impl Engine {
     }
 
     /// The tokens processes kept on disk beside the pool file (`store::rescue`), and the files
-    /// that hold them; none for the fleet store, whose writes do not fail for a file.
+    /// that hold them; for the fleet store, those this host's processes kept in `~/.aidevops`
+    /// (`Store::rescue_path`).
     pub(crate) async fn kept_elsewhere(&self) -> credentials::KeptFiles {
-        let Some(path) = self.store.path().map(Path::to_path_buf) else {
+        let Some(path) = self.store.rescue_path() else {
             return Vec::new();
         };
         crate::store::blocking(move || Ok(crate::store::rescue::found(&path)))
@@ -477,18 +499,28 @@ impl Engine {
     /// This process's unsaved tokens kept on disk as they are now (`store::rescue`): written
     /// when a refresh's tokens could not be, removed once none are left.
     pub(crate) async fn keep_unsaved_on_disk(&self) {
-        let Some(path) = self.store.path().map(Path::to_path_buf) else {
+        let Some(path) = self.store.rescue_path() else {
             return;
         };
+        let fleet = self.store.path().is_none();
         let tokens = self.credentials.unsaved_tokens();
         let kept = crate::store::blocking(move || {
+            if fleet && !tokens.is_empty() {
+                crate::store::rescue::make_dir(&path).map_err(|e| {
+                    crate::error::Error::io(&path, "make the directory for unsaved tokens", e)
+                })?;
+            }
             crate::store::rescue::keep(&path, &tokens).map_err(|e| {
                 crate::error::Error::io(&path, "keep the unsaved tokens beside the pool", e)
             })
         })
         .await;
-        if let Err(e) = kept {
-            tracing::warn!(error = %e, "unsaved tokens could not be kept on disk: they live only in this process");
+        match kept {
+            Ok(file) => *lock(&self.credentials.kept_file) = file,
+            Err(e) => {
+                *lock(&self.credentials.kept_file) = None;
+                tracing::warn!(error = %e, "unsaved tokens could not be kept on disk: they live only in this process");
+            }
         }
     }
 

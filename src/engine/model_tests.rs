@@ -1272,14 +1272,17 @@ impl World {
                         self.nobody_left(&sent, family, endpoint, "answered for the pool")
                             .await?;
                     }
+                    // Cooling, or a login waiting for the token endpoint after a failure that
+                    // waiting mends (it was POOL_NO_ACCOUNT when none cooled, which a host does
+                    // not retry).
                     let mut cooling = false;
-                    for email in &self.emails {
+                    for (i, email) in self.emails.iter().enumerate() {
                         let b = self.blocked(email, family, endpoint).await;
-                        cooling |= matches!(b, Blocked::Until(_));
+                        cooling |= matches!(b, Blocked::Until(_)) || self.token_wait(i).is_some();
                     }
                     check!(
                         cooling,
-                        "the pool answered 429 (all cooling) while none cools"
+                        "the pool answered 429 (all cooling) while none cools nor waits for the token endpoint"
                     );
                     // An account that only waits for the token endpoint is usable when that
                     // wait ends: the pool's wait is no longer.

@@ -335,7 +335,10 @@ async fn accept_loop(
                 }
             },
         };
-        if near_fd_limit(&stream) {
+        // Each connection in service takes one more descriptor for its upstream once it asks
+        // (HTTP/1.1 upstream: a connection per request in flight), whether or not it has yet.
+        let in_service = max_connections.saturating_sub(slots.available_permits());
+        if near_fd_limit(&stream, in_service) {
             // Served, it would take the descriptors the requests in flight need (their pool
             // file, their upstream connection): those failed with POOL_IO or NETWORK, and new
             // clients waited unanswered in the backlog. Answered at once (in plain text; a TLS
@@ -567,12 +570,14 @@ impl ClientInput {
 #[cfg(unix)]
 const FD_HEADROOM: libc::rlim_t = 32;
 
-/// Whether a connection just accepted took one of the process's last `FD_HEADROOM` descriptors.
-/// A new descriptor is the lowest free one, so every one below it is open. The connection cap
-/// (512 by default) does not bound descriptors where the limit is low (`ulimit -n 256`, a
-/// container's): a flood of idle connections took them all.
+/// Whether a connection just accepted took one of the process's last `FD_HEADROOM` descriptors,
+/// with one more kept for the upstream of each of the `in_service` connections. A new descriptor
+/// is the lowest free one, so every one below it is open. The connection cap (512 by default)
+/// does not bound descriptors where the limit is low (`ulimit -n 256`, a container's): a flood
+/// of idle connections took them all, and connections accepted while descriptors were free then
+/// failed their upstream connect (`NETWORK`, "too many open files") once they all asked.
 #[cfg(unix)]
-fn near_fd_limit(stream: &tokio::net::TcpStream) -> bool {
+fn near_fd_limit(stream: &tokio::net::TcpStream, in_service: usize) -> bool {
     use std::os::fd::AsRawFd;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -584,12 +589,13 @@ fn near_fd_limit(stream: &tokio::net::TcpStream) -> bool {
     {
         return false;
     }
+    let upstreams = libc::rlim_t::try_from(in_service).unwrap_or(libc::rlim_t::MAX);
     libc::rlim_t::try_from(stream.as_raw_fd())
-        .is_ok_and(|fd| fd.saturating_add(FD_HEADROOM) >= limit.rlim_cur)
+        .is_ok_and(|fd| fd.saturating_add(FD_HEADROOM).saturating_add(upstreams) >= limit.rlim_cur)
 }
 
 #[cfg(not(unix))]
-fn near_fd_limit(_stream: &tokio::net::TcpStream) -> bool {
+fn near_fd_limit(_stream: &tokio::net::TcpStream, _in_service: usize) -> bool {
     false
 }
 
@@ -877,6 +883,21 @@ fn options() -> Response<AnyBody> {
     with_allow(Response::new(full(Bytes::new())), StatusCode::NO_CONTENT)
 }
 
+/// Another method on the gateway's own pages: 405 naming the ones they take, as RFC 9110
+/// 15.5.6 says (it was a 404 saying the gateway serves these very paths).
+fn get_and_head_only() -> Response<AnyBody> {
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "/healthz and /metrics answer GET and HEAD only",
+    );
+    response.headers_mut().insert(
+        hyper::header::ALLOW,
+        hyper::header::HeaderValue::from_static("GET, HEAD"),
+    );
+    response
+}
+
 /// What `allow` names: the methods forwarded, and OPTIONS, answered here.
 const ALLOWED: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
@@ -913,9 +934,15 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> 
         refuse(req, response).await
     } else if req.method() == Method::OPTIONS {
         refuse(req, options()).await
-    } else if matches!(*req.method(), Method::GET | Method::HEAD) && path == "/healthz" {
-        // HEAD as well: uptime monitors check with it, and got the 401 for a missing key.
-        refuse(req, metrics::health(&state).await).await
+    } else if path == "/healthz" {
+        // HEAD as well: uptime monitors check with it, and got the 401 for a missing key. The
+        // page takes no key, so another method is told so without one (it was a 401 asking
+        // for the key).
+        if matches!(*req.method(), Method::GET | Method::HEAD) {
+            refuse(req, metrics::health(&state).await).await
+        } else {
+            refuse(req, get_and_head_only()).await
+        }
     } else if let refused @ (Auth::Refused | Auth::Twice) = authorized(&req, &state.key) {
         let message = if refused == Auth::Twice {
             "the request presents x-api-key or Authorization more than once: send the pool gateway's key once"
@@ -930,19 +957,8 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> 
     } else if matches!(*req.method(), Method::GET | Method::HEAD) && path == "/metrics" {
         // HEAD as well, answered as GET without the body (RFC 9110 9.3.2): it was a 404.
         refuse(req, metrics::metrics(&state).await).await
-    } else if path == "/healthz" || path == "/metrics" {
-        // Another method on the gateway's own pages: 405 naming the ones they take, as RFC
-        // 9110 15.5.6 says (it was a 404 saying the gateway serves these very paths).
-        let mut response = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request_error",
-            "/healthz and /metrics answer GET and HEAD only",
-        );
-        response.headers_mut().insert(
-            hyper::header::ALLOW,
-            hyper::header::HeaderValue::from_static("GET, HEAD"),
-        );
-        refuse(req, response).await
+    } else if path == "/metrics" {
+        refuse(req, get_and_head_only()).await
     } else if forward::is_api_path(&path) && !is_forwarded_method(req.method()) {
         let response = error(
             StatusCode::METHOD_NOT_ALLOWED,

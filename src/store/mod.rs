@@ -33,6 +33,8 @@ use crate::pool::{Pool, ReadCopy};
 
 /// A change to the pool, made under the store's write lock.
 type Change<T> = Box<dyn FnOnce(&mut Pool) -> Result<T> + Send>;
+/// What a change took of the tokens kept for the fleet store (`Store::landing_kept`).
+type KeptSlot = Arc<std::sync::Mutex<Option<rescue::KeptLanded>>>;
 
 /// How long a process waits for another to finish refreshing the same account.
 pub const REFRESH_LOCK_TIMEOUT: Duration = Duration::from_secs(75);
@@ -270,6 +272,25 @@ impl Store {
         }
     }
 
+    /// Where tokens a refresh could not write are kept on this host (`rescue`): beside the pool
+    /// file; for the fleet store, under a name of its own in `~/.aidevops` (no file of that name
+    /// is made, only the kept ones beside it). A database lost while a token was out left the new
+    /// tokens in memory only, and they went with the process: the login with them.
+    pub fn rescue_path(&self) -> Option<PathBuf> {
+        match self {
+            Store::File(f) => Some(f.path().to_path_buf()),
+            Store::Postgres(p) => {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(p.shown().as_bytes());
+                let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+                crate::config::home_dir().map(|h| {
+                    h.join(".aidevops")
+                        .join(format!("oauth-pool-store-{id}.json"))
+                })
+            }
+        }
+    }
+
     /// The stamp of the stored generation now: a `stat` for the file; the database's generation,
     /// asked at most every 250 ms, so another host's write is seen within a second.
     pub async fn stamp(&self) -> Result<Option<Stamp>> {
@@ -388,8 +409,58 @@ impl Store {
                 };
                 Ok((out, written))
             }
-            Store::Postgres(p) => p.update(change).await.map(|out| (out, Written::Unknown)),
+            Store::Postgres(p) => {
+                let (change, landed) = self.landing_kept(change).await;
+                let out = p.update(change).await?;
+                self.kept_landed(landed).await;
+                Ok((out, Written::Unknown))
+            }
         }
+    }
+
+    /// `change`, taking first the tokens this host's processes kept on disk for the fleet store
+    /// (`rescue_path`), as every write of the file store takes those beside it: only the engine's
+    /// writes did, and `priority`, `reset-cooldowns` or `store copy` left the spent token in the
+    /// store (and another host presented it). What landed is in the slot once the change ran.
+    async fn landing_kept<T: Send + 'static>(&self, change: Change<T>) -> (Change<T>, KeptSlot) {
+        let slot: KeptSlot = Arc::new(std::sync::Mutex::new(None));
+        let Some(path) = self.rescue_path().filter(|_| self.path().is_none()) else {
+            return (change, slot);
+        };
+        let files = blocking(move || Ok(rescue::found(&path)))
+            .await
+            .unwrap_or_default();
+        if files.is_empty() {
+            return (change, slot);
+        }
+        let landed = slot.clone();
+        let change: Change<T> = Box::new(move |pool: &mut Pool| {
+            let took = rescue::apply_kept(pool, &files);
+            if let Ok(mut held) = landed.lock() {
+                *held = Some(took);
+            }
+            change(pool)
+        });
+        (change, slot)
+    }
+
+    /// Once a write that took kept tokens is in: their files go, and the journal learns that the
+    /// tokens they replaced are spent (as the file store's `kept_landed`).
+    async fn kept_landed(&self, slot: KeptSlot) {
+        let landed = slot.lock().ok().and_then(|mut held| held.take());
+        let Some(landed) = landed else { return };
+        let here = self.journal_id();
+        let _ = blocking(move || {
+            rescue::remove(&landed.done);
+            if let Some(j) = journal::Journal::for_user() {
+                let now = crate::account::now_ms();
+                for (email, presented) in landed.spent {
+                    j.saved(&journal::tag(&presented), &here, &email, now);
+                }
+            }
+            Ok(())
+        })
+        .await;
     }
 
     /// Replaces the whole pool (`store copy`).
@@ -532,10 +603,12 @@ impl Store {
         let change: Change<T> = Box::new(change);
         async move {
             match (self, held) {
-                (Store::Postgres(p), RefreshLock::Postgres(l)) if l.is_held() => p
-                    .update_locked(l, change)
-                    .await
-                    .map(|out| (out, Written::Unknown)),
+                (Store::Postgres(p), RefreshLock::Postgres(l)) if l.is_held() => {
+                    let (change, landed) = self.landing_kept(change).await;
+                    let out = p.update_locked(l, change).await?;
+                    self.kept_landed(landed).await;
+                    Ok((out, Written::Unknown))
+                }
                 _ => self.update_written_boxed(change, true).await,
             }
         }

@@ -210,6 +210,28 @@ fn unavailable(e: impl std::error::Error + 'static) -> Error {
     Error::StoreUnavailable(scrub_tokens(&text))
 }
 
+/// `unavailable`, except for what says the tables are not the pool's (a column or table
+/// missing, an `ON CONFLICT` with no key to match, another type): `store init` against another
+/// program's table of the same name said the store "cannot be reached", and `list` then sent the
+/// user back to `store init`.
+fn unfit(e: tokio_postgres::Error) -> Error {
+    use tokio_postgres::error::SqlState;
+    let foreign = [
+        SqlState::UNDEFINED_COLUMN,
+        SqlState::UNDEFINED_TABLE,
+        SqlState::INVALID_COLUMN_REFERENCE,
+        SqlState::DATATYPE_MISMATCH,
+        SqlState::WRONG_OBJECT_TYPE,
+    ];
+    if !e.code().is_some_and(|c| foreign.contains(c)) {
+        return unavailable(e);
+    }
+    Error::StoreCorrupt(scrub_tokens(&format!(
+        "the store's tables are not the pool's ({}): a table of one of its names (oauth_pool_meta, oauth_pool_entries, oauth_pool_top) made by another program, or the pool's own altered or dropped in part; nothing was changed. Rename or drop that table, or give the pool a schema of its own (options=-csearch_path=<schema> in the URL)",
+        describe(&e)
+    )))
+}
+
 /// What a fleet store's role must be granted, as the error for a missing one says.
 const NEEDED_GRANTS: &str = "SELECT, INSERT, UPDATE and DELETE on the tables oauth_pool_entries, oauth_pool_top and oauth_pool_meta, and CREATE on the schema for `store init` to make them";
 
@@ -649,7 +671,7 @@ impl PgStore {
                     "{WRITE_BEGIN} SELECT pg_advisory_xact_lock({WRITE_LOCK}, 1);"
                 ))
                 .await
-                .map_err(unavailable)?;
+                .map_err(unfit)?;
             // Created only when missing: a role given the tables by the DBA but no CREATE on the
             // schema (PostgreSQL 15's default on public) could not run init again to check its key.
             let found = client
@@ -663,7 +685,7 @@ impl PgStore {
                     &[],
                 )
                 .await
-                .map_err(unavailable)?;
+                .map_err(unfit)?;
             if !column::<bool>(&found, 0)? {
                 // A pool whose schema the search_path no longer reaches (set for the role or the
                 // database since) is not started afresh beside it. Only schemas this role may use
@@ -680,7 +702,7 @@ impl PgStore {
                         "CREATE TABLE IF NOT EXISTS oauth_pool_meta (name text PRIMARY KEY, value text NOT NULL);",
                     )
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(unfit)?;
             }
             let current = match client
                 .query_typed_opt(
@@ -688,7 +710,7 @@ impl PgStore {
                     &[],
                 )
                 .await
-                .map_err(unavailable)?
+                .map_err(unfit)?
                 .map(|r| column::<String>(&r, 0))
                 .transpose()?
             {
@@ -702,7 +724,7 @@ impl PgStore {
                 )));
             }
             for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| i64::from(*v) > current) {
-                client.batch_execute(sql).await.map_err(unavailable)?;
+                client.batch_execute(sql).await.map_err(unfit)?;
                 client
                     .execute_typed(
                         "INSERT INTO oauth_pool_meta (name, value) VALUES ('schema', $1)
@@ -710,7 +732,7 @@ impl PgStore {
                         &[(&version.to_string(), Type::TEXT)],
                     )
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(unfit)?;
             }
             let check = client
                 .query_typed_opt(
@@ -718,7 +740,7 @@ impl PgStore {
                     &[],
                 )
                 .await
-                .map_err(unavailable)?;
+                .map_err(unfit)?;
             match check {
                 Some(row) => {
                     self.key.open("key_check", &column::<String>(&row, 0)?)?;
@@ -741,7 +763,7 @@ impl PgStore {
                             &[(&prefix, Type::TEXT)],
                         )
                         .await
-                        .map_err(unavailable)?;
+                        .map_err(unfit)?;
                     if let Some(row) = sample {
                         self.key
                             .open_entry_checking_key(column::<Value>(&row, 0)?)?;
@@ -755,7 +777,7 @@ impl PgStore {
                                 &[(&prefix, Type::TEXT)],
                             )
                             .await
-                            .map_err(unavailable)?;
+                            .map_err(unfit)?;
                         if let Some(row) = section {
                             self.key.open_section_checking_key(
                                 &column::<String>(&row, 0)?,
@@ -770,10 +792,10 @@ impl PgStore {
                             &[(&sealed, Type::TEXT)],
                         )
                         .await
-                        .map_err(unavailable)?;
+                        .map_err(unfit)?;
                 }
             }
-            client.batch_execute("COMMIT").await.map_err(unavailable)?;
+            client.batch_execute("COMMIT").await.map_err(unfit)?;
             Ok(SCHEMA_VERSION)
         };
         // Gone silent: the connection is dropped (the server rolls back what it began).

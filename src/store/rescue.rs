@@ -54,11 +54,25 @@ fn written() -> std::sync::MutexGuard<'static, Vec<(PathBuf, [u8; 32])>> {
     WRITTEN.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Makes the directory `pool`'s kept files go in (the fleet store's `~/.aidevops`), 0700, if
+/// it is not there.
+pub fn make_dir(pool: &Path) -> std::io::Result<()> {
+    let mut dir = fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        dir.mode(0o700);
+    }
+    dir.create(parent_dir(pool))
+}
+
 /// Keeps `tokens` in a new file of this process's (written whole, then renamed into place), and
 /// removes those it wrote before for `pool`; with none, only removes those. The same tokens as
 /// its file still in place say are not written again: each bookkeeping write made while the pool
 /// file was gone wrote one more file with nothing new in it.
-pub fn keep(pool: &Path, tokens: &[KeptTokens]) -> std::io::Result<()> {
+/// Returns the file that holds them now (none when there are none).
+pub fn keep(pool: &Path, tokens: &[KeptTokens]) -> std::io::Result<Option<PathBuf>> {
     let dir = parent_dir(pool);
     let prefix = prefix(pool);
     let mine = |p: &PathBuf| {
@@ -68,13 +82,14 @@ pub fn keep(pool: &Path, tokens: &[KeptTokens]) -> std::io::Result<()> {
     };
     let before: Vec<(PathBuf, [u8; 32])> =
         written().iter().filter(|(p, _)| mine(p)).cloned().collect();
+    let mut kept = None;
     if !tokens.is_empty() {
         let bytes = contents(tokens);
         let digest: [u8; 32] = sha2::Sha256::digest(&*bytes).into();
         let unchanged =
             |(p, d): &(PathBuf, [u8; 32])| *d == digest && fs::symlink_metadata(p).is_ok();
         if before.len() == 1 && before.iter().all(unchanged) {
-            return Ok(());
+            return Ok(before.first().map(|(p, _)| p.clone()));
         }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -82,7 +97,8 @@ pub fn keep(pool: &Path, tokens: &[KeptTokens]) -> std::io::Result<()> {
             .unwrap_or_default();
         let path = dir.join(format!("{prefix}{}-{nanos}.json", std::process::id()));
         write_new(&dir, &prefix, &path, &bytes)?;
-        written().push((path, digest));
+        written().push((path.clone(), digest));
+        kept = Some(path);
     }
     for (old, _) in &before {
         match fs::remove_file(old) {
@@ -90,7 +106,7 @@ pub fn keep(pool: &Path, tokens: &[KeptTokens]) -> std::io::Result<()> {
             _ => written().retain(|(p, _)| p != old),
         }
     }
-    Ok(())
+    Ok(kept)
 }
 
 fn contents(tokens: &[KeptTokens]) -> zeroize::Zeroizing<Vec<u8>> {
