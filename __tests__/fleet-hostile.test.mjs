@@ -789,6 +789,10 @@ test("PostgreSQL lost while a host's token is at the token endpoint, and that ho
     assert.equal(kept().length, 1, "kept on the host, in ~/.aidevops");
     await pg.start();
     down = false;
+    // Any write from this host takes them, a CLI command's too (only the engine's did).
+    const priority = await cliJson(f.a, "priority", email, "3");
+    assert.equal(priority.code, 0, priority.stdout + priority.stderr);
+    assert.deepEqual(kept(), [], "taken by the CLI's write");
     const next = startHostProcess(f.a);
     try {
       await next.ready;
