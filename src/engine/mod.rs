@@ -27,7 +27,6 @@ pub mod usage;
 pub mod verdict;
 
 use std::collections::HashMap;
-
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{json, Value};
@@ -39,15 +38,15 @@ use crate::pool::Pool;
 use crate::store::{Stamp, Store, Written};
 
 pub use credentials::Credential;
-
-/// What a write's change gives back, whatever its caller's type (`Engine::write_under`).
-type WriteOut = Box<dyn std::any::Any + Send>;
-type BoxedChange = Box<dyn FnOnce(&mut Pool) -> Result<WriteOut> + Send>;
 pub use events::{Event, Notice};
 pub use exchange::{Attempt, Exchange, Step, Synthetic, Verdict};
 pub use headers::RequestMeta;
 use limits::Window;
 use overlay::{lock, Overlay};
+
+/// What a write's change gives back, whatever its caller's type (`Engine::write_under`).
+type WriteOut = Box<dyn std::any::Any + Send>;
+type BoxedChange = Box<dyn FnOnce(&mut Pool) -> Result<WriteOut> + Send>;
 
 pub struct Engine {
     store: Store,
