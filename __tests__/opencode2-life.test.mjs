@@ -307,6 +307,7 @@ test("two setups alive at once and other plugins' hooks around ours: each reques
     otherPlugin("oauth-pool", (ctx) =>
       pluginModule.default.setup({
         ...ctx,
+        options: { path },
         session: {
           ...ctx.session,
           hook: async (name, callback, options) => {

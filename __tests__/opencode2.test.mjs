@@ -680,6 +680,53 @@ test("two copies of the plugin in one host: each request is placed and judged on
   });
 });
 
+test("two copies naming two pools (a global and a project config): the one set up last serves requests, logins and the tool, and the split is said", async () => {
+  const globalPool = await seedPool(mock, ["global@x.test"]);
+  const projectPool = await seedPool(mock, ["project@x.test"]);
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  await withLogLines(async (lines) => {
+    const first = await host.start(loadPlugin(pluginModule, { options: { path: globalPool } }));
+    const second = await host.start(loadPlugin(pluginModule, { options: { path: projectPool } }));
+    const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+    assert.equal(textOf(await res.text()), "Hello from project@x.test", "the pool the tool and logins use");
+    await login(host, "new2@x.test");
+    assert.deepEqual(
+      readPool(projectPool).anthropic.map((a) => a.email),
+      ["project@x.test", "new2@x.test"],
+    );
+    const list = await host.runTool("model-accounts-pool", { action: "list" });
+    assert.match(list.content[0].text, /project@x\.test/);
+    await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).then((r) => r.text());
+    const warned = lines.filter((l) => /two copies of this plugin serve anthropic-pool, from two pools/.test(l));
+    assert.equal(warned.length, 1, `said once: ${lines.join("\n")}`);
+    assert.ok(warned[0].includes(globalPool) && warned[0].includes(projectPool), warned[0]);
+    // The later copy unloaded (a project closed): the first one serves again.
+    await second.unload();
+    const back = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+    assert.equal(textOf(await back.text()), "Hello from global@x.test");
+    await first.unload();
+  });
+});
+
+test("provider: \"anthropic\" with no host login of its own: the provider and its models are listed, and served from the pool", async () => {
+  const path = await seedPool(mock, ["own1@x.test"]);
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path, provider: "anthropic" } }));
+  await handle.context.provider.transform((e) =>
+    e.update("anthropic", (p) => {
+      p.settings = { baseURL: `${mock.url}/v1` };
+    }),
+  );
+  assert.deepEqual(
+    host.providers().map((p) => p.id),
+    ["anthropic"],
+  );
+  assert.ok(host.models("anthropic").length > 0, "its models listed");
+  const res = await host.modelRequest({ providerID: "anthropic", modelID: "claude-sonnet-4-5", body });
+  assert.equal(textOf(await res.text()), "Hello from own1@x.test");
+  await handle.unload();
+});
+
 test("on a host that gives hooks no signal, the request's own signal ends what the pool holds for it", async () => {
   const path = await seedPool(mock, ["nosig3@x.test"]);
   const old = process.env.OAUTH_POOL_HOLD_MAX_MS;

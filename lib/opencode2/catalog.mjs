@@ -203,8 +203,15 @@ function zeroCosts(model) {
  * host's own provider is served as it is, and an alias (`fast` for `claude-haiku-4-5`) was
  * counted under its own name and sent to an account whose haiku window was spent.
  */
-export function aliasesOf(providerID, wireModels) {
+export function aliasesOf(providerID, wireModels, { listed = false } = {}) {
   return (editor) => {
+    // The host lists an "auto" provider only once it has a login of its own
+    // (packages/core/src/provider.ts snapshot()): a pool filled by the CLI or on 1.18, with no
+    // host login, left the provider and every model out, while the log said it was served.
+    if (listed && typeof editor.update === "function" && editor.get(providerID))
+      editor.update(providerID, (p) => {
+        if (p.activation !== "disabled") p.activation = "enabled";
+      });
     wireModels.clear();
     for (const m of editor.get(providerID)?.models?.values() ?? []) {
       if (typeof m?.modelID === "string" && m.modelID && m.modelID !== m.id) wireModels.set(m.id, m.modelID);

@@ -27,6 +27,7 @@ import {
   usageFeed,
 } from "../exchange.mjs";
 import { scrubbed } from "../errors.mjs";
+import { printable } from "../printable.mjs";
 
 /** The host caps one retry delay at 15 minutes (retry.ts); past that, say so instead of waiting. */
 const HOST_RETRY_CAP_MS = 15 * 60_000;
@@ -253,9 +254,9 @@ function stillOurs(next, placed) {
  * http.response the request the last of them left (session/model-http.ts `before.request`):
  * that one no pool hook had placed, so the account's 429 reached the host unjudged.
  */
-function place(event, request, finishing) {
+function place(event, request, placement) {
   let current = request;
-  placed.set(current, finishing);
+  placed.set(current, placement);
   const replace = (next) => {
     if (next === current) return;
     placed.delete(current);
@@ -264,7 +265,7 @@ function place(event, request, finishing) {
     // judge, nor to send again with an account's credential. On the API's origin with the
     // account's credential (a path or query changed: the SDK's `?beta=true`), it is: judged on
     // its exact URL, its 429 reached the host unjudged.
-    if (stillOurs(next, request)) placed.set(next, finishing);
+    if (stillOurs(next, request)) placed.set(next, placement);
   };
   try {
     Object.defineProperty(event, "request", { get: () => current, set: replace, configurable: true, enumerable: true });
@@ -275,11 +276,13 @@ function place(event, request, finishing) {
 }
 
 /**
- * The requests a pool hook placed, each with what finishes its answer: shared by every copy of
- * this plugin in the process (two config files naming it, or a path and a package; the host
- * runs them all) and every setup of one copy (a config reload sets it up again, possibly while
- * a request the old setup placed is still out). The copy that placed a request finishes it;
- * another copy neither places it again (its own exchange would have been left behind, and a
+ * The requests a pool hook placed, each with its pool, the request as the host made it, what
+ * finishes its answer and what lets it go: shared by every copy of this plugin in the process
+ * (two config files naming it, or a path and a package; the host runs them all) and every setup
+ * of one copy (a config reload sets it up again, possibly while a request the old setup placed
+ * is still out). A later copy on another pool takes the request over. The copy that placed a
+ * request finishes it; another copy on the same pool neither places it again (its own exchange
+ * would have been left behind, and a
  * request already pointed at the pool's local answer would have been refused as off-origin) nor
  * lets it pass unjudged (the host would have read the local `data:` answer, a 200 `{}`, as the
  * model's).
@@ -287,6 +290,19 @@ function place(event, request, finishing) {
 const PLACED = Symbol.for("opencode-oauth-pool.opencode2.placed");
 globalThis[PLACED] ??= new WeakMap();
 const placed = globalThis[PLACED];
+
+/** Pairs of pools already said to be served by two copies of this plugin: said once each. */
+const twoPoolsSaid = new Set();
+const shownPool = (path) => (path === undefined ? "the default pool" : printable(path));
+function warnTwoPools(first, last, providerID, log) {
+  const pair = JSON.stringify([providerID, first ?? null, last ?? null]);
+  if (twoPoolsSaid.has(pair)) return;
+  twoPoolsSaid.add(pair);
+  log(
+    "warn",
+    `two copies of this plugin serve ${providerID}, from two pools: ${shownPool(first)} and ${shownPool(last)}. The copy set up last serves the requests, logins, tool and command, from ${shownPool(last)}; name the pool in one place (OpenCode runs every plugin entry of the global and the project config)`,
+  );
+}
 
 /**
  * A request that cannot be placed on a pool account must not go out as the host built it: it
@@ -356,10 +372,48 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
     if (events.length) notify(events);
   };
 
+  /**
+   * What `place` keeps for a request this setup placed: how to finish it, how to let it go, and
+   * the request as the host made it (`original()`, for a copy on another pool to place anew).
+   */
+  const placing = (state, original) => ({
+    path,
+    original,
+    finish: (ev, ext) => finish(state, ev, ext),
+    release: () => {
+      if (state.token) unanswered.unregister(state.token);
+      state.stopListening?.();
+      if (state.ex) {
+        state.ex.abort();
+        drain(state.ex);
+      }
+    },
+  });
+
   const onRequest = async (event, extra) => {
-    const request = event.request;
-    // Already placed by a pool hook (another copy of this plugin registered first).
-    if (placed.has(request)) return;
+    let request = event.request;
+    const prior = placed.get(request);
+    if (prior) {
+      // Placed by another copy of this plugin on the same pool (two config entries naming it,
+      // a setup again after a reload): it finishes the request.
+      if (prior.path === path || !prior.original) return;
+      // Placed by a copy on another pool, set up before this one (the global config's, where
+      // this is the project's): the host shows this copy's integration, provider, tool and
+      // command (each transform is laid over the one before), so this pool serves the request
+      // too. Left to the first, logins and the tool used one pool and requests another.
+      warnTwoPools(prior.path, path, providerID, log);
+      let original;
+      try {
+        original = prior.original();
+      } catch {
+        // A plugin between the two copies made a request of its own from the placed one, which
+        // took its body: the first copy's placement stands.
+        return;
+      }
+      prior.release();
+      placed.delete(request);
+      request = original;
+    }
     let ex;
     let stopListening;
     try {
@@ -388,12 +442,13 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         // (answered locally by the runtime's fetch) and the pool's 429 replaces its answer.
         const local = await localRequest(request, step);
         const state = { ex, answer: step, stopListening, token };
-        place(event, local, (ev, ext) => finish(state, ev, ext));
+        place(event, local, placing(state, () => request));
         return;
       }
       const sent = withHeaders(request, step.headers);
       const state = { ex, placedWith: step.headers, stopListening, token };
-      place(event, sent, (ev, ext) => finish(state, ev, ext));
+      // The host's request gave its body to `sent`; its headers are still readable.
+      place(event, sent, placing(state, () => new Request(sent, { headers: request.headers })));
     } catch (err) {
       const aborted = hostSignal(extra, request)?.aborted;
       // The host gave the request up: it reads no answer, so there is nothing to report.
@@ -407,26 +462,25 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
           // whatever the signal says: the host read the pool's refusal of its own abort, a
           // 503, and retried it (ten times in the harness). A `data:` URL without its comma
           // fails every runtime's fetch, and goes nowhere.
-          place(
-            event,
-            new Request("data:aborted", { method: request.method, body: request.method === "GET" ? undefined : "{}", signal: request.signal }),
-            async () => {},
-          );
+          place(event, new Request("data:aborted", { method: request.method, body: request.method === "GET" ? undefined : "{}", signal: request.signal }), {
+            path,
+            finish: async () => {},
+          });
           return;
         }
         const answer = refusal(err);
         const local = await localRequest(request, answer);
         const state = { ex: null, answer };
-        place(event, local, (ev, ext) => finish(state, ev, ext));
+        place(event, local, placing(state, () => request));
       } catch {}
     }
   };
 
   const onResponse = async (event, extra) => {
-    const finishing = placed.get(event.request);
-    if (!finishing) return;
+    const placement = placed.get(event.request);
+    if (!placement) return;
     placed.delete(event.request);
-    await finishing(event, extra);
+    await placement.finish(event, extra);
   };
 
   /** The answer to a request this setup placed, whichever setup's hook hears it. */

@@ -148,7 +148,8 @@ export async function setupV2(ctx) {
     if (!served) log("warn", `the ${providerID} provider is not served: its requests could not go through the pool`);
     else if (providerID === "anthropic") {
       log("info", "serving OpenCode's own anthropic provider through the pool");
-      if (typeof ctx.provider?.transform === "function") keep(await ctx.provider.transform(aliasesOf(providerID, wireModels)));
+      if (typeof ctx.provider?.transform === "function") keep(await ctx.provider.transform(aliasesOf(providerID, wireModels, { listed: true })));
+      else skipped("provider.transform (the anthropic provider listed without a host login)");
     } else if (typeof ctx.provider?.transform === "function") {
       const keysOnly = await apiKeysOnly(path);
       keep(await ctx.provider.transform(providerTransform({ providerID, apiKeysOnly: keysOnly, wireModels })));
