@@ -920,7 +920,9 @@ test("add: a code with another login's state is OAUTH_STATE_MISMATCH, exit 1, no
   assert.equal(jsonLines(r).at(-1).error.code, "OAUTH_STATE_MISMATCH");
   assert.equal(mock.stats().exchangeCalls, exchanges, "no request made");
   assert.ok(!existsSync(path));
-  const empty = await cli(["add"], { path, input: "\n", env: { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url } });
+  // A blank line passed over, then a paste with no code in it (a bare Enter then the end is the
+  // closed stdin it stands for, USAGE).
+  const empty = await cli(["add"], { path, input: "  \t\n#\n", env: { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url } });
   assert.equal(empty.code, 1);
   assert.match(empty.stderr, /error \[OAUTH_BAD_INPUT\]/);
 });
@@ -1517,6 +1519,10 @@ test("add and add-key read one bounded line: endless input and a closed stdin ar
   const closedCode = await cli(["add"], { path, env, input: "" });
   assert.equal(closedCode.code, 2);
   assert.match(closedCode.stderr, /stdin closed before a line came/);
+  // Blank lines (Enter pressed) and then the end: the same closed stdin, not "nothing was pasted".
+  const blankThenClosed = await cli(["add"], { path, env, input: "\n \n\n" });
+  assert.equal(blankThenClosed.code, 2, blankThenClosed.stderr);
+  assert.match(blankThenClosed.stderr, /stdin closed before a line came/);
   assert.ok(!existsSync(path), "nothing written");
 });
 

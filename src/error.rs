@@ -54,7 +54,7 @@ pub enum Error {
     NoUsableAccount(String),
     #[error("{}", bounded_message(.0))]
     OAuthStateMismatch(String),
-    #[error("the pasted input holds no authorization code: {}", bounded(.0))]
+    #[error("{}", bounded(.0))]
     OAuthBadInput(String),
     #[error("refresh token rejected by the token endpoint ({}); the account needs a new login", bounded(.0))]
     OAuthInvalidGrant(String),

@@ -184,6 +184,42 @@ pub fn list(pool: &Pool, now: i64) -> Vec<Value> {
         .collect()
 }
 
+/// The engine's view laid over `accounts` (as `list` makes them): `usable` as the engine chooses,
+/// `heldUntil` / `heldBy` where it holds an account back beyond its stored cooldown (its reserve
+/// line, a rest after a refusal), and an `auth-error` another program wrote told as
+/// `authErrorTheirs` (the pool tries that login again once its backoff ends). Answers the
+/// soonest end of such a hold.
+pub fn engine_view(
+    accounts: &mut [Value],
+    pool: &Pool,
+    engine: &crate::engine::Engine,
+    now: i64,
+) -> Option<i64> {
+    let mut soonest: Option<i64> = None;
+    for a in pool.accounts() {
+        let Some(view) = accounts.iter_mut().find(|v| v["email"] == a.email.as_str()) else {
+            continue;
+        };
+        let (usable, held) = engine.held(pool, a, now);
+        view["usable"] = usable.into();
+        if a.auth_error_unverified() {
+            view["authErrorTheirs"] = true.into();
+            // Its backoff's end is when it is tried again: the soonest reset may be that.
+            if let Some(t) = a.resting_until(now).filter(|_| !usable) {
+                soonest = Some(soonest.map_or(t, |s| s.min(t)));
+            }
+        }
+        // A stored cooldown is shown as stored: this process's jitter past it (seconds, and
+        // another seed in each process) would only blur it.
+        if let Some((until, why)) = held.filter(|(_, why)| *why != "cooldown") {
+            view["heldUntil"] = until.into();
+            view["heldBy"] = why.into();
+            soonest = Some(soonest.map_or(until, |s| s.min(until)));
+        }
+    }
+    soonest
+}
+
 pub fn status(pool: &Pool, location: &str, now: i64) -> Value {
     let count = |status: Status| {
         pool.accounts()
@@ -297,10 +333,26 @@ pub async fn add_oauth(store: &Store, tokens: &Tokens) -> Result<(String, bool)>
     );
     store
         .update(move |pool| {
+            key_member_aside(pool, &account.email);
             let added = pool.upsert(account);
             Ok((stored_name(pool, email), added))
         })
         .await
+}
+
+/// A Console key member named as the login being added (a key labelled with its owner's email)
+/// is moved to the key's own name, and the login added beside it. Laid over it, the entry became
+/// the login, and the key, kept in it, served no request again and could not be added back.
+fn key_member_aside(pool: &mut Pool, email: &str) {
+    let Some(member) = pool.find_mut(email).filter(|a| a.is_api_key()) else {
+        return;
+    };
+    let Some(key) = member.key.as_ref().filter(|k| !k.is_empty()) else {
+        return;
+    };
+    let aside = format!("api-key-{}", key.fingerprint());
+    tracing::warn!(account = %member.email, renamed = %aside, "a login took the name of a Console key member; the key member is renamed");
+    member.email = aside;
 }
 
 /// A login imported from Claude Code's file: as `add_oauth`, but one login is one member. The
@@ -343,14 +395,30 @@ pub async fn add_imported(
                     crate::account::iso_time_seconds(spent.at)
                 )));
             }
-            if let Some(holder) = holder.filter(|h| normalize(h) != normalize(&account.email)) {
+            if let Some(holder) = holder.as_ref().filter(|h| normalize(h) != normalize(&account.email)) {
                 if name_given {
                     return Err(Error::InvalidArgument(format!(
                         "that login is already in the pool as {holder}: remove {holder} first to import it under another name; nothing was imported"
                     )));
                 }
-                account.email = holder;
+                account.email = holder.clone();
             }
+            // A login of the pool's own under that name (made with `add`, or another person's
+            // under a mistyped --email) would be replaced by Claude Code's, which the two then
+            // share: its own refresh token was lost. One marked as refused is what an import mends.
+            if holder.is_none() {
+                if let Some(own) = pool.find(&account.email).filter(|a| {
+                    !a.is_api_key()
+                        && a.refresh.as_ref().is_some_and(|r| !r.is_empty())
+                        && a.status_enum() != Some(crate::account::Status::AuthError)
+                }) {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} already holds another login, which the pool refreshes on its own: Claude Code's would replace it, and the two would share one refresh token. Remove {} first to replace it (or import under another --email); nothing was imported",
+                        own.email, own.email
+                    )));
+                }
+            }
+            key_member_aside(pool, &account.email);
             let email = account.email.clone();
             let added = pool.upsert(account);
             Ok((stored_name(pool, email), added))
@@ -599,6 +667,12 @@ pub async fn add_api_key(
             "that holds a key after other text: paste the key alone (a Console API key starts with sk-ant-api); nothing was added".into(),
         ));
     }
+    // A label after the key (`sk-ant-api03-... work`) was "not an API key", which it holds.
+    if secret.expose().starts_with("sk-ant-") && secret.expose().contains(char::is_whitespace) {
+        return Err(Error::InvalidArgument(
+            "that holds a key and other text after it: paste the key alone, and give a name with --email; nothing was added".into(),
+        ));
+    }
     if secret.expose().len() < 8 || !secret.is_token_shaped() {
         return Err(Error::InvalidArgument(
             // Kept short of a token's shape: every message leaves the process through the
@@ -656,6 +730,16 @@ pub async fn add_api_key(
             let holder = account.key.as_ref().and_then(|key| {
                 holder_of(pool, key, |a| a.is_api_key().then_some(a.key.as_ref()).flatten())
             });
+            // Another key under the name given: the Console shows a key once, when it is made,
+            // and the one in the file was lost.
+            if let Some(other) = pool.find(&named).filter(|a| {
+                holder.is_none() && a.is_api_key() && a.key.as_ref().is_some_and(|k| !k.is_empty())
+            }) {
+                return Err(Error::InvalidArgument(format!(
+                    "{} already holds another API key: remove {} first to put this one in its place, or add it under another name; nothing was added",
+                    other.email, other.email
+                )));
+            }
             let mut account = account;
             let normalize = crate::account::normalize_email;
             if let Some(holder) = holder.filter(|h| normalize(h) != normalize(&named)) {
@@ -841,8 +925,13 @@ pub async fn reset_cooldowns(store: &Store) -> Result<usize> {
 pub fn import_claude_code(credentials: &Path, email: Option<&str>) -> Result<Tokens> {
     let shown = credentials.display();
     let bytes =
+        // Not the pool's file: its read failing (a file of another user, EIO) is no POOL_IO,
+        // which says the pool is broken.
         fsread::read_regular(credentials, MAX_CREDENTIALS_FILE, true).map_err(|e| match e {
-            ReadError::Io(io) => Error::io(credentials, "read Claude Code credentials", io),
+            ReadError::Io(io) => Error::InvalidArgument(format!(
+                "Claude Code credentials {shown} cannot be read: {}; nothing was imported",
+                io
+            )),
             other => {
                 Error::InvalidArgument(format!("Claude Code credentials {shown} refused: {other}"))
             }
@@ -1091,6 +1180,98 @@ mod tests {
         set_enabled(&store, "a@x", true).await.unwrap();
         let pool = store.load().await.unwrap();
         assert_eq!(pool.find("a@x").unwrap().status_enum(), Some(Status::Idle));
+    }
+
+    #[tokio::test]
+    async fn no_add_or_import_puts_another_credential_out_of_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::file(dir.path().join("p.json"));
+        let tokens = |refresh: &str, email: &str| Tokens {
+            access: format!("access-of-{refresh}").into(),
+            refresh: refresh.into(),
+            expires: now_ms() + 3_600_000,
+            email: Some(email.into()),
+        };
+        let refresh_of = |pool: &Pool, email: &str| {
+            pool.find(email)
+                .and_then(|a| a.refresh.as_ref().map(|r| r.expose().to_string()))
+        };
+        // A second key under a key member's name: refused, the first key kept.
+        let first = Secret::new("fake-console-key-first");
+        add_api_key(&store, &first, Some("team")).await.unwrap();
+        let second = add_api_key(
+            &store,
+            &Secret::new("fake-console-key-second"),
+            Some("Team"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(second.code(), "INVALID_ARGUMENT");
+        assert!(
+            second.to_string().contains("already holds another API key"),
+            "{second}"
+        );
+        let pool = store.load().await.unwrap();
+        assert_eq!(pool.find("team").unwrap().key.as_ref(), Some(&first));
+        // The same key under its own name again is no second key.
+        assert_eq!(
+            add_api_key(&store, &first, Some("team")).await.unwrap(),
+            ("team".into(), false)
+        );
+        // A login named as a key member: both serve, the key under its own name.
+        let key = Secret::new("fake-console-key-of-me");
+        add_api_key(&store, &key, Some("me@x")).await.unwrap();
+        assert_eq!(
+            add_oauth(&store, &tokens("own", "me@x")).await.unwrap(),
+            ("me@x".into(), true)
+        );
+        let pool = store.load().await.unwrap();
+        assert!(!pool.find("me@x").unwrap().is_api_key());
+        let aside = format!("api-key-{}", key.fingerprint());
+        assert_eq!(
+            pool.find(&aside).map(|a| (a.is_api_key(), a.key.clone())),
+            Some((true, Some(key)))
+        );
+        // An import over a login of the pool's own (a typo'd --email, or `add` first): refused.
+        let refused = add_imported(&store, &tokens("claude-code", "me@x"), true)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), "INVALID_ARGUMENT");
+        assert!(
+            refused.to_string().contains("already holds another login"),
+            "{refused}"
+        );
+        assert_eq!(
+            refresh_of(&store.load().await.unwrap(), "me@x").as_deref(),
+            Some("own")
+        );
+        // Its own tokens again (imported before) update it; a login marked refused is replaced.
+        add_imported(&store, &tokens("own", "me@x"), false)
+            .await
+            .unwrap();
+        store
+            .update(|pool| {
+                pool.find_mut("me@x").unwrap().status = Status::AuthError.as_str().into();
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            add_imported(&store, &tokens("claude-code", "me@x"), false)
+                .await
+                .unwrap(),
+            ("me@x".into(), false)
+        );
+        assert_eq!(
+            refresh_of(&store.load().await.unwrap(), "me@x").as_deref(),
+            Some("claude-code")
+        );
+        // A key with a label after it is told as such.
+        let labelled = format!("{}-abcdefghijklmnop work", ["sk", "ant", "api03"].join("-"));
+        let e = add_api_key(&store, &Secret::new(labelled), None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("other text after it"), "{e}");
     }
 
     #[tokio::test]

@@ -57,7 +57,11 @@ export async function readLine({ prompt, hidden = false, timeoutMs, skipBlank = 
       if (size > MAX_LINE_BYTES) return finish(() => reject(tooLong()));
       chunks.push(buf);
     };
-    const onEnd = () => finish(() => resolve(seen ? line(Buffer.concat(chunks)) : null));
+    // Only blank lines before the end (`skipBlank`) is the closed stdin it stands for.
+    const onEnd = () => {
+      const rest = seen ? line(Buffer.concat(chunks)) : null;
+      finish(() => resolve(skipBlank && rest?.trim() === "" ? null : rest));
+    };
     const onError = (e) => finish(() => reject(unreadable(e)));
     // Bun throws as the 'data' listener goes on, not in an 'error' event, for a stdin it
     // cannot read (a directory).
