@@ -658,7 +658,10 @@ impl Exchange {
                     .engine
                     .windows(a)
                     .into_iter()
-                    .filter(|w| w.applies_to(family) && w.reset.is_none_or(|t| t > now))
+                    // A window without a readable reset never ends: counted, one garbled
+                    // header kept its account past the soft threshold for good (the reserve
+                    // line, `blocked`, counts only windows that end as well).
+                    .filter(|w| w.applies_to(family) && w.reset.is_some_and(|t| t > now))
                     .filter_map(|w| w.utilization.map(|u| (u, w.reset)))
                     .collect();
                 let usable = self.blocked(a, now) == super::Blocked::No;

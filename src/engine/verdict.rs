@@ -153,8 +153,20 @@ pub fn decide(
 /// A 400 that means "Anthropic does not allow this subscription to be used by third-party
 /// apps": shown as such, never retried on another account.
 pub fn is_third_party_refusal(body: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
-    text.contains("third-party") || text.contains("third party") || text.contains("extra usage")
+    // Read from the error's own message: a 400 quotes what it refuses (a tool named
+    // `third-party-search`, a beta's name), and matched anywhere in the body such an echo rested
+    // every subscription for an hour and sent the traffic to the paid keys.
+    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let error = &answer["error"];
+    if error["type"] != "invalid_request_error" {
+        return false;
+    }
+    let message = error["message"].as_str().unwrap_or("").to_ascii_lowercase();
+    ["third-party app", "third party app", "extra usage"]
+        .iter()
+        .any(|said| message.contains(said))
 }
 
 /// A 429 that is the Console key's monthly spend limit (`error.details.error_code`), which
@@ -207,6 +219,24 @@ mod tests {
             d(400, Some(refusal), CredentialKind::OAuth, false),
             Decision::DeliverThirdPartyRefusal
         );
+        let out_of: &[u8] = br#"{"type":"error","error":{"type":"invalid_request_error","message":"You're out of extra usage. Add more at claude.ai/settings/usage and keep going."}}"#;
+        assert_eq!(
+            d(400, Some(out_of), CredentialKind::OAuth, false),
+            Decision::DeliverThirdPartyRefusal
+        );
+        // What a 400 echoes of the request (a tool's name, a beta) is no refusal of the account.
+        for echo in [
+            &br#"{"type":"error","error":{"type":"invalid_request_error","message":"tools.0.name: 'third-party-search' is not valid"}}"#[..],
+            br#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"},"request":"third-party apps"}"#,
+            b"<html>third-party apps draw from your extra usage</html>",
+        ] {
+            assert_eq!(
+                d(400, Some(echo), CredentialKind::OAuth, false),
+                Decision::Deliver,
+                "{}",
+                String::from_utf8_lossy(echo)
+            );
+        }
         assert_eq!(
             d(
                 400,
