@@ -589,7 +589,7 @@ test("14: unreadable entries are listed (marked invalid) and can be removed by e
 });
 
 // ---- 15. an API server that echoes the credential it was sent ---------------------------------
-test("15: a server echoing the presented token: no answer header carries it (both transports), nor the gateway's body", async () => {
+test("15: a server echoing the presented token: no answer header or body carries it (both transports, and the gateway)", async () => {
   const path = await seedPool(mock, ["mirror@x.test"]);
   const token = account(path, "mirror@x.test").access;
   // The echo is cut into 7-byte writes, so the token also arrives split across reads.
@@ -609,8 +609,12 @@ test("15: a server echoing the presented token: no answer header carries it (bot
     assert.ok(!headers.toLowerCase().includes(token.toLowerCase()), `${transport}: ${headers}`);
     assert.equal(res.headers.get("x-echo"), "Bearer [redacted]", transport);
     assert.equal(res.headers.get("x-kept"), "1", transport);
-    // The library's caller owns the pool: the body reaches it as the server sent it.
-    assert.ok((await res.text()).includes(token), transport);
+    // The contract: text from a server is scrubbed before it is returned. The body reaches
+    // OpenCode's screen, its session files and shared sessions (found by a review: it came as
+    // the server sent it).
+    const text = await res.text();
+    assert.ok(!text.includes(token), `${transport}: ${text}`);
+    assert.deepEqual(JSON.parse(text), { echoed: "Bearer [redacted]", again: "[redacted]" }, transport);
   }
   const key = "test-gateway-key-echo-0123456789";
   process.env.OAUTH_POOL_GATEWAY_KEY = key;
@@ -640,7 +644,7 @@ test("15: a server echoing the presented token: no answer header carries it (bot
 // A server that echoes the request re-encoded (a debugging echo that answers the request in
 // base64, a header value in hex) hands the credential back in another shape, which a search for
 // the credential itself does not find.
-test("15c: a server echoing the token in base64 or hex: no answer header carries it (both transports), nor the gateway's body", async () => {
+test("15c: a server echoing the token in base64 or hex: no answer header or body carries it (both transports, and the gateway)", async () => {
   const path = await seedPool(mock, ["reshaped@x.test"]);
   const token = account(path, "reshaped@x.test").access;
   const line = (prefix) => `${prefix}${token}\r\n`;
@@ -666,7 +670,9 @@ test("15c: a server echoing the token in base64 or hex: no answer header carries
     const headers = JSON.stringify([...res.headers]);
     for (const shape of [shapes[0], shapes[3]]) for (const piece of pieces(shape)) assert.ok(!headers.includes(piece), `${transport}: ${headers}`);
     assert.match(res.headers.get("x-echo"), /\[redacted\]/, transport);
-    await res.text();
+    const text = await res.text();
+    for (const shape of shapes) for (const piece of pieces(shape)) assert.ok(!text.includes(piece), `${transport} ${shape}: ${text}`);
+    assert.equal(JSON.parse(text).request.length, shapes.length, transport);
   }
   const key = "test-gateway-key-reshaped-0123456789";
   process.env.OAUTH_POOL_GATEWAY_KEY = key;

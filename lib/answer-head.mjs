@@ -92,6 +92,76 @@ export function echoForms(secret) {
   return formsOf.forms;
 }
 
+const REDACTED = Buffer.from("[redacted]");
+
+/**
+ * A body without the credential's forms (`echoForms`), as it streams: `pass(chunk)` gives what
+ * can go on now, holding back an end that may be the start of one, and `finish()` what was held
+ * when the body ends. The Rust transport does the same (src/echo.rs `Redactor`): a server echoing
+ * the request (a wrong API URL, a debugging proxy) put the token in an answer OpenCode shows,
+ * keeps in its session files and shares.
+ */
+export class BodyScrubber {
+  constructor(forms) {
+    this.forms = forms.map((f) => Buffer.from(f));
+    this.held = null;
+  }
+
+  pass(chunk) {
+    const joined = this.held !== null;
+    if (chunk.byteLength === 0 && !joined) return chunk;
+    const view = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    let data = joined ? Buffer.concat([this.held, view]) : view;
+    this.held = null;
+    let cut = false;
+    for (const form of this.forms) {
+      let at = data.indexOf(form);
+      if (at === -1) continue;
+      const parts = [];
+      let from = 0;
+      for (; at !== -1; at = data.indexOf(form, from)) {
+        parts.push(data.subarray(from, at), REDACTED);
+        from = at + form.length;
+      }
+      parts.push(data.subarray(from));
+      data = Buffer.concat(parts);
+      cut = true;
+    }
+    const keep = this.startAtEnd(data);
+    if (keep > 0) {
+      this.held = Buffer.from(data.subarray(data.length - keep));
+      data = data.subarray(0, data.length - keep);
+    }
+    return cut || keep > 0 || joined ? new Uint8Array(data) : chunk;
+  }
+
+  /** A whole body, scrubbed. */
+  whole(bytes) {
+    const start = this.pass(bytes);
+    const rest = this.finish();
+    return rest ? Buffer.concat([start, rest]) : start;
+  }
+
+  finish() {
+    const rest = this.held;
+    this.held = null;
+    return rest ? new Uint8Array(rest) : null;
+  }
+
+  /** How many of `data`'s last bytes are the start of a form (the longest such start). */
+  startAtEnd(data) {
+    let most = 0;
+    for (const form of this.forms) {
+      const span = Math.min(form.length - 1, data.length);
+      for (let at = data.indexOf(form[0], data.length - span); at !== -1; at = data.indexOf(form[0], at + 1)) {
+        const tail = data.length - at;
+        if (tail > most && data.subarray(at).equals(form.subarray(0, tail))) most = tail;
+      }
+    }
+    return most;
+  }
+}
+
 /** The forms lower-cased, as a header's name comes: a name cannot be scrubbed, only dropped. */
 let namesOf = { forms: null, names: [] };
 function nameForms(forms) {
@@ -164,6 +234,37 @@ export function readHead(response, forms) {
   // whatever it says (dropped, a relay would pass on coded bytes as plain).
   const hop = named === null ? [] : listed(named).filter((n) => n !== "" && n !== "content-encoding");
   return { lines, length, type, coding, framing, kept: hop.length ? kept.filter(([n]) => !hop.includes(n)) : kept };
+}
+
+/**
+ * `response` without the credential's forms in its head or its body (`BodyScrubber`): for an
+ * answer the host's own fetch got (OpenCode 2's hooks), which no transport of ours read.
+ */
+export function withoutEcho(response, forms) {
+  if (!forms.length) return response;
+  const names = nameForms(forms);
+  const headers = new Headers();
+  for (const [name, value] of response.headers) {
+    if (name.length >= 16 && names.some((f) => name.includes(f))) continue;
+    headers.append(name, withoutSecret(value, forms));
+  }
+  let body = response.body;
+  if (body) {
+    const scrubber = new BodyScrubber(forms);
+    body = body.pipeThrough(
+      new TransformStream({
+        transform(chunk, out) {
+          const piece = scrubber.pass(chunk);
+          if (piece.byteLength) out.enqueue(piece);
+        },
+        flush(out) {
+          const rest = scrubber.finish();
+          if (rest) out.enqueue(rest);
+        },
+      }),
+    );
+  }
+  return new Response(body, { status: response.status, statusText: withoutSecret(response.statusText, forms), headers });
 }
 
 /**

@@ -16,7 +16,7 @@
 import { createRequire } from "node:module";
 import { envGeneration, nativeBinding, proxyConfigured } from "./native.mjs";
 import { networkCause, scrubbed, toPoolError } from "./errors.mjs";
-import { echoForms, handedOver, presented, readHead, reasonPhrase, runtimeDecoded, unreadFraming } from "./answer-head.mjs";
+import { BodyScrubber, echoForms, handedOver, presented, readHead, reasonPhrase, runtimeDecoded, unreadFraming } from "./answer-head.mjs";
 import { abortError, listenAbort } from "./signal.mjs";
 import {
   asBuffer,
@@ -241,7 +241,7 @@ const SILENCE_LOOKS = 4;
  * `tap`, the engine's usage tap is fed the body as it passes (`usageFeed`). An event stream's
  * `opening` (`readOpening`: its reader and the chunks it read) is handed over first.
  */
-function carry(response, { ex, tap, controller, signal, timeoutMs, done, opening }) {
+function carry(response, { ex, tap, controller, signal, timeoutMs, done, opening, scrubber }) {
   const reader = opening?.reader ?? response.body.getReader();
   let ahead = opening?.parts ?? null;
   const usage = tap ? usageFeed(ex) : null;
@@ -282,8 +282,9 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done, opening
           let given = false;
           for (const chunk of parts) {
             usage?.add(chunk);
-            if (chunk.byteLength === 0) continue;
-            out.enqueue(owned(chunk));
+            const piece = scrubber ? scrubber.pass(chunk) : chunk;
+            if (piece.byteLength === 0) continue;
+            out.enqueue(owned(piece));
             given = true;
           }
           if (given) return;
@@ -306,6 +307,8 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done, opening
           reads++;
           if (next.done) {
             finish();
+            const rest = scrubber?.finish();
+            if (rest) out.enqueue(rest);
             out.close();
             // A BYOB read waiting when the body ends resolves as done only once its view is given
             // back (the streams standard).
@@ -313,8 +316,9 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done, opening
             return;
           }
           usage?.add(next.value);
-          if (next.value.byteLength === 0) continue;
-          out.enqueue(owned(next.value));
+          const piece = scrubber ? scrubber.pass(next.value) : next.value;
+          if (piece.byteLength === 0) continue;
+          out.enqueue(owned(piece));
           return;
         }
       },
@@ -542,11 +546,14 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
         return described(handedOver(null, status, statusText, head, false, length), parts.url, step.account ?? null);
       }
       const decoded = head.coding !== null && runtimeDecoded(head.coding);
+      // The credential taken back out of the body, as out of its head: the token alone (an
+      // answer coded in a way the runtime did not undo is passed as it came).
+      const scrubber = forms.length && (head.coding === null || decoded) ? new BodyScrubber(forms) : null;
       if (opening?.ended) {
         release();
         const bytes = Buffer.concat(opening.parts);
         if (tap) ex.finishUsage(bytes);
-        return described(handedOver(bytes, status, statusText, head, decoded), parts.url, step.account ?? null);
+        return described(handedOver(scrubber ? scrubber.whole(bytes) : bytes, status, statusText, head, decoded), parts.url, step.account ?? null);
       }
       // A body the verdict's read saw only part of within its patience streams: read whole, a
       // 400 trickling a byte a second held the caller until its last byte (the native
@@ -561,9 +568,9 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
           release();
         }
         if (tap) ex.finishUsage(asBuffer(bytes));
-        return described(handedOver(bytes, status, statusText, head, decoded), parts.url, step.account ?? null);
+        return described(handedOver(scrubber ? scrubber.whole(asBuffer(bytes)) : bytes, status, statusText, head, decoded), parts.url, step.account ?? null);
       }
-      const body = carry(response, { ex, tap, controller, signal, timeoutMs, done: release, opening });
+      const body = carry(response, { ex, tap, controller, signal, timeoutMs, done: release, opening, scrubber });
       return described(handedOver(body, status, statusText, head, decoded), parts.url, step.account ?? null);
     }
   } finally {

@@ -19,6 +19,10 @@ use crate::http;
 pub struct AnswerBody {
     state: ResponseBody,
     tap: Option<(UsageTap, UsageSink)>,
+    /// The credential the request presented, taken back out of the body as it passes (a server
+    /// echoing the request: a wrong API URL, a debugging proxy). The answer's text reaches
+    /// OpenCode's screen, its session files and shared sessions.
+    redactor: Option<crate::echo::Redactor>,
 }
 
 impl AnswerBody {
@@ -26,6 +30,7 @@ impl AnswerBody {
         body: fetch::Body,
         event_stream: bool,
         sink: Option<UsageSink>,
+        presented: Vec<crate::secret::Secret>,
         cancel: &CancellationToken,
     ) -> Result<AnswerBody> {
         let tap = sink
@@ -34,6 +39,7 @@ impl AnswerBody {
         Ok(AnswerBody {
             state: ResponseBody::new(body, cancel).await?,
             tap,
+            redactor: (!presented.is_empty()).then(|| crate::echo::Redactor::new(presented)),
         })
     }
 
@@ -41,6 +47,7 @@ impl AnswerBody {
         AnswerBody {
             state: ResponseBody::Done,
             tap: None,
+            redactor: None,
         }
     }
 
@@ -60,20 +67,50 @@ impl AnswerBody {
         let full = self.state.take_full()?;
         self.watch(&full);
         self.report();
-        Some(full)
+        Some(match self.redactor.take() {
+            Some(mut r) => match (r.pass(full), r.finish()) {
+                (start, rest) if rest.is_empty() => start,
+                (start, rest) => [start, rest].concat().into(),
+            },
+            None => full,
+        })
     }
 
     pub async fn next_batch(&mut self, cancel: &CancellationToken) -> Result<Option<Vec<Bytes>>> {
-        let batch = self.state.next_batch(cancel).await;
-        match &batch {
-            Ok(Some(parts)) => {
-                for part in parts {
-                    self.watch(part);
+        loop {
+            let batch = self.state.next_batch(cancel).await;
+            match &batch {
+                Ok(Some(parts)) => {
+                    for part in parts {
+                        self.watch(part);
+                    }
                 }
+                _ => self.report(),
             }
-            _ => self.report(),
+            let Some(redactor) = self.redactor.as_mut() else {
+                return batch;
+            };
+            match batch {
+                Ok(Some(parts)) => {
+                    let parts: Vec<Bytes> = parts
+                        .into_iter()
+                        .map(|p| redactor.pass(p))
+                        .filter(|p| !p.is_empty())
+                        .collect();
+                    // All of it held (the start of a credential): read on.
+                    if !parts.is_empty() {
+                        return Ok(Some(parts));
+                    }
+                }
+                // The end: what was held as a credential's start, which never finished, goes
+                // out last. A failure drops it with the rest of the stream.
+                Ok(None) => {
+                    let rest = redactor.finish();
+                    return Ok((!rest.is_empty()).then(|| vec![rest]));
+                }
+                Err(e) => return Err(e),
+            }
         }
-        batch
     }
 
     /// Stops reading (the caller cancelled): what was seen counts.

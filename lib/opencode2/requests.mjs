@@ -28,6 +28,7 @@ import {
 } from "../exchange.mjs";
 import { scrubbed } from "../errors.mjs";
 import { printable } from "../printable.mjs";
+import { echoForms, presented, withoutEcho } from "../answer-head.mjs";
 
 /** The host caps one retry delay at 15 minutes (retry.ts); past that, say so instead of waiting. */
 const HOST_RETRY_CAP_MS = 15 * 60_000;
@@ -442,13 +443,21 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         // (answered locally by the runtime's fetch) and the pool's 429 replaces its answer.
         const local = await localRequest(request, step);
         const state = { ex, answer: step, stopListening, token };
-        place(event, local, placing(state, () => request));
+        place(
+          event,
+          local,
+          placing(state, () => request),
+        );
         return;
       }
       const sent = withHeaders(request, step.headers);
       const state = { ex, placedWith: step.headers, stopListening, token };
       // The host's request gave its body to `sent`; its headers are still readable.
-      place(event, sent, placing(state, () => new Request(sent, { headers: request.headers })));
+      place(
+        event,
+        sent,
+        placing(state, () => new Request(sent, { headers: request.headers })),
+      );
     } catch (err) {
       const aborted = hostSignal(extra, request)?.aborted;
       // The host gave the request up: it reads no answer, so there is nothing to report.
@@ -471,7 +480,11 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         const answer = refusal(err);
         const local = await localRequest(request, answer);
         const state = { ex: null, answer };
-        place(event, local, placing(state, () => request));
+        place(
+          event,
+          local,
+          placing(state, () => request),
+        );
       } catch {}
     }
   };
@@ -494,6 +507,9 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         return;
       }
       let response = event.response;
+      // Every credential the request was sent with, over its attempts: taken back out of the
+      // answer the host reads (a server echoing the request).
+      let forms = echoForms(presented(new Headers(state.placedWith)));
       let opening = await openingOf(ex, response);
       let verdict;
       for (;;) {
@@ -527,10 +543,11 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         }
         await dropped(response, opening);
         response = next;
+        forms = [...new Set([...forms, ...echoForms(presented(new Headers(step.headers)))])];
         opening = await openingOf(ex, response);
       }
       if (opening) response = replayed(response, opening);
-      event.response = verdict === "deliver-tap" ? tapUsage(response, ex) : response;
+      event.response = withoutEcho(verdict === "deliver-tap" ? tapUsage(response, ex) : response, forms);
     } catch (err) {
       // A request the host gave up is no failure of ours to report.
       if (!hostSignal(extra, event.request)?.aborted) log("error", `the pool could not finish this request: ${codeOf(err)} ${scrubbed(err?.message ?? err)}`);

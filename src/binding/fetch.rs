@@ -118,9 +118,15 @@ impl FetchController {
                 Err(e) => return Err(js_error(e)),
             };
             let events = serde_json::to_string(&answer.events).unwrap_or_else(|_| "[]".into());
-            let body = AnswerBody::new(answer.body, answer.event_stream, answer.usage, &cancel)
-                .await
-                .map_err(js_error)?;
+            let body = AnswerBody::new(
+                answer.body,
+                answer.event_stream,
+                answer.usage,
+                answer.presented,
+                &cancel,
+            )
+            .await
+            .map_err(js_error)?;
             let body = Arc::new(tokio::sync::Mutex::new(body));
             if let Ok(mut slot) = slot.lock() {
                 *slot = Arc::downgrade(&body);
