@@ -125,9 +125,23 @@ export interface AccountSummary {
   /**
    * Whether the pool would send a request with it now: enabled, with a credential, not cooling,
    * and no `auth-error` of the pool's own for this credential (one another program wrote, such
-   * as the aidevops plugin, does not stop it). `poolStatus().counts.usable` counts these.
+   * as the aidevops plugin, does not stop it), not held at its reserve line, not resting in
+   * this process after a refusal, and past this process's jitter after a reset.
+   * `poolStatus().counts.usable` counts these.
    */
   usable?: boolean;
+  /**
+   * Epoch ms until which this process holds the account back beyond its stored cooldown, and
+   * why: `reserve` (its reserve line), `rest` (a rest after a refusal, this process's own).
+   * Absent when nothing but its stored cooldown holds it back.
+   */
+  heldUntil?: number;
+  heldBy?: "reserve" | "rest";
+  /**
+   * An `auth-error` another program wrote (the aidevops plugin's helper, after refreshes that
+   * failed): the pool presents the login once more when that program's backoff ends.
+   */
+  authErrorTheirs?: boolean;
   /** Share of every window kept for the account's owner (above 0, at most 1); null: none. */
   reserve?: number | null;
   /**
@@ -189,7 +203,7 @@ export interface PoolStatus {
   path: string;
   accounts: AccountSummary[];
   counts: Record<AccountStatus | "invalid" | "total" | "usable", number>;
-  /** Epoch ms when the soonest cooling account becomes usable, or null. */
+  /** Epoch ms when the soonest cooling or held (`heldUntil`) account becomes usable, or null. */
   soonestReset: number | null;
   /** The last failover this machine recorded, or null. */
   lastFailover: { at: number; from: string; to: string | null; reason: string } | null;

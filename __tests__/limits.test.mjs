@@ -1260,3 +1260,51 @@ test("every account left `rate-limited` in the file with its cooldown over or un
   }
   assert.deepEqual(served.toSorted(), emails);
 });
+
+test("the views say what the pool does: an account held at its reserve line, and an auth-error another program wrote", async () => {
+  // Found by a review: `usable` and `soonestReset` came from the stored fields alone. Both
+  // accounts held at their reserve line read usable, with no reset ahead, while the fetch answered
+  // the pool's 429 for half an hour; and an auth-error aidevops's helper wrote said "needs a new
+  // login" for an account the pool served.
+  await withEnv({ OAUTH_POOL_JITTER_MS: "0" }, async () => {
+    const path = await seedPool(mock, ["held1@x.test"]);
+    const reset = Math.floor(Date.now() / 1000) + 1800;
+    mock.setUtilization("held1@x.test", { fiveHour: 0.85, fiveHourReset: reset });
+    const f = lib.createPoolFetch({ path });
+    const first = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: '{"model":"claude-sonnet-4-5","messages":[]}' });
+    await first.text();
+    await lib.flushPool(path);
+    await lib.setReserve("held1@x.test", 0.2, path);
+    const st = await lib.poolStatus(path);
+    const [a] = st.accounts;
+    assert.equal(st.counts.usable, 0);
+    assert.equal(a.usable, false, JSON.stringify(a));
+    assert.equal(a.heldBy, "reserve");
+    assert.equal(a.heldUntil, reset * 1000);
+    assert.equal(st.soonestReset, reset * 1000);
+    const [listed] = await lib.listAccounts(path);
+    assert.equal(listed.usable, false);
+    const tool = lib.createPoolTool({}, { path });
+    const text = await tool.execute({ action: "status" }, {});
+    assert.match(text, /held at its reserve line: usable again in 29 min|held at its reserve line: usable again in 30 min/);
+    assert.doesNotMatch(text, /no account is cooling down/);
+    assert.match(statusText(st, Date.now(), {}), /held at its reserve line/);
+
+    // aidevops's helper marked the other login auth-error with a backoff: tried again after it.
+    const theirs = await seedPool(mock, ["theirs1@x.test"]);
+    const pool = readPool(theirs);
+    pool.anthropic[0].status = "auth-error";
+    pool.anthropic[0].cooldownUntil = Date.now() + 90_000;
+    writeFileSync(theirs, JSON.stringify(pool), { mode: 0o600 });
+    const during = await lib.poolStatus(theirs);
+    assert.equal(during.accounts[0].authErrorTheirs, true);
+    assert.ok(Math.abs(during.soonestReset - pool.anthropic[0].cooldownUntil) < 1000, JSON.stringify(during.accounts[0]));
+    const duringText = await lib.createPoolTool({}, { path: theirs }).execute({ action: "list" }, {});
+    assert.match(duringText, /auth-error marked by another program; the pool tries this login again in 1 min/);
+    pool.anthropic[0].cooldownUntil = Date.now() - 1000;
+    writeFileSync(theirs, JSON.stringify(pool), { mode: 0o600 });
+    const after = await lib.createPoolTool({}, { path: theirs }).execute({ action: "list" }, {});
+    assert.match(after, /auth-error marked by another program; the pool tries this login again at its next request/);
+    assert.doesNotMatch(after, /needs a new login/);
+  });
+});

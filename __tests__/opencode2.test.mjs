@@ -2,6 +2,7 @@
 // 2.x does (helpers/opencode2-host.mjs, built from anomalyco/opencode's source), against the
 // loopback mock of Anthropic. Runs under Node and Bun.
 import { test } from "node:test";
+import { createHash } from "node:crypto";
 import assert from "node:assert/strict";
 import * as pluginModule from "../plugin.mjs";
 import * as lib from "../index.mjs";
@@ -352,7 +353,11 @@ test("2.x: the tool and the command say how to log in as OpenCode 2 does (its co
     /no accounts yet\. Add one: `\/connect` -> Anthropic Pool -> "Claude Pro\/Max \(add account to pool\)".* In a terminal: `oauth-pool add`\.$/,
   );
   // An account whose login was refused (its tokens kept), and a Console key refused.
-  const pool = { version: 1, anthropic: [{ ...oauthEntry(mock, "gone@x.test"), status: "auth-error" }] };
+  // Marked as the pool marks a refusal it saw (the credential's fingerprint): one another
+  // program marked is tried again, and says so.
+  const gone = oauthEntry(mock, "gone@x.test");
+  const tag = createHash("sha256").update(gone.refresh).digest("hex").slice(0, 8);
+  const pool = { version: 1, anthropic: [{ ...gone, status: "auth-error", authErrorToken: tag }] };
   await lib.savePool(pool, path);
   await lib.addApiKey("k-refused-0123456789", { email: "team-key", path });
   const saved = readPool(path);

@@ -13,6 +13,7 @@ import {
   SUBSCRIPTION_TERMS,
   ago,
   duration,
+  heldText,
   percent,
   quotaText,
   restedText,
@@ -44,8 +45,10 @@ function stateText(a, now) {
   // until then, though no cooldown was recorded (reset-cooldowns lifts this wait as well).
   if (a.status === "rate-limited" && a.tokenWaitUntil && a.tokenWaitUntil >= (a.rateLimitUntil ?? 0))
     return `rate-limited: the token endpoint asked to wait before its token is refreshed, usable again ${wait(a.rateLimitUntil, now)} (oauth-pool reset-cooldowns to try now)`;
-  if (a.status === "rate-limited" && a.rateLimitUntil) return `rate-limited, usable again ${wait(a.rateLimitUntil, now)}`;
+  if (a.status === "rate-limited" && a.rateLimitUntil) return `rate-limited, usable again ${wait(a.heldUntil ?? a.rateLimitUntil, now)}`;
   if (!a.enabled && a.status !== "disabled") return `${a.status} (disabled)`;
+  const held = a.credential === false ? null : heldText(a, now);
+  if (held) return held;
   // Never used, whatever its status reads: tokens never written, a key under another name.
   if (a.credential === false)
     return a.type === "api" ? `${a.status}, but no key (oauth-pool add-key --email <email>)` : `${a.status}, but no token (log in again: oauth-pool add)`;

@@ -119,10 +119,37 @@ export function ago(iso, now = Date.now()) {
   return `${duration(now - t)} ago`;
 }
 
+/** Why the engine holds an account back that its stored fields call usable (`heldBy`). */
+const HELD_BY = {
+  reserve: "held at its reserve line",
+  rest: "resting in this process after a refusal",
+};
+
+/**
+ * What the pool does with an account where its stored status says otherwise (`listAccounts` and
+ * `poolStatus` add the engine's view): held back though idle or active, or an `auth-error`
+ * another program wrote (aidevops's helper, after a refresh that failed for a while), whose
+ * login the pool presents once more when that program's backoff ends. Null when nothing to add.
+ */
+export function heldText(a, now = Date.now()) {
+  const until = a.heldUntil ?? a.rateLimitUntil;
+  if (a.status === "auth-error" && a.authErrorTheirs && a.type !== "api")
+    return a.usable
+      ? "auth-error marked by another program; the pool tries this login again at its next request"
+      : `auth-error marked by another program; the pool tries this login again ${until ? wait(until, now) : "when its backoff ends"}`;
+  if (a.heldUntil && a.usable === false && (a.status === "idle" || a.status === "active"))
+    return `${a.status}, ${HELD_BY[a.heldBy] ?? "held back"}: usable again ${wait(a.heldUntil, now)}`;
+  return null;
+}
+
 export function statusText(a, now = Date.now(), hints = HINTS.v1) {
+  const held = heldText(a, now);
+  if (held && a.credential !== false) return held;
   switch (a.status) {
-    case "rate-limited":
-      return a.rateLimitUntil ? `rate-limited, usable again ${wait(a.rateLimitUntil, now)}` : "rate-limited";
+    case "rate-limited": {
+      const until = a.heldUntil ?? a.rateLimitUntil;
+      return until ? `rate-limited, usable again ${wait(until, now)}` : "rate-limited";
+    }
     case "auth-error":
       return a.type === "api" ? `auth-error: the key was refused; ${hints.key}` : `auth-error: needs a new login: ${hints.login}`;
     case "disabled":

@@ -197,7 +197,7 @@ async function status(path, now, hints, email) {
     .join(", ");
   lines.push(`Accounts: ${c.total ?? 0} total, ${c.usable ?? 0} usable${by ? ` (${by})` : ""}.`);
   if (s.soonestReset) {
-    const who = s.accounts.map((a, i) => (a.rateLimitUntil === s.soonestReset ? listedName(a.email, i) : null)).filter((w) => w !== null);
+    const who = s.accounts.map((a, i) => ((a.heldUntil ?? a.rateLimitUntil) === s.soonestReset ? listedName(a.email, i) : null)).filter((w) => w !== null);
     lines.push(`Soonest reset: ${wait(s.soonestReset, now)}${who.length ? `, ${named(who)}` : ""}.`);
   } else {
     lines.push("Soonest reset: no account is cooling down.");

@@ -86,7 +86,10 @@ pub fn list_accounts(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_,
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
         let pool = store.load().await.map_err(js_error)?;
-        Ok(Value::Array(manage::list(&pool, now_ms())))
+        let now = now_ms();
+        let mut accounts = manage::list(&pool, now);
+        manage::engine_view(&mut accounts, &pool, &Engine::for_store(store), now);
+        Ok(Value::Array(accounts))
     })
 }
 
@@ -106,6 +109,14 @@ pub fn pool_status(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, V
             .filter(|a| engine.usable(&pool, a, now))
             .count();
         status["counts"]["usable"] = usable.into();
+        if let Some(Value::Array(accounts)) = status.get_mut("accounts") {
+            if let Some(held) = manage::engine_view(accounts, &pool, &engine, now) {
+                let soonest = status["soonestReset"]
+                    .as_i64()
+                    .map_or(held, |s| s.min(held));
+                status["soonestReset"] = soonest.into();
+            }
+        }
         let runtime = engine.runtime_status(&pool).await;
         if let (Value::Object(s), Value::Object(r)) = (&mut status, runtime) {
             s.extend(r);

@@ -637,6 +637,30 @@ impl Engine {
         self.blocked(a, None, now) == Blocked::No && self.token_wait(pool, a, now).is_none()
     }
 
+    /// What the views add to `a`'s stored fields: whether a request would be sent with it now,
+    /// and until when it is held back, with why (its reserve line, a rest of this process's
+    /// own, or its cooldown: stored, or this process's jitter past its end).
+    pub fn held(&self, pool: &Pool, a: &Account, now: i64) -> (bool, Option<(i64, &'static str)>) {
+        let usable = self.usable(pool, a, now);
+        let Blocked::Until(until) = self.blocked(a, None, now) else {
+            return (usable, None);
+        };
+        let why = if a.reserve().is_some_and(|r| {
+            self.windows(a).iter().any(|w| {
+                w.reset.is_some_and(|t| t > now)
+                    && w.utilization
+                        .is_some_and(|u| limits::past_reserve_line(u, r))
+            })
+        }) {
+            "reserve"
+        } else if self.overlay.resting_until(a, now).is_some_and(|t| t > now) {
+            "rest"
+        } else {
+            "cooldown"
+        };
+        (usable, Some((until, why)))
+    }
+
     /// `reset-cooldowns`: forget what this process decided on its own.
     pub fn reset_memory(&self) {
         self.overlay.clear();
