@@ -732,6 +732,24 @@ test("provider: \"anthropic\" with no host login of its own: the provider and it
   await handle.unload();
 });
 
+test("2.x: an answer echoing the presented token reaches the host without it, in its head and its body", async () => {
+  const { host, handle, path } = await started({ path: await seedPool(mock, ["mirror2@x.test"]) });
+  const token = readPool(path).anthropic[0].access;
+  mock.script("mirror2@x.test", [
+    { status: 400, body: { type: "error", error: { type: "invalid_request_error", message: `bad header: Bearer ${token}` } }, headers: { "x-echo": token }, chunkSize: 7 },
+  ]);
+  const failure = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).then(
+    () => null,
+    (e) => e,
+  );
+  assert.ok(failure, "the 400 fails the request");
+  // What the host read back (its own record of what it sent holds the token, as sent).
+  const seen = JSON.stringify(host.log.filter((e) => e.type !== "http.send")) + String(failure.error?.message) + String(failure.message);
+  assert.ok(!seen.includes(token), seen.slice(0, 2000));
+  assert.match(String(failure.error?.message ?? failure.message), /\[redacted\]/);
+  await handle.unload();
+});
+
 test("on a host that gives hooks no signal, the request's own signal ends what the pool holds for it", async () => {
   const path = await seedPool(mock, ["nosig3@x.test"]);
   const old = process.env.OAUTH_POOL_HOLD_MAX_MS;
