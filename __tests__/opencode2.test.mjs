@@ -713,7 +713,7 @@ test("two copies naming two pools (a global and a project config): the one set u
   });
 });
 
-test("provider: \"anthropic\" with no host login of its own: the provider and its models are listed, and served from the pool", async () => {
+test('provider: "anthropic" with no host login of its own: the provider and its models are listed, and served from the pool', async () => {
   const path = await seedPool(mock, ["own1@x.test"]);
   const host = createHost({ sleep: async () => {}, random: () => 0.5 });
   const handle = await host.start(loadPlugin(pluginModule, { options: { path, provider: "anthropic" } }));
@@ -736,7 +736,12 @@ test("2.x: an answer echoing the presented token reaches the host without it, in
   const { host, handle, path } = await started({ path: await seedPool(mock, ["mirror2@x.test"]) });
   const token = readPool(path).anthropic[0].access;
   mock.script("mirror2@x.test", [
-    { status: 400, body: { type: "error", error: { type: "invalid_request_error", message: `bad header: Bearer ${token}` } }, headers: { "x-echo": token }, chunkSize: 7 },
+    {
+      status: 400,
+      body: { type: "error", error: { type: "invalid_request_error", message: `bad header: Bearer ${token}` } },
+      headers: { "x-echo": token },
+      chunkSize: 7,
+    },
   ]);
   const failure = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).then(
     () => null,

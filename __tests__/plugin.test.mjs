@@ -1715,6 +1715,19 @@ test("config keeps what the user set in provider['anthropic-pool']", async () =>
     assert.deepEqual(sonnet.options, { thinking: { type: "enabled" } });
     assert.ok(p.models["claude-test-9"]);
 
+    // Only models of the user's own names, none a Claude id: the user's still (it was taken for
+    // aidevops's stand-in, its name and models dropped). The stand-in itself is replaced.
+    const aliasesOnly = { provider: { "anthropic-pool": { name: "Work pool", models: { fast: { name: "Fast (alias)" } } } } };
+    await poolConfigHook(aliasesOnly, { path: freshPath() });
+    assert.equal(aliasesOnly.provider["anthropic-pool"].name, "Work pool");
+    assert.deepEqual(aliasesOnly.provider["anthropic-pool"].models.fast, { name: "Fast (alias)" });
+    assert.ok(aliasesOnly.provider["anthropic-pool"].models["claude-sonnet-4-5"]);
+    const standIn = {
+      provider: { "anthropic-pool": { name: "Anthropic Pool (aidevops)", models: { "pool-account-management": { name: "x", family: "pool" } } } },
+    };
+    await poolConfigHook(standIn, { path: freshPath() });
+    assert.ok(!("pool-account-management" in standIn.provider["anthropic-pool"].models));
+
     const userCommand = { command: { [TOOL]: { template: "mine" } } };
     await poolConfigHook(userCommand);
     assert.deepEqual(userCommand.command[TOOL], { template: "mine" });

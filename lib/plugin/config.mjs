@@ -137,13 +137,17 @@ const isClaudeModel = (key, model) => /^claude-/.test(String(model?.id ?? key));
 
 /**
  * A provider entry another plugin wrote as a stand-in for `anthropic-pool` (aidevops writes one
- * with a single "pool-account-management" model): it has models and none can reach Anthropic.
- * Not a person's settings, so it does not stop us from declaring the real models.
+ * with a single "pool-account-management" model, family "pool"): none of its models can reach
+ * Anthropic, and one is that stand-in. Not a person's settings, so it does not stop us from
+ * declaring the real models. A person's entry whose models are named otherwise (`fast`, without
+ * a Claude id) is theirs: taken for a stand-in, its name and models were dropped.
  */
 export function isPlaceholderEntry(entry) {
   const models = isPlainObject(entry?.models) ? Object.entries(entry.models) : [];
-  return models.length > 0 && !models.some(([k, m]) => isClaudeModel(k, m));
+  return models.length > 0 && !models.some(([k, m]) => isClaudeModel(k, m)) && models.some(([k, m]) => isStandInModel(k, m));
 }
+
+const isStandInModel = (key, model) => key === "pool-account-management" || model?.family === "pool";
 
 /**
  * What of a provider entry can be the user's settings: an entry, its `options` and its `models`
