@@ -745,6 +745,52 @@ const onPath = (name) =>
 const STRACE = onPath("strace");
 const canTrace = STRACE && spawnSync(STRACE, ["-o", "/dev/null", "true"]).status === 0;
 
+// Found by a review: a writer killed (or a power cut) after its temp file's fsync and before its
+// rename left the refresh's new tokens in that temp alone. The next write deleted it unread, and
+// the next refresh presented the spent token: the login was revoked.
+test("a refresh killed between its temp file's fsync and its rename: the next process takes the new tokens from the temp and presents nothing spent", {
+  skip: !canTrace && "strace cannot trace here (not installed, or ptrace refused)",
+}, async () => {
+  const email = "cut-write@x.test";
+  const path = await seedPool(mock, [email], { expired: [email] });
+  const dir = join(path, "..");
+  const env = { ...process.env, OAUTH_POOL_PATH: path };
+  const killed = await run(
+    [
+      "-f",
+      "-qq",
+      "-o",
+      "/dev/null",
+      "-e",
+      "trace=rename",
+      "-e",
+      "inject=rename:signal=SIGKILL:when=1",
+      process.execPath,
+      CLI,
+      "refresh",
+      email,
+      "--path",
+      path,
+    ],
+    env,
+    STRACE,
+  ).done;
+  const live = mock.tokens(email).refresh;
+  const holding = () => readdirSync(dir).filter((f) => statSync(join(dir, f)).isFile() && readFileSync(join(dir, f), "latin1").includes(live));
+  assert.ok(
+    holding().some((f) => f.endsWith(".tmp")),
+    `the cut write's temp holds the new tokens (${killed.code} ${killed.err}): ${readdirSync(dir)}`,
+  );
+  assert.notEqual(account(path, email).refresh, live, "the pool still holds the spent token");
+  const next = await run([CLI, "refresh", email, "--path", path], env).done;
+  assert.equal(next.code, 0, next.err);
+  const family = mock.stats().perFamily[email];
+  assert.equal(family.reuse, 0, `no spent token presented: ${JSON.stringify(family)}`);
+  assert.equal(family.revoked, false);
+  assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the login is in the pool");
+  assert.ok(!readdirSync(dir).some((f) => f.endsWith(".tmp")), "the temp is gone once taken");
+});
+
 // Guards what a power cut or a second process depends on and no test checked, since nothing a
 // test can read afterwards tells a durable write from one still in the page cache: the refresh
 // lock is taken before the pool is read again and the token endpoint called, and let go only

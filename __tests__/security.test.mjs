@@ -580,6 +580,16 @@ test("14: unreadable entries are listed (marked invalid) and can be removed by e
     ],
   );
   assert.match(list[1].lastError, /unreadable/);
+  // Loaded, edited and saved: the unreadable entries go back as they were (a review found
+  // `savePool(await loadPool())` refused, POOL_INVALID); one the caller made up is still refused.
+  const loaded = await lib.loadPool(path);
+  loaded.anthropic[0].priority = 3;
+  await lib.savePool(loaded, path);
+  assert.deepEqual(readPool(path).anthropic.slice(1), [{ email: "broken@x.test", expires: "tomorrow" }, 42]);
+  assert.equal(account(path, "fine@x.test").priority, 3);
+  const madeUp = await lib.loadPool(path);
+  madeUp.anthropic.push({ email: "", refresh: "x" });
+  await assert.rejects(lib.savePool(madeUp, path), (e) => e.code === "POOL_INVALID");
   assert.equal(await lib.removeAccount("broken@x.test", path), 1);
   assert.equal(await lib.removeAccount("#1", path), 1);
   assert.deepEqual(

@@ -813,3 +813,37 @@ test("an abort with a falsy reason while an error answer's body is read rejects 
     },
   );
 });
+
+test("an endless chunked answer that also says a small content-length streams (or fails coded); it is not read whole into memory", async () => {
+  // Found by a review under Bun: the runtime transport took the length for the body's and read
+  // the endless chunked body whole, 65 MB a second, no Response, no timeout (the silence timer
+  // restarted with each chunk).
+  const path = await seedPool(mock, ["clte@x.test"]);
+  const chunk = Buffer.from(`${(16 * 1024).toString(16)}\r\n${"x".repeat(16 * 1024)}\r\n`);
+  await withRawApi(
+    (socket) => {
+      socket.write("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\ntransfer-encoding: chunked\r\n\r\n");
+      const timer = setInterval(() => {
+        if (socket.destroyed) return clearInterval(timer);
+        socket.write(chunk);
+      }, 1);
+      socket.on("close", () => clearInterval(timer));
+    },
+    async (api) => {
+      for (const transport of ["native", "runtime"]) {
+        const controller = new AbortController();
+        const settled = await Promise.race([
+          createPoolFetch({ path, transport })(`${api}/v1/messages`, { method: "POST", headers: jsonHeaders, body: "{}", signal: controller.signal }).then(
+            (res) => ({ res }),
+            (err) => ({ err }),
+          ),
+          new Promise((r) => setTimeout(() => r({ hung: true }), 5000)),
+        ]);
+        controller.abort();
+        assert.ok(!settled.hung, `${transport}: no Response and no error within 5 s`);
+        if (settled.err) assert.equal(settled.err.code, "NETWORK", `${transport}: ${settled.err.message}`);
+        else await settled.res.body?.cancel().catch(() => {});
+      }
+    },
+  );
+});

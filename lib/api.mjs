@@ -192,7 +192,9 @@ function heldAsRead(pool) {
   // Whole accounts, not their names and credentials alone: a field the copy still holds as read
   // takes what another writer put there since (a cooldown, a `disable`), where the copy's stale
   // value undid it.
-  const anthropic = pool.anthropic.filter((a) => isPlainObject(a) && typeof a.email === "string").map((a) => structuredClone(a));
+  // Unreadable entries too: `savePool` keeps one exactly as read (the addon lists them as they
+  // are, and a script that loads, edits and saves was refused for them).
+  const anthropic = pool.anthropic.map((a) => structuredClone(a));
   // And the other writers' sections (the aidevops plugin's `openai`, its `_pending_*` marks): one
   // the copy holds as read takes what is stored at the save (the plugin's refreshed OpenAI login
   // went back to its spent token).

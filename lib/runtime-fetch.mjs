@@ -364,7 +364,7 @@ async function withinSilence(read, timeoutMs, controller) {
 }
 
 /** The whole body, `heard()` told of each chunk as it comes. */
-async function readBody(body, heard) {
+async function readBody(body, heard, limit) {
   const reader = body.getReader();
   const parts = [];
   let size = 0;
@@ -374,6 +374,11 @@ async function readBody(body, heard) {
     heard();
     parts.push(value);
     size += value.byteLength;
+    // Read whole because its length said small: more than that is no answer of that length.
+    if (size > limit) {
+      reader.cancel().catch(() => {});
+      throw networkError(`the answer is longer than its content-length (${limit} bytes)`);
+    }
   }
   return parts.length === 1 ? parts[0] : Buffer.concat(parts, size);
 }
@@ -427,7 +432,10 @@ export function described(response, url, account) {
  * be a gigabyte), and not an event stream. Anything else streams, chunk by chunk, each chunk
  * under the silence limit (a missing length once read as 0 and took a chunked body whole).
  */
-function isWhole({ length, coding, type }) {
+function isWhole({ length, coding, type, framing }) {
+  // With a transfer-encoding the length says nothing of the body (RFC 9112 6.3: the encoding
+  // wins): an endless chunked answer saying `content-length: 10` was read whole into memory.
+  if (framing !== null) return false;
   if (length === null || !/^\s*\d+\s*$/.test(length) || Number(length) > WHOLE_BODY_LIMIT) return false;
   if (coding !== null && coding.trim().toLowerCase() !== "identity") return false;
   return !(type ?? "").trimStart().toLowerCase().startsWith("text/event-stream");
@@ -561,7 +569,7 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
       if (isWhole(head) && (peeked === null || peeked >= Number(head.length))) {
         let bytes;
         try {
-          bytes = await withinSilence((heard) => readBody(response.body, heard), timeoutMs, controller);
+          bytes = await withinSilence((heard) => readBody(response.body, heard, Number(head.length)), timeoutMs, controller);
         } catch (err) {
           throw signal?.aborted ? abortError(signal) : err;
         } finally {

@@ -593,6 +593,13 @@ impl Pool {
     /// Strict validation for pools handed to us by a caller (`savePool`): unlike a file on disk,
     /// a bad entry here is the caller's bug and is refused rather than kept.
     pub fn from_caller(value: Value) -> Result<Pool> {
+        Pool::from_caller_read(value, None)
+    }
+
+    /// `from_caller`, where an unreadable entry exactly as `read` (the pool `loadPool` gave, which
+    /// lists such entries as they are) holds it is kept verbatim: `savePool(await loadPool())`
+    /// of a file holding one was refused, and a script that loads, edits and saves was stuck.
+    pub fn from_caller_read(value: Value, read: Option<&Pool>) -> Result<Pool> {
         // `savePool({})` would otherwise replace every account with none.
         match value.get("anthropic") {
             Some(Value::Array(_)) => {}
@@ -609,8 +616,18 @@ impl Pool {
             }
         }
         let pool = Pool::from_value(integral(value)).map_err(Error::PoolInvalid)?;
+        let as_read = |raw: &Value| {
+            read.is_some_and(|r| {
+                r.anthropic
+                    .iter()
+                    .any(|e| matches!(e, Entry::Invalid { raw: was, .. } if was == raw))
+            })
+        };
         for (i, e) in pool.anthropic.iter().enumerate() {
-            if let Entry::Invalid { reason, .. } = e {
+            if let Entry::Invalid { reason, raw } = e {
+                if as_read(raw) {
+                    continue;
+                }
                 return Err(Error::PoolInvalid(format!("anthropic[{i}]: {reason}")));
             }
         }

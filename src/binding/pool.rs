@@ -58,17 +58,18 @@ pub fn save_pool(
 ) -> JsResult<PromiseRaw<'_, ()>> {
     promise(env, async move {
         let store = store_for(path.as_deref()).map_err(js_error)?;
-        let pool = Pool::from_caller(pool).map_err(js_error)?;
         // What was read says what was removed from that pool only, whichever way its path is
         // spelt (the variable, a relative path, a link): saved to another, the copy replaces it.
         let same_pool = match read_from {
             Some(from) => from == store.identity().await,
             None => false,
         };
+        // Made by index.mjs from what loadPool gave; unreadable, nothing is left out.
+        let held = held.filter(|_| same_pool).and_then(Pool::from_held);
+        let pool = Pool::from_caller_read(pool, held.as_ref()).map_err(js_error)?;
         let read = ReadCopy {
             at: read_at.filter(|t| t.is_finite()).map(|t| t as i64),
-            // Made by index.mjs from what loadPool gave; unreadable, nothing is left out.
-            held: held.filter(|_| same_pool).and_then(Pool::from_held),
+            held,
             spent: Vec::new(),
         };
         store.save_read_at(pool, read).await.map_err(js_error)?;

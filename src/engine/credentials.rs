@@ -592,7 +592,12 @@ impl Engine {
         // refresh token is spent for them, and only a write of some process takes them (this
         // one's refresh adopted them, and the file stayed, with the pool still holding the spent
         // token, and "kept" reported).
-        if !self.kept_elsewhere().await.is_empty() {
+        if !self.kept_elsewhere().await.is_empty()
+            || self
+                .store
+                .path()
+                .is_some_and(crate::store::file::has_orphaned_temps)
+        {
             self.write(|_| Ok(())).await?;
         }
         let mut events = Vec::new();
@@ -780,7 +785,8 @@ impl Engine {
         let mut pool = self.store.load_under(&refresh_lock).await?;
         // Tokens a process that ended could not write (`store::rescue`): their refresh token is
         // the live one, the pool's is spent.
-        let _ = apply_kept(&mut pool, &self.kept_elsewhere().await);
+        let kept = self.kept_and_orphaned(&pool).await;
+        let _ = apply_kept(&mut pool, &kept);
         // Ours, saved and then undone by a writer that takes no lock: written back at once (a
         // process reading the spent token would be refused it, and an older release would
         // present it), and taken from here if that write fails. The fleet store's lock holds

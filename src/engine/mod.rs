@@ -495,6 +495,23 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// `kept_elsewhere`, with the tokens a pool write cut before its rename left in its temp
+    /// file (`store::file::orphaned_tokens`), judged against `pool`.
+    pub(crate) async fn kept_and_orphaned(&self, pool: &Pool) -> credentials::KeptFiles {
+        let mut kept = self.kept_elsewhere().await;
+        if let Some(path) = self.store.path().map(std::path::Path::to_path_buf) {
+            let pool = pool.clone();
+            kept.extend(
+                crate::store::blocking(move || {
+                    Ok(crate::store::file::orphaned_tokens(&path, &pool))
+                })
+                .await
+                .unwrap_or_default(),
+            );
+        }
+        kept
+    }
+
     /// This process's unsaved tokens kept on disk as they are now (`store::rescue`): written
     /// when a refresh's tokens could not be, removed once none are left.
     pub(crate) async fn keep_unsaved_on_disk(&self) {

@@ -28,6 +28,9 @@ use crate::pool::{Pool, ReadCopy};
 
 /// The largest pool file we read: a thousand accounts take well under 2 MB.
 const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
+/// Temp files a cut write left read at most per write (`orphaned_tokens`): each is removed once
+/// a write is in place, so more than a few means something else writes them.
+const MAX_ORPHANS_READ: usize = 8;
 /// How long a writer waits for the lock. Holders keep it for a read-modify-write only (the
 /// token HTTP call is under a per-account lock), so this is generous.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -241,7 +244,8 @@ impl FileStore {
         if pool.file_missing {
             return rescue::KeptLanded::default();
         }
-        let files = rescue::found(&self.path);
+        let mut files = rescue::found(&self.path);
+        files.extend(orphaned_tokens(&self.path, pool));
         if files.is_empty() {
             return rescue::KeptLanded::default();
         }
@@ -626,7 +630,6 @@ impl FileStore {
         }
         let dir = parent_dir(path);
         create_private_dir(&dir)?;
-        remove_orphaned_temps(path);
 
         let mut tmp = temp_in(&dir, path)?;
         tmp.write_all(bytes)
@@ -647,6 +650,9 @@ impl FileStore {
         }
         persist(tmp, path)?;
         sync_dir(&dir);
+        // Once this write is in place (its own temp is renamed): a write that fails leaves what
+        // an earlier one left, which the next write may take (`orphaned_tokens`).
+        remove_orphaned_temps(path);
         Ok(stamp)
     }
 
@@ -955,6 +961,52 @@ fn random_suffix() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The tokens in a temp file a writer left between its fsync and its rename (killed, the
+/// power cut): of a refresh, the only copy of its new tokens, which the next write used to
+/// delete unread while the pool still held the spent token (presented again, the login was
+/// revoked). Taken, as kept tokens are, for each account whose token in the pool the journal
+/// has seen presented, where the temp's was never presented: the newer of the two. A temp
+/// holding nothing newer goes as before, once a write is in place.
+pub fn orphaned_tokens(path: &Path, pool: &Pool) -> Vec<(PathBuf, Vec<rescue::KeptTokens>)> {
+    let Some(journal) = super::journal::Journal::for_user() else {
+        return Vec::new();
+    };
+    let tag = super::journal::tag;
+    let mut out = Vec::new();
+    for temp in orphaned_temps(path).into_iter().take(MAX_ORPHANS_READ) {
+        let Ok(bytes) = fsread::read_regular(&temp, MAX_FILE_BYTES, false) else {
+            continue;
+        };
+        let Ok(left) = Pool::parse(&bytes) else {
+            continue;
+        };
+        let newer: Vec<rescue::KeptTokens> = left
+            .accounts()
+            .filter(|t| !t.is_api_key())
+            .filter_map(|t| {
+                let held = pool.find(&t.email)?.refresh.clone()?;
+                let (access, refresh) = (t.access.clone()?, t.refresh.clone()?);
+                let newer = refresh != held
+                    && !refresh.is_empty()
+                    && journal.presented(&tag(&held))
+                    && !journal.presented(&tag(&refresh));
+                newer.then(|| rescue::KeptTokens {
+                    email: t.email.clone(),
+                    access,
+                    refresh,
+                    expires: t.expires.unwrap_or(0),
+                    presented: held,
+                })
+            })
+            .collect();
+        if !newer.is_empty() {
+            tracing::warn!(path = %temp.display(), "a write was cut before its rename; the tokens it held are taken");
+            out.push((temp, newer));
+        }
+    }
+    out
+}
+
 /// Temp files of ours left by a writer that died mid-write. We hold the lock, and writers only
 /// create temps under it, so every such file is an orphan. They hold tokens: remove them.
 /// The refresh journal's writer calls it too, under the journal's lock, for its own temps.
@@ -963,11 +1015,25 @@ fn random_suffix() -> String {
 /// `oauth-pool.json`) has temps that begin with this prefix too, made under its own lock, not
 /// ours; removing a live one failed that pool's write.
 pub(super) fn remove_orphaned_temps(path: &Path) {
+    for temp in orphaned_temps(path) {
+        let _ = fs::remove_file(temp);
+    }
+}
+
+/// Whether a write of the pool at `path` left a temp file (cut before its rename).
+pub fn has_orphaned_temps(path: &Path) -> bool {
+    !orphaned_temps(path).is_empty()
+}
+
+/// The pool's temp files no write of a live process holds (`remove_orphaned_temps`), called
+/// under the pool's lock.
+fn orphaned_temps(path: &Path) -> Vec<PathBuf> {
     let dir = parent_dir(path);
     let prefix = temp_prefix(path);
     let Ok(entries) = fs::read_dir(&dir) else {
-        return;
+        return Vec::new();
     };
+    let mut out = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -994,9 +1060,10 @@ pub(super) fn remove_orphaned_temps(path: &Path) {
         }
         let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
         if is_file {
-            let _ = fs::remove_file(entry.path());
+            out.push(entry.path());
         }
     }
+    out
 }
 
 #[cfg(windows)]

@@ -219,7 +219,12 @@ impl Journal {
                 let other_process = e.pid.is_some_and(|p| {
                     p != std::process::id() && super::legacy_lock::is_alive(p.into())
                 });
-                if recent && (!me(e) || other_process) {
+                // A presenter that is gone refreshes nothing now, in any store (the library's
+                // `refresh()` of a script that was killed held the login for two minutes).
+                let gone = e.pid.is_some_and(|p| {
+                    p != std::process::id() && !super::legacy_lock::is_alive(p.into())
+                });
+                if recent && !gone && (!me(e) || other_process) {
                     return (
                         false,
                         Claim::InFlight {
@@ -265,6 +270,15 @@ impl Journal {
 
     /// Whether the refresh token tagged `token` was spent with its successor saved (in any
     /// store). Blocking; false when the journal is missing or unusable.
+    /// Whether the refresh token tagged `token` was ever presented, by any store: one never
+    /// presented is the newest of its line (a refresh's answer, or a login).
+    pub fn presented(&self, token: &str) -> bool {
+        let Ok(Some(book)) = self.read() else {
+            return false;
+        };
+        book.refreshes.iter().any(|e| e.token == token)
+    }
+
     pub fn spent_and_saved(&self, token: &str) -> bool {
         let Ok(Some(book)) = self.read() else {
             return false;
