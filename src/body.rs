@@ -36,10 +36,15 @@ impl AnswerBody {
         let tap = sink
             .filter(|s| s.wanted(event_stream))
             .map(|s| (UsageTap::new(event_stream), s));
+        let state = ResponseBody::new(body, cancel).await?;
+        let redactor = (!presented.is_empty()).then(|| match state {
+            ResponseBody::Bulk(_) => crate::echo::Redactor::plain(presented),
+            _ => crate::echo::Redactor::new(presented),
+        });
         Ok(AnswerBody {
-            state: ResponseBody::new(body, cancel).await?,
+            state,
             tap,
-            redactor: (!presented.is_empty()).then(|| crate::echo::Redactor::new(presented)),
+            redactor,
         })
     }
 

@@ -730,15 +730,23 @@ pub async fn add_api_key(
             let holder = account.key.as_ref().and_then(|key| {
                 holder_of(pool, key, |a| a.is_api_key().then_some(a.key.as_ref()).flatten())
             });
-            // Another key under the name given: the Console shows a key once, when it is made,
-            // and the one in the file was lost.
-            if let Some(other) = pool.find(&named).filter(|a| {
-                holder.is_none() && a.is_api_key() && a.key.as_ref().is_some_and(|k| !k.is_empty())
-            }) {
-                return Err(Error::InvalidArgument(format!(
-                    "{} already holds another API key: remove {} first to put this one in its place, or add it under another name; nothing was added",
-                    other.email, other.email
-                )));
+            // Another key under the name given (a key rotated): the new one takes the member's
+            // place, and the one it held stays, as a member of its own key's name. Replaced, it
+            // was gone for good (the Console shows a key once, when it is made) if that was not
+            // what the person meant; `remove` takes it out once it is revoked.
+            if let Some(old) = pool
+                .find(&named)
+                .filter(|a| holder.is_none() && a.is_api_key())
+                .and_then(|a| a.key.clone())
+                .filter(|k| !k.is_empty())
+            {
+                let aside = format!("api-key-{}", old.fingerprint());
+                if pool.find(&aside).is_none() {
+                    tracing::warn!(account = %named, kept = %aside, "a new key for a key member; the key it held is kept as a member of its own");
+                    pool.anthropic.push(crate::pool::Entry::Valid(Box::new(
+                        Account::new_api_key(&aside, old, now_ms()),
+                    )));
+                }
             }
             let mut account = account;
             let normalize = crate::account::normalize_email;
@@ -1196,28 +1204,28 @@ mod tests {
             pool.find(email)
                 .and_then(|a| a.refresh.as_ref().map(|r| r.expose().to_string()))
         };
-        // A second key under a key member's name: refused, the first key kept.
+        // A second key under a key member's name (a key rotated): it takes the member, and the
+        // first stays, under its own key's name.
         let first = Secret::new("fake-console-key-first");
         add_api_key(&store, &first, Some("team")).await.unwrap();
-        let second = add_api_key(
-            &store,
-            &Secret::new("fake-console-key-second"),
-            Some("Team"),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(second.code(), "INVALID_ARGUMENT");
-        assert!(
-            second.to_string().contains("already holds another API key"),
-            "{second}"
-        );
-        let pool = store.load().await.unwrap();
-        assert_eq!(pool.find("team").unwrap().key.as_ref(), Some(&first));
-        // The same key under its own name again is no second key.
+        let second = Secret::new("fake-console-key-second");
         assert_eq!(
-            add_api_key(&store, &first, Some("team")).await.unwrap(),
+            add_api_key(&store, &second, Some("team")).await.unwrap(),
             ("team".into(), false)
         );
+        let pool = store.load().await.unwrap();
+        assert_eq!(pool.find("team").unwrap().key.as_ref(), Some(&second));
+        let aside = format!("api-key-{}", first.fingerprint());
+        assert_eq!(
+            pool.find(&aside).and_then(|a| a.key.clone()),
+            Some(first.clone())
+        );
+        // The same key under its own name again is no second key.
+        assert_eq!(
+            add_api_key(&store, &second, Some("team")).await.unwrap(),
+            ("team".into(), false)
+        );
+        assert_eq!(store.load().await.unwrap().accounts().count(), 2);
         // A login named as a key member: both serve, the key under its own name.
         let key = Secret::new("fake-console-key-of-me");
         add_api_key(&store, &key, Some("me@x")).await.unwrap();
