@@ -968,12 +968,16 @@ fn random_suffix() -> String {
 /// has seen presented, where the temp's was never presented: the newer of the two. A temp
 /// holding nothing newer goes as before, once a write is in place.
 pub fn orphaned_tokens(path: &Path, pool: &Pool) -> Vec<(PathBuf, Vec<rescue::KeptTokens>)> {
+    let temps = orphaned_temps(path);
+    if temps.is_empty() {
+        return Vec::new();
+    }
     let Some(journal) = super::journal::Journal::for_user() else {
         return Vec::new();
     };
     let tag = super::journal::tag;
     let mut out = Vec::new();
-    for temp in orphaned_temps(path).into_iter().take(MAX_ORPHANS_READ) {
+    for temp in temps.into_iter().take(MAX_ORPHANS_READ) {
         let Ok(bytes) = fsread::read_regular(&temp, MAX_FILE_BYTES, false) else {
             continue;
         };
