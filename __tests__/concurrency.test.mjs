@@ -105,3 +105,23 @@ test("6 processes meeting a 401 on a token their clocks call valid: one forced r
   assert.deepEqual({ refreshCalls: fam.refreshCalls, reuse: fam.reuse, revoked: fam.revoked }, { refreshCalls: 1, reuse: 0, revoked: false });
   assert.equal(account(path, "revoked@x.test").refresh, mock.tokens("revoked@x.test").refresh);
 });
+
+test("6 processes on a login whose refresh token the endpoint refuses: it is presented once, the others read the refusal written under the lock; every request ends coded", async () => {
+  const path = await seedPool(mock, ["refused@x.test"], { expired: ["refused@x.test"] });
+  mock.revoke("refused@x.test", { family: true });
+  // Slow enough that the other five queue on the refresh lock while the first holds it.
+  mock.setTokenMode({ delayMs: 700, grant: "refresh_token", times: Infinity });
+  const results = await runWorkersTogether(here("./helpers/pool-worker.mjs"), 6, [path, mock.url, "1"]);
+  mock.setTokenMode(null);
+  const answers = results.flatMap((r) => {
+    assert.equal(r.code, 0);
+    return JSON.parse(r.out);
+  });
+  assert.equal(answers.length, 6);
+  for (const a of answers) assert.ok(a.error || a.status >= 400, JSON.stringify(a));
+  const fam = mock.stats().perFamily["refused@x.test"];
+  assert.equal(fam.refreshCalls, 1, "the refused token was presented once");
+  const entry = account(path, "refused@x.test");
+  assert.equal(entry.status, "auth-error");
+  assert.ok(entry.refresh, "the refused token is kept, never deleted");
+});

@@ -460,6 +460,24 @@ impl Engine {
         .await
     }
 
+    /// A refusal of `email`'s credential written at once, under its refresh lock: a process
+    /// queued on the lock reads it there and does not present the refused token again.
+    pub(crate) async fn write_refusal_under(
+        self: &Arc<Self>,
+        held: &crate::store::RefreshLock,
+        email: &str,
+        tag: Option<String>,
+        why: &str,
+    ) -> crate::error::Result<()> {
+        let mut batch = Pending::default();
+        batch.refused(email, tag, why);
+        self.write_under(Some(held), move |pool| {
+            apply(pool, &batch, now_ms());
+            Ok(())
+        })
+        .await
+    }
+
     /// Tries the pending writes again after `delay` (also how unsaved tokens get saved when
     /// nothing else happens).
     pub(crate) fn retry_later(self: &Arc<Self>, delay: Duration) {

@@ -770,6 +770,7 @@ impl Engine {
         if let Some(access) = usable_now(account) {
             return Ok(access);
         }
+        let refused_before = account.auth_error_is_ours();
 
         // Across processes: hold the account's refresh lock from re-read to durable write.
         let left = patience.saturating_sub(started.elapsed());
@@ -810,6 +811,16 @@ impl Engine {
             .clone()
             .filter(|r| !r.is_empty())
             .ok_or_else(|| Error::OAuthInvalidGrant("the account has no refresh token".into()))?;
+        // Refused while this waited for the lock, by the process that held it (it writes the
+        // refusal under the lock): presenting the token again would only be refused again. A
+        // mark read before (`oauth-pool refresh` of an account refused after a 401) is tried.
+        if account.auth_error_is_ours() && !refused_before {
+            lock(&self.credentials.refused).insert(email.to_string(), presented.clone());
+            self.overlay.refuse(email, account.credential_tag());
+            return Err(Error::OAuthInvalidGrant(
+                "refused already for this token: log in again".into(),
+            ));
+        }
         if let Some(until) = account.refresh_backoff_until(now_ms()) {
             let err = Error::RefreshBackoff {
                 until: crate::wait::at(until, now_ms()),
@@ -1229,6 +1240,14 @@ impl Engine {
                 lock(&self.credentials.refused).insert(email.to_string(), presented.clone());
                 let why = format!("refresh token rejected ({reason}): log in again");
                 self.refuse(email, account.credential_tag(), &why);
+                // Before the lock goes: the processes queued on it read the refusal, instead of
+                // each presenting the refused token once more. The fleet store writes it in the
+                // lock's own transaction; a failed write leaves it to the pending one.
+                let _ = tokio::time::timeout(
+                    REFRESH_WRITE_PATIENCE,
+                    self.write_refusal_under(&refresh_lock, email, account.credential_tag(), &why),
+                )
+                .await;
                 events.push(Event::new(
                     "auth-error",
                     Some(email),
