@@ -220,6 +220,12 @@ test("doctor: a provider OpenCode hides, a baseURL off the pool's API or without
   ({ d, rows } = await problems(setting("https://api.anthropic.com/v1")));
   assert.equal(rows[0]?.level, "problem", d.shown);
   assert.match(rows[0].message, /baseURL is https:\/\/api\.anthropic\.com, not the pool's API origin .*INSECURE_ENDPOINT.*remove options\.baseURL/);
+  assert.match(rows[0].message, /or set OAUTH_POOL_API_URL=https:\/\/api\.anthropic\.com to pool through that origin/);
+  // Found by a review: plain http off loopback was offered as OAUTH_POOL_API_URL, which the
+  // pool then refuses (plain http only to a loopback host).
+  ({ rows } = await problems(setting("http://proxy.corp.example/v1")));
+  assert.equal(rows[0]?.level, "problem");
+  assert.doesNotMatch(rows[0].message, /OAUTH_POOL_API_URL/);
   ({ rows } = await problems(setting(mock.url)));
   assert.match(rows[0]?.message ?? "", /OpenCode sends to .*\/messages, which the API does not serve \(404/);
   ({ d, rows } = await problems(setting(`${mock.url}/v1/`)));

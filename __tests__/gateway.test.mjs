@@ -4,6 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { connect, createServer } from "node:net";
+import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
@@ -308,6 +309,23 @@ test("no key or a wrong key: 401 in Anthropic's shape and nothing upstream; /hea
       assert.equal(posted.headers.get("allow"), "GET, HEAD");
       await posted.text();
     }
+    // Found by a review: a page whose name was rebound to 127.0.0.1 (DNS rebinding) is of the
+    // gateway's origin and read this page, which takes no key. It names its own host.
+    const asked = (host) =>
+      new Promise((resolve, reject) => {
+        const req = httpRequest(`${gw.url}/healthz`, { headers: { host } }, (res) => {
+          let text = "";
+          res.on("data", (d) => (text += d));
+          res.on("end", () => resolve({ status: res.statusCode, text }));
+        });
+        req.on("error", reject);
+        req.end();
+      });
+    const port = new URL(gw.url).port;
+    const rebound = await asked(`rebind.attacker.example:${port}`);
+    assert.equal(rebound.status, 421);
+    assert.doesNotMatch(rebound.text, /accounts|usable/);
+    for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`]) assert.equal((await asked(host)).status, 200, host);
     assert.equal((await fetch(`${gw.url}/metrics`)).status, 401);
     const metrics = await (await fetch(`${gw.url}/metrics`, { headers: { "x-api-key": KEY } })).text();
     assert.match(metrics, /oauth_pool_requests_total\{status="401"\} 5/, "four wrong keys and the unkeyed /metrics");

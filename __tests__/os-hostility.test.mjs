@@ -18,6 +18,8 @@ import {
   rmSync,
   statSync,
   symlinkSync,
+  utimesSync,
+  chownSync,
   writeFileSync,
 } from "node:fs";
 import { lookup } from "node:dns/promises";
@@ -789,6 +791,52 @@ test("a refresh killed between its temp file's fsync and its rename: the next pr
   assert.equal(family.revoked, false);
   assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the login is in the pool");
   assert.ok(!readdirSync(dir).some((f) => f.endsWith(".tmp")), "the temp is gone once taken");
+});
+
+// Found by a review: the temps a write reads were the first 8 in directory order, every one
+// then removed, so 40 older temps hid a cut refresh's (the login revoked), and a temp another
+// user planted in a shared directory, or one made readable by others, was taken as a cut write
+// of ours (that user's login put into this pool). The newest of ours are read, only this user's
+// private ones are taken, and another user's are neither taken nor removed.
+test("a cut refresh's temp among 40 older ones, beside another user's temp and a loose-mode one: only the cut write's tokens are taken", {
+  skip: (!canTrace && "strace cannot trace here (not installed, or ptrace refused)") || (process.getuid?.() !== 0 && "chown to another user needs root"),
+}, async () => {
+  const email = "cut-write-crowd@x.test";
+  const path = await seedPool(mock, [email], { expired: [email] });
+  const dir = join(path, "..");
+  const name = path.split("/").pop();
+  const spentPool = readFileSync(path);
+  const older = (Date.now() - 60_000) / 1000;
+  for (let i = 0; i < 40; i++) {
+    const temp = join(dir, `.${name}.old${String(i).padStart(4, "0")}.tmp`);
+    writeFileSync(temp, spentPool, { mode: 0o600 });
+    utimesSync(temp, older, older);
+  }
+  const env = { ...process.env, OAUTH_POOL_PATH: path };
+  const cut = ["-f", "-qq", "-o", "/dev/null", "-e", "trace=rename", "-e", "inject=rename:signal=SIGKILL:when=1"];
+  await run([...cut, process.execPath, CLI, "refresh", email, "--path", path], env, STRACE).done;
+  const live = mock.tokens(email).refresh;
+  assert.notEqual(account(path, email).refresh, live, "the pool still holds the spent token");
+  const other = mock.addAccount("someone-else@x.test");
+  const theirs = JSON.stringify({ version: 1, anthropic: [{ email, access: other.access, refresh: other.refresh, expires: Date.now() + 3_600_000 }] });
+  const foreign = join(dir, `.${name}.f0reign.tmp`);
+  writeFileSync(foreign, theirs, { mode: 0o600 });
+  chownSync(foreign, 65534, 65534);
+  const loose = join(dir, `.${name}.l0ose.tmp`);
+  writeFileSync(loose, theirs);
+  chmodSync(loose, 0o644);
+  const next = await run([CLI, "refresh", email, "--path", path], env).done;
+  assert.equal(next.code, 0, next.err);
+  const family = mock.stats().perFamily[email];
+  assert.equal(family.reuse, 0, `no spent token presented: ${JSON.stringify(family)}`);
+  assert.equal(family.revoked, false);
+  assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the pool holds its own login");
+  assert.notEqual(account(path, email).refresh, other.refresh);
+  assert.ok(existsSync(foreign), "another user's temp is not ours to remove");
+  assert.ok(
+    !readdirSync(dir).some((f) => f.endsWith(".tmp") && f !== `.${name}.f0reign.tmp` && !f.includes(".old")),
+    "the cut write's and the loose temp are gone",
+  );
 });
 
 // Guards what a power cut or a second process depends on and no test checked, since nothing a

@@ -389,7 +389,7 @@ pub async fn add_imported(
             let spent = crate::store::spent_now(&[(account.email.clone(), tag)]);
             if let (Some((_, spent)), None) = (spent.first(), &holder) {
                 return Err(Error::LoginElsewhere(format!(
-                    "Claude Code's file holds a refresh token that was already spent: the pool at {} refreshed it as {} on {}, and keeps the tokens that replaced it (a refresh token works once). The file is older than that login: log in to Claude Code again to import a new one; nothing was imported",
+                    "Claude Code's file holds a refresh token that was already spent: the pool at {} refreshed it as {} on {}, and keeps the tokens that replaced it (a refresh token works once). The file is older than that login: log in to Claude Code again to import a new one (where this pool holds a login under that name, import it under another --email, or remove that one first); nothing was imported",
                     spent.store,
                     spent.email,
                     crate::account::iso_time_seconds(spent.at)
@@ -731,9 +731,11 @@ pub async fn add_api_key(
                 holder_of(pool, key, |a| a.is_api_key().then_some(a.key.as_ref()).flatten())
             });
             // Another key under the name given (a key rotated): the new one takes the member's
-            // place, and the one it held stays, as a member of its own key's name. Replaced, it
-            // was gone for good (the Console shows a key once, when it is made) if that was not
-            // what the person meant; `remove` takes it out once it is revoked.
+            // place, and the one it held stays, disabled, as a member of its own key's name.
+            // Replaced, it was gone for good (the Console shows a key once, when it is made) if
+            // that was not what the person meant; `enable` serves it again, `remove` takes it out
+            // once it is revoked. Enabled, it served before the new key (a member made anew has
+            // priority 0, the rotated member's may be below), or in its stead when that was off.
             if let Some(old) = pool
                 .find(&named)
                 .filter(|a| holder.is_none() && a.is_api_key())
@@ -743,9 +745,11 @@ pub async fn add_api_key(
                 let aside = format!("api-key-{}", old.fingerprint());
                 if pool.find(&aside).is_none() {
                     tracing::warn!(account = %named, kept = %aside, "a new key for a key member; the key it held is kept as a member of its own");
-                    pool.anthropic.push(crate::pool::Entry::Valid(Box::new(
-                        Account::new_api_key(&aside, old, now_ms()),
-                    )));
+                    let mut kept = Account::new_api_key(&aside, old, now_ms());
+                    kept.enabled = Some(false);
+                    kept.status = Status::Disabled.as_str().into();
+                    pool.anthropic
+                        .push(crate::pool::Entry::Valid(Box::new(kept)));
                 }
             }
             let mut account = account;
@@ -1220,6 +1224,10 @@ mod tests {
             pool.find(&aside).and_then(|a| a.key.clone()),
             Some(first.clone())
         );
+        // Kept disabled: enabled, a key rotated from a member set below the subscriptions
+        // served ahead of the new one (it had priority 0).
+        assert!(!pool.find(&aside).unwrap().is_enabled());
+        assert!(pool.find("team").unwrap().is_enabled());
         // The same key under its own name again is no second key.
         assert_eq!(
             add_api_key(&store, &second, Some("team")).await.unwrap(),

@@ -672,7 +672,12 @@ impl Pool {
             let Some(s) = renamed.or_else(|| stored.find(&a.email)) else {
                 continue;
             };
+            // A copy saying no expiry against a stored one that says it: the stored tokens came
+            // from the token endpoint since (an entry written without one is older than any
+            // refresh), and the copy's, written over them, were a spent token (`store copy` of a
+            // host's file onto a fleet store another host refreshed).
             let newer = matches!((s.expires, a.expires), (Some(s), Some(a)) if s > a)
+                || matches!((s.expires, a.expires), (Some(_), None))
                 || spent_under.is_some();
             let differs = s.refresh.is_some() && a.refresh.is_some() && s.refresh != a.refresh;
             if newer && differs {
@@ -1322,6 +1327,21 @@ mod tests {
         assert_eq!(a.access.as_ref().unwrap().expose(), "a-r2");
         assert_eq!(a.expires, Some(T + 2_000));
         assert_eq!(stale.find("b@x.test").unwrap().priority, Some(3));
+        // A copy that says no expiry (`null`, or none) against the stored one that says it: the
+        // stored tokens came from a refresh since (`store copy` of a file onto a fleet store
+        // another host refreshed), and the copy's refresh token is spent.
+        for entry in [
+            json!({ "email": "a@x.test", "refresh": "r1", "access": "a-r1", "expires": null }),
+            json!({ "email": "a@x.test", "refresh": "r1", "access": "a-r1" }),
+        ] {
+            let mut undated = Pool::from_value(json!({ "anthropic": [entry] })).unwrap();
+            assert_eq!(
+                undated.keep_newer_state(&stored, &[]),
+                vec!["a@x.test".to_string()]
+            );
+            let a = undated.find("a@x.test").unwrap();
+            assert_eq!(a.refresh.as_ref().unwrap().expose(), "r2");
+        }
         // A refusal the copy missed stays, while the copy holds the refused credential.
         let mut refused = pool("r2", T + 2_000);
         let b = refused.find_mut("b@x.test").unwrap();

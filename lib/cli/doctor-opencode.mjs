@@ -311,10 +311,14 @@ function checkBaseURL(configs, entry, provider, r) {
   }
   const origin = new URL(apiOrigin()).origin;
   if (url.origin !== origin) {
+    // Offered only where the pool would take it: plain http is refused off a loopback host.
+    const loopback = /^(localhost|127(\.\d{1,3}){3}|\[::1\])$/i.test(url.hostname);
+    const through =
+      url.protocol === "https:" || (url.protocol === "http:" && loopback) ? `, or set OAUTH_POOL_API_URL=${url.origin} to pool through that origin` : "";
     return r.add(
       "provider",
       "problem",
-      `${where} is ${url.origin}, not the pool's API origin (${origin}): no account of the pool serves it, every request fails with INSECURE_ENDPOINT and nothing is sent; remove options.baseURL (or set it to ${ours}), or set OAUTH_POOL_API_URL=${url.origin} to pool through that origin`,
+      `${where} is ${url.origin}, not the pool's API origin (${origin}): no account of the pool serves it, every request fails with INSECURE_ENDPOINT and nothing is sent; remove options.baseURL (or set it to ${ours})${through}`,
     );
   }
   if (url.pathname.replace(/\/+$/, "") !== "/v1") {

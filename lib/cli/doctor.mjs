@@ -188,7 +188,7 @@ function checkFile(files, r) {
     r.add(
       "file mode",
       "problem",
-      `${path} was ${octal(st)}: other users could read the tokens in it (the library tightens it to 0600 on its next read or write; revoke the logins if others had access)`,
+      `${path} was ${octal(st)}: other users could read the tokens in it (the library tightens it to 0600 on its next read or write of it, not while it does not parse; \`chmod 600 ${shellWord(path)}\` does it now; revoke the logins if others had access)`,
     );
   } else r.add("file mode", "ok", posix ? `${name} is ${octal(st)}` : `${name}: permissions are ACLs on Windows (not checked)`);
   return "usable";
@@ -548,7 +548,7 @@ function checkTemps(files, r) {
   r.add(
     "temp files",
     "warn",
-    `${strays.length} temp file(s) left by an interrupted write (${strays.join(", ")}); they may hold tokens and the next write removes them`,
+    `${strays.length} temp file(s) left by an interrupted write (${strays.join(", ")}); they may hold tokens and the next write removes this user's (another user's are left: remove those yourself)`,
     { files: strays },
   );
 }

@@ -259,10 +259,12 @@ pub fn store_check(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, V
         };
         let schema = match pg.schema_text().await {
             Ok(text) => text.map(|t| pg.schema_number(&t)).transpose(),
+            // Reached, and its tables are another program's: said as it is, not as "cannot reach".
             Err(e) => {
+                let reachable = matches!(e, crate::error::Error::StoreCorrupt(_));
                 return Ok(
-                    json!({ "ok": false, "kind": "postgres", "location": pg.shown(), "reachable": false, "code": e.code(), "message": e.to_string() }),
-                )
+                    json!({ "ok": false, "kind": "postgres", "location": pg.shown(), "reachable": reachable, "code": e.code(), "message": e.to_string() }),
+                );
             }
         };
         let schema = match schema {

@@ -84,6 +84,8 @@ struct State {
     pub(super) stopping: CancellationToken,
     /// `http` or `https`: how clients reach the gateway.
     pub(super) scheme: &'static str,
+    /// Listening on loopback: every request names a loopback host (`/healthz`).
+    pub(super) loopback: bool,
 }
 
 pub struct Gateway {
@@ -243,6 +245,7 @@ pub async fn start(opts: GatewayOptions) -> Result<Gateway> {
         closing: closing.clone(),
         stopping: shutdown.clone(),
         scheme: if opts.tls.is_some() { "https" } else { "http" },
+        loopback: is_loopback_host(&opts.host),
     });
     let drain = Arc::new(std::sync::Mutex::new(Duration::from_secs(10)));
     let engine = state.engine.clone();
@@ -874,6 +877,25 @@ fn is_forwarded_method(method: &Method) -> bool {
     .contains(method)
 }
 
+/// Whether the request names a loopback host, or none (HTTP/1.0): in its `Host`, and in its
+/// target when in absolute form.
+fn names_loopback<B>(req: &Request<B>) -> bool {
+    let host_of = |authority: &str| {
+        let authority = authority.rsplit('@').next().unwrap_or_default();
+        match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default().to_string(),
+            None => authority.split(':').next().unwrap_or_default().to_string(),
+        }
+    };
+    let header = match req.headers().get(hyper::header::HOST) {
+        None => true,
+        Some(v) => v
+            .to_str()
+            .is_ok_and(|v| is_loopback_host(&host_of(v.trim()))),
+    };
+    header && req.uri().host().is_none_or(is_loopback_host)
+}
+
 /// `OPTIONS`, answered here and never forwarded (an account's credential on it bought nothing):
 /// 204 with the methods forwarded. A browser sends one before a page's cross-origin request
 /// (its CORS preflight, which carries no key); it grants no CORS access, so the browser keeps
@@ -938,10 +960,20 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<AnyBody> 
         // HEAD as well: uptime monitors check with it, and got the 401 for a missing key. The
         // page takes no key, so another method is told so without one (it was a 401 asking
         // for the key).
-        if matches!(*req.method(), Method::GET | Method::HEAD) {
-            refuse(req, metrics::health(&state).await).await
-        } else {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
             refuse(req, get_and_head_only()).await
+        } else if state.loopback && !names_loopback(&req) {
+            // A web page whose name was rebound to 127.0.0.1 is of the gateway's origin, and
+            // read the page, which takes no key, across the browser's CORS: it names its own
+            // host. A client on this machine names a loopback one (or none, HTTP/1.0).
+            let response = error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "invalid_request_error",
+                "the gateway listens on loopback: ask for it by a loopback name (127.0.0.1, localhost, [::1])",
+            );
+            refuse(req, response).await
+        } else {
+            refuse(req, metrics::health(&state).await).await
         }
     } else if let refused @ (Auth::Refused | Auth::Twice) = authorized(&req, &state.key) {
         let message = if refused == Auth::Twice {

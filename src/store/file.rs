@@ -17,7 +17,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::legacy_lock::LegacyLock;
 use super::rescue;
@@ -28,9 +28,10 @@ use crate::pool::{Pool, ReadCopy};
 
 /// The largest pool file we read: a thousand accounts take well under 2 MB.
 const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
-/// Temp files a cut write left read at most per write (`orphaned_tokens`): each is removed once
-/// a write is in place, so more than a few means something else writes them.
-const MAX_ORPHANS_READ: usize = 8;
+/// Temp files a cut write left read at most per write (`orphaned_tokens`), the newest first:
+/// each is removed once a write is in place, so more than a few means something else writes
+/// them. Those past it are removed only once `STALE_TEMP` old.
+const MAX_ORPHANS_READ: usize = 16;
 /// How long a writer waits for the lock. Holders keep it for a read-modify-write only (the
 /// token HTTP call is under a per-account lock), so this is generous.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -977,8 +978,29 @@ pub fn orphaned_tokens(path: &Path, pool: &Pool) -> Vec<(PathBuf, Vec<rescue::Ke
     };
     let tag = super::journal::tag;
     let mut out = Vec::new();
-    for temp in temps.into_iter().take(MAX_ORPHANS_READ) {
-        let Ok(bytes) = fsread::read_regular(&temp, MAX_FILE_BYTES, false) else {
+    for (temp, _) in temps.into_iter().take(MAX_ORPHANS_READ) {
+        let Ok(file) = fsread::open_regular(&temp, false) else {
+            continue;
+        };
+        // Written by our writer, 0600: one another user, or a looser mode, made is no cut
+        // write of ours, and taking its tokens would put someone else's login in this pool.
+        let private = file.metadata().is_ok_and(|m| {
+            fsread::foreign_owner(&m).is_none() && {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    m.permissions().mode() & 0o077 == 0
+                }
+                #[cfg(not(unix))]
+                {
+                    true
+                }
+            }
+        });
+        if !private {
+            continue;
+        }
+        let Ok(bytes) = fsread::read_capped(&file, MAX_FILE_BYTES) else {
             continue;
         };
         let Ok(left) = Pool::parse(&bytes) else {
@@ -1018,9 +1040,17 @@ pub fn orphaned_tokens(path: &Path, pool: &Pool) -> Vec<(PathBuf, Vec<rescue::Ke
 /// directory whose name begins with this one's and a dot (`oauth-pool.json.work` beside
 /// `oauth-pool.json`) has temps that begin with this prefix too, made under its own lock, not
 /// ours; removing a live one failed that pool's write.
+/// Those past the ones a write reads (`MAX_ORPHANS_READ`, the newest) wait until stale: unread,
+/// one may hold a cut refresh's tokens.
 pub(super) fn remove_orphaned_temps(path: &Path) {
-    for temp in orphaned_temps(path) {
-        let _ = fs::remove_file(temp);
+    let now = SystemTime::now();
+    for (i, (temp, modified)) in orphaned_temps(path).into_iter().enumerate() {
+        let stale = modified
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age >= STALE_TEMP);
+        if i < MAX_ORPHANS_READ || stale {
+            let _ = fs::remove_file(temp);
+        }
     }
 }
 
@@ -1030,8 +1060,9 @@ pub fn has_orphaned_temps(path: &Path) -> bool {
 }
 
 /// The pool's temp files no write of a live process holds (`remove_orphaned_temps`), called
-/// under the pool's lock.
-fn orphaned_temps(path: &Path) -> Vec<PathBuf> {
+/// under the pool's lock: this user's regular files, the newest first, with when each was
+/// written. Another user's (a shared directory) are neither read nor removed.
+fn orphaned_temps(path: &Path) -> Vec<(PathBuf, Option<SystemTime>)> {
     let dir = parent_dir(path);
     let prefix = temp_prefix(path);
     let Ok(entries) = fs::read_dir(&dir) else {
@@ -1062,11 +1093,15 @@ fn orphaned_temps(path: &Path) -> Vec<PathBuf> {
         if !ours {
             continue;
         }
-        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
-        if is_file {
-            out.push(entry.path());
+        // Not followed: a symlink is no temp of ours.
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if meta.is_file() && fsread::foreign_owner(&meta).is_none() {
+            out.push((entry.path(), meta.modified().ok()));
         }
     }
+    out.sort_by_key(|t| std::cmp::Reverse(t.1));
     out
 }
 
@@ -1418,6 +1453,12 @@ impl FileLock {
             Some(libc::ELOOP) => Error::PoolInsecure {
                 path: path.to_path_buf(),
                 reason: "the lock file is a symbolic link".into(),
+            },
+            // A directory cannot be opened for writing: not a regular file, as a FIFO there is.
+            #[cfg(unix)]
+            Some(libc::EISDIR) => Error::PoolInsecure {
+                path: path.to_path_buf(),
+                reason: "the lock file is not a regular file".into(),
             },
             // One of another user's (root's, left by a command run with sudo) that we cannot
             // open: what to do about it, not just "Permission denied".
@@ -2289,6 +2330,21 @@ mod tests {
         assert_eq!(fs::read_dir(&theirs).unwrap().count(), 0, "nothing made");
         assert!(check_maker(store.path()).is_ok(), "root's own directory");
         store.save(&Pool::default()).unwrap();
+    }
+
+    /// The README's table: a lock file that is not a regular file is `POOL_INSECURE`. A
+    /// directory there was `POOL_IO` ("Is a directory"), a FIFO `POOL_INSECURE`.
+    #[cfg(unix)]
+    #[test]
+    fn a_lock_file_that_is_a_directory_is_refused_as_a_fifo_is() {
+        let (_d, store) = tmp_store();
+        store.save(&Pool::default()).unwrap();
+        let lock = store.lock_path();
+        let _ = fs::remove_file(&lock);
+        fs::create_dir(&lock).unwrap();
+        let err = store.update(|_| Ok(())).unwrap_err();
+        assert_eq!(err.code(), "POOL_INSECURE", "{err}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[cfg(unix)]

@@ -226,9 +226,26 @@ fn unfit(e: tokio_postgres::Error) -> Error {
     if !e.code().is_some_and(|c| foreign.contains(c)) {
         return unavailable(e);
     }
+    not_the_pools(&describe(&e))
+}
+
+/// `table`, when there, has the pool's `columns` (`not_the_pools` when not).
+async fn probe_table(c: &Client, table: &str, columns: &str) -> Result<()> {
+    let there = c
+        .query_typed_one(&format!("SELECT to_regclass('{table}') IS NOT NULL"), &[])
+        .await
+        .map_err(unavailable)?;
+    if column::<bool>(&there, 0)? {
+        c.query_typed(&format!("SELECT {columns} FROM {table} LIMIT 0"), &[])
+            .await
+            .map_err(unfit)?;
+    }
+    Ok(())
+}
+
+fn not_the_pools(detail: &str) -> Error {
     Error::StoreCorrupt(scrub_tokens(&format!(
-        "the store's tables are not the pool's ({}): a table of one of its names (oauth_pool_meta, oauth_pool_entries, oauth_pool_top) made by another program, or the pool's own altered or dropped in part; nothing was changed. Rename or drop that table, or give the pool a schema of its own (options=-csearch_path=<schema> in the URL)",
-        describe(&e)
+        "the store's tables are not the pool's ({detail}): a table of one of its names (oauth_pool_meta, oauth_pool_entries, oauth_pool_top) made by another program, or the pool's own altered or dropped in part; nothing was changed. Rename or drop that table, or give the pool a schema of its own (options=-csearch_path=<schema> in the URL)"
     )))
 }
 
@@ -625,6 +642,14 @@ impl PgStore {
                 .await
                 .map_err(unavailable)?;
             if !column::<bool>(&exists, 0)? {
+                // Another program's oauth_pool_entries or oauth_pool_top alone is no store
+                // to initialize either.
+                for (table, columns) in [
+                    ("oauth_pool_entries", "position, email, entry"),
+                    ("oauth_pool_top", "name, value"),
+                ] {
+                    probe_table(&c, table, columns).await?;
+                }
                 return Ok(None);
             }
             let row = c
@@ -633,7 +658,32 @@ impl PgStore {
                     &[],
                 )
                 .await
-                .map_err(unavailable)?;
+                .map_err(unfit)?;
+            // No schema row: not initialized, or tables of the pool's names that another
+            // program made, which `store init` refuses; "run store init" then sent the user
+            // round in a loop (`list`, `doctor`, `init`).
+            if row.is_none() {
+                for (table, columns) in [
+                    ("oauth_pool_meta", "name, value"),
+                    ("oauth_pool_entries", "position, email, entry"),
+                    ("oauth_pool_top", "name, value"),
+                ] {
+                    probe_table(&c, table, columns).await?;
+                }
+                let keyed = c
+                    .query_typed_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a
+                           ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                         WHERE i.indrelid = to_regclass('oauth_pool_meta') AND i.indisunique
+                           AND i.indnatts = 1 AND a.attname = 'name')",
+                        &[],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                if !column::<bool>(&keyed, 0)? {
+                    return Err(not_the_pools("oauth_pool_meta has no unique key on name"));
+                }
+            }
             row.map(|r| column::<String>(&r, 0)).transpose()
         })
         .await
@@ -1018,10 +1068,18 @@ impl PgStore {
             let name: String = column(&r, 1)?;
             let value: Value = column(&r, 2)?;
             match kind {
-                "e" => entries.push((
-                    name.parse().unwrap_or(i32::MAX),
-                    self.key.open_entry(value)?,
-                )),
+                "e" => {
+                    let opened = match self.key.open_entry(value.clone()) {
+                        Ok(opened) => opened,
+                        // One row that does not open (edited by hand, a value copied from
+                        // another row) is kept unread, as the file store keeps an entry it
+                        // cannot read: failing the read put every account of the fleet out of
+                        // use, and `remove` with them. The key is right (checked by `ready`).
+                        Err(Error::StoreKey(why)) => unopened(value, why),
+                        Err(e) => return Err(e),
+                    };
+                    entries.push((name.parse().unwrap_or(i32::MAX), opened));
+                }
                 "t" => {
                     let opened = self.key.open_section(&name, value)?;
                     all.insert(name, opened);
@@ -1035,7 +1093,15 @@ impl PgStore {
             "anthropic".into(),
             Value::Array(entries.into_iter().map(|(_, e)| e).collect()),
         );
-        Ok((assemble(all)?, generation))
+        let mut pool = assemble(all)?;
+        for entry in &mut pool.anthropic {
+            if let crate::pool::Entry::Invalid { raw, reason } = entry {
+                if let Some(why) = raw.get(UNOPENED).and_then(|_| raw.get("why")) {
+                    *reason = why.as_str().unwrap_or_default().to_string();
+                }
+            }
+        }
+        Ok((pool, generation))
     }
 
     /// Locked read-modify-write in one transaction. Nothing is written when the change leaves
@@ -1144,7 +1210,11 @@ impl PgStore {
         for (i, e) in entries.into_iter().enumerate() {
             positions.push(i as i32);
             emails.push(e.get("email").and_then(Value::as_str).map(str::to_string));
-            sealed.push(self.key.seal_entry(e)?);
+            // A row read unopened goes back as it was read, sealed.
+            sealed.push(match e.get(UNOPENED) {
+                Some(row) => row.clone(),
+                None => self.key.seal_entry(e)?,
+            });
         }
         client
             .execute_typed(
@@ -1693,6 +1763,22 @@ fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
             describe(&e)
         ))
     })
+}
+
+/// The field of an entry read unopened that holds its row as stored (`unopened`).
+const UNOPENED: &str = "sealedUnopened";
+
+/// An entry whose row does not open with the store's key: listed as unreadable (its email and
+/// why), never served (`type` is none the pool knows), removable, and written back as it was.
+fn unopened(row: Value, why: String) -> Value {
+    let mut entry = Map::new();
+    if let Some(email) = row.get("email").filter(|e| e.is_string()) {
+        entry.insert("email".into(), email.clone());
+    }
+    entry.insert("type".into(), Value::String("sealed".into()));
+    entry.insert("why".into(), Value::String(why));
+    entry.insert(UNOPENED.into(), row);
+    Value::Object(entry)
 }
 
 #[cfg(test)]
