@@ -747,6 +747,16 @@ const onPath = (name) =>
 const STRACE = onPath("strace");
 const canTrace = STRACE && spawnSync(STRACE, ["-o", "/dev/null", "true"]).status === 0;
 
+/** `oauth-pool refresh` after a cut write: it presents no spent token, and the pool holds the login. */
+async function refreshesWithoutSpentToken(path, email, env) {
+  const next = await run([CLI, "refresh", email, "--path", path], env).done;
+  assert.equal(next.code, 0, next.err);
+  const family = mock.stats().perFamily[email];
+  assert.equal(family.reuse, 0, `no spent token presented: ${JSON.stringify(family)}`);
+  assert.equal(family.revoked, false);
+  assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the pool holds its own login");
+}
+
 // Found by a review: a writer killed (or a power cut) after its temp file's fsync and before its
 // rename left the refresh's new tokens in that temp alone. The next write deleted it unread, and
 // the next refresh presented the spent token: the login was revoked.
@@ -784,12 +794,7 @@ test("a refresh killed between its temp file's fsync and its rename: the next pr
     `the cut write's temp holds the new tokens (${killed.code} ${killed.err}): ${readdirSync(dir)}`,
   );
   assert.notEqual(account(path, email).refresh, live, "the pool still holds the spent token");
-  const next = await run([CLI, "refresh", email, "--path", path], env).done;
-  assert.equal(next.code, 0, next.err);
-  const family = mock.stats().perFamily[email];
-  assert.equal(family.reuse, 0, `no spent token presented: ${JSON.stringify(family)}`);
-  assert.equal(family.revoked, false);
-  assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the login is in the pool");
+  await refreshesWithoutSpentToken(path, email, env);
   assert.ok(!readdirSync(dir).some((f) => f.endsWith(".tmp")), "the temp is gone once taken");
 });
 
@@ -825,12 +830,7 @@ test("a cut refresh's temp among 40 older ones, beside another user's temp and a
   const loose = join(dir, `.${name}.l0ose.tmp`);
   writeFileSync(loose, theirs);
   chmodSync(loose, 0o644);
-  const next = await run([CLI, "refresh", email, "--path", path], env).done;
-  assert.equal(next.code, 0, next.err);
-  const family = mock.stats().perFamily[email];
-  assert.equal(family.reuse, 0, `no spent token presented: ${JSON.stringify(family)}`);
-  assert.equal(family.revoked, false);
-  assert.equal(account(path, email).refresh, mock.tokens(email).refresh, "the pool holds its own login");
+  await refreshesWithoutSpentToken(path, email, env);
   assert.notEqual(account(path, email).refresh, other.refresh);
   assert.ok(existsSync(foreign), "another user's temp is not ours to remove");
   assert.ok(
