@@ -81,7 +81,7 @@ test("gateway: clients that connect and send nothing, and keep-alive connections
   const path = await seedPool(mock, ["idle@x.test"]);
   const gw = await serve({ port: 0, path, headerTimeoutMs: 500, maxConnections: 4 });
   const port = Number(new URL(gw.url).port);
-  const request = `GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n`;
+  const request = `GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`;
   /** A connection that asks once and keeps the connection; resolves once its answer came. */
   const askAndStay = () =>
     new Promise((resolve, reject) => {
