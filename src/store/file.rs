@@ -653,7 +653,7 @@ impl FileStore {
         sync_dir(&dir);
         // Once this write is in place (its own temp is renamed): a write that fails leaves what
         // an earlier one left, which the next write may take (`orphaned_tokens`).
-        remove_orphaned_temps(path);
+        remove_read_orphaned_temps(path);
         Ok(stamp)
     }
 
@@ -1040,9 +1040,15 @@ pub fn orphaned_tokens(path: &Path, pool: &Pool) -> Vec<(PathBuf, Vec<rescue::Ke
 /// directory whose name begins with this one's and a dot (`oauth-pool.json.work` beside
 /// `oauth-pool.json`) has temps that begin with this prefix too, made under its own lock, not
 /// ours; removing a live one failed that pool's write.
-/// Those past the ones a write reads (`MAX_ORPHANS_READ`, the newest) wait until stale: unread,
-/// one may hold a cut refresh's tokens.
 pub(super) fn remove_orphaned_temps(path: &Path) {
+    for (temp, _) in orphaned_temps(path) {
+        let _ = fs::remove_file(temp);
+    }
+}
+
+/// `remove_orphaned_temps` after a write of the pool, which read the newest (`orphaned_tokens`):
+/// those past them wait until stale, as one unread may hold a cut refresh's tokens.
+fn remove_read_orphaned_temps(path: &Path) {
     let now = SystemTime::now();
     for (i, (temp, modified)) in orphaned_temps(path).into_iter().enumerate() {
         let stale = modified
