@@ -880,18 +880,13 @@ fn is_forwarded_method(method: &Method) -> bool {
 /// Whether the request names a loopback host, or none (HTTP/1.0): in its `Host`, and in its
 /// target when in absolute form.
 fn names_loopback<B>(req: &Request<B>) -> bool {
-    let host_of = |authority: &str| {
-        let authority = authority.rsplit('@').next().unwrap_or_default();
-        match authority.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or_default().to_string(),
-            None => authority.split(':').next().unwrap_or_default().to_string(),
-        }
-    };
     let header = match req.headers().get(hyper::header::HOST) {
         None => true,
         Some(v) => v
             .to_str()
-            .is_ok_and(|v| is_loopback_host(&host_of(v.trim()))),
+            .ok()
+            .and_then(|v| v.trim().parse::<hyper::http::uri::Authority>().ok())
+            .is_some_and(|a| is_loopback_host(a.host())),
     };
     header && req.uri().host().is_none_or(is_loopback_host)
 }
