@@ -1072,7 +1072,7 @@ impl Pool {
             0 => Err(Error::AccountNotFound(target.to_string())),
             1 => Ok(loose),
             _ => Err(Error::InvalidArgument(format!(
-                "{target:?} matches {} accounts that differ only in case ({}): give the exact email",
+                "{target:?} matches {} accounts that differ only in case or Unicode form ({}): give the exact email",
                 loose.len(),
                 loose
                     .iter()

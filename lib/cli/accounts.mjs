@@ -136,7 +136,7 @@ function poolLines(st, now) {
     lines.push(text`last failover: ${ago(f.at, now)}, ${f.from} -> ${f.to ?? "(none)"}: ${f.reason}`);
   }
   for (const group of st.caseClashes ?? []) {
-    lines.push(text`warning: ${group.join(", ")} differ only in case: commands that name one need its exact spelling`);
+    lines.push(text`warning: ${group.join(", ")} differ only in case or Unicode form: commands that name one need its exact spelling`);
   }
   for (const u of st.unsavedTokens ?? []) {
     lines.push(

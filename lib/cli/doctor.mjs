@@ -283,9 +283,14 @@ async function checkAccounts(lib, path, r) {
     );
   }
   for (const group of st.caseClashes ?? []) {
-    r.add("case clash", "warn", `${group.join(", ")} differ only in case: commands that name one need its exact spelling; remove the one you do not use`, {
-      emails: group,
-    });
+    r.add(
+      "case clash",
+      "warn",
+      `${group.join(", ")} differ only in case or Unicode form: commands that name one need its exact spelling; remove the one you do not use`,
+      {
+        emails: group,
+      },
+    );
   }
   for (const email of st.refreshLocked ?? []) {
     r.add("refresh lock", "info", `${email}: a process holds its refresh lock (a token refresh is under way)`, { email });

@@ -1,6 +1,7 @@
 // One line from stdin: a pipe, a file, or a terminal with the echo on or off. Bounded, because
 // `oauth-pool add-key < /dev/zero` must end with an error, not grow until memory runs out; a
 // pasted code or an API key is a few hundred bytes.
+import { fstatSync } from "node:fs";
 import { UsageError } from "./errors.mjs";
 import { endingSignals } from "./signals.mjs";
 
@@ -25,6 +26,9 @@ export async function readLine({ prompt, hidden = false, timeoutMs, skipBlank = 
     if (hidden && typeof stdin.setRawMode === "function") return readHidden(stdin, stderr, timeoutMs, prompt);
     if (prompt) stderr.write(prompt);
   }
+  // Node's stream over a directory ends at once, as an empty pipe does, where Bun's throws: the
+  // directory is told apart here, so both runtimes say what stdin is.
+  if (typeof stdin.fd === "number" && isDirectory(stdin.fd)) throw unreadable({ code: "EISDIR" });
   return new Promise((resolve, reject) => {
     const chunks = [];
     let size = 0;
@@ -74,6 +78,14 @@ export async function readLine({ prompt, hidden = false, timeoutMs, skipBlank = 
       onError(e);
     }
   });
+}
+
+function isDirectory(fd) {
+  try {
+    return fstatSync(fd).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 function timedOut(stdin, stderr) {
