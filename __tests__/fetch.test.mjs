@@ -904,7 +904,10 @@ test("an entry with no token, or an API-key entry whose key is under another nam
   await assert.rejects(post(createPoolFetch({ path })), (e) => {
     assert.equal(e.code, "POOL_NO_ACCOUNT");
     assert.match(e.message, /tokenless@x\.test \(no token\), keyless@x\.test \(no key\)\. /);
-    assert.match(e.message, /One with no token needs a login \(`opencode auth login` or `oauth-pool add`\)/);
+    assert.match(
+      e.message,
+      /One with no token needs a login \(`oauth-pool add`, or OpenCode's Anthropic Pool login \(`opencode auth login` on 1\.18, `\/connect` on 2\.x\)\)/,
+    );
     assert.match(e.message, /an API-key entry with no `key` needs one \(`oauth-pool add-key --email <email>`\)/);
     assert.doesNotMatch(e.message, /idle/);
     return true;

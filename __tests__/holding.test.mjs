@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import Anthropic from "@anthropic-ai/sdk";
 import * as lib from "../index.mjs";
-import { jsonHeaders, messagesUrl, oauthEntry, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
+import { jsonHeaders, messagesUrl, oauthEntry, readPool, seedPool, useMock, withEnv } from "./helpers/pool-env.mjs";
 
 const run = promisify(execFile);
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
@@ -253,5 +253,44 @@ for (const via of ["native", "runtime", "gateway"]) {
     } finally {
       await gw?.close();
     }
+  });
+}
+
+// Found by a review: on the runtime transport, the requests held behind the first one sent once
+// the cooldown ended waited out the engine's patience (10 s) when that first one failed, because
+// the engine heard of it only when its exchange was collected. Which held request goes first is
+// the engine's choice: the first one back hangs and meets the response timeout, whichever it is.
+for (const transport of ["native", "runtime"]) {
+  test(`requests held behind one that failed go on at once, not after the engine's patience (${transport})`, async () => {
+    const email = `first-${transport}@x.test`;
+    const path = await seedPool(mock, [email]);
+    const pool = readPool(path);
+    Object.assign(pool.anthropic[0], { status: "rate-limited", rateLimitUntil: Date.now() + 1500 });
+    await lib.savePool(pool, path);
+    mock.script(email, [{ hang: true }]);
+    mock.clearRequests();
+    await withEnv({ OAUTH_POOL_RESPONSE_TIMEOUT_MS: "1000" }, async () => {
+      const f = lib.createPoolFetch({ path, transport });
+      const send = () =>
+        f(messagesUrl(mock), {
+          method: "POST",
+          headers: jsonHeaders,
+          body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+        }).then(
+          async (res) => ({ status: res.status, text: await res.text(), at: Date.now() }),
+          (err) => ({ code: err.code, at: Date.now() }),
+        );
+      const ends = await Promise.all([send(), send(), send()]);
+      const failed = ends.filter((e) => e.code === "NETWORK");
+      assert.equal(failed.length, 1, JSON.stringify(ends));
+      assert.deepEqual(
+        ends.filter((e) => e.status).map((e) => e.status),
+        [200, 200],
+      );
+      // Going on at once takes milliseconds; before, they went on 3–10 s later (when the failed
+      // exchange was collected, at most the engine's patience of 10 s).
+      const after = Math.max(...ends.map((e) => e.at)) - failed[0].at;
+      assert.ok(after < 2000, `the held requests went on ${after} ms after the first one back failed`);
+    });
   });
 }

@@ -908,6 +908,33 @@ test("usage per account and model matches what the answers reported: JSON, strea
   assert.match(cli.out, /usage\s+today: 2 requests, 31 in, 16 out, 9 cache read, 5 cache write/);
 });
 
+// Found by a review: on the runtime transport (Bun's, OpenCode's) a stream aborted between two
+// reads and then dropped, never read again, was counted only when it was collected: often never.
+test("a stream aborted between reads and dropped is counted as far as it was seen, on both transports", async () => {
+  const model = "claude-sonnet-4-5";
+  for (const transport of ["native", "runtime"]) {
+    const email = `drop-${transport}@x.test`;
+    const path = await seedPool(mock, [email]);
+    mock.script(email, [{ sse: true, text: "z".repeat(4000), chunkSize: 64, delayMs: 30, usage: { input_tokens: 77, output_tokens: 5 } }]);
+    const f = createPoolFetch({ path, transport });
+    const ac = new AbortController();
+    const res = await ask(f, model, { stream: true }, { signal: ac.signal });
+    const reader = res.body.getReader();
+    let seen = "";
+    while (!seen.includes("content_block_delta")) seen += new TextDecoder().decode((await reader.read()).value);
+    ac.abort();
+    let counted;
+    for (const deadline = Date.now() + 5000; !counted && Date.now() < deadline; ) {
+      await flushPool(path);
+      counted = (await poolStatus(path)).accounts[0].usage?.today?.byModel?.[model];
+      if (!counted) await new Promise((r) => setTimeout(r, 50));
+    }
+    const started = parseSSE(seen).find((e) => e.event === "message_start").data.message.usage;
+    assert.equal(counted?.requests, 1, `${transport}: ${JSON.stringify(counted)}`);
+    assert.equal(counted.input, started.input_tokens, transport);
+  }
+});
+
 test("usage over 30 days counts the last 30 days only, also for an account idle since; status prices the tokens from OpenCode's models cache", async () => {
   const email = "idle30@x.test";
   const path = await seedPool(mock, [email]);

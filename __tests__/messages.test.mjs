@@ -179,7 +179,10 @@ test("an empty pool reads the same on the library, the gateway (body and header)
   const err = await rejection(post(lib.createPoolFetch({ path })));
   assert.equal(err.code, "POOL_NO_ACCOUNT");
   assertReadable(err.message, "library");
-  assert.match(err.message, /^anthropic-pool has no accounts in .+: add one with `opencode auth login` \(Anthropic Pool\) or `oauth-pool add`$/);
+  assert.match(
+    err.message,
+    /^anthropic-pool has no accounts in .+: add one with `oauth-pool add`, or OpenCode's Anthropic Pool login \(`opencode auth login` on 1\.18, `\/connect` on 2\.x\)$/,
+  );
 
   const gw = await lib.serve({ port: 0, path });
   try {

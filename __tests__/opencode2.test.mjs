@@ -3,6 +3,7 @@
 // loopback mock of Anthropic. Runs under Node and Bun.
 import { test } from "node:test";
 import { createHash } from "node:crypto";
+import { createServer } from "node:net";
 import assert from "node:assert/strict";
 import * as pluginModule from "../plugin.mjs";
 import * as lib from "../index.mjs";
@@ -1107,6 +1108,62 @@ test("2.x: a pool of API keys alone keeps the models' prices and sends each requ
   assert.equal(sent.headers["x-api-key"], key);
   assert.equal(sent.headers.authorization, undefined);
   await handle.unload();
+});
+
+test("2.x: a key added through the host gives the models their prices without a restart; a store that never answers does not hold setup", async () => {
+  // The pool's kind was read once, in setup: a person who installed the plugin and then added
+  // only Console API keys through /connect saw $0 for usage billed per token until a restart.
+  const path = tempPoolPath();
+  const { host, handle } = await started({ path });
+  const mirrored = host.provider("anthropic").models;
+  const sonnet = () => host.models("anthropic-pool").find((m) => m.id === "claude-sonnet-4-5").cost;
+  assert.ok(
+    sonnet().every((c) => c.input === 0),
+    "an empty pool: subscription prices",
+  );
+  const key = "fake-console-key-v2later-0123456789";
+  mock.addApiKey(key, "later@x.test");
+  await host.login("anthropic-pool", "console-api-key", { answer: { key, label: "later@x.test" } });
+  for (const deadline = Date.now() + 5000; sonnet()[0]?.input === 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(sonnet(), mirrored.get("claude-sonnet-4-5").cost, "the key's prices, folded again");
+  await handle.unload();
+
+  // A fleet store that takes the connection and says nothing: setup waited on it (10 s) only to
+  // choose the prices shown; the provider is now listed at once, and requests say why they fail.
+  const silent = createServer(() => {});
+  await new Promise((r) => silent.listen(0, "127.0.0.1", r));
+  try {
+    await withEnv(
+      { OAUTH_POOL_STORE: `postgres://pool@127.0.0.1:${silent.address().port}/pool`, OAUTH_POOL_STORE_KEY: "00".repeat(32), OAUTH_POOL_PATH: undefined },
+      async () => {
+        const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+        const began = Date.now();
+        const handle = await host.start(loadPlugin(pluginModule));
+        assert.ok(Date.now() - began < 5000, `setup took ${Date.now() - began} ms`);
+        assert.ok(host.providers().some((p) => p.id === "anthropic-pool"));
+        await handle.unload();
+      },
+    );
+  } finally {
+    silent.close();
+  }
+});
+
+test("2.x: the fetch option, which only 1.18 uses, is said to have no effect, and requests are served as without it", async () => {
+  const path = await seedPool(mock, ["opt@x.test"]);
+  let called = 0;
+  await withLogLines(async (lines) => {
+    const { host, handle } = await started({ path, fetch: () => void called++ });
+    assert.ok(
+      lines.some((l) => /warn: plugin option fetch has no effect on OpenCode 2/.test(l)),
+      lines.join("\n"),
+    );
+    const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+    assert.equal(res.status, 200);
+    await res.text();
+    await handle.unload();
+  });
+  assert.equal(called, 0);
 });
 
 test("2.x: settings the config gives anthropic-pool are laid over the pool's (its baseURL stays), and one variant over the mirrored variants", async () => {

@@ -487,6 +487,41 @@ test("a read-only pool directory: valid tokens keep serving, an account that nee
   }
 });
 
+test("a read-only pool directory: an access token in its last minutes serves while it lasts (its refresh lock cannot be made), as on a full disk", async (t) => {
+  // The request failed POOL_IO: the lock's open error was returned before the path that serves
+  // the old token when no refresh can be saved (found by a review, with 3,643 such failures in
+  // a 16-process run).
+  const disk = isRoot ? smallDisk() : { dir: tempDir("oauth-pool-ro-margin-"), close() {} };
+  if (disk.skip) return t.skip(disk.skip);
+  if (process.platform === "win32") return t.skip("no read-only directories here");
+  const { createPoolFetch, savePool } = await import("../index.mjs");
+  let writable = () => {};
+  try {
+    const email = "ro-margin@x.test";
+    const path = join(disk.dir, "pool", "oauth-pool.json");
+    if (isRoot) mkdirSync(join(disk.dir, "pool"), { mode: 0o700 });
+    else linkedDir(join(disk.dir, "pool"));
+    const login = mock.addAccount(email, { expiresIn: 200 });
+    await savePool({ version: 1, anthropic: [{ email, refresh: login.refresh, access: login.access, expires: login.expires }] }, path);
+    writable = readOnly(disk, join(disk.dir, "pool"));
+    const f = createPoolFetch({ path });
+    for (let i = 0; i < 2; i++) {
+      const res = await f(`${mock.url}/v1/messages`, {
+        method: "POST",
+        headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
+        body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }),
+      });
+      await res.text();
+      assert.equal(res.status, 200, `request ${i + 1}`);
+      assert.equal(res.poolAccount, email);
+    }
+    assert.equal(mock.stats().perFamily[email].refreshCalls, 0, "no refresh without its lock");
+  } finally {
+    writable();
+    disk.close();
+  }
+});
+
 // Codes a caller may get from the pool's functions and fetch (CONTRACT.md).
 const CODES = new Set(["POOL_IO", "POOL_BUSY", "POOL_CORRUPT", "POOL_INSECURE", "POOL_INVALID", "POOL_NO_ACCOUNT", "NETWORK", "NATIVE_MISSING", "OAUTH_HTTP"]);
 

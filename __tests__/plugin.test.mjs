@@ -276,6 +276,26 @@ test("a price you set in opencode.json stays yours: the loader zeroes the catalo
   }
 });
 
+// Found by a review: the drop-in's `poolConfigHook(config)` without `{ input }` noted the person's
+// prices nowhere, and the loader zeroed them.
+test("a price you set stays yours also when the drop-in's config hook is called without { input }", async () => {
+  const path = freshPath();
+  const input = { client: fakeClient().client };
+  const auth = poolAuthHook(input, { path });
+  await login({ auth }, "priced-drop-in@example.com");
+  const config = { provider: { "anthropic-pool": { models: { "claude-sonnet-4-5": { cost: { input: 3, output: 15 } } } } } };
+  await poolConfigHook(config, { path });
+  const provider = {
+    models: {
+      "claude-sonnet-4-5": { cost: { input: 3, output: 15 } },
+      "claude-haiku-4-5": { cost: { input: 1, output: 5 } },
+    },
+  };
+  await auth.loader(async () => undefined, provider);
+  assert.deepEqual(provider.models["claude-sonnet-4-5"].cost, { input: 3, output: 15 });
+  assert.deepEqual(provider.models["claude-haiku-4-5"].cost, { input: 0, output: 0 });
+});
+
 test("the loader takes whatever models the host passes without throwing (frozen, self-referring, not an object)", async () => {
   const hooks = await plugin(freshPath());
   const frozen = Object.freeze({ cost: Object.freeze({ input: 3, output: 15 }) });
@@ -2156,6 +2176,35 @@ test("the tool's remove asks with the account the addon resolves (#+1, a trailin
     const text = await poolActionText(args, path);
     assert.ok(!text.includes("SECRET") && !text.includes(key.slice(0, 14)), `${args.action}: ${text}`);
     assert.ok(text.length < 4000, `${args.action}: ${text.length}`);
+  }
+  rmSync(dir, { recursive: true, force: true });
+});
+
+// Found by a review: a key with punctuation in it (`addApiKey` takes any key) is cut by the
+// search for credential runs into pieces too short to tell, and was quoted whole when a name or
+// a last error held it: another member's label, a hand edit, a server's message.
+test("no tool answer quotes a key of the pool file made of other characters, whole or a piece of it", async () => {
+  const { poolActionText } = await import("../lib/plugin/tool.mjs");
+  const dir = tempDir("oauth-pool-tool-odd-");
+  const path = join(dir, "pool.json");
+  const odd = "Zq!9xY#4pL$7mN%2vB^8";
+  const short = "k!y#2024x";
+  await lib.savePool(
+    {
+      version: 1,
+      anthropic: [
+        { email: "first", type: "api", key: odd },
+        { email: `team ${odd}`, type: "api", key: "Another-odd!key#0001" },
+        { email: `cut ${odd.slice(3, 17)}…`, type: "api", key: short, lastError: `refused ${odd} and ${short}` },
+      ],
+    },
+    path,
+  );
+  for (const args of [{ action: "list" }, { action: "status" }, { action: "enable", email: "nobody" }]) {
+    const text = await poolActionText(args, path);
+    for (const piece of [odd.slice(0, 12), odd.slice(3, 15), odd.slice(8), short]) assert.ok(!text.includes(piece), `${args.action} quoted ${piece}: ${text}`);
+    assert.match(text, /\[redacted\]/);
+    assert.match(text, /first/);
   }
   rmSync(dir, { recursive: true, force: true });
 });

@@ -491,7 +491,8 @@ for (const transport of ["native", "runtime"]) {
         const who = holder.replace(/[.]/g, "\\.");
         assert.match(err.message, new RegExp(`^anthropic-pool: ${id} is held by ${who} \\(no other account can see it, so none was asked\\), and ${who} `));
         const what = {
-          login: /needs a new login: log it in again with `opencode auth login` \(Anthropic Pool\) or `oauth-pool add`/,
+          login:
+            /needs a new login: log it in again with `oauth-pool add`, or OpenCode's Anthropic Pool login \(`opencode auth login` on 1\.18, `\/connect` on 2\.x\)/,
           disable: new RegExp(`is disabled: enable it \\(\`oauth-pool enable ${who}\` or the model-accounts-pool tool\\)`),
           remove: /is no longer in the pool: log it in again/,
         }[how];

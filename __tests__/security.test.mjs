@@ -626,6 +626,28 @@ test("15: a server echoing the presented token: no answer header or body carries
     assert.ok(!text.includes(token), `${transport}: ${text}`);
     assert.deepEqual(JSON.parse(text), { echoed: "Bearer [redacted]", again: "[redacted]" }, transport);
   }
+  // A body labelled with a coding that changes nothing (`identity`, an empty one, one nobody
+  // knows) is the body as sent: under Bun the runtime transport passed it unsearched (found by a
+  // review), whole and as an event stream.
+  for (const transport of ["native", "runtime"]) {
+    for (const coding of ["identity", "", "x-custom"]) {
+      for (const stream of [false, true]) {
+        const scripted = echo();
+        scripted.headers["content-encoding"] = coding;
+        if (stream) {
+          scripted.headers["content-type"] = "text/event-stream";
+          scripted.body = `event: echo\ndata: {"echoed":"Bearer ${token}"}\n\n`;
+        }
+        mock.script("mirror@x.test", [scripted]);
+        const res = await post(createPoolFetch({ path, transport }));
+        const text = await res.text();
+        const said = `${transport}, content-encoding ${JSON.stringify(coding)}${stream ? ", an event stream" : ""}`;
+        assert.equal(res.status, 200, said);
+        assert.ok(!text.includes(token), `${said}: ${text}`);
+        assert.match(text, /Bearer \[redacted\]/, said);
+      }
+    }
+  }
   const key = "test-gateway-key-echo-0123456789";
   process.env.OAUTH_POOL_GATEWAY_KEY = key;
   const gw = await lib.serve({ port: 0, path });

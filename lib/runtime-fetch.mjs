@@ -16,7 +16,7 @@
 import { createRequire } from "node:module";
 import { envGeneration, nativeBinding, proxyConfigured } from "./native.mjs";
 import { networkCause, scrubbed, toPoolError } from "./errors.mjs";
-import { BodyScrubber, echoForms, handedOver, presented, readHead, reasonPhrase, runtimeDecoded, unreadFraming } from "./answer-head.mjs";
+import { BodyScrubber, echoForms, handedOver, presented, readHead, reasonPhrase, runtimeDecoded, stillCompressed, unreadFraming } from "./answer-head.mjs";
 import { abortError, listenAbort } from "./signal.mjs";
 import {
   asBuffer,
@@ -269,9 +269,17 @@ function carry(response, { ex, tap, controller, signal, timeoutMs, done, opening
     if (finished) return;
     finished = true;
     clearInterval(watchdog);
+    signal?.removeEventListener?.("abort", onAbort);
     usage?.finish();
     done();
   };
+  // A caller that aborts between reads and drops the body never pulls again: what it saw was
+  // counted only when the stream was collected, often never (found by a review). A read under
+  // way fails with the abort and finishes there.
+  const onAbort = () => {
+    if (!waiting) finish();
+  };
+  signal?.addEventListener?.("abort", onAbort, { once: true });
   const stream = new ReadableStream(
     {
       type: STREAM_TYPE,
@@ -555,8 +563,8 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
       }
       const decoded = head.coding !== null && runtimeDecoded(head.coding);
       // The credential taken back out of the body, as out of its head: the token alone (an
-      // answer coded in a way the runtime did not undo is passed as it came).
-      const scrubber = forms.length && (head.coding === null || decoded) ? new BodyScrubber(forms) : null;
+      // answer still in a compression the runtime did not undo is passed as it came).
+      const scrubber = forms.length && !stillCompressed(head.coding) ? new BodyScrubber(forms) : null;
       if (opening?.ended) {
         release();
         const bytes = Buffer.concat(opening.parts);
@@ -587,6 +595,10 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
       const events = takeEvents(ex);
       if (events.length) onEvents(events);
     }
-    if (!delivered) ex.finishUsage();
+    if (!delivered) {
+      ex.finishUsage();
+      // Ended unanswered (a failed send, an abort): the requests held behind it go on now.
+      ex.abort();
+    }
   }
 }

@@ -725,6 +725,21 @@ pub async fn add_api_key(
                         .map_or(named.as_str(), |a| a.email.as_str())
                 )));
             }
+            // Nor another member's key or token (whatever its shape: `addApiKey` takes any key):
+            // the tool's answers quote names, and a name holding another member's key, cut
+            // into pieces by its punctuation, was quoted whole.
+            if given {
+                let held: Vec<&Secret> = pool
+                    .accounts()
+                    .flat_map(|a| [a.key.as_ref(), a.access.as_ref(), a.refresh.as_ref()])
+                    .flatten()
+                    .collect();
+                if crate::secret::scrub(&named, &held) != named {
+                    return Err(Error::InvalidArgument(
+                        "that name holds a key or token of another account in the pool: a name is shown in lists, logs and the tool's answers; give an email or a label".into(),
+                    ));
+                }
+            }
             // One key is one limit: a second member holding it would only fail over to the
             // same refusal. The key already in the pool keeps its name.
             let holder = account.key.as_ref().and_then(|key| {
@@ -1146,6 +1161,29 @@ mod tests {
         );
         let without_to = json!({"anthropic": [], "_oauthPool": {"lastFailover": {"at": 1, "from": "a@x", "reason": "429"}}});
         assert_eq!(of(without_to), Some(ours));
+    }
+
+    #[tokio::test]
+    async fn a_name_holding_another_members_key_of_any_shape_is_refused() {
+        // Found by a review: a label holding another member's key with punctuation in it
+        // (`addApiKey` takes any key) was taken, and the tool's answers quoted it whole.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::file(dir.path().join("p.json"));
+        let odd = Secret::new("Zq!9xY#4pL$7mN%2vB^8");
+        add_api_key(&store, &odd, Some("first")).await.unwrap();
+        for name in ["team Zq!9xY#4pL$7mN%2vB^8", "Zq!9xY#4pL$7mN%2vB^8"] {
+            let err = add_api_key(&store, &Secret::new("Another-odd!key#0001"), Some(name))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidArgument(m) if m.contains("another account")),
+                "{name}: {err}"
+            );
+        }
+        assert_eq!(store.load().await.unwrap().accounts().count(), 1);
+        add_api_key(&store, &Secret::new("Another-odd!key#0001"), Some("team"))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

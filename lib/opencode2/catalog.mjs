@@ -56,7 +56,7 @@ async function renewed(existing, email, log) {
  * The integration: Claude Pro/Max code paste, and a Console API key asked for by a form.
  * `existing` ({ find(email), renew(connection) }) reaches the host's connections, where it can.
  */
-export function integrationTransform({ path, log, existing }) {
+export function integrationTransform({ path, log, existing, changed = () => {} }) {
   return (editor) => {
     editor.update(INTEGRATION_ID, (i) => {
       i.name = "Anthropic Pool";
@@ -76,6 +76,7 @@ export function integrationTransform({ path, log, existing }) {
           callback: async (code) => {
             const { email, added } = await api.addAccount(code, { verifier, state }, path);
             log("info", `${added ? "added" : "updated"} ${email} in the Anthropic pool`);
+            changed();
             const kept = await renewed(existing, email, log);
             if (kept) throw kept;
             return placeholder(OAUTH_METHOD, email);
@@ -102,6 +103,7 @@ export function integrationTransform({ path, log, existing }) {
         const label = String(answer.label ?? "").trim();
         const added = api.addApiKey(key, { email: label || undefined, path }).then(async ({ email, added: isNew }) => {
           log("info", `${isNew ? "added" : "updated"} API key ${email} in the Anthropic pool`);
+          changed();
           const kept = await renewed(existing, email, log);
           if (kept) throw kept;
           return placeholder(KEY_METHOD, email);
@@ -219,8 +221,10 @@ export function aliasesOf(providerID, wireModels, { listed = false } = {}) {
   };
 }
 
+/** `apiKeysOnly`: a function, asked at each fold (the pool's kind changes as accounts are added). */
 export function providerTransform({ providerID, apiKeysOnly, wireModels }) {
   return (editor) => {
+    const keysOnly = typeof apiKeysOnly === "function" ? apiKeysOnly() : apiKeysOnly;
     const existing = editor.get(providerID);
     const anthropic = editor.get("anthropic");
     const models = new Map();
@@ -229,7 +233,7 @@ export function providerTransform({ providerID, apiKeysOnly, wireModels }) {
       const copy = structuredClone(m);
       copy.providerID = providerID;
       delete copy.package; // the provider's package (native Anthropic) applies
-      if (!apiKeysOnly) zeroCosts(copy); // subscription use is not billed per token
+      if (!keysOnly) zeroCosts(copy); // subscription use is not billed per token
       models.set(copy.id, copy);
     }
     // A model your config names exists before this transform runs, made by the host's editor

@@ -99,6 +99,15 @@ function makeNotifier(ctx, existing, log) {
   };
 }
 
+/** How long setup waits to learn the pool's kind before it lists the provider anyway. */
+const KIND_WAIT_MS = 1000;
+
+/** Resolves when `promise` settles or `ms` pass, whichever is first; never rejects. */
+function settledWithin(promise, ms) {
+  let timer;
+  return Promise.race([promise.catch(() => {}), new Promise((resolve) => (timer = setTimeout(resolve, ms)))]).finally(() => clearTimeout(timer));
+}
+
 export async function setupV2(ctx) {
   const log = makeLog();
   let opts;
@@ -110,6 +119,10 @@ export async function setupV2(ctx) {
   }
   const unknown = unknownOptions(ctx?.options);
   if (unknown.length) log("warn", unknownOptionsMessage(unknown));
+  // 1.18's `fetch` replaces the provider's fetch; a 2.x host sends each request itself, and the
+  // pool only places credentials in its hooks: there is nothing for it to replace.
+  if (opts.fetch)
+    log("warn", "plugin option fetch has no effect on OpenCode 2 (the host sends each request; the pool places its credentials in the request hooks), ignored");
   const { path, toolName, provider: providerID } = opts;
   const skipped = (what) => log("warn", `this OpenCode has no ${what}; that part of the pool is skipped`);
   const cleanups = [];
@@ -128,9 +141,28 @@ export async function setupV2(ctx) {
     }
   };
 
+  // Whether the pool holds only API keys (billed per token, so the models keep their prices) is
+  // asked again after each change made through this host; the provider is folded again when the
+  // answer changes. Never awaited past a moment: a store that does not answer must not hold the
+  // host's plugin load, and the models show at zero cost until the answer comes.
+  // `folded`: the answer the provider's last fold used (undefined before the first).
+  const kind = { keysOnly: false, folded: undefined };
+  const askKind = () =>
+    apiKeysOnly(path).then(async (keysOnly) => {
+      kind.keysOnly = keysOnly;
+      if (kind.folded === undefined || kind.folded === keysOnly || typeof ctx.provider?.reload !== "function") return;
+      await Promise.resolve()
+        .then(() => ctx.provider.reload())
+        .catch((err) => log("warn", `this OpenCode refused to fold the ${providerID} provider again: ${scrubbed(err?.message ?? err)}`));
+    });
+  const recheck = () => {
+    askKind().catch(() => {});
+  };
+
   const existing = hostConnections(ctx);
   await part("integration.transform (logins)", async () => {
-    if (typeof ctx.integration?.transform === "function") keep(await ctx.integration.transform(integrationTransform({ path, log, existing })));
+    if (typeof ctx.integration?.transform === "function")
+      keep(await ctx.integration.transform(integrationTransform({ path, log, existing, changed: recheck })));
     else skipped("integration.transform (logins)");
   });
 
@@ -151,8 +183,9 @@ export async function setupV2(ctx) {
       if (typeof ctx.provider?.transform === "function") keep(await ctx.provider.transform(aliasesOf(providerID, wireModels, { listed: true })));
       else skipped("provider.transform (the anthropic provider listed without a host login)");
     } else if (typeof ctx.provider?.transform === "function") {
-      const keysOnly = await apiKeysOnly(path);
-      keep(await ctx.provider.transform(providerTransform({ providerID, apiKeysOnly: keysOnly, wireModels })));
+      await settledWithin(askKind(), KIND_WAIT_MS);
+      // An answer that comes after the fold folds the provider again (`askKind`).
+      keep(await ctx.provider.transform(providerTransform({ providerID, apiKeysOnly: () => (kind.folded = kind.keysOnly), wireModels })));
     } else skipped("provider.transform (the anthropic-pool provider)");
   });
 
@@ -170,7 +203,11 @@ export async function setupV2(ctx) {
           // promise/tool.ts ToolContext: sessionID, agent, messageID, id, signal, progress,
           // checkpoint), and the model's call may come from a page it read. So `remove` disables
           // the account and names the CLI command that deletes it; the command below deletes.
-          execute: async (input) => ({ content: await poolActionText(input, path, { host: "v2" }) }),
+          execute: async (input) => {
+            const content = await poolActionText(input, path, { host: "v2" });
+            recheck();
+            return { content };
+          },
         }),
       ),
     );
@@ -195,6 +232,7 @@ export async function setupV2(ctx) {
               confirm: async () => {},
               host: "v2",
             });
+            recheck();
             try {
               // The text joins the model's context; the description is what the person sees (a
               // synthetic message without one is not shown in the transcript).

@@ -28,6 +28,11 @@ function failed(client, what, err) {
 // The models whose `cost` the person set in opencode.json, by host input and provider id, as the
 // config hook found them: the loader leaves those as they are.
 const costsOfTheirs = new WeakMap();
+// Where a config hook called without `{ input }` notes them (the drop-in's `poolConfigHook(config)`):
+// the loader of any host falls back to it, else it zeroed the prices the person set.
+const NO_INPUT = {};
+const theirCosts = (input, providerID) =>
+  (input && typeof input === "object" ? costsOfTheirs.get(input)?.get(providerID) : undefined) ?? costsOfTheirs.get(NO_INPUT)?.get(providerID);
 
 /**
  * Notes the model ids of `entry` (the person's provider entry) that carry a `cost`. OpenCode 1.18
@@ -35,7 +40,7 @@ const costsOfTheirs = new WeakMap();
  * cost there: a price the person set ("your settings win") read 0 once they had logged in.
  */
 export function noteTheirCosts(input, providerID, entry) {
-  if (!input || typeof input !== "object") return;
+  if (!input || typeof input !== "object") input = NO_INPUT;
   const models = entry?.models && typeof entry.models === "object" ? entry.models : {};
   const ids = Object.keys(models).filter((id) => models[id] && typeof models[id] === "object" && models[id].cost !== undefined);
   const byProvider = costsOfTheirs.get(input) ?? new Map();
@@ -88,7 +93,7 @@ export function poolAuthHook(input, options) {
 
     async loader(_getAuth, provider) {
       // Tokens are never read here: the fetch reads the pool for every request.
-      if (!(await apiKeysOnly(path))) zeroModelCosts(provider?.models, costsOfTheirs.get(input)?.get(providerID));
+      if (!(await apiKeysOnly(path))) zeroModelCosts(provider?.models, theirCosts(input, providerID));
       fetch ??= poolFetchFor(input, options);
       return { apiKey: "", fetch };
     },

@@ -497,7 +497,47 @@ async function withoutPoolSecrets(text, path) {
     }
   }
   if (secrets.length === 0) return text;
-  return text.replace(CREDENTIAL_RUN, (run) => (secrets.some((s) => s.includes(run) || run.includes(s)) ? "[redacted]" : run));
+  const runs = text.replace(CREDENTIAL_RUN, (run) => (secrets.some((s) => s.includes(run) || run.includes(s)) ? "[redacted]" : run));
+  return withoutOddPieces(
+    runs,
+    secrets.filter((s) => !ONE_RUN.test(s)),
+  );
+}
+
+/** A credential made of a run's characters alone: CREDENTIAL_RUN finds it and its pieces. */
+const ONE_RUN = /^[A-Za-z0-9_\-.+/=]+$/;
+const PIECE = 12;
+
+/**
+ * `text` without any secret of `odd` (keys with other characters, `Zq!9xY#4pL$7…`: the runs
+ * above split them into short pieces, none told) or any piece of one at least PIECE long: each
+ * stretch of the text that is such a piece becomes one "[redacted]". Windows of the secrets in a
+ * set, so a long list is one pass however many keys.
+ */
+function withoutOddPieces(text, odd) {
+  for (const s of odd) if (s.length < PIECE) text = text.replaceAll(s, "[redacted]");
+  const windows = new Set();
+  for (const s of odd) for (let i = 0; i + PIECE <= s.length; i++) windows.add(s.slice(i, i + PIECE));
+  if (windows.size === 0) return text;
+  const hidden = new Uint8Array(text.length);
+  let any = false;
+  for (let i = 0; i + PIECE <= text.length; i++) {
+    if (windows.has(text.slice(i, i + PIECE))) {
+      hidden.fill(1, i, i + PIECE);
+      any = true;
+    }
+  }
+  if (!any) return text;
+  let out = "";
+  for (let i = 0; i < text.length; ) {
+    if (!hidden[i]) {
+      out += text[i++];
+      continue;
+    }
+    while (i < text.length && hidden[i]) i++;
+    out += "[redacted]";
+  }
+  return out;
 }
 
 /** A run of a credential's characters long enough to tell (a piece of one cut short included). */

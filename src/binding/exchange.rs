@@ -464,9 +464,15 @@ impl NativeExchange {
         }
     }
 
+    /// The request is given up, or ended unanswered (its send failed): what it waits on ends,
+    /// and the requests held behind its reopening go on now, not when it is collected (under
+    /// Bun they waited out `REOPEN_PATIENCE`, found by a review).
     #[napi(catch_unwind)]
     pub fn abort(&self) {
         self.cancel.cancel();
+        if let Ok(Ok(mut ex)) = self.inner.as_ref().map(|m| m.try_lock()) {
+            ex.give_up();
+        }
     }
 }
 

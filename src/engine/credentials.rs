@@ -781,7 +781,14 @@ impl Engine {
                     seconds: patience.as_secs(),
                 })
             }
-            other => other?,
+            // A lock that cannot be made (a read-only mount, a full disk, a store that is down)
+            // is no refresh, as a disk without room for the new tokens is: the access token
+            // still in its margin serves while it lasts.
+            Err(e) => {
+                tracing::warn!(account = %email, error = %e, "the refresh lock cannot be taken; not refreshing");
+                return serve_old_or(account, rejected, e);
+            }
+            Ok(lock) => lock,
         };
         let mut pool = self.store.load_under(&refresh_lock).await?;
         // Tokens a process that ended could not write (`store::rescue`): their refresh token is

@@ -29,6 +29,14 @@ use crate::pool::Pool;
 use crate::printable::printable;
 use crate::store::{REFRESH_LOCK_BRIEF, REFRESH_LOCK_TIMEOUT};
 
+/// How a person adds or logs in an account, on every host: these messages reach OpenCode 1.18,
+/// OpenCode 2 (whose login is its connect flow) and the gateway's clients alike.
+macro_rules! login_ways {
+    () => {
+        "`oauth-pool add`, or OpenCode's Anthropic Pool login (`opencode auth login` on 1.18, `/connect` on 2.x)"
+    };
+}
+
 /// How often a held request looks at the store for an account usable before its cooldown said:
 /// a stat of the file (the fleet store's generation, asked at most every 250 ms per process).
 const HOLD_RECHECK: Duration = Duration::from_secs(1);
@@ -919,6 +927,12 @@ impl Exchange {
 
     /// The decisions that need no I/O: deliver (and say so for a third-party refusal), or cool
     /// the account and move on. `in_stream`: the answer's event stream said why.
+    /// The request ended without an answer its driver judged (given up, or its send failed):
+    /// the requests held behind its reopening choose again at once.
+    pub fn give_up(&mut self) {
+        self.reopening = None;
+    }
+
     fn settle(
         &mut self,
         decision: Decision,
@@ -1264,14 +1278,16 @@ impl Exchange {
             // Entries, none of them readable: "has no accounts, add one" sent the person to log
             // in again while the file showed them their accounts.
             format!(
-                "anthropic-pool has no usable account in {}: its {} cannot be read; `oauth-pool list` says why for each: fix or remove them (`oauth-pool remove '#N'`), or add an account with `opencode auth login` (Anthropic Pool) or `oauth-pool add`",
+                "anthropic-pool has no usable account in {}: its {} cannot be read; `oauth-pool list` says why for each: fix or remove them (`oauth-pool remove '#N'`), or add an account with {}",
                 self.engine.store().describe(),
-                unreadable
+                unreadable,
+                login_ways!()
             )
         } else if total == 0 {
             format!(
-                "anthropic-pool has no accounts in {}: add one with `opencode auth login` (Anthropic Pool) or `oauth-pool add`",
-                self.engine.store().describe()
+                "anthropic-pool has no accounts in {}: add one with {}",
+                self.engine.store().describe(),
+                login_ways!()
             )
         } else {
             // Named up to a point: a message is read by a person (a file of 100,000 entries made
@@ -1307,7 +1323,11 @@ impl Exchange {
             // Only the advice that fits: a token endpoint that is down is no reason to log in.
             let mut advice = Vec::new();
             if login_refused || total > NAMED {
-                advice.push("logins in auth-error need a new login (`opencode auth login` or `oauth-pool add`)");
+                advice.push(concat!(
+                    "logins in auth-error need a new login (",
+                    login_ways!(),
+                    ")"
+                ));
             }
             if key_refused || total > NAMED {
                 advice.push("API keys in auth-error were refused: add a working key under the same name (`oauth-pool add-key --email <email>`)");
@@ -1316,9 +1336,11 @@ impl Exchange {
                 advice.push("disabled ones can be enabled with `oauth-pool enable <email>` or the model-accounts-pool tool");
             }
             if no_login {
-                advice.push(
-                    "one with no token needs a login (`opencode auth login` or `oauth-pool add`)",
-                );
+                advice.push(concat!(
+                    "one with no token needs a login (",
+                    login_ways!(),
+                    ")"
+                ));
             }
             if no_key {
                 advice.push("an API-key entry with no `key` needs one (`oauth-pool add-key --email <email>`)");
@@ -1407,7 +1429,7 @@ impl Exchange {
         let start = format!(
             "anthropic-pool: {id} is held by {holder} (no other account can see it, so none was asked)"
         );
-        let login = "with `opencode auth login` (Anthropic Pool) or `oauth-pool add`";
+        let login = concat!("with ", login_ways!());
         let Some(a) = pool.find(holder) else {
             return format!(
                 "{start}, and {holder} is no longer in the pool: log it in again {login} to reach {id}"
