@@ -8,7 +8,7 @@
 // with SIGBUS inside dlopen). Runs under Node and Bun.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { cpSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -121,6 +121,47 @@ test("an empty file, a text file or another architecture's binary in the platfor
   }
 });
 
+// Found by a review: the platform package installed without its binary (a file removed, a broken
+// manifest) was told to be installed, which npm answers "up to date"; one of another version
+// than the JavaScript (an install that took `latest`) loaded without a word; and a platform with
+// no prebuilt package was told to install a name nobody publishes (and anyone could).
+test("a platform package without its binary says to reinstall it; one of another version is refused naming both", { skip: !elf }, async () => {
+  const { dir, platform, binary } = install(good());
+  rmSync(binary);
+  const missing = await run(dir);
+  assertRefused(missing, /is there but cannot be loaded: reinstall "opencode-oauth-pool-linux-[\w-]+" \(delete .* and run the install again\)/);
+  assert.ok(missing.out.message.includes(platform), missing.out.message);
+
+  const other = install(good());
+  const manifest = JSON.parse(readFileSync(join(other.platform, "package.json"), "utf8"));
+  writeFileSync(join(other.platform, "package.json"), JSON.stringify({ ...manifest, version: "9.9.9" }));
+  const mismatched = await run(other.dir);
+  const version = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version;
+  assertRefused(
+    mismatched,
+    new RegExp(
+      `is version 9\\.9\\.9, and this JavaScript is ${version.replaceAll(".", "\\.")}: install the matching one \\(npm install opencode-oauth-pool-linux-[\\w-]+@${version.replaceAll(".", "\\.")}\\)`,
+    ),
+  );
+
+  // No binary at all: the advice names this release's version.
+  const none = install(good());
+  rmSync(none.platform, { recursive: true });
+  assertRefused(await run(none.dir), new RegExp(`Install the optional package "opencode-oauth-pool-linux-[\\w-]+@${version.replaceAll(".", "\\.")}"`));
+});
+
+test("a platform with no prebuilt package is told to build from source, never to install an unpublished name", async () => {
+  const { dir } = install(good());
+  const script = `Object.defineProperty(process, "platform", { value: "freebsd" }); Object.defineProperty(process, "arch", { value: "riscv64" });
+    const lib = await import("opencode-oauth-pool");
+    try { lib.nativeVersion(); console.log(JSON.stringify({ loaded: true })); } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }`;
+  const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { cwd: dir, encoding: "utf8" });
+  const out = JSON.parse(r.stdout.trim().split("\n").at(-1));
+  assert.equal(out.code, "NATIVE_MISSING", r.stderr);
+  assert.match(out.message, /no prebuilt native binary for freebsd-riscv64 \(prebuilt: .*linux-x64-gnu.*\); build it from a source checkout/);
+  assert.doesNotMatch(out.message, /npm install opencode-oauth-pool-freebsd/);
+});
+
 test("native addons disabled (--no-addons): a coded error saying so, not advice to install what is installed", async () => {
   const { dir } = install(good());
   const r = await run(dir, ["--no-addons"]);
@@ -212,6 +253,35 @@ test("the binary check passes this build and every cut of it, and leaves what it
     writeFileSync(cut, whole.subarray(0, n));
     assert.ok(unloadableReason(cut), `a file cut at ${n} of ${size} bytes is refused`);
   }
+  // Full length with its end zeros (found by a review: dlopen faulted, SIGSEGV, under Node and Bun).
+  for (const from of [0.5, 0.9, 0.98, 0.995]) {
+    const zeroed = Buffer.from(whole);
+    zeroed.fill(0, Math.floor(size * from));
+    writeFileSync(cut, zeroed);
+    assert.match(unloadableReason(cut) ?? "", /its end is zeros/, `zeros from ${from * 100}%`);
+  }
   assert.equal(unloadableReason(join(dir, "missing.node")), null, "a missing file is the loader's to report");
   assert.equal(unloadableReason(BINARY, { platform: "darwin" }), null, "only ELF platforms are checked");
+});
+
+// Found by a review: Node's report looks up the host name of both ends of every open socket,
+// synchronously, and the first native call of a process with connections open waited on its
+// resolver (30 s with one that does not answer).
+test("the libc check takes Node's report without its network part, and leaves the setting as it was", {
+  skip: (typeof Bun !== "undefined" || process.platform !== "linux" || typeof process.report?.getReport !== "function") && "Node's report on Linux",
+}, () => {
+  const seen = [];
+  const getReport = process.report.getReport;
+  const before = process.report.excludeNetwork;
+  process.report.getReport = (...args) => {
+    seen.push(process.report.excludeNetwork);
+    return getReport.apply(process.report, args);
+  };
+  try {
+    platformTriple();
+  } finally {
+    process.report.getReport = getReport;
+  }
+  assert.deepEqual(seen, [true]);
+  assert.equal(process.report.excludeNetwork, before);
 });

@@ -174,6 +174,41 @@ test("a mistyped token URL names its variable, hides a password in it, and is us
   assert.equal(fixed.code, 0, JSON.stringify(fixed));
 });
 
+// Found by a review: a name holding another member's key of no known shape (written by hand, or
+// labelled before names were checked) was quoted whole in the pool's own errors, which OpenCode
+// shows and keeps in the session, and a gateway gives its clients.
+test("the pool's errors that name accounts never quote a key or token of the pool, whatever the names hold", async () => {
+  const path = tempPoolPath();
+  const odd = "Zq!9xY#4pL$7mN%2vB^8";
+  const plain = "PlainKeyWithoutShape0123";
+  await lib.savePool(
+    {
+      version: 1,
+      anthropic: [
+        { email: "first", type: "api", key: odd, enabled: false },
+        { email: `team ${odd} ${plain}`, type: "api", key: plain, enabled: false },
+      ],
+    },
+    path,
+  );
+  const err = await rejection(post(lib.createPoolFetch({ path })));
+  assert.equal(err.code, "POOL_NO_ACCOUNT");
+  assert.ok(!err.message.includes(odd) && !err.message.includes(plain.slice(0, 12)), err.message);
+  assert.match(err.message, /\[redacted\]/);
+  // Cooling: the pool's own 429 names the first account back.
+  await lib.savePool(
+    {
+      version: 1,
+      anthropic: [{ email: `team ${plain}`, type: "api", key: plain, status: "rate-limited", rateLimitUntil: Date.now() + 3_600_000 }],
+    },
+    path,
+  );
+  const res = await post(lib.createPoolFetch({ path }));
+  assert.equal(res.status, 429);
+  const text = await res.text();
+  assert.ok(!text.includes(plain.slice(0, 12)), text);
+});
+
 test("an empty pool reads the same on the library, the gateway (body and header) and OpenCode 2, with the prefix once", async () => {
   const path = tempPoolPath();
   const err = await rejection(post(lib.createPoolFetch({ path })));

@@ -2196,13 +2196,15 @@ test("no tool answer quotes a key of the pool file made of other characters, who
         { email: "first", type: "api", key: odd },
         { email: `team ${odd}`, type: "api", key: "Another-odd!key#0001" },
         { email: `cut ${odd.slice(3, 17)}…`, type: "api", key: short, lastError: `refused ${odd} and ${short}` },
+        { email: `lower ${odd.toLowerCase()}`, type: "api", key: "Third-odd!key#0002" },
       ],
     },
     path,
   );
   for (const args of [{ action: "list" }, { action: "status" }, { action: "enable", email: "nobody" }]) {
     const text = await poolActionText(args, path);
-    for (const piece of [odd.slice(0, 12), odd.slice(3, 15), odd.slice(8), short]) assert.ok(!text.includes(piece), `${args.action} quoted ${piece}: ${text}`);
+    for (const piece of [odd.slice(0, 12), odd.slice(3, 15), odd.slice(8), short, odd.toLowerCase().slice(0, 12)])
+      assert.ok(!text.includes(piece), `${args.action} quoted ${piece}: ${text}`);
     assert.match(text, /\[redacted\]/);
     assert.match(text, /first/);
   }

@@ -648,6 +648,16 @@ test("15: a server echoing the presented token: no answer header or body carries
       }
     }
   }
+  // Its random part alone, the `sk-ant-oat01-` prefix left out (found by a review).
+  const core = token.replace(/^sk-ant-[a-z0-9]+-/, "");
+  assert.notEqual(core, token);
+  for (const transport of ["native", "runtime"]) {
+    mock.script("mirror@x.test", [{ status: 200, body: { core }, headers: { "x-core": `t=${core}` }, chunkSize: 7, delayMs: 1 }]);
+    const res = await post(createPoolFetch({ path, transport }));
+    const text = await res.text();
+    assert.ok(!text.includes(core) && !JSON.stringify([...res.headers]).includes(core), `${transport}: ${text}`);
+    assert.equal(res.headers.get("x-core"), "t=[redacted]", transport);
+  }
   const key = "test-gateway-key-echo-0123456789";
   process.env.OAUTH_POOL_GATEWAY_KEY = key;
   const gw = await lib.serve({ port: 0, path });

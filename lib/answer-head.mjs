@@ -103,6 +103,9 @@ export function echoForms(secret) {
   const hex = bytes.toString("hex");
   forms.add(hex);
   forms.add(hex.toUpperCase());
+  // Its random part alone, the `sk-ant-<kind>-` prefix left out, as a server may quote it.
+  const core = /^sk-ant-[a-z0-9]+-(.+)$/.exec(secret)?.[1];
+  if (core) forms.add(core);
   formsOf = { secret, forms: [...forms].filter((f) => f.length >= 16) };
   return formsOf.forms;
 }

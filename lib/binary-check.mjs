@@ -96,6 +96,15 @@ export function unloadableReason(path, { platform = process.platform, arch = pro
       }
     }
     if (needed > size) return `cut short: ${size} of at least ${needed} bytes (an install or copy that did not finish)`;
+    // Full length, its end zeros: the other shape an interrupted install leaves (a power cut
+    // after the size was set, before the last blocks were written); dlopen faults on it. The
+    // section header table is the file's last part: every entry after the first blank there.
+    if (shoff > 0 && shnum > 1 && shentsize >= (is64 ? 64 : 40) && shentsize * shnum <= 1 << 20) {
+      const sections = Buffer.alloc(shentsize * shnum);
+      if (readSync(fd, sections, 0, sections.length, shoff) === sections.length && sections.subarray(shentsize).every((b) => b === 0)) {
+        return "its end is zeros (an install or copy that did not finish)";
+      }
+    }
     return null;
   } catch {
     return null;

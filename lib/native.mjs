@@ -20,6 +20,11 @@ const isMainThread = typeof Bun !== "undefined" && typeof Bun.isMainThread === "
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 
 function load() {
+  // The platform packages this release publishes, and its version: only those names are asked
+  // for or named in advice (any other `opencode-oauth-pool-<triple>` is nobody's, and anyone
+  // could publish one), each at the version of this JavaScript.
+  const manifest = require("../package.json");
+  const published = new Set(Object.keys(manifest.optionalDependencies ?? {}));
   const triple = platformTriple();
   const local = join(root, `oauth-pool.${triple}.node`);
   const packageName = `opencode-oauth-pool-${triple}`;
@@ -42,16 +47,26 @@ function load() {
     const addon = attempt(local, local, `rebuild ${local} with "npm run build"`);
     if (addon) return addon;
   }
+  const offered = published.has(packageName);
   let resolved = null;
-  try {
-    resolved = require.resolve(packageName);
-  } catch (err) {
-    failures.push(`${packageName}: ${firstLine(err)}`);
-  }
+  if (offered) {
+    try {
+      resolved = require.resolve(packageName);
+    } catch (err) {
+      failures.push(`${packageName}: ${firstLine(err)}`);
+      // Installed, but its binary is missing (or its manifest broken): installing it again
+      // says "up to date" and mends nothing.
+      const installed = installedAt(packageName);
+      if (installed) broken.push(`reinstall "${packageName}" (delete ${installed} and run the install again)`);
+    }
+  } else failures.push(`${packageName}: no such package is published`);
   if (resolved) {
     const dir = dirname(resolved);
     const addon = attempt(packageName, resolved, `reinstall "${packageName}" (delete ${dir} and run the install again)`);
-    if (addon) return addon;
+    if (addon) {
+      mismatch(packageName, dir, manifest.version);
+      return addon;
+    }
   }
   const tried = `Tried: ${failures.join("; ")}${hint(failures, triple)}`;
   const transient = failures.some((f) => TRANSIENT.test(f));
@@ -63,15 +78,50 @@ function load() {
     message = `opencode-oauth-pool: native addons are disabled in this process (node --no-addons, or Node's permission model without --allow-addons), and the pool is a native addon: run without that flag or add --allow-addons. ${tried}`;
   } else if (broken.length > 0) {
     message = `opencode-oauth-pool: the native binary for ${triple} is there but cannot be loaded: ${broken.join(", or ")}. ${tried}`;
-  } else {
+  } else if (offered) {
+    const spec = `${packageName}@${manifest.version}`;
     message =
       `opencode-oauth-pool: no native binary for ${triple}. Install the optional package ` +
-      `"${packageName}" (npm install ${packageName}; npm skips it with --omit=optional, Bun with --omit optional), or, in a ` +
+      `"${spec}" (npm install ${spec}; npm skips it with --omit=optional, Bun with --omit optional), or, in a ` +
       `source checkout of opencode-oauth-pool, build it with "npm run build" (needs Rust). ${tried}`;
+  } else {
+    message =
+      `opencode-oauth-pool: no prebuilt native binary for ${triple} (prebuilt: ${[...published].map((p) => p.replace("opencode-oauth-pool-", "")).join(", ")}); ` +
+      `build it from a source checkout of opencode-oauth-pool with "npm run build" (needs Rust). ${tried}`;
   }
   const error = new Error(message);
   error.code = "NATIVE_MISSING";
   error.transient = transient;
+  throw error;
+}
+
+/** Where `name` is installed when its manifest is there (its binary may not be), else null. */
+function installedAt(name) {
+  try {
+    return dirname(require.resolve(`${name}/package.json`));
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A platform package of another version than this JavaScript (an install that took `latest`):
+ * the two speak across a boundary each release may change, so it is refused as a binary that
+ * does not fit, with the version to install.
+ */
+function mismatch(name, dir, expected) {
+  let version;
+  try {
+    version = require(join(dir, "package.json")).version;
+  } catch {
+    return;
+  }
+  if (version === undefined || version === expected) return;
+  const error = new Error(
+    `opencode-oauth-pool: the native binary's package "${name}" is version ${version}, and this JavaScript is ${expected}: install the matching one (npm install ${name}@${expected})`,
+  );
+  error.code = "NATIVE_MISSING";
+  error.transient = false;
   throw error;
 }
 

@@ -4,7 +4,10 @@ import { readFileSync } from "node:fs";
 function isMusl() {
   if (process.platform !== "linux") return false;
   try {
-    const report = typeof process.report?.getReport === "function" ? process.report.getReport() : null;
+    // A report looks up the host name of both ends of every open socket, synchronously: the
+    // first native call of a process with connections open stopped it for as long as its
+    // resolver took (30 s with one that does not answer; found by a review).
+    const report = typeof process.report?.getReport === "function" ? reportWithoutNetwork() : null;
     if (report?.header?.glibcVersionRuntime) return false;
     if (Array.isArray(report?.sharedObjects) && report.sharedObjects.some((f) => f.includes("libc.musl-") || f.includes("ld-musl-"))) return true;
   } catch {}
@@ -12,6 +15,16 @@ function isMusl() {
     return readFileSync("/usr/bin/ldd", "utf8").includes("musl");
   } catch {}
   return false;
+}
+
+function reportWithoutNetwork() {
+  const before = process.report.excludeNetwork;
+  try {
+    process.report.excludeNetwork = true;
+    return process.report.getReport();
+  } finally {
+    process.report.excludeNetwork = before;
+  }
 }
 
 /** The napi-rs platform triple of this process, e.g. "linux-x64-gnu". */

@@ -59,6 +59,14 @@ fn reshaped(secret: &Secret) -> Vec<Secret> {
         .collect();
     forms.push(Secret::new(hex.to_ascii_uppercase()));
     forms.push(Secret::new(hex));
+    // Its random part alone, the `sk-ant-<kind>-` prefix left out, as a server may quote it.
+    if let Some((_, core)) = secret
+        .expose()
+        .strip_prefix("sk-ant-")
+        .and_then(|rest| rest.split_once('-'))
+    {
+        forms.push(Secret::new(core));
+    }
     forms
 }
 
@@ -478,6 +486,26 @@ mod tests {
         // Ended there, the held bytes come out at the end.
         let (out, _) = relay(&[b"data: fake-acc"]);
         assert_eq!(out, b"data: fake-acc");
+    }
+
+    #[test]
+    fn a_credential_echoed_without_its_prefix_is_replaced_in_a_body_and_a_head() {
+        // Found by a review: a server quoting the token's random part alone passed it on.
+        let token = "sk-ant-oat01-Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0Lz";
+        let core = "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0Lz";
+        let body = format!("{{\"echo\":\"{core}\"}}");
+        let (a, b) = body.as_bytes().split_at(body.len() / 2);
+        let mut r = Redactor::new(vec![Secret::new(token)]);
+        let mut out = r.pass(Bytes::copy_from_slice(a)).to_vec();
+        out.extend_from_slice(&r.pass(Bytes::copy_from_slice(b)));
+        out.extend_from_slice(&r.finish());
+        assert_eq!(String::from_utf8(out).unwrap(), "{\"echo\":\"[redacted]\"}");
+        let mut header = format!("t={core}");
+        scrub_text(&mut header, &[Secret::new(token)]);
+        assert_eq!(header, "t=[redacted]");
+        let mut named = vec![(format!("x-{}", core.to_ascii_lowercase()), "1".to_string())];
+        scrub_headers(&mut named, &[Secret::new(token)]);
+        assert!(named.is_empty());
     }
 
     #[test]

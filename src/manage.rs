@@ -355,6 +355,40 @@ fn key_member_aside(pool: &mut Pool, email: &str) {
     member.email = aside;
 }
 
+/// Refuses a change that would leave a name quoting a credential: `name` (one given for the
+/// account being made) holding a key or token of the pool's, or a member's name holding one of
+/// `incoming`. Compared without case: an imported name is stored lower-cased.
+fn names_hold_no_secret(
+    pool: &Pool,
+    name: Option<&str>,
+    incoming: &[&Secret],
+    what: &str,
+) -> Result<()> {
+    let holds = |text: &str, secrets: &[&Secret]| {
+        let lowered: Vec<Secret> = secrets
+            .iter()
+            .map(|s| Secret::new(s.expose().to_lowercase()))
+            .collect();
+        let lowered: Vec<&Secret> = lowered.iter().collect();
+        let text = text.to_lowercase();
+        crate::secret::scrub(&text, &lowered) != crate::secret::scrub_tokens(&text)
+    };
+    if name.is_some_and(|name| holds(name, &pool.secrets())) {
+        return Err(Error::InvalidArgument(format!(
+            "that name holds a key or token of another account in the pool: a name is shown in lists, logs and the tool's answers; give an email or a label: nothing was {what}"
+        )));
+    }
+    if let Some((i, _)) = pool
+        .accounts_placed()
+        .find(|(_, a)| holds(&a.email, incoming))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "the name of entry #{i} in the pool holds this credential: remove that entry first (`oauth-pool remove '#{i}'`) and add its own credential again under a name without this one: nothing was {what}"
+        )));
+    }
+    Ok(())
+}
+
 /// A login imported from Claude Code's file: as `add_oauth`, but one login is one member. The
 /// same file imported under a second name (`--email work`, then `--email team`, or once without
 /// a name) made two members of one token family, each spending the refresh token the other then
@@ -394,6 +428,9 @@ pub async fn add_imported(
                     spent.email,
                     crate::account::iso_time_seconds(spent.at)
                 )));
+            }
+            if let (Some(access), Some(refresh)) = (account.access.clone(), account.refresh.clone()) {
+                names_hold_no_secret(pool, name_given.then_some(account.email.as_str()), &[&access, &refresh], "imported")?;
             }
             if let Some(holder) = holder.as_ref().filter(|h| normalize(h) != normalize(&account.email)) {
                 if name_given {
@@ -725,20 +762,11 @@ pub async fn add_api_key(
                         .map_or(named.as_str(), |a| a.email.as_str())
                 )));
             }
-            // Nor another member's key or token (whatever its shape: `addApiKey` takes any key):
-            // the tool's answers quote names, and a name holding another member's key, cut
-            // into pieces by its punctuation, was quoted whole.
-            if given {
-                let held: Vec<&Secret> = pool
-                    .accounts()
-                    .flat_map(|a| [a.key.as_ref(), a.access.as_ref(), a.refresh.as_ref()])
-                    .flatten()
-                    .collect();
-                if crate::secret::scrub(&named, &held) != named {
-                    return Err(Error::InvalidArgument(
-                        "that name holds a key or token of another account in the pool: a name is shown in lists, logs and the tool's answers; give an email or a label".into(),
-                    ));
-                }
+            // Nor another member's key or token (whatever its shape: `addApiKey` takes any key),
+            // nor, the other way round, may another member's name hold this key: names are
+            // quoted in lists, the tool's answers and the pool's errors.
+            if let Some(key) = account.key.as_ref() {
+                names_hold_no_secret(pool, given.then_some(named.as_str()), &[key], "added")?;
             }
             // One key is one limit: a second member holding it would only fail over to the
             // same refusal. The key already in the pool keeps its name.
@@ -1184,6 +1212,24 @@ mod tests {
         add_api_key(&store, &Secret::new("Another-odd!key#0001"), Some("team"))
             .await
             .unwrap();
+        // The other order: a name given first, the key it holds added after (found by a
+        // review), also when the name holds it in other case.
+        let store = Store::file(dir.path().join("q.json"));
+        add_api_key(
+            &store,
+            &Secret::new("Plain!other#key01"),
+            Some("team zq!9xy#4pl$7mn%2vb^8"),
+        )
+        .await
+        .unwrap();
+        let err = add_api_key(&store, &Secret::new("Zq!9xY#4pL$7mN%2vB^8"), Some("first"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains("entry #0")),
+            "{err}"
+        );
+        assert_eq!(store.load().await.unwrap().accounts().count(), 1);
     }
 
     #[tokio::test]

@@ -1083,6 +1083,21 @@ impl Pool {
         }
     }
 
+    /// Every key and token the pool holds, each member's.
+    pub fn secrets(&self) -> Vec<&crate::secret::Secret> {
+        self.accounts()
+            .flat_map(|a| [a.key.as_ref(), a.access.as_ref(), a.refresh.as_ref()])
+            .flatten()
+            .collect()
+    }
+
+    /// `text` (a message that names accounts) without any key or token of the pool's, or a
+    /// piece of one: a name holding one (a hand edit, a label given before names were checked,
+    /// a key of no known shape) was quoted with it whole in the pool's own errors.
+    pub fn without_its_secrets(&self, text: &str) -> String {
+        crate::secret::scrub(text, &self.secrets())
+    }
+
     /// Groups of account emails that differ only in case: reported by `status` and `doctor`.
     pub fn case_clashes(&self) -> Vec<Vec<String>> {
         // By a map of the lower-cased emails: a file of many thousand entries (written by some

@@ -516,13 +516,15 @@ const PIECE = 12;
  */
 function withoutOddPieces(text, odd) {
   for (const s of odd) if (s.length < PIECE) text = text.replaceAll(s, "[redacted]");
+  // Without case: a name is stored lower-cased by an import.
   const windows = new Set();
-  for (const s of odd) for (let i = 0; i + PIECE <= s.length; i++) windows.add(s.slice(i, i + PIECE));
+  for (const s of odd) for (let i = 0; i + PIECE <= s.length; i++) windows.add(s.slice(i, i + PIECE).toLowerCase());
   if (windows.size === 0) return text;
+  const lower = text.toLowerCase();
   const hidden = new Uint8Array(text.length);
   let any = false;
   for (let i = 0; i + PIECE <= text.length; i++) {
-    if (windows.has(text.slice(i, i + PIECE))) {
+    if (lower.length === text.length && windows.has(lower.slice(i, i + PIECE))) {
       hidden.fill(1, i, i + PIECE);
       any = true;
     }

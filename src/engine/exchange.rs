@@ -909,8 +909,9 @@ impl Exchange {
         elsewhere: bool,
     ) -> (Decision, Limits, i64) {
         let now = now_ms();
-        let limits =
-            Limits::from_headers(headers, crate::account::system_now()).sent_at(self.sent_at);
+        let limits = Limits::from_headers(headers, crate::account::system_now())
+            .without_secret(credential.secret())
+            .sent_at(self.sent_at);
         let asked = verdict::Asked {
             kind: credential.kind(),
             refreshed_already: self.refreshed.contains(email),
@@ -1218,6 +1219,7 @@ impl Exchange {
                         "anthropic-pool: every account is rate-limited{models}; requests wait for the first one ({email}), usable again {when} (OAUTH_POOL_HOLD_MAX_MS)"
                     ),
                 };
+                let message = pool.without_its_secrets(&message);
                 if self.hold_cap.is_some_and(|cap| wait > cap) {
                     let why = if needs.is_some() {
                         "holder-cooling"
@@ -1253,6 +1255,7 @@ impl Exchange {
                     "anthropic-pool: every account is rate-limited{models}; the first one ({email}) is usable again {when}{holding}"
                 ),
             };
+            let message = pool.without_its_secrets(&message);
             let resets = pool.find(&email).map_or(0, |a| a.cooldown_resets());
             if needs.is_none() && self.engine.overlay.first_all_cooling(&email, until, resets) {
                 tracing::info!(first = %email, until = %iso_time(until), "every account is cooling");
@@ -1269,7 +1272,7 @@ impl Exchange {
         // Bound: the others were never asked, and could only have answered 404.
         if let Some(holder) = self.bound.clone() {
             return Err(Error::NoUsableAccount(printable(
-                &self.holder_out(pool, &holder, now),
+                &pool.without_its_secrets(&self.holder_out(pool, &holder, now)),
             )));
         }
         let total = pool.accounts().count();
@@ -1362,7 +1365,9 @@ impl Exchange {
             )
         };
         // Emails and reasons from the file: OpenCode shows this message as it is.
-        Err(Error::NoUsableAccount(printable(&why)))
+        Err(Error::NoUsableAccount(printable(
+            &pool.without_its_secrets(&why),
+        )))
     }
 }
 

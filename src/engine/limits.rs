@@ -574,6 +574,35 @@ impl Limits {
     }
 
     /// These limits as of `at`, when the request they answered was sent.
+    /// These limits without `secret` (the credential the request was sent with) or a piece of
+    /// it in the text the headers gave: statuses, the claim, the reason and the windows' names,
+    /// which are stored and shown by `status` and `/metrics`. A server echoing the credential
+    /// into them (a header named after it) had it kept there (found by a review). Compared
+    /// without case too, as header names come lower-cased; a window named with a piece is
+    /// dropped, a name cannot be redacted in place. Text shorter than a piece costs nothing.
+    pub fn without_secret(mut self, secret: &crate::secret::Secret) -> Limits {
+        const PIECE: usize = 12;
+        let lowered = crate::secret::Secret::new(secret.expose().to_ascii_lowercase());
+        let forms = [secret, &lowered];
+        let clean = |value: &mut Option<String>| {
+            if let Some(v) = value.as_mut().filter(|v| v.len() >= PIECE) {
+                *v = crate::secret::scrub(v, &forms);
+            }
+        };
+        clean(&mut self.status);
+        clean(&mut self.representative_claim);
+        clean(&mut self.overage.status);
+        clean(&mut self.overage.disabled_reason);
+        self.windows.retain(|w| {
+            let name = w.name.to_ascii_lowercase();
+            name.len() < PIECE || crate::secret::scrub(&name, &forms) == name
+        });
+        for w in &mut self.windows {
+            clean(&mut w.status);
+        }
+        self
+    }
+
     pub fn sent_at(mut self, at: i64) -> Limits {
         self.sent_at = Some(at);
         for w in &mut self.windows {
@@ -985,6 +1014,42 @@ pub(crate) mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn a_credential_echoed_into_the_window_headers_is_not_kept() {
+        let secret =
+            crate::secret::Secret::new("sk-ant-oat01-AbCdEf0123456789GhIjKl0123456789MnOpQr");
+        let piece = "abcdef0123456789ghijkl0123456789"; // lower-cased, its prefix left out
+        let name = format!("anthropic-ratelimit-unified-{piece}-utilization");
+        let h = headers(&[
+            ("anthropic-ratelimit-unified-5h-utilization", "0.5"),
+            (&name, "0.42"),
+            (
+                "anthropic-ratelimit-unified-representative-claim",
+                "AbCdEf0123456789GhIjKl",
+            ),
+            (
+                "anthropic-ratelimit-unified-overage-disabled-reason",
+                "why AbCdEf0123456789GhIjKl0123",
+            ),
+            (
+                "anthropic-ratelimit-unified-7d_oauth_apps-status",
+                "allowed_warning",
+            ),
+        ]);
+        let l = Limits::from_headers(&h, now()).without_secret(&secret);
+        let mut names: Vec<&str> = l.windows.iter().map(|w| w.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["5h", "7d_oauth_apps"]);
+        assert_eq!(l.representative_claim.as_deref(), Some("[redacted]"));
+        assert_eq!(l.overage.disabled_reason.as_deref(), Some("why [redacted]"));
+        let apps = l
+            .windows
+            .iter()
+            .find(|w| w.name == "7d_oauth_apps")
+            .unwrap();
+        assert_eq!(apps.status.as_deref(), Some("allowed_warning"));
     }
 
     /// A driver may hand `judge` only the headers `headers::read_from_answer` names: what the
