@@ -1661,7 +1661,7 @@ test("--help and --version work without the native binary; commands report NATIV
   assert.equal(list.code, 1);
   assert.match(list.stderr, /^error \[NATIVE_MISSING\]: /);
   // One line that says what to do, without Node's require stack (printed as literal \n's).
-  assert.match(list.stderr, /npm install opencode-oauth-pool-[\w-]+; .*in a source checkout of opencode-oauth-pool/);
+  assert.match(list.stderr, /npm install opencode-oauth-pool-[\w-]+@\d+\.\d+\.\d+; .*in a source checkout of opencode-oauth-pool/);
   assert.doesNotMatch(list.stderr, /Require stack|\\n/);
   assert.equal(json(await cli(["list", "--json"], { path, command: bare })).error.code, "NATIVE_MISSING");
   const doc = await cli(["doctor", "--json"], { path, command: bare });

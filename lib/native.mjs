@@ -20,11 +20,6 @@ const isMainThread = typeof Bun !== "undefined" && typeof Bun.isMainThread === "
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 
 function load() {
-  // The platform packages this release publishes, and its version: only those names are asked
-  // for or named in advice (any other `opencode-oauth-pool-<triple>` is nobody's, and anyone
-  // could publish one), each at the version of this JavaScript.
-  const manifest = require("../package.json");
-  const published = new Set(Object.keys(manifest.optionalDependencies ?? {}));
   const triple = platformTriple();
   const local = join(root, `oauth-pool.${triple}.node`);
   const packageName = `opencode-oauth-pool-${triple}`;
@@ -47,6 +42,17 @@ function load() {
     const addon = attempt(local, local, `rebuild ${local} with "npm run build"`);
     if (addon) return addon;
   }
+  // The platform packages this release publishes, and its version: only those names are asked
+  // for or named in advice (any other `opencode-oauth-pool-<triple>` is nobody's, and anyone
+  // could publish one), each at the version of this JavaScript. Read after the local build: a
+  // process out of descriptors has its failure told as such (transient), not thrown uncoded.
+  let manifest = null;
+  try {
+    manifest = require("../package.json");
+  } catch (err) {
+    failures.push(`package.json: ${firstLine(err)}`);
+  }
+  const published = new Set(Object.keys(manifest?.optionalDependencies ?? {}));
   const offered = published.has(packageName);
   let resolved = null;
   if (offered) {
@@ -59,7 +65,7 @@ function load() {
       const installed = installedAt(packageName);
       if (installed) broken.push(`reinstall "${packageName}" (delete ${installed} and run the install again)`);
     }
-  } else failures.push(`${packageName}: no such package is published`);
+  } else if (manifest) failures.push(`${packageName}: no such package is published`);
   if (resolved) {
     const dir = dirname(resolved);
     const addon = attempt(packageName, resolved, `reinstall "${packageName}" (delete ${dir} and run the install again)`);
@@ -78,8 +84,8 @@ function load() {
     message = `opencode-oauth-pool: native addons are disabled in this process (node --no-addons, or Node's permission model without --allow-addons), and the pool is a native addon: run without that flag or add --allow-addons. ${tried}`;
   } else if (broken.length > 0) {
     message = `opencode-oauth-pool: the native binary for ${triple} is there but cannot be loaded: ${broken.join(", or ")}. ${tried}`;
-  } else if (offered) {
-    const spec = `${packageName}@${manifest.version}`;
+  } else if (offered || !manifest) {
+    const spec = manifest ? `${packageName}@${manifest.version}` : packageName;
     message =
       `opencode-oauth-pool: no native binary for ${triple}. Install the optional package ` +
       `"${spec}" (npm install ${spec}; npm skips it with --omit=optional, Bun with --omit optional), or, in a ` +
