@@ -187,13 +187,17 @@ test("the pool's errors that name accounts never quote a key or token of the poo
       anthropic: [
         { email: "first", type: "api", key: odd, enabled: false },
         { email: `team ${odd} ${plain}`, type: "api", key: plain, enabled: false },
+        // Lower-cased, and a piece of a key with punctuation in it.
+        { email: `lower ${odd.toLowerCase()} ${plain.toLowerCase()}`, type: "api", key: "Third-odd!key#0002", enabled: false },
+        { email: `cut ${odd.slice(3, 17)}`, type: "api", key: "Fourth-odd!key#0003", enabled: false },
       ],
     },
     path,
   );
   const err = await rejection(post(lib.createPoolFetch({ path })));
   assert.equal(err.code, "POOL_NO_ACCOUNT");
-  assert.ok(!err.message.includes(odd) && !err.message.includes(plain.slice(0, 12)), err.message);
+  for (const piece of [odd, plain.slice(0, 12), odd.toLowerCase(), plain.toLowerCase().slice(0, 12), odd.slice(3, 17)])
+    assert.ok(!err.message.includes(piece), `${piece}: ${err.message}`);
   assert.match(err.message, /\[redacted\]/);
   // Cooling: the pool's own 429 names the first account back.
   await lib.savePool(

@@ -2197,13 +2197,16 @@ test("no tool answer quotes a key of the pool file made of other characters, who
         { email: `team ${odd}`, type: "api", key: "Another-odd!key#0001" },
         { email: `cut ${odd.slice(3, 17)}…`, type: "api", key: short, lastError: `refused ${odd} and ${short}` },
         { email: `lower ${odd.toLowerCase()}`, type: "api", key: "Third-odd!key#0002" },
+        // A name whose lower case is longer (İ is two characters lower-cased) turned the search off.
+        { email: "İlker@x.test", type: "api", key: "PlainKeyWithoutShape0123" },
+        { email: "lower plainkeywithoutshape0123", type: "api", key: "Fourth-odd!key#0003" },
       ],
     },
     path,
   );
   for (const args of [{ action: "list" }, { action: "status" }, { action: "enable", email: "nobody" }]) {
     const text = await poolActionText(args, path);
-    for (const piece of [odd.slice(0, 12), odd.slice(3, 15), odd.slice(8), short, odd.toLowerCase().slice(0, 12)])
+    for (const piece of [odd.slice(0, 12), odd.slice(3, 15), odd.slice(8), short, odd.toLowerCase().slice(0, 12), "plainkeywithout"])
       assert.ok(!text.includes(piece), `${args.action} quoted ${piece}: ${text}`);
     assert.match(text, /\[redacted\]/);
     assert.match(text, /first/);

@@ -1095,7 +1095,7 @@ impl Pool {
     /// piece of one: a name holding one (a hand edit, a label given before names were checked,
     /// a key of no known shape) was quoted with it whole in the pool's own errors.
     pub fn without_its_secrets(&self, text: &str) -> String {
-        crate::secret::scrub(text, &self.secrets())
+        crate::secret::scrub_pieces(text, &self.secrets())
     }
 
     /// Groups of account emails that differ only in case: reported by `status` and `doctor`.

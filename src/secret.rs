@@ -232,6 +232,93 @@ pub fn is_invisible(c: char) -> bool {
             | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
 }
 
+/// The shortest piece of a secret told as one: shorter runs are ordinary text.
+const PIECE: usize = 12;
+
+/// Where in `text` a piece of one of `secrets` (at least `PIECE` long) is, ASCII case aside:
+/// `scrub` finds pieces only as whole runs of a token's characters, so a key with punctuation in
+/// it (`addApiKey` takes any key) was found only whole, and a name holding it lower-cased not at
+/// all. For names and the messages that quote them. Secrets' non-ASCII bytes never match.
+fn pieces(text: &str, secrets: &[&Secret]) -> Vec<bool> {
+    let lowered = text.to_ascii_lowercase();
+    let bytes = lowered.as_bytes();
+    let mut hidden = vec![false; bytes.len()];
+    if bytes.len() < PIECE {
+        return hidden;
+    }
+    let starts: Vec<usize> = (0..=bytes.len() - PIECE)
+        .filter(|&i| bytes[i..i + PIECE].is_ascii())
+        .collect();
+    let secrets: Vec<String> = secrets
+        .iter()
+        .map(|s| s.expose().to_ascii_lowercase())
+        .filter(|s| s.len() >= PIECE)
+        .collect();
+    if starts.len() * secrets.len() <= 4096 {
+        // A short text (a header's value, a name): each of its windows looked for in each secret.
+        for &i in &starts {
+            let window = &bytes[i..i + PIECE];
+            if secrets
+                .iter()
+                .any(|s| memchr::memmem::find(s.as_bytes(), window).is_some())
+            {
+                hidden[i..i + PIECE].fill(true);
+            }
+        }
+    } else {
+        // A long text against many secrets (a message naming the accounts of a big pool): the
+        // text's windows in a map, each secret's looked up there.
+        let mut at: std::collections::HashMap<&[u8], Vec<usize>> = Default::default();
+        for &i in &starts {
+            at.entry(&bytes[i..i + PIECE]).or_default().push(i);
+        }
+        for s in &secrets {
+            for window in s.as_bytes().windows(PIECE) {
+                for &i in at.get(window).map_or(&[][..], Vec::as_slice) {
+                    hidden[i..i + PIECE].fill(true);
+                }
+            }
+        }
+    }
+    hidden
+}
+
+/// Whether `text` holds a piece of one of `secrets` (see `pieces`), or one of them whole.
+pub fn holds_piece(text: &str, secrets: &[&Secret]) -> bool {
+    pieces(text, secrets).contains(&true)
+        || secrets.iter().any(|s| {
+            let s = s.expose();
+            s.len() >= 6 && text.to_ascii_lowercase().contains(&s.to_ascii_lowercase())
+        })
+}
+
+/// `scrub`, and then every piece of a secret `scrub` did not find (`pieces`: with punctuation
+/// in it, in another case) replaced by `[redacted]` too.
+pub fn scrub_pieces(text: &str, secrets: &[&Secret]) -> String {
+    let text = scrub(text, secrets);
+    let hidden = pieces(&text, secrets);
+    if !hidden.contains(&true) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let bytes = text.as_bytes();
+    while i < bytes.len() {
+        if hidden[i] {
+            while i < bytes.len() && hidden[i] {
+                i += 1;
+            }
+            out.push_str(REDACTED);
+        } else {
+            // Hidden stretches are ASCII, so a stretch not hidden starts and ends on a boundary.
+            let end = (i..bytes.len()).find(|&j| hidden[j]).unwrap_or(bytes.len());
+            out.push_str(&text[i..end]);
+            i = end;
+        }
+    }
+    out
+}
+
 /// `scrub` with no presented secrets: the backstop for text about to leave the process.
 pub fn scrub_tokens(text: &str) -> String {
     scrub(text, &[])
@@ -288,6 +375,42 @@ fn looks_secret(run: &str, secrets: &[&str]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by a review: a piece of a key with punctuation in it, or a key lower-cased, in a
+    /// name was found by no search, and the pool's errors quoted it.
+    #[test]
+    fn pieces_of_a_secret_are_found_whatever_its_shape_and_case() {
+        let odd = Secret::new("Zq!9xY#4pL$7mN%2vB^8");
+        let plain = Secret::new("PlainKeyWithoutShape0123");
+        let both = [&odd, &plain];
+        for (text, hidden) in [
+            ("team 9xY#4pL$7mN%2v", "team [redacted]"),
+            ("lower zq!9xy#4pl$7mn%2vb^8 ok", "lower [redacted] ok"),
+            ("x plainkeywithoutshape0123", "x [redacted]"),
+            ("é plainkeywithout é", "é [redacted] é"),
+        ] {
+            assert!(holds_piece(text, &both), "{text}");
+            assert_eq!(scrub_pieces(text, &both), hidden);
+        }
+        // Eleven characters of one are ordinary text; İ lower-cases to two characters and is
+        // left as it is.
+        for text in ["9xY#4pL$7mN", "İlker@x.test", "alice@example.com"] {
+            assert!(!holds_piece(text, &both), "{text}");
+            assert_eq!(scrub_pieces(text, &both), text);
+        }
+        // A long text against many secrets takes the map's way, with the same answer.
+        let many: Vec<Secret> = (0..500)
+            .map(|i| Secret::new(format!("Other!secret#{i:04}-abcdefgh")))
+            .collect();
+        let mut refs: Vec<&Secret> = many.iter().collect();
+        refs.push(&odd);
+        let long = format!(
+            "{} then 9xY#4pL$7mN%2v and {}",
+            "a".repeat(500),
+            "b".repeat(500)
+        );
+        assert!(scrub_pieces(&long, &refs).contains(" then [redacted] and "));
+    }
 
     /// Found by a review: a key pasted with a zero-width space in it, or broken over lines, came
     /// back in errors from the break on (only the run holding `sk-ant-` was taken out).

@@ -497,12 +497,20 @@ async function withoutPoolSecrets(text, path) {
     }
   }
   if (secrets.length === 0) return text;
-  const runs = text.replace(CREDENTIAL_RUN, (run) => (secrets.some((s) => s.includes(run) || run.includes(s)) ? "[redacted]" : run));
+  // Without case: a name is stored lower-cased by an import.
+  const lowered = secrets.map(lowerAscii);
+  const runs = text.replace(CREDENTIAL_RUN, (run) => {
+    const r = lowerAscii(run);
+    return lowered.some((s) => s.includes(r) || r.includes(s)) ? "[redacted]" : run;
+  });
   return withoutOddPieces(
     runs,
     secrets.filter((s) => !ONE_RUN.test(s)),
   );
 }
+
+/** ASCII letters lower-cased, nothing else: the length stays (`"İ".toLowerCase()` is two). */
+const lowerAscii = (t) => t.replace(/[A-Z]+/g, (c) => c.toLowerCase());
 
 /** A credential made of a run's characters alone: CREDENTIAL_RUN finds it and its pieces. */
 const ONE_RUN = /^[A-Za-z0-9_\-.+/=]+$/;
@@ -518,13 +526,13 @@ function withoutOddPieces(text, odd) {
   for (const s of odd) if (s.length < PIECE) text = text.replaceAll(s, "[redacted]");
   // Without case: a name is stored lower-cased by an import.
   const windows = new Set();
-  for (const s of odd) for (let i = 0; i + PIECE <= s.length; i++) windows.add(s.slice(i, i + PIECE).toLowerCase());
+  for (const s of odd) for (let i = 0; i + PIECE <= s.length; i++) windows.add(lowerAscii(s.slice(i, i + PIECE)));
   if (windows.size === 0) return text;
-  const lower = text.toLowerCase();
+  const lower = lowerAscii(text);
   const hidden = new Uint8Array(text.length);
   let any = false;
   for (let i = 0; i + PIECE <= text.length; i++) {
-    if (lower.length === text.length && windows.has(lower.slice(i, i + PIECE))) {
+    if (windows.has(lower.slice(i, i + PIECE))) {
       hidden.fill(1, i, i + PIECE);
       any = true;
     }

@@ -582,21 +582,18 @@ impl Limits {
     /// dropped, a name cannot be redacted in place. Text shorter than a piece costs nothing.
     pub fn without_secret(mut self, secret: &crate::secret::Secret) -> Limits {
         const PIECE: usize = 12;
-        let lowered = crate::secret::Secret::new(secret.expose().to_ascii_lowercase());
-        let forms = [secret, &lowered];
+        let forms = [secret];
         let clean = |value: &mut Option<String>| {
             if let Some(v) = value.as_mut().filter(|v| v.len() >= PIECE) {
-                *v = crate::secret::scrub(v, &forms);
+                *v = crate::secret::scrub_pieces(v, &forms);
             }
         };
         clean(&mut self.status);
         clean(&mut self.representative_claim);
         clean(&mut self.overage.status);
         clean(&mut self.overage.disabled_reason);
-        self.windows.retain(|w| {
-            let name = w.name.to_ascii_lowercase();
-            name.len() < PIECE || crate::secret::scrub(&name, &forms) == name
-        });
+        self.windows
+            .retain(|w| w.name.len() < PIECE || !crate::secret::holds_piece(&w.name, &forms));
         for w in &mut self.windows {
             clean(&mut w.status);
         }
@@ -1037,11 +1034,17 @@ pub(crate) mod tests {
                 "anthropic-ratelimit-unified-7d_oauth_apps-status",
                 "allowed_warning",
             ),
+            (
+                "anthropic-ratelimit-unified-7d-status",
+                "allowed ABCDEF0123456789GHIJKL",
+            ),
         ]);
         let l = Limits::from_headers(&h, now()).without_secret(&secret);
         let mut names: Vec<&str> = l.windows.iter().map(|w| w.name.as_str()).collect();
         names.sort();
-        assert_eq!(names, ["5h", "7d_oauth_apps"]);
+        assert_eq!(names, ["5h", "7d", "7d_oauth_apps"]);
+        let week = l.windows.iter().find(|w| w.name == "7d").unwrap();
+        assert_eq!(week.status.as_deref(), Some("allowed [redacted]"));
         assert_eq!(l.representative_claim.as_deref(), Some("[redacted]"));
         assert_eq!(l.overage.disabled_reason.as_deref(), Some("why [redacted]"));
         let apps = l
