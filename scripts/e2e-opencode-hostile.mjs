@@ -330,7 +330,11 @@ try {
   const none = await opencodeRun("empty", "say hi");
   check(
     `a pool with no accounts: says how to add one (${none.ms} ms)`,
-    none.code === 1 && /anthropic-pool has no accounts in \S+: add one with `oauth-pool add`, or OpenCode's Anthropic Pool login \(`opencode auth login` on 1\.18/.test(said(none)) && sent().length === 0,
+    none.code === 1 &&
+      /anthropic-pool has no accounts in \S+: add one with `oauth-pool add`, or OpenCode's Anthropic Pool login \(`opencode auth login` on 1\.18/.test(
+        said(none),
+      ) &&
+      sent().length === 0,
     outcome(none),
   );
 
