@@ -60,6 +60,8 @@ struct Flags {
     interim: bool,
     /// The client's input ended.
     ended: bool,
+    /// The answer's body failed after its head went out (the upstream broke off).
+    broken: bool,
     /// hyper's read, waiting while the end is kept from it.
     reader: Option<Waker>,
 }
@@ -142,7 +144,11 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Finishing<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &frame {
+            self.exchange.flags().broken = true;
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -161,6 +167,9 @@ pub(super) trait PeerReset {
     /// Sends the peer one byte of TCP urgent data if it is on this machine; `Ok(false)` when
     /// nothing was sent (another machine, or a system without it here).
     fn send_urgent(&self) -> io::Result<bool>;
+
+    /// Makes the socket's close a reset (`SO_LINGER` 0) instead of an orderly end.
+    fn reset_on_close(&self) -> io::Result<()>;
 }
 
 impl PeerReset for tokio::net::TcpStream {
@@ -188,6 +197,16 @@ impl PeerReset for tokio::net::TcpStream {
     fn send_urgent(&self) -> io::Result<bool> {
         Ok(false)
     }
+
+    #[cfg(unix)]
+    fn reset_on_close(&self) -> io::Result<()> {
+        socket2::SockRef::from(self).set_linger(Some(Duration::ZERO))
+    }
+
+    #[cfg(not(unix))]
+    fn reset_on_close(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<S: PeerReset> PeerReset for tokio_rustls::server::TlsStream<S> {
@@ -198,6 +217,11 @@ impl<S: PeerReset> PeerReset for tokio_rustls::server::TlsStream<S> {
     /// Beside the TLS stream: the client's system keeps the byte out of what TLS reads.
     fn send_urgent(&self) -> io::Result<bool> {
         self.get_ref().0.send_urgent()
+    }
+
+    /// No `close_notify` goes out either: a TLS client sees the answer cut, not finished.
+    fn reset_on_close(&self) -> io::Result<()> {
+        self.get_ref().0.reset_on_close()
     }
 }
 
@@ -215,10 +239,17 @@ impl<L: PeerReset, R: PeerReset> PeerReset for tokio_util::either::Either<L, R> 
             tokio_util::either::Either::Right(s) => s.send_urgent(),
         }
     }
+
+    fn reset_on_close(&self) -> io::Result<()> {
+        match self {
+            tokio_util::either::Either::Left(s) => s.reset_on_close(),
+            tokio_util::either::Either::Right(s) => s.reset_on_close(),
+        }
+    }
 }
 
 /// The connection as hyper reads and writes it (see the module's comment).
-pub(super) struct HalfClose<S> {
+pub(super) struct HalfClose<S: PeerReset> {
     inner: S,
     exchange: Arc<Exchange>,
     /// The client's input ended.
@@ -253,7 +284,7 @@ pub(super) struct HalfClose<S> {
     ended_ahead: bool,
 }
 
-impl<S> HalfClose<S> {
+impl<S: PeerReset> HalfClose<S> {
     pub(super) fn new(inner: S, exchange: Arc<Exchange>) -> Self {
         HalfClose {
             inner,
@@ -293,7 +324,7 @@ impl<S> HalfClose<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> HalfClose<S> {
+impl<S: AsyncWrite + PeerReset + Unpin> HalfClose<S> {
     /// Writes what is left of a probe begun, then flushes it.
     fn poll_probe(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(sent) = self.probe {
@@ -309,6 +340,16 @@ impl<S: AsyncWrite + Unpin> HalfClose<S> {
             }
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// An answer whose body failed is cut with a reset: ended in order, an answer read to the close
+/// (HTTP/1.0, and so nginx's default upstream) would look whole to its client.
+impl<S: PeerReset> Drop for HalfClose<S> {
+    fn drop(&mut self) {
+        if self.exchange.flags().broken {
+            let _ = self.inner.reset_on_close();
+        }
     }
 }
 
@@ -606,6 +647,10 @@ mod tests {
         fn send_urgent(&self) -> io::Result<bool> {
             self.urgent.fetch_add(1, Ordering::SeqCst);
             Ok(true)
+        }
+
+        fn reset_on_close(&self) -> io::Result<()> {
+            Ok(())
         }
     }
 

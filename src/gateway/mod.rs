@@ -548,6 +548,10 @@ impl<S: half_close::PeerReset> half_close::PeerReset for WriteStall<S> {
     fn send_urgent(&self) -> io::Result<bool> {
         self.inner.send_urgent()
     }
+
+    fn reset_on_close(&self) -> io::Result<()> {
+        self.inner.reset_on_close()
+    }
 }
 
 /// The address a request came from, in its extensions.
