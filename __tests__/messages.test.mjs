@@ -146,6 +146,29 @@ test("a token endpoint never reached (nothing listening) with every token expire
   assert.match(err.message, /unreached@x\.test \(no token: .*connect/);
 });
 
+test("a token endpoint that never answers, with two expired logins: POOL_NO_ACCOUNT naming both, not POOL_BUSY as if another process held a lock", async () => {
+  // Found by a review: the first login's refresh outlasted its 5 s (another account could
+  // serve) and was told as "its token is still being refreshed" (POOL_BUSY), stored as its
+  // lastError, and the second's timeout was left out.
+  const path = tempPoolPath();
+  const emails = ["silent-a@x.test", "silent-b@x.test"];
+  await lib.savePool({ version: 1, anthropic: emails.map((e) => oauthEntry(mock, e, { expired: true })) }, path);
+  mock.setTokenMode({ hang: true, grant: "refresh_token", times: 10 });
+  try {
+    // Two tries of 3 s each: past the 5 s a refresh is waited for while another account could serve.
+    const err = await withEnv({ OAUTH_POOL_TIMEOUT_MS: "3000" }, () => rejection(post(lib.createPoolFetch({ path }))));
+    assert.equal(err.code, "POOL_NO_ACCOUNT", err.message);
+    assertReadable(err.message, "fetch");
+    assert.doesNotMatch(err.message, /still being refreshed/);
+    assert.match(err.message, /silent-a@x\.test \(no token: .*token endpoint has not answered its refresh in 5 s/);
+    assert.match(err.message, /silent-b@x\.test \(no token: .*timed out/);
+    const saved = JSON.parse(readFileSync(path, "utf8")).anthropic;
+    assert.doesNotMatch(JSON.stringify(saved.map((a) => a.lastError ?? null)), /still being refreshed|has not answered/);
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
+
 test("the wait after a failed refresh keeps err.status 429 and its seconds for callers that retry", async () => {
   const path = await expiredPool("wait@x.test");
   mock.setTokenMode({ reset: true, times: 4 });

@@ -732,6 +732,34 @@ test("15c: a server echoing the token in base64 or hex: no answer header or body
   }
 });
 
+// Found by a review: under Node (the Rust transport) a body read in bulk (no length, or over
+// 64 KB) was searched for the token only as it was sent: a chunked 404 echoing it in base64, in
+// hex or without its prefix reached the caller; under Bun it was scrubbed.
+test("15c: an error page sent without a length, or a large body, echoing the token re-encoded or without its prefix: scrubbed on both transports", async () => {
+  const path = await seedPool(mock, ["bulk-echo@x.test"]);
+  const token = account(path, "bulk-echo@x.test").access;
+  const core = token.split("-").slice(3).join("-");
+  const shapes = [Buffer.from(`GET /v1/models HTTP/1.1\r\nauthorization: Bearer ${token}\r\n`).toString("base64"), Buffer.from(token).toString("hex"), core];
+  const page = `<html><body>not found; you sent: ${shapes.join(" | ")}</body></html>`;
+  const large = JSON.stringify({ echo: shapes, pad: ".".repeat(100_000) });
+  const answers = {
+    "a chunked 404": { status: 404, raw: page, headers: { "content-type": "text/html" }, chunkSize: 9 },
+    "a 200 of 100 KB": { status: 200, body: large, headers: { "content-type": "application/json" }, chunkSize: 4096 },
+  };
+  for (const transport of ["native", "runtime"]) {
+    for (const [name, answer] of Object.entries(answers)) {
+      mock.script("bulk-echo@x.test", [answer]);
+      const res = await post(createPoolFetch({ path, transport }));
+      assert.equal(res.status, answer.status, `${transport} ${name}`);
+      const text = await res.text();
+      // Pieces each shape owes to the token alone (the base64's end, past the request line).
+      for (const piece of [shapes[0].slice(-50, -12), shapes[1].slice(8, 40), shapes[2].slice(4, 30)])
+        assert.ok(!text.includes(piece), `${transport} ${name}: ${text.slice(0, 300)}`);
+      assert.match(text, /\[redacted\]/, `${transport} ${name}`);
+    }
+  }
+});
+
 // Found by a review: the credentials to scrub were the last attempt's. After a failover, an
 // answer that echoed the first account's token (a proxy keeping the request's first headers, a
 // debugging echo) gave it to the caller: in hex or base64 in the headers, and as it is in the

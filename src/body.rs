@@ -38,7 +38,7 @@ impl AnswerBody {
             .map(|s| (UsageTap::new(event_stream), s));
         let state = ResponseBody::new(body, cancel).await?;
         let redactor = (!presented.is_empty()).then(|| match state {
-            ResponseBody::Bulk(_) => crate::echo::Redactor::plain(presented),
+            ResponseBody::Bulk(_) => crate::echo::Redactor::bulk(presented),
             _ => crate::echo::Redactor::new(presented),
         });
         Ok(AnswerBody {

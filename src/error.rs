@@ -39,6 +39,10 @@ pub enum Error {
     PoolBusy { path: PathBuf, seconds: u64 },
     #[error("{}: its token is still being refreshed (waited {seconds} s)", bounded(.email))]
     RefreshBusy { email: String, seconds: u64 },
+    /// This request's own refresh of the login outlasted its patience (another account could
+    /// serve): the token endpoint is slow or silent, not another process.
+    #[error("{}: the token endpoint has not answered its refresh in {seconds} s (the refresh goes on; the next request uses what it gets)", bounded(.email))]
+    RefreshSlow { email: String, seconds: u64 },
     /// The refresh journal says another store on this machine presented the token moments ago
     /// and has not saved its successor yet: nothing was waited for here.
     #[error("{}: another pool on this machine ({}) is refreshing this login right now; the next request will know how it went", bounded(.email), bounded(.store))]
@@ -175,7 +179,7 @@ impl Error {
             Error::OAuthHttp { .. }
             | Error::OAuthRotatedUnusable { .. }
             | Error::RefreshBackoff { .. } => "OAUTH_HTTP",
-            Error::Network { .. } => "NETWORK",
+            Error::Network { .. } | Error::RefreshSlow { .. } => "NETWORK",
             Error::InsecureEndpoint { .. } => "INSECURE_ENDPOINT",
             Error::Aborted => "ABORT_ERR",
             Error::InvalidArgument(_) => "INVALID_ARGUMENT",

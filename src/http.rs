@@ -21,6 +21,8 @@ static TOKEN: Renewing = Renewing::new();
 /// Time the machine spent asleep (or the wall clock stepped forward) between two uses of a
 /// client past which its idle connections are given up: see `Renewing`.
 const SLEPT_GAP: Duration = Duration::from_secs(5);
+/// Header lines an answer may have (Node's parser bounds only the head's size, 16 KB).
+const MAX_ANSWER_HEADERS: usize = 1000;
 /// CA bundles are at most a few hundred KB; a cap keeps a hostile path from filling memory.
 const MAX_CA_FILE: u64 = 16 * 1024 * 1024;
 
@@ -45,6 +47,10 @@ fn build(
         // was, as RFC 9112 5.2 has a user agent read it (Node's fetch does): refused, the whole
         // answer was lost to a NETWORK error.
         .http1_allow_obsolete_multiline_headers_in_responses(true)
+        // hyper's default of 100 header lines failed an answer Node's and Bun's fetch read (a
+        // proxy that adds its own, a 429 among them lost its failover); the head's size is
+        // bounded on its own.
+        .http1_max_headers(MAX_ANSWER_HEADERS)
         .proxy(reqwest::Proxy::custom(|url| proxy_for(url, &config::env)))
         .tls_certs_merge(extra_roots())
         .dns_resolver(Lookup);

@@ -1047,17 +1047,25 @@ impl Pool {
             .filter(|(_, e)| e.email().map(str::trim) == Some(target))
             .map(|(i, _)| i)
             .collect();
+        let place = target
+            .strip_prefix('#')
+            .and_then(|n| n.parse::<usize>().ok());
         if !exact.is_empty() {
+            // `list` names an unreadable entry by its place: a command given it must not act
+            // on another account that happens to be named so.
+            if let Some(n) = place.filter(|n| *n < self.anthropic.len() && !exact.contains(n)) {
+                return Err(Error::InvalidArgument(format!(
+                    "{target} is both the name of the entry at #{} and the place of another entry (#{n}): change that name in the pool file first",
+                    exact[0]
+                )));
+            }
             return Ok(exact);
         }
-        if let Some(n) = target
-            .strip_prefix('#')
-            .and_then(|n| n.parse::<usize>().ok())
-        {
+        if let Some(n) = place {
             return if n < self.anthropic.len() {
                 Ok(vec![n])
             } else {
-                Err(Error::AccountNotFound(target.to_string()))
+                Err(self.not_found(target))
             };
         }
         let key = normalize_email(target);
@@ -1069,7 +1077,7 @@ impl Pool {
             .map(|(i, _)| i)
             .collect();
         match loose.len() {
-            0 => Err(Error::AccountNotFound(target.to_string())),
+            0 => Err(self.not_found(target)),
             1 => Ok(loose),
             _ => Err(Error::InvalidArgument(format!(
                 "{target:?} matches {} accounts that differ only in case or Unicode form ({}): give the exact email",
@@ -1096,6 +1104,12 @@ impl Pool {
     /// a key of no known shape) was quoted with it whole in the pool's own errors.
     pub fn without_its_secrets(&self, text: &str) -> String {
         crate::secret::scrub_pieces(text, &self.secrets())
+    }
+
+    /// `ACCOUNT_NOT_FOUND` for what a person typed, which may be one of the pool's keys or a
+    /// piece of it (given where a name goes, without its prefix or in another case).
+    pub fn not_found(&self, target: &str) -> Error {
+        Error::AccountNotFound(self.without_its_secrets(target))
     }
 
     /// Groups of account emails that differ only in case: reported by `status` and `doctor`.
@@ -2028,6 +2042,37 @@ mod tests {
     }
 
     #[test]
+    fn a_key_typed_where_a_name_goes_is_not_quoted_back() {
+        // Found by a review: `remove <key without its prefix>` printed it whole.
+        let body = "WlNEWI5rGB2uWILCZTuzvqjgQcxbjus5OiJhnBK8VDdY";
+        let key = ["sk", "ant", "api03", body].join("-");
+        let mut pool = Pool::default();
+        pool.upsert(Account::new_api_key(
+            "k@x",
+            key.as_str().into(),
+            1_800_000_000_000,
+        ));
+        for typed in [
+            body.to_string(),
+            body.to_ascii_lowercase(),
+            key.to_ascii_uppercase(),
+            body[5..30].to_string(),
+        ] {
+            let err = pool.remove(&typed).unwrap_err();
+            assert_eq!(err.code(), "ACCOUNT_NOT_FOUND");
+            let text = err.to_string();
+            assert!(
+                !text
+                    .to_ascii_lowercase()
+                    .contains(&body[8..20].to_ascii_lowercase()),
+                "{text}"
+            );
+        }
+        let err = pool.remove("nobody@x").unwrap_err();
+        assert!(err.to_string().contains("nobody@x"), "{err}");
+    }
+
+    #[test]
     fn an_email_that_looks_like_an_index_names_its_own_account() {
         let mut pool = Pool::default();
         let now = 1_800_000_000_000;
@@ -2039,11 +2084,21 @@ mod tests {
             now,
         ));
         pool.upsert(Account::new_api_key("#0", "k".into(), now));
-        assert_eq!(pool.remove("#0").unwrap(), 1);
+        // Both the name of the entry at #1 and the place of another: neither is removed (found
+        // by a review: `list` told to remove an unreadable entry by its place, and the command
+        // removed an account so named instead).
+        let err = pool.remove("#0").unwrap_err();
+        assert_eq!(err.code(), "INVALID_ARGUMENT");
+        assert!(err.to_string().contains("entry at #1"), "{err}");
+        assert_eq!(pool.anthropic.len(), 2);
+        assert_eq!(pool.remove("#1").unwrap(), 1, "by its place");
         assert!(pool.find("alice@x").is_some(), "the first entry stays");
         assert!(pool.find("#0").is_none());
         assert_eq!(pool.remove("#0").unwrap(), 1, "now the index");
         assert_eq!(pool.anthropic.len(), 0);
+        // A name `#N` past the pool's end is no place: the account so named.
+        pool.upsert(Account::new_api_key("#5", "k".into(), now));
+        assert_eq!(pool.remove("#5").unwrap(), 1);
     }
 
     #[test]

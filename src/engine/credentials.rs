@@ -521,9 +521,7 @@ impl Engine {
         cancel: &CancellationToken,
         events: &mut Vec<Event>,
     ) -> Result<Credential> {
-        let account = pool
-            .find(email)
-            .ok_or_else(|| Error::AccountNotFound(email.to_string()))?;
+        let account = pool.find(email).ok_or_else(|| pool.not_found(email))?;
         if account.is_api_key() {
             return account
                 .key
@@ -576,7 +574,7 @@ impl Engine {
                     "the entry {email} is unreadable ({reason}): fix it in the file or remove it"
                 )))
             }
-            None => return Err(Error::AccountNotFound(email.to_string())),
+            None => return Err(pool.not_found(email)),
         };
         if account.is_api_key() {
             return Err(Error::InvalidArgument(format!(
@@ -673,7 +671,7 @@ impl Engine {
     }
 
     /// Runs the protocol in its own task; returns early (Aborted) when the caller aborts, and
-    /// with `RefreshBusy` after `patience` when it is brief (another account could serve the
+    /// with `RefreshSlow` after `patience` when it is brief (another account could serve the
     /// request): a refresh stuck on a silent token endpoint takes up to a minute, and the request
     /// moves on rather than wait it out. Either way the refresh goes on to its end and writes
     /// what it got, and the next request tells what it said.
@@ -709,7 +707,7 @@ impl Engine {
                 Err(_) => Err(Error::InvalidArgument("the refresh task failed".into())),
             },
             () = tokio::time::sleep(move_on.unwrap_or_default()), if move_on.is_some() => {
-                Err(Error::RefreshBusy {
+                Err(Error::RefreshSlow {
                     email: email.to_string(),
                     seconds: patience.as_secs(),
                 })
@@ -764,9 +762,7 @@ impl Engine {
             return Ok(access);
         }
         let pool = self.snapshot().await?;
-        let account = pool
-            .find(email)
-            .ok_or_else(|| Error::AccountNotFound(email.to_string()))?;
+        let account = pool.find(email).ok_or_else(|| pool.not_found(email))?;
         if let Some(access) = usable_now(account) {
             return Ok(access);
         }
@@ -806,7 +802,7 @@ impl Engine {
         }
         let account = pool
             .find(email)
-            .ok_or_else(|| Error::AccountNotFound(email.to_string()))?
+            .ok_or_else(|| pool.not_found(email))?
             .clone();
         if let Some(access) = usable_now(&account) {
             tracing::debug!(account = %email, "adopted a token another process refreshed");
@@ -870,7 +866,7 @@ impl Engine {
                     return self.adopt_or_wait(email, usable_now(a), &account, rejected);
                 }
                 Some(_) => {}
-                None => return Err(Error::AccountNotFound(email.to_string())),
+                None => return Err(now.not_found(email)),
             }
         }
         // The fleet store's claim ended the lock's transaction: the lock is taken again, to the
@@ -909,7 +905,7 @@ impl Engine {
                 }
                 None => {
                     self.store.release_refresh(&claim_tag).await;
-                    return Err(Error::AccountNotFound(email.to_string()));
+                    return Err(now.not_found(email));
                 }
             }
         } else if told {
@@ -1374,7 +1370,9 @@ impl Engine {
 pub(crate) fn backoff_ms(e: &Error) -> i64 {
     let ms = match e {
         // Another refresh is under way: its token is adopted once written.
-        Error::RefreshBusy { seconds, .. } => (*seconds as i64).saturating_mul(1000),
+        Error::RefreshBusy { seconds, .. } | Error::RefreshSlow { seconds, .. } => {
+            (*seconds as i64).saturating_mul(1000)
+        }
         Error::OAuthHttp {
             retry_after: Some(s),
             ..

@@ -445,7 +445,10 @@ impl Exchange {
         // Cut short: each account's reason is one item of a list a person reads.
         self.no_token
             .insert(email.clone(), why.chars().take(300).collect());
-        self.engine.note(false, move |p| p.error(&who, &why));
+        // A refresh still under way writes its own outcome when it ends.
+        if !matches!(e, Error::RefreshSlow { .. }) {
+            self.engine.note(false, move |p| p.error(&who, &why));
+        }
         // This machine's side failed (the store cannot be read, written or locked), not the
         // account: said as it is when no account serves, rather than as "no usable account"
         // or every account cooling (a read-only pool directory was answered as a 429 with an
@@ -801,11 +804,19 @@ impl Exchange {
                 Ok(Verdict::Retry)
             }
             Decision::RefusedAndMove => {
+                // What the server said, scrubbed of what this request presented, as a person reads it.
+                let said = body
+                    .and_then(super::verdict::error_message)
+                    .map(|m| {
+                        let m = crate::echo::scrub_with_forms(&m, &[credential.secret()]);
+                        format!(" saying \"{}\"", crate::printable::printable(&m))
+                    })
+                    .unwrap_or_default();
                 let why = match credential {
-                    Credential::ApiKey(_) => "the API refused the key (401): add a working one under this name (`oauth-pool add-key --email <name>`)",
-                    Credential::Bearer(_) => "the API refused the token twice (401): log in again",
+                    Credential::ApiKey(_) => format!("the API refused the key (401){said}: add a working one under this name (`oauth-pool add-key --email <name>`)"),
+                    Credential::Bearer(_) => format!("the API refused the token twice (401){said}, the second time just after a refresh: log in again"),
                 };
-                self.refuse(&email, &credential, why).await;
+                self.refuse(&email, &credential, &why).await;
                 self.move_on(email, "was refused (401)".into());
                 Ok(Verdict::Retry)
             }
