@@ -344,6 +344,26 @@ test("the disk fills while a request's refresh is at the token endpoint, and the
   }
 });
 
+test("addAccount on a pool file near the 32 MB a read takes (another tool's section): refused before the one-time code is spent", async () => {
+  // Found by a review: the code was exchanged, then the write refused for size (POOL_INVALID),
+  // and the login lived only in this process.
+  const { addAccount, authorize } = await import("../index.mjs");
+  const dir = tempDir("oauth-pool-near-full-");
+  const path = join(dir, "pool.json");
+  writeFileSync(path, `{"anthropic":[],"otherTool":"${"a".repeat(32 * 1024 * 1024 - 40_000)}"}`, { mode: 0o600 });
+  const before = readFileSync(path);
+  const grants = () => mock.tokenRequests.filter((r) => r.grant === "authorization_code").length;
+  const pkce = await authorize();
+  const paste = mock.approve(pkce.url, "near-full@x.test");
+  const spent = grants();
+  await assert.rejects(
+    addAccount(paste, pkce, path),
+    (e) => e.code === "POOL_INVALID" && /code was not spent/.test(e.message) && /another tool/.test(e.message),
+  );
+  assert.equal(grants(), spent, "the token endpoint was not asked");
+  assert.ok(readFileSync(path).equals(before), "nothing was written");
+});
+
 test("addAccount (`oauth-pool add`, OpenCode's login) on a full disk: refused before the one-time code is spent, which still logs in once there is room", async (t) => {
   const disk = smallDisk();
   if (disk.skip) return t.skip(disk.skip);

@@ -420,3 +420,37 @@ test("files of root's left in a user's home by an earlier version run with sudo:
   assert.equal(cli(["add-key", "--email", "b@x.test"], { uid: USER, env, input: `${fakeKey("b")}\n` }).code, 0);
   assert.match(cli(["list"], { uid: USER, env }).out, /a@x\.test[\s\S]*b@x\.test/);
 });
+
+test("in a shared directory, another user's lock file (left writable) or .bak beside a user's pool: the lock is POOL_INSECURE at once, not a minute's wait ending in POOL_BUSY; the .bak is never offered as the pool's last good copy", {
+  skip: asOthers,
+}, () => {
+  // Found by a review: the other user could hold the lock for ever, and every write waited out
+  // its minute as if one of the user's processes did; a planted .bak was named in POOL_CORRUPT's
+  // advice, "restore it with cp", which would put the other user's login into the pool.
+  const base = scratch();
+  const shared = join(base, "shared");
+  mkdirSync(shared);
+  chmodSync(shared, 0o1777);
+  const env = { HOME: homeOf(base, USER), OAUTH_POOL_PATH: join(shared, "pool.json") };
+  const path = env.OAUTH_POOL_PATH;
+  assert.equal(cli(["add-key", "--email", "a@x.test"], { uid: USER, env, input: `${fakeKey("a")}\n` }).code, 0);
+  const own = (p) => spawnSync("setpriv", [`--reuid=${OTHER}`, `--regid=${OTHER}`, "--clear-groups", "sh", "-c", p]).status;
+  // The user's lock removed, then another's made in its place, writable by all.
+  assert.equal(spawnSync("setpriv", [`--reuid=${USER}`, `--regid=${USER}`, "--clear-groups", "rm", "-f", `${path}.lock`]).status, 0);
+  assert.equal(own(`umask 0; : > '${path}.lock'; chmod 666 '${path}.lock'`), 0);
+  const started = Date.now();
+  const locked = cli(["add-key", "--email", "b@x.test"], { uid: USER, env, input: `${fakeKey("b")}\n` });
+  assert.equal(locked.code, 1, locked.out);
+  assert.match(locked.err, new RegExp(`\\[POOL_INSECURE\\].*lock file is owned by uid ${OTHER}.*remove it`));
+  assert.ok(Date.now() - started < 20_000, `${Date.now() - started} ms`);
+  assert.equal(spawnSync("setpriv", [`--reuid=${OTHER}`, `--regid=${OTHER}`, "--clear-groups", "rm", "-f", `${path}.lock`]).status, 0);
+  // Another's .bak in place of the user's, then the pool spoiled.
+  assert.equal(spawnSync("setpriv", [`--reuid=${USER}`, `--regid=${USER}`, "--clear-groups", "rm", "-f", `${path}.bak`]).status, 0);
+  const theirs = JSON.stringify({ version: 1, anthropic: [{ type: "api", email: "theirs@x.test", key: fakeKey("t") }] });
+  assert.equal(own(`umask 022; printf '%s' '${theirs}' > '${path}.bak'`), 0);
+  assert.equal(spawnSync("setpriv", [`--reuid=${USER}`, `--regid=${USER}`, "--clear-groups", "sh", "-c", `printf '{"anthropic": [' > '${path}'`]).status, 0);
+  const corrupt = cli(["list"], { uid: USER, env });
+  assert.equal(corrupt.code, 1);
+  assert.match(corrupt.err, /\[POOL_CORRUPT\]/);
+  assert.doesNotMatch(corrupt.err, /last good copy|cp /, corrupt.err);
+});

@@ -159,6 +159,20 @@ test("numbers in other writers' fields: 64-bit integers come back exact through 
   assert.ok(text.includes('"exp":100.0'), text);
 });
 
+test("decimals another writer keeps in the pool come back exact through a write (one in ten was a last digit off)", async () => {
+  const a = oauthEntry(mock, "content-decimals@x.test");
+  // Doubles as JavaScript writes them: the shortest text that reads back as the same double.
+  const values = [0.9291430417858801, 1.5e-300, 5e-324, 1.7976931348623157e308, 0.1 + 0.2, -2.2250738585072014e-308];
+  for (let i = 0; i < 2000; i++) values.push(Math.random() * 10 ** ((i % 40) - 20));
+  const path = writeRaw(JSON.stringify({ anthropic: [{ ...a, costs: values }], otherTool: { values } }));
+  await lib.setPriority(a.email, 2, path);
+  const after = JSON.parse(readFileSync(path, "utf8"));
+  const changed = (back) => values.filter((v, i) => back[i] !== v);
+  assert.deepEqual(changed(after.otherTool.values), [], "another writer's section");
+  assert.deepEqual(changed(after.anthropic[0].costs), [], "an account's field the pool does not name");
+  assert.deepEqual(changed((await lib.loadPool(path)).otherTool.values), [], "loadPool");
+});
+
 test("loadPool gives integers past 2^53 as numbers, as JSON.parse does: the pool can be printed and saved back", async () => {
   const a = oauthEntry(mock, "content-bigint@x.test");
   const entry = JSON.stringify({ ...a, past53: 1 }).replace('"past53":1', '"past53":9007199254740993,"u64":18446744073709551615,"i64":-9223372036854775808');

@@ -28,6 +28,8 @@ use crate::pool::{Pool, ReadCopy};
 
 /// The largest pool file we read: a thousand accounts take well under 2 MB.
 const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
+/// What a login leaves itself below `MAX_FILE_BYTES` (`try_write_room`).
+const LOGIN_ROOM: u64 = 64 * 1024;
 /// Temp files a cut write left read at most per write (`orphaned_tokens`), the newest first:
 /// each is removed once a write is in place, so more than a few means something else writes
 /// them. Those past it are removed only once `STALE_TEMP` old.
@@ -520,6 +522,15 @@ impl FileStore {
             },
             Err(_) => return Ok(()),
         };
+        // A login's entry (its tokens, names and dates) is a few hundred bytes; more room is left
+        // for the bookkeeping that follows. Past the size a read takes, the code was spent and
+        // the login lived only in this process.
+        if before == Trial::Login && size.saturating_add(LOGIN_ROOM) > MAX_FILE_BYTES {
+            return Err(Error::PoolInvalid(format!(
+                "{} is {size} bytes, too near the {MAX_FILE_BYTES} a read takes to hold another login (the code was not spent): remove what another tool keeps in it, or use another pool file",
+                self.path.display()
+            )));
+        }
         if before == Trial::Login {
             // The lock the write takes: one that is a directory, a FIFO or a link failed the
             // write after the code was spent, and the login lived only in this process. Held
@@ -590,9 +601,7 @@ impl FileStore {
     fn corrupt(&self, reason: String) -> Error {
         let bak = self.backup_path();
         // The .bak is read like any file we did not just write: regular, bounded, never blocking.
-        let bak_ok = fsread::read_regular(&bak, MAX_FILE_BYTES, false)
-            .ok()
-            .is_some_and(|b| Pool::parse(&b).is_ok());
+        let bak_ok = read_own(&bak).is_some_and(|b| Pool::parse(&b).is_ok());
         let hint = if reason.contains(crate::pool::NEWER_FORMAT) {
             "upgrade opencode-oauth-pool wherever this pool is used (OpenCode sessions started \
              before the upgrade too); do not restore an older copy or move it aside: the newer \
@@ -665,7 +674,7 @@ impl FileStore {
     /// behind it (restored from a copy, deleted by a tool) made one more such file each time.
     fn keep_earlier_backup(&self) {
         let bak = self.backup_path();
-        let Ok(bytes) = fsread::read_regular(&bak, MAX_FILE_BYTES, false) else {
+        let Some(bytes) = read_own(&bak) else {
             return;
         };
         let holds_accounts = Pool::parse(&bytes)
@@ -1492,13 +1501,22 @@ impl FileLock {
                 reason: "the lock file is not a regular file".into(),
             });
         }
+        // Another user's, left open to writing in a shared directory: whoever owns it can hold
+        // it for ever, and every write here would wait out its minute as if a process of ours did.
+        if let Some(uid) = fsread::foreign_owner(&meta) {
+            return Err(Error::PoolInsecure {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "the lock file is owned by uid {uid}, not by this user: remove it (it holds no secret, and is made anew)"
+                ),
+            });
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             // Just made under a umask that took the owner's bits (0277): the next open for
             // writing would be refused.
-            if meta.permissions().mode() & 0o600 != 0o600 && fsread::foreign_owner(&meta).is_none()
-            {
+            if meta.permissions().mode() & 0o600 != 0o600 {
                 owner_read_write(&file).map_err(|e| Error::io(path, "set mode 0600", e))?;
             }
         }
@@ -1520,6 +1538,18 @@ impl FileLock {
             pause = (pause * 2).min(Duration::from_millis(10));
         }
     }
+}
+
+/// A file beside the pool, read as one we did not just write (regular, bounded, never blocking),
+/// if it is this user's: another user's `.bak` planted in a shared directory was offered as the
+/// pool's last good copy, to be restored over it.
+fn read_own(path: &Path) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    let file = fsread::open_regular(path, false).ok()?;
+    let meta = file.metadata().ok()?;
+    if fsread::foreign_owner(&meta).is_some() {
+        return None;
+    }
+    fsread::read_capped(&file, MAX_FILE_BYTES).ok()
 }
 
 /// Whether `path` names the open `file` (not a file made since under that name, nor nothing).
