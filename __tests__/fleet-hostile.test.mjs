@@ -648,6 +648,42 @@ test("odd settings on the database (DateStyle, TimeZone, extra_float_digits, sta
   assert.deepEqual(stored.custom, pool.anthropic[0].custom);
 });
 
+/** `list` after the hand edit `value`: it answers, the first account served, the edited one invalid. */
+async function listedWithOneInvalid(f, value) {
+  const list = await cliJson(f.a, "list");
+  assert.equal(list.code, 0, `${value}: ${list.stdout}`);
+  assert.deepEqual(
+    list.json.accounts.map((a) => a.status),
+    ["idle", "invalid"],
+    value,
+  );
+  return list;
+}
+
+test("a row edited by hand into JSON PostgreSQL takes and this build cannot read (1e400, nesting 200 deep): that entry is invalid and kept as it was, the other accounts served and written", async () => {
+  // Found by a review: one such row made every read POOL_CORRUPT, every account of the fleet
+  // out of use.
+  const f = await fleet([oauthEntry("keep@hostile.test"), oauthEntry("unread@hostile.test")]);
+  const original = (await f.sql("SELECT entry::text FROM oauth_pool_entries WHERE position = 1")).trim();
+  const deep = `${"[".repeat(200)}1${"]".repeat(200)}`;
+  for (const value of [`jsonb_set(entry, '{expires}', '1e400')`, `jsonb_set(entry, '{note}', '${deep}')`]) {
+    await f.sql(`UPDATE oauth_pool_entries SET entry = ${value} WHERE position = 1`);
+    const edited = (await f.sql("SELECT entry::text FROM oauth_pool_entries WHERE position = 1")).trim();
+    const list = await listedWithOneInvalid(f, value);
+    assert.match(JSON.stringify(list.json.accounts[1]), /cannot read/);
+    const refreshed = await cliJson(f.b, "refresh", "keep@hostile.test");
+    assert.equal(refreshed.code, 0, `${value}: ${refreshed.stdout}`);
+    assert.equal((await cliJson(f.b, "disable", "keep@hostile.test")).code, 0);
+    assert.equal((await f.sql("SELECT entry::text FROM oauth_pool_entries WHERE position = 1")).trim(), edited, `${value}: kept as it was`);
+    assert.equal((await cliJson(f.b, "enable", "keep@hostile.test")).code, 0);
+    await f.sql(`UPDATE oauth_pool_entries SET entry = '${original}' WHERE position = 1`);
+  }
+  assert.deepEqual(
+    (await cliJson(f.a, "list")).json.accounts.map((a) => a.status),
+    ["idle", "idle"],
+  );
+});
+
 test("rows edited by hand: an entry of the wrong shape, or one renamed that no longer opens, is listed as invalid and kept through writes, the other accounts served; an unsealed section is refused, coded, and nothing is written", async () => {
   const f = await fleet([oauthEntry("keep@hostile.test"), oauthEntry("edit@hostile.test")]);
   const rows = () => f.sql("SELECT position, entry::text FROM oauth_pool_entries ORDER BY position");
@@ -662,13 +698,7 @@ test("rows edited by hand: an entry of the wrong shape, or one renamed that no l
   for (const value of ["'null'", `'"edited"'`, "'[1, 2]'", "'{}'", "jsonb_set(entry, '{access}', '17')", `jsonb_set(entry, '{expires}', '"soon"')`]) {
     await f.sql(`UPDATE oauth_pool_entries SET entry = ${value} WHERE position = 1`);
     const edited = await seen();
-    const list = await cliJson(f.a, "list");
-    assert.equal(list.code, 0, `${value}: ${list.stdout}`);
-    assert.deepEqual(
-      list.json.accounts.map((a) => a.status),
-      ["idle", "invalid"],
-      value,
-    );
+    await listedWithOneInvalid(f, value);
     const write = await cliJson(f.b, "disable", "keep@hostile.test");
     assert.equal(write.code, 0, `${value}: ${write.stdout}`);
     assert.equal(await seen(), edited, `${value} kept`);

@@ -322,6 +322,26 @@ test("store copy over PostgreSQL accounts the source does not hold: they are kep
   }
 });
 
+test("store copy over a PostgreSQL row that no longer opens: it is named and kept with its sealed tokens, and a copy from the kept file puts it back as it was", async () => {
+  // Found by a review: a row renamed by hand (its sealed values bound to its email) was removed
+  // by the copy without a word, neither named in `replaced` nor kept.
+  await seedStore(hostA, { anthropic: [oauthEntry("sealed-a@fleet.test"), oauthEntry("sealed-b@fleet.test")] });
+  await pg.sql(`UPDATE oauth_pool_entries SET entry = jsonb_set(entry, '{email}', '"renamed@fleet.test"') WHERE position = 1`);
+  const sealed = (await pg.sql("SELECT entry::text FROM oauth_pool_entries WHERE position = 1")).trim();
+  const source = join(tempDir("oauth-pool-sealed-"), "pool.json");
+  writeFileSync(source, JSON.stringify({ anthropic: [oauthEntry("sealed-new@fleet.test")] }), { mode: 0o600 });
+  const over = await cliJson(hostA, "store", "copy", "--from", source, "--to", pg.url);
+  assert.equal(over.code, 0, over.stderr);
+  assert.deepEqual(over.json.replaced, ["sealed-a@fleet.test", "#1 renamed@fleet.test"]);
+  const kept = JSON.parse(readFileSync(over.json.kept, "utf8")).anthropic;
+  assert.equal(kept.length, 2);
+  assert.ok(!JSON.stringify(kept).includes("renamed@fleet.test") || kept[1].email === "renamed@fleet.test", "the row as it was read");
+  // Copied back from the kept file, the row is in the store again, sealed as it was.
+  const back = await cliJson(hostA, "store", "copy", "--from", over.json.kept, "--to", pg.url);
+  assert.equal(back.code, 0, back.stderr);
+  assert.equal((await pg.sql("SELECT entry::text FROM oauth_pool_entries WHERE position = 1")).trim(), sealed);
+});
+
 // savePool of a copy read before another process removed an account wrote the account back;
 // on the fleet store as on the file, it stays removed unless the copy holds new credentials.
 // One whose tokens another writer changed meanwhile (its entry stating no expiry) keeps them.

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use super::{js_error, promise, JsResult};
 use crate::account::Account;
 use crate::error::Error;
-use crate::pool::Pool;
+use crate::pool::{Entry, Pool};
 use crate::store::crypto::SealKey;
 use crate::store::{self, PgStore, Store};
 use crate::{config, logging};
@@ -128,12 +128,12 @@ pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_
         // What cannot be read there is left for the write to judge, as before.
         let (replaced, there) = match target.load().await {
             Ok(there) => (replaced_logins(&pool, &there), Some(there)),
-            Err(_) => (Vec::new(), None),
+            Err(_) => (Replaced::default(), None),
         };
         // A file keeps what it held in its `.bak`; the fleet store keeps nothing, and the
         // replaced logins were gone for good. Kept first: not kept, nothing is replaced.
         let kept = match (&there, target.path()) {
-            (Some(there), None) if !replaced.is_empty() => Some(
+            (Some(there), None) if !replaced.places.is_empty() => Some(
                 keep_replaced(there, &replaced, source.path())
                     .await
                     .map_err(js_error)?,
@@ -158,6 +158,7 @@ pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_
             return Err(js_error(e));
         }
         let kept = kept.map(|k| k.display().to_string());
+        let replaced = replaced.names;
         Ok(
             json!({ "from": source.describe(), "to": target.describe(), "entries": entries, "logins": logins, "replaced": replaced, "kept": kept }),
         )
@@ -170,14 +171,14 @@ pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_
 /// `store copy --from` it, uses them again.
 async fn keep_replaced(
     there: &Pool,
-    replaced: &[String],
+    replaced: &Replaced,
     beside: Option<&std::path::Path>,
 ) -> Result<std::path::PathBuf, Error> {
     let kept = Pool {
-        anthropic: there
-            .anthropic
+        anthropic: replaced
+            .places
             .iter()
-            .filter(|e| e.email().is_some_and(|m| replaced.iter().any(|r| r == m)))
+            .filter_map(|i| there.anthropic.get(*i))
             .cloned()
             .collect(),
         ..Pool::default()
@@ -220,11 +221,20 @@ async fn keep_replaced(
     .await
 }
 
+/// What a copy replaces at its destination: `names` to say, the entries' `places` there.
+#[derive(Default)]
+struct Replaced {
+    names: Vec<String>,
+    places: Vec<usize>,
+}
+
 /// A copy replaces what `to` held: the accounts there that `from` holds neither under their
 /// name nor with their credential are gone from it (another host's logins in a fleet store a
-/// second host's file was copied over). Named, so that the person knows to log them in again
-/// (or to take them from the destination's `.bak`, for a file).
-fn replaced_logins(pool: &Pool, there: &Pool) -> Vec<String> {
+/// second host's file was copied over), and so are its unreadable entries that `from` does not
+/// hold as they are (a store row that no longer opens, its sealed tokens still in it: it went
+/// unnamed and unkept). Named, so that the person knows to log them in again (or to take them
+/// from the destination's `.bak`, for a file); an unreadable one as `#<place> <email>`.
+fn replaced_logins(pool: &Pool, there: &Pool) -> Replaced {
     let tags: HashSet<String> = pool
         .accounts()
         .filter_map(Account::credential_tag)
@@ -233,14 +243,32 @@ fn replaced_logins(pool: &Pool, there: &Pool) -> Vec<String> {
         .accounts()
         .map(|a| crate::account::normalize_email(&a.email))
         .collect();
-    there
-        .accounts()
-        .filter(|a| {
-            a.credential_tag().is_some_and(|t| !tags.contains(&t))
-                && !names.contains(&crate::account::normalize_email(&a.email))
+    let unreadable: Vec<&Value> = pool
+        .anthropic
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Invalid { raw, .. } => Some(raw),
+            Entry::Valid(_) => None,
         })
-        .map(|a| a.email.clone())
-        .collect()
+        .collect();
+    let mut replaced = Replaced::default();
+    for (place, entry) in there.anthropic.iter().enumerate() {
+        let name = match entry {
+            Entry::Valid(a)
+                if a.credential_tag().is_some_and(|t| !tags.contains(&t))
+                    && !names.contains(&crate::account::normalize_email(&a.email)) =>
+            {
+                a.email.clone()
+            }
+            Entry::Invalid { raw, .. } if !unreadable.contains(&raw) => {
+                format!("#{place} {}", raw["email"].as_str().unwrap_or("?"))
+            }
+            _ => continue,
+        };
+        replaced.names.push(name);
+        replaced.places.push(place);
+    }
+    replaced
 }
 
 /// For `doctor`: can the store be reached, is its schema current, does the key open it.

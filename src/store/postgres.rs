@@ -1066,7 +1066,23 @@ impl PgStore {
         for r in rows {
             let kind: &str = column(&r, 0)?;
             let name: String = column(&r, 1)?;
-            let value: Value = column(&r, 2)?;
+            let text: JsonText = column(&r, 2)?;
+            let value: Value = match serde_json::from_str(&text.0) {
+                Ok(value) => value,
+                // PostgreSQL takes values serde_json does not (`1e400`, nesting past 128 levels):
+                // one such row edited by hand failed every read, every account of the fleet
+                // out of use. An entry is kept as it was stored, and unread.
+                Err(e) if kind == "e" => {
+                    let why = format!("its row is JSON this build cannot read ({e}): put it back as it was, or remove it");
+                    entries.push((name.parse().unwrap_or(i32::MAX), unparsed(text.0, why)));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Error::StoreCorrupt(format!(
+                        "the section {name:?} of the store is JSON this build cannot read ({e}); nothing was changed: repair it, or copy a good pool in with `oauth-pool store copy`"
+                    )))
+                }
+            };
             match kind {
                 "e" => {
                     let opened = match self.key.open_entry(value.clone()) {
@@ -1096,7 +1112,11 @@ impl PgStore {
         let mut pool = assemble(all)?;
         for entry in &mut pool.anthropic {
             if let crate::pool::Entry::Invalid { raw, reason } = entry {
-                if let Some(why) = raw.get(UNOPENED).and_then(|_| raw.get("why")) {
+                if let Some(why) = raw
+                    .get(UNOPENED)
+                    .or_else(|| raw.get(UNPARSED))
+                    .and_then(|_| raw.get("why"))
+                {
                     *reason = why.as_str().unwrap_or_default().to_string();
                 }
             }
@@ -1210,11 +1230,14 @@ impl PgStore {
         for (i, e) in entries.into_iter().enumerate() {
             positions.push(i as i32);
             emails.push(e.get("email").and_then(Value::as_str).map(str::to_string));
-            // A row read unopened goes back as it was read, sealed.
-            sealed.push(match e.get(UNOPENED) {
-                Some(row) => row.clone(),
-                None => self.key.seal_entry(e)?,
-            });
+            // A row read unopened goes back as it was read, sealed; one unparsed, as its text.
+            sealed.push(
+                match (e.get(UNOPENED), e.get(UNPARSED).and_then(Value::as_str)) {
+                    (Some(row), _) => RowJson::Value(row.clone()),
+                    (None, Some(text)) => RowJson::Text(text.to_string()),
+                    (None, None) => RowJson::Value(self.key.seal_entry(e)?),
+                },
+            );
         }
         client
             .execute_typed(
@@ -1770,6 +1793,83 @@ const UNOPENED: &str = "sealedUnopened";
 
 /// An entry whose row does not open with the store's key: listed as unreadable (its email and
 /// why), never served (`type` is none the pool knows), removable, and written back as it was.
+/// The field of an entry read unparsed that holds its row's text as stored (`unparsed`).
+const UNPARSED: &str = "storedUnparsed";
+
+/// An entry whose row is JSON serde_json does not read, kept as its text.
+fn unparsed(text: String, why: String) -> Value {
+    let mut entry = Map::new();
+    entry.insert("type".into(), Value::String("sealed".into()));
+    entry.insert("why".into(), Value::String(why));
+    entry.insert(UNPARSED.into(), Value::String(text));
+    Value::Object(entry)
+}
+
+/// A `json` or `jsonb` column as its text, parsed by the caller (`rows_to_pool`).
+struct JsonText(String);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for JsonText {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        // jsonb's binary form is a version byte, 1, then the text.
+        let text = match (*ty == Type::JSONB, raw.split_first()) {
+            (false, _) => raw,
+            (true, Some((1, rest))) => rest,
+            (true, _) => return Err("a jsonb value of an unknown version".into()),
+        };
+        Ok(JsonText(std::str::from_utf8(text)?.to_string()))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSON || *ty == Type::JSONB
+    }
+}
+
+/// An entry's row as written: a value, or the text of one read unparsed, as it was.
+enum RowJson {
+    Value(Value),
+    Text(String),
+}
+
+/// Neither is shown: a row edited by hand may hold anything.
+impl std::fmt::Debug for RowJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RowJson::Value(_) => "RowJson::Value(..)",
+            RowJson::Text(_) => "RowJson::Text(..)",
+        })
+    }
+}
+
+impl tokio_postgres::types::ToSql for RowJson {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    {
+        use bytes::BufMut;
+        match self {
+            RowJson::Value(v) => v.to_sql(ty, out),
+            RowJson::Text(text) => {
+                if *ty == Type::JSONB {
+                    out.put_u8(1);
+                }
+                out.put_slice(text.as_bytes());
+                Ok(tokio_postgres::types::IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSON || *ty == Type::JSONB
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
 fn unopened(row: Value, why: String) -> Value {
     let mut entry = Map::new();
     if let Some(email) = row.get("email").filter(|e| e.is_string()) {
