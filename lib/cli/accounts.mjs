@@ -30,6 +30,7 @@ import { millisOption } from "./args.mjs";
 import { UsageError, cliError } from "./errors.mjs";
 import { echo, printable, table, text } from "./output.mjs";
 import { placedName } from "../printable.mjs";
+import { NO_PIECES, scrubbingErrors } from "./pieces.mjs";
 import { endingSignals } from "./signals.mjs";
 import { TIMED_OUT, confirm, readLine } from "./stdin.mjs";
 
@@ -55,16 +56,34 @@ function stateText(a, now) {
   return a.status;
 }
 
-/** How to remove an unreadable entry: by its index, which names exactly that entry. */
-const removeHint = (a) => text`oauth-pool remove '#${a.index}'`;
+/**
+ * Whether an entry other than the one at `index` is named `#<index>`: an exact name wins over a
+ * place, so a command given `#<index>` names that account, not the entry at that place. `accounts`
+ * are the summaries, in file order.
+ */
+export const placeTaken = (accounts, index) => accounts.some((b, i) => i !== index && typeof b.email === "string" && b.email.trim() === `#${index}`);
+
+/**
+ * How to remove an unreadable entry, after "remove it": by its index, which names exactly that
+ * entry, unless an account is named so (the command then removed that account; the library now
+ * refuses it).
+ */
+export function removeAdvice(a, accounts) {
+  if (!placeTaken(accounts, a.index)) return text`with: oauth-pool remove '#${a.index}'`;
+  return text`by its place once the account named '#${a.index}' is renamed (while that name is taken, '#${a.index}' does not name this entry; edit its "email" in the pool file)`;
+}
 
 /**
  * An account's name as a row shows it: one holding a credential (a key pasted as its own name,
- * written before names were checked) is shown without it (printable()), so with its index too,
- * which every command takes (`oauth-pool remove '#2'`). `i` is its place in the file: the
- * summaries come in file order.
+ * written before names were checked), or a piece of one of the pool's keys or tokens, is shown
+ * without it, so with its index too, which every command takes (`oauth-pool remove '#2'`). `i`
+ * is its place in the file: the summaries come in file order.
  */
-const rowName = (a, i) => placedName(a.email, i);
+function rowName(a, i, pieces) {
+  if (!pieces.hides(a.email)) return placedName(a.email, i);
+  const shown = placedName(pieces.scrub(a.email), i);
+  return shown.endsWith(` (#${i})`) ? shown : `${shown} (#${i})`;
+}
 
 /** An unreadable entry's name plus its index, once when the name is the index itself. */
 const entryLabel = (a) => (a.email === `#${a.index}` ? text`#${a.index}` : text`#${a.index} ${a.email}`);
@@ -76,29 +95,37 @@ function unreadableNotes(accounts) {
     bad.length === 1 ? ["is kept as it is", "fix it in the file, or remove it"] : ["are kept as they are", "fix them in the file, or remove one"];
   return [
     "",
-    `${plural(bad.length, "entry", "entries")} of the file cannot be read and ${kept}; ${fix} with: ${removeHint(bad[0])}`,
+    `${plural(bad.length, "entry", "entries")} of the file cannot be read and ${kept}; ${fix} ${removeAdvice(bad[0], accounts)}`,
     ...bad.map((a) => text`  ${entryLabel(a)}: ${a.lastError ?? "unreadable"}`),
   ];
 }
 
-export function listText(path, accounts, now) {
+/**
+ * The list for a person. `pieces` (lib/cli/pieces.mjs) leaves the pool's keys and tokens out:
+ * names are cut before the table is laid out, the rest (a reason) after.
+ */
+export function listText(path, accounts, now, pieces = NO_PIECES) {
   if (accounts.length === 0) return text`no accounts in ${path} (add one with: oauth-pool add)`;
   const rows = [["EMAIL", "TYPE", "STATUS", "PRIORITY", "LAST USED"]];
   for (const [i, a] of accounts.entries()) {
-    rows.push(isUnreadable(a) ? [a.email, "?", "unreadable", "-", "-"] : [rowName(a, i), a.type, stateText(a, now), a.priority, ago(a.lastUsed, now)]);
+    rows.push(
+      isUnreadable(a)
+        ? [pieces.scrub(a.email), "?", "unreadable", "-", "-"]
+        : [rowName(a, i, pieces), a.type, stateText(a, now), a.priority, ago(a.lastUsed, now)],
+    );
   }
-  return [table(rows), ...unreadableNotes(accounts)].join("\n");
+  return pieces.scrub([table(rows), ...unreadableNotes(accounts)].join("\n"));
 }
 
-function accountLines(a, i, now, prices) {
+function accountLines(a, i, now, prices, accounts, pieces) {
   if (isUnreadable(a)) {
     return [
       text`  ${a.email} (unreadable entry #${a.index})`,
-      `    status   unreadable, kept as it is (remove it with: ${removeHint(a)})`,
+      `    status   unreadable, kept as it is (remove it ${removeAdvice(a, accounts)})`,
       text`    problem  ${a.lastError ?? "unreadable"}`,
     ];
   }
-  const lines = [text`  ${rowName(a, i)} (${a.type}${a.priority ? `, priority ${a.priority}` : ""})`];
+  const lines = [text`  ${rowName(a, i, pieces)} (${a.type}${a.priority ? `, priority ${a.priority}` : ""})`];
   lines.push(text`    status   ${stateText(a, now)}`);
   if (a.windows?.length) {
     const seen = typeof a.quota?.updatedAt === "number" ? ` (seen ${ago(a.quota.updatedAt, now)})` : "";
@@ -147,26 +174,27 @@ function poolLines(st, now) {
   return lines;
 }
 
-export function statusText(st, now, prices) {
+/** The status for a person, without the pool's keys and tokens (`pieces`, as listText). */
+export function statusText(st, now, prices, pieces = NO_PIECES) {
   const c = st.counts;
   const bad = c.invalid ? `, ${plural(c.invalid, "unreadable entry", "unreadable entries")}` : "";
   const lines = [text`pool ${st.path}: ${c.total} account(s), ${c.usable} usable now${bad}`];
-  for (const [i, a] of st.accounts.entries()) lines.push(...accountLines(a, i, now, prices));
+  for (const [i, a] of st.accounts.entries()) lines.push(...accountLines(a, i, now, prices, st.accounts, pieces));
   lines.push(...poolLines(st, now));
-  return lines.join("\n");
+  return pieces.scrub(lines.join("\n"));
 }
 
 // ---- commands -----------------------------------------------------------------------------------
 
-async function list({ lib, path, out }) {
+async function list({ lib, path, out, pieces }) {
   // poolStatus: the same summaries as listAccounts, plus the path the library resolved.
   const { path: shown, accounts } = await lib.poolStatus(path);
-  out.result({ path: shown, accounts }, listText(shown, accounts, Date.now()));
+  out.result({ path: shown, accounts }, out.json ? "" : listText(shown, accounts, Date.now(), await pieces()));
 }
 
-async function status({ lib, path, out }) {
+async function status({ lib, path, out, pieces }) {
   const st = await lib.poolStatus(path);
-  out.result(st, statusText(st, Date.now(), await modelPrices()));
+  out.result(st, out.json ? "" : statusText(st, Date.now(), await modelPrices(), await pieces()));
 }
 
 // How long `add` waits for the pasted code. The login it started cannot outlive the
@@ -291,7 +319,9 @@ async function addKey({ lib, options, path, out }) {
   out.result(r, text`${r.added ? "added" : "updated"} ${r.email} (API key)`);
 }
 
-async function remove({ lib, args: [target], path, out }) {
+async function remove({ lib, args: [target], path, out, pieces }) {
+  // Read before the change: the removed entry's key is not there to tell after it.
+  const { scrub } = await pieces();
   const pool = /^#\d+$/.test(target) ? await lib.loadPool(path) : undefined;
   // An account named `#0` is that account (the library's rule): no place is read then.
   const byPlace = pool !== undefined && !entryNames(pool).some((e) => e.trim() === target);
@@ -305,7 +335,7 @@ async function remove({ lib, args: [target], path, out }) {
   // wherever it is now, or, gone already, nothing goes (ACCOUNT_NOT_FOUND).
   const removed = await lib.removeAccount((byPlace && soleEmail(pool, index)) || target, path);
   const what = was ? text`${target} (${was})` : text`${target}`;
-  out.result({ email: target, removed, ...(was ? { was } : {}) }, `removed ${what}${removed > 1 ? ` (${removed} entries)` : ""}`);
+  out.result({ email: target, removed, ...(was ? { was } : {}) }, scrub(`removed ${what}${removed > 1 ? ` (${removed} entries)` : ""}`));
 }
 
 /** The emails of the pool's entries that have one. */
@@ -335,20 +365,20 @@ function changed(emails, target) {
 }
 
 function setEnabled(enabled) {
-  return async ({ lib, args: [target], path, out }) => {
+  return async ({ lib, args: [target], path, out, pieces }) => {
     const { email, shown } = changed(await lib.setEnabled(target, enabled, path), target);
-    out.result({ email, enabled }, `${enabled ? "enabled" : "disabled"} ${shown}`);
+    out.result({ email, enabled }, (await pieces()).scrub(`${enabled ? "enabled" : "disabled"} ${shown}`));
   };
 }
 
-async function priority({ lib, args: [email, n], path, out }) {
+async function priority({ lib, args: [email, n], path, out, pieces }) {
   if (!/^-?\d+$/.test(n) || !Number.isSafeInteger(Number(n))) throw new UsageError(echo`priority must be an integer, not ${n}`);
   const value = Number(n);
   const { email: stored, shown } = changed(await lib.setPriority(email, value, path), email);
-  out.result({ email: stored, priority: value }, `priority of ${shown} is now ${value}`);
+  out.result({ email: stored, priority: value }, (await pieces()).scrub(`priority of ${shown} is now ${value}`));
 }
 
-async function refresh({ lib, args: [email], path, out }) {
+async function refresh({ lib, args: [email], path, out, pieces }) {
   const r = await lib.refreshAccount(email, path);
   const how =
     {
@@ -357,10 +387,10 @@ async function refresh({ lib, args: [email], path, out }) {
       kept: "kept its current token",
     }[r.outcome] ?? r.outcome;
   const until = typeof r.expires === "number" ? `; the access token is good for ${duration(r.expires - Date.now())}` : "";
-  out.result({ email: r.email, outcome: r.outcome, expires: r.expires ?? null }, text`${r.email}: ${how}${until}`);
+  out.result({ email: r.email, outcome: r.outcome, expires: r.expires ?? null }, (await pieces()).scrub(text`${r.email}: ${how}${until}`));
 }
 
-async function reserve({ lib, args: [email, fraction], path, out }) {
+async function reserve({ lib, args: [email, fraction], path, out, pieces }) {
   const value = Number(fraction);
   // "0." and "1." alike, as Number reads both.
   if (!/^(0(\.\d*)?|\.\d+|1(\.0*)?)$/.test(fraction) || !(value >= 0 && value <= 1)) {
@@ -369,7 +399,7 @@ async function reserve({ lib, args: [email, fraction], path, out }) {
   const { email: stored, shown } = changed(await lib.setReserve(email, value, path), email);
   out.result(
     { email: stored, reserve: value },
-    value ? `${shown}: the pool stops using it once any window reaches ${percent(1 - value)} %` : `${shown}: no reserve`,
+    (await pieces()).scrub(value ? `${shown}: the pool stops using it once any window reaches ${percent(1 - value)} %` : `${shown}: no reserve`),
   );
 }
 
@@ -400,7 +430,7 @@ async function importClaudeCode({ lib, options, path, out }) {
 
 const EMAIL = { type: "string", placeholder: "<e>" };
 
-export const commands = [
+const plainCommands = [
   { name: "list", summary: "every account: status, cooldown, priority, last use", run: list },
   { name: "status", summary: "per-account state, cooldowns with time left, every window, reserve, usage", run: status },
   {
@@ -450,3 +480,6 @@ export const commands = [
     run: importClaudeCode,
   },
 ];
+
+// Every error of these goes out without a piece of the pool's keys (lib/cli/pieces.mjs).
+export const commands = plainCommands.map((c) => ({ ...c, run: scrubbingErrors(c.run) }));

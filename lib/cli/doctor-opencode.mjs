@@ -95,13 +95,13 @@ function checkBroken(broken, r) {
 // A config path that holds a FIFO, a device, a directory or a huge file was passed over without
 // a word (OPENCODE_CONFIG=/dev/zero), and what doctor then said of the plugin left it out.
 function checkUnread(unread, r) {
-  for (const { file, what } of unread) {
-    r.add(
-      "opencode config",
-      "warn",
-      `${file} is left unread (${what}; a config is a regular file of at most ${MAX_CONFIG_MB} MB): what doctor says of the plugin leaves it out`,
-      { file },
-    );
+  for (const { file, what, code } of unread) {
+    // One this user may not read is no wrong kind of file: the note on what a config is would mislead.
+    const kind = code ? "" : `; a config is a regular file of at most ${MAX_CONFIG_MB} MB`;
+    r.add("opencode config", "warn", `${file} is left unread (${what}${kind}): what doctor says of the plugin leaves it out`, {
+      file,
+      ...(code ? { code } : {}),
+    });
   }
 }
 
@@ -164,7 +164,7 @@ async function wrapperFiles(configs) {
  * Whether OpenCode loads the plugin at all, once, and under the key it reads. Returns the
  * entries it loads (null when none).
  */
-async function checkLoaded(configs, broken, entries, r) {
+async function checkLoaded(configs, broken, unread, entries, r) {
   const ours = entries.filter((e) => e.ours);
   const { kept, replaced } = loadedPlugins(entries);
   checkOptions(ours, replaced, r);
@@ -175,6 +175,8 @@ async function checkLoaded(configs, broken, entries, r) {
       r.add("opencode plugin", "info", `no OpenCode config lists ${PACKAGE}; ${via.join(", ")} may load the pool itself`, { via });
     } else if (broken.length) {
       // The file that does not parse may be the one that lists it; OpenCode does not start anyway.
+    } else if (unread.length && configs.length === 0) {
+      // A file is there (said above), unread: "no OpenCode config file here" was not so.
     } else if (configs.length === 0) {
       r.add(
         "opencode plugin",
@@ -561,7 +563,7 @@ export async function checkOpencode(lib, files, report) {
   checkBroken(broken, r);
   checkUnread(unread, r);
   const entries = await pluginEntries(configs);
-  const loaded = await checkLoaded(configs, broken, entries, r);
+  const loaded = await checkLoaded(configs, broken, unread, entries, r);
   // Not loaded by a config of ours (maybe by a host plugin, with options we cannot see): what
   // the rest would judge depends on those options.
   if (loaded === null) return;

@@ -6,19 +6,23 @@
 // Each check is { name, level: ok|info|warn|problem, message, ...details }; any problem makes
 // the exit code 3. Messages keep emails and reasons as they are (JSON escapes them); the text
 // report escapes each message whole, which is safe because a message is one line of ours.
+import { randomUUID } from "node:crypto";
 import { accessSync, constants as fsConstants, lstatSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join } from "node:path";
 import { wait } from "../plugin/format.mjs";
 import { EXIT } from "./errors.mjs";
 import { printable } from "./output.mjs";
 import { holdsCredential, shellWord, shortened, withoutCredentials } from "../printable.mjs";
+import { removeAdvice } from "./accounts.mjs";
+import { NO_PIECES, poolPieces } from "./pieces.mjs";
 
 // How long doctor waits for the pool's write lock before calling it stuck. Writers hold it for
 // a read-modify-write of a small file (milliseconds), never across a network call.
 const LOCK_PROBE_MS = 3000;
-// An address that cannot be in a pool (.invalid is reserved, RFC 2606): removing it takes the
-// write lock, finds nothing and writes nothing.
-const LOCK_PROBE_EMAIL = "doctor-lock-probe@oauth-pool.invalid";
+// The probe removes an address of the reserved .invalid domain (RFC 2606) with a random part,
+// which no entry of the pool read has: removing it takes the write lock, finds nothing and writes
+// nothing. A fixed one was removed from a pool that held it (doctor never writes the pool).
+const lockProbeEmail = () => `doctor-lock-probe-${randomUUID()}@oauth-pool.invalid`;
 const SOURCES = { argument: "--path", OAUTH_POOL_PATH: "OAUTH_POOL_PATH", OAUTH_POOL_STORE: "OAUTH_POOL_STORE", default: "the default" };
 
 const posix = process.platform !== "win32";
@@ -42,6 +46,9 @@ function report() {
   const checks = [];
   return {
     checks,
+    // The pool's keys and tokens (lib/cli/pieces.mjs), once the pool is read: a name holding a
+    // piece of one is named by its place, and every message goes out without them.
+    pieces: NO_PIECES,
     // A message is prose for a person in --json too (its fields carry the names as data), and
     // an account's name can hold a credential.
     add: (name, level, message, extra) => checks.push({ name, level, message: withoutCredentials(message), ...extra }),
@@ -213,16 +220,19 @@ async function checkParse(lib, path, files, r) {
  * name, which every command naming an account takes. An email otherwise, not always the place:
  * it still names the account once another is removed, when the place then names another.
  */
-const accountWord = (email, index) => shellWord(holdsCredential(email) ? `#${index}` : email);
+const accountWord = (email, index, pieces) => shellWord(hidden(email, pieces) ? `#${index}` : email);
+
+/** Whether `email` is shown without a part of it: a credential's shape, or a piece of the pool's. */
+const hidden = (email, pieces) => holdsCredential(email) || pieces.hides(email);
 
 /**
  * How to put a key under an API-key account's name. A name holding a credential is refused by
  * add-key (and `#N` is no name to give one), so the account is replaced: removed by its place,
  * then the key added under a name of the person's choosing.
  */
-function keyFix(email, index) {
-  if (!holdsCredential(email)) return `oauth-pool add-key --email ${shellWord(email)}`;
-  return `oauth-pool remove ${accountWord(email, index)}, then oauth-pool add-key --email <a name> (its name holds a credential, which add-key refuses in a name)`;
+function keyFix(email, index, pieces) {
+  if (!hidden(email, pieces)) return `oauth-pool add-key --email ${shellWord(email)}`;
+  return `oauth-pool remove ${accountWord(email, index, pieces)}, then oauth-pool add-key --email <a name> (its name holds a credential, which add-key refuses in a name)`;
 }
 
 /** Accounts worth a look: not failures of the file, so warnings and notes only. */
@@ -241,12 +251,12 @@ async function checkAccounts(lib, path, r) {
         "account",
         "warn",
         a.type === "api"
-          ? `${a.email}: its API key was refused (${why}): add a working one with: ${keyFix(a.email, index)}`
+          ? `${a.email}: its API key was refused (${why}): add a working one with: ${keyFix(a.email, index, r.pieces)}`
           : `${a.email} needs a new login (${why}): oauth-pool add`,
       );
     }
     if (a.status === "invalid") {
-      r.add("account", "warn", `entry #${a.index} (${a.email}): ${a.lastError}; remove it with: oauth-pool remove '#${a.index}'`, { index: a.index });
+      r.add("account", "warn", `entry #${a.index} (${a.email}): ${a.lastError}; remove it ${removeAdvice(a, st.accounts)}`, { index: a.index });
     }
   }
   // The entries as stored, read once: what the status does not carry (a field it does not read).
@@ -276,7 +286,7 @@ async function checkAccounts(lib, path, r) {
     r.add(
       "account",
       "warn",
-      `${a.email} is an API-key account, but ${where}, so it is never used: add the key with: ${keyFix(a.email, st.accounts.indexOf(a))}`,
+      `${a.email} is an API-key account, but ${where}, so it is never used: add the key with: ${keyFix(a.email, st.accounts.indexOf(a), r.pieces)}`,
       {
         email: a.email,
       },
@@ -306,11 +316,13 @@ async function checkAccounts(lib, path, r) {
     return r.add(
       "accounts",
       "warn",
-      `every account is disabled, so every request fails (POOL_NO_ACCOUNT): enable one with: oauth-pool enable ${accountWord(disabled[0].email, st.accounts.indexOf(disabled[0]))}`,
+      `every account is disabled, so every request fails (POOL_NO_ACCOUNT): enable one with: oauth-pool enable ${accountWord(disabled[0].email, st.accounts.indexOf(disabled[0]), r.pieces)}`,
     );
   }
   const back = st.soonestReset ? ` (the soonest is back ${wait(st.soonestReset)})` : "";
-  const also = disabled.length ? `; ${disabled.length} disabled (oauth-pool enable ${accountWord(disabled[0].email, st.accounts.indexOf(disabled[0]))})` : "";
+  const also = disabled.length
+    ? `; ${disabled.length} disabled (oauth-pool enable ${accountWord(disabled[0].email, st.accounts.indexOf(disabled[0]), r.pieces)})`
+    : "";
   if (empty.length === st.counts.total - disabled.length) {
     // Nothing comes back by itself here either: every one needs a login or a key.
     return r.add(
@@ -348,7 +360,7 @@ function checkReserves(entries, r) {
     const v = e.reserve;
     if (typeof v === "number" && Number.isFinite(v) && v >= 0 && v <= 1) continue;
     const meant = typeof v === "number" && v > 1 && v <= 100 ? v / 100 : typeof v === "string" && Number(v) >= 0 && Number(v) <= 1 ? Number(v) : null;
-    const who = accountWord(e.email, index);
+    const who = accountWord(e.email, index, r.pieces);
     const fix = meant === null ? `oauth-pool reserve ${who} <share from 0 to 1>` : `oauth-pool reserve ${who} ${meant}`;
     r.add(
       "account",
@@ -384,13 +396,13 @@ async function checkLoginsElsewhere(lib, path, r) {
   // Read only when a name to suggest holds a credential: its place is what a command takes.
   let entries;
   const word = async (email) => {
-    if (!holdsCredential(email)) return shellWord(email);
+    if (!hidden(email, r.pieces)) return shellWord(email);
     entries ??= await lib.loadPool(path).then(
       (pool) => pool.anthropic ?? [],
       () => [],
     );
     const index = entries.findIndex((e) => e?.email === email);
-    return index < 0 ? shellWord(email) : accountWord(email, index);
+    return index < 0 ? shellWord(email) : accountWord(email, index, r.pieces);
   };
   for (const s of found) {
     if (s.store === null) {
@@ -424,10 +436,25 @@ async function checkLock(lib, path, files, probe, r) {
   if (notMine(st)) r.add("lock owner", "problem", `${lockPath} belongs to uid ${st.uid}, not to you`);
   const holders = lockHolders(lockPath);
   const pids = holders?.length ? holders.map((h) => h.pid).join(", ") : "";
-  if (!probe) return r.add("lock", "ok", `${name} present${pids ? `, held by pid ${pids}` : ""} (not probed: the pool file is not readable)`);
+  // The names the probe must not have, as the library matches them (trimmed, without case, NFC).
+  const folded = (e) =>
+    String(e?.email ?? "")
+      .trim()
+      .toLowerCase()
+      .normalize("NFC");
+  const names = probe
+    ? await lib.loadPool(path).then(
+        (pool) => new Set((pool.anthropic ?? []).map(folded)),
+        () => null,
+      )
+    : null;
+  if (!names) return r.add("lock", "ok", `${name} present${pids ? `, held by pid ${pids}` : ""} (not probed: the pool file is not readable)`);
+  let probeEmail;
+  do probeEmail = lockProbeEmail();
+  while (names.has(probeEmail));
   // The library itself is asked: a no-op removal takes the write lock, finds nothing, writes
   // nothing. (flushPool would not do: a fresh process has nothing to flush.)
-  const res = await withTimeout(lib.removeAccount(LOCK_PROBE_EMAIL, path), LOCK_PROBE_MS);
+  const res = await withTimeout(lib.removeAccount(probeEmail, path), LOCK_PROBE_MS);
   if (res.timedOut) {
     const who = holders?.length ? `; held by ${holders.map((h) => `pid ${h.pid}${h.command ? ` (${h.command})` : ""}`).join(", ")}` : "";
     const stopped = (holders ?? []).filter((h) => isStopped(h.pid)).map((h) => h.pid);
@@ -764,6 +791,7 @@ export async function diagnose(lib, path, { online = false } = {}) {
     const parses = exists && (await checkParse(lib, path, files, r));
     if (!exists && !blocked) noAccount(r);
     if (parses) {
+      r.pieces = await poolPieces(lib, path);
       await checkAccounts(lib, path, r);
       await checkLoginsElsewhere(lib, path, r);
     }
@@ -775,6 +803,7 @@ export async function diagnose(lib, path, { online = false } = {}) {
   } else {
     await checkStore(lib, path, r);
     if (!r.failed("store") && !r.failed("store key")) {
+      r.pieces = await poolPieces(lib, path);
       await checkAccounts(lib, path, r);
       await checkLoginsElsewhere(lib, path, r);
     }
@@ -785,7 +814,14 @@ export async function diagnose(lib, path, { online = false } = {}) {
   checkVariables(r, lib.envVariables());
   // Loaded here, not with the CLI: it brings the plugin's modules, which no other command needs.
   const { checkOpencode } = await import("./doctor-opencode.mjs");
-  await checkOpencode(lib, files, r);
+  try {
+    await checkOpencode(lib, files, r);
+  } catch (e) {
+    // The configs are a person's files, read as they are: whatever in them this check did not
+    // foresee is said, and the report above still stands (it ended on it, with code ERROR).
+    r.add("opencode config", "warn", `could not finish checking OpenCode's config: ${e?.message ?? e}`, { code: e?.code });
+  }
+  for (const c of r.checks) c.message = r.pieces.scrub(c.message);
   return { path: files.path ?? files.location, files, checks: r.checks };
 }
 

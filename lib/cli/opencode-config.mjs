@@ -3,8 +3,8 @@
 // global directory, `OPENCODE_CONFIG`, `OPENCODE_CONFIG_CONTENT` and the project's directories
 // up to the repository's root; a file that does not parse stops OpenCode from starting, so it
 // is reported as such.
-import { existsSync, statSync } from "node:fs";
-import { stat } from "node:fs/promises";
+import { constants, existsSync, statSync } from "node:fs";
+import { open, stat } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -97,33 +97,52 @@ function substituted(text, env) {
 /** The most of a config file doctor reads, for its words. */
 export const MAX_CONFIG_MB = MAX_CONFIG_BYTES / 1024 / 1024;
 
-/** What a path that is there but no file doctor reads is, in a few words; null for a file it reads. */
+/**
+ * What a path that is there but no file doctor reads is, in a few words, and `code`, the error's,
+ * when it could not be read (permissions); null for a file it reads.
+ */
 async function unreadable(file) {
   let st;
   try {
     // stat, not open: opening a FIFO waits for a writer.
     st = await stat(file);
   } catch (e) {
-    return e?.code === "ENOENT" || e?.code === "ENOTDIR" ? null : `a path that cannot be read (${e?.code ?? e})`;
+    return e?.code === "ENOENT" || e?.code === "ENOTDIR" ? null : { what: `a path that cannot be read (${e?.code ?? e})`, code: e?.code };
   }
-  if (st.isFile()) return st.size > MAX_CONFIG_BYTES ? `${st.size} bytes` : null;
-  if (st.isDirectory()) return "a directory";
-  if (st.isFIFO()) return "a FIFO";
-  if (st.isCharacterDevice() || st.isBlockDevice()) return "a device";
-  if (st.isSocket()) return "a socket";
-  return "not a regular file";
+  if (st.isFile()) return st.size > MAX_CONFIG_BYTES ? { what: `${st.size} bytes` } : cannotOpen(file);
+  if (st.isDirectory()) return { what: "a directory" };
+  if (st.isFIFO()) return { what: "a FIFO" };
+  if (st.isCharacterDevice() || st.isBlockDevice()) return { what: "a device" };
+  if (st.isSocket()) return { what: "a socket" };
+  return { what: "not a regular file" };
 }
 
 /**
- * `{ config }`, `{ error }` when it does not parse, `{ unread }` (what it is) when something is
- * there that is not read (a FIFO or a device is not waited on, nor read without end; a
- * directory; a file past MAX_CONFIG_BYTES), or undefined when there is nothing there.
+ * Why a regular file could not be opened (its mode, an ACL), as unreadable() says it; null when it
+ * can be, or is gone (the read above found nothing then). A file of mode 000 read as "no config
+ * file here".
+ */
+async function cannotOpen(file) {
+  try {
+    // Non-blocking, as readRegularFile opens: a FIFO put there since the stat is not waited on.
+    await (await open(file, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0))).close();
+    return null;
+  } catch (e) {
+    return e?.code === "ENOENT" ? null : { what: `a file that cannot be read (${e?.code ?? e})`, code: e?.code };
+  }
+}
+
+/**
+ * `{ config }`, `{ error }` when it does not parse, `{ unread, code }` (what it is, and why when
+ * it could not be read) when something is there that is not read (a FIFO or a device is not waited
+ * on, nor read without end; a directory; a file past MAX_CONFIG_BYTES; a file or a directory this
+ * user may not read), or undefined when there is nothing there.
  */
 async function readConfig(file, env) {
   const raw = await readRegularFile(file, MAX_CONFIG_BYTES);
   if (raw === null) {
     const why = await unreadable(file);
-    return why ? { unread: why } : undefined;
+    return why ? { unread: why.what, code: why.code } : undefined;
   }
   // A byte order mark (a file saved by a Windows editor) is no part of the JSON.
   const text = substituted(raw.replace(/^\uFEFF/, ""), env);
@@ -150,8 +169,8 @@ function managedConfigDir(env) {
 /**
  * The configuration files OpenCode reads here, in its order (OpenCode 1.18's config loading):
  * `configs` as `{ file, config }`, `broken` as `{ file, error }` for those that do not parse
- * (OpenCode refuses to start then), `unread` as `{ file, what }` for those that are there but
- * are no file doctor reads.
+ * (OpenCode refuses to start then), `unread` as `{ file, what, code }` for those that are there
+ * but are no file doctor reads (`code` the error's when it could not read one).
  */
 export async function readOpencodeConfigs(env = process.env, cwd = process.cwd()) {
   const files = [];
@@ -179,7 +198,7 @@ export async function readOpencodeConfigs(env = process.env, cwd = process.cwd()
   const unread = [];
   const take = (file, read) => {
     if (read?.error !== undefined) broken.push({ file, error: read.error });
-    else if (read?.unread !== undefined) unread.push({ file, what: read.unread });
+    else if (read?.unread !== undefined) unread.push({ file, what: read.unread, code: read.code });
     else if (read) configs.push({ file, config: read.config });
   };
   for (const file of [...new Set(files)]) take(file, await readConfig(file, env));

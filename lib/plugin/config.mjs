@@ -102,14 +102,18 @@ function isPlainObject(v) {
   return v !== null && typeof v === "object" && !Array.isArray(v);
 }
 
+// Below this depth `over`'s value wins whole. Settings are a few levels deep; two config files
+// sharing a key nested thousands deep overflowed the stack (doctor ended on it).
+const MERGE_DEPTH = 64;
+
 /** `base` overlaid with `over`: objects merge key by key, anything else from `over` wins. */
-export function mergeUserWins(base, over) {
-  if (!isPlainObject(base) || !isPlainObject(over)) return over === undefined ? base : over;
+export function mergeUserWins(base, over, depth = 0) {
+  if (!isPlainObject(base) || !isPlainObject(over) || depth >= MERGE_DEPTH) return over === undefined ? base : over;
   const out = { ...base };
   for (const [k, v] of Object.entries(over)) {
     // A "__proto__" key (JSON.parse makes it an own one) would set `out`'s prototype: no setting.
     if (k === "__proto__") continue;
-    out[k] = Object.hasOwn(base, k) ? mergeUserWins(base[k], v) : v;
+    out[k] = Object.hasOwn(base, k) ? mergeUserWins(base[k], v, depth + 1) : v;
   }
   return out;
 }

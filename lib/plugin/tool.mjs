@@ -24,6 +24,7 @@ import {
   windowsText,
 } from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
+import { poolSecrets, withoutPoolSecrets } from "../pool-secrets.mjs";
 import { controlsEscaped, holdsCredential, placedName, printableLines, shellWord, shortened, withoutSecrets } from "../printable.mjs";
 
 export const ACTIONS = ["list", "status", "remove", "enable", "disable", "priority", "reset-cooldowns"];
@@ -473,7 +474,9 @@ export async function poolActionText(args, path, how = {}) {
   // with its own key (a key pasted into the name prompt, before names were checked) was quoted
   // in every list.
   const text = await actionText(args, path, typeof how?.confirm === "function" ? how.confirm : null, hints);
-  return printableLines(withoutSecrets(await withoutPoolSecrets(text, path)));
+  // Credential shapes first: a piece of one pool token cut out of another token named in the
+  // text left the rest of it without the start that marks it.
+  return printableLines(await withoutPoolKeys(withoutSecrets(text), path));
 }
 
 /**
@@ -482,76 +485,15 @@ export async function poolActionText(args, path, how = {}) {
  * entry named with its own key of another shape (`addApiKey` takes any key) was quoted by
  * `list`, `status` and every hint that names the accounts.
  */
-async function withoutPoolSecrets(text, path) {
+async function withoutPoolKeys(text, path) {
   let entries;
   try {
     entries = (await pool.loadPool(path))?.anthropic;
   } catch {
     return text;
   }
-  const secrets = [];
-  for (const e of Array.isArray(entries) ? entries : []) {
-    for (const field of ["key", "access", "refresh"]) {
-      const value = e?.[field];
-      if (typeof value === "string" && value.length >= 8) secrets.push(value);
-    }
-  }
-  if (secrets.length === 0) return text;
-  // Without case: a name is stored lower-cased by an import.
-  const lowered = secrets.map(lowerAscii);
-  const runs = text.replace(CREDENTIAL_RUN, (run) => {
-    const r = lowerAscii(run);
-    return lowered.some((s) => s.includes(r) || r.includes(s)) ? "[redacted]" : run;
-  });
-  return withoutOddPieces(
-    runs,
-    secrets.filter((s) => !ONE_RUN.test(s)),
-  );
+  return withoutPoolSecrets(text, poolSecrets(entries), { everyPiece: true });
 }
-
-/** ASCII letters lower-cased, nothing else: the length stays (`"İ".toLowerCase()` is two). */
-const lowerAscii = (t) => t.replace(/[A-Z]+/g, (c) => c.toLowerCase());
-
-/** A credential made of a run's characters alone: CREDENTIAL_RUN finds it and its pieces. */
-const ONE_RUN = /^[A-Za-z0-9_\-.+/=]+$/;
-const PIECE = 12;
-
-/**
- * `text` without any secret of `odd` (keys with other characters, `Zq!9xY#4pL$7…`: the runs
- * above split them into short pieces, none told) or any piece of one at least PIECE long: each
- * stretch of the text that is such a piece becomes one "[redacted]". Windows of the secrets in a
- * set, so a long list is one pass however many keys.
- */
-function withoutOddPieces(text, odd) {
-  for (const s of odd) if (s.length < PIECE) text = text.replaceAll(s, "[redacted]");
-  // Without case: a name is stored lower-cased by an import.
-  const windows = new Set();
-  for (const s of odd) for (let i = 0; i + PIECE <= s.length; i++) windows.add(lowerAscii(s.slice(i, i + PIECE)));
-  if (windows.size === 0) return text;
-  const lower = lowerAscii(text);
-  const hidden = new Uint8Array(text.length);
-  let any = false;
-  for (let i = 0; i + PIECE <= text.length; i++) {
-    if (windows.has(lower.slice(i, i + PIECE))) {
-      hidden.fill(1, i, i + PIECE);
-      any = true;
-    }
-  }
-  if (!any) return text;
-  let out = "";
-  for (let i = 0; i < text.length; ) {
-    if (!hidden[i]) {
-      out += text[i++];
-      continue;
-    }
-    while (i < text.length && hidden[i]) i++;
-    out += "[redacted]";
-  }
-  return out;
-}
-
-/** A run of a credential's characters long enough to tell (a piece of one cut short included). */
-const CREDENTIAL_RUN = /[A-Za-z0-9_\-.+/=]{12,}/g;
 
 async function actionText(args, path, confirm, hints) {
   try {
