@@ -804,19 +804,11 @@ impl Exchange {
                 Ok(Verdict::Retry)
             }
             Decision::RefusedAndMove => {
-                // What the server said, scrubbed of what this request presented, as a person reads it.
-                let said = body
-                    .and_then(super::verdict::error_message)
-                    .map(|m| {
-                        let m = crate::echo::scrub_with_forms(&m, &[credential.secret()]);
-                        format!(" saying \"{}\"", crate::printable::printable(&m))
-                    })
-                    .unwrap_or_default();
                 let why = match credential {
-                    Credential::ApiKey(_) => format!("the API refused the key (401){said}: add a working one under this name (`oauth-pool add-key --email <name>`)"),
-                    Credential::Bearer(_) => format!("the API refused the token twice (401){said}, the second time just after a refresh: log in again"),
+                    Credential::ApiKey(_) => "the API refused the key (401): add a working one under this name (`oauth-pool add-key --email <name>`)",
+                    Credential::Bearer(_) => "the API refused the token twice (401): log in again",
                 };
-                self.refuse(&email, &credential, &why).await;
+                self.refuse(&email, &credential, why).await;
                 self.move_on(email, "was refused (401)".into());
                 Ok(Verdict::Retry)
             }

@@ -44,10 +44,9 @@ pub enum Decision {
 /// and report (`judge`) right after, off the answer's path.
 pub const DECISIVE: [u16; 4] = [400, 401, 404, 429];
 
-/// A 400 and a 429 need their body read to be understood, and a 401's says why the account is
-/// refused; it is read bounded (`PEEK_LIMIT`).
+/// A 400 and a 429 need their body read to be understood; it is read bounded (`PEEK_LIMIT`).
 pub fn needs_body(status: u16) -> bool {
-    status == 400 || status == 401 || status == 429
+    status == 400 || status == 429
 }
 
 /// How long, after a subscription's third-party refusal, a process sends its requests to the
@@ -61,11 +60,10 @@ pub const THIRD_PARTY_REST_MS: i64 = 60 * 60 * 1000;
 pub const PEEK_LIMIT: usize = 256 * 1024;
 
 /// Whether the answer's head decides it, the body only refining the decision: a 429 is a 429
-/// whatever its body says (which tells only a spend limit from a rate limit), a 401 a 401 (its
-/// body only words the account's reason). Its body cut short or silent is judged by what came,
-/// and the request still moves on.
+/// whatever its body says (which tells only a spend limit from a rate limit). Its body cut short
+/// or silent is judged by what came, and the request still moves on.
 pub fn head_decides(status: u16) -> bool {
-    status == 401 || status == 429
+    status == 429
 }
 
 /// How long the body of an answer whose head decides (`head_decides`) may stay silent before it
@@ -171,15 +169,6 @@ pub fn is_third_party_refusal(body: &[u8]) -> bool {
         .any(|said| message.contains(said))
 }
 
-/// What an error answer says for itself (`error.message`), cut short: a 401 that is no verdict
-/// on the token ("OAuth authentication is currently not supported") was told as "log in again"
-/// alone, the server's reason in no error, event or `lastError`.
-pub fn error_message(body: &[u8]) -> Option<String> {
-    let answer: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let message = answer["error"]["message"].as_str()?.trim();
-    (!message.is_empty()).then(|| message.chars().take(200).collect())
-}
-
 /// A 429 that is the Console key's monthly spend limit (`error.details.error_code`), which
 /// lasts until the month turns: a throttle's few seconds would offer the key again and again.
 pub fn is_spend_limit(body: &[u8]) -> bool {
@@ -266,12 +255,7 @@ mod tests {
                 );
             }
         }
-        assert!(needs_body(400) && needs_body(401) && needs_body(429) && !needs_body(200));
-        assert_eq!(
-            error_message(br#"{"type":"error","error":{"type":"authentication_error","message":" OAuth authentication is currently not supported. "}}"#).as_deref(),
-            Some("OAuth authentication is currently not supported.")
-        );
-        assert_eq!(error_message(b"<html>401</html>"), None);
+        assert!(needs_body(400) && needs_body(429) && !needs_body(200));
         // A 404 moves on only for a request that names another account's resource, while an
         // account is left to ask; otherwise it is the answer.
         let asked = |elsewhere| Asked {
