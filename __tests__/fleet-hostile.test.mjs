@@ -676,6 +676,21 @@ test("a row edited by hand into JSON PostgreSQL takes and this build cannot read
     assert.equal((await cliJson(f.b, "disable", "keep@hostile.test")).code, 0);
     assert.equal((await f.sql("SELECT entry::text FROM oauth_pool_entries WHERE position = 1")).trim(), edited, `${value}: kept as it was`);
     assert.equal((await cliJson(f.b, "enable", "keep@hostile.test")).code, 0);
+    // The store's key check lost, with that row the only sealed one: `store init` checks the key
+    // on it (it read the row as a whole value, and failed as every read did).
+    const kept = (await f.sql("SELECT entry::text FROM oauth_pool_entries WHERE position = 0")).trim();
+    await f.sql("DELETE FROM oauth_pool_entries WHERE position = 0");
+    await f.sql("DELETE FROM oauth_pool_meta WHERE name = 'key_check'");
+    const init = await cliJson(f.a, "store", "init");
+    assert.equal(init.code, 0, `${value}: ${init.stdout}`);
+    const alone = await cliJson(f.a, "list");
+    assert.equal(alone.code, 0, `${value}: ${alone.stdout}`);
+    assert.deepEqual(
+      alone.json.accounts.map((a) => a.status),
+      ["invalid"],
+    );
+    assert.equal(await f.sql("SELECT count(*) FROM oauth_pool_meta WHERE name = 'key_check'"), "1\n", "made again");
+    await f.sql(`INSERT INTO oauth_pool_entries (position, email, entry) VALUES (0, 'keep@hostile.test', '${kept}')`);
     await f.sql(`UPDATE oauth_pool_entries SET entry = '${original}' WHERE position = 1`);
   }
   assert.deepEqual(

@@ -803,9 +803,12 @@ impl PgStore {
                     // would not do (one kept as unreadable, or with no token yet, opened with
                     // every key, and a wrong key's check locked out every right one).
                     let prefix = super::crypto::SEAL_PREFIX;
+                    // Its sealed fields alone, as text: a row holding JSON this build cannot
+                    // parse (`1e400`) is read as the others are (`rows_to_pool`).
                     let sample = client
                         .query_typed_opt(
-                            "SELECT entry FROM oauth_pool_entries
+                            "SELECT entry->>'email', entry->>'access', entry->>'refresh', entry->>'key'
+                             FROM oauth_pool_entries
                              WHERE left(entry->>'access', length($1)) = $1
                                 OR left(entry->>'refresh', length($1)) = $1
                                 OR left(entry->>'key', length($1)) = $1
@@ -815,8 +818,16 @@ impl PgStore {
                         .await
                         .map_err(unfit)?;
                     if let Some(row) = sample {
-                        self.key
-                            .open_entry_checking_key(column::<Value>(&row, 0)?)?;
+                        let mut entry = Map::new();
+                        for (i, field) in ["email", "access", "refresh", "key"]
+                            .into_iter()
+                            .enumerate()
+                        {
+                            if let Some(text) = column::<Option<String>>(&row, i)? {
+                                entry.insert(field.into(), Value::String(text));
+                            }
+                        }
+                        self.key.open_entry_checking_key(Value::Object(entry))?;
                     } else {
                         let section = client
                             .query_typed_opt(
