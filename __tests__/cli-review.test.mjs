@@ -278,3 +278,26 @@ test("doctor says an OpenCode config file it may not read is there, unread, with
   assert.match(unread[0].message, /opencode\.json is left unread \(a file that cannot be read \(EACCES\)\)/);
   assert.ok(!checks.some((c) => /no OpenCode config file here/.test(c.message)), JSON.stringify(checks));
 });
+
+test("remove against a fleet store that takes the connection and never answers: STORE_UNAVAILABLE after one wait for it, not two", async () => {
+  // Found by a review: remove read the pool's keys first (to leave them out of its output), took
+  // the store's silence for "no keys", then asked the store again and waited as long again.
+  const { createServer } = await import("node:net");
+  const held = [];
+  const silent = createServer((s) => held.push(s));
+  await new Promise((r) => silent.listen(0, "127.0.0.1", r));
+  try {
+    const box = user();
+    const store = `postgres://u@127.0.0.1:${silent.address().port}/db?sslmode=disable`;
+    const started = Date.now();
+    const r = await cli(box, ["remove", "nobody@x.test"], { OAUTH_POOL_STORE: store, OAUTH_POOL_STORE_KEY: "ab".repeat(32), OAUTH_POOL_PATH: undefined });
+    const took = Date.now() - started;
+    assert.equal(r.code, 1, r.stdout);
+    assert.match(r.stderr, /STORE_UNAVAILABLE/);
+    // The store's connect timeout is 10 s: one wait, with room for a slow machine.
+    assert.ok(took < 17_000, `${took} ms`);
+  } finally {
+    for (const s of held) s.destroy();
+    silent.close();
+  }
+});

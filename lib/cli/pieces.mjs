@@ -18,11 +18,16 @@ export function piecesOf(secrets) {
 /** Leaves everything as it is: nothing of a pool was read. */
 export const NO_PIECES = piecesOf([]);
 
-/** The pool's pieces at `path`; none when it cannot be read (nothing of it is then printed). */
-export async function poolPieces(lib, path) {
+/**
+ * The pool's pieces at `path`; none when it cannot be read (nothing of it is then printed). With
+ * `unreachable`, a store that cannot be reached is that error: a command asked first (`remove`)
+ * then waited for it as long again.
+ */
+export async function poolPieces(lib, path, { unreachable = false } = {}) {
   try {
     return piecesOf(poolSecrets((await lib.loadPool(path))?.anthropic));
-  } catch {
+  } catch (e) {
+    if (unreachable && e?.code === "STORE_UNAVAILABLE") throw e;
     return NO_PIECES;
   }
 }
@@ -36,11 +41,11 @@ export async function poolPieces(lib, path) {
 export function scrubbingErrors(run) {
   return async (ctx) => {
     let read;
-    const pieces = () => (read ??= poolPieces(ctx.lib, ctx.path));
+    const pieces = () => (read ??= poolPieces(ctx.lib, ctx.path, { unreachable: true }));
     try {
       return await run({ ...ctx, pieces });
     } catch (e) {
-      if (typeof e?.message === "string" && e.code !== "STORE_UNAVAILABLE") e.message = (await pieces()).scrub(e.message);
+      if (typeof e?.message === "string" && e.code !== "STORE_UNAVAILABLE") e.message = (await pieces().catch(() => NO_PIECES)).scrub(e.message);
       throw e;
     }
   };
