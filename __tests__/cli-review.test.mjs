@@ -52,9 +52,12 @@ function writePool(box, anthropic) {
   writeFileSync(box.pool, JSON.stringify({ version: 1, anthropic }), { mode: 0o600 });
 }
 
-/** A Console key made at run time (no token-shaped literal here), and its body. */
+/**
+ * A Console key made at run time (no token-shaped literal here), and its body. The body starts
+ * with a letter: typed where a name goes, one starting with "-" is an option to the CLI.
+ */
 function makeKey() {
-  const body = randomBytes(45).toString("base64url");
+  const body = `K${randomBytes(45).toString("base64url")}`;
   return { key: ["sk", "ant", "api03", body].join("-"), body };
 }
 
