@@ -1802,8 +1802,6 @@ fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
 /// The field of an entry read unopened that holds its row as stored (`unopened`).
 const UNOPENED: &str = "sealedUnopened";
 
-/// An entry whose row does not open with the store's key: listed as unreadable (its email and
-/// why), never served (`type` is none the pool knows), removable, and written back as it was.
 /// The field of an entry read unparsed that holds its row's text as stored (`unparsed`).
 const UNPARSED: &str = "storedUnparsed";
 
@@ -1881,6 +1879,8 @@ impl tokio_postgres::types::ToSql for RowJson {
     tokio_postgres::types::to_sql_checked!();
 }
 
+/// An entry whose row does not open with the store's key: listed as unreadable (its email and
+/// why), never served (`type` is none the pool knows), removable, and written back as it was.
 fn unopened(row: Value, why: String) -> Value {
     let mut entry = Map::new();
     if let Some(email) = row.get("email").filter(|e| e.is_string()) {
