@@ -714,23 +714,89 @@ test("two copies naming two pools (a global and a project config): the one set u
   });
 });
 
-test('provider: "anthropic" with no host login of its own: the provider and its models are listed, and served from the pool', async () => {
+test('provider: "anthropic" with no host login of its own: the provider and its models are listed, at zero cost, and served from the pool at its API origin', async () => {
   const path = await seedPool(mock, ["own1@x.test"]);
   const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  const priced = [...host.provider("anthropic").models.values()].filter((m) => m.cost.some((c) => c.input > 0));
+  assert.ok(priced.length > 0, "the host's own models have prices");
+  // No baseURL of the user's: the pool's (OAUTH_POOL_API_URL, the mock here), as 1.18's config
+  // hook sets it. Left at the host's default origin, every request was refused as off the pool's.
   const handle = await host.start(loadPlugin(pluginModule, { options: { path, provider: "anthropic" } }));
-  await handle.context.provider.transform((e) =>
-    e.update("anthropic", (p) => {
-      p.settings = { baseURL: `${mock.url}/v1` };
-    }),
-  );
   assert.deepEqual(
     host.providers().map((p) => p.id),
     ["anthropic"],
   );
+  assert.equal(host.provider("anthropic").provider.settings.baseURL, `${mock.url}/v1`);
   assert.ok(host.models("anthropic").length > 0, "its models listed");
+  for (const m of host.models("anthropic")) for (const c of m.cost) assert.equal(c.input + c.output, 0, `${m.id}: a subscription is not billed per token`);
   const res = await host.modelRequest({ providerID: "anthropic", modelID: "claude-sonnet-4-5", body });
   assert.equal(textOf(await res.text()), "Hello from own1@x.test");
   await handle.unload();
+});
+
+test('provider: "anthropic" with API keys alone keeps the prices, and a baseURL of the user\'s own wins', async () => {
+  const path = tempPoolPath();
+  const key = "fake-console-key-v2anth-0123456789";
+  mock.addApiKey(key, "anthkey@x.test");
+  await lib.addApiKey(key, { email: "anthkey@x.test", path });
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  const prices = new Map([...host.provider("anthropic").models.values()].map((m) => [m.id, m.cost]));
+  const own = `${mock.url}/v1/`;
+  await host.start(
+    configPlugin((e) =>
+      e.update("anthropic", (p) => {
+        p.settings = { baseURL: own, timeout: 1000 };
+      }),
+    ),
+  );
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path, provider: "anthropic" } }));
+  assert.deepEqual(host.provider("anthropic").provider.settings, { baseURL: own, timeout: 1000 });
+  for (const m of host.models("anthropic")) assert.deepEqual(m.cost, prices.get(m.id), `${m.id}: an API key is billed per token`);
+  const res = await host.modelRequest({ providerID: "anthropic", modelID: "claude-sonnet-4-5", body });
+  assert.equal(res.status, 200);
+  await res.text();
+  await handle.unload();
+});
+
+test("2.x: every login revoked: the host reads the pool's coded refusal naming them and how to log in, not a bare 401 whose body is gone", async () => {
+  for (const n of [1, 2, 3]) {
+    const emails = Array.from({ length: n }, (_, i) => `gone${n}-${i}@x.test`);
+    const path = await seedPool(mock, emails);
+    for (const email of emails) mock.revoke(email, { family: true });
+    const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+    const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+    // A plugin after ours, reading the answer the host is about to read.
+    const seen = [];
+    await host.start({
+      id: "inspect",
+      kind: "setup",
+      plugin: {
+        id: "inspect",
+        setup: (ctx) =>
+          ctx.session.hook(
+            "http.response",
+            async (ev) => {
+              seen.push({ status: ev.response.status, code: ev.response.headers.get("x-oauth-pool-error"), text: await ev.response.clone().text() });
+            },
+            { providerID: "anthropic-pool" },
+          ),
+      },
+    });
+    await withLogLines(async () => {
+      const failed = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).then(
+        () => assert.fail("served"),
+        (err) => err,
+      );
+      assert.ok(failed instanceof ModelRequestError, String(failed));
+      assert.equal(failed.error.status, 503, `${n} accounts: ${JSON.stringify(failed.error)}`);
+    });
+    assert.equal(seen.length, 1, "the host made no retry of it");
+    assert.equal(seen[0].code, "POOL_NO_ACCOUNT");
+    const { error } = JSON.parse(seen[0].text);
+    for (const email of emails) assert.match(error.message, new RegExp(`${email.replace(/[.]/g, "\\.")} \\(auth-error\\)`));
+    assert.match(error.message, /need a new login .*`\/connect` on 2\.x/);
+    await handle.unload();
+  }
 });
 
 test("2.x: an answer echoing the presented token reaches the host without it, in its head and its body", async () => {

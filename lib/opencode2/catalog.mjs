@@ -205,15 +205,24 @@ function zeroCosts(model) {
  * host's own provider is served as it is, and an alias (`fast` for `claude-haiku-4-5`) was
  * counted under its own name and sent to an account whose haiku window was spent.
  */
-export function aliasesOf(providerID, wireModels, { listed = false } = {}) {
+export function aliasesOf(providerID, wireModels, { listed = false, apiKeysOnly } = {}) {
   return (editor) => {
-    // The host lists an "auto" provider only once it has a login of its own
-    // (packages/core/src/provider.ts snapshot()): a pool filled by the CLI or on 1.18, with no
-    // host login, left the provider and every model out, while the log said it was served.
     if (listed && typeof editor.update === "function" && editor.get(providerID))
       editor.update(providerID, (p) => {
+        // The host lists an "auto" provider only once it has a login of its own
+        // (packages/core/src/provider.ts snapshot()): a pool filled by the CLI or on 1.18, with
+        // no host login, left the provider and every model out, while the log said it was served.
         if (p.activation !== "disabled") p.activation = "enabled";
+        // Requests go where the pool sends its credentials (OAUTH_POOL_API_URL), as 1.18's config
+        // hook sets it: left at the host's default origin, each was refused as off the pool's. A
+        // baseURL of the user's own still wins.
+        p.settings = { baseURL: apiBaseURL(), ...(isRecord(p.settings) ? p.settings : {}) };
       });
+    // Subscription use is not billed per token: its prices zeroed, as 1.18 and `anthropic-pool`
+    // show them, unless the pool holds API keys alone.
+    const keysOnly = typeof apiKeysOnly === "function" ? apiKeysOnly() : apiKeysOnly;
+    if (listed && keysOnly === false && typeof editor.models?.update === "function")
+      for (const m of [...(editor.get(providerID)?.models?.values() ?? [])]) if (Array.isArray(m?.cost)) editor.models.update(providerID, m.id, zeroCosts);
     wireModels.clear();
     for (const m of editor.get(providerID)?.models?.values() ?? []) {
       if (typeof m?.modelID === "string" && m.modelID && m.modelID !== m.id) wireModels.set(m.id, m.modelID);

@@ -499,6 +499,9 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
   /** The answer to a request this setup placed, whichever setup's hook hears it. */
   async function finish(state, event, extra) {
     const { ex } = state;
+    // The answer in hand, which the host reads unless another replaces it.
+    let response = event.response;
+    let opening = null;
     try {
       if (state.answer) {
         await event.response.body?.cancel().catch(() => {});
@@ -506,11 +509,10 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
         if (state.answer.own !== false) remember(event.sessionID, state.answer);
         return;
       }
-      let response = event.response;
       // Every credential the request was sent with, over its attempts: taken back out of the
       // answer the host reads (a server echoing the request).
       let forms = echoForms(presented(new Headers(state.placedWith)));
-      let opening = await openingOf(ex, response);
+      opening = await openingOf(ex, response);
       let verdict;
       for (;;) {
         verdict = await judgeAnswer(ex, response);
@@ -550,7 +552,15 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       event.response = withoutEcho(verdict === "deliver-tap" ? tapUsage(response, ex) : response, forms);
     } catch (err) {
       // A request the host gave up is no failure of ours to report.
-      if (!hostSignal(extra, event.request)?.aborted) log("error", `the pool could not finish this request: ${codeOf(err)} ${scrubbed(err?.message ?? err)}`);
+      if (!hostSignal(extra, event.request)?.aborted) {
+        log("error", `the pool could not finish this request: ${codeOf(err)} ${scrubbed(err?.message ?? err)}`);
+        // The host reads the pool's coded refusal, as the library's fetch throws it: the answer
+        // it holds may be one the pool already dropped for a retry (its body gone), or one the
+        // pool could not judge (every login revoked: a bare 401 without the login hint).
+        await dropped(response, opening);
+        if (event.response !== response) await event.response.body?.cancel().catch(() => {});
+        event.response = poolAnswer(refusal(err));
+      }
     } finally {
       if (state.token) unanswered.unregister(state.token);
       state.stopListening?.();

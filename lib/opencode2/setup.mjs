@@ -180,8 +180,10 @@ export async function setupV2(ctx) {
     if (!served) log("warn", `the ${providerID} provider is not served: its requests could not go through the pool`);
     else if (providerID === "anthropic") {
       log("info", "serving OpenCode's own anthropic provider through the pool");
-      if (typeof ctx.provider?.transform === "function") keep(await ctx.provider.transform(aliasesOf(providerID, wireModels, { listed: true })));
-      else skipped("provider.transform (the anthropic provider listed without a host login)");
+      if (typeof ctx.provider?.transform === "function") {
+        await settledWithin(askKind(), KIND_WAIT_MS);
+        keep(await ctx.provider.transform(aliasesOf(providerID, wireModels, { listed: true, apiKeysOnly: () => (kind.folded = kind.keysOnly) })));
+      } else skipped("provider.transform (the anthropic provider listed without a host login)");
     } else if (typeof ctx.provider?.transform === "function") {
       await settledWithin(askKind(), KIND_WAIT_MS);
       // An answer that comes after the fold folds the provider again (`askKind`).
