@@ -650,7 +650,10 @@ fn login_email(tokens: &Tokens) -> String {
         .as_deref()
         .map(str::trim)
         .filter(|e| {
-            let ok = crate::account::acceptable_server_email(e);
+            // A name holding a piece of the login's own tokens would carry them into every list,
+            // log line and notice that names the account.
+            let ok = crate::account::acceptable_server_email(e)
+                && !crate::secret::holds_piece(e, &[&tokens.access, &tokens.refresh]);
             if !ok && !e.is_empty() {
                 tracing::warn!("the token endpoint's email for this login is not usable as a name; kept under a generated one");
             }
@@ -712,7 +715,25 @@ pub async fn add_api_key(
     // A label after the key (`sk-ant-api03-... work`) was "not an API key", which it holds.
     if secret.expose().starts_with("sk-ant-") && secret.expose().contains(char::is_whitespace) {
         return Err(Error::InvalidArgument(
-            "that holds a key and other text after it: paste the key alone, and give a name with --email; nothing was added".into(),
+            "that holds a key and other text after it: paste the key alone, and give its name apart (--email on the command line, the name prompt in OpenCode); nothing was added".into(),
+        ));
+    }
+    // A key pasted twice, or two joined by a comma, was stored whole and reported added: every
+    // request's 401 then benched a member whose key is good (and the Console shows a key once).
+    if secret.expose().matches("sk-ant-").nth(1).is_some() {
+        return Err(Error::InvalidArgument(
+            "that holds more than one key (pasted twice?): paste one key alone; nothing was added"
+                .into(),
+        ));
+    }
+    if secret.expose().starts_with("sk-ant-")
+        && !secret
+            .expose()
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(Error::InvalidArgument(
+            "that holds a key and other characters with it (a Console API key is letters, digits, - and _ only): paste the key alone; nothing was added".into(),
         ));
     }
     if secret.expose().len() < 8 || !secret.is_token_shaped() {
@@ -1382,6 +1403,20 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("other text after it"), "{e}");
+        // A key pasted twice, or two joined, is refused, not stored whole and reported added.
+        let key = format!("{}-abcdefghijklmnop", ["sk", "ant", "api03"].join("-"));
+        for (paste, told) in [
+            (format!("{key}{key}"), "more than one key"),
+            (format!("{key},{key}x"), "more than one key"),
+            (format!("{key};"), "letters, digits"),
+            (format!("{key}|work"), "letters, digits"),
+        ] {
+            let e = add_api_key(&store, &Secret::new(paste.clone()), Some("k@x"))
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains(told), "{paste}: {e}");
+        }
+        assert!(store.load().await.unwrap().find("k@x").is_none());
     }
 
     #[tokio::test]
