@@ -103,6 +103,25 @@ test('provider "anthropic": the pool serves OpenCode\'s own provider through the
   await assert.rejects(lib.OAuthPoolPlugin(input, { toolName: "has spaces" }), (e) => e.code === "INVALID_ARGUMENT");
 });
 
+test('provider "anthropic" on 1.18: the tool and the notices point at OpenCode\'s own Anthropic login entry, not an "Anthropic Pool" one that is not listed', async () => {
+  const path = tempPoolPath();
+  const { client, toasts } = fakeClient();
+  const hooks = await lib.OAuthPoolPlugin({ client }, { path, provider: "anthropic" });
+  const tool = hooks.tool["model-accounts-pool"];
+  assert.match(tool.description, /behind the anthropic provider/);
+  const empty = await tool.execute({ action: "list" }, {});
+  assert.match(empty, /Add one: run `opencode auth login` -> Anthropic -> "Claude Pro\/Max \(add account to pool\)"/);
+  const key = ["sk", "ant", "api03", "K".repeat(40)].join("-");
+  await lib.addApiKey(key, { email: "work", path });
+  const { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });
+  const res = await fetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() }).catch((err) => err);
+  assert.equal(res.code, "POOL_NO_ACCOUNT", String(res));
+  for (let i = 0; i < 50 && !toasts.length; i++) await new Promise((r) => setTimeout(r, 10));
+  const told = toasts.map((t) => t.message).join("\n");
+  assert.match(told, /`opencode auth login` -> Anthropic -> Console API key/);
+  assert.doesNotMatch(`${empty}\n${told}\n${tool.description}`, /Anthropic Pool|anthropic-pool/);
+});
+
 /** The fixture from aidevops HEAD with live tokens of the mock in place of its fakes. */
 function aidevopsPool(mutate) {
   const raw = JSON.parse(readFileSync(new URL("./fixtures/aidevops-pool.json", import.meta.url), "utf8"));

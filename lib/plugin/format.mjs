@@ -26,6 +26,14 @@ export const KEY_HINT = "add a working key under its name: `oauth-pool add-key -
  */
 export const HINTS = {
   v1: { login: LOGIN_HINT, key: KEY_HINT, add: LOGIN_HINT, alsoAdd: "" },
+  // 1.18 with `provider: "anthropic"`: the pool's login methods sit under OpenCode's own
+  // Anthropic entry, and no "Anthropic Pool" is listed.
+  v1Anthropic: {
+    login: "run `opencode auth login` -> Anthropic",
+    key: "add a working key under its name: `oauth-pool add-key --email <name>`, or `opencode auth login` -> Anthropic -> Console API key",
+    add: "run `opencode auth login` -> Anthropic",
+    alsoAdd: "",
+  },
   v2: {
     login: "log in again with `/connect` -> Anthropic Pool -> Claude Pro/Max, or `oauth-pool add`",
     key: "add a working key under its name: `oauth-pool add-key --email <name>`, or `/connect` -> Anthropic Pool -> Console API key",
@@ -33,6 +41,12 @@ export const HINTS = {
     alsoAdd: " In a terminal: `oauth-pool add`.",
   },
 };
+
+/** The hints of a host (`"v1"`, `"v2"`) for the provider the pool serves. */
+export function hintsFor(host, provider) {
+  if (host === "v2") return HINTS.v2;
+  return provider === "anthropic" ? HINTS.v1Anthropic : HINTS.v1;
+}
 
 /**
  * Whom a change named, as the pool file spells it, beside what was typed when that differs

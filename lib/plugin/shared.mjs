@@ -9,7 +9,7 @@ import { syncEnv } from "../native.mjs";
 import { isApiUrl } from "../runtime-fetch.mjs";
 import { scrubbed } from "../errors.mjs";
 import { printable } from "../printable.mjs";
-import { KEY_HINT, LOGIN_HINT } from "./format.mjs";
+import { hintsFor, KEY_HINT, LOGIN_HINT } from "./format.mjs";
 
 export const PROVIDER_ID = "anthropic-pool";
 export const TOOL_NAME = "model-accounts-pool";
@@ -319,10 +319,10 @@ export function noticesOf(batch, fresh, hints) {
  * hears one request's events together (what the plugin's own fetch calls): a cascade through
  * many accounts is one toast.
  */
-export function createNotifier(client, { debounceMs = 30_000, now = Date.now } = {}) {
+export function createNotifier(client, { debounceMs = 30_000, now = Date.now, hints = hintsFor("v1") } = {}) {
   const recent = recentlyTold({ ms: debounceMs, now });
   const events = (batch) => {
-    const { told, quiet } = noticesOf(Array.isArray(batch) ? batch : [], (key) => recent.fresh(key), { login: LOGIN_HINT, key: KEY_HINT });
+    const { told, quiet } = noticesOf(Array.isArray(batch) ? batch : [], (key) => recent.fresh(key), hints);
     for (const e of quiet) log(client, "debug", scrubbed(String(e.message ?? e.kind)), { kind: e.kind });
     for (const { kind, message, events: about } of told) {
       const variant = NOTICE[kind];
@@ -435,7 +435,7 @@ export function poolFetchFor(input, options) {
   if (o.fetch) return o.fetch;
   // Held at most HOST_HOLD_MS inside OpenCode's header timeout; a longer wait is OpenCode's own.
   const make = () => {
-    const notifier = createNotifier(input?.client);
+    const notifier = createNotifier(input?.client, { hints: hintsFor("v1", o.provider) });
     return apiOriginOnly(poolFetchWith({ path: o.path, onEvent: notifier }, { holdAtMostMs: HOST_HOLD_MS, onEvents: notifier.events }), o.provider);
   };
   if (!input || typeof input !== "object") return make();

@@ -5,13 +5,13 @@
 // library is imported: it costs more to load (tens of ms cold under Node) than everything else
 // here, and library-only and CLI users never need it.
 import { createRequire } from "node:module";
-import { pool, pluginInput, pluginOptions, reportUnknownOptions } from "./shared.mjs";
+import { pool, pluginInput, pluginOptions, PROVIDER_ID, reportUnknownOptions } from "./shared.mjs";
 import {
   accountLine,
   ago,
   firstPieces,
   clock,
-  HINTS,
+  hintsFor,
   whomChanged,
   percent,
   quotaText,
@@ -465,11 +465,12 @@ async function run(args, path, confirm, hints) {
  * window names come from the file or a server); failures become text too. `confirm(email, accounts)` is how
  * a `remove` gets the person's consent: it resolves when they agreed and throws otherwise (that
  * error is the one thing thrown from here). Without it `remove` deletes nothing: it disables.
- * `host` "v2" words how to log in as OpenCode 2 does (its connect flow).
- * @param {{ confirm?: (email: string, accounts: string[]) => Promise<void>, host?: "v1" | "v2" }} [how]
+ * `host` "v2" words how to log in as OpenCode 2 does (its connect flow); on 1.18, `provider`
+ * "anthropic" as it is there (the pool's login methods under OpenCode's own Anthropic entry).
+ * @param {{ confirm?: (email: string, accounts: string[]) => Promise<void>, host?: "v1" | "v2", provider?: string }} [how]
  */
 export async function poolActionText(args, path, how = {}) {
-  const hints = HINTS[how?.host] ?? HINTS.v1;
+  const hints = hintsFor(how?.host, how?.provider);
   // The answer goes to the model's provider, and a name is the file's to say: an entry named
   // with its own key (a key pasted into the name prompt, before names were checked) was quoted
   // in every list.
@@ -580,18 +581,18 @@ const require = createRequire(import.meta.url);
 
 export function createPoolTool(input, options) {
   pluginInput(input);
-  const { path, toolName } = pluginOptions(options);
+  const { path, toolName, provider } = pluginOptions(options);
   reportUnknownOptions(input, options);
   const { z } = require("zod");
   return {
-    description: TOOL_DESCRIPTION,
+    description: provider === PROVIDER_ID ? TOOL_DESCRIPTION : TOOL_DESCRIPTION.replace("the anthropic-pool provider", `the ${provider} provider`),
     args: {
       action: z.enum(ACTIONS).describe("What to do"),
       email: z.string().optional().describe("The account's email (remove, enable, disable, priority; list and status show it alone)"),
       priority: z.number().int().optional().describe("The new priority for action priority; higher is tried first"),
     },
     async execute(args, ctx) {
-      return poolActionText(args, path, { confirm: consentThrough(ctx, toolName) });
+      return poolActionText(args, path, { confirm: consentThrough(ctx, toolName), provider });
     },
   };
 }
