@@ -10,7 +10,7 @@ import { brotliCompressSync, deflateSync, gzipSync } from "node:zlib";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
-import { useMock, seedPool, account, readPool, messagesUrl, body, jsonHeaders, tempPoolPath, withEnv } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, account, readPool, messagesUrl, body, jsonHeaders, oauthEntry, tempPoolPath, withEnv } from "./helpers/pool-env.mjs";
 import { tempDir } from "./helpers/temp.mjs";
 
 const { createPoolFetch, flushPool, poolStatus, savePool, loadPool } = lib;
@@ -31,6 +31,18 @@ async function seedKey(email, key) {
 function cli(args, env = {}) {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", env: { ...process.env, ...env }, timeout: 30_000 });
   return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+/** `spawn`, to its end: `{ status, stdout, stderr }` (spawnSync would stop the mock). */
+function ran(command, args, options) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { ...options, stdio: ["ignore", "pipe", "pipe"] });
+    const out = { stdout: "", stderr: "" };
+    child.stdout.setEncoding("utf8").on("data", (d) => (out.stdout += d));
+    child.stderr.setEncoding("utf8").on("data", (d) => (out.stderr += d));
+    child.on("error", reject);
+    child.on("close", (status) => resolve({ status, ...out }));
+  });
 }
 
 /** A server on another origin that records what reaches it: a test's secrets must not. */
@@ -154,6 +166,59 @@ test("2: a token endpoint that echoes the refresh token: scrubbed from errors, e
   assert.match(account(path, "echo@x.test").lastError, /malformed refresh_token '\[redacted\]'/);
   assert.doesNotMatch(everything, new RegExp(token.replace(/[-]/g, "\\-")));
   assert.ok(!everything.includes(piece), "no piece of it either");
+  mock.setTokenMode(null);
+});
+
+test("2b: a name holding a piece of a pool token (a hand edit) is hidden in events, notices and log lines as the CLI hides it", async () => {
+  const path = tempPoolPath();
+  const named = oauthEntry(mock, "hid@x.test");
+  const other = oauthEntry(mock, "plain@x.test");
+  // The access token's random part, without the fixed start that marks it.
+  const hidden = `${named.access.slice(13, 45)}@x.test`;
+  await savePool({ version: 1, anthropic: [{ ...named, email: hidden, priority: 5 }, other] }, path);
+  mock.script("hid@x.test", [
+    { status: 429, headers: { "retry-after": "120" }, body: { type: "error", error: { type: "rate_limit_error", message: "slow down" } } },
+  ]);
+  // Another process (its log is its stderr), while this one's mock answers.
+  const child = await ran(
+    process.execPath,
+    [
+      "--input-type=module",
+      "-e",
+      `const lib = await import(${JSON.stringify(INDEX)});
+       const events = [];
+       const f = lib.createPoolFetch({ path: ${JSON.stringify(path)}, onEvent: (e) => events.push(e) });
+       const r = await f(${JSON.stringify(messagesUrl(mock))}, { method: "POST", headers: ${JSON.stringify(jsonHeaders)}, body: ${JSON.stringify(body())} });
+       await r.text();
+       await lib.flushPool(${JSON.stringify(path)});
+       console.log(JSON.stringify({ served: r.poolAccount, events }));`,
+    ],
+    { encoding: "utf8", env: { ...process.env, OAUTH_POOL_LOG: "oauth_pool=debug" }, timeout: 30_000 },
+  );
+  const { served, events } = JSON.parse(child.stdout);
+  assert.equal(served, "plain@x.test");
+  assert.ok(
+    events.some((e) => e.kind === "failover" && e.email === "[redacted]" && e.to === "plain@x.test"),
+    JSON.stringify(events),
+  );
+  assert.match(child.stderr, /plain@x\.test/, "the log names the other account");
+  const piece = hidden.slice(0, 12);
+  assert.ok(!JSON.stringify(events).includes(piece) && !child.stderr.includes(piece), `${JSON.stringify(events)}\n${child.stderr}`);
+});
+
+test("2c: a login the token or profile endpoint names with a piece of its own tokens goes under another name", async () => {
+  const path = tempPoolPath();
+  // The token answer names the login with its access token's random part; the profile with the
+  // token it was called with: neither is taken.
+  mock.setTokenMode({
+    grant: "authorization_code",
+    reshape: (b) => ({ ...b, account: { ...b.account, email_address: `${b.access_token.slice(13)}@x.test` } }),
+  });
+  const { url, verifier, state } = await lib.authorize();
+  const { email } = await lib.addAccount(mock.approve(url, "named@x.test"), { verifier, state }, path);
+  assert.equal(email, "named@x.test", "the profile's name, which holds no secret");
+  const [entry] = readPool(path).anthropic;
+  assert.equal(entry.email, "named@x.test");
   mock.setTokenMode(null);
 });
 

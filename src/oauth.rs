@@ -147,15 +147,24 @@ pub async fn exchange(input: &str, verifier: &str, state: &str) -> Result<Tokens
         Err(e) => return Err(e),
     };
     // The server's word for the email is held to what names an account (`exchange()` returns
-    // it to callers as it is; `add_oauth` stores it).
-    let usable = |e: &String| crate::account::acceptable_server_email(e.trim());
-    tokens.email = tokens.email.filter(usable);
+    // it to callers as it is; `add_oauth` stores it), and to text that holds none of this
+    // login's secrets: a server echoing one there put it in every list and notice.
+    let presented = [&pasted.code, &verifier, &state];
+    let usable = |e: &String, tokens: &Tokens| {
+        let e = e.trim();
+        crate::account::acceptable_server_email(e)
+            && !crate::secret::holds_piece(
+                e,
+                &[&presented[..], &[&tokens.access, &tokens.refresh]].concat(),
+            )
+    };
+    tokens.email = tokens.email.take().filter(|e| usable(e, &tokens));
     if tokens.email.is_none() && !tokens.access.is_empty() {
         tokens.email = profile_email(&tokens.access)
             .await
             .ok()
             .flatten()
-            .filter(usable);
+            .filter(|e| usable(e, &tokens));
     }
     completed.share(&tokens);
     Ok(tokens)

@@ -1106,6 +1106,14 @@ impl Pool {
         crate::secret::scrub_pieces(text, &self.secrets())
     }
 
+    /// The names of entries holding a piece of the pool's keys or tokens (`secret::hide_names`).
+    pub fn names_holding_secrets(&self) -> Vec<String> {
+        crate::secret::holding_pieces(
+            self.anthropic.iter().filter_map(Entry::email),
+            &self.secrets(),
+        )
+    }
+
     /// `ACCOUNT_NOT_FOUND` for what a person typed, which may be one of the pool's keys or a
     /// piece of it (given where a name goes, without its prefix or in another case).
     pub fn not_found(&self, target: &str) -> Error {

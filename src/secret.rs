@@ -319,9 +319,89 @@ pub fn scrub_pieces(text: &str, secrets: &[&Secret]) -> String {
     out
 }
 
-/// `scrub` with no presented secrets: the backstop for text about to leave the process.
+/// `scrub` with no presented secrets: the backstop for text about to leave the process. Names
+/// found to hold a piece of their pool's secrets (`hide_names`) are said as `[redacted]` too.
 pub fn scrub_tokens(text: &str) -> String {
-    scrub(text, &[])
+    without_hidden_names(scrub(text, &[]))
+}
+
+/// Account names found to hold a piece of their pool's keys or tokens (a hand edit, another
+/// tool's write): the CLI's and the tool's views hide them, and log lines, events and errors,
+/// which name accounts as they are, gave them whole. Longest first, so that a name inside
+/// another is replaced after it. Only ever added to: a name once seen holding a secret stays
+/// hidden for the life of the process.
+static HIDDEN_NAMES: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+static ANY_HIDDEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn hide_names(names: Vec<String>) {
+    if names.is_empty() {
+        return;
+    }
+    let mut hidden = HIDDEN_NAMES
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for name in names {
+        if !name.is_empty() && !hidden.contains(&name) {
+            hidden.push(name);
+        }
+    }
+    hidden.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    ANY_HIDDEN.store(!hidden.is_empty(), std::sync::atomic::Ordering::Release);
+}
+
+/// `name` as text leaving the process says it: `[redacted]` when found to hold a secret.
+pub fn shown_name(name: &str) -> String {
+    without_hidden_names(name.to_string())
+}
+
+fn without_hidden_names(mut text: String) -> String {
+    if !ANY_HIDDEN.load(std::sync::atomic::Ordering::Acquire) {
+        return text;
+    }
+    let hidden = HIDDEN_NAMES
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for name in hidden.iter() {
+        if text.contains(name.as_str()) {
+            text = text.replace(name.as_str(), REDACTED);
+        }
+    }
+    text
+}
+
+/// Which of `names` hold a piece of one of `secrets` (`holds_piece`), looked for in one pass.
+pub fn holding_pieces<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    secrets: &[&Secret],
+) -> Vec<String> {
+    let names: Vec<&str> = names.into_iter().collect();
+    if names.is_empty() || secrets.is_empty() {
+        return Vec::new();
+    }
+    // Joined by a line break, which no secret holds: no window spans two names.
+    let joined = names.join("\n");
+    let hidden = pieces(&joined, secrets);
+    let short: Vec<String> = secrets
+        .iter()
+        .map(|s| s.expose())
+        .filter(|s| (6..PIECE).contains(&s.len()))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let mut at = 0;
+    let mut found = Vec::new();
+    for name in names {
+        let end = at + name.len();
+        if hidden[at..end].contains(&true)
+            || (!short.is_empty()
+                && short
+                    .iter()
+                    .any(|s| name.to_ascii_lowercase().contains(s.as_str())))
+        {
+            found.push(name.to_string());
+        }
+        at = end + 1;
+    }
+    found
 }
 
 /// A message that quotes text from a caller or a runtime (a URL it was given, an error of its
@@ -375,6 +455,31 @@ fn looks_secret(run: &str, secrets: &[&str]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by a review: a name holding a token's random part was hidden by the CLI's and the
+    /// tool's views, and given whole by log lines, events and the plugin's notices.
+    #[test]
+    fn names_holding_a_secret_are_found_in_one_pass_and_hidden_in_text_leaving_the_process() {
+        let token = Secret::new("sk-ant-oat01-Hx7qWm2Lr9Vt4Kp8Zs3Nb6Yc1Jd5Fg0");
+        let short = Secret::new("Qm4rT9w");
+        let names = [
+            "alice@x.test",
+            "Hx7qWm2Lr9Vt4Kp8@x.test",
+            "team-qm4rt9w@x.test",
+            "nohide-9f2c@x.test",
+        ];
+        let found = holding_pieces(names, &[&token, &short]);
+        assert_eq!(found, ["Hx7qWm2Lr9Vt4Kp8@x.test", "team-qm4rt9w@x.test"]);
+        // A name of this test alone: the list is the whole process's.
+        let unique = "Kp8Zs3Nb6Yc1Jd5Fg0-hidden-by-this-test@x.test";
+        hide_names(vec![unique.into()]);
+        assert_eq!(
+            scrub_tokens(&format!("failover from={unique} to=alice@x.test")),
+            "failover from=[redacted] to=alice@x.test"
+        );
+        assert_eq!(shown_name(unique), "[redacted]");
+        assert_eq!(shown_name("alice@x.test"), "alice@x.test");
+    }
 
     /// Found by a review: a piece of a key with punctuation in it, or a key lower-cased, in a
     /// name was found by no search, and the pool's errors quoted it.

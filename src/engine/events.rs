@@ -1,7 +1,7 @@
 //! What a person is told about a request: failovers, cooldowns, accounts needing attention. They
 //! travel with the answer (or the failure) to `onEvent`, the plugin's toasts and the logs.
 
-use crate::secret::scrub_tokens;
+use crate::secret::{scrub_tokens, shown_name};
 
 /// Hears an event as it happens, not with the request's answer (a driver's channel to its
 /// caller: a JavaScript callback, the gateway's log).
@@ -25,10 +25,12 @@ pub struct Event {
 
 impl Event {
     /// Every message passes the token scrubber: parts of it (error details) came from servers.
+    /// Names go as text leaving the process says them (hidden when one holds a secret of its
+    /// pool's): the plugin words its notices from them.
     pub fn new(kind: &'static str, email: Option<&str>, message: impl AsRef<str>) -> Event {
         Event {
             kind,
-            email: email.map(str::to_string),
+            email: email.map(shown_name),
             to: None,
             until: None,
             api_key: false,
@@ -37,7 +39,7 @@ impl Event {
     }
 
     pub fn to(mut self, to: &str) -> Event {
-        self.to = Some(to.to_string());
+        self.to = Some(shown_name(to));
         self
     }
 

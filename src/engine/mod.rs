@@ -385,6 +385,7 @@ impl Engine {
             }
         }
         let (pool, stamp) = self.store.load_stamped().await?;
+        crate::secret::hide_names(pool.names_holding_secrets());
         let present: std::collections::HashSet<&str> =
             pool.accounts().map(|a| a.email.as_str()).collect();
         self.overlay.keep_only(&present);
