@@ -150,6 +150,50 @@ test("a platform package without its binary says to reinstall it; one of another
   assertRefused(await run(none.dir), new RegExp(`Install the optional package "opencode-oauth-pool-linux-[\\w-]+@${version.replaceAll(".", "\\.")}"`));
 });
 
+// Found by a review (2026-12-07): under Node a platform package whose manifest was left empty
+// or cut short (a power cut after the install) was told to be installed, which npm answers "up to
+// date"; a binary linked elsewhere named the link target's directory to delete (/dev for a link
+// to /dev/null).
+test("a broken platform manifest, or a binary linked elsewhere, names the package's own directory to delete", { skip: !elf }, async () => {
+  for (const manifest of ["", '{"name": "opencode-oauth-pool-li']) {
+    const { dir, platform } = install(good());
+    writeFileSync(join(platform, "package.json"), manifest);
+    const r = await run(dir);
+    assertRefused(r, /is there but cannot be loaded: reinstall "opencode-oauth-pool-linux-[\w-]+" \(delete .* and run the install again\)/);
+    assert.ok(r.out.message.includes(`delete ${platform} `), r.out.message);
+  }
+  const elsewhere = tempDir("oauth-pool-checkout-");
+  made.push(elsewhere);
+  const cut = join(elsewhere, "oauth-pool.node");
+  writeFileSync(cut, good().subarray(0, 4096));
+  for (const target of [cut, "/dev/null"]) {
+    const { dir, platform, binary } = install(good());
+    rmSync(binary);
+    symlinkSync(target, binary);
+    const r = await run(dir);
+    assertRefused(r, /is there but cannot be loaded/);
+    assert.ok(r.out.message.includes(`delete ${platform} `), r.out.message);
+  }
+});
+
+test("32-bit ARM's local build is looked for under the name `napi build --platform` gives it", () => {
+  const names = [];
+  for (const [platform, arch] of [
+    ["linux", "arm"],
+    ["android", "arm"],
+    ["linux", "arm64"],
+  ]) {
+    const script = `Object.defineProperty(process, "platform", { value: ${JSON.stringify(platform)} }); Object.defineProperty(process, "arch", { value: ${JSON.stringify(arch)} });
+      const { platformTriple } = await import(${JSON.stringify(join(ROOT, "lib", "platform.mjs"))});
+      console.log(platformTriple());`;
+    const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8" });
+    names.push(r.stdout.trim());
+  }
+  // @napi-rs/cli's parseTriple: armv7-unknown-linux-gnueabihf, armv7-linux-androideabi.
+  assert.deepEqual(names.slice(1), ["android-arm-eabi", "linux-arm64-gnu"]);
+  assert.match(names[0], /^linux-arm-(gnueabihf|musleabihf)$/);
+});
+
 test("a platform with no prebuilt package is told to build from source, never to install an unpublished name", async () => {
   const { dir } = install(good());
   const script = `Object.defineProperty(process, "platform", { value: "freebsd" }); Object.defineProperty(process, "arch", { value: "riscv64" });

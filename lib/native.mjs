@@ -67,7 +67,9 @@ function load() {
     }
   } else if (manifest) failures.push(`${packageName}: no such package is published`);
   if (resolved) {
-    const dir = dirname(resolved);
+    // The package's own directory: a `.node` linked elsewhere (to a build in a checkout, to
+    // /dev/null) named the link's target directory as the one to delete.
+    const dir = installedAt(packageName) ?? dirname(resolved);
     const addon = attempt(packageName, resolved, `reinstall "${packageName}" (delete ${dir} and run the install again)`);
     if (addon) {
       mismatch(packageName, dir, manifest.version);
@@ -101,13 +103,19 @@ function load() {
   throw error;
 }
 
-/** Where `name` is installed when its manifest is there (its binary may not be), else null. */
+/**
+ * Where `name` is installed when its manifest is there (its binary may not be; the manifest may
+ * be empty or cut short, which Node's resolver fails on), else null.
+ */
 function installedAt(name) {
   try {
     return dirname(require.resolve(`${name}/package.json`));
-  } catch {
-    return null;
+  } catch {}
+  for (const dir of require.resolve.paths(name) ?? []) {
+    const at = join(dir, name);
+    if (existsSync(join(at, "package.json"))) return at;
   }
+  return null;
 }
 
 /**

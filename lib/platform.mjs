@@ -27,10 +27,17 @@ function reportWithoutNetwork() {
   }
 }
 
-/** The napi-rs platform triple of this process, e.g. "linux-x64-gnu". */
+/**
+ * The napi-rs platform triple of this process, e.g. "linux-x64-gnu": the name `napi build
+ * --platform` gives the local build (its `parseTriple`), which 32-bit ARM spells with its float
+ * ABI (`linux-arm-gnueabihf`, `android-arm-eabi`); named otherwise, a Raspberry Pi told to build
+ * from source was told so again after the build.
+ */
 export function platformTriple() {
   const { platform, arch } = process;
+  if (platform === "linux" && arch === "arm") return `linux-arm-${isMusl() ? "musleabihf" : "gnueabihf"}`;
   if (platform === "linux") return `linux-${arch}-${isMusl() ? "musl" : "gnu"}`;
+  if (platform === "android" && arch === "arm") return "android-arm-eabi";
   if (platform === "win32") return `win32-${arch}-msvc`;
   if (platform === "darwin") return `darwin-${arch}`;
   return `${platform}-${arch}`;
