@@ -224,6 +224,16 @@ check(
   version.status === 0 && version.stdout.includes(PKG.version) && !version.stdout.includes("missing"),
   `${version.stdout}${version.stderr}`,
 );
+// Run through the `.bin` link with --preserve-symlinks-main (found by a review, 2026-12-07): the
+// bin's relative imports were resolved from `node_modules/.bin/`, and it failed uncoded.
+if (!win) {
+  const kept = spawnSync(bin, ["--version"], { cwd: project, env: { ...useEnv, NODE_OPTIONS: "--preserve-symlinks-main" }, encoding: "utf8", timeout: 30_000 });
+  check(
+    "installed `oauth-pool --version` with --preserve-symlinks-main",
+    kept.status === 0 && kept.stdout.includes(PKG.version),
+    `${kept.stdout}${kept.stderr}`,
+  );
+}
 const list = oauthPool(["list", "--json"]);
 let listed = null;
 try {

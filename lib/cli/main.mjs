@@ -1,7 +1,7 @@
-#!/usr/bin/env node
 // `oauth-pool`: manage the account pool from a shell, for headless machines. A thin layer over
 // the library: every change goes through the same locked, atomic store as the plugin, and errors
-// keep the library's codes. The commands live in ../lib/cli/ (commands.mjs lists them).
+// keep the library's codes. The commands live beside this file (commands.mjs lists them); the
+// `oauth-pool` bin (bin/oauth-pool.mjs) imports this.
 //
 // Exit codes: 0 ok, 1 the library refused (`error [CODE]: message`), 2 usage error,
 // 3 `doctor` found problems, 128 + a signal's number when `add`, holding a login it could not
@@ -11,13 +11,13 @@
 // Secrets never reach the output: summaries hold none, API keys come from stdin (never argv,
 // where `ps` and shell history would show them), and library messages never carry one.
 import { readFileSync } from "node:fs";
-import { checkArity, parseCommandLine } from "../lib/cli/args.mjs";
-import { COMMANDS, commandHelp, commandOptions, groupHelp, subcommands, usage } from "../lib/cli/commands.mjs";
-import { EXIT, UsageError } from "../lib/cli/errors.mjs";
-import { loadLibrary } from "../lib/cli/library.mjs";
-import { echoed, makeOutput } from "../lib/cli/output.mjs";
+import { checkArity, parseCommandLine } from "./args.mjs";
+import { COMMANDS, commandHelp, commandOptions, groupHelp, subcommands, usage } from "./commands.mjs";
+import { EXIT, UsageError } from "./errors.mjs";
+import { loadLibrary } from "./library.mjs";
+import { echoed, makeOutput } from "./output.mjs";
 
-const PKG = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
+const PKG = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8"));
 
 async function version(out) {
   let native = null;
