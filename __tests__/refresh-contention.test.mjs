@@ -112,6 +112,43 @@ test("another process stuck refreshing an account: a request moves to another ac
   }
 });
 
+// Found by a review (2026-12-07): a holder stopped mid-refresh (Ctrl-Z, SIGSTOP) kept each
+// request of every other process waiting 75 s for POOL_BUSY, the token good for minutes yet.
+test("another process stopped in its refresh of a token that still works for minutes: requests here are served with that token at once", async () => {
+  const email = "margin@x.test";
+  const path = await seedPool(mock, [email]);
+  const pool = readPool(path);
+  // Inside the 5-minute refresh margin, 4 minutes from its end.
+  pool.anthropic[0].expires = Date.now() + 240_000;
+  await savePool(pool, path);
+  const old = pool.anthropic[0].access;
+  mock.setTokenMode({ hang: true, grant: "refresh_token", times: Infinity });
+  const holder = spawn(process.execPath, [POLLER, mock.url, "claude-sonnet-4-5", "once", "60000"], {
+    env: { ...process.env, OAUTH_POOL_PATH: path },
+    stdio: "ignore",
+  });
+  try {
+    const deadline = Date.now() + 20_000;
+    while (refreshCalls(email) === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(refreshCalls(email), 1, "the other process is refreshing");
+    holder.kill("SIGSTOP");
+    const f = createPoolFetch({ path });
+    for (let i = 0; i < 2; i++) {
+      const started = Date.now();
+      const sent = mock.waitFor("api", (r) => r.email === email);
+      const r = await ask(f);
+      assert.equal(r.status, 200);
+      await r.text();
+      assert.ok(Date.now() - started < 3_000, `served after ${Date.now() - started} ms`);
+      assert.equal((await sent).headers.authorization, `Bearer ${old}`, "with the token that still works");
+    }
+    assert.equal(refreshCalls(email), 1, "the token the stopped process holds out is not presented again");
+  } finally {
+    holder.kill("SIGKILL");
+    mock.setTokenMode(null);
+  }
+});
+
 // A script that reads the pool, edits it and saves it back while OpenCode (another process)
 // adds a login in between: the save replaced the pool with a copy that never held the new
 // login, and it was gone. Accounts the copy held and removed stay removed.

@@ -431,6 +431,86 @@ test("9: refreshed tokens that cannot be written keep the refresh lock, are repo
   assert.equal(mock.stats().perFamily["us@x.test"].refreshCalls, 1);
 });
 
+// Found by a review (2026-12-07): such a process, meeting a 401 on its new token, waited 75 s
+// on the refresh lock its own unsaved tokens hold, then told of a refresh under way that was
+// none, and answered the all-cooling 429 as if the account were rate-limited.
+/**
+ * Two requests of a process whose pool writes fail (`ulimit -f 4`, as a full disk; reads work):
+ * the first refreshes the expired token, its new tokens kept unsaved; `between()` runs before the
+ * second. Each answer as `{ status, ms }` or `{ code, message, ms }`.
+ */
+async function twoRequestsUnsaved(email, between) {
+  const path = tempPoolPath();
+  // Over the 4 KB a write may make under `ulimit -f 4`.
+  await savePool({ version: 1, anthropic: [oauthEntry(mock, email, { expired: true })], padding: "x".repeat(4500) }, path);
+  const script = `
+    const lib = await import(${JSON.stringify(INDEX)});
+    const f = lib.createPoolFetch({ path: ${JSON.stringify(path)} });
+    const ask = async () => {
+      const started = Date.now();
+      try {
+        const r = await f(${JSON.stringify(messagesUrl(mock))}, { method: "POST", headers: ${JSON.stringify(jsonHeaders)}, body: ${JSON.stringify(body())} });
+        await r.text();
+        return { status: r.status, ms: Date.now() - started };
+      } catch (e) {
+        return { code: e.code, message: e.message, ms: Date.now() - started };
+      }
+    };
+    console.log(JSON.stringify(await ask()));
+    for await (const _ of process.stdin) break;
+    console.log(JSON.stringify(await ask()));
+    process.exit(0);`;
+  const child = spawn("bash", ["-c", 'ulimit -f 4; exec "$0" "$@"', process.execPath, "--input-type=module", "-e", script], {
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  const lines = [];
+  let stderr = "";
+  child.stderr.on("data", (d) => (stderr += d));
+  let buffered = "";
+  child.stdout.setEncoding("utf8").on("data", (d) => {
+    buffered += d;
+    for (let at = buffered.indexOf("\n"); at >= 0; at = buffered.indexOf("\n")) {
+      lines.push(JSON.parse(buffered.slice(0, at)));
+      buffered = buffered.slice(at + 1);
+      if (lines.length === 1) {
+        between();
+        child.stdin.end("next\n");
+      }
+    }
+  });
+  await new Promise((resolve) => child.on("close", resolve));
+  assert.equal(lines.length, 2, stderr);
+  assert.equal(lines[0].status, 200, "served with the new tokens from memory");
+  return lines[1];
+}
+
+// Found by a review (2026-12-07): such a process, meeting a 401 on its new token, waited 75 s
+// on the refresh lock its own unsaved tokens hold, then told of a refresh under way that was
+// none, and answered the all-cooling 429 as if the account were rate-limited; and one whose new
+// token was merely due for a refresh failed requests the token could still serve.
+test("9b: a 401 on tokens this process could not write (a file size limit) fails at once with the write's failure, not 75 s later", async () => {
+  const email = "us9b@x.test";
+  // The first answer came with the new tokens, kept unsaved: the server now refuses them.
+  const second = await twoRequestsUnsaved(email, () => mock.revoke(email));
+  assert.ok(second.ms < 20_000, `answered after ${second.ms} ms`);
+  assert.equal(second.status, undefined, JSON.stringify(second));
+  assert.equal(second.code, "POOL_IO", JSON.stringify(second));
+  assert.match(second.message, /could not be saved/, second.message);
+  assert.doesNotMatch(second.message, /still being refreshed|rate-limited/);
+  assert.equal(mock.stats().perFamily[email].reuse, 0);
+
+  // New tokens due for a refresh at once (4 min 50 s left, inside the 5-minute margin), no 401:
+  // they serve while they last.
+  const margin = "us9c@x.test";
+  mock.setTokenMode({ grant: "refresh_token", reshape: (b) => ({ ...b, expires_in: 290 }) });
+  const served = await twoRequestsUnsaved(margin, () => {});
+  mock.setTokenMode(null);
+  assert.equal(served.status, 200, JSON.stringify(served));
+  assert.ok(served.ms < 20_000, `answered after ${served.ms} ms`);
+  assert.equal(mock.stats().perFamily[margin].refreshCalls, 1);
+  assert.equal(mock.stats().perFamily[margin].reuse, 0);
+});
+
 // ---- 10. savePool never wipes the pool --------------------------------------------------------
 
 test("10: savePool of something without an anthropic array is POOL_INVALID and writes nothing", async () => {

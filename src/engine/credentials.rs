@@ -246,6 +246,14 @@ impl Credentials {
             .then(|| u.access.clone())
     }
 
+    /// The unsaved access token of `email` while it serves (`old_serves`' rule): due for a
+    /// refresh, not yet expired.
+    fn unsaved_serving(&self, email: &str, rejected: Option<&Secret>) -> Option<Secret> {
+        let unsaved = lock(&self.unsaved);
+        let u = unsaved.get(email)?;
+        (u.expires > now_ms() + 10_000 && rejected != Some(&u.access)).then(|| u.access.clone())
+    }
+
     /// Why `access`, this account's newest token, is not in the store yet (and the write's code).
     fn unsaved_because(&self, email: &str, access: &Secret) -> Option<(String, &'static str)> {
         let unsaved = lock(&self.unsaved);
@@ -271,15 +279,22 @@ impl Credentials {
 
     /// `TokensUnsaved` for the first account whose new tokens are still only in this process.
     pub fn unsaved_error(&self) -> Option<Error> {
-        lock(&self.unsaved)
-            .iter()
-            .min_by_key(|(email, _)| email.as_str())
-            .map(|(email, u)| Error::TokensUnsaved {
-                email: email.clone(),
-                reason: u.error.clone(),
-                code: u.code,
-                kept: self.kept_file_shown(),
-            })
+        let first = lock(&self.unsaved).keys().min().cloned()?;
+        self.unsaved_error_of(&first)
+    }
+
+    /// `TokensUnsaved` for `email` when its newest tokens are still only in this process (which
+    /// holds their refresh lock until they are written).
+    fn unsaved_error_of(&self, email: &str) -> Option<Error> {
+        let (reason, code) = lock(&self.unsaved)
+            .get(email)
+            .map(|u| (u.error.clone(), u.code))?;
+        Some(Error::TokensUnsaved {
+            email: email.to_string(),
+            reason,
+            code,
+            kept: self.kept_file_shown(),
+        })
     }
 
     pub fn unsaved_tokens(&self) -> Vec<UnsavedTokens> {
@@ -761,6 +776,21 @@ impl Engine {
         if let Some(access) = self.credentials.unsaved_access(email, rejected) {
             return Ok(access);
         }
+        // New tokens this process could not write hold the account's refresh lock: waiting on
+        // it waited on ourselves, 75 s, and then told of a refresh under way that was none (and
+        // a rest after a 401 as a rate limit). A write tries them again; still unsaved, the
+        // failure is told as it is.
+        if self.credentials.unsaved_error_of(email).is_some() {
+            // Due for a refresh, their access token still serves while it lasts (as a pool's
+            // does when its refresh cannot be made).
+            if let Some(access) = self.credentials.unsaved_serving(email, rejected) {
+                return Ok(access);
+            }
+            let _ = self.write(|_| Ok(())).await;
+            if let Some(unsaved) = self.credentials.unsaved_error_of(email) {
+                return Err(unsaved);
+            }
+        }
         let pool = self.snapshot().await?;
         let account = pool.find(email).ok_or_else(|| pool.not_found(email))?;
         if let Some(access) = usable_now(account) {
@@ -768,14 +798,23 @@ impl Engine {
         }
         let refused_before = account.auth_error_is_ours();
 
-        // Across processes: hold the account's refresh lock from re-read to durable write.
-        let left = patience.saturating_sub(started.elapsed());
+        // Across processes: hold the account's refresh lock from re-read to durable write. While
+        // the access token still works (it is only within its refresh margin), a refresh another
+        // process has under way is not waited for, and the token serves: a holder stopped
+        // mid-refresh (Ctrl-Z, SIGSTOP) kept every other process's requests waiting their 75 s
+        // for `POOL_BUSY`, the token good for minutes yet.
+        let left = if old_serves(account, rejected) {
+            Duration::ZERO
+        } else {
+            patience.saturating_sub(started.elapsed())
+        };
         let refresh_lock = match self.store.refresh_lock(email, left).await {
             Err(Error::PoolBusy { .. }) => {
-                return Err(Error::RefreshBusy {
+                let busy = Error::RefreshBusy {
                     email: email.to_string(),
                     seconds: patience.as_secs(),
-                })
+                };
+                return serve_old_or(account, rejected, busy);
             }
             // A lock that cannot be made (a read-only mount, a full disk, a store that is down)
             // is no refresh, as a disk without room for the new tokens is: the access token
@@ -1385,9 +1424,18 @@ pub(crate) fn backoff_ms(e: &Error) -> i64 {
 
 /// After a transient refresh failure, an access token that has not expired still works.
 fn serve_old_or(account: &Account, rejected: Option<&Secret>, err: Error) -> Result<Secret> {
-    match (&account.access, account.expires) {
-        (Some(a), Some(exp)) if exp > now_ms() + 10_000 && rejected != Some(a) => Ok(a.clone()),
+    match (&account.access, old_serves(account, rejected)) {
+        (Some(a), true) => Ok(a.clone()),
         _ => Err(err),
+    }
+}
+
+/// Whether the account's access token, though due for a refresh, still serves: it expires more
+/// than 10 s from now and is not the one a 401 refused.
+fn old_serves(account: &Account, rejected: Option<&Secret>) -> bool {
+    match (&account.access, account.expires) {
+        (Some(a), Some(exp)) => exp > now_ms() + 10_000 && rejected != Some(a),
+        _ => false,
     }
 }
 

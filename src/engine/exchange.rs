@@ -464,6 +464,7 @@ impl Exchange {
                 | Error::RefreshClaimed { .. }
                 | Error::PoolCorrupt { .. }
                 | Error::PoolInsecure { .. }
+                | Error::TokensUnsaved { .. }
         ) {
             self.store_error = Some(e);
         }
@@ -780,6 +781,17 @@ impl Exchange {
                     Err(e) if e.code() == "OAUTH_INVALID_GRANT" => {
                         tracing::warn!(account = %email, error = %e, "401 and no new token");
                         self.move_on(email, "was refused (401)".into());
+                    }
+                    // This machine's disk, not the login nor the token endpoint: no rest (its
+                    // wait was answered as every account "rate-limited"), and said as it is
+                    // when no account serves.
+                    Err(e @ Error::TokensUnsaved { .. }) => {
+                        tracing::warn!(account = %email, error = %e, "401 on tokens not saved yet");
+                        self.move_on(
+                            email,
+                            "was refused (401) and its new tokens are not saved yet".into(),
+                        );
+                        self.store_error = Some(e);
                     }
                     Err(e) => {
                         tracing::warn!(account = %email, error = %e, "401 and no new token for now");
