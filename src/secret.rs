@@ -378,9 +378,24 @@ pub fn holding_pieces<'a>(
     if names.is_empty() || secrets.is_empty() {
         return Vec::new();
     }
+    // A token's random part alone: its `sk-ant-<kind>-` start is the same in every token, and a
+    // name quoting a token of no account here (`team sk-ant-oat01-…`, already scrubbed as a
+    // token shape) is no account's secret.
+    let random: Vec<Secret> = secrets
+        .iter()
+        .map(|s| {
+            let s = s.expose();
+            let part = s
+                .strip_prefix("sk-ant-")
+                .and_then(|rest| rest.split_once('-'))
+                .map_or(s, |(_, random)| random);
+            Secret::new(part)
+        })
+        .collect();
+    let secrets: Vec<&Secret> = random.iter().collect();
     // Joined by a line break, which no secret holds: no window spans two names.
     let joined = names.join("\n");
-    let hidden = pieces(&joined, secrets);
+    let hidden = pieces(&joined, &secrets);
     let short: Vec<String> = secrets
         .iter()
         .map(|s| s.expose())
@@ -470,6 +485,12 @@ mod tests {
         ];
         let found = holding_pieces(names, &[&token, &short]);
         assert_eq!(found, ["Hx7qWm2Lr9Vt4Kp8@x.test", "team-qm4rt9w@x.test"]);
+        // Another token's start is no piece of this one.
+        let other = format!(
+            "team {}-0f9e8d7c6b5a4f3e2d1c",
+            ["sk", "ant", "oat01"].join("-")
+        );
+        assert!(holding_pieces([other.as_str()], &[&token]).is_empty());
         // A name of this test alone: the list is the whole process's.
         let unique = "Kp8Zs3Nb6Yc1Jd5Fg0-hidden-by-this-test@x.test";
         hide_names(vec![unique.into()]);
