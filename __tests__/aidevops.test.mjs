@@ -12,7 +12,7 @@ import * as lib from "../index.mjs";
 import { makeAidevopsHost } from "./helpers/aidevops-host.mjs";
 import { runCli } from "./helpers/cli-sandbox.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
-import { useMock, seedPool, tempPoolPath, readPool, account, messagesUrl, body, jsonHeaders, fakeClient } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, tempPoolPath, readPool, account, messagesUrl, body, jsonHeaders, fakeClient, oauthEntry } from "./helpers/pool-env.mjs";
 import { tempDir } from "./helpers/temp.mjs";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -111,15 +111,20 @@ test('provider "anthropic" on 1.18: the tool and the notices point at OpenCode\'
   assert.match(tool.description, /behind the anthropic provider/);
   const empty = await tool.execute({ action: "list" }, {});
   assert.match(empty, /Add one: run `opencode auth login` -> Anthropic -> "Claude Pro\/Max \(add account to pool\)"/);
+  await lib.savePool({ version: 1, anthropic: [oauthEntry(mock, "gone118@x.test")] }, path);
+  mock.revoke("gone118@x.test", { family: true });
   const key = ["sk", "ant", "api03", "K".repeat(40)].join("-");
   await lib.addApiKey(key, { email: "work", path });
   const { fetch } = await hooks.auth.loader(async () => ({}), { models: {} });
   const res = await fetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() }).catch((err) => err);
   assert.equal(res.code, "POOL_NO_ACCOUNT", String(res));
+  // The error OpenCode shows says the same as the toast.
+  assert.match(res.message, /or OpenCode's login \(`opencode auth login` -> Anthropic\)/);
   for (let i = 0; i < 50 && !toasts.length; i++) await new Promise((r) => setTimeout(r, 10));
   const told = toasts.map((t) => t.message).join("\n");
   assert.match(told, /`opencode auth login` -> Anthropic -> Console API key/);
-  assert.doesNotMatch(`${empty}\n${told}\n${tool.description}`, /Anthropic Pool|anthropic-pool/);
+  assert.match(told, /needs a new login.*run `opencode auth login` -> Anthropic($|;)/m);
+  assert.doesNotMatch(`${empty}\n${told}\n${tool.description}\n${res.message}`, /Anthropic Pool|anthropic-pool login/);
 });
 
 /** The fixture from aidevops HEAD with live tokens of the mock in place of its fakes. */

@@ -747,6 +747,17 @@ test("an auth-error toast says what mends it: a login for a login, a working key
   assert.equal(toasts[0].message, "login@x needs a new login: refused twice; run `opencode auth login` -> Anthropic Pool");
   assert.doesNotMatch(toasts[1].message, /needs a new login/);
   assert.match(toasts[1].message, /^key@x: the API refused the key \(401\); add a working key under its name: `oauth-pool add-key --email <name>`/);
+  // The engine's words name the CLI's mend already: the host's is added, not the CLI's again.
+  notify({
+    kind: "auth-error",
+    email: "own@x",
+    apiKey: true,
+    message: "own@x: the API refused the key (401): add a working one under this name (`oauth-pool add-key --email <name>`)",
+  });
+  assert.equal(
+    toasts[2].message,
+    "own@x: the API refused the key (401): add a working one under this name (`oauth-pool add-key --email <name>`), or `opencode auth login` -> Anthropic Pool -> Console API key",
+  );
 });
 
 test("notices naming an account whose name holds a credential (a key named with itself) say it scrubbed, in the toast and the log", () => {

@@ -25,18 +25,20 @@ export const KEY_HINT = "add a working key under its name: `oauth-pool add-key -
  * every host has.
  */
 export const HINTS = {
-  v1: { login: LOGIN_HINT, key: KEY_HINT, add: LOGIN_HINT, alsoAdd: "" },
+  v1: { login: LOGIN_HINT, key: KEY_HINT, keyElse: "`opencode auth login` -> Anthropic Pool -> Console API key", add: LOGIN_HINT, alsoAdd: "" },
   // 1.18 with `provider: "anthropic"`: the pool's login methods sit under OpenCode's own
   // Anthropic entry, and no "Anthropic Pool" is listed.
   v1Anthropic: {
     login: "run `opencode auth login` -> Anthropic",
     key: "add a working key under its name: `oauth-pool add-key --email <name>`, or `opencode auth login` -> Anthropic -> Console API key",
+    keyElse: "`opencode auth login` -> Anthropic -> Console API key",
     add: "run `opencode auth login` -> Anthropic",
     alsoAdd: "",
   },
   v2: {
     login: "log in again with `/connect` -> Anthropic Pool -> Claude Pro/Max, or `oauth-pool add`",
     key: "add a working key under its name: `oauth-pool add-key --email <name>`, or `/connect` -> Anthropic Pool -> Console API key",
+    keyElse: "`/connect` -> Anthropic Pool -> Console API key",
     add: "`/connect` -> Anthropic Pool",
     alsoAdd: " In a terminal: `oauth-pool add`.",
   },

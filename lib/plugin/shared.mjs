@@ -297,13 +297,19 @@ export function noticesOf(batch, fresh, hints) {
   for (const apiKey of [false, true]) {
     const these = authErrors.filter((e) => Boolean(e.apiKey) === apiKey);
     if (these.length === 0) continue;
-    const hint = hints ? `; ${apiKey ? hints.key : hints.login}` : "";
     const message =
       these.length === 1
         ? String(these[0].message ?? "auth-error")
         : apiKey
           ? `the API refused the keys of ${these.length} accounts: ${named(these.map((e) => e.email))}`
           : `${these.length} accounts need a new login: ${named(these.map((e) => e.email))}`;
+    // The engine's own words for a refused key name the CLI's mend already: only the host's is
+    // added (the toast said `oauth-pool add-key` twice).
+    const hint = !hints
+      ? ""
+      : apiKey && message.includes("`oauth-pool add-key") && hints.keyElse
+        ? `, or ${hints.keyElse}`
+        : `; ${apiKey ? hints.key : hints.login}`;
     told.push({ kind: "auth-error", message: message + hint, events: these });
   }
   // The notices that name several accounts are put together here from the events' emails, and
@@ -390,9 +396,22 @@ function apiOriginOnly(fetch, provider) {
         throw err;
       }
     }
-    return waitOpenCodeCanBear(await fetch(input, init));
+    if (provider !== "anthropic") return waitOpenCodeCanBear(await fetch(input, init));
+    try {
+      return waitOpenCodeCanBear(await fetch(input, init));
+    } catch (err) {
+      // The engine words the login for every host, "Anthropic Pool" among them; with this
+      // provider the pool's login methods sit under OpenCode's own Anthropic entry.
+      if (typeof err?.message === "string" && err.message.includes(ENGINE_LOGIN_WAYS))
+        err.message = err.message.replace(ENGINE_LOGIN_WAYS, ANTHROPIC_LOGIN_WAYS);
+      throw err;
+    }
   };
 }
+
+/** src/engine/exchange.rs `login_ways!`, and how it reads with `provider: "anthropic"` on 1.18. */
+const ENGINE_LOGIN_WAYS = "OpenCode's Anthropic Pool login (`opencode auth login` on 1.18, `/connect` on 2.x)";
+const ANTHROPIC_LOGIN_WAYS = "OpenCode's login (`opencode auth login` -> Anthropic)";
 
 /**
  * The longest every-account-cooling wait OpenCode is asked to sit out: long enough for a short
