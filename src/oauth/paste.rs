@@ -138,6 +138,13 @@ pub fn parse_pasted(input: &str) -> Result<Pasted> {
     // A code is URL-safe text: anything else pasted (a `data:` or `javascript:` URL, markup)
     // is refused here, never sent to the token endpoint.
     let code_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+    if code.expose().len() > crate::secret::MAX_TOKEN_LEN {
+        return Err(Error::OAuthBadInput(format!(
+            "what reads as the code is {} characters, longer than any code ({} at most): paste only the code as the page shows it",
+            code.expose().len(),
+            crate::secret::MAX_TOKEN_LEN
+        )));
+    }
     if !code.is_token_shaped() || !code.expose().bytes().all(code_char) {
         return Err(Error::OAuthBadInput(
             "what reads as the code is empty or holds characters no code has (a space, a quote, a letter outside ASCII): paste the code as the page shows it".into(),
@@ -343,6 +350,18 @@ pub(super) fn completed_logins() -> &'static CompletedLogins {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by a review: a code too long was said to hold characters no code has.
+    #[test]
+    fn a_code_longer_than_any_is_told_so() {
+        let e = parse_pasted(&format!("{}#st", "a".repeat(5000))).unwrap_err();
+        assert_eq!(e.code(), "OAUTH_BAD_INPUT");
+        assert!(
+            e.to_string()
+                .contains("5000 characters, longer than any code"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn pasted_forms() {

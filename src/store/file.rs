@@ -1419,8 +1419,15 @@ impl FileLock {
     fn acquire_making(path: &Path, timeout: Duration, making: Making) -> Result<Option<FileLock>> {
         let start = Instant::now();
         loop {
-            let Some(lock) =
-                Self::acquire_once(path, timeout.saturating_sub(start.elapsed()), making)?
+            let left = timeout.saturating_sub(start.elapsed());
+            // Told as the whole wait, not what was left of it when this try began ("59 s").
+            let Some(lock) = Self::acquire_once(path, left, making).map_err(|e| match e {
+                Error::PoolBusy { path, .. } => Error::PoolBusy {
+                    path,
+                    seconds: timeout.as_secs(),
+                },
+                other => other,
+            })?
             else {
                 return Ok(None);
             };
@@ -2590,6 +2597,19 @@ mod tests {
             matches!(other.try_lock(), Err(fs::TryLockError::WouldBlock)),
             "and nobody else can take it"
         );
+    }
+
+    /// Found by a review: a wait of 60 s was told as "more than 59 s" (what was left of it
+    /// when the last try began).
+    #[test]
+    fn a_lock_held_past_the_wait_is_told_as_the_whole_wait() {
+        let (_d, store) = tmp_store();
+        let path = store.refresh_lock_path("a@x");
+        let _holder = FileLock::acquire(&path, Duration::from_secs(1)).unwrap();
+        match FileLock::acquire(&path, Duration::from_secs(2)) {
+            Err(Error::PoolBusy { seconds, .. }) => assert_eq!(seconds, 2),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 
     #[test]
