@@ -320,6 +320,11 @@ test("store copy over PostgreSQL accounts the source does not hold: they are kep
   for (const a of [...held, ...JSON.parse(readFileSync(named, "utf8")).anthropic]) {
     assert.ok(!back.stdout.includes(a.refresh) && !over.stdout.includes(a.refresh), "no token in the output");
   }
+  // Out of the store into a file: a database is not "moved away" (found by a review).
+  const out = await run(CLI, ["store", "copy", "--from", pg.url, "--to", `${first}.from-store.json`], hostA.env);
+  assert.equal(out.code, 0, out.stderr);
+  assert.match(out.stdout, /now in both: .*then stop using postgres.*\(unset OAUTH_POOL_STORE where it is set to it\)/s);
+  assert.doesNotMatch(out.stdout, /move postgres\S* away/);
 });
 
 test("store copy over a PostgreSQL row that no longer opens: it is named and kept with its sealed tokens, and a copy from the kept file puts it back as it was", async () => {

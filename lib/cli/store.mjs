@@ -45,7 +45,11 @@ async function copy({ lib, options, out }) {
   if (same) said += " (the same file)";
   if (r.logins > 0 && !same) {
     const logins = r.logins === 1 ? "its login is" : `its ${r.logins} logins are`;
-    said += `\n${text`${logins} now in both: a refresh token works once, so use only ${r.to} from now on. Restart every OpenCode, gateway and script still using ${r.from} (one started before OAUTH_POOL_STORE or OAUTH_POOL_PATH changed keeps it), then move ${r.from} away. A pool that finds a login already refreshed through the other does not refresh it, and says where it lives.`}`;
+    // A database is not moved away: its hosts stop using it, and its copies of the logins go.
+    const retire = /^postgres(ql)?:/i.test(r.from)
+      ? `then stop using ${r.from} (unset OAUTH_POOL_STORE where it is set to it), or remove these logins from it (oauth-pool remove, with OAUTH_POOL_STORE set to it)`
+      : `then move ${r.from} away`;
+    said += `\n${text`${logins} now in both: a refresh token works once, so use only ${r.to} from now on. Restart every OpenCode, gateway and script still using ${r.from} (one started before OAUTH_POOL_STORE or OAUTH_POOL_PATH changed keeps it), ${retire}. A pool that finds a login already refreshed through the other does not refresh it, and says where it lives.`}`;
   }
   if (r.replaced?.length) {
     const n = r.replaced.length;
