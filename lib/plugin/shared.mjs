@@ -396,13 +396,12 @@ function apiOriginOnly(fetch, provider) {
         throw err;
       }
     }
-    if (provider !== "anthropic") return waitOpenCodeCanBear(await fetch(input, init));
     try {
       return waitOpenCodeCanBear(await fetch(input, init));
     } catch (err) {
       // The engine words the login for every host, "Anthropic Pool" among them; with this
       // provider the pool's login methods sit under OpenCode's own Anthropic entry.
-      if (typeof err?.message === "string" && err.message.includes(ENGINE_LOGIN_WAYS))
+      if (provider === "anthropic" && typeof err?.message === "string" && err.message.includes(ENGINE_LOGIN_WAYS))
         err.message = err.message.replace(ENGINE_LOGIN_WAYS, ANTHROPIC_LOGIN_WAYS);
       throw err;
     }
