@@ -801,6 +801,39 @@ test("a host whose refresh lock the database ends while its token is at the toke
   }
 });
 
+test('PostgreSQL restarted, and another host refreshed the login meanwhile: this host\'s retry after its 401 sends the token it adopted, not the one refused again (no "log in again")', async (t) => {
+  const email = "adopted@hostile.test";
+  const f = await fleet([oauthEntry(email)]);
+  const onA = startHostProcess(f.a);
+  const onB = startHostProcess(f.b);
+  try {
+    await Promise.all([onA.ready, onB.ready]);
+    assert.equal((await onA.ask("fetch")).value?.status, 200);
+    await pg.stop();
+    // Past the quarter second a generation read is trusted for (src/store/postgres.rs,
+    // FRESH_FOR), host A finds the store gone: it serves from the pool it read last, and does
+    // not ask the store again for a few seconds (STAMP_BACKOFF).
+    await sleep(400);
+    const down = Date.now();
+    assert.equal((await onA.ask("fetch")).value?.status, 200);
+    await pg.start();
+    const refreshed = await onB.ask(`refresh ${email}`);
+    assert.equal(refreshed.ok, true, JSON.stringify(refreshed));
+    const unauthorized = mock.stats().unauthorized;
+    const started = Date.now();
+    const after = await onA.ask("fetch");
+    assert.equal(after.value?.status, 200, JSON.stringify(after));
+    // The refused token went out once: the retry carried the adopted one.
+    if (started - down < 4500) assert.equal(mock.stats().unauthorized - unauthorized, 1, "401s after the other host's refresh");
+    else t.diagnostic(`the store's backoff was over before the request (${started - down} ms): nothing stale to send`);
+    const stored = (await storedPool(f.b)).anthropic[0];
+    assert.notEqual(stored.status, "auth-error", JSON.stringify(stored));
+    presentedOnce(email);
+  } finally {
+    await Promise.all([onA.close(), onB.close()]);
+  }
+});
+
 test("PostgreSQL restarted while a host's token is at the token endpoint (down longer than a claim stands): the next host to reach the server waits for that host's tokens instead of presenting the token too", async () => {
   const email = "restart@hostile.test";
   const f = await fleet([oauthEntry(email, { expired: true })]);

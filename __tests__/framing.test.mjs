@@ -10,6 +10,7 @@ import { gzipSync } from "node:zlib";
 import { flushPool, poolStatus } from "../index.mjs";
 import { account, jsonHeaders, seedPool, useMock } from "./helpers/pool-env.mjs";
 import { throughPool, withRawApi } from "./helpers/raw-api.mjs";
+import { unreadFraming } from "../lib/answer-head.mjs";
 
 const KEY = "test-gateway-key-0123456789abcdef";
 // The silence limit, short: a stall is cut after it.
@@ -386,6 +387,12 @@ test("framing that HTTP settles is read as it says; framing it refuses is NETWOR
         expect: refused,
         skip: (kind) => kind === "runtime",
       },
+      // Node's fetch reads a name with a space in it, which its `Headers` then refuses: the
+      // runtime transport failed with a TypeError of no code (found by a review).
+      "a header name with a space in it": {
+        reply: (s) => s.end(`${JSON_HEAD}x a: b\r\ncontent-length: 2\r\n\r\n{}`),
+        expect: refused,
+      },
       "two lengths that differ": { reply: (s) => s.end(`${JSON_HEAD}content-length: 2\r\ncontent-length: 5\r\n\r\n{}abc`), expect: refused },
       "a list of lengths": { reply: (s) => s.end(`${JSON_HEAD}content-length: 2, 5\r\n\r\n{}abc`), expect: refused },
       "status 099": { reply: (s) => s.end("HTTP/1.1 099 Low\r\ncontent-length: 2\r\n\r\n{}"), expect: refused },
@@ -475,4 +482,12 @@ test("a 401 whose body is cut is refreshed and retried as any 401: its body is n
       },
     },
   );
+});
+
+test("an unread transfer coding is named only when registered: the server's own text is not quoted (it held the token in hex)", () => {
+  const hex = Buffer.from(["sk", "ant", "oat01", "framingEcho0123456789"].join("-")).toString("hex");
+  const said = unreadFraming(`GZIP, ${hex}, chunked`);
+  assert.ok(said.includes("transfer-encoding gzip, a coding of no registered name, chunked"), said);
+  assert.ok(!said.includes(hex.slice(0, 20)), said);
+  assert.equal(unreadFraming("chunked"), null);
 });

@@ -1069,6 +1069,30 @@ async function serveChild(path, { args = [], env = {}, nofile } = {}) {
   return served;
 }
 
+test("a client opening with HTTP/2's preface (h2c by prior knowledge) is closed, and the log says why, once however many come", async () => {
+  const path = await seedPool(mock, ["h2@x.test"]);
+  const served = await serveChild(path, { env: { OAUTH_POOL_LOG: "oauth_pool=warn" } });
+  try {
+    const preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    for (let i = 0; i < 5; i++) {
+      const answered = await raw(served.url, [preface], { waitMs: 3000 });
+      assert.ok(answered.closed, "closed");
+    }
+    await until("the warning", () => served.err.includes("HTTP/2"), 5000);
+    const warned = served.err.split("\n").filter((l) => l.includes("HTTP/2's preface"));
+    assert.equal(warned.length, 1, served.err);
+    assert.match(warned[0], /speaks HTTP\/1\.1 only: set the client or proxy to HTTP\/1\.1/);
+    // An HTTP/1.1 client is served as ever.
+    const after = await messages(served.url);
+    assert.equal(after.status, 200);
+    await after.text();
+  } finally {
+    const closed = new Promise((r) => served.child.on("close", r));
+    served.child.kill("SIGTERM");
+    await closed;
+  }
+});
+
 test("a start that makes the gateway key says where (a pool file moved without its key file, whose clients hold the old key), and the next start says nothing", async () => {
   const path = await seedPool(mock, ["keyless@x.test"]);
   const stop = async (served) => {

@@ -17,7 +17,7 @@ import * as lib from "../index.mjs";
 import * as pluginModule from "../plugin.mjs";
 import { CLI, runNode } from "./helpers/fleet-kit.mjs";
 import { createHost, loadPlugin, ModelRequestError } from "./helpers/opencode2-host.mjs";
-import { body, jsonHeaders, messagesUrl, oauthEntry, tempPoolPath, useMock, withEnv } from "./helpers/pool-env.mjs";
+import { account, body, jsonHeaders, messagesUrl, oauthEntry, tempPoolPath, useMock, withEnv } from "./helpers/pool-env.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
 import { tempDir } from "./helpers/temp.mjs";
 
@@ -420,4 +420,40 @@ test("outside text of any length (an email, a server's error, a pasted code, a v
   assert.ok(paste.message.length < 1024, `a pasted code: ${paste.message.length} characters`);
 
   bounded(await rejection(lib.serve({ host: huge("no-such-host-"), port: 0 })), "INVALID_ARGUMENT", "serve's host", /no-such-host-q+…/);
+});
+
+test("a refused credential's mark and the pool's error quote what the API said of its 401, the credential taken out of it", async () => {
+  const notSupported = "OAuth authentication is currently not supported.";
+  const refusal = (message) => ({ status: 401, body: { type: "error", error: { type: "authentication_error", message } } });
+
+  // A login refused again after its refresh: what the API said, not only "log in again".
+  const loginPath = tempPoolPath();
+  await lib.savePool({ version: 1, anthropic: [oauthEntry(mock, "quoted@x.test")] }, loginPath);
+  mock.script("quoted@x.test", [refusal(notSupported), refusal(`${notSupported}\n\u001b[2J`)]);
+  const login = await rejection(post(lib.createPoolFetch({ path: loginPath })));
+  assert.equal(login.code, "POOL_NO_ACCOUNT");
+  assertReadable(login.message, "a login's 401");
+  assert.ok(login.message.includes(`quoted@x.test (auth-error: its 401 said "${notSupported} [2J")`), login.message);
+  await lib.flushPool(loginPath);
+  const loginMark = account(loginPath, "quoted@x.test");
+  assert.equal(loginMark.status, "auth-error");
+  assert.ok(loginMark.lastError.includes(`the API refused the token twice (401, saying "${notSupported} [2J"): log in again`), loginMark.lastError);
+
+  // A key echoed in its 401, whole and by its random part alone: neither is quoted.
+  const key = ["sk", "ant", "api03", "Quoted401Key0123456789abcdefghijklmnopqrstuvwxyzABCDEFGH"].join("-");
+  const randomPart = key.slice("sk-ant-api03-".length);
+  mock.addApiKey(key, "quoted-key");
+  const keyPath = tempPoolPath();
+  await lib.addApiKey(key, { email: "quoted-key", path: keyPath });
+  mock.script("quoted-key", [
+    refusal(`invalid x-api-key ${key} (${randomPart}), in hex ${Buffer.from(key).toString("hex")}, in base64 ${Buffer.from(key).toString("base64")}`),
+  ]);
+  const refusedKey = await rejection(post(lib.createPoolFetch({ path: keyPath })));
+  assert.equal(refusedKey.code, "POOL_NO_ACCOUNT");
+  await lib.flushPool(keyPath);
+  const keyMark = account(keyPath, "quoted-key");
+  const quoted = '"invalid x-api-key [redacted] ([redacted]), in hex [redacted], in base64 [redacted]"';
+  assert.ok(refusedKey.message.includes(`quoted-key (auth-error: its 401 said ${quoted})`), refusedKey.message);
+  assert.ok(keyMark.lastError.includes(`the API refused the key (401, saying ${quoted})`), keyMark.lastError);
+  for (const text of [refusedKey.message, keyMark.lastError]) assert.ok(!text.includes(randomPart.slice(0, 16)), `the key quoted: ${text}`);
 });

@@ -620,7 +620,7 @@ test("11c: a pool no file can hold (holes, nesting past what a read takes, 2^32 
   const cases = [
     ["a hole", { anthropic: holed }, "INVALID_ARGUMENT", /pool\.anthropic\[0\] is undefined \(or a hole\)/],
     ["an undefined item", { anthropic: [{ ...kept.anthropic[0], list: [1, undefined] }] }, "INVALID_ARGUMENT", /pool\.anthropic\[0\]\.list\[1\] is undefined/],
-    ["100,000 levels", { anthropic: [{ ...kept.anthropic[0], deep: nested(100_000) }] }, "POOL_INVALID", /nested more than 100 levels deep/],
+    ["100,000 levels", { anthropic: [{ ...kept.anthropic[0], deep: nested(100_000) }] }, "POOL_INVALID", /nested more than 127 levels deep/],
     ["2^32 - 1 items", { anthropic: endless }, "POOL_INVALID", /has 4294967295 items, more than a pool file can hold/],
     ["a token as a key's name", { anthropic: [{ ...kept.anthropic[0], [secretName]: Number.NaN }] }, "INVALID_ARGUMENT", /pool\.anthropic\[0\]\.\S+ is NaN/],
   ];
@@ -637,6 +637,23 @@ test("11c: a pool no file can hold (holes, nesting past what a read takes, 2^32 
       what,
     );
     assert.equal(readFileSync(path, "utf8"), stored, `${what}: the pool file is as it was`);
+  }
+  // As deep as the reader takes, and no deeper: what `loadPool` gave is saved back (another
+  // writer's section 110 deep was refused), and one level more is refused before the write.
+  for (const [levels, saved] of [
+    [110, true],
+    [125, true],
+    [126, false],
+  ]) {
+    const pool = { ...kept, other: nested(levels) };
+    if (saved) {
+      await lib.savePool(pool, path);
+      await lib.savePool(await lib.loadPool(path), path);
+      assert.deepEqual((await lib.loadPool(path)).other, nested(levels), `${levels} levels`);
+    } else {
+      await assert.rejects(lib.savePool(pool, path), (e) => e.code === "POOL_INVALID", `${levels} levels`);
+      assert.deepEqual((await lib.loadPool(path)).other, nested(125), "the file is as it was, and reads");
+    }
   }
   // As deep as a pool file is read back, it is written and read.
   const deepest = { anthropic: [{ ...kept.anthropic[0], deep: nested(96) }] };
@@ -744,6 +761,24 @@ test("14: unreadable entries are listed (marked invalid) and can be removed by e
 });
 
 // ---- 15. an API server that echoes the credential it was sent ---------------------------------
+test("15b: a token echoed split over two lines of one header name does not come out joined (both transports)", async () => {
+  const path = await seedPool(mock, ["split-echo@x.test"]);
+  const token = account(path, "split-echo@x.test").access;
+  const half = Math.floor(token.length / 2);
+  for (const transport of ["native", "runtime"]) {
+    mock.script("split-echo@x.test", [
+      { status: 200, body: { ok: true }, headers: { "x-split": [token.slice(0, half), token.slice(half)], "x-list": ["a", "b"] } },
+    ]);
+    const res = await post(createPoolFetch({ path, transport }));
+    assert.equal(res.status, 200, transport);
+    const joined = JSON.stringify([...res.headers]).replace(/[ ,]/g, "");
+    assert.ok(!joined.includes(token.slice(8, half + 8)), `${transport}: ${JSON.stringify([...res.headers])}`);
+    assert.match(res.headers.get("x-split"), /\[redacted\]/, transport);
+    assert.equal(res.headers.get("x-list"), "a, b", transport);
+    await res.text();
+  }
+});
+
 test("15: a server echoing the presented token: no answer header or body carries it (both transports, and the gateway)", async () => {
   const path = await seedPool(mock, ["mirror@x.test"]);
   const token = account(path, "mirror@x.test").access;

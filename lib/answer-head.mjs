@@ -2,9 +2,7 @@
 // (lib/runtime-fetch.mjs): what the engine judges, the framing and codings read apart, and the
 // headers the caller gets, without the hop's own and without any echo of the credential the
 // attempt presented. The Rust client does the same for its answers (src/fetch.rs, src/echo.rs).
-import { scrubbed } from "./errors.mjs";
 import { engineReadsHeader } from "./exchange.mjs";
-import { printable } from "./printable.mjs";
 
 // Headers about the hop the answer came over, not the body handed over, dropped as the Rust
 // client drops them (src/fetch.rs, DROPPED_FROM_ANSWER; `content-length`, `transfer-encoding`
@@ -65,9 +63,10 @@ export function stillCompressed(coding) {
 export function unreadFraming(framing) {
   const named = applied(listed(framing));
   if (named.every((c) => c === "chunked")) return null;
-  // Made printable as the Rust client's message is (`printable::bounded`): Node's parser takes
-  // bytes past 0x7f in a value, and a C1 control (U+009B, a terminal's CSI) reached the message.
-  const shown = printable(scrubbed(named.join(", "))).slice(0, 200);
+  // Only the registered names are said, as the Rust client says them (src/coding.rs,
+  // `said_coding`): the rest is the server's text, which held the credential in hex or base64
+  // (and a C1 control, a terminal's CSI).
+  const shown = named.map((c) => (c === "chunked" || COMPRESSIONS.has(c) ? c : "a coding of no registered name")).join(", ");
   return `the answer is framed in transfer-encoding ${shown}, which nothing asked for (only chunked is read): its body cannot be handed on as sent`;
 }
 
@@ -180,6 +179,9 @@ export class BodyScrubber {
   }
 }
 
+/** A header name as HTTP has it (RFC 9110 5.1), lower-cased as the runtime gives it. */
+const TOKEN = /^[!#$%&'*+.^_`|~0-9a-z-]+$/;
+
 /** The forms lower-cased, as a header's name comes: a name cannot be scrubbed, only dropped. */
 let namesOf = { forms: null, names: [] };
 function nameForms(forms) {
@@ -187,11 +189,20 @@ function nameForms(forms) {
   return namesOf.names;
 }
 
-/** A text of the answer's head (a header value, the reason phrase) without the credential. */
+/**
+ * A text of the answer's head (a header value, the reason phrase) without the credential. A
+ * value holding it with blanks or commas in it (folded over lines, which the runtime reads as a
+ * space; said over two lines of one name, which `Headers` joins with ", ") goes whole, as the
+ * Rust client's (src/echo.rs, `scrub_known`).
+ */
 function withoutSecret(text, forms) {
   if (text.length < 16) return text;
   let out = text;
   for (const form of forms) if (out.includes(form)) out = out.split(form).join("[redacted]");
+  if (/[ \t,]/.test(out)) {
+    const joined = out.replace(/[ \t,]/g, "");
+    if (forms.some((form) => joined.includes(form))) return "[redacted]";
+  }
   return out;
 }
 
@@ -224,7 +235,11 @@ export function readHead(response, forms) {
   let named = null;
   const kept = [];
   const names = nameForms(forms);
+  let badName = false;
   for (const [name, value] of response.headers) {
+    // Node's fetch takes a name `Headers` refuses ("x a"): the answer could not be handed
+    // over, and failed with a TypeError of no code (the Rust client refuses such a head).
+    if (!BUN && !TOKEN.test(name)) badName = true;
     if (engineReadsHeader(name)) lines += `${name}:${value}\n`;
     if (name === "content-length") {
       length = value;
@@ -251,7 +266,7 @@ export function readHead(response, forms) {
   // What `Connection` names was for this hop alone; a coding the body is still in stays named
   // whatever it says (dropped, a relay would pass on coded bytes as plain).
   const hop = named === null ? [] : listed(named).filter((n) => n !== "" && n !== "content-encoding");
-  return { lines, length, type, coding, framing, kept: hop.length ? kept.filter(([n]) => !hop.includes(n)) : kept };
+  return { lines, length, type, coding, framing, badName, kept: hop.length ? kept.filter(([n]) => !hop.includes(n)) : kept };
 }
 
 /**

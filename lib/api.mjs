@@ -95,10 +95,12 @@ function pathArg(path) {
   return optionalString("path", path);
 }
 
-// How deep a pool may nest: the reader refuses past 128 levels (serde_json's limit), so a deeper
-// pool was written and could never be read again; and one of 100,000 levels overflowed the
-// stack here, a RangeError with no code.
-const MAX_DEPTH = 100;
+// How deep a pool may nest: the reader refuses past 128 levels (src/unique_keys.rs, DEPTH_READ),
+// so a deeper pool was written and could never be read again; and one of 100,000 levels
+// overflowed the stack here, a RangeError with no code. The same limit: a file `loadPool` read
+// (another writer's section 110 deep) could not be saved back. Counted here as containers
+// below the pool; the reader counts one level more.
+const MAX_DEPTH = 127;
 // Every value takes at least two bytes of the file, and a read takes 32 MB: more values than this
 // cannot make a pool file. An array given a length of 2^32 - 1 (holes, no memory) was walked
 // for minutes under Node, and under Bun the addon asked for 300 GB and the process aborted.

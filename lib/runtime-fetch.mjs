@@ -487,7 +487,11 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
       const these = echoForms(presented(step.headers));
       forms = forms.length === 0 || forms === these ? these : [...new Set([...forms, ...these])];
       const head = readHead(response, forms);
-      const unread = head.framing === null ? null : unreadFraming(head.framing);
+      const unread = head.badName
+        ? "the answer's head has a header name that is not an HTTP token"
+        : head.framing === null
+          ? null
+          : unreadFraming(head.framing);
       if (unread !== null) {
         release();
         controller.abort();

@@ -39,6 +39,25 @@ fn gzip_alone(codings: &[&str]) -> bool {
     matches!(codings, [one] if one.eq_ignore_ascii_case("gzip") || one.eq_ignore_ascii_case("x-gzip"))
 }
 
+/// A coding's name as a message says it: a registered one as it is, anything else is the
+/// server's text, which held the credential in hex or base64 (`lib/answer-head.mjs` says the same).
+fn said_coding(coding: &str) -> &'static str {
+    const REGISTERED: [&str; 8] = [
+        "chunked",
+        "gzip",
+        "x-gzip",
+        "deflate",
+        "br",
+        "zstd",
+        "compress",
+        "x-compress",
+    ];
+    REGISTERED
+        .into_iter()
+        .find(|known| coding.eq_ignore_ascii_case(known))
+        .unwrap_or("a coding of no registered name")
+}
+
 /// The answer as it is handed on: refused when its framing names a transfer coding besides
 /// `chunked` (hyper undoes only the chunking), else `decoded`. Nothing asks for one (no `TE` is
 /// sent, RFC 9112 6.1): a body sent in `Transfer-Encoding: gzip` went on compressed, labelled
@@ -55,7 +74,7 @@ pub fn received(response: reqwest::Response, what: &'static str) -> Result<reqwe
             what,
             detail: format!(
                 "the answer is framed in transfer-encoding {}, which nothing asked for (only chunked is read): its body cannot be handed on as sent",
-                crate::printable::bounded(&framing.join(", "))
+                framing.iter().map(|c| said_coding(c)).collect::<Vec<_>>().join(", ")
             ),
             never_connected: false,
         });
@@ -253,6 +272,15 @@ mod tests {
             assert_eq!(e.code(), "NETWORK", "{refused:?}");
             assert!(e.to_string().contains("transfer-encoding"), "{e}");
         }
+        // Only registered names are said: a server's own text held the token in hex.
+        let hex = "736b2d616e742d6f617430312d736563726574";
+        let e = framed(&[&format!("GZIP, {hex}, chunked")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("transfer-encoding gzip, a coding of no registered name, chunked"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains(hex), "{e}");
     }
 
     #[tokio::test]

@@ -100,14 +100,21 @@ fn with_forms(presented: &[Secret]) -> Rc<[Secret]> {
 /// (base64, hex): a token endpoint's error that quoted the refresh token in base64 came through
 /// to messages, `lastError` and the tool's answer.
 pub fn scrub_with_forms(text: &str, presented: &[&Secret]) -> String {
+    let all = with_reshaped(presented);
+    let refs: Vec<&Secret> = all.iter().collect();
+    secret::scrub(text, &refs)
+}
+
+/// The presented secrets and their reshaped forms (`reshaped`: base64, hex, the random part
+/// alone) long enough not to match ordinary text, each once.
+pub fn with_reshaped(presented: &[&Secret]) -> Vec<Secret> {
     let mut all: Vec<Secret> = presented.iter().map(|s| (*s).clone()).collect();
     for form in presented.iter().flat_map(|s| reshaped(s)) {
         if form.expose().len() >= MIN_SECRET && !all.iter().any(|a| a.expose() == form.expose()) {
             all.push(form);
         }
     }
-    let refs: Vec<&Secret> = all.iter().collect();
-    secret::scrub(text, &refs)
+    all
 }
 
 /// Answer headers with any presented credential in a value scrubbed (`secret::scrub`).
@@ -122,6 +129,32 @@ pub fn scrub_headers(headers: &mut Vec<(String, String)>, presented: &[Secret]) 
     });
     for (_, value) in headers.iter_mut() {
         scrub_known(value, &forms);
+    }
+    // Lines of one name reach the caller joined (`Headers` joins them with ", "): a credential
+    // split over two lines came out whole but for the separator. Such a name goes whole.
+    let mut lines: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::with_capacity(headers.len());
+    for (name, _) in headers.iter() {
+        *lines.entry(name.as_str()).or_default() += 1;
+    }
+    let split: Vec<String> = lines
+        .into_iter()
+        .filter(|&(_, count)| count > 1)
+        .map(|(name, _)| name.to_string())
+        .filter(|name| {
+            let joined: String = headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .flat_map(|(_, v)| v.chars())
+                .filter(|c| !matches!(c, ' ' | '\t' | ','))
+                .collect();
+            forms.iter().any(|s| joined.contains(s.expose()))
+        })
+        .collect();
+    for (name, value) in headers.iter_mut() {
+        if split.contains(name) {
+            *value = String::from_utf8_lossy(REDACTED).into_owned();
+        }
     }
 }
 
@@ -665,6 +698,18 @@ mod tests {
         let mut plain = vec![("x-note".to_string(), "a b c".to_string())];
         scrub_headers(&mut plain, &[Secret::new(TOKEN)]);
         assert_eq!(plain[0].1, "a b c");
+
+        // Over two lines of one name, which the caller's `Headers` joins with ", ".
+        let mut split = vec![
+            ("x-echo".to_string(), head.to_string()),
+            ("x-other".to_string(), "kept".to_string()),
+            ("x-echo".to_string(), tail.to_string()),
+            ("x-list".to_string(), "a".to_string()),
+            ("x-list".to_string(), "b".to_string()),
+        ];
+        scrub_headers(&mut split, &[Secret::new(TOKEN)]);
+        let values: Vec<&str> = split.iter().map(|(_, v)| v.as_str()).collect();
+        assert_eq!(values, ["[redacted]", "kept", "[redacted]", "a", "b"]);
     }
 
     #[test]

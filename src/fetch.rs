@@ -230,6 +230,9 @@ async fn serve(
                 // request on: failing the request with NETWORK lost the failover and left the
                 // account to be picked again.
                 Err(Error::Aborted) if head_decides => {
+                    if !verdict::judged_without_caller(status) {
+                        return Err(Error::Aborted);
+                    }
                     // The caller left, but the account's 429 stands: it rests, or the next request
                     // asks it again (the runtime transport judges what came the same way).
                     let settled = CancellationToken::new();

@@ -88,6 +88,10 @@ pub struct Exchange {
     tried: HashSet<String>,
     refreshed: HashSet<String>,
     retry_same: Option<String>,
+    /// The token the 401's adoption or refresh gave, for that retry: the pool this process
+    /// reads may be older (a fleet store in its backoff serves the last pool read), and the
+    /// refused token went out again, its second 401 taken for "log in again".
+    retry_token: Option<(String, crate::secret::Secret)>,
     moved_from: Option<(String, String)>,
     current: Option<(String, Credential)>,
     /// When the current attempt was handed out to be sent (epoch ms): what its answer says is
@@ -102,6 +106,9 @@ pub struct Exchange {
     /// Why an account got no token for this request (a refresh that failed): said when no
     /// account could serve, instead of a bare "refused".
     no_token: HashMap<String, String>,
+    /// What the API said of the 401 that refused an account's credential in this request:
+    /// quoted when no account could serve.
+    refused_saying: HashMap<String, String>,
     /// Accounts whose spent refresh token the journal kept this request from presenting: why,
     /// and where the live login is.
     elsewhere: HashMap<String, String>,
@@ -145,6 +152,7 @@ impl Exchange {
             tried: HashSet::new(),
             refreshed: HashSet::new(),
             retry_same: None,
+            retry_token: None,
             moved_from: None,
             current: None,
             sent_at: 0,
@@ -152,6 +160,7 @@ impl Exchange {
             events: Vec::new(),
             store_error: None,
             no_token: HashMap::new(),
+            refused_saying: HashMap::new(),
             elsewhere: HashMap::new(),
             held: false,
             reopening: None,
@@ -311,7 +320,10 @@ impl Exchange {
                 self.held = false;
             }
             self.announce_move(&email);
-            let credential = match self.engine.credential_now(&pool, &email) {
+            let now = self
+                .retry_credential(&email)
+                .or_else(|| self.engine.credential_now(&pool, &email));
+            let credential = match now {
                 Some(credential) => Ok(credential),
                 None => {
                     let patience = self.patience(&pool, &email);
@@ -358,7 +370,9 @@ impl Exchange {
                 }
             },
         };
-        let credential = self.engine.credential_now(&pool, &email)?;
+        let credential = self
+            .retry_credential(&email)
+            .or_else(|| self.engine.credential_now(&pool, &email))?;
         // One that cannot be sent is reported by `next()`.
         let headers = sending_headers(base, &credential).ok()?;
         self.current = None;
@@ -380,6 +394,14 @@ impl Exchange {
         self.tried.insert(email.clone());
         self.moved_from = Some((email, "got a new token after a 401, but rests since".into()));
         None
+    }
+
+    /// The token a 401's adoption or refresh gave `email`, once, for its retry.
+    fn retry_credential(&mut self, email: &str) -> Option<Credential> {
+        match self.retry_token.take() {
+            Some((e, token)) if e == email => Some(Credential::Bearer(token)),
+            _ => None,
+        }
     }
 
     /// Whether `email` may still take the retry after its 401: what any choice of it needs (a
@@ -773,7 +795,10 @@ impl Exchange {
                     .after_unauthorized(&email, &rejected, patience, cancel, &mut self.events)
                     .await
                 {
-                    Ok(_) => self.retry_same = Some(email),
+                    Ok(token) => {
+                        self.retry_token = Some((email.clone(), token));
+                        self.retry_same = Some(email);
+                    }
                     Err(Error::Aborted) => return Err(Error::Aborted),
                     // `invalid_grant` marked the account already. Anything else (the token
                     // endpoint down, busy, answering garbage) is no verdict on the login: the
@@ -816,12 +841,22 @@ impl Exchange {
                 Ok(Verdict::Retry)
             }
             Decision::RefusedAndMove => {
+                // What the API said, quoted: a refusal no login answers ("not supported") told
+                // only to "log in again" sent people round and round.
+                let reason =
+                    body.and_then(|body| verdict::refusal_reason(body, &[credential.secret()]));
+                let said = reason
+                    .as_ref()
+                    .map_or(String::new(), |reason| format!(", saying \"{reason}\""));
+                if let Some(reason) = reason {
+                    self.refused_saying.insert(email.clone(), reason);
+                }
                 let why = match credential {
-                    Credential::ApiKey(_) => "the API refused the key (401): add a working one under this name (`oauth-pool add-key --email <name>`)",
-                    Credential::Bearer(_) => "the API refused the token twice (401): log in again",
+                    Credential::ApiKey(_) => format!("the API refused the key (401{said}): add a working one under this name (`oauth-pool add-key --email <name>`)"),
+                    Credential::Bearer(_) => format!("the API refused the token twice (401{said}): log in again"),
                 };
-                self.refuse(&email, &credential, why).await;
-                self.move_on(email, "was refused (401)".into());
+                self.refuse(&email, &credential, &why).await;
+                self.move_on(email, format!("was refused (401{said})"));
                 Ok(Verdict::Retry)
             }
             Decision::DeliverThirdPartyRefusal => {
@@ -1326,13 +1361,20 @@ impl Exchange {
                             return format!("{} (auth-error: {why})", a.email);
                         }
                     }
+                    // Refused here: what the API said may be why no login helps.
+                    let shown = match self.refused_saying.get(&a.email) {
+                        Some(said) if s == "auth-error" => {
+                            format!("auth-error: its 401 said \"{said}\"")
+                        }
+                        _ => s.clone(),
+                    };
                     // A refused key is mended by another key, not a login.
                     login_refused |= s == "auth-error" && !a.is_api_key();
                     key_refused |= s == "auth-error" && a.is_api_key();
                     disabled |= s == "disabled";
                     no_login |= s == "no token";
                     no_key |= s == "no key";
-                    format!("{} ({s})", a.email)
+                    format!("{} ({shown})", a.email)
                 })
                 .collect();
             if total > NAMED {

@@ -582,7 +582,22 @@ impl Limits {
     /// dropped, a name cannot be redacted in place. Text shorter than a piece costs nothing.
     pub fn without_secret(mut self, secret: &crate::secret::Secret) -> Limits {
         const PIECE: usize = 12;
-        let forms = [secret];
+        let long = |v: &Option<String>| v.as_ref().is_some_and(|v| v.len() >= PIECE);
+        if !(long(&self.status)
+            || long(&self.representative_claim)
+            || long(&self.overage.status)
+            || long(&self.overage.disabled_reason)
+            || self
+                .windows
+                .iter()
+                .any(|w| w.name.len() >= PIECE || long(&w.status)))
+        {
+            return self;
+        }
+        // Its base64, hex and random part too: a status of 64 base64 characters, kept and
+        // shown by `status`, decoded to the token less its last few characters.
+        let all = crate::echo::with_reshaped(&[secret]);
+        let forms: Vec<&crate::secret::Secret> = all.iter().collect();
         let clean = |value: &mut Option<String>| {
             if let Some(v) = value.as_mut().filter(|v| v.len() >= PIECE) {
                 *v = crate::secret::scrub_pieces(v, &forms);
@@ -1060,6 +1075,25 @@ pub(crate) mod tests {
             .find(|w| w.name == "7d_oauth_apps")
             .unwrap();
         assert_eq!(apps.status.as_deref(), Some("allowed_warning"));
+
+        // In base64 or hex: a status of 64 base64 characters decoded to the token.
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret.expose());
+        let hex: String = secret
+            .expose()
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let h = headers(&[
+            ("anthropic-ratelimit-unified-status", &b64[..64]),
+            ("anthropic-ratelimit-unified-representative-claim", &hex),
+        ]);
+        let l = Limits::from_headers(&h, now()).without_secret(&secret);
+        for kept in [&l.status, &l.representative_claim] {
+            let kept = kept.as_deref().unwrap_or("");
+            assert!(!kept.contains(&b64[4..24]), "{kept}");
+            assert!(!kept.contains(&hex[4..24]), "{kept}");
+        }
     }
 
     /// A driver may hand `judge` only the headers `headers::read_from_answer` names: what the

@@ -7,7 +7,7 @@
 //! | 2xx event stream whose opening, before any content, is an `error` event of `rate_limit_error` (`usage::Opening`) | as a 429 that said nothing more: cool the account, move the request on (the opening is dropped; the caller saw nothing of it) |
 //! | 429 whose body says `enforced_spend_limit_reached` | the key's monthly spend limit: rest the account until the month turns (at most 8 days at a time), move on |
 //! | 401, OAuth, first time for this account | adopt a newer token or refresh, retry on the same account |
-//! | 401 again, or 401 for an API key | the credential is refused: mark it (tied to that credential), move on |
+//! | 401 again, or 401 for an API key | the credential is refused: mark it (tied to that credential) with what the API said (`refusal_reason`), move on |
 //! | 400 saying third-party apps draw from extra usage | deliver it, report it, do not rotate (every subscription would say the same); with a Console key the pool can use, every subscription rests in this process for `THIRD_PARTY_REST_MS`, so that the next requests go to the keys, until no key is left that can serve |
 //! | 404 to a request naming a file, a batch (any account's own resource) while another account is left to ask | not this account's: ask the next one, nobody is benched (the last 404 is delivered) |
 //! | anything else (2xx, an event stream's `overloaded_error`, 3xx, other 4xx, 529, 5xx) | deliver it as it is; nobody is benched |
@@ -44,9 +44,11 @@ pub enum Decision {
 /// and report (`judge`) right after, off the answer's path.
 pub const DECISIVE: [u16; 4] = [400, 401, 404, 429];
 
-/// A 400 and a 429 need their body read to be understood; it is read bounded (`PEEK_LIMIT`).
+/// A 400 and a 429 need their body read to be understood, and a 401's says why the credential
+/// was refused (the account's mark quotes it: "log in again" alone sent people round a login
+/// that could not help); it is read bounded (`PEEK_LIMIT`).
 pub fn needs_body(status: u16) -> bool {
-    status == 400 || status == 429
+    status == 400 || status == 401 || status == 429
 }
 
 /// How long, after a subscription's third-party refusal, a process sends its requests to the
@@ -60,11 +62,50 @@ pub const THIRD_PARTY_REST_MS: i64 = 60 * 60 * 1000;
 pub const PEEK_LIMIT: usize = 256 * 1024;
 
 /// Whether the answer's head decides it, the body only refining the decision: a 429 is a 429
-/// whatever its body says (which tells only a spend limit from a rate limit). Its body cut short
-/// or silent is judged by what came, and the request still moves on.
+/// whatever its body says (which tells only a spend limit from a rate limit), and a 401 a 401
+/// (its body gives only the reason quoted). Its body cut short or silent is judged by what came,
+/// and the request still moves on.
 pub fn head_decides(status: u16) -> bool {
+    status == 429 || status == 401
+}
+
+/// Whether the answer is judged even when the caller left while its body was read: a 429's rest
+/// stands (or the next request asks the account again), while a 401's refresh is the next
+/// request's to make, not one nobody waits for.
+pub fn judged_without_caller(status: u16) -> bool {
     status == 429
 }
+
+/// What a 401 said of its refusal (`error.message`, or an OAuth-style `error_description`),
+/// cleaned for a terminal, the `presented` credential taken out of it (servers echo: whole, in
+/// pieces, in base64 or hex) before it is cut short; `None` for a body that is not such an error.
+pub fn refusal_reason(body: &[u8], presented: &[&crate::secret::Secret]) -> Option<String> {
+    let answer = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let said = match &answer["error"] {
+        serde_json::Value::Object(error) => error.get("message"),
+        serde_json::Value::String(_) => answer.get("error_description"),
+        _ => None,
+    }?
+    .as_str()?;
+    let reason: String = said
+        .chars()
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .filter(|&c| !c.is_control() && !crate::secret::is_invisible(c))
+        .collect();
+    let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    if reason.is_empty() {
+        return None;
+    }
+    let reason = crate::echo::scrub_with_forms(&reason, presented);
+    let reason = crate::secret::scrub_pieces(&reason, presented);
+    Some(match reason.char_indices().nth(REASON_LIMIT) {
+        Some((cut, _)) => format!("{}…", &reason[..cut]),
+        None => reason,
+    })
+}
+
+/// How many characters of a 401's reason are kept.
+const REASON_LIMIT: usize = 200;
 
 /// How long the body of an answer whose head decides (`head_decides`) may stay silent before it
 /// is judged without the rest: a 429's few hundred bytes come with its head, and a failover
@@ -114,7 +155,7 @@ pub struct Asked<'a> {
     pub elsewhere: bool,
 }
 
-/// `body`: the bounded start of a 400's or a 429's body (`needs_body`); `said`: the `error.type`
+/// `body`: the bounded start of a 400's, a 401's or a 429's body (`needs_body`); `said`: the `error.type`
 /// of an `error` event in a 2xx event stream's opening (`reads_opening`).
 pub fn decide(
     status: u16,
@@ -181,6 +222,42 @@ mod tests {
     use crate::engine::limits::CooldownKind;
 
     const NOW: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn a_401s_reason_is_its_error_message_cleaned_and_cut() {
+        let said = br#"{"type":"error","error":{"type":"authentication_error","message":"OAuth authentication is\ncurrently not supported.\u001b[2J\u200b"}}"#;
+        assert_eq!(
+            refusal_reason(said, &[]).as_deref(),
+            Some("OAuth authentication is currently not supported.[2J")
+        );
+        let oauth_style =
+            br#"{"error":"invalid_token","error_description":"The access token expired"}"#;
+        assert_eq!(
+            refusal_reason(oauth_style, &[]).as_deref(),
+            Some("The access token expired")
+        );
+        let long = format!(
+            r#"{{"error":{{"type":"authentication_error","message":"{}"}}}}"#,
+            "é".repeat(500)
+        );
+        let cut = refusal_reason(long.as_bytes(), &[]).unwrap();
+        assert_eq!(cut.chars().count(), REASON_LIMIT + 1);
+        assert!(cut.ends_with('…'));
+        for nothing in [
+            &b"<html>401 Unauthorized</html>"[..],
+            br#"{"error":{"type":"authentication_error"}}"#,
+            br#"{"error":{"message":"  \n "}}"#,
+            br#"{"error":{"message":42}}"#,
+            b"",
+        ] {
+            assert_eq!(
+                refusal_reason(nothing, &[]),
+                None,
+                "{}",
+                String::from_utf8_lossy(nothing)
+            );
+        }
+    }
 
     #[test]
     fn the_policy_table() {
@@ -255,7 +332,7 @@ mod tests {
                 );
             }
         }
-        assert!(needs_body(400) && needs_body(429) && !needs_body(200));
+        assert!(needs_body(400) && needs_body(401) && needs_body(429) && !needs_body(200));
         // A 404 moves on only for a request that names another account's resource, while an
         // account is left to ask; otherwise it is the answer.
         let asked = |elsewhere| Asked {

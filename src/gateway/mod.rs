@@ -325,6 +325,9 @@ async fn accept_loop(
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS));
     let mut short = Shortage::default();
+    // Clients that open with HTTP/2's preface: hyper closes them without a byte, so the log is
+    // the one place that can say why (a proxy set to h2c, `curl --http2-prior-knowledge`).
+    let h2_clients = Arc::new(std::sync::Mutex::new(Shortage::default()));
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -424,6 +427,7 @@ async fn accept_loop(
         let tls = acceptor.clone();
         let watcher = graceful.watcher();
         let cut = cut.clone();
+        let h2_clients = h2_clients.clone();
         crate::runtime::spawn_boxed(async move {
             let _permit = permit;
             // One stream type for plain and TLS connections: hyper's server code is compiled
@@ -439,7 +443,13 @@ async fn accept_loop(
             let stream = half_close::HalfClose::new(stream, exchange);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::select! {
-                _ = watcher.watch(conn) => {}
+                served = watcher.watch(conn) => {
+                    if served.is_err_and(|e| e.is_parse_version_h2()) {
+                        if let Ok(mut h2) = h2_clients.lock() {
+                            h2.warn("its client opened with HTTP/2's preface, and the gateway speaks HTTP/1.1 only: set the client or proxy to HTTP/1.1");
+                        }
+                    }
+                }
                 _ = cut.cancelled() => {}
             }
         });

@@ -539,6 +539,8 @@ impl FileStore {
                 Ok(_) | Err(Error::PoolBusy { .. }) => {}
                 Err(e) => return Err(e),
             }
+            // And the aidevops plugin's lock, which the write takes after it.
+            super::legacy_lock::refuse_foreign(&self.path)?;
         }
         let trial = || -> std::io::Result<()> {
             let tmp = temp_in(&dir, &self.path).map_err(std::io::Error::other)?;
@@ -2095,6 +2097,45 @@ mod tests {
         let deeper = FileStore::new(dir.join("not-yet").join("deeper").join("oauth-pool.json"));
         deeper.try_write_room(Trial::Login).unwrap();
         assert_eq!(names(&dir), listed);
+    }
+
+    /// Found by a review: another user's aidevops lock directory in a shared (sticky) directory,
+    /// which this user cannot remove, held every write for 15 s and failed it `POOL_BUSY` ("locked
+    /// by another process"), after a login's code was spent. It is refused at once, as another
+    /// user's lock file is, and before the code goes out.
+    #[cfg(unix)]
+    #[test]
+    fn another_users_aidevops_lock_directory_is_refused_at_once() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let (_d, store, _) = store_holding_a();
+        let planted = super::super::legacy_lock::lock_dir(store.path());
+        fs::create_dir(&planted).unwrap();
+        fs::write(
+            planted.join("owner"),
+            format!("{{\"pid\":{},\"ts\":9999999999999}}", std::process::id()),
+        )
+        .unwrap();
+        std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+        let err = store.try_write_room(Trial::Login).unwrap_err();
+        assert_eq!(err.code(), "POOL_INSECURE", "{err}");
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        let started = Instant::now();
+        let err = store
+            .update(|p| {
+                p.upsert(Account::new_api_key("b@x", "k".into(), 1));
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(err.code(), "POOL_INSECURE", "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Its own (this user's) is a lock like any other: waited for, then taken.
+        std::os::unix::fs::chown(&planted, Some(0), Some(0)).unwrap();
+        fs::remove_file(planted.join("owner")).unwrap();
+        fs::remove_dir(&planted).unwrap();
+        store.try_write_room(Trial::Login).unwrap();
     }
 
     /// Found by a review: a login's trial passed, its code was spent, and the write failed on

@@ -85,7 +85,7 @@ impl LegacyLock {
                     let owner = written.ok().map(|()| owner);
                     return Ok(Some(LegacyLock { dir, owner }));
                 }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => refuse_foreign(pool)?,
                 Err(e) => {
                     tracing::warn!(path = %dir.display(), error = %e, "the aidevops lock cannot be taken; writing without it");
                     return Ok(None);
@@ -157,6 +157,26 @@ impl Drop for LegacyLock {
             None => {}
         }
         let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// `POOL_INSECURE` when `<pool>.lock.d` is a directory of another user's: its writers of this
+/// pool run as this user, and one planted in a shared directory (sticky, so this user cannot
+/// remove it) held every write for the wait limit and then failed it `POOL_BUSY`, as if a
+/// process held it, after a login's code was spent. Another user's lock file is refused the same.
+pub fn refuse_foreign(pool: &Path) -> Result<()> {
+    let dir = lock_dir(pool);
+    let Ok(meta) = fs::symlink_metadata(&dir) else {
+        return Ok(());
+    };
+    match crate::fsread::foreign_owner(&meta) {
+        Some(uid) if meta.is_dir() => Err(Error::PoolInsecure {
+            path: dir,
+            reason: format!(
+                "the aidevops lock directory is owned by uid {uid}, not by this user: have it removed (it holds no secret, and is made anew)"
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
