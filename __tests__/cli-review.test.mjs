@@ -304,3 +304,36 @@ test("remove against a fleet store that takes the connection and never answers: 
     silent.close();
   }
 });
+
+test("store copy names the accounts it replaced without a piece of their keys, as list shows them; --json keeps them exact", async () => {
+  const box = user();
+  const [a, b] = [makeKey(), makeKey()];
+  // The target's account is named with a piece of its own key (a hand edit): gone from the
+  // target after the copy, its key is no longer there to tell the piece by.
+  const piece = b.body.slice(3, 48);
+  writePool(box, [keyEntry(piece, b.key)]);
+  const from = join(box.dir, "from.json");
+  writeFileSync(from, JSON.stringify({ version: 1, anthropic: [keyEntry("kept@x.test", a.key)] }), { mode: 0o600 });
+  const listed = await cli(box, ["list"]);
+  assert.ok(!listed.stdout.includes(piece.slice(0, 20)), listed.stdout);
+  const copied = await cli(box, ["store", "copy", "--from", from, "--to", box.pool]);
+  assert.equal(copied.code, 0, copied.stdout + copied.stderr);
+  assert.match(copied.stdout, /now gone from it \(its \.bak keeps it until its next write\): \[redacted\]\./);
+  assert.ok(!(copied.stdout + copied.stderr).includes(piece.slice(0, 20)), copied.stdout);
+  writePool(box, [keyEntry(piece, b.key)]);
+  const json = await cli(box, ["store", "copy", "--from", from, "--to", box.pool, "--json"]);
+  assert.deepEqual(JSON.parse(json.stdout).replaced, [piece]);
+});
+
+test("remove '#N' of an entry itself named like a place (#0) removes that entry, not refused as a clash", async () => {
+  const box = user();
+  const [a, b] = [makeKey(), makeKey()];
+  writePool(box, [keyEntry("a@x.test", a.key), keyEntry("#0", b.key)]);
+  const removed = await cli(box, ["remove", "#1"]);
+  assert.equal(removed.code, 0, removed.stdout + removed.stderr);
+  assert.match(removed.stdout, /removed #1 \(#0\)/);
+  assert.deepEqual(
+    JSON.parse(readFileSync(box.pool, "utf8")).anthropic.map((e) => e.email),
+    ["a@x.test"],
+  );
+});

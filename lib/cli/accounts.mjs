@@ -354,7 +354,8 @@ function entryEmail(pool, index) {
  */
 function soleEmail(pool, index) {
   const email = pool?.anthropic?.[index]?.email;
-  if (typeof email !== "string" || !email.trim()) return undefined;
+  // One named like a place (`#0`) is read by the library as that place: the place it is at goes.
+  if (typeof email !== "string" || !email.trim() || /^#\d+$/.test(email.trim())) return undefined;
   const key = email.trim().toLowerCase();
   return entryNames(pool).filter((e) => e.trim().toLowerCase() === key).length === 1 ? email : undefined;
 }

@@ -70,19 +70,130 @@ function jsoncAsJson(text) {
 }
 
 /**
- * Why `text` is no JSONC, with the line and column where the runtime says so (Node names the
- * position; Bun does not, and then none is given).
+ * Why `text` is no JSONC, with the line and column where it stops being so, found here: Node
+ * names a position only for some faults ("Unexpected token" has none), Bun for none, and V8's
+ * message quotes the text around the fault (the start of a secret left unquoted).
  */
 function whyNotJsonc(text, err) {
-  const m = /position (\d+)/.exec(err?.message ?? "");
-  const what = String(err?.message ?? err)
-    .replace(/ in JSON at position \d+.*$/s, "")
-    .replace(/^JSON Parse error: /, "");
-  if (!m) return what;
-  const before = text.slice(0, Number(m[1]));
+  const at = faultAt(jsoncAsJson(text));
+  if (at === null)
+    return String(err?.message ?? err)
+      .replace(/^JSON Parse error: /, "")
+      .slice(0, 200);
+  const before = text.slice(0, at);
   const line = before.split("\n").length;
   const column = before.length - before.lastIndexOf("\n");
-  return `${what} at line ${line}, column ${column}`;
+  return `${said(text, at)} at line ${line}, column ${column}`;
+}
+
+/** What stands at `at` where JSON cannot have it, in a few words (one character at most). */
+function said(text, at) {
+  if (at >= text.length) return "the text ends where more was expected";
+  const c = text.codePointAt(at) ?? 0;
+  const shown = c > 0x20 && c < 0x7f ? `'${String.fromCodePoint(c)}'` : `character U+${c.toString(16).toUpperCase().padStart(4, "0")}`;
+  return `unexpected ${shown}`;
+}
+
+const WHITE = new Set([" ", "\t", "\n", "\r"]);
+
+/**
+ * Where `json` stops being JSON (the index of the first character that cannot stand there, or
+ * its length when it ends too soon), or null when it is JSON. Nesting is kept on a list of its
+ * own, not the call stack: a config nested 500,000 deep is read as any other.
+ */
+function faultAt(json) {
+  let i = 0;
+  const closers = [];
+  const skip = () => {
+    while (i < json.length && WHITE.has(json[i])) i++;
+  };
+  const digits = () => {
+    const start = i;
+    while (i < json.length && json[i] >= "0" && json[i] <= "9") i++;
+    return i > start;
+  };
+  // A string at `i`: past it, or false where it breaks.
+  const string = () => {
+    i++;
+    while (i < json.length && json[i] !== '"') {
+      const code = json.charCodeAt(i);
+      if (code < 0x20) return false;
+      if (json[i] === "\\") {
+        const e = json[i + 1];
+        if (e === "u") {
+          i += 2;
+          for (let digit = 0; digit < 4; digit++, i++) if (!/[0-9a-fA-F]/.test(json[i] ?? "")) return false;
+          continue;
+        }
+        if (e === undefined || !'"\\/bfnrt'.includes(e)) {
+          i++;
+          return false;
+        }
+        i += 2;
+        continue;
+      }
+      i++;
+    }
+    if (i >= json.length) return false;
+    i++;
+    return true;
+  };
+  let expect = "value";
+  for (;;) {
+    skip();
+    if (expect === "value") {
+      const c = json[i];
+      if (c === "{" || c === "[") {
+        closers.push(c === "{" ? "}" : "]");
+        i++;
+        skip();
+        if (json[i] === closers.at(-1)) {
+          closers.pop();
+          i++;
+          expect = "after";
+        } else expect = c === "{" ? "key" : "value";
+        continue;
+      }
+      if (c === '"') {
+        if (!string()) return i;
+      } else if (c === "t" || c === "f" || c === "n") {
+        const word = c === "t" ? "true" : c === "f" ? "false" : "null";
+        for (const letter of word) {
+          if (json[i] !== letter) return i;
+          i++;
+        }
+      } else {
+        if (json[i] === "-") i++;
+        if (json[i] === "0") i++;
+        else if (!digits()) return i;
+        if (json[i] === ".") {
+          i++;
+          if (!digits()) return i;
+        }
+        if (json[i] === "e" || json[i] === "E") {
+          i++;
+          if (json[i] === "+" || json[i] === "-") i++;
+          if (!digits()) return i;
+        }
+      }
+      expect = "after";
+    } else if (expect === "key") {
+      if (json[i] !== '"' || !string()) return i;
+      skip();
+      if (json[i] !== ":") return i;
+      i++;
+      expect = "value";
+    } else {
+      if (closers.length === 0) return i < json.length ? i : null;
+      if (json[i] === ",") {
+        i++;
+        expect = closers.at(-1) === "}" ? "key" : "value";
+      } else if (json[i] === closers.at(-1)) {
+        closers.pop();
+        i++;
+      } else return i;
+    }
+  }
 }
 
 /**

@@ -2,8 +2,10 @@
 // creates or migrates the schema and ties the store to its key; copy moves a whole pool between
 // a file and a database in either direction, every field kept.
 import { realpathSync } from "node:fs";
+import { poolSecrets } from "../pool-secrets.mjs";
 import { UsageError } from "./errors.mjs";
 import { echo, text } from "./output.mjs";
+import { piecesOf, scrubbingErrors } from "./pieces.mjs";
 
 async function init({ lib, args, path, out }) {
   // `--path` names the store for every other command, so it names the one to init too (it was
@@ -35,7 +37,29 @@ function sameFile(a, b) {
   }
 }
 
+/** The keys and tokens of the pool at `location`; none when it cannot be read. */
+async function secretsAt(lib, location) {
+  try {
+    return poolSecrets((await lib.loadPool(location))?.anthropic);
+  } catch {
+    return [];
+  }
+}
+
 async function copy({ lib, options, out }) {
+  // Both pools' pieces, read before the copy: the names it reports replaced are the target's,
+  // whose keys are gone from it after (a name holding a piece of its own key was printed whole,
+  // where `list` hides it).
+  const pieces = piecesOf([...(await secretsAt(lib, options.from)), ...(await secretsAt(lib, options.to))]);
+  try {
+    await copied({ lib, options, out, pieces });
+  } catch (e) {
+    if (typeof e?.message === "string") e.message = pieces.scrub(e.message);
+    throw e;
+  }
+}
+
+async function copied({ lib, options, out, pieces }) {
   const r = await lib.copyStore(options.from, options.to);
   let said = text`copied ${r.entries} entr${r.entries === 1 ? "y" : "ies"} from ${r.from} to ${r.to}`;
   // A refresh token works once: two stores holding one login each spend it on their own, and
@@ -63,7 +87,7 @@ async function copy({ lib, options, out }) {
         : ` (its .bak keeps ${them} until its next write)`;
     said += `\n${text`${r.to} held ${held} that ${r.from} does not, now gone from it${where}: ${r.replaced.join(", ")}. Log ${n === 1 ? "it" : "them"} in again there (oauth-pool add), or copy the other way first when ${n === 1 ? "it was" : "they were"} meant to stay.`}`;
   }
-  out.result(r, said);
+  out.result(r, pieces.scrub(said));
 }
 
 const LOCATION = { type: "string", placeholder: "<file|url>", required: true };
@@ -76,7 +100,7 @@ export const commands = [
     args: "[<url>]",
     summary:
       "create or migrate the fleet store's schema (the URL, else --path, else\nOAUTH_POOL_STORE) and tie it to the store key (a 0600 key file is created when none is set)",
-    run: init,
+    run: scrubbingErrors(init),
   },
   {
     name: "store copy",
