@@ -457,3 +457,65 @@ test("a refused credential's mark and the pool's error quote what the API said o
   assert.ok(keyMark.lastError.includes(`the API refused the key (401, saying ${quoted})`), keyMark.lastError);
   for (const text of [refusedKey.message, keyMark.lastError]) assert.ok(!text.includes(randomPart.slice(0, 16)), `the key quoted: ${text}`);
 });
+
+test("the token endpoint's wait is read as an API answer's (a date on the server's clock, retry-after-ms); a login waiting on it is not said to be rate-limited for one model", async () => {
+  // The server's clock an hour ahead of this machine's, its retry-after a date a minute past its
+  // own now: a minute's wait, not an hour and a minute.
+  const ahead = Date.now() + 3600_000;
+  const path = await expiredPool("skewed@x.test");
+  mock.setTokenMode({
+    status: 429,
+    headers: { date: new Date(ahead).toUTCString(), "retry-after": new Date(ahead + 60_000).toUTCString() },
+    body: { error: "rate_limited" },
+  });
+  let res;
+  try {
+    res = await post(lib.createPoolFetch({ path }));
+  } finally {
+    mock.setTokenMode(null);
+  }
+  assert.equal(res.status, 429);
+  const seconds = Number(res.headers.get("retry-after"));
+  assert.ok(seconds >= 55 && seconds <= 65, `retry-after ${seconds}`);
+  await res.text();
+
+  // retry-after-ms, the longest of the two.
+  const inMs = await expiredPool("ms@x.test");
+  mock.setTokenMode({ status: 503, headers: { "retry-after": "5", "retry-after-ms": "90000" }, body: { error: "busy" } });
+  try {
+    res = await post(lib.createPoolFetch({ path: inMs }));
+  } finally {
+    mock.setTokenMode(null);
+  }
+  assert.equal(res.status, 429);
+  const ms = Number(res.headers.get("retry-after"));
+  assert.ok(ms >= 85 && ms <= 91, `retry-after ${ms}`);
+  await res.text();
+
+  // One login waiting for the token endpoint, the other resting after a bare 429: no model can
+  // be served, and the first account back is the login, whose wait is not a rate limit.
+  const both = tempPoolPath();
+  await lib.savePool(
+    { version: 1, anthropic: [{ ...oauthEntry(mock, "waits@x.test", { expired: true }), priority: 10 }, oauthEntry(mock, "throttled@x.test")] },
+    both,
+  );
+  mock.setTokenMode({ status: 503, retryAfter: 30, body: { error: "busy" }, times: 5 });
+  mock.script("throttled@x.test", [{ status: 429, headers: { "retry-after": "600" } }]);
+  try {
+    for (const model of ["claude-sonnet-4-5", "claude-opus-4-1"]) {
+      const answer = await lib.createPoolFetch({ path: both })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body({ model }) });
+      assert.equal(answer.status, 429, model);
+      const { error } = await answer.json();
+      assertReadable(error.message, model);
+      assert.doesNotMatch(error.message, / for (sonnet|opus) models/, model);
+      assert.match(
+        error.message,
+        /every account is rate-limited or waiting for the token endpoint; the first one \(waits@x\.test\) is refreshed again in \d+ s/,
+        model,
+      );
+    }
+  } finally {
+    mock.setTokenMode(null);
+    mock.clearScripts();
+  }
+});

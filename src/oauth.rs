@@ -313,12 +313,15 @@ async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<
             .map_err(|e| http::network_error("the token endpoint", &e))?;
         let response = crate::coding::received(response, "the token endpoint")?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| crate::engine::limits::parse_retry_after(v, std::time::SystemTime::now()))
-            .map(|d: Duration| d.as_secs().max(1));
+        // Read as an API answer's is: a date on the server's clock (its `Date`), `retry-after-ms`,
+        // the longest of several. A dated one read on a clock an hour slow held the login's
+        // refresh an hour where the API's own 429 rested its account a minute.
+        let retry_after = crate::engine::limits::Limits::from_headers(
+            response.headers(),
+            std::time::SystemTime::now(),
+        )
+        .retry_after_ms
+        .map(|ms| (ms.max(0) as u64).div_ceil(1000).max(1));
         let content_type = response
             .headers()
             .get("content-type")

@@ -1242,10 +1242,19 @@ impl Exchange {
                 })
             });
             let scope = by_endpoint.or(family);
-            let scoped = scope.is_some()
-                && pool
-                    .accounts()
-                    .any(|a| self.engine.blocked(a, None, now) == super::Blocked::No);
+            // Served, that is: a login waiting for the token endpoint serves no model either.
+            let scoped =
+                scope.is_some() && pool.accounts().any(|a| self.engine.usable(pool, a, now));
+            // The first account back is a login waiting for the token endpoint, not a limit.
+            let first_refreshes = pool
+                .find(&email)
+                .and_then(|a| self.engine.token_wait(pool, a, now))
+                == Some(until);
+            let first = if first_refreshes {
+                format!(" or waiting for the token endpoint; the first one ({email}) is refreshed again")
+            } else {
+                format!("; the first one ({email}) is usable again")
+            };
             let models = scope
                 .filter(|_| scoped)
                 .map(|f| format!(" for {}", super::limits::scope_text(f)))
@@ -1264,6 +1273,9 @@ impl Exchange {
                     ),
                     None if only_token_waits => format!(
                         "anthropic-pool: no account has a usable access token, and the token endpoint is not taking refreshes now ({endpoint_said}); requests wait for the first login ({email}), refreshed again {when} (OAUTH_POOL_HOLD_MAX_MS)"
+                    ),
+                    None if first_refreshes => format!(
+                        "anthropic-pool: every account is rate-limited{models} or waiting for the token endpoint; requests wait for the first one ({email}), refreshed again {when} (OAUTH_POOL_HOLD_MAX_MS)"
                     ),
                     None => format!(
                         "anthropic-pool: every account is rate-limited{models}; requests wait for the first one ({email}), usable again {when} (OAUTH_POOL_HOLD_MAX_MS)"
@@ -1302,7 +1314,7 @@ impl Exchange {
                     "anthropic-pool: no account has a usable access token, and the token endpoint is not taking refreshes now ({endpoint_said}); the first login ({email}) is refreshed again {when}{holding}"
                 ),
                 None => format!(
-                    "anthropic-pool: every account is rate-limited{models}; the first one ({email}) is usable again {when}{holding}"
+                    "anthropic-pool: every account is rate-limited{models}{first} {when}{holding}"
                 ),
             };
             let message = pool.without_its_secrets(&message);

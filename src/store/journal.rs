@@ -63,14 +63,83 @@ struct Entry {
     /// lock files or a directory put back, and the lock no longer kept the next one out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pid: Option<u32>,
+    /// Fields a later version writes, kept as they came.
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Serialize, Deserialize, Default, Debug)]
+impl Entry {
+    fn new(token: &str, store: &str, email: &str, at: i64, saved: bool, pid: Option<u32>) -> Entry {
+        Entry {
+            token: token.to_string(),
+            store: store.to_string(),
+            email: email.to_string(),
+            at,
+            saved,
+            pid,
+            extra: serde_json::Map::new(),
+        }
+    }
+}
+
+/// The journal as this version reads it. What it cannot read is written back as it came: a
+/// later version's journal was rewritten without its fields and numbered 1, and one entry this
+/// version could not read (a record of a new kind) threw the whole journal away, every record of
+/// a spent token with it, and a copy of a login then presented a spent token.
+#[derive(Default, Debug)]
 struct Book {
-    #[serde(default)]
     version: u32,
-    #[serde(default)]
     refreshes: Vec<Entry>,
+    /// Entries this version cannot read.
+    unread: Vec<serde_json::Value>,
+    /// Top-level fields of a later version.
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The journal as it is on disk.
+#[derive(Serialize, Deserialize)]
+struct BookFile {
+    #[serde(default)]
+    version: serde_json::Value,
+    #[serde(default)]
+    refreshes: Vec<serde_json::Value>,
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Book {
+    fn from_file(file: BookFile) -> Book {
+        let mut book = Book {
+            version: file
+                .version
+                .as_u64()
+                .map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX)),
+            extra: file.extra,
+            ..Book::default()
+        };
+        for value in file.refreshes {
+            match serde_json::from_value::<Entry>(value.clone()) {
+                Ok(entry) => book.refreshes.push(entry),
+                Err(_) => book.unread.push(value),
+            }
+        }
+        book
+    }
+
+    fn to_file(&self) -> BookFile {
+        let mut refreshes: Vec<serde_json::Value> = self
+            .refreshes
+            .iter()
+            .filter_map(|e| serde_json::to_value(e).ok())
+            .collect();
+        refreshes.extend(self.unread.iter().cloned());
+        BookFile {
+            // Never lowered: a later version's journal stays its.
+            version: self.version.max(1).into(),
+            refreshes,
+            extra: self.extra.clone(),
+        }
+    }
 }
 
 /// Why a token is not to be presented: where it was spent, by whom, and when.
@@ -234,14 +303,14 @@ impl Journal {
                 }
                 book.refreshes.remove(i);
             }
-            book.refreshes.push(Entry {
-                token: token.to_string(),
-                store: store.to_string(),
-                email: email.to_string(),
-                at: now,
-                saved: false,
-                pid: Some(std::process::id()),
-            });
+            book.refreshes.push(Entry::new(
+                token,
+                store,
+                email,
+                now,
+                false,
+                Some(std::process::id()),
+            ));
             (true, Claim::Go)
         });
         decided.unwrap_or(Claim::Go)
@@ -327,14 +396,9 @@ impl Journal {
                     e.saved = true;
                     e.at = now;
                 }
-                None => book.refreshes.push(Entry {
-                    token: token.to_string(),
-                    store: store.to_string(),
-                    email: email.to_string(),
-                    at: now,
-                    saved: true,
-                    pid: None,
-                }),
+                None => book
+                    .refreshes
+                    .push(Entry::new(token, store, email, now, true, None)),
             }
             (true, ())
         });
@@ -386,7 +450,6 @@ impl Journal {
         let (write, out) = f(&mut book);
         if write {
             prune(&mut book, now);
-            book.version = 1;
             if let Err(e) = self.write(&book) {
                 skip(e.to_string());
                 return None;
@@ -415,9 +478,15 @@ impl Journal {
             }
             Err(e) => return Err(Unusable::Refused(e.to_string())),
         };
-        serde_json::from_slice::<Book>(&bytes)
-            .map(Some)
-            .map_err(|e| Unusable::Corrupt(format!("it does not parse ({e})")))
+        match serde_json::from_slice::<BookFile>(&bytes) {
+            Ok(file) => Ok(Some(Book::from_file(file))),
+            // A later version's journal of another shape is that version's: left as it is (not
+            // moved aside, its records of spent tokens are still good to it).
+            Err(e) if later_version(&bytes) => Err(Unusable::Refused(format!(
+                "it is of a later version, in a form this one cannot read ({e}); upgrade the package"
+            ))),
+            Err(e) => Err(Unusable::Corrupt(format!("it does not parse ({e})"))),
+        }
     }
 
     /// A file that does not parse is moved aside (one kept, the last), never read again.
@@ -435,7 +504,7 @@ impl Journal {
     }
 
     fn write(&self, book: &Book) -> Result<()> {
-        let bytes = serde_json::to_vec(book)
+        let bytes = serde_json::to_vec(&book.to_file())
             .map_err(|e| Error::InvalidArgument(format!("journal: {e}")))?;
         let dir = parent_dir(&self.path);
         // Every refresh rewrites the journal whole through a temp file: one that a crash or a
@@ -460,7 +529,17 @@ enum Unusable {
     Corrupt(String),
 }
 
+/// Whether `bytes` are JSON whose `version` is past this version's (1).
+fn later_version(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("version").and_then(serde_json::Value::as_f64))
+        .is_some_and(|v| v > 1.0)
+}
+
 fn prune(book: &mut Book, now: i64) {
+    let over = book.unread.len().saturating_sub(KEEP_ENTRIES);
+    book.unread.drain(..over);
     book.refreshes
         .retain(|e| now.saturating_sub(e.at) < KEEP_MS && e.at <= now.saturating_add(KEEP_MS));
     book.refreshes.sort_by_key(|e| e.at);
@@ -497,14 +576,15 @@ mod tests {
         let (_d, j) = journal();
         let out = |pid: u32| Book {
             version: 1,
-            refreshes: vec![Entry {
-                token: "t1".into(),
-                store: "/a/pool.json".into(),
-                email: "x@y".into(),
-                at: NOW,
-                saved: false,
-                pid: Some(pid),
-            }],
+            refreshes: vec![Entry::new(
+                "t1",
+                "/a/pool.json",
+                "x@y",
+                NOW,
+                false,
+                Some(pid),
+            )],
+            ..Book::default()
         };
         fs::create_dir_all(j.path.parent().unwrap()).unwrap();
         // pid 1 lives as long as the machine does.
@@ -635,17 +715,11 @@ mod tests {
         j.saved("new", "/a", "x", NOW);
         let book = j.read().ok().flatten().unwrap();
         assert!(!book.refreshes.iter().any(|e| e.token == "old"));
-        let entry = |i: usize| Entry {
-            token: format!("n{i}"),
-            store: "/a".into(),
-            email: "x".into(),
-            at: NOW - i as i64,
-            saved: true,
-            pid: None,
-        };
+        let entry = |i: usize| Entry::new(&format!("n{i}"), "/a", "x", NOW - i as i64, true, None);
         let mut book = Book {
             version: 1,
             refreshes: (0..KEEP_ENTRIES + 10).map(entry).collect(),
+            ..Book::default()
         };
         prune(&mut book, NOW);
         assert_eq!(book.refreshes.len(), KEEP_ENTRIES);
@@ -653,6 +727,46 @@ mod tests {
             .refreshes
             .iter()
             .all(|e| e.at > NOW - KEEP_ENTRIES as i64));
+    }
+
+    /// Found by a review: a later version's journal was rewritten numbered 1 and without its
+    /// fields, and one entry of a new kind threw the whole journal away with every record of a
+    /// spent token; a copy of the login then presented one.
+    #[test]
+    fn a_later_versions_journal_is_read_for_what_it_says_and_written_back_whole() {
+        let (_d, j) = journal();
+        fs::create_dir_all(j.path.parent().unwrap()).unwrap();
+        let later = serde_json::json!({
+            "version": 2,
+            "hosts": {"h1": "a host"},
+            "refreshes": [
+                {"token": "spent", "store": "/b/pool.json", "email": "x@y", "at": NOW, "saved": true, "via": "gateway"},
+                {"kind": "lease", "until": NOW + 1000},
+                {"token": 7, "store": "/c", "email": "z", "at": NOW},
+            ],
+        });
+        fs::write(&j.path, later.to_string()).unwrap();
+        assert!(matches!(
+            j.claim("spent", "/a/pool.json", "x@y", NOW + 10),
+            Claim::Spent(_)
+        ));
+        j.saved("fresh", "/a/pool.json", "x@y", NOW + 20);
+        let written: serde_json::Value =
+            serde_json::from_slice(&fs::read(&j.path).unwrap()).unwrap();
+        assert_eq!(written["version"], 2);
+        assert_eq!(written["hosts"], later["hosts"]);
+        let entries = written["refreshes"].as_array().unwrap();
+        assert_eq!(entries.len(), 4, "{written}");
+        assert!(entries.contains(&later["refreshes"][0]), "{written}");
+        assert!(entries.contains(&later["refreshes"][1]), "{written}");
+        assert!(entries.contains(&later["refreshes"][2]), "{written}");
+        assert!(!j.path.with_extension("json.corrupt").exists());
+
+        // Of a shape this version cannot read at all: left as it is, not moved aside.
+        let other = r#"{"version":3,"refreshes":{"by-token":{}}}"#;
+        fs::write(&j.path, other).unwrap();
+        assert!(matches!(j.claim("t", "/a", "x", NOW), Claim::Go));
+        assert_eq!(fs::read_to_string(&j.path).unwrap(), other);
     }
 
     #[test]
