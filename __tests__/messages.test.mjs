@@ -519,3 +519,44 @@ test("the token endpoint's wait is read as an API answer's (a date on the server
     mock.clearScripts();
   }
 });
+
+test("every key at its spend limit: the Anthropic SDK throws the pool's 429 at once (x-should-retry: false past a minute), where it slept the 8-day retry-after; a short wait is still its to sleep", async () => {
+  const path = tempPoolPath();
+  const key = ["sk", "ant", "api03", "SpendLimit0123456789abcdefghijklmnopqrstuvwxyzABCDEF"].join("-");
+  mock.addApiKey(key, "spent-key");
+  await lib.addApiKey(key, { email: "spent-key", path });
+  const spend = {
+    type: "error",
+    error: { type: "rate_limit_error", message: "You have reached your specified API usage limits.", details: { error_code: "enforced_spend_limit_reached" } },
+  };
+  mock.script("spent-key", [{ status: 429, body: spend }]);
+  const poolFetch = lib.createPoolFetch({ path });
+  let asked = 0;
+  const client = new Anthropic({
+    apiKey: "unused",
+    baseURL: mock.url,
+    fetch: (input, init) => {
+      asked++;
+      return poolFetch(input, init);
+    },
+  });
+  const started = Date.now();
+  const err = await rejection(client.messages.create({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "hi" }] }));
+  assert.ok(err instanceof Anthropic.RateLimitError, String(err));
+  assert.ok(Date.now() - started < 10_000, `thrown after ${Date.now() - started} ms`);
+  assert.equal(asked, 1, "the pool answers the API's 429 with its own, which is final");
+  assert.equal(err.headers.get("x-oauth-pool"), "all-accounts-cooling");
+  assert.equal(err.headers.get("x-should-retry"), "false");
+  assert.ok(Number(err.headers.get("retry-after")) > 86_400, err.headers.get("retry-after"));
+  assert.match(err.message, /every account is rate-limited/);
+
+  // A wait under a minute keeps the SDK's own retry.
+  await lib.resetCooldowns(path);
+  mock.script("spent-key", [{ status: 429, headers: { "retry-after": "1" } }]);
+  const short = await poolFetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  assert.equal(short.status, 429);
+  const again = await poolFetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  assert.equal(again.headers.get("x-oauth-pool"), "all-accounts-cooling");
+  assert.equal(again.headers.get("x-should-retry"), null);
+  await Promise.all([short.text(), again.text()]);
+});

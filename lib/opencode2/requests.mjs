@@ -315,6 +315,16 @@ function warnTwoPools(first, last, providerID, log) {
  */
 let unretriable = null;
 
+/**
+ * The pool's 429 as 2.x is to read it: its `retry` hook decides when to ask again (after exactly
+ * the `retry-after`, within the host's cap), so the SDKs' "do not ask again" on a long wait
+ * (src/engine/exchange.rs, `pool_429`) is not said to it.
+ */
+function hostsRetry(step) {
+  if (step?.kind !== "answer" || !Array.isArray(step.headers)) return step;
+  return { ...step, headers: step.headers.filter(([name]) => name !== "x-should-retry") };
+}
+
 function refusal(err) {
   const code = typeof err?.code === "string" ? err.code : "ERROR";
   unretriable ??= new Set(nativeBinding().unretriableCodes());
@@ -436,7 +446,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
       // keeps a watched object through minor collections, and a Request holds its body.
       const token = {};
       if (signal) unanswered.register(token, stopListening, token);
-      const step = await nextStep(ex);
+      const step = hostsRetry(await nextStep(ex));
       drain(ex);
       if (step.kind === "answer") {
         // Every account cools: nothing may go upstream. The request is pointed at a data: URL
@@ -522,7 +532,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
           verdict = "deliver";
           break;
         }
-        const step = await nextStep(ex);
+        const step = hostsRetry(await nextStep(ex));
         if (step.kind === "answer") {
           await dropped(response, opening);
           response = poolAnswer(step);

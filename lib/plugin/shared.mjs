@@ -439,6 +439,9 @@ export function waitOpenCodeCanBear(res) {
   if (!(secs > LONGEST_HOST_WAIT_S)) return res;
   const headers = new Headers(res.headers);
   headers.set("retry-after", "0");
+  // The SDKs' "do not ask again" (src/engine/exchange.rs, `pool_429`): OpenCode's retries are
+  // what bring the person the pool's message here.
+  headers.delete("x-should-retry");
   return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
 }
 

@@ -1584,6 +1584,13 @@ fn pool_429(message: String, secs: i64, why: &str, host_waits: bool) -> Step {
     // provider fetch): its `retry-after` is a wait holding covers, to be sat out, not cut short.
     if host_waits {
         headers.push((HOST_WAITS_HEADER.into(), "true".into()));
+    } else if secs > LONGEST_CLIENT_WAIT_SECS {
+        // The Anthropic SDKs sleep any `retry-after`, and asked again after each: every key at
+        // its spend limit (8 days) or every window spent (hours) held a script silent for days.
+        // Past a minute they throw the pool's message at once (the AI SDK gives up on such a
+        // wait by itself; the OpenCode drivers keep their own rules: `waitOpenCodeCanBear`, the
+        // 2.x `retry` hook).
+        headers.push(("x-should-retry".into(), "false".into()));
     }
     Step::Answer(Synthetic {
         status: 429,
@@ -1593,6 +1600,9 @@ fn pool_429(message: String, secs: i64, why: &str, host_waits: bool) -> Step {
         host_waits,
     })
 }
+
+/// The longest wait of the pool's 429 that a client is left to sleep and ask again after.
+const LONGEST_CLIENT_WAIT_SECS: i64 = 60;
 
 /// Marks the pool's 429 for a wait that holding covers but that is longer than the driver lets
 /// one hold last (`Exchange::cap_hold`): the host is to wait the `retry-after`, then ask again.
