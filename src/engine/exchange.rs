@@ -91,7 +91,9 @@ pub struct Exchange {
     /// The token the 401's adoption or refresh gave, for that retry: the pool this process
     /// reads may be older (a fleet store in its backoff serves the last pool read), and the
     /// refused token went out again, its second 401 taken for "log in again".
-    retry_token: Option<(String, crate::secret::Secret)>,
+    /// With the token that 401 refused: the pool's own newer one (another process's refresh
+    /// since) wins over both.
+    retry_token: Option<(String, crate::secret::Secret, crate::secret::Secret)>,
     moved_from: Option<(String, String)>,
     current: Option<(String, Credential)>,
     /// When the current attempt was handed out to be sent (epoch ms): what its answer says is
@@ -321,7 +323,7 @@ impl Exchange {
             }
             self.announce_move(&email);
             let now = self
-                .retry_credential(&email)
+                .retry_credential(&pool, &email)
                 .or_else(|| self.engine.credential_now(&pool, &email));
             let credential = match now {
                 Some(credential) => Ok(credential),
@@ -353,6 +355,10 @@ impl Exchange {
         self.engine.settle_clock_if_stepped(&pool);
         self.lift_rests_for_keys_if_none_left(&pool);
         // One that may no longer take the retry is `next()`'s to move on from.
+        if self.retry_same.is_none() {
+            // Not a retry: see `retry_target`.
+            self.retry_token = None;
+        }
         let email = match self.retry_same.clone() {
             Some(e) if self.may_retry_on(&pool, &e) => e,
             Some(_) => return None,
@@ -371,7 +377,7 @@ impl Exchange {
             },
         };
         let credential = self
-            .retry_credential(&email)
+            .retry_credential(&pool, &email)
             .or_else(|| self.engine.credential_now(&pool, &email))?;
         // One that cannot be sent is reported by `next()`.
         let headers = sending_headers(base, &credential).ok()?;
@@ -386,22 +392,29 @@ impl Exchange {
     /// disabled it): the retry then goes to the next account, as after its own 429, instead of
     /// into the limit just found.
     fn retry_target(&mut self, pool: &Pool) -> Option<String> {
-        let email = self.retry_same.take()?;
+        let Some(email) = self.retry_same.take() else {
+            // Not a retry (or one that waited): the token it was to carry may be spent by now.
+            self.retry_token = None;
+            return None;
+        };
         if self.may_retry_on(pool, &email) {
             return Some(email);
         }
+        self.retry_token = None;
         tracing::debug!(account = %email, "rests since its 401: the retry goes elsewhere");
         self.tried.insert(email.clone());
         self.moved_from = Some((email, "got a new token after a 401, but rests since".into()));
         None
     }
 
-    /// The token a 401's adoption or refresh gave `email`, once, for its retry.
-    fn retry_credential(&mut self, email: &str) -> Option<Credential> {
-        match self.retry_token.take() {
-            Some((e, token)) if e == email => Some(Credential::Bearer(token)),
-            _ => None,
-        }
+    /// The token a 401's adoption or refresh gave `email`, once, for the retry that follows it
+    /// at once (`retry_target`), unless the pool holds a newer one than either it or the token
+    /// refused.
+    fn retry_credential(&mut self, pool: &Pool, email: &str) -> Option<Credential> {
+        let (e, token, rejected) = self.retry_token.take()?;
+        let stored = pool.find(email).and_then(|a| a.access.as_ref());
+        (e == email && stored.is_none_or(|s| *s == token || *s == rejected))
+            .then_some(Credential::Bearer(token))
     }
 
     /// Whether `email` may still take the retry after its 401: what any choice of it needs (a
@@ -796,7 +809,7 @@ impl Exchange {
                     .await
                 {
                     Ok(token) => {
-                        self.retry_token = Some((email.clone(), token));
+                        self.retry_token = Some((email.clone(), token, rejected));
                         self.retry_same = Some(email);
                     }
                     Err(Error::Aborted) => return Err(Error::Aborted),
@@ -1715,6 +1728,65 @@ mod tests {
         // The engine's deferred write of the cooldown must land before the temp dir goes: it
         // raced the removal, and the dir stayed in the temp directory with the pool in it.
         drop((first, second));
+        engine.flush().await.unwrap();
+    }
+
+    /// The retry after a 401 sends the token the adoption gave (a fleet host in its store
+    /// backoff read the refused one from its last pool read), unless the pool holds a newer one
+    /// than both by then: a rotation since revoked the adopted token (found by a review).
+    #[tokio::test]
+    async fn the_retry_after_a_401_sends_the_newest_token_it_knows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::file(dir.path().join("pool.json"));
+        let now = now_ms();
+        store.save(two_logins(now)).await.unwrap();
+        let engine = Engine::for_store(store.clone());
+        let cancel = CancellationToken::new();
+        let bearer = |attempt: &Attempt| {
+            attempt.headers["authorization"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        let rotate = |to: &'static str| {
+            let store = store.clone();
+            async move {
+                let mut pool = store.load().await.unwrap();
+                pool.find_mut("a@x").unwrap().access = Some(to.to_string().into());
+                store.save(pool).await.unwrap();
+            }
+        };
+        for newer_since in [false, true] {
+            let mut ex = engine.exchange(RequestMeta::default());
+            let Ok(Step::Send(attempt)) = ex.next(&HeaderMap::new(), &cancel).await else {
+                panic!("nothing sent");
+            };
+            assert_eq!(attempt.email, "a@x");
+            let adopted = if newer_since {
+                "adopted-2"
+            } else {
+                "adopted-1"
+            };
+            rotate(adopted).await;
+            let verdict = ex
+                .judge(401, &HeaderMap::new(), None, None, &cancel)
+                .await
+                .unwrap();
+            assert_eq!(verdict, Verdict::Retry);
+            if newer_since {
+                rotate("rotated-since").await;
+            }
+            let Ok(Step::Send(retry)) = ex.next(&HeaderMap::new(), &cancel).await else {
+                panic!("no retry");
+            };
+            assert_eq!(retry.email, "a@x");
+            let expected = if newer_since {
+                "rotated-since"
+            } else {
+                adopted
+            };
+            assert_eq!(bearer(&retry), format!("Bearer {expected}"));
+        }
         engine.flush().await.unwrap();
     }
 

@@ -2136,6 +2136,19 @@ mod tests {
         fs::remove_file(planted.join("owner")).unwrap();
         fs::remove_dir(&planted).unwrap();
         store.try_write_room(Trial::Login).unwrap();
+
+        // An empty one, another user's: refused while it may be a writer's just made, removed
+        // once past the stale limit (a run under sudo that crashed), as a stale lock of ours is.
+        fs::create_dir(&planted).unwrap();
+        std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+        let err = store.try_write_room(Trial::Login).unwrap_err();
+        assert_eq!(err.code(), "POOL_INSECURE", "{err}");
+        fs::File::open(&planted)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+            .unwrap();
+        store.try_write_room(Trial::Login).unwrap();
+        assert!(!planted.exists());
     }
 
     /// Found by a review: a login's trial passed, its code was spent, and the write failed on

@@ -170,6 +170,15 @@ pub fn refuse_foreign(pool: &Path) -> Result<()> {
         return Ok(());
     };
     match crate::fsread::foreign_owner(&meta) {
+        // An empty one left long ago (a run under sudo that crashed) in a directory of this
+        // user's goes as a stale lock of ours does; one in a sticky directory cannot.
+        Some(_)
+            if meta.is_dir()
+                && dir_older_than_limit(&meta, SystemTime::now())
+                && fs::remove_dir(&dir).is_ok() =>
+        {
+            Ok(())
+        }
         Some(uid) if meta.is_dir() => Err(Error::PoolInsecure {
             path: dir,
             reason: format!(
