@@ -1686,17 +1686,24 @@ mod tests {
         pool
     }
 
+    /// `two_logins` in a pool file of a temporary directory (kept while the test runs), and an
+    /// engine on it.
+    async fn two_logins_stored() -> (tempfile::TempDir, Store, Arc<Engine>, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::file(dir.path().join("pool.json"));
+        let now = now_ms();
+        store.save(two_logins(now)).await.unwrap();
+        let engine = Engine::for_store(store.clone());
+        (dir, store, engine, now)
+    }
+
     /// Two requests on one account: one gets a 401 and adopts the token another process
     /// refreshed meanwhile, the other a 429 exhausting the account's 5-hour window. The retry
     /// after the 401 was sent to the account that had just been found exhausted (its 429 came,
     /// and the account rested again), though another account was free.
     #[tokio::test]
     async fn the_retry_after_a_401_does_not_go_to_an_account_that_rests_since() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::file(dir.path().join("pool.json"));
-        let now = now_ms();
-        store.save(two_logins(now)).await.unwrap();
-        let engine = Engine::for_store(store.clone());
+        let (_dir, store, engine, now) = two_logins_stored().await;
         let cancel = CancellationToken::new();
         let mut first = engine.exchange(RequestMeta::default());
         let mut second = engine.exchange(RequestMeta::default());
@@ -1736,11 +1743,7 @@ mod tests {
     /// than both by then: a rotation since revoked the adopted token (found by a review).
     #[tokio::test]
     async fn the_retry_after_a_401_sends_the_newest_token_it_knows() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::file(dir.path().join("pool.json"));
-        let now = now_ms();
-        store.save(two_logins(now)).await.unwrap();
-        let engine = Engine::for_store(store.clone());
+        let (_dir, store, engine, _) = two_logins_stored().await;
         let cancel = CancellationToken::new();
         let bearer = |attempt: &Attempt| {
             attempt.headers["authorization"]
