@@ -118,7 +118,8 @@ impl Book {
             ..Book::default()
         };
         for value in file.refreshes {
-            match serde_json::from_value::<Entry>(value.clone()) {
+            // Read from a borrow: each entry is copied only when this version cannot read it.
+            match Entry::deserialize(&value) {
                 Ok(entry) => book.refreshes.push(entry),
                 Err(_) => book.unread.push(value),
             }
