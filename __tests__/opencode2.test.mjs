@@ -144,6 +144,31 @@ test("the provider mirrors the host's Anthropic models on the native route, free
   await handle.unload();
 });
 
+test("zeroed prices keep a cost entry's tier: a long-context tier still starts where the catalog says", async () => {
+  // packages/schema/src/model.ts: Model.Cost is a list of {tier?: {type: "context", size}, input, output, cache}.
+  const { providerTransform } = await import("../lib/opencode2/catalog.mjs");
+  const tiered = [
+    { input: 3, output: 15, cache: { read: 0.3, write: 3.75 } },
+    { tier: { type: "context", size: 200000 }, input: 6, output: 22.5, cache: { read: 0.6, write: 7.5 } },
+  ];
+  const model = { id: "claude-sonnet-4-5", providerID: "anthropic", name: "Sonnet", cost: tiered };
+  const records = new Map([["anthropic", { provider: { id: "anthropic" }, models: new Map([[model.id, model]]) }]]);
+  const transformed = (keysOnly) => {
+    let added;
+    providerTransform({ providerID: "anthropic-pool", apiKeysOnly: () => keysOnly, wireModels: new Map() })({
+      get: (id) => records.get(id),
+      add: (p) => (added = p),
+    });
+    return added.models.find((m) => m.id === model.id).cost;
+  };
+  assert.deepEqual(transformed(false), [
+    { input: 0, output: 0, cache: { read: 0, write: 0 } },
+    { tier: { type: "context", size: 200000 }, input: 0, output: 0, cache: { read: 0, write: 0 } },
+  ]);
+  assert.deepEqual(transformed(true), tiered, "an API key is billed per token, tiers and all");
+  assert.equal(model.cost[1].input, 6, "the host's own entry is left as it was");
+});
+
 test("a 429 on the first account is answered by the second, inside one host request; a 401 is refreshed once", async () => {
   const { host, handle, path, sleeps } = await started();
   await login(host, "f1@x.test");

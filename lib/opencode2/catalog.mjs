@@ -187,9 +187,18 @@ function variantsOver(base, own) {
   return out;
 }
 
+// Every price in a cost entry becomes 0; a `tier` (Model.Cost's `{type: "context", size}`) is
+// where the entry applies, not a price, and is kept: zeroed, a 200k-token tier claimed to start
+// at 0 tokens.
 function zeroCosts(model) {
   if (!Array.isArray(model.cost)) return;
-  model.cost = model.cost.map((c) => JSON.parse(JSON.stringify(c), (_, v) => (typeof v === "number" ? 0 : v)));
+  const zeroed = (value) => {
+    if (typeof value === "number") return 0;
+    if (value === null || typeof value !== "object") return value;
+    if (Array.isArray(value)) return value.map(zeroed);
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, k === "tier" ? structuredClone(v) : zeroed(v)]));
+  };
+  model.cost = model.cost.map((c) => zeroed(JSON.parse(JSON.stringify(c))));
 }
 
 /**
