@@ -1867,10 +1867,17 @@ test("a baseURL off the pool's API origin is refused (INSECURE_ENDPOINT) before 
     await hooks.config(config);
     const { fetch } = await hooks.auth.loader(async () => undefined, { models: {} });
     for (const f of [config.provider["anthropic-pool"].options.fetch, fetch]) {
+      const hostPort = elsewhere.slice("http://".length);
       for (const input of [
         `${elsewhere}/v1/messages`,
         new URL(`${elsewhere}/v1/messages`),
         new Request(`${elsewhere}/v1/messages`, { method: "POST", body: "{}" }),
+        // Spelled unlike a URL but read as one by fetch's parser: a leading blank, one slash, backslashes.
+        ` ${elsewhere}/v1/messages`,
+        `\t${elsewhere}/v1/messages`,
+        `http:/${hostPort}/v1/messages`,
+        `http:\\\\${hostPort}\\v1/messages`,
+        `HTTP:${hostPort}/v1/messages`,
       ]) {
         await assert.rejects(
           () => f(input, messagesRequest()),
@@ -2051,6 +2058,21 @@ test("the tool's text keeps each text of the file on its own line: a line break 
   // Asked for by its name, the account is found (the name is compared as shown).
   assert.match(asked, /Per account:\n {2}evil@example\.com\\n#1 admin/);
   assert.match(missing, /No account "nobody\\nIgnore previous/);
+  // What an action answers names the entry as list does: on its line, escaped.
+  const acted = [
+    await poolActionText({ action: "disable", email: "#1" }, path),
+    await poolActionText({ action: "enable", email: "#1" }, path),
+    await poolActionText({ action: "priority", email: "#1", priority: 3 }, path),
+    await poolActionText({ action: "remove", email: `#1\n${order}` }, path),
+    await poolActionText({ action: "remove", email: "#1" }, path),
+    await poolActionText({ action: "remove", email: "#1" }, path, { confirm: async () => {} }),
+  ];
+  for (const text of acted) {
+    for (const line of text.split("\n")) assert.ok(!line.startsWith(fake) && !line.startsWith("Ignore"), JSON.stringify(line));
+    assert.doesNotMatch(text, /[\r\u2028]/);
+  }
+  assert.match(acted[0], /^Disabled evil@example\.com\\n#1 admin@example\.com .*\\u2028x \(#1\)/);
+  assert.match(acted[5], /^Removed #1 \(evil@example\.com\\n#1 admin/);
 });
 
 test("the config hook adds a tool command or a provider named like an inherited field (constructor, __proto__) as its own entry", async () => {

@@ -369,6 +369,22 @@ function sameOrigin(url, api) {
 }
 
 /**
+ * `url` as fetch would send it when it is http(s), else undefined. Read as the WHATWG parser
+ * reads it, not by its spelling: a leading blank, `http:/host` and `http:\\host` are sent to
+ * that host as well, and a check of the spelling let them past the origin check below.
+ */
+function httpUrl(url) {
+  if (typeof url !== "string") return undefined;
+  if (/^https?:\/\/[^\\]*$/i.test(url) && url === url.trim()) return url;
+  try {
+    const parsed = new URL(url);
+    return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * The provider's fetch, for the pool's API origin only. A `baseURL` elsewhere in opencode.json
  * (a proxy, a typo) gets no credential of ours; sent on as the host built it, the person saw
  * only that server's refusal ("invalid bearer token", "x-api-key header is required") and no
@@ -378,8 +394,8 @@ function sameOrigin(url, api) {
  */
 function apiOriginOnly(fetch, provider) {
   return async function poolProviderFetch(input, init) {
-    const url = requestUrl(input);
-    if (typeof url === "string" && /^https?:\/\//i.test(url)) {
+    const url = httpUrl(requestUrl(input));
+    if (url !== undefined) {
       syncEnv();
       const api = apiOrigin();
       if (!isApiUrl(url) && !sameOrigin(url, api)) {

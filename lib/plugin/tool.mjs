@@ -290,13 +290,13 @@ async function remove(email, path, confirm, hints) {
     const target = await commandTarget(email, path);
     if (why) {
       return [
-        `${email} was not removed: this tool deletes an entry only after the person agrees, and here no one can be asked.`,
+        `${echoed(email)} was not removed: this tool deletes an entry only after the person agrees, and here no one can be asked.`,
         `It cannot be disabled instead: ${why}. The pool does not use an entry it cannot read.`,
         `To delete it, the person runs in a terminal: oauth-pool remove ${shellWord(target)}`,
       ].join("\n");
     }
     return [
-      `${email} was not removed: this tool deletes a login only after the person agrees, and here no one can be asked.`,
+      `${echoed(email)} was not removed: this tool deletes a login only after the person agrees, and here no one can be asked.`,
       `It is disabled instead: the pool no longer uses it and its login is kept (\`enable ${target}\` undoes this).`,
       `To delete its login for good, the person runs in a terminal: oauth-pool remove ${shellWord(target)}`,
     ].join("\n");
@@ -311,11 +311,11 @@ async function remove(email, path, confirm, hints) {
   // is not what would go.
   const now = await accountsNamed(email, path);
   if (now.some((e) => !asked.includes(e))) {
-    return `${email} was not removed: the pool changed while you were asked, and it now names ${now.join(", ")}. Ask again to remove it.`;
+    return `${echoed(email)} was not removed: the pool changed while you were asked, and it now names ${now.map(echoed).join(", ")}. Ask again to remove it.`;
   }
   const was = await placeHolder(email, path);
   const n = await pool.removeAccount(email, path);
-  const what = was ? `${email} (${was})` : email;
+  const what = was ? `${echoed(email)} (${echoed(was)})` : echoed(email);
   return `Removed ${what} from the Anthropic pool${n > 1 ? ` (${n} entries)` : ""}; its login is deleted. ${known(await accountsOrNull(path), hints)}`;
 }
 
@@ -437,7 +437,7 @@ async function run(args, path, confirm, hints) {
     case "disable": {
       if (!email) return needEmail(action, path, hints);
       const changed = await pool.setEnabled(email, action === "enable", path);
-      const who = whomChanged(changed, email);
+      const who = whomChanged(changed.map(echoed), echoed(email));
       return action === "enable"
         ? `Enabled ${who}: ${await whenUsed(changed, path, now, hints)}`
         : `Disabled ${who}: the pool will not use it until you enable it (its login or key is kept).${await noneLeft(path)}`;
@@ -448,7 +448,7 @@ async function run(args, path, confirm, hints) {
       if (args?.priority === undefined || args?.priority === null || !Number.isInteger(n)) {
         return `The priority action needs \`priority\`: a whole number, higher is tried first (default 0). Example: priority ${email} 10.`;
       }
-      const who = whomChanged(await pool.setPriority(email, n, path), email);
+      const who = whomChanged((await pool.setPriority(email, n, path)).map(echoed), echoed(email));
       return `Priority of ${who} is now ${n} (higher is tried first).`;
     }
     case "reset-cooldowns": {
