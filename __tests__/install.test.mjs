@@ -154,6 +154,49 @@ test("a platform package without its binary says to reinstall it; one of another
 // or cut short (a power cut after the install) was told to be installed, which npm answers "up to
 // date"; a binary linked elsewhere named the link target's directory to delete (/dev for a link
 // to /dev/null).
+// Found by a review (2026-12-07, second): only the platform package's manifest was compared with
+// the JavaScript's version, never the binary itself, so a binary of another version behind a
+// matching manifest (a copied or stale build) loaded without a word, and another program's napi
+// addon in its place failed every call with an uncoded "native.version is not a function".
+test("a binary of another version behind a matching manifest, or another program's addon, is refused naming why", { skip: !elf }, async () => {
+  const { dir, platform } = install(good());
+  const version = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version;
+  for (const manifest of [join(dir, "node_modules", "opencode-oauth-pool", "package.json"), join(platform, "package.json")]) {
+    writeFileSync(manifest, JSON.stringify({ ...JSON.parse(readFileSync(manifest, "utf8")), version: "9.9.9" }));
+  }
+  assertRefused(
+    await run(dir),
+    new RegExp(`is there but cannot be loaded: reinstall .* the native addon is version ${version.replaceAll(".", "\\.")}, and this JavaScript is 9\\.9\\.9`),
+  );
+
+  const foreign = ["@napi-rs/tar-linux-x64-gnu/tar.linux-x64-gnu.node", "@napi-rs/wasm-tools-linux-x64-gnu/walrus.linux-x64-gnu.node"]
+    .map((p) => join(ROOT, "node_modules", p))
+    .find((p) => {
+      try {
+        return statSync(p).isFile();
+      } catch {
+        return false;
+      }
+    });
+  if (foreign && process.arch === "x64") {
+    const other = install(readFileSync(foreign));
+    assertRefused(await run(other.dir), /is there but cannot be loaded: reinstall .* not opencode-oauth-pool's native addon/);
+  }
+});
+
+test("a binary linked to a file not named .node (cargo's own liboauth_pool.so) loads as a binary", { skip: !elf }, async () => {
+  const { dir, binary } = install(good());
+  const checkout = tempDir("oauth-pool-target-");
+  made.push(checkout);
+  const built = join(checkout, "liboauth_pool.so");
+  writeFileSync(built, good());
+  rmSync(binary);
+  symlinkSync(built, binary);
+  const r = await run(dir);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.out.loaded, true, JSON.stringify(r.out));
+});
+
 test("a broken platform manifest, or a binary linked elsewhere, names the package's own directory to delete", { skip: !elf }, async () => {
   for (const manifest of ["", '{"name": "opencode-oauth-pool-li']) {
     const { dir, platform } = install(good());

@@ -7,7 +7,7 @@
 // dlopen, which faults on a cut-short ELF and takes the host down (lib/binary-check.mjs); the
 // error then says to reinstall it, and where. Works under Node and Bun.
 import { createRequire } from "node:module";
-import { existsSync } from "node:fs";
+import { existsSync, realpathSync } from "node:fs";
 import { unloadableReason } from "./binary-check.mjs";
 import { platformTriple } from "./platform.mjs";
 import { dirname, join } from "node:path";
@@ -30,7 +30,7 @@ function load() {
     try {
       const reason = unloadableReason(path);
       if (reason) throw new Error(`${path}: ${reason}`);
-      return require(path);
+      return ours(path, loadAddon(path));
     } catch (err) {
       const text = firstLine(err);
       failures.push(text.startsWith(label) ? text : `${label}: ${text}`);
@@ -101,6 +101,45 @@ function load() {
   error.code = "NATIVE_MISSING";
   error.transient = transient;
   throw error;
+}
+
+/**
+ * The addon at `path`. `require` picks its loader by the name of the file a link leads to: a
+ * `.node` linked to cargo's own output (`target/release/liboauth_pool.so`) was read as JavaScript
+ * and refused as a broken binary ("Invalid or unexpected token").
+ */
+function loadAddon(path) {
+  let real = path;
+  try {
+    real = realpathSync(path);
+  } catch {}
+  if (real.endsWith(".node")) return require(path);
+  const module = { exports: {} };
+  process.dlopen(module, real);
+  return module.exports;
+}
+
+/**
+ * `addon` when it is this package's native addon at this JavaScript's version. The two speak
+ * across a boundary each release may change: a binary of another version (a stale local build, a
+ * copied one behind a matching manifest) loaded without a word, and another program's addon in
+ * its place failed every call with an uncoded "native.version is not a function".
+ */
+function ours(path, addon) {
+  if (typeof addon?.version !== "function" || typeof addon?.envNames !== "function") {
+    throw new Error(`${path}: not opencode-oauth-pool's native addon (another program's, or a build of something else)`);
+  }
+  let expected;
+  try {
+    expected = require("../package.json").version;
+  } catch {
+    return addon; // read again, and its failure told, where the platform package is looked for
+  }
+  const version = addon.version();
+  if (typeof expected === "string" && version !== expected) {
+    throw new Error(`${path}: the native addon is version ${version}, and this JavaScript is ${expected}`);
+  }
+  return addon;
 }
 
 /**

@@ -85,6 +85,7 @@ check("packed files hold no tests, sources, build output, benchmarks or binaries
 const required = [
   "package.json",
   "README.md",
+  "LICENSE",
   "index.mjs",
   "index.d.ts",
   "plugin.mjs",
@@ -94,7 +95,7 @@ const required = [
   "lib/platform.mjs",
 ];
 const missing = required.filter((f) => !files.includes(f));
-check("packed files hold the library, the plugin, their types, the CLI and the README", missing.length === 0, `missing: ${missing.join(", ")}`);
+check("packed files hold the library, the plugin, their types, the CLI, the README and the license", missing.length === 0, `missing: ${missing.join(", ")}`);
 const stray = files.filter((f) => !(required.includes(f) || f.startsWith("lib/")));
 check("packed files hold nothing else", stray.length === 0, stray.join(", "));
 
@@ -111,14 +112,16 @@ if (!check(`npm/${triple} exists`, existsSync(join(platformDir, "package.json"))
 const stage = join(tmp, "platform", triple);
 cpSync(platformDir, stage, { recursive: true });
 cpSync(binary, join(stage, binaryName));
+// The license travels with every copy (MIT asks it); the release workflow copies it in the same way.
+cpSync(join(ROOT, "LICENSE"), join(stage, "LICENSE"));
 const platformPacked = npm(["pack", "--json", "--ignore-scripts", "--pack-destination", tarballs], stage);
 if (!check(`npm pack ${PKG.name}-${triple}`, platformPacked.ok, platformPacked.stderr)) finish();
 const platformInfo = packJson(platformPacked.stdout)[0];
 const platformTarball = join(tarballs, platformInfo.filename);
 const platformFiles = platformInfo.files.map((f) => f.path).sort();
 check(
-  `${PKG.name}-${triple} holds package.json, README.md and ${binaryName}`,
-  JSON.stringify(platformFiles) === JSON.stringify([binaryName, "README.md", "package.json"].sort()),
+  `${PKG.name}-${triple} holds package.json, README.md, LICENSE and ${binaryName}`,
+  JSON.stringify(platformFiles) === JSON.stringify([binaryName, "LICENSE", "README.md", "package.json"].sort()),
   platformFiles.join(", "),
 );
 const platformManifest = JSON.parse(readFileSync(join(stage, "package.json"), "utf8"));
