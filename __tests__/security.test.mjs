@@ -667,6 +667,91 @@ test("11c: a pool no file can hold (holes, nesting past what a read takes, 2^32 
   assert.equal(levels, 96);
 });
 
+// Found by a review (2026-12-07, second): an argument whose own code throws (a Proxy's trap, a
+// getter, a detached buffer) came back as the caller's own Error, without a code.
+test("11f: an argument whose own code throws (a Proxy's trap, a getter, a detached buffer) rejects with INVALID_ARGUMENT, the throw as its cause", async () => {
+  const path = tempPoolPath();
+  const trap = () => {
+    throw new Error("the caller's trap");
+  };
+  const hostile = new Proxy({}, { get: trap, ownKeys: trap, getPrototypeOf: trap, has: trap });
+  const getter = Object.defineProperty({}, "path", { get: trap, enumerable: true });
+  const pkce = { verifier: "v".repeat(43), state: "s".repeat(43) };
+  const calls = [
+    ["loadPool", () => lib.loadPool(hostile)],
+    ["removeAccount", () => lib.removeAccount(hostile, path)],
+    ["setEnabled", () => lib.setEnabled("a@x.test", true, hostile)],
+    ["setPriority", () => lib.setPriority(hostile, 1, path)],
+    ["addApiKey's key", () => lib.addApiKey(hostile, { path })],
+    ["addApiKey's options (a Proxy)", () => lib.addApiKey("sk-ant-api03-x", hostile)],
+    ["addApiKey's options (a getter)", () => lib.addApiKey("sk-ant-api03-x", getter)],
+    ["exchange's code", () => lib.exchange(hostile, pkce)],
+    ["exchange's pkce", () => lib.exchange("code#state", hostile)],
+    ["addAccount's pkce", () => lib.addAccount("code#state", hostile, path)],
+    ["createPoolFetch's options", async () => lib.createPoolFetch(getter)],
+  ];
+  for (const [what, call] of calls) {
+    await assert.rejects(
+      (async () => call())(),
+      (e) => {
+        assert.equal(e.code, "INVALID_ARGUMENT", `${what}: ${e.message}`);
+        return true;
+      },
+      what,
+    );
+  }
+  const fetch = lib.createPoolFetch({ path });
+  const detached = new ArrayBuffer(16);
+  structuredClone(detached, { transfer: [detached] });
+  for (const [what, init] of [
+    ["a Proxy as the options", new Proxy({}, { get: trap })],
+    ["a getter of the body", Object.defineProperty({ method: "POST" }, "body", { get: trap })],
+    ["a detached buffer as the body", { method: "POST", body: detached }],
+  ]) {
+    await assert.rejects(
+      fetch(messagesUrl(mock), init),
+      (e) => {
+        assert.ok(e instanceof TypeError && e.code === "INVALID_ARGUMENT", `${what}: ${e.code} ${e.message}`);
+        return true;
+      },
+      what,
+    );
+  }
+});
+
+// Found by a review (2026-12-07, second): what `loadPool` read was kept on the pool as symbol
+// properties and handed to the addon unchecked, so a Proxy answering symbol lookups, or a copy
+// carrying the loaded pool's symbols, gave it a "held" array of 2^32 - 1 slots: its conversion
+// asked for 309 GB and aborted the process (SIGABRT, the host gone with its session).
+test("11e: savePool of a Proxy answering every lookup, or of a copy carrying what the loaded pool carries, leaves the host alive", async () => {
+  const path = tempPoolPath();
+  await lib.savePool({ version: 1, anthropic: [{ email: "kept@x.test", type: "api", key: "sk-ant-api03-kept" }] }, path);
+  const script = `
+    const lib = await import(${JSON.stringify(INDEX)});
+    const path = ${JSON.stringify(path)};
+    const endless = () => Object.assign([], { length: 2 ** 32 - 1 });
+    const said = [];
+    const attempt = async (what, pool) => {
+      try { await lib.savePool(pool, path); said.push(what + ": saved"); } catch (e) { said.push(what + ": " + e.code); }
+    };
+    const loaded = await lib.loadPool(path);
+    const hostile = (k) => (k.description?.includes("read at") ? 1 : k.description?.includes("read from") ? path : { anthropic: endless() });
+    await attempt("proxy", new Proxy({ ...loaded }, { get: (t, k) => (typeof k === "symbol" ? hostile(k) : t[k]) }));
+    const copy = { ...loaded };
+    for (const k of Object.getOwnPropertySymbols(loaded)) copy[k] = hostile(k);
+    await attempt("copy", copy);
+    await attempt("loaded", loaded);
+    console.log(JSON.stringify(said));`;
+  const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", env: process.env, timeout: 60_000 });
+  assert.equal(r.signal, null, `the process was ended by ${r.signal}: ${r.stderr.slice(-500)}`);
+  assert.equal(r.status, 0, r.stderr.slice(-2000));
+  assert.deepEqual(JSON.parse(r.stdout.trim().split("\n").at(-1)), ["proxy: saved", "copy: saved", "loaded: saved"]);
+  assert.deepEqual(
+    (await lib.loadPool(path)).anthropic.map((a) => a.email),
+    ["kept@x.test"],
+  );
+});
+
 test("11d: a pool of objects without a prototype (Object.create(null), as parsers and merges make them) is data and is saved; a Map or a class's instance is refused by its name", async () => {
   // Such a pool was refused: "a pool is an object ..., got an object".
   const path = tempPoolPath();

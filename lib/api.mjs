@@ -23,8 +23,13 @@ export function invalidArgument(message) {
  */
 export function shown(value) {
   if (value === null) return "null";
-  if (Array.isArray(value)) return "an array";
-  if (value instanceof Date) return "a Date";
+  try {
+    // A Proxy's trap (getPrototypeOf, a revoked one) throws here: what it is, said plainly.
+    if (Array.isArray(value)) return "an array";
+    if (value instanceof Date) return "a Date";
+  } catch {
+    return "an object";
+  }
   if (typeof value === "string") return JSON.stringify(cut(scrubbed(value), 40));
   if (typeof value === "number" || typeof value === "boolean" || typeof value === "bigint") return String(value);
   if (value === undefined) return "nothing";
@@ -74,9 +79,25 @@ export function requiredString(name, value) {
  */
 function optionalObject(name, value, keys) {
   if (value === undefined || value === null) return {};
-  if (typeof value !== "object" || Array.isArray(value)) throw invalidArgument(`${name} must be an object, got ${shown(value)}`);
+  if (typeof value !== "object" || readable(name, () => Array.isArray(value))) throw invalidArgument(`${name} must be an object, got ${shown(value)}`);
   if (keys) knownOptions(name, value, keys);
-  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== null));
+  return readable(name, () => Object.fromEntries(Object.entries(value).filter(([, v]) => v !== null)));
+}
+
+/**
+ * What `read` gives from a caller's argument; a throw of the caller's own code (a getter, a
+ * Proxy's trap) is INVALID_ARGUMENT with it as the cause: it came back as the caller's own
+ * uncoded Error, where every rejection carries a code.
+ */
+export function readable(name, read) {
+  try {
+    return read();
+  } catch (e) {
+    if (e?.code === "INVALID_ARGUMENT") throw e;
+    const err = invalidArgument(`${name} could not be read (${cut(scrubbed(e?.message ?? e), 120)})`);
+    err.cause = e;
+    throw err;
+  }
 }
 
 /**
@@ -84,7 +105,7 @@ function optionalObject(name, value, keys) {
  * and the call went on with the default: the default pool file, port 8787.
  */
 export function knownOptions(what, options, keys) {
-  for (const k of Object.keys(options)) {
+  for (const k of readable(what, () => Object.keys(options))) {
     if (!keys.includes(k)) {
       throw invalidArgument(`${what}: no option ${JSON.stringify(cut(scrubbed(k), 64))} (the options: ${keys.join(", ")})`);
     }
@@ -177,17 +198,17 @@ function poolInvalid(message) {
   return err;
 }
 
-// When `loadPool` read the pool it gave, and its accounts as they were then,
-// kept on that object out of sight (symbols, not enumerable: not in JSON.stringify, a spread or
-// a deep comparison): `savePool` of it keeps the accounts added since, which the copy cannot
-// have meant to remove (a login another process added between a script's load and its save was
-// lost), leaves out those removed since that it still holds as read (a removed account came
-// back with the save), and takes what other writers changed since in a field it holds as read.
-const READ_AT = Symbol("opencode-oauth-pool read at");
-const HELD = Symbol("opencode-oauth-pool accounts as read");
-// What was read says what was removed from that pool only: a copy saved to another (a pool moved
-// to a new place, over one there) left out every account it held, and wrote an empty pool.
-const READ_FROM = Symbol("opencode-oauth-pool read from");
+// When `loadPool` read the pool it gave, and its accounts as they were then, kept for that
+// object out of sight (not in JSON.stringify, a spread or a deep comparison): `savePool` of it
+// keeps the accounts added since, which the copy cannot have meant to remove (a login another
+// process added between a script's load and its save was lost), leaves out those removed since
+// that it still holds as read (a removed account came back with the save), and takes what other
+// writers changed since in a field it holds as read. What was read says what was removed from
+// that pool only (`from`): a copy saved to another (a pool moved to a new place, over one there)
+// left out every account it held, and wrote an empty pool. Kept in this map, not on the object:
+// on it (as symbol properties) a Proxy's trap or a copy of the symbols could hand the addon a
+// "held" array of 2^32-1 slots, whose conversion asked for 309 GB and aborted the host.
+const asRead = new WeakMap();
 
 function heldAsRead(pool) {
   if (!Array.isArray(pool.anthropic)) return undefined;
@@ -211,11 +232,9 @@ export const loadPool = wrap(async (path) => {
   const loaded = await native.loadPool(where);
   const pool = JSON.parse(loaded.text);
   if (pool !== null && typeof pool === "object") {
-    Object.defineProperty(pool, READ_AT, { value: readAt });
-    Object.defineProperty(pool, HELD, { value: heldAsRead(pool) });
-    // Which pool, as the addon names it (the file's real path): the same file reached through
-    // the variable, a relative path or a link is the same pool.
-    Object.defineProperty(pool, READ_FROM, { value: loaded.from });
+    // `from`: which pool, as the addon names it (the file's real path): the same file reached
+    // through the variable, a relative path or a link is the same pool.
+    asRead.set(pool, { at: readAt, held: heldAsRead(pool), from: loaded.from });
   }
   return pool;
 });
@@ -238,7 +257,8 @@ export const savePool = wrap((pool, path) => {
     err.cause = e;
     throw err;
   }
-  return native.savePool(plain, where, pool[READ_AT], pool[HELD], pool[READ_FROM]);
+  const read = asRead.get(pool);
+  return native.savePool(plain, where, read?.at, read?.held, read?.from);
 });
 
 export const authorize = wrap(async (options) => {
@@ -250,10 +270,16 @@ export const authorize = wrap(async (options) => {
 });
 
 function pkceArg(pkce) {
-  if (!pkce || typeof pkce !== "object" || typeof pkce.verifier !== "string" || typeof pkce.state !== "string") {
+  const given = readable("the second argument", () =>
+    pkce && typeof pkce === "object" ? { verifier: pkce.verifier, state: pkce.state, mode: pkce.mode ?? undefined } : null,
+  );
+  if (typeof given?.verifier !== "string" || typeof given?.state !== "string") {
     throw invalidArgument("the second argument must be { verifier, state } from authorize()");
   }
-  return { verifier: pkce.verifier, state: pkce.state };
+  if (given.mode !== undefined && given.mode !== "max" && given.mode !== "console") {
+    throw invalidArgument(`the login's mode must be "max" or "console" as authorize() gave it, got ${shown(given.mode)}`);
+  }
+  return given;
 }
 
 export const exchange = wrap((input, pkce) => native.exchange(requiredString("the pasted code", input), pkceArg(pkce)));

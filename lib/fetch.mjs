@@ -5,7 +5,7 @@
 // arguments into a plain request for either.
 import { native, syncEnv } from "./native.mjs";
 import { scrubbed, settle, toPoolError } from "./errors.mjs";
-import { invalidArgument, knownOptions, shown } from "./api.mjs";
+import { invalidArgument, knownOptions, readable, shown } from "./api.mjs";
 import { described, isApiUrl, runtimeCarries, runtimeFetch } from "./runtime-fetch.mjs";
 import { eventListener } from "./exchange.mjs";
 import { abortError, listenAbort } from "./signal.mjs";
@@ -58,9 +58,32 @@ function checkUrl(url) {
 
 const isArrayBuffer = (v) => v instanceof ArrayBuffer || (typeof SharedArrayBuffer === "function" && v instanceof SharedArrayBuffer);
 
-async function requestParts(input, init) {
-  if (typeof init !== "object" || Array.isArray(init)) throw refused(`fetch options must be an object, got ${typeof init}`);
-  const isRequest = typeof Request !== "undefined" && input instanceof Request;
+/**
+ * What `read` gives from the caller's arguments; a throw of the caller's own code (a getter, a
+ * Proxy's trap, a detached buffer) is fetch's refusal, coded: it came back as the caller's own
+ * uncoded Error.
+ */
+function readArgument(what, read) {
+  try {
+    return read();
+  } catch (err) {
+    if (err?.code === "INVALID_ARGUMENT") throw err;
+    const out = refused(`${what} could not be read: ${scrubbed(String(err?.message ?? err).slice(0, 200))}`);
+    out.cause = err;
+    throw out;
+  }
+}
+
+async function requestParts(input, given) {
+  if (typeof given !== "object" || readArgument("the fetch options", () => Array.isArray(given))) {
+    throw refused(`fetch options must be an object, got ${typeof given}`);
+  }
+  // Read once, each option as fetch reads it: what a getter answers is what is used.
+  const init = readArgument("the fetch options", () => {
+    const { method, redirect, integrity, headers, signal, body } = given;
+    return { method, redirect, integrity, headers, signal, body };
+  });
+  const isRequest = readArgument("the request", () => typeof Request !== "undefined" && input instanceof Request);
   if (!isRequest && typeof input !== "string" && !(input instanceof URL)) {
     throw refused(`fetch takes a URL string, a URL or a Request, got ${input === null ? "null" : typeof input}`);
   }
@@ -116,7 +139,9 @@ async function requestParts(input, init) {
     } else if (ArrayBuffer.isView(source) || isArrayBuffer(source)) {
       // Copied now, as fetch copies them when it is called: a caller that reuses its buffer
       // at once must not change what is sent, nor what a 429's retry sends.
-      body = Buffer.from(ArrayBuffer.isView(source) ? new Uint8Array(source.buffer, source.byteOffset, source.byteLength) : new Uint8Array(source));
+      body = readArgument("the request body", () =>
+        Buffer.from(ArrayBuffer.isView(source) ? new Uint8Array(source.buffer, source.byteOffset, source.byteLength) : new Uint8Array(source)),
+      );
     } else {
       // Blob, FormData, URLSearchParams, ReadableStream, async iterables: let the runtime
       // serialize it the way fetch would. The bytes are kept so a 429 can be retried on the
@@ -294,11 +319,14 @@ export function createPoolFetch(options = {}) {
  * `onEvent` one by one (a cascade through many accounts is then one notice).
  */
 export function poolFetchWith(options = {}, { holdAtMostMs, onEvents } = {}) {
-  if (options !== undefined && options !== null && (typeof options !== "object" || Array.isArray(options))) {
+  if (options !== undefined && options !== null && (typeof options !== "object" || readable("createPoolFetch's options", () => Array.isArray(options)))) {
     throw invalidArgument("createPoolFetch takes an options object { path?, provider?, onEvent?, transport? }");
   }
   knownOptions("createPoolFetch's options", options ?? {}, ["path", "provider", "onEvent", "transport"]);
-  const { path, provider, onEvent, transport } = options ?? {};
+  const { path, provider, onEvent, transport } = readable("createPoolFetch's options", () => {
+    const { path, provider, onEvent, transport } = options ?? {};
+    return { path, provider, onEvent, transport };
+  });
   if (path !== undefined && path !== null && typeof path !== "string") throw invalidArgument("path must be a string");
   if (onEvent !== undefined && onEvent !== null && typeof onEvent !== "function") throw invalidArgument("onEvent must be a function");
   // null is "not given", as for every other option.
