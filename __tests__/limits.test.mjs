@@ -1316,6 +1316,14 @@ test("the views say what the pool does: an account held at its reserve line, and
     assert.match(text, /held at its reserve line: usable again in 29 min|held at its reserve line: usable again in 30 min/);
     assert.doesNotMatch(text, /no account is cooling down/);
     assert.match(statusText(st, Date.now(), {}), /held at its reserve line/);
+    // And the pool's own 429 says so (a review, 2026-12-07, second: "every account is
+    // rate-limited", while no limit of the API's held it).
+    const held = await f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: '{"model":"claude-sonnet-4-5","messages":[]}' });
+    assert.equal(held.status, 429);
+    assert.match(
+      await held.text(),
+      /every account is rate-limited or held at its reserve line \(`oauth-pool reserve`\); the first one \(held1@x\.test\) is usable again in (29|30) min/,
+    );
 
     // aidevops's helper marked the other login auth-error with a backoff: tried again after it.
     const theirs = await seedPool(mock, ["theirs1@x.test"]);

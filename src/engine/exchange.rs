@@ -1263,6 +1263,12 @@ impl Exchange {
                 .find(&email)
                 .and_then(|a| self.engine.token_wait(pool, a, now))
                 == Some(until);
+            // The first account back is held by its own reserve line, no limit of the API's:
+            // "rate-limited" alone sent people looking for a limit `status` did not show.
+            let first_reserved = !first_refreshes
+                && pool
+                    .find(&email)
+                    .is_some_and(|a| self.engine.held(pool, a, now).1 == Some((until, "reserve")));
             let first = if first_refreshes {
                 format!(" or waiting for the token endpoint; the first one ({email}) is refreshed again")
             } else {
@@ -1272,6 +1278,11 @@ impl Exchange {
                 .filter(|_| scoped)
                 .map(|f| format!(" for {}", super::limits::scope_text(f)))
                 .unwrap_or_default();
+            let limited = if first_reserved {
+                format!("rate-limited{models} or held at its reserve line (`oauth-pool reserve`)")
+            } else {
+                format!("rate-limited{models}")
+            };
             // Bound: what the request needs is that account's alone (its path's resource, or
             // the file its body refers to); the others could only answer 404.
             let needs = self
@@ -1291,7 +1302,7 @@ impl Exchange {
                         "anthropic-pool: every account is rate-limited{models} or waiting for the token endpoint; requests wait for the first one ({email}), refreshed again {when} (OAUTH_POOL_HOLD_MAX_MS)"
                     ),
                     None => format!(
-                        "anthropic-pool: every account is rate-limited{models}; requests wait for the first one ({email}), usable again {when} (OAUTH_POOL_HOLD_MAX_MS)"
+                        "anthropic-pool: every account is {limited}; requests wait for the first one ({email}), usable again {when} (OAUTH_POOL_HOLD_MAX_MS)"
                     ),
                 };
                 let message = pool.without_its_secrets(&message);
@@ -1326,9 +1337,7 @@ impl Exchange {
                 None if only_token_waits => format!(
                     "anthropic-pool: no account has a usable access token, and the token endpoint is not taking refreshes now ({endpoint_said}); the first login ({email}) is refreshed again {when}{holding}"
                 ),
-                None => format!(
-                    "anthropic-pool: every account is rate-limited{models}{first} {when}{holding}"
-                ),
+                None => format!("anthropic-pool: every account is {limited}{first} {when}{holding}"),
             };
             let message = pool.without_its_secrets(&message);
             let resets = pool.find(&email).map_or(0, |a| a.cooldown_resets());

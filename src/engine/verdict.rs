@@ -212,8 +212,17 @@ pub fn is_third_party_refusal(body: &[u8]) -> bool {
 
 /// A 429 that is the Console key's monthly spend limit (`error.details.error_code`), which
 /// lasts until the month turns: a throttle's few seconds would offer the key again and again.
+/// Read from that field alone: matched anywhere in the body, a throttle whose message quoted the
+/// code rested the account 8 days against its `retry-after` of seconds.
 pub fn is_spend_limit(body: &[u8]) -> bool {
-    memchr::memmem::find(body, b"enforced_spend_limit_reached").is_some()
+    // The cheap look first: nearly every 429 is a throttle that never names the code.
+    if memchr::memmem::find(body, b"enforced_spend_limit_reached").is_none() {
+        return false;
+    }
+    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    answer["error"]["details"]["error_code"] == "enforced_spend_limit_reached"
 }
 
 #[cfg(test)]
@@ -514,5 +523,20 @@ mod tests {
             panic!("a spend limit moves on");
         };
         assert_eq!((c.kind, c.scope), (CooldownKind::SpendLimit, None));
+    }
+
+    #[test]
+    fn a_spend_limit_is_read_from_its_field_not_from_a_message_quoting_it() {
+        assert!(is_spend_limit(
+            br#"{"type":"error","error":{"type":"rate_limit_error","message":"You have reached your specified API usage limits.","details":{"error_code":"enforced_spend_limit_reached"}}}"#
+        ));
+        for throttle in [
+            &br#"{"type":"error","error":{"type":"rate_limit_error","message":"not enforced_spend_limit_reached: slow down"}}"#[..],
+            br#"{"type":"error","error":{"type":"rate_limit_error","message":"x","details":{"note":"enforced_spend_limit_reached"}}}"#,
+            b"<html>enforced_spend_limit_reached</html>",
+            br#"{"error":{"details":{"error_code":"enforced_spend_limit_reached""#,
+        ] {
+            assert!(!is_spend_limit(throttle), "{}", String::from_utf8_lossy(throttle));
+        }
     }
 }
