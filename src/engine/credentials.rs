@@ -219,6 +219,12 @@ pub struct Credentials {
     /// or an endpoint never reached (a wrong URL, a TLS failure) made a host retry for ever, its
     /// cause unsaid. Another process's wait, whose cause this one does not know, is not.
     passing_failures: Mutex<HashMap<String, String>>,
+    /// email -> tokens a refresh obtained whose write into the pool is under way. They are kept
+    /// on disk beside the pool with the unsaved ones until it lands: the write may wait up to
+    /// `REFRESH_WRITE_PATIENCE` for the pool's lock (a writer stopped with Ctrl-Z, aidevops's
+    /// lock), and a process ended meanwhile (killed, or Ctrl-C past the exit's wait) lost them
+    /// with the login, its refresh token spent.
+    writing: Mutex<HashMap<String, UnsavedTokens>>,
 }
 
 /// What `refresh_now` did: `refreshed` (this process spent the token), `adopted` (another
@@ -308,6 +314,13 @@ impl Credentials {
                 presented: u.presented.clone(),
             })
             .collect()
+    }
+
+    /// What is kept on disk beside the pool: the unsaved tokens and those being written.
+    pub fn tokens_to_keep(&self) -> Vec<UnsavedTokens> {
+        let mut tokens = self.unsaved_tokens();
+        tokens.extend(lock(&self.writing).values().cloned());
+        tokens
     }
 
     /// Forgets the refresh flights and refused tokens of accounts the pool no longer has (a
@@ -1121,8 +1134,19 @@ impl Engine {
                     }
                     // Renamed meanwhile, the entry still holding the spent token is this login,
                     // and dropping the tokens lost it.
-                    Ok(match holder_mut(pool, &who, &spent) {
-                        Some(a) if a.refresh.as_ref() == Some(&spent) || put_back(a) => {
+                    // An entry holding these tokens already took them from beside the pool,
+                    // where they were kept while this write waited (this write's own reading).
+                    let holder = match holder_mut(pool, &who, &spent) {
+                        Some(a) => Some(a),
+                        // Renamed meanwhile, and its entry took these tokens from beside the pool.
+                        None => holder_mut(pool, &who, &r2),
+                    };
+                    Ok(match holder {
+                        Some(a)
+                            if a.refresh.as_ref() == Some(&spent)
+                                || a.refresh.as_ref() == Some(&r2)
+                                || put_back(a) =>
+                        {
                             let kept = (a.access.clone(), a.expires);
                             a.set_tokens(&a2, &r2, expires);
                             if let Some(until) = backoff {
@@ -1136,6 +1160,22 @@ impl Engine {
                         None => None,
                     })
                 };
+                // On disk before the write waits for the pool's lock (see `writing`); a write
+                // of any process takes them from there, this one's too.
+                let kept_while_writing = refresh != presented && self.store.path().is_some();
+                if kept_while_writing {
+                    lock(&self.credentials.writing).insert(
+                        email.to_string(),
+                        UnsavedTokens {
+                            email: email.to_string(),
+                            access: access.clone(),
+                            refresh: refresh.clone(),
+                            expires,
+                            presented: presented.clone(),
+                        },
+                    );
+                    self.keep_unsaved_on_disk().await;
+                }
                 // A write given up on may still land: the tokens are the same, and the retry
                 // of unsaved tokens takes them as already written (`apply_unsaved`).
                 let mut write = tokio::time::timeout(
@@ -1174,6 +1214,14 @@ impl Engine {
                     }
                 }
                 self.overlay.clear_refused(email);
+                if kept_while_writing {
+                    lock(&self.credentials.writing).remove(email);
+                    // Written: the file goes (or keeps only what is still unsaved). Not written:
+                    // the tokens are unsaved now, and kept so below.
+                    if write.is_ok() {
+                        self.keep_unsaved_on_disk().await;
+                    }
+                }
                 if write.is_ok() && refresh == presented {
                     self.store.release_refresh(&claim_tag).await;
                 }

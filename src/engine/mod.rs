@@ -520,7 +520,7 @@ impl Engine {
             return;
         };
         let fleet = self.store.path().is_none();
-        let tokens = self.credentials.unsaved_tokens();
+        let tokens = self.credentials.tokens_to_keep();
         let kept = crate::store::blocking(move || {
             if fleet && !tokens.is_empty() {
                 crate::store::rescue::make_dir(&path).map_err(|e| {
