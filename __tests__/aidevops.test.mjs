@@ -219,6 +219,23 @@ test("a foreign auth-error whose refresh token is dead becomes final (ours), tok
   const calls = mock.stats().perFamily["carol@aidevops.test"].refreshCalls;
   await assert.rejects(f(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() }), (e) => e.code === "POOL_NO_ACCOUNT");
   assert.equal(mock.stats().perFamily["carol@aidevops.test"].refreshCalls, calls, "never presented again");
+
+  // Their `reset-cooldowns` (pool_ops_cooldowns.py) sets every auth-error back to idle. The
+  // refused login is still refused (a review, 2026-12-07, second: every view called it usable,
+  // and a new process presented the refused token again).
+  const theirs = readPool(path);
+  for (const a of theirs.anthropic) Object.assign(a, { status: "idle", cooldownUntil: null });
+  writeFileSync(`${path}.theirs`, JSON.stringify(theirs, null, 2), { mode: 0o600 });
+  renameSync(`${path}.theirs`, path);
+  const [listed] = await lib.listAccounts(path);
+  assert.equal(listed.status, "auth-error");
+  assert.equal(listed.usable, false);
+  const fresh = lib.createPoolFetch({ path });
+  await assert.rejects(fresh(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() }), (e) => e.code === "POOL_NO_ACCOUNT");
+  assert.equal(mock.stats().perFamily["carol@aidevops.test"].refreshCalls, calls, "not presented after their reset either");
+  await lib.resetCooldowns(path);
+  await lib.flushPool(path);
+  assert.equal(account(path, "carol@aidevops.test").status, "auth-error", "written back as the auth-error it is");
 });
 
 test("importing the package with no native binary never throws; the first call says what to install", async () => {

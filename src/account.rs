@@ -739,6 +739,27 @@ impl Account {
             && self.extra.contains_key("authErrorToken")
     }
 
+    /// An `auth-error` of ours written over by another program (aidevops's `reset-cooldowns` sets
+    /// every `auth-error` back to `idle`) while the refused credential is still the account's:
+    /// read as the `auth-error` it is. Read as `idle`, every view called the login usable while
+    /// every request was `POOL_NO_ACCOUNT`, and a new process presented the refused refresh token
+    /// again. Only a new login clears it; a disabled account stays disabled (`enable` puts the
+    /// mark back).
+    pub(crate) fn keep_our_auth_error(&mut self) {
+        if matches!(
+            self.status_enum(),
+            Some(Status::AuthError) | Some(Status::Disabled)
+        ) {
+            return;
+        }
+        let Some(refused) = self.extra.get("authErrorToken").and_then(Value::as_str) else {
+            return;
+        };
+        if self.credential_tag().as_deref() == Some(refused) {
+            self.status = Status::AuthError.as_str().into();
+        }
+    }
+
     /// An `auth-error` someone else set (aidevops's helper marks one on a transient refresh
     /// failure, with a backoff in `cooldownUntil`): once that cooldown has passed, the account
     /// is tried again, and its refresh token is presented once to find out.

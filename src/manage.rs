@@ -1005,18 +1005,32 @@ pub async fn reset_cooldowns(store: &Store) -> Result<usize> {
 /// or a script hands us: a regular file, at most 1 MB, never a blocking open.
 pub fn import_claude_code(credentials: &Path, email: Option<&str>) -> Result<Tokens> {
     let shown = credentials.display();
-    let bytes =
-        // Not the pool's file: its read failing (a file of another user, EIO) is no POOL_IO,
-        // which says the pool is broken.
-        fsread::read_regular(credentials, MAX_CREDENTIALS_FILE, true).map_err(|e| match e {
-            ReadError::Io(io) => Error::InvalidArgument(format!(
-                "Claude Code credentials {shown} cannot be read: {}; nothing was imported",
-                io
-            )),
-            other => {
-                Error::InvalidArgument(format!("Claude Code credentials {shown} refused: {other}"))
-            }
-        })?;
+    // Not the pool's file: its read failing (a file of another user, EIO) is no POOL_IO,
+    // which says the pool is broken.
+    let refused = |e: ReadError| match e {
+        ReadError::Io(io) => Error::InvalidArgument(format!(
+            "Claude Code credentials {shown} cannot be read: {}; nothing was imported",
+            io
+        )),
+        other => {
+            Error::InvalidArgument(format!("Claude Code credentials {shown} refused: {other}"))
+        }
+    };
+    let file = fsread::open_regular(credentials, true).map_err(refused)?;
+    // Another user's login (a file readable to all, or a link to one): imported, its token family
+    // was shared, and the pool's first refresh logged that user out. The file opened is asked,
+    // whatever link led to it.
+    if let Some(uid) = file
+        .metadata()
+        .ok()
+        .as_ref()
+        .and_then(fsread::foreign_owner)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "Claude Code credentials {shown} belong to another user (uid {uid}): their login is theirs to use, and a refresh here would log them out; nothing was imported"
+        )));
+    }
+    let bytes = fsread::read_capped(&file, MAX_CREDENTIALS_FILE).map_err(refused)?;
     let v: Value = crate::pool::json_text(&bytes)
         .and_then(|text| serde_json::from_slice(text).map_err(|e| e.to_string()))
         .map_err(|e| Error::InvalidArgument(format!("{shown} is not JSON: {e}")))?;

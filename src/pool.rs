@@ -195,6 +195,7 @@ impl Entry {
                     .into_iter()
                     .filter(|(k, _)| !Account::NAMED.contains(&k.as_str()))
                     .collect();
+                a.keep_our_auth_error();
                 Entry::Valid(Box::new(a))
             }
             Err(e) => Entry::Invalid {
