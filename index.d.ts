@@ -74,6 +74,8 @@ export interface AuthorizeResult {
   url: string;
   verifier: string;
   state: string;
+  /** The login's mode: `"console"` makes `addAccount` add the API key the Console makes for the login. */
+  mode: "max" | "console";
 }
 export function authorize(options?: { mode?: "max" | "console" }): Promise<AuthorizeResult>;
 
@@ -221,8 +223,16 @@ export interface PoolStatus {
 
 export function listAccounts(path?: string): Promise<AccountSummary[]>;
 export function poolStatus(path?: string): Promise<PoolStatus>;
-/** Exchanges a pasted code and adds (or updates, same email) the account. Tokens stay in Rust. */
-export function addAccount(input: string, pkce: { verifier: string; state: string }, path?: string): Promise<{ email: string; added: boolean }>;
+/**
+ * Exchanges a pasted code and adds (or updates, same email) the account. Tokens stay in Rust. A
+ * Console login (`pkce.mode` `"console"`, as `authorize({ mode: "console" })` gives it) adds the
+ * API key the Console makes for it, as a `type: "api"` member (`type: "api"` in the answer).
+ */
+export function addAccount(
+  input: string,
+  pkce: { verifier: string; state: string; mode?: "max" | "console" },
+  path?: string,
+): Promise<{ email: string; added: boolean; type?: "api" }>;
 /** Adds a Console API key as a `type: "api"` member. */
 export function addApiKey(key: string, options?: { email?: string; path?: string }): Promise<{ email: string; added: boolean }>;
 /** Removes the account(s) with this email; resolves how many were removed. */

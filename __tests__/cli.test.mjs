@@ -874,11 +874,39 @@ test("add: prints the authorize URL, reads the pasted code, adds the account (lo
   const console = await addThroughMock(path, "bob@x.test", { args: ["--mode", "console"] });
   assert.equal(console.code, 0, console.stderr);
   assert.doesNotMatch(console.stderr, /terms reserve/, "a Console login is the sanctioned path");
+  assert.match(console.stdout, /added bob@x\.test \(an API key the Console made for this login\)/);
   assert.deepEqual(
     readPool(path)
       .anthropic.map((a) => a.email)
       .sort(),
     ["alice@x.test", "bob@x.test"],
+  );
+  const bob = readPool(path).anthropic.find((a) => a.email === "bob@x.test");
+  assert.equal(bob.type, "api", "a Console login's member is the key made for it");
+  assert.ok(bob.key && !bob.refresh);
+  assertNoSecret(console, [bob.key]);
+});
+
+test("add: a paste refused before anything is sent (pasted twice) asks again, and the code still logs in", async () => {
+  const path = freshPath();
+  let approved = null;
+  const r = await cli(["add"], {
+    path,
+    env: { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url },
+    onStdout(stdout, child) {
+      if (approved !== null) return;
+      const line = stdout.split("\n").find((l) => l.includes("oauth/authorize"));
+      if (!line || !stdout.includes("\n")) return;
+      approved = mock.approve(line.trim(), "again@x.test");
+      child.stdin.end(`${approved} ${approved}\n${approved}\n`);
+    },
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /more than one code .*Nothing was sent: paste the code again/);
+  assert.match(r.stdout, /added again@x\.test/);
+  assert.deepEqual(
+    readPool(path).anthropic.map((a) => a.email),
+    ["again@x.test"],
   );
 });
 

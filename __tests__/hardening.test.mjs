@@ -57,6 +57,10 @@ test("a refresh answer with new tokens whose expires_in is missing or odd, or wh
     overflowing: { retext: (t) => t.replace(/"expires_in":\d+/, '"expires_in":1e400') },
     marked: { retext: (t) => `\ufeff${t}` },
     halfPair: { retext: (t) => t.replace('"scope":"', '"scope":"\\ud83d ') },
+    // Bytes after the answer (a review, 2026-12-07, second): refused whole, the spent token was
+    // presented again after the endpoint's rest, and the login revoked.
+    trailing: { retext: (t) => `${t}\n<!-- served by proxy -->` },
+    secondDocument: { retext: (t) => `${t}{"note":1}` },
   };
   for (const [shape, reshape] of Object.entries(shapes)) {
     const [first, second] = [`odd-life-${shape}@x.test`, `odd-life-${shape}-b@x.test`];

@@ -16,7 +16,7 @@ import {
 } from "../index.mjs";
 import { callbackUrlFromPaste } from "./helpers/mock-anthropic.mjs";
 import { body, jsonHeaders, messagesUrl, useMock, tempPoolPath, mode, withEnv } from "./helpers/pool-env.mjs";
-import { mkdirSync, rmdirSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
+import { chownSync, mkdirSync, rmdirSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { createServer } from "node:http";
 import { join } from "node:path";
@@ -266,6 +266,76 @@ test("a login answered with a refresh token and an unusable access token is kept
   mock.setTokenMode(null);
 });
 
+// Found by a review (2026-12-07, second): `--mode console` only changed the login URL, and the
+// Console login's bearer token was stored as a subscription member, which the API refuses for a
+// Console organisation. A Console login is for its API key, as Claude Code makes it.
+test("a Console login adds the API key the Console makes for it: a key member that serves; a refusal is coded, names no secret, adds nothing", async () => {
+  const made = () => mock.requests.filter((r) => r.path === "/api/oauth/claude_cli/create_api_key").length;
+  const a = await authorize({ mode: "console" });
+  assert.equal(a.mode, "console");
+  assert.equal((await authorize()).mode, "max");
+  const path = tempPoolPath();
+  const before = made();
+  const added = await addAccount(mock.approve(a.url, "console-team@x.test"), a, path);
+  assert.deepEqual(added, { email: "console-team@x.test", added: true, type: "api" });
+  assert.equal(made(), before + 1, "one key made");
+  const [member] = (await loadPool(path)).anthropic;
+  assert.equal(member.type, "api");
+  assert.match(member.key, /^sk-ant-api/);
+  assert.equal(member.refresh, undefined, "the login's tokens are not kept: the key is the member");
+  const res = await createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  assert.equal(res.status, 200);
+  assert.equal(res.poolAccount, "console-team@x.test");
+  await res.text();
+
+  // An endpoint that makes no key (an HTML page, an answer without one that echoes the token).
+  for (const answer of [
+    (res, _token) => res.writeHead(502, { "content-type": "text/html" }).end("<html>bad gateway</html>"),
+    (res, token) => res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ raw_key: null, echo: token })),
+    (res, token) => res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ raw_key: `not a key ${token}` })),
+  ]) {
+    let seen = "";
+    const server = createServer((req, res) => {
+      seen = String(req.headers.authorization ?? "").replace(/^Bearer /, "");
+      answer(res, seen);
+    });
+    await new Promise((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      const login = await authorize({ mode: "console" });
+      const paste = mock.approve(login.url, "console-refused@x.test");
+      const none = tempPoolPath();
+      await withEnv({ OAUTH_POOL_API_URL: `http://127.0.0.1:${server.address().port}` }, async () => {
+        await assert.rejects(addAccount(paste, login, none), (e) => {
+          assert.equal(e.code, "OAUTH_HTTP", e.message);
+          assert.match(e.message, /no API key was made for it, and nothing was added/);
+          assert.ok(seen && !e.message.includes(seen), "the token is not repeated");
+          return true;
+        });
+      });
+      assert.deepEqual((await loadPool(none)).anthropic, []);
+    } finally {
+      server.close();
+    }
+  }
+});
+
+// Found by a review (2026-12-07, second): a 200 carrying an OAuth error was read as a token
+// response ("no refresh_token"), its code and text dropped, and the login marked completed: the
+// same paste, its code still unused, was refused "completed already".
+test("a token endpoint's 200 that is an OAuth error is said as the error, and the same paste then logs in", async () => {
+  const a = await authorize();
+  const paste = mock.approve(a.url, "error200@x.test");
+  const path = tempPoolPath();
+  mock.setTokenMode({ grant: "authorization_code", status: 200, body: { error: "temporarily_unavailable", error_description: "try again in a moment" } });
+  await assert.rejects(addAccount(paste, a, path), (e) => {
+    assert.equal(e.code, "OAUTH_HTTP");
+    assert.match(e.message, /temporarily_unavailable: try again in a moment/);
+    return true;
+  });
+  mock.setTokenMode(null);
+  assert.deepEqual(await addAccount(paste, a, path), { email: "error200@x.test", added: true });
+});
+
 test("the same paste submitted twice at once is sent once, and both get the login: a host showing the last answer shows it added", async () => {
   // The second was OAUTH_BAD_INPUT "pasted twice" though the first added the account.
   const a = await authorize();
@@ -487,6 +557,32 @@ test("a key pasted as its shell line is stored as its value; an OAuth token so p
     (await loadPool(path)).anthropic.map((a) => [a.email, a.key]),
     [["line@x.test", key]],
   );
+});
+
+// Found by a review (2026-12-07, second): a credentials file another user owns, readable or
+// reached through a link, was imported; its token family then shared, the pool's first refresh
+// logged that user out.
+test("Claude Code credentials another user owns are refused, named or through a link, nothing imported", {
+  skip: !(typeof process.getuid === "function" && process.getuid() === 0) && "making a file of another user needs root",
+}, async () => {
+  const t = mock.addAccount("cc-theirs@x.test");
+  const dir = tempDir("claude-theirs-");
+  const creds = join(dir, ".credentials.json");
+  writeFileSync(creds, JSON.stringify({ claudeAiOauth: { accessToken: t.access, refreshToken: t.refresh, expiresAt: t.expires, scopes: [] } }), {
+    mode: 0o644,
+  });
+  chownSync(creds, 65534, 65534);
+  const link = join(tempDir("claude-link-"), ".credentials.json");
+  symlinkSync(creds, link);
+  for (const credentialsPath of [creds, link]) {
+    const path = tempPoolPath();
+    await assert.rejects(importClaudeCode({ credentialsPath, path }), (e) => {
+      assert.equal(e.code, "INVALID_ARGUMENT");
+      assert.match(e.message, /belong to another user \(uid 65534\).*nothing was imported/);
+      return true;
+    });
+    assert.deepEqual((await loadPool(path)).anthropic, []);
+  }
 });
 
 test("an existing Claude Code login can be imported", async () => {

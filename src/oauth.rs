@@ -343,16 +343,42 @@ async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<
     drop(body);
     // Read as a JavaScript client reads it (a byte order mark, a lone surrogate, `1e400`): a
     // 200 refused whole lost the rotated refresh token in it with the login.
-    let parsed: Option<Value> = crate::pool::value_read_leniently(&bytes);
+    let parsed: Option<Value> = crate::pool::value_read_leniently(&bytes).or_else(|| {
+        // A token answer with bytes after it (a proxy's trailer, a second document): its first
+        // object is the answer. Refused whole, the rotated refresh token in it was lost, and the
+        // spent one presented again after the endpoint's rest, which revoked the login.
+        let first = serde_json::Deserializer::from_slice(&bytes)
+            .into_iter::<Value>()
+            .next()?
+            .ok()?;
+        (first.is_object()
+            && (first.get("refresh_token").is_some() || first.get("error").is_some()))
+        .then_some(first)
+    });
 
-    if (200..300).contains(&status) {
-        return parsed
-            .filter(Value::is_object)
-            .ok_or_else(|| Error::OAuthHttp {
+    // A 2xx that is an OAuth error and holds no token (a proxy's, or an endpoint's that answers
+    // errors with 200) is read as the error it says: taken for a token response, its code and
+    // text were dropped for "no refresh_token", and the login was marked completed, so pasting
+    // the same, still unused code was refused.
+    let error_in_2xx = parsed.as_ref().is_some_and(|v| {
+        v.get("error").is_some()
+            && v.get("access_token").is_none()
+            && v.get("refresh_token").is_none()
+    });
+    if (200..300).contains(&status) && !error_in_2xx {
+        return match parsed {
+            Some(v) if v.is_object() => Ok(v),
+            Some(_) => Err(Error::OAuthHttp {
+                status,
+                detail: "the answer is JSON but not an object: no token response".into(),
+                retry_after: None,
+            }),
+            None => Err(Error::OAuthHttp {
                 status,
                 detail: scrub_with_forms(&not_json(&content_type), presented),
                 retry_after: None,
-            });
+            }),
+        };
     }
     let (code, description) = parsed.as_ref().map(error_fields).unwrap_or((None, None));
     let summary = match (&code, &description) {
@@ -566,6 +592,51 @@ pub async fn profile_email(access: &Secret) -> Result<Option<String>> {
         .and_then(Value::as_str)
         .map(str::to_string);
     Ok(email)
+}
+
+/// `POST {api}/api/oauth/claude_cli/create_api_key`: a Console login's own API key, which is
+/// what a Console login is for (its bearer token is no member: the API refuses a Console
+/// organisation's OAuth token, and it was stored as a login every request of which failed). What
+/// the answer says of itself is never quoted: it may hold the key or echo the token.
+pub async fn create_api_key(access: &Secret) -> Result<Secret> {
+    let mut url = config::api_url()?;
+    url.set_path("/api/oauth/claude_cli/create_api_key");
+    http::check_proxy(&url)?;
+    let response = http::api_client()?
+        .post(url)
+        .timeout(http::token_call_timeout())
+        .bearer_auth(access.expose())
+        .header("anthropic-beta", OAUTH_BETA)
+        .header("accept", "application/json")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .map_err(|e| http::network_error("the API key endpoint", &e))?;
+    let response = crate::coding::received(response, "the API key endpoint")?;
+    let status = response.status().as_u16();
+    let bytes = read_bounded(response).await?;
+    let refused = |detail: &str| {
+        Error::OAuthHttp {
+        status,
+        detail: format!("{detail}: the Console login worked, but no API key was made for it, and nothing was added (log in again to try once more, or paste a key with `oauth-pool add-key`)"),
+        retry_after: None,
+    }
+    };
+    if !(200..300).contains(&status) {
+        return Err(refused("the API key endpoint refused to make a key"));
+    }
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let key = v.get("raw_key").and_then(Value::as_str).unwrap_or("");
+    let plausible = key.starts_with("sk-ant-")
+        && key.len() <= 4096
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if !plausible {
+        return Err(refused("the API key endpoint's answer holds no API key"));
+    }
+    Ok(Secret::new(key))
 }
 
 #[cfg(test)]

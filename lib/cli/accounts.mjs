@@ -224,15 +224,37 @@ async function add({ lib, options, path, out }) {
   out.result({ url: pkce.url }, pkce.url);
   // Nobody can log in with a URL that was never shown, and a code read then would be a guess.
   if (!(await out.delivered())) throw new UsageError("add prints the login URL on stdout, and stdout could not take it (closed or full): no login was started");
-  const line = await readLine({ prompt: "code: ", timeoutMs: waitMs, skipBlank: true });
-  if (line === null) throw new UsageError("add reads the pasted code from stdin, and stdin closed before a line came");
-  if (line === TIMED_OUT) {
-    throw new UsageError(
-      `add waited ${duration(waitMs)} for the pasted code on stdin and none came: the login link has expired, nothing was added; run \`oauth-pool add\` again`,
-    );
+  const deadline = Date.now() + waitMs;
+  let r;
+  // A paste refused before anything was sent, while another may come.
+  let refusal = null;
+  for (;;) {
+    const line = await readLine({ prompt: "code: ", timeoutMs: Math.max(0, deadline - Date.now()), skipBlank: true });
+    if (line === null && refusal) throw refusal;
+    if (line === null) throw new UsageError("add reads the pasted code from stdin, and stdin closed before a line came");
+    if (line === TIMED_OUT) {
+      throw new UsageError(
+        `add waited ${duration(waitMs)} for the pasted code on stdin and none came: the login link has expired, nothing was added; run \`oauth-pool add\` again`,
+      );
+    }
+    try {
+      r = await lib.addAccount(line.trim(), { verifier: pkce.verifier, state: pkce.state, mode: pkce.mode }, path);
+      break;
+    } catch (e) {
+      // Refused before anything was sent (pasted twice, another login's code, the URL pasted
+      // back): the code is still good, and the verifier lives only in this process. Ending here
+      // sent the person through the browser login again.
+      if (e?.code === "OAUTH_BAD_INPUT" || e?.code === "OAUTH_STATE_MISMATCH") {
+        refusal = e;
+        out.note(text`${e.message}. Nothing was sent: paste the code again.`);
+        continue;
+      }
+      r = await keptLoginWritten(e, before, out);
+      break;
+    }
   }
-  const r = await lib.addAccount(line.trim(), { verifier: pkce.verifier, state: pkce.state }, path).catch((e) => keptLoginWritten(e, before, out));
-  out.result(r, text`${r.added ? "added" : "updated"} ${r.email}`);
+  const what = r.type === "api" ? " (an API key the Console made for this login)" : "";
+  out.result(r, text`${r.added ? "added" : "updated"} ${r.email}${what}`);
 }
 
 /** A write's failure with the random part of its temp file's name left out. */

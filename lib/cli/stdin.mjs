@@ -29,6 +29,9 @@ export async function readLine({ prompt, hidden = false, timeoutMs, skipBlank = 
   // Node's stream over a directory ends at once, as an empty pipe does, where Bun's throws: the
   // directory is told apart here, so both runtimes say what stdin is.
   if (typeof stdin.fd === "number" && isDirectory(stdin.fd)) throw unreadable({ code: "EISDIR" });
+  // Ended during an earlier read (`add` asking again): its end came and went, and waiting for
+  // it again waited out the whole timeout.
+  if (stdin.readableEnded) return null;
   return new Promise((resolve, reject) => {
     const chunks = [];
     let size = 0;
@@ -51,7 +54,15 @@ export async function readLine({ prompt, hidden = false, timeoutMs, skipBlank = 
         const text = line(Buffer.concat([...chunks, buf.subarray(0, nl)]));
         // `skipBlank`: a line of nothing (Enter pressed before pasting) is passed over, not taken
         // for the answer.
-        if (!skipBlank || text.trim() !== "") return finish(() => resolve(text));
+        if (!skipBlank || text.trim() !== "") {
+          // What came after the line stays for the next read (`add` asks again after a paste
+          // refused before anything was sent).
+          const rest = buf.subarray(nl + 1);
+          return finish(() => {
+            if (rest.length > 0 && typeof stdin.unshift === "function") stdin.unshift(rest);
+            resolve(text);
+          });
+        }
         chunks.length = 0;
         size = 0;
         buf = buf.subarray(nl + 1);

@@ -21,6 +21,8 @@ pub struct AuthorizeResult {
     pub url: String,
     pub verifier: String,
     pub state: String,
+    /// `"console"` for a Console login: `addAccount` then makes the login's API key.
+    pub mode: String,
 }
 
 #[napi(catch_unwind)]
@@ -33,6 +35,11 @@ pub fn authorize(options: Option<AuthorizeOptions>) -> JsResult<AuthorizeResult>
         url: a.url.clone(),
         verifier: a.verifier.expose().to_string(),
         state: a.state.expose().to_string(),
+        mode: match mode {
+            oauth::Mode::Max => "max",
+            oauth::Mode::Console => "console",
+        }
+        .into(),
     })
 }
 
@@ -40,6 +47,8 @@ pub fn authorize(options: Option<AuthorizeOptions>) -> JsResult<AuthorizeResult>
 pub struct Pkce {
     pub verifier: String,
     pub state: String,
+    /// The login's mode as `authorize` gave it (none: a Pro/Max login).
+    pub mode: Option<String>,
 }
 
 #[napi(ts_return_type = "Promise<any>", catch_unwind)]
@@ -161,9 +170,22 @@ pub fn add_account(
         // A Ctrl-C or `kill` once the code is spent waits for the new login to be written, as
         // for a refresh's tokens (the person had to log in again).
         let unwritten = crate::engine::credentials::Unwritten::begin();
+        let mode = oauth::Mode::parse(pkce.mode.as_deref()).map_err(js_error)?;
         let tokens = oauth::exchange(&input, &pkce.verifier, &pkce.state)
             .await
             .map_err(js_error)?;
+        if mode == oauth::Mode::Console {
+            // A Console login is for its API key: the member is the key, named by the login's
+            // email, as a key pasted with `add-key` is.
+            let key = oauth::create_api_key(&tokens.access)
+                .await
+                .map_err(js_error)?;
+            let (email, added) = manage::add_api_key(&store, &key, tokens.email.as_deref())
+                .await
+                .map_err(js_error)?;
+            drop(unwritten);
+            return Ok(json!({ "email": email, "added": added, "type": "api" }));
+        }
         let (email, added) = manage::add_oauth_kept(&store, tokens, unwritten)
             .await
             .map_err(js_error)?;
