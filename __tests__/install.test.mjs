@@ -184,6 +184,14 @@ test("a binary of another version behind a matching manifest, or another program
   }
 });
 
+// The binary says Cargo.toml's version and the loader asks for package.json's: bumped in one
+// alone, a fresh build was refused (a review, 2026-12-07, second).
+test("Cargo.toml and package.json say one version, the one the built binary says", () => {
+  const cargo = /^version\s*=\s*"([^"]+)"/m.exec(readFileSync(join(ROOT, "Cargo.toml"), "utf8"))?.[1];
+  const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version;
+  assert.equal(cargo, pkg);
+});
+
 test("a binary linked to a file not named .node (cargo's own liboauth_pool.so) loads as a binary", { skip: !elf }, async () => {
   const { dir, binary } = install(good());
   const checkout = tempDir("oauth-pool-target-");

@@ -288,6 +288,23 @@ test("a Console login adds the API key the Console makes for it: a key member th
   assert.equal(res.poolAccount, "console-team@x.test");
   await res.text();
 
+  // One person's Pro/Max login and Console login share an email: the key goes beside the login
+  // (it was made, then refused for the name, and lost: one more orphan key in the Console a try).
+  const max = await authorize();
+  assert.deepEqual(await addAccount(mock.approve(max.url, "both@x.test"), max, path), { email: "both@x.test", added: true });
+  const second = await authorize({ mode: "console" });
+  const keysBefore = made();
+  assert.deepEqual(await addAccount(mock.approve(second.url, "both@x.test"), second, path), { email: "both@x.test (console)", added: true, type: "api" });
+  assert.equal(made(), keysBefore + 1);
+  assert.deepEqual(
+    (await loadPool(path)).anthropic.map((a) => [a.email, a.type ?? "oauth"]),
+    [
+      ["console-team@x.test", "api"],
+      ["both@x.test", "oauth"],
+      ["both@x.test (console)", "api"],
+    ],
+  );
+
   // An endpoint that makes no key (an HTML page, an answer without one that echoes the token).
   for (const answer of [
     (res, _token) => res.writeHead(502, { "content-type": "text/html" }).end("<html>bad gateway</html>"),

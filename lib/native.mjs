@@ -39,7 +39,7 @@ function load() {
     }
   };
   if (existsSync(local)) {
-    const addon = attempt(local, local, `rebuild ${local} with "npm run build"`);
+    const addon = attempt(local, local, `rebuild ${local} with "npm run build" (the build takes its version from Cargo.toml, which must say package.json's)`);
     if (addon) return addon;
   }
   // The platform packages this release publishes, and its version: only those names are asked

@@ -176,13 +176,22 @@ pub fn add_account(
             .map_err(js_error)?;
         if mode == oauth::Mode::Console {
             // A Console login is for its API key: the member is the key, named by the login's
-            // email, as a key pasted with `add-key` is.
+            // email, as a key pasted with `add-key` is. The name is settled before the key is
+            // made: a key made and then refused (the email is a Pro/Max login of the pool's,
+            // the usual case for one person) was never shown, and each try left one more key in
+            // the Console for the person to find and revoke.
+            let name = console_key_name(&store, tokens.email.as_deref())
+                .await
+                .map_err(js_error)?;
             let key = oauth::create_api_key(&tokens.access)
                 .await
                 .map_err(js_error)?;
-            let (email, added) = manage::add_api_key(&store, &key, tokens.email.as_deref())
+            let (email, added) = manage::add_api_key(&store, &key, name.as_deref())
                 .await
-                .map_err(js_error)?;
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "the Console made an API key, and the pool could not take it");
+                    js_error(e)
+                })?;
             drop(unwritten);
             return Ok(json!({ "email": email, "added": added, "type": "api" }));
         }
@@ -191,6 +200,32 @@ pub fn add_account(
             .map_err(js_error)?;
         Ok(json!({ "email": email, "added": added }))
     })
+}
+
+/// The name a Console login's key is added under: the login's email, or, when that names a
+/// Pro/Max login of the pool (one person's two logins), `<email> (console)`.
+async fn console_key_name(
+    store: &crate::store::Store,
+    email: Option<&str>,
+) -> crate::error::Result<Option<String>> {
+    let Some(email) = email else {
+        return Ok(None);
+    };
+    let pool = store.load().await?;
+    let login = |name: &str| {
+        pool.find(name)
+            .is_some_and(|a| !a.is_api_key() && a.refresh.is_some())
+    };
+    if !login(email) {
+        return Ok(Some(email.to_string()));
+    }
+    let beside = format!("{email} (console)");
+    if login(&beside) {
+        return Err(Error::InvalidArgument(format!(
+            "{email} and {beside} are both Pro/Max logins of the pool: no API key was made for this Console login; remove or rename one (oauth-pool remove) and log in again"
+        )));
+    }
+    Ok(Some(beside))
 }
 
 /// A login this process holds because its write failed after the code was spent.
