@@ -822,7 +822,7 @@ test("doctor: leftover temp files warn; a plain-http endpoint off loopback is a 
 });
 
 /** Runs `oauth-pool add`, approves the URL it prints at the mock as `email`, pastes the code. */
-function addThroughMock(path, email, { args = [], tamper = (p) => p } = {}) {
+function addThroughMock(path, email, { args = [], tamper = (p) => p, typed = (p) => `${p}\n` } = {}) {
   let approved = null;
   return cli(["add", ...args], {
     path,
@@ -833,7 +833,7 @@ function addThroughMock(path, email, { args = [], tamper = (p) => p } = {}) {
       if (!line || !stdout.includes("\n")) return;
       const url = line.startsWith("{") ? JSON.parse(line).url : line.trim();
       approved = tamper(mock.approve(url, email));
-      child.stdin.end(`${approved}\n`);
+      child.stdin.end(typed(approved));
     },
   }).then((r) => ({ ...r, paste: approved }));
 }
@@ -889,18 +889,7 @@ test("add: prints the authorize URL, reads the pasted code, adds the account (lo
 
 test("add: a paste refused before anything is sent (pasted twice) asks again, and the code still logs in", async () => {
   const path = freshPath();
-  let approved = null;
-  const r = await cli(["add"], {
-    path,
-    env: { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: mock.url },
-    onStdout(stdout, child) {
-      if (approved !== null) return;
-      const line = stdout.split("\n").find((l) => l.includes("oauth/authorize"));
-      if (!line || !stdout.includes("\n")) return;
-      approved = mock.approve(line.trim(), "again@x.test");
-      child.stdin.end(`${approved} ${approved}\n${approved}\n`);
-    },
-  });
+  const r = await addThroughMock(path, "again@x.test", { typed: (p) => `${p} ${p}\n${p}\n` });
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stderr, /more than one code .*Nothing was sent: paste the code again/);
   assert.match(r.stdout, /added again@x\.test/);

@@ -37,6 +37,21 @@ async function poolOf(email, extra = {}) {
 }
 
 /**
+ * A request through the pool of `path` served by the tokens another process kept beside it:
+ * they land in the file (its refresh token `live`), and no token is presented for it.
+ */
+async function servedByKeptTokens(path, email, live) {
+  const before = mock.stats().perFamily[email].refreshCalls;
+  const res = await lib.createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
+  assert.equal(res.status, 200);
+  await res.text();
+  await lib.flushPool(path);
+  assert.equal(account(path, email).refresh, live, "the kept tokens written into the pool");
+  const family = mock.stats().perFamily[email];
+  assert.deepEqual([family.refreshCalls, family.reuse, family.revoked], [before, 0, false], "no token presented: the kept access token served");
+}
+
+/**
  * A request through the pool of `path` whose refresh is held at the token endpoint once it has
  * arrived there: `answer()` lets the endpoint answer, `request` is the request's Response.
  */
@@ -226,15 +241,8 @@ test("tokens a process could not save before it ended are kept beside the pool (
   assert.notEqual(live, entry.refresh);
   renameSync(aside, path);
   assert.equal(account(path, email).refresh, entry.refresh, "the file back holds the spent token");
-  const before = mock.stats().perFamily[email].refreshCalls;
-  const res = await lib.createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
-  assert.equal(res.status, 200);
-  await res.text();
-  await lib.flushPool(path);
-  assert.equal(account(path, email).refresh, live, "the kept tokens written into the pool");
+  await servedByKeptTokens(path, email, live);
   assert.equal(existsSync(kept), false, "and their file gone");
-  const family = mock.stats().perFamily[email];
-  assert.deepEqual([family.refreshCalls, family.reuse, family.revoked], [before, 0, false], "no token presented: the kept access token served");
 });
 
 // Found by a review (2026-12-07, second): the new tokens went beside the pool only once the
@@ -265,14 +273,7 @@ test("tokens refreshed while another writer holds the pool's lock are kept besid
   }
   const live = mock.tokens(email).refresh;
   assert.notEqual(live, entry.refresh, "the endpoint rotated the token: the pool's is spent");
-  const before = mock.stats().perFamily[email].refreshCalls;
-  const res = await lib.createPoolFetch({ path })(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body() });
-  assert.equal(res.status, 200);
-  await res.text();
-  await lib.flushPool(path);
-  assert.equal(account(path, email).refresh, live, "the kept tokens written into the pool");
-  const family = mock.stats().perFamily[email];
-  assert.deepEqual([family.refreshCalls, family.reuse, family.revoked], [before, 0, false], "the spent token never presented");
+  await servedByKeptTokens(path, email, live);
 });
 
 // And a refresh whose write does not wait leaves nothing beside the pool.
