@@ -21,6 +21,7 @@ fn parse(filter: &str) -> Result<Targets, tracing_subscriber::filter::ParseError
 /// matches the lines whose target starts with it, so it reaches the pool when it is the start
 /// of one of these; a test keeps the list in step with the sources.
 const LOGGING_MODULES: &[&str] = &[
+    "oauth_pool::binding::login",
     "oauth_pool::engine",
     "oauth_pool::engine::bookkeeping",
     "oauth_pool::engine::credentials",
