@@ -74,8 +74,6 @@ export interface AuthorizeResult {
   url: string;
   verifier: string;
   state: string;
-  /** The login's mode: `"console"` makes `addAccount` add the API key the Console makes for the login. */
-  mode: "max" | "console";
 }
 export function authorize(options?: { mode?: "max" | "console" }): Promise<AuthorizeResult>;
 
@@ -225,8 +223,9 @@ export function listAccounts(path?: string): Promise<AccountSummary[]>;
 export function poolStatus(path?: string): Promise<PoolStatus>;
 /**
  * Exchanges a pasted code and adds (or updates, same email) the account. Tokens stay in Rust. A
- * Console login (`pkce.mode` `"console"`, as `authorize({ mode: "console" })` gives it) adds the
- * API key the Console makes for it, as a `type: "api"` member (`type: "api"` in the answer).
+ * Console login (`authorize({ mode: "console" })` in this process, or `pkce.mode` `"console"`)
+ * adds the API key the Console makes for it, as a `type: "api"` member (`type: "api"` in the
+ * answer).
  */
 export function addAccount(
   input: string,

@@ -271,9 +271,10 @@ test("a login answered with a refresh token and an unusable access token is kept
 // Console organisation. A Console login is for its API key, as Claude Code makes it.
 test("a Console login adds the API key the Console makes for it: a key member that serves; a refusal is coded, names no secret, adds nothing", async () => {
   const made = () => mock.requests.filter((r) => r.path === "/api/oauth/claude_cli/create_api_key").length;
+  // The contract's `{ url, verifier, state }`: the mode is the one this process started the
+  // login of that state in.
   const a = await authorize({ mode: "console" });
-  assert.equal(a.mode, "console");
-  assert.equal((await authorize()).mode, "max");
+  assert.deepEqual(Object.keys(a).sort(), ["state", "url", "verifier"]);
   const path = tempPoolPath();
   const before = made();
   const added = await addAccount(mock.approve(a.url, "console-team@x.test"), a, path);
@@ -294,7 +295,13 @@ test("a Console login adds the API key the Console makes for it: a key member th
   assert.deepEqual(await addAccount(mock.approve(max.url, "both@x.test"), max, path), { email: "both@x.test", added: true });
   const second = await authorize({ mode: "console" });
   const keysBefore = made();
-  assert.deepEqual(await addAccount(mock.approve(second.url, "both@x.test"), second, path), { email: "both@x.test (console)", added: true, type: "api" });
+  // Told by the pkce's own `mode` too (a login started in another process).
+  const { verifier, state } = second;
+  assert.deepEqual(await addAccount(mock.approve(second.url, "both@x.test"), { verifier, state, mode: "console" }, path), {
+    email: "both@x.test (console)",
+    added: true,
+    type: "api",
+  });
   assert.equal(made(), keysBefore + 1);
   assert.deepEqual(
     (await loadPool(path)).anthropic.map((a) => [a.email, a.type ?? "oauth"]),

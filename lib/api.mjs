@@ -277,7 +277,7 @@ function pkceArg(pkce) {
     throw invalidArgument("the second argument must be { verifier, state } from authorize()");
   }
   if (given.mode !== undefined && given.mode !== "max" && given.mode !== "console") {
-    throw invalidArgument(`the login's mode must be "max" or "console" as authorize() gave it, got ${shown(given.mode)}`);
+    throw invalidArgument(`the login's mode must be "max" or "console", got ${shown(given.mode)}`);
   }
   return given;
 }

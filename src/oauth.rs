@@ -68,9 +68,40 @@ pub fn challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
+/// The mode of each login `authorize` started in this process, by a digest of its state: the
+/// contract's `{ url, verifier, state }` carries no mode, and `addAccount` with a Console
+/// login's pkce must make its API key. The newest 64, each for the hour a login can take.
+static LOGIN_MODES: std::sync::Mutex<std::collections::VecDeque<([u8; 32], Mode, i64)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+const LOGIN_MODES_KEPT: usize = 64;
+const LOGIN_MODE_LIFE_MS: i64 = 60 * 60 * 1000;
+
+fn state_digest(state: &str) -> [u8; 32] {
+    Sha256::digest(state.as_bytes()).into()
+}
+
+/// The mode of the login whose state is `state`, as `authorize` started it here (a login
+/// started elsewhere, or long ago, is a Pro/Max login).
+pub fn mode_of(state: &str) -> Mode {
+    let digest = state_digest(state);
+    let now = now_ms();
+    let modes = LOGIN_MODES.lock().unwrap_or_else(|p| p.into_inner());
+    modes
+        .iter()
+        .find(|(d, _, at)| *d == digest && now - at < LOGIN_MODE_LIFE_MS)
+        .map_or(Mode::Max, |(_, mode, _)| *mode)
+}
+
 pub fn authorize(mode: Mode) -> Result<Authorization> {
     let verifier = random_token()?;
     let state = random_token()?;
+    if mode == Mode::Console {
+        let mut modes = LOGIN_MODES.lock().unwrap_or_else(|p| p.into_inner());
+        if modes.len() >= LOGIN_MODES_KEPT {
+            modes.pop_front();
+        }
+        modes.push_back((state_digest(state.expose()), mode, now_ms()));
+    }
     let base = match mode {
         Mode::Max => AUTHORIZE_URL_MAX,
         Mode::Console => AUTHORIZE_URL_CONSOLE,

@@ -238,7 +238,7 @@ async function add({ lib, options, path, out }) {
       );
     }
     try {
-      r = await lib.addAccount(line.trim(), { verifier: pkce.verifier, state: pkce.state, mode: pkce.mode }, path);
+      r = await lib.addAccount(line.trim(), { verifier: pkce.verifier, state: pkce.state, mode }, path);
       break;
     } catch (e) {
       // Refused before anything was sent (pasted twice, another login's code, the URL pasted

@@ -21,8 +21,6 @@ pub struct AuthorizeResult {
     pub url: String,
     pub verifier: String,
     pub state: String,
-    /// `"console"` for a Console login: `addAccount` then makes the login's API key.
-    pub mode: String,
 }
 
 #[napi(catch_unwind)]
@@ -35,11 +33,6 @@ pub fn authorize(options: Option<AuthorizeOptions>) -> JsResult<AuthorizeResult>
         url: a.url.clone(),
         verifier: a.verifier.expose().to_string(),
         state: a.state.expose().to_string(),
-        mode: match mode {
-            oauth::Mode::Max => "max",
-            oauth::Mode::Console => "console",
-        }
-        .into(),
     })
 }
 
@@ -47,7 +40,8 @@ pub fn authorize(options: Option<AuthorizeOptions>) -> JsResult<AuthorizeResult>
 pub struct Pkce {
     pub verifier: String,
     pub state: String,
-    /// The login's mode as `authorize` gave it (none: a Pro/Max login).
+    /// The login's mode (none: as `authorize` started the login of this state in this process,
+    /// else a Pro/Max login).
     pub mode: Option<String>,
 }
 
@@ -170,7 +164,10 @@ pub fn add_account(
         // A Ctrl-C or `kill` once the code is spent waits for the new login to be written, as
         // for a refresh's tokens (the person had to log in again).
         let unwritten = crate::engine::credentials::Unwritten::begin();
-        let mode = oauth::Mode::parse(pkce.mode.as_deref()).map_err(js_error)?;
+        let mode = match pkce.mode.as_deref() {
+            Some(mode) => oauth::Mode::parse(Some(mode)).map_err(js_error)?,
+            None => oauth::mode_of(&pkce.state),
+        };
         let tokens = oauth::exchange(&input, &pkce.verifier, &pkce.state)
             .await
             .map_err(js_error)?;
