@@ -223,10 +223,14 @@ const EXIT_WAIT_MS = 5000;
 // OpenCode does, lost the last answers' usage). Synchronous, as an `exit` listener must be, and
 // bounded (5 s for a refresh, 2 s for bookkeeping, in the addon); with nothing to write it
 // returns at once. `exit` runs for a natural end and for process.exit; for a signal the host
-// leaves unhandled, see `settleOnSignals`.
+// leaves unhandled, see `settleOnSignals`. First in line: the addon loads at its first call, after
+// the host's own `exit` listeners, and one of those that throws ends the process there (the
+// listeners after it never run: the refresh's new tokens were lost), one that removes a directory
+// had the pool's write make it again.
 function settleOnExit(addon) {
   if (typeof process?.once !== "function") return;
-  process.once("exit", () => settle(addon));
+  const listen = typeof process.prependOnceListener === "function" ? "prependOnceListener" : "once";
+  process[listen]("exit", () => settle(addon));
   settleOnSignals(addon);
 }
 

@@ -91,6 +91,24 @@ let steps = 0;
 // of what was printed: the test steps' failures are printed again once the step ends.
 const recapped = new Set(["node tests", "bun tests"]);
 
+/** Up to 40 paths under `names` in `dir`, three levels deep, for a report. */
+function within(dir, names, depth = 3, found = []) {
+  for (const name of names) {
+    if (found.length >= 40) break;
+    const path = join(dir, name);
+    let entries = [];
+    try {
+      entries = depth > 0 ? readdirSync(path) : [];
+    } catch {
+      // not a directory, or not readable: its name is what there is to say
+    }
+    const below = entries.map((e) => join(name, e));
+    if (below.length === 0) found.push(path.slice(dir.length + 1));
+    else within(dir, below, depth - 1, found);
+  }
+  return found;
+}
+
 async function step(name, cmd, args) {
   const started = Date.now();
   console.log(`\n=== ${name}: ${cmd} ${args.join(" ")}`);
@@ -135,10 +153,13 @@ async function step(name, cmd, args) {
   const secs = ((Date.now() - started) / 1000).toFixed(1);
   timings.push(`${name} ${secs}s`);
   const left = readdirSync(tmp).filter((n) => n !== "home");
+  // What is inside names the test that left it (a pool file's directory, a lock, a journal).
+  const inside = left.length > 0 ? within(tmp, left) : [];
   removeTree(tmp);
   if (left.length > 0) {
     const shown = left.slice(0, 20).join(", ") + (left.length > 20 ? `, and ${left.length - 20} more` : "");
     console.error(`\n*** ${name} left ${left.length} entries in its temp dir (removed now): ${shown}`);
+    if (inside.length > 0) console.error(`    in them: ${inside.join(", ")}`);
   }
   if (stopping) process.exit(stopping);
   if (r.status !== 0 && recap) {

@@ -4,12 +4,19 @@
 // the event loop run dry (a script). `signal`: never aborts nor ends, the test signals it, and
 // there is no listener of the host's; `handled`: the same, with a host listener for SIGTERM that
 // says so and calls process.exit(7); `again`: a host listener for one SIGTERM that goes on (a
-// server's drain), sent before the request, so that the test's SIGTERM is the second one.
-//   node exit-worker.mjs <poolPath> <apiUrl> exit|end|signal|handled|again
+// server's drain), sent before the request, so that the test's SIGTERM is the second one;
+// `throwing`: as `exit`, with an `exit` listener of the host's, added before the pool loads, that
+// throws (a clean-up that fails).
+//   node exit-worker.mjs <poolPath> <apiUrl> exit|end|signal|handled|again|throwing
 import { createPoolFetch, loadPool } from "../../index.mjs";
 
 const [path, apiUrl, how] = process.argv.slice(2);
 const signalled = how === "signal" || how === "handled" || how === "again";
+if (how === "throwing") {
+  process.on("exit", () => {
+    throw new Error("the host's clean-up failed");
+  });
+}
 if (how === "handled") {
   process.on("SIGTERM", () => {
     process.stdout.write("host quits\n");
@@ -52,5 +59,5 @@ try {
 if (!signalled) {
   process.stdin.pause();
   process.stdout.write("exiting\n");
-  if (how === "exit") process.exit(0);
+  if (how === "exit" || how === "throwing") process.exit(0);
 }
