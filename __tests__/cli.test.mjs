@@ -1590,6 +1590,19 @@ test("add-key refuses an OAuth access or refresh token and an Admin key, saying 
     assert.match(r.stderr, next);
     assert.ok(!r.stderr.includes("Z".repeat(40)), r.stderr);
   }
+  // A key cut short, or the prefix alone, was stored and reported added: every request's 401
+  // then benched the member (found by a review, 2026-12-07, fourth).
+  const prefix = ["sk", "ant", "api03"].join("-");
+  for (const [short, tail] of [
+    [["sk", "ant", "api"].join("-"), 0],
+    [`${prefix}-`, 0],
+    [`${prefix}-NeWkEy0`, 7],
+  ]) {
+    const r = await cli(["add-key", "--json"], { path, input: `${short}\n` });
+    assert.equal(r.code, 1, `${short}: ${r.stdout}${r.stderr}`);
+    assert.equal(json(r).error.code, "INVALID_ARGUMENT");
+    assert.match(json(r).error.message, new RegExp(`cut short \\(${tail} characters after`));
+  }
   assert.ok(!existsSync(path), "nothing written");
   const key = await cli(["add-key", "--json"], { path, input: `${made("api03")}\n` });
   assert.equal(key.code, 0, key.stderr);

@@ -9,7 +9,7 @@
 // without `--online` doctor sends nothing anywhere. Runs under `node --test` and `bun test`.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
@@ -537,6 +537,41 @@ test("doctor names a write lock's holder that is stopped, and how to resume it",
   } finally {
     process.kill(holder.pid, "SIGCONT");
     await holder.release();
+  }
+});
+
+// Found by a review (2026-12-07, fourth): the holder's command line went into `--json` raw, a
+// key given on it with it (the text said `[redacted]`). perl holds the lock: its third word is
+// its program, where the key is.
+const PERL = ["/usr/bin/perl", "/bin/perl"].find((p) => existsSync(p));
+test("doctor --json says a lock holder's command line as its text does: a key on it is not printed", {
+  skip: (!flock || !PERL) && "needs flock on Linux, and perl",
+}, async () => {
+  const box = user();
+  await seed(box, [{ email: "held-by-key@x.test" }]);
+  const lock = `${box.pool}.lock`;
+  if (!existsSync(lock)) writeFileSync(lock, "", { mode: 0o600 });
+  const tail = "Q7".repeat(40);
+  const key = [["sk", "ant", "api03"].join("-"), tail].join("-");
+  const program = `$| = 1; use Fcntl ":flock"; open(my $f, ">>", $ARGV[0]) or die; flock($f, LOCK_EX) or die; print "held\n"; <STDIN>; # KEY=${key}`;
+  const holder = spawn(PERL, ["-e", program, lock], { stdio: ["pipe", "pipe", "ignore"] });
+  const gone = new Promise((r) => holder.on("exit", r));
+  try {
+    await new Promise((resolve, reject) => {
+      holder.stdout.on("data", resolve);
+      holder.on("exit", () => reject(new Error("perl ended without the lock")));
+      setTimeout(() => reject(new Error("perl did not take the lock within 15 s")), 15_000).unref();
+    });
+    const d = await doctor(box, { text: true });
+    const [held] = d.named("lock");
+    assert.equal(held?.level, "problem", d.shown);
+    assert.equal(held.holders[0].pid, holder.pid);
+    assert.match(held.holders[0].command, /\[redacted\]/);
+    assert.ok(!JSON.stringify(d.checks).includes(tail.slice(0, 20)), d.shown);
+    assert.ok(!d.text.includes(tail.slice(0, 20)), d.text);
+  } finally {
+    holder.stdin.end();
+    await gone;
   }
 });
 

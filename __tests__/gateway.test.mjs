@@ -677,6 +677,44 @@ test("request bodies held at once are bounded: past 256 MB of them a request get
   }
 });
 
+// Found by a review (2026-12-07, fourth): a declared length was reserved whole at the body's
+// first byte, and the budget counted only the bytes that came: a client declaring 32 MB and
+// sending one byte held 32 MB of address space, 512 of them 16 GB, and under an address-space
+// limit (`ulimit -v`, strict overcommit) the allocation that failed aborted the gateway.
+test("bodies that declare 32 MB and send one byte hold no more than what came: a gateway under an address-space limit serves on", async () => {
+  const path = await seedPool(mock, ["declared@x.test"]);
+  const served = await serveChild(path, { addressSpaceKb: 4_000_000 });
+  const { port } = new URL(served.url);
+  const waiting = [];
+  try {
+    for (let i = 0; i < 120; i++) {
+      const s = connect(Number(port), "127.0.0.1");
+      s.on("error", () => {});
+      s.write(`POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: ${KEY}\r\ncontent-type: application/json\r\ncontent-length: ${32 * 1024 * 1024}\r\n\r\n{`);
+      waiting.push(s);
+      if (i % 40 === 39) await new Promise((r) => setTimeout(r, 200));
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(served.child.exitCode ?? served.child.signalCode, null, `the gateway is alive: ${served.err.slice(-300)}`);
+    // A body that arrives whole in many pieces, declared, is taken as ever.
+    const res = await fetch(`${served.url}/v1/messages`, {
+      method: "POST",
+      headers: { "x-api-key": KEY, "content-type": "application/json" },
+      body: JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "x".repeat(3 * 1024 * 1024) }] }),
+    });
+    assert.equal(res.status, 200);
+    const answer = await res.json();
+    assert.equal(answer.type, "message");
+  } finally {
+    for (const s of waiting) s.destroy();
+    if (served.child.exitCode === null && served.child.signalCode === null) {
+      const closed = new Promise((r) => served.child.on("close", r));
+      served.child.kill("SIGTERM");
+      await closed;
+    }
+  }
+});
+
 test("a client that stops reading its answer is cut after the response timeout: the upstream stream and the connection slot are let go", async () => {
   // The gateway reads upstream only as fast as the client takes the answer (nothing piles up),
   // but a client that took nothing more (stopped, hung) held its slot, its task and the upstream
@@ -1046,14 +1084,16 @@ test("a client that leaves after its request failed over still has the failover 
 });
 
 /** `oauth-pool serve` in a child process: its URL once it listens, and what it logged so far. */
-async function serveChild(path, { args = [], env = {}, nofile } = {}) {
+async function serveChild(path, { args = [], env = {}, nofile, addressSpaceKb } = {}) {
   const argv = [CLI, "serve", "--port", "0", "--path", path, ...args];
   const options = { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] };
-  // `nofile`: the open file limit (`ulimit -n` sets the soft and the hard one) of a shell that
-  // then becomes the gateway.
-  const child = nofile
-    ? spawn("sh", ["-c", `ulimit -n ${nofile} && exec "$0" "$@"`, process.execPath, ...argv], options)
-    : spawn(process.execPath, argv, options);
+  // `nofile`: the open file limit (`ulimit -n` sets the soft and the hard one), `addressSpaceKb`
+  // the address space's (`ulimit -v`), of a shell that then becomes the gateway.
+  const limits = [nofile && `ulimit -n ${nofile}`, addressSpaceKb && `ulimit -v ${addressSpaceKb}`].filter(Boolean);
+  const child =
+    limits.length > 0
+      ? spawn("sh", ["-c", `${limits.join(" && ")} && exec "$0" "$@"`, process.execPath, ...argv], options)
+      : spawn(process.execPath, argv, options);
   const served = { child, out: "", err: "" };
   child.stderr.on("data", (d) => {
     served.err += d;

@@ -24,7 +24,7 @@ import {
 } from "node:fs";
 import { lookup } from "node:dns/promises";
 import { hostname } from "node:os";
-import { delimiter, isAbsolute, join } from "node:path";
+import { delimiter, dirname, isAbsolute, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { cliJson, storedPool } from "./helpers/fleet-kit.mjs";
 import { useMock, seedPool, account, readPool, pause, until } from "./helpers/pool-env.mjs";
@@ -455,6 +455,45 @@ function linkedDir(dir) {
   mkdirSync(`${dir}.real`, { mode: 0o700 });
   symlinkSync(`${dir}.real`, dir);
 }
+
+// Found by a review (2026-12-07, fourth): a pool file mounted on its own (`docker run -v
+// ~/.aidevops/oauth-pool.json:/root/.aidevops/oauth-pool.json`) can be read and never replaced
+// (`rename` over a mount point is EBUSY). The trial write passed in its directory, the refresh
+// spent the token, the new tokens stayed in the container, and the host's next request
+// presented the spent one: the login revoked.
+test("a pool file mounted on its own (docker -v file:file): nothing is refreshed, POOL_IO says to mount the directory, and the host's login lives on", async (t) => {
+  if (!isRoot || process.platform !== "linux") return t.skip("a bind mount needs root on Linux");
+  const { createPoolFetch, loadPool, savePool } = await import("../index.mjs");
+  const email = "mounted-alone@x.test";
+  const host = join(tempDir("oauth-pool-host-"), "oauth-pool.json");
+  await seedPool(mock, [email], { expired: [email], path: host });
+  const spent = account(host, email).refresh;
+  const inside = join(tempDir("oauth-pool-container-"), ".aidevops", "oauth-pool.json");
+  mkdirSync(dirname(inside), { recursive: true, mode: 0o700 });
+  writeFileSync(inside, "", { mode: 0o600 });
+  try {
+    execFileSync("mount", ["--bind", host, inside], { stdio: "ignore" });
+  } catch {
+    return t.skip("mount is not allowed here");
+  }
+  try {
+    const said = (e) => e.code === "POOL_IO" && /mounted on its own[\s\S]*mount its directory instead/.test(e.message);
+    await assert.rejects(
+      createPoolFetch({ path: inside })(`${mock.url}/v1/messages`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" }),
+      (e) => said(e) && /nothing was refreshed/.test(e.message),
+    );
+    assert.equal(mock.stats().perFamily[email].refreshCalls, 0, "the stored refresh token is unspent");
+    await assert.rejects(savePool(await loadPool(inside), inside), said);
+  } finally {
+    execFileSync("umount", ["-l", inside], { stdio: "ignore" });
+  }
+  assert.equal(account(host, email).refresh, spent);
+  const res = await createPoolFetch({ path: host })(`${mock.url}/v1/messages`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+  assert.equal(res.status, 200);
+  await res.text();
+  const family = mock.stats().perFamily[email];
+  assert.deepEqual([family.refreshCalls, family.reuse, family.revoked], [1, 0, false]);
+});
 
 test("a read-only pool directory: valid tokens keep serving, an account that needs a refresh is POOL_IO (not a 429 or a login to redo), and it serves once writable", async (t) => {
   const disk = isRoot ? smallDisk() : { dir: tempDir("oauth-pool-ro-"), close() {} };

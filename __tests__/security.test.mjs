@@ -913,6 +913,27 @@ test("15: a server echoing the presented token: no answer header or body carries
       }
     }
   }
+  // A plain body labelled with compressions the runtime leaves undone (`gzip, gzip` under Bun,
+  // `compress`): passed unsearched by the runtime transport, the token in it (found by a review,
+  // 2026-12-07, fourth). Each transport is sent only labels its client does not try to undo.
+  const bun = typeof Bun !== "undefined";
+  const undone = {
+    native: ["gzip, gzip", "br, gzip", "zstd", "compress", "x-compress"],
+    runtime: bun ? ["gzip, gzip", "br, gzip", "compress", "x-compress"] : ["zstd", "compress", "x-compress"],
+  };
+  for (const transport of ["native", "runtime"]) {
+    for (const coding of undone[transport]) {
+      const scripted = echo();
+      scripted.headers["content-encoding"] = coding;
+      mock.script("mirror@x.test", [scripted]);
+      const res = await post(createPoolFetch({ path, transport }));
+      const text = await res.text();
+      const said = `${transport}, a plain body labelled ${JSON.stringify(coding)}`;
+      assert.equal(res.status, 200, said);
+      assert.ok(!text.includes(token), `${said}: ${text}`);
+      assert.match(text, /Bearer \[redacted\]/, said);
+    }
+  }
   // Its random part alone, the `sk-ant-oat01-` prefix left out (found by a review).
   const core = token.replace(/^sk-ant-[a-z0-9]+-/, "");
   assert.notEqual(core, token);

@@ -248,33 +248,41 @@ test("tokens a process could not save before it ended are kept beside the pool (
 // Found by a review (2026-12-07, second): the new tokens went beside the pool only once the
 // write had waited 10 s for the pool's lock; a process ended before then (killed, or Ctrl-C, whose
 // exit waits 5 s) lost them, and the next one presented the spent token: the login revoked.
-test("tokens refreshed while another writer holds the pool's lock are kept beside it before the write waits: the process killed then, the next takes them", {
-  skip: !flockAvailable,
-}, async () => {
-  const email = "killed-writing@x.test";
-  const { path, entry } = await poolOf(email, { expires: Date.now() - 1000 });
-  const writer = await holdLock(`${path}.lock`);
-  const arrived = mock.waitFor("token");
-  const code = `
+// And under a umask that takes the owner's read bit (0377) the kept file was made 0000: the next
+// process could not read it and presented the spent token (found by a review, 2026-12-07, fourth).
+for (const umask of [null, "0377"]) {
+  test(`tokens refreshed while another writer holds the pool's lock are kept beside it (0600${umask ? `, under umask ${umask}` : ""}) before the write waits: the process killed then, the next takes them`, {
+    skip: !flockAvailable,
+  }, async () => {
+    const email = `killed-writing${umask ?? ""}@x.test`;
+    const { path, entry } = await poolOf(email, { expires: Date.now() - 1000 });
+    const writer = await holdLock(`${path}.lock`);
+    const arrived = mock.waitFor("token");
+    const code = `
     const lib = await import(${JSON.stringify(new URL("../index.mjs", import.meta.url).href)});
     await lib.createPoolFetch({ path: process.argv[1] })(process.argv[2], { method: "POST", headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" }, body: "{}" });`;
-  const child = spawn(process.execPath, ["--input-type=module", "-e", code, path, messagesUrl(mock)], { env: process.env, stdio: "ignore" });
-  const ended = new Promise((r) => child.on("close", (_, signal) => r(signal)));
-  try {
-    await arrived;
-    const kept = () => readdirSync(dirname(path)).filter((n) => n.startsWith(`${basename(path)}.unsaved-${child.pid}-`));
-    await until(() => kept().length === 1, "the new tokens kept beside the pool while the write waits", 8_000);
-    assert.equal(statSync(join(dirname(path), kept()[0])).mode & 0o777, 0o600);
-    child.kill("SIGKILL");
-    assert.equal(await ended, "SIGKILL");
-  } finally {
-    child.kill("SIGKILL");
-    await writer.release();
-  }
-  const live = mock.tokens(email).refresh;
-  assert.notEqual(live, entry.refresh, "the endpoint rotated the token: the pool's is spent");
-  await servedByKeptTokens(path, email, live);
-});
+    const argv = ["--input-type=module", "-e", code, path, messagesUrl(mock)];
+    // `exec`: the shell becomes the runtime, so that the pid in the kept file's name is the child's.
+    const child = umask
+      ? spawn("sh", ["-c", `umask ${umask} && exec "$0" "$@"`, process.execPath, ...argv], { env: process.env, stdio: "ignore" })
+      : spawn(process.execPath, argv, { env: process.env, stdio: "ignore" });
+    const ended = new Promise((r) => child.on("close", (_, signal) => r(signal)));
+    try {
+      await arrived;
+      const kept = () => readdirSync(dirname(path)).filter((n) => n.startsWith(`${basename(path)}.unsaved-${child.pid}-`));
+      await until(() => kept().length === 1, "the new tokens kept beside the pool while the write waits", 8_000);
+      assert.equal(statSync(join(dirname(path), kept()[0])).mode & 0o777, 0o600);
+      child.kill("SIGKILL");
+      assert.equal(await ended, "SIGKILL");
+    } finally {
+      child.kill("SIGKILL");
+      await writer.release();
+    }
+    const live = mock.tokens(email).refresh;
+    assert.notEqual(live, entry.refresh, "the endpoint rotated the token: the pool's is spent");
+    await servedByKeptTokens(path, email, live);
+  });
+}
 
 // And a refresh whose write does not wait leaves nothing beside the pool.
 test("a refresh written at once leaves no file beside the pool", async () => {

@@ -39,20 +39,8 @@ export function runtimeDecoded(coding) {
   return named.length === 1 && DECODED.has(named[0]);
 }
 
-// Compressions a runtime may leave undone (a list of two, `gzip, gzip`): a body still in one is
-// bytes no search for a credential can read, passed as it came.
+// The compressions with a registered name, said by name where a coding is quoted.
 const COMPRESSIONS = new Set(["gzip", "x-gzip", "deflate", "br", "zstd", "compress", "x-compress"]);
-
-/**
- * Whether a body sent with this `content-encoding` reaches the caller still compressed: a
- * compression named that the runtime did not undo. Any other label (`identity`, empty, a name
- * nobody knows) is a body as sent, searched for an echoed credential as the Rust transport
- * searches it; under Bun such a body went unsearched (found by a review).
- */
-export function stillCompressed(coding) {
-  if (coding === null || runtimeDecoded(coding)) return false;
-  return applied(listed(coding)).some((c) => COMPRESSIONS.has(c));
-}
 
 /**
  * Why an answer framed in this `transfer-encoding` is refused, or null: only `chunked` is read,

@@ -23,16 +23,27 @@ export function poolSecrets(entries) {
  * wherever it stands (`team-<piece>@x` is one run that neither is nor holds a secret).
  * ASCII case is not told apart.
  */
-export function withoutPoolSecrets(text, secrets, { everyPiece = false } = {}) {
-  if (secrets.length === 0) return text;
+export function withoutPoolSecrets(text, secrets, options) {
+  return poolSecretsRemover(secrets, options)(text);
+}
+
+/**
+ * `withoutPoolSecrets` for many texts of one pool: what the secrets are searched by is made
+ * once (made again for each of `list`'s rows, a pool of 300 accounts took 16 s to list).
+ */
+export function poolSecretsRemover(secrets, { everyPiece = false } = {}) {
+  if (secrets.length === 0) return (text) => text;
   // Without case: a name is stored lower-cased by an import.
   const lowered = secrets.map(lowerAscii);
-  const runs = text.replace(CREDENTIAL_RUN, (run) => {
-    const r = lowerAscii(run);
-    return lowered.some((s) => s.includes(r) || r.includes(s)) ? "[redacted]" : run;
-  });
   const odd = secrets.filter((s) => !ONE_RUN.test(s));
-  return withoutPieces(runs, odd, everyPiece ? secrets : odd);
+  const pieces = piecesRemover(odd, everyPiece ? secrets : odd);
+  return (text) =>
+    pieces(
+      text.replace(CREDENTIAL_RUN, (run) => {
+        const r = lowerAscii(run);
+        return lowered.some((s) => s.includes(r) || r.includes(s)) ? "[redacted]" : run;
+      }),
+    );
 }
 
 /** ASCII letters lower-cased, nothing else: the length stays (`"İ".toLowerCase()` is two). */
@@ -43,37 +54,40 @@ const ONE_RUN = /^[A-Za-z0-9_\-.+/=]+$/;
 const PIECE = 12;
 
 /**
- * `text` without any secret of `odd` shorter than PIECE (keys with other characters,
- * `Zq!9xY#4pL$7…`: the runs split them into short pieces, none told) or any piece of one of
+ * Takes out of a text any secret of `odd` shorter than PIECE (keys with other characters,
+ * `Zq!9xY#4pL$7…`: the runs split them into short pieces, none told) and any piece of one of
  * `windowed` at least PIECE long: each stretch of the text that is such a piece becomes one
  * "[redacted]". Windows of the secrets in a set, so a long list is one pass however many keys.
  */
-function withoutPieces(text, odd, windowed) {
-  for (const s of odd) if (s.length < PIECE) text = text.replaceAll(s, "[redacted]");
+function piecesRemover(odd, windowed) {
+  const short = odd.filter((s) => s.length < PIECE);
   // Without case: a name is stored lower-cased by an import.
   const windows = new Set();
   for (const s of windowed) for (let i = 0; i + PIECE <= s.length; i++) windows.add(lowerAscii(s.slice(i, i + PIECE)));
-  if (windows.size === 0) return text;
-  const lower = lowerAscii(text);
-  const hidden = new Uint8Array(text.length);
-  let any = false;
-  for (let i = 0; i + PIECE <= text.length; i++) {
-    if (windows.has(lower.slice(i, i + PIECE))) {
-      hidden.fill(1, i, i + PIECE);
-      any = true;
+  return (text) => {
+    for (const s of short) text = text.replaceAll(s, "[redacted]");
+    if (windows.size === 0) return text;
+    const lower = lowerAscii(text);
+    const hidden = new Uint8Array(text.length);
+    let any = false;
+    for (let i = 0; i + PIECE <= text.length; i++) {
+      if (windows.has(lower.slice(i, i + PIECE))) {
+        hidden.fill(1, i, i + PIECE);
+        any = true;
+      }
     }
-  }
-  if (!any) return text;
-  let out = "";
-  for (let i = 0; i < text.length; ) {
-    if (!hidden[i]) {
-      out += text[i++];
-      continue;
+    if (!any) return text;
+    let out = "";
+    for (let i = 0; i < text.length; ) {
+      if (!hidden[i]) {
+        out += text[i++];
+        continue;
+      }
+      while (i < text.length && hidden[i]) i++;
+      out += "[redacted]";
     }
-    while (i < text.length && hidden[i]) i++;
-    out += "[redacted]";
-  }
-  return out;
+    return out;
+  };
 }
 
 /** A run of a credential's characters long enough to tell (a piece of one cut short included). */

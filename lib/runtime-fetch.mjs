@@ -16,7 +16,7 @@
 import { createRequire } from "node:module";
 import { envGeneration, nativeBinding, proxyConfigured } from "./native.mjs";
 import { networkCause, scrubbed, toPoolError } from "./errors.mjs";
-import { BodyScrubber, echoForms, handedOver, presented, readHead, reasonPhrase, runtimeDecoded, stillCompressed, unreadFraming } from "./answer-head.mjs";
+import { BodyScrubber, echoForms, handedOver, presented, readHead, reasonPhrase, runtimeDecoded, unreadFraming } from "./answer-head.mjs";
 import { abortError, listenAbort } from "./signal.mjs";
 import {
   asBuffer,
@@ -566,9 +566,11 @@ export async function runtimeFetch(parts, { path, onEvents, listener, holdAtMost
         return described(handedOver(null, status, statusText, head, false, length), parts.url, step.account ?? null);
       }
       const decoded = head.coding !== null && runtimeDecoded(head.coding);
-      // The credential taken back out of the body, as out of its head: the token alone (an
-      // answer still in a compression the runtime did not undo is passed as it came).
-      const scrubber = forms.length && !stillCompressed(head.coding) ? new BodyScrubber(forms) : null;
+      // The credential taken back out of the body, as out of its head, whatever its
+      // `content-encoding` says: a plain body labelled with a coding the runtime does not undo
+      // (`gzip, gzip`, `compress` under Bun) reached the caller with the token in it, and the
+      // token's forms are not found in bytes a compression made.
+      const scrubber = forms.length ? new BodyScrubber(forms) : null;
       if (opening?.ended) {
         release();
         const bytes = Buffer.concat(opening.parts);

@@ -682,6 +682,17 @@ fn assigned_value(text: &str) -> String {
     }
 }
 
+/// The fewest characters a Console API key has after `sk-ant-apiNN-` (real ones have ~95).
+const API_KEY_MIN_SECRET: usize = 20;
+
+/// What follows `sk-ant-api` and its version (`03-`) in a Console API key; none for another text.
+fn api_key_secret_part(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("sk-ant-api")?;
+    let version = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let rest = &rest[version..];
+    Some(rest.strip_prefix('-').unwrap_or(rest))
+}
+
 /// What a pasted credential is when it is one of Anthropic's, but no API key.
 fn not_an_api_key(text: &str) -> Option<&'static str> {
     let kind = text.strip_prefix("sk-ant-")?;
@@ -742,6 +753,17 @@ pub async fn add_api_key(
             // scrubber, which showed `sk-ant-api03-...` as "[redacted]".
             "that does not look like an API key (a Console API key starts with sk-ant-api)".into(),
         ));
+    }
+    // A key cut short (`sk-ant-api03-`, a paste that lost its end) was stored and reported
+    // added: every request's 401 then benched the member. A Console key has about a hundred
+    // characters after its prefix.
+    if let Some(rest) = api_key_secret_part(secret.expose()) {
+        if rest.len() < API_KEY_MIN_SECRET {
+            return Err(Error::InvalidArgument(format!(
+                "that key is cut short ({} characters after its sk-ant-api prefix; a Console API key has about a hundred): paste it whole; nothing was added",
+                rest.len()
+            )));
+        }
     }
     // An OAuth token or an Admin key is no API key: added as one, it went out as `x-api-key`, a
     // 401 each time, and a live refresh token (Claude Code's) sat in a member that never refreshes.

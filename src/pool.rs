@@ -1035,19 +1035,34 @@ impl Pool {
     }
 
     /// The entries a person means by `target` (for remove, enable, priority): every entry with
-    /// exactly that email (readable or not), else the one entry equal up to case, else `#N`,
-    /// the N-th entry (how unreadable entries without an email are named).
+    /// exactly that email (readable or not), else every entry with that email up to blanks
+    /// around it when they are all spelled alike, else the one entry equal up to case, else
+    /// `#N`, the N-th entry (how unreadable entries without an email are named).
     pub fn resolve(&self, target: &str) -> Result<Vec<usize>> {
+        let spelled = |matches: &dyn Fn(&str) -> bool| -> Vec<usize> {
+            self.anthropic
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.email().is_some_and(matches))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        // Emails that differ in the blanks around them are different accounts (README): a
+        // hand-written ` a@x.com ` beside `a@x.com` was removed with it, its login lost.
+        let mut exact = spelled(&|email| email == target);
         let target = target.trim();
+        if exact.is_empty() {
+            exact = spelled(&|email| email.trim() == target);
+            let first = exact.first().and_then(|i| self.anthropic[*i].email());
+            if exact.iter().any(|i| self.anthropic[*i].email() != first) {
+                return Err(Error::InvalidArgument(format!(
+                    "{target:?} matches {} accounts that differ only in the blanks around them: give one's place (#N, as `list` shows it)",
+                    exact.len()
+                )));
+            }
+        }
         // An exact email first: an account named `#0` (a label, or what a server called it) is
         // that account, never whatever entry happens to be first.
-        let exact: Vec<usize> = self
-            .anthropic
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.email().map(str::trim) == Some(target))
-            .map(|(i, _)| i)
-            .collect();
         let place = target
             .strip_prefix('#')
             .and_then(|n| n.parse::<usize>().ok());
@@ -1937,6 +1952,31 @@ mod tests {
     }
 
     #[test]
+    fn emails_that_differ_in_the_blanks_around_them_are_named_apart() {
+        let pool = Pool::from_value(json!({"anthropic": [
+            {"email": "a@x.com", "refresh": "r1"},
+            {"email": " a@x.com ", "refresh": "r2"},
+            {"email": " b@x.com", "refresh": "r3"},
+            {"email": "c@x.com", "refresh": "r4"},
+            {"email": "c@x.com", "refresh": "r5"}
+        ]}))
+        .unwrap();
+        assert_eq!(pool.resolve("a@x.com").unwrap(), vec![0]);
+        assert_eq!(pool.resolve(" a@x.com ").unwrap(), vec![1]);
+        assert_eq!(
+            pool.resolve("a@x.com ").unwrap_err().code(),
+            "INVALID_ARGUMENT",
+            "two spellings, neither given: no guess"
+        );
+        assert_eq!(pool.resolve("b@x.com").unwrap(), vec![2], "one spelling");
+        assert_eq!(
+            pool.resolve("c@x.com").unwrap(),
+            vec![3, 4],
+            "one spelling twice"
+        );
+    }
+
+    #[test]
     fn a_second_entry_for_an_email_is_kept_and_reported_never_served() {
         let raw = json!({"anthropic": [
             {"email": "dup@x", "refresh": "r1", "enabled": false, "zeta": 1, "expires": 1711234567},
@@ -2022,6 +2062,9 @@ mod tests {
                 {"email": "c@x", "priority": -0},
                 {"email": "d@x", "priority": 2.5},
                 {"email": "e@x", "priority": 1e300},
+                {"email": "i@x", "priority": -9223372036854775808},
+                {"email": "j@x", "priority": 9007199254740993},
+                {"email": "k@x", "priority": -9007199254740991},
                 {"email": "f@x", "status": " Disabled "},
                 {"email": "g@x", "status": "AUTH-ERROR"},
                 {"email": "h@x", "status": "billing-error"}
@@ -2032,12 +2075,13 @@ mod tests {
         assert_eq!(priority("a@x"), Some(Some(1)));
         assert_eq!(priority("b@x"), Some(Some(100)));
         assert_eq!(priority("c@x"), Some(Some(0)));
-        for fraction in [3, 4] {
+        for fraction in [3, 4, 5, 6] {
             let Entry::Invalid { reason, .. } = &pool.anthropic[fraction] else {
                 panic!("no integer says what {fraction} meant");
             };
             assert!(reason.contains("expected a whole number"), "{reason}");
         }
+        assert_eq!(priority("k@x"), Some(Some(-9_007_199_254_740_991)));
         let status = |e: &str| pool.find(e).unwrap().status_enum();
         assert_eq!(status("f@x"), Some(Status::Disabled));
         assert!(!pool.find("f@x").unwrap().is_enabled());

@@ -77,7 +77,9 @@ function lockHolders(file) {
     try {
       command = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter(Boolean).slice(0, 3).join(" ");
     } catch {}
-    holders.push({ pid, kind: m[1], access: m[2], command: command || null });
+    // Another program's command line, said as the message says it: `--json` printed it raw,
+    // with a key given on it (found by a review, 2026-12-07, fourth).
+    holders.push({ pid, kind: m[1], access: m[2], command: command ? shortened(withoutCredentials(printable(command)), 200) : null });
   }
   return holders;
 }

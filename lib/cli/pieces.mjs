@@ -4,14 +4,15 @@
 // quote what was typed where a name goes, which may be a key or a piece of one in another case.
 // The rule is the OpenCode tool's (lib/pool-secrets.mjs), every piece of a key told.
 // `list --json` and the like keep their values exact: they are data for a script, not text.
-import { poolSecrets, withoutPoolSecrets } from "../pool-secrets.mjs";
+import { poolSecrets, poolSecretsRemover } from "../pool-secrets.mjs";
 import { withoutCredentials } from "../printable.mjs";
 
 /** `{ scrub(text), hides(name) }` for `secrets`; `hides` tells a name shown without a piece. */
 export function piecesOf(secrets) {
   // Credential shapes first: a piece of a pool token's `sk-ant-oat01-` start, cut out of another
   // token, left the rest of it without the start that marks it.
-  const scrub = (text) => withoutPoolSecrets(withoutCredentials(String(text ?? "")), secrets, { everyPiece: true });
+  const remove = poolSecretsRemover(secrets, { everyPiece: true });
+  const scrub = (text) => remove(withoutCredentials(String(text ?? "")));
   return { scrub, hides: (name) => scrub(name) !== String(name ?? "") };
 }
 

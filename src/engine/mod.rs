@@ -523,9 +523,7 @@ impl Engine {
         let tokens = self.credentials.tokens_to_keep();
         let kept = crate::store::blocking(move || {
             if fleet && !tokens.is_empty() {
-                crate::store::rescue::make_dir(&path).map_err(|e| {
-                    crate::error::Error::io(&path, "make the directory for unsaved tokens", e)
-                })?;
+                crate::store::rescue::make_dir(&path)?;
             }
             crate::store::rescue::keep(&path, &tokens).map_err(|e| {
                 crate::error::Error::io(&path, "keep the unsaved tokens beside the pool", e)

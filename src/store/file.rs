@@ -525,6 +525,11 @@ impl FileStore {
         // A login's entry (its tokens, names and dates) is a few hundred bytes; more room is left
         // for the bookkeeping that follows. Past the size a read takes, the code was spent and
         // the login lived only in this process.
+        // A file mounted on its own is read and never replaced (`rename` over a mount point is
+        // EBUSY): the trial below passed in its directory, the refresh spent the token, and the
+        // new tokens stayed in the container's copy of the directory while the host's file kept
+        // the spent one. Nor are the locks and the journal beside it shared with the host.
+        refuse_mounted_alone(&self.path, before)?;
         if before == Trial::Login && size.saturating_add(LOGIN_ROOM) > MAX_FILE_BYTES {
             return Err(Error::PoolInvalid(format!(
                 "{} is {size} bytes, too near the {MAX_FILE_BYTES} a read takes to hold another login (the code was not spent): remove what another tool keeps in it, or use another pool file",
@@ -573,6 +578,7 @@ impl FileStore {
         let Ok(meta) = fs::symlink_metadata(&self.path) else {
             return Ok(None);
         };
+        refuse_mounted_alone(&self.path, Trial::Refresh)?;
         let held = tempfile::tempfile_in(parent_dir(&self.path))
             .and_then(|file| fill_zeros(&file, meta.len()).map(|()| Room(file)));
         match held {
@@ -1141,9 +1147,79 @@ pub(super) fn persist(mut tmp: tempfile::NamedTempFile, path: &Path) -> Result<(
 
 #[cfg(not(windows))]
 pub(super) fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
-    tmp.persist(path)
-        .map(|_| ())
-        .map_err(|e| Error::io(path, "rename", e.error))
+    tmp.persist(path).map(|_| ()).map_err(|e| {
+        if e.error.raw_os_error() == Some(libc::EBUSY) && is_mount_point(path) {
+            Error::io(path, "rename", std::io::Error::other(MOUNTED_ALONE))
+        } else {
+            Error::io(path, "rename", e.error)
+        }
+    })
+}
+
+/// A refresh or a login refused before anything is spent when `path` is mounted on its own.
+fn refuse_mounted_alone(path: &Path, before: Trial) -> Result<()> {
+    if !is_mount_point(path) {
+        return Ok(());
+    }
+    let what = match before {
+        Trial::Refresh => "a refresh (nothing was refreshed: the stored refresh token is unspent)",
+        Trial::Login => "a login (the code was not spent)",
+    };
+    Err(Error::io(path, what, std::io::Error::other(MOUNTED_ALONE)))
+}
+
+const MOUNTED_ALONE: &str = "the pool file is mounted on its own (as `docker run -v <file>:<file>` mounts it): it can be read but never replaced; mount its directory instead";
+
+/// Whether `path` is itself a mount point, as a file bind-mounted alone is: a line of
+/// /proc/self/mountinfo names it (its fifth field, with space, tab, newline and backslash in
+/// octal escapes). Only Linux mounts a single file; elsewhere it never is.
+pub(crate) fn is_mount_point(path: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::io::Read;
+        let Ok(real) = fs::canonicalize(path) else {
+            return false;
+        };
+        let mut info = Vec::new();
+        let read = File::open("/proc/self/mountinfo")
+            .and_then(|f| f.take(16 * 1024 * 1024).read_to_end(&mut info));
+        if read.is_err() {
+            return false;
+        }
+        let real = real.as_os_str().as_encoded_bytes();
+        info.split(|&b| b == b'\n')
+            .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+            .any(|point| unescape_mount_point(point) == real)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        false
+    }
+}
+
+/// A mountinfo path with its octal escapes (`\040` for a space) undone.
+#[cfg(target_os = "linux")]
+fn unescape_mount_point(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let digits = field.get(i + 1..i + 4);
+        match digits {
+            Some(d) if field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) => {
+                out.push(
+                    d.iter()
+                        .fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')),
+                );
+                i += 4;
+            }
+            _ => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 pub(super) fn sync_dir(dir: &Path) {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use sha2::Digest;
 
-use super::file::{parent_dir, persist, sync_dir};
+use super::file::{create_private_dir, owner_read_write, parent_dir, persist, sync_dir};
 use crate::pool::Pool;
 use crate::secret::Secret;
 
@@ -54,17 +54,10 @@ fn written() -> std::sync::MutexGuard<'static, Vec<(PathBuf, [u8; 32])>> {
     WRITTEN.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Makes the directory `pool`'s kept files go in (the fleet store's `~/.aidevops`), 0700, if
-/// it is not there.
-pub fn make_dir(pool: &Path) -> std::io::Result<()> {
-    let mut dir = fs::DirBuilder::new();
-    dir.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        dir.mode(0o700);
-    }
-    dir.create(parent_dir(pool))
+/// Makes the directory `pool`'s kept files go in (the fleet store's `~/.aidevops`), 0700 under
+/// any umask, if it is not there.
+pub fn make_dir(pool: &Path) -> crate::error::Result<()> {
+    create_private_dir(&parent_dir(pool))
 }
 
 /// Keeps `tokens` in a new file of this process's (written whole, then renamed into place), and
@@ -138,6 +131,9 @@ fn write_new(dir: &Path, prefix: &str, path: &Path, bytes: &[u8]) -> std::io::Re
         builder.permissions(fs::Permissions::from_mode(0o600));
     }
     let mut tmp = builder.tempfile_in(dir)?;
+    // The mode given at create is cut by the umask: under 0377 the file was 0000, and the next
+    // process could not read the tokens it was kept for (it presented the spent one).
+    owner_read_write(tmp.as_file())?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     persist(tmp, path).map_err(std::io::Error::other)?;
