@@ -1576,6 +1576,30 @@ test('add-key with text that is no key says what a key looks like, not "[redacte
 
 // An OAuth token or an Admin key was taken for a key: the member sent it as `x-api-key` (a 401
 // each time), and a live refresh token pasted so sat where it could never refresh.
+// Found by a review (2026-12-07, fourth): each row's name was checked against the pool's
+// secrets made anew for it, so `list` took the square of the pool's size: 16 s for 300
+// accounts, three minutes for 1,000 (`--json` 0.14 s). The CLI's own 30 s bound here.
+test("list and status of a pool of 1,000 logins answer, each name still checked for the pool's secrets", async () => {
+  const path = freshPath();
+  const token = (kind) => `${["sk", "ant", kind].join("-")}-${createHash("sha512").update(`${kind}${Math.random()}`).digest("base64url")}`;
+  const anthropic = Array.from({ length: 1000 }, (_, i) => ({
+    email: `user${i}@example.com`,
+    access: token("oat01"),
+    refresh: token("ort01"),
+    expires: Date.now() + 3_600_000,
+  }));
+  // One name holds a piece of another login's refresh token: hidden, as in a small pool.
+  anthropic[500].email = `team-${anthropic[7].refresh.slice(20, 44)}@x.test`;
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  writeFileSync(path, JSON.stringify({ version: 1, anthropic }), { mode: 0o600 });
+  for (const command of ["list", "status"]) {
+    const r = await cli([command], { path });
+    assert.equal(r.code, 0, `${command}: ${r.code} ${r.stderr.slice(0, 300)}`);
+    assert.match(r.stdout, /user999@example\.com/, command);
+    assert.ok(!r.stdout.includes(anthropic[7].refresh.slice(20, 44)), `${command} shows the piece`);
+  }
+});
+
 test("add-key refuses an OAuth access or refresh token and an Admin key, saying what each is and what to do", async () => {
   const path = freshPath();
   const made = (kind) => `${["sk", "ant", kind].join("-")}-${"Z".repeat(40)}`; // no token-shaped literal
