@@ -64,10 +64,18 @@ process.on("exit", () => {
     }
   }
   for (const dir of made) {
-    try {
-      removeTree(dir);
-    } catch (e) {
-      process.stderr.write(`could not remove temp dir ${dir}: ${e.message}\n`);
+    // A thread of the addon may still be writing into it as the process ends (a write the
+    // exit's settle does not wait for): an entry made during the removal fails the last rmdir
+    // (ENOTEMPTY), and the directory was left behind. Tried again, that entry goes too.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        removeTree(dir);
+        break;
+      } catch (e) {
+        if (attempt < 3) continue;
+        process.stderr.write(`could not remove temp dir ${dir}: ${e.message}\n`);
+        break;
+      }
     }
   }
   made.clear();
