@@ -6,7 +6,7 @@
 // (helpers/postgres.mjs); each test gets a database of its own, owned by an ordinary role.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
@@ -378,6 +378,47 @@ test("a host frozen between taking the refresh lock and presenting the token, wh
   } finally {
     if (stopped) process.kill(onA.pid, "SIGCONT");
     await Promise.all([onA.close(), holder.close(), blocker.close()]);
+  }
+});
+
+// Found by a review (2026-12-07, fourth): a host gone without a word while it holds a lock (a
+// cut cable, a laptop closed off its network: no FIN or RST comes) kept it until the server's
+// TCP keepalive noticed, after the system's default of two hours: every other host's refresh of
+// that account waited and failed POOL_BUSY meanwhile. Dropping a host's packets needs more than
+// this machine allows (no netfilter or tc filters here), so the test reads what the server
+// will do: `ss` shows the keepalive timer of the lock's connection on the server's side.
+const SS = ["/usr/bin/ss", "/bin/ss", "/usr/sbin/ss", "/sbin/ss"].find((p) => existsSync(p));
+test("the refresh lock's connection is probed by the server within seconds of silence (TCP keepalive), not after two hours", {
+  skip: (!SS || process.platform !== "linux") && "needs ss(8) on Linux",
+}, async () => {
+  const email = "keepalive@hostile.test";
+  const f = await fleet([oauthEntry(email, { expired: true })]);
+  let release;
+  mock.setTokenMode({ grant: "refresh_token", until: new Promise((r) => (release = r)) });
+  const onA = startHostProcess(f.a);
+  try {
+    await onA.ready;
+    const asked = onA.ask("fetch");
+    await mock.waitFor("token", (r) => r.grant === "refresh_token");
+    const lockPid = (await until(pidsHolding(REFRESH_LOCK_CLASS, f.db.name), (o) => o.trim() !== "")).trim();
+    const clientPort = (await pg.sql(`SELECT client_port FROM pg_stat_activity WHERE pid = ${lockPid}`)).trim();
+    assert.match(clientPort, /^\d+$/, "a TCP connection");
+    // The lock's transaction sits idle while the token endpoint answers: the keepalive timer runs.
+    let timer;
+    for (let i = 0; i < 40 && !timer; i++) {
+      const shown = spawnSync(SS, ["-tnoH", "state", "established", `( sport = :${pg.port} and dport = :${clientPort} )`], { encoding: "utf8" }).stdout;
+      timer = /timer:\(keepalive,([\d.]+)(ms|sec|min)/.exec(shown);
+      if (!timer) await sleep(100);
+    }
+    assert.ok(timer, "the server's side of the connection has a keepalive timer");
+    const seconds = Number(timer[1]) * { ms: 0.001, sec: 1, min: 60 }[timer[2]];
+    assert.ok(seconds <= 10, `the first probe in ${timer[1]} ${timer[2]} (the system's default: 120 min)`);
+    release();
+    assert.equal((await asked).value?.status, 200);
+  } finally {
+    mock.setTokenMode(null);
+    release?.();
+    await onA.close();
   }
 });
 

@@ -17,6 +17,7 @@ import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { CLI, cliJson, runNode } from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
 import { openCodeRetries } from "./helpers/opencode-retry.mjs";
+import { FAKETIME_LIB } from "./helpers/faketime.mjs";
 import { tempDir } from "./helpers/temp.mjs";
 
 const WORKER = fileURLToPath(new URL("./helpers/pool-worker.mjs", import.meta.url));
@@ -393,6 +394,35 @@ test("tokens saved late (the pool was locked by a stopped writer): the journal l
   assert.match(entry(b, email).lastError ?? "", /refreshed through the pool at /);
   assertLoginAlive(email);
 });
+
+// Found by a review (2026-12-07, fourth): entries went for their age by the clock of the process
+// writing, and one refresh by a process whose clock was 40 days fast (or slow: a bad hardware
+// clock before NTP, a VM) dropped every record of a spent token; the copy of a login then
+// presented one, and the token endpoint revoked the login in both pools.
+for (const shift of ["+40d", "-40d"]) {
+  test(`a refresh by a process whose clock is ${shift.slice(1, 3)} days ${shift[0] === "+" ? "fast" : "slow"} keeps the journal's records: a copy of a login still does not present its spent token`, {
+    skip: !FAKETIME_LIB && "libfaketime is not installed (.ci/run installs it)",
+  }, async () => {
+    const m = machine();
+    const email = `clock${shift[0] === "+" ? "fast" : "slow"}@two.test`;
+    const [a, b] = poolAndCopy([login(email)]);
+    assert.equal((await request(m, a)).status, 200);
+    const other = newPath();
+    writePool(other, [login(`other-${email}`)]);
+    const env = { ...m.env, LD_PRELOAD: FAKETIME_LIB, FAKETIME: shift, FAKETIME_NO_CACHE: "1", FAKETIME_DONT_FAKE_MONOTONIC: "1" };
+    const r = await runNode([WORKER, other, mock.url, "1"], env);
+    assert.equal(r.code, 0, r.stderr);
+    const journal = JSON.parse(readFileSync(join(m.home, ...JOURNAL), "utf8"));
+    assert.ok(
+      journal.refreshes.some((e) => e.email === email && e.saved),
+      JSON.stringify(journal.refreshes.map((e) => [e.email, new Date(e.at).toISOString()])),
+    );
+    const copy = await request(m, b);
+    assert.notEqual(copy.status, 200, "the copy's spent token is not presented");
+    assert.equal((await request(m, a)).status, 200, "the pool that refreshed it serves on");
+    assertLoginAlive(email);
+  });
+}
 
 test("a broken journal never stops a refresh: it is moved aside and a new one started", async () => {
   const m = machine();

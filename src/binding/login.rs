@@ -127,7 +127,7 @@ pub fn refresh(env: &Env, refresh_token: String) -> JsResult<PromiseRaw<'_, Valu
                 if spent {
                     j.saved(&tag, &me, "", now);
                 } else {
-                    j.released(&tag, &me, "", now);
+                    j.released(&tag, &me, "");
                 }
                 Ok(())
             })

@@ -142,7 +142,7 @@ async fn released_in_journal(
     if let (Some(j), Some(here)) = (journal, here) {
         let who = email.to_string();
         let releasing = crate::store::blocking(move || {
-            j.released(&tag, &here, &who, now_ms());
+            j.released(&tag, &here, &who);
             Ok(())
         });
         let _ = tokio::time::timeout(JOURNAL_PATIENCE, releasing).await;
@@ -178,7 +178,7 @@ impl Drop for NotPresented {
     fn drop(&mut self) {
         if let Some((journal, tag, here, email)) = self.entry.take() {
             let releasing = crate::store::blocking(move || {
-                journal.released(&tag, &here, &email, now_ms());
+                journal.released(&tag, &here, &email);
                 Ok(())
             });
             let spawned = crate::runtime::spawn(async move {
@@ -1234,7 +1234,7 @@ impl Engine {
                         if rotated {
                             j.saved(&tag, &here, &who, now_ms());
                         } else {
-                            j.released(&tag, &here, &who, now_ms());
+                            j.released(&tag, &here, &who);
                         }
                         Ok(())
                     });
@@ -1322,7 +1322,7 @@ impl Engine {
                 if let (false, Some(j), Some(here)) = (asked_twice, journal, here) {
                     let who = email.to_string();
                     let releasing = crate::store::blocking(move || {
-                        j.released(&tag, &here, &who, now_ms());
+                        j.released(&tag, &here, &who);
                         Ok(())
                     });
                     let _ = tokio::time::timeout(JOURNAL_PATIENCE, releasing).await;

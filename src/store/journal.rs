@@ -33,10 +33,10 @@ use crate::secret::Secret;
 
 /// The journal's file name, in `~/.aidevops` (beside the default pool and the store key).
 pub const FILE_NAME: &str = "oauth-pool-refreshes.json";
-/// Entries older than this are dropped: a store put back further than that is left to the token
-/// endpoint's answer.
-const KEEP_MS: i64 = 30 * 24 * 3600 * 1000;
-/// At most this many entries (the newest kept): a month of refreshes of dozens of accounts.
+/// At most this many entries (the newest kept): months of refreshes of dozens of accounts. No
+/// entry goes for its age: judged by the clock of the process writing, one whose clock was 30
+/// days off dropped every record of a spent token, and a copy of a login then presented one (the
+/// endpoint revoked the login in every pool holding it).
 const KEEP_ENTRIES: usize = 5000;
 /// A file larger than this is not a journal of ours.
 const MAX_BYTES: u64 = 4 * 1024 * 1024;
@@ -265,7 +265,7 @@ impl Journal {
     /// Before presenting the refresh token tagged `token` of `email` in `store`. Blocking.
     /// Any trouble with the journal itself is `Go` (logged): the refresh goes on as before.
     pub fn claim(&self, token: &str, store: &str, email: &str, now: i64) -> Claim {
-        let decided = self.change(now, |book| {
+        let decided = self.change(|book| {
             let me = |e: &Entry| e.store == store && e.email == email;
             let found = book.refreshes.iter().position(|e| e.token == token);
             if let Some(i) = found {
@@ -387,7 +387,7 @@ impl Journal {
 
     /// The tokens that replaced `token` are saved in `store`: from now on nobody presents it.
     pub fn saved(&self, token: &str, store: &str, email: &str, now: i64) {
-        self.change(now, |book| {
+        self.change(|book| {
             let mine = book
                 .refreshes
                 .iter_mut()
@@ -408,8 +408,8 @@ impl Journal {
     /// The token endpoint answered `token` with the same refresh token (it does not rotate), or
     /// refused it at the first asking: it is not spent by this store, and another store
     /// presenting it is no reuse.
-    pub fn released(&self, token: &str, store: &str, email: &str, now: i64) {
-        self.change(now, |book| {
+    pub fn released(&self, token: &str, store: &str, email: &str) {
+        self.change(|book| {
             let before = book.refreshes.len();
             book.refreshes
                 .retain(|e| !(e.token == token && e.store == store && e.email == email));
@@ -419,7 +419,7 @@ impl Journal {
 
     /// Under the lock: read, prune, let `f` decide (and say whether to write), write. None when
     /// the journal could not be used (then nothing is decided from it).
-    fn change<T>(&self, now: i64, f: impl FnOnce(&mut Book) -> (bool, T)) -> Option<T> {
+    fn change<T>(&self, f: impl FnOnce(&mut Book) -> (bool, T)) -> Option<T> {
         let skip = |why: String| {
             tracing::warn!(journal = %self.path.display(), error = %why, "the refresh journal cannot be used; refreshing without it");
         };
@@ -447,10 +447,10 @@ impl Journal {
                 Book::default()
             }
         };
-        prune(&mut book, now);
+        prune(&mut book);
         let (write, out) = f(&mut book);
         if write {
-            prune(&mut book, now);
+            prune(&mut book);
             if let Err(e) = self.write(&book) {
                 skip(e.to_string());
                 return None;
@@ -538,11 +538,9 @@ fn later_version(bytes: &[u8]) -> bool {
         .is_some_and(|v| v > 1.0)
 }
 
-fn prune(book: &mut Book, now: i64) {
+fn prune(book: &mut Book) {
     let over = book.unread.len().saturating_sub(KEEP_ENTRIES);
     book.unread.drain(..over);
-    book.refreshes
-        .retain(|e| now.saturating_sub(e.at) < KEEP_MS && e.at <= now.saturating_add(KEEP_MS));
     book.refreshes.sort_by_key(|e| e.at);
     let over = book.refreshes.len().saturating_sub(KEEP_ENTRIES);
     book.refreshes.drain(..over);
@@ -647,13 +645,13 @@ mod tests {
     fn a_token_handed_back_unrotated_stays_presentable_everywhere() {
         let (_d, j) = journal();
         assert_eq!(j.claim("t1", "/a", "x", NOW), Claim::Go);
-        j.released("t1", "/a", "x", NOW + 10);
+        j.released("t1", "/a", "x");
         assert_eq!(
             j.claim("t1", "/a", "x", NOW + 20),
             Claim::Go,
             "this store again"
         );
-        j.released("t1", "/a", "x", NOW + 30);
+        j.released("t1", "/a", "x");
         assert_eq!(
             j.claim("t1", "/b", "x", NOW + 40),
             Claim::Go,
@@ -711,18 +709,23 @@ mod tests {
             assert_eq!(mode(&j.path), 0o600);
             assert_eq!(mode(j.path.parent().unwrap()), 0o700);
         }
-        // Old entries go; so do the oldest beyond the cap.
-        j.claim("old", "/a", "x", NOW - KEEP_MS - 1);
-        j.saved("new", "/a", "x", NOW);
+        // No entry goes for its age, whatever the writer's clock says (one 40 days fast, or
+        // slow); the oldest beyond the cap do.
+        const DAY: i64 = 24 * 3600 * 1000;
+        j.saved("old", "/a", "x", NOW - 90 * DAY);
+        j.saved("fast", "/a", "x", NOW + 40 * DAY);
+        j.saved("slow", "/a", "x", NOW - 40 * DAY);
         let book = j.read().ok().flatten().unwrap();
-        assert!(!book.refreshes.iter().any(|e| e.token == "old"));
+        for kept in ["old", "fast", "slow"] {
+            assert!(book.refreshes.iter().any(|e| e.token == kept), "{kept}");
+        }
         let entry = |i: usize| Entry::new(&format!("n{i}"), "/a", "x", NOW - i as i64, true, None);
         let mut book = Book {
             version: 1,
             refreshes: (0..KEEP_ENTRIES + 10).map(entry).collect(),
             ..Book::default()
         };
-        prune(&mut book, NOW);
+        prune(&mut book);
         assert_eq!(book.refreshes.len(), KEEP_ENTRIES);
         assert!(book
             .refreshes

@@ -57,6 +57,24 @@ const REFRESH_LOCK: i32 = 0x6f61_7072; // "oapr"
 /// to 250 ms (a refresh takes a few hundred milliseconds).
 const LOCK_RETRY_FIRST: Duration = Duration::from_millis(50);
 const LOCK_RETRY_MAX: Duration = Duration::from_millis(250);
+/// How the server learns, while a lock's transaction waits on this host, that the host is gone
+/// without a word (a cut cable, a laptop closed off its network, a power cut: no FIN or RST comes):
+/// its TCP keepalive asked after 10 s of silence, every 5 s, three times, and unanswered data
+/// given 30 s. With the operating system's defaults (two hours before the first probe) the
+/// refresh lock of a vanished host kept every other host from refreshing that account, and its
+/// write lock every write of the fleet, for two hours. A host that is only stopped (SIGSTOP, a
+/// suspended laptop still on its network) answers the probes from its kernel and keeps its lock,
+/// as the claim protocol expects. Set for the transaction only, each where the server has it; a
+/// connection by Unix socket has none, and behind a pooler the pooler's own keepalive settings
+/// decide when it sees the host gone. An expression: its value (how many were set) is not read.
+macro_rules! keepalive {
+    () => {
+        "(SELECT count(set_config(name, value, true)) FROM (VALUES ('tcp_keepalives_idle', '10'),
+           ('tcp_keepalives_interval', '5'), ('tcp_keepalives_count', '3'), ('tcp_user_timeout', '30000'))
+           AS wanted(name, value) WHERE name IN (SELECT name FROM pg_settings))"
+    };
+}
+
 /// How a write's transaction begins, whatever the DBA set as the role's or database's defaults:
 /// read committed, so that the re-read after the lock sees the writes committed while it waited
 /// (under a default of repeatable read or serializable the snapshot was taken before the wait,
@@ -65,9 +83,16 @@ const LOCK_RETRY_MAX: Duration = Duration::from_millis(250);
 /// queued behind another host's). PostgreSQL 17's `transaction_timeout` is turned off for it:
 /// changed inside a transaction, it can only be turned off, not lengthened, and the statement
 /// and lock timeouts (and the client's own, `QUERY_TIMEOUT`) bound the write. Older servers do
-/// not have the setting: it is set only on 17 and later.
-const WRITE_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '60s'; SET LOCAL statement_timeout = '60s';
-    SELECT CASE WHEN current_setting('server_version_num')::int >= 170000 THEN set_config('transaction_timeout', '0', true) END;";
+/// not have the setting: it is set only on 17 and later. With `keepalive!`, a host gone without
+/// a word while it holds the write lock lets it go within a minute.
+const WRITE_BEGIN: &str = concat!(
+    "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '60s'; SET LOCAL statement_timeout = '60s';
+    SELECT CASE WHEN current_setting('server_version_num')::int >= 170000 THEN set_config('transaction_timeout', '0', true) END;
+    SELECT ",
+    keepalive!(),
+    ";"
+);
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one exchange with a connected database may take: past it, a server or network gone
 /// silent (TCP may take hours to notice) counts as the store being unavailable, so the engine
@@ -1359,7 +1384,8 @@ impl PgStore {
              SELECT pg_try_advisory_xact_lock({REFRESH_LOCK}, {id}), current_setting('transaction_read_only'),
                (SELECT value FROM oauth_pool_meta WHERE name = 'schema'),
                CASE WHEN current_setting('server_version_num')::int >= 170000
-                 THEN set_config('transaction_timeout', '0', true) END;"
+                 THEN set_config('transaction_timeout', '0', true) END, {keepalive};",
+            keepalive = keepalive!()
         );
         let deadline = Instant::now() + timeout;
         let mut pause = LOCK_RETRY_FIRST;
