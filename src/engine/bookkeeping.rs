@@ -631,6 +631,22 @@ fn add_usage(a: &mut crate::account::Account, batch: &HashMap<UsageKey, Counts>,
     let Some(u) = usage.as_object_mut() else {
         return;
     };
+    // Old days and windows go by the clock of the process writing, but never past what the file
+    // already holds: one request from a process whose clock was 40 days fast dropped every day
+    // and window kept (and one 40 days slow counted on a day the next write dropped).
+    let newest_day = u
+        .get("days")
+        .and_then(Value::as_object)
+        .and_then(|days| days.keys().max().cloned());
+    let newest_window = u
+        .get("windows")
+        .and_then(Value::as_object)
+        .and_then(|w| w.keys().filter_map(|k| k.parse::<i64>().ok()).max());
+    let newest_day_ms =
+        newest_day.and_then(|d| crate::account::parse_iso_ms(&format!("{d}T00:00:00Z")));
+    let oldest_day = first_usage_day(newest_day_ms.map_or(now, |newest| now.min(newest)));
+    let windows_from =
+        newest_window.map_or(now, |newest| now.min(newest)) - USAGE_WINDOW_DAYS * DAY_MS;
     let mut add = |section: &str, bucket: String, model: &str, c: &Counts| {
         let s = u.entry(section).or_insert_with(|| json!({}));
         if !s.is_object() {
@@ -673,15 +689,11 @@ fn add_usage(a: &mut crate::account::Account, batch: &HashMap<UsageKey, Counts>,
         add("days", day.clone(), model, c);
         add("windows", window.to_string(), model, c);
     }
-    let oldest_day = first_usage_day(now);
     if let Some(days) = u.get_mut("days").and_then(Value::as_object_mut) {
         days.retain(|d, _| d.as_str() >= oldest_day.as_str());
     }
     if let Some(windows) = u.get_mut("windows").and_then(Value::as_object_mut) {
-        windows.retain(|w, _| {
-            w.parse::<i64>()
-                .is_ok_and(|t| t > now - USAGE_WINDOW_DAYS * DAY_MS)
-        });
+        windows.retain(|w, _| w.parse::<i64>().is_ok_and(|t| t > windows_from));
         if windows.len() > MAX_WINDOW_BUCKETS {
             let mut resets: Vec<i64> = windows.keys().filter_map(|w| w.parse().ok()).collect();
             resets.sort_unstable();
@@ -917,6 +929,45 @@ mod tests {
             |ago: i64| windows.contains_key(&(now - ago * DAY_MS + 3_600_000).to_string());
         assert!(kept_day(0) && kept_day(7) && kept_day(9) && kept_day(29) && !kept_day(31));
         assert!(kept_window(0) && kept_window(7) && !kept_window(9) && !kept_window(29));
+    }
+
+    #[test]
+    fn a_writer_whose_clock_is_a_month_off_keeps_the_days_and_windows_kept() {
+        let now = now_ms();
+        let one = Counts {
+            requests: 1,
+            ..Counts::default()
+        };
+        for shift in [40 * DAY_MS, -40 * DAY_MS] {
+            let mut pool = pool_of(now);
+            let mut kept = Pending::default();
+            for days_ago in 0..10 {
+                let at = now - days_ago * DAY_MS;
+                kept.usage("a@x", "claude-sonnet-4-5", Some(at + 3_600_000), at, one);
+            }
+            apply(&mut pool, &kept, now);
+            let off = now + shift;
+            let mut late = Pending::default();
+            late.usage("a@x", "claude-sonnet-4-5", Some(off + 3_600_000), off, one);
+            apply(&mut pool, &late, off);
+            let usage = &pool.find("a@x").unwrap().extra["usage"];
+            let days = usage["days"].as_object().unwrap();
+            let windows = usage["windows"].as_object().unwrap();
+            for days_ago in 0..10 {
+                assert!(
+                    days.contains_key(&day_of(now - days_ago * DAY_MS)),
+                    "shift {shift}: day -{days_ago}"
+                );
+            }
+            assert!(
+                days.contains_key(&day_of(off)),
+                "shift {shift}: its own day"
+            );
+            assert!(
+                windows.contains_key(&(now + 3_600_000).to_string()),
+                "shift {shift}: {windows:?}"
+            );
+        }
     }
 
     #[test]
