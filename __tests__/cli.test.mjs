@@ -1600,6 +1600,28 @@ test("list and status of a pool of 1,000 logins answer, each name still checked 
   }
 });
 
+// Found by a review (2026-12-07, fourth): a priority past 2^53 another program wrote came to
+// JavaScript as a BigInt, and `list --json` failed with the uncoded "Do not know how to
+// serialize a BigInt"; the login serves on, its priority the nearest number, as loadPool gives it.
+test("a priority past 2^53 in the file: list --json and status --json answer with a number, and the login is listed as it is", async () => {
+  const path = freshPath();
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  const token = (kind) => `${["sk", "ant", kind].join("-")}-${"P".repeat(40)}`;
+  writeFileSync(
+    path,
+    `{"version":1,"anthropic":[{"email":"big@x.test","access":"${token("oat01")}","refresh":"${token("ort01")}","expires":${Date.now() + 3_600_000},"priority":9007199254740993},` +
+      `{"email":"low@x.test","access":"${token("oat01")}A","refresh":"${token("ort01")}A","expires":${Date.now() + 3_600_000},"priority":-9223372036854775808}]}`,
+    { mode: 0o600 },
+  );
+  const list = await cli(["list", "--json"], { path });
+  assert.equal(list.code, 0, list.stdout + list.stderr);
+  const priorities = Object.fromEntries(json(list).accounts.map((a) => [a.email, a.priority]));
+  assert.deepEqual(priorities, { "big@x.test": 2 ** 53, "low@x.test": -(2 ** 63) });
+  const status = await cli(["status", "--json"], { path });
+  assert.equal(status.code, 0, status.stdout + status.stderr);
+  assert.ok(readFileSync(path, "utf8").includes("9007199254740993"), "the file keeps it exact");
+});
+
 test("add-key refuses an OAuth access or refresh token and an Admin key, saying what each is and what to do", async () => {
   const path = freshPath();
   const made = (kind) => `${["sk", "ant", kind].join("-")}-${"Z".repeat(40)}`; // no token-shaped literal

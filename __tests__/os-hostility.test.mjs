@@ -484,6 +484,24 @@ test("a pool file mounted on its own (docker -v file:file): nothing is refreshed
     );
     assert.equal(mock.stats().perFamily[email].refreshCalls, 0, "the stored refresh token is unspent");
     await assert.rejects(savePool(await loadPool(inside), inside), said);
+    // Its directory then mounted over it, as the message says to: the file seen there is a
+    // plain one of that mount, and its refresh goes on (the hidden mount's line in mountinfo
+    // made it look mounted alone still: a review's find).
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", dirname(inside)], { stdio: "ignore" });
+    try {
+      const other = "mounted-over@x.test";
+      await seedPool(mock, [other], { expired: [other], path: inside });
+      const res = await createPoolFetch({ path: inside })(`${mock.url}/v1/messages`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: "{}",
+      });
+      assert.equal(res.status, 200);
+      await res.text();
+      assert.equal(mock.stats().perFamily[other].refreshCalls, 1);
+    } finally {
+      execFileSync("umount", ["-l", dirname(inside)], { stdio: "ignore" });
+    }
   } finally {
     execFileSync("umount", ["-l", inside], { stdio: "ignore" });
   }

@@ -155,20 +155,14 @@ fn epoch_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
 /// A whole number as JSON allows it to be written: `1.0`, `1e2`, `-0` (Python's `json`, a hand
 /// edit) are the integers they say; as an `i64` field they made the whole account unreadable.
 /// A fraction is refused: no integer says what it meant.
-/// JavaScript's `Number.MAX_SAFE_INTEGER`.
-const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
-
 fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     use serde::de::{Error, Unexpected};
     const EXPECTED: &str = "a whole number";
     let v = Option::<Value>::deserialize(d)?;
     let unexpected = match &v {
         None | Some(Value::Null) => return Ok(None),
-        // Past ±(2^53 − 1) JavaScript cannot hold it: handed over as a BigInt, it failed every
-        // JSON.stringify of `listAccounts` and `list --json` with an uncoded error.
         Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) if i.unsigned_abs() <= MAX_SAFE_INTEGER => return Ok(Some(i)),
-            (Some(_), _) => Unexpected::Other("a number past what JavaScript holds exactly"),
+            (Some(i), _) => return Ok(Some(i)),
             (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.007e15 => return Ok(Some(f as i64)),
             (None, Some(f)) => Unexpected::Float(f),
             (None, None) => Unexpected::Other("a number out of range"),

@@ -90,8 +90,31 @@ pub fn list_accounts(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_,
         let now = now_ms();
         let mut accounts = manage::list(&pool, now);
         manage::engine_view(&mut accounts, &pool, &Engine::for_store(store), now);
-        Ok(Value::Array(accounts))
+        let mut accounts = Value::Array(accounts);
+        as_javascript_numbers(&mut accounts);
+        Ok(accounts)
     })
+}
+
+/// Integers past ±(2^53 − 1) (a priority another program wrote) as the nearest number, as
+/// `JSON.parse` and `loadPool` give them: handed over as BigInts, they failed every
+/// `JSON.stringify` of the answer (`list --json` with an uncoded error).
+fn as_javascript_numbers(value: &mut Value) {
+    const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+    match value {
+        Value::Number(n)
+            if !n.is_f64()
+                && n.as_i64()
+                    .is_none_or(|i| i.unsigned_abs() > MAX_SAFE_INTEGER) =>
+        {
+            if let Some(nearest) = n.as_f64().and_then(serde_json::Number::from_f64) {
+                *n = nearest;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(as_javascript_numbers),
+        Value::Object(fields) => fields.values_mut().for_each(as_javascript_numbers),
+        _ => {}
+    }
 }
 
 #[napi(js_name = "poolStatus", ts_return_type = "Promise<any>", catch_unwind)]
@@ -129,6 +152,7 @@ pub fn pool_status(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, V
                 unsaved.push(json!({ "email": email, "since": since, "error": error }));
             }
         }
+        as_javascript_numbers(&mut status);
         Ok(status)
     })
 }

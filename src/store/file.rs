@@ -1170,13 +1170,18 @@ fn refuse_mounted_alone(path: &Path, before: Trial) -> Result<()> {
 
 const MOUNTED_ALONE: &str = "the pool file is mounted on its own (as `docker run -v <file>:<file>` mounts it): it can be read but never replaced; mount its directory instead";
 
-/// Whether `path` is itself a mount point, as a file bind-mounted alone is: a line of
-/// /proc/self/mountinfo names it (its fifth field, with space, tab, newline and backslash in
-/// octal escapes). Only Linux mounts a single file; elsewhere it never is.
+/// Whether `path` is itself a mount point, as a file bind-mounted alone is. The kernel says so
+/// (statx's `STATX_ATTR_MOUNT_ROOT`, Linux 5.8); before it, a line of /proc/self/mountinfo
+/// naming it (its fifth field, with space, tab, newline and backslash in octal escapes), which
+/// also names a mount hidden under a later one of its directory. Only Linux mounts a single
+/// file; elsewhere it never is.
 pub(crate) fn is_mount_point(path: &Path) -> bool {
     #[cfg(target_os = "linux")]
     {
         use std::io::Read;
+        if let Some(root) = mount_root(path) {
+            return root;
+        }
         let Ok(real) = fs::canonicalize(path) else {
             return false;
         };
@@ -1196,6 +1201,34 @@ pub(crate) fn is_mount_point(path: &Path) -> bool {
         let _ = path;
         false
     }
+}
+
+/// What statx says of `path` being the root of a mount; none where it cannot say (a kernel
+/// before 5.8, or before statx). Through syscall(2): libc's wrapper would tie the `.node` to
+/// glibc 2.28.
+#[cfg(target_os = "linux")]
+fn mount_root(path: &Path) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut answer = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `name` is a NUL-terminated path and `answer` a statx buffer the kernel fills.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_statx,
+            libc::AT_FDCWD,
+            name.as_ptr(),
+            0,
+            0u32,
+            answer.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: the call succeeded, so the kernel wrote the buffer (zeroed before in any case).
+    let answer = unsafe { answer.assume_init() };
+    let flag = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    (answer.stx_attributes_mask & flag != 0).then_some(answer.stx_attributes & flag != 0)
 }
 
 /// A mountinfo path with its octal escapes (`\040` for a space) undone.
@@ -2140,6 +2173,22 @@ mod tests {
             assert_eq!(mode(store.path()), 0o600);
             assert_eq!(mode(&store.lock_path()), 0o600);
         }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn mount_points_are_told_from_files_and_directories_on_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("oauth-pool.json");
+        fs::write(&file, "{}").unwrap();
+        assert!(!is_mount_point(&file));
+        assert!(!is_mount_point(dir.path()));
+        assert!(is_mount_point(Path::new("/proc")));
+        assert!(!is_mount_point(&dir.path().join("missing")));
+        assert_eq!(
+            unescape_mount_point(br"/a\040b\011c\134d"),
+            b"/a b\tc\\d".to_vec()
+        );
     }
 
     /// The trial write before a refresh asked for leaves nothing behind and changes nothing; a
