@@ -12,7 +12,7 @@ import * as lib from "../index.mjs";
 import { makeAidevopsHost } from "./helpers/aidevops-host.mjs";
 import { runCli } from "./helpers/cli-sandbox.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
-import { useMock, seedPool, tempPoolPath, readPool, account, messagesUrl, body, jsonHeaders, fakeClient, oauthEntry } from "./helpers/pool-env.mjs";
+import { useMock, seedPool, tempPoolPath, readPool, account, messagesUrl, body, jsonHeaders, fakeClient, oauthEntry, withEnv } from "./helpers/pool-env.mjs";
 import { tempDir } from "./helpers/temp.mjs";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -291,6 +291,45 @@ test("oauth-pool refresh from 5 processes at once: one refresh, the others adopt
   assert.equal(fam.reuse, 0);
   assert.equal(fam.revoked, false);
   assert.equal(account(path, "shell@x.test").refresh, mock.tokens("shell@x.test").refresh);
+});
+
+test("aidevops's own AIDEVOPS_OAUTH_POOL_FILE names the pool where OAUTH_POOL_PATH does not: the CLI, the library and doctor use the file aidevops enrolled the accounts in", async () => {
+  // aidevops keeps pools apart with it (its OpenCode 2 runtime, its headless workers): read
+  // without it, the drop-in served the shared ~/.aidevops/oauth-pool.json instead.
+  const home = tempDir("oauth-pool-aidevops-var-");
+  const file = join(home, ".aidevops", "runtimes", "opencode-v2", "auth", "oauth-pool.json");
+  await seedPool(mock, ["v2runtime@x.test"], { path: file });
+  const env = { ...process.env, HOME: home, USERPROFILE: home, AIDEVOPS_OAUTH_POOL_FILE: file };
+  delete env.OAUTH_POOL_PATH;
+  delete env.OAUTH_POOL_STORE;
+  const listed = await runCli(["list", "--json"], { env });
+  assert.equal(listed.code, 0, listed.stdout + listed.stderr);
+  const json = JSON.parse(listed.stdout);
+  assert.equal(json.path, file);
+  assert.deepEqual(
+    json.accounts.map((a) => a.email),
+    ["v2runtime@x.test"],
+  );
+  const doctor = await runCli(["doctor", "--json"], { env });
+  const path = JSON.parse(doctor.stdout.trim().split("\n").at(-1)).checks.find((c) => c.name === "path");
+  assert.match(path.message, /\(from AIDEVOPS_OAUTH_POOL_FILE, aidevops's own\)/, doctor.stdout);
+  // The library, in this process's environment, as the aidevops plugin calls it.
+  await withEnv({ OAUTH_POOL_PATH: undefined, AIDEVOPS_OAUTH_POOL_FILE: file }, async () => {
+    assert.deepEqual(
+      (await lib.listAccounts()).map((a) => a.email),
+      ["v2runtime@x.test"],
+    );
+  });
+  // Ours first, when both are set; a blank one is unset, as a shell's `VAR=` means it.
+  const ours = tempPoolPath();
+  const both = await runCli(["list", "--json"], { env: { ...env, OAUTH_POOL_PATH: ours } });
+  assert.equal(JSON.parse(both.stdout).path, ours);
+  const blank = await runCli(["list", "--json"], { env: { ...env, AIDEVOPS_OAUTH_POOL_FILE: "" } });
+  assert.equal(JSON.parse(blank.stdout).path, join(home, ".aidevops", "oauth-pool.json"));
+  // Checked as OAUTH_POOL_PATH is: a directory's name is refused, naming the variable.
+  const dir = await runCli(["list", "--json"], { env: { ...env, AIDEVOPS_OAUTH_POOL_FILE: `${dirname(file)}/` } });
+  assert.equal(dir.code, 1, dir.stdout);
+  assert.match(dir.stdout, /AIDEVOPS_OAUTH_POOL_FILE ends in `\/`/);
 });
 
 test("oauth-pool refresh --json: `kept` when the token endpoint hands back the same refresh token or none; a refusal exits 1 with the stored tokens as they were", async () => {

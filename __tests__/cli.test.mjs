@@ -899,6 +899,37 @@ test("add: a paste refused before anything is sent (pasted twice) asks again, an
   );
 });
 
+// Found by a review (2026-12-07, fifth): the token endpoint's 429 or 503 ended `add`, the code
+// unused and the verifier gone with the process: the person logged in again in the browser.
+test("add: a token endpoint that did not take the code (a 429, a 503) asks for it again, and the same code then logs in", async () => {
+  for (const status of [429, 503]) {
+    const path = freshPath();
+    const email = `busy${status}@x.test`;
+    mock.setTokenMode({ grant: "authorization_code", status, times: 1 });
+    try {
+      const r = await addThroughMock(path, email, { typed: (p) => `${p}\n${p}\n` });
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, new RegExp(`HTTP ${status}.*The code was not taken: paste it again`));
+      assert.match(r.stdout, new RegExp(`added ${email}`));
+      assert.deepEqual(
+        readPool(path).anthropic.map((a) => a.email),
+        [email],
+      );
+    } finally {
+      mock.setTokenMode(null);
+    }
+  }
+  // Piped once, the failure is the command's, as before.
+  mock.setTokenMode({ grant: "authorization_code", status: 503, times: 1 });
+  try {
+    const once = await addThroughMock(freshPath(), "busyonce@x.test", { typed: (p) => `${p}\n` });
+    assert.equal(once.code, 1, once.stdout);
+    assert.match(once.stderr, /OAUTH_HTTP/);
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
+
 test("add and add-key: a paste wrapped by a terminal in bracketed-paste mode, or carrying zero-width characters, is the code or key", async () => {
   // A terminal a crashed program left in bracketed-paste mode wraps what is pasted in ESC[200~ and
   // ESC[201~; a page can add zero-width spaces and a byte order mark. Both were "malformed".

@@ -23,6 +23,7 @@ import { freePort } from "./helpers/net.mjs";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
 import { oauthEntry } from "./helpers/pool-env.mjs";
 import { tempDir } from "./helpers/temp.mjs";
+import { stopProcess } from "./helpers/stop.mjs";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const PKG = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8"));
@@ -528,7 +529,7 @@ test("doctor names a write lock's holder that is stopped, and how to resume it",
   await seed(box, [{ email: "stopped@x.test" }]);
   const holder = await holdLock(`${box.pool}.lock`);
   try {
-    process.kill(holder.pid, "SIGSTOP");
+    await stopProcess(holder.pid);
     const d = await doctor(box);
     const [lock] = d.named("lock");
     assert.equal(lock?.level, "problem", d.shown);

@@ -728,6 +728,50 @@ test("what fetch refuses, the pool refuses with INVALID_ARGUMENT before anything
       "a file: URL": ["file:///etc/passwd"],
       "a user name and password in the URL": [withCredentials, { method: "POST", headers: jsonHeaders, body: body() }],
       "a signal that is not one": [url, { method: "POST", headers: jsonHeaders, body: body(), signal: {} }],
+      // Found by a review: each came back as the caller's own uncoded Error.
+      "a signal whose `aborted` throws": [
+        url,
+        {
+          method: "POST",
+          headers: jsonHeaders,
+          body: body(),
+          signal: Object.defineProperty({ addEventListener() {} }, "aborted", {
+            get: () => {
+              throw new Error("getter");
+            },
+          }),
+        },
+      ],
+      "a signal that is a Proxy whose traps throw": [
+        url,
+        {
+          method: "POST",
+          headers: jsonHeaders,
+          body: body(),
+          signal: new Proxy(
+            {},
+            {
+              get: () => {
+                throw new Error("trap");
+              },
+            },
+          ),
+        },
+      ],
+      "a signal whose addEventListener throws": [
+        url,
+        {
+          method: "POST",
+          headers: jsonHeaders,
+          body: body(),
+          signal: {
+            aborted: false,
+            addEventListener: () => {
+              throw new Error("add");
+            },
+          },
+        },
+      ],
       "a GET with a body": [url, { method: "GET", body: "x" }],
       "a HEAD with a body": [url, { method: "head", body: "x" }],
       "a user name alone in the URL (a token put there)": [url.replace("://", "://secret@"), { method: "POST", headers: jsonHeaders, body: body() }],
@@ -746,6 +790,27 @@ test("what fetch refuses, the pool refuses with INVALID_ARGUMENT before anything
     const reused = await poolFetch(used, { body: body() });
     assert.equal(reused.status, 200, `${transport}: a used Request with a new body is fine`);
     await reused.text();
+  }
+});
+
+test("a signal that is not the runtime's own (a polyfill's, another realm's) still aborts the request, on both transports", async () => {
+  const path = await seedPool(mock, ["polyfill-signal@x.test"]);
+  for (const transport of ["native", "runtime"]) {
+    const poolFetch = createPoolFetch({ path, transport });
+    // What the pool uses of a signal: `aborted`, `reason` and its abort event.
+    const listeners = [];
+    const signal = {
+      aborted: false,
+      reason: undefined,
+      addEventListener: (type, listener) => type === "abort" && listeners.push(listener),
+      removeEventListener() {},
+    };
+    mock.script("polyfill-signal@x.test", [{ hang: true }]);
+    const pending = poolFetch(messagesUrl(mock), { method: "POST", headers: jsonHeaders, body: body(), signal });
+    await mock.waitFor("api", (r) => r.email === "polyfill-signal@x.test");
+    Object.assign(signal, { aborted: true, reason: new Error("stopped by the polyfill") });
+    for (const listener of listeners) listener({ type: "abort" });
+    await assert.rejects(pending, (e) => e.message === "stopped by the polyfill" || e.name === "AbortError", transport);
   }
 });
 

@@ -24,6 +24,7 @@ import {
   storedPool as storedFrom,
 } from "./helpers/fleet-kit.mjs";
 import { startPostgres } from "./helpers/postgres.mjs";
+import { stopProcess } from "./helpers/stop.mjs";
 
 // The advisory lock classes of src/store/postgres.rs: the pool's writes, an account's refresh.
 const WRITE_LOCK_CLASS = 0x6f617070;
@@ -355,7 +356,7 @@ test("a host frozen between taking the refresh lock and presenting the token, wh
     await until(`SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = ${entries}`, (o) => o.trim() === "1", { db: f.db.name });
     const lockPid = (await until(pidsHolding(REFRESH_LOCK_CLASS, f.db.name), (o) => o.trim() !== "")).trim();
     // The laptop is suspended; its session is ended meanwhile (a DBA, TCP keepalives).
-    process.kill(onA.pid, "SIGSTOP");
+    await stopProcess(onA.pid);
     stopped = true;
     await pg.sql(`SELECT pg_terminate_backend(${lockPid})`);
     await blocker.run("COMMIT;");
@@ -439,7 +440,7 @@ for (const [n, server] of [onThisServer(""), ON_17].entries()) {
       await Promise.all([onA.ready, onB.ready]);
       const first = onA.ask("fetch");
       await mock.waitFor("token", (r) => r.grant === "refresh_token");
-      process.kill(onA.pid, "SIGSTOP");
+      await stopProcess(onA.pid);
       stopped = true;
       // Longer than a claim stands without its holder's beats (and than a DBA's timeout): the
       // lock, which its session holds, is what keeps the token from being presented again.
@@ -492,7 +493,7 @@ test("a host frozen inside a write: reads go on, the DBA's idle_in_transaction_s
         throw new Error(`${e.message}; the write: ${out}`);
       },
     );
-    process.kill(frozen.pid, "SIGSTOP");
+    await stopProcess(frozen.pid);
     stopped = true;
     await gate.run("COMMIT;");
     await until(pidsHolding(WRITE_LOCK_CLASS, f.db.name), (o) => o.trim() !== "" && o.trim() !== gatePid);

@@ -343,6 +343,47 @@ test("a Console login adds the API key the Console makes for it: a key member th
   }
 });
 
+// Found by a review (2026-12-07, fifth): a key the Console made was lost when its answer had a
+// byte order mark, a trailer or blanks around the key (one more orphan key in the Console a try),
+// and a code answer whose access token was unusable sent an empty bearer to make the key, and
+// dropped the login a Pro/Max login keeps.
+test("a Console login takes the key from an answer with a byte order mark, a trailer or blanks around it, and makes it with a refreshed token when the code's access token was unusable", async () => {
+  const key = ["sk", "ant", "api03", "console0shapes0123456789abcdef"].join("-");
+  for (const [i, answer] of [
+    `\ufeff${JSON.stringify({ raw_key: key })}`,
+    `${JSON.stringify({ raw_key: key })}\n{}`,
+    JSON.stringify({ raw_key: ` ${key}\n` }),
+  ].entries()) {
+    const server = createServer((_req, res) => res.writeHead(200, { "content-type": "application/json" }).end(answer));
+    await new Promise((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      const login = await authorize({ mode: "console" });
+      const paste = mock.approve(login.url, `console-shape${i}@x.test`);
+      const path = tempPoolPath();
+      await withEnv({ OAUTH_POOL_API_URL: `http://127.0.0.1:${server.address().port}` }, async () => {
+        assert.deepEqual(await addAccount(paste, login, path), { email: `console-shape${i}@x.test`, added: true, type: "api" }, answer);
+      });
+      assert.equal((await loadPool(path)).anthropic[0].key, key, answer);
+    } finally {
+      server.close();
+    }
+  }
+  const email = "console-unusable@x.test";
+  const login = await authorize({ mode: "console" });
+  const paste = mock.approve(login.url, email);
+  mock.setTokenMode({ grant: "authorization_code", reshape: (b) => ({ ...b, access_token: "bad\nvalue" }) });
+  try {
+    const path = tempPoolPath();
+    assert.deepEqual(await addAccount(paste, login, path), { email, added: true, type: "api" });
+    assert.equal(mock.stats().perFamily[email].refreshCalls, 1, "the key made with the token one refresh gave");
+    const [member] = (await loadPool(path)).anthropic;
+    assert.equal(member.type, "api");
+    assert.match(member.key, /^sk-ant-api/);
+  } finally {
+    mock.setTokenMode(null);
+  }
+});
+
 // Found by a review (2026-12-07, second): a 200 carrying an OAuth error was read as a token
 // response ("no refresh_token"), its code and text dropped, and the login marked completed: the
 // same paste, its code still unused, was refused "completed already".

@@ -4,6 +4,7 @@
 import { test } from "node:test";
 import { createHash } from "node:crypto";
 import { createServer } from "node:net";
+import { createServer as createHttpServer } from "node:http";
 import assert from "node:assert/strict";
 import * as pluginModule from "../plugin.mjs";
 import * as lib from "../index.mjs";
@@ -398,6 +399,22 @@ test("2.x: the tool and the command say how to log in as OpenCode 2 does (its co
     assert.match(out, /team-key.*`\/connect` -> Anthropic Pool -> Console API key/);
     assert.doesNotMatch(out, /opencode auth login/);
   }
+  await handle.unload();
+});
+
+test("2.x: the command's priority is read as the CLI reads it: `0x10` or `1e1` typed is refused, not set as 16 or 10", async () => {
+  const { host, handle, path } = await started();
+  await lib.addApiKey("fake-console-key-prio-0123456789abcdef", { email: "prio@x.test", path });
+  const said = async (text) => {
+    await host.runCommand("model-accounts-pool", { text });
+    return host.log.filter((e) => e.type === "session.synthetic").at(-1).input.text;
+  };
+  for (const typed of ["0x10", "1e1", "0b11", "2.5"]) {
+    assert.match(await said(`priority prio@x.test ${typed}`), /needs `priority`: a whole number/, typed);
+    assert.equal((await lib.listAccounts(path))[0].priority, 0, typed);
+  }
+  assert.match(await said("priority prio@x.test -4"), /Priority of prio@x\.test is now -4/);
+  assert.equal((await lib.listAccounts(path))[0].priority, -4);
   await handle.unload();
 });
 
@@ -1148,6 +1165,47 @@ test("the retry on another account is sent as the host sends its own: without th
     await lib.resetCooldowns(path);
   } finally {
     globalThis.fetch = original;
+  }
+});
+
+test("2.x: the retry on another account follows no redirect: a 3xx to another origin reaches the host as it came, and no key goes there", async () => {
+  // Found by a review: the resend is a Request the host built, which follows redirects unless
+  // told; runtimes drop only `authorization` on the way, so the next account's `x-api-key` (and
+  // the prompt) went to whatever origin a 3xx named.
+  const reached = [];
+  const elsewhere = createHttpServer((req, res) => {
+    reached.push(req.headers["x-api-key"] ?? null);
+    req.resume();
+    res.writeHead(200, { "content-type": "application/json" }).end("{}");
+  });
+  await new Promise((resolve) => elsewhere.listen(0, "127.0.0.1", resolve));
+  const path = tempPoolPath();
+  for (const name of ["away1", "away2"]) {
+    const key = `fake-console-key-${name}-0123456789abcdef`;
+    mock.addApiKey(key, `${name}@x.test`);
+    await lib.addApiKey(key, { email: `${name}@x.test`, path });
+  }
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  const handle = await host.start(loadPlugin(pluginModule, { options: { path } }));
+  try {
+    for (const status of [302, 307, 308]) {
+      const location = `http://127.0.0.1:${elsewhere.address().port}/v1/messages?from=${status}`;
+      // Whichever key goes first is refused; the resend, on the other, is told to go elsewhere.
+      mock.scriptAll([
+        { status: 429, headers: rateLimitHeaders({ retryAfter: 1 }) },
+        { status, headers: { location }, body: "" },
+      ]);
+      const answer = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body }).catch((e) => e);
+      const got = answer instanceof Response ? answer.status : answer?.error?.status;
+      assert.equal(got, status, `${status}: ${answer?.message ?? ""}`);
+      if (answer instanceof Response) await answer.text();
+      assert.deepEqual(reached, [], `${status}: a key was sent to the other origin`);
+      await lib.resetCooldowns(path);
+    }
+  } finally {
+    await handle.unload();
+    elsewhere.close();
+    elsewhere.closeAllConnections?.();
   }
 });
 

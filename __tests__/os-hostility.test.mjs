@@ -32,6 +32,7 @@ import { startPostgres } from "./helpers/postgres.mjs";
 import { keptLogin, loginSpoiledMidway } from "./helpers/login-midway.mjs";
 import { tempDir } from "./helpers/temp.mjs";
 import { CLI } from "./helpers/cli-sandbox.mjs";
+import { stopProcess } from "./helpers/stop.mjs";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const POLLER = here("./helpers/pool-poller.mjs");
@@ -63,7 +64,7 @@ test("a process stopped (Ctrl-Z) while its refresh call is in flight reads the a
   const env = { ...process.env, OAUTH_POOL_PATH: path, OAUTH_POOL_TIMEOUT_MS: "1500" };
   const proc = run([POLLER, mock.url, "claude-sonnet-4-5", "once", "30000"], env);
   await arrived;
-  proc.child.kill("SIGSTOP");
+  await stopProcess(proc.child.pid);
   try {
     await until("the token endpoint to rotate the token", () => mock.stats().perFamily[email].generation === 1);
     // Stopped past the 1.5 s the call may take while the process runs.

@@ -905,6 +905,12 @@ test("tool actions: list, remove, enable, disable, priority and their help texts
   assert.match(await run({ action: "priority", email: "bob@example.com", priority: 7 }), /Priority of bob@example\.com is now 7/);
   assert.match(await run({ action: "list" }), /bob@example\.com .*priority 7/);
   assert.match(await run({ action: "priority", email: "bob@example.com" }), /needs `priority`: a whole number/);
+  // Read as the CLI reads a priority: digits alone (`Number` took `0x10` as 16, `1e1` as 10, `true` as 1).
+  for (const priority of ["0x10", "1e1", "0b11", "1.0", true, "", "7 8"]) {
+    assert.match(await run({ action: "priority", email: "bob@example.com", priority }), /needs `priority`: a whole number/, JSON.stringify(priority));
+  }
+  assert.match(await run({ action: "priority", email: "bob@example.com", priority: " -3 " }), /Priority of bob@example\.com is now -3/);
+  assert.match(await run({ action: "priority", email: "bob@example.com", priority: 7 }), /Priority of bob@example\.com is now 7/);
   assert.match(await run({ action: "priority" }), /needs `email`.*alice@example\.com, bob@example\.com/);
 
   // Unknown emails and actions, missing arguments.

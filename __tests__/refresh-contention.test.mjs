@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import { addAccount, authorize, createPoolFetch, flushPool, loadPool, savePool } from "../index.mjs";
 import { useMock, seedPool, readPool, account, messagesUrl, body, jsonHeaders, withEnv, runWorkersTogether } from "./helpers/pool-env.mjs";
 import { rateLimitHeaders } from "./helpers/mock-anthropic.mjs";
+import { stopProcess } from "./helpers/stop.mjs";
 
 const POLLER = fileURLToPath(new URL("./helpers/pool-poller.mjs", import.meta.url));
 const WORKER = fileURLToPath(new URL("./helpers/pool-worker.mjs", import.meta.url));
@@ -131,7 +132,7 @@ test("another process stopped in its refresh of a token that still works for min
     const deadline = Date.now() + 20_000;
     while (refreshCalls(email) === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     assert.equal(refreshCalls(email), 1, "the other process is refreshing");
-    holder.kill("SIGSTOP");
+    await stopProcess(holder.pid);
     const f = createPoolFetch({ path });
     for (let i = 0; i < 2; i++) {
       const started = Date.now();

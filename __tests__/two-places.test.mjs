@@ -163,6 +163,8 @@ test("a pool put back to an earlier state (a snapshot restored): its spent token
   const snapshot = `${a}.snapshot`;
   copyFileSync(a, snapshot);
   assert.equal((await request(m, a)).status, 200);
+  const live = mock.tokens("restored@two.test").refresh;
+  assert.equal(JSON.parse(readFileSync(`${a}.bak`, "utf8")).anthropic[0].refresh, live, "the .bak holds the live login");
   copyFileSync(snapshot, a);
 
   const r = await runNode([CLI, "--json", "refresh", "restored@two.test", "--path", a], m.env);
@@ -170,10 +172,19 @@ test("a pool put back to an earlier state (a snapshot restored): its spent token
   assert.equal(out.error?.code, "OAUTH_INVALID_GRANT");
   assert.match(
     out.error.message,
-    /was put back to an earlier state .* already spent here on \d{4}-.*put back the newer pool if you have it, else log in again/,
+    /was put back to an earlier state .* already spent here on \d{4}-.*put back the newer pool if you have it \(the copy it replaced is kept as .*\), else log in again/,
   );
   assert.equal(entry(a, "restored@two.test").status, "auth-error");
   assertLoginAlive("restored@two.test");
+  // Found by a review: the write of that refusal replaced the .bak, the only copy of the live
+  // login left; it is kept aside, where the message says.
+  const dir = join(a, "..");
+  const kept = readdirSync(dir).filter((n) => n.startsWith("oauth-pool.json.bak-"));
+  assert.ok(
+    kept.some((n) => JSON.parse(readFileSync(join(dir, n), "utf8")).anthropic[0].refresh === live),
+    `kept aside: ${kept.join(", ")}`,
+  );
+  assert.match(out.error.message, /is kept as .*\.bak-<time> when it was the newer/);
 
   // A new login clears it, as any auth-error: nothing of the journal sticks to the account.
   const fresh = mock.addAccount("restored@two.test");

@@ -3,6 +3,7 @@
 // answer becomes a real Response pulled from Rust chunk by chunk, or the runtime's own fetch
 // ("runtime", the default under Bun: lib/runtime-fetch.mjs). This file turns fetch()'s
 // arguments into a plain request for either.
+import { types } from "node:util";
 import { native, syncEnv } from "./native.mjs";
 import { scrubbed, settle, toPoolError } from "./errors.mjs";
 import { invalidArgument, knownOptions, readable, shown } from "./api.mjs";
@@ -30,6 +31,36 @@ function refused(message) {
   const err = new TypeError(message);
   err.code = "INVALID_ARGUMENT";
   return err;
+}
+
+/**
+ * The caller's signal as the request listens to it: any AbortSignal, also one of another realm or
+ * a polyfill (what is used of it). One that is not the runtime's own (another realm's, a
+ * polyfill's, a Proxy) is followed through a signal of ours: a getter or a listener call of its
+ * own that threw came back as the caller's uncoded Error, or mid-request, after an exchange was
+ * opened; now it is refused here, INVALID_ARGUMENT, before anything starts.
+ */
+function ownSignal(signal) {
+  return readable("init.signal", () => {
+    if (typeof signal !== "object" || typeof signal.aborted !== "boolean" || typeof signal.addEventListener !== "function") {
+      throw refused("signal must be an AbortSignal");
+    }
+    if (!types.isProxy(signal) && signal instanceof AbortSignal) return signal;
+    const own = new AbortController();
+    // Read inside the event too: a throw from a listener would be the host's uncaught exception.
+    const follow = () => {
+      let reason;
+      try {
+        reason = signal.reason;
+      } catch {
+        // no reason to give: ours says it was aborted
+      }
+      own.abort(reason);
+    };
+    if (signal.aborted) follow();
+    else signal.addEventListener("abort", follow, { once: true });
+    return own.signal;
+  });
 }
 
 /**
@@ -112,15 +143,8 @@ async function requestParts(input, given) {
     throw refused(`headers are not valid: ${scrubbed(why)}`);
   }
   // An init's signal replaces a Request's, null included (no signal), as fetch takes it.
-  const signal = init.signal !== undefined ? init.signal : isRequest ? input.signal : undefined;
-  // Any AbortSignal, also one of another realm or a polyfill: what is used of it.
-  if (
-    signal !== undefined &&
-    signal !== null &&
-    (typeof signal !== "object" || typeof signal.aborted !== "boolean" || typeof signal.addEventListener !== "function")
-  ) {
-    throw refused("signal must be an AbortSignal");
-  }
+  const theirs = init.signal !== undefined ? init.signal : isRequest ? input.signal : undefined;
+  const signal = theirs === undefined || theirs === null ? theirs : ownSignal(theirs);
   // Only a body replaces a Request's: an init's null body keeps it, as fetch takes it (the
   // fetch standard, and Node's; Bun's drops it).
   const initBody = init.body ?? null;

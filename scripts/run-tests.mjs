@@ -84,6 +84,8 @@ const base = {
   RUSTUP_HOME: process.env.RUSTUP_HOME ?? join(process.env.HOME ?? scratch, ".rustup"),
 };
 delete base.OAUTH_POOL_LOG;
+// aidevops's own variable names a real pool file of this machine's user.
+delete base.AIDEVOPS_OAUTH_POOL_FILE;
 
 const timings = [];
 let steps = 0;

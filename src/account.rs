@@ -145,6 +145,11 @@ fn epoch_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
             }
             Ok(Some(ms as i64))
         }
+        // A number written as text, or an ISO date (a hand edit, a `jq` or Python helper), as
+        // `cooldownUntil` is read (`epoch_ms_of`): refused, it made the whole entry unreadable.
+        Some(text @ Value::String(_)) => epoch_ms_of(&text).map(Some).ok_or_else(|| {
+            serde::de::Error::custom("expected epoch milliseconds, found a string that is no time")
+        }),
         Some(other) => Err(serde::de::Error::custom(format!(
             "expected epoch milliseconds, found {}",
             kind_of(&other)
@@ -381,6 +386,7 @@ impl Account {
     pub fn cooldown_until(&self, now: i64) -> Option<i64> {
         self.stored_cooldown_until()
             .map(|t| t.saturating_sub(self.clock_set_back(now)))
+            .and_then(|t| crate::engine::limits::believed_end(t, now))
     }
 
     /// The stored end, as written (whatever the clock did since).
@@ -498,10 +504,20 @@ impl Account {
         if self.reset_by_them() {
             self.rate_limit_until = None;
         }
-        let merged = self.rate_limit_until.map_or(until, |t| t.max(until));
+        // A garbled end (`believed_end`) is not kept by the max: the new one would be read as
+        // none with it.
+        let believed = |t: i64| crate::engine::limits::believed_end(t, now);
+        let merged = self
+            .rate_limit_until
+            .and_then(believed)
+            .map_or(until, |t| t.max(until));
         self.rate_limit_until = Some(merged);
         if self.extra.contains_key("cooldownUntil") {
-            let theirs = self.stored_cooldown_until().unwrap_or(merged).max(merged);
+            let theirs = self
+                .stored_cooldown_until()
+                .and_then(believed)
+                .unwrap_or(merged)
+                .max(merged);
             self.extra
                 .insert("cooldownUntil".into(), Value::from(theirs));
         }
@@ -687,6 +703,7 @@ impl Account {
     pub fn model_cooldown_until(&self, family: &str, now: i64) -> Option<i64> {
         self.stored_model_cooldown_until(family)
             .map(|t| t.saturating_sub(self.clock_set_back(now)))
+            .and_then(|t| crate::engine::limits::believed_end(t, now))
     }
 
     /// The rest of `family` as written, not adjusted for a clock stepped back since.
@@ -715,6 +732,7 @@ impl Account {
                 .shift_remove(family)
                 .as_ref()
                 .and_then(epoch_ms_of)
+                .and_then(|t| crate::engine::limits::believed_end(t, now))
                 .map_or(until, |t| t.max(until));
             // Last in the map: of the rests ending together, the one decided last stays.
             m.insert(family.to_string(), Value::from(merged));
@@ -809,7 +827,11 @@ impl Account {
 /// what is shown), and not `#` first (`#N` names the N-th entry). Emails come from people and
 /// from the token endpoint's profile: both are held to this.
 pub fn acceptable_email(email: &str) -> bool {
-    let invisible = |c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}' | '\u{e0000}'..='\u{e007f}');
+    // The secret search's list (a soft hyphen, U+061C, variation selectors, Hangul fillers: a
+    // review found `s\u{ad}erver@x.test` taken beside `server@x.test`, the two alike on screen),
+    // and the interlinear annotation marks.
+    let invisible =
+        |c: char| crate::secret::is_invisible(c) || matches!(c, '\u{fff9}'..='\u{fffb}');
     !email.is_empty()
         && email.chars().count() <= 254
         && !email.starts_with('#')
@@ -939,6 +961,32 @@ mod tests {
         assert_ne!(normalize_email("Jurgen@x.test"), normalize_email(composed));
     }
     use serde_json::json;
+
+    #[test]
+    fn a_time_written_as_text_is_read_as_that_time_not_as_an_unreadable_entry() {
+        // Found by a review: `cooldownUntil` read text and ISO dates, `expires` and
+        // `rateLimitUntil` made the whole entry unreadable.
+        for (written, ms) in [
+            (json!("1787297400000"), 1_787_297_400_000i64),
+            (json!(" 1787297400 "), 1_787_297_400_000),
+            (json!("2026-08-21T08:10:00Z"), 1_787_299_800_000),
+        ] {
+            let a: Account = serde_json::from_value(json!({
+                "type": "oauth", "email": "a@x", "refresh": "r", "access": "a",
+                "expires": written, "rateLimitUntil": written
+            }))
+            .unwrap();
+            assert_eq!(
+                (a.expires, a.rate_limit_until),
+                (Some(ms), Some(ms)),
+                "{written}"
+            );
+        }
+        let garbled = serde_json::from_value::<Account>(json!({
+            "type": "oauth", "email": "a@x", "refresh": "r", "expires": "soon"
+        }));
+        assert!(garbled.is_err());
+    }
 
     #[test]
     fn epochs_read_back_as_the_same_time_after_each_write() {

@@ -41,6 +41,7 @@ macro_rules! variables {
 pub mod var {
     variables! {
         POOL_PATH = "OAUTH_POOL_PATH";
+        AIDEVOPS_POOL_FILE = "AIDEVOPS_OAUTH_POOL_FILE";
         TOKEN_URL = "OAUTH_POOL_TOKEN_URL";
         API_URL = "OAUTH_POOL_API_URL";
         LOG = "OAUTH_POOL_LOG";
@@ -204,7 +205,10 @@ pub fn env(var: Var) -> Option<String> {
     std::env::var(var.name()).ok()
 }
 
-/// `OAUTH_POOL_PATH`, else `~/.aidevops/oauth-pool.json`.
+/// `OAUTH_POOL_PATH`, else aidevops's own `AIDEVOPS_OAUTH_POOL_FILE`, else
+/// `~/.aidevops/oauth-pool.json`. aidevops keeps pools apart with its variable (its OpenCode 2
+/// runtime and its headless workers each get a file of their own): read without it, the drop-in
+/// served the shared pool beside the one aidevops had enrolled the accounts in.
 ///
 /// A path given but blank, or one holding U+FFFD (bytes that were not UTF-8, replaced on the
 /// way here), is refused rather than read as "the default pool" or as a file of another name.
@@ -253,18 +257,20 @@ pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return usable(p, "the pool path").and_then(not_the_journal);
     }
-    match std::env::var(var::POOL_PATH.name()) {
-        Err(std::env::VarError::NotUnicode(_)) if env(var::POOL_PATH).is_none() => {
-            return Err(Error::InvalidArgument(format!(
-                "{} is not valid UTF-8: give the path in UTF-8",
-                var::POOL_PATH.name()
-            )))
+    for variable in [var::POOL_PATH, var::AIDEVOPS_POOL_FILE] {
+        match std::env::var(variable.name()) {
+            Err(std::env::VarError::NotUnicode(_)) if env(variable).is_none() => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is not valid UTF-8: give the path in UTF-8",
+                    variable.name()
+                )))
+            }
+            _ => {}
         }
-        _ => {}
-    }
-    // Empty is unset, as a shell's `OAUTH_POOL_PATH=` means it.
-    if let Some(p) = env(var::POOL_PATH).filter(|p| !p.is_empty()) {
-        return usable(&p, var::POOL_PATH.name()).and_then(not_the_journal);
+        // Empty is unset, as a shell's `OAUTH_POOL_PATH=` means it.
+        if let Some(p) = env(variable).filter(|p| !p.is_empty()) {
+            return usable(&p, variable.name()).and_then(not_the_journal);
+        }
     }
     let home = home_dir().ok_or_else(|| {
         Error::InvalidArgument(

@@ -70,8 +70,10 @@ pub enum Error {
     /// The same contract code as a dead refresh token, about a login code instead.
     #[error("the login code was refused by the token endpoint ({}): a code works once and for a few minutes; start the login again", bounded(.0))]
     OAuthCodeRefused(String),
-    #[error("token endpoint answered HTTP {status}: {}", bounded(.detail))]
+    #[error("{what} answered HTTP {status}: {}", bounded(.detail))]
     OAuthHttp {
+        /// Which of the login's endpoints: `token endpoint`, `profile endpoint`, `API key endpoint`.
+        what: &'static str,
         status: u16,
         detail: String,
         /// Seconds the endpoint asked us to wait (429 `retry-after`), when given.
@@ -225,6 +227,7 @@ mod tests {
         );
         assert_eq!(Error::PoolInvalid("x".into()).code(), "POOL_INVALID");
         let e = Error::OAuthHttp {
+            what: "token endpoint",
             status: 503,
             detail: "server_error".into(),
             retry_after: None,

@@ -359,7 +359,7 @@ async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let bytes = read_bounded(response).await?;
+        let bytes = read_bounded(response, "the token endpoint").await?;
         Ok::<_, Error>((status, retry_after, content_type, bytes))
     };
     // Not reqwest's timeout: time the process spent stopped must not turn an answer that came
@@ -374,18 +374,7 @@ async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<
     drop(body);
     // Read as a JavaScript client reads it (a byte order mark, a lone surrogate, `1e400`): a
     // 200 refused whole lost the rotated refresh token in it with the login.
-    let parsed: Option<Value> = crate::pool::value_read_leniently(&bytes).or_else(|| {
-        // A token answer with bytes after it (a proxy's trailer, a second document): its first
-        // object is the answer. Refused whole, the rotated refresh token in it was lost, and the
-        // spent one presented again after the endpoint's rest, which revoked the login.
-        let first = serde_json::Deserializer::from_slice(&bytes)
-            .into_iter::<Value>()
-            .next()?
-            .ok()?;
-        (first.is_object()
-            && (first.get("refresh_token").is_some() || first.get("error").is_some()))
-        .then_some(first)
-    });
+    let parsed = answer_read(&bytes, &["refresh_token", "error"]);
 
     // A 2xx that is an OAuth error and holds no token (a proxy's, or an endpoint's that answers
     // errors with 200) is read as the error it says: taken for a token response, its code and
@@ -400,11 +389,13 @@ async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<
         return match parsed {
             Some(v) if v.is_object() => Ok(v),
             Some(_) => Err(Error::OAuthHttp {
+                what: "token endpoint",
                 status,
                 detail: "the answer is JSON but not an object: no token response".into(),
                 retry_after: None,
             }),
             None => Err(Error::OAuthHttp {
+                what: "token endpoint",
                 status,
                 detail: scrub_with_forms(&not_json(&content_type), presented),
                 retry_after: None,
@@ -434,6 +425,7 @@ async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<
         });
     }
     Err(Error::OAuthHttp {
+        what: "token endpoint",
         status,
         detail: summary,
         retry_after,
@@ -483,22 +475,24 @@ fn error_fields(v: &Value) -> (Option<String>, Option<String>) {
     }
 }
 
-async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>> {
+/// `what`: the endpoint, as a message names it (`the token endpoint`).
+async fn read_bounded(mut response: reqwest::Response, what: &'static str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 if out.len() + chunk.len() > MAX_TOKEN_BODY {
                     return Err(Error::OAuthHttp {
+                        what: what.trim_start_matches("the "),
                         status: response.status().as_u16(),
-                        detail: "the answer is too large to be a token response".into(),
+                        detail: format!("the answer is larger than {} KB", MAX_TOKEN_BODY / 1024),
                         retry_after: None,
                     });
                 }
                 out.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(out),
-            Err(e) => return Err(http::network_error("the token endpoint", &e)),
+            Err(e) => return Err(http::network_error(what, &e)),
         }
     }
 }
@@ -510,6 +504,7 @@ const UNSAID_LIFETIME_SECS: f64 = 3600.0;
 
 fn parse_token_response(v: &Value, previous_refresh: Option<&Secret>) -> Result<Tokens> {
     let bad = |what: &str| Error::OAuthHttp {
+        what: "token endpoint",
         status: 200,
         detail: format!("token response {what}"),
         retry_after: None,
@@ -607,9 +602,10 @@ pub async fn profile_email(access: &Secret) -> Result<Option<String>> {
         .map_err(|e| http::network_error("the profile endpoint", &e))?;
     let response = crate::coding::received(response, "the profile endpoint")?;
     let status = response.status().as_u16();
-    let bytes = read_bounded(response).await?;
+    let bytes = read_bounded(response, "the profile endpoint").await?;
     if !(200..300).contains(&status) {
         return Err(Error::OAuthHttp {
+            what: "profile endpoint",
             status,
             detail: "profile request refused".into(),
             retry_after: None,
@@ -646,9 +642,10 @@ pub async fn create_api_key(access: &Secret) -> Result<Secret> {
         .map_err(|e| http::network_error("the API key endpoint", &e))?;
     let response = crate::coding::received(response, "the API key endpoint")?;
     let status = response.status().as_u16();
-    let bytes = read_bounded(response).await?;
+    let bytes = read_bounded(response, "the API key endpoint").await?;
     let refused = |detail: &str| {
         Error::OAuthHttp {
+        what: "API key endpoint",
         status,
         detail: format!("{detail}: the Console login worked, but no API key was made for it, and nothing was added (log in again to try once more, or paste a key with `oauth-pool add-key`)"),
         retry_after: None,
@@ -657,8 +654,14 @@ pub async fn create_api_key(access: &Secret) -> Result<Secret> {
     if !(200..300).contains(&status) {
         return Err(refused("the API key endpoint refused to make a key"));
     }
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let key = v.get("raw_key").and_then(Value::as_str).unwrap_or("");
+    // Read as a token answer is: a key the Console made and the answer lost (a byte order mark,
+    // a trailer, blanks around the key) stays made there, and each try left one more.
+    let v = answer_read(&bytes, &["raw_key"]).unwrap_or(Value::Null);
+    let key = v
+        .get("raw_key")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .trim();
     let plausible = key.starts_with("sk-ant-")
         && key.len() <= 4096
         && key
@@ -670,9 +673,53 @@ pub async fn create_api_key(access: &Secret) -> Result<Secret> {
     Ok(Secret::new(key))
 }
 
+/// An endpoint's JSON answer read leniently (`value_read_leniently`), else, with bytes after it (a
+/// proxy's trailer, a second document), its first value when that is an object holding one of
+/// `fields`. Refused whole, a token answer's rotated refresh token was lost, and the spent one
+/// presented again after the endpoint's rest, which revoked the login.
+fn answer_read(bytes: &[u8], fields: &[&str]) -> Option<Value> {
+    crate::pool::value_read_leniently(bytes).or_else(|| {
+        let first = serde_json::Deserializer::from_slice(bytes)
+            .into_iter::<Value>()
+            .next()?
+            .ok()?;
+        fields
+            .iter()
+            .any(|field| first.get(field).is_some())
+            .then_some(first)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_is_read_past_a_byte_order_mark_or_a_trailer_when_it_holds_what_is_asked() {
+        let key = ["sk", "ant", "api03", &"K".repeat(40)].join("-");
+        let plain = serde_json::json!({ "raw_key": key }).to_string();
+        for body in [
+            plain.clone(),
+            format!("\u{feff}{plain}"),
+            format!("{plain}\n{{}}"),
+            format!("{plain} trailer"),
+        ] {
+            let read = answer_read(body.as_bytes(), &["raw_key"]);
+            assert_eq!(
+                read.as_ref()
+                    .and_then(|v| v.get("raw_key"))
+                    .and_then(Value::as_str),
+                Some(key.as_str()),
+                "{body:?}"
+            );
+        }
+        // A first document without the field asked for is not taken for the answer.
+        assert_eq!(
+            answer_read(format!("{{}}\n{plain}").as_bytes(), &["raw_key"]),
+            None
+        );
+        assert_eq!(answer_read(b"<html>", &["raw_key"]), None);
+    }
 
     #[tokio::test]
     async fn a_lost_answer_is_asked_again_only_when_the_caller_still_may() {

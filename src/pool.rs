@@ -2212,6 +2212,14 @@ mod tests {
             "a\u{200b}@x",
             "a\u{0}@x",
             long.as_str(),
+            // Found by a review: each read as the name without it.
+            "s\u{ad}erver@x",
+            "a\u{61c}b@x",
+            "a\u{3164}@x",
+            "a\u{fe0f}@x",
+            "a\u{34f}@x",
+            "a\u{e0100}@x",
+            "a\u{fffa}@x",
         ] {
             assert!(!crate::account::acceptable_email(bad), "{bad:?}");
         }

@@ -249,6 +249,14 @@ async function add({ lib, options, path, out }) {
         out.note(text`${e.message}. Nothing was sent: paste the code again.`);
         continue;
       }
+      // The token endpoint did not take the code (busy, down, out of reach): it is still good,
+      // and the login is not marked done, so the same paste can go again once the endpoint
+      // answers. Ending here sent the person through the browser login again for a 429.
+      if (e?.code === "NETWORK" || (e?.code === "OAUTH_HTTP" && (e.status === 408 || e.status === 429 || e.status >= 500))) {
+        refusal = e;
+        out.note(text`${e.message}. The code was not taken: paste it again in a moment (a code lasts about 10 minutes).`);
+        continue;
+      }
       r = await keptLoginWritten(e, before, out);
       break;
     }

@@ -11,7 +11,7 @@ export const GLOBAL_OPTIONS = {
   path: {
     type: "string",
     placeholder: "<file|url>",
-    help: "the pool file or a postgres:// store (else $OAUTH_POOL_STORE, else\n$OAUTH_POOL_PATH, else ~/.aidevops/oauth-pool.json)",
+    help: "the pool file or a postgres:// store (else $OAUTH_POOL_STORE, else\n$OAUTH_POOL_PATH, else $AIDEVOPS_OAUTH_POOL_FILE, else\n~/.aidevops/oauth-pool.json)",
   },
   help: { type: "boolean", short: "h", help: "this text" },
   version: { type: "boolean", short: "V", help: "the version" },

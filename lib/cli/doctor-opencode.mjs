@@ -254,7 +254,7 @@ function checkPool(lib, files, entry, opts, report) {
     }
     return r.add("opencode pool", relative ? "warn" : "ok", `OpenCode's plugin uses this pool (the path option in ${entry.file})${note}`, { pool: there });
   }
-  if (files.source !== "OAUTH_POOL_PATH" && files.source !== "argument") return;
+  if (files.source !== "OAUTH_POOL_PATH" && files.source !== "AIDEVOPS_OAUTH_POOL_FILE" && files.source !== "argument") return;
   // The plugin has no path of its own: it takes the pool from OpenCode's environment.
   const fromEnv = files.source === "argument" ? lib.poolFiles() : null;
   if (fromEnv) {
@@ -264,7 +264,7 @@ function checkPool(lib, files, entry, opts, report) {
   }
   let fallback;
   try {
-    fallback = withoutEnv(["OAUTH_POOL_PATH", "OAUTH_POOL_STORE"], () => lib.poolFiles());
+    fallback = withoutEnv(["OAUTH_POOL_PATH", "AIDEVOPS_OAUTH_POOL_FILE", "OAUTH_POOL_STORE"], () => lib.poolFiles());
   } catch {
     return;
   }
@@ -273,7 +273,7 @@ function checkPool(lib, files, entry, opts, report) {
   r.add(
     "opencode pool",
     other ? "warn" : "info",
-    `OAUTH_POOL_PATH is set here: OpenCode uses ${here} only when it starts with the same OAUTH_POOL_PATH; started without it (another terminal, a desktop launcher, a service) it uses ${fallback.path}${other ? ", which exists too: two pools" : ""}; to make it the same everywhere, give the plugin ${`["${PACKAGE}", { "path": "${here}" }]`}`,
+    `${files.source} is set here: OpenCode uses ${here} only when it starts with the same ${files.source}; started without it (another terminal, a desktop launcher, a service) it uses ${fallback.path}${other ? ", which exists too: two pools" : ""}; to make it the same everywhere, give the plugin ${`["${PACKAGE}", { "path": "${here}" }]`}`,
     { pool: here, without: fallback.path },
   );
 }

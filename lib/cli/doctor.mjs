@@ -23,7 +23,15 @@ const LOCK_PROBE_MS = 3000;
 // which no entry of the pool read has: removing it takes the write lock, finds nothing and writes
 // nothing. A fixed one was removed from a pool that held it (doctor never writes the pool).
 const lockProbeEmail = () => `doctor-lock-probe-${randomUUID()}@oauth-pool.invalid`;
-const SOURCES = { argument: "--path", OAUTH_POOL_PATH: "OAUTH_POOL_PATH", OAUTH_POOL_STORE: "OAUTH_POOL_STORE", default: "the default" };
+const SOURCES = {
+  argument: "--path",
+  OAUTH_POOL_PATH: "OAUTH_POOL_PATH",
+  AIDEVOPS_OAUTH_POOL_FILE: "AIDEVOPS_OAUTH_POOL_FILE, aidevops's own",
+  OAUTH_POOL_STORE: "OAUTH_POOL_STORE",
+  default: "the default",
+};
+/** The variables that name a pool file, each of which a process started without it does not see. */
+const PATH_VARIABLES = ["OAUTH_POOL_PATH", "AIDEVOPS_OAUTH_POOL_FILE"];
 
 const posix = process.platform !== "win32";
 const myUid = typeof process.getuid === "function" ? process.getuid() : null;
@@ -774,14 +782,14 @@ export async function diagnose(lib, path, { online = false } = {}) {
   }
   const from = `(from ${SOURCES[files.source] ?? files.source})`;
   r.add("path", "ok", files.kind === "file" ? `pool file ${files.path} ${from}` : `fleet store ${files.location} ${from}`);
-  const given = files.source === "OAUTH_POOL_PATH" ? process.env.OAUTH_POOL_PATH?.trim() : null;
+  const given = PATH_VARIABLES.includes(files.source) ? process.env[files.source]?.trim() : null;
   if (given && !isAbsolute(given) && !given.startsWith("~")) {
     // Each process anchors it to its own working directory: OpenCode in another project, the
     // CLI elsewhere, each has a pool of its own.
     r.add(
       "path",
       "warn",
-      `OAUTH_POOL_PATH=${given} is a relative path: each process takes it from the directory it runs in (here ${files.path}), so OpenCode in another directory uses another pool; give the whole path: OAUTH_POOL_PATH=${files.path}`,
+      `${files.source}=${given} is a relative path: each process takes it from the directory it runs in (here ${files.path}), so OpenCode in another directory uses another pool; give the whole path: ${files.source}=${files.path}`,
     );
   }
   if (files.kind === "file") {

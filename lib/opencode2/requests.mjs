@@ -180,7 +180,9 @@ async function resend(fetch, request, signal) {
   // Joined, not listened to: the host's abort must also end the body, which outlives this call.
   const joined = signal ? AbortSignal.any([signal, controller.signal]) : controller.signal;
   try {
-    return await fetch(request, { signal: joined, timeout: false });
+    // `manual`: a Request follows redirects unless told; followed, a 3xx to another origin took
+    // the next account's `x-api-key` there (runtimes drop only `authorization` on the way).
+    return await fetch(request, { signal: joined, timeout: false, redirect: "manual" });
   } catch (err) {
     if (late) throw Object.assign(new Error(`no response headers within ${limitMs} ms`), { code: "NETWORK" });
     throw err;

@@ -230,7 +230,7 @@ export async function setupV2(ctx) {
             // The person typed this command (packages/plugin/src/promise/command.ts: a code
             // command, run by the host for the person's input, never called by the model): their
             // `remove` is their wish.
-            const text = await poolActionText({ action, email, priority: priority === undefined ? undefined : Number(priority) }, path, {
+            const text = await poolActionText({ action, email, priority }, path, {
               confirm: async () => {},
               host: "v2",
             });

@@ -444,8 +444,11 @@ async function run(args, path, confirm, hints) {
     }
     case "priority": {
       if (!email) return needEmail("priority", path, hints, " and `priority`, a whole number (higher is tried first)");
-      const n = Number(args?.priority);
-      if (args?.priority === undefined || args?.priority === null || !Number.isInteger(n)) {
+      // Text is read as the CLI reads it, digits alone: `Number` took `0x10` as 16 and `1e1` as 10,
+      // and `true` as 1, a typo answered as a priority set.
+      const raw = args?.priority;
+      const n = typeof raw === "number" ? raw : typeof raw === "string" && /^\s*-?\d+\s*$/.test(raw) ? Number(raw) : Number.NaN;
+      if (!Number.isInteger(n)) {
         return `The priority action needs \`priority\`: a whole number, higher is tried first (default 0). Example: priority ${email} 10.`;
       }
       const who = whomChanged((await pool.setPriority(email, n, path)).map(echoed), echoed(email));

@@ -125,6 +125,8 @@ fn source(explicit: Option<&str>) -> &'static str {
         "argument"
     } else if config::env(config::var::POOL_PATH).is_some_and(|p| !p.is_empty()) {
         config::var::POOL_PATH.name()
+    } else if config::env(config::var::AIDEVOPS_POOL_FILE).is_some_and(|p| !p.is_empty()) {
+        config::var::AIDEVOPS_POOL_FILE.name()
     } else {
         "default"
     }

@@ -180,9 +180,17 @@ pub fn add_account(
             let name = console_key_name(&store, tokens.email.as_deref())
                 .await
                 .map_err(js_error)?;
-            let key = oauth::create_api_key(&tokens.access)
-                .await
-                .map_err(js_error)?;
+            // An answer whose access token was unusable keeps its refresh token (`exchange`):
+            // the key is made with the token that refresh gives. An empty bearer was refused,
+            // and the login dropped, where a Pro/Max one is kept and refreshed.
+            let refreshed;
+            let access = if tokens.access.is_empty() {
+                refreshed = oauth::refresh(&tokens.refresh).await.map_err(js_error)?;
+                &refreshed.access
+            } else {
+                &tokens.access
+            };
+            let key = oauth::create_api_key(access).await.map_err(js_error)?;
             let (email, added) = manage::add_api_key(&store, &key, name.as_deref())
                 .await
                 .map_err(|e| {

@@ -1084,6 +1084,7 @@ impl Engine {
                     email: None,
                 };
                 let failed = Error::OAuthHttp {
+                    what: "token endpoint",
                     status: 200,
                     detail,
                     retry_after: None,

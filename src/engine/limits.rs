@@ -26,6 +26,20 @@ pub const MAX_WINDOWS: usize = 16;
 pub const MAX_SCOPED_COOLDOWNS: usize = 16;
 /// A sanity cap on any cooldown: windows are at most a week; garbage must not bench forever.
 pub(crate) const MAX_COOLDOWN_MS: i64 = 8 * 24 * 3600 * 1000;
+/// How far ahead of the clock a stored end (a cooldown, a window's reset) is believed: the cap an
+/// end is given when it is heard (`MAX_COOLDOWN_MS`), and a day for the clocks of the hosts that
+/// share the pool.
+const BELIEVED_AHEAD_MS: i64 = MAX_COOLDOWN_MS + 24 * 3600 * 1000;
+
+/// `end`, unless it lies further ahead of `now` than any end the pool writes (`BELIEVED_AHEAD_MS`):
+/// then it is garbled (an older build's, a hand edit's, another program's) and read as none. The
+/// cap applied only to what answers said, and a reset a year ahead in the file held an account at
+/// its reserve line for the year: no request went to it, so no answer could correct it, and
+/// `reset-cooldowns` found nothing cooling. Not capped to the limit either: read from the file
+/// again and again, an end of now + 8 days would never come.
+pub fn believed_end(end: i64, now: i64) -> Option<i64> {
+    (end <= now.saturating_add(BELIEVED_AHEAD_MS)).then_some(end)
+}
 /// Cooldown for a bare 429 that gave no `retry-after`.
 const BURST_DEFAULT_MS: i64 = 5_000;
 /// The least a 429's `retry-after` rests anything: what refused a request a moment ago is not
@@ -207,6 +221,7 @@ impl Window {
             self.reset = self.reset.map(|r| r.saturating_sub(back));
             self.updated_at = self.updated_at.map(|u| u.saturating_sub(back));
         }
+        self.reset = self.reset.and_then(|r| believed_end(r, now));
     }
 }
 
@@ -2227,8 +2242,11 @@ pub(crate) mod tests {
             reset: Some(at),
             ..Default::default()
         };
-        old.settle_clock(0);
+        old.settle_clock(at - 3_600_000);
         assert_eq!(old.reset, Some(at));
+        // Further ahead than any reset the pool writes (a garbled one): none.
+        old.settle_clock(at - BELIEVED_AHEAD_MS - 1);
+        assert_eq!(old.reset, None);
     }
 
     #[test]

@@ -606,21 +606,25 @@ impl Engine {
             .max(self.overlay.cooling_until(&a.email, family, now))
             .max(self.overlay.resting_until(a, now))
             .map(|t| t + self.jitter(&a.email, t));
-        let reserved = a.reserve().and_then(|r| {
-            self.windows(a)
-                .iter()
-                .filter(|w| w.applies_to(family) && w.reset.is_some_and(|t| t > now))
-                .filter(|w| {
-                    w.utilization
-                        .is_some_and(|u| limits::past_reserve_line(u, r))
-                })
-                .filter_map(|w| w.reset)
-                .max()
-        });
-        match cooldown.max(reserved) {
+        match cooldown.max(self.reserve_end(a, family, now)) {
             Some(t) if t > now => Blocked::Until(t),
             _ => Blocked::No,
         }
+    }
+
+    /// Until when `a`'s reserve line holds it back from requests for `family`: the latest reset
+    /// of a window that applies to them and is past the line.
+    fn reserve_end(&self, a: &Account, family: Option<&str>, now: i64) -> Option<i64> {
+        let r = a.reserve()?;
+        self.windows(a)
+            .iter()
+            .filter(|w| w.applies_to(family) && w.reset.is_some_and(|t| t > now))
+            .filter(|w| {
+                w.utilization
+                    .is_some_and(|u| limits::past_reserve_line(u, r))
+            })
+            .filter_map(|w| w.reset)
+            .max()
     }
 
     /// `blocked` for a request that may also fall under an endpoint's limits of its own
@@ -661,13 +665,9 @@ impl Engine {
         let Blocked::Until(until) = self.blocked(a, None, now) else {
             return (usable, None);
         };
-        let why = if a.reserve().is_some_and(|r| {
-            self.windows(a).iter().any(|w| {
-                w.reset.is_some_and(|t| t > now)
-                    && w.utilization
-                        .is_some_and(|u| limits::past_reserve_line(u, r))
-            })
-        }) {
+        // The reserve is why only when its end is the one said: a window of another model's past
+        // the line does not hold the account, and one ending before the cooldown is not the wait.
+        let why = if self.reserve_end(a, None, now).is_some_and(|t| t >= until) {
             "reserve"
         } else if self.overlay.resting_until(a, now).is_some_and(|t| t > now) {
             "rest"
@@ -720,6 +720,89 @@ mod tests {
             .keys()
             .filter(|k| k.contains(prefix))
             .count()
+    }
+
+    fn account(fields: serde_json::Value) -> Account {
+        let mut entry =
+            serde_json::json!({ "type": "oauth", "email": "a@x", "refresh": "r", "access": "a" });
+        if let (Some(entry), Some(fields)) = (entry.as_object_mut(), fields.as_object()) {
+            entry.extend(fields.clone());
+        }
+        serde_json::from_value(entry).unwrap()
+    }
+
+    #[test]
+    fn an_end_in_the_file_further_ahead_than_the_pool_writes_is_read_as_none() {
+        // Found by a review: the 8-day cap applied to what answers said only. A year-ahead reset
+        // or cooldown in the file (an older build, a hand edit, another program) held the
+        // account for the year, the pool's 429 said so, and `reset-cooldowns` found nothing.
+        let dir = std::env::temp_dir().join(format!("oauth-pool-believed-{}", std::process::id()));
+        let engine = Engine::for_store(Store::file(dir.join("p.json")));
+        let now = crate::account::now_ms();
+        let day = 24 * 3600 * 1000;
+        let held =
+            |fields: serde_json::Value| engine.blocked(&account(fields), Some("sonnet"), now);
+        for (ahead, believed) in [(2 * day, true), (8 * day, true), (365 * day, false)] {
+            let end = now + ahead;
+            let cases = [
+                serde_json::json!({ "rateLimitUntil": end }),
+                serde_json::json!({ "cooldownUntil": end }),
+                serde_json::json!({ "modelCooldowns": { "sonnet": end } }),
+                serde_json::json!({ "reserve": 0.2, "limits": { "windows": { "5h": { "utilization": 0.9, "reset": end } } } }),
+                serde_json::json!({ "reserve": 0.2, "quota": { "fiveHour": { "utilization": 0.9, "resetsAt": end } } }),
+            ];
+            for fields in cases {
+                let expected = if believed {
+                    Blocked::Until(end)
+                } else {
+                    Blocked::No
+                };
+                let got = held(fields.clone());
+                // A believed cooldown's end carries this process's reopening spread.
+                let matches = match (got, expected) {
+                    (Blocked::Until(t), Blocked::Until(e)) => t >= e && t <= e + 60_000,
+                    (g, e) => g == e,
+                };
+                assert!(matches, "{fields}: {got:?}");
+            }
+        }
+        // A new cooldown is kept beside a garbled one: the max of the two was the garbled one,
+        // read as none, and the new one went with it.
+        let mut a = account(
+            serde_json::json!({ "rateLimitUntil": now + 365 * day, "cooldownUntil": now + 365 * day }),
+        );
+        a.cool_until(now + 3_600_000, now);
+        assert_eq!(a.cooldown_until(now), Some(now + 3_600_000));
+        a.cool_model_until("opus", now + 60_000, now);
+        let mut b = account(serde_json::json!({ "modelCooldowns": { "opus": now + 365 * day } }));
+        b.cool_model_until("opus", now + 60_000, now);
+        assert_eq!(b.model_cooldown_until("opus", now), Some(now + 60_000));
+    }
+
+    #[test]
+    fn held_names_the_reserve_only_when_its_line_is_what_holds_the_account() {
+        // Found by a review: a cooldown's hold was said as the reserve's when another model's
+        // window was past the line.
+        let dir = std::env::temp_dir().join(format!("oauth-pool-held-{}", std::process::id()));
+        let engine = Engine::for_store(Store::file(dir.join("p.json")));
+        let now = crate::account::now_ms();
+        let pool = Pool::default();
+        let hour = 3_600_000;
+        let cooling = account(serde_json::json!({
+            "rateLimitUntil": now + hour, "reserve": 0.2,
+            "limits": { "windows": { "7d_opus": { "utilization": 0.9, "reset": now + 5 * hour } } }
+        }));
+        assert_eq!(
+            engine.held(&pool, &cooling, now).1.map(|(_, why)| why),
+            Some("cooldown")
+        );
+        let reserved = account(serde_json::json!({
+            "reserve": 0.2, "limits": { "windows": { "5h": { "utilization": 0.9, "reset": now + 5 * hour } } }
+        }));
+        assert_eq!(
+            engine.held(&pool, &reserved, now).1,
+            Some((now + 5 * hour, "reserve"))
+        );
     }
 
     #[test]

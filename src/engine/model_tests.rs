@@ -549,6 +549,7 @@ impl TokenServer {
             TokenAnswer::Status(status) => {
                 fail(self, TOKEN_BACKOFF_MS);
                 Err(Error::OAuthHttp {
+                    what: "token endpoint",
                     status,
                     detail: "unavailable".into(),
                     retry_after: None,
@@ -557,6 +558,7 @@ impl TokenServer {
             TokenAnswer::Wait(secs) => {
                 fail(self, secs as i64 * 1000);
                 Err(Error::OAuthHttp {
+                    what: "token endpoint",
                     status: 429,
                     detail: "rate limited".into(),
                     retry_after: Some(secs),

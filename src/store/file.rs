@@ -658,6 +658,7 @@ impl FileStore {
         let stamp = tmp.as_file().metadata().ok().map(|m| stamp_of(&m));
 
         if keep_backup {
+            self.keep_newer_backup();
             // The generation being replaced becomes the .bak; a failure here costs the backup,
             // never the write.
             if let Err(e) = self.backup_current(&dir) {
@@ -687,13 +688,53 @@ impl FileStore {
         };
         let holds_accounts = Pool::parse(&bytes)
             .is_ok_and(|p| p.accounts().next().is_some() || p.invalid_entries().next().is_some());
-        if !holds_accounts {
+        if holds_accounts {
+            self.keep_aside(&bytes, "the pool file was missing");
+        }
+    }
+
+    /// The pool file was put back to an earlier state (a backup, a sync tool, an editor's undo)
+    /// while the `.bak` holds a later one: a login's token in the file was spent, its successor
+    /// saved (the refresh journal says so), and the `.bak` holds another token for it that was
+    /// never presented, the live one. The write replacing the `.bak` (the one recording the spent token's refusal, first)
+    /// deleted the only copy of that login; the `.bak` is kept aside instead, as when the file
+    /// was deleted (`keep_earlier_backup`). Files are compared only when a token differs.
+    fn keep_newer_backup(&self) {
+        let bak = self.backup_path();
+        let (Some(current), Some(backup)) = (read_own(&self.path), read_own(&bak)) else {
+            return;
+        };
+        let (Ok(current), Ok(backup)) = (Pool::parse(&current), Pool::parse(&backup)) else {
+            return;
+        };
+        let differing: Vec<(String, String)> = current
+            .accounts()
+            .filter_map(|a| {
+                let here = a.refresh.as_ref().filter(|r| !r.is_empty())?;
+                let there = backup.find(&a.email)?.refresh.as_ref()?;
+                (here.expose() != there.expose() && !there.is_empty())
+                    .then(|| (super::journal::tag(here), super::journal::tag(there)))
+            })
+            .collect();
+        if differing.is_empty()
+            || !super::journal::Journal::for_user()
+                .is_some_and(|j| j.later_beside_spent(&differing))
+        {
             return;
         }
+        if let Some(bytes) = read_own(&bak) {
+            self.keep_aside(&bytes, "the pool file was put back to an earlier state");
+        }
+    }
+
+    /// Moves the `.bak` (holding `bytes`) to `<pool>.bak-<UTC time>`, unless a copy kept aside
+    /// already holds the same bytes. `why`: for the log line.
+    fn keep_aside(&self, bytes: &[u8], why: &str) {
+        let bak = self.backup_path();
         if let Some(same) = self.kept_backups().into_iter().find(|kept| {
             fsread::read_regular(kept, MAX_FILE_BYTES, false).is_ok_and(|k| *k == *bytes)
         }) {
-            tracing::info!(kept = %same.display(), "the pool file was missing; its backup is already kept aside");
+            tracing::info!(kept = %same.display(), "{why}; its backup is already kept aside");
             return;
         }
         let time: String = crate::account::iso_time(crate::account::now_ms())
@@ -714,7 +755,7 @@ impl FileStore {
                 // the backup was left with (a 0644 one kept its mode).
                 #[cfg(unix)]
                 owner_only(&aside);
-                tracing::warn!(kept = %aside.display(), "the pool file was missing; the backup of the earlier one is kept aside")
+                tracing::warn!(kept = %aside.display(), "{why}; the backup is kept aside")
             }
             Err(e) => {
                 tracing::warn!(path = %bak.display(), error = %e, "could not keep the earlier backup aside")

@@ -45,6 +45,11 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 /// A token another store presented this recently, with no saved successor yet, may be in its
 /// refresh right now (a refresh takes at most a minute: 30 s, and once more after a lost answer).
 const IN_FLIGHT_MS: i64 = 120_000;
+/// A presenter that still lives holds its token out this long at most, however long it was
+/// stopped (Ctrl-Z, a suspended laptop): it may read the answer, or present once more, when it
+/// resumes, and the token presented meanwhile by another process revoked the login. Not for
+/// ever: the pid may have gone to another process since.
+const LIVING_PRESENTER_MS: i64 = 24 * 3600 * 1000;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 struct Entry {
@@ -164,7 +169,7 @@ impl Spent {
         let when = iso_time_seconds(self.at);
         let why = if self.restored {
             format!(
-                "{here} was put back to an earlier state (a backup, a snapshot or an older copy restored over it): this refresh token was already spent here on {when}, and the tokens that replaced it were saved then; put back the newer pool if you have it, else log in again"
+                "{here} was put back to an earlier state (a backup, a snapshot or an older copy restored over it): this refresh token was already spent here on {when}, and the tokens that replaced it were saved then; put back the newer pool if you have it (the copy it replaced is kept as {here}.bak-<time> when it was the newer: `oauth-pool doctor` lists it), else log in again"
             )
         } else if self.store.starts_with(BY_EXPORT) {
             format!(
@@ -285,10 +290,16 @@ impl Journal {
                 // made its presentation look to be in the future, and the token was left to it
                 // until the clock caught up (hours), though that refresh had long ended.
                 let age = now.saturating_sub(e.at);
-                let recent = age > -IN_FLIGHT_MS && age < IN_FLIGHT_MS;
                 let other_process = e.pid.is_some_and(|p| {
                     p != std::process::id() && super::legacy_lock::is_alive(p.into())
                 });
+                let recent = age > -IN_FLIGHT_MS
+                    && age
+                        < if other_process {
+                            LIVING_PRESENTER_MS
+                        } else {
+                            IN_FLIGHT_MS
+                        };
                 // A presenter that is gone refreshes nothing now, in any store (the library's
                 // `refresh()` of a script that was killed held the login for two minutes).
                 let gone = e.pid.is_some_and(|p| {
@@ -338,8 +349,20 @@ impl Journal {
         seen
     }
 
-    /// Whether the refresh token tagged `token` was spent with its successor saved (in any
-    /// store). Blocking; false when the journal is missing or unusable.
+    /// Of `pairs` of refresh token tags (one login's in two copies of a pool), whether one holds
+    /// a token spent with its successor saved (in any store) beside one never presented: the
+    /// second copy is the later. Blocking; false when the journal is missing or unusable.
+    pub fn later_beside_spent(&self, pairs: &[(String, String)]) -> bool {
+        let Ok(Some(book)) = self.read() else {
+            return false;
+        };
+        let saved = |t: &str| book.refreshes.iter().any(|e| e.saved && e.token == t);
+        let presented = |t: &str| book.refreshes.iter().any(|e| e.token == t);
+        pairs
+            .iter()
+            .any(|(spent, later)| saved(spent) && !presented(later))
+    }
+
     /// Whether the refresh token tagged `token` was ever presented, by any store: one never
     /// presented is the newest of its line (a refresh's answer, or a login).
     pub fn presented(&self, token: &str) -> bool {
@@ -599,10 +622,20 @@ mod tests {
         assert_eq!(j.claim("t1", "/a/pool.json", "x@y", NOW + 1000), Claim::Go);
         // This process's own: presented again after its own failure.
         assert_eq!(j.claim("t1", "/a/pool.json", "x@y", NOW + 2000), Claim::Go);
-        // Long ago: whoever it was is done with it.
+        // Long ago, by a process that still lives (pid 1): it may be stopped with the answer
+        // unread, and holds the token out (found by a review: after two minutes another
+        // process presented it, and the endpoint revoked the login), for a day at most.
         j.write(&out(1)).unwrap();
-        assert_eq!(
+        assert!(matches!(
             j.claim("t1", "/a/pool.json", "x@y", NOW + IN_FLIGHT_MS),
+            Claim::InFlight { .. }
+        ));
+        assert!(matches!(
+            j.claim("t1", "/b/pool.json", "x@y", NOW + 3_600_000),
+            Claim::InFlight { .. }
+        ));
+        assert_eq!(
+            j.claim("t1", "/a/pool.json", "x@y", NOW + LIVING_PRESENTER_MS),
             Claim::Go
         );
     }
