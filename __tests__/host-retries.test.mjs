@@ -111,11 +111,11 @@ test("a pool file that cannot be read as a pool: said in words OpenCode does not
 test("a pool file whose entries cannot be read says so and names them, never that the pool has no accounts to add", async () => {
   const key = ["sk", "ant", "api03", "entry-named-with-its-key-0123456789"].join("-");
   const readable = oauthEntry(mock, "fine@retry.test");
-  // The shapes a hand edit or another writer leaves: a field of the wrong type (an ISO date
-  // for epoch milliseconds, a number for an ISO date), no email, not an object, an email that
-  // is a key.
+  // The shapes a hand edit or another writer leaves: a field of the wrong type (words for
+  // epoch milliseconds, a number for an ISO date), no email, not an object, an email that is a
+  // key. (A time written as text or an ISO date is read as that time.)
   const unreadable = [
-    { ...readable, email: "iso@retry.test", rateLimitUntil: "2026-12-01T00:00:00Z" },
+    { ...readable, email: "iso@retry.test", rateLimitUntil: "next week" },
     { ...readable, email: "stamp@retry.test", lastUsed: Date.now() },
     { ...readable, email: undefined },
     "an entry",
