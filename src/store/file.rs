@@ -696,9 +696,10 @@ impl FileStore {
     /// The pool file was put back to an earlier state (a backup, a sync tool, an editor's undo)
     /// while the `.bak` holds a later one: a login's token in the file was spent, its successor
     /// saved (the refresh journal says so), and the `.bak` holds another token for it that was
-    /// never presented, the live one. The write replacing the `.bak` (the one recording the spent token's refusal, first)
-    /// deleted the only copy of that login; the `.bak` is kept aside instead, as when the file
-    /// was deleted (`keep_earlier_backup`). Files are compared only when a token differs.
+    /// never presented, the live one. The write replacing the `.bak` (the one recording the spent
+    /// token's refusal, first) deleted the only copy of that login; the `.bak` is kept aside
+    /// instead, as when the file was deleted (`keep_earlier_backup`). Both files are read at each
+    /// write (bounded, a few KB, off the request path); the journal only when a token differs.
     fn keep_newer_backup(&self) {
         let bak = self.backup_path();
         let (Some(current), Some(backup)) = (read_own(&self.path), read_own(&bak)) else {
