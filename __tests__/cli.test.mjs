@@ -1577,10 +1577,19 @@ test("add and add-key read one bounded line: endless input and a closed stdin ar
 
   const closedKey = await cli(["add-key"], { path, input: "" });
   assert.equal(closedKey.code, 2);
-  assert.match(closedKey.stderr, /stdin closed with nothing on it/);
+  assert.match(closedKey.stderr, /stdin closed with no key on it/);
+  // Enter pressed before pasting is passed over, as `add` does: a blank line and then the end is
+  // a closed stdin, and a blank line and then the key adds it (it was "stdin held an empty line").
   const emptyKey = await cli(["add-key"], { path, input: "\n" });
   assert.equal(emptyKey.code, 2);
-  assert.match(emptyKey.stderr, /empty line/);
+  assert.match(emptyKey.stderr, /stdin closed with no key on it/);
+  const blankFirst = await cli(["add-key", "--email", "blank-first@x.test"], { path: `${path}.keys.json`, input: `\n \n${API_KEY}\n` });
+  assert.equal(blankFirst.code, 0, blankFirst.stderr);
+  assert.match(blankFirst.stdout, /added blank-first@x\.test \(API key\)/);
+  // A usage error of `--json=<value>` is JSON on stdout too, as every `--json` run's error is.
+  const jsonValue = await cli(["--json=true", "list"], { path });
+  assert.equal(jsonValue.code, 2);
+  assert.equal(json(jsonValue).error.code, "USAGE");
   const closedCode = await cli(["add"], { path, env, input: "" });
   assert.equal(closedCode.code, 2);
   assert.match(closedCode.stderr, /stdin closed before a line came/);
@@ -1761,8 +1770,12 @@ test("--help and --version work without the native binary; commands report NATIV
   assert.match(help.stdout, /import-claude-code/);
   const version = await cli(["--version"], { path, command: bare });
   assert.equal(version.code, 0);
-  assert.match(version.stdout, /native addon missing/);
-  assert.equal(json(await cli(["--version", "--json"], { path, command: bare })).native, null);
+  assert.match(version.stdout, /native addon not loaded: NATIVE_MISSING; `oauth-pool doctor` says why/);
+  const versionJson = json(await cli(["--version", "--json"], { path, command: bare }));
+  assert.equal(versionJson.native, null);
+  // The platform is plain JavaScript's to say, and why the addon is not there is said too.
+  assert.match(versionJson.platform, /^linux-/);
+  assert.equal(versionJson.error.code, "NATIVE_MISSING");
 
   const list = await cli(["list"], { path, command: bare });
   assert.equal(list.code, 1);

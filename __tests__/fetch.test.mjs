@@ -436,8 +436,11 @@ test("529 and 500 pass through and bench nobody", async () => {
   const first = await post(poolFetch);
   const served = first.poolAccount;
   await first.text();
+  // A 403 about the request (the mock's own 403 is the organization's refusal of OAuth, which
+  // moves on: see below).
+  const forbidden = { type: "error", error: { type: "permission_error", message: "Your API key does not have permission to use the specified resource." } };
   for (const status of [529, 500, 403, 400]) {
-    mock.script(served, [{ status }]);
+    mock.script(served, [status === 403 ? { status, body: forbidden } : { status }]);
     mock.clearRequests();
     const res = await post(poolFetch);
     assert.equal(res.status, status);
@@ -450,6 +453,105 @@ test("529 and 500 pass through and bench nobody", async () => {
   assert.equal(a.rateLimitUntil, null);
   assert.notEqual(a.status, "auth-error");
 });
+
+for (const transport of ["native", "runtime"]) {
+  test(`${transport}: an account the API refuses itself (credit too low, organization disabled, OAuth not allowed) rests or is marked, and the same request goes to the next; the last one's refusal is delivered`, async () => {
+    const error = (type, message) => ({ type: "error", error: { type, message } });
+    const refusals = [
+      [
+        "credit",
+        400,
+        error(
+          "invalid_request_error",
+          "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.",
+        ),
+        "rate-limited",
+        /credit balance is too low .*reset-cooldowns/,
+      ],
+      ["disabled", 400, error("invalid_request_error", "This organization has been disabled."), "rate-limited", /organization has been disabled/],
+      [
+        "oauth",
+        403,
+        error("permission_error", "OAuth authentication is not allowed for this organization."),
+        "auth-error",
+        /does not allow OAuth logins \(403, saying "OAuth authentication is not allowed/,
+      ],
+    ];
+    for (const [name, status, body, marked, why] of refusals) {
+      const [refused, next] = [`${name}-a-${transport}@x.test`, `${name}-b-${transport}@x.test`];
+      const path = await seedPool(mock, [refused, next]);
+      const events = [];
+      const poolFetch = createPoolFetch({ path, transport, onEvent: (e) => events.push(e) });
+      mock.script(refused, [
+        { status, body },
+        { status, body },
+      ]);
+      mock.clearRequests();
+      // Before, the sticky first account was asked again for every request, each one refused.
+      for (let i = 0; i < 2; i++) {
+        const res = await post(poolFetch);
+        assert.equal(res.status, 200, `${name} ${i}`);
+        assert.equal(res.poolAccount, next);
+        await res.text();
+      }
+      assert.deepEqual(
+        mock.requests.map((r) => r.email),
+        [refused, next, next],
+        name,
+      );
+      assert.ok(
+        events.some((e) => e.kind === "failover"),
+        name,
+      );
+      await flushPool(path);
+      const a = account(path, refused);
+      assert.equal(a.status, marked, name);
+      assert.match(a.lastError, why);
+      if (marked === "rate-limited") assert.ok(a.rateLimitUntil > Date.now() + 50 * 60_000 && a.rateLimitUntil <= Date.now() + 60 * 60_000, name);
+    }
+    // A request for a file only its holder can see, the holder out of credit: the API's 400, as
+    // the last account's (it was the pool's 429 "rate-limited, usable again in 1 h").
+    {
+      const [holder, other] = [`file-holder-${transport}@x.test`, `file-other-${transport}@x.test`];
+      const path = await seedPool(mock, [holder, other]);
+      const poolFetch = createPoolFetch({ path, transport });
+      const files = { "content-type": "text/plain", "anthropic-version": "2023-06-01", "anthropic-beta": "files-api-2025-04-14" };
+      const up = await poolFetch(`${mock.url}/v1/files`, { method: "POST", headers: files, body: "hello" });
+      assert.equal(up.poolAccount, holder);
+      const file = await up.json();
+      mock.script(holder, [{ status: 400, body: refusals[0][2], path: `/v1/files/${file.id}` }]);
+      const res = await poolFetch(`${mock.url}/v1/files/${file.id}`, { headers: files });
+      assert.equal(res.status, 400);
+      assert.match((await res.json()).error.message, /^Your credit balance is too low/);
+      await flushPool(path);
+      assert.equal(account(path, holder).rateLimitUntil, null);
+    }
+
+    // The last account's refusal of its own: the API's words reach the caller, and it does not rest.
+    const alone = `credit-alone-${transport}@x.test`;
+    const path = await seedPool(mock, [alone]);
+    const poolFetch = createPoolFetch({ path, transport });
+    mock.script(alone, [{ status: 400, body: refusals[0][2] }]);
+    const res = await post(poolFetch);
+    assert.equal(res.status, 400);
+    assert.match((await res.json()).error.message, /^Your credit balance is too low/);
+    await flushPool(path);
+    assert.equal(account(path, alone).rateLimitUntil, null);
+
+    // The last login refused by its organization: the pool's error quotes the 403 as a 403, and
+    // says what mends it (a login again into the same organization does not).
+    const forbidden = `oauth-alone-${transport}@x.test`;
+    const lone = await seedPool(mock, [forbidden]);
+    mock.script(forbidden, [{ status: 403, body: refusals[2][2] }]);
+    await assert.rejects(post(createPoolFetch({ path: lone, transport })), (e) => {
+      assert.equal(e.code, "POOL_NO_ACCOUNT", e.message);
+      assert.match(e.message, /its 403 said "OAuth authentication is not allowed/);
+      assert.match(e.message, /another organization, or a Console key/);
+      assert.doesNotMatch(e.message, /logins in auth-error need a new login/i);
+      return true;
+    });
+  });
+}
 
 test("a third-party refusal (400) is passed through, reported, and not retried elsewhere", async () => {
   const path = await seedPool(mock, ["t1@x.test", "t2@x.test"]);
@@ -588,6 +690,17 @@ test("abort before sending and in the middle of a stream", async () => {
     })(),
     (e) => e.name === "AbortError",
   );
+
+  // A small answer, whole when fetch resolved: aborted before its body is read, the read fails
+  // with the signal's reason, as Node's own fetch does (it was read as if nothing happened).
+  // Bun's `Response` takes such a body's bytes themselves (README: Aborting).
+  if (typeof Bun === "undefined") {
+    const after = new AbortController();
+    const whole = await post(poolFetch, {}, { signal: after.signal });
+    assert.equal(whole.status, 200);
+    after.abort(new Error("the person pressed Esc"));
+    await assert.rejects(whole.text(), /the person pressed Esc/);
+  }
 });
 
 test("tiny chunks pass through byte-exact, and errors inside a 200 stream pass unchanged", async () => {

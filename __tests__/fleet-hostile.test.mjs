@@ -8,7 +8,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startMockAnthropic } from "./helpers/mock-anthropic.mjs";
@@ -235,6 +235,33 @@ for (const [n, server] of [
     assert.equal((await storedPool(f.a)).anthropic[0].enabled, false);
   });
 }
+
+test("store copy onto a fleet store it cannot read (a DBA's lock held past the read's 30 s) copies nothing: the other host's login is neither replaced unkept nor unnamed", {
+  timeout: 120_000,
+}, async () => {
+  const f = await fleet([oauthEntry("other-host@hostile.test")]);
+  const source = join(f.a.home, "mine.json");
+  writeFileSync(source, JSON.stringify({ anthropic: [oauthEntry("mine@hostile.test")] }), { mode: 0o600 });
+  const gate = f.cluster.session(f.db.name);
+  let copy;
+  try {
+    await gate.run("BEGIN; LOCK TABLE oauth_pool_meta IN ACCESS EXCLUSIVE MODE;");
+    copy = cliJson(f.a, "store", "copy", "--from", source, "--to", f.db.url);
+    // Past the read's bound (30 s), then the lock goes, as a DBA's maintenance ends: the copy's
+    // write would then succeed, and before, it did, with `"replaced": []`.
+    const r = await Promise.race([copy, sleep(40_000).then(() => null)]);
+    await gate.run("ROLLBACK;");
+    const done = r ?? (await copy);
+    assert.equal(done.code, 1, done.stdout + done.stderr);
+    assert.match(done.stdout + done.stderr, /STORE_UNAVAILABLE.*nothing was copied/s);
+  } finally {
+    await gate.close();
+  }
+  assert.deepEqual(
+    (await storedPool(f.a)).anthropic.map((e) => e.email),
+    ["other-host@hostile.test"],
+  );
+});
 
 test("a read-only database: valid tokens keep serving, writes are STORE_UNAVAILABLE, and no refresh token is spent that could not be saved", async () => {
   const f = await fleet([oauthEntry("valid@hostile.test", { priority: 5 }), oauthEntry("stale@hostile.test", { expired: true })]);
@@ -908,6 +935,37 @@ test("PostgreSQL restarted while a host's token is at the token endpoint (down l
     mock.setTokenMode(null);
     release?.();
     await Promise.all([onA.close(), onB.close()]);
+  }
+});
+
+test("a refresh's new tokens survive a server crash right after it where the database commits asynchronously (synchronous_commit = off, a DBA's speed setting): the next host adopts them, and the token is presented once", async () => {
+  const email = "async-commit@hostile.test";
+  const f = await fleet([oauthEntry(email, { expired: true })]);
+  await f.sql(`ALTER DATABASE "${f.db.name}" SET synchronous_commit = off`);
+  // Commits left in memory up to three times this before they reach the disk: the crash lands
+  // in that window (200 ms by default).
+  await pg.sql("ALTER SYSTEM SET wal_writer_delay = '10s'");
+  await pg.sql("SELECT pg_reload_conf()");
+  await pg.sql("CHECKPOINT");
+  const onA = startHostProcess(f.a);
+  let onB;
+  try {
+    await onA.ready;
+    const refreshed = await onA.ask(`refresh ${email}`);
+    assert.equal(refreshed.ok, true, JSON.stringify(refreshed));
+    await pg.crash();
+    await pg.start();
+    // Before: the store came back holding the spent token, host B presented it, and the
+    // endpoint revoked the login (`reuse: 1`).
+    onB = startHostProcess(f.b);
+    await onB.ready;
+    const served = await onB.ask("fetch");
+    assert.equal(served.value?.status, 200, JSON.stringify(served));
+    presentedOnce(email);
+  } finally {
+    await pg.sql("ALTER SYSTEM RESET wal_writer_delay").catch(() => {});
+    await pg.sql("SELECT pg_reload_conf()").catch(() => {});
+    await Promise.all([onA.close(), onB?.close()]);
   }
 });
 

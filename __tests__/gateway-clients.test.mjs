@@ -363,6 +363,35 @@ test("an answer the upstream breaks off mid-body ends in a reset, never in the c
   }
 });
 
+test("a stream still running when the drain time ends is cut with a reset, as an upstream's break is: an HTTP/1.0 client took the orderly close for a whole answer", async () => {
+  const gw = await gateway(["drained10@x.test"]);
+  let closed;
+  try {
+    mock.script("drained10@x.test", [{ sse: true, text: "x".repeat(4000), deltaSize: 40, delayMs: 100 }]);
+    const { port } = new URL(gw.url);
+    const end = await new Promise((resolve) => {
+      const socket = connect(Number(port), "127.0.0.1");
+      let data = "";
+      let how = "closed in order";
+      socket.on("data", (d) => {
+        data += d.toString("latin1");
+        // Under way: the gateway is told to stop, its drain shorter than the stream.
+        if (!closed && data.includes("content_block_delta")) closed = gw.close(300);
+      });
+      socket.on("error", (e) => (how = e.code));
+      socket.on("close", () => resolve({ how, data }));
+      const head = [`x-api-key: ${KEY}`, "content-type: application/json", `content-length: ${STREAM_BODY.length}`];
+      socket.write(request("POST /v1/messages HTTP/1.0", head, STREAM_BODY));
+    });
+    assert.match(end.data, /^HTTP\/1\.0 200/);
+    assert.doesNotMatch(end.data, /message_stop/, "cut before its end");
+    assert.equal(end.how, "ECONNRESET", end.data.slice(-200));
+  } finally {
+    await (closed ?? gw.close(1000));
+    mock.clearScripts();
+  }
+});
+
 test("HTTP/1.0 with Connection: keep-alive: an answer of known length keeps the connection; one the close ends does not say keep-alive", async () => {
   // Every answer reached an HTTP/1.0 client without its length, ended by the close, and one that
   // asked for keep-alive was told `connection: keep-alive` all the same: its next request on the

@@ -514,6 +514,20 @@ test("hostile clients: oversized bodies, slow headers, huge headers, garbage, to
     await Promise.all(idle.map((s) => new Promise((r) => s.on("connect", r))));
     const fifth = await raw(slots.url, [`GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n`]);
     assert.match(fifth.data, /^HTTP\/1\.1 503 [\s\S]*\r\nretry-after: 1\r\n[\s\S]*"overloaded_error"/);
+    // A client still sending a long conversation's body reads the 503 too: closed on its unread
+    // bytes, the connection was reset, and it met EPIPE (every time at 3 MB).
+    const long = JSON.stringify({ model: "claude-sonnet-4-5", max_tokens: 8, messages: [{ role: "user", content: "x".repeat(3_000_000) }] });
+    for (let i = 0; i < 3; i++) {
+      const busy = await fetch(`${slots.url}/v1/messages`, {
+        method: "POST",
+        headers: { "x-api-key": KEY, "content-type": "application/json" },
+        body: long,
+      }).then(
+        async (r) => `${r.status} ${await r.text()}`,
+        (e) => `failed: ${e.cause?.code ?? e.message}`,
+      );
+      assert.match(busy, /^503 .*overloaded_error/, busy);
+    }
     for (const s of idle) s.destroy();
     // The slots free as the server sees the closes.
     let still;

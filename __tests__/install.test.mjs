@@ -144,6 +144,20 @@ test("a platform package without its binary says to reinstall it; one of another
     ),
   );
 
+  // The JavaScript upgraded, the platform package (binary and manifest) a whole release behind:
+  // the advice was "reinstall it", which brought back the same release (found by a review).
+  const behind = install(good());
+  const root = join(behind.dir, "node_modules", "opencode-oauth-pool", "package.json");
+  writeFileSync(root, JSON.stringify({ ...JSON.parse(readFileSync(root, "utf8")), version: "9.9.9" }));
+  const upgraded = await run(behind.dir);
+  assertRefused(
+    upgraded,
+    new RegExp(
+      `is version ${version.replaceAll(".", "\\.")}, and this JavaScript is 9\\.9\\.9: install the matching one \\(npm install opencode-oauth-pool-linux-[\\w-]+@9\\.9\\.9\\)`,
+    ),
+  );
+  assert.doesNotMatch(upgraded.out.message, /reinstall/);
+
   // No binary at all: the advice names this release's version.
   const none = install(good());
   rmSync(none.platform, { recursive: true });

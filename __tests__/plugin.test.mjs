@@ -254,6 +254,40 @@ test("the loader zeroes costs and returns { apiKey: '', fetch } serving with the
   assert.equal(seen.headers["x-api-key"], undefined);
 });
 
+test("a fleet store that takes the connection and never answers holds OpenCode's start a second at most (config hook, loader)", async () => {
+  // Off the VPN, packets dropped: the store's connect timeout is 10 s, and OpenCode waits on
+  // both hooks before it starts, for a question of prices only.
+  const { createServer } = await import("node:net");
+  const sockets = [];
+  const silent = createServer((s) => {
+    sockets.push(s);
+    s.on("error", () => {});
+  }).listen(0, "127.0.0.1");
+  await new Promise((r) => silent.once("listening", r));
+  const saved = process.env.OAUTH_POOL_STORE_KEY;
+  process.env.OAUTH_POOL_STORE_KEY = "a".repeat(64);
+  try {
+    const hooks = await plugin(`postgres://u@127.0.0.1:${silent.address().port}/db`);
+    let started = Date.now();
+    const config = {};
+    await hooks.config(config);
+    const configMs = Date.now() - started;
+    const cost = config.provider["anthropic-pool"].models["claude-sonnet-4-5"]?.cost;
+    assert.equal(cost?.input, 0, "not known: priced as the OAuth pool it most likely is");
+    started = Date.now();
+    const provider = { models: { m: { cost: { input: 3, output: 15 } } } };
+    await hooks.auth.loader(async () => ({}), provider);
+    const loaderMs = Date.now() - started;
+    assert.ok(configMs < 5000 && loaderMs < 5000, `config hook ${configMs} ms, loader ${loaderMs} ms`);
+    assert.equal(provider.models.m.cost.input, 0);
+  } finally {
+    if (saved === undefined) delete process.env.OAUTH_POOL_STORE_KEY;
+    else process.env.OAUTH_POOL_STORE_KEY = saved;
+    for (const s of sockets) s.destroy();
+    silent.close();
+  }
+});
+
 test("a price you set in opencode.json stays yours: the loader zeroes the catalog's costs, not your own", async () => {
   // OpenCode 1.18 hands the loader its provider with the config's models merged in.
   for (const provider of ["anthropic-pool", "anthropic"]) {
@@ -1139,6 +1173,36 @@ test("tool remove with no one to ask (no ctx.ask, or no config hook to make it a
   assert.match(await composed.execute({ action: "disable", email: "alice@example.com" }, {}), /No account of the pool is enabled now/);
   await composed.execute({ action: "enable", email: "o'brien@example.com" }, {});
   assert.doesNotMatch(await composed.execute({ action: "disable", email: "alice@example.com" }, {}), /No account/, "with o'brien enabled");
+});
+
+test("the tool's commands to copy keep a name that starts with '-' an account (after --), and list <email> shows the one account every action takes", async () => {
+  const path = freshPath();
+  const key = (c) => [["sk", "ant", "api03"].join("-"), c.repeat(82)].join("-");
+  writeFileSync(
+    path,
+    JSON.stringify({
+      anthropic: [
+        { email: "-rf", type: "api", key: key("E") },
+        { email: "B@X.com", type: "api", key: key("F") },
+        { email: "b@x.com", type: "api", key: key("G") },
+      ],
+    }),
+    { mode: 0o600 },
+  );
+  const tool = createPoolTool({ client: fakeClient().client, directory: tmp, worktree: tmp }, { path });
+  const text = await tool.execute({ action: "remove", email: "-rf" }, {});
+  // `oauth-pool remove -rf` was "remove does not take -r (in -rf)".
+  assert.match(text, /\(`enable -- -rf` undoes this\)/);
+  assert.match(text, /\nTo delete its login for good, the person runs in a terminal: oauth-pool remove -- -rf$/);
+  const cli = spawnSync(process.execPath, [join(import.meta.dirname, "..", "bin", "oauth-pool.mjs"), "enable", "--path", path, "--", "-rf"], {
+    encoding: "utf8",
+  });
+  assert.equal(cli.status, 0, cli.stderr);
+  // Two accounts apart by case: `list b@x.com` listed both, though `disable b@x.com` takes one.
+  const listed = await tool.execute({ action: "list", email: "b@x.com" }, {});
+  assert.match(listed, /b@x\.com/);
+  assert.doesNotMatch(listed, /B@X\.com/);
+  assert.match(await tool.execute({ action: "list", email: "B@X.com" }, {}), /B@X\.com/);
 });
 
 test("tool remove with no one to ask, of an entry the file cannot read: says it cannot be disabled and names the CLI command for it ('#N' quoted)", async () => {

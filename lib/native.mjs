@@ -70,11 +70,12 @@ function load() {
     // The package's own directory: a `.node` linked elsewhere (to a build in a checkout, to
     // /dev/null) named the link's target directory as the one to delete.
     const dir = installedAt(packageName) ?? dirname(resolved);
+    // A platform package of another release is told as one first, with the version to install:
+    // loaded and refused for its version, it was "reinstall it", which brought back the same
+    // release (a `^0.1.0` the person had saved), round and round.
+    mismatch(packageName, dir, manifest.version);
     const addon = attempt(packageName, resolved, `reinstall "${packageName}" (delete ${dir} and run the install again)`);
-    if (addon) {
-      mismatch(packageName, dir, manifest.version);
-      return addon;
-    }
+    if (addon) return addon;
   }
   const tried = `Tried: ${failures.join("; ")}${hint(failures, triple)}`;
   const transient = failures.some((f) => TRANSIENT.test(f));

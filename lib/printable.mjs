@@ -104,6 +104,14 @@ export function shellWord(value) {
   return /^[A-Za-z0-9@._+%=:,/-]+$/.test(value) ? value : `'${value.replaceAll("'", "'\\''")}'`;
 }
 
+/**
+ * An account's name as the last argument of a command to copy: one that starts with `-` (a hand
+ * edit's `-rf`) after `--`, which the CLI read as options (`remove does not take -r`).
+ */
+export function accountArgument(name) {
+  return name.startsWith("-") ? `-- ${shellWord(name)}` : shellWord(name);
+}
+
 /** `text` cut to `chars` characters, marked where it was cut (never inside a surrogate pair). */
 export function shortened(text, chars) {
   return text.length > chars ? `${text.slice(0, chars).replace(/[\ud800-\udbff]$/, "")}…` : text;

@@ -878,10 +878,44 @@ pub fn iso_time_seconds(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// An RFC 3339 time as epoch ms: with `Z`, with no zone (read as UTC), or with an offset such as
+/// `+01:00`, which humantime refuses: a helper on a machine not set to UTC writes one
+/// (`datetime.now().astimezone().isoformat()`), and such an `expires` made the entry unreadable,
+/// such a `cooldownUntil` no cooldown at all.
 pub fn parse_iso_ms(s: &str) -> Option<i64> {
-    let t = humantime::parse_rfc3339_weak(s.trim()).ok()?;
-    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
-    i64::try_from(d.as_millis()).ok()
+    let v = s.trim();
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+    };
+    // The offset is read first: humantime takes `+01:00` after a fraction of a second and
+    // ignores it (`13:00:00.000+01:00` read as 13:00 UTC).
+    let Some((stamp, offset)) = v
+        .len()
+        .checked_sub(6)
+        .and_then(|at| v.split_at_checked(at))
+        .filter(|(_, offset)| offset.starts_with(['+', '-']))
+    else {
+        return ms(humantime::parse_rfc3339_weak(v).ok()?);
+    };
+    let bytes = offset.as_bytes();
+    let sign = if bytes[0] == b'+' { 1 } else { -1 };
+    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = offset.get(r)?;
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    if bytes.get(3) != Some(&b':') {
+        return None;
+    }
+    let (hours, minutes) = (digits(1..3)?, digits(4..6)?);
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    let local = ms(humantime::parse_rfc3339_weak(stamp).ok()?)?;
+    local.checked_sub(sign * (hours * 60 + minutes) * 60_000)
 }
 
 /// The wall clock (epoch ms) the pool decides by. In tests it runs ahead of the machine's by what

@@ -205,6 +205,21 @@ pub fn env(var: Var) -> Option<String> {
     std::env::var(var.name()).ok()
 }
 
+/// The variables that name the pool file, the first one set winning.
+const POOL_PATH_VARIABLES: [Var; 2] = [var::POOL_PATH, var::AIDEVOPS_POOL_FILE];
+
+/// What named the pool file [`pool_path`] gives for `explicit`: `"argument"`, the variable's
+/// name, or `"default"` (for `doctor`, which must say the same as the read it reports on).
+pub fn pool_path_source(explicit: Option<&str>) -> &'static str {
+    if explicit.is_some() {
+        return "argument";
+    }
+    POOL_PATH_VARIABLES
+        .into_iter()
+        .find(|variable| env(*variable).is_some_and(|p| !p.is_empty()))
+        .map_or("default", |variable| variable.name())
+}
+
 /// `OAUTH_POOL_PATH`, else aidevops's own `AIDEVOPS_OAUTH_POOL_FILE`, else
 /// `~/.aidevops/oauth-pool.json`. aidevops keeps pools apart with its variable (its OpenCode 2
 /// runtime and its headless workers each get a file of their own): read without it, the drop-in
@@ -257,7 +272,7 @@ pub fn pool_path(explicit: Option<&str>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return usable(p, "the pool path").and_then(not_the_journal);
     }
-    for variable in [var::POOL_PATH, var::AIDEVOPS_POOL_FILE] {
+    for variable in POOL_PATH_VARIABLES {
         match std::env::var(variable.name()) {
             Err(std::env::VarError::NotUnicode(_)) if env(variable).is_none() => {
                 return Err(Error::InvalidArgument(format!(

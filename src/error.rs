@@ -41,7 +41,7 @@ pub enum Error {
     RefreshBusy { email: String, seconds: u64 },
     /// This request's own refresh of the login outlasted its patience (another account could
     /// serve): the token endpoint is slow or silent, not another process.
-    #[error("{}: the token endpoint has not answered its refresh in {seconds} s (the refresh goes on; the next request uses what it gets)", bounded(.email))]
+    #[error("{}: its refresh has not finished in {seconds} s (the token endpoint, or the pool's store, is slow to answer; the refresh goes on; the next request uses what it gets)", bounded(.email))]
     RefreshSlow { email: String, seconds: u64 },
     /// The refresh journal says another store on this machine presented the token moments ago
     /// and has not saved its successor yet: nothing was waited for here.

@@ -74,7 +74,7 @@ struct ScrubbedStderr;
 fn log_line(buf: &[u8]) -> String {
     let text = String::from_utf8_lossy(buf);
     let body = text.strip_suffix('\n').unwrap_or(&text);
-    let mut line = crate::printable::printable(body);
+    let mut line = crate::printable::capped(crate::printable::printable(body));
     line.push('\n');
     line
 }

@@ -494,6 +494,16 @@ impl Pool {
         }
     }
 
+    /// Whether the file read is shaped as a pool file, not some other JSON object a path was
+    /// pointed at (`package.json`, an OpenCode config): beside `anthropic` and `version`, every
+    /// section is another provider's array (aidevops's logins), empty, or `_`-prefixed, as
+    /// aidevops's own helper keeps the file.
+    pub fn is_shaped_as_pool_file(&self) -> bool {
+        self.extra
+            .iter()
+            .all(|(key, value)| value.is_array() || value.is_null() || key.starts_with('_'))
+    }
+
     /// The version written back: `version: 1` says nothing (it is the only version) and
     /// aidevops's shell helper wipes a pool whose top level has a key that is not an array
     /// (`version`, ours) or `_`-prefixed: only another version is written back.

@@ -48,8 +48,26 @@ pub fn bounded_message(text: &str) -> String {
     cut(text, 600, 240)
 }
 
+/// The most of a log line or an event's message (in characters): a name of the pool file can be
+/// any length (a hand edit, another program), and each line and event naming it repeated it whole
+/// (a name of a million characters wrote 4 MB to stderr for one request). Text already printable
+/// (or not meant to be escaped: an event's message) is cut only, at `LINE_HEAD` + `LINE_TAIL`.
+const LINE_HEAD: usize = 6000;
+const LINE_TAIL: usize = 1000;
+
+/// `text` as it is when it fits in a line's limit, else cut in its middle, the cut said.
+pub fn capped(text: String) -> String {
+    if text.len() <= LINE_HEAD + LINE_TAIL + 40 {
+        return text;
+    }
+    shortened(text, LINE_HEAD, LINE_TAIL)
+}
+
 fn cut(text: &str, head: usize, tail: usize) -> String {
-    let shown = printable(text);
+    shortened(printable(text), head, tail)
+}
+
+fn shortened(shown: String, head: usize, tail: usize) -> String {
     let count = shown.chars().count();
     // Room for the note of the cut itself: text that fits with it is left whole.
     if count <= head + tail + 40 {
@@ -82,7 +100,22 @@ fn unsafe_char(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{bounded, printable};
+    use super::{bounded, capped, printable, LINE_HEAD, LINE_TAIL};
+
+    #[test]
+    fn a_line_naming_a_name_of_a_million_characters_is_cut_to_a_few_thousand() {
+        let fits = format!("account={} rate limited", "a".repeat(5000));
+        assert_eq!(capped(fits.clone()), fits);
+        let name = format!("{}@x", "é".repeat(1_000_000));
+        let line = capped(format!("account={name} rate limited"));
+        assert!(
+            line.chars().count() < LINE_HEAD + LINE_TAIL + 60,
+            "{}",
+            line.len()
+        );
+        assert!(line.starts_with("account=éé") && line.ends_with("@x rate limited"));
+        assert!(line.contains("characters cut]"));
+    }
 
     #[test]
     fn control_and_bidi_characters_become_visible_escapes() {

@@ -113,6 +113,8 @@ export async function startPostgres({ tls, hba, serverBin } = {}) {
     dir,
     start,
     stop: () => ctl("-m", "fast", "-w", "stop"),
+    /** Stops the server as a crash does (no checkpoint, nothing flushed): `start()` recovers. */
+    crash: () => ctl("-m", "immediate", "-w", "stop"),
     /** pg_dump of the whole database, as text. */
     dump: () => run(join(clientBin, "pg_dump"), ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "postgres"]),
     port,

@@ -339,12 +339,13 @@ async function addKey({ lib, options, path, out }) {
   const waitMs = millisOption(options["code-timeout-ms"], "code-timeout-ms", CODE_WAIT_MS);
   await lib.loadPool(path);
   if (process.stdin.isTTY) out.note("Paste the Console API key (input hidden), then Enter.");
-  const line = await readLine({ prompt: "API key: ", hidden: true, timeoutMs: waitMs });
+  // Blank lines first (Enter pressed before pasting) are passed over, as `add` does.
+  const line = await readLine({ prompt: "API key: ", hidden: true, timeoutMs: waitMs, skipBlank: true });
   if (line === TIMED_OUT) {
     throw new UsageError(`add-key waited ${duration(waitMs)} for the API key on stdin and none came: nothing was added; run \`oauth-pool add-key\` again`);
   }
   const key = line?.trim();
-  if (!key) throw new UsageError(`add-key reads the API key from stdin, and stdin ${line === null ? "closed with nothing on it" : "held an empty line"}`);
+  if (!key) throw new UsageError(`add-key reads the API key from stdin, and stdin ${line === null ? "closed with no key on it" : "held an empty line"}`);
   const r = await lib.addApiKey(key, { email: options.email, path });
   out.result(r, text`${r.added ? "added" : "updated"} ${r.email} (API key)`);
 }

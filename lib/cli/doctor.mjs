@@ -12,7 +12,7 @@ import { basename, dirname, isAbsolute, join } from "node:path";
 import { wait } from "../plugin/format.mjs";
 import { EXIT } from "./errors.mjs";
 import { printable } from "./output.mjs";
-import { holdsCredential, shellWord, shortened, withoutCredentials } from "../printable.mjs";
+import { accountArgument, holdsCredential, shellWord, shortened, withoutCredentials } from "../printable.mjs";
 import { removeAdvice } from "./accounts.mjs";
 import { NO_PIECES, poolPieces } from "./pieces.mjs";
 
@@ -31,8 +31,6 @@ const SOURCES = {
   default: "the default",
 };
 /** The variables that name a pool file, each of which a process started without it does not see. */
-const PATH_VARIABLES = ["OAUTH_POOL_PATH", "AIDEVOPS_OAUTH_POOL_FILE"];
-
 const posix = process.platform !== "win32";
 const myUid = typeof process.getuid === "function" ? process.getuid() : null;
 const octal = (st) => `0${(st.mode & 0o777).toString(8).padStart(3, "0")}`;
@@ -230,7 +228,7 @@ async function checkParse(lib, path, files, r) {
  * name, which every command naming an account takes. An email otherwise, not always the place:
  * it still names the account once another is removed, when the place then names another.
  */
-const accountWord = (email, index, pieces) => shellWord(hidden(email, pieces) ? `#${index}` : email);
+const accountWord = (email, index, pieces) => accountArgument(hidden(email, pieces) ? `#${index}` : email);
 
 /** Whether `email` is shown without a part of it: a credential's shape, or a piece of the pool's. */
 const hidden = (email, pieces) => holdsCredential(email) || pieces.hides(email);
@@ -241,7 +239,8 @@ const hidden = (email, pieces) => holdsCredential(email) || pieces.hides(email);
  * then the key added under a name of the person's choosing.
  */
 function keyFix(email, index, pieces) {
-  if (!hidden(email, pieces)) return `oauth-pool add-key --email ${shellWord(email)}`;
+  // `--email=` for a name that starts with `-`, which `--email <value>` reads as an option.
+  if (!hidden(email, pieces)) return `oauth-pool add-key --email${email.startsWith("-") ? "=" : " "}${shellWord(email)}`;
   return `oauth-pool remove ${accountWord(email, index, pieces)}, then oauth-pool add-key --email <a name> (its name holds a credential, which add-key refuses in a name)`;
 }
 
@@ -406,13 +405,13 @@ async function checkLoginsElsewhere(lib, path, r) {
   // Read only when a name to suggest holds a credential: its place is what a command takes.
   let entries;
   const word = async (email) => {
-    if (!hidden(email, r.pieces)) return shellWord(email);
+    if (!hidden(email, r.pieces)) return accountArgument(email);
     entries ??= await lib.loadPool(path).then(
       (pool) => pool.anthropic ?? [],
       () => [],
     );
     const index = entries.findIndex((e) => e?.email === email);
-    return index < 0 ? shellWord(email) : accountWord(email, index, r.pieces);
+    return index < 0 ? accountArgument(email) : accountWord(email, index, r.pieces);
   };
   for (const s of found) {
     if (s.store === null) {
@@ -558,7 +557,7 @@ async function checkKeptTokens(lib, path, r) {
     const parts = [];
     if (waiting.length)
       parts.push(
-        `new tokens of ${waiting.join(", ")}, whose refresh token in the pool is spent: the next write of any process takes them (to write them now: oauth-pool refresh ${shellWord(f.accounts.find((a) => a.state === "waiting").email)}); do not delete the file before then, it holds the only live login`,
+        `new tokens of ${waiting.join(", ")}, whose refresh token in the pool is spent: the next write of any process takes them (to write them now: oauth-pool refresh ${accountArgument(f.accounts.find((a) => a.state === "waiting").email)}); do not delete the file before then, it holds the only live login`,
       );
     const written = of("written");
     if (written.length) parts.push(`tokens of ${written.join(", ")} that the pool holds already (the next write removes the file)`);
@@ -782,7 +781,9 @@ export async function diagnose(lib, path, { online = false } = {}) {
   }
   const from = `(from ${SOURCES[files.source] ?? files.source})`;
   r.add("path", "ok", files.kind === "file" ? `pool file ${files.path} ${from}` : `fleet store ${files.location} ${from}`);
-  const given = PATH_VARIABLES.includes(files.source) ? process.env[files.source]?.trim() : null;
+  // The native side names the variable the pool file came from (or "argument", "default").
+  const fromVariable = files.kind === "file" && files.source !== "argument" && files.source !== "default";
+  const given = fromVariable ? process.env[files.source]?.trim() : null;
   if (given && !isAbsolute(given) && !given.startsWith("~")) {
     // Each process anchors it to its own working directory: OpenCode in another project, the
     // CLI elsewhere, each has a pool of its own.

@@ -15,6 +15,7 @@ import { checkArity, parseCommandLine } from "./args.mjs";
 import { COMMANDS, commandHelp, commandOptions, groupHelp, subcommands, usage } from "./commands.mjs";
 import { EXIT, UsageError } from "./errors.mjs";
 import { loadLibrary } from "./library.mjs";
+import { platformTriple } from "../platform.mjs";
 import { echoed, makeOutput } from "./output.mjs";
 
 const PKG = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8"));
@@ -22,12 +23,19 @@ const PKG = JSON.parse(readFileSync(new URL("../../package.json", import.meta.ur
 async function version(out) {
   let native = null;
   let platform = null;
+  let error = null;
   try {
-    const lib = await loadLibrary();
-    native = lib.nativeVersion();
-    platform = lib.platformTriple();
+    platform = platformTriple();
   } catch {}
-  out.result({ version: PKG.version, native, platform }, `oauth-pool ${PKG.version}${native ? ` (native ${native}, ${platform})` : " (native addon missing)"}`);
+  try {
+    native = (await loadLibrary()).nativeVersion();
+  } catch (e) {
+    // Installed but refused (cut short, another release's, addons disabled) is no "missing":
+    // the person was sent to install what npm says is up to date.
+    error = { code: e?.code ?? null, message: String(e?.message ?? e).split("\n")[0] };
+  }
+  const said = native ? ` (native ${native}, ${platform})` : ` (native addon not loaded: ${error?.code ?? "error"}; \`oauth-pool doctor\` says why)`;
+  out.result({ version: PKG.version, native, platform, ...(error ? { error } : {}) }, `oauth-pool ${PKG.version}${said}`);
 }
 
 /** Runs a known command: usage errors exit 2, the library's errors exit 1 with their code. */
@@ -68,7 +76,9 @@ async function main(argv) {
     parsed = parseCommandLine(argv, commandOptions);
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
-    makeOutput(argv.includes("--json")).error("USAGE", `${e.message} (oauth-pool --help)`);
+    // `--json=…` asked for JSON too (a usage error of its own): its error was text on stderr.
+    const options = argv.includes("--") ? argv.slice(0, argv.indexOf("--")) : argv;
+    makeOutput(options.some((a) => a === "--json" || a.startsWith("--json="))).error("USAGE", `${e.message} (oauth-pool --help)`);
     return EXIT.USAGE;
   }
   const { command, positionals, options } = parsed;

@@ -23,7 +23,7 @@ export const TIMED_OUT = Symbol("no line within the time allowed");
  */
 export async function readLine({ prompt, hidden = false, timeoutMs, skipBlank = false, stdin = process.stdin, stderr = process.stderr } = {}) {
   if (stdin.isTTY) {
-    if (hidden && typeof stdin.setRawMode === "function") return readHidden(stdin, stderr, timeoutMs, prompt);
+    if (hidden && typeof stdin.setRawMode === "function") return readHidden(stdin, stderr, timeoutMs, prompt, skipBlank);
     if (prompt) stderr.write(prompt);
   }
   // Node's stream over a directory ends at once, as an empty pipe does, where Bun's throws: the
@@ -105,7 +105,7 @@ function timedOut(stdin, stderr) {
 }
 
 /** A terminal with the echo off: the API key never shows on screen. */
-function readHidden(stdin, stderr, timeoutMs, prompt) {
+function readHidden(stdin, stderr, timeoutMs, prompt, skipBlank = false) {
   return new Promise((resolve, reject) => {
     let buf = "";
     // A signal ended the process with the terminal still raw: the shell it returned to showed
@@ -141,6 +141,11 @@ function readHidden(stdin, stderr, timeoutMs, prompt) {
           }, timeoutMs);
     const onData = (chunk) => {
       for (const ch of chunk) {
+        // `skipBlank`: Enter pressed before pasting is passed over, as on a pipe.
+        if (skipBlank && (ch === "\r" || ch === "\n") && buf.trim() === "") {
+          buf = "";
+          continue;
+        }
         if (ch === "\r" || ch === "\n" || ch === "\u0004") {
           stop();
           // Ctrl-D on an empty line is a closed stdin, as with a pipe.

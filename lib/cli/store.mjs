@@ -41,7 +41,13 @@ function sameFile(a, b) {
 async function secretsAt(lib, location) {
   try {
     return poolSecrets((await lib.loadPool(location))?.anthropic);
-  } catch {
+  } catch (e) {
+    // A store that cannot be reached now is the copy's end too (what it would replace cannot be
+    // read and kept first): said now, not after the copy's own read waited its 30 s again.
+    if (e?.code === "STORE_UNAVAILABLE") {
+      e.message = `${e.message}; nothing was copied`;
+      throw e;
+    }
     return [];
   }
 }

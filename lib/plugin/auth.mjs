@@ -71,13 +71,28 @@ export function zeroModelCosts(models, keep = new Set()) {
   for (const [id, m] of Object.entries(models)) if (!keep.has(id) && m?.cost && typeof m.cost === "object") zero(m.cost);
 }
 
-/** True when the pool holds accounts and every one is a Console API key (billed per token). */
+/** How long the prices' question may hold OpenCode's start (the config hook, the loader). */
+const KINDS_WAIT_MS = 1000;
+
+/**
+ * True when the pool holds accounts and every one is a Console API key (billed per token). Not
+ * known within `KINDS_WAIT_MS` (a fleet store that takes packets and never answers waits out
+ * its 10 s connect timeout) is false, as an unreadable pool is: the prices only are at stake,
+ * and OpenCode waits on the config hook and the loader before it starts at all.
+ */
 export async function apiKeysOnly(path) {
+  const known = pool.listAccounts(path).then(
+    (accounts) => accounts.length > 0 && accounts.every((a) => a.type === "api"),
+    () => false,
+  );
+  let timer;
+  const late = new Promise((resolve) => {
+    timer = setTimeout(resolve, KINDS_WAIT_MS, false);
+  });
   try {
-    const accounts = await pool.listAccounts(path);
-    return accounts.length > 0 && accounts.every((a) => a.type === "api");
-  } catch {
-    return false;
+    return await Promise.race([known, late]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

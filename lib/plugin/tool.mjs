@@ -25,7 +25,7 @@ import {
 } from "./format.mjs";
 import { modelPrices } from "./prices.mjs";
 import { poolSecrets, withoutPoolSecrets } from "../pool-secrets.mjs";
-import { controlsEscaped, holdsCredential, placedName, printableLines, shellWord, shortened, withoutSecrets } from "../printable.mjs";
+import { accountArgument, controlsEscaped, holdsCredential, placedName, printableLines, shortened, withoutSecrets } from "../printable.mjs";
 
 export const ACTIONS = ["list", "status", "remove", "enable", "disable", "priority", "reset-cooldowns"];
 
@@ -116,15 +116,18 @@ function notShown({ left, rest }) {
  * `list #2` found nobody, though `remove #2` removed that account.
  */
 async function namedIn(accounts, email, path) {
-  let names;
+  let names = null;
   try {
     names = new Set((await pool.namedAccounts(email, path)).map((n) => controlsEscaped(n)));
   } catch {
-    names = new Set();
+    // The addon could not say (the pool unreadable): the name in any case, as a person means it.
   }
   const place = /^#\d+$/.test(email) && !accounts.some((a) => a.email === email) ? Number(email.slice(1)) : -1;
   const wanted = controlsEscaped(email).toLowerCase();
-  return (a, i) => (place >= 0 ? i === place : names.has(a.email) || String(a.email).toLowerCase() === wanted);
+  // Only the addon's answer when there is one: `B@X.com` beside `b@x.com` are two accounts, and
+  // every other action takes the one the addon names.
+  const named = names ? (a) => names.has(a.email) : (a) => String(a.email).toLowerCase() === wanted;
+  return (a, i) => (place >= 0 ? i === place : named(a));
 }
 
 /** A name the caller asked for, as the answer quotes it: on one line, no longer than a name. */
@@ -292,13 +295,13 @@ async function remove(email, path, confirm, hints) {
       return [
         `${echoed(email)} was not removed: this tool deletes an entry only after the person agrees, and here no one can be asked.`,
         `It cannot be disabled instead: ${why}. The pool does not use an entry it cannot read.`,
-        `To delete it, the person runs in a terminal: oauth-pool remove ${shellWord(target)}`,
+        `To delete it, the person runs in a terminal: oauth-pool remove ${accountArgument(target)}`,
       ].join("\n");
     }
     return [
       `${echoed(email)} was not removed: this tool deletes a login only after the person agrees, and here no one can be asked.`,
-      `It is disabled instead: the pool no longer uses it and its login is kept (\`enable ${target}\` undoes this).`,
-      `To delete its login for good, the person runs in a terminal: oauth-pool remove ${shellWord(target)}`,
+      `It is disabled instead: the pool no longer uses it and its login is kept (\`enable ${accountArgument(target)}\` undoes this).`,
+      `To delete its login for good, the person runs in a terminal: oauth-pool remove ${accountArgument(target)}`,
     ].join("\n");
   }
   const asked = await accountsNamed(email, path);

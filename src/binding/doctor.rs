@@ -60,7 +60,7 @@ pub fn pool_files(path: Option<String>) -> JsResult<Value> {
                 "tempPrefix": temp_prefix,
                 "tempSuffix": temp_suffix,
                 "refreshLockSuffix": ".refresh.lock",
-                "source": source(path.as_deref()),
+                "source": config::pool_path_source(path.as_deref()),
                 // Set when the directory's file system may not lock across machines.
                 "weakLocks": f.path().parent().and_then(store::netfs::weak_locks_at).map(|kind| json!({
                     "filesystem": kind,
@@ -118,18 +118,6 @@ pub fn kept_tokens(env: &Env, path: Option<String>) -> JsResult<PromiseRaw<'_, V
         .await
         .map_err(js_error)
     })
-}
-
-fn source(explicit: Option<&str>) -> &'static str {
-    if explicit.is_some_and(|p| !p.is_empty()) {
-        "argument"
-    } else if config::env(config::var::POOL_PATH).is_some_and(|p| !p.is_empty()) {
-        config::var::POOL_PATH.name()
-    } else if config::env(config::var::AIDEVOPS_POOL_FILE).is_some_and(|p| !p.is_empty()) {
-        config::var::AIDEVOPS_POOL_FILE.name()
-    } else {
-        "default"
-    }
 }
 
 /// Each endpoint the pool talks to, and whether the pool's rule (https, or http to loopback)

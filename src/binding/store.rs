@@ -125,9 +125,19 @@ pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_
                 ),
             )));
         }
-        // What cannot be read there is left for the write to judge, as before.
+        // What cannot be read in a file is left for the write to judge (a file keeps what it
+        // replaced in its `.bak`). A fleet store keeps nothing: unread (a lock held, the server
+        // slow), its other hosts' logins were replaced unkept and unnamed.
         let (replaced, there) = match target.load().await {
             Ok(there) => (replaced_logins(&pool, &there), Some(there)),
+            // Only an unreachable store's words change: a wrong key (`STORE_KEY`) and the like
+            // keep their own code, which says what to mend.
+            Err(Error::StoreUnavailable(why)) if target.path().is_none() => {
+                return Err(js_error(Error::StoreUnavailable(format!(
+                    "{why}; what the copy would replace could not be read, to keep it first: nothing was copied"
+                ))))
+            }
+            Err(e) if target.path().is_none() => return Err(js_error(e)),
             Err(_) => (Replaced::default(), None),
         };
         // A file keeps what it held in its `.bak`; the fleet store keeps nothing, and the
@@ -147,6 +157,14 @@ pub fn copy_store(env: &Env, from: String, to: String) -> JsResult<PromiseRaw<'_
             .filter(|a| !a.is_api_key() && a.refresh.as_ref().is_some_and(|r| !r.is_empty()))
             .count();
         if let Err(e) = target.save(pool).await {
+            // The connection lost or silent at the commit: whether it was made is not known,
+            // and the kept copy may be the replaced logins' only place. It stays, named.
+            if let (Error::StoreUnavailable(why), Some(kept)) = (&e, &kept) {
+                return Err(js_error(Error::StoreUnavailable(format!(
+                    "{why}; whether the copy was written is not known: the logins it would replace are kept in {} (a pool file, as every copy keeps them; delete it once `oauth-pool list` shows they are where you want them)",
+                    kept.display()
+                ))));
+            }
             // Nothing was replaced: a kept copy would be a second place for those logins.
             if let Some(kept) = kept {
                 let _ = store::blocking(move || {

@@ -783,7 +783,8 @@ fn apply(pool: &mut Pool, batch: &Pending, now: i64) {
             }
         }
         if let Some(t) = batch.last_used.get(&email) {
-            if a.last_used_ms() < *t {
+            // One written ahead of the clock (a clock that ran fast) gives way to a real use.
+            if a.last_used_ms() < *t || a.last_used_ms() > now {
                 a.last_used = Some(iso_time(*t));
             }
         }
@@ -1421,6 +1422,14 @@ mod tests {
             a.extra["usage"]["days"][&day_of(now)]["claude-sonnet-4-5"]["requests"],
             1
         );
+
+        // A `lastUsed` written ahead by a clock that ran three days fast gives way to a use.
+        let mut ahead = again.clone();
+        ahead.find_mut("a@x").unwrap().last_used = Some(iso_time(now + 3 * 86_400_000));
+        let mut used = Pending::default();
+        used.last_used.insert("a@x".into(), now - 1_000);
+        apply(&mut ahead, &used, now);
+        assert_eq!(ahead.find("a@x").unwrap().last_used_ms(), now - 1_000);
     }
 
     #[test]

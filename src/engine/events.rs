@@ -30,16 +30,16 @@ impl Event {
     pub fn new(kind: &'static str, email: Option<&str>, message: impl AsRef<str>) -> Event {
         Event {
             kind,
-            email: email.map(shown_name),
+            email: email.map(|e| crate::printable::capped(shown_name(e))),
             to: None,
             until: None,
             api_key: false,
-            message: scrub_tokens(message.as_ref()),
+            message: crate::printable::capped(scrub_tokens(message.as_ref())),
         }
     }
 
     pub fn to(mut self, to: &str) -> Event {
-        self.to = Some(shown_name(to));
+        self.to = Some(crate::printable::capped(shown_name(to)));
         self
     }
 

@@ -95,38 +95,9 @@ pub fn parse_reset(value: &str) -> Option<i64> {
         let ms = if n < 1e12 { n * 1000.0 } else { n };
         return (ms < 1e15).then_some(ms as i64);
     }
-    let ms = |t: SystemTime| {
-        t.duration_since(UNIX_EPOCH)
-            .ok()
-            .and_then(|d| i64::try_from(d.as_millis()).ok())
-    };
-    if let Ok(t) = humantime::parse_rfc3339_weak(v) {
-        return ms(t);
-    }
-    // An offset other than `Z` (`+02:00`), which humantime refuses: the reset was lost, and a
-    // rejected window with no reset rested the account 5 s instead of until it resets.
-    let (stamp, offset) = v.split_at_checked(v.len().checked_sub(6)?)?;
-    let bytes = offset.as_bytes();
-    let sign = match bytes.first() {
-        Some(b'+') => 1,
-        Some(b'-') => -1,
-        _ => return None,
-    };
-    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = offset.get(r)?;
-        part.bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    if bytes.get(3) != Some(&b':') {
-        return None;
-    }
-    let (hours, minutes) = (digits(1..3)?, digits(4..6)?);
-    if hours > 23 || minutes > 59 {
-        return None;
-    }
-    let local = ms(humantime::parse_rfc3339_weak(stamp).ok()?)?;
-    local.checked_sub(sign * (hours * 60 + minutes) * 60_000)
+    // An offset other than `Z` (`+02:00`) too: the reset was lost, and a rejected window with no
+    // reset rested the account 5 s instead of until it resets.
+    crate::account::parse_iso_ms(v)
 }
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -651,6 +622,8 @@ pub enum CooldownKind {
     Burst,
     /// A Console key's monthly spend limit.
     SpendLimit,
+    /// The API refuses the account itself (out of credit, its organization disabled).
+    Refused(super::verdict::AccountRefusal),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -669,6 +642,7 @@ impl Cooldown {
             CooldownKind::SpendLimit => {
                 "the API key's monthly spend limit is reached (raise it in the Console, then `oauth-pool reset-cooldowns`)".to_string()
             }
+            CooldownKind::Refused(refusal) => refusal.describe().to_string(),
         };
         match &self.scope {
             Some(scope) => format!("{what} for {}", scope_text(scope)),
@@ -893,7 +867,22 @@ fn claimed_window(claim: &str) -> Option<String> {
 
 /// A spend limit rests the whole account until the month turns (UTC; a later `retry-after` wins),
 /// at most 8 days at a time: should it have been lifted, the account is offered again then.
+/// Met within `MONTH_TURN_GRACE_MS` of a turn, it rests `MONTH_TURN_REST_MS` only: a clock a few
+/// seconds ahead of Anthropic's (or a limit lifted a moment after midnight) had the first
+/// request of the month refused as the old month's, and the key rested until the next turn.
 pub fn cooldown_for_spend_limit(limits: &Limits, now_ms: i64) -> Cooldown {
+    let month_began = start_of_month_utc(now_ms);
+    if month_began.is_some_and(|began| now_ms.saturating_sub(began) < MONTH_TURN_GRACE_MS) {
+        let retry_at = limits.retry_after_ms.map(|d| now_ms.saturating_add(d));
+        let until = retry_at.map_or(now_ms + MONTH_TURN_REST_MS, |r| {
+            r.max(now_ms + MONTH_TURN_REST_MS)
+        });
+        return Cooldown {
+            until: until.clamp(now_ms + 1_000, now_ms + MAX_COOLDOWN_MS),
+            kind: CooldownKind::SpendLimit,
+            scope: None,
+        };
+    }
     let month_turns = next_month_utc(now_ms).unwrap_or(now_ms + MAX_COOLDOWN_MS);
     let retry_at = limits.retry_after_ms.map(|d| now_ms.saturating_add(d));
     let until = retry_at.map_or(month_turns, |r| r.max(month_turns));
@@ -902,6 +891,17 @@ pub fn cooldown_for_spend_limit(limits: &Limits, now_ms: i64) -> Cooldown {
         kind: CooldownKind::SpendLimit,
         scope: None,
     }
+}
+
+/// How long after a month turns (UTC) a spend limit is read as possibly the old month's.
+const MONTH_TURN_GRACE_MS: i64 = 24 * 3_600_000;
+/// How long a key rests for a spend limit met within that grace, and asked again after.
+const MONTH_TURN_REST_MS: i64 = 10 * 60_000;
+
+/// The first instant of the month of `now_ms`, UTC.
+fn start_of_month_utc(now_ms: i64) -> Option<i64> {
+    let today = crate::account::iso_time(now_ms);
+    crate::account::parse_iso_ms(&format!("{}-01T00:00:00.000Z", today.get(..7)?))
 }
 
 /// The first instant of the month after `now_ms`, UTC.
@@ -1422,6 +1422,24 @@ pub(crate) mod tests {
         let early = ms("2027-02-03T10:00:00.000Z");
         let c = cooldown_for_spend_limit(&Limits::default(), early);
         assert_eq!(c.until, early + MAX_COOLDOWN_MS, "at most 8 days at a time");
+        // Met just after the turn (this clock ahead of the server's, or the limit lifted a moment
+        // late): a short rest, not the next month's 8 days.
+        let turned = ms("2027-01-01T00:00:10.000Z");
+        let c = cooldown_for_spend_limit(&Limits::default(), turned);
+        assert_eq!(c.until, turned + MONTH_TURN_REST_MS);
+        let said = Limits {
+            retry_after_ms: Some(3_600_000),
+            ..Limits::default()
+        };
+        assert_eq!(
+            cooldown_for_spend_limit(&said, turned).until,
+            turned + 3_600_000
+        );
+        let next_day = ms("2027-01-02T00:00:10.000Z");
+        assert_eq!(
+            cooldown_for_spend_limit(&Limits::default(), next_day).until,
+            next_day + MAX_COOLDOWN_MS
+        );
     }
 
     #[test]
@@ -1431,6 +1449,11 @@ pub(crate) mod tests {
         assert_eq!(parse_reset("2026-12-01T14:00:00+02:00"), utc);
         assert_eq!(parse_reset("2026-12-01T06:30:00-05:30"), utc);
         assert_eq!(parse_reset("2026-12-01T12:00:00.000+00:00"), utc);
+        // The pool file's times are read by the same rule (`expires`, `cooldownUntil`, ...).
+        assert_eq!(
+            crate::account::parse_iso_ms("2026-12-01T13:00:00.000+01:00"),
+            utc
+        );
         for garbage in [
             "2026-12-01T14:00:00+24:00",
             "2026-12-01T14:00:00+0200",

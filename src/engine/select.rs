@@ -25,12 +25,20 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    pub fn from_account(a: &Account, usable: bool, windows: Vec<(f64, Option<i64>)>) -> Self {
+    /// A `lastUsed` ahead of `now` is read as now: written by a process whose clock ran days
+    /// fast, it stayed ahead, and the least recently used choice passed the account over
+    /// until then.
+    pub fn from_account(
+        a: &Account,
+        usable: bool,
+        windows: Vec<(f64, Option<i64>)>,
+        now: i64,
+    ) -> Self {
         Candidate {
             email: a.email.clone(),
             usable,
             priority: a.priority(),
-            last_used: a.last_used_ms(),
+            last_used: a.last_used_ms().min(now),
             windows,
         }
     }

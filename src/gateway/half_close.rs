@@ -103,6 +103,15 @@ impl Exchange {
         }
     }
 
+    /// The gateway stops with this exchange's answer not all written (the drain time is over):
+    /// the connection is to end as a broken answer's does, with a reset.
+    pub(super) fn cut_if_open(&self) {
+        let mut f = self.flags();
+        if f.open {
+            f.broken = true;
+        }
+    }
+
     /// Resolves once the client's input has ended (a body still being read will never finish).
     pub(super) async fn client_done(&self) {
         loop {

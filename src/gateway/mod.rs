@@ -440,9 +440,16 @@ async fn accept_loop(
                 None => Either::Left(stream),
             };
             let stream = WriteStall::new(stream, crate::http::response_timeout());
-            let stream = half_close::HalfClose::new(stream, exchange);
+            let stream = half_close::HalfClose::new(stream, exchange.clone());
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::select! {
+                // The cut first: polled after the connection, an answer whose body the gateway's
+                // closing had just ended was finished in order on the way out.
+                biased;
+                // Marked before the connection is dropped, so that an answer cut at the end of
+                // the drain is reset as an upstream's break is: ended in order, an HTTP/1.0
+                // client (nginx's default upstream) read it as whole.
+                _ = async { cut.cancelled().await; exchange.cut_if_open() } => {}
                 served = watcher.watch(conn) => {
                     if served.is_err_and(|e| e.is_parse_version_h2()) {
                         if let Ok(mut h2) = h2_clients.lock() {
@@ -450,7 +457,6 @@ async fn accept_loop(
                         }
                     }
                 }
-                _ = cut.cancelled() => {}
             }
         });
     }
@@ -689,11 +695,26 @@ fn busy_answer() -> Vec<u8> {
     [head.as_bytes(), &body].concat()
 }
 
-async fn refuse_busy(mut stream: impl tokio::io::AsyncWrite + Unpin) {
-    use tokio::io::AsyncWriteExt;
+/// The most of a refused client's request read and dropped after its 503 (`refuse_busy`).
+const REFUSAL_READ_MAX: usize = 32 * 1024 * 1024;
+
+async fn refuse_busy(mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tokio::time::timeout(REFUSAL_TIME, async {
         stream.write_all(&busy_answer()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // What the client is still sending is read and dropped, as a lingering close does: a
+        // socket closed on unread bytes is reset, and a client still writing a long
+        // conversation's body met EPIPE instead of its 503.
+        let mut sink = vec![0u8; 16 * 1024];
+        let mut read = 0;
+        while read < REFUSAL_READ_MAX {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
     })
     .await;
 }

@@ -451,8 +451,9 @@ impl FileStore {
             }
         };
         // Only once it is known to be a pool: a path pointed at some other file of this user's
-        // (`--path /etc/passwd` as root) must leave that file as it was.
-        if tighten {
+        // (`--path /etc/passwd` as root, or a `package.json`, which parses as a pool with no
+        // accounts) must leave that file as it was.
+        if tighten && pool.is_shaped_as_pool_file() {
             fsread::tighten_mode(path, &file, &meta);
         }
         Ok(Some((pool, stamp_of(&meta))))
@@ -2642,6 +2643,16 @@ mod tests {
         fs::set_permissions(store.path(), fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(store.load().unwrap_err().code(), "POOL_CORRUPT");
         assert_eq!(mode(store.path()), 0o644);
+        // A JSON object that is some other program's file reads as a pool with no accounts, and
+        // is left as it was too; aidevops's file of other providers' logins is tightened.
+        fs::write(store.path(), br#"{"name": "x", "version": "1.0.0"}"#).unwrap();
+        fs::set_permissions(store.path(), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(store.load().unwrap().anthropic.is_empty());
+        assert_eq!(mode(store.path()), 0o644);
+        fs::write(store.path(), br#"{"openai": [], "_note": "x"}"#).unwrap();
+        fs::set_permissions(store.path(), fs::Permissions::from_mode(0o644)).unwrap();
+        store.load().unwrap();
+        assert_eq!(mode(store.path()), 0o600);
     }
 
     #[test]

@@ -75,6 +75,17 @@ macro_rules! keepalive {
     };
 }
 
+/// A commit that reaches this server's disk before it is answered: where the database or role
+/// says `synchronous_commit = off` (a DBA's speed setting), a server crash just after a refresh
+/// lost the new tokens, and the next host presented the spent one. Raised to `local` only from
+/// `off`: a setting that also waits for a standby (`on`, `remote_write`) is the DBA's to keep,
+/// and `on` forced over `local` hung every write on a standby named and gone. An expression.
+macro_rules! durable_commit {
+    () => {
+        "CASE WHEN current_setting('synchronous_commit') = 'off' THEN set_config('synchronous_commit', 'local', true) END"
+    };
+}
+
 /// How a write's transaction begins, whatever the DBA set as the role's or database's defaults:
 /// read committed, so that the re-read after the lock sees the writes committed while it waited
 /// (under a default of repeatable read or serializable the snapshot was taken before the wait,
@@ -87,7 +98,9 @@ macro_rules! keepalive {
 /// a word while it holds the write lock lets it go within a minute.
 const WRITE_BEGIN: &str = concat!(
     "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '60s'; SET LOCAL statement_timeout = '60s';
-    SELECT CASE WHEN current_setting('server_version_num')::int >= 170000 THEN set_config('transaction_timeout', '0', true) END;
+    SELECT CASE WHEN current_setting('server_version_num')::int >= 170000 THEN set_config('transaction_timeout', '0', true) END, ",
+    durable_commit!(),
+    ";
     SELECT ",
     keepalive!(),
     ";"
@@ -536,9 +549,16 @@ impl PgStore {
 
     /// `work`, bounded by `QUERY_TIMEOUT`.
     async fn bounded<T>(&self, what: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
-        tokio::time::timeout(QUERY_TIMEOUT, work)
-            .await
-            .map_err(|_| self.silent(what))?
+        match tokio::time::timeout(QUERY_TIMEOUT, work).await {
+            Ok(done) => done,
+            Err(_) => {
+                // The shared reader may be stuck behind what was just given up on (a table
+                // lock, a server gone silent): kept, each step after waited its own 30 s on it
+                // (`store copy` took 90 s to say so).
+                *self.reader.lock().await = None;
+                Err(self.silent(what))
+            }
+        }
     }
 
     fn silent(&self, what: &str) -> Error {
@@ -971,13 +991,18 @@ impl PgStore {
             .map(|(g, _)| g)
     }
 
+    /// Whether a check failed less than `STAMP_BACKOFF` ago.
+    fn muted(&self) -> bool {
+        lock(&self.mute_until).is_some_and(|until| Instant::now() < until)
+    }
+
     /// The current generation, asked at most every 250 ms, within `STAMP_TIMEOUT`, and not again
     /// for `STAMP_BACKOFF` after a failure.
     pub async fn generation(&self) -> Result<i64> {
         if let Some(g) = self.generation_cached() {
             return Ok(g);
         }
-        if lock(&self.mute_until).is_some_and(|until| Instant::now() < until) {
+        if self.muted() {
             return Err(Error::StoreUnavailable(
                 "it did not answer a moment ago; asked again in a few seconds".into(),
             ));
@@ -1196,7 +1221,8 @@ impl PgStore {
         };
         let offset = self.offset_on(Some(&client)).await?;
         let begin = format!(
-            "SET LOCAL lock_timeout = '60s'; SET LOCAL statement_timeout = '60s'; SELECT pg_advisory_xact_lock({WRITE_LOCK}, 0);"
+            "SET LOCAL lock_timeout = '60s'; SET LOCAL statement_timeout = '60s'; SELECT pg_advisory_xact_lock({WRITE_LOCK}, 0), {durable};",
+            durable = durable_commit!()
         );
         let result = tokio::time::timeout(
             QUERY_TIMEOUT,
@@ -1334,9 +1360,38 @@ impl PgStore {
     /// waited for in the database: behind a pooler in transaction mode a waiting transaction keeps
     /// one of its few server connections, and a few waiters left the holder none to re-read and
     /// write with (every refresh stalled until the waiters' time ran out).
+    ///
+    /// Asked not to wait (the access token still serves: the refresh can come later), not tried
+    /// while the store is in its backoff (`STAMP_BACKOFF`), and given `STAMP_TIMEOUT` to connect:
+    /// every request of an account in its refresh margin waited 3 s for the generation and 10 s
+    /// more to connect here while the database did not answer. A refresh that is needed (a 401,
+    /// an expired token) tries: the store may be back, with another host's tokens to adopt.
     pub async fn refresh_lock(&self, email: &str, timeout: Duration) -> Result<PgRefreshLock> {
-        self.ready().await?;
-        let client = Arc::new(self.connect().await?);
+        if timeout.is_zero() && self.muted() {
+            return Err(Error::StoreUnavailable(
+                "it did not answer a moment ago; asked again in a few seconds".into(),
+            ));
+        }
+        let reach = async {
+            self.ready().await?;
+            self.connect().await
+        };
+        let client = if timeout.is_zero() {
+            match tokio::time::timeout(STAMP_TIMEOUT, reach).await {
+                Ok(reached) => reached?,
+                Err(_) => {
+                    *lock(&self.mute_until) = Some(Instant::now() + STAMP_BACKOFF);
+                    return Err(Error::StoreUnavailable(format!(
+                        "{} did not take a connection for a refresh lock within {} s",
+                        self.shown,
+                        STAMP_TIMEOUT.as_secs()
+                    )));
+                }
+            }
+        } else {
+            reach.await?
+        };
+        let client = Arc::new(client);
         let id = account_lock(email);
         self.take_refresh_lock(&client, id, timeout).await?;
         Ok(PgRefreshLock {
@@ -1384,8 +1439,9 @@ impl PgStore {
              SELECT pg_try_advisory_xact_lock({REFRESH_LOCK}, {id}), current_setting('transaction_read_only'),
                (SELECT value FROM oauth_pool_meta WHERE name = 'schema'),
                CASE WHEN current_setting('server_version_num')::int >= 170000
-                 THEN set_config('transaction_timeout', '0', true) END, {keepalive};",
-            keepalive = keepalive!()
+                 THEN set_config('transaction_timeout', '0', true) END, {keepalive}, {sync};",
+            keepalive = keepalive!(),
+            sync = durable_commit!()
         );
         let deadline = Instant::now() + timeout;
         let mut pause = LOCK_RETRY_FIRST;
