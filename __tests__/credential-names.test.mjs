@@ -258,7 +258,8 @@ test("a remove the tool cannot ask about names the account to remove in a termin
   const answer = await lib.createPoolTool({}, { path }).execute({ action: "remove", email: key }, {});
   assertNone({ answer }, secrets);
   assert.match(answer, /the person runs in a terminal: oauth-pool remove '#1'$/m, answer);
-  assert.match(answer, /`enable #1` undoes this/, answer);
+  // Quoted: unquoted, a shell reads `#1` as a comment, and `enable` met no account at all.
+  assert.match(answer, /`enable '#1'` undoes this/, answer);
   assert.equal((await lib.listAccounts(path))[1].enabled, false, "disabled instead");
 });
 

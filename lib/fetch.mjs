@@ -264,6 +264,9 @@ const wholeBody =
             if (signal?.aborted) return controller.error(abortError(signal));
             if (bytes.byteLength > 0) controller.enqueue(bytes);
             controller.close();
+            // A BYOB read of an empty body resolves as done only once its view is given back
+            // (the streams standard): pulled at the read, it waited for ever.
+            controller.byobRequest?.respond(0);
           },
         })
     : (bytes) => bytes;
