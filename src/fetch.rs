@@ -219,10 +219,7 @@ async fn serve(
                 &mut response,
                 verdict::PEEK_LIMIT,
                 idle,
-                // Always bounded in all: left to the gap between bytes where the response
-                // timeout is no longer than the patience (5 s or less), a 400 trickling a byte
-                // every 300 ms held its head until its last byte.
-                Some(whole_within),
+                (head_decides || whole_within < idle).then_some(whole_within),
                 cancel,
             )
             .await;
@@ -254,7 +251,7 @@ async fn serve(
                 // its body to follow. A body that broke off, or went silent for the response
                 // timeout itself (when that is the shorter), still fails the request.
                 Err(Error::Network { .. })
-                    if whole_within <= idle && peek_started.elapsed() >= whole_within =>
+                    if whole_within < idle && peek_started.elapsed() >= whole_within =>
                 {
                     tracing::debug!(status, "a body read past its patience: judged on its start");
                     Some((start, false))
