@@ -65,6 +65,12 @@ export interface PoolError extends Error {
   code: ErrorCode;
   /** HTTP status, for OAUTH_HTTP. */
   status?: number;
+  /**
+   * Set on an `addAccount` failure that came after the pasted code was spent at the token
+   * endpoint (the API key endpoint failing, the pool refusing the login): that code is refused
+   * from now on, and only a new login can add the account.
+   */
+  codeSpent?: boolean;
 }
 
 export function loadPool(path?: string): Promise<Pool>;

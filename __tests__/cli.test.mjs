@@ -24,6 +24,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { createServer } from "node:net";
+import { createServer as createHttpServer } from "node:http";
 import { basename, dirname, join } from "node:path";
 import { CLI, cliSandbox } from "./helpers/cli-sandbox.mjs";
 import { flockAvailable, holdLock } from "./helpers/flock.mjs";
@@ -930,6 +931,79 @@ test("add: a token endpoint that did not take the code (a 429, a 503) asks for i
   }
 });
 
+// Found by a review (2026-12-08): a Console login whose key the API key endpoint did not make
+// (a 503, a 429, a dropped connection) came after its code was spent. `add` said "The code was
+// not taken: paste it again", and refused every paste after it "completed already" until stdin
+// closed. It ends at once now, saying to log in again.
+test("add --mode console: an API key endpoint failing after the code was spent (503, 429, a reset) ends at once saying to log in again, not asking for the code", async () => {
+  let fault;
+  let keys = 0;
+  const api = createHttpServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      if (!req.url.includes("create_api_key")) return res.writeHead(404).end();
+      keys++;
+      if (fault === "reset") return req.socket.destroy();
+      const type = fault === 429 ? "rate_limit_error" : "overloaded_error";
+      res.writeHead(fault, { "content-type": "application/json", "retry-after": "30" });
+      res.end(JSON.stringify({ type: "error", error: { type, message: "try again later" } }));
+    });
+  });
+  await new Promise((r) => api.listen(0, "127.0.0.1", r));
+  try {
+    for (const f of [503, 429, "reset"]) {
+      for (const args of [
+        ["add", "--mode", "console"],
+        ["add", "--mode", "console", "--json"],
+      ]) {
+        const what = `${f} ${args.join(" ")}`;
+        fault = f;
+        keys = 0;
+        const path = freshPath();
+        const exchanges = mock.stats().exchangeCalls;
+        let pasted = false;
+        let closedHere = false;
+        let timer;
+        const r = await cli(args, {
+          path,
+          env: { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: `http://127.0.0.1:${api.address().port}` },
+          onStdout(stdout, child) {
+            if (pasted) return;
+            const line = stdout.split("\n").find((l) => l.includes("oauth/authorize"));
+            if (!line || !stdout.includes("\n")) return;
+            pasted = true;
+            // Pasted once, stdin left open: the command ends by itself, or waits for more.
+            child.stdin.write(`${mock.approve(line.startsWith("{") ? JSON.parse(line).url : line.trim(), "spent-code@x.test")}\n`);
+            timer = setTimeout(() => {
+              closedHere = true;
+              child.stdin.end();
+            }, 10_000);
+          },
+        });
+        clearTimeout(timer);
+        assert.ok(pasted, `${what}: ${r.stdout}${r.stderr}`);
+        assert.equal(r.code, 1, `${what}: ${r.stdout}${r.stderr}`);
+        assert.ok(!closedHere, `${what}: waited for another paste: ${r.stderr}`);
+        assert.doesNotMatch(r.stdout + r.stderr, /paste it again|completed already/, what);
+        const error = args.includes("--json") ? jsonLines(r).at(-1).error : { code: r.stderr.match(/error \[(\w+)\]/)?.[1], message: r.stderr };
+        assert.equal(error.code, f === "reset" ? "NETWORK" : "OAUTH_HTTP", `${what}: ${r.stdout}${r.stderr}`);
+        if (f === "reset") {
+          assert.match(error.message, /the pasted code was spent and cannot be used again: run `oauth-pool add --mode console` to log in once more/, what);
+        } else {
+          // The endpoint's own message says "log in again": the hint is not said twice.
+          assert.match(error.message, new RegExp(`HTTP ${f}.*log in again`), what);
+          assert.doesNotMatch(error.message, /oauth-pool add --mode console/, what);
+        }
+        assert.equal(mock.stats().exchangeCalls - exchanges, 1, `${what}: the code was sent once`);
+        assert.equal(keys, 1, `${what}: one key asked for`);
+        assert.ok(!existsSync(path) || readPool(path).anthropic.length === 0, `${what}: nothing added`);
+      }
+    }
+  } finally {
+    api.close();
+  }
+});
+
 test("add and add-key: a paste wrapped by a terminal in bracketed-paste mode, or carrying zero-width characters, is the code or key", async () => {
   // A terminal a crashed program left in bracketed-paste mode wraps what is pasted in ESC[200~ and
   // ESC[201~; a page can add zero-width spaces and a byte order mark. Both were "malformed".
@@ -1030,6 +1104,45 @@ test("add with a token endpoint the pool refuses says so before the login URL: I
       assert.doesNotMatch(r.stderr, /code: |Open this URL/);
     }
   }
+  assert.ok(!existsSync(path), "nothing written");
+});
+
+// Found by a review (2026-12-08): a Console login's key is made at OAUTH_POOL_API_URL, once the
+// code is spent. One the pool refuses was found only then: the login URL printed, the person
+// logged in in a browser and pasted the code, the code spent, and the login lost.
+test("add --mode console with an OAUTH_POOL_API_URL the pool refuses says so before the login URL: INSECURE_ENDPOINT, exit 1, no code sent", async () => {
+  const path = freshPath();
+  const exchanges = mock.stats().exchangeCalls;
+  // 192.0.2.1 is TEST-NET: refused before any connection is made.
+  for (const apiUrl of ["http://192.0.2.1", "api.anthropic.com"]) {
+    for (const args of [
+      ["add", "--mode", "console"],
+      ["add", "--mode", "console", "--json"],
+    ]) {
+      let pasted = false;
+      const r = await cli(args, {
+        path,
+        env: { OAUTH_POOL_TOKEN_URL: mock.tokenUrl, OAUTH_POOL_API_URL: apiUrl },
+        onStdout(stdout, child) {
+          if (pasted) return;
+          const line = stdout.split("\n").find((l) => l.includes("oauth/authorize"));
+          if (!line || !stdout.includes("\n")) return;
+          pasted = true;
+          child.stdin.end(`${mock.approve(line.startsWith("{") ? JSON.parse(line).url : line.trim(), "insecure-api@x.test")}\n`);
+        },
+      });
+      const what = `${apiUrl} ${args.join(" ")}: ${r.stdout}${r.stderr}`;
+      assert.equal(r.code, 1, what);
+      assert.ok(!pasted, `no login URL shown: ${what}`);
+      assert.doesNotMatch(r.stdout, /oauth\/authorize/, what);
+      const said = args.includes("--json") ? json(r).error : { code: r.stderr.match(/error \[(\w+)\]/)?.[1], message: r.stderr };
+      assert.equal(said.code, "INSECURE_ENDPOINT", what);
+      assert.match(said.message, /OAUTH_POOL_API_URL/, what);
+      assert.match(said.message, /no login was started/, what);
+      assert.doesNotMatch(r.stderr, /Open this URL/, what);
+    }
+  }
+  assert.equal(mock.stats().exchangeCalls, exchanges, "no code reached the token endpoint");
   assert.ok(!existsSync(path), "nothing written");
 });
 

@@ -1041,6 +1041,63 @@ test("reset-cooldowns from a shell while the account is still limited: its next 
   await lib.resetCooldowns(path);
 });
 
+// Found by a review (2026-12-07): an account with a reserve whose 429 said its 5-hour window was
+// spent (101 %, resetting in 50 min) stayed held at its reserve line after `oauth-pool
+// reset-cooldowns`, which had said its cooldown was cleared: the 429's own window held it, and
+// nothing was sent until the window reset. What was heard before the reset is no line now; what
+// is heard after it is, so the reserve still holds the account once an answer says it is past.
+test("reset-cooldowns reopens an account held at its reserve line by a 429's spent window; an answer after the reset past the line holds it again", async () => {
+  const email = "reserve-reset@x.test";
+  const path = await seedPool(mock, [email]);
+  await withEnv({ OAUTH_POOL_JITTER_MS: "0" }, async () => {
+    await lib.setReserve(email, 0.2, path);
+    const resetAt = Math.floor(Date.now() / 1000) + 3000;
+    mock.script(email, [{ status: 429, headers: rateLimitHeaders({ fiveHourReset: resetAt }) }]);
+    const f = createPoolFetch({ path });
+    const limited = await ask(f, "claude-sonnet-4-5");
+    assert.equal(limited.status, 429);
+    assert.ok(Number(limited.headers.get("retry-after")) > 2900, limited.headers.get("retry-after"));
+    await limited.text();
+    await flushPool(path);
+    const reset = await runCli(["reset-cooldowns", "--path", path]);
+    assert.equal(reset.code, 0, reset.err);
+    assert.match(reset.out, /cleared the cooldown of 1 account/);
+    // The window is not spent after all (the owner knows better): the next answer says 30 %.
+    mock.setUtilization(email, { fiveHour: 0.3, fiveHourReset: resetAt });
+    mock.clearRequests();
+    const sent = () => mock.requests.filter((r) => r.path.startsWith("/v1/messages")).length;
+    // This process takes the file's reset within about a second; it kept the account held at
+    // its line until the window's reset, 50 minutes.
+    let again;
+    for (const deadline = Date.now() + 5000; ; ) {
+      again = await ask(f, "claude-sonnet-4-5");
+      if (again.status === 200 || Date.now() > deadline) break;
+      await again.text();
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(again.status, 200, `served after the reset: ${again.headers.get("x-oauth-pool")} retry-after ${again.headers.get("retry-after")}`);
+    assert.equal(again.poolAccount, email);
+    await again.text();
+    assert.equal(sent(), 1, "one request upstream, the pool's own 429s meanwhile sent nothing");
+    // Heard after the reset: 85 % is past the 80 % line, and the reserve holds the account again.
+    mock.setUtilization(email, { fiveHour: 0.85, fiveHourReset: resetAt });
+    const past = await ask(f, "claude-sonnet-4-5");
+    assert.equal(past.status, 200, "not known to be past the line yet");
+    await past.text();
+    const held = await ask(f, "claude-sonnet-4-5");
+    assert.equal(held.status, 429, "held at its reserve line");
+    assert.equal(held.headers.get("x-oauth-pool"), "all-accounts-cooling");
+    const wait = Number(held.headers.get("retry-after"));
+    assert.ok(wait > 2900 && wait <= 3000 + 11, `until the window resets (${wait} s)`);
+    await held.text();
+    assert.equal(sent(), 2, "the held request was not sent");
+    await flushPool(path);
+    const st = (await poolStatus(path)).accounts.find((a) => a.email === email);
+    assert.equal(st.heldBy, "reserve");
+  });
+  await lib.resetCooldowns(path);
+});
+
 for (const from of ["in-process", "shell"]) {
   test(`reset-cooldowns (${from}) while every account is still limited: the same cooldown met again is told again, once`, async () => {
     const email = `told-${from}@x.test`;

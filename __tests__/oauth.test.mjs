@@ -15,7 +15,7 @@ import {
   refreshAccount,
 } from "../index.mjs";
 import { callbackUrlFromPaste } from "./helpers/mock-anthropic.mjs";
-import { body, jsonHeaders, messagesUrl, useMock, tempPoolPath, mode, withEnv } from "./helpers/pool-env.mjs";
+import { account, body, jsonHeaders, messagesUrl, useMock, seedPool, tempPoolPath, mode, withEnv } from "./helpers/pool-env.mjs";
 import { chownSync, mkdirSync, rmdirSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { createServer } from "node:http";
@@ -384,6 +384,107 @@ test("a Console login takes the key from an answer with a byte order mark, a tra
   }
 });
 
+// Found by a review (2026-12-08): the same Console login pasted twice at once (a double submit)
+// shared one token call, and each caller then made a key of its own: one of the two was left in
+// the Console for the person to find and revoke.
+test("the same Console login pasted twice at once makes one API key: the second call gets the first's member, not added", async () => {
+  const made = () => mock.requests.filter((r) => r.path === "/api/oauth/claude_cli/create_api_key").length;
+  const email = "console-double@x.test";
+  const login = await authorize({ mode: "console" });
+  const paste = mock.approve(login.url, email);
+  const path = tempPoolPath();
+  const calls = mock.stats().tokenCalls;
+  const keys = made();
+  // The token endpoint holds its answer while the same login is pasted a second time.
+  let release;
+  mock.setTokenMode({ grant: "authorization_code", until: new Promise((r) => (release = r)) });
+  const arrived = mock.waitFor("token", (r) => r.grant === "authorization_code");
+  const settled = [];
+  const both = [addAccount(paste, login, path), addAccount(paste, login, path)].map((p) =>
+    p.then(
+      (v) => settled.push(v),
+      (e) => settled.push(e),
+    ),
+  );
+  try {
+    await arrived;
+    // The second joins the first's call while it is held (on a busy machine, later than usual).
+    await new Promise((r) => setTimeout(r, 1000));
+    release();
+    await Promise.all(both);
+  } finally {
+    mock.setTokenMode(null);
+  }
+  const failed = settled.filter((r) => r instanceof Error);
+  assert.deepEqual(failed, [], failed.map((e) => e.message).join());
+  assert.equal(mock.stats().tokenCalls - calls, 1, "the code went to the token endpoint once");
+  assert.equal(made() - keys, 1, "one key made for one login");
+  assert.deepEqual(
+    settled.map((r) => JSON.stringify(r)).sort(),
+    [
+      { email, added: false, type: "api" },
+      { email, added: true, type: "api" },
+    ]
+      .map((r) => JSON.stringify(r))
+      .sort(),
+  );
+  const members = (await loadPool(path)).anthropic;
+  assert.deepEqual(
+    members.map((m) => [m.email, m.type]),
+    [[email, "api"]],
+  );
+  assert.match(members[0].key, /^sk-ant-api/);
+});
+
+// Found by a review (2026-12-08): a Console login whose email is a Pro/Max login of the pool
+// goes in as `<email> (console)`; an email of 245 to 254 characters made that name too long, and
+// it was refused once the Console had made the key (one more orphan key a try).
+test("a Console login whose email is a Pro/Max login of the pool and too long to take ' (console)' is added under its key's fingerprint", async () => {
+  const made = () => mock.requests.filter((r) => r.path === "/api/oauth/claude_cli/create_api_key").length;
+  const emailOf = (length) => `${"console.long.".repeat(20)}x@example.test`.slice(-length);
+  for (const length of [244, 245, 254]) {
+    const email = emailOf(length);
+    assert.equal(email.length, length);
+    const path = tempPoolPath();
+    const max = await authorize();
+    assert.deepEqual(await addAccount(mock.approve(max.url, email), max, path), { email, added: true }, `${length}`);
+    const login = await authorize({ mode: "console" });
+    const keys = made();
+    const added = await addAccount(mock.approve(login.url, email), login, path);
+    assert.equal(made() - keys, 1, `${length}: one key made`);
+    const [kept, member, ...rest] = (await loadPool(path)).anthropic;
+    assert.deepEqual(rest, [], `${length}`);
+    assert.equal(kept.email, email, `${length}: the Pro/Max login stays`);
+    assert.equal(member.type, "api", `${length}`);
+    assert.match(member.key, /^sk-ant-api/);
+    // 244 + " (console)" is 254 characters, a name the pool takes; past it, the key's fingerprint.
+    const name = length <= 244 ? `${email} (console)` : `api-key-${createHash("sha256").update(member.key).digest("hex").slice(0, 8)}`;
+    assert.deepEqual(added, { email: name, added: true, type: "api" }, `${length}`);
+    assert.equal(member.email, name, `${length}`);
+  }
+});
+
+// Found by a review (2026-12-08): a Console login's key is made at OAUTH_POOL_API_URL once the code
+// is spent; one the pool refuses (plain http off loopback) was found only then, the login lost.
+test("a Console login with an OAUTH_POOL_API_URL the pool refuses is INSECURE_ENDPOINT before the code is sent, and the same paste then logs in", async () => {
+  const email = "console-insecure-api@x.test";
+  const login = await authorize({ mode: "console" });
+  const paste = mock.approve(login.url, email);
+  const path = tempPoolPath();
+  const calls = mock.stats().tokenCalls;
+  // 192.0.2.1 is TEST-NET: refused before any connection is made.
+  await withEnv({ OAUTH_POOL_API_URL: "http://192.0.2.1" }, async () => {
+    await assert.rejects(addAccount(paste, login, path), (e) => {
+      assert.equal(e.code, "INSECURE_ENDPOINT", e.message);
+      assert.match(e.message, /OAUTH_POOL_API_URL/);
+      assert.ok(!e.codeSpent, "the code was not spent");
+      return true;
+    });
+  });
+  assert.equal(mock.stats().tokenCalls, calls, "the code was not sent");
+  assert.deepEqual(await addAccount(paste, login, path), { email, added: true, type: "api" });
+});
+
 // Found by a review (2026-12-07, second): a 200 carrying an OAuth error was read as a token
 // response ("no refresh_token"), its code and text dropped, and the login marked completed: the
 // same paste, its code still unused, was refused "completed already".
@@ -532,6 +633,38 @@ test("token endpoint faults are typed, clear, and never leak the body", async ()
   await assert.rejects(refresh(ok.refresh), (e) => e.code === "NETWORK" && /timed out/.test(e.message));
   assert.ok(Date.now() - started < 1500);
   delete process.env.OAUTH_POOL_TIMEOUT_MS;
+});
+
+// Found by a review (2026-12-08): a refresh answered 200 with `invalid_grant` and no tokens (an
+// endpoint that answers its errors with 200) was OAUTH_HTTP, a passing failure: the account stayed
+// idle and its dead token was presented again after every backoff.
+test("a refresh answered 200 with invalid_grant is OAUTH_INVALID_GRANT and the account an auth-error, as for a 400", async () => {
+  for (const status of [400, 200]) {
+    const email = `dead-refresh-${status}@x.test`;
+    const path = await seedPool(mock, [email], { expired: [email] });
+    const calls = mock.stats().perFamily[email].refreshCalls;
+    mock.setTokenMode({
+      grant: "refresh_token",
+      status,
+      times: Infinity,
+      body: { error: "invalid_grant", error_description: "Refresh token not found or invalid" },
+    });
+    try {
+      for (let i = 0; i < 2; i++) {
+        await assert.rejects(refreshAccount(email, path), (e) => {
+          assert.equal(e.code, "OAUTH_INVALID_GRANT", `${status}: ${e.message}`);
+          assert.match(e.message, /needs a new login/);
+          return true;
+        });
+      }
+    } finally {
+      mock.setTokenMode(null);
+    }
+    const stored = account(path, email);
+    assert.equal(stored.status, "auth-error", `${status}`);
+    assert.match(stored.lastError, /invalid_grant/);
+    assert.equal(mock.stats().perFamily[email].refreshCalls - calls, 1, `${status}: the dead token was presented once`);
+  }
 });
 
 test("plain http to a non-loopback token endpoint is refused", async () => {

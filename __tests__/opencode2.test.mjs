@@ -6,6 +6,7 @@ import { createHash } from "node:crypto";
 import { createServer } from "node:net";
 import { createServer as createHttpServer } from "node:http";
 import assert from "node:assert/strict";
+import { basename, dirname } from "node:path";
 import * as pluginModule from "../plugin.mjs";
 import * as lib from "../index.mjs";
 import { listAccounts, flushPool } from "../index.mjs";
@@ -446,23 +447,23 @@ test("a request aimed anywhere but the pool's API origin gets no pool credential
   await assert.rejects(settle(ex.next()), (e) => e.code === "INSECURE_ENDPOINT");
 });
 
-test("a retry that fails leaves the host the first answer, readable; no listener stays on the host's signal; a model id of another type is no model", async () => {
-  const { host, handle, path } = await started();
+test("a resend that fails gives the host the pool's 503, which it asks again in seconds (not the 429's 10 minutes); no listener stays on the host's signal; a model id of another type is no model", async () => {
+  const { host, handle, path, sleeps } = await started();
   await login(host, "keep1@x.test");
   await login(host, "keep2@x.test");
   const { controller, listeners: ours } = countedSignal(poolListener);
   // The first answer is a 429; the resend on the other account loses its connection before any
-  // answer: the host must still be able to read the 429 it was given.
+  // answer. Handed the 429 it had acted on, the host waited its `retry-after` (10 minutes, up to
+  // 15) while the other account was free.
   mock.scriptAll([
     { status: 429, headers: rateLimitHeaders({ retryAfter: 600 }) },
     { sse: false, resetAfterBytes: 0 },
   ]);
-  const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body, signal: controller.signal }).catch((e) => e);
-  if (res instanceof Error) {
-    assert.doesNotMatch(String(res.message), /unusable|disturbed|locked/i, String(res.stack));
-  } else {
-    await res.text();
-  }
+  const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body, signal: controller.signal });
+  assert.equal(res.status, 200);
+  assert.match(textOf(await res.text()), /^Hello from keep[12]@x\.test$/);
+  assert.equal(sleeps.length, 1, "the host asked once more");
+  assert.ok(sleeps[0] < 60_000, `the host's wait: ${sleeps[0]} ms`);
   for (let i = 0; i < 3; i++) {
     const ok = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body, signal: controller.signal });
     await ok.text();
@@ -472,6 +473,24 @@ test("a retry that fails leaves the host the first answer, readable; no listener
   const ex = openExchange({ path, url: `${mock.url}/v1/messages`, headers: [], model: 42 });
   assert.equal(ex.modelUnknown, true);
   ex.abort();
+  await handle.unload();
+});
+
+test("a resend after a 401's refresh that fails gives the host the pool's 503, not the 401 that ended the session as a bad credential", async () => {
+  const { host, handle, sleeps } = await started();
+  await login(host, "resend1@x.test");
+  const before = mock.stats().refreshCalls;
+  // Its access token revoked (its refresh works): the 401 is refreshed and the request resent on
+  // the same account, and that resend loses its connection before any answer.
+  mock.revoke("resend1@x.test");
+  mock.script("resend1@x.test", [{ sse: false, resetAfterBytes: 0 }]);
+  mock.clearRequests();
+  const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+  assert.equal(res.status, 200);
+  assert.equal(textOf(await res.text()), "Hello from resend1@x.test");
+  assert.equal(mock.stats().refreshCalls, before + 1, "refreshed once");
+  assert.equal(sleeps.length, 1, "the host asked once more");
+  assert.ok(sleeps[0] < 60_000, `the host's wait: ${sleeps[0]} ms`);
   await handle.unload();
 });
 
@@ -726,6 +745,27 @@ test("two copies of the plugin in one host: each request is placed and judged on
     await first.unload();
     await second.unload();
   });
+});
+
+test("two copies naming one pool two ways (the default, through OAUTH_POOL_PATH, and its path spelled otherwise) are one pool: no split said", async () => {
+  const path = await seedPool(mock, ["onepool@x.test"]);
+  const spelled = `${dirname(path)}/./${basename(path)}`;
+  const host = createHost({ sleep: async () => {}, random: () => 0.5 });
+  await withEnv({ OAUTH_POOL_PATH: path }, () =>
+    withLogLines(async (lines) => {
+      const first = await host.start(loadPlugin(pluginModule, { options: {} }));
+      const second = await host.start(loadPlugin(pluginModule, { options: { path: spelled } }));
+      const res = await host.modelRequest({ providerID: "anthropic-pool", modelID: "claude-sonnet-4-5", body });
+      assert.equal(textOf(await res.text()), "Hello from onepool@x.test");
+      assert.deepEqual(
+        lines.filter((l) => /two pools/.test(l)),
+        [],
+        "one pool, named two ways",
+      );
+      await first.unload();
+      await second.unload();
+    }),
+  );
 });
 
 test("two copies naming two pools (a global and a project config): the one set up last serves requests, logins and the tool, and the split is said", async () => {

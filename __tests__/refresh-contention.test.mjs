@@ -13,6 +13,7 @@ import { stopProcess } from "./helpers/stop.mjs";
 
 const POLLER = fileURLToPath(new URL("./helpers/pool-poller.mjs", import.meta.url));
 const WORKER = fileURLToPath(new URL("./helpers/pool-worker.mjs", import.meta.url));
+const CLOCK_WORKER = fileURLToPath(new URL("./helpers/clock-worker.mjs", import.meta.url));
 const CLI = fileURLToPath(new URL("../bin/oauth-pool.mjs", import.meta.url));
 const mock = useMock();
 
@@ -149,6 +150,79 @@ test("another process stopped in its refresh of a token that still works for min
     mock.setTokenMode(null);
   }
 });
+
+// Found by a review (2026-12-07): a refresh answered 200 with a captive portal's page (or whose
+// answer was lost) may have spent the token, and the machine's refresh journal kept it as the
+// presenting process's: while that process lived, idle (an OpenCode left open, up to a day),
+// every other process of the pool met POOL_BUSY ("another process … is refreshing this login
+// right now") for the login, though the refresh had ended and its 30 s rest was over. The
+// rest's end is `reset-cooldowns` here (it lifts the rest in the file and leaves the journal
+// alone), so the test does not wait 30 s.
+const perhapsSpent = [
+  {
+    kind: "answered 200 with a captive portal's page",
+    mode: { status: 200, body: "<html><body>Hotel Wi-Fi login</body></html>", headers: { "content-type": "text/html" }, times: 1 },
+    said: /not JSON \(text\/html\)/,
+    presented: 1,
+  },
+  // A lost answer is asked once more (the endpoint may not have had it): two presentations.
+  { kind: "whose answer was lost", mode: { hang: true, times: Infinity }, env: { OAUTH_POOL_TIMEOUT_MS: "1000" }, said: /timed out/, presented: 2 },
+];
+for (const { kind, mode, env = {}, said: failure, presented } of perhapsSpent) {
+  test(`a refresh ${kind}, its process alive and idle: once the rest is over, another process of the pool refreshes the login and is served, presenting the token once`, async () => {
+    const email = `spent-${presented}@x.test`;
+    const path = await seedPool(mock, [email], { expired: [email] });
+    mock.setTokenMode({ ...mode, grant: "refresh_token" });
+    // The process that meets it: it answers one command per line and stays alive between them.
+    const first = spawn(process.execPath, [CLOCK_WORKER, path, mock.url], { env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "inherit"] });
+    let out = "";
+    first.stdout.on("data", (d) => (out += d));
+    const said = async (n) => {
+      for (const deadline = Date.now() + 30_000; out.split("\n").length <= n; ) {
+        if (Date.now() > deadline) throw new Error(`the first process said only ${out}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      return JSON.parse(out.split("\n")[n - 1]);
+    };
+    let told = 1;
+    const tell = (cmd) => {
+      first.stdin.write(`${JSON.stringify(cmd)}\n`);
+      return said(++told);
+    };
+    try {
+      assert.deepEqual(await said(1), { ready: true });
+      const failed = await tell({ op: "fetch" });
+      assert.equal(failed.error, "POOL_NO_ACCOUNT", JSON.stringify(failed));
+      assert.match(failed.message, failure);
+      assert.equal(refreshCalls(email), presented);
+      mock.setTokenMode(null);
+      assert.ok(account(path, email).refreshBackoffUntil > Date.now(), "the rest is in the file");
+      const reset = await new Promise((resolve) => {
+        const cli = spawn(process.execPath, [CLI, "reset-cooldowns", "--path", path], { env: process.env, stdio: ["ignore", "ignore", "inherit"] });
+        cli.on("close", resolve);
+      });
+      assert.equal(reset, 0);
+      assert.equal(account(path, email).refreshBackoffUntil, undefined, "the rest is over");
+      // Another process of the pool: it was refused until the first one ended.
+      const [other] = await runWorkersTogether(WORKER, 1, [path, mock.url, "1"]);
+      assert.equal(other.code, 0);
+      const [served] = JSON.parse(other.out);
+      assert.equal(served.status, 200, JSON.stringify(served));
+      assert.equal(served.account, email);
+      assert.equal(refreshCalls(email), presented + 1, "presented once by the other process");
+      // The first process takes the other's new tokens from the file; it presents nothing more.
+      const later = await tell({ op: "fetch" });
+      assert.equal(later.status, 200, JSON.stringify(later));
+      assert.equal(refreshCalls(email), presented + 1);
+      const family = mock.stats().perFamily[email];
+      assert.equal(family.reuse, 0, "no spent token presented");
+      assert.equal(family.revoked, false);
+    } finally {
+      first.kill("SIGKILL");
+      mock.setTokenMode(null);
+    }
+  });
+}
 
 // A script that reads the pool, edits it and saves it back while OpenCode (another process)
 // adds a login in between: the save replaced the pool with a copy that never held the new

@@ -3,13 +3,13 @@ import { nativeBinding } from "./native.mjs";
 // Native errors cross the boundary as "[CODE] message" (async napi functions cannot carry a
 // custom status). Turn them back into errors with `code` (and `status` for OAUTH_HTTP).
 
-const PREFIX = /^\[([A-Z_]+)(?: (\d{3}))?\] /;
+const PREFIX = /^\[([A-Z_]+)(?: (\d{3}))?( spent)?\] /;
 
 export function toPoolError(err) {
   if (!(err instanceof Error) || typeof err.message !== "string") return err;
   const match = PREFIX.exec(err.message);
   if (!match) return err;
-  const [, code, status] = match;
+  const [, code, status, spent] = match;
   const message = err.message.slice(match[0].length);
   let out;
   if (code === "ABORT_ERR") {
@@ -25,6 +25,8 @@ export function toPoolError(err) {
     Object.defineProperty(out, "code", { value: code, enumerable: true, configurable: true, writable: true });
   } catch {}
   if (status) out.status = Number(status);
+  // addAccount failed after the pasted code was spent: the same code is refused from now on.
+  if (spent) out.codeSpent = true;
   return out;
 }
 

@@ -72,7 +72,7 @@ pub struct Account {
     #[serde(default = "idle_status")]
     pub status: String,
     /// Epoch milliseconds; always written, `null` when not cooling.
-    #[serde(default, deserialize_with = "epoch_ms")]
+    #[serde(default, deserialize_with = "cooldown_end")]
     pub rate_limit_until: Option<i64>,
     #[serde(
         default,
@@ -119,6 +119,11 @@ pub fn set_back_since(at: i64, now: i64) -> bool {
 /// decided on its own without writing it (the rest after a 401 no new token answered) lasts only
 /// while this is no more than it was when that was decided: more is a reset since.
 const RESETS: &str = "cooldownsReset";
+/// `cooldownsResetAt`: when `reset-cooldowns` last ran on the account. A window heard before it
+/// holds no reserve line: a 429's exhausted window (use past 100 %) held a reserved account
+/// until the window's reset, hours, though the command said its cooldown was cleared, and no
+/// request went to it that could have said otherwise.
+const RESET_AT: &str = "cooldownsResetAt";
 
 fn idle_status() -> String {
     Status::Idle.as_str().to_string()
@@ -155,6 +160,23 @@ fn epoch_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
             kind_of(&other)
         ))),
     }
+}
+
+/// A cooldown's end, read as `epoch_ms` reads a time, except that a number past any epoch
+/// (microseconds, `1e300`) is garbled and read as none, as such an end in aidevops's
+/// `cooldownUntil` or `modelCooldowns` is: refused, it made the whole entry unreadable, and the
+/// account went unused, where a cooldown's end is no credential to keep.
+fn cooldown_end<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v = Option::<Value>::deserialize(d)?;
+    if let Some(Value::Number(n)) = &v {
+        let garbled = n
+            .as_f64()
+            .is_none_or(|f| !f.is_finite() || seconds_as_ms(f).abs() > 1e15);
+        if garbled {
+            return Ok(None);
+        }
+    }
+    epoch_ms(v.unwrap_or(Value::Null)).map_err(serde::de::Error::custom)
 }
 
 /// A whole number as JSON allows it to be written: `1.0`, `1e2`, `-0` (Python's `json`, a hand
@@ -533,6 +555,17 @@ impl Account {
     pub fn count_cooldown_reset(&mut self) {
         let n = self.cooldown_resets().saturating_add(1);
         self.extra.insert(RESETS.into(), Value::from(n));
+    }
+
+    /// When `reset-cooldowns` last ran on this account (epoch ms, its host's clock).
+    pub fn cooldowns_reset_at(&self) -> Option<i64> {
+        self.extra.get(RESET_AT).and_then(Value::as_i64)
+    }
+
+    /// `reset-cooldowns` at `now`: what the windows said before it holds no reserve line.
+    pub fn mark_cooldowns_reset(&mut self, now: i64) {
+        self.count_cooldown_reset();
+        self.extra.insert(RESET_AT.into(), Value::from(now));
     }
 
     /// Ends every cooldown (`reset-cooldowns`, or one that has passed).
@@ -1020,6 +1053,15 @@ mod tests {
             "type": "oauth", "email": "a@x", "refresh": "r", "expires": "soon"
         }));
         assert!(garbled.is_err());
+        // A cooldown's end past any epoch (microseconds, 1e300) is none, not an entry refused.
+        let micros = now_ms() as f64 * 1000.0;
+        for end in [json!(micros), json!(1e300), json!(-1e300)] {
+            let a: Account = serde_json::from_value(json!({
+                "type": "oauth", "email": "a@x", "refresh": "r", "rateLimitUntil": end
+            }))
+            .unwrap();
+            assert_eq!(a.rate_limit_until, None, "{end}");
+        }
     }
 
     #[test]

@@ -1005,7 +1005,7 @@ pub async fn reset_cooldowns(store: &Store) -> Result<usize> {
                     || a.refresh_backoff_until(now).is_some();
                 // Running processes keep rests of their own (after a 401 no new token answered)
                 // that the store does not hold: this tells them to lift them.
-                a.count_cooldown_reset();
+                a.mark_cooldowns_reset(now);
                 if cooling {
                     a.clear_cooldown();
                     a.extra.shift_remove("modelCooldowns");

@@ -76,7 +76,7 @@ static LOGIN_MODES: std::sync::Mutex<std::collections::VecDeque<([u8; 32], Mode,
 const LOGIN_MODES_KEPT: usize = 64;
 const LOGIN_MODE_LIFE_MS: i64 = 60 * 60 * 1000;
 
-fn state_digest(state: &str) -> [u8; 32] {
+pub fn state_digest(state: &str) -> [u8; 32] {
     Sha256::digest(state.as_bytes()).into()
 }
 
@@ -418,7 +418,11 @@ async fn token_call(body: Value, grant: Grant, presented: &[&Secret]) -> Result<
         Some("not_found_error") => matches!(grant, Grant::Refresh),
         _ => false,
     };
-    if dead_token && matches!(status, 400 | 401 | 404) {
+    // A 2xx that says the token is dead (an endpoint that answers errors with 200) is as final as
+    // a 400: read as a passing failure, the login stayed idle and its dead token was presented
+    // again after every backoff.
+    let in_2xx = (200..300).contains(&status);
+    if dead_token && (in_2xx || matches!(status, 400 | 401 | 404)) {
         return Err(match grant {
             Grant::Code => Error::OAuthCodeRefused(summary),
             Grant::Refresh => Error::OAuthInvalidGrant(summary),

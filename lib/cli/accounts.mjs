@@ -213,7 +213,9 @@ async function add({ lib, options, path, out }) {
   const before = await lib.loadPool(path);
   // So does a token endpoint the pool refuses (a typo, plain http off loopback): the code was
   // read first, and the login made in the browser for it was lost to INSECURE_ENDPOINT.
-  const refused = lib.checkEndpoints().find((e) => e.variable === "OAUTH_POOL_TOKEN_URL" && !e.ok);
+  // A Console login's key is made at OAUTH_POOL_API_URL, once the code is spent.
+  const needed = mode === "console" ? ["OAUTH_POOL_TOKEN_URL", "OAUTH_POOL_API_URL"] : ["OAUTH_POOL_TOKEN_URL"];
+  const refused = lib.checkEndpoints().find((e) => needed.includes(e.variable) && !e.ok);
   if (refused) throw cliError(refused.code ?? "INSECURE_ENDPOINT", text`${refused.message}; no login was started`);
   const pkce = await lib.authorize({ mode });
   // The URL goes to stdout alone on its line (so a script can pick it up); the guidance to stderr.
@@ -241,6 +243,13 @@ async function add({ lib, options, path, out }) {
       r = await lib.addAccount(line.trim(), { verifier: pkce.verifier, state: pkce.state, mode }, path);
       break;
     } catch (e) {
+      // Failed after the code was spent (the API key endpoint down, the pool refusing the login):
+      // the same paste is refused from now on, and asking for it again only led the person
+      // through "completed already" until stdin closed.
+      if (e?.codeSpent) {
+        r = await keptLoginWritten(e, before, out, mode);
+        break;
+      }
       // Refused before anything was sent (pasted twice, another login's code, the URL pasted
       // back): the code is still good, and the verifier lives only in this process. Ending here
       // sent the person through the browser login again.
@@ -278,8 +287,15 @@ const KEPT_POLL_MS = 250;
  * `addAccount` once the write lands; a signal gives the login up and ends the command saying so.
  * Any other failure is `err` as it was.
  */
-async function keptLoginWritten(err, before, out) {
+async function keptLoginWritten(err, before, out, mode = "max") {
   const [login] = native.keptLogins();
+  if (!login && err?.codeSpent) {
+    const again = mode === "console" ? "oauth-pool add --mode console" : "oauth-pool add";
+    const told = /log in again/.test(err.message) ? "" : text`; the pasted code was spent and cannot be used again: run \`${again}\` to log in once more`;
+    const spent = cliError(err.code ?? "ERROR", `${err.message}${told}`);
+    if (err.status !== undefined) spent.status = err.status;
+    throw spent;
+  }
   if (!login) throw err;
   const { email } = login;
   const added = !before?.anthropic?.some((a) => a?.email === email);

@@ -589,7 +589,7 @@ function checkTemps(files, r) {
   r.add(
     "temp files",
     "warn",
-    `${strays.length} temp file(s) left by an interrupted write (${strays.join(", ")}); they may hold tokens and the next write removes this user's (another user's are left: remove those yourself)`,
+    `${strays.length} temp file(s) left by an interrupted write (${strays.join(", ")}); they may hold tokens, which the next write takes where they are newer than the pool's, and it removes this user's (another user's are left: remove those yourself)`,
     { files: strays },
   );
 }

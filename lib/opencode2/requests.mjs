@@ -13,6 +13,7 @@
 // Wiring read in anomalyco/opencode packages/core/src/session/model-request.ts (http middleware)
 // and session/runner/retry.ts. A hook that throws is a defect in 2.x (no retry, no message), so
 // every hook here catches everything and leaves the host's request or answer as it was.
+import { realpathSync } from "node:fs";
 import { nativeBinding, syncEnv } from "../native.mjs";
 import {
   HOST_HOLD_MS,
@@ -297,6 +298,31 @@ const placed = globalThis[PLACED];
 /** Pairs of pools already said to be served by two copies of this plugin: said once each. */
 const twoPoolsSaid = new Set();
 const shownPool = (path) => (path === undefined ? "the default pool" : printable(path));
+/**
+ * Whether two copies' `path` options name one pool: the default and the path it resolves to, or
+ * `~/pool.json` and its absolute spelling, are one (the pool's own resolution, `poolFiles`, and
+ * the file's real path). Compared as written, the second copy took over every request of the
+ * first and warned of two pools where there was one.
+ */
+function samePool(a, b) {
+  if (a === b) return true;
+  const where = (p) => {
+    try {
+      const files = nativeBinding().poolFiles(p);
+      if (files.kind !== "file") return `${files.kind}:${files.location}`;
+      try {
+        return realpathSync(files.path);
+      } catch {
+        return files.path;
+      }
+    } catch {
+      return null;
+    }
+  };
+  const first = where(a);
+  return first !== null && first === where(b);
+}
+
 function warnTwoPools(first, last, providerID, log) {
   const pair = JSON.stringify([providerID, first ?? null, last ?? null]);
   if (twoPoolsSaid.has(pair)) return;
@@ -409,7 +435,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
     if (prior) {
       // Placed by another copy of this plugin on the same pool (two config entries naming it,
       // a setup again after a reload): it finishes the request.
-      if (prior.path === path || !prior.original) return;
+      if (samePool(prior.path, path) || !prior.original) return;
       // Placed by a copy on another pool, set up before this one (the global config's, where
       // this is the project's): the host shows this copy's integration, provider, tool and
       // command (each transform is laid over the one before), so this pool serves the request
@@ -549,10 +575,21 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
           const headers = resendHeaders(event.request, state.placedWith, step.headers);
           next = await resend(fetch, withHeaders(event.request.clone(), headers), hostSignal(extra, event.request));
         } catch (err) {
-          // The host gave the request up: the resend ended with it, and nobody reads the answer.
-          if (!hostSignal(extra, event.request)?.aborted)
-            log("warn", `the retry on another account failed; the host gets the first answer: ${codeOf(err)} ${scrubbed(err?.message ?? err)}`);
           verdict = "deliver";
+          // The host gave the request up: the resend ended with it, and nobody reads the answer.
+          if (hostSignal(extra, event.request)?.aborted) break;
+          // The pool's coded 503, as the library's fetch rejects such a resend with NETWORK: the
+          // host asks again in seconds and the engine places it anew. The first answer was one
+          // the pool had already acted on: its 401 (the login refreshed since) ended the session
+          // as a bad credential, its 429's `retry-after` held the session for up to 15 minutes
+          // while other accounts were free.
+          log(
+            "warn",
+            `the request's resend (after a 429 or 401) failed, so the host gets the pool's 503 and asks again: ${codeOf(err)} ${scrubbed(err?.message ?? err)}`,
+          );
+          await dropped(response, opening);
+          response = poolAnswer(refusal(err));
+          opening = null;
           break;
         }
         await dropped(response, opening);

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use napi::bindgen_prelude::PromiseRaw;
 use napi::Env;
 
-use super::{js_error, promise, store_for, JsResult};
+use super::{js_error, js_error_after_code, promise, store_for, JsResult};
 use crate::error::Error;
 use crate::secret::Secret;
 use crate::{config, logging, manage, oauth};
@@ -168,6 +168,11 @@ pub fn add_account(
             Some(mode) => oauth::Mode::parse(Some(mode)).map_err(js_error)?,
             None => oauth::mode_of(&pkce.state),
         };
+        // A Console login's key is made at the API's origin: one the pool refuses (plain http off
+        // loopback, a typo) is found before the code is spent, as the token endpoint is.
+        if mode == oauth::Mode::Console {
+            config::api_url().map_err(js_error)?;
+        }
         let tokens = oauth::exchange(&input, &pkce.verifier, &pkce.state)
             .await
             .map_err(js_error)?;
@@ -177,35 +182,65 @@ pub fn add_account(
             // made: a key made and then refused (the email is a Pro/Max login of the pool's,
             // the usual case for one person) was never shown, and each try left one more key in
             // the Console for the person to find and revoke.
+            // One key per login: the same login pasted twice at once shares one token call
+            // (`exchange`), and each caller then made a key of its own, one of them left in the
+            // Console for the person to find and revoke. The second waits here and gets the
+            // first's member.
+            let digest = oauth::state_digest(&pkce.state);
+            let mut made = CONSOLE_KEYS_MADE.lock().await;
+            if made.iter().any(|(d, _)| *d == digest) {
+                let email = made
+                    .iter()
+                    .find(|(d, _)| *d == digest)
+                    .map(|(_, email)| email.clone());
+                drop(unwritten);
+                return Ok(json!({ "email": email, "added": false, "type": "api" }));
+            }
             let name = console_key_name(&store, tokens.email.as_deref())
                 .await
-                .map_err(js_error)?;
+                .map_err(js_error_after_code)?;
             // An answer whose access token was unusable keeps its refresh token (`exchange`):
             // the key is made with the token that refresh gives. An empty bearer was refused,
             // and the login dropped, where a Pro/Max one is kept and refreshed.
             let refreshed;
             let access = if tokens.access.is_empty() {
-                refreshed = oauth::refresh(&tokens.refresh).await.map_err(js_error)?;
+                refreshed = oauth::refresh(&tokens.refresh)
+                    .await
+                    .map_err(js_error_after_code)?;
                 &refreshed.access
             } else {
                 &tokens.access
             };
-            let key = oauth::create_api_key(access).await.map_err(js_error)?;
+            let key = oauth::create_api_key(access)
+                .await
+                .map_err(js_error_after_code)?;
             let (email, added) = manage::add_api_key(&store, &key, name.as_deref())
                 .await
                 .map_err(|e| {
                     tracing::warn!(error = %e, "the Console made an API key, and the pool could not take it");
-                    js_error(e)
+                    js_error_after_code(e)
                 })?;
+            if made.len() >= CONSOLE_KEYS_KEPT {
+                made.pop_front();
+            }
+            made.push_back((digest, email.clone()));
+            drop(made);
             drop(unwritten);
             return Ok(json!({ "email": email, "added": added, "type": "api" }));
         }
         let (email, added) = manage::add_oauth_kept(&store, tokens, unwritten)
             .await
-            .map_err(js_error)?;
+            .map_err(js_error_after_code)?;
         Ok(json!({ "email": email, "added": added }))
     })
 }
+
+/// The Console logins whose key this process made (their state's digest, the member's name),
+/// the latest few: a login's code is good for minutes, and only a paste racing its own first
+/// paste can ask again.
+static CONSOLE_KEYS_MADE: tokio::sync::Mutex<std::collections::VecDeque<([u8; 32], String)>> =
+    tokio::sync::Mutex::const_new(std::collections::VecDeque::new());
+const CONSOLE_KEYS_KEPT: usize = 16;
 
 /// The name a Console login's key is added under: the login's email, or, when that names a
 /// Pro/Max login of the pool (one person's two logins), `<email> (console)`.
@@ -225,6 +260,11 @@ async fn console_key_name(
         return Ok(Some(email.to_string()));
     }
     let beside = format!("{email} (console)");
+    // An email near the 254 characters a name may have: `<email> (console)` would be refused
+    // once the key was made, leaving it in the Console unshown. The key's fingerprint names it.
+    if !crate::account::acceptable_email(&beside) {
+        return Ok(None);
+    }
     if login(&beside) {
         return Err(Error::InvalidArgument(format!(
             "{email} and {beside} are both Pro/Max logins of the pool: no API key was made for this Console login; remove or rename one (oauth-pool remove) and log in again"

@@ -77,11 +77,22 @@ impl napi::bindgen_prelude::ToNapiValue for JsBytes {
 /// lib/errors.mjs turns the prefix back into `err.code`. A message can quote an account's name,
 /// which is the pool file's to say and can hold a credential: token shapes are scrubbed.
 pub fn js_error(e: Error) -> napi::Error {
+    coded(e, "")
+}
+
+/// A login's failure after its pasted code was spent at the token endpoint (`codeSpent` in
+/// JavaScript): pasting the same code again is refused, so nothing may offer it again, however
+/// passing the failure itself (a 503 or a reset from the API key endpoint) looks.
+pub fn js_error_after_code(e: Error) -> napi::Error {
+    coded(e, " spent")
+}
+
+fn coded(e: Error, mark: &str) -> napi::Error {
     let prefix = match &e {
-        Error::OAuthHttp { status, .. } => format!("[{} {status}]", e.code()),
-        Error::OAuthRotatedUnusable { .. } => format!("[{} 200]", e.code()),
-        Error::RefreshBackoff { .. } => format!("[{} 429]", e.code()),
-        _ => format!("[{}]", e.code()),
+        Error::OAuthHttp { status, .. } => format!("[{} {status}{mark}]", e.code()),
+        Error::OAuthRotatedUnusable { .. } => format!("[{} 200{mark}]", e.code()),
+        Error::RefreshBackoff { .. } => format!("[{} 429{mark}]", e.code()),
+        _ => format!("[{}{mark}]", e.code()),
     };
     napi::Error::from_reason(format!(
         "{prefix} {}",

@@ -149,6 +149,24 @@ async fn released_in_journal(
     }
 }
 
+/// The refresh of `tag` ended without saved tokens, perhaps spent (a lost answer, a 2xx that is
+/// no token answer): the journal keeps it presented, no longer held by this process's call.
+async fn ended_in_journal(
+    journal: Option<Journal>,
+    here: Option<String>,
+    tag: String,
+    email: &str,
+) {
+    if let (Some(j), Some(here)) = (journal, here) {
+        let who = email.to_string();
+        let ending = crate::store::blocking(move || {
+            j.ended(&tag, &here, &who);
+            Ok(())
+        });
+        let _ = tokio::time::timeout(JOURNAL_PATIENCE, ending).await;
+    }
+}
+
 /// The account `email` in `pool`, or, renamed since it was read (a script's `savePool`), the one
 /// that holds the refresh token `presented`: the same login, whose refresh goes on.
 fn holder_of<'p>(pool: &'p Pool, email: &str, presented: &Secret) -> Option<&'p Account> {
@@ -1371,6 +1389,11 @@ impl Engine {
                     // Nor does the journal hold it as out: another process of this pool (which
                     // finds it in flight while this one lives) presents it once the rest is over.
                     released_in_journal(journal, here, tag, email).await;
+                } else {
+                    // Perhaps spent, and no longer in flight: held as this process's, it kept
+                    // every other process of the pool from refreshing the login for as long as
+                    // this one lived (a day), while this one presented it again after its rest.
+                    ended_in_journal(journal, here, tag, email).await;
                 }
                 let passing = matches!(&e, Error::OAuthHttp { status, .. }
                     if *status >= 500 || matches!(status, 408 | 429));

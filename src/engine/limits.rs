@@ -68,7 +68,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     if v.is_empty() {
         return None;
     }
-    if let Ok(secs) = v.parse::<f64>() {
+    if let Some(secs) = wait_number(v) {
         return seconds_capped(secs);
     }
     let at = httpdate::parse_http_date(v).ok()?;
@@ -76,7 +76,22 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 }
 
 pub fn parse_retry_after_ms(value: &str) -> Option<Duration> {
-    seconds_capped(value.trim().parse::<f64>().ok()? / 1000.0)
+    seconds_capped(wait_number(value.trim())? / 1000.0)
+}
+
+/// A wait written as a number. One too large for a float (`1e400`, 400 digits) is the longest
+/// wait, not garbage: read as infinity and refused, the account was asked again after 5 s.
+/// The words `inf` and `NaN`, which parse too, stay garbage.
+fn wait_number(v: &str) -> Option<f64> {
+    let n = v.parse::<f64>().ok()?;
+    let written_as_digits = v
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
+    Some(if n == f64::INFINITY && written_as_digits {
+        f64::MAX
+    } else {
+        n
+    })
 }
 
 fn seconds_capped(secs: f64) -> Option<Duration> {
@@ -1180,10 +1195,20 @@ pub(crate) mod tests {
         assert_eq!(secs("99999999999"), Some(thirty_days));
         assert_eq!(secs("3456000"), Some(thirty_days), "40 days");
         assert_eq!(secs("inf"), None);
+        assert_eq!(secs("infinity"), None);
         assert_eq!(
             parse_retry_after_ms("1e300").map(|d| d.as_millis()),
             Some(thirty_days)
         );
+        // Past what a float holds: the longest wait, not garbage (a 5 s rest).
+        assert_eq!(secs("1e400"), Some(thirty_days));
+        let digits = "9".repeat(401);
+        assert_eq!(secs(&digits), Some(thirty_days));
+        assert_eq!(
+            parse_retry_after_ms("1e400").map(|d| d.as_millis()),
+            Some(thirty_days)
+        );
+        assert_eq!(secs("-1e400"), None);
         let future = httpdate::fmt_http_date(n + Duration::from_secs(90));
         assert_eq!(secs(&future), Some(90_000));
         let past = httpdate::fmt_http_date(n - Duration::from_secs(90));

@@ -616,9 +616,18 @@ impl Engine {
     /// of a window that applies to them and is past the line.
     fn reserve_end(&self, a: &Account, family: Option<&str>, now: i64) -> Option<i64> {
         let r = a.reserve()?;
+        // What was heard before the last `reset-cooldowns` is no line (`cooldownsResetAt`): the
+        // next answer says where the window stands.
+        let reset_at = a.cooldowns_reset_at().map(|t| t.min(now));
+        let heard_since_reset = |w: &limits::Window| match (reset_at, w.updated_at) {
+            (None, _) => true,
+            (Some(r), Some(heard)) => heard > r,
+            (Some(_), None) => false,
+        };
         self.windows(a)
             .iter()
             .filter(|w| w.applies_to(family) && w.reset.is_some_and(|t| t > now))
+            .filter(|w| heard_since_reset(w))
             .filter(|w| {
                 w.utilization
                     .is_some_and(|u| limits::past_reserve_line(u, r))

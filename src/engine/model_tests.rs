@@ -1785,7 +1785,7 @@ impl World {
         Blocked,
     )> {
         for (i, email) in self.emails.iter().enumerate() {
-            if !self.enabled[i] || self.refused.contains(email) || self.members[i].reserve {
+            if !self.enabled[i] || self.refused.contains(email) {
                 continue;
             }
             for scope in SCOPES {

@@ -1033,9 +1033,9 @@ pub fn orphaned_tokens(path: &Path, pool: &Pool) -> Vec<(PathBuf, Vec<rescue::Ke
     if temps.is_empty() {
         return Vec::new();
     }
-    let Some(journal) = super::journal::Journal::for_user() else {
-        return Vec::new();
-    };
+    // Needed for a pool's temp only (which of two tokens is the newer); a kept-tokens temp
+    // names the token it replaced.
+    let journal = super::journal::Journal::for_user();
     let tag = super::journal::tag;
     let mut out = Vec::new();
     for (temp, _) in temps.into_iter().take(MAX_ORPHANS_READ) {
@@ -1061,6 +1061,18 @@ pub fn orphaned_tokens(path: &Path, pool: &Pool) -> Vec<(PathBuf, Vec<rescue::Ke
             continue;
         }
         let Ok(bytes) = fsread::read_capped(&file, MAX_FILE_BYTES) else {
+            continue;
+        };
+        // A kept-tokens writer's temp (`rescue`), cut between its fsync and its rename: the
+        // only copy of a refresh's new tokens, which were deleted unread as a pool temp holding
+        // no account. They land as kept files do, only where the pool still holds the token
+        // spent for them (`apply_kept`).
+        if let Some(kept) = rescue::parse(&bytes).filter(|k| !k.is_empty()) {
+            tracing::warn!(path = %temp.display(), "a write of kept tokens was cut before its rename; the tokens it held are taken");
+            out.push((temp, kept));
+            continue;
+        }
+        let Some(journal) = journal.as_ref() else {
             continue;
         };
         let Ok(left) = Pool::parse(&bytes) else {
@@ -2687,6 +2699,42 @@ mod tests {
         store.save(&Pool::default()).unwrap();
         assert!(!orphan.exists(), "left by a writer that died mid-write");
         assert!(live.exists(), "a running writer's, outside the pool's lock");
+    }
+
+    #[test]
+    fn a_kept_tokens_writer_s_temp_cut_before_its_rename_lands_its_tokens() {
+        let (_d, store) = tmp_store();
+        store
+            .update(|p| {
+                p.upsert(Account::new_oauth("a@x", "a0".into(), "t0".into(), 1, 1));
+                Ok(())
+            })
+            .unwrap();
+        let dir = store.path().parent().unwrap().to_path_buf();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let orphan = dir.join(format!(".oauth-pool.json.unsaved-{gone}.a1b2c3.tmp"));
+        let tokens = json!({"version": 1, "tokens": [{
+            "email": "a@x", "access": "a1", "refresh": "t1",
+            "expires": 1_900_000_000_000i64, "presented": "t0",
+        }]});
+        fs::write(&orphan, tokens.to_string()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&orphan, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        store.update(|_| Ok(())).unwrap();
+        let pool = store.load().unwrap();
+        let a = pool.find("a@x").unwrap();
+        assert_eq!(
+            a.refresh.as_ref().unwrap().expose(),
+            "t1",
+            "the cut write's tokens taken"
+        );
+        assert_eq!(a.access.as_ref().unwrap().expose(), "a1");
+        assert!(!orphan.exists(), "gone once its tokens landed");
     }
 
     #[test]

@@ -440,6 +440,29 @@ impl Journal {
         });
     }
 
+    /// The refresh of `token` in `store` ended without saved tokens, perhaps spent: it stays
+    /// presented (a store elsewhere waits the in-flight time), but no process holds it any more.
+    /// Held by the presenter's pid, every other process of the store was kept from the login
+    /// for as long as that process lived (`LIVING_PRESENTER_MS`), though its call had ended.
+    pub fn ended(&self, token: &str, store: &str, email: &str) {
+        self.change(|book| {
+            let mine = book.refreshes.iter_mut().find(|e| {
+                e.token == token
+                    && e.store == store
+                    && e.email == email
+                    && !e.saved
+                    && e.pid == Some(std::process::id())
+            });
+            match mine {
+                Some(e) => {
+                    e.pid = None;
+                    (true, ())
+                }
+                None => (false, ()),
+            }
+        });
+    }
+
     /// Under the lock: read, prune, let `f` decide (and say whether to write), write. None when
     /// the journal could not be used (then nothing is decided from it).
     fn change<T>(&self, f: impl FnOnce(&mut Book) -> (bool, T)) -> Option<T> {
@@ -707,6 +730,33 @@ mod tests {
             j.claim("t1", "/a", "x", NOW + IN_FLIGHT_MS + 3000),
             Claim::InFlight { .. }
         ));
+    }
+
+    #[test]
+    fn a_refresh_that_ended_unsaved_is_held_by_no_process() {
+        let (_d, j) = journal();
+        assert_eq!(j.claim("t1", "/a", "x", NOW), Claim::Go);
+        let pid = |j: &Journal| j.read().ok().flatten().unwrap().refreshes[0].pid;
+        assert_eq!(pid(&j), Some(std::process::id()));
+        // Another store's ended refresh is not this one's to end.
+        j.ended("t1", "/b", "x");
+        assert_eq!(pid(&j), Some(std::process::id()));
+        j.ended("t1", "/a", "x");
+        assert_eq!(
+            pid(&j),
+            None,
+            "no process holds it: another of the store may present it"
+        );
+        assert!(!j.read().ok().flatten().unwrap().refreshes[0].saved);
+        // Still presented: another store waits the in-flight time, then goes.
+        assert!(matches!(
+            j.claim("t1", "/b", "x", NOW + 1000),
+            Claim::InFlight { .. }
+        ));
+        assert_eq!(
+            j.claim("t1", "/b", "x", NOW + IN_FLIGHT_MS + 1000),
+            Claim::Go
+        );
     }
 
     #[test]

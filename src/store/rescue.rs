@@ -198,7 +198,12 @@ fn read(path: &Path) -> Option<Vec<KeptTokens>> {
         return None;
     }
     let bytes = crate::fsread::read_capped(&file, MAX_BYTES).ok()?;
-    let value: Value = serde_json::from_slice(&bytes).ok()?;
+    parse(&bytes)
+}
+
+/// The tokens of a kept file's bytes (its writer's temp, cut before its rename, holds the same).
+pub fn parse(bytes: &[u8]) -> Option<Vec<KeptTokens>> {
+    let value: Value = serde_json::from_slice(bytes).ok()?;
     let text = |t: &Value, field: &str| -> Option<Secret> {
         t.get(field)?
             .as_str()
