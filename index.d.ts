@@ -215,7 +215,7 @@ export interface PoolStatus {
   lastFailover: { at: number; from: string; to: string | null; reason: string } | null;
   /** Entries of the file that could not be read (kept verbatim; also listed in `accounts`). */
   invalid: { index: number; email: string | null; reason: string }[];
-  /** Groups of account emails that differ only in case (commands need the exact spelling). */
+  /** Groups of account emails that differ only in case (for those, commands need the exact spelling). */
   caseClashes: string[][];
   /** New tokens this process got but could not write yet (it keeps their refresh lock). */
   unsavedTokens: { email: string; since: number; error: string }[];

@@ -388,6 +388,19 @@ test("doctor: an empty pool and a pool whose accounts are all disabled say so, w
   assert.match(c.message, /every account is disabled, so every request fails .*oauth-pool enable off1@x\.test/);
 });
 
+test("doctor: an auth-error another program wrote is told as list tells it (the pool tries the login again), not as a login to make again", async () => {
+  const box = user();
+  await seed(box, [{ email: "theirs@x.test", status: "auth-error" }, { email: "other@x.test" }]);
+  const d = await doctor(box, { text: true });
+  const lines = d.named("account").filter((c) => /theirs@x\.test/.test(c.message));
+  assert.deepEqual(
+    lines.map((c) => [c.level, c.message]),
+    [["info", "theirs@x.test: auth-error marked by another program; the pool tries this login again at its next request"]],
+    d.shown,
+  );
+  assert.doesNotMatch(d.text, /theirs@x\.test needs a new login/);
+});
+
 test("doctor: entries with nothing to send (tokens never written, a Console key under another field) are named with what each needs, not only 'no account usable'", async () => {
   const box = user();
   await savePool(

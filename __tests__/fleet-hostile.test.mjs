@@ -1142,8 +1142,36 @@ test("a role granted only SELECT on the tables: a write and a refresh are STORE_
   const refreshed = await cliJson(app, "refresh", email);
   assert.equal(refreshed.code, 1, refreshed.stdout);
   assert.equal(refreshed.err.code, "STORE_UNAVAILABLE");
-  assert.match(refreshed.err.message, needs);
+  // Refused with the lock's own check, before the claim's write.
+  assert.match(
+    refreshed.err.message,
+    /may not write the pool's rows, it lacks oauth_pool_entries \(INSERT, UPDATE, DELETE\), oauth_pool_top \(INSERT, UPDATE, DELETE\), oauth_pool_meta \(INSERT, UPDATE, DELETE\): no token is refreshed .*grant SELECT, INSERT, UPDATE and DELETE on the three tables/,
+  );
   assert.equal(mock.stats().perFamily[email]?.refreshCalls ?? 0, 0, "no token presented that could not be claimed");
+});
+
+test("a role that may claim a refresh but not write the pool's rows (INSERT, UPDATE, DELETE on oauth_pool_meta alone) refreshes nothing: STORE_UNAVAILABLE naming what it lacks, and the token is not spent", async () => {
+  const email = "claim-only-role@hostile.test";
+  const db = await freshDatabase({ owner: "postgres" });
+  const dba = makeHost("dba", db.url.replace(`${ROLE}@`, "postgres@"));
+  assert.equal((await cliJson(dba, "store", "init")).code, 0);
+  await seedFrom(dba, dba.url, { anthropic: [oauthEntry(email, { expired: true })] });
+  await pg.sql(`GRANT SELECT ON ALL TABLES IN SCHEMA public TO ${ROLE}; GRANT INSERT, UPDATE, DELETE ON oauth_pool_meta TO ${ROLE}`, db.name);
+  const app = makeHost("app", db.url);
+  // Before, the claim was granted, the token presented, and its successor could not be saved:
+  // the next host (with every grant) presented the spent token, and the login was revoked.
+  const refreshed = await cliJson(app, "refresh", email);
+  assert.equal(refreshed.code, 1, refreshed.stdout);
+  assert.equal(refreshed.err.code, "STORE_UNAVAILABLE");
+  assert.match(
+    refreshed.err.message,
+    /may not write the pool's rows, it lacks oauth_pool_entries \(INSERT, UPDATE, DELETE\), oauth_pool_top \(INSERT, UPDATE, DELETE\): no token/,
+  );
+  assert.match(refreshed.err.message, /no token is refreshed/);
+  assert.equal(mock.stats().perFamily[email]?.refreshCalls ?? 0, 0, "no token presented whose successor could not be saved");
+  const owner = await cliJson(dba, "refresh", email);
+  assert.equal(owner.json?.outcome, "refreshed", owner.stdout + owner.stderr);
+  assert.equal(mock.stats().perFamily[email].reuse ?? 0, 0);
 });
 
 test("a host whose refresh claim another host took over between its grant and the token call does not present the token: POOL_BUSY", async () => {

@@ -9,7 +9,7 @@
 import { randomUUID } from "node:crypto";
 import { accessSync, constants as fsConstants, lstatSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join } from "node:path";
-import { wait } from "../plugin/format.mjs";
+import { heldText, wait } from "../plugin/format.mjs";
 import { EXIT } from "./errors.mjs";
 import { printable } from "./output.mjs";
 import { accountArgument, holdsCredential, shellWord, shortened, withoutCredentials } from "../printable.mjs";
@@ -253,7 +253,11 @@ async function checkAccounts(lib, path, r) {
     return r.add("accounts", "problem", e.message, { code: e.code });
   }
   for (const [index, a] of st.accounts.entries()) {
-    if (a.status === "auth-error") {
+    // Marked by another program (the aidevops plugin's helper): the pool tries the login again,
+    // as `list` and `status` say; "needs a new login" sent people through a login for nothing.
+    const theirs = a.status === "auth-error" && a.authErrorTheirs && a.type !== "api" ? heldText(a) : null;
+    if (theirs) r.add("account", "info", `${a.email}: ${theirs}`);
+    else if (a.status === "auth-error") {
       const why = `auth-error${a.lastError ? `: ${a.lastError}` : ""}`;
       // A refused key is replaced with add-key under its name; `add` (a login) cannot fix it.
       r.add(

@@ -108,9 +108,9 @@ pub struct Exchange {
     /// Why an account got no token for this request (a refresh that failed): said when no
     /// account could serve, instead of a bare "refused".
     no_token: HashMap<String, String>,
-    /// What the API said of the 401 (or 403) that refused an account's credential in this
-    /// request, and that status: quoted when no account could serve.
-    refused_saying: HashMap<String, (u16, String)>,
+    /// What the API said of the 401 that refused an account's credential in this request:
+    /// quoted when no account could serve.
+    refused_saying: HashMap<String, String>,
     /// Accounts whose spent refresh token the journal kept this request from presenting: why,
     /// and where the live login is.
     elsewhere: HashMap<String, String>,
@@ -780,20 +780,16 @@ impl Exchange {
             return Ok(Verdict::Deliver);
         };
         self.status = status;
-        let others_left = self.others_asked_after(status)
+        // A 404 to a request naming a resource (a file, a batch) may be another account's to
+        // answer, while one that has not been asked is left.
+        let elsewhere = status == 404
+            && self.meta.names().is_some()
             && match self.engine.snapshot().await {
                 Ok(pool) => self.another_could_serve(&pool, &email),
                 Err(_) => false,
             };
-        let (decision, limits, now) = self.decide(
-            status,
-            headers,
-            body,
-            said,
-            &email,
-            &credential,
-            others_left,
-        );
+        let (decision, limits, now) =
+            self.decide(status, headers, body, said, &email, &credential, elsewhere);
         match decision {
             Decision::RefreshAndRetry => {
                 self.refreshed.insert(email.clone());
@@ -866,19 +862,14 @@ impl Exchange {
                     .as_ref()
                     .map_or(String::new(), |reason| format!(", saying \"{reason}\""));
                 if let Some(reason) = reason {
-                    self.refused_saying.insert(email.clone(), (status, reason));
+                    self.refused_saying.insert(email.clone(), reason);
                 }
-                let why = match (status, &credential) {
-                    // The organization's rule, not the token: a login again into it is refused too.
-                    (403, _) => format!(
-                        "{} (403{said}): log in with an account of another organization, or use a Console key",
-                        verdict::AccountRefusal::OAuthNotAllowed.describe()
-                    ),
-                    (_, Credential::ApiKey(_)) => format!("the API refused the key (401{said}): add a working one under this name (`oauth-pool add-key --email <name>`)"),
-                    (_, Credential::Bearer(_)) => format!("the API refused the token twice (401{said}): log in again"),
+                let why = match credential {
+                    Credential::ApiKey(_) => format!("the API refused the key (401{said}): add a working one under this name (`oauth-pool add-key --email <name>`)"),
+                    Credential::Bearer(_) => format!("the API refused the token twice (401{said}): log in again"),
                 };
                 self.refuse(&email, &credential, &why).await;
-                self.move_on(email, format!("was refused ({status}{said})"));
+                self.move_on(email, format!("was refused (401{said})"));
                 Ok(Verdict::Retry)
             }
             Decision::DeliverThirdPartyRefusal => {
@@ -952,10 +943,11 @@ impl Exchange {
             return Some(Verdict::Deliver);
         };
         // Which accounts are left to ask needs the pool: `judge()` reads it when it is not at hand.
-        let others_left = self.others_asked_after(status)
+        let elsewhere = status == 404
+            && self.meta.names().is_some()
             && self.another_could_serve(&*self.engine.snapshot_now()?, email);
         let (decision, limits, now) =
-            self.decide(status, headers, body, said, email, credential, others_left);
+            self.decide(status, headers, body, said, email, credential, elsewhere);
         match decision {
             Decision::RefreshAndRetry | Decision::RefusedAndMove => None,
             Decision::DeliverThirdPartyRefusal => {
@@ -968,22 +960,6 @@ impl Exchange {
         }
     }
 
-    /// Whether what `status` means depends on another account being left to ask: a 404 to a
-    /// request naming a resource (a file, a batch) may be another account's to answer, and an
-    /// account's own refusal (a 400, a 403: `verdict::account_refusal`) moves a request naming
-    /// none on only to an account that could serve it (the last one's refusal is the caller's
-    /// to read).
-    fn others_asked_after(&self, status: u16) -> bool {
-        // A request for an account's own resource (a file, a batch) can be served only by the
-        // account that holds it: the holder's own refusal is the caller's to read, not the pool's
-        // "rate-limited for an hour" after the others' 404s.
-        match status {
-            400 | 403 => self.meta.names().is_none(),
-            404 => self.meta.names().is_some(),
-            _ => false,
-        }
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
@@ -993,7 +969,7 @@ impl Exchange {
         said: Option<&str>,
         email: &str,
         credential: &Credential,
-        others_left: bool,
+        elsewhere: bool,
     ) -> (Decision, Limits, i64) {
         let now = now_ms();
         let limits = Limits::from_headers(headers, crate::account::system_now())
@@ -1004,8 +980,7 @@ impl Exchange {
             refreshed_already: self.refreshed.contains(email),
             family: self.family.as_deref(),
             endpoint: self.meta.endpoint,
-            elsewhere: others_left && status == 404,
-            others_left,
+            elsewhere,
         };
         (
             verdict::decide(status, &limits, body, said, asked, now),
@@ -1075,6 +1050,15 @@ impl Exchange {
                 self.engine.note(false, move |p| {
                     p.error(&who, "third-party use refused by Anthropic (400)")
                 });
+                self.served(&email, limits, now);
+                Verdict::Deliver
+            }
+            Decision::DeliverAccountRefusal(refusal) => {
+                // Delivered, nobody benched (the contract's 400 and 403): the account's
+                // `lastError` says what mends it, for `list` and `status` to show.
+                tracing::warn!(account = %email, refusal = ?refusal, "the API refuses the account itself");
+                let (who, why) = (email.clone(), refusal.describe());
+                self.engine.note(false, move |p| p.error(&who, why));
                 self.served(&email, limits, now);
                 Verdict::Deliver
             }
@@ -1407,7 +1391,6 @@ impl Exchange {
             const NAMED: usize = 12;
             let (mut login_refused, mut key_refused, mut disabled, mut no_login, mut no_key) =
                 (false, false, false, false, false);
-            let mut organization_refused = false;
             let mut states: Vec<String> = pool
                 .accounts()
                 .take(NAMED)
@@ -1422,20 +1405,14 @@ impl Exchange {
                         }
                     }
                     // Refused here: what the API said may be why no login helps.
-                    let refused = self.refused_saying.get(&a.email);
-                    let shown = match refused {
-                        Some((status, said)) if s == "auth-error" => {
-                            format!("auth-error: its {status} said \"{said}\"")
+                    let shown = match self.refused_saying.get(&a.email) {
+                        Some(said) if s == "auth-error" => {
+                            format!("auth-error: its 401 said \"{said}\"")
                         }
                         _ => s.clone(),
                     };
-                    // A login its organization refuses (403) is mended by another organization's
-                    // login or a key: a login again into the same one is refused too.
-                    let organization =
-                        s == "auth-error" && refused.is_some_and(|(status, _)| *status == 403);
-                    organization_refused |= organization;
                     // A refused key is mended by another key, not a login.
-                    login_refused |= s == "auth-error" && !a.is_api_key() && !organization;
+                    login_refused |= s == "auth-error" && !a.is_api_key();
                     key_refused |= s == "auth-error" && a.is_api_key();
                     disabled |= s == "disabled";
                     no_login |= s == "no token";
@@ -1454,9 +1431,6 @@ impl Exchange {
                     login_ways!(),
                     ")"
                 ));
-            }
-            if organization_refused {
-                advice.push("a login whose organization does not allow OAuth needs a login into another organization, or a Console key (`oauth-pool add-key`)");
             }
             if key_refused || total > NAMED {
                 advice.push("API keys in auth-error were refused: add a working key under the same name (`oauth-pool add-key --email <email>`)");

@@ -637,8 +637,6 @@ pub enum CooldownKind {
     Burst,
     /// A Console key's monthly spend limit.
     SpendLimit,
-    /// The API refuses the account itself (out of credit, its organization disabled).
-    Refused(super::verdict::AccountRefusal),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -657,7 +655,6 @@ impl Cooldown {
             CooldownKind::SpendLimit => {
                 "the API key's monthly spend limit is reached (raise it in the Console, then `oauth-pool reset-cooldowns`)".to_string()
             }
-            CooldownKind::Refused(refusal) => refusal.describe().to_string(),
         };
         match &self.scope {
             Some(scope) => format!("{what} for {}", scope_text(scope)),

@@ -10,11 +10,10 @@
 //! | 401 again, or 401 for an API key | the credential is refused: mark it (tied to that credential) with what the API said (`refusal_reason`), move on |
 //! | 400 saying third-party apps draw from extra usage | deliver it, report it, do not rotate (every subscription would say the same); with a Console key the pool can use, every subscription rests in this process for `THIRD_PARTY_REST_MS`, so that the next requests go to the keys, until no key is left that can serve |
 //! | 404 to a request naming a file, a batch (any account's own resource) while another account is left to ask | not this account's: ask the next one, nobody is benched (the last 404 is delivered) |
-//! | 400 saying the organization's credit balance is too low, or that it has been disabled | the account's own refusal, whatever was asked: rest it `ACCOUNT_REFUSAL_REST_MS` (`reset-cooldowns` lifts it), move on |
-//! | 403 saying OAuth is not allowed for the login's organization | the credential is refused: mark it with what the API said, move on |
+//! | 400 saying the organization's credit balance is too low, or that it has been disabled; 403 saying OAuth is not allowed for the login's organization | the account's own refusal: delivered as it is and nobody benched (the contract's 400 and 403), the account's `lastError` saying what mends it |
 //! | anything else (2xx, an event stream's `overloaded_error`, 3xx, other 4xx, 529, 5xx) | deliver it as it is; nobody is benched |
 
-use super::limits::{cooldown_for_429, cooldown_for_spend_limit, Cooldown, CooldownKind, Limits};
+use super::limits::{cooldown_for_429, cooldown_for_spend_limit, Cooldown, Limits};
 use super::usage;
 
 /// How the request was authenticated, which decides what a 401 means.
@@ -39,6 +38,8 @@ pub enum Decision {
     RefusedAndMove,
     /// What the request asks for (a file, a batch) is not this account's: ask the next one.
     LookElsewhere,
+    /// Deliver; the API refuses the account itself (`account_refusal`): say what mends it.
+    DeliverAccountRefusal(AccountRefusal),
 }
 
 /// The statuses whose answer may be anything but "deliver it as it is" (the rows of the table
@@ -53,14 +54,9 @@ pub fn needs_body(status: u16) -> bool {
     matches!(status, 400 | 401 | 403 | 429)
 }
 
-/// How long an account rests after a refusal of its own that is no rate limit (`AccountRefusal`):
-/// the person adds credits and runs `reset-cooldowns`, or after this one request finds out
-/// whether the refusal still stands (the failover is the caller's to see only if no other
-/// account serves).
-pub const ACCOUNT_REFUSAL_REST_MS: i64 = 60 * 60 * 1000;
-
-/// A refusal the API makes of the account itself, whatever the request: the same account was
-/// chosen again for every request and each one refused, the others never asked.
+/// A refusal the API makes of the account itself, whatever the request. Delivered as the
+/// contract has every 400 and 403 delivered, nobody benched: the account's `lastError` says it,
+/// so that `list` and `status` tell the person what mends it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccountRefusal {
     /// 400: "Your credit balance is too low to access the Anthropic API." (a Console key's
@@ -77,9 +73,9 @@ impl AccountRefusal {
     /// What a person reads of it (the account's `lastError`, the failover's reason).
     pub fn describe(self) -> &'static str {
         match self {
-            AccountRefusal::OutOfCredit => "its organization's credit balance is too low (400): add credits in the Console (Plans & Billing), then `oauth-pool reset-cooldowns`",
-            AccountRefusal::OrganizationDisabled => "the API says its organization has been disabled (tried again within the hour; `oauth-pool reset-cooldowns` at once)",
-            AccountRefusal::OAuthNotAllowed => "its organization does not allow OAuth logins",
+            AccountRefusal::OutOfCredit => "its organization's credit balance is too low (400): add credits in the Console (Plans & Billing), or disable it (`oauth-pool disable`) while others serve",
+            AccountRefusal::OrganizationDisabled => "the API says its organization has been disabled (400): disable or remove it (`oauth-pool disable`)",
+            AccountRefusal::OAuthNotAllowed => "its organization does not allow OAuth logins (403): log in with an account of another organization, or use a Console key, and remove this one",
         }
     }
 }
@@ -217,9 +213,6 @@ pub struct Asked<'a> {
     /// The request names an account's own resource (a file, a batch), and an account that has
     /// not been asked is left.
     pub elsewhere: bool,
-    /// An account that has not been asked is left, and could serve now (asked after a 400 or a
-    /// 403 only).
-    pub others_left: bool,
 }
 
 /// `body`: the bounded start of a 400's, a 401's or a 429's body (`needs_body`); `said`: the `error.type`
@@ -238,7 +231,6 @@ pub fn decide(
         family,
         endpoint,
         elsewhere,
-        others_left,
     } = asked;
     match status {
         429 if body.is_some_and(is_spend_limit) => {
@@ -252,20 +244,9 @@ pub fn decide(
         401 if kind == CredentialKind::OAuth && !refreshed_already => Decision::RefreshAndRetry,
         401 => Decision::RefusedAndMove,
         400 if body.is_some_and(is_third_party_refusal) => Decision::DeliverThirdPartyRefusal,
-        400 | 403 => match body.and_then(|body| account_refusal(status, body)) {
-            // Tied to the credential: a new login (of another organization) is the mend. As a
-            // 401's refusal, the last account's too: the pool's error quotes it.
-            Some(AccountRefusal::OAuthNotAllowed) => Decision::RefusedAndMove,
-            // With no other account to ask, the API's own words reach the caller, and the
-            // account does not rest: the pool's 429 ("rate-limited, usable again in an hour")
-            // said less than the 400 it stood for.
-            Some(refusal) if others_left => Decision::CoolAndMove(Cooldown {
-                until: now_ms.saturating_add(ACCOUNT_REFUSAL_REST_MS),
-                kind: CooldownKind::Refused(refusal),
-                scope: None,
-            }),
-            Some(_) | None => Decision::Deliver,
-        },
+        400 | 403 => body
+            .and_then(|body| account_refusal(status, body))
+            .map_or(Decision::Deliver, Decision::DeliverAccountRefusal),
         // Files and batches live in the account that made them; the API answers any other
         // account's request for one with a 404, which says nothing about the account.
         404 if elsewhere => Decision::LookElsewhere,
@@ -310,6 +291,7 @@ pub fn is_spend_limit(body: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::limits::CooldownKind;
 
     const NOW: i64 = 1_800_000_000_000;
 
@@ -350,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn an_accounts_own_refusal_moves_the_request_on_and_an_echo_of_its_words_does_not() {
+    fn an_accounts_own_refusal_is_delivered_and_named_and_an_echo_of_its_words_is_not() {
         let none = Limits::default();
         let asked = |kind| Asked {
             kind,
@@ -358,42 +340,25 @@ mod tests {
             family: None,
             endpoint: None,
             elsewhere: false,
-            others_left: true,
         };
         let credit: &[u8] = br#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#;
         let disabled: &[u8] = br#"{"type":"error","error":{"type":"invalid_request_error","message":"This organization has been disabled."}}"#;
-        for (body, refusal) in [
-            (credit, AccountRefusal::OutOfCredit),
-            (disabled, AccountRefusal::OrganizationDisabled),
-        ] {
-            let Decision::CoolAndMove(c) = decide(
-                400,
-                &none,
-                Some(body),
-                None,
-                asked(CredentialKind::ApiKey),
-                NOW,
-            ) else {
-                panic!("{refusal:?} moves on");
-            };
-            assert_eq!(c.kind, CooldownKind::Refused(refusal));
-            assert_eq!((c.until, &c.scope), (NOW + ACCOUNT_REFUSAL_REST_MS, &None));
-            assert!(c.describe().contains(refusal.describe()));
-        }
         let oauth: &[u8] = br#"{"type":"error","error":{"type":"permission_error","message":"OAuth authentication is not allowed for this organization."}}"#;
-        assert_eq!(
-            decide(
-                403,
-                &none,
-                Some(oauth),
-                None,
-                asked(CredentialKind::OAuth),
-                NOW
-            ),
-            Decision::RefusedAndMove
-        );
+        // The contract's 400 and 403: delivered as they are, nobody benched; only named.
+        for (status, body, refusal) in [
+            (400, credit, AccountRefusal::OutOfCredit),
+            (400, disabled, AccountRefusal::OrganizationDisabled),
+            (403, oauth, AccountRefusal::OAuthNotAllowed),
+        ] {
+            for kind in [CredentialKind::ApiKey, CredentialKind::OAuth] {
+                assert_eq!(
+                    decide(status, &none, Some(body), None, asked(kind), NOW),
+                    Decision::DeliverAccountRefusal(refusal)
+                );
+            }
+        }
         // What the request said, quoted back, and a 403 of another kind (a model, a beta the
-        // key may not use) are the request's: delivered, nobody rests.
+        // key may not use) are the request's: delivered, nothing said of the account.
         for (status, body) in [
             (400, &br#"{"type":"error","error":{"type":"invalid_request_error","message":"tools.0.name: 'Your credit balance is too low' is not valid"}}"#[..]),
             (400, br#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"},"note":"This organization has been disabled."}"#),
@@ -410,19 +375,6 @@ mod tests {
             );
         }
         assert!(needs_body(403) && DECISIVE.contains(&403));
-        // The last account's refusal is the caller's to read, and it does not rest.
-        let last = Asked {
-            others_left: false,
-            ..asked(CredentialKind::ApiKey)
-        };
-        assert_eq!(
-            decide(400, &none, Some(credit), None, last, NOW),
-            Decision::Deliver
-        );
-        assert_eq!(
-            decide(403, &none, Some(oauth), None, last, NOW),
-            Decision::RefusedAndMove
-        );
     }
 
     #[test]
@@ -435,7 +387,6 @@ mod tests {
                 family: None,
                 endpoint: None,
                 elsewhere: false,
-                others_left: true,
             };
             decide(status, &none, body, None, asked, NOW)
         };
@@ -508,7 +459,6 @@ mod tests {
             family: None,
             endpoint: None,
             elsewhere,
-            others_left: true,
         };
         assert_eq!(
             decide(404, &none, None, None, asked(true), NOW),
@@ -547,7 +497,6 @@ mod tests {
             family: Some("sonnet"),
             endpoint: None,
             elsewhere: false,
-            others_left: true,
         };
         // The 200's head may hold a retry-after or windows; the limit it did not know of rests
         // the account as a bare 429's does.
@@ -613,7 +562,6 @@ mod tests {
                 family: Some("sonnet"),
                 endpoint,
                 elsewhere: false,
-                others_left: true,
             }
         };
         let rest =

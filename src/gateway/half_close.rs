@@ -274,6 +274,13 @@ pub(super) struct HalfClose<S: PeerReset> {
     probe_every: Duration,
     /// Urgent data cannot be sent to this client (see `PeerReset::send_urgent`).
     no_urgent: bool,
+    /// hyper wrote bytes of an answer on this connection, which the client may not have read.
+    wrote: bool,
+    /// An urgent byte went out behind such bytes: the kernel keeps only the newest urgent byte
+    /// out of band, and one sent after it turned it into a NUL in the data the client reads
+    /// (an HTTP/1.0 client that pipelined, half-closed and read nothing yet got
+    /// `\0\0\0HTTP/1.0 200 OK`). No other is sent on this connection.
+    urgent_behind_answer: bool,
     /// hyper handed over bytes that are not flushed yet: a probe now would go between them.
     unflushed: bool,
     /// Until when the socket is checked at every turn (`CHECK_AT_ONCE` from a probe's end).
@@ -304,6 +311,8 @@ impl<S: PeerReset> HalfClose<S> {
             probe_at: None,
             probe_every: PROBE_AGAIN,
             no_urgent: false,
+            wrote: false,
+            urgent_behind_answer: false,
             unflushed: false,
             at_once_until: None,
             check_at: None,
@@ -329,7 +338,9 @@ impl<S: PeerReset> HalfClose<S> {
     /// Whether a probe may begin now if one is due: the answer is held, none of hyper's bytes
     /// wait for a flush, no probe is under way, and this client can be asked.
     fn may_probe(&self, held: bool, interim: bool) -> bool {
-        held && !self.unflushed && self.probe.is_none() && (interim || !self.no_urgent)
+        held && !self.unflushed
+            && self.probe.is_none()
+            && (interim || !(self.no_urgent || self.urgent_behind_answer))
     }
 }
 
@@ -438,7 +449,10 @@ impl<S: AsyncRead + AsyncWrite + PeerReset + Unpin> HalfClose<S> {
                     this.probe = Some(0);
                 } else {
                     match this.inner.send_urgent() {
-                        Ok(true) => this.probed(),
+                        Ok(true) => {
+                            this.urgent_behind_answer = this.wrote;
+                            this.probed();
+                        }
                         Ok(false) => this.no_urgent = true,
                         // The client's buffer is full of bytes it has not read: asked later.
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -538,6 +552,7 @@ impl<S: AsyncRead + AsyncWrite + PeerReset + Unpin> AsyncWrite for HalfClose<S> 
         let this = &mut *self;
         std::task::ready!(this.poll_probe(cx))?;
         this.unflushed = true;
+        this.wrote = true;
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
@@ -549,6 +564,7 @@ impl<S: AsyncRead + AsyncWrite + PeerReset + Unpin> AsyncWrite for HalfClose<S> 
         let this = &mut *self;
         std::task::ready!(this.poll_probe(cx))?;
         this.unflushed = true;
+        this.wrote = true;
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -822,6 +838,20 @@ mod tests {
             .expect_err("the reset that answered the second probe");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
         assert_eq!(conn.inner.written, [PROBE, PROBE].concat());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn behind_an_answer_already_written_one_urgent_byte_goes_out_not_one_per_probe() {
+        use tokio::io::AsyncWriteExt;
+        let exchange = Arc::new(Exchange::default());
+        let mut conn = HalfClose::new(HalfClosed::default(), exchange.clone());
+        conn.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await.unwrap();
+        conn.flush().await.unwrap();
+        exchange.begin(false);
+        held_for(&mut conn, Duration::from_millis(60_500))
+            .await
+            .unwrap();
+        assert_eq!(conn.inner.probes(), 1);
     }
 
     #[tokio::test(start_paused = true)]

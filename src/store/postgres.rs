@@ -1438,6 +1438,12 @@ impl PgStore {
             "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL idle_in_transaction_session_timeout = 0;
              SELECT pg_try_advisory_xact_lock({REFRESH_LOCK}, {id}), current_setting('transaction_read_only'),
                (SELECT value FROM oauth_pool_meta WHERE name = 'schema'),
+               (SELECT string_agg(t || ' (' || ps || ')', ', ' ORDER BY o) FROM
+                  (SELECT t, o, string_agg(p, ', ' ORDER BY po) AS ps
+                     FROM unnest(ARRAY['oauth_pool_entries', 'oauth_pool_top', 'oauth_pool_meta']) WITH ORDINALITY AS tables(t, o),
+                          unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) WITH ORDINALITY AS privileges(p, po)
+                     WHERE to_regclass(t) IS NOT NULL AND NOT has_table_privilege(to_regclass(t), p)
+                     GROUP BY t, o) AS lacking),
                CASE WHEN current_setting('server_version_num')::int >= 170000
                  THEN set_config('transaction_timeout', '0', true) END, {keepalive}, {sync};",
             keepalive = keepalive!(),
@@ -1469,6 +1475,19 @@ impl PgStore {
             if row.is_some_and(|(_, read_only)| read_only) {
                 return Err(Error::StoreUnavailable(format!(
                     "{} is read-only (default_transaction_read_only, or a standby): no token is refreshed while the new one could not be saved",
+                    self.shown
+                )));
+            }
+            // Nor by a role that may take the lock but not write the rows (a grant left out): its
+            // successor was never saved, and the next host presented the spent token, which
+            // revoked the login for every host.
+            let missing = answer.iter().find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(3).map(str::to_string),
+                _ => None,
+            });
+            if let Some(missing) = missing.filter(|m| !m.is_empty()) {
+                return Err(Error::StoreUnavailable(format!(
+                    "{}: the role may not write the pool's rows, it lacks {missing}: no token is refreshed while the new one could not be saved (grant SELECT, INSERT, UPDATE and DELETE on the three tables; README, The fleet store, Grants)",
                     self.shown
                 )));
             }
