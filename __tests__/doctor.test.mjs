@@ -399,6 +399,13 @@ test("doctor: an auth-error another program wrote is told as list tells it (the 
     d.shown,
   );
   assert.doesNotMatch(d.text, /theirs@x\.test needs a new login/);
+  // One with no token to present again does need a login, as list says.
+  await savePool({ version: 1, anthropic: [{ email: "notoken@x.test", status: "auth-error", added: new Date().toISOString() }] }, box.pool);
+  const bare = await doctor(box);
+  assert.ok(
+    bare.named("account").some((c) => c.level === "warn" && /^notoken@x\.test needs a new login/.test(c.message)),
+    bare.shown,
+  );
 });
 
 test("doctor: entries with nothing to send (tokens never written, a Console key under another field) are named with what each needs, not only 'no account usable'", async () => {

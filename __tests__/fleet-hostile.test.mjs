@@ -288,6 +288,29 @@ test("a read-only database: valid tokens keep serving, writes are STORE_UNAVAILA
   assert.equal(await f.sql("SELECT position, entry::text FROM oauth_pool_entries ORDER BY position"), before, "nothing was written or lost");
 });
 
+test("a role at its connection limit, filled by the host's own idle connections: its refresh lets them go and takes the slot, not STORE_UNAVAILABLE for as long as the host runs", async () => {
+  const email = "crowded@hostile.test";
+  const f = await fleet([oauthEntry(email)]);
+  const host = startHostProcess(f.a);
+  try {
+    await host.ready;
+    await pg.sql(`ALTER ROLE ${ROLE} CONNECTION LIMIT 2`);
+    for (let i = 0; i < 2; i++) {
+      const served = await host.ask("fetch");
+      assert.equal(served.value?.status, 200, JSON.stringify(served));
+      // Its reader and writer, idle, fill the role's two slots.
+      await until(`SELECT count(*) FROM pg_stat_activity WHERE usename = '${ROLE}'`, (n) => Number(n) >= 2, { ms: 10_000 });
+      const refreshed = await host.ask(`refresh ${email}`);
+      assert.equal(refreshed.ok, true, `${i}: ${JSON.stringify(refreshed)}`);
+      assert.equal(refreshed.value.outcome, "refreshed", JSON.stringify(refreshed));
+    }
+    assert.equal(mock.stats().perFamily[email].reuse, 0);
+  } finally {
+    await pg.sql(`ALTER ROLE ${ROLE} CONNECTION LIMIT -1`);
+    await host.close();
+  }
+});
+
 test("a write the server refuses, the server then silent: the CLI ends with the refusal within seconds, not when TCP gives up", async () => {
   const f = await fleet([oauthEntry("refused@hostile.test")]);
   // The refusal: a trigger on the rows every write rewrites.

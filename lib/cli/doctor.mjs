@@ -255,7 +255,7 @@ async function checkAccounts(lib, path, r) {
   for (const [index, a] of st.accounts.entries()) {
     // Marked by another program (the aidevops plugin's helper): the pool tries the login again,
     // as `list` and `status` say; "needs a new login" sent people through a login for nothing.
-    const theirs = a.status === "auth-error" && a.authErrorTheirs && a.type !== "api" ? heldText(a) : null;
+    const theirs = a.status === "auth-error" && a.authErrorTheirs && a.type !== "api" && a.credential !== false ? heldText(a) : null;
     if (theirs) r.add("account", "info", `${a.email}: ${theirs}`);
     else if (a.status === "auth-error") {
       const why = `auth-error${a.lastError ? `: ${a.lastError}` : ""}`;

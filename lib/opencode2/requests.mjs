@@ -27,7 +27,7 @@ import {
   takeEvents,
   usageFeed,
 } from "../exchange.mjs";
-import { scrubbed } from "../errors.mjs";
+import { scrubbed, toPoolError } from "../errors.mjs";
 import { printable } from "../printable.mjs";
 import { echoForms, presented, withoutEcho } from "../answer-head.mjs";
 
@@ -353,6 +353,17 @@ function hostsRetry(step) {
   return { ...step, headers: step.headers.filter(([name]) => name !== "x-should-retry") };
 }
 
+/**
+ * The runtime's fetch failure as the pool's `NETWORK`, what the library's fetch rejects such a
+ * resend with: Node's `TypeError("fetch failed")` has no string code, and the host read "fetch
+ * failed" coded `ERROR`, its cause ("other side closed") dropped.
+ */
+function asNetworkFailure(err) {
+  if (typeof err?.code === "string" && err.code !== "") return err;
+  const detail = err?.cause?.message ?? err?.message ?? String(err);
+  return toPoolError(new Error(`[NETWORK] network error talking to the API: ${detail}`));
+}
+
 function refusal(err) {
   const code = typeof err?.code === "string" ? err.code : "ERROR";
   unretriable ??= new Set(nativeBinding().unretriableCodes());
@@ -588,7 +599,7 @@ export async function registerRequestHooks(ctx, { providerID, path, notify, log,
             `the request's resend (after a 429 or 401) failed, so the host gets the pool's 503 and asks again: ${codeOf(err)} ${scrubbed(err?.message ?? err)}`,
           );
           await dropped(response, opening);
-          response = poolAnswer(refusal(err));
+          response = poolAnswer(refusal(asNetworkFailure(err)));
           opening = null;
           break;
         }

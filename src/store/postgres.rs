@@ -191,6 +191,9 @@ pub struct PgStore {
     checked: tokio::sync::OnceCell<()>,
     /// This host's clock against the database server's (`None`: not measured yet).
     clock: Mutex<Option<Clock>>,
+    /// The last connection refused for the server's or the role's connection limit (SQLSTATE
+    /// 53300), which this process's own idle connections may be filling.
+    crowded: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -288,6 +291,10 @@ fn not_the_pools(detail: &str) -> Error {
 }
 
 /// What a fleet store's role must be granted, as the error for a missing one says.
+/// How long a connection dropped at the connection limit is given to leave the server before
+/// its slot is asked for again.
+const CROWDED_PAUSE: Duration = Duration::from_millis(200);
+
 const NEEDED_GRANTS: &str = "SELECT, INSERT, UPDATE and DELETE on the tables oauth_pool_entries, oauth_pool_top and oauth_pool_meta, and CREATE on the schema for `store init` to make them";
 
 /// The advisory lock key of one account's refresh: a hash of its lower-cased email.
@@ -447,6 +454,7 @@ impl PgStore {
             mute_until: Mutex::new(None),
             checked: tokio::sync::OnceCell::new(),
             clock: Mutex::new(None),
+            crowded: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -476,6 +484,7 @@ impl PgStore {
             mute_until: Mutex::new(None),
             checked: tokio::sync::OnceCell::new(),
             clock: Mutex::new(None),
+            crowded: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -540,7 +549,13 @@ impl PgStore {
             .unwrap_or(base)
             .connect(tls)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| {
+                let limit =
+                    e.code() == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS);
+                self.crowded
+                    .store(limit, std::sync::atomic::Ordering::Relaxed);
+                unavailable(e)
+            })?;
         crate::runtime::spawn_boxed(async move {
             let _ = conn.await;
         });
@@ -1374,7 +1389,20 @@ impl PgStore {
         }
         let reach = async {
             self.ready().await?;
-            self.connect().await
+            match self.connect().await {
+                // At the role's or the server's connection limit, which this process's own idle
+                // reader and writer may be filling (a role with `CONNECTION LIMIT 2` never
+                // refreshed while the process ran): they go, and the lock asks once more.
+                Err(e) if self.crowded.load(std::sync::atomic::Ordering::Relaxed) => {
+                    if self.let_idle_connections_go().await {
+                        tokio::time::sleep(CROWDED_PAUSE).await;
+                        self.connect().await
+                    } else {
+                        Err(e)
+                    }
+                }
+                reached => reached,
+            }
         };
         let client = if timeout.is_zero() {
             match tokio::time::timeout(STAMP_TIMEOUT, reach).await {
@@ -1399,6 +1427,16 @@ impl PgStore {
             id,
             held: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Drops this process's idle reader and writer (one in use is left alone); whether any went.
+    async fn let_idle_connections_go(&self) -> bool {
+        let reader = self.reader.lock().await.take().is_some();
+        let writer = self
+            .writer
+            .try_lock()
+            .is_ok_and(|mut slot| slot.take().is_some());
+        reader || writer
     }
 
     /// Takes the lock again on its own connection, after the claim ended its transaction: the
