@@ -409,6 +409,27 @@ async function run(kind, phaseName, reason) {
 // Aborted twice (the first reason stands) where a second abort could reach a second listener.
 const TWICE = new Set(["during a refresh (token endpoint held)", "the resend on the next account in flight", "reading an event stream's opening", "mid-body"]);
 const KINDS = (process.env.ABORTS_KINDS ?? "native,runtime,opencode2,gateway").split(",");
+test("an abort of the caller's own (no reason given) rejects with an AbortError carrying the contract's code, ABORT_ERR, on both transports; a reason the caller chose is left as it is", async () => {
+  const path = await seedPool(mock, ["coded-abort@x.test"]);
+  for (const transport of ["native", "runtime"]) {
+    const poolFetch = createPoolFetch({ path, transport });
+    const before = new AbortController();
+    before.abort();
+    await assert.rejects(poolFetch(`${mock.url}/v1/messages`, { method: "POST", headers: jsonHeaders, body, signal: before.signal }), (e) => {
+      assert.equal(e.name, "AbortError", transport);
+      assert.equal(e.code, "ABORT_ERR", transport);
+      return true;
+    });
+    const mine = new Error("mine");
+    const chosen = new AbortController();
+    chosen.abort(mine);
+    await assert.rejects(
+      poolFetch(`${mock.url}/v1/messages`, { method: "POST", headers: jsonHeaders, body, signal: chosen.signal }),
+      (e) => e === mine && e.code === undefined,
+    );
+  }
+});
+
 for (const kind of KINDS) {
   for (const [phaseName, phase] of Object.entries(PHASES)) {
     if (phase.only && !phase.only.includes(kind)) continue;

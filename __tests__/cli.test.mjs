@@ -754,7 +754,7 @@ test("doctor: a setting whose text is not taken as written warns, naming what ap
   );
   assert.equal(settings.OAUTH_POOL_TIMEOUT_MS.level, "ok");
   assert.match(settings.OAUTH_POOL_SOFT_THRESHOLD.message, /over 1: it is a fraction \(0\.9 = 90 %\)/);
-  assert.match(settings.OAUTH_POOL_JITTER_MS.message, /"5s" is not a whole number of milliseconds; the default, 10000, applies/);
+  assert.match(settings.OAUTH_POOL_JITTER_MS.message, /"5s" is not a whole number of milliseconds; the default, 0, applies/);
   assert.match(settings.OAUTH_POOL_USAGE.message, /only `off` turns it off/);
   assert.match(settings.OAUTH_POOL_RESPONSE_TIMEOUT_MS.message, /the default, 300000, applies/);
   for (const v of ["OAUTH_POOL_SOFT_THRESHOLD", "OAUTH_POOL_JITTER_MS", "OAUTH_POOL_USAGE", "OAUTH_POOL_RESPONSE_TIMEOUT_MS"])
@@ -2223,7 +2223,9 @@ test("doctor: a refused API key is replaced with add-key under its name, not wit
   const r = await cli(["doctor"], { path });
   // It said `oauth-pool add` for both: a login cannot renew a key.
   assert.match(r.stdout, /team key: its API key was refused \(auth-error.*\): add a working one with: oauth-pool add-key --email 'team key'\n/);
-  assert.match(r.stdout, /login@x\.test needs a new login \(auth-error.*\): oauth-pool add\n/);
+  // An auth-error the pool did not mark itself (no `authErrorToken`: another program's) is tried
+  // again, as `list` says.
+  assert.match(r.stdout, /login@x\.test: auth-error marked by another program; the pool tries this login again/);
 });
 
 test("doctor: an OAUTH_POOL_API_URL with /v1 (copied from an SDK's base URL) is a problem, another path a warning", async () => {

@@ -224,7 +224,7 @@ test("a login's code is sent once: the same paste again is refused without a cal
   const path = tempPoolPath();
   await addAccount(paste, a, path);
   const calls = mock.stats().tokenCalls;
-  await assert.rejects(addAccount(paste, a, path), (e) => e.code === "OAUTH_BAD_INPUT" && /completed already/.test(e.message));
+  await assert.rejects(addAccount(paste, a, path), (e) => e.code === "OAUTH_INVALID_GRANT" && /completed already/.test(e.message));
   await assert.rejects(exchange(paste, a), (e) => e.code === "OAUTH_BAD_INPUT");
   assert.equal(mock.stats().tokenCalls, calls, "no second call");
   const b = await authorize();
@@ -533,7 +533,7 @@ test("the same paste submitted twice at once is sent once, and both get the logi
     (await listAccounts(path)).map((x) => x.email),
     ["double@x.test"],
   );
-  await assert.rejects(addAccount(paste, a, path), (e) => e.code === "OAUTH_BAD_INPUT" && /completed already/.test(e.message));
+  await assert.rejects(addAccount(paste, a, path), (e) => e.code === "OAUTH_INVALID_GRANT" && /completed already/.test(e.message));
 });
 
 test("a verifier authorize() cannot have made is INVALID_ARGUMENT with no token call, and the code still logs in", async () => {

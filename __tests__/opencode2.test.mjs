@@ -673,13 +673,12 @@ test("a request the pool cannot place is answered at once with the reason, never
   await pool.handle.unload();
 });
 
-test("a fleet store that cannot be read without its key is answered at once, and the host does not retry it", async () => {
-  // STORE_KEY was answered without `x-should-retry: false`: OpenCode retried a store no retry
-  // can open (the gateway's 500 the same; src/error.rs lists what asking again cannot mend).
+test("a fleet store out of reach, on a host without its key, is answered as out of reach (which may pass), not as a key to copy; a store without its key is one the host does not retry", async () => {
+  // The store is asked before its key: a store that was down was STORE_KEY ("copy the key
+  // file") to a host without the key, which the contract's STORE_UNAVAILABLE names.
   const home = tempPoolPath().replace(/[^/]+$/, "");
   await withEnv({ HOME: home, OAUTH_POOL_STORE: "postgres://pool@127.0.0.1:9/pool", OAUTH_POOL_STORE_KEY: undefined, OAUTH_POOL_PATH: undefined }, async () => {
-    const sleeps = [];
-    const host = createHost({ sleep: async (ms) => void sleeps.push(ms), random: () => 0.5 });
+    const host = createHost({ sleep: async () => {}, random: () => 0.5 });
     const handle = await host.start(loadPlugin(pluginModule));
     mock.clearRequests();
     const failure = await withLogLines(() =>
@@ -689,11 +688,15 @@ test("a fleet store that cannot be read without its key is answered at once, and
       ),
     );
     assert.ok(failure instanceof ModelRequestError, String(failure));
-    assert.match(failure.error.message, /no store key/);
-    assert.deepEqual(sleeps, [], "no host retries of a store without its key");
+    assert.match(failure.error.message, /store cannot be reached/);
+    assert.doesNotMatch(failure.error.message, /no store key/);
     assert.equal(mock.requests.length, 0);
     await handle.unload();
   });
+  // STORE_KEY was answered without `x-should-retry: false`: OpenCode retried a store no retry
+  // can open (src/error.rs lists what asking again cannot mend).
+  const { nativeBinding } = await import("../lib/native.mjs");
+  assert.ok(nativeBinding().unretriableCodes().includes("STORE_KEY"));
 });
 
 test("a request placed before a reload is finished by the plugin set up again: the pool's 429, not the local stand-in", async () => {

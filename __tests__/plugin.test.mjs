@@ -1150,6 +1150,27 @@ test("tool remove deletes a login only once the person agrees in OpenCode's perm
   assert.deepEqual(quiet.asked, []);
 });
 
+test("tool remove of an entry named with its own key asks by its #N: the permission prompt (TUI, `opencode run`, the event stream) never holds the key", async () => {
+  const path = freshPath();
+  const keys = [["sk", "ant", "api03", "P".repeat(40), "named-as-itself"].join("-"), `corp-key-${"Q".repeat(24)}`];
+  const entry = (key) => ({ email: key, type: "api", key, status: "idle", added: new Date().toISOString(), lastUsed: null, rateLimitUntil: null });
+  const { oauthEntry } = await import("./helpers/pool-env.mjs");
+  await lib.savePool({ version: 1, anthropic: [oauthEntry(mock, "first@example.com"), ...keys.map(entry)] }, path);
+  const hooks = await plugin(path);
+  const config = {};
+  await hooks.config(config);
+  for (const [i, key] of keys.entries()) {
+    for (const target of [`#${i + 1}`, key]) {
+      const no = oc.context(config, "build", "reject");
+      await assert.rejects(hooks.tool[TOOL].execute({ action: "remove", email: target }, no.ctx), /rejected permission/);
+      const asked = JSON.stringify(no.inputs);
+      assert.ok(!asked.includes(key.slice(9, 30)), `${target}: ${asked}`);
+      assert.match(asked, new RegExp(`"remove #${i + 1}"`), asked);
+    }
+  }
+  assert.equal((await lib.listAccounts(path)).length, 3, "nothing removed");
+});
+
 test("tool remove with no one to ask (no ctx.ask, or no config hook to make it ask) disables and names the CLI command; the login stays", async () => {
   const path = freshPath();
   // A plugin composing createPoolTool alone: OpenCode's default rule would allow ask() at once.
@@ -1344,6 +1365,10 @@ test("the config hook gives remove's dedicated key its rule after the person's r
     { "*": { "*": "allow" } },
     { [TOOL]: { "list *": "allow" } },
     { [TOOL]: { "remove alice@*": "allow" } },
+    // Matching the letters a sample email holds is no rule for every remove.
+    { [TOOL]: { "remove *x*": "deny" } },
+    { [TOOL]: { "remove *x*": "allow" } },
+    { [TOOL]: { "remove *e*": "deny" } },
     { "*": { "rm *": "deny" } },
     undefined,
     null,

@@ -7,7 +7,22 @@ import { defaultMaxListeners, getMaxListeners, setMaxListeners } from "node:even
  */
 export function abortError(signal) {
   const reason = signal?.reason;
-  return reason !== undefined ? reason : new DOMException("The operation was aborted.", "AbortError");
+  return coded(reason !== undefined ? reason : new DOMException("The operation was aborted.", "AbortError"));
+}
+
+/**
+ * An abort's own AbortError (`controller.abort()` with no reason) carries the contract's code as
+ * well, `err.code === "ABORT_ERR"`, as the pool's other errors carry theirs (a DOMException's
+ * own `code` is the number 20); its name stays "AbortError", which clients test, as fetch gives
+ * it. A reason the caller chose is theirs, untouched.
+ */
+function coded(err) {
+  if (err instanceof DOMException && err.name === "AbortError" && typeof err.code !== "string") {
+    try {
+      Object.defineProperty(err, "code", { value: "ABORT_ERR", enumerable: true, configurable: true, writable: true });
+    } catch {}
+  }
+  return err;
 }
 
 // Bun warns of no listener count; under Node the lookup below is skipped for it.

@@ -67,6 +67,12 @@ pub enum Error {
     /// account needs the live login or a new one.
     #[error("{}", bounded_message(.0))]
     LoginElsewhere(String),
+    /// A login's code pasted again after it was exchanged in this process: refused before
+    /// anything is sent, with the code the token endpoint gives a code used twice (the contract's
+    /// `exchange` rejects with `OAUTH_INVALID_GRANT`; it was `OAUTH_BAD_INPUT` in the process
+    /// that used it, and `OAUTH_INVALID_GRANT` in any other).
+    #[error("{}", bounded_message(.0))]
+    LoginCompleted(String),
     /// The same contract code as a dead refresh token, about a login code instead.
     #[error("the login code was refused by the token endpoint ({}): a code works once and for a few minutes; start the login again", bounded(.0))]
     OAuthCodeRefused(String),
@@ -175,9 +181,10 @@ impl Error {
             Error::NoUsableAccount(_) => "POOL_NO_ACCOUNT",
             Error::OAuthStateMismatch(_) => "OAUTH_STATE_MISMATCH",
             Error::OAuthBadInput(_) => "OAUTH_BAD_INPUT",
-            Error::OAuthInvalidGrant(_) | Error::OAuthCodeRefused(_) | Error::LoginElsewhere(_) => {
-                "OAUTH_INVALID_GRANT"
-            }
+            Error::OAuthInvalidGrant(_)
+            | Error::OAuthCodeRefused(_)
+            | Error::LoginElsewhere(_)
+            | Error::LoginCompleted(_) => "OAUTH_INVALID_GRANT",
             Error::OAuthHttp { .. }
             | Error::OAuthRotatedUnusable { .. }
             | Error::RefreshBackoff { .. } => "OAUTH_HTTP",

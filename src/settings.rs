@@ -52,10 +52,14 @@ const SETTINGS: &[Setting] = &[
         rule: Rule::MillisOrOff,
         default: 0.0,
     },
+    // None by default: the contract's all-cooling 429 says the seconds until the soonest account
+    // is usable, and a hold (`OAUTH_POOL_HOLD_MAX_MS`) waits for it; a spread of up to 10 s
+    // after each cooldown's end answered a 3 s cooldown held for 5 s with the pool's 429, and a
+    // 100 s one with `retry-after: 109`.
     Setting {
         variable: var::JITTER_MS,
         rule: Rule::MillisUpTo(60_000),
-        default: 10_000.0,
+        default: 0.0,
     },
     Setting {
         variable: var::SOFT_THRESHOLD,
@@ -258,7 +262,7 @@ mod tests {
         assert_eq!(default(var::TIMEOUT_MS), Some(30_000.0));
         assert_eq!(default(var::RESPONSE_TIMEOUT_MS), Some(300_000.0));
         assert_eq!(default(var::HOLD_MAX_MS), Some(0.0));
-        assert_eq!(default(var::JITTER_MS), Some(10_000.0));
+        assert_eq!(default(var::JITTER_MS), Some(0.0));
         assert_eq!(default(var::SOFT_THRESHOLD), Some(0.9));
     }
 

@@ -168,7 +168,7 @@ const hostSignal = (extra, request) => extra?.signal ?? request?.signal;
  * silent for 5 minutes whatever the host's chunkTimeout says; the host's deadlines bound the
  * answer's body as they bound its own. Its head is ours to bound: OpenCode 2 hands its hooks no
  * signal, so a resend to an account that never answered held the host's request for ever;
- * after `OAUTH_POOL_RESPONSE_TIMEOUT_MS` it is cut and the host gets the first answer.
+ * after `OAUTH_POOL_RESPONSE_TIMEOUT_MS` it is cut and the host gets the pool's 503.
  */
 async function resend(fetch, request, signal) {
   const controller = new AbortController();

@@ -349,9 +349,11 @@ function allowsOutright(permission, toolName) {
   );
 }
 
-// What the tool asks under its name: `remove <email>` (tool.mjs). A pattern matching both covers
-// every email; one naming some accounts ("remove alice@*") leaves the others undecided.
-const REMOVE_PROBES = ["remove someone@example.com", "remove x"];
+// What the tool asks under its name: `remove <email>` or `remove #N` (tool.mjs). A pattern
+// matching all of these covers every target; one naming some accounts ("remove alice@*") leaves
+// the others undecided. The last two match no narrow pattern (a `remove *x*` matched the first
+// two, passed for "every remove", and `remove bob@foo.com` went through unasked).
+const REMOVE_PROBES = ["remove someone@example.com", "remove x", "remove #0", "remove \u0001"];
 const coversRemove = (pattern) => REMOVE_PROBES.every((text) => wildcardMatch(text, pattern));
 
 /**

@@ -277,6 +277,25 @@ async function commandTarget(target, path) {
   }
 }
 
+/**
+ * Names as a permission prompt may show them: one that holds a credential (a Console key saved as
+ * its own name in an old file) by its `#N`, as the tool's answers hide it. The prompt is shown in
+ * the TUI, printed by `opencode run` and sent on the event stream: the whole key went there.
+ */
+async function promptNames(names, path) {
+  let entries = [];
+  try {
+    entries = (await pool.loadPool(path))?.anthropic ?? [];
+  } catch {}
+  const secrets = poolSecrets(entries);
+  return names.map((name) => {
+    const hides = holdsCredential(name) || withoutPoolSecrets(name, secrets, { everyPiece: true }) !== name;
+    if (!hides) return name;
+    const at = entries.findIndex((e) => e?.email === name);
+    return at >= 0 ? `#${at}` : "[redacted]";
+  });
+}
+
 /** ctx.ask refused (the person said no, a rule denies, or no one could answer): OpenCode's error goes back as it is. */
 class NotAgreed extends Error {
   constructor(cause) {
@@ -305,8 +324,12 @@ async function remove(email, path, confirm, hints) {
     ].join("\n");
   }
   const asked = await accountsNamed(email, path);
+  const [shownEmail, ...shownAsked] = await promptNames([email, ...asked], path);
   try {
-    await confirm(email, asked);
+    await confirm(
+      shownEmail,
+      [...new Set(shownAsked)].filter((n) => n !== shownEmail),
+    );
   } catch (err) {
     throw new NotAgreed(err);
   }

@@ -43,6 +43,9 @@ const HOLD_RECHECK: Duration = Duration::from_secs(1);
 /// How long held requests wait for the answer to the first of them sent back to an account: a
 /// 429 or a stream's head comes within a second or two.
 const REOPEN_PATIENCE: Duration = Duration::from_secs(10);
+/// How long the answer after a failover (or the pool's 429) waits for the write of the
+/// cooldowns the request met: a slow disk or a locked store costs the caller at most this.
+const COOLDOWN_WRITE_PATIENCE: Duration = Duration::from_secs(1);
 
 pub enum Step {
     /// Send the request with these headers (the caller's, plus the account's credential).
@@ -118,6 +121,11 @@ pub struct Exchange {
     held: bool,
     /// It is the first back to its account after a wait, until its answer is judged.
     reopening: Option<super::ReopenGuard>,
+    /// An account rested in this request and its cooldown may not be in the store yet: the
+    /// answer the caller gets waits for that write (`COOLDOWN_WRITE_PATIENCE`), so that the
+    /// file says `rate-limited` once the caller has the answer (it did a few ms later, and
+    /// another process, or the caller reading the file, found the account idle).
+    cooled_unwritten: bool,
     /// Where what cannot wait for the request's end is told (a hold beginning), if anywhere.
     notice: Option<super::events::Notice>,
     /// The body was read for the files it refers to (`read_body`).
@@ -166,6 +174,7 @@ impl Exchange {
             elsewhere: HashMap::new(),
             held: false,
             reopening: None,
+            cooled_unwritten: false,
             notice: None,
             body_read: false,
             bound: None,
@@ -297,7 +306,10 @@ impl Exchange {
                             self.hold(&pool, held, cancel).await?;
                             continue;
                         }
-                        Exhausted::Answer(step) => return Ok(step),
+                        Exhausted::Answer(step) => {
+                            self.cooldowns_written().await;
+                            return Ok(step);
+                        }
                     },
                 },
             };
@@ -367,12 +379,14 @@ impl Exchange {
                 None => {
                     return match self.exhausted(&pool) {
                         Ok(Exhausted::Wait(_)) => None,
+                        // `next()` waits for the cooldown's write first.
+                        Ok(Exhausted::Answer(_)) if self.cooled_unwritten => None,
                         Ok(Exhausted::Answer(step)) => {
                             self.current = None;
                             Some(Ok(step))
                         }
                         Err(e) => Some(Err(e)),
-                    }
+                    };
                 }
             },
         };
@@ -725,9 +739,18 @@ impl Exchange {
             sticky: sticky.as_deref(),
             soft_threshold: crate::settings::soft_threshold(),
         };
-        select::choose(&candidates, passed, &pref)
-            .map(|c| c.email.clone())
-            .or_else(|| self.resting_holder(pool, passed, now))
+        let chosen = select::choose(&candidates, passed, &pref).map(|c| c.email.clone());
+        if let Some(email) = chosen.as_deref() {
+            let fresh = [pinned.as_deref(), sticky.as_deref()]
+                .into_iter()
+                .all(|kept| kept != Some(email));
+            if fresh {
+                self.engine.overlay.chosen_first(email);
+                let who = email.to_string();
+                self.engine.note(true, move |p| p.chosen(&who, now));
+            }
+        }
+        chosen.or_else(|| self.resting_holder(pool, passed, now))
     }
 
     /// For a request naming a resource (a file, a batch): an account left only because it
@@ -769,6 +792,28 @@ impl Exchange {
     /// `verdict::needs_body(status)`; `said`, the `error.type` of an `error` event in the opening
     /// of an event stream (`verdict::reads_opening`); `cancel` aborts a refresh this may start.
     pub async fn judge(
+        &mut self,
+        status: u16,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+        said: Option<&str>,
+        cancel: &CancellationToken,
+    ) -> Result<Verdict> {
+        let verdict = self.judge_answer(status, headers, body, said, cancel).await;
+        if matches!(verdict, Ok(Verdict::Deliver)) {
+            self.cooldowns_written().await;
+        }
+        verdict
+    }
+
+    /// Waits, bounded, for the write of the cooldowns this request noted (`cooled_unwritten`).
+    async fn cooldowns_written(&mut self) {
+        if std::mem::take(&mut self.cooled_unwritten) {
+            let _ = tokio::time::timeout(COOLDOWN_WRITE_PATIENCE, self.engine.flush()).await;
+        }
+    }
+
+    async fn judge_answer(
         &mut self,
         status: u16,
         headers: &HeaderMap,
@@ -938,6 +983,10 @@ impl Exchange {
         body: Option<&[u8]>,
         said: Option<&str>,
     ) -> Option<Verdict> {
+        // After a failover, delivering waits for the cooldown's write: `judge()`'s.
+        if self.cooled_unwritten {
+            return None;
+        }
         self.status = status;
         let Some((email, credential)) = self.current.as_ref() else {
             return Some(Verdict::Deliver);
@@ -1073,6 +1122,7 @@ impl Exchange {
                     self.engine.note(false, move |p| p.seen(&who, seen));
                 }
                 let told = self.engine.rest(&email, &cooldown, &why);
+                self.cooled_unwritten = true;
                 self.events.push(told);
                 let holder = self
                     .meta

@@ -148,7 +148,7 @@ pub enum Blocked {
     Out,
 }
 
-/// Reopenings are spread over this much (ms): `OAUTH_POOL_JITTER_MS`, default 10 s, 0 for none.
+/// Reopenings are spread over this much (ms): `OAUTH_POOL_JITTER_MS`, 0 (none) by default.
 pub fn jitter_max() -> i64 {
     crate::settings::millis(crate::config::var::JITTER_MS).as_millis() as i64
 }

@@ -302,8 +302,8 @@ impl CompletedLogins {
         }
         let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
         if done.contains(&digest) {
-            return Err(Error::OAuthBadInput(
-                "this login was completed already: start a new one to add another account".into(),
+            return Err(Error::LoginCompleted(
+                "this login was completed already (a code works once; nothing was sent): start a new one to add another account".into(),
             ));
         }
         drop(done);

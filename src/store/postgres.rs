@@ -179,7 +179,10 @@ pub struct PgStore {
     /// A digest of the whole URL: what tells two stores apart (two URLs can read alike once
     /// their passwords are hidden, or when they do not parse as URLs at all).
     identity: String,
-    key: SealKey,
+    /// The key that seals the tokens, read when first needed (`key()`): a store that cannot be
+    /// reached is `STORE_UNAVAILABLE` whether or not this host has its key yet (read first, it
+    /// was `STORE_KEY`, "copy the key file", for a store that was down).
+    key: std::sync::OnceLock<SealKey>,
     /// Shared by reads (single statements only).
     reader: tokio::sync::Mutex<Option<Arc<Client>>>,
     /// Exclusive: transactions.
@@ -441,13 +444,12 @@ impl PgStore {
                 "the fleet store URL is not a PostgreSQL URL this store can use ({e})"
             )))
         })?;
-        let key = SealKey::from_config()?;
         Ok(PgStore {
             config,
             roots,
             shown: redact(url),
             identity: identity_of(url),
-            key,
+            key: std::sync::OnceLock::new(),
             reader: tokio::sync::Mutex::new(None),
             writer: tokio::sync::Mutex::new(None),
             generation: Mutex::new(None),
@@ -461,7 +463,7 @@ impl PgStore {
     /// Opens with an explicit key (`store copy`, `store init` with a key it just made).
     pub fn with_key(url: &str, key: SealKey) -> Result<PgStore> {
         let mut s = PgStore::open_without_key(url)?;
-        s.key = key;
+        s.key = std::sync::OnceLock::from(key);
         Ok(s)
     }
 
@@ -477,7 +479,7 @@ impl PgStore {
             roots,
             shown: redact(url),
             identity: identity_of(url),
-            key: SealKey::from_bytes(&[0u8; 32], "none")?,
+            key: std::sync::OnceLock::new(),
             reader: tokio::sync::Mutex::new(None),
             writer: tokio::sync::Mutex::new(None),
             generation: Mutex::new(None),
@@ -853,7 +855,7 @@ impl PgStore {
                 .map_err(unfit)?;
             match check {
                 Some(row) => {
-                    self.key.open("key_check", &column::<String>(&row, 0)?)?;
+                    self.key()?.open("key_check", &column::<String>(&row, 0)?)?;
                 }
                 None => {
                     // A store that lost its check but holds entries gets one only for the key
@@ -887,7 +889,7 @@ impl PgStore {
                                 entry.insert(field.into(), Value::String(text));
                             }
                         }
-                        self.key.open_entry_checking_key(Value::Object(entry))?;
+                        self.key()?.open_entry_checking_key(Value::Object(entry))?;
                     } else {
                         let section = client
                             .query_typed_opt(
@@ -900,13 +902,13 @@ impl PgStore {
                             .await
                             .map_err(unfit)?;
                         if let Some(row) = section {
-                            self.key.open_section_checking_key(
+                            self.key()?.open_section_checking_key(
                                 &column::<String>(&row, 0)?,
                                 &column::<String>(&row, 1)?,
                             )?;
                         }
                     }
-                    let sealed = self.key.seal("key_check", CHECK)?;
+                    let sealed = self.key()?.seal("key_check", CHECK)?;
                     client
                         .execute_typed(
                             "INSERT INTO oauth_pool_meta (name, value) VALUES ('key_check', $1)",
@@ -961,7 +963,7 @@ impl PgStore {
                             self.init_command()
                         ))
                     })?;
-                self.key
+                self.key()?
                     .open("key_check", &column::<String>(&row, 0)?)
                     .map(|_| ())
             })
@@ -1161,7 +1163,7 @@ impl PgStore {
             };
             match kind {
                 "e" => {
-                    let opened = match self.key.open_entry(value.clone()) {
+                    let opened = match self.key()?.open_entry(value.clone()) {
                         Ok(opened) => opened,
                         // One row that does not open (edited by hand, a value copied from
                         // another row) is kept unread, as the file store keeps an entry it
@@ -1173,7 +1175,7 @@ impl PgStore {
                     entries.push((name.parse().unwrap_or(i32::MAX), opened));
                 }
                 "t" => {
-                    let opened = self.key.open_section(&name, value)?;
+                    let opened = self.key()?.open_section(&name, value)?;
                     all.insert(name, opened);
                 }
                 "g" => generation = name.parse().unwrap_or(0),
@@ -1312,7 +1314,7 @@ impl PgStore {
                 match (e.get(UNOPENED), e.get(UNPARSED).and_then(Value::as_str)) {
                     (Some(row), _) => RowJson::Value(row.clone()),
                     (None, Some(text)) => RowJson::Text(text.to_string()),
-                    (None, None) => RowJson::Value(self.key.seal_entry(e)?),
+                    (None, None) => RowJson::Value(self.key()?.seal_entry(e)?),
                 },
             );
         }
@@ -1333,7 +1335,7 @@ impl PgStore {
             if name == "anthropic" {
                 continue;
             }
-            sections.push(self.key.seal_section(name, v)?);
+            sections.push(self.key()?.seal_section(name, v)?);
             names.push(name.clone());
         }
         client
@@ -1427,6 +1429,16 @@ impl PgStore {
             id,
             held: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// The store's key: the one given (`with_key`), else `OAUTH_POOL_STORE_KEY` or the key file,
+    /// read when first needed.
+    fn key(&self) -> Result<&SealKey> {
+        if let Some(key) = self.key.get() {
+            return Ok(key);
+        }
+        let key = SealKey::from_config()?;
+        Ok(self.key.get_or_init(|| key))
     }
 
     /// Drops this process's idle reader and writer (one in use is left alone); whether any went.
