@@ -9,8 +9,7 @@ import { spawn } from "node:child_process";
 import { existsSync, readFileSync, statSync, watch, writeFileSync } from "node:fs";
 import { basename, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { useMock, seedPool, readPool, oauthEntry, tempPoolPath, pause, until } from "./helpers/pool-env.mjs";
-import { savePool } from "../index.mjs";
+import { useMock, seedPool, readPool } from "./helpers/pool-env.mjs";
 
 const WORKER = fileURLToPath(new URL("./helpers/many-worker.mjs", import.meta.url));
 const MODELS = ["claude-sonnet-4-5", "claude-haiku-4-5"];
@@ -234,102 +233,4 @@ test("20 busy processes rewrite the pool file a few times a second, not once a s
   const want = served(results);
   const file = stored(path, "days");
   for (const email of EMAILS) for (const model of MODELS) assert.deepEqual(get(file, email, model), get(want, email, model), `${email} ${model}`);
-});
-
-/** Starts `count` workers (`argsOf(i)`: worker i's arguments to `worker`), releases them once
- * all are loaded (`release(workers)`), and resolves with each one's result once all have ended
- * (a holding one told to end once every result is in). */
-async function run(count, argsOf, release) {
-  const workers = Array.from({ length: count }, (_, i) => worker(...argsOf(i)));
-  await Promise.all(workers.map((w) => w.ready));
-  await release(workers);
-  const results = await Promise.all(workers.map((w) => w.result));
-  for (const w of workers) if (w.ending === "hold") w.child.stdin.end();
-  const exits = await Promise.all(workers.map((w) => w.done));
-  for (const [i, r] of results.entries()) {
-    assert.ok(r, `worker ${i} printed its result`);
-    assert.deepEqual(r.errors, [], `worker ${i}`);
-    assert.equal(exits[i].code, 0, `worker ${i}`);
-  }
-  return results;
-}
-
-/** How many of `lists` (each a worker's accounts) name each account: email -> workers. */
-function workersPer(lists) {
-  const n = {};
-  for (const list of lists) for (const email of list) n[email] = (n[email] ?? 0) + 1;
-  return n;
-}
-
-const most = (per) => Math.max(0, ...Object.values(per));
-const short = (per) => JSON.stringify(per).replaceAll("@x.test", "");
-
-test("processes starting one after another spread over the accounts, and after a 429 on the one they share they do not all move to the same next one", {
-  timeout: 120_000,
-}, async (t) => {
-  // A process that chooses an account afresh writes its lastUsed at once, so the next one to
-  // choose takes another. Before, lastUsed reached the file only with the batched bookkeeping,
-  // a second or more later: processes starting within that second all took the same account
-  // (the least recently used in the file), and after a 429 on it all moved to the same next one.
-  const emails = Array.from({ length: 6 }, (_, i) => `spread${i}@x.test`);
-  mock.clearScripts(); // what an earlier test left unanswered
-  mock.clearRequests();
-
-  // Six processes on six fresh accounts, each released 50 ms after the one before was answered
-  // (all six within half a second, before any batched write; none flushes). Released all at
-  // once instead, they choose within a millisecond or two, before any write can land, and may
-  // all take one account whatever each writes.
-  const path = await seedPool(mock, emails);
-  const started = await run(
-    6,
-    () => [path, 2, "hold"],
-    async (ws) => {
-      for (const w of ws) {
-        w.go();
-        await w.result;
-        await pause(50);
-      }
-    },
-  );
-  const chose = started.map((r) => Object.keys(r.served));
-  const spread = workersPer(chose);
-  t.diagnostic(`started one after another, workers per account: ${short(spread)}`);
-  for (const [i, list] of chose.entries()) assert.equal(list.length, 1, `worker ${i} stayed on the account it chose: ${list}`);
-  // Measured: one each (all six on the first account before).
-  assert.ok(most(spread) <= 2, `workers per account: ${short(spread)}`);
-
-  // Six processes on one account (the others resting for their first second), then 429s on it.
-  // Each sends with its own pause between requests, as processes at work do (released together
-  // with one pause, they send in step and all choose again within a millisecond).
-  const [first, ...others] = emails;
-  const pile = tempPoolPath();
-  let rested;
-  const moved = await run(
-    6,
-    (i) => [pile, "for:3000", "flush", 40 + 13 * i],
-    async (ws) => {
-      // Written once all are loaded, so that the rests end a second after they start.
-      rested = Date.now() + 1000;
-      const resting = { status: "rate-limited", rateLimitUntil: rested };
-      await savePool({ version: 1, anthropic: [oauthEntry(mock, first), ...others.map((e) => oauthEntry(mock, e, resting))] }, pile);
-      for (const w of ws) w.go();
-      await until("the rests to end", () => Date.now() > rested + 400);
-      mock.script(
-        first,
-        Array.from({ length: 30 }, () => ({ status: 429, headers: { "retry-after": "60" } })),
-      );
-    },
-  );
-  assert.ok(
-    mock.requests.some((r) => r.email === first && r.status === 429),
-    "the shared account answered 429s",
-  );
-  // Where the processes that were on `first` went.
-  const next = moved.filter((r) => r.served[first]).map((r) => Object.keys(r.served).filter((e) => e !== first));
-  const after = workersPer(next);
-  t.diagnostic(`${next.length} workers on ${first.replace("@x.test", "")} until its 429, then: ${short(after)}`);
-  assert.ok(next.length >= 3, `${next.length} workers were on ${first} (the others resting)`);
-  for (const [i, list] of next.entries()) assert.ok(list.length >= 1, `worker ${i} moved on after the 429`);
-  // Measured: 4 or 5 accounts took the six (all six moved to the second account before).
-  assert.ok(Object.keys(after).length >= 3, `after the 429, workers per account: ${short(after)}`);
 });

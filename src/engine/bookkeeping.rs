@@ -163,14 +163,6 @@ impl Pending {
         }
     }
 
-    /// `email` was chosen afresh at `now` (no session's, not the one in use): its `lastUsed` goes
-    /// to the store at once, so that a process choosing next takes the account least recently
-    /// used after it (processes started together each took the same one, the others idle).
-    pub fn chosen(&mut self, email: &str, now: i64) {
-        let used = self.last_used.entry(email.to_string()).or_insert(now);
-        *used = (*used).max(now);
-    }
-
     /// The account in use is the one that served the request sent last, not the one answered
     /// last: a slow answer to an earlier request must not undo a move made since.
     fn active_since(&mut self, email: &str, sent_at: i64) {

@@ -9,7 +9,7 @@
 //!   `retry-after` is the real wait; never an unauthenticated request.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +20,6 @@ use super::credentials::Credential;
 use super::events::Event;
 use super::headers::{with_credential, RequestMeta};
 use super::limits::Limits;
-use super::overlay::lock;
 use super::select::{self, Candidate, Preference};
 use super::verdict::{self, Decision};
 use super::Engine;
@@ -127,9 +126,6 @@ pub struct Exchange {
     /// file says `rate-limited` once the caller has the answer (it did a few ms later, and
     /// another process, or the caller reading the file, found the account idle).
     cooled_unwritten: bool,
-    /// An account chosen afresh (no session's, not the one in use) whose `lastUsed` is to be
-    /// written before the request goes (`claim_fresh_choice`).
-    fresh_choice: Mutex<Option<String>>,
     /// Where what cannot wait for the request's end is told (a hold beginning), if anywhere.
     notice: Option<super::events::Notice>,
     /// The body was read for the files it refers to (`read_body`).
@@ -179,7 +175,6 @@ impl Exchange {
             held: false,
             reopening: None,
             cooled_unwritten: false,
-            fresh_choice: Mutex::new(None),
             notice: None,
             body_read: false,
             bound: None,
@@ -299,8 +294,6 @@ impl Exchange {
             if cancel.is_cancelled() {
                 return Err(Error::Aborted);
             }
-            // One `try_next()` made, before it left the request to this.
-            self.claim_fresh_choice().await;
             let pool = self.engine.snapshot().await?;
             self.engine.settle_clock_if_stepped(&pool);
             self.lift_rests_for_keys_if_none_left(&pool);
@@ -320,7 +313,6 @@ impl Exchange {
                     },
                 },
             };
-            self.claim_fresh_choice().await;
             if self.held {
                 match self.engine.reopen(&email) {
                     super::Reopen::First(guard) => self.reopening = Some(guard),
@@ -398,10 +390,6 @@ impl Exchange {
                 }
             },
         };
-        // A fresh choice's `lastUsed` is written before the request goes: `next()`'s to wait for.
-        if lock(&self.fresh_choice).is_some() {
-            return None;
-        }
         let credential = self
             .retry_credential(&pool, &email)
             .or_else(|| self.engine.credential_now(&pool, &email))?;
@@ -751,17 +739,9 @@ impl Exchange {
             sticky: sticky.as_deref(),
             soft_threshold: crate::settings::soft_threshold(),
         };
-        let chosen = select::choose(&candidates, passed, &pref).map(|c| c.email.clone());
-        if let Some(email) = chosen.as_deref() {
-            let fresh = [pinned.as_deref(), sticky.as_deref()]
-                .into_iter()
-                .all(|kept| kept != Some(email));
-            if fresh {
-                self.engine.overlay.chosen_first(email);
-                *lock(&self.fresh_choice) = Some(email.to_string());
-            }
-        }
-        chosen.or_else(|| self.resting_holder(pool, passed, now))
+        select::choose(&candidates, passed, &pref)
+            .map(|c| c.email.clone())
+            .or_else(|| self.resting_holder(pool, passed, now))
     }
 
     /// For a request naming a resource (a file, a batch): an account left only because it
@@ -815,20 +795,6 @@ impl Exchange {
             self.cooldowns_written().await;
         }
         verdict
-    }
-
-    /// Writes a fresh choice's `lastUsed` (`fresh_choice`) and waits for it, bounded, before the
-    /// request goes: the next process to choose takes the least recently used account after this
-    /// one (workers started together all took one account while the others sat idle). Written
-    /// before the request, not after it, it is no write racing what a caller does with the file
-    /// once it has its answer.
-    async fn claim_fresh_choice(&mut self) {
-        let Some(email) = lock(&self.fresh_choice).take() else {
-            return;
-        };
-        let now = now_ms();
-        self.engine.book.record(move |p| p.chosen(&email, now));
-        let _ = tokio::time::timeout(COOLDOWN_WRITE_PATIENCE, self.engine.flush()).await;
     }
 
     /// Waits, bounded, for the write of the cooldowns this request noted (`cooled_unwritten`).

@@ -408,16 +408,6 @@ impl Overlay {
         lock(&self.sticky).as_ref().map(|(e, _)| e.clone())
     }
 
-    /// A first choice of this process, before anything served: the account in use from now on,
-    /// until an answer says otherwise (any served request overrides it). Requests sent together
-    /// as a process starts stay on one account, whatever the store says of it meanwhile.
-    pub fn chosen_first(&self, email: &str) {
-        let mut sticky = lock(&self.sticky);
-        if sticky.is_none() {
-            *sticky = Some((email.to_string(), i64::MIN));
-        }
-    }
-
     pub fn pinned(&self, session: Option<&str>, parent: Option<&str>) -> Option<String> {
         let sessions = lock(&self.sessions);
         let live = |id: &str| {
